@@ -1,0 +1,76 @@
+"""bacpypes3 object classes for the gateway's points, and the network write policy they enforce.
+
+Policy, as the point table promises the BAS:
+- read-only points refuse every network write with writeAccessDenied (the application still updates
+  them by plain attribute assignment, which bypasses `write_property`);
+- commandable points accept writes to presentValue only, at a priority, and relinquish with null;
+  analog commands must be finite and within the configured bounds (else valueOutOfRange, and nothing
+  changes); after each accepted write the owner's callback gets the new effective value.
+Every other property (names, units, outOfService ...) is fixed: writeAccessDenied.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+from bacpypes3.errors import PropertyError
+from bacpypes3.local.analog import AnalogValueObject
+from bacpypes3.local.binary import BinaryValueObject
+from bacpypes3.local.cmd import Commandable
+from bacpypes3.primitivedata import Null
+
+
+def _property_name(obj: Any, attr: int | str) -> str:
+    if isinstance(attr, int):
+        return obj._property_identifier_class(attr).attr
+    return str(attr)
+
+
+class _ReadOnly:
+    """Placed before the bacpypes3 class: nothing is writable from the network."""
+
+    async def write_property(self, attr, value, index=None, priority=None):  # noqa: ARG002
+        raise PropertyError("writeAccessDenied")
+
+
+class _Commanded:
+    """Placed before `Commandable`: only presentValue is writable, through the priority array."""
+
+    # set by the device after construction (attributes must start with "_" on bacpypes3 objects)
+    _on_accepted: Callable[[Any], None] | None = None
+
+    def _check_command(self, value: Any) -> None:
+        """Raise PropertyError for a value the point must not take; the default accepts all."""
+
+    async def write_property(self, attr, value, index=None, priority=None):
+        if _property_name(self, attr) != "presentValue" or index is not None:
+            raise PropertyError("writeAccessDenied")
+        if not isinstance(value, Null):
+            self._check_command(value)
+        await super().write_property(attr, value, index, priority)
+        if self._on_accepted is not None:
+            self._on_accepted(self.presentValue)
+
+
+class ReadOnlyAnalogValue(_ReadOnly, AnalogValueObject):
+    pass
+
+
+class ReadOnlyBinaryValue(_ReadOnly, BinaryValueObject):
+    pass
+
+
+class CommandableAnalogValue(_Commanded, Commandable, AnalogValueObject):
+    """Commandable AV whose commands must be finite and inside [_low, _high]."""
+
+    _low: float = -math.inf
+    _high: float = math.inf
+
+    def _check_command(self, value: Any) -> None:
+        number = float(value)
+        if not math.isfinite(number) or not self._low <= number <= self._high:
+            raise PropertyError("valueOutOfRange")
+
+
+class CommandableBinaryValue(_Commanded, Commandable, BinaryValueObject):
+    pass

@@ -1,0 +1,76 @@
+"""The gateway's BACnet point table: a contract with the technicians who program the BAS.
+
+Object names never change; instances are defaults. Everything else in the application refers to
+points by name (the constants below), never by bacpypes3 object.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+INPUT_POWER = "input-power-meter"
+ONE_HOUR_FORECAST = "one-hour-future-power"
+RATE_OF_CHANGE = "power-rate-of-change"
+EVENT_LEVEL = "ADR-Event-Level"
+FIFTEEN_MIN_FORECAST = "fifteen-min-future-power"
+METER_POWER = "meter-power"
+EVENT_START_MINUTES = "ADR-Event-Start-Minutes"
+HIGH_LOAD = "high-load-conditions"
+LOW_LOAD = "low-load-conditions"
+EVENT_ACTIVE = "ADR-Event-Active"
+OPT_OUT = "ADR-Opt-Out"
+VTN_CONNECTED = "vtn-connected"
+METER_FAULT = "meter-fault"
+
+
+@dataclass(frozen=True)
+class Point:
+    name: str
+    kind: Literal["analogValue", "binaryValue"]
+    instance: int
+    access: Literal["read-only", "writable", "commandable"]
+    units: str | None  # bacpypes3 EngineeringUnits name; None for binary points
+    description: str
+    initial: float | bool
+    # True while the application has no value yet (statusFlags fault until first set)
+    starts_in_fault: bool = False
+
+    @property
+    def object_id(self) -> str:
+        return f"{self.kind} {self.instance}"
+
+    @property
+    def writable(self) -> bool:
+        return self.access != "read-only"
+
+
+POINTS: tuple[Point, ...] = (
+    Point(INPUT_POWER, "analogValue", 1, "commandable", "kilowatts",
+          "Building power written by the BAS (kW)", 0.0, starts_in_fault=False),
+    Point(ONE_HOUR_FORECAST, "analogValue", 2, "read-only", "kilowatts",
+          "Forecast 15-min average demand ending 60 min ahead (kW)", 0.0, starts_in_fault=True),
+    Point(RATE_OF_CHANGE, "analogValue", 3, "read-only", "noUnits",
+          "Trend of building power in kW/min (least squares over recent minutes)", 0.0, starts_in_fault=True),
+    Point(EVENT_LEVEL, "analogValue", 4, "read-only", "noUnits",
+          "Current OpenADR SIMPLE level 0-3 (0 = no event)", 0.0),
+    Point(FIFTEEN_MIN_FORECAST, "analogValue", 5, "read-only", "kilowatts",
+          "Forecast 15-min average demand ending 15 min ahead (kW)", 0.0, starts_in_fault=True),
+    Point(METER_POWER, "analogValue", 6, "read-only", "kilowatts",
+          "Latest meter reading taken by the gateway (kW)", 0.0, starts_in_fault=True),
+    Point(EVENT_START_MINUTES, "analogValue", 7, "read-only", "minutes",
+          "Minutes until the next event starts (0 while active, -1 when none)", -1.0),
+    Point(HIGH_LOAD, "binaryValue", 1, "read-only", None,
+          "Forecast approaching peak: shed loads if possible", False),
+    Point(LOW_LOAD, "binaryValue", 2, "read-only", None,
+          "Forecast valley: charging storage is okay", False),
+    Point(EVENT_ACTIVE, "binaryValue", 3, "read-only", None,
+          "An OpenADR event interval is active now", False),
+    Point(OPT_OUT, "binaryValue", 4, "commandable", None,
+          "Write active to opt out of current and pending events; relinquish to opt back in", False),
+    Point(VTN_CONNECTED, "binaryValue", 5, "read-only", None,
+          "Registered with the VTN and polling", False),
+    Point(METER_FAULT, "binaryValue", 6, "read-only", None,
+          "The meter did not answer the last read", False),
+)
+
+BY_NAME: dict[str, Point] = {p.name: p for p in POINTS}

@@ -1,0 +1,196 @@
+"""`edge-gateway` command line. Heavy imports happen inside each command so `--help` stays instant."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+
+from .config import ConfigError, GatewayConfig, load_config
+
+EXIT_CONFIG = 2
+
+
+def _config_or_exit(path: str | None) -> GatewayConfig:
+    try:
+        return load_config(path)
+    except ConfigError as err:
+        print(f"configuration error:\n{err}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+
+
+async def serve_until_signalled(main, duration: float | None = None) -> None:
+    """Run coroutine `main` until it ends, SIGINT/SIGTERM arrives, or `duration` seconds pass."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    task = asyncio.ensure_future(main)
+    waiter = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({task, waiter}, timeout=duration, return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
+    if not task.done():
+        task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+
+
+def cmd_check_config(args) -> int:
+    cfg = _config_or_exit(args.file)
+    print(f"{args.file}: ok (device {cfg.bacnet.device_id} on {cfg.bacnet.address}, "
+          f"meter {cfg.meter.address} {cfg.meter.object}, VTN {cfg.openadr.vtn_url})")
+    return 0
+
+
+def cmd_points(args) -> int:
+    from bacnet_api.points import POINTS
+
+    cfg = _config_or_exit(args.config)
+    print(f"device {cfg.bacnet.device_id} '{cfg.bacnet.device_name}' on {cfg.bacnet.address}")
+    print(f"{'object':<16} {'name':<26} {'access':<12} {'units':<10} description")
+    for p in POINTS:
+        print(f"{p.object_id:<16} {p.name:<26} {p.access:<12} {p.units or '':<10} {p.description}")
+    return 0
+
+
+def cmd_read_meter(args) -> int:
+    from bacnet_api.meter import read_meter_once
+
+    from .logs import setup_logging
+
+    cfg = _config_or_exit(args.config)
+    setup_logging("WARNING")
+    m = cfg.meter
+    bind = args.bind or cfg.bacnet.address
+    reading = asyncio.run(read_meter_once(
+        bind_address=bind, device_id=cfg.bacnet.device_id, address=m.address, object=m.object,
+        property=m.property, router=m.router, timeout=m.timeout_seconds))
+    if reading.value is None:
+        print(f"meter {m.address} {m.object} {m.property}: no value: {reading.error}", file=sys.stderr)
+        return 1
+    print(f"meter {m.address} {m.object} {m.property}: {reading.value:.3f} kW at "
+          f"{reading.timestamp.isoformat(timespec='seconds')}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    cfg = _config_or_exit(args.config)
+    from .app import Gateway
+    from .logs import setup_logging
+
+    setup_logging(cfg.log_level)
+
+    async def main():
+        gateway = Gateway(cfg)
+        try:
+            await gateway.start()
+            await asyncio.Event().wait()
+        finally:
+            await gateway.stop()
+
+    try:
+        asyncio.run(serve_until_signalled(main()))
+    except ConfigError as err:  # e.g. an HTTP address off loopback without a token
+        print(f"configuration error:\n{err}", file=sys.stderr)
+        return EXIT_CONFIG
+    return 0
+
+
+def cmd_simulate_meter(args) -> int:
+    from bacnet_api.simulator import run_simulator
+
+    from .logs import setup_logging
+
+    setup_logging("INFO")
+    values = None
+    if args.csv:
+        from .demo_data import load_kw_column
+
+        values = load_kw_column(args.csv, args.value_column)
+    elif args.value is not None:
+        values = [args.value]
+    asyncio.run(serve_until_signalled(
+        run_simulator(args.address, values=values, interval=args.interval), args.duration))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+    from .logs import setup_logging
+
+    setup_logging("INFO")
+    return asyncio.run(run_demo(args))
+
+
+def cmd_forecast_replay(args) -> int:
+    from forecaster.replay import replay_csv
+
+    summary = replay_csv(args.csv, args.time_column, args.value_column, args.output,
+                         cycle_minutes=args.cycle_minutes)
+    print(" ".join(f"{k}={v}" for k, v in summary.items()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edge-gateway", description=(
+        "OpenADR 2.0b VEN and BACnet/IP gateway with demand forecasting for buildings."))
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run the gateway")
+    p.add_argument("--config", required=True, metavar="FILE")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("check-config", help="validate a configuration file")
+    p.add_argument("file", metavar="FILE")
+    p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("points", help="print the BACnet point table the device serves")
+    p.add_argument("--config", required=True, metavar="FILE")
+    p.set_defaults(func=cmd_points)
+
+    p = sub.add_parser("read-meter", help="read the meter once and print the value or why it failed")
+    p.add_argument("--config", required=True, metavar="FILE")
+    p.add_argument("--bind", default="", metavar="IP/MASK:PORT",
+                   help="local BACnet address for this one read (default: bacnet.address; "
+                        "use another port while the gateway runs)")
+    p.set_defaults(func=cmd_read_meter)
+
+    p = sub.add_parser("simulate-meter", help="serve a routed BACnet meter (network 12345, MAC 2, analogInput 2)")
+    p.add_argument("--address", default="127.0.0.1/8:47810", metavar="IP/MASK:PORT")
+    p.add_argument("--value", type=float, default=None, help="fixed kW value")
+    p.add_argument("--csv", default=None, help="replay a kW column from this CSV (default: the shipped building)")
+    p.add_argument("--value-column", default="Total_Power")
+    p.add_argument("--interval", type=float, default=10.0, help="seconds between replayed values")
+    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    p.set_defaults(func=cmd_simulate_meter)
+
+    p = sub.add_parser("demo", help="run VTN, meter, BAS simulator and gateway on loopback")
+    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--bacnet-port", type=int, default=47808)
+    p.add_argument("--meter-port", type=int, default=47810)
+    p.add_argument("--bas-port", type=int, default=47809)
+    p.add_argument("--vtn-port", type=int, default=8080)
+    p.add_argument("--http-port", type=int, default=8000)
+    p.add_argument("--event-delay", type=float, default=60.0, help="seconds until the demo event starts")
+    p.add_argument("--storage", default=None, help="SQLite file (default: a temporary one)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("forecast-replay", help="replay a CSV through the forecaster in simulated time")
+    p.add_argument("--csv", required=True)
+    p.add_argument("--time-column", required=True)
+    p.add_argument("--value-column", required=True)
+    p.add_argument("--cycle-minutes", type=float, default=15.0)
+    p.add_argument("--output", required=True)
+    p.set_defaults(func=cmd_forecast_replay)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

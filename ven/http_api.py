@@ -1,0 +1,336 @@
+"""The operator's HTTP surface: health, status, history, Prometheus metrics and a dashboard.
+
+Read-only (GET/HEAD only) and loopback by default. Bound to any other address it requires a bearer
+token (`http.token`) and refuses to start without one. The static dashboard files carry no data and
+are served without the token; every data endpoint checks it. /healthz stays open so an orchestrator
+can probe it; it reveals only ok/not-ok and a one-line reason.
+
+The application is reached only through a GatewayView; the JSON shapes below are the contract
+between the gateway (which fills them) and ven/web/app.js (which draws them).
+
+GET /api/status -> view.status(), a dict shaped like:
+
+    {
+      "version": "0.1.0",
+      "started_at": "2026-11-22T00:00:00Z",        # times in /api/status: ISO 8601 UTC strings
+      "uptime_seconds": 3600.0,
+      "points": [                                    # every BACnet point, table order
+        {"name": "meter-power", "object": "analogValue 6", "value": 96.4, "units": "kilowatts",
+         "access": "read-only", "description": "...",
+         "status_flags": {"in_alarm": false, "fault": false, "overridden": false, "out_of_service": false}}
+      ],
+      "vtn": {"url": "...", "ven_name": "...", "ven_id": "...", "registered": true, "connected": true,
+              "last_poll": "...Z", "last_error": null, ...},
+      "events": [                                    # pending, active and recent events
+        {"event_id": "e1", "status": "active",        # pending | active | completed | cancelled
+         "opt": "optIn",                               # optIn | optOut
+         "start": "...Z", "end": "...Z", "level": 2,  # level: the current (or first) SIMPLE level
+         "modification_number": 0,
+         "signals": [{"name": "simple", "type": "level",
+                      "intervals": [{"start": "...Z", "end": "...Z", "value": 2}]}]}
+      ],
+      "telemetry": {"queue_depth": 0, "last_delivery": "...Z", ...},
+      "meter": {"address": "12345:2", "value_kw": 96.4, "read_at": "...Z", "fault": false, ...},
+      "forecaster": {"serving": "gbr", "history_minutes": 20160, "validation_error_kw": 3.1, ...}
+    }
+
+Sections other than "points" and "events" are shown by the dashboard as key/value tables, so the
+gateway may add keys freely. Values may be None; NaN/inf floats become null, datetimes become ISO
+strings, dataclasses become objects.
+
+GET /api/history?hours=24 -> view.history(hours), a dict shaped like (times: epoch seconds, UTC):
+
+    {
+      "minutes": [1763769600, 1763769660, ...],    # start of each minute, ascending, one per minute
+      "power_kw":    [95.1, null, ...],            # 1-minute average power; null where no reading
+      "demand_kw":   [94.8, ...],                   # 15-minute demand (average of the 15 min ending here)
+      "forecast_15": [93.0, ...],                   # forecast for this minute's demand issued 15 min before
+      "forecast_60": [97.2, ...],                   # ... issued 60 min before; null where none was issued
+      "high_load":   [false, true, null, ...],      # flag state during each minute
+      "low_load":    [false, ...],
+      "high_threshold_kw": 120.0,                   # null while not yet known
+      "low_threshold_kw": 60.0,
+      "events": [{"start": 1763780000, "end": 1763783600, "level": 2, "event_id": "e1", "opt": "optIn"}]
+    }
+
+All per-minute arrays have the length of "minutes". An event still open has "end": null.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import enum
+import hmac
+import inspect
+import ipaddress
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from ven.config import ConfigError
+from ven.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+WEB_DIR = Path(__file__).with_name("web")
+MAX_HISTORY_HOURS = 24 * 35  # forecaster.history_days default: older minutes are not kept anyway
+STATIC_FILES = {
+    "/": ("index.html", "text/html"),
+    "/app.js": ("app.js", "application/javascript"),
+    "/style.css": ("style.css", "text/css"),
+}
+
+
+class GatewayView(Protocol):
+    def status(self) -> dict: ...
+
+    def history(self, hours: float) -> dict: ...
+
+    def health(self) -> tuple[bool, str]: ...
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError(f"http.address must look like host:port, got {address!r}")
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost may resolve anywhere
+
+
+def to_json(value: Any) -> Any:
+    """Make a view's body strictly JSON: NaN/inf -> null, datetimes -> ISO UTC, dataclasses -> dicts."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (str, int, bool)) or value is None:
+        return value
+    if isinstance(value, dict):
+        return {str(k): to_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [to_json(v) for v in value]
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+        return value.isoformat(timespec="seconds") + "Z"
+    if isinstance(value, (dt.date, dt.time)):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, enum.Enum):
+        return to_json(value.value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return to_json(dataclasses.asdict(value))
+    if hasattr(value, "tolist"):  # numpy arrays and scalars
+        return to_json(value.tolist())
+    return str(value)
+
+
+def _json_response(body: Any, status: int = 200) -> web.Response:
+    text = json.dumps(to_json(body), allow_nan=False, separators=(",", ":"))
+    return web.Response(text=text, status=status, content_type="application/json",
+                        headers={"Cache-Control": "no-store"})
+
+
+class LoopHeartbeat:
+    """Measures event-loop responsiveness: how late a periodic timer fires.
+
+    A blocked loop cannot answer /healthz while blocked, so the worst lag of the recent window is
+    kept and reported once the loop recovers; a heartbeat that has not beaten for too long means
+    the loop is stuck right now (seen when a request squeezes in before the timer).
+    """
+
+    def __init__(self, interval: float = 0.25, window: float = 30.0) -> None:
+        self.interval = interval
+        self.window = window
+        self._lags: list[tuple[float, float]] = []  # (monotonic time, lag seconds)
+        self._last_beat = time.monotonic()
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._last_beat = time.monotonic()
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="http-heartbeat")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            expected = time.monotonic() + self.interval
+            await asyncio.sleep(self.interval)
+            now = time.monotonic()
+            self._last_beat = now
+            self._lags.append((now, max(0.0, now - expected)))
+            cutoff = now - self.window
+            while self._lags and self._lags[0][0] < cutoff:
+                self._lags.pop(0)
+
+    def worst_lag(self) -> float:
+        now = time.monotonic()
+        recent = max((lag for t, lag in self._lags if t >= now - self.window), default=0.0)
+        overdue = max(0.0, now - self._last_beat - self.interval)
+        return max(recent, overdue)
+
+
+class HttpServer:
+    """aiohttp server for the operator; runs in the gateway's event loop."""
+
+    def __init__(self, view: GatewayView, metrics: Metrics, address: str = "127.0.0.1:8000", token: str = "",
+                 *, loop_lag_limit: float = 2.0, heartbeat_interval: float = 0.25,
+                 lag_window: float = 30.0) -> None:
+        self.view = view
+        self.metrics = metrics
+        self.host, self._port = parse_address(address)
+        self.token = token
+        if not token and not is_loopback(self.host):
+            raise ConfigError(
+                f"http.address {address} is not a loopback address: set http.token (clients then send "
+                f"'Authorization: Bearer <token>') or bind to 127.0.0.1")
+        self.loop_lag_limit = loop_lag_limit
+        self.heartbeat = LoopHeartbeat(heartbeat_interval, lag_window)
+        self._runner: web.AppRunner | None = None
+        self._started = time.monotonic()
+        self._failing: dict[str, str] = {}  # endpoint -> error text, to log a fault once
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self._port}"
+
+    def make_app(self) -> web.Application:
+        app = web.Application(middlewares=[self._auth])
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/api/status", self._status)
+        app.router.add_get("/api/history", self._history)
+        app.router.add_get("/metrics", self._metrics)
+        for route in STATIC_FILES:
+            app.router.add_get(route, self._static)
+        return app
+
+    async def start(self) -> None:
+        self._started = time.monotonic()
+        self._runner = web.AppRunner(self.make_app(), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self._port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as err:
+            await self._runner.cleanup()
+            self._runner = None
+            raise ConfigError(f"http.address {self.host}:{self._port}: cannot listen: {err.strerror}") from None
+        self._port = self._runner.addresses[0][1]
+        self.heartbeat.start()
+        auth = "bearer token required" if self.token else "no token"
+        log.info("http dashboard on %s/ (%s)", self.url, auth)
+
+    async def stop(self) -> None:
+        await self.heartbeat.stop()
+        if self._runner:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # -- middleware -------------------------------------------------------------------------
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler):
+        if self.token and request.path not in STATIC_FILES and request.path != "/healthz":
+            given = request.headers.get("Authorization", "")
+            scheme, _, credential = given.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(credential.strip().encode(),
+                                                                      self.token.encode()):
+                return web.json_response({"error": "bearer token required (Authorization: Bearer <http.token>)"},
+                                         status=401, headers={"WWW-Authenticate": 'Bearer realm="edge-gateway"'})
+        return await handler(request)
+
+    # -- handlers ---------------------------------------------------------------------------
+
+    async def _call(self, name: str, fn, *args) -> Any:
+        """Call the view; one log line when an endpoint starts failing and one when it recovers."""
+        try:
+            result = fn(*args)
+            if inspect.isawaitable(result):
+                result = await result
+        except Exception as err:
+            text = f"{type(err).__name__}: {err}"
+            if self._failing.get(name) != text:
+                log.warning("http %s failing: %s", name, text)
+                self._failing[name] = text
+            raise
+        if self._failing.pop(name, None) is not None:
+            log.info("http %s recovered", name)
+        return result
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        lag = self.heartbeat.worst_lag()
+        self.metrics.event_loop_lag_seconds.set(lag)
+        reasons = []
+        try:
+            ok, reason = await self._call("healthz", self.view.health)
+        except Exception as err:
+            ok, reason = False, f"health check raised {type(err).__name__}: {err}"
+        if not ok:
+            reasons.append(reason or "unhealthy")
+        if lag > self.loop_lag_limit:
+            reasons.append(f"event loop lagged {lag:.1f} s (limit {self.loop_lag_limit:g} s) "
+                           f"in the last {self.heartbeat.window:g} s")
+        if reasons:
+            return web.Response(text="; ".join(reasons) + "\n", status=503, headers={"Cache-Control": "no-store"})
+        return web.Response(text=(reason or "ok") + "\n", headers={"Cache-Control": "no-store"})
+
+    async def _status(self, request: web.Request) -> web.Response:
+        try:
+            body = await self._call("status", self.view.status)
+        except Exception as err:
+            return _json_response({"error": f"status unavailable: {type(err).__name__}: {err}"}, 500)
+        return _json_response(body)
+
+    async def _history(self, request: web.Request) -> web.Response:
+        raw = request.query.get("hours", "24")
+        try:
+            hours = float(raw)
+        except ValueError:
+            hours = math.nan
+        if not 0 < hours <= MAX_HISTORY_HOURS:
+            return _json_response({"error": f"hours must be a number above 0 and at most {MAX_HISTORY_HOURS}, "
+                                            f"got {raw!r}"}, 400)
+        try:
+            body = await self._call("history", self.view.history, hours)
+        except Exception as err:
+            return _json_response({"error": f"history unavailable: {type(err).__name__}: {err}"}, 500)
+        return _json_response(body)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        self.metrics.uptime_seconds.set(time.monotonic() - self._started)
+        self.metrics.event_loop_lag_seconds.set(self.heartbeat.worst_lag())
+        resp = web.Response(body=self.metrics.render(), headers={"Cache-Control": "no-store"})
+        resp.headers["Content-Type"] = self.metrics.content_type
+        return resp
+
+    async def _static(self, request: web.Request) -> web.Response:
+        name, content_type = STATIC_FILES[request.path]
+        body = (WEB_DIR / name).read_bytes()
+        return web.Response(body=body, content_type=content_type, charset="utf-8",
+                            headers={"Cache-Control": "no-cache"})

@@ -1,0 +1,68 @@
+"""Prometheus metrics for the gateway, exposed on GET /metrics.
+
+Each Metrics instance owns its CollectorRegistry, so tests (and two gateways in one process) never
+collide on the global default registry. The application sets gauges and bumps counters; this module
+knows nothing about where the numbers come from.
+
+Gauges whose value is not known yet (no meter reading, no forecast) start as NaN, so a dashboard
+shows a gap instead of a plausible-looking 0 kW.
+"""
+from __future__ import annotations
+
+import math
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+PREFIX = "edge_gateway"
+
+# Forecast cycles are usually milliseconds (a model predict) and occasionally seconds (a retrain).
+CYCLE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class Metrics:
+    """Every metric the gateway exports. Names are a public contract (examples/grafana-dashboard.json)."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        p = PREFIX
+        self.meter_kw = Gauge(f"{p}_meter_kw", "Latest meter reading taken by the gateway (kW)", registry=r)
+        self.input_kw = Gauge(f"{p}_input_kw", "Building power written by the BAS to input-power-meter (kW)",
+                              registry=r)
+        self.forecast_kw = Gauge(f"{p}_forecast_kw", "Forecast 15-min average demand ending <horizon> ahead (kW)",
+                                 ["horizon"], registry=r)
+        self.event_level = Gauge(f"{p}_event_level", "Current OpenADR SIMPLE level 0-3 (0 = no event)", registry=r)
+        self.high_load = Gauge(f"{p}_high_load", "1 while the high-load-conditions flag is on", registry=r)
+        self.low_load = Gauge(f"{p}_low_load", "1 while the low-load-conditions flag is on", registry=r)
+        self.vtn_connected = Gauge(f"{p}_vtn_connected", "1 while registered with the VTN and polling", registry=r)
+        self.telemetry_queue_depth = Gauge(f"{p}_telemetry_queue_depth",
+                                           "Telemetry samples stored and not yet delivered to the VTN", registry=r)
+        self.telemetry_queued = Counter(f"{p}_telemetry_queued", "Telemetry samples queued for the VTN",
+                                        registry=r)
+        self.telemetry_sent = Counter(f"{p}_telemetry_sent", "Telemetry samples delivered to the VTN", registry=r)
+        self.telemetry_dropped = Counter(f"{p}_telemetry_dropped",
+                                         "Telemetry samples dropped (older than openadr.queue_max_days)", registry=r)
+        self.meter_read_failures = Counter(f"{p}_meter_read_failures", "Meter reads that failed or timed out",
+                                           registry=r)
+        self.vtn_poll_failures = Counter(f"{p}_vtn_poll_failures", "VTN polls that failed", registry=r)
+        self.forecast_cycle_seconds = Histogram(f"{p}_forecast_cycle_seconds",
+                                                "Wall time of one forecast cycle (s)", buckets=CYCLE_BUCKETS,
+                                                registry=r)
+        self.model_validation_error = Gauge(f"{p}_model_validation_error_kw",
+                                            "Mean absolute error of the model on held-out history (kW)",
+                                            ["model"], registry=r)
+        self.event_loop_lag_seconds = Gauge(f"{p}_event_loop_lag_seconds",
+                                            "Worst event-loop lag seen by the HTTP heartbeat recently (s)",
+                                            registry=r)
+        self.uptime_seconds = Gauge(f"{p}_uptime_seconds", "Seconds since the gateway started", registry=r)
+        self.build_info = Info(f"{p}_build", "Gateway version", registry=r)
+        for gauge in (self.meter_kw, self.input_kw):
+            gauge.set(math.nan)
+        for horizon in ("15m", "60m"):
+            self.forecast_kw.labels(horizon=horizon).set(math.nan)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of this instance's registry."""
+        return generate_latest(self.registry)
