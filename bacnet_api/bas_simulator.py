@@ -1,0 +1,101 @@
+"""A BAS simulator: what a building controller does with the gateway's points, over real BACnet.
+
+Every `interval` seconds it writes the building's kW into input-power-meter at its priority, reads back
+the demand-response state, the forecasts and the flags by ReadPropertyMultiple, and decides whether to
+shed, following examples/bas-sequence-of-operation.md: shed on level >= 2 or high-load, restore only
+after `restore_cycles` calm cycles. The demo prints what it sees; tests read `.view` and `.decision`.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Callable
+
+from . import points as P
+from .peer import BacnetPeer, PeerError
+
+log = logging.getLogger(__name__)
+
+WATCHED = (P.EVENT_LEVEL, P.EVENT_ACTIVE, P.EVENT_START_MINUTES, P.FIFTEEN_MIN_FORECAST,
+           P.ONE_HOUR_FORECAST, P.RATE_OF_CHANGE, P.HIGH_LOAD, P.LOW_LOAD, P.METER_POWER,
+           P.VTN_CONNECTED, P.METER_FAULT)
+
+
+class BasSimulator:
+    def __init__(self, port: int, gateway: str, kw_source: Callable[[], float], *,
+                 interval: float = 10.0, priority: int = 8, restore_cycles: int = 3,
+                 device_id: int = 4000100,
+                 on_change: Callable[[dict, str], None] | None = None) -> None:
+        self.gateway = gateway
+        self.kw_source = kw_source
+        self.interval = interval
+        self.priority = priority
+        self.restore_cycles = restore_cycles
+        self.on_change = on_change
+        self.view: dict[str, float | bool] = {}
+        self.decision = "normal"
+        self.cycles = 0
+        self._calm = 0
+        self._peer = BacnetPeer(port, device_id=device_id, timeout=3.0)
+        self._task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        await self._peer.__aenter__()
+        self._task = asyncio.create_task(self._run(), name="bas-simulator")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self._peer.__aexit__(None, None, None)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while True:
+            await self.cycle()
+            next_at += self.interval
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+
+    async def cycle(self) -> None:
+        self.cycles += 1
+        kw = self.kw_source()
+        err = await self._peer.write(self.gateway, P.BY_NAME[P.INPUT_POWER].object_id, "presentValue",
+                                     float(kw), priority=self.priority)
+        if err is not None:
+            log.warning("BAS: write input-power-meter %.1f kW refused: %s", kw, err.text)
+        specs = [(P.BY_NAME[name].object_id, ["presentValue"]) for name in WATCHED]
+        result = await self._peer.read_multiple(self.gateway, specs)
+        if isinstance(result, PeerError):
+            log.warning("BAS: reading the gateway failed: %s", result.text)
+            return
+        view = {}
+        for name in WATCHED:
+            kind, inst = P.BY_NAME[name].object_id.split()
+            value = result.get((f"{kind},{inst}", "presentValue"))
+            if isinstance(value, PeerError):
+                continue
+            view[name] = _plain(value, P.BY_NAME[name].kind)
+        decision = self._decide(view)
+        changed = view != self.view or decision != self.decision
+        self.view, self.decision = view, decision
+        if changed and self.on_change is not None:
+            self.on_change(dict(view), decision)
+
+    def _decide(self, view: dict) -> str:
+        level = float(view.get(P.EVENT_LEVEL, 0) or 0)
+        high = bool(view.get(P.HIGH_LOAD, False))
+        if level >= 2 or high:
+            self._calm = 0
+            return "shed"
+        if self.decision == "shed":
+            self._calm += 1
+            if self._calm < self.restore_cycles:
+                return "shed"
+        return "shed-1" if level >= 1 else "normal"
+
+
+def _plain(value, kind: str) -> float | bool:
+    if kind == "binaryValue":  # BinaryPV may arrive as the enumeration or its integer
+        return str(value) in ("active", "1")
+    return round(float(value), 2)

@@ -1,0 +1,156 @@
+"""Small bacpypes3 helpers for the client side: a bare stack, routes, and errors as text.
+
+Used by the meter client, the meter simulator, the CLI's one-shot meter read and the tests' peer.
+"""
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+from bacpypes3.apdu import AbortPDU, ErrorPDU, ErrorRejectAbortNack, RejectPDU
+from bacpypes3.app import Application
+from bacpypes3.constructeddata import Choice
+from bacpypes3.local.device import DeviceObject
+from bacpypes3.local.networkport import NetworkPortObject
+from bacpypes3.pdu import Address
+from bacpypes3.primitivedata import BitString, Enumerated, Null, ObjectIdentifier
+
+# Errors a bacpypes3 request can raise. ErrorRejectAbortNack derives from BaseException, so
+# `except Exception` alone lets a BACnet error or an APDU timeout escape.
+BACNET_ERRORS: tuple[type[BaseException], ...] = (ErrorRejectAbortNack, Exception)
+
+
+async def start_stack(address: str, device_id: int, name: str, vendor_id: int = 999,
+                      timeout: float = 5.0) -> Application:
+    """A plain bacpypes3 device on `address` ("127.0.0.1/8:47809"), socket bound on return.
+
+    bacpypes3 retries a failed bind forever; after `timeout` s this raises OSError instead."""
+    ensure_port_free(address)
+    device = DeviceObject(
+        objectIdentifier=("device", device_id),
+        objectName=name,
+        vendorIdentifier=vendor_id,
+        maxApduLengthAccepted=1024,
+        segmentationSupported="segmentedBoth",
+    )
+    port = NetworkPortObject(address, objectIdentifier=("network-port", 1), objectName="NetworkPort-1")
+    app = Application.from_object_list([device, port])
+    try:
+        await asyncio.wait_for(wait_bound(app), timeout)
+    except asyncio.TimeoutError:
+        app.close()
+        raise OSError(f"could not bind BACnet/IP socket {address} within {timeout:g} s") from None
+    return app
+
+
+def ensure_port_free(address: str) -> None:
+    """Raise OSError if the UDP port of `address` ("ip/mask:port") is taken.
+
+    bacpypes3 binds with SO_REUSEPORT, so a second stack on a busy port would silently share (and
+    split) the traffic of the first; a probe bind without it fails cleanly instead."""
+    ip_mask, sep, port = address.rpartition(":")
+    if not sep:
+        ip_mask, port = address, "47808"  # BACnet/IP's default port
+    ip = ip_mask.partition("/")[0]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((ip, int(port)))
+        except OSError as err:
+            raise OSError(err.errno, f"BACnet/IP address {ip}:{port} is not available: {err.strerror}") from None
+
+
+async def wait_bound(app: Application) -> None:
+    """Wait until every UDP link layer of `app` has its socket (binding happens in a task)."""
+    for link_layer in app.link_layers.values():
+        ready = getattr(getattr(link_layer, "server", None), "_local_transport_ready", None)
+        if ready is not None:
+            await ready.wait()
+
+
+async def close_stack(app: Application) -> None:
+    app.close()
+    await asyncio.sleep(0)  # transports close on the next loop turn
+
+
+def error_text(err: BaseException) -> str:
+    """A BACnet error/reject/abort, or any other exception, as one human-readable phrase."""
+    if isinstance(err, ErrorPDU):
+        return f"BACnet error {err.errorClass}/{err.errorCode}"
+    if isinstance(err, RejectPDU):
+        return f"BACnet reject {err.apduAbortRejectReason}"
+    if isinstance(err, AbortPDU):
+        reason = str(err.apduAbortRejectReason)
+        return "no response (APDU timeout)" if reason in ("noResponse", "no-response") else f"BACnet abort {reason}"
+    text = str(err)
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def error_code(err: BaseException) -> str | None:
+    """The errorCode (camelCase, e.g. "writeAccessDenied") of a BACnet ErrorPDU, else None."""
+    if isinstance(err, ErrorPDU):
+        return camel(str(err.errorCode))
+    return None
+
+
+def camel(text: str) -> str:
+    """bacpypes3's hyphenated names in camelCase: "write-access-denied" -> "writeAccessDenied"."""
+    head, *rest = text.split("-")
+    return head + "".join(part.capitalize() for part in rest)
+
+
+async def add_static_route(app: Application, router: str, network: int) -> None:
+    """Reach `network` through the router at `router` ("ip:port") without any broadcast."""
+    await app.nsap.router_info_cache.update_path_info(None, Address(router), {network})
+
+
+async def ask_router(app: Application, network: int, router: str = "", timeout: float = 3.0) -> bool:
+    """Who-Is-Router-To-Network, directed to `router` when given (else broadcast); True if answered."""
+    destination = Address(router) if router else None
+    try:
+        found = await asyncio.wait_for(
+            app.nse.who_is_router_to_network(destination=destination, network=network), timeout
+        )
+    except (asyncio.TimeoutError, *BACNET_ERRORS):
+        return False
+    return bool(found)
+
+
+def object_id(text: str) -> str:
+    """"analogInput 2", "analogInput:2" or "analogInput,2" -> the "type,instance" form bacpypes3 parses."""
+    kind, _, instance = text.strip().replace(":", " ").replace(",", " ").partition(" ")
+    return f"{kind},{instance.strip()}"
+
+
+def network_of(address: str) -> int | None:
+    """12345 for "12345:2", None for a local address."""
+    net, sep, _ = address.partition(":")
+    if sep and net.isdigit() and "." not in net:
+        return int(net)
+    return None
+
+
+def to_plain(value: Any) -> Any:
+    """A bacpypes3 value as plain Python: Real -> float, enumerations -> camelCase names
+    ("kilowatts", "active", "communicationFailure"), bit strings -> lists of 0/1, priority arrays ->
+    lists with None for empty slots, object identifiers -> "analogValue 1", Null -> None."""
+    if value is None or isinstance(value, Null):
+        return None
+    if isinstance(value, Choice):  # PriorityValue, OptionalUnsigned, ...
+        choice = getattr(value, "_choice", None)
+        return None if choice in (None, "null") else to_plain(getattr(value, choice))
+    if isinstance(value, ObjectIdentifier):
+        return f"{camel(str(value[0]))} {value[1]}"
+    if isinstance(value, Enumerated):
+        # a bare Enumerated (e.g. inside a priority array) has no names: give the number
+        return int(value) if type(value) is Enumerated else camel(str(value))
+    if isinstance(value, BitString):
+        return [int(bit) for bit in value]
+    if isinstance(value, bool):
+        return value
+    for kind in (float, int, str):
+        if isinstance(value, kind):
+            return kind(value)
+    if isinstance(value, (list, tuple)):
+        return [to_plain(item) for item in value]
+    return value

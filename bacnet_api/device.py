@@ -1,0 +1,273 @@
+"""The gateway as a BACnet/IP device: one bacpypes3 object per point of the point table.
+
+BAC0 starts the stack (device object, network port, Who-Is/ReadProperty/ReadPropertyMultiple/
+WriteProperty services); the point objects are built directly from bacpypes3 classes so several
+devices can live in one process (BAC0's ObjectFactory keeps a class-level registry). Nothing outside
+this package touches bacpypes3 objects: the application reads and writes points by name.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from typing import Any, Callable, Iterable
+
+from bacpypes3.basetypes import EngineeringUnits, Reliability
+
+from .client import ensure_port_free, to_plain
+from .objects import (
+    CommandableAnalogValue,
+    CommandableBinaryValue,
+    ReadOnlyAnalogValue,
+    ReadOnlyBinaryValue,
+)
+from .points import METER_POWER, POINTS, Point
+
+log = logging.getLogger(__name__)
+
+_NO_FAULT = Reliability("noFaultDetected")
+# Why a point is in fault, as a BAS reads it in the reliability property.
+_NO_VALUE_YET = Reliability("unreliableOther")
+_SET_FAULT = {METER_POWER: Reliability("communicationFailure")}
+_START_TIMEOUT = 10.0
+
+
+def _plain(point: Point, value: Any) -> float | bool:
+    """A bacpypes3 presentValue as the application sees it."""
+    if point.kind == "binaryValue":
+        return int(value) == 1  # BinaryPV: inactive 0, active 1
+    return float(value)
+
+
+def _wire(point: Point, value: float | bool) -> Any:
+    if point.kind == "binaryValue":
+        # bool, 0/1 and numpy booleans; anything else is a caller bug
+        if isinstance(value, (str, bytes)) or value not in (0, 1):
+            raise TypeError(f"{point.name} is binary, got {value!r}")
+        return "active" if value else "inactive"
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{point.name} must be finite, got {value!r}")
+    return number
+
+
+def _route_bac0_logging() -> None:
+    """BAC0 gives each of its loggers its own stdout and ~/.BAC0 file handlers, a DEBUG level and
+    propagate=False, so its INFO chatter bypasses the operator log's format and levels. Hand its
+    records to the normal logging tree instead, where the "BAC0_Root" logger's level decides."""
+    for name, logger in list(logging.Logger.manager.loggerDict.items()):
+        if not name.startswith("BAC0_Root.") or not isinstance(logger, logging.Logger):
+            continue
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+            handler.close()
+        logger.setLevel(logging.NOTSET)
+        logger.propagate = True
+
+
+class GatewayDevice:
+    def __init__(
+        self,
+        *,
+        address: str,
+        device_id: int,
+        device_name: str,
+        input_min: float = -100000.0,
+        input_max: float = 100000.0,
+        points: Iterable[Point] = POINTS,
+    ) -> None:
+        if not 0 <= device_id <= 4194302:
+            raise ValueError(f"device_id must be 0..4194302, got {device_id}")
+        if not input_min < input_max:
+            raise ValueError("input_min must be below input_max")
+        self.address = address
+        self.device_id = device_id
+        self.device_name = device_name
+        self.input_min = float(input_min)
+        self.input_max = float(input_max)
+        self._points = {p.name: p for p in points}
+        self._objects: dict[str, Any] = {}
+        self._no_value_yet: set[str] = set()
+        self._faulted: set[str] = set()
+        self._callbacks: dict[str, list[Callable[[Any], None]]] = {}
+        self._bacnet: Any = None
+
+    # ----- life cycle
+
+    async def start(self) -> None:
+        if self._bacnet is not None:
+            raise RuntimeError("device already started")
+        import BAC0  # heavy import, only when a device actually starts
+
+        _route_bac0_logging()
+        started = time.monotonic()
+        ensure_port_free(self.address)
+        self._bacnet = BAC0.start(
+            ip=self.address, deviceId=self.device_id, localObjName=self.device_name, ping=False
+        )
+        try:
+            await asyncio.wait_for(self._socket_ready(), _START_TIMEOUT)
+            for point in self._points.values():
+                obj = self._build(point)
+                self.app.add_object(obj)
+                self._objects[point.name] = obj
+        except BaseException:
+            await self.stop()
+            raise
+        log.info(
+            "BACnet device %s (%d) answering on %s with %d points in %.2f s",
+            self.device_name, self.device_id, self.address, len(self._objects),
+            time.monotonic() - started,
+        )
+
+    async def _socket_ready(self) -> None:
+        # BAC0 binds the UDP socket in a task; its context manager would add a fixed 1 s sleep.
+        for link_layer in self.app.link_layers.values():
+            server = getattr(link_layer, "server", None)
+            ready = getattr(server, "_local_transport_ready", None)
+            if ready is not None:
+                await ready.wait()
+
+    async def stop(self) -> None:
+        bacnet, self._bacnet = self._bacnet, None
+        if bacnet is None:
+            return
+        self._objects.clear()
+        self._no_value_yet.clear()  # a restarted device starts from the point table again
+        self._faulted.clear()
+        await bacnet._disconnect()
+        # let the transports' close callbacks run so the port is free on return
+        await asyncio.sleep(0)
+
+    @property
+    def app(self):
+        if self._bacnet is None:
+            raise RuntimeError("device not started")
+        return self._bacnet.this_application.app
+
+    @property
+    def running(self) -> bool:
+        return self._bacnet is not None
+
+    # ----- objects
+
+    def _build(self, point: Point) -> Any:
+        common: dict[str, Any] = dict(
+            objectIdentifier=(point.kind, point.instance),
+            objectName=point.name,
+            description=point.description,
+            eventState="normal",
+            outOfService=False,
+            reliability=_NO_VALUE_YET if point.starts_in_fault else _NO_FAULT,
+        )
+        initial = _wire(point, point.initial)
+        if point.kind == "analogValue":
+            common["units"] = EngineeringUnits(point.units or "noUnits")
+            common["covIncrement"] = 0.0
+        if point.access == "commandable":
+            cls = CommandableAnalogValue if point.kind == "analogValue" else CommandableBinaryValue
+            obj = cls(presentValue=initial, relinquishDefault=initial, **common)
+            if point.kind == "analogValue":
+                obj._low, obj._high = self.input_min, self.input_max
+            obj._on_accepted = lambda value, p=point: self._accepted(p, value)
+        elif point.access == "read-only":
+            cls = ReadOnlyAnalogValue if point.kind == "analogValue" else ReadOnlyBinaryValue
+            obj = cls(presentValue=initial, **common)
+        else:
+            raise ValueError(f"{point.name}: access {point.access!r} is not supported")
+        if point.starts_in_fault:
+            self._no_value_yet.add(point.name)
+        return obj
+
+    def _object(self, name: str) -> Any:
+        try:
+            return self._objects[name]
+        except KeyError:
+            if name in self._points:
+                raise RuntimeError("device not started") from None
+            raise KeyError(f"no point named {name!r}") from None
+
+    def _accepted(self, point: Point, raw: Any) -> None:
+        value: float | bool | None = _plain(point, raw)
+        priority = self._objects[point.name].currentCommandPriority
+        if point.kind == "analogValue" and (priority is None or priority.null is not None):
+            # nobody commands it any more: relinquishDefault is a placeholder, not a measurement
+            value = None
+        # a BAS writes its kW every few seconds (debug); a command on a binary point is an event
+        level = logging.INFO if point.kind == "binaryValue" else logging.DEBUG
+        log.log(level, "BACnet write accepted: %s = %s", point.name,
+                "relinquished" if value is None else value)
+        for callback in self._callbacks.get(point.name, ()):
+            try:
+                callback(value)
+            except Exception:  # a broken listener must not turn an accepted write into an error
+                log.exception("on_write callback for %s failed", point.name)
+
+    def _update_reliability(self, name: str) -> None:
+        if name in self._faulted:
+            reliability = _SET_FAULT.get(name, Reliability("unreliableOther"))
+        elif name in self._no_value_yet:
+            reliability = _NO_VALUE_YET
+        else:
+            reliability = _NO_FAULT
+        self._object(name).reliability = reliability
+
+    # ----- application side
+
+    def set(self, name: str, value: float | bool) -> None:
+        """Update presentValue from the application (commandable points: priority 16)."""
+        obj = self._object(name)
+        point = self._points[name]
+        obj.presentValue = _wire(point, value)
+        if name in self._no_value_yet:
+            self._no_value_yet.discard(name)
+            self._update_reliability(name)
+
+    def set_fault(self, name: str, fault: bool) -> None:
+        self._object(name)
+        if fault:
+            self._faulted.add(name)
+        else:
+            self._faulted.discard(name)
+        self._update_reliability(name)
+
+    def get(self, name: str) -> float | bool:
+        return _plain(self._points[name], self._object(name).presentValue)
+
+    def status_flags(self, name: str) -> dict[str, bool]:
+        flags = list(self._object(name).statusFlags)
+        return {
+            "in_alarm": bool(flags[0]),
+            "fault": bool(flags[1]),
+            "overridden": bool(flags[2]),
+            "out_of_service": bool(flags[3]),
+        }
+
+    def snapshot(self) -> dict[str, dict]:
+        result: dict[str, dict] = {}
+        for name, point in self._points.items():
+            obj = self._object(name)
+            entry: dict[str, Any] = {
+                "object": point.object_id,
+                "value": self.get(name),
+                "units": point.units,
+                "access": point.access,
+                "flags": self.status_flags(name),
+                "reliability": to_plain(obj.reliability),  # e.g. "communicationFailure"
+            }
+            if point.access == "commandable":
+                priority = obj.currentCommandPriority
+                entry["priority"] = None if priority is None or priority.null is not None else int(priority.unsigned)
+            result[name] = entry
+        return result
+
+    def on_write(self, name: str, callback: Callable[[Any], None]) -> None:
+        """Call `callback(value)` after each accepted network write or relinquish of a commandable point,
+        with the new effective value; an analog point relinquished at every priority gives None."""
+        point = self._points.get(name)
+        if point is None:
+            raise KeyError(f"no point named {name!r}")
+        if point.access != "commandable":
+            raise ValueError(f"{name} is read-only from the network; nothing to listen for")
+        self._callbacks.setdefault(name, []).append(callback)

@@ -1,0 +1,192 @@
+"""Reads the building meter over BACnet and owns the latest reading (coordinator pattern).
+
+A failed read is a reading with `value=None` and a reason, never a made-up number. The operator log
+gets one WARNING when the meter goes quiet (with the reason) and one INFO line when it answers again.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from bacpypes3.apdu import ErrorRejectAbortNack
+from bacpypes3.app import Application
+
+from .client import (
+    add_static_route,
+    ask_router,
+    close_stack,
+    error_text,
+    network_of,
+    object_id,
+    start_stack,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MeterReading:
+    timestamp: datetime  # UTC, aware
+    value: float | None  # kW; None when the read failed
+    error: str | None  # why it failed, for the operator
+
+    @property
+    def ok(self) -> bool:
+        return self.value is not None
+
+
+class MeterClient:
+    def __init__(
+        self,
+        device_or_app: Any,
+        *,
+        address: str,
+        object: str,  # noqa: A002 - the config key's name
+        property: str = "presentValue",  # noqa: A002
+        router: str = "",
+        poll_seconds: float = 10.0,
+        timeout_seconds: float = 5.0,
+        on_reading: Callable[[MeterReading], None] | None = None,
+    ) -> None:
+        if poll_seconds <= 0 or timeout_seconds <= 0:
+            raise ValueError("poll_seconds and timeout_seconds must be positive")
+        self._source = device_or_app
+        self.address = address
+        self.object = object_id(object)
+        self.property = property
+        self.router = router
+        self.poll_seconds = float(poll_seconds)
+        self.timeout_seconds = float(timeout_seconds)
+        self.on_reading = on_reading
+        self.network = network_of(address)
+        self.latest: MeterReading | None = None
+        self.fault = False
+        self._route_ready = self.network is None
+        self._task: asyncio.Task | None = None
+        self._what = f"{address} {object} {property}"
+
+    @property
+    def _app(self) -> Application:
+        # a GatewayDevice only has its Application once started, so resolve it on each read
+        return self._source if isinstance(self._source, Application) else self._source.app
+
+    # ----- one read
+
+    async def read_once(self) -> MeterReading:
+        """Read the meter once (bounded by timeout_seconds), record and return the reading."""
+        started = time.monotonic()
+        try:
+            if not self._route_ready:
+                await self._find_route(self._app)
+            value = await asyncio.wait_for(self._read(), self.timeout_seconds)
+            reading = self._reading(value=value)
+        except asyncio.TimeoutError:
+            reading = self._reading(error=f"no response from {self.address} within {self.timeout_seconds:g} s")
+        except ErrorRejectAbortNack as err:  # BaseException-derived: must be named explicitly
+            reading = self._reading(error=f"{self._what}: {error_text(err)}")
+        except _ReadFailed as err:
+            reading = self._reading(error=str(err))
+        except Exception as err:  # anything the stack raises is a failed read, not a crash
+            reading = self._reading(error=f"{self._what}: {error_text(err)}")
+        if reading.value is None and not self.router and self.network is not None:
+            self._route_ready = False  # the router we found may be gone; ask again next time
+        log.debug("meter read %s in %.3f s", reading, time.monotonic() - started)
+        self._record(reading)
+        return reading
+
+    async def _read(self) -> float:
+        raw = await self._app.read_property(self.address, self.object, self.property)
+        if raw is None:
+            raise _ReadFailed(f"{self._what}: no value returned (unknown object or property?)")
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            raise _ReadFailed(f"{self._what}: not a number ({raw!r})") from None
+        if not math.isfinite(value):
+            raise _ReadFailed(f"{self._what}: meter returned {value}")
+        return value
+
+    async def _find_route(self, app: Application) -> None:
+        """A path to the meter's network: the configured router, else whoever answers a broadcast
+        Who-Is-Router-To-Network (bounded by timeout_seconds, separately from the read)."""
+        assert self.network is not None
+        if self.router:
+            await add_static_route(app, self.router, self.network)
+        elif await app.nsap.router_info_cache.get_path_info(None, self.network):
+            pass  # learned already (an I-Am-Router-To-Network heard earlier)
+        elif not await ask_router(app, self.network, timeout=self.timeout_seconds):
+            raise _ReadFailed(f"no router to network {self.network} answered Who-Is-Router-To-Network")
+        self._route_ready = True
+
+    def _reading(self, value: float | None = None, error: str | None = None) -> MeterReading:
+        return MeterReading(datetime.now(timezone.utc), value, error)
+
+    def _record(self, reading: MeterReading) -> None:
+        self.latest = reading
+        failed = reading.value is None
+        if failed and not self.fault:
+            log.warning("meter fault: %s", reading.error)
+        elif not failed and self.fault:
+            log.info("meter answering again: %s = %.2f kW", self.address, reading.value)
+        self.fault = failed
+        if self.on_reading is not None:
+            try:
+                self.on_reading(reading)
+            except Exception:
+                log.exception("meter on_reading callback failed")
+
+    # ----- polling
+
+    async def start(self) -> None:
+        if self._task is not None and not self._task.done():
+            return
+        self._task = asyncio.create_task(self._poll(), name="meter-poll")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+
+    async def _poll(self) -> None:
+        while True:
+            await self.read_once()
+            # next tick on the wall-clock grid (:00, :10, ...), skipping ticks a slow read overran
+            now = time.time()
+            next_tick = (math.floor(now / self.poll_seconds) + 1) * self.poll_seconds
+            await asyncio.sleep(max(0.0, next_tick - now))
+
+
+class _ReadFailed(Exception):
+    """A read that got an answer which is not a usable kW value."""
+
+
+async def read_meter_once(
+    bind_address: str,
+    device_id: int,
+    address: str,
+    object: str,  # noqa: A002
+    property: str = "presentValue",  # noqa: A002
+    router: str = "",
+    timeout: float = 5.0,
+) -> MeterReading:
+    """One meter read from a temporary stack bound to `bind_address` (the CLI's read-meter)."""
+    try:
+        app = await start_stack(bind_address, device_id, "edge-gateway-read-meter", timeout=timeout)
+    except OSError as err:
+        return MeterReading(datetime.now(timezone.utc), None, str(err))
+    try:
+        client = MeterClient(app, address=address, object=object, property=property,
+                             router=router, timeout_seconds=timeout)
+        return await client.read_once()
+    finally:
+        await close_stack(app)

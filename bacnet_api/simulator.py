@@ -1,0 +1,217 @@
+"""A simulated building meter behind a BACnet router, all in one process (tests, demos, bench).
+
+    BACnet/IP (address, e.g. 127.0.0.1:47810)
+        router: device `router_device_id`, IP port (network `ip_network`) + virtual network `network` at MAC 1
+            virtual network `network` (12345)
+                meter: device `device_id` at MAC `mac` (2), analogInput `object_instance` in kilowatts
+
+The gateway reads `12345:2 analogInput 2 presentValue` through the router. `set_silent(True)` makes
+the meter stop answering while the router stays up, the way a meter with a dead RS-485 link behind a
+working router looks on the wire.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import math
+from typing import Iterable
+
+from bacpypes3.app import Application
+from bacpypes3.local.analog import AnalogInputObject
+from bacpypes3.local.device import DeviceObject
+from bacpypes3.local.networkport import NetworkPortObject
+from bacpypes3.vlan import VirtualNetwork
+
+from .client import close_stack, ensure_port_free, wait_bound
+
+log = logging.getLogger(__name__)
+
+_instances = itertools.count(1)
+
+
+class _MeterApplication(Application):
+    """A bacpypes3 device that can be told to ignore every request."""
+
+    _silent = False
+
+    async def indication(self, apdu) -> None:
+        if self._silent:
+            return
+        await super().indication(apdu)
+
+
+def _device(instance: int, name: str) -> DeviceObject:
+    return DeviceObject(
+        objectIdentifier=("device", instance),
+        objectName=name,
+        vendorIdentifier=999,
+        maxApduLengthAccepted=1024,
+        segmentationSupported="segmentedBoth",
+    )
+
+
+def _virtual_port(instance: int, vlan: str, network: int, mac: int) -> NetworkPortObject:
+    return NetworkPortObject(
+        objectIdentifier=("network-port", instance),
+        objectName=f"NetworkPort-{instance}",
+        networkType="virtual",
+        protocolLevel="bacnet-application",
+        networkInterfaceName=vlan,
+        networkNumber=network,
+        networkNumberQuality="configured",
+        macAddress=bytes([mac]),
+        statusFlags=[0, 0, 0, 0],
+        reliability="no-fault-detected",
+        outOfService=False,
+        changesPending=False,
+    )
+
+
+class MeterSimulator:
+    def __init__(
+        self,
+        address: str = "127.0.0.1/8:47810",
+        network: int = 12345,
+        mac: int = 2,
+        device_id: int = 1234502,
+        object_instance: int = 2,
+        value: float = 0.0,
+        router_device_id: int | None = None,
+        ip_network: int = 1,
+    ) -> None:
+        if not 1 <= network <= 65534:
+            raise ValueError(f"network must be 1..65534, got {network}")
+        if not 2 <= mac <= 254:
+            raise ValueError(f"mac must be 2..254 (the router is 1), got {mac}")
+        if not 0 <= device_id <= 4194302:
+            raise ValueError(f"device_id must be 0..4194302, got {device_id}")
+        self.address = address
+        self.network = network
+        self.mac = mac
+        self.device_id = device_id
+        self.object_instance = object_instance
+        if not 1 <= ip_network <= 65534 or ip_network == network:
+            raise ValueError(f"ip_network must be 1..65534 and differ from network, got {ip_network}")
+        self.ip_network = ip_network
+        self.router_device_id = router_device_id if router_device_id is not None else device_id - 1
+        self._value = float(value)
+        self._vlan_name = f"meter-sim-{network}-{next(_instances)}"
+        self._router: Application | None = None
+        self._meter: _MeterApplication | None = None
+        self._point: AnalogInputObject | None = None
+
+    @property
+    def router_address(self) -> str:
+        """The router's BACnet/IP address as a client gives it ("127.0.0.1:47810")."""
+        ip, _, port = self.address.partition(":")
+        return f"{ip.partition('/')[0]}:{port}"
+
+    @property
+    def meter_address(self) -> str:
+        return f"{self.network}:{self.mac}"
+
+    async def start(self) -> None:
+        if self._router is not None:
+            raise RuntimeError("simulator already started")
+        ensure_port_free(self.address)
+        VirtualNetwork(self._vlan_name)
+        try:
+            self._router = Application.from_object_list([
+                _device(self.router_device_id, f"meter-router-{self.network}"),
+                # a router must know a number for each of its networks to route replies
+                NetworkPortObject(self.address, objectIdentifier=("network-port", 1),
+                                  objectName="NetworkPort-1", networkNumber=self.ip_network,
+                                  networkNumberQuality="configured"),
+                _virtual_port(2, self._vlan_name, self.network, 1),
+            ])
+            await wait_bound(self._router)
+            self._meter = _MeterApplication.from_object_list([
+                _device(self.device_id, "simulated-meter"),
+                _virtual_port(1, self._vlan_name, self.network, self.mac),
+            ])
+            self._point = AnalogInputObject(
+                objectIdentifier=("analogInput", self.object_instance),
+                objectName="building-power",
+                description="Simulated building demand",
+                presentValue=self._value,
+                units="kilowatts",
+                statusFlags=[0, 0, 0, 0],
+                eventState="normal",
+                outOfService=False,
+                covIncrement=0.0,
+            )
+            self._meter.add_object(self._point)
+        except BaseException:
+            await self.stop()
+            raise
+        log.info("meter simulator: router %s to network %d, meter %s analogInput %d = %.2f kW",
+                 self.router_address, self.network, self.meter_address, self.object_instance, self._value)
+
+    async def stop(self) -> None:
+        for app in (self._meter, self._router):
+            if app is not None:
+                await close_stack(app)
+        self._meter = self._router = self._point = None
+        VirtualNetwork._networks.pop(self._vlan_name, None)
+
+    def set_value(self, kw: float) -> None:
+        kw = float(kw)
+        if not math.isfinite(kw):
+            raise ValueError(f"meter value must be finite, got {kw!r}")
+        self._value = kw
+        if self._point is not None:
+            self._point.presentValue = kw
+
+    @property
+    def value(self) -> float:
+        return self._value
+
+    def set_silent(self, silent: bool) -> None:
+        if self._meter is None:
+            raise RuntimeError("simulator not started")
+        self._meter._silent = bool(silent)
+
+    @property
+    def silent(self) -> bool:
+        return bool(self._meter and self._meter._silent)
+
+    async def __aenter__(self) -> "MeterSimulator":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+async def run_simulator(
+    address: str = "127.0.0.1/8:47810",
+    values: Iterable[float] | None = None,
+    interval: float = 10.0,
+    *,
+    network: int = 12345,
+    mac: int = 2,
+    device_id: int = 1234502,
+    object_instance: int = 2,
+    repeat: bool = True,
+) -> None:
+    """Serve a simulated meter until cancelled; step through `values` every `interval` seconds
+    (cycling when `repeat`), logging each new value. Non-finite values are skipped."""
+    # gaps in a replayed CSV (NaN) hold the previous value rather than stopping the meter
+    steps = [float(v) for v in values if math.isfinite(float(v))] if values is not None else []
+    sim = MeterSimulator(address, network=network, mac=mac, device_id=device_id,
+                         object_instance=object_instance, value=steps[0] if steps else 0.0)
+    async with sim:
+        if len(steps) <= 1:
+            await asyncio.Event().wait()  # a fixed value: serve until cancelled
+        source = itertools.cycle(steps) if repeat else iter(steps)
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        for kw in source:
+            if kw != sim.value:
+                sim.set_value(kw)
+                log.info("meter simulator: %s analogInput %d = %.2f kW",
+                         sim.meter_address, object_instance, kw)
+            next_at += interval
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+        await asyncio.Event().wait()

@@ -1,0 +1,276 @@
+"""The gateway's BACnet device, exercised from a second real bacpypes3 stack on loopback."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from bacnet_api.device import GatewayDevice
+from bacnet_api.points import (
+    HIGH_LOAD,
+    INPUT_POWER,
+    METER_POWER,
+    ONE_HOUR_FORECAST,
+    OPT_OUT,
+    POINTS,
+)
+from bacnet_peer import BacnetPeer, PeerError
+
+pytestmark = pytest.mark.timeout(60)
+
+DEVICE_ID = 500123
+INPUT_MIN, INPUT_MAX = -50.0, 1000.0  # both exact in IEEE float32, so boundary writes are exact
+
+
+@pytest.fixture
+async def gateway(free_udp_port):
+    device = GatewayDevice(address=f"127.0.0.1/8:{free_udp_port()}", device_id=DEVICE_ID,
+                           device_name="TestGateway", input_min=INPUT_MIN, input_max=INPUT_MAX)
+    await device.start()
+    try:
+        yield device
+    finally:
+        await device.stop()
+
+
+@pytest.fixture
+async def peer(free_udp_port):
+    async with BacnetPeer(free_udp_port(), timeout=3.0) as p:
+        yield p
+
+
+def where(device: GatewayDevice) -> str:
+    return device.address.replace("/8", "")
+
+
+def port_of(device: GatewayDevice) -> int:
+    return int(device.address.rpartition(":")[2])
+
+
+async def test_answers_directed_and_broadcast_who_is(gateway, peer):
+    directed = await peer.who_is(where(gateway), wait=2.0)
+    assert [i.iAmDeviceIdentifier[1] for i in directed] == [DEVICE_ID]
+
+    broadcast = await peer.who_is_broadcast(port_of(gateway), wait=0.5)
+    assert [i.iAmDeviceIdentifier[1] for i in broadcast] == [DEVICE_ID]
+
+    # a ranged Who-Is that excludes the device gets no answer
+    assert await peer.who_is_broadcast(port_of(gateway), low=1, high=10, wait=0.3) == []
+
+
+async def test_object_list_names_every_point(gateway, peer):
+    object_list = await peer.read(where(gateway), f"device {DEVICE_ID}", "objectList")
+    expected = {f"device {DEVICE_ID}", "networkPort 1"} | {p.object_id for p in POINTS}
+    assert sorted(object_list) == sorted(expected)
+    assert await peer.read(where(gateway), f"device {DEVICE_ID}", "objectName") == "TestGateway"
+
+
+async def test_read_property_multiple_returns_every_point(gateway, peer):
+    specs = []
+    for p in POINTS:
+        props = ["presentValue", "objectName", "statusFlags", "description"]
+        if p.kind == "analogValue":
+            props.append("units")
+        specs.append((p.object_id, props))
+    rows = await peer.read_multiple(where(gateway), specs)
+    assert not isinstance(rows, PeerError), rows
+    for p in POINTS:
+        got = {prop: value for (obj, prop), value in rows.items() if obj == p.object_id}
+        assert got["objectName"] == p.name
+        assert got["description"] == p.description
+        if p.kind == "analogValue":
+            assert got["presentValue"] == pytest.approx(float(p.initial))
+            assert got["units"] == p.units
+        else:
+            assert got["presentValue"] == ("active" if p.initial else "inactive")
+        # in_alarm, fault, overridden, out_of_service
+        assert got["statusFlags"] == [0, int(p.starts_in_fault), 0, 0], p.name
+
+
+async def test_input_power_commanded_and_relinquished_by_priority(gateway, peer):
+    seen = []
+    gateway.on_write(INPUT_POWER, seen.append)
+    addr, obj = where(gateway), "analogValue 1"
+
+    assert await peer.write(addr, obj, "presentValue", 12.5, priority=8) is None
+    assert gateway.get(INPUT_POWER) == 12.5
+    array = await peer.read(addr, obj, "priorityArray")
+    assert array[7] == 12.5 and [v for i, v in enumerate(array) if i != 7] == [None] * 15
+    assert await peer.read(addr, obj, "currentCommandPriority") == 8
+
+    # a lower priority does not win while 8 holds
+    assert await peer.write(addr, obj, "presentValue", 3.0, priority=16) is None
+    assert gateway.get(INPUT_POWER) == 12.5
+
+    # relinquish 8: the value falls to the next active slot, then to relinquishDefault
+    assert await peer.relinquish(addr, obj, priority=8) is None
+    assert gateway.get(INPUT_POWER) == 3.0
+    assert (await peer.read(addr, obj, "priorityArray"))[7] is None
+    assert await peer.relinquish(addr, obj, priority=16) is None
+    assert await peer.read(addr, obj, "presentValue") == 0.0
+    assert await peer.read(addr, obj, "relinquishDefault") == 0.0
+    assert await peer.read(addr, obj, "priorityArray") == [None] * 16
+    assert seen == [12.5, 12.5, 3.0, None]  # fully relinquished: no commanded value
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, INPUT_MAX + 1, INPUT_MIN - 1, 1e9])
+async def test_input_power_refuses_bad_values(gateway, peer, bad):
+    seen = []
+    gateway.on_write(INPUT_POWER, seen.append)
+    addr, obj = where(gateway), "analogValue 1"
+    assert await peer.write(addr, obj, "presentValue", 40.0, priority=8) is None
+
+    err = await peer.write(addr, obj, "presentValue", bad, priority=8)
+    assert isinstance(err, PeerError) and err.code == "valueOutOfRange"
+    assert gateway.get(INPUT_POWER) == 40.0
+    array = await peer.read(addr, obj, "priorityArray")
+    assert array[7] == 40.0 and array.count(None) == 15
+    assert seen == [40.0]
+
+
+async def test_input_power_accepts_the_bounds(gateway, peer):
+    addr, obj = where(gateway), "analogValue 1"
+    for value in (INPUT_MIN, INPUT_MAX):
+        assert await peer.write(addr, obj, "presentValue", value, priority=10) is None
+        assert gateway.get(INPUT_POWER) == value
+
+
+async def test_read_only_points_refuse_network_writes(gateway, peer):
+    addr = where(gateway)
+    for p in POINTS:
+        if p.writable:
+            continue
+        before = gateway.get(p.name)
+        value = 7.0 if p.kind == "analogValue" else "active"
+        for priority in (None, 8):
+            err = await peer.write(addr, p.object_id, "presentValue", value, priority=priority)
+            assert isinstance(err, PeerError) and err.code == "writeAccessDenied", (p.name, err)
+        assert gateway.get(p.name) == before, p.name
+
+    # the application still updates them freely
+    gateway.set(ONE_HOUR_FORECAST, 321.5)
+    assert await peer.read(addr, "analogValue 2", "presentValue") == 321.5
+
+
+async def test_other_properties_are_not_writable(gateway, peer):
+    addr = where(gateway)
+    for obj, prop, value in [("analogValue 1", "outOfService", True),
+                             ("analogValue 1", "objectName", "renamed"),
+                             ("binaryValue 4", "relinquishDefault", "active")]:
+        err = await peer.write(addr, obj, prop, value)
+        assert isinstance(err, PeerError) and err.code == "writeAccessDenied", (obj, prop, err)
+    assert await peer.read(addr, "analogValue 1", "objectName") == INPUT_POWER
+
+
+async def test_opt_out_write_and_relinquish_fire_on_write(gateway, peer):
+    seen = []
+    gateway.on_write(OPT_OUT, seen.append)
+    addr, obj = where(gateway), "binaryValue 4"
+    assert await peer.read(addr, obj, "relinquishDefault") == "inactive"
+
+    assert await peer.write(addr, obj, "presentValue", "active", priority=8) is None
+    assert gateway.get(OPT_OUT) is True
+    assert seen == [True]
+    assert (await peer.read(addr, obj, "priorityArray"))[7] == 1  # active, as a bare enumeration
+
+    assert await peer.relinquish(addr, obj, priority=8) is None
+    assert gateway.get(OPT_OUT) is False
+    assert await peer.read(addr, obj, "presentValue") == "inactive"
+    assert seen == [True, False]
+
+
+async def test_status_flags_tell_the_truth(gateway, peer):
+    addr, obj = where(gateway), "analogValue 6"
+    assert gateway.status_flags(METER_POWER)["fault"] is True  # no reading yet
+    gateway.set(METER_POWER, 88.0)
+    assert gateway.status_flags(METER_POWER) == {
+        "in_alarm": False, "fault": False, "overridden": False, "out_of_service": False}
+    assert await peer.read(addr, obj, "statusFlags") == [0, 0, 0, 0]
+
+    gateway.set_fault(METER_POWER, True)  # meter went quiet
+    assert await peer.read(addr, obj, "statusFlags") == [0, 1, 0, 0]
+    assert await peer.read(addr, obj, "reliability") == "communicationFailure"
+    gateway.set(METER_POWER, 90.0)  # a value alone does not clear an explicit fault
+    assert gateway.status_flags(METER_POWER)["fault"] is True
+    gateway.set_fault(METER_POWER, False)
+    assert await peer.read(addr, obj, "statusFlags") == [0, 0, 0, 0]
+    assert await peer.read(addr, obj, "reliability") == "noFaultDetected"
+
+
+async def test_snapshot_lists_every_point(gateway):
+    gateway.set(ONE_HOUR_FORECAST, 12.0)
+    snap = gateway.snapshot()
+    assert set(snap) == {p.name for p in POINTS}
+    entry = snap[ONE_HOUR_FORECAST]
+    assert entry["object"] == "analogValue 2" and entry["value"] == 12.0
+    assert entry["units"] == "kilowatts" and entry["flags"]["fault"] is False
+    assert snap[METER_POWER]["flags"]["fault"] is True
+    assert snap[INPUT_POWER]["priority"] is None
+
+
+async def test_application_side_rejects_nonsense(gateway):
+    with pytest.raises(KeyError):
+        gateway.set("no-such-point", 1.0)
+    with pytest.raises(ValueError):
+        gateway.set(ONE_HOUR_FORECAST, math.nan)
+    with pytest.raises(TypeError):
+        gateway.set(OPT_OUT, 0.5)
+    with pytest.raises(ValueError):
+        gateway.on_write(ONE_HOUR_FORECAST, print)
+
+
+async def test_devices_start_one_after_another_and_side_by_side(free_udp_port, peer):
+    port = free_udp_port()
+    for device_id in (500201, 500202):  # same port reused: stop must free the socket
+        device = GatewayDevice(address=f"127.0.0.1/8:{port}", device_id=device_id, device_name=f"gw{device_id}")
+        await device.start()
+        try:
+            found = await peer.who_is(f"127.0.0.1:{port}", wait=2.0)
+            assert [i.iAmDeviceIdentifier[1] for i in found] == [device_id]
+        finally:
+            await device.stop()
+        assert not device.running
+
+    a = GatewayDevice(address=f"127.0.0.1/8:{free_udp_port()}", device_id=500301, device_name="a")
+    b = GatewayDevice(address=f"127.0.0.1/8:{free_udp_port()}", device_id=500302, device_name="b")
+    await a.start()
+    await b.start()
+    try:
+        a.set(ONE_HOUR_FORECAST, 1.0)
+        b.set(ONE_HOUR_FORECAST, 2.0)
+        assert await peer.read(where(a), "analogValue 2", "presentValue") == 1.0
+        assert await peer.read(where(b), "analogValue 2", "presentValue") == 2.0
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+async def test_numpy_values_from_the_forecaster_are_accepted(gateway):
+    np = pytest.importorskip("numpy")
+    gateway.set(HIGH_LOAD, np.bool_(True))
+    gateway.set(ONE_HOUR_FORECAST, np.float64(12.5))
+    assert gateway.get(HIGH_LOAD) is True and gateway.get(ONE_HOUR_FORECAST) == 12.5
+
+
+async def test_busy_port_is_a_clear_error(gateway):
+    # bacpypes3 binds with SO_REUSEPORT: without a check a second device would share the port
+    other = GatewayDevice(address=gateway.address, device_id=500999, device_name="second")
+    with pytest.raises(OSError, match="not available"):
+        await other.start()
+    assert not other.running
+
+
+async def test_bac0_chatter_goes_through_logging_not_stdout(free_udp_port, capsys):
+    device = GatewayDevice(address=f"127.0.0.1/8:{free_udp_port()}", device_id=500501, device_name="quiet")
+    await device.start()
+    await device.stop()
+    captured = capsys.readouterr()
+    assert "BAC0" not in captured.out and "Stopping all tasks" not in captured.out
+
+
+async def test_read_property_multiple_reports_per_property_errors(gateway, peer):
+    rows = await peer.read_multiple(where(gateway), [("binaryValue 1", ["presentValue", "units"]),
+                                                     ("analogValue 99", ["presentValue"])])
+    assert rows[("binaryValue 1", "presentValue")] == "inactive"
+    assert rows[("binaryValue,1", "units")].code == "unknownProperty"  # lookups forgive the separator
+    assert rows[("analogValue 99", "presentValue")].code == "unknownObject"

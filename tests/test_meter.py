@@ -1,0 +1,180 @@
+"""The meter client reading a simulated meter behind a real bacpypes3 router on loopback."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timezone
+
+import pytest
+
+from bacnet_api.device import GatewayDevice
+from bacnet_api.meter import MeterClient, MeterReading, read_meter_once
+from bacnet_api.simulator import MeterSimulator, run_simulator
+from bacnet_peer import BacnetPeer
+
+pytestmark = pytest.mark.timeout(60)
+
+FAST = 0.4  # seconds: every failing read in these tests is bounded by this
+
+
+@pytest.fixture
+async def sim(free_udp_port):
+    async with MeterSimulator(f"127.0.0.1/8:{free_udp_port()}", value=42.5) as s:
+        yield s
+
+
+@pytest.fixture
+async def gateway(free_udp_port):
+    device = GatewayDevice(address=f"127.0.0.1/8:{free_udp_port()}", device_id=500401, device_name="gw")
+    await device.start()
+    try:
+        yield device
+    finally:
+        await device.stop()
+
+
+def client(gateway, sim, **kw) -> MeterClient:
+    kw.setdefault("timeout_seconds", FAST)
+    return MeterClient(gateway, address=sim.meter_address, object="analogInput 2",
+                       router=sim.router_address, **kw)
+
+
+async def wait_for(condition, timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
+
+
+async def test_reads_the_routed_meter(gateway, sim):
+    meter = client(gateway, sim)
+    reading = await meter.read_once()
+    assert reading.value == 42.5 and reading.error is None
+    assert reading.timestamp.tzinfo is timezone.utc
+    assert meter.latest == reading and meter.fault is False
+
+    sim.set_value(17.25)
+    assert (await meter.read_once()).value == 17.25
+
+
+async def test_silent_meter_faults_once_and_recovers_once(gateway, sim, caplog):
+    caplog.set_level(logging.INFO, logger="bacnet_api.meter")
+    seen: list[MeterReading] = []
+    meter = client(gateway, sim, on_reading=seen.append)
+    assert (await meter.read_once()).value == 42.5
+
+    sim.set_silent(True)
+    for _ in range(3):
+        reading = await meter.read_once()
+        assert reading.value is None
+        assert reading.error == f"no response from 12345:2 within {FAST:g} s"
+        assert meter.fault is True
+
+    sim.set_silent(False)
+    sim.set_value(50.0)
+    assert (await meter.read_once()).value == 50.0
+    assert meter.fault is False
+    assert (await meter.read_once()).value == 50.0
+
+    ours = [r for r in caplog.records if r.name == "bacnet_api.meter"]
+    warnings = [r for r in ours if r.levelno == logging.WARNING]
+    recoveries = [r for r in ours if r.levelno == logging.INFO]
+    assert len(warnings) == 1 and "no response from 12345:2" in warnings[0].getMessage()
+    assert len(recoveries) == 1 and "50.00 kW" in recoveries[0].getMessage()
+    assert not any(r.exc_info for r in ours)  # expected faults carry no stack trace
+    assert [r.value for r in seen] == [42.5, None, None, None, 50.0, 50.0]
+
+
+async def test_unknown_object_is_a_failure_with_a_reason(gateway, sim):
+    meter = MeterClient(gateway, address=sim.meter_address, object="analogInput 99",
+                        router=sim.router_address, timeout_seconds=FAST)
+    reading = await meter.read_once()
+    assert reading.value is None
+    assert "unknown-object" in reading.error and "analogInput 99" in reading.error
+    assert meter.fault is True
+
+
+async def test_no_router_answers_without_a_configured_router(gateway, sim):
+    # broadcasts stay on the sender's own port on loopback, so nobody answers Who-Is-Router
+    meter = MeterClient(gateway, address=sim.meter_address, object="analogInput 2", timeout_seconds=FAST)
+    reading = await meter.read_once()
+    assert reading.value is None
+    assert reading.error == "no router to network 12345 answered Who-Is-Router-To-Network"
+
+
+async def test_dead_local_address_times_out(gateway, free_udp_port):
+    meter = MeterClient(gateway, address=f"127.0.0.1:{free_udp_port()}", object="analogInput 2",
+                        timeout_seconds=FAST)
+    started = asyncio.get_running_loop().time()
+    reading = await meter.read_once()
+    assert reading.value is None and reading.error.startswith("no response from 127.0.0.1:")
+    assert asyncio.get_running_loop().time() - started < FAST + 1.0  # bounded, not bacpypes3's 12 s
+
+
+async def test_poll_loop_publishes_readings_until_stopped(gateway, sim):
+    seen: list[MeterReading] = []
+    meter = client(gateway, sim, poll_seconds=0.1, on_reading=seen.append)
+    await meter.start()
+    try:
+        await wait_for(lambda: len(seen) >= 3)
+        sim.set_silent(True)
+        await wait_for(lambda: meter.fault)
+        sim.set_silent(False)
+        await wait_for(lambda: not meter.fault)
+    finally:
+        await meter.stop()
+    count = len(seen)
+    await asyncio.sleep(0.25)
+    assert len(seen) == count  # stopped means stopped
+    assert [r.timestamp for r in seen] == sorted(r.timestamp for r in seen)
+    assert seen[-1].value == 42.5
+
+
+async def test_callback_errors_do_not_stop_readings(gateway, sim):
+    def broken(_reading):
+        raise RuntimeError("listener bug")
+
+    meter = client(gateway, sim, on_reading=broken)
+    assert (await meter.read_once()).value == 42.5
+    assert meter.latest.value == 42.5
+
+
+async def test_read_meter_once_uses_a_temporary_stack(sim, free_udp_port):
+    port = free_udp_port()
+    reading = await read_meter_once(f"127.0.0.1/8:{port}", 500402, sim.meter_address, "analogInput 2",
+                                    router=sim.router_address, timeout=2.0)
+    assert reading.value == 42.5
+    # the stack is gone: the same port can be bound again at once
+    reading = await read_meter_once(f"127.0.0.1/8:{port}", 500402, sim.meter_address, "analogInput:2",
+                                    router=sim.router_address, timeout=2.0)
+    assert reading.value == 42.5
+
+
+async def test_peer_reads_the_simulated_meter_directly(sim, free_udp_port):
+    async with BacnetPeer(free_udp_port()) as peer:
+        await peer.add_route(sim.router_address, 12345)
+        assert await peer.read(sim.meter_address, "analogInput 2", "presentValue") == 42.5
+        assert await peer.read(sim.meter_address, "analogInput 2", "units") == "kilowatts"
+
+
+async def test_run_simulator_steps_through_values(gateway, free_udp_port):
+    port = free_udp_port()
+    task = asyncio.create_task(run_simulator(f"127.0.0.1/8:{port}", values=[1.0, 2.0, 3.0], interval=0.05))
+    try:
+        meter = MeterClient(gateway, address="12345:2", object="analogInput 2",
+                            router=f"127.0.0.1:{port}", timeout_seconds=FAST)
+        seen: set[float] = set()
+
+        async def collect() -> None:
+            while not {1.0, 2.0, 3.0} <= seen:
+                reading = await meter.read_once()
+                if reading.value is not None:
+                    seen.add(reading.value)
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(collect(), 10)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
