@@ -6,9 +6,10 @@ peer is needed, then the meter, the forecaster, the VTN and the operator API.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from bacnet_api import points as P
 from bacnet_api.device import GatewayDevice
@@ -38,7 +39,7 @@ class Gateway:
                                     input_min=c.bacnet.input_min_kw, input_max=c.bacnet.input_max_kw)
         self.storage = Storage(c.storage.path)
         self.schedule = EventSchedule(self.storage, on_change=self._on_schedule)
-        self.telemetry = TelemetryQueue(self.storage, max_age_days=c.openadr.queue_max_days)
+        self.telemetry = TelemetryQueue(c.storage.path, max_age=timedelta(days=c.openadr.queue_max_days))
         self.vtn = VtnClient(c.openadr, self.schedule, self.telemetry, on_connected=self._on_vtn_connected)
         self.meter = MeterClient(self.device, address=c.meter.address, object=c.meter.object,
                                  property=c.meter.property, router=c.meter.router,
@@ -83,6 +84,7 @@ class Gateway:
                 await part.stop()
             except Exception as err:  # keep stopping the rest; one line says what refused to stop
                 log.warning("stopping %s: %s", type(part).__name__, err)
+        self.telemetry.close()
         self.storage.close()
         log.info("edge-gateway stopped")
 
@@ -111,8 +113,7 @@ class Gateway:
     def _on_opt_out(self, value) -> None:
         opted_out = bool(value)
         log.info("ADR-Opt-Out %s by BACnet write", "active" if opted_out else "relinquished")
-        self.schedule.set_opt_out(opted_out)
-        self.vtn.set_opt_out(opted_out)
+        self.vtn.set_opt_out(opted_out)  # updates the schedule too
 
     def _on_schedule(self, state: ScheduleState) -> None:
         self.device.set(P.EVENT_LEVEL, float(state.level))
@@ -160,7 +161,7 @@ class Gateway:
             "points": self.device.snapshot(),
             "vtn": self.vtn.status(),
             "events": self.schedule.events(),
-            "schedule": self.schedule.state().__dict__ if hasattr(self.schedule.state(), "__dict__") else {},
+            "schedule": dataclasses.asdict(self.schedule.state()),
             "meter": {
                 "address": self.config.meter.address, "object": self.config.meter.object,
                 "fault": self.meter.fault,

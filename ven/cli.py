@@ -117,11 +117,19 @@ def cmd_simulate_meter(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .demo import run_demo
+    from .demo import run_demo  # before setup_logging: importing openleadr resets its logger level
     from .logs import setup_logging
 
     setup_logging("INFO")
     return asyncio.run(run_demo(args))
+
+
+def cmd_demo_vtn(args) -> int:
+    from .demo import run_demo_vtn
+    from .logs import setup_logging
+
+    setup_logging("INFO")
+    return asyncio.run(run_demo_vtn(args))
 
 
 def cmd_forecast_replay(args) -> int:
@@ -174,8 +182,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vtn-port", type=int, default=8080)
     p.add_argument("--http-port", type=int, default=8000)
     p.add_argument("--event-delay", type=float, default=60.0, help="seconds until the demo event starts")
+    p.add_argument("--interval-seconds", type=float, default=10.0, help="length of each demo event interval")
     p.add_argument("--storage", default=None, help="SQLite file (default: a temporary one)")
+    p.add_argument("--report", default=None, metavar="FILE",
+                   help="on exit, write what the demo VTN received (JSON)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("demo-vtn", help="run the demo VTN alone (dispatches the demo events)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--event-delay", type=float, default=60.0)
+    p.add_argument("--interval-seconds", type=float, default=10.0)
+    p.add_argument("--duration", type=float, default=None)
+    p.set_defaults(func=cmd_demo_vtn)
 
     p = sub.add_parser("forecast-replay", help="replay a CSV through the forecaster in simulated time")
     p.add_argument("--csv", required=True)

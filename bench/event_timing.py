@@ -1,0 +1,133 @@
+"""Schedule skew and telemetry backlog delivery, measured against a real openleadr VTN on loopback.
+
+    python bench/event_timing.py [--wire-intervals 20] [--local-intervals 300] [--local-ms 100] [--backlog 5000]
+
+Skew: an event with SIMPLE intervals (levels 1,2,3 repeating) arrives over OpenADR (1 s intervals:
+OpenADR durations travel in whole seconds); a second, local run feeds EventSchedule directly with
+100 ms intervals. For each interval start we record when the on_change callback ran. Backlog: samples
+queued while the VTN is down, then the time from the VTN coming up until the queue is empty.
+Prints a table; nothing is asserted.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from ven.config import OpenadrConfig  # noqa: E402
+from ven.events import Event, Interval, Signal  # noqa: E402
+from ven.schedule import EventSchedule  # noqa: E402
+from ven.storage import Storage  # noqa: E402
+from ven.telemetry import TelemetryQueue  # noqa: E402
+from ven.vtn import VtnClient  # noqa: E402
+from ven.vtn_server import DemoVtn  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pct(values, p):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+
+
+async def until(cond, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        await asyncio.sleep(0.01)
+    return False
+
+
+async def skew_run(seen, n, step, add):
+    seen.clear()
+    start = datetime.now(timezone.utc) + timedelta(seconds=3)
+    levels = [(i % 3) + 1 for i in range(n)]
+    add(levels, start, step)
+    end = start + timedelta(seconds=step * n)
+    await until(lambda: datetime.now(timezone.utc) > end + timedelta(seconds=0.3), 10 + step * n)
+    skews = []
+    for i, level in enumerate(levels):
+        boundary = start + timedelta(seconds=i * step)
+        hit = next((t for t, lv in seen if lv == level and t >= boundary - timedelta(milliseconds=1)), None)
+        if hit is not None:
+            skews.append((hit - boundary).total_seconds() * 1000)
+    return n, skews
+
+
+async def main(args) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="bench-openadr-"))
+    port = free_port()
+    seen: list[tuple[datetime, float]] = []
+    storage = Storage(tmp / "gw.sqlite")
+    schedule = EventSchedule(storage, lambda st: seen.append((datetime.now(timezone.utc), st.level)))
+    queue = TelemetryQueue(tmp / "gw.sqlite")
+    server = DemoVtn(port, poll_seconds=1)
+    cfg = OpenadrConfig(vtn_url=server.url, retry_min_seconds=0.2, retry_max_seconds=1.0, telemetry_seconds=10)
+    client = VtnClient(cfg, schedule, queue)
+    await schedule.start()
+    await client.start()
+
+    # Telemetry backlog first: the VTN is not up yet, so every sample queues.
+    t0 = datetime.now(timezone.utc) - timedelta(seconds=10 * args.backlog)
+    for i in range(args.backlog):
+        queue.add(t0 + timedelta(seconds=10 * i), 90.0 + (i % 100) / 100)
+    await server.start()
+    up = time.perf_counter()
+    await until(lambda: client.connected, 30)
+    registered = time.perf_counter() - up
+    await until(lambda: queue.pending == 0, 600)
+    drained = time.perf_counter() - up
+    got = len(server.reports)
+    in_order = [r[3] for r in server.reports] == sorted(r[3] for r in server.reports)
+
+    # Schedule skew, event delivered over OpenADR.
+    wire = await skew_run(seen, args.wire_intervals, 1.0,
+                          lambda levels, start, step: server.add_event(levels, start, step))
+    await client.stop()
+    await server.stop()
+
+    # Schedule skew, event handed to the schedule directly (sub-second intervals).
+    def local(levels, start, step):
+        ivs = tuple(Interval(start + timedelta(seconds=i * step), timedelta(seconds=step), float(v))
+                    for i, v in enumerate(levels))
+        schedule.upsert(Event("local", 0, "far", False, "", (Signal("SIMPLE", "level", ivs),),
+                              timedelta(0), datetime.now(timezone.utc)))
+    fast = await skew_run(seen, args.local_intervals, args.local_ms / 1000, local)
+    await schedule.stop()
+
+    print(f"{'measure':<44}{'value':>14}")
+    print("-" * 58)
+    for label, (n, skews) in (("over OpenADR, 1 s intervals", wire),
+                              (f"local, {args.local_ms} ms intervals", fast)):
+        print(f"{label + ': intervals / seen':<44}{f'{n} / {len(skews)}':>14}")
+        if skews:
+            print(f"{'  interval start -> on_change p50 (ms)':<44}{statistics.median(skews):>14.2f}")
+            print(f"{'  interval start -> on_change p99 (ms)':<44}{pct(skews, 99):>14.2f}")
+            print(f"{'  interval start -> on_change max (ms)':<44}{max(skews):>14.2f}")
+    print(f"{'backlog samples queued / received':<44}{f'{args.backlog} / {got}':>14}")
+    print(f"{'received in timestamp order':<44}{str(in_order):>14}")
+    print(f"{'VTN up -> registered (s)':<44}{registered:>14.2f}")
+    print(f"{'VTN up -> backlog delivered (s)':<44}{drained:>14.2f}")
+    print(f"{'backlog delivery rate (samples/s)':<44}{args.backlog / max(drained - registered, 1e-9):>14.0f}")
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--wire-intervals", type=int, default=20)
+    ap.add_argument("--local-intervals", type=int, default=300)
+    ap.add_argument("--local-ms", type=int, default=100)
+    ap.add_argument("--backlog", type=int, default=5000)
+    asyncio.run(main(ap.parse_args()))

@@ -1,0 +1,71 @@
+"""Pure conversion and evaluation of events (no network)."""
+from __future__ import annotations
+
+import random
+from datetime import datetime, timedelta, timezone
+
+from ven.events import OPT_OUT, Event, from_openleadr, with_opt
+
+T0 = datetime(2026, 11, 21, 20, 0, tzinfo=timezone.utc)
+
+
+def raw_event(levels=(1, 2, 3), start=T0, step=60, mod=0, status="far", test=False, startafter=None,
+              extra=None):
+    signals = [{"signal_name": "SIMPLE", "signal_type": "level", "signal_id": "s1",
+                "intervals": [{"dtstart": start + timedelta(seconds=i * step), "duration": timedelta(seconds=step),
+                               "signal_payload": float(v), "uid": i} for i, v in enumerate(levels)]}]
+    if extra:
+        signals.append({"signal_name": extra, "signal_type": "price", "signal_id": "s2",
+                        "intervals": [{"dtstart": start, "duration": timedelta(seconds=step),
+                                       "signal_payload": 0.31, "uid": 0}]})
+    active = {"dtstart": start, "duration": timedelta(seconds=step * len(levels))}
+    if startafter is not None:
+        active["tolerance"] = {"tolerate": {"startafter": timedelta(seconds=startafter)}}
+    return {"event_descriptor": {"event_id": "e1", "modification_number": mod, "event_status": status,
+                                 "test_event": test, "market_context": "oadr://x"},
+            "active_period": active, "event_signals": signals}
+
+
+def test_levels_follow_intervals_and_end():
+    ev = from_openleadr(raw_event(), received_at=T0 - timedelta(hours=1))
+    assert ev.simple_level(T0 - timedelta(seconds=1)) is None
+    assert ev.simple_level(T0) == 1.0
+    assert ev.simple_level(T0 + timedelta(seconds=60)) == 2.0
+    assert ev.simple_level(T0 + timedelta(seconds=179.9)) == 3.0
+    assert ev.simple_level(T0 + timedelta(seconds=180)) is None
+    assert ev.phase(T0 - timedelta(seconds=1)) == "far"
+    assert ev.phase(T0 + timedelta(seconds=5)) == "active"
+    assert ev.phase(T0 + timedelta(seconds=180)) == "completed"
+    assert ev.drives_points
+
+
+def test_randomization_drawn_once_and_kept_across_modification_and_json():
+    raw = raw_event(startafter=120)
+    ev = from_openleadr(raw, T0, rng=random.Random(4))
+    assert timedelta(0) <= ev.start_offset <= timedelta(seconds=120)
+    assert ev.start_offset > timedelta(0)
+    assert ev.start == T0 + ev.start_offset
+    again = Event.from_json(ev.to_json())
+    assert again == ev
+    modified = from_openleadr(raw_event(levels=(3,), startafter=120, mod=1), T0, previous=again,
+                              rng=random.Random(99))
+    assert modified.start_offset == ev.start_offset
+    assert modified.modification_number == 1
+
+
+def test_test_event_and_cancelled_and_opted_out_never_drive():
+    assert not from_openleadr(raw_event(test=True), T0).drives_points
+    assert not from_openleadr(raw_event(test="true"), T0).drives_points
+    assert not from_openleadr(raw_event(status="cancelled"), T0).drives_points
+    assert not with_opt(from_openleadr(raw_event(), T0), OPT_OUT).drives_points
+
+
+def test_other_signals_kept_but_only_simple_sets_level():
+    ev = from_openleadr(raw_event(levels=(2,), extra="ELECTRICITY_PRICE"), T0)
+    assert [s.name for s in ev.signals] == ["SIMPLE", "ELECTRICITY_PRICE"]
+    assert ev.simple_level(T0) == 2.0
+    d = ev.describe(T0)
+    assert d["signals"][1]["intervals"][0]["payload"] == 0.31
+    price_only = from_openleadr(raw_event(levels=(2,)), T0)
+    price_only = Event(**{**price_only.__dict__, "signals": (ev.signals[1],)})
+    assert price_only.simple_level(T0) is None and not price_only.drives_points

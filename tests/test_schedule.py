@@ -1,0 +1,165 @@
+"""EventSchedule against a real SQLite file and the real event loop clock."""
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from ven.events import OPT_IN, OPT_OUT, Event, Interval, Signal
+from ven.schedule import EventSchedule
+from ven.storage import Storage, StorageError
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def make_event(event_id, levels, start, step, mod=0, test=False, opt=OPT_IN, name="SIMPLE"):
+    ivs = tuple(Interval(start + timedelta(seconds=i * step), timedelta(seconds=step), float(v))
+                for i, v in enumerate(levels))
+    return Event(event_id=event_id, modification_number=mod, status="far", test_event=test,
+                 market_context="oadr://x", signals=(Signal(name, "level", ivs),),
+                 start_offset=timedelta(0), received_at=now(), opt=opt)
+
+
+class Recorder:
+    def __init__(self):
+        self.seen = []          # (wall time, state)
+
+    def __call__(self, state):
+        self.seen.append((now(), state))
+
+    async def wait_level(self, level, timeout=5.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.seen and self.seen[-1][1].level == level:
+                return self.seen[-1]
+            await asyncio.sleep(0.005)
+        raise AssertionError(f"level {level} not reached; saw {[s.level for _, s in self.seen]}")
+
+
+@pytest.fixture
+def storage(tmp_path):
+    s = Storage(tmp_path / "var" / "gw.sqlite")
+    yield s
+    s.close()
+
+
+async def test_each_interval_takes_effect_at_its_start(storage):
+    rec = Recorder()
+    sched = EventSchedule(storage, rec)
+    await sched.start()
+    try:
+        start = now() + timedelta(seconds=0.6)
+        sched.upsert(make_event("e1", [1, 2, 3], start, 0.4))
+        assert sched.state().start_minutes == 1.0 and not sched.state().active
+        for i, level in enumerate([1.0, 2.0, 3.0]):
+            seen_at, st = await rec.wait_level(level)
+            skew = (seen_at - (start + timedelta(seconds=0.4 * i))).total_seconds()
+            assert 0 <= skew < 0.1, f"level {level} published {skew:.3f} s after its interval start"
+            assert st.active and st.start_minutes == 0 and st.active_event_ids == ("e1",)
+        seen_at, st = await rec.wait_level(0.0)
+        assert (seen_at - (start + timedelta(seconds=1.2))).total_seconds() < 0.1
+        assert not st.active and st.start_minutes == -1
+    finally:
+        await sched.stop()
+
+
+async def test_overlap_highest_wins_and_cancel_returns_to_remaining(storage):
+    rec = Recorder()
+    sched = EventSchedule(storage, rec)
+    await sched.start()
+    try:
+        t = now() - timedelta(seconds=1)
+        sched.upsert(make_event("low", [1], t, 60))
+        sched.upsert(make_event("high", [3], t, 60))
+        assert sched.state().level == 3.0
+        assert sched.state().active_event_ids == ("high", "low")
+        sched.cancel("high")
+        assert sched.state().level == 1.0
+        gone = sched.retain_only(["high"])        # the VTN no longer lists "low"
+        assert gone == ["low"]
+        assert sched.state().level == 0.0 and not sched.state().active
+        sched.upsert(make_event("t", [2], t, 60, test=True))
+        assert sched.state().level == 0.0
+        assert [e["event_id"] for e in sched.events()] == ["high", "low", "t"]
+        assert {e["status"] for e in sched.events() if e["event_id"] != "t"} == {"cancelled"}
+    finally:
+        await sched.stop()
+
+
+async def test_modification_replaces_schedule_and_stale_one_is_ignored(storage):
+    sched = EventSchedule(storage, Recorder())
+    await sched.start()
+    try:
+        t = now() - timedelta(seconds=1)
+        sched.upsert(make_event("e", [1], t, 60))
+        sched.upsert(make_event("e", [3], t, 60, mod=2))
+        assert sched.state().level == 3.0
+        sched.upsert(make_event("e", [2], t, 60, mod=1))
+        assert sched.state().level == 3.0
+    finally:
+        await sched.stop()
+
+
+async def test_restart_from_sqlite_restores_level_at_once(tmp_path):
+    path = tmp_path / "gw.sqlite"
+    first = Storage(path)
+    sched = EventSchedule(first, Recorder())
+    await sched.start()
+    sched.upsert(make_event("e", [2, 3], now() - timedelta(seconds=1), 30))
+    sched.upsert(make_event("later", [1], now() + timedelta(minutes=10), 30))
+    await sched.stop()
+    first.close()                                   # as good as a SIGKILL: nothing else is flushed
+
+    rec = Recorder()
+    again = EventSchedule(Storage(path), rec)
+    t0 = time.monotonic()
+    await again.start()
+    try:
+        assert rec.seen, "state must be published during start()"
+        assert rec.seen[0][1].level == 2.0 and rec.seen[0][1].active
+        assert time.monotonic() - t0 < 1.0
+        assert {e["event_id"] for e in again.events()} == {"e", "later"}
+    finally:
+        await again.stop()
+
+
+async def test_opt_out_and_back_in(storage):
+    sched = EventSchedule(storage, Recorder())
+    await sched.start()
+    try:
+        sched.upsert(make_event("active", [2], now() - timedelta(seconds=1), 60))
+        sched.upsert(make_event("pending", [1], now() + timedelta(minutes=5), 60))
+        changed = sched.set_opt_out(True)
+        assert {e.event_id for e in changed} == {"active", "pending"}
+        assert all(e.opt == OPT_OUT for e in changed)
+        st = sched.state()
+        assert st.level == 0.0 and st.opted_out and not st.active and st.start_minutes == -1
+        changed = sched.set_opt_out(False)
+        assert [e.event_id for e in changed] == ["pending"]     # the running one stays out
+        assert sched.state().level == 0.0 and sched.state().start_minutes == 5.0
+        assert sched.get("active").opt == OPT_OUT and sched.get("pending").opt == OPT_IN
+    finally:
+        await sched.stop()
+
+
+def test_start_minutes_counts_whole_minutes_up(storage):
+    sched = EventSchedule(storage, Recorder())
+    sched.load()
+    t = datetime(2026, 11, 21, 20, 0, tzinfo=timezone.utc)
+    sched._events["e"] = make_event("e", [1], t, 60)
+    assert sched.state(t - timedelta(seconds=150)).start_minutes == 3.0
+    assert sched.state(t - timedelta(seconds=120)).start_minutes == 2.0
+    assert sched.state(t - timedelta(seconds=1)).start_minutes == 1.0
+    assert sched.state(t).start_minutes == 0.0
+    assert sched._next_wake(t - timedelta(seconds=150)) == t - timedelta(seconds=120)
+
+
+def test_unwritable_path_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(StorageError, match="storage.path"):
+        Storage(blocker / "sub" / "gw.sqlite")

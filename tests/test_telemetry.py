@@ -1,0 +1,99 @@
+"""Store-and-forward telemetry: the SQLite queue alone, then through a VTN outage and restart."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import datetime, timedelta, timezone
+
+from ven.config import OpenadrConfig
+from ven.schedule import EventSchedule
+from ven.storage import Storage
+from ven.telemetry import TelemetryQueue
+from ven.vtn import VtnClient
+from ven.vtn_server import DemoVtn
+
+T0 = datetime(2026, 11, 21, 20, 0, tzinfo=timezone.utc)
+
+
+async def until(cond, timeout=10.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_queue_keeps_order_survives_reopen_and_drops_oldest_beyond_bound(tmp_path):
+    path = tmp_path / "gw.sqlite"
+    q = TelemetryQueue(path, max_age=timedelta(minutes=1))
+    for i in range(6):
+        q.add(T0 + timedelta(seconds=10 * i), 90.0 + i)
+    batch = q.peek(3)
+    assert [s.kw for s in batch] == [90.0, 91.0, 92.0]
+    q.ack(batch)
+    assert q.pending == 3 and q.delivered == 3 and q.last_delivery is not None
+    q.close()
+
+    q = TelemetryQueue(path, max_age=timedelta(minutes=1))     # e.g. after a restart
+    assert [(s.ts, s.kw) for s in q.peek()] == [(T0 + timedelta(seconds=10 * i), 90.0 + i) for i in (3, 4, 5)]
+    q.add(T0 + timedelta(seconds=101), 99.0)                   # more than 60 s after 93 and 94: both go
+    assert [s.kw for s in q.peek()] == [95.0, 99.0]
+    assert q.dropped == 2
+    q.close()
+    assert TelemetryQueue(path).dropped == 2
+
+
+async def test_outage_backlog_arrives_once_in_order_with_original_timestamps(tmp_path, free_tcp_port, caplog):
+    caplog.set_level(logging.INFO, logger="ven")
+    port = free_tcp_port()
+    storage = Storage(tmp_path / "gw.sqlite")
+    schedule = EventSchedule(storage, lambda st: None)
+    queue = TelemetryQueue(tmp_path / "gw.sqlite")
+    first = DemoVtn(port, poll_seconds=1)
+    cfg = OpenadrConfig(vtn_url=first.url, telemetry_seconds=1.0, retry_min_seconds=0.2, retry_max_seconds=1.0)
+    client = VtnClient(cfg, schedule, queue)
+    sent: list[tuple[datetime, float]] = []
+    second = None
+
+    async def meter(n):
+        for _ in range(n):
+            ts = datetime.now(timezone.utc)
+            kw = round(80 + len(sent) * 0.01, 2)
+            sent.append((ts, kw))
+            client.record_sample(ts, kw)
+            await asyncio.sleep(0.2)
+
+    await first.start()
+    await schedule.start()
+    await client.start()
+    try:
+        await until(lambda: client.connected, 10, "registration")
+        await meter(5)
+        await until(lambda: len(first.reports) == 5, 5, "live samples")
+        await first.stop()
+        await meter(15)                                         # 3 s of outage
+        assert queue.pending >= 10
+        second = DemoVtn(port, poll_seconds=1)                  # a restarted VTN: knows no VEN
+        await second.start()
+        await meter(5)
+        await until(lambda: second.registrations >= 1 and queue.pending == 0, 15, "backlog delivered")
+        await asyncio.sleep(0.3)                                # nothing may follow twice
+        got = [(ts, value) for _, _, _, ts, value in first.reports + second.reports]
+        assert got == sent, "every sample exactly once, in order, with its own timestamp"
+        assert all(r[1] == "main-meter" and r[2] == "RealPower" for r in second.reports)
+        assert second.report_offers[-1][1:] == ("main-meter", "RealPower", "W", "k", timedelta(seconds=1))
+        lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("telemetry ")]
+        assert len(lines) == len(sent)
+        assert any(line.endswith("(sent)") for line in lines)
+        assert any("(queued, " in line and "waiting)" in line for line in lines)
+        assert client.status()["telemetry"]["pending"] == 0
+    finally:
+        await client.stop()
+        await schedule.stop()
+        if second is not None:
+            await second.stop()
+        await first.stop()
+        queue.close()
+        storage.close()

@@ -1,0 +1,126 @@
+"""TLS with client certificates and VTN fingerprint pinning against a real openleadr VTN."""
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import ipaddress
+import logging
+import time
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from openleadr.utils import certificate_fingerprint
+
+from ven.config import OpenadrConfig
+from ven.schedule import EventSchedule
+from ven.storage import Storage
+from ven.telemetry import TelemetryQueue
+from ven.vtn import VtnClient
+from ven.vtn_server import DemoVtn
+
+
+async def until(cond, timeout=10.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _name(cn):
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _write_key(path, key, passphrase=None):
+    enc = (serialization.BestAvailableEncryption(passphrase.encode()) if passphrase
+           else serialization.NoEncryption())
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, enc))
+
+
+def _issue(ca_key, ca_cert, cn, path, key_path, passphrase=None):
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(ca_cert.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    pem = cert.public_bytes(serialization.Encoding.PEM)
+    path.write_bytes(pem)
+    _write_key(key_path, key, passphrase)
+    return certificate_fingerprint(pem)
+
+
+@pytest.fixture
+def pki(tmp_path):
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.timezone.utc)
+    ca = (x509.CertificateBuilder().subject_name(_name("test CA")).issuer_name(_name("test CA"))
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    (tmp_path / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    fp = {}
+    fp["vtn"] = _issue(ca_key, ca, "vtn", tmp_path / "vtn.pem", tmp_path / "vtn.key")
+    fp["ven"] = _issue(ca_key, ca, "ven", tmp_path / "ven.pem", tmp_path / "ven.key", passphrase="s3cret")
+    fp["other"] = _issue(ca_key, ca, "other", tmp_path / "other.pem", tmp_path / "other.key")
+    return tmp_path, fp
+
+
+async def _run_gateway(tmp_path, url, vtn_fingerprint):
+    storage = Storage(tmp_path / "gw.sqlite")
+    schedule = EventSchedule(storage, lambda st: None)
+    queue = TelemetryQueue(tmp_path / "gw.sqlite")
+    cfg = OpenadrConfig(vtn_url=url, retry_min_seconds=0.2, retry_max_seconds=1.0, telemetry_seconds=1.0,
+                        cert=str(tmp_path / "ven.pem"), key=str(tmp_path / "ven.key"), passphrase="s3cret",
+                        ca_file=str(tmp_path / "ca.pem"), vtn_fingerprint=vtn_fingerprint)
+    client = VtnClient(cfg, schedule, queue)
+    await schedule.start()
+    await client.start()
+
+    async def close():
+        await client.stop()
+        await schedule.stop()
+        queue.close()
+        storage.close()
+    return client, close
+
+
+async def test_right_fingerprint_registers_and_reports_over_tls(pki, free_tcp_port):
+    d, fp = pki
+    server = DemoVtn(free_tcp_port(), poll_seconds=1, cert=str(d / "vtn.pem"), key=str(d / "vtn.key"),
+                     ca_file=str(d / "ca.pem"), ven_fingerprint=fp["ven"])
+    assert server.url.startswith("https://")
+    async with server:
+        client, close = await _run_gateway(d, server.url, fp["vtn"])
+        try:
+            await until(lambda: client.connected, 15, "TLS registration")
+            assert server.vens[client.ven_id]["fingerprint"] == fp["ven"]
+            client.record_sample(dt.datetime.now(dt.timezone.utc), 12.34)
+            await until(lambda: [r[4] for r in server.reports] == [12.34], 10, "signed report")
+        finally:
+            await close()
+
+
+async def test_wrong_fingerprint_is_refused_logged_and_retried(pki, free_tcp_port, caplog):
+    caplog.set_level(logging.INFO, logger="ven")
+    d, fp = pki
+    server = DemoVtn(free_tcp_port(), poll_seconds=1, cert=str(d / "vtn.pem"), key=str(d / "vtn.key"),
+                     ca_file=str(d / "ca.pem"), ven_fingerprint=fp["ven"])
+    async with server:
+        client, close = await _run_gateway(d, server.url, fp["other"])
+        try:
+            await until(lambda: client.registration_failures >= 3, 15, "repeated refusals")
+            assert not client.connected and client.ven_id is None
+            assert "fingerprint" in client.status()["last_error"]
+            refusals = [r for r in caplog.records if "fingerprint does not match" in r.getMessage()]
+            assert len(refusals) == 1 and refusals[0].levelno == logging.WARNING
+            assert all(not t.done() for t in client._tasks), "the client keeps retrying"
+        finally:
+            await close()

@@ -1,0 +1,220 @@
+"""VtnClient + EventSchedule against a real openleadr VTN (DemoVtn) on loopback."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta, timezone
+
+from ven.config import OpenadrConfig
+from ven.schedule import EventSchedule
+from ven.storage import Storage
+from ven.telemetry import TelemetryQueue
+from ven.vtn import VtnClient
+from ven.vtn_server import DemoVtn
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+async def until(cond, timeout=10.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Gateway:
+    def __init__(self, tmp_path, url, **cfg):
+        self.states = []        # (wall time, ScheduleState)
+        self.connected = []
+        self.storage = Storage(tmp_path / "gw.sqlite")
+        self.schedule = EventSchedule(self.storage, lambda st: self.states.append((now(), st)))
+        self.queue = TelemetryQueue(tmp_path / "gw.sqlite")
+        self.config = OpenadrConfig(vtn_url=url, retry_min_seconds=0.2, retry_max_seconds=1.0,
+                                    telemetry_seconds=1.0, **cfg)
+        self.vtn = VtnClient(self.config, self.schedule, self.queue, self.connected.append)
+
+    @property
+    def level(self):
+        return self.states[-1][1].level
+
+    def first_time_at(self, level, after=None):
+        for t, st in self.states:
+            if st.level == level and (after is None or t >= after):
+                return t
+        return None
+
+
+@asynccontextmanager
+async def running(tmp_path, url, **cfg):
+    gw = Gateway(tmp_path, url, **cfg)
+    await gw.schedule.start()
+    await gw.vtn.start()
+    try:
+        yield gw
+    finally:
+        await gw.vtn.stop()
+        await gw.schedule.stop()
+        gw.queue.close()
+        gw.storage.close()
+
+
+async def test_vtn_down_at_start_then_registration_without_restart(tmp_path, free_tcp_port, caplog):
+    caplog.set_level(logging.INFO, logger="ven")
+    port = free_tcp_port()
+    server = DemoVtn(port, poll_seconds=1)
+    async with running(tmp_path, server.url) as gw:
+        await until(lambda: gw.vtn.registration_failures >= 3, 10, "three failed registrations")
+        assert not gw.vtn.connected and gw.connected == []
+        assert "unreachable" in gw.vtn.status()["last_error"]
+        failures = [r for r in caplog.records if "VTN registration failed" in r.getMessage()]
+        assert len(failures) == 1, "a fault is logged once when it starts, not on every retry"
+        async with server:
+            await until(lambda: gw.vtn.connected, 10, "registration once the VTN is up")
+            assert gw.connected == [True]
+            assert server.registrations == 1 and gw.vtn.ven_id in server.vens
+            assert any("VTN reachable again" in r.getMessage() for r in caplog.records)
+
+
+async def test_three_simple_intervals_each_take_effect_at_their_start(tmp_path, free_tcp_port):
+    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
+        async with running(tmp_path, server.url) as gw:
+            await until(lambda: gw.vtn.connected, 10, "registration")
+            start = (now() + timedelta(seconds=3)).replace(microsecond=0) + timedelta(seconds=1)
+            eid = server.add_event([1, 2, 3], start, 1.0)
+            await until(lambda: gw.schedule.get(eid) is not None, 5, "event delivery")
+            await until(lambda: server.opts_for(eid) == ["optIn"], 5, "optIn at the VTN")
+            await until(lambda: gw.level == 3.0, 10, "level 3")
+            await until(lambda: gw.level == 0.0, 5, "level 0 after the end")
+            for i, level in enumerate([1.0, 2.0, 3.0]):
+                boundary = start + timedelta(seconds=i)
+                seen = gw.first_time_at(level, after=boundary - timedelta(seconds=0.001))
+                assert seen is not None, f"level {level} never published"
+                assert (seen - boundary).total_seconds() < 0.1
+            end_seen = gw.first_time_at(0.0, after=start + timedelta(seconds=3))
+            assert (end_seen - (start + timedelta(seconds=3))).total_seconds() < 0.1
+            levels = [st.level for _, st in gw.states]
+            assert levels[levels.index(1.0):] == [1.0, 2.0, 3.0, 0.0]
+
+
+async def test_modification_cancellation_and_implied_cancellation(tmp_path, free_tcp_port):
+    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
+        async with running(tmp_path, server.url) as gw:
+            await until(lambda: gw.vtn.connected, 10, "registration")
+            start = now() - timedelta(seconds=1)
+            a = server.add_event([1], start, 120)
+            await until(lambda: gw.level == 1.0, 5, "level 1")
+            server.modify_event(a, levels=[3])
+            await until(lambda: gw.level == 3.0, 5, "modified level 3")
+            assert gw.schedule.get(a).modification_number == 1
+            b = server.add_event([2], start, 120)
+            await until(lambda: gw.schedule.get(b) is not None, 5, "second event")
+            assert gw.level == 3.0                          # highest active level wins
+            server.cancel_event(a)
+            await until(lambda: gw.level == 2.0, 5, "back to the remaining event after cancellation")
+            assert gw.schedule.get(a).cancelled
+            server.drop_event(b)                            # listed no more: implied cancellation
+            await until(lambda: gw.level == 0.0, 5, "level 0 after implied cancellation")
+            st = gw.schedule.state()
+            assert not st.active and st.start_minutes == -1
+            assert {e["event_id"]: e["status"] for e in gw.schedule.events()} == {a: "cancelled", b: "cancelled"}
+
+
+async def test_test_event_other_signals_and_randomized_start(tmp_path, free_tcp_port):
+    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
+        async with running(tmp_path, server.url) as gw:
+            await until(lambda: gw.vtn.connected, 10, "registration")
+            t = server.add_event([3], now() - timedelta(seconds=1), 60, test_event=True)
+            p = server.add_event([0.0], now() - timedelta(seconds=1), 60, signal_name="ELECTRICITY_PRICE",
+                                 signal_type="price")
+            await until(lambda: server.opts_for(t) == ["optIn"] and server.opts_for(p), 5, "acknowledgements")
+            assert gw.level == 0.0 and not gw.schedule.state().active
+            kept = {e["event_id"]: e for e in gw.schedule.events()}
+            assert kept[t]["test_event"] and not kept[t]["drives_points"]
+            assert kept[p]["signals"][0]["name"] == "ELECTRICITY_PRICE"
+
+            start = now() + timedelta(seconds=2)
+            r = server.add_event([2], start, 2.0, start_after_seconds=2.0)
+            await until(lambda: gw.schedule.get(r) is not None, 5, "randomized event")
+            offset = gw.schedule.get(r).start_offset
+            assert timedelta(0) <= offset <= timedelta(seconds=2)
+            await until(lambda: gw.level == 2.0, 8, "randomized event active")
+            seen = gw.first_time_at(2.0)
+            assert 0 <= (seen - (start + offset)).total_seconds() < 0.1
+            server.modify_event(r, levels=[1])               # the offset survives a modification
+            await until(lambda: gw.level == 1.0, 5, "modified randomized event")
+            assert gw.schedule.get(r).start_offset == offset
+
+
+async def test_opt_out_reaches_the_vtn_and_new_events_are_refused(tmp_path, free_tcp_port):
+    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
+        async with running(tmp_path, server.url) as gw:
+            await until(lambda: gw.vtn.connected, 10, "registration")
+            active = server.add_event([2], now() - timedelta(seconds=1), 120)
+            pending = server.add_event([1], now() + timedelta(minutes=5), 60)
+            await until(lambda: server.opts_for(active) and server.opts_for(pending), 5, "optIn answers")
+            assert gw.level == 2.0
+            gw.vtn.set_opt_out(True)
+            assert gw.level == 0.0                          # at once, before the VTN hears of it
+            await until(lambda: server.opts_for(active)[-1] == "optOut"
+                        and server.opts_for(pending)[-1] == "optOut", 5, "optOut at the VTN")
+            late = server.add_event([3], now() - timedelta(seconds=1), 60)
+            await until(lambda: server.opts_for(late) == ["optOut"], 5, "new event answered optOut")
+            assert gw.level == 0.0
+            gw.vtn.set_opt_out(False)
+            await until(lambda: server.opts_for(pending)[-1] == "optIn", 5, "pending event opted back in")
+            assert server.opts_for(active)[-1] == "optOut"  # already running: stays out
+            assert gw.level == 0.0
+
+
+async def test_reregistration_request_registers_again_with_reports(tmp_path, free_tcp_port, caplog):
+    caplog.set_level(logging.INFO, logger="ven")
+    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
+        async with running(tmp_path, server.url) as gw:
+            await until(lambda: gw.vtn.connected, 10, "registration")
+            first_request = gw.vtn.status()["report_request_id"]
+            server.request_reregistration(gw.vtn.ven_id)
+            await until(lambda: server.registrations == 2 and gw.vtn.connected, 10, "second registration")
+            assert gw.vtn.status()["report_request_id"] not in (None, first_request)
+            gw.vtn.record_sample(now(), 42.5)
+            await until(lambda: [r[4] for r in server.reports] == [42.5], 5, "report after re-registration")
+            assert any("re-registration" in r.getMessage() for r in caplog.records)
+
+
+async def test_restart_restores_level_without_vtn_and_keeps_the_random_offset(tmp_path, free_tcp_port):
+    port = free_tcp_port()
+    server = DemoVtn(port, poll_seconds=1)
+    await server.start()
+    try:
+        async with running(tmp_path, server.url) as gw:
+            await until(lambda: gw.vtn.connected, 10, "registration")
+            eid = server.add_event([2, 3], now() - timedelta(seconds=1), 60, start_after_seconds=1)
+            await until(lambda: gw.level in (2.0, 3.0) or gw.schedule.get(eid) is not None, 5, "event")
+            offset = gw.schedule.get(eid).start_offset
+        await server.stop()                                    # the VTN is gone while we restart
+
+        gw = Gateway(tmp_path, server.url)
+        t0 = time.monotonic()
+        await gw.schedule.start()
+        await gw.vtn.start()
+        try:
+            assert gw.level == 2.0 and time.monotonic() - t0 < 1.0
+            assert not gw.vtn.connected
+            again = DemoVtn(port, poll_seconds=1)
+            again._events = server._events                     # same VTN data, new process
+            async with again:
+                await until(lambda: gw.vtn.connected and again.opts_for(eid), 10, "re-sync with the VTN")
+                assert gw.schedule.get(eid).start_offset == offset
+                assert gw.level == 2.0
+        finally:
+            await gw.vtn.stop()
+            await gw.schedule.stop()
+            gw.queue.close()
+            gw.storage.close()
+    finally:
+        await server.stop()

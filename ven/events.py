@@ -1,0 +1,236 @@
+"""Demand-response events as plain values; the only place that reads openleadr's event dicts.
+
+The rest of the gateway sees `Event` with absolute interval times. Randomization
+(`tolerance.startafter`) is drawn once when an event is first seen and carried as `start_offset`,
+so a restart or a modification never re-rolls it.
+"""
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta, timezone
+
+OPT_IN = "optIn"
+OPT_OUT = "optOut"
+SIMPLE = "SIMPLE"
+
+
+@dataclass(frozen=True)
+class Interval:
+    start: datetime
+    duration: timedelta
+    payload: float
+
+    @property
+    def end(self) -> datetime:
+        return self.start + self.duration
+
+
+@dataclass(frozen=True)
+class Signal:
+    name: str
+    type: str
+    intervals: tuple[Interval, ...]
+
+
+@dataclass(frozen=True)
+class Event:
+    event_id: str
+    modification_number: int
+    status: str
+    test_event: bool
+    market_context: str
+    signals: tuple[Signal, ...]
+    start_offset: timedelta
+    received_at: datetime
+    opt: str = OPT_IN
+    start_after: timedelta = timedelta(0)
+    ramp_up: timedelta = timedelta(0)
+
+    @property
+    def cancelled(self) -> bool:
+        return self.status == "cancelled"
+
+    @property
+    def start(self) -> datetime:
+        """Effective start: the earliest interval plus the randomization offset."""
+        starts = [i.start for s in self.signals for i in s.intervals]
+        return (min(starts) if starts else self.received_at) + self.start_offset
+
+    @property
+    def end(self) -> datetime:
+        ends = [i.end for s in self.signals for i in s.intervals]
+        return (max(ends) if ends else self.received_at) + self.start_offset
+
+    @property
+    def drives_points(self) -> bool:
+        """Only opted-in, live, non-test events with a SIMPLE signal move the BACnet points."""
+        return (not self.test_event and not self.cancelled and self.opt == OPT_IN
+                and any(s.name == SIMPLE for s in self.signals))
+
+    def simple_level(self, now: datetime) -> float | None:
+        """Payload of the SIMPLE interval in effect at `now` (randomization applied), else None."""
+        level = None
+        for sig in self.signals:
+            if sig.name != SIMPLE:
+                continue
+            for iv in sig.intervals:
+                start = iv.start + self.start_offset
+                if start <= now < start + iv.duration:
+                    level = iv.payload if level is None else max(level, iv.payload)
+        return level
+
+    def phase(self, now: datetime) -> str:
+        """far/near/active/completed from the clock (never from when the message arrived)."""
+        if self.cancelled:
+            return "cancelled"
+        if now >= self.end:
+            return "completed"
+        if now >= self.start:
+            return "active"
+        if self.ramp_up and now >= self.start - self.ramp_up:
+            return "near"
+        return "far"
+
+    def boundaries(self) -> list[datetime]:
+        """Every instant at which this event's contribution can change."""
+        out = set()
+        for sig in self.signals:
+            for iv in sig.intervals:
+                out.add(iv.start + self.start_offset)
+                out.add(iv.end + self.start_offset)
+        return sorted(out)
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "event_id": self.event_id,
+            "modification_number": self.modification_number,
+            "status": self.status,
+            "test_event": self.test_event,
+            "market_context": self.market_context,
+            "signals": [{"name": s.name, "type": s.type,
+                         "intervals": [[i.start.isoformat(), i.duration.total_seconds(), i.payload]
+                                       for i in s.intervals]} for s in self.signals],
+            "start_offset": self.start_offset.total_seconds(),
+            "received_at": self.received_at.isoformat(),
+            "opt": self.opt,
+            "start_after": self.start_after.total_seconds(),
+            "ramp_up": self.ramp_up.total_seconds(),
+        })
+
+    @classmethod
+    def from_json(cls, text: str) -> "Event":
+        d = json.loads(text)
+        signals = tuple(
+            Signal(s["name"], s["type"], tuple(
+                Interval(datetime.fromisoformat(a), timedelta(seconds=b), float(c))
+                for a, b, c in s["intervals"]))
+            for s in d["signals"])
+        return cls(event_id=d["event_id"], modification_number=int(d["modification_number"]),
+                   status=d["status"], test_event=bool(d["test_event"]),
+                   market_context=d["market_context"], signals=signals,
+                   start_offset=timedelta(seconds=d["start_offset"]),
+                   received_at=datetime.fromisoformat(d["received_at"]), opt=d["opt"],
+                   start_after=timedelta(seconds=d.get("start_after", 0)),
+                   ramp_up=timedelta(seconds=d.get("ramp_up", 0)))
+
+    def describe(self, now: datetime) -> dict:
+        """JSON-ready view for the status API."""
+        return {
+            "event_id": self.event_id,
+            "modification_number": self.modification_number,
+            "status": self.phase(now),
+            "vtn_status": self.status,
+            "test_event": self.test_event,
+            "market_context": self.market_context,
+            "opt": self.opt,
+            "start": _iso(self.start),
+            "end": _iso(self.end),
+            "start_offset_seconds": self.start_offset.total_seconds(),
+            "received_at": _iso(self.received_at),
+            "drives_points": self.drives_points,
+            "signals": [{"name": s.name, "type": s.type,
+                         "intervals": [{"start": _iso(i.start + self.start_offset),
+                                        "duration_seconds": i.duration.total_seconds(),
+                                        "payload": i.payload} for i in s.intervals]}
+                        for s in self.signals],
+        }
+
+
+def _iso(dt: datetime) -> str:
+    return dt.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _utc(dt: datetime) -> datetime:
+    return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
+
+
+def _find(node, key):
+    """First value stored under `key` anywhere in a nested dict (openleadr nests tolerance oddly)."""
+    if isinstance(node, dict):
+        if key in node:
+            return node[key]
+        for v in node.values():
+            found = _find(v, key)
+            if found is not None:
+                return found
+    return None
+
+
+def _truthy(v) -> bool:
+    return v is True or (isinstance(v, str) and v.strip().lower() == "true")
+
+
+def from_openleadr(raw: dict, received_at: datetime, previous: Event | None = None,
+                   rng: random.Random | None = None) -> Event:
+    """Convert one event dict as openleadr's parser delivers it.
+
+    `previous` is the stored copy of the same event, if any: its randomization offset and opt
+    answer survive a modification (the offset is redrawn only if the new window no longer holds it).
+    """
+    desc = raw["event_descriptor"]
+    active = raw.get("active_period") or {}
+    ap_start = _utc(active["dtstart"]) if active.get("dtstart") else None
+    signals_raw = raw.get("event_signals") or []
+    if isinstance(signals_raw, dict):
+        signals_raw = signals_raw.get("event_signals", [])
+    signals = []
+    for s in signals_raw:
+        intervals = []
+        cursor = ap_start
+        for iv in sorted(s.get("intervals") or [], key=lambda i: i.get("uid") or 0):
+            start = _utc(iv["dtstart"]) if iv.get("dtstart") else cursor
+            duration = iv.get("duration") or timedelta(0)
+            if start is None:
+                raise ValueError(f"event {desc.get('event_id')}: interval without a start")
+            intervals.append(Interval(start, duration, float(iv.get("signal_payload", 0.0))))
+            cursor = start + duration
+        signals.append(Signal(str(s.get("signal_name")), str(s.get("signal_type")), tuple(intervals)))
+
+    start_after = _find(active.get("tolerance"), "startafter") or timedelta(0)
+    ramp_up = active.get("ramp_up_period")
+    ramp_up = _find(ramp_up, "duration") if isinstance(ramp_up, dict) else ramp_up
+    if previous is not None and timedelta(0) <= previous.start_offset <= start_after:
+        offset = previous.start_offset
+    elif start_after > timedelta(0):
+        offset = timedelta(seconds=(rng or random).uniform(0.0, start_after.total_seconds()))
+    else:
+        offset = timedelta(0)
+    return Event(
+        event_id=str(desc["event_id"]),
+        modification_number=int(desc.get("modification_number") or 0),
+        status=str(desc.get("event_status") or "far"),
+        test_event=_truthy(desc.get("test_event")),
+        market_context=str(desc.get("market_context") or ""),
+        signals=tuple(signals),
+        start_offset=offset,
+        received_at=received_at if previous is None else previous.received_at,
+        opt=previous.opt if previous is not None else OPT_IN,
+        start_after=start_after,
+        ramp_up=ramp_up if isinstance(ramp_up, timedelta) else timedelta(0),
+    )
+
+
+def with_opt(event: Event, opt: str) -> Event:
+    return replace(event, opt=opt)

@@ -1,0 +1,254 @@
+"""The gateway's own event schedule: turns stored events into ADR-Event-Level/Active/Start-Minutes.
+
+openleadr reports an event once, on arrival; nothing happens at interval starts. This coordinator
+owns every known event, persists each change before publishing it, and runs one timer task that
+wakes exactly at the next interval boundary (or minute tick of the start countdown) and publishes
+the new state. Opted-out, cancelled and test events never drive the points.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta, timezone
+from typing import Callable, Iterable
+
+from .events import OPT_IN, OPT_OUT, Event
+from .storage import Storage
+
+log = logging.getLogger(__name__)
+
+_MAX_SLEEP = 30.0   # re-evaluate at least this often so a wall-clock step is noticed
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class ScheduleState:
+    level: float
+    active: bool
+    start_minutes: float        # whole minutes until the next event starts (rounded up); 0 while active; -1 if none
+    active_event_ids: tuple[str, ...]
+    opted_out: bool
+
+
+class EventSchedule:
+    def __init__(self, storage: Storage, on_change: Callable[[ScheduleState], None],
+                 clock: Callable[[], datetime] = utcnow, keep_recent: timedelta = timedelta(hours=24)):
+        self._storage = storage
+        self._on_change = on_change
+        self._clock = clock
+        self._keep_recent = keep_recent
+        self._events: dict[str, Event] = {}
+        self._opted_out = False
+        self._last: ScheduleState | None = None
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._loaded = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Read persisted events (idempotent); `start` does this, exposed for synchronous wiring."""
+        if self._loaded:
+            return
+        for ev in self._storage.load_events():
+            self._events[ev.event_id] = ev
+        self._loaded = True
+        self._purge(self._clock())
+        if self._events:
+            log.info("restored %d event(s) from storage", len(self._events))
+
+    async def start(self) -> None:
+        self.load()
+        self._wake = asyncio.Event()
+        self._publish(self._clock())
+        self._task = asyncio.create_task(self._run(), name="event-schedule")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    # -- changes -----------------------------------------------------------------------------
+
+    def get(self, event_id: str) -> Event | None:
+        return self._events.get(event_id)
+
+    @property
+    def opted_out(self) -> bool:
+        return self._opted_out
+
+    def upsert(self, event: Event) -> None:
+        old = self._events.get(event.event_id)
+        if old is not None and event.modification_number < old.modification_number:
+            log.info("event %s: ignoring stale modification %d (have %d)", event.event_id,
+                     event.modification_number, old.modification_number)
+            return
+        if old is not None and old.cancelled and event.modification_number == old.modification_number:
+            return
+        self._storage.save_event(event)
+        self._events[event.event_id] = event
+        self._changed()
+
+    def cancel(self, event_id: str) -> None:
+        ev = self._events.get(event_id)
+        if ev is None or ev.cancelled:
+            return
+        ev = replace(ev, status="cancelled")
+        self._storage.save_event(ev)
+        self._events[event_id] = ev
+        self._changed()
+
+    def retain_only(self, event_ids: Iterable[str]) -> list[str]:
+        """Implied cancellation: events the VTN no longer lists (and that have not ended) go."""
+        keep = set(event_ids)
+        now = self._clock()
+        gone = [eid for eid, ev in self._events.items()
+                if eid not in keep and not ev.cancelled and ev.phase(now) != "completed"]
+        for eid in gone:
+            log.info("event %s no longer listed by the VTN: treated as cancelled", eid)
+            self.cancel(eid)
+        return gone
+
+    def set_opt_out(self, opted_out: bool) -> list[Event]:
+        """Opt out of the active and every pending event, or back in to those not yet started.
+
+        Returns the events whose answer changed, so the caller can tell the VTN. Safe to call
+        before `start` (e.g. with the point's state at boot).
+        """
+        self.load()
+        self._opted_out = opted_out
+        now = self._clock()
+        changed = []
+        for ev in list(self._events.values()):
+            if ev.cancelled or ev.test_event:
+                continue
+            phase = ev.phase(now)
+            if opted_out and phase in ("far", "near", "active") and ev.opt != OPT_OUT:
+                ev = replace(ev, opt=OPT_OUT)
+            elif not opted_out and phase in ("far", "near") and ev.opt != OPT_IN:
+                ev = replace(ev, opt=OPT_IN)
+            else:
+                continue
+            self._storage.save_event(ev)
+            self._events[ev.event_id] = ev
+            changed.append(ev)
+        self._changed()
+        return changed
+
+    # -- views -------------------------------------------------------------------------------
+
+    def state(self, at: datetime | None = None) -> ScheduleState:
+        now = at or self._clock()
+        level = None
+        active_ids = []
+        next_start = None
+        for ev in self._events.values():
+            if not ev.drives_points:
+                continue
+            if ev.start <= now < ev.end:
+                active_ids.append(ev.event_id)
+                lv = ev.simple_level(now)
+                if lv is not None:
+                    level = lv if level is None else max(level, lv)
+            elif ev.start > now and (next_start is None or ev.start < next_start):
+                next_start = ev.start
+        if active_ids:
+            minutes = 0.0
+        elif next_start is not None:
+            minutes = float(math.ceil((next_start - now).total_seconds() / 60.0))
+        else:
+            minutes = -1.0
+        return ScheduleState(level=float(level or 0.0), active=bool(active_ids),
+                             start_minutes=minutes, active_event_ids=tuple(sorted(active_ids)),
+                             opted_out=self._opted_out)
+
+    def events(self) -> list[dict]:
+        """Every known event for the status API, grouped active/pending/recent, with all signals."""
+        now = self._clock()
+        out = []
+        for ev in sorted(self._events.values(), key=lambda e: (e.start, e.event_id)):
+            d = ev.describe(now)
+            phase = d["status"]
+            d["group"] = ("active" if phase == "active" else
+                          "pending" if phase in ("far", "near") else "recent")
+            out.append(d)
+        return out
+
+    def active_and_pending(self) -> list[Event]:
+        now = self._clock()
+        return [ev for ev in self._events.values()
+                if not ev.cancelled and ev.phase(now) in ("far", "near", "active")]
+
+    # -- timer -------------------------------------------------------------------------------
+
+    def _changed(self) -> None:
+        self._publish(self._clock())
+        if self._wake is not None:
+            self._wake.set()
+
+    def _publish(self, at: datetime) -> None:
+        st = self.state(at)
+        if st != self._last:
+            self._last = st
+            try:
+                self._on_change(st)
+            except Exception:
+                log.exception("schedule on_change callback failed")
+
+    def _next_wake(self, now: datetime) -> datetime | None:
+        best = None
+        next_start = None
+        for ev in self._events.values():
+            if not ev.drives_points:
+                continue
+            for b in ev.boundaries():
+                if b > now and (best is None or b < best):
+                    best = b
+            if ev.start > now and (next_start is None or ev.start < next_start):
+                next_start = ev.start
+        if next_start is not None:
+            # The countdown changes when the time left crosses a whole minute.
+            left = (next_start - now).total_seconds()
+            k = math.ceil(left / 60.0) - 1
+            tick = next_start - timedelta(minutes=k)
+            if tick <= now:
+                tick += timedelta(minutes=1)
+            if best is None or tick < best:
+                best = tick
+        return best
+
+    def _purge(self, now: datetime) -> None:
+        for eid, ev in list(self._events.items()):
+            if ev.end + self._keep_recent < now:
+                self._storage.delete_event(eid)
+                del self._events[eid]
+
+    async def _run(self) -> None:
+        assert self._wake is not None
+        last_purge = self._clock()
+        while True:
+            now = self._clock()
+            target = self._next_wake(now)
+            delay = _MAX_SLEEP if target is None else min(_MAX_SLEEP, (target - now).total_seconds())
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, delay))
+                woke_for = None
+            except asyncio.TimeoutError:
+                woke_for = target
+            now = self._clock()
+            # The loop may fire a hair before the boundary; evaluate at the boundary itself.
+            at = max(now, woke_for) if woke_for is not None and (woke_for - now).total_seconds() < 0.005 else now
+            self._publish(at)
+            if (now - last_purge).total_seconds() > 600:
+                self._purge(now)
+                last_purge = now

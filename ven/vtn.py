@@ -1,0 +1,523 @@
+"""The VEN side of OpenADR 2.0b: registration, polling, event intake, opt answers and telemetry.
+
+openleadr's OpenADRClient supplies the messages (building, signing, parsing, validating) and its
+event bookkeeping; this module supplies what openleadr leaves out: retry with capped exponential
+backoff for as long as the gateway runs, detection of a lost VTN context (re-registration request,
+repeated poll failures) followed by a fresh registration with reports, and store-and-forward
+telemetry: each sample is committed to SQLite first and deleted only after the VTN answered the
+oadrUpdateReport carrying it with a 200. openleadr's own scheduler is never started: polling and
+reporting run here, so nothing is sent that this module cannot account for.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from datetime import datetime, timedelta, timezone
+from http import HTTPStatus
+from typing import Callable
+
+import aiohttp
+from lxml.etree import XMLSyntaxError
+from openleadr import OpenADRClient, errors as oerrors, objects, utils as outils
+from openleadr.messaging import parse_message, validate_xml_schema, validate_xml_signature
+from signxml.exceptions import InvalidSignature
+
+from .config import OpenadrConfig
+from .events import OPT_IN, OPT_OUT, SIMPLE, from_openleadr, with_opt
+from .schedule import EventSchedule
+from .telemetry import TelemetryQueue
+
+log = logging.getLogger(__name__)
+
+POLL_FAILURES_FOR_LOSS = 3      # consecutive failed polls before the VTN context counts as lost
+BATCH = 100                     # samples per oadrUpdateReport when catching up
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class _Client(OpenADRClient):
+    """OpenADRClient whose request path records why a request failed instead of only logging it."""
+
+    last_error: str | None = None
+
+    async def _perform_request(self, service, message):
+        await self._ensure_client_session()
+        url = f"{self.vtn_url}/{service}"
+        self.last_error = None
+        try:
+            async with self.client_session.post(url, data=message) as req:
+                content = await req.read()
+                if req.status != HTTPStatus.OK:
+                    self.last_error = f"HTTP {req.status} from {url}: {content[:200].decode('utf-8', 'replace')}"
+                    return None, {}
+        except aiohttp.ClientConnectorCertificateError as err:
+            self.last_error = f"TLS certificate of the VTN rejected: {err.certificate_error}"
+            return None, {}
+        except aiohttp.ClientSSLError as err:
+            self.last_error = f"TLS handshake with the VTN failed: {err}"
+            return None, {}
+        except aiohttp.ClientConnectorError as err:
+            self.last_error = f"VTN unreachable at {self.vtn_url}: {err.os_error.strerror or err}"
+            return None, {}
+        except asyncio.TimeoutError:
+            self.last_error = f"VTN at {self.vtn_url} did not answer in time"
+            return None, {}
+        except aiohttp.ClientError as err:
+            self.last_error = f"request to {url} failed: {err.__class__.__name__}: {err}"
+            return None, {}
+        if not content:
+            return None, {}
+        try:
+            tree = validate_xml_schema(content)
+            if self.vtn_fingerprint:
+                validate_xml_signature(tree, cert_fingerprint=self.vtn_fingerprint)
+            message_type, message_payload = parse_message(content)
+        except oerrors.FingerprintMismatch as err:
+            self.last_error = f"VTN refused: certificate fingerprint does not match openadr.vtn_fingerprint ({err})"
+            return None, {}
+        except InvalidSignature:
+            self.last_error = "VTN message carries an invalid XML signature"
+            return None, {}
+        except XMLSyntaxError as err:
+            self.last_error = f"VTN message failed OpenADR schema validation: {err}"
+            return None, {}
+        except Exception as err:   # noqa: BLE001 - any unparsable answer is a failed request
+            self.last_error = f"VTN message could not be read: {err.__class__.__name__}: {err}"
+            return None, {}
+        return message_type, message_payload
+
+
+class _NoScheduler:
+    """Stands in for openleadr's APScheduler: reports and polls are timed by VtnClient instead."""
+
+    running = False
+
+    def add_job(self, *args, **kwargs):
+        return None
+
+    def remove_all_jobs(self):
+        pass
+
+    def shutdown(self, *args, **kwargs):
+        pass
+
+
+class VtnClient:
+    def __init__(self, config: OpenadrConfig, schedule: EventSchedule, telemetry: TelemetryQueue,
+                 on_connected: Callable[[bool], None] = lambda ok: None):
+        self._cfg = config
+        self._schedule = schedule
+        self._telemetry = telemetry
+        self._on_connected = on_connected
+        self._client: _Client | None = None
+        self.connected = False
+        self.ven_id: str | None = None
+        self.registration_id: str | None = None
+        self.last_poll: datetime | None = None
+        self.last_error: str | None = None
+        self.registration_failures = 0
+        self.poll_failures = 0
+        self._report_specifier_id = f"{config.ven_name}-telemetry"
+        self._r_id = config.report_resource_id
+        self._report_request_id: str | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._wake_delivery: asyncio.Event | None = None
+        self._lost: asyncio.Event | None = None
+        self._opts_dirty: asyncio.Event | None = None
+        self._to_log: list[tuple[int, float]] = []
+        self._pending_opts: dict[str, tuple[int, str]] = {}
+        self._backlog = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._wake_delivery = asyncio.Event()
+        self._lost = asyncio.Event()
+        self._opts_dirty = asyncio.Event()
+        self._opts_lock = asyncio.Lock()
+        if self._cfg.cert:
+            try:
+                with open(self._cfg.cert, "rb") as f:
+                    log.info("VEN certificate fingerprint %s (give it to the VTN operator)",
+                             outils.certificate_fingerprint(f.read()))
+            except (OSError, ValueError) as err:
+                log.error("openadr.cert %s cannot be read (%s); the VEN cannot register until it is fixed",
+                          self._cfg.cert, err)
+        self._tasks = [asyncio.create_task(self._run(), name="vtn-session"),
+                       asyncio.create_task(self._deliver(), name="vtn-telemetry")]
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            try:
+                await t
+            except asyncio.CancelledError:
+                pass
+        self._tasks = []
+        await self._drop_client()
+        self._set_connected(False)
+
+    # -- public ------------------------------------------------------------------------------
+
+    def record_sample(self, ts: datetime, kw: float) -> None:
+        """Commit one good meter reading, then offer it to the VTN; logs the operator line."""
+        seq = self._telemetry.add(ts, kw)
+        if self.connected and self._report_request_id and self._wake_delivery is not None:
+            self._to_log.append((seq, kw))
+            self._wake_delivery.set()
+        else:
+            log.info("telemetry %.2f kW -> TELEMETRY_USAGE (queued, %d waiting)", kw, self._telemetry.pending)
+
+    def set_opt_out(self, opted_out: bool) -> None:
+        """ADR-Opt-Out changed: update the schedule at once, tell the VTN as soon as it can hear."""
+        changed = self._schedule.set_opt_out(opted_out)
+        if opted_out:
+            log.info("ADR-Opt-Out active: opting out of %d active/pending event(s); new events answered optOut",
+                     len(changed))
+        else:
+            log.info("ADR-Opt-Out relinquished: opting back in to %d event(s) not yet started", len(changed))
+        for ev in changed:
+            self._pending_opts[ev.event_id] = (ev.modification_number, ev.opt)
+        if changed and self._opts_dirty is not None:
+            self._opts_dirty.set()
+
+    def status(self) -> dict:
+        return {
+            "connected": self.connected,
+            "vtn_url": self._cfg.vtn_url,
+            "ven_id": self.ven_id,
+            "registration_id": self.registration_id,
+            "report_request_id": self._report_request_id,
+            "last_poll": self.last_poll.isoformat() if self.last_poll else None,
+            "last_error": self.last_error,
+            "registration_failures": self.registration_failures,
+            "poll_failures": self.poll_failures,
+            "opt_answers_waiting": len(self._pending_opts),
+            "telemetry": self._telemetry.status(),
+        }
+
+    # -- session: register, poll, notice loss, register again ----------------------------------
+
+    def _set_connected(self, ok: bool) -> None:
+        if ok != self.connected:
+            self.connected = ok
+            try:
+                self._on_connected(ok)
+            except Exception:
+                log.exception("on_connected callback failed")
+
+    async def _run(self) -> None:
+        delay = self._cfg.retry_min_seconds
+        quick_losses = 0
+        reported: str | None = None
+        while True:
+            try:
+                ok = await self._register()
+            except (OSError, ValueError) as err:     # unreadable cert/key/CA file, wrong passphrase
+                self.last_error = f"TLS setup failed (openadr.cert/key/passphrase/ca_file): {err}"
+                ok = False
+            except Exception as err:  # noqa: BLE001 - keep retrying whatever the VTN sent
+                self.last_error = f"registration error {err.__class__.__name__}: {err}"
+                ok = False
+            if not ok:
+                self.registration_failures += 1
+                reason = self.last_error or "no reason given"
+                if reason != reported:
+                    log.warning("VTN registration failed: %s; retrying (backoff up to %g s)",
+                                reason, self._cfg.retry_max_seconds)
+                    reported = reason
+                await self._drop_client()
+                await asyncio.sleep(delay * random.uniform(0.9, 1.1))
+                delay = min(delay * 2, self._cfg.retry_max_seconds)
+                continue
+            if reported is not None:
+                log.info("VTN reachable again after %d failed registration attempt(s)", self.registration_failures)
+            reported = None
+            self.last_error = None
+            self.registration_failures = 0
+            began = asyncio.get_running_loop().time()
+            self._set_connected(True)
+            self._wake_delivery.set()
+            self._opts_dirty.set()
+            try:
+                await self._session()
+            except Exception as err:  # noqa: BLE001 - a bad message must not end the VEN
+                log.error("VTN session error %s: %s", err.__class__.__name__, err)
+                self.last_error = f"session error {err.__class__.__name__}: {err}"
+            finally:
+                self._set_connected(False)
+            log.warning("VTN context lost (%s); registering again", self.last_error or "unknown reason")
+            await self._drop_client()
+            delay = self._cfg.retry_min_seconds
+            if asyncio.get_running_loop().time() - began < 10 * self._cfg.retry_max_seconds:
+                # Lost again soon after registering: back off so a confused VTN is not hammered.
+                await asyncio.sleep(min(self._cfg.retry_min_seconds * 2 ** quick_losses,
+                                        self._cfg.retry_max_seconds))
+                quick_losses += 1
+            else:
+                quick_losses = 0
+
+    def _new_client(self) -> _Client:
+        c = self._cfg
+        client = _Client(ven_name=c.ven_name, vtn_url=c.vtn_url, ven_id=self.ven_id,
+                         cert=c.cert or None, key=c.key or None, passphrase=c.passphrase or None,
+                         ca_file=c.ca_file or None, vtn_fingerprint=c.vtn_fingerprint or None,
+                         show_fingerprint=False, disable_signature=not c.cert)
+        client.scheduler = _NoScheduler()
+        client.on_event = self._handle_event
+        client.on_update_event = self._handle_event
+        sampling = timedelta(seconds=c.telemetry_seconds)
+        client.add_report(callback=lambda: [], resource_id=c.report_resource_id,
+                          measurement="real_power", unit="W", scale="k", sampling_rate=sampling,
+                          report_specifier_id=self._report_specifier_id, r_id=self._r_id,
+                          report_duration=sampling)
+        return client
+
+    async def _drop_client(self) -> None:
+        client, self._client = self._client, None
+        if client is not None and client.client_session is not None:
+            await client.client_session.close()
+
+    async def _register(self) -> bool:
+        self._client = client = self._new_client()
+        self._report_request_id = None
+        self._lost.clear()
+        rtype, payload = await client.query_registration()
+        if rtype is None:
+            self.last_error = client.last_error
+            return False
+        await client.create_party_registration(ven_id=self.ven_id)
+        if not client.registration_id:
+            self.last_error = client.last_error or "VTN refused the registration (no registrationID)"
+            return False
+        self.ven_id, self.registration_id = client.ven_id, client.registration_id
+        await client.register_reports(client.reports)
+        for rr in client.report_requests:
+            if rr["report_specifier_id"] == self._report_specifier_id:
+                self._report_request_id = rr["report_request_id"]
+        log.info("registered with VTN %s: venID %s, registrationID %s, poll every %s s, telemetry %s",
+                 self._cfg.vtn_url, self.ven_id, self.registration_id,
+                 client.poll_frequency.total_seconds(),
+                 "requested" if self._report_request_id else "not requested by the VTN")
+        rtype, payload = await client.request_event()
+        if rtype is None:
+            self.last_error = client.last_error
+            return False
+        if rtype == "oadrResponse" and _response_code(payload) == 200:
+            self._schedule.retain_only(())     # the VTN lists no events for us
+        await self._dispatch(rtype, payload)
+        return True
+
+    async def _session(self) -> None:
+        client = self._client
+        # Durations travel as whole seconds; a VTN asking for 0 would mean a busy loop.
+        period = max(1.0, client.poll_frequency.total_seconds())
+        failing_since: str | None = None
+        self.poll_failures = 0
+        immediate = True
+        while True:
+            if not immediate:
+                try:
+                    await asyncio.wait_for(self._lost.wait(), timeout=period)
+                    return
+                except asyncio.TimeoutError:
+                    pass
+            if self._lost.is_set():
+                return
+            await self._send_opts()
+            rtype, payload = await client.poll()
+            if rtype is None or _response_code(payload) not in (None, 200):
+                self.poll_failures += 1
+                self.last_error = client.last_error or f"poll answered with code {_response_code(payload)}"
+                if failing_since is None:
+                    log.warning("VTN poll failed: %s", self.last_error)
+                    failing_since = self.last_error
+                if self.poll_failures >= POLL_FAILURES_FOR_LOSS:
+                    return
+                immediate = False
+                continue
+            if failing_since is not None:
+                log.info("VTN polls answered again after %d failure(s)", self.poll_failures)
+                failing_since = None
+            self.poll_failures = 0
+            self.last_poll = _utcnow()
+            if rtype == "oadrRequestReregistration":
+                self.last_error = "the VTN asked for re-registration"
+                await client.send_response(service="EiRegisterParty")
+                return
+            if rtype == "oadrCancelPartyRegistration":
+                self.last_error = "the VTN cancelled the registration"
+                await client.on_cancel_party_registration(payload)
+                return
+            # openleadr hands out one message per poll: ask again at once after a real message.
+            immediate = rtype != "oadrResponse"
+            await self._dispatch(rtype, payload)
+
+    async def _dispatch(self, rtype: str, payload: dict) -> None:
+        client = self._client
+        if rtype == "oadrResponse":
+            return
+        if rtype == "oadrDistributeEvent":
+            events = payload.get("events") or []
+            # oadrDistributeEvent lists every event for this VEN: anything missing was cancelled.
+            self._schedule.retain_only(e["event_descriptor"]["event_id"] for e in events)
+            # openleadr repeats its cached first answer for an unmodified event; the schedule's
+            # answer may have changed since (ADR-Opt-Out), so refresh the cache first.
+            for e in events:
+                stored = self._schedule.get(e["event_descriptor"]["event_id"])
+                if stored is not None and stored.event_id in client.responded_events:
+                    client.responded_events[stored.event_id] = stored.opt
+            if events:
+                await client._on_event(payload)
+        elif rtype == "oadrCreateReport":
+            await client.create_report(payload)
+            for rr in client.report_requests:
+                if rr["report_specifier_id"] == self._report_specifier_id:
+                    self._report_request_id = rr["report_request_id"]
+            self._wake_delivery.set()
+        elif rtype == "oadrCancelReport":
+            if payload.get("report_request_id") == self._report_request_id:
+                self._report_request_id = None
+                log.warning("the VTN cancelled the telemetry report; samples queue until it asks again")
+            try:
+                await client.cancel_report(payload)
+            except Exception as err:  # noqa: BLE001 - openleadr's bookkeeping only
+                log.debug("openleadr cancel_report: %s", err)
+        elif rtype == "oadrRegisterReport":
+            log.info("VTN offered reports; the gateway does not take reports from the VTN")
+        else:
+            log.warning("VTN sent %s, which the gateway does not handle; ignored", rtype)
+
+    # -- events ------------------------------------------------------------------------------
+
+    async def _handle_event(self, raw: dict) -> str:
+        now = _utcnow()
+        eid = raw["event_descriptor"]["event_id"]
+        prev = self._schedule.get(eid)
+        ev = from_openleadr(raw, now, prev)
+        if prev is None and not ev.test_event:
+            ev = with_opt(ev, OPT_OUT if self._schedule.opted_out else OPT_IN)
+        if ev.cancelled:
+            log.info("event %s cancelled by the VTN (modification %d)", eid, ev.modification_number)
+            self._schedule.upsert(ev)
+            return OPT_IN
+        others = sorted({s.name for s in ev.signals if s.name != SIMPLE})
+        levels = [iv.payload for s in ev.signals if s.name == SIMPLE for iv in s.intervals]
+        verb = "received" if prev is None else f"modified (modification {ev.modification_number})"
+        extra = f", randomized start +{ev.start_offset.total_seconds():.1f} s" if ev.start_after else ""
+        if ev.test_event:
+            log.info("test event %s %s: acknowledged, does not drive the points", eid, verb)
+        else:
+            log.info("event %s %s: SIMPLE levels %s from %s to %s%s -> %s", eid, verb, levels,
+                     ev.start.isoformat(timespec="seconds"), ev.end.isoformat(timespec="seconds"),
+                     extra, ev.opt)
+        if others:
+            log.info("event %s carries signal(s) %s: kept for the status API, not driving ADR-Event-Level",
+                     eid, ", ".join(others))
+        self._schedule.upsert(ev)
+        stored = self._schedule.get(eid)
+        return stored.opt if stored is not None else ev.opt
+
+    async def _send_opts(self) -> None:
+        if not self._pending_opts or self._client is None:
+            return
+        async with self._opts_lock:
+            await self._send_opts_locked()
+
+    async def _send_opts_locked(self) -> None:
+        for eid, (mod, opt) in list(self._pending_opts.items()):
+            if self._client is None:
+                return
+            msg = self._client._create_message(
+                "oadrCreatedEvent", ven_id=self.ven_id,
+                response={"response_code": 200, "response_description": "OK", "request_id": outils.generate_id()},
+                event_responses=[{"response_code": 200, "response_description": "OK",
+                                  "request_id": outils.generate_id(), "event_id": eid,
+                                  "modification_number": mod, "opt_type": opt}])
+            rtype, payload = await self._client._perform_request("EiEvent", msg)
+            if rtype is None:
+                return      # retried on the next poll or after re-registration
+            if self._pending_opts.get(eid) == (mod, opt):
+                del self._pending_opts[eid]
+            log.info("told the VTN %s for event %s", opt, eid)
+
+    # -- telemetry ---------------------------------------------------------------------------
+
+    async def _deliver(self) -> None:
+        backoff = self._cfg.retry_min_seconds
+        while True:
+            timeout = None
+            while self.connected and self._report_request_id and self._telemetry.pending:
+                if self._opts_dirty.is_set():
+                    self._opts_dirty.clear()
+                    await self._send_opts()
+                batch = self._telemetry.peek(BATCH)
+                if await self._send_report(batch):
+                    self._telemetry.ack(batch)
+                    if len(batch) > 1 or self._backlog:
+                        self._backlog += len(batch)
+                    backoff = self._cfg.retry_min_seconds
+                else:
+                    timeout = backoff
+                    backoff = min(backoff * 2, self._cfg.retry_max_seconds)
+                    break
+            if self._backlog and not self._telemetry.pending:
+                log.info("queued telemetry delivered: %d sample(s) with their original timestamps", self._backlog)
+                self._backlog = 0
+            self._flush_log()
+            if self._opts_dirty.is_set() and self.connected:
+                self._opts_dirty.clear()
+                await self._send_opts()
+            try:
+                await asyncio.wait_for(self._wake_delivery.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+            self._wake_delivery.clear()
+
+    def _flush_log(self) -> None:
+        if not self._to_log:
+            return
+        waiting = self._telemetry.pending
+        for seq, kw in self._to_log:
+            if self._telemetry.contains(seq):
+                log.info("telemetry %.2f kW -> TELEMETRY_USAGE (queued, %d waiting)", kw, waiting)
+            else:
+                log.info("telemetry %.2f kW -> TELEMETRY_USAGE (sent)", kw)
+        self._to_log.clear()
+
+    async def _send_report(self, batch) -> bool:
+        client = self._client
+        rrid = self._report_request_id
+        if client is None or rrid is None:
+            return False
+        step = timedelta(seconds=self._cfg.telemetry_seconds)
+        intervals = [objects.ReportInterval(dtstart=s.ts, duration=step,
+                                            report_payload=objects.ReportPayload(r_id=self._r_id, value=s.kw))
+                     for s in batch]
+        report = objects.Report(report_request_id=rrid, report_specifier_id=self._report_specifier_id,
+                                report_name="TELEMETRY_USAGE", intervals=intervals,
+                                dtstart=batch[0].ts, duration=batch[-1].ts - batch[0].ts + step)
+        msg = client._create_message("oadrUpdateReport", ven_id=self.ven_id,
+                                     request_id=outils.generate_id(), reports=[report])
+        rtype, payload = await client._perform_request("EiReport", msg)
+        if rtype == "oadrUpdatedReport" and _response_code(payload) == 200:
+            return True
+        if rtype == "oadrRequestReregistration":
+            self.last_error = "the VTN no longer knows this VEN (re-registration requested)"
+            self._lost.set()
+        elif rtype is not None:
+            self.last_error = f"VTN answered the report with {rtype} code {_response_code(payload)}"
+        else:
+            self.last_error = client.last_error
+        return False
+
+
+def _response_code(payload: dict | None):
+    try:
+        return int(payload["response"]["response_code"])
+    except (KeyError, TypeError, ValueError):
+        return None

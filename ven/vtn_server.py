@@ -1,0 +1,235 @@
+"""A small OpenADR 2.0b VTN on openleadr's OpenADRServer, for the tests and `edge-gateway demo`.
+
+It knows its VENs (by name; the venID is derived from the name so a restarted VTN hands out the
+same one), requests every TELEMETRY_USAGE report offered, records what arrives (`reports`) and
+every opt answer (`opts`), and lets the caller add, modify and cancel events, or drop one from the
+list without a cancellation (an implied cancellation). Events go to every registered VEN.
+
+openleadr keeps some VTN settings on a shared class (message signing, ven lookup), so only one
+DemoVtn should run per process at a time.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import uuid
+from dataclasses import asdict
+from datetime import datetime, timedelta, timezone
+from typing import Iterable
+
+from openleadr import OpenADRServer, objects
+
+log = logging.getLogger(__name__)
+
+
+class DemoVtn:
+    def __init__(self, port: int, host: str = "127.0.0.1", vtn_id: str = "DEMO-VTN",
+                 poll_seconds: float = 1.0, cert: str | None = None, key: str | None = None,
+                 passphrase: str | None = None, ca_file: str | None = None,
+                 ven_fingerprint: str | None = None):
+        self.host, self.port = host, port
+        self.vtn_id = vtn_id
+        self.tls = bool(cert and key and ca_file)
+        self.url = f"{'https' if self.tls else 'http'}://{host}:{port}/OpenADR2/Simple/2.0b"
+        self.reports: list[tuple[str, str, str, datetime, float]] = []
+        self.opts: list[tuple[str, str, str]] = []          # (ven_id, event_id, opt_type)
+        # (ven_id, resource_id, measurement, unit, scale, sampling interval) per report offered
+        self.report_offers: list[tuple[str, str, str, str, str, timedelta]] = []
+        self.vens: dict[str, dict] = {}                       # ven_id -> ven_name, registration_id, fingerprint
+        self.registrations = 0
+        self._ven_fingerprint = ven_fingerprint
+        self._events: list[objects.Event] = []
+        self._updated: dict[str, bool] = {}
+        self._server = OpenADRServer(
+            vtn_id=vtn_id, http_host=host, http_port=port,
+            requested_poll_freq=timedelta(seconds=poll_seconds), ven_lookup=self._ven_lookup,
+            cert=cert, key=key, passphrase=passphrase,
+            http_cert=cert if self.tls else None, http_key=key if self.tls else None,
+            http_ca_file=ca_file if self.tls else None, http_key_passphrase=passphrase,
+            show_fingerprint=False, show_server_cert_domain=False)
+        s = self._server
+        s.add_handler("on_create_party_registration", self._on_register)
+        s.add_handler("on_register_report", self._on_register_report)
+        s.add_handler("on_poll", self._on_poll)
+        s.add_handler("on_request_event", self._on_request_event)
+        s.add_handler("on_created_event", self._on_created_event)
+        s.add_handler("on_cancel_party_registration", self._on_cancel_registration)
+        self._running = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        with contextlib.redirect_stdout(io.StringIO()):     # openleadr prints a banner
+            await self._server.run()
+        self._running = True
+        log.info("demo VTN listening at %s", self.url)
+
+    async def stop(self) -> None:
+        if self._running:
+            await self._server.stop()
+            self._running = False
+
+    async def __aenter__(self) -> "DemoVtn":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop()
+
+    # -- events ------------------------------------------------------------------------------
+
+    def add_event(self, levels: Iterable[float], start: datetime, interval_seconds: float,
+                  event_id: str | None = None, signal_name: str = "SIMPLE", signal_type: str = "level",
+                  test_event: bool = False, start_after_seconds: float = 0.0,
+                  extra_signals: Iterable[tuple[str, str, Iterable[float]]] = (),
+                  market_context: str = "oadr://demo.utility/dr") -> str:
+        """Queue an event whose signal has one interval per level, back to back from `start`."""
+        event_id = event_id or f"evt-{uuid.uuid4().hex[:10]}"
+        signals = [self._signal(signal_name, signal_type, levels, start, interval_seconds)]
+        for name, typ, lv in extra_signals:
+            signals.append(self._signal(name, typ, lv, start, interval_seconds))
+        duration = timedelta(seconds=interval_seconds * len(signals[0].intervals))
+        tolerance = {"startafter": timedelta(seconds=start_after_seconds)} if start_after_seconds else None
+        event = objects.Event(
+            event_descriptor=objects.EventDescriptor(
+                event_id=event_id, modification_number=0, market_context=market_context,
+                event_status="far", test_event=test_event),
+            event_signals=signals,
+            targets=[objects.Target(ven_id=v) for v in self.vens] or [objects.Target(group_id="all")],
+            active_period=objects.ActivePeriod(dtstart=start, duration=duration, tolerance=tolerance))
+        self._events.append(event)
+        self._touch()
+        log.info("demo VTN: event %s added (%s from %s)", event_id, list(levels), start.isoformat())
+        return event_id
+
+    def modify_event(self, event_id: str, levels: Iterable[float] | None = None,
+                     start: datetime | None = None, interval_seconds: float | None = None) -> int:
+        """Replace the SIMPLE intervals (and/or start); bumps the modification number."""
+        ev = self._find(event_id)
+        sig = ev.event_signals[0]
+        old = sig.intervals
+        start = start or old[0].dtstart
+        interval_seconds = interval_seconds or old[0].duration.total_seconds()
+        levels = list(levels) if levels is not None else [i.signal_payload for i in old]
+        new_sig = self._signal(sig.signal_name, sig.signal_type, levels, start, interval_seconds)
+        ev.event_signals[0] = new_sig
+        ev.active_period.dtstart = start
+        ev.active_period.duration = timedelta(seconds=interval_seconds * len(levels))
+        return self._bump(ev)
+
+    def cancel_event(self, event_id: str) -> int:
+        ev = self._find(event_id)
+        ev.event_descriptor.event_status = "cancelled"
+        return self._bump(ev)
+
+    def drop_event(self, event_id: str) -> None:
+        """Stop listing the event without a cancellation: the VEN must infer it."""
+        self._events.remove(self._find(event_id))
+        self._touch()
+
+    def request_reregistration(self, ven_id: str) -> None:
+        """Forget the VEN's registration; its next message is answered oadrRequestReregistration."""
+        if ven_id in self.vens:
+            self.vens[ven_id]["registration_id"] = None
+
+    modify = modify_event
+    cancel = cancel_event
+
+    def opts_for(self, event_id: str) -> list[str]:
+        return [o for _, e, o in self.opts if e == event_id]
+
+    # -- internals ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _signal(name, typ, levels, start, interval_seconds) -> objects.EventSignal:
+        if interval_seconds < 1 or float(interval_seconds) != int(interval_seconds):
+            # openleadr writes durations in whole seconds: 0.5 s would go out as zero.
+            raise ValueError(f"interval_seconds must be a whole number of seconds >= 1, got {interval_seconds}")
+        if start.tzinfo is None:
+            raise ValueError("start must be timezone-aware (UTC)")
+        step = timedelta(seconds=interval_seconds)
+        intervals = [objects.Interval(dtstart=start + i * step, duration=step, signal_payload=float(v), uid=i)
+                     for i, v in enumerate(levels)]
+        return objects.EventSignal(intervals=intervals, signal_name=name, signal_type=typ,
+                                   signal_id=uuid.uuid4().hex[:10])
+
+    def _find(self, event_id: str) -> objects.Event:
+        for ev in self._events:
+            if ev.event_descriptor.event_id == event_id:
+                return ev
+        raise KeyError(f"no event {event_id!r} at the demo VTN")
+
+    def _bump(self, ev: objects.Event) -> int:
+        ev.event_descriptor.modification_number += 1
+        ev.event_descriptor.modification_date_time = datetime.now(timezone.utc)
+        self._touch()
+        return ev.event_descriptor.modification_number
+
+    def _touch(self) -> None:
+        for ven_id in self.vens:
+            self._updated[ven_id] = True
+
+    def _listed(self) -> list[dict]:
+        now = datetime.now(timezone.utc)
+        # Events that ended a minute ago are no longer listed (the VEN knows they completed).
+        self._events = [e for e in self._events
+                        if e.active_period.dtstart + e.active_period.duration + timedelta(minutes=1) > now]
+        out = []
+        for e in self._events:
+            d = asdict(e)
+            if d["event_descriptor"]["event_status"] != "cancelled":
+                end = e.active_period.dtstart + e.active_period.duration
+                d["event_descriptor"]["event_status"] = (
+                    "completed" if now >= end else "active" if now >= e.active_period.dtstart else "far")
+            for sig in d["event_signals"]:
+                sig["current_value"] = next((i["signal_payload"] for i in sig["intervals"]
+                                             if i["dtstart"] <= now < i["dtstart"] + i["duration"]), 0.0)
+            out.append(d)
+        return out
+
+    def _ven_lookup(self, ven_id):
+        info = self.vens.get(ven_id)
+        if info is None:
+            # With TLS the fingerprint is needed even before (re-)registration.
+            return {"ven_id": ven_id, "fingerprint": self._ven_fingerprint, "registration_id": None} \
+                if self._ven_fingerprint else None
+        return dict(info)
+
+    def _on_register(self, payload):
+        name = payload.get("ven_name") or "ven"
+        if self._ven_fingerprint and payload.get("fingerprint") not in (None, self._ven_fingerprint):
+            log.warning("demo VTN: refusing VEN %s with unknown certificate", name)
+            return False
+        ven_id = f"ven-{name}"
+        reg = uuid.uuid4().hex[:12]
+        self.vens[ven_id] = {"ven_id": ven_id, "ven_name": name, "registration_id": reg,
+                             "fingerprint": payload.get("fingerprint") or self._ven_fingerprint}
+        self._updated[ven_id] = True
+        self.registrations += 1
+        return ven_id, reg
+
+    def _on_cancel_registration(self, payload):
+        self.vens.pop(payload.get("ven_id"), None)
+
+    def _on_register_report(self, ven_id, resource_id, measurement, unit, scale,
+                            min_sampling_interval, max_sampling_interval):
+        self.report_offers.append((ven_id, resource_id, measurement, unit, scale, min_sampling_interval))
+        def received(values, ven_id=ven_id, resource_id=resource_id, measurement=measurement):
+            for ts, value in values:
+                self.reports.append((ven_id, resource_id, measurement, ts, float(value)))
+        return received, min_sampling_interval
+
+    def _on_poll(self, ven_id):
+        if self._updated.get(ven_id):
+            self._updated[ven_id] = False
+            return "oadrDistributeEvent", {"events": self._listed()}
+        return None
+
+    def _on_request_event(self, ven_id):
+        self._updated[ven_id] = False
+        events = self._listed()
+        return events or None
+
+    def _on_created_event(self, ven_id, event_id, opt_type):
+        self.opts.append((ven_id, event_id, opt_type))
