@@ -95,9 +95,9 @@ async def test_three_simple_intervals_each_take_effect_at_their_start(tmp_path, 
                 boundary = start + timedelta(seconds=i)
                 seen = gw.first_time_at(level, after=boundary - timedelta(seconds=0.001))
                 assert seen is not None, f"level {level} never published"
-                assert (seen - boundary).total_seconds() < 0.1
+                assert (seen - boundary).total_seconds() < 0.5
             end_seen = gw.first_time_at(0.0, after=start + timedelta(seconds=3))
-            assert (end_seen - (start + timedelta(seconds=3))).total_seconds() < 0.1
+            assert (end_seen - (start + timedelta(seconds=3))).total_seconds() < 0.5
             levels = [st.level for _, st in gw.states]
             assert levels[levels.index(1.0):] == [1.0, 2.0, 3.0, 0.0]
 
@@ -145,7 +145,7 @@ async def test_test_event_other_signals_and_randomized_start(tmp_path, free_tcp_
             assert timedelta(0) <= offset <= timedelta(seconds=2)
             await until(lambda: gw.level == 2.0, 8, "randomized event active")
             seen = gw.first_time_at(2.0)
-            assert 0 <= (seen - (start + offset)).total_seconds() < 0.1
+            assert 0 <= (seen - (start + offset)).total_seconds() < 0.5
             server.modify_event(r, levels=[1])               # the offset survives a modification
             await until(lambda: gw.level == 1.0, 5, "modified randomized event")
             assert gw.schedule.get(r).start_offset == offset

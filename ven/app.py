@@ -59,8 +59,6 @@ class Gateway:
     async def start(self) -> None:
         c = self.config
         log.info("edge-gateway %s starting: device %d on %s", __version__, c.bacnet.device_id, c.bacnet.address)
-        if self.http is not None:
-            self.http.check_safe()  # refuse an unsafe HTTP binding before anything listens
         await self._start(self.device)
         self.device.on_write(P.INPUT_POWER, self._on_input_power)
         self.device.on_write(P.OPT_OUT, self._on_opt_out)
@@ -135,7 +133,7 @@ class Gateway:
             kw = f.demand_kw.get(horizon)
             if kw is not None:
                 self.device.set(name, kw)
-                self.metrics.forecast_kw.labels(horizon=str(horizon)).set(kw)
+                self.metrics.forecast_kw.labels(horizon=f"{horizon}m").set(kw)
         if f.rate_kw_per_min is not None:
             self.device.set(P.RATE_OF_CHANGE, f.rate_kw_per_min)
         self.device.set(P.HIGH_LOAD, f.high_load)

@@ -1,0 +1,130 @@
+"""The wired gateway end to end, with real peers: an openleadr VTN, the routed meter simulator and a
+second BACnet stack acting as the BAS. Intervals are shortened by configuration, nothing else differs."""
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from bacnet_peer import BacnetPeer
+
+from bacnet_api import points as P
+from bacnet_api.simulator import MeterSimulator
+from ven.app import Gateway
+from ven.config import parse_config
+from ven.vtn_server import DemoVtn
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def fast_config(tmp_path, bacnet_port, meter_port, vtn_port, http_port, **forecaster):
+    return parse_config({
+        "bacnet": {"address": f"127.0.0.1/8:{bacnet_port}", "device_id": 500001},
+        "meter": {"router": f"127.0.0.1:{meter_port}", "poll_seconds": 1.0, "timeout_seconds": 1.0},
+        "openadr": {"vtn_url": f"http://127.0.0.1:{vtn_port}/OpenADR2/Simple/2.0b", "ven_name": "gw-test",
+                    "retry_max_seconds": 2.0},
+        "storage": {"path": str(tmp_path / "gw.sqlite")},
+        "http": {"address": f"127.0.0.1:{http_port}"},
+        "forecaster": {"cycle_seconds": 1.0, **forecaster},
+    }, "test", environ={})
+
+
+async def eventually(check, timeout: float, interval: float = 0.1):
+    """Poll `check()` (sync or async) until it returns a truthy value; fail with the last value."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if asyncio.iscoroutine(last):
+            last = await last
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s (last: {last!r})")
+
+
+@pytest.fixture
+async def system(tmp_path, free_udp_port, free_tcp_port):
+    ports = dict(bacnet_port=free_udp_port(), meter_port=free_udp_port(), vtn_port=free_tcp_port(),
+                 http_port=free_tcp_port())
+    vtn = DemoVtn(port=ports["vtn_port"], poll_seconds=1.0)
+    meter = MeterSimulator(address=f"127.0.0.1/8:{ports['meter_port']}", value=87.5)
+    gateway = Gateway(fast_config(tmp_path, **ports))
+    peer = BacnetPeer(free_udp_port())
+    await vtn.start()
+    await meter.start()
+    await gateway.start()
+    await peer.__aenter__()
+    gw = f"127.0.0.1:{ports['bacnet_port']}"
+    try:
+        yield vtn, meter, gateway, peer, gw
+    finally:
+        await peer.__aexit__(None)
+        await gateway.stop()
+        await meter.stop()
+        await vtn.stop()
+
+
+async def read(peer, gw, name):
+    return await peer.read(gw, P.BY_NAME[name].object_id, "presentValue")
+
+
+async def test_meter_reaches_bacnet_and_the_vtn(system):
+    vtn, meter, gateway, peer, gw = system
+    await eventually(lambda: read(peer, gw, P.VTN_CONNECTED), 10)
+    value = await eventually(lambda: read(peer, gw, P.METER_POWER), 5)
+    assert value == pytest.approx(87.5)
+    assert str(await read(peer, gw, P.METER_FAULT)) in ("inactive", "0")
+    # the VTN receives the simulator's value as real_power in kW
+    await eventually(lambda: vtn.reports, 10)
+    _, resource, measurement, ts, value = vtn.reports[-1]
+    assert (resource, value) == ("main-meter", pytest.approx(87.5)), vtn.reports[-1]
+    assert measurement.replace("_", "").lower() == "realpower", measurement
+
+    meter.set_silent(True)
+    await eventually(lambda: gateway.device.get(P.METER_FAULT), 10)
+    assert gateway.device.status_flags(P.METER_POWER)["fault"]
+    meter.set_silent(False)
+    await eventually(lambda: not gateway.device.get(P.METER_FAULT), 10)
+
+
+async def test_event_levels_and_opt_out_over_bacnet(system):
+    vtn, meter, gateway, peer, gw = system
+    await eventually(lambda: gateway.vtn.connected, 10)
+    start = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=4)
+    vtn.add_event([1, 2, 3], start=start, interval_seconds=2, event_id="e2e-levels")
+
+    async def pending_within_a_minute():
+        return await read(peer, gw, P.EVENT_START_MINUTES) == 1.0
+    await eventually(pending_within_a_minute, 4)
+    seen = []
+    deadline = start + timedelta(seconds=8)
+    while datetime.now(timezone.utc) < deadline:
+        level = await read(peer, gw, P.EVENT_LEVEL)
+        if not seen or seen[-1] != level:
+            seen.append(level)
+        await asyncio.sleep(0.1)
+    assert seen == [0.0, 1.0, 2.0, 3.0, 0.0]
+
+    # a second event, then the BAS opts out over BACnet: level drops to 0 and the VTN hears optOut
+    start = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=2)
+    vtn.add_event([2, 2], start=start, interval_seconds=5, event_id="e2e-opt")
+    await eventually(lambda: gateway.device.get(P.EVENT_LEVEL) == 2.0, 8)
+    assert await peer.write(gw, P.BY_NAME[P.OPT_OUT].object_id, "presentValue", "active", priority=8) is None
+    await eventually(lambda: gateway.device.get(P.EVENT_LEVEL) == 0.0, 2)
+    await eventually(lambda: "optOut" in vtn.opts_for("e2e-opt"), 10)
+
+
+async def test_bas_input_moves_the_forecast_points(system):
+    vtn, meter, gateway, peer, gw = system
+    assert gateway.device.status_flags(P.FIFTEEN_MIN_FORECAST)["fault"]  # no forecast yet
+    for kw in (100.0, 110.0, 120.0, 130.0):
+        assert await peer.write(gw, P.BY_NAME[P.INPUT_POWER].object_id, "presentValue", kw, priority=8) is None
+        await asyncio.sleep(0.2)
+    await eventually(lambda: not gateway.device.status_flags(P.FIFTEEN_MIN_FORECAST)["fault"], 10)
+    f15 = await read(peer, gw, P.FIFTEEN_MIN_FORECAST)
+    f60 = await read(peer, gw, P.ONE_HOUR_FORECAST)
+    assert 90.0 <= f15 <= 140.0 and 90.0 <= f60 <= 140.0
+    status = gateway.status()
+    assert status["forecaster"] and status["points"][P.INPUT_POWER]["value"] == 130.0

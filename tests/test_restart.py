@@ -1,0 +1,100 @@
+"""SIGKILL during an active event, restart with the VTN down: the level is back within 1 s of the
+device answering, from SQLite alone. Runs the real `edge-gateway run` process."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from bacnet_peer import BacnetPeer
+
+from bacnet_api import points as P
+from ven.vtn_server import DemoVtn
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def write_config(path, bacnet_port, vtn_port, http_port, storage):
+    path.write_text(f"""
+[bacnet]
+address = "127.0.0.1/8:{bacnet_port}"
+[meter]
+address = "127.0.0.1:9"      # nobody answers: the meter is not what this test is about
+poll_seconds = 1
+timeout_seconds = 0.5
+[openadr]
+vtn_url = "http://127.0.0.1:{vtn_port}/OpenADR2/Simple/2.0b"
+ven_name = "restart-test"
+retry_max_seconds = 1
+[storage]
+path = "{storage}"
+[http]
+address = "127.0.0.1:{http_port}"
+[forecaster]
+cycle_seconds = 1
+""")
+
+
+def start_gateway(config, log_path):
+    env = dict(os.environ)
+    log = open(log_path, "ab")
+    return subprocess.Popen([sys.executable, "-m", "ven.cli", "run", "--config", str(config)],
+                            stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+async def read_level(peer, gw):
+    return await peer.read(gw, P.BY_NAME[P.EVENT_LEVEL].object_id, "presentValue")
+
+
+async def test_sigkill_during_event_restores_level_without_vtn(tmp_path, free_udp_port, free_tcp_port):
+    bacnet_port, vtn_port = free_udp_port(), free_tcp_port()
+    config = tmp_path / "gw.toml"
+    write_config(config, bacnet_port, vtn_port, free_tcp_port(), tmp_path / "gw.sqlite")
+    gw = f"127.0.0.1:{bacnet_port}"
+    log_path = tmp_path / "gateway.log"
+    procs = []
+    try:
+        async with BacnetPeer(free_udp_port(), timeout=1.0) as peer:
+            async with DemoVtn(port=vtn_port, poll_seconds=1.0) as vtn:
+                procs.append(start_gateway(config, log_path))
+                deadline = time.monotonic() + 30
+                while not vtn.vens and time.monotonic() < deadline:
+                    await asyncio.sleep(0.2)
+                assert vtn.vens, log_path.read_text()
+                start = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=3)
+                vtn.add_event([2, 3], start=start, interval_seconds=30, event_id="restart-evt")
+                deadline = time.monotonic() + 15
+                while await read_level(peer, gw) != 2.0:
+                    assert time.monotonic() < deadline, log_path.read_text()
+                    await asyncio.sleep(0.2)
+                procs[0].send_signal(signal.SIGKILL)
+                procs[0].wait(timeout=10)
+            # the VTN is gone now; the gateway comes back
+            procs.append(start_gateway(config, log_path))
+            answered_at = None
+            deadline = time.monotonic() + 30
+            while True:
+                assert time.monotonic() < deadline, log_path.read_text()
+                level = await read_level(peer, gw)
+                if isinstance(level, float):
+                    answered_at = answered_at or time.monotonic()
+                    if level == 2.0:
+                        break
+                    assert time.monotonic() - answered_at < 1.0, f"level {level} 1 s after the device answered"
+                await asyncio.sleep(0.05)
+            assert await peer.read(gw, P.BY_NAME[P.EVENT_ACTIVE].object_id, "presentValue") in (1, "active")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+    text = log_path.read_text()
+    assert "Traceback" not in text, text
