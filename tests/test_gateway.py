@@ -128,3 +128,39 @@ async def test_bas_input_moves_the_forecast_points(system):
     assert 90.0 <= f15 <= 140.0 and 90.0 <= f60 <= 140.0
     status = gateway.status()
     assert status["forecaster"] and status["points"][P.INPUT_POWER]["value"] == 130.0
+
+
+async def test_operator_api_reflects_the_running_gateway(system):
+    import aiohttp
+
+    vtn, meter, gateway, peer, gw = system
+    await eventually(lambda: gateway.vtn.connected and gateway.telemetry.sent_total >= 2, 15)
+    vtn.add_event([2], start=datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=2),
+                  interval_seconds=20, event_id="api-evt")
+    await eventually(lambda: gateway.device.get(P.EVENT_LEVEL) == 2.0, 8)
+    base = gateway.http.url
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+        async with http.get(f"{base}/healthz") as r:
+            assert r.status == 200
+        async with http.get(f"{base}/api/status") as r:
+            status = await r.json()
+        assert status["points"][P.METER_POWER]["value"] == pytest.approx(87.5)
+        assert status["points"][P.EVENT_LEVEL]["value"] == 2.0
+        assert status["vtn"]["connected"] and status["vtn"]["registration_id"]
+        assert any(e["event_id"] == "api-evt" for e in status["events"])
+        assert status["meter"]["fault"] is False and status["forecaster"]
+        async with http.get(f"{base}/metrics") as r:
+            text = await r.text()
+        metrics = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
+                   if line and not line.startswith("#")}
+        assert metrics["edge_gateway_meter_kw"] == pytest.approx(87.5)
+        assert metrics["edge_gateway_vtn_connected"] == 1.0
+        assert metrics["edge_gateway_event_level"] == 2.0
+        assert metrics["edge_gateway_telemetry_sent_total"] >= 2
+        assert metrics["edge_gateway_telemetry_queued_total"] >= metrics["edge_gateway_telemetry_sent_total"]
+        async with http.get(f"{base}/api/history?hours=1") as r:
+            assert r.status == 200
+            history = await r.json()
+        assert any(e.get("level") == 2 or e.get("level") == 2.0 for e in history["events"]), history["events"]
+        async with http.post(f"{base}/api/status") as r:
+            assert r.status == 405  # read-only

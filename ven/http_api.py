@@ -34,18 +34,23 @@ GET /api/status -> view.status(), a dict shaped like:
       "forecaster": {"serving": "gbr", "history_minutes": 20160, "validation_error_kw": 3.1, ...}
     }
 
-Sections other than "points" and "events" are shown by the dashboard as key/value tables, so the
-gateway may add keys freely. Values may be None; NaN/inf floats become null, datetimes become ISO
-strings, dataclasses become objects.
+Also accepted (what the gateway's parts produce): "points" as a map keyed by point name
+(device.snapshot()) with "flags" instead of "status_flags"; events without "level" whose SIMPLE
+signal intervals carry "payload" and "duration_seconds" (schedule.events(); the dashboard takes the
+interval in force now, else the highest), and "far"/"near" phases shown as pending.
+Sections "vtn", "telemetry", "meter", "forecaster", "schedule" and "device" are shown by the
+dashboard as key/value tables (nested objects flattened), so the gateway may add keys freely.
+Values may be None; NaN/inf floats become null, datetimes become ISO strings, dataclasses objects.
 
 GET /api/history?hours=24 -> view.history(hours), a dict shaped like (times: epoch seconds, UTC):
 
     {
       "minutes": [1763769600, 1763769660, ...],    # start of each minute, ascending, one per minute
       "power_kw":    [95.1, null, ...],            # 1-minute average power; null where no reading
-      "demand_kw":   [94.8, ...],                   # 15-minute demand (average of the 15 min ending here)
+      "demand_kw":   [94.8, ...],                   # 15-minute demand (average of the known minutes of the 15 ending here)
       "forecast_15": [93.0, ...],                   # forecast for this minute's demand issued 15 min before
       "forecast_60": [97.2, ...],                   # ... issued 60 min before; null where none was issued
+      "horizons_minutes": [15, 60],                 # the horizons behind forecast_15 / forecast_60
       "high_load":   [false, true, null, ...],      # flag state during each minute
       "low_load":    [false, ...],
       "high_threshold_kw": 120.0,                   # null while not yet known
@@ -54,6 +59,7 @@ GET /api/history?hours=24 -> view.history(hours), a dict shaped like (times: epo
     }
 
 All per-minute arrays have the length of "minutes". An event still open has "end": null.
+build_history() makes this body from the forecaster store's history and the schedule's events.
 """
 from __future__ import annotations
 
@@ -85,6 +91,100 @@ STATIC_FILES = {
     "/app.js": ("app.js", "application/javascript"),
     "/style.css": ("style.css", "text/css"),
 }
+
+
+def _epoch(value: Any) -> float | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, dt.datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)).timestamp()
+    return dt.datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+
+
+def _event_level(event: dict, now: float) -> int:
+    """The SIMPLE level of an event: the interval in force now, else the highest it will reach."""
+    if isinstance(event.get("level"), (int, float)):
+        return int(event["level"])
+    values, current = [], None
+    for sig in event.get("signals") or []:
+        for iv in sig.get("intervals") or []:
+            v = iv.get("payload", iv.get("value"))
+            if not isinstance(v, (int, float)):
+                continue
+            values.append(v)
+            start = _epoch(iv.get("start"))
+            end = _epoch(iv.get("end")) if iv.get("end") else (
+                start + iv["duration_seconds"] if start is not None and iv.get("duration_seconds") else None)
+            if start is not None and end is not None and start <= now < end:
+                current = v
+    return int(current if current is not None else max(values, default=0))
+
+
+def build_history(now: float, hours: float, store: dict, events: list[dict] = (),
+                  horizons: tuple[int, int] = (15, 60), flag_stale_seconds: float = 300.0) -> dict:
+    """Shape the /api/history body (see the module docstring) from the forecaster store's history
+    ({"power": {"time", "kw"}, "forecasts": {h: {"target_time", "forecast_kw"}}, "flags": {"time",
+    "high_load", "low_load", "high_threshold_kw", "low_threshold_kw"}}) and the schedule's events.
+
+    Demand at a minute is the mean of the known 1-minute powers of the 15 minutes ending with it
+    (null when none is known; history back-filled at 15-minute resolution so becomes a step line); a forecast with target time T belongs to the minute ending at T;
+    the flags at a minute are those of the last forecast issued by its end, if not stale.
+    """
+    end_minute = int(now // 60)
+    n = max(1, int(round(hours * 60)))
+    first = end_minute - n + 1
+    minutes = [(first + i) * 60 for i in range(n)]
+    power: list[float | None] = [None] * n
+    p = store.get("power") or {}
+    for t, kw in zip(p.get("time") or [], p.get("kw") or []):
+        i = int(t // 60) - first
+        if 0 <= i < n and kw is not None and math.isfinite(kw):
+            power[i] = round(float(kw), 3)
+    demand: list[float | None] = []
+    for i in range(n):
+        window = [v for v in power[max(0, i - 14):i + 1] if v is not None]
+        demand.append(round(sum(window) / len(window), 3) if window else None)
+    forecasts = store.get("forecasts") or {}
+    series = {}
+    for key, horizon in zip(("forecast_15", "forecast_60"), horizons):
+        values: list[float | None] = [None] * n
+        f = forecasts.get(horizon) or forecasts.get(str(horizon)) or {}
+        for target, kw in zip(f.get("target_time") or [], f.get("forecast_kw") or []):
+            i = int(round(target / 60)) - 1 - first
+            if 0 <= i < n and kw is not None and math.isfinite(kw):
+                values[i] = round(float(kw), 3)
+        series[key] = values
+    fl = store.get("flags") or {}
+    times = fl.get("time") or []
+    high: list[bool | None] = [None] * n
+    low: list[bool | None] = [None] * n
+    j = -1
+    for i, start in enumerate(minutes):
+        while j + 1 < len(times) and times[j + 1] < start + 60:
+            j += 1
+        if j >= 0 and start + 60 - times[j] <= flag_stale_seconds + 60:
+            high[i] = bool(fl["high_load"][j])
+            low[i] = bool(fl["low_load"][j])
+
+    def last(key: str) -> float | None:
+        vals = [v for v in fl.get(key) or [] if v is not None]
+        return vals[-1] if vals else None
+
+    shaded = []
+    for ev in events:
+        if ev.get("status") == "cancelled":  # it never ran (a shortened event keeps its new end)
+            continue
+        start, stop = _epoch(ev.get("start")), _epoch(ev.get("end"))
+        if start is None or (stop is not None and stop < minutes[0]) or start > now:
+            continue
+        shaded.append({"start": start, "end": stop, "level": _event_level(ev, now),
+                       "event_id": ev.get("event_id", ""), "opt": ev.get("opt", "")})
+    return {"minutes": minutes, "power_kw": power, "demand_kw": demand, **series,
+            "horizons_minutes": list(horizons), "high_load": high, "low_load": low,
+            "high_threshold_kw": last("high_threshold_kw"), "low_threshold_kw": last("low_threshold_kw"),
+            "events": shaded}
 
 
 class GatewayView(Protocol):
@@ -323,6 +423,9 @@ class HttpServer:
         return _json_response(body)
 
     async def _metrics(self, request: web.Request) -> web.Response:
+        refresh = getattr(self.view, "refresh_metrics", None)
+        if refresh is not None:  # counters owned elsewhere are synced at scrape time
+            refresh()
         self.metrics.uptime_seconds.set(time.monotonic() - self._started)
         self.metrics.event_loop_lag_seconds.set(self.heartbeat.worst_lag())
         resp = web.Response(body=self.metrics.render(), headers={"Cache-Control": "no-store"})

@@ -63,6 +63,9 @@ class Metrics:
         for horizon in ("15m", "60m"):
             self.forecast_kw.labels(horizon=horizon).set(math.nan)
 
+    def set_version(self, version: str) -> None:
+        self.build_info.info({"version": version})
+
     def render(self) -> bytes:
         """The Prometheus text exposition of this instance's registry."""
         return generate_latest(self.registry)

@@ -120,6 +120,7 @@ class VtnClient:
         self.last_error: str | None = None
         self.registration_failures = 0
         self.poll_failures = 0
+        self.poll_failures_total = 0   # monotonic, for the metrics counter
         self._report_specifier_id = f"{config.ven_name}-telemetry"
         self._r_id = config.report_resource_id
         self._report_request_id: str | None = None
@@ -332,6 +333,7 @@ class VtnClient:
             rtype, payload = await client.poll()
             if rtype is None or _response_code(payload) not in (None, 200):
                 self.poll_failures += 1
+                self.poll_failures_total += 1
                 self.last_error = client.last_error or f"poll answered with code {_response_code(payload)}"
                 if failing_since is None:
                     log.warning("VTN poll failed: %s", self.last_error)

@@ -1,0 +1,379 @@
+"""The operator HTTP surface: endpoints, token rule, health (view and event loop), metrics.
+
+SampleView stands in for the gateway (the HTTP layer's only dependency) with a realistic day of
+generated building data; the end-to-end test against the running gateway lives with the app.
+"""
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import math
+import random
+import socket
+import time
+
+import aiohttp
+import pytest
+
+from bacnet_api.points import POINTS
+from ven.config import ConfigError
+from ven.http_api import HttpServer, is_loopback, parse_address, to_json
+from ven.metrics import Metrics
+
+UTC = dt.timezone.utc
+
+
+def _iso(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class SampleView:
+    """A day of office-building load: night base, morning ramp, afternoon peak, a 20-minute meter
+    outage, one completed level-2 event, one active level-1 event and one pending event."""
+
+    def __init__(self, hours: float = 24, seed: int = 7) -> None:
+        rng = random.Random(seed)
+        now = int(time.time()) // 60 * 60
+        n = int(hours * 60)
+        self.minutes = [now - (n - 1 - i) * 60 for i in range(n)]
+        self.power = []
+        for t in self.minutes:
+            hour = (t % 86400) / 3600
+            load = 60 + 55 * max(0.0, math.sin((hour - 6) / 13 * math.pi)) + rng.gauss(0, 3)
+            self.power.append(round(load, 2))
+        gap = n - 300
+        for i in range(gap, gap + 20):
+            self.power[i] = None
+        self.demand = []
+        for i in range(n):
+            window = [v for v in self.power[max(0, i - 14):i + 1] if v is not None]
+            self.demand.append(round(sum(window) / len(window), 2) if window else None)
+        # forecast errors drift slowly, as a model's do, rather than jumping minute to minute
+        err15 = [3 * math.sin(i / 47) + rng.gauss(0, 0.6) for i in range(n)]
+        err60 = [7 * math.sin(i / 113 + 1) + rng.gauss(0, 0.8) for i in range(n)]
+        self.forecast_15 = [None] * 15 + [None if d is None else round(d + e, 2)
+                                          for d, e in zip(self.demand[15:], err15[15:])]
+        self.forecast_60 = [None] * 60 + [None if d is None else round(d + e, 2)
+                                          for d, e in zip(self.demand[60:], err60[60:])]
+        self.high_threshold, self.low_threshold = 105.0, 65.0
+        self.high_load = [f is not None and f > self.high_threshold for f in self.forecast_15]
+        self.low_load = [f is not None and f < self.low_threshold for f in self.forecast_15]
+        self.events = [
+            {"event_id": "evt-peak-1", "start": now - 6 * 3600, "end": now - 4 * 3600, "level": 2, "opt": "optIn"},
+            {"event_id": "evt-peak-2", "start": now - 1800, "end": now + 1800, "level": 1, "opt": "optIn"},
+            {"event_id": "evt-next", "start": now + 7200, "end": now + 10800, "level": 3, "opt": "optOut"},
+        ]
+        self.started = time.time() - 3 * 86400 - 5000
+        self.healthy = (True, "ok")
+        self.fail_status: Exception | None = None
+
+    def status(self) -> dict:
+        if self.fail_status:
+            raise self.fail_status
+        values = {"input-power-meter": self.power[-1], "meter-power": self.power[-1],
+                  "fifteen-min-future-power": self.forecast_15[-1], "one-hour-future-power": self.forecast_60[-1],
+                  "power-rate-of-change": 0.42, "ADR-Event-Level": 1.0, "ADR-Event-Start-Minutes": 0.0,
+                  "high-load-conditions": self.high_load[-1], "low-load-conditions": self.low_load[-1],
+                  "ADR-Event-Active": True, "ADR-Opt-Out": False, "vtn-connected": True, "meter-fault": False}
+        points = [{"name": p.name, "object": p.object_id, "value": values[p.name], "units": p.units,
+                   "access": p.access, "description": p.description,
+                   "status_flags": {"in_alarm": False, "fault": False, "overridden": p.name == "input-power-meter",
+                                    "out_of_service": False}} for p in POINTS]
+        states = {"evt-peak-1": "completed", "evt-peak-2": "active", "evt-next": "pending"}
+        events = [{"event_id": e["event_id"], "status": states.get(e["event_id"], "active"), "opt": e["opt"],
+                   "start": _iso(e["start"]), "end": _iso(e["end"]), "level": e["level"], "modification_number": 0,
+                   "signals": [{"name": "simple", "type": "level",
+                                "intervals": [{"start": _iso(e["start"]), "end": _iso(e["end"]),
+                                               "value": e["level"]}]}]} for e in self.events]
+        return {
+            "version": "0.1.0", "started_at": _iso(self.started), "uptime_seconds": time.time() - self.started,
+            "points": points,
+            "vtn": {"url": "http://127.0.0.1:8080/OpenADR2/Simple/2.0b", "ven_name": "edge-gateway",
+                    "ven_id": "ven-1234", "registered": True, "connected": True,
+                    "last_poll": dt.datetime.now(UTC), "last_error": None},
+            "events": events,
+            "telemetry": {"queue_depth": 0, "last_delivery": _iso(time.time() - 8), "sent": 8630, "dropped": 0},
+            "meter": {"address": "12345:2", "object": "analogInput 2", "value_kw": self.power[-1],
+                      "read_at": _iso(time.time() - 4), "fault": False, "last_error": None},
+            "forecaster": {"serving": "gradient-boosting", "history_minutes": 20160,
+                           "validation_error_kw": 3.14, "high_threshold_kw": self.high_threshold,
+                           "low_threshold_kw": self.low_threshold, "last_cycle": _iso(time.time() - 20),
+                           "nan_example": math.nan},
+        }
+
+    def history(self, hours: float) -> dict:
+        n = min(len(self.minutes), int(hours * 60))
+        tail = slice(len(self.minutes) - n, None)
+        return {"minutes": self.minutes[tail], "power_kw": self.power[tail], "demand_kw": self.demand[tail],
+                "forecast_15": self.forecast_15[tail], "forecast_60": self.forecast_60[tail],
+                "high_load": self.high_load[tail], "low_load": self.low_load[tail],
+                "high_threshold_kw": self.high_threshold, "low_threshold_kw": self.low_threshold,
+                "events": [{k: e[k] for k in ("start", "end", "level", "event_id", "opt")} for e in self.events]}
+
+    def health(self) -> tuple[bool, str]:
+        return self.healthy
+
+
+@pytest.fixture
+async def served(free_tcp_port):
+    """A running server on loopback with a SampleView; yields (server, view, base_url)."""
+    started = []
+
+    async def start(view=None, token="", **kw):
+        view = view or SampleView()
+        server = HttpServer(view, Metrics(), f"127.0.0.1:{free_tcp_port()}", token, **kw)
+        await server.start()
+        started.append(server)
+        return server, view, f"http://127.0.0.1:{server.port}"
+
+    yield start
+    for server in started:
+        await server.stop()
+
+
+async def fetch(url, headers=None):
+    timeout = aiohttp.ClientTimeout(total=5)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        async with session.get(url, headers=headers or {}) as resp:
+            return resp.status, resp.headers, await resp.text()
+
+
+# -- pure pieces ----------------------------------------------------------------------------
+
+def test_address_rules():
+    assert parse_address("127.0.0.1:8000") == ("127.0.0.1", 8000)
+    assert parse_address("[::1]:0") == ("::1", 0)
+    with pytest.raises(ConfigError, match="host:port"):
+        parse_address("8000")
+    assert is_loopback("127.0.0.1") and is_loopback("127.9.9.9") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.10") and not is_loopback("gateway.local")
+
+
+def test_to_json_makes_strict_json():
+    when = dt.datetime(2026, 11, 22, 1, 2, 3, tzinfo=dt.timezone(dt.timedelta(hours=-5)))
+    assert to_json({"a": math.nan, "b": [math.inf, 1.5], "t": when, "d": dt.timedelta(minutes=2)}) == \
+        {"a": None, "b": [None, 1.5], "t": "2026-11-22T06:02:03Z", "d": 120.0}
+
+
+def test_refuses_non_loopback_without_token():
+    with pytest.raises(ConfigError, match=r"0\.0\.0\.0:8000 is not a loopback address: set http\.token"):
+        HttpServer(SampleView(), Metrics(), "0.0.0.0:8000")
+    HttpServer(SampleView(), Metrics(), "0.0.0.0:8000", token="s3cret")  # allowed (not started)
+
+
+def test_metrics_registries_are_independent():
+    a, b = Metrics(), Metrics()
+    a.meter_kw.set(96.5)
+    a.telemetry_sent.inc(3)
+    text_a, text_b = a.render().decode(), b.render().decode()
+    assert "edge_gateway_meter_kw 96.5" in text_a
+    assert "edge_gateway_telemetry_sent_total 3.0" in text_a
+    # unknown values are gaps, not a plausible 0 kW
+    assert "edge_gateway_meter_kw NaN" in text_b
+    assert 'edge_gateway_forecast_kw{horizon="15m"} NaN' in text_b
+    assert "edge_gateway_telemetry_sent_total 0.0" in text_b
+    a.set_version("1.2.3")
+    assert 'edge_gateway_build_info{version="1.2.3"} 1.0' in a.render().decode()
+
+
+# -- against a running server ---------------------------------------------------------------
+
+async def test_healthz_follows_view(served):
+    server, view, base = await served()
+    status, _, body = await fetch(base + "/healthz")
+    assert (status, body) == (200, "ok\n")
+    view.healthy = (False, "BACnet device not running")
+    status, _, body = await fetch(base + "/healthz")
+    assert status == 503 and "BACnet device not running" in body
+
+    def boom():
+        raise RuntimeError("snapshot failed")
+    view.health = boom
+    status, _, body = await fetch(base + "/healthz")
+    assert status == 503 and "RuntimeError: snapshot failed" in body
+
+
+async def test_healthz_reports_blocked_event_loop(served):
+    server, view, base = await served(loop_lag_limit=0.5, heartbeat_interval=0.05, lag_window=30)
+    status, _, _ = await fetch(base + "/healthz")
+    assert status == 200
+    time.sleep(1.0)  # deliberately block the event loop, as a runaway synchronous call would
+    await asyncio.sleep(0.1)  # let the heartbeat observe its late tick
+    status, _, body = await fetch(base + "/healthz")
+    assert status == 503 and "event loop lagged" in body, body
+    lag_line = [line for line in (await fetch(base + "/metrics"))[2].splitlines()
+                if line.startswith("edge_gateway_event_loop_lag_seconds ")]
+    assert float(lag_line[0].split()[1]) >= 0.9
+
+
+async def test_status_is_strict_json(served):
+    server, view, base = await served()
+    status, headers, body = await fetch(base + "/api/status")
+    assert status == 200 and headers["Content-Type"].startswith("application/json")
+    assert "NaN" not in body
+    data = json.loads(body)
+    assert [p["name"] for p in data["points"]] == [p.name for p in POINTS]
+    assert data["forecaster"]["nan_example"] is None
+    assert data["vtn"]["last_poll"].endswith("Z")
+    assert {e["status"] for e in data["events"]} == {"completed", "active", "pending"}
+
+
+async def test_status_failure_is_500_and_logged_once(served, caplog):
+    server, view, base = await served()
+    view.fail_status = RuntimeError("schedule locked")
+    caplog.set_level(logging.INFO, logger="ven.http_api")
+    for _ in range(3):
+        status, _, body = await fetch(base + "/api/status")
+        assert status == 500 and "schedule locked" in body
+    view.fail_status = None
+    assert (await fetch(base + "/api/status"))[0] == 200
+    lines = [r.getMessage() for r in caplog.records if r.name == "ven.http_api"]
+    assert lines == ["http status failing: RuntimeError: schedule locked", "http status recovered"]
+
+
+async def test_history_and_hours_validation(served):
+    server, view, base = await served()
+    status, _, body = await fetch(base + "/api/history?hours=24")
+    data = json.loads(body)
+    assert status == 200 and len(data["minutes"]) == 1440
+    for key in ("power_kw", "demand_kw", "forecast_15", "forecast_60", "high_load", "low_load"):
+        assert len(data[key]) == 1440, key
+    assert data["power_kw"].count(None) == 20
+    status, _, body = await fetch(base + "/api/history?hours=2")
+    assert len(json.loads(body)["minutes"]) == 120
+    status, _, body = await fetch(base + "/api/history")
+    assert len(json.loads(body)["minutes"]) == 1440
+    for bad in ("abc", "0", "-3", "nan", "100000"):
+        status, _, body = await fetch(base + f"/api/history?hours={bad}")
+        assert status == 400 and "hours must be a number" in body, bad
+
+
+async def test_metrics_endpoint(served):
+    server, view, base = await served()
+    m = server.metrics
+    m.meter_kw.set(101.25)
+    m.forecast_kw.labels(horizon="60m").set(110.0)
+    m.event_level.set(2)
+    m.meter_read_failures.inc()
+    m.forecast_cycle_seconds.observe(0.03)
+    m.model_validation_error.labels(model="gbr").set(3.5)
+    status, headers, body = await fetch(base + "/metrics")
+    assert status == 200 and headers["Content-Type"].startswith("text/plain; version=")
+    for line in ("edge_gateway_meter_kw 101.25", 'edge_gateway_forecast_kw{horizon="60m"} 110.0',
+                 "edge_gateway_event_level 2.0", "edge_gateway_meter_read_failures_total 1.0",
+                 'edge_gateway_forecast_cycle_seconds_bucket{le="0.05"} 1.0',
+                 'edge_gateway_model_validation_error_kw{model="gbr"} 3.5', "edge_gateway_uptime_seconds "):
+        assert line in body, line
+
+
+async def test_token_required_when_configured(served):
+    server, view, base = await served(token="s3cret")
+    for path in ("/api/status", "/api/history?hours=1", "/metrics"):
+        status, headers, body = await fetch(base + path)
+        assert status == 401 and headers["WWW-Authenticate"].startswith("Bearer"), path
+        assert (await fetch(base + path, {"Authorization": "Bearer wrong"}))[0] == 401
+        assert (await fetch(base + path, {"Authorization": "Bearer s3cret"}))[0] == 200
+    # static files carry no data; /healthz stays open for orchestrators
+    for path in ("/", "/app.js", "/style.css", "/healthz"):
+        assert (await fetch(base + path))[0] == 200, path
+
+
+async def test_read_only_and_static(served):
+    server, view, base = await served()
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+        for method in ("POST", "PUT", "DELETE"):
+            async with session.request(method, base + "/api/status") as resp:
+                assert resp.status == 405
+    status, headers, body = await fetch(base + "/")
+    assert status == 200 and headers["Content-Type"].startswith("text/html") and "app.js" in body
+    for path in ("/", "/app.js", "/style.css"):
+        _, _, body = await fetch(base + path)
+        # no CDN, no web fonts: building networks often have no internet
+        assert "https://" not in body and "//cdn" not in body, path
+    assert (await fetch(base + "/nope"))[0] == 404
+
+
+async def test_stop_releases_port_and_busy_port_is_clear(served, free_tcp_port):
+    server, view, base = await served()
+    port = server.port
+    other = HttpServer(SampleView(), Metrics(), f"127.0.0.1:{port}")
+    with pytest.raises(ConfigError, match=f"127.0.0.1:{port}: cannot listen"):
+        await other.start()
+    await server.stop()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
+
+
+async def test_port_zero_reports_bound_port():
+    server = HttpServer(SampleView(), Metrics(), "127.0.0.1:0")
+    await server.start()
+    try:
+        assert server.port > 0
+        assert (await fetch(f"http://127.0.0.1:{server.port}/healthz"))[0] == 200
+    finally:
+        await server.stop()
+
+
+def test_grafana_example_uses_exported_metric_names():
+    import re
+    from pathlib import Path
+    dashboard = json.loads((Path(__file__).parents[1] / "examples" / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = {name for e in exprs for name in re.findall(r"edge_gateway_\w+", e)}
+    m = Metrics()
+    m.model_validation_error.labels(model="gbr").set(1.0)
+    exported = {line.split("{")[0].split(" ")[0] for line in m.render().decode().splitlines()
+                if line and not line.startswith("#")}
+    assert used and used <= exported, used - exported
+
+
+def test_build_history_from_forecaster_store_shape():
+    from ven.http_api import build_history
+    now = 1_795_312_230.0  # 2026-11-22 01:50:30 UTC: the current minute 01:50 is the last one
+    end_min = int(now // 60)
+    times = [(end_min - k) * 60 + 30 for k in range(40, -1, -1)]  # 41 minutes of power, 100 kW then 120 kW
+    kws = [100.0] * 21 + [120.0] * 20
+    kws[30] = math.nan  # a bad average never reaches the chart
+    issued = (end_min - 20) * 60 + 5.0
+    store = {
+        "power": {"time": times, "kw": kws},
+        "forecasts": {15: {"target_time": [issued + 900], "issued_at": [issued], "forecast_kw": [111.0]},
+                      60: {"target_time": [issued + 3600], "issued_at": [issued], "forecast_kw": [130.0]}},
+        "flags": {"time": [(end_min - 30) * 60 + 1.0, (end_min - 2) * 60 + 5.0], "high_load": [False, True], "low_load": [True, False],
+                  "high_threshold_kw": [None, 118.0], "low_threshold_kw": [None, 70.0], "model": ["gbr", "gbr"]},
+    }
+    events = [
+        {"event_id": "done", "status": "completed", "opt": "optIn", "start": "2026-11-22T01:00:00Z",
+         "end": "2026-11-22T01:30:00Z",
+         "signals": [{"name": "SIMPLE", "type": "level",
+                      "intervals": [{"start": "2026-11-22T01:00:00Z", "duration_seconds": 1800, "payload": 2.0}]}]},
+        {"event_id": "gone", "status": "cancelled", "opt": "optIn", "start": "2026-11-22T01:00:00Z",
+         "end": "2026-11-22T02:00:00Z", "signals": []},
+        {"event_id": "later", "status": "far", "opt": "optIn", "start": "2026-11-22T03:00:00Z",
+         "end": "2026-11-22T04:00:00Z", "signals": []},
+    ]
+    h = build_history(now, 1.0, store, events)
+    assert len(h["minutes"]) == 60 and h["minutes"][-1] == end_min * 60
+    assert all(len(h[k]) == 60 for k in ("power_kw", "demand_kw", "forecast_15", "forecast_60", "high_load", "low_load"))
+    assert h["power_kw"][-41:-20] == [100.0] * 21 and h["power_kw"][-1] == 120.0
+    assert h["power_kw"][-11] is None and h["power_kw"][:19] == [None] * 19
+    assert h["demand_kw"][-42] is None  # no minute of its window known
+    assert h["demand_kw"][-41] == 100.0
+    assert h["demand_kw"][-21] == 100.0
+    assert h["demand_kw"][-1] == 120.0  # 14 known minutes of 120 kW
+    # the 15-min forecast targets the demand window ending 5 min ago -> the minute ending then
+    i15 = h["forecast_15"].index(111.0)
+    assert (h["minutes"][i15] + 60) == round((issued + 900) / 60) * 60
+    assert h["forecast_60"] == [None] * 60  # its target is still in the future
+    assert h["high_load"][-1] is True and h["low_load"][-1] is False
+    assert h["high_load"][-28] is False and h["low_load"][-28] is True
+    assert h["high_load"][-15] is None  # the issue 30 min ago is stale by then: unknown, not "off"
+    assert h["high_load"][0] is None
+    assert (h["high_threshold_kw"], h["low_threshold_kw"]) == (118.0, 70.0)
+    assert [(e["event_id"], e["level"]) for e in h["events"]] == [("done", 2)]
+    assert h["events"][0]["start"] == 1_795_309_200.0
+    json.dumps(to_json(h), allow_nan=False)
+    empty = build_history(now, 24, {"power": {"time": [], "kw": []}, "forecasts": {}, "flags": {}})
+    assert len(empty["minutes"]) == 1440 and set(empty["power_kw"]) == {None} and empty["events"] == []

@@ -1,0 +1,542 @@
+// Operator dashboard: polls /api/status and /api/history and draws them. No dependencies, no build
+// step, nothing fetched from the internet (building networks often have none).
+// Query parameters: ?hours=24 (history span), ?refresh=10 (seconds). Access token: open the page as
+// /#token=<http.token> once (the fragment never reaches the server or its logs) or type it when asked.
+"use strict";
+
+const params = new URLSearchParams(location.search);
+const HOURS = clamp(Number(params.get("hours")) || 24, 1, 840);
+const REFRESH_S = clamp(Number(params.get("refresh")) || 10, 1, 3600);
+const FETCH_TIMEOUT_MS = 8000;
+const SVG_NS = "http://www.w3.org/2000/svg";
+const MAX_BRIDGE_S = 15 * 60;
+
+const SERIES = [
+  {key: "power_kw", label: "Power (1 min)", color: "var(--power)", width: 1.2},
+  {key: "demand_kw", label: "Demand (15 min)", color: "var(--demand)", width: 2.4},
+  {key: "forecast_15", label: "Forecast 15 min ahead", color: "var(--f15)", width: 1.8, dash: "6 4"},
+  {key: "forecast_60", label: "Forecast 60 min ahead", color: "var(--f60)", width: 1.8, dash: "2 4"},
+];
+const FLAGS = [
+  {key: "high_load", label: "high load", color: "var(--high)"},
+  {key: "low_load", label: "low load", color: "var(--low)"},
+];
+const LEVEL_COLORS = {1: "var(--l1)", 2: "var(--l2)", 3: "var(--l3)"};
+const TILE_POINTS = [
+  ["meter-power", "Meter power"], ["input-power-meter", "Input power (BAS)"],
+  ["fifteen-min-future-power", "Forecast 15 min"], ["one-hour-future-power", "Forecast 60 min"],
+  ["power-rate-of-change", "Trend (kW/min)"], ["ADR-Event-Level", "Event level"],
+  ["ADR-Event-Start-Minutes", "Next event in (min)"],
+  ["high-load-conditions", "High load"], ["low-load-conditions", "Low load"],
+];
+const UNIT_TEXT = {kilowatts: "kW", minutes: "min", noUnits: ""};
+
+// Test hooks and a summary of what was drawn, for the headless-browser test and for curious operators.
+const dashboard = window.dashboard = {ready: false, draws: 0, series: {}, flags: {}, events: 0,
+                                      minutes: 0, lastError: null, lastOk: null};
+let hist = null;
+let gw = null;
+
+function clamp(v, lo, hi) { return Math.min(hi, Math.max(lo, v)); }
+function $(id) { return document.getElementById(id); }
+function el(tag, attrs, text) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, v);
+  if (text !== undefined && text !== null) node.textContent = text;
+  return node;
+}
+function svg(tag, attrs, text) {
+  const node = document.createElementNS(SVG_NS, tag);
+  for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, v);
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+// ---- time and number formatting (UTC, like the operator log) ----
+function toMs(t) {
+  if (t === null || t === undefined || t === "") return null;
+  if (typeof t === "number") return t * 1000;
+  const ms = Date.parse(t);
+  return Number.isNaN(ms) ? null : ms;
+}
+function pad(n) { return String(n).padStart(2, "0"); }
+function fmtTime(ms, withDate) {
+  if (ms === null) return "";
+  const d = new Date(ms);
+  const hm = `${pad(d.getUTCHours())}:${pad(d.getUTCMinutes())}`;
+  return withDate ? `${d.getUTCFullYear()}-${pad(d.getUTCMonth() + 1)}-${pad(d.getUTCDate())} ${hm}` : hm;
+}
+function fmtAgo(ms) {
+  const s = Math.round((Date.now() - ms) / 1000);
+  if (Math.abs(s) < 90) return s >= 0 ? `${s} s ago` : `in ${-s} s`;
+  const m = Math.round(s / 60);
+  if (Math.abs(m) < 90) return m >= 0 ? `${m} min ago` : `in ${-m} min`;
+  const h = (s / 3600).toFixed(1);
+  return s >= 0 ? `${h} h ago` : `in ${-h} h`;
+}
+function fmtNum(v, digits) {
+  if (v === null || v === undefined) return "—";
+  if (typeof v === "boolean") return v ? "active" : "inactive";
+  if (typeof v !== "number") return String(v);
+  const d = digits === undefined ? (Math.abs(v) >= 100 ? 1 : 2) : digits;
+  return Number.isInteger(v) ? String(v) : v.toFixed(d);
+}
+const ISO_RE = /^\d{4}-\d\d-\d\dT\d\d:\d\d/;
+function fmtValue(v) {
+  if (v === null || v === undefined) return "—";
+  if (typeof v === "string" && ISO_RE.test(v)) {
+    const ms = toMs(v);
+    return ms === null ? v : `${fmtTime(ms, true)}:${pad(new Date(ms).getUTCSeconds())}Z (${fmtAgo(ms)})`;
+  }
+  if (typeof v === "boolean") return v ? "yes" : "no";
+  if (typeof v === "number") return fmtNum(v);
+  if (typeof v === "object") return JSON.stringify(v);
+  return String(v);
+}
+function humanize(key) { return key.replace(/_/g, " "); }
+function fmtDuration(s) {
+  if (typeof s !== "number") return "";
+  const d = Math.floor(s / 86400), h = Math.floor(s % 86400 / 3600), m = Math.floor(s % 3600 / 60);
+  return d ? `${d} d ${h} h` : h ? `${h} h ${m} min` : `${m} min`;
+}
+
+// ---- fetching ----
+function token() {
+  const m = /(?:^#|&)token=([^&]+)/.exec(location.hash);
+  if (m) {
+    sessionStorage.setItem("edge-gateway-token", decodeURIComponent(m[1]));
+    window.history.replaceState(null, "", location.pathname + location.search);
+  }
+  return sessionStorage.getItem("edge-gateway-token") || "";
+}
+class HttpError extends Error {}
+async function getJSON(path) {
+  const ctl = new AbortController();
+  const timer = setTimeout(() => ctl.abort(), FETCH_TIMEOUT_MS);
+  const headers = {};
+  const t = token();
+  if (t) headers.Authorization = `Bearer ${t}`;
+  try {
+    const resp = await fetch(path, {headers, signal: ctl.signal, cache: "no-store"});
+    if (resp.status === 401) throw new HttpError("401");
+    const body = await resp.json().catch(() => ({}));
+    if (!resp.ok) throw new Error(`${path}: HTTP ${resp.status} ${body.error || ""}`.trim());
+    return body;
+  } catch (err) {
+    if (err.name === "AbortError") throw new Error(`${path}: no answer within ${FETCH_TIMEOUT_MS / 1000} s`);
+    if (err instanceof TypeError) throw new Error(`${path}: gateway unreachable`);
+    throw err;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+async function getHealth() {
+  try {
+    const resp = await fetch("/healthz", {cache: "no-store"});
+    return {ok: resp.ok, text: (await resp.text()).trim()};
+  } catch (err) {
+    return {ok: false, text: "unreachable"};
+  }
+}
+
+let failingSince = null;
+async function refresh() {
+  try {
+    const [s, h, health] = await Promise.all([getJSON("/api/status"), getJSON(`/api/history?hours=${HOURS}`),
+                                              getHealth()]);
+    gw = normalizeStatus(s); hist = h;
+    failingSince = null;
+    dashboard.lastError = null;
+    dashboard.lastOk = Date.now();
+    $("banner").hidden = true;
+    $("token-form").hidden = true;
+    renderHeader(health);
+    renderTiles();
+    renderPoints();
+    renderEvents();
+    renderSections();
+    drawChart();
+    $("updated").textContent = `updated ${fmtTime(Date.now(), true)}:${pad(new Date().getUTCSeconds())} UTC` +
+                               ` · every ${REFRESH_S} s`;
+  } catch (err) {
+    if (err instanceof HttpError) {
+      $("token-form").hidden = false;
+      dashboard.lastError = "token required";
+      return;
+    }
+    failingSince = failingSince || Date.now();
+    dashboard.lastError = err.message;
+    const stale = dashboard.lastOk ? ` Showing data from ${fmtTime(dashboard.lastOk, true)} UTC.` : "";
+    $("banner").textContent = `${err.message} (since ${fmtTime(failingSince, true)} UTC).${stale}`;
+    $("banner").hidden = false;
+  }
+}
+
+// ---- the status body: accept points as a list or as a map keyed by name, "flags" or "status_flags",
+// event levels given directly or found in their SIMPLE signal intervals ("payload" or "value") ----
+function intervalValue(iv) { return iv.payload !== undefined ? iv.payload : iv.value; }
+function eventLevel(e) {
+  if (typeof e.level === "number") return e.level;
+  const now = Date.now();
+  let current = null, top = null;
+  for (const sig of e.signals || []) {
+    for (const iv of sig.intervals || []) {
+      const v = intervalValue(iv);
+      if (typeof v !== "number") continue;
+      top = top === null ? v : Math.max(top, v);
+      const start = toMs(iv.start);
+      const end = iv.end ? toMs(iv.end) : (start !== null && iv.duration_seconds ? start + iv.duration_seconds * 1000 : null);
+      if (start !== null && end !== null && start <= now && now < end) current = v;
+    }
+  }
+  return current !== null ? current : top;
+}
+function normalizeStatus(s) {
+  const points = Array.isArray(s.points) ? s.points :
+    Object.entries(s.points || {}).map(([name, p]) => Object.assign({name}, p));
+  for (const p of points) p.status_flags = p.status_flags || p.flags || {};
+  for (const e of s.events || []) e.level = eventLevel(e);
+  return Object.assign({}, s, {points});
+}
+
+// ---- header, tiles, tables ----
+function pointByName(name) {
+  return ((gw && gw.points) || []).find((p) => p.name === name);
+}
+function renderHeader(health) {
+  const pills = $("pills");
+  pills.replaceChildren();
+  const add = (text, cls, title) => pills.append(el("span", {class: `pill ${cls}`, title: title || ""}, text));
+  add(health.ok ? "healthy" : `unhealthy: ${health.text}`, health.ok ? "ok" : "bad", health.text);
+  const vtn = gw.vtn || {};
+  if ("connected" in vtn || "registered" in vtn) {
+    const up = vtn.connected !== false && vtn.registered !== false;
+    add(up ? "VTN connected" : (vtn.registered === false ? "VTN not registered" : "VTN disconnected"),
+        up ? "ok" : "bad", vtn.last_error || "");
+  }
+  const level = pointByName("ADR-Event-Level");
+  if (level && typeof level.value === "number") {
+    add(level.value > 0 ? `event level ${level.value}` : "no event", level.value > 0 ? "warn" : "");
+  }
+  const meter = gw.meter || {};
+  if (meter.fault) add("meter fault", "bad", meter.last_error || "");
+  const parts = [];
+  if (gw.version) parts.push(`version ${gw.version}`);
+  if (typeof gw.uptime_seconds === "number") parts.push(`up ${fmtDuration(gw.uptime_seconds)}`);
+  parts.push(`chart: last ${HOURS} h, times in UTC`);
+  $("footer").textContent = parts.join(" · ");
+}
+function renderTiles() {
+  const tiles = $("tiles");
+  tiles.replaceChildren();
+  for (const [name, label] of TILE_POINTS) {
+    const p = pointByName(name);
+    if (!p) continue;
+    const flags = p.status_flags || {};
+    const fault = flags.fault || flags.in_alarm;
+    const on = typeof p.value === "boolean" ? p.value : false;
+    const tile = el("div", {class: `tile${fault ? " is-fault" : ""}${on ? " on" : ""}`, "data-point": name});
+    tile.append(el("div", {class: "label"}, label));
+    const value = el("div", {class: "value"}, fault ? "fault" : (typeof p.value === "boolean" ? (p.value ? "ON" : "off") : fmtNum(p.value)));
+    const unit = UNIT_TEXT[p.units] !== undefined ? UNIT_TEXT[p.units] : (p.units || "");
+    if (unit && !fault) value.append(el("span", {class: "unit"}, unit));
+    tile.append(value);
+    tiles.append(tile);
+  }
+}
+function flagBadges(flags) {
+  const frag = document.createDocumentFragment();
+  const set = Object.entries(flags || {}).filter(([, v]) => v);
+  if (!set.length) frag.append(el("span", {class: "flag normal"}, "normal"));
+  for (const [k] of set) frag.append(el("span", {class: `flag ${k}`}, humanize(k)));
+  return frag;
+}
+function renderPoints() {
+  const body = $("points").tBodies[0];
+  body.replaceChildren();
+  for (const p of gw.points || []) {
+    const tr = el("tr", {"data-point": p.name, title: p.description || ""});
+    tr.append(el("td", {}, p.name), el("td", {class: "muted"}, p.object || ""),
+              el("td", {class: "num"}, fmtNum(p.value)),
+              el("td", {}, UNIT_TEXT[p.units] !== undefined ? UNIT_TEXT[p.units] : (p.units || "")));
+    const flags = el("td");
+    flags.append(flagBadges(p.status_flags));
+    tr.append(flags);
+    body.append(tr);
+  }
+}
+function levelBadge(level) {
+  const span = el("span", {class: `level l${level}`}, level === null || level === undefined ? "—" : String(level));
+  return span;
+}
+function signalSummary(signals) {
+  return (signals || []).map((s) => {
+    const values = (s.intervals || []).map((i) => fmtNum(intervalValue(i)));
+    return `${s.name || "signal"}${s.type ? "/" + s.type : ""}: ${values.join(" → ")}`;
+  }).join("; ");
+}
+function renderEvents() {
+  const body = $("events").tBodies[0];
+  body.replaceChildren();
+  const events = gw.events || [];
+  if (!events.length) {
+    body.append(el("tr", {}, null));
+    body.rows[0].append(el("td", {colspan: 7, class: "muted"}, "no pending, active or recent events"));
+  }
+  for (const e of events) {
+    const tr = el("tr", {class: e.status || "", "data-event": e.event_id || ""});
+    const level = el("td", {class: "num"});
+    level.append(levelBadge(e.level));
+    const opt = el("td", {}, e.opt || "");
+    if (e.opt === "optOut") opt.classList.add("bad");
+    const phase = e.status === "far" || e.status === "near" ? `pending (${e.status})` : (e.status || "");
+    tr.append(el("td", {}, e.event_id || ""), el("td", {}, phase), level,
+              el("td", {}, fmtTime(toMs(e.start), true)), el("td", {}, fmtTime(toMs(e.end), true)),
+              opt, el("td", {class: "muted"}, signalSummary(e.signals)));
+    body.append(tr);
+  }
+}
+const SECTIONS = [["vtn", "VTN"], ["telemetry", "Telemetry"], ["meter", "Meter"], ["forecaster", "Forecaster"],
+                  ["schedule", "Demand response"], ["device", "BACnet device"]];
+// nested objects become "parent.child" rows so every value stays readable
+function flatten(obj, prefix, out) {
+  for (const [k, v] of Object.entries(obj)) {
+    const key = prefix ? `${prefix}.${k}` : k;
+    if (v && typeof v === "object" && !Array.isArray(v)) flatten(v, key, out); else out.push([key, v]);
+  }
+  return out;
+}
+function renderSections() {
+  const host = $("sections");
+  host.replaceChildren();
+  for (const [key, title] of SECTIONS) {
+    const data = gw[key];
+    if (!data || typeof data !== "object") continue;
+    const card = el("section", {class: "card", "data-section": key});
+    card.append(el("h2", {}, title));
+    const dl = el("dl", {class: "kv"});
+    for (const [k, v] of flatten(data, "", [])) {
+      // flag problems, not measurements: "last_error" text or a "fault" that is on, not "validation_error_kw"
+      const bad = (/(^|[._])(last_)?error$/.test(k) && typeof v === "string" && v !== "") || (/fault$/.test(k) && v === true) ||
+                  ((k === "connected" || k === "registered") && v === false);
+      // epoch-second timestamps ("issued_at", "history_first") read as times
+      const epoch = /(_at|_first|_last|_time)$/.test(k) && typeof v === "number" && v > 1e9 && v < 1e10;
+      let shown = epoch ? fmtValue(new Date(v * 1000).toISOString()) : fmtValue(v);
+      if (shown.length > 160) shown = shown.slice(0, 157) + "…";
+      dl.append(el("dt", {}, humanize(k)), el("dd", {class: bad ? "bad" : ""}, shown));
+    }
+    card.append(dl);
+    host.append(card);
+  }
+}
+
+// ---- chart ----
+function niceStep(span, count) {
+  const raw = span / Math.max(1, count);
+  const mag = Math.pow(10, Math.floor(Math.log10(raw)));
+  const f = raw / mag;
+  return mag * (f < 1.5 ? 1 : f < 3 ? 2 : f < 7 ? 5 : 10);
+}
+function legend() {
+  const host = $("legend");
+  host.replaceChildren();
+  const hz = (hist && hist.horizons_minutes) || [15, 60];
+  SERIES[2].label = `Forecast ${hz[0]} min ahead`;
+  SERIES[3].label = `Forecast ${hz[1]} min ahead`;
+  for (const s of SERIES) {
+    const item = el("span");
+    const sw = el("i", {class: s.dash ? "dash" : "", style: `border-top-color:${s.color}`});
+    item.append(sw, document.createTextNode(s.label));
+    host.append(item);
+  }
+  const th = el("span");
+  th.append(el("i", {class: "dash", style: "border-top-color:var(--high)"}), document.createTextNode("Thresholds"));
+  host.append(th);
+  for (const l of [1, 2, 3]) {
+    const item = el("span");
+    item.append(el("i", {class: "box", style: `background:${LEVEL_COLORS[l]}`}), document.createTextNode(`Event level ${l}`));
+    host.append(item);
+  }
+}
+function drawChart() {
+  legend();
+  const root = $("chart-svg");
+  const W = Math.max(320, root.clientWidth || 900);
+  const H = root.clientHeight || 420;
+  root.setAttribute("viewBox", `0 0 ${W} ${H}`);
+  root.replaceChildren();
+  const minutes = (hist && hist.minutes) || [];
+  const LANE = 16;
+  const m = {l: 60, r: 96, t: 18, b: 34 + FLAGS.length * LANE + 8};
+  const pw = W - m.l - m.r, ph = H - m.t - m.b;
+  $("chart-title").textContent = `Power and demand, last ${HOURS} h`;
+  dashboard.minutes = minutes.length;
+  if (!minutes.length) {
+    root.append(svg("text", {x: W / 2, y: H / 2, "text-anchor": "middle", class: "empty"}, "no history yet"));
+    dashboard.series = {}; dashboard.ready = true; dashboard.draws++;
+    return;
+  }
+  const t0 = minutes[0] * 1000, t1 = Math.max(minutes[minutes.length - 1] * 1000 + 60000, t0 + 60000);
+  let lo = Infinity, hi = -Infinity;
+  for (const s of SERIES) for (const v of hist[s.key] || []) if (typeof v === "number") { lo = Math.min(lo, v); hi = Math.max(hi, v); }
+  for (const k of ["high_threshold_kw", "low_threshold_kw"]) {
+    const v = hist[k];
+    if (typeof v === "number") { lo = Math.min(lo, v); hi = Math.max(hi, v); }
+  }
+  if (lo === Infinity) { lo = 0; hi = 1; }
+  if (hi - lo < 1e-9) { lo -= 1; hi += 1; }
+  const yStep = niceStep(hi - lo, 6);
+  lo = Math.floor((lo - (hi - lo) * 0.04) / yStep) * yStep;
+  hi = Math.ceil((hi + (hi - lo) * 0.04) / yStep) * yStep;
+  const x = (ms) => m.l + (ms - t0) / (t1 - t0) * pw;
+  const y = (v) => m.t + (hi - v) / (hi - lo) * ph;
+
+  const defs = svg("defs");
+  const clip = svg("clipPath", {id: "plot-clip"});
+  clip.append(svg("rect", {x: m.l, y: m.t, width: pw, height: ph}));
+  defs.append(clip);
+  root.append(defs);
+
+  // grid and y axis
+  const gAxes = svg("g", {class: "axes"});
+  for (let v = lo; v <= hi + yStep / 2; v += yStep) {
+    gAxes.append(svg("line", {x1: m.l, x2: m.l + pw, y1: y(v), y2: y(v), class: "grid-line"}));
+    gAxes.append(svg("text", {x: m.l - 6, y: y(v) + 4, "text-anchor": "end"}, fmtNum(v, yStep < 1 ? 1 : 0)));
+  }
+  gAxes.append(svg("text", {x: 14, y: m.t + ph / 2, class: "axis-label", "text-anchor": "middle",
+                            transform: `rotate(-90 14 ${m.t + ph / 2})`}, "kW"));
+  // x axis: ticks on round UTC hours
+  const spanH = (t1 - t0) / 3600000;
+  const stepH = [1, 2, 3, 4, 6, 12, 24, 48, 96, 168].find((s) => spanH / s <= Math.max(4, pw / 90)) || 168;
+  const stepMs = stepH * 3600000;
+  for (let t = Math.ceil(t0 / stepMs) * stepMs; t <= t1; t += stepMs) {
+    gAxes.append(svg("line", {x1: x(t), x2: x(t), y1: m.t, y2: m.t + ph, class: "grid-line"}));
+    const d = new Date(t);
+    const label = d.getUTCHours() === 0 || stepH >= 24 ? `${d.getUTCMonth() + 1}/${d.getUTCDate()}` : fmtTime(t);
+    gAxes.append(svg("text", {x: x(t), y: m.t + ph + 14, "text-anchor": "middle"}, label));
+  }
+  gAxes.append(svg("text", {x: m.l + pw / 2, y: H - 4, class: "axis-label", "text-anchor": "middle"}, "time (UTC)"));
+  gAxes.append(svg("line", {x1: m.l, x2: m.l + pw, y1: m.t + ph, y2: m.t + ph, class: "axis"}));
+  gAxes.append(svg("line", {x1: m.l, x2: m.l, y1: m.t, y2: m.t + ph, class: "axis"}));
+
+  // event intervals, shaded by level, under the series
+  const gEvents = svg("g", {"clip-path": "url(#plot-clip)", class: "events"});
+  let eventCount = 0;
+  const labelXs = [];
+  for (const e of hist.events || []) {
+    const s = toMs(e.start), end = toMs(e.end) === null ? t1 : toMs(e.end);
+    if (s === null || end < t0 || s > t1) continue;
+    const x0 = x(Math.max(s, t0)), x1 = x(Math.min(end, t1));
+    const level = clamp(Math.round(e.level || 0), 0, 3);
+    const r = svg("rect", {x: x0, y: m.t, width: Math.max(2, x1 - x0), height: ph, fill: LEVEL_COLORS[level] || "#ccc",
+                           "fill-opacity": 0.28, class: "event", "data-level": level, "data-event": e.event_id || ""});
+    r.append(svg("title", {}, `event ${e.event_id || ""} level ${level}: ${fmtTime(s, true)}–${toMs(e.end) === null ? "open" : fmtTime(end, true)} UTC${e.opt === "optOut" ? " (opted out)" : ""}`));
+    gEvents.append(r);
+    if (x1 - x0 > 24) {
+      // overlapping events (a modification, a second program) stack their labels instead of overprinting
+      const row = labelXs.filter((lx) => Math.abs(lx - x0) < 60).length;
+      labelXs.push(x0);
+      gEvents.append(svg("text", {x: x0 + 4, y: m.t + 12 + row * 13, class: "event-label"}, `L${level}${e.opt === "optOut" ? " opt-out" : ""}`));
+    }
+    eventCount++;
+  }
+  root.append(gAxes, gEvents);
+
+  // thresholds
+  const gTh = svg("g", {class: "thresholds"});
+  for (const [k, label, color] of [["high_threshold_kw", "high", "var(--high)"], ["low_threshold_kw", "low", "var(--low)"]]) {
+    const v = hist[k];
+    if (typeof v !== "number") continue;
+    gTh.append(svg("line", {x1: m.l, x2: m.l + pw, y1: y(v), y2: y(v), stroke: color, "stroke-width": 1.2,
+                            "stroke-dasharray": "8 4", class: "threshold", "data-threshold": k}));
+    gTh.append(svg("text", {x: m.l + pw + 4, y: y(v) + 4, fill: color, style: `fill:${color}`}, `${label} ${fmtNum(v, 0)} kW`));
+  }
+  root.append(gTh);
+
+  // series
+  const gSeries = svg("g", {"clip-path": "url(#plot-clip)"});
+  const counts = {};
+  for (const s of SERIES) {
+    const values = hist[s.key] || [];
+    // a line bridges gaps up to 15 minutes (history back-filled at 15-minute resolution, a missed
+    // read); a longer gap (an outage) is a visible break
+    let d = "", n = 0, pen = false, lastI = -Infinity;
+    for (let i = 0; i < minutes.length; i++) {
+      const v = values[i];
+      if (typeof v !== "number") continue;
+      pen = pen && minutes[i] - minutes[lastI] <= MAX_BRIDGE_S;
+      lastI = i;
+      // each value is the minute's average: plot it at the middle of its minute
+      d += `${pen ? "L" : "M"}${x(minutes[i] * 1000 + 30000).toFixed(1)},${y(v).toFixed(1)}`;
+      pen = true; n++;
+    }
+    counts[s.key] = n;
+    const path = svg("path", {d: d || "M0,0", class: "series", stroke: s.color, "stroke-width": s.width,
+                              "data-series": s.key, "data-points": n});
+    if (s.dash) path.setAttribute("stroke-dasharray", s.dash);
+    gSeries.append(path);
+  }
+  root.append(gSeries);
+
+  // high/low flag lanes under the time axis
+  const gFlags = svg("g", {class: "flags"});
+  const flagRuns = {};
+  FLAGS.forEach((f, lane) => {
+    const top = m.t + ph + 22 + lane * LANE;
+    gFlags.append(svg("rect", {x: m.l, y: top, width: pw, height: LANE - 4, fill: "#f1f3f6"}));
+    gFlags.append(svg("text", {x: m.l - 6, y: top + LANE - 6, "text-anchor": "end"}, f.label));
+    const values = hist[f.key] || [];
+    let runs = 0, minutesOn = 0;
+    for (let i = 0; i < minutes.length; i++) {
+      if (values[i] !== true && values[i] !== 1) continue;
+      let j = i;
+      while (j + 1 < minutes.length && (values[j + 1] === true || values[j + 1] === 1)) j++;
+      gFlags.append(svg("rect", {x: x(minutes[i] * 1000), y: top, width: Math.max(1, x(minutes[j] * 1000 + 60000) - x(minutes[i] * 1000)),
+                                 height: LANE - 4, fill: f.color, class: "flag-run", "data-flag": f.key}));
+      runs++; minutesOn += j - i + 1;
+      i = j;
+    }
+    flagRuns[f.key] = {runs, minutes: minutesOn};
+  });
+  root.append(gFlags);
+
+  // hover readout
+  const cursor = svg("line", {y1: m.t, y2: m.t + ph, stroke: "#1c2430", "stroke-width": 0.8, visibility: "hidden"});
+  const overlay = svg("rect", {x: m.l, y: m.t, width: pw, height: ph, fill: "transparent"});
+  root.append(cursor, overlay);
+  const tip = $("tooltip");
+  overlay.addEventListener("mousemove", (ev) => {
+    const box = root.getBoundingClientRect();
+    const px = (ev.clientX - box.left) * W / box.width;
+    const t = t0 + (px - m.l) / pw * (t1 - t0);
+    const i = clamp(Math.floor((t - t0) / 60000), 0, minutes.length - 1);
+    cursor.setAttribute("x1", px); cursor.setAttribute("x2", px); cursor.setAttribute("visibility", "visible");
+    const lines = [`${fmtTime(minutes[i] * 1000, true)} UTC`];
+    for (const s of SERIES) lines.push(`${s.label}: ${fmtNum((hist[s.key] || [])[i])} kW`);
+    const flags = FLAGS.filter((f) => (hist[f.key] || [])[i] === true).map((f) => f.label);
+    if (flags.length) lines.push(`flags: ${flags.join(", ")}`);
+    tip.textContent = lines.join("\n");
+    tip.style.whiteSpace = "pre";
+    tip.hidden = false;
+    const left = (ev.clientX - box.left) + 14;
+    tip.style.left = `${Math.min(left, box.width - tip.offsetWidth - 4)}px`;
+    tip.style.top = `${ev.clientY - box.top + 10}px`;
+  });
+  overlay.addEventListener("mouseleave", () => { tip.hidden = true; cursor.setAttribute("visibility", "hidden"); });
+
+  dashboard.series = counts;
+  dashboard.flags = flagRuns;
+  dashboard.events = eventCount;
+  dashboard.draws++;
+  dashboard.ready = true;
+}
+
+$("token-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  sessionStorage.setItem("edge-gateway-token", $("token-input").value.trim());
+  refresh();
+});
+let resizeTimer = null;
+window.addEventListener("resize", () => { clearTimeout(resizeTimer); resizeTimer = setTimeout(drawChart, 150); });
+refresh();
+setInterval(refresh, REFRESH_S * 1000);
