@@ -6,10 +6,13 @@ peer is needed, then the meter, the forecaster, the VTN and the operator API.
 """
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import functools
 import logging
 import time
 from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING
 
 from bacnet_api import points as P
 from bacnet_api.device import GatewayDevice
@@ -17,15 +20,35 @@ from bacnet_api.meter import MeterClient, MeterReading
 
 from . import __version__
 from .config import GatewayConfig
-from .forecast_service import ForecastService
-from .http_api import HttpServer
 from .metrics import Metrics
 from .schedule import EventSchedule, ScheduleState
-from .storage import Storage
+from .storage import Storage, StorageError
 from .telemetry import TelemetryQueue
-from .vtn import VtnClient
+
+if TYPE_CHECKING:
+    from .forecast_service import ForecastService
+    from .http_api import HttpServer
+    from .vtn import VtnClient
 
 log = logging.getLogger(__name__)
+
+
+def _import_slow_parts() -> None:
+    """scikit-learn, openleadr and aiohttp take seconds to import (sklearn alone 2-3 s on 2 cores).
+    Run in a worker thread after the BACnet device is up, so the BAS gets I-Am and reads meanwhile."""
+    openleadr_level = logging.getLogger("openleadr").level
+    from . import forecast_service, http_api, vtn  # noqa: F401
+    logging.getLogger("openleadr").setLevel(openleadr_level)  # importing openleadr resets it to INFO
+    # openleadr compiles each XML template on first use (20-40 ms on the loop per message type) and
+    # stats the file before every message; compile them here, once, and skip the re-checks.
+    try:
+        from openleadr.messaging import TEMPLATES
+
+        TEMPLATES.auto_reload = False
+        for name in TEMPLATES.list_templates():
+            TEMPLATES.get_template(name)
+    except Exception as err:  # an openleadr without these internals only loses the warm-up
+        log.debug("openleadr template warm-up skipped: %s", err)
 
 
 class Gateway:
@@ -37,20 +60,47 @@ class Gateway:
         self.device = GatewayDevice(address=c.bacnet.address, device_id=c.bacnet.device_id,
                                     device_name=c.bacnet.device_name,
                                     input_min=c.bacnet.input_min_kw, input_max=c.bacnet.input_max_kw)
-        self.storage = Storage(c.storage.path)
+        try:
+            self.storage = Storage(c.storage.path)
+            self.telemetry = TelemetryQueue(c.storage.path, max_age=timedelta(days=c.openadr.queue_max_days))
+        except StorageError as err:
+            # The BAS still needs the device and the live points: run on, from memory.
+            log.error("%s; running without it: events and queued telemetry are kept in memory only and "
+                      "lost on restart", err)
+            self.storage = Storage(":memory:")
+            self.telemetry = TelemetryQueue(":memory:", max_age=timedelta(days=c.openadr.queue_max_days))
         self.schedule = EventSchedule(self.storage, on_change=self._on_schedule)
-        self.telemetry = TelemetryQueue(c.storage.path, max_age=timedelta(days=c.openadr.queue_max_days))
-        self.vtn = VtnClient(c.openadr, self.schedule, self.telemetry, on_connected=self._on_vtn_connected)
         self.meter = MeterClient(self.device, address=c.meter.address, object=c.meter.object,
                                  property=c.meter.property, router=c.meter.router,
                                  poll_seconds=c.meter.poll_seconds, timeout_seconds=c.meter.timeout_seconds,
                                  on_reading=self._on_meter)
-        self.forecast = ForecastService(c.forecaster, c.storage.path, publish=self._on_forecast,
-                                        min_kw=c.bacnet.input_min_kw, max_kw=c.bacnet.input_max_kw)
-        self.http = HttpServer(self, self.metrics, address=c.http.address, token=c.http.token) \
-            if c.http.enabled else None
         self._stack = []
         self._schedule_listeners: list = []
+        self._counted = {"queued": 0, "sent": 0, "dropped": 0, "poll_failures": 0}
+        self.metrics.set_version(__version__)
+
+    # The forecaster, the VEN and the HTTP API are built on first use: their modules are slow to import
+    # (see _import_slow_parts), and start() brings the BACnet device up before they are needed.
+    @functools.cached_property
+    def forecast(self) -> "ForecastService":
+        from .forecast_service import ForecastService
+
+        c = self.config
+        return ForecastService(c.forecaster, c.storage.path, publish=self._on_forecast,
+                               min_kw=c.bacnet.input_min_kw, max_kw=c.bacnet.input_max_kw)
+
+    @functools.cached_property
+    def vtn(self) -> "VtnClient":
+        from .vtn import VtnClient
+
+        return VtnClient(self.config.openadr, self.schedule, self.telemetry, on_connected=self._on_vtn_connected)
+
+    @functools.cached_property
+    def http(self) -> "HttpServer | None":
+        from .http_api import HttpServer
+
+        c = self.config
+        return HttpServer(self, self.metrics, address=c.http.address, token=c.http.token) if c.http.enabled else None
 
     def add_schedule_listener(self, callback) -> None:
         """Call `callback(ScheduleState)` on every change of the demand-response state (the public hook)."""
@@ -63,6 +113,7 @@ class Gateway:
         self.device.on_write(P.INPUT_POWER, self._on_input_power)
         self.device.on_write(P.OPT_OUT, self._on_opt_out)
         await self._start(self.schedule)
+        await asyncio.get_running_loop().run_in_executor(None, _import_slow_parts)
         await self._start(self.forecast)
         await self._start(self.meter)
         await self._start(self.vtn)
@@ -101,6 +152,7 @@ class Gateway:
         self.device.set(P.METER_FAULT, False)
         self.metrics.meter_kw.set(reading.value)
         self.vtn.record_sample(reading.timestamp, reading.value)
+        self.metrics.telemetry_queued.inc()
         self.forecast.on_meter(t, reading.value)
 
     def _on_input_power(self, value) -> None:
@@ -126,6 +178,7 @@ class Gateway:
 
     def _on_vtn_connected(self, connected: bool) -> None:
         self.device.set(P.VTN_CONNECTED, connected)
+        self.metrics.vtn_connected.set(int(connected))
 
     def _on_forecast(self, f) -> None:
         short, long = self.config.forecaster.horizons_minutes
@@ -171,4 +224,24 @@ class Gateway:
         }
 
     def history(self, hours: float) -> dict:
-        return self.forecast.history(hours)
+        from .http_api import build_history
+
+        c = self.config.forecaster
+        return build_history(time.time(), hours, self.forecast.history(hours), self.schedule.events(),
+                             horizons=c.horizons_minutes, flag_stale_seconds=max(300.0, 3 * c.cycle_seconds))
+
+    def refresh_metrics(self) -> None:
+        """Bring counters owned elsewhere (telemetry queue, VTN client) up to date before a scrape."""
+        totals = {"sent": self.telemetry.sent_total, "dropped": self.telemetry.dropped,
+                  "poll_failures": self.vtn.poll_failures_total}
+        counters = {"sent": self.metrics.telemetry_sent, "dropped": self.metrics.telemetry_dropped,
+                    "poll_failures": self.metrics.vtn_poll_failures}
+        for key, total in totals.items():
+            if total > self._counted[key]:
+                counters[key].inc(total - self._counted[key])
+            self._counted[key] = total
+        self.metrics.telemetry_queue_depth.set(self.telemetry.pending)
+        for horizon, h in self.forecast.status().get("horizons", {}).items():
+            for model, key in (("forecaster", "validation_rmse_kw"), ("persistence", "validation_persistence_rmse_kw")):
+                if h.get(key) is not None:
+                    self.metrics.model_validation_error.labels(model=f"{model}_{horizon}m").set(h[key])

@@ -131,11 +131,42 @@ class ForecasterConfig(_Section):
     history_days: float = Field(35.0, gt=0)
     retrain_minutes: float = Field(60.0, gt=0)
     input_stale_seconds: float = Field(300.0, gt=0)
+    timezone: str = "UTC"
+    holiday_preset: Literal["", "IT"] = ""
+    holidays: tuple[str, ...] = ()
 
-    @field_validator("horizons_minutes", mode="before")
+    @field_validator("horizons_minutes", "holidays", mode="before")
     @classmethod
     def _list_to_tuple(cls, v: object) -> object:
         return tuple(v) if isinstance(v, list) else v
+
+    @field_validator("horizons_minutes")
+    @classmethod
+    def _horizons(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if not 0 < v[0] < v[1]:
+            raise ValueError(f"must be two increasing positive minute counts, e.g. [15, 60], got {list(v)}")
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo
+        try:
+            ZoneInfo(v)
+        except (ValueError, LookupError):
+            raise ValueError(f"unknown IANA time zone {v!r}, e.g. Europe/Rome") from None
+        return v
+
+    @field_validator("holidays")
+    @classmethod
+    def _holidays(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        import datetime as dt
+        for day in v:
+            try:
+                dt.date.fromisoformat(day if len(day) == 10 else f"2000-{day}")
+            except ValueError:
+                raise ValueError(f"holiday {day!r} must be YYYY-MM-DD or MM-DD") from None
+        return v
 
 
 class GatewayConfig(_Section):

@@ -28,9 +28,44 @@ class UtcFormatter(logging.Formatter):
         return f"{stamp} {text}"
 
 
+class FloodGuard(logging.Filter):
+    """bacpypes3 logs every malformed datagram it receives as an ERROR with a traceback, so anyone on
+    the BACnet network could fill the disk with the log. For those stacks keep the first record of each
+    kind (same logger, same message template) as one WARNING line without traceback, then at most one
+    line per `every` seconds saying how many more there were."""
+
+    def __init__(self, prefixes: tuple[str, ...] = ("bacpypes3",), every: float = 600.0):
+        super().__init__()
+        self.prefixes = prefixes
+        self.every = every
+        self._seen: dict[tuple[str, object], list] = {}     # key -> [last emitted (monotonic), suppressed]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(self.prefixes) or record.levelno < logging.WARNING:
+            return True
+        record.exc_info, record.exc_text = None, None
+        if record.levelno > logging.WARNING:    # the peer's garbage, not the gateway's error
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        now = time.monotonic()
+        key = (record.name, record.msg)
+        seen = self._seen.get(key)
+        if seen is None:
+            self._seen[key] = [now, 0]
+            record.msg = f"{record.msg} (repeats are counted, one line per {self.every:g} s at most)"
+            return True
+        if now - seen[0] < self.every:
+            seen[1] += 1
+            return False
+        if seen[1]:
+            record.msg = f"{record.msg} (and {seen[1]} more like it in the last {now - seen[0]:.0f} s)"
+        self._seen[key] = [now, 0]
+        return True
+
+
 def setup_logging(level: str = "INFO", stream=None) -> None:
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(UtcFormatter())
+    handler.addFilter(FloodGuard())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -249,6 +249,7 @@ class EventSchedule:
             # The loop may fire a hair before the boundary; evaluate at the boundary itself.
             at = max(now, woke_for) if woke_for is not None and (woke_for - now).total_seconds() < 0.005 else now
             self._publish(at)
+            self._storage.flush()       # changes a failed write left in memory (no-op when none)
             if (now - last_purge).total_seconds() > 600:
                 self._purge(now)
                 last_purge = now

@@ -7,6 +7,7 @@ accepted the oadrUpdateReport that carried it. The queue is bounded by age: samp
 from __future__ import annotations
 
 import logging
+import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -24,7 +25,12 @@ class Sample:
 
 
 class TelemetryQueue:
+    """When the file stops taking writes (disk full, read-only), samples wait in memory instead, in
+    order with the ones on disk, and are delivered from there; one ERROR line when that starts, one
+    INFO line when the file takes writes again. Memory-held samples do not survive a restart."""
+
     def __init__(self, path: str | Path, max_age: timedelta = timedelta(days=7)):
+        self.path = path
         self._conn = connect(path)
         self._conn.execute(
             "CREATE TABLE IF NOT EXISTS telemetry_queue ("
@@ -36,51 +42,149 @@ class TelemetryQueue:
         self.last_delivery: datetime | None = datetime.fromisoformat(row[0]) if row else None
         self.delivered = 0      # samples accepted by the VTN since this process started
         self._dropping = False
+        self._memory: list[Sample] = []     # samples the file would not take; negative seq numbers
+        self._next_memory_seq = -1
+        self.sent_total = 0                 # samples the VTN accepted since start (metrics)
+        self._acked: set[int] = set()       # rows the VTN accepted whose DELETE failed: never resent
+        self._moved: dict[int, int] = {}    # memory seq -> its row after the move to the file
+        self.write_error: str | None = None
+
+    def _failed(self, err: sqlite3.Error) -> None:
+        if self.write_error is None:
+            log.error("storage.path %s: cannot write the telemetry queue (%s): samples wait in memory "
+                      "until it can; a restart before then loses them", self.path, err)
+        self.write_error = str(err)
+
+    def _write(self, sql: str, params=()) -> bool:
+        try:
+            self._conn.execute(sql, params)
+        except sqlite3.Error as err:
+            self._failed(err)
+            return False
+        return True
+
+    def _memory_to_file(self) -> bool:
+        """Move the samples held in memory into the file, in one transaction; True if memory is empty."""
+        if not self._memory:
+            return True
+        moved = []
+        try:
+            self._conn.execute("BEGIN")
+            for s in self._memory:
+                cur = self._conn.execute("INSERT INTO telemetry_queue (ts, kw) VALUES (?, ?)",
+                                         (s.ts.isoformat(), s.kw))
+                moved.append((s.seq, int(cur.lastrowid)))
+            self._conn.execute("COMMIT")
+        except sqlite3.Error as err:
+            try:
+                self._conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            self._failed(err)
+            return False
+        self._moved.update(moved)       # a batch peeked before the move is acked by its old numbers
+        self._memory.clear()
+        return True
+
+    def _writable_again(self) -> None:
+        if self.write_error is not None:
+            self.write_error = None
+            log.info("storage.path %s: telemetry queue written to disk again", self.path)
 
     def add(self, ts: datetime, kw: float) -> int:
-        """Commit one sample; returns its sequence number."""
+        """Commit one sample (to memory while the file fails); returns its sequence number."""
         ts = ts.astimezone(timezone.utc) if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
-        cur = self._conn.execute("INSERT INTO telemetry_queue (ts, kw) VALUES (?, ?)",
-                                 (ts.isoformat(), float(kw)))
+        # while older samples wait in memory, newer ones queue behind them
+        if self._memory_to_file():
+            try:
+                cur = self._conn.execute("INSERT INTO telemetry_queue (ts, kw) VALUES (?, ?)",
+                                         (ts.isoformat(), float(kw)))
+            except sqlite3.Error as err:
+                self._failed(err)
+            else:
+                self._writable_again()
+                if self._acked:
+                    self.ack([])
+                self._bound(ts)
+                return int(cur.lastrowid)
+        seq = self._next_memory_seq
+        self._next_memory_seq -= 1
+        self._memory.append(Sample(seq, ts, float(kw)))
         self._bound(ts)
-        return int(cur.lastrowid)
+        return seq
 
     def _bound(self, newest: datetime) -> None:
-        cutoff = (newest - self.max_age).isoformat()
-        n = self._conn.execute("DELETE FROM telemetry_queue WHERE ts < ?", (cutoff,)).rowcount
+        cutoff = newest - self.max_age
+        n = len(self._memory)
+        self._memory = [s for s in self._memory if s.ts >= cutoff]
+        n -= len(self._memory)
+        try:
+            n += self._conn.execute("DELETE FROM telemetry_queue WHERE ts < ?", (cutoff.isoformat(),)).rowcount
+        except sqlite3.Error:
+            pass    # the rows stay queued; bounding is retried with the next sample
         if n > 0:
             if not self._dropping:
                 log.warning("telemetry queue holds %s of samples: dropping the oldest "
                             "(counted in the status) until the VTN takes the backlog", self.max_age)
                 self._dropping = True
             self._dropped += n
-            self._conn.execute("INSERT INTO kv (key, value) VALUES ('telemetry_dropped', ?)"
-                               " ON CONFLICT(key) DO UPDATE SET value=excluded.value", (str(self._dropped),))
+            self._write("INSERT INTO kv (key, value) VALUES ('telemetry_dropped', ?)"
+                        " ON CONFLICT(key) DO UPDATE SET value=excluded.value", (str(self._dropped),))
+
+    def _file_rows(self, limit: int) -> list[Sample]:
+        try:
+            rows = self._conn.execute("SELECT seq, ts, kw FROM telemetry_queue ORDER BY seq LIMIT ?",
+                                      (limit + len(self._acked),)).fetchall()
+        except sqlite3.Error:
+            return []
+        return [Sample(seq, datetime.fromisoformat(ts), kw) for seq, ts, kw in rows if seq not in self._acked]
 
     def peek(self, limit: int = 100) -> list[Sample]:
         """The oldest waiting samples, in order."""
-        rows = self._conn.execute(
-            "SELECT seq, ts, kw FROM telemetry_queue ORDER BY seq LIMIT ?", (limit,)).fetchall()
-        return [Sample(seq, datetime.fromisoformat(ts), kw) for seq, ts, kw in rows]
+        # Memory only ever holds samples newer than every row in the file (see add).
+        return (self._file_rows(limit) + self._memory)[:limit]
 
     def ack(self, samples: list[Sample]) -> None:
         """The VTN accepted these: forget them."""
+        if not samples and not self._acked:
+            return
+        self.sent_total += len(samples)
+        done = {s.seq for s in samples}
+        self._memory = [s for s in self._memory if s.seq not in done]
+        done = {self._moved.pop(seq, seq) for seq in done}
+        rows = [(seq,) for seq in done | self._acked if seq > 0]
+        try:
+            self._conn.executemany("DELETE FROM telemetry_queue WHERE seq = ?", rows)
+        except sqlite3.Error:
+            self._acked |= {seq for (seq,) in rows}
+        else:
+            self._acked.clear()
         if not samples:
             return
-        self._conn.executemany("DELETE FROM telemetry_queue WHERE seq = ?", [(s.seq,) for s in samples])
         self.delivered += len(samples)
         self._dropping = False
         self.last_delivery = datetime.now(timezone.utc)
-        self._conn.execute("INSERT INTO kv (key, value) VALUES ('telemetry_last_delivery', ?)"
-                           " ON CONFLICT(key) DO UPDATE SET value=excluded.value",
-                           (self.last_delivery.isoformat(),))
+        self._write("INSERT INTO kv (key, value) VALUES ('telemetry_last_delivery', ?)"
+                    " ON CONFLICT(key) DO UPDATE SET value=excluded.value", (self.last_delivery.isoformat(),))
 
     def contains(self, seq: int) -> bool:
-        return self._conn.execute("SELECT 1 FROM telemetry_queue WHERE seq = ?", (seq,)).fetchone() is not None
+        if seq < 0 and seq not in self._moved:
+            return any(s.seq == seq for s in self._memory)
+        seq = self._moved.get(seq, seq)
+        if seq in self._acked:
+            return False
+        try:
+            return self._conn.execute("SELECT 1 FROM telemetry_queue WHERE seq = ?", (seq,)).fetchone() is not None
+        except sqlite3.Error:
+            return False
 
     @property
     def pending(self) -> int:
-        return int(self._conn.execute("SELECT COUNT(*) FROM telemetry_queue").fetchone()[0])
+        try:
+            on_disk = int(self._conn.execute("SELECT COUNT(*) FROM telemetry_queue").fetchone()[0])
+        except sqlite3.Error:
+            on_disk = len(self._acked)
+        return on_disk - len(self._acked) + len(self._memory)
 
     @property
     def dropped(self) -> int:
@@ -88,7 +192,8 @@ class TelemetryQueue:
 
     def status(self) -> dict:
         return {"pending": self.pending, "dropped": self.dropped, "delivered": self.delivered,
-                "last_delivery": self.last_delivery.isoformat() if self.last_delivery else None}
+                "last_delivery": self.last_delivery.isoformat() if self.last_delivery else None,
+                "in_memory": len(self._memory), "storage_error": self.write_error}
 
     def close(self) -> None:
         self._conn.close()

@@ -31,6 +31,9 @@ from .telemetry import TelemetryQueue
 log = logging.getLogger(__name__)
 
 POLL_FAILURES_FOR_LOSS = 3      # consecutive failed polls before the VTN context counts as lost
+# openleadr bounds only the connect (5 s) and each socket read (10 s): a VTN (or proxy) trickling a
+# byte every few seconds would hold a request, and with it registration or polling, forever.
+REQUEST_TIMEOUT_S = 30.0
 BATCH = 100                     # samples per oadrUpdateReport when catching up
 
 
@@ -48,7 +51,8 @@ class _Client(OpenADRClient):
         url = f"{self.vtn_url}/{service}"
         self.last_error = None
         try:
-            async with self.client_session.post(url, data=message) as req:
+            timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S, sock_connect=5, sock_read=10)
+            async with self.client_session.post(url, data=message, timeout=timeout) as req:
                 content = await req.read()
                 if req.status != HTTPStatus.OK:
                     self.last_error = f"HTTP {req.status} from {url}: {content[:200].decode('utf-8', 'replace')}"

@@ -1,0 +1,356 @@
+"""DemandForecaster: samples in, 15-minute demand forecasts, a power slope and load flags out.
+
+Pure computation with no I/O. add_sample and predict are cheap and meant for the event loop; fit is
+heavy and safe to run in a worker thread at the same time: it trains on a snapshot and swaps the
+fitted model in under a lock.
+"""
+from __future__ import annotations
+
+import math
+import pickle
+import threading
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+from threadpoolctl import ThreadpoolController
+
+from . import features, model
+from .calendar import Calendar
+from .flags import HysteresisFlag
+from .series import MinuteBins, minute_of
+
+PERSISTENCE = "persistence"
+_REF_DAYS = 22
+_POOLS = ThreadpoolController()  # the features look back at most 21 days (reference days), plus a margin
+
+
+@dataclass(frozen=True)
+class Forecast:
+    issued_at: float
+    demand_kw: dict[int, float | None]   # horizon minutes -> forecast 15-min demand ending then
+    rate_kw_per_min: float | None
+    high_load: bool
+    low_load: bool
+    high_threshold_kw: float | None
+    low_threshold_kw: float | None
+    model: str
+    level_kw: float | None = None        # current 15-min demand (what persistence forecasts)
+
+
+class _Rolling:
+    """Squared errors of the model and of persistence over a trailing window of target times."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.pending: deque[tuple[int, float, float]] = deque()  # (target minute, model, persistence)
+        self.done: deque[tuple[float, float, float]] = deque()   # (target time, model se, persistence se)
+
+    def add(self, target_k: int, model_kw: float, persist_kw: float) -> None:
+        self.pending.append((target_k, model_kw, persist_kw))
+
+    def resolve(self, done_k: int, actual_of) -> None:
+        while self.pending and self.pending[0][0] <= done_k:
+            k, m, p = self.pending.popleft()
+            a = actual_of(k)
+            if a is not None:
+                self.done.append((k * 60.0, (m - a) ** 2, (p - a) ** 2))
+        horizon = done_k * 60.0 - self.seconds
+        while self.done and self.done[0][0] < horizon:
+            self.done.popleft()
+
+    def rmse(self) -> tuple[float | None, float | None, int]:
+        n = len(self.done)
+        if not n:
+            return None, None, 0
+        m = math.sqrt(sum(d[1] for d in self.done) / n)
+        p = math.sqrt(sum(d[2] for d in self.done) / n)
+        return m, p, n
+
+
+class DemandForecaster:
+    def __init__(self, horizons_minutes=(15, 60), slope_minutes=5, high_load_kw=None, low_load_kw=None,
+                 threshold_days=14.0, hysteresis_fraction=0.03, min_on_minutes=15.0, min_off_minutes=15.0,
+                 history_days=35.0, retrain_minutes=60.0, min_kw=-1e5, max_kw=1e5, stale_seconds=300.0,
+                 timezone="UTC", holiday_preset="", holidays=(), validation_days=7.0, min_fit_hours=48.0,
+                 rolling_hours=48.0, rolling_min_count=12, high_percentile=90.0, low_percentile=10.0,
+                 n_threads=1):
+        if not horizons_minutes or any(int(h) < 1 for h in horizons_minutes):
+            raise ValueError("horizons_minutes must be positive minutes")
+        if min_kw >= max_kw:
+            raise ValueError("min_kw must be below max_kw")
+        if slope_minutes < 2:
+            raise ValueError("slope_minutes must be at least 2")
+        self.horizons_minutes = tuple(sorted(int(h) for h in horizons_minutes))
+        self.slope_minutes = int(slope_minutes)
+        self.high_load_kw = high_load_kw
+        self.low_load_kw = low_load_kw
+        self.threshold_days = float(threshold_days)
+        self.hysteresis_fraction = float(hysteresis_fraction)
+        self.min_on_minutes = float(min_on_minutes)
+        self.min_off_minutes = float(min_off_minutes)
+        self.history_days = float(history_days)
+        self.retrain_minutes = float(retrain_minutes)
+        self.min_kw, self.max_kw = float(min_kw), float(max_kw)
+        self.stale_seconds = float(stale_seconds)
+        self.validation_days = float(validation_days)
+        self.min_fit_hours = float(min_fit_hours)
+        self.rolling_min_count = int(rolling_min_count)
+        self.high_percentile, self.low_percentile = float(high_percentile), float(low_percentile)
+        # OpenMP threads for scikit-learn. One by default: on a small gateway a second spinning
+        # thread starves the event loop and other processes, and single-row predicts gain nothing.
+        self.n_threads = n_threads
+        self.calendar = Calendar(timezone, holiday_preset, tuple(holidays))
+
+        self._lock = threading.Lock()
+        self._bins = MinuteBins(int(self.history_days * 1440))
+        self._newest_t: float | None = None
+        self._dirty: set[int] = set()
+        self._model: model.FittedModel | None = None
+        self._fitting = False
+        self._last_fit_try: float | None = None
+        self._rolling = {h: _Rolling(rolling_hours * 3600) for h in self.horizons_minutes}
+        self._high = HysteresisFlag(True, self.hysteresis_fraction, min_on_minutes * 60, min_off_minutes * 60)
+        self._low = HysteresisFlag(False, self.hysteresis_fraction, min_on_minutes * 60, min_off_minutes * 60)
+        self._thresholds: tuple[int, float | None, float | None] | None = None
+        self.rejected = 0
+        self.last_forecast: Forecast | None = None
+
+    # ---- samples -------------------------------------------------------------------------
+    def _valid(self, kw) -> bool:
+        try:
+            kw = float(kw)
+        except (TypeError, ValueError):
+            return False
+        return math.isfinite(kw) and self.min_kw <= kw <= self.max_kw
+
+    def add_sample(self, t: float, kw: float) -> bool:
+        """Store one reading; False (and nothing stored) when stale, non-finite or out of range."""
+        if not self._valid(kw) or not math.isfinite(t):
+            self.rejected += 1
+            return False
+        with self._lock:
+            if self._newest_t is not None and t < self._newest_t - self.stale_seconds:
+                self.rejected += 1
+                return False
+            k = minute_of(t)
+            self._bins.add(np.array([k]), np.array([float(kw)]))
+            self._dirty.add(k)
+            self._newest_t = t if self._newest_t is None else max(self._newest_t, t)
+        return True
+
+    def seed(self, times, values) -> int:
+        """Bulk-load a history (any order, any age); invalid values are skipped. Returns how many were kept."""
+        t = np.asarray(times, dtype=float)
+        v = np.asarray(values, dtype=float)
+        ok = np.isfinite(t) & np.isfinite(v) & (v >= self.min_kw) & (v <= self.max_kw)
+        self.rejected += int((~ok).sum())
+        t, v = t[ok], v[ok]
+        if not t.size:
+            return 0
+        ks = np.ceil(t / 60.0).astype(np.int64)
+        with self._lock:
+            self._bins.add(ks, v)
+            self._dirty.update(ks.tolist())
+            newest = float(t.max())
+            self._newest_t = newest if self._newest_t is None else max(self._newest_t, newest)
+        return int(t.size)
+
+    def load_minutes(self, ks, sums, counts) -> None:
+        """Restore persisted minute bins (from ForecastStore); not marked dirty."""
+        ks = np.asarray(ks, dtype=np.int64)
+        if not ks.size:
+            return
+        with self._lock:
+            self._bins.add(ks, np.asarray(sums, dtype=float), np.asarray(counts, dtype=np.int64))
+            newest = float(ks.max()) * 60.0
+            self._newest_t = newest if self._newest_t is None else max(self._newest_t, newest)
+
+    def drain_dirty(self) -> tuple[list[int], list[float], list[int]]:
+        """Minutes changed since the last drain, as absolute (minute, sum, count) rows for the store."""
+        with self._lock:
+            ks = sorted(self._dirty)
+            self._dirty.clear()
+            b = self._bins
+            rows = [(k, float(b.sums[k - b.k0]), int(b.counts[k - b.k0]))
+                    for k in ks if 0 <= k - b.k0 < b.sums.size and b.counts[k - b.k0] > 0]
+        return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
+
+    def history_minutes(self) -> int:
+        with self._lock:
+            return len(self._bins)
+
+    # ---- learning ------------------------------------------------------------------------
+    def _stride(self, snap) -> int:
+        # Train every 5 minutes, or at the data's own spacing when it is coarser (15-min meters).
+        have = np.flatnonzero(~np.isnan(snap.means))
+        if have.size < 3:
+            return 5
+        return int(max(5, min(60, np.median(np.diff(have)))))
+
+    def needs_fit(self, now: float) -> bool:
+        with self._lock:
+            if self._fitting:
+                return False
+            span = self._bins.span()
+            if span is None or (span[1] - span[0]) < self.min_fit_hours * 60:
+                return False
+            last = self._model.fitted_at if self._model else None
+            if self._last_fit_try is not None and (last is None or self._last_fit_try > last):
+                last = self._last_fit_try
+        return last is None or now - last >= self.retrain_minutes * 60
+
+    def fit(self, now: float) -> "DemandForecaster":
+        with self._lock:
+            if self._fitting:
+                return self
+            self._fitting = True
+            self._last_fit_try = now
+            last_k = min(minute_of(now), self._bins.last_k if self._bins.last_k is not None else 0)
+            snap = self._bins.snapshot(last_k - int(self.history_days * 1440), last_k)
+        try:
+            with self._threads():
+                fitted = model.fit(snap, self.calendar, self.horizons_minutes, last_k, self._stride(snap),
+                                   self.validation_days, now)
+        finally:
+            with self._lock:
+                self._fitting = False
+        if fitted is not None:
+            with self._lock:
+                self._model = fitted
+        return self
+
+    def _threads(self):
+        return _POOLS.limit(limits=self.n_threads, user_api="openmp")
+
+    def model_blob(self) -> bytes | None:
+        with self._lock:
+            return pickle.dumps(self._model) if self._model is not None else None
+
+    def set_model_blob(self, blob: bytes) -> None:
+        fitted = pickle.loads(blob)
+        if not isinstance(fitted, model.FittedModel):
+            raise ValueError("not a fitted forecaster model")
+        with self._lock:
+            self._model = fitted
+
+    @property
+    def fitted_model(self) -> model.FittedModel | None:
+        return self._model
+
+    # ---- forecasting ---------------------------------------------------------------------
+    def _thresholds_at(self, snap, k_done: int) -> tuple[float | None, float | None]:
+        slot = k_done // 15
+        if self._thresholds is not None and self._thresholds[0] == slot:
+            return self._thresholds[1], self._thresholds[2]
+        hi, lo = self.high_load_kw, self.low_load_kw
+        if hi is None or lo is None:
+            ks = np.arange(k_done - int(self.threshold_days * 1440) + 15, k_done + 1, 15)
+            d = features.demand(snap, ks)
+            d = d[np.isfinite(d)]
+            # Percentiles of under a day of history would call every afternoon a peak.
+            if d.size >= 96:
+                if hi is None:
+                    hi = float(np.percentile(d, self.high_percentile))
+                if lo is None:
+                    lo = float(np.percentile(d, self.low_percentile))
+        self._thresholds = (slot, hi, lo)
+        return hi, lo
+
+    def _slope(self, snap, k: int) -> float | None:
+        ks = np.arange(k - self.slope_minutes + 1, k + 1)
+        y = snap.window_mean(ks, 1)
+        ok = np.isfinite(y)
+        if ok.sum() < 2:
+            return None
+        x = ks[ok].astype(float)
+        x -= x.mean()
+        return float(np.dot(x, y[ok] - y[ok].mean()) / np.dot(x, x))
+
+    def predict(self, now: float) -> Forecast:
+        k = minute_of(now)
+        k_done = math.floor(now / 60.0)
+        lookback = int(max(self.threshold_days, _REF_DAYS) * 1440)
+        with self._lock:
+            snap = self._bins.snapshot(k - lookback, k)
+            fitted = self._model
+        level = float(features.demand(snap, np.array([k]))[0])
+        level_kw = level if math.isfinite(level) else None
+        out: dict[int, float | None] = {}
+        names = {}
+
+        def actual(j: int):
+            a = float(features.demand(snap, np.array([j]))[0])
+            return a if math.isfinite(a) else None
+
+        for h in self.horizons_minutes:
+            roll = self._rolling[h]
+            roll.resolve(k_done, actual)
+            hm = fitted.horizons.get(h) if fitted else None
+            value, name = level_kw, PERSISTENCE
+            if hm is not None and level_kw is not None:
+                X, _ = features.build(snap, self.calendar, np.array([k]), h)
+                with self._threads():
+                    learned = level + float(hm.predict_delta(X)[0])
+                if math.isfinite(learned):
+                    roll.add(k + h, learned, level)
+                    if self._serves(hm, roll):
+                        value, name = learned, fitted.name
+            out[h] = value
+            names[h] = name
+        rate = self._slope(snap, k)
+        hi_thr, lo_thr = self._thresholds_at(snap, k_done)
+        flag_on = out[self.horizons_minutes[-1]]
+        high = self._high.update(now, flag_on, hi_thr)
+        low = self._low.update(now, flag_on, lo_thr)
+        kinds = set(names.values())
+        label = kinds.pop() if len(kinds) == 1 else ",".join(f"{h}:{n}" for h, n in names.items())
+        fc = Forecast(now, out, rate, high, low, hi_thr, lo_thr, label, level_kw)
+        self.last_forecast = fc
+        return fc
+
+    def _serves(self, hm: model.HorizonModel, roll: _Rolling) -> bool:
+        m, p, n = roll.rmse()
+        if n >= self.rolling_min_count:
+            return m <= p
+        # Too few live checks yet: trust the held-out verdict from fitting.
+        return hm.beats_persistence
+
+    # ---- reporting -----------------------------------------------------------------------
+    def status(self) -> dict:
+        with self._lock:
+            fitted = self._model
+            span = self._bins.span()
+            n = len(self._bins)
+            fitting = self._fitting
+        horizons = {}
+        for h in self.horizons_minutes:
+            hm = fitted.horizons.get(h) if fitted else None
+            m, p, cnt = self._rolling[h].rmse()
+            serving = PERSISTENCE
+            if hm is not None and self._serves(hm, self._rolling[h]):
+                serving = fitted.name
+            horizons[h] = {
+                "serving": serving,
+                "validation_rmse_kw": _num(hm.val_rmse) if hm else None,
+                "validation_persistence_rmse_kw": _num(hm.val_persistence_rmse) if hm else None,
+                "rolling_rmse_kw": m, "rolling_persistence_rmse_kw": p, "rolling_count": cnt,
+                "blend_weight_hgb": hm.weight if hm else None,
+            }
+        last = self.last_forecast
+        return {
+            "model": last.model if last else (PERSISTENCE if not fitted else fitted.name),
+            "history_minutes": n,
+            "history_first": span[0] * 60.0 if span else None,
+            "history_last": span[1] * 60.0 if span else None,
+            "last_fit_at": fitted.fitted_at if fitted else None,
+            "last_fit_seconds": fitted.fit_seconds if fitted else None,
+            "train_rows": fitted.train_rows if fitted else 0,
+            "fitting": fitting,
+            "rejected_samples": self.rejected,
+            "horizons": horizons,
+        }
+
+
+def _num(x: float) -> float | None:
+    return x if x is not None and math.isfinite(x) else None

@@ -1,0 +1,84 @@
+"""Feature rows for 'demand ending h minutes after issue minute k', from a MinuteSnapshot.
+
+The target is expressed as a change from the current 15-minute demand, and the strongest features
+are the same change seen on reference days: the latest earlier day of the same kind (workday,
+Saturday, Sunday/holiday) and the latest one at least a week back. Holidays therefore borrow a
+Sunday's shape rather than last Friday's.
+"""
+from __future__ import annotations
+
+import warnings
+from contextlib import contextmanager
+
+import numpy as np
+
+from .calendar import Calendar
+from .series import MinuteSnapshot
+
+DEMAND_MINUTES = 15
+DAY = 1440
+
+FEATURE_NAMES = (
+    "level", "last5_minus_level", "d15", "d30", "d60", "d120", "d240",
+    "ref1_change", "ref1_gap", "ref7_change", "ref7_gap", "ref1_lag_days", "ref7_lag_days",
+    "tod_sin", "tod_cos", "tod_sin2", "tod_cos2", "weekday", "target_kind", "issue_kind",
+    "ref1_target", "ref7_target", "mean_4h", "refn_change", "refn_gap", "refn_target", "refn_spread",
+)
+N_REFS = 4  # the latest same-kind days whose median change is a denoised daily profile
+
+
+def demand(snap: MinuteSnapshot, ks: np.ndarray) -> np.ndarray:
+    return snap.window_mean(ks, DEMAND_MINUTES)
+
+
+def build(snap: MinuteSnapshot, cal: Calendar, ks: np.ndarray, h: int) -> tuple[np.ndarray, np.ndarray]:
+    """(X, level): feature matrix for issue minutes ks at horizon h minutes, and the current demand."""
+    ks = np.asarray(ks, dtype=np.int64)
+    js = ks + h
+    level = demand(snap, ks)
+    cols = [level, snap.window_mean(ks, 5) - level]
+    for lag in (15, 30, 60, 120, 240):
+        cols.append(level - demand(snap, ks - lag))
+    local_j = cal.local_seconds(js * 60)
+    day_j = local_j // 86400
+    local_k = cal.local_seconds(ks * 60)
+    offs = [cal.same_kind_offsets(day_j, min_back) for min_back in (1, 7)]
+    targets = []
+    for off in offs:
+        ref_k = demand(snap, ks - off * DAY)
+        ref_j = demand(snap, js - off * DAY)
+        cols += [ref_j - ref_k, level - ref_k]
+        targets.append(ref_j)
+    cols += [off.astype(float) for off in offs]
+    tod = (local_j % 86400) / 86400.0 * 2 * np.pi
+    cols += [np.sin(tod), np.cos(tod), np.sin(2 * tod), np.cos(2 * tod)]
+    cols.append(((day_j + 3) % 7).astype(float))
+    cols.append(cal.day_kind(day_j).astype(float))
+    cols.append(cal.day_kind(local_k // 86400).astype(float))
+    cols += targets
+    cols.append(snap.window_mean(ks, 240))
+    offn = cal.recent_same_kind(day_j, N_REFS) * DAY
+    rj = np.column_stack([demand(snap, js - offn[:, i]) for i in range(N_REFS)])
+    rk = np.column_stack([demand(snap, ks - offn[:, i]) for i in range(N_REFS)])
+    with np.errstate(all="ignore"), _quiet():
+        cols += [_row_median(rj - rk), level - _row_median(rk), _row_median(rj), np.nanstd(rj - rk, axis=1)]
+    return np.column_stack(cols), level
+
+
+@contextmanager
+def _quiet():
+    # nanmedian warns on all-NaN rows (no reference days yet); NaN is the right answer there.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield
+
+
+def _row_median(a: np.ndarray) -> np.ndarray:
+    """nanmedian along rows for narrow arrays, without np.nanmedian's per-call overhead."""
+    s = np.sort(a, axis=1)  # NaN sorts last
+    c = np.sum(~np.isnan(a), axis=1)
+    rows = np.arange(a.shape[0])
+    lo = s[rows, np.maximum((c - 1) // 2, 0)]
+    hi = s[rows, np.maximum(c // 2, 0) if a.shape[1] else 0]
+    hi = np.where(c % 2 == 1, lo, s[rows, np.minimum(c // 2, a.shape[1] - 1)])
+    return np.where(c > 0, (lo + hi) / 2, np.nan)

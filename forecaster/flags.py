@@ -1,0 +1,33 @@
+"""A load flag with hysteresis and minimum on / off times, so a noisy forecast never flickers the BAS."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class HysteresisFlag:
+    """`above=True`: on when value >= threshold, off once below threshold - band.
+    `above=False`: on when value <= threshold, off once above threshold + band.
+    band = fraction * |threshold|. A change of state waits until the current state is old enough."""
+
+    above: bool
+    fraction: float
+    min_on_s: float
+    min_off_s: float
+    on: bool = False
+    since: float | None = None
+
+    def update(self, t: float, value: float | None, threshold: float | None) -> bool:
+        if value is None or threshold is None:
+            want = False  # no basis for a claim: fall back to off, still honouring min-on
+        else:
+            band = self.fraction * abs(threshold)
+            if self.above:
+                want = value >= threshold if not self.on else value >= threshold - band
+            else:
+                want = value <= threshold if not self.on else value <= threshold + band
+        if want != self.on:
+            held = float("inf") if self.since is None else t - self.since
+            if held >= (self.min_on_s if self.on else self.min_off_s):
+                self.on, self.since = want, t
+        return self.on

@@ -1,0 +1,119 @@
+"""1-minute bins of irregular samples, and windowed means over them.
+
+A sample at time t belongs to the minute that ENDS at ceil(t / 60) * 60: meters report the power of
+the interval just finished, so a 15-minute series stamped 00:15 fills the demand window ending 00:15.
+Minute k (an integer) is the minute ending at k * 60 seconds.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def minute_of(t: float) -> int:
+    return math.ceil(t / 60.0)
+
+
+class MinuteBins:
+    """Sums and counts per minute over a sliding window of `keep_minutes`; grows and trims itself."""
+
+    def __init__(self, keep_minutes: int):
+        self.keep = int(keep_minutes)
+        self.k0 = 0
+        self.sums = np.zeros(0)
+        self.counts = np.zeros(0, dtype=np.int64)
+        self.last_k: int | None = None
+
+    def __len__(self) -> int:
+        return int(np.count_nonzero(self.counts))
+
+    def _ensure(self, k_lo: int, k_hi: int) -> None:
+        if self.sums.size == 0:
+            self.k0 = k_lo
+            n = max(k_hi - k_lo + 1, 1440)
+            self.sums, self.counts = np.zeros(n), np.zeros(n, dtype=np.int64)
+            return
+        if k_lo < self.k0:
+            pad = self.k0 - k_lo
+            self.sums = np.concatenate([np.zeros(pad), self.sums])
+            self.counts = np.concatenate([np.zeros(pad, dtype=np.int64), self.counts])
+            self.k0 = k_lo
+        need = k_hi - self.k0 + 1
+        if need > self.sums.size:
+            n = max(need, self.sums.size * 2)
+            self.sums = np.concatenate([self.sums, np.zeros(n - self.sums.size)])
+            self.counts = np.concatenate([self.counts, np.zeros(n - self.counts.size, dtype=np.int64)])
+
+    def add(self, ks: np.ndarray, values: np.ndarray, counts: np.ndarray | None = None) -> None:
+        """Add values (already validated) into minutes ks; counts > 1 means values are sums."""
+        ks = np.asarray(ks, dtype=np.int64)
+        if ks.size == 0:
+            return
+        self._ensure(int(ks.min()), int(ks.max()))
+        idx = ks - self.k0
+        np.add.at(self.sums, idx, values)
+        np.add.at(self.counts, idx, 1 if counts is None else counts)
+        hi = int(ks.max())
+        self.last_k = hi if self.last_k is None else max(self.last_k, hi)
+        self._trim()
+
+    def _trim(self) -> None:
+        # Keep `keep` minutes behind the newest; cut in chunks so trimming stays rare.
+        cut = (self.last_k - self.keep + 1) - self.k0
+        if cut > max(self.keep // 4, 1440):
+            self.sums, self.counts = self.sums[cut:].copy(), self.counts[cut:].copy()
+            self.k0 += cut
+
+    def span(self) -> tuple[int, int] | None:
+        """First and last minute that hold data, or None."""
+        nz = np.flatnonzero(self.counts)
+        if nz.size == 0:
+            return None
+        return self.k0 + int(nz[0]), self.k0 + int(nz[-1])
+
+    def snapshot(self, k_from: int | None = None, k_to: int | None = None) -> "MinuteSnapshot":
+        """Copy of minutes [k_from, k_to] (defaults: everything held); minutes not held are empty."""
+        lo = self.k0 if k_from is None else k_from
+        hi = (self.last_k if self.last_k is not None else self.k0) if k_to is None else k_to
+        n = max(hi - lo + 1, 0)
+        sums = np.zeros(n)
+        counts = np.zeros(n, dtype=np.int64)
+        a, b = max(lo, self.k0), min(hi + 1, self.k0 + self.sums.size)  # overlap with what is held
+        if b > a:
+            sums[a - lo:b - lo] = self.sums[a - self.k0:b - self.k0]
+            counts[a - lo:b - lo] = self.counts[a - self.k0:b - self.k0]
+        return MinuteSnapshot(lo, sums, counts)
+
+    def minutes(self, k_from: int, k_to: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(minute, sum, count) of the non-empty minutes in [k_from, k_to]."""
+        s = self.snapshot(k_from, k_to)
+        nz = np.flatnonzero(s.counts)
+        return s.k0 + nz, s.sums[nz], s.counts[nz]
+
+
+class MinuteSnapshot:
+    """A frozen copy of minute means with O(1) windowed means via prefix sums."""
+
+    def __init__(self, k0: int, sums: np.ndarray, counts: np.ndarray):
+        self.k0 = k0
+        self.n = sums.size
+        self.counts = counts
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+        self.means = means
+        have = counts > 0
+        # Window means weight each minute equally (a minute with 30 samples counts once).
+        self._ps = np.concatenate([[0.0], np.cumsum(np.where(have, means, 0.0))])
+        self._pc = np.concatenate([[0], np.cumsum(have.astype(np.int64))])
+
+    def window_mean(self, k_end: np.ndarray, width: int) -> np.ndarray:
+        """Mean of the minute means over the `width` minutes ending at k_end (NaN if none or off range)."""
+        i = np.asarray(k_end, dtype=np.int64) - self.k0
+        ok = (i - width + 1 >= 0) & (i < self.n)
+        hi = np.where(ok, i + 1, 0)
+        lo = np.where(ok, i + 1 - width, 0)
+        c = self._pc[hi] - self._pc[lo]
+        s = self._ps[hi] - self._ps[lo]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(ok & (c > 0), s / np.maximum(c, 1), np.nan)

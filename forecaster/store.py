@@ -1,0 +1,117 @@
+"""SQLite persistence for the forecaster: 1-minute history, the fitted model, issued forecasts.
+
+The database file is shared with other parts of the gateway, so this module keeps to its own
+`forecast_*` tables, uses WAL mode and short transactions. Each method opens its own connection,
+which makes the store safe to call from a worker thread.
+"""
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from contextlib import closing
+from pathlib import Path
+
+from .core import DemandForecaster, Forecast
+
+log = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS forecast_minute (minute INTEGER PRIMARY KEY, sum_kw REAL NOT NULL, count INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS forecast_model (id INTEGER PRIMARY KEY CHECK (id = 1), saved_at REAL NOT NULL, blob BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS forecast_issue (issued_at REAL PRIMARY KEY, model TEXT NOT NULL, level_kw REAL,
+    rate_kw_per_min REAL, high_load INTEGER NOT NULL, low_load INTEGER NOT NULL, high_threshold_kw REAL, low_threshold_kw REAL);
+CREATE TABLE IF NOT EXISTS forecast_demand (issued_at REAL NOT NULL, horizon_minutes INTEGER NOT NULL,
+    target_time REAL NOT NULL, forecast_kw REAL, PRIMARY KEY (issued_at, horizon_minutes));
+CREATE INDEX IF NOT EXISTS forecast_demand_target ON forecast_demand (target_time);
+"""
+
+
+class ForecastStore:
+    def __init__(self, path: str, busy_timeout_s: float = 5.0):
+        self.path = str(path)
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._timeout = busy_timeout_s
+        with closing(self._connect()) as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            with db:
+                db.executescript(_SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=self._timeout)
+        db.execute("PRAGMA synchronous=NORMAL")
+        return db
+
+    # ---- history and model -------------------------------------------------------------
+    def save_minutes(self, minutes, sums, counts) -> int:
+        rows = list(zip((int(k) for k in minutes), (float(s) for s in sums), (int(c) for c in counts)))
+        if not rows:
+            return 0
+        with closing(self._connect()) as db, db:
+            db.executemany("INSERT OR REPLACE INTO forecast_minute (minute, sum_kw, count) VALUES (?, ?, ?)", rows)
+        return len(rows)
+
+    def save_model(self, blob: bytes | None) -> None:
+        if blob is None:
+            return
+        with closing(self._connect()) as db, db:
+            db.execute("INSERT OR REPLACE INTO forecast_model (id, saved_at, blob) VALUES (1, ?, ?)",
+                       (time.time(), sqlite3.Binary(blob)))
+
+    def load_into(self, fc: DemandForecaster, now: float | None = None) -> dict:
+        """Restore history (within fc.history_days of now) and the model; returns what was loaded."""
+        now = time.time() if now is None else now
+        since = int((now - fc.history_days * 86400) // 60)
+        with closing(self._connect()) as db:
+            rows = db.execute("SELECT minute, sum_kw, count FROM forecast_minute WHERE minute >= ? ORDER BY minute",
+                              (since,)).fetchall()
+            blob = db.execute("SELECT blob FROM forecast_model WHERE id = 1").fetchone()
+        if rows:
+            ks, sums, counts = zip(*rows)
+            fc.load_minutes(ks, sums, counts)
+        model_ok = False
+        if blob is not None:
+            try:
+                fc.set_model_blob(bytes(blob[0]))
+                model_ok = True
+            except Exception as err:  # a model from another library version: refit instead
+                log.warning("stored forecast model not usable (%s: %s); will refit", type(err).__name__, err)
+        return {"minutes": len(rows), "model": model_ok}
+
+    def prune(self, before_epoch: float) -> None:
+        with closing(self._connect()) as db, db:
+            db.execute("DELETE FROM forecast_minute WHERE minute < ?", (int(before_epoch // 60),))
+            db.execute("DELETE FROM forecast_issue WHERE issued_at < ?", (before_epoch,))
+            db.execute("DELETE FROM forecast_demand WHERE issued_at < ?", (before_epoch,))
+
+    # ---- issued forecasts --------------------------------------------------------------
+    def record_forecast(self, f: Forecast) -> None:
+        with closing(self._connect()) as db, db:
+            db.execute("INSERT OR REPLACE INTO forecast_issue VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       (f.issued_at, f.model, f.level_kw, f.rate_kw_per_min, int(f.high_load), int(f.low_load),
+                        f.high_threshold_kw, f.low_threshold_kw))
+            db.executemany("INSERT OR REPLACE INTO forecast_demand VALUES (?, ?, ?, ?)",
+                           [(f.issued_at, h, f.issued_at + h * 60, kw) for h, kw in f.demand_kw.items()])
+
+    def history(self, since_epoch: float) -> dict:
+        """Plain lists for the HTTP history endpoint: 1-minute power, forecasts by target time, flags."""
+        with closing(self._connect()) as db:
+            power = db.execute("SELECT minute * 60.0, sum_kw / count FROM forecast_minute WHERE minute >= ? "
+                               "ORDER BY minute", (int(since_epoch // 60),)).fetchall()
+            demand = db.execute("SELECT horizon_minutes, target_time, issued_at, forecast_kw FROM forecast_demand "
+                                "WHERE target_time >= ? ORDER BY horizon_minutes, target_time", (since_epoch,)).fetchall()
+            flags = db.execute("SELECT issued_at, high_load, low_load, high_threshold_kw, low_threshold_kw, model "
+                               "FROM forecast_issue WHERE issued_at >= ? ORDER BY issued_at", (since_epoch,)).fetchall()
+        forecasts: dict[int, dict[str, list]] = {}
+        for h, target, issued, kw in demand:
+            f = forecasts.setdefault(h, {"target_time": [], "issued_at": [], "forecast_kw": []})
+            f["target_time"].append(target)
+            f["issued_at"].append(issued)
+            f["forecast_kw"].append(kw)
+        return {
+            "power": {"time": [r[0] for r in power], "kw": [r[1] for r in power]},
+            "forecasts": forecasts,
+            "flags": {"time": [r[0] for r in flags], "high_load": [bool(r[1]) for r in flags],
+                      "low_load": [bool(r[2]) for r in flags], "high_threshold_kw": [r[3] for r in flags],
+                      "low_threshold_kw": [r[4] for r in flags], "model": [r[5] for r in flags]},
+        }

@@ -1,0 +1,130 @@
+"""A misbehaving OpenADR VTN for fault tests: an aiohttp server on loopback whose answers are chosen by
+`mode`, switchable while it runs.
+
+    fake = FakeVtn(port, upstream=real_vtn.url)    # upstream: where "proxy" mode forwards
+    await fake.start()
+    fake.mode = "malformed_xml"                    # every request now gets broken XML
+    ...
+    fake.mode = "proxy"                            # behave: forward to the real VTN
+    fake.attempts("malformed_xml")                 # how many requests arrived in that mode
+
+Modes:
+  proxy          forward the request to `upstream` and relay its status, body and content type
+  malformed_xml  200 application/xml, XML that does not parse
+  html           200 text/html, an HTML error page (a captive proxy or load balancer answering)
+  json           200 application/json
+  huge           200 application/xml, `huge_bytes` (default 20 MB) of well-formed but non-OpenADR XML
+  http500        500 with a short text body
+  slow           answers (broken XML) only after `slow_seconds`, beyond the VEN's read timeout
+  trickle        starts a 200 answer at once, then sends one byte a second and never finishes
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+from aiohttp import web
+
+MODES = ("proxy", "malformed_xml", "html", "json", "huge", "http500", "slow", "trickle")
+
+_MALFORMED = (b'<?xml version="1.0" encoding="utf-8"?>\n'
+              b'<oadr:oadrPayload xmlns:oadr="http://openadr.org/oadr-2.0b/2012/07"><oadr:oadrSignedObject>'
+              b'<oadr:oadrResponse><unclosed>')
+_HTML = b"<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>"
+_JSON = b'{"error": "not an OpenADR endpoint"}'
+
+
+class FakeVtn:
+    def __init__(self, port: int, host: str = "127.0.0.1", mode: str = "malformed_xml",
+                 upstream: str | None = None, slow_seconds: float = 12.0, huge_bytes: int = 20 * 2**20):
+        self.host, self.port = host, port
+        self.url = f"http://{host}:{port}/OpenADR2/Simple/2.0b"
+        self.upstream = upstream.rstrip("/") if upstream else None
+        self.slow_seconds = slow_seconds
+        self._huge = self._huge_body(huge_bytes)
+        self.requests: list[tuple[float, str, str]] = []     # (monotonic time, service, mode)
+        self._mode = ""
+        self.mode = mode
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def mode(self) -> str:
+        return self._mode
+
+    @mode.setter
+    def mode(self, value: str) -> None:
+        if value not in MODES:
+            raise ValueError(f"unknown mode {value!r}; one of {MODES}")
+        if value == "proxy" and not self.upstream:
+            raise ValueError("proxy mode needs an upstream VTN url")
+        self._mode = value
+
+    def attempts(self, mode: str | None = None, service: str | None = None) -> int:
+        return sum(1 for _, s, m in self.requests
+                   if (mode is None or m == mode) and (service is None or s == service))
+
+    @staticmethod
+    def _huge_body(size: int) -> bytes:
+        head = b'<?xml version="1.0" encoding="utf-8"?>\n<blob>'
+        tail = b"</blob>"
+        return head + b"x" * max(0, size - len(head) - len(tail)) + tail
+
+    async def start(self) -> None:
+        app = web.Application(client_max_size=2**20)
+        app.router.add_post("/OpenADR2/Simple/2.0b/{service}", self._handle)
+        self._session = aiohttp.ClientSession()
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port, shutdown_timeout=0.5)
+        await site.start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def __aenter__(self) -> "FakeVtn":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        service = request.match_info["service"]
+        body = await request.read()
+        mode = self._mode
+        self.requests.append((time.monotonic(), service, mode))
+        if mode == "proxy":
+            async with self._session.post(f"{self.upstream}/{service}", data=body,
+                                          headers={"Content-Type": request.content_type}) as up:
+                content = await up.read()
+                return web.Response(status=up.status, body=content,
+                                    headers={"Content-Type": up.headers.get("Content-Type", "application/xml")})
+        if mode == "slow":
+            await asyncio.sleep(self.slow_seconds)
+            return web.Response(body=_MALFORMED, content_type="application/xml")
+        if mode == "trickle":
+            response = web.StreamResponse(headers={"Content-Type": "application/xml"})
+            await response.prepare(request)
+            await response.write(b'<?xml version="1.0" encoding="utf-8"?>')
+            try:
+                while True:             # ends when the client gives up or the server stops
+                    await asyncio.sleep(1.0)
+                    await response.write(b" ")
+            except (ConnectionError, aiohttp.ClientConnectionResetError):
+                return response
+        if mode == "malformed_xml":
+            return web.Response(body=_MALFORMED, content_type="application/xml")
+        if mode == "html":
+            return web.Response(body=_HTML, content_type="text/html")
+        if mode == "json":
+            return web.Response(body=_JSON, content_type="application/json")
+        if mode == "huge":
+            return web.Response(body=self._huge, content_type="application/xml")
+        return web.Response(status=500, text="internal error: database unavailable")

@@ -1,0 +1,345 @@
+"""Fault suite, BACnet side and restarts: garbage on the BACnet port, a silent meter, SIGKILL with the
+forecaster's history. The fuzz and kill tests run the real `python -m ven.cli run` process, so a
+crash shows as a dead process; the meter is the routed simulator in this process."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import signal
+import socket
+import sqlite3
+import struct
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+
+import aiohttp
+import pytest
+from bacnet_peer import BacnetPeer
+
+from bacnet_api import points as P
+from bacnet_api.simulator import MeterSimulator
+from ven.app import Gateway
+from ven.config import parse_config
+from ven.vtn_server import DemoVtn
+
+
+async def eventually(check, timeout: float, what: str = "condition", interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if asyncio.iscoroutine(last):
+            last = await last
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"{what}: not met within {timeout} s (last: {last!r})")
+
+
+# -- the gateway as a process ----------------------------------------------------------------------
+
+def write_config(path, bacnet_port, meter_port, http_port, storage, cycle_seconds, vtn_port=9):
+    path.write_text(f"""
+[bacnet]
+address = "127.0.0.1/8:{bacnet_port}"
+device_id = 500201
+[meter]
+router = "127.0.0.1:{meter_port}"
+poll_seconds = 0.5
+timeout_seconds = 0.5
+[openadr]
+vtn_url = "http://127.0.0.1:{vtn_port}/OpenADR2/Simple/2.0b"   # nobody listens: not what these tests are about
+ven_name = "fault-test"
+retry_max_seconds = 5
+[storage]
+path = "{storage}"
+[http]
+address = "127.0.0.1:{http_port}"
+[forecaster]
+cycle_seconds = {cycle_seconds}
+""")
+
+
+class GatewayProcess:
+    def __init__(self, config, log_path):
+        self.config, self.log_path = config, log_path
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "ven.cli", "run", "--config", str(self.config)],
+                                         stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+            return None
+
+
+SNAPSHOT_PROPS = ["presentValue", "statusFlags", "reliability", "outOfService"]
+
+
+async def snapshot(peer, gw):
+    rows = await peer.read_multiple(gw, [(p.object_id, SNAPSHOT_PROPS) for p in P.POINTS])
+    assert rows, rows       # a PeerError is falsy
+    return {(p.name, prop): rows[(p.object_id, prop)] for p in P.POINTS for prop in SNAPSHOT_PROPS}
+
+
+# -- malformed traffic -----------------------------------------------------------------------------
+
+RP_SERVICE = 0x0C
+RPM_SERVICE = 0x0E
+# services that change state: never produced, so "every point keeps its value" is about robustness
+_STATEFUL = {0x06, 0x07, 0x08, 0x09, 0x0A, 0x0B, 0x0F, 0x10, 0x11, 0x12, 0x13, 0x14, 0x1A}
+
+
+def bvlc(npdu_apdu: bytes, function: int = 0x0A, length: int | None = None) -> bytes:
+    total = len(npdu_apdu) + 4 if length is None else length
+    return bytes([0x81, function]) + struct.pack(">H", total & 0xFFFF) + npdu_apdu
+
+
+def npdu(expect_reply: bool = True) -> bytes:
+    return bytes([0x01, 0x04 if expect_reply else 0x00])
+
+
+def read_property(invoke: int, obj_type: int = 2, instance: int = 4, prop: int = 85) -> bytes:
+    oid = struct.pack(">I", (obj_type << 22) | instance)
+    return bytes([0x00, 0x05, invoke & 0xFF, RP_SERVICE, 0x0C]) + oid + bytes([0x19, prop])
+
+
+def fuzz_packets(n: int, seed: int = 20261122):
+    rnd = random.Random(seed)
+    rb = lambda k: bytes(rnd.getrandbits(8) for _ in range(k))  # noqa: E731
+    valid_rp = bvlc(npdu() + read_property(1))
+    kinds = []
+    for i in range(n):
+        kind = i % 12
+        inv = rnd.randrange(256)
+        if kind == 0:                               # random bytes, any length
+            pkt = rb(rnd.randrange(0, 600))
+        elif kind == 1:                             # a valid ReadProperty, truncated
+            pkt = valid_rp[:rnd.randrange(1, len(valid_rp))]
+        elif kind == 2:                             # valid headers, garbage APDU
+            apdu = bytearray(rb(rnd.randrange(1, 200)))
+            if apdu[0] >> 4 == 0 and len(apdu) > 3 and apdu[3] in _STATEFUL:
+                apdu[3] = 0x30
+            pkt = bvlc(npdu() + bytes(apdu))
+        elif kind == 3:                             # confirmed request, unknown service
+            pkt = bvlc(npdu() + bytes([0x00, 0x05, inv, rnd.randrange(0x21, 0x100)]) + rb(rnd.randrange(0, 40)))
+        elif kind == 4:                             # unconfirmed request, unknown service
+            pkt = bvlc(npdu(False) + bytes([0x10, rnd.randrange(0x0C, 0x100)]) + rb(rnd.randrange(0, 40)))
+        elif kind == 5:                             # ReadProperty with an oversized (4 GB) tag
+            big = struct.pack(">I", rnd.choice([0xFFFFFFFF, 0x7FFFFFFF, 0x10000, 1500]))
+            pkt = bvlc(npdu() + bytes([0x00, 0x05, inv, RP_SERVICE, 0x0D, 0xFE]) + big + rb(rnd.randrange(0, 20)))
+        elif kind == 6:                             # BVLC length disagrees with the datagram
+            body = npdu() + read_property(inv, instance=rnd.randrange(1, 8))
+            pkt = bvlc(body, length=rnd.choice([0, 1, 3, 4, len(body) + 3, len(body) + 5, 0xFFFF]))
+        elif kind == 7:                             # ReadProperty with wrong tag lengths / truncated tags
+            pkt = bvlc(npdu() + bytes([0x00, 0x05, inv, RP_SERVICE, rnd.choice([0x0A, 0x0B, 0x0C, 0x0D]),
+                                       *rb(rnd.randrange(0, 6)), rnd.choice([0x19, 0x1A, 0x1C, 0x39]),
+                                       *rb(rnd.randrange(0, 3))]))
+        elif kind == 8:                             # ReadPropertyMultiple, garbage list
+            pkt = bvlc(npdu() + bytes([0x00, 0x05, inv, RPM_SERVICE, 0x0C, 0x00, 0x80, 0x00, 0x04, 0x1E])
+                       + rb(rnd.randrange(0, 30)) + rnd.choice([b"", b"\x1f"]))
+        elif kind == 9:                             # segmented request fragments, bogus sequence numbers
+            pkt = bvlc(npdu() + bytes([0x0C, 0x05, inv, rnd.randrange(256), rnd.randrange(1, 16), RP_SERVICE])
+                       + rb(rnd.randrange(0, 50)))
+        elif kind == 10:                            # acks, errors, rejects, aborts nobody asked for
+            pdu_type = rnd.choice([0x20, 0x30, 0x40, 0x50, 0x60, 0x70, 0x80, 0xF0])
+            pkt = bvlc(npdu(False) + bytes([pdu_type, inv]) + rb(rnd.randrange(0, 30)))
+        else:                                       # BVLC functions and NPDU flags at random
+            control = rnd.choice([0x00, 0x04, 0x08, 0x20, 0x24, 0x28])  # no network-layer messages
+            pkt = bvlc(bytes([0x01, control]) + rb(rnd.randrange(0, 60)), function=rnd.randrange(0, 0x0C))
+        kinds.append(kind)
+        yield pkt
+
+
+@pytest.mark.timeout(90)
+async def test_garbage_and_malformed_apdus_do_not_crash_or_change_points(tmp_path, free_udp_port, free_tcp_port):
+    bacnet_port, meter_port = free_udp_port(), free_udp_port()
+    config = tmp_path / "gw.toml"
+    write_config(config, bacnet_port, meter_port, free_tcp_port(), tmp_path / "gw.sqlite", cycle_seconds=3600)
+    gw = f"127.0.0.1:{bacnet_port}"
+    gateway = GatewayProcess(config, tmp_path / "gateway.log")
+    async with MeterSimulator(address=f"127.0.0.1/8:{meter_port}", value=87.5):
+        async with BacnetPeer(free_udp_port(), timeout=2.0) as peer:
+            try:
+                gateway.start()
+                await eventually(lambda: peer.read(gw, P.BY_NAME[P.METER_POWER].object_id, "presentValue"),
+                                 30, "gateway answering with a meter value")
+                assert await peer.write(gw, P.BY_NAME[P.INPUT_POWER].object_id, "presentValue", 123.5,
+                                        priority=8) is None
+                await asyncio.sleep(0.5)
+                before = await snapshot(peer, gw)
+                assert before[(P.METER_POWER, "presentValue")] == pytest.approx(87.5)
+                assert before[(P.INPUT_POWER, "presentValue")] == 123.5
+
+                sent = 0
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                    sock.bind(("127.0.0.1", 0))
+                    sock.setblocking(False)
+                    for pkt in fuzz_packets(10_000):
+                        sock.sendto(pkt, ("127.0.0.1", bacnet_port))
+                        sent += 1
+                        if sent % 25 == 0:
+                            await asyncio.sleep(0.01)     # pace so the packets are processed, not dropped
+                            if sent % 1000 == 0:
+                                assert gateway.alive, f"died after {sent} packets\n{gateway.log()[-4000:]}"
+                assert sent == 10_000
+                await asyncio.sleep(1.0)                  # let the backlog drain
+                assert gateway.alive, gateway.log()[-4000:]
+
+                after = await snapshot(peer, gw)
+                assert after == before
+                # and it still does its job: a write, a read, a Who-Is
+                assert await peer.write(gw, P.BY_NAME[P.INPUT_POWER].object_id, "presentValue", 99.0,
+                                        priority=8) is None
+                assert await peer.read(gw, P.BY_NAME[P.INPUT_POWER].object_id, "presentValue") == 99.0
+                assert await peer.who_is(gw)
+                assert gateway.alive
+            finally:
+                code = gateway.stop()
+    text = gateway.log()
+    assert code == 0, text[-4000:]
+    assert "Traceback" not in text, text[-4000:]
+    # 10,000 bad datagrams must not turn into 10,000 log lines: a few lines say it happened
+    noise = [line for line in text.splitlines() if "incoming PDU" in line or "unsupported message" in line]
+    assert 1 <= len(noise) <= 10, noise
+
+
+# -- SIGKILL: the forecaster's history survives ---------------------------------------------------
+
+async def get_status(http_port):
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3)) as s:
+        try:
+            async with s.get(f"http://127.0.0.1:{http_port}/api/status") as r:
+                return await r.json() if r.status == 200 else None
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            return None
+
+
+def stored_minutes(path):
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
+        try:
+            return db.execute("SELECT minute, count FROM forecast_minute ORDER BY minute").fetchall()
+        except sqlite3.OperationalError:
+            return []
+
+
+@pytest.mark.timeout(90)
+async def test_sigkill_keeps_the_forecaster_history(tmp_path, free_udp_port, free_tcp_port):
+    bacnet_port, meter_port, http_port = free_udp_port(), free_udp_port(), free_tcp_port()
+    config, storage = tmp_path / "gw.toml", tmp_path / "gw.sqlite"
+    write_config(config, bacnet_port, meter_port, http_port, storage, cycle_seconds=0.5)
+    gateway = GatewayProcess(config, tmp_path / "gateway.log")
+    try:
+        async with MeterSimulator(address=f"127.0.0.1/8:{meter_port}", value=87.5):
+            gateway.start()
+            await eventually(lambda: storage.exists() and stored_minutes(storage), 30,
+                             "history persisted")
+            await asyncio.sleep(1.5)                          # a few more samples into the stored minute
+            status = await get_status(http_port)
+            assert status, gateway.log()[-3000:]
+            fc = status["forecaster"]
+            assert fc["history_minutes"] >= 1 and fc["history_first"] is not None
+            stored = stored_minutes(storage)
+            gateway.kill()
+
+        # restart with the meter gone: whatever history shows now came from the file
+        gateway.start()
+        status = await eventually(lambda: get_status(http_port), 30, "status after the restart")
+        after = status["forecaster"]
+        assert after["history_first"] == fc["history_first"]
+        assert after["history_minutes"] >= len(stored) >= 1
+        assert after["history_minutes"] >= fc["history_minutes"] - 1   # at most the unsaved minute
+        assert f"forecaster resumed {len(stored)} minutes of history" in gateway.log()
+    finally:
+        gateway.stop()
+    assert "Traceback" not in gateway.log(), gateway.log()[-4000:]
+
+
+# -- the meter goes silent ------------------------------------------------------------------------
+
+@pytest.mark.timeout(60)
+async def test_silent_meter_faults_without_invented_values_then_recovers(
+        tmp_path, free_udp_port, free_tcp_port, caplog):
+    caplog.set_level(logging.INFO)
+    bacnet_port, meter_port, vtn_port = free_udp_port(), free_udp_port(), free_tcp_port()
+    cfg = parse_config({
+        "bacnet": {"address": f"127.0.0.1/8:{bacnet_port}", "device_id": 500202},
+        "meter": {"router": f"127.0.0.1:{meter_port}", "poll_seconds": 0.5, "timeout_seconds": 0.5},
+        "openadr": {"vtn_url": f"http://127.0.0.1:{vtn_port}/OpenADR2/Simple/2.0b", "ven_name": "silent",
+                    "retry_min_seconds": 0.2, "retry_max_seconds": 1.0},
+        "storage": {"path": str(tmp_path / "gw.sqlite")},
+        "http": {"enabled": False},
+        "forecaster": {"cycle_seconds": 1.0},
+    }, "test", environ={})
+    gw = f"127.0.0.1:{bacnet_port}"
+    meter = MeterSimulator(address=f"127.0.0.1/8:{meter_port}", value=87.5)
+    vtn = DemoVtn(vtn_port, poll_seconds=1)
+    gateway = Gateway(cfg)
+    await meter.start()
+    await vtn.start()
+    try:
+        await gateway.start()
+        async with BacnetPeer(free_udp_port(), timeout=2.0) as peer:
+            meter_power = P.BY_NAME[P.METER_POWER].object_id
+            await eventually(lambda: gateway.vtn.connected and vtn.reports, 15, "live telemetry")
+            assert await peer.read(gw, meter_power, "statusFlags") == [0, 0, 0, 0]
+
+            went_silent = datetime.now(timezone.utc)
+            meter.set_silent(True)
+            async def meter_fault():
+                return await peer.read(gw, P.BY_NAME[P.METER_FAULT].object_id, "presentValue") == "active"
+            await eventually(meter_fault, 5, "meter-fault on")
+            assert await peer.read(gw, P.BY_NAME[P.METER_FAULT].object_id, "presentValue") == "active"
+            assert await peer.read(gw, meter_power, "statusFlags") == [0, 1, 0, 0]
+            assert await peer.read(gw, meter_power, "reliability") == "communicationFailure"
+            # the last good value stays readable, flagged; nothing new is made up
+            assert await peer.read(gw, meter_power, "presentValue") == pytest.approx(87.5)
+            meter.set_value(55.0)                             # the meter's value moves while nobody hears it
+            await asyncio.sleep(2.0)
+            assert await peer.read(gw, meter_power, "presentValue") == pytest.approx(87.5)
+            forecaster_fed_at = gateway.forecast.status()["last_meter_at"]
+            assert forecaster_fed_at < went_silent.timestamp()
+            back = datetime.now(timezone.utc)
+            meter.set_silent(False)
+
+            await eventually(lambda: peer.read(gw, meter_power, "presentValue"), 5)
+            await eventually(lambda: gateway.device.get(P.METER_POWER) == 55.0, 5, "fresh value after recovery")
+            assert await peer.read(gw, meter_power, "statusFlags") == [0, 0, 0, 0]
+            assert await peer.read(gw, P.BY_NAME[P.METER_FAULT].object_id, "presentValue") == "inactive"
+            await eventually(lambda: any(v == 55.0 for *_, v in vtn.reports), 10, "telemetry resumes")
+            await eventually(lambda: gateway.telemetry.pending == 0, 10, "queue drained")
+    finally:
+        await gateway.stop()
+        await vtn.stop()
+        await meter.stop()
+    during = [(ts, v) for *_, ts, v in vtn.reports if went_silent < ts < back]
+    assert during == [], "no telemetry sample while the meter was silent"
+    assert [v for *_, v in vtn.reports].count(55.0) >= 1
+    faults = [r for r in caplog.records if r.getMessage().startswith("meter fault:")]
+    recoveries = [r for r in caplog.records if r.getMessage().startswith("meter answering again")]
+    assert len(faults) == 1 and len(recoveries) == 1
+    assert not [r for r in caplog.records if r.exc_info], "no stack traces for an expected fault"

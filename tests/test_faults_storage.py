@@ -1,0 +1,267 @@
+"""Fault suite, storage: `storage.path` on a read-only file system, and a disk that fills up mid-run.
+
+The decided behaviour: storage failing never takes the BACnet device down. The gateway logs one
+clear ERROR naming storage.path and the reason, keeps serving BACnet and the live points, keeps
+events and telemetry in memory, and writes to the file again once it can. Real file systems: a
+tmpfs is mounted for each test (needs root, which the machines here and CI have; skipped otherwise).
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from bacnet_peer import BacnetPeer
+
+from bacnet_api import points as P
+from bacnet_api.simulator import MeterSimulator
+from ven.events import Event, Interval, Signal
+from ven.storage import Storage
+from ven.telemetry import TelemetryQueue
+from ven.vtn_server import DemoVtn
+
+T0 = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
+
+
+@contextlib.contextmanager
+def tmpfs(where: Path, options: str):
+    where.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield where
+    finally:
+        if subprocess.run(["umount", str(where)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def fill(directory: Path) -> Path:
+    """Write a file until the file system is full; returns it (delete it to free the space)."""
+    filler = directory / "filler"
+    chunk = b"\0" * 65536
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(chunk)
+                f.flush()
+        except OSError as err:
+            assert err.errno == errno.ENOSPC, err
+    with contextlib.suppress(OSError), open(filler, "ab") as f:      # the last partial page too
+        while True:
+            f.write(b"\0" * 512)
+            f.flush()
+    return filler
+
+
+async def eventually(check, timeout: float, what: str = "condition", interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if asyncio.iscoroutine(last):
+            last = await last
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"{what}: not met within {timeout} s (last: {last!r})")
+
+
+# -- the queue and the event store on a disk that fills -------------------------------------------
+
+def test_queue_keeps_samples_in_memory_while_the_disk_is_full_then_writes_them(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    with tmpfs(tmp_path / "small", "size=1m") as disk:
+        path = disk / "gw.sqlite"
+        q = TelemetryQueue(path)
+        for i in range(3):
+            q.add(T0 + timedelta(seconds=i), 80.0 + i)
+        filler = fill(disk)
+        for i in range(3, 300):                      # enough rows that the file must grow
+            q.add(T0 + timedelta(seconds=i), 80.0 + i)
+        assert q.write_error and "full" in q.write_error
+        assert q.pending == 300
+        batch = q.peek(100)
+        assert [s.kw for s in batch] == [80.0 + i for i in range(100)]
+        q.ack(batch)                                 # delivered while the disk is full
+        assert q.pending == 200
+        second = q.peek(100)
+        assert [s.kw for s in second] == [80.0 + i for i in range(100, 200)]
+
+        filler.unlink()
+        q.add(T0 + timedelta(seconds=300), 380.0)    # writable again: memory moves to the file
+        assert q.write_error is None
+        q.ack(second)                                # a batch peeked before the move is still acked once
+        assert [s.kw for s in q.peek(1000)] == [80.0 + i for i in range(200, 301)]
+        q.close()
+        reopened = TelemetryQueue(path)              # and it is on disk now
+        assert [s.kw for s in reopened.peek(1000)] == [80.0 + i for i in range(200, 301)]
+        reopened.close()
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and f"storage.path {path}" in errors[0].getMessage(), errors
+    assert "written to disk again" in caplog.text
+
+
+def test_event_store_keeps_changes_while_the_disk_is_full_then_saves_them(tmp_path, caplog):
+    with tmpfs(tmp_path / "small", "size=1m") as disk:
+        path = disk / "gw.sqlite"
+        store = Storage(path)
+        filler = fill(disk)
+        events = [_event(f"e{i}", "x" * 2000) for i in range(60)]
+        for ev in events:
+            store.save_event(ev)                     # no exception: the schedule goes on
+        assert store.write_error and "full" in store.write_error
+        filler.unlink()
+        assert store.flush()
+        store.close()
+        assert sorted(e.event_id for e in Storage(path).load_events()) == sorted(e.event_id for e in events)
+        assert all(len(e.market_context) == 2000 for e in Storage(path).load_events())
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and f"storage.path {path}" in errors[0].getMessage(), errors
+
+
+def _event(event_id: str, padding: str) -> Event:
+    signal = Signal(name="SIMPLE", type="level", intervals=(Interval(T0, timedelta(hours=1), 1.0),))
+    return Event(event_id=event_id, modification_number=0, status="far", test_event=False,
+                 market_context=padding, signals=(signal,), start_offset=timedelta(0), received_at=T0)
+
+
+# -- the gateway process -------------------------------------------------------------------------
+
+def write_config(path, bacnet_port, meter_port, vtn_port, http_port, storage):
+    path.write_text(f"""
+[bacnet]
+address = "127.0.0.1/8:{bacnet_port}"
+device_id = 500301
+[meter]
+router = "127.0.0.1:{meter_port}"
+poll_seconds = 0.5
+timeout_seconds = 0.5
+[openadr]
+vtn_url = "http://127.0.0.1:{vtn_port}/OpenADR2/Simple/2.0b"
+ven_name = "storage-test"
+retry_min_seconds = 0.2
+retry_max_seconds = 1
+[storage]
+path = "{storage}"
+[http]
+address = "127.0.0.1:{http_port}"
+[forecaster]
+cycle_seconds = 1
+""")
+
+
+@contextlib.contextmanager
+def gateway_process(config, log_path):
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "ven.cli", "run", "--config", str(config)],
+                                stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+
+
+def storage_errors(text: str, path: Path) -> list[str]:
+    return [line for line in text.splitlines() if " ERROR " in line and f"storage.path {path}" in line]
+
+
+@pytest.mark.timeout(60)
+async def test_read_only_storage_gateway_serves_bacnet_and_works_from_memory(
+        tmp_path, free_udp_port, free_tcp_port):
+    bacnet_port, meter_port, vtn_port = free_udp_port(), free_udp_port(), free_tcp_port()
+    log_path = tmp_path / "gateway.log"
+    gw = f"127.0.0.1:{bacnet_port}"
+    with tmpfs(tmp_path / "ro", "ro,size=1m") as ro:
+        storage = ro / "gw.sqlite"
+        config = tmp_path / "gw.toml"
+        write_config(config, bacnet_port, meter_port, vtn_port, free_tcp_port(), storage)
+        async with MeterSimulator(address=f"127.0.0.1/8:{meter_port}", value=87.5), \
+                DemoVtn(vtn_port, poll_seconds=1) as vtn, BacnetPeer(free_udp_port(), timeout=1.0) as peer:
+            with gateway_process(config, log_path) as proc:
+                await eventually(lambda: peer.read(gw, P.BY_NAME[P.METER_POWER].object_id, "presentValue"),
+                                 30, f"BACnet answering\n{log_path.read_text()}")
+                assert await peer.read(gw, P.BY_NAME[P.METER_POWER].object_id, "presentValue") == 87.5
+                # the VEN works from memory: registers, reports, follows an event
+                await eventually(lambda: len(vtn.reports) >= 3, 15, "telemetry from memory")
+                start = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=2)
+                vtn.add_event([2], start=start, interval_seconds=30, event_id="ro-evt")
+
+                async def level_two():
+                    return await peer.read(gw, P.BY_NAME[P.EVENT_LEVEL].object_id, "presentValue") == 2.0
+                await eventually(level_two, 10, "event level over BACnet")
+                assert proc.poll() is None
+            assert proc.returncode == 0
+    text = log_path.read_text()
+    errors = storage_errors(text, storage)
+    assert 1 <= len(errors) <= 2, text                    # events/telemetry, and the forecaster's own
+    assert "Read-only file system" in errors[0] and "in memory" in errors[0], errors
+    assert "Traceback" not in text, text
+
+
+@pytest.mark.timeout(60)
+async def test_disk_full_mid_run_keeps_serving_and_loses_no_telemetry(tmp_path, free_udp_port, free_tcp_port):
+    bacnet_port, meter_port, vtn_port = free_udp_port(), free_udp_port(), free_tcp_port()
+    log_path = tmp_path / "gateway.log"
+    gw = f"127.0.0.1:{bacnet_port}"
+    first = second = None
+    with tmpfs(tmp_path / "small", "size=8m") as disk:
+        storage = disk / "gw.sqlite"
+        config = tmp_path / "gw.toml"
+        write_config(config, bacnet_port, meter_port, vtn_port, free_tcp_port(), storage)
+        async with MeterSimulator(address=f"127.0.0.1/8:{meter_port}", value=87.5) as meter, \
+                BacnetPeer(free_udp_port(), timeout=1.0) as peer:
+            first = DemoVtn(vtn_port, poll_seconds=1)
+            await first.start()
+            try:
+                with gateway_process(config, log_path) as proc:
+                    await eventually(lambda: len(first.reports) >= 3, 30, f"telemetry\n{log_path.read_text()}")
+                    await first.stop()                            # the VTN goes away, then the disk fills
+                    filler = fill(disk)
+                    await eventually(lambda: storage_errors(log_path.read_text(), storage), 10,
+                                     "the storage error is logged")
+                    for kw in (90.0, 91.0, 92.0):                 # BACnet keeps serving live values
+                        meter.set_value(kw)
+                        await asyncio.sleep(1.0)
+                        assert await peer.read(gw, P.BY_NAME[P.METER_POWER].object_id, "presentValue") == kw
+                    assert proc.poll() is None
+                    filler.unlink()
+                    await eventually(lambda: "written to disk again" in log_path.read_text(), 10, "recovery")
+                    second = DemoVtn(vtn_port, poll_seconds=1)
+                    await second.start()
+                    await eventually(lambda: any(v == 92.0 for *_, v in second.reports), 20, "backlog delivered")
+                    await asyncio.sleep(1.5)
+                assert proc.returncode == 0
+            finally:
+                for vtn in (first, second):
+                    if vtn is not None:
+                        await vtn.stop()
+    text = log_path.read_text()
+    assert "Traceback" not in text, text
+    errors = storage_errors(text, storage)
+    # once per part that writes (telemetry queue, forecaster history, events), never once per write
+    assert 1 <= len(errors) <= 3 and all("full" in e for e in errors), errors
+    assert any("telemetry" in e for e in errors), errors
+    assert len({e.split(" ", 1)[1].split(" (")[0] for e in errors}) == len(errors), errors
+    got = [ts for *_, ts, _ in first.reports + second.reports]
+    assert got == sorted(got) and len(set(got)) == len(got), "in order, no duplicates"
+    gaps = [(b - a).total_seconds() for a, b in zip(got, got[1:])]
+    assert max(gaps) < 1.5, f"a sample went missing: gaps {sorted(gaps)[-3:]}"
+    taken = [line for line in text.splitlines() if " telemetry " in f" {line.split(' ', 1)[1]}"
+             and "kW -> TELEMETRY_USAGE" in line]
+    assert len(got) >= len(taken) - 3, (len(got), len(taken))  # the last ones may follow the stop

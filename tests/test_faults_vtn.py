@@ -1,0 +1,235 @@
+"""Fault suite, OpenADR side: the VTN is down, killed, or answers nonsense. The whole gateway runs
+in-process with real peers (openleadr VTN, routed meter simulator, a BACnet client stack) and the
+misbehaving server of tests/fake_vtn.py. Intervals are shortened by configuration only."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+import pytest
+from bacnet_peer import BacnetPeer
+from fake_vtn import FakeVtn
+
+from bacnet_api import points as P
+from bacnet_api.simulator import MeterSimulator
+import ven.vtn
+from ven.app import Gateway
+from ven.config import parse_config
+from ven.vtn_server import DemoVtn
+
+
+def gateway_config(tmp_path, bacnet_port, meter_port, vtn_url, poll=0.5):
+    return parse_config({
+        "bacnet": {"address": f"127.0.0.1/8:{bacnet_port}", "device_id": 500101},
+        "meter": {"router": f"127.0.0.1:{meter_port}", "poll_seconds": poll, "timeout_seconds": 0.5},
+        "openadr": {"vtn_url": vtn_url, "ven_name": "fault-test", "telemetry_seconds": 1.0,
+                    "retry_min_seconds": 0.2, "retry_max_seconds": 1.0},
+        "storage": {"path": str(tmp_path / "gw.sqlite")},
+        "http": {"enabled": False},
+        "forecaster": {"cycle_seconds": 5.0},
+    }, "test", environ={})
+
+
+async def eventually(check, timeout: float, what: str = "condition", interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if asyncio.iscoroutine(last):
+            last = await last
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"{what}: not met within {timeout} s (last: {last!r})")
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(tmp_path, free_udp_port, vtn_url):
+    """Meter simulator (value changing every 0.2 s), gateway, BAS peer. Yields (gateway, meter, peer,
+    gw address, readings): `readings` is every meter reading the gateway took, in order."""
+    bacnet_port, meter_port = free_udp_port(), free_udp_port()
+    meter = MeterSimulator(address=f"127.0.0.1/8:{meter_port}", value=100.0)
+    gateway = Gateway(gateway_config(tmp_path, bacnet_port, meter_port, vtn_url))
+    readings = []
+    forward = gateway.meter.on_reading
+
+    def record(reading):            # observe only: the gateway's own callback still runs
+        readings.append(reading)
+        forward(reading)
+    gateway.meter.on_reading = record
+
+    async def wander():
+        i = 0
+        while True:
+            i += 1
+            meter.set_value(100.0 + i * 0.01)
+            await asyncio.sleep(0.2)
+
+    await meter.start()
+    wanderer = asyncio.create_task(wander())
+    peer = BacnetPeer(free_udp_port(), timeout=2.0)
+    try:
+        await gateway.start()
+        await peer.__aenter__()
+        yield gateway, meter, peer, f"127.0.0.1:{bacnet_port}", readings
+    finally:
+        wanderer.cancel()
+        await peer.__aexit__(None)
+        await gateway.stop()
+        await meter.stop()
+
+
+def good(readings):
+    return [(r.timestamp, r.value) for r in readings if r.value is not None]
+
+
+def received(*vtns):
+    return [(ts, value) for vtn in vtns for _, _, _, ts, value in vtn.reports]
+
+
+async def read(peer, gw, name, prop="presentValue"):
+    return await peer.read(gw, P.BY_NAME[name].object_id, prop)
+
+
+def messages(caplog, text):
+    return [r.getMessage() for r in caplog.records if text in r.getMessage()]
+
+
+@pytest.mark.timeout(60)
+async def test_vtn_down_at_start_then_killed_mid_run_no_sample_lost_or_repeated(
+        tmp_path, free_udp_port, free_tcp_port, caplog):
+    caplog.set_level(logging.INFO)
+    port = free_tcp_port()
+    url = f"http://127.0.0.1:{port}/OpenADR2/Simple/2.0b"
+    first = second = None
+    async with running_gateway(tmp_path, free_udp_port, url) as (gateway, meter, peer, gw, readings):
+        try:
+            # VTN down at start: readings queue, BACnet serves them
+            await eventually(lambda: len(good(readings)) >= 4, 10, "readings while the VTN is down")
+            assert gateway.telemetry.pending >= 4
+            assert await read(peer, gw, P.VTN_CONNECTED) == "inactive"
+            assert await read(peer, gw, P.METER_POWER) == pytest.approx(good(readings)[-1][1])
+
+            first = DemoVtn(port, poll_seconds=1)
+            await first.start()
+            await eventually(lambda: gateway.vtn.connected and gateway.telemetry.pending == 0, 15,
+                             "registration and backlog delivery")
+            drained = len(first.reports)
+            await eventually(lambda: len(first.reports) >= drained + 3, 10, "live samples")
+
+            await first.stop()                              # the VTN dies mid-run
+            outage_from = len(good(readings))
+            await eventually(lambda: not gateway.vtn.connected, 10, "VTN loss noticed")
+            await eventually(lambda: len(good(readings)) >= outage_from + 4, 10, "readings during the outage")
+            # BACnet keeps answering with live meter values during the outage
+            assert await read(peer, gw, P.VTN_CONNECTED) == "inactive"
+            live = await read(peer, gw, P.METER_POWER)
+            assert live == pytest.approx(gateway.device.get(P.METER_POWER))
+            assert gateway.telemetry.pending >= 3
+
+            second = DemoVtn(port, poll_seconds=1)          # restarted VTN: knows no VEN
+            await second.start()
+            await eventually(lambda: gateway.vtn.connected, 15, "registration with the restarted VTN")
+            await eventually(lambda: len(second.reports) >= 3, 10, "samples reach the restarted VTN")
+            await gateway.meter.stop()                      # freeze the set of readings, then drain
+            await eventually(lambda: gateway.telemetry.pending == 0, 10, "queue drained")
+            await asyncio.sleep(0.5)                        # anything sent twice would arrive now
+        finally:
+            for vtn in (first, second):
+                if vtn is not None:
+                    await vtn.stop()
+    taken = good(readings)
+    got = received(first, second)
+    assert len(taken) >= 10
+    assert got == taken, "every reading exactly once, in order, with its own timestamp"
+    assert len(set(ts for ts, _ in got)) == len(got)
+    assert len(messages(caplog, "VTN registration failed")) >= 1
+    assert len(messages(caplog, "VTN poll failed")) == 1
+    assert not [r for r in caplog.records if r.exc_info], "no stack traces for an expected fault"
+
+
+@pytest.mark.timeout(90)
+async def test_misbehaving_vtn_errors_logged_once_retries_continue_then_registers(
+        tmp_path, free_udp_port, free_tcp_port, caplog):
+    caplog.set_level(logging.INFO)
+    upstream = DemoVtn(free_tcp_port(), poll_seconds=1)
+    fake = FakeVtn(free_tcp_port(), mode="malformed_xml", upstream=upstream.url)
+    await upstream.start()
+    await fake.start()
+    try:
+        async with running_gateway(tmp_path, free_udp_port, fake.url) as (gateway, meter, peer, gw, readings):
+            bad_modes = ("malformed_xml", "html", "json", "huge", "http500")
+            for mode in bad_modes:
+                fake.mode = mode
+                await eventually(lambda: fake.attempts(mode) >= 2, 15, f"repeated attempts against {mode}")
+                assert not gateway.vtn.connected
+                # the device keeps serving the live points meanwhile
+                assert await read(peer, gw, P.METER_POWER) == pytest.approx(gateway.device.get(P.METER_POWER))
+            failed = messages(caplog, "VTN registration failed")
+            assert len(failed) == len(bad_modes), "\n".join(failed)
+            assert upstream.registrations == 0
+
+            fake.mode = "proxy"                             # the VTN behaves again
+            await eventually(lambda: gateway.vtn.connected, 10, "registration through the fake")
+            assert upstream.registrations == 1
+            assert await eventually(lambda: read(peer, gw, P.VTN_CONNECTED), 5) == "active"
+            assert len(messages(caplog, "VTN reachable again")) == 1
+
+            # misbehaving mid-session: polls fail, the context is dropped, registration retried
+            before = fake.attempts("malformed_xml", "EiRegisterParty")
+            fake.mode = "malformed_xml"
+            await eventually(lambda: not gateway.vtn.connected, 10, "loss noticed")
+            await eventually(lambda: fake.attempts("malformed_xml", "EiRegisterParty") >= before + 3, 15,
+                             "registration retries continue")
+            fake.mode = "proxy"
+            await eventually(lambda: gateway.vtn.connected, 10, "registration again")
+            await gateway.meter.stop()
+            await eventually(lambda: gateway.telemetry.pending == 0, 10, "queue drained")
+            await asyncio.sleep(0.5)
+            assert len(messages(caplog, "VTN poll failed")) == 1
+            assert len(messages(caplog, "VTN context lost")) == 1
+            assert len(messages(caplog, "VTN registration failed")) == len(bad_modes) + 1
+            assert received(upstream) == good(readings), "queued samples delivered once, in order"
+    finally:
+        await fake.stop()
+        await upstream.stop()
+    assert not [r for r in caplog.records if r.exc_info], "no stack traces for an expected fault"
+
+
+@pytest.mark.timeout(75)
+async def test_slow_vtn_times_out_retries_then_a_real_vtn_on_its_port_registers(
+        tmp_path, free_udp_port, free_tcp_port, caplog, monkeypatch):
+    caplog.set_level(logging.INFO)
+    port = free_tcp_port()
+    fake = FakeVtn(port, mode="slow", slow_seconds=12.0)    # openleadr reads with a 10 s socket timeout
+    await fake.start()
+    vtn = None
+    try:
+        async with running_gateway(tmp_path, free_udp_port, fake.url) as (gateway, meter, peer, gw, readings):
+            await eventually(lambda: gateway.vtn.registration_failures >= 2, 30, "two timed-out attempts")
+            assert fake.attempts("slow") >= 2
+            assert "did not answer in time" in gateway.vtn.status()["last_error"]
+            assert len(messages(caplog, "VTN registration failed")) == 1
+            assert await read(peer, gw, P.METER_POWER) == pytest.approx(gateway.device.get(P.METER_POWER))
+
+            # a VTN that trickles a byte a second never trips the socket read timeout: the request's
+            # overall bound must end it (30 s in production, shortened here)
+            monkeypatch.setattr(ven.vtn, "REQUEST_TIMEOUT_S", 2.0)
+            failures = gateway.vtn.registration_failures
+            fake.mode = "trickle"
+            await eventually(lambda: gateway.vtn.registration_failures >= failures + 2, 20,
+                             "trickled attempts end and are retried")
+            assert fake.attempts("trickle") >= 2
+            assert len(messages(caplog, "VTN registration failed")) == 1      # same fault, same line
+            await fake.stop()
+            vtn = DemoVtn(port, poll_seconds=1)
+            await vtn.start()
+            await eventually(lambda: gateway.vtn.connected, 10, "registration with the real VTN")
+            await eventually(lambda: gateway.telemetry.pending == 0 and vtn.reports, 10, "backlog delivered")
+    finally:
+        await fake.stop()
+        if vtn is not None:
+            await vtn.stop()
+    assert not [r for r in caplog.records if r.exc_info], "no stack traces for an expected fault"

@@ -1,0 +1,107 @@
+"""ForecastService with a real SQLite file and a fast cycle: source choice, publish, restart."""
+from __future__ import annotations
+
+import asyncio
+import csv
+import datetime as dt
+import logging
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from ven.config import ForecasterConfig
+from ven.forecast_service import ForecastService
+
+EXCERPT = Path(__file__).parent / "data" / "turin_office_excerpt.csv"
+
+
+async def _until(cond, timeout=30.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+def _excerpt_ending_now():
+    with open(EXCERPT, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    t = [dt.datetime.fromisoformat(r["timestamp"]).replace(tzinfo=dt.timezone.utc).timestamp() for r in rows]
+    shift = ((time.time() - 60) - t[-1]) // 900 * 900  # the newest sample lands in the last minute or two
+    return [x + shift for x in t], [float(r["Total_Power"]) for r in rows]
+
+
+@pytest.mark.timeout(60)
+async def test_auto_source_prefers_the_bas_input_and_publishes(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="ven.forecast_service")
+    published = []
+    svc = ForecastService(ForecasterConfig(cycle_seconds=0.05, input_stale_seconds=300), str(tmp_path / "g.sqlite"),
+                          publish=published.append, min_kw=0, max_kw=5000)
+    await svc.start()
+    try:
+        now = time.time()
+        svc.on_meter(now - 120, 100.0)
+        assert svc.status()["active_source"] == "meter"
+        svc.on_input_power(now - 30, 200.0)
+        svc.on_meter(now - 20, 999.0)            # ignored: the BAS input is fresh
+        assert svc.status()["active_source"] == "bacnet_input"
+        await _until(lambda: published and published[-1].demand_kw[15] == pytest.approx(150.0), what="publish")
+        f = published[-1]
+        assert f.demand_kw[60] == pytest.approx(150.0) and f.model == "persistence"
+        svc.on_input_power(now - 10, None)       # BAS relinquished: the meter serves again
+        svc.on_meter(now - 5, 400.0)
+        assert svc.status()["active_source"] == "meter"
+        svc.on_meter(now - 4, float("nan"))      # a bad reading never enters the history
+        svc.on_meter(now - 3, -1.0)
+        svc.on_meter(now - 2, 400.0)
+        await _until(lambda: published[-1].demand_kw[15] == pytest.approx((100 + 200 + 400) / 3), what="meter")
+        st = svc.status()
+        assert st["history_minutes"] == 3 and st["rejected_samples"] == 2
+        assert st["last_forecast"]["demand_kw"]["15"] == pytest.approx(700 / 3)
+    finally:
+        await svc.stop()
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "rejecting meter samples" in warnings[0].getMessage()  # once per streak
+    assert any("accepting meter samples again" in r.getMessage() for r in caplog.records)
+    h = svc.history(1.0)
+    assert len(h["power"]["kw"]) == 3 and h["forecasts"][60]["forecast_kw"]
+
+
+@pytest.mark.timeout(120)
+async def test_fit_runs_off_the_loop_and_a_restart_resumes_at_once(tmp_path):
+    path = str(tmp_path / "gateway.sqlite")
+    cfg = ForecasterConfig(cycle_seconds=0.05, source="meter", holiday_preset="IT")
+    published = []
+    svc = ForecastService(cfg, path, publish=published.append)
+    times, values = _excerpt_ending_now()
+    svc.warm_start(times, values)
+    await svc.start()
+    try:
+        # the loop keeps publishing while the fit runs in its thread
+        await _until(lambda: svc.status()["last_fit_at"] is not None, timeout=90, what="first fit")
+        n = len(published)
+        await _until(lambda: len(published) > n + 2, what="cycles after the fit")
+        with sqlite3.connect(path) as db:
+            await _until(lambda: db.execute("SELECT COUNT(*) FROM forecast_model").fetchone()[0] == 1,
+                         what="model saved")
+        fitted_at = svc.status()["last_fit_at"]
+        serving = svc.status()["horizons"]
+    finally:
+        await svc.stop()
+    assert serving[60]["validation_rmse_kw"] < serving[60]["validation_persistence_rmse_kw"]
+
+    again = []
+    svc2 = ForecastService(cfg, path, publish=again.append)
+    await svc2.start()
+    try:
+        await _until(lambda: again, what="first publish after restart")
+        st = svc2.status()
+        assert st["history_minutes"] == len(times) and st["last_fit_at"] == fitted_at  # no re-learning
+        assert not st["fitting"]
+        f = again[0]
+        assert f.demand_kw[15] is not None and f.demand_kw[60] is not None
+        assert f.model == "hgb+ridge" and f.high_threshold_kw is not None
+    finally:
+        await svc2.stop()

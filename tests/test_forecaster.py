@@ -1,0 +1,210 @@
+"""Pure pieces of the forecaster on synthetic data: binning, validation, slope, flags, guard."""
+from __future__ import annotations
+
+import datetime as dt
+import math
+
+import numpy as np
+import pytest
+
+from forecaster import PERSISTENCE, DemandForecaster
+from forecaster.calendar import RESTDAY, SATURDAY, WORKDAY, Calendar
+from forecaster.flags import HysteresisFlag
+from forecaster.series import MinuteBins, minute_of
+
+T0 = dt.datetime(2024, 3, 4, tzinfo=dt.timezone.utc).timestamp()  # a Monday, 00:00 UTC
+
+
+def office(t: np.ndarray) -> np.ndarray:
+    """A building that runs 100 kW at night and 300 kW 08:00-18:00 on weekdays, with ramps."""
+    tod = (t % 86400) / 3600.0
+    weekday = ((t // 86400).astype(int) + 3) % 7 < 5
+    day = np.clip((tod - 7) / 1.5, 0, 1) * np.clip((19 - tod) / 1.5, 0, 1)
+    return 100 + 200 * day * weekday
+
+
+def test_sample_goes_to_the_minute_it_ends_and_minutes_weigh_equally():
+    fc = DemandForecaster(stale_seconds=300)
+    # 40 samples at 100 kW inside one minute, one sample at 200 kW in the next: the 2-minute mean is 150.
+    for i in range(40):
+        assert fc.add_sample(T0 + 61 + i * 1.0, 100.0)
+    assert fc.add_sample(T0 + 150, 200.0)
+    assert minute_of(T0 + 60) == minute_of(T0) + 1  # a sample exactly on the boundary ends that minute
+    snap = fc._bins.snapshot()
+    k = minute_of(T0 + 150)
+    assert snap.window_mean(np.array([k]), 2)[0] == pytest.approx(150.0)
+    assert fc.history_minutes() == 2
+
+
+def test_bad_samples_never_enter_the_history():
+    fc = DemandForecaster(min_kw=0, max_kw=1000, stale_seconds=300)
+    assert fc.add_sample(T0, 50.0)
+    for bad in (float("nan"), float("inf"), -1.0, 1000.5, None, "x"):
+        assert not fc.add_sample(T0 + 10, bad)
+    assert not fc.add_sample(T0 - 301, 50.0)      # stale: older than newest minus stale_seconds
+    assert fc.add_sample(T0 - 120, 60.0)          # a little out of order is fine
+    assert fc.history_minutes() == 2
+    assert fc.rejected == 7
+
+
+def test_minute_bins_trim_to_the_kept_window():
+    b = MinuteBins(keep_minutes=2000)
+    ks = np.arange(0, 10000, 7)
+    b.add(ks, np.ones(ks.size))
+    lo, hi = b.span()
+    assert hi == ks[-1] and hi - lo < 2000 + 2000  # trims in chunks, never below the kept window
+    assert b.snapshot(hi - 1999, hi).counts.sum() == len([k for k in ks if k > hi - 2000])
+
+
+def test_slope_is_least_squares_over_recent_minutes():
+    fc = DemandForecaster(slope_minutes=5)
+    assert fc.predict(T0).rate_kw_per_min is None
+    for i in range(20):
+        fc.add_sample(T0 + 60 * i, 100.0 + 2.5 * i)
+    f = fc.predict(T0 + 60 * 19)
+    assert f.rate_kw_per_min == pytest.approx(2.5)
+    # a gap inside the window still gives a slope from what is there
+    fc2 = DemandForecaster(slope_minutes=5)
+    for i in (0, 1, 4):
+        fc2.add_sample(T0 + 60 * i, 10.0 - i)
+    assert fc2.predict(T0 + 240).rate_kw_per_min == pytest.approx(-1.0)
+
+
+def test_cold_start_publishes_persistence_from_the_first_sample():
+    fc = DemandForecaster()
+    f = fc.predict(T0)
+    assert f.demand_kw == {15: None, 60: None} and f.model == PERSISTENCE and not f.high_load
+    fc.add_sample(T0 + 30, 123.0)
+    f = fc.predict(T0 + 45)
+    assert f.demand_kw == {15: 123.0, 60: 123.0}
+    assert f.model == PERSISTENCE
+    assert f.high_threshold_kw is None  # no percentile from under a day of history
+
+
+def test_flag_hysteresis_and_minimum_times():
+    f = HysteresisFlag(above=True, fraction=0.1, min_on_s=600, min_off_s=300)
+    assert f.update(0, 99.0, 100.0) is False
+    assert f.update(60, 100.0, 100.0) is True           # reaches the threshold
+    assert f.update(120, 50.0, 100.0) is True           # min on time holds it
+    assert f.update(660, 95.0, 100.0) is True           # inside the band (>= 90) stays on
+    assert f.update(720, 89.0, 100.0) is False          # below the band, min on elapsed
+    assert f.update(780, 150.0, 100.0) is False         # min off time holds it
+    assert f.update(1020, 150.0, 100.0) is True
+    low = HysteresisFlag(above=False, fraction=0.1, min_on_s=0, min_off_s=0)
+    assert low.update(0, 10.0, 10.0) is True
+    assert low.update(1, 10.5, 10.0) is True            # within the band above the threshold
+    assert low.update(2, 11.5, 10.0) is False
+    assert low.update(3, None, 10.0) is False
+
+
+def test_flags_flicker_free_on_a_noisy_forecast_at_the_threshold():
+    fc = DemandForecaster(high_load_kw=200.0, low_load_kw=50.0, hysteresis_fraction=0.05,
+                          min_on_minutes=15, min_off_minutes=15)
+    rng = np.random.default_rng(1)
+    states = []
+    for i in range(240):
+        fc.add_sample(T0 + 60 * i, 200.0 + rng.normal(0, 3))
+        states.append(fc.predict(T0 + 60 * i).high_load)
+    changes = sum(a != b for a, b in zip(states, states[1:]))
+    assert states[-1] is True and changes <= 1
+
+
+def test_percentile_thresholds_from_trailing_days():
+    fc = DemandForecaster(threshold_days=14, min_on_minutes=0, min_off_minutes=0, hysteresis_fraction=0)
+    t = T0 + np.arange(0, 14 * 86400, 300.0)
+    fc.seed(t, office(t))
+    f = fc.predict(t[-1])
+    ks = np.arange(minute_of(t[-1]) - 14 * 1440 + 15, minute_of(t[-1]) + 1, 15)
+    d = [np.mean(office(np.arange(k * 60 - 14 * 60, k * 60 + 1, 60.0)[::5])) for k in ks]
+    assert f.high_threshold_kw == pytest.approx(np.percentile(d, 90), rel=0.02)
+    assert f.low_threshold_kw == pytest.approx(100.0)
+    fixed = DemandForecaster(high_load_kw=250.0)
+    fixed.seed(t, office(t))
+    assert fixed.predict(t[-1]).high_threshold_kw == 250.0
+
+
+def test_calendar_kinds_and_italian_holidays():
+    cal = Calendar("UTC", "IT")
+    day = lambda s: (dt.date.fromisoformat(s) - dt.date(1970, 1, 1)).days  # noqa: E731
+    kinds = cal.day_kind(np.array([day(s) for s in ("2019-10-31", "2019-11-01", "2019-11-02", "2019-11-03",
+                                                    "2019-04-22", "2019-04-23")]))
+    assert kinds.tolist() == [WORKDAY, RESTDAY, SATURDAY, RESTDAY, RESTDAY, WORKDAY]  # Nov 1, Easter Monday
+    # the workday after the Nov 1 holiday looks back to Thursday; the holiday to the previous Sunday
+    assert cal.same_kind_offsets(np.array([day("2019-11-04"), day("2019-11-01")]), 1).tolist() == [4, 5]
+    rome = Calendar("Europe/Rome")
+    t = dt.datetime(2024, 7, 1, 23, 30, tzinfo=dt.timezone.utc).timestamp()  # 01:30 on July 2 in Rome
+    assert rome.local_seconds(np.array([t]))[0] // 86400 == day("2024-07-02")
+    with pytest.raises(ValueError):
+        Calendar("UTC", "XX")
+
+
+def _seed_office(fc, days, step=900.0, noise=0.0, seed=0):
+    t = T0 + np.arange(0, days * 86400, step)
+    v = office(t) + np.random.default_rng(seed).normal(0, noise, t.size)
+    fc.seed(t, v)
+    return t, v
+
+
+def test_learned_model_serves_when_it_beats_persistence():
+    fc = DemandForecaster(validation_days=2, min_fit_hours=48)
+    t, _ = _seed_office(fc, 10, noise=2.0)
+    now = t[-1]
+    assert fc.needs_fit(now)
+    fc.fit(now)
+    assert not fc.needs_fit(now + 60) and fc.needs_fit(now + 3600)
+    st = fc.status()
+    for h in (15, 60):
+        v = st["horizons"][h]
+        assert v["validation_rmse_kw"] < v["validation_persistence_rmse_kw"]
+        assert v["serving"] == "hgb+ridge"
+    # Tuesday 07:00, start of the morning ramp: the model sees it coming, persistence cannot
+    ramp = T0 + 8 * 86400 + 7 * 3600
+    fc2 = DemandForecaster(validation_days=2)
+    fc2.seed(t[t <= ramp], office(t[t <= ramp]))
+    fc2.fit(ramp)
+    f = fc2.predict(ramp)
+    assert f.model == "hgb+ridge"
+    truth = np.mean(office(np.arange(ramp + 46 * 60, ramp + 61 * 60, 60.0)))
+    assert abs(f.demand_kw[60] - truth) < abs(f.level_kw - truth) / 3
+
+
+def test_guard_keeps_persistence_when_the_model_cannot_beat_it():
+    # a random walk: the best forecast is the last value, so the model must not serve
+    fc = DemandForecaster(validation_days=2)
+    t = T0 + np.arange(0, 8 * 86400, 900.0)
+    v = 500 + np.cumsum(np.random.default_rng(3).normal(0, 5, t.size))
+    fc.seed(t, v)
+    fc.fit(t[-1])
+    st = fc.status()
+    served = {h: st["horizons"][h]["serving"] for h in (15, 60)}
+    assert PERSISTENCE in served.values()
+    for h, name in served.items():
+        hv = st["horizons"][h]
+        if name != PERSISTENCE:
+            assert hv["validation_rmse_kw"] < hv["validation_persistence_rmse_kw"]
+
+
+def test_rolling_validation_demotes_a_model_that_goes_wrong():
+    fc = DemandForecaster(validation_days=2, rolling_min_count=8)
+    t, _ = _seed_office(fc, 10, noise=1.0)
+    fc.fit(t[-1])
+    assert fc.status()["horizons"][60]["serving"] == "hgb+ridge"
+    # The building stops following its schedule: a flat 300 kW through a night. The model keeps
+    # predicting the night drop; persistence is exact, so live scores demote the model.
+    now = t[-1]
+    for i in range(1, 12 * 4):
+        now = t[-1] + 900 * i
+        fc.add_sample(now, 300.0)
+        f = fc.predict(now)
+    st = fc.status()["horizons"][60]
+    assert st["rolling_count"] >= 8
+    assert st["rolling_rmse_kw"] > st["rolling_persistence_rmse_kw"]
+    assert f.demand_kw[60] == pytest.approx(300.0) and st["serving"] == PERSISTENCE
+
+
+def test_fit_needs_enough_history():
+    fc = DemandForecaster(min_fit_hours=48)
+    _seed_office(fc, 1.5)
+    assert not fc.needs_fit(T0 + 2 * 86400)
+    assert fc.status()["model"] == PERSISTENCE
+    assert math.isnan(float("nan"))

@@ -1,0 +1,95 @@
+"""ForecastStore: history and model survive a restart in a real SQLite file; forecasts resume at once."""
+from __future__ import annotations
+
+import sqlite3
+
+import numpy as np
+import pytest
+
+from forecaster import DemandForecaster
+from forecaster.store import ForecastStore
+
+from test_forecaster import T0, office
+
+
+def _seeded(days=8):
+    fc = DemandForecaster(validation_days=2)
+    t = T0 + np.arange(0, days * 86400, 900.0)
+    fc.seed(t, office(t) + np.random.default_rng(0).normal(0, 2, t.size))
+    return fc, t
+
+
+def test_history_and_model_survive_a_restart(tmp_path):
+    path = tmp_path / "gateway.sqlite"
+    fc, t = _seeded()
+    now = t[-1]
+    fc.fit(now)
+    store = ForecastStore(str(path))
+    assert store.save_minutes(*fc.drain_dirty()) == t.size
+    assert fc.drain_dirty() == ([], [], [])  # drained: nothing is written twice
+    store.save_model(fc.model_blob())
+    before = fc.predict(now)
+
+    restarted = DemandForecaster(validation_days=2)
+    loaded = ForecastStore(str(path)).load_into(restarted, now)
+    assert loaded == {"minutes": t.size, "model": True}
+    assert restarted.history_minutes() == fc.history_minutes()
+    assert not restarted.needs_fit(now + 60)  # no re-learning
+    after = restarted.predict(now)
+    assert after.model == before.model == "hgb+ridge"
+    assert after.demand_kw == pytest.approx(before.demand_kw)
+    assert after.high_threshold_kw == pytest.approx(before.high_threshold_kw)
+
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert tables == {"forecast_minute", "forecast_model", "forecast_issue", "forecast_demand"}
+
+
+def test_partial_minutes_merge_across_saves(tmp_path):
+    store = ForecastStore(str(tmp_path / "g.sqlite"))
+    fc = DemandForecaster()
+    fc.add_sample(T0 + 10, 100.0)
+    store.save_minutes(*fc.drain_dirty())
+    fc.add_sample(T0 + 20, 200.0)  # same minute: the row is rewritten with the full sum and count
+    store.save_minutes(*fc.drain_dirty())
+    back = DemandForecaster()
+    store.load_into(back, T0 + 30)
+    assert back.predict(T0 + 30).demand_kw[15] == pytest.approx(150.0)
+
+
+def test_old_history_is_not_loaded_and_prune_drops_it(tmp_path):
+    store = ForecastStore(str(tmp_path / "g.sqlite"))
+    fc = DemandForecaster(history_days=2)
+    t = T0 + np.arange(0, 5 * 86400, 3600.0)
+    fc.seed(t, np.full(t.size, 10.0))
+    store.save_minutes(*fc.drain_dirty())
+    back = DemandForecaster(history_days=2)
+    assert store.load_into(back, t[-1])["minutes"] == 48
+    store.prune(t[-1] - 86400)
+    with sqlite3.connect(store.path) as db:
+        assert db.execute("SELECT COUNT(*) FROM forecast_minute").fetchone()[0] == 25
+
+
+def test_unusable_model_blob_means_refit_not_crash(tmp_path):
+    store = ForecastStore(str(tmp_path / "g.sqlite"))
+    store.save_model(b"not a pickle")
+    fc, t = _seeded(3)
+    assert store.load_into(fc, t[-1])["model"] is False
+    assert fc.needs_fit(t[-1])
+
+
+def test_history_for_the_http_endpoint(tmp_path):
+    store = ForecastStore(str(tmp_path / "g.sqlite"))
+    fc = DemandForecaster(high_load_kw=150.0, min_on_minutes=0, min_off_minutes=0)
+    for i in range(5):
+        fc.add_sample(T0 + 60 * i, 100.0 + 60 * i)
+        store.save_minutes(*fc.drain_dirty())
+        store.record_forecast(fc.predict(T0 + 60 * i))
+    h = store.history(T0 - 60)
+    assert h["power"]["kw"] == pytest.approx([100.0, 160.0, 220.0, 280.0, 340.0])
+    assert sorted(h["forecasts"]) == [15, 60]
+    assert h["forecasts"][60]["target_time"][0] == T0 + 3600
+    assert h["flags"]["high_load"] == [False, False, True, True, True]  # 15-min means 100, 130, 160, ...
+    assert h["flags"]["model"] == ["persistence"] * 5
+    assert store.history(T0 + 3600 * 5)["power"]["kw"] == []

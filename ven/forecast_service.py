@@ -1,0 +1,231 @@
+"""Asyncio glue around the demand forecaster: picks the power source, runs the cycle, persists.
+
+Every `cycle_seconds` it predicts and hands the Forecast to `publish` on the event loop. Anything
+that can take more than a few milliseconds (prediction with the boosted trees, SQLite writes,
+fitting) runs in worker threads: one serial worker for the cycle's work and one for fitting, so a
+long fit never delays a publish.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+from forecaster import DemandForecaster, Forecast
+from forecaster.store import ForecastStore
+
+from .config import ForecasterConfig
+
+log = logging.getLogger(__name__)
+
+PRUNE_EVERY_S = 3600.0
+
+
+def forecaster_from_config(c: ForecasterConfig, min_kw: float = -1e5, max_kw: float = 1e5) -> DemandForecaster:
+    return DemandForecaster(
+        horizons_minutes=c.horizons_minutes, slope_minutes=c.slope_minutes, high_load_kw=c.high_load_kw,
+        low_load_kw=c.low_load_kw, threshold_days=c.threshold_days, hysteresis_fraction=c.hysteresis_fraction,
+        min_on_minutes=c.min_on_minutes, min_off_minutes=c.min_off_minutes, history_days=c.history_days,
+        retrain_minutes=c.retrain_minutes, min_kw=min_kw, max_kw=max_kw, stale_seconds=c.input_stale_seconds,
+        timezone=c.timezone, holiday_preset=c.holiday_preset, holidays=c.holidays)
+
+
+class ForecastService:
+    def __init__(self, config: ForecasterConfig, storage_path: str, publish: Callable[[Forecast], None],
+                 clock: Callable[[], float] = time.time, min_kw: float = -1e5, max_kw: float = 1e5):
+        self.config = config
+        self.storage_path = storage_path
+        self._publish = publish
+        self._clock = clock
+        self.forecaster = forecaster_from_config(config, min_kw, max_kw)
+        self._store: ForecastStore | None = None
+        self._cycle_pool = ThreadPoolExecutor(1, thread_name_prefix="forecast-cycle")
+        self._fit_pool = ThreadPoolExecutor(1, thread_name_prefix="forecast-fit")
+        self._task: asyncio.Task | None = None
+        self._fit_future: asyncio.Future | None = None
+        self._last_input_t: float | None = None
+        self._last_meter_t: float | None = None
+        self._active: str | None = None
+        self._rejecting = False
+        self._fit_failing = False
+        self._store_failing = False
+        self._last_prune = 0.0
+        self.last_forecast: Forecast | None = None
+
+    # ---- inputs (called on the event loop) ---------------------------------------------------------
+    def _use_input(self, t: float) -> bool:
+        return self._last_input_t is not None and t - self._last_input_t <= self.config.input_stale_seconds
+
+    def _switch(self, source: str, why: str) -> None:
+        if source != self._active:
+            log.info("forecaster now learns from %s (%s)", source, why)
+            self._active = source
+
+    def _take(self, t: float, kw: float, source: str) -> None:
+        ok = self.forecaster.add_sample(t, kw)
+        if not ok and not self._rejecting:
+            log.warning("forecaster rejecting %s samples (stale, non-finite or out of range, e.g. %r kW)", source, kw)
+        elif ok and self._rejecting:
+            log.info("forecaster accepting %s samples again", source)
+        self._rejecting = not ok
+
+    def on_input_power(self, t: float, kw: float | None) -> None:
+        """The BAS wrote input-power-meter (None: it relinquished the point)."""
+        if kw is None:
+            self._last_input_t = None
+            if self.config.source == "auto" and self._active == "bacnet_input":
+                self._switch("meter", "BAS relinquished input-power-meter")
+            return
+        self._last_input_t = t
+        if self.config.source in ("auto", "bacnet_input"):
+            self._switch("bacnet_input", "BAS writes input-power-meter")
+            self._take(t, kw, "input-power-meter")
+
+    def on_meter(self, t: float, kw: float | None) -> None:
+        """A gateway meter reading (None: the read failed; nothing enters the history)."""
+        if kw is None:
+            return
+        self._last_meter_t = t
+        if self.config.source == "meter" or (self.config.source == "auto" and not self._use_input(t)):
+            if self.config.source == "auto" and self._active == "bacnet_input":
+                self._switch("meter", f"BAS input not written for {self.config.input_stale_seconds:g} s")
+            else:
+                self._switch("meter", "gateway meter")
+            self._take(t, kw, "meter")
+
+    def warm_start(self, times, values) -> None:
+        """Seed the history (e.g. the shipped demo excerpt); persisted with the next cycle."""
+        n = self.forecaster.seed(times, values)
+        log.info("forecaster warm-started with %d samples", n)
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            self._store, loaded = await loop.run_in_executor(self._cycle_pool, self._open_store)
+        except Exception as err:  # unwritable storage.path: forecast from memory, say so once
+            self._store, loaded = None, {"minutes": 0, "model": False}
+            self._store_failing = True      # _persist stays quiet from here on
+            log.error("storage.path %s: forecaster history cannot be stored (%s: %s); forecasting from "
+                      "memory only", self.storage_path, type(err).__name__, err)
+        log.info("forecaster resumed %d minutes of history%s", loaded["minutes"],
+                 " and its fitted model" if loaded["model"] else "")
+        self._task = asyncio.create_task(self._run(), name="forecast-cycle")
+
+    def _open_store(self):
+        store = ForecastStore(self.storage_path)
+        return store, store.load_into(self.forecaster, self._clock())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        if self._store is not None:
+            await asyncio.get_running_loop().run_in_executor(self._cycle_pool, self._flush)
+        # A fit still running is abandoned: its thread finishes on its own, nothing waits for it.
+        self._fit_pool.shutdown(wait=False, cancel_futures=True)
+        self._cycle_pool.shutdown(wait=True)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            now = self._clock()
+            if self._fit_future is None and self.forecaster.needs_fit(now):
+                self._fit_future = loop.run_in_executor(self._fit_pool, self._fit, now)
+                self._fit_future.add_done_callback(self._fit_done)
+            try:
+                f = await loop.run_in_executor(self._cycle_pool, self._cycle, now)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug in one cycle must not end forecasting
+                log.exception("forecast cycle failed")
+            else:
+                self.last_forecast = f
+                try:
+                    self._publish(f)
+                except Exception:
+                    log.exception("publishing the forecast failed")
+            await asyncio.sleep(max(0.0, self.config.cycle_seconds - (loop.time() - started)))
+
+    # ---- worker-thread work ---------------------------------------------------------------------
+    def _cycle(self, now: float) -> Forecast:
+        f = self.forecaster.predict(now)
+        self._persist(lambda s: (self._save_minutes(s), s.record_forecast(f)))
+        if now - self._last_prune >= PRUNE_EVERY_S:
+            self._last_prune = now
+            self._persist(lambda s: s.prune(now - self.forecaster.history_days * 86400))
+        return f
+
+    def _save_minutes(self, store: ForecastStore) -> None:
+        store.save_minutes(*self.forecaster.drain_dirty())
+
+    def _flush(self) -> None:
+        self._persist(self._save_minutes)
+
+    def _persist(self, work) -> None:
+        try:
+            work(self._store)
+        except Exception as err:  # sqlite3 errors: keep forecasting, say so once
+            if not self._store_failing:
+                log.error("storage.path %s: forecast history not stored (%s: %s); forecasting from memory "
+                          "until it can", self.storage_path, type(err).__name__, err)
+            self._store_failing = True
+        else:
+            if self._store_failing:
+                log.info("forecast storage writing again")
+            self._store_failing = False
+
+    def _fit(self, now: float) -> None:
+        self.forecaster.fit(now)
+        self._persist(lambda s: s.save_model(self.forecaster.model_blob()))
+
+    def _fit_done(self, fut) -> None:
+        self._fit_future = None
+        if fut.cancelled():
+            return
+        err = fut.exception()
+        if err is not None:
+            if not self._fit_failing:
+                log.error("forecaster fit failed: %s: %s", type(err).__name__, err)
+            self._fit_failing = True
+            return
+        if self._fit_failing:
+            log.info("forecaster fit succeeded again")
+        self._fit_failing = False
+        st = self.forecaster.status()
+        parts = [f"{h} min {v['serving']} (validation rmse {_kw(v['validation_rmse_kw'])} vs persistence "
+                 f"{_kw(v['validation_persistence_rmse_kw'])})" for h, v in st["horizons"].items()]
+        log.info("forecaster fitted on %d rows in %.1f s: %s", st["train_rows"], st["last_fit_seconds"] or 0,
+                 "; ".join(parts))
+
+    # ---- operator view ----------------------------------------------------------------------------
+    def status(self) -> dict:
+        st = self.forecaster.status()
+        st.update({
+            "source": self.config.source, "active_source": self._active,
+            "last_input_at": self._last_input_t, "last_meter_at": self._last_meter_t,
+            "storage_ok": not self._store_failing, "fit_ok": not self._fit_failing,
+        })
+        f = self.last_forecast
+        if f is not None:
+            st["last_forecast"] = {"issued_at": f.issued_at, "demand_kw": {str(h): v for h, v in f.demand_kw.items()},
+                                   "rate_kw_per_min": f.rate_kw_per_min, "high_load": f.high_load,
+                                   "low_load": f.low_load, "high_threshold_kw": f.high_threshold_kw,
+                                   "low_threshold_kw": f.low_threshold_kw}
+        return st
+
+    def history(self, hours: float) -> dict:
+        if self._store is None:
+            return {"power": {"time": [], "kw": []}, "forecasts": {}, "flags": {}}
+        return self._store.history(self._clock() - hours * 3600)
+
+
+def _kw(x) -> str:
+    return "n/a" if x is None else f"{x:.1f} kW"
