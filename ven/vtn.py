@@ -454,6 +454,17 @@ class VtnClient:
     # -- telemetry ---------------------------------------------------------------------------
 
     async def _deliver(self) -> None:
+        """Supervise delivery: an unexpected error in one pass must not end telemetry for good."""
+        while True:
+            try:
+                await self._deliver_loop()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug, not a VTN fault (those are handled inside): say so loudly
+                log.exception("telemetry delivery failed unexpectedly; restarting it")
+                await asyncio.sleep(self._cfg.retry_max_seconds)
+
+    async def _deliver_loop(self) -> None:
         backoff = self._cfg.retry_min_seconds
         while True:
             timeout = None
