@@ -133,10 +133,19 @@ def cmd_demo_vtn(args) -> int:
 
 
 def cmd_forecast_replay(args) -> int:
-    from forecaster.replay import replay_csv
+    from forecaster.replay import ReplayInputError, replay_csv
 
-    summary = replay_csv(args.csv, args.time_column, args.value_column, args.output,
-                         cycle_minutes=args.cycle_minutes)
+    from .forecast_service import forecaster_params
+
+    params = forecaster_params(_config_or_exit(args.config).forecaster) if args.config else {}
+    if args.retrain_minutes is not None:
+        params["retrain_minutes"] = args.retrain_minutes
+    try:
+        summary = replay_csv(args.csv, args.time_column, args.value_column, args.output,
+                             cycle_minutes=args.cycle_minutes, **params)
+    except (ReplayInputError, OSError) as err:
+        print(f"forecast-replay: {err}", file=sys.stderr)
+        return 1
     print(" ".join(f"{k}={v}" for k, v in summary.items()))
     return 0
 
@@ -202,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--value-column", required=True)
     p.add_argument("--cycle-minutes", type=float, default=15.0)
     p.add_argument("--output", required=True)
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help="take the [forecaster] settings (thresholds, time zone, holidays...) from this file")
+    p.add_argument("--retrain-minutes", type=float, default=None, help="refit interval in simulated time")
     p.set_defaults(func=cmd_forecast_replay)
     return parser
 

@@ -23,13 +23,18 @@ log = logging.getLogger(__name__)
 PRUNE_EVERY_S = 3600.0
 
 
-def forecaster_from_config(c: ForecasterConfig, min_kw: float = -1e5, max_kw: float = 1e5) -> DemandForecaster:
-    return DemandForecaster(
+def forecaster_params(c: ForecasterConfig) -> dict:
+    """DemandForecaster keyword arguments from the [forecaster] section (shared with forecast-replay)."""
+    return dict(
         horizons_minutes=c.horizons_minutes, slope_minutes=c.slope_minutes, high_load_kw=c.high_load_kw,
         low_load_kw=c.low_load_kw, threshold_days=c.threshold_days, hysteresis_fraction=c.hysteresis_fraction,
         min_on_minutes=c.min_on_minutes, min_off_minutes=c.min_off_minutes, history_days=c.history_days,
-        retrain_minutes=c.retrain_minutes, min_kw=min_kw, max_kw=max_kw, stale_seconds=c.input_stale_seconds,
+        retrain_minutes=c.retrain_minutes, stale_seconds=c.input_stale_seconds,
         timezone=c.timezone, holiday_preset=c.holiday_preset, holidays=c.holidays)
+
+
+def forecaster_from_config(c: ForecasterConfig, min_kw: float = -1e5, max_kw: float = 1e5) -> DemandForecaster:
+    return DemandForecaster(min_kw=min_kw, max_kw=max_kw, **forecaster_params(c))
 
 
 class ForecastService:
