@@ -240,6 +240,7 @@ class Heartbeat:
         self.sample_after = sample_after
         self.keep = keep
         self.lateness: list[float] = []
+        self.max_late = 0.0  # kept as it goes: a progress line must not sort the whole run on the loop
         # (lateness s, wall time, stacks, (ms on CPU, ms waiting for a CPU) of the loop thread)
         self.stalls: list[tuple[float, float, list[str], tuple[float, float]]] = []
         self._expected = None
@@ -257,6 +258,7 @@ class Heartbeat:
         self._thread.start()
 
     def reset(self) -> None:
+        self.max_late = 0.0
         self.lateness.clear()
         self.stalls.clear()
 
@@ -277,6 +279,7 @@ class Heartbeat:
             late = loop.time() - self._expected
             before, sched = sched, _schedstat()
             self.lateness.append(late)
+            self.max_late = max(self.max_late, late)
             with self._lock:
                 samples, self._samples = self._samples, []
             if late > self.sample_after:

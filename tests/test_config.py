@@ -101,3 +101,11 @@ def test_run_refuses_bad_config(tmp_path):
     res = _cli("run", "--config", str(p))
     assert res.returncode == 2
     assert "bacnet.device_id" in res.stderr
+
+
+def test_http_off_loopback_needs_a_token():
+    with pytest.raises(ConfigError, match=r"http: .*not loopback: set http.token"):
+        load_config(None, environ={"EDGE_GATEWAY__HTTP__ADDRESS": "0.0.0.0:8000"})
+    cfg = load_config(None, environ={"EDGE_GATEWAY__HTTP__ADDRESS": "0.0.0.0:8000",
+                                     "EDGE_GATEWAY__HTTP__TOKEN": "s3cret"})
+    assert cfg.http.token == "s3cret"

@@ -39,16 +39,7 @@ def _import_slow_parts() -> None:
     openleadr_level = logging.getLogger("openleadr").level
     from . import forecast_service, http_api, vtn  # noqa: F401
     logging.getLogger("openleadr").setLevel(openleadr_level)  # importing openleadr resets it to INFO
-    # openleadr compiles each XML template on first use (20-40 ms on the loop per message type) and
-    # stats the file before every message; compile them here, once, and skip the re-checks.
-    try:
-        from openleadr.messaging import TEMPLATES
-
-        TEMPLATES.auto_reload = False
-        for name in TEMPLATES.list_templates():
-            TEMPLATES.get_template(name)
-    except Exception as err:  # an openleadr without these internals only loses the warm-up
-        log.debug("openleadr template warm-up skipped: %s", err)
+    vtn.warm_up()
 
 
 class Gateway:
@@ -181,6 +172,8 @@ class Gateway:
         self.metrics.vtn_connected.set(int(connected))
 
     def _on_forecast(self, f) -> None:
+        if self.forecast.last_cycle_seconds is not None:
+            self.metrics.forecast_cycle_seconds.observe(self.forecast.last_cycle_seconds)
         short, long = self.config.forecaster.horizons_minutes
         for horizon, name in ((short, P.FIFTEEN_MIN_FORECAST), (long, P.ONE_HOUR_FORECAST)):
             kw = f.demand_kw.get(horizon)

@@ -5,6 +5,7 @@ key or a wrong type is an error that names the key, so a typo never silently fal
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from pathlib import Path
@@ -21,6 +22,15 @@ class ConfigError(Exception):
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+def is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost may resolve anywhere
 
 
 def _host_port(value: str, what: str) -> str:
@@ -115,6 +125,14 @@ class HttpConfig(_Section):
     @classmethod
     def _address(cls, v: str) -> str:
         return _host_port(v, "address")
+
+    @model_validator(mode="after")
+    def _token_off_loopback(self) -> "HttpConfig":
+        host = self.address.rpartition(":")[0]
+        if self.enabled and not self.token and not is_loopback_host(host):
+            raise ValueError(f"address {self.address} is not loopback: set http.token (clients then send "
+                             f"'Authorization: Bearer <token>') or bind to 127.0.0.1")
+        return self
 
 
 class ForecasterConfig(_Section):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
@@ -47,7 +48,7 @@ class ForecastService:
         self.forecaster = forecaster_from_config(config, min_kw, max_kw)
         self._store: ForecastStore | None = None
         self._cycle_pool = ThreadPoolExecutor(1, thread_name_prefix="forecast-cycle")
-        self._fit_pool = ThreadPoolExecutor(1, thread_name_prefix="forecast-fit")
+        self._stopping = False
         self._task: asyncio.Task | None = None
         self._fit_future: asyncio.Future | None = None
         self._last_input_t: float | None = None
@@ -58,6 +59,7 @@ class ForecastService:
         self._store_failing = False
         self._last_prune = 0.0
         self.last_forecast: Forecast | None = None
+        self.last_cycle_seconds: float | None = None
 
     # ---- inputs (called on the event loop) ---------------------------------------------------------
     def _use_input(self, t: float) -> bool:
@@ -133,8 +135,8 @@ class ForecastService:
             self._task = None
         if self._store is not None:
             await asyncio.get_running_loop().run_in_executor(self._cycle_pool, self._flush)
-        # A fit still running is abandoned: its thread finishes on its own, nothing waits for it.
-        self._fit_pool.shutdown(wait=False, cancel_futures=True)
+        # A fit still running is abandoned: its daemon thread neither delays exit nor saves its model.
+        self._stopping = True
         self._cycle_pool.shutdown(wait=True)
 
     async def _run(self) -> None:
@@ -143,8 +145,9 @@ class ForecastService:
             started = loop.time()
             now = self._clock()
             if self._fit_future is None and self.forecaster.needs_fit(now):
-                self._fit_future = loop.run_in_executor(self._fit_pool, self._fit, now)
+                self._fit_future = self._start_fit(loop, now)
                 self._fit_future.add_done_callback(self._fit_done)
+            cycle_started = loop.time()
             try:
                 f = await loop.run_in_executor(self._cycle_pool, self._cycle, now)
             except asyncio.CancelledError:
@@ -153,6 +156,7 @@ class ForecastService:
                 log.exception("forecast cycle failed")
             else:
                 self.last_forecast = f
+                self.last_cycle_seconds = loop.time() - cycle_started
                 try:
                     self._publish(f)
                 except Exception:
@@ -187,9 +191,32 @@ class ForecastService:
                 log.info("forecast storage writing again")
             self._store_failing = False
 
+    def _start_fit(self, loop: asyncio.AbstractEventLoop, now: float) -> asyncio.Future:
+        """Fit in a daemon thread: a fit that outlives stop() must not hold the process at exit."""
+        fut = loop.create_future()
+
+        def settle(err: BaseException | None) -> None:
+            if not fut.done():
+                fut.set_exception(err) if err is not None else fut.set_result(None)
+
+        def work() -> None:
+            err = None
+            try:
+                self._fit(now)
+            except Exception as e:  # reported on the loop by _fit_done
+                err = e
+            try:
+                loop.call_soon_threadsafe(settle, err)
+            except RuntimeError:  # the loop closed while fitting
+                pass
+
+        threading.Thread(target=work, name="forecast-fit", daemon=True).start()
+        return fut
+
     def _fit(self, now: float) -> None:
         self.forecaster.fit(now)
-        self._persist(lambda s: s.save_model(self.forecaster.model_blob()))
+        if not self._stopping:
+            self._persist(lambda s: s.save_model(self.forecaster.model_blob()))
 
     def _fit_done(self, fut) -> None:
         self._fit_future = None

@@ -69,7 +69,6 @@ import datetime as dt
 import enum
 import hmac
 import inspect
-import ipaddress
 import json
 import logging
 import math
@@ -79,7 +78,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from ven.config import ConfigError
+from ven.config import ConfigError, is_loopback_host
 from ven.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -203,13 +202,7 @@ def parse_address(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a host name other than localhost may resolve anywhere
+is_loopback = is_loopback_host
 
 
 def to_json(value: Any) -> Any:
