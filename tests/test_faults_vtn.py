@@ -126,7 +126,8 @@ async def test_vtn_down_at_start_then_killed_mid_run_no_sample_lost_or_repeated(
             # BACnet keeps answering with live meter values during the outage
             assert await read(peer, gw, P.VTN_CONNECTED) == "inactive"
             live = await read(peer, gw, P.METER_POWER)
-            assert live == pytest.approx(gateway.device.get(P.METER_POWER))
+            # the meter keeps moving; what BACnet shows is one of its latest real readings
+            assert any(live == pytest.approx(v) for _, v in good(readings)[-3:]), (live, good(readings)[-3:])
             assert gateway.telemetry.pending >= 3
 
             second = DemoVtn(port, poll_seconds=1)          # restarted VTN: knows no VEN
