@@ -178,21 +178,21 @@ async def main(args) -> None:
     fast = await skew_run(seen, args.local_intervals, args.local_ms / 1000, local)
     await schedule.stop()
 
-    print(f"{'measure':<44}{'value':>14}")
-    print("-" * 58)
+    print(f"{'measure':<50}{'value':>14}")
+    print("-" * 64)
     for label, (n, skews) in (("BACnet client, gateway process, 1 s", seen_by_bas),
                               ("over OpenADR, 1 s intervals", wire),
                               (f"local, {args.local_ms} ms intervals", fast)):
-        print(f"{label + ': intervals / seen':<44}{f'{n} / {len(skews)}':>14}")
+        print(f"{label + ': intervals / seen':<50}{f'{n} / {len(skews)}':>14}")
         if skews:
-            print(f"{'  interval start -> seen p50 (ms)':<44}{statistics.median(skews):>14.2f}")
-            print(f"{'  interval start -> seen p99 (ms)':<44}{pct(skews, 99):>14.2f}")
-            print(f"{'  interval start -> seen max (ms)':<44}{max(skews):>14.2f}")
-    print(f"{'backlog samples queued / received':<44}{f'{args.backlog} / {got}':>14}")
-    print(f"{'received in timestamp order':<44}{str(in_order):>14}")
-    print(f"{'VTN up -> registered (s)':<44}{registered:>14.2f}")
-    print(f"{'VTN up -> backlog delivered (s)':<44}{drained:>14.2f}")
-    print(f"{'backlog delivery rate (samples/s)':<44}{args.backlog / max(drained - registered, 1e-9):>14.0f}")
+            print(f"{'  interval start -> seen p50 (ms)':<50}{statistics.median(skews):>14.2f}")
+            print(f"{'  interval start -> seen p99 (ms)':<50}{pct(skews, 99):>14.2f}")
+            print(f"{'  interval start -> seen max (ms)':<50}{max(skews):>14.2f}")
+    print(f"{'backlog samples queued / received':<50}{f'{args.backlog} / {got}':>14}")
+    print(f"{'received in timestamp order':<50}{str(in_order):>14}")
+    print(f"{'VTN up -> registered (s)':<50}{registered:>14.2f}")
+    print(f"{'VTN up -> backlog delivered (s)':<50}{drained:>14.2f}")
+    print(f"{'backlog delivery rate (samples/s)':<50}{args.backlog / max(drained - registered, 1e-9):>14.0f}")
 
 
 if __name__ == "__main__":

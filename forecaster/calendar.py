@@ -60,6 +60,7 @@ class Calendar:
         self._tz = ZoneInfo(timezone)
         self.holiday_preset = holiday_preset
         self.holidays = tuple(holidays)
+        self._single: dict = {}  # per-day answers for one-row predicts, which ask the same day all day
 
     def __getstate__(self):
         return {"timezone": self.timezone, "holiday_preset": self.holiday_preset, "holidays": self.holidays}
@@ -90,9 +91,23 @@ class Calendar:
             kind = np.where(np.isin(days, hol), RESTDAY, kind)
         return kind
 
+    def _one_day(self, fn, days, *args) -> np.ndarray:
+        key = (fn.__name__, int(days[0]), args)
+        hit = self._single.get(key)
+        if hit is None:
+            if len(self._single) > 1024:
+                self._single.clear()
+            hit = self._single[key] = fn(days, *args)
+        return hit.copy()
+
     def same_kind_offsets(self, days: np.ndarray, min_back: int, max_back: int = 21) -> np.ndarray:
         """Days back (>= min_back) to the latest earlier day of the same kind; max_back if none."""
         days = np.asarray(days, dtype=np.int64)
+        if days.size == 1:
+            return self._one_day(self._same_kind_offsets, days, min_back, max_back)
+        return self._same_kind_offsets(days, min_back, max_back)
+
+    def _same_kind_offsets(self, days: np.ndarray, min_back: int, max_back: int) -> np.ndarray:
         uniq, inv = np.unique(days, return_inverse=True)
         lo = int(uniq.min()) - max_back if uniq.size else 0
         span = np.arange(lo, int(uniq.max()) + 1) if uniq.size else np.arange(0)
@@ -109,6 +124,11 @@ class Calendar:
     def recent_same_kind(self, days: np.ndarray, n: int, max_back: int = 42) -> np.ndarray:
         """(len(days), n) days back to the n latest earlier days of the same kind; max_back pads."""
         days = np.asarray(days, dtype=np.int64)
+        if days.size == 1:
+            return self._one_day(self._recent_same_kind, days, n, max_back)
+        return self._recent_same_kind(days, n, max_back)
+
+    def _recent_same_kind(self, days: np.ndarray, n: int, max_back: int) -> np.ndarray:
         uniq, inv = np.unique(days, return_inverse=True)
         out = np.full((uniq.size, n), max_back, dtype=np.int64)
         if not uniq.size:

@@ -208,10 +208,11 @@ class DemandForecaster:
             self._last_fit_try = now
             last_k = min(minute_of(now), self._bins.last_k if self._bins.last_k is not None else 0)
             snap = self._bins.snapshot(last_k - int(self.history_days * 1440), last_k)
+            previous = self._model
         try:
             with self._threads():
                 fitted = model.fit(snap, self.calendar, self.horizons_minutes, last_k, self._stride(snap),
-                                   self.validation_days, now)
+                                   self.validation_days, now, previous)
         finally:
             with self._lock:
                 self._fitting = False

@@ -7,9 +7,6 @@ Sunday's shape rather than last Friday's.
 """
 from __future__ import annotations
 
-import warnings
-from contextlib import contextmanager
-
 import numpy as np
 
 from .calendar import Calendar
@@ -60,17 +57,16 @@ def build(snap: MinuteSnapshot, cal: Calendar, ks: np.ndarray, h: int) -> tuple[
     offn = cal.recent_same_kind(day_j, N_REFS) * DAY
     rj = np.column_stack([demand(snap, js - offn[:, i]) for i in range(N_REFS)])
     rk = np.column_stack([demand(snap, ks - offn[:, i]) for i in range(N_REFS)])
-    with np.errstate(all="ignore"), _quiet():
-        cols += [_row_median(rj - rk), level - _row_median(rk), _row_median(rj), np.nanstd(rj - rk, axis=1)]
+    with np.errstate(all="ignore"):
+        cols += [_row_median(rj - rk), level - _row_median(rk), _row_median(rj), _row_std(rj - rk)]
     return np.column_stack(cols), level
 
 
-@contextmanager
-def _quiet():
-    # nanmedian warns on all-NaN rows (no reference days yet); NaN is the right answer there.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        yield
+def _row_std(a: np.ndarray) -> np.ndarray:
+    # np.nanstd warns through the warnings module on empty rows; filters are not thread-safe.
+    c = np.sum(~np.isnan(a), axis=1)
+    m = np.nansum(a, axis=1) / c
+    return np.sqrt(np.nansum((a - m[:, None]) ** 2, axis=1) / c)
 
 
 def _row_median(a: np.ndarray) -> np.ndarray:
@@ -79,6 +75,5 @@ def _row_median(a: np.ndarray) -> np.ndarray:
     c = np.sum(~np.isnan(a), axis=1)
     rows = np.arange(a.shape[0])
     lo = s[rows, np.maximum((c - 1) // 2, 0)]
-    hi = s[rows, np.maximum(c // 2, 0) if a.shape[1] else 0]
     hi = np.where(c % 2 == 1, lo, s[rows, np.minimum(c // 2, a.shape[1] - 1)])
     return np.where(c > 0, (lo + hi) / 2, np.nan)
