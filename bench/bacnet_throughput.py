@@ -33,22 +33,13 @@ import _common as C  # noqa: E402
 
 # ---- the device-under-test process ------------------------------------------------------------------
 
-def run_dut(conn, kind: str, bacnet_port: int, gw_ports: dict | None, storage: str | None, fit_nice: int,
+def run_dut(conn, kind: str, bacnet_port: int, gw_ports: dict | None, storage: str | None,
             switch_interval: float | None) -> None:
     C.quiet_logging()
-    if switch_interval and kind == "gateway":
-        sys.setswitchinterval(switch_interval)
-    asyncio.run(_dut(conn, kind, bacnet_port, gw_ports, storage, fit_nice))
+    asyncio.run(_dut(conn, kind, bacnet_port, gw_ports, storage, switch_interval))
 
 
-def _lower_priority(nice: int) -> None:
-    """Linux: a thread's nice value is its own, so this demotes only the calling (fit) thread."""
-    import threading
-
-    os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
-
-
-async def _dut(conn, kind, bacnet_port, gw_ports, storage, fit_nice) -> None:
+async def _dut(conn, kind, bacnet_port, gw_ports, storage, switch_interval) -> None:
     loop = asyncio.get_running_loop()
     address = f"127.0.0.1/8:{bacnet_port}"
     gateway = app = None
@@ -70,9 +61,9 @@ async def _dut(conn, kind, bacnet_port, gw_ports, storage, fit_nice) -> None:
         cfg = parse_config(C.gateway_config_dict(storage, bacnet_port, poll_seconds=2.0, cycle_seconds=10.0,
                                                  telemetry_seconds=10.0, **gw_ports), "bench", environ={})
         gateway = Gateway(cfg)
-        if fit_nice:
-            await loop.run_in_executor(gateway.forecast._fit_pool, _lower_priority, fit_nice)
         await gateway.start()
+        if switch_interval:  # overrides the gateway's own setting, to compare
+            sys.setswitchinterval(switch_interval)
         # the first fit starts on the first forecast cycle; let it finish so "gateway" rounds are clean
         deadline = time.monotonic() + 120
         fc = gateway.forecast.forecaster
@@ -96,7 +87,7 @@ async def _dut(conn, kind, bacnet_port, gw_ports, storage, fit_nice) -> None:
         svc = gateway.forecast
         while True:
             fits.append((time.time(), float("inf")))
-            await loop.run_in_executor(svc._fit_pool, svc._fit, time.time())
+            await svc._start_fit(loop, time.time())  # the service's own fit thread
             fits[-1] = (fits[-1][0], time.time())
 
     mark = None
@@ -140,14 +131,14 @@ async def _dut(conn, kind, bacnet_port, gw_ports, storage, fit_nice) -> None:
 
 class Dut:
     def __init__(self, kind: str, bacnet_port: int, gw_ports: dict | None = None, storage: str | None = None,
-                 fit_nice: int = 0, switch_interval: float | None = None):
+                 switch_interval: float | None = None):
         import multiprocessing as mp
 
         ctx = mp.get_context("spawn")
         self.kind = kind
         self.address = f"127.0.0.1:{bacnet_port}"
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=run_dut, args=(child, kind, bacnet_port, gw_ports, storage, fit_nice, switch_interval),
+        self.proc = ctx.Process(target=run_dut, args=(child, kind, bacnet_port, gw_ports, storage, switch_interval),
                                 name=f"bench-dut-{kind}", daemon=True)
         self.info: dict = {}
 
@@ -250,7 +241,7 @@ def report(results, args) -> None:
                      r["loop_max_ms"], f"{r['fits']} / {100 * r['fit_cover']:.0f}%" if phase == "retrain" else "-"])
     print()
     print(f"ReadProperty analogValue 6 presentValue, {args.reads} reads per round, {args.concurrency} in flight, "
-          f"client in its own process; fit thread nice {args.fit_nice}, "
+          f"client in its own process; "
           f"switch interval {args.switch_interval or sys.getswitchinterval()} s")
     print(C.table(["phase", "round", "ok", "errors", "reads/s", "p50 ms", "p99 ms", "vs bare (same round)",
                    "loop CPU ms/read", "proc CPU ms/read", "loop max lag ms", "fits / window covered"], rows))
@@ -271,18 +262,15 @@ def main() -> int:
     ap.add_argument("--reads", type=int, default=5000)
     ap.add_argument("--concurrency", type=int, default=50)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--fit-nice", type=int, default=0,
-                    help="run the gateway's fit thread at this nice value (19: only spare CPU), to test that fix")
     ap.add_argument("--switch-interval", type=float, default=None,
-                    help="sys.setswitchinterval in the gateway process (Python's default 0.005 s), to test that fix")
+                    help="override sys.setswitchinterval in the gateway process (Gateway.start sets 0.001 s)")
     args = ap.parse_args()
     C.quiet_logging()
     tmp = tempfile.TemporaryDirectory(prefix="bench-throughput-")
     ports = {"meter_port": C.free_port(), "vtn_port": C.free_tcp_port(), "http_port": C.free_tcp_port()}
     peers = C.Peers(ports["meter_port"], ports["vtn_port"], vtn_poll_seconds=10.0)
     bare = Dut("bare", C.free_port())
-    gw = Dut("gateway", C.free_port(), ports, str(Path(tmp.name) / "gw.sqlite"), args.fit_nice,
-             args.switch_interval)
+    gw = Dut("gateway", C.free_port(), ports, str(Path(tmp.name) / "gw.sqlite"), args.switch_interval)
     started = []
     try:
         for part in (peers, bare, gw):

@@ -28,13 +28,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 
-def _lower_priority(nice: int) -> None:
-    """Linux: a thread's nice value is its own, so this demotes only the calling (fit) thread."""
-    import threading
-
-    os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
-
-
 async def run(args, storage: str) -> dict:
     from ven.app import Gateway
     from ven.config import parse_config
@@ -54,10 +47,6 @@ async def run(args, storage: str) -> dict:
     meter_reads = 0
     hb = C.Heartbeat()
     svc = gateway.forecast
-    if args.fit_nice:
-        await loop.run_in_executor(svc._fit_pool, _lower_priority, args.fit_nice)
-    if args.switch_interval:
-        sys.setswitchinterval(args.switch_interval)
     original_fit = svc._fit
 
     def counted_fit(now):  # runs in the fit thread; only counts
@@ -67,6 +56,8 @@ async def run(args, storage: str) -> dict:
     svc._fit = counted_fit
     try:
         await gateway.start()
+        if args.switch_interval:  # overrides the gateway's own setting, to compare
+            sys.setswitchinterval(args.switch_interval)
         C.quiet_logging()  # the gateway's imports (openleadr) reset some levels
         original_on_meter = gateway.meter.on_reading
 
@@ -91,10 +82,6 @@ async def run(args, storage: str) -> dict:
     finally:
         await hb.stop()
         await gateway.stop()
-        # stop() abandons a fit in progress; it still saves its model, so let it end before the
-        # temporary directory goes
-        for thread in list(getattr(svc._fit_pool, "_threads", ())):
-            await loop.run_in_executor(None, thread.join, 60)
         summary = await loop.run_in_executor(None, peers.stop)
     return {"hb": hb, "elapsed": elapsed, "fits": fits, "meter_reads": meter_reads, "minutes": minutes,
             "status": status, "peers": summary}
@@ -122,10 +109,8 @@ def main() -> int:
     ap.add_argument("--cycle", type=float, default=10.0, help="forecast cycle seconds")
     ap.add_argument("--telemetry", type=float, default=10.0, help="telemetry seconds")
     ap.add_argument("--retrain-minutes", type=float, default=2.0)
-    ap.add_argument("--fit-nice", type=int, default=0,
-                    help="run the gateway's fit thread at this nice value (19: only spare CPU), to test that fix")
     ap.add_argument("--switch-interval", type=float, default=None,
-                    help="sys.setswitchinterval for the gateway (Python's default 0.005 s), to test that fix")
+                    help="override sys.setswitchinterval in the gateway (Gateway.start sets 0.001 s)")
     ap.add_argument("--stacks", action="store_true", help="print the full sampled stacks of the worst stalls")
     args = ap.parse_args()
     C.quiet_logging()
@@ -138,7 +123,7 @@ def main() -> int:
     print()
     print(f"gateway loop heartbeat (10 ms sleep), {r['elapsed']:.0f} s; meter every {args.poll:g} s, forecast every "
           f"{args.cycle:g} s, telemetry every {args.telemetry:g} s, retrain every {args.retrain_minutes:g} min, "
-          f"BAS every 10 s; fit nice {args.fit_nice}, switch interval {sys.getswitchinterval()} s; load average {load0:.2f} -> {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+          f"BAS every 10 s; switch interval {sys.getswitchinterval()} s; load average {load0:.2f} -> {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
     print(C.table(["beats", "max ms", "p99 ms", "p99.9 ms", "p50 ms", "beats > 10 ms", "beats > 20 ms", "goal < 20 ms"],
                   [[s["beats"], s["max_ms"], s["p99_ms"], s["p999_ms"], s["p50_ms"], s["over_10ms"], s["over_20ms"],
                     "yes" if s["max_ms"] < 20 else "NO"]]))
