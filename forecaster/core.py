@@ -71,7 +71,7 @@ class _Rolling:
 class DemandForecaster:
     def __init__(self, horizons_minutes=(15, 60), slope_minutes=5, high_load_kw=None, low_load_kw=None,
                  threshold_days=14.0, hysteresis_fraction=0.03, min_on_minutes=15.0, min_off_minutes=15.0,
-                 history_days=35.0, retrain_minutes=60.0, min_kw=-1e5, max_kw=1e5, stale_seconds=300.0,
+                 history_days=35.0, retrain_minutes=1440.0, min_kw=-1e5, max_kw=1e5, stale_seconds=300.0,
                  timezone="UTC", holiday_preset="", holidays=(), validation_days=7.0, min_fit_hours=48.0,
                  rolling_hours=48.0, rolling_min_count=12, high_percentile=90.0, low_percentile=10.0,
                  n_threads=1):

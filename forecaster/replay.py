@@ -17,8 +17,7 @@ import numpy as np
 from .core import DemandForecaster
 
 OUTPUT_COLUMNS = ("issued_at", "horizon_minutes", "target_time", "forecast_kw", "high_load", "low_load", "model")
-# Live refits hourly; replaying a year with hourly refits would take hours, so replay refits daily
-# unless told otherwise (pass retrain_minutes=60 to mirror the live schedule exactly).
+# The live default schedule (daily); pass retrain_minutes to replay another one.
 REPLAY_RETRAIN_MINUTES = 1440.0
 
 

@@ -41,7 +41,9 @@ async def test_auto_source_prefers_the_bas_input_and_publishes(tmp_path, caplog)
                           publish=published.append, min_kw=0, max_kw=5000)
     await svc.start()
     try:
-        now = time.time()
+        # 35 s before the last minute boundary: the samples below land in three different minute bins
+        # whatever the wall clock's second (the 15-min mean weighs minutes, not samples).
+        now = (time.time() // 60) * 60 - 35
         svc.on_meter(now - 120, 100.0)
         assert svc.status()["active_source"] == "meter"
         svc.on_input_power(now - 30, 200.0)

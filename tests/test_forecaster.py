@@ -146,7 +146,7 @@ def _seed_office(fc, days, step=900.0, noise=0.0, seed=0):
 
 
 def test_learned_model_serves_when_it_beats_persistence():
-    fc = DemandForecaster(validation_days=2, min_fit_hours=48)
+    fc = DemandForecaster(validation_days=2, min_fit_hours=48, retrain_minutes=60)
     t, _ = _seed_office(fc, 10, noise=2.0)
     now = t[-1]
     assert fc.needs_fit(now)
@@ -208,3 +208,34 @@ def test_fit_needs_enough_history():
     assert not fc.needs_fit(T0 + 2 * 86400)
     assert fc.status()["model"] == PERSISTENCE
     assert math.isnan(float("nan"))
+
+
+def test_refit_carries_the_held_out_verdict_until_its_days_are_stale():
+    fc = DemandForecaster(validation_days=2, min_fit_hours=48)
+    t, v = _seed_office(fc, 10, noise=2.0)
+    fc.fit(t[-1])
+    first = fc.fitted_model.horizons[60]
+    more = t[-1] + np.arange(900, 86400 + 1, 900)
+    fc.seed(more, office(more))
+    fc.fit(more[-1])
+    carried = fc.fitted_model.horizons[60]
+    assert carried.validated_until_minute == first.validated_until_minute
+    assert carried.val_rmse == first.val_rmse and carried.weight == first.weight
+    assert carried.hgb is not first.hgb  # the served trees still learn the new day
+    later = more[-1] + np.arange(900, 2 * 86400 + 1, 900)
+    fc.seed(later, office(later))
+    fc.fit(later[-1])
+    assert fc.fitted_model.horizons[60].validated_until_minute > first.validated_until_minute
+
+
+def test_flattened_trees_predict_what_scikit_learn_predicts():
+    from forecaster.model import _hgb
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(2000, 6))
+    X[rng.random(X.shape) < 0.05] = np.nan
+    y = np.nan_to_num(X[:, 0]) * 3 + np.nan_to_num(X[:, 1]) ** 2 + rng.normal(size=2000)
+    m = _hgb().fit(X, y, sample_weight=rng.random(2000) + 0.5)
+    Xt = rng.normal(size=(40, 6))
+    Xt[rng.random(Xt.shape) < 0.2] = np.nan
+    one_by_one = np.array([m.predict(Xt[i:i + 1])[0] for i in range(40)])
+    np.testing.assert_allclose(one_by_one, m.est.predict(m._codes(Xt)), rtol=0, atol=1e-9)

@@ -147,7 +147,7 @@ class ForecasterConfig(_Section):
     min_on_minutes: float = Field(15.0, ge=0)
     min_off_minutes: float = Field(15.0, ge=0)
     history_days: float = Field(35.0, gt=0)
-    retrain_minutes: float = Field(60.0, gt=0)
+    retrain_minutes: float = Field(1440.0, gt=0)
     input_stale_seconds: float = Field(300.0, gt=0)
     timezone: str = "UTC"
     holiday_preset: Literal["", "IT"] = ""
