@@ -104,13 +104,13 @@ def cmd_simulate_meter(args) -> int:
     from .logs import setup_logging
 
     setup_logging("INFO")
-    values = None
-    if args.csv:
-        from .demo_data import load_kw_column
+    from .demo_data import load_kw_column
 
-        values = load_kw_column(args.csv, args.value_column)
-    elif args.value is not None:
-        values = [args.value]
+    try:  # a fixed value, else a CSV column, else the shipped building's load shape
+        values = [args.value] if args.value is not None else load_kw_column(args.csv, args.value_column)
+    except (OSError, ValueError) as err:
+        print(f"simulate-meter: {err}", file=sys.stderr)
+        return 1
     asyncio.run(serve_until_signalled(
         run_simulator(args.address, values=values, interval=args.interval), args.duration))
     return 0
