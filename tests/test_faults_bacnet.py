@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 import aiohttp
 import pytest
 from bacnet_peer import BacnetPeer
+from waiting import eventually
 
 from bacnet_api import points as P
 from bacnet_api.simulator import MeterSimulator
@@ -27,17 +28,6 @@ from ven.config import parse_config
 from ven.vtn_server import DemoVtn
 
 
-async def eventually(check, timeout: float, what: str = "condition", interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if asyncio.iscoroutine(last):
-            last = await last
-        if last:
-            return last
-        await asyncio.sleep(interval)
-    raise AssertionError(f"{what}: not met within {timeout} s (last: {last!r})")
 
 
 # -- the gateway as a process ----------------------------------------------------------------------

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from bacnet_peer import BacnetPeer
+from waiting import eventually
 
 from bacnet_api import points as P
 from bacnet_api.simulator import MeterSimulator
@@ -63,17 +64,6 @@ def fill(directory: Path) -> Path:
     return filler
 
 
-async def eventually(check, timeout: float, what: str = "condition", interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if asyncio.iscoroutine(last):
-            last = await last
-        if last:
-            return last
-        await asyncio.sleep(interval)
-    raise AssertionError(f"{what}: not met within {timeout} s (last: {last!r})")
 
 
 # -- the queue and the event store on a disk that fills -------------------------------------------

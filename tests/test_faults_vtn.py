@@ -10,6 +10,7 @@ import time
 
 import pytest
 from bacnet_peer import BacnetPeer
+from waiting import eventually
 from fake_vtn import FakeVtn
 
 from bacnet_api import points as P
@@ -32,17 +33,6 @@ def gateway_config(tmp_path, bacnet_port, meter_port, vtn_url, poll=0.5):
     }, "test", environ={})
 
 
-async def eventually(check, timeout: float, what: str = "condition", interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if asyncio.iscoroutine(last):
-            last = await last
-        if last:
-            return last
-        await asyncio.sleep(interval)
-    raise AssertionError(f"{what}: not met within {timeout} s (last: {last!r})")
 
 
 @contextlib.asynccontextmanager

@@ -29,7 +29,9 @@ def _excerpt_ending_now():
     with open(EXCERPT, newline="") as fh:
         rows = list(csv.DictReader(fh))
     t = [dt.datetime.fromisoformat(r["timestamp"]).replace(tzinfo=dt.timezone.utc).timestamp() for r in rows]
-    shift = ((time.time() - 60) - t[-1]) // 900 * 900  # the newest sample lands in the last minute or two
+    # the newest sample lands one minute ago, whatever the wall clock's phase within the quarter hour
+    # (flooring the shift to 15 min could leave it 16 min old: no current 15-min demand, rightly)
+    shift = (time.time() - 60) - t[-1]
     return [x + shift for x in t], [float(r["Total_Power"]) for r in rows]
 
 

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from bacnet_peer import BacnetPeer
+from waiting import eventually
 
 from bacnet_api import points as P
 from bacnet_api.simulator import MeterSimulator
@@ -30,18 +31,6 @@ def fast_config(tmp_path, bacnet_port, meter_port, vtn_port, http_port, **foreca
     }, "test", environ={})
 
 
-async def eventually(check, timeout: float, interval: float = 0.1):
-    """Poll `check()` (sync or async) until it returns a truthy value; fail with the last value."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if asyncio.iscoroutine(last):
-            last = await last
-        if last:
-            return last
-        await asyncio.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout} s (last: {last!r})")
 
 
 @pytest.fixture

@@ -1,0 +1,20 @@
+"""Waiting for a condition in tests: poll with a deadline instead of sleeping a guessed time."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+
+async def eventually(check, timeout: float, what: str = "condition", interval: float = 0.05):
+    """Poll `check()` (sync or async) until it returns a truthy value, which is returned; else fail
+    after `timeout` seconds naming `what` and the last value seen."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if asyncio.iscoroutine(last):
+            last = await last
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"{what}: not met within {timeout} s (last: {last!r})")
