@@ -26,3 +26,12 @@ def test_every_config_key_is_documented():
 def test_every_point_is_in_the_point_table():
     for p in POINTS:
         assert f"| {p.object_id} | {p.name} |" in README, p.name
+
+
+def test_example_config_shows_every_key():
+    import re
+
+    example = (Path(__file__).resolve().parent.parent / "examples" / "gateway.toml").read_text()
+    missing = [k for k in _keys(GatewayConfig)
+               if not re.search(rf"^#? ?{k.rpartition('.')[2]} =", example, re.M)]
+    assert not missing, f"examples/gateway.toml lacks: {missing}"
