@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from datetime import datetime, timedelta, timezone
+
+from waiting import eventually as until
 
 from ven.config import OpenadrConfig
 from ven.schedule import EventSchedule
@@ -16,13 +17,6 @@ from ven.vtn_server import DemoVtn
 T0 = datetime(2026, 11, 21, 20, 0, tzinfo=timezone.utc)
 
 
-async def until(cond, timeout=10.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_queue_keeps_order_survives_reopen_and_drops_oldest_beyond_bound(tmp_path):

@@ -1,13 +1,12 @@
 """TLS with client certificates and VTN fingerprint pinning against a real openleadr VTN."""
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import ipaddress
 import logging
-import time
 
 import pytest
+from waiting import eventually as until
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -22,13 +21,6 @@ from ven.vtn import VtnClient
 from ven.vtn_server import DemoVtn
 
 
-async def until(cond, timeout=10.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _name(cn):

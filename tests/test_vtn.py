@@ -1,11 +1,12 @@
 """VtnClient + EventSchedule against a real openleadr VTN (DemoVtn) on loopback."""
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
+
+from waiting import eventually as until
 
 from ven.config import OpenadrConfig
 from ven.schedule import EventSchedule
@@ -19,13 +20,6 @@ def now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-async def until(cond, timeout=10.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Gateway:

@@ -68,7 +68,7 @@ class Gateway:
                                  on_reading=self._on_meter)
         self._stack = []
         self._schedule_listeners: list = []
-        self._counted = {"queued": 0, "sent": 0, "dropped": 0, "poll_failures": 0}
+        self._counted = {"sent": 0, "dropped": 0, "poll_failures": 0}
         self.metrics.set_version(__version__)
 
     # The forecaster, the VEN and the HTTP API are built on first use: their modules are slow to import

@@ -18,6 +18,7 @@ from forecaster import DemandForecaster, Forecast
 from forecaster.store import ForecastStore
 
 from .config import ForecasterConfig
+from .tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -126,13 +127,8 @@ class ForecastService:
         return store, store.load_into(self.forecaster, self._clock())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         if self._store is not None:
             await asyncio.get_running_loop().run_in_executor(self._cycle_pool, self._flush)
         # A fit still running is abandoned: its daemon thread neither delays exit nor saves its model.

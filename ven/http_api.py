@@ -80,6 +80,7 @@ from aiohttp import web
 
 from ven.config import ConfigError, is_loopback_host
 from ven.metrics import Metrics
+from ven.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -258,13 +259,8 @@ class LoopHeartbeat:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="http-heartbeat")
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         while True:

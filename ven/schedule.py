@@ -15,6 +15,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Callable, Iterable
 
 from .events import OPT_IN, OPT_OUT, Event
+from .tasks import cancel_and_wait
 from .storage import Storage
 
 log = logging.getLogger(__name__)
@@ -69,13 +70,8 @@ class EventSchedule:
         self._task = asyncio.create_task(self._run(), name="event-schedule")
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     # -- changes -----------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from openleadr.messaging import parse_message, validate_xml_schema, validate_xml
 from signxml.exceptions import InvalidSignature
 
 from .config import OpenadrConfig
+from .tasks import cancel_and_wait
 from .events import OPT_IN, OPT_OUT, SIMPLE, from_openleadr, with_opt
 from .schedule import EventSchedule
 from .telemetry import TelemetryQueue
@@ -168,13 +169,7 @@ class VtnClient:
                        asyncio.create_task(self._deliver(), name="vtn-telemetry")]
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            try:
-                await t
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(*self._tasks)
         self._tasks = []
         await self._drop_client()
         self._set_connected(False)
