@@ -12,7 +12,8 @@ Memory: one more launch with an hour of work compressed into `--work` seconds: m
 work/360 s (360 reads, as at 10 s in an hour), forecast every work/60 s (60 cycles, as at 60 s),
 telemetry reported every second, a retrain every work/120 min (the first fit at start plus about
 two), and this process reading meter-power 5,000 times, 50 in flight, as a busy BAS would. RSS
-(VmRSS) and its peak (VmHWM) come from /proc. The VTN and the meter simulator run in a third
+(VmRSS) and its peak (VmHWM) come from /proc. Fits run in short-lived child processes
+(`ven.fit_worker`); their peak is sampled every 20 ms and shown beside the gateway's. The VTN and the meter simulator run in a third
 process. Prints tables; nothing is asserted. Goals (issue 7): RSS at most 200 MB, online within 3 s.
 """
 from __future__ import annotations
@@ -33,6 +34,34 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as C  # noqa: E402
+
+
+class FitPeak:
+    """Largest VmHWM seen among a process's ven.fit_worker children, sampled by a thread."""
+
+    def __init__(self, parent: int):
+        self.parent, self.peak_mb, self.seen = parent, 0.0, set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            for d in Path("/proc").iterdir():
+                try:
+                    if not d.name.isdigit() or b"ven.fit_worker" not in (d / "cmdline").read_bytes():
+                        continue
+                    if int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) != self.parent:
+                        continue
+                    self.seen.add(d.name)
+                    self.peak_mb = max(self.peak_mb, C.rss_mb(d.name)[1])
+                except (OSError, ValueError, IndexError):  # it exited while we looked
+                    continue
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.peak_mb
 
 
 class Launch:
@@ -130,6 +159,7 @@ async def bench(args, tmp: Path, peers_ports: dict) -> tuple[list, dict]:
                                    "rss_ready": rss_ready[0], "rss_1s": rss_settled[0], "exit": code, "shutdown": down})
                     continue
                 t_work = time.monotonic()
+                fit_peak = FitPeak(launch.proc.pid)
                 reads = await _bas_reads(peer, address, 5000, 50)
                 left = args.work - (time.monotonic() - t_work)
                 if left > 0:
@@ -139,6 +169,7 @@ async def bench(args, tmp: Path, peers_ports: dict) -> tuple[list, dict]:
                 await asyncio.sleep(max(1.0, args.work / 60))
                 status = http_status(http_port)
                 rss_end = C.rss_mb(launch.proc.pid)
+                fit_mb = fit_peak.stop()
                 fits = sum(1 for _, line in launch.lines if "forecaster fitted on" in line)
                 meter_reads = sum(1 for _, line in launch.lines if "meter read" in line)
                 code, down = launch.stop()
@@ -146,7 +177,7 @@ async def bench(args, tmp: Path, peers_ports: dict) -> tuple[list, dict]:
                 fc = status.get("forecaster", {})
                 memory = {"online": online, "ready": ready, "rss_online": rss_online[0],
                           "rss_ready": rss_ready[0], "rss_end": rss_end[0],
-                          "hwm": rss_end[1], "fits": fits, "bas_reads": reads, "elapsed": time.monotonic() - t_work,
+                          "hwm": rss_end[1], "fit_hwm": fit_mb, "fit_processes": len(fit_peak.seen), "fits": fits, "bas_reads": reads, "elapsed": time.monotonic() - t_work,
                           "telemetry_delivered": tel.get("delivered"), "telemetry_pending": tel.get("pending"),
                           "history_minutes": fc.get("history_minutes"), "model": fc.get("model"),
                           "exit": code, "shutdown": down, "meter_log_lines": meter_reads,
@@ -204,10 +235,12 @@ def main() -> int:
     print()
     print(f"an hour of work in {m['elapsed']:.0f} s (meter every {args.work / 360:.3f} s, forecast every "
           f"{args.work / 60:g} s, retrain every {args.work / 120:g} min, {m['bas_reads']} BAS reads)")
-    print(C.table(["RSS ready MB", "RSS after MB", "peak (VmHWM) MB", "fits", "history min", "model",
-                   "telemetry delivered", "pending", "RSS <= 200 MB"],
-                  [[m["rss_ready"], m["rss_end"], m["hwm"], m["fits"], m["history_minutes"], m["model"],
-                    m["telemetry_delivered"], m["telemetry_pending"], "yes" if m["hwm"] <= 200 else "NO"]]))
+    print(C.table(["RSS ready MB", "RSS after MB", "peak (VmHWM) MB", "fit process peak MB", "fits",
+                   "history min", "model", "telemetry delivered", "pending", "RSS <= 200 MB"],
+                  [[m["rss_ready"], m["rss_end"], m["hwm"], m["fit_hwm"], f"{m['fits']} ({m['fit_processes']} seen)",
+                    m["history_minutes"], m["model"], m["telemetry_delivered"], m["telemetry_pending"],
+                    "yes" if m["hwm"] <= 200 else "NO"]]))
+    print(f"gateway peak + fit process peak: {m['hwm'] + m['fit_hwm']:.0f} MB (an upper bound of the two together)")
     if m["errors"]:
         print("\nerrors in the gateway's log:")
         for line in m["errors"]:

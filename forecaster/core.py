@@ -13,7 +13,7 @@ from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
-from threadpoolctl import ThreadpoolController
+from threadpoolctl import threadpool_limits
 
 from . import features, model
 from .calendar import Calendar
@@ -21,8 +21,7 @@ from .flags import HysteresisFlag
 from .series import MinuteBins, minute_of
 
 PERSISTENCE = "persistence"
-_REF_DAYS = 22
-_POOLS = ThreadpoolController()  # the features look back at most 21 days (reference days), plus a margin
+_REF_DAYS = 22  # the features look back at most 21 days (reference days), plus a margin
 
 
 @dataclass(frozen=True)
@@ -97,8 +96,8 @@ class DemandForecaster:
         self.min_fit_hours = float(min_fit_hours)
         self.rolling_min_count = int(rolling_min_count)
         self.high_percentile, self.low_percentile = float(high_percentile), float(low_percentile)
-        # OpenMP threads for scikit-learn. One by default: on a small gateway a second spinning
-        # thread starves the event loop and other processes, and single-row predicts gain nothing.
+        # OpenMP threads for scikit-learn in fit(). One by default: on small data a second spinning
+        # thread gains little and takes a core from everything else on a small box.
         self.n_threads = n_threads
         self.calendar = Calendar(timezone, holiday_preset, tuple(holidays))
 
@@ -201,36 +200,50 @@ class DemandForecaster:
         return last is None or now - last >= self.retrain_minutes * 60
 
     def fit(self, now: float) -> "DemandForecaster":
+        """Fit in this thread (offline replay, benchmarks); the gateway runs fit_job elsewhere."""
+        job = self.fit_job(now)
+        if job is None:
+            return self
+        fitted = None
+        try:
+            with self._threads():
+                fitted = job.run()
+        finally:
+            self.fit_done(fitted)
+        return self
+
+    def fit_job(self, now: float) -> model.FitJob | None:
+        """A picklable snapshot to train on, marking a fit in flight; None while one already is.
+        Whoever runs it hands the result (or None on failure) back to fit_done."""
         with self._lock:
             if self._fitting:
-                return self
+                return None
             self._fitting = True
             self._last_fit_try = now
             last_k = min(minute_of(now), self._bins.last_k if self._bins.last_k is not None else 0)
             snap = self._bins.snapshot(last_k - int(self.history_days * 1440), last_k)
-            previous = self._model
-        try:
-            with self._threads():
-                fitted = model.fit(snap, self.calendar, self.horizons_minutes, last_k, self._stride(snap),
-                                   self.validation_days, now, previous)
-        finally:
-            with self._lock:
-                self._fitting = False
-        if fitted is not None:
-            with self._lock:
+            return model.FitJob(snap, self.calendar, self.horizons_minutes, last_k, self._stride(snap),
+                                self.validation_days, now, self._model)
+
+    def fit_done(self, fitted: model.FittedModel | None) -> None:
+        with self._lock:
+            self._fitting = False
+            if fitted is not None:
                 self._model = fitted
-        return self
 
     def _threads(self):
-        return _POOLS.limit(limits=self.n_threads, user_api="openmp")
+        # Import first: the limit applies to the OpenMP runtime that scikit-learn loads.
+        import sklearn.ensemble  # noqa: F401
+
+        return threadpool_limits(limits=self.n_threads, user_api="openmp")
 
     def model_blob(self) -> bytes | None:
         with self._lock:
             return pickle.dumps(self._model) if self._model is not None else None
 
     def set_model_blob(self, blob: bytes) -> None:
-        fitted = pickle.loads(blob)
-        if not isinstance(fitted, model.FittedModel):
+        fitted = model.from_blob(blob)
+        if fitted is None:
             raise ValueError("not a fitted forecaster model")
         with self._lock:
             self._model = fitted
@@ -291,8 +304,7 @@ class DemandForecaster:
             value, name = level_kw, PERSISTENCE
             if hm is not None and level_kw is not None:
                 X, _ = features.build(snap, self.calendar, np.array([k]), h)
-                with self._threads():
-                    learned = level + float(hm.predict_delta(X)[0])
+                learned = level + float(hm.predict_delta(X)[0])
                 if math.isfinite(learned):
                     roll.add(k + h, learned, level)
                     if self._serves(hm, roll):

@@ -5,12 +5,11 @@ first verdict), then refits on everything so the served model has seen the lates
 """
 from __future__ import annotations
 
+import pickle
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from sklearn.ensemble import HistGradientBoostingRegressor
-from sklearn.linear_model import Ridge
 
 from . import features
 from .calendar import Calendar
@@ -23,6 +22,10 @@ BLEND_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)  # weight of the boosted trees; the 
 
 
 def _hgb(seed: int = 0) -> "_BinnedHGB":
+    # Imported here: a fitted model predicts with numpy alone, so a process that only serves
+    # forecasts never loads scikit-learn and scipy (about 100 MB).
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
     return _BinnedHGB(HistGradientBoostingRegressor(
         max_iter=HGB["max_iter"], learning_rate=HGB["learning_rate"], max_leaf_nodes=HGB["max_leaf_nodes"],
         min_samples_leaf=HGB["min_samples_leaf"], l2_regularization=1.0,
@@ -51,6 +54,7 @@ class _BinnedHGB:
             self.edges.append(np.unique(np.quantile(col, q)) if col.size else np.empty(0))
         self.est.fit(self._codes(X), y, sample_weight=sample_weight)
         self._flatten()
+        self.est = None  # the flat arrays are the model from here on; nothing of scikit-learn is pickled
         return self
 
     def _flatten(self):
@@ -77,6 +81,11 @@ class _BinnedHGB:
             self.leaf[i, :n] = t["is_leaf"]
         self.baseline = float(np.ravel(self.est._baseline_prediction)[0])
 
+    def __setstate__(self, state):
+        # Models pickled before the flat arrays were the whole model still carry the estimator.
+        self.__dict__.update(state)
+        self.est = None
+
     def _codes(self, X):
         out = np.empty(X.shape, dtype=float)
         for j, e in enumerate(self.edges):
@@ -84,24 +93,26 @@ class _BinnedHGB:
         out[np.isnan(X)] = np.nan
         return out
 
+    CHUNK_ROWS = 2048  # rows x trees index arrays per step stay a few MB
+
     def predict(self, X):
-        C = self._codes(X)
-        if C.shape[0] > 8 or not hasattr(self, "value"):
-            return self.est.predict(C)
-        rows = np.arange(self.value.shape[0])
-        out = np.empty(C.shape[0])
-        for r in range(C.shape[0]):
-            node = np.zeros(rows.size, dtype=np.intp)
-            while True:
-                leaf = self.leaf[rows, node]
-                if leaf.all():
-                    break
-                x = C[r, self.feature[rows, node]]
-                go_left = np.where(np.isnan(x), self.nan_left[rows, node], x <= self.threshold[rows, node])
-                nxt = np.where(go_left, self.left[rows, node], self.right[rows, node])
-                node = np.where(leaf, node, nxt)
-            out[r] = self.baseline + self.value[rows, node].sum()
-        return out
+        C = self._codes(np.asarray(X, dtype=float))
+        return np.concatenate([self._walk(C[i:i + self.CHUNK_ROWS])
+                               for i in range(0, C.shape[0], self.CHUNK_ROWS)] or [np.empty(0)])
+
+    def _walk(self, C):
+        trees = np.arange(self.value.shape[0])[None, :]
+        rows = np.arange(C.shape[0])[:, None]
+        node = np.zeros((C.shape[0], trees.size), dtype=np.intp)
+        while True:
+            leaf = self.leaf[trees, node]
+            if leaf.all():
+                break
+            x = C[rows, self.feature[trees, node]]
+            go_left = np.where(np.isnan(x), self.nan_left[trees, node], x <= self.threshold[trees, node])
+            nxt = np.where(go_left, self.left[trees, node], self.right[trees, node])
+            node = np.where(leaf, node, nxt)
+        return self.baseline + self.value[trees, node].sum(axis=1)
 
 
 class _RidgeOnDeltas:
@@ -111,18 +122,28 @@ class _RidgeOnDeltas:
         self.alpha = alpha
 
     def fit(self, X, y, w=None):
+        from sklearn.linear_model import Ridge  # see _hgb: predicting needs only the coefficients
+
         self.mu = np.nanmean(X, axis=0)
         self.sd = np.nanstd(X, axis=0)
         self.mu = np.where(np.isfinite(self.mu), self.mu, 0.0)
         self.sd = np.where(np.isfinite(self.sd) & (self.sd > 0), self.sd, 1.0)
-        self.ridge = Ridge(alpha=self.alpha).fit(self._z(X), y, sample_weight=w)
+        ridge = Ridge(alpha=self.alpha).fit(self._z(X), y, sample_weight=w)
+        self.coef, self.intercept = np.asarray(ridge.coef_, dtype=float), float(ridge.intercept_)
         return self
+
+    def __setstate__(self, state):
+        # Models pickled by earlier versions hold the scikit-learn Ridge instead of its coefficients.
+        ridge = state.pop("ridge", None)
+        if ridge is not None:
+            state["coef"], state["intercept"] = np.asarray(ridge.coef_, dtype=float), float(ridge.intercept_)
+        self.__dict__.update(state)
 
     def _z(self, X):
         return np.nan_to_num((X - self.mu) / self.sd, nan=0.0)
 
     def predict(self, X):
-        return self.ridge.predict(self._z(X))
+        return self._z(X) @ self.coef + self.intercept
 
 
 @dataclass
@@ -158,6 +179,31 @@ class FittedModel:
     train_rows: int
     fit_seconds: float
     info: dict = field(default_factory=dict)
+
+
+def from_blob(blob: bytes) -> FittedModel | None:
+    """A pickled FittedModel (None pickles as None: too little history to fit)."""
+    fitted = pickle.loads(blob)
+    if fitted is not None and not isinstance(fitted, FittedModel):
+        raise ValueError("not a fitted forecaster model")
+    return fitted
+
+
+@dataclass(frozen=True)
+class FitJob:
+    """Everything one fit needs, picklable, so it can run in another thread or process."""
+    snap: MinuteSnapshot
+    calendar: Calendar
+    horizons: tuple
+    last_k: int
+    stride: int
+    validation_days: float
+    now: float
+    previous: FittedModel | None
+
+    def run(self) -> FittedModel | None:
+        return fit(self.snap, self.calendar, self.horizons, self.last_k, self.stride, self.validation_days,
+                   self.now, self.previous)
 
 
 def training_minutes(snap: MinuteSnapshot, last_k: int, stride: int, h: int) -> np.ndarray:

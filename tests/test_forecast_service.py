@@ -5,6 +5,7 @@ import asyncio
 import csv
 import datetime as dt
 import logging
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -109,3 +110,40 @@ async def test_fit_runs_off_the_loop_and_a_restart_resumes_at_once(tmp_path):
         assert f.model == "hgb+ridge" and f.high_threshold_kw is not None
     finally:
         await svc2.stop()
+
+
+def _fit_processes() -> list[int]:
+    """Live children of this process running ven.fit_worker."""
+    out = []
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and b"ven.fit_worker" in (d / "cmdline").read_bytes():
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                state = (d / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                if ppid == os.getpid() and state != "Z":
+                    out.append(int(d.name))
+        except OSError:  # it exited while we looked
+            continue
+    return out
+
+
+@pytest.mark.timeout(60)
+async def test_stopping_during_a_fit_ends_the_fit_process(tmp_path):
+    cfg = ForecasterConfig(cycle_seconds=0.05, source="meter", holiday_preset="IT")
+    svc = ForecastService(cfg, str(tmp_path / "gateway.sqlite"), publish=lambda f: None)
+    svc.warm_start(*_excerpt_ending_now())
+    await svc.start()
+    try:
+        await _until(_fit_processes, what="a fit process")
+    finally:
+        await asyncio.wait_for(svc.stop(), 10)
+    assert _fit_processes() == []
+    assert not svc.status()["fitting"] and svc.status()["last_fit_at"] is None  # abandoned, not half-kept
+
+
+@pytest.mark.timeout(30)
+async def test_a_failing_fit_process_raises_with_its_last_error_line(tmp_path):
+    from ven.fit_worker import FitError, fit_in_child
+
+    with pytest.raises(FitError, match="exited with status 1: .*UnpicklingError"):
+        await fit_in_child(b"not a pickled job")

@@ -234,8 +234,13 @@ def test_flattened_trees_predict_what_scikit_learn_predicts():
     X = rng.normal(size=(2000, 6))
     X[rng.random(X.shape) < 0.05] = np.nan
     y = np.nan_to_num(X[:, 0]) * 3 + np.nan_to_num(X[:, 1]) ** 2 + rng.normal(size=2000)
-    m = _hgb().fit(X, y, sample_weight=rng.random(2000) + 0.5)
+    m = _hgb()
+    sklearn_est = m.est
+    m.fit(X, y, sample_weight=rng.random(2000) + 0.5)
     Xt = rng.normal(size=(40, 6))
     Xt[rng.random(Xt.shape) < 0.2] = np.nan
+    expected = sklearn_est.predict(m._codes(Xt))
     one_by_one = np.array([m.predict(Xt[i:i + 1])[0] for i in range(40)])
-    np.testing.assert_allclose(one_by_one, m.est.predict(m._codes(Xt)), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(one_by_one, expected, rtol=0, atol=1e-9)
+    m.CHUNK_ROWS = 7  # batches that span several chunks
+    np.testing.assert_allclose(m.predict(Xt), expected, rtol=0, atol=1e-9)

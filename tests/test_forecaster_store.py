@@ -93,3 +93,35 @@ def test_history_for_the_http_endpoint(tmp_path):
     assert h["flags"]["high_load"] == [False, False, True, True, True]  # 15-min means 100, 130, 160, ...
     assert h["flags"]["model"] == ["persistence"] * 5
     assert store.history(T0 + 3600 * 5)["power"]["kw"] == []
+
+
+def test_a_stored_model_serves_without_scikit_learn(tmp_path):
+    # The gateway fits in a child process; the serving process must never need scikit-learn or scipy.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    fc, t = _seeded()
+    t = [float(x) for x in t]
+    fc.fit(t[-1])
+    path = tmp_path / "gateway.sqlite"
+    store = ForecastStore(str(path))
+    store.save_minutes(*fc.drain_dirty())
+    store.save_model(fc.model_blob())
+    expected = fc.predict(t[-1]).demand_kw[60]
+    script = f"""
+import sys
+import ven.app, ven.forecast_service, ven.http_api, ven.vtn
+from forecaster import DemandForecaster
+from forecaster.store import ForecastStore
+fc = DemandForecaster(validation_days=2)
+ForecastStore({str(path)!r}).load_into(fc, {t[-1]!r})
+f = fc.predict({t[-1]!r})
+print(f.model, f.demand_kw[60], sorted(m for m in sys.modules if m.split('.')[0] in ('sklearn', 'scipy')))
+"""
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    name, kw, loaded = out.stdout.split(" ", 2)
+    assert name == "hgb+ridge" and float(kw) == pytest.approx(expected)
+    assert loaded.strip() == "[]"

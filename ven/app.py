@@ -10,7 +10,6 @@ import asyncio
 import dataclasses
 import functools
 import logging
-import sys
 import time
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
@@ -35,8 +34,8 @@ log = logging.getLogger(__name__)
 
 
 def _import_slow_parts() -> None:
-    """scikit-learn, openleadr and aiohttp take seconds to import (sklearn alone 2-3 s on 2 cores).
-    Run in a worker thread after the BACnet device is up, so the BAS gets I-Am and reads meanwhile."""
+    """openleadr, aiohttp and numpy take a second or more to import on 2 cores. Run in a worker
+    thread after the BACnet device is up, so the BAS gets I-Am and reads meanwhile."""
     openleadr_level = logging.getLogger("openleadr").level
     from . import forecast_service, http_api, vtn  # noqa: F401
     logging.getLogger("openleadr").setLevel(openleadr_level)  # importing openleadr resets it to INFO
@@ -101,10 +100,6 @@ class Gateway:
     async def start(self) -> None:
         c = self.config
         log.info("edge-gateway %s starting: device %d on %s", __version__, c.bacnet.device_id, c.bacnet.address)
-        # The model fit runs in a thread of mostly Python-level scikit-learn code that holds the GIL for
-        # the whole default 5 ms switch interval; 1 ms keeps BACnet answers near full rate during a retrain
-        # (bench/bacnet_throughput.py: 0.65x of a bare device at 5 ms, at least 0.9x at 1 ms).
-        sys.setswitchinterval(0.001)
         await self._start(self.device)
         self.device.on_write(P.INPUT_POWER, self._on_input_power)
         self.device.on_write(P.OPT_OUT, self._on_opt_out)

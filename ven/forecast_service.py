@@ -1,23 +1,24 @@
 """Asyncio glue around the demand forecaster: picks the power source, runs the cycle, persists.
 
-Every `cycle_seconds` it predicts and hands the Forecast to `publish` on the event loop. Anything
-that can take more than a few milliseconds (prediction with the boosted trees, SQLite writes,
-fitting) runs in worker threads: one serial worker for the cycle's work and one for fitting, so a
-long fit never delays a publish.
+Every `cycle_seconds` it predicts and hands the Forecast to `publish` on the event loop. Prediction
+and SQLite writes run in one serial worker thread; fitting runs in a child process (ven.fit_worker),
+so a fit never delays a publish, never holds this process's GIL, and leaves scikit-learn out of it.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-import threading
+import pickle
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 from forecaster import DemandForecaster, Forecast
+from forecaster.model import from_blob
 from forecaster.store import ForecastStore
 
 from .config import ForecasterConfig
+from .fit_worker import fit_in_child
 from .tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -49,9 +50,8 @@ class ForecastService:
         self.forecaster = forecaster_from_config(config, min_kw, max_kw)
         self._store: ForecastStore | None = None
         self._cycle_pool = ThreadPoolExecutor(1, thread_name_prefix="forecast-cycle")
-        self._stopping = False
         self._task: asyncio.Task | None = None
-        self._fit_future: asyncio.Future | None = None
+        self._fit_task: asyncio.Task | None = None
         self._last_input_t: float | None = None
         self._last_meter_t: float | None = None
         self._active: str | None = None
@@ -129,10 +129,10 @@ class ForecastService:
     async def stop(self) -> None:
         await cancel_and_wait(self._task)
         self._task = None
+        await cancel_and_wait(self._fit_task)  # kills a fit process still running; its model is not kept
+        self._fit_task = None
         if self._store is not None:
             await asyncio.get_running_loop().run_in_executor(self._cycle_pool, self._flush)
-        # A fit still running is abandoned: its daemon thread neither delays exit nor saves its model.
-        self._stopping = True
         self._cycle_pool.shutdown(wait=True)
 
     async def _run(self) -> None:
@@ -140,9 +140,9 @@ class ForecastService:
         while True:
             started = loop.time()
             now = self._clock()
-            if self._fit_future is None and self.forecaster.needs_fit(now):
-                self._fit_future = self._start_fit(loop, now)
-                self._fit_future.add_done_callback(self._fit_done)
+            if self._fit_task is None and self.forecaster.needs_fit(now):
+                self._fit_task = asyncio.create_task(self.fit(now), name="forecast-fit")
+                self._fit_task.add_done_callback(self._fit_done)
             cycle_started = loop.time()
             try:
                 f = await loop.run_in_executor(self._cycle_pool, self._cycle, now)
@@ -187,35 +187,24 @@ class ForecastService:
                 log.info("forecast storage writing again")
             self._store_failing = False
 
-    def _start_fit(self, loop: asyncio.AbstractEventLoop, now: float) -> asyncio.Future:
-        """Fit in a daemon thread: a fit that outlives stop() must not hold the process at exit."""
-        fut = loop.create_future()
-
-        def settle(err: BaseException | None) -> None:
-            if not fut.done():
-                fut.set_exception(err) if err is not None else fut.set_result(None)
-
-        def work() -> None:
-            err = None
-            try:
-                self._fit(now)
-            except Exception as e:  # reported on the loop by _fit_done
-                err = e
-            try:
-                loop.call_soon_threadsafe(settle, err)
-            except RuntimeError:  # the loop closed while fitting
-                pass
-
-        threading.Thread(target=work, name="forecast-fit", daemon=True).start()
-        return fut
-
-    def _fit(self, now: float) -> None:
-        self.forecaster.fit(now)
-        if not self._stopping:
-            self._persist(lambda s: s.save_model(self.forecaster.model_blob()))
+    async def fit(self, now: float) -> None:
+        """One fit in a child process; the model serves, and is stored, when it comes back."""
+        job = self.forecaster.fit_job(now)
+        if job is None:  # one is already running
+            return
+        loop = asyncio.get_running_loop()
+        fitted = None
+        try:
+            job_blob = await loop.run_in_executor(self._cycle_pool, pickle.dumps, job)
+            blob = await fit_in_child(job_blob, self.forecaster.n_threads)
+            fitted = await loop.run_in_executor(self._cycle_pool, from_blob, blob)
+        finally:
+            self.forecaster.fit_done(fitted)
+        if fitted is not None:
+            await loop.run_in_executor(self._cycle_pool, self._persist, lambda s: s.save_model(blob))
 
     def _fit_done(self, fut) -> None:
-        self._fit_future = None
+        self._fit_task = None
         if fut.cancelled():
             return
         err = fut.exception()

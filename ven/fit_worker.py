@@ -1,0 +1,56 @@
+"""The forecaster's fit, run as a child process: `python -m ven.fit_worker`.
+
+Reads a pickled forecaster FitJob on stdin and writes the pickled FittedModel (or None) on stdout.
+The gateway starts one per fit, at lower CPU priority: the fit then never holds the gateway's GIL,
+yields the cores to BACnet and the VEN when they need them, and its scikit-learn memory (about
+100 MB) is returned when it exits.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import pickle
+import sys
+from pathlib import Path
+
+NICE = 10  # CFS weight ~1/10 of the gateway's when both want the same core
+TIMEOUT_S = 3600.0  # a fit takes seconds; one that hangs must not block every later one
+
+
+class FitError(RuntimeError):
+    """The fit process failed; the message carries its exit status and last error line."""
+
+
+async def fit_in_child(job_blob: bytes, threads: int = 1, timeout: float = TIMEOUT_S) -> bytes:
+    """Run a pickled FitJob in a child process; the pickled result. The child dies with the caller."""
+    root = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads),
+               PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ven.fit_worker", stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(job_blob), timeout)
+    except TimeoutError:
+        raise FitError(f"fit process still running after {timeout:g} s; killed") from None
+    finally:
+        if proc.returncode is None:  # timed out, or the gateway is stopping
+            proc.kill()
+            await proc.wait()
+    if proc.returncode != 0:
+        lines = err.decode(errors="replace").strip().splitlines()
+        raise FitError(f"fit process exited with status {proc.returncode}: {lines[-1] if lines else 'no message'}")
+    return out
+
+
+def main() -> int:
+    os.nice(NICE)
+    job = pickle.load(sys.stdin.buffer)
+    fitted = job.run()
+    sys.stdout.buffer.write(pickle.dumps(fitted, protocol=pickle.HIGHEST_PROTOCOL))
+    sys.stdout.buffer.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
