@@ -282,13 +282,31 @@ class DemandForecaster:
         return float(np.dot(x, y[ok] - y[ok].mean()) / np.dot(x, x))
 
     def predict(self, now: float) -> Forecast:
-        k = minute_of(now)
-        k_done = math.floor(now / 60.0)
+        return self.predict_series([now])[0]
+
+    def predict_series(self, times) -> list[Forecast]:
+        """Forecasts for increasing issue times, the same as predict() at each time in turn with the
+        model held now. Every feature looks back from its issue minute, so once the samples up to
+        the last time are in, the learned part is computed for all times in one batch (replay)."""
+        ks = np.array([minute_of(t) for t in times], dtype=np.int64)
         lookback = int(max(self.threshold_days, _REF_DAYS) * 1440)
         with self._lock:
-            snap = self._bins.snapshot(k - lookback, k)
+            snap = self._bins.snapshot(int(ks[0]) - lookback, int(ks[-1]))
             fitted = self._model
-        level = float(features.demand(snap, np.array([k]))[0])
+        levels = features.demand(snap, ks)
+        learned = {}
+        for h in self.horizons_minutes:
+            hm = fitted.horizons.get(h) if fitted else None
+            if hm is not None:
+                X, _ = features.build(snap, self.calendar, ks, h)
+                learned[h] = levels + hm.predict_delta(X)
+        return [self._issue(snap, fitted, float(t), int(k), float(levels[i]),
+                            {h: float(v[i]) for h, v in learned.items()})
+                for i, (t, k) in enumerate(zip(times, ks))]
+
+    def _issue(self, snap, fitted, now: float, k: int, level: float, learned: dict[int, float]) -> Forecast:
+        """The sequential part of a forecast: live validation, the guard, slope, thresholds, flags."""
+        k_done = math.floor(now / 60.0)
         level_kw = level if math.isfinite(level) else None
         out: dict[int, float | None] = {}
         names = {}
@@ -300,15 +318,12 @@ class DemandForecaster:
         for h in self.horizons_minutes:
             roll = self._rolling[h]
             roll.resolve(k_done, actual)
-            hm = fitted.horizons.get(h) if fitted else None
             value, name = level_kw, PERSISTENCE
-            if hm is not None and level_kw is not None:
-                X, _ = features.build(snap, self.calendar, np.array([k]), h)
-                learned = level + float(hm.predict_delta(X)[0])
-                if math.isfinite(learned):
-                    roll.add(k + h, learned, level)
-                    if self._serves(hm, roll):
-                        value, name = learned, fitted.name
+            x = learned.get(h)
+            if x is not None and level_kw is not None and math.isfinite(x):
+                roll.add(k + h, x, level)
+                if self._serves(fitted.horizons[h], roll):
+                    value, name = x, fitted.name
             out[h] = value
             names[h] = name
         rate = self._slope(snap, k)

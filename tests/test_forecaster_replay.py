@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from forecaster.replay import OUTPUT_COLUMNS, ReplayInputError, replay_csv
+from forecaster import DemandForecaster
+from forecaster.replay import OUTPUT_COLUMNS, ReplayInputError, read_series, replay_csv, replay_series
 
 EXCERPT = Path(__file__).parent / "data" / "turin_office_excerpt.csv"
 
@@ -47,6 +48,31 @@ def test_replay_of_the_turin_excerpt(tmp_path):
             err_persist.append(actual[issued] - actual[key])
     assert np.sqrt(np.mean(np.square(err_model))) < np.sqrt(np.mean(np.square(err_persist)))
     assert {r["high_load"] for r in rows} == {"0", "1"}
+
+
+@pytest.mark.timeout(240)
+def test_batched_replay_issues_what_cycle_by_cycle_prediction_issues():
+    from zoneinfo import ZoneInfo
+
+    t, v, _ = read_series(EXCERPT, "timestamp", "Total_Power", ZoneInfo("UTC"))
+    params = dict(holiday_preset="IT", retrain_minutes=2880)
+    batched = []
+    replay_series(t, v, lambda f, h, kw: batched.append((f.issued_at, h, kw, f.high_load, f.low_load, f.model)),
+                  15, **params)
+    fc, one_by_one, i = DemandForecaster(**params), [], 0
+    for now in np.arange(t[0], t[-1] + 1, 900.0):
+        while i < t.size and t[i] <= now:
+            fc.add_sample(t[i], v[i])
+            i += 1
+        if fc.needs_fit(now):
+            fc.fit(now)
+        f = fc.predict(now)
+        one_by_one += [(f.issued_at, h, kw, f.high_load, f.low_load, f.model) for h, kw in f.demand_kw.items()]
+    assert len(batched) == len(one_by_one)
+    assert {r[5] for r in batched} >= {"persistence", "hgb+ridge"}
+    for a, b in zip(batched, one_by_one):
+        assert a[:2] == b[:2] and a[3:] == b[3:]
+        assert a[2] == pytest.approx(b[2], rel=1e-9, abs=1e-9)
 
 
 def test_replay_accepts_an_irregular_series_and_skips_bad_rows(tmp_path):
