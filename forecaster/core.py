@@ -1,8 +1,8 @@
 """DemandForecaster: samples in, 15-minute demand forecasts, a power slope and load flags out.
 
-Pure computation with no I/O. add_sample and predict are cheap and meant for the event loop; fit is
-heavy and safe to run in a worker thread at the same time: it trains on a snapshot and swaps the
-fitted model in under a lock.
+Pure computation with no I/O. add_sample and predict are cheap; predicting needs numpy only. Fitting
+is heavy: fit() runs it here, or fit_job() hands out a picklable snapshot that another thread or
+process trains on while forecasts go on, and fit_done() swaps the result in under a lock.
 """
 from __future__ import annotations
 

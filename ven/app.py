@@ -216,12 +216,14 @@ class Gateway:
             "forecaster": self.forecast.status(),
         }
 
-    def history(self, hours: float) -> dict:
+    async def history(self, hours: float) -> dict:
         from .http_api import build_history
 
         c = self.config.forecaster
-        return build_history(time.time(), hours, self.forecast.history(hours), self.schedule.events(),
-                             horizons=c.horizons_minutes, flag_stale_seconds=max(300.0, 3 * c.cycle_seconds))
+        events = self.schedule.events()  # the schedule belongs to the loop; the SQLite read and shaping do not
+        stored = await asyncio.to_thread(self.forecast.history, hours)
+        return await asyncio.to_thread(build_history, time.time(), hours, stored, events,
+                                       horizons=c.horizons_minutes, flag_stale_seconds=max(300.0, 3 * c.cycle_seconds))
 
     def refresh_metrics(self) -> None:
         """Bring counters owned elsewhere (telemetry queue, VTN client) up to date before a scrape."""

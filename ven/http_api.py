@@ -74,7 +74,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Awaitable, Protocol
 
 from aiohttp import web
 
@@ -190,7 +190,7 @@ def build_history(now: float, hours: float, store: dict, events: list[dict] = ()
 class GatewayView(Protocol):
     def status(self) -> dict: ...
 
-    def history(self, hours: float) -> dict: ...
+    def history(self, hours: float) -> dict | Awaitable[dict]: ...  # awaited when it is a coroutine
 
     def health(self) -> tuple[bool, str]: ...
 
