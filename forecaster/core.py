@@ -21,8 +21,10 @@ from .flags import HysteresisFlag
 from .series import MinuteBins, minute_of
 
 PERSISTENCE = "persistence"
-_REF_DAYS = 22
-_POOLS = ThreadpoolController()  # the features look back at most 21 days (reference days), plus a margin
+# Predict sees as many days as training did: the N_REFS latest same-kind days reach 42 days back
+# (four Sundays and holidays), and a shorter window fed live rows fewer references than training rows.
+_REF_DAYS = 43
+_POOLS = ThreadpoolController()
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,8 @@ class _Rolling:
         self.seconds = seconds
         self.pending: deque[tuple[int, float, float]] = deque()  # (target minute, model, persistence)
         self.done: deque[tuple[float, float, float]] = deque()   # (target time, model se, persistence se)
+        # Running sums keep rmse() O(1) however long the window and however often predict runs.
+        self._sm = self._sp = 0.0
 
     def add(self, target_k: int, model_kw: float, persist_kw: float) -> None:
         self.pending.append((target_k, model_kw, persist_kw))
@@ -55,17 +59,24 @@ class _Rolling:
             a = actual_of(k)
             if a is not None:
                 self.done.append((k * 60.0, (m - a) ** 2, (p - a) ** 2))
+                self._sm += self.done[-1][1]
+                self._sp += self.done[-1][2]
         horizon = done_k * 60.0 - self.seconds
         while self.done and self.done[0][0] < horizon:
-            self.done.popleft()
+            _, m, p = self.done.popleft()
+            self._sm -= m
+            self._sp -= p
+        if not self.done:
+            self._sm = self._sp = 0.0
+
+    def span_seconds(self) -> float:
+        return self.done[-1][0] - self.done[0][0] if self.done else 0.0
 
     def rmse(self) -> tuple[float | None, float | None, int]:
         n = len(self.done)
         if not n:
             return None, None, 0
-        m = math.sqrt(sum(d[1] for d in self.done) / n)
-        p = math.sqrt(sum(d[2] for d in self.done) / n)
-        return m, p, n
+        return math.sqrt(max(self._sm, 0.0) / n), math.sqrt(max(self._sp, 0.0) / n), n
 
 
 class DemandForecaster:
@@ -73,7 +84,8 @@ class DemandForecaster:
                  threshold_days=14.0, hysteresis_fraction=0.03, min_on_minutes=15.0, min_off_minutes=15.0,
                  history_days=35.0, retrain_minutes=1440.0, min_kw=-1e5, max_kw=1e5, stale_seconds=300.0,
                  timezone="UTC", holiday_preset="", holidays=(), validation_days=7.0, min_fit_hours=48.0,
-                 rolling_hours=48.0, rolling_min_count=12, high_percentile=90.0, low_percentile=10.0,
+                 rolling_hours=168.0, rolling_min_count=12, rolling_min_hours=24.0,
+                 high_percentile=90.0, low_percentile=10.0,
                  n_threads=1):
         if not horizons_minutes or any(int(h) < 1 for h in horizons_minutes):
             raise ValueError("horizons_minutes must be positive minutes")
@@ -96,6 +108,7 @@ class DemandForecaster:
         self.validation_days = float(validation_days)
         self.min_fit_hours = float(min_fit_hours)
         self.rolling_min_count = int(rolling_min_count)
+        self.rolling_min_hours = float(rolling_min_hours)
         self.high_percentile, self.low_percentile = float(high_percentile), float(low_percentile)
         # OpenMP threads for scikit-learn. One by default: on a small gateway a second spinning
         # thread starves the event loop and other processes, and single-row predicts gain nothing.
@@ -109,6 +122,8 @@ class DemandForecaster:
         self._model: model.FittedModel | None = None
         self._fitting = False
         self._last_fit_try: float | None = None
+        # A week of live errors covers every kind of day: over a 48-hour window a quiet weekend,
+        # where persistence is nearly exact, could hand Monday's ramp to persistence.
         self._rolling = {h: _Rolling(rolling_hours * 3600) for h in self.horizons_minutes}
         self._high = HysteresisFlag(True, self.hysteresis_fraction, min_on_minutes * 60, min_off_minutes * 60)
         self._low = HysteresisFlag(False, self.hysteresis_fraction, min_on_minutes * 60, min_off_minutes * 60)
@@ -312,7 +327,9 @@ class DemandForecaster:
 
     def _serves(self, hm: model.HorizonModel, roll: _Rolling) -> bool:
         m, p, n = roll.rmse()
-        if n >= self.rolling_min_count:
+        # A few quiet night hours alone favour persistence and would hand it the morning ramp
+        # (after every restart): live errors overrule the held-out verdict once they span a day.
+        if n >= self.rolling_min_count and roll.span_seconds() >= self.rolling_min_hours * 3600:
             return m <= p
         # Too few live checks yet: trust the held-out verdict from fitting.
         return hm.beats_persistence
