@@ -11,7 +11,8 @@ week, fed the data as it would have arrived. Scored at 15 and 60 minutes ahead:
 High-load flag at 60 minutes ("truth" stated plainly): at each issue time t the forecaster's own
 threshold rule gives a threshold (90th percentile of 15-minute demand over the trailing 14 days,
 using only data up to t). Truth is "actual demand ending at t + 60 min >= that threshold", with no
-hysteresis. The scored flag is the published one: hysteresis 3 %, minimum on and off 15 minutes.
+hysteresis. The scored flag is the published one: hysteresis 3 %, minimum on and off 15 minutes, and
+it turns on only while the measured level is within 10 % of the threshold (arm_fraction).
 A false-alarm episode is a maximal run of consecutive flagged cycles in which truth is never on.
 The same flag machinery is also run on the baselines' forecasts for comparison.
 
@@ -135,11 +136,11 @@ def run_project(t, v, weeks, history_days, params):
     return out, flags, thresholds, models, fit_s, pred_s / n_pred
 
 
-def flag_run(forecast60, issue_t, thresholds):
-    f = HysteresisFlag(True, 0.03, 900, 900)
+def flag_run(forecast60, issue_t, thresholds, level):
+    f = HysteresisFlag(True, 0.03, 900, 900, DemandForecaster().arm_fraction)
     return np.array([f.update(float(s), None if not np.isfinite(x) else float(x),
-                              None if not np.isfinite(th) else float(th))
-                     for s, x, th in zip(issue_t, forecast60, thresholds)])
+                              None if not np.isfinite(th) else float(th), float(lv))
+                     for s, x, th, lv in zip(issue_t, forecast60, thresholds, level)])
 
 
 def flag_scores(pred: np.ndarray, truth: np.ndarray, days: float) -> dict:
@@ -224,7 +225,8 @@ def main(argv=None) -> int:
     print(f"{'method':42s} {'prec':>6s} {'recall':>6s} {'F1':>6s} {'false/day':>9s} {'episodes':>8s}")
     rows = {name: np.concatenate(pflags)}
     for m in ("persistence", "same time last week", "plain HGB"):
-        rows[m] = np.concatenate([flag_run(p, it, th) for p, it, th in zip(forecasts[m][60], issue_t, pthr)])
+        rows[m] = np.concatenate([flag_run(p, it, th, lv) for p, it, th, lv in
+                                  zip(forecasts[m][60], issue_t, pthr, forecasts["persistence"][60])])
     for m, pred in rows.items():
         s = flag_scores(pred, truth_flag, days)
         print(f"{m:42s} {s['precision']:6.3f} {s['recall']:6.3f} {s['f1']:6.3f} {s['false_per_day']:9.3f} {s['episodes']:8d}")

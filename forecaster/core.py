@@ -82,6 +82,7 @@ class _Rolling:
 class DemandForecaster:
     def __init__(self, horizons_minutes=(15, 60), slope_minutes=5, high_load_kw=None, low_load_kw=None,
                  threshold_days=14.0, hysteresis_fraction=0.03, min_on_minutes=15.0, min_off_minutes=15.0,
+                 arm_fraction=0.1,
                  history_days=35.0, retrain_minutes=1440.0, min_kw=-1e5, max_kw=1e5, stale_seconds=300.0,
                  timezone="UTC", holiday_preset="", holidays=(), validation_days=7.0, min_fit_hours=48.0,
                  rolling_hours=168.0, rolling_min_count=12, rolling_min_hours=24.0,
@@ -101,6 +102,7 @@ class DemandForecaster:
         self.hysteresis_fraction = float(hysteresis_fraction)
         self.min_on_minutes = float(min_on_minutes)
         self.min_off_minutes = float(min_off_minutes)
+        self.arm_fraction = arm_fraction
         self.history_days = float(history_days)
         self.retrain_minutes = float(retrain_minutes)
         self.min_kw, self.max_kw = float(min_kw), float(max_kw)
@@ -125,8 +127,10 @@ class DemandForecaster:
         # A week of live errors covers every kind of day: over a 48-hour window a quiet weekend,
         # where persistence is nearly exact, could hand Monday's ramp to persistence.
         self._rolling = {h: _Rolling(rolling_hours * 3600) for h in self.horizons_minutes}
-        self._high = HysteresisFlag(True, self.hysteresis_fraction, min_on_minutes * 60, min_off_minutes * 60)
-        self._low = HysteresisFlag(False, self.hysteresis_fraction, min_on_minutes * 60, min_off_minutes * 60)
+        self._high = HysteresisFlag(True, self.hysteresis_fraction, min_on_minutes * 60, min_off_minutes * 60,
+                                    arm_fraction)
+        self._low = HysteresisFlag(False, self.hysteresis_fraction, min_on_minutes * 60, min_off_minutes * 60,
+                                   arm_fraction)
         self._thresholds: tuple[int, float | None, float | None] | None = None
         self.rejected = 0
         self.last_forecast: Forecast | None = None
@@ -317,8 +321,8 @@ class DemandForecaster:
         rate = self._slope(snap, k)
         hi_thr, lo_thr = self._thresholds_at(snap, k_done)
         flag_on = out[self.horizons_minutes[-1]]
-        high = self._high.update(now, flag_on, hi_thr)
-        low = self._low.update(now, flag_on, lo_thr)
+        high = self._high.update(now, flag_on, hi_thr, level_kw)
+        low = self._low.update(now, flag_on, lo_thr, level_kw)
         kinds = set(names.values())
         label = kinds.pop() if len(kinds) == 1 else ",".join(f"{h}:{n}" for h, n in names.items())
         fc = Forecast(now, out, rate, high, low, hi_thr, lo_thr, label, level_kw)
