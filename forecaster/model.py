@@ -168,7 +168,9 @@ def training_minutes(snap: MinuteSnapshot, last_k: int, stride: int, h: int) -> 
     return ks
 
 
-HALF_LIFE_DAYS = 60.0
+# Validation weeks (May-July) scored 30 d < 60 d < 120 d <= 240 d; 120 keeps last season's weight
+# at a quarter, not half, for weeks that follow a change of season.
+HALF_LIFE_DAYS = 120.0
 
 
 def _recency(ks: np.ndarray) -> np.ndarray | None:
