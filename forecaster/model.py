@@ -19,9 +19,7 @@ from .series import MinuteSnapshot
 # Chosen on the Turin walk-forward (bench/forecast_accuracy.py): 150 x 15 leaves scores within 0.2 points
 # CV(RMSE) of 400 x 31 at a quarter of the fit time, which a replayed year (365 refits) needs.
 HGB = {"max_iter": 150, "learning_rate": 0.1, "max_leaf_nodes": 15, "min_samples_leaf": 20}
-# Weight of the boosted trees; the rest is ridge. No pure model: one held-out week is too short to
-# prove either alone, and on validation weeks a pure pick now and then cost far more than a blend.
-BLEND_WEIGHTS = (0.25, 0.5, 0.75)
+BLEND_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)  # weight of the boosted trees; the rest is ridge
 
 
 def _hgb(seed: int = 0) -> "_BinnedHGB":
