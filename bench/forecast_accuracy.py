@@ -11,14 +11,18 @@ week, fed the data as it would have arrived. Scored at 15 and 60 minutes ahead:
 High-load flag at 60 minutes ("truth" stated plainly): at each issue time t the forecaster's own
 threshold rule gives a threshold (90th percentile of 15-minute demand over the trailing 14 days,
 using only data up to t). Truth is "actual demand ending at t + 60 min >= that threshold", with no
-hysteresis. The scored flag is the published one: hysteresis 3 %, minimum on and off 15 minutes.
+hysteresis. The scored flag is the published one: hysteresis 3 %, minimum on and off 15 minutes, and
+it turns on only while the measured level is within 10 % of the threshold (arm_fraction).
 A false-alarm episode is a maximal run of consecutive flagged cycles in which truth is never on.
 The same flag machinery is also run on the baselines' forecasts for comparison.
 
 Data: `contextual-anomaly-detector==1.0.1` wheel (MIT, Roberto Chiosa), fetched with
 `pip download --no-deps` into bench/.cache and read out of the zip; the package is never installed.
 
-Run: python bench/forecast_accuracy.py [--history-days 365] [--weeks 12]
+Run: python bench/forecast_accuracy.py [--history-days 365] [--weeks 12] [--first-week 2019-09-02]
+
+The default weeks are the test weeks. Choose models and settings on earlier validation weeks, e.g.
+--first-week 2019-05-06 (May-July; August has Italian holidays), and only confirm on the test weeks.
 """
 from __future__ import annotations
 
@@ -132,11 +136,11 @@ def run_project(t, v, weeks, history_days, params):
     return out, flags, thresholds, models, fit_s, pred_s / n_pred
 
 
-def flag_run(forecast60, issue_t, thresholds):
-    f = HysteresisFlag(True, 0.03, 900, 900)
+def flag_run(forecast60, issue_t, thresholds, level):
+    f = HysteresisFlag(True, 0.03, 900, 900, DemandForecaster().arm_fraction)
     return np.array([f.update(float(s), None if not np.isfinite(x) else float(x),
-                              None if not np.isfinite(th) else float(th))
-                     for s, x, th in zip(issue_t, forecast60, thresholds)])
+                              None if not np.isfinite(th) else float(th), float(lv))
+                     for s, x, th, lv in zip(issue_t, forecast60, thresholds, level)])
 
 
 def flag_scores(pred: np.ndarray, truth: np.ndarray, days: float) -> dict:
@@ -166,11 +170,14 @@ def main(argv=None) -> int:
     ap.add_argument("--history-days", type=float, default=365.0,
                     help="history the project forecaster trains on (365 = everything before the week)")
     ap.add_argument("--weeks", type=int, default=12)
+    ap.add_argument("--first-week", type=dt.date.fromisoformat, default=FIRST_WEEK.date(),
+                    help="Monday the first week starts (default: the test weeks)")
     args = ap.parse_args(argv)
+    first_week = dt.datetime.combine(args.first_week, dt.time(), dt.timezone.utc)
 
     t, v = load_turin()
     assert np.all(np.diff(t) == STEP), "expected a regular 15-minute series"
-    first = int(np.searchsorted(t, FIRST_WEEK.timestamp()))
+    first = int(np.searchsorted(t, first_week.timestamp()))
     weeks = [(first + w * 672, first + (w + 1) * 672) for w in range(args.weeks)]
     truth = {h: [v[w0:w1] for w0, w1 in weeks] for h in HORIZONS}  # target rows of each week
     # issue rows are w0-1 .. w1-2; the h-minute target row is issue + h/15
@@ -196,7 +203,7 @@ def main(argv=None) -> int:
         e = pred[ok] - act[ok]
         return np.sqrt(np.mean(e ** 2)) / np.mean(act[ok]) * 100, np.mean(np.abs(e) / act[ok]) * 100
 
-    print(f"Walk-forward, {args.weeks} weeks from {FIRST_WEEK:%Y-%m-%d}, Turin office 2019 (15-min kW). "
+    print(f"Walk-forward, {args.weeks} weeks from {first_week:%Y-%m-%d}, Turin office 2019 (15-min kW). "
           "Median over weeks; fit = median seconds per weekly fit (both horizons), predict = ms per issue.")
     print(f"{'method':42s} {'CV15':>7s} {'CV60':>7s} {'MAPE15':>7s} {'MAPE60':>7s} {'fit s':>7s} {'pred ms':>8s}")
     for m, fc in forecasts.items():
@@ -218,7 +225,8 @@ def main(argv=None) -> int:
     print(f"{'method':42s} {'prec':>6s} {'recall':>6s} {'F1':>6s} {'false/day':>9s} {'episodes':>8s}")
     rows = {name: np.concatenate(pflags)}
     for m in ("persistence", "same time last week", "plain HGB"):
-        rows[m] = np.concatenate([flag_run(p, it, th) for p, it, th in zip(forecasts[m][60], issue_t, pthr)])
+        rows[m] = np.concatenate([flag_run(p, it, th, lv) for p, it, th, lv in
+                                  zip(forecasts[m][60], issue_t, pthr, forecasts["persistence"][60])])
     for m, pred in rows.items():
         s = flag_scores(pred, truth_flag, days)
         print(f"{m:42s} {s['precision']:6.3f} {s['recall']:6.3f} {s['f1']:6.3f} {s['false_per_day']:9.3f} {s['episodes']:8d}")

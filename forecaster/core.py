@@ -21,7 +21,9 @@ from .flags import HysteresisFlag
 from .series import MinuteBins, minute_of
 
 PERSISTENCE = "persistence"
-_REF_DAYS = 22  # the features look back at most 21 days (reference days), plus a margin
+# Predict sees as many days as training did: the N_REFS latest same-kind days reach 42 days back
+# (four Sundays and holidays), and a shorter window fed live rows fewer references than training rows.
+_REF_DAYS = 43
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,8 @@ class _Rolling:
         self.seconds = seconds
         self.pending: deque[tuple[int, float, float]] = deque()  # (target minute, model, persistence)
         self.done: deque[tuple[float, float, float]] = deque()   # (target time, model se, persistence se)
+        # Running sums keep rmse() O(1) however long the window and however often predict runs.
+        self._sm = self._sp = 0.0
 
     def add(self, target_k: int, model_kw: float, persist_kw: float) -> None:
         self.pending.append((target_k, model_kw, persist_kw))
@@ -54,25 +58,34 @@ class _Rolling:
             a = actual_of(k)
             if a is not None:
                 self.done.append((k * 60.0, (m - a) ** 2, (p - a) ** 2))
+                self._sm += self.done[-1][1]
+                self._sp += self.done[-1][2]
         horizon = done_k * 60.0 - self.seconds
         while self.done and self.done[0][0] < horizon:
-            self.done.popleft()
+            _, m, p = self.done.popleft()
+            self._sm -= m
+            self._sp -= p
+        if not self.done:
+            self._sm = self._sp = 0.0
+
+    def span_seconds(self) -> float:
+        return self.done[-1][0] - self.done[0][0] if self.done else 0.0
 
     def rmse(self) -> tuple[float | None, float | None, int]:
         n = len(self.done)
         if not n:
             return None, None, 0
-        m = math.sqrt(sum(d[1] for d in self.done) / n)
-        p = math.sqrt(sum(d[2] for d in self.done) / n)
-        return m, p, n
+        return math.sqrt(max(self._sm, 0.0) / n), math.sqrt(max(self._sp, 0.0) / n), n
 
 
 class DemandForecaster:
     def __init__(self, horizons_minutes=(15, 60), slope_minutes=5, high_load_kw=None, low_load_kw=None,
                  threshold_days=14.0, hysteresis_fraction=0.03, min_on_minutes=15.0, min_off_minutes=15.0,
+                 arm_fraction=0.1,
                  history_days=35.0, retrain_minutes=1440.0, min_kw=-1e5, max_kw=1e5, stale_seconds=300.0,
                  timezone="UTC", holiday_preset="", holidays=(), validation_days=7.0, min_fit_hours=48.0,
-                 rolling_hours=48.0, rolling_min_count=12, high_percentile=90.0, low_percentile=10.0,
+                 rolling_hours=168.0, rolling_min_count=12, rolling_min_hours=24.0,
+                 high_percentile=90.0, low_percentile=10.0,
                  n_threads=1):
         if not horizons_minutes or any(int(h) < 1 for h in horizons_minutes):
             raise ValueError("horizons_minutes must be positive minutes")
@@ -88,6 +101,7 @@ class DemandForecaster:
         self.hysteresis_fraction = float(hysteresis_fraction)
         self.min_on_minutes = float(min_on_minutes)
         self.min_off_minutes = float(min_off_minutes)
+        self.arm_fraction = arm_fraction
         self.history_days = float(history_days)
         self.retrain_minutes = float(retrain_minutes)
         self.min_kw, self.max_kw = float(min_kw), float(max_kw)
@@ -95,6 +109,7 @@ class DemandForecaster:
         self.validation_days = float(validation_days)
         self.min_fit_hours = float(min_fit_hours)
         self.rolling_min_count = int(rolling_min_count)
+        self.rolling_min_hours = float(rolling_min_hours)
         self.high_percentile, self.low_percentile = float(high_percentile), float(low_percentile)
         # OpenMP threads for scikit-learn in fit(). One by default: on small data a second spinning
         # thread gains little and takes a core from everything else on a small box.
@@ -102,15 +117,23 @@ class DemandForecaster:
         self.calendar = Calendar(timezone, holiday_preset, tuple(holidays))
 
         self._lock = threading.Lock()
-        self._bins = MinuteBins(int(self.history_days * 1440))
+        # Minutes kept: what training uses, or the features' look-back if longer, plus a day, so that
+        # replay can predict a day of cycles at once and each still finds its whole look-back.
+        self._lookback_minutes = int(max(self.threshold_days, _REF_DAYS) * 1440)
+        self.keep_days = max(self.history_days, self._lookback_minutes / 1440) + 1.0
+        self._bins = MinuteBins(int(self.keep_days * 1440))
         self._newest_t: float | None = None
         self._dirty: set[int] = set()
         self._model: model.FittedModel | None = None
         self._fitting = False
         self._last_fit_try: float | None = None
+        # A week of live errors covers every kind of day: over a 48-hour window a quiet weekend,
+        # where persistence is nearly exact, could hand Monday's ramp to persistence.
         self._rolling = {h: _Rolling(rolling_hours * 3600) for h in self.horizons_minutes}
-        self._high = HysteresisFlag(True, self.hysteresis_fraction, min_on_minutes * 60, min_off_minutes * 60)
-        self._low = HysteresisFlag(False, self.hysteresis_fraction, min_on_minutes * 60, min_off_minutes * 60)
+        self._high = HysteresisFlag(True, self.hysteresis_fraction, min_on_minutes * 60, min_off_minutes * 60,
+                                    arm_fraction)
+        self._low = HysteresisFlag(False, self.hysteresis_fraction, min_on_minutes * 60, min_off_minutes * 60,
+                                   arm_fraction)
         self._thresholds: tuple[int, float | None, float | None] | None = None
         self.rejected = 0
         self.last_forecast: Forecast | None = None
@@ -289,9 +312,8 @@ class DemandForecaster:
         model held now. Every feature looks back from its issue minute, so once the samples up to
         the last time are in, the learned part is computed for all times in one batch (replay)."""
         ks = np.array([minute_of(t) for t in times], dtype=np.int64)
-        lookback = int(max(self.threshold_days, _REF_DAYS) * 1440)
         with self._lock:
-            snap = self._bins.snapshot(int(ks[0]) - lookback, int(ks[-1]))
+            snap = self._bins.snapshot(int(ks[0]) - self._lookback_minutes, int(ks[-1]))
             fitted = self._model
         levels = features.demand(snap, ks)
         learned = {}
@@ -329,8 +351,8 @@ class DemandForecaster:
         rate = self._slope(snap, k)
         hi_thr, lo_thr = self._thresholds_at(snap, k_done)
         flag_on = out[self.horizons_minutes[-1]]
-        high = self._high.update(now, flag_on, hi_thr)
-        low = self._low.update(now, flag_on, lo_thr)
+        high = self._high.update(now, flag_on, hi_thr, level_kw)
+        low = self._low.update(now, flag_on, lo_thr, level_kw)
         kinds = set(names.values())
         label = kinds.pop() if len(kinds) == 1 else ",".join(f"{h}:{n}" for h, n in names.items())
         fc = Forecast(now, out, rate, high, low, hi_thr, lo_thr, label, level_kw)
@@ -339,7 +361,9 @@ class DemandForecaster:
 
     def _serves(self, hm: model.HorizonModel, roll: _Rolling) -> bool:
         m, p, n = roll.rmse()
-        if n >= self.rolling_min_count:
+        # A few quiet night hours alone favour persistence and would hand it the morning ramp
+        # (after every restart): live errors overrule the held-out verdict once they span a day.
+        if n >= self.rolling_min_count and roll.span_seconds() >= self.rolling_min_hours * 3600:
             return m <= p
         # Too few live checks yet: trust the held-out verdict from fitting.
         return hm.beats_persistence

@@ -20,6 +20,7 @@ FEATURE_NAMES = (
     "ref1_change", "ref1_gap", "ref7_change", "ref7_gap", "ref1_lag_days", "ref7_lag_days",
     "tod_sin", "tod_cos", "tod_sin2", "tod_cos2", "weekday", "target_kind", "issue_kind",
     "ref1_target", "ref7_target", "mean_4h", "refn_change", "refn_gap", "refn_target", "refn_spread",
+    "refn_gap_60", "refn_gap_180", "refn_scaled_change",
 )
 N_REFS = 4  # the latest same-kind days whose median change is a denoised daily profile
 
@@ -58,7 +59,15 @@ def build(snap: MinuteSnapshot, cal: Calendar, ks: np.ndarray, h: int) -> tuple[
     rj = np.column_stack([demand(snap, js - offn[:, i]) for i in range(N_REFS)])
     rk = np.column_stack([demand(snap, ks - offn[:, i]) for i in range(N_REFS)])
     with np.errstate(all="ignore"):
-        cols += [_row_median(rj - rk), level - _row_median(rk), _row_median(rj), _row_std(rj - rk)]
+        ref_level = _row_median(rk)
+        cols += [_row_median(rj - rk), level - ref_level, _row_median(rj), _row_std(rj - rk)]
+        # How far today has run from the reference days over the last hours: a steadier signal
+        # of an unusual day than the gap at one instant.
+        for width in (60, 180):
+            rw = np.column_stack([snap.window_mean(ks - offn[:, i], width) for i in range(N_REFS)])
+            cols.append(snap.window_mean(ks, width) - _row_median(rw))
+        # The reference change scaled to today's level: a day at 80 % of usual swings 80 % as much.
+        cols.append(_row_median(rj) * level / ref_level - level)
     return np.column_stack(cols), level
 
 

@@ -179,6 +179,7 @@ class FittedModel:
     train_rows: int
     fit_seconds: float
     info: dict = field(default_factory=dict)
+    features: tuple = ()  # the feature columns it was fitted on; a model from another set is refitted
 
 
 def from_blob(blob: bytes) -> FittedModel | None:
@@ -186,6 +187,9 @@ def from_blob(blob: bytes) -> FittedModel | None:
     fitted = pickle.loads(blob)
     if fitted is not None and not isinstance(fitted, FittedModel):
         raise ValueError("not a fitted forecaster model")
+    if fitted is not None and tuple(fitted.features) != features.FEATURE_NAMES:
+        raise ValueError(f"model fitted on {len(fitted.features)} other feature columns, "
+                         f"this version has {len(features.FEATURE_NAMES)}")
     return fitted
 
 
@@ -212,7 +216,9 @@ def training_minutes(snap: MinuteSnapshot, last_k: int, stride: int, h: int) -> 
     return ks
 
 
-HALF_LIFE_DAYS = 60.0
+# Validation weeks (May-July) scored 30 d < 60 d < 120 d <= 240 d; 120 keeps last season's weight
+# at a quarter, not half, for weeks that follow a change of season.
+HALF_LIFE_DAYS = 120.0
 
 
 def _recency(ks: np.ndarray) -> np.ndarray | None:
@@ -279,4 +285,4 @@ def fit(snap: MinuteSnapshot, cal: Calendar, horizons, last_k: int, stride: int,
     if not out:
         return None
     return FittedModel(name="hgb+ridge", horizons=out, fitted_at=now, trained_until_minute=last_k,
-                       train_rows=rows, fit_seconds=time.perf_counter() - t0)
+                       train_rows=rows, fit_seconds=time.perf_counter() - t0, features=features.FEATURE_NAMES)

@@ -59,9 +59,9 @@ class ForecastStore:
                        (time.time(), sqlite3.Binary(blob)))
 
     def load_into(self, fc: DemandForecaster, now: float | None = None) -> dict:
-        """Restore history (within fc.history_days of now) and the model; returns what was loaded."""
+        """Restore history (within fc.keep_days of now) and the model; returns what was loaded."""
         now = time.time() if now is None else now
-        since = int((now - fc.history_days * 86400) // 60)
+        since = int((now - fc.keep_days * 86400) // 60)
         with closing(self._connect()) as db:
             rows = db.execute("SELECT minute, sum_kw, count FROM forecast_minute WHERE minute >= ? ORDER BY minute",
                               (since,)).fetchall()

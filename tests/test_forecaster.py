@@ -95,6 +95,10 @@ def test_flag_hysteresis_and_minimum_times():
     assert low.update(1, 10.5, 10.0) is True            # within the band above the threshold
     assert low.update(2, 11.5, 10.0) is False
     assert low.update(3, None, 10.0) is False
+    armed = HysteresisFlag(above=True, fraction=0.1, min_on_s=0, min_off_s=0, arm_fraction=0.1)
+    assert armed.update(0, 120.0, 100.0, level=80.0) is False   # forecast far ahead of the meter
+    assert armed.update(1, 120.0, 100.0, level=95.0) is True
+    assert armed.update(2, 95.0, 100.0, level=50.0) is True     # arming gates turning on only
 
 
 def test_flags_flicker_free_on_a_noisy_forecast_at_the_threshold():
@@ -185,7 +189,8 @@ def test_guard_keeps_persistence_when_the_model_cannot_beat_it():
 
 
 def test_rolling_validation_demotes_a_model_that_goes_wrong():
-    fc = DemandForecaster(validation_days=2, rolling_min_count=8)
+    # Live errors overrule the held-out verdict only once they span rolling_min_hours (a day by default).
+    fc = DemandForecaster(validation_days=2, rolling_min_count=8, rolling_min_hours=6)
     t, _ = _seed_office(fc, 10, noise=1.0)
     fc.fit(t[-1])
     assert fc.status()["horizons"][60]["serving"] == "hgb+ridge"

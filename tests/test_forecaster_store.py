@@ -60,12 +60,13 @@ def test_partial_minutes_merge_across_saves(tmp_path):
 
 def test_old_history_is_not_loaded_and_prune_drops_it(tmp_path):
     store = ForecastStore(str(tmp_path / "g.sqlite"))
-    fc = DemandForecaster(history_days=2)
-    t = T0 + np.arange(0, 5 * 86400, 3600.0)
+    fc = DemandForecaster(history_days=50)
+    t = T0 + np.arange(0, 50 * 86400, 3600.0)
     fc.seed(t, np.full(t.size, 10.0))
     store.save_minutes(*fc.drain_dirty())
     back = DemandForecaster(history_days=2)
-    assert store.load_into(back, t[-1])["minutes"] == 48
+    assert back.keep_days == 44  # the features' 43-day look-back, plus the day replay predicts at once
+    assert store.load_into(back, t[-1])["minutes"] == 44 * 24 + 1
     store.prune(t[-1] - 86400)
     with sqlite3.connect(store.path) as db:
         assert db.execute("SELECT COUNT(*) FROM forecast_minute").fetchone()[0] == 25
@@ -77,6 +78,20 @@ def test_unusable_model_blob_means_refit_not_crash(tmp_path):
     fc, t = _seeded(3)
     assert store.load_into(fc, t[-1])["model"] is False
     assert fc.needs_fit(t[-1])
+
+
+def test_a_model_fitted_on_other_features_is_refitted_not_served(tmp_path):
+    import dataclasses
+    import pickle
+
+    fc, t = _seeded(4)
+    fc.fit(t[-1])
+    older = dataclasses.replace(fc.fitted_model, features=fc.fitted_model.features[:-3])  # an earlier version
+    store = ForecastStore(str(tmp_path / "g.sqlite"))
+    store.save_model(pickle.dumps(older))
+    fresh, _ = _seeded(4)
+    assert store.load_into(fresh, t[-1])["model"] is False
+    assert fresh.needs_fit(t[-1]) and fresh.predict(t[-1]).model == "persistence"
 
 
 def test_history_for_the_http_endpoint(tmp_path):

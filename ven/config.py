@@ -146,6 +146,7 @@ class ForecasterConfig(_Section):
     hysteresis_fraction: float = Field(0.03, ge=0, lt=0.5)
     min_on_minutes: float = Field(15.0, ge=0)
     min_off_minutes: float = Field(15.0, ge=0)
+    arm_fraction: float = Field(0.1, ge=0)
     history_days: float = Field(35.0, gt=0)
     retrain_minutes: float = Field(1440.0, gt=0)
     input_stale_seconds: float = Field(300.0, gt=0)

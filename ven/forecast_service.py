@@ -31,7 +31,8 @@ def forecaster_params(c: ForecasterConfig) -> dict:
     return dict(
         horizons_minutes=c.horizons_minutes, slope_minutes=c.slope_minutes, high_load_kw=c.high_load_kw,
         low_load_kw=c.low_load_kw, threshold_days=c.threshold_days, hysteresis_fraction=c.hysteresis_fraction,
-        min_on_minutes=c.min_on_minutes, min_off_minutes=c.min_off_minutes, history_days=c.history_days,
+        min_on_minutes=c.min_on_minutes, min_off_minutes=c.min_off_minutes, arm_fraction=c.arm_fraction,
+        history_days=c.history_days,
         retrain_minutes=c.retrain_minutes, stale_seconds=c.input_stale_seconds,
         timezone=c.timezone, holiday_preset=c.holiday_preset, holidays=c.holidays)
 
@@ -165,7 +166,7 @@ class ForecastService:
         self._persist(lambda s: (self._save_minutes(s), s.record_forecast(f)))
         if now - self._last_prune >= PRUNE_EVERY_S:
             self._last_prune = now
-            self._persist(lambda s: s.prune(now - self.forecaster.history_days * 86400))
+            self._persist(lambda s: s.prune(now - self.forecaster.keep_days * 86400))
         return f
 
     def _save_minutes(self, store: ForecastStore) -> None:
