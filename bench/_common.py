@@ -42,6 +42,18 @@ def pct(values, p: float) -> float:
     return s[min(len(s) - 1, max(0, int(round(p / 100 * (len(s) - 1)))))]
 
 
+async def wait_until(check, timeout: float, interval: float = 0.01):
+    """Poll `check()` until it returns a truthy value, which is returned; None after `timeout` s
+    (a benchmark records what did not happen rather than failing)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        await asyncio.sleep(interval)
+    return None
+
+
 def quiet_logging(level: int = logging.ERROR) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger().setLevel(level)

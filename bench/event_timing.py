@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
 import statistics
 import sys
 import tempfile
@@ -24,6 +23,9 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common as C  # noqa: E402
 
 from ven.config import OpenadrConfig  # noqa: E402
 from ven.events import Event, Interval, Signal  # noqa: E402
@@ -34,33 +36,13 @@ from ven.vtn import VtnClient  # noqa: E402
 from ven.vtn_server import DemoVtn  # noqa: E402
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def pct(values, p):
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
-
-
-async def until(cond, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        await asyncio.sleep(0.01)
-    return False
-
-
 async def skew_run(seen, n, step, add):
     seen.clear()
     start = datetime.now(timezone.utc) + timedelta(seconds=3)
     levels = [(i % 3) + 1 for i in range(n)]
     add(levels, start, step)
     end = start + timedelta(seconds=step * n)
-    await until(lambda: datetime.now(timezone.utc) > end + timedelta(seconds=0.3), 10 + step * n)
+    await C.wait_until(lambda: datetime.now(timezone.utc) > end + timedelta(seconds=0.3), 10 + step * n)
     skews = []
     for i, level in enumerate(levels):
         boundary = start + timedelta(seconds=i * step)
@@ -78,7 +60,7 @@ async def bacnet_skew(n: int, tmp: Path):
     from bacnet_api import points as P
     from bacnet_api.peer import BacnetPeer
 
-    bacnet_port, client_port, vtn_port, http_port = free_udp(), free_udp(), free_port(), free_port()
+    bacnet_port, client_port, vtn_port, http_port = C.free_port(), C.free_port(), C.free_tcp_port(), C.free_tcp_port()
     config = tmp / "bench.toml"
     config.write_text(f"""
 [bacnet]
@@ -105,7 +87,7 @@ address = "127.0.0.1:{http_port}"
     seen: list[tuple[datetime, float]] = []
     try:
         async with BacnetPeer(client_port, timeout=1.0) as peer:
-            await until(lambda: bool(server.vens), 30)
+            await C.wait_until(lambda: bool(server.vens), 30)
 
             async def watch(end):
                 while datetime.now(timezone.utc) < end:
@@ -130,16 +112,10 @@ address = "127.0.0.1:{http_port}"
     return n, skews
 
 
-def free_udp() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 async def main(args) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-openadr-"))
     seen_by_bas = await bacnet_skew(args.bacnet_intervals, tmp)
-    port = free_port()
+    port = C.free_tcp_port()
     seen: list[tuple[datetime, float]] = []
     storage = Storage(tmp / "gw.sqlite")
     schedule = EventSchedule(storage, lambda st: seen.append((datetime.now(timezone.utc), st.level)))
@@ -156,9 +132,9 @@ async def main(args) -> None:
         queue.add(t0 + timedelta(seconds=10 * i), 90.0 + (i % 100) / 100)
     await server.start()
     up = time.perf_counter()
-    await until(lambda: client.connected, 30)
+    await C.wait_until(lambda: client.connected, 30)
     registered = time.perf_counter() - up
-    await until(lambda: queue.pending == 0, 600)
+    await C.wait_until(lambda: queue.pending == 0, 600)
     drained = time.perf_counter() - up
     got = len(server.reports)
     in_order = [r[3] for r in server.reports] == sorted(r[3] for r in server.reports)
@@ -186,7 +162,7 @@ async def main(args) -> None:
         print(f"{label + ': intervals / seen':<50}{f'{n} / {len(skews)}':>14}")
         if skews:
             print(f"{'  interval start -> seen p50 (ms)':<50}{statistics.median(skews):>14.2f}")
-            print(f"{'  interval start -> seen p99 (ms)':<50}{pct(skews, 99):>14.2f}")
+            print(f"{'  interval start -> seen p99 (ms)':<50}{C.pct(skews, 99):>14.2f}")
             print(f"{'  interval start -> seen max (ms)':<50}{max(skews):>14.2f}")
     print(f"{'backlog samples queued / received':<50}{f'{args.backlog} / {got}':>14}")
     print(f"{'received in timestamp order':<50}{str(in_order):>14}")

@@ -104,16 +104,6 @@ async def until_online(peer, address: str, launch: Launch, timeout: float = 30.0
     return None
 
 
-async def wait_for(check, timeout: float, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        await asyncio.sleep(interval)
-    return None
-
-
 def http_status(port: int) -> dict:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status", timeout=5) as r:
@@ -149,7 +139,7 @@ async def bench(args, tmp: Path, peers_ports: dict) -> tuple[list, dict]:
             try:
                 online = await until_online(peer, address, launch)
                 rss_online = C.rss_mb(launch.proc.pid) if launch.proc.poll() is None else (float("nan"),) * 2
-                ready = await wait_for(lambda: launch.when("edge-gateway ready"), 30)
+                ready = await C.wait_until(lambda: launch.when("edge-gateway ready"), 30, 0.1)
                 rss_ready = C.rss_mb(launch.proc.pid) if launch.proc.poll() is None else (float("nan"),) * 2
                 if not work:
                     await asyncio.sleep(1.0)
@@ -165,7 +155,7 @@ async def bench(args, tmp: Path, peers_ports: dict) -> tuple[list, dict]:
                 if left > 0:
                     await asyncio.sleep(left)
                 # the hour's last fit may still be running: let it finish, then one more cycle
-                await wait_for(lambda: not http_status(http_port).get("forecaster", {}).get("fitting", True), 60, 0.5)
+                await C.wait_until(lambda: not http_status(http_port).get("forecaster", {}).get("fitting", True), 60, 0.5)
                 await asyncio.sleep(max(1.0, args.work / 60))
                 status = http_status(http_port)
                 rss_end = C.rss_mb(launch.proc.pid)

@@ -40,6 +40,15 @@ async def get_json(url, token=""):
             return json.loads(await resp.text())
 
 
+READY = "window.dashboard && window.dashboard.ready"
+
+
+async def open_dashboard(page, url, timeout=20000):
+    """Load the page and wait until its first draw is done."""
+    await page.goto(url, wait_until="load", timeout=20000)
+    await page.wait_for_function(READY, timeout=timeout)
+
+
 def flag_runs(values):
     runs, prev = 0, False
     for v in values:
@@ -53,8 +62,7 @@ async def test_dashboard_draws_history(server):
     srv = await server(view)
     history = await get_json(srv.url + "/api/history?hours=24")
     async with chromium_page() as page:
-        await page.goto(srv.url + "/", wait_until="load", timeout=20000)
-        await page.wait_for_function("window.dashboard && window.dashboard.ready", timeout=20000)
+        await open_dashboard(page, srv.url + "/")
 
         for key in ("power_kw", "demand_kw", "forecast_15", "forecast_60"):
             expected = sum(v is not None for v in history[key])
@@ -99,8 +107,7 @@ async def test_dashboard_refreshes_and_shows_faults(server):
     view = SampleView()
     srv = await server(view)
     async with chromium_page() as page:
-        await page.goto(srv.url + "/?refresh=1&hours=6", wait_until="load", timeout=20000)
-        await page.wait_for_function("window.dashboard && window.dashboard.ready", timeout=20000)
+        await open_dashboard(page, srv.url + "/?refresh=1&hours=6")
         assert await page.evaluate("window.dashboard.minutes") == 360
         draws = await page.evaluate("window.dashboard.draws")
         view.events.append({"event_id": "evt-new", "start": view.minutes[-30], "end": view.minutes[-10],
@@ -126,11 +133,10 @@ async def test_dashboard_with_token(server):
         await page.wait_for_selector("#token-form:not([hidden])", timeout=10000)
         await page.fill("#token-input", "s3cret")
         await page.click("#token-form button")
-        await page.wait_for_function("window.dashboard && window.dashboard.ready", timeout=10000)
+        await page.wait_for_function(READY, timeout=10000)
         assert await page.locator("#token-form").is_hidden()
     async with chromium_page() as page:
-        await page.goto(srv.url + "/#token=s3cret", wait_until="load", timeout=20000)
-        await page.wait_for_function("window.dashboard && window.dashboard.ready", timeout=10000)
+        await open_dashboard(page, srv.url + "/#token=s3cret", timeout=10000)
         assert "token" not in page.url  # the fragment is dropped from the address bar
         assert page.errors == []
 
@@ -155,8 +161,7 @@ class FreshView:
 async def test_dashboard_fresh_gateway(server):
     srv = await server(FreshView())
     async with chromium_page() as page:
-        await page.goto(srv.url + "/", wait_until="load", timeout=20000)
-        await page.wait_for_function("window.dashboard && window.dashboard.ready", timeout=20000)
+        await open_dashboard(page, srv.url + "/")
         assert await page.locator("svg text.empty", has_text="no history yet").count() == 1
         assert "no pending, active or recent events" in await page.locator("#events").inner_text()
         assert "VTN not registered" in await page.locator("#pills").inner_text()
@@ -199,8 +204,7 @@ async def test_dashboard_with_gateway_shapes(server):
     srv = await server(StoreShapedView())
     history = await get_json(srv.url + "/api/history?hours=24")
     async with chromium_page() as page:
-        await page.goto(srv.url + "/", wait_until="load", timeout=20000)
-        await page.wait_for_function("window.dashboard && window.dashboard.ready", timeout=20000)
+        await open_dashboard(page, srv.url + "/")
         for key in ("power_kw", "demand_kw", "forecast_15", "forecast_60"):
             expected = sum(v is not None for v in history[key])
             assert expected > 1000, key

@@ -5,20 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
-import signal
 import socket
 import sqlite3
 import struct
-import subprocess
-import sys
-import time
 from datetime import datetime, timezone
 
 import aiohttp
 import pytest
 from bacnet_peer import BacnetPeer
+from gateway_process import GatewayProcess, write_config
 from waiting import eventually
 
 from bacnet_api import points as P
@@ -32,61 +28,7 @@ from ven.vtn_server import DemoVtn
 
 # -- the gateway as a process ----------------------------------------------------------------------
 
-def write_config(path, bacnet_port, meter_port, http_port, storage, cycle_seconds, vtn_port=9):
-    path.write_text(f"""
-[bacnet]
-address = "127.0.0.1/8:{bacnet_port}"
-device_id = 500201
-[meter]
-router = "127.0.0.1:{meter_port}"
-poll_seconds = 0.5
-timeout_seconds = 0.5
-[openadr]
-vtn_url = "http://127.0.0.1:{vtn_port}/OpenADR2/Simple/2.0b"   # nobody listens: not what these tests are about
-ven_name = "fault-test"
-retry_max_seconds = 5
-[storage]
-path = "{storage}"
-[http]
-address = "127.0.0.1:{http_port}"
-[forecaster]
-cycle_seconds = {cycle_seconds}
-""")
-
-
-class GatewayProcess:
-    def __init__(self, config, log_path):
-        self.config, self.log_path = config, log_path
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "ven.cli", "run", "--config", str(self.config)],
-                                         stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-    def stop(self) -> int | None:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else None
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=5)
-            return None
-
-
+FAULT_CONFIG = {"ven_name": "fault-test", "device_id": 500201, "retry_max_seconds": 5}  # no VTN listens
 SNAPSHOT_PROPS = ["presentValue", "statusFlags", "reliability", "outOfService"]
 
 
@@ -169,7 +111,8 @@ def fuzz_packets(n: int, seed: int = 20261122):
 async def test_garbage_and_malformed_apdus_do_not_crash_or_change_points(tmp_path, free_udp_port, free_tcp_port):
     bacnet_port, meter_port = free_udp_port(), free_udp_port()
     config = tmp_path / "gw.toml"
-    write_config(config, bacnet_port, meter_port, free_tcp_port(), tmp_path / "gw.sqlite", cycle_seconds=3600)
+    write_config(config, bacnet_port=bacnet_port, meter_port=meter_port, http_port=free_tcp_port(),
+                 storage=tmp_path / "gw.sqlite", cycle_seconds=3600, **FAULT_CONFIG)
     gw = f"127.0.0.1:{bacnet_port}"
     gateway = GatewayProcess(config, tmp_path / "gateway.log")
     async with MeterSimulator(address=f"127.0.0.1/8:{meter_port}", value=87.5):
@@ -241,7 +184,8 @@ def stored_minutes(path):
 async def test_sigkill_keeps_the_forecaster_history(tmp_path, free_udp_port, free_tcp_port):
     bacnet_port, meter_port, http_port = free_udp_port(), free_udp_port(), free_tcp_port()
     config, storage = tmp_path / "gw.toml", tmp_path / "gw.sqlite"
-    write_config(config, bacnet_port, meter_port, http_port, storage, cycle_seconds=0.5)
+    write_config(config, bacnet_port=bacnet_port, meter_port=meter_port, http_port=http_port, storage=storage,
+                 cycle_seconds=0.5, **FAULT_CONFIG)
     gateway = GatewayProcess(config, tmp_path / "gateway.log")
     try:
         async with MeterSimulator(address=f"127.0.0.1/8:{meter_port}", value=87.5):

@@ -11,16 +11,14 @@ import asyncio
 import contextlib
 import errno
 import logging
-import os
 import signal
 import subprocess
-import sys
-import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 from bacnet_peer import BacnetPeer
+from gateway_process import GatewayProcess, write_config
 from waiting import eventually
 
 from bacnet_api import points as P
@@ -127,44 +125,9 @@ def _event(event_id: str, padding: str) -> Event:
 
 # -- the gateway process -------------------------------------------------------------------------
 
-def write_config(path, bacnet_port, meter_port, vtn_port, http_port, storage):
-    path.write_text(f"""
-[bacnet]
-address = "127.0.0.1/8:{bacnet_port}"
-device_id = 500301
-[meter]
-router = "127.0.0.1:{meter_port}"
-poll_seconds = 0.5
-timeout_seconds = 0.5
-[openadr]
-vtn_url = "http://127.0.0.1:{vtn_port}/OpenADR2/Simple/2.0b"
-ven_name = "storage-test"
-retry_min_seconds = 0.2
-retry_max_seconds = 1
-[storage]
-path = "{storage}"
-[http]
-address = "127.0.0.1:{http_port}"
-[forecaster]
-cycle_seconds = 1
-""")
-
-
-@contextlib.contextmanager
-def gateway_process(config, log_path):
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "ven.cli", "run", "--config", str(config)],
-                                stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+def write_storage_config(config, bacnet_port, meter_port, vtn_port, http_port, storage):
+    write_config(config, bacnet_port=bacnet_port, meter_port=meter_port, vtn_port=vtn_port, http_port=http_port,
+                 storage=storage, ven_name="storage-test", device_id=500301, retry_min_seconds=0.2)
 
 
 def storage_errors(text: str, path: Path) -> list[str]:
@@ -180,10 +143,10 @@ async def test_read_only_storage_gateway_serves_bacnet_and_works_from_memory(
     with tmpfs(tmp_path / "ro", "ro,size=1m") as ro:
         storage = ro / "gw.sqlite"
         config = tmp_path / "gw.toml"
-        write_config(config, bacnet_port, meter_port, vtn_port, free_tcp_port(), storage)
+        write_storage_config(config, bacnet_port, meter_port, vtn_port, free_tcp_port(), storage)
         async with MeterSimulator(address=f"127.0.0.1/8:{meter_port}", value=87.5), \
                 DemoVtn(vtn_port, poll_seconds=1) as vtn, BacnetPeer(free_udp_port(), timeout=1.0) as peer:
-            with gateway_process(config, log_path) as proc:
+            with GatewayProcess(config, log_path) as gateway:
                 await eventually(lambda: peer.read(gw, P.BY_NAME[P.METER_POWER].object_id, "presentValue"),
                                  30, f"BACnet answering\n{log_path.read_text()}")
                 assert await peer.read(gw, P.BY_NAME[P.METER_POWER].object_id, "presentValue") == 87.5
@@ -195,8 +158,8 @@ async def test_read_only_storage_gateway_serves_bacnet_and_works_from_memory(
                 async def level_two():
                     return await peer.read(gw, P.BY_NAME[P.EVENT_LEVEL].object_id, "presentValue") == 2.0
                 await eventually(level_two, 10, "event level over BACnet")
-                assert proc.poll() is None
-            assert proc.returncode == 0
+                assert gateway.alive
+            assert gateway.proc.returncode == 0
     text = log_path.read_text()
     errors = storage_errors(text, storage)
     assert 1 <= len(errors) <= 2, text                    # events/telemetry, and the forecaster's own
@@ -213,13 +176,13 @@ async def test_disk_full_mid_run_keeps_serving_and_loses_no_telemetry(tmp_path, 
     with tmpfs(tmp_path / "small", "size=8m") as disk:
         storage = disk / "gw.sqlite"
         config = tmp_path / "gw.toml"
-        write_config(config, bacnet_port, meter_port, vtn_port, free_tcp_port(), storage)
+        write_storage_config(config, bacnet_port, meter_port, vtn_port, free_tcp_port(), storage)
         async with MeterSimulator(address=f"127.0.0.1/8:{meter_port}", value=87.5) as meter, \
                 BacnetPeer(free_udp_port(), timeout=1.0) as peer:
             first = DemoVtn(vtn_port, poll_seconds=1)
             await first.start()
             try:
-                with gateway_process(config, log_path) as proc:
+                with GatewayProcess(config, log_path) as gateway:
                     await eventually(lambda: len(first.reports) >= 3, 30, f"telemetry\n{log_path.read_text()}")
                     await first.stop()                            # the VTN goes away, then the disk fills
                     filler = fill(disk)
@@ -229,14 +192,14 @@ async def test_disk_full_mid_run_keeps_serving_and_loses_no_telemetry(tmp_path, 
                         meter.set_value(kw)
                         await asyncio.sleep(1.0)
                         assert await peer.read(gw, P.BY_NAME[P.METER_POWER].object_id, "presentValue") == kw
-                    assert proc.poll() is None
+                    assert gateway.alive
                     filler.unlink()
                     await eventually(lambda: "written to disk again" in log_path.read_text(), 10, "recovery")
                     second = DemoVtn(vtn_port, poll_seconds=1)
                     await second.start()
                     await eventually(lambda: any(v == 92.0 for *_, v in second.reports), 20, "backlog delivered")
                     await asyncio.sleep(1.5)
-                assert proc.returncode == 0
+                assert gateway.proc.returncode == 0
             finally:
                 for vtn in (first, second):
                     if vtn is not None:

@@ -11,19 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
+from waiting import eventually
 
 from ven.config import ForecasterConfig
 from ven.forecast_service import ForecastService
 
 EXCERPT = Path(__file__).parent / "data" / "turin_office_excerpt.csv"
-
-
-async def _until(cond, timeout=30.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def _excerpt_ending_now():
@@ -52,7 +45,7 @@ async def test_auto_source_prefers_the_bas_input_and_publishes(tmp_path, caplog)
         svc.on_input_power(now - 30, 200.0)
         svc.on_meter(now - 20, 999.0)            # ignored: the BAS input is fresh
         assert svc.status()["active_source"] == "bacnet_input"
-        await _until(lambda: published and published[-1].demand_kw[15] == pytest.approx(150.0), what="publish")
+        await eventually(lambda: published and published[-1].demand_kw[15] == pytest.approx(150.0), 30, "publish")
         f = published[-1]
         assert f.demand_kw[60] == pytest.approx(150.0) and f.model == "persistence"
         svc.on_input_power(now - 10, None)       # BAS relinquished: the meter serves again
@@ -61,7 +54,7 @@ async def test_auto_source_prefers_the_bas_input_and_publishes(tmp_path, caplog)
         svc.on_meter(now - 4, float("nan"))      # a bad reading never enters the history
         svc.on_meter(now - 3, -1.0)
         svc.on_meter(now - 2, 400.0)
-        await _until(lambda: published[-1].demand_kw[15] == pytest.approx((100 + 200 + 400) / 3), what="meter")
+        await eventually(lambda: published[-1].demand_kw[15] == pytest.approx((100 + 200 + 400) / 3), 30, "meter")
         st = svc.status()
         assert st["history_minutes"] == 3 and st["rejected_samples"] == 2
         assert st["last_forecast"]["demand_kw"]["15"] == pytest.approx(700 / 3)
@@ -85,12 +78,12 @@ async def test_fit_runs_off_the_loop_and_a_restart_resumes_at_once(tmp_path):
     await svc.start()
     try:
         # the loop keeps publishing while the fit runs in its thread
-        await _until(lambda: svc.status()["last_fit_at"] is not None, timeout=90, what="first fit")
+        await eventually(lambda: svc.status()["last_fit_at"] is not None, 90, "first fit")
         n = len(published)
-        await _until(lambda: len(published) > n + 2, what="cycles after the fit")
+        await eventually(lambda: len(published) > n + 2, 30, "cycles after the fit")
         with sqlite3.connect(path) as db:
-            await _until(lambda: db.execute("SELECT COUNT(*) FROM forecast_model").fetchone()[0] == 1,
-                         what="model saved")
+            await eventually(lambda: db.execute("SELECT COUNT(*) FROM forecast_model").fetchone()[0] == 1,
+                             30, "model saved")
         fitted_at = svc.status()["last_fit_at"]
         serving = svc.status()["horizons"]
     finally:
@@ -101,7 +94,7 @@ async def test_fit_runs_off_the_loop_and_a_restart_resumes_at_once(tmp_path):
     svc2 = ForecastService(cfg, path, publish=again.append)
     await svc2.start()
     try:
-        await _until(lambda: again, what="first publish after restart")
+        await eventually(lambda: again, 30, "first publish after restart")
         st = svc2.status()
         assert st["history_minutes"] == len(times) and st["last_fit_at"] == fitted_at  # no re-learning
         assert not st["fitting"]
@@ -134,7 +127,7 @@ async def test_stopping_during_a_fit_ends_the_fit_process(tmp_path):
     svc.warm_start(*_excerpt_ending_now())
     await svc.start()
     try:
-        await _until(_fit_processes, what="a fit process")
+        await eventually(_fit_processes, 30, "a fit process")
     finally:
         await asyncio.wait_for(svc.stop(), 10)
     assert _fit_processes() == []

@@ -11,6 +11,7 @@ from bacnet_api.device import GatewayDevice
 from bacnet_api.meter import MeterClient, MeterReading, read_meter_once
 from bacnet_api.simulator import MeterSimulator, run_simulator
 from bacnet_peer import BacnetPeer
+from waiting import eventually
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -37,14 +38,6 @@ def client(gateway, sim, **kw) -> MeterClient:
     kw.setdefault("timeout_seconds", FAST)
     return MeterClient(gateway, address=sim.meter_address, object="analogInput 2",
                        router=sim.router_address, **kw)
-
-
-async def wait_for(condition, timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
 
 
 async def test_reads_the_routed_meter(gateway, sim):
@@ -117,11 +110,11 @@ async def test_poll_loop_publishes_readings_until_stopped(gateway, sim):
     meter = client(gateway, sim, poll_seconds=0.1, on_reading=seen.append)
     await meter.start()
     try:
-        await wait_for(lambda: len(seen) >= 3)
+        await eventually(lambda: len(seen) >= 3, 5, "three readings")
         sim.set_silent(True)
-        await wait_for(lambda: meter.fault)
+        await eventually(lambda: meter.fault, 5, "meter fault on")
         sim.set_silent(False)
-        await wait_for(lambda: not meter.fault)
+        await eventually(lambda: not meter.fault, 5, "meter fault off")
     finally:
         await meter.stop()
     count = len(seen)

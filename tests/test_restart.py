@@ -3,48 +3,17 @@ device answering, from SQLite alone. Runs the real `edge-gateway run` process.""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
 from bacnet_peer import BacnetPeer
+from gateway_process import GatewayProcess, write_config
 
 from bacnet_api import points as P
 from ven.vtn_server import DemoVtn
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def write_config(path, bacnet_port, vtn_port, http_port, storage):
-    path.write_text(f"""
-[bacnet]
-address = "127.0.0.1/8:{bacnet_port}"
-[meter]
-address = "127.0.0.1:9"      # nobody answers: the meter is not what this test is about
-poll_seconds = 1
-timeout_seconds = 0.5
-[openadr]
-vtn_url = "http://127.0.0.1:{vtn_port}/OpenADR2/Simple/2.0b"
-ven_name = "restart-test"
-retry_max_seconds = 1
-[storage]
-path = "{storage}"
-[http]
-address = "127.0.0.1:{http_port}"
-[forecaster]
-cycle_seconds = 1
-""")
-
-
-def start_gateway(config, log_path):
-    env = dict(os.environ)
-    log = open(log_path, "ab")
-    return subprocess.Popen([sys.executable, "-m", "ven.cli", "run", "--config", str(config)],
-                            stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
 async def read_level(peer, gw):
@@ -54,14 +23,16 @@ async def read_level(peer, gw):
 async def test_sigkill_during_event_restores_level_without_vtn(tmp_path, free_udp_port, free_tcp_port):
     bacnet_port, vtn_port = free_udp_port(), free_tcp_port()
     config = tmp_path / "gw.toml"
-    write_config(config, bacnet_port, vtn_port, free_tcp_port(), tmp_path / "gw.sqlite")
+    # the meter is an address where nobody answers: it is not what this test is about
+    write_config(config, bacnet_port=bacnet_port, vtn_port=vtn_port, http_port=free_tcp_port(),
+                 storage=tmp_path / "gw.sqlite", ven_name="restart-test")
     gw = f"127.0.0.1:{bacnet_port}"
     log_path = tmp_path / "gateway.log"
-    procs = []
+    gateway = GatewayProcess(config, log_path)
     try:
         async with BacnetPeer(free_udp_port(), timeout=1.0) as peer:
             async with DemoVtn(port=vtn_port, poll_seconds=1.0) as vtn:
-                procs.append(start_gateway(config, log_path))
+                gateway.start()
                 deadline = time.monotonic() + 30
                 while not vtn.vens and time.monotonic() < deadline:
                     await asyncio.sleep(0.2)
@@ -72,10 +43,9 @@ async def test_sigkill_during_event_restores_level_without_vtn(tmp_path, free_ud
                 while await read_level(peer, gw) != 2.0:
                     assert time.monotonic() < deadline, log_path.read_text()
                     await asyncio.sleep(0.2)
-                procs[0].send_signal(signal.SIGKILL)
-                procs[0].wait(timeout=10)
+                gateway.kill()
             # the VTN is gone now; the gateway comes back
-            procs.append(start_gateway(config, log_path))
+            gateway.start()
             answered_at = None
             deadline = time.monotonic() + 30
             while True:
@@ -89,12 +59,6 @@ async def test_sigkill_during_event_restores_level_without_vtn(tmp_path, free_ud
                 await asyncio.sleep(0.05)
             assert await peer.read(gw, P.BY_NAME[P.EVENT_ACTIVE].object_id, "presentValue") in (1, "active")
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+        gateway.stop()
     text = log_path.read_text()
     assert "Traceback" not in text, text

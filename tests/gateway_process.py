@@ -1,0 +1,77 @@
+"""The gateway as a real `python -m ven.cli run` process in tests: its TOML config and its lifecycle."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+
+def write_config(path, *, bacnet_port, http_port, storage, ven_name, vtn_port=9, meter_port=None,
+                 device_id=None, cycle_seconds=1, retry_min_seconds=None, retry_max_seconds=1):
+    """A config on loopback. Without meter_port the meter is an address where nobody answers, and
+    the default vtn_port 9 has nobody listening: for tests that are about something else."""
+    meter = (f'router = "127.0.0.1:{meter_port}"\npoll_seconds = 0.5' if meter_port is not None
+             else 'address = "127.0.0.1:9"\npoll_seconds = 1')
+    path.write_text(f"""
+[bacnet]
+address = "127.0.0.1/8:{bacnet_port}"
+{f"device_id = {device_id}" if device_id is not None else ""}
+[meter]
+{meter}
+timeout_seconds = 0.5
+[openadr]
+vtn_url = "http://127.0.0.1:{vtn_port}/OpenADR2/Simple/2.0b"
+ven_name = "{ven_name}"
+{f"retry_min_seconds = {retry_min_seconds}" if retry_min_seconds is not None else ""}
+retry_max_seconds = {retry_max_seconds}
+[storage]
+path = "{storage}"
+[http]
+address = "127.0.0.1:{http_port}"
+[forecaster]
+cycle_seconds = {cycle_seconds}
+""")
+
+
+class GatewayProcess:
+    """Start, SIGKILL, restart and stop one gateway process; output appends to log_path.
+    As a context manager it starts on entry and stops (SIGTERM) on exit."""
+
+    def __init__(self, config, log_path):
+        self.config, self.log_path = config, log_path
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "ven.cli", "run", "--config", str(self.config)],
+                                         stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+            return None
+
+    def __enter__(self) -> "GatewayProcess":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
