@@ -222,15 +222,16 @@ class DemandForecaster:
                 last = self._last_fit_try
         return last is None or now - last >= self.retrain_minutes * 60
 
-    def fit(self, now: float) -> "DemandForecaster":
-        """Fit in this thread (offline replay, benchmarks); the gateway runs fit_job elsewhere."""
+    def fit(self, now: float, map_fn=map) -> "DemandForecaster":
+        """Fit in this thread (offline replay, benchmarks); the gateway runs fit_job elsewhere.
+        `map_fn` (a process pool's map) may fit the horizons side by side."""
         job = self.fit_job(now)
         if job is None:
             return self
         fitted = None
         try:
             with self._threads():
-                fitted = job.run()
+                fitted = job.run(map_fn)
         finally:
             self.fit_done(fitted)
         return self

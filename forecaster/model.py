@@ -205,9 +205,9 @@ class FitJob:
     now: float
     previous: FittedModel | None
 
-    def run(self) -> FittedModel | None:
+    def run(self, map_fn=map) -> FittedModel | None:
         return fit(self.snap, self.calendar, self.horizons, self.last_k, self.stride, self.validation_days,
-                   self.now, self.previous)
+                   self.now, self.previous, map_fn)
 
 
 def training_minutes(snap: MinuteSnapshot, last_k: int, stride: int, h: int) -> np.ndarray:
@@ -238,51 +238,57 @@ def _fit_pair(X, y, weight, w=None):
 
 
 def fit(snap: MinuteSnapshot, cal: Calendar, horizons, last_k: int, stride: int,
-        validation_days: float, now: float, previous: FittedModel | None = None) -> FittedModel | None:
+        validation_days: float, now: float, previous: FittedModel | None = None, map_fn=map) -> FittedModel | None:
     """Fit one model per horizon; None when there is too little history for any horizon.
 
     The held-out verdict (blend weight, validation errors) of `previous` is carried over while
     its held-out days are under `validation_days` old: the next verdict then scores days it has not
     seen, and a refit costs one fit instead of two. Live rolling errors take over the guard anyway.
+    Horizons are independent: `map_fn` (e.g. a process pool's map) may fit them side by side.
     """
     t0 = time.perf_counter()
-    out: dict[int, HorizonModel] = {}
-    rows = 0
-    val_minutes = int(validation_days * 1440)
-    for h in horizons:
-        ks = training_minutes(snap, last_k, stride, h)
-        X, level = features.build(snap, cal, ks, h)
-        y = features.demand(snap, ks + h) - level
-        ok = np.isfinite(y) & np.isfinite(level)
-        ks, X, y, level = ks[ok], X[ok], y[ok], level[ok]
-        if y.size < 50:
-            continue
-        hm = HorizonModel(h)
-        old = previous.horizons.get(h) if previous is not None else None
-        seen = getattr(old, "validated_until_minute", None)
-        if old is not None and old.val_rows and seen is not None and 0 <= last_k - seen < val_minutes:
-            hm.weight, hm.val_rmse, hm.val_persistence_rmse = old.weight, old.val_rmse, old.val_persistence_rmse
-            hm.val_rows, hm.validated_until_minute = old.val_rows, seen
-            hm.hgb, hm.ridge = _fit_pair(X, y, hm.weight, _recency(ks))
-            out[h] = hm
-            rows += y.size
-            continue
-        # The guard: score on the held-out tail, trained only on what precedes it.
-        held = ks + h > last_k - val_minutes
-        train = ks + h <= last_k - val_minutes
-        if held.sum() >= 20 and train.sum() >= 50:
-            hgb, ridge = _fit_pair(X[train], y[train], 0.5, _recency(ks[train]))
-            ph, pr = hgb.predict(X[held]), ridge.predict(X[held])
-            errs = {w: float(np.sqrt(np.mean((w * ph + (1 - w) * pr - y[held]) ** 2))) for w in BLEND_WEIGHTS}
-            hm.weight = min(errs, key=errs.get)
-            hm.val_rmse = errs[hm.weight]
-            hm.val_persistence_rmse = float(np.sqrt(np.mean(y[held] ** 2)))
-            hm.val_rows = int(held.sum())
-            hm.validated_until_minute = last_k
-        hm.hgb, hm.ridge = _fit_pair(X, y, hm.weight, _recency(ks))
-        out[h] = hm
-        rows += y.size
+    horizons = tuple(horizons)
+    olds = [previous.horizons.get(h) if previous is not None else None for h in horizons]
+    n = len(horizons)
+    fitted = list(map_fn(fit_horizon, [snap] * n, [cal] * n, horizons, [last_k] * n, [stride] * n,
+                         [validation_days] * n, olds))
+    out = {h: hm for h, (hm, _) in zip(horizons, fitted) if hm is not None}
     if not out:
         return None
     return FittedModel(name="hgb+ridge", horizons=out, fitted_at=now, trained_until_minute=last_k,
-                       train_rows=rows, fit_seconds=time.perf_counter() - t0, features=features.FEATURE_NAMES)
+                       train_rows=sum(rows for _, rows in fitted), fit_seconds=time.perf_counter() - t0,
+                       features=features.FEATURE_NAMES)
+
+
+def fit_horizon(snap: MinuteSnapshot, cal: Calendar, h: int, last_k: int, stride: int, validation_days: float,
+                old: HorizonModel | None) -> tuple[HorizonModel | None, int]:
+    """(model, training rows) for one horizon; (None, 0) with under 50 usable rows."""
+    val_minutes = int(validation_days * 1440)
+    ks = training_minutes(snap, last_k, stride, h)
+    X, level = features.build(snap, cal, ks, h)
+    y = features.demand(snap, ks + h) - level
+    ok = np.isfinite(y) & np.isfinite(level)
+    ks, X, y, level = ks[ok], X[ok], y[ok], level[ok]
+    if y.size < 50:
+        return None, 0
+    hm = HorizonModel(h)
+    seen = getattr(old, "validated_until_minute", None)
+    if old is not None and old.val_rows and seen is not None and 0 <= last_k - seen < val_minutes:
+        hm.weight, hm.val_rmse, hm.val_persistence_rmse = old.weight, old.val_rmse, old.val_persistence_rmse
+        hm.val_rows, hm.validated_until_minute = old.val_rows, seen
+        hm.hgb, hm.ridge = _fit_pair(X, y, hm.weight, _recency(ks))
+        return hm, int(y.size)
+    # The guard: score on the held-out tail, trained only on what precedes it.
+    held = ks + h > last_k - val_minutes
+    train = ks + h <= last_k - val_minutes
+    if held.sum() >= 20 and train.sum() >= 50:
+        hgb, ridge = _fit_pair(X[train], y[train], 0.5, _recency(ks[train]))
+        ph, pr = hgb.predict(X[held]), ridge.predict(X[held])
+        errs = {w: float(np.sqrt(np.mean((w * ph + (1 - w) * pr - y[held]) ** 2))) for w in BLEND_WEIGHTS}
+        hm.weight = min(errs, key=errs.get)
+        hm.val_rmse = errs[hm.weight]
+        hm.val_persistence_rmse = float(np.sqrt(np.mean(y[held] ** 2)))
+        hm.val_rows = int(held.sum())
+        hm.validated_until_minute = last_k
+    hm.hgb, hm.ridge = _fit_pair(X, y, hm.weight, _recency(ks))
+    return hm, int(y.size)

@@ -5,10 +5,14 @@ writes one row per horizon. Nothing waits on a clock, so a year of 15-minute dat
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import math
+import multiprocessing
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -71,12 +75,43 @@ def read_series(csv_path, time_column: str, value_column: str, tz: ZoneInfo) -> 
     return t[order], v[order], skipped
 
 
-def replay_series(times, values, write_row, cycle_minutes: float = 15, **forecaster_params) -> dict:
+def _limit_threads(n_threads: int) -> None:
+    # Each pool process fits one horizon; OpenMP threads beyond the forecaster's setting would
+    # only fight the other process for the same cores.
+    global _limits
+    import sklearn.ensemble  # noqa: F401  (loads the OpenMP runtime the limit applies to)
+    from threadpoolctl import threadpool_limits
+
+    _limits = threadpool_limits(limits=n_threads, user_api="openmp")
+
+
+def fit_pool(processes: int, n_threads: int = 1):
+    """A process pool that fits horizons side by side, or a null context (fit in this process)."""
+    if processes <= 1:
+        return contextlib.nullcontext(None)
+    # spawn, not fork: a fork taken after OpenMP started its threads can hang in the child.
+    return ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_limit_threads, initargs=(n_threads,))
+
+
+def replay_series(times, values, write_row, cycle_minutes: float = 15, fit_processes: int | None = None,
+                  **forecaster_params) -> dict:
+    """Replay a series; fits run in `fit_processes` processes, one horizon each (default: one per
+    horizon, at most one per core)."""
     forecaster_params.setdefault("retrain_minutes", REPLAY_RETRAIN_MINUTES)
     fc = DemandForecaster(**forecaster_params)
     cycle = float(cycle_minutes) * 60.0
     if cycle <= 0:
         raise ValueError("cycle_minutes must be positive")
+    if fit_processes is None:
+        fit_processes = min(len(fc.horizons_minutes), os.cpu_count() or 1)
+    with fit_pool(fit_processes, fc.n_threads) as pool:
+        summary = _replay(fc, times, values, write_row, cycle, pool.map if pool is not None else map)
+    summary["fit_processes"] = max(1, fit_processes)
+    return summary
+
+
+def _replay(fc: DemandForecaster, times, values, write_row, cycle: float, map_fn) -> dict:
     t0 = time.perf_counter()
     fit_s, fits, cycles, accepted = 0.0, 0, 0, 0
     models: dict[str, int] = {}
@@ -102,7 +137,7 @@ def replay_series(times, values, write_row, cycle_minutes: float = 15, **forecas
             if pending:  # issued before this fit, so by the model that served then
                 issue_pending()
             f0 = time.perf_counter()
-            fc.fit(now)
+            fc.fit(now, map_fn)
             fit_s += time.perf_counter() - f0
             fits += 1
         pending.append(now)
@@ -117,7 +152,7 @@ def replay_series(times, values, write_row, cycle_minutes: float = 15, **forecas
 
 
 def replay_csv(csv_path, time_column: str, value_column: str, output_path, cycle_minutes: float = 15,
-               **forecaster_params) -> dict:
+               fit_processes: int | None = None, **forecaster_params) -> dict:
     """Replay a CSV and write `OUTPUT_COLUMNS` rows to output_path; returns a summary dict."""
     tz = ZoneInfo(forecaster_params.get("timezone", "UTC"))
     times, values, skipped = read_series(csv_path, time_column, value_column, tz)
@@ -135,7 +170,7 @@ def replay_csv(csv_path, time_column: str, value_column: str, output_path, cycle
             w.writerow((iso(f.issued_at), h, iso(f.issued_at + h * 60), "" if kw is None else f"{kw:.3f}",
                         int(f.high_load), int(f.low_load), f.model))
 
-        summary = replay_series(times, values, write_row, cycle_minutes, **forecaster_params)
+        summary = replay_series(times, values, write_row, cycle_minutes, fit_processes, **forecaster_params)
     summary["skipped_rows"] = skipped
     summary["output"] = str(out)
     return summary

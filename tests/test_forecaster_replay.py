@@ -22,8 +22,8 @@ def _rows(path):
 @pytest.mark.timeout(240)
 def test_replay_of_the_turin_excerpt(tmp_path):
     out = tmp_path / "pred.csv"
-    summary = replay_csv(EXCERPT, "timestamp", "Total_Power", out, cycle_minutes=15, holiday_preset="IT",
-                         retrain_minutes=2880)
+    summary = replay_csv(EXCERPT, "timestamp", "Total_Power", out, cycle_minutes=15, fit_processes=1,
+                         holiday_preset="IT", retrain_minutes=2880)
     src = _rows(EXCERPT)
     rows = _rows(out)
     assert list(rows[0]) == list(OUTPUT_COLUMNS)
@@ -51,14 +51,17 @@ def test_replay_of_the_turin_excerpt(tmp_path):
 
 
 @pytest.mark.timeout(240)
-def test_batched_replay_issues_what_cycle_by_cycle_prediction_issues():
+def test_batched_replay_with_a_fit_pool_issues_what_cycle_by_cycle_prediction_issues():
+    """Replay predicts a day of cycles at once and fits the horizons in two processes; the reference
+    here predicts one cycle at a time and fits in this process."""
     from zoneinfo import ZoneInfo
 
     t, v, _ = read_series(EXCERPT, "timestamp", "Total_Power", ZoneInfo("UTC"))
     params = dict(holiday_preset="IT", retrain_minutes=2880)
     batched = []
-    replay_series(t, v, lambda f, h, kw: batched.append((f.issued_at, h, kw, f.high_load, f.low_load, f.model)),
-                  15, **params)
+    summary = replay_series(t, v, lambda f, h, kw: batched.append((f.issued_at, h, kw, f.high_load, f.low_load,
+                                                                   f.model)), 15, fit_processes=2, **params)
+    assert summary["fit_processes"] == 2
     fc, one_by_one, i = DemandForecaster(**params), [], 0
     for now in np.arange(t[0], t[-1] + 1, 900.0):
         while i < t.size and t[i] <= now:

@@ -142,12 +142,22 @@ def cmd_forecast_replay(args) -> int:
         params["retrain_minutes"] = args.retrain_minutes
     try:
         summary = replay_csv(args.csv, args.time_column, args.value_column, args.output,
-                             cycle_minutes=args.cycle_minutes, **params)
+                             cycle_minutes=args.cycle_minutes, fit_processes=args.fit_processes, **params)
     except (ReplayInputError, OSError) as err:
         print(f"forecast-replay: {err}", file=sys.stderr)
         return 1
     print(" ".join(f"{k}={v}" for k, v in summary.items()))
     return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -214,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, metavar="FILE",
                    help="take the [forecaster] settings (thresholds, time zone, holidays...) from this file")
     p.add_argument("--retrain-minutes", type=float, default=None, help="refit interval in simulated time")
+    p.add_argument("--fit-processes", type=_positive_int, default=None, metavar="N",
+                   help="processes that fit the horizons side by side (default: one per horizon, "
+                        "at most one per core; 1 fits in this process)")
     p.set_defaults(func=cmd_forecast_replay)
     return parser
 
