@@ -13,7 +13,6 @@ from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from . import features, model
 from .calendar import Calendar
@@ -230,7 +229,7 @@ class DemandForecaster:
             return self
         fitted = None
         try:
-            with self._threads():
+            with model.openmp_threads(self.n_threads):
                 fitted = job.run(map_fn)
         finally:
             self.fit_done(fitted)
@@ -254,12 +253,6 @@ class DemandForecaster:
             self._fitting = False
             if fitted is not None:
                 self._model = fitted
-
-    def _threads(self):
-        # Import first: the limit applies to the OpenMP runtime that scikit-learn loads.
-        import sklearn.ensemble  # noqa: F401
-
-        return threadpool_limits(limits=self.n_threads, user_api="openmp")
 
     def model_blob(self) -> bytes | None:
         with self._lock:

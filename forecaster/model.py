@@ -21,6 +21,14 @@ HGB = {"max_iter": 150, "learning_rate": 0.1, "max_leaf_nodes": 15, "min_samples
 BLEND_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)  # weight of the boosted trees; the rest is ridge
 
 
+def openmp_threads(n: int):
+    """Limit scikit-learn's OpenMP threads for fits in this process (a threadpoolctl limiter)."""
+    import sklearn.ensemble  # noqa: F401  (first: the limit applies to the OpenMP runtime it loads)
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=n, user_api="openmp")
+
+
 def _hgb(seed: int = 0) -> "_BinnedHGB":
     # Imported here: a fitted model predicts with numpy alone, so a process that only serves
     # forecasts never loads scikit-learn and scipy (about 100 MB).

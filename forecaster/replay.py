@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from .core import DemandForecaster
+from .model import openmp_threads
 
 OUTPUT_COLUMNS = ("issued_at", "horizon_minutes", "target_time", "forecast_kw", "high_load", "low_load", "model")
 # The live default schedule (daily); pass retrain_minutes to replay another one.
@@ -76,22 +77,22 @@ def read_series(csv_path, time_column: str, value_column: str, tz: ZoneInfo) -> 
 
 
 def _limit_threads(n_threads: int) -> None:
-    # Each pool process fits one horizon; OpenMP threads beyond the forecaster's setting would
-    # only fight the other process for the same cores.
+    # Each pool process fits one horizon; more OpenMP threads than the forecaster's setting would
+    # only fight the other process for the same cores. The limiter lives as long as the process.
     global _limits
-    import sklearn.ensemble  # noqa: F401  (loads the OpenMP runtime the limit applies to)
-    from threadpoolctl import threadpool_limits
-
-    _limits = threadpool_limits(limits=n_threads, user_api="openmp")
+    _limits = openmp_threads(n_threads)
 
 
-def fit_pool(processes: int, n_threads: int = 1):
-    """A process pool that fits horizons side by side, or a null context (fit in this process)."""
+@contextlib.contextmanager
+def fit_map(processes: int, n_threads: int = 1):
+    """A map function for the horizons' fits: a pool of `processes` processes, or map itself."""
     if processes <= 1:
-        return contextlib.nullcontext(None)
+        yield map
+        return
     # spawn, not fork: a fork taken after OpenMP started its threads can hang in the child.
-    return ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_limit_threads, initargs=(n_threads,))
+    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_limit_threads, initargs=(n_threads,)) as pool:
+        yield pool.map
 
 
 def replay_series(times, values, write_row, cycle_minutes: float = 15, fit_processes: int | None = None,
@@ -105,9 +106,11 @@ def replay_series(times, values, write_row, cycle_minutes: float = 15, fit_proce
         raise ValueError("cycle_minutes must be positive")
     if fit_processes is None:
         fit_processes = min(len(fc.horizons_minutes), os.cpu_count() or 1)
-    with fit_pool(fit_processes, fc.n_threads) as pool:
-        summary = _replay(fc, times, values, write_row, cycle, pool.map if pool is not None else map)
-    summary["fit_processes"] = max(1, fit_processes)
+    if fit_processes < 1:
+        raise ValueError("fit_processes must be at least 1")
+    with fit_map(fit_processes, fc.n_threads) as map_fn:
+        summary = _replay(fc, times, values, write_row, cycle, map_fn)
+    summary["fit_processes"] = fit_processes
     return summary
 
 
