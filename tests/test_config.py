@@ -55,6 +55,13 @@ def test_wrong_type_is_named(tmp_path):
     assert "bacnet.device_id" in str(err.value) and "integer" in str(err.value)
 
 
+def test_request_timeout_must_be_positive(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text('[openadr]\nrequest_timeout_seconds = 0\n')
+    with pytest.raises(ConfigError, match=r"openadr.request_timeout_seconds: .*greater than 0"):
+        load_config(p, environ={})
+
+
 def test_bad_address_reason(tmp_path):
     p = tmp_path / "c.toml"
     p.write_text('[bacnet]\naddress = "127.0.0.1"\n')

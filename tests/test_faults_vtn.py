@@ -15,18 +15,17 @@ from fake_vtn import FakeVtn
 
 from bacnet_api import points as P
 from bacnet_api.simulator import MeterSimulator
-import ven.vtn
 from ven.app import Gateway
 from ven.config import parse_config
 from ven.vtn_server import DemoVtn
 
 
-def gateway_config(tmp_path, bacnet_port, meter_port, vtn_url, poll=0.5):
+def gateway_config(tmp_path, bacnet_port, meter_port, vtn_url, poll=0.5, request_timeout=30.0):
     return parse_config({
         "bacnet": {"address": f"127.0.0.1/8:{bacnet_port}", "device_id": 500101},
         "meter": {"router": f"127.0.0.1:{meter_port}", "poll_seconds": poll, "timeout_seconds": 0.5},
         "openadr": {"vtn_url": vtn_url, "ven_name": "fault-test", "telemetry_seconds": 1.0,
-                    "retry_min_seconds": 0.2, "retry_max_seconds": 1.0},
+                    "retry_min_seconds": 0.2, "retry_max_seconds": 1.0, "request_timeout_seconds": request_timeout},
         "storage": {"path": str(tmp_path / "gw.sqlite")},
         "http": {"enabled": False},
         "forecaster": {"cycle_seconds": 5.0},
@@ -36,12 +35,12 @@ def gateway_config(tmp_path, bacnet_port, meter_port, vtn_url, poll=0.5):
 
 
 @contextlib.asynccontextmanager
-async def running_gateway(tmp_path, free_udp_port, vtn_url):
+async def running_gateway(tmp_path, free_udp_port, vtn_url, request_timeout=30.0):
     """Meter simulator (value changing every 0.2 s), gateway, BAS peer. Yields (gateway, meter, peer,
     gw address, readings): `readings` is every meter reading the gateway took, in order."""
     bacnet_port, meter_port = free_udp_port(), free_udp_port()
     meter = MeterSimulator(address=f"127.0.0.1/8:{meter_port}", value=100.0)
-    gateway = Gateway(gateway_config(tmp_path, bacnet_port, meter_port, vtn_url))
+    gateway = Gateway(gateway_config(tmp_path, bacnet_port, meter_port, vtn_url, request_timeout=request_timeout))
     readings = []
     forward = gateway.meter.on_reading
 
@@ -191,23 +190,24 @@ async def test_misbehaving_vtn_errors_logged_once_retries_continue_then_register
 
 @pytest.mark.timeout(75)
 async def test_slow_vtn_times_out_retries_then_a_real_vtn_on_its_port_registers(
-        tmp_path, free_udp_port, free_tcp_port, caplog, monkeypatch):
+        tmp_path, free_udp_port, free_tcp_port, caplog):
     caplog.set_level(logging.INFO)
     port = free_tcp_port()
-    fake = FakeVtn(port, mode="slow", slow_seconds=12.0)    # openleadr reads with a 10 s socket timeout
+    fake = FakeVtn(port, mode="slow", slow_seconds=12.0)
     await fake.start()
     vtn = None
     try:
-        async with running_gateway(tmp_path, free_udp_port, fake.url) as (gateway, meter, peer, gw, readings):
+        # openadr.request_timeout_seconds bounds each whole request (30 s by default, 3 s here)
+        async with running_gateway(tmp_path, free_udp_port, fake.url, request_timeout=3.0) as (
+                gateway, meter, peer, gw, readings):
             await eventually(lambda: gateway.vtn.registration_failures >= 2, 30, "two timed-out attempts")
             assert fake.attempts("slow") >= 2
             assert "did not answer in time" in gateway.vtn.status()["last_error"]
             assert len(messages(caplog, "VTN registration failed")) == 1
             assert await read(peer, gw, P.METER_POWER) == pytest.approx(gateway.device.get(P.METER_POWER))
 
-            # a VTN that trickles a byte a second never trips the socket read timeout: the request's
-            # overall bound must end it (30 s in production, shortened here)
-            monkeypatch.setattr(ven.vtn, "REQUEST_TIMEOUT_S", 2.0)
+            # a VTN that trickles a byte a second never trips the 10 s socket read timeout: only the
+            # request's overall bound ends it
             failures = gateway.vtn.registration_failures
             fake.mode = "trickle"
             await eventually(lambda: gateway.vtn.registration_failures >= failures + 2, 20,

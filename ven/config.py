@@ -92,6 +92,7 @@ class OpenadrConfig(_Section):
     queue_max_days: float = Field(7.0, gt=0)
     retry_min_seconds: float = Field(1.0, gt=0)
     retry_max_seconds: float = Field(60.0, gt=0)
+    request_timeout_seconds: float = Field(30.0, gt=0)
     cert: str = ""
     key: str = ""
     passphrase: str = ""

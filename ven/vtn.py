@@ -32,9 +32,6 @@ from .telemetry import TelemetryQueue
 log = logging.getLogger(__name__)
 
 POLL_FAILURES_FOR_LOSS = 3      # consecutive failed polls before the VTN context counts as lost
-# openleadr bounds only the connect (5 s) and each socket read (10 s): a VTN (or proxy) trickling a
-# byte every few seconds would hold a request, and with it registration or polling, forever.
-REQUEST_TIMEOUT_S = 30.0
 BATCH = 100                     # samples per oadrUpdateReport when catching up
 
 
@@ -46,13 +43,16 @@ class _Client(OpenADRClient):
     """OpenADRClient whose request path records why a request failed instead of only logging it."""
 
     last_error: str | None = None
+    # openleadr bounds only the connect (5 s) and each socket read (10 s): a VTN (or proxy) trickling
+    # a byte every few seconds would hold a request, and with it registration or polling, forever.
+    request_timeout_s: float = 30.0
 
     async def _perform_request(self, service, message):
         await self._ensure_client_session()
         url = f"{self.vtn_url}/{service}"
         self.last_error = None
         try:
-            timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S, sock_connect=5, sock_read=10)
+            timeout = aiohttp.ClientTimeout(total=self.request_timeout_s, sock_connect=5, sock_read=10)
             async with self.client_session.post(url, data=message, timeout=timeout) as req:
                 content = await req.read()
                 if req.status != HTTPStatus.OK:
@@ -280,6 +280,7 @@ class VtnClient:
                          cert=c.cert or None, key=c.key or None, passphrase=c.passphrase or None,
                          ca_file=c.ca_file or None, vtn_fingerprint=c.vtn_fingerprint or None,
                          show_fingerprint=False, disable_signature=not c.cert)
+        client.request_timeout_s = c.request_timeout_seconds
         client.scheduler = _NoScheduler()
         client.on_event = self._handle_event
         client.on_update_event = self._handle_event
