@@ -381,7 +381,6 @@ class DemandForecaster:
                 "validation_rmse_kw": _num(hm.val_rmse) if hm else None,
                 "validation_persistence_rmse_kw": _num(hm.val_persistence_rmse) if hm else None,
                 "rolling_rmse_kw": m, "rolling_persistence_rmse_kw": p, "rolling_count": cnt,
-                "blend_weight_hgb": hm.weight if hm else None,
             }
         last = self.last_forecast
         return {

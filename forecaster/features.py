@@ -4,24 +4,36 @@ The target is expressed as a change from the current 15-minute demand, and the s
 are the same change seen on reference days: the latest earlier day of the same kind (workday,
 Saturday, Sunday/holiday) and the latest one at least a week back. Holidays therefore borrow a
 Sunday's shape rather than last Friday's.
+
+A second, plain set of columns (recent demand, the same interval yesterday and last week, the time
+of day) feeds a separate model of the demand itself: averaged in, a model that sees the day through
+different eyes cancels part of the first one's errors.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .calendar import Calendar
+from .calendar import WORKDAY, Calendar
 from .series import MinuteSnapshot
 
 DEMAND_MINUTES = 15
 DAY = 1440
 
-FEATURE_NAMES = (
+OWN_NAMES = (
     "level", "last5_minus_level", "d15", "d30", "d60", "d120", "d240",
     "ref1_change", "ref1_gap", "ref7_change", "ref7_gap", "ref1_lag_days", "ref7_lag_days",
     "tod_sin", "tod_cos", "tod_sin2", "tod_cos2", "weekday", "target_kind", "issue_kind",
     "ref1_target", "ref7_target", "mean_4h", "refn_change", "refn_gap", "refn_target", "refn_spread",
     "refn_gap_60", "refn_gap_180", "refn_scaled_change",
 )
+PLAIN_LAGS = (0, 15, 30, 45, 60, 105, 120, 240)
+PLAIN_NAMES = tuple(f"plain_demand_{lag}" for lag in PLAIN_LAGS) + (
+    "plain_d15", "plain_d60", "plain_target_day_back", "plain_target_week_back", "plain_day_back",
+    "plain_week_back", "plain_tod_sin", "plain_tod_cos", "plain_weekday", "plain_workday",
+)
+FEATURE_NAMES = OWN_NAMES + PLAIN_NAMES  # build() returns the columns in this order
+OWN = slice(0, len(OWN_NAMES))
+PLAIN = slice(len(OWN_NAMES), len(FEATURE_NAMES))
 N_REFS = 4  # the latest same-kind days whose median change is a denoised daily profile
 
 
@@ -30,7 +42,7 @@ def demand(snap: MinuteSnapshot, ks: np.ndarray) -> np.ndarray:
 
 
 def build(snap: MinuteSnapshot, cal: Calendar, ks: np.ndarray, h: int) -> tuple[np.ndarray, np.ndarray]:
-    """(X, level): feature matrix for issue minutes ks at horizon h minutes, and the current demand."""
+    """(X, level): feature matrix (FEATURE_NAMES) for issue minutes ks at horizon h, and the current demand."""
     ks = np.asarray(ks, dtype=np.int64)
     js = ks + h
     level = demand(snap, ks)
@@ -49,9 +61,10 @@ def build(snap: MinuteSnapshot, cal: Calendar, ks: np.ndarray, h: int) -> tuple[
         targets.append(ref_j)
     cols += [off.astype(float) for off in offs]
     tod = (local_j % 86400) / 86400.0 * 2 * np.pi
+    weekday, kind_j = ((day_j + 3) % 7).astype(float), cal.day_kind(day_j)
     cols += [np.sin(tod), np.cos(tod), np.sin(2 * tod), np.cos(2 * tod)]
-    cols.append(((day_j + 3) % 7).astype(float))
-    cols.append(cal.day_kind(day_j).astype(float))
+    cols.append(weekday)
+    cols.append(kind_j.astype(float))
     cols.append(cal.day_kind(local_k // 86400).astype(float))
     cols += targets
     cols.append(snap.window_mean(ks, 240))
@@ -68,6 +81,10 @@ def build(snap: MinuteSnapshot, cal: Calendar, ks: np.ndarray, h: int) -> tuple[
             cols.append(snap.window_mean(ks, width) - _row_median(rw))
         # The reference change scaled to today's level: a day at 80 % of usual swings 80 % as much.
         cols.append(_row_median(rj) * level / ref_level - level)
+    cols += [demand(snap, ks - lag) for lag in PLAIN_LAGS]
+    cols += [level - demand(snap, ks - 15), level - demand(snap, ks - 60), demand(snap, js - DAY),
+             demand(snap, js - 7 * DAY), demand(snap, ks - DAY), demand(snap, ks - 7 * DAY)]
+    cols += [np.sin(tod), np.cos(tod), weekday, (kind_j == WORKDAY).astype(float)]
     return np.column_stack(cols), level
 
 

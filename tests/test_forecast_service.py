@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from waiting import eventually
 
+from forecaster.model import MODEL_NAME
 from ven.config import ForecasterConfig
 from ven.forecast_service import ForecastService
 
@@ -100,7 +101,7 @@ async def test_fit_runs_off_the_loop_and_a_restart_resumes_at_once(tmp_path):
         assert not st["fitting"]
         f = again[0]
         assert f.demand_kw[15] is not None and f.demand_kw[60] is not None
-        assert f.model == "hgb+ridge" and f.high_threshold_kw is not None
+        assert f.model == MODEL_NAME and f.high_threshold_kw is not None
     finally:
         await svc2.stop()
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from forecaster import DemandForecaster
+from forecaster.model import MODEL_NAME
 from forecaster.store import ForecastStore
 
 from test_forecaster import T0, office
@@ -36,7 +37,7 @@ def test_history_and_model_survive_a_restart(tmp_path):
     assert restarted.history_minutes() == fc.history_minutes()
     assert not restarted.needs_fit(now + 60)  # no re-learning
     after = restarted.predict(now)
-    assert after.model == before.model == "hgb+ridge"
+    assert after.model == before.model == MODEL_NAME
     assert after.demand_kw == pytest.approx(before.demand_kw)
     assert after.high_threshold_kw == pytest.approx(before.high_threshold_kw)
 
@@ -138,5 +139,5 @@ print(f.model, f.demand_kw[60], sorted(m for m in sys.modules if m.split('.')[0]
     out = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     name, kw, loaded = out.stdout.split(" ", 2)
-    assert name == "hgb+ridge" and float(kw) == pytest.approx(expected)
+    assert name == MODEL_NAME and float(kw) == pytest.approx(expected)
     assert loaded.strip() == "[]"
