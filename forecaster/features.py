@@ -3,7 +3,8 @@
 The target is expressed as a change from the current 15-minute demand, and the strongest features
 are the same change seen on reference days: the latest earlier day of the same kind (workday,
 Saturday, Sunday/holiday) and the latest one at least a week back. Holidays therefore borrow a
-Sunday's shape rather than last Friday's.
+Sunday's shape rather than last Friday's. One more column (analog_change) averages what the recent
+same-kind days did next, weighted by how much their last three hours looked like today's.
 
 A second, plain set of columns (recent demand, the same interval yesterday and last week, the time
 of day) feeds a separate model of the demand itself: averaged in, a model that sees the day through
@@ -24,7 +25,7 @@ OWN_NAMES = (
     "ref1_change", "ref1_gap", "ref7_change", "ref7_gap", "ref1_lag_days", "ref7_lag_days",
     "tod_sin", "tod_cos", "tod_sin2", "tod_cos2", "weekday", "target_kind", "issue_kind",
     "ref1_target", "ref7_target", "mean_4h", "refn_change", "refn_gap", "refn_target", "refn_spread",
-    "refn_gap_60", "refn_gap_180", "refn_scaled_change",
+    "refn_gap_60", "refn_gap_180", "refn_scaled_change", "analog_change",
 )
 PLAIN_LAGS = (0, 15, 30, 45, 60, 105, 120, 240)
 PLAIN_NAMES = tuple(f"plain_demand_{lag}" for lag in PLAIN_LAGS) + (
@@ -35,6 +36,8 @@ FEATURE_NAMES = OWN_NAMES + PLAIN_NAMES  # build() returns the columns in this o
 OWN = slice(0, len(OWN_NAMES))
 PLAIN = slice(len(OWN_NAMES), len(FEATURE_NAMES))
 N_REFS = 4  # the latest same-kind days whose median change is a denoised daily profile
+ANALOG_DAYS, ANALOG_BACK_DAYS = 20, 42  # candidate same-kind days for analog_change, and how far back
+ANALOG_STEPS = 12                       # 15-minute demands (3 hours) compared with today's
 
 
 def demand(snap: MinuteSnapshot, ks: np.ndarray) -> np.ndarray:
@@ -81,11 +84,39 @@ def build(snap: MinuteSnapshot, cal: Calendar, ks: np.ndarray, h: int) -> tuple[
             cols.append(snap.window_mean(ks, width) - _row_median(rw))
         # The reference change scaled to today's level: a day at 80 % of usual swings 80 % as much.
         cols.append(_row_median(rj) * level / ref_level - level)
+    cols.append(_analog_change(snap, cal, ks, js, day_j))
     cols += [demand(snap, ks - lag) for lag in PLAIN_LAGS]
     cols += [level - demand(snap, ks - 15), level - demand(snap, ks - 60), demand(snap, js - DAY),
              demand(snap, js - 7 * DAY), demand(snap, ks - DAY), demand(snap, ks - 7 * DAY)]
     cols += [np.sin(tod), np.cos(tod), weekday, (kind_j == WORKDAY).astype(float)]
     return np.column_stack(cols), level
+
+
+ANALOG_CHUNK_ROWS = 1024  # rows x days x steps temporaries stay a few MB, not hundreds, on a year of rows
+
+
+def _analog_change(snap: MinuteSnapshot, cal: Calendar, ks, js, day_j) -> np.ndarray:
+    """What recent same-kind days did next, weighted by how closely their last three hours had the
+    shape of today's: a late start or an early shutdown today picks the days that had one too."""
+    back = cal.recent_same_kind(day_j, ANALOG_DAYS, ANALOG_BACK_DAYS)
+    c = ANALOG_CHUNK_ROWS
+    return np.concatenate([_analog_rows(snap, ks[i:i + c], js[i:i + c], back[i:i + c])
+                           for i in range(0, ks.size, c)] or [np.empty(0)])
+
+
+def _analog_rows(snap: MinuteSnapshot, ks, js, back) -> np.ndarray:
+    off = np.where(back < ANALOG_BACK_DAYS, back * DAY, -1)  # -1: no such day (padding) -> NaN below
+    steps = np.arange(ANALOG_STEPS) * DEMAND_MINUTES
+    today = snap.window_mean_lookup(ks[:, None] - steps, DEMAND_MINUTES)                      # (rows, steps)
+    cand = snap.window_mean_lookup(ks[:, None, None] - off[:, :, None] - steps, DEMAND_MINUTES)  # (rows, days, steps)
+    cand = np.where(off[:, :, None] >= 0, cand, np.nan)
+    with np.errstate(all="ignore"):
+        diff = (cand - cand[:, :, :1]) - (today - today[:, :1])[:, None, :]    # shapes, levels removed
+        dist = np.nansum(diff ** 2, axis=2) / np.sum(np.isfinite(diff), axis=2)
+        change = snap.window_mean_lookup(js[:, None] - off, DEMAND_MINUTES) - cand[:, :, 0]
+        w = np.exp(-dist / (_row_median(dist)[:, None] + 1e-6))
+        w = np.where(np.isfinite(w) & np.isfinite(change), w, 0.0)
+        return np.sum(w * np.nan_to_num(change), axis=1) / np.sum(w, axis=1)
 
 
 def _row_std(a: np.ndarray) -> np.ndarray:

@@ -77,6 +77,41 @@ def test_feature_rows_only_look_back_from_their_issue_minute():
             np.testing.assert_allclose(Xk[0], row, rtol=0, atol=1e-9)
 
 
+def test_analog_change_follows_the_days_whose_morning_looked_like_today():
+    # Workdays alternate between starting at 07:00 and at 08:30. At 08:00 on a late-start day the
+    # early days are already up (no change ahead) and the late ones are about to rise 200 kW: the
+    # analog must lean to the late days (+200; soft weights keep a little of the others), where a plain
+    # average of all days would say +100.
+    from forecaster import features
+
+    t = T0 + np.arange(900, 60 * 86400 + 1, 900.0)
+    day = ((t - 1) // 86400).astype(int)
+    start_h = np.where(day % 2 == 0, 7.0, 8.5)
+    tod = ((t - 1) % 86400) / 3600.0
+    v = np.where((tod >= start_h) & (tod < 18), 300.0, 100.0)
+    b = MinuteBins(keep_minutes=61 * 1440)
+    b.add(np.array([minute_of(x) for x in t]), v)
+    snap = b.snapshot()
+    col = features.FEATURE_NAMES.index("analog_change")
+    cal = Calendar("UTC")
+    late = [d for d in range(45, 60) if d % 2 == 1 and cal.day_kind(np.array([d + T0 // 86400]))[0] == WORKDAY]
+    ks = np.array([minute_of(T0 + d * 86400 + 8 * 3600) for d in late])
+    X, level = features.build(snap, cal, ks, 60)
+    assert np.all(level == 100.0)
+    assert np.all(X[:, col] > 160.0), X[:, col]
+
+
+def test_window_mean_lookup_reads_what_window_mean_computes():
+    b = MinuteBins(keep_minutes=10**6)
+    rng = np.random.default_rng(2)
+    ks = np.sort(rng.choice(np.arange(1000, 5000), 1500, replace=False))  # gaps, so some windows are empty
+    b.add(ks, rng.normal(100, 10, ks.size))
+    snap = b.snapshot()
+    q = rng.integers(900, 5100, (40, 3, 5))  # off both ends too
+    for width in (1, 15, 60):
+        np.testing.assert_array_equal(snap.window_mean_lookup(q, width), snap.window_mean(q, width))
+
+
 def test_slope_is_least_squares_over_recent_minutes():
     fc = DemandForecaster(slope_minutes=5)
     assert fc.predict(T0).rate_kw_per_min is None
