@@ -80,6 +80,16 @@ class Calendar:
             return t
         return t + self._offset_seconds(t // 3600)
 
+    def days_back(self, ks: np.ndarray, days) -> np.ndarray:
+        """Minute numbers at the same wall-clock time `days` local days before minutes ks: across a
+        daylight-saving change that is 23 or 25 hours a day back, not 24."""
+        ks = np.asarray(ks, dtype=np.int64)
+        back = ks - np.asarray(days, dtype=np.int64) * 1440
+        if self.timezone == "UTC":
+            return back
+        shift = self._offset_seconds((ks * 60) // 3600) - self._offset_seconds((back * 60) // 3600)
+        return back + shift // 60
+
     def day_kind(self, days: np.ndarray) -> np.ndarray:
         """Kind of each local day number: WORKDAY, SATURDAY or RESTDAY (Sunday or holiday)."""
         days = np.asarray(days, dtype=np.int64)

@@ -18,7 +18,6 @@ from .calendar import WORKDAY, Calendar
 from .series import MinuteSnapshot
 
 DEMAND_MINUTES = 15
-DAY = 1440
 
 OWN_NAMES = (
     "level", "last5_minus_level", "d15", "d30", "d60", "d120", "d240",
@@ -58,8 +57,8 @@ def build(snap: MinuteSnapshot, cal: Calendar, ks: np.ndarray, h: int) -> tuple[
     offs = [cal.same_kind_offsets(day_j, min_back) for min_back in (1, 7)]
     targets = []
     for off in offs:
-        ref_k = demand(snap, ks - off * DAY)
-        ref_j = demand(snap, js - off * DAY)
+        ref_k = demand(snap, cal.days_back(ks, off))
+        ref_j = demand(snap, cal.days_back(js, off))
         cols += [ref_j - ref_k, level - ref_k]
         targets.append(ref_j)
     cols += [off.astype(float) for off in offs]
@@ -71,23 +70,23 @@ def build(snap: MinuteSnapshot, cal: Calendar, ks: np.ndarray, h: int) -> tuple[
     cols.append(cal.day_kind(local_k // 86400).astype(float))
     cols += targets
     cols.append(snap.window_mean(ks, 240))
-    offn = cal.recent_same_kind(day_j, N_REFS) * DAY
-    rj = np.column_stack([demand(snap, js - offn[:, i]) for i in range(N_REFS)])
-    rk = np.column_stack([demand(snap, ks - offn[:, i]) for i in range(N_REFS)])
+    backn = cal.recent_same_kind(day_j, N_REFS)
+    rj = demand(snap, cal.days_back(js[:, None], backn))
+    rk = demand(snap, cal.days_back(ks[:, None], backn))
     with np.errstate(all="ignore"):
         ref_level = _row_median(rk)
         cols += [_row_median(rj - rk), level - ref_level, _row_median(rj), _row_std(rj - rk)]
         # How far today has run from the reference days over the last hours: a steadier signal
         # of an unusual day than the gap at one instant.
         for width in (60, 180):
-            rw = np.column_stack([snap.window_mean(ks - offn[:, i], width) for i in range(N_REFS)])
+            rw = snap.window_mean(cal.days_back(ks[:, None], backn), width)
             cols.append(snap.window_mean(ks, width) - _row_median(rw))
         # The reference change scaled to today's level: a day at 80 % of usual swings 80 % as much.
         cols.append(_row_median(rj) * level / ref_level - level)
     cols.append(_analog_change(snap, cal, ks, js, day_j))
     cols += [demand(snap, ks - lag) for lag in PLAIN_LAGS]
-    cols += [level - demand(snap, ks - 15), level - demand(snap, ks - 60), demand(snap, js - DAY),
-             demand(snap, js - 7 * DAY), demand(snap, ks - DAY), demand(snap, ks - 7 * DAY)]
+    cols += [level - demand(snap, ks - 15), level - demand(snap, ks - 60), demand(snap, cal.days_back(js, 1)),
+             demand(snap, cal.days_back(js, 7)), demand(snap, cal.days_back(ks, 1)), demand(snap, cal.days_back(ks, 7))]
     cols += [np.sin(tod), np.cos(tod), weekday, (kind_j == WORKDAY).astype(float)]
     return np.column_stack(cols), level
 
@@ -100,20 +99,21 @@ def _analog_change(snap: MinuteSnapshot, cal: Calendar, ks, js, day_j) -> np.nda
     shape of today's: a late start or an early shutdown today picks the days that had one too."""
     back = cal.recent_same_kind(day_j, ANALOG_DAYS, ANALOG_BACK_DAYS)
     c = ANALOG_CHUNK_ROWS
-    return np.concatenate([_analog_rows(snap, ks[i:i + c], js[i:i + c], back[i:i + c])
+    return np.concatenate([_analog_rows(snap, cal, ks[i:i + c], js[i:i + c], back[i:i + c])
                            for i in range(0, ks.size, c)] or [np.empty(0)])
 
 
-def _analog_rows(snap: MinuteSnapshot, ks, js, back) -> np.ndarray:
-    off = np.where(back < ANALOG_BACK_DAYS, back * DAY, -1)  # -1: no such day (padding) -> NaN below
+def _analog_rows(snap: MinuteSnapshot, cal: Calendar, ks, js, back) -> np.ndarray:
+    have = back < ANALOG_BACK_DAYS  # recent_same_kind pads with ANALOG_BACK_DAYS where it ran out of days
     steps = np.arange(ANALOG_STEPS) * DEMAND_MINUTES
-    today = snap.window_mean_lookup(ks[:, None] - steps, DEMAND_MINUTES)                      # (rows, steps)
-    cand = snap.window_mean_lookup(ks[:, None, None] - off[:, :, None] - steps, DEMAND_MINUTES)  # (rows, days, steps)
-    cand = np.where(off[:, :, None] >= 0, cand, np.nan)
+    k_back = cal.days_back(ks[:, None], back)                                      # (rows, days)
+    today = snap.window_mean_lookup(ks[:, None] - steps, DEMAND_MINUTES)          # (rows, steps)
+    cand = snap.window_mean_lookup(k_back[:, :, None] - steps, DEMAND_MINUTES)    # (rows, days, steps)
+    cand = np.where(have[:, :, None], cand, np.nan)
     with np.errstate(all="ignore"):
         diff = (cand - cand[:, :, :1]) - (today - today[:, :1])[:, None, :]    # shapes, levels removed
         dist = np.nansum(diff ** 2, axis=2) / np.sum(np.isfinite(diff), axis=2)
-        change = snap.window_mean_lookup(js[:, None] - off, DEMAND_MINUTES) - cand[:, :, 0]
+        change = snap.window_mean_lookup(cal.days_back(js[:, None], back), DEMAND_MINUTES) - cand[:, :, 0]
         w = np.exp(-dist / (_row_median(dist)[:, None] + 1e-6))
         w = np.where(np.isfinite(w) & np.isfinite(change), w, 0.0)
         return np.sum(w * np.nan_to_num(change), axis=1) / np.sum(w, axis=1)

@@ -120,10 +120,12 @@ class MinuteSnapshot:
             return np.where(ok & (c > 0), s / np.maximum(c, 1), np.nan)
 
     def window_mean_lookup(self, k_end: np.ndarray, width: int) -> np.ndarray:
-        """window_mean, read from a table of every held minute's mean built on first use: for
-        gathering many windows at once (one read per window instead of a dozen array operations)."""
+        """window_mean, read from a table of every held minute's mean once the request is large
+        enough to pay for building it: one read per window instead of a dozen array operations."""
         table = self._tables.get(width)
         if table is None:
+            if np.size(k_end) * 4 < self.n:  # a one-row predict asks for a few hundred windows
+                return self.window_mean(k_end, width)
             table = self._tables[width] = self.window_mean(np.arange(self.k0, self.k0 + self.n), width)
         i = np.asarray(k_end, dtype=np.int64) - self.k0
         ok = (i >= 0) & (i < self.n)

@@ -107,9 +107,33 @@ def test_window_mean_lookup_reads_what_window_mean_computes():
     ks = np.sort(rng.choice(np.arange(1000, 5000), 1500, replace=False))  # gaps, so some windows are empty
     b.add(ks, rng.normal(100, 10, ks.size))
     snap = b.snapshot()
-    q = rng.integers(900, 5100, (40, 3, 5))  # off both ends too
     for width in (1, 15, 60):
-        np.testing.assert_array_equal(snap.window_mean_lookup(q, width), snap.window_mean(q, width))
+        small = rng.integers(900, 5100, (4, 5))  # computed directly
+        big = rng.integers(900, 5100, (400, 3, 5))  # off both ends too; read from the table
+        for q in (small, big, small):
+            np.testing.assert_array_equal(snap.window_mean_lookup(q, width), snap.window_mean(q, width))
+        assert width in snap._tables
+
+
+def test_reference_days_keep_wall_clock_time_across_a_daylight_saving_change():
+    # An office in Rome on 08:00-18:00 local time, every day alike. On the Tuesday after clocks went
+    # forward (2024-03-31), yesterday is 24 h back but last week and the analog days are 23 h further
+    # than whole days: at 08:00 local each reference must still see its own 08:00 -> 09:00 rise.
+    from forecaster import features
+
+    cal = Calendar("Europe/Rome")
+    t = dt.datetime(2024, 2, 1, tzinfo=dt.timezone.utc).timestamp() + np.arange(900, 70 * 86400 + 1, 900.0)
+    local_h = (cal.local_seconds((t - 1).astype(np.int64)) % 86400) / 3600.0
+    v = np.where((local_h >= 8) & (local_h < 18), 300.0, 100.0)
+    b = MinuteBins(keep_minutes=71 * 1440)
+    b.add(np.array([minute_of(x) for x in t]), v)
+    issue = dt.datetime(2024, 4, 2, 6, 0, tzinfo=dt.timezone.utc).timestamp()  # 08:00 CEST
+    X, level = features.build(b.snapshot(), cal, np.array([minute_of(issue)]), 60)
+    row = dict(zip(features.FEATURE_NAMES, X[0]))
+    assert level[0] == 100.0
+    for name in ("ref1_change", "ref7_change", "refn_change", "analog_change"):
+        assert row[name] == pytest.approx(200.0), name
+    assert row["plain_target_week_back"] == 300.0 and row["plain_week_back"] == 100.0
 
 
 def test_slope_is_least_squares_over_recent_minutes():
