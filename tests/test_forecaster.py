@@ -117,8 +117,8 @@ def test_window_mean_lookup_reads_what_window_mean_computes():
 
 def test_reference_days_keep_wall_clock_time_across_a_daylight_saving_change():
     # An office in Rome on 08:00-18:00 local time, every day alike. On the Tuesday after clocks went
-    # forward (2024-03-31), yesterday is 24 h back but last week and the analog days are 23 h further
-    # than whole days: at 08:00 local each reference must still see its own 08:00 -> 09:00 rise.
+    # forward (2024-03-31) yesterday is 24 h back, but last Tuesday is 167 h back, not 168 (and so
+    # are the older same-kind and analog days): at 08:00 each must still show its 08:00 -> 09:00 rise.
     from forecaster import features
 
     cal = Calendar("Europe/Rome")
