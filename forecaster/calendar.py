@@ -87,7 +87,7 @@ class Calendar:
         back = ks - np.asarray(days, dtype=np.int64) * 1440
         if self.timezone == "UTC":
             return back
-        shift = self._offset_seconds((ks * 60) // 3600) - self._offset_seconds((back * 60) // 3600)
+        shift = self._offset_seconds(ks // 60) - self._offset_seconds(back // 60)  # by the hour each minute is in
         return back + shift // 60
 
     def day_kind(self, days: np.ndarray) -> np.ndarray:

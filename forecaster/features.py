@@ -37,6 +37,7 @@ PLAIN = slice(len(OWN_NAMES), len(FEATURE_NAMES))
 N_REFS = 4  # the latest same-kind days whose median change is a denoised daily profile
 ANALOG_DAYS, ANALOG_BACK_DAYS = 20, 42  # candidate same-kind days for analog_change, and how far back
 ANALOG_STEPS = 12                       # 15-minute demands (3 hours) compared with today's
+ANALOG_CHUNK_ROWS = 1024  # rows x days x steps temporaries stay a few MB, not hundreds, on a year of rows
 
 
 def demand(snap: MinuteSnapshot, ks: np.ndarray) -> np.ndarray:
@@ -89,9 +90,6 @@ def build(snap: MinuteSnapshot, cal: Calendar, ks: np.ndarray, h: int) -> tuple[
              demand(snap, cal.days_back(js, 7)), demand(snap, cal.days_back(ks, 1)), demand(snap, cal.days_back(ks, 7))]
     cols += [np.sin(tod), np.cos(tod), weekday, (kind_j == WORKDAY).astype(float)]
     return np.column_stack(cols), level
-
-
-ANALOG_CHUNK_ROWS = 1024  # rows x days x steps temporaries stay a few MB, not hundreds, on a year of rows
 
 
 def _analog_change(snap: MinuteSnapshot, cal: Calendar, ks, js, day_j) -> np.ndarray:

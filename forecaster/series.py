@@ -124,9 +124,9 @@ class MinuteSnapshot:
         enough to pay for building it: one read per window instead of a dozen array operations."""
         table = self._tables.get(width)
         if table is None:
-            if np.size(k_end) * 4 < self.n:  # a one-row predict asks for a few hundred windows
+            if np.size(k_end) * 4 < self.n or not self.n:  # a one-row predict asks for a few hundred
                 return self.window_mean(k_end, width)
             table = self._tables[width] = self.window_mean(np.arange(self.k0, self.k0 + self.n), width)
         i = np.asarray(k_end, dtype=np.int64) - self.k0
         ok = (i >= 0) & (i < self.n)
-        return np.where(ok, table[np.where(ok, i, 0)], np.nan) if self.n else np.full(i.shape, np.nan)
+        return np.where(ok, table[np.where(ok, i, 0)], np.nan)

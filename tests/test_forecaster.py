@@ -63,7 +63,7 @@ def test_feature_rows_only_look_back_from_their_issue_minute():
 
     t = T0 + np.arange(0, 50 * 86400, 60.0)
     v = office(t) + np.random.default_rng(5).normal(0, 3, t.size)
-    b = MinuteBins(keep_minutes=60 * 86400)
+    b = MinuteBins(keep_minutes=51 * 1440)
     b.add(np.array([minute_of(x) for x in t]), v)
     full = b.snapshot()
     ks = full.k0 + np.array([45 * 1440 + 7 * 60, 46 * 1440 + 12 * 60 + 3])
