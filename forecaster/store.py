@@ -58,8 +58,8 @@ class ForecastStore:
             db.execute("INSERT OR REPLACE INTO forecast_model (id, saved_at, blob) VALUES (1, ?, ?)",
                        (time.time(), sqlite3.Binary(blob)))
 
-    def load_into(self, fc: DemandForecaster, now: float | None = None) -> dict:
-        """Restore history (within fc.keep_days of now) and the model; returns what was loaded."""
+    def load_into(self, fc: DemandForecaster, now: float | None = None, model: bool = True) -> dict:
+        """Restore history (within fc.keep_days of now) and, with `model`, the model; returns what was loaded."""
         now = time.time() if now is None else now
         since = int((now - fc.keep_days * 86400) // 60)
         with closing(self._connect()) as db:
@@ -70,7 +70,7 @@ class ForecastStore:
             ks, sums, counts = zip(*rows)
             fc.load_minutes(ks, sums, counts)
         model_ok = False
-        if blob is not None:
+        if blob is not None and model:
             try:
                 fc.set_model_blob(bytes(blob[0]))
                 model_ok = True

@@ -10,9 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import json
 import logging
 import signal
+import sqlite3
 import subprocess
+import time
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -23,6 +27,10 @@ from waiting import eventually
 
 from bacnet_api import points as P
 from bacnet_api.simulator import MeterSimulator
+from forecaster.store import ForecastStore
+from ven.config import ForecasterConfig
+from ven.forecast_service import ForecastService
+from ven.schedule import EventSchedule
 from ven.events import Event, Interval, Signal
 from ven.storage import Storage
 from ven.telemetry import TelemetryQueue
@@ -42,6 +50,10 @@ def tmpfs(where: Path, options: str):
     finally:
         if subprocess.run(["umount", str(where)], capture_output=True).returncode != 0:
             subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def remount(where: Path, options: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,{options}", str(where)], check=True, capture_output=True)
 
 
 def fill(directory: Path) -> Path:
@@ -117,6 +129,98 @@ def test_event_store_keeps_changes_while_the_disk_is_full_then_saves_them(tmp_pa
     assert len(errors) == 1 and f"storage.path {path}" in errors[0].getMessage(), errors
 
 
+def test_stores_that_open_late_keep_memory_then_write_it_in_order(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    with tmpfs(tmp_path / "late", "size=1m") as disk:
+        path = disk / "gw.sqlite"
+        earlier = Storage(path)                      # what an earlier run left in the file
+        for eid in ("old", "changed", "gone"):
+            earlier.save_event(_event(eid, ""))
+        earlier.close()
+        q = TelemetryQueue(path, max_age=timedelta(minutes=10))
+        q.add(T0, 70.0)
+        q.add(T0 + timedelta(seconds=1), 71.0)
+        q.close()
+        remount(disk, "ro")
+
+        store = Storage(path, reopen_seconds=0.0)
+        q = TelemetryQueue(path, max_age=timedelta(minutes=10), reopen_seconds=0.0)
+        assert store.write_error and q.write_error and store.load_events() == []
+        store.save_event(replace(_event("changed", ""), modification_number=1))
+        store.delete_event("gone")
+        store.save_event(_event("new", ""))
+        for i in range(2, 5):
+            q.add(T0 + timedelta(seconds=i), 70.0 + i)
+        batch = q.peek(2)
+        assert [s.kw for s in batch] == [72.0, 73.0]
+        assert not store.flush() and store.take_found() == []
+
+        remount(disk, "rw")
+        assert store.flush() and store.write_error is None
+        assert [ev.event_id for ev in store.take_found()] == ["old"]      # memory's changes win
+        assert store.take_found() == []
+        q.add(T0 + timedelta(seconds=5), 75.0)
+        assert q.write_error is None
+        q.ack(batch)                                 # peeked from memory, acked after the move
+        assert [s.kw for s in q.peek(100)] == [70.0, 71.0, 74.0, 75.0]
+        q.close()
+        store.close()
+        saved = {ev.event_id: ev.modification_number for ev in Storage(path).load_events()}
+        assert saved == {"old": 0, "changed": 1, "new": 0}
+        assert [s.kw for s in TelemetryQueue(path).peek(100)] == [70.0, 71.0, 74.0, 75.0]
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 2, errors                  # one for the events, one for the queue
+    assert "telemetry queue written to disk again" in caplog.text and ": opened; 3 event change" in caplog.text
+
+
+@pytest.mark.timeout(30)
+async def test_schedule_takes_up_the_events_of_a_file_that_opens_late(tmp_path):
+    with tmpfs(tmp_path / "late", "size=1m") as disk:
+        path = disk / "gw.sqlite"
+        earlier = Storage(path)
+        earlier.save_event(_event("from-file", ""))
+        earlier.close()
+        remount(disk, "ro")
+        states = []
+        sched = EventSchedule(Storage(path, reopen_seconds=0.0), on_change=states.append, clock=lambda: T0)
+        await sched.start()
+        try:
+            assert sched.get("from-file") is None and states[-1].level == 0
+            remount(disk, "rw")
+            sched.upsert(_event("new", ""))          # its save opens the file
+            await eventually(lambda: sched.get("from-file") is not None, 10, "the file's event restored")
+            assert states[-1].level == 1.0
+        finally:
+            await sched.stop()
+            sched._storage.close()
+
+
+@pytest.mark.timeout(60)
+async def test_forecaster_history_that_opens_late_joins_the_one_in_memory(tmp_path):
+    with tmpfs(tmp_path / "late", "size=8m") as disk:
+        path = str(disk / "gw.sqlite")
+        k = int(time.time() // 60)
+        ForecastStore(path).save_minutes([k - 10, k - 9], [100.0, 110.0], [1, 1])     # an earlier run's
+        remount(disk, "ro")
+        published = []
+        svc = ForecastService(ForecasterConfig(cycle_seconds=0.05, source="meter"), path,
+                              publish=published.append, reopen_seconds=0.0)
+        await svc.start()
+        try:
+            svc.on_meter((k - 2) * 60 - 30, 200.0)
+            svc.on_meter((k - 1) * 60 - 30, 210.0)
+            await eventually(lambda: published, 10, "forecasts from memory")
+            assert not svc.status()["storage_ok"] and svc.status()["history_minutes"] == 2
+            remount(disk, "rw")
+            await eventually(lambda: svc.status()["storage_ok"], 10, "the file opened")
+            assert svc.status()["history_minutes"] == 4
+        finally:
+            await svc.stop()
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            rows = db.execute("SELECT minute, sum_kw FROM forecast_minute ORDER BY minute").fetchall()
+    assert rows == [(k - 10, 100.0), (k - 9, 110.0), (k - 2, 200.0), (k - 1, 210.0)]
+
+
 def _event(event_id: str, padding: str) -> Event:
     signal = Signal(name="SIMPLE", type="level", intervals=(Interval(T0, timedelta(hours=1), 1.0),))
     return Event(event_id=event_id, modification_number=0, status="far", test_event=False,
@@ -134,13 +238,13 @@ def storage_errors(text: str, path: Path) -> list[str]:
     return [line for line in text.splitlines() if " ERROR " in line and f"storage.path {path}" in line]
 
 
-@pytest.mark.timeout(60)
-async def test_read_only_storage_gateway_serves_bacnet_and_works_from_memory(
+@pytest.mark.timeout(90)
+async def test_read_only_storage_works_from_memory_then_writes_the_file_once_it_opens(
         tmp_path, free_udp_port, free_tcp_port):
     bacnet_port, meter_port, vtn_port = free_udp_port(), free_udp_port(), free_tcp_port()
     log_path = tmp_path / "gateway.log"
     gw = f"127.0.0.1:{bacnet_port}"
-    with tmpfs(tmp_path / "ro", "ro,size=1m") as ro:
+    with tmpfs(tmp_path / "ro", "ro,size=8m") as ro:
         storage = ro / "gw.sqlite"
         config = tmp_path / "gw.toml"
         write_storage_config(config, bacnet_port, meter_port, vtn_port, free_tcp_port(), storage)
@@ -153,17 +257,42 @@ async def test_read_only_storage_gateway_serves_bacnet_and_works_from_memory(
                 # the VEN works from memory: registers, reports, follows an event
                 await eventually(lambda: len(vtn.reports) >= 3, 15, "telemetry from memory")
                 start = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=2)
-                vtn.add_event([2], start=start, interval_seconds=30, event_id="ro-evt")
+                vtn.add_event([2], start=start, interval_seconds=60, event_id="ro-evt")
 
                 async def level_two():
                     return await peer.read(gw, P.BY_NAME[P.EVENT_LEVEL].object_id, "presentValue") == 2.0
                 await eventually(level_two, 10, "event level over BACnet")
                 assert gateway.alive
+                await vtn.stop()                  # samples from here on wait in the queue, in memory
+                await asyncio.sleep(1.5)
+                assert not storage.exists()
+
+                # the installer fixes the mount: what was kept in memory goes to the file
+                fixed_at = datetime.now(timezone.utc)
+                remount(ro, "rw")
+                await eventually(lambda: "telemetry queue written to disk again" in log_path.read_text(), 20,
+                                 "the queue written to the file")
+                await eventually(lambda: "opened for the forecaster" in log_path.read_text(), 20,
+                                 "forecaster history written to the file")
+                # a change to the event (the BAS opts out) finds the file open and saves it there
+                assert await peer.write(gw, P.BY_NAME[P.OPT_OUT].object_id, "presentValue", "active",
+                                        priority=8) is None
+                await eventually(lambda: f"storage.path {storage}: opened; " in log_path.read_text(), 35,
+                                 "events written to the file")
             assert gateway.proc.returncode == 0
+        with contextlib.closing(sqlite3.connect(storage)) as db:
+            events = {json.loads(body)["event_id"]: json.loads(body) for (body,) in
+                      db.execute("SELECT body FROM adr_events")}
+            queued = [datetime.fromisoformat(ts) for (ts,) in db.execute("SELECT ts FROM telemetry_queue")]
+            minutes = db.execute("SELECT COUNT(*) FROM forecast_minute").fetchone()[0]
+    assert list(events) == ["ro-evt"] and events["ro-evt"]["opt"] == "optOut", events
+    assert queued and min(queued) < fixed_at, "samples taken before the file opened are in it"
+    assert minutes > 0
     text = log_path.read_text()
     errors = storage_errors(text, storage)
-    assert 1 <= len(errors) <= 2, text                    # events/telemetry, and the forecaster's own
-    assert "Read-only file system" in errors[0] and "in memory" in errors[0], errors
+    assert len(errors) == 3, text                 # events, telemetry queue, forecaster: one line each
+    assert all("Read-only file system" in e or "unable to open" in e for e in errors), errors
+    assert len([line for line in text.splitlines() if f"storage.path {storage}: opened" in line]) == 2, text
     assert "Traceback" not in text, text
 
 

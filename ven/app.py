@@ -22,7 +22,7 @@ from . import __version__
 from .config import GatewayConfig
 from .metrics import Metrics
 from .schedule import EventSchedule, ScheduleState
-from .storage import Storage, StorageError
+from .storage import REOPEN_SECONDS, Storage
 from .telemetry import TelemetryQueue
 
 if TYPE_CHECKING:
@@ -51,15 +51,11 @@ class Gateway:
         self.device = GatewayDevice(address=c.bacnet.address, device_id=c.bacnet.device_id,
                                     device_name=c.bacnet.device_name,
                                     input_min=c.bacnet.input_min_kw, input_max=c.bacnet.input_max_kw)
-        try:
-            self.storage = Storage(c.storage.path)
-            self.telemetry = TelemetryQueue(c.storage.path, max_age=timedelta(days=c.openadr.queue_max_days))
-        except StorageError as err:
-            # The BAS still needs the device and the live points: run on, from memory.
-            log.error("%s; running without it: events and queued telemetry are kept in memory only and "
-                      "lost on restart", err)
-            self.storage = Storage(":memory:")
-            self.telemetry = TelemetryQueue(":memory:", max_age=timedelta(days=c.openadr.queue_max_days))
+        # A file that cannot be opened does not stop the gateway: the BAS still needs the device and
+        # the live points. Both keep their data in memory and write it once the file opens.
+        self.storage = Storage(c.storage.path, reopen_seconds=REOPEN_SECONDS)
+        self.telemetry = TelemetryQueue(c.storage.path, max_age=timedelta(days=c.openadr.queue_max_days),
+                                        reopen_seconds=REOPEN_SECONDS)
         self.schedule = EventSchedule(self.storage, on_change=self._on_schedule)
         self.meter = MeterClient(self.device, address=c.meter.address, object=c.meter.object,
                                  property=c.meter.property, router=c.meter.router,

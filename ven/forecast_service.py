@@ -19,6 +19,7 @@ from forecaster.store import ForecastStore
 
 from .config import ForecasterConfig
 from .fit_worker import fit_in_child
+from .storage import REOPEN_SECONDS
 from .tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,8 @@ def forecaster_from_config(c: ForecasterConfig, min_kw: float = -1e5, max_kw: fl
 
 class ForecastService:
     def __init__(self, config: ForecasterConfig, storage_path: str, publish: Callable[[Forecast], None],
-                 clock: Callable[[], float] = time.time, min_kw: float = -1e5, max_kw: float = 1e5):
+                 clock: Callable[[], float] = time.time, min_kw: float = -1e5, max_kw: float = 1e5,
+                 reopen_seconds: float = REOPEN_SECONDS):
         self.config = config
         self.storage_path = storage_path
         self._publish = publish
@@ -59,6 +61,8 @@ class ForecastService:
         self._rejecting = False
         self._fit_failing = False
         self._store_failing = False
+        self._reopen_seconds = reopen_seconds
+        self._next_open = 0.0
         self._last_prune = 0.0
         self.last_forecast: Forecast | None = None
         self.last_cycle_seconds: float | None = None
@@ -117,8 +121,10 @@ class ForecastService:
         except Exception as err:  # unwritable storage.path: forecast from memory, say so once
             self._store, loaded = None, {"minutes": 0, "model": False}
             self._store_failing = True      # _persist stays quiet from here on
+            self._next_open = time.monotonic() + self._reopen_seconds
             log.error("storage.path %s: forecaster history cannot be stored (%s: %s); forecasting from "
-                      "memory only", self.storage_path, type(err).__name__, err)
+                      "memory, stored once the file opens (tried every %g s)", self.storage_path,
+                      type(err).__name__, err, self._reopen_seconds)
         log.info("forecaster resumed %d minutes of history%s", loaded["minutes"],
                  " and its fitted model" if loaded["model"] else "")
         self._task = asyncio.create_task(self._run(), name="forecast-cycle")
@@ -161,7 +167,27 @@ class ForecastService:
             await asyncio.sleep(max(0.0, self.config.cycle_seconds - (loop.time() - started)))
 
     # ---- worker-thread work ---------------------------------------------------------------------
+    def _reopen_store(self, now: float) -> None:
+        """The file would not open at start: try it again now and then. Once it opens, its history joins
+        the one kept in memory (which is written to it with the next save), and whichever model is newer
+        stays: the one fitted in memory, else the stored one."""
+        if time.monotonic() < self._next_open:
+            return
+        self._next_open = time.monotonic() + self._reopen_seconds
+        try:
+            store = ForecastStore(self.storage_path)
+            fitted = self.forecaster.model_blob()
+            loaded = store.load_into(self.forecaster, now, model=fitted is None)
+            store.save_model(fitted)
+        except Exception:  # still not there; the start already said so
+            return
+        self._store, self._store_failing = store, False
+        log.info("storage.path %s: opened for the forecaster; %d stored minutes of history added%s",
+                 self.storage_path, loaded["minutes"], " and its fitted model" if loaded["model"] else "")
+
     def _cycle(self, now: float) -> Forecast:
+        if self._store is None:
+            self._reopen_store(now)
         f = self.forecaster.predict(now)
         self._persist(lambda s: (self._save_minutes(s), s.record_forecast(f)))
         if now - self._last_prune >= PRUNE_EVERY_S:

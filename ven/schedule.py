@@ -222,6 +222,16 @@ class EventSchedule:
                 best = tick
         return best
 
+    def _adopt(self, found: list[Event], now: datetime) -> None:
+        """Events of a storage file that opened only after the start: restored as `load` would have."""
+        new = [ev for ev in found if ev.event_id not in self._events]
+        if not new:
+            return
+        self._events.update((ev.event_id, ev) for ev in new)
+        self._purge(now)
+        log.info("restored %d event(s) from storage", len(new))
+        self._publish(now)
+
     def _purge(self, now: datetime) -> None:
         for eid, ev in list(self._events.items()):
             if ev.end + self._keep_recent < now:
@@ -235,17 +245,18 @@ class EventSchedule:
             now = self._clock()
             target = self._next_wake(now)
             delay = _MAX_SLEEP if target is None else min(_MAX_SLEEP, (target - now).total_seconds())
-            self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, delay))
                 woke_for = None
             except asyncio.TimeoutError:
                 woke_for = target
+            self._wake.clear()          # after the wait: a change made before this task first ran counts
             now = self._clock()
             # The loop may fire a hair before the boundary; evaluate at the boundary itself.
             at = max(now, woke_for) if woke_for is not None and (woke_for - now).total_seconds() < 0.005 else now
             self._publish(at)
             self._storage.flush()       # changes a failed write left in memory (no-op when none)
+            self._adopt(self._storage.take_found(), now)
             if (now - last_purge).total_seconds() > 600:
                 self._purge(now)
                 last_purge = now

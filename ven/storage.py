@@ -8,11 +8,16 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import time
 from pathlib import Path
 
 from .events import Event
 
 log = logging.getLogger(__name__)
+
+# How often a file that could not be opened at start is tried again (a fixed mount, fixed permissions).
+REOPEN_SECONDS = 10.0
+
 
 class StorageError(Exception):
     """The database file cannot be created, opened or written; the text says which and why."""
@@ -56,22 +61,71 @@ def _os_reason(p: Path) -> str:
 
 
 class Storage:
-    """Events and settings that must survive a SIGKILL.
+    """Demand-response events, which must survive a SIGKILL.
 
     A write that fails (disk full, file system gone read-only) does not stop the schedule: the change
     is kept here and written with the next write that succeeds (or `flush()`); the error is logged
-    once when it starts and once when writes succeed again."""
+    once when it starts and once when writes succeed again.
 
-    def __init__(self, path: str | Path):
+    With `reopen_seconds`, a file that cannot be opened at all is not an error either: events are kept
+    here, the file is tried again at most that often from `flush()`, and once it opens they are written
+    to it; the events it already held come back from `take_found()`. Without it, StorageError."""
+
+    def __init__(self, path: str | Path, reopen_seconds: float | None = None):
         self.path = Path(path)
-        self.conn = connect(self.path)
-        self.conn.execute(
-            "CREATE TABLE IF NOT EXISTS adr_events ("
-            " event_id TEXT PRIMARY KEY, body TEXT NOT NULL, end_utc TEXT NOT NULL)")
+        self.conn: sqlite3.Connection | None = None
         self._unsaved: dict[str, Event | None] = {}     # event_id -> event to write, None: to delete
+        self._found: list[Event] = []
         self.write_error: str | None = None
+        self._reopen_seconds = reopen_seconds
+        self._next_open = 0.0
+        try:
+            self._open()
+        except StorageError as err:
+            if reopen_seconds is None:
+                raise
+            self.write_error = str(err)
+            self._next_open = time.monotonic() + reopen_seconds
+            log.error("%s; events are kept in memory and written once it opens (tried every %g s); a "
+                      "restart before then loses them", err, reopen_seconds)
+
+    def _open(self) -> None:
+        conn = connect(self.path)
+        try:
+            conn.execute("CREATE TABLE IF NOT EXISTS adr_events ("
+                         " event_id TEXT PRIMARY KEY, body TEXT NOT NULL, end_utc TEXT NOT NULL)")
+        except sqlite3.Error as err:
+            conn.close()
+            raise StorageError(f"storage.path {self.path}: cannot create the events table: {err}") from None
+        self.conn = conn
+
+    def _reopen(self) -> bool:
+        """Try the file again if it is time; True once it is open."""
+        if self.conn is not None:
+            return True
+        if self._reopen_seconds is None or time.monotonic() < self._next_open:
+            return False
+        try:
+            self._open()
+        except StorageError as err:
+            self.write_error = str(err)
+            self._next_open = time.monotonic() + self._reopen_seconds
+            return False
+        # what memory changed wins over what the file held
+        self._found = [ev for ev in self.load_events() if ev.event_id not in self._unsaved]
+        log.info("storage.path %s: opened; %d event change(s) kept in memory go to it, %d event(s) read "
+                 "from it", self.path, len(self._unsaved), len(self._found))
+        self.write_error = None
+        return True
+
+    def take_found(self) -> list[Event]:
+        """Events the file held when it opened after the start (once)."""
+        found, self._found = self._found, []
+        return found
 
     def load_events(self) -> list[Event]:
+        if self.conn is None:
+            return []
         rows = self.conn.execute("SELECT body FROM adr_events").fetchall()
         return [Event.from_json(body) for (body,) in rows]
 
@@ -85,7 +139,10 @@ class Storage:
 
     def flush(self) -> bool:
         """Write what earlier failed writes left; True when nothing is left unsaved."""
+        if not self._reopen():
+            return False
         if not self._unsaved:
+            self._saved_again()
             return True
         try:
             self.conn.execute("BEGIN")
@@ -110,19 +167,15 @@ class Storage:
             self.write_error = str(err)
             return False
         self._unsaved.clear()
+        self._saved_again()
+        return True
+
+    def _saved_again(self) -> None:
         if self.write_error is not None:
             log.info("storage.path %s: events saved again", self.path)
             self.write_error = None
-        return True
-
-    def get(self, key: str, default: str | None = None) -> str | None:
-        row = self.conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
-        return row[0] if row else default
-
-    def put(self, key: str, value: str) -> None:
-        self.conn.execute("INSERT INTO kv (key, value) VALUES (?, ?)"
-                          " ON CONFLICT(key) DO UPDATE SET value=excluded.value", (key, value))
 
     def close(self) -> None:
         self.flush()
-        self.conn.close()
+        if self.conn is not None:
+            self.conn.close()

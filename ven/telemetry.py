@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from .storage import connect
+from .storage import StorageError, connect
 
 log = logging.getLogger(__name__)
 
@@ -27,19 +28,20 @@ class Sample:
 class TelemetryQueue:
     """When the file stops taking writes (disk full, read-only), samples wait in memory instead, in
     order with the ones on disk, and are delivered from there; one ERROR line when that starts, one
-    INFO line when the file takes writes again. Memory-held samples do not survive a restart."""
+    INFO line when the file takes writes again. Memory-held samples do not survive a restart.
 
-    def __init__(self, path: str | Path, max_age: timedelta = timedelta(days=7)):
+    With `reopen_seconds`, a file that cannot be opened at start is the same case: samples wait in
+    memory and the file is tried again at most that often; without it, StorageError."""
+
+    def __init__(self, path: str | Path, max_age: timedelta = timedelta(days=7),
+                 reopen_seconds: float | None = None):
         self.path = path
-        self._conn = connect(path)
-        self._conn.execute(
-            "CREATE TABLE IF NOT EXISTS telemetry_queue ("
-            " seq INTEGER PRIMARY KEY AUTOINCREMENT, ts TEXT NOT NULL, kw REAL NOT NULL)")
         self.max_age = max_age
-        row = self._conn.execute("SELECT value FROM kv WHERE key = 'telemetry_dropped'").fetchone()
-        self._dropped = int(row[0]) if row else 0
-        row = self._conn.execute("SELECT value FROM kv WHERE key = 'telemetry_last_delivery'").fetchone()
-        self.last_delivery: datetime | None = datetime.fromisoformat(row[0]) if row else None
+        self._conn: sqlite3.Connection | None = None
+        self._reopen_seconds = reopen_seconds
+        self._next_open = 0.0
+        self._dropped = 0
+        self.last_delivery: datetime | None = None
         self.delivered = 0      # samples accepted by the VTN since this process started
         self._dropping = False
         self._memory: list[Sample] = []     # samples the file would not take; negative seq numbers
@@ -48,6 +50,43 @@ class TelemetryQueue:
         self._acked: set[int] = set()       # rows the VTN accepted whose DELETE failed: never resent
         self._moved: dict[int, int] = {}    # memory seq -> its row after the move to the file
         self.write_error: str | None = None
+        try:
+            self._open()
+        except StorageError as err:
+            if reopen_seconds is None:
+                raise
+            self._next_open = time.monotonic() + reopen_seconds
+            self.write_error = str(err)
+            log.error("%s; telemetry samples wait in memory until it opens (tried every %g s); a restart "
+                      "before then loses them", err, reopen_seconds)
+
+    def _open(self) -> None:
+        conn = connect(self.path)
+        try:
+            conn.execute("CREATE TABLE IF NOT EXISTS telemetry_queue ("
+                         " seq INTEGER PRIMARY KEY AUTOINCREMENT, ts TEXT NOT NULL, kw REAL NOT NULL)")
+            dropped = conn.execute("SELECT value FROM kv WHERE key = 'telemetry_dropped'").fetchone()
+            last = conn.execute("SELECT value FROM kv WHERE key = 'telemetry_last_delivery'").fetchone()
+        except sqlite3.Error as err:
+            conn.close()
+            raise StorageError(f"storage.path {self.path}: cannot create the telemetry queue: {err}") from None
+        self._conn = conn
+        self._dropped += int(dropped[0]) if dropped else 0
+        if last is not None:
+            stored = datetime.fromisoformat(last[0])
+            self.last_delivery = stored if self.last_delivery is None else max(stored, self.last_delivery)
+
+    def _db(self) -> sqlite3.Connection:
+        """The file's connection; opens it if it was not there at start and it is time to try again."""
+        if self._conn is None:
+            if self._reopen_seconds is None or time.monotonic() < self._next_open:
+                raise sqlite3.OperationalError(self.write_error or "not open")
+            try:
+                self._open()
+            except StorageError as err:
+                self._next_open = time.monotonic() + self._reopen_seconds
+                raise sqlite3.OperationalError(str(err)) from None
+        return self._conn
 
     def _failed(self, err: sqlite3.Error) -> None:
         if self.write_error is None:
@@ -57,7 +96,7 @@ class TelemetryQueue:
 
     def _write(self, sql: str, params=()) -> bool:
         try:
-            self._conn.execute(sql, params)
+            self._db().execute(sql, params)
         except sqlite3.Error as err:
             self._failed(err)
             return False
@@ -69,17 +108,18 @@ class TelemetryQueue:
             return True
         moved = []
         try:
-            self._conn.execute("BEGIN")
+            db = self._db()
+            db.execute("BEGIN")
             for s in self._memory:
-                cur = self._conn.execute("INSERT INTO telemetry_queue (ts, kw) VALUES (?, ?)",
-                                         (s.ts.isoformat(), s.kw))
+                cur = db.execute("INSERT INTO telemetry_queue (ts, kw) VALUES (?, ?)", (s.ts.isoformat(), s.kw))
                 moved.append((s.seq, int(cur.lastrowid)))
-            self._conn.execute("COMMIT")
+            db.execute("COMMIT")
         except sqlite3.Error as err:
-            try:
-                self._conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
+            if self._conn is not None and self._conn.in_transaction:
+                try:
+                    self._conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
             self._failed(err)
             return False
         self._moved.update(moved)       # a batch peeked before the move is acked by its old numbers
@@ -97,7 +137,7 @@ class TelemetryQueue:
         # while older samples wait in memory, newer ones queue behind them
         if self._memory_to_file():
             try:
-                cur = self._conn.execute("INSERT INTO telemetry_queue (ts, kw) VALUES (?, ?)",
+                cur = self._db().execute("INSERT INTO telemetry_queue (ts, kw) VALUES (?, ?)",
                                          (ts.isoformat(), float(kw)))
             except sqlite3.Error as err:
                 self._failed(err)
@@ -119,7 +159,7 @@ class TelemetryQueue:
         self._memory = [s for s in self._memory if s.ts >= cutoff]
         n -= len(self._memory)
         try:
-            n += self._conn.execute("DELETE FROM telemetry_queue WHERE ts < ?", (cutoff.isoformat(),)).rowcount
+            n += self._db().execute("DELETE FROM telemetry_queue WHERE ts < ?", (cutoff.isoformat(),)).rowcount
         except sqlite3.Error:
             pass    # the rows stay queued; bounding is retried with the next sample
         if n > 0:
@@ -133,7 +173,7 @@ class TelemetryQueue:
 
     def _file_rows(self, limit: int) -> list[Sample]:
         try:
-            rows = self._conn.execute("SELECT seq, ts, kw FROM telemetry_queue ORDER BY seq LIMIT ?",
+            rows = self._db().execute("SELECT seq, ts, kw FROM telemetry_queue ORDER BY seq LIMIT ?",
                                       (limit + len(self._acked),)).fetchall()
         except sqlite3.Error:
             return []
@@ -154,7 +194,7 @@ class TelemetryQueue:
         done = {self._moved.pop(seq, seq) for seq in done}
         rows = [(seq,) for seq in done | self._acked if seq > 0]
         try:
-            self._conn.executemany("DELETE FROM telemetry_queue WHERE seq = ?", rows)
+            self._db().executemany("DELETE FROM telemetry_queue WHERE seq = ?", rows)
         except sqlite3.Error:
             self._acked |= {seq for (seq,) in rows}
         else:
@@ -174,14 +214,14 @@ class TelemetryQueue:
         if seq in self._acked:
             return False
         try:
-            return self._conn.execute("SELECT 1 FROM telemetry_queue WHERE seq = ?", (seq,)).fetchone() is not None
+            return self._db().execute("SELECT 1 FROM telemetry_queue WHERE seq = ?", (seq,)).fetchone() is not None
         except sqlite3.Error:
             return False
 
     @property
     def pending(self) -> int:
         try:
-            on_disk = int(self._conn.execute("SELECT COUNT(*) FROM telemetry_queue").fetchone()[0])
+            on_disk = int(self._db().execute("SELECT COUNT(*) FROM telemetry_queue").fetchone()[0])
         except sqlite3.Error:
             on_disk = len(self._acked)
         return on_disk - len(self._acked) + len(self._memory)
@@ -196,4 +236,5 @@ class TelemetryQueue:
                 "in_memory": len(self._memory), "storage_error": self.write_error}
 
     def close(self) -> None:
-        self._conn.close()
+        if self._conn is not None:
+            self._conn.close()
