@@ -229,7 +229,7 @@ class DemandForecaster:
             return self
         fitted = None
         try:
-            with model.openmp_threads(self.n_threads):
+            with model.fit_threads(self.n_threads):
                 fitted = job.run(map_fn)
         finally:
             self.fit_done(fitted)

@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from .core import DemandForecaster
-from .model import openmp_threads
+from .model import fit_threads
 
 OUTPUT_COLUMNS = ("issued_at", "horizon_minutes", "target_time", "forecast_kw", "high_load", "low_load", "model")
 # The live default schedule (daily); pass retrain_minutes to replay another one.
@@ -77,10 +77,10 @@ def read_series(csv_path, time_column: str, value_column: str, tz: ZoneInfo) -> 
 
 
 def _limit_threads(n_threads: int) -> None:
-    # Each pool process fits one horizon; more OpenMP threads than the forecaster's setting would
+    # Each pool process fits one horizon; more threads than the forecaster's setting would
     # only fight the other process for the same cores. The limiter lives as long as the process.
     global _limits
-    _limits = openmp_threads(n_threads)
+    _limits = fit_threads(n_threads)
 
 
 @contextlib.contextmanager

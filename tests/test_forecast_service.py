@@ -141,3 +141,20 @@ async def test_a_failing_fit_process_raises_with_its_last_error_line(tmp_path):
 
     with pytest.raises(FitError, match="exited with status 1: .*UnpicklingError"):
         await fit_in_child(b"not a pickled job")
+
+
+@pytest.mark.timeout(60)
+async def test_a_fit_on_too_sparse_a_history_says_so_instead_of_fitted(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="ven.forecast_service")
+    svc = ForecastService(ForecasterConfig(cycle_seconds=0.05, source="meter"), str(tmp_path / "g.sqlite"),
+                          publish=lambda f: None)
+    now = time.time()
+    svc.warm_start([now - 3 * 3600 * i for i in range(18)], [100.0] * 18)   # 51 hours, one sample in 180 min
+    await svc.start()
+    try:
+        await eventually(lambda: "not fitted" in caplog.text, 45, "the fit's verdict")
+        assert svc.status()["last_fit_at"] is None and svc.last_forecast.model == "persistence"
+    finally:
+        await svc.stop()
+    assert "forecaster fitted" not in caplog.text
+    assert len([r for r in caplog.records if "not fitted" in r.getMessage()]) == 1

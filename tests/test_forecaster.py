@@ -328,3 +328,20 @@ def test_flattened_trees_predict_what_scikit_learn_predicts():
     np.testing.assert_allclose(one_by_one, expected, rtol=0, atol=1e-9)
     m.CHUNK_ROWS = 7  # batches that span several chunks
     np.testing.assert_allclose(m.predict(Xt), expected, rtol=0, atol=1e-9)
+
+
+def test_the_network_predicts_with_numpy_what_scikit_learn_predicts():
+    from forecaster.model import _mlp
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(1500, 5)) * [1, 10, 100, 0.1, 1] + [0, 50, 0, 0, 3]
+    X[rng.random(X.shape) < 0.05] = np.nan
+    y = 40 * np.tanh(np.nan_to_num(X[:, 0])) + np.nan_to_num(X[:, 1]) + rng.normal(size=1500)
+    m = _mlp()
+    net = m.net
+    m.fit(X, y, rng.random(1500) + 0.5)
+    assert m.net is None                      # only numpy arrays are kept (and pickled)
+    Xt = rng.normal(size=(30, 5)) * [1, 10, 100, 0.1, 1] + [0, 50, 0, 0, 3]
+    Xt[rng.random(Xt.shape) < 0.2] = np.nan
+    expected = net.predict((np.where(np.isnan(Xt), m.fill, Xt) - m.mu) / m.sd) * m.y_sd
+    np.testing.assert_allclose(m.predict(Xt), expected, rtol=1e-9, atol=1e-9)
+    assert np.sqrt(np.mean((m.predict(X[:200]) - y[:200]) ** 2)) < 0.5 * np.std(y)   # it learned something

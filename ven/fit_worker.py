@@ -23,7 +23,7 @@ class FitError(RuntimeError):
 async def fit_in_child(job_blob: bytes, threads: int = 1, timeout: float = TIMEOUT_S) -> bytes:
     """Run a pickled FitJob in a child process; the pickled result. The child dies with the caller."""
     root = str(Path(__file__).resolve().parents[1])
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads),
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads),
                PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "ven.fit_worker", stdin=asyncio.subprocess.PIPE,

@@ -60,6 +60,7 @@ class ForecastService:
         self._active: str | None = None
         self._rejecting = False
         self._fit_failing = False
+        self._fit_short = False
         self._store_failing = False
         self._reopen_seconds = reopen_seconds
         self._next_open = 0.0
@@ -214,11 +215,12 @@ class ForecastService:
                 log.info("forecast storage writing again")
             self._store_failing = False
 
-    async def fit(self, now: float) -> None:
-        """One fit in a child process; the model serves, and is stored, when it comes back."""
+    async def fit(self, now: float) -> bool | None:
+        """One fit in a child process; the model serves, and is stored, when it comes back.
+        True when it did, False when the history had too few usable rows, None if one was running."""
         job = self.forecaster.fit_job(now)
-        if job is None:  # one is already running
-            return
+        if job is None:
+            return None
         loop = asyncio.get_running_loop()
         fitted = None
         try:
@@ -229,6 +231,7 @@ class ForecastService:
             self.forecaster.fit_done(fitted)
         if fitted is not None:
             await loop.run_in_executor(self._cycle_pool, self._persist, lambda s: s.save_model(blob))
+        return fitted is not None
 
     def _fit_done(self, fut) -> None:
         self._fit_task = None
@@ -243,6 +246,14 @@ class ForecastService:
         if self._fit_failing:
             log.info("forecaster fit succeeded again")
         self._fit_failing = False
+        if fut.result() is False:   # sparse history: not a fault, but the operator should not read "fitted"
+            if not self._fit_short:
+                log.info("forecaster not fitted: %d minutes of history give too few complete 15-minute "
+                         "demands to learn from; persistence serves, retried every %g min",
+                         self.forecaster.history_minutes(), self.config.retrain_minutes)
+            self._fit_short = True
+            return
+        self._fit_short = False
         st = self.forecaster.status()
         parts = [f"{h} min {v['serving']} (validation rmse {_kw(v['validation_rmse_kw'])} vs persistence "
                  f"{_kw(v['validation_persistence_rmse_kw'])})" for h, v in st["horizons"].items()]
