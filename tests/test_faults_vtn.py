@@ -82,6 +82,14 @@ async def read(peer, gw, name, prop="presentValue"):
     return await peer.read(gw, P.BY_NAME[name].object_id, prop)
 
 
+async def serves_live_meter_power(gateway, peer, gw) -> bool:
+    """meter-power over BACnet is the gateway's latest reading (or the one before: a meter read may
+    land while ours is in flight)."""
+    before = gateway.device.get(P.METER_POWER)
+    served = await read(peer, gw, P.METER_POWER)
+    return served in (pytest.approx(before), pytest.approx(gateway.device.get(P.METER_POWER)))
+
+
 def messages(caplog, text):
     return [r.getMessage() for r in caplog.records if text in r.getMessage()]
 
@@ -156,7 +164,7 @@ async def test_misbehaving_vtn_errors_logged_once_retries_continue_then_register
                 await eventually(lambda: fake.attempts(mode) >= 2, 15, f"repeated attempts against {mode}")
                 assert not gateway.vtn.connected
                 # the device keeps serving the live points meanwhile
-                assert await read(peer, gw, P.METER_POWER) == pytest.approx(gateway.device.get(P.METER_POWER))
+                assert await serves_live_meter_power(gateway, peer, gw)
             failed = messages(caplog, "VTN registration failed")
             assert len(failed) == len(bad_modes), "\n".join(failed)
             assert upstream.registrations == 0
@@ -204,7 +212,7 @@ async def test_slow_vtn_times_out_retries_then_a_real_vtn_on_its_port_registers(
             assert fake.attempts("slow") >= 2
             assert "did not answer in time" in gateway.vtn.status()["last_error"]
             assert len(messages(caplog, "VTN registration failed")) == 1
-            assert await read(peer, gw, P.METER_POWER) == pytest.approx(gateway.device.get(P.METER_POWER))
+            assert await serves_live_meter_power(gateway, peer, gw)
 
             # a VTN that trickles a byte a second never trips the 10 s socket read timeout: only the
             # request's overall bound ends it
