@@ -20,6 +20,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import aiohttp
 import pytest
 from bacnet_peer import BacnetPeer
 from gateway_process import GatewayProcess, write_config
@@ -234,6 +235,12 @@ def write_storage_config(config, bacnet_port, meter_port, vtn_port, http_port, s
                  storage=storage, ven_name="storage-test", device_id=500301, retry_min_seconds=0.2)
 
 
+async def status(http_port: int) -> dict:
+    async with aiohttp.ClientSession() as session, \
+            session.get(f"http://127.0.0.1:{http_port}/api/status", timeout=aiohttp.ClientTimeout(total=5)) as resp:
+        return await resp.json()
+
+
 def storage_errors(text: str, path: Path) -> list[str]:
     return [line for line in text.splitlines() if " ERROR " in line and f"storage.path {path}" in line]
 
@@ -244,10 +251,11 @@ async def test_read_only_storage_works_from_memory_then_writes_the_file_once_it_
     bacnet_port, meter_port, vtn_port = free_udp_port(), free_udp_port(), free_tcp_port()
     log_path = tmp_path / "gateway.log"
     gw = f"127.0.0.1:{bacnet_port}"
+    http_port = free_tcp_port()
     with tmpfs(tmp_path / "ro", "ro,size=8m") as ro:
         storage = ro / "gw.sqlite"
         config = tmp_path / "gw.toml"
-        write_storage_config(config, bacnet_port, meter_port, vtn_port, free_tcp_port(), storage)
+        write_storage_config(config, bacnet_port, meter_port, vtn_port, http_port, storage)
         async with MeterSimulator(address=f"127.0.0.1/8:{meter_port}", value=87.5), \
                 DemoVtn(vtn_port, poll_seconds=1) as vtn, BacnetPeer(free_udp_port(), timeout=1.0) as peer:
             with GatewayProcess(config, log_path) as gateway:
@@ -266,6 +274,8 @@ async def test_read_only_storage_works_from_memory_then_writes_the_file_once_it_
                 await vtn.stop()                  # samples from here on wait in the queue, in memory
                 await asyncio.sleep(1.5)
                 assert not storage.exists()
+                shown = (await status(http_port))["storage"]   # what the operator sees
+                assert not shown["ok"] and set(shown["errors"]) == {"events", "telemetry", "forecaster"}, shown
 
                 # the installer fixes the mount: what was kept in memory goes to the file
                 fixed_at = datetime.now(timezone.utc)
@@ -279,6 +289,7 @@ async def test_read_only_storage_works_from_memory_then_writes_the_file_once_it_
                                         priority=8) is None
                 await eventually(lambda: f"storage.path {storage}: opened; " in log_path.read_text(), 35,
                                  "events written to the file")
+                assert (await status(http_port))["storage"] == {"path": str(storage), "ok": True, "errors": {}}
             assert gateway.proc.returncode == 0
         with contextlib.closing(sqlite3.connect(storage)) as db:
             events = {json.loads(body)["event_id"]: json.loads(body) for (body,) in

@@ -210,7 +210,15 @@ class Gateway:
                 "last_error": latest.error if latest else None,
             },
             "forecaster": self.forecast.status(),
+            "storage": self.storage_status(),
         }
+
+    def storage_status(self) -> dict:
+        """Whether each part that writes storage.path is writing it; what the file said when not."""
+        errors = {"events": self.storage.write_error, "telemetry": self.telemetry.write_error,
+                  "forecaster": None if self.forecast.storage_ok else "forecast history not stored"}
+        return {"path": str(self.config.storage.path), "ok": not any(errors.values()),
+                "errors": {part: e for part, e in errors.items() if e}}
 
     async def history(self, hours: float) -> dict:
         from .http_api import build_history

@@ -261,12 +261,16 @@ class ForecastService:
                  "; ".join(parts))
 
     # ---- operator view ----------------------------------------------------------------------------
+    @property
+    def storage_ok(self) -> bool:
+        return not self._store_failing
+
     def status(self) -> dict:
         st = self.forecaster.status()
         st.update({
             "source": self.config.source, "active_source": self._active,
             "last_input_at": self._last_input_t, "last_meter_at": self._last_meter_t,
-            "storage_ok": not self._store_failing, "fit_ok": not self._fit_failing,
+            "storage_ok": self.storage_ok, "fit_ok": not self._fit_failing,
         })
         f = self.last_forecast
         if f is not None:
