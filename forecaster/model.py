@@ -2,9 +2,9 @@
 
 Gradient boosting, ridge and a small neural network learn the change in demand from the
 reference-day features; a second boosted model learns the demand itself from the plain ones
-(features.PLAIN). Fitting holds out the
-most recent days, scores the average against persistence there (the guard's first verdict), then
-refits on everything so the served model has seen the latest days.
+(features.PLAIN). Fitting holds out the most recent days, scores the average against persistence
+there (the guard's first verdict), then refits on everything so the served model has seen the
+latest days.
 """
 from __future__ import annotations
 

@@ -183,7 +183,8 @@ async def test_schedule_takes_up_the_events_of_a_file_that_opens_late(tmp_path):
         earlier.close()
         remount(disk, "ro")
         states = []
-        sched = EventSchedule(Storage(path, reopen_seconds=0.0), on_change=states.append, clock=lambda: T0)
+        store = Storage(path, reopen_seconds=0.0)
+        sched = EventSchedule(store, on_change=states.append, clock=lambda: T0)
         await sched.start()
         try:
             assert sched.get("from-file") is None and states[-1].level == 0
@@ -193,7 +194,7 @@ async def test_schedule_takes_up_the_events_of_a_file_that_opens_late(tmp_path):
             assert states[-1].level == 1.0
         finally:
             await sched.stop()
-            sched._storage.close()
+            store.close()
 
 
 @pytest.mark.timeout(60)
@@ -241,6 +242,10 @@ async def status(http_port: int) -> dict:
         return await resp.json()
 
 
+async def in_memory(http_port: int) -> bool:
+    return (await status(http_port))["vtn"]["telemetry"]["in_memory"] >= 2
+
+
 def storage_errors(text: str, path: Path) -> list[str]:
     return [line for line in text.splitlines() if " ERROR " in line and f"storage.path {path}" in line]
 
@@ -272,7 +277,7 @@ async def test_read_only_storage_works_from_memory_then_writes_the_file_once_it_
                 await eventually(level_two, 10, "event level over BACnet")
                 assert gateway.alive
                 await vtn.stop()                  # samples from here on wait in the queue, in memory
-                await asyncio.sleep(1.5)
+                await eventually(lambda: in_memory(http_port), 10, "samples waiting in memory")
                 assert not storage.exists()
                 shown = (await status(http_port))["storage"]   # what the operator sees
                 assert not shown["ok"] and set(shown["errors"]) == {"events", "telemetry", "forecaster"}, shown

@@ -19,7 +19,7 @@ from forecaster.store import ForecastStore
 
 from .config import ForecasterConfig
 from .fit_worker import fit_in_child
-from .storage import REOPEN_SECONDS
+from .storage import REOPEN_SECONDS, ReopenTimer
 from .tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ class ForecastService:
         self._fit_short = False
         self._store_failing = False
         self._reopen_seconds = reopen_seconds
-        self._next_open = 0.0
+        self._reopen: ReopenTimer | None = None
         self._last_prune = 0.0
         self.last_forecast: Forecast | None = None
         self.last_cycle_seconds: float | None = None
@@ -122,7 +122,7 @@ class ForecastService:
         except Exception as err:  # unwritable storage.path: forecast from memory, say so once
             self._store, loaded = None, {"minutes": 0, "model": False}
             self._store_failing = True      # _persist stays quiet from here on
-            self._next_open = time.monotonic() + self._reopen_seconds
+            self._reopen = ReopenTimer(self._reopen_seconds)
             log.error("storage.path %s: forecaster history cannot be stored (%s: %s); forecasting from "
                       "memory, stored once the file opens (tried every %g s)", self.storage_path,
                       type(err).__name__, err, self._reopen_seconds)
@@ -172,9 +172,8 @@ class ForecastService:
         """The file would not open at start: try it again now and then. Once it opens, its history joins
         the one kept in memory (which is written to it with the next save), and whichever model is newer
         stays: the one fitted in memory, else the stored one."""
-        if time.monotonic() < self._next_open:
+        if not self._reopen.due():
             return
-        self._next_open = time.monotonic() + self._reopen_seconds
         try:
             store = ForecastStore(self.storage_path)
             fitted = self.forecaster.model_blob()

@@ -23,12 +23,14 @@ class StorageError(Exception):
     """The database file cannot be created, opened or written; the text says which and why."""
 
 
-def connect(path: str | Path) -> sqlite3.Connection:
+def connect(path: str | Path, table: str = "") -> sqlite3.Connection:
+    """A connection to the file, with the kv table and `table` (its CREATE statement) in place."""
     p = Path(path)
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise StorageError(f"storage.path {p}: cannot create directory {p.parent}: {err.strerror}") from None
+    conn = None
     try:
         conn = sqlite3.connect(str(p), timeout=10, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
@@ -36,10 +38,29 @@ def connect(path: str | Path) -> sqlite3.Connection:
         # Probe a write now so an unwritable file fails at start-up, not mid-event.
         conn.execute("CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
         conn.execute("INSERT OR REPLACE INTO kv (key, value) VALUES ('opened_at', datetime('now'))")
+        if table:
+            conn.execute(table)
     except sqlite3.Error as err:
+        if conn is not None:
+            conn.close()
         raise StorageError(f"storage.path {p}: cannot open SQLite database for writing: {err}"
                            f"{_os_reason(p)}") from None
     return conn
+
+
+class ReopenTimer:
+    """Paces the attempts to open a file that would not open: at most one per `seconds`."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self._next = time.monotonic() + seconds
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if now < self._next:
+            return False
+        self._next = now + self.seconds
+        return True
 
 
 def _os_reason(p: Path) -> str:
@@ -77,39 +98,31 @@ class Storage:
         self._unsaved: dict[str, Event | None] = {}     # event_id -> event to write, None: to delete
         self._found: list[Event] = []
         self.write_error: str | None = None
-        self._reopen_seconds = reopen_seconds
-        self._next_open = 0.0
+        self._reopen: ReopenTimer | None = None
         try:
             self._open()
         except StorageError as err:
             if reopen_seconds is None:
                 raise
+            self._reopen = ReopenTimer(reopen_seconds)
             self.write_error = str(err)
-            self._next_open = time.monotonic() + reopen_seconds
             log.error("%s; events are kept in memory and written once it opens (tried every %g s); a "
                       "restart before then loses them", err, reopen_seconds)
 
     def _open(self) -> None:
-        conn = connect(self.path)
-        try:
-            conn.execute("CREATE TABLE IF NOT EXISTS adr_events ("
-                         " event_id TEXT PRIMARY KEY, body TEXT NOT NULL, end_utc TEXT NOT NULL)")
-        except sqlite3.Error as err:
-            conn.close()
-            raise StorageError(f"storage.path {self.path}: cannot create the events table: {err}") from None
-        self.conn = conn
+        self.conn = connect(self.path, "CREATE TABLE IF NOT EXISTS adr_events ("
+                                       " event_id TEXT PRIMARY KEY, body TEXT NOT NULL, end_utc TEXT NOT NULL)")
 
-    def _reopen(self) -> bool:
-        """Try the file again if it is time; True once it is open."""
+    def _opened(self) -> bool:
+        """True once the file is open; tries it again if it was not and it is time."""
         if self.conn is not None:
             return True
-        if self._reopen_seconds is None or time.monotonic() < self._next_open:
+        if not self._reopen.due():
             return False
         try:
             self._open()
         except StorageError as err:
             self.write_error = str(err)
-            self._next_open = time.monotonic() + self._reopen_seconds
             return False
         # what memory changed wins over what the file held
         self._found = [ev for ev in self.load_events() if ev.event_id not in self._unsaved]
@@ -139,10 +152,9 @@ class Storage:
 
     def flush(self) -> bool:
         """Write what earlier failed writes left; True when nothing is left unsaved."""
-        if not self._reopen():
+        if not self._opened():
             return False
         if not self._unsaved:
-            self._saved_again()
             return True
         try:
             self.conn.execute("BEGIN")
@@ -167,13 +179,10 @@ class Storage:
             self.write_error = str(err)
             return False
         self._unsaved.clear()
-        self._saved_again()
-        return True
-
-    def _saved_again(self) -> None:
         if self.write_error is not None:
             log.info("storage.path %s: events saved again", self.path)
             self.write_error = None
+        return True
 
     def close(self) -> None:
         self.flush()

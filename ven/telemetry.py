@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from .storage import StorageError, connect
+from .storage import ReopenTimer, StorageError, connect
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +37,7 @@ class TelemetryQueue:
         self.path = path
         self.max_age = max_age
         self._conn: sqlite3.Connection | None = None
-        self._reopen_seconds = reopen_seconds
-        self._next_open = 0.0
+        self._reopen: ReopenTimer | None = None
         self._dropped = 0
         self.last_delivery: datetime | None = None
         self.delivered = 0      # samples accepted by the VTN since this process started
@@ -55,21 +53,16 @@ class TelemetryQueue:
         except StorageError as err:
             if reopen_seconds is None:
                 raise
-            self._next_open = time.monotonic() + reopen_seconds
+            self._reopen = ReopenTimer(reopen_seconds)
             self.write_error = str(err)
             log.error("%s; telemetry samples wait in memory until it opens (tried every %g s); a restart "
                       "before then loses them", err, reopen_seconds)
 
     def _open(self) -> None:
-        conn = connect(self.path)
-        try:
-            conn.execute("CREATE TABLE IF NOT EXISTS telemetry_queue ("
-                         " seq INTEGER PRIMARY KEY AUTOINCREMENT, ts TEXT NOT NULL, kw REAL NOT NULL)")
-            dropped = conn.execute("SELECT value FROM kv WHERE key = 'telemetry_dropped'").fetchone()
-            last = conn.execute("SELECT value FROM kv WHERE key = 'telemetry_last_delivery'").fetchone()
-        except sqlite3.Error as err:
-            conn.close()
-            raise StorageError(f"storage.path {self.path}: cannot create the telemetry queue: {err}") from None
+        conn = connect(self.path, "CREATE TABLE IF NOT EXISTS telemetry_queue ("
+                                  " seq INTEGER PRIMARY KEY AUTOINCREMENT, ts TEXT NOT NULL, kw REAL NOT NULL)")
+        dropped = conn.execute("SELECT value FROM kv WHERE key = 'telemetry_dropped'").fetchone()
+        last = conn.execute("SELECT value FROM kv WHERE key = 'telemetry_last_delivery'").fetchone()
         self._conn = conn
         self._dropped += int(dropped[0]) if dropped else 0
         if last is not None:
@@ -79,12 +72,11 @@ class TelemetryQueue:
     def _db(self) -> sqlite3.Connection:
         """The file's connection; opens it if it was not there at start and it is time to try again."""
         if self._conn is None:
-            if self._reopen_seconds is None or time.monotonic() < self._next_open:
-                raise sqlite3.OperationalError(self.write_error or "not open")
+            if not self._reopen.due():
+                raise sqlite3.OperationalError(self.write_error)
             try:
                 self._open()
             except StorageError as err:
-                self._next_open = time.monotonic() + self._reopen_seconds
                 raise sqlite3.OperationalError(str(err)) from None
         return self._conn
 
