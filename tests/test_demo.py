@@ -50,5 +50,6 @@ async def test_demo_shows_levels_telemetry_and_forecasts(tmp_path, free_udp_port
     received = json.loads(report.read_text())
     assert len(received["reports"]) >= 6 and all(r["value"] > 0 for r in received["reports"])
     assert ["demo-levels-1-2-3", "optIn"] in received["opts"]
+    assert all(opt == "optIn" for _, opt in received["opts"]), received["opts"]
     assert "BAS sees level 3" in output and "-> shed" in output
-    assert "Traceback" not in output
+    assert "Traceback" not in output and " ERROR " not in output, output[-3000:]

@@ -119,6 +119,30 @@ async def test_modification_cancellation_and_implied_cancellation(tmp_path, free
             assert {e["event_id"]: e["status"] for e in gw.schedule.events()} == {a: "cancelled", b: "cancelled"}
 
 
+async def test_events_after_a_completed_one_still_listed_are_answered_and_followed(tmp_path, free_tcp_port, caplog):
+    # A VTN may keep listing an event for a while after it completed. openleadr forgets its answer
+    # to an event once it sees it completed, then fails on the next listing that still carries it,
+    # and answers optOut to every event of that message without telling our handler.
+    caplog.set_level(logging.INFO)
+    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
+        async with running(tmp_path, server.url) as gw:
+            await until(lambda: gw.vtn.connected, 10, "registration")
+            done = server.add_event([1], now() + timedelta(seconds=2), 1)
+            await until(lambda: gw.level == 1.0, 8, "first event active")
+            await until(lambda: gw.level == 0.0, 5, "first event completed")
+            b = server.add_event([1], now() + timedelta(minutes=5), 60)      # listed beside the completed one
+            await until(lambda: server.opts_for(b) == ["optIn"], 5, "second event answered")
+            server.modify_event(b, levels=[2])
+            await until(lambda: gw.schedule.get(b).modification_number == 1, 5, "modification followed")
+            await until(lambda: len(server.opts_for(b)) == 2, 5, "modification answered")
+            server.cancel_event(b)
+            await until(lambda: gw.schedule.get(b).cancelled, 5, "cancellation followed")
+            await until(lambda: len(server.opts_for(b)) == 3, 5, "cancellation answered")
+            assert server.opts_for(b) == ["optIn"] * 3
+            assert server.opts_for(done) == ["optIn"]
+            assert not [r for r in caplog.records if r.levelno >= logging.ERROR], "no handler errors"
+
+
 async def test_test_event_other_signals_and_randomized_start(tmp_path, free_tcp_port):
     async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
         async with running(tmp_path, server.url) as gw:

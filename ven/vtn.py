@@ -380,12 +380,7 @@ class VtnClient:
             events = payload.get("events") or []
             # oadrDistributeEvent lists every event for this VEN: anything missing was cancelled.
             self._schedule.retain_only(e["event_descriptor"]["event_id"] for e in events)
-            # openleadr repeats its cached first answer for an unmodified event; the schedule's
-            # answer may have changed since (ADR-Opt-Out), so refresh the cache first.
-            for e in events:
-                stored = self._schedule.get(e["event_descriptor"]["event_id"])
-                if stored is not None and stored.event_id in client.responded_events:
-                    client.responded_events[stored.event_id] = stored.opt
+            self._sync_answer_cache(client, events)
             if events:
                 await client._on_event(payload)
         elif rtype == "oadrCreateReport":
@@ -406,6 +401,25 @@ class VtnClient:
             log.info("VTN offered reports; the gateway does not take reports from the VTN")
         else:
             log.warning("VTN sent %s, which the gateway does not handle; ignored", rtype)
+
+    def _sync_answer_cache(self, client: _Client, events: list[dict]) -> None:
+        """openleadr answers an unmodified event from its cache without asking us. Keep that cache
+        right: the schedule's answer may have changed since (ADR-Opt-Out), and openleadr drops its
+        answer once it sees an event completed yet raises on the next listing that still carries it,
+        answering optOut to every event of that message. Events no longer listed are forgotten, so
+        the cache does not grow with every event of the gateway's life."""
+        listed = {e["event_descriptor"]["event_id"] for e in events}
+        client.received_events[:] = [e for e in client.received_events
+                                     if e["event_descriptor"]["event_id"] in listed]
+        for eid in set(client.responded_events) - listed:
+            del client.responded_events[eid]
+        for e in client.received_events:
+            eid = e["event_descriptor"]["event_id"]
+            stored = self._schedule.get(eid)
+            if stored is not None:
+                client.responded_events[eid] = stored.opt
+            else:
+                client.responded_events.setdefault(eid, OPT_IN)
 
     # -- events ------------------------------------------------------------------------------
 
