@@ -21,6 +21,8 @@ from .objects import (
     CommandableBinaryValue,
     ReadOnlyAnalogValue,
     ReadOnlyBinaryValue,
+    float32,
+    read_only,
 )
 from .points import METER_POWER, POINTS, Point
 
@@ -108,6 +110,8 @@ class GatewayDevice:
         )
         try:
             await asyncio.wait_for(self._socket_ready(), _START_TIMEOUT)
+            for obj in list(self.app.objectIdentifier.values()):  # the device and network port
+                read_only(obj)
             for point in self._points.values():
                 obj = self._build(point)
                 self.app.add_object(obj)
@@ -169,7 +173,7 @@ class GatewayDevice:
             cls = CommandableAnalogValue if point.kind == "analogValue" else CommandableBinaryValue
             obj = cls(presentValue=initial, relinquishDefault=initial, **common)
             if point.kind == "analogValue":
-                obj._low, obj._high = self.input_min, self.input_max
+                obj._low, obj._high = float32(self.input_min), float32(self.input_max)
             obj._on_accepted = lambda value, p=point: self._accepted(p, value)
         elif point.access == "read-only":
             cls = ReadOnlyAnalogValue if point.kind == "analogValue" else ReadOnlyBinaryValue

@@ -5,12 +5,15 @@ Policy, as the point table promises the BAS:
   them by plain attribute assignment, which bypasses `write_property`);
 - commandable points accept writes to presentValue only, at a priority, and relinquish with null;
   analog commands must be finite and within the configured bounds (else valueOutOfRange, and nothing
-  changes); after each accepted write the owner's callback gets the new effective value.
-Every other property (names, units, outOfService ...) is fixed: writeAccessDenied.
+  changes), binary commands must be inactive or active; after each accepted write the owner's
+  callback gets the new effective value.
+Every other property (names, units, outOfService ...) is fixed: writeAccessDenied. So is every
+property of the device and network port objects: the device's identity comes from its configuration.
 """
 from __future__ import annotations
 
 import math
+import struct
 from typing import Any, Callable
 
 from bacpypes3.errors import PropertyError
@@ -52,6 +55,18 @@ class _Commanded:
             self._on_accepted(self.presentValue)
 
 
+def read_only(obj: Any) -> None:
+    """Make an object the stack built (device, network port) refuse every network write."""
+    cls = type(obj)
+    if not issubclass(cls, _ReadOnly):
+        obj.__class__ = type(f"ReadOnly{cls.__name__}", (_ReadOnly, cls), {})
+
+
+def float32(x: float) -> float:
+    """x as a BACnet Real carries it: a bound of 999.9 arrives as 999.9000244 and must still pass."""
+    return struct.unpack("f", struct.pack("f", x))[0] if math.isfinite(x) else x
+
+
 class ReadOnlyAnalogValue(_ReadOnly, AnalogValueObject):
     pass
 
@@ -73,4 +88,8 @@ class CommandableAnalogValue(_Commanded, Commandable, AnalogValueObject):
 
 
 class CommandableBinaryValue(_Commanded, Commandable, BinaryValueObject):
-    pass
+    """Commandable BV: BinaryPV has two values; an enumeration 2 or 255 is not 'inactive'."""
+
+    def _check_command(self, value: Any) -> None:
+        if int(value) not in (0, 1):
+            raise PropertyError("valueOutOfRange")

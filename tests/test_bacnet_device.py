@@ -1,9 +1,15 @@
 """The gateway's BACnet device, exercised from a second real bacpypes3 stack on loopback."""
 from __future__ import annotations
 
+import asyncio
 import math
 
 import pytest
+from bacpypes3.apdu import ErrorRejectAbortNack, WritePropertyRequest
+from bacpypes3.basetypes import PropertyIdentifier
+from bacpypes3.constructeddata import Any
+from bacpypes3.pdu import Address
+from bacpypes3.primitivedata import Enumerated, ObjectIdentifier
 
 from bacnet_api.device import GatewayDevice
 from bacnet_api.points import (
@@ -160,6 +166,48 @@ async def test_other_properties_are_not_writable(gateway, peer):
         err = await peer.write(addr, obj, prop, value)
         assert isinstance(err, PeerError) and err.code == "writeAccessDenied", (obj, prop, err)
     assert await peer.read(addr, "analogValue 1", "objectName") == INPUT_POWER
+
+
+async def test_device_and_network_port_refuse_writes(gateway, peer):
+    # One write of objectIdentifier would renumber the gateway and the BAS would lose it.
+    addr, device = where(gateway), f"device {DEVICE_ID}"
+    for obj, prop, value in [(device, "objectIdentifier", "device,123"), (device, "objectName", "renamed"),
+                             (device, "maxApduLengthAccepted", 50), (device, "databaseRevision", 99),
+                             ("networkPort 1", "objectName", "np"), ("networkPort 1", "outOfService", True)]:
+        err = await peer.write(addr, obj, prop, value)
+        assert isinstance(err, PeerError) and err.code == "writeAccessDenied", (obj, prop, err)
+    assert await peer.read(addr, device, "objectName") == "TestGateway"
+    assert await peer.read(addr, device, "maxApduLengthAccepted") == 1024
+    assert await peer.read(addr, "networkPort 1", "outOfService") == 0
+
+
+async def test_opt_out_refuses_enumerations_other_than_inactive_and_active(gateway, peer):
+    seen = []
+    gateway.on_write(OPT_OUT, seen.append)
+    addr = where(gateway)
+    assert await peer.write(addr, "binaryValue 4", "presentValue", "active", priority=8) is None
+    for raw in (2, 255):  # before: acknowledged, read back as 2, and taken as "opt back in"
+        request = WritePropertyRequest(objectIdentifier=ObjectIdentifier("binaryValue,4"),
+                                       propertyIdentifier=PropertyIdentifier("presentValue"),
+                                       propertyValue=Any(Enumerated(raw)), priority=8, destination=Address(addr))
+        with pytest.raises(ErrorRejectAbortNack) as err:
+            await asyncio.wait_for(peer.app.request(request), 5)
+        assert str(err.value.errorCode) == "value-out-of-range", raw
+    assert gateway.get(OPT_OUT) is True and seen == [True]
+
+
+async def test_bounds_not_exact_in_float32_are_accepted_as_the_bas_sends_them(free_udp_port, peer):
+    device = GatewayDevice(address=f"127.0.0.1/8:{free_udp_port()}", device_id=DEVICE_ID,
+                           device_name="TestGateway", input_min=-0.3, input_max=999.9)
+    await device.start()
+    try:
+        addr = where(device)
+        for value in (-0.3, 999.9):  # a Real: 999.9 travels as 999.9000244
+            assert await peer.write(addr, "analogValue 1", "presentValue", value, priority=8) is None, value
+        err = await peer.write(addr, "analogValue 1", "presentValue", 999.91, priority=8)
+        assert isinstance(err, PeerError) and err.code == "valueOutOfRange"
+    finally:
+        await device.stop()
 
 
 async def test_opt_out_write_and_relinquish_fire_on_write(gateway, peer):
