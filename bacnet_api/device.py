@@ -13,7 +13,9 @@ import math
 import time
 from typing import Any, Callable, Iterable
 
-from bacpypes3.basetypes import EngineeringUnits, Reliability
+from bacpypes3.basetypes import BinaryPV, EngineeringUnits, Reliability
+from bacpypes3.local.cmd import Commandable
+from bacpypes3.primitivedata import Real
 
 from .client import ensure_port_free, to_plain
 from .objects import (
@@ -25,6 +27,7 @@ from .objects import (
     read_only,
 )
 from .points import METER_POWER, POINTS, Point
+from .services import harden
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +113,7 @@ class GatewayDevice:
         )
         try:
             await asyncio.wait_for(self._socket_ready(), _START_TIMEOUT)
+            harden(self.app)
             for obj in list(self.app.objectIdentifier.values()):  # the device and network port
                 read_only(obj)
             for point in self._points.values():
@@ -222,11 +226,11 @@ class GatewayDevice:
     def set(self, name: str, value: float | bool) -> None:
         """Update presentValue from the application (commandable points: priority 16)."""
         obj = self._object(name)
-        point = self._points[name]
-        obj.presentValue = _wire(point, value)
-        if name in self._no_value_yet:
+        wire = _wire(self._points[name], value)
+        if name in self._no_value_yet:  # reliability first: a COV subscriber sees both change together
             self._no_value_yet.discard(name)
             self._update_reliability(name)
+        obj.presentValue = wire
 
     def set_fault(self, name: str, fault: bool) -> None:
         self._object(name)
@@ -265,6 +269,21 @@ class GatewayDevice:
                 entry["priority"] = None if priority is None or priority.null is not None else int(priority.unsigned)
             result[name] = entry
         return result
+
+    def commands(self, name: str) -> dict[int, float | bool]:
+        """The commands a commandable point holds, by priority: what a restart must give back."""
+        point = self._points[name]
+        slots = to_plain(self._object(name).priorityArray)
+        return {i + 1: _plain(point, v) for i, v in enumerate(slots) if v is not None}
+
+    async def restore_commands(self, name: str, commands: dict[int, float | bool]) -> None:
+        """Put commands saved from `commands` back at their priorities, without calling on_write
+        listeners (the caller applies the effective value itself)."""
+        obj, point = self._object(name), self._points[name]
+        for priority, value in sorted(commands.items()):
+            wire = _wire(point, value)
+            wire = BinaryPV(wire) if point.kind == "binaryValue" else Real(wire)
+            await Commandable.write_property(obj, "presentValue", wire, None, int(priority))
 
     def on_write(self, name: str, callback: Callable[[Any], None]) -> None:
         """Call `callback(value)` after each accepted network write or relinquish of a commandable point,

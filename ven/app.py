@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import json
 import logging
 import time
 from datetime import datetime, timedelta, timezone
@@ -31,6 +32,10 @@ if TYPE_CHECKING:
     from .vtn import VtnClient
 
 log = logging.getLogger(__name__)
+
+# The BAS's commands on ADR-Opt-Out, by priority: a BAS that commanded it once still holds that
+# priority after the gateway restarts, so the gateway must too.
+OPT_OUT_COMMANDS = "bacnet_commands:" + P.OPT_OUT
 
 
 def _import_slow_parts() -> None:
@@ -97,10 +102,13 @@ class Gateway:
         c = self.config
         log.info("edge-gateway %s starting: device %d on %s", __version__, c.bacnet.device_id, c.bacnet.address)
         await self._start(self.device)
+        await self._restore_opt_out()
         self.device.on_write(P.INPUT_POWER, self._on_input_power)
         self.device.on_write(P.OPT_OUT, self._on_opt_out)
         await self._start(self.schedule)
         await asyncio.get_running_loop().run_in_executor(None, _import_slow_parts)
+        if self.device.get(P.OPT_OUT):
+            self.vtn.set_opt_out(True)  # before the VTN session, so new events are answered optOut
         await self._start(self.forecast)
         await self._start(self.meter)
         await self._start(self.vtn)
@@ -150,7 +158,25 @@ class Gateway:
     def _on_opt_out(self, value) -> None:
         opted_out = bool(value)
         log.info("ADR-Opt-Out %s by BACnet write", "active" if opted_out else "relinquished")
+        self.storage.save_value(OPT_OUT_COMMANDS, json.dumps(self.device.commands(P.OPT_OUT)))
         self.vtn.set_opt_out(opted_out)  # updates the schedule too
+
+    async def _restore_opt_out(self) -> None:
+        saved = self.storage.load_value(OPT_OUT_COMMANDS)
+        if not saved:
+            return
+        try:
+            commands = {int(priority): bool(value) for priority, value in json.loads(saved).items()}
+            if not all(1 <= p <= 16 for p in commands):
+                raise ValueError("priority outside 1..16")
+        except (ValueError, TypeError, AttributeError) as err:
+            log.warning("stored ADR-Opt-Out commands %r unreadable (%s): the point starts relinquished", saved, err)
+            return
+        await self.device.restore_commands(P.OPT_OUT, commands)
+        if commands:
+            log.info("ADR-Opt-Out commands restored from before the restart: %s -> %s",
+                     ", ".join(f"{'active' if v else 'inactive'} at priority {p}" for p, v in sorted(commands.items())),
+                     "active" if self.device.get(P.OPT_OUT) else "inactive")
 
     def _on_schedule(self, state: ScheduleState) -> None:
         self.device.set(P.EVENT_LEVEL, float(state.level))

@@ -1,4 +1,5 @@
-"""The gateway's SQLite file (`storage.path`): demand-response events and a small key/value table.
+"""The gateway's SQLite file (`storage.path`): demand-response events and a small key/value table
+(state a restart must not forget, such as the BAS's commands on ADR-Opt-Out).
 
 One file, WAL mode, one connection per user: other parts of the gateway (telemetry queue, forecaster
 history) open their own connections and tables in the same file with `connect(path)`.
@@ -82,7 +83,7 @@ def _os_reason(p: Path) -> str:
 
 
 class Storage:
-    """Demand-response events, which must survive a SIGKILL.
+    """Demand-response events and small values, which must survive a SIGKILL.
 
     A write that fails (disk full, file system gone read-only) does not stop the schedule: the change
     is kept here and written with the next write that succeeds (or `flush()`); the error is logged
@@ -96,6 +97,7 @@ class Storage:
         self.path = Path(path)
         self.conn: sqlite3.Connection | None = None
         self._unsaved: dict[str, Event | None] = {}     # event_id -> event to write, None: to delete
+        self._unsaved_values: dict[str, str] = {}
         self._found: list[Event] = []
         self.write_error: str | None = None
         self._reopen: ReopenTimer | None = None
@@ -127,7 +129,7 @@ class Storage:
         # what memory changed wins over what the file held
         self._found = [ev for ev in self.load_events() if ev.event_id not in self._unsaved]
         log.info("storage.path %s: opened; %d event change(s) kept in memory go to it, %d event(s) read "
-                 "from it", self.path, len(self._unsaved), len(self._found))
+                 "from it", self.path, len(self._unsaved) + len(self._unsaved_values), len(self._found))
         self.write_error = None
         return True
 
@@ -142,6 +144,18 @@ class Storage:
         rows = self.conn.execute("SELECT body FROM adr_events").fetchall()
         return [Event.from_json(body) for (body,) in rows]
 
+    def load_value(self, key: str) -> str | None:
+        if key in self._unsaved_values:
+            return self._unsaved_values[key]
+        if self.conn is None:
+            return None
+        row = self.conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def save_value(self, key: str, value: str) -> None:
+        self._unsaved_values[key] = value
+        self.flush()
+
     def save_event(self, event: Event) -> None:
         self._unsaved[event.event_id] = event
         self.flush()
@@ -154,10 +168,12 @@ class Storage:
         """Write what earlier failed writes left; True when nothing is left unsaved."""
         if not self._opened():
             return False
-        if not self._unsaved:
+        if not self._unsaved and not self._unsaved_values:
             return True
         try:
             self.conn.execute("BEGIN")
+            for key, value in list(self._unsaved_values.items()):
+                self.conn.execute("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", (key, value))
             for event_id, event in list(self._unsaved.items()):
                 if event is None:
                     self.conn.execute("DELETE FROM adr_events WHERE event_id = ?", (event_id,))
@@ -179,6 +195,7 @@ class Storage:
             self.write_error = str(err)
             return False
         self._unsaved.clear()
+        self._unsaved_values.clear()
         if self.write_error is not None:
             log.info("storage.path %s: events saved again", self.path)
             self.write_error = None
