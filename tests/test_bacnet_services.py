@@ -1,0 +1,237 @@
+"""What the gateway's BACnet device answers beyond single reads and writes: WritePropertyMultiple,
+COV subscriptions (fault flags, subscribers that vanish) and the device object's own description.
+A second real bacpypes3 stack on loopback asks, as a BAS would."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from importlib.metadata import version
+
+import pytest
+from bacpypes3.apdu import (
+    ErrorRejectAbortNack,
+    ReadRangeRequest,
+    RejectPDU,
+    SimpleAckPDU,
+    WritePropertyMultipleError,
+    WritePropertyMultipleRequest,
+)
+from bacpypes3.basetypes import (
+    ObjectTypesSupported,
+    PropertyIdentifier,
+    PropertyValue,
+    ServicesSupported,
+    WriteAccessSpecification,
+)
+from bacpypes3.constructeddata import Any
+from bacpypes3.pdu import Address
+from bacpypes3.primitivedata import CharacterString, ObjectIdentifier, Real
+
+from bacnet_api.client import close_stack, start_stack, to_plain
+from bacnet_api.device import GatewayDevice
+from bacnet_api.points import EVENT_LEVEL, INPUT_POWER, METER_POWER
+from bacnet_peer import BacnetPeer
+from waiting import eventually
+
+pytestmark = pytest.mark.timeout(60)
+
+DEVICE_ID = 500123
+INPUT_MIN, INPUT_MAX = -50.0, 1000.0
+
+
+@pytest.fixture
+async def gateway(free_udp_port):
+    device = GatewayDevice(address=f"127.0.0.1/8:{free_udp_port()}", device_id=DEVICE_ID,
+                           device_name="TestGateway", input_min=INPUT_MIN, input_max=INPUT_MAX)
+    await device.start()
+    try:
+        yield device
+    finally:
+        await device.stop()
+
+
+@pytest.fixture
+async def peer(free_udp_port):
+    async with BacnetPeer(free_udp_port(), timeout=3.0) as p:
+        yield p
+
+
+def where(device: GatewayDevice) -> str:
+    return device.address.replace("/8", "")
+
+
+async def request(peer: BacnetPeer, apdu, timeout: float = 3.0):
+    """The answer to a raw request: the ack, or the error/reject/abort PDU."""
+    try:
+        return await asyncio.wait_for(peer.app.request(apdu), timeout)
+    except ErrorRejectAbortNack as err:
+        return err
+
+
+def write_multiple(addr: str, obj: str, prop: str | int, value, priority: int | None = 8):
+    pv = PropertyValue(propertyIdentifier=PropertyIdentifier(prop), value=Any(value))
+    if priority is not None:
+        pv.priority = priority
+    spec = WriteAccessSpecification(objectIdentifier=ObjectIdentifier(obj), listOfProperties=[pv])
+    return WritePropertyMultipleRequest(listOfWriteAccessSpecs=[spec], destination=Address(addr))
+
+
+async def notification(scm, timeout: float = 3.0) -> dict:
+    """The next COV notification, {"present-value": ..., "status-flags": [...]}."""
+    got = {}
+    while len(got) < 2:
+        prop, value = await asyncio.wait_for(scm.get_value(), timeout)
+        got[str(prop)] = to_plain(value)
+    return got
+
+
+# ----- WritePropertyMultiple
+
+
+async def test_write_property_multiple_is_acknowledged(gateway, peer):
+    answer = await request(peer, write_multiple(where(gateway), "analogValue,1", "presentValue", Real(25.0)))
+    assert isinstance(answer, SimpleAckPDU), answer
+    assert gateway.get(INPUT_POWER) == 25.0
+
+
+@pytest.mark.parametrize("obj, prop, value, error", [
+    ("analogValue,1", "presentValue", Real(5000.0), "property/value-out-of-range"),
+    ("analogValue,1", "presentValue", Real(math.nan), "property/value-out-of-range"),
+    ("analogValue,4", "presentValue", Real(3.0), "property/write-access-denied"),  # read-only point
+    (f"device,{DEVICE_ID}", "objectName", CharacterString("renamed"), "property/write-access-denied"),
+    ("analogValue,1", 9999, Real(1.0), "property/unknown-property"),
+    ("analogValue,99", "presentValue", Real(1.0), "object/unknown-object"),
+], ids=["out-of-range", "nan", "read-only-point", "device-object", "unknown-property", "unknown-object"])
+async def test_refused_write_property_multiple_gets_its_error(gateway, peer, caplog, obj, prop, value, error):
+    addr = where(gateway)
+    assert await peer.write(addr, "analogValue 1", "presentValue", 40.0, priority=8) is None
+    priority = 8 if prop == "presentValue" else None
+
+    answer = await request(peer, write_multiple(addr, obj, prop, value, priority))
+
+    assert isinstance(answer, WritePropertyMultipleError), answer
+    assert f"{answer.errorType.errorClass}/{answer.errorType.errorCode}" == error
+    failed = answer.firstFailedWriteAttempt
+    assert failed.objectIdentifier == ObjectIdentifier(obj)
+    assert failed.propertyIdentifier == PropertyIdentifier(prop)
+    assert gateway.get(INPUT_POWER) == 40.0
+    assert await peer.read(addr, f"device {DEVICE_ID}", "objectName") == "TestGateway"
+    assert await peer.read(addr, "analogValue 4", "presentValue") == 0.0
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info] == []
+
+
+async def test_write_property_multiple_to_an_unknown_object_writes_nothing(gateway, peer):
+    addr = where(gateway)
+    apdu = write_multiple(addr, "analogValue,1", "presentValue", Real(7.0))
+    apdu.listOfWriteAccessSpecs.append(
+        write_multiple(addr, "analogValue,99", "presentValue", Real(8.0)).listOfWriteAccessSpecs[0])
+
+    answer = await request(peer, apdu)
+
+    assert isinstance(answer, WritePropertyMultipleError), answer
+    assert str(answer.errorType.errorCode) == "unknown-object"
+    assert answer.firstFailedWriteAttempt.objectIdentifier == ObjectIdentifier("analogValue,99")
+    assert gateway.get(INPUT_POWER) == 0.0
+
+
+# ----- COV
+
+
+async def test_cov_subscriber_sees_the_fault_flag_come_and_go(gateway, peer):
+    addr = where(gateway)
+    async with peer.app.change_of_value(Address(addr), ObjectIdentifier("analogValue,6"), None, True, 60) as scm:
+        assert await notification(scm) == {"present-value": 0.0, "status-flags": [0, 1, 0, 0]}  # no reading yet
+
+        gateway.set(METER_POWER, 50.0)  # the first reading clears the fault with the value
+        assert await notification(scm) == {"present-value": 50.0, "status-flags": [0, 0, 0, 0]}
+
+        gateway.set_fault(METER_POWER, True)  # the meter went silent: only the flag changes
+        assert await notification(scm) == {"present-value": 50.0, "status-flags": [0, 1, 0, 0]}
+
+        gateway.set(METER_POWER, 61.0)  # a reading again, as the gateway applies it
+        gateway.set_fault(METER_POWER, False)
+        assert await notification(scm) == {"present-value": 61.0, "status-flags": [0, 0, 0, 0]}
+
+        gateway.set_fault(METER_POWER, False)  # no change, no notification
+        with pytest.raises(asyncio.TimeoutError):
+            await notification(scm, timeout=0.3)
+
+
+async def test_vanished_cov_subscriber_is_dropped_quietly(gateway, peer, free_udp_port, caplog):
+    caplog.set_level(logging.INFO)
+    addr = Address(where(gateway))
+    # answer timeouts as a site would see them, shortened so the test does not wait 12 s
+    gateway.app.device_object.apduTimeout = 200
+    gateway.app.device_object.numberOfApduRetries = 1
+
+    bas = await start_stack(f"127.0.0.1/8:{free_udp_port()}", 4000002, "vanishing-bas")
+    gone = bas.change_of_value(addr, ObjectIdentifier("analogValue,4"), 77, True, 300)
+    await gone.__aenter__()
+    await close_stack(bas)  # power lost: no unsubscribe
+    try:
+        async with peer.app.change_of_value(addr, ObjectIdentifier("analogValue,4"), None, True, 60) as scm:
+            await notification(scm)
+            for level in (1.0, 2.0, 3.0):
+                gateway.set(EVENT_LEVEL, level)
+                assert (await notification(scm))["present-value"] == level  # live subscribers unaffected
+                await asyncio.sleep(0.1)
+
+            def dropped():
+                return [r for r in caplog.records if "stopped answering" in r.getMessage()]
+            await eventually(dropped, 5.0, "the vanished subscriber logged")
+            for level in (0.0, 1.0, 2.0):  # cancelled: no more attempts, no more lines
+                gateway.set(EVENT_LEVEL, level)
+                assert (await notification(scm))["present-value"] == level
+            await asyncio.sleep(1.0)
+    finally:
+        await gone.__aexit__(RuntimeError, RuntimeError(), None)  # drop the context, send nothing
+
+    [line] = dropped()
+    assert line.levelno == logging.WARNING and "process 77" in line.getMessage()
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info] == []
+
+
+# ----- the device object
+
+
+async def test_device_object_describes_this_device(gateway, peer):
+    addr, device = where(gateway), f"device {DEVICE_ID}"
+    assert await peer.read(addr, device, "vendorName") == "edge-gateway project"
+    assert await peer.read(addr, device, "modelName") == "edge-gateway"
+    assert await peer.read(addr, device, "firmwareRevision") == version("edge-gateway")
+    assert await peer.read(addr, device, "applicationSoftwareVersion") == version("edge-gateway")
+
+    object_types = await peer.read(addr, device, "protocolObjectTypesSupported")
+    names = {v: k for k, v in ObjectTypesSupported._bitstring_names.items()}
+    assert {names[i] for i, bit in enumerate(object_types) if bit} == {
+        "device", "analog-value", "binary-value", "network-port"}
+
+    services = await peer.read(addr, device, "protocolServicesSupported")
+    names = {v: k for k, v in ServicesSupported._bitstring_names.items()}
+    assert {names[i] for i, bit in enumerate(services) if bit} == {
+        "read-property", "read-property-multiple", "write-property", "write-property-multiple",
+        "subscribe-cov", "who-is", "who-has"}
+
+
+async def test_claimed_services_answer_and_others_are_rejected(gateway, peer):
+    addr = where(gateway)
+    assert [i.iAmDeviceIdentifier[1] for i in await peer.who_is(addr, wait=2.0)] == [DEVICE_ID]
+    i_haves = await asyncio.wait_for(
+        peer.app.who_has(object_name=CharacterString(METER_POWER), address=Address(addr), timeout=1), 3)
+    assert [(i.deviceIdentifier[1], str(i.objectName)) for i in i_haves] == [(DEVICE_ID, METER_POWER)]
+    assert await peer.read(addr, "analogValue 6", "objectName") == METER_POWER
+    rows = await peer.read_multiple(addr, [("analogValue 6", ["objectName"])])
+    assert rows[("analogValue 6", "objectName")] == METER_POWER
+    assert await peer.write(addr, "analogValue 1", "presentValue", 5.0, priority=8) is None
+    answer = await request(peer, write_multiple(addr, "analogValue,1", "presentValue", Real(6.0)))
+    assert isinstance(answer, SimpleAckPDU)
+    async with peer.app.change_of_value(Address(addr), ObjectIdentifier("analogValue,1"), None, False, 60) as scm:
+        assert (await notification(scm))["present-value"] == 6.0
+
+    # bacpypes3 has a ReadRange handler that only raises NotImplementedError
+    read_range = ReadRangeRequest(objectIdentifier=ObjectIdentifier(f"device,{DEVICE_ID}"),
+                                  propertyIdentifier=PropertyIdentifier("objectList"),
+                                  destination=Address(addr))
+    answer = await request(peer, read_range)
+    assert isinstance(answer, RejectPDU) and str(answer.apduAbortRejectReason) == "unrecognized-service"
