@@ -69,3 +69,20 @@ def test_other_signals_kept_but_only_simple_sets_level():
     price_only = from_openleadr(raw_event(levels=(2,)), T0)
     price_only = Event(**{**price_only.__dict__, "signals": (ev.signals[1],)})
     assert price_only.simple_level(T0) is None and not price_only.drives_points
+
+
+def test_lowercase_simple_signal_drives_the_level():
+    # the 2.0b schema's backwards-compatible spelling of SIMPLE
+    raw = raw_event(levels=(2,))
+    raw["event_signals"][0]["signal_name"] = "simple"
+    ev = from_openleadr(raw, T0)
+    assert ev.drives_points and ev.simple_level(T0) == 2.0
+
+
+def test_ramp_up_as_openleadr_parses_it_makes_the_event_near():
+    raw = raw_event(start=T0 + timedelta(minutes=10))
+    raw["active_period"]["ramp_up"] = timedelta(minutes=10)      # openleadr's key for x-eiRampUp
+    ev = from_openleadr(raw, T0)
+    assert ev.ramp_up == timedelta(minutes=10)
+    assert ev.phase(T0 + timedelta(minutes=5)) == "near"
+    assert ev.phase(T0 - timedelta(minutes=5)) == "far"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -163,3 +164,21 @@ def test_unwritable_path_is_a_clear_error(tmp_path):
     blocker.write_text("x")
     with pytest.raises(StorageError, match="storage.path"):
         Storage(blocker / "sub" / "gw.sqlite")
+
+
+async def test_randomized_event_no_longer_listed_after_the_vtn_end_runs_to_its_own_end(storage):
+    # The VTN ends the event at its own clock and may stop listing it; here it still runs for its offset.
+    sched = EventSchedule(storage, Recorder())
+    await sched.start()
+    try:
+        t = now() - timedelta(seconds=70)
+        ev = make_event("late", [2], t, 60)
+        sched.upsert(replace(ev, start_offset=timedelta(seconds=30)))
+        assert sched.state().level == 2.0          # VTN end was 10 s ago; ours is 20 s ahead
+        assert sched.retain_only([]) == []
+        assert sched.state().level == 2.0 and not sched.get("late").cancelled
+        running = make_event("running", [1], now() - timedelta(seconds=5), 60)
+        sched.upsert(running)
+        assert sched.retain_only([]) == ["running"]  # one the VTN has not ended: implied cancellation
+    finally:
+        await sched.stop()

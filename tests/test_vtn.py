@@ -236,3 +236,69 @@ async def test_restart_restores_level_without_vtn_and_keeps_the_random_offset(tm
             gw.storage.close()
     finally:
         await server.stop()
+
+
+async def test_a_failed_report_registration_registers_again_and_telemetry_flows(tmp_path, free_tcp_port):
+    # openleadr carries on after a failed oadrRegisterReport: the VTN would never request telemetry.
+    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
+        server.fail_next("oadrRegisterReport")
+        async with running(tmp_path, server.url) as gw:
+            await until(lambda: gw.vtn.connected and gw.vtn.status()["report_request_id"], 10, "telemetry requested")
+            assert server.registrations == 2
+            gw.vtn.record_sample(now(), 12.5)
+            await until(lambda: [r[4] for r in server.reports] == [12.5], 5, "the sample reported")
+
+
+async def test_a_failed_answer_to_an_event_is_sent_again(tmp_path, free_tcp_port):
+    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
+        async with running(tmp_path, server.url) as gw:
+            await until(lambda: gw.vtn.connected, 10, "registration")
+            server.fail_next("oadrCreatedEvent")
+            a = server.add_event([2], now() + timedelta(minutes=5), 60)
+            await until(lambda: server.opts_for(a) == ["optIn"], 5, "the answer once the VTN takes it")
+
+
+async def test_opt_out_reaches_the_vtn_at_once_not_at_the_next_poll(tmp_path, free_tcp_port):
+    async with DemoVtn(free_tcp_port(), poll_seconds=30) as server:
+        a = server.add_event([1], now() + timedelta(minutes=5), 60)   # delivered at registration
+        async with running(tmp_path, server.url) as gw:
+            await until(lambda: server.opts_for(a) == ["optIn"], 10, "optIn at registration")
+            gw.vtn.set_opt_out(True)
+            await until(lambda: server.opts_for(a) == ["optIn", "optOut"], 3, "optOut long before the 30 s poll")
+
+
+async def test_a_cancellation_while_opted_out_gets_one_answer(tmp_path, free_tcp_port):
+    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
+        async with running(tmp_path, server.url) as gw:
+            await until(lambda: gw.vtn.connected, 10, "registration")
+            a = server.add_event([1], now() + timedelta(minutes=5), 60)
+            await until(lambda: server.opts_for(a) == ["optIn"], 5, "optIn")
+            gw.vtn.set_opt_out(True)
+            await until(lambda: server.opts_for(a) == ["optIn", "optOut"], 5, "optOut")
+            server.cancel_event(a)
+            await until(lambda: len(server.opts_for(a)) == 3, 5, "the cancellation answered")
+            b = server.add_event([1], now() + timedelta(minutes=6), 60)  # a new listing still carries a
+            await until(lambda: server.opts_for(b) == ["optOut"], 5, "the new event answered")
+            assert server.opts_for(a)[2:] == ["optIn"] * len(server.opts_for(a)[2:])
+
+
+async def test_an_id_reused_after_its_event_is_over_is_a_new_event(tmp_path, free_tcp_port):
+    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
+        async with running(tmp_path, server.url) as gw:
+            await until(lambda: gw.vtn.connected, 10, "registration")
+            a = server.add_event([1], now() - timedelta(seconds=1), 60)
+            await until(lambda: gw.level == 1.0, 5, "level 1")
+            server.cancel_event(a)
+            await until(lambda: gw.level == 0.0, 5, "cancelled")
+            server.drop_event(a)
+            server.add_event([3], now() - timedelta(seconds=1), 60, event_id=a)  # modification 0 again
+            await until(lambda: gw.level == 3.0, 5, "the new event under the old id")
+            assert server.opts_for(a)[-1] == "optIn"
+
+
+async def test_lowercase_simple_signal_drives_the_level(tmp_path, free_tcp_port):
+    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
+        async with running(tmp_path, server.url) as gw:
+            await until(lambda: gw.vtn.connected, 10, "registration")
+            server.add_event([2], now() - timedelta(seconds=1), 60, signal_name="simple")
+            await until(lambda: gw.level == 2.0, 5, "level 2 from a 'simple' signal")

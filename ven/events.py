@@ -206,10 +206,13 @@ def from_openleadr(raw: dict, received_at: datetime, previous: Event | None = No
                 raise ValueError(f"event {desc.get('event_id')}: interval without a start")
             intervals.append(Interval(start, duration, float(iv.get("signal_payload", 0.0))))
             cursor = start + duration
-        signals.append(Signal(str(s.get("signal_name")), str(s.get("signal_type")), tuple(intervals)))
+        name = str(s.get("signal_name"))
+        if name == "simple":  # the 2.0b schema's backwards-compatible spelling of SIMPLE
+            name = SIMPLE
+        signals.append(Signal(name, str(s.get("signal_type")), tuple(intervals)))
 
     start_after = _find(active.get("tolerance"), "startafter") or timedelta(0)
-    ramp_up = active.get("ramp_up_period")
+    ramp_up = active.get("ramp_up_period") or active.get("ramp_up")  # openleadr parses x-eiRampUp as ramp_up
     ramp_up = _find(ramp_up, "duration") if isinstance(ramp_up, dict) else ramp_up
     if previous is not None and timedelta(0) <= previous.start_offset <= start_after:
         offset = previous.start_offset

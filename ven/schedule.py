@@ -103,12 +103,20 @@ class EventSchedule:
         self._events[event_id] = ev
         self._changed()
 
+    def forget(self, event_id: str) -> None:
+        if self._events.pop(event_id, None) is not None:
+            self._storage.delete_event(event_id)
+            self._changed()
+
     def retain_only(self, event_ids: Iterable[str]) -> list[str]:
-        """Implied cancellation: events the VTN no longer lists (and that have not ended) go."""
+        """Implied cancellation: events the VTN no longer lists (and that have not ended) go.
+
+        Ended by the VTN's clock: a randomized event still runs here for its offset after the VTN
+        has ended it and may stop listing it."""
         keep = set(event_ids)
         now = self._clock()
         gone = [eid for eid, ev in self._events.items()
-                if eid not in keep and not ev.cancelled and ev.phase(now) != "completed"]
+                if eid not in keep and not ev.cancelled and now < ev.end - ev.start_offset]
         for eid in gone:
             log.info("event %s no longer listed by the VTN: treated as cancelled", eid)
             self.cancel(eid)

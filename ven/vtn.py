@@ -195,8 +195,14 @@ class VtnClient:
             log.info("ADR-Opt-Out relinquished: opting back in to %d event(s) not yet started", len(changed))
         for ev in changed:
             self._pending_opts[ev.event_id] = (ev.modification_number, ev.opt)
-        if changed and self._opts_dirty is not None:
+        if changed:
+            self._opts_changed()
+
+    def _opts_changed(self) -> None:
+        """Answers wait in _pending_opts; the delivery task sends them now, not at the next poll."""
+        if self._opts_dirty is not None:
             self._opts_dirty.set()
+            self._wake_delivery.set()
 
     def status(self) -> dict:
         return {
@@ -310,6 +316,9 @@ class VtnClient:
             return False
         self.ven_id, self.registration_id = client.ven_id, client.registration_id
         await client.register_reports(client.reports)
+        if client.last_error:   # openleadr carries on regardless; telemetry would never be requested
+            self.last_error = f"report registration failed: {client.last_error}"
+            return False
         for rr in client.report_requests:
             if rr["report_specifier_id"] == self._report_specifier_id:
                 self._report_request_id = rr["report_request_id"]
@@ -382,7 +391,11 @@ class VtnClient:
             self._schedule.retain_only(e["event_descriptor"]["event_id"] for e in events)
             self._sync_answer_cache(client, events)
             if events:
-                await client._on_event(payload)
+                client.last_error = None
+                async with self._opts_lock:   # its answers and ours reach the VTN in the order decided
+                    await client._on_event(payload)
+                if client.last_error:         # its one request is the answer, and it is not retried
+                    self._answer_again(events, client.last_error)
         elif rtype == "oadrCreateReport":
             await client.create_report(payload)
             for rr in client.report_requests:
@@ -417,9 +430,18 @@ class VtnClient:
             eid = e["event_descriptor"]["event_id"]
             stored = self._schedule.get(eid)
             if stored is not None:
-                client.responded_events[eid] = stored.opt
+                client.responded_events[eid] = _answer(stored)
             else:
                 client.responded_events.setdefault(eid, OPT_IN)
+
+    def _answer_again(self, events: list[dict], error: str) -> None:
+        log.warning("the VTN did not take the answer to %d event(s) (%s); it is sent again", len(events), error)
+        for e in events:
+            stored = self._schedule.get(e["event_descriptor"]["event_id"])
+            if (stored is not None and e.get("response_required") == "always"
+                    and outils.determine_event_status(e["active_period"]) != "completed"):
+                self._pending_opts[stored.event_id] = (stored.modification_number, _answer(stored))
+        self._opts_changed()
 
     # -- events ------------------------------------------------------------------------------
 
@@ -427,6 +449,12 @@ class VtnClient:
         now = _utcnow()
         eid = raw["event_descriptor"]["event_id"]
         prev = self._schedule.get(eid)
+        mod = int(raw["event_descriptor"].get("modification_number") or 0)
+        if prev is not None and mod < prev.modification_number and prev.phase(now) in ("cancelled", "completed"):
+            log.info("event %s: the VTN reused the id of an event that is over (modification %d after %d): "
+                     "taken as a new event", eid, mod, prev.modification_number)
+            self._schedule.forget(eid)
+            prev = None
         ev = from_openleadr(raw, now, prev)
         if prev is None and not ev.test_event:
             ev = with_opt(ev, OPT_OUT if self._schedule.opted_out else OPT_IN)
@@ -449,7 +477,7 @@ class VtnClient:
                      eid, ", ".join(others))
         self._schedule.upsert(ev)
         stored = self._schedule.get(eid)
-        return stored.opt if stored is not None else ev.opt
+        return _answer(stored) if stored is not None else ev.opt
 
     async def _send_opts(self) -> None:
         if not self._pending_opts or self._client is None:
@@ -554,6 +582,11 @@ class VtnClient:
         else:
             self.last_error = client.last_error
         return False
+
+
+def _answer(event) -> str:
+    """One answer per event and modification: a cancellation is acknowledged with optIn."""
+    return OPT_IN if event.cancelled else event.opt
 
 
 def _response_code(payload: dict | None):

@@ -133,6 +133,21 @@ class DemoVtn:
         if ven_id in self.vens:
             self.vens[ven_id]["registration_id"] = None
 
+    def fail_next(self, message_type: str) -> None:
+        """Answer the VEN's next `message_type` (e.g. "oadrRegisterReport") with HTTP 500, as a VTN
+        with a passing fault would."""
+        for service in self._server.services.values():
+            handlers = getattr(service, "handlers", {})
+            if message_type in handlers:
+                real = handlers[message_type]
+
+                async def once(*args, handlers=handlers, real=real, **kwargs):
+                    handlers[message_type] = real
+                    raise RuntimeError(f"demo VTN: {message_type} failed on purpose")
+                handlers[message_type] = once
+                return
+        raise KeyError(f"the demo VTN handles no {message_type}")
+
     modify = modify_event
     cancel = cancel_event
 
@@ -148,6 +163,10 @@ class DemoVtn:
             raise ValueError(f"interval_seconds must be a whole number of seconds >= 1, got {interval_seconds}")
         if start.tzinfo is None:
             raise ValueError("start must be timezone-aware (UTC)")
+        levels = [float(v) for v in levels]
+        if name.upper() == "SIMPLE" and not all(v in (0.0, 1.0, 2.0, 3.0) for v in levels):
+            # openleadr would refuse to build every later message to the VEN, silently
+            raise ValueError(f"SIMPLE levels must be 0, 1, 2 or 3, got {levels}")
         step = timedelta(seconds=interval_seconds)
         intervals = [objects.Interval(dtstart=start + i * step, duration=step, signal_payload=float(v), uid=i)
                      for i, v in enumerate(levels)]
