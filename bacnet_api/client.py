@@ -37,8 +37,9 @@ async def start_stack(address: str, device_id: int, name: str, vendor_id: int = 
     port = NetworkPortObject(address, objectIdentifier=("network-port", 1), objectName="NetworkPort-1")
     app = Application.from_object_list([device, port])
     try:
-        await asyncio.wait_for(wait_bound(app), timeout)
-    except asyncio.TimeoutError:
+        async with asyncio.timeout(timeout):
+            await wait_bound(app)
+    except TimeoutError:
         app.close()
         raise OSError(f"could not bind BACnet/IP socket {address} within {timeout:g} s") from None
     return app
@@ -108,10 +109,9 @@ async def ask_router(app: Application, network: int, router: str = "", timeout: 
     """Who-Is-Router-To-Network, directed to `router` when given (else broadcast); True if answered."""
     destination = Address(router) if router else None
     try:
-        found = await asyncio.wait_for(
-            app.nse.who_is_router_to_network(destination=destination, network=network), timeout
-        )
-    except (asyncio.TimeoutError, *BACNET_ERRORS):
+        async with asyncio.timeout(timeout):
+            found = await app.nse.who_is_router_to_network(destination=destination, network=network)
+    except (TimeoutError, *BACNET_ERRORS):
         return False
     return bool(found)
 

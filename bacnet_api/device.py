@@ -112,7 +112,10 @@ class GatewayDevice:
             ip=self.address, deviceId=self.device_id, localObjName=self.device_name, ping=False
         )
         try:
-            await asyncio.wait_for(self._socket_ready(), _START_TIMEOUT)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for drops a cancellation that arrives as the
+            # wait ends, and a SIGTERM during start-up was lost (everywhere else for the same reason)
+            async with asyncio.timeout(_START_TIMEOUT):
+                await self._socket_ready()
             harden(self.app)
             for obj in list(self.app.objectIdentifier.values()):  # the device and network port
                 read_only(obj)

@@ -83,9 +83,10 @@ class MeterClient:
         try:
             if not self._route_ready:
                 await self._find_route(self._app)
-            value = await asyncio.wait_for(self._read(), self.timeout_seconds)
+            async with asyncio.timeout(self.timeout_seconds):
+                value = await self._read()
             reading = self._reading(value=value)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             reading = self._reading(error=f"no response from {self.address} within {self.timeout_seconds:g} s")
         except ErrorRejectAbortNack as err:  # BaseException-derived: must be named explicitly
             reading = self._reading(error=f"{self._what}: {error_text(err)}")

@@ -93,8 +93,9 @@ class BacnetPeer:
 
     async def _bounded(self, coro) -> Any:
         try:
-            return await asyncio.wait_for(coro, self.timeout)
-        except (ErrorRejectAbortNack, asyncio.TimeoutError) as err:
+            async with asyncio.timeout(self.timeout):
+                return await coro
+        except (ErrorRejectAbortNack, TimeoutError) as err:
             return _as_error(err)
 
     async def who_is(self, address: str | None = None, low: int | None = None,

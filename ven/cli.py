@@ -23,9 +23,15 @@ async def serve_until_signalled(main, duration: float | None = None) -> None:
     """Run coroutine `main` until it ends, SIGINT/SIGTERM arrives, or `duration` seconds pass."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     task = asyncio.ensure_future(main)
+
+    def on_signal() -> None:
+        if stop.is_set() and not task.done():
+            task.cancel()  # a second signal insists, whatever the first one's cancellation met
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
     waiter = asyncio.ensure_future(stop.wait())
     await asyncio.wait({task, waiter}, timeout=duration, return_when=asyncio.FIRST_COMPLETED)
     waiter.cancel()

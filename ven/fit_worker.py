@@ -29,7 +29,8 @@ async def fit_in_child(job_blob: bytes, threads: int = 1, timeout: float = TIMEO
         sys.executable, "-m", "ven.fit_worker", stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
     try:
-        out, err = await asyncio.wait_for(proc.communicate(job_blob), timeout)
+        async with asyncio.timeout(timeout):
+            out, err = await proc.communicate(job_blob)
     except TimeoutError:
         raise FitError(f"fit process still running after {timeout:g} s; killed") from None
     finally:

@@ -254,9 +254,10 @@ class EventSchedule:
             target = self._next_wake(now)
             delay = _MAX_SLEEP if target is None else min(_MAX_SLEEP, (target - now).total_seconds())
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, delay))
+                async with asyncio.timeout(max(0.0, delay)):
+                    await self._wake.wait()
                 woke_for = None
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 woke_for = target
             self._wake.clear()          # after the wait: a change made before this task first ran counts
             now = self._clock()

@@ -345,9 +345,10 @@ class VtnClient:
         while True:
             if not immediate:
                 try:
-                    await asyncio.wait_for(self._lost.wait(), timeout=period)
+                    async with asyncio.timeout(period):
+                        await self._lost.wait()
                     return
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
             if self._lost.is_set():
                 return
@@ -541,8 +542,9 @@ class VtnClient:
                 self._opts_dirty.clear()
                 await self._send_opts()
             try:
-                await asyncio.wait_for(self._wake_delivery.wait(), timeout)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(timeout):
+                    await self._wake_delivery.wait()
+            except TimeoutError:
                 pass
             self._wake_delivery.clear()
 
