@@ -302,3 +302,25 @@ async def test_lowercase_simple_signal_drives_the_level(tmp_path, free_tcp_port)
             await until(lambda: gw.vtn.connected, 10, "registration")
             server.add_event([2], now() - timedelta(seconds=1), 60, signal_name="simple")
             await until(lambda: gw.level == 2.0, 5, "level 2 from a 'simple' signal")
+
+
+async def test_an_event_a_restarted_vtn_lists_again_drives_the_points_again(tmp_path, free_tcp_port, caplog):
+    # A VTN restarted without its events lists none (implied cancellation); once it lists the event
+    # again, unchanged, the gateway must follow it, not keep it cancelled while answering optIn.
+    caplog.set_level(logging.INFO, logger="ven")
+    port = free_tcp_port()
+    start = now() - timedelta(seconds=1)
+    async with DemoVtn(port, poll_seconds=1) as server:
+        async with running(tmp_path, server.url) as gw:
+            await until(lambda: gw.vtn.connected, 10, "registration")
+            eid = server.add_event([2], start, 300)
+            await until(lambda: gw.level == 2.0, 5, "level 2")
+            await server.stop()
+            async with DemoVtn(port, poll_seconds=1) as restarted:
+                await until(lambda: restarted.registrations == 1, 15, "registered with the restarted VTN")
+                await until(lambda: gw.level == 0.0, 5, "nothing listed: implied cancellation")
+                restarted.add_event([2], start, 300, event_id=eid)
+                await until(lambda: gw.level == 2.0, 5, "the event listed again drives the level")
+                assert restarted.opts_for(eid) == ["optIn"]
+    said = [r.getMessage() for r in caplog.records if eid in r.getMessage()]
+    assert any("listed again by the VTN" in m for m in said), said

@@ -47,6 +47,8 @@ class Event:
     opt: str = OPT_IN
     start_after: timedelta = timedelta(0)
     ramp_up: timedelta = timedelta(0)
+    # cancelled by the gateway because the VTN stopped listing it (a restarted VTN may list it again)
+    unlisted: bool = False
 
     @property
     def cancelled(self) -> bool:
@@ -117,6 +119,7 @@ class Event:
             "opt": self.opt,
             "start_after": self.start_after.total_seconds(),
             "ramp_up": self.ramp_up.total_seconds(),
+            "unlisted": self.unlisted,
         })
 
     @classmethod
@@ -133,7 +136,7 @@ class Event:
                    start_offset=timedelta(seconds=d["start_offset"]),
                    received_at=datetime.fromisoformat(d["received_at"]), opt=d["opt"],
                    start_after=timedelta(seconds=d.get("start_after", 0)),
-                   ramp_up=timedelta(seconds=d.get("ramp_up", 0)))
+                   ramp_up=timedelta(seconds=d.get("ramp_up", 0)), unlisted=bool(d.get("unlisted", False)))
 
     def describe(self, now: datetime) -> dict:
         """JSON-ready view for the status API."""

@@ -88,17 +88,18 @@ class EventSchedule:
             log.info("event %s: ignoring stale modification %d (have %d)", event.event_id,
                      event.modification_number, old.modification_number)
             return
-        if old is not None and old.cancelled and event.modification_number == old.modification_number:
+        if (old is not None and old.cancelled and not old.unlisted
+                and event.modification_number == old.modification_number):
             return
         self._storage.save_event(event)
         self._events[event.event_id] = event
         self._changed()
 
-    def cancel(self, event_id: str) -> None:
+    def cancel(self, event_id: str, unlisted: bool = False) -> None:
         ev = self._events.get(event_id)
         if ev is None or ev.cancelled:
             return
-        ev = replace(ev, status="cancelled")
+        ev = replace(ev, status="cancelled", unlisted=unlisted)
         self._storage.save_event(ev)
         self._events[event_id] = ev
         self._changed()
@@ -119,7 +120,7 @@ class EventSchedule:
                 if eid not in keep and not ev.cancelled and now < ev.end - ev.start_offset]
         for eid in gone:
             log.info("event %s no longer listed by the VTN: treated as cancelled", eid)
-            self.cancel(eid)
+            self.cancel(eid, unlisted=True)
         return gone
 
     def set_opt_out(self, opted_out: bool) -> list[Event]:

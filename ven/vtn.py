@@ -459,13 +459,28 @@ class VtnClient:
         ev = from_openleadr(raw, now, prev)
         if prev is None and not ev.test_event:
             ev = with_opt(ev, OPT_OUT if self._schedule.opted_out else OPT_IN)
+        self._schedule.upsert(ev)
+        stored = self._schedule.get(eid)
+        if stored is ev:  # taken: say what it is (the schedule logs what it refused)
+            self._log_event(ev, prev)
+        return _answer(stored) if stored is not None else ev.opt
+
+    @staticmethod
+    def _log_event(ev, prev) -> None:
+        eid = ev.event_id
         if ev.cancelled:
             log.info("event %s cancelled by the VTN (modification %d)", eid, ev.modification_number)
-            self._schedule.upsert(ev)
-            return OPT_IN
+            return
+        if prev is None:
+            verb = "received"
+        elif prev.unlisted:
+            verb = "listed again by the VTN"
+        elif ev.modification_number == prev.modification_number:
+            verb = "listed again, unchanged"
+        else:
+            verb = f"modified (modification {ev.modification_number})"
         others = sorted({s.name for s in ev.signals if s.name != SIMPLE})
         levels = [iv.payload for s in ev.signals if s.name == SIMPLE for iv in s.intervals]
-        verb = "received" if prev is None else f"modified (modification {ev.modification_number})"
         extra = f", randomized start +{ev.start_offset.total_seconds():.1f} s" if ev.start_after else ""
         if ev.test_event:
             log.info("test event %s %s: acknowledged, does not drive the points", eid, verb)
@@ -476,9 +491,6 @@ class VtnClient:
         if others:
             log.info("event %s carries signal(s) %s: kept for the status API, not driving ADR-Event-Level",
                      eid, ", ".join(others))
-        self._schedule.upsert(ev)
-        stored = self._schedule.get(eid)
-        return _answer(stored) if stored is not None else ev.opt
 
     async def _send_opts(self) -> None:
         if not self._pending_opts or self._client is None:
