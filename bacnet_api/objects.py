@@ -32,6 +32,10 @@ def _property_name(obj: Any, attr: int | str) -> str:
 class _ReadOnly:
     """Placed before the bacpypes3 class: nothing is writable from the network."""
 
+    def _writable(self, attr, index=None) -> bool:  # noqa: ARG002
+        """Whether a network write may reach this property (asked before the value is decoded)."""
+        return False
+
     async def write_property(self, attr, value, index=None, priority=None):  # noqa: ARG002
         raise PropertyError("writeAccessDenied")
 
@@ -45,8 +49,11 @@ class _Commanded:
     def _check_command(self, value: Any) -> None:
         """Raise PropertyError for a value the point must not take; the default accepts all."""
 
+    def _writable(self, attr, index=None) -> bool:
+        return _property_name(self, attr) == "presentValue" and index is None
+
     async def write_property(self, attr, value, index=None, priority=None):
-        if _property_name(self, attr) != "presentValue" or index is not None:
+        if not self._writable(attr, index):
             raise PropertyError("writeAccessDenied")
         if not isinstance(value, Null):
             self._check_command(value)

@@ -10,18 +10,33 @@
   detection never saw a fault come or go;
 - the device object names this project, and lists the services it executes and the object types it
   holds (bacpypes3 counts client-side handlers, numbers unconfirmed services as confirmed ones, and
-  leaves the object types empty).
+  leaves the object types empty), and its activeCovSubscriptions lists the subscriptions (bacpypes3
+  asks the application for a method its COV service does not have, so the list was always empty);
+- reads and writes get the answers BACnet prescribes (see property_access.py).
 """
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from bacpypes3.apdu import AbortPDU, WritePropertyMultipleError
-from bacpypes3.basetypes import ErrorType, ObjectPropertyReference, ObjectTypesSupported, ServicesSupported
+from bacpypes3.basetypes import (
+    COVSubscription,
+    DeviceAddress,
+    ErrorType,
+    ListOfCOVSubscription,
+    ObjectPropertyReference,
+    ObjectTypesSupported,
+    Recipient,
+    RecipientProcess,
+    ServicesSupported,
+)
 
 from .client import error_text
+from .property_access import PropertyAccess
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +94,7 @@ def _announce_status_flags(obj: Any) -> None:
         obj._property_monitors[name].append(changed)
 
 
-class _Services:
+class _Services(PropertyAccess):
     # bacpypes3's handler raises NotImplementedError (an ERROR log, answered operationalProblem);
     # without one the request is rejected as unrecognized-service, which is the truth
     do_ReadRangeRequest = None
@@ -97,8 +112,8 @@ class _Services:
             # that WritePropertyMultiple may not carry: nothing reaches the BAS. Refuse such a request
             # before any of it is written.
             for spec in apdu.listOfWriteAccessSpecs:
-                wildcard = spec.objectIdentifier == ("device", 4194303)
-                if not wildcard and self.get_object_id(spec.objectIdentifier) is None:
+                spec.objectIdentifier = self.local_id(spec.objectIdentifier)
+                if self.get_object_id(spec.objectIdentifier) is None:
                     first = spec.listOfProperties[0].propertyIdentifier if spec.listOfProperties else "all"
                     raise WritePropertyMultipleError(
                         errorType=ErrorType(errorClass="object", errorCode="unknownObject"),
@@ -109,6 +124,26 @@ class _Services:
         except WritePropertyMultipleError as error:
             error.set_context(apdu)
             await self.response(error)
+
+    def get_active_cov_subscriptions(self) -> ListOfCOVSubscription:
+        # the device object's activeCovSubscriptions asks for this; bacpypes3's COV service keeps the
+        # subscriptions but has no such method, so the list always read empty
+        now = asyncio.get_running_loop().time()
+        listed = []
+        for detection in self._cov_detections.values():
+            for cov in detection.cov_subscriptions:
+                ends = cov.cancel_handle.when() if cov.cancel_handle else None
+                listed.append(COVSubscription(
+                    recipient=RecipientProcess(recipient=Recipient(address=DeviceAddress(cov.client_addr)),
+                                               processIdentifier=cov.proc_id),
+                    # SubscribeCOV watches the object: its presentValue (and statusFlags)
+                    monitoredPropertyReference=ObjectPropertyReference(
+                        objectIdentifier=cov.obj_id, propertyIdentifier="presentValue"),
+                    issueConfirmedNotifications=bool(cov.confirmed),
+                    # 0 means no lifetime, so a finite one never rounds down to it
+                    timeRemaining=0 if ends is None else max(1, math.ceil(ends - now)),
+                ))
+        return ListOfCOVSubscription(listed)
 
     def cov_confirmation(self, cov: Any, future: Any) -> None:
         if future.cancelled() or future.exception() is None:

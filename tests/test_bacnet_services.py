@@ -1,5 +1,6 @@
-"""What the gateway's BACnet device answers beyond single reads and writes: WritePropertyMultiple,
-COV subscriptions (fault flags, subscribers that vanish) and the device object's own description.
+"""What the gateway's BACnet device answers beyond plain reads and writes: WritePropertyMultiple,
+COV subscriptions (fault flags, subscribers that vanish), the device object's own description, and
+the error a BAS gets for a bad ReadPropertyMultiple or WriteProperty.
 A second real bacpypes3 stack on loopback asks, as a BAS would."""
 from __future__ import annotations
 
@@ -10,27 +11,33 @@ from importlib.metadata import version
 
 import pytest
 from bacpypes3.apdu import (
+    ErrorPDU,
     ErrorRejectAbortNack,
+    ReadPropertyMultipleACK,
+    ReadPropertyMultipleRequest,
     ReadRangeRequest,
     RejectPDU,
     SimpleAckPDU,
     WritePropertyMultipleError,
     WritePropertyMultipleRequest,
+    WritePropertyRequest,
 )
 from bacpypes3.basetypes import (
     ObjectTypesSupported,
     PropertyIdentifier,
+    PropertyReference,
     PropertyValue,
+    ReadAccessSpecification,
     ServicesSupported,
     WriteAccessSpecification,
 )
 from bacpypes3.constructeddata import Any
 from bacpypes3.pdu import Address
-from bacpypes3.primitivedata import CharacterString, ObjectIdentifier, Real
+from bacpypes3.primitivedata import CharacterString, Enumerated, Null, ObjectIdentifier, Real
 
 from bacnet_api.client import close_stack, start_stack, to_plain
 from bacnet_api.device import GatewayDevice
-from bacnet_api.points import EVENT_LEVEL, INPUT_POWER, METER_POWER
+from bacnet_api.points import EVENT_LEVEL, INPUT_POWER, METER_POWER, OPT_OUT
 from bacnet_peer import BacnetPeer
 from waiting import eventually
 
@@ -75,6 +82,25 @@ def write_multiple(addr: str, obj: str, prop: str | int, value, priority: int | 
         pv.priority = priority
     spec = WriteAccessSpecification(objectIdentifier=ObjectIdentifier(obj), listOfProperties=[pv])
     return WritePropertyMultipleRequest(listOfWriteAccessSpecs=[spec], destination=Address(addr))
+
+
+def write_one(addr: str, obj: str, prop: str | int, value, priority: int | None = None):
+    apdu = WritePropertyRequest(objectIdentifier=ObjectIdentifier(obj), propertyIdentifier=PropertyIdentifier(prop),
+                                propertyValue=Any(value), destination=Address(addr))
+    if priority is not None:
+        apdu.priority = priority
+    return apdu
+
+
+def read_multiple(addr: str, specs: list[tuple[str, list[str]]]):
+    return ReadPropertyMultipleRequest(destination=Address(addr), listOfReadAccessSpecs=[
+        ReadAccessSpecification(objectIdentifier=ObjectIdentifier(obj), listOfPropertyReferences=[
+            PropertyReference(propertyIdentifier=PropertyIdentifier(prop)) for prop in props])
+        for obj, props in specs])
+
+
+def errors_logged(caplog) -> list:
+    return [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
 
 
 async def notification(scm, timeout: float = 3.0) -> dict:
@@ -235,3 +261,131 @@ async def test_claimed_services_answer_and_others_are_rejected(gateway, peer):
                                   destination=Address(addr))
     answer = await request(peer, read_range)
     assert isinstance(answer, RejectPDU) and str(answer.apduAbortRejectReason) == "unrecognized-service"
+
+
+async def test_device_lists_its_active_cov_subscriptions(gateway, peer):
+    addr = Address(where(gateway))
+    device = ObjectIdentifier(f"device,{DEVICE_ID}")
+
+    async def subscriptions() -> list:
+        return list(await asyncio.wait_for(peer.app.read_property(addr, device, "activeCovSubscriptions"), 3))
+
+    assert await subscriptions() == []
+    async with peer.app.change_of_value(addr, ObjectIdentifier("analogValue,1"), 41, True, 60) as scm:
+        await notification(scm)
+        async with peer.app.change_of_value(addr, ObjectIdentifier("binaryValue,4"), 42, False, 0):
+            listed = {int(s.recipient.processIdentifier): s for s in await subscriptions()}
+            assert sorted(listed) == [41, 42]
+            port = int(peer.address.rpartition(":")[2])
+            for s in listed.values():  # the peer, as a BACnet/IP address: 4 bytes of IP, 2 of port
+                assert s.recipient.recipient.address.macAddress == bytes([127, 0, 0, 1]) + port.to_bytes(2, "big")
+            commanded, opt_out = listed[41], listed[42]
+            assert commanded.monitoredPropertyReference.objectIdentifier == ObjectIdentifier("analogValue,1")
+            assert str(commanded.monitoredPropertyReference.propertyIdentifier) == "present-value"
+            assert commanded.issueConfirmedNotifications and 55 <= commanded.timeRemaining <= 60
+            assert opt_out.monitoredPropertyReference.objectIdentifier == ObjectIdentifier("binaryValue,4")
+            assert not opt_out.issueConfirmedNotifications and opt_out.timeRemaining == 0  # no lifetime
+        assert [int(s.recipient.processIdentifier) for s in await subscriptions()] == [41]
+    assert await subscriptions() == []
+
+
+# ----- the answers BACnet prescribes for reads and writes
+
+
+async def test_device_instance_4194303_is_this_device(gateway, peer, caplog):
+    addr = where(gateway)
+    assert await peer.read(addr, "device 4194303", "objectName") == "TestGateway"
+    assert await peer.read(addr, "device 4194303", "objectIdentifier") == f"device {DEVICE_ID}"
+
+    rows = await peer.read_multiple(addr, [("device 4194303", ["objectName", "vendorName"])])
+    assert rows == {(f"device {DEVICE_ID}", "objectName"): "TestGateway",
+                    (f"device {DEVICE_ID}", "vendorName"): "edge-gateway project"}
+    answer = await request(peer, read_multiple(addr, [("device,4194303", ["all"])]))
+    assert isinstance(answer, ReadPropertyMultipleACK), answer
+    [result] = answer.listOfReadAccessResults
+    assert result.objectIdentifier == ObjectIdentifier(f"device,{DEVICE_ID}")
+    assert {str(e.propertyIdentifier) for e in result.listOfResults} >= {"object-name", "object-list"}
+
+    # it is the device, whose properties are fixed
+    answer = await request(peer, write_one(addr, "device,4194303", "objectName", CharacterString("x")))
+    assert isinstance(answer, ErrorPDU), answer
+    assert f"{answer.errorClass}/{answer.errorCode}" == "property/write-access-denied"
+    answer = await request(peer, write_multiple(addr, "device,4194303", "objectName", CharacterString("x"), None))
+    assert isinstance(answer, WritePropertyMultipleError), answer
+    assert str(answer.errorType.errorCode) == "write-access-denied"
+    assert await peer.read(addr, f"device {DEVICE_ID}", "objectName") == "TestGateway"
+    assert errors_logged(caplog) == []
+
+
+@pytest.mark.parametrize("group", ["all", "required", "optional"])
+async def test_read_property_multiple_of_a_missing_object_answers_the_others(gateway, peer, caplog, group):
+    addr = where(gateway)
+    answer = await request(peer, read_multiple(addr, [
+        ("analogValue,4", ["presentValue"]), ("analogValue,99", [group]), ("analogValue,6", [group])]))
+
+    assert isinstance(answer, ReadPropertyMultipleACK), answer
+    level, missing, meter = answer.listOfReadAccessResults
+    assert level.objectIdentifier == ObjectIdentifier("analogValue,4")
+    assert level.listOfResults[0].readResult.propertyValue.cast_out(Real) == 0.0
+    assert missing.objectIdentifier == ObjectIdentifier("analogValue,99")
+    [element] = missing.listOfResults
+    assert str(element.propertyIdentifier) == group
+    error = element.readResult.propertyAccessError
+    assert f"{error.errorClass}/{error.errorCode}" == "object/unknown-object"
+    assert meter.objectIdentifier == ObjectIdentifier("analogValue,6")
+    read = {str(e.propertyIdentifier) for e in meter.listOfResults}
+    assert ("object-name" in read) == (group != "optional") and ("description" in read) == (group != "required")
+    assert all(e.readResult.propertyAccessError is None for e in meter.listOfResults)
+    assert errors_logged(caplog) == []
+
+
+@pytest.mark.parametrize("obj, prop, value, priority, error", [
+    ("analogValue,1", 9999, Real(1.0), 8, "property/unknown-property"),
+    ("analogValue,4", "priorityArray", Real(1.0), None, "property/unknown-property"),  # not commandable
+    ("analogValue,1", "priorityArray", Real(1.0), None, "property/write-access-denied"),
+    ("analogValue,4", "presentValue", CharacterString("12"), None, "property/write-access-denied"),
+    ("analogValue,4", "presentValue", Null(()), None, "property/write-access-denied"),
+    (f"device,{DEVICE_ID}", "objectName", Real(1.0), None, "property/write-access-denied"),
+    ("analogValue,1", "presentValue", CharacterString("12"), 8, "property/invalid-data-type"),
+    ("analogValue,1", "presentValue", Enumerated(1), None, "property/invalid-data-type"),
+    ("binaryValue,4", "presentValue", Real(1.0), 8, "property/invalid-data-type"),
+    ("analogValue,1", "presentValue", Real(5000.0), 8, "property/value-out-of-range"),
+    ("analogValue,99", "presentValue", Real(1.0), 8, "object/unknown-object"),
+], ids=["vendor-property", "absent-property", "priority-array", "read-only-wrong-type", "read-only-null",
+        "device-wrong-type", "string-for-real", "enumerated-for-real", "real-for-binary", "out-of-range",
+        "unknown-object"])
+async def test_refused_write_property_gets_the_error_bacnet_names(gateway, peer, caplog, obj, prop, value,
+                                                                   priority, error):
+    addr = where(gateway)
+    assert await peer.write(addr, "analogValue 1", "presentValue", 40.0, priority=8) is None
+
+    answer = await request(peer, write_one(addr, obj, prop, value, priority))
+
+    assert isinstance(answer, ErrorPDU), answer
+    assert f"{answer.errorClass}/{answer.errorCode}" == error
+    assert await peer.read(addr, "analogValue 1", "priorityArray") == [None] * 7 + [40.0] + [None] * 8
+    assert await peer.read(addr, "analogValue 4", "presentValue") == 0.0
+    assert await peer.read(addr, "binaryValue 4", "priorityArray") == [None] * 16
+    assert await peer.read(addr, f"device {DEVICE_ID}", "objectName") == "TestGateway"
+    assert errors_logged(caplog) == []
+
+
+@pytest.mark.parametrize("point, obj, command", [
+    (INPUT_POWER, "analogValue,1", Real(7.0)),
+    (OPT_OUT, "binaryValue,4", Enumerated(1)),
+])
+async def test_null_without_priority_relinquishes_priority_16(gateway, peer, caplog, point, obj, command):
+    addr, name = where(gateway), obj.replace(",", " ")
+    seen = []
+    gateway.on_write(point, seen.append)
+    assert isinstance(await request(peer, write_one(addr, obj, "presentValue", command)), SimpleAckPDU)
+    assert isinstance(await request(peer, write_one(addr, obj, "presentValue", command, 8)), SimpleAckPDU)
+    assert (await peer.read(addr, name, "priorityArray"))[15] is not None
+
+    answer = await request(peer, write_one(addr, obj, "presentValue", Null(())))
+
+    assert isinstance(answer, SimpleAckPDU), answer
+    slots = await peer.read(addr, name, "priorityArray")
+    assert slots[15] is None and slots[7] is not None  # only 16 relinquished
+    assert len(seen) == 3
+    assert errors_logged(caplog) == []

@@ -1,0 +1,110 @@
+"""ReadProperty, ReadPropertyMultiple and WriteProperty answered as BACnet prescribes, where the
+bacpypes3 handlers answer wrongly. `services._Services` inherits this mix-in.
+
+- Device instance 4194303 means "the device that receives this" (clause 15.5): bacpypes3 compares
+  the request's ObjectIdentifier with a plain tuple, which it never equals, so it answered
+  unknown-object.
+- ReadPropertyMultiple ALL/REQUIRED/OPTIONAL on a missing object: bacpypes3 expands the group before
+  looking whether the object exists, so the whole request failed (operational-problem and a logged
+  AttributeError) instead of that object getting unknown-object beside the others' results.
+- WriteProperty fails in the order of clause 15.9: unknown-property (bacpypes3 raised TypeError),
+  write-access-denied before the value is decoded (a wrong datatype to a read-only property was
+  rejected or failed), invalid-data-type for a value of the wrong datatype (bacpypes3 rejected it
+  invalid-tag, which is for a malformed request), and a Null without a priority relinquishes priority 16
+  (clause 19.2.1), which bacpypes3 rejected.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from bacpypes3.apdu import ReadPropertyMultipleACK, SimpleAckPDU
+from bacpypes3.basetypes import PropertyIdentifier, ReadAccessResult
+from bacpypes3.constructeddata import Array
+from bacpypes3.errors import ObjectError, PropertyError, RejectException
+from bacpypes3.local.cmd import Commandable
+from bacpypes3.primitivedata import ObjectIdentifier, Unsigned
+from bacpypes3.service.object import read_property_to_result_element
+
+THIS_DEVICE = ObjectIdentifier("device,4194303")
+_GROUPS = (PropertyIdentifier.all, PropertyIdentifier.required, PropertyIdentifier.optional)
+
+
+class PropertyAccess:
+    def local_id(self, object_id: Any) -> Any:
+        if object_id == THIS_DEVICE and self.device_object is not None:
+            return self.device_object.objectIdentifier
+        return object_id
+
+    async def do_ReadPropertyRequest(self, apdu: Any) -> None:
+        apdu.objectIdentifier = self.local_id(apdu.objectIdentifier)
+        await super().do_ReadPropertyRequest(apdu)
+
+    async def do_ReadPropertyMultipleRequest(self, apdu: Any) -> None:
+        results, found = [], False
+        for spec in apdu.listOfReadAccessSpecs:
+            object_id = self.local_id(spec.objectIdentifier)
+            obj = self.get_object_id(object_id)
+            found = found or obj is not None
+            elements = []
+            for ref in spec.listOfPropertyReferences:
+                elements.extend(await _read(obj, ref.propertyIdentifier, ref.propertyArrayIndex))
+            results.append(ReadAccessResult(objectIdentifier=object_id, listOfResults=elements))
+        if not found:  # as bacpypes3: nothing to answer for, the request itself fails
+            raise ObjectError("unknownObject")
+        await self.response(ReadPropertyMultipleACK(listOfReadAccessResults=results, context=apdu))
+
+    async def do_WritePropertyRequest(self, apdu: Any) -> None:
+        obj = self.get_object_id(self.local_id(apdu.objectIdentifier))
+        if obj is None:
+            raise ObjectError("unknownObject")
+        prop, index, priority = apdu.propertyIdentifier, apdu.propertyArrayIndex, apdu.priority
+        value = value_to_write(obj, prop, index, priority, apdu.propertyValue)
+        await obj.write_property(prop, value, index, priority)
+        await self.response(SimpleAckPDU(context=apdu))
+
+
+def value_to_write(obj: Any, prop: Any, index: int | None, priority: int | None, value: Any) -> Any:
+    """`value` (an Any) decoded as the property's datatype, or the PropertyError the writer gets."""
+    datatype = obj.get_property_type(prop)
+    if datatype is None or not _present(obj, prop.attr):  # not of this type, or not on this object
+        raise PropertyError("unknownProperty")
+    writable = getattr(obj, "_writable", None)  # the point policy (objects.py), asked before decoding
+    if writable is not None and not writable(prop, index):
+        raise PropertyError("writeAccessDenied")
+    if index is not None and issubclass(datatype, Array):
+        datatype = Unsigned if index == 0 else datatype._subtype
+    # Null relinquishes a command; with no priority a command is at 16 (clause 19.2.1)
+    commanded = priority is not None or (isinstance(obj, Commandable) and prop == PropertyIdentifier.presentValue)
+    try:
+        return value.cast_out(datatype, null=commanded)
+    except (RejectException, ValueError, TypeError):
+        raise PropertyError("invalidDataType") from None
+
+
+async def _read(obj: Any, prop: Any, index: int | None) -> list:
+    """The result elements for one property reference: one, or one per property of a group."""
+    if obj is None or prop not in _GROUPS:  # a missing object gets unknown-object here
+        return [await read_property_to_result_element(obj, prop, index)]
+    required: set[str] = set()
+    for cls in type(obj).__mro__:
+        required.update(getattr(cls, "_required", ()))
+    names = [name for name in obj._elements if name != "propertyList"]  # BACnet leaves it out of groups
+    if prop == PropertyIdentifier.required:
+        names = [name for name in names if name in required]
+    elif prop == PropertyIdentifier.optional:
+        names = [name for name in names if name not in required]
+    elements = []
+    for name in names:
+        if not _present(obj, name):
+            continue
+        element = await read_property_to_result_element(obj, name)
+        if element.readResult.propertyAccessError is None:
+            elements.append(element)
+    return elements
+
+
+def _present(obj: Any, name: str) -> bool:
+    # an optional property of the type that this object leaves out (e.g. priorityArray of a
+    # read-only point); looked up without running computed properties
+    return inspect.getattr_static(obj, name, None) is not None
