@@ -64,7 +64,8 @@ class MeterClient:
         self.timeout_seconds = float(timeout_seconds)
         self.on_reading = on_reading
         self.network = network_of(address)
-        self.latest: MeterReading | None = None
+        self.latest: MeterReading | None = None       # the last attempt, answered or not
+        self.last_good: MeterReading | None = None    # the last reading that carried a value
         self.fault = False
         self._route_ready = self.network is None
         self._task: asyncio.Task | None = None
@@ -129,6 +130,8 @@ class MeterClient:
 
     def _record(self, reading: MeterReading) -> None:
         self.latest = reading
+        if reading.value is not None:
+            self.last_good = reading
         failed = reading.value is None
         if failed and not self.fault:
             log.warning("meter fault: %s", reading.error)

@@ -255,6 +255,10 @@ async def test_silent_meter_faults_without_invented_values_then_recovers(
             meter.set_value(55.0)                             # the meter's value moves while nobody hears it
             await asyncio.sleep(2.0)
             assert await peer.read(gw, meter_power, "presentValue") == pytest.approx(87.5)
+            seen = gateway.status()["meter"]      # what the dashboard shows: the value and its age
+            assert seen["fault"] and seen["last_value_kw"] == pytest.approx(87.5) and seen["last_error"]
+            assert datetime.fromisoformat(seen["last_value_at"]) < went_silent <= \
+                datetime.fromisoformat(seen["last_attempt_at"])
             forecaster_fed_at = gateway.forecast.status()["last_meter_at"]
             assert forecaster_fed_at < went_silent.timestamp()
             back = datetime.now(timezone.utc)

@@ -217,7 +217,7 @@ class Gateway:
         return True, "ok"
 
     def status(self) -> dict:
-        latest = self.meter.latest
+        latest, good = self.meter.latest, self.meter.last_good
         return {
             "version": __version__,
             "uptime_seconds": round(time.time() - self.started_at, 1),
@@ -231,8 +231,10 @@ class Gateway:
             "meter": {
                 "address": self.config.meter.address, "object": self.config.meter.object,
                 "fault": self.meter.fault,
-                "last_value_kw": latest.value if latest else None,
-                "last_read": latest.timestamp.isoformat(timespec="seconds") if latest else None,
+                # the last value and when it was read; while the meter is silent, attempts go on
+                "last_value_kw": good.value if good else None,
+                "last_value_at": good.timestamp.isoformat(timespec="seconds") if good else None,
+                "last_attempt_at": latest.timestamp.isoformat(timespec="seconds") if latest else None,
                 "last_error": latest.error if latest else None,
             },
             "forecaster": self.forecast.status(),
