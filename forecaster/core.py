@@ -122,6 +122,7 @@ class DemandForecaster:
         self.keep_days = max(self.history_days, self._lookback_minutes / 1440) + 1.0
         self._bins = MinuteBins(int(self.keep_days * 1440))
         self._newest_t: float | None = None
+        self.clock_resets = 0
         self._dirty: set[int] = set()
         self._model: model.FittedModel | None = None
         self._fitting = False
@@ -152,8 +153,15 @@ class DemandForecaster:
             return False
         with self._lock:
             if self._newest_t is not None and t < self._newest_t - self.stale_seconds:
-                self.rejected += 1
-                return False
+                if t >= self._newest_t - self._bins.keep * 60:
+                    self.rejected += 1
+                    return False
+                # The clock went back further than the history reaches: every later reading would
+                # be refused as stale for as long as the jump. Start the history again from here.
+                self._bins.clear()
+                self._dirty.clear()
+                self._newest_t = None
+                self.clock_resets += 1
             k = minute_of(t)
             self._bins.add(np.array([k]), np.array([float(kw)]))
             self._dirty.add(k)

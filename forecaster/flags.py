@@ -33,7 +33,8 @@ class HysteresisFlag:
                 arm = self.arm_fraction * abs(threshold)
                 want = level >= threshold - arm if self.above else level <= threshold + arm
         if want != self.on:
-            held = float("inf") if self.since is None else t - self.since
+            # a clock that went back makes the age negative: the state is as old as can be
+            held = float("inf") if self.since is None or t < self.since else t - self.since
             if held >= (self.min_on_s if self.on else self.min_off_s):
                 self.on, self.since = want, t
         return self.on

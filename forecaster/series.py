@@ -50,6 +50,11 @@ class MinuteBins:
         ks = np.asarray(ks, dtype=np.int64)
         if ks.size == 0:
             return
+        if self.last_k is not None and int(ks.min()) > self.last_k + self.keep:
+            # The clock jumped further ahead than the window (a box that booted at 1970 and then
+            # set its clock): what is held would be trimmed anyway, and growing to the new minute
+            # would allocate every minute in between (56 years: 470 MB).
+            self.clear()
         self._ensure(int(ks.min()), int(ks.max()))
         idx = ks - self.k0
         np.add.at(self.sums, idx, values)
@@ -57,6 +62,10 @@ class MinuteBins:
         hi = int(ks.max())
         self.last_k = hi if self.last_k is None else max(self.last_k, hi)
         self._trim()
+
+    def clear(self) -> None:
+        self.k0, self.last_k = 0, None
+        self.sums, self.counts = np.zeros(0), np.zeros(0, dtype=np.int64)
 
     def _trim(self) -> None:
         # Keep `keep` minutes behind the newest; cut in chunks so trimming stays rare.

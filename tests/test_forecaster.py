@@ -161,6 +161,30 @@ def test_cold_start_publishes_persistence_from_the_first_sample():
     assert f.high_threshold_kw is None  # no percentile from under a day of history
 
 
+def test_a_clock_that_jumps_years_neither_allocates_the_years_nor_stalls_the_history():
+    # A box without a real-time clock boots at 1970, then sets its clock; or was set years ahead.
+    boot = 86400.0 * 3
+    fc = DemandForecaster()
+    for i in range(10):
+        assert fc.add_sample(boot + 60 * i, 100.0)
+    for i in range(10):
+        assert fc.add_sample(T0 + 60 * i, 200.0)
+    assert fc._bins.sums.size < 10 * 1440            # not one slot per minute since 1970
+    assert fc.predict(T0 + 600).demand_kw[15] == 200.0
+    assert fc.add_sample(T0 + 3600 * 24 * 365 * 3, 300.0) and fc._bins.sums.size < 10 * 1440
+    # and back: a reading years before the newest is no stale straggler, the clock moved back
+    assert fc.add_sample(T0 + 660, 250.0) and fc.clock_resets == 1
+    assert fc.add_sample(T0 + 720, 260.0)
+    assert fc.predict(T0 + 725).demand_kw[15] == pytest.approx(255.0)
+    assert not fc.add_sample(T0 + 720 - 400, 1.0)    # a late reading inside the window still is
+
+
+def test_a_flag_whose_clock_went_back_still_changes():
+    f = HysteresisFlag(above=True, fraction=0.0, min_on_s=900, min_off_s=900)
+    assert f.update(10_000, 150.0, 100.0) is True
+    assert f.update(5_000, 50.0, 100.0) is False     # the age is negative: not held for years
+
+
 def test_flag_hysteresis_and_minimum_times():
     f = HysteresisFlag(above=True, fraction=0.1, min_on_s=600, min_off_s=300)
     assert f.update(0, 99.0, 100.0) is False
