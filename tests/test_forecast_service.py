@@ -87,6 +87,7 @@ async def test_fit_runs_off_the_loop_and_a_restart_resumes_at_once(tmp_path):
                              30, "model saved")
         fitted_at = svc.status()["last_fit_at"]
         serving = svc.status()["horizons"]
+        served = published[-1].model
     finally:
         await svc.stop()
     assert serving[60]["validation_rmse_kw"] < serving[60]["validation_persistence_rmse_kw"]
@@ -101,7 +102,10 @@ async def test_fit_runs_off_the_loop_and_a_restart_resumes_at_once(tmp_path):
         assert not st["fitting"]
         f = again[0]
         assert f.demand_kw[15] is not None and f.demand_kw[60] is not None
-        assert f.model == MODEL_NAME and f.high_threshold_kw is not None
+        # the same verdict per horizon as before the restart; which horizons beat persistence depends
+        # on where the wall clock puts the excerpt's week, so the 60-minute one is the one asserted
+        assert f.model == served and f.high_threshold_kw is not None
+        assert served == MODEL_NAME or served.endswith(f"60:{MODEL_NAME}"), served
     finally:
         await svc2.stop()
 
