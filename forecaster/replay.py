@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime as dt
+import io
 import math
 import multiprocessing
 import os
@@ -33,6 +34,14 @@ class ReplayInputError(ValueError):
     """The CSV cannot be replayed; the message names the file, row or column."""
 
 
+# Meter data lies between these; anything outside is a mistyped row (epoch milliseconds in a series
+# of seconds, a wrong year) that would otherwise set the replay walking cycle by cycle for decades.
+TIME_MIN = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc).timestamp()
+TIME_MAX = dt.datetime(2100, 1, 1, tzinfo=dt.timezone.utc).timestamp()
+# Skipped rows named one by one in the summary; a file with thousands of bad rows gets a count.
+MAX_ROW_NOTES = 10
+
+
 def parse_time(text: str, tz: ZoneInfo) -> float:
     """Epoch seconds from an ISO 8601 timestamp (naive means the forecaster's time zone) or a number."""
     text = text.strip()
@@ -46,34 +55,85 @@ def parse_time(text: str, tz: ZoneInfo) -> float:
     return d.timestamp()
 
 
-def read_series(csv_path, time_column: str, value_column: str, tz: ZoneInfo) -> tuple[np.ndarray, np.ndarray, int]:
-    """(times, values, skipped rows) sorted by time; lines starting with '#' are comments."""
-    path = Path(csv_path)
+def _time_problem(t: float) -> str | None:
+    if not math.isfinite(t):
+        return "is not a finite time"
+    if TIME_MIN <= t < TIME_MAX:
+        return None
+    hint = " (epoch milliseconds? times are epoch seconds)" if TIME_MIN * 1000 <= t < TIME_MAX * 1000 else ""
+    return f"is outside 1970-2100{hint}"
+
+
+def _decode(path: Path) -> str:
     try:
-        fh = path.open(newline="", encoding="utf-8")
+        data = path.read_bytes()
     except OSError as err:
         raise ReplayInputError(f"{path}: cannot read: {err.strerror}") from None
-    times, values, skipped = [], [], 0
-    with fh:
-        reader = csv.DictReader(line for line in fh if not line.lstrip().startswith("#"))
-        cols = reader.fieldnames or []
-        for c in (time_column, value_column):
-            if c not in cols:
-                raise ReplayInputError(f"{path}: no column {c!r}; columns are {', '.join(cols) or '(none)'}")
-        for row in reader:
-            try:
-                t = parse_time(row[time_column], tz)
-                v = float(row[value_column])
-            except (TypeError, ValueError):
-                skipped += 1
-                continue
-            times.append(t)
-            values.append(v)
+    try:
+        # utf-8-sig: spreadsheets save UTF-8 CSVs with a BOM, which would otherwise stick to the first column name.
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        col = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        raise ReplayInputError(f"{path}: line {line}, byte {col}: 0x{data[err.start]:02x} is not UTF-8; "
+                               "save the file as UTF-8") from None
+
+
+def _read_series(csv_path, time_column: str, value_column: str, tz: ZoneInfo):
+    """(times, values, line numbers) sorted by time, and (skipped row count, notes naming them)."""
+    path = Path(csv_path)
+    text = _decode(path)
+    times, values, lines, notes, skipped = [], [], [], [], 0
+    line_no = 0
+
+    def data_lines():
+        nonlocal line_no
+        for line_no, line in enumerate(io.StringIO(text, newline=""), 1):
+            if not line.lstrip().startswith("#"):
+                yield line
+
+    reader = csv.DictReader(data_lines())
+    cols = reader.fieldnames or []
+    for c in (time_column, value_column):
+        if c not in cols:
+            raise ReplayInputError(f"{path}: no column {c!r}; columns are {', '.join(cols) or '(none)'}")
+    for row in reader:
+        t_text, v_text = row[time_column], row[value_column]
+        try:
+            t = parse_time(t_text, tz)
+            problem = _time_problem(t)
+            if problem is None:
+                try:
+                    v = float(v_text)
+                except (TypeError, ValueError):
+                    problem = "value " + (f"{v_text!r} is not a number" if v_text is not None else "is missing")
+            else:
+                problem = f"time {t_text.strip()!r} {problem}"
+        except (TypeError, ValueError, AttributeError):
+            problem = f"time {t_text.strip()!r} is not a timestamp" if t_text is not None else "time is missing"
+        if problem is not None:
+            skipped += 1
+            if skipped <= MAX_ROW_NOTES:
+                notes.append(f"line {line_no}: {problem}; row skipped")
+            continue
+        times.append(t)
+        values.append(v)
+        lines.append(line_no)
+    if skipped > MAX_ROW_NOTES:
+        notes.append(f"... and {skipped - MAX_ROW_NOTES} more rows skipped")
     if not times:
-        raise ReplayInputError(f"{path}: no usable rows in columns {time_column!r}, {value_column!r}")
-    t, v = np.array(times), np.array(values)
+        why = f" ({notes[0].removesuffix('; row skipped')})" if notes else ""
+        raise ReplayInputError(f"{path}: no usable rows in columns {time_column!r}, {value_column!r}{why}")
+    t, v, ln = np.array(times), np.array(values), np.array(lines)
     order = np.argsort(t, kind="stable")
-    return t[order], v[order], skipped
+    return t[order], v[order], ln[order], skipped, notes
+
+
+def read_series(csv_path, time_column: str, value_column: str, tz: ZoneInfo) -> tuple[np.ndarray, np.ndarray, int]:
+    """(times, values, skipped rows) sorted by time; lines starting with '#' are comments. Rows whose time
+    or value cannot be read, or whose time is not finite or outside 1970-2100, are skipped."""
+    t, v, _, skipped, _ = _read_series(csv_path, time_column, value_column, tz)
+    return t, v, skipped
 
 
 def _limit_threads(n_threads: int) -> None:
@@ -95,30 +155,55 @@ def fit_map(processes: int, n_threads: int = 1):
         yield pool.map
 
 
-def replay_series(times, values, write_row, cycle_minutes: float = 15, fit_processes: int | None = None,
-                  **forecaster_params) -> dict:
-    """Replay a series; fits run in `fit_processes` processes, one horizon each (default: one per
-    horizon, at most one per core)."""
-    forecaster_params.setdefault("retrain_minutes", REPLAY_RETRAIN_MINUTES)
-    fc = DemandForecaster(**forecaster_params)
+def _cycle_seconds(cycle_minutes) -> float:
     cycle = float(cycle_minutes) * 60.0
-    if cycle <= 0:
-        raise ValueError("cycle_minutes must be positive")
+    if not (math.isfinite(cycle) and cycle > 0):
+        raise ValueError(f"cycle_minutes must be a positive number of minutes, got {cycle_minutes!r}")
+    return cycle
+
+
+def replay_series(times, values, write_row, cycle_minutes: float = 15, fit_processes: int | None = None,
+                  on_gap=None, **forecaster_params) -> dict:
+    """Replay a series (finite times, sorted); fits run in `fit_processes` processes, one horizon each
+    (default: one per horizon, at most one per core).
+
+    A gap between samples longer than the forecaster keeps history (`keep_days`) is not walked cycle by
+    cycle: nothing from before it would be left to forecast from, and a mistyped year would mean
+    millions of empty cycles. The replay resumes at the first sample after it, with a forecaster that
+    holds only the model fitted before the gap, and calls on_gap(index before, index after)."""
+    forecaster_params.setdefault("retrain_minutes", REPLAY_RETRAIN_MINUTES)
+    cycle = _cycle_seconds(cycle_minutes)
+    times = np.asarray(times, dtype=float)
+    if not times.size:
+        raise ValueError("no samples to replay")
+    if not np.all(np.isfinite(times)) or np.any(np.diff(times) < 0):
+        raise ValueError("times must be finite and sorted")
+    fc = DemandForecaster(**forecaster_params)
     if fit_processes is None:
         fit_processes = min(len(fc.horizons_minutes), os.cpu_count() or 1)
     if fit_processes < 1:
         raise ValueError("fit_processes must be at least 1")
+
+    def after_gap(old: DemandForecaster) -> DemandForecaster:
+        new = DemandForecaster(**forecaster_params)
+        blob = old.model_blob()
+        if blob is not None:
+            new.set_model_blob(blob)
+        new.rejected = old.rejected
+        return new
+
     with fit_map(fit_processes, fc.n_threads) as map_fn:
-        summary = _replay(fc, times, values, write_row, cycle, map_fn)
+        summary = _replay(fc, times, values, write_row, cycle, map_fn, after_gap, on_gap)
     summary["fit_processes"] = fit_processes
     return summary
 
 
-def _replay(fc: DemandForecaster, times, values, write_row, cycle: float, map_fn) -> dict:
+def _replay(fc: DemandForecaster, times, values, write_row, cycle: float, map_fn, after_gap, on_gap) -> dict:
     t0 = time.perf_counter()
-    fit_s, fits, cycles, accepted = 0.0, 0, 0, 0
+    fit_s, fits, cycles, accepted, gaps = 0.0, 0, 0, 0, 0
     models: dict[str, int] = {}
     pending: list[float] = []
+    max_gap = fc.keep_days * 86400.0
 
     def issue_pending() -> None:
         nonlocal cycles
@@ -146,34 +231,65 @@ def _replay(fc: DemandForecaster, times, values, write_row, cycle: float, map_fn
         pending.append(now)
         if now - pending[0] >= BATCH_SECONDS:
             issue_pending()
-        now += cycle
+        if i < n and times[i] - times[i - 1] > max_gap:
+            # This cycle is the first at or after the last sample before the gap, as at the series' end.
+            issue_pending()
+            gaps += 1
+            if on_gap is not None:
+                on_gap(i - 1, i)
+            fc = after_gap(fc)
+            now = math.ceil(times[i] / cycle) * cycle
+        else:
+            now += cycle
     if pending:
         issue_pending()
     return {"cycles": cycles, "samples": n, "accepted": accepted, "rejected": fc.rejected, "fits": fits,
             "fit_seconds": round(fit_s, 2), "elapsed_seconds": round(time.perf_counter() - t0, 2),
-            "models": models, "retrain_minutes": fc.retrain_minutes}
+            "models": models, "retrain_minutes": fc.retrain_minutes, "gaps_skipped": gaps}
 
 
 def replay_csv(csv_path, time_column: str, value_column: str, output_path, cycle_minutes: float = 15,
                fit_processes: int | None = None, **forecaster_params) -> dict:
-    """Replay a CSV and write `OUTPUT_COLUMNS` rows to output_path; returns a summary dict."""
+    """Replay a CSV and write `OUTPUT_COLUMNS` rows to output_path; returns a summary dict, whose
+    "notes" name the rows skipped and the gaps not replayed.
+
+    Rows are written to a hidden file beside output_path that replaces it only once the replay has
+    succeeded: refused input or an interrupted run leaves no file that looks like a result."""
+    _cycle_seconds(cycle_minutes)
     tz = ZoneInfo(forecaster_params.get("timezone", "UTC"))
-    times, values, skipped = read_series(csv_path, time_column, value_column, tz)
+    times, values, lines, skipped, notes = _read_series(csv_path, time_column, value_column, tz)
 
     def iso(t: float) -> str:
         return dt.datetime.fromtimestamp(t, tz).isoformat()
 
+    def on_gap(a: int, b: int) -> None:
+        days = (times[b] - times[a]) / 86400.0
+        notes.append(f"line {lines[a]} ({iso(times[a])}) to line {lines[b]} ({iso(times[b])}): a gap of "
+                     f"{days:.1f} days, longer than the forecaster keeps history; not replayed")
+
     out = Path(output_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(OUTPUT_COLUMNS)
+    part = out.with_name(f".{out.name}.partial")
+    try:
+        with part.open("w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh)
+            w.writerow(OUTPUT_COLUMNS)
 
-        def write_row(f, h, kw):
-            w.writerow((iso(f.issued_at), h, iso(f.issued_at + h * 60), "" if kw is None else f"{kw:.3f}",
-                        int(f.high_load), int(f.low_load), f.model))
+            def write_row(f, h, kw):
+                w.writerow((iso(f.issued_at), h, iso(f.issued_at + h * 60), "" if kw is None else f"{kw:.3f}",
+                            int(f.high_load), int(f.low_load), f.model))
 
-        summary = replay_series(times, values, write_row, cycle_minutes, fit_processes, **forecaster_params)
+            summary = replay_series(times, values, write_row, cycle_minutes, fit_processes, on_gap=on_gap,
+                                    **forecaster_params)
+        if not summary["accepted"]:
+            raise ReplayInputError(f"{csv_path}: none of the {len(times)} rows in {value_column!r} holds a "
+                                   "usable kW value (non-finite or outside the forecaster's min_kw..max_kw); "
+                                   "nothing to replay")
+        os.replace(part, out)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
     summary["skipped_rows"] = skipped
     summary["output"] = str(out)
+    summary["notes"] = notes
     return summary

@@ -1,6 +1,7 @@
 """Configuration: errors name the file, the key and the reason; env vars override keys."""
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -116,3 +117,130 @@ def test_http_off_loopback_needs_a_token():
     cfg = load_config(None, environ={"EDGE_GATEWAY__HTTP__ADDRESS": "0.0.0.0:8000",
                                      "EDGE_GATEWAY__HTTP__TOKEN": "s3cret"})
     assert cfg.http.token == "s3cret"
+
+
+# ----- values check-config used to pass and `run` then failed on
+
+def _write(tmp_path, text: str | bytes) -> Path:
+    p = tmp_path / "c.toml"
+    p.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return p
+
+
+@pytest.mark.parametrize("address, reason", [
+    ("127.0.0.1/8:70000", "port must be 1..65535"),
+    ("127.0.0.1/8:0", "port must be 1..65535"),
+    ("127.0.0.1/99:47808", "'99' is not a valid netmask"),
+    ("300.1.1.1/8:47808", "Octet 300"),
+    ("127.0.0.1/255.0.0.0:47808", "prefix length"),  # BAC0 would silently bind /24 on port 47808
+    ("127.0.0.1/8:P", "ip/mask:port"),
+])
+def test_bad_bacnet_address_is_refused(tmp_path, address, reason):
+    p = _write(tmp_path, f'[bacnet]\naddress = "{address}"\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(p, environ={})
+    assert "bacnet.address" in str(err.value) and reason in str(err.value)
+
+
+def test_bad_bacnet_address_fails_check_config(tmp_path):
+    res = _cli("check-config", str(_write(tmp_path, '[bacnet]\naddress = "127.0.0.1/8:70000"\n')))
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "bacnet.address" in res.stderr and "port must be 1..65535" in res.stderr
+
+
+def test_run_refuses_a_busy_bacnet_port(tmp_path, free_tcp_port):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        p = _write(tmp_path, f'[bacnet]\naddress = "127.0.0.1/8:{port}"\n[meter]\naddress = "127.0.0.1:9"\n'
+                             f'[openadr]\nvtn_url = "http://127.0.0.1:9/x"\n'
+                             f'[storage]\npath = "{tmp_path / "gw.sqlite"}"\n'
+                             f'[http]\naddress = "127.0.0.1:{free_tcp_port()}"\n')
+        res = _cli("run", "--config", str(p))
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr
+    assert (f"configuration error: bacnet.address: BACnet/IP address 127.0.0.1:{port} is not available"
+            in res.stderr)
+
+
+def test_read_meter_refuses_a_bad_bind_address():
+    res = _cli("read-meter", "--config", str(EXAMPLE), "--bind", "127.0.0.1:xyz")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "argument --bind: must look like ip/mask:port" in res.stderr
+
+
+def test_config_that_is_not_utf8(tmp_path):
+    p = _write(tmp_path, '[bacnet]\ndevice_name = "B\xfcro"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"not UTF-8 \(byte 0xfc at position 25\)"):
+        load_config(p, environ={})
+    res = _cli("check-config", str(p))
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip() == f"configuration error: {p}: not UTF-8 (byte 0xfc at position 25)"
+
+
+def test_env_string_keys_take_the_text_as_is(tmp_path):
+    p = _write(tmp_path, '[http]\ntoken = "abc"\n')
+    cfg = load_config(p, environ={"EDGE_GATEWAY__HTTP__TOKEN": "123456",
+                                  "EDGE_GATEWAY__BACNET__DEVICE_NAME": "4711",
+                                  "EDGE_GATEWAY__OPENADR__VEN_NAME": "true",
+                                  "EDGE_GATEWAY__BACNET__DEVICE_ID": "42"})
+    assert cfg.http.token == "123456" and cfg.bacnet.device_name == "4711" and cfg.openadr.ven_name == "true"
+    assert cfg.bacnet.device_id == 42  # other keys still read numbers
+
+
+def test_env_error_names_the_variable(tmp_path):
+    p = _write(tmp_path, '[openadr]\nretry_max_seconds = 5\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(p, environ={"EDGE_GATEWAY__BACNET__DEVICE_ID": "-3"})
+    assert str(err.value).startswith("EDGE_GATEWAY__BACNET__DEVICE_ID: bacnet.device_id: ")
+    with pytest.raises(ConfigError) as err:  # a section check fed by the file and a variable names both
+        load_config(p, environ={"EDGE_GATEWAY__OPENADR__RETRY_MIN_SECONDS": "10"})
+    assert str(err.value).startswith(f"{p}, EDGE_GATEWAY__OPENADR__RETRY_MIN_SECONDS: openadr: ")
+    with pytest.raises(ConfigError) as err:  # a value from the file still names the file
+        load_config(_write(tmp_path, '[bacnet]\ndevice_id = -3\n'), environ={"EDGE_GATEWAY__HTTP__TOKEN": "t"})
+    assert str(err.value).startswith(f"{p}: bacnet.device_id: ")
+
+
+@pytest.mark.parametrize("toml, key, reason", [
+    ('[http]\naddress = "http://127.0.0.1:8000"\ntoken = "t"\n', "http.address", "host:port (no scheme"),
+    ('[http]\naddress = "http://127.0.0.1:8000"\n', "http.address", "host:port (no scheme"),
+    ('[http]\naddress = "300.1.1.1:8000"\n', "http.address", "host:port"),
+    ('[meter]\nrouter = "http://10.0.0.1:47808"\n', "meter.router", "host:port"),
+    ('[meter]\nobject = "analogInptu 2"\n', "meter.object", "unknown BACnet object type 'analogInptu'"),
+    ('[meter]\nobject = "analogInput 4194304"\n', "meter.object", "instance must be a whole number"),
+    ('[meter]\nproperty = "presentValu"\n', "meter.property", "unknown BACnet property 'presentValu'"),
+    ('[openadr]\nvtn_url = "http://"\n', "openadr.vtn_url", "needs a host"),
+    ('[openadr]\nvtn_url = "http://vtn:port/x"\n', "openadr.vtn_url", "Port could not be cast"),
+    ('[openadr]\nretry_min_seconds = 100\nretry_max_seconds = 1\n', "openadr",
+     "retry_min_seconds (100) must not exceed retry_max_seconds (1)"),
+])
+def test_values_that_can_never_work_are_refused(tmp_path, toml, key, reason):
+    with pytest.raises(ConfigError) as err:
+        load_config(_write(tmp_path, toml), environ={})
+    assert f": {key}: " in str(err.value) and reason in str(err.value), str(err.value)
+    assert "not loopback" not in str(err.value)
+
+
+def test_check_config_refuses_a_misspelt_meter_object(tmp_path):
+    res = _cli("check-config", str(_write(tmp_path, '[meter]\nobject = "analogInptu 2"\n')))
+    assert res.returncode == 2, res.stdout
+    assert "meter.object" in res.stderr and "analogInptu" in res.stderr
+
+
+def test_valid_spellings_stay_accepted(tmp_path):
+    cfg = load_config(_write(tmp_path, '''
+[bacnet]
+address = "192.168.1.20/24:47808"
+[meter]
+address = "192.168.1.30:47808"
+object = "analog-input:7"
+property = "present-value"
+router = "localhost:47808"
+[openadr]
+vtn_url = "https://[::1]:8443/OpenADR2/Simple/2.0b"
+retry_min_seconds = 5
+retry_max_seconds = 5
+[http]
+address = "[::1]:8000"
+'''), environ={})
+    assert cfg.meter.object == "analog-input:7" and cfg.http.address == "[::1]:8000"

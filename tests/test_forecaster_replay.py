@@ -100,3 +100,112 @@ def test_replay_names_a_missing_column(tmp_path):
         replay_csv(EXCERPT, "timestamp", "power", tmp_path / "out.csv")
     with pytest.raises(ReplayInputError, match="cannot read"):
         replay_csv(tmp_path / "missing.csv", "a", "b", tmp_path / "out.csv")
+
+
+START = 1767225600  # 2026-01-01T00:00Z, a cycle boundary
+
+
+def _write_series(path, stamps, kw=lambda i: 100 + i % 7):
+    with open(path, "w") as fh:
+        fh.write("timestamp,kw\n")
+        for i, s in enumerate(stamps):
+            fh.write(f"{s},{kw(i)}\n")
+
+
+def test_cli_refuses_a_non_positive_cycle_before_creating_output(tmp_path, capsys):
+    from ven.cli import main
+
+    src, out = tmp_path / "in.csv", tmp_path / "out.csv"
+    _write_series(src, [START + 900 * i for i in range(10)])
+    for bad in ("0", "-5", "nan"):
+        with pytest.raises(SystemExit) as exc:
+            main(["forecast-replay", "--csv", str(src), "--time-column", "timestamp", "--value-column", "kw",
+                  "--output", str(out), "--cycle-minutes", bad, "--fit-processes", "1"])
+        assert exc.value.code == 2
+        assert "--cycle-minutes: must be a positive number of minutes" in capsys.readouterr().err
+        assert not out.exists()
+    with pytest.raises(ValueError, match="cycle_minutes must be a positive"):
+        replay_csv(src, "timestamp", "kw", out, cycle_minutes=0)
+    assert not out.exists()
+
+
+def test_a_non_utf8_csv_is_refused_naming_line_and_byte(tmp_path, capsys):
+    from ven.cli import main
+
+    src, out = tmp_path / "latin1.csv", tmp_path / "out.csv"
+    src.write_bytes(b"timestamp,kw\n1767225600,5\xb0\n")
+    with pytest.raises(ReplayInputError, match=r"line 2, byte 13: 0xb0 is not UTF-8"):
+        replay_csv(src, "timestamp", "kw", out)
+    rc = main(["forecast-replay", "--csv", str(src), "--time-column", "timestamp", "--value-column", "kw",
+               "--output", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1 and "not UTF-8" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_a_utf8_bom_does_not_hide_the_first_column(tmp_path):
+    src = tmp_path / "bom.csv"
+    _write_series(src, [START + 900 * i for i in range(4)])
+    src.write_bytes(b"\xef\xbb\xbf" + src.read_bytes())
+    assert replay_csv(src, "timestamp", "kw", tmp_path / "out.csv", fit_processes=1)["cycles"] == 4
+
+
+@pytest.mark.timeout(30)
+def test_mistyped_timestamps_are_skipped_and_named(tmp_path):
+    """Epoch milliseconds, an overflowing or non-finite time among good rows: each is one bad row,
+    not a replay stepping 15 minutes at a time towards the year 57970."""
+    src, out = tmp_path / "typo.csv", tmp_path / "out.csv"
+    stamps: list = [START + 900 * i for i in range(40)]
+    bad = {3: "1767225600000", 10: "1e20", 17: "inf", 24: "nan", 31: "-1"}
+    for pos in sorted(bad):
+        stamps.insert(pos, bad[pos])
+    _write_series(src, stamps)
+    summary = replay_csv(src, "timestamp", "kw", out, fit_processes=1)
+    assert summary["skipped_rows"] == 5 and summary["cycles"] == 40 and summary["gaps_skipped"] == 0
+    notes = "\n".join(summary["notes"])
+    assert "line 5: time '1767225600000' is outside 1970-2100 (epoch milliseconds?" in notes
+    assert "line 12: time '1e20' is outside 1970-2100" in notes
+    assert "line 19: time 'inf' is not a finite time" in notes
+    assert "line 26: time 'nan' is not a finite time" in notes
+    assert "line 33: time '-1' is outside 1970-2100" in notes
+    rows = _rows(out)
+    assert len(rows) == 80 and rows[-1]["issued_at"] == "2026-01-01T09:45:00+00:00"
+
+
+@pytest.mark.timeout(30)
+def test_a_gap_longer_than_the_history_is_skipped_and_named(tmp_path):
+    src, out = tmp_path / "gap.csv", tmp_path / "out.csv"
+    after = START + 60 * 86400
+    _write_series(src, [START + 900 * i for i in range(20)] + [after + 900 * i for i in range(20)]
+                  + ["2062-01-01T00:00:00"])  # a mistyped year, sorted last
+    summary = replay_csv(src, "timestamp", "kw", out, fit_processes=1)
+    assert summary["gaps_skipped"] == 2 and summary["cycles"] == 41 and summary["accepted"] == 41
+    assert summary["notes"] == [
+        "line 21 (2026-01-01T04:45:00+00:00) to line 22 (2026-03-02T00:00:00+00:00): a gap of 59.8 days, "
+        "longer than the forecaster keeps history; not replayed",
+        "line 41 (2026-03-02T04:45:00+00:00) to line 42 (2062-01-01T00:00:00+00:00): a gap of 13088.8 days, "
+        "longer than the forecaster keeps history; not replayed"]
+    issued = sorted({r["issued_at"] for r in _rows(out)})
+    assert issued[19:22] == ["2026-01-01T04:45:00+00:00", "2026-03-02T00:00:00+00:00", "2026-03-02T00:15:00+00:00"]
+    # a gap the forecaster still remembers across is replayed cycle by cycle, as the gateway would live through it
+    _write_series(src, [START, START + 2 * 86400])
+    assert replay_csv(src, "timestamp", "kw", out, fit_processes=1)["cycles"] == 2 * 96 + 1
+
+
+def test_a_replay_with_nothing_to_replay_is_an_error_not_an_empty_file(tmp_path, capsys):
+    from ven.cli import main
+
+    src, out = tmp_path / "in.csv", tmp_path / "out.csv"
+    _write_series(src, ["nan", "nan"])
+    with pytest.raises(ReplayInputError, match=r"no usable rows .*line 2: time 'nan' is not a finite time"):
+        replay_csv(src, "timestamp", "kw", out)
+    _write_series(src, [START + 900 * i for i in range(5)], kw=lambda i: "nan")
+    with pytest.raises(ReplayInputError, match="none of the 5 rows in 'kw' holds a usable kW value"):
+        replay_csv(src, "timestamp", "kw", out, fit_processes=1)
+    assert not out.exists() and not list(tmp_path.glob(".out.csv*"))
+    out.write_text("an earlier result\n")
+    rc = main(["forecast-replay", "--csv", str(src), "--time-column", "timestamp", "--value-column", "kw",
+               "--output", str(out), "--fit-processes", "1"])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1 and "nothing to replay" in err
+    assert out.read_text() == "an earlier result\n"

@@ -6,17 +6,30 @@ import asyncio
 import signal
 import sys
 
-from .config import ConfigError, GatewayConfig, load_config
+from .config import ConfigError, GatewayConfig, check_bacnet_address, load_config
 
 EXIT_CONFIG = 2
+
+
+def _print_config_error(err: ConfigError) -> None:
+    # one line per problem, each self-contained, so a journal grep for the key finds the reason
+    for line in str(err).splitlines():
+        print(f"configuration error: {line}", file=sys.stderr)
 
 
 def _config_or_exit(path: str | None) -> GatewayConfig:
     try:
         return load_config(path)
     except ConfigError as err:
-        print(f"configuration error:\n{err}", file=sys.stderr)
+        _print_config_error(err)
         raise SystemExit(EXIT_CONFIG) from None
+
+
+def _bacnet_address(text: str) -> str:
+    try:
+        return check_bacnet_address(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 async def serve_until_signalled(main, duration: float | None = None) -> None:
@@ -83,9 +96,16 @@ def cmd_read_meter(args) -> int:
 
 def cmd_run(args) -> int:
     cfg = _config_or_exit(args.config)
+    from bacnet_api.client import ensure_port_free
+
     from .app import Gateway
     from .logs import setup_logging
 
+    try:  # the device probes again when it starts; this turns a busy port into a refusal, not a traceback
+        ensure_port_free(cfg.bacnet.address)
+    except OSError as err:
+        _print_config_error(ConfigError(f"bacnet.address: {err.strerror or err}"))
+        return EXIT_CONFIG
     setup_logging(cfg.log_level)
 
     async def main():
@@ -98,8 +118,8 @@ def cmd_run(args) -> int:
 
     try:
         asyncio.run(serve_until_signalled(main()))
-    except ConfigError as err:  # e.g. an HTTP address off loopback without a token
-        print(f"configuration error:\n{err}", file=sys.stderr)
+    except ConfigError as err:  # e.g. the HTTP port is taken
+        _print_config_error(err)
         return EXIT_CONFIG
     return 0
 
@@ -152,6 +172,8 @@ def cmd_forecast_replay(args) -> int:
     except (ReplayInputError, OSError) as err:
         print(f"forecast-replay: {err}", file=sys.stderr)
         return 1
+    for note in summary.pop("notes"):
+        print(f"forecast-replay: {note}", file=sys.stderr)
     print(" ".join(f"{k}={v}" for k, v in summary.items()))
     return 0
 
@@ -164,6 +186,16 @@ def _positive_int(text: str) -> int:
     if n < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
     return n
+
+
+def _positive_minutes(text: str) -> float:
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < x < float("inf"):  # also false for nan
+        raise argparse.ArgumentTypeError(f"must be a positive number of minutes, got {text}")
+    return x
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -185,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("read-meter", help="read the meter once and print the value or why it failed")
     p.add_argument("--config", required=True, metavar="FILE")
-    p.add_argument("--bind", default="", metavar="IP/MASK:PORT",
+    p.add_argument("--bind", default=None, type=_bacnet_address, metavar="IP/MASK:PORT",
                    help="local BACnet address for this one read (default: bacnet.address; "
                         "use another port while the gateway runs)")
     p.set_defaults(func=cmd_read_meter)
@@ -225,11 +257,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", required=True)
     p.add_argument("--time-column", required=True)
     p.add_argument("--value-column", required=True)
-    p.add_argument("--cycle-minutes", type=float, default=15.0)
+    p.add_argument("--cycle-minutes", type=_positive_minutes, default=15.0,
+                   help="simulated minutes between forecasts (default 15). A gap in the data longer than "
+                        "the forecaster keeps history (44 days by default) is not replayed: the replay "
+                        "resumes after it and names the gap, as it names the rows it skips")
     p.add_argument("--output", required=True)
     p.add_argument("--config", default=None, metavar="FILE",
                    help="take the [forecaster] settings (thresholds, time zone, holidays...) from this file")
-    p.add_argument("--retrain-minutes", type=float, default=None, help="refit interval in simulated time")
+    p.add_argument("--retrain-minutes", type=_positive_minutes, default=None,
+                   help="refit interval in simulated time")
     p.add_argument("--fit-processes", type=_positive_int, default=None, metavar="N",
                    help="processes that fit the horizons side by side (default: one per horizon, "
                         "at most one per core; 1 fits in this process)")

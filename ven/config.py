@@ -5,9 +5,12 @@ key or a wrong type is an error that names the key, so a typo never silently fal
 """
 from __future__ import annotations
 
+import copy
 import ipaddress
 import os
+import re
 import tomllib
+import urllib.parse
 from pathlib import Path
 from typing import Literal, Mapping
 
@@ -33,10 +36,47 @@ def is_loopback_host(host: str) -> bool:
         return False  # a host name other than localhost may resolve anywhere
 
 
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def _is_host(host: str) -> bool:
+    """An IP literal or a DNS name: a value such as "http://127.0.0.1" must fail here, not at bind time."""
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    labels = host.removesuffix(".").split(".")
+    # an all-digit last label is a mistyped IPv4 address (300.1.1.1), never a resolvable name
+    return all(_HOST_LABEL.fullmatch(label) for label in labels) and not labels[-1].isdigit()
+
+
 def _host_port(value: str, what: str) -> str:
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{what} must look like host:port, got {value!r}")
+    if (not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536
+            or not _is_host(host)):
+        raise ValueError(f"{what} must look like host:port (no scheme or path), got {value!r}")
+    return value
+
+
+def check_bacnet_address(value: str) -> str:
+    """Raise ValueError unless `value` is an ip/mask:port a BACnet/IP stack can bind to."""
+    ip_mask, sep, port = value.rpartition(":")
+    mask = ip_mask.partition("/")[2]
+    if not sep or "/" not in ip_mask or not (port.isascii() and port.isdigit()):
+        raise ValueError(f"must look like ip/mask:port, e.g. 127.0.0.1/8:47808, got {value!r}")
+    try:
+        ipaddress.IPv4Interface(ip_mask)
+    except ValueError as err:
+        raise ValueError(f"{value!r}: {err}") from None
+    # BAC0 reads the mask with int() and treats 0 as "not given": 255.0.0.0 or /0 would silently
+    # become /24 on the default port
+    if not (mask.isascii() and mask.isdigit()) or not 1 <= int(mask) <= 32:
+        raise ValueError(f"{value!r}: the mask must be a prefix length 1..32, e.g. /24")
+    if not 0 < int(port) < 65536:
+        raise ValueError(f"{value!r}: port must be 1..65535")
     return value
 
 
@@ -50,10 +90,7 @@ class BacnetConfig(_Section):
     @field_validator("address")
     @classmethod
     def _address(cls, v: str) -> str:
-        ip, sep, port = v.partition(":")
-        if not sep or not port.isdigit() or "/" not in ip:
-            raise ValueError(f"must look like ip/mask:port, e.g. 127.0.0.1/8:47808, got {v!r}")
-        return v
+        return check_bacnet_address(v)
 
     @model_validator(mode="after")
     def _bounds(self) -> "BacnetConfig":
@@ -73,9 +110,33 @@ class MeterConfig(_Section):
     @field_validator("object")
     @classmethod
     def _object(cls, v: str) -> str:
-        kind, _, inst = v.replace(":", " ").partition(" ")
-        if not kind or not inst.strip().isdigit():
+        # imported here: bacpypes3 takes about 0.2 s to import, which `edge-gateway --help` should not pay
+        from bacpypes3.primitivedata import ObjectIdentifier, ObjectType
+
+        from bacnet_api.client import object_id  # the parse the meter reader applies
+
+        kind, _, inst = object_id(v).partition(",")
+        if not kind or not inst:
             raise ValueError(f"must look like 'analogInput 2', got {v!r}")
+        try:
+            ObjectType(kind)
+        except ValueError:
+            raise ValueError(f"unknown BACnet object type {kind!r} (e.g. analogInput, analogValue)") from None
+        try:
+            ObjectIdentifier(f"{kind},{inst}")
+        except ValueError:
+            raise ValueError(f"instance must be a whole number 0..4194302, got {v!r}") from None
+        return v
+
+    @field_validator("property")
+    @classmethod
+    def _property(cls, v: str) -> str:
+        from bacpypes3.basetypes import PropertyIdentifier
+
+        try:
+            PropertyIdentifier(v)
+        except ValueError:
+            raise ValueError(f"unknown BACnet property {v!r} (e.g. presentValue)") from None
         return v
 
     @field_validator("router")
@@ -104,12 +165,26 @@ class OpenadrConfig(_Section):
     def _url(cls, v: str) -> str:
         if not v.startswith(("http://", "https://")):
             raise ValueError(f"must start with http:// or https://, got {v!r}")
+        try:
+            url = urllib.parse.urlsplit(v)
+            _ = url.port  # urlsplit checks the port only when it is read
+        except ValueError as err:
+            raise ValueError(f"{v!r}: {err}") from None
+        if not url.hostname or not _is_host(url.hostname):
+            raise ValueError(f"needs a host, e.g. http://vtn.example:8080/OpenADR2/Simple/2.0b, got {v!r}")
         return v
 
     @model_validator(mode="after")
     def _tls_pair(self) -> "OpenadrConfig":
         if bool(self.cert) != bool(self.key):
             raise ValueError("cert and key must be given together")
+        return self
+
+    @model_validator(mode="after")
+    def _retry_bounds(self) -> "OpenadrConfig":
+        if self.retry_min_seconds > self.retry_max_seconds:
+            raise ValueError(f"retry_min_seconds ({self.retry_min_seconds:g}) must not exceed "
+                             f"retry_max_seconds ({self.retry_max_seconds:g})")
         return self
 
 
@@ -199,29 +274,60 @@ class GatewayConfig(_Section):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
-def _env_value(raw: str) -> object:
-    """Read an environment value as a TOML literal (numbers, booleans, lists), else as a string."""
+def _field_type(path: list[str]) -> object:
+    """The annotation of the key at `path` (e.g. ["http", "token"] -> str), None if there is no such key."""
+    model: type[BaseModel] = GatewayConfig
+    for part in path[:-1]:
+        field = model.model_fields.get(part)
+        sub = field.annotation if field else None
+        if not (isinstance(sub, type) and issubclass(sub, BaseModel)):
+            return None
+        model = sub
+    field = model.model_fields.get(path[-1])
+    return field.annotation if field else None
+
+
+def _env_value(raw: str, annotation: object) -> object:
+    """A string key takes the variable's text as is (a token 123456 stays a string); any other key
+    reads it as a TOML literal (numbers, booleans, lists), else as a string."""
+    if annotation is str:
+        return raw
     try:
         return tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         return raw
 
 
-def _apply_env(data: dict, environ: Mapping[str, str]) -> dict:
+def _apply_env(data: dict, environ: Mapping[str, str]) -> tuple[dict, dict[tuple[str, ...], str]]:
+    """Overlay the EDGE_GATEWAY__* variables; also return which key each variable set."""
+    sources: dict[tuple[str, ...], str] = {}
     for name, raw in environ.items():
         if not name.startswith(ENV_PREFIX):
             continue
         path = [p.lower() for p in name[len(ENV_PREFIX):].split("__") if p]
+        if not path:
+            raise ConfigError(f"{name}: names no key (use {ENV_PREFIX}<SECTION>__<KEY>)")
         node = data
         for part in path[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"{name}: {'.'.join(path)} is not a table key")
-        node[path[-1]] = _env_value(raw)
-    return data
+        node[path[-1]] = _env_value(raw, _field_type(path))
+        sources[tuple(path)] = name
+    return data, sources
 
 
-def _describe(err: ValidationError, origin: str) -> str:
+def _origin_of(loc: tuple, origin: str, sources: Mapping[tuple[str, ...], str]) -> str:
+    """Name the environment variable when the bad value came from one, so the operator looks there."""
+    for path, name in sources.items():
+        if loc[:len(path)] == path:
+            return name
+    # a section-level check (e.g. retry_min <= retry_max) may have been fed by a variable
+    feeding = [name for path, name in sources.items() if path[:len(loc)] == loc]
+    return ", ".join([origin, *feeding])
+
+
+def _describe(err: ValidationError, origin: str, sources: Mapping[tuple[str, ...], str]) -> str:
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
@@ -230,16 +336,17 @@ def _describe(err: ValidationError, origin: str) -> str:
             msg = "unknown key"
         elif "input" in e and e["type"].endswith("_type"):
             msg = f"{msg} (got {type(e['input']).__name__} {e['input']!r})"
-        lines.append(f"{origin}: {key}: {msg}")
+        lines.append(f"{_origin_of(tuple(e['loc']), origin, sources)}: {key}: {msg}")
     return "\n".join(lines)
 
 
 def parse_config(data: dict, origin: str = "config", environ: Mapping[str, str] | None = None) -> GatewayConfig:
-    data = _apply_env(dict(data), os.environ if environ is None else environ)
+    # deep copy: the overlay writes into nested tables, which belong to the caller
+    data, sources = _apply_env(copy.deepcopy(data), os.environ if environ is None else environ)
     try:
         return GatewayConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_describe(err, origin)) from None
+        raise ConfigError(_describe(err, origin, sources)) from None
 
 
 def load_config(path: str | os.PathLike | None, environ: Mapping[str, str] | None = None) -> GatewayConfig:
@@ -253,6 +360,9 @@ def load_config(path: str | os.PathLike | None, environ: Mapping[str, str] | Non
         raise ConfigError(f"{p}: no such file") from None
     except OSError as err:
         raise ConfigError(f"{p}: cannot read: {err.strerror}") from None
+    except UnicodeDecodeError as err:  # e.g. saved as Latin-1 by an editor; TOML is UTF-8 only
+        bad = err.object[err.start]
+        raise ConfigError(f"{p}: not UTF-8 (byte 0x{bad:02x} at position {err.start})") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
