@@ -269,7 +269,11 @@ def replay_csv(csv_path, time_column: str, value_column: str, output_path, cycle
 
     out = Path(output_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    part = out.with_name(f".{out.name}.partial")
+    # A pipe or device (--output /dev/stdout) is written as it goes; a file, or the file a symlink
+    # names, is written beside itself and renamed into place once the replay has succeeded.
+    direct = os.path.exists(out) and not os.path.isfile(out)
+    target = Path(os.path.realpath(out))
+    part = target if direct else target.with_name(f".{target.name}.partial")
     try:
         with part.open("w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh)
@@ -285,9 +289,11 @@ def replay_csv(csv_path, time_column: str, value_column: str, output_path, cycle
             raise ReplayInputError(f"{csv_path}: none of the {len(times)} rows in {value_column!r} holds a "
                                    "usable kW value (non-finite or outside the forecaster's min_kw..max_kw); "
                                    "nothing to replay")
-        os.replace(part, out)
+        if not direct:
+            os.replace(part, target)
     except BaseException:
-        part.unlink(missing_ok=True)
+        if not direct:
+            part.unlink(missing_ok=True)
         raise
     summary["skipped_rows"] = skipped
     summary["output"] = str(out)

@@ -186,6 +186,14 @@ def test_env_string_keys_take_the_text_as_is(tmp_path):
                                   "EDGE_GATEWAY__BACNET__DEVICE_ID": "42"})
     assert cfg.http.token == "123456" and cfg.bacnet.device_name == "4711" and cfg.openadr.ven_name == "true"
     assert cfg.bacnet.device_id == 42  # other keys still read numbers
+    quoted = load_config(p, environ={"EDGE_GATEWAY__HTTP__TOKEN": '"123456"'})
+    assert quoted.http.token == "123456"  # the way such a token had to be passed before, still read so
+
+
+def test_container_names_with_underscores_are_hosts(tmp_path):
+    cfg = load_config(_write(tmp_path, '[openadr]\nvtn_url = "http://edgegateway_vtn_1:8080/OpenADR2/Simple/2.0b"\n'
+                                       '[meter]\nrouter = "bacnet_router:47808"\n'), environ={})
+    assert cfg.openadr.vtn_url.startswith("http://edgegateway_vtn_1:") and cfg.meter.router == "bacnet_router:47808"
 
 
 def test_env_error_names_the_variable(tmp_path):

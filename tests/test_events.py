@@ -86,3 +86,14 @@ def test_ramp_up_as_openleadr_parses_it_makes_the_event_near():
     assert ev.ramp_up == timedelta(minutes=10)
     assert ev.phase(T0 + timedelta(minutes=5)) == "near"
     assert ev.phase(T0 - timedelta(minutes=5)) == "far"
+
+
+def test_a_cancellation_stored_before_unlisted_existed_can_be_reinstated():
+    import json
+    ev = from_openleadr(raw_event(status="cancelled"), T0)
+    old = json.loads(ev.to_json())
+    del old["unlisted"]                       # a file written before the key existed
+    assert Event.from_json(json.dumps(old)).unlisted
+    live = json.loads(from_openleadr(raw_event(), T0).to_json())
+    del live["unlisted"]
+    assert not Event.from_json(json.dumps(live)).unlisted

@@ -312,6 +312,34 @@ async def test_read_only_storage_works_from_memory_then_writes_the_file_once_it_
     assert "Traceback" not in text, text
 
 
+@pytest.mark.timeout(90)
+async def test_opt_out_commands_in_a_file_that_opens_late_are_restored_then(tmp_path, free_udp_port, free_tcp_port):
+    # The BAS commanded ADR-Opt-Out before a restart; at the restart the mount is read-only.
+    bacnet_port, meter_port, vtn_port, http_port = free_udp_port(), free_udp_port(), free_tcp_port(), free_tcp_port()
+    log_path = tmp_path / "gateway.log"
+    gw, opt_out = f"127.0.0.1:{bacnet_port}", P.BY_NAME[P.OPT_OUT].object_id
+    with tmpfs(tmp_path / "ro", "rw,size=8m") as ro:
+        storage = ro / "gw.sqlite"
+        kept = Storage(storage)
+        kept.save_value("bacnet_commands:ADR-Opt-Out", '{"8": true}')
+        kept.close()
+        remount(ro, "ro")
+        config = tmp_path / "gw.toml"
+        write_storage_config(config, bacnet_port, meter_port, vtn_port, http_port, storage)
+        async with DemoVtn(vtn_port, poll_seconds=1) as vtn, BacnetPeer(free_udp_port(), timeout=1.0) as peer:
+            with GatewayProcess(config, log_path):
+                await eventually(lambda: vtn.vens, 30, f"registration\n{log_path.read_text()}")
+                assert await peer.read(gw, opt_out, "presentValue") == "inactive"   # nothing readable yet
+                remount(ro, "rw")
+
+                async def restored():
+                    return await peer.read(gw, opt_out, "priorityArray") == [None] * 7 + [1] + [None] * 8
+                await eventually(restored, 30, "the priority-8 command once the file opens")
+                eid = vtn.add_event([1], start=datetime.now(timezone.utc) + timedelta(minutes=5), interval_seconds=60)
+                await eventually(lambda: vtn.opts_for(eid) == ["optOut"], 10, "a new event answered optOut")
+    assert "ADR-Opt-Out commands restored" in log_path.read_text()
+
+
 @pytest.mark.timeout(60)
 async def test_disk_full_mid_run_keeps_serving_and_loses_no_telemetry(tmp_path, free_udp_port, free_tcp_port):
     bacnet_port, meter_port, vtn_port = free_udp_port(), free_udp_port(), free_tcp_port()

@@ -209,3 +209,24 @@ def test_a_replay_with_nothing_to_replay_is_an_error_not_an_empty_file(tmp_path,
     err = capsys.readouterr().err
     assert rc == 1 and err.count("\n") == 1 and "nothing to replay" in err
     assert out.read_text() == "an earlier result\n"
+
+
+def test_output_to_a_pipe_or_through_a_symlink(tmp_path):
+    import os
+    import threading
+
+    src = tmp_path / "in.csv"
+    _write_series(src, [START + 900 * i for i in range(10)])
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()))
+    reader.start()
+    replay_csv(src, "timestamp", "kw", fifo, fit_processes=1)
+    reader.join(10)
+    assert got and got[0].count("\n") == 1 + 2 * 10          # written through the pipe, as it went
+    target, link = tmp_path / "target.csv", tmp_path / "link.csv"
+    target.write_text("old\n")
+    link.symlink_to(target)
+    replay_csv(src, "timestamp", "kw", link, fit_processes=1)
+    assert link.is_symlink() and len(_rows(target)) == 2 * 10  # the file it names is replaced, not the link

@@ -238,15 +238,20 @@ async def test_restart_restores_level_without_vtn_and_keeps_the_random_offset(tm
         await server.stop()
 
 
-async def test_a_failed_report_registration_registers_again_and_telemetry_flows(tmp_path, free_tcp_port):
+async def test_a_failing_report_offer_is_offered_again_while_events_flow(tmp_path, free_tcp_port):
     # openleadr carries on after a failed oadrRegisterReport: the VTN would never request telemetry.
+    # A VTN whose report service fails must still get its events through.
     async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
-        server.fail_next("oadrRegisterReport")
+        server.fail_next("oadrRegisterReport", times=3)
         async with running(tmp_path, server.url) as gw:
-            await until(lambda: gw.vtn.connected and gw.vtn.status()["report_request_id"], 10, "telemetry requested")
-            assert server.registrations == 2
+            await until(lambda: gw.vtn.connected, 10, "registration")
+            assert not gw.vtn.status()["report_offered"]
+            a = server.add_event([2], now() - timedelta(seconds=1), 60)
+            await until(lambda: gw.level == 2.0 and server.opts_for(a) == ["optIn"], 5, "events while the offer fails")
             gw.vtn.record_sample(now(), 12.5)
-            await until(lambda: [r[4] for r in server.reports] == [12.5], 5, "the sample reported")
+            await until(lambda: gw.vtn.status()["report_request_id"], 10, "telemetry requested once the offer is taken")
+            await until(lambda: [r[4] for r in server.reports] == [12.5], 5, "the queued sample reported")
+            assert server.registrations == 1
 
 
 async def test_a_failed_answer_to_an_event_is_sent_again(tmp_path, free_tcp_port):

@@ -102,7 +102,8 @@ class Gateway:
         c = self.config
         log.info("edge-gateway %s starting: device %d on %s", __version__, c.bacnet.device_id, c.bacnet.address)
         await self._start(self.device)
-        await self._restore_opt_out()
+        await self._restore_opt_out(self.storage.load_value(OPT_OUT_COMMANDS))
+        self.storage.on_late_open = self._storage_opened_late
         self.device.on_write(P.INPUT_POWER, self._on_input_power)
         self.device.on_write(P.OPT_OUT, self._on_opt_out)
         await self._start(self.schedule)
@@ -161,14 +162,18 @@ class Gateway:
         self.storage.save_value(OPT_OUT_COMMANDS, json.dumps(self.device.commands(P.OPT_OUT)))
         self.vtn.set_opt_out(opted_out)  # updates the schedule too
 
-    async def _restore_opt_out(self) -> None:
-        saved = self.storage.load_value(OPT_OUT_COMMANDS)
+    def _storage_opened_late(self, values: dict[str, str]) -> None:
+        saved = values.get(OPT_OUT_COMMANDS)  # absent when the BAS wrote the point meanwhile: its write wins
+        if saved:
+            self._late_restore = asyncio.get_running_loop().create_task(self._restore_opt_out(saved, late=True))
+
+    async def _restore_opt_out(self, saved: str | None, late: bool = False) -> None:
         if not saved:
             return
         try:
-            commands = {int(priority): bool(value) for priority, value in json.loads(saved).items()}
-            if not all(1 <= p <= 16 for p in commands):
-                raise ValueError("priority outside 1..16")
+            commands = {int(priority): value for priority, value in json.loads(saved).items()}
+            if not all(1 <= p <= 16 and isinstance(v, bool) for p, v in commands.items()):
+                raise ValueError("priorities 1..16 with true or false expected")
         except (ValueError, TypeError, AttributeError) as err:
             log.warning("stored ADR-Opt-Out commands %r unreadable (%s): the point starts relinquished", saved, err)
             return
@@ -177,6 +182,8 @@ class Gateway:
             log.info("ADR-Opt-Out commands restored from before the restart: %s -> %s",
                      ", ".join(f"{'active' if v else 'inactive'} at priority {p}" for p, v in sorted(commands.items())),
                      "active" if self.device.get(P.OPT_OUT) else "inactive")
+        if late and self.device.get(P.OPT_OUT):
+            self.vtn.set_opt_out(True)  # at start-up, start() does this before the VTN session
 
     def _on_schedule(self, state: ScheduleState) -> None:
         self.device.set(P.EVENT_LEVEL, float(state.level))

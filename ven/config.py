@@ -36,7 +36,8 @@ def is_loopback_host(host: str) -> bool:
         return False  # a host name other than localhost may resolve anywhere
 
 
-_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+# underscores too: not valid in DNS host names, but container names (edgegateway_vtn_1) resolve
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
 
 
 def _is_host(host: str) -> bool:
@@ -291,6 +292,12 @@ def _env_value(raw: str, annotation: object) -> object:
     """A string key takes the variable's text as is (a token 123456 stays a string); any other key
     reads it as a TOML literal (numbers, booleans, lists), else as a string."""
     if annotation is str:
+        # a quoted value was the way to pass such a token before; keep reading it as TOML's string
+        if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "\"'":
+            try:
+                return tomllib.loads(f"v = {raw}")["v"]
+            except tomllib.TOMLDecodeError:
+                pass
         return raw
     try:
         return tomllib.loads(f"v = {raw}")["v"]

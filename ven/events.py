@@ -136,7 +136,10 @@ class Event:
                    start_offset=timedelta(seconds=d["start_offset"]),
                    received_at=datetime.fromisoformat(d["received_at"]), opt=d["opt"],
                    start_after=timedelta(seconds=d.get("start_after", 0)),
-                   ramp_up=timedelta(seconds=d.get("ramp_up", 0)), unlisted=bool(d.get("unlisted", False)))
+                   ramp_up=timedelta(seconds=d.get("ramp_up", 0)),
+                   # files from before "unlisted": a VTN's own cancellation is listed as cancelled again,
+                   # so taking every cancellation as possibly implied only lets a live copy reinstate it
+                   unlisted=bool(d.get("unlisted", d["status"] == "cancelled")))
 
     def describe(self, now: datetime) -> dict:
         """JSON-ready view for the status API."""

@@ -11,6 +11,7 @@ import os
 import sqlite3
 import time
 from pathlib import Path
+from typing import Callable
 
 from .events import Event
 
@@ -99,6 +100,8 @@ class Storage:
         self._unsaved: dict[str, Event | None] = {}     # event_id -> event to write, None: to delete
         self._unsaved_values: dict[str, str] = {}
         self._found: list[Event] = []
+        # called with the kv values the file held when it opened after the start (memory's win)
+        self.on_late_open: Callable[[dict[str, str]], None] | None = None
         self.write_error: str | None = None
         self._reopen: ReopenTimer | None = None
         try:
@@ -128,9 +131,16 @@ class Storage:
             return False
         # what memory changed wins over what the file held
         self._found = [ev for ev in self.load_events() if ev.event_id not in self._unsaved]
+        values = {k: v for k, v in self.conn.execute("SELECT key, value FROM kv")
+                  if k not in self._unsaved_values}
         log.info("storage.path %s: opened; %d event change(s) kept in memory go to it, %d event(s) read "
                  "from it", self.path, len(self._unsaved) + len(self._unsaved_values), len(self._found))
         self.write_error = None
+        if self.on_late_open is not None:
+            try:
+                self.on_late_open(values)
+            except Exception:  # the owner's bug must not keep the file closed
+                log.exception("storage on_late_open callback failed")
         return True
 
     def take_found(self) -> list[Event]:

@@ -142,6 +142,9 @@ class VtnClient:
         self._report_specifier_id = f"{config.ven_name}-telemetry"
         self._r_id = config.report_resource_id
         self._report_request_id: str | None = None
+        self._reports_offered = False
+        self._offer_backoff = 0.0
+        self._next_offer = 0.0
         self._tasks: list[asyncio.Task] = []
         self._wake_delivery: asyncio.Event | None = None
         self._lost: asyncio.Event | None = None
@@ -211,6 +214,7 @@ class VtnClient:
             "ven_id": self.ven_id,
             "registration_id": self.registration_id,
             "report_request_id": self._report_request_id,
+            "report_offered": self._reports_offered,
             "last_poll": self.last_poll.isoformat() if self.last_poll else None,
             "last_error": self.last_error,
             "registration_failures": self.registration_failures,
@@ -315,17 +319,12 @@ class VtnClient:
             self.last_error = client.last_error or "VTN refused the registration (no registrationID)"
             return False
         self.ven_id, self.registration_id = client.ven_id, client.registration_id
-        await client.register_reports(client.reports)
-        if client.last_error:   # openleadr carries on regardless; telemetry would never be requested
-            self.last_error = f"report registration failed: {client.last_error}"
-            return False
-        for rr in client.report_requests:
-            if rr["report_specifier_id"] == self._report_specifier_id:
-                self._report_request_id = rr["report_request_id"]
+        offered = await self._offer_reports(client)
         log.info("registered with VTN %s: venID %s, registrationID %s, poll every %s s, telemetry %s",
                  self._cfg.vtn_url, self.ven_id, self.registration_id,
                  client.poll_frequency.total_seconds(),
-                 "requested" if self._report_request_id else "not requested by the VTN")
+                 "requested" if self._report_request_id else "not requested by the VTN" if offered else
+                 f"offer failed ({client.last_error}): events are served, samples queue, the offer is retried")
         rtype, payload = await client.request_event()
         if rtype is None:
             self.last_error = client.last_error
@@ -333,6 +332,23 @@ class VtnClient:
         if rtype == "oadrResponse" and _response_code(payload) == 200:
             self._schedule.retain_only(())     # the VTN lists no events for us
         await self._dispatch(rtype, payload)
+        return True
+
+    async def _offer_reports(self, client: _Client) -> bool:
+        """oadrRegisterReport. openleadr carries on after a failed one, and the VTN would then never
+        request telemetry: the session offers again (backing off) while events keep flowing."""
+        await client.register_reports(client.reports)
+        loop = asyncio.get_running_loop()
+        if client.last_error:
+            self._offer_backoff = (self._cfg.retry_min_seconds if self._reports_offered or not self._offer_backoff
+                                   else min(self._offer_backoff * 2, self._cfg.retry_max_seconds))
+            self._next_offer = loop.time() + self._offer_backoff
+            self._reports_offered = False
+            return False
+        self._reports_offered, self._offer_backoff = True, 0.0
+        for rr in client.report_requests:
+            if rr["report_specifier_id"] == self._report_specifier_id:
+                self._report_request_id = rr["report_request_id"]
         return True
 
     async def _session(self) -> None:
@@ -353,6 +369,11 @@ class VtnClient:
             if self._lost.is_set():
                 return
             await self._send_opts()
+            if not self._reports_offered and asyncio.get_running_loop().time() >= self._next_offer:
+                if await self._offer_reports(client):
+                    log.info("VTN took the telemetry report offer: telemetry %s",
+                             "requested" if self._report_request_id else "not requested yet")
+                    self._wake_delivery.set()
             rtype, payload = await client.poll()
             if rtype is None or _response_code(payload) not in (None, 200):
                 self.poll_failures += 1

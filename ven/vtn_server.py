@@ -133,18 +133,20 @@ class DemoVtn:
         if ven_id in self.vens:
             self.vens[ven_id]["registration_id"] = None
 
-    def fail_next(self, message_type: str) -> None:
-        """Answer the VEN's next `message_type` (e.g. "oadrRegisterReport") with HTTP 500, as a VTN
-        with a passing fault would."""
+    def fail_next(self, message_type: str, times: int = 1) -> None:
+        """Answer the VEN's next `times` `message_type`s (e.g. "oadrRegisterReport") with HTTP 500, as
+        a VTN with a passing (or, with a large `times`, a lasting) fault would."""
         for service in self._server.services.values():
             handlers = getattr(service, "handlers", {})
             if message_type in handlers:
-                real = handlers[message_type]
+                real, left = handlers[message_type], [times]
 
-                async def once(*args, handlers=handlers, real=real, **kwargs):
-                    handlers[message_type] = real
+                async def failing(*args, handlers=handlers, real=real, **kwargs):
+                    left[0] -= 1
+                    if left[0] <= 0:
+                        handlers[message_type] = real
                     raise RuntimeError(f"demo VTN: {message_type} failed on purpose")
-                handlers[message_type] = once
+                handlers[message_type] = failing
                 return
         raise KeyError(f"the demo VTN handles no {message_type}")
 
