@@ -158,6 +158,11 @@ class GatewayDevice:
         return self._bacnet.this_application.app
 
     @property
+    def input_bounds(self) -> tuple[float, float]:
+        """input-power-meter's bounds as a written Real is compared with them (float32)."""
+        return float32(self.input_min), float32(self.input_max)
+
+    @property
     def running(self) -> bool:
         return self._bacnet is not None
 
@@ -180,7 +185,7 @@ class GatewayDevice:
             cls = CommandableAnalogValue if point.kind == "analogValue" else CommandableBinaryValue
             obj = cls(presentValue=initial, relinquishDefault=initial, **common)
             if point.kind == "analogValue":
-                obj._low, obj._high = float32(self.input_min), float32(self.input_max)
+                obj._low, obj._high = self.input_bounds
             obj._on_accepted = lambda value, p=point: self._accepted(p, value)
         elif point.access == "read-only":
             cls = ReadOnlyAnalogValue if point.kind == "analogValue" else ReadOnlyBinaryValue

@@ -289,10 +289,12 @@ class DemandForecaster:
             d = d[np.isfinite(d)]
             # Percentiles of under a day of history would call every afternoon a peak.
             if d.size >= 96:
-                if hi is None:
-                    hi = float(np.percentile(d, self.high_percentile))
-                if lo is None:
-                    lo = float(np.percentile(d, self.low_percentile))
+                p_hi, p_lo = (float(np.percentile(d, q)) for q in (self.high_percentile, self.low_percentile))
+                # A flat history (a stuck meter, a site idle most of the time) has no peak and no valley:
+                # with both at one number, both flags would ask the BAS to shed and to charge at once.
+                if p_hi > p_lo:
+                    hi = p_hi if hi is None else hi
+                    lo = p_lo if lo is None else lo
         self._thresholds = (slot, hi, lo)
         return hi, lo
 

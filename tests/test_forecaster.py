@@ -231,6 +231,19 @@ def test_percentile_thresholds_from_trailing_days():
     assert fixed.predict(t[-1]).high_threshold_kw == 250.0
 
 
+def test_a_flat_history_has_no_peak_and_no_valley():
+    # a stuck meter: the 10th and 90th percentiles are one number, and both flags would be on at once
+    fc = DemandForecaster(threshold_days=1, min_on_minutes=0, min_off_minutes=0)
+    t = T0 + np.arange(0, 2 * 86400, 60.0)
+    fc.seed(t, np.full(t.size, 100.0))
+    f = fc.predict(t[-1])
+    assert f.high_threshold_kw is None and f.low_threshold_kw is None
+    assert not f.high_load and not f.low_load
+    fixed = DemandForecaster(threshold_days=1, high_load_kw=90.0)   # a configured threshold still serves
+    fixed.seed(t, np.full(t.size, 100.0))
+    assert fixed.predict(t[-1]).high_load
+
+
 def test_calendar_kinds_and_italian_holidays():
     cal = Calendar("UTC", "IT")
     day = lambda s: (dt.date.fromisoformat(s) - dt.date(1970, 1, 1)).days  # noqa: E731

@@ -153,3 +153,33 @@ async def test_operator_api_reflects_the_running_gateway(system):
         assert any(e.get("level") == 2 or e.get("level") == 2.0 for e in history["events"]), history["events"]
         async with http.post(f"{base}/api/status") as r:
             assert r.status == 405  # read-only
+
+
+async def test_a_bas_value_at_the_bound_feeds_the_forecast_and_no_forecast_is_a_fault(
+        tmp_path, free_udp_port, free_tcp_port):
+    cfg = parse_config({
+        "bacnet": {"address": f"127.0.0.1/8:{free_udp_port()}", "device_id": 500002,
+                   "input_min_kw": -999.9, "input_max_kw": 999.9},
+        "meter": {"address": "127.0.0.1:9", "poll_seconds": 1.0, "timeout_seconds": 0.5},
+        "openadr": {"vtn_url": f"http://127.0.0.1:{free_tcp_port()}/OpenADR2/Simple/2.0b"},
+        "storage": {"path": str(tmp_path / "gw.sqlite")},
+        "http": {"enabled": False},
+        "forecaster": {"cycle_seconds": 0.2, "source": "bacnet_input"},
+    }, "test", environ={})
+    gateway = Gateway(cfg)
+    await gateway.start()
+    try:
+        async with BacnetPeer(free_udp_port()) as peer:
+            gw = cfg.bacnet.address.replace("/8", "")
+            # 999.9 travels as the Real 999.9000244: the device takes it, so must the forecaster
+            assert await peer.write(gw, P.BY_NAME[P.INPUT_POWER].object_id, "presentValue", 999.9, priority=8) is None
+            await eventually(lambda: not gateway.device.status_flags(P.FIFTEEN_MIN_FORECAST)["fault"], 10, "forecast")
+            assert await read(peer, gw, P.FIFTEEN_MIN_FORECAST) == pytest.approx(999.9, abs=0.01)
+            assert gateway.forecast.status()["rejected_samples"] == 0
+            # 20 minutes on with nothing new: no forecast. The old one stays readable, flagged.
+            gateway.forecast._clock = lambda: time.time() + 1200
+            for name in (P.FIFTEEN_MIN_FORECAST, P.ONE_HOUR_FORECAST, P.RATE_OF_CHANGE):
+                await eventually(lambda name=name: gateway.device.status_flags(name)["fault"], 5, f"{name} fault")
+            assert await peer.read(gw, P.BY_NAME[P.FIFTEEN_MIN_FORECAST].object_id, "statusFlags") == [0, 1, 0, 0]
+    finally:
+        await gateway.stop()

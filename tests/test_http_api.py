@@ -377,3 +377,21 @@ def test_build_history_from_forecaster_store_shape():
     json.dumps(to_json(h), allow_nan=False)
     empty = build_history(now, 24, {"power": {"time": [], "kw": []}, "forecasts": {}, "flags": {}})
     assert len(empty["minutes"]) == 1440 and set(empty["power_kw"]) == {None} and empty["events"] == []
+
+
+def test_history_puts_a_power_in_the_minute_it_was_measured(tmp_path):
+    # The forecaster's store keys a minute by its end: a sample at 01:49:20 is minute 01:49-01:50,
+    # and the chart's minute 01:49 (its start) must show it, the current minute included.
+    from forecaster import DemandForecaster
+    from forecaster.store import ForecastStore
+    from ven.http_api import build_history
+
+    now = 1_795_312_230.0  # 01:50:30: the current minute starts 01:50
+    fc = DemandForecaster()
+    fc.add_sample(now - 70, 100.0)   # 01:49:20
+    fc.add_sample(now - 10, 120.0)   # 01:50:20, the minute in progress
+    store = ForecastStore(str(tmp_path / "h.sqlite"))
+    store.save_minutes(*fc.drain_dirty())
+    h = build_history(now, 0.1, store.history(now - 3600))
+    assert h["minutes"][-2:] == [now - 90, now - 30]
+    assert h["power_kw"][-2:] == [100.0, 120.0]

@@ -78,8 +78,8 @@ class Gateway:
         from .forecast_service import ForecastService
 
         c = self.config
-        return ForecastService(c.forecaster, c.storage.path, publish=self._on_forecast,
-                               min_kw=c.bacnet.input_min_kw, max_kw=c.bacnet.input_max_kw)
+        low, high = self.device.input_bounds  # as the device compares them: what it takes, the forecaster takes
+        return ForecastService(c.forecaster, c.storage.path, publish=self._on_forecast, min_kw=low, max_kw=high)
 
     @functools.cached_property
     def vtn(self) -> "VtnClient":
@@ -206,15 +206,21 @@ class Gateway:
         short, long = self.config.forecaster.horizons_minutes
         for horizon, name in ((short, P.FIFTEEN_MIN_FORECAST), (long, P.ONE_HOUR_FORECAST)):
             kw = f.demand_kw.get(horizon)
+            self._set_or_fault(name, kw)
             if kw is not None:
-                self.device.set(name, kw)
                 self.metrics.forecast_kw.labels(horizon=f"{horizon}m").set(kw)
-        if f.rate_kw_per_min is not None:
-            self.device.set(P.RATE_OF_CHANGE, f.rate_kw_per_min)
+        self._set_or_fault(P.RATE_OF_CHANGE, f.rate_kw_per_min)
         self.device.set(P.HIGH_LOAD, f.high_load)
         self.device.set(P.LOW_LOAD, f.low_load)
         self.metrics.high_load.set(int(f.high_load))
         self.metrics.low_load.set(int(f.low_load))
+
+    def _set_or_fault(self, name: str, value: float | None) -> None:
+        # No value (no recent power to forecast from): the last one stays readable but flagged, so a
+        # BAS never reads an old forecast as a live one.
+        if value is not None:
+            self.device.set(name, value)
+        self.device.set_fault(name, value is None)
 
     # -- the operator's view (ven.http_api.GatewayView) ------------------------------------------------
 

@@ -139,7 +139,7 @@ def build_history(now: float, hours: float, store: dict, events: list[dict] = ()
     power: list[float | None] = [None] * n
     p = store.get("power") or {}
     for t, kw in zip(p.get("time") or [], p.get("kw") or []):
-        i = int(t // 60) - first
+        i = math.ceil(t / 60) - 1 - first  # a power at t belongs to the minute ending at ceil(t / 60) * 60
         if 0 <= i < n and kw is not None and math.isfinite(kw):
             power[i] = round(float(kw), 3)
     demand: list[float | None] = []
