@@ -365,7 +365,8 @@ def test_build_history_from_forecaster_store_shape():
     assert h["demand_kw"][-1] == 120.0  # 14 known minutes of 120 kW
     # the 15-min forecast targets the demand window ending 5 min ago -> the minute ending then
     i15 = h["forecast_15"].index(111.0)
-    assert (h["minutes"][i15] + 60) == round((issued + 900) / 60) * 60
+    # (the forecaster's window ends at ceil(issued / 60) * 60 + h: an issue 5 s into a minute counts from its end)
+    assert (h["minutes"][i15] + 60) == math.ceil((issued + 900) / 60) * 60
     assert h["forecast_60"] == [None] * 60  # its target is still in the future
     assert h["high_load"][-1] is True and h["low_load"][-1] is False
     assert h["high_load"][-28] is False and h["low_load"][-28] is True
@@ -373,6 +374,15 @@ def test_build_history_from_forecaster_store_shape():
     assert h["high_load"][0] is None
     assert (h["high_threshold_kw"], h["low_threshold_kw"]) == (118.0, 70.0)
     assert [(e["event_id"], e["level"]) for e in h["events"]] == [("done", 2)]
+    stepped = {"event_id": "steps", "status": "completed", "opt": "optIn", "start": "2026-11-22T01:00:00Z",
+               "end": "2026-11-22T01:30:00Z",
+               "signals": [{"name": "SIMPLE", "type": "level", "intervals": [
+                   {"start": f"2026-11-22T01:{m:02d}:00Z", "duration_seconds": 600, "payload": float(lv)}
+                   for m, lv in ((0, 1), (10, 2), (20, 3))]},
+                   {"name": "ELECTRICITY_PRICE", "type": "price", "intervals": [
+                       {"start": "2026-11-22T01:00:00Z", "duration_seconds": 1800, "payload": 9.5}]}]}
+    shaded = build_history(now, 1.0, store, [stepped])["events"]   # each level as the BAS saw it
+    assert [(e["level"], e["end"] - e["start"]) for e in shaded] == [(1, 600), (2, 600), (3, 600)]
     assert h["events"][0]["start"] == 1_795_309_200.0
     json.dumps(to_json(h), allow_nan=False)
     empty = build_history(now, 24, {"power": {"time": [], "kw": []}, "forecasts": {}, "flags": {}})

@@ -245,13 +245,13 @@ async def test_a_failing_report_offer_is_offered_again_while_events_flow(tmp_pat
         server.fail_next("oadrRegisterReport", times=3)
         async with running(tmp_path, server.url) as gw:
             await until(lambda: gw.vtn.connected, 10, "registration")
-            assert not gw.vtn.status()["report_offered"]
+            assert not gw.vtn.status()["report_offered"] and "HTTP 500" in gw.vtn.status()["report_offer_error"]
             a = server.add_event([2], now() - timedelta(seconds=1), 60)
             await until(lambda: gw.level == 2.0 and server.opts_for(a) == ["optIn"], 5, "events while the offer fails")
             gw.vtn.record_sample(now(), 12.5)
             await until(lambda: gw.vtn.status()["report_request_id"], 10, "telemetry requested once the offer is taken")
             await until(lambda: [r[4] for r in server.reports] == [12.5], 5, "the queued sample reported")
-            assert server.registrations == 1
+            assert server.registrations == 1 and gw.vtn.status()["report_offer_error"] is None
 
 
 async def test_a_failed_answer_to_an_event_is_sent_again(tmp_path, free_tcp_port):
@@ -329,3 +329,18 @@ async def test_an_event_a_restarted_vtn_lists_again_drives_the_points_again(tmp_
                 assert restarted.opts_for(eid) == ["optIn"]
     said = [r.getMessage() for r in caplog.records if eid in r.getMessage()]
     assert any("listed again by the VTN" in m for m in said), said
+
+
+async def test_an_event_listed_again_takes_the_opt_out_set_while_it_was_unlisted(tmp_path, free_tcp_port):
+    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
+        async with running(tmp_path, server.url) as gw:
+            await until(lambda: gw.vtn.connected, 10, "registration")
+            start = now() + timedelta(minutes=5)
+            a = server.add_event([1], start, 60)
+            await until(lambda: server.opts_for(a) == ["optIn"], 5, "optIn")
+            server.drop_event(a)
+            await until(lambda: gw.schedule.get(a).cancelled, 5, "implied cancellation")
+            gw.vtn.set_opt_out(True)                      # the BAS opts out meanwhile
+            server.add_event([1], start, 60, event_id=a)  # listed again, unchanged
+            await until(lambda: server.opts_for(a) == ["optIn", "optOut"], 5, "answered as the site stands now")
+            assert gw.schedule.get(a).opt == "optOut" and not gw.schedule.get(a).drives_points

@@ -56,9 +56,9 @@ GET /api/history?hours=24 -> view.history(hours), a dict shaped like (times: epo
       "high_threshold_kw": 120.0,                   # null while not yet known
       "low_threshold_kw": 60.0,
       "events": [{"start": 1763780000, "end": 1763783600, "level": 2, "event_id": "e1", "opt": "optIn"}]
-    }
+    }                                               # one entry per SIMPLE interval above level 0
 
-All per-minute arrays have the length of "minutes". An event still open has "end": null.
+All per-minute arrays have the length of "minutes". An interval still open has "end": null.
 build_history() makes this body from the forecaster store's history and the schedule's events.
 """
 from __future__ import annotations
@@ -103,23 +103,23 @@ def _epoch(value: Any) -> float | None:
     return dt.datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
 
 
-def _event_level(event: dict, now: float) -> int:
-    """The SIMPLE level of an event: the interval in force now, else the highest it will reach."""
-    if isinstance(event.get("level"), (int, float)):
-        return int(event["level"])
-    values, current = [], None
+def _simple_intervals(event: dict) -> list[tuple[float | None, float | None, int]]:
+    """(start, end, level) of each SIMPLE interval with a level above 0: an event of levels 1, 2, 3 is
+    shaded three ways, as the BAS saw it. An event given only a level (no signals) is one interval."""
+    out = []
     for sig in event.get("signals") or []:
+        if str(sig.get("name", "")).upper() != "SIMPLE":
+            continue  # a price or other signal never drives ADR-Event-Level
         for iv in sig.get("intervals") or []:
             v = iv.get("payload", iv.get("value"))
-            if not isinstance(v, (int, float)):
-                continue
-            values.append(v)
             start = _epoch(iv.get("start"))
             end = _epoch(iv.get("end")) if iv.get("end") else (
                 start + iv["duration_seconds"] if start is not None and iv.get("duration_seconds") else None)
-            if start is not None and end is not None and start <= now < end:
-                current = v
-    return int(current if current is not None else max(values, default=0))
+            if isinstance(v, (int, float)) and v > 0:
+                out.append((start, end, int(v)))
+    if not event.get("signals") and isinstance(event.get("level"), (int, float)):
+        out.append((_epoch(event.get("start")), _epoch(event.get("end")), int(event["level"])))
+    return out
 
 
 def build_history(now: float, hours: float, store: dict, events: list[dict] = (),
@@ -152,7 +152,7 @@ def build_history(now: float, hours: float, store: dict, events: list[dict] = ()
         values: list[float | None] = [None] * n
         f = forecasts.get(horizon) or forecasts.get(str(horizon)) or {}
         for target, kw in zip(f.get("target_time") or [], f.get("forecast_kw") or []):
-            i = int(round(target / 60)) - 1 - first
+            i = math.ceil(target / 60) - 1 - first  # the demand window ending at ceil(target / 60) * 60
             if 0 <= i < n and kw is not None and math.isfinite(kw):
                 values[i] = round(float(kw), 3)
         series[key] = values
@@ -176,11 +176,11 @@ def build_history(now: float, hours: float, store: dict, events: list[dict] = ()
     for ev in events:
         if ev.get("status") == "cancelled":  # it never ran (a shortened event keeps its new end)
             continue
-        start, stop = _epoch(ev.get("start")), _epoch(ev.get("end"))
-        if start is None or (stop is not None and stop < minutes[0]) or start > now:
-            continue
-        shaded.append({"start": start, "end": stop, "level": _event_level(ev, now),
-                       "event_id": ev.get("event_id", ""), "opt": ev.get("opt", "")})
+        for start, stop, level in _simple_intervals(ev):
+            if start is None or (stop is not None and stop < minutes[0]) or start > now:
+                continue
+            shaded.append({"start": start, "end": stop, "level": level,
+                           "event_id": ev.get("event_id", ""), "opt": ev.get("opt", "")})
     return {"minutes": minutes, "power_kw": power, "demand_kw": demand, **series,
             "horizons_minutes": list(horizons), "high_load": high, "low_load": low,
             "high_threshold_kw": last("high_threshold_kw"), "low_threshold_kw": last("low_threshold_kw"),

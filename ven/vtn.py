@@ -143,6 +143,7 @@ class VtnClient:
         self._r_id = config.report_resource_id
         self._report_request_id: str | None = None
         self._reports_offered = False
+        self.report_offer_error: str | None = None   # why the VTN did not take the offer, while it does not
         self._offer_backoff = 0.0
         self._next_offer = 0.0
         self._tasks: list[asyncio.Task] = []
@@ -215,6 +216,7 @@ class VtnClient:
             "registration_id": self.registration_id,
             "report_request_id": self._report_request_id,
             "report_offered": self._reports_offered,
+            "report_offer_error": self.report_offer_error,
             "last_poll": self.last_poll.isoformat() if self.last_poll else None,
             "last_error": self.last_error,
             "registration_failures": self.registration_failures,
@@ -323,8 +325,11 @@ class VtnClient:
         log.info("registered with VTN %s: venID %s, registrationID %s, poll every %s s, telemetry %s",
                  self._cfg.vtn_url, self.ven_id, self.registration_id,
                  client.poll_frequency.total_seconds(),
-                 "requested" if self._report_request_id else "not requested by the VTN" if offered else
-                 f"offer failed ({client.last_error}): events are served, samples queue, the offer is retried")
+                 "requested" if self._report_request_id else "not requested by the VTN" if offered else "not offered")
+        if not offered:
+            log.warning("the VTN did not take the telemetry report offer (%s): events are served, samples queue, "
+                        "the offer is made again (every %g s at most)", self.report_offer_error,
+                        self._cfg.retry_max_seconds)
         rtype, payload = await client.request_event()
         if rtype is None:
             self.last_error = client.last_error
@@ -344,8 +349,9 @@ class VtnClient:
                                    else min(self._offer_backoff * 2, self._cfg.retry_max_seconds))
             self._next_offer = loop.time() + self._offer_backoff
             self._reports_offered = False
+            self.report_offer_error = client.last_error
             return False
-        self._reports_offered, self._offer_backoff = True, 0.0
+        self._reports_offered, self._offer_backoff, self.report_offer_error = True, 0.0, None
         for rr in client.report_requests:
             if rr["report_specifier_id"] == self._report_specifier_id:
                 self._report_request_id = rr["report_request_id"]
@@ -478,7 +484,9 @@ class VtnClient:
             self._schedule.forget(eid)
             prev = None
         ev = from_openleadr(raw, now, prev)
-        if prev is None and not ev.test_event:
+        # a new event, or one back from an implied cancellation (ADR-Opt-Out may have changed meanwhile,
+        # and set_opt_out leaves cancelled events alone), takes the site's answer of now
+        if (prev is None or prev.unlisted) and not ev.test_event and not ev.cancelled:
             ev = with_opt(ev, OPT_OUT if self._schedule.opted_out else OPT_IN)
         self._schedule.upsert(ev)
         stored = self._schedule.get(eid)
