@@ -396,8 +396,10 @@ class DemandForecaster:
         return {
             "model": last.model if last else (PERSISTENCE if not fitted else fitted.name),
             "history_minutes": n,
-            "history_first": span[0] * 60.0 if span else None,
-            "history_last": span[1] * 60.0 if span else None,
+            # starts of the first and last minutes held (minute k ends at k * 60: the last one, still
+            # filling, would read as a time in the future)
+            "history_first": (span[0] - 1) * 60.0 if span else None,
+            "history_last": (span[1] - 1) * 60.0 if span else None,
             "last_fit_at": fitted.fitted_at if fitted else None,
             "last_fit_seconds": fitted.fit_seconds if fitted else None,
             "train_rows": fitted.train_rows if fitted else 0,
