@@ -3,14 +3,16 @@ shading, thresholds and flags, the point and event tables, fetch nothing from of
 keep refreshing. A screenshot is kept at tests/artifacts/dashboard.png for a human look."""
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 
 import aiohttp
 import pytest
 
 from bacnet_api.points import POINTS
 from browser import artifact_path, chromium_page
-from test_http_api import SampleView
+from test_http_api import SampleView, _iso
 from ven.http_api import HttpServer
 from ven.metrics import Metrics
 
@@ -122,6 +124,9 @@ async def test_dashboard_refreshes_and_shows_faults(server):
         await page.wait_for_selector("#banner:not([hidden])", timeout=10000)
         assert "gateway stopping" in await page.locator("#banner").inner_text()
         assert await page.locator('svg path[data-series="power_kw"]').count() == 1
+        # ... but not as if it were current: no green pill beside the failure
+        assert await page.locator("#pills .pill.ok").count() == 0
+        assert "not answering" in await page.locator("#pills .pill.bad").first.inner_text()
         await page.screenshot(path=str(artifact_path("dashboard-fault.png")), full_page=True)
         assert page.offsite == []
 
@@ -220,3 +225,171 @@ async def test_dashboard_with_gateway_shapes(server):
         assert "pending (far)" in await page.locator('#events tr[data-event="evt-next"]').inner_text()
         await page.screenshot(path=str(artifact_path("dashboard-gateway-shapes.png")), full_page=True)
         assert page.errors == [] and page.offsite == []
+
+
+async def section_value(page, section, key):
+    """The text beside `key` in a status section card."""
+    return await page.evaluate("""([section, key]) => {
+        for (const dt of document.querySelectorAll(`[data-section="${section}"] dt`))
+            if (dt.textContent === key) return dt.nextElementSibling.textContent;
+        return null; }""", [section, key])
+
+
+async def test_dashboard_marks_stale_when_gateway_stops(server):
+    srv = await server(SampleView())
+    async with chromium_page() as page:
+        await open_dashboard(page, srv.url + "/?refresh=1")
+        assert await page.locator("#pills .pill.ok").count() >= 1  # healthy, VTN connected
+        await srv.stop()
+        await page.wait_for_selector("#banner:not([hidden])", timeout=10000)
+        # the last answer's pills are no longer confirmed: none stays green, the first says why
+        assert await page.locator("#pills .pill.ok").count() == 0
+        assert await page.locator("#pills .pill.bad").first.inner_text() == "gateway unreachable"
+        assert "Showing data from" in await page.locator("#banner").inner_text()
+        # relative ages keep counting from the data's time instead of freezing at "0 s ago"
+        before = await section_value(page, "vtn", "last poll")
+        assert before and "ago" in before
+        await asyncio.sleep(2.5)
+        after = await section_value(page, "vtn", "last poll")
+        assert after != before
+        assert await page.evaluate("document.body.classList.contains('stale')")
+        await page.screenshot(path=str(artifact_path("dashboard-stopped.png")), full_page=True)
+
+
+async def test_dashboard_token_rotated_while_open(server):
+    srv = await server(SampleView(), token="s3cret")
+    async with chromium_page() as page:
+        await open_dashboard(page, srv.url + "/?refresh=1#token=s3cret", timeout=10000)
+        # the token is changed on the gateway: the page's copy is now refused
+        await page.evaluate("sessionStorage.setItem('edge-gateway-token', 'old-token')")
+        await page.wait_for_selector("#token-form:not([hidden])", timeout=10000)
+        assert await page.locator("#banner").is_visible()
+        assert "token" in await page.locator("#banner").inner_text()
+        assert await page.locator("#pills .pill.ok").count() == 0
+        await page.fill("#token-input", "s3cret")
+        await page.click("#token-form button")
+        await page.wait_for_selector("#banner", state="hidden", timeout=10000)
+        assert await page.locator("#token-form").is_hidden()
+        assert await page.locator("#pills .pill.ok").count() >= 1
+        assert [e for e in page.errors if "401" not in e] == []  # the refused requests are logged
+
+
+async def test_dashboard_token_with_raw_percent(server):
+    # a token with a "%" that is not percent-encoding, pasted as is
+    srv = await server(SampleView(), token="ab%zz")
+    async with chromium_page() as page:
+        await open_dashboard(page, srv.url + "/#token=ab%zz", timeout=10000)
+        assert "token" not in page.url
+        assert await page.evaluate("window.dashboard.lastError") is None
+        assert page.errors == []
+
+
+class StorageView(SampleView):
+    def __init__(self):
+        super().__init__()
+        self.storage = {"path": "/var/lib/edge-gateway/gateway.sqlite", "ok": False,
+                        "errors": {"events": "attempt to write a readonly database",
+                                   "forecaster": "forecast history not stored"}}
+
+    def status(self):
+        return dict(super().status(), storage=self.storage)
+
+
+async def test_dashboard_shows_storage_failure(server):
+    view = StorageView()
+    srv = await server(view)
+    async with chromium_page() as page:
+        await open_dashboard(page, srv.url + "/?refresh=1")
+        pill = page.locator("#pills .pill.bad", has_text="storage not writable")
+        assert await pill.count() == 1
+        assert "readonly" in await pill.get_attribute("title")
+        card = page.locator('[data-section="storage"]')
+        assert await card.count() == 1
+        bad = await card.locator("dd.bad").all_inner_texts()
+        assert "attempt to write a readonly database" in bad and "forecast history not stored" in bad
+        assert "no" in bad  # ok: no
+        view.storage = {"path": view.storage["path"], "ok": True, "errors": {}}
+        await page.wait_for_function("!document.querySelector('#pills').innerText.includes('storage')", timeout=10000)
+        assert await card.locator("dd.bad").count() == 0
+        assert page.errors == []
+
+
+@pytest.mark.parametrize("width", [390, 360])
+async def test_dashboard_fits_a_phone(server, width):
+    srv = await server(StorageView())
+    async with chromium_page(width, 844) as page:
+        await open_dashboard(page, srv.url + "/")
+        # nothing makes the page scroll sideways (wide tables scroll inside their card)
+        assert await page.evaluate("document.documentElement.scrollWidth") <= width
+        # the plot gets most of the chart's width, not what fixed desktop margins leave
+        plot = await page.locator("svg clipPath rect").bounding_box()
+        chart = await page.locator("#chart-svg").bounding_box()
+        assert plot["width"] > 0.75 * chart["width"], (plot, chart)
+        await page.screenshot(path=str(artifact_path(f"dashboard-{width}.png")), full_page=True)
+        assert page.errors == []
+
+
+class NoDataView(FreshView):
+    """An hour up with the meter faulted from the start: minutes, but no reading or forecast."""
+
+    def history(self, hours):
+        now = int(time.time()) // 60 * 60
+        minutes = [now - (59 - i) * 60 for i in range(60)]
+        body = super().history(hours)
+        body.update({k: [None] * 60 for k in ("power_kw", "demand_kw", "forecast_15", "forecast_60")},
+                    minutes=minutes, high_load=[False] * 60, low_load=[False] * 60)
+        return body
+
+
+async def test_dashboard_no_data_and_no_pending_event(server):
+    srv = await server(NoDataView())
+    async with chromium_page() as page:
+        await open_dashboard(page, srv.url + "/")
+        assert await page.locator("svg text.empty", has_text="no data yet").count() == 1
+        assert await page.locator("svg text", has_text="kW").count() == 0  # no made-up axis
+        # ADR-Event-Start-Minutes is -1 when nothing is pending: not "-1 min"
+        assert await page.locator('#tiles [data-point="ADR-Event-Start-Minutes"] .value').inner_text() == "none"
+        assert page.errors == []
+
+
+async def test_dashboard_one_hour_axis(server):
+    srv = await server(SampleView())
+    async with chromium_page() as page:
+        await open_dashboard(page, srv.url + "/?hours=1")
+        labels = await page.evaluate(r"""[...document.querySelectorAll('#chart-svg text')]
+            .map(t => t.textContent).filter(s => /^\d\d:\d\d$|^\d+\/\d+$/.test(s))""")
+        assert len(labels) >= 4, labels
+
+
+class SteppedView(SampleView):
+    """The active event steps 1 -> 2 -> 3 (now in the 2), the pending one 1 -> 3, as SIMPLE intervals;
+    a price signal is not a level."""
+
+    def status(self):
+        body = super().status()
+        now = time.time()
+        steps = {"evt-peak-2": [(-1800, -600, 1), (-600, 600, 2), (600, 1800, 3)],
+                 "evt-next": [(7200, 9000, 1), (9000, 10800, 3)]}
+        for e in body["events"]:
+            if e["event_id"] in steps:
+                e.pop("level")
+                e["signals"] = [{"name": "SIMPLE", "type": "level",
+                                 "intervals": [{"start": _iso(now + a), "duration_seconds": float(b - a),
+                                                "payload": float(v)} for a, b, v in steps[e["event_id"]]]},
+                                {"name": "ELECTRICITY_PRICE", "type": "price",
+                                 "intervals": [{"start": _iso(now), "duration_seconds": 60.0, "payload": 0.31}]}]
+        return body
+
+
+async def test_dashboard_event_level_steps(server):
+    srv = await server(SteppedView())
+    async with chromium_page() as page:
+        await open_dashboard(page, srv.url + "/")
+        active = page.locator('#events tr[data-event="evt-peak-2"] td:nth-child(3)')
+        assert (await active.inner_text()).strip() == "1 → 2 → 3"
+        assert await active.locator(".level.current").inner_text() == "2"
+        pending = page.locator('#events tr[data-event="evt-next"] td:nth-child(3)')
+        assert (await pending.inner_text()).strip() == "1 → 3"
+        assert await pending.locator(".level.current").count() == 0
+        assert (await page.locator('#events tr[data-event="evt-peak-1"] td:nth-child(3)').inner_text()).strip() == "2"
+        assert page.errors == []

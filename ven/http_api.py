@@ -24,7 +24,7 @@ GET /api/status -> view.status(), a dict shaped like:
       "events": [                                    # pending, active and recent events
         {"event_id": "e1", "status": "active",        # pending | active | completed | cancelled
          "opt": "optIn",                               # optIn | optOut
-         "start": "...Z", "end": "...Z", "level": 2,  # level: the current (or first) SIMPLE level
+         "start": "...Z", "end": "...Z", "level": 2,  # optional: without signals, the event's one level
          "modification_number": 0,
          "signals": [{"name": "simple", "type": "level",
                       "intervals": [{"start": "...Z", "end": "...Z", "value": 2}]}]}
@@ -36,9 +36,9 @@ GET /api/status -> view.status(), a dict shaped like:
 
 Also accepted (what the gateway's parts produce): "points" as a map keyed by point name
 (device.snapshot()) with "flags" instead of "status_flags"; events without "level" whose SIMPLE
-signal intervals carry "payload" and "duration_seconds" (schedule.events(); the dashboard takes the
-interval in force now, else the highest), and "far"/"near" phases shown as pending.
-Sections "vtn", "telemetry", "meter", "forecaster", "schedule" and "device" are shown by the
+signal intervals carry "payload" and "duration_seconds" (schedule.events(); the dashboard shows the
+SIMPLE levels in order, the one in force outlined), and "far"/"near" phases shown as pending.
+Sections "vtn", "telemetry", "meter", "forecaster", "storage", "schedule" and "device" are shown by the
 dashboard as key/value tables (nested objects flattened), so the gateway may add keys freely.
 Values may be None; NaN/inf floats become null, datetimes become ISO strings, dataclasses objects.
 

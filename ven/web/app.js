@@ -33,7 +33,7 @@ const UNIT_TEXT = {kilowatts: "kW", minutes: "min", noUnits: ""};
 
 // Test hooks and a summary of what was drawn, for the headless-browser test and for curious operators.
 const dashboard = window.dashboard = {ready: false, draws: 0, series: {}, flags: {}, events: 0,
-                                      minutes: 0, lastError: null, lastOk: null};
+                                      minutes: 0, lastError: null, lastOk: null, stale: false};
 let hist = null;
 let gw = null;
 
@@ -82,12 +82,26 @@ function fmtNum(v, digits) {
   return Number.isInteger(v) ? String(v) : v.toFixed(d);
 }
 const ISO_RE = /^\d{4}-\d\d-\d\dT\d\d:\d\d/;
+// A relative age ("5 s ago") is drawn as a span that tickAges() rewrites every second from the
+// timestamp it carries, so it keeps counting while the gateway is unreachable instead of freezing
+// at the age it had on the last good answer.
+function agoSpan(ms) { return el("span", {class: "ago", "data-ms": String(ms)}, fmtAgo(ms)); }
+function tickAges() {
+  for (const node of document.querySelectorAll(".ago[data-ms]")) node.textContent = fmtAgo(Number(node.dataset.ms));
+}
+function fmtStamp(ms) { return `${fmtTime(ms, true)}:${pad(new Date(ms).getUTCSeconds())}`; }
+// fill node with v; timestamps get their UTC time and a live relative age
+function putValue(node, v) {
+  const ms = typeof v === "string" && ISO_RE.test(v) ? toMs(v) : null;
+  if (ms === null) {
+    const text = fmtValue(v);
+    node.textContent = text.length > 160 ? text.slice(0, 157) + "…" : text;
+    return;
+  }
+  node.append(document.createTextNode(`${fmtStamp(ms)}Z (`), agoSpan(ms), document.createTextNode(")"));
+}
 function fmtValue(v) {
   if (v === null || v === undefined) return "—";
-  if (typeof v === "string" && ISO_RE.test(v)) {
-    const ms = toMs(v);
-    return ms === null ? v : `${fmtTime(ms, true)}:${pad(new Date(ms).getUTCSeconds())}Z (${fmtAgo(ms)})`;
-  }
   if (typeof v === "boolean") return v ? "yes" : "no";
   if (typeof v === "number") return fmtNum(v);
   if (typeof v === "object") return JSON.stringify(v);
@@ -104,7 +118,11 @@ function fmtDuration(s) {
 function token() {
   const m = /(?:^#|&)token=([^&]+)/.exec(location.hash);
   if (m) {
-    sessionStorage.setItem("edge-gateway-token", decodeURIComponent(m[1]));
+    // a token pasted with a raw "%" (ab%zz) is not valid percent-encoding: use the text as typed
+    // rather than throw, and drop the fragment either way so a bad one cannot stick in the address bar
+    let t = m[1];
+    try { t = decodeURIComponent(t); } catch (err) { /* keep the raw text */ }
+    sessionStorage.setItem("edge-gateway-token", t);
     window.history.replaceState(null, "", location.pathname + location.search);
   }
   return sessionStorage.getItem("edge-gateway-token") || "";
@@ -148,6 +166,8 @@ async function refresh() {
     failingSince = null;
     dashboard.lastError = null;
     dashboard.lastOk = Date.now();
+    dashboard.stale = false;
+    document.body.classList.remove("stale");
     $("banner").hidden = true;
     $("token-form").hidden = true;
     renderHeader(health);
@@ -156,19 +176,51 @@ async function refresh() {
     renderEvents();
     renderSections();
     drawChart();
-    $("updated").textContent = `updated ${fmtTime(Date.now(), true)}:${pad(new Date().getUTCSeconds())} UTC` +
-                               ` · every ${REFRESH_S} s`;
+    $("updated").textContent = `updated ${fmtStamp(Date.now())} UTC · every ${REFRESH_S} s`;
   } catch (err) {
+    failingSince = failingSince || Date.now();
+    const since = `since ${fmtStamp(failingSince)} UTC`;
     if (err instanceof HttpError) {
+      // no token yet, or the token was changed on the gateway while this page was open
       $("token-form").hidden = false;
       dashboard.lastError = "token required";
+      const text = dashboard.lastOk ? `The gateway refused the access token (${since}); it may have been changed. ` +
+                                      "Enter the current one below." : null;
+      showStale(token() ? "token refused" : "token required", text);
       return;
     }
-    failingSince = failingSince || Date.now();
     dashboard.lastError = err.message;
-    const stale = dashboard.lastOk ? ` Showing data from ${fmtTime(dashboard.lastOk, true)} UTC.` : "";
-    $("banner").textContent = `${err.message} (since ${fmtTime(failingSince, true)} UTC).${stale}`;
-    $("banner").hidden = false;
+    showStale(/unreachable/.test(err.message) ? "gateway unreachable" : "gateway not answering",
+              `${err.message} (${since}).`);
+  }
+}
+// The last answer stays on screen (better than a blank page) but must not look current: the pills
+// it produced turn grey behind a red one saying why, the data is dimmed, ages keep counting.
+function showStale(why, bannerText) {
+  dashboard.stale = true;
+  const banner = $("banner");
+  if (bannerText) {
+    const from = dashboard.lastOk ? ` Showing data from ${fmtStamp(dashboard.lastOk)} UTC.` : "";
+    banner.textContent = bannerText + from;
+    banner.hidden = false;
+  } else {
+    banner.hidden = true;
+  }
+  if (dashboard.lastOk) document.body.classList.add("stale");
+  const pills = $("pills");
+  for (const p of pills.querySelectorAll(".pill.why")) p.remove();
+  for (const p of pills.querySelectorAll(".pill")) {
+    if (!p.classList.contains("old")) p.title = `as of ${fmtStamp(dashboard.lastOk)} UTC (no longer confirmed)`;
+    p.className = "pill old";
+  }
+  pills.prepend(el("span", {class: "pill bad why"}, why));
+  const updated = $("updated");
+  updated.replaceChildren();
+  if (dashboard.lastOk) {
+    updated.append(document.createTextNode(`last update ${fmtStamp(dashboard.lastOk)} UTC (`), agoSpan(dashboard.lastOk),
+                   document.createTextNode(`) · retrying every ${REFRESH_S} s`));
+  } else {
+    updated.textContent = `no answer yet · retrying every ${REFRESH_S} s`;
   }
 }
 
@@ -177,19 +229,9 @@ async function refresh() {
 function intervalValue(iv) { return iv.payload !== undefined ? iv.payload : iv.value; }
 function eventLevel(e) {
   if (typeof e.level === "number") return e.level;
-  const now = Date.now();
-  let current = null, top = null;
-  for (const sig of e.signals || []) {
-    for (const iv of sig.intervals || []) {
-      const v = intervalValue(iv);
-      if (typeof v !== "number") continue;
-      top = top === null ? v : Math.max(top, v);
-      const start = toMs(iv.start);
-      const end = iv.end ? toMs(iv.end) : (start !== null && iv.duration_seconds ? start + iv.duration_seconds * 1000 : null);
-      if (start !== null && end !== null && start <= now && now < end) current = v;
-    }
-  }
-  return current !== null ? current : top;
+  const steps = levelSteps(e);
+  const current = steps.find((st) => st.current);
+  return current ? current.level : steps.length ? Math.max(...steps.map((st) => st.level)) : null;
 }
 function normalizeStatus(s) {
   const points = Array.isArray(s.points) ? s.points :
@@ -220,6 +262,12 @@ function renderHeader(health) {
   }
   const meter = gw.meter || {};
   if (meter.fault) add("meter fault", "bad", meter.last_error || "");
+  // an unwritable storage.path loses events, telemetry or forecast history on a restart: say so up top
+  const storage = gw.storage || {};
+  if (storage.ok === false) {
+    const why = Object.entries(storage.errors || {}).map(([part, e]) => `${part}: ${e}`).join("; ");
+    add("storage not writable", "bad", `${storage.path || "storage.path"}: ${why}`);
+  }
   const parts = [];
   if (gw.version) parts.push(`version ${gw.version}`);
   if (typeof gw.uptime_seconds === "number") parts.push(`up ${fmtDuration(gw.uptime_seconds)}`);
@@ -237,9 +285,12 @@ function renderTiles() {
     const on = typeof p.value === "boolean" ? p.value : false;
     const tile = el("div", {class: `tile${fault ? " is-fault" : ""}${on ? " on" : ""}`, "data-point": name});
     tile.append(el("div", {class: "label"}, label));
-    const value = el("div", {class: "value"}, fault ? "fault" : (typeof p.value === "boolean" ? (p.value ? "ON" : "off") : fmtNum(p.value)));
+    // the start-minutes point is -1 when no event is pending: "-1 min" would read as "a minute ago"
+    const none = name === "ADR-Event-Start-Minutes" && typeof p.value === "number" && p.value < 0;
+    const value = el("div", {class: "value"}, fault ? "fault" : none ? "none" :
+                     (typeof p.value === "boolean" ? (p.value ? "ON" : "off") : fmtNum(p.value)));
     const unit = UNIT_TEXT[p.units] !== undefined ? UNIT_TEXT[p.units] : (p.units || "");
-    if (unit && !fault) value.append(el("span", {class: "unit"}, unit));
+    if (unit && !fault && !none) value.append(el("span", {class: "unit"}, unit));
     tile.append(value);
     tiles.append(tile);
   }
@@ -256,7 +307,7 @@ function renderPoints() {
   body.replaceChildren();
   for (const p of gw.points || []) {
     const tr = el("tr", {"data-point": p.name, title: p.description || ""});
-    tr.append(el("td", {}, p.name), el("td", {class: "muted"}, p.object || ""),
+    tr.append(el("td", {}, p.name), el("td", {class: "muted minor"}, p.object || ""),
               el("td", {class: "num"}, fmtNum(p.value)),
               el("td", {}, UNIT_TEXT[p.units] !== undefined ? UNIT_TEXT[p.units] : (p.units || "")));
     const flags = el("td");
@@ -266,8 +317,49 @@ function renderPoints() {
   }
 }
 function levelBadge(level) {
-  const span = el("span", {class: `level l${level}`}, level === null || level === undefined ? "—" : String(level));
+  const span = el("span", {class: `level l${level}`}, level === null || level === undefined ? "—" : fmtNum(level));
   return span;
+}
+function intervalEnd(iv) {
+  const start = toMs(iv.start);
+  if (iv.end) return toMs(iv.end);
+  return start !== null && typeof iv.duration_seconds === "number" ? start + iv.duration_seconds * 1000 : null;
+}
+// The level steps of an event, in order, from its SIMPLE signal (an event can go 1 -> 2 -> 3 over
+// its intervals; one number would hide that). Other signals (prices, ...) are not levels.
+function levelSteps(e) {
+  const sigs = e.signals || [];
+  let chosen = sigs.filter((s) => String(s.name || "").toUpperCase() === "SIMPLE");
+  if (!chosen.length) chosen = sigs.filter((s) => String(s.type || "").toLowerCase() === "level");
+  if (!chosen.length) chosen = sigs;  // unnamed signals: take what there is
+  const now = Date.now();
+  const steps = [];
+  for (const s of chosen) {
+    for (const iv of s.intervals || []) {
+      const v = intervalValue(iv);
+      if (typeof v !== "number") continue;
+      const start = toMs(iv.start), end = intervalEnd(iv);
+      steps.push({level: v, start, current: start !== null && end !== null && start <= now && now < end});
+    }
+  }
+  steps.sort((a, b) => (a.start === null ? 0 : a.start) - (b.start === null ? 0 : b.start));
+  return steps;
+}
+function levelCell(e) {
+  const td = el("td", {class: "num levels"});
+  const steps = levelSteps(e);
+  if (steps.length <= 1) {
+    td.append(levelBadge(steps.length ? steps[0].level : e.level));
+    return td;
+  }
+  steps.forEach((st, i) => {
+    if (i) td.append(el("span", {class: "arrow"}, " → "));
+    const badge = levelBadge(st.level);
+    // while the event runs, the interval in force now is outlined
+    if (st.current && e.status !== "cancelled") { badge.classList.add("current"); badge.title = "in force now"; }
+    td.append(badge);
+  });
+  return td;
 }
 function signalSummary(signals) {
   return (signals || []).map((s) => {
@@ -285,19 +377,18 @@ function renderEvents() {
   }
   for (const e of events) {
     const tr = el("tr", {class: e.status || "", "data-event": e.event_id || ""});
-    const level = el("td", {class: "num"});
-    level.append(levelBadge(e.level));
+    const level = levelCell(e);
     const opt = el("td", {}, e.opt || "");
     if (e.opt === "optOut") opt.classList.add("bad");
     const phase = e.status === "far" || e.status === "near" ? `pending (${e.status})` : (e.status || "");
     tr.append(el("td", {}, e.event_id || ""), el("td", {}, phase), level,
               el("td", {}, fmtTime(toMs(e.start), true)), el("td", {}, fmtTime(toMs(e.end), true)),
-              opt, el("td", {class: "muted"}, signalSummary(e.signals)));
+              opt, el("td", {class: "muted minor"}, signalSummary(e.signals)));
     body.append(tr);
   }
 }
 const SECTIONS = [["vtn", "VTN"], ["telemetry", "Telemetry"], ["meter", "Meter"], ["forecaster", "Forecaster"],
-                  ["schedule", "Demand response"], ["device", "BACnet device"]];
+                  ["schedule", "Demand response"], ["storage", "Storage"], ["device", "BACnet device"]];
 // nested objects become "parent.child" rows so every value stays readable
 function flatten(obj, prefix, out) {
   for (const [k, v] of Object.entries(obj)) {
@@ -316,14 +407,17 @@ function renderSections() {
     card.append(el("h2", {}, title));
     const dl = el("dl", {class: "kv"});
     for (const [k, v] of flatten(data, "", [])) {
-      // flag problems, not measurements: "last_error" text or a "fault" that is on, not "validation_error_kw"
-      const bad = (/(^|[._])(last_)?error$/.test(k) && typeof v === "string" && v !== "") || (/fault$/.test(k) && v === true) ||
+      // flag problems, not measurements: "last_error" text or a "fault" that is on, not "validation_error_kw";
+      // storage's per-part reasons ("errors.events") and any "ok"/"storage_ok" that is false
+      const text = typeof v === "string" && v !== "";
+      const bad = (/(^|[._])(last_)?error$/.test(k) && text) || (/(^|\.)errors\./.test(k) && text) ||
+                  (/fault$/.test(k) && v === true) || (/(^|[._])ok$/.test(k) && v === false) ||
                   ((k === "connected" || k === "registered") && v === false);
       // epoch-second timestamps ("issued_at", "history_first") read as times
       const epoch = /(_at|_first|_last|_time)$/.test(k) && typeof v === "number" && v > 1e9 && v < 1e10;
-      let shown = epoch ? fmtValue(new Date(v * 1000).toISOString()) : fmtValue(v);
-      if (shown.length > 160) shown = shown.slice(0, 157) + "…";
-      dl.append(el("dt", {}, humanize(k)), el("dd", {class: bad ? "bad" : ""}, shown));
+      const dd = el("dd", {class: bad ? "bad" : ""});
+      putValue(dd, epoch ? new Date(v * 1000).toISOString() : v);
+      dl.append(el("dt", {}, humanize(k)), dd);
     }
     card.append(dl);
     host.append(card);
@@ -361,19 +455,27 @@ function legend() {
 function drawChart() {
   legend();
   const root = $("chart-svg");
-  const W = Math.max(320, root.clientWidth || 900);
+  const W = Math.max(240, root.clientWidth || 900);
   const H = root.clientHeight || 420;
   root.setAttribute("viewBox", `0 0 ${W} ${H}`);
   root.replaceChildren();
   const minutes = (hist && hist.minutes) || [];
   const LANE = 16;
-  const m = {l: 60, r: 96, t: 18, b: 34 + FLAGS.length * LANE + 8};
+  // on a phone the 96 px right margin for threshold labels would leave the plot half the width:
+  // those labels go inside the plot there instead
+  const narrow = W < 600;
+  const m = {l: narrow ? 54 : 60, r: narrow ? 8 : 96, t: 18, b: 34 + FLAGS.length * LANE + 8};
   const pw = W - m.l - m.r, ph = H - m.t - m.b;
   $("chart-title").textContent = `Power and demand, last ${HOURS} h`;
   dashboard.minutes = minutes.length;
-  if (!minutes.length) {
-    root.append(svg("text", {x: W / 2, y: H / 2, "text-anchor": "middle", class: "empty"}, "no history yet"));
-    dashboard.series = {}; dashboard.ready = true; dashboard.draws++;
+  dashboard.series = {}; dashboard.flags = {}; dashboard.events = 0;
+  // minutes but not one reading or forecast (a meter faulted since start): axes scaled to nothing
+  // would be a blank plot with a made-up kW range, so say it in words
+  const anyData = !!hist && SERIES.some((s) => (hist[s.key] || []).some((v) => typeof v === "number"));
+  if (!minutes.length || !anyData) {
+    root.append(svg("text", {x: W / 2, y: H / 2, "text-anchor": "middle", class: "empty"},
+                    minutes.length ? `no data yet: no meter readings or forecasts in the last ${HOURS} h` : "no history yet"));
+    dashboard.ready = true; dashboard.draws++;
     return;
   }
   const t0 = minutes[0] * 1000, t1 = Math.max(minutes[minutes.length - 1] * 1000 + 60000, t0 + 60000);
@@ -403,17 +505,19 @@ function drawChart() {
     gAxes.append(svg("line", {x1: m.l, x2: m.l + pw, y1: y(v), y2: y(v), class: "grid-line"}));
     gAxes.append(svg("text", {x: m.l - 6, y: y(v) + 4, "text-anchor": "end"}, fmtNum(v, yStep < 1 ? 1 : 0)));
   }
-  gAxes.append(svg("text", {x: 14, y: m.t + ph / 2, class: "axis-label", "text-anchor": "middle",
-                            transform: `rotate(-90 14 ${m.t + ph / 2})`}, "kW"));
-  // x axis: ticks on round UTC hours
-  const spanH = (t1 - t0) / 3600000;
-  const stepH = [1, 2, 3, 4, 6, 12, 24, 48, 96, 168].find((s) => spanH / s <= Math.max(4, pw / 90)) || 168;
-  const stepMs = stepH * 3600000;
+  gAxes.append(svg("text", {x: 12, y: m.t + ph / 2, class: "axis-label", "text-anchor": "middle",
+                            transform: `rotate(-90 12 ${m.t + ph / 2})`}, "kW"));
+  // x axis: ticks on round UTC times; sub-hour steps so a 1-2 h window (?hours=1) gets several labels
+  const spanMin = (t1 - t0) / 60000;
+  const STEPS_MIN = [10, 15, 30, 60, 120, 180, 240, 360, 720, 1440, 2880, 5760, 10080];
+  const stepMin = STEPS_MIN.find((s) => spanMin / s <= Math.max(4, pw / 90)) || 10080;
+  const stepMs = stepMin * 60000;
   for (let t = Math.ceil(t0 / stepMs) * stepMs; t <= t1; t += stepMs) {
     gAxes.append(svg("line", {x1: x(t), x2: x(t), y1: m.t, y2: m.t + ph, class: "grid-line"}));
     const d = new Date(t);
-    const label = d.getUTCHours() === 0 || stepH >= 24 ? `${d.getUTCMonth() + 1}/${d.getUTCDate()}` : fmtTime(t);
-    gAxes.append(svg("text", {x: x(t), y: m.t + ph + 14, "text-anchor": "middle"}, label));
+    const midnight = d.getUTCHours() === 0 && d.getUTCMinutes() === 0;
+    const label = midnight || stepMin >= 1440 ? `${d.getUTCMonth() + 1}/${d.getUTCDate()}` : fmtTime(t);
+    gAxes.append(svg("text", {x: x(t), y: m.t + ph + 14, "text-anchor": "middle", class: "x-tick"}, label));
   }
   gAxes.append(svg("text", {x: m.l + pw / 2, y: H - 4, class: "axis-label", "text-anchor": "middle"}, "time (UTC)"));
   gAxes.append(svg("line", {x1: m.l, x2: m.l + pw, y1: m.t + ph, y2: m.t + ph, class: "axis"}));
@@ -449,7 +553,8 @@ function drawChart() {
     if (typeof v !== "number") continue;
     gTh.append(svg("line", {x1: m.l, x2: m.l + pw, y1: y(v), y2: y(v), stroke: color, "stroke-width": 1.2,
                             "stroke-dasharray": "8 4", class: "threshold", "data-threshold": k}));
-    gTh.append(svg("text", {x: m.l + pw + 4, y: y(v) + 4, fill: color, style: `fill:${color}`}, `${label} ${fmtNum(v, 0)} kW`));
+    const at = narrow ? {x: m.l + pw - 2, y: y(v) - 3, "text-anchor": "end"} : {x: m.l + pw + 4, y: y(v) + 4};
+    gTh.append(svg("text", Object.assign(at, {fill: color, style: `fill:${color}`}), `${label} ${fmtNum(v, 0)} kW`));
   }
   root.append(gTh);
 
@@ -519,7 +624,7 @@ function drawChart() {
     tip.style.whiteSpace = "pre";
     tip.hidden = false;
     const left = (ev.clientX - box.left) + 14;
-    tip.style.left = `${Math.min(left, box.width - tip.offsetWidth - 4)}px`;
+    tip.style.left = `${Math.max(0, Math.min(left, box.width - tip.offsetWidth - 4))}px`;
     tip.style.top = `${ev.clientY - box.top + 10}px`;
   });
   overlay.addEventListener("mouseleave", () => { tip.hidden = true; cursor.setAttribute("visibility", "hidden"); });
@@ -536,6 +641,7 @@ $("token-form").addEventListener("submit", (ev) => {
   sessionStorage.setItem("edge-gateway-token", $("token-input").value.trim());
   refresh();
 });
+setInterval(tickAges, 1000);
 let resizeTimer = null;
 window.addEventListener("resize", () => { clearTimeout(resizeTimer); resizeTimer = setTimeout(drawChart, 150); });
 refresh();
