@@ -290,19 +290,26 @@ class DemandForecaster:
             # Percentiles of under a day of history would call every afternoon a peak.
             if d.size >= 96:
                 p_hi, p_lo = (float(np.percentile(d, q)) for q in (self.high_percentile, self.low_percentile))
-                # A flat history (a stuck meter, a site idle most of the time) has no peak and no valley:
-                # with both at one number, both flags would ask the BAS to shed and to charge at once.
-                if p_hi > p_lo:
-                    hi = p_hi if hi is None else hi
-                    lo = p_lo if lo is None else lo
+                merged_hi = p_hi if hi is None else hi
+                merged_lo = p_lo if lo is None else lo
+                # A flat history (a stuck meter, a site idle most of the time), or a configured threshold
+                # on the wrong side of the other's percentile: with high <= low both flags would ask the
+                # BAS to shed and to charge at once. Only the configured ones serve then.
+                if merged_hi > merged_lo:
+                    hi, lo = merged_hi, merged_lo
         self._thresholds = (slot, hi, lo)
         return hi, lo
 
     def _slope(self, snap, k: int) -> float | None:
-        ks = np.arange(k - self.slope_minutes + 1, k + 1)
-        y = snap.window_mean(ks, 1)
-        ok = np.isfinite(y)
-        if ok.sum() < 2:
+        for width in (self.slope_minutes, max(self.slope_minutes, features.DEMAND_MINUTES)):
+            # a meter read every 2-3 minutes leaves under two minutes in 5: widen to the demand
+            # window rather than have the trend come and go from one cycle to the next
+            ks = np.arange(k - width + 1, k + 1)
+            y = snap.window_mean(ks, 1)
+            ok = np.isfinite(y)
+            if ok.sum() >= 2:
+                break
+        else:
             return None
         x = ks[ok].astype(float)
         x -= x.mean()

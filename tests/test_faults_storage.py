@@ -330,13 +330,18 @@ async def test_opt_out_commands_in_a_file_that_opens_late_are_restored_then(tmp_
             with GatewayProcess(config, log_path):
                 await eventually(lambda: vtn.vens, 30, f"registration\n{log_path.read_text()}")
                 assert await peer.read(gw, opt_out, "presentValue") == "inactive"   # nothing readable yet
+                # meanwhile the BAS commands another priority: it keeps it, and the stored one joins it
+                assert await peer.write(gw, opt_out, "presentValue", "inactive", priority=16) is None
                 remount(ro, "rw")
 
                 async def restored():
-                    return await peer.read(gw, opt_out, "priorityArray") == [None] * 7 + [1] + [None] * 8
+                    return await peer.read(gw, opt_out, "priorityArray") == [None] * 7 + [1] + [None] * 7 + [0]
                 await eventually(restored, 30, "the priority-8 command once the file opens")
                 eid = vtn.add_event([1], start=datetime.now(timezone.utc) + timedelta(minutes=5), interval_seconds=60)
                 await eventually(lambda: vtn.opts_for(eid) == ["optOut"], 10, "a new event answered optOut")
+        with contextlib.closing(sqlite3.connect(storage)) as db:   # the merge is what the file keeps
+            kept = db.execute("SELECT value FROM kv WHERE key = 'bacnet_commands:ADR-Opt-Out'").fetchone()[0]
+    assert json.loads(kept) == {"8": True, "16": False}
     assert "ADR-Opt-Out commands restored" in log_path.read_text()
 
 

@@ -239,9 +239,23 @@ def test_a_flat_history_has_no_peak_and_no_valley():
     f = fc.predict(t[-1])
     assert f.high_threshold_kw is None and f.low_threshold_kw is None
     assert not f.high_load and not f.low_load
-    fixed = DemandForecaster(threshold_days=1, high_load_kw=90.0)   # a configured threshold still serves
+    fixed = DemandForecaster(threshold_days=1, high_load_kw=150.0)  # a configured one with room: both serve
     fixed.seed(t, np.full(t.size, 100.0))
-    assert fixed.predict(t[-1]).high_load
+    f = fixed.predict(t[-1])
+    assert (f.high_threshold_kw, f.low_threshold_kw) == (150.0, 100.0) and f.low_load and not f.high_load
+    wrong_side = DemandForecaster(threshold_days=1, low_load_kw=120.0)  # above the 90th percentile
+    wrong_side.seed(t, 100.0 + 5.0 * np.sin(t / 3600.0))
+    f = wrong_side.predict(t[-1])
+    assert f.high_threshold_kw is None and f.low_threshold_kw == 120.0 and f.low_load and not f.high_load
+
+
+def test_trend_holds_when_the_meter_reads_every_few_minutes():
+    fc = DemandForecaster()
+    for i in range(12):                               # every 150 s, rising 1 kW per minute
+        fc.add_sample(T0 + 150 * i, 100.0 + 2.5 * i)
+    rates = [fc.predict(T0 + 150 * 11 + 60 * j).rate_kw_per_min for j in range(3)]
+    # never missing; minute bins put samples 150 s apart 2 or 3 minutes apart, hence the tolerance
+    assert all(r is not None and 0.75 <= r <= 1.3 for r in rates), rates
 
 
 def test_calendar_kinds_and_italian_holidays():

@@ -163,7 +163,7 @@ class Gateway:
         self.vtn.set_opt_out(opted_out)  # updates the schedule too
 
     def _storage_opened_late(self, values: dict[str, str]) -> None:
-        saved = values.get(OPT_OUT_COMMANDS)  # absent when the BAS wrote the point meanwhile: its write wins
+        saved = values.get(OPT_OUT_COMMANDS)
         if saved:
             self._late_restore = asyncio.get_running_loop().create_task(self._restore_opt_out(saved, late=True))
 
@@ -177,7 +177,14 @@ class Gateway:
         except (ValueError, TypeError, AttributeError) as err:
             log.warning("stored ADR-Opt-Out commands %r unreadable (%s): the point starts relinquished", saved, err)
             return
+        if late:
+            # the BAS may have commanded other priorities since the start: what it holds now stays,
+            # the stored commands fill the priorities it has not used, and the merge is what is kept
+            held = self.device.commands(P.OPT_OUT)
+            commands = {p: v for p, v in commands.items() if p not in held}
         await self.device.restore_commands(P.OPT_OUT, commands)
+        if late:
+            self.storage.save_value(OPT_OUT_COMMANDS, json.dumps(self.device.commands(P.OPT_OUT)))
         if commands:
             log.info("ADR-Opt-Out commands restored from before the restart: %s -> %s",
                      ", ".join(f"{'active' if v else 'inactive'} at priority {p}" for p, v in sorted(commands.items())),

@@ -254,6 +254,9 @@ class EventSchedule:
             now = self._clock()
             target = self._next_wake(now)
             delay = _MAX_SLEEP if target is None else min(_MAX_SLEEP, (target - now).total_seconds())
+            retry = self._storage.retry_seconds
+            if retry is not None:  # a file that would not open is tried this often, here (flush below)
+                delay = min(delay, retry)
             try:
                 async with asyncio.timeout(max(0.0, delay)):
                     await self._wake.wait()

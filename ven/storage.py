@@ -100,7 +100,8 @@ class Storage:
         self._unsaved: dict[str, Event | None] = {}     # event_id -> event to write, None: to delete
         self._unsaved_values: dict[str, str] = {}
         self._found: list[Event] = []
-        # called with the kv values the file held when it opened after the start (memory's win)
+        # called with the kv values the file held when it opened after the start; memory's values are
+        # written over them right after, so an owner that wants to merge saves the merged value again
         self.on_late_open: Callable[[dict[str, str]], None] | None = None
         self.write_error: str | None = None
         self._reopen: ReopenTimer | None = None
@@ -131,8 +132,7 @@ class Storage:
             return False
         # what memory changed wins over what the file held
         self._found = [ev for ev in self.load_events() if ev.event_id not in self._unsaved]
-        values = {k: v for k, v in self.conn.execute("SELECT key, value FROM kv")
-                  if k not in self._unsaved_values}
+        values = dict(self.conn.execute("SELECT key, value FROM kv"))  # before memory's values replace them
         log.info("storage.path %s: opened; %d event change(s) kept in memory go to it, %d event(s) read "
                  "from it", self.path, len(self._unsaved) + len(self._unsaved_values), len(self._found))
         self.write_error = None
@@ -142,6 +142,11 @@ class Storage:
             except Exception:  # the owner's bug must not keep the file closed
                 log.exception("storage on_late_open callback failed")
         return True
+
+    @property
+    def retry_seconds(self) -> float | None:
+        """While the file has not opened: how often it is tried (its owner should flush that often)."""
+        return self._reopen.seconds if self.conn is None and self._reopen is not None else None
 
     def take_found(self) -> list[Event]:
         """Events the file held when it opened after the start (once)."""

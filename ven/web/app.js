@@ -331,7 +331,8 @@ function levelSteps(e) {
   const sigs = e.signals || [];
   let chosen = sigs.filter((s) => String(s.name || "").toUpperCase() === "SIMPLE");
   if (!chosen.length) chosen = sigs.filter((s) => String(s.type || "").toLowerCase() === "level");
-  if (!chosen.length) chosen = sigs;  // unnamed signals: take what there is
+  // unnamed, untyped signals (a hand-made status): take what there is; a price is never a level
+  if (!chosen.length) chosen = sigs.filter((s) => !s.name && !s.type);
   const now = Date.now();
   const steps = [];
   for (const s of chosen) {
