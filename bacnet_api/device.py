@@ -96,6 +96,7 @@ class GatewayDevice:
         self._no_value_yet: set[str] = set()
         self._faulted: set[str] = set()
         self._callbacks: dict[str, list[Callable[[Any], None]]] = {}
+        self._written: dict[str, set[int]] = {}   # priorities written or relinquished over the network
         self._bacnet: Any = None
 
     # ----- life cycle
@@ -145,6 +146,7 @@ class GatewayDevice:
         if bacnet is None:
             return
         self._objects.clear()
+        self._written.clear()
         self._no_value_yet.clear()  # a restarted device starts from the point table again
         self._faulted.clear()
         await bacnet._disconnect()
@@ -206,7 +208,9 @@ class GatewayDevice:
 
     def _accepted(self, point: Point, raw: Any) -> None:
         value: float | bool | None = _plain(point, raw)
-        priority = self._objects[point.name].currentCommandPriority
+        obj = self._objects[point.name]
+        self._written.setdefault(point.name, set()).add(obj._last_priority)
+        priority = obj.currentCommandPriority
         if point.kind == "analogValue" and (priority is None or priority.null is not None):
             # nobody commands it any more: relinquishDefault is a placeholder, not a measurement
             value = None
@@ -283,6 +287,10 @@ class GatewayDevice:
         point = self._points[name]
         slots = to_plain(self._object(name).priorityArray)
         return {i + 1: _plain(point, v) for i, v in enumerate(slots) if v is not None}
+
+    def written_priorities(self, name: str) -> set[int]:
+        """Priorities of `name` the network wrote or relinquished since the device started."""
+        return set(self._written.get(name, ()))
 
     async def restore_commands(self, name: str, commands: dict[int, float | bool]) -> None:
         """Put commands saved from `commands` back at their priorities, without calling on_write

@@ -45,6 +45,7 @@ class _Commanded:
 
     # set by the device after construction (attributes must start with "_" on bacpypes3 objects)
     _on_accepted: Callable[[Any], None] | None = None
+    _last_priority: int | None = None   # of the write being accepted
 
     def _check_command(self, value: Any) -> None:
         """Raise PropertyError for a value the point must not take; the default accepts all."""
@@ -58,6 +59,7 @@ class _Commanded:
         if not isinstance(value, Null):
             self._check_command(value)
         await super().write_property(attr, value, index, priority)
+        self._last_priority = 16 if priority is None else int(priority)
         if self._on_accepted is not None:
             self._on_accepted(self.presentValue)
 

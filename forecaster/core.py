@@ -292,10 +292,10 @@ class DemandForecaster:
                 p_hi, p_lo = (float(np.percentile(d, q)) for q in (self.high_percentile, self.low_percentile))
                 merged_hi = p_hi if hi is None else hi
                 merged_lo = p_lo if lo is None else lo
-                # A flat history (a stuck meter, a site idle most of the time), or a configured threshold
-                # on the wrong side of the other's percentile: with high <= low both flags would ask the
-                # BAS to shed and to charge at once. Only the configured ones serve then.
-                if merged_hi > merged_lo:
+                # A flat history (a stuck meter, a site idle most of the time) has no peak and no valley;
+                # a configured threshold on the wrong side of the other's percentile would, like a flat
+                # one, turn both flags on together (shed and charge at once). Only configured ones serve then.
+                if p_hi > p_lo and merged_hi > merged_lo:
                     hi, lo = merged_hi, merged_lo
         self._thresholds = (slot, hi, lo)
         return hi, lo

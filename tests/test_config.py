@@ -221,6 +221,8 @@ def test_env_error_names_the_variable(tmp_path):
     ('[openadr]\nvtn_url = "http://vtn:port/x"\n', "openadr.vtn_url", "Port could not be cast"),
     ('[openadr]\nretry_min_seconds = 100\nretry_max_seconds = 1\n', "openadr",
      "retry_min_seconds (100) must not exceed retry_max_seconds (1)"),
+    ('[forecaster]\nhigh_load_kw = 90\nlow_load_kw = 110\n', "forecaster",
+     "high_load_kw (90) must be above low_load_kw (110)"),
 ])
 def test_values_that_can_never_work_are_refused(tmp_path, toml, key, reason):
     with pytest.raises(ConfigError) as err:

@@ -313,15 +313,25 @@ async def test_read_only_storage_works_from_memory_then_writes_the_file_once_it_
 
 
 @pytest.mark.timeout(90)
-async def test_opt_out_commands_in_a_file_that_opens_late_are_restored_then(tmp_path, free_udp_port, free_tcp_port):
+@pytest.mark.parametrize("stored, writes, array, answer", [
+    # the BAS commands another priority meanwhile: it keeps it, and the stored one joins it
+    ({"8": True}, [("inactive", 16)], {8: 1, 16: 0}, "optOut"),
+    # the BAS commanded and relinquished the stored priority meanwhile: it stays relinquished
+    ({"8": True}, [("active", 8), (None, 8)], {}, "optIn"),
+    # the stored command outranks the BAS's new one and makes the point inactive: the VTN hears so
+    ({"8": False}, [("active", 16)], {8: 0, 16: 1}, "optIn"),
+])
+async def test_opt_out_commands_in_a_file_that_opens_late_are_merged_then(
+        tmp_path, free_udp_port, free_tcp_port, stored, writes, array, answer):
     # The BAS commanded ADR-Opt-Out before a restart; at the restart the mount is read-only.
     bacnet_port, meter_port, vtn_port, http_port = free_udp_port(), free_udp_port(), free_tcp_port(), free_tcp_port()
     log_path = tmp_path / "gateway.log"
     gw, opt_out = f"127.0.0.1:{bacnet_port}", P.BY_NAME[P.OPT_OUT].object_id
+    expected = [array.get(p) for p in range(1, 17)]
     with tmpfs(tmp_path / "ro", "rw,size=8m") as ro:
         storage = ro / "gw.sqlite"
         kept = Storage(storage)
-        kept.save_value("bacnet_commands:ADR-Opt-Out", '{"8": true}')
+        kept.save_value("bacnet_commands:ADR-Opt-Out", json.dumps(stored))
         kept.close()
         remount(ro, "ro")
         config = tmp_path / "gw.toml"
@@ -330,19 +340,22 @@ async def test_opt_out_commands_in_a_file_that_opens_late_are_restored_then(tmp_
             with GatewayProcess(config, log_path):
                 await eventually(lambda: vtn.vens, 30, f"registration\n{log_path.read_text()}")
                 assert await peer.read(gw, opt_out, "presentValue") == "inactive"   # nothing readable yet
-                # meanwhile the BAS commands another priority: it keeps it, and the stored one joins it
-                assert await peer.write(gw, opt_out, "presentValue", "inactive", priority=16) is None
+                for value, priority in writes:
+                    if value is None:
+                        assert await peer.relinquish(gw, opt_out, priority=priority) is None
+                    else:
+                        assert await peer.write(gw, opt_out, "presentValue", value, priority=priority) is None
                 remount(ro, "rw")
+                await eventually(lambda: f"storage.path {storage}: opened" in log_path.read_text(), 30, "file opened")
 
-                async def restored():
-                    return await peer.read(gw, opt_out, "priorityArray") == [None] * 7 + [1] + [None] * 7 + [0]
-                await eventually(restored, 30, "the priority-8 command once the file opens")
+                async def merged():  # a task right after the open
+                    return await peer.read(gw, opt_out, "priorityArray") == expected
+                await eventually(merged, 5, "the stored commands merged with the BAS's")
                 eid = vtn.add_event([1], start=datetime.now(timezone.utc) + timedelta(minutes=5), interval_seconds=60)
-                await eventually(lambda: vtn.opts_for(eid) == ["optOut"], 10, "a new event answered optOut")
+                await eventually(lambda: vtn.opts_for(eid) == [answer], 10, f"a new event answered {answer}")
         with contextlib.closing(sqlite3.connect(storage)) as db:   # the merge is what the file keeps
-            kept = db.execute("SELECT value FROM kv WHERE key = 'bacnet_commands:ADR-Opt-Out'").fetchone()[0]
-    assert json.loads(kept) == {"8": True, "16": False}
-    assert "ADR-Opt-Out commands restored" in log_path.read_text()
+            saved = db.execute("SELECT value FROM kv WHERE key = 'bacnet_commands:ADR-Opt-Out'").fetchone()[0]
+    assert json.loads(saved) == {str(p): bool(v) for p, v in array.items()}
 
 
 @pytest.mark.timeout(60)

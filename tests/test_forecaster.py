@@ -239,10 +239,12 @@ def test_a_flat_history_has_no_peak_and_no_valley():
     f = fc.predict(t[-1])
     assert f.high_threshold_kw is None and f.low_threshold_kw is None
     assert not f.high_load and not f.low_load
-    fixed = DemandForecaster(threshold_days=1, high_load_kw=150.0)  # a configured one with room: both serve
-    fixed.seed(t, np.full(t.size, 100.0))
-    f = fixed.predict(t[-1])
-    assert (f.high_threshold_kw, f.low_threshold_kw) == (150.0, 100.0) and f.low_load and not f.high_load
+    for kw in dict(high_load_kw=150.0), dict(low_load_kw=80.0):  # a configured one serves alone
+        fixed = DemandForecaster(threshold_days=1, **kw)
+        fixed.seed(t, np.full(t.size, 100.0))
+        f = fixed.predict(t[-1])
+        assert (f.high_threshold_kw, f.low_threshold_kw) == (kw.get("high_load_kw"), kw.get("low_load_kw"))
+        assert not f.high_load and not f.low_load
     wrong_side = DemandForecaster(threshold_days=1, low_load_kw=120.0)  # above the 90th percentile
     wrong_side.seed(t, 100.0 + 5.0 * np.sin(t / 3600.0))
     f = wrong_side.predict(t[-1])

@@ -178,10 +178,10 @@ class Gateway:
             log.warning("stored ADR-Opt-Out commands %r unreadable (%s): the point starts relinquished", saved, err)
             return
         if late:
-            # the BAS may have commanded other priorities since the start: what it holds now stays,
-            # the stored commands fill the priorities it has not used, and the merge is what is kept
-            held = self.device.commands(P.OPT_OUT)
-            commands = {p: v for p, v in commands.items() if p not in held}
+            # the BAS may have written or relinquished priorities since the start: those stay as it
+            # left them, the stored commands fill the others, and the merge is what is kept
+            touched = self.device.written_priorities(P.OPT_OUT)
+            commands = {p: v for p, v in commands.items() if p not in touched}
         await self.device.restore_commands(P.OPT_OUT, commands)
         if late:
             self.storage.save_value(OPT_OUT_COMMANDS, json.dumps(self.device.commands(P.OPT_OUT)))
@@ -189,8 +189,8 @@ class Gateway:
             log.info("ADR-Opt-Out commands restored from before the restart: %s -> %s",
                      ", ".join(f"{'active' if v else 'inactive'} at priority {p}" for p, v in sorted(commands.items())),
                      "active" if self.device.get(P.OPT_OUT) else "inactive")
-        if late and self.device.get(P.OPT_OUT):
-            self.vtn.set_opt_out(True)  # at start-up, start() does this before the VTN session
+        if late and bool(self.device.get(P.OPT_OUT)) != self.schedule.opted_out:
+            self.vtn.set_opt_out(bool(self.device.get(P.OPT_OUT)))  # at start-up, start() does this
 
     def _on_schedule(self, state: ScheduleState) -> None:
         self.device.set(P.EVENT_LEVEL, float(state.level))

@@ -243,6 +243,13 @@ class ForecasterConfig(_Section):
             raise ValueError(f"must be two increasing positive minute counts, e.g. [15, 60], got {list(v)}")
         return v
 
+    @model_validator(mode="after")
+    def _thresholds(self) -> "ForecasterConfig":
+        if self.high_load_kw is not None and self.low_load_kw is not None and self.high_load_kw <= self.low_load_kw:
+            # both flags would be on together: shed and charge at once
+            raise ValueError(f"high_load_kw ({self.high_load_kw:g}) must be above low_load_kw ({self.low_load_kw:g})")
+        return self
+
     @field_validator("timezone")
     @classmethod
     def _timezone(cls, v: str) -> str:
