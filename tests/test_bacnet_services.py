@@ -39,33 +39,10 @@ from bacnet_api.client import close_stack, start_stack, to_plain
 from bacnet_api.device import GatewayDevice
 from bacnet_api.points import EVENT_LEVEL, INPUT_POWER, METER_POWER, OPT_OUT
 from bacnet_peer import BacnetPeer
+from test_bacnet_device import DEVICE_ID, gateway, peer, where  # noqa: F401 - shared fixtures
 from waiting import eventually
 
 pytestmark = pytest.mark.timeout(60)
-
-DEVICE_ID = 500123
-INPUT_MIN, INPUT_MAX = -50.0, 1000.0
-
-
-@pytest.fixture
-async def gateway(free_udp_port):
-    device = GatewayDevice(address=f"127.0.0.1/8:{free_udp_port()}", device_id=DEVICE_ID,
-                           device_name="TestGateway", input_min=INPUT_MIN, input_max=INPUT_MAX)
-    await device.start()
-    try:
-        yield device
-    finally:
-        await device.stop()
-
-
-@pytest.fixture
-async def peer(free_udp_port):
-    async with BacnetPeer(free_udp_port(), timeout=3.0) as p:
-        yield p
-
-
-def where(device: GatewayDevice) -> str:
-    return device.address.replace("/8", "")
 
 
 async def request(peer: BacnetPeer, apdu, timeout: float = 3.0):
