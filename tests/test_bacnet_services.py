@@ -36,7 +36,6 @@ from bacpypes3.pdu import Address
 from bacpypes3.primitivedata import CharacterString, Enumerated, Null, ObjectIdentifier, Real
 
 from bacnet_api.client import close_stack, start_stack, to_plain
-from bacnet_api.device import GatewayDevice
 from bacnet_api.points import EVENT_LEVEL, INPUT_POWER, METER_POWER, OPT_OUT
 from bacnet_peer import BacnetPeer
 from test_bacnet_device import DEVICE_ID, gateway, peer, where  # noqa: F401 - shared fixtures
