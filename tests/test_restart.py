@@ -9,6 +9,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from bacnet_peer import BacnetPeer
 from gateway_process import GatewayProcess, write_config
+from waiting import eventually
 
 from bacnet_api import points as P
 from ven.vtn_server import DemoVtn
@@ -64,13 +65,6 @@ async def test_sigkill_during_event_restores_level_without_vtn(tmp_path, free_ud
     assert "Traceback" not in text, text
 
 
-async def until_true(check, timeout, what, log_path):
-    deadline = time.monotonic() + timeout
-    while not await check():
-        assert time.monotonic() < deadline, f"{what}\n{log_path.read_text()[-3000:]}"
-        await asyncio.sleep(0.2)
-
-
 async def test_opt_out_command_survives_sigkill_and_new_events_are_refused(tmp_path, free_udp_port, free_tcp_port):
     # A BAS commands ADR-Opt-Out once and believes it holds priority 8; a restart must not drop it.
     bacnet_port, vtn_port = free_udp_port(), free_tcp_port()
@@ -83,30 +77,21 @@ async def test_opt_out_command_survives_sigkill_and_new_events_are_refused(tmp_p
     try:
         async with BacnetPeer(free_udp_port(), timeout=1.0) as peer, DemoVtn(port=vtn_port, poll_seconds=1.0) as vtn:
             gateway.start()
-
-            async def registered():
-                return bool(vtn.vens)
-            await until_true(registered, 30, "registration", log_path)
+            await eventually(lambda: vtn.vens, 30, "registration")
             assert await peer.write(gw, opt_out, "presentValue", "active", priority=8) is None
             gateway.kill()
             gateway.start()
 
             async def commanded():
                 return (await peer.read(gw, opt_out, "priorityArray")) == [None] * 7 + [1] + [None] * 8
-            await until_true(commanded, 30, "the priority-8 command back after the restart", log_path)
+            await eventually(commanded, 30, "the priority-8 command back after the restart")
             assert await peer.read(gw, opt_out, "presentValue") == "active"
             start = datetime.now(timezone.utc) + timedelta(minutes=5)
             later = vtn.add_event([1], start=start, interval_seconds=60, event_id="after-restart")
-
-            async def refused():
-                return vtn.opts_for(later) == ["optOut"]
-            await until_true(refused, 15, "a new event answered optOut", log_path)
+            await eventually(lambda: vtn.opts_for(later) == ["optOut"], 15, "a new event answered optOut")
 
             assert await peer.relinquish(gw, opt_out, priority=8) is None
-
-            async def back_in():
-                return vtn.opts_for(later)[-1:] == ["optIn"]
-            await until_true(back_in, 15, "opted back in once relinquished", log_path)
+            await eventually(lambda: vtn.opts_for(later)[-1:] == ["optIn"], 15, "opted back in once relinquished")
     finally:
         gateway.stop()
     text = log_path.read_text()

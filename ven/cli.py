@@ -104,7 +104,7 @@ def cmd_run(args) -> int:
     try:  # the device probes again when it starts; this turns a busy port into a refusal, not a traceback
         ensure_port_free(cfg.bacnet.address)
     except OSError as err:
-        _print_config_error(ConfigError(f"bacnet.address: {err.strerror or err}"))
+        print(f"configuration error: bacnet.address: {err.strerror or err}", file=sys.stderr)
         return EXIT_CONFIG
     setup_logging(cfg.log_level)
 

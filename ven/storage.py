@@ -65,6 +65,20 @@ class ReopenTimer:
         return True
 
 
+def open_or_retry_later(open_file: Callable[[], None], reopen_seconds: float | None,
+                        meanwhile: str) -> tuple[ReopenTimer | None, str | None]:
+    """Call `open_file`; when the file will not open, StorageError without `reopen_seconds`, else
+    one ERROR saying what happens `meanwhile` and (the timer that paces retries, the reason)."""
+    try:
+        open_file()
+    except StorageError as err:
+        if reopen_seconds is None:
+            raise
+        log.error("%s; %s (tried every %g s); a restart before then loses them", err, meanwhile, reopen_seconds)
+        return ReopenTimer(reopen_seconds), str(err)
+    return None, None
+
+
 def _os_reason(p: Path) -> str:
     """SQLite says "unable to open database file" or "disk I/O error"; the OS knows why."""
     if p == Path(":memory:"):
@@ -103,17 +117,8 @@ class Storage:
         # called with the kv values the file held when it opened after the start; memory's values are
         # written over them right after, so an owner that wants to merge saves the merged value again
         self.on_late_open: Callable[[dict[str, str]], None] | None = None
-        self.write_error: str | None = None
-        self._reopen: ReopenTimer | None = None
-        try:
-            self._open()
-        except StorageError as err:
-            if reopen_seconds is None:
-                raise
-            self._reopen = ReopenTimer(reopen_seconds)
-            self.write_error = str(err)
-            log.error("%s; events are kept in memory and written once it opens (tried every %g s); a "
-                      "restart before then loses them", err, reopen_seconds)
+        self._reopen, self.write_error = open_or_retry_later(
+            self._open, reopen_seconds, "events are kept in memory and written once it opens")
 
     def _open(self) -> None:
         self.conn = connect(self.path, "CREATE TABLE IF NOT EXISTS adr_events ("

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from .storage import ReopenTimer, StorageError, connect
+from .storage import StorageError, connect, open_or_retry_later
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,6 @@ class TelemetryQueue:
         self.path = path
         self.max_age = max_age
         self._conn: sqlite3.Connection | None = None
-        self._reopen: ReopenTimer | None = None
         self._dropped = 0
         self.last_delivery: datetime | None = None
         self.delivered = 0      # samples accepted by the VTN since this process started
@@ -47,16 +46,8 @@ class TelemetryQueue:
         self.sent_total = 0                 # samples the VTN accepted since start (metrics)
         self._acked: set[int] = set()       # rows the VTN accepted whose DELETE failed: never resent
         self._moved: dict[int, int] = {}    # memory seq -> its row after the move to the file
-        self.write_error: str | None = None
-        try:
-            self._open()
-        except StorageError as err:
-            if reopen_seconds is None:
-                raise
-            self._reopen = ReopenTimer(reopen_seconds)
-            self.write_error = str(err)
-            log.error("%s; telemetry samples wait in memory until it opens (tried every %g s); a restart "
-                      "before then loses them", err, reopen_seconds)
+        self._reopen, self.write_error = open_or_retry_later(
+            self._open, reopen_seconds, "telemetry samples wait in memory until it opens")
 
     def _open(self) -> None:
         conn = connect(self.path, "CREATE TABLE IF NOT EXISTS telemetry_queue ("

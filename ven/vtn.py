@@ -345,8 +345,8 @@ class VtnClient:
         await client.register_reports(client.reports)
         loop = asyncio.get_running_loop()
         if client.last_error:
-            self._offer_backoff = (self._cfg.retry_min_seconds if self._reports_offered or not self._offer_backoff
-                                   else min(self._offer_backoff * 2, self._cfg.retry_max_seconds))
+            self._offer_backoff = (min(self._offer_backoff * 2, self._cfg.retry_max_seconds) if self._offer_backoff
+                                   else self._cfg.retry_min_seconds)
             self._next_offer = loop.time() + self._offer_backoff
             self._reports_offered = False
             self.report_offer_error = client.last_error
@@ -489,10 +489,10 @@ class VtnClient:
         if (prev is None or prev.unlisted) and not ev.test_event and not ev.cancelled:
             ev = with_opt(ev, OPT_OUT if self._schedule.opted_out else OPT_IN)
         self._schedule.upsert(ev)
-        stored = self._schedule.get(eid)
-        if stored is ev:  # taken: say what it is (the schedule logs what it refused)
+        stored = self._schedule.get(eid)  # ev, or the copy the schedule kept (it logs why)
+        if stored is ev:
             self._log_event(ev, prev)
-        return _answer(stored) if stored is not None else ev.opt
+        return _answer(stored)
 
     @staticmethod
     def _log_event(ev, prev) -> None:
