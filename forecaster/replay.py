@@ -157,8 +157,8 @@ def fit_map(processes: int, n_threads: int = 1):
 
 def _cycle_seconds(cycle_minutes) -> float:
     cycle = float(cycle_minutes) * 60.0
-    if not (math.isfinite(cycle) and cycle > 0):
-        raise ValueError(f"cycle_minutes must be a positive number of minutes, got {cycle_minutes!r}")
+    if not (math.isfinite(cycle) and cycle >= 60.0):  # the history is kept in 1-minute means
+        raise ValueError(f"cycle_minutes must be at least 1 minute, got {cycle_minutes!r}")
     return cycle
 
 

@@ -214,6 +214,11 @@ def test_env_error_names_the_variable(tmp_path):
     ('[http]\naddress = "http://127.0.0.1:8000"\n', "http.address", "host:port (no scheme"),
     ('[http]\naddress = "300.1.1.1:8000"\n', "http.address", "host:port"),
     ('[meter]\nrouter = "http://10.0.0.1:47808"\n', "meter.router", "host:port"),
+    ('[meter]\naddress = "meter.local"\n', "meter.address", "must be network:mac (e.g. 12345:2)"),
+    ('[meter]\naddress = "12345:300"\n', "meter.address", "address out of range"),
+    ('[meter]\naddress = "65535:2"\n', "meter.address", "network out of range"),
+    ('[meter]\naddress = "2"\n', "meter.address", "must be network:mac"),
+    ('[meter]\naddress = "12345:*"\n', "meter.address", "must be network:mac"),
     ('[meter]\nobject = "analogInptu 2"\n', "meter.object", "unknown BACnet object type 'analogInptu'"),
     ('[meter]\nobject = "analogInput 4194304"\n', "meter.object", "instance must be a whole number"),
     ('[meter]\nproperty = "presentValu"\n', "meter.property", "unknown BACnet property 'presentValu'"),
@@ -254,3 +259,5 @@ retry_max_seconds = 5
 address = "[::1]:8000"
 '''), environ={})
     assert cfg.meter.object == "analog-input:7" and cfg.http.address == "[::1]:8000"
+    for address in ("12345:0x02", "12345:192.168.1.5:47808", "10.0.0.5"):
+        assert load_config(_write(tmp_path, f'[meter]\naddress = "{address}"\n'), environ={}).meter.address == address

@@ -112,20 +112,21 @@ def _write_series(path, stamps, kw=lambda i: 100 + i % 7):
             fh.write(f"{s},{kw(i)}\n")
 
 
-def test_cli_refuses_a_non_positive_cycle_before_creating_output(tmp_path, capsys):
+def test_cli_refuses_a_cycle_under_a_minute_before_creating_output(tmp_path, capsys):
     from ven.cli import main
 
     src, out = tmp_path / "in.csv", tmp_path / "out.csv"
     _write_series(src, [START + 900 * i for i in range(10)])
-    for bad in ("0", "-5", "nan"):
+    for bad in ("0", "-5", "nan", "0.0001"):  # 0.0001: a year would be five billion cycles
         with pytest.raises(SystemExit) as exc:
             main(["forecast-replay", "--csv", str(src), "--time-column", "timestamp", "--value-column", "kw",
                   "--output", str(out), "--cycle-minutes", bad, "--fit-processes", "1"])
         assert exc.value.code == 2
-        assert "--cycle-minutes: must be a positive number of minutes" in capsys.readouterr().err
+        assert "--cycle-minutes: must be at least 1 minute" in capsys.readouterr().err
         assert not out.exists()
-    with pytest.raises(ValueError, match="cycle_minutes must be a positive"):
-        replay_csv(src, "timestamp", "kw", out, cycle_minutes=0)
+    for bad in (0, 0.5):
+        with pytest.raises(ValueError, match="cycle_minutes must be at least 1 minute"):
+            replay_csv(src, "timestamp", "kw", out, cycle_minutes=bad)
     assert not out.exists()
 
 

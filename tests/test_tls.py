@@ -4,6 +4,8 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import logging
+import subprocess
+import sys
 
 import pytest
 from waiting import eventually as until
@@ -116,3 +118,24 @@ async def test_wrong_fingerprint_is_refused_logged_and_retried(pki, free_tcp_por
             assert all(not t.done() for t in client._tasks), "the client keeps retrying"
         finally:
             await close()
+
+
+def test_check_config_opens_the_tls_files(pki):
+    d, _ = pki
+
+    def check(**keys):
+        conf = d / "gw.toml"
+        conf.write_text("[openadr]\n" + "".join(f'{k} = "{v}"\n' for k, v in keys.items()))
+        return subprocess.run([sys.executable, "-m", "ven.cli", "check-config", str(conf)],
+                              capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+
+    good = dict(cert=d / "ven.pem", key=d / "ven.key", passphrase="s3cret", ca_file=d / "ca.pem")
+    assert check(**good).returncode == 0
+    for bad, words in ((dict(good, passphrase="wrong"), "openadr.cert/key/passphrase"),
+                       (dict(good, passphrase=""), "openadr.cert/key/passphrase"),  # never a prompt
+                       (dict(good, key=d / "other.key"), "openadr.cert/key/passphrase"),
+                       (dict(good, cert=d / "missing.pem"), "No such file"),
+                       (dict(good, ca_file=d / "ven.key"), "openadr.ca_file")):
+        res = check(**bad)
+        assert res.returncode == 2 and words in res.stderr, (bad, res.stderr)
+        assert res.stderr.startswith("configuration error: ") and "Traceback" not in res.stderr

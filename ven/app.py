@@ -24,6 +24,7 @@ from .config import GatewayConfig
 from .metrics import Metrics
 from .schedule import EventSchedule, ScheduleState
 from .storage import REOPEN_SECONDS, Storage
+from .tasks import cancel_and_wait
 from .telemetry import TelemetryQueue
 
 if TYPE_CHECKING:
@@ -67,6 +68,7 @@ class Gateway:
                                  poll_seconds=c.meter.poll_seconds, timeout_seconds=c.meter.timeout_seconds,
                                  on_reading=self._on_meter)
         self._stack = []
+        self._late_restore: asyncio.Task | None = None
         self._schedule_listeners: list = []
         self._counted = {"sent": 0, "dropped": 0, "poll_failures": 0}
         self.metrics.set_version(__version__)
@@ -123,6 +125,10 @@ class Gateway:
         self._stack.append(part)
 
     async def stop(self) -> None:
+        try:
+            await cancel_and_wait(self._late_restore)  # it writes to the device and storage stopped below
+        except Exception as err:  # noqa: BLE001 - its failure must not keep the rest running
+            log.warning("restoring ADR-Opt-Out after the storage opened late: %s", err)
         while self._stack:
             part = self._stack.pop()
             try:

@@ -6,7 +6,7 @@ import asyncio
 import signal
 import sys
 
-from .config import ConfigError, GatewayConfig, check_bacnet_address, load_config
+from .config import ConfigError, GatewayConfig, check_bacnet_address, load_config, tls_file_problems
 
 EXIT_CONFIG = 2
 
@@ -58,6 +58,10 @@ async def serve_until_signalled(main, duration: float | None = None) -> None:
 
 def cmd_check_config(args) -> int:
     cfg = _config_or_exit(args.file)
+    problems = tls_file_problems(cfg.openadr)
+    if problems:
+        _print_config_error(ConfigError("\n".join(problems)))
+        return EXIT_CONFIG
     print(f"{args.file}: ok (device {cfg.bacnet.device_id} on {cfg.bacnet.address}, "
           f"meter {cfg.meter.address} {cfg.meter.object}, VTN {cfg.openadr.vtn_url})")
     return 0
@@ -193,8 +197,9 @@ def _positive_minutes(text: str) -> float:
         x = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 < x < float("inf"):  # also false for nan
-        raise argparse.ArgumentTypeError(f"must be a positive number of minutes, got {text}")
+    if not 1 <= x < float("inf"):  # also false for nan
+        raise argparse.ArgumentTypeError(f"must be at least 1 minute (the history is kept in 1-minute means), "
+                                         f"got {text}")
     return x
 
 

@@ -108,6 +108,23 @@ class MeterConfig(_Section):
     poll_seconds: float = Field(10.0, gt=0)
     timeout_seconds: float = Field(5.0, gt=0)
 
+    @field_validator("address")
+    @classmethod
+    def _meter_address(cls, v: str) -> str:
+        from bacpypes3.pdu import Address, combined_pattern
+
+        # combined_pattern first: a string it does not match, bacpypes3 resolves as a host name (DNS)
+        form = "network:mac (e.g. 12345:2) or a BACnet/IP meter's ip[:port] (e.g. 192.168.1.20:47808)"
+        if "*" in v or not combined_pattern.match(v):
+            raise ValueError(f"must be {form}, got {v!r}")
+        try:
+            addr = Address(v)
+        except ValueError as err:
+            raise ValueError(f"{v!r}: {err} (network 1..65534, mac 0..255 or hex bytes)") from None
+        if addr.addrType != Address.remoteStationAddr and len(addr.addrAddr) != 6:  # 6: IPv4 + port
+            raise ValueError(f"must be {form}, got {v!r}")
+        return v
+
     @field_validator("object")
     @classmethod
     def _object(cls, v: str) -> str:
@@ -187,6 +204,27 @@ class OpenadrConfig(_Section):
             raise ValueError(f"retry_min_seconds ({self.retry_min_seconds:g}) must not exceed "
                              f"retry_max_seconds ({self.retry_max_seconds:g})")
         return self
+
+
+def tls_file_problems(c: OpenadrConfig) -> list[str]:
+    """What `run` would find wrong with the TLS files, for check-config. Not a load-time check: `run`
+    keeps retrying, so certificates mounted after start (secrets, a late volume) still work."""
+    import ssl
+
+    problems = []
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if c.cert:
+        try:
+            # a callable, never None: OpenSSL would prompt on the terminal for an encrypted key
+            ctx.load_cert_chain(c.cert, c.key, password=lambda: c.passphrase.encode())
+        except (OSError, ssl.SSLError) as err:
+            problems.append(f"openadr.cert/key/passphrase: {c.cert}, {c.key}: {err.strerror or err}")
+    if c.ca_file:
+        try:
+            ctx.load_verify_locations(cafile=c.ca_file)
+        except (OSError, ssl.SSLError) as err:
+            problems.append(f"openadr.ca_file: {c.ca_file}: {err.strerror or err}")
+    return problems
 
 
 class StorageConfig(_Section):
