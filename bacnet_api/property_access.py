@@ -12,16 +12,20 @@ bacpypes3 handlers answer wrongly. `services._Services` inherits this mix-in.
   rejected or failed), invalid-data-type for a value of the wrong datatype (bacpypes3 rejected it
   invalid-tag, which is for a malformed request), and a Null without a priority relinquishes priority 16
   (clause 19.2.1), which bacpypes3 rejected.
+- WritePropertyMultiple writes each value by those same rules, in order, and stops at the first
+  failure with a WritePropertyMultiple-Error naming it (clause 15.10). An unknown object anywhere
+  refuses the whole request before anything is written. bacpypes3 raised the error PDU without the
+  request's context, so nothing reached the BAS and asyncio logged a traceback.
 """
 from __future__ import annotations
 
 import inspect
 from typing import Any
 
-from bacpypes3.apdu import ReadPropertyMultipleACK, SimpleAckPDU
-from bacpypes3.basetypes import PropertyIdentifier, ReadAccessResult
+from bacpypes3.apdu import ReadPropertyMultipleACK, SimpleAckPDU, WritePropertyMultipleError
+from bacpypes3.basetypes import ErrorType, ObjectPropertyReference, PropertyIdentifier, ReadAccessResult
 from bacpypes3.constructeddata import Array
-from bacpypes3.errors import ObjectError, PropertyError, RejectException
+from bacpypes3.errors import ExecutionError, ObjectError, PropertyError, RejectException
 from bacpypes3.local.cmd import Commandable
 from bacpypes3.primitivedata import ObjectIdentifier, Unsigned
 from bacpypes3.service.object import read_property_to_result_element
@@ -62,6 +66,37 @@ class PropertyAccess:
         value = value_to_write(obj, prop, index, priority, apdu.propertyValue)
         await obj.write_property(prop, value, index, priority)
         await self.response(SimpleAckPDU(context=apdu))
+
+
+    async def do_WritePropertyMultipleRequest(self, apdu: Any) -> None:
+        specs = [(self.local_id(spec.objectIdentifier), spec.listOfProperties) for spec in apdu.listOfWriteAccessSpecs]
+        try:
+            for object_id, props in specs:
+                if self.get_object_id(object_id) is None:
+                    first = props[0].propertyIdentifier if props else PropertyIdentifier.all
+                    raise _multiple_error("object", "unknownObject", object_id, first, None)
+            for object_id, props in specs:
+                obj = self.get_object_id(object_id)
+                for p in props:
+                    prop, index, priority = p.propertyIdentifier, p.propertyArrayIndex, p.priority
+                    try:
+                        await obj.write_property(prop, value_to_write(obj, prop, index, priority, p.value),
+                                                 index, priority)
+                    except ExecutionError as err:
+                        raise _multiple_error(err.errorClass, err.errorCode, object_id, prop, index) from None
+        except WritePropertyMultipleError as error:
+            error.set_context(apdu)
+            await self.response(error)
+            return
+        await self.response(SimpleAckPDU(context=apdu))
+
+
+def _multiple_error(error_class, error_code, object_id, prop, index) -> WritePropertyMultipleError:
+    failed = ObjectPropertyReference(objectIdentifier=object_id, propertyIdentifier=prop)
+    if index is not None:
+        failed.propertyArrayIndex = index
+    return WritePropertyMultipleError(errorType=ErrorType(errorClass=error_class, errorCode=error_code),
+                                      firstFailedWriteAttempt=failed)
 
 
 def value_to_write(obj: Any, prop: Any, index: int | None, priority: int | None, value: Any) -> Any:

@@ -1,8 +1,6 @@
 """Where the bacpypes3 application BAC0 builds answers a BAS wrongly or noisily, put right.
 
 `harden(app)` is called once by GatewayDevice.start, before the point objects are added:
-- a refused WritePropertyMultiple gets its WritePropertyMultiple-Error (bacpypes3 raises that error
-  PDU without the request's context, so nothing was sent and asyncio logged a traceback);
 - a confirmed-COV subscriber that stops answering is logged once and its subscription cancelled
   (bacpypes3 logged a traceback for every notification until the lifetime ran out);
 - a change of statusFlags is a change of value for COV, as BACnet requires: bacpypes3 computes
@@ -22,11 +20,10 @@ import math
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from bacpypes3.apdu import AbortPDU, WritePropertyMultipleError
+from bacpypes3.apdu import AbortPDU
 from bacpypes3.basetypes import (
     COVSubscription,
     DeviceAddress,
-    ErrorType,
     ListOfCOVSubscription,
     ObjectPropertyReference,
     ObjectTypesSupported,
@@ -105,25 +102,6 @@ class _Services(PropertyAccess):
     def add_object(self, obj: Any) -> None:
         super().add_object(obj)
         _announce_status_flags(obj)
-
-    async def do_WritePropertyMultipleRequest(self, apdu: Any) -> None:
-        try:
-            # For an unknown object bacpypes3 builds a reference without a property, or a plain Error
-            # that WritePropertyMultiple may not carry: nothing reaches the BAS. Refuse such a request
-            # before any of it is written.
-            for spec in apdu.listOfWriteAccessSpecs:
-                spec.objectIdentifier = self.local_id(spec.objectIdentifier)
-                if self.get_object_id(spec.objectIdentifier) is None:
-                    first = spec.listOfProperties[0].propertyIdentifier if spec.listOfProperties else "all"
-                    raise WritePropertyMultipleError(
-                        errorType=ErrorType(errorClass="object", errorCode="unknownObject"),
-                        firstFailedWriteAttempt=ObjectPropertyReference(
-                            objectIdentifier=spec.objectIdentifier, propertyIdentifier=first),
-                    )
-            await super().do_WritePropertyMultipleRequest(apdu)
-        except WritePropertyMultipleError as error:
-            error.set_context(apdu)
-            await self.response(error)
 
     def get_active_cov_subscriptions(self) -> ListOfCOVSubscription:
         # the device object's activeCovSubscriptions asks for this; bacpypes3's COV service keeps the

@@ -301,7 +301,6 @@ class Heartbeat:
                 del self.stalls[self.keep:]
 
     def _watch(self) -> None:
-        import asyncio as _a  # noqa: F401  (the loop's clock is time.monotonic on Linux)
         while not self._stop.wait(0.004):
             expected = self._expected
             if expected is None or time.monotonic() - expected < self.sample_after:

@@ -5,6 +5,7 @@ A second real bacpypes3 stack on loopback asks, as a BAS would."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 from importlib.metadata import version
@@ -330,15 +331,22 @@ async def test_read_property_multiple_of_a_missing_object_answers_the_others(gat
 ], ids=["vendor-property", "absent-property", "priority-array", "read-only-wrong-type", "read-only-null",
         "device-wrong-type", "string-for-real", "enumerated-for-real", "real-for-binary", "out-of-range",
         "unknown-object"])
-async def test_refused_write_property_gets_the_error_bacnet_names(gateway, peer, caplog, obj, prop, value,
-                                                                   priority, error):
+@pytest.mark.parametrize("service", ["WriteProperty", "WritePropertyMultiple"])
+async def test_refused_write_gets_the_error_bacnet_names(gateway, peer, caplog, obj, prop, value, priority, error,
+                                                         service):
     addr = where(gateway)
     assert await peer.write(addr, "analogValue 1", "presentValue", 40.0, priority=8) is None
 
-    answer = await request(peer, write_one(addr, obj, prop, value, priority))
-
-    assert isinstance(answer, ErrorPDU), answer
-    assert f"{answer.errorClass}/{answer.errorCode}" == error
+    if service == "WriteProperty":
+        answer = await request(peer, write_one(addr, obj, prop, value, priority))
+        assert isinstance(answer, ErrorPDU), answer
+        assert f"{answer.errorClass}/{answer.errorCode}" == error
+    else:
+        answer = await request(peer, write_multiple(addr, obj, prop, value, priority))
+        assert isinstance(answer, WritePropertyMultipleError), answer
+        assert f"{answer.errorType.errorClass}/{answer.errorType.errorCode}" == error
+        failed = answer.firstFailedWriteAttempt
+        assert (failed.objectIdentifier, failed.propertyIdentifier) == (ObjectIdentifier(obj), PropertyIdentifier(prop))
     assert await peer.read(addr, "analogValue 1", "priorityArray") == [None] * 7 + [40.0] + [None] * 8
     assert await peer.read(addr, "analogValue 4", "presentValue") == 0.0
     assert await peer.read(addr, "binaryValue 4", "priorityArray") == [None] * 16
@@ -350,15 +358,17 @@ async def test_refused_write_property_gets_the_error_bacnet_names(gateway, peer,
     (INPUT_POWER, "analogValue,1", Real(7.0)),
     (OPT_OUT, "binaryValue,4", Enumerated(1)),
 ])
-async def test_null_without_priority_relinquishes_priority_16(gateway, peer, caplog, point, obj, command):
+@pytest.mark.parametrize("write", [write_one, functools.partial(write_multiple, priority=None)],
+                         ids=["WriteProperty", "WritePropertyMultiple"])
+async def test_null_without_priority_relinquishes_priority_16(gateway, peer, caplog, point, obj, command, write):
     addr, name = where(gateway), obj.replace(",", " ")
     seen = []
     gateway.on_write(point, seen.append)
-    assert isinstance(await request(peer, write_one(addr, obj, "presentValue", command)), SimpleAckPDU)
+    assert isinstance(await request(peer, write(addr, obj, "presentValue", command)), SimpleAckPDU)
     assert isinstance(await request(peer, write_one(addr, obj, "presentValue", command, 8)), SimpleAckPDU)
     assert (await peer.read(addr, name, "priorityArray"))[15] is not None
 
-    answer = await request(peer, write_one(addr, obj, "presentValue", Null(())))
+    answer = await request(peer, write(addr, obj, "presentValue", Null(())))
 
     assert isinstance(answer, SimpleAckPDU), answer
     slots = await peer.read(addr, name, "priorityArray")

@@ -12,7 +12,6 @@ import contextlib
 import errno
 import json
 import logging
-import signal
 import sqlite3
 import subprocess
 import time

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 
 import pytest
 from bacnet_peer import BacnetPeer
