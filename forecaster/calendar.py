@@ -44,6 +44,8 @@ def holiday_dates(preset: str, years, extra=()) -> set[dt.date]:
                 out.add(dt.date.fromisoformat(f"{y}-{md}"))
             out.add(_easter(y) + dt.timedelta(days=1))
         for e in extra:
+            if e == "02-29" and not (y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)):
+                continue  # a leap day every year it exists
             out.add(dt.date.fromisoformat(e if len(e) == 10 else f"{y}-{e}"))
     return out
 
@@ -68,9 +70,11 @@ class Calendar:
     def __setstate__(self, state):
         self.__init__(**state)
 
-    def _offset_seconds(self, hours: np.ndarray) -> np.ndarray:
-        uniq, inv = np.unique(hours, return_inverse=True)
-        offs = np.array([_utcoffset(self._tz, int(h)) for h in uniq], dtype=np.int64)
+    def _offset_seconds(self, t: np.ndarray) -> np.ndarray:
+        """UTC offset at epoch seconds t, looked up per quarter hour: every zone changes its clocks on
+        a quarter hour of UTC, not all on a whole hour (Adelaide and St John's on a half hour)."""
+        uniq, inv = np.unique(np.asarray(t, dtype=np.int64) // _STEP, return_inverse=True)
+        offs = np.array([_utcoffset(self._tz, int(q)) for q in uniq], dtype=np.int64)
         return offs[inv]
 
     def local_seconds(self, t: np.ndarray) -> np.ndarray:
@@ -78,7 +82,7 @@ class Calendar:
         t = np.asarray(t, dtype=np.int64)
         if self.timezone == "UTC":
             return t
-        return t + self._offset_seconds(t // 3600)
+        return t + self._offset_seconds(t)
 
     def days_back(self, ks: np.ndarray, days) -> np.ndarray:
         """Minute numbers at the same wall-clock time `days` local days before minutes ks: across a
@@ -87,7 +91,7 @@ class Calendar:
         back = ks - np.asarray(days, dtype=np.int64) * 1440
         if self.timezone == "UTC":
             return back
-        shift = self._offset_seconds(ks // 60) - self._offset_seconds(back // 60)  # by the hour each minute is in
+        shift = self._offset_seconds(ks * 60) - self._offset_seconds(back * 60)
         return back + shift // 60
 
     def day_kind(self, days: np.ndarray) -> np.ndarray:
@@ -160,9 +164,12 @@ def _holiday_days(preset: str, first_year: int, last_year: int, extra: tuple) ->
     return np.array(sorted((d - dt.date(1970, 1, 1)).days for d in dates), dtype=np.int64)
 
 
-@lru_cache(maxsize=65536)
-def _utcoffset(tz: ZoneInfo, hour: int) -> int:
-    return int(dt.datetime.fromtimestamp(hour * 3600, tz).utcoffset().total_seconds())
+_STEP = 900
+
+
+@lru_cache(maxsize=262144)  # three years of quarter hours
+def _utcoffset(tz: ZoneInfo, quarter: int) -> int:
+    return int(dt.datetime.fromtimestamp(quarter * _STEP, tz).utcoffset().total_seconds())
 
 
 def _date(day: int) -> dt.date:

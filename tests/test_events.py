@@ -97,3 +97,31 @@ def test_a_cancellation_stored_before_unlisted_existed_can_be_reinstated():
     live = json.loads(from_openleadr(raw_event(), T0).to_json())
     del live["unlisted"]
     assert not Event.from_json(json.dumps(live)).unlisted
+
+
+def test_an_active_period_of_duration_zero_runs_until_cancelled():
+    # rule 47 of the 2.0b conformance: overall duration 0 = no defined end; openleadr reads "P" as 0
+    raw = raw_event(levels=(1, 2), step=60)
+    raw["active_period"]["duration"] = timedelta(0)
+    raw["event_signals"][0]["intervals"][-1]["duration"] = timedelta(0)
+    ev = from_openleadr(raw, received_at=T0)
+    assert ev.open_ended and ev.simple_level(T0 + timedelta(seconds=30)) == 1.0
+    for later in (timedelta(seconds=61), timedelta(days=400)):
+        assert ev.simple_level(T0 + later) == 2.0 and ev.phase(T0 + later) == "active"
+    d = ev.describe(T0 + timedelta(days=2))
+    assert d["end"] is None and d["open_ended"] and d["status"] == "active"
+    assert [i["duration_seconds"] for i in d["signals"][0]["intervals"]] == [60.0, None]
+    assert Event.from_json(ev.to_json()) == ev
+
+    closed = from_openleadr(raw_event(levels=(1, 2)), received_at=T0)  # a zero interval alone is not open
+    assert not closed.open_ended and closed.phase(T0 + timedelta(seconds=120)) == "completed"
+
+
+def test_priority_is_read_and_kept():
+    raw = raw_event()
+    raw["event_descriptor"]["priority"] = 2
+    ev = from_openleadr(raw, received_at=T0)
+    assert ev.priority == 2 and ev.describe(T0)["priority"] == 2
+    assert Event.from_json(ev.to_json()).priority == 2
+    raw["event_descriptor"]["priority"] = "x"
+    assert from_openleadr(raw, received_at=T0).priority == 0  # unreadable: no priority, the lowest

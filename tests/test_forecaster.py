@@ -275,6 +275,25 @@ def test_calendar_kinds_and_italian_holidays():
         Calendar("UTC", "XX")
 
 
+@pytest.mark.parametrize("zone, around", [("Australia/Adelaide", "2026-04-04"), ("Australia/Adelaide", "2026-10-03"),
+                                           ("America/St_Johns", "2026-03-07"), ("Europe/Rome", "2026-10-24")])
+def test_local_time_follows_every_clock_change_minute_by_minute(zone, around):
+    # Adelaide and St John's change their clocks on a half hour of UTC, not a whole one
+    from zoneinfo import ZoneInfo
+    cal, tz = Calendar(zone), ZoneInfo(zone)
+    t0 = int(dt.datetime.fromisoformat(around).replace(tzinfo=dt.timezone.utc).timestamp())
+    t = np.arange(t0, t0 + 3 * 86400, 60)
+    want = [int(x) + int(dt.datetime.fromtimestamp(int(x), tz).utcoffset().total_seconds()) for x in t]
+    assert cal.local_seconds(t).tolist() == want
+
+
+def test_a_leap_day_holiday_is_kept_only_in_leap_years():
+    cal = Calendar("UTC", holidays=("02-29",))
+    day = lambda s: (dt.date.fromisoformat(s) - dt.date(1970, 1, 1)).days  # noqa: E731
+    days = [day(s) for s in ("2027-02-26", "2027-03-01", "2028-02-29", "2028-03-01")]
+    assert cal.day_kind(np.array(days)).tolist() == [WORKDAY, WORKDAY, RESTDAY, WORKDAY]
+
+
 def _seed_office(fc, days, step=900.0, noise=0.0, seed=0):
     t = T0 + np.arange(0, days * 86400, step)
     v = office(t) + np.random.default_rng(seed).normal(0, noise, t.size)

@@ -383,6 +383,14 @@ def test_build_history_from_forecaster_store_shape():
                        {"start": "2026-11-22T01:00:00Z", "duration_seconds": 1800, "payload": 9.5}]}]}
     shaded = build_history(now, 1.0, store, [stepped])["events"]   # each level as the BAS saw it
     assert [(e["level"], e["end"] - e["start"]) for e in shaded] == [(1, 600), (2, 600), (3, 600)]
+    # cancelled at 01:15 while running: what it drove until then stays; one cancelled before it
+    # reached the gateway (no cancelled_at) never ran here
+    cut = dict(stepped, status="cancelled", cancelled_at="2026-11-22T01:15:00Z")
+    shaded = build_history(now, 1.0, store, [cut, dict(stepped, status="cancelled")])["events"]
+    assert [(e["level"], e["end"] - e["start"]) for e in shaded] == [(1, 600), (2, 300)]
+    opened = dict(stepped, signals=[{"name": "SIMPLE", "intervals": [
+        {"start": "2026-11-22T01:20:00Z", "duration_seconds": None, "payload": 2.0}]}])  # open-ended
+    assert [(e["level"], e["end"]) for e in build_history(now, 1.0, store, [opened])["events"]] == [(2, None)]
     assert h["events"][0]["start"] == 1_795_309_200.0
     json.dumps(to_json(h), allow_nan=False)
     empty = build_history(now, 24, {"power": {"time": [], "kw": []}, "forecasts": {}, "flags": {}})

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from ven.events import OPT_IN, OPT_OUT, Event, Interval, Signal
+from ven.events import OPEN_ENDED, OPT_IN, OPT_OUT, Event, Interval, Signal
 from ven.schedule import EventSchedule
 from ven.storage import Storage, StorageError
 
@@ -89,6 +89,39 @@ async def test_overlap_highest_wins_and_cancel_returns_to_remaining(storage):
         assert {e["status"] for e in sched.events() if e["event_id"] != "t"} == {"cancelled"}
     finally:
         await sched.stop()
+
+
+async def test_overlap_follows_priority_then_the_highest_level(storage):
+    sched = EventSchedule(storage, Recorder())
+    t = now() - timedelta(seconds=1)
+    sched.upsert(replace(make_event("none", [3], t, 60), priority=0))    # 0: no priority, the lowest
+    sched.upsert(replace(make_event("second", [2], t, 60), priority=2))
+    assert sched.state().level == 2.0
+    sched.upsert(replace(make_event("first", [1], t, 60), priority=1))
+    sched.upsert(replace(make_event("first-too", [0], t, 60), priority=1))
+    assert sched.state().level == 1.0  # the highest level among the highest priority
+    assert sched.state().active_event_ids == ("first", "first-too", "none", "second")
+    sched.cancel("first")
+    sched.cancel("first-too")
+    assert sched.state().level == 2.0
+    sched.cancel("second")
+    assert sched.state().level == 3.0
+
+
+async def test_an_open_ended_event_runs_until_cancelled_and_is_purged_after(storage, tmp_path):
+    clock = [now()]
+    sched = EventSchedule(storage, Recorder(), clock=lambda: clock[0])
+    ev = make_event("open", [2], clock[0] - timedelta(seconds=1), 60)
+    iv = ev.signals[0].intervals[0]
+    sched.upsert(replace(ev, signals=(replace(ev.signals[0], intervals=(replace(iv, duration=OPEN_ENDED),)),)))
+    clock[0] += timedelta(days=30)
+    assert sched.state().level == 2.0 and sched.state().active
+    sched.cancel("open")
+    assert sched.state().level == 0.0
+    assert sched.get("open").cancelled_at == clock[0]
+    clock[0] += timedelta(hours=25)
+    sched._purge(clock[0])
+    assert sched.get("open") is None and storage.load_events() == []
 
 
 async def test_modification_replaces_schedule_and_stale_one_is_ignored(storage):
@@ -182,3 +215,15 @@ async def test_randomized_event_no_longer_listed_after_the_vtn_end_runs_to_its_o
         assert sched.retain_only([]) == ["running"]  # one the VTN has not ended: implied cancellation
     finally:
         await sched.stop()
+
+
+async def test_a_cancellation_records_when_it_came_only_for_an_event_known_before(storage):
+    clock = [now()]
+    sched = EventSchedule(storage, Recorder(), clock=lambda: clock[0])
+    ev = make_event("known", [1], clock[0] - timedelta(seconds=5), 60)
+    sched.upsert(ev)
+    clock[0] += timedelta(seconds=10)
+    sched.upsert(replace(ev, status="cancelled", modification_number=1))
+    assert sched.get("known").cancelled_at == clock[0]
+    sched.upsert(replace(make_event("never-seen", [1], clock[0], 60), status="cancelled"))
+    assert sched.get("never-seen").cancelled_at is None  # it never ran here: the history leaves it out

@@ -344,3 +344,21 @@ async def test_an_event_listed_again_takes_the_opt_out_set_while_it_was_unlisted
             server.add_event([1], start, 60, event_id=a)  # listed again, unchanged
             await until(lambda: server.opts_for(a) == ["optIn", "optOut"], 5, "answered as the site stands now")
             assert gw.schedule.get(a).opt == "optOut" and not gw.schedule.get(a).drives_points
+
+
+async def test_an_open_ended_event_holds_until_cancelled_and_priority_decides_overlaps(tmp_path, free_tcp_port):
+    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
+        async with running(tmp_path, server.url) as gw:
+            await until(lambda: gw.vtn.connected, 10, "registration")
+            start = now().replace(microsecond=0) - timedelta(seconds=1)
+            open_id = server.add_event([3], start, 1, open_ended=True, priority=2)
+            await until(lambda: gw.level == 3.0, 10, "the open-ended event's level")
+            assert gw.schedule.get(open_id).open_ended
+            assert gw.schedule.events()[0]["end"] is None
+            first = server.add_event([1], start, 120, priority=1)  # a higher priority, a lower level
+            await until(lambda: gw.level == 1.0, 5, "the priority-1 event's level")
+            server.cancel_event(first)
+            await until(lambda: gw.level == 3.0, 5, "back to the open-ended event")
+            server.cancel_event(open_id)
+            await until(lambda: gw.level == 0.0, 5, "level 0 after the cancellation")
+            assert gw.schedule.get(open_id).cancelled_at is not None

@@ -3,10 +3,14 @@
 The rest of the gateway sees `Event` with absolute interval times. Randomization
 (`tolerance.startafter`) is drawn once when an event is first seen and carried as `start_offset`,
 so a restart or a modification never re-rolls it.
+
+An event whose active period lasts 0 has no defined end and stays active until the VTN cancels it
+(OpenADR 2.0b conformance rule 47): its last interval in each signal lasts OPEN_ENDED.
 """
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
@@ -14,6 +18,7 @@ from datetime import datetime, timedelta, timezone
 OPT_IN = "optIn"
 OPT_OUT = "optOut"
 SIMPLE = "SIMPLE"
+OPEN_ENDED = timedelta(days=36500)  # "until cancelled", as a duration the arithmetic below can carry
 
 
 @dataclass(frozen=True)
@@ -25,6 +30,10 @@ class Interval:
     @property
     def end(self) -> datetime:
         return self.start + self.duration
+
+    @property
+    def open_ended(self) -> bool:
+        return self.duration >= OPEN_ENDED
 
 
 @dataclass(frozen=True)
@@ -49,6 +58,10 @@ class Event:
     ramp_up: timedelta = timedelta(0)
     # cancelled by the gateway because the VTN stopped listing it (a restarted VTN may list it again)
     unlisted: bool = False
+    # ei:priority: the lower the number the higher the priority; 0 = no priority, the lowest
+    priority: int = 0
+    # when a cancellation reached the gateway: what ran before it stays in the history
+    cancelled_at: datetime | None = None
 
     @property
     def cancelled(self) -> bool:
@@ -64,6 +77,15 @@ class Event:
     def end(self) -> datetime:
         ends = [i.end for s in self.signals for i in s.intervals]
         return (max(ends) if ends else self.received_at) + self.start_offset
+
+    @property
+    def open_ended(self) -> bool:
+        return any(i.open_ended for s in self.signals for i in s.intervals)
+
+    @property
+    def rank(self) -> float:
+        """Overlapping events: the lowest rank wins (priority 1 first; 0, no priority, last)."""
+        return self.priority if self.priority > 0 else math.inf
 
     @property
     def drives_points(self) -> bool:
@@ -120,6 +142,8 @@ class Event:
             "start_after": self.start_after.total_seconds(),
             "ramp_up": self.ramp_up.total_seconds(),
             "unlisted": self.unlisted,
+            "priority": self.priority,
+            "cancelled_at": self.cancelled_at.isoformat() if self.cancelled_at else None,
         })
 
     @classmethod
@@ -139,7 +163,9 @@ class Event:
                    ramp_up=timedelta(seconds=d.get("ramp_up", 0)),
                    # files from before "unlisted": a VTN's own cancellation is listed as cancelled again,
                    # so taking every cancellation as possibly implied only lets a live copy reinstate it
-                   unlisted=bool(d.get("unlisted", d["status"] == "cancelled")))
+                   unlisted=bool(d.get("unlisted", d["status"] == "cancelled")),
+                   priority=int(d.get("priority", 0)),
+                   cancelled_at=datetime.fromisoformat(d["cancelled_at"]) if d.get("cancelled_at") else None)
 
     def describe(self, now: datetime) -> dict:
         """JSON-ready view for the status API."""
@@ -151,14 +177,17 @@ class Event:
             "test_event": self.test_event,
             "market_context": self.market_context,
             "opt": self.opt,
+            "priority": self.priority,
             "start": _iso(self.start),
-            "end": _iso(self.end),
+            "end": None if self.open_ended else _iso(self.end),  # open-ended: until the VTN cancels it
+            "open_ended": self.open_ended,
+            "cancelled_at": _iso(self.cancelled_at) if self.cancelled_at else None,
             "start_offset_seconds": self.start_offset.total_seconds(),
             "received_at": _iso(self.received_at),
             "drives_points": self.drives_points,
             "signals": [{"name": s.name, "type": s.type,
                          "intervals": [{"start": _iso(i.start + self.start_offset),
-                                        "duration_seconds": i.duration.total_seconds(),
+                                        "duration_seconds": None if i.open_ended else i.duration.total_seconds(),
                                         "payload": i.payload} for i in s.intervals]}
                         for s in self.signals],
         }
@@ -201,6 +230,8 @@ def from_openleadr(raw: dict, received_at: datetime, previous: Event | None = No
     signals_raw = raw.get("event_signals") or []
     if isinstance(signals_raw, dict):
         signals_raw = signals_raw.get("event_signals", [])
+    # rule 47: an active period of duration 0 (openleadr reads "P" and "PT0S" as 0) never ends by itself
+    open_ended = active.get("duration") is not None and active["duration"] == timedelta(0)
     signals = []
     for s in signals_raw:
         intervals = []
@@ -212,6 +243,8 @@ def from_openleadr(raw: dict, received_at: datetime, previous: Event | None = No
                 raise ValueError(f"event {desc.get('event_id')}: interval without a start")
             intervals.append(Interval(start, duration, float(iv.get("signal_payload", 0.0))))
             cursor = start + duration
+        if open_ended and intervals:
+            intervals[-1] = replace(intervals[-1], duration=OPEN_ENDED)
         name = str(s.get("signal_name"))
         if name == "simple":  # the 2.0b schema's backwards-compatible spelling of SIMPLE
             name = SIMPLE
@@ -238,7 +271,15 @@ def from_openleadr(raw: dict, received_at: datetime, previous: Event | None = No
         opt=previous.opt if previous is not None else OPT_IN,
         start_after=start_after,
         ramp_up=ramp_up if isinstance(ramp_up, timedelta) else timedelta(0),
+        priority=_priority(desc.get("priority")),
     )
+
+
+def _priority(value) -> int:
+    try:
+        return max(0, int(value or 0))
+    except (TypeError, ValueError):
+        return 0  # unreadable: treated as "no priority", the lowest
 
 
 def with_opt(event: Event, opt: str) -> Event:

@@ -174,10 +174,15 @@ def build_history(now: float, hours: float, store: dict, events: list[dict] = ()
 
     shaded = []
     for ev in events:
-        if ev.get("status") == "cancelled":  # it never ran (a shortened event keeps its new end)
-            continue
+        ran_until = None
+        if ev.get("status") == "cancelled":
+            ran_until = _epoch(ev.get("cancelled_at"))
+            if ran_until is None:  # cancelled before it reached the gateway: it never ran here
+                continue
         for start, stop, level in _simple_intervals(ev):
-            if start is None or (stop is not None and stop < minutes[0]) or start > now:
+            if ran_until is not None:
+                stop = ran_until if stop is None else min(stop, ran_until)
+            if start is None or (stop is not None and (stop < minutes[0] or stop <= start)) or start > now:
                 continue
             shaded.append({"start": start, "end": stop, "level": level,
                            "event_id": ev.get("event_id", ""), "opt": ev.get("opt", "")})

@@ -91,6 +91,9 @@ class EventSchedule:
         if (old is not None and old.cancelled and not old.unlisted
                 and event.modification_number == old.modification_number):
             return
+        if event.cancelled and event.cancelled_at is None and old is not None:
+            # known before its cancellation: what it drove until now stays in the history
+            event = replace(event, cancelled_at=old.cancelled_at or self._clock())
         self._storage.save_event(event)
         self._events[event.event_id] = event
         self._changed()
@@ -99,7 +102,7 @@ class EventSchedule:
         ev = self._events.get(event_id)
         if ev is None or ev.cancelled:
             return
-        ev = replace(ev, status="cancelled", unlisted=unlisted)
+        ev = replace(ev, status="cancelled", unlisted=unlisted, cancelled_at=self._clock())
         self._storage.save_event(ev)
         self._events[event_id] = ev
         self._changed()
@@ -152,8 +155,10 @@ class EventSchedule:
     # -- views -------------------------------------------------------------------------------
 
     def state(self, at: datetime | None = None) -> ScheduleState:
+        """Overlapping events: the level of the highest-priority one in effect (ei:priority 1 first,
+        0 = none last); among events of equal priority, the highest level."""
         now = at or self._clock()
-        level = None
+        level, rank = None, None
         active_ids = []
         next_start = None
         for ev in self._events.values():
@@ -162,8 +167,8 @@ class EventSchedule:
             if ev.start <= now < ev.end:
                 active_ids.append(ev.event_id)
                 lv = ev.simple_level(now)
-                if lv is not None:
-                    level = lv if level is None else max(level, lv)
+                if lv is not None and (rank is None or ev.rank < rank or (ev.rank == rank and lv > level)):
+                    level, rank = lv, ev.rank
             elif ev.start > now and (next_start is None or ev.start < next_start):
                 next_start = ev.start
         if active_ids:
@@ -243,7 +248,8 @@ class EventSchedule:
 
     def _purge(self, now: datetime) -> None:
         for eid, ev in list(self._events.items()):
-            if ev.end + self._keep_recent < now:
+            over = min(ev.end, ev.cancelled_at or ev.received_at) if ev.cancelled else ev.end
+            if over + self._keep_recent < now:  # an open-ended event is over once cancelled
                 self._storage.delete_event(eid)
                 del self._events[eid]
 

@@ -514,9 +514,10 @@ class VtnClient:
         if ev.test_event:
             log.info("test event %s %s: acknowledged, does not drive the points", eid, verb)
         else:
-            log.info("event %s %s: SIMPLE levels %s from %s to %s%s -> %s", eid, verb, levels,
-                     ev.start.isoformat(timespec="seconds"), ev.end.isoformat(timespec="seconds"),
-                     extra, ev.opt)
+            end = "until cancelled" if ev.open_ended else f"to {ev.end.isoformat(timespec='seconds')}"
+            prio = f", priority {ev.priority}" if ev.priority else ""
+            log.info("event %s %s: SIMPLE levels %s from %s %s%s%s -> %s", eid, verb, levels,
+                     ev.start.isoformat(timespec="seconds"), end, prio, extra, ev.opt)
         if others:
             log.info("event %s carries signal(s) %s: kept for the status API, not driving ADR-Event-Level",
                      eid, ", ".join(others))

@@ -83,18 +83,24 @@ class DemoVtn:
                   event_id: str | None = None, signal_name: str = "SIMPLE", signal_type: str = "level",
                   test_event: bool = False, start_after_seconds: float = 0.0,
                   extra_signals: Iterable[tuple[str, str, Iterable[float]]] = (),
-                  market_context: str = "oadr://demo.utility/dr") -> str:
-        """Queue an event whose signal has one interval per level, back to back from `start`."""
+                  market_context: str = "oadr://demo.utility/dr", priority: int = 0,
+                  open_ended: bool = False) -> str:
+        """Queue an event whose signal has one interval per level, back to back from `start`.
+        `open_ended`: its one level holds until the event is cancelled (duration 0, 2.0b rule 47)."""
         event_id = event_id or f"evt-{uuid.uuid4().hex[:10]}"
-        signals = [self._signal(signal_name, signal_type, levels, start, interval_seconds)]
+        levels = list(levels)
+        if open_ended and len(levels) != 1:
+            # openleadr's preflight sets the active period to the intervals' sum: only one can be open
+            raise ValueError("an open-ended event has one level here")
+        signals = [self._signal(signal_name, signal_type, levels, start, interval_seconds, open_ended)]
         for name, typ, lv in extra_signals:
-            signals.append(self._signal(name, typ, lv, start, interval_seconds))
-        duration = timedelta(seconds=interval_seconds * len(signals[0].intervals))
+            signals.append(self._signal(name, typ, lv, start, interval_seconds, open_ended))
+        duration = timedelta(0) if open_ended else timedelta(seconds=interval_seconds * len(signals[0].intervals))
         tolerance = {"startafter": timedelta(seconds=start_after_seconds)} if start_after_seconds else None
         event = objects.Event(
             event_descriptor=objects.EventDescriptor(
                 event_id=event_id, modification_number=0, market_context=market_context,
-                event_status="far", test_event=test_event),
+                event_status="far", test_event=test_event, priority=priority),
             event_signals=signals,
             targets=[objects.Target(ven_id=v) for v in self.vens] or [objects.Target(group_id="all")],
             active_period=objects.ActivePeriod(dtstart=start, duration=duration, tolerance=tolerance))
@@ -159,7 +165,7 @@ class DemoVtn:
     # -- internals ---------------------------------------------------------------------------
 
     @staticmethod
-    def _signal(name, typ, levels, start, interval_seconds) -> objects.EventSignal:
+    def _signal(name, typ, levels, start, interval_seconds, open_ended=False) -> objects.EventSignal:
         if interval_seconds < 1 or float(interval_seconds) != int(interval_seconds):
             # openleadr writes durations in whole seconds: 0.5 s would go out as zero.
             raise ValueError(f"interval_seconds must be a whole number of seconds >= 1, got {interval_seconds}")
@@ -172,6 +178,8 @@ class DemoVtn:
         step = timedelta(seconds=interval_seconds)
         intervals = [objects.Interval(dtstart=start + i * step, duration=step, signal_payload=float(v), uid=i)
                      for i, v in enumerate(levels)]
+        if open_ended:
+            intervals[-1].duration = timedelta(0)
         return objects.EventSignal(intervals=intervals, signal_name=name, signal_type=typ,
                                    signal_id=uuid.uuid4().hex[:10])
 
@@ -194,18 +202,20 @@ class DemoVtn:
     def _listed(self) -> list[dict]:
         now = datetime.now(timezone.utc)
         # Events that ended a minute ago are no longer listed (the VEN knows they completed).
+        # (an open-ended one stays listed, cancelled or not, until drop_event)
         self._events = [e for e in self._events
-                        if e.active_period.dtstart + e.active_period.duration + timedelta(minutes=1) > now]
+                        if _open(e) or e.active_period.dtstart + e.active_period.duration + timedelta(minutes=1) > now]
         out = []
         for e in self._events:
             d = asdict(e)
+            end = datetime.max.replace(tzinfo=timezone.utc) if _open(e) else e.active_period.dtstart + e.active_period.duration
             if d["event_descriptor"]["event_status"] != "cancelled":
-                end = e.active_period.dtstart + e.active_period.duration
                 d["event_descriptor"]["event_status"] = (
                     "completed" if now >= end else "active" if now >= e.active_period.dtstart else "far")
             for sig in d["event_signals"]:
-                sig["current_value"] = next((i["signal_payload"] for i in sig["intervals"]
-                                             if i["dtstart"] <= now < i["dtstart"] + i["duration"]), 0.0)
+                sig["current_value"] = next((i["signal_payload"] for i in sig["intervals"]  # an open one has one
+                                             if i["dtstart"] <= now < (end if _open(e) else i["dtstart"] + i["duration"])),
+                                            0.0)
             out.append(d)
         return out
 
@@ -254,3 +264,7 @@ class DemoVtn:
 
     def _on_created_event(self, ven_id, event_id, opt_type):
         self.opts.append((ven_id, event_id, opt_type))
+
+
+def _open(e: objects.Event) -> bool:
+    return e.active_period.duration == timedelta(0)

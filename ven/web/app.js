@@ -383,7 +383,8 @@ function renderEvents() {
     if (e.opt === "optOut") opt.classList.add("bad");
     const phase = e.status === "far" || e.status === "near" ? `pending (${e.status})` : (e.status || "");
     tr.append(el("td", {}, e.event_id || ""), el("td", {}, phase), level,
-              el("td", {}, fmtTime(toMs(e.start), true)), el("td", {}, fmtTime(toMs(e.end), true)),
+              el("td", {}, fmtTime(toMs(e.start), true)),
+              el("td", {}, e.open_ended && !e.end ? "until cancelled" : fmtTime(toMs(e.end), true)),
               opt, el("td", {class: "muted minor"}, signalSummary(e.signals)));
     body.append(tr);
   }
