@@ -16,6 +16,8 @@ from typing import Any, Callable
 from bacpypes3.apdu import ErrorRejectAbortNack
 from bacpypes3.app import Application
 
+from bacpypes3.primitivedata import Boolean, Enumerated
+
 from .client import (
     add_static_route,
     ask_router,
@@ -24,6 +26,7 @@ from .client import (
     network_of,
     object_id,
     start_stack,
+    to_plain,
 )
 
 log = logging.getLogger(__name__)
@@ -40,6 +43,11 @@ class MeterReading:
         return self.value is not None
 
 
+def _short(raw: Any) -> str:
+    text = "empty (Null)" if raw == () else repr(raw)  # bacpypes3 decodes Null as ()
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 class MeterClient:
     def __init__(
         self,
@@ -51,6 +59,7 @@ class MeterClient:
         router: str = "",
         poll_seconds: float = 10.0,
         timeout_seconds: float = 5.0,
+        bounds: tuple[float, float] = (-math.inf, math.inf),
         on_reading: Callable[[MeterReading], None] | None = None,
     ) -> None:
         if poll_seconds <= 0 or timeout_seconds <= 0:
@@ -63,7 +72,10 @@ class MeterClient:
         self.poll_seconds = float(poll_seconds)
         self.timeout_seconds = float(timeout_seconds)
         self.on_reading = on_reading
+        # a value outside these is a meter's "no data" sentinel (3.4e38) or a wrong point, not kW
+        self.bounds = bounds
         self.network = network_of(address)
+        self.route: str | None = router or None  # the router the meter's network is reached through
         self.latest: MeterReading | None = None       # the last attempt, answered or not
         self.last_good: MeterReading | None = None    # the last reading that carried a value
         self.fault = False
@@ -88,7 +100,12 @@ class MeterClient:
                 value = await self._read()
             reading = self._reading(value=value)
         except TimeoutError:
-            reading = self._reading(error=f"no response from {self.address} within {self.timeout_seconds:g} s")
+            reading = self._reading(error=f"no response from {self.address} within {self.timeout_seconds:g} s"
+                                    + (f" (through router {self.route})" if self.route else ""))
+            if not self.router and self.network is not None:
+                # the router we found may be gone or replaced: forget it, so the next read asks again
+                # (bacpypes3 keeps a learned path for good, and routers rarely announce themselves)
+                await self._app.nsap.router_info_cache.delete_path_info(None, self.network)
         except ErrorRejectAbortNack as err:  # BaseException-derived: must be named explicitly
             reading = self._reading(error=f"{self._what}: {error_text(err)}")
         except _ReadFailed as err:
@@ -105,12 +122,18 @@ class MeterClient:
         raw = await self._app.read_property(self.address, self.object, self.property)
         if raw is None:
             raise _ReadFailed(f"{self._what}: no value returned (unknown object or property?)")
+        if isinstance(raw, (Enumerated, Boolean)):  # int subclasses: units would read as 48 kW
+            raise _ReadFailed(f"{self._what}: not a number ({type(raw).__name__} {to_plain(raw)})")
         try:
             value = float(raw)
         except (TypeError, ValueError):
-            raise _ReadFailed(f"{self._what}: not a number ({raw!r})") from None
+            raise _ReadFailed(f"{self._what}: not a number ({_short(raw)})") from None
         if not math.isfinite(value):
             raise _ReadFailed(f"{self._what}: meter returned {value}")
+        lo, hi = self.bounds
+        if not lo <= value <= hi:
+            raise _ReadFailed(f"{self._what}: meter returned {value:g} kW, outside {lo:g}..{hi:g} "
+                              "(bacnet.input_min_kw..input_max_kw)")
         return value
 
     async def _find_route(self, app: Application) -> None:
@@ -119,10 +142,16 @@ class MeterClient:
         assert self.network is not None
         if self.router:
             await add_static_route(app, self.router, self.network)
-        elif await app.nsap.router_info_cache.get_path_info(None, self.network):
-            pass  # learned already (an I-Am-Router-To-Network heard earlier)
-        elif not await ask_router(app, self.network, timeout=self.timeout_seconds):
-            raise _ReadFailed(f"no router to network {self.network} answered Who-Is-Router-To-Network")
+        else:
+            path = await app.nsap.router_info_cache.get_path_info(None, self.network)  # heard already?
+            if not path:
+                if not await ask_router(app, self.network, timeout=self.timeout_seconds):
+                    raise _ReadFailed(f"no router to network {self.network} answered Who-Is-Router-To-Network")
+                path = await app.nsap.router_info_cache.get_path_info(None, self.network)
+            route = str(path[0]) if path else None
+            if route != self.route:
+                log.info("meter network %d is reached through router %s", self.network, route)
+                self.route = route
         self._route_ready = True
 
     def _reading(self, value: float | None = None, error: str | None = None) -> MeterReading:
@@ -182,6 +211,7 @@ async def read_meter_once(
     property: str = "presentValue",  # noqa: A002
     router: str = "",
     timeout: float = 5.0,
+    bounds: tuple[float, float] = (-math.inf, math.inf),
 ) -> MeterReading:
     """One meter read from a temporary stack bound to `bind_address` (the CLI's read-meter)."""
     try:
@@ -190,7 +220,7 @@ async def read_meter_once(
         return MeterReading(datetime.now(timezone.utc), None, str(err))
     try:
         client = MeterClient(app, address=address, object=object, property=property,
-                             router=router, timeout_seconds=timeout)
+                             router=router, timeout_seconds=timeout, bounds=bounds)
         return await client.read_once()
     finally:
         await close_stack(app)

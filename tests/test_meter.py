@@ -8,6 +8,7 @@ from datetime import timezone
 import pytest
 
 from bacnet_api.device import GatewayDevice
+from bacnet_api.client import ask_router
 from bacnet_api.meter import MeterClient, MeterReading, read_meter_once
 from bacnet_api.simulator import MeterSimulator, run_simulator
 from bacnet_peer import BacnetPeer
@@ -61,7 +62,7 @@ async def test_silent_meter_faults_once_and_recovers_once(gateway, sim, caplog):
     for _ in range(3):
         reading = await meter.read_once()
         assert reading.value is None
-        assert reading.error == f"no response from 12345:2 within {FAST:g} s"
+        assert reading.error == f"no response from 12345:2 within {FAST:g} s (through router {sim.router_address})"
         assert meter.fault is True
 
     sim.set_silent(False)
@@ -171,3 +172,37 @@ async def test_run_simulator_steps_through_values(gateway, free_udp_port):
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+async def test_values_that_cannot_be_kilowatts_are_failed_reads(gateway, sim):
+    meter = client(gateway, sim, bounds=(-1000.0, 1000.0))
+    sim.set_value(3.4028235e38)  # FLT_MAX: many meters' "no data"
+    reading = await meter.read_once()
+    assert reading.value is None and "outside -1000..1000" in reading.error and meter.fault
+    sim.set_value(-55.5)  # net export is a value
+    assert (await meter.read_once()).value == -55.5
+    units = MeterClient(gateway, address=sim.meter_address, object="analogInput 2", property="units",
+                        router=sim.router_address, timeout_seconds=FAST)
+    reading = await units.read_once()  # an enumeration, an int to Python: kilowatts is 48
+    assert reading.value is None and "not a number (EngineeringUnits kilowatts)" in reading.error
+
+
+async def test_a_discovered_router_that_goes_quiet_is_asked_for_again(gateway, sim, free_udp_port, caplog):
+    caplog.set_level(logging.INFO, logger="bacnet_api.meter")
+    # a router learned by discovery (as an answer to Who-Is-Router-To-Network would teach it)
+    assert await ask_router(gateway.app, 12345, router=sim.router_address)
+    meter = MeterClient(gateway, address=sim.meter_address, object="analogInput 2", timeout_seconds=FAST)
+    assert (await meter.read_once()).value == 42.5 and meter.route == sim.router_address
+
+    sim.set_silent(True)
+    reading = await meter.read_once()
+    assert reading.error.endswith(f"(through router {sim.router_address})")
+    # bacpypes3 would keep the dead path for good; the next read asks the network again
+    assert await gateway.app.nsap.router_info_cache.get_path_info(None, 12345) is None
+    reading = await meter.read_once()
+    assert reading.error == "no router to network 12345 answered Who-Is-Router-To-Network"
+
+    async with MeterSimulator(f"127.0.0.1/8:{free_udp_port()}", value=7.5) as moved:
+        assert await ask_router(gateway.app, 12345, router=moved.router_address)  # the router on its new port
+        assert (await meter.read_once()).value == 7.5 and meter.route == moved.router_address
+    assert f"meter network 12345 is reached through router {moved.router_address}" in caplog.text

@@ -66,7 +66,7 @@ class Gateway:
         self.meter = MeterClient(self.device, address=c.meter.address, object=c.meter.object,
                                  property=c.meter.property, router=c.meter.router,
                                  poll_seconds=c.meter.poll_seconds, timeout_seconds=c.meter.timeout_seconds,
-                                 on_reading=self._on_meter)
+                                 bounds=self.device.input_bounds, on_reading=self._on_meter)
         self._stack = []
         self._late_restore: asyncio.Task | None = None
         self._schedule_listeners: list = []
@@ -256,6 +256,7 @@ class Gateway:
             "schedule": dataclasses.asdict(self.schedule.state()),
             "meter": {
                 "address": self.config.meter.address, "object": self.config.meter.object,
+                "router": self.meter.route,
                 "fault": self.meter.fault,
                 # the last value and when it was read; while the meter is silent, attempts go on
                 "last_value_kw": good.value if good else None,

@@ -80,6 +80,7 @@ def cmd_points(args) -> int:
 
 def cmd_read_meter(args) -> int:
     from bacnet_api.meter import read_meter_once
+    from bacnet_api.objects import float32
 
     from .logs import setup_logging
 
@@ -89,7 +90,8 @@ def cmd_read_meter(args) -> int:
     bind = args.bind or cfg.bacnet.address
     reading = asyncio.run(read_meter_once(
         bind_address=bind, device_id=cfg.bacnet.device_id, address=m.address, object=m.object,
-        property=m.property, router=m.router, timeout=m.timeout_seconds))
+        property=m.property, router=m.router, timeout=m.timeout_seconds,
+        bounds=(float32(cfg.bacnet.input_min_kw), float32(cfg.bacnet.input_max_kw))))
     if reading.value is None:
         print(f"meter {m.address} {m.object} {m.property}: no value: {reading.error}", file=sys.stderr)
         return 1
