@@ -205,6 +205,11 @@ class DemandForecaster:
                     for k in ks if 0 <= k - b.k0 < b.sums.size and b.counts[k - b.k0] > 0]
         return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
 
+    def mark_dirty(self, ks) -> None:
+        """Minutes a failed save drained: the next drain returns them again, with their values then."""
+        with self._lock:
+            self._dirty.update(int(k) for k in ks)
+
     def history_minutes(self) -> int:
         with self._lock:
             return len(self._bins)

@@ -222,6 +222,32 @@ async def test_forecaster_history_that_opens_late_joins_the_one_in_memory(tmp_pa
     assert rows == [(k - 10, 100.0), (k - 9, 110.0), (k - 2, 200.0), (k - 1, 210.0)]
 
 
+async def test_forecaster_minutes_taken_while_the_file_refuses_writes_are_written_after(tmp_path):
+    with tmpfs(tmp_path / "flaky", "size=8m") as disk:
+        path = str(disk / "gw.sqlite")
+        k = int(time.time() // 60)
+        svc = ForecastService(ForecasterConfig(cycle_seconds=0.05, source="meter"), path,
+                              publish=lambda f: None, reopen_seconds=0.0)
+        await svc.start()
+        try:
+            svc.on_meter((k - 3) * 60 - 30, 100.0)
+            await eventually(lambda: _minutes(path) == [(k - 3, 100.0)], 10, "the first minute stored")
+            remount(disk, "ro")
+            svc.on_meter((k - 2) * 60 - 30, 200.0)   # a minute that falls wholly in the outage
+            await eventually(lambda: not svc.status()["storage_ok"], 10, "the refused write")
+            remount(disk, "rw")
+            await eventually(lambda: svc.status()["storage_ok"], 10, "writing again")
+        finally:
+            await svc.stop()
+        rows = _minutes(path)
+    assert rows == [(k - 3, 100.0), (k - 2, 200.0)]
+
+
+def _minutes(path: str) -> list:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        return db.execute("SELECT minute, sum_kw FROM forecast_minute ORDER BY minute").fetchall()
+
+
 def _event(event_id: str, padding: str) -> Event:
     signal = Signal(name="SIMPLE", type="level", intervals=(Interval(T0, timedelta(hours=1), 1.0),))
     return Event(event_id=event_id, modification_number=0, status="far", test_event=False,

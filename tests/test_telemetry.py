@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
+import time
 from datetime import datetime, timedelta, timezone
 
 from waiting import eventually as until
 
 from ven.config import OpenadrConfig
 from ven.schedule import EventSchedule
-from ven.storage import Storage
+from ven.storage import BUSY_TIMEOUT_SECONDS, Storage
 from ven.telemetry import TelemetryQueue
 from ven.vtn import VtnClient
 from ven.vtn_server import DemoVtn
@@ -37,6 +39,28 @@ def test_queue_keeps_order_survives_reopen_and_drops_oldest_beyond_bound(tmp_pat
     assert q.dropped == 2
     q.close()
     assert TelemetryQueue(path).dropped == 2
+
+
+def test_a_lock_held_by_another_process_costs_one_short_wait_not_one_per_sample(tmp_path, caplog):
+    # a backup or an sqlite3 shell holding the write lock: the queue runs on the event loop, so each
+    # sample must not wait out a busy timeout; they wait in memory and go in order once it is free
+    path = tmp_path / "gw.sqlite"
+    q = TelemetryQueue(path, reopen_seconds=0.3)
+    q.add(T0, 90.0)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    started = time.monotonic()
+    for i in range(1, 21):
+        assert q.add(T0 + timedelta(seconds=10 * i), 90.0 + i) < 0  # held in memory
+    waited = time.monotonic() - started
+    assert waited < 10 * BUSY_TIMEOUT_SECONDS, f"{waited:.1f} s: the file was tried for each sample"
+    assert q.write_error and len([r for r in caplog.records if r.levelno == logging.ERROR]) == 1
+    other.execute("ROLLBACK")
+    other.close()
+    time.sleep(0.35)
+    q.add(T0 + timedelta(seconds=300), 200.0)
+    assert [s.kw for s in q.peek(100)] == [90.0 + i for i in range(21)] + [200.0] and q.write_error is None
+    q.close()
 
 
 async def test_outage_backlog_arrives_once_in_order_with_original_timestamps(tmp_path, free_tcp_port, caplog):

@@ -196,7 +196,12 @@ class ForecastService:
         return f
 
     def _save_minutes(self, store: ForecastStore) -> None:
-        store.save_minutes(*self.forecaster.drain_dirty())
+        ks, sums, counts = self.forecaster.drain_dirty()
+        try:
+            store.save_minutes(ks, sums, counts)
+        except BaseException:
+            self.forecaster.mark_dirty(ks)  # written with the next save that succeeds
+            raise
 
     def _flush(self) -> None:
         self._persist(self._save_minutes)

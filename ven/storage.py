@@ -19,6 +19,10 @@ log = logging.getLogger(__name__)
 
 # How often a file that could not be opened at start is tried again (a fixed mount, fixed permissions).
 REOPEN_SECONDS = 10.0
+# How long a write waits for a lock another process holds (a backup, an sqlite3 shell). These
+# connections write on the event loop: BACnet waits as long as they do. A write that gives up is
+# kept in memory and tried again; the gateway's own connections hold the lock for milliseconds.
+BUSY_TIMEOUT_SECONDS = 0.5
 
 
 class StorageError(Exception):
@@ -34,7 +38,7 @@ def connect(path: str | Path, table: str = "") -> sqlite3.Connection:
         raise StorageError(f"storage.path {p}: cannot create directory {p.parent}: {err.strerror}") from None
     conn = None
     try:
-        conn = sqlite3.connect(str(p), timeout=10, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(str(p), timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         # Probe a write now so an unwritable file fails at start-up, not mid-event.

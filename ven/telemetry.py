@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from .storage import StorageError, connect, open_or_retry_later
+from .storage import ReopenTimer, StorageError, connect, open_or_retry_later
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,10 @@ class TelemetryQueue:
         self.sent_total = 0                 # samples the VTN accepted since start (metrics)
         self._acked: set[int] = set()       # rows the VTN accepted whose DELETE failed: never resent
         self._moved: dict[int, int] = {}    # memory seq -> its row after the move to the file
+        # while the file refuses writes, samples go to memory and the file is tried this often, not
+        # with every sample: each try can wait BUSY_TIMEOUT_SECONDS on the event loop
+        self._retry_seconds = reopen_seconds or 0.0
+        self._retry: ReopenTimer | None = None
         self._reopen, self.write_error = open_or_retry_later(
             self._open, reopen_seconds, "telemetry samples wait in memory until it opens")
 
@@ -76,6 +80,7 @@ class TelemetryQueue:
             log.error("storage.path %s: cannot write the telemetry queue (%s): samples wait in memory "
                       "until it can; a restart before then loses them", self.path, err)
         self.write_error = str(err)
+        self._retry = ReopenTimer(self._retry_seconds)
 
     def _write(self, sql: str, params=()) -> bool:
         try:
@@ -110,6 +115,7 @@ class TelemetryQueue:
         return True
 
     def _writable_again(self) -> None:
+        self._retry = None
         if self.write_error is not None:
             self.write_error = None
             log.info("storage.path %s: telemetry queue written to disk again", self.path)
@@ -118,7 +124,7 @@ class TelemetryQueue:
         """Commit one sample (to memory while the file fails); returns its sequence number."""
         ts = ts.astimezone(timezone.utc) if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
         # while older samples wait in memory, newer ones queue behind them
-        if self._memory_to_file():
+        if (self._retry is None or self._retry.due()) and self._memory_to_file():
             try:
                 cur = self._db().execute("INSERT INTO telemetry_queue (ts, kw) VALUES (?, ?)",
                                          (ts.isoformat(), float(kw)))
@@ -141,10 +147,11 @@ class TelemetryQueue:
         n = len(self._memory)
         self._memory = [s for s in self._memory if s.ts >= cutoff]
         n -= len(self._memory)
-        try:
-            n += self._db().execute("DELETE FROM telemetry_queue WHERE ts < ?", (cutoff.isoformat(),)).rowcount
-        except sqlite3.Error:
-            pass    # the rows stay queued; bounding is retried with the next sample
+        if self._retry is None:  # while writes fail, the file's rows are bounded once it takes them again
+            try:
+                n += self._db().execute("DELETE FROM telemetry_queue WHERE ts < ?", (cutoff.isoformat(),)).rowcount
+            except sqlite3.Error:
+                pass    # the rows stay queued; bounding is retried with the next sample
         if n > 0:
             if not self._dropping:
                 log.warning("telemetry queue holds %s of samples: dropping the oldest "
