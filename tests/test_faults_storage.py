@@ -56,6 +56,16 @@ def remount(where: Path, options: str) -> None:
     subprocess.run(["mount", "-o", f"remount,{options}", str(where)], check=True, capture_output=True)
 
 
+def cover(where: Path) -> None:
+    """Hide the file system at `where` under an empty read-only one: a data volume not mounted yet,
+    whose file can be neither read nor written (a read-only file still gives back what it holds)."""
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(where)], check=True, capture_output=True)
+
+
+def uncover(where: Path) -> None:
+    subprocess.run(["umount", str(where)], check=True, capture_output=True)
+
+
 def fill(directory: Path) -> Path:
     """Write a file until the file system is full; returns it (delete it to free the space)."""
     filler = directory / "filler"
@@ -141,7 +151,7 @@ def test_stores_that_open_late_keep_memory_then_write_it_in_order(tmp_path, capl
         q.add(T0, 70.0)
         q.add(T0 + timedelta(seconds=1), 71.0)
         q.close()
-        remount(disk, "ro")
+        cover(disk)
 
         store = Storage(path, reopen_seconds=0.0)
         q = TelemetryQueue(path, max_age=timedelta(minutes=10), reopen_seconds=0.0)
@@ -155,7 +165,7 @@ def test_stores_that_open_late_keep_memory_then_write_it_in_order(tmp_path, capl
         assert [s.kw for s in batch] == [72.0, 73.0]
         assert not store.flush() and store.take_found() == []
 
-        remount(disk, "rw")
+        uncover(disk)
         assert store.flush() and store.write_error is None
         assert [ev.event_id for ev in store.take_found()] == ["old"]      # memory's changes win
         assert store.take_found() == []
@@ -180,14 +190,14 @@ async def test_schedule_takes_up_the_events_of_a_file_that_opens_late(tmp_path):
         earlier = Storage(path)
         earlier.save_event(_event("from-file", ""))
         earlier.close()
-        remount(disk, "ro")
+        cover(disk)
         states = []
         store = Storage(path, reopen_seconds=0.0)
         sched = EventSchedule(store, on_change=states.append, clock=lambda: T0)
         await sched.start()
         try:
             assert sched.get("from-file") is None and states[-1].level == 0
-            remount(disk, "rw")
+            uncover(disk)
             sched.upsert(_event("new", ""))          # its save opens the file
             await eventually(lambda: sched.get("from-file") is not None, 10, "the file's event restored")
             assert states[-1].level == 1.0
@@ -241,6 +251,28 @@ async def test_forecaster_minutes_taken_while_the_file_refuses_writes_are_writte
             await svc.stop()
         rows = _minutes(path)
     assert rows == [(k - 3, 100.0), (k - 2, 200.0)]
+
+
+def test_a_file_that_can_be_read_but_not_written_still_gives_back_its_state(tmp_path, caplog):
+    # a restart on a file system gone read-only: the BAS's ADR-Opt-Out commands and the events the
+    # file holds must not be forgotten (the VTN would be told optIn)
+    caplog.set_level(logging.INFO, logger="ven.storage")
+    with tmpfs(tmp_path / "ro", "size=8m") as disk:
+        path = disk / "gw.sqlite"
+        before = Storage(path)
+        before.save_value("bacnet_commands:ADR-Opt-Out", '{"8": true}')
+        before.save_event(_event("kept", "oadr://x"))
+        before.close()
+        remount(disk, "ro")
+        after = Storage(path, reopen_seconds=10)
+        try:
+            assert after.write_error and after.conn is None
+            assert after.load_value("bacnet_commands:ADR-Opt-Out") == '{"8": true}'
+            assert [ev.event_id for ev in after.load_events()] == ["kept"]
+        finally:
+            after.close()
+            remount(disk, "rw")
+    assert "read 1 event(s) and the saved state from it, read-only" in caplog.text
 
 
 def _minutes(path: str) -> list:
@@ -348,7 +380,7 @@ async def test_read_only_storage_works_from_memory_then_writes_the_file_once_it_
 ])
 async def test_opt_out_commands_in_a_file_that_opens_late_are_merged_then(
         tmp_path, free_udp_port, free_tcp_port, stored, writes, array, answer):
-    # The BAS commanded ADR-Opt-Out before a restart; at the restart the mount is read-only.
+    # The BAS commanded ADR-Opt-Out before a restart; at the restart the data volume is not mounted yet.
     bacnet_port, meter_port, vtn_port, http_port = free_udp_port(), free_udp_port(), free_tcp_port(), free_tcp_port()
     log_path = tmp_path / "gateway.log"
     gw, opt_out = f"127.0.0.1:{bacnet_port}", P.BY_NAME[P.OPT_OUT].object_id
@@ -358,7 +390,7 @@ async def test_opt_out_commands_in_a_file_that_opens_late_are_merged_then(
         kept = Storage(storage)
         kept.save_value("bacnet_commands:ADR-Opt-Out", json.dumps(stored))
         kept.close()
-        remount(ro, "ro")
+        cover(ro)
         config = tmp_path / "gw.toml"
         write_storage_config(config, bacnet_port, meter_port, vtn_port, http_port, storage)
         async with DemoVtn(vtn_port, poll_seconds=1) as vtn, BacnetPeer(free_udp_port(), timeout=1.0) as peer:
@@ -370,7 +402,7 @@ async def test_opt_out_commands_in_a_file_that_opens_late_are_merged_then(
                         assert await peer.relinquish(gw, opt_out, priority=priority) is None
                     else:
                         assert await peer.write(gw, opt_out, "presentValue", value, priority=priority) is None
-                remount(ro, "rw")
+                uncover(ro)
                 await eventually(lambda: f"storage.path {storage}: opened" in log_path.read_text(), 30, "file opened")
 
                 async def merged():  # a task right after the open

@@ -6,6 +6,7 @@ history) open their own connections and tables in the same file with `connect(pa
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
@@ -101,6 +102,22 @@ def _os_reason(p: Path) -> str:
     return ""
 
 
+def _read_snapshot(path: Path) -> tuple[list[Event], dict[str, str]]:
+    """Events and kv values of a file that cannot be opened for writing, read-only; none if unreadable."""
+    for mode in ("mode=ro", "immutable=1"):  # immutable: no -shm can be made beside it, WAL unread
+        try:
+            with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?{mode}", uri=True,
+                                                    timeout=BUSY_TIMEOUT_SECONDS)) as db:
+                events = [Event.from_json(body) for (body,) in db.execute("SELECT body FROM adr_events")]
+                values = dict(db.execute("SELECT key, value FROM kv"))
+        except (sqlite3.Error, ValueError, KeyError):
+            continue
+        if events or values:
+            log.info("storage.path %s: read %d event(s) and the saved state from it, read-only", path, len(events))
+        return events, values
+    return [], {}
+
+
 class Storage:
     """Demand-response events and small values, which must survive a SIGKILL.
 
@@ -123,6 +140,11 @@ class Storage:
         self.on_late_open: Callable[[dict[str, str]], None] | None = None
         self._reopen, self.write_error = open_or_retry_later(
             self._open, reopen_seconds, "events are kept in memory and written once it opens")
+        # a file that refuses writes may still be read (a file system gone read-only): what it holds
+        # (events, the BAS's ADR-Opt-Out commands) is what a restart must not forget
+        self._read_only: tuple[list[Event], dict[str, str]] = ([], {})
+        if self.conn is None:
+            self._read_only = _read_snapshot(self.path)
 
     def _open(self) -> None:
         self.conn = connect(self.path, "CREATE TABLE IF NOT EXISTS adr_events ("
@@ -164,7 +186,7 @@ class Storage:
 
     def load_events(self) -> list[Event]:
         if self.conn is None:
-            return []
+            return list(self._read_only[0])
         rows = self.conn.execute("SELECT body FROM adr_events").fetchall()
         return [Event.from_json(body) for (body,) in rows]
 
@@ -172,7 +194,7 @@ class Storage:
         if key in self._unsaved_values:
             return self._unsaved_values[key]
         if self.conn is None:
-            return None
+            return self._read_only[1].get(key)
         row = self.conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
         return None if row is None else row[0]
 
