@@ -7,6 +7,8 @@ import datetime as dt
 import logging
 import os
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -137,6 +139,35 @@ async def test_stopping_during_a_fit_ends_the_fit_process(tmp_path):
         await asyncio.wait_for(svc.stop(), 10)
     assert _fit_processes() == []
     assert not svc.status()["fitting"] and svc.status()["last_fit_at"] is None  # abandoned, not half-kept
+
+
+@pytest.mark.timeout(30)
+async def test_a_fit_process_ends_when_its_gateway_is_killed(tmp_path):
+    # SIGKILL leaves the gateway no chance to end its child; the child ends itself
+    parent = subprocess.Popen([sys.executable, "-c", (
+        "import functools, os, pickle, subprocess, sys, time, types\n"
+        "child = subprocess.Popen([sys.executable, '-m', 'ven.fit_worker'], stdin=subprocess.PIPE,\n"
+        "                         env=dict(os.environ, _FIT_PARENT=str(os.getpid())))\n"
+        "job = types.SimpleNamespace(run=functools.partial(time.sleep, 60))  # a fit that takes a minute\n"
+        "child.stdin.write(pickle.dumps(job))\n"
+        "child.stdin.close()\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(60)\n")], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+    try:
+        child = int(parent.stdout.readline())
+        await eventually(lambda: "ven.fit_worker" in _cmdline(child), 10, "the fit process at work")
+    finally:
+        parent.kill()
+        parent.wait()
+    await eventually(lambda: _cmdline(child) == "", 10, "the fit process ended with its parent")
+
+
+def _cmdline(pid: int) -> str:
+    """The process's command line; empty once it has ended (a zombie has none)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
 
 
 @pytest.mark.timeout(30)

@@ -23,7 +23,7 @@ class FitError(RuntimeError):
 async def fit_in_child(job_blob: bytes, threads: int = 1, timeout: float = TIMEOUT_S) -> bytes:
     """Run a pickled FitJob in a child process; the pickled result. The child dies with the caller."""
     root = str(Path(__file__).resolve().parents[1])
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads),
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads), _FIT_PARENT=str(os.getpid()),
                PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "ven.fit_worker", stdin=asyncio.subprocess.PIPE,
@@ -52,7 +52,22 @@ def _idle_priority() -> None:
         os.nice(19)
 
 
+def _die_with_parent() -> None:
+    # A gateway killed with SIGKILL cannot end its child, and a supervisor restarting it at once
+    # would have two fits running side by side. Linux ends this process when its parent goes.
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.environ.get("_FIT_PARENT") not in (None, str(os.getppid())):
+        raise SystemExit(1)  # the parent was gone before the line above took effect
+
+
 def main() -> int:
+    _die_with_parent()
     _idle_priority()
     job = pickle.load(sys.stdin.buffer)
     fitted = job.run()
