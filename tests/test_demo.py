@@ -53,3 +53,41 @@ async def test_demo_shows_levels_telemetry_and_forecasts(tmp_path, free_udp_port
     assert all(opt == "optIn" for _, opt in received["opts"]), received["opts"]
     assert "BAS sees level 3" in output and "-> shed" in output
     assert "Traceback" not in output and " ERROR " not in output, output[-3000:]
+
+
+def _cli(*argv, timeout=60):
+    return subprocess.run([sys.executable, "-m", "ven.cli", *argv], capture_output=True, text=True, timeout=timeout)
+
+
+def test_a_taken_port_is_one_line_naming_the_option_that_moves_it(free_udp_port, free_tcp_port):
+    import socket
+
+    with socket.socket() as busy:  # a developer's own web server on the dashboard's port
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        res = _cli("demo", "--duration", "5", "--bacnet-port", str(free_udp_port()), "--meter-port",
+                   str(free_udp_port()), "--bas-port", str(free_udp_port()), "--vtn-port", str(free_tcp_port()),
+                   "--http-port", str(port))
+        assert res.returncode == 2 and res.stderr.strip().splitlines() == [
+            f"demo: TCP port {port} on 127.0.0.1 is taken (Address already in use): choose another with --http-port"]
+        res = _cli("demo-vtn", "--port", str(port), "--duration", "3")
+        assert res.returncode == 2 and "Traceback" not in res.stderr
+        assert res.stderr.strip().splitlines()[-1].startswith(f"demo-vtn: 127.0.0.1:{port}: ")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        port = busy.getsockname()[1]
+        res = _cli("simulate-meter", "--address", f"127.0.0.1/8:{port}", "--duration", "3")
+        assert res.returncode == 1 and "Traceback" not in res.stderr
+        assert "is not available: Address already in use" in res.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--address", "127.0.0.1/8"], "ip/mask:port"),
+    (["--address", "127.0.0.1/0:47810"], "prefix length 1..32"),
+    (["--value", "nan"], "finite"),
+    (["--interval", "0"], "above 0 seconds"),
+])
+def test_simulate_meter_refuses_arguments_it_cannot_serve(args, words):
+    res = _cli("simulate-meter", *args, "--duration", "1")
+    assert res.returncode == 2 and words in res.stderr, res.stderr

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import signal
 import sys
 
@@ -140,11 +141,17 @@ def cmd_simulate_meter(args) -> int:
 
     try:  # a fixed value, else a CSV column, else the shipped building's load shape
         values = [args.value] if args.value is not None else load_kw_column(args.csv, args.value_column)
+        if not any(math.isfinite(v) for v in values):
+            raise ValueError(f"{args.csv or 'the series'}: no finite kW value to serve")
     except (OSError, ValueError) as err:
         print(f"simulate-meter: {err}", file=sys.stderr)
         return 1
-    asyncio.run(serve_until_signalled(
-        run_simulator(args.address, values=values, interval=args.interval), args.duration))
+    try:
+        asyncio.run(serve_until_signalled(
+            run_simulator(args.address, values=values, interval=args.interval), args.duration))
+    except OSError as err:  # the port is taken, or the address is not this host's
+        print(f"simulate-meter: {args.address}: {err.strerror or err}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -152,8 +159,15 @@ def cmd_demo(args) -> int:
     from .demo import run_demo  # before setup_logging: importing openleadr resets its logger level
     from .logs import setup_logging
 
+    from .demo import taken_ports
+
     setup_logging("INFO")
-    return asyncio.run(run_demo(args))
+    problems = taken_ports({"--bacnet-port": (args.bacnet_port, "udp"), "--meter-port": (args.meter_port, "udp"),
+                            "--bas-port": (args.bas_port, "udp"), "--vtn-port": (args.vtn_port, "tcp"),
+                            "--http-port": (args.http_port, "tcp")})
+    for line in problems:
+        print(f"demo: {line}", file=sys.stderr)
+    return 2 if problems else asyncio.run(run_demo(args))
 
 
 def cmd_demo_vtn(args) -> int:
@@ -161,7 +175,11 @@ def cmd_demo_vtn(args) -> int:
     from .logs import setup_logging
 
     setup_logging("INFO")
-    return asyncio.run(run_demo_vtn(args))
+    try:
+        return asyncio.run(run_demo_vtn(args))
+    except OSError as err:
+        print(f"demo-vtn: {args.host}:{args.port}: {err.strerror or err}", file=sys.stderr)
+        return 2
 
 
 def cmd_forecast_replay(args) -> int:
@@ -192,6 +210,23 @@ def _positive_int(text: str) -> int:
     if n < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
     return n
+
+
+def _finite(text: str) -> float:
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(x):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return x
+
+
+def _positive_seconds(text: str) -> float:
+    x = _finite(text)
+    if x <= 0:
+        raise argparse.ArgumentTypeError(f"must be above 0 seconds, got {text}")
+    return x
 
 
 def _positive_minutes(text: str) -> float:
@@ -230,11 +265,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_read_meter)
 
     p = sub.add_parser("simulate-meter", help="serve a routed BACnet meter (network 12345, MAC 2, analogInput 2)")
-    p.add_argument("--address", default="127.0.0.1/8:47810", metavar="IP/MASK:PORT")
-    p.add_argument("--value", type=float, default=None, help="fixed kW value")
+    p.add_argument("--address", default="127.0.0.1/8:47810", metavar="IP/MASK:PORT", type=_bacnet_address)
+    p.add_argument("--value", type=_finite, default=None, help="fixed kW value")
     p.add_argument("--csv", default=None, help="replay a kW column from this CSV (default: the shipped building)")
     p.add_argument("--value-column", default="Total_Power")
-    p.add_argument("--interval", type=float, default=10.0, help="seconds between replayed values")
+    p.add_argument("--interval", type=_positive_seconds, default=10.0, help="seconds between replayed values")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     p.set_defaults(func=cmd_simulate_meter)
 

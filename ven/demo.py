@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import math
+import socket
 import tempfile
 import time
 from argparse import Namespace
@@ -95,6 +96,22 @@ def describe(view: dict, decision: str) -> str:
             f"low-load {onoff(P.LOW_LOAD)} -> {decision}")
 
 
+def taken_ports(ports: dict[str, tuple[int, str]]) -> list[str]:
+    """One line per loopback port (by its command-line flag) that something else holds."""
+    problems = []
+    for flag, (port, proto) in ports.items():
+        kind = socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM
+        with socket.socket(socket.AF_INET, kind) as probe:
+            if kind == socket.SOCK_STREAM:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError as err:
+                problems.append(f"{proto.upper()} port {port} on 127.0.0.1 is taken ({err.strerror}): "
+                                f"choose another with {flag}")
+    return problems
+
+
 async def run_demo(args: Namespace) -> int:
     from .app import Gateway
     from .cli import serve_until_signalled
@@ -119,8 +136,8 @@ async def run_demo(args: Namespace) -> int:
 
     async def main() -> None:
         for part in (vtn, meter, gateway, bas):
+            started.append(part)  # a start that fails half way is stopped too (sockets, tasks)
             await part.start()
-            started.append(part)
         log.info("demo running: gateway BACnet 127.0.0.1:%d (device 500001), dashboard http://127.0.0.1:%d/, "
                  "event at +%.0f s", args.bacnet_port, args.http_port, args.event_delay)
         tasks = [asyncio.create_task(storyline(vtn, t0, args.event_delay, args.interval_seconds)),
