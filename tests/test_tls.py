@@ -86,13 +86,14 @@ async def _run_gateway(tmp_path, url, vtn_fingerprint):
     return client, close
 
 
-async def test_right_fingerprint_registers_and_reports_over_tls(pki, free_tcp_port):
+@pytest.mark.parametrize("typed", [str, str.lower], ids=["as-printed", "lower-case"])
+async def test_right_fingerprint_registers_and_reports_over_tls(pki, free_tcp_port, typed):
     d, fp = pki
     server = DemoVtn(free_tcp_port(), poll_seconds=1, cert=str(d / "vtn.pem"), key=str(d / "vtn.key"),
                      ca_file=str(d / "ca.pem"), ven_fingerprint=fp["ven"])
     assert server.url.startswith("https://")
     async with server:
-        client, close = await _run_gateway(d, server.url, fp["vtn"])
+        client, close = await _run_gateway(d, server.url, typed(fp["vtn"]))
         try:
             await until(lambda: client.connected, 15, "TLS registration")
             assert server.vens[client.ven_id]["fingerprint"] == fp["ven"]

@@ -24,7 +24,7 @@ class ConfigError(Exception):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 def is_loopback_host(host: str) -> bool:
@@ -191,6 +191,19 @@ class OpenadrConfig(_Section):
         if not url.hostname or not _is_host(url.hostname):
             raise ValueError(f"needs a host, e.g. http://vtn.example:8080/OpenADR2/Simple/2.0b, got {v!r}")
         return v
+
+    @field_validator("vtn_fingerprint")
+    @classmethod
+    def _fingerprint(cls, v: str) -> str:
+        # openleadr compares its own form exactly: the last 10 bytes of the certificate's SHA-256, upper
+        # case, colon-separated. A full SHA-256 fingerprint (openssl x509 -fingerprint -sha256) is cut to it.
+        if not v:
+            return v
+        pairs = v.strip().upper().split(":")
+        if len(pairs) not in (10, 32) or not all(re.fullmatch(r"[0-9A-F]{2}", p) for p in pairs):
+            raise ValueError("must be the VTN certificate's fingerprint as openleadr prints it (10 colon-separated "
+                             f"hex bytes, e.g. 3E:A1:...:7C) or its full SHA-256 fingerprint, got {v!r}")
+        return ":".join(pairs[-10:])
 
     @model_validator(mode="after")
     def _tls_pair(self) -> "OpenadrConfig":

@@ -89,8 +89,10 @@ def describe(view: dict, decision: str) -> str:
         v = view.get(name)
         return "-" if v is None else f"{v:.1f} kW"
     onoff = lambda name: "on" if view.get(name) else "off"  # noqa: E731
-    return (f"BAS sees level {view.get(P.EVENT_LEVEL, 0):.0f} "
-            f"({'active' if view.get(P.EVENT_ACTIVE) else 'next in ' + format(view.get(P.EVENT_START_MINUTES, -1), '.0f') + ' min'}), "
+    start = view.get(P.EVENT_START_MINUTES)
+    start = -1 if start is None else start
+    when = "active" if view.get(P.EVENT_ACTIVE) else "no event pending" if start < 0 else f"next in {start:.0f} min"
+    return (f"BAS sees level {view.get(P.EVENT_LEVEL, 0):.0f} ({when}), "
             f"meter {kw(P.METER_POWER)}, forecast 15 min {kw(P.FIFTEEN_MIN_FORECAST)} / 60 min {kw(P.ONE_HOUR_FORECAST)}, "
             f"trend {view.get(P.RATE_OF_CHANGE, 0):+.1f} kW/min, high-load {onoff(P.HIGH_LOAD)}, "
             f"low-load {onoff(P.LOW_LOAD)} -> {decision}")

@@ -51,7 +51,7 @@ class Metrics:
                                                 "Wall time of one forecast cycle (s)", buckets=CYCLE_BUCKETS,
                                                 registry=r)
         self.model_validation_error = Gauge(f"{p}_model_validation_error_kw",
-                                            "Mean absolute error of the model on held-out history (kW)",
+                                            "Root-mean-square error of the model on held-out history (kW)",
                                             ["model"], registry=r)
         self.event_loop_lag_seconds = Gauge(f"{p}_event_loop_lag_seconds",
                                             "Worst event-loop lag seen by the HTTP heartbeat recently (s)",
