@@ -5,7 +5,7 @@ points by name (the constants below), never by bacpypes3 object.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 INPUT_POWER = "input-power-meter"
@@ -74,3 +74,12 @@ POINTS: tuple[Point, ...] = (
 )
 
 BY_NAME: dict[str, Point] = {p.name: p for p in POINTS}
+
+
+def points_for(horizons: tuple[int, int]) -> tuple[Point, ...]:
+    """The point table with the forecast points' descriptions naming the configured horizons (the
+    object names stay: they are the contract, whatever horizons the site chose)."""
+    short, long = horizons
+    text = {FIFTEEN_MIN_FORECAST: short, ONE_HOUR_FORECAST: long}
+    return tuple(replace(p, description=f"Forecast 15-min average demand ending {text[p.name]:g} min ahead (kW)")
+                 if p.name in text else p for p in POINTS)

@@ -34,8 +34,16 @@ class Forecast:
     low_load: bool
     high_threshold_kw: float | None
     low_threshold_kw: float | None
-    model: str
+    model: str                           # what served: one name, or "15:a,60:b" when the horizons differ
     level_kw: float | None = None        # current 15-min demand (what persistence forecasts)
+
+    def model_for(self, horizon: int) -> str:
+        """The name of what served `horizon`."""
+        for part in self.model.split(","):
+            h, sep, name = part.partition(":")
+            if sep and h == str(horizon):
+                return name
+        return self.model
 
 
 class _Rolling:

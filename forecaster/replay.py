@@ -281,7 +281,7 @@ def replay_csv(csv_path, time_column: str, value_column: str, output_path, cycle
 
             def write_row(f, h, kw):
                 w.writerow((iso(f.issued_at), h, iso(f.issued_at + h * 60), "" if kw is None else f"{kw:.3f}",
-                            int(f.high_load), int(f.low_load), f.model))
+                            int(f.high_load), int(f.low_load), f.model_for(h)))
 
             summary = replay_series(times, values, write_row, cycle_minutes, fit_processes, on_gap=on_gap,
                                     **forecaster_params)

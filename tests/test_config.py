@@ -265,3 +265,10 @@ address = "[::1]:8000"
     assert cfg.meter.object == "analog-input:7" and cfg.http.address == "[::1]:8000"
     for address in ("12345:0x02", "12345:192.168.1.5:47808", "10.0.0.5"):
         assert load_config(_write(tmp_path, f'[meter]\naddress = "{address}"\n'), environ={}).meter.address == address
+
+
+def test_the_point_table_names_the_configured_horizons(tmp_path):
+    res = _cli("points", "--config", str(_write(tmp_path, '[forecaster]\nhorizons_minutes = [30, 120]\n')))
+    rows = {line.split()[2]: line for line in res.stdout.splitlines() if "future-power" in line}
+    assert "ending 30 min ahead" in rows["fifteen-min-future-power"]  # the name is the contract; the text is true
+    assert "ending 120 min ahead" in rows["one-hour-future-power"]

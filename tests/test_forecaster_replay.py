@@ -36,6 +36,7 @@ def test_replay_of_the_turin_excerpt(tmp_path):
     assert first["target_time"] == "2019-10-14T00:15:00+00:00"
     assert float(first["forecast_kw"]) == pytest.approx(float(src[0]["Total_Power"]))
     assert first["model"] == "persistence"
+    assert {r["model"] for r in rows} == {"persistence", MODEL_NAME}  # each row names its own horizon's
     # once fitted, the learned model serves for most of the last days and beats persistence there
     actual = {r["timestamp"]: float(r["Total_Power"]) for r in src}
     late = [r for r in rows if r["issued_at"] >= "2019-10-20" and r["horizon_minutes"] == "60"]

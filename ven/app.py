@@ -56,7 +56,8 @@ class Gateway:
         c = config
         self.device = GatewayDevice(address=c.bacnet.address, device_id=c.bacnet.device_id,
                                     device_name=c.bacnet.device_name,
-                                    input_min=c.bacnet.input_min_kw, input_max=c.bacnet.input_max_kw)
+                                    input_min=c.bacnet.input_min_kw, input_max=c.bacnet.input_max_kw,
+                                    points=P.points_for(c.forecaster.horizons_minutes))
         # A file that cannot be opened does not stop the gateway: the BAS still needs the device and
         # the live points. Both keep their data in memory and write it once the file opens.
         self.storage = Storage(c.storage.path, reopen_seconds=REOPEN_SECONDS)
