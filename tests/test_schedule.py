@@ -227,3 +227,29 @@ async def test_a_cancellation_records_when_it_came_only_for_an_event_known_befor
     assert sched.get("known").cancelled_at == clock[0]
     sched.upsert(replace(make_event("never-seen", [1], clock[0], 60), status="cancelled"))
     assert sched.get("never-seen").cancelled_at is None  # it never ran here: the history leaves it out
+
+
+async def test_a_running_event_modified_or_cancelled_keeps_what_it_drove_in_the_history(storage):
+    from ven.http_api import build_history
+
+    t0 = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
+    clock = [t0 + timedelta(minutes=10)]
+    sched = EventSchedule(storage, Recorder(), clock=lambda: clock[0])
+    ev = make_event("e", [1], t0, 1200)
+    sched.upsert(ev)
+    # ten minutes at level 1, then the VTN shortens it to five minutes at level 2: already over
+    sched.upsert(replace(make_event("e", [2], t0, 300), modification_number=1, received_at=ev.received_at))
+    assert sched.state().level == 0.0
+    clock[0] += timedelta(minutes=5)
+    sched.upsert(replace(make_event("e2", [3], clock[0] - timedelta(minutes=1), 600)))
+    clock[0] += timedelta(minutes=1)
+    sched.upsert(replace(make_event("e2", [3], clock[0] - timedelta(minutes=2), 600), status="cancelled",
+                         modification_number=1))
+
+    def shaded():
+        body = build_history(clock[0].timestamp() + 30, 1.0, {"power": {"time": [], "kw": []}}, sched.events())
+        return [(e["event_id"], e["level"], (e["end"] - e["start"]) / 60) for e in body["events"]]
+    assert shaded() == [("e", 1, 10.0), ("e2", 3, 2.0)]  # as the BAS saw them
+    fresh = EventSchedule(storage, Recorder(), clock=lambda: clock[0])
+    fresh.load()
+    assert [e.ran_before for e in (fresh.get("e"), fresh.get("e2"))] == [sched.get("e").ran_before, ()]

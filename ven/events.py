@@ -62,6 +62,10 @@ class Event:
     priority: int = 0
     # when a cancellation reached the gateway: what ran before it stays in the history
     cancelled_at: datetime | None = None
+    # a modification of a running event rewrites its intervals, not what already ran: the SIMPLE
+    # levels in force before `modified_at` (start, end, level), kept for the history
+    modified_at: datetime | None = None
+    ran_before: tuple[tuple[datetime, datetime, float], ...] = ()
 
     @property
     def cancelled(self) -> bool:
@@ -117,6 +121,20 @@ class Event:
             return "near"
         return "far"
 
+    def ran_until(self, now: datetime) -> tuple[tuple[datetime, datetime, float], ...]:
+        """What this event had set on the points by `now` (levels above 0), earlier definitions included."""
+        since = self.modified_at
+        segments = []
+        for sig in self.signals:
+            if sig.name != SIMPLE:
+                continue
+            for iv in sig.intervals:
+                start = max(iv.start + self.start_offset, since) if since else iv.start + self.start_offset
+                end = min(iv.end + self.start_offset, now, self.cancelled_at or now)
+                if iv.payload > 0 and start < end:
+                    segments.append((start, end, iv.payload))
+        return self.ran_before + tuple(segments)
+
     def boundaries(self) -> list[datetime]:
         """Every instant at which this event's contribution can change."""
         out = set()
@@ -144,6 +162,8 @@ class Event:
             "unlisted": self.unlisted,
             "priority": self.priority,
             "cancelled_at": self.cancelled_at.isoformat() if self.cancelled_at else None,
+            "modified_at": self.modified_at.isoformat() if self.modified_at else None,
+            "ran_before": [[a.isoformat(), b.isoformat(), lv] for a, b, lv in self.ran_before],
         })
 
     @classmethod
@@ -165,7 +185,10 @@ class Event:
                    # so taking every cancellation as possibly implied only lets a live copy reinstate it
                    unlisted=bool(d.get("unlisted", d["status"] == "cancelled")),
                    priority=int(d.get("priority", 0)),
-                   cancelled_at=datetime.fromisoformat(d["cancelled_at"]) if d.get("cancelled_at") else None)
+                   cancelled_at=datetime.fromisoformat(d["cancelled_at"]) if d.get("cancelled_at") else None,
+                   modified_at=datetime.fromisoformat(d["modified_at"]) if d.get("modified_at") else None,
+                   ran_before=tuple((datetime.fromisoformat(a), datetime.fromisoformat(b), float(lv))
+                                    for a, b, lv in d.get("ran_before", ())))
 
     def describe(self, now: datetime) -> dict:
         """JSON-ready view for the status API."""
@@ -182,6 +205,8 @@ class Event:
             "end": None if self.open_ended else _iso(self.end),  # open-ended: until the VTN cancels it
             "open_ended": self.open_ended,
             "cancelled_at": _iso(self.cancelled_at) if self.cancelled_at else None,
+            "modified_at": _iso(self.modified_at) if self.modified_at else None,
+            "ran_before": [{"start": _iso(a), "end": _iso(b), "payload": lv} for a, b, lv in self.ran_before],
             "start_offset_seconds": self.start_offset.total_seconds(),
             "received_at": _iso(self.received_at),
             "drives_points": self.drives_points,

@@ -179,7 +179,11 @@ def build_history(now: float, hours: float, store: dict, events: list[dict] = ()
             ran_until = _epoch(ev.get("cancelled_at"))
             if ran_until is None:  # cancelled before it reached the gateway: it never ran here
                 continue
-        for start, stop, level in _simple_intervals(ev):
+        since = _epoch(ev.get("modified_at"))  # before it, what ran under earlier definitions
+        ran = [(_epoch(r.get("start")), _epoch(r.get("end")), int(r.get("payload", 0))) for r in ev.get("ran_before") or []]
+        now_defined = [(max(start, since) if since is not None and start is not None else start, stop, level)
+                       for start, stop, level in _simple_intervals(ev)]
+        for start, stop, level in ran + now_defined:
             if ran_until is not None:
                 stop = ran_until if stop is None else min(stop, ran_until)
             if start is None or (stop is not None and (stop < minutes[0] or stop <= start)) or start > now:

@@ -91,9 +91,15 @@ class EventSchedule:
         if (old is not None and old.cancelled and not old.unlisted
                 and event.modification_number == old.modification_number):
             return
-        if event.cancelled and event.cancelled_at is None and old is not None:
-            # known before its cancellation: what it drove until now stays in the history
-            event = replace(event, cancelled_at=old.cancelled_at or self._clock())
+        if old is not None:  # what it already drove stays in the history as it ran
+            now = self._clock()
+            if event.cancelled:
+                event = replace(event, cancelled_at=event.cancelled_at or old.cancelled_at or now,
+                                modified_at=old.modified_at, ran_before=old.ran_before)
+            elif event.modification_number > old.modification_number and old.start <= now:
+                event = replace(event, modified_at=now, ran_before=old.ran_until(now))
+            else:
+                event = replace(event, modified_at=old.modified_at, ran_before=old.ran_before)
         self._storage.save_event(event)
         self._events[event.event_id] = event
         self._changed()
