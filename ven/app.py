@@ -52,8 +52,8 @@ class Gateway:
     def __init__(self, config: GatewayConfig):
         self.config = config
         self.started_at = time.time()
-        self.metrics = Metrics()
         c = config
+        self.metrics = Metrics(c.forecaster.horizons_minutes)
         self.device = GatewayDevice(address=c.bacnet.address, device_id=c.bacnet.device_id,
                                     device_name=c.bacnet.device_name,
                                     input_min=c.bacnet.input_min_kw, input_max=c.bacnet.input_max_kw,

@@ -25,7 +25,7 @@ class Metrics:
 
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self) -> None:
+    def __init__(self, horizons_minutes: tuple[int, ...] = (15, 60)) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
         p = PREFIX
         self.meter_kw = Gauge(f"{p}_meter_kw", "Latest meter reading taken by the gateway (kW)", registry=r)
@@ -60,8 +60,8 @@ class Metrics:
         self.build_info = Info(f"{p}_build", "Gateway version", registry=r)
         for gauge in (self.meter_kw, self.input_kw):
             gauge.set(math.nan)
-        for horizon in ("15m", "60m"):
-            self.forecast_kw.labels(horizon=horizon).set(math.nan)
+        for horizon in horizons_minutes:
+            self.forecast_kw.labels(horizon=f"{horizon}m").set(math.nan)
 
     def set_version(self, version: str) -> None:
         self.build_info.info({"version": version})
