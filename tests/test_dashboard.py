@@ -394,3 +394,43 @@ async def test_dashboard_event_level_steps(server):
         assert await pending.locator(".level.current").count() == 0
         assert (await page.locator('#events tr[data-event="evt-peak-1"] td:nth-child(3)').inner_text()).strip() == "2"
         assert page.errors == []
+
+
+class OverlapView(SampleView):
+    """An open-ended event (1, then 2 until cancelled) overridden by a priority-1 event, and an
+    open-ended one the VTN cancelled: the shapes ven.schedule.events() gives them."""
+
+    def status(self):
+        body = super().status()
+        now = time.time()
+
+        def simple(*steps):
+            return [{"name": "SIMPLE", "type": "level", "intervals": [
+                {"start": _iso(now + a), "duration_seconds": d, "payload": float(v)} for a, d, v in steps]}]
+        body["events"] = [
+            {"event_id": "open", "status": "active", "opt": "optIn", "priority": 2, "open_ended": True,
+             "start": _iso(now - 1200), "end": None, "sets_level": False,
+             "signals": simple((-1200, 600.0, 1), (-600, None, 2))},
+            {"event_id": "urgent", "status": "active", "opt": "optIn", "priority": 1, "open_ended": False,
+             "start": _iso(now - 300), "end": _iso(now + 300), "sets_level": True, "signals": simple((-300, 600.0, 1))},
+            {"event_id": "stopped", "status": "cancelled", "opt": "optIn", "priority": 0, "open_ended": True,
+             "start": _iso(now - 3600), "end": None, "cancelled_at": _iso(now - 1800), "sets_level": False,
+             "signals": simple((-3600, None, 3))},
+        ]
+        return body
+
+
+async def test_dashboard_shows_open_ended_overridden_and_cancelled_events(server):
+    srv = await server(OverlapView())
+    async with chromium_page() as page:
+        await open_dashboard(page, srv.url + "/")
+
+        def cells(event_id):
+            return page.locator(f'#events tr[data-event="{event_id}"] td')
+        assert await cells("open").nth(0).inner_text() == "open (priority 2)"
+        assert await cells("open").nth(1).inner_text() == "active (overridden)"
+        assert await cells("open").nth(2).locator(".level.current").inner_text() == "2"  # the open interval
+        assert await cells("open").nth(4).inner_text() == "until cancelled"
+        assert await cells("urgent").nth(1).inner_text() == "active"
+        assert (await cells("stopped").nth(4).inner_text()).startswith("cancelled ")
+        assert page.errors == []

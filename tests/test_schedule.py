@@ -173,9 +173,9 @@ async def test_opt_out_and_back_in(storage):
         st = sched.state()
         assert st.level == 0.0 and st.opted_out and not st.active and st.start_minutes == -1
         changed = sched.set_opt_out(False)
-        assert [e.event_id for e in changed] == ["pending"]     # the running one stays out
-        assert sched.state().level == 0.0 and sched.state().start_minutes == 5.0
-        assert sched.get("active").opt == OPT_OUT and sched.get("pending").opt == OPT_IN
+        assert {e.event_id for e in changed} == {"active", "pending"}  # the running one too: the BAS decides
+        assert sched.state().level == 2.0 and sched.state().active
+        assert sched.get("active").opt == OPT_IN and sched.get("pending").opt == OPT_IN
     finally:
         await sched.stop()
 

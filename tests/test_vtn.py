@@ -96,7 +96,8 @@ async def test_three_simple_intervals_each_take_effect_at_their_start(tmp_path, 
             assert levels[levels.index(1.0):] == [1.0, 2.0, 3.0, 0.0]
 
 
-async def test_modification_cancellation_and_implied_cancellation(tmp_path, free_tcp_port):
+async def test_modification_cancellation_and_implied_cancellation(tmp_path, free_tcp_port, caplog):
+    caplog.set_level(logging.INFO, logger="ven")
     async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
         async with running(tmp_path, server.url) as gw:
             await until(lambda: gw.vtn.connected, 10, "registration")
@@ -117,6 +118,10 @@ async def test_modification_cancellation_and_implied_cancellation(tmp_path, free
             st = gw.schedule.state()
             assert not st.active and st.start_minutes == -1
             assert {e["event_id"]: e["status"] for e in gw.schedule.events()} == {a: "cancelled", b: "cancelled"}
+    said = [r.getMessage() for r in caplog.records if r.name == "ven.vtn"]
+    for line in (f"event {a} received", f"event {a} modified (modification 1)",
+                 f"event {a} cancelled by the VTN (modification 2)"):
+        assert sum(m.startswith(line) for m in said) == 1, (line, said)  # one line per change
 
 
 async def test_events_after_a_completed_one_still_listed_are_answered_and_followed(tmp_path, free_tcp_port, caplog):
@@ -185,9 +190,9 @@ async def test_opt_out_reaches_the_vtn_and_new_events_are_refused(tmp_path, free
             await until(lambda: server.opts_for(late) == ["optOut"], 5, "new event answered optOut")
             assert gw.level == 0.0
             gw.vtn.set_opt_out(False)
-            await until(lambda: server.opts_for(pending)[-1] == "optIn", 5, "pending event opted back in")
-            assert server.opts_for(active)[-1] == "optOut"  # already running: stays out
-            assert gw.level == 0.0
+            assert gw.level == 3.0                          # the running events are followed again at once
+            await until(lambda: [server.opts_for(e)[-1] for e in (active, pending, late)] == ["optIn"] * 3, 5,
+                        "opted back in at the VTN")
 
 
 async def test_reregistration_request_registers_again_with_reports(tmp_path, free_tcp_port, caplog):

@@ -34,6 +34,7 @@ class ScheduleState:
     start_minutes: float        # whole minutes until the next event starts (rounded up); 0 while active; -1 if none
     active_event_ids: tuple[str, ...]
     opted_out: bool
+    level_event_id: str | None = None  # the event whose level is published (priority decides overlaps)
 
 
 class EventSchedule:
@@ -82,15 +83,16 @@ class EventSchedule:
     def opted_out(self) -> bool:
         return self._opted_out
 
-    def upsert(self, event: Event) -> None:
+    def upsert(self, event: Event) -> Event | None:
+        """Store a new or changed event; the copy stored, or None when the change was not taken."""
         old = self._events.get(event.event_id)
         if old is not None and event.modification_number < old.modification_number:
             log.info("event %s: ignoring stale modification %d (have %d)", event.event_id,
                      event.modification_number, old.modification_number)
-            return
+            return None
         if (old is not None and old.cancelled and not old.unlisted
                 and event.modification_number == old.modification_number):
-            return
+            return None
         if old is not None:  # what it already drove stays in the history as it ran
             now = self._clock()
             if event.cancelled:
@@ -103,6 +105,7 @@ class EventSchedule:
         self._storage.save_event(event)
         self._events[event.event_id] = event
         self._changed()
+        return event
 
     def cancel(self, event_id: str, unlisted: bool = False) -> None:
         ev = self._events.get(event_id)
@@ -133,7 +136,8 @@ class EventSchedule:
         return gone
 
     def set_opt_out(self, opted_out: bool) -> list[Event]:
-        """Opt out of the active and every pending event, or back in to those not yet started.
+        """Opt out of the active and every pending event, or back in to them: the point is the BAS's
+        switch, and an event without an end would otherwise stay out until the VTN cancels it.
 
         Returns the events whose answer changed, so the caller can tell the VTN. Safe to call
         before `start` (e.g. with the point's state at boot).
@@ -145,13 +149,12 @@ class EventSchedule:
         for ev in list(self._events.values()):
             if ev.cancelled or ev.test_event:
                 continue
-            phase = ev.phase(now)
-            if opted_out and phase in ("far", "near", "active") and ev.opt != OPT_OUT:
-                ev = replace(ev, opt=OPT_OUT)
-            elif not opted_out and phase in ("far", "near") and ev.opt != OPT_IN:
-                ev = replace(ev, opt=OPT_IN)
-            else:
+            if ev.phase(now) not in ("far", "near", "active"):
                 continue
+            opt = OPT_OUT if opted_out else OPT_IN
+            if ev.opt == opt:
+                continue
+            ev = replace(ev, opt=opt)
             self._storage.save_event(ev)
             self._events[ev.event_id] = ev
             changed.append(ev)
@@ -164,7 +167,7 @@ class EventSchedule:
         """Overlapping events: the level of the highest-priority one in effect (ei:priority 1 first,
         0 = none last); among events of equal priority, the highest level."""
         now = at or self._clock()
-        level, rank = None, None
+        level, rank, winner = None, None, None
         active_ids = []
         next_start = None
         for ev in self._events.values():
@@ -174,7 +177,7 @@ class EventSchedule:
                 active_ids.append(ev.event_id)
                 lv = ev.simple_level(now)
                 if lv is not None and (rank is None or ev.rank < rank or (ev.rank == rank and lv > level)):
-                    level, rank = lv, ev.rank
+                    level, rank, winner = lv, ev.rank, ev.event_id
             elif ev.start > now and (next_start is None or ev.start < next_start):
                 next_start = ev.start
         if active_ids:
@@ -185,14 +188,16 @@ class EventSchedule:
             minutes = -1.0
         return ScheduleState(level=float(level or 0.0), active=bool(active_ids),
                              start_minutes=minutes, active_event_ids=tuple(sorted(active_ids)),
-                             opted_out=self._opted_out)
+                             opted_out=self._opted_out, level_event_id=winner)
 
     def events(self) -> list[dict]:
         """Every known event for the status API, grouped active/pending/recent, with all signals."""
         now = self._clock()
+        winner = self.state(now).level_event_id
         out = []
         for ev in sorted(self._events.values(), key=lambda e: (e.start, e.event_id)):
             d = ev.describe(now)
+            d["sets_level"] = ev.event_id == winner  # false for an active event another one overrides
             phase = d["status"]
             d["group"] = ("active" if phase == "active" else
                           "pending" if phase in ("far", "near") else "recent")

@@ -196,7 +196,7 @@ class VtnClient:
             log.info("ADR-Opt-Out active: opting out of %d active/pending event(s); new events answered optOut",
                      len(changed))
         else:
-            log.info("ADR-Opt-Out relinquished: opting back in to %d event(s) not yet started", len(changed))
+            log.info("ADR-Opt-Out relinquished: opting back in to %d active/pending event(s)", len(changed))
         for ev in changed:
             self._pending_opts[ev.event_id] = (ev.modification_number, ev.opt)
         if changed:
@@ -488,11 +488,9 @@ class VtnClient:
         # and set_opt_out leaves cancelled events alone), takes the site's answer of now
         if (prev is None or prev.unlisted) and not ev.test_event and not ev.cancelled:
             ev = with_opt(ev, OPT_OUT if self._schedule.opted_out else OPT_IN)
-        self._schedule.upsert(ev)
-        stored = self._schedule.get(eid)  # ev, or the copy the schedule kept (it logs why)
-        if stored is ev:
+        if self._schedule.upsert(ev) is not None:  # None: not taken (the schedule logs why)
             self._log_event(ev, prev)
-        return _answer(stored)
+        return _answer(self._schedule.get(eid))
 
     @staticmethod
     def _log_event(ev, prev) -> None:

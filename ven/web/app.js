@@ -320,9 +320,10 @@ function levelBadge(level) {
   const span = el("span", {class: `level l${level}`}, level === null || level === undefined ? "—" : fmtNum(level));
   return span;
 }
-function intervalEnd(iv) {
+function intervalEnd(iv, openEnded) {
   const start = toMs(iv.start);
   if (iv.end) return toMs(iv.end);
+  if (openEnded && iv.duration_seconds === null) return Infinity;  // holds until the VTN cancels it
   return start !== null && typeof iv.duration_seconds === "number" ? start + iv.duration_seconds * 1000 : null;
 }
 // The level steps of an event, in order, from its SIMPLE signal (an event can go 1 -> 2 -> 3 over
@@ -339,7 +340,7 @@ function levelSteps(e) {
     for (const iv of s.intervals || []) {
       const v = intervalValue(iv);
       if (typeof v !== "number") continue;
-      const start = toMs(iv.start), end = intervalEnd(iv);
+      const start = toMs(iv.start), end = intervalEnd(iv, e.open_ended);
       steps.push({level: v, start, current: start !== null && end !== null && start <= now && now < end});
     }
   }
@@ -381,10 +382,14 @@ function renderEvents() {
     const level = levelCell(e);
     const opt = el("td", {}, e.opt || "");
     if (e.opt === "optOut") opt.classList.add("bad");
-    const phase = e.status === "far" || e.status === "near" ? `pending (${e.status})` : (e.status || "");
-    tr.append(el("td", {}, e.event_id || ""), el("td", {}, phase), level,
-              el("td", {}, fmtTime(toMs(e.start), true)),
-              el("td", {}, e.open_ended && !e.end ? "until cancelled" : fmtTime(toMs(e.end), true)),
+    let phase = e.status === "far" || e.status === "near" ? `pending (${e.status})` : (e.status || "");
+    // overlapping events: the one of highest priority sets ADR-Event-Level
+    if (e.status === "active" && e.sets_level === false && e.opt !== "optOut") phase = "active (overridden)";
+    const id = e.priority ? `${e.event_id || ""} (priority ${e.priority})` : (e.event_id || "");
+    const end = e.status === "cancelled" && e.cancelled_at ? `cancelled ${fmtTime(toMs(e.cancelled_at), true)}`
+      : e.open_ended && !e.end ? "until cancelled" : fmtTime(toMs(e.end), true);
+    tr.append(el("td", {}, id), el("td", {}, phase), level,
+              el("td", {}, fmtTime(toMs(e.start), true)), el("td", {}, end),
               opt, el("td", {class: "muted minor"}, signalSummary(e.signals)));
     body.append(tr);
   }
