@@ -222,6 +222,10 @@ def test_env_error_names_the_variable(tmp_path):
     ('[meter]\nobject = "analogInptu 2"\n', "meter.object", "unknown BACnet object type 'analogInptu'"),
     ('[meter]\nobject = "analogInput 4194304"\n', "meter.object", "instance must be a whole number"),
     ('[meter]\nproperty = "presentValu"\n', "meter.property", "unknown BACnet property 'presentValu'"),
+    ('[meter]\naddress = "127.0.0.1:70000"\n', "meter.address", "port must be 1..65535"),
+    ('[openadr]\nqueue_max_days = 1e10\n', "openadr.queue_max_days", "less than or equal to 3650"),
+    ('[forecaster]\nthreshold_days = 100000\n', "forecaster.threshold_days", "less than or equal to 366"),
+    ('[forecaster]\nslope_minutes = 100000000000\n', "forecaster.slope_minutes", "less than or equal to 1440"),
     ('[openadr]\nqueue_max_days = inf\n', "openadr.queue_max_days", "finite number"),
     ('[forecaster]\nhistory_days = inf\n', "forecaster.history_days", "finite number"),
     ('[bacnet]\ninput_min_kw = nan\n', "bacnet.input_min_kw", "finite number"),
@@ -263,6 +267,9 @@ retry_max_seconds = 5
 address = "[::1]:8000"
 '''), environ={})
     assert cfg.meter.object == "analog-input:7" and cfg.http.address == "[::1]:8000"
+    pasted = "sha256 Fingerprint=" + ":".join(["ab"] * 32)  # as openssl x509 -fingerprint -sha256 prints it
+    assert load_config(_write(tmp_path, f'[openadr]\nvtn_fingerprint = "{pasted}"\n'),
+                       environ={}).openadr.vtn_fingerprint == ":".join(["AB"] * 10)
     for address in ("12345:0x02", "12345:192.168.1.5:47808", "10.0.0.5"):
         assert load_config(_write(tmp_path, f'[meter]\naddress = "{address}"\n'), environ={}).meter.address == address
 

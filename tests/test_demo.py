@@ -78,8 +78,9 @@ def test_a_taken_port_is_one_line_naming_the_option_that_moves_it(free_udp_port,
         busy.bind(("127.0.0.1", 0))
         port = busy.getsockname()[1]
         res = _cli("simulate-meter", "--address", f"127.0.0.1/8:{port}", "--duration", "3")
-        assert res.returncode == 1 and "Traceback" not in res.stderr
-        assert "is not available: Address already in use" in res.stderr.strip().splitlines()[-1]
+        assert res.returncode == 2 and "Traceback" not in res.stderr
+        assert res.stderr.strip().splitlines()[-1].endswith(
+            "is not available: Address already in use: choose another with --address")
 
 
 @pytest.mark.parametrize("args, words", [
@@ -87,7 +88,15 @@ def test_a_taken_port_is_one_line_naming_the_option_that_moves_it(free_udp_port,
     (["--address", "127.0.0.1/0:47810"], "prefix length 1..32"),
     (["--value", "nan"], "finite"),
     (["--interval", "0"], "above 0 seconds"),
+    (["--value", "5", "--csv", "x.csv"], "not allowed with argument"),
 ])
 def test_simulate_meter_refuses_arguments_it_cannot_serve(args, words):
     res = _cli("simulate-meter", *args, "--duration", "1")
     assert res.returncode == 2 and words in res.stderr, res.stderr
+
+
+def test_demo_refuses_ports_it_cannot_use():
+    res = _cli("demo", "--http-port", "70000")
+    assert res.returncode == 2 and "--http-port: must be 1..65535, got 70000" in res.stderr
+    res = _cli("demo", "--bacnet-port", "48777", "--meter-port", "48777", "--duration", "1")
+    assert res.returncode == 2 and "UDP port 48777 is given to both --bacnet-port and --meter-port" in res.stderr

@@ -132,11 +132,43 @@ def test_check_config_opens_the_tls_files(pki):
 
     good = dict(cert=d / "ven.pem", key=d / "ven.key", passphrase="s3cret", ca_file=d / "ca.pem")
     assert check(**good).returncode == 0
-    for bad, words in ((dict(good, passphrase="wrong"), "openadr.cert/key/passphrase"),
-                       (dict(good, passphrase=""), "openadr.cert/key/passphrase"),  # never a prompt
-                       (dict(good, key=d / "other.key"), "openadr.cert/key/passphrase"),
-                       (dict(good, cert=d / "missing.pem"), "No such file"),
+    for bad, words in ((dict(good, passphrase="wrong"), "openadr.passphrase: does not decrypt openadr.key"),
+                       (dict(good, passphrase=""), "openadr.passphrase: openadr.key"),  # never a prompt
+                       (dict(good, key=d / "other.key", passphrase=""), "do not belong together"),
+                       (dict(good, cert=d / "missing.pem"), f"openadr.cert: {d / 'missing.pem'}: No such file"),
+                       (dict(good, key=d / "missing.key"), f"openadr.key: {d / 'missing.key'}: No such file"),
                        (dict(good, ca_file=d / "ven.key"), "openadr.ca_file")):
         res = check(**bad)
         assert res.returncode == 2 and words in res.stderr, (bad, res.stderr)
         assert res.stderr.startswith("configuration error: ") and "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("with_client_cert", [False, True], ids=["ca_file-alone", "ca_file-and-cert"])
+async def test_ca_file_verifies_a_private_ca_vtn_with_or_without_a_client_certificate(pki, free_tcp_port,
+                                                                                        with_client_cert):
+    # openleadr read ca_file only beside a client certificate: a VTN on a private CA was refused
+    import ssl
+
+    from aiohttp import web
+
+    from ven.vtn import _Client
+
+    d, _ = pki
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(d / "vtn.pem", d / "vtn.key")
+    runner = web.AppRunner(web.Application())  # answers 404: enough to show the handshake passed
+    await runner.setup()
+    port = free_tcp_port()
+    await web.TCPSite(runner, "127.0.0.1", port, ssl_context=server_ctx).start()
+    tls = dict(cert=str(d / "ven.pem"), key=str(d / "ven.key"), passphrase="s3cret") if with_client_cert else {}
+    try:
+        for ca_file, expected in ((str(d / "ca.pem"), "HTTP 404"), (None, "TLS certificate of the VTN rejected")):
+            client = _Client(ven_name="t", vtn_url=f"https://127.0.0.1:{port}/OpenADR2/Simple/2.0b",
+                             ca_file=ca_file, show_fingerprint=False, disable_signature=True, **tls)
+            try:
+                await client._perform_request("EiRegisterParty", b"<x/>")
+                assert client.last_error.startswith(expected), client.last_error
+            finally:
+                await client.client_session.close()
+    finally:
+        await runner.cleanup()

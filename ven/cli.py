@@ -150,8 +150,9 @@ def cmd_simulate_meter(args) -> int:
         asyncio.run(serve_until_signalled(
             run_simulator(args.address, values=values, interval=args.interval), args.duration))
     except OSError as err:  # the port is taken, or the address is not this host's
-        print(f"simulate-meter: {args.address}: {err.strerror or err}", file=sys.stderr)
-        return 1
+        print(f"simulate-meter: {args.address}: {err.strerror or err}: choose another with --address",
+              file=sys.stderr)
+        return 2
     return 0
 
 
@@ -178,7 +179,8 @@ def cmd_demo_vtn(args) -> int:
     try:
         return asyncio.run(run_demo_vtn(args))
     except OSError as err:
-        print(f"demo-vtn: {args.host}:{args.port}: {err.strerror or err}", file=sys.stderr)
+        print(f"demo-vtn: {args.host}:{args.port}: {err.strerror or err}: choose another with --port",
+              file=sys.stderr)
         return 2
 
 
@@ -209,6 +211,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if n < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
+def _port(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 < n < 65536:
+        raise argparse.ArgumentTypeError(f"must be 1..65535, got {n}")
     return n
 
 
@@ -266,8 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("simulate-meter", help="serve a routed BACnet meter (network 12345, MAC 2, analogInput 2)")
     p.add_argument("--address", default="127.0.0.1/8:47810", metavar="IP/MASK:PORT", type=_bacnet_address)
-    p.add_argument("--value", type=_finite, default=None, help="fixed kW value")
-    p.add_argument("--csv", default=None, help="replay a kW column from this CSV (default: the shipped building)")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--value", type=_finite, default=None, help="fixed kW value")
+    source.add_argument("--csv", default=None, help="replay a kW column from this CSV (default: the shipped building)")
     p.add_argument("--value-column", default="Total_Power")
     p.add_argument("--interval", type=_positive_seconds, default=10.0, help="seconds between replayed values")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
@@ -275,11 +288,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run VTN, meter, BAS simulator and gateway on loopback")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
-    p.add_argument("--bacnet-port", type=int, default=47808)
-    p.add_argument("--meter-port", type=int, default=47810)
-    p.add_argument("--bas-port", type=int, default=47809)
-    p.add_argument("--vtn-port", type=int, default=8080)
-    p.add_argument("--http-port", type=int, default=8000)
+    p.add_argument("--bacnet-port", type=_port, default=47808)
+    p.add_argument("--meter-port", type=_port, default=47810)
+    p.add_argument("--bas-port", type=_port, default=47809)
+    p.add_argument("--vtn-port", type=_port, default=8080)
+    p.add_argument("--http-port", type=_port, default=8000)
     p.add_argument("--event-delay", type=float, default=60.0, help="seconds until the demo event starts")
     p.add_argument("--interval-seconds", type=float, default=10.0, help="length of each demo event interval")
     p.add_argument("--storage", default=None, help="SQLite file (default: a temporary one)")
@@ -289,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo-vtn", help="run the demo VTN alone (dispatches the demo events)")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--port", type=_port, default=8080)
     p.add_argument("--event-delay", type=float, default=60.0)
     p.add_argument("--interval-seconds", type=float, default=10.0)
     p.add_argument("--duration", type=float, default=None)

@@ -105,8 +105,8 @@ class MeterConfig(_Section):
     object: str = "analogInput 2"
     property: str = "presentValue"
     router: str = ""
-    poll_seconds: float = Field(10.0, gt=0)
-    timeout_seconds: float = Field(5.0, gt=0)
+    poll_seconds: float = Field(10.0, gt=0, le=86400)
+    timeout_seconds: float = Field(5.0, gt=0, le=3600)
 
     @field_validator("address")
     @classmethod
@@ -123,6 +123,9 @@ class MeterConfig(_Section):
             raise ValueError(f"{v!r}: {err} (network 1..65534, mac 0..255 or hex bytes)") from None
         if addr.addrType != Address.remoteStationAddr and len(addr.addrAddr) != 6:  # 6: IPv4 + port
             raise ValueError(f"must be {form}, got {v!r}")
+        for port in re.findall(r"\d+\.\d+\.\d+\.\d+:(\d+)", v):  # bacpypes3 keeps 70000 and fails at send
+            if not 0 < int(port) < 65536:
+                raise ValueError(f"{v!r}: port must be 1..65535")
         return v
 
     @field_validator("object")
@@ -167,11 +170,11 @@ class OpenadrConfig(_Section):
     vtn_url: str = "http://127.0.0.1:8080/OpenADR2/Simple/2.0b"
     ven_name: str = Field("edge-gateway", min_length=1)
     report_resource_id: str = Field("main-meter", min_length=1)
-    telemetry_seconds: float = Field(10.0, gt=0)
-    queue_max_days: float = Field(7.0, gt=0)
-    retry_min_seconds: float = Field(1.0, gt=0)
-    retry_max_seconds: float = Field(60.0, gt=0)
-    request_timeout_seconds: float = Field(30.0, gt=0)
+    telemetry_seconds: float = Field(10.0, gt=0, le=86400)
+    queue_max_days: float = Field(7.0, gt=0, le=3650)
+    retry_min_seconds: float = Field(1.0, gt=0, le=86400)
+    retry_max_seconds: float = Field(60.0, gt=0, le=86400)
+    request_timeout_seconds: float = Field(30.0, gt=0, le=3600)
     cert: str = ""
     key: str = ""
     passphrase: str = ""
@@ -199,7 +202,7 @@ class OpenadrConfig(_Section):
         # case, colon-separated. A full SHA-256 fingerprint (openssl x509 -fingerprint -sha256) is cut to it.
         if not v:
             return v
-        pairs = v.strip().upper().split(":")
+        pairs = v.strip().upper().rpartition("=")[2].strip().split(":")  # "sha256 Fingerprint=AB:..." too
         if len(pairs) not in (10, 32) or not all(re.fullmatch(r"[0-9A-F]{2}", p) for p in pairs):
             raise ValueError("must be the VTN certificate's fingerprint as openleadr prints it (10 colon-separated "
                              f"hex bytes, e.g. 3E:A1:...:7C) or its full SHA-256 fingerprint, got {v!r}")
@@ -220,23 +223,51 @@ class OpenadrConfig(_Section):
 
 
 def tls_file_problems(c: OpenadrConfig) -> list[str]:
-    """What `run` would find wrong with the TLS files, for check-config. Not a load-time check: `run`
-    keeps retrying, so certificates mounted after start (secrets, a late volume) still work."""
+    """What is wrong with the TLS files, one line per key, for check-config and before each
+    registration. Not a load-time check: `run` keeps retrying, so certificates mounted after start
+    (secrets, a late volume) still work."""
     import ssl
 
-    problems = []
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    if c.cert:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    problems: list[str] = []
+
+    def read(key: str, path: str) -> bytes | None:
         try:
-            # a callable, never None: OpenSSL would prompt on the terminal for an encrypted key
-            ctx.load_cert_chain(c.cert, c.key, password=lambda: c.passphrase.encode())
-        except (OSError, ssl.SSLError) as err:
-            problems.append(f"openadr.cert/key/passphrase: {c.cert}, {c.key}: {err.strerror or err}")
+            return Path(path).read_bytes()
+        except OSError as err:
+            problems.append(f"openadr.{key}: {path}: {err.strerror}")
+            return None
+
+    if c.cert:
+        cert_pem, key_pem = read("cert", c.cert), read("key", c.key)
+        cert = key = None
+        if cert_pem is not None:
+            try:
+                cert = x509.load_pem_x509_certificate(cert_pem)
+            except ValueError:
+                problems.append(f"openadr.cert: {c.cert}: not a PEM certificate")
+        if key_pem is not None:
+            try:
+                key = serialization.load_pem_private_key(key_pem, c.passphrase.encode() or None)
+            except TypeError:  # encrypted without a passphrase, or a passphrase for a plain key
+                if c.passphrase:
+                    key = serialization.load_pem_private_key(key_pem, None)
+                else:
+                    problems.append(f"openadr.passphrase: openadr.key {c.key} is encrypted: give its passphrase")
+            except ValueError:
+                problems.append(f"openadr.passphrase: does not decrypt openadr.key {c.key} "
+                                "(or the key is not a PEM private key)")
+        spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        if cert is not None and key is not None and cert.public_key().public_bytes(*spki) != key.public_key().public_bytes(*spki):
+            problems.append(f"openadr.cert and openadr.key do not belong together: {c.cert} is not the "
+                            f"certificate of {c.key}")
     if c.ca_file:
         try:
-            ctx.load_verify_locations(cafile=c.ca_file)
+            ssl.create_default_context(cafile=c.ca_file)
         except (OSError, ssl.SSLError) as err:
-            problems.append(f"openadr.ca_file: {c.ca_file}: {err.strerror or err}")
+            problems.append(f"openadr.ca_file: {c.ca_file}: {getattr(err, 'strerror', None) or err}")
     return problems
 
 
@@ -265,19 +296,19 @@ class HttpConfig(_Section):
 
 class ForecasterConfig(_Section):
     source: Literal["auto", "bacnet_input", "meter"] = "auto"
-    cycle_seconds: float = Field(60.0, gt=0)
+    cycle_seconds: float = Field(60.0, gt=0, le=86400)
     horizons_minutes: tuple[int, int] = (15, 60)
-    slope_minutes: int = Field(5, ge=2)
+    slope_minutes: int = Field(5, ge=2, le=1440)
     high_load_kw: float | None = None
     low_load_kw: float | None = None
-    threshold_days: float = Field(14.0, gt=0)
+    threshold_days: float = Field(14.0, gt=0, le=366)
     hysteresis_fraction: float = Field(0.03, ge=0, lt=0.5)
-    min_on_minutes: float = Field(15.0, ge=0)
-    min_off_minutes: float = Field(15.0, ge=0)
-    arm_fraction: float = Field(0.1, ge=0)
-    history_days: float = Field(35.0, gt=0)
-    retrain_minutes: float = Field(1440.0, gt=0)
-    input_stale_seconds: float = Field(300.0, gt=0)
+    min_on_minutes: float = Field(15.0, ge=0, le=1440)
+    min_off_minutes: float = Field(15.0, ge=0, le=1440)
+    arm_fraction: float = Field(0.1, ge=0, le=1000)
+    history_days: float = Field(35.0, gt=0, le=366)  # one minute of memory per minute of history
+    retrain_minutes: float = Field(1440.0, gt=0, le=525600)
+    input_stale_seconds: float = Field(300.0, gt=0, le=86400)
     timezone: str = "UTC"
     holiday_preset: Literal["", "IT"] = ""
     holidays: tuple[str, ...] = ()
@@ -290,8 +321,8 @@ class ForecasterConfig(_Section):
     @field_validator("horizons_minutes")
     @classmethod
     def _horizons(cls, v: tuple[int, int]) -> tuple[int, int]:
-        if not 0 < v[0] < v[1]:
-            raise ValueError(f"must be two increasing positive minute counts, e.g. [15, 60], got {list(v)}")
+        if not 0 < v[0] < v[1] <= 1440:
+            raise ValueError(f"must be two increasing positive minute counts up to 1440, e.g. [15, 60], got {list(v)}")
         return v
 
     @model_validator(mode="after")

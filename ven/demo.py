@@ -101,7 +101,12 @@ def describe(view: dict, decision: str) -> str:
 def taken_ports(ports: dict[str, tuple[int, str]]) -> list[str]:
     """One line per loopback port (by its command-line flag) that something else holds."""
     problems = []
+    seen: dict[tuple[int, str], str] = {}
     for flag, (port, proto) in ports.items():
+        if (port, proto) in seen:
+            problems.append(f"{proto.upper()} port {port} is given to both {seen[port, proto]} and {flag}")
+            continue
+        seen[port, proto] = flag
         kind = socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM
         with socket.socket(socket.AF_INET, kind) as probe:
             if kind == socket.SOCK_STREAM:

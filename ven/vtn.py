@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import ssl
 from datetime import datetime, timedelta, timezone
 from http import HTTPStatus
 from typing import Callable
@@ -23,7 +24,7 @@ from openleadr import OpenADRClient, errors as oerrors, objects, utils as outils
 from openleadr.messaging import parse_message, validate_xml_schema, validate_xml_signature
 from signxml.exceptions import InvalidSignature
 
-from .config import OpenadrConfig
+from .config import OpenadrConfig, tls_file_problems
 from .tasks import cancel_and_wait
 from .events import OPT_IN, OPT_OUT, SIMPLE, from_openleadr, with_opt
 from .schedule import EventSchedule
@@ -46,6 +47,24 @@ class _Client(OpenADRClient):
     # openleadr bounds only the connect (5 s) and each socket read (10 s): a VTN (or proxy) trickling
     # a byte every few seconds would hold a request, and with it registration or polling, forever.
     request_timeout_s: float = 30.0
+
+    async def _ensure_client_session(self):
+        # openleadr's own: ca_file counts only beside a client certificate (a VTN on a private CA was
+        # refused without one), a certificate without ca_file fails every request (cafile None), and an
+        # encrypted key without its passphrase is asked for on the terminal
+        if self.client_session:
+            return
+        ssl_context = None
+        if self.cert_path or self.ca_file:
+            ssl_context = ssl.create_default_context(cafile=self.ca_file)  # None: the system's trust store
+            ssl_context.check_hostname = self.check_hostname
+        if self.cert_path:
+            passphrase = (self.passphrase or "").encode()
+            ssl_context.load_cert_chain(self.cert_path, self.key_path, password=lambda: passphrase)
+        self.client_session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=ssl_context) if ssl_context else None,
+            headers={"content-type": "application/xml"},
+            timeout=aiohttp.ClientTimeout(sock_connect=5, sock_read=10))
 
     async def _perform_request(self, service, message):
         await self._ensure_client_session()
@@ -309,6 +328,10 @@ class VtnClient:
             await client.client_session.close()
 
     async def _register(self) -> bool:
+        problems = tls_file_problems(self._cfg) if self._cfg.cert or self._cfg.ca_file else []
+        if problems:  # say which file and why, not what openleadr trips over next
+            self.last_error = "TLS files: " + "; ".join(problems)
+            return False
         self._client = client = self._new_client()
         self._report_request_id = None
         self._lost.clear()
