@@ -99,7 +99,9 @@ class MeterClient:
             async with asyncio.timeout(self.timeout_seconds):
                 value = await self._read()
             reading = self._reading(value=value)
+            await self._note_route()
         except TimeoutError:
+            await self._note_route()
             reading = self._reading(error=f"no response from {self.address} within {self.timeout_seconds:g} s"
                                     + (f" (through router {self.route})" if self.route else ""))
             if not self.router and self.network is not None:
@@ -147,12 +149,18 @@ class MeterClient:
             if not path:
                 if not await ask_router(app, self.network, timeout=self.timeout_seconds):
                     raise _ReadFailed(f"no router to network {self.network} answered Who-Is-Router-To-Network")
-                path = await app.nsap.router_info_cache.get_path_info(None, self.network)
-            route = str(path[0]) if path else None
-            if route != self.route:
-                log.info("meter network %d is reached through router %s", self.network, route)
-                self.route = route
         self._route_ready = True
+
+    async def _note_route(self) -> None:
+        """The router the read just went through (a later answer to Who-Is-Router-To-Network, e.g. from
+        a second router claiming the network, replaces the one heard first)."""
+        if self.router or self.network is None:
+            return
+        path = await self._app.nsap.router_info_cache.get_path_info(None, self.network)
+        route = str(path[0]) if path else None
+        if route is not None and route != self.route:
+            log.info("meter network %d is reached through router %s", self.network, route)
+            self.route = route
 
     def _reading(self, value: float | None = None, error: str | None = None) -> MeterReading:
         return MeterReading(datetime.now(timezone.utc), value, error)

@@ -45,7 +45,7 @@ def test_a_lock_held_by_another_process_costs_one_short_wait_not_one_per_sample(
     # a backup or an sqlite3 shell holding the write lock: the queue runs on the event loop, so each
     # sample must not wait out a busy timeout; they wait in memory and go in order once it is free
     path = tmp_path / "gw.sqlite"
-    q = TelemetryQueue(path, reopen_seconds=0.3)
+    q = TelemetryQueue(path, reopen_seconds=0.3, lock_grace_seconds=0.0)
     q.add(T0, 90.0)
     other = sqlite3.connect(path, isolation_level=None)
     other.execute("BEGIN EXCLUSIVE")
@@ -60,6 +60,23 @@ def test_a_lock_held_by_another_process_costs_one_short_wait_not_one_per_sample(
     time.sleep(0.35)
     q.add(T0 + timedelta(seconds=300), 200.0)
     assert [s.kw for s in q.peek(100)] == [90.0 + i for i in range(21)] + [200.0] and q.write_error is None
+    q.close()
+
+
+def test_a_lock_held_for_a_moment_is_waited_out_without_a_fault(tmp_path, caplog):
+    # the forecaster saving its model on a slow card holds the lock for a second or two: not a fault
+    path = tmp_path / "gw.sqlite"
+    q = TelemetryQueue(path, reopen_seconds=10)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    for i in range(3):
+        assert q.add(T0 + timedelta(seconds=i), 90.0 + i) < 0  # waits in memory
+    other.execute("ROLLBACK")
+    other.close()
+    time.sleep(1.05)  # retried every second while the grace lasts, not every 10 s
+    q.add(T0 + timedelta(seconds=3), 93.0)
+    assert [s.kw for s in q.peek()] == [90.0, 91.0, 92.0, 93.0] and q.write_error is None
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
     q.close()
 
 
