@@ -204,52 +204,27 @@ def cmd_forecast_replay(args) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
-    return n
+def _ranged(parse, low: float, high: float, rule: str):
+    """An argparse type: the text parsed, within low..high (NaN never is), else a message saying `rule`."""
+    name = "a whole number" if parse is int else "a number"
+
+    def check(text: str):
+        try:
+            x = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not {name}: {text!r}") from None
+        if not low <= x <= high:
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text}")
+        return x
+    return check
 
 
-def _port(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 < n < 65536:
-        raise argparse.ArgumentTypeError(f"must be 1..65535, got {n}")
-    return n
-
-
-def _finite(text: str) -> float:
-    try:
-        x = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not math.isfinite(x):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
-    return x
-
-
-def _positive_seconds(text: str) -> float:
-    x = _finite(text)
-    if x <= 0:
-        raise argparse.ArgumentTypeError(f"must be above 0 seconds, got {text}")
-    return x
-
-
-def _positive_minutes(text: str) -> float:
-    try:
-        x = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 1 <= x < float("inf"):  # also false for nan
-        raise argparse.ArgumentTypeError(f"must be at least 1 minute (the history is kept in 1-minute means), "
-                                         f"got {text}")
-    return x
+_BIG = sys.float_info.max
+_positive_int = _ranged(int, 1, math.inf, "at least 1")
+_port = _ranged(int, 1, 65535, "1..65535")
+_finite = _ranged(float, -_BIG, _BIG, "a finite number")
+_positive_seconds = _ranged(float, math.ulp(0.0), _BIG, "above 0 seconds")
+_positive_minutes = _ranged(float, 1.0, _BIG, "at least 1 minute (the history is kept in 1-minute means)")
 
 
 def build_parser() -> argparse.ArgumentParser:
