@@ -466,3 +466,22 @@ async def test_disk_full_mid_run_keeps_serving_and_loses_no_telemetry(tmp_path, 
     taken = [line for line in text.splitlines() if " telemetry " in f" {line.split(' ', 1)[1]}"
              and "kW -> TELEMETRY_USAGE" in line]
     assert len(got) >= len(taken) - 3, (len(got), len(taken))  # the last ones may follow the stop
+
+
+def test_the_event_store_waits_out_a_short_lock_and_reports_a_long_one(tmp_path, caplog):
+    # the BAS writes ADR-Opt-Out while a backup holds the file for a moment: not a fault; for long: one
+    path = tmp_path / "gw.sqlite"
+    store = Storage(path, lock_grace_seconds=0.6)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    store.save_value("bacnet_commands:ADR-Opt-Out", '{"8": true}')
+    assert store.write_error is None and not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    time.sleep(0.7)
+    store.save_event(_event("during", ""))  # the lock has lasted past the grace: now it is a fault
+    assert store.write_error and len([r for r in caplog.records if r.levelno == logging.ERROR]) == 1
+    other.execute("ROLLBACK")
+    other.close()
+    assert store.flush() and store.write_error is None
+    assert store.load_value("bacnet_commands:ADR-Opt-Out") == '{"8": true}'
+    assert [ev.event_id for ev in store.load_events()] == ["during"]
+    store.close()

@@ -24,6 +24,7 @@ REOPEN_SECONDS = 10.0
 # connections write on the event loop: BACnet waits as long as they do. A write that gives up is
 # kept in memory and tried again; the gateway's own connections hold the lock for milliseconds.
 BUSY_TIMEOUT_SECONDS = 0.5
+LOCK_GRACE_SECONDS = 5.0  # a write lock held by another writer this long is reported as a fault
 
 
 class StorageError(Exception):
@@ -53,6 +54,26 @@ def connect(path: str | Path, table: str = "") -> sqlite3.Connection:
         raise StorageError(f"storage.path {p}: cannot open SQLite database for writing: {err}"
                            f"{_os_reason(p)}") from None
     return conn
+
+
+class LockGrace:
+    """A write lock held by another writer (the gateway's own forecaster saving its model on a slow
+    card, a backup) is waited out for `seconds` before it counts as a fault: what could not be written
+    waits in memory meanwhile and goes with the next write."""
+
+    def __init__(self, seconds: float = LOCK_GRACE_SECONDS):
+        self.seconds = seconds
+        self._since: float | None = None
+
+    def excuses(self, err: Exception) -> bool:
+        if "locked" not in str(err):
+            return False
+        now = time.monotonic()
+        self._since = self._since or now
+        return now - self._since < self.seconds
+
+    def clear(self) -> None:
+        self._since = None
 
 
 class ReopenTimer:
@@ -129,8 +150,10 @@ class Storage:
     here, the file is tried again at most that often from `flush()`, and once it opens they are written
     to it; the events it already held come back from `take_found()`. Without it, StorageError."""
 
-    def __init__(self, path: str | Path, reopen_seconds: float | None = None):
+    def __init__(self, path: str | Path, reopen_seconds: float | None = None,
+                 lock_grace_seconds: float = LOCK_GRACE_SECONDS):
         self.path = Path(path)
+        self._grace = LockGrace(lock_grace_seconds)
         self.conn: sqlite3.Connection | None = None
         self._unsaved: dict[str, Event | None] = {}     # event_id -> event to write, None: to delete
         self._unsaved_values: dict[str, str] = {}
@@ -235,11 +258,14 @@ class Storage:
                     self.conn.execute("ROLLBACK")
                 except sqlite3.Error:
                     pass
+            if self.write_error is None and self._grace.excuses(err):
+                return False
             if self.write_error is None:
                 log.error("storage.path %s: cannot save events (%s): kept in memory and written when it "
                           "can; a restart before then loses them", self.path, err)
             self.write_error = str(err)
             return False
+        self._grace.clear()
         self._unsaved.clear()
         self._unsaved_values.clear()
         if self.write_error is not None:

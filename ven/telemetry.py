@@ -7,17 +7,15 @@ accepted the oadrUpdateReport that carried it. The queue is bounded by age: samp
 from __future__ import annotations
 
 import logging
-import time
 import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from .storage import ReopenTimer, StorageError, connect, open_or_retry_later
+from .storage import LOCK_GRACE_SECONDS, LockGrace, ReopenTimer, StorageError, connect, open_or_retry_later
 
 log = logging.getLogger(__name__)
 
-LOCK_GRACE_SECONDS = 5.0  # a write lock held by someone else this long is reported as a fault
 
 
 @dataclass(frozen=True)
@@ -38,7 +36,7 @@ class TelemetryQueue:
     def __init__(self, path: str | Path, max_age: timedelta = timedelta(days=7),
                  reopen_seconds: float | None = None, lock_grace_seconds: float = LOCK_GRACE_SECONDS):
         self.path = path
-        self.lock_grace_seconds = lock_grace_seconds
+        self._grace = LockGrace(lock_grace_seconds)
         self.max_age = max_age
         self._conn: sqlite3.Connection | None = None
         self._dropped = 0
@@ -54,7 +52,6 @@ class TelemetryQueue:
         # with every sample: each try can wait BUSY_TIMEOUT_SECONDS on the event loop
         self._retry_seconds = reopen_seconds or 0.0
         self._retry: ReopenTimer | None = None
-        self._locked_since: float | None = None
         self._reopen, self.write_error = open_or_retry_later(
             self._open, reopen_seconds, "telemetry samples wait in memory until it opens")
 
@@ -81,14 +78,10 @@ class TelemetryQueue:
         return self._conn
 
     def _failed(self, err: sqlite3.Error) -> None:
-        now = time.monotonic()
-        if self.write_error is None and "locked" in str(err):
-            # Another writer holds the lock: the gateway's own forecaster saving its model on a slow
-            # card, a backup. Samples wait in memory, tried every second; only a lock that lasts is a fault.
-            self._locked_since = self._locked_since or now
-            if now - self._locked_since < self.lock_grace_seconds:
-                self._retry = ReopenTimer(min(1.0, self._retry_seconds))
-                return
+        if self.write_error is None and self._grace.excuses(err):
+            # samples wait in memory; the next one tries again if a second has passed
+            self._retry = ReopenTimer(min(1.0, self._retry_seconds))
+            return
         if self.write_error is None:
             log.error("storage.path %s: cannot write the telemetry queue (%s): samples wait in memory "
                       "until it can; a restart before then loses them", self.path, err)
@@ -129,7 +122,7 @@ class TelemetryQueue:
 
     def _writable_again(self) -> None:
         self._retry = None
-        self._locked_since = None
+        self._grace.clear()
         if self.write_error is not None:
             self.write_error = None
             log.info("storage.path %s: telemetry queue written to disk again", self.path)
