@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from openleadr.utils import certificate_fingerprint
 
-from ven.config import OpenadrConfig
+from ven.config import OpenadrConfig, tls_file_problems
 from ven.schedule import EventSchedule
 from ven.storage import Storage
 from ven.telemetry import TelemetryQueue
@@ -172,3 +172,67 @@ async def test_ca_file_verifies_a_private_ca_vtn_with_or_without_a_client_certif
                 await client.client_session.close()
     finally:
         await runner.cleanup()
+
+
+def test_check_config_says_when_the_ven_certificate_has_expired(pki):
+    d, _ = pki
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.timezone.utc)
+    old = (x509.CertificateBuilder().subject_name(_name("ven")).issuer_name(_name("ven")).public_key(key.public_key())
+           .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=400))
+           .not_valid_after(now - dt.timedelta(days=35)).sign(key, hashes.SHA256()))
+    (d / "old.pem").write_bytes(old.public_bytes(serialization.Encoding.PEM))
+    _write_key(d / "old.key", key)
+    conf = d / "gw.toml"
+    conf.write_text(f'[openadr]\ncert = "{d / "old.pem"}"\nkey = "{d / "old.key"}"\nca_file = "{d / "ca.pem"}"\n')
+    res = subprocess.run([sys.executable, "-m", "ven.cli", "check-config", str(conf)], capture_output=True,
+                         text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert res.returncode == 2 and f"openadr.cert: {d / 'old.pem'}: expired on " in res.stderr, res.stderr
+
+
+async def test_a_passphrase_left_for_a_key_reissued_plain_is_not_handed_to_the_signer(pki, tmp_path):
+    d, _ = pki
+    cfg = OpenadrConfig(cert=str(d / "other.pem"), key=str(d / "other.key"), passphrase="left-over",
+                        ca_file=str(d / "ca.pem"))
+    assert tls_file_problems(cfg) == []
+    storage = Storage(tmp_path / "gw.sqlite")
+    client = VtnClient(cfg, EventSchedule(storage, lambda st: None), TelemetryQueue(tmp_path / "gw.sqlite"))
+    client._new_client()  # openleadr's signer raised TypeError here on every registration
+    storage.close()
+
+
+def test_the_ven_fingerprint_is_logged_when_the_certificate_appears_or_changes(pki, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="ven")
+    d, fp = pki
+    cert = tmp_path / "mounted.pem"
+    cfg = OpenadrConfig(cert=str(cert), key=str(d / "other.key"), ca_file=str(d / "ca.pem"))
+    storage = Storage(tmp_path / "gw.sqlite")
+    client = VtnClient(cfg, EventSchedule(storage, lambda st: None), TelemetryQueue(tmp_path / "gw.sqlite"))
+    client._note_fingerprint()                       # not mounted yet: one error
+    client._note_fingerprint()
+    cert.write_bytes((d / "other.pem").read_bytes())  # mounted after the start
+    client._note_fingerprint()
+    client._note_fingerprint()
+    cert.write_bytes((d / "ven.pem").read_bytes())    # rotated
+    client._note_fingerprint()
+    said = [r.getMessage() for r in caplog.records]
+    assert len([m for m in said if "cannot be read" in m]) == 1
+    assert [m for m in said if m.startswith("VEN certificate fingerprint")] == [
+        f"VEN certificate fingerprint {fp[name]} (give it to the VTN operator)" for name in ("other", "ven")]
+    storage.close()
+
+
+def test_openleadr_errors_repeated_at_every_retry_are_one_warning():
+    import io
+
+    from ven.logs import setup_logging
+
+    out = io.StringIO()
+    setup_logging("INFO", stream=out)
+    try:
+        for _ in range(5):
+            logging.getLogger("openleadr").error("No registration ID received from the VTN, aborting registration.")
+    finally:
+        setup_logging("WARNING")
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 1 and " WARNING No registration ID received" in lines[0], lines

@@ -222,10 +222,24 @@ class OpenadrConfig(_Section):
         return self
 
 
+def key_is_encrypted(path: str) -> bool:
+    """Whether the PEM private key at `path` needs a passphrase (False when unreadable: others say why)."""
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        serialization.load_pem_private_key(Path(path).read_bytes(), None)
+    except TypeError:
+        return True
+    except (OSError, ValueError):
+        pass
+    return False
+
+
 def tls_file_problems(c: OpenadrConfig) -> list[str]:
     """What is wrong with the TLS files, one line per key, for check-config and before each
     registration. Not a load-time check: `run` keeps retrying, so certificates mounted after start
     (secrets, a late volume) still work."""
+    import datetime
     import ssl
 
     from cryptography import x509
@@ -248,6 +262,13 @@ def tls_file_problems(c: OpenadrConfig) -> list[str]:
                 cert = x509.load_pem_x509_certificate(cert_pem)
             except ValueError:
                 problems.append(f"openadr.cert: {c.cert}: not a PEM certificate")
+            else:  # a VTN refuses these after the handshake: the VEN only sees the connection drop
+                now = datetime.datetime.now(datetime.timezone.utc)
+                if cert.not_valid_after_utc < now:
+                    problems.append(f"openadr.cert: {c.cert}: expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
+                elif cert.not_valid_before_utc > now:
+                    problems.append(f"openadr.cert: {c.cert}: not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M} "
+                                    "UTC (is this machine's clock right?)")
         if key_pem is not None:
             try:
                 key = serialization.load_pem_private_key(key_pem, c.passphrase.encode() or None)

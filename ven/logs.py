@@ -30,11 +30,13 @@ class UtcFormatter(logging.Formatter):
 
 class FloodGuard(logging.Filter):
     """bacpypes3 logs every malformed datagram it receives as an ERROR with a traceback, so anyone on
-    the BACnet network could fill the disk with the log. For those stacks keep the first record of each
+    the BACnet network could fill the disk with the log; openleadr logs two ERROR lines for each
+    registration a VTN refuses, at every retry (the gateway says so once itself). For those stacks keep
+    the first record of each
     kind (same logger, same message template) as one WARNING line without traceback, then at most one
     line per `every` seconds saying how many more there were."""
 
-    def __init__(self, prefixes: tuple[str, ...] = ("bacpypes3",), every: float = 600.0):
+    def __init__(self, prefixes: tuple[str, ...] = ("bacpypes3", "openleadr"), every: float = 600.0):
         super().__init__()
         self.prefixes = prefixes
         self.every = every

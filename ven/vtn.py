@@ -24,7 +24,7 @@ from openleadr import OpenADRClient, errors as oerrors, objects, utils as outils
 from openleadr.messaging import parse_message, validate_xml_schema, validate_xml_signature
 from signxml.exceptions import InvalidSignature
 
-from .config import OpenadrConfig, tls_file_problems
+from .config import OpenadrConfig, key_is_encrypted, tls_file_problems
 from .tasks import cancel_and_wait
 from .events import OPT_IN, OPT_OUT, SIMPLE, from_openleadr, with_opt
 from .schedule import EventSchedule
@@ -150,6 +150,7 @@ class VtnClient:
         self._telemetry = telemetry
         self._on_connected = on_connected
         self._client: _Client | None = None
+        self._fingerprint: str | None = None  # the VEN certificate's, as last logged ("": unreadable)
         self.connected = False
         self.ven_id: str | None = None
         self.registration_id: str | None = None
@@ -181,13 +182,7 @@ class VtnClient:
         self._opts_dirty = asyncio.Event()
         self._opts_lock = asyncio.Lock()
         if self._cfg.cert:
-            try:
-                with open(self._cfg.cert, "rb") as f:
-                    log.info("VEN certificate fingerprint %s (give it to the VTN operator)",
-                             outils.certificate_fingerprint(f.read()))
-            except (OSError, ValueError) as err:
-                log.error("openadr.cert %s cannot be read (%s); the VEN cannot register until it is fixed",
-                          self._cfg.cert, err)
+            self._note_fingerprint()
         self._tasks = [asyncio.create_task(self._run(), name="vtn-session"),
                        asyncio.create_task(self._deliver(), name="vtn-telemetry")]
 
@@ -308,7 +303,9 @@ class VtnClient:
     def _new_client(self) -> _Client:
         c = self._cfg
         client = _Client(ven_name=c.ven_name, vtn_url=c.vtn_url, ven_id=self.ven_id,
-                         cert=c.cert or None, key=c.key or None, passphrase=c.passphrase or None,
+                         cert=c.cert or None, key=c.key or None,
+                         # openleadr's signer refuses a passphrase for a key that has none (reissued plain)
+                         passphrase=c.passphrase if c.passphrase and key_is_encrypted(c.key) else None,
                          ca_file=c.ca_file or None, vtn_fingerprint=c.vtn_fingerprint or None,
                          show_fingerprint=False, disable_signature=not c.cert)
         client.request_timeout_s = c.request_timeout_seconds
@@ -327,11 +324,29 @@ class VtnClient:
         if client is not None and client.client_session is not None:
             await client.client_session.close()
 
+    def _note_fingerprint(self) -> None:
+        """Log the VEN certificate's fingerprint when it is first readable and whenever it changes
+        (a certificate mounted after start, or rotated): the VTN operator needs the current one."""
+        try:
+            with open(self._cfg.cert, "rb") as f:
+                fingerprint = outils.certificate_fingerprint(f.read())
+        except (OSError, ValueError) as err:
+            if self._fingerprint is None:
+                log.error("openadr.cert %s cannot be read (%s); the VEN cannot register until it is fixed",
+                          self._cfg.cert, err)
+                self._fingerprint = ""
+            return
+        if fingerprint != self._fingerprint:
+            log.info("VEN certificate fingerprint %s (give it to the VTN operator)", fingerprint)
+            self._fingerprint = fingerprint
+
     async def _register(self) -> bool:
         problems = tls_file_problems(self._cfg) if self._cfg.cert or self._cfg.ca_file else []
         if problems:  # say which file and why, not what openleadr trips over next
             self.last_error = "TLS files: " + "; ".join(problems)
             return False
+        if self._cfg.cert:
+            self._note_fingerprint()
         self._client = client = self._new_client()
         self._report_request_id = None
         self._lost.clear()
