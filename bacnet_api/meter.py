@@ -144,11 +144,9 @@ class MeterClient:
         assert self.network is not None
         if self.router:
             await add_static_route(app, self.router, self.network)
-        else:
-            path = await app.nsap.router_info_cache.get_path_info(None, self.network)  # heard already?
-            if not path:
-                if not await ask_router(app, self.network, timeout=self.timeout_seconds):
-                    raise _ReadFailed(f"no router to network {self.network} answered Who-Is-Router-To-Network")
+        elif (not await app.nsap.router_info_cache.get_path_info(None, self.network)  # heard already?
+              and not await ask_router(app, self.network, timeout=self.timeout_seconds)):
+            raise _ReadFailed(f"no router to network {self.network} answered Who-Is-Router-To-Network")
         self._route_ready = True
 
     async def _note_route(self) -> None:

@@ -129,7 +129,7 @@ class Event:
             if sig.name != SIMPLE:
                 continue
             for iv in sig.intervals:
-                start = max(iv.start + self.start_offset, since) if since else iv.start + self.start_offset
+                start = max(iv.start + self.start_offset, since or datetime.min.replace(tzinfo=timezone.utc))
                 end = min(iv.end + self.start_offset, now, self.cancelled_at or now)
                 if iv.payload > 0 and start < end:
                     segments.append((start, end, iv.payload))

@@ -17,7 +17,6 @@ from .storage import LOCK_GRACE_SECONDS, LockGrace, ReopenTimer, StorageError, c
 log = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class Sample:
     seq: int
