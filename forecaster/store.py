@@ -32,13 +32,17 @@ class ForecastStore:
         self.path = str(path)
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._timeout = busy_timeout_s
-        with closing(self._connect()) as db:
+        with closing(self._connect(create=True)) as db:
             db.execute("PRAGMA journal_mode=WAL")
             with db:
                 db.executescript(_SCHEMA)
 
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=self._timeout)
+    def _connect(self, create: bool = False) -> sqlite3.Connection:
+        # Only the first connection may create the file. If the file is deleted while the gateway runs,
+        # the gateway's long-lived connections, which still hold the old one, recreate it with its rows;
+        # an empty file made here first would be a table-less database that every save fails on.
+        uri = Path(self.path).resolve().as_uri() + ("" if create else "?mode=rw")
+        db = sqlite3.connect(uri, uri=True, timeout=self._timeout)
         db.execute("PRAGMA synchronous=NORMAL")
         return db
 

@@ -27,6 +27,7 @@ from waiting import eventually
 
 from bacnet_api import points as P
 from bacnet_api.simulator import MeterSimulator
+from forecaster import DemandForecaster
 from forecaster.store import ForecastStore
 from ven.config import ForecasterConfig
 from ven.forecast_service import ForecastService
@@ -485,3 +486,60 @@ def test_the_event_store_waits_out_a_short_lock_and_reports_a_long_one(tmp_path,
     assert store.load_value("bacnet_commands:ADR-Opt-Out") == '{"8": true}'
     assert [ev.event_id for ev in store.load_events()] == ["during"]
     store.close()
+
+
+# -- the file deleted or replaced under the running gateway ---------------------------------------
+
+def _remove(path: Path) -> None:
+    for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        p.unlink(missing_ok=True)
+
+
+def test_a_file_deleted_while_open_is_recreated_with_everything_it_held(tmp_path, caplog):
+    path = tmp_path / "gw.sqlite"
+    store, queue, fstore = Storage(path), TelemetryQueue(path), ForecastStore(str(path))
+    store.save_event(_event("before", ""))
+    store.save_value("opt_out", '{"8": 1}')
+    for i in range(3):
+        queue.add(T0 + timedelta(seconds=10 * i), 40.0 + i)
+    k = int(T0.timestamp() // 60)
+    fstore.save_minutes([k, k + 1], [100.0, 110.0], [1, 1])
+    _remove(path)                                        # an operator's clean-up of the data directory
+
+    with caplog.at_level(logging.INFO):
+        queue.add(T0 + timedelta(seconds=30), 43.0)      # the first write after it brings the file back
+        fstore.save_minutes([k + 2], [120.0], [1])
+        store.save_event(_event("after", ""))
+    for s in (store, queue):
+        s.close()
+
+    assert sorted(e.event_id for e in Storage(path).load_events()) == ["after", "before"]
+    assert Storage(path).load_value("opt_out") == '{"8": 1}'
+    assert [s.kw for s in TelemetryQueue(path).peek()] == [40.0, 41.0, 42.0, 43.0]
+    restored = DemandForecaster(history_days=35)
+    assert ForecastStore(str(path)).load_into(restored, T0.timestamp() + 600)["minutes"] == 3
+    moved = [r.getMessage() for r in caplog.records if "while the gateway had it open" in r.getMessage()]
+    assert len(moved) == 1 and "was deleted" in moved[0], moved
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+def test_a_file_replaced_while_open_keeps_its_rows_and_gains_the_old_ones(tmp_path, caplog):
+    path = tmp_path / "gw.sqlite"
+    backup = tmp_path / "backup.sqlite"
+    store, queue = Storage(path), TelemetryQueue(path)
+    store.save_event(_event("old", ""))
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute(f"VACUUM INTO '{backup}'")            # a backup taken while it ran
+    store.save_event(_event("since the backup", ""))
+    queue.add(T0, 41.0)
+    _remove(path)
+    backup.rename(path)                                  # and restored over the running gateway's file
+
+    with caplog.at_level(logging.INFO):
+        queue.add(T0 + timedelta(seconds=10), 42.0)
+    store.close()
+    queue.close()
+    assert sorted(e.event_id for e in Storage(path).load_events()) == ["old", "since the backup"]
+    assert [s.kw for s in TelemetryQueue(path).peek()] == [41.0, 42.0]
+    moved = [r.getMessage() for r in caplog.records if "while the gateway had it open" in r.getMessage()]
+    assert len(moved) == 1 and "was replaced" in moved[0], moved

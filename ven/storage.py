@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import sqlite3
 import time
 from pathlib import Path
@@ -54,6 +55,65 @@ def connect(path: str | Path, table: str = "") -> sqlite3.Connection:
         raise StorageError(f"storage.path {p}: cannot open SQLite database for writing: {err}"
                            f"{_os_reason(p)}") from None
     return conn
+
+
+def file_identity(path: str | Path) -> tuple[int, int] | None:
+    """(device, inode) of the file at `path`; None when there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def follow_file(conn: sqlite3.Connection, path: Path, ident: tuple[int, int] | None,
+                table: str) -> tuple[sqlite3.Connection, tuple[int, int] | None]:
+    """(connection, identity) of the file now at `path`.
+
+    A connection keeps writing into its file after the file is deleted (an operator's clean-up) or
+    replaced (a restore), and a restart would find none of it. So when the file at `path` is no
+    longer the one `conn` opened, everything the old one holds (every store's tables, not only the
+    caller's) is copied into the one at `path`, created if missing, keeping rows already there, and
+    the caller continues on a new connection. Raises sqlite3.Error or StorageError when that fails;
+    the old connection is then still open and nothing is lost yet."""
+    now = file_identity(path)
+    if now == ident:
+        return conn, ident
+    rows = _copy_into(conn, path)
+    fresh = connect(path, table)
+    conn.close()
+    ident = file_identity(path)
+    if (str(path), ident) not in _followed:  # the gateway's other connections follow it too: one line
+        _followed.add((str(path), ident))
+        log.warning("storage.path %s was %s while the gateway had it open: %d row(s) of the old file copied "
+                    "into the one now there, which the gateway uses from now on", path,
+                    "deleted" if now is None else "replaced", rows)
+    return fresh, ident
+
+
+_followed: set[tuple[str, tuple[int, int] | None]] = set()
+
+
+def _copy_into(conn: sqlite3.Connection, path: Path) -> int:
+    conn.execute("ATTACH DATABASE ? AS moved_to", (str(path),))
+    try:
+        schema = conn.execute("SELECT type, name, sql FROM main.sqlite_master WHERE sql IS NOT NULL"
+                              " AND name NOT LIKE 'sqlite_%' ORDER BY type = 'index'").fetchall()
+        copied = 0
+        conn.execute("BEGIN")
+        try:
+            for kind, name, sql in schema:
+                conn.execute(re.sub(r"^CREATE (UNIQUE )?(TABLE|INDEX) ",
+                                    lambda m: f"CREATE {m[1] or ''}{m[2]} IF NOT EXISTS moved_to.", sql))
+                if kind == "table":
+                    copied += conn.execute(f'INSERT OR IGNORE INTO moved_to."{name}" SELECT * FROM main."{name}"').rowcount
+            conn.execute("COMMIT")
+        except sqlite3.Error:
+            conn.execute("ROLLBACK")
+            raise
+    finally:
+        conn.execute("DETACH DATABASE moved_to")
+    return copied
 
 
 class LockGrace:
@@ -139,6 +199,10 @@ def _read_snapshot(path: Path) -> tuple[list[Event], dict[str, str]]:
     return [], {}
 
 
+EVENTS_TABLE = ("CREATE TABLE IF NOT EXISTS adr_events ("
+                " event_id TEXT PRIMARY KEY, body TEXT NOT NULL, end_utc TEXT NOT NULL)")
+
+
 class Storage:
     """Demand-response events and small values, which must survive a SIGKILL.
 
@@ -155,6 +219,7 @@ class Storage:
         self.path = Path(path)
         self._grace = LockGrace(lock_grace_seconds)
         self.conn: sqlite3.Connection | None = None
+        self._ident: tuple[int, int] | None = None
         self._unsaved: dict[str, Event | None] = {}     # event_id -> event to write, None: to delete
         self._unsaved_values: dict[str, str] = {}
         self._found: list[Event] = []
@@ -170,12 +235,18 @@ class Storage:
             self._read_only = _read_snapshot(self.path)
 
     def _open(self) -> None:
-        self.conn = connect(self.path, "CREATE TABLE IF NOT EXISTS adr_events ("
-                                       " event_id TEXT PRIMARY KEY, body TEXT NOT NULL, end_utc TEXT NOT NULL)")
+        self.conn = connect(self.path, EVENTS_TABLE)
+        self._ident = file_identity(self.path)
 
     def _opened(self) -> bool:
-        """True once the file is open; tries it again if it was not and it is time."""
+        """True once the file is open (and still the file at the path); tries it again if it was not
+        and it is time."""
         if self.conn is not None:
+            try:
+                self.conn, self._ident = follow_file(self.conn, self.path, self._ident, EVENTS_TABLE)
+            except (sqlite3.Error, StorageError) as err:
+                self._write_failed(err)
+                return False
             return True
         if not self._reopen.due():
             return False
@@ -260,10 +331,7 @@ class Storage:
                     pass
             if self.write_error is None and self._grace.excuses(err):
                 return False
-            if self.write_error is None:
-                log.error("storage.path %s: cannot save events (%s): kept in memory and written when it "
-                          "can; a restart before then loses them", self.path, err)
-            self.write_error = str(err)
+            self._write_failed(err)
             return False
         self._grace.clear()
         self._unsaved.clear()
@@ -272,6 +340,12 @@ class Storage:
             log.info("storage.path %s: events saved again", self.path)
             self.write_error = None
         return True
+
+    def _write_failed(self, err: Exception) -> None:
+        if self.write_error is None:
+            log.error("storage.path %s: cannot save events (%s): kept in memory and written when it "
+                      "can; a restart before then loses them", self.path, err)
+        self.write_error = str(err)
 
     def close(self) -> None:
         self.flush()

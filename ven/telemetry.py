@@ -12,9 +12,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from .storage import LOCK_GRACE_SECONDS, LockGrace, ReopenTimer, StorageError, connect, open_or_retry_later
+from .storage import (LOCK_GRACE_SECONDS, LockGrace, ReopenTimer, StorageError, connect, file_identity, follow_file,
+                      open_or_retry_later)
 
 log = logging.getLogger(__name__)
+QUEUE_TABLE = ("CREATE TABLE IF NOT EXISTS telemetry_queue ("
+               " seq INTEGER PRIMARY KEY AUTOINCREMENT, ts TEXT NOT NULL, kw REAL NOT NULL)")
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,7 @@ class TelemetryQueue:
         self._grace = LockGrace(lock_grace_seconds)
         self.max_age = max_age
         self._conn: sqlite3.Connection | None = None
+        self._ident: tuple[int, int] | None = None
         self._dropped = 0
         self.last_delivery: datetime | None = None
         self.delivered = 0      # samples accepted by the VTN since this process started
@@ -55,11 +59,10 @@ class TelemetryQueue:
             self._open, reopen_seconds, "telemetry samples wait in memory until it opens")
 
     def _open(self) -> None:
-        conn = connect(self.path, "CREATE TABLE IF NOT EXISTS telemetry_queue ("
-                                  " seq INTEGER PRIMARY KEY AUTOINCREMENT, ts TEXT NOT NULL, kw REAL NOT NULL)")
+        conn = connect(self.path, QUEUE_TABLE)
         dropped = conn.execute("SELECT value FROM kv WHERE key = 'telemetry_dropped'").fetchone()
         last = conn.execute("SELECT value FROM kv WHERE key = 'telemetry_last_delivery'").fetchone()
-        self._conn = conn
+        self._conn, self._ident = conn, file_identity(self.path)
         self._dropped += int(dropped[0]) if dropped else 0
         if last is not None:
             stored = datetime.fromisoformat(last[0])
@@ -74,6 +77,10 @@ class TelemetryQueue:
                 self._open()
             except StorageError as err:
                 raise sqlite3.OperationalError(str(err)) from None
+        try:
+            self._conn, self._ident = follow_file(self._conn, Path(self.path), self._ident, QUEUE_TABLE)
+        except StorageError as err:
+            raise sqlite3.OperationalError(str(err)) from None
         return self._conn
 
     def _failed(self, err: sqlite3.Error) -> None:
