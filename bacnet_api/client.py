@@ -5,8 +5,10 @@ Used by the meter client, the meter simulator, the CLI's one-shot meter read and
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 from bacpypes3.apdu import AbortPDU, ErrorPDU, ErrorRejectAbortNack, RejectPDU
 from bacpypes3.app import Application
@@ -15,6 +17,8 @@ from bacpypes3.local.device import DeviceObject
 from bacpypes3.local.networkport import NetworkPortObject
 from bacpypes3.pdu import Address
 from bacpypes3.primitivedata import BitString, Enumerated, Null, ObjectIdentifier
+
+log = logging.getLogger(__name__)
 
 # Errors a bacpypes3 request can raise. ErrorRejectAbortNack derives from BaseException, so
 # `except Exception` alone lets a BACnet error or an APDU timeout escape.
@@ -114,6 +118,78 @@ async def ask_router(app: Application, network: int, router: str = "", timeout: 
     except (TimeoutError, *BACNET_ERRORS):
         return False
     return bool(found)
+
+
+# Reject-Message-To-Network reasons (ASHRAE 135 clause 6.4.4), in the words a technician uses
+REJECT_REASONS = {
+    0: "other error",
+    1: "not directly connected",  # and it knows no router to that network either
+    2: "busy",
+    3: "unknown network message type",
+    4: "message too long for that network",
+    5: "security error",
+    6: "addressing error",
+}
+
+
+@dataclass(frozen=True)
+class RouterRefusal:
+    """A router's network-layer answer instead of the reply: Reject-Message-To-Network (`reason` set)
+    or Router-Busy-To-Network (`reason` None)."""
+
+    router: str  # the router's address, as the request went to it ("127.0.0.1:47809")
+    networks: tuple[int, ...]  # the networks it refuses; empty: all of them (Router-Busy only)
+    reason: int | None = None
+
+    def concerns(self, network: int) -> bool:
+        return not self.networks or network in self.networks
+
+    def text(self, network: int) -> str:
+        if self.reason is None:
+            return (f"router {self.router} is busy and refused the request for network {network} "
+                    "(Router-Busy-To-Network)")
+        words = REJECT_REASONS.get(self.reason, "unknown reason")
+        return f"router {self.router} rejected the request for network {network}: {words} (reason {self.reason})"
+
+
+def on_router_refusal(app: Application, listener: Callable[[RouterRefusal], None]) -> Callable[[], None]:
+    """Call `listener` for every Reject-Message-To-Network and Router-Busy-To-Network `app` receives;
+    returns the function that stops it.
+
+    bacpypes3's network service element only debug-logs these two messages and the pending request
+    waits for its APDU timeout. The element dispatches each network message to the method named
+    after its class (`getattr(nse, "RejectMessageToNetwork")`), so methods set on the instance receive
+    them; bacpypes3's own ones still run first."""
+    nse = app.nse
+    listeners: list[Callable[[RouterRefusal], None]] | None = getattr(nse, "_refusal_listeners", None)
+    if listeners is None:
+        listeners = nse._refusal_listeners = []
+        reject, busy = nse.RejectMessageToNetwork, nse.RouterBusyToNetwork
+
+        async def on_reject(adapter: Any, npdu: Any) -> None:
+            await reject(adapter, npdu)
+            _tell(listeners, RouterRefusal(str(npdu.pduSource), (npdu.rmtnDNET,), npdu.rmtnRejectionReason))
+
+        async def on_busy(adapter: Any, npdu: Any) -> None:
+            await busy(adapter, npdu)
+            _tell(listeners, RouterRefusal(str(npdu.pduSource), tuple(npdu.rbtnNetworkList)))
+
+        nse.RejectMessageToNetwork, nse.RouterBusyToNetwork = on_reject, on_busy
+    listeners.append(listener)
+
+    def stop() -> None:
+        if listener in listeners:
+            listeners.remove(listener)
+
+    return stop
+
+
+def _tell(listeners: list[Callable[[RouterRefusal], None]], refusal: RouterRefusal) -> None:
+    for listener in list(listeners):
+        try:
+            listener(refusal)
+        except Exception:  # a listener's bug must not break the network layer
+            log.exception("router refusal listener failed")
 
 
 def object_id(text: str) -> str:

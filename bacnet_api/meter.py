@@ -2,6 +2,8 @@
 
 A failed read is a reading with `value=None` and a reason, never a made-up number. The operator log
 gets one WARNING when the meter goes quiet (with the reason) and one INFO line when it answers again.
+When the router in front of the meter refuses the request (Reject-Message-To-Network, Router-Busy-To-
+Network) the read ends at once and the reason names the router and why.
 """
 from __future__ import annotations
 
@@ -19,12 +21,14 @@ from bacpypes3.app import Application
 from bacpypes3.primitivedata import Boolean, Enumerated
 
 from .client import (
+    RouterRefusal,
     add_static_route,
     ask_router,
     close_stack,
     error_text,
     network_of,
     object_id,
+    on_router_refusal,
     start_stack,
     to_plain,
 )
@@ -82,6 +86,9 @@ class MeterClient:
         self._route_ready = self.network is None
         self._task: asyncio.Task | None = None
         self._what = f"{address} {object} {property}"
+        self._refused: asyncio.Future[RouterRefusal] | None = None  # set while a routed read is in flight
+        self._watched: Application | None = None
+        self._unwatch: Callable[[], None] = lambda: None
 
     @property
     def _app(self) -> Application:
@@ -96,10 +103,15 @@ class MeterClient:
         try:
             if not self._route_ready:
                 await self._find_route(self._app)
-            async with asyncio.timeout(self.timeout_seconds):
-                value = await self._read()
+            value = await self._read_unless_refused()
             reading = self._reading(value=value)
             await self._note_route()
+        except _Refused as err:
+            await self._note_route()
+            reading = self._reading(error=err.refusal.text(self.network))
+            if err.refusal.reason == 1 and not self.router:
+                # the router we found says it cannot reach the network: ask again next time
+                await self._app.nsap.router_info_cache.delete_path_info(None, self.network)
         except TimeoutError:
             await self._note_route()
             reading = self._reading(error=f"no response from {self.address} within {self.timeout_seconds:g} s"
@@ -119,6 +131,40 @@ class MeterClient:
         log.debug("meter read %s in %.3f s", reading, time.monotonic() - started)
         self._record(reading)
         return reading
+
+    async def _read_unless_refused(self) -> float:
+        """The read, bounded by timeout_seconds; a router's refusal of it ends it at once."""
+        app = self._app
+        if self.network is None:  # no router in between to refuse it
+            async with asyncio.timeout(self.timeout_seconds):
+                return await self._read()
+        self._watch(app)
+        refused = self._refused = asyncio.get_running_loop().create_future()
+        read = asyncio.ensure_future(self._read())
+        try:
+            done, _ = await asyncio.wait((read, refused), timeout=self.timeout_seconds,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._refused = None
+            refused.cancel()
+            read.cancel()  # bacpypes3 drops the request; its own retries run out as after a timeout
+            await asyncio.gather(read, return_exceptions=True)
+        if read in done:  # an answer that raced a refusal still counts
+            return read.result()
+        if refused in done:
+            raise _Refused(refused.result())
+        raise TimeoutError
+
+    def _watch(self, app: Application) -> None:
+        if self._watched is not app:  # a GatewayDevice gets a new Application when restarted
+            self._unwatch()
+            self._unwatch = on_router_refusal(app, self._on_refusal)
+            self._watched = app
+
+    def _on_refusal(self, refusal: RouterRefusal) -> None:
+        refused = self._refused
+        if refused is not None and not refused.done() and refusal.concerns(self.network):
+            refused.set_result(refusal)
 
     async def _read(self) -> float:
         raw = await self._app.read_property(self.address, self.object, self.property)
@@ -207,6 +253,14 @@ class MeterClient:
 
 class _ReadFailed(Exception):
     """A read that got an answer which is not a usable kW value."""
+
+
+class _Refused(Exception):
+    """The router to the meter's network answered the read with a refusal instead of forwarding it."""
+
+    def __init__(self, refusal: RouterRefusal) -> None:
+        super().__init__(refusal)
+        self.refusal = refusal
 
 
 async def read_meter_once(

@@ -70,7 +70,7 @@ POINTS: tuple[Point, ...] = (
     Point(VTN_CONNECTED, "binaryValue", 5, "read-only", None,
           "Registered with the VTN and polling", False),
     Point(METER_FAULT, "binaryValue", 6, "read-only", None,
-          "The meter did not answer the last read", False),
+          "The last meter read failed: no answer, a router refused it, or the value was unusable", False),
 )
 
 BY_NAME: dict[str, Point] = {p.name: p for p in POINTS}

@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 from bacnet_peer import BacnetPeer
 from gateway_process import GatewayProcess, write_config
+from raw_router import RawRouter
 from waiting import eventually
 
 from bacnet_api import points as P
@@ -281,3 +282,52 @@ async def test_silent_meter_faults_without_invented_values_then_recovers(
     recoveries = [r for r in caplog.records if r.getMessage().startswith("meter answering again")]
     assert len(faults) == 1 and len(recoveries) == 1
     assert not [r for r in caplog.records if r.exc_info], "no stack traces for an expected fault"
+
+
+# -- the router in front of the meter refuses the reads -------------------------------------------
+
+@pytest.mark.timeout(60)
+async def test_router_reject_is_named_in_the_fault_log_and_status(tmp_path, free_udp_port, free_tcp_port, caplog):
+    caplog.set_level(logging.INFO)
+    http_port = free_tcp_port()
+    async with RawRouter(answer="meter", value=87.5) as router:
+        cfg = parse_config({
+            "bacnet": {"address": f"127.0.0.1/8:{free_udp_port()}", "device_id": 500203},
+            # a timeout longer than the poll: a read that waited for it would show no reason in time
+            "meter": {"router": router.address, "poll_seconds": 0.5, "timeout_seconds": 20},
+            "openadr": {"vtn_url": f"http://127.0.0.1:{free_tcp_port()}/OpenADR2/Simple/2.0b",
+                        "retry_min_seconds": 1.0, "retry_max_seconds": 5.0},  # no VTN listens
+            "storage": {"path": str(tmp_path / "gw.sqlite")},
+            "http": {"address": f"127.0.0.1:{http_port}"},
+            "forecaster": {"cycle_seconds": 3600},
+        }, "test", environ={})
+        gateway = Gateway(cfg)
+        try:
+            await gateway.start()
+            await eventually(lambda: gateway.device.get(P.METER_POWER) == 87.5, 10, "a meter value")
+            router.answer = "reject:1"
+            reason = (f"router {router.address} rejected the request for network 12345: "
+                      "not directly connected (reason 1)")
+            status = await eventually(
+                lambda: _meter_status(http_port, lambda m: m["fault"] and m["last_error"] == reason),
+                5, "/api/status naming the router's reject")
+            assert status["router"] == router.address and status["last_value_kw"] == 87.5
+            assert gateway.device.get(P.METER_FAULT) is True
+
+            router.answer = "busy"
+            busy = (f"router {router.address} is busy and refused the request for network 12345 "
+                    "(Router-Busy-To-Network)")
+            await eventually(lambda: _meter_status(http_port, lambda m: m["last_error"] == busy), 5, "busy")
+            router.answer = "meter"
+            await eventually(lambda: _meter_status(http_port, lambda m: not m["fault"]), 5, "meter back")
+        finally:
+            await gateway.stop()
+    faults = [r.getMessage() for r in caplog.records if r.getMessage().startswith("meter fault:")]
+    assert faults == [f"meter fault: {reason}"]  # one line at fault start, with the router's reason
+    assert not [r for r in caplog.records if r.exc_info]
+
+
+async def _meter_status(http_port, check):
+    status = await get_status(http_port)
+    meter = status and status["meter"]
+    return meter if meter and check(meter) else None

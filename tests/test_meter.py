@@ -12,6 +12,7 @@ from bacnet_api.client import ask_router
 from bacnet_api.meter import MeterClient, MeterReading, read_meter_once
 from bacnet_api.simulator import MeterSimulator, run_simulator
 from bacnet_peer import BacnetPeer
+from raw_router import RawRouter
 from waiting import eventually
 
 pytestmark = pytest.mark.timeout(60)
@@ -206,3 +207,79 @@ async def test_a_discovered_router_that_goes_quiet_is_asked_for_again(gateway, s
         assert await ask_router(gateway.app, 12345, router=moved.router_address)  # the router on its new port
         assert (await meter.read_once()).value == 7.5 and meter.route == moved.router_address
     assert f"meter network 12345 is reached through router {moved.router_address}" in caplog.text
+
+
+# -- the router in front of the meter refuses the request ------------------------------------------
+
+async def test_a_router_reject_names_the_router_and_reason_at_once(gateway, caplog):
+    caplog.set_level(logging.INFO, logger="bacnet_api.meter")
+    async with RawRouter(answer="reject:1") as router:
+        # a timeout far longer than the test allows: only the reject can end these reads in time
+        meter = MeterClient(gateway, address="12345:2", object="analogInput 2", router=router.address,
+                            timeout_seconds=5.0)
+        loop = asyncio.get_running_loop()
+        for reason, words in [(1, "not directly connected"), (0, "other error"), (2, "busy"),
+                              (3, "unknown network message type"), (4, "message too long for that network"),
+                              (5, "security error"), (6, "addressing error"), (9, "unknown reason")]:
+            router.answer = f"reject:{reason}"
+            started = loop.time()
+            reading = await meter.read_once()
+            assert reading.value is None and meter.fault
+            assert reading.error == (f"router {router.address} rejected the request for network 12345: "
+                                     f"{words} (reason {reason})")
+            assert loop.time() - started < 1.0  # ended by the reject, not by the 5 s timeout
+
+        router.answer = "meter"
+        assert (await meter.read_once()).value == 42.5 and not meter.fault
+    ours = [r for r in caplog.records if r.name == "bacnet_api.meter"]
+    assert [r.getMessage() for r in ours if r.levelno == logging.WARNING] == [
+        f"meter fault: router {router.address} rejected the request for network 12345: "
+        "not directly connected (reason 1)"]
+    assert len([r for r in ours if r.levelno == logging.INFO]) == 1
+    assert not any(r.exc_info for r in caplog.records)
+
+
+async def test_a_busy_router_reads_as_busy_and_the_next_poll_reads_again(gateway, caplog):
+    caplog.set_level(logging.INFO, logger="bacnet_api.meter")
+    seen: list[MeterReading] = []
+    async with RawRouter(answer="busy") as router:
+        meter = MeterClient(gateway, address="12345:2", object="analogInput 2", router=router.address,
+                            poll_seconds=0.2, timeout_seconds=5.0, on_reading=seen.append)
+        await meter.start()
+        try:
+            await eventually(lambda: len(seen) >= 2, 5, "two polls while the router is busy")
+            busy = (f"router {router.address} is busy and refused the request for network 12345 "
+                    "(Router-Busy-To-Network)")
+            assert [r.error for r in seen] == [busy] * len(seen) and meter.fault
+            router.answer = "meter"
+            await eventually(lambda: not meter.fault, 5, "the next poll reads the meter")
+        finally:
+            await meter.stop()
+    assert meter.latest.value == 42.5
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [f"meter fault: {busy}"]
+
+
+async def test_a_discovered_router_that_cannot_reach_the_network_is_forgotten(gateway):
+    async with RawRouter(answer="busy") as router:
+        assert await ask_router(gateway.app, 12345, router=router.address)  # learned, not configured
+        meter = MeterClient(gateway, address="12345:2", object="analogInput 2", timeout_seconds=5.0)
+        cache = gateway.app.nsap.router_info_cache
+        reading = await meter.read_once()
+        assert reading.error.startswith(f"router {router.address} is busy")
+        assert meter.route == router.address
+        assert await cache.get_path_info(None, 12345) is not None  # busy is not gone: keep the route
+
+        router.answer = "reject:1"
+        reading = await meter.read_once()
+        assert reading.error.endswith("not directly connected (reason 1)")
+        assert await cache.get_path_info(None, 12345) is None  # the next read asks the network again
+
+
+async def test_a_reject_about_another_network_does_not_end_the_read(gateway):
+    async with RawRouter(answer="reject:1:999") as router:
+        meter = MeterClient(gateway, address="12345:2", object="analogInput 2", router=router.address,
+                            timeout_seconds=FAST)
+        reading = await meter.read_once()
+        assert reading.error == f"no response from 12345:2 within {FAST:g} s (through router {router.address})"
+        assert router.requests == 1
