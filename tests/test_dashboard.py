@@ -434,3 +434,62 @@ async def test_dashboard_shows_open_ended_overridden_and_cancelled_events(server
         assert await cells("urgent").nth(1).inner_text() == "active"
         assert (await cells("stopped").nth(4).inner_text()).startswith("cancelled ")
         assert page.errors == []
+
+
+class OptHistoryView(StoreShapedView):
+    """A real EventSchedule on a real SQLite file: a level-2 event of an hour that the BAS opted out
+    of for 15 minutes in its middle, and an event opted out now that ran opted in before."""
+
+    def __init__(self, path):
+        from datetime import datetime, timedelta, timezone
+        from ven.events import OPT_IN, Event, Interval, Signal
+        from ven.schedule import EventSchedule
+        from ven.storage import Storage
+
+        super().__init__()
+        now = datetime.fromtimestamp(self.minutes[-1] + 30, timezone.utc)
+        clock = [now - timedelta(minutes=100)]
+        self.storage = Storage(path)
+        self.schedule = EventSchedule(self.storage, lambda state: None, clock=lambda: clock[0])
+
+        def event(event_id, start, minutes, level):
+            return Event(event_id=event_id, modification_number=0, status="far", test_event=False,
+                         market_context="oadr://x", opt=OPT_IN, start_offset=timedelta(0), received_at=clock[0],
+                         signals=(Signal("SIMPLE", "level", (Interval(start, timedelta(minutes=minutes), float(level)),)),))
+        self.schedule.upsert(event("shed", now - timedelta(minutes=90), 60, 2))
+        self.schedule.upsert(event("late", now - timedelta(minutes=20), 40, 1))
+        for ago, out in ((70, True), (55, False), (10, True)):
+            clock[0] = now - timedelta(minutes=ago)
+            self.schedule.set_opt_out(out)
+        clock[0] = now
+
+    def status(self):
+        body = super().status()
+        body["events"] = self.schedule.events()
+        return body
+
+
+async def test_dashboard_draws_an_opted_out_span_apart_from_the_opted_in_ones(server, tmp_path):
+    view = OptHistoryView(tmp_path / "gw.sqlite")
+    try:
+        srv = await server(view)
+        async with chromium_page() as page:
+            await open_dashboard(page, srv.url + "/")
+            rects = await page.locator("svg rect.event").evaluate_all(
+                "rs => rs.map(r => [r.dataset.event, r.dataset.opt, r.getAttribute('fill'), r.getBBox().width])")
+            assert [(e, opt) for e, opt, _, _ in rects] == [
+                ("shed", "optIn"), ("shed", "optOut"), ("shed", "optIn"), ("late", "optIn"), ("late", "optOut")]
+            fills = {(e, opt): fill for e, opt, fill, _ in rects}
+            assert fills[("shed", "optIn")] != fills[("shed", "optOut")]
+            assert fills[("late", "optIn")] != fills[("late", "optOut")]
+            # the hatch the opted-out spans are filled with is drawn, in its level's colour
+            hatch = page.locator(f'svg {fills[("shed", "optOut")][4:-1]} rect')
+            assert await hatch.get_attribute("fill") == "var(--l2)"
+            widths = [w for _, _, _, w in rects[:3]]
+            assert abs(widths[1] / widths[0] - 15 / 20) < 0.05 and abs(widths[2] / widths[0] - 25 / 20) < 0.05
+            assert "Opted out" in await page.locator("#legend").inner_text()
+            assert "optOut" in await page.locator('#events tr[data-event="late"]').inner_text()
+            await page.screenshot(path=str(artifact_path("dashboard-opt-out.png")), full_page=True)
+            assert page.errors == [] and page.offsite == []
+    finally:
+        view.storage.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import random
 from datetime import datetime, timedelta, timezone
 
-from ven.events import OPT_OUT, Event, from_openleadr, with_opt
+from ven.events import MAX_OPT_CHANGES, OPT_IN, OPT_OUT, Event, from_openleadr, with_opt
 
 T0 = datetime(2026, 11, 21, 20, 0, tzinfo=timezone.utc)
 
@@ -125,3 +125,30 @@ def test_priority_is_read_and_kept():
     assert Event.from_json(ev.to_json()).priority == 2
     raw["event_descriptor"]["priority"] = "x"
     assert from_openleadr(raw, received_at=T0).priority == 0  # unreadable: no priority, the lowest
+
+
+def test_opt_answers_keep_their_times_across_json_and_an_older_file_loads():
+    import json
+    ev = from_openleadr(raw_event(), received_at=T0 - timedelta(hours=1))
+    assert ev.opt_log == ((T0 - timedelta(hours=1), "optIn"),)  # the answer given on arrival
+    out_in = ev.opted(OPT_OUT, T0 + timedelta(seconds=30)).opted("optIn", T0 + timedelta(seconds=90))
+    assert out_in.opted("optIn", T0 + timedelta(seconds=120)) == out_in  # no change, nothing logged
+    assert out_in.opt_log == ((T0 - timedelta(hours=1), "optIn"), (T0 + timedelta(seconds=30), OPT_OUT),
+                              (T0 + timedelta(seconds=90), "optIn"))
+    again = Event.from_json(out_in.to_json())
+    assert again == out_in and again.opt_log == out_in.opt_log
+    assert [c["opt"] for c in again.describe(T0)["opt_changes"]] == ["optIn", OPT_OUT, "optIn"]
+
+    old = json.loads(with_opt(ev, OPT_OUT).to_json())
+    old.pop("opt_changes", None)              # a file written before the key existed
+    legacy = Event.from_json(json.dumps(old))
+    assert legacy.opt == OPT_OUT and legacy.opt_log == ((T0 - timedelta(hours=1), OPT_OUT),)
+    assert legacy.describe(T0)["opt_changes"] == [{"at": "2026-11-21T19:00:00Z", "opt": OPT_OUT}]
+
+
+def test_an_event_keeps_its_latest_answers_only():
+    ev = from_openleadr(raw_event(), received_at=T0)
+    for i in range(MAX_OPT_CHANGES + 5):
+        ev = ev.opted(OPT_OUT if i % 2 == 0 else OPT_IN, ev.received_at + timedelta(seconds=10 * (i + 1)))
+    assert len(ev.opt_changes) == MAX_OPT_CHANGES
+    assert ev.opt_changes[-1] == (ev.received_at + timedelta(seconds=10 * (MAX_OPT_CHANGES + 5)), ev.opt)

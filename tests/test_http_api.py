@@ -413,3 +413,36 @@ def test_history_puts_a_power_in_the_minute_it_was_measured(tmp_path):
     h = build_history(now, 0.1, store.history(now - 3600))
     assert h["minutes"][-2:] == [now - 90, now - 30]
     assert h["power_kw"][-2:] == [100.0, 120.0]
+
+
+def test_history_cuts_an_event_where_its_answer_changed():
+    from ven.http_api import build_history
+    now = 1_795_312_230.0  # 2026-11-22 01:50:30 UTC
+    store = {"power": {"time": [], "kw": []}}
+    answers = [{"at": "2026-11-22T00:40:00Z", "opt": "optIn"},      # on arrival, before it started
+               {"at": "2026-11-22T01:10:00Z", "opt": "optOut"},     # ADR-Opt-Out written ...
+               {"at": "2026-11-22T01:20:00Z", "opt": "optIn"}]      # ... and relinquished
+    hour = {"event_id": "hour", "status": "active", "opt": "optIn", "opt_changes": answers,
+            "signals": [{"name": "SIMPLE", "type": "level", "intervals": [
+                {"start": "2026-11-22T01:00:00Z", "duration_seconds": 3600, "payload": 2.0}]}]}
+
+    def spans(events):
+        midnight = 1_795_305_600.0  # minutes from it
+        return [(e["event_id"], e["level"], (e["start"] - midnight) / 60,
+                 None if e["end"] is None else (e["end"] - midnight) / 60, e["opt"])
+                for e in build_history(now, 1.0, store, events)["events"]]
+    assert spans([hour]) == [("hour", 2, 60, 70, "optIn"), ("hour", 2, 70, 80, "optOut"), ("hour", 2, 80, 120, "optIn")]
+    # opted out now: the parts before ran opted in; open-ended, the last part stays open
+    out_now = dict(hour, opt="optOut", opt_changes=answers + [{"at": "2026-11-22T01:45:00Z", "opt": "optOut"}])
+    out_now["signals"] = [{"name": "SIMPLE", "intervals": [
+        {"start": "2026-11-22T01:00:00Z", "duration_seconds": 1800, "payload": 1.0},
+        {"start": "2026-11-22T01:30:00Z", "duration_seconds": None, "payload": 3.0}]}]
+    assert spans([out_now]) == [("hour", 1, 60, 70, "optIn"), ("hour", 1, 70, 80, "optOut"), ("hour", 1, 80, 90, "optIn"),
+                                ("hour", 3, 90, 105, "optIn"), ("hour", 3, 105, None, "optOut")]
+    # opted out while pending: the whole run out; a view without the log: its answer of now throughout
+    pending_out = dict(hour, opt="optOut", opt_changes=[answers[0], {"at": "2026-11-22T00:50:00Z", "opt": "optOut"}])
+    assert spans([pending_out]) == [("hour", 2, 60, 120, "optOut")]
+    assert spans([dict(hour, opt="optOut", opt_changes=None)]) == [("hour", 2, 60, 120, "optOut")]
+    # cancelled while opted out: cut at the cancellation, the earlier parts as they ran
+    cut = dict(hour, status="cancelled", cancelled_at="2026-11-22T01:15:00Z", opt="optOut", opt_changes=answers[:2])
+    assert spans([cut]) == [("hour", 2, 60, 70, "optIn"), ("hour", 2, 70, 75, "optOut")]

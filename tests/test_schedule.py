@@ -253,3 +253,105 @@ async def test_a_running_event_modified_or_cancelled_keeps_what_it_drove_in_the_
     fresh = EventSchedule(storage, Recorder(), clock=lambda: clock[0])
     fresh.load()
     assert [e.ran_before for e in (fresh.get("e"), fresh.get("e2"))] == [sched.get("e").ran_before, ()]
+
+
+def _shaded(sched, at, hours=2.0):
+    """/api/history's event spans as (event, level, start, end, opt), minutes from 12:00."""
+    from ven.http_api import build_history
+
+    body = build_history(at.timestamp() + 30, hours, {"power": {"time": [], "kw": []}}, sched.events())
+    noon = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc).timestamp()
+    return [(e["event_id"], e["level"], (e["start"] - noon) / 60, (e["end"] - noon) / 60, e["opt"])
+            for e in body["events"]]
+
+
+async def test_history_shows_the_answer_in_force_when_across_a_restart(tmp_path):
+    path = tmp_path / "var" / "gw.sqlite"
+    t0 = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
+    clock = [t0 - timedelta(minutes=5)]
+    first = Storage(path)
+    sched = EventSchedule(first, Recorder(), clock=lambda: clock[0])
+    sched.upsert(replace(make_event("hour", [2], t0, 3600), received_at=clock[0]))
+    sched.upsert(replace(make_event("steps", [1, 3], t0 + timedelta(minutes=35), 600), received_at=clock[0]))
+
+    def at(minutes):
+        clock[0] = t0 + timedelta(minutes=minutes)
+
+    at(20)
+    sched.set_opt_out(True)      # the BAS writes ADR-Opt-Out active for ten minutes ...
+    at(25)                       # (a modification of the pending event meanwhile keeps its answers)
+    sched.upsert(replace(make_event("steps", [1, 3], t0 + timedelta(minutes=35), 600), modification_number=1,
+                         received_at=t0 - timedelta(minutes=5), opt=OPT_OUT))
+    at(30)
+    sched.set_opt_out(False)     # ... and relinquishes it
+    at(50)
+    sched.set_opt_out(True)      # opted out now: what ran before stays opted in
+    at(52)
+    expected = [("hour", 2, 0, 20, OPT_IN), ("hour", 2, 20, 30, OPT_OUT), ("hour", 2, 30, 50, OPT_IN),
+                ("hour", 2, 50, 60, OPT_OUT),
+                ("steps", 1, 35, 45, OPT_IN), ("steps", 3, 45, 50, OPT_IN), ("steps", 3, 50, 55, OPT_OUT)]
+    assert _shaded(sched, clock[0]) == expected
+    assert [c["opt"] for c in sched.events()[0]["opt_changes"]] == [OPT_IN, OPT_OUT, OPT_IN, OPT_OUT]
+    first.close()                # as good as a SIGKILL: nothing else is flushed
+
+    second = Storage(path)
+    try:
+        again = EventSchedule(second, Recorder(), clock=lambda: clock[0])
+        again.load()
+        assert _shaded(again, clock[0]) == expected
+        assert again.get("hour").opt_log == sched.get("hour").opt_log
+    finally:
+        second.close()
+
+
+def test_an_event_stored_by_the_previous_version_loads_with_its_answer_of_now(tmp_path):
+    import json
+    import sqlite3
+
+    path = tmp_path / "gw.sqlite"
+    t0 = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
+    clock = [t0 + timedelta(minutes=10)]
+    first = Storage(path)
+    sched = EventSchedule(first, Recorder(), clock=lambda: clock[0])
+    sched.upsert(replace(make_event("old", [2], t0, 3600), received_at=t0 - timedelta(minutes=5), opt=OPT_OUT))
+    first.close()
+    with sqlite3.connect(path) as db:     # the body the previous version wrote: no opt_changes
+        (body,) = db.execute("SELECT body FROM adr_events WHERE event_id = 'old'").fetchone()
+        d = json.loads(body)
+        d.pop("opt_changes", None)
+        db.execute("UPDATE adr_events SET body = ? WHERE event_id = 'old'", (json.dumps(d),))
+    db.close()
+
+    second = Storage(path)
+    try:
+        sched = EventSchedule(second, Recorder(), clock=lambda: clock[0])
+        sched.load()
+        assert sched.get("old").opt_log == ((t0 - timedelta(minutes=5), OPT_OUT),)
+        assert _shaded(sched, clock[0]) == [("old", 2, 0, 60, OPT_OUT)]
+        clock[0] = t0 + timedelta(minutes=15)
+        sched.set_opt_out(False)
+        assert _shaded(sched, clock[0]) == [("old", 2, 0, 15, OPT_OUT), ("old", 2, 15, 60, OPT_IN)]
+    finally:
+        second.close()
+    third = Storage(path)
+    try:
+        again = EventSchedule(third, Recorder(), clock=lambda: clock[0])
+        again.load()
+        assert _shaded(again, clock[0]) == [("old", 2, 0, 15, OPT_OUT), ("old", 2, 15, 60, OPT_IN)]
+    finally:
+        third.close()
+
+
+def test_an_event_listed_again_under_another_answer_logs_when_it_changed(storage):
+    t0 = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
+    clock = [t0 + timedelta(minutes=5)]
+    sched = EventSchedule(storage, Recorder(), clock=lambda: clock[0])
+    ev = replace(make_event("back", [1], t0, 3600), received_at=t0 - timedelta(minutes=1))
+    sched.upsert(ev)
+    sched.retain_only([])                  # the VTN stopped listing it: an implied cancellation
+    clock[0] = t0 + timedelta(minutes=8)
+    sched.set_opt_out(True)                # leaves the cancelled event alone
+    clock[0] = t0 + timedelta(minutes=10)
+    sched.upsert(replace(ev, opt=OPT_OUT))  # listed again: it takes the site's answer of now
+    assert sched.get("back").opt_log == ((t0 - timedelta(minutes=1), OPT_IN), (t0 + timedelta(minutes=10), OPT_OUT))
+    assert _shaded(sched, clock[0]) == [("back", 1, 0, 10, OPT_IN), ("back", 1, 10, 60, OPT_OUT)]

@@ -19,6 +19,7 @@ OPT_IN = "optIn"
 OPT_OUT = "optOut"
 SIMPLE = "SIMPLE"
 OPEN_ENDED = timedelta(days=36500)  # "until cancelled", as a duration the arithmetic below can carry
+MAX_OPT_CHANGES = 1000  # answers kept per event for the history (about 2 h of a BAS toggling every 10 s)
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,9 @@ class Event:
     # levels in force before `modified_at` (start, end, level), kept for the history
     modified_at: datetime | None = None
     ran_before: tuple[tuple[datetime, datetime, float], ...] = ()
+    # every answer this event has had and when it took effect (UTC), oldest first, so the history shows
+    # what was in force when, not today's answer; empty = only `opt` is known (see opt_log)
+    opt_changes: tuple[tuple[datetime, str], ...] = ()
 
     @property
     def cancelled(self) -> bool:
@@ -121,6 +125,19 @@ class Event:
             return "near"
         return "far"
 
+    @property
+    def opt_log(self) -> tuple[tuple[datetime, str], ...]:
+        """(since, opt) of each answer in force, oldest first; the first also stands for any time before it."""
+        return self.opt_changes or ((self.received_at, self.opt),)
+
+    def opted(self, opt: str, at: datetime) -> "Event":
+        """This event answered `opt` from `at` on; the answers before stay in its log."""
+        if opt == self.opt:
+            return self
+        # A BAS that toggles ADR-Opt-Out all day on an open-ended event would grow the stored event
+        # (rewritten with every answer) without bound; the oldest answers go first.
+        return replace(self, opt=opt, opt_changes=(self.opt_log + ((at, opt),))[-MAX_OPT_CHANGES:])
+
     def ran_until(self, now: datetime) -> tuple[tuple[datetime, datetime, float], ...]:
         """What this event had set on the points by `now` (levels above 0), earlier definitions included."""
         since = self.modified_at
@@ -164,6 +181,7 @@ class Event:
             "cancelled_at": self.cancelled_at.isoformat() if self.cancelled_at else None,
             "modified_at": self.modified_at.isoformat() if self.modified_at else None,
             "ran_before": [[a.isoformat(), b.isoformat(), lv] for a, b, lv in self.ran_before],
+            "opt_changes": [[at.isoformat(), opt] for at, opt in self.opt_changes],
         })
 
     @classmethod
@@ -188,7 +206,9 @@ class Event:
                    cancelled_at=datetime.fromisoformat(d["cancelled_at"]) if d.get("cancelled_at") else None,
                    modified_at=datetime.fromisoformat(d["modified_at"]) if d.get("modified_at") else None,
                    ran_before=tuple((datetime.fromisoformat(a), datetime.fromisoformat(b), float(lv))
-                                    for a, b, lv in d.get("ran_before", ())))
+                                    for a, b, lv in d.get("ran_before", ())),
+                   # stored before opt_changes existed: none, so opt_log knows only the answer of now
+                   opt_changes=tuple((datetime.fromisoformat(at), str(opt)) for at, opt in d.get("opt_changes", ())))
 
     def describe(self, now: datetime) -> dict:
         """JSON-ready view for the status API."""
@@ -207,6 +227,7 @@ class Event:
             "cancelled_at": _iso(self.cancelled_at) if self.cancelled_at else None,
             "modified_at": _iso(self.modified_at) if self.modified_at else None,
             "ran_before": [{"start": _iso(a), "end": _iso(b), "payload": lv} for a, b, lv in self.ran_before],
+            "opt_changes": [{"at": _iso(at), "opt": opt} for at, opt in self.opt_log],
             "start_offset_seconds": self.start_offset.total_seconds(),
             "received_at": _iso(self.received_at),
             "drives_points": self.drives_points,

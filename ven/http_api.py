@@ -24,6 +24,7 @@ GET /api/status -> view.status(), a dict shaped like:
       "events": [                                    # pending, active and recent events
         {"event_id": "e1", "status": "active",        # pending | active | completed | cancelled
          "opt": "optIn",                               # optIn | optOut
+         "opt_changes": [{"at": "...Z", "opt": "optIn"}],  # optional: each answer and since when, oldest first
          "start": "...Z", "end": "...Z", "level": 2,  # optional: without signals, the event's one level
          "modification_number": 0,
          "signals": [{"name": "simple", "type": "level",
@@ -57,6 +58,8 @@ GET /api/history?hours=24 -> view.history(hours), a dict shaped like (times: epo
       "low_threshold_kw": 60.0,
       "events": [{"start": 1763780000, "end": 1763783600, "level": 2, "event_id": "e1", "opt": "optIn"}]
     }                                               # one entry per SIMPLE interval above level 0
+                                                    # and per answer: an interval is cut where the
+                                                    # answer changed, "opt" is the one in force then
 
 All per-minute arrays have the length of "minutes". An interval still open has "end": null.
 build_history() makes this body from the forecaster store's history and the schedule's events.
@@ -122,6 +125,30 @@ def _simple_intervals(event: dict) -> list[tuple[float | None, float | None, int
     return out
 
 
+def _opt_log(event: dict) -> list[tuple[float | None, str]]:
+    """(since, opt) of each answer the event had, oldest first; without "opt_changes" (a view that does
+    not keep them) its answer of now is the only one known."""
+    log = [(_epoch(c.get("at")), str(c.get("opt", ""))) for c in event.get("opt_changes") or []]
+    return sorted(log, key=lambda c: c[0] or 0.0) or [(None, event.get("opt", ""))]
+
+
+def _split_by_opt(start: float, stop: float | None,
+                  answers: list[tuple[float | None, str]]) -> list[tuple[float, float | None, str]]:
+    """The span cut where the answer changed, each part with the answer in force then (before the first
+    known answer, the first one: an event is answered when it arrives, before it starts)."""
+    parts = []
+    opt = answers[0][1]
+    for at, answer in answers[1:]:
+        if at is None or at <= start:
+            opt = answer
+        elif stop is None or at < stop:
+            if answer != opt:
+                parts.append((start, at, opt))
+                start, opt = at, answer
+    parts.append((start, stop, opt))
+    return parts
+
+
 def build_history(now: float, hours: float, store: dict, events: list[dict] = (),
                   horizons: tuple[int, int] = (15, 60), flag_stale_seconds: float = 300.0) -> dict:
     """Shape the /api/history body (see the module docstring) from the forecaster store's history
@@ -183,13 +210,17 @@ def build_history(now: float, hours: float, store: dict, events: list[dict] = ()
         ran = [(_epoch(r.get("start")), _epoch(r.get("end")), int(r.get("payload", 0))) for r in ev.get("ran_before") or []]
         now_defined = [(max(start, since) if since is not None and start is not None else start, stop, level)
                        for start, stop, level in _simple_intervals(ev)]
+        answers = _opt_log(ev)
         for start, stop, level in ran + now_defined:
             if ran_until is not None:
                 stop = ran_until if stop is None else min(stop, ran_until)
-            if start is None or (stop is not None and (stop < minutes[0] or stop <= start)) or start > now:
+            if start is None or start > now:
                 continue
-            shaded.append({"start": start, "end": stop, "level": level,
-                           "event_id": ev.get("event_id", ""), "opt": ev.get("opt", "")})
+            for part_start, part_stop, opt in _split_by_opt(start, stop, answers):
+                if part_stop is not None and (part_stop < minutes[0] or part_stop <= part_start):
+                    continue
+                shaded.append({"start": part_start, "end": part_stop, "level": level,
+                               "event_id": ev.get("event_id", ""), "opt": opt})
     return {"minutes": minutes, "power_kw": power, "demand_kw": demand, **series,
             "horizons_minutes": list(horizons), "high_load": high, "low_load": low,
             "high_threshold_kw": last("high_threshold_kw"), "low_threshold_kw": last("low_threshold_kw"),

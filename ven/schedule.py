@@ -95,6 +95,9 @@ class EventSchedule:
             return None
         if old is not None:  # what it already drove stays in the history as it ran
             now = self._clock()
+            # the answers it had stay in its log; a different one (back from an implied cancellation
+            # under another ADR-Opt-Out) takes effect now
+            event = replace(event, opt=old.opt, opt_changes=old.opt_log).opted(event.opt, now)
             if event.cancelled:
                 event = replace(event, cancelled_at=event.cancelled_at or old.cancelled_at or now,
                                 modified_at=old.modified_at, ran_before=old.ran_before)
@@ -154,7 +157,7 @@ class EventSchedule:
             opt = OPT_OUT if opted_out else OPT_IN
             if ev.opt == opt:
                 continue
-            ev = replace(ev, opt=opt)
+            ev = ev.opted(opt, now)
             self._storage.save_event(ev)
             self._events[ev.event_id] = ev
             changed.append(ev)

@@ -458,6 +458,9 @@ function legend() {
     item.append(el("i", {class: "box", style: `background:${LEVEL_COLORS[l]}`}), document.createTextNode(`Event level ${l}`));
     host.append(item);
   }
+  const out = el("span", {"data-legend": "opted-out"});
+  out.append(el("i", {class: "box hatched"}), document.createTextNode("Opted out (hatched)"));
+  host.append(out);
 }
 function drawChart() {
   legend();
@@ -504,6 +507,13 @@ function drawChart() {
   const clip = svg("clipPath", {id: "plot-clip"});
   clip.append(svg("rect", {x: m.l, y: m.t, width: pw, height: ph}));
   defs.append(clip);
+  // an opted-out span is hatched in its level's colour: the level was sent, the building did not follow
+  for (const l of [0, 1, 2, 3]) {
+    const hatch = svg("pattern", {id: `opt-out-${l}`, width: 8, height: 8, patternUnits: "userSpaceOnUse",
+                                  patternTransform: "rotate(45)"});
+    hatch.append(svg("rect", {x: 0, y: 0, width: 3, height: 8, fill: LEVEL_COLORS[l] || "#ccc"}));
+    defs.append(hatch);
+  }
   root.append(defs);
 
   // grid and y axis
@@ -539,8 +549,11 @@ function drawChart() {
     if (s === null || end < t0 || s > t1) continue;
     const x0 = x(Math.max(s, t0)), x1 = x(Math.min(end, t1));
     const level = clamp(Math.round(e.level || 0), 0, 3);
-    const r = svg("rect", {x: x0, y: m.t, width: Math.max(2, x1 - x0), height: ph, fill: LEVEL_COLORS[level] || "#ccc",
-                           "fill-opacity": 0.28, class: "event", "data-level": level, "data-event": e.event_id || ""});
+    const out = e.opt === "optOut";
+    const r = svg("rect", {x: x0, y: m.t, width: Math.max(2, x1 - x0), height: ph,
+                           fill: out ? `url(#opt-out-${level})` : LEVEL_COLORS[level] || "#ccc",
+                           "fill-opacity": out ? 0.45 : 0.28, class: out ? "event opted-out" : "event",
+                           "data-level": level, "data-event": e.event_id || "", "data-opt": e.opt || ""});
     r.append(svg("title", {}, `event ${e.event_id || ""} level ${level}: ${fmtTime(s, true)}–${toMs(e.end) === null ? "open" : fmtTime(end, true)} UTC${e.opt === "optOut" ? " (opted out)" : ""}`));
     gEvents.append(r);
     if (x1 - x0 > 24) {
