@@ -279,3 +279,20 @@ def test_the_point_table_names_the_configured_horizons(tmp_path):
     rows = {line.split()[2]: line for line in res.stdout.splitlines() if "future-power" in line}
     assert "ending 30 min ahead" in rows["fifteen-min-future-power"]  # the name is the contract; the text is true
     assert "ending 120 min ahead" in rows["one-hour-future-power"]
+
+
+def test_tls_file_errors_name_the_variable_a_path_came_from(tmp_path):
+    from ven.config import tls_file_problems
+
+    missing_cert, missing_key, missing_ca = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
+    p = _write(tmp_path, f'[openadr]\nkey = "{missing_key}"\n')
+    cfg = load_config(p, environ={"EDGE_GATEWAY__OPENADR__CERT": str(missing_cert),
+                                  "EDGE_GATEWAY__OPENADR__CA_FILE": str(missing_ca)})
+    assert tls_file_problems(cfg.openadr) == [
+        f"openadr.cert (from EDGE_GATEWAY__OPENADR__CERT): {missing_cert}: No such file or directory",
+        f"openadr.key: {missing_key}: No such file or directory",            # from the file: no variable
+        f"openadr.ca_file (from EDGE_GATEWAY__OPENADR__CA_FILE): {missing_ca}: No such file or directory"]
+    # a variable setting the whole table is named too
+    whole = load_config(None, environ={"EDGE_GATEWAY__OPENADR": f'{{ ca_file = "{missing_ca}" }}'})
+    assert tls_file_problems(whole.openadr) == [
+        f"openadr.ca_file (from EDGE_GATEWAY__OPENADR): {missing_ca}: No such file or directory"]

@@ -236,3 +236,41 @@ def test_openleadr_errors_repeated_at_every_retry_are_one_warning():
         setup_logging("WARNING")
     lines = out.getvalue().splitlines()
     assert len(lines) == 1 and " WARNING No registration ID received" in lines[0], lines
+
+
+async def test_tls_file_errors_name_the_environment_variable_in_check_config_and_status(pki, tmp_path, caplog):
+    import os
+
+    from ven.config import load_config
+
+    d, _ = pki
+    conf = d / "gw.toml"
+    conf.write_text(f'[openadr]\ncert = "{d / "ven.pem"}"\nkey = "{d / "ven.key"}"\nca_file = "{d / "ca.pem"}"\n')
+    env = {"EDGE_GATEWAY__OPENADR__PASSPHRASE": "wrong", "EDGE_GATEWAY__OPENADR__KEY": str(d / "ven.key")}
+    res = subprocess.run([sys.executable, "-m", "ven.cli", "check-config", str(conf)], capture_output=True, text=True,
+                         timeout=60, stdin=subprocess.DEVNULL, env={**os.environ, **env})
+    assert res.returncode == 2, res.stderr
+    assert res.stderr == ("configuration error: openadr.passphrase (from EDGE_GATEWAY__OPENADR__PASSPHRASE): does not "
+                          f"decrypt openadr.key (from EDGE_GATEWAY__OPENADR__KEY) {d / 'ven.key'} (or the key is not "
+                          "a PEM private key)\n")
+
+    # `run` says the same at each registration attempt, in /api/status's vtn.last_error
+    missing = d / "mounted-later.pem"
+    cfg = load_config(conf, environ={"EDGE_GATEWAY__OPENADR__CERT": str(missing),
+                                     "EDGE_GATEWAY__OPENADR__PASSPHRASE": "s3cret"}).openadr
+    storage = Storage(tmp_path / "gw.sqlite")
+    schedule = EventSchedule(storage, lambda st: None)
+    queue = TelemetryQueue(tmp_path / "gw.sqlite")
+    client = VtnClient(cfg, schedule, queue)
+    await client.start()
+    try:
+        await until(lambda: client.registration_failures >= 1, 5, "a failed registration")
+        assert client.status()["last_error"] == (
+            f"TLS files: openadr.cert (from EDGE_GATEWAY__OPENADR__CERT): {missing}: No such file or directory")
+        assert [r.getMessage() for r in caplog.records if "cannot be read" in r.getMessage()] == [
+            f"openadr.cert (from EDGE_GATEWAY__OPENADR__CERT) {missing} cannot be read ([Errno 2] No such file or "
+            f"directory: '{missing}'); the VEN cannot register until it is fixed"]
+    finally:
+        await client.stop()
+        queue.close()
+        storage.close()

@@ -6,6 +6,7 @@ import time
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
 
+from openleadr import errors as oerrors
 from waiting import eventually as until
 
 from ven.config import OpenadrConfig
@@ -367,3 +368,148 @@ async def test_an_open_ended_event_holds_until_cancelled_and_priority_decides_ov
             server.cancel_event(open_id)
             await until(lambda: gw.level == 0.0, 5, "level 0 after the cancellation")
             assert gw.schedule.get(open_id).cancelled_at is not None
+
+
+class refuse:
+    """Make the real openleadr VTN answer every `message_type` with `error`'s eiResponse code and
+    description (openleadr turns a ProtocolError raised by a handler into that answer) until
+    `allow()`; `refused` counts the answers."""
+
+    def __init__(self, server: DemoVtn, message_type: str, error: Exception):
+        self.refused = 0
+        for service in server._server.services.values():
+            handlers = getattr(service, "handlers", {})
+            if message_type in handlers:
+                self._handlers, self._type, self._real = handlers, message_type, handlers[message_type]
+                self._error = error
+                handlers[message_type] = self._refuse
+                return
+        raise KeyError(message_type)
+
+    async def _refuse(self, *args, **kwargs):
+        self.refused += 1
+        raise self._error
+
+    def allow(self) -> None:
+        self._handlers[self._type] = self._real
+
+
+def said(caplog, text):
+    return [r.getMessage() for r in caplog.records if text in r.getMessage()]
+
+
+async def test_a_refused_registration_names_the_vtn_reason_in_status_and_log(tmp_path, free_tcp_port, caplog):
+    caplog.set_level(logging.INFO, logger="ven")
+    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
+        refusal = refuse(server, "oadrCreatePartyRegistration",
+                         oerrors.NotRegisteredOrAuthorizedError("VEN not enrolled in a program"))
+        async with running(tmp_path, server.url) as gw:
+            await until(lambda: gw.vtn.registration_failures >= 3, 10, "refused registrations")
+            status = gw.vtn.status()
+            assert status["last_error"] == "VTN refused registration: 463 VEN not enrolled in a program"
+            assert not status["connected"] and server.registrations == 0
+            assert said(caplog, "VTN registration failed") == [
+                "VTN registration failed: VTN refused registration: 463 VEN not enrolled in a program; "
+                "retrying (backoff up to 1 s)"], "one line when the fault starts"
+            refusal.allow()
+            await until(lambda: gw.vtn.connected, 10, "registration once the VTN takes it")
+            assert gw.vtn.status()["last_error"] is None and gw.vtn.status()["registration_failures"] == 0
+            assert len(said(caplog, "VTN reachable again")) == 1, "one line when it ends"
+            assert len(said(caplog, "VTN registration failed")) == 1
+
+
+async def test_a_refused_poll_names_the_vtn_reason_and_clears_when_polls_are_taken(tmp_path, free_tcp_port, caplog):
+    caplog.set_level(logging.INFO, logger="ven")
+    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
+        async with running(tmp_path, server.url) as gw:
+            await until(lambda: gw.vtn.connected, 10, "registration")
+            refusal = refuse(server, "oadrPoll", oerrors.InvalidIdError("venID unknown here"))
+            await until(lambda: gw.vtn.status()["last_error"], 5, "a refused poll")
+            assert gw.vtn.status()["last_error"] == "VTN refused the poll: 452 venID unknown here"
+            refusal.allow()                             # before the third refusal drops the context
+            await until(lambda: said(caplog, "VTN polls answered again"), 5, "polls taken again")
+            assert gw.vtn.connected and gw.vtn.status()["last_error"] is None
+            assert said(caplog, "VTN poll failed") == ["VTN poll failed: VTN refused the poll: 452 venID unknown here"]
+
+
+async def test_refused_telemetry_is_logged_once_kept_and_delivered_when_taken(tmp_path, free_tcp_port, caplog):
+    caplog.set_level(logging.INFO, logger="ven")
+    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
+        async with running(tmp_path, server.url) as gw:
+            await until(lambda: gw.vtn.connected and gw.vtn.status()["report_request_id"], 10, "registration")
+            refusal = refuse(server, "oadrUpdateReport", oerrors.InvalidDataError("r_id not in the registered report"))
+            gw.vtn.record_sample(now(), 12.5)
+            await until(lambda: gw.vtn.status()["last_error"], 5, "a refused report")
+            assert gw.vtn.status()["last_error"] == "VTN refused the report: 454 r_id not in the registered report"
+            await until(lambda: refusal.refused >= 2, 5, "the sample offered again")
+            refusal.allow()
+            await until(lambda: [r[4] for r in server.reports] == [12.5], 5, "the kept sample delivered")
+            await until(lambda: gw.vtn.status()["last_error"] is None, 2, "the reason cleared")
+            assert said(caplog, "VTN refused the report") == [
+                "VTN refused the report: 454 r_id not in the registered report; the samples stay queued and are "
+                "sent again (backoff up to 1 s)"]
+            assert len(said(caplog, "the VTN takes telemetry again")) == 1
+            assert gw.queue.pending == 0
+
+
+async def test_a_refused_report_offer_is_not_taken_for_accepted_and_is_made_again(tmp_path, free_tcp_port):
+    # openleadr carries on after an oadrRegisterReport answered 4xx: the VTN would never request telemetry
+    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
+        refusal = refuse(server, "oadrRegisterReport", oerrors.InvalidDataError("unknown measurement"))
+        async with running(tmp_path, server.url) as gw:
+            await until(lambda: gw.vtn.connected, 10, "registration")
+            status = gw.vtn.status()
+            assert not status["report_offered"]
+            assert status["report_offer_error"] == "VTN refused the report registration: 454 unknown measurement"
+            gw.vtn.record_sample(now(), 7.5)
+            refusal.allow()
+            await until(lambda: gw.vtn.status()["report_request_id"], 10, "the offer taken once made again")
+            await until(lambda: [r[4] for r in server.reports] == [7.5], 5, "the queued sample reported")
+            assert gw.vtn.status()["report_offer_error"] is None and server.registrations == 1
+
+
+async def test_a_refused_event_request_does_not_cancel_the_events_the_gateway_follows(tmp_path, free_tcp_port, caplog):
+    # openleadr's VTN cannot send it, a VTN may: oadrDistributeEvent carrying a 463 and no event. Taken as
+    # the list of events, it cancelled every event the gateway followed.
+    import aiohttp
+    from aiohttp import web
+    from openleadr.messaging import create_message, parse_message
+
+    caplog.set_level(logging.INFO, logger="ven")
+    refusing = {"on": False}
+
+    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server, aiohttp.ClientSession() as session:
+        async def relay(request):
+            body = await request.read()
+            if refusing["on"] and parse_message(body)[0] == "oadrRequestEvent":
+                return web.Response(content_type="application/xml", text=create_message(
+                    "oadrDistributeEvent", vtn_id=server.vtn_id, request_id="r", events=[],
+                    response={"response_code": 463, "response_description": "try later", "request_id": "r"}))
+            async with session.post(f"{server.url}/{request.match_info['service']}", data=body,
+                                    headers={"Content-Type": "application/xml"}) as up:
+                return web.Response(status=up.status, body=await up.read(), content_type="application/xml")
+
+        app = web.Application()
+        app.router.add_post("/OpenADR2/Simple/2.0b/{service}", relay)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        port = free_tcp_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        try:
+            async with running(tmp_path, f"http://127.0.0.1:{port}/OpenADR2/Simple/2.0b") as gw:
+                await until(lambda: gw.vtn.connected, 10, "registration")
+                eid = server.add_event([2], now() - timedelta(seconds=1), 120)
+                await until(lambda: gw.level == 2.0, 5, "level 2")
+                refusing["on"] = True
+                mark = len(gw.states)
+                server.request_reregistration(gw.vtn.ven_id)
+                await until(lambda: gw.vtn.registration_failures >= 2, 10, "refused event requests")
+                assert gw.vtn.status()["last_error"] == "VTN refused the event request: 463 try later"
+                refusing["on"] = False
+                await until(lambda: gw.vtn.connected, 10, "registered again")
+                await until(lambda: len(server.opts_for(eid)) >= 2, 5, "the event listed again")
+                assert {st.level for _, st in gw.states[mark:]} <= {2.0}, "the level never dropped"
+                assert not gw.schedule.get(eid).cancelled and not said(caplog, "no longer listed")
+                assert len(said(caplog, "VTN registration failed: VTN refused the event request: 463 try later")) == 1
+        finally:
+            await runner.cleanup()

@@ -14,7 +14,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Literal, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "EDGE_GATEWAY__"
 
@@ -180,6 +180,13 @@ class OpenadrConfig(_Section):
     passphrase: str = ""
     ca_file: str = ""
     vtn_fingerprint: str = ""
+    # key -> the EDGE_GATEWAY__* variable that set it: a TLS file error then says where to look
+    _env: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    def named(self, key: str) -> str:
+        """The key as the operator should look for it: "openadr.cert", or "openadr.cert (from VAR)"."""
+        var = self._env.get(key)
+        return f"openadr.{key} (from {var})" if var else f"openadr.{key}"
 
     @field_validator("vtn_url")
     @classmethod
@@ -246,28 +253,29 @@ def tls_file_problems(c: OpenadrConfig) -> list[str]:
     from cryptography.hazmat.primitives import serialization
 
     problems: list[str] = []
+    cert_, key_, pass_, ca_ = (c.named(k) for k in ("cert", "key", "passphrase", "ca_file"))
 
-    def read(key: str, path: str) -> bytes | None:
+    def read(name: str, path: str) -> bytes | None:
         try:
             return Path(path).read_bytes()
         except OSError as err:
-            problems.append(f"openadr.{key}: {path}: {err.strerror}")
+            problems.append(f"{name}: {path}: {err.strerror}")
             return None
 
     if c.cert:
-        cert_pem, key_pem = read("cert", c.cert), read("key", c.key)
+        cert_pem, key_pem = read(cert_, c.cert), read(key_, c.key)
         cert = key = None
         if cert_pem is not None:
             try:
                 cert = x509.load_pem_x509_certificate(cert_pem)
             except ValueError:
-                problems.append(f"openadr.cert: {c.cert}: not a PEM certificate")
+                problems.append(f"{cert_}: {c.cert}: not a PEM certificate")
             else:  # a VTN refuses these after the handshake: the VEN only sees the connection drop
                 now = datetime.datetime.now(datetime.timezone.utc)
                 if cert.not_valid_after_utc < now:
-                    problems.append(f"openadr.cert: {c.cert}: expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
+                    problems.append(f"{cert_}: {c.cert}: expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
                 elif cert.not_valid_before_utc > now:
-                    problems.append(f"openadr.cert: {c.cert}: not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M} "
+                    problems.append(f"{cert_}: {c.cert}: not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M} "
                                     "UTC (is this machine's clock right?)")
         if key_pem is not None:
             try:
@@ -276,19 +284,19 @@ def tls_file_problems(c: OpenadrConfig) -> list[str]:
                 if c.passphrase:
                     key = serialization.load_pem_private_key(key_pem, None)
                 else:
-                    problems.append(f"openadr.passphrase: openadr.key {c.key} is encrypted: give its passphrase")
+                    problems.append(f"{pass_}: {key_} {c.key} is encrypted: give its passphrase")
             except ValueError:
-                problems.append(f"openadr.passphrase: does not decrypt openadr.key {c.key} "
+                problems.append(f"{pass_}: does not decrypt {key_} {c.key} "
                                 "(or the key is not a PEM private key)")
         spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
         if cert is not None and key is not None and cert.public_key().public_bytes(*spki) != key.public_key().public_bytes(*spki):
-            problems.append(f"openadr.cert and openadr.key do not belong together: {c.cert} is not the "
+            problems.append(f"{cert_} and {key_} do not belong together: {c.cert} is not the "
                             f"certificate of {c.key}")
     if c.ca_file:
         try:
             ssl.create_default_context(cafile=c.ca_file)
         except (OSError, ssl.SSLError) as err:
-            problems.append(f"openadr.ca_file: {c.ca_file}: {getattr(err, 'strerror', None) or err}")
+            problems.append(f"{ca_}: {c.ca_file}: {getattr(err, 'strerror', None) or err}")
     return problems
 
 
@@ -461,9 +469,18 @@ def parse_config(data: dict, origin: str = "config", environ: Mapping[str, str] 
     # deep copy: the overlay writes into nested tables, which belong to the caller
     data, sources = _apply_env(copy.deepcopy(data), os.environ if environ is None else environ)
     try:
-        return GatewayConfig.model_validate(data)
+        cfg = GatewayConfig.model_validate(data)
     except ValidationError as err:
         raise ConfigError(_describe(err, origin, sources)) from None
+    # a variable naming a key wins over one setting the whole table (EDGE_GATEWAY__OPENADR='{...}')
+    whole = sources.get(("openadr",))
+    env = {key: sources.get(("openadr", key), whole) for key in OpenadrConfig.model_fields}
+    env = {key: var for key, var in env.items() if var}
+    if env:  # on a copy: the default section instance is shared by every config
+        openadr = cfg.openadr.model_copy()
+        openadr._env = env
+        cfg = cfg.model_copy(update={"openadr": openadr})
+    return cfg
 
 
 def load_config(path: str | os.PathLike | None, environ: Mapping[str, str] | None = None) -> GatewayConfig:

@@ -44,6 +44,9 @@ class _Client(OpenADRClient):
     """OpenADRClient whose request path records why a request failed instead of only logging it."""
 
     last_error: str | None = None
+    # "463 <description>" when the VTN's last answer carried an eiResponse code other than 200: openleadr
+    # logs the reason and returns nothing, and the operator needs it in /api/status too
+    refused: str | None = None
     # openleadr bounds only the connect (5 s) and each socket read (10 s): a VTN (or proxy) trickling
     # a byte every few seconds would hold a request, and with it registration or polling, forever.
     request_timeout_s: float = 30.0
@@ -69,7 +72,7 @@ class _Client(OpenADRClient):
     async def _perform_request(self, service, message):
         await self._ensure_client_session()
         url = f"{self.vtn_url}/{service}"
-        self.last_error = None
+        self.last_error = self.refused = None
         try:
             timeout = aiohttp.ClientTimeout(total=self.request_timeout_s, sock_connect=5, sock_read=10)
             async with self.client_session.post(url, data=message, timeout=timeout) as req:
@@ -111,6 +114,7 @@ class _Client(OpenADRClient):
         except Exception as err:   # noqa: BLE001 - any unparsable answer is a failed request
             self.last_error = f"VTN message could not be read: {err.__class__.__name__}: {err}"
             return None, {}
+        self.refused = _refusal(message_payload)
         return message_type, message_payload
 
 
@@ -166,6 +170,8 @@ class VtnClient:
         self.report_offer_error: str | None = None   # why the VTN did not take the offer, while it does not
         self._offer_backoff = 0.0
         self._next_offer = 0.0
+        self._report_refused: str | None = None   # why the VTN refuses telemetry, while it does
+        self._report_refusals = 0
         self._tasks: list[asyncio.Task] = []
         self._wake_delivery: asyncio.Event | None = None
         self._lost: asyncio.Event | None = None
@@ -240,6 +246,11 @@ class VtnClient:
         }
 
     # -- session: register, poll, notice loss, register again ----------------------------------
+
+    def _clear_error(self, error: str | None) -> None:
+        """A fault ended: its reason leaves /api/status, unless another fault has replaced it since."""
+        if error is not None and self.last_error == error:
+            self.last_error = None
 
     def _set_connected(self, ok: bool) -> None:
         if ok != self.connected:
@@ -332,8 +343,8 @@ class VtnClient:
                 fingerprint = outils.certificate_fingerprint(f.read())
         except (OSError, ValueError) as err:
             if self._fingerprint is None:
-                log.error("openadr.cert %s cannot be read (%s); the VEN cannot register until it is fixed",
-                          self._cfg.cert, err)
+                log.error("%s %s cannot be read (%s); the VEN cannot register until it is fixed",
+                          self._cfg.named("cert"), self._cfg.cert, err)
                 self._fingerprint = ""
             return
         if fingerprint != self._fingerprint:
@@ -356,7 +367,8 @@ class VtnClient:
             return False
         await client.create_party_registration(ven_id=self.ven_id)
         if not client.registration_id:
-            self.last_error = client.last_error or "VTN refused the registration (no registrationID)"
+            self.last_error = (client.last_error or (client.refused and f"VTN refused registration: {client.refused}")
+                               or "VTN refused the registration (no registrationID)")
             return False
         self.ven_id, self.registration_id = client.ven_id, client.registration_id
         offered = await self._offer_reports(client)
@@ -372,6 +384,9 @@ class VtnClient:
         if rtype is None:
             self.last_error = client.last_error
             return False
+        if client.refused:   # an oadrDistributeEvent listing nothing: not "no events" (all would be cancelled)
+            self.last_error = f"VTN refused the event request: {client.refused}"
+            return False
         if rtype == "oadrResponse" and _response_code(payload) == 200:
             self._schedule.retain_only(())     # the VTN lists no events for us
         await self._dispatch(rtype, payload)
@@ -382,12 +397,14 @@ class VtnClient:
         request telemetry: the session offers again (backing off) while events keep flowing."""
         await client.register_reports(client.reports)
         loop = asyncio.get_running_loop()
-        if client.last_error:
+        # a refused offer (openleadr carries on) would leave the VTN never requesting telemetry
+        error = client.last_error or (client.refused and f"VTN refused the report registration: {client.refused}")
+        if error:
             self._offer_backoff = (min(self._offer_backoff * 2, self._cfg.retry_max_seconds) if self._offer_backoff
                                    else self._cfg.retry_min_seconds)
             self._next_offer = loop.time() + self._offer_backoff
             self._reports_offered = False
-            self.report_offer_error = client.last_error
+            self.report_offer_error = error
             return False
         self._reports_offered, self._offer_backoff, self.report_offer_error = True, 0.0, None
         for rr in client.report_requests:
@@ -400,6 +417,7 @@ class VtnClient:
         # Durations travel as whole seconds; a VTN asking for 0 would mean a busy loop.
         period = max(1.0, client.poll_frequency.total_seconds())
         failing_since: str | None = None
+        poll_error: str | None = None
         self.poll_failures = 0
         immediate = True
         while True:
@@ -419,10 +437,10 @@ class VtnClient:
                              "requested" if self._report_request_id else "not requested yet")
                     self._wake_delivery.set()
             rtype, payload = await client.poll()
-            if rtype is None or _response_code(payload) not in (None, 200):
+            if rtype is None or client.refused:
                 self.poll_failures += 1
                 self.poll_failures_total += 1
-                self.last_error = client.last_error or f"poll answered with code {_response_code(payload)}"
+                self.last_error = poll_error = client.last_error or f"VTN refused the poll: {client.refused}"
                 if failing_since is None:
                     log.warning("VTN poll failed: %s", self.last_error)
                     failing_since = self.last_error
@@ -433,6 +451,7 @@ class VtnClient:
             if failing_since is not None:
                 log.info("VTN polls answered again after %d failure(s)", self.poll_failures)
                 failing_since = None
+                self._clear_error(poll_error)
             self.poll_failures = 0
             self.last_poll = _utcnow()
             if rtype == "oadrRequestReregistration":
@@ -653,12 +672,23 @@ class VtnClient:
                                      request_id=outils.generate_id(), reports=[report])
         rtype, payload = await client._perform_request("EiReport", msg)
         if rtype == "oadrUpdatedReport" and _response_code(payload) == 200:
+            if self._report_refused is not None:
+                log.info("the VTN takes telemetry again after %d refused report(s)", self._report_refusals)
+                self._clear_error(self._report_refused)
+                self._report_refused, self._report_refusals = None, 0
             return True
         if rtype == "oadrRequestReregistration":
             self.last_error = "the VTN no longer knows this VEN (re-registration requested)"
             self._lost.set()
         elif rtype is not None:
-            self.last_error = f"VTN answered the report with {rtype} code {_response_code(payload)}"
+            # polls may go on fine meanwhile: this is the only place the operator hears of it
+            self.last_error = (f"VTN refused the report: {client.refused}" if client.refused
+                               else f"VTN answered the report with {rtype} code {_response_code(payload)}")
+            if self.last_error != self._report_refused:
+                log.warning("%s; the samples stay queued and are sent again (backoff up to %g s)",
+                            self.last_error, self._cfg.retry_max_seconds)
+            self._report_refused = self.last_error
+            self._report_refusals += 1
         else:
             self.last_error = client.last_error
         return False
@@ -667,6 +697,15 @@ class VtnClient:
 def _answer(event) -> str:
     """One answer per event and modification: a cancellation is acknowledged with optIn."""
     return OPT_IN if event.cancelled else event.opt
+
+
+def _refusal(payload: dict | None) -> str | None:
+    """ "463 <description>" for an eiResponse code other than 200, None for 200 or no eiResponse."""
+    code = _response_code(payload)
+    if code in (None, 200):
+        return None
+    description = str(payload["response"].get("response_description") or "").strip()
+    return f"{code} {description}" if description else str(code)
 
 
 def _response_code(payload: dict | None):
