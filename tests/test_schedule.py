@@ -355,3 +355,33 @@ def test_an_event_listed_again_under_another_answer_logs_when_it_changed(storage
     sched.upsert(replace(ev, opt=OPT_OUT))  # listed again: it takes the site's answer of now
     assert sched.get("back").opt_log == ((t0 - timedelta(minutes=1), OPT_IN), (t0 + timedelta(minutes=10), OPT_OUT))
     assert _shaded(sched, clock[0]) == [("back", 1, 0, 10, OPT_IN), ("back", 1, 10, 60, OPT_OUT)]
+
+
+def test_a_cancellation_stored_by_an_older_version_is_not_dated_to_the_upgrade(tmp_path):
+    import json
+    import sqlite3
+
+    path = tmp_path / "gw.sqlite"
+    t0 = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
+    cancelled = replace(make_event("c", [1], t0, 3600), status="cancelled", received_at=t0 - timedelta(minutes=5))
+    first = Storage(path)
+    first.save_event(cancelled)
+    first.close()
+    with sqlite3.connect(path) as db:     # versions before cancelled_at and unlisted wrote neither
+        (body,) = db.execute("SELECT body FROM adr_events WHERE event_id = 'c'").fetchone()
+        d = json.loads(body)
+        d.pop("cancelled_at", None)
+        d.pop("unlisted", None)
+        db.execute("UPDATE adr_events SET body = ? WHERE event_id = 'c'", (json.dumps(d),))
+    db.close()
+
+    second = Storage(path)
+    try:
+        now = t0 + timedelta(minutes=40)  # the upgrade, long after the VTN cancelled it
+        sched = EventSchedule(second, Recorder(), clock=lambda: now)
+        sched.load()
+        sched.upsert(cancelled)           # the VTN lists the cancellation again
+        assert sched.get("c").cancelled_at is None   # when it stopped is not known: not "now"
+        assert _shaded(sched, now) == []
+    finally:
+        second.close()

@@ -99,7 +99,9 @@ class EventSchedule:
             # under another ADR-Opt-Out) takes effect now
             event = replace(event, opt=old.opt, opt_changes=old.opt_log).opted(event.opt, now)
             if event.cancelled:
-                event = replace(event, cancelled_at=event.cancelled_at or old.cancelled_at or now,
+                # a cancellation stored by a version that kept no time for it stays undated, not "now"
+                stopped = event.cancelled_at or old.cancelled_at or (None if old.cancelled else now)
+                event = replace(event, cancelled_at=stopped,
                                 modified_at=old.modified_at, ran_before=old.ran_before)
             elif event.modification_number > old.modification_number and old.start <= now:
                 event = replace(event, modified_at=now, ran_before=old.ran_until(now))
