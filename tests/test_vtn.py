@@ -513,3 +513,24 @@ async def test_a_refused_event_request_does_not_cancel_the_events_the_gateway_fo
                 assert len(said(caplog, "VTN registration failed: VTN refused the event request: 463 try later")) == 1
         finally:
             await runner.cleanup()
+
+
+async def test_a_refused_opt_answer_is_named_not_logged_as_told(tmp_path, free_tcp_port, caplog):
+    caplog.set_level(logging.INFO, logger="ven")
+    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
+        async with running(tmp_path, server.url) as gw:
+            await until(lambda: gw.vtn.connected, 10, "registration")
+            refusal = refuse(server, "oadrCreatedEvent", oerrors.InvalidIdError("modificationNumber out of date"))
+            event_id = server.add_event([2], now() + timedelta(minutes=5), 60)
+            await until(lambda: gw.vtn.status()["opt_answer_error"], 5, "the refused answer")
+            assert gw.vtn.status()["opt_answer_error"] == (
+                f"VTN refused the answer to event(s) {event_id}: 452 modificationNumber out of date")
+            assert len(said(caplog, "VTN refused the answer")) == 1
+            gw.vtn.set_opt_out(True)                  # a change of answer is sent by the gateway itself
+            await until(lambda: refusal.refused >= 2, 5, "the optOut answer refused too")
+            await until(lambda: "optOut answer" in (gw.vtn.status()["opt_answer_error"] or ""), 5, "named")
+            assert not said(caplog, "told the VTN optOut")
+            refusal.allow()
+            gw.vtn.set_opt_out(False)
+            await until(lambda: server.opts_for(event_id) == ["optIn"], 5, "the next answer taken")
+            assert gw.vtn.status()["opt_answer_error"] is None

@@ -178,6 +178,7 @@ class VtnClient:
         self._opts_dirty: asyncio.Event | None = None
         self._to_log: list[tuple[int, float]] = []
         self._pending_opts: dict[str, tuple[int, str]] = {}
+        self.opt_answer_error: str | None = None   # the VTN's reason for refusing our last opt answer
         self._backlog = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -242,6 +243,7 @@ class VtnClient:
             "registration_failures": self.registration_failures,
             "poll_failures": self.poll_failures,
             "opt_answers_waiting": len(self._pending_opts),
+            "opt_answer_error": self.opt_answer_error,
             "telemetry": self._telemetry.status(),
         }
 
@@ -481,6 +483,9 @@ class VtnClient:
                     await client._on_event(payload)
                 if client.last_error:         # its one request is the answer, and it is not retried
                     self._answer_again(events, client.last_error)
+                elif client.refused:
+                    ids = ", ".join(e["event_descriptor"]["event_id"] for e in events)
+                    self._answer_refused(f"VTN refused the answer to event(s) {ids}: {client.refused}")
         elif rtype == "oadrCreateReport":
             await client.create_report(payload)
             for rr in client.report_requests:
@@ -598,7 +603,17 @@ class VtnClient:
                 return      # retried on the next poll or after re-registration
             if self._pending_opts.get(eid) == (mod, opt):
                 del self._pending_opts[eid]
+            if self._client.refused:
+                self._answer_refused(f"VTN refused the {opt} answer to event {eid}: {self._client.refused}")
+                continue
+            self.opt_answer_error = None
             log.info("told the VTN %s for event %s", opt, eid)
+
+    def _answer_refused(self, error: str) -> None:
+        # Not sent again: the same answer would be refused again. The utility does not know the
+        # gateway's answer, so the operator has to hear of it.
+        self.opt_answer_error = error
+        log.warning("%s", error)
 
     # -- telemetry ---------------------------------------------------------------------------
 
