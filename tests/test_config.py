@@ -296,3 +296,28 @@ def test_tls_file_errors_name_the_variable_a_path_came_from(tmp_path):
     whole = load_config(None, environ={"EDGE_GATEWAY__OPENADR": f'{{ ca_file = "{missing_ca}" }}'})
     assert tls_file_problems(whole.openadr) == [
         f"openadr.ca_file (from EDGE_GATEWAY__OPENADR): {missing_ca}: No such file or directory"]
+
+
+def test_telemetry_seconds_must_be_whole_seconds(tmp_path):
+    # OpenADR durations travel as whole seconds: 2.5 went out as PT2S, 0.5 as PT0S
+    p = tmp_path / "c.toml"
+    p.write_text("[openadr]\ntelemetry_seconds = 2.5\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(p, environ={})
+    assert "openadr.telemetry_seconds" in str(err.value) and "whole number of seconds" in str(err.value)
+    assert load_config(None, environ={"EDGE_GATEWAY__OPENADR__TELEMETRY_SECONDS": "15"}).openadr.telemetry_seconds == 15
+
+
+def test_the_grid_told_to_the_vtn_is_configurable_and_checked(tmp_path):
+    cfg = load_config(None, environ={})
+    assert (cfg.openadr.power_hertz, cfg.openadr.power_voltage) == (50, 230)
+    p = tmp_path / "c.toml"
+    p.write_text("[openadr]\npower_hertz = 60\npower_voltage = 277\n")
+    cfg = load_config(p, environ={})
+    assert (cfg.openadr.power_hertz, cfg.openadr.power_voltage) == (60, 277)
+    for text, key in (("power_hertz = 55", "openadr.power_hertz"), ("power_voltage = 0", "openadr.power_voltage"),
+                      ("power_voltage = 1e9", "openadr.power_voltage")):
+        p.write_text(f"[openadr]\n{text}\n")
+        with pytest.raises(ConfigError) as err:
+            load_config(p, environ={})
+        assert key in str(err.value), str(err.value)

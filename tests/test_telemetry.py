@@ -7,6 +7,7 @@ import sqlite3
 import time
 from datetime import datetime, timedelta, timezone
 
+import pytest
 from waiting import eventually as until
 
 from ven.config import OpenadrConfig
@@ -106,7 +107,7 @@ async def test_outage_backlog_arrives_once_in_order_with_original_timestamps(tmp
     try:
         await until(lambda: client.connected, 10, "registration")
         await meter(5)
-        await until(lambda: len(first.reports) == 5, 5, "live samples")
+        await until(lambda: queue.pending == 0 and first.updates, 5, "live samples")
         await first.stop()
         await meter(15)                                         # 3 s of outage
         assert queue.pending >= 10
@@ -115,14 +116,20 @@ async def test_outage_backlog_arrives_once_in_order_with_original_timestamps(tmp
         await meter(5)
         await until(lambda: second.registrations >= 1 and queue.pending == 0, 15, "backlog delivered")
         await asyncio.sleep(0.3)                                # nothing may follow twice
-        got = [(ts, value) for _, _, _, ts, value in first.reports + second.reports]
-        assert got == sent, "every sample exactly once, in order, with its own timestamp"
+        got = [(ts, d, value) for vtn in (first, second) for _, ivs in vtn.updates for ts, d, _, value in ivs]
+        # each 1 s interval (the offer's sampling, which DemoVtn requests) once, in order, the mean of its samples
+        buckets: dict[datetime, list[float]] = {}
+        for ts, kw in sent:
+            buckets.setdefault(ts.replace(microsecond=0), []).append(kw)
+        assert [(t, d) for t, d, _ in got] == [(t, timedelta(seconds=1)) for t in sorted(buckets)]
+        assert [v for *_, v in got] == pytest.approx([sum(v) / len(v) for _, v in sorted(buckets.items())])
         assert all(r[1] == "main-meter" and r[2] == "RealPower" for r in second.reports)
         assert second.report_offers[-1][1:] == ("main-meter", "RealPower", "W", "k", timedelta(seconds=1))
         lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("telemetry ")]
         assert len(lines) == len(sent)
-        assert any(line.endswith("(sent)") for line in lines)
+        assert any(" + PT1S, " in line for line in lines)         # which interval a live sample goes to
         assert any("(queued, " in line and "waiting)" in line for line in lines)
+        assert said_once(caplog, "queued telemetry delivered")
         assert client.status()["telemetry"]["pending"] == 0
     finally:
         await client.stop()
@@ -132,3 +139,29 @@ async def test_outage_backlog_arrives_once_in_order_with_original_timestamps(tmp
         await first.stop()
         queue.close()
         storage.close()
+
+
+def said_once(caplog, text):
+    return len([r for r in caplog.records if text in r.getMessage()]) == 1
+
+
+def test_newest_is_the_latest_waiting_sample_and_stays_queued(tmp_path):
+    q = TelemetryQueue(tmp_path / "gw.sqlite")
+    assert q.newest() is None
+    for i in range(3):
+        q.add(T0 + timedelta(seconds=i), 10.0 + i)
+    assert q.newest().kw == 12.0 and q.pending == 3
+    q.ack(q.peek(3)[2:])
+    assert q.newest().kw == 11.0
+    q.close()
+
+
+def test_samples_forgotten_undelivered_are_not_counted_as_delivered(tmp_path):
+    q = TelemetryQueue(tmp_path / "gw.sqlite")
+    for i in range(3):
+        q.add(T0 + timedelta(seconds=i), 10.0 + i)
+    q.ack(q.peek(1), delivered=False)
+    assert q.pending == 2 and q.delivered == 0 and q.sent_total == 0 and q.last_delivery is None
+    q.ack(q.peek(2))
+    assert q.pending == 0 and q.delivered == 2
+    q.close()

@@ -446,8 +446,8 @@ async def test_refused_telemetry_is_logged_once_kept_and_delivered_when_taken(tm
             await until(lambda: [r[4] for r in server.reports] == [12.5], 5, "the kept sample delivered")
             await until(lambda: gw.vtn.status()["last_error"] is None, 2, "the reason cleared")
             assert said(caplog, "VTN refused the report") == [
-                "VTN refused the report: 454 r_id not in the registered report; the samples stay queued and are "
-                "sent again (backoff up to 1 s)"]
+                "VTN refused the report: 454 r_id not in the registered report; the samples stay queued, the reports "
+                "are offered again so the VTN can request them anew (backoff up to 1 s)"]
             assert len(said(caplog, "the VTN takes telemetry again")) == 1
             assert gw.queue.pending == 0
 

@@ -171,6 +171,9 @@ class OpenadrConfig(_Section):
     ven_name: str = Field("edge-gateway", min_length=1)
     report_resource_id: str = Field("main-meter", min_length=1)
     telemetry_seconds: float = Field(10.0, gt=0, le=86400)
+    # the site's grid, told to the VTN in the report metadata (openleadr alone says 50 Hz / 230 V)
+    power_hertz: Literal[50, 60] = 50
+    power_voltage: float = Field(230.0, gt=0, le=1_000_000)
     queue_max_days: float = Field(7.0, gt=0, le=3650)
     retry_min_seconds: float = Field(1.0, gt=0, le=86400)
     retry_max_seconds: float = Field(60.0, gt=0, le=86400)
@@ -200,6 +203,15 @@ class OpenadrConfig(_Section):
             raise ValueError(f"{v!r}: {err}") from None
         if not url.hostname or not _is_host(url.hostname):
             raise ValueError(f"needs a host, e.g. http://vtn.example:8080/OpenADR2/Simple/2.0b, got {v!r}")
+        return v
+
+    @field_validator("telemetry_seconds")
+    @classmethod
+    def _whole_seconds(cls, v: float) -> float:
+        if v != int(v):
+            # OpenADR durations travel as whole seconds: 2.5 went out as PT2S, 0.5 as PT0S
+            raise ValueError(f"must be a whole number of seconds (report durations are sent in whole seconds), "
+                             f"got {v:g}")
         return v
 
     @field_validator("vtn_fingerprint")

@@ -1,7 +1,8 @@
 """Operator log format: one line per thing that happened, UTC ISO timestamps.
 
-INFO lines read `2026-11-21T20:09:30Z telemetry 96.46 kW -> TELEMETRY_USAGE (sent)`; other levels
-carry their level name so warnings stand out when the log is scanned.
+INFO lines read
+`2026-11-21T20:09:30Z telemetry 96.46 kW -> TELEMETRY_USAGE (interval 2026-11-21T20:09:30Z + PT10S, 1 waiting)`;
+other levels carry their level name so warnings stand out when the log is scanned.
 """
 from __future__ import annotations
 

@@ -187,11 +187,23 @@ class TelemetryQueue:
         # Memory only ever holds samples newer than every row in the file (see add).
         return (self._file_rows(limit) + self._memory)[:limit]
 
-    def ack(self, samples: list[Sample]) -> None:
-        """The VTN accepted these: forget them."""
+    def newest(self) -> Sample | None:
+        """The latest waiting sample (a one-shot report sends it without taking it from the queue)."""
+        if self._memory:
+            return self._memory[-1]
+        try:
+            row = self._db().execute("SELECT seq, ts, kw FROM telemetry_queue ORDER BY seq DESC LIMIT 1").fetchone()
+        except sqlite3.Error:
+            return None
+        return Sample(row[0], datetime.fromisoformat(row[1]), row[2]) if row else None
+
+    def ack(self, samples: list[Sample], delivered: bool = True) -> None:
+        """The VTN accepted these: forget them. `delivered=False`: forget them uncounted (samples of
+        an interval already reported, which cannot be sent again)."""
         if not samples and not self._acked:
             return
-        self.sent_total += len(samples)
+        if delivered:
+            self.sent_total += len(samples)
         done = {s.seq for s in samples}
         self._memory = [s for s in self._memory if s.seq not in done]
         done = {self._moved.pop(seq, seq) for seq in done}
@@ -202,7 +214,7 @@ class TelemetryQueue:
             self._acked |= {seq for (seq,) in rows}
         else:
             self._acked.clear()
-        if not samples:
+        if not samples or not delivered:
             return
         self.delivered += len(samples)
         self._dropping = False

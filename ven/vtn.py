@@ -5,13 +5,16 @@ event bookkeeping; this module supplies what openleadr leaves out: retry with ca
 backoff for as long as the gateway runs, detection of a lost VTN context (re-registration request,
 repeated poll failures) followed by a fresh registration with reports, and store-and-forward
 telemetry: each sample is committed to SQLite first and deleted only after the VTN answered the
-oadrUpdateReport carrying it with a 200. openleadr's own scheduler is never started: polling and
-reporting run here, so nothing is sent that this module cannot account for.
+oadrUpdateReport carrying its interval (the mean over the requested granularity) with a 200.
+openleadr's own scheduler is never started: polling and reporting run here, so nothing is sent that
+this module cannot account for.
 """
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import math
 import random
 import ssl
 from datetime import datetime, timedelta, timezone
@@ -20,24 +23,33 @@ from typing import Callable
 
 import aiohttp
 from lxml.etree import XMLSyntaxError
-from openleadr import OpenADRClient, errors as oerrors, objects, utils as outils
+from openleadr import OpenADRClient, enums as oenums, errors as oerrors, objects, utils as outils
 from openleadr.messaging import parse_message, validate_xml_schema, validate_xml_signature
 from signxml.exceptions import InvalidSignature
 
 from .config import OpenadrConfig, key_is_encrypted, tls_file_problems
 from .tasks import cancel_and_wait
 from .events import OPT_IN, OPT_OUT, SIMPLE, from_openleadr, with_opt
+from .report_intervals import (Interval, bucket_start, complete_intervals, effective_granularity, next_boundary,
+                               report_period)
 from .schedule import EventSchedule
 from .telemetry import TelemetryQueue
 
 log = logging.getLogger(__name__)
 
 POLL_FAILURES_FOR_LOSS = 3      # consecutive failed polls before the VTN context counts as lost
-BATCH = 100                     # samples per oadrUpdateReport when catching up
+BATCH = 100                     # intervals per oadrUpdateReport when catching up
+MAX_GRANULARITY = timedelta(hours=1)   # the coarsest interval offered (any multiple of the sampling works)
+INVALID_ID = 452                # OpenADR 2.0b eiResponse code for an ID the VEN does not know
 
 
 def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+# Readings dated this much before the last interval reported mean the wall clock stepped back;
+# closer ones are late readings of an interval already sent, and are dropped.
+CLOCK_STEP = timedelta(seconds=60)
 
 
 class _Client(OpenADRClient):
@@ -50,6 +62,12 @@ class _Client(OpenADRClient):
     # openleadr bounds only the connect (5 s) and each socket read (10 s): a VTN (or proxy) trickling
     # a byte every few seconds would hold a request, and with it registration or polling, forever.
     request_timeout_s: float = 30.0
+    # oadrCreateReport (also the requests an oadrRegisteredReport carries) goes to the VtnClient:
+    # openleadr's create_report answers 200 even to a report or rID never offered
+    on_create_report: Callable | None = None
+
+    async def create_report(self, response_payload):
+        await self.on_create_report(response_payload)
 
     async def _ensure_client_session(self):
         # openleadr's own: ca_file counts only beside a client certificate (a VTN on a private CA was
@@ -165,18 +183,24 @@ class VtnClient:
         self.poll_failures_total = 0   # monotonic, for the metrics counter
         self._report_specifier_id = f"{config.ven_name}-telemetry"
         self._r_id = config.report_resource_id
-        self._report_request_id: str | None = None
+        self._report_request_id: str | None = None   # the standing telemetry request being served
+        self._granularity = timedelta(seconds=config.telemetry_seconds)   # of its intervals
+        self._report_back = self._granularity                             # how often it wants updates
+        self._one_shots: list[str] = []      # one-shot requests waiting for their single report
+        self._sent_until: datetime | None = None   # end of the last interval the VTN took
+        self._next_report: datetime | None = None  # when the next update is due (UTC grid)
+        self._catch_up = False                     # send every complete interval now (backlog, retry)
         self._reports_offered = False
         self.report_offer_error: str | None = None   # why the VTN did not take the offer, while it does not
         self._offer_backoff = 0.0
         self._next_offer = 0.0
         self._report_refused: str | None = None   # why the VTN refuses telemetry, while it does
         self._report_refusals = 0
+        self._reoffer_delay = 0.0   # before the next offer after a refused report (doubles while refused)
         self._tasks: list[asyncio.Task] = []
         self._wake_delivery: asyncio.Event | None = None
         self._lost: asyncio.Event | None = None
         self._opts_dirty: asyncio.Event | None = None
-        self._to_log: list[tuple[int, float]] = []
         self._pending_opts: dict[str, tuple[int, str]] = {}
         self.opt_answer_error: str | None = None   # the VTN's reason for refusing our last opt answer
         self._backlog = 0
@@ -202,13 +226,17 @@ class VtnClient:
     # -- public ------------------------------------------------------------------------------
 
     def record_sample(self, ts: datetime, kw: float) -> None:
-        """Commit one good meter reading, then offer it to the VTN; logs the operator line."""
-        seq = self._telemetry.add(ts, kw)
-        if self.connected and self._report_request_id and self._wake_delivery is not None:
-            self._to_log.append((seq, kw))
-            self._wake_delivery.set()
+        """Commit one good meter reading; it reaches the VTN in its interval once that is complete and
+        an update is due (ven/report_intervals.py). Logs the operator line."""
+        self._telemetry.add(ts, kw)
+        if self.connected and self._report_request_id:
+            start = bucket_start(ts, self._granularity)
+            log.info("telemetry %.2f kW -> TELEMETRY_USAGE (interval %s + %s, %d waiting)", kw, _iso(start),
+                     _duration(self._granularity), self._telemetry.pending)
         else:
             log.info("telemetry %.2f kW -> TELEMETRY_USAGE (queued, %d waiting)", kw, self._telemetry.pending)
+        if self._one_shots and self._wake_delivery is not None:
+            self._wake_delivery.set()
 
     def set_opt_out(self, opted_out: bool) -> None:
         """ADR-Opt-Out changed: update the schedule at once, tell the VTN as soon as it can hear."""
@@ -236,6 +264,8 @@ class VtnClient:
             "ven_id": self.ven_id,
             "registration_id": self.registration_id,
             "report_request_id": self._report_request_id,
+            "report_granularity_seconds": self._granularity.total_seconds() if self._report_request_id else None,
+            "report_back_seconds": self._report_back.total_seconds() if self._report_request_id else None,
             "report_offered": self._reports_offered,
             "report_offer_error": self.report_offer_error,
             "last_poll": self.last_poll.isoformat() if self.last_poll else None,
@@ -325,9 +355,18 @@ class VtnClient:
         client.scheduler = _NoScheduler()
         client.on_event = self._handle_event
         client.on_update_event = self._handle_event
+        client.on_create_report = self._create_report
         sampling = timedelta(seconds=c.telemetry_seconds)
+        # min: how often the meter is sampled; max: any coarser interval is a mean of those samples
+        rate = objects.SamplingRate(min_period=sampling, max_period=max(sampling, MAX_GRANULARITY), on_change=False)
+        # openleadr ignores add_report's power_hertz/power_voltage (its "real_power" is a shared enum
+        # member fixed at 50 Hz / 230 V, and its scale is set on that shared object): give our own copy
+        voltage = int(c.power_voltage) if float(c.power_voltage).is_integer() else c.power_voltage
+        measurement = dataclasses.replace(
+            oenums.MEASUREMENTS.REAL_POWER, scale="k",
+            power_attributes=objects.PowerAttributes(hertz=c.power_hertz, voltage=voltage, ac=True))
         client.add_report(callback=lambda: [], resource_id=c.report_resource_id,
-                          measurement="real_power", unit="W", scale="k", sampling_rate=sampling,
+                          measurement=measurement, unit="W", scale="k", sampling_rate=rate,
                           report_specifier_id=self._report_specifier_id, r_id=self._r_id,
                           report_duration=sampling)
         return client
@@ -362,6 +401,7 @@ class VtnClient:
             self._note_fingerprint()
         self._client = client = self._new_client()
         self._report_request_id = None
+        self._one_shots.clear()
         self._lost.clear()
         rtype, payload = await client.query_registration()
         if rtype is None:
@@ -409,9 +449,6 @@ class VtnClient:
             self.report_offer_error = error
             return False
         self._reports_offered, self._offer_backoff, self.report_offer_error = True, 0.0, None
-        for rr in client.report_requests:
-            if rr["report_specifier_id"] == self._report_specifier_id:
-                self._report_request_id = rr["report_request_id"]
         return True
 
     async def _session(self) -> None:
@@ -487,15 +524,13 @@ class VtnClient:
                     ids = ", ".join(e["event_descriptor"]["event_id"] for e in events)
                     self._answer_refused(f"VTN refused the answer to event(s) {ids}: {client.refused}")
         elif rtype == "oadrCreateReport":
-            await client.create_report(payload)
-            for rr in client.report_requests:
-                if rr["report_specifier_id"] == self._report_specifier_id:
-                    self._report_request_id = rr["report_request_id"]
-            self._wake_delivery.set()
+            await self._create_report(payload)
         elif rtype == "oadrCancelReport":
             if payload.get("report_request_id") == self._report_request_id:
                 self._report_request_id = None
                 log.warning("the VTN cancelled the telemetry report; samples queue until it asks again")
+            if payload.get("report_request_id") in self._one_shots:
+                self._one_shots.remove(payload.get("report_request_id"))
             try:
                 await client.cancel_report(payload)
             except Exception as err:  # noqa: BLE001 - openleadr's bookkeeping only
@@ -631,28 +666,31 @@ class VtnClient:
     async def _deliver_loop(self) -> None:
         backoff = self._cfg.retry_min_seconds
         while True:
-            timeout = None
-            while self.connected and self._report_request_id and self._telemetry.pending:
-                if self._opts_dirty.is_set():
-                    self._opts_dirty.clear()
-                    await self._send_opts()
-                batch = self._telemetry.peek(BATCH)
-                if await self._send_report(batch):
-                    self._telemetry.ack(batch)
-                    if len(batch) > 1 or self._backlog:
-                        self._backlog += len(batch)
-                    backoff = self._cfg.retry_min_seconds
-                else:
-                    timeout = backoff
-                    backoff = min(backoff * 2, self._cfg.retry_max_seconds)
-                    break
-            if self._backlog and not self._telemetry.pending:
-                log.info("queued telemetry delivered: %d sample(s) with their original timestamps", self._backlog)
-                self._backlog = 0
-            self._flush_log()
+            failed = False
             if self._opts_dirty.is_set() and self.connected:
                 self._opts_dirty.clear()
                 await self._send_opts()
+            if self.connected and self._one_shots and self._telemetry.newest() is not None:
+                failed = not await self._send_one_shots()
+            if self.connected and self._report_request_id and not failed:
+                now = _utcnow()
+                if self._catch_up or now >= self._next_report:
+                    if await self._send_complete(now):
+                        self._catch_up = False
+                        self._next_report = next_boundary(now, report_period(self._granularity, self._report_back))
+                    else:
+                        self._catch_up = True        # once the backoff has passed, whatever is complete by then
+                        failed = True
+            if failed:
+                timeout = backoff
+                backoff = min(backoff * 2, self._cfg.retry_max_seconds)
+            else:
+                backoff = self._cfg.retry_min_seconds
+                timeout = (max(0.0, (self._next_report - _utcnow()).total_seconds())
+                           if self.connected and self._report_request_id else None)
+            if self._backlog and not self._catch_up and self._report_request_id:
+                log.info("queued telemetry delivered: %d interval(s) with their original times", self._backlog)
+                self._backlog = 0
             try:
                 async with asyncio.timeout(timeout):
                     await self._wake_delivery.wait()
@@ -660,29 +698,162 @@ class VtnClient:
                 pass
             self._wake_delivery.clear()
 
-    def _flush_log(self) -> None:
-        if not self._to_log:
-            return
-        waiting = self._telemetry.pending
-        for seq, kw in self._to_log:
-            if self._telemetry.contains(seq):
-                log.info("telemetry %.2f kW -> TELEMETRY_USAGE (queued, %d waiting)", kw, waiting)
-            else:
-                log.info("telemetry %.2f kW -> TELEMETRY_USAGE (sent)", kw)
-        self._to_log.clear()
+    def _complete(self, now: datetime) -> tuple[list[Interval], list]:
+        """The complete intervals at the head of the queue (at most BATCH), and samples of periods
+        already reported. A read that fills up may end inside an interval: that one waits for a read
+        reaching past it (unless it is the only one, then the read is widened)."""
+        per_interval = max(1, math.ceil(self._granularity / timedelta(seconds=self._cfg.telemetry_seconds)))
+        limit = BATCH * per_interval + 1
+        while True:
+            samples = self._telemetry.peek(limit)
+            intervals, late = complete_intervals(samples, self._granularity, now, self._sent_until)
+            if len(samples) < limit:
+                return intervals[:BATCH], late
+            if len(intervals) > 1 or not intervals:
+                return intervals[:-1][:BATCH] or intervals, late
+            limit *= 2
 
-    async def _send_report(self, batch) -> bool:
+    async def _send_complete(self, now: datetime) -> bool:
+        """Every complete interval not yet sent, oldest first, BATCH per oadrUpdateReport; each sample
+        leaves the queue only once the VTN took the update that carried its interval."""
+        while self.connected and self._report_request_id:
+            intervals, late = self._complete(now)
+            if late and min(x.ts for x in late) < self._sent_until - max(self._granularity, CLOCK_STEP):
+                # Far older than the last interval sent: not a late reading but a wall clock stepped back
+                # (NTP). Dropping would lose every reading until the clock is past the old time again;
+                # sent, their intervals overlap the ones stamped by the clock that was ahead.
+                log.warning("telemetry samples dated up to %s before the last interval reported: the clock "
+                            "stepped back; intervals are reported again from %s", self._sent_until - min(
+                                x.ts for x in late), _iso(min(x.ts for x in late)))
+                self._sent_until = None
+                continue
+            if late:
+                log.warning("%d telemetry sample(s) dated before %s, the end of the last interval reported "
+                            "(the clock stepped back?): dropped, as their interval cannot be sent twice",
+                            len(late), _iso(self._sent_until))
+                self._telemetry.ack(late, delivered=False)
+            if not intervals:
+                return True
+            if not await self._send_report(intervals, self._report_request_id):
+                return False
+            self._telemetry.ack([s for iv in intervals for s in iv.samples])
+            self._sent_until = intervals[-1].end
+            log.info("TELEMETRY_USAGE: %d interval(s) of %s from %s to %s sent (request %s)", len(intervals),
+                     _duration(self._granularity), _iso(intervals[0].start), _iso(intervals[-1].end),
+                     self._report_request_id)
+            if self._catch_up and (len(intervals) > 1 or self._backlog):
+                self._backlog += len(intervals)
+        return False
+
+    async def _send_one_shots(self) -> bool:
+        """A one-shot request (granularity and reportBackDuration 0) gets the latest reading, once.
+        The reading stays queued: it belongs to the standing request's interval too."""
+        sample = self._telemetry.newest()
+        step = timedelta(seconds=self._cfg.telemetry_seconds)
+        interval = Interval(bucket_start(sample.ts, step), step, sample.kw, ())
+        for rrid in list(self._one_shots):
+            if not await self._send_report([interval], rrid):
+                return False
+            if rrid not in self._one_shots:
+                continue                # refused: given up (logged)
+            self._one_shots.remove(rrid)
+            self._forget_request(rrid)
+            log.info("one-shot report %s sent: %.2f kW read at %s; the request is finished",
+                     rrid, sample.kw, _iso(sample.ts))
+        return True
+
+    def _offer_again(self, rrid: str) -> None:
+        """The VTN refuses updates under this request (452: it forgot the request, e.g. restarted with
+        the registrations but not the report requests). Polls go on, so nothing else would ever let it
+        request telemetry again: the reports are offered anew, and the backlog goes to its new request."""
+        if rrid != self._report_request_id:
+            return
+        self._report_request_id = None
+        self._forget_request(rrid)
+        self._reports_offered = False
+        self._next_offer = asyncio.get_running_loop().time() + self._reoffer_delay
+        self._reoffer_delay = min(max(self._reoffer_delay * 2, self._cfg.retry_min_seconds),
+                                  self._cfg.retry_max_seconds)
+
+    def _forget_request(self, rrid: str) -> None:
+        if self._client is not None:
+            self._client.report_requests[:] = [r for r in self._client.report_requests
+                                               if r["report_request_id"] != rrid]
+
+    async def _create_report(self, payload: dict) -> None:
+        """oadrCreateReport: serve what was offered, refuse (452) what was not, answer oadrCreatedReport.
+        One standing request is served at a time: a newer one replaces it (logged)."""
         client = self._client
-        rrid = self._report_request_id
+        sampling = timedelta(seconds=self._cfg.telemetry_seconds)
+        refused: list[str] = []
+        for rr in payload.get("report_requests") or []:
+            rrid = rr["report_request_id"]
+            spec = rr.get("report_specifier") or {}
+            sid = spec.get("report_specifier_id")
+            r_ids = [p.get("r_id") for p in spec.get("specifier_payloads") or []]
+            if sid != self._report_specifier_id:
+                refused.append(f"{rrid}: report {sid!r} was never offered (offered: {self._report_specifier_id!r})")
+                continue
+            unknown = [r for r in r_ids if r != self._r_id]
+            if unknown or not r_ids:
+                refused.append(f"{rrid}: rID {', '.join(map(repr, unknown)) or '(none)'} not in report {sid!r} "
+                               f"(offered: {self._r_id!r})")
+                continue
+            asked = spec.get("granularity")
+            back = spec.get("report_back_duration") or timedelta(0)
+            client.report_requests[:] = [r for r in client.report_requests if r["report_request_id"] != rrid]
+            client.report_requests.append({"report_request_id": rrid, "report_specifier_id": sid,
+                                           "report_back_duration": back, "r_ids": r_ids, "granularity": asked,
+                                           "job": None})
+            if asked == timedelta(0) and back == timedelta(0):
+                self._one_shots.append(rrid)
+                log.info("VTN asked for one TELEMETRY_USAGE report (request %s): the latest reading is sent once",
+                         rrid)
+                continue
+            granularity = effective_granularity(asked or None, sampling)
+            if asked and asked < sampling:
+                log.warning("VTN request %s asks for intervals of %s, finer than the meter is sampled (%s, "
+                            "openadr.telemetry_seconds): intervals of %s are sent instead",
+                            rrid, _duration(asked), _duration(sampling), _duration(granularity))
+            self._adopt(rrid, granularity, back)
+        pending = [{"report_request_id": r} for r in [self._report_request_id, *self._one_shots] if r]
+        if refused:
+            log.warning("VTN requested telemetry the gateway never offered, refused with %d: %s",
+                        INVALID_ID, "; ".join(refused))
+            response = {"response_code": INVALID_ID, "response_description": "; ".join(refused)[:200]}
+        else:
+            response = {"response_code": 200, "response_description": "OK"}
+        response["request_id"] = payload.get("request_id") or (payload.get("response") or {}).get("request_id")
+        msg = client._create_message("oadrCreatedReport", response=response, ven_id=self.ven_id,
+                                     pending_reports=pending)
+        await client._perform_request("EiReport", msg)
+        self._wake_delivery.set()
+
+    def _adopt(self, rrid: str, granularity: timedelta, back: timedelta) -> None:
+        old = self._report_request_id
+        how = (f"intervals of {_duration(granularity)} (mean of the readings in each), "
+               + (f"sent every {_duration(back)}" if back > granularity else "each sent as it completes"))
+        if old and old != rrid:
+            # openleadr keeps the old one listed, so an oadrCancelReport for it is still answered
+            log.info("VTN report request %s replaces %s (one telemetry request is served at a time): %s",
+                     rrid, old, how)
+        elif old != rrid or (granularity, back) != (self._granularity, self._report_back):
+            log.info("VTN requested telemetry (request %s): %s", rrid, how)
+        self._report_request_id, self._granularity, self._report_back = rrid, granularity, back
+        self._next_report = next_boundary(_utcnow(), report_period(granularity, back))
+        self._catch_up = True        # what is complete already (queued while nothing was requested) goes now
+
+    async def _send_report(self, intervals: list[Interval], rrid: str) -> bool:
+        client = self._client
         if client is None or rrid is None:
             return False
-        step = timedelta(seconds=self._cfg.telemetry_seconds)
-        intervals = [objects.ReportInterval(dtstart=s.ts, duration=step,
-                                            report_payload=objects.ReportPayload(r_id=self._r_id, value=s.kw))
-                     for s in batch]
+        report_intervals = [objects.ReportInterval(dtstart=iv.start, duration=iv.duration,
+                                                   report_payload=objects.ReportPayload(r_id=self._r_id,
+                                                                                        value=iv.value))
+                            for iv in intervals]
         report = objects.Report(report_request_id=rrid, report_specifier_id=self._report_specifier_id,
-                                report_name="TELEMETRY_USAGE", intervals=intervals,
-                                dtstart=batch[0].ts, duration=batch[-1].ts - batch[0].ts + step)
+                                report_name="TELEMETRY_USAGE", intervals=report_intervals,
+                                dtstart=intervals[0].start, duration=intervals[-1].end - intervals[0].start)
         msg = client._create_message("oadrUpdateReport", ven_id=self.ven_id,
                                      request_id=outils.generate_id(), reports=[report])
         rtype, payload = await client._perform_request("EiReport", msg)
@@ -691,6 +862,7 @@ class VtnClient:
                 log.info("the VTN takes telemetry again after %d refused report(s)", self._report_refusals)
                 self._clear_error(self._report_refused)
                 self._report_refused, self._report_refusals = None, 0
+            self._reoffer_delay = 0.0
             return True
         if rtype == "oadrRequestReregistration":
             self.last_error = "the VTN no longer knows this VEN (re-registration requested)"
@@ -699,14 +871,29 @@ class VtnClient:
             # polls may go on fine meanwhile: this is the only place the operator hears of it
             self.last_error = (f"VTN refused the report: {client.refused}" if client.refused
                                else f"VTN answered the report with {rtype} code {_response_code(payload)}")
+            if rrid in self._one_shots:
+                self._one_shots.remove(rrid)     # its one chance: the VTN does not want it
+                self._forget_request(rrid)
+                log.warning("%s; the one-shot report %s is given up", self.last_error, rrid)
+                return True
             if self.last_error != self._report_refused:
-                log.warning("%s; the samples stay queued and are sent again (backoff up to %g s)",
-                            self.last_error, self._cfg.retry_max_seconds)
+                log.warning("%s; the samples stay queued, the reports are offered again so the VTN can request "
+                            "them anew (backoff up to %g s)", self.last_error, self._cfg.retry_max_seconds)
             self._report_refused = self.last_error
             self._report_refusals += 1
+            self._offer_again(rrid)
         else:
             self.last_error = client.last_error
         return False
+
+
+def _iso(t: datetime | None) -> str:
+    return t.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z") if t else "-"
+
+
+def _duration(d: timedelta) -> str:
+    """ISO 8601, as on the wire (PT10S, PT5M, PT1H30M)."""
+    return outils.timedeltaformat(d)
 
 
 def _answer(event) -> str:

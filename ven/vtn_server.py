@@ -18,7 +18,7 @@ from dataclasses import asdict
 from datetime import datetime, timedelta, timezone
 from typing import Iterable
 
-from openleadr import OpenADRServer, objects
+from openleadr import OpenADRServer, errors, objects
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +27,18 @@ class DemoVtn:
     def __init__(self, port: int, host: str = "127.0.0.1", vtn_id: str = "DEMO-VTN",
                  poll_seconds: float = 1.0, cert: str | None = None, key: str | None = None,
                  passphrase: str | None = None, ca_file: str | None = None,
-                 ven_fingerprint: str | None = None):
+                 ven_fingerprint: str | None = None, report_granularity: timedelta | None = None,
+                 report_back: timedelta | None = None):
+        """`report_granularity` / `report_back`: what to request for each TELEMETRY_USAGE offered
+        (default: the offer's minimum sampling period, with updates as often)."""
         self.host, self.port = host, port
+        self.report_granularity, self.report_back = report_granularity, report_back
+        # every oadrUpdateReport as it arrived: (report_request_id, [(dtstart, duration, r_id, value)])
+        self.updates: list[tuple[str, list[tuple[datetime, timedelta, str, float]]]] = []
+        self.created_reports: list[tuple[int, str, list[str]]] = []   # oadrCreatedReport: code, text, pending
+        self.report_metadata: list[dict] = []                        # each oadrRegisterReport's reports
+        self._outbox: dict[str, list[tuple[str, dict]]] = {}
+        self._forgotten: set[str] = set()
         self.vtn_id = vtn_id
         self.tls = bool(cert and key and ca_file)
         self.url = f"{'https' if self.tls else 'http'}://{host}:{port}/OpenADR2/Simple/2.0b"
@@ -56,6 +66,13 @@ class DemoVtn:
         s.add_handler("on_created_event", self._on_created_event)
         s.add_handler("on_cancel_party_registration", self._on_cancel_registration)
         self._running = False
+        handlers = s.services["report_service"].handlers
+        for message_type, watch in (("oadrUpdateReport", self._on_update), ("oadrCreatedReport", self._on_created),
+                                    ("oadrRegisterReport", self._on_register_report_message)):
+            async def watched(payload, real=handlers[message_type], watch=watch):
+                watch(payload)
+                return await real(payload)
+            handlers[message_type] = watched
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -156,6 +173,36 @@ class DemoVtn:
                 return
         raise KeyError(f"the demo VTN handles no {message_type}")
 
+    def create_report(self, ven_id: str, granularity: timedelta, report_back: timedelta,
+                      report_specifier_id: str | None = None, r_id: str | None = None,
+                      report_request_id: str | None = None) -> str:
+        """Send the VEN an oadrCreateReport on its next poll (by default for the report and rID it
+        offered last); returns the reportRequestID."""
+        offered = [r for r in self.report_metadata if r["ven_id"] == ven_id]
+        if not offered and (report_specifier_id is None or r_id is None):
+            raise KeyError(f"VEN {ven_id} offered no report")
+        report_specifier_id = report_specifier_id or offered[-1]["report_specifier_id"]
+        r_id = r_id or offered[-1]["r_id"]
+        rrid = report_request_id or f"rr-{uuid.uuid4().hex[:8]}"
+        request = objects.ReportRequest(
+            report_request_id=rrid,
+            report_specifier=objects.ReportSpecifier(
+                report_specifier_id=report_specifier_id, granularity=granularity, report_back_duration=report_back,
+                specifier_payloads=[objects.SpecifierPayload(r_id=r_id, reading_type="Direct Read")]))
+        self._outbox.setdefault(ven_id, []).append(
+            ("oadrCreateReport", {"request_id": uuid.uuid4().hex[:8], "report_requests": [request], "ven_id": ven_id}))
+        return rrid
+
+    def forget_report_requests(self) -> list[str]:
+        """Act as a VTN restarted with its registrations but not its report requests: every later
+        oadrUpdateReport under a request issued so far is answered 452. Returns those requests."""
+        issued = {rr.report_request_id for rrs in self._server.services["report_service"].requested_reports.values()
+                  for rr in rrs} | {rrid for rrid, _ in self.updates}
+        issued |= {rrid for _, rrs in self._outbox.items() for _, p in rrs
+                   for rrid in [r.report_request_id for r in p.get("report_requests", [])]}
+        self._forgotten |= issued
+        return sorted(issued)
+
     modify = modify_event
     cancel = cancel_event
 
@@ -249,9 +296,36 @@ class DemoVtn:
         def received(values, ven_id=ven_id, resource_id=resource_id, measurement=measurement):
             for ts, value in values:
                 self.reports.append((ven_id, resource_id, measurement, ts, float(value)))
+        if self.report_granularity is not None or self.report_back is not None:
+            granularity = self.report_granularity if self.report_granularity is not None else min_sampling_interval
+            return received, granularity, self.report_back if self.report_back is not None else granularity
         return received, min_sampling_interval
 
+    def _on_update(self, payload):
+        for report in payload.get("reports") or []:
+            if report["report_request_id"] in self._forgotten:
+                raise errors.InvalidIdError(f"reportRequestID {report['report_request_id']} unknown")
+        for report in payload.get("reports") or []:
+            self.updates.append((report["report_request_id"],
+                                 [(i["dtstart"], i.get("duration"), i["report_payload"]["r_id"],
+                                   float(i["report_payload"]["value"])) for i in report.get("intervals") or []]))
+
+    def _on_created(self, payload):
+        response = payload.get("response") or {}
+        self.created_reports.append((int(response.get("response_code") or 0), response.get("response_description"),
+                                     [p["report_request_id"] for p in payload.get("pending_reports") or []]))
+
+    def _on_register_report_message(self, payload):
+        for report in payload.get("reports") or []:
+            for rd in report.get("report_descriptions") or []:
+                self.report_metadata.append({"ven_id": payload.get("ven_id"),
+                                             "report_specifier_id": report.get("report_specifier_id"),
+                                             "r_id": rd.get("r_id"), "sampling_rate": rd.get("sampling_rate"),
+                                             "power_attributes": (rd.get("measurement") or {}).get("power_attributes")})
+
     def _on_poll(self, ven_id):
+        if self._outbox.get(ven_id):
+            return self._outbox[ven_id].pop(0)
         if self._updated.get(ven_id):
             self._updated[ven_id] = False
             return "oadrDistributeEvent", {"events": self._listed()}

@@ -1,0 +1,282 @@
+"""What a utility's VTN receives for the telemetry it requests: intervals of the granularity it asked
+for, on the clock grid, each the mean of the meter readings in it, sent every reportBackDuration;
+one-shot requests; requests for something never offered; a VTN that forgets its request.
+A real openleadr VTN (DemoVtn) on loopback, a real SQLite queue."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from waiting import eventually as until
+
+from ven.config import OpenadrConfig
+from ven.schedule import EventSchedule
+from ven.storage import Storage
+from ven.telemetry import TelemetryQueue
+from ven.vtn import VtnClient
+from ven.vtn_server import DemoVtn
+
+S = timedelta(seconds=1)
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Rig:
+    def __init__(self, tmp_path, url, **cfg):
+        cfg = {"retry_min_seconds": 0.2, "retry_max_seconds": 1.0, "telemetry_seconds": 1.0, **cfg}
+        self.storage = Storage(tmp_path / "gw.sqlite")
+        self.schedule = EventSchedule(self.storage, lambda st: None)
+        self.queue = TelemetryQueue(tmp_path / "gw.sqlite")
+        self.vtn = VtnClient(OpenadrConfig(vtn_url=url, **cfg), self.schedule, self.queue)
+        self.taken: list[tuple[datetime, float]] = []      # every reading recorded, in order
+        self._meter: asyncio.Task | None = None
+
+    def start_meter(self, every: float = 0.25) -> None:
+        async def meter():
+            while True:
+                ts = now()
+                kw = round(50 + len(self.taken) * 0.37, 2)
+                self.taken.append((ts, kw))
+                self.vtn.record_sample(ts, kw)
+                await asyncio.sleep(every)
+        self._meter = asyncio.create_task(meter())
+
+    async def stop_meter(self) -> None:
+        if self._meter is not None:
+            self._meter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._meter
+            self._meter = None
+
+
+@contextlib.asynccontextmanager
+async def running(tmp_path, url, **cfg):
+    rig = Rig(tmp_path, url, **cfg)
+    await rig.schedule.start()
+    await rig.vtn.start()
+    try:
+        yield rig
+    finally:
+        await rig.stop_meter()
+        await rig.vtn.stop()
+        await rig.schedule.stop()
+        rig.queue.close()
+        rig.storage.close()
+
+
+def expected(taken, granularity: timedelta):
+    """What the utility expects: one interval per clock-aligned bucket holding readings, their mean."""
+    g = granularity.total_seconds()
+    buckets: dict[datetime, list[float]] = {}
+    for ts, kw in taken:
+        start = EPOCH + timedelta(seconds=math.floor((ts - EPOCH).total_seconds() / g) * g)
+        buckets.setdefault(start, []).append(kw)
+    return [(start, granularity, sum(v) / len(v)) for start, v in sorted(buckets.items())]
+
+
+def received(*vtns, rrid=None):
+    return [(ts, duration, value) for vtn in vtns for r, intervals in vtn.updates if rrid in (None, r)
+            for ts, duration, _, value in intervals]
+
+
+def same(got, want):
+    assert [(t, d) for t, d, _ in got] == [(t, d) for t, d, _ in want]
+    assert [v for *_, v in got] == pytest.approx([v for *_, v in want], abs=1e-9)
+
+
+def said(caplog, text):
+    return [r.getMessage() for r in caplog.records if text in r.getMessage()]
+
+
+async def test_intervals_have_the_requested_granularity_are_means_and_come_every_report_back(
+        tmp_path, free_tcp_port, caplog):
+    caplog.set_level(logging.INFO, logger="ven")
+    g, r = 2 * S, 4 * S
+    async with DemoVtn(free_tcp_port(), poll_seconds=1, report_granularity=g, report_back=r) as server:
+        async with running(tmp_path, server.url) as rig:
+            await until(lambda: rig.vtn.status()["report_request_id"], 10, "telemetry requested")
+            rig.start_meter(0.25)
+            await asyncio.sleep(9)
+            await rig.stop_meter()
+            want = expected(rig.taken, g)
+            await until(lambda: len(received(server)) >= len(want), 10, "every interval")
+            await asyncio.sleep(0.3)
+            same(received(server), want)                      # aligned dtstart, PT2S, mean, each once
+            sizes = [len(intervals) for _, intervals in server.updates]
+            assert max(sizes) == 2 and sizes.count(2) >= len(sizes) - 2, sizes   # two 2-s intervals per 4 s
+            assert rig.queue.pending == 0
+            assert said(caplog, "intervals of PT2S (mean of the readings in each), sent every PT4S")
+            assert (rig.vtn.status()["report_granularity_seconds"], rig.vtn.status()["report_back_seconds"]) == (2, 4)
+
+
+async def test_backlog_after_a_vtn_outage_is_the_same_intervals_once_in_order(tmp_path, free_tcp_port):
+    g = 2 * S
+    port = free_tcp_port()
+    first = DemoVtn(port, poll_seconds=1, report_granularity=g, report_back=g)
+    second = None
+    await first.start()
+    try:
+        async with running(tmp_path, first.url) as rig:
+            await until(lambda: rig.vtn.status()["report_request_id"], 10, "telemetry requested")
+            rig.start_meter(0.25)
+            await until(lambda: len(received(first)) >= 2, 8, "live intervals")
+            await first.stop()
+            await asyncio.sleep(4)                           # two intervals or more complete meanwhile
+            assert rig.queue.pending >= 8
+            # a restarted VTN: knows no VEN (built only now: openleadr shares its ven lookup between servers)
+            second = DemoVtn(port, poll_seconds=1, report_granularity=g, report_back=g)
+            await second.start()
+            await until(lambda: second.registrations == 1, 10, "registration again")
+            await asyncio.sleep(1.5)
+            await rig.stop_meter()
+            want = expected(rig.taken, g)
+            await until(lambda: rig.queue.pending == 0, 10, "backlog delivered")
+            await asyncio.sleep(0.3)
+            same(received(first, second), want)
+            assert any(len(intervals) >= 2 for _, intervals in second.updates), "the backlog batched"
+    finally:
+        if second is not None:
+            await second.stop()
+        await first.stop()
+
+
+async def test_a_one_shot_request_gets_one_report_with_the_latest_reading(tmp_path, free_tcp_port, caplog):
+    caplog.set_level(logging.INFO, logger="ven")
+    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
+        async with running(tmp_path, server.url) as rig:
+            await until(lambda: rig.vtn.status()["report_request_id"], 10, "telemetry requested")
+            standing = rig.vtn.status()["report_request_id"]
+            rig.start_meter(0.5)
+            await until(lambda: received(server), 5, "the standing request served")
+            oneshot = server.create_report(rig.vtn.ven_id, timedelta(0), timedelta(0))
+            await until(lambda: received(server, rrid=oneshot), 5, "the one-shot report")
+            latest = rig.taken[-1]
+            await asyncio.sleep(3)
+            got = received(server, rrid=oneshot)
+            assert len(got) == 1, got                                 # once, not a stream
+            assert got[0][2] in [kw for _, kw in rig.taken[-8:]] and got[0][1] == S
+            assert abs((got[0][0] - latest[0]).total_seconds()) < 3
+            assert (200, "OK", [standing, oneshot]) in server.created_reports
+            assert rig.vtn.status()["report_request_id"] == standing   # the stream goes on under its request
+            assert len(received(server, rrid=standing)) >= 4
+            assert len(said(caplog, f"one-shot report {oneshot} sent")) == 1
+
+
+@pytest.mark.parametrize("what", ["rid", "spec"])
+async def test_a_request_for_something_never_offered_is_refused_and_not_streamed_to(
+        tmp_path, free_tcp_port, caplog, what):
+    caplog.set_level(logging.INFO, logger="ven")
+    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
+        async with running(tmp_path, server.url) as rig:
+            await until(lambda: rig.vtn.status()["report_request_id"], 10, "telemetry requested")
+            standing = rig.vtn.status()["report_request_id"]
+            rig.start_meter(0.5)
+            bad = server.create_report(rig.vtn.ven_id, S, S, **({"r_id": "no-such-rid"} if what == "rid"
+                                                                 else {"report_specifier_id": "no-such-report"}))
+            await until(lambda: [c for c in server.created_reports if c[0] != 200], 5, "the refusal")
+            code, text, pending = server.created_reports[-1]
+            assert code == 452 and bad in text and pending == [standing]
+            await asyncio.sleep(2.5)
+            assert received(server, rrid=bad) == []
+            assert rig.vtn.status()["report_request_id"] == standing and received(server, rrid=standing)
+            lines = said(caplog, "never offered, refused with 452")
+            assert len(lines) == 1 and ("no-such-rid" if what == "rid" else "no-such-report") in lines[0]
+
+
+async def test_a_second_request_replaces_the_first_and_says_so(tmp_path, free_tcp_port, caplog):
+    caplog.set_level(logging.INFO, logger="ven")
+    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
+        async with running(tmp_path, server.url) as rig:
+            await until(lambda: rig.vtn.status()["report_request_id"], 10, "telemetry requested")
+            first = rig.vtn.status()["report_request_id"]
+            rig.start_meter(0.5)
+            second = server.create_report(rig.vtn.ven_id, 2 * S, 2 * S)
+            await until(lambda: received(server, rrid=second), 8, "the second request served")
+            assert said(caplog, "replaces") == [
+                f"VTN report request {second} replaces {first} (one telemetry request is served at a time): "
+                "intervals of PT2S (mean of the readings in each), each sent as it completes"]
+            assert all(d == 2 * S for _, d, _ in received(server, rrid=second))
+
+
+async def test_a_vtn_refusing_a_forgotten_request_gets_the_offer_again_and_the_backlog(
+        tmp_path, free_tcp_port, caplog):
+    caplog.set_level(logging.INFO, logger="ven")
+    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
+        async with running(tmp_path, server.url) as rig:
+            await until(lambda: rig.vtn.status()["report_request_id"], 10, "telemetry requested")
+            old = rig.vtn.status()["report_request_id"]
+            rig.start_meter(0.25)
+            await until(lambda: len(received(server)) >= 2, 5, "live intervals")
+            assert server.forget_report_requests() == [old]
+            await until(lambda: rig.vtn.status()["report_request_id"] not in (None, old), 10, "a new request")
+            new = rig.vtn.status()["report_request_id"]
+            await asyncio.sleep(1.5)
+            await rig.stop_meter()
+            await until(lambda: rig.queue.pending == 0, 10, "backlog delivered under the new request")
+            await asyncio.sleep(0.3)
+            same(received(server), expected(rig.taken, S))       # nothing lost, nothing twice
+            assert received(server, rrid=new)
+            assert len(server.report_metadata) == 2 and server.registrations == 1   # offered again, no re-registration
+            assert len(said(caplog, "VTN refused the report: 452")) == 1
+            assert rig.vtn.connected and rig.vtn.status()["last_error"] is None
+
+
+async def test_a_granularity_finer_than_the_sampling_is_said_and_the_sampling_sent(tmp_path, free_tcp_port, caplog):
+    caplog.set_level(logging.INFO, logger="ven")
+    async with DemoVtn(free_tcp_port(), poll_seconds=1, report_granularity=S, report_back=S) as server:
+        async with running(tmp_path, server.url, telemetry_seconds=2.0) as rig:
+            await until(lambda: rig.vtn.status()["report_request_id"], 10, "telemetry requested")
+            rig.start_meter(0.5)
+            await until(lambda: len(received(server)) >= 2, 8, "intervals")
+            assert {d for _, d, _ in received(server)} == {2 * S}
+            assert said(caplog, "finer than the meter is sampled") == [
+                f"VTN request {rig.vtn.status()['report_request_id']} asks for intervals of PT1S, finer than the "
+                "meter is sampled (PT2S, openadr.telemetry_seconds): intervals of PT2S are sent instead"]
+
+
+async def test_the_report_metadata_tells_the_sites_grid_and_the_granularities_offered(tmp_path, free_tcp_port):
+    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
+        async with running(tmp_path, server.url, power_hertz=60, power_voltage=120) as rig:
+            await until(lambda: rig.vtn.status()["report_request_id"], 10, "telemetry requested")
+            meta = server.report_metadata[-1]
+            assert meta["power_attributes"] == {"hertz": 60, "voltage": 120, "ac": True}
+            assert (meta["sampling_rate"]["min_period"], meta["sampling_rate"]["max_period"]) == (S, timedelta(hours=1))
+
+
+async def test_a_reading_dated_in_an_interval_already_reported_does_not_send_that_interval_twice(
+        tmp_path, free_tcp_port, caplog):
+    caplog.set_level(logging.INFO, logger="ven")
+    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
+        async with running(tmp_path, server.url) as rig:
+            await until(lambda: rig.vtn.status()["report_request_id"], 10, "telemetry requested")
+            rig.start_meter(0.25)
+            await until(lambda: len(received(server)) >= 3, 8, "live intervals")
+            rig.vtn.record_sample(now() - 3 * S, 999.0)           # the clock stepped back
+            await until(lambda: said(caplog, "the clock stepped back?"), 4, "the dropped reading named")
+            await rig.stop_meter()
+            await until(lambda: rig.queue.pending == 0, 5, "drained")
+            starts = [t for t, _, _ in received(server)]
+            assert len(starts) == len(set(starts)) and 999.0 not in [v for *_, v in received(server)]
+            assert rig.queue.delivered == len(rig.taken)          # the dropped one is not counted as delivered
+
+
+async def test_readings_after_the_clock_stepped_back_minutes_are_reported_not_dropped(
+        tmp_path, free_tcp_port, caplog):
+    caplog.set_level(logging.INFO, logger="ven")
+    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
+        async with running(tmp_path, server.url) as rig:
+            await until(lambda: rig.vtn.status()["report_request_id"], 10, "telemetry requested")
+            rig.start_meter(0.25)
+            await until(lambda: len(received(server)) >= 3, 8, "live intervals")
+            stepped = now() - 300 * S                              # NTP stepped the clock back 5 minutes
+            rig.vtn.record_sample(stepped, 999.0)
+            await until(lambda: 999.0 in [v for *_, v in received(server)], 5, "the reading reported")
+            assert said(caplog, "the clock stepped back; intervals are reported again")
+            await rig.stop_meter()

@@ -1,0 +1,91 @@
+"""Meter samples -> the report intervals a VTN asked for (OpenADR TELEMETRY_USAGE). Pure: no I/O.
+
+A utility reads each interval as "the mean power over [dtstart, dtstart + duration)", and adds
+intervals up to energy. So samples are grouped into buckets of the requested granularity laid on
+the UTC clock grid (start = floor(t / G) * G), each bucket's value is the mean of the readings
+taken in it, and a bucket is ready only once its end has passed: a bucket sent early would be
+sent again, changed, when its later readings arrive. A bucket with no reading is not sent (no
+value is invented for a gap in the meter's data).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Iterable, Protocol
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+class SampleLike(Protocol):
+    seq: int
+    ts: datetime
+    kw: float
+
+
+@dataclass(frozen=True)
+class Interval:
+    start: datetime
+    duration: timedelta
+    value: float
+    samples: tuple        # the samples averaged into it: acknowledged together once the VTN took it
+
+    @property
+    def end(self) -> datetime:
+        return self.start + self.duration
+
+
+def bucket_start(ts: datetime, granularity: timedelta) -> datetime:
+    """floor(ts / G) * G on the UTC grid (for G = PT1M: the start of the minute)."""
+    g = _whole_microseconds(granularity)
+    us = (ts - _EPOCH) // timedelta(microseconds=1)
+    return _EPOCH + timedelta(microseconds=(us // g) * g)
+
+
+def next_boundary(now: datetime, period: timedelta) -> datetime:
+    """The first multiple of `period` on the UTC grid strictly after `now`."""
+    return bucket_start(now, period) + period
+
+
+def complete_intervals(samples: Iterable[SampleLike], granularity: timedelta, now: datetime,
+                       sent_until: datetime | None = None) -> tuple[list[Interval], list[SampleLike]]:
+    """(intervals whose end has passed, in time order; samples of a period already reported).
+
+    `sent_until`: the end of the last interval the VTN took. A sample before it (the clock stepped
+    back, or a reading arrived after its interval went out) would make that interval appear twice
+    with two values: it is returned apart for the caller to account for, never put in an interval."""
+    buckets: dict[datetime, list[SampleLike]] = {}
+    late: list[SampleLike] = []
+    for s in samples:
+        if sent_until is not None and s.ts < sent_until:
+            late.append(s)
+            continue
+        buckets.setdefault(bucket_start(s.ts, granularity), []).append(s)
+    out = []
+    for start in sorted(buckets):
+        if start + granularity > now:
+            break           # buckets after an incomplete one are later still
+        group = buckets[start]
+        out.append(Interval(start, granularity, math.fsum(s.kw for s in group) / len(group), tuple(group)))
+    return out, late
+
+
+def report_period(granularity: timedelta, report_back: timedelta) -> timedelta:
+    """How often an update goes out: every reportBackDuration, but never more often than intervals
+    complete (a shorter or zero reportBackDuration: each interval as it completes)."""
+    return max(granularity, report_back)
+
+
+def effective_granularity(requested: timedelta | None, sampling: timedelta) -> timedelta:
+    """The granularity that can be honoured: none asked, or finer than the meter is sampled -> the
+    sampling period (averaging cannot make readings that were never taken)."""
+    if requested is None or requested < sampling:
+        return sampling
+    return requested
+
+
+def _whole_microseconds(d: timedelta) -> int:
+    us = d // timedelta(microseconds=1)
+    if us <= 0:
+        raise ValueError(f"granularity must be positive, got {d}")
+    return us
