@@ -525,23 +525,52 @@ def test_a_file_deleted_while_open_is_recreated_with_everything_it_held(tmp_path
     assert not [r for r in caplog.records if r.levelname == "ERROR"]
 
 
-def test_a_file_replaced_while_open_keeps_its_rows_and_gains_the_old_ones(tmp_path, caplog):
+def test_a_file_replaced_while_open_by_an_older_copy_does_not_undo_what_happened_since(tmp_path, caplog):
     path = tmp_path / "gw.sqlite"
     backup = tmp_path / "backup.sqlite"
     store, queue = Storage(path), TelemetryQueue(path)
     store.save_event(_event("old", ""))
+    store.save_value("opt_out", '{"8": 1}')                # the BAS commanded ADR-Opt-Out
+    queue.add(T0, 40.0)
     with contextlib.closing(sqlite3.connect(path)) as db:
         db.execute(f"VACUUM INTO '{backup}'")            # a backup taken while it ran
     store.save_event(_event("since the backup", ""))
-    queue.add(T0, 41.0)
+    store.save_value("opt_out", "{}")                      # ... and relinquished it since
+    queue.ack(queue.peek())                                # the VTN took the sample since
+    queue.add(T0 + timedelta(seconds=10), 41.0)
     _remove(path)
     backup.rename(path)                                  # and restored over the running gateway's file
 
     with caplog.at_level(logging.INFO):
-        queue.add(T0 + timedelta(seconds=10), 42.0)
+        queue.add(T0 + timedelta(seconds=20), 42.0)
+        store.save_event(_event("after", ""))
     store.close()
     queue.close()
-    assert sorted(e.event_id for e in Storage(path).load_events()) == ["old", "since the backup"]
-    assert [s.kw for s in TelemetryQueue(path).peek()] == [41.0, 42.0]
+    assert sorted(e.event_id for e in Storage(path).load_events()) == ["after", "old", "since the backup"]
+    assert Storage(path).load_value("opt_out") == "{}"
+    assert [s.kw for s in TelemetryQueue(path).peek()] == [41.0, 42.0]   # 40.0 was delivered: not again
     moved = [r.getMessage() for r in caplog.records if "while the gateway had it open" in r.getMessage()]
     assert len(moved) == 1 and "was replaced" in moved[0], moved
+
+
+def test_a_deleted_directory_or_a_file_that_is_not_sqlite_is_no_loss(tmp_path, caplog):
+    path = tmp_path / "data" / "gw.sqlite"
+    store, queue = Storage(path), TelemetryQueue(path)
+    store.save_value("opt_out", '{"8": 1}')
+    queue.add(T0, 40.0)
+    for p in path.parent.iterdir():
+        p.unlink()
+    path.parent.rmdir()                                  # the whole data directory removed
+    queue.add(T0 + timedelta(seconds=10), 41.0)
+    _remove(path)
+    path.write_bytes(b"not a database, but a text file someone copied here by mistake\n" * 100)
+    with caplog.at_level(logging.INFO):
+        queue.add(T0 + timedelta(seconds=20), 42.0)
+        store.save_event(_event("after", ""))
+    store.close()
+    queue.close()
+    assert Storage(path).load_value("opt_out") == '{"8": 1}'
+    assert [s.kw for s in TelemetryQueue(path).peek()] == [40.0, 41.0, 42.0]
+    aside = list(path.parent.glob("gw.sqlite.not-sqlite-*"))
+    assert len(aside) == 1 and aside[0].read_bytes().startswith(b"not a database")
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]

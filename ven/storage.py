@@ -71,30 +71,44 @@ def follow_file(conn: sqlite3.Connection, path: Path, ident: tuple[int, int] | N
     """(connection, identity) of the file now at `path`.
 
     A connection keeps writing into its file after the file is deleted (an operator's clean-up) or
-    replaced (a restore), and a restart would find none of it. So when the file at `path` is no
-    longer the one `conn` opened, everything the old one holds (every store's tables, not only the
-    caller's) is copied into the one at `path`, created if missing, keeping rows already there, and
-    the caller continues on a new connection. Raises sqlite3.Error or StorageError when that fails;
-    the old connection is then still open and nothing is lost yet."""
+    replaced (a restore, a sync tool), and a restart would find none of it, or an older state: ADR-Opt-Out
+    commands the BAS has since relinquished, telemetry the VTN has already taken. So when the file at
+    `path` is no longer the one `conn` opened, the first of the gateway's connections to notice makes
+    the file at the path a copy of the old one (every store's tables; directory and file created if
+    missing, a file that is not SQLite moved aside), and each continues on a new connection. Raises
+    sqlite3.Error or StorageError when that fails; the old connection is then still open and nothing
+    is lost yet."""
     now = file_identity(path)
     if now == ident:
         return conn, ident
-    rows = _copy_into(conn, path)
+    if (str(path), now) in _followed:  # another connection of the gateway already copied the old file here
+        fresh = connect(path, table)
+        conn.close()
+        return fresh, now
+    path.parent.mkdir(parents=True, exist_ok=True)
+    aside = None
+    try:
+        rows = _mirror_into(conn, path)
+    except sqlite3.DatabaseError as err:
+        if "not a database" not in str(err):
+            raise
+        aside = path.with_name(f"{path.name}.not-sqlite-{time.strftime('%Y%m%dT%H%M%S')}")
+        os.replace(path, aside)
+        rows = _mirror_into(conn, path)
     fresh = connect(path, table)
     conn.close()
     ident = file_identity(path)
-    if (str(path), ident) not in _followed:  # the gateway's other connections follow it too: one line
-        _followed.add((str(path), ident))
-        log.warning("storage.path %s was %s while the gateway had it open: %d row(s) of the old file copied "
-                    "into the one now there, which the gateway uses from now on", path,
-                    "deleted" if now is None else "replaced", rows)
+    _followed.add((str(path), ident))
+    log.warning("storage.path %s was %s while the gateway had it open: made it a copy of the file the gateway "
+                "had (%d row(s))%s; the gateway uses it from now on", path, "deleted" if now is None else "replaced",
+                rows, f"; the file put there is not SQLite and was moved to {aside}" if aside else "")
     return fresh, ident
 
 
-_followed: set[tuple[str, tuple[int, int] | None]] = set()
+_followed: set[tuple[str, tuple[int, int] | None]] = set()  # (path, identity) this process has copied into
 
 
-def _copy_into(conn: sqlite3.Connection, path: Path) -> int:
+def _mirror_into(conn: sqlite3.Connection, path: Path) -> int:
     conn.execute("ATTACH DATABASE ? AS moved_to", (str(path),))
     try:
         schema = conn.execute("SELECT type, name, sql FROM main.sqlite_master WHERE sql IS NOT NULL"
@@ -106,7 +120,8 @@ def _copy_into(conn: sqlite3.Connection, path: Path) -> int:
                 conn.execute(re.sub(r"^CREATE (UNIQUE )?(TABLE|INDEX) ",
                                     lambda m: f"CREATE {m[1] or ''}{m[2]} IF NOT EXISTS moved_to.", sql))
                 if kind == "table":
-                    copied += conn.execute(f'INSERT OR IGNORE INTO moved_to."{name}" SELECT * FROM main."{name}"').rowcount
+                    conn.execute(f'DELETE FROM moved_to."{name}"')
+                    copied += conn.execute(f'INSERT INTO moved_to."{name}" SELECT * FROM main."{name}"').rowcount
             conn.execute("COMMIT")
         except sqlite3.Error:
             conn.execute("ROLLBACK")
