@@ -46,6 +46,19 @@ class Forecast:
         return self.model
 
 
+@dataclass(frozen=True)
+class ClockStep:
+    """A wall-clock step the samples showed: `from_t` the newest sample before it, `to_t` the one after."""
+    from_t: float
+    to_t: float
+    dropped_minutes: int    # minutes of history set aside
+    reset: bool             # the whole history (the step reached past it)
+
+    @property
+    def seconds(self) -> float:
+        return self.to_t - self.from_t
+
+
 class _Rolling:
     """Squared errors of the model and of persistence over a trailing window of target times."""
 
@@ -130,7 +143,9 @@ class DemandForecaster:
         self.keep_days = max(self.history_days, self._lookback_minutes / 1440) + 1.0
         self._bins = MinuteBins(int(self.keep_days * 1440))
         self._newest_t: float | None = None
-        self.clock_resets = 0
+        self.clock_steps = 0      # wall-clock steps seen (ClockStep); the newest is last_clock_step
+        self.clock_resets = 0     # of which set the whole history aside
+        self.last_clock_step: ClockStep | None = None
         self._dirty: set[int] = set()
         self._model: model.FittedModel | None = None
         self._fitting = False
@@ -155,26 +170,45 @@ class DemandForecaster:
         return math.isfinite(kw) and self.min_kw <= kw <= self.max_kw
 
     def add_sample(self, t: float, kw: float) -> bool:
-        """Store one reading; False (and nothing stored) when stale, non-finite or out of range."""
+        """Store one reading taken now; False (and nothing stored) when non-finite or out of range.
+
+        Readings arrive as they are taken, so one stamped more than stale_seconds before the newest
+        is no straggler: the wall clock went back (NTP stepping a box that ran fast). Refusing it
+        would blind the forecaster for as long as the step; instead the minutes after it, stamped
+        by the wrong clock, are set aside and the history goes on from here. A step further ahead
+        than the history reaches sets it all aside. Either way last_clock_step says what happened."""
         if not self._valid(kw) or not math.isfinite(t):
             self.rejected += 1
             return False
+        k = minute_of(t)
         with self._lock:
-            if self._newest_t is not None and t < self._newest_t - self.stale_seconds:
-                if t >= self._newest_t - self._bins.keep * 60:
-                    self.rejected += 1
-                    return False
-                # The clock went back further than the history reaches: every later reading would
-                # be refused as stale for as long as the jump. Start the history again from here.
-                self._bins.clear()
-                self._dirty.clear()
+            step = None
+            newest = self._newest_t
+            if newest is not None and t < newest - self.stale_seconds:
+                if t >= newest - self._bins.keep * 60:
+                    step = ClockStep(newest, t, self._bins.drop_after(k), False)
+                else:
+                    step = ClockStep(newest, t, len(self._bins), True)
+            elif newest is not None and self._bins.jumps_ahead(k):
+                # a box that booted at 1970 (or 2020) and then set its clock
+                step = ClockStep(newest, t, len(self._bins), True)
+            if step is not None:
+                if step.reset:
+                    self._bins.clear()
+                    self._dirty.clear()
+                    self.clock_resets += 1
                 self._newest_t = None
-                self.clock_resets += 1
-            k = minute_of(t)
+                self._thresholds = None
+                self.clock_steps += 1
+                self.last_clock_step = step
             self._bins.add(np.array([k]), np.array([float(kw)]))
             self._dirty.add(k)
             self._newest_t = t if self._newest_t is None else max(self._newest_t, t)
         return True
+
+    @property
+    def newest_sample_at(self) -> float | None:
+        return self._newest_t
 
     def seed(self, times, values) -> int:
         """Bulk-load a history (any order, any age); invalid values are skipped. Returns how many were kept."""
@@ -193,15 +227,25 @@ class DemandForecaster:
             self._newest_t = newest if self._newest_t is None else max(self._newest_t, newest)
         return int(t.size)
 
-    def load_minutes(self, ks, sums, counts) -> None:
-        """Restore persisted minute bins (from ForecastStore); not marked dirty."""
+    def load_minutes(self, ks, sums, counts, fill_only: bool = False) -> int:
+        """Restore persisted minute bins (from ForecastStore); not marked dirty. With `fill_only`, minutes
+        already held are left as they are (a reload after a clock step: they are the newer readings).
+        Returns how many minutes were added."""
         ks = np.asarray(ks, dtype=np.int64)
-        if not ks.size:
-            return
+        sums = np.asarray(sums, dtype=float)
+        counts = np.asarray(counts, dtype=np.int64)
         with self._lock:
-            self._bins.add(ks, np.asarray(sums, dtype=float), np.asarray(counts, dtype=np.int64))
+            if fill_only and ks.size:
+                held = self._bins.snapshot(int(ks.min()), int(ks.max())).counts
+                new = held[ks - int(ks.min())] == 0
+                ks, sums, counts = ks[new], sums[new], counts[new]
+            if not ks.size:
+                return 0
+            self._bins.add(ks, sums, counts)
+            self._thresholds = None
             newest = float(ks.max()) * 60.0
             self._newest_t = newest if self._newest_t is None else max(self._newest_t, newest)
+        return int(ks.size)
 
     def drain_dirty(self) -> tuple[list[int], list[float], list[int]]:
         """Minutes changed since the last drain, as absolute (minute, sum, count) rows for the store."""

@@ -50,7 +50,7 @@ class MinuteBins:
         ks = np.asarray(ks, dtype=np.int64)
         if ks.size == 0:
             return
-        if self.last_k is not None and int(ks.min()) > self.last_k + self.keep:
+        if self.jumps_ahead(int(ks.min())):
             # The clock jumped further ahead than the window (a box that booted at 1970 and then
             # set its clock): what is held would be trimmed anyway, and growing to the new minute
             # would allocate every minute in between (56 years: 470 MB).
@@ -62,6 +62,22 @@ class MinuteBins:
         hi = int(ks.max())
         self.last_k = hi if self.last_k is None else max(self.last_k, hi)
         self._trim()
+
+    def jumps_ahead(self, k: int) -> bool:
+        """Minute k lies further ahead of the newest than the window: adding it clears what is held."""
+        return self.last_k is not None and k > self.last_k + self.keep
+
+    def drop_after(self, k: int) -> int:
+        """Forget the minutes after k; returns how many of them held data."""
+        i = max(k + 1 - self.k0, 0)
+        if i >= self.sums.size:
+            return 0
+        dropped = int(np.count_nonzero(self.counts[i:]))
+        self.sums[i:] = 0.0
+        self.counts[i:] = 0
+        if self.last_k is not None and self.last_k > k:
+            self.last_k = max(k, self.k0)
+        return dropped
 
     def clear(self) -> None:
         self.k0, self.last_k = 0, None

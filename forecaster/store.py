@@ -7,6 +7,7 @@ which makes the store safe to call from a worker thread.
 from __future__ import annotations
 
 import logging
+import math
 import sqlite3
 import time
 from contextlib import closing
@@ -81,6 +82,17 @@ class ForecastStore:
             except Exception as err:  # a model from another library version: refit instead
                 log.warning("stored forecast model not usable (%s: %s); will refit", type(err).__name__, err)
         return {"minutes": len(rows), "model": model_ok}
+
+    def reload_into(self, fc: DemandForecaster, since: float, until: float) -> int:
+        """After a clock step: the stored minutes in (since, until] that fc does not hold; returns how many.
+        Nothing after `until` (now): those minutes were stamped by a clock that ran ahead."""
+        with closing(self._connect()) as db:
+            rows = db.execute("SELECT minute, sum_kw, count FROM forecast_minute WHERE minute > ? AND minute <= ? "
+                              "ORDER BY minute", (math.floor(since / 60), math.ceil(until / 60))).fetchall()
+        if not rows:
+            return 0
+        ks, sums, counts = zip(*rows)
+        return fc.load_minutes(ks, sums, counts, fill_only=True)
 
     def prune(self, before_epoch: float) -> None:
         with closing(self._connect()) as db, db:

@@ -30,6 +30,7 @@ from bacnet_api.simulator import MeterSimulator
 from forecaster import DemandForecaster
 from forecaster.store import ForecastStore
 from ven.config import ForecasterConfig
+from ven import forecast_service
 from ven.forecast_service import ForecastService
 from ven.schedule import EventSchedule
 from ven.events import Event, Interval, Signal
@@ -574,3 +575,48 @@ def test_a_deleted_directory_or_a_file_that_is_not_sqlite_is_no_loss(tmp_path, c
     aside = list(path.parent.glob("gw.sqlite.not-sqlite-*"))
     assert len(aside) == 1 and aside[0].read_bytes().startswith(b"not a database")
     assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+@pytest.mark.timeout(60)
+async def test_a_deleted_file_the_telemetry_queue_brings_back_is_no_forecaster_error(tmp_path, caplog):
+    # The forecaster's cycle may come first after an operator deleted the file: it holds no connection
+    # to the old file, so it cannot bring it back; the queue's next write does, a few seconds later.
+    caplog.set_level(logging.INFO)
+    path = tmp_path / "gw.sqlite"
+    queue = TelemetryQueue(path)
+    k = int(time.time() // 60)
+    svc = ForecastService(ForecasterConfig(cycle_seconds=0.05, source="meter"), str(path), publish=lambda f: None)
+    await svc.start()
+    try:
+        svc.on_meter((k - 3) * 60 - 30, 100.0)
+        await eventually(lambda: path.exists() and _minutes(str(path)) == [(k - 3, 100.0)], 10, "stored")
+        _remove(path)
+        svc.on_meter((k - 2) * 60 - 30, 200.0)
+        await asyncio.sleep(0.5)                        # several cycles find no file
+        assert not path.exists() and svc.status()["storage_ok"]
+        queue.add(datetime.now(timezone.utc), 42.0)     # the queue's write brings the file back
+        await eventually(lambda: _minutes(str(path)) == [(k - 3, 100.0), (k - 2, 200.0)], 10, "minutes written")
+    finally:
+        await svc.stop()
+        queue.close()
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not [r.getMessage() for r in caplog.records if "forecast storage writing again" in r.getMessage()]
+
+
+@pytest.mark.timeout(60)
+async def test_a_deleted_file_nothing_brings_back_is_said_after_the_grace(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(forecast_service, "DELETED_GRACE_S", 0.3)
+    caplog.set_level(logging.INFO)
+    path = tmp_path / "gw.sqlite"
+    svc = ForecastService(ForecasterConfig(cycle_seconds=0.05, source="meter"), str(path), publish=lambda f: None)
+    await svc.start()
+    try:
+        svc.on_meter(time.time() - 90, 100.0)
+        await eventually(lambda: path.exists() and _minutes(str(path)), 10, "stored")
+        _remove(path)
+        svc.on_meter(time.time(), 200.0)
+        await eventually(lambda: not svc.status()["storage_ok"], 10, "the fault said")
+    finally:
+        await svc.stop()
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "forecast history not stored" in errors[0], errors

@@ -41,10 +41,9 @@ def test_bad_samples_never_enter_the_history():
     assert fc.add_sample(T0, 50.0)
     for bad in (float("nan"), float("inf"), -1.0, 1000.5, None, "x"):
         assert not fc.add_sample(T0 + 10, bad)
-    assert not fc.add_sample(T0 - 301, 50.0)      # stale: older than newest minus stale_seconds
     assert fc.add_sample(T0 - 120, 60.0)          # a little out of order is fine
     assert fc.history_minutes() == 2
-    assert fc.rejected == 7
+    assert fc.rejected == 6 and fc.clock_steps == 0
 
 
 def test_minute_bins_trim_to_the_kept_window():
@@ -171,12 +170,50 @@ def test_a_clock_that_jumps_years_neither_allocates_the_years_nor_stalls_the_his
         assert fc.add_sample(T0 + 60 * i, 200.0)
     assert fc._bins.sums.size < 10 * 1440            # not one slot per minute since 1970
     assert fc.predict(T0 + 600).demand_kw[15] == 200.0
+    assert fc.clock_resets == 1 and fc.last_clock_step.seconds > 0 and fc.last_clock_step.dropped_minutes == 10
     assert fc.add_sample(T0 + 3600 * 24 * 365 * 3, 300.0) and fc._bins.sums.size < 10 * 1440
+    assert fc.clock_resets == 2
     # and back: a reading years before the newest is no stale straggler, the clock moved back
-    assert fc.add_sample(T0 + 660, 250.0) and fc.clock_resets == 1
+    assert fc.add_sample(T0 + 660, 250.0) and fc.clock_resets == 3 and fc.last_clock_step.reset
     assert fc.add_sample(T0 + 720, 260.0)
     assert fc.predict(T0 + 725).demand_kw[15] == pytest.approx(255.0)
-    assert not fc.add_sample(T0 + 720 - 400, 1.0)    # a late reading inside the window still is
+    assert fc.rejected == 0
+
+
+def test_a_clock_step_back_of_an_hour_sets_aside_the_minutes_it_stamped_and_goes_on():
+    # A box that booted an hour fast: NTP steps it back. Readings keep arriving every 10 s; from the
+    # step on they are stamped an hour before the newest one held.
+    fc = DemandForecaster(stale_seconds=300)
+    true_t = T0 + 86400 + np.arange(0, 7200, 10.0)
+    for t in true_t:                                  # the day before, on the right clock
+        assert fc.add_sample(t - 86400, 50.0)
+    for t in true_t[:360]:                            # the first hour, stamped an hour ahead
+        assert fc.add_sample(t + 3600, 100.0)
+    held = fc.history_minutes()
+    step_at = true_t[360]
+    for t in true_t[360:]:                            # NTP put it right: an hour back
+        assert fc.add_sample(t, 200.0)
+    assert fc.rejected == 0 and fc.clock_steps == 1 and fc.clock_resets == 0
+    step = fc.last_clock_step
+    assert step.seconds == pytest.approx(-3600 + 10) and step.to_t == step_at
+    assert step.dropped_minutes == 60                  # the minutes after the new time, stamped by the fast clock
+    now = true_t[-1] + 5
+    f = fc.predict(now)
+    assert f.demand_kw[15] == pytest.approx(200.0)      # not a 100 kW reading stamped in the future
+    assert fc.status()["history_last"] < now
+    assert fc.history_minutes() == held - 60 + 60       # the day before is kept, the hour after was replaced
+    # a step of a few seconds is no step: out of order readings stay where they belong
+    assert fc.add_sample(now - 100, 200.0) and fc.clock_steps == 1
+
+
+def test_a_reload_after_a_clock_step_fills_only_minutes_not_held():
+    fc = DemandForecaster()
+    assert fc.add_sample(T0 + 30, 10.0)
+    k = minute_of(T0 + 30)
+    # the store holds the same minute (saved before) and two others: only the others are added
+    assert fc.load_minutes([k - 1, k, k + 1], [5.0, 999.0, 7.0], [1, 1, 1], fill_only=True) == 2
+    snap = fc._bins.snapshot(k - 1, k + 1)
+    assert list(snap.means) == [5.0, 10.0, 7.0]
 
 
 def test_a_flag_whose_clock_went_back_still_changes():

@@ -1,6 +1,7 @@
 """ForecastStore: history and model survive a restart in a real SQLite file; forecasts resume at once."""
 from __future__ import annotations
 
+import math
 import sqlite3
 
 import numpy as np
@@ -145,3 +146,24 @@ print(f.model, f.demand_kw[60], sorted(m for m in sys.modules if m.split('.')[0]
     name, kw, loaded = out.stdout.split(" ", 2)
     assert name == MODEL_NAME and float(kw) == pytest.approx(expected)
     assert loaded.strip() == "[]"
+
+
+def test_after_a_boot_at_2020_the_stored_history_serves_again_once_the_clock_is_right(tmp_path):
+    # 3 days written at the right time; the box boots with its clock at 2020 and NTP puts it right.
+    store = ForecastStore(str(tmp_path / "g.sqlite"))
+    fc, t = _seeded(3)
+    store.save_minutes(*fc.drain_dirty())
+    now = t[-1] + 300
+    fc = DemandForecaster(validation_days=2)
+    assert store.load_into(fc, 1577836800.0)["minutes"] == t.size     # the start at 2020 loads it all
+    for i in range(3):
+        assert fc.add_sample(1577836800.0 + 5 * i, 50.0)                # 2020: far behind the history
+    store.prune(1577836800.0 - fc.keep_days * 86400)                     # a prune at 2020 deletes nothing newer
+    store.save_minutes(*fc.drain_dirty())
+    assert fc.add_sample(now, 120.0) and fc.clock_resets == 2 and fc.history_minutes() == 1
+    # a minute past `now` (stamped by a clock that ran ahead) stays out; the one held in memory stays as is
+    store.save_minutes([math.ceil(now / 60) + 5], [999.0], [1])
+    assert store.reload_into(fc, now - fc.keep_days * 86400, now) == t.size
+    assert fc.history_minutes() == t.size + 1 and fc.status()["history_last"] < now
+    f = fc.predict(now)
+    assert f.high_threshold_kw is not None and f.demand_kw[15] is not None

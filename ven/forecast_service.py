@@ -7,13 +7,17 @@ so a fit never delays a publish, never holds this process's GIL, and leaves scik
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
+import os
 import pickle
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 from forecaster import DemandForecaster, Forecast
+from forecaster.core import ClockStep
 from forecaster.model import from_blob
 from forecaster.store import ForecastStore
 
@@ -25,6 +29,14 @@ from .tasks import cancel_and_wait
 log = logging.getLogger(__name__)
 
 PRUNE_EVERY_S = 3600.0
+# Pruning goes by the wall clock: right after a step years ahead it would delete the whole history.
+# It waits this long after any step (and an hour after start: a box may boot with its clock far ahead),
+# so a clock put right within a day finds its history still there.
+PRUNE_HOLD_S = 86400.0
+CLOCK_STEP_S = 30.0     # the wall clock moving this much more or less than the monotonic one is a step
+# A deleted file comes back with the telemetry queue's next write, or the event store's check at least
+# every 30 s (ven/schedule.py), whichever comes first.
+DELETED_GRACE_S = 45.0
 
 
 def forecaster_params(c: ForecasterConfig) -> dict:
@@ -62,15 +74,22 @@ class ForecastService:
         self._fit_failing = False
         self._fit_short = False
         self._store_failing = False
+        self._missing_since: float | None = None    # the file found deleted (monotonic), while it stays so
+        self._unsaved_model: bytes | None = None    # a fitted model not yet written
         self._reopen_seconds = reopen_seconds
         self._reopen: ReopenTimer | None = None
-        self._last_prune = 0.0
+        self._next_prune = time.monotonic() + PRUNE_EVERY_S   # monotonic: unmoved by clock steps
+        self._last_clocks: tuple[float, float] | None = None   # (wall, monotonic) at the last cycle
+        self._steps_seen = 0
+        self._reload_lock = threading.Lock()
+        self._reload_since: float | None = None
         self.last_forecast: Forecast | None = None
         self.last_cycle_seconds: float | None = None
 
     # ---- inputs (called on the event loop) ---------------------------------------------------------
     def _use_input(self, t: float) -> bool:
-        return self._last_input_t is not None and t - self._last_input_t <= self.config.input_stale_seconds
+        # abs: after the clock went back, an input stamped by the old clock is no fresher for it
+        return self._last_input_t is not None and abs(t - self._last_input_t) <= self.config.input_stale_seconds
 
     def _switch(self, source: str, why: str) -> None:
         if source != self._active:
@@ -78,12 +97,41 @@ class ForecastService:
             self._active = source
 
     def _take(self, t: float, kw: float, source: str) -> None:
-        ok = self.forecaster.add_sample(t, kw)
+        fc = self.forecaster
+        prev = fc.newest_sample_at
+        ok = fc.add_sample(t, kw)
+        if fc.clock_steps != self._steps_seen:
+            self._steps_seen = fc.clock_steps
+            self._clock_stepped(fc.last_clock_step)
+        elif ok and prev is not None and t - prev > fc.stale_seconds:
+            # After a gap the store may hold minutes the memory set aside at a step back (a box that
+            # booted a day behind, then NTP put it right); a range with nothing stored costs one query.
+            self._want_reload(prev)
         if not ok and not self._rejecting:
             log.warning("forecaster rejecting %s samples (stale, non-finite or out of range, e.g. %r kW)", source, kw)
         elif ok and self._rejecting:
             log.info("forecaster accepting %s samples again", source)
         self._rejecting = not ok
+
+    def _clock_stepped(self, step: ClockStep) -> None:
+        self._hold_prune()
+        if not step.reset:
+            log.warning("wall clock went back %s (a reading stamped %s, the newest was %s): %d minutes of "
+                        "forecaster history stamped after it set aside", _span(-step.seconds), _iso(step.to_t),
+                        _iso(step.from_t), step.dropped_minutes)
+            return
+        log.warning("wall clock %s %s (a reading stamped %s, the newest was %s), beyond the forecaster history: "
+                    "%d minutes set aside in memory; stored history for the new time reloads",
+                    "went back" if step.seconds < 0 else "jumped ahead", _span(abs(step.seconds)),
+                    _iso(step.to_t), _iso(step.from_t), step.dropped_minutes)
+        self._want_reload(step.to_t - self.forecaster.keep_days * 86400)
+
+    def _want_reload(self, since: float) -> None:
+        with self._reload_lock:
+            self._reload_since = since if self._reload_since is None else min(self._reload_since, since)
+
+    def _hold_prune(self) -> None:
+        self._next_prune = max(self._next_prune, time.monotonic() + PRUNE_HOLD_S)
 
     def on_input_power(self, t: float, kw: float | None) -> None:
         """The BAS wrote input-power-meter (None: it relinquished the point)."""
@@ -186,14 +234,36 @@ class ForecastService:
                  self.storage_path, loaded["minutes"], " and its fitted model" if loaded["model"] else "")
 
     def _cycle(self, now: float) -> Forecast:
+        mono = time.monotonic()
+        if self._last_clocks is not None:
+            wall0, mono0 = self._last_clocks
+            if abs((now - wall0) - (mono - mono0)) > CLOCK_STEP_S:   # seen here even with no readings
+                self._hold_prune()
+        self._last_clocks = (now, mono)
         if self._store is None:
             self._reopen_store(now)
+        with self._reload_lock:
+            since, self._reload_since = self._reload_since, None
+        if since is not None and self._store is not None:
+            # before this cycle's save: the minutes saved since the step are the ones memory holds
+            self._persist(lambda s: self._reload(s, since, now))
         f = self.forecaster.predict(now)
-        self._persist(lambda s: (self._save_minutes(s), s.record_forecast(f)))
-        if now - self._last_prune >= PRUNE_EVERY_S:
-            self._last_prune = now
+        self._persist(lambda s: (self._save_minutes(s), s.record_forecast(f), self._save_model(s)))
+        if mono >= self._next_prune:
+            self._next_prune = mono + PRUNE_EVERY_S
             self._persist(lambda s: s.prune(now - self.forecaster.keep_days * 86400))
         return f
+
+    def _reload(self, store: ForecastStore, since: float, now: float) -> None:
+        # never before the kept window: a step to 2020 and back, both pending, must not span the years
+        since = max(since, now - self.forecaster.keep_days * 86400)
+        try:
+            n = store.reload_into(self.forecaster, since, now)
+        except BaseException:
+            self._want_reload(since)   # tried again with the next cycle
+            raise
+        if n:
+            log.info("forecaster reloaded %d stored minutes of history (%s to %s)", n, _iso(since), _iso(now))
 
     def _save_minutes(self, store: ForecastStore) -> None:
         ks, sums, counts = self.forecaster.drain_dirty()
@@ -203,14 +273,21 @@ class ForecastService:
             self.forecaster.mark_dirty(ks)  # written with the next save that succeeds
             raise
 
+    def _save_model(self, store: ForecastStore) -> None:
+        if self._unsaved_model is not None:
+            store.save_model(self._unsaved_model)
+            self._unsaved_model = None
+
     def _flush(self) -> None:
-        self._persist(self._save_minutes)
+        self._persist(lambda s: (self._save_minutes(s), self._save_model(s)))
 
     def _persist(self, work) -> None:
         try:
             work(self._store)
         except Exception as err:  # sqlite3 errors: keep forecasting, say so once
             if not self._store_failing:
+                if self._deleted_just_now():
+                    return      # unsaved minutes stay dirty; the next cycle writes them
                 log.error("storage.path %s: forecast history not stored (%s: %s); forecasting from memory "
                           "until it can", self.storage_path, type(err).__name__, err)
             self._store_failing = True
@@ -218,6 +295,18 @@ class ForecastService:
             if self._store_failing:
                 log.info("forecast storage writing again")
             self._store_failing = False
+            self._missing_since = None
+
+    def _deleted_just_now(self) -> bool:
+        """The file is gone (an operator's clean-up): the gateway's other stores recreate it with its rows
+        at their next write (ven/storage.py follow_file), which this store cannot do, as it holds no
+        connection to the old file. So the fault is only said once it outlasts DELETED_GRACE_S."""
+        if os.path.exists(self.storage_path):
+            return False
+        now = time.monotonic()
+        if self._missing_since is None:
+            self._missing_since = now
+        return now - self._missing_since < DELETED_GRACE_S
 
     async def fit(self, now: float) -> bool | None:
         """One fit in a child process; the model serves, and is stored, when it comes back.
@@ -234,7 +323,8 @@ class ForecastService:
         finally:
             self.forecaster.fit_done(fitted)
         if fitted is not None:
-            await loop.run_in_executor(self._cycle_pool, self._persist, lambda s: s.save_model(blob))
+            self._unsaved_model = blob      # until a write succeeds: a restart would otherwise fit again
+            await loop.run_in_executor(self._cycle_pool, self._persist, self._save_model)
         return fitted is not None
 
     def _fit_done(self, fut) -> None:
@@ -288,6 +378,14 @@ class ForecastService:
         if self._store is None:
             return {"power": {"time": [], "kw": []}, "forecasts": {}, "flags": {}}
         return self._store.history(self._clock() - hours * 3600)
+
+
+def _iso(t: float) -> str:
+    return dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _span(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 2 * 86400 else f"{seconds / 86400:.1f} days"
 
 
 def _kw(x) -> str:
