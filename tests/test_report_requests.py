@@ -71,6 +71,16 @@ async def running(tmp_path, url, **cfg):
         rig.storage.close()
 
 
+@contextlib.asynccontextmanager
+async def streaming(tmp_path, port, every: float = 0.25, **vtn):
+    """A VTN that requested telemetry, and a meter read every `every` s: (server, rig, its request)."""
+    async with DemoVtn(port, poll_seconds=1, **vtn) as server:
+        async with running(tmp_path, server.url) as rig:
+            await until(lambda: rig.vtn.status()["report_request_id"], 10, "telemetry requested")
+            rig.start_meter(every)
+            yield server, rig, rig.vtn.status()["report_request_id"]
+
+
 def expected(taken, granularity: timedelta):
     """What the utility expects: one interval per clock-aligned bucket holding readings, their mean."""
     g = granularity.total_seconds()
@@ -208,24 +218,20 @@ async def test_a_second_request_replaces_the_first_and_says_so(tmp_path, free_tc
 async def test_a_vtn_refusing_a_forgotten_request_gets_the_offer_again_and_the_backlog(
         tmp_path, free_tcp_port, caplog):
     caplog.set_level(logging.INFO, logger="ven")
-    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
-        async with running(tmp_path, server.url) as rig:
-            await until(lambda: rig.vtn.status()["report_request_id"], 10, "telemetry requested")
-            old = rig.vtn.status()["report_request_id"]
-            rig.start_meter(0.25)
-            await until(lambda: len(received(server)) >= 2, 5, "live intervals")
-            assert server.forget_report_requests() == [old]
-            await until(lambda: rig.vtn.status()["report_request_id"] not in (None, old), 10, "a new request")
-            new = rig.vtn.status()["report_request_id"]
-            await asyncio.sleep(1.5)
-            await rig.stop_meter()
-            await until(lambda: rig.queue.pending == 0, 10, "backlog delivered under the new request")
-            await asyncio.sleep(0.3)
-            same(received(server), expected(rig.taken, S))       # nothing lost, nothing twice
-            assert received(server, rrid=new)
-            assert len(server.report_metadata) == 2 and server.registrations == 1   # offered again, no re-registration
-            assert len(said(caplog, "VTN refused the report: 452")) == 1
-            assert rig.vtn.connected and rig.vtn.status()["last_error"] is None
+    async with streaming(tmp_path, free_tcp_port()) as (server, rig, old):
+        await until(lambda: len(received(server)) >= 2, 5, "live intervals")
+        assert server.forget_report_requests() == [old]
+        await until(lambda: rig.vtn.status()["report_request_id"] not in (None, old), 10, "a new request")
+        new = rig.vtn.status()["report_request_id"]
+        await asyncio.sleep(1.5)
+        await rig.stop_meter()
+        await until(lambda: rig.queue.pending == 0, 10, "backlog delivered under the new request")
+        await asyncio.sleep(0.3)
+        same(received(server), expected(rig.taken, S))       # nothing lost, nothing twice
+        assert received(server, rrid=new)
+        assert len(server.report_metadata) == 2 and server.registrations == 1   # offered again, no re-registration
+        assert len(said(caplog, "VTN refused the report: 452")) == 1
+        assert rig.vtn.connected and rig.vtn.status()["last_error"] is None
 
 
 async def test_a_granularity_finer_than_the_sampling_is_said_and_the_sampling_sent(tmp_path, free_tcp_port, caplog):
@@ -280,3 +286,60 @@ async def test_readings_after_the_clock_stepped_back_minutes_are_reported_not_dr
             await until(lambda: 999.0 in [v for *_, v in received(server)], 5, "the reading reported")
             assert said(caplog, "the clock stepped back; intervals are reported again")
             await rig.stop_meter()
+
+
+async def test_a_cancelled_request_is_answered_and_no_longer_served_and_its_readings_wait(
+        tmp_path, free_tcp_port, caplog):
+    caplog.set_level(logging.INFO, logger="ven")
+    async with streaming(tmp_path, free_tcp_port()) as (server, rig, rrid):
+        await until(lambda: received(server), 5, "served")
+        server.cancel_report(rig.vtn.ven_id, rrid)
+        await until(lambda: server.canceled_reports, 5, "oadrCanceledReport")
+        assert server.canceled_reports == [(200, "OK", [], True)]
+        assert rig.vtn.status()["report_request_id"] is None
+        sent = len(server.updates)
+        await asyncio.sleep(2.5)
+        assert len(server.updates) == sent, "nothing sent under a cancelled request"
+        assert rig.queue.pending >= 8, "readings wait for the next request"
+        new = server.create_report(rig.vtn.ven_id, S, S)
+        await rig.stop_meter()
+        await until(lambda: rig.queue.pending == 0, 10, "the waiting readings sent under the new request")
+        await asyncio.sleep(0.3)
+        same(received(server), expected(rig.taken, S))          # nothing lost, nothing twice
+        assert received(server, rrid=new)
+        assert said(caplog, f"the VTN cancelled the telemetry report (request {rrid})")
+
+
+async def test_a_cancel_with_report_to_follow_gets_a_last_update_first(tmp_path, free_tcp_port, caplog):
+    caplog.set_level(logging.INFO, logger="ven")
+    back = 60 * S           # an update due once a minute: the intervals complete at the cancel are waiting
+    async with streaming(tmp_path, free_tcp_port(), report_granularity=S, report_back=back) as (server, rig, rrid):
+        await asyncio.sleep(3)
+        server.cancel_report(rig.vtn.ven_id, rrid, report_to_follow=True)
+        await until(lambda: server.canceled_reports, 5, "oadrCanceledReport")
+        cancelled = now()
+        assert server.canceled_reports == [(200, "OK", [rrid], True)], "pending until its last update"
+        await until(lambda: rig.vtn.status()["report_request_id"] is None, 5, "the last update sent")
+        got = received(server, rrid=rrid)
+        upto = got[-1][0] + S
+        assert upto >= cancelled - 2 * S, "the last update carries the intervals complete at the cancel"
+        same(got, expected([(ts, kw) for ts, kw in rig.taken if ts < upto], S))   # none skipped
+        sent = len(server.updates)
+        await asyncio.sleep(2.5)
+        assert len(server.updates) == sent and rig.queue.pending >= 8
+        assert said(caplog, f"last TELEMETRY_USAGE update sent for the cancelled request {rrid}")
+
+
+async def test_a_cancel_for_a_request_not_served_is_answered_452_and_the_stream_goes_on(
+        tmp_path, free_tcp_port, caplog):
+    caplog.set_level(logging.INFO, logger="ven")
+    async with streaming(tmp_path, free_tcp_port()) as (server, rig, rrid):
+        server.cancel_report(rig.vtn.ven_id, "rr-no-such")
+        await until(lambda: server.canceled_reports, 5, "oadrCanceledReport")
+        (code, text, pending, echoed), = server.canceled_reports
+        assert (code, pending, echoed) == (452, [rrid], True) and "rr-no-such" in text
+        sent = len(received(server))
+        await until(lambda: len(received(server)) >= sent + 2, 5, "still served")
+        assert rig.vtn.status()["report_request_id"] == rrid
+        lines = said(caplog, "which the gateway does not serve")
+        assert len(lines) == 1 and "rr-no-such" in lines[0] and rrid in lines[0]

@@ -385,3 +385,32 @@ def test_a_cancellation_stored_by_an_older_version_is_not_dated_to_the_upgrade(t
         assert _shaded(sched, now) == []
     finally:
         second.close()
+
+
+async def test_an_event_unlisted_while_the_clock_reads_2020_is_judged_once_the_clock_is_set(storage, caplog):
+    # No battery clock: the gateway restarts at 2020-01-01 and the VTN no longer lists an event that ran
+    # (as VTNs do once it is over). Its end cannot be judged by that clock: cancelled "at 2020", it would
+    # drop out of the history and be purged once NTP sets the clock.
+    caplog.set_level("INFO", logger="ven")
+    real = now().replace(microsecond=0)
+    clock = [datetime(2020, 1, 1, 0, 0, 1, tzinfo=timezone.utc)]
+    storage.save_event(make_event("ran", [2], real - timedelta(minutes=30), 600))
+    storage.save_event(make_event("dropped", [1], real + timedelta(minutes=30), 600))  # the VTN cancelled it
+    sched = EventSchedule(storage, Recorder(), clock=lambda: clock[0])
+    await sched.start()
+    try:
+        assert sched.retain_only([]) == []
+        assert not sched.get("ran").cancelled and not sched.get("dropped").cancelled
+        clock[0] = real                      # NTP sets the clock
+        sched._wake.set()                    # the timer notices within 30 s; now, for the test
+        deadline = time.monotonic() + 2
+        while not sched.get("dropped").cancelled and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert sched.get("dropped").cancelled and sched.get("dropped").cancelled_at == real
+        assert not sched.get("ran").cancelled and sched.get("ran").cancelled_at is None
+        assert {e["event_id"]: e["status"] for e in sched.events()} == {"ran": "completed", "dropped": "cancelled"}
+        sched._purge(real)
+        assert sched.get("ran") is not None, "kept as it ran (until keep_recent after its end)"
+        assert len([r for r in caplog.records if "had ended: kept as they ran" in r.getMessage()]) == 1
+    finally:
+        await sched.stop()

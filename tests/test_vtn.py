@@ -534,3 +534,51 @@ async def test_a_refused_opt_answer_is_named_not_logged_as_told(tmp_path, free_t
             gw.vtn.set_opt_out(False)
             await until(lambda: server.opts_for(event_id) == ["optIn"], 5, "the next answer taken")
             assert gw.vtn.status()["opt_answer_error"] is None
+
+
+async def test_a_vtn_refusing_every_poll_is_one_fault_across_re_registrations(tmp_path, free_tcp_port, caplog):
+    # A VTN that takes registrations but refuses every poll: each cycle registers again (the refusal may
+    # mean it lost the VEN), but that is one fault: one warning when it starts, one line when it ends,
+    # and `connected` does not flip back on at each registration.
+    caplog.set_level(logging.INFO, logger="ven")
+    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
+        async with running(tmp_path, server.url) as gw:
+            await until(lambda: gw.vtn.connected, 10, "registration")
+            refusal = refuse(server, "oadrPoll", oerrors.NotRegisteredOrAuthorizedError("VEN unknown"))
+            await until(lambda: server.registrations >= 4, 30, "repeated re-registrations")
+            assert not gw.vtn.connected
+            assert gw.vtn.status()["last_error"] == "VTN refused the poll: 463 VEN unknown"
+            assert gw.vtn.status()["poll_failures"] >= 3 * 3, "consecutive failed polls, across re-registrations"
+            refusal.allow()
+            await until(lambda: gw.vtn.connected, 10, "connected once a poll is answered")
+            assert gw.vtn.status()["last_error"] is None and gw.vtn.status()["poll_failures"] == 0
+            warnings = [r.getMessage() for r in caplog.records
+                        if r.levelno >= logging.WARNING and r.name.startswith("ven")]   # not the VTN's own
+            assert warnings == ["VTN poll failed: VTN refused the poll: 463 VEN unknown"], "one line when it starts"
+            ended = said(caplog, "VTN polls answered again")
+            assert len(ended) == 1 and "re-registration(s)" in ended[0], "one line when it ends"
+            assert len(said(caplog, "registered with VTN")) == 2, "the first registration and the first re-registration"
+            assert len(said(caplog, "VTN context lost")) == 1 and len(said(caplog, "registering again")) == 1
+            assert gw.connected == [True, False, True], "no flip at each re-registration"
+
+
+async def test_readings_dated_before_this_version_are_not_reported(tmp_path, free_tcp_port, caplog):
+    # A box without a battery clock boots at 2020-01-01: its readings would reach the utility as 2020 data.
+    caplog.set_level(logging.INFO, logger="ven")
+    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
+        async with running(tmp_path, server.url) as gw:
+            await until(lambda: gw.vtn.status()["report_request_id"], 10, "telemetry requested")
+            boot = datetime(2020, 1, 1, 0, 0, 1, tzinfo=timezone.utc)
+            taken = [gw.vtn.record_sample(boot + timedelta(seconds=i), 55.0) for i in range(4)]
+            assert gw.queue.pending == 0, "not queued for the VTN"
+            assert taken == [False] * 4 and gw.vtn.status()["readings_not_reported_clock"] == 4
+            assert said(caplog, "wall clock") == [
+                "the wall clock reads 2020-01-01T00:00:01Z, before this version was built: meter readings are not "
+                "reported until it is set"]
+            assert gw.vtn.record_sample(now(), 12.5) is True          # NTP set the clock
+            await until(lambda: [r[4] for r in server.reports] == [12.5], 5, "the reading of the set clock")
+            set_again = said(caplog, "the wall clock is set")
+            assert len(set_again) == 1 and "4 reading(s) taken while it read 2020-01-01T00:00:01Z" in set_again[0]
+            gw.vtn.record_sample(now(), 13.5)
+            assert len(said(caplog, "wall clock")) == 2
+            assert all(r[3].year >= 2026 for r in server.reports)

@@ -26,6 +26,7 @@ from .schedule import EventSchedule, ScheduleState
 from .storage import REOPEN_SECONDS, Storage
 from .tasks import cancel_and_wait
 from .telemetry import TelemetryQueue
+from .wallclock import clock_suspect
 
 if TYPE_CHECKING:
     from .forecast_service import ForecastService
@@ -51,7 +52,7 @@ def _import_slow_parts() -> None:
 class Gateway:
     def __init__(self, config: GatewayConfig):
         self.config = config
-        self.started_at = time.time()
+        self.started_at = time.monotonic()   # uptime: a wall-clock step (NTP at boot) is not time run
         c = config
         self.metrics = Metrics(c.forecaster.horizons_minutes)
         self.device = GatewayDevice(address=c.bacnet.address, device_id=c.bacnet.device_id,
@@ -154,8 +155,8 @@ class Gateway:
         self.device.set_fault(P.METER_POWER, False)
         self.device.set(P.METER_FAULT, False)
         self.metrics.meter_kw.set(reading.value)
-        self.vtn.record_sample(reading.timestamp, reading.value)
-        self.metrics.telemetry_queued.inc()
+        if self.vtn.record_sample(reading.timestamp, reading.value):
+            self.metrics.telemetry_queued.inc()
         self.forecast.on_meter(t, reading.value)
 
     def _on_input_power(self, value) -> None:
@@ -245,10 +246,14 @@ class Gateway:
 
     def status(self) -> dict:
         latest, good = self.meter.latest, self.meter.last_good
+        now = datetime.now(timezone.utc)
         return {
             "version": __version__,
-            "uptime_seconds": round(time.time() - self.started_at, 1),
-            "now": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "uptime_seconds": round(time.monotonic() - self.started_at, 1),
+            "now": now.isoformat(timespec="seconds"),
+            # the wall clock reads a date before this version was built (not set yet, e.g. no RTC):
+            # meter readings are not reported and events the VTN stopped listing are not judged over
+            "clock_suspect": clock_suspect(now),
             "device": {"device_id": self.config.bacnet.device_id, "name": self.config.bacnet.device_name,
                        "address": self.config.bacnet.address},
             "points": self.device.snapshot(),

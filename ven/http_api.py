@@ -13,7 +13,11 @@ GET /api/status -> view.status(), a dict shaped like:
     {
       "version": "0.1.0",
       "started_at": "2026-11-22T00:00:00Z",        # times in /api/status: ISO 8601 UTC strings
-      "uptime_seconds": 3600.0,
+      "uptime_seconds": 3600.0,                     # monotonic: a wall-clock step does not change it
+      "now": "2026-11-22T01:00:00+00:00",            # the gateway's wall clock
+      "clock_suspect": false,                        # true: the wall clock reads a date before this version
+                                                     # was built (not set yet); meter readings are not
+                                                     # reported (vtn.readings_not_reported_clock counts them)
       "points": [                                    # every BACnet point, table order
         {"name": "meter-power", "object": "analogValue 6", "value": 96.4, "units": "kilowatts",
          "access": "read-only", "description": "...",

@@ -17,6 +17,7 @@ from typing import Callable, Iterable
 from .events import OPT_IN, OPT_OUT, Event
 from .tasks import cancel_and_wait
 from .storage import Storage
+from .wallclock import clock_suspect
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class EventSchedule:
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._loaded = False
+        self._unjudged: set[str] = set()   # unlisted by the VTN while the wall clock was not set
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -130,15 +132,40 @@ class EventSchedule:
         """Implied cancellation: events the VTN no longer lists (and that have not ended) go.
 
         Ended by the VTN's clock: a randomized event still runs here for its offset after the VTN
-        has ended it and may stop listing it."""
+        has ended it and may stop listing it. While the wall clock is not set (before CLOCK_FLOOR),
+        "has not ended" cannot be judged: an event that ran would be cancelled at a date years off,
+        and purged once the clock is right. Those wait, and are judged once the clock is set."""
         keep = set(event_ids)
         now = self._clock()
-        gone = [eid for eid, ev in self._events.items()
-                if eid not in keep and not ev.cancelled and now < ev.end - ev.start_offset]
+        unlisted = {eid for eid, ev in self._events.items() if eid not in keep and not ev.cancelled}
+        if clock_suspect(now):
+            if unlisted - self._unjudged:
+                log.info("event(s) %s no longer listed by the VTN; the wall clock reads %s, before this version "
+                         "was built, so whether they ended is judged once it is set",
+                         ", ".join(sorted(unlisted)), now.isoformat(timespec="seconds"))
+            self._unjudged = unlisted
+            return []
+        self._unjudged = set()
+        return self._cancel_unlisted(unlisted, now)
+
+    def _cancel_unlisted(self, unlisted: Iterable[str], now: datetime) -> list[str]:
+        gone = [eid for eid in sorted(unlisted) if (ev := self._events.get(eid)) is not None
+                and not ev.cancelled and now < ev.end - ev.start_offset]
         for eid in gone:
             log.info("event %s no longer listed by the VTN: treated as cancelled", eid)
             self.cancel(eid, unlisted=True)
         return gone
+
+    def _judge_unlisted(self, now: datetime) -> None:
+        """The wall clock is set now: events the VTN stopped listing meanwhile are judged by it."""
+        if not self._unjudged or clock_suspect(now):
+            return
+        unlisted, self._unjudged = self._unjudged, set()
+        gone = self._cancel_unlisted(unlisted, now)
+        over = sorted(set(unlisted) - set(gone))
+        if over:
+            log.info("event(s) %s, no longer listed by the VTN while the wall clock was not set, had ended: kept "
+                     "as they ran", ", ".join(over))
 
     def set_opt_out(self, opted_out: bool) -> list[Event]:
         """Opt out of the active and every pending event, or back in to them: the point is the BAS's
@@ -290,6 +317,7 @@ class EventSchedule:
             # The loop may fire a hair before the boundary; evaluate at the boundary itself.
             at = max(now, woke_for) if woke_for is not None and (woke_for - now).total_seconds() < 0.005 else now
             self._publish(at)
+            self._judge_unlisted(now)
             self._storage.flush()       # changes a failed write left in memory (no-op when none)
             self._adopt(self._storage.take_found(), now)
             if (now - last_purge).total_seconds() > 600:

@@ -34,6 +34,7 @@ from .report_intervals import (Interval, bucket_start, complete_intervals, effec
                                report_period)
 from .schedule import EventSchedule
 from .telemetry import TelemetryQueue
+from .wallclock import clock_suspect
 
 log = logging.getLogger(__name__)
 
@@ -181,12 +182,19 @@ class VtnClient:
         self.registration_failures = 0
         self.poll_failures = 0
         self.poll_failures_total = 0   # monotonic, for the metrics counter
+        # A poll fault outlives the session it began in: a VTN that takes registrations but refuses
+        # every poll is re-registered each cycle, and that is one fault, logged when it starts and ends.
+        self._poll_fault: str | None = None     # the failure logged, until a poll is answered again
+        self._poll_fault_losses = 0             # sessions it ended meanwhile (re-registrations)
+        self._poll_error: str | None = None     # the latest failed poll's reason
+        self._lost_by_polls = False             # the last session ended on POLL_FAILURES_FOR_LOSS failures
         self._report_specifier_id = f"{config.ven_name}-telemetry"
         self._r_id = config.report_resource_id
         self._report_request_id: str | None = None   # the standing telemetry request being served
         self._granularity = timedelta(seconds=config.telemetry_seconds)   # of its intervals
         self._report_back = self._granularity                             # how often it wants updates
         self._one_shots: list[str] = []      # one-shot requests waiting for their single report
+        self._final_report: str | None = None   # cancelled with reportToFollow: one last update, then it ends
         self._sent_until: datetime | None = None   # end of the last interval the VTN took
         self._next_report: datetime | None = None  # when the next update is due (UTC grid)
         self._catch_up = False                     # send every complete interval now (backlog, retry)
@@ -204,6 +212,8 @@ class VtnClient:
         self._pending_opts: dict[str, tuple[int, str]] = {}
         self.opt_answer_error: str | None = None   # the VTN's reason for refusing our last opt answer
         self._backlog = 0
+        self._clock_wrong_since: datetime | None = None   # the first reading dated before CLOCK_FLOOR, while so
+        self.readings_held = 0        # readings not reported because the wall clock was not set (since start)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -225,9 +235,21 @@ class VtnClient:
 
     # -- public ------------------------------------------------------------------------------
 
-    def record_sample(self, ts: datetime, kw: float) -> None:
+    def record_sample(self, ts: datetime, kw: float) -> bool:
         """Commit one good meter reading; it reaches the VTN in its interval once that is complete and
-        an update is due (ven/report_intervals.py). Logs the operator line."""
+        an update is due (ven/report_intervals.py). Logs the operator line. False: not queued, as the
+        wall clock that dated it is not set (a utility would take it as a reading of that date)."""
+        if clock_suspect(ts):
+            self.readings_held += 1
+            if self._clock_wrong_since is None:
+                self._clock_wrong_since = ts
+                log.warning("the wall clock reads %s, before this version was built: meter readings are not "
+                            "reported until it is set", _iso(ts))
+            return False
+        if self._clock_wrong_since is not None:
+            log.info("the wall clock is set (%s): meter readings are reported again; %d reading(s) taken while it "
+                     "read %s were not reported", _iso(ts), self.readings_held, _iso(self._clock_wrong_since))
+            self._clock_wrong_since = None
         self._telemetry.add(ts, kw)
         if self.connected and self._report_request_id:
             start = bucket_start(ts, self._granularity)
@@ -237,6 +259,7 @@ class VtnClient:
             log.info("telemetry %.2f kW -> TELEMETRY_USAGE (queued, %d waiting)", kw, self._telemetry.pending)
         if self._one_shots and self._wake_delivery is not None:
             self._wake_delivery.set()
+        return True
 
     def set_opt_out(self, opted_out: bool) -> None:
         """ADR-Opt-Out changed: update the schedule at once, tell the VTN as soon as it can hear."""
@@ -275,6 +298,8 @@ class VtnClient:
             "opt_answers_waiting": len(self._pending_opts),
             "opt_answer_error": self.opt_answer_error,
             "telemetry": self._telemetry.status(),
+            # meter readings taken while the wall clock read a date before this version: not reported
+            "readings_not_reported_clock": self.readings_held,
         }
 
     # -- session: register, poll, notice loss, register again ----------------------------------
@@ -307,6 +332,7 @@ class VtnClient:
                 ok = False
             if not ok:
                 self.registration_failures += 1
+                self._lost_by_polls = False     # a different fault now: the next registration is news
                 reason = self.last_error or "no reason given"
                 if reason != reported:
                     log.warning("VTN registration failed: %s; retrying (backoff up to %g s)",
@@ -319,10 +345,11 @@ class VtnClient:
             if reported is not None:
                 log.info("VTN reachable again after %d failed registration attempt(s)", self.registration_failures)
             reported = None
-            self.last_error = None
+            self.last_error = self._poll_error if self._poll_fault else None   # registered; polls may still fail
             self.registration_failures = 0
             began = asyncio.get_running_loop().time()
-            self._set_connected(True)
+            if self._poll_fault is None:   # otherwise once a poll is answered: polls refused is not connected
+                self._set_connected(True)
             self._wake_delivery.set()
             self._opts_dirty.set()
             try:
@@ -332,7 +359,16 @@ class VtnClient:
                 self.last_error = f"session error {err.__class__.__name__}: {err}"
             finally:
                 self._set_connected(False)
-            log.warning("VTN context lost (%s); registering again", self.last_error or "unknown reason")
+            if not self._lost_by_polls:
+                log.warning("VTN context lost (%s); registering again", self.last_error or "unknown reason")
+            elif self._poll_fault_losses == 0:
+                # the fault was logged when it started ("VTN poll failed"): this says what is done about it
+                log.info("VTN context lost (%d failed polls); registering again, and again each cycle while polls "
+                         "fail (logged again once a poll is answered)", self.poll_failures)
+            else:
+                log.debug("VTN polls still failing (%s); registering again", self.last_error)
+            if self._lost_by_polls:
+                self._poll_fault_losses += 1
             await self._drop_client()
             delay = self._cfg.retry_min_seconds
             if asyncio.get_running_loop().time() - began < 10 * self._cfg.retry_max_seconds:
@@ -401,6 +437,7 @@ class VtnClient:
             self._note_fingerprint()
         self._client = client = self._new_client()
         self._report_request_id = None
+        self._final_report = None
         self._one_shots.clear()
         self._lost.clear()
         rtype, payload = await client.query_registration()
@@ -414,7 +451,9 @@ class VtnClient:
             return False
         self.ven_id, self.registration_id = client.ven_id, client.registration_id
         offered = await self._offer_reports(client)
-        log.info("registered with VTN %s: venID %s, registrationID %s, poll every %s s, telemetry %s",
+        # while polls keep failing, each cycle's registration after the first is part of that one fault
+        log.log(logging.DEBUG if self._lost_by_polls and self._poll_fault_losses > 1 else logging.INFO,
+                "registered with VTN %s: venID %s, registrationID %s, poll every %s s, telemetry %s",
                  self._cfg.vtn_url, self.ven_id, self.registration_id,
                  client.poll_frequency.total_seconds(),
                  "requested" if self._report_request_id else "not requested by the VTN" if offered else "not offered")
@@ -455,9 +494,8 @@ class VtnClient:
         client = self._client
         # Durations travel as whole seconds; a VTN asking for 0 would mean a busy loop.
         period = max(1.0, client.poll_frequency.total_seconds())
-        failing_since: str | None = None
-        poll_error: str | None = None
-        self.poll_failures = 0
+        failed_here = 0     # this session's failed polls; self.poll_failures counts across re-registrations
+        self._lost_by_polls = False
         immediate = True
         while True:
             if not immediate:
@@ -479,18 +517,23 @@ class VtnClient:
             if rtype is None or client.refused:
                 self.poll_failures += 1
                 self.poll_failures_total += 1
-                self.last_error = poll_error = client.last_error or f"VTN refused the poll: {client.refused}"
-                if failing_since is None:
+                failed_here += 1
+                self.last_error = self._poll_error = client.last_error or f"VTN refused the poll: {client.refused}"
+                if self._poll_fault is None:
                     log.warning("VTN poll failed: %s", self.last_error)
-                    failing_since = self.last_error
-                if self.poll_failures >= POLL_FAILURES_FOR_LOSS:
+                    self._poll_fault = self.last_error
+                if failed_here >= POLL_FAILURES_FOR_LOSS:
+                    self._lost_by_polls = True
                     return
                 immediate = False
                 continue
-            if failing_since is not None:
-                log.info("VTN polls answered again after %d failure(s)", self.poll_failures)
-                failing_since = None
-                self._clear_error(poll_error)
+            if self._poll_fault is not None:
+                again = (f", {self._poll_fault_losses} re-registration(s)" if self._poll_fault_losses else "")
+                log.info("VTN polls answered again after %d failure(s)%s", self.poll_failures, again)
+                self._clear_error(self._poll_error)
+                self._poll_fault, self._poll_fault_losses = None, 0
+                self._set_connected(True)
+                self._wake_delivery.set()
             self.poll_failures = 0
             self.last_poll = _utcnow()
             if rtype == "oadrRequestReregistration":
@@ -526,15 +569,7 @@ class VtnClient:
         elif rtype == "oadrCreateReport":
             await self._create_report(payload)
         elif rtype == "oadrCancelReport":
-            if payload.get("report_request_id") == self._report_request_id:
-                self._report_request_id = None
-                log.warning("the VTN cancelled the telemetry report; samples queue until it asks again")
-            if payload.get("report_request_id") in self._one_shots:
-                self._one_shots.remove(payload.get("report_request_id"))
-            try:
-                await client.cancel_report(payload)
-            except Exception as err:  # noqa: BLE001 - openleadr's bookkeeping only
-                log.debug("openleadr cancel_report: %s", err)
+            await self._cancel_report(payload)
         elif rtype == "oadrRegisterReport":
             log.info("VTN offered reports; the gateway does not take reports from the VTN")
         else:
@@ -678,6 +713,10 @@ class VtnClient:
                     if await self._send_complete(now):
                         self._catch_up = False
                         self._next_report = next_boundary(now, report_period(self._granularity, self._report_back))
+                        if self._final_report is not None and self._final_report == self._report_request_id:
+                            log.info("last TELEMETRY_USAGE update sent for the cancelled request %s; readings "
+                                     "queue until the VTN asks again", self._final_report)
+                            self._stop_serving(self._final_report)
                     else:
                         self._catch_up = True        # once the backoff has passed, whatever is complete by then
                         failed = True
@@ -768,12 +807,51 @@ class VtnClient:
         request telemetry again: the reports are offered anew, and the backlog goes to its new request."""
         if rrid != self._report_request_id:
             return
-        self._report_request_id = None
-        self._forget_request(rrid)
+        self._stop_serving(rrid)
         self._reports_offered = False
         self._next_offer = asyncio.get_running_loop().time() + self._reoffer_delay
         self._reoffer_delay = min(max(self._reoffer_delay * 2, self._cfg.retry_min_seconds),
                                   self._cfg.retry_max_seconds)
+
+    async def _cancel_report(self, payload: dict) -> None:
+        """oadrCancelReport: the request is no longer served, and oadrCanceledReport says so. With
+        reportToFollow the standing request first gets one last update (the intervals complete by then);
+        readings after it wait in the queue for the VTN's next request. A request the gateway does not
+        serve is answered 452, so the VTN learns its bookkeeping and ours differ."""
+        rrid = payload.get("report_request_id")
+        follow = bool(payload.get("report_to_follow"))
+        response = {"response_code": 200, "response_description": "OK"}
+        if rrid is not None and rrid == self._report_request_id:
+            if follow:
+                self._final_report, self._catch_up = rrid, True
+                self._wake_delivery.set()
+                log.warning("the VTN cancelled the telemetry report (request %s): one last update, then readings "
+                            "queue until it asks again", rrid)
+            else:
+                self._stop_serving(rrid)
+                log.warning("the VTN cancelled the telemetry report (request %s); readings queue until it asks "
+                            "again", rrid)
+        elif rrid in self._one_shots:
+            self._one_shots.remove(rrid)
+            self._forget_request(rrid)
+            log.info("the VTN cancelled the one-shot report %s before it was sent", rrid)
+        else:
+            serving = ", ".join(r for r in [self._report_request_id, *self._one_shots] if r) or "none"
+            log.warning("VTN cancelled report request %s, which the gateway does not serve (serving: %s): "
+                        "answered %d", rrid, serving, INVALID_ID)
+            response = {"response_code": INVALID_ID,
+                        "response_description": f"reportRequestID {rrid} is not served by this VEN"[:200]}
+        response["request_id"] = payload.get("request_id")
+        # still pending: what is served, and the cancelled request until its last update is sent
+        pending = [{"report_request_id": r} for r in [self._report_request_id, *self._one_shots] if r]
+        client = self._client
+        msg = client._create_message("oadrCanceledReport", response=response, ven_id=self.ven_id,
+                                     pending_reports=pending)
+        await client._perform_request("EiReport", msg)
+
+    def _stop_serving(self, rrid: str) -> None:
+        self._report_request_id = self._final_report = None
+        self._forget_request(rrid)
 
     def _forget_request(self, rrid: str) -> None:
         if self._client is not None:
@@ -840,6 +918,7 @@ class VtnClient:
         elif old != rrid or (granularity, back) != (self._granularity, self._report_back):
             log.info("VTN requested telemetry (request %s): %s", rrid, how)
         self._report_request_id, self._granularity, self._report_back = rrid, granularity, back
+        self._final_report = None
         self._next_report = next_boundary(_utcnow(), report_period(granularity, back))
         self._catch_up = True        # what is complete already (queued while nothing was requested) goes now
 

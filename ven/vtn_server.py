@@ -36,6 +36,8 @@ class DemoVtn:
         # every oadrUpdateReport as it arrived: (report_request_id, [(dtstart, duration, r_id, value)])
         self.updates: list[tuple[str, list[tuple[datetime, timedelta, str, float]]]] = []
         self.created_reports: list[tuple[int, str, list[str]]] = []   # oadrCreatedReport: code, text, pending
+        # oadrCanceledReport: code, text, pending; and whether it carried the cancel's requestID
+        self.canceled_reports: list[tuple[int, str, list[str], bool]] = []
         self.report_metadata: list[dict] = []                        # each oadrRegisterReport's reports
         self._outbox: dict[str, list[tuple[str, dict]]] = {}
         self._forgotten: set[str] = set()
@@ -73,6 +75,7 @@ class DemoVtn:
                 watch(payload)
                 return await real(payload)
             handlers[message_type] = watched
+        handlers["oadrCanceledReport"] = self._on_canceled     # openleadr's VTN has no handler for it
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -192,6 +195,13 @@ class DemoVtn:
         self._outbox.setdefault(ven_id, []).append(
             ("oadrCreateReport", {"request_id": uuid.uuid4().hex[:8], "report_requests": [request], "ven_id": ven_id}))
         return rrid
+
+    def cancel_report(self, ven_id: str, report_request_id: str, report_to_follow: bool = False) -> None:
+        """Send the VEN an oadrCancelReport on its next poll; its oadrCanceledReport lands in canceled_reports.
+        (openleadr gives a poll's answer a requestID of its own, so the one set here is not what goes out.)"""
+        self._outbox.setdefault(ven_id, []).append(
+            ("oadrCancelReport", {"request_id": uuid.uuid4().hex[:8], "report_request_id": report_request_id,
+                                  "report_to_follow": report_to_follow, "ven_id": ven_id}))
 
     def forget_report_requests(self) -> list[str]:
         """Act as a VTN restarted with its registrations but not its report requests: every later
@@ -314,6 +324,12 @@ class DemoVtn:
         response = payload.get("response") or {}
         self.created_reports.append((int(response.get("response_code") or 0), response.get("response_description"),
                                      [p["report_request_id"] for p in payload.get("pending_reports") or []]))
+
+    def _on_canceled(self, payload):
+        response = payload.get("response") or {}
+        self.canceled_reports.append((int(response.get("response_code") or 0), response.get("response_description"),
+                                      [p["report_request_id"] for p in payload.get("pending_reports") or []],
+                                      bool(response.get("request_id"))))
 
     def _on_register_report_message(self, payload):
         for report in payload.get("reports") or []:
