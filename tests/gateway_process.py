@@ -9,7 +9,7 @@ import sys
 
 def write_config(path, *, bacnet_port, http_port, storage, ven_name, vtn_port=9, meter_port=None,
                  device_id=None, cycle_seconds=1, retry_min_seconds=None, retry_max_seconds=1,
-                 telemetry_seconds=None):
+                 telemetry_seconds=None, storage_retry_seconds=None):
     """A config on loopback. Without meter_port the meter is an address where nobody answers, and
     the default vtn_port 9 has nobody listening: for tests that are about something else."""
     meter = (f'router = "127.0.0.1:{meter_port}"\npoll_seconds = 0.5' if meter_port is not None
@@ -29,6 +29,7 @@ retry_max_seconds = {retry_max_seconds}
 {f"telemetry_seconds = {telemetry_seconds}" if telemetry_seconds is not None else ""}
 [storage]
 path = "{storage}"
+{f"retry_seconds = {storage_retry_seconds}" if storage_retry_seconds is not None else ""}
 [http]
 address = "127.0.0.1:{http_port}"
 [forecaster]

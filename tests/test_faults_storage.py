@@ -293,7 +293,9 @@ def _event(event_id: str, padding: str) -> Event:
 def write_storage_config(config, bacnet_port, meter_port, vtn_port, http_port, storage):
     write_config(config, bacnet_port=bacnet_port, meter_port=meter_port, vtn_port=vtn_port, http_port=http_port,
                  storage=storage, ven_name="storage-test", device_id=500301, retry_min_seconds=0.2,
-                 telemetry_seconds=1)   # 1 s report intervals (DemoVtn requests the offer's finest)
+                 telemetry_seconds=1,   # 1 s report intervals (DemoVtn requests the offer's finest)
+                 storage_retry_seconds=2)
+
 
 
 async def status(http_port: int) -> dict:

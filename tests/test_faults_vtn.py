@@ -218,8 +218,8 @@ async def test_slow_vtn_times_out_retries_then_a_real_vtn_on_its_port_registers(
     await fake.start()
     vtn = None
     try:
-        # openadr.request_timeout_seconds bounds each whole request (30 s by default, 3 s here)
-        async with running_gateway(tmp_path, free_udp_port, fake.url, request_timeout=3.0) as (
+        # openadr.request_timeout_seconds bounds each whole request (30 s by default, 1.5 s here)
+        async with running_gateway(tmp_path, free_udp_port, fake.url, request_timeout=1.5) as (
                 gateway, meter, peer, gw, readings):
             await eventually(lambda: gateway.vtn.registration_failures >= 2, 30, "two timed-out attempts")
             assert fake.attempts("slow") >= 2

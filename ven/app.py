@@ -23,7 +23,7 @@ from . import __version__
 from .config import GatewayConfig
 from .metrics import Metrics
 from .schedule import EventSchedule, ScheduleState
-from .storage import REOPEN_SECONDS, Storage
+from .storage import Storage
 from .tasks import cancel_and_wait
 from .telemetry import TelemetryQueue
 from .wallclock import clock_suspect
@@ -61,9 +61,9 @@ class Gateway:
                                     points=P.points_for(c.forecaster.horizons_minutes))
         # A file that cannot be opened does not stop the gateway: the BAS still needs the device and
         # the live points. Both keep their data in memory and write it once the file opens.
-        self.storage = Storage(c.storage.path, reopen_seconds=REOPEN_SECONDS)
+        self.storage = Storage(c.storage.path, reopen_seconds=c.storage.retry_seconds)
         self.telemetry = TelemetryQueue(c.storage.path, max_age=timedelta(days=c.openadr.queue_max_days),
-                                        reopen_seconds=REOPEN_SECONDS)
+                                        reopen_seconds=c.storage.retry_seconds)
         self.schedule = EventSchedule(self.storage, on_change=self._on_schedule)
         self.meter = MeterClient(self.device, address=c.meter.address, object=c.meter.object,
                                  property=c.meter.property, router=c.meter.router,
@@ -83,7 +83,8 @@ class Gateway:
 
         c = self.config
         low, high = self.device.input_bounds  # as the device compares them: what it takes, the forecaster takes
-        return ForecastService(c.forecaster, c.storage.path, publish=self._on_forecast, min_kw=low, max_kw=high)
+        return ForecastService(c.forecaster, c.storage.path, publish=self._on_forecast, min_kw=low, max_kw=high,
+                               reopen_seconds=c.storage.retry_seconds)
 
     @functools.cached_property
     def vtn(self) -> "VtnClient":

@@ -314,6 +314,7 @@ def tls_file_problems(c: OpenadrConfig) -> list[str]:
 
 class StorageConfig(_Section):
     path: str = "var/gateway.sqlite"
+    retry_seconds: float = Field(10.0, gt=0, le=3600)   # a file that will not open or take writes, tried again
 
 
 class HttpConfig(_Section):
