@@ -321,3 +321,15 @@ def test_the_grid_told_to_the_vtn_is_configurable_and_checked(tmp_path):
         with pytest.raises(ConfigError) as err:
             load_config(p, environ={})
         assert key in str(err.value), str(err.value)
+
+
+def test_a_meter_read_less_often_than_telemetry_is_sampled_is_a_warning_not_an_error(tmp_path):
+    # Valid, but every report interval the meter was not read in goes missing at the VTN.
+    res = _cli("check-config", str(_write(tmp_path, "[meter]\npoll_seconds = 30\n[openadr]\ntelemetry_seconds = 10\n")))
+    assert res.returncode == 0, res.stderr
+    warning, ok = res.stdout.splitlines()
+    assert "warning: meter.poll_seconds (30) is longer than openadr.telemetry_seconds (10)" in warning
+    assert ok.endswith(")") and ": ok (" in ok
+    example = _cli("check-config", str(EXAMPLE))
+    assert "warning" not in example.stdout
+    assert load_config(None, environ={}).warnings() == []

@@ -106,6 +106,8 @@ class Gateway:
     async def start(self) -> None:
         c = self.config
         log.info("edge-gateway %s starting: device %d on %s", __version__, c.bacnet.device_id, c.bacnet.address)
+        for warning in c.warnings():
+            log.warning("config: %s", warning)
         await self._start(self.device)
         await self._restore_opt_out(self.storage.load_value(OPT_OUT_COMMANDS))
         self.storage.on_late_open = self._storage_opened_late

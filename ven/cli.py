@@ -63,6 +63,8 @@ def cmd_check_config(args) -> int:
     if problems:
         _print_config_error(ConfigError("\n".join(problems)))
         return EXIT_CONFIG
+    for warning in cfg.warnings():
+        print(f"{args.file}: warning: {warning}")
     print(f"{args.file}: ok (device {cfg.bacnet.device_id} on {cfg.bacnet.address}, "
           f"meter {cfg.meter.address} {cfg.meter.object}, VTN {cfg.openadr.vtn_url})")
     return 0

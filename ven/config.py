@@ -405,6 +405,15 @@ class GatewayConfig(_Section):
     forecaster: ForecasterConfig = ForecasterConfig()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
+    def warnings(self) -> list[str]:
+        """Settings that are valid but lose something the reader of the config likely wants."""
+        out = []
+        if self.meter.poll_seconds > self.openadr.telemetry_seconds:
+            out.append(f"meter.poll_seconds ({self.meter.poll_seconds:g}) is longer than openadr.telemetry_seconds "
+                       f"({self.openadr.telemetry_seconds:g}): report intervals the meter was not read in are not "
+                       f"sent to the VTN")
+        return out
+
 
 def _field_type(path: list[str]) -> object:
     """The annotation of the key at `path` (e.g. ["http", "token"] -> str), None if there is no such key."""
