@@ -159,60 +159,48 @@ async def test_backlog_after_a_vtn_outage_is_the_same_intervals_once_in_order(tm
 
 async def test_a_one_shot_request_gets_one_report_with_the_latest_reading(tmp_path, free_tcp_port, caplog):
     caplog.set_level(logging.INFO, logger="ven")
-    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
-        async with running(tmp_path, server.url) as rig:
-            await until(lambda: rig.vtn.status()["report_request_id"], 10, "telemetry requested")
-            standing = rig.vtn.status()["report_request_id"]
-            rig.start_meter(0.5)
-            await until(lambda: received(server), 5, "the standing request served")
-            oneshot = server.create_report(rig.vtn.ven_id, timedelta(0), timedelta(0))
-            await until(lambda: received(server, rrid=oneshot), 5, "the one-shot report")
-            latest = rig.taken[-1]
-            await asyncio.sleep(3)
-            got = received(server, rrid=oneshot)
-            assert len(got) == 1, got                                 # once, not a stream
-            assert got[0][2] in [kw for _, kw in rig.taken[-8:]] and got[0][1] == S
-            assert abs((got[0][0] - latest[0]).total_seconds()) < 3
-            assert (200, "OK", [standing, oneshot]) in server.created_reports
-            assert rig.vtn.status()["report_request_id"] == standing   # the stream goes on under its request
-            assert len(received(server, rrid=standing)) >= 4
-            assert len(said(caplog, f"one-shot report {oneshot} sent")) == 1
+    async with streaming(tmp_path, free_tcp_port(), every=0.5) as (server, rig, standing):
+        await until(lambda: received(server), 5, "the standing request served")
+        oneshot = server.create_report(rig.vtn.ven_id, timedelta(0), timedelta(0))
+        await until(lambda: received(server, rrid=oneshot), 5, "the one-shot report")
+        latest = rig.taken[-1]
+        await asyncio.sleep(3)
+        got = received(server, rrid=oneshot)
+        assert len(got) == 1, got                                 # once, not a stream
+        assert got[0][2] in [kw for _, kw in rig.taken[-8:]] and got[0][1] == S
+        assert abs((got[0][0] - latest[0]).total_seconds()) < 3
+        assert (200, "OK", [standing, oneshot]) in server.created_reports
+        assert rig.vtn.status()["report_request_id"] == standing   # the stream goes on under its request
+        assert len(received(server, rrid=standing)) >= 4
+        assert len(said(caplog, f"one-shot report {oneshot} sent")) == 1
 
 
 @pytest.mark.parametrize("what", ["rid", "spec"])
 async def test_a_request_for_something_never_offered_is_refused_and_not_streamed_to(
         tmp_path, free_tcp_port, caplog, what):
     caplog.set_level(logging.INFO, logger="ven")
-    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
-        async with running(tmp_path, server.url) as rig:
-            await until(lambda: rig.vtn.status()["report_request_id"], 10, "telemetry requested")
-            standing = rig.vtn.status()["report_request_id"]
-            rig.start_meter(0.5)
-            bad = server.create_report(rig.vtn.ven_id, S, S, **({"r_id": "no-such-rid"} if what == "rid"
-                                                                 else {"report_specifier_id": "no-such-report"}))
-            await until(lambda: [c for c in server.created_reports if c[0] != 200], 5, "the refusal")
-            code, text, pending = server.created_reports[-1]
-            assert code == 452 and bad in text and pending == [standing]
-            await asyncio.sleep(2.5)
-            assert received(server, rrid=bad) == []
-            assert rig.vtn.status()["report_request_id"] == standing and received(server, rrid=standing)
-            lines = said(caplog, "never offered, refused with 452")
-            assert len(lines) == 1 and ("no-such-rid" if what == "rid" else "no-such-report") in lines[0]
+    async with streaming(tmp_path, free_tcp_port(), every=0.5) as (server, rig, standing):
+        bad = server.create_report(rig.vtn.ven_id, S, S, **({"r_id": "no-such-rid"} if what == "rid"
+                                                             else {"report_specifier_id": "no-such-report"}))
+        await until(lambda: [c for c in server.created_reports if c[0] != 200], 5, "the refusal")
+        code, text, pending = server.created_reports[-1]
+        assert code == 452 and bad in text and pending == [standing]
+        await asyncio.sleep(2.5)
+        assert received(server, rrid=bad) == []
+        assert rig.vtn.status()["report_request_id"] == standing and received(server, rrid=standing)
+        lines = said(caplog, "never offered, refused with 452")
+        assert len(lines) == 1 and ("no-such-rid" if what == "rid" else "no-such-report") in lines[0]
 
 
 async def test_a_second_request_replaces_the_first_and_says_so(tmp_path, free_tcp_port, caplog):
     caplog.set_level(logging.INFO, logger="ven")
-    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
-        async with running(tmp_path, server.url) as rig:
-            await until(lambda: rig.vtn.status()["report_request_id"], 10, "telemetry requested")
-            first = rig.vtn.status()["report_request_id"]
-            rig.start_meter(0.5)
-            second = server.create_report(rig.vtn.ven_id, 2 * S, 2 * S)
-            await until(lambda: received(server, rrid=second), 8, "the second request served")
-            assert said(caplog, "replaces") == [
-                f"VTN report request {second} replaces {first} (one telemetry request is served at a time): "
-                "intervals of PT2S (mean of the readings in each), each sent as it completes"]
-            assert all(d == 2 * S for _, d, _ in received(server, rrid=second))
+    async with streaming(tmp_path, free_tcp_port(), every=0.5) as (server, rig, first):
+        second = server.create_report(rig.vtn.ven_id, 2 * S, 2 * S)
+        await until(lambda: received(server, rrid=second), 8, "the second request served")
+        assert said(caplog, "replaces") == [
+            f"VTN report request {second} replaces {first} (one telemetry request is served at a time): "
+            "intervals of PT2S (mean of the readings in each), each sent as it completes"]
+        assert all(d == 2 * S for _, d, _ in received(server, rrid=second))
 
 
 async def test_a_vtn_refusing_a_forgotten_request_gets_the_offer_again_and_the_backlog(
@@ -259,33 +247,27 @@ async def test_the_report_metadata_tells_the_sites_grid_and_the_granularities_of
 async def test_a_reading_dated_in_an_interval_already_reported_does_not_send_that_interval_twice(
         tmp_path, free_tcp_port, caplog):
     caplog.set_level(logging.INFO, logger="ven")
-    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
-        async with running(tmp_path, server.url) as rig:
-            await until(lambda: rig.vtn.status()["report_request_id"], 10, "telemetry requested")
-            rig.start_meter(0.25)
-            await until(lambda: len(received(server)) >= 3, 8, "live intervals")
-            rig.vtn.record_sample(now() - 3 * S, 999.0)           # the clock stepped back
-            await until(lambda: said(caplog, "the clock stepped back?"), 4, "the dropped reading named")
-            await rig.stop_meter()
-            await until(lambda: rig.queue.pending == 0, 5, "drained")
-            starts = [t for t, _, _ in received(server)]
-            assert len(starts) == len(set(starts)) and 999.0 not in [v for *_, v in received(server)]
-            assert rig.queue.delivered == len(rig.taken)          # the dropped one is not counted as delivered
+    async with streaming(tmp_path, free_tcp_port()) as (server, rig, _):
+        await until(lambda: len(received(server)) >= 3, 8, "live intervals")
+        rig.vtn.record_sample(now() - 3 * S, 999.0)           # the clock stepped back
+        await until(lambda: said(caplog, "the clock stepped back?"), 4, "the dropped reading named")
+        await rig.stop_meter()
+        await until(lambda: rig.queue.pending == 0, 5, "drained")
+        starts = [t for t, _, _ in received(server)]
+        assert len(starts) == len(set(starts)) and 999.0 not in [v for *_, v in received(server)]
+        assert rig.queue.delivered == len(rig.taken)          # the dropped one is not counted as delivered
 
 
 async def test_readings_after_the_clock_stepped_back_minutes_are_reported_not_dropped(
         tmp_path, free_tcp_port, caplog):
     caplog.set_level(logging.INFO, logger="ven")
-    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
-        async with running(tmp_path, server.url) as rig:
-            await until(lambda: rig.vtn.status()["report_request_id"], 10, "telemetry requested")
-            rig.start_meter(0.25)
-            await until(lambda: len(received(server)) >= 3, 8, "live intervals")
-            stepped = now() - 300 * S                              # NTP stepped the clock back 5 minutes
-            rig.vtn.record_sample(stepped, 999.0)
-            await until(lambda: 999.0 in [v for *_, v in received(server)], 5, "the reading reported")
-            assert said(caplog, "the clock stepped back; intervals are reported again")
-            await rig.stop_meter()
+    async with streaming(tmp_path, free_tcp_port()) as (server, rig, _):
+        await until(lambda: len(received(server)) >= 3, 8, "live intervals")
+        stepped = now() - 300 * S                              # NTP stepped the clock back 5 minutes
+        rig.vtn.record_sample(stepped, 999.0)
+        await until(lambda: 999.0 in [v for *_, v in received(server)], 5, "the reading reported")
+        assert said(caplog, "the clock stepped back; intervals are reported again")
+        await rig.stop_meter()
 
 
 async def test_a_cancelled_request_is_answered_and_no_longer_served_and_its_readings_wait(
@@ -314,7 +296,7 @@ async def test_a_cancel_with_report_to_follow_gets_a_last_update_first(tmp_path,
     caplog.set_level(logging.INFO, logger="ven")
     back = 60 * S           # an update due once a minute: the intervals complete at the cancel are waiting
     async with streaming(tmp_path, free_tcp_port(), report_granularity=S, report_back=back) as (server, rig, rrid):
-        await asyncio.sleep(3)
+        await until(lambda: len(rig.taken) >= 12, 10, "three seconds of readings")
         server.cancel_report(rig.vtn.ven_id, rrid, report_to_follow=True)
         await until(lambda: server.canceled_reports, 5, "oadrCanceledReport")
         cancelled = now()

@@ -795,8 +795,7 @@ class VtnClient:
                 return False
             if rrid not in self._one_shots:
                 continue                # refused: given up (logged)
-            self._one_shots.remove(rrid)
-            self._forget_request(rrid)
+            self._end_one_shot(rrid)
             log.info("one-shot report %s sent: %.2f kW read at %s; the request is finished",
                      rrid, sample.kw, _iso(sample.ts))
         return True
@@ -832,22 +831,32 @@ class VtnClient:
                 log.warning("the VTN cancelled the telemetry report (request %s); readings queue until it asks "
                             "again", rrid)
         elif rrid in self._one_shots:
-            self._one_shots.remove(rrid)
-            self._forget_request(rrid)
+            self._end_one_shot(rrid)
             log.info("the VTN cancelled the one-shot report %s before it was sent", rrid)
         else:
-            serving = ", ".join(r for r in [self._report_request_id, *self._one_shots] if r) or "none"
+            serving = ", ".join(self._served()) or "none"
             log.warning("VTN cancelled report request %s, which the gateway does not serve (serving: %s): "
                         "answered %d", rrid, serving, INVALID_ID)
             response = {"response_code": INVALID_ID,
                         "response_description": f"reportRequestID {rrid} is not served by this VEN"[:200]}
         response["request_id"] = payload.get("request_id")
         # still pending: what is served, and the cancelled request until its last update is sent
-        pending = [{"report_request_id": r} for r in [self._report_request_id, *self._one_shots] if r]
+        await self._answer_report_message("oadrCanceledReport", response)
+
+    def _served(self) -> list[str]:
+        """The report requests being served: the standing one and the one-shots not yet sent."""
+        return [r for r in [self._report_request_id, *self._one_shots] if r]
+
+    async def _answer_report_message(self, message_type: str, response: dict) -> None:
+        """oadrCreatedReport / oadrCanceledReport: the answer, and the requests still pending."""
         client = self._client
-        msg = client._create_message("oadrCanceledReport", response=response, ven_id=self.ven_id,
-                                     pending_reports=pending)
+        msg = client._create_message(message_type, response=response, ven_id=self.ven_id,
+                                     pending_reports=[{"report_request_id": r} for r in self._served()])
         await client._perform_request("EiReport", msg)
+
+    def _end_one_shot(self, rrid: str) -> None:
+        self._one_shots.remove(rrid)
+        self._forget_request(rrid)
 
     def _stop_serving(self, rrid: str) -> None:
         self._report_request_id = self._final_report = None
@@ -879,7 +888,7 @@ class VtnClient:
                 continue
             asked = spec.get("granularity")
             back = spec.get("report_back_duration") or timedelta(0)
-            client.report_requests[:] = [r for r in client.report_requests if r["report_request_id"] != rrid]
+            self._forget_request(rrid)
             client.report_requests.append({"report_request_id": rrid, "report_specifier_id": sid,
                                            "report_back_duration": back, "r_ids": r_ids, "granularity": asked,
                                            "job": None})
@@ -894,7 +903,6 @@ class VtnClient:
                             "openadr.telemetry_seconds): intervals of %s are sent instead",
                             rrid, _duration(asked), _duration(sampling), _duration(granularity))
             self._adopt(rrid, granularity, back)
-        pending = [{"report_request_id": r} for r in [self._report_request_id, *self._one_shots] if r]
         if refused:
             log.warning("VTN requested telemetry the gateway never offered, refused with %d: %s",
                         INVALID_ID, "; ".join(refused))
@@ -902,9 +910,7 @@ class VtnClient:
         else:
             response = {"response_code": 200, "response_description": "OK"}
         response["request_id"] = payload.get("request_id") or (payload.get("response") or {}).get("request_id")
-        msg = client._create_message("oadrCreatedReport", response=response, ven_id=self.ven_id,
-                                     pending_reports=pending)
-        await client._perform_request("EiReport", msg)
+        await self._answer_report_message("oadrCreatedReport", response)
         self._wake_delivery.set()
 
     def _adopt(self, rrid: str, granularity: timedelta, back: timedelta) -> None:
@@ -951,8 +957,7 @@ class VtnClient:
             self.last_error = (f"VTN refused the report: {client.refused}" if client.refused
                                else f"VTN answered the report with {rtype} code {_response_code(payload)}")
             if rrid in self._one_shots:
-                self._one_shots.remove(rrid)     # its one chance: the VTN does not want it
-                self._forget_request(rrid)
+                self._end_one_shot(rrid)     # its one chance: the VTN does not want it
                 log.warning("%s; the one-shot report %s is given up", self.last_error, rrid)
                 return True
             if self.last_error != self._report_refused:
