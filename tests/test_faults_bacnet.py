@@ -223,7 +223,7 @@ async def test_silent_meter_faults_without_invented_values_then_recovers(
     bacnet_port, meter_port, vtn_port = free_udp_port(), free_udp_port(), free_tcp_port()
     cfg = parse_config({
         "bacnet": {"address": f"127.0.0.1/8:{bacnet_port}", "device_id": 500202},
-        "meter": {"router": f"127.0.0.1:{meter_port}", "poll_seconds": 0.5, "timeout_seconds": 0.5},
+        "meter": {"router": f"127.0.0.1:{meter_port}", "poll_seconds": 0.5, "timeout_seconds": 1.0},
         "openadr": {"vtn_url": f"http://127.0.0.1:{vtn_port}/OpenADR2/Simple/2.0b", "ven_name": "silent",
                     "retry_min_seconds": 0.2, "retry_max_seconds": 1.0, "telemetry_seconds": 1},
         "storage": {"path": str(tmp_path / "gw.sqlite")},
@@ -243,8 +243,9 @@ async def test_silent_meter_faults_without_invented_values_then_recovers(
             await eventually(lambda: gateway.vtn.connected and vtn.reports, 15, "live telemetry")
             assert await peer.read(gw, meter_power, "statusFlags") == [0, 0, 0, 0]
 
-            went_silent = datetime.now(timezone.utc)
             meter.set_silent(True)
+            # An answer the meter sent just before is still received, at most one read timeout later.
+            went_silent = datetime.now(timezone.utc) + timedelta(seconds=1.0)
             async def meter_fault():
                 return await peer.read(gw, P.BY_NAME[P.METER_FAULT].object_id, "presentValue") == "active"
             await eventually(meter_fault, 5, "meter-fault on")
