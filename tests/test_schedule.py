@@ -18,12 +18,12 @@ def now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def make_event(event_id, levels, start, step, mod=0, test=False, opt=OPT_IN, name="SIMPLE"):
+def make_event(event_id, levels, start, step, mod=0, test=False, opt=OPT_IN, name="SIMPLE", received_at=None):
     ivs = tuple(Interval(start + timedelta(seconds=i * step), timedelta(seconds=step), float(v))
                 for i, v in enumerate(levels))
     return Event(event_id=event_id, modification_number=mod, status="far", test_event=test,
                  market_context="oadr://x", signals=(Signal(name, "level", ivs),),
-                 start_offset=timedelta(0), received_at=now(), opt=opt)
+                 start_offset=timedelta(0), received_at=received_at or now(), opt=opt)
 
 
 class Recorder:
@@ -236,16 +236,17 @@ async def test_a_running_event_modified_or_cancelled_keeps_what_it_drove_in_the_
     t0 = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
     clock = [t0 + timedelta(minutes=10)]
     sched = EventSchedule(storage, Recorder(), clock=lambda: clock[0])
-    ev = make_event("e", [1], t0, 1200)
+    sent = t0 - timedelta(hours=1)      # the history shades nothing before an event arrived
+    ev = make_event("e", [1], t0, 1200, received_at=sent)
     sched.upsert(ev)
     # ten minutes at level 1, then the VTN shortens it to five minutes at level 2: already over
     sched.upsert(replace(make_event("e", [2], t0, 300), modification_number=1, received_at=ev.received_at))
     assert sched.state().level == 0.0
     clock[0] += timedelta(minutes=5)
-    sched.upsert(replace(make_event("e2", [3], clock[0] - timedelta(minutes=1), 600)))
+    sched.upsert(make_event("e2", [3], clock[0] - timedelta(minutes=1), 600, received_at=sent))
     clock[0] += timedelta(minutes=1)
-    sched.upsert(replace(make_event("e2", [3], clock[0] - timedelta(minutes=2), 600), status="cancelled",
-                         modification_number=1))
+    sched.upsert(replace(make_event("e2", [3], clock[0] - timedelta(minutes=2), 600, received_at=sent),
+                         status="cancelled", modification_number=1))
 
     def shaded():
         body = build_history(clock[0].timestamp() + 30, 1.0, {"power": {"time": [], "kw": []}}, sched.events())

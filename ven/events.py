@@ -10,6 +10,7 @@ An event whose active period lasts 0 has no defined end and stays active until t
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 from dataclasses import dataclass, replace
@@ -19,7 +20,19 @@ OPT_IN = "optIn"
 OPT_OUT = "optOut"
 SIMPLE = "SIMPLE"
 OPEN_ENDED = timedelta(days=36500)  # "until cancelled", as a duration the arithmetic below can carry
+SIMPLE_LEVELS = (0.0, 1.0, 2.0, 3.0)   # conformance rule 9: the only payloads of a SIMPLE signal
 MAX_OPT_CHANGES = 1000  # answers kept per event for the history (about 2 h of a BAS toggling every 10 s)
+
+
+log = logging.getLogger(__name__)
+
+
+def _simple_level(payload: float) -> float:
+    """A SIMPLE payload the profile forbids, made one the BAS is told to expect (0-3): clamped, then
+    rounded half up (2.5 -> 3: when in doubt, the deeper shed the VTN asked for)."""
+    if not math.isfinite(payload):
+        return 0.0
+    return float(math.floor(min(3.0, max(0.0, payload)) + 0.5))
 
 
 @dataclass(frozen=True)
@@ -70,6 +83,14 @@ class Event:
     # every answer this event has had and when it took effect (UTC), oldest first, so the history shows
     # what was in force when, not today's answer; empty = only `opt` is known (see opt_log)
     opt_changes: tuple[tuple[datetime, str], ...] = ()
+    # eventDescriptor createdDateTime (UTC): tells a reused id from a stale copy of this event
+    created: datetime | None = None
+    # oadrResponseRequired: "never" = the VEN must not answer this event with oadrCreatedEvent
+    response_required: str = "always"
+    # eiTarget as (type, value), e.g. ("ven_id", "ven-1"), ("resource_id", "chiller-2"); empty = the whole VEN
+    targets: tuple[tuple[str, str], ...] = ()
+    # False when the targets name venIDs and this VEN's is not among them: kept and shown, never followed
+    for_this_ven: bool = True
 
     @property
     def cancelled(self) -> bool:
@@ -98,7 +119,7 @@ class Event:
     @property
     def drives_points(self) -> bool:
         """Only opted-in, live, non-test events with a SIMPLE signal move the BACnet points."""
-        return (not self.test_event and not self.cancelled and self.opt == OPT_IN
+        return (not self.test_event and not self.cancelled and self.opt == OPT_IN and self.for_this_ven
                 and any(s.name == SIMPLE for s in self.signals))
 
     def simple_level(self, now: datetime) -> float | None:
@@ -182,6 +203,10 @@ class Event:
             "modified_at": self.modified_at.isoformat() if self.modified_at else None,
             "ran_before": [[a.isoformat(), b.isoformat(), lv] for a, b, lv in self.ran_before],
             "opt_changes": [[at.isoformat(), opt] for at, opt in self.opt_changes],
+            "created": self.created.isoformat() if self.created else None,
+            "response_required": self.response_required,
+            "targets": [list(t) for t in self.targets],
+            "for_this_ven": self.for_this_ven,
         })
 
     @classmethod
@@ -208,7 +233,11 @@ class Event:
                    ran_before=tuple((datetime.fromisoformat(a), datetime.fromisoformat(b), float(lv))
                                     for a, b, lv in d.get("ran_before", ())),
                    # stored before opt_changes existed: none, so opt_log knows only the answer of now
-                   opt_changes=tuple((datetime.fromisoformat(at), str(opt)) for at, opt in d.get("opt_changes", ())))
+                   opt_changes=tuple((datetime.fromisoformat(at), str(opt)) for at, opt in d.get("opt_changes", ())),
+                   created=datetime.fromisoformat(d["created"]) if d.get("created") else None,
+                   response_required=str(d.get("response_required", "always")),
+                   targets=tuple((str(k), str(v)) for k, v in d.get("targets", ())),
+                   for_this_ven=bool(d.get("for_this_ven", True)))
 
     def describe(self, now: datetime) -> dict:
         """JSON-ready view for the status API."""
@@ -231,6 +260,8 @@ class Event:
             "start_offset_seconds": self.start_offset.total_seconds(),
             "received_at": _iso(self.received_at),
             "drives_points": self.drives_points,
+            "targets": [{"type": k, "value": v} for k, v in self.targets],
+            "for_this_ven": self.for_this_ven,
             "signals": [{"name": s.name, "type": s.type,
                          "intervals": [{"start": _iso(i.start + self.start_offset),
                                         "duration_seconds": None if i.open_ended else i.duration.total_seconds(),
@@ -263,8 +294,40 @@ def _truthy(v) -> bool:
     return v is True or (isinstance(v, str) and v.strip().lower() == "true")
 
 
+def _targets(raw: dict) -> tuple[tuple[str, str], ...]:
+    """eiTarget as openleadr parses it: targets_by_type {"ven_id": [...], ...} (or a list of one-key dicts)."""
+    by_type = raw.get("targets_by_type")
+    if not isinstance(by_type, dict):
+        by_type = {}
+        for t in raw.get("targets") or []:
+            for k, v in (t.items() if isinstance(t, dict) else ()):
+                by_type.setdefault(k, []).append(v)
+    out = []
+    for kind, values in by_type.items():
+        for v in values if isinstance(values, list) else [values]:
+            if v is not None and not isinstance(v, dict):
+                out.append((str(kind), str(v)))
+    return tuple(sorted(set(out)))
+
+
+def id_reused(prev: Event, raw: dict, now: datetime) -> bool:
+    """A lower modification number under a known id is a new event only if the stored one is over by the
+    clock, or was cancelled and the new copy was created after it (eventDescriptor createdDateTime). A
+    cancellation alone is not enough: the copy from before the cancellation (a VTN failing over to a stale
+    replica, a replayed message) has a lower number too, and taking it as new would drive the building
+    through an event the utility cancelled."""
+    if now >= prev.end:
+        return True
+    if not prev.cancelled:
+        return False
+    created = raw["event_descriptor"].get("created_date_time")
+    if isinstance(created, datetime) and prev.created is not None:
+        return _utc(created) > prev.created
+    return True     # nothing tells them apart (stored before `created` was kept): as before
+
+
 def from_openleadr(raw: dict, received_at: datetime, previous: Event | None = None,
-                   rng: random.Random | None = None) -> Event:
+                   rng: random.Random | None = None, ven_id: str | None = None) -> Event:
     """Convert one event dict as openleadr's parser delivers it.
 
     `previous` is the stored copy of the same event, if any: its randomization offset and opt
@@ -280,6 +343,9 @@ def from_openleadr(raw: dict, received_at: datetime, previous: Event | None = No
     open_ended = active.get("duration") is not None and active["duration"] == timedelta(0)
     signals = []
     for s in signals_raw:
+        name = str(s.get("signal_name"))
+        if name == "simple":  # the 2.0b schema's backwards-compatible spelling of SIMPLE
+            name = SIMPLE
         intervals = []
         cursor = ap_start
         for iv in sorted(s.get("intervals") or [], key=lambda i: i.get("uid") or 0):
@@ -287,13 +353,16 @@ def from_openleadr(raw: dict, received_at: datetime, previous: Event | None = No
             duration = iv.get("duration") or timedelta(0)
             if start is None:
                 raise ValueError(f"event {desc.get('event_id')}: interval without a start")
-            intervals.append(Interval(start, duration, float(iv.get("signal_payload", 0.0))))
+            payload = float(iv.get("signal_payload", 0.0))
+            if name == SIMPLE and payload not in SIMPLE_LEVELS:
+                if previous is None or previous.modification_number != int(desc.get("modification_number") or 0):
+                    log.warning("event %s: SIMPLE level %g is not 0, 1, 2 or 3 (OpenADR 2.0b rule 9): %g is used",
+                                desc.get("event_id"), payload, _simple_level(payload))
+                payload = _simple_level(payload)
+            intervals.append(Interval(start, duration, payload))
             cursor = start + duration
         if open_ended and intervals:
             intervals[-1] = replace(intervals[-1], duration=OPEN_ENDED)
-        name = str(s.get("signal_name"))
-        if name == "simple":  # the 2.0b schema's backwards-compatible spelling of SIMPLE
-            name = SIMPLE
         signals.append(Signal(name, str(s.get("signal_type")), tuple(intervals)))
 
     start_after = _find(active.get("tolerance"), "startafter") or timedelta(0)
@@ -318,6 +387,10 @@ def from_openleadr(raw: dict, received_at: datetime, previous: Event | None = No
         start_after=start_after,
         ramp_up=ramp_up if isinstance(ramp_up, timedelta) else timedelta(0),
         priority=_priority(desc.get("priority")),
+        created=_utc(desc["created_date_time"]) if isinstance(desc.get("created_date_time"), datetime) else None,
+        response_required="never" if raw.get("response_required") == "never" else "always",
+        targets=(targets := _targets(raw)),
+        for_this_ven=ven_id is None or not (vens := {v for k, v in targets if k == "ven_id"}) or ven_id in vens,
     )
 
 

@@ -205,6 +205,10 @@ def build_history(now: float, hours: float, store: dict, events: list[dict] = ()
 
     shaded = []
     for ev in events:
+        if ev.get("test_event"):
+            continue  # a test event never drives ADR-Event-Level
+        # nothing ran here before the event reached the gateway (late delivery, or over on arrival)
+        known_from = _epoch(ev.get("received_at"))
         ran_until = None
         if ev.get("status") == "cancelled":
             ran_until = _epoch(ev.get("cancelled_at"))
@@ -220,6 +224,10 @@ def build_history(now: float, hours: float, store: dict, events: list[dict] = ()
                 stop = ran_until if stop is None else min(stop, ran_until)
             if start is None or start > now:
                 continue
+            if known_from is not None:
+                start = max(start, known_from)
+                if stop is not None and stop <= start:
+                    continue
             for part_start, part_stop, opt in _split_by_opt(start, stop, answers):
                 if part_stop is not None and (part_stop < minutes[0] or part_stop <= part_start):
                     continue

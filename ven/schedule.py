@@ -179,7 +179,7 @@ class EventSchedule:
         now = self._clock()
         changed = []
         for ev in list(self._events.values()):
-            if ev.cancelled or ev.test_event:
+            if ev.cancelled or ev.test_event or not ev.for_this_ven:
                 continue
             if ev.phase(now) not in ("far", "near", "active"):
                 continue

@@ -29,7 +29,7 @@ from signxml.exceptions import InvalidSignature
 
 from .config import OpenadrConfig, key_is_encrypted, tls_file_problems
 from .tasks import cancel_and_wait
-from .events import OPT_IN, OPT_OUT, SIMPLE, from_openleadr, with_opt
+from .events import OPT_IN, OPT_OUT, SIMPLE, from_openleadr, id_reused, with_opt
 from .report_intervals import (Interval, bucket_start, complete_intervals, effective_granularity, next_boundary,
                                report_period)
 from .schedule import EventSchedule
@@ -269,6 +269,13 @@ class VtnClient:
                      len(changed))
         else:
             log.info("ADR-Opt-Out relinquished: opting back in to %d active/pending event(s)", len(changed))
+        silent = [ev.event_id for ev in changed if ev.response_required == "never"]
+        if silent:
+            # OpenADR 2.0b: responseRequired "never" forbids oadrCreatedEvent for the event (an opt
+            # would go as oadrCreateOpt); the local answer still holds, the VTN is not told
+            log.info("event(s) %s have responseRequired never: %s kept locally, no oadrCreatedEvent sent",
+                     ", ".join(silent), OPT_OUT if opted_out else OPT_IN)
+        changed = [ev for ev in changed if ev.response_required != "never"]
         for ev in changed:
             self._pending_opts[ev.event_id] = (ev.modification_number, ev.opt)
         if changed:
@@ -610,12 +617,22 @@ class VtnClient:
         eid = raw["event_descriptor"]["event_id"]
         prev = self._schedule.get(eid)
         mod = int(raw["event_descriptor"].get("modification_number") or 0)
-        if prev is not None and mod < prev.modification_number and prev.phase(now) in ("cancelled", "completed"):
+        if prev is not None and mod < prev.modification_number and id_reused(prev, raw, now):
             log.info("event %s: the VTN reused the id of an event that is over (modification %d after %d): "
                      "taken as a new event", eid, mod, prev.modification_number)
             self._schedule.forget(eid)
             prev = None
-        ev = from_openleadr(raw, now, prev)
+        ev = from_openleadr(raw, now, prev, ven_id=self.ven_id)
+        if not ev.for_this_ven:
+            # eiTarget names other VENs only: a VTN mistake or a broadcast; following it would shed this
+            # building for another site's event. The utility hears optOut: this site will not act on it.
+            if prev is None or prev.for_this_ven:
+                log.warning("event %s targets %s, not this VEN (%s): kept for the status API, not followed, "
+                            "answered optOut", eid, ", ".join(f"{k}={v}" for k, v in ev.targets), self.ven_id)
+            ev = with_opt(ev, OPT_OUT)
+            if self._schedule.upsert(ev) is not None and prev is not None:
+                self._log_event(ev, prev)
+            return _answer(self._schedule.get(eid))
         # a new event, or one back from an implied cancellation (ADR-Opt-Out may have changed meanwhile,
         # and set_opt_out leaves cancelled events alone), takes the site's answer of now
         if (prev is None or prev.unlisted) and not ev.test_event and not ev.cancelled:

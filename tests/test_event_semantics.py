@@ -1,0 +1,206 @@
+"""OpenADR 2.0b event semantics: stale copies, eiTarget, SIMPLE range, responseRequired "never" and the
+history's shading. The VTN side is a real openleadr VTN (DemoVtn) on loopback, with events built the way
+another utility's VTN could send them (which DemoVtn.add_event does not)."""
+from __future__ import annotations
+
+import logging
+import uuid
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from openleadr import objects
+from waiting import eventually as until
+
+from ven.config import OpenadrConfig
+from ven.events import OPT_IN, OPT_OUT, from_openleadr
+from ven.http_api import build_history
+from ven.schedule import EventSchedule
+from ven.storage import Storage
+from ven.telemetry import TelemetryQueue
+from ven.vtn import VtnClient
+from ven.vtn_server import DemoVtn
+
+LEVELS = {0.0, 1.0, 2.0, 3.0}
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Gateway:
+    def __init__(self, tmp_path, url):
+        self.levels: list[float] = []   # every ADR-Event-Level published
+        self.storage = Storage(tmp_path / "gw.sqlite")
+        self.schedule = EventSchedule(self.storage, lambda st: self.levels.append(st.level))
+        self.queue = TelemetryQueue(tmp_path / "gw.sqlite")
+        self.vtn = VtnClient(OpenadrConfig(vtn_url=url, retry_min_seconds=0.2, retry_max_seconds=1.0,
+                                           telemetry_seconds=1.0), self.schedule, self.queue)
+
+    @property
+    def level(self) -> float:
+        return self.schedule.state().level
+
+    def described(self, event_id: str) -> dict:
+        return next(e for e in self.schedule.events() if e["event_id"] == event_id)   # as /api/status shows it
+
+
+@asynccontextmanager
+async def _running(tmp_path, port):
+    async with DemoVtn(port, poll_seconds=1) as server:
+        gw = Gateway(tmp_path, server.url)
+        await gw.schedule.start()
+        await gw.vtn.start()
+        try:
+            await until(lambda: gw.vtn.connected, 10, "registration")
+            yield server, gw
+        finally:
+            await gw.vtn.stop()
+            await gw.schedule.stop()
+            gw.queue.close()
+            gw.storage.close()
+
+
+@pytest.fixture
+async def peers(tmp_path, free_tcp_port, caplog):
+    caplog.set_level(logging.INFO, logger="ven")
+    async with _running(tmp_path, free_tcp_port()) as pair:
+        yield pair
+
+
+def put_event(server: DemoVtn, levels, *, step=300, signal_name="SIMPLE", targets=None,
+              response_required="always") -> objects.Event:
+    """List an event at the VTN, active from a second ago, one interval per level (any payload)."""
+    start = now() - timedelta(seconds=1)
+    ivs = [objects.Interval(dtstart=start + i * timedelta(seconds=step), duration=timedelta(seconds=step),
+                            signal_payload=float(v), uid=i) for i, v in enumerate(levels)]
+    ev = objects.Event(
+        event_descriptor=objects.EventDescriptor(event_id=f"evt-{uuid.uuid4().hex[:8]}", modification_number=0,
+                                                 market_context="oadr://utility/dr", event_status="far"),
+        event_signals=[objects.EventSignal(intervals=ivs, signal_name=signal_name, signal_type="level",
+                                           signal_id=uuid.uuid4().hex[:8])],
+        targets=targets or [objects.Target(ven_id=v) for v in server.vens],
+        active_period=objects.ActivePeriod(dtstart=start, duration=timedelta(seconds=step * len(levels))),
+        response_required=response_required)
+    server._events.append(ev)
+    server._touch()
+    return ev
+
+
+def messages(caplog, text: str, level=logging.INFO) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == level and text in r.getMessage()]
+
+
+# -- against a real VTN ----------------------------------------------------------------------------
+
+@pytest.mark.timeout(30)
+async def test_a_stale_copy_of_a_cancelled_event_does_not_revive_it(peers):
+    server, gw = peers
+    ev = put_event(server, [2])
+    eid = ev.event_descriptor.event_id
+    await until(lambda: gw.level == 2.0, 8, "level 2")
+    server.cancel_event(eid)                                            # modification 1
+    await until(lambda: gw.schedule.get(eid).cancelled and gw.level == 0.0, 8, "cancellation")
+    seen = len(gw.levels)
+    # a VTN failing over to a stale replica lists the copy from before the cancellation again:
+    # modification 0, same createdDateTime, not cancelled
+    ev.event_descriptor.modification_number = 0
+    ev.event_descriptor.event_status = "active"
+    marker = put_event(server, [0]).event_descriptor.event_id          # handled after it, in the same message
+    await until(lambda: gw.schedule.get(marker) is not None, 8, "the message with the stale copy")
+    stored = gw.schedule.get(eid)
+    assert stored.cancelled and stored.modification_number == 1
+    assert gw.level == 0.0 and 2.0 not in gw.levels[seen:]
+
+
+@pytest.mark.timeout(30)
+async def test_an_event_for_other_vens_is_shown_answered_opt_out_and_never_followed(peers, caplog):
+    server, gw = peers
+    other = put_event(server, [3], targets=[objects.Target(ven_id="ven-other-building")]).event_descriptor.event_id
+    await until(lambda: server.opts_for(other), 8, "an answer to the other VEN's event")
+    assert server.opts_for(other) == [OPT_OUT]
+    d = gw.described(other)
+    assert d["targets"] == [{"type": "ven_id", "value": "ven-other-building"}]
+    assert d["for_this_ven"] is False and d["drives_points"] is False and d["opt"] == OPT_OUT
+    assert gw.level == 0.0 and 3.0 not in gw.levels
+    server.modify_event(other, levels=[2])                              # modified: still not ours, no new warning
+    mine = put_event(server, [1]).event_descriptor.event_id
+    await until(lambda: gw.schedule.get(other).modification_number == 1 and server.opts_for(mine), 8, "modification")
+    assert gw.level == 1.0
+    assert len(messages(caplog, "not this VEN", logging.WARNING)) == 1
+    gw.vtn.set_opt_out(True)                                            # ADR-Opt-Out written and relinquished
+    await until(lambda: server.opts_for(mine)[-1:] == [OPT_OUT], 5, "optOut for our event")
+    gw.vtn.set_opt_out(False)
+    await until(lambda: server.opts_for(mine)[-1:] == [OPT_IN], 5, "optIn for our event")
+    assert set(server.opts_for(other)) == {OPT_OUT} and gw.schedule.get(other).opt == OPT_OUT
+    assert 2.0 not in gw.levels and 3.0 not in gw.levels
+
+
+@pytest.mark.timeout(30)
+async def test_a_simple_level_out_of_range_from_the_vtn_is_clamped(peers):
+    server, gw = peers
+    # openleadr's VTN checks the range only under "SIMPLE"; the lower-case name passes it
+    eid = put_event(server, [7], signal_name="simple").event_descriptor.event_id
+    await until(lambda: gw.schedule.get(eid) is not None, 8, "event")
+    assert gw.level == 3.0 and set(gw.levels) <= LEVELS
+
+
+@pytest.mark.timeout(30)
+async def test_opt_out_sends_nothing_for_an_event_that_wants_no_response(peers, caplog):
+    server, gw = peers
+    never = put_event(server, [2], response_required="never").event_descriptor.event_id   # answers go in this order
+    always = put_event(server, [1]).event_descriptor.event_id
+    await until(lambda: gw.schedule.get(never) and server.opts_for(always) == [OPT_IN], 8, "both events")
+    gw.vtn.set_opt_out(True)
+    await until(lambda: server.opts_for(always)[-1:] == [OPT_OUT], 5, "optOut for the 'always' event")
+    assert gw.schedule.get(never).opt == OPT_OUT                        # the local answer holds
+    gw.vtn.set_opt_out(False)
+    await until(lambda: server.opts_for(always)[-1:] == [OPT_IN], 5, "optIn for the 'always' event")
+    assert server.opts_for(never) == []
+    assert server.opts_for(always) == [OPT_IN, OPT_OUT, OPT_IN]
+    assert len(messages(caplog, f"{never} have responseRequired never")) == 2
+
+
+# -- pure ------------------------------------------------------------------------------------------
+
+T0 = datetime(2026, 11, 22, 1, 0, tzinfo=timezone.utc)
+
+
+def raw_event(levels, start=T0, step=600, mod=0, name="SIMPLE", test=False, event_id="e1"):
+    return {"event_descriptor": {"event_id": event_id, "modification_number": mod, "event_status": "far",
+                                 "test_event": test, "market_context": "oadr://x"},
+            "active_period": {"dtstart": start, "duration": timedelta(seconds=step * len(levels))},
+            "event_signals": [{"signal_name": name, "signal_type": "level", "signal_id": "s1",
+                               "intervals": [{"dtstart": start + timedelta(seconds=i * step),
+                                              "duration": timedelta(seconds=step), "signal_payload": float(v),
+                                              "uid": i} for i, v in enumerate(levels)]}]}
+
+
+@pytest.mark.timeout(10)
+def test_simple_levels_are_clamped_rounded_half_up_and_warned_once_per_modification(caplog):
+    caplog.set_level(logging.WARNING, logger="ven")
+    ev = from_openleadr(raw_event([7, -1, 2.5, 1.49], name="simple"), T0)
+    assert [i.payload for i in ev.signals[0].intervals] == [3.0, 0.0, 3.0, 1.0]
+    assert [ev.simple_level(T0 + timedelta(seconds=600 * k)) for k in range(4)] == [3.0, 0.0, 3.0, 1.0]
+    first = len(caplog.records)
+    assert first and all("e1" in r.getMessage() for r in caplog.records)
+    again = from_openleadr(raw_event([7, -1, 2.5, 1.49], name="simple"), T0, previous=ev)   # listed again
+    assert [i.payload for i in again.signals[0].intervals] == [3.0, 0.0, 3.0, 1.0]
+    assert len(caplog.records) == first
+    from_openleadr(raw_event([9, -1, 2.5, 1.49], name="simple", mod=1), T0, previous=again)  # modified
+    assert len(caplog.records) == 2 * first
+
+
+@pytest.mark.timeout(10)
+def test_history_shades_only_what_ran_after_the_event_arrived():
+    now = T0.timestamp() + 50 * 60 + 30                                 # 01:50:30
+    at = lambda minute: T0 + timedelta(minutes=minute)                  # noqa: E731
+    events = [from_openleadr(raw, received) for raw, received in (
+        (raw_event([3], start=at(20), step=3600, test=True, event_id="test"), at(10)),   # a test event
+        (raw_event([2], start=at(0), step=1800, event_id="over"), at(40)),              # over when it arrived
+        (raw_event([1], start=at(0), step=3600, event_id="late"), at(30)),              # arrived 30 min late
+        (raw_event([2], start=at(0), step=600, event_id="timely"), at(-10)))]
+    shaded = build_history(now, 1.0, {"power": {"time": [], "kw": []}}, [e.describe(at(50)) for e in events])
+    assert [(s["event_id"], s["level"], s["start"], s["end"]) for s in shaded["events"]] == [
+        ("late", 1, at(30).timestamp(), at(60).timestamp()),
+        ("timely", 2, at(0).timestamp(), at(10).timestamp())]
