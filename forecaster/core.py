@@ -201,7 +201,7 @@ class DemandForecaster:
                 self._thresholds = None
                 self.clock_steps += 1
                 self.last_clock_step = step
-            self._bins.add(np.array([k]), np.array([float(kw)]))
+            self._bins.add(np.array([k]), np.array([float(kw)]), offsets=np.array([t - (k - 1) * 60.0]))
             self._dirty.add(k)
             self._newest_t = t if self._newest_t is None else max(self._newest_t, t)
         return True
@@ -221,7 +221,7 @@ class DemandForecaster:
             return 0
         ks = np.ceil(t / 60.0).astype(np.int64)
         with self._lock:
-            self._bins.add(ks, v)
+            self._bins.add(ks, v, offsets=t - (ks - 1) * 60.0)
             self._dirty.update(ks.tolist())
             newest = float(t.max())
             self._newest_t = newest if self._newest_t is None else max(self._newest_t, newest)
@@ -368,7 +368,7 @@ class DemandForecaster:
                 break
         else:
             return None
-        x = ks[ok].astype(float)
+        x = snap.minute_time(ks)[ok]   # when the readings were taken, not the minute they round to
         x -= x.mean()
         return float(np.dot(x, y[ok] - y[ok].mean()) / np.dot(x, x))
 
@@ -419,8 +419,12 @@ class DemandForecaster:
         rate = self._slope(snap, k)
         hi_thr, lo_thr = self._thresholds_at(snap, k_done)
         flag_on = out[self.horizons_minutes[-1]]
-        high = self._high.update(now, flag_on, hi_thr, level_kw)
-        low = self._low.update(now, flag_on, lo_thr, level_kw)
+        # Near-flat loads (a data centre, a cold store) put the 10th and 90th percentiles closer than the
+        # bands (3 % of each threshold): both flags latched on and stayed on. Cap each band at a quarter
+        # of the gap, and let a flag turn on only while the other is off.
+        gap = (hi_thr - lo_thr) / 4.0 if hi_thr is not None and lo_thr is not None else None
+        high = self._high.update(now, flag_on, hi_thr, level_kw, max_band=gap, blocked=self._low.on)
+        low = self._low.update(now, flag_on, lo_thr, level_kw, max_band=gap, blocked=high)
         kinds = set(names.values())
         label = kinds.pop() if len(kinds) == 1 else ",".join(f"{h}:{n}" for h, n in names.items())
         fc = Forecast(now, out, rate, high, low, hi_thr, lo_thr, label, level_kw)

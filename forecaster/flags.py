@@ -20,11 +20,16 @@ class HysteresisFlag:
     on: bool = False
     since: float | None = None
 
-    def update(self, t: float, value: float | None, threshold: float | None, level: float | None = None) -> bool:
+    def update(self, t: float, value: float | None, threshold: float | None, level: float | None = None,
+               max_band: float | None = None, blocked: bool = False) -> bool:
+        """`max_band` caps the hysteresis band (a quarter of the gap to the other flag's threshold, so the
+        band never reaches across it); `blocked` (the other flag is on) keeps this one from turning on."""
         if value is None or threshold is None:
             want = False  # no basis for a claim: fall back to off, still honouring min-on
         else:
             band = self.fraction * abs(threshold)
+            if max_band is not None:
+                band = min(band, max(max_band, 0.0))
             if self.above:
                 want = value >= threshold if not self.on else value >= threshold - band
             else:
@@ -32,6 +37,8 @@ class HysteresisFlag:
             if want and not self.on and self.arm_fraction is not None and level is not None:
                 arm = self.arm_fraction * abs(threshold)
                 want = level >= threshold - arm if self.above else level <= threshold + arm
+            if want and not self.on and blocked:
+                want = False   # never "shed" and "charge" at once
         if want != self.on:
             # a clock that went back makes the age negative: the state is as old as can be
             held = float("inf") if self.since is None or t < self.since else t - self.since

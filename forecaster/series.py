@@ -23,6 +23,9 @@ class MinuteBins:
         self.k0 = 0
         self.sums = np.zeros(0)
         self.counts = np.zeros(0, dtype=np.int64)
+        # Sum of each sample's seconds into its minute: where in the minute the readings were taken, so a
+        # slope over sparse readings (one every 2-3 minutes) is not skewed by rounding them to the minute.
+        self.offsets = np.zeros(0)
         self.last_k: int | None = None
 
     def __len__(self) -> int:
@@ -32,21 +35,25 @@ class MinuteBins:
         if self.sums.size == 0:
             self.k0 = k_lo
             n = max(k_hi - k_lo + 1, 1440)
-            self.sums, self.counts = np.zeros(n), np.zeros(n, dtype=np.int64)
+            self.sums, self.counts, self.offsets = np.zeros(n), np.zeros(n, dtype=np.int64), np.zeros(n)
             return
         if k_lo < self.k0:
             pad = self.k0 - k_lo
             self.sums = np.concatenate([np.zeros(pad), self.sums])
             self.counts = np.concatenate([np.zeros(pad, dtype=np.int64), self.counts])
+            self.offsets = np.concatenate([np.zeros(pad), self.offsets])
             self.k0 = k_lo
         need = k_hi - self.k0 + 1
         if need > self.sums.size:
             n = max(need, self.sums.size * 2)
             self.sums = np.concatenate([self.sums, np.zeros(n - self.sums.size)])
             self.counts = np.concatenate([self.counts, np.zeros(n - self.counts.size, dtype=np.int64)])
+            self.offsets = np.concatenate([self.offsets, np.zeros(n - self.offsets.size)])
 
-    def add(self, ks: np.ndarray, values: np.ndarray, counts: np.ndarray | None = None) -> None:
-        """Add values (already validated) into minutes ks; counts > 1 means values are sums."""
+    def add(self, ks: np.ndarray, values: np.ndarray, counts: np.ndarray | None = None,
+            offsets: np.ndarray | None = None) -> None:
+        """Add values (already validated) into minutes ks; counts > 1 means values are sums. `offsets`:
+        seconds into the minute of each sample (summed like values); unknown (stored minutes): mid-minute."""
         ks = np.asarray(ks, dtype=np.int64)
         if ks.size == 0:
             return
@@ -59,6 +66,8 @@ class MinuteBins:
         idx = ks - self.k0
         np.add.at(self.sums, idx, values)
         np.add.at(self.counts, idx, 1 if counts is None else counts)
+        n = np.ones(ks.size) if counts is None else np.asarray(counts, dtype=float)
+        np.add.at(self.offsets, idx, 30.0 * n if offsets is None else np.asarray(offsets, dtype=float))
         hi = int(ks.max())
         self.last_k = hi if self.last_k is None else max(self.last_k, hi)
         self._trim()
@@ -75,19 +84,21 @@ class MinuteBins:
         dropped = int(np.count_nonzero(self.counts[i:]))
         self.sums[i:] = 0.0
         self.counts[i:] = 0
+        self.offsets[i:] = 0.0
         if self.last_k is not None and self.last_k > k:
             self.last_k = max(k, self.k0)
         return dropped
 
     def clear(self) -> None:
         self.k0, self.last_k = 0, None
-        self.sums, self.counts = np.zeros(0), np.zeros(0, dtype=np.int64)
+        self.sums, self.counts, self.offsets = np.zeros(0), np.zeros(0, dtype=np.int64), np.zeros(0)
 
     def _trim(self) -> None:
         # Keep `keep` minutes behind the newest; cut in chunks so trimming stays rare.
         cut = (self.last_k - self.keep + 1) - self.k0
         if cut > max(self.keep // 4, 1440):
             self.sums, self.counts = self.sums[cut:].copy(), self.counts[cut:].copy()
+            self.offsets = self.offsets[cut:].copy()
             self.k0 += cut
 
     def span(self) -> tuple[int, int] | None:
@@ -104,11 +115,13 @@ class MinuteBins:
         n = max(hi - lo + 1, 0)
         sums = np.zeros(n)
         counts = np.zeros(n, dtype=np.int64)
+        offsets = np.zeros(n)
         a, b = max(lo, self.k0), min(hi + 1, self.k0 + self.sums.size)  # overlap with what is held
         if b > a:
             sums[a - lo:b - lo] = self.sums[a - self.k0:b - self.k0]
             counts[a - lo:b - lo] = self.counts[a - self.k0:b - self.k0]
-        return MinuteSnapshot(lo, sums, counts)
+            offsets[a - lo:b - lo] = self.offsets[a - self.k0:b - self.k0]
+        return MinuteSnapshot(lo, sums, counts, offsets)
 
     def minutes(self, k_from: int, k_to: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(minute, sum, count) of the non-empty minutes in [k_from, k_to]."""
@@ -120,8 +133,9 @@ class MinuteBins:
 class MinuteSnapshot:
     """A frozen copy of minute means with O(1) windowed means via prefix sums."""
 
-    def __init__(self, k0: int, sums: np.ndarray, counts: np.ndarray):
+    def __init__(self, k0: int, sums: np.ndarray, counts: np.ndarray, offsets: np.ndarray | None = None):
         self.k0 = k0
+        self.offsets = offsets
         self.n = sums.size
         self.counts = counts
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -132,6 +146,19 @@ class MinuteSnapshot:
         self._ps = np.concatenate([[0.0], np.cumsum(np.where(have, means, 0.0))])
         self._pc = np.concatenate([[0], np.cumsum(have.astype(np.int64))])
         self._tables: dict[int, np.ndarray] = {}
+
+    def minute_time(self, ks: np.ndarray) -> np.ndarray:
+        """When minute ks's readings were taken on average, in minutes (minute k spans k-1..k)."""
+        i = np.asarray(ks, dtype=np.int64) - self.k0
+        ks = np.asarray(ks, dtype=float)
+        if self.offsets is None:
+            return ks - 0.5
+        ok = (i >= 0) & (i < self.n)
+        j = np.where(ok, i, 0)
+        c = np.where(ok, self.counts[j], 0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(c > 0, self.offsets[j] / np.maximum(c, 1), 30.0)
+        return ks - 1.0 + mean / 60.0
 
     def window_mean(self, k_end: np.ndarray, width: int) -> np.ndarray:
         """Mean of the minute means over the `width` minutes ending at k_end (NaN if none or off range)."""

@@ -454,3 +454,40 @@ def test_the_network_predicts_with_numpy_what_scikit_learn_predicts():
     expected = net.predict((np.where(np.isnan(Xt), m.fill, Xt) - m.mu) / m.sd) * m.y_sd
     np.testing.assert_allclose(m.predict(Xt), expected, rtol=1e-9, atol=1e-9)
     assert np.sqrt(np.mean((m.predict(X[:200]) - y[:200]) ** 2)) < 0.5 * np.std(y)   # it learned something
+
+
+@pytest.mark.timeout(10)
+def test_a_nearly_flat_load_never_has_high_and_low_load_on_together():
+    # A data centre or cold store: 500 kW +- 6 kW. The 90th and 10th percentiles are ~10 kW apart,
+    # closer than the 3 % bands (15 kW): both flags latched on and stayed on.
+    fc = DemandForecaster(threshold_days=1, min_on_minutes=15, min_off_minutes=15)
+    rng = np.random.default_rng(7)
+    i = np.arange(3 * 1440)
+    t = T0 + 60.0 * i
+    fc.seed(t, 500 + 6 * np.sin(2 * np.pi * i / 120) + rng.normal(0, 0.5, i.size))
+    issued = t[1440::5]                                    # every 5 minutes over the last two days
+    fs = fc.predict_series(issued)
+    hi_thr, lo_thr = fs[-1].high_threshold_kw, fs[-1].low_threshold_kw
+    assert hi_thr is not None and lo_thr is not None and hi_thr - lo_thr < 0.03 * lo_thr  # bands wider than the gap
+    both = [f.issued_at for f in fs if f.high_load and f.low_load]
+    assert both == [], f"{len(both)} of {len(fs)} cycles with both flags on"
+    # each flag still comes and goes with the load (the fix must not simply silence them)
+    assert 0 < sum(f.high_load for f in fs) < len(fs) and 0 < sum(f.low_load for f in fs) < len(fs)
+
+
+@pytest.mark.timeout(10)
+def test_rate_of_change_of_a_ramp_read_at_irregular_times_is_its_slope():
+    # A BAS that writes on change: an exact +2.0 kW/min ramp, a reading every 150 s (then 130 s and
+    # 170 s). Slopes taken on the minute index read 2.50, 1.67, 1.99 kW/min; on the reading times, 2.0.
+    for step in (150.0, 130.0, 170.0):
+        fc = DemandForecaster(slope_minutes=5)
+        times = T0 + 7.0 + step * np.arange(12)
+        for x in times:
+            assert fc.add_sample(float(x), 100.0 + 2.0 * (x - T0) / 60.0)
+        rates = [fc.predict(float(times[-1]) + dt_).rate_kw_per_min for dt_ in (1.0, 45.0, 90.0, 120.0)]
+        assert rates == pytest.approx([2.0] * 4, rel=1e-6), (step, rates)
+    # several readings in one minute: the minute stands at their mean time, not at its end
+    fc = DemandForecaster(slope_minutes=5)
+    for s in (5.0, 10.0, 15.0, 130.0, 250.0, 255.0):
+        fc.add_sample(T0 + s, 100.0 + 2.0 * s / 60.0)
+    assert fc.predict(T0 + 260.0).rate_kw_per_min == pytest.approx(2.0, rel=1e-6)

@@ -7,7 +7,7 @@ import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from bacnet_peer import BacnetPeer
+from bacnet_peer import BacnetPeer, PeerError
 from waiting import eventually
 
 from bacnet_api import points as P
@@ -181,5 +181,75 @@ async def test_a_bas_value_at_the_bound_feeds_the_forecast_and_no_forecast_is_a_
             for name in (P.FIFTEEN_MIN_FORECAST, P.ONE_HOUR_FORECAST, P.RATE_OF_CHANGE):
                 await eventually(lambda name=name: gateway.device.status_flags(name)["fault"], 5, f"{name} fault")
             assert await peer.read(gw, P.BY_NAME[P.FIFTEEN_MIN_FORECAST].object_id, "statusFlags") == [0, 1, 0, 0]
+    finally:
+        await gateway.stop()
+
+
+@pytest.mark.timeout(20)
+async def test_no_power_for_input_stale_seconds_faults_the_forecasts_and_drops_the_load_flags(
+        tmp_path, free_udp_port, free_tcp_port):
+    # The BAS stops writing: the forecast and rate points kept reading as live ([0,0,0,0]) and
+    # high-load stayed active for ~14 minutes, until the 15-minute demand window emptied.
+    from forecaster.series import minute_of
+    from forecaster.store import ForecastStore
+
+    path = tmp_path / "gw.sqlite"
+    # what an earlier run stored a minute ago: with the live minute, two minutes give a rate
+    ForecastStore(str(path)).save_minutes([minute_of(time.time()) - 1], [300.0], [1])
+    cfg = parse_config({
+        "bacnet": {"address": f"127.0.0.1/8:{free_udp_port()}", "device_id": 500003},
+        "meter": {"address": "127.0.0.1:9", "poll_seconds": 1.0, "timeout_seconds": 0.5},
+        "openadr": {"vtn_url": f"http://127.0.0.1:{free_tcp_port()}/OpenADR2/Simple/2.0b"},
+        "storage": {"path": str(path)},
+        "http": {"enabled": False},
+        "forecaster": {"cycle_seconds": 0.2, "source": "bacnet_input", "input_stale_seconds": 3,
+                       "high_load_kw": 250.0, "low_load_kw": 100.0, "min_on_minutes": 0, "min_off_minutes": 0},
+    }, "test", environ={})
+    names = (P.FIFTEEN_MIN_FORECAST, P.ONE_HOUR_FORECAST, P.RATE_OF_CHANGE, P.HIGH_LOAD, P.LOW_LOAD)
+    gateway = Gateway(cfg)
+    await gateway.start()
+    try:
+        async with BacnetPeer(free_udp_port()) as peer:
+            gw = cfg.bacnet.address.replace("/8", "")
+
+            async def points():   # as the BAS reads them
+                rows = await peer.read_multiple(gw, [(P.BY_NAME[n].object_id, ["presentValue", "statusFlags"])
+                                                     for n in names])
+                assert not isinstance(rows, PeerError), rows
+                return {n: (rows[(P.BY_NAME[n].object_id, "presentValue")],
+                            rows[(P.BY_NAME[n].object_id, "statusFlags")]) for n in names}
+
+            async def write_and_read(kw):
+                assert await peer.write(gw, P.BY_NAME[P.INPUT_POWER].object_id, "presentValue", kw, priority=8) is None
+                await asyncio.sleep(0.3)
+                return await points()
+
+            def live(p, kw):
+                return (all(p[n][1] == [0, 0, 0, 0] for n in names) and 299.9 <= p[P.FIFTEEN_MIN_FORECAST][0] <= kw + 0.1
+                        and p[P.HIGH_LOAD][0] == "active" and p[P.LOW_LOAD][0] == "inactive")
+
+            async def fresh(kw):   # the BAS keeps writing until it reads the points live
+                p = await write_and_read(kw)
+                return p if live(p, kw) else None
+
+            p = await eventually(lambda: fresh(300.0), 5, "live forecast points while the BAS writes")
+            assert p[P.RATE_OF_CHANGE][0] == pytest.approx(0.0, abs=1e-6)
+
+            seen = []
+
+            async def stale():     # the BAS stopped writing
+                seen.append(await points())
+                return seen[-1] if all(seen[-1][n][1] == [0, 1, 0, 0] for n in names) else None
+            try:
+                p = await eventually(stale, 8, "fault on every forecast point once no power came in for 3 s")
+            except AssertionError as err:
+                raise AssertionError(f"{err}; last read: {seen[-1] if seen else None}") from None
+            assert p[P.FIFTEEN_MIN_FORECAST][0] == pytest.approx(300.0)   # the last value stays readable
+            assert p[P.ONE_HOUR_FORECAST][0] == pytest.approx(300.0)
+            assert (p[P.HIGH_LOAD][0], p[P.LOW_LOAD][0]) == ("inactive", "inactive")   # no data is no claim
+            assert gateway.forecast.status()["input_stale"] is True
+
+            await eventually(lambda: fresh(310.0), 5, "faults cleared by a new write")
+            assert gateway.forecast.status()["input_stale"] is False
     finally:
         await gateway.stop()

@@ -222,16 +222,23 @@ class Gateway:
         if self.forecast.last_cycle_seconds is not None:
             self.metrics.forecast_cycle_seconds.observe(self.forecast.last_cycle_seconds)
         short, long = self.config.forecaster.horizons_minutes
+        # The power source went silent for input_stale_seconds: the last values stay readable, flagged,
+        # and the load flags drop (no basis for a claim), flagged too, so "no peak" and "no data" differ.
+        stale = self.forecast.input_stale()
         for horizon, name in ((short, P.FIFTEEN_MIN_FORECAST), (long, P.ONE_HOUR_FORECAST)):
             kw = f.demand_kw.get(horizon)
-            self._set_or_fault(name, kw)
-            if kw is not None:
+            self._set_or_fault(name, None if stale else kw)
+            if kw is not None and not stale:
                 self.metrics.forecast_kw.labels(horizon=f"{horizon}m").set(kw)
-        self._set_or_fault(P.RATE_OF_CHANGE, f.rate_kw_per_min)
-        self.device.set(P.HIGH_LOAD, f.high_load)
-        self.device.set(P.LOW_LOAD, f.low_load)
-        self.metrics.high_load.set(int(f.high_load))
-        self.metrics.low_load.set(int(f.low_load))
+        self._set_or_fault(P.RATE_OF_CHANGE, None if stale else f.rate_kw_per_min)
+        no_basis = stale or f.demand_kw.get(long) is None
+        high, low = f.high_load and not stale, f.low_load and not stale
+        self.device.set(P.HIGH_LOAD, high)
+        self.device.set(P.LOW_LOAD, low)
+        self.device.set_fault(P.HIGH_LOAD, no_basis)
+        self.device.set_fault(P.LOW_LOAD, no_basis)
+        self.metrics.high_load.set(int(high))
+        self.metrics.low_load.set(int(low))
 
     def _set_or_fault(self, name: str, value: float | None) -> None:
         # No value (no recent power to forecast from): the last one stays readable but flagged, so a

@@ -354,6 +354,13 @@ class ForecastService:
         log.info("forecaster fitted on %d rows in %.1f s: %s", st["train_rows"], st["last_fit_seconds"] or 0,
                  "; ".join(parts))
 
+    def input_stale(self) -> bool:
+        """No accepted sample for input_stale_seconds: forecasts and flags rest on old power. The BAS
+        must see that on the points (statusFlags fault), not 15 minutes later when the demand window
+        empties."""
+        newest = self.forecaster.newest_sample_at
+        return newest is None or self._clock() - newest > self.config.input_stale_seconds
+
     # ---- operator view ----------------------------------------------------------------------------
     @property
     def storage_ok(self) -> bool:
@@ -364,7 +371,7 @@ class ForecastService:
         st.update({
             "source": self.config.source, "active_source": self._active,
             "last_input_at": self._last_input_t, "last_meter_at": self._last_meter_t,
-            "storage_ok": self.storage_ok, "fit_ok": not self._fit_failing,
+            "storage_ok": self.storage_ok, "fit_ok": not self._fit_failing, "input_stale": self.input_stale(),
         })
         f = self.last_forecast
         if f is not None:
