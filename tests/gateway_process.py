@@ -9,12 +9,13 @@ import sys
 
 def write_config(path, *, bacnet_port, http_port, storage, ven_name, vtn_port=9, meter_port=None,
                  device_id=None, cycle_seconds=1, retry_min_seconds=None, retry_max_seconds=1,
-                 telemetry_seconds=None, storage_retry_seconds=None):
+                 telemetry_seconds=None, storage_retry_seconds=None, log_level=None):
     """A config on loopback. Without meter_port the meter is an address where nobody answers, and
     the default vtn_port 9 has nobody listening: for tests that are about something else."""
     meter = (f'router = "127.0.0.1:{meter_port}"\npoll_seconds = 0.5' if meter_port is not None
              else 'address = "127.0.0.1:9"\npoll_seconds = 1')
     path.write_text(f"""
+{f'log_level = "{log_level}"' if log_level else ""}
 [bacnet]
 address = "127.0.0.1/8:{bacnet_port}"
 {f"device_id = {device_id}" if device_id is not None else ""}

@@ -333,3 +333,38 @@ def test_a_meter_read_less_often_than_telemetry_is_sampled_is_a_warning_not_an_e
     example = _cli("check-config", str(EXAMPLE))
     assert "warning" not in example.stdout
     assert load_config(None, environ={}).warnings() == []
+
+
+@pytest.mark.timeout(30)
+def test_storage_path_must_name_a_file(tmp_path, capsys):
+    # "" is the working directory: every part failed to open it and retried forever, check-config said ok
+    for path in ("", "  ", "var/", ".", "var/.."):
+        with pytest.raises(ConfigError, match=r"storage.path: .*must name a SQLite file"):
+            load_config(_write(tmp_path, f'[storage]\npath = "{path}"\n'), environ={})
+    assert load_config(_write(tmp_path, '[storage]\npath = "var/gw.sqlite"\n'), environ={}).storage.path
+    # an existing directory: only check-config can tell (the file system, not the text)
+    (tmp_path / "adir").mkdir()
+    from ven.cli import main
+
+    assert main(["check-config", str(_write(tmp_path, f'[storage]\npath = "{tmp_path / "adir"}"\n'))]) == 2
+    assert f"storage.path: {tmp_path / 'adir'} is a directory" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(30)
+def test_run_refuses_a_busy_http_port_before_starting_anything(tmp_path, free_udp_port):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        p = _write(tmp_path, f'[bacnet]\naddress = "127.0.0.1/8:{free_udp_port()}"\n'
+                             f'[meter]\naddress = "127.0.0.1:9"\n'
+                             f'[openadr]\nvtn_url = "http://127.0.0.1:9/x"\n'
+                             f'[storage]\npath = "{tmp_path / "gw.sqlite"}"\n'
+                             f'[http]\naddress = "127.0.0.1:{port}"\n')
+        res = _cli("run", "--config", str(p))
+    assert res.returncode == 2, res.stderr
+    # one line, and nothing before it: the BACnet device never announced itself, nothing was opened
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        f"configuration error: http.address 127.0.0.1:{port}: cannot listen: Address already in use"), res.stderr
+    assert not (tmp_path / "gw.sqlite").exists()

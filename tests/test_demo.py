@@ -102,3 +102,24 @@ def test_demo_refuses_ports_it_cannot_use():
     assert res.returncode == 2 and "--http-port: must be 1..65535, got 70000" in res.stderr
     res = _cli("demo", "--bacnet-port", "48777", "--meter-port", "48777", "--duration", "1")
     assert res.returncode == 2 and "UDP port 48777 is given to both --bacnet-port and --meter-port" in res.stderr
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("argv, option", [
+    (["simulate-meter", "--duration", "-5"], "--duration"),
+    (["simulate-meter", "--duration", "nan"], "--duration"),
+    (["demo", "--duration", "-1"], "--duration"),
+    (["demo", "--duration", "0"], "--duration"),
+    (["demo", "--interval-seconds", "0"], "--interval-seconds"),
+    (["demo-vtn", "--duration", "nan"], "--duration"),
+    (["demo-vtn", "--interval-seconds", "-10"], "--interval-seconds"),
+])
+def test_durations_and_intervals_must_be_positive(argv, option, capsys):
+    # were accepted: a negative or NaN --duration ran and stopped at once (exit 0), a 0 s interval
+    # made a demo event with no length
+    from ven.cli import build_parser
+
+    with pytest.raises(SystemExit) as stop:
+        build_parser().parse_args(argv)
+    assert stop.value.code == 2
+    assert f"argument {option}: " in capsys.readouterr().err

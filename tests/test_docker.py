@@ -46,3 +46,26 @@ def test_dockerfile_runs_as_non_root_with_healthcheck():
     text = (DOCKER / "Dockerfile").read_text()
     assert re.search(r"^USER (?!root)\w+", text, re.M)
     assert "HEALTHCHECK" in text and "/healthz" in text
+
+
+@pytest.mark.timeout(10)
+def test_gateway_state_lives_on_a_volume_and_only_the_gateway_is_health_checked():
+    text = (DOCKER / "Dockerfile").read_text()
+    storage = re.search(r"EDGE_GATEWAY__STORAGE__PATH=(\S+)", text).group(1)
+    state_dir = storage.rsplit("/", 1)[0]
+    # without a volume the events, opt-outs, telemetry queue and history go with the container
+    volumes = re.findall(r"^VOLUME\s+(.+)$", text, re.M)
+    assert any(state_dir in yaml.safe_load(v) if v.startswith("[") else state_dir in v.split() for v in volumes), \
+        f"no VOLUME for {state_dir} in the Dockerfile"
+    compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
+    for name, service in compose["services"].items():
+        if service["command"][0] == "run":
+            mounts = [str(v).split(":") for v in service.get("volumes", [])]
+            named = [m[0] for m in mounts if len(m) >= 2 and m[1] == state_dir]
+            assert named, f"service {name}: nothing mounted at {state_dir}"
+            assert all(n in (compose.get("volumes") or {}) for n in named if not n.startswith((".", "/"))), named
+        else:
+            # the image's HEALTHCHECK probes the gateway's /healthz, which the other commands do not serve
+            assert (service.get("healthcheck") or {}).get("disable") is True or \
+                (service.get("healthcheck") or {}).get("test") in (["NONE"], "NONE"), \
+                f"service {name} ({service['command'][0]}) inherits the gateway's HEALTHCHECK"

@@ -294,7 +294,8 @@ def write_storage_config(config, bacnet_port, meter_port, vtn_port, http_port, s
     write_config(config, bacnet_port=bacnet_port, meter_port=meter_port, vtn_port=vtn_port, http_port=http_port,
                  storage=storage, ven_name="storage-test", device_id=500301, retry_min_seconds=0.2,
                  telemetry_seconds=1,   # 1 s report intervals (DemoVtn requests the offer's finest)
-                 storage_retry_seconds=2)
+                 storage_retry_seconds=2,
+                 log_level="DEBUG")     # each reading's line, to count the seconds with readings
 
 
 
@@ -468,8 +469,8 @@ async def test_disk_full_mid_run_keeps_serving_and_loses_no_telemetry(tmp_path, 
     assert got == sorted(got) and len(set(got)) == len(got), "in order, no duplicates"
     gaps = [(b - a).total_seconds() for a, b in zip(got, got[1:])]
     assert max(gaps) < 1.5, f"a sample went missing: gaps {sorted(gaps)[-3:]}"
-    taken = [line for line in text.splitlines() if " telemetry " in f" {line.split(' ', 1)[1]}"
-             and "kW -> TELEMETRY_USAGE" in line]
+    taken = [line for line in text.splitlines() if "kW -> TELEMETRY_USAGE" in line   # first: at DEBUG some
+             and " telemetry " in f" {line.split(' ', 1)[1]}"]                  # records span several lines
     seconds = {line.split(" ", 1)[0] for line in taken}       # one 1 s interval per second with readings
     assert len(got) >= len(seconds) - 3, (len(got), len(seconds))  # the last ones may follow the stop
 

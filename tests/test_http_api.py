@@ -273,6 +273,7 @@ async def test_token_required_when_configured(served):
     for path in ("/api/status", "/api/history?hours=1", "/metrics"):
         status, headers, body = await fetch(base + path)
         assert status == 401 and headers["WWW-Authenticate"].startswith("Bearer"), path
+        assert headers.get("Cache-Control") == "no-store", path   # no proxy or browser keeps a refusal
         assert (await fetch(base + path, {"Authorization": "Bearer wrong"}))[0] == 401
         assert (await fetch(base + path, {"Authorization": "Bearer s3cret"}))[0] == 200
     # static files carry no data; /healthz stays open for orchestrators

@@ -2,6 +2,8 @@
 until SIGKILL: systemd's stop timeout on every restart)."""
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import signal
 import subprocess
 import sys
@@ -58,3 +60,93 @@ def test_a_second_signal_ends_a_task_that_swallowed_the_first():
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=20)
     assert out.returncode == 0 and out.stdout.strip() == "stopped", out
+
+
+def _lines_after(text: str, offset: int) -> list[str]:
+    return [line for line in text[offset:].splitlines() if line.strip()]
+
+
+@pytest.mark.timeout(60)
+async def test_a_healthy_gateway_is_quiet_bad_http_requests_do_not_flood_and_sighup_stops_it(
+        tmp_path, free_udp_port, free_tcp_port):
+    """One real gateway with a real meter simulator and DemoVtn on loopback:
+    - a healthy gateway logs no INFO line per meter reading nor per interval delivered (was 2 per reading);
+    - HTTP requests aiohttp cannot parse (URL or header over 8 KB) log at most one line, no traceback
+      (was an ERROR with a traceback each, before any token check);
+    - SIGHUP stops it cleanly: exit 0, the signal named, "edge-gateway stopped" (was killed outright)."""
+    from bacnet_api.simulator import MeterSimulator
+    from ven.vtn_server import DemoVtn
+    from waiting import eventually
+
+    bacnet_port, meter_port, vtn_port, http_port = free_udp_port(), free_udp_port(), free_tcp_port(), free_tcp_port()
+    config, log_path = tmp_path / "gw.toml", tmp_path / "gw.log"
+    write_config(config, bacnet_port=bacnet_port, meter_port=meter_port, vtn_port=vtn_port, http_port=http_port,
+                 storage=tmp_path / "gw.sqlite", ven_name="quiet", retry_min_seconds=0.2,
+                 telemetry_seconds=1)   # 1 s intervals: a delivery per second, each once an INFO line
+    gateway = GatewayProcess(config, log_path)
+    async with MeterSimulator(address=f"127.0.0.1/8:{meter_port}", value=87.5), \
+            DemoVtn(vtn_port, poll_seconds=1) as vtn:
+        gateway.start()
+        try:
+            await eventually(lambda: len(vtn.reports) >= 3, 30, f"telemetry delivered\n{log_path.read_text()}")
+            await asyncio.sleep(1.0)   # a few more readings, each of which used to log two INFO lines
+            text = gateway.log()
+            assert "kW -> TELEMETRY_USAGE" not in text, text
+            assert "TELEMETRY_USAGE: 1 interval(s)" not in text, text
+
+            offset = len(text)
+            bad = {"long URL": b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+                   "long header": b"GET /healthz HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 9000 + b"\r\n\r\n"}
+            for payload in bad.values():
+                for _ in range(15):
+                    reader, writer = await asyncio.open_connection("127.0.0.1", http_port)
+                    writer.write(payload)
+                    await writer.drain()
+                    status = await asyncio.wait_for(reader.readline(), 5)
+                    assert b" 400 " in status, status   # refused, and still answering
+                    writer.close()
+                    with contextlib.suppress(OSError):
+                        await writer.wait_closed()
+            await asyncio.sleep(0.5)
+            flood = [line for line in _lines_after(gateway.log(), offset)
+                     if "Error handling request" in line or "Traceback" in line or not line[:4].isdigit()]
+            assert len(flood) <= 2 and not any("Traceback" in line or " ERROR " in line for line in flood), flood
+            assert gateway.alive
+
+            gateway.proc.send_signal(signal.SIGHUP)
+            await eventually(lambda: gateway.proc.poll() is not None, 15, f"exit after SIGHUP\n{gateway.log()}")
+        finally:
+            if gateway.alive:
+                gateway.kill()
+    text = gateway.log()
+    assert gateway.proc.returncode == 0, text[-3000:]
+    assert "SIGHUP: stopping" in text and "edge-gateway stopped" in text, text[-3000:]
+    assert "Traceback" not in text, text
+
+
+def test_a_second_signal_during_shutdown_is_said_and_sighup_counts_as_one():
+    """SIGHUP asks for a clean stop like SIGTERM; a signal while stopping cuts the shutdown short and
+    says so with a warning naming it (the parts not stopped yet are left as they are)."""
+    script = textwrap.dedent("""
+        import asyncio, os, signal
+        from ven.cli import serve_until_signalled
+
+        async def slow_to_stop():
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                await asyncio.sleep(60)   # a shutdown that takes long
+                raise
+
+        async def main():
+            loop = asyncio.get_running_loop()
+            loop.call_later(0.2, os.kill, os.getpid(), signal.SIGHUP)
+            loop.call_later(0.6, os.kill, os.getpid(), signal.SIGINT)
+            await serve_until_signalled(slow_to_stop())
+            print("stopped")
+
+        asyncio.run(main())
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=20)
+    assert out.returncode == 0 and out.stdout.strip() == "stopped", out
+    assert "SIGINT while stopping: shutdown cut short" in out.stderr, out

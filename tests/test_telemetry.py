@@ -82,7 +82,7 @@ def test_a_lock_held_for_a_moment_is_waited_out_without_a_fault(tmp_path, caplog
 
 
 async def test_outage_backlog_arrives_once_in_order_with_original_timestamps(tmp_path, free_tcp_port, caplog):
-    caplog.set_level(logging.INFO, logger="ven")
+    caplog.set_level(logging.DEBUG, logger="ven.vtn")   # each reading's line is DEBUG
     port = free_tcp_port()
     storage = Storage(tmp_path / "gw.sqlite")
     schedule = EventSchedule(storage, lambda st: None)

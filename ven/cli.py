@@ -3,13 +3,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import math
 import signal
+import socket
 import sys
 
-from .config import ConfigError, GatewayConfig, check_bacnet_address, load_config, tls_file_problems
+from .config import (ConfigError, GatewayConfig, check_bacnet_address, load_config, storage_problems,
+                     tls_file_problems)
 
 EXIT_CONFIG = 2
+log = logging.getLogger(__name__)
 
 
 def _print_config_error(err: ConfigError) -> None:
@@ -39,13 +43,19 @@ async def serve_until_signalled(main, duration: float | None = None) -> None:
     stop = asyncio.Event()
     task = asyncio.ensure_future(main)
 
-    def on_signal() -> None:
+    def on_signal(sig: signal.Signals) -> None:
         if stop.is_set() and not task.done():
-            task.cancel()  # a second signal insists, whatever the first one's cancellation met
+            # a second signal insists, whatever the first one's cancellation met: say so, as the parts
+            # not stopped yet (storage flush, sockets) are left as they are
+            log.warning("%s while stopping: shutdown cut short", sig.name)
+            task.cancel()
+        elif not stop.is_set():
+            log.info("%s: stopping", sig.name)
         stop.set()
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal)
+    # SIGHUP too: a closed terminal or `kill -HUP` otherwise ends the process with no clean-up and no line
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(sig, on_signal, sig)
     waiter = asyncio.ensure_future(stop.wait())
     await asyncio.wait({task, waiter}, timeout=duration, return_when=asyncio.FIRST_COMPLETED)
     waiter.cancel()
@@ -59,7 +69,7 @@ async def serve_until_signalled(main, duration: float | None = None) -> None:
 
 def cmd_check_config(args) -> int:
     cfg = _config_or_exit(args.file)
-    problems = tls_file_problems(cfg.openadr)
+    problems = tls_file_problems(cfg.openadr) + storage_problems(cfg.storage)
     if problems:
         _print_config_error(ConfigError("\n".join(problems)))
         return EXIT_CONFIG
@@ -103,6 +113,14 @@ def cmd_read_meter(args) -> int:
     return 0
 
 
+def _ensure_tcp_port_free(address: str) -> None:
+    """Raise OSError if `host:port` (IPv6 in brackets) cannot be listened on, binding as aiohttp does."""
+    host, _, port = address.rpartition(":")
+    family, _, _, _, sockaddr = socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM,
+                                                   flags=socket.AI_PASSIVE)[0]
+    socket.create_server(sockaddr[:2], family=family).close()   # SO_REUSEADDR, as aiohttp binds
+
+
 def cmd_run(args) -> int:
     cfg = _config_or_exit(args.config)
     from bacnet_api.client import ensure_port_free
@@ -115,6 +133,13 @@ def cmd_run(args) -> int:
     except OSError as err:
         print(f"configuration error: bacnet.address: {err.strerror or err}", file=sys.stderr)
         return EXIT_CONFIG
+    if cfg.http.enabled:  # likewise before the BACnet device announces itself, not 2 s after
+        try:
+            _ensure_tcp_port_free(cfg.http.address)
+        except OSError as err:
+            print(f"configuration error: http.address {cfg.http.address}: cannot listen: {err.strerror or err}",
+                  file=sys.stderr)
+            return EXIT_CONFIG
     setup_logging(cfg.log_level)
 
     async def main():
@@ -260,18 +285,18 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--csv", default=None, help="replay a kW column from this CSV (default: the shipped building)")
     p.add_argument("--value-column", default="Total_Power")
     p.add_argument("--interval", type=_positive_seconds, default=10.0, help="seconds between replayed values")
-    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--duration", type=_positive_seconds, default=None, help="stop after this many seconds")
     p.set_defaults(func=cmd_simulate_meter)
 
     p = sub.add_parser("demo", help="run VTN, meter, BAS simulator and gateway on loopback")
-    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--duration", type=_positive_seconds, default=None, help="stop after this many seconds")
     p.add_argument("--bacnet-port", type=_port, default=47808)
     p.add_argument("--meter-port", type=_port, default=47810)
     p.add_argument("--bas-port", type=_port, default=47809)
     p.add_argument("--vtn-port", type=_port, default=8080)
     p.add_argument("--http-port", type=_port, default=8000)
     p.add_argument("--event-delay", type=float, default=60.0, help="seconds until the demo event starts")
-    p.add_argument("--interval-seconds", type=float, default=10.0, help="length of each demo event interval")
+    p.add_argument("--interval-seconds", type=_positive_seconds, default=10.0, help="length of each demo event interval")
     p.add_argument("--storage", default=None, help="SQLite file (default: a temporary one)")
     p.add_argument("--report", default=None, metavar="FILE",
                    help="on exit, write what the demo VTN received (JSON)")
@@ -281,8 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=_port, default=8080)
     p.add_argument("--event-delay", type=float, default=60.0)
-    p.add_argument("--interval-seconds", type=float, default=10.0)
-    p.add_argument("--duration", type=float, default=None)
+    p.add_argument("--interval-seconds", type=_positive_seconds, default=10.0)
+    p.add_argument("--duration", type=_positive_seconds, default=None)
     p.set_defaults(func=cmd_demo_vtn)
 
     p = sub.add_parser("forecast-replay", help="replay a CSV through the forecaster in simulated time")

@@ -316,6 +316,21 @@ class StorageConfig(_Section):
     path: str = "var/gateway.sqlite"
     retry_seconds: float = Field(10.0, gt=0, le=3600)   # a file that will not open or take writes, tried again
 
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        # "" is Path("."), the working directory: every part would fail to open it and retry forever
+        if not v.strip() or v.endswith("/") or Path(v).name in ("", ".", ".."):
+            raise ValueError(f"must name a SQLite file, e.g. /var/lib/edge-gateway/gateway.sqlite, got {v!r}")
+        return v
+
+
+def storage_problems(c: StorageConfig) -> list[str]:
+    """What check-config can tell about storage.path without writing to it: a directory there never opens."""
+    if Path(c.path).is_dir():
+        return [f"storage.path: {c.path} is a directory: name a file in it, e.g. {Path(c.path) / 'gateway.sqlite'}"]
+    return []
+
 
 class HttpConfig(_Section):
     address: str = "127.0.0.1:8000"

@@ -403,7 +403,8 @@ class HttpServer:
             if scheme.lower() != "bearer" or not hmac.compare_digest(credential.strip().encode(),
                                                                       self.token.encode()):
                 return web.json_response({"error": "bearer token required (Authorization: Bearer <http.token>)"},
-                                         status=401, headers={"WWW-Authenticate": 'Bearer realm="edge-gateway"'})
+                                         status=401, headers={"WWW-Authenticate": 'Bearer realm="edge-gateway"',
+                                                              "Cache-Control": "no-store"})
         return await handler(request)
 
     # -- handlers ---------------------------------------------------------------------------

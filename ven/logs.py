@@ -10,7 +10,10 @@ import logging
 import sys
 import time
 
-NOISY = ("BAC0_Root", "BAC0", "bacpypes3", "openleadr", "aiohttp.access", "aiohttp.server", "signxml")
+NOISY = ("BAC0_Root", "BAC0", "bacpypes3", "openleadr", "aiohttp.access", "aiohttp.server", "signxml", "tzlocal")
+# Loggers that log what a peer sent: a malformed BACnet datagram, a refused registration, an HTTP
+# request aiohttp cannot parse (over-long URL or header), each with a traceback, before any token check.
+PEER_NOISE = ("bacpypes3", "openleadr", "aiohttp.server")
 
 
 class UtcFormatter(logging.Formatter):
@@ -31,13 +34,14 @@ class UtcFormatter(logging.Formatter):
 
 class FloodGuard(logging.Filter):
     """bacpypes3 logs every malformed datagram it receives as an ERROR with a traceback, so anyone on
-    the BACnet network could fill the disk with the log; openleadr logs two ERROR lines for each
+    the BACnet network could fill the disk with the log; aiohttp does the same for every HTTP request
+    it cannot parse (a URL or header over 8 KB), before the token is checked; openleadr logs two ERROR lines for each
     registration a VTN refuses, at every retry (the gateway says so once itself). For those stacks keep
     the first record of each
     kind (same logger, same message template) as one WARNING line without traceback, then at most one
     line per `every` seconds saying how many more there were."""
 
-    def __init__(self, prefixes: tuple[str, ...] = ("bacpypes3", "openleadr"), every: float = 600.0):
+    def __init__(self, prefixes: tuple[str, ...] = PEER_NOISE, every: float = 600.0):
         super().__init__()
         self.prefixes = prefixes
         self.every = every

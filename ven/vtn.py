@@ -253,10 +253,10 @@ class VtnClient:
         self._telemetry.add(ts, kw)
         if self.connected and self._report_request_id:
             start = bucket_start(ts, self._granularity)
-            log.info("telemetry %.2f kW -> TELEMETRY_USAGE (interval %s + %s, %d waiting)", kw, _iso(start),
+            log.debug("telemetry %.2f kW -> TELEMETRY_USAGE (interval %s + %s, %d waiting)", kw, _iso(start),
                      _duration(self._granularity), self._telemetry.pending)
         else:
-            log.info("telemetry %.2f kW -> TELEMETRY_USAGE (queued, %d waiting)", kw, self._telemetry.pending)
+            log.debug("telemetry %.2f kW -> TELEMETRY_USAGE (queued, %d waiting)", kw, self._telemetry.pending)
         if self._one_shots and self._wake_delivery is not None:
             self._wake_delivery.set()
         return True
@@ -794,7 +794,9 @@ class VtnClient:
                 return False
             self._telemetry.ack([s for iv in intervals for s in iv.samples])
             self._sent_until = intervals[-1].end
-            log.info("TELEMETRY_USAGE: %d interval(s) of %s from %s to %s sent (request %s)", len(intervals),
+            # one line per interval is a healthy gateway's whole log: only a backlog is news
+            log.log(logging.INFO if len(intervals) > 1 else logging.DEBUG,
+                    "TELEMETRY_USAGE: %d interval(s) of %s from %s to %s sent (request %s)", len(intervals),
                      _duration(self._granularity), _iso(intervals[0].start), _iso(intervals[-1].end),
                      self._report_request_id)
             if self._catch_up and (len(intervals) > 1 or self._backlog):
