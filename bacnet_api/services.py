@@ -96,6 +96,15 @@ class _Services(PropertyAccess):
     # without one the request is rejected as unrecognized-service, which is the truth
     do_ReadRangeRequest = None
 
+    async def confirmation(self, apdu: Any) -> None:
+        # A request given up on (a meter read past meter.timeout_seconds) stays listed until a call_soon
+        # callback removes it; an answer landing in between made bacpypes3 set a result on the cancelled
+        # future and log InvalidStateError with a traceback. It answers a withdrawn question: drop it.
+        for request, future in self._requests.get(apdu.pduSource, ()):
+            if request.apduInvokeID == apdu.apduInvokeID and future.done():
+                return
+        await super().confirmation(apdu)
+
     def get_services_supported(self) -> ServicesSupported:
         return ServicesSupported(list(SERVICES))
 

@@ -375,3 +375,21 @@ async def test_null_without_priority_relinquishes_priority_16(gateway, peer, cap
     assert slots[15] is None and slots[7] is not None  # only 16 relinquished
     assert len(seen) == 3
     assert errors_logged(caplog) == []
+
+
+async def test_an_answer_to_a_request_given_up_on_is_dropped_quietly(gateway, peer):
+    # The meter read's timeout cancels bacpypes3's request future; bacpypes3 unlists it only on the next
+    # loop turn, and an answer landing before then raised InvalidStateError (logged with a traceback).
+    from bacpypes3.apdu import ReadPropertyRequest
+
+    # the gateway asks a real device (the peer), and gives up at once, as a meter read past its timeout
+    ask = ReadPropertyRequest(objectIdentifier=ObjectIdentifier("device,4000001"),
+                              propertyIdentifier="objectName", destination=Address(peer.address.replace("/8", "")))
+    future = gateway.app.request(ask)
+    future.cancel()
+    late = SimpleAckPDU(context=ask)
+    late.pduSource, late.apduInvokeID = ask.pduDestination, ask.apduInvokeID
+    await gateway.app.confirmation(late)       # the same loop turn: still listed, already cancelled
+    await asyncio.sleep(0)
+    assert future.cancelled()
+    assert await peer.read(where(gateway), f"device,{DEVICE_ID}", "objectName") == "TestGateway"  # serving on

@@ -332,7 +332,7 @@ async def test_an_event_a_restarted_vtn_lists_again_drives_the_points_again(tmp_
                 await until(lambda: gw.level == 0.0, 5, "nothing listed: implied cancellation")
                 restarted.add_event([2], start, 300, event_id=eid)
                 await until(lambda: gw.level == 2.0, 5, "the event listed again drives the level")
-                assert restarted.opts_for(eid) == ["optIn"]
+                await until(lambda: restarted.opts_for(eid) == ["optIn"], 5, "answered optIn")  # sent after
     said = [r.getMessage() for r in caplog.records if eid in r.getMessage()]
     assert any("listed again by the VTN" in m for m in said), said
 
