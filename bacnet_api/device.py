@@ -27,7 +27,7 @@ from .objects import (
     read_only,
 )
 from .points import METER_POWER, POINTS, Point
-from .services import harden
+from .services import complete_network_ports, harden
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,8 @@ class GatewayDevice:
         input_min: float = -100000.0,
         input_max: float = 100000.0,
         points: Iterable[Point] = POINTS,
+        bbmd_address: str = "",
+        bbmd_ttl: int = 900,
     ) -> None:
         if not 0 <= device_id <= 4194302:
             raise ValueError(f"device_id must be 0..4194302, got {device_id}")
@@ -91,6 +93,9 @@ class GatewayDevice:
         self.device_name = device_name
         self.input_min = float(input_min)
         self.input_max = float(input_max)
+        # "ip[:port]" of a BBMD to register with as a foreign device (a BAS on another IP subnet)
+        self.bbmd_address = bbmd_address
+        self.bbmd_ttl = int(bbmd_ttl)
         self._points = {p.name: p for p in points}
         self._objects: dict[str, Any] = {}
         self._no_value_yet: set[str] = set()
@@ -109,8 +114,9 @@ class GatewayDevice:
         _route_bac0_logging()
         started = time.monotonic()
         ensure_port_free(self.address)
+        foreign = dict(bbmdAddress=self.bbmd_address, bbmdTTL=self.bbmd_ttl) if self.bbmd_address else {}
         self._bacnet = BAC0.start(
-            ip=self.address, deviceId=self.device_id, localObjName=self.device_name, ping=False
+            ip=self.address, deviceId=self.device_id, localObjName=self.device_name, ping=False, **foreign
         )
         try:
             # asyncio.timeout, not wait_for: on 3.11 wait_for drops a cancellation that arrives as the
@@ -118,6 +124,7 @@ class GatewayDevice:
             async with asyncio.timeout(_START_TIMEOUT):
                 await self._socket_ready()
             harden(self.app)
+            complete_network_ports(self.app)
             for obj in list(self.app.objectIdentifier.values()):  # the device and network port
                 read_only(obj)
             for point in self._points.values():

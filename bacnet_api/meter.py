@@ -4,6 +4,11 @@ A failed read is a reading with `value=None` and a reason, never a made-up numbe
 gets one WARNING when the meter goes quiet (with the reason) and one INFO line when it answers again.
 When the router in front of the meter refuses the request (Reject-Message-To-Network, Router-Busy-To-
 Network) the read ends at once and the reason names the router and why.
+
+The meter's `units` is read once per (re)connection (the first read, and the first after a failed one):
+watts, kilowatts and megawatts are converted to kW (`meter_units`), a unit that is not power is a failed
+read naming it. A value the meter itself flags fault or out of service (`statusFlags`) is a failed read
+too: it is not a measurement of the building.
 """
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from bacpypes3.apdu import ErrorRejectAbortNack
+from bacpypes3.apdu import ErrorPDU, ErrorRejectAbortNack
 from bacpypes3.app import Application
 
 from bacpypes3.primitivedata import Boolean, Enumerated
@@ -25,6 +30,7 @@ from .client import (
     add_static_route,
     ask_router,
     close_stack,
+    error_code,
     error_text,
     network_of,
     object_id,
@@ -32,6 +38,7 @@ from .client import (
     start_stack,
     to_plain,
 )
+from .meter_units import MeterUnits, NotPower, meter_units
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +90,14 @@ class MeterClient:
         self.latest: MeterReading | None = None       # the last attempt, answered or not
         self.last_good: MeterReading | None = None    # the last reading that carried a value
         self.fault = False
+        self.units: str | None = None  # what the meter's units property last said ("watts"), for the operator
+        self._conversion: MeterUnits | None = None  # None: read units (and statusFlags support) at the next read
+        self._conversion_app: Application | None = None
+        self._has_status_flags = True
+        self._logged_units: tuple[bool, str | None] | None = None
         self._route_ready = self.network is None
         self._task: asyncio.Task | None = None
+        self.object_name = object
         self._what = f"{address} {object} {property}"
         self._refused: asyncio.Future[RouterRefusal] | None = None  # set while a routed read is in flight
         self._watched: Application | None = None
@@ -126,6 +139,8 @@ class MeterClient:
             reading = self._reading(error=str(err))
         except Exception as err:  # anything the stack raises is a failed read, not a crash
             reading = self._reading(error=f"{self._what}: {error_text(err)}")
+        if reading.value is None:
+            self._conversion = None  # the meter may come back replaced or reconfigured: read its units again
         if reading.value is None and not self.router and self.network is not None:
             self._route_ready = False  # the router we found may be gone; ask again next time
         log.debug("meter read %s in %.3f s", reading, time.monotonic() - started)
@@ -167,9 +182,16 @@ class MeterClient:
             refused.set_result(refusal)
 
     async def _read(self) -> float:
-        raw = await self._app.read_property(self.address, self.object, self.property)
+        app = self._app
+        if self._conversion is None or self._conversion_app is not app:  # once per (re)connection
+            self._conversion = await self._read_units(app)
+            self._conversion_app = app
+            self._has_status_flags = True
+        conversion = self._conversion
+        raw = await app.read_property(self.address, self.object, self.property)
         if raw is None:
             raise _ReadFailed(f"{self._what}: no value returned (unknown object or property?)")
+        await self._check_status_flags(app)
         if isinstance(raw, (Enumerated, Boolean)):  # int subclasses: units would read as 48 kW
             raise _ReadFailed(f"{self._what}: not a number ({type(raw).__name__} {to_plain(raw)})")
         try:
@@ -178,11 +200,66 @@ class MeterClient:
             raise _ReadFailed(f"{self._what}: not a number ({_short(raw)})") from None
         if not math.isfinite(value):
             raise _ReadFailed(f"{self._what}: meter returned {value}")
+        kw = conversion.to_kw(value)
         lo, hi = self.bounds
-        if not lo <= value <= hi:
-            raise _ReadFailed(f"{self._what}: meter returned {value:g} kW, outside {lo:g}..{hi:g} "
+        if not lo <= kw <= hi:
+            said = f"{value:g} {conversion.name} = " if conversion.stated and conversion.kw_per_unit != 1.0 else ""
+            raise _ReadFailed(f"{self._what}: meter returned {said}{kw:g} kW, outside {lo:g}..{hi:g} "
                               "(bacnet.input_min_kw..input_max_kw)")
-        return value
+        return kw
+
+    async def _read_units(self, app: Application) -> MeterUnits:
+        """The meter object's units and what they make of its value; NotPower is a failed read."""
+        try:
+            raw = await app.read_property(self.address, self.object, "units")
+        except ErrorPDU as err:
+            if str(err.errorClass) != "property":  # e.g. unknown object: the value read would fail alike
+                raise _ReadFailed(f"{self.address} {self.object_name} units: {error_text(err)}") from None
+            name = None  # no units property (or not readable): the value is taken as kW, as configured
+        else:
+            # an answer that is not an enumeration says no more than a missing property: taken as kW
+            name = to_plain(raw) if isinstance(raw, Enumerated) else None
+        self.units = name
+        try:
+            conversion = meter_units(name)
+        except NotPower as err:
+            raise _ReadFailed(f"{self.address} {self.object_name}: {err}") from None
+        self._log_units(conversion)
+        return conversion
+
+    def _log_units(self, conversion: MeterUnits) -> None:
+        key = (conversion.stated, conversion.name)
+        if key == self._logged_units:
+            return  # once per unit, not once per reconnection
+        self._logged_units = key
+        # kW is what the gateway expects (nothing to tell at INFO); a conversion is said, an unstated unit warned
+        level = (logging.WARNING if not conversion.stated
+                 else logging.DEBUG if conversion.kw_per_unit == 1.0 else logging.INFO)
+        log.log(level, "meter %s %s %s", self.address, self.object_name, conversion.describe())
+
+    async def _check_status_flags(self, app: Application) -> None:
+        """Refuse a value the meter flags as fault or out of service (statusFlags bits 1 and 3)."""
+        if not self._has_status_flags:
+            return
+        try:
+            flags = to_plain(await app.read_property(self.address, self.object, "statusFlags"))
+        except ErrorPDU as err:
+            if error_code(err) != "unknownProperty":
+                raise
+            self._has_status_flags = False  # e.g. a proprietary object: nothing to check on this connection
+            return
+        if not isinstance(flags, list) or len(flags) < 4:
+            return
+        if flags[1]:
+            try:
+                reliability = to_plain(await app.read_property(self.address, self.object, "reliability"))
+            except ErrorPDU:
+                reliability = None
+            why = f" (reliability {reliability})" if reliability else ""
+            raise _ReadFailed(f"{self.address} {self.object_name}: the meter flags its value as fault{why}")
+        if flags[3]:
+            raise _ReadFailed(f"{self.address} {self.object_name}: the meter's object is out of service, "
+                              "so its value is not a measurement")
 
     async def _find_route(self, app: Application) -> None:
         """A path to the meter's network: the configured router, else whoever answers a broadcast

@@ -56,6 +56,10 @@ class _Commanded:
     async def write_property(self, attr, value, index=None, priority=None):
         if not self._writable(attr, index):
             raise PropertyError("writeAccessDenied")
+        if priority is not None and not 1 <= int(priority) <= 16:  # clause 15.9.1.1.5: 1..16
+            raise PropertyError("valueOutOfRange")
+        if priority is not None and int(priority) == 6:  # reserved for Minimum On/Off (clause 19.2, Table 19-1)
+            raise PropertyError("writeAccessDenied")
         if not isinstance(value, Null):
             self._check_command(value)
         await super().write_property(attr, value, index, priority)

@@ -31,6 +31,7 @@ from bacpypes3.basetypes import (
     RecipientProcess,
     ServicesSupported,
 )
+from bacpypes3.errors import ExecutionError, MissingRequiredParameter
 
 from .client import error_text
 from .property_access import PropertyAccess
@@ -50,6 +51,9 @@ SERVICES = (
     "who-is",
 )
 _STATUS_FLAGS_FROM = ("reliability", "eventState", "outOfService")
+# every subscription is notified in one loop turn at each change (about 0.17 ms each): a bound keeps a
+# BAS that subscribes with a new process identifier at each restart from stalling the gateway
+MAX_COV_SUBSCRIPTIONS = 100
 
 
 def harden(app: Any) -> None:
@@ -66,6 +70,35 @@ def harden(app: Any) -> None:
     device.applicationSoftwareVersion = software
     for obj in list(app.objectIdentifier.values()):
         _announce_status_flags(obj)
+
+
+# Network Port properties that belong to one BACnet/IP mode only (clause 12.56, Table 12-71 footnotes)
+_MODE_ONLY = {
+    "foreign": ("fdBBMDAddress", "fdSubscriptionLifetime"),
+    "bbmd": ("bbmdBroadcastDistributionTable", "bbmdAcceptFDRegistrations", "bbmdForeignDeviceTable"),
+}
+
+
+def complete_network_ports(app: Any) -> None:
+    """BAC0 builds the network port from JSON with an empty fdBBMDAddress in every mode (reading it failed
+    with operational-problem, and so did ReadPropertyMultiple ALL/OPTIONAL of the port) and without the
+    required networkNumber, macAddress and apduLength. Drop what the port's mode does not use and fill in
+    the rest."""
+    device = app.device_object
+    for obj in list(app.objectIdentifier.values()):
+        if "networkType" not in obj._elements or str(obj.networkType) != "ipv4":  # IPv4 network ports
+            continue
+        mode = str(obj.bacnetIPMode)
+        for other, names in _MODE_ONLY.items():
+            if other != mode:
+                for name in names:
+                    obj.__dict__.pop(name, None)  # absent, not empty: unknown-property, left out of ALL
+        if obj.macAddress is None:  # B/IP MAC: 4 octets of IP address, 2 of UDP port (Annex J.1.2)
+            obj.macAddress = bytes(obj.ipAddress)[:4] + int(obj.bacnetIPUDPPort).to_bytes(2, "big")
+        if obj.networkNumber is None:
+            obj.networkNumber = 0  # not configured; networkNumberQuality says unknown
+        if obj.apduLength is None:
+            obj.apduLength = int(device.maxApduLengthAccepted)
 
 
 def _extend(obj: Any, mixin: type) -> None:
@@ -104,6 +137,23 @@ class _Services(PropertyAccess):
             if request.apduInvokeID == apdu.apduInvokeID and future.done():
                 return
         await super().confirmation(apdu)
+
+    async def do_SubscribeCOVRequest(self, apdu: Any) -> None:
+        confirmed, lifetime = apdu.issueConfirmedNotifications, apdu.lifetime
+        if (confirmed is None) != (lifetime is None):
+            # both absent is a cancellation; one alone is neither (clause 13.14.1.1.3-4). bacpypes3
+            # failed with a TypeError (operational-problem, a traceback in the log) or subscribed "None"
+            raise MissingRequiredParameter("issueConfirmedNotifications and lifetime go together")
+        same = [cov for detection in self._cov_detections.values() for cov in detection.cov_subscriptions
+                if (cov.client_addr, cov.proc_id, cov.obj_id)
+                == (apdu.pduSource, apdu.subscriberProcessIdentifier, apdu.monitoredObjectIdentifier)]
+        if confirmed is not None:
+            if same:  # a renewal replaces the subscription's parameters, not only its lifetime (13.14.2)
+                for cov in same:
+                    cov.confirmed = confirmed
+            elif sum(len(d.cov_subscriptions) for d in self._cov_detections.values()) >= MAX_COV_SUBSCRIPTIONS:
+                raise ExecutionError(errorClass="resources", errorCode="noSpaceToAddListElement")
+        await super().do_SubscribeCOVRequest(apdu)
 
     def get_services_supported(self) -> ServicesSupported:
         return ServicesSupported(list(SERVICES))

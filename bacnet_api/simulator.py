@@ -3,11 +3,15 @@
     BACnet/IP (address, e.g. 127.0.0.1:47810)
         router: device `router_device_id`, IP port (network `ip_network`) + virtual network `network` at MAC 1
             virtual network `network` (12345)
-                meter: device `device_id` at MAC `mac` (2), analogInput `object_instance` in kilowatts
+                meter: device `device_id` at MAC `mac` (2), analogInput `object_instance` in `units`
+                       (kilowatts unless told otherwise)
 
 The gateway reads `12345:2 analogInput 2 presentValue` through the router. `set_silent(True)` makes
 the meter stop answering while the router stays up, the way a meter with a dead RS-485 link behind a
-working router looks on the wire.
+working router looks on the wire. `units` (and `set_units`) publish the value in another unit, e.g.
+watts or kilowattHours, as real meters do; `value` is in that unit. `set_status` raises the meter's own
+fault or out-of-service flags while its presentValue still answers. `restart()` stops and starts the
+router and meter (a power cycle) on the same address.
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ from bacpypes3.local.networkport import NetworkPortObject
 from bacpypes3.vlan import VirtualNetwork
 
 from .client import close_stack, ensure_port_free, wait_bound
+from .meter_units import KW_PER_UNIT
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +84,7 @@ class MeterSimulator:
         value: float = 0.0,
         router_device_id: int | None = None,
         ip_network: int = 1,
+        units: str = "kilowatts",
     ) -> None:
         if not 1 <= network <= 65534:
             raise ValueError(f"network must be 1..65534, got {network}")
@@ -96,6 +102,9 @@ class MeterSimulator:
         self.ip_network = ip_network
         self.router_device_id = router_device_id if router_device_id is not None else device_id - 1
         self._value = float(value)
+        self._units = _check_units(units)
+        self._reliability = "noFaultDetected"
+        self._out_of_service = False
         self._vlan_name = f"meter-sim-{network}-{next(_instances)}"
         self._router: Application | None = None
         self._meter: _MeterApplication | None = None
@@ -135,18 +144,20 @@ class MeterSimulator:
                 objectName="building-power",
                 description="Simulated building demand",
                 presentValue=self._value,
-                units="kilowatts",
+                units=self._units,
                 statusFlags=[0, 0, 0, 0],
                 eventState="normal",
                 outOfService=False,
                 covIncrement=0.0,
             )
+            self._apply_status()
             self._meter.add_object(self._point)
         except BaseException:
             await self.stop()
             raise
-        log.info("meter simulator: router %s to network %d, meter %s analogInput %d = %.2f kW",
-                 self.router_address, self.network, self.meter_address, self.object_instance, self._value)
+        log.info("meter simulator: router %s to network %d, meter %s analogInput %d = %.2f %s",
+                 self.router_address, self.network, self.meter_address, self.object_instance, self._value,
+                 self._units)
 
     async def stop(self) -> None:
         for app in (self._meter, self._router):
@@ -155,13 +166,46 @@ class MeterSimulator:
         self._meter = self._router = self._point = None
         VirtualNetwork._networks.pop(self._vlan_name, None)
 
-    def set_value(self, kw: float) -> None:
-        kw = float(kw)
-        if not math.isfinite(kw):
-            raise ValueError(f"meter value must be finite, got {kw!r}")
-        self._value = kw
+    async def restart(self, down_seconds: float = 0.0) -> None:
+        """Power-cycle the router and meter: both stacks close, stay down `down_seconds`, come back."""
+        await self.stop()
+        await asyncio.sleep(down_seconds)
+        await self.start()
+
+    def set_value(self, value: float) -> None:
+        """The presentValue, in the meter's units."""
+        value = float(value)
+        if not math.isfinite(value):
+            raise ValueError(f"meter value must be finite, got {value!r}")
+        self._value = value
         if self._point is not None:
-            self._point.presentValue = kw
+            self._point.presentValue = value
+
+    def set_units(self, units: str) -> None:
+        """Publish in another EngineeringUnits (camelCase, e.g. "watts"); the value is not rescaled."""
+        self._units = _check_units(units)
+        if self._point is not None:
+            self._point.units = self._units
+
+    @property
+    def units(self) -> str:
+        return self._units
+
+    def set_status(self, *, reliability: str = "noFaultDetected", out_of_service: bool = False) -> None:
+        """The meter's own view of its value: a reliability other than noFaultDetected sets the fault
+        flag, out_of_service the out-of-service flag; presentValue keeps answering either way."""
+        self._reliability = reliability
+        self._out_of_service = bool(out_of_service)
+        if self._point is not None:
+            self._apply_status()
+
+    def _apply_status(self) -> None:
+        point = self._point
+        assert point is not None
+        fault = self._reliability != "noFaultDetected"
+        point.reliability = self._reliability
+        point.outOfService = self._out_of_service
+        point.statusFlags = [0, int(fault), 0, int(self._out_of_service)]
 
     @property
     def value(self) -> float:
@@ -194,24 +238,39 @@ async def run_simulator(
     device_id: int = 1234502,
     object_instance: int = 2,
     repeat: bool = True,
+    units: str = "kilowatts",
 ) -> None:
-    """Serve a simulated meter until cancelled; step through `values` every `interval` seconds
-    (cycling when `repeat`), logging each new value. Non-finite values are skipped."""
+    """Serve a simulated meter until cancelled; step through `values` (kW) every `interval` seconds
+    (cycling when `repeat`), logging each new value. Non-finite values are skipped. `units` publishes
+    the kW values in that unit (x 1000 for watts); a unit that is not power publishes them unscaled."""
+    scale = 1.0 / KW_PER_UNIT.get(_check_units(units), 1.0)
     # gaps in a replayed CSV (NaN) hold the previous value rather than stopping the meter
-    steps = [float(v) for v in values if math.isfinite(float(v))] if values is not None else []
+    steps = [float(v) * scale for v in values if math.isfinite(float(v))] if values is not None else []
     sim = MeterSimulator(address, network=network, mac=mac, device_id=device_id,
-                         object_instance=object_instance, value=steps[0] if steps else 0.0)
+                         object_instance=object_instance, value=steps[0] if steps else 0.0, units=units)
     async with sim:
         if len(steps) <= 1:
             await asyncio.Event().wait()  # a fixed value: serve until cancelled
         source = itertools.cycle(steps) if repeat else iter(steps)
         loop = asyncio.get_running_loop()
         next_at = loop.time()
-        for kw in source:
-            if kw != sim.value:
-                sim.set_value(kw)
-                log.info("meter simulator: %s analogInput %d = %.2f kW",
-                         sim.meter_address, object_instance, kw)
+        for value in source:
+            if value != sim.value:
+                sim.set_value(value)
+                log.info("meter simulator: %s analogInput %d = %.2f %s",
+                         sim.meter_address, object_instance, value, units)
             next_at += interval
             await asyncio.sleep(max(0.0, next_at - loop.time()))
         await asyncio.Event().wait()
+
+
+def _check_units(units: str) -> str:
+    """`units` as a BACnet EngineeringUnits name (camelCase), or ValueError naming it."""
+    from bacpypes3.basetypes import EngineeringUnits
+
+    from .client import camel
+
+    try:
+        return camel(str(EngineeringUnits(units)))
+    except (ValueError, TypeError, KeyError):
+        raise ValueError(f"not a BACnet EngineeringUnits name: {units!r} (e.g. watts, kilowatts, megawatts)") from None

@@ -2,7 +2,8 @@
 request routed through it with a genuine Reject-Message-To-Network or Router-Busy-To-Network NPDU.
 
 It routes to one network with the meter at MAC 2 and answers, per `answer`:
-  "meter"       ReadProperty of anything with a Real `value` (as the meter would, through the router)
+  "meter"       ReadProperty of units with kilowatts, of statusFlags with all clear, of anything else with
+                a Real `value` (as the meter would, through the router)
   "reject:<n>"  Reject-Message-To-Network with reason n for the request's DNET
   "reject:<n>:<net>"  the same, naming network <net> instead (a reject about someone else's request)
   "busy"        Router-Busy-To-Network for the request's DNET
@@ -69,7 +70,11 @@ class RawRouter(asyncio.DatagramProtocol):
         elif kind == "busy":
             self._send(bytes([0x01, 0x80, 0x04]) + struct.pack(">H", dnet), addr)
         elif kind == "meter" and apdu[3] == 0x0C:  # ReadProperty: echo object and property, add the value
-            ack = bytes([0x30, apdu[2], 0x0C]) + apdu[4:] + b"\x3e\x44" + struct.pack(">f", self.value) + b"\x3f"
+            prop = apdu[10] if apdu[9] == 0x19 else None  # context tag 1, one octet
+            value = {117: b"\x91\x30",          # units: Enumerated kilowatts (48)
+                     111: b"\x82\x04\x00",      # statusFlags: BitString, four bits clear
+                     }.get(prop, b"\x44" + struct.pack(">f", self.value))
+            ack = bytes([0x30, apdu[2], 0x0C]) + apdu[4:] + b"\x3e" + value + b"\x3f"
             self._send(bytes([0x01, 0x08]) + struct.pack(">HB", self.network, len(dadr)) + dadr + ack, addr)
 
     def _send(self, npdu: bytes, addr) -> None:

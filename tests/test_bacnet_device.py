@@ -322,3 +322,56 @@ async def test_read_property_multiple_reports_per_property_errors(gateway, peer)
     assert rows[("binaryValue 1", "presentValue")] == "inactive"
     assert rows[("binaryValue,1", "units")].code == "unknownProperty"  # lookups forgive the separator
     assert rows[("analogValue 99", "presentValue")].code == "unknownObject"
+
+
+@pytest.mark.timeout(20)
+async def test_registers_as_a_foreign_device_so_a_bas_behind_a_bbmd_finds_it(free_udp_port):
+    # On loopback: a BBMD, and a BAS registered with it as a foreign device (as on another IP subnet).
+    # The BAS's broadcast Who-Is goes out through the BBMD, which forwards it to its foreign devices only.
+    from bacpypes3.app import Application
+    from bacpypes3.basetypes import BDTEntry, HostNPort
+    from bacpypes3.local.device import DeviceObject
+    from bacpypes3.local.networkport import NetworkPortObject
+
+    from bacnet_api.client import close_stack, wait_bound
+
+    def stack(device_id: int, port: int, **network_port) -> Application:
+        device = DeviceObject(objectIdentifier=("device", device_id), objectName=f"d{device_id}", vendorIdentifier=999,
+                              maxApduLengthAccepted=1024, segmentationSupported="segmentedBoth")
+        return Application.from_object_list([device, NetworkPortObject(
+            f"127.0.0.1/8:{port}", objectIdentifier=("network-port", 1), objectName="np", **network_port)])
+
+    b = free_udp_port()
+    bbmd = stack(4000201, b, bacnetIPMode="bbmd", bbmdAcceptFDRegistrations=True, bbmdForeignDeviceTable=[],
+                 bbmdBroadcastDistributionTable=[BDTEntry(f"127.0.0.1:{b}")])
+    stacks = [bbmd]
+    device = GatewayDevice(address=f"127.0.0.1/8:{free_udp_port()}", device_id=DEVICE_ID, device_name="TestGateway",
+                           bbmd_address=f"127.0.0.1:{b}", bbmd_ttl=60)
+    try:
+        await wait_bound(bbmd)
+        await device.start()
+        bas = stack(4000202, free_udp_port(), bacnetIPMode="foreign", fdBBMDAddress=HostNPort(f"127.0.0.1:{b}"),
+                    fdSubscriptionLifetime=60)
+        stacks.append(bas)
+        await wait_bound(bas)
+
+        link = next(iter(bbmd.link_layers.values()))
+        def registered() -> set[str]:
+            return {str(e.fdAddress) for e in getattr(link, "bbmdFDT", None) or link.bbmd.bbmdFDT}
+        for _ in range(50):  # both register within a few ms
+            if len(registered()) == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert where(device) in registered()
+
+        i_ams = await asyncio.wait_for(bas.who_is(timeout=1.0), 5)  # a broadcast, through the BBMD
+        [i_am] = [i for i in i_ams if i.iAmDeviceIdentifier[1] == DEVICE_ID]
+        name = await asyncio.wait_for(bas.read_property(
+            i_am.pduSource, ObjectIdentifier(f"device,{DEVICE_ID}"), "objectName"), 5)
+        assert str(name) == "TestGateway"
+        port = device.app.get_object_id(ObjectIdentifier("network-port,1"))
+        assert str(port.bacnetIPMode) == "foreign" and str(port.fdBBMDAddress.address) == f"127.0.0.1:{b}"
+    finally:
+        await device.stop()
+        for app in reversed(stacks):
+            await close_stack(app)

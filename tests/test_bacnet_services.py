@@ -16,9 +16,11 @@ from bacpypes3.apdu import (
     ErrorRejectAbortNack,
     ReadPropertyMultipleACK,
     ReadPropertyMultipleRequest,
+    ReadPropertyRequest,
     ReadRangeRequest,
     RejectPDU,
     SimpleAckPDU,
+    SubscribeCOVRequest,
     WritePropertyMultipleError,
     WritePropertyMultipleRequest,
     WritePropertyRequest,
@@ -393,3 +395,141 @@ async def test_an_answer_to_a_request_given_up_on_is_dropped_quietly(gateway, pe
     await asyncio.sleep(0)
     assert future.cancelled()
     assert await peer.read(where(gateway), f"device,{DEVICE_ID}", "objectName") == "TestGateway"  # serving on
+
+
+# ----- the network port, COV subscription parameters and bounds, reserved priorities
+
+
+@pytest.mark.parametrize("group", ["all", "optional"])
+async def test_read_property_multiple_of_the_network_port_answers_every_property(gateway, peer, caplog, group):
+    # A BAS discovering the device reads ALL of every object: BAC0's empty fdBBMDAddress failed the whole
+    # request (operational-problem), and networkNumber, macAddress and apduLength (required) were missing.
+    addr = where(gateway)
+    answer = await request(peer, read_multiple(addr, [("network-port,1", [group]), ("analogValue,1", ["objectName"])]))
+
+    assert isinstance(answer, ReadPropertyMultipleACK), answer
+    port, point = answer.listOfReadAccessResults
+    assert point.listOfResults[0].readResult.propertyValue.cast_out(CharacterString) == INPUT_POWER
+    errors = {str(e.propertyIdentifier): e.readResult.propertyAccessError for e in port.listOfResults
+              if e.readResult.propertyAccessError is not None}
+    assert errors == {}
+    read = {str(e.propertyIdentifier) for e in port.listOfResults}
+    expected = {"network-number", "mac-address", "apdu-length", "ip-address", "bacnet-ip-udp-port"}
+    if group == "all":
+        expected |= {"object-name", "network-type", "bacnet-ip-mode"}
+    assert read >= expected, read
+    assert "fd-bbmd-address" not in read and "fd-subscription-lifetime" not in read  # normal mode, not foreign
+
+    port_number = int(addr.rpartition(":")[2])
+    assert await peer.read(addr, "networkPort 1", "macAddress") == bytes([127, 0, 0, 1]) + port_number.to_bytes(2, "big")
+    assert await peer.read(addr, "networkPort 1", "networkNumber") == 0
+    assert await peer.read(addr, "networkPort 1", "apduLength") == 1024
+    answer = await request(peer, ReadPropertyRequest(objectIdentifier=ObjectIdentifier("network-port,1"),
+                                                     propertyIdentifier=PropertyIdentifier("fdBBMDAddress"),
+                                                     destination=Address(addr)))
+    assert isinstance(answer, ErrorPDU) and f"{answer.errorClass}/{answer.errorCode}" == "property/unknown-property"
+    assert errors_logged(caplog) == []
+
+
+def subscribe(addr: str, obj: str, process: int, confirmed: bool | None = None, lifetime: int | None = None):
+    apdu = SubscribeCOVRequest(subscriberProcessIdentifier=process, monitoredObjectIdentifier=ObjectIdentifier(obj),
+                               destination=Address(addr))
+    if confirmed is not None:
+        apdu.issueConfirmedNotifications = confirmed
+    if lifetime is not None:
+        apdu.lifetime = lifetime
+    return apdu
+
+
+async def cov_subscriptions(peer: BacnetPeer, addr: str) -> list[tuple[int, str, bool, int]]:
+    """(process, object, confirmed, seconds left) of each subscription the device lists."""
+    listed = await asyncio.wait_for(peer.app.read_property(
+        Address(addr), ObjectIdentifier(f"device,{DEVICE_ID}"), "activeCovSubscriptions"), 3)
+    return [(int(s.recipient.processIdentifier), str(s.monitoredPropertyReference.objectIdentifier),
+             bool(s.issueConfirmedNotifications), int(s.timeRemaining)) for s in listed]
+
+
+@pytest.mark.timeout(15)
+@pytest.mark.parametrize("confirmed, lifetime", [(True, None), (None, 60)], ids=["confirmed-only", "lifetime-only"])
+async def test_subscribe_cov_with_half_the_parameters_is_rejected(gateway, peer, caplog, confirmed, lifetime):
+    # both or neither (a cancellation); one alone failed with a traceback, or subscribed with "None"
+    addr = where(gateway)
+    answer = await request(peer, subscribe(addr, "analogValue,2", 5, confirmed, lifetime))
+    assert isinstance(answer, RejectPDU), answer
+    assert str(answer.apduAbortRejectReason) == "missing-required-parameter"
+    assert await cov_subscriptions(peer, addr) == []
+    assert errors_logged(caplog) == []
+
+
+@pytest.mark.timeout(15)
+async def test_subscribe_cov_renewal_replaces_the_confirmed_flag(gateway, peer, caplog):
+    addr = where(gateway)
+    assert isinstance(await request(peer, subscribe(addr, "analogValue,4", 6, False, 0)), SimpleAckPDU)
+    assert await cov_subscriptions(peer, addr) == [(6, "analog-value,4", False, 0)]
+
+    assert isinstance(await request(peer, subscribe(addr, "analogValue,4", 6, True, 120)), SimpleAckPDU)
+    [(process, obj, confirmed, left)] = await cov_subscriptions(peer, addr)
+    assert (process, obj, confirmed) == (6, "analog-value,4", True) and 115 <= left <= 120
+
+    assert isinstance(await request(peer, subscribe(addr, "analogValue,4", 6, False, 60)), SimpleAckPDU)
+    [(process, obj, confirmed, left)] = await cov_subscriptions(peer, addr)
+    assert (process, obj, confirmed) == (6, "analog-value,4", False) and 55 <= left <= 60
+
+    assert isinstance(await request(peer, subscribe(addr, "analogValue,4", 6)), SimpleAckPDU)  # cancel
+    assert await cov_subscriptions(peer, addr) == []
+    assert errors_logged(caplog) == []
+
+
+@pytest.mark.timeout(20)
+async def test_cov_subscriptions_are_bounded(gateway, peer, caplog):
+    # a BAS that subscribes with a new process identifier at each restart must not grow the list forever
+    MAX_COV_SUBSCRIPTIONS = 100  # bacnet_api.services.MAX_COV_SUBSCRIPTIONS, as documented
+
+    addr = where(gateway)
+    answers = await asyncio.gather(*(request(peer, subscribe(addr, "analogValue,7", 1000 + i, False, 0), timeout=10)
+                                     for i in range(MAX_COV_SUBSCRIPTIONS)))
+    assert all(isinstance(a, SimpleAckPDU) for a in answers), {type(a).__name__ for a in answers}
+
+    answer = await request(peer, subscribe(addr, "analogValue,7", 5000, False, 0))
+    assert isinstance(answer, ErrorPDU), answer
+    assert f"{answer.errorClass}/{answer.errorCode}" == "resources/no-space-to-add-list-element"
+    answer = await request(peer, subscribe(addr, "binaryValue,4", 1000, False, 0))  # another object, same process
+    assert isinstance(answer, ErrorPDU), answer
+
+    # renewing one that is listed still works, and a cancellation makes room for one more
+    assert isinstance(await request(peer, subscribe(addr, "analogValue,7", 1000, True, 60)), SimpleAckPDU)
+    assert isinstance(await request(peer, subscribe(addr, "analogValue,7", 1001)), SimpleAckPDU)
+    assert isinstance(await request(peer, subscribe(addr, "analogValue,7", 5000, False, 0)), SimpleAckPDU)
+    listed = await cov_subscriptions(peer, addr)
+    assert len(listed) == MAX_COV_SUBSCRIPTIONS
+    assert {p for p, *_ in listed} == {1000, 5000} | set(range(1002, 1000 + MAX_COV_SUBSCRIPTIONS))
+    assert errors_logged(caplog) == []
+
+
+@pytest.mark.parametrize("priority, error", [
+    (6, "property/write-access-denied"),  # reserved for Minimum On/Off
+    (0, "property/value-out-of-range"),
+    (17, "property/value-out-of-range"),
+])
+@pytest.mark.parametrize("point, obj, command", [
+    (INPUT_POWER, "analogValue,1", Real(7.0)),
+    (OPT_OUT, "binaryValue,4", Enumerated(1)),
+])
+@pytest.mark.parametrize("service", ["WriteProperty", "WritePropertyMultiple"])
+async def test_write_at_a_reserved_or_invalid_priority_is_refused(gateway, peer, caplog, priority, error, point,
+                                                                   obj, command, service):
+    addr, name = where(gateway), obj.replace(",", " ")
+    seen = []
+    gateway.on_write(point, seen.append)
+
+    if service == "WriteProperty":
+        answer = await request(peer, write_one(addr, obj, "presentValue", command, priority))
+        assert isinstance(answer, ErrorPDU), answer
+        assert f"{answer.errorClass}/{answer.errorCode}" == error
+    else:
+        answer = await request(peer, write_multiple(addr, obj, "presentValue", command, priority))
+        assert isinstance(answer, WritePropertyMultipleError), answer
+        assert f"{answer.errorType.errorClass}/{answer.errorType.errorCode}" == error
+    assert await peer.read(addr, name, "priorityArray") == [None] * 16
+    assert seen == []
+    assert errors_logged(caplog) == []

@@ -368,3 +368,15 @@ def test_run_refuses_a_busy_http_port_before_starting_anything(tmp_path, free_ud
     assert len(lines) == 1 and lines[0].startswith(
         f"configuration error: http.address 127.0.0.1:{port}: cannot listen: Address already in use"), res.stderr
     assert not (tmp_path / "gw.sqlite").exists()
+
+
+@pytest.mark.parametrize("value, ok", [("", True), ("10.0.0.5", True), ("10.0.0.5:47808", True),
+                                       ("bbmd.local", False), ("10.0.0.5:0", False)])
+def test_bbmd_address_is_an_ipv4_address_with_an_optional_port(tmp_path, value, ok):
+    p = _write(tmp_path, f'[bacnet]\nbbmd_address = "{value}"\n')
+    if ok:
+        assert load_config(p, environ={}).bacnet.bbmd_address == value
+    else:
+        with pytest.raises(ConfigError) as err:
+            load_config(p, environ={})
+        assert "bacnet.bbmd_address" in str(err.value) and "unknown key" not in str(err.value), err.value

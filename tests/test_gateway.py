@@ -253,3 +253,22 @@ async def test_no_power_for_input_stale_seconds_faults_the_forecasts_and_drops_t
             assert gateway.forecast.status()["input_stale"] is False
     finally:
         await gateway.stop()
+
+
+async def test_a_watts_meter_reaches_the_vtn_and_bacnet_in_kw(system):
+    # the meter drops off and comes back set up in watts: the VTN, the BAS and /api/status see kW
+    vtn, meter, gateway, peer, gw = system
+    await eventually(lambda: gateway.meter.latest and gateway.meter.latest.ok, 10, "first reading")
+    assert gateway.status()["meter"]["units"] == "kilowatts"
+    meter.set_silent(True)
+    await eventually(lambda: gateway.device.get(P.METER_FAULT), 10, "meter-fault on")
+    meter.set_units("watts")
+    meter.set_value(64250.0)
+    meter.set_silent(False)
+    await eventually(lambda: not gateway.device.get(P.METER_FAULT), 10, "meter-fault off")
+    assert await read(peer, gw, P.METER_POWER) == pytest.approx(64.25)
+    assert gateway.status()["meter"]["units"] == "watts"
+    assert gateway.status()["meter"]["last_value_kw"] == pytest.approx(64.25)
+    await eventually(lambda: vtn.reports and vtn.reports[-1][-1] == pytest.approx(64.25), 15,
+                     "the VTN receives kW")
+    assert all(r[-1] < 1000 for r in vtn.reports), vtn.reports  # never 64250 "kW"

@@ -58,6 +58,7 @@ class Gateway:
         self.device = GatewayDevice(address=c.bacnet.address, device_id=c.bacnet.device_id,
                                     device_name=c.bacnet.device_name,
                                     input_min=c.bacnet.input_min_kw, input_max=c.bacnet.input_max_kw,
+                                    bbmd_address=c.bacnet.bbmd_address, bbmd_ttl=c.bacnet.bbmd_ttl,
                                     points=P.points_for(c.forecaster.horizons_minutes))
         # A file that cannot be opened does not stop the gateway: the BAS still needs the device and
         # the live points. Both keep their data in memory and write it once the file opens.
@@ -273,6 +274,8 @@ class Gateway:
             "meter": {
                 "address": self.config.meter.address, "object": self.config.meter.object,
                 "router": self.meter.route,
+                # what the meter's units property said at its last (re)connection: watts are converted to kW
+                "units": self.meter.units,
                 "fault": self.meter.fault,
                 # the last value and when it was read; while the meter is silent, attempts go on
                 "last_value_kw": good.value if good else None,

@@ -159,7 +159,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_simulate_meter(args) -> int:
-    from bacnet_api.simulator import run_simulator
+    from bacnet_api.simulator import _check_units, run_simulator
 
     from .logs import setup_logging
 
@@ -168,6 +168,7 @@ def cmd_simulate_meter(args) -> int:
 
     try:  # a fixed value, else a CSV column, else the shipped building's load shape
         values = [args.value] if args.value is not None else load_kw_column(args.csv, args.value_column)
+        _check_units(args.units)
         if not any(math.isfinite(v) for v in values):
             raise ValueError(f"{args.csv or 'the series'}: no finite kW value to serve")
     except (OSError, ValueError) as err:
@@ -175,7 +176,8 @@ def cmd_simulate_meter(args) -> int:
         return 1
     try:
         asyncio.run(serve_until_signalled(
-            run_simulator(args.address, values=values, interval=args.interval), args.duration))
+            run_simulator(args.address, values=values, interval=args.interval, units=args.units),
+            args.duration))
     except OSError as err:  # the port is taken, or the address is not this host's
         print(f"simulate-meter: {args.address}: {err.strerror or err}: choose another with --address",
               file=sys.stderr)
@@ -284,6 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--value", type=_finite, default=None, help="fixed kW value")
     source.add_argument("--csv", default=None, help="replay a kW column from this CSV (default: the shipped building)")
     p.add_argument("--value-column", default="Total_Power")
+    p.add_argument("--units", default="kilowatts", metavar="UNITS",
+                   help="BACnet units the meter publishes: the kW values are scaled to watts or megawatts; "
+                        "another unit (e.g. kilowattHours) serves them unscaled (default kilowatts)")
     p.add_argument("--interval", type=_positive_seconds, default=10.0, help="seconds between replayed values")
     p.add_argument("--duration", type=_positive_seconds, default=None, help="stop after this many seconds")
     p.set_defaults(func=cmd_simulate_meter)

@@ -87,11 +87,27 @@ class BacnetConfig(_Section):
     device_name: str = Field("EdgeGateway", min_length=1)
     input_min_kw: float = -100000.0
     input_max_kw: float = 100000.0
+    bbmd_address: str = ""                     # "ip[:port]" of a BBMD to register with as a foreign device
+    bbmd_ttl: int = Field(900, ge=30, le=65535)  # seconds; re-registered before it runs out
 
     @field_validator("address")
     @classmethod
     def _address(cls, v: str) -> str:
         return check_bacnet_address(v)
+
+    @field_validator("bbmd_address")
+    @classmethod
+    def _bbmd(cls, v: str) -> str:
+        if not v:
+            return v
+        host, sep, port = v.rpartition(":") if ":" in v else (v, "", "47808")
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ValueError(f"must be an IPv4 address with an optional :port, e.g. 10.0.0.5:47808, got {v!r}") from None
+        if not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
+            raise ValueError(f"{v!r}: port must be 1..65535")
+        return v
 
     @model_validator(mode="after")
     def _bounds(self) -> "BacnetConfig":

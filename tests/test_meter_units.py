@@ -1,0 +1,174 @@
+"""The meter as sites have it: power in watts or megawatts, an energy register, its own fault and
+out-of-service flags, a router that restarts. Real bacpypes3 stacks on loopback: the routed simulator
+and the gateway's device; no mocks."""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from bacnet_api.device import GatewayDevice
+from bacnet_api.meter import MeterClient, MeterReading
+from bacnet_api.simulator import MeterSimulator, run_simulator
+from bacnet_peer import BacnetPeer
+
+pytestmark = pytest.mark.timeout(60)
+
+FAST = 0.4  # seconds: every failing read in these tests is bounded by this
+
+
+@pytest.fixture
+async def gateway(free_udp_port):
+    device = GatewayDevice(address=f"127.0.0.1/8:{free_udp_port()}", device_id=500411, device_name="gw")
+    await device.start()
+    try:
+        yield device
+    finally:
+        await device.stop()
+
+
+def client(gateway, sim, **kw) -> MeterClient:
+    kw.setdefault("timeout_seconds", FAST)
+    return MeterClient(gateway, address=sim.meter_address, object="analogInput 2",
+                       router=sim.router_address, **kw)
+
+
+def meter_logs(caplog, level):
+    return [r.getMessage() for r in caplog.records if r.name == "bacnet_api.meter" and r.levelno == level]
+
+
+@pytest.mark.parametrize("units, value", [("watts", 42500.0), ("megawatts", 0.0425), ("kilowatts", 42.5),
+                                          ("milliwatts", 42.5e6)])
+async def test_power_units_are_converted_to_kw(gateway, free_udp_port, units, value, caplog):
+    caplog.set_level(logging.INFO, logger="bacnet_api.meter")
+    async with MeterSimulator(f"127.0.0.1/8:{free_udp_port()}", value=value, units=units) as sim:
+        meter = client(gateway, sim)
+        for _ in range(3):
+            reading = await asyncio.wait_for(meter.read_once(), 5)
+            assert reading.error is None and reading.value == pytest.approx(42.5, rel=1e-6)
+        assert meter.units == units and not meter.fault
+    said = meter_logs(caplog, logging.INFO)
+    if units == "kilowatts":
+        assert said == []  # the expected unit: nothing to tell the operator
+    else:  # a conversion is logged once, not per read
+        assert said == [f"meter {sim.meter_address} analogInput 2 reports {units}: readings are converted "
+                        f"to kW (x {1 / (42500.0 / 42.5) if units == 'watts' else {'megawatts': 1000, 'milliwatts': 1e-06}[units]:g})"]
+
+
+async def test_a_watts_meter_is_judged_against_the_kw_bounds(gateway, free_udp_port):
+    # 250 kW published as 250000 W: inside a 1000 kW bound; read as kW it would be a failed read
+    async with MeterSimulator(f"127.0.0.1/8:{free_udp_port()}", value=250000.0, units="watts") as sim:
+        meter = client(gateway, sim, bounds=(-1000.0, 1000.0))
+        assert (await asyncio.wait_for(meter.read_once(), 5)).value == pytest.approx(250.0)
+        # 2 MW published as watts is outside: the reason says what the meter said and what it is in kW
+        sim.set_value(2.0e6)
+        reading = await asyncio.wait_for(meter.read_once(), 5)
+        assert reading.value is None
+        assert "meter returned 2e+06 watts = 2000 kW, outside -1000..1000" in reading.error
+
+
+@pytest.mark.parametrize("units, kind", [("kilowattHours", "energy"), ("kilovoltAmperes", "apparent power"),
+                                         ("amperes", "current")])
+async def test_a_unit_that_is_not_power_is_a_meter_fault_naming_it(gateway, free_udp_port, units, kind, caplog):
+    caplog.set_level(logging.INFO, logger="bacnet_api.meter")
+    seen: list[MeterReading] = []
+    async with MeterSimulator(f"127.0.0.1/8:{free_udp_port()}", value=123456.0, units=units) as sim:
+        meter = client(gateway, sim, on_reading=seen.append)
+        for _ in range(3):
+            reading = await asyncio.wait_for(meter.read_once(), 5)
+            assert reading.value is None and meter.fault
+            assert reading.error.startswith(f"{sim.meter_address} analogInput 2: units {units} is not a power unit "
+                                            f"({kind})")
+        assert meter.units == units
+        # the technician points the gateway at a power register (here: the meter is set right)
+        sim.set_units("kilowatts")
+        sim.set_value(61.0)
+        assert (await asyncio.wait_for(meter.read_once(), 5)).value == 61.0 and not meter.fault
+    assert [r.value for r in seen] == [None, None, None, 61.0]
+    warnings = meter_logs(caplog, logging.WARNING)
+    assert len(warnings) == 1 and f"units {units} is not a power unit" in warnings[0]
+    assert not any(r.exc_info for r in caplog.records)
+
+
+async def test_no_units_is_taken_as_kw_with_one_warning(gateway, free_udp_port, caplog):
+    caplog.set_level(logging.INFO, logger="bacnet_api.meter")
+    async with MeterSimulator(f"127.0.0.1/8:{free_udp_port()}", value=42.5, units="noUnits") as sim:
+        meter = client(gateway, sim)
+        assert (await asyncio.wait_for(meter.read_once(), 5)).value == 42.5
+        assert (await asyncio.wait_for(meter.read_once(), 5)).value == 42.5
+        assert meter.units == "noUnits"
+    assert meter_logs(caplog, logging.WARNING) == [
+        f"meter {sim.meter_address} analogInput 2 states noUnits: its value is taken as kW"]
+
+
+async def test_units_are_read_again_when_the_meter_comes_back(gateway, free_udp_port, caplog):
+    # the router and meter restart (a power cycle, a replaced meter set up in watts): the read after the
+    # outage reads the units again, so the first value after it is already in kW
+    caplog.set_level(logging.INFO, logger="bacnet_api.meter")
+    async with MeterSimulator(f"127.0.0.1/8:{free_udp_port()}", value=42.5) as sim:
+        meter = client(gateway, sim)
+        assert (await asyncio.wait_for(meter.read_once(), 5)).value == 42.5
+        await sim.stop()
+        reading = await asyncio.wait_for(meter.read_once(), 5)
+        assert reading.value is None and reading.error.startswith("no response from 12345:2")
+        sim.set_units("watts")
+        sim.set_value(43000.0)
+        await sim.start()
+        reading = await asyncio.wait_for(meter.read_once(), 5)
+        assert reading.value == pytest.approx(43.0) and meter.units == "watts"
+    infos = meter_logs(caplog, logging.INFO)
+    assert [m for m in infos if "reports" in m] == [
+        f"meter {sim.meter_address} analogInput 2 reports watts: readings are converted to kW (x 0.001)"]
+    assert any(m.startswith("meter answering again") and "43.00 kW" in m for m in infos)
+
+
+@pytest.mark.parametrize("status, why", [
+    (dict(reliability="overRange"), "the meter flags its value as fault (reliability overRange)"),
+    (dict(reliability="communicationFailure"), "the meter flags its value as fault (reliability communicationFailure)"),
+    (dict(out_of_service=True), "the meter's object is out of service, so its value is not a measurement"),
+])
+async def test_a_value_the_meter_flags_is_not_used(gateway, free_udp_port, status, why, caplog):
+    caplog.set_level(logging.INFO, logger="bacnet_api.meter")
+    async with MeterSimulator(f"127.0.0.1/8:{free_udp_port()}", value=42.5) as sim:
+        meter = client(gateway, sim)
+        assert (await asyncio.wait_for(meter.read_once(), 5)).value == 42.5
+        sim.set_status(**status)
+        sim.set_value(999.0)  # presentValue still answers, but the meter says not to trust it
+        for _ in range(2):
+            reading = await asyncio.wait_for(meter.read_once(), 5)
+            assert reading.value is None and meter.fault
+            assert reading.error == f"{sim.meter_address} analogInput 2: {why}"
+        assert meter.last_good.value == 42.5
+        sim.set_status()
+        assert (await asyncio.wait_for(meter.read_once(), 5)).value == 999.0 and not meter.fault
+    assert meter_logs(caplog, logging.WARNING) == [f"meter fault: {sim.meter_address} analogInput 2: {why}"]
+
+
+async def test_run_simulator_publishes_kw_values_in_the_chosen_unit(gateway, free_udp_port):
+    port = free_udp_port()
+    task = asyncio.create_task(run_simulator(f"127.0.0.1/8:{port}", values=[12.5], units="watts"))
+    try:
+        async with BacnetPeer(free_udp_port()) as peer:
+            await peer.add_route(f"127.0.0.1:{port}", 12345)
+
+            async def published():
+                return (await peer.read("12345:2", "analogInput 2", "units"),
+                        await peer.read("12345:2", "analogInput 2", "presentValue"))
+
+            deadline = asyncio.get_running_loop().time() + 10
+            while (seen := await published()) != ("watts", 12500.0):
+                assert asyncio.get_running_loop().time() < deadline, seen
+                await asyncio.sleep(0.05)
+        meter = MeterClient(gateway, address="12345:2", object="analogInput 2", router=f"127.0.0.1:{port}",
+                            timeout_seconds=FAST)
+        assert (await asyncio.wait_for(meter.read_once(), 5)).value == pytest.approx(12.5)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+def test_simulator_refuses_a_name_that_is_not_a_unit():
+    with pytest.raises(ValueError, match="not a BACnet EngineeringUnits name: 'kW'"):
+        MeterSimulator(units="kW")
