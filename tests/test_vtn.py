@@ -6,6 +6,7 @@ import time
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
 
+import pytest
 from openleadr import errors as oerrors
 from waiting import eventually as until
 
@@ -582,3 +583,66 @@ async def test_readings_dated_before_this_version_are_not_reported(tmp_path, fre
             gw.vtn.record_sample(now(), 13.5)
             assert len(said(caplog, "wall clock")) == 2
             assert all(r[3].year >= 2026 for r in server.reports)
+
+
+def queue_for_poll(server, ven_id, message_type, payload):
+    server._outbox.setdefault(ven_id, []).append((message_type, payload))
+
+
+def canceled_party_registrations(server):
+    """Record each oadrCanceledPartyRegistration (openleadr's VTN has no handler for it)."""
+    seen = []
+
+    def on_canceled(payload):
+        seen.append(((payload.get("response") or {}).get("response_code"),
+                     (payload.get("response") or {}).get("request_id"), payload.get("registration_id")))
+    server._server.services["registration_service"].handlers["oadrCanceledPartyRegistration"] = on_canceled
+    return seen
+
+
+@pytest.mark.timeout(20)
+async def test_a_vtn_cancel_of_another_registration_is_answered_452_and_ours_stands(tmp_path, free_tcp_port, caplog):
+    caplog.set_level(logging.INFO, logger="ven")
+    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
+        answers = canceled_party_registrations(server)
+        async with running(tmp_path, server.url) as gw:
+            await until(lambda: gw.vtn.connected and gw.vtn.status()["report_request_id"], 10, "registration")
+            ours, rrid = gw.vtn.registration_id, gw.vtn.status()["report_request_id"]
+            queue_for_poll(server, gw.vtn.ven_id, "oadrCancelPartyRegistration",
+                           {"ven_id": gw.vtn.ven_id, "registration_id": "not-ours", "request_id": "cancel-1"})
+            await until(lambda: answers, 5, "oadrCanceledPartyRegistration")
+            assert [(code, rid) for code, _, rid in answers] == [(452, ours)] and answers[0][1]
+            gw.vtn.record_sample(now(), 21.5)
+            await until(lambda: [r[4] for r in server.reports] == [21.5], 5, "telemetry under the same request")
+            assert server.registrations == 1 and gw.vtn.registration_id == ours and gw.vtn.connected
+            assert gw.vtn.status()["report_request_id"] == rrid and gw.vtn.status()["reregistrations"] == 0
+            assert not said(caplog, "VTN context lost")
+            assert said(caplog, "VTN cancelled registration") == [
+                f"VTN cancelled registration not-ours, which is not this VEN's ({ours}): answered 452, the "
+                "registration stands"]
+
+
+@pytest.mark.timeout(20)
+async def test_a_vtn_cancel_of_our_registration_is_answered_and_registers_anew_keeping_queue_and_events(
+        tmp_path, free_tcp_port, caplog):
+    caplog.set_level(logging.INFO, logger="ven")
+    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
+        answers = canceled_party_registrations(server)
+        async with running(tmp_path, server.url) as gw:
+            await until(lambda: gw.vtn.connected and gw.vtn.status()["report_request_id"], 10, "registration")
+            eid = server.add_event([2], now() - timedelta(seconds=1), 120)
+            await until(lambda: gw.level == 2.0, 5, "level 2")
+            ours = gw.vtn.registration_id
+            gw.vtn.record_sample(now() - timedelta(seconds=1), 30.0)
+            queue_for_poll(server, gw.vtn.ven_id, "oadrCancelPartyRegistration",
+                           {"ven_id": gw.vtn.ven_id, "registration_id": ours, "request_id": "cancel-2"})
+            await until(lambda: server.registrations == 2 and gw.vtn.connected, 10, "registered anew")
+            assert [(code, rid) for code, _, rid in answers] == [(200, ours)] and answers[0][1]
+            status = gw.vtn.status()
+            assert status["registration_id"] != ours and status["reregistrations"] == 1
+            assert status["last_reregistration"].endswith(f"the VTN cancelled the registration {ours}")
+            gw.vtn.record_sample(now(), 31.0)
+            await until(lambda: 31.0 in [r[4] for r in server.reports], 5, "telemetry after registering anew")
+            assert sorted(r[4] for r in server.reports) == [30.0, 31.0], "each reading once, none lost"
+            assert gw.level == 2.0 and not gw.schedule.get(eid).cancelled
+            assert len(said(caplog, "VTN context lost (the VTN cancelled the registration")) == 1

@@ -180,6 +180,8 @@ class VtnClient:
         self.last_poll: datetime | None = None
         self.last_error: str | None = None
         self.registration_failures = 0
+        self.reregistrations = 0       # registrations the VTN asked for or forced (request or cancel)
+        self.last_reregistration: str | None = None   # "<time> <why>" of the latest
         self.poll_failures = 0
         self.poll_failures_total = 0   # monotonic, for the metrics counter
         # A poll fault outlives the session it began in: a VTN that takes registrations but refuses
@@ -301,6 +303,8 @@ class VtnClient:
             "last_poll": self.last_poll.isoformat() if self.last_poll else None,
             "last_error": self.last_error,
             "registration_failures": self.registration_failures,
+            "reregistrations": self.reregistrations,
+            "last_reregistration": self.last_reregistration,
             "poll_failures": self.poll_failures,
             "opt_answers_waiting": len(self._pending_opts),
             "opt_answer_error": self.opt_answer_error,
@@ -546,14 +550,42 @@ class VtnClient:
             if rtype == "oadrRequestReregistration":
                 self.last_error = "the VTN asked for re-registration"
                 await client.send_response(service="EiRegisterParty")
+                self._vtn_reregisters(self.last_error)
                 return
             if rtype == "oadrCancelPartyRegistration":
-                self.last_error = "the VTN cancelled the registration"
-                await client.on_cancel_party_registration(payload)
-                return
+                if await self._registration_cancelled(client, payload):
+                    return
+                continue        # not this VEN's registration: it stands, and polling goes on at once
             # openleadr hands out one message per poll: ask again at once after a real message.
             immediate = rtype != "oadrResponse"
             await self._dispatch(rtype, payload)
+
+    def _vtn_reregisters(self, why: str) -> None:
+        self.reregistrations += 1
+        self.last_reregistration = f"{_iso(_utcnow())} {why}"
+
+    async def _registration_cancelled(self, client: _Client, payload: dict) -> bool:
+        """oadrCancelPartyRegistration from the VTN, answered oadrCanceledPartyRegistration (with the
+        cancel's requestID). For this VEN's registrationID: 200, the session ends and the gateway registers
+        anew (a VTN that means to drop the VEN refuses that registration, and the gateway backs off). For
+        another registrationID: 452, and this registration stands (openleadr's own handler answers 452 too,
+        but the gateway then threw its registration away)."""
+        rid = payload.get("registration_id")
+        ours = self.registration_id
+        mine = rid in (None, ours)
+        response = {"response_code": 200 if mine else INVALID_ID,
+                    "response_description": "OK" if mine else f"registrationID {rid} is not this VEN's"[:200],
+                    "request_id": payload.get("request_id")}
+        msg = client._create_message("oadrCanceledPartyRegistration", response=response, ven_id=self.ven_id,
+                                     registration_id=ours)
+        await client._perform_request("EiRegisterParty", msg)
+        if not mine:
+            log.warning("VTN cancelled registration %s, which is not this VEN's (%s): answered %d, the registration "
+                        "stands", rid, ours, INVALID_ID)
+            return False
+        self.last_error = f"the VTN cancelled the registration {ours}"
+        self._vtn_reregisters(self.last_error)
+        return True
 
     async def _dispatch(self, rtype: str, payload: dict) -> None:
         client = self._client
@@ -970,6 +1002,8 @@ class VtnClient:
             return True
         if rtype == "oadrRequestReregistration":
             self.last_error = "the VTN no longer knows this VEN (re-registration requested)"
+            if not self._lost.is_set():
+                self._vtn_reregisters(self.last_error)
             self._lost.set()
         elif rtype is not None:
             # polls may go on fine meanwhile: this is the only place the operator hears of it
