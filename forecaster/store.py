@@ -45,6 +45,7 @@ class ForecastStore:
         uri = Path(self.path).resolve().as_uri() + ("" if create else "?mode=rw")
         db = sqlite3.connect(uri, uri=True, timeout=self._timeout)
         db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA journal_size_limit=4194304")  # as ven.storage.WAL_SIZE_LIMIT
         return db
 
     # ---- history and model -------------------------------------------------------------

@@ -92,7 +92,7 @@ def fill(directory: Path) -> Path:
 
 def test_queue_keeps_samples_in_memory_while_the_disk_is_full_then_writes_them(tmp_path, caplog):
     caplog.set_level(logging.INFO)
-    with tmpfs(tmp_path / "small", "size=1m") as disk:
+    with tmpfs(tmp_path / "small", "size=2m") as disk:
         path = disk / "gw.sqlite"
         q = TelemetryQueue(path)
         for i in range(3):

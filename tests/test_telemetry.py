@@ -42,6 +42,41 @@ def test_queue_keeps_order_survives_reopen_and_drops_oldest_beyond_bound(tmp_pat
     assert TelemetryQueue(path).dropped == 2
 
 
+def test_bounding_a_full_queue_by_age_does_not_scan_it_with_every_sample(tmp_path, caplog):
+    # a week-long outage at a 1 s poll queues 600k rows: each sample's age bound must go by an index,
+    # not read the whole queue on the event loop (57 ms a sample at 600k rows on a desktop without it)
+    path = tmp_path / "gw.sqlite"
+    q = TelemetryQueue(path, max_age=timedelta(minutes=10))
+    q.add(T0, 1.0)
+    plan = " ".join(r[-1] for r in q._conn.execute(
+        "EXPLAIN QUERY PLAN DELETE FROM telemetry_queue WHERE ts < ?", (T0.isoformat(),)))
+    assert "telemetry_queue_ts" in plan, plan
+    caplog.set_level(logging.WARNING)
+    for i in range(1, 1200):                   # 20 minutes at 1 s: the first 10 are dropped, in order
+        q.add(T0 + timedelta(seconds=i), float(i))
+    assert q.dropped == 599 and q.pending == 601
+    assert [s.kw for s in q.peek(2)] == [599.0, 600.0]
+    assert sum("dropping the oldest" in r.getMessage() for r in caplog.records) == 1
+    q.close()
+
+
+def test_the_wal_file_is_cut_back_after_a_large_transaction(tmp_path):
+    # samples held in memory while the file failed go to it in one transaction: the WAL grows to hold
+    # it and must not keep that size while the gateway runs
+    path = tmp_path / "gw.sqlite"
+    q = TelemetryQueue(path)
+    db = q._conn
+    db.execute("BEGIN")
+    db.executemany("INSERT INTO telemetry_queue (ts, kw) VALUES (?, ?)",
+                   (((T0 + timedelta(seconds=i)).isoformat(), 1.0) for i in range(150_000)))
+    db.execute("COMMIT")
+    assert (tmp_path / "gw.sqlite-wal").stat().st_size > 8 * 2**20
+    db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    q.add(T0 + timedelta(days=1), 2.0)
+    assert (tmp_path / "gw.sqlite-wal").stat().st_size <= 4 * 2**20
+    q.close()
+
+
 def test_a_lock_held_by_another_process_costs_one_short_wait_not_one_per_sample(tmp_path, caplog):
     # a backup or an sqlite3 shell holding the write lock: the queue runs on the event loop, so each
     # sample must not wait out a busy timeout; they wait in memory and go in order once it is free

@@ -26,6 +26,10 @@ REOPEN_SECONDS = 10.0
 # kept in memory and tried again; the gateway's own connections hold the lock for milliseconds.
 BUSY_TIMEOUT_SECONDS = 0.5
 LOCK_GRACE_SECONDS = 5.0  # a write lock held by another writer this long is reported as a fault
+# The WAL file keeps the size of the largest transaction it ever held (a week of telemetry moved from
+# memory in one go is tens of MB) until every connection closes, which the gateway's never do while
+# it runs: after a checkpoint it is cut back to this.
+WAL_SIZE_LIMIT = 4 * 1024 * 1024
 
 
 class StorageError(Exception):
@@ -44,6 +48,7 @@ def connect(path: str | Path, table: str = "") -> sqlite3.Connection:
         conn = sqlite3.connect(str(p), timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
         # Probe a write now so an unwritable file fails at start-up, not mid-event.
         conn.execute("CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
         conn.execute("INSERT OR REPLACE INTO kv (key, value) VALUES ('opened_at', datetime('now'))")
