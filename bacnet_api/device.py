@@ -27,7 +27,7 @@ from .objects import (
     read_only,
 )
 from .points import METER_POWER, POINTS, Point
-from .services import complete_network_ports, harden
+from .services import harden
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,6 @@ class GatewayDevice:
             async with asyncio.timeout(_START_TIMEOUT):
                 await self._socket_ready()
             harden(self.app)
-            complete_network_ports(self.app)
             for obj in list(self.app.objectIdentifier.values()):  # the device and network port
                 read_only(obj)
             for point in self._points.values():

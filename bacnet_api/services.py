@@ -70,6 +70,7 @@ def harden(app: Any) -> None:
     device.applicationSoftwareVersion = software
     for obj in list(app.objectIdentifier.values()):
         _announce_status_flags(obj)
+    complete_network_ports(app)
 
 
 # Network Port properties that belong to one BACnet/IP mode only (clause 12.56, Table 12-71 footnotes)

@@ -102,7 +102,7 @@ class MeterSimulator:
         self.ip_network = ip_network
         self.router_device_id = router_device_id if router_device_id is not None else device_id - 1
         self._value = float(value)
-        self._units = _check_units(units)
+        self._units = check_units(units)
         self._reliability = "noFaultDetected"
         self._out_of_service = False
         self._vlan_name = f"meter-sim-{network}-{next(_instances)}"
@@ -183,7 +183,7 @@ class MeterSimulator:
 
     def set_units(self, units: str) -> None:
         """Publish in another EngineeringUnits (camelCase, e.g. "watts"); the value is not rescaled."""
-        self._units = _check_units(units)
+        self._units = check_units(units)
         if self._point is not None:
             self._point.units = self._units
 
@@ -243,7 +243,7 @@ async def run_simulator(
     """Serve a simulated meter until cancelled; step through `values` (kW) every `interval` seconds
     (cycling when `repeat`), logging each new value. Non-finite values are skipped. `units` publishes
     the kW values in that unit (x 1000 for watts); a unit that is not power publishes them unscaled."""
-    scale = 1.0 / KW_PER_UNIT.get(_check_units(units), 1.0)
+    scale = 1.0 / KW_PER_UNIT.get(check_units(units), 1.0)
     # gaps in a replayed CSV (NaN) hold the previous value rather than stopping the meter
     steps = [float(v) * scale for v in values if math.isfinite(float(v))] if values is not None else []
     sim = MeterSimulator(address, network=network, mac=mac, device_id=device_id,
@@ -264,7 +264,7 @@ async def run_simulator(
         await asyncio.Event().wait()
 
 
-def _check_units(units: str) -> str:
+def check_units(units: str) -> str:
     """`units` as a BACnet EngineeringUnits name (camelCase), or ValueError naming it."""
     from bacpypes3.basetypes import EngineeringUnits
 

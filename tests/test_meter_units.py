@@ -8,30 +8,12 @@ import logging
 
 import pytest
 
-from bacnet_api.device import GatewayDevice
 from bacnet_api.meter import MeterClient, MeterReading
 from bacnet_api.simulator import MeterSimulator, run_simulator
 from bacnet_peer import BacnetPeer
+from test_meter import FAST, client, gateway  # noqa: F401 - shared fixture and helpers
 
 pytestmark = pytest.mark.timeout(60)
-
-FAST = 0.4  # seconds: every failing read in these tests is bounded by this
-
-
-@pytest.fixture
-async def gateway(free_udp_port):
-    device = GatewayDevice(address=f"127.0.0.1/8:{free_udp_port()}", device_id=500411, device_name="gw")
-    await device.start()
-    try:
-        yield device
-    finally:
-        await device.stop()
-
-
-def client(gateway, sim, **kw) -> MeterClient:
-    kw.setdefault("timeout_seconds", FAST)
-    return MeterClient(gateway, address=sim.meter_address, object="analogInput 2",
-                       router=sim.router_address, **kw)
 
 
 def meter_logs(caplog, level):

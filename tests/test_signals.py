@@ -37,28 +37,35 @@ def test_sigterm_during_start_up_stops_the_gateway(tmp_path, free_udp_port, free
         assert "Traceback" not in gateway.log(), gateway.log()
 
 
-def test_a_second_signal_ends_a_task_that_swallowed_the_first():
+def _two_signals(task: str, first: str, second: str) -> subprocess.CompletedProcess:
+    """Run `serve_until_signalled` on the coroutine `task` (its body, as source) in a fresh process that
+    sends itself `first`, then `second` 0.4 s later; the process prints "stopped" when it returns."""
     script = textwrap.dedent("""
         import asyncio, os, signal
         from ven.cli import serve_until_signalled
 
-        async def stubborn():
-            try:
-                await asyncio.sleep(60)
-            except asyncio.CancelledError:
-                pass  # as asyncio.wait_for on 3.11 can
-            await asyncio.sleep(60)
-
+        async def task():
+        %s
         async def main():
             loop = asyncio.get_running_loop()
-            loop.call_later(0.2, os.kill, os.getpid(), signal.SIGTERM)
-            loop.call_later(0.6, os.kill, os.getpid(), signal.SIGTERM)
-            await serve_until_signalled(stubborn())
+            loop.call_later(0.2, os.kill, os.getpid(), signal.%s)
+            loop.call_later(0.6, os.kill, os.getpid(), signal.%s)
+            await serve_until_signalled(task())
             print("stopped")
 
         asyncio.run(main())
-    """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=20)
+    """) % (textwrap.indent(textwrap.dedent(task), "    "), first, second)
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=20)
+
+
+def test_a_second_signal_ends_a_task_that_swallowed_the_first():
+    out = _two_signals("""
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            pass  # as asyncio.wait_for on 3.11 can
+        await asyncio.sleep(60)
+    """, "SIGTERM", "SIGTERM")
     assert out.returncode == 0 and out.stdout.strip() == "stopped", out
 
 
@@ -127,26 +134,12 @@ async def test_a_healthy_gateway_is_quiet_bad_http_requests_do_not_flood_and_sig
 def test_a_second_signal_during_shutdown_is_said_and_sighup_counts_as_one():
     """SIGHUP asks for a clean stop like SIGTERM; a signal while stopping cuts the shutdown short and
     says so with a warning naming it (the parts not stopped yet are left as they are)."""
-    script = textwrap.dedent("""
-        import asyncio, os, signal
-        from ven.cli import serve_until_signalled
-
-        async def slow_to_stop():
-            try:
-                await asyncio.sleep(60)
-            except asyncio.CancelledError:
-                await asyncio.sleep(60)   # a shutdown that takes long
-                raise
-
-        async def main():
-            loop = asyncio.get_running_loop()
-            loop.call_later(0.2, os.kill, os.getpid(), signal.SIGHUP)
-            loop.call_later(0.6, os.kill, os.getpid(), signal.SIGINT)
-            await serve_until_signalled(slow_to_stop())
-            print("stopped")
-
-        asyncio.run(main())
-    """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=20)
+    out = _two_signals("""
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            await asyncio.sleep(60)   # a shutdown that takes long
+            raise
+    """, "SIGHUP", "SIGINT")
     assert out.returncode == 0 and out.stdout.strip() == "stopped", out
     assert "SIGINT while stopping: shutdown cut short" in out.stderr, out

@@ -159,7 +159,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_simulate_meter(args) -> int:
-    from bacnet_api.simulator import _check_units, run_simulator
+    from bacnet_api.simulator import check_units, run_simulator
 
     from .logs import setup_logging
 
@@ -168,7 +168,7 @@ def cmd_simulate_meter(args) -> int:
 
     try:  # a fixed value, else a CSV column, else the shipped building's load shape
         values = [args.value] if args.value is not None else load_kw_column(args.csv, args.value_column)
-        _check_units(args.units)
+        check_units(args.units)
         if not any(math.isfinite(v) for v in values):
             raise ValueError(f"{args.csv or 'the series'}: no finite kW value to serve")
     except (OSError, ValueError) as err:

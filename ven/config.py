@@ -100,13 +100,12 @@ class BacnetConfig(_Section):
     def _bbmd(cls, v: str) -> str:
         if not v:
             return v
-        host, sep, port = v.rpartition(":") if ":" in v else (v, "", "47808")
+        host = _host_port(v if ":" in v else f"{v}:47808", "bbmd_address").rpartition(":")[0]
         try:
             ipaddress.IPv4Address(host)
         except ValueError:
-            raise ValueError(f"must be an IPv4 address with an optional :port, e.g. 10.0.0.5:47808, got {v!r}") from None
-        if not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
-            raise ValueError(f"{v!r}: port must be 1..65535")
+            raise ValueError(f"must be an IPv4 address with an optional :port, e.g. 10.0.0.5:47808, got {v!r}") \
+                from None
         return v
 
     @model_validator(mode="after")

@@ -573,9 +573,7 @@ class VtnClient:
         rid = payload.get("registration_id")
         ours = self.registration_id
         mine = rid in (None, ours)
-        response = {"response_code": 200 if mine else INVALID_ID,
-                    "response_description": "OK" if mine else f"registrationID {rid} is not this VEN's"[:200],
-                    "request_id": payload.get("request_id")}
+        response = _ei_response(payload.get("request_id"), None if mine else f"registrationID {rid} is not this VEN's")
         msg = client._create_message("oadrCanceledPartyRegistration", response=response, ven_id=self.ven_id,
                                      registration_id=ours)
         await client._perform_request("EiRegisterParty", msg)
@@ -870,7 +868,7 @@ class VtnClient:
         serve is answered 452, so the VTN learns its bookkeeping and ours differ."""
         rrid = payload.get("report_request_id")
         follow = bool(payload.get("report_to_follow"))
-        response = {"response_code": 200, "response_description": "OK"}
+        refusal = None
         if rrid is not None and rrid == self._report_request_id:
             if follow:
                 self._final_report, self._catch_up = rrid, True
@@ -888,11 +886,9 @@ class VtnClient:
             serving = ", ".join(self._served()) or "none"
             log.warning("VTN cancelled report request %s, which the gateway does not serve (serving: %s): "
                         "answered %d", rrid, serving, INVALID_ID)
-            response = {"response_code": INVALID_ID,
-                        "response_description": f"reportRequestID {rrid} is not served by this VEN"[:200]}
-        response["request_id"] = payload.get("request_id")
+            refusal = f"reportRequestID {rrid} is not served by this VEN"
         # still pending: what is served, and the cancelled request until its last update is sent
-        await self._answer_report_message("oadrCanceledReport", response)
+        await self._answer_report_message("oadrCanceledReport", _ei_response(payload.get("request_id"), refusal))
 
     def _served(self) -> list[str]:
         """The report requests being served: the standing one and the one-shots not yet sent."""
@@ -957,11 +953,9 @@ class VtnClient:
         if refused:
             log.warning("VTN requested telemetry the gateway never offered, refused with %d: %s",
                         INVALID_ID, "; ".join(refused))
-            response = {"response_code": INVALID_ID, "response_description": "; ".join(refused)[:200]}
-        else:
-            response = {"response_code": 200, "response_description": "OK"}
-        response["request_id"] = payload.get("request_id") or (payload.get("response") or {}).get("request_id")
-        await self._answer_report_message("oadrCreatedReport", response)
+        request_id = payload.get("request_id") or (payload.get("response") or {}).get("request_id")
+        await self._answer_report_message("oadrCreatedReport",
+                                          _ei_response(request_id, "; ".join(refused) if refused else None))
         self._wake_delivery.set()
 
     def _adopt(self, rrid: str, granularity: timedelta, back: timedelta) -> None:
@@ -1031,6 +1025,13 @@ def _iso(t: datetime | None) -> str:
 def _duration(d: timedelta) -> str:
     """ISO 8601, as on the wire (PT10S, PT5M, PT1H30M)."""
     return outils.timedeltaformat(d)
+
+
+def _ei_response(request_id: str | None, refusal: str | None = None) -> dict:
+    """An answer's eiResponse: 200 OK, or 452 (an ID the VEN does not know) with the reason."""
+    if refusal is None:
+        return {"response_code": 200, "response_description": "OK", "request_id": request_id}
+    return {"response_code": INVALID_ID, "response_description": refusal[:200], "request_id": request_id}
 
 
 def _answer(event) -> str:
