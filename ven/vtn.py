@@ -42,6 +42,11 @@ POLL_FAILURES_FOR_LOSS = 3      # consecutive failed polls before the VTN contex
 BATCH = 100                     # intervals per oadrUpdateReport when catching up
 MAX_GRANULARITY = timedelta(hours=1)   # the coarsest interval offered (any multiple of the sampling works)
 INVALID_ID = 452                # OpenADR 2.0b eiResponse code for an ID the VEN does not know
+NOT_REGISTERED = 463            # ... and for a VEN the VTN does not know or no longer authorises
+# A poll refused with one of these says the VTN has lost this VEN (a restarted VTN that answers so
+# instead of oadrRequestReregistration): register again at once, not after POLL_FAILURES_FOR_LOSS polls
+# (minutes at a utility's poll rate, with events missed meanwhile). Other refusals may be passing.
+UNKNOWN_VEN_CODES = (INVALID_ID, NOT_REGISTERED)
 
 
 def _utcnow() -> datetime:
@@ -60,6 +65,7 @@ class _Client(OpenADRClient):
     # "463 <description>" when the VTN's last answer carried an eiResponse code other than 200: openleadr
     # logs the reason and returns nothing, and the operator needs it in /api/status too
     refused: str | None = None
+    refused_code: int | None = None
     # openleadr bounds only the connect (5 s) and each socket read (10 s): a VTN (or proxy) trickling
     # a byte every few seconds would hold a request, and with it registration or polling, forever.
     request_timeout_s: float = 30.0
@@ -91,7 +97,7 @@ class _Client(OpenADRClient):
     async def _perform_request(self, service, message):
         await self._ensure_client_session()
         url = f"{self.vtn_url}/{service}"
-        self.last_error = self.refused = None
+        self.last_error = self.refused = self.refused_code = None
         try:
             timeout = aiohttp.ClientTimeout(total=self.request_timeout_s, sock_connect=5, sock_read=10)
             async with self.client_session.post(url, data=message, timeout=timeout) as req:
@@ -134,6 +140,8 @@ class _Client(OpenADRClient):
             self.last_error = f"VTN message could not be read: {err.__class__.__name__}: {err}"
             return None, {}
         self.refused = _refusal(message_payload)
+        if self.refused:
+            self.refused_code = _response_code(message_payload)
         return message_type, message_payload
 
 
@@ -374,7 +382,7 @@ class VtnClient:
                 log.warning("VTN context lost (%s); registering again", self.last_error or "unknown reason")
             elif self._poll_fault_losses == 0:
                 # the fault was logged when it started ("VTN poll failed"): this says what is done about it
-                log.info("VTN context lost (%d failed polls); registering again, and again each cycle while polls "
+                log.info("VTN context lost (%d failed poll(s)); registering again, and again each cycle while polls "
                          "fail (logged again once a poll is answered)", self.poll_failures)
             else:
                 log.debug("VTN polls still failing (%s); registering again", self.last_error)
@@ -533,7 +541,9 @@ class VtnClient:
                 if self._poll_fault is None:
                     log.warning("VTN poll failed: %s", self.last_error)
                     self._poll_fault = self.last_error
-                if failed_here >= POLL_FAILURES_FOR_LOSS:
+                if client.refused_code in UNKNOWN_VEN_CODES:
+                    self._vtn_reregisters(self.last_error)
+                if failed_here >= POLL_FAILURES_FOR_LOSS or client.refused_code in UNKNOWN_VEN_CODES:
                     self._lost_by_polls = True
                     return
                 immediate = False
