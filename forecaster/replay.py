@@ -42,8 +42,13 @@ TIME_MAX = dt.datetime(2100, 1, 1, tzinfo=dt.timezone.utc).timestamp()
 MAX_ROW_NOTES = 10
 
 
-def parse_time(text: str, tz: ZoneInfo) -> float:
-    """Epoch seconds from an ISO 8601 timestamp (naive means the forecaster's time zone) or a number."""
+def parse_time(text: str, tz: ZoneInfo, folds: dict | None = None) -> float:
+    """Epoch seconds from an ISO 8601 timestamp (naive means the forecaster's time zone) or a number.
+
+    `folds`, one dict kept across the rows of a file, resolves naive times in the hour a clock change
+    repeats: the wall clock going back inside that hour (02:45, then 02:00 again; 02:00 twice in hourly
+    data) starts its second pass.
+    Without it, both passes would land on the first and the real second hour would be missing."""
     text = text.strip()
     try:
         return float(text)
@@ -52,6 +57,16 @@ def parse_time(text: str, tz: ZoneInfo) -> float:
     d = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
     if d.tzinfo is None:
         d = d.replace(tzinfo=tz)
+        if folds is not None and d.utcoffset() != d.replace(fold=1).utcoffset():
+            key = d.date()
+            wall = d.replace(tzinfo=None)
+            previous, fold = folds.get(key, (None, 0))
+            back = None if previous is None else previous - wall
+            # a step back of a few minutes is a file in descending order, not a second pass
+            if back is not None and (back == dt.timedelta(0) or back >= dt.timedelta(minutes=30)):
+                fold = 1
+            folds[key] = (wall, fold)
+            d = d.replace(fold=fold)
     return d.timestamp()
 
 
@@ -85,6 +100,7 @@ def _read_series(csv_path, time_column: str, value_column: str, tz: ZoneInfo):
     text = _decode(path)
     times, values, lines, notes, skipped = [], [], [], [], 0
     line_no = 0
+    folds: dict = {}
 
     def data_lines():
         nonlocal line_no
@@ -93,20 +109,25 @@ def _read_series(csv_path, time_column: str, value_column: str, tz: ZoneInfo):
                 yield line
 
     reader = csv.DictReader(data_lines())
-    cols = reader.fieldnames or []
+    if reader.fieldnames is None:
+        raise ReplayInputError(f"{path}: the file is empty (no header row)")
+    cols = reader.fieldnames
     for c in (time_column, value_column):
         if c not in cols:
             raise ReplayInputError(f"{path}: no column {c!r}; columns are {', '.join(cols) or '(none)'}")
     for row in reader:
         t_text, v_text = row[time_column], row[value_column]
         try:
-            t = parse_time(t_text, tz)
+            t = parse_time(t_text, tz, folds)
             problem = _time_problem(t)
             if problem is None:
                 try:
                     v = float(v_text)
                 except (TypeError, ValueError):
                     problem = "value " + (f"{v_text!r} is not a number" if v_text is not None else "is missing")
+                else:
+                    if not math.isfinite(v):   # named here by line, not just counted by the forecaster
+                        problem = f"value {v_text.strip()!r} is not a finite number"
             else:
                 problem = f"time {t_text.strip()!r} {problem}"
         except (TypeError, ValueError, AttributeError):

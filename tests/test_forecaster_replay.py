@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pytest
@@ -91,7 +92,9 @@ def test_replay_accepts_an_irregular_series_and_skips_bad_rows(tmp_path):
             fh.write(f"{stamp},{'oops' if i == 5 else 50 + 10 * np.sin(s / 3600)}\n")
         fh.write(f"{dt.datetime.fromtimestamp(t[-1] + 30, dt.timezone.utc).isoformat()},nan\n")
     summary = replay_csv(src, "when", "kw", tmp_path / "out.csv", cycle_minutes=5)
-    assert summary["skipped_rows"] == 1 and summary["rejected"] == 1
+    assert summary["skipped_rows"] == 2 and summary["rejected"] == 0
+    assert summary["notes"][0] == "line 8: value 'oops' is not a number; row skipped"
+    assert summary["notes"][1] == f"line {len(t) + 3}: value 'nan' is not a finite number; row skipped"
     rows = _rows(tmp_path / "out.csv")
     assert len(rows) == 2 * summary["cycles"] and all(r["forecast_kw"] for r in rows[2:])
 
@@ -101,6 +104,9 @@ def test_replay_names_a_missing_column(tmp_path):
         replay_csv(EXCERPT, "timestamp", "power", tmp_path / "out.csv")
     with pytest.raises(ReplayInputError, match="cannot read"):
         replay_csv(tmp_path / "missing.csv", "a", "b", tmp_path / "out.csv")
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(ReplayInputError, match=r"empty.csv: the file is empty \(no header row\)"):
+        replay_csv(tmp_path / "empty.csv", "a", "b", tmp_path / "out.csv")
 
 
 START = 1767225600  # 2026-01-01T00:00Z, a cycle boundary
@@ -202,6 +208,9 @@ def test_a_replay_with_nothing_to_replay_is_an_error_not_an_empty_file(tmp_path,
     with pytest.raises(ReplayInputError, match=r"no usable rows .*line 2: time 'nan' is not a finite time"):
         replay_csv(src, "timestamp", "kw", out)
     _write_series(src, [START + 900 * i for i in range(5)], kw=lambda i: "nan")
+    with pytest.raises(ReplayInputError, match=r"no usable rows .*line 2: value 'nan' is not a finite number"):
+        replay_csv(src, "timestamp", "kw", out)
+    _write_series(src, [START + 900 * i for i in range(5)], kw=lambda i: "3.4e38")   # many meters' "no data"
     with pytest.raises(ReplayInputError, match="none of the 5 rows in 'kw' holds a usable kW value"):
         replay_csv(src, "timestamp", "kw", out, fit_processes=1)
     assert not out.exists() and not list(tmp_path.glob(".out.csv*"))
@@ -232,3 +241,20 @@ def test_output_to_a_pipe_or_through_a_symlink(tmp_path):
     link.symlink_to(target)
     replay_csv(src, "timestamp", "kw", link, fit_processes=1)
     assert link.is_symlink() and len(_rows(target)) == 2 * 10  # the file it names is replaced, not the link
+
+
+def test_naive_times_in_the_hour_the_autumn_change_repeats_are_both_kept(tmp_path):
+    # A logger on local time writes 02:00..02:45 twice on the last Sunday of October; the second pass
+    # is the hour after the first, not the same instants again (which left the real hour missing).
+    src = tmp_path / "local.csv"
+    walls = ["01:30", "01:45"] + ["02:00", "02:15", "02:30", "02:45"] * 2 + ["03:00", "03:15"]
+    src.write_text("timestamp,kw\n" + "".join(f"2019-10-27T{w},{100 + i}\n" for i, w in enumerate(walls)))
+    t, v, skipped = read_series(src, "timestamp", "kw", ZoneInfo("Europe/Rome"))
+    assert skipped == 0 and list(v) == [100 + i for i in range(len(walls))], "file order is time order"
+    assert np.all(np.diff(t) == 900), "every quarter hour once, the repeated hour after the first"
+    hourly = tmp_path / "hourly.csv"
+    hourly.write_text("timestamp,kw\n" + "".join(f"2019-10-27T{w},1\n" for w in ("01:00", "02:00", "02:00", "03:00")))
+    assert np.all(np.diff(read_series(hourly, "timestamp", "kw", ZoneInfo("Europe/Rome"))[0]) == 3600)
+    backwards = tmp_path / "descending.csv"   # newest first: small steps back are not a second pass
+    backwards.write_text("timestamp,kw\n" + "".join(f"2019-10-27T{w},1\n" for w in ("02:45", "02:30", "02:15")))
+    assert np.all(np.diff(read_series(backwards, "timestamp", "kw", ZoneInfo("Europe/Rome"))[0]) == 900)
