@@ -146,19 +146,36 @@ async def test_a_simple_level_out_of_range_from_the_vtn_is_clamped(peers):
 
 
 @pytest.mark.timeout(30)
-async def test_opt_out_sends_nothing_for_an_event_that_wants_no_response(peers, caplog):
+async def test_an_event_that_wants_no_response_gets_its_opt_changes_as_create_opt(peers, caplog):
+    # OpenADR 2.0b: responseRequired "never" forbids oadrCreatedEvent; silence means taking part, so an
+    # opt-out (and opting back in) reaches the utility as oadrCreateOpt on the EiOpt service.
     server, gw = peers
     never = put_event(server, [2], response_required="never").event_descriptor.event_id   # answers go in this order
     always = put_event(server, [1]).event_descriptor.event_id
     await until(lambda: gw.schedule.get(never) and server.opts_for(always) == [OPT_IN], 8, "both events")
+    assert server.created_opts == [], "taking part needs no message"
     gw.vtn.set_opt_out(True)
     await until(lambda: server.opts_for(always)[-1:] == [OPT_OUT], 5, "optOut for the 'always' event")
-    assert gw.schedule.get(never).opt == OPT_OUT                        # the local answer holds
+    await until(lambda: server.created_opts_for(never) == [OPT_OUT], 5, "oadrCreateOpt optOut for the 'never' event")
+    assert gw.schedule.get(never).opt == OPT_OUT
     gw.vtn.set_opt_out(False)
+    await until(lambda: server.created_opts_for(never) == [OPT_OUT, OPT_IN], 5, "oadrCreateOpt optIn")
     await until(lambda: server.opts_for(always)[-1:] == [OPT_IN], 5, "optIn for the 'always' event")
-    assert server.opts_for(never) == []
+    assert server.opts_for(never) == [], "never an oadrCreatedEvent"
     assert server.opts_for(always) == [OPT_IN, OPT_OUT, OPT_IN]
-    assert len(messages(caplog, f"{never} have responseRequired never")) == 2
+    assert [(v, e, m, r) for v, e, m, _, r in server.created_opts] == [
+        (gw.vtn.ven_id, never, 0, "notParticipating"), (gw.vtn.ven_id, never, 0, "participating")]
+    assert server.created_opts_for(always) == []
+    assert gw.vtn.status()["opt_answers_waiting"] == 0 and gw.vtn.status()["opt_answer_error"] is None
+
+
+@pytest.mark.timeout(30)
+async def test_an_event_that_wants_no_response_arriving_while_opted_out_is_opted_out_by_create_opt(peers):
+    server, gw = peers
+    gw.vtn.set_opt_out(True)
+    never = put_event(server, [2], response_required="never").event_descriptor.event_id
+    await until(lambda: server.created_opts_for(never) == [OPT_OUT], 8, "oadrCreateOpt optOut on arrival")
+    assert gw.schedule.get(never).opt == OPT_OUT and server.opts_for(never) == []
 
 
 # -- pure ------------------------------------------------------------------------------------------

@@ -219,7 +219,9 @@ class VtnClient:
         self._wake_delivery: asyncio.Event | None = None
         self._lost: asyncio.Event | None = None
         self._opts_dirty: asyncio.Event | None = None
-        self._pending_opts: dict[str, tuple[int, str]] = {}
+        # event id -> (modification, opt, by oadrCreateOpt): answers waiting for the VTN. Events whose
+        # responseRequired is "never" must not get oadrCreatedEvent; their opt goes as oadrCreateOpt.
+        self._pending_opts: dict[str, tuple[int, str, bool]] = {}
         self.opt_answer_error: str | None = None   # the VTN's reason for refusing our last opt answer
         self._backlog = 0
         self._clock_wrong_since: datetime | None = None   # the first reading dated before CLOCK_FLOOR, while so
@@ -279,15 +281,8 @@ class VtnClient:
                      len(changed))
         else:
             log.info("ADR-Opt-Out relinquished: opting back in to %d active/pending event(s)", len(changed))
-        silent = [ev.event_id for ev in changed if ev.response_required == "never"]
-        if silent:
-            # OpenADR 2.0b: responseRequired "never" forbids oadrCreatedEvent for the event (an opt
-            # would go as oadrCreateOpt); the local answer still holds, the VTN is not told
-            log.info("event(s) %s have responseRequired never: %s kept locally, no oadrCreatedEvent sent",
-                     ", ".join(silent), OPT_OUT if opted_out else OPT_IN)
-        changed = [ev for ev in changed if ev.response_required != "never"]
         for ev in changed:
-            self._pending_opts[ev.event_id] = (ev.modification_number, ev.opt)
+            self._pending_opts[ev.event_id] = (ev.modification_number, ev.opt, ev.response_required == "never")
         if changed:
             self._opts_changed()
 
@@ -647,7 +642,7 @@ class VtnClient:
             stored = self._schedule.get(e["event_descriptor"]["event_id"])
             if (stored is not None and e.get("response_required") == "always"
                     and outils.determine_event_status(e["active_period"]) != "completed"):
-                self._pending_opts[stored.event_id] = (stored.modification_number, _answer(stored))
+                self._pending_opts[stored.event_id] = (stored.modification_number, _answer(stored), False)
         self._opts_changed()
 
     # -- events ------------------------------------------------------------------------------
@@ -677,6 +672,10 @@ class VtnClient:
         # and set_opt_out leaves cancelled events alone), takes the site's answer of now
         if (prev is None or prev.unlisted) and not ev.test_event and not ev.cancelled:
             ev = with_opt(ev, OPT_OUT if self._schedule.opted_out else OPT_IN)
+            if ev.response_required == "never" and ev.opt == OPT_OUT:
+                # no answer means taking part: the utility has to hear that this site will not
+                self._pending_opts[eid] = (ev.modification_number, OPT_OUT, True)
+                self._opts_changed()
         if self._schedule.upsert(ev) is not None:  # None: not taken (the schedule logs why)
             self._log_event(ev, prev)
         return _answer(self._schedule.get(eid))
@@ -716,25 +715,35 @@ class VtnClient:
             await self._send_opts_locked()
 
     async def _send_opts_locked(self) -> None:
-        for eid, (mod, opt) in list(self._pending_opts.items()):
+        for eid, (mod, opt, by_create_opt) in list(self._pending_opts.items()):
             if self._client is None:
                 return
-            msg = self._client._create_message(
-                "oadrCreatedEvent", ven_id=self.ven_id,
-                response={"response_code": 200, "response_description": "OK", "request_id": outils.generate_id()},
-                event_responses=[{"response_code": 200, "response_description": "OK",
-                                  "request_id": outils.generate_id(), "event_id": eid,
-                                  "modification_number": mod, "opt_type": opt}])
-            rtype, payload = await self._client._perform_request("EiEvent", msg)
+            if by_create_opt:
+                msg = self._client._create_message(
+                    "oadrCreateOpt", request_id=outils.generate_id(), ven_id=self.ven_id,
+                    opt_id=outils.generate_id(), opt_type=opt,
+                    opt_reason="participating" if opt == OPT_IN else "notParticipating",
+                    created_date_time=_utcnow(), event_id=eid, modification_number=mod,
+                    targets=[{"ven_id": self.ven_id}])
+                rtype, payload = await self._client._perform_request("EiOpt", msg)
+            else:
+                msg = self._client._create_message(
+                    "oadrCreatedEvent", ven_id=self.ven_id,
+                    response={"response_code": 200, "response_description": "OK", "request_id": outils.generate_id()},
+                    event_responses=[{"response_code": 200, "response_description": "OK",
+                                      "request_id": outils.generate_id(), "event_id": eid,
+                                      "modification_number": mod, "opt_type": opt}])
+                rtype, payload = await self._client._perform_request("EiEvent", msg)
             if rtype is None:
                 return      # retried on the next poll or after re-registration
-            if self._pending_opts.get(eid) == (mod, opt):
+            if self._pending_opts.get(eid) == (mod, opt, by_create_opt):
                 del self._pending_opts[eid]
+            how = "oadrCreateOpt for" if by_create_opt else "answer to"
             if self._client.refused:
-                self._answer_refused(f"VTN refused the {opt} answer to event {eid}: {self._client.refused}")
+                self._answer_refused(f"VTN refused the {opt} {how} event {eid}: {self._client.refused}")
                 continue
             self.opt_answer_error = None
-            log.info("told the VTN %s for event %s", opt, eid)
+            log.info("told the VTN %s for event %s%s", opt, eid, " (oadrCreateOpt: it wants no answer)" * by_create_opt)
 
     def _answer_refused(self, error: str) -> None:
         # Not sent again: the same answer would be refused again. The utility does not know the

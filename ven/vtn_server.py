@@ -2,7 +2,7 @@
 
 It knows its VENs (by name; the venID is derived from the name so a restarted VTN hands out the
 same one), requests every TELEMETRY_USAGE report offered, records what arrives (`reports`) and
-every opt answer (`opts`), and lets the caller add, modify and cancel events, or drop one from the
+every opt answer (`opts`: oadrCreatedEvent; `created_opts`: oadrCreateOpt), and lets the caller add, modify and cancel events, or drop one from the
 list without a cancellation (an implied cancellation). Events go to every registered VEN.
 
 openleadr keeps some VTN settings on a shared class (message signing, ven lookup), so only one
@@ -18,7 +18,9 @@ from dataclasses import asdict
 from datetime import datetime, timedelta, timezone
 from typing import Iterable
 
+from aiohttp import web
 from openleadr import OpenADRServer, errors, objects
+from openleadr.service.opt_service import OptService
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,8 @@ class DemoVtn:
         self.url = f"{'https' if self.tls else 'http'}://{host}:{port}/OpenADR2/Simple/2.0b"
         self.reports: list[tuple[str, str, str, datetime, float]] = []
         self.opts: list[tuple[str, str, str]] = []          # (ven_id, event_id, opt_type)
+        # (ven_id, event_id, modification_number, opt_type, opt_reason) per oadrCreateOpt
+        self.created_opts: list[tuple[str, str | None, int | None, str, str]] = []
         # (ven_id, resource_id, measurement, unit, scale, sampling interval) per report offered
         self.report_offers: list[tuple[str, str, str, str, str, timedelta]] = []
         self.vens: dict[str, dict] = {}                       # ven_id -> ven_name, registration_id, fingerprint
@@ -76,6 +80,10 @@ class DemoVtn:
                 return await real(payload)
             handlers[message_type] = watched
         handlers["oadrCanceledReport"] = self._on_canceled     # openleadr's VTN has no handler for it
+        # openleadr's VTN has no EiOpt endpoint (its OptService is a stub that is never served)
+        opts = OptService(vtn_id)
+        opts.handlers = {"oadrCreateOpt": self._on_create_opt}
+        s.app.add_routes([web.post(f"{s.http_path_prefix}/{opts.__service_name__}", opts.handler)])
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -354,6 +362,17 @@ class DemoVtn:
 
     def _on_created_event(self, ven_id, event_id, opt_type):
         self.opts.append((ven_id, event_id, opt_type))
+
+    def _on_create_opt(self, payload):
+        mod = payload.get("modification_number")
+        self.created_opts.append((payload.get("ven_id"), payload.get("event_id"), None if mod is None else int(mod),
+                                  payload["opt_type"], payload["opt_reason"]))
+        return "oadrCreatedOpt", {"opt_id": payload.get("opt_id"),
+                                  "response": {"response_code": 200, "response_description": "OK",
+                                               "request_id": payload.get("request_id")}}
+
+    def created_opts_for(self, event_id: str) -> list[str]:
+        return [o for _, e, _, o, _ in self.created_opts if e == event_id]
 
 
 def _open(e: objects.Event) -> bool:
