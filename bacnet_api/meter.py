@@ -7,8 +7,10 @@ Network) the read ends at once and the reason names the router and why.
 
 The meter's `units` is read once per (re)connection (the first read, and the first after a failed one):
 watts, kilowatts and megawatts are converted to kW (`meter_units`), a unit that is not power is a failed
-read naming it. A value the meter itself flags fault or out of service (`statusFlags`) is a failed read
-too: it is not a measurement of the building.
+read naming it. A configured unit (`units`, the config's meter.units) decides instead, for meters that
+state noUnits or nothing; a meter that names another unit then gets one warning naming both. A value the
+meter itself flags fault or out of service (`statusFlags`) is a failed read too: it is not a measurement
+of the building.
 """
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ from .client import (
     start_stack,
     to_plain,
 )
-from .meter_units import MeterUnits, NotPower, meter_units
+from .meter_units import MeterUnits, NotPower, check_configured, meter_units
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +74,12 @@ class MeterClient:
         timeout_seconds: float = 5.0,
         bounds: tuple[float, float] = (-math.inf, math.inf),
         on_reading: Callable[[MeterReading], None] | None = None,
+        units: str | None = None,
     ) -> None:
         if poll_seconds <= 0 or timeout_seconds <= 0:
             raise ValueError("poll_seconds and timeout_seconds must be positive")
+        # meter.units: the unit the value is in, whatever the meter's units property says (None: it decides)
+        self.configured_units = check_configured(units) if units else None
         self._source = device_or_app
         self.address = address
         self.object = object_id(object)
@@ -94,7 +99,7 @@ class MeterClient:
         self._conversion: MeterUnits | None = None  # None: read units (and statusFlags support) at the next read
         self._conversion_app: Application | None = None
         self._has_status_flags = True
-        self._logged_units: tuple[bool, str | None] | None = None
+        self._logged_units: MeterUnits | None = None
         self._route_ready = self.network is None
         self._task: asyncio.Task | None = None
         self.object_name = object
@@ -221,19 +226,19 @@ class MeterClient:
             name = to_plain(raw) if isinstance(raw, Enumerated) else None
         self.units = name
         try:
-            conversion = meter_units(name)
+            conversion = meter_units(name, self.configured_units)
         except NotPower as err:
             raise _ReadFailed(f"{self.address} {self.object_name}: {err}") from None
         self._log_units(conversion)
         return conversion
 
     def _log_units(self, conversion: MeterUnits) -> None:
-        key = (conversion.stated, conversion.name)
-        if key == self._logged_units:
-            return  # once per unit, not once per reconnection
-        self._logged_units = key
-        # kW is what the gateway expects (nothing to tell at INFO); a conversion is said, an unstated unit warned
-        level = (logging.WARNING if not conversion.stated
+        if conversion == self._logged_units:
+            return  # once per unit (and, with meter.units, per unit the meter says), not once per reconnection
+        self._logged_units = conversion
+        # kW is what the gateway expects (nothing to tell at INFO); a conversion is said; an unstated unit, or
+        # one meter.units overrules, is warned
+        level = (logging.WARNING if not conversion.stated or conversion.disagrees
                  else logging.DEBUG if conversion.kw_per_unit == 1.0 else logging.INFO)
         log.log(level, "meter %s %s %s", self.address, self.object_name, conversion.describe())
 
@@ -349,6 +354,7 @@ async def read_meter_once(
     router: str = "",
     timeout: float = 5.0,
     bounds: tuple[float, float] = (-math.inf, math.inf),
+    units: str | None = None,
 ) -> MeterReading:
     """One meter read from a temporary stack bound to `bind_address` (the CLI's read-meter)."""
     try:
@@ -357,7 +363,7 @@ async def read_meter_once(
         return MeterReading(datetime.now(timezone.utc), None, str(err))
     try:
         client = MeterClient(app, address=address, object=object, property=property,
-                             router=router, timeout_seconds=timeout, bounds=bounds)
+                             router=router, timeout_seconds=timeout, bounds=bounds, units=units)
         return await client.read_once()
     finally:
         await close_stack(app)

@@ -5,6 +5,10 @@ meter's object says which (EngineeringUnits). Real-power units are converted; an
 register in kilowattHours, apparent power in kilovoltAmperes, a current) is refused, since no factor
 turns it into the building's kW. A meter that states no unit (`noUnits`, or an object without a `units`
 property) is read as kW, which `meter.property` is documented to be.
+
+Some meters state noUnits (or nothing) and publish watts: `meter.units` names the unit instead, and then
+decides; a meter that names another power unit is warned about, naming both. A unit that is not power
+stays a fault (meter.units cannot make an energy register into kW).
 """
 from __future__ import annotations
 
@@ -42,32 +46,65 @@ class NotPower(ValueError):
         self.units = units
 
 
+def check_configured(units: str) -> str:
+    """`units` if a configured unit (`meter.units`) can be it, else ValueError saying why."""
+    if units not in KW_PER_UNIT:
+        raise ValueError(f"must be one of {', '.join(KW_PER_UNIT)} (the BACnet unit the meter's value is in), "
+                         f"got {units!r}")
+    return units
+
+
 @dataclass(frozen=True)
 class MeterUnits:
-    name: str | None  # what the meter says ("watts"); None when its object has no units property
+    name: str | None  # the unit readings are in ("watts"); None when the meter's object has no units property
     kw_per_unit: float
+    configured: bool = False  # `name` is meter.units, not what the meter says
+    reported: str | None = None  # with configured: what the meter's units said (None: no units property)
 
     @property
     def stated(self) -> bool:
-        """The meter names a power unit (not noUnits, not missing)."""
+        """The unit is known: the meter or meter.units names a power unit (not noUnits, not missing)."""
         return self.name in KW_PER_UNIT
+
+    @property
+    def disagrees(self) -> bool:
+        """meter.units is followed although the meter names another unit."""
+        return self.configured and self.reported not in (None, UNSTATED, self.name)
 
     def to_kw(self, value: float) -> float:
         return value * self.kw_per_unit
 
     def describe(self) -> str:
+        converted = ("readings are taken as kW" if self.kw_per_unit == 1.0
+                     else f"readings are converted to kW (x {self.kw_per_unit:g})")
+        if self.configured:
+            if self.reported == self.name:
+                return f"reports {self.name}, as meter.units says: {converted}"
+            if self.reported is None:
+                return f"has no units property; meter.units says {self.name}: {converted}"
+            if self.reported == UNSTATED:
+                return f"states noUnits; meter.units says {self.name}: {converted}"
+            kind = "" if self.reported in KW_PER_UNIT else f" ({_WHAT_IT_IS.get(self.reported, 'not power')})"
+            return (f"reports {self.reported}{kind}, but meter.units says {self.name}: meter.units is followed, "
+                    f"{converted}")
         if self.name is None:
             return "has no units property: its value is taken as kW"
         if self.name == UNSTATED:
             return "states noUnits: its value is taken as kW"
         if self.kw_per_unit == 1.0:
             return "reports kilowatts"
-        return f"reports {self.name}: readings are converted to kW (x {self.kw_per_unit:g})"
+        return f"reports {self.name}: {converted}"
 
 
-def meter_units(name: str | None) -> MeterUnits:
+def meter_units(name: str | None, configured: str | None = None) -> MeterUnits:
     """The conversion for a meter whose `units` reads `name` (camelCase; None: no units property).
-    Raises NotPower for any unit that is not real power."""
+    Raises NotPower for any unit that is not real power. `configured` (meter.units, one of KW_PER_UNIT)
+    decides instead of a power unit, noUnits or none. A unit that is not power still raises: meter.units
+    relabels power, and cannot make an energy register or a current into the building's kW."""
+    if configured is not None:
+        if name not in (None, UNSTATED) and name not in KW_PER_UNIT:
+            raise NotPower(name)
+        return MeterUnits(check_configured(configured), KW_PER_UNIT[configured], configured=True, reported=name)
     if name is None or name == UNSTATED:
         return MeterUnits(name, 1.0)
     if name in KW_PER_UNIT:

@@ -10,6 +10,10 @@
   holds (bacpypes3 counts client-side handlers, numbers unconfirmed services as confirmed ones, and
   leaves the object types empty), and its activeCovSubscriptions lists the subscriptions (bacpypes3
   asks the application for a method its COV service does not have, so the list was always empty);
+- every object's propertyList leaves out objectIdentifier, objectName, objectType and propertyList
+  itself, as clause 12.1.x (Property_List) requires; bacpypes3 listed all four. ReadPropertyMultiple
+  ALL/REQUIRED still return the first three (property_access.py walks the object's properties, not
+  this list);
 - reads and writes get the answers BACnet prescribes (see property_access.py).
 """
 from __future__ import annotations
@@ -31,7 +35,9 @@ from bacpypes3.basetypes import (
     RecipientProcess,
     ServicesSupported,
 )
+from bacpypes3.constructeddata import ArrayOf
 from bacpypes3.errors import ExecutionError, MissingRequiredParameter
+from bacpypes3.primitivedata import PropertyIdentifier
 
 from .client import error_text
 from .property_access import PropertyAccess
@@ -69,6 +75,7 @@ def harden(app: Any) -> None:
     device.firmwareRevision = software
     device.applicationSoftwareVersion = software
     for obj in list(app.objectIdentifier.values()):
+        _extend(obj, _PropertyList)
         _announce_status_flags(obj)
     complete_network_ports(app)
 
@@ -102,11 +109,16 @@ def complete_network_ports(app: Any) -> None:
             obj.apduLength = int(device.maxApduLengthAccepted)
 
 
+_EXTENDED: dict[tuple[type, type], type] = {}
+
+
 def _extend(obj: Any, mixin: type) -> None:
     # BAC0 builds the application and device object itself, with no way to pass our own classes
     cls = type(obj)
     if not issubclass(cls, mixin):
-        obj.__class__ = type(f"Gateway{cls.__name__}", (mixin, cls), {})
+        if (mixin, cls) not in _EXTENDED:  # one class per kind of object, not one per object and start
+            _EXTENDED[mixin, cls] = type(f"Gateway{cls.__name__}", (mixin, cls), {})
+        obj.__class__ = _EXTENDED[mixin, cls]
 
 
 def _announce_status_flags(obj: Any) -> None:
@@ -161,6 +173,7 @@ class _Services(PropertyAccess):
 
     def add_object(self, obj: Any) -> None:
         super().add_object(obj)
+        _extend(obj, _PropertyList)
         _announce_status_flags(obj)
 
     def get_active_cov_subscriptions(self) -> ListOfCOVSubscription:
@@ -196,6 +209,21 @@ class _Services(PropertyAccess):
         elif not getattr(cov, "_refused", False):  # it is there: its lifetime will end it
             cov._refused = True
             log.warning("%s refused a notification: %s", who, error_text(error))
+
+
+# Property_List lists the properties an object has "other than" these (clause 12.1.x)
+_NOT_IN_PROPERTY_LIST = frozenset({"objectIdentifier", "objectName", "objectType", "propertyList"})
+
+
+class _PropertyList:
+    @property
+    def propertyList(self) -> ArrayOf(PropertyIdentifier):  # type: ignore[valid-type]
+        listed = super().propertyList  # bacpypes3: every property the object has, those four included
+        return ArrayOf(PropertyIdentifier)([p for p in listed if p.attr not in _NOT_IN_PROPERTY_LIST])
+
+    @propertyList.setter
+    def propertyList(self, value: Any) -> None:
+        pass  # derived from the object's properties
 
 
 class _Device:

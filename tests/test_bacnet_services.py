@@ -12,6 +12,8 @@ from importlib.metadata import version
 
 import pytest
 from bacpypes3.apdu import (
+    CreateObjectRequest,
+    DeleteObjectRequest,
     ErrorPDU,
     ErrorRejectAbortNack,
     ReadPropertyMultipleACK,
@@ -26,6 +28,7 @@ from bacpypes3.apdu import (
     WritePropertyRequest,
 )
 from bacpypes3.basetypes import (
+    CreateObjectRequestObjectSpecifier,
     ObjectTypesSupported,
     PropertyIdentifier,
     PropertyReference,
@@ -36,11 +39,12 @@ from bacpypes3.basetypes import (
 )
 from bacpypes3.constructeddata import Any
 from bacpypes3.pdu import Address
-from bacpypes3.primitivedata import CharacterString, Enumerated, Null, ObjectIdentifier, Real
+from bacpypes3.primitivedata import CharacterString, Enumerated, Null, ObjectIdentifier, ObjectType, Real
 
 from bacnet_api.client import close_stack, start_stack, to_plain
-from bacnet_api.points import EVENT_LEVEL, INPUT_POWER, METER_POWER, OPT_OUT
-from bacnet_peer import BacnetPeer
+from bacnet_api.device import GatewayDevice
+from bacnet_api.points import EVENT_LEVEL, INPUT_POWER, METER_POWER, OPT_OUT, POINTS
+from bacnet_peer import BacnetPeer, PeerError
 from test_bacnet_device import DEVICE_ID, gateway, peer, where  # noqa: F401 - shared fixtures
 from waiting import eventually
 
@@ -395,6 +399,86 @@ async def test_an_answer_to_a_request_given_up_on_is_dropped_quietly(gateway, pe
     await asyncio.sleep(0)
     assert future.cancelled()
     assert await peer.read(where(gateway), f"device,{DEVICE_ID}", "objectName") == "TestGateway"  # serving on
+
+
+# ----- propertyList
+
+
+# what every object has, which Property_List must not name (clause 12.1.x)
+IDENTITY = {"objectIdentifier", "objectName", "objectType"}
+
+
+@pytest.mark.parametrize("mode", ["normal", "foreign"])  # a foreign device's port has two more properties
+async def test_property_list_of_every_object_leaves_out_the_four_the_standard_excludes(free_udp_port, peer, caplog,
+                                                                                       mode):
+    # bacpypes3 listed objectIdentifier, objectName, objectType and propertyList itself in every object's
+    # propertyList: a BTL-style check flags it, and a client enumerating by it reads the list it is reading.
+    foreign = dict(bbmd_address=f"127.0.0.1:{free_udp_port()}", bbmd_ttl=60) if mode == "foreign" else {}
+    device = GatewayDevice(address=f"127.0.0.1/8:{free_udp_port()}", device_id=DEVICE_ID, device_name="TestGateway",
+                           **foreign)
+    await device.start()
+    try:
+        addr = where(device)
+        objects = await peer.read(addr, f"device {DEVICE_ID}", "objectList")
+        assert len(objects) == 2 + len(POINTS), objects  # the device, the network port and every point
+        for obj in objects:
+            listed = await peer.read(addr, obj, "propertyList")
+            assert isinstance(listed, list) and listed, (obj, listed)
+            assert not (IDENTITY | {"propertyList"}) & set(listed), (obj, listed)
+            assert len(set(listed)) == len(listed), (obj, listed)
+            # by array index: 0 is the length, 1..n the elements, n + 1 does not exist
+            assert await peer.read(addr, obj, "propertyList", 0) == len(listed), obj
+            assert [await peer.read(addr, obj, "propertyList", i) for i in range(1, len(listed) + 1)] == listed
+            beyond = await peer.read(addr, obj, "propertyList", len(listed) + 1)
+            assert isinstance(beyond, PeerError) and beyond.code == "invalidArrayIndex", (obj, beyond)
+            # ReadPropertyMultiple: ALL still returns the three (required) beside exactly what is listed,
+            # leaving propertyList out as BACnet does for ALL and REQUIRED; by name it reads as above
+            rows = await peer.read_multiple(addr, [(obj, ["all", "propertyList"])])
+            assert not isinstance(rows, PeerError), (obj, rows)
+            everything = [prop for (_obj, prop) in rows]
+            assert everything[-1] == "propertyList" and rows[(obj, "propertyList")] == listed, obj
+            assert set(everything[:-1]) == set(listed) | IDENTITY, (obj, everything)
+            assert rows[(obj, "objectIdentifier")] == obj
+            required = await peer.read_multiple(addr, [(obj, ["required"])])
+            assert IDENTITY <= {prop for (_obj, prop) in required} <= set(listed) | IDENTITY, (obj, required)
+        if mode == "foreign":
+            assert {"fdBbmdAddress", "fdSubscriptionLifetime"} <= set(await peer.read(addr, "networkPort 1",
+                                                                                      "propertyList"))
+    finally:
+        await device.stop()
+    assert errors_logged(caplog) == []
+
+
+async def test_nothing_renames_creates_or_deletes_an_object_so_the_database_revision_stands(gateway, peer, caplog):
+    # databaseRevision must go up when an object is created or deleted or an object's name or identifier
+    # changes. Over BACnet the gateway allows none of them (names are a contract), so its revision is
+    # fixed. Should a name, an identifier or CreateObject/DeleteObject ever be allowed, this fails:
+    # the device must then count the change in databaseRevision.
+    addr, device = where(gateway), f"device {DEVICE_ID}"
+    revision = await peer.read(addr, device, "databaseRevision")
+    assert isinstance(revision, int), revision
+    objects = await peer.read(addr, device, "objectList")
+    names = {obj: await peer.read(addr, obj, "objectName") for obj in objects}
+    for obj in objects:
+        oid = obj.replace(" ", ",")
+        for prop, value in (("objectName", CharacterString("renamed")),
+                            ("objectIdentifier", ObjectIdentifier(f"{oid.partition(',')[0]},4000"))):
+            answer = await request(peer, write_one(addr, oid, prop, value))
+            assert isinstance(answer, ErrorPDU) and str(answer.errorCode) == "write-access-denied", (obj, prop, answer)
+            answer = await request(peer, write_multiple(addr, oid, prop, value, None))
+            assert isinstance(answer, WritePropertyMultipleError), (obj, prop, answer)
+            assert str(answer.errorType.errorCode) == "write-access-denied", (obj, prop)
+    specifier = CreateObjectRequestObjectSpecifier(objectType=ObjectType("analogValue"))
+    create = CreateObjectRequest(objectSpecifier=specifier, destination=Address(addr))
+    delete = DeleteObjectRequest(objectIdentifier=ObjectIdentifier("analogValue,2"), destination=Address(addr))
+    for apdu in (create, delete):
+        answer = await request(peer, apdu)
+        assert isinstance(answer, RejectPDU), answer
+        assert str(answer.apduAbortRejectReason) == "unrecognized-service"
+    assert await peer.read(addr, device, "objectList") == objects
+    assert {obj: await peer.read(addr, obj, "objectName") for obj in objects} == names
+    assert await peer.read(addr, device, "databaseRevision") == revision
+    assert errors_logged(caplog) == []
 
 
 # ----- the network port, COV subscription parameters and bounds, reserved priorities

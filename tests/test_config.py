@@ -223,6 +223,10 @@ def test_env_error_names_the_variable(tmp_path):
     ('[meter]\nobject = "analogInput 4194304"\n', "meter.object", "instance must be a whole number"),
     ('[meter]\nproperty = "presentValu"\n', "meter.property", "unknown BACnet property 'presentValu'"),
     ('[meter]\naddress = "127.0.0.1:70000"\n', "meter.address", "port must be 1..65535"),
+    ('[meter]\nunits = "kW"\n', "meter.units", "must be one of milliwatts, watts, kilowatts, megawatts"),
+    ('[meter]\nunits = "kilowattHours"\n', "meter.units",
+     "(the BACnet unit the meter's value is in), got 'kilowattHours'"),
+    ('[meter]\nunits = "noUnits"\n', "meter.units", "must be one of milliwatts, watts, kilowatts, megawatts"),
     ('[openadr]\nqueue_max_days = 1e10\n', "openadr.queue_max_days", "less than or equal to 3650"),
     ('[forecaster]\nthreshold_days = 100000\n', "forecaster.threshold_days", "less than or equal to 366"),
     ('[forecaster]\nslope_minutes = 100000000000\n', "forecaster.slope_minutes", "less than or equal to 1440"),
@@ -380,3 +384,21 @@ def test_bbmd_address_is_an_ipv4_address_with_an_optional_port(tmp_path, value, 
         with pytest.raises(ConfigError) as err:
             load_config(p, environ={})
         assert "bacnet.bbmd_address" in str(err.value) and "unknown key" not in str(err.value), err.value
+
+
+def test_meter_units_is_unset_by_default_and_reaches_the_meter_reader(tmp_path):
+    from ven.app import Gateway
+
+    assert load_config(None, environ={}).meter.units == ""  # unset: the meter's own units property decides
+    for toml, environ, expected in [("", {}, None),
+                                    ('[meter]\nunits = "watts"\n', {}, "watts"),
+                                    ("", {"EDGE_GATEWAY__METER__UNITS": "megawatts"}, "megawatts")]:
+        cfg = load_config(_write(tmp_path, toml + f'[storage]\npath = "{tmp_path / "gw.sqlite"}"\n'), environ=environ)
+        gateway = Gateway(cfg)  # the composition root hands it to the meter client
+        try:
+            assert gateway.meter.configured_units == expected
+        finally:
+            gateway.telemetry.close()
+            gateway.storage.close()
+    with pytest.raises(ConfigError, match=r"EDGE_GATEWAY__METER__UNITS: meter.units: .*got 'W'"):
+        load_config(None, environ={"EDGE_GATEWAY__METER__UNITS": "W"})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 
 import pytest
 
@@ -154,3 +155,84 @@ async def test_run_simulator_publishes_kw_values_in_the_chosen_unit(gateway, fre
 def test_simulator_refuses_a_name_that_is_not_a_unit():
     with pytest.raises(ValueError, match="not a BACnet EngineeringUnits name: 'kW'"):
         MeterSimulator(units="kW")
+
+
+# ----- meter.units: a meter that states noUnits (or nothing) but publishes watts
+
+
+def _drop_units_property(sim: MeterSimulator) -> None:
+    # a meter whose object has no units property at all (reading it answers unknown-property)
+    sim._point.__dict__.pop("units", None)
+
+
+@pytest.mark.parametrize("reported", ["noUnits", None, "watts"], ids=["noUnits", "no-units-property", "agrees"])
+async def test_meter_units_names_the_unit_a_meter_does_not_state(gateway, free_udp_port, reported, caplog):
+    # 42.5 kW published as 42500 with noUnits: read as kW before, 1000x what the building draws
+    caplog.set_level(logging.INFO, logger="bacnet_api.meter")
+    async with MeterSimulator(f"127.0.0.1/8:{free_udp_port()}", value=42500.0, units=reported or "noUnits") as sim:
+        if reported is None:
+            _drop_units_property(sim)
+        meter = client(gateway, sim, units="watts")
+        for _ in range(2):
+            reading = await asyncio.wait_for(meter.read_once(), 5)
+            assert reading.error is None and reading.value == pytest.approx(42.5)
+        assert meter.units == reported and not meter.fault  # what the meter said, for /api/status
+    said = {"noUnits": "states noUnits; meter.units says watts",
+            None: "has no units property; meter.units says watts",
+            "watts": "reports watts, as meter.units says"}[reported]
+    assert meter_logs(caplog, logging.INFO) == [
+        f"meter {sim.meter_address} analogInput 2 {said}: readings are converted to kW (x 0.001)"]
+    assert meter_logs(caplog, logging.WARNING) == []  # the technician said which unit: nothing to warn of
+
+
+async def test_meter_units_does_not_make_an_energy_register_into_power(gateway, free_udp_port):
+    async with MeterSimulator(f"127.0.0.1/8:{free_udp_port()}", value=42500.0, units="kilowattHours") as sim:
+        reading = await asyncio.wait_for(client(gateway, sim, units="watts").read_once(), 5)
+        assert reading.value is None and "units kilowattHours is not a power unit (energy)" in reading.error
+
+
+@pytest.mark.parametrize("reported, kind", [("kilowatts", ""), ("megawatts", "")])
+async def test_a_meter_naming_another_unit_than_meter_units_is_warned_once_and_meter_units_followed(
+        gateway, free_udp_port, reported, kind, caplog):
+    caplog.set_level(logging.INFO, logger="bacnet_api.meter")
+    async with MeterSimulator(f"127.0.0.1/8:{free_udp_port()}", value=42500.0, units=reported) as sim:
+        meter = client(gateway, sim, units="watts")
+        assert (await asyncio.wait_for(meter.read_once(), 5)).value == pytest.approx(42.5)
+        sim.set_silent(True)  # a failed read: the units are read again at the next one, and still disagree
+        assert (await asyncio.wait_for(meter.read_once(), 5)).value is None
+        sim.set_silent(False)
+        assert (await asyncio.wait_for(meter.read_once(), 5)).value == pytest.approx(42.5)
+        assert meter.units == reported and not meter.fault
+    warned = [m for m in meter_logs(caplog, logging.WARNING) if not m.startswith("meter fault:")]
+    assert warned == [f"meter {sim.meter_address} analogInput 2 reports {reported}{kind}, but meter.units says "
+                      "watts: meter.units is followed, readings are converted to kW (x 0.001)"]
+
+
+async def test_meter_units_megawatts_scales_the_value_and_the_bound_check(gateway, free_udp_port):
+    async with MeterSimulator(f"127.0.0.1/8:{free_udp_port()}", value=0.25, units="noUnits") as sim:
+        meter = client(gateway, sim, units="megawatts", bounds=(-1000.0, 1000.0))
+        assert (await asyncio.wait_for(meter.read_once(), 5)).value == pytest.approx(250.0)
+        sim.set_value(2.0)
+        reading = await asyncio.wait_for(meter.read_once(), 5)
+        assert reading.value is None and "meter returned 2 megawatts = 2000 kW, outside -1000..1000" in reading.error
+
+
+def test_meter_units_must_be_a_power_unit():
+    for bad in ("kW", "Watts", "kilowattHours", "noUnits"):
+        with pytest.raises(ValueError, match=f"must be one of milliwatts, watts, kilowatts, megawatts .*got '{bad}'"):
+            MeterClient(object(), address="12345:2", object="analogInput 2", units=bad)
+
+
+@pytest.mark.timeout(60)
+async def test_read_meter_follows_meter_units_from_the_config(free_udp_port, tmp_path):
+    # config file -> CLI -> meter reader, against a meter stating noUnits in watts
+    async with MeterSimulator(f"127.0.0.1/8:{free_udp_port()}", value=42500.0, units="noUnits") as sim:
+        config = tmp_path / "gateway.toml"
+        config.write_text(f'[meter]\naddress = "{sim.meter_address}"\nrouter = "{sim.router_address}"\n'
+                          'timeout_seconds = 2\nunits = "watts"\n')
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "ven.cli", "read-meter", "--config", str(config),
+            "--bind", f"127.0.0.1/8:{free_udp_port()}", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 45)
+    assert proc.returncode == 0, err.decode()
+    assert f"meter {sim.meter_address} analogInput 2 presentValue: 42.500 kW" in out.decode()

@@ -69,7 +69,8 @@ class Gateway:
         self.meter = MeterClient(self.device, address=c.meter.address, object=c.meter.object,
                                  property=c.meter.property, router=c.meter.router,
                                  poll_seconds=c.meter.poll_seconds, timeout_seconds=c.meter.timeout_seconds,
-                                 bounds=self.device.input_bounds, on_reading=self._on_meter)
+                                 bounds=self.device.input_bounds, on_reading=self._on_meter,
+                                 units=c.meter.units or None)
         self._stack = []
         self._late_restore: asyncio.Task | None = None
         self._schedule_listeners: list = []

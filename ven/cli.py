@@ -104,7 +104,7 @@ def cmd_read_meter(args) -> int:
     reading = asyncio.run(read_meter_once(
         bind_address=bind, device_id=cfg.bacnet.device_id, address=m.address, object=m.object,
         property=m.property, router=m.router, timeout=m.timeout_seconds,
-        bounds=(float32(cfg.bacnet.input_min_kw), float32(cfg.bacnet.input_max_kw))))
+        bounds=(float32(cfg.bacnet.input_min_kw), float32(cfg.bacnet.input_max_kw)), units=m.units or None))
     if reading.value is None:
         print(f"meter {m.address} {m.object} {m.property}: no value: {reading.error}", file=sys.stderr)
         return 1

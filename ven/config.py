@@ -122,6 +122,7 @@ class MeterConfig(_Section):
     router: str = ""
     poll_seconds: float = Field(10.0, gt=0, le=86400)
     timeout_seconds: float = Field(5.0, gt=0, le=3600)
+    units: str = ""   # the unit the meter's value is in, instead of its units property; "" = the meter says
 
     @field_validator("address")
     @classmethod
@@ -179,6 +180,13 @@ class MeterConfig(_Section):
     @classmethod
     def _router(cls, v: str) -> str:
         return _host_port(v, "router") if v else v
+
+    @field_validator("units")
+    @classmethod
+    def _units(cls, v: str) -> str:
+        from bacnet_api.meter_units import check_configured  # the check the meter reader applies
+
+        return check_configured(v) if v else v
 
 
 class OpenadrConfig(_Section):
