@@ -623,3 +623,53 @@ async def test_a_deleted_file_nothing_brings_back_is_said_after_the_grace(tmp_pa
         await svc.stop()
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and "forecast history not stored" in errors[0], errors
+
+
+# -- an upgrade over a file from before the telemetry queue's index ----------------------------------
+
+def old_queue_file(path: Path, first: datetime, rows: int) -> None:
+    """The file a gateway from before the index on telemetry_queue(ts) (05cef9c) left: one sample a
+    second queued while the VTN was unreachable."""
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        db.execute("CREATE TABLE telemetry_queue (seq INTEGER PRIMARY KEY AUTOINCREMENT, ts TEXT NOT NULL, kw REAL NOT NULL)")
+        db.execute("CREATE TABLE adr_events (event_id TEXT PRIMARY KEY, body TEXT NOT NULL, end_utc TEXT NOT NULL)")
+        db.execute("BEGIN")
+        db.executemany("INSERT INTO telemetry_queue (ts, kw) VALUES (?, ?)",
+                       (((first + timedelta(seconds=i)).isoformat(), 50.0 + i % 7) for i in range(rows)))
+        db.execute("COMMIT")
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+@pytest.mark.timeout(120)
+async def test_an_upgrade_whose_disk_cannot_take_the_queue_index_still_delivers_the_backlog(
+        tmp_path, free_udp_port, free_tcp_port):
+    # A site upgrades over a version without the index while a long backlog waits, on a card with a
+    # little room left: enough for the queue's own writes, not for the index (as large as the queue,
+    # plus its WAL). The index is only an optimisation: the backlog must still go to the VTN.
+    rows = 40_000
+    first = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(seconds=rows + 60)
+    built = tmp_path / "old.sqlite"
+    old_queue_file(built, first, rows)
+    vtn_port = free_tcp_port()
+    log_path = tmp_path / "gateway.log"
+    with tmpfs(tmp_path / "card", f"size={built.stat().st_size // 1024 + 1024}k") as card:
+        storage = card / "gw.sqlite"
+        storage.write_bytes(built.read_bytes())
+        config = tmp_path / "gw.toml"
+        write_config(config, bacnet_port=free_udp_port(), http_port=free_tcp_port(), storage=storage,
+                     ven_name="upgrade-full-card", vtn_port=vtn_port, cycle_seconds=60)
+        slots = sorted({int(first.timestamp() + i) // 10 * 10 for i in range(rows)})
+        async with DemoVtn(vtn_port, poll_seconds=1) as vtn:
+            with GatewayProcess(config, log_path):
+                try:
+                    await eventually(lambda: len(vtn.reports) >= len(slots), 60, "the backlog at the VTN", 0.5)
+                except AssertionError as err:
+                    raise AssertionError(f"{err}: {len(vtn.reports)} of {len(slots)} intervals\n"
+                                         f"{log_path.read_text()[-3000:]}") from None
+        sent = [int(ts.timestamp()) for *_, ts, _ in vtn.reports]
+        assert sent == slots, "every interval of the backlog once, in order"
+    text = log_path.read_text()
+    assert "cannot index the telemetry queue (database or disk is full)" in text, text
+    assert "Traceback" not in text, text

@@ -21,6 +21,9 @@ QUEUE_TABLE = ("CREATE TABLE IF NOT EXISTS telemetry_queue ("
 # Bounding by age runs with every sample: without this index each one scanned the whole queue (a week
 # at a 1 s poll is 600k rows, tens of ms per sample on the event loop, more on a small box).
 QUEUE_TS_INDEX = "CREATE INDEX IF NOT EXISTS telemetry_queue_ts ON telemetry_queue (ts)"
+# A file from before the index that cannot take it (an upgrade over a week's backlog on a nearly full
+# card: the index and its WAL need tens of MB) is used without it; building it is tried this often.
+INDEX_RETRY_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -58,16 +61,13 @@ class TelemetryQueue:
         # with every sample: each try can wait BUSY_TIMEOUT_SECONDS on the event loop
         self._retry_seconds = reopen_seconds or 0.0
         self._retry: ReopenTimer | None = None
+        self._index_retry: ReopenTimer | None = None     # set while the queue has no index on ts
         self._reopen, self.write_error = open_or_retry_later(
             self._open, reopen_seconds, "telemetry samples wait in memory until it opens")
 
     def _open(self) -> None:
         conn = connect(self.path, QUEUE_TABLE)
-        try:
-            conn.execute(QUEUE_TS_INDEX)
-        except sqlite3.Error as err:
-            conn.close()
-            raise StorageError(f"storage.path {self.path}: cannot index the telemetry queue: {err}") from None
+        self._index(conn)
         dropped = conn.execute("SELECT value FROM kv WHERE key = 'telemetry_dropped'").fetchone()
         last = conn.execute("SELECT value FROM kv WHERE key = 'telemetry_last_delivery'").fetchone()
         self._conn, self._ident = conn, file_identity(self.path)
@@ -75,6 +75,23 @@ class TelemetryQueue:
         if last is not None:
             stored = datetime.fromisoformat(last[0])
             self.last_delivery = stored if self.last_delivery is None else max(stored, self.last_delivery)
+
+    def _index(self, conn: sqlite3.Connection) -> None:
+        """Index the queue on ts (a file from before the index gets it at the first start). The index
+        only speeds bounding up: a file that cannot take it still queues and delivers what it holds,
+        bounding by a scan as before, and the index is tried again every INDEX_RETRY_SECONDS."""
+        try:
+            conn.execute(QUEUE_TS_INDEX)
+        except sqlite3.Error as err:
+            if self._index_retry is None:
+                log.warning("storage.path %s: cannot index the telemetry queue (%s): the queue works without "
+                            "the index (bounding its age scans it, slower with a large backlog); tried again "
+                            "every %g s", self.path, err, INDEX_RETRY_SECONDS)
+            self._index_retry = ReopenTimer(INDEX_RETRY_SECONDS)
+            return
+        if self._index_retry is not None:
+            log.info("storage.path %s: telemetry queue indexed", self.path)
+            self._index_retry = None
 
     def _db(self) -> sqlite3.Connection:
         """The file's connection; opens it if it was not there at start and it is time to try again."""
@@ -169,6 +186,11 @@ class TelemetryQueue:
         self._memory = [s for s in self._memory if s.ts >= cutoff]
         n -= len(self._memory)
         if self._retry is None:  # while writes fail, the file's rows are bounded once it takes them again
+            if self._index_retry is not None and self._index_retry.due():
+                try:
+                    self._index(self._db())
+                except sqlite3.Error:
+                    pass
             try:
                 n += self._db().execute("DELETE FROM telemetry_queue WHERE ts < ?", (cutoff.isoformat(),)).rowcount
             except sqlite3.Error:
