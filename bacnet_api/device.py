@@ -83,6 +83,7 @@ class GatewayDevice:
         points: Iterable[Point] = POINTS,
         bbmd_address: str = "",
         bbmd_ttl: int = 900,
+        dcc_password: str = "",
     ) -> None:
         if not 0 <= device_id <= 4194302:
             raise ValueError(f"device_id must be 0..4194302, got {device_id}")
@@ -96,6 +97,8 @@ class GatewayDevice:
         # "ip[:port]" of a BBMD to register with as a foreign device (a BAS on another IP subnet)
         self.bbmd_address = bbmd_address
         self.bbmd_ttl = int(bbmd_ttl)
+        # DeviceCommunicationControl's password; empty, a BACnet client can only enable (services.py)
+        self.dcc_password = dcc_password
         self._points = {p.name: p for p in points}
         self._objects: dict[str, Any] = {}
         self._no_value_yet: set[str] = set()
@@ -123,7 +126,7 @@ class GatewayDevice:
             # wait ends, and a SIGTERM during start-up was lost (everywhere else for the same reason)
             async with asyncio.timeout(_START_TIMEOUT):
                 await self._socket_ready()
-            harden(self.app)
+            harden(self.app, dcc_password=self.dcc_password)
             for obj in list(self.app.objectIdentifier.values()):  # the device and network port
                 read_only(obj)
             for point in self._points.values():
@@ -155,6 +158,10 @@ class GatewayDevice:
         self._written.clear()
         self._no_value_yet.clear()  # a restarted device starts from the point table again
         self._faulted.clear()
+        app = getattr(getattr(bacnet, "this_application", None), "app", None)
+        end = getattr(app, "end_communication_control", None)
+        if end is not None:  # a restarted device initiates again; no time-out fires on a closed stack
+            end()
         await bacnet._disconnect()
         # let the transports' close callbacks run so the port is free on return
         await asyncio.sleep(0)
@@ -173,6 +180,14 @@ class GatewayDevice:
     @property
     def running(self) -> bool:
         return self._bacnet is not None
+
+    def communication(self) -> dict:
+        """DeviceCommunicationControl's state: {"mode": "enable"}, or while a BACnet client has disabled
+        initiation {"mode": "disableInitiation", "by": address, "since", "until": ISO times or None,
+        "minutes"}."""
+        if self._bacnet is None:
+            return {"mode": "enable"}
+        return self.app.communication_control()
 
     # ----- objects
 

@@ -41,6 +41,7 @@ from .client import (
     to_plain,
 )
 from .meter_units import MeterUnits, NotPower, check_configured, meter_units
+from .services import CommunicationDisabled
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,7 @@ class MeterClient:
     async def read_once(self) -> MeterReading:
         """Read the meter once (bounded by timeout_seconds), record and return the reading."""
         started = time.monotonic()
+        silenced = False
         try:
             if not self._route_ready:
                 await self._find_route(self._app)
@@ -140,13 +142,16 @@ class MeterClient:
                 await self._app.nsap.router_info_cache.delete_path_info(None, self.network)
         except ErrorRejectAbortNack as err:  # BaseException-derived: must be named explicitly
             reading = self._reading(error=f"{self._what}: {error_text(err)}")
+        except CommunicationDisabled as err:  # a BACnet client told the gateway not to initiate: not sent
+            reading = self._reading(error=f"{self._what} not read: {err}")
+            silenced = True
         except _ReadFailed as err:
             reading = self._reading(error=str(err))
         except Exception as err:  # anything the stack raises is a failed read, not a crash
             reading = self._reading(error=f"{self._what}: {error_text(err)}")
         if reading.value is None:
             self._conversion = None  # the meter may come back replaced or reconfigured: read its units again
-        if reading.value is None and not self.router and self.network is not None:
+        if reading.value is None and not self.router and self.network is not None and not silenced:
             self._route_ready = False  # the router we found may be gone; ask again next time
         log.debug("meter read %s in %.3f s", reading, time.monotonic() - started)
         self._record(reading)

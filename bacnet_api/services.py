@@ -14,17 +14,30 @@
   itself, as clause 12.1.x (Property_List) requires; bacpypes3 listed all four. ReadPropertyMultiple
   ALL/REQUIRED still return the first three (property_access.py walks the object's properties, not
   this list);
-- reads and writes get the answers BACnet prescribes (see property_access.py).
+- reads and writes get the answers BACnet prescribes (see property_access.py);
+- DeviceCommunicationControl is executed, guarded by a password (bacpypes3 0.0.110's Application has
+  no handler, so a BAS got unrecognized-service; its mix-in for it takes no password unless one is set,
+  and names an attribute the Application does not have). DISABLE, deprecated since Protocol_Revision 20
+  (the device says 22), is refused with services/service-request-denied, as clause 16.1 requires, so no
+  client can silence the gateway; DISABLE_INITIATION is honoured only with `bacnet.dcc_password` and
+  refused with services/service-request-denied while none is set (no password would be right) and
+  security/password-failure for a wrong or missing one; ENABLE is always accepted (it only restores).
+  While initiation is disabled the gateway still answers, but initiates nothing but I-Am: a request it
+  would send (a meter read, a confirmed COV notification) fails at once with CommunicationDisabled
+  instead of waiting for a time-out (bacpypes3 dropped it and left its future pending);
+- ReinitializeDevice is not executed: it is rejected unrecognized-service, as before, but logged, so
+  nobody restarts or stops the gateway over BACnet.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import math
+from datetime import datetime, timedelta, timezone
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from bacpypes3.apdu import AbortPDU
+from bacpypes3.apdu import AbortPDU, ConfirmedRequestPDU, SimpleAckPDU
 from bacpypes3.basetypes import (
     COVSubscription,
     DeviceAddress,
@@ -36,7 +49,7 @@ from bacpypes3.basetypes import (
     ServicesSupported,
 )
 from bacpypes3.constructeddata import ArrayOf
-from bacpypes3.errors import ExecutionError, MissingRequiredParameter
+from bacpypes3.errors import ExecutionError, MissingRequiredParameter, UnrecognizedService
 from bacpypes3.primitivedata import PropertyIdentifier
 
 from .client import error_text
@@ -53,21 +66,30 @@ SERVICES = (
     "write-property",
     "write-property-multiple",
     "subscribe-cov",
+    "device-communication-control",
     "who-has",
     "who-is",
 )
+# DeviceCommunicationControl's timeDuration is in minutes; a minute is this many seconds (tests shorten it)
+DCC_MINUTE_SECONDS = 60.0
 _STATUS_FLAGS_FROM = ("reliability", "eventState", "outOfService")
 # every subscription is notified in one loop turn at each change (about 0.17 ms each): a bound keeps a
 # BAS that subscribes with a new process identifier at each restart from stalling the gateway
 MAX_COV_SUBSCRIPTIONS = 100
 
 
-def harden(app: Any) -> None:
+class CommunicationDisabled(Exception):
+    """A request the gateway would have sent while a DeviceCommunicationControl disables initiation."""
+
+
+def harden(app: Any, dcc_password: str = "") -> None:
+    """`dcc_password`: the DeviceCommunicationControl password; empty, DCC can only enable."""
     try:
         software = version("edge-gateway")
     except PackageNotFoundError:  # a source tree that was not installed
         software = "0.0.0+source"
     _extend(app, _Services)
+    app._dcc_password = dcc_password
     device = app.device_object
     _extend(device, _Device)
     device.vendorName = VENDOR_NAME
@@ -141,6 +163,81 @@ class _Services(PropertyAccess):
     # bacpypes3's handler raises NotImplementedError (an ERROR log, answered operationalProblem);
     # without one the request is rejected as unrecognized-service, which is the truth
     do_ReadRangeRequest = None
+    _dcc_password = ""
+    _dcc: dict | None = None  # while initiation is disabled: who disabled it, since and until when
+    _dcc_timer: asyncio.TimerHandle | None = None
+
+    # ----- DeviceCommunicationControl and ReinitializeDevice
+
+    async def do_DeviceCommunicationControlRequest(self, apdu: Any) -> None:
+        who, minutes = apdu.pduSource, int(apdu.timeDuration or 0)  # absent (or 0): until enabled
+        mode = apdu.enableDisable.attr  # "enable", "disable" or "disableInitiation" (it equals no str)
+        what = f"BACnet DeviceCommunicationControl {mode} from {who}"
+        if mode == "enable":  # only restores what a disable took: from anyone, any password
+            await self.response(SimpleAckPDU(context=apdu))
+            self.end_communication_control(f"enabled by DeviceCommunicationControl from {who}")
+            return
+        if mode == "disable":
+            # deprecated: a device of Protocol_Revision 20 or later answers it so (clause 16.1.3.1)
+            log.warning("%s refused (service-request-denied): DISABLE is deprecated; use disableInitiation", what)
+            raise ExecutionError(errorClass="services", errorCode="serviceRequestDenied")
+        if not self._dcc_password:
+            log.warning("%s refused (service-request-denied): no bacnet.dcc_password is set", what)
+            raise ExecutionError(errorClass="services", errorCode="serviceRequestDenied")
+        if apdu.password is None or str(apdu.password) != self._dcc_password:
+            log.warning("%s refused (password-failure): %s password", what,
+                        "no" if apdu.password is None else "wrong")
+            raise ExecutionError(errorClass="security", errorCode="passwordFailure")
+        await self.response(SimpleAckPDU(context=apdu))
+        self._disable_initiation(who, minutes)
+
+    def _disable_initiation(self, who: Any, minutes: int) -> None:
+        self._cancel_dcc_timer()
+        now = datetime.now(timezone.utc)
+        self._dcc = {"mode": "disableInitiation", "by": str(who), "since": now.isoformat(timespec="seconds"),
+                     "minutes": minutes or None,
+                     "until": (now + timedelta(minutes=minutes)).isoformat(timespec="seconds") if minutes else None}
+        self.asap.dccEnableDisable = "disableInitiation"  # I-Am still goes out, and every answer
+        if minutes:
+            self._dcc_timer = asyncio.get_running_loop().call_later(
+                minutes * DCC_MINUTE_SECONDS, self.end_communication_control, f"its {minutes} min ran out")
+        log.warning("BACnet communication initiation disabled by DeviceCommunicationControl from %s (%s, %s): "
+                    "points are still answered, but the meter is not read and COV notifications stop",
+                    who, "disableInitiation", f"for {minutes} min" if minutes else "with no time limit")
+
+    def end_communication_control(self, why: str | None = None) -> None:
+        """Initiate again; log why, unless `why` is None (the device is stopping)."""
+        self._cancel_dcc_timer()
+        if self._dcc is None:
+            return
+        self._dcc = None
+        self.asap.dccEnableDisable = "enable"
+        if why is not None:
+            log.info("BACnet communication initiation enabled again: %s", why)
+
+    def _cancel_dcc_timer(self) -> None:
+        if self._dcc_timer is not None:
+            self._dcc_timer.cancel()
+            self._dcc_timer = None
+
+    def communication_control(self) -> dict:
+        return {"mode": "enable"} if self._dcc is None else dict(self._dcc)
+
+    def request(self, apdu: Any) -> Any:
+        if self._dcc is not None and isinstance(apdu, ConfirmedRequestPDU):
+            # bacpypes3 drops it below and never settles its future: fail it now, saying why
+            future = asyncio.get_running_loop().create_future()
+            future.set_exception(CommunicationDisabled(
+                f"BACnet initiation disabled by DeviceCommunicationControl from {self._dcc['by']}"
+                + (f" until {self._dcc['until']}" if self._dcc["until"] else "")))
+            return future
+        return super().request(apdu)
+
+    async def do_ReinitializeDeviceRequest(self, apdu: Any) -> None:
+        # not executed: the gateway is restarted by its service manager, never from the network
+        log.warning("BACnet ReinitializeDevice %s from %s refused (unrecognized-service): not supported",
+                    apdu.reinitializedStateOfDevice.attr, apdu.pduSource)
+        raise UnrecognizedService("ReinitializeDevice is not executed")
 
     async def confirmation(self, apdu: Any) -> None:
         # A request given up on (a meter read past meter.timeout_seconds) stays listed until a call_soon
@@ -198,6 +295,8 @@ class _Services(PropertyAccess):
 
     def cov_confirmation(self, cov: Any, future: Any) -> None:
         if future.cancelled() or future.exception() is None:
+            return
+        if isinstance(future.exception(), CommunicationDisabled):  # not sent: nothing to say of the subscriber
             return
         if cov.obj_ref is None:  # already cancelled after an earlier notification failed
             return

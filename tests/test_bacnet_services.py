@@ -220,7 +220,7 @@ async def test_device_object_describes_this_device(gateway, peer):
     names = {v: k for k, v in ServicesSupported._bitstring_names.items()}
     assert {names[i] for i, bit in enumerate(services) if bit} == {
         "read-property", "read-property-multiple", "write-property", "write-property-multiple",
-        "subscribe-cov", "who-is", "who-has"}
+        "subscribe-cov", "device-communication-control", "who-is", "who-has"}  # not reinitialize-device
 
 
 async def test_claimed_services_answer_and_others_are_rejected(gateway, peer):

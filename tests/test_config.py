@@ -240,6 +240,10 @@ def test_env_error_names_the_variable(tmp_path):
      "retry_min_seconds (100) must not exceed retry_max_seconds (1)"),
     ('[forecaster]\nhigh_load_kw = 90\nlow_load_kw = 110\n', "forecaster",
      "high_load_kw (90) must be above low_load_kw (110)"),
+    ('[bacnet]\ndcc_password = "123456789012345678901"\n', "bacnet.dcc_password",
+     "must be 1..20 characters (a BACnet DeviceCommunicationControl password), got 21"),
+    ('[bacnet]\ndcc_password = "tab\\there"\n', "bacnet.dcc_password", "printable characters only"),
+    ('[bacnet]\ndcc_password = 1234\n', "bacnet.dcc_password", "valid string"),
 ])
 def test_values_that_can_never_work_are_refused(tmp_path, toml, key, reason):
     with pytest.raises(ConfigError) as err:
@@ -402,3 +406,15 @@ def test_meter_units_is_unset_by_default_and_reaches_the_meter_reader(tmp_path):
             gateway.storage.close()
     with pytest.raises(ConfigError, match=r"EDGE_GATEWAY__METER__UNITS: meter.units: .*got 'W'"):
         load_config(None, environ={"EDGE_GATEWAY__METER__UNITS": "W"})
+
+
+def test_the_dcc_password_is_optional_and_never_echoed(tmp_path):
+    assert load_config(_write(tmp_path, ""), environ={}).bacnet.dcc_password == ""
+    assert load_config(_write(tmp_path, '[bacnet]\ndcc_password = "12345678901234567890"\n'),
+                       environ={}).bacnet.dcc_password == "12345678901234567890"
+    cfg = load_config(_write(tmp_path, ""), environ={"EDGE_GATEWAY__BACNET__DCC_PASSWORD": "Dr-3vent!"})
+    assert cfg.bacnet.dcc_password == "Dr-3vent!"
+    with pytest.raises(ConfigError) as err:
+        load_config(_write(tmp_path, ""), environ={"EDGE_GATEWAY__BACNET__DCC_PASSWORD": "secret-but-far-too-long"})
+    assert str(err.value).startswith("EDGE_GATEWAY__BACNET__DCC_PASSWORD: bacnet.dcc_password: ")
+    assert "secret-but-far-too-long" not in str(err.value)

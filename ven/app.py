@@ -59,6 +59,7 @@ class Gateway:
                                     device_name=c.bacnet.device_name,
                                     input_min=c.bacnet.input_min_kw, input_max=c.bacnet.input_max_kw,
                                     bbmd_address=c.bacnet.bbmd_address, bbmd_ttl=c.bacnet.bbmd_ttl,
+                                    dcc_password=c.bacnet.dcc_password,
                                     points=P.points_for(c.forecaster.horizons_minutes))
         # A file that cannot be opened does not stop the gateway: the BAS still needs the device and
         # the live points. Both keep their data in memory and write it once the file opens.
@@ -267,7 +268,9 @@ class Gateway:
             # meter readings are not reported and events the VTN stopped listing are not judged over
             "clock_suspect": clock_suspect(now),
             "device": {"device_id": self.config.bacnet.device_id, "name": self.config.bacnet.device_name,
-                       "address": self.config.bacnet.address},
+                       "address": self.config.bacnet.address,
+                       # DeviceCommunicationControl: "enable", or who disabled initiation and until when
+                       "communication": self.device.communication()},
             "points": self.device.snapshot(),
             "vtn": self.vtn.status(),
             "events": self.schedule.events(),

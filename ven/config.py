@@ -89,6 +89,7 @@ class BacnetConfig(_Section):
     input_max_kw: float = 100000.0
     bbmd_address: str = ""                     # "ip[:port]" of a BBMD to register with as a foreign device
     bbmd_ttl: int = Field(900, ge=30, le=65535)  # seconds; re-registered before it runs out
+    dcc_password: str = ""                     # DeviceCommunicationControl password; unset, only enable is taken
 
     @field_validator("address")
     @classmethod
@@ -106,6 +107,17 @@ class BacnetConfig(_Section):
         except ValueError:
             raise ValueError(f"must be an IPv4 address with an optional :port, e.g. 10.0.0.5:47808, got {v!r}") \
                 from None
+        return v
+
+    @field_validator("dcc_password")
+    @classmethod
+    def _dcc_password(cls, v: str) -> str:
+        # the value is never echoed: it is a secret
+        if v and not 1 <= len(v) <= 20:
+            raise ValueError(f"must be 1..20 characters (a BACnet DeviceCommunicationControl password), "
+                             f"got {len(v)}")
+        if any(not ch.isprintable() for ch in v):
+            raise ValueError("must be printable characters only (a BAS operator types it)")
         return v
 
     @model_validator(mode="after")

@@ -1,0 +1,319 @@
+"""DeviceCommunicationControl and ReinitializeDevice, asked by a second real bacpypes3 stack on loopback
+as a BAS or a technician's tool would: nobody silences, restarts or stops the gateway without the
+configured password, and a disable it honours is logged, bounded and shown."""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+from bacpypes3.apdu import (
+    DeviceCommunicationControlRequest,
+    ErrorPDU,
+    ErrorRejectAbortNack,
+    ReinitializeDeviceRequest,
+    RejectPDU,
+    SimpleAckPDU,
+)
+from bacpypes3.pdu import Address
+from bacpypes3.primitivedata import CharacterString, ObjectIdentifier
+
+from bacnet_api import services
+from bacnet_api.device import GatewayDevice
+from bacnet_api.meter import MeterClient
+from bacnet_api.points import EVENT_LEVEL
+from bacnet_api.simulator import MeterSimulator
+from bacnet_peer import BacnetPeer
+from test_bacnet_device import DEVICE_ID, gateway, peer, where  # noqa: F401 - shared fixtures
+from test_bacnet_services import notification
+from waiting import eventually
+
+pytestmark = pytest.mark.timeout(60)
+
+PASSWORD = "Dr-3vent!"
+
+
+async def ask(peer: BacnetPeer, apdu, timeout: float = 3.0):
+    """The answer to a raw request: the ack, or the error/reject/abort PDU ("timeout" if none)."""
+    try:
+        return await asyncio.wait_for(peer.app.request(apdu), timeout)
+    except ErrorRejectAbortNack as err:
+        return err
+    except asyncio.TimeoutError:
+        return "timeout"
+
+
+def dcc(addr: str, mode: str, password: str | None = None, minutes: int | None = None):
+    apdu = DeviceCommunicationControlRequest(enableDisable=mode, destination=Address(addr))
+    if password is not None:
+        apdu.password = CharacterString(password)
+    if minutes is not None:
+        apdu.timeDuration = minutes
+    return apdu
+
+
+def error_of(answer) -> str:
+    assert isinstance(answer, ErrorPDU), answer
+    return f"{answer.errorClass}/{answer.errorCode}"
+
+
+def ours(caplog, level: int | None = None) -> list:
+    return [r for r in caplog.records if r.name.startswith("bacnet_api")
+            and (level is None or r.levelno == level)]
+
+
+def no_errors(caplog) -> bool:
+    return not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+async def initiates(device: GatewayDevice, peer: BacnetPeer) -> bool:
+    """Whether the gateway's own stack still sends requests: it reads the peer's device name."""
+    try:
+        async with asyncio.timeout(3):
+            name = await device.app.read_property(Address(peer.address.replace("/8", "")),
+                                                  ObjectIdentifier(f"device,{peer.device_id}"), "objectName")
+        return str(name) == f"test-peer-{peer.device_id}"
+    except (Exception, ErrorRejectAbortNack):
+        return False
+
+
+@pytest.fixture
+async def guarded(free_udp_port):
+    device = GatewayDevice(address=f"127.0.0.1/8:{free_udp_port()}", device_id=DEVICE_ID,
+                           device_name="TestGateway", dcc_password=PASSWORD)
+    await device.start()
+    try:
+        yield device
+    finally:
+        await device.stop()
+
+
+@pytest.mark.parametrize("mode", ["disableInitiation", "disable"])
+@pytest.mark.parametrize("password", [None, "anything"], ids=["no-password", "some-password"])
+async def test_without_a_configured_password_nobody_disables_communication(gateway, peer, caplog, mode, password):
+    caplog.set_level(logging.INFO)
+    addr = where(gateway)
+    answer = await ask(peer, dcc(addr, mode, password))
+    assert error_of(answer) == "services/service-request-denied"
+    assert gateway.communication() == {"mode": "enable"}
+    # the gateway still answers and still initiates
+    assert await peer.read(addr, "analogValue 4", "presentValue") == 0.0
+    assert await initiates(gateway, peer)
+    lines = ours(caplog, logging.WARNING)
+    assert len(lines) == 1, lines
+    assert mode in lines[0].getMessage() and "127.0.0.1:" in lines[0].getMessage()
+    assert "dcc_password" in lines[0].getMessage() or "deprecated" in lines[0].getMessage()
+    assert no_errors(caplog)
+    # enable only restores: it is taken from anyone
+    assert isinstance(await ask(peer, dcc(addr, "enable")), SimpleAckPDU)
+
+
+@pytest.mark.parametrize("password", [None, "wrong", PASSWORD.lower()], ids=["none", "wrong", "wrong-case"])
+async def test_a_wrong_password_is_a_password_failure(guarded, peer, caplog, password):
+    caplog.set_level(logging.INFO)
+    answer = await ask(peer, dcc(where(guarded), "disableInitiation", password, minutes=5))
+    assert error_of(answer) == "security/password-failure"
+    assert guarded.communication() == {"mode": "enable"}
+    assert await initiates(guarded, peer)
+    lines = ours(caplog, logging.WARNING)
+    assert len(lines) == 1 and "password-failure" in lines[0].getMessage(), lines
+    assert PASSWORD not in caplog.text  # the secret is never logged
+    assert no_errors(caplog)
+
+
+async def test_disable_is_refused_even_with_the_password(guarded, peer, caplog):
+    # DISABLE (answer nothing) is deprecated since Protocol_Revision 20; the device says 22
+    addr = where(guarded)
+    assert await peer.read(addr, f"device {DEVICE_ID}", "protocolRevision") >= 20
+    answer = await ask(peer, dcc(addr, "disable", PASSWORD))
+    assert error_of(answer) == "services/service-request-denied"
+    assert await peer.read(addr, "analogValue 4", "presentValue") == 0.0
+    assert await initiates(guarded, peer)
+    assert guarded.communication() == {"mode": "enable"}
+
+
+async def test_disable_initiation_with_the_password_is_honoured_logged_and_times_out(
+        guarded, peer, free_udp_port, caplog, monkeypatch):
+    monkeypatch.setattr(services, "DCC_MINUTE_SECONDS", 1.5)  # a "minute" of timeDuration, shortened
+    caplog.set_level(logging.INFO)
+    addr = where(guarded)
+    async with MeterSimulator(f"127.0.0.1/8:{free_udp_port()}", value=42.5) as sim:
+        meter = MeterClient(guarded, address=sim.meter_address, object="analogInput 2",
+                            router=sim.router_address, timeout_seconds=1.0)
+        assert (await meter.read_once()).value == 42.5
+        guarded.set(EVENT_LEVEL, 2)
+
+        answer = await ask(peer, dcc(addr, "disableInitiation", PASSWORD, minutes=2))
+        assert isinstance(answer, SimpleAckPDU), answer
+        state = guarded.communication()
+        assert state["mode"] == "disableInitiation" and state["by"] == peer.address.replace("/8", "")
+        assert state["minutes"] == 2 and state["until"] and state["since"]
+
+        # the BAS still reads the demand-response point and still finds the device (I-Am is allowed)
+        assert await peer.read(addr, "analogValue 4", "presentValue") == 2.0
+        assert [i.iAmDeviceIdentifier[1] for i in await peer.who_is(addr, wait=1.0)] == [DEVICE_ID]
+        # the gateway initiates nothing: a meter read fails at once, saying why, and never hangs
+        for _ in range(3):
+            started = asyncio.get_running_loop().time()
+            reading = await meter.read_once()
+            assert reading.value is None and "DeviceCommunicationControl" in reading.error
+            assert asyncio.get_running_loop().time() - started < 0.5
+        assert meter.fault is True
+        assert not await initiates(guarded, peer)
+
+        # it ends by itself after its duration
+        await eventually(lambda: guarded.communication() == {"mode": "enable"}, 8)
+        assert await initiates(guarded, peer)
+        assert (await meter.read_once()).value == 42.5 and meter.fault is False
+
+    dcc_lines = [r for r in ours(caplog) if r.name == "bacnet_api.services"]
+    assert [r.levelno for r in dcc_lines] == [logging.WARNING, logging.INFO], dcc_lines
+    started, ended = (r.getMessage() for r in dcc_lines)
+    assert peer.address.replace("/8", "") in started and "disableInitiation" in started and "2 min" in started
+    assert "ran out" in ended
+    meter_lines = [r for r in ours(caplog) if r.name == "bacnet_api.meter" and r.levelno >= logging.INFO]
+    assert [r.levelno for r in meter_lines] == [logging.WARNING, logging.INFO], meter_lines
+    assert "DeviceCommunicationControl" in meter_lines[0].getMessage()
+    assert PASSWORD not in caplog.text
+    assert no_errors(caplog)
+
+
+async def test_enable_ends_an_indefinite_disable_and_cov_notifications_resume(guarded, peer, caplog):
+    caplog.set_level(logging.INFO)
+    addr = where(guarded)
+    async with peer.app.change_of_value(Address(addr), ObjectIdentifier("analogValue,4"), 77, True, 60) as scm:
+        assert (await notification(scm))["present-value"] == 0.0  # the initial notification
+        answer = await ask(peer, dcc(addr, "disableInitiation", PASSWORD))  # no duration: until enabled
+        assert isinstance(answer, SimpleAckPDU), answer
+        assert guarded.communication()["until"] is None
+        guarded.set(EVENT_LEVEL, 3)  # a confirmed notification the gateway must not send now
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(scm.get_value(), 1.0)
+        assert await peer.read(addr, "analogValue 4", "presentValue") == 3.0
+
+        assert isinstance(await ask(peer, dcc(addr, "enable")), SimpleAckPDU)  # no password needed
+        assert guarded.communication() == {"mode": "enable"}
+        guarded.set(EVENT_LEVEL, 1)
+        assert (await notification(scm))["present-value"] == 1.0
+    lines = [r for r in ours(caplog) if r.name == "bacnet_api.services"]
+    assert [r.levelno for r in lines] == [logging.WARNING, logging.INFO], lines
+    assert "no time limit" in lines[0].getMessage()
+    assert "enabled by DeviceCommunicationControl" in lines[1].getMessage()
+    # the notification not sent is not blamed on the subscriber
+    assert not [r for r in ours(caplog) if "COV subscriber" in r.getMessage()]
+    assert no_errors(caplog)
+
+
+@pytest.mark.parametrize("state", ["coldstart", "warmstart", "startBackup", "activateChanges"])
+@pytest.mark.parametrize("configured, sent", [(False, False), (True, False), (True, True)],
+                         ids=["no-dcc-password", "dcc-password-not-sent", "dcc-password-sent"])
+async def test_reinitialize_device_is_refused_and_logged(free_udp_port, peer, caplog, state, configured, sent):
+    caplog.set_level(logging.INFO)
+    device = GatewayDevice(address=f"127.0.0.1/8:{free_udp_port()}", device_id=DEVICE_ID, device_name="TestGateway",
+                           **({"dcc_password": PASSWORD} if configured else {}))
+    await device.start()
+    try:
+        addr = where(device)
+        apdu = ReinitializeDeviceRequest(reinitializedStateOfDevice=state, destination=Address(addr))
+        if sent:
+            apdu.password = CharacterString(PASSWORD)
+        answer = await ask(peer, apdu)
+        assert isinstance(answer, RejectPDU) and str(answer.apduAbortRejectReason) == "unrecognized-service", answer
+        lines = ours(caplog, logging.WARNING)
+        assert len(lines) == 1 and "ReinitializeDevice" in lines[0].getMessage() and state in lines[0].getMessage()
+        assert peer.address.replace("/8", "") in lines[0].getMessage()
+        # nothing restarted or stopped: it answers and initiates as before
+        assert device.running
+        assert await peer.read(addr, "analogValue 4", "presentValue") == 0.0
+        assert await initiates(device, peer)
+    finally:
+        await device.stop()
+    assert PASSWORD not in caplog.text
+    assert no_errors(caplog)
+
+
+async def test_a_stopped_device_leaves_no_time_out_behind(guarded, peer, monkeypatch, caplog):
+    monkeypatch.setattr(services, "DCC_MINUTE_SECONDS", 0.3)
+    caplog.set_level(logging.INFO)
+    answer = await ask(peer, dcc(where(guarded), "disableInitiation", PASSWORD, minutes=1))
+    assert isinstance(answer, SimpleAckPDU)
+    await guarded.stop()
+    assert guarded.communication() == {"mode": "enable"}
+    await asyncio.sleep(0.6)  # the time-out would have fired by now
+    assert not [r for r in ours(caplog, logging.INFO) if "enabled again" in r.getMessage()]
+    await guarded.start()  # a restarted device initiates
+    assert guarded.communication() == {"mode": "enable"}
+    assert await initiates(guarded, peer)
+    assert no_errors(caplog)
+
+
+@pytest.mark.timeout(60)
+async def test_the_whole_gateway_while_initiation_is_disabled(tmp_path, free_udp_port, free_tcp_port, caplog):
+    """Measured end to end: /api/status shows who disabled initiation; the meter faults once, at once; the
+    forecaster, fed by the meter here, goes stale as with a silent meter and nothing crashes; enable ends it."""
+    import aiohttp
+
+    from ven.app import Gateway
+    from ven.config import parse_config
+
+    caplog.set_level(logging.INFO)
+    sim_port, http_port = free_udp_port(), free_tcp_port()
+    cfg = parse_config({
+        "bacnet": {"address": f"127.0.0.1/8:{free_udp_port()}", "device_id": 500004, "dcc_password": PASSWORD},
+        "meter": {"router": f"127.0.0.1:{sim_port}", "poll_seconds": 0.5, "timeout_seconds": 1.0},
+        "openadr": {"vtn_url": f"http://127.0.0.1:{free_tcp_port()}/OpenADR2/Simple/2.0b"},
+        "storage": {"path": str(tmp_path / "gw.sqlite")},
+        "http": {"address": f"127.0.0.1:{http_port}"},
+        "forecaster": {"cycle_seconds": 0.2, "source": "meter", "input_stale_seconds": 3},
+    }, "test", environ={})
+    gw = cfg.bacnet.address.replace("/8", "")
+    async with MeterSimulator(f"127.0.0.1/8:{sim_port}", value=87.5):
+        gateway = Gateway(cfg)
+        await gateway.start()
+        try:
+            async with BacnetPeer(free_udp_port()) as bas, \
+                    aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+                async def status() -> dict:
+                    async with http.get(f"{gateway.http.url}/api/status") as r:
+                        assert r.status == 200
+                        return await r.json()
+
+                await eventually(lambda: gateway.meter.last_good is not None and not stale_points(gateway, any), 15)
+                assert (await status())["device"]["communication"] == {"mode": "enable"}
+
+                answer = await ask(bas, dcc(gw, "disableInitiation", PASSWORD))
+                assert isinstance(answer, SimpleAckPDU), answer
+                await eventually(lambda: gateway.meter.fault, 5)
+                body = await status()
+                assert body["device"]["communication"]["mode"] == "disableInitiation"
+                assert body["device"]["communication"]["by"] == bas.address.replace("/8", "")
+                assert body["device"]["communication"]["until"] is None
+                assert "DeviceCommunicationControl" in body["meter"]["last_error"]
+                assert PASSWORD not in str(body)
+                # the BAS still reads the gateway; the forecaster goes stale, as with a silent meter
+                assert await bas.read(gw, "analogValue 6", "presentValue") == pytest.approx(87.5)
+                await eventually(lambda: gateway.forecast.status()["input_stale"] is True, 8)
+                await eventually(lambda: stale_points(gateway), 3)
+                assert gateway.health() == (True, "ok")
+
+                assert isinstance(await ask(bas, dcc(gw, "enable")), SimpleAckPDU)
+                await eventually(lambda: not gateway.meter.fault and not stale_points(gateway, any), 8)
+                assert (await status())["device"]["communication"] == {"mode": "enable"}
+        finally:
+            await gateway.stop()
+    meter_lines = [r for r in caplog.records if r.name == "bacnet_api.meter" and r.levelno >= logging.INFO]
+    assert [r.levelno for r in meter_lines] == [logging.WARNING, logging.INFO], meter_lines
+    dcc_lines = [r for r in caplog.records if r.name == "bacnet_api.services"]
+    assert [r.levelno for r in dcc_lines] == [logging.WARNING, logging.INFO], dcc_lines
+    assert not [r for r in caplog.records if (r.levelno >= logging.ERROR or r.exc_info)
+                and r.name.split(".")[0] in ("bacnet_api", "ven", "forecaster") and r.name != "ven.vtn"]
+    assert PASSWORD not in caplog.text
+
+
+def stale_points(gateway, which=all) -> bool:
+    """The meter-power and forecast points flagged fault, and the forecaster saying why."""
+    from bacnet_api import points as P
+
+    if which is all and not gateway.forecast.status()["input_stale"]:
+        return False
+    return which(gateway.device.status_flags(n)["fault"] for n in (P.FIFTEEN_MIN_FORECAST, P.METER_POWER))
