@@ -200,3 +200,36 @@ def test_samples_forgotten_undelivered_are_not_counted_as_delivered(tmp_path):
     q.ack(q.peek(2))
     assert q.pending == 0 and q.delivered == 2
     q.close()
+
+
+async def test_a_backlog_sampled_faster_than_telemetry_seconds_goes_in_full_batches_and_two_log_lines(
+        tmp_path, free_tcp_port, caplog):
+    # The meter read every 0.2 s and intervals of telemetry_seconds (1 s): five samples per interval.
+    # A read sized for one sample per interval filled batches of 20 intervals, not 100: a week's backlog
+    # was five times the messages, each with an INFO line.
+    caplog.set_level(logging.INFO, logger="ven.vtn")
+    port = free_tcp_port()
+    storage = Storage(tmp_path / "gw.sqlite")
+    schedule = EventSchedule(storage, lambda st: None)
+    queue = TelemetryQueue(tmp_path / "gw.sqlite")
+    server = DemoVtn(port, poll_seconds=1)
+    client = VtnClient(OpenadrConfig(vtn_url=server.url, telemetry_seconds=1.0, retry_min_seconds=0.2,
+                                     retry_max_seconds=1.0), schedule, queue)
+    start = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(seconds=260)
+    for i in range(250 * 5):                                   # 250 whole seconds, queued while no VTN
+        client.record_sample(start + timedelta(seconds=i / 5), 50.0 + i // 5)
+    await schedule.start()
+    await client.start()
+    try:
+        async with server:
+            await until(lambda: queue.pending == 0, 20, "backlog delivered")
+            sizes = [len(ivs) for _, ivs in server.updates]
+            assert sizes == [100, 100, 50], "full batches"
+            got = [value for _, ivs in server.updates for *_, value in ivs]
+            assert got == [50.0 + s for s in range(250)], "each second once, in order, the mean of its samples"
+            await until(lambda: said_once(caplog, "queued telemetry delivered"), 5, "the end of the backlog")
+            assert len([r for r in caplog.records if r.getMessage().startswith("TELEMETRY_USAGE")]) == 1
+    finally:
+        await client.stop()
+        await schedule.stop()
+        queue.close()

@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 POLL_FAILURES_FOR_LOSS = 3      # consecutive failed polls before the VTN context counts as lost
 BATCH = 100                     # intervals per oadrUpdateReport when catching up
+MAX_PEEK = 20_000               # samples read at once to fill a batch (a few MB at most)
 MAX_GRANULARITY = timedelta(hours=1)   # the coarsest interval offered (any multiple of the sampling works)
 INVALID_ID = 452                # OpenADR 2.0b eiResponse code for an ID the VEN does not know
 NOT_REGISTERED = 463            # ... and for a VEN the VTN does not know or no longer authorises
@@ -812,11 +813,17 @@ class VtnClient:
         while True:
             samples = self._telemetry.peek(limit)
             intervals, late = complete_intervals(samples, self._granularity, now, self._sent_until)
-            if len(samples) < limit:
+            if len(samples) < limit or not intervals:
                 return intervals[:BATCH], late
-            if len(intervals) > 1 or not intervals:
-                return intervals[:-1][:BATCH] or intervals, late
-            limit *= 2
+            whole = intervals[:-1]
+            if len(whole) >= BATCH or (whole and limit >= MAX_PEEK):
+                return whole[:BATCH], late
+            if not whole:
+                limit *= 2       # one interval holds more than was read: read until it is whole
+                continue
+            # The meter is read more often than openadr.telemetry_seconds: more samples per interval
+            # than guessed. Read enough for a full batch (a week's backlog in 100s, not 10s, of messages).
+            limit = min(MAX_PEEK, max(limit * 2, math.ceil(limit * (BATCH + 1) / len(whole))))
 
     async def _send_complete(self, now: datetime) -> bool:
         """Every complete interval not yet sent, oldest first, BATCH per oadrUpdateReport; each sample
@@ -843,8 +850,9 @@ class VtnClient:
                 return False
             self._telemetry.ack([s for iv in intervals for s in iv.samples])
             self._sent_until = intervals[-1].end
-            # one line per interval is a healthy gateway's whole log: only a backlog is news
-            log.log(logging.INFO if len(intervals) > 1 else logging.DEBUG,
+            # one line per interval is a healthy gateway's whole log: only a backlog is news, said when
+            # its first batch goes and when it is all delivered, not once per batch
+            log.log(logging.INFO if len(intervals) > 1 and not (self._catch_up and self._backlog) else logging.DEBUG,
                     "TELEMETRY_USAGE: %d interval(s) of %s from %s to %s sent (request %s)", len(intervals),
                      _duration(self._granularity), _iso(intervals[0].start), _iso(intervals[-1].end),
                      self._report_request_id)
