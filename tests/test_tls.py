@@ -97,6 +97,8 @@ async def test_right_fingerprint_registers_and_reports_over_tls(pki, free_tcp_po
         try:
             await until(lambda: client.connected, 15, "TLS registration")
             assert server.vens[client.ven_id]["fingerprint"] == fp["ven"]
+            # oadrXmlSignature: this VEN signs its messages with its certificate (openleadr said false)
+            assert [r["xml_signature"] for r in server.registration_requests] == [True]
             client.record_sample(dt.datetime.now(dt.timezone.utc), 12.34)
             await until(lambda: [r[4] for r in server.reports] == [12.34], 10, "signed report")
         finally:

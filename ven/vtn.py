@@ -186,6 +186,10 @@ class VtnClient:
         self.connected = False
         self.ven_id: str | None = None
         self.registration_id: str | None = None
+        self.vtn_id: str | None = None       # the vtnID the VTN gave at registration
+        # event id -> requestID of the latest oadrDistributeEvent listing it: every eventResponse about the
+        # event carries it (2.0b rule 42), also the answers the gateway sends later (ADR-Opt-Out, a resend)
+        self._distributed_in: dict[str, str] = {}
         self.last_poll: datetime | None = None
         self.last_error: str | None = None
         self.registration_failures = 0
@@ -419,7 +423,8 @@ class VtnClient:
         client.add_report(callback=lambda: [], resource_id=c.report_resource_id,
                           measurement=measurement, unit="W", scale="k", sampling_rate=rate,
                           report_specifier_id=self._report_specifier_id, r_id=self._r_id,
-                          report_duration=sampling)
+                          # a METADATA report's duration is the history the VEN can buffer (2.0b): the queue
+                          report_duration=timedelta(days=c.queue_max_days))
         return client
 
     async def _drop_client(self) -> None:
@@ -459,12 +464,16 @@ class VtnClient:
         if rtype is None:
             self.last_error = client.last_error
             return False
-        await client.create_party_registration(ven_id=self.ven_id)
+        # oadrXmlSignature says whether this VEN signs (it does with a certificate); a pull VEN has no
+        # transport address, and openleadr would otherwise send the text "None" as one
+        answer = await client.create_party_registration(ven_id=self.ven_id, xml_signature=bool(self._cfg.cert),
+                                                        transport_address="")
         if not client.registration_id:
             self.last_error = (client.last_error or (client.refused and f"VTN refused registration: {client.refused}")
                                or "VTN refused the registration (no registrationID)")
             return False
         self.ven_id, self.registration_id = client.ven_id, client.registration_id
+        self.vtn_id = (answer[1] if answer else {}).get("vtn_id") or None
         offered = await self._offer_reports(client)
         # while polls keep failing, each cycle's registration after the first is part of that one fault
         log.log(logging.DEBUG if self._lost_by_polls and self._poll_fault_losses > 1 else logging.INFO,
@@ -600,6 +609,16 @@ class VtnClient:
             # oadrDistributeEvent lists every event for this VEN: anything missing was cancelled.
             self._schedule.retain_only(e["event_descriptor"]["event_id"] for e in events)
             self._sync_answer_cache(client, events)
+            listed = {e["event_descriptor"]["event_id"] for e in events}
+            self._distributed_in = {k: v for k, v in self._distributed_in.items() if k in listed}
+            if payload.get("request_id"):
+                self._distributed_in.update(dict.fromkeys(listed, payload["request_id"]))
+            vtn_id = payload.get("vtn_id")
+            if vtn_id and vtn_id.islower():
+                # openleadr answers every event of a VTN whose vtnID is lower case (e.g. "utility-vtn")
+                # with eiResponse 452 "ERROR": the profile sets no case for vtnID, and the VTN would read
+                # each acknowledgement as refused
+                payload = {**payload, "vtn_id": vtn_id.upper()}
             if events:
                 client.last_error = None
                 async with self._opts_lock:   # its answers and ours reach the VTN in the order decided
@@ -728,11 +747,14 @@ class VtnClient:
                     targets=[{"ven_id": self.ven_id}])
                 rtype, payload = await self._client._perform_request("EiOpt", msg)
             else:
+                # the eventResponse names the oadrDistributeEvent that carried the event (rule 42), so the
+                # VTN can match it, as it does the answer openleadr sent on that message
+                request_id = self._distributed_in.get(eid) or outils.generate_id()
                 msg = self._client._create_message(
                     "oadrCreatedEvent", ven_id=self.ven_id,
-                    response={"response_code": 200, "response_description": "OK", "request_id": outils.generate_id()},
+                    response={"response_code": 200, "response_description": "OK", "request_id": request_id},
                     event_responses=[{"response_code": 200, "response_description": "OK",
-                                      "request_id": outils.generate_id(), "event_id": eid,
+                                      "request_id": request_id, "event_id": eid,
                                       "modification_number": mod, "opt_type": opt}])
                 rtype, payload = await self._client._perform_request("EiEvent", msg)
             if rtype is None:

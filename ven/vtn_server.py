@@ -41,6 +41,8 @@ class DemoVtn:
         # oadrCanceledReport: code, text, pending; and whether it carried the cancel's requestID
         self.canceled_reports: list[tuple[int, str, list[str], bool]] = []
         self.report_metadata: list[dict] = []                        # each oadrRegisterReport's reports
+        self.created_events: list[dict] = []      # every oadrCreatedEvent as openleadr parsed it
+        self.registration_requests: list[dict] = []   # every oadrCreatePartyRegistration as parsed
         self._outbox: dict[str, list[tuple[str, dict]]] = {}
         self._forgotten: set[str] = set()
         self.vtn_id = vtn_id
@@ -80,6 +82,18 @@ class DemoVtn:
                 return await real(payload)
             handlers[message_type] = watched
         handlers["oadrCanceledReport"] = self._on_canceled     # openleadr's VTN has no handler for it
+        events = s.services["event_service"].handlers
+
+        async def created_event(payload, real=events["oadrCreatedEvent"]):
+            self.created_events.append(payload)
+            return await real(payload)
+        events["oadrCreatedEvent"] = created_event
+        registration = s.services["registration_service"].handlers
+
+        async def create_party_registration(payload, real=registration["oadrCreatePartyRegistration"]):
+            self.registration_requests.append(payload)
+            return await real(payload)
+        registration["oadrCreatePartyRegistration"] = create_party_registration
         # openleadr's VTN has no EiOpt endpoint (its OptService is a stub that is never served)
         opts = OptService(vtn_id)
         opts.handlers = {"oadrCreateOpt": self._on_create_opt}
@@ -345,6 +359,7 @@ class DemoVtn:
                 self.report_metadata.append({"ven_id": payload.get("ven_id"),
                                              "report_specifier_id": report.get("report_specifier_id"),
                                              "r_id": rd.get("r_id"), "sampling_rate": rd.get("sampling_rate"),
+                                             "duration": report.get("duration"),
                                              "power_attributes": (rd.get("measurement") or {}).get("power_attributes")})
 
     def _on_poll(self, ven_id):

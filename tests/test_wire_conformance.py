@@ -1,0 +1,92 @@
+"""OpenADR 2.0b message-level rules, checked on what a real openleadr VTN (DemoVtn) on loopback receives:
+the registration's flags, the METADATA report's buffered-history duration, the requestID each eventResponse
+names, and the acknowledgement a VTN with a lower-case vtnID gets."""
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from waiting import eventually as until
+
+from ven.config import OpenadrConfig
+from ven.schedule import EventSchedule
+from ven.storage import Storage
+from ven.telemetry import TelemetryQueue
+from ven.vtn import VtnClient
+from ven.vtn_server import DemoVtn
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@asynccontextmanager
+async def _running(tmp_path, port, vtn_id="DEMO-VTN", **cfg):
+    async with DemoVtn(port, poll_seconds=1, vtn_id=vtn_id) as server:
+        storage = Storage(tmp_path / "gw.sqlite")
+        schedule = EventSchedule(storage, lambda st: None)
+        queue = TelemetryQueue(tmp_path / "gw.sqlite")
+        vtn = VtnClient(OpenadrConfig(vtn_url=server.url, retry_min_seconds=0.2, retry_max_seconds=1.0,
+                                      telemetry_seconds=1.0, **cfg), schedule, queue)
+        await schedule.start()
+        await vtn.start()
+        try:
+            await until(lambda: vtn.connected, 10, "registration")
+            yield server, vtn
+        finally:
+            await vtn.stop()
+            await schedule.stop()
+            queue.close()
+            storage.close()
+
+
+def _answers(server: DemoVtn, event_id: str) -> list[tuple[str, str, int]]:
+    """(requestID, optType, eiResponse code) of every eventResponse the VTN got for the event."""
+    return [(r["request_id"], r["opt_type"], int(p["response"]["response_code"]))
+            for p in server.created_events for r in p.get("event_responses") or [] if r["event_id"] == event_id]
+
+
+@pytest.mark.timeout(30)
+async def test_an_opt_change_names_the_distribute_event_that_carried_the_event(tmp_path, free_tcp_port):
+    """Rule 42: an eventResponse carries the requestID of the oadrDistributeEvent. openleadr's answer on
+    arrival does; the gateway's own later answer (ADR-Opt-Out) carried a fresh id no VTN could match."""
+    async with _running(tmp_path, free_tcp_port()) as (server, vtn):
+        eid = server.add_event([1], now() + timedelta(seconds=60), 60)
+        await until(lambda: len(_answers(server, eid)) == 1, 10, "the answer on arrival")
+        vtn.set_opt_out(True)
+        await until(lambda: len(_answers(server, eid)) == 2, 10, "the optOut")
+        (on_arrival, opt_in, _), (later, opt_out, _) = _answers(server, eid)
+        assert (opt_in, opt_out) == ("optIn", "optOut")
+        assert on_arrival and later == on_arrival
+
+
+@pytest.mark.timeout(30)
+async def test_a_vtn_with_a_lower_case_vtn_id_gets_its_events_acknowledged_200(tmp_path, free_tcp_port):
+    """vtnID is any string; openleadr answered every event of a lower-case one with eiResponse 452."""
+    async with _running(tmp_path, free_tcp_port(), vtn_id="utility-vtn") as (server, vtn):
+        eid = server.add_event([2], now() + timedelta(seconds=60), 60)
+        await until(lambda: _answers(server, eid), 10, "the answer")
+        assert _answers(server, eid)[0][1:] == ("optIn", 200)
+        assert getattr(vtn, "vtn_id", None) == "utility-vtn"   # as the VTN gave it at registration
+        assert vtn._schedule.get(eid) is not None     # and followed as any other
+
+
+@pytest.mark.timeout(30)
+async def test_registration_says_pull_model_no_transport_address_and_no_signature_without_a_certificate(
+        tmp_path, free_tcp_port):
+    async with _running(tmp_path, free_tcp_port()) as (server, vtn):
+        (reg,) = server.registration_requests
+        assert (reg["profile_name"], reg["transport_name"]) == ("2.0b", "simpleHttp")
+        assert reg["http_pull_model"] is True and reg["report_only"] is False
+        assert reg["xml_signature"] is False           # no openadr.cert: messages are not signed
+        assert not reg.get("transport_address")        # a pull VEN has none (was the text "None")
+
+
+@pytest.mark.timeout(30)
+async def test_the_metadata_report_says_how_much_history_the_queue_buffers(tmp_path, free_tcp_port):
+    """A METADATA report's duration is the history the VEN can buffer: openadr.queue_max_days, not the
+    sampling period (PT1S told a VTN there was nothing to ask for after an outage)."""
+    async with _running(tmp_path, free_tcp_port(), queue_max_days=3) as (server, vtn):
+        await until(lambda: server.report_metadata, 10, "the offer")
+        assert {m["duration"] for m in server.report_metadata} == {timedelta(days=3)}
