@@ -161,6 +161,16 @@ class DemandForecaster:
         self.rejected = 0
         self.last_forecast: Forecast | None = None
 
+    # ---- load flags across a restart ------------------------------------------------------
+    def restore_flags(self, high: tuple[bool, float] | None, low: tuple[bool, float] | None) -> None:
+        """Resume the load flags as the last run left them: (on, since) each, from its stored issues.
+        A restart must not drop a held high-load (its hysteresis band and minimum on-time) nor let a
+        flag turn on again before its minimum off-time: the BAS would release a peak limit, or shed,
+        on a start-up default."""
+        for flag, state in ((self._high, high), (self._low, low)):
+            if state is not None:
+                flag.on, flag.since = bool(state[0]), float(state[1])
+
     # ---- samples -------------------------------------------------------------------------
     def _valid(self, kw) -> bool:
         try:

@@ -64,14 +64,19 @@ class ForecastStore:
             db.execute("INSERT OR REPLACE INTO forecast_model (id, saved_at, blob) VALUES (1, ?, ?)",
                        (time.time(), sqlite3.Binary(blob)))
 
-    def load_into(self, fc: DemandForecaster, now: float | None = None, model: bool = True) -> dict:
-        """Restore history (within fc.keep_days of now) and, with `model`, the model; returns what was loaded."""
+    def load_into(self, fc: DemandForecaster, now: float | None = None, model: bool = True,
+                  flags: bool = False) -> dict:
+        """Restore history (within fc.keep_days of now), with `model` the model, and with `flags` the load
+        flags as the last issue before `now` left them (on or off, and since when); returns what was loaded."""
         now = time.time() if now is None else now
         since = int((now - fc.keep_days * 86400) // 60)
         with closing(self._connect()) as db:
             rows = db.execute("SELECT minute, sum_kw, count FROM forecast_minute WHERE minute >= ? ORDER BY minute",
                               (since,)).fetchall()
             blob = db.execute("SELECT blob FROM forecast_model WHERE id = 1").fetchone()
+            states = {col: self._flag_state(db, col, now) for col in ("high_load", "low_load")} if flags else {}
+        if flags:
+            fc.restore_flags(states["high_load"], states["low_load"])
         if rows:
             ks, sums, counts = zip(*rows)
             fc.load_minutes(ks, sums, counts)
@@ -82,7 +87,22 @@ class ForecastStore:
                 model_ok = True
             except Exception as err:  # a model from another library version: refit instead
                 log.warning("stored forecast model not usable (%s: %s); will refit", type(err).__name__, err)
-        return {"minutes": len(rows), "model": model_ok}
+        loaded = {"minutes": len(rows), "model": model_ok}
+        return {**loaded, "flags": states} if flags else loaded
+
+    @staticmethod
+    def _flag_state(db, col: str, now: float) -> tuple[bool, float] | None:
+        """(on, since) of a flag at the last issue before `now`: since is the first issue of that run."""
+        last = db.execute(f"SELECT {col} FROM forecast_issue WHERE issued_at <= ? ORDER BY issued_at DESC LIMIT 1",
+                          (now,)).fetchone()
+        if last is None:
+            return None
+        on = int(last[0])
+        changed = db.execute(f"SELECT MAX(issued_at) FROM forecast_issue WHERE issued_at <= ? AND {col} != ?",
+                             (now, on)).fetchone()[0]
+        first = db.execute("SELECT MIN(issued_at) FROM forecast_issue WHERE issued_at <= ? AND issued_at > ?",
+                           (now, -math.inf if changed is None else changed)).fetchone()[0]
+        return bool(on), float(first)
 
     def reload_into(self, fc: DemandForecaster, since: float, until: float) -> int:
         """After a clock step: the stored minutes in (since, until] that fc does not hold; returns how many.

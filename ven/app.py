@@ -238,8 +238,10 @@ class Gateway:
         high, low = f.high_load and not stale, f.low_load and not stale
         self.device.set(P.HIGH_LOAD, high)
         self.device.set(P.LOW_LOAD, low)
-        self.device.set_fault(P.HIGH_LOAD, no_basis)
-        self.device.set_fault(P.LOW_LOAD, no_basis)
+        # No threshold (percentiles need a day of history, and a flat history has none) is no basis
+        # either: inactive then means "cannot tell", never "no peak", so the flag shows fault.
+        self.device.set_fault(P.HIGH_LOAD, no_basis or f.high_threshold_kw is None)
+        self.device.set_fault(P.LOW_LOAD, no_basis or f.low_threshold_kw is None)
         self.metrics.high_load.set(int(high))
         self.metrics.low_load.set(int(low))
 

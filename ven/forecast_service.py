@@ -176,11 +176,15 @@ class ForecastService:
                       type(err).__name__, err, self._reopen_seconds)
         log.info("forecaster resumed %d minutes of history%s", loaded["minutes"],
                  " and its fitted model" if loaded["model"] else "")
+        for name, state in loaded.get("flags", {}).items():
+            if state is not None and state[0]:
+                log.info("forecaster resumed %s on, as since %s (its hysteresis and minimum on-time hold across "
+                         "the restart)", name.replace("_", "-") + "-conditions", _iso(state[1]))
         self._task = asyncio.create_task(self._run(), name="forecast-cycle")
 
     def _open_store(self):
         store = ForecastStore(self.storage_path)
-        return store, store.load_into(self.forecaster, self._clock())
+        return store, store.load_into(self.forecaster, self._clock(), flags=True)
 
     async def stop(self) -> None:
         await cancel_and_wait(self._task)
