@@ -3,6 +3,7 @@ the registration's flags, the METADATA report's buffered-history duration, the r
 names, and the acknowledgement a VTN with a lower-case vtnID gets."""
 from __future__ import annotations
 
+import logging
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
 
@@ -90,3 +91,27 @@ async def test_the_metadata_report_says_how_much_history_the_queue_buffers(tmp_p
     async with _running(tmp_path, free_tcp_port(), queue_max_days=3) as (server, vtn):
         await until(lambda: server.report_metadata, 10, "the offer")
         assert {m["duration"] for m in server.report_metadata} == {timedelta(days=3)}
+
+
+@pytest.mark.timeout(30)
+async def test_an_event_list_from_another_vtn_id_is_refused_and_not_followed(tmp_path, free_tcp_port, caplog):
+    """Rule 21: an ID in a payload that is not the expected one is an error. Followed, a list naming another
+    vtnID set the level of a VTN the VEN is not registered with, and cancelled the registered VTN's events."""
+    caplog.set_level(logging.INFO, logger="ven")
+    async with _running(tmp_path, free_tcp_port()) as (server, vtn):
+        ours = server.add_event([1], now() + timedelta(seconds=60), 60)
+        await until(lambda: vtn._schedule.get(ours) is not None, 10, "the registered VTN's event")
+        poll = server._server.services["poll_service"]
+        poll.vtn_id = "OTHER-VTN"              # its answers to polls now name another vtnID
+        theirs = server.add_event([3], now() + timedelta(seconds=60), 60)
+        await until(lambda: [p for p in server.created_events if int(p["response"]["response_code"]) == 452],
+                    10, "the refusal")
+        refusal = next(p for p in server.created_events if int(p["response"]["response_code"]) == 452)
+        assert "OTHER-VTN" in refusal["response"]["response_description"] and not refusal.get("event_responses")
+        assert vtn._schedule.get(theirs) is None, "not followed"
+        assert not vtn._schedule.get(ours).cancelled, "and its list cancelled nothing"
+        poll.vtn_id = server.vtn_id
+        server._touch()
+        await until(lambda: vtn._schedule.get(theirs) is not None, 10, "taken once the registered VTN lists it")
+        said = [r.getMessage() for r in caplog.records if "oadrDistributeEvent from" in r.getMessage()]
+        assert len(said) == 2 and "vtnID 'OTHER-VTN', not 'DEMO-VTN'" in said[0] and "again" in said[1]

@@ -187,6 +187,7 @@ class VtnClient:
         self.ven_id: str | None = None
         self.registration_id: str | None = None
         self.vtn_id: str | None = None       # the vtnID the VTN gave at registration
+        self._foreign_vtn: str | None = None  # another vtnID whose oadrDistributeEvent was refused, until ours again
         # event id -> requestID of the latest oadrDistributeEvent listing it: every eventResponse about the
         # event carries it (2.0b rule 42), also the answers the gateway sends later (ADR-Opt-Out, a resend)
         self._distributed_in: dict[str, str] = {}
@@ -605,6 +606,8 @@ class VtnClient:
         if rtype == "oadrResponse":
             return
         if rtype == "oadrDistributeEvent":
+            if not await self._from_our_vtn(client, payload):
+                return
             events = payload.get("events") or []
             # oadrDistributeEvent lists every event for this VEN: anything missing was cancelled.
             self._schedule.retain_only(e["event_descriptor"]["event_id"] for e in events)
@@ -636,6 +639,27 @@ class VtnClient:
             log.info("VTN offered reports; the gateway does not take reports from the VTN")
         else:
             log.warning("VTN sent %s, which the gateway does not handle; ignored", rtype)
+
+    async def _from_our_vtn(self, client: _Client, payload: dict) -> bool:
+        """2.0b rule 21: an ID in a payload that is not the expected one is an error, not an instruction.
+        An oadrDistributeEvent naming another vtnID than the VTN registered with (a misrouted message, a
+        proxy mixing up utilities) is answered 452 and not followed: its list would cancel this VTN's
+        events, and its events would shed the building for a party it is not enrolled with."""
+        vtn_id = payload.get("vtn_id")
+        if not vtn_id or not self.vtn_id or vtn_id == self.vtn_id:
+            if self._foreign_vtn is not None:
+                log.info("oadrDistributeEvent from the registered VTN %s again", self.vtn_id)
+                self._foreign_vtn = None
+            return True
+        if vtn_id != self._foreign_vtn:
+            log.warning("oadrDistributeEvent from vtnID %r, not %r, the VTN this VEN registered with: answered %d, "
+                        "its %d event(s) not followed", vtn_id, self.vtn_id, INVALID_ID, len(payload.get("events") or []))
+            self._foreign_vtn = vtn_id
+        msg = client._create_message(
+            "oadrCreatedEvent", ven_id=self.ven_id, event_responses=None,
+            response=_ei_response(payload.get("request_id"), f"vtnID {vtn_id} is not the registered VTN's ({self.vtn_id})"))
+        await client._perform_request("EiEvent", msg)
+        return False
 
     def _sync_answer_cache(self, client: _Client, events: list[dict]) -> None:
         """openleadr answers an unmodified event from its cache without asking us. Keep that cache
