@@ -17,10 +17,10 @@ pytestmark = pytest.mark.timeout(30)
 FLAGS = (P.HIGH_LOAD, P.LOW_LOAD)
 
 
-def _config(tmp_path, bacnet_port, tcp_port, **forecaster):
+def _config(tmp_path, bacnet_port, tcp_port, meter_timeout=0.5, **forecaster):
     return parse_config({
         "bacnet": {"address": f"127.0.0.1/8:{bacnet_port}", "device_id": 500009},
-        "meter": {"address": "127.0.0.1:9", "poll_seconds": 1.0, "timeout_seconds": 0.5},
+        "meter": {"address": "127.0.0.1:9", "poll_seconds": 1.0, "timeout_seconds": meter_timeout},
         "openadr": {"vtn_url": f"http://127.0.0.1:{tcp_port}/OpenADR2/Simple/2.0b"},
         "storage": {"path": str(tmp_path / "gw.sqlite")},
         "http": {"enabled": False},
@@ -114,3 +114,20 @@ async def _is(read, want, live=False):
     if live:
         return got if got[1] == [0, 0, 0, 0] else None
     return got if got == want else None
+
+
+async def test_meter_fault_is_flagged_until_the_first_meter_read_has_ended(tmp_path, free_udp_port, free_tcp_port):
+    # "inactive" right after start claimed a good meter that had not been read yet
+    cfg = _config(tmp_path, free_udp_port(), free_tcp_port(), meter_timeout=2.0)   # 127.0.0.1:9 never answers
+    mf = P.BY_NAME[P.METER_FAULT].object_id
+    gateway = Gateway(cfg)
+    await gateway.start()
+    try:
+        async with BacnetPeer(free_udp_port()) as peer:
+            gw = cfg.bacnet.address.replace("/8", "")
+            assert await peer.read(gw, mf, "statusFlags") == [0, 1, 0, 0]
+            await eventually(lambda: gateway.device.get(P.METER_FAULT), 8, "the first read timed out")
+            assert await peer.read(gw, mf, "presentValue") == "active"
+            assert await peer.read(gw, mf, "statusFlags") == [0, 0, 0, 0]
+    finally:
+        await gateway.stop()
