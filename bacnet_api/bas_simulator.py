@@ -3,7 +3,9 @@
 Every `interval` seconds it writes the building's kW into input-power-meter at its priority, reads back
 the demand-response state, the forecasts and the flags by ReadPropertyMultiple, and decides whether to
 shed, following examples/bas-sequence-of-operation.md: shed on level >= 2 or high-load, restore only
-after `restore_cycles` calm cycles. The demo prints what it sees; tests read `.view` and `.decision`.
+after `restore_cycles` calm cycles, and hold the shed while high-load or the rate is in fault ("cannot
+tell" is not "no peak") or the load climbs fast. The demo prints what it sees; tests read `.view`,
+`.faults` and `.decision`.
 """
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ log = logging.getLogger(__name__)
 WATCHED = (P.EVENT_LEVEL, P.EVENT_ACTIVE, P.EVENT_START_MINUTES, P.FIFTEEN_MIN_FORECAST,
            P.ONE_HOUR_FORECAST, P.RATE_OF_CHANGE, P.HIGH_LOAD, P.LOW_LOAD, P.METER_POWER,
            P.VTN_CONNECTED, P.METER_FAULT)
+FLAGGED = (P.HIGH_LOAD, P.LOW_LOAD, P.RATE_OF_CHANGE)   # statusFlags read too: a fault changes the decision
+CLIMBING_KW_PER_MIN = 5.0                               # never restore while the load climbs faster
 
 
 class BasSimulator:
@@ -33,6 +37,7 @@ class BasSimulator:
         self.restore_cycles = restore_cycles
         self.on_change = on_change
         self.view: dict[str, float | bool] = {}
+        self.faults: set[str] = set()   # FLAGGED points whose statusFlags say fault
         self.decision = "normal"
         self.cycles = 0
         self._calm = 0
@@ -64,31 +69,40 @@ class BasSimulator:
                                      float(kw), priority=self.priority)
         if err is not None:
             log.warning("BAS: write input-power-meter %.1f kW refused: %s", kw, err.text)
-        specs = [(P.BY_NAME[name].object_id, ["presentValue"]) for name in WATCHED]
+        specs = [(P.BY_NAME[name].object_id, ["presentValue"] + (["statusFlags"] if name in FLAGGED else []))
+                 for name in WATCHED]
         result = await self._peer.read_multiple(self.gateway, specs)
         if isinstance(result, PeerError):
             log.warning("BAS: reading the gateway failed: %s", result.text)
             return
-        view = {}
+        view, faults = {}, set()
         for name in WATCHED:
-            kind, inst = P.BY_NAME[name].object_id.split()
-            value = result.get((f"{kind},{inst}", "presentValue"))
+            key = P.BY_NAME[name].object_id.replace(" ", ",")
+            value = result.get((key, "presentValue"))
             if isinstance(value, PeerError):
                 continue
             view[name] = _plain(value, P.BY_NAME[name].kind)
-        decision = self._decide(view)
-        changed = view != self.view or decision != self.decision
-        self.view, self.decision = view, decision
+            flags = result.get((key, "statusFlags"))
+            if name in FLAGGED and (isinstance(flags, PeerError) or flags is None or flags[1]):
+                faults.add(name)     # unreadable flags are no better than fault
+        decision = self._decide(view, faults)
+        changed = view != self.view or faults != self.faults or decision != self.decision
+        self.view, self.faults, self.decision = view, faults, decision
         if changed and self.on_change is not None:
             self.on_change(dict(view), decision)
 
-    def _decide(self, view: dict) -> str:
+    def _decide(self, view: dict, faults: set[str] = frozenset()) -> str:
         level = float(view.get(P.EVENT_LEVEL, 0) or 0)
-        high = bool(view.get(P.HIGH_LOAD, False))
+        high = bool(view.get(P.HIGH_LOAD, False)) and P.HIGH_LOAD not in faults
         if level >= 2 or high:
             self._calm = 0
             return "shed"
         if self.decision == "shed":
+            climbing = (P.RATE_OF_CHANGE in faults
+                        or float(view.get(P.RATE_OF_CHANGE, 0) or 0) > CLIMBING_KW_PER_MIN)
+            if P.HIGH_LOAD in faults or climbing:
+                self._calm = 0       # cannot tell, or a rebound is building: hold the shed
+                return "shed"
             self._calm += 1
             if self._calm < self.restore_cycles:
                 return "shed"
