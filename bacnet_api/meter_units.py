@@ -84,8 +84,7 @@ class MeterUnits:
                 return f"has no units property; meter.units says {self.name}: {converted}"
             if self.reported == UNSTATED:
                 return f"states noUnits; meter.units says {self.name}: {converted}"
-            kind = "" if self.reported in KW_PER_UNIT else f" ({_WHAT_IT_IS.get(self.reported, 'not power')})"
-            return (f"reports {self.reported}{kind}, but meter.units says {self.name}: meter.units is followed, "
+            return (f"reports {self.reported}, but meter.units says {self.name}: meter.units is followed, "
                     f"{converted}")
         if self.name is None:
             return "has no units property: its value is taken as kW"

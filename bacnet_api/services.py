@@ -194,16 +194,23 @@ class _Services(PropertyAccess):
     def _disable_initiation(self, who: Any, minutes: int) -> None:
         self._cancel_dcc_timer()
         now = datetime.now(timezone.utc)
-        self._dcc = {"mode": "disableInitiation", "by": str(who), "since": now.isoformat(timespec="seconds"),
+        renewed = self._dcc is not None  # a BAS repeating its disable: the same fault goes on, with a new end
+        self._dcc = {"mode": "disableInitiation", "by": str(who),
+                     "since": self._dcc["since"] if renewed else now.isoformat(timespec="seconds"),
                      "minutes": minutes or None,
                      "until": (now + timedelta(minutes=minutes)).isoformat(timespec="seconds") if minutes else None}
         self.asap.dccEnableDisable = "disableInitiation"  # I-Am still goes out, and every answer
         if minutes:
             self._dcc_timer = asyncio.get_running_loop().call_later(
                 minutes * DCC_MINUTE_SECONDS, self.end_communication_control, f"its {minutes} min ran out")
+        duration = f"for {minutes} min" if minutes else "with no time limit"
+        if renewed:
+            log.info("BACnet communication initiation still disabled: DeviceCommunicationControl from %s renewed "
+                     "it (%s)", who, duration)
+            return
         log.warning("BACnet communication initiation disabled by DeviceCommunicationControl from %s (%s, %s): "
                     "points are still answered, but the meter is not read and COV notifications stop",
-                    who, "disableInitiation", f"for {minutes} min" if minutes else "with no time limit")
+                    who, "disableInitiation", duration)
 
     def end_communication_control(self, why: str | None = None) -> None:
         """Initiate again; log why, unless `why` is None (the device is stopping)."""

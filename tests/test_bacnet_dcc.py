@@ -25,22 +25,12 @@ from bacnet_api.points import EVENT_LEVEL
 from bacnet_api.simulator import MeterSimulator
 from bacnet_peer import BacnetPeer
 from test_bacnet_device import DEVICE_ID, gateway, peer, where  # noqa: F401 - shared fixtures
-from test_bacnet_services import notification
+from test_bacnet_services import errors_logged, notification, request
 from waiting import eventually
 
 pytestmark = pytest.mark.timeout(60)
 
 PASSWORD = "Dr-3vent!"
-
-
-async def ask(peer: BacnetPeer, apdu, timeout: float = 3.0):
-    """The answer to a raw request: the ack, or the error/reject/abort PDU ("timeout" if none)."""
-    try:
-        return await asyncio.wait_for(peer.app.request(apdu), timeout)
-    except ErrorRejectAbortNack as err:
-        return err
-    except asyncio.TimeoutError:
-        return "timeout"
 
 
 def dcc(addr: str, mode: str, password: str | None = None, minutes: int | None = None):
@@ -60,10 +50,6 @@ def error_of(answer) -> str:
 def ours(caplog, level: int | None = None) -> list:
     return [r for r in caplog.records if r.name.startswith("bacnet_api")
             and (level is None or r.levelno == level)]
-
-
-def no_errors(caplog) -> bool:
-    return not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
 
 
 async def initiates(device: GatewayDevice, peer: BacnetPeer) -> bool:
@@ -93,7 +79,7 @@ async def guarded(free_udp_port):
 async def test_without_a_configured_password_nobody_disables_communication(gateway, peer, caplog, mode, password):
     caplog.set_level(logging.INFO)
     addr = where(gateway)
-    answer = await ask(peer, dcc(addr, mode, password))
+    answer = await request(peer, dcc(addr, mode, password))
     assert error_of(answer) == "services/service-request-denied"
     assert gateway.communication() == {"mode": "enable"}
     # the gateway still answers and still initiates
@@ -103,29 +89,29 @@ async def test_without_a_configured_password_nobody_disables_communication(gatew
     assert len(lines) == 1, lines
     assert mode in lines[0].getMessage() and "127.0.0.1:" in lines[0].getMessage()
     assert "dcc_password" in lines[0].getMessage() or "deprecated" in lines[0].getMessage()
-    assert no_errors(caplog)
+    assert not errors_logged(caplog)
     # enable only restores: it is taken from anyone
-    assert isinstance(await ask(peer, dcc(addr, "enable")), SimpleAckPDU)
+    assert isinstance(await request(peer, dcc(addr, "enable")), SimpleAckPDU)
 
 
 @pytest.mark.parametrize("password", [None, "wrong", PASSWORD.lower()], ids=["none", "wrong", "wrong-case"])
 async def test_a_wrong_password_is_a_password_failure(guarded, peer, caplog, password):
     caplog.set_level(logging.INFO)
-    answer = await ask(peer, dcc(where(guarded), "disableInitiation", password, minutes=5))
+    answer = await request(peer, dcc(where(guarded), "disableInitiation", password, minutes=5))
     assert error_of(answer) == "security/password-failure"
     assert guarded.communication() == {"mode": "enable"}
     assert await initiates(guarded, peer)
     lines = ours(caplog, logging.WARNING)
     assert len(lines) == 1 and "password-failure" in lines[0].getMessage(), lines
     assert PASSWORD not in caplog.text  # the secret is never logged
-    assert no_errors(caplog)
+    assert not errors_logged(caplog)
 
 
 async def test_disable_is_refused_even_with_the_password(guarded, peer, caplog):
     # DISABLE (answer nothing) is deprecated since Protocol_Revision 20; the device says 22
     addr = where(guarded)
     assert await peer.read(addr, f"device {DEVICE_ID}", "protocolRevision") >= 20
-    answer = await ask(peer, dcc(addr, "disable", PASSWORD))
+    answer = await request(peer, dcc(addr, "disable", PASSWORD))
     assert error_of(answer) == "services/service-request-denied"
     assert await peer.read(addr, "analogValue 4", "presentValue") == 0.0
     assert await initiates(guarded, peer)
@@ -143,7 +129,7 @@ async def test_disable_initiation_with_the_password_is_honoured_logged_and_times
         assert (await meter.read_once()).value == 42.5
         guarded.set(EVENT_LEVEL, 2)
 
-        answer = await ask(peer, dcc(addr, "disableInitiation", PASSWORD, minutes=2))
+        answer = await request(peer, dcc(addr, "disableInitiation", PASSWORD, minutes=2))
         assert isinstance(answer, SimpleAckPDU), answer
         state = guarded.communication()
         assert state["mode"] == "disableInitiation" and state["by"] == peer.address.replace("/8", "")
@@ -175,7 +161,7 @@ async def test_disable_initiation_with_the_password_is_honoured_logged_and_times
     assert [r.levelno for r in meter_lines] == [logging.WARNING, logging.INFO], meter_lines
     assert "DeviceCommunicationControl" in meter_lines[0].getMessage()
     assert PASSWORD not in caplog.text
-    assert no_errors(caplog)
+    assert not errors_logged(caplog)
 
 
 async def test_enable_ends_an_indefinite_disable_and_cov_notifications_resume(guarded, peer, caplog):
@@ -183,7 +169,7 @@ async def test_enable_ends_an_indefinite_disable_and_cov_notifications_resume(gu
     addr = where(guarded)
     async with peer.app.change_of_value(Address(addr), ObjectIdentifier("analogValue,4"), 77, True, 60) as scm:
         assert (await notification(scm))["present-value"] == 0.0  # the initial notification
-        answer = await ask(peer, dcc(addr, "disableInitiation", PASSWORD))  # no duration: until enabled
+        answer = await request(peer, dcc(addr, "disableInitiation", PASSWORD))  # no duration: until enabled
         assert isinstance(answer, SimpleAckPDU), answer
         assert guarded.communication()["until"] is None
         guarded.set(EVENT_LEVEL, 3)  # a confirmed notification the gateway must not send now
@@ -191,7 +177,7 @@ async def test_enable_ends_an_indefinite_disable_and_cov_notifications_resume(gu
             await asyncio.wait_for(scm.get_value(), 1.0)
         assert await peer.read(addr, "analogValue 4", "presentValue") == 3.0
 
-        assert isinstance(await ask(peer, dcc(addr, "enable")), SimpleAckPDU)  # no password needed
+        assert isinstance(await request(peer, dcc(addr, "enable")), SimpleAckPDU)  # no password needed
         assert guarded.communication() == {"mode": "enable"}
         guarded.set(EVENT_LEVEL, 1)
         assert (await notification(scm))["present-value"] == 1.0
@@ -201,7 +187,24 @@ async def test_enable_ends_an_indefinite_disable_and_cov_notifications_resume(gu
     assert "enabled by DeviceCommunicationControl" in lines[1].getMessage()
     # the notification not sent is not blamed on the subscriber
     assert not [r for r in ours(caplog) if "COV subscriber" in r.getMessage()]
-    assert no_errors(caplog)
+    assert not errors_logged(caplog)
+
+
+async def test_a_repeated_disable_is_one_fault_with_a_new_end(guarded, peer, caplog):
+    # a BAS that sends its disable again (to extend it) does not start a second fault
+    caplog.set_level(logging.INFO)
+    addr = where(guarded)
+    assert isinstance(await request(peer, dcc(addr, "disableInitiation", PASSWORD, minutes=5)), SimpleAckPDU)
+    first = guarded.communication()
+    await asyncio.sleep(1.1)  # the times are to the second
+    assert isinstance(await request(peer, dcc(addr, "disableInitiation", PASSWORD)), SimpleAckPDU)
+    renewed = guarded.communication()
+    assert renewed["since"] == first["since"] and first["until"] and renewed["until"] is None
+    assert isinstance(await request(peer, dcc(addr, "enable")), SimpleAckPDU)
+    lines = [r for r in ours(caplog) if r.name == "bacnet_api.services"]
+    assert [r.levelno for r in lines] == [logging.WARNING, logging.INFO, logging.INFO], lines
+    assert "renewed" in lines[1].getMessage() and "no time limit" in lines[1].getMessage()
+    assert not errors_logged(caplog)
 
 
 @pytest.mark.parametrize("state", ["coldstart", "warmstart", "startBackup", "activateChanges"])
@@ -217,7 +220,7 @@ async def test_reinitialize_device_is_refused_and_logged(free_udp_port, peer, ca
         apdu = ReinitializeDeviceRequest(reinitializedStateOfDevice=state, destination=Address(addr))
         if sent:
             apdu.password = CharacterString(PASSWORD)
-        answer = await ask(peer, apdu)
+        answer = await request(peer, apdu)
         assert isinstance(answer, RejectPDU) and str(answer.apduAbortRejectReason) == "unrecognized-service", answer
         lines = ours(caplog, logging.WARNING)
         assert len(lines) == 1 and "ReinitializeDevice" in lines[0].getMessage() and state in lines[0].getMessage()
@@ -229,13 +232,13 @@ async def test_reinitialize_device_is_refused_and_logged(free_udp_port, peer, ca
     finally:
         await device.stop()
     assert PASSWORD not in caplog.text
-    assert no_errors(caplog)
+    assert not errors_logged(caplog)
 
 
 async def test_a_stopped_device_leaves_no_time_out_behind(guarded, peer, monkeypatch, caplog):
     monkeypatch.setattr(services, "DCC_MINUTE_SECONDS", 0.3)
     caplog.set_level(logging.INFO)
-    answer = await ask(peer, dcc(where(guarded), "disableInitiation", PASSWORD, minutes=1))
+    answer = await request(peer, dcc(where(guarded), "disableInitiation", PASSWORD, minutes=1))
     assert isinstance(answer, SimpleAckPDU)
     await guarded.stop()
     assert guarded.communication() == {"mode": "enable"}
@@ -244,7 +247,7 @@ async def test_a_stopped_device_leaves_no_time_out_behind(guarded, peer, monkeyp
     await guarded.start()  # a restarted device initiates
     assert guarded.communication() == {"mode": "enable"}
     assert await initiates(guarded, peer)
-    assert no_errors(caplog)
+    assert not errors_logged(caplog)
 
 
 @pytest.mark.timeout(60)
@@ -281,7 +284,7 @@ async def test_the_whole_gateway_while_initiation_is_disabled(tmp_path, free_udp
                 await eventually(lambda: gateway.meter.last_good is not None and not stale_points(gateway, any), 15)
                 assert (await status())["device"]["communication"] == {"mode": "enable"}
 
-                answer = await ask(bas, dcc(gw, "disableInitiation", PASSWORD))
+                answer = await request(bas, dcc(gw, "disableInitiation", PASSWORD))
                 assert isinstance(answer, SimpleAckPDU), answer
                 await eventually(lambda: gateway.meter.fault, 5)
                 body = await status()
@@ -296,7 +299,7 @@ async def test_the_whole_gateway_while_initiation_is_disabled(tmp_path, free_udp
                 await eventually(lambda: stale_points(gateway), 3)
                 assert gateway.health() == (True, "ok")
 
-                assert isinstance(await ask(bas, dcc(gw, "enable")), SimpleAckPDU)
+                assert isinstance(await request(bas, dcc(gw, "enable")), SimpleAckPDU)
                 await eventually(lambda: not gateway.meter.fault and not stale_points(gateway, any), 8)
                 assert (await status())["device"]["communication"] == {"mode": "enable"}
         finally:

@@ -178,6 +178,26 @@ async def test_an_event_that_wants_no_response_arriving_while_opted_out_is_opted
     assert gw.schedule.get(never).opt == OPT_OUT and server.opts_for(never) == []
 
 
+@pytest.mark.timeout(30)
+async def test_an_event_that_wants_no_response_listed_again_after_opting_back_in_gets_create_opt_opt_in(peers):
+    # The VTN heard optOut; the event is dropped (an implied cancellation), ADR-Opt-Out is relinquished
+    # meanwhile, and the event is listed again: the site now takes part, so the VTN must hear optIn.
+    server, gw = peers
+    gw.vtn.set_opt_out(True)
+    ev = put_event(server, [2], response_required="never")
+    never = ev.event_descriptor.event_id
+    await until(lambda: server.created_opts_for(never) == [OPT_OUT], 8, "oadrCreateOpt optOut on arrival")
+    server.drop_event(never)
+    await until(lambda: gw.schedule.get(never).cancelled, 5, "implied cancellation")
+    gw.vtn.set_opt_out(False)
+    server._events.append(ev)       # listed again, unchanged
+    server._touch()
+    await until(lambda: not gw.schedule.get(never).cancelled, 5, "listed again")
+    assert gw.schedule.get(never).opt == OPT_IN
+    await until(lambda: server.created_opts_for(never) == [OPT_OUT, OPT_IN], 5, "oadrCreateOpt optIn")
+    assert server.opts_for(never) == []
+
+
 # -- pure ------------------------------------------------------------------------------------------
 
 T0 = datetime(2026, 11, 22, 1, 0, tzinfo=timezone.utc)

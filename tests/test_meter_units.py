@@ -191,9 +191,9 @@ async def test_meter_units_does_not_make_an_energy_register_into_power(gateway, 
         assert reading.value is None and "units kilowattHours is not a power unit (energy)" in reading.error
 
 
-@pytest.mark.parametrize("reported, kind", [("kilowatts", ""), ("megawatts", "")])
+@pytest.mark.parametrize("reported", ["kilowatts", "megawatts"])
 async def test_a_meter_naming_another_unit_than_meter_units_is_warned_once_and_meter_units_followed(
-        gateway, free_udp_port, reported, kind, caplog):
+        gateway, free_udp_port, reported, caplog):
     caplog.set_level(logging.INFO, logger="bacnet_api.meter")
     async with MeterSimulator(f"127.0.0.1/8:{free_udp_port()}", value=42500.0, units=reported) as sim:
         meter = client(gateway, sim, units="watts")
@@ -204,7 +204,7 @@ async def test_a_meter_naming_another_unit_than_meter_units_is_warned_once_and_m
         assert (await asyncio.wait_for(meter.read_once(), 5)).value == pytest.approx(42.5)
         assert meter.units == reported and not meter.fault
     warned = [m for m in meter_logs(caplog, logging.WARNING) if not m.startswith("meter fault:")]
-    assert warned == [f"meter {sim.meter_address} analogInput 2 reports {reported}{kind}, but meter.units says "
+    assert warned == [f"meter {sim.meter_address} analogInput 2 reports {reported}, but meter.units says "
                       "watts: meter.units is followed, readings are converted to kW (x 0.001)"]
 
 

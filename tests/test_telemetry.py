@@ -233,3 +233,4 @@ async def test_a_backlog_sampled_faster_than_telemetry_seconds_goes_in_full_batc
         await client.stop()
         await schedule.stop()
         queue.close()
+        storage.close()

@@ -5,41 +5,21 @@ from __future__ import annotations
 
 import logging
 from contextlib import asynccontextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
 import pytest
+from test_vtn import now, running
 from waiting import eventually as until
 
-from ven.config import OpenadrConfig
-from ven.schedule import EventSchedule
-from ven.storage import Storage
-from ven.telemetry import TelemetryQueue
-from ven.vtn import VtnClient
 from ven.vtn_server import DemoVtn
-
-
-def now() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 @asynccontextmanager
 async def _running(tmp_path, port, vtn_id="DEMO-VTN", **cfg):
     async with DemoVtn(port, poll_seconds=1, vtn_id=vtn_id) as server:
-        storage = Storage(tmp_path / "gw.sqlite")
-        schedule = EventSchedule(storage, lambda st: None)
-        queue = TelemetryQueue(tmp_path / "gw.sqlite")
-        vtn = VtnClient(OpenadrConfig(vtn_url=server.url, retry_min_seconds=0.2, retry_max_seconds=1.0,
-                                      telemetry_seconds=1.0, **cfg), schedule, queue)
-        await schedule.start()
-        await vtn.start()
-        try:
-            await until(lambda: vtn.connected, 10, "registration")
-            yield server, vtn
-        finally:
-            await vtn.stop()
-            await schedule.stop()
-            queue.close()
-            storage.close()
+        async with running(tmp_path, server.url, **cfg) as gw:
+            await until(lambda: gw.vtn.connected, 10, "registration")
+            yield server, gw.vtn
 
 
 def _answers(server: DemoVtn, event_id: str) -> list[tuple[str, str, int]]:
