@@ -22,8 +22,10 @@ QUEUE_TABLE = ("CREATE TABLE IF NOT EXISTS telemetry_queue ("
 # at a 1 s poll is 600k rows, tens of ms per sample on the event loop, more on a small box).
 QUEUE_TS_INDEX = "CREATE INDEX IF NOT EXISTS telemetry_queue_ts ON telemetry_queue (ts)"
 # A file from before the index that cannot take it (an upgrade over a week's backlog on a nearly full
-# card: the index and its WAL need tens of MB) is used without it; building it is tried this often.
+# card: the index and its WAL need tens of MB) is used without it; building it is tried after this long,
+# then twice as long each time up to an hour: each try reads the whole queue on the event loop.
 INDEX_RETRY_SECONDS = 60.0
+INDEX_RETRY_MAX_SECONDS = 3600.0
 
 
 @dataclass(frozen=True)
@@ -79,15 +81,17 @@ class TelemetryQueue:
     def _index(self, conn: sqlite3.Connection) -> None:
         """Index the queue on ts (a file from before the index gets it at the first start). The index
         only speeds bounding up: a file that cannot take it still queues and delivers what it holds,
-        bounding by a scan as before, and the index is tried again every INDEX_RETRY_SECONDS."""
+        bounding by a scan as before, and the index is tried again later (INDEX_RETRY_SECONDS, doubling)."""
         try:
             conn.execute(QUEUE_TS_INDEX)
         except sqlite3.Error as err:
             if self._index_retry is None:
                 log.warning("storage.path %s: cannot index the telemetry queue (%s): the queue works without "
                             "the index (bounding its age scans it, slower with a large backlog); tried again "
-                            "every %g s", self.path, err, INDEX_RETRY_SECONDS)
-            self._index_retry = ReopenTimer(INDEX_RETRY_SECONDS)
+                            "in %g s, then less and less often", self.path, err, INDEX_RETRY_SECONDS)
+            delay = INDEX_RETRY_SECONDS if self._index_retry is None else min(
+                2 * self._index_retry.seconds, INDEX_RETRY_MAX_SECONDS)
+            self._index_retry = ReopenTimer(delay)
             return
         if self._index_retry is not None:
             log.info("storage.path %s: telemetry queue indexed", self.path)
