@@ -714,15 +714,16 @@ class VtnClient:
             return _answer(self._schedule.get(eid))
         # a new event, or one back from an implied cancellation (ADR-Opt-Out may have changed meanwhile,
         # and set_opt_out leaves cancelled events alone), takes the site's answer of now
-        if (prev is None or prev.unlisted) and not ev.test_event and not ev.cancelled:
+        fresh = (prev is None or prev.unlisted) and not ev.test_event and not ev.cancelled
+        if fresh:
             ev = with_opt(ev, OPT_OUT if self._schedule.opted_out else OPT_IN)
-            # no answer means taking part: the utility has to hear that this site will not, and, for an
-            # event back from an implied cancellation that it last heard optOut for, that it now does
-            if ev.response_required == "never" and OPT_OUT in (ev.opt, prev and prev.opt):
-                self._pending_opts[eid] = (ev.modification_number, ev.opt, True)
-                self._opts_changed()
         if self._schedule.upsert(ev) is not None:  # None: not taken (the schedule logs why)
             self._log_event(ev, prev)
+            # no answer means taking part: the utility has to hear that this site will not, and, for an
+            # event back from an implied cancellation that it last heard optOut for, that it now does
+            if fresh and ev.response_required == "never" and OPT_OUT in (ev.opt, prev and prev.opt):
+                self._pending_opts[eid] = (ev.modification_number, ev.opt, True)
+                self._opts_changed()
         return _answer(self._schedule.get(eid))
 
     @staticmethod
