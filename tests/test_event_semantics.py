@@ -3,6 +3,7 @@ history's shading. The VTN side is a real openleadr VTN (DemoVtn) on loopback, w
 another utility's VTN could send them (which DemoVtn.add_event does not)."""
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from contextlib import asynccontextmanager
@@ -241,3 +242,44 @@ def test_history_shades_only_what_ran_after_the_event_arrived():
     assert [(s["event_id"], s["level"], s["start"], s["end"]) for s in shaded["events"]] == [
         ("late", 1, at(30).timestamp(), at(60).timestamp()),
         ("timely", 2, at(0).timestamp(), at(10).timestamp())]
+
+
+
+class _VtnClock:
+    """The VTN's wall clock as DemoVtn reads it (its event status and its list), `ahead` of this host's."""
+    def __init__(self, monkeypatch):
+        import ven.vtn_server as vtn_server
+        self.ahead = timedelta(0)
+        clock = self
+
+        class Skewed(datetime):
+            @classmethod
+            def now(cls, tz=None):
+                return datetime.now(tz) + clock.ahead
+        monkeypatch.setattr(vtn_server, "datetime", Skewed)
+
+
+@pytest.mark.timeout(40)
+async def test_an_event_the_vtn_listed_completed_by_a_clock_ahead_runs_to_its_end_here(peers, monkeypatch, caplog):
+    # The VEN keeps its own clock (the BAS was told when the event ends). A VTN 66 s ahead lists the event
+    # completed, then stops listing it (DemoVtn: a minute after its end) 6 s before it ends here: that is the
+    # end the VTN saw, not an implied cancellation, so the level holds to the end by this clock.
+    server, gw = peers
+    vtn_clock = _VtnClock(monkeypatch)
+    start = now() - timedelta(seconds=1)
+    eid = server.add_event([2], start, 12)
+    end = start + timedelta(seconds=12)
+    await until(lambda: gw.level == 2.0, 5, "event applied")
+    vtn_clock.ahead = timedelta(seconds=66)
+    server.add_event([1], now() + timedelta(hours=2), 60)            # a new list: the event is "completed" there
+    await until(lambda: len(gw.schedule.events()) == 2, 5, "the second event")
+    await asyncio.sleep(max(0.0, (end - timedelta(seconds=6) - now()).total_seconds()) + 0.3)
+    server.add_event([1], now() + timedelta(hours=3), 60)            # a new list, without it
+    await until(lambda: len(gw.schedule.events()) == 3, 5, "the third event")
+    assert eid not in {e.event_descriptor.event_id for e in server._events}   # the VTN dropped it
+    assert now() < end - timedelta(seconds=1)
+    assert gw.level == 2.0 and not gw.schedule.get(eid).cancelled
+    assert not messages(caplog, f"event {eid} no longer listed by the VTN: treated as cancelled")
+    await until(lambda: gw.level == 0.0, (end - now()).total_seconds() + 2, "its end by this clock")
+    assert now() >= end - timedelta(milliseconds=10)
+    assert gw.described(eid)["status"] == "completed" and gw.described(eid)["cancelled_at"] is None

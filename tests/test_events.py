@@ -152,3 +152,22 @@ def test_an_event_keeps_its_latest_answers_only():
         ev = ev.opted(OPT_OUT if i % 2 == 0 else OPT_IN, ev.received_at + timedelta(seconds=10 * (i + 1)))
     assert len(ev.opt_changes) == MAX_OPT_CHANGES
     assert ev.opt_changes[-1] == (ev.received_at + timedelta(seconds=10 * (MAX_OPT_CHANGES + 5)), ev.opt)
+
+
+def test_a_modification_adding_randomization_to_a_pending_event_draws_an_offset():
+    # Every VEN got the event without startafter (offset 0); the VTN then adds a 10-minute window so the
+    # sites do not all start together: each must draw its own, not keep the 0 it never drew.
+    first = from_openleadr(raw_event(), T0 - timedelta(hours=1))
+    assert first.start_offset == timedelta(0)
+    modified = from_openleadr(raw_event(mod=1, startafter=600), T0 - timedelta(minutes=50), previous=first,
+                              rng=random.Random(1))
+    assert timedelta(0) < modified.start_offset <= timedelta(seconds=600)
+    assert modified.start == T0 + modified.start_offset
+    # drawn once: a further modification keeps it
+    again = from_openleadr(raw_event(levels=(3,), mod=2, startafter=600), T0 - timedelta(minutes=40),
+                           previous=modified, rng=random.Random(2))
+    assert again.start_offset == modified.start_offset
+    # an event already running here keeps its start: no jump back to level 0 mid-event
+    running = from_openleadr(raw_event(mod=1, startafter=600), T0 + timedelta(seconds=30), previous=first,
+                             rng=random.Random(1))
+    assert running.start_offset == timedelta(0)

@@ -331,7 +331,8 @@ def from_openleadr(raw: dict, received_at: datetime, previous: Event | None = No
     """Convert one event dict as openleadr's parser delivers it.
 
     `previous` is the stored copy of the same event, if any: its randomization offset and opt
-    answer survive a modification (the offset is redrawn only if the new window no longer holds it).
+    answer survive a modification (the offset is redrawn only if the new window no longer holds it, and
+    drawn when a modification adds a startafter to an event that has not started here).
     """
     desc = raw["event_descriptor"]
     active = raw.get("active_period") or {}
@@ -368,7 +369,12 @@ def from_openleadr(raw: dict, received_at: datetime, previous: Event | None = No
     start_after = _find(active.get("tolerance"), "startafter") or timedelta(0)
     ramp_up = active.get("ramp_up_period") or active.get("ramp_up")  # openleadr parses x-eiRampUp as ramp_up
     ramp_up = _find(ramp_up, "duration") if isinstance(ramp_up, dict) else ramp_up
-    if previous is not None and timedelta(0) <= previous.start_offset <= start_after:
+    # An offset is kept once drawn, or once the event runs here; a 0 that was never drawn (the event had no
+    # startafter) is not one: a VTN adding randomization to a pending event has each VEN draw its own, or
+    # every site of the program would still start together.
+    kept = previous is not None and (previous.start_after > timedelta(0) or previous.start_offset > timedelta(0)
+                                     or previous.start <= received_at)
+    if kept and timedelta(0) <= previous.start_offset <= start_after:
         offset = previous.start_offset
     elif start_after > timedelta(0):
         offset = timedelta(seconds=(rng or random).uniform(0.0, start_after.total_seconds()))

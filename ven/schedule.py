@@ -52,6 +52,7 @@ class EventSchedule:
         self._task: asyncio.Task | None = None
         self._loaded = False
         self._unjudged: set[str] = set()   # unlisted by the VTN while the wall clock was not set
+        self._ended_by_vtn: set[str] = set()  # listed completed, then no longer listed, still running here
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -148,9 +149,29 @@ class EventSchedule:
         self._unjudged = set()
         return self._cancel_unlisted(unlisted, now)
 
+    def vtn_completed(self, event_ids: Iterable[str]) -> None:
+        """The VTN listed these events with eventStatus completed: they are over by its clock, so its
+        dropping them from the list afterwards is their end, not an implied cancellation. Kept with the
+        event (its VTN status), as openleadr passes an unchanged event on only when it first sees it."""
+        for eid in event_ids:
+            ev = self._events.get(eid)
+            if ev is not None and not ev.cancelled and ev.status != "completed":
+                ev = replace(ev, status="completed")
+                self._storage.save_event(ev)
+                self._events[eid] = ev
+
     def _cancel_unlisted(self, unlisted: Iterable[str], now: datetime) -> list[str]:
-        gone = [eid for eid in sorted(unlisted) if (ev := self._events.get(eid)) is not None
+        live = [eid for eid in sorted(unlisted) if (ev := self._events.get(eid)) is not None
                 and not ev.cancelled and now < ev.end - ev.start_offset]
+        # A VTN whose clock runs ahead of this one ends an event, and stops listing it, before it ends
+        # here: once it has said "completed", the event runs to its end by this clock (what the BAS was told).
+        over = [eid for eid in live if self._events[eid].status == "completed"]
+        for eid in set(over) - self._ended_by_vtn:
+            log.info("event %s, listed completed by the VTN, is no longer listed: it runs to its end here (%s); "
+                     "the VTN's clock may be ahead of this one", eid,
+                     self._events[eid].end.isoformat(timespec="seconds"))
+        self._ended_by_vtn = set(over)
+        gone = [eid for eid in live if eid not in over]
         for eid in gone:
             log.info("event %s no longer listed by the VTN: treated as cancelled", eid)
             self.cancel(eid, unlisted=True)

@@ -609,6 +609,9 @@ class VtnClient:
             if not await self._from_our_vtn(client, payload):
                 return
             events = payload.get("events") or []
+            # what the VTN says has completed is not cancelled when it stops listing it (its clock may be ahead)
+            self._schedule.vtn_completed(e["event_descriptor"]["event_id"] for e in events
+                                         if e["event_descriptor"].get("event_status") == "completed")
             # oadrDistributeEvent lists every event for this VEN: anything missing was cancelled.
             self._schedule.retain_only(e["event_descriptor"]["event_id"] for e in events)
             self._sync_answer_cache(client, events)
