@@ -283,3 +283,20 @@ async def test_an_event_the_vtn_listed_completed_by_a_clock_ahead_runs_to_its_en
     await until(lambda: gw.level == 0.0, (end - now()).total_seconds() + 2, "its end by this clock")
     assert now() >= end - timedelta(milliseconds=10)
     assert gw.described(eid)["status"] == "completed" and gw.described(eid)["cancelled_at"] is None
+
+
+@pytest.mark.timeout(10)
+def test_intervals_running_past_the_active_period_are_cut_at_its_end(caplog):
+    # The profile has the intervals add up to the active period; a VTN whose intervals run longer ends
+    # its event (completed) while the building would go on shedding past it.
+    caplog.set_level(logging.WARNING, logger="ven")
+    raw = raw_event([2, 3, 1])                                    # three 10-minute intervals from T0 ...
+    raw["active_period"]["duration"] = timedelta(minutes=25)      # ... in a 25-minute active period
+    ev = from_openleadr(raw, T0)
+    assert ev.end == T0 + timedelta(minutes=25)
+    assert [ev.simple_level(T0 + timedelta(minutes=m)) for m in (5, 15, 24, 26, 29)] == [2.0, 3.0, 1.0, None, None]
+    assert len(caplog.records) == 1 and "past the active period's end" in caplog.records[0].getMessage()
+    from_openleadr(raw, T0, previous=ev)                          # listed again: no second warning
+    assert len(caplog.records) == 1
+    raw["active_period"]["duration"] = timedelta(minutes=15)      # an interval wholly past the end is dropped
+    assert [i.payload for i in from_openleadr(raw, T0).signals[0].intervals] == [2.0, 3.0]

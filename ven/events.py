@@ -364,6 +364,14 @@ def from_openleadr(raw: dict, received_at: datetime, previous: Event | None = No
             cursor = start + duration
         if open_ended and intervals:
             intervals[-1] = replace(intervals[-1], duration=OPEN_ENDED)
+        elif ap_start is not None and active.get("duration") and intervals and cursor > ap_start + active["duration"]:
+            # The profile has the intervals add up to the active period. Past it, the VTN's own event is
+            # over (its status says completed): the active period is the limit, not a shed beyond it.
+            ap_end = ap_start + active["duration"]
+            if previous is None or previous.modification_number != int(desc.get("modification_number") or 0):
+                log.warning("event %s: %s intervals run to %s, past the active period's end %s: cut there",
+                            desc.get("event_id"), name, cursor.isoformat(), ap_end.isoformat())
+            intervals = [replace(i, duration=min(i.duration, ap_end - i.start)) for i in intervals if i.start < ap_end]
         signals.append(Signal(name, str(s.get("signal_type")), tuple(intervals)))
 
     start_after = _find(active.get("tolerance"), "startafter") or timedelta(0)
