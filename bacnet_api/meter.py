@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -44,6 +45,12 @@ from .meter_units import MeterUnits, NotPower, check_configured, meter_units
 from .services import CommunicationDisabled
 
 log = logging.getLogger(__name__)
+
+
+def _fault_kind(error: str | None) -> str:
+    """A failed read's cause without its numbers (times, values, addresses), so the same cause with
+    another timestamp or value is not a new one."""
+    return re.sub(r"\d+", "#", error or "")
 
 
 @dataclass(frozen=True)
@@ -96,6 +103,8 @@ class MeterClient:
         self.latest: MeterReading | None = None       # the last attempt, answered or not
         self.last_good: MeterReading | None = None    # the last reading that carried a value
         self.fault = False
+        self._fault_logged: str | None = None  # the cause of the present fault the log names last
+        self._fault_next: tuple[str | None, int] = (None, 0)  # another cause, and for how many reads in a row
         self.units: str | None = None  # what the meter's units property last said ("watts"), for the operator
         self._conversion: MeterUnits | None = None  # None: read units (and statusFlags support) at the next read
         self._conversion_app: Application | None = None
@@ -301,8 +310,21 @@ class MeterClient:
         if reading.value is not None:
             self.last_good = reading
         failed = reading.value is None
+        kind = _fault_kind(reading.error) if failed else None
         if failed and not self.fault:
             log.warning("meter fault: %s", reading.error)
+            self._fault_logged, self._fault_next = kind, (None, 0)
+        elif failed and kind != self._fault_logged:
+            # the cause changed while the fault lasts (silent, then answering in kWh): say so, else the log
+            # still blames the first cause. A cause must hold for two reads, so two that alternate (a busy
+            # router) do not log every read.
+            seen = self._fault_next[1] + 1 if self._fault_next[0] == kind else 1
+            self._fault_next = (kind, seen)
+            if seen >= 2:
+                log.warning("meter fault, cause changed: %s", reading.error)
+                self._fault_logged, self._fault_next = kind, (None, 0)
+        elif failed:
+            self._fault_next = (None, 0)
         elif not failed and self.fault:
             log.info("meter answering again: %s = %.2f kW", self.address, reading.value)
         self.fault = failed

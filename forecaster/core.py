@@ -220,6 +220,17 @@ class DemandForecaster:
     def newest_sample_at(self) -> float | None:
         return self._newest_t
 
+    def power_minutes(self, since_epoch: float) -> dict:
+        """The 1-minute mean power held in memory from since_epoch on, shaped like ForecastStore.history's
+        "power" ({"time": minute end, epoch s; "kw"}): the chart's source while storage.path cannot be opened."""
+        with self._lock:  # the HTTP history is shaped in a worker thread while samples come in
+            span = self._bins.span()
+            if span is None:
+                return {"time": [], "kw": []}
+            snap = self._bins.snapshot(max(span[0], math.ceil(since_epoch / 60.0)), span[1])
+        held = np.flatnonzero(snap.counts)
+        return {"time": [float(snap.k0 + i) * 60.0 for i in held], "kw": [float(snap.means[i]) for i in held]}
+
     def seed(self, times, values) -> int:
         """Bulk-load a history (any order, any age); invalid values are skipped. Returns how many were kept."""
         t = np.asarray(times, dtype=float)

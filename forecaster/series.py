@@ -123,12 +123,6 @@ class MinuteBins:
             offsets[a - lo:b - lo] = self.offsets[a - self.k0:b - self.k0]
         return MinuteSnapshot(lo, sums, counts, offsets)
 
-    def minutes(self, k_from: int, k_to: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(minute, sum, count) of the non-empty minutes in [k_from, k_to]."""
-        s = self.snapshot(k_from, k_to)
-        nz = np.flatnonzero(s.counts)
-        return s.k0 + nz, s.sums[nz], s.counts[nz]
-
 
 class MinuteSnapshot:
     """A frozen copy of minute means with O(1) windowed means via prefix sums."""

@@ -76,6 +76,7 @@ class Gateway:
         self._late_restore: asyncio.Task | None = None
         self._schedule_listeners: list = []
         self._counted = {"sent": 0, "dropped": 0, "poll_failures": 0}
+        self._input_stale_logged = False  # the forecaster's lack of input has been logged (and not its end)
         self.metrics.set_version(__version__)
 
     # The forecaster, the VEN and the HTTP API are built on first use: their modules are slow to import
@@ -228,6 +229,7 @@ class Gateway:
         # The power source went silent for input_stale_seconds: the last values stay readable, flagged,
         # and the load flags drop (no basis for a claim), flagged too, so "no peak" and "no data" differ.
         stale = self.forecast.input_stale()
+        self._log_input_stale(stale)
         for horizon, name in ((short, P.FIFTEEN_MIN_FORECAST), (long, P.ONE_HOUR_FORECAST)):
             kw = f.demand_kw.get(horizon)
             self._set_or_fault(name, None if stale else kw)
@@ -245,6 +247,25 @@ class Gateway:
         self.metrics.high_load.set(int(high))
         self.metrics.low_load.set(int(low))
 
+    def _log_input_stale(self, stale: bool) -> None:
+        """One WARNING when the forecaster runs out of power input, one INFO when it has some again. Not
+        during the first input_stale_seconds after start: no sample yet (or only the history resumed from
+        storage) is not yet a silence."""
+        c = self.config.forecaster
+        if stale and not self._input_stale_logged:
+            if time.monotonic() - self.started_at <= c.input_stale_seconds:
+                return
+            source = {"bacnet_input": "the BAS has not written input-power-meter",
+                      "meter": "no meter reading"}.get(c.source, "neither the BAS (input-power-meter) nor the meter gave power")
+            log.warning("forecaster has no power input: %s for %.0f s (forecaster.source %s); forecasts, "
+                        "power-rate-of-change and the load flags show fault until power comes in",
+                        source, c.input_stale_seconds, c.source)
+            self._input_stale_logged = True
+        elif not stale and self._input_stale_logged:
+            log.info("forecaster has power input again (%s): forecasts and flags are computed from it again",
+                     self.forecast.status().get("active_source") or c.source)
+            self._input_stale_logged = False
+
     def _set_or_fault(self, name: str, value: float | None) -> None:
         # No value (no recent power to forecast from): the last one stays readable but flagged, so a
         # BAS never reads an old forecast as a live one.
@@ -255,9 +276,29 @@ class Gateway:
     # -- the operator's view (ven.http_api.GatewayView) ------------------------------------------------
 
     def health(self) -> tuple[bool, str]:
+        # Only a stopped device makes the gateway unhealthy: a restart brings back neither a VTN, a meter
+        # nor a BAS, and it loses what an unwritable storage.path keeps in memory. What cannot work is
+        # named in the 200 answer, so `curl /healthz` and the orchestrator's health log say it.
         if not self.device.running:
             return False, "BACnet device is not running"
-        return True, "ok"
+        degraded = self.degraded()
+        return True, f"ok (degraded: {'; '.join(degraded)})" if degraded else "ok"
+
+    def degraded(self) -> list[str]:
+        """Each part of the job the gateway cannot do now, in a few words."""
+        out = []
+        comm = self.device.communication()
+        if comm.get("mode", "enable") != "enable":
+            out.append(f"BACnet communication initiation disabled by {comm.get('by') or 'a BACnet client'}")
+        if not self.vtn.connected:
+            out.append("VTN not connected")
+        if self.meter.fault:
+            out.append("meter fault")
+        if not self.storage_status()["ok"]:
+            out.append("storage.path not writable")
+        if self._input_stale_logged:
+            out.append("forecaster has no power input")
+        return out
 
     def status(self) -> dict:
         latest, good = self.meter.latest, self.meter.last_good
@@ -320,6 +361,10 @@ class Gateway:
                 counters[key].inc(total - self._counted[key])
             self._counted[key] = total
         self.metrics.telemetry_queue_depth.set(self.telemetry.pending)
+        self.metrics.meter_fault.set(int(bool(self.meter.fault)))
+        self.metrics.storage_writable.set(int(self.storage_status()["ok"]))
+        self.metrics.bacnet_initiation_disabled.set(int(self.device.communication().get("mode", "enable") != "enable"))
+        self.metrics.forecast_input_stale.set(int(self.forecast.input_stale()))
         for horizon, h in self.forecast.status().get("horizons", {}).items():
             for model, key in (("forecaster", "validation_rmse_kw"), ("persistence", "validation_persistence_rmse_kw")):
                 if h.get(key) is not None:

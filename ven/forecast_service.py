@@ -386,9 +386,12 @@ class ForecastService:
         return st
 
     def history(self, hours: float) -> dict:
+        since = self._clock() - hours * 3600
         if self._store is None:
-            return {"power": {"time": [], "kw": []}, "forecasts": {}, "flags": {}}
-        return self._store.history(self._clock() - hours * 3600)
+            # storage.path could not be opened: the power (and so the demand) the forecaster holds in memory,
+            # rather than a chart claiming there were no readings; forecasts and flags are not kept in memory
+            return {"power": self.forecaster.power_minutes(since), "forecasts": {}, "flags": {}}
+        return self._store.history(since)
 
 
 def _iso(t: float) -> str:

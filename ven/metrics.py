@@ -56,6 +56,17 @@ class Metrics:
         self.event_loop_lag_seconds = Gauge(f"{p}_event_loop_lag_seconds",
                                             "Worst event-loop lag seen by the HTTP heartbeat recently (s)",
                                             registry=r)
+        # the faults the dashboard names, for alerting: each 1 while it lasts (refreshed at scrape time)
+        self.meter_fault = Gauge(f"{p}_meter_fault", "1 while the last meter read failed (meter-fault)", registry=r)
+        self.storage_writable = Gauge(f"{p}_storage_writable",
+                                      "0 while storage.path cannot be opened or written (state kept in memory)",
+                                      registry=r)
+        self.bacnet_initiation_disabled = Gauge(f"{p}_bacnet_initiation_disabled",
+                                                "1 while a BACnet client has disabled communication initiation "
+                                                "(DeviceCommunicationControl): the meter is not read", registry=r)
+        self.forecast_input_stale = Gauge(f"{p}_forecast_input_stale",
+                                          "1 while the forecaster has had no power for forecaster.input_stale_seconds "
+                                          "(forecasts and load flags in fault)", registry=r)
         self.uptime_seconds = Gauge(f"{p}_uptime_seconds", "Seconds since the gateway started", registry=r)
         self.build_info = Info(f"{p}_build", "Gateway version", registry=r)
         for gauge in (self.meter_kw, self.input_kw):

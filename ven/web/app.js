@@ -33,7 +33,8 @@ const UNIT_TEXT = {kilowatts: "kW", minutes: "min", noUnits: ""};
 
 // Test hooks and a summary of what was drawn, for the headless-browser test and for curious operators.
 const dashboard = window.dashboard = {ready: false, draws: 0, series: {}, flags: {}, events: 0,
-                                      minutes: 0, lastError: null, lastOk: null, stale: false};
+                                      minutes: 0, lastError: null, lastOk: null, stale: false,
+                                      problems: []};
 let hist = null;
 let gw = null;
 
@@ -249,19 +250,34 @@ function renderHeader(health) {
   const pills = $("pills");
   pills.replaceChildren();
   const add = (text, cls, title) => pills.append(el("span", {class: `pill ${cls}`, title: title || ""}, text));
-  add(health.ok ? "healthy" : `unhealthy: ${health.text}`, health.ok ? "ok" : "bad", health.text);
+  const found = findProblems(health);
+  renderProblems(found);
+  const bad = found.filter((p) => p.level === "bad" && p.key !== "health").length;
+  // /healthz stays 200 while the process works (a restart would not bring a VTN, a meter or a BAS back, and
+  // would lose what an unwritable storage.path keeps in memory), but green "healthy" beside red pills misleads
+  if (!health.ok) add(`unhealthy: ${health.text}`, "bad", health.text);
+  else if (bad) add(`running, ${bad} problem${bad > 1 ? "s" : ""}`, "warn", `/healthz: ${health.text} (the process is up; see "Needs attention")`);
+  else add("healthy", "ok", health.text);
   const vtn = gw.vtn || {};
   if ("connected" in vtn || "registered" in vtn) {
     const up = vtn.connected !== false && vtn.registered !== false;
-    add(up ? "VTN connected" : (vtn.registered === false ? "VTN not registered" : "VTN disconnected"),
+    // a gateway that never registered (refused, wrong vtn_url) is not one that lost its VTN
+    const never = vtn.registered === false || ("registration_id" in vtn && !vtn.registration_id);
+    add(up ? "VTN connected" : (never ? "VTN not registered" : "VTN disconnected"),
         up ? "ok" : "bad", vtn.last_error || "");
   }
   const level = pointByName("ADR-Event-Level");
   if (level && typeof level.value === "number") {
     add(level.value > 0 ? `event level ${level.value}` : "no event", level.value > 0 ? "warn" : "");
   }
+  const comm = communication();
+  if (comm) add("BACnet comms disabled", "bad", `${comm.mode} by ${comm.by || "?"}`);
   const meter = gw.meter || {};
   if (meter.fault) add("meter fault", "bad", meter.last_error || "");
+  if (vtn.opt_answer_error) add("opt answer refused", "bad", vtn.opt_answer_error);
+  const fc = gw.forecaster || {};
+  if (fc.input_stale === true) add("no forecaster input", "bad", "forecasts and load flags read fault");
+  else if (noThreshold()) add("no load threshold yet", "warn", "high-load and low-load read fault (cannot tell)");
   // an unwritable storage.path loses events, telemetry or forecast history on a restart: say so up top
   const storage = gw.storage || {};
   if (storage.ok === false) {
@@ -273,6 +289,122 @@ function renderHeader(health) {
   if (typeof gw.uptime_seconds === "number") parts.push(`up ${fmtDuration(gw.uptime_seconds)}`);
   parts.push(`chart: last ${HOURS} h, times in UTC`);
   $("footer").textContent = parts.join(" · ");
+}
+// ---- what is wrong and what to do: one line per problem the status shows, in words ----
+function communication() {
+  const c = (gw.device || {}).communication;
+  return c && typeof c === "object" && c.mode && c.mode !== "enable" ? c : null;
+}
+function lastForecast() { return (gw.forecaster || {}).last_forecast || null; }
+function noThreshold() {
+  // the load flags have no threshold (a new install's first day, a flat history): they read fault
+  const lf = lastForecast(), fc = gw.forecaster || {};
+  if (!lf || fc.input_stale === true) return false;
+  return lf.high_threshold_kw === null || lf.low_threshold_kw === null;
+}
+function stampText(v) {
+  const ms = typeof v === "number" ? v * 1000 : toMs(v);
+  return ms === null ? "never" : `${fmtStamp(ms)}Z (${fmtAgo(ms)})`;
+}
+function findProblems(health) {
+  const out = [];
+  const add = (key, level, what, detail, todo) => out.push({key, level, what, detail, todo});
+  if (!health.ok) add("health", "bad", "Gateway unhealthy", health.text, "see the gateway's log");
+  if (gw.clock_suspect === true) {
+    add("clock", "bad", "Wall clock not set", `the gateway's clock reads ${gw.now || "a date before this version"}; meter readings are not reported to the VTN`,
+        "set the host's time (NTP)");
+  }
+  const comm = communication();
+  if (comm) {
+    const until = comm.until ? `until ${stampText(comm.until)}` : "until a DeviceCommunicationControl enable";
+    add("communication", "bad", "BACnet communication disabled",
+        `${comm.mode} by ${comm.by || "a BACnet client"} since ${stampText(comm.since)}, ${until}: the meter is not read and the BAS gets no COV notifications (points are still answered)`,
+        "send DeviceCommunicationControl enable from that tool, or wait for the time-out; a restart also ends it");
+  }
+  const vtn = gw.vtn || {};
+  const queued = ((vtn.telemetry || {}).pending) ?? ((gw.telemetry || {}).queue_depth);
+  if (vtn.connected === false || vtn.registered === false) {
+    const err = vtn.last_error || "";
+    const never = vtn.registered === false || (("registration_id" in vtn) && !vtn.registration_id);
+    const refused = /\b(HTTP [45]\d\d|refused|[45]\d\d )/.test(err) && !/unreachable|timed? ?out/i.test(err);
+    const wait = typeof queued === "number" && queued > 0 ? `; ${queued} telemetry interval(s) wait in the queue` : "; telemetry waits in the queue";
+    add("vtn", "bad", refused ? (never ? "VTN refuses registration" : "VTN refuses the gateway") :
+                               (never ? "VTN not registered" : "VTN unreachable"),
+        err || "no answer from the VTN",
+        (refused ? "check openadr.vtn_url (the VTN's OpenADR 2.0b endpoint), openadr.ven_name and the enrolment with the utility"
+                 : "check that the VTN is up and reachable from the gateway (network, proxy, TLS)") + wait);
+  }
+  if (vtn.opt_answer_error) {
+    add("opt", "bad", "VTN refused an opt answer", vtn.opt_answer_error,
+        "the VTN does not know whether the site takes part: tell the utility; the answer is not sent again");
+  }
+  if (vtn.report_offer_error) add("report", "bad", "VTN refused the telemetry report offer", vtn.report_offer_error, "check the enrolment with the utility");
+  const meter = gw.meter || {};
+  if (meter.fault === true) {
+    const err = meter.last_error || "";
+    const todo = comm ? "caused by the communication disable above" :
+      /not a power unit|units/.test(err) ? "point meter.object at the meter's power (kW or W) object, or correct the meter's units" :
+      /no response|timed? ?out|router|unreachable|no route/i.test(err) ? "check the meter and its router are powered and wired, and meter.address / meter.router" :
+      "see the meter's last error";
+    add("meter", "bad", "Meter fault", err || "the last meter read failed", todo);
+  }
+  const storage = gw.storage || {};
+  if (storage.ok === false) {
+    const why = [...new Set(Object.values(storage.errors || {}))].join("; ");
+    const where = storage.path && !why.includes(storage.path) ? `${storage.path}: ` : "";
+    add("storage", "bad", "storage.path not writable", `${where}${why || "cannot be written"}`,
+        "events, queued telemetry and forecast history are kept in memory only and a restart now loses them: make the file's directory writable (permissions, read-only mount, full disk); the gateway tries again by itself");
+  }
+  const fc = gw.forecaster || {};
+  if (fc.input_stale === true) {
+    const src = fc.source || "auto";
+    const bas = fc.last_input_at ? `the BAS last wrote input-power-meter ${stampText(fc.last_input_at)}` :
+      "the BAS has not written input-power-meter since the gateway started";
+    const mtr = fc.last_meter_at ? `the last meter reading was ${stampText(fc.last_meter_at)}` : "no meter reading since the gateway started";
+    const detail = src === "bacnet_input" ? bas : src === "meter" ? mtr : `${bas}; ${mtr}`;
+    const todo = src === "bacnet_input" ? "check the BAS program that writes input-power-meter (or set forecaster.source = \"auto\" to fall back to the meter)" :
+      src === "meter" ? "get the meter answering again (see Meter)" : "get the BAS writing input-power-meter or the meter answering again";
+    add("forecaster-input", "bad", "Forecaster has no power input",
+        `${detail}: forecasts, trend and load flags read fault (the BAS must treat them as unknown)`, todo);
+  } else if (noThreshold()) {
+    const minutes = typeof fc.history_minutes === "number" ? ` (${fmtDuration(fc.history_minutes * 60)} so far)` : "";
+    add("threshold", "warn", "Load flags have no threshold yet",
+        `high-load and low-load read fault, meaning "cannot tell": percentile thresholds need a day of history${minutes} that is not flat`,
+        "wait for a day of history, or set forecaster.high_load_kw and low_load_kw for fixed thresholds");
+  }
+  if (fc.fit_ok === false) add("fit", "warn", "Forecaster fit failing", "the learned model is not refitted; the last model or persistence serves", "see the gateway's log");
+  return out;
+}
+function renderProblems(found) {
+  const host = $("problems");
+  const list = host.querySelector("ul");
+  list.replaceChildren();
+  for (const p of found) {
+    const li = el("li", {class: `sev-${p.level}`, "data-problem": p.key, "data-level": p.level});
+    li.append(el("span", {class: "what"}, p.what), document.createTextNode(": "), el("span", {class: "detail"}, p.detail));
+    if (p.todo) li.append(document.createTextNode(" — "), el("span", {class: "todo"}, p.todo));
+    list.append(li);
+  }
+  host.hidden = !found.length;
+  host.classList.toggle("only-warn", found.length > 0 && found.every((p) => p.level !== "bad"));
+  dashboard.problems = found.map((p) => p.key);
+}
+// a tile in fault says why in a few words (the full text is in "Needs attention")
+function tileWhy(name) {
+  const fc = gw.forecaster || {};
+  if (name === "meter-power") {
+    if (communication()) return "BACnet comms disabled";
+    return (gw.meter || {}).last_error || "meter read failed";
+  }
+  if (["fifteen-min-future-power", "one-hour-future-power", "power-rate-of-change"].includes(name)) {
+    return fc.input_stale === true ? "no power input" : "no forecast yet";
+  }
+  if (name === "high-load-conditions" || name === "low-load-conditions") {
+    if (fc.input_stale === true) return "no power input";
+    if (noThreshold()) return "no threshold yet";
+    return "cannot tell";
+  }
+  return "";
 }
 function renderTiles() {
   const tiles = $("tiles");
@@ -292,6 +424,10 @@ function renderTiles() {
     const unit = UNIT_TEXT[p.units] !== undefined ? UNIT_TEXT[p.units] : (p.units || "");
     if (unit && !fault && !none) value.append(el("span", {class: "unit"}, unit));
     tile.append(value);
+    if (fault) {
+      const why = tileWhy(name);
+      if (why) tile.append(el("div", {class: "why", title: why}, why));
+    }
     tiles.append(tile);
   }
 }
@@ -419,7 +555,8 @@ function renderSections() {
       const text = typeof v === "string" && v !== "";
       const bad = (/(^|[._])(last_)?error$/.test(k) && text) || (/(^|\.)errors\./.test(k) && text) ||
                   (/fault$/.test(k) && v === true) || (/(^|[._])ok$/.test(k) && v === false) ||
-                  ((k === "connected" || k === "registered") && v === false);
+                  ((k === "connected" || k === "registered") && v === false) ||
+                  (k === "input_stale" && v === true) || (k === "communication.mode" && typeof v === "string" && v !== "enable");
       // epoch-second timestamps ("issued_at", "history_first") read as times
       const epoch = /(_at|_first|_last|_time)$/.test(k) && typeof v === "number" && v > 1e9 && v < 1e10;
       const dd = el("dd", {class: bad ? "bad" : ""});
@@ -483,7 +620,9 @@ function drawChart() {
   // would be a blank plot with a made-up kW range, so say it in words
   const anyData = !!hist && SERIES.some((s) => (hist[s.key] || []).some((v) => typeof v === "number"));
   if (!minutes.length || !anyData) {
+    const noStore = gw && gw.storage && gw.storage.ok === false;
     root.append(svg("text", {x: W / 2, y: H / 2, "text-anchor": "middle", class: "empty"},
+                    noStore ? "no history to draw: the chart is drawn from storage.path, which cannot be written (see Needs attention)" :
                     minutes.length ? `no data yet: no meter readings or forecasts in the last ${HOURS} h` : "no history yet"));
     dashboard.ready = true; dashboard.draws++;
     return;

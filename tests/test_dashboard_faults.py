@@ -1,0 +1,157 @@
+"""The dashboard in headless Chromium while the gateway cannot do part of its job: each fault the
+status reports (VTN refusing, meter units not power, BACnet communication disabled by a client,
+storage.path unwritable, the forecaster without input or without a threshold) is named up top in
+words with what to do, on the pills and on the tiles it turns to "fault"; the green "healthy" pill
+does not sit beside them; and all of it goes away by itself when the status clears."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from browser import artifact_path, chromium_page
+from test_dashboard import open_dashboard, server  # noqa: F401 - shared fixture
+from test_http_api import SampleView, _iso
+
+pytestmark = pytest.mark.timeout(90)
+
+PROBLEMS = "Array.from(document.querySelectorAll('#problems li')).map((li) => li.dataset.problem).join(',')"
+
+
+class FaultView(SampleView):
+    """SampleView with the status sections a real gateway gives, faults switched on or off."""
+
+    def __init__(self):
+        super().__init__()
+        self.faults = set()
+
+    def status(self):
+        body = super().status()
+        now = time.time()
+        f = self.faults
+        body["vtn"].update({"registration_id": None if "vtn" in f else "reg-1",
+                            "connected": not f & {"vtn", "vtn-down"},
+                            "last_error": ("HTTP 404 from http://127.0.0.1:8080/OpenADR2/Wrong/2.0b/EiRegisterParty: "
+                                           "404: Not Found") if "vtn" in f else
+                                          ("VTN unreachable at http://127.0.0.1:8080/OpenADR2/Simple/2.0b: Connect "
+                                           "call failed ('127.0.0.1', 8080)") if "vtn-down" in f else None,
+                            "opt_answer_error": None, "telemetry": {"pending": 6 if "vtn" in f else 0}})
+        body["device"] = {"device_id": 500001, "communication": {"mode": "enable"}}
+        if "dcc" in f:
+            body["device"]["communication"] = {"mode": "disableInitiation", "by": "10.0.0.9:47808",
+                                               "since": _iso(now - 60), "minutes": 5, "until": _iso(now + 240)}
+        body["meter"].update({"units": "kilowattHours" if "meter" in f else "kilowatts", "fault": "meter" in f,
+                              "last_error": ("12345:2 analogInput 2: units kilowattHours is not a power unit "
+                                             "(energy)") if "meter" in f else None})
+        body["storage"] = {"path": "/var/lib/edge-gateway/gateway.sqlite", "ok": "storage" not in f,
+                           "errors": {"events": "storage.path /var/lib/edge-gateway/gateway.sqlite: cannot open "
+                                                "SQLite database for writing (Read-only file system)"}
+                           if "storage" in f else {}}
+        fc = body["forecaster"]
+        fc.update({"source": "bacnet_input", "input_stale": "input" in f, "history_minutes": 42,
+                   "last_input_at": None if "input" in f else now - 5, "last_meter_at": now - 3,
+                   "last_forecast": {"issued_at": now - 20, "demand_kw": {"15": 90.0, "60": 95.0},
+                                     "rate_kw_per_min": 0.1, "high_load": False, "low_load": False,
+                                     "high_threshold_kw": None if "threshold" in f else 105.0,
+                                     "low_threshold_kw": None if "threshold" in f else 65.0}})
+        faulted = set()
+        if "input" in f:
+            faulted |= {"fifteen-min-future-power", "one-hour-future-power", "power-rate-of-change",
+                        "high-load-conditions", "low-load-conditions"}
+        if "threshold" in f:
+            faulted |= {"high-load-conditions", "low-load-conditions"}
+        if "meter" in f or "dcc" in f:
+            faulted.add("meter-power")
+        for p in body["points"]:
+            p["status_flags"]["fault"] = p["name"] in faulted
+        return body
+
+
+async def tile_why(page, name):
+    node = page.locator(f'#tiles [data-point="{name}"] .why')
+    return await node.inner_text() if await node.count() else None
+
+
+async def test_each_fault_is_named_with_what_to_do_and_clears_by_itself(server):  # noqa: F811
+    view = FaultView()
+    srv = await server(view)
+    async with chromium_page() as page:
+        await open_dashboard(page, srv.url + "/?refresh=1")
+        assert await page.locator("#problems").is_hidden()
+        assert "healthy" in await page.locator("#pills .pill.ok").first.inner_text()
+
+        # one at a time: the list names it, says what to do, and the header does not call the gateway healthy
+        expect = {
+            "vtn": ("VTN refuses registration", "openadr.vtn_url"),
+            "vtn-down": ("VTN unreachable", "check that the VTN is up"),
+            "meter": ("Meter fault", "meter.object"),
+            "dcc": ("BACnet communication disabled", "DeviceCommunicationControl enable"),
+            "storage": ("storage.path not writable", "restart now loses"),
+            "input": ("Forecaster has no power input", "input-power-meter"),
+            "threshold": ("Load flags have no threshold yet", "forecaster.high_load_kw"),
+        }
+        for fault, (what, todo) in expect.items():
+            view.faults = {fault}
+            key = {"dcc": "communication", "input": "forecaster-input", "vtn-down": "vtn"}.get(fault, fault)
+            await page.wait_for_function(f"([key, what]) => {PROBLEMS} === key && "
+                                         "document.querySelector('#problems').innerText.includes(what)",
+                                         arg=[key, what], timeout=10000)
+            text = await page.locator("#problems").inner_text()
+            assert what in text and todo in text, (fault, text)
+            pills = await page.locator("#pills").inner_text()
+            if fault.startswith("vtn"):  # never registered (a wrong vtn_url) is not a lost connection
+                assert ("VTN not registered" if fault == "vtn" else "VTN disconnected") in pills, pills
+            if fault != "threshold":  # the only warning: the flags cannot tell yet, nothing is broken
+                assert "healthy" not in pills.replace("unhealthy", ""), (fault, pills)
+                assert "problem" in pills, (fault, pills)
+        await page.screenshot(path=str(artifact_path("dashboard-threshold.png")), full_page=True)
+
+        # the dedicated pills and the tiles' reasons
+        view.faults = {"dcc", "input"}
+        await page.wait_for_function(f"({PROBLEMS}) === 'communication,forecaster-input'", timeout=10000)
+        pills = await page.locator("#pills").inner_text()
+        assert "BACnet comms disabled" in pills and "no forecaster input" in pills
+        assert await tile_why(page, "meter-power") == "BACnet comms disabled"
+        assert await tile_why(page, "one-hour-future-power") == "no power input"
+        assert await tile_why(page, "high-load-conditions") == "no power input"
+        assert "10.0.0.9:47808" in await page.locator('#problems li[data-problem="communication"]').inner_text()
+        # the status cards mark the disable and the stale input like any other problem
+        bad = await page.locator("#sections dd.bad").all_inner_texts()
+        assert "disableInitiation" in bad and "yes" in bad
+
+        view.faults = {"threshold"}
+        await page.wait_for_function(f"({PROBLEMS}) === 'threshold'", timeout=10000)
+        assert await tile_why(page, "high-load-conditions") == "no threshold yet"
+        assert "no load threshold yet" in await page.locator("#pills .pill.warn").all_inner_texts()
+
+        # all together, then all cleared: the list empties and the gateway reads healthy again
+        view.faults = set(expect) - {"vtn-down"}
+        await page.wait_for_function(f"({PROBLEMS}).split(',').length === 5", timeout=10000)
+        await page.screenshot(path=str(artifact_path("dashboard-all-faults.png")), full_page=True)
+        view.faults = set()
+        await page.wait_for_selector("#problems", state="hidden", timeout=10000)
+        assert "healthy" in await page.locator("#pills .pill.ok").first.inner_text()
+        assert await page.locator("#tiles .why").count() == 0
+        assert page.errors == []
+
+
+class NoStoreView(FaultView):
+    """storage.path could not be opened at start: the forecaster's history (the chart) is empty."""
+
+    def history(self, hours):
+        body = super().history(hours)
+        for key in ("power_kw", "demand_kw", "forecast_15", "forecast_60", "high_load", "low_load"):
+            body[key] = [None] * len(body["minutes"])
+        body["events"] = []
+        return body
+
+
+async def test_empty_chart_while_storage_is_unwritable_does_not_claim_no_meter_readings(server):  # noqa: F811
+    view = NoStoreView()
+    view.faults = {"storage"}
+    srv = await server(view)
+    async with chromium_page() as page:
+        await open_dashboard(page, srv.url + "/")
+        text = await page.locator("#chart-svg text.empty").text_content()
+        assert "storage.path" in text and "no meter readings" not in text, text
+        assert page.errors == []

@@ -1,0 +1,144 @@
+"""What the operator's log, /healthz and /metrics say while the gateway cannot do part of its job,
+with real peers on loopback: a meter fault whose cause changes is logged again (silent, then answering
+in kWh), the forecaster running out of power input is one WARNING and its end one INFO, /healthz stays
+200 (a restart fixes none of it) but names what is degraded, and /metrics carries a gauge per fault."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import aiohttp
+import pytest
+
+from bacnet_api.simulator import MeterSimulator
+from test_gateway import fast_config
+from test_meter import client, gateway  # noqa: F401 - shared fixture and helpers
+from ven.app import Gateway
+from ven.vtn_server import DemoVtn
+from waiting import eventually
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def logs(caplog, logger, level):
+    return [r.getMessage() for r in caplog.records if r.name == logger and r.levelno == level]
+
+
+async def test_a_meter_fault_whose_cause_changes_is_logged_again_once(gateway, free_udp_port, caplog):  # noqa: F811
+    caplog.set_level(logging.INFO, logger="bacnet_api.meter")
+    async with MeterSimulator(f"127.0.0.1/8:{free_udp_port()}", value=42.5) as sim:
+        meter = client(gateway, sim)
+        assert (await asyncio.wait_for(meter.read_once(), 5)).value == 42.5
+        await sim.stop()
+        for _ in range(2):
+            assert (await asyncio.wait_for(meter.read_once(), 5)).error.startswith("no response from")
+        sim.set_units("kilowattHours")  # the meter comes back, reporting its energy register
+        await sim.start()
+        for _ in range(4):
+            reading = await asyncio.wait_for(meter.read_once(), 5)
+            assert reading.value is None and "kilowattHours" in reading.error
+        sim.set_units("kilowatts")
+        await asyncio.wait_for(meter.read_once(), 5)  # units are read again after a failed read
+        assert (await asyncio.wait_for(meter.read_once(), 5)).value == 42.5
+    warnings = logs(caplog, "bacnet_api.meter", logging.WARNING)
+    assert len(warnings) == 2, warnings
+    assert warnings[0].startswith("meter fault: no response from")
+    assert warnings[1].startswith("meter fault, cause changed: ") and "kilowattHours is not a power unit" in warnings[1]
+    assert any(m.startswith("meter answering again") for m in logs(caplog, "bacnet_api.meter", logging.INFO))
+
+
+def scrape(text: str) -> dict[str, float]:
+    return {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
+            if line and not line.startswith("#")}
+
+
+async def test_healthz_names_what_is_degraded_metrics_gauge_it_and_input_stale_is_logged(
+        tmp_path, free_udp_port, free_tcp_port, caplog):
+    caplog.set_level(logging.INFO, logger="ven.app")
+    ports = dict(bacnet_port=free_udp_port(), meter_port=free_udp_port(), vtn_port=free_tcp_port(),
+                 http_port=free_tcp_port())
+    vtn = DemoVtn(port=ports["vtn_port"], poll_seconds=1.0)
+    meter = MeterSimulator(address=f"127.0.0.1/8:{ports['meter_port']}", value=87.5)
+    gw = Gateway(fast_config(tmp_path, **ports, source="meter", input_stale_seconds=2.0))
+    await vtn.start()
+    await meter.start()
+    await gw.start()
+    try:
+        base = gw.http.url
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+            async def get(path):
+                async with http.get(base + path) as r:
+                    return r.status, await r.text()
+
+            await eventually(lambda: gw.vtn.connected and not gw.meter.fault and gw.meter.last_good is not None, 15)
+            await eventually(lambda: not gw.forecast.input_stale(), 10)
+            assert await get("/healthz") == (200, "ok\n")
+            m = scrape((await get("/metrics"))[1])
+            assert (m["edge_gateway_meter_fault"], m["edge_gateway_forecast_input_stale"],
+                    m["edge_gateway_storage_writable"], m["edge_gateway_bacnet_initiation_disabled"]) == (0, 0, 1, 0)
+
+            meter.set_silent(True)
+            await eventually(lambda: gw.meter.fault and gw.forecast.input_stale(), 15)
+            await eventually(lambda: any("no power input" in w for w in logs(caplog, "ven.app", logging.WARNING)), 5)
+            status, body = await get("/healthz")
+            # a restart would not bring the meter back: the orchestrator is told it is up, the operator what fails
+            assert status == 200 and body.startswith("ok (degraded: ") and "meter fault" in body
+            assert "forecaster has no power input" in body
+            m = scrape((await get("/metrics"))[1])
+            assert m["edge_gateway_meter_fault"] == 1 and m["edge_gateway_forecast_input_stale"] == 1
+
+            meter.set_silent(False)
+            await eventually(lambda: not gw.meter.fault and not gw.forecast.input_stale(), 15)
+            await eventually(lambda: any("power input again" in i for i in logs(caplog, "ven.app", logging.INFO)), 5)
+            assert await get("/healthz") == (200, "ok\n")
+            m = scrape((await get("/metrics"))[1])
+            assert m["edge_gateway_meter_fault"] == 0 and m["edge_gateway_forecast_input_stale"] == 0
+        stale = [w for w in logs(caplog, "ven.app", logging.WARNING) if "no power input" in w]
+        assert len(stale) == 1 and "no meter reading" in stale[0], stale
+
+    finally:
+        await gw.stop()
+        await meter.stop()
+        await vtn.stop()
+
+
+async def test_history_while_storage_path_cannot_be_opened_shows_the_power_held_in_memory(
+        tmp_path, free_udp_port, free_tcp_port):
+    # storage.path under a regular file cannot be opened, even by root: the gateway runs from memory,
+    # and the chart must not claim there were no meter readings while the meter tile shows one
+    ports = dict(bacnet_port=free_udp_port(), meter_port=free_udp_port(), vtn_port=free_tcp_port(),
+                 http_port=free_tcp_port())
+    (tmp_path / "not-a-dir").write_text("")
+    cfg = fast_config(tmp_path / "not-a-dir", **ports)  # storage.path: <tmp>/not-a-dir/gw.sqlite
+    meter = MeterSimulator(address=f"127.0.0.1/8:{ports['meter_port']}", value=87.5)
+    gw = Gateway(cfg)
+    await meter.start()
+    await gw.start()
+    try:
+        await eventually(lambda: gw.meter.last_good is not None, 15)
+        assert gw.status()["storage"]["ok"] is False
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+            async with http.get(gw.http.url + "/api/history?hours=1") as r:
+                assert r.status == 200
+                body = await r.json()
+        assert [v for v in body["power_kw"] if v is not None] and 87.5 in body["power_kw"], body["power_kw"][-5:]
+        assert body["demand_kw"][-1] == pytest.approx(87.5)
+    finally:
+        await gw.stop()
+        await meter.stop()
+
+
+def test_no_input_warning_in_the_first_input_stale_seconds_even_on_resumed_history(tmp_path, caplog):
+    # a restart resumes history older than input_stale_seconds: the first forecast cycles run on it
+    # before the meter's first reading, which is not a silence worth a WARNING (nor its end an INFO)
+    caplog.set_level(logging.INFO, logger="ven.app")
+    gw = Gateway(fast_config(tmp_path, 47001, 47002, 8001, 8002, input_stale_seconds=30.0))
+    gw.forecast.forecaster.add_sample(time.time() - 900, 80.0)  # the resumed history's newest sample
+    assert gw.forecast.input_stale()
+    gw._log_input_stale(True)
+    gw._log_input_stale(False)
+    assert not [r for r in caplog.records if "power input" in r.getMessage()]
+    gw.started_at -= 31  # the grace is over: now it is a silence
+    gw._log_input_stale(True)
+    assert [r.levelno for r in caplog.records if "power input" in r.getMessage()] == [logging.WARNING]
