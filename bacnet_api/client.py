@@ -74,8 +74,21 @@ async def wait_bound(app: Application) -> None:
 
 
 async def close_stack(app: Application) -> None:
+    stop_transactions(app)
     app.close()
     await asyncio.sleep(0)  # transports close on the next loop turn
+
+
+def stop_transactions(app: Any) -> None:
+    """End the retry timers of requests still in flight (a read of a silent meter). bacpypes3 leaves them
+    running when its transports close: the retry then sends on a closed socket, and its task dies with a
+    traceback logged as "Task exception was never retrieved"."""
+    asap = getattr(app, "asap", None)
+    for tr in list(getattr(asap, "clientTransactions", ())) + list(getattr(asap, "serverTransactions", ())):
+        tr.stop_timer()
+        pending = getattr(tr, "_timer_expired_request", None)
+        if pending is not None and not pending.done():
+            pending.cancel()
 
 
 def error_text(err: BaseException) -> str:

@@ -17,7 +17,7 @@ from bacpypes3.basetypes import BinaryPV, EngineeringUnits, Reliability
 from bacpypes3.local.cmd import Commandable
 from bacpypes3.primitivedata import Real
 
-from .client import ensure_port_free, to_plain
+from .client import ensure_port_free, stop_transactions, to_plain
 from .objects import (
     CommandableAnalogValue,
     CommandableBinaryValue,
@@ -162,6 +162,8 @@ class GatewayDevice:
         end = getattr(app, "end_communication_control", None)
         if end is not None:  # a restarted device initiates again; no time-out fires on a closed stack
             end()
+        if app is not None:
+            stop_transactions(app)
         await bacnet._disconnect()
         # let the transports' close callbacks run so the port is free on return
         await asyncio.sleep(0)

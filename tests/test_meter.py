@@ -283,3 +283,25 @@ async def test_a_reject_about_another_network_does_not_end_the_read(gateway):
         reading = await meter.read_once()
         assert reading.error == f"no response from 12345:2 within {FAST:g} s (through router {router.address})"
         assert router.requests == 1
+
+
+async def test_stopping_the_device_with_a_read_of_a_silent_meter_in_flight_leaves_no_dying_retry(
+        free_udp_port, sim, caplog):
+    # bacpypes3 keeps retrying an unanswered request after the read gave up on it; stopping the stack
+    # closed the socket under the retry, whose task then died with a traceback ("Task exception was never
+    # retrieved", logged by asyncio when collected).
+    import gc
+
+    caplog.set_level(logging.ERROR)
+    device = GatewayDevice(address=f"127.0.0.1/8:{free_udp_port()}", device_id=500402, device_name="gw")
+    await device.start()
+    device.app.device_object.apduTimeout = 300          # ms: the retry comes soon after the stop
+    meter = client(device, sim, timeout_seconds=0.1)
+    assert (await meter.read_once()).value == 42.5
+    sim.set_silent(True)
+    assert (await meter.read_once()).value is None      # given up; bacpypes3's retry timer still runs
+    await device.stop()
+    await asyncio.sleep(1.0)                            # past the retries' time
+    gc.collect()
+    await asyncio.sleep(0)
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
