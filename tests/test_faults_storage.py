@@ -673,3 +673,22 @@ async def test_an_upgrade_whose_disk_cannot_take_the_queue_index_still_delivers_
     text = log_path.read_text()
     assert "cannot index the telemetry queue (database or disk is full)" in text, text
     assert "Traceback" not in text, text
+
+
+def test_a_file_written_by_a_newer_version_is_said_once_and_its_format_number_kept(tmp_path, caplog):
+    # A downgrade: this version would drop, when it saves, what a newer one stored that it cannot read.
+    # It says so once, and does not lower the file's number (the newer version must still know its file).
+    from ven.storage import FORMAT_VERSION
+
+    caplog.set_level(logging.WARNING, logger="ven.storage")
+    path = tmp_path / "gw.sqlite"
+    Storage(path).close()
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        assert db.execute("SELECT value FROM kv WHERE key = 'format_version'").fetchone() == (str(FORMAT_VERSION),)
+        db.execute("UPDATE kv SET value = ? WHERE key = 'format_version'", (str(FORMAT_VERSION + 1),))
+    for _ in range(2):
+        Storage(path).close()
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and f"file format {FORMAT_VERSION + 1}, this version writes {FORMAT_VERSION}" in said[0]
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert db.execute("SELECT value FROM kv WHERE key = 'format_version'").fetchone() == (str(FORMAT_VERSION + 1),)

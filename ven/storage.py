@@ -32,6 +32,13 @@ LOCK_GRACE_SECONDS = 5.0  # a write lock held by another writer this long is rep
 WAL_SIZE_LIMIT = 4 * 1024 * 1024
 
 
+# The layout of storage.path this version writes. A later version that changes it raises the number, and
+# this one, run on its file (a downgrade), says so once instead of silently dropping what it cannot read
+# when it saves. Files from before the number existed are taken as this layout.
+FORMAT_VERSION = 1
+_newer_format_said: set[str] = set()
+
+
 class StorageError(Exception):
     """The database file cannot be created, opened or written; the text says which and why."""
 
@@ -52,6 +59,7 @@ def connect(path: str | Path, table: str = "") -> sqlite3.Connection:
         # Probe a write now so an unwritable file fails at start-up, not mid-event.
         conn.execute("CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
         conn.execute("INSERT OR REPLACE INTO kv (key, value) VALUES ('opened_at', datetime('now'))")
+        _check_format(conn, p)
         if table:
             conn.execute(table)
     except sqlite3.Error as err:
@@ -60,6 +68,23 @@ def connect(path: str | Path, table: str = "") -> sqlite3.Connection:
         raise StorageError(f"storage.path {p}: cannot open SQLite database for writing: {err}"
                            f"{_os_reason(p)}") from None
     return conn
+
+
+def _check_format(conn: sqlite3.Connection, path: Path) -> None:
+    row = conn.execute("SELECT value FROM kv WHERE key = 'format_version'").fetchone()
+    try:
+        found = int(row[0]) if row else None
+    except ValueError:
+        found = None
+    if found is not None and found > FORMAT_VERSION:
+        if str(path) not in _newer_format_said:
+            _newer_format_said.add(str(path))
+            log.warning("storage.path %s was written by a newer edge-gateway (file format %d, this version writes "
+                        "%d): what this version does not know may be dropped when it saves; run the newer version, "
+                        "or keep a copy of the file", path, found, FORMAT_VERSION)
+        return
+    if found != FORMAT_VERSION:
+        conn.execute("INSERT OR REPLACE INTO kv (key, value) VALUES ('format_version', ?)", (str(FORMAT_VERSION),))
 
 
 def file_identity(path: str | Path) -> tuple[int, int] | None:
