@@ -288,7 +288,7 @@ class Gateway:
         """Each part of the job the gateway cannot do now, in a few words."""
         out = []
         comm = self.device.communication()
-        if comm.get("mode", "enable") != "enable":
+        if comm["mode"] != "enable":
             out.append(f"BACnet communication initiation disabled by {comm.get('by') or 'a BACnet client'}")
         if not self.vtn.connected:
             out.append("VTN not connected")
@@ -363,7 +363,7 @@ class Gateway:
         self.metrics.telemetry_queue_depth.set(self.telemetry.pending)
         self.metrics.meter_fault.set(int(bool(self.meter.fault)))
         self.metrics.storage_writable.set(int(self.storage_status()["ok"]))
-        self.metrics.bacnet_initiation_disabled.set(int(self.device.communication().get("mode", "enable") != "enable"))
+        self.metrics.bacnet_initiation_disabled.set(int(self.device.communication()["mode"] != "enable"))
         self.metrics.forecast_input_stale.set(int(self.forecast.input_stale()))
         for horizon, h in self.forecast.status().get("horizons", {}).items():
             for model, key in (("forecaster", "validation_rmse_kw"), ("persistence", "validation_persistence_rmse_kw")):

@@ -547,9 +547,10 @@ class VtnClient:
                 if self._poll_fault is None:
                     log.warning("VTN poll failed: %s", self.last_error)
                     self._poll_fault = self.last_error
-                if client.refused_code in UNKNOWN_VEN_CODES:
+                unknown_ven = client.refused_code in UNKNOWN_VEN_CODES
+                if unknown_ven:
                     self._vtn_reregisters(self.last_error)
-                if failed_here >= POLL_FAILURES_FOR_LOSS or client.refused_code in UNKNOWN_VEN_CODES:
+                if failed_here >= POLL_FAILURES_FOR_LOSS or unknown_ven:
                     self._lost_by_polls = True
                     return
                 immediate = False

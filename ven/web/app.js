@@ -261,8 +261,7 @@ function renderHeader(health) {
   const vtn = gw.vtn || {};
   if ("connected" in vtn || "registered" in vtn) {
     const up = vtn.connected !== false && vtn.registered !== false;
-    // a gateway that never registered (refused, wrong vtn_url) is not one that lost its VTN
-    const never = vtn.registered === false || ("registration_id" in vtn && !vtn.registration_id);
+    const never = neverRegistered(vtn);
     add(up ? "VTN connected" : (never ? "VTN not registered" : "VTN disconnected"),
         up ? "ok" : "bad", vtn.last_error || "");
   }
@@ -295,6 +294,8 @@ function communication() {
   const c = (gw.device || {}).communication;
   return c && typeof c === "object" && c.mode && c.mode !== "enable" ? c : null;
 }
+// a gateway that never registered (refused, wrong vtn_url) is not one that lost its VTN
+function neverRegistered(vtn) { return vtn.registered === false || ("registration_id" in vtn && !vtn.registration_id); }
 function lastForecast() { return (gw.forecaster || {}).last_forecast || null; }
 function noThreshold() {
   // the load flags have no threshold (a new install's first day, a flat history): they read fault
@@ -325,7 +326,7 @@ function findProblems(health) {
   const queued = ((vtn.telemetry || {}).pending) ?? ((gw.telemetry || {}).queue_depth);
   if (vtn.connected === false || vtn.registered === false) {
     const err = vtn.last_error || "";
-    const never = vtn.registered === false || (("registration_id" in vtn) && !vtn.registration_id);
+    const never = neverRegistered(vtn);
     const refused = /\b(HTTP [45]\d\d|refused|[45]\d\d )/.test(err) && !/unreachable|timed? ?out/i.test(err);
     const wait = typeof queued === "number" && queued > 0 ? `; ${queued} telemetry interval(s) wait in the queue` : "; telemetry waits in the queue";
     add("vtn", "bad", refused ? (never ? "VTN refuses registration" : "VTN refuses the gateway") :
