@@ -155,3 +155,46 @@ async def test_empty_chart_while_storage_is_unwritable_does_not_claim_no_meter_r
         text = await page.locator("#chart-svg text.empty").text_content()
         assert "storage.path" in text and "no meter readings" not in text, text
         assert page.errors == []
+
+
+async def tile_age(page, name):
+    node = page.locator(f'#tiles [data-point="{name}"] .age')
+    return (await node.inner_text(), await node.get_attribute("class")) if await node.count() else None
+
+
+class AgedInputView(FaultView):
+    """The BAS wrote input-power-meter input_age seconds ago (None: not since the start)."""
+
+    input_age: float | None = 5.0
+
+    def status(self):
+        body = super().status()
+        fc = body["forecaster"]
+        fc["input_stale_seconds"] = 300
+        fc["last_input_at"] = None if self.input_age is None else time.time() - self.input_age
+        body["meter"]["last_value_at"] = _iso(time.time() - 3)
+        return body
+
+
+async def test_power_tiles_say_how_old_their_value_is(server):  # noqa: F811
+    # a BAS that stopped writing leaves its last kW on input-power-meter; with source auto the
+    # forecaster quietly moves to the meter, so nothing else on the page says the value is hours old
+    view = AgedInputView()
+    srv = await server(view)
+    async with chromium_page() as page:
+        await open_dashboard(page, srv.url + "/?refresh=1")
+        text, cls = await tile_age(page, "input-power-meter")
+        assert text.startswith("written ") and text.endswith(" s ago") and "old" not in cls, (text, cls)
+        text, cls = await tile_age(page, "meter-power")
+        assert text.startswith("read ") and "old" not in cls, (text, cls)
+
+        view.input_age = 2 * 3600
+        await page.wait_for_function("document.querySelector('#tiles [data-point=\"input-power-meter\"] .age')"
+                                     ".innerText === 'written 2.0 h ago'", timeout=10000)
+        assert "old" in (await tile_age(page, "input-power-meter"))[1]
+
+        view.input_age = None
+        await page.wait_for_function("document.querySelector('#tiles [data-point=\"input-power-meter\"] .age')"
+                                     ".innerText === 'not written since start'", timeout=10000)
+        assert await page.locator("#tiles .why").count() == 0  # old is not a fault
+        assert page.errors == []

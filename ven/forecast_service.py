@@ -375,6 +375,7 @@ class ForecastService:
         st.update({
             "source": self.config.source, "active_source": self._active,
             "last_input_at": self._last_input_t, "last_meter_at": self._last_meter_t,
+            "input_stale_seconds": self.config.input_stale_seconds,
             "storage_ok": self.storage_ok, "fit_ok": not self._fit_failing, "input_stale": self.input_stale(),
         })
         f = self.last_forecast

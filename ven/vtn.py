@@ -67,6 +67,8 @@ class _Client(OpenADRClient):
     # logs the reason and returns nothing, and the operator needs it in /api/status too
     refused: str | None = None
     refused_code: int | None = None
+    # set once any answer was oadrRequestReregistration; a client lives for one registration
+    reregistration_asked: bool = False
     # openleadr bounds only the connect (5 s) and each socket read (10 s): a VTN (or proxy) trickling
     # a byte every few seconds would hold a request, and with it registration or polling, forever.
     request_timeout_s: float = 30.0
@@ -143,6 +145,9 @@ class _Client(OpenADRClient):
         self.refused = _refusal(message_payload)
         if self.refused:
             self.refused_code = _response_code(message_payload)
+        if message_type == "oadrRequestReregistration":
+            # also the answer to requests whose answer openleadr discards (its oadrCreatedEvent)
+            self.reregistration_asked = True
         return message_type, message_payload
 
 
@@ -577,6 +582,13 @@ class VtnClient:
             immediate = rtype != "oadrResponse"
             await self._dispatch(rtype, payload)
 
+    def _forgotten(self, what: str) -> None:
+        """The VTN answered a request with oadrRequestReregistration: register at once, not at the next poll."""
+        self.last_error = f"the VTN no longer knows this VEN (re-registration requested in answer to {what})"
+        if not self._lost.is_set():
+            self._vtn_reregisters(self.last_error)
+        self._lost.set()
+
     def _vtn_reregisters(self, why: str) -> None:
         self.reregistrations += 1
         self.last_reregistration = f"{_iso(_utcnow())} {why}"
@@ -630,7 +642,9 @@ class VtnClient:
                 client.last_error = None
                 async with self._opts_lock:   # its answers and ours reach the VTN in the order decided
                     await client._on_event(payload)
-                if client.last_error:         # its one request is the answer, and it is not retried
+                if client.reregistration_asked:  # the VTN lists the events again once registered
+                    self._forgotten("the answer to its events")
+                elif client.last_error:         # its one request is the answer, and it is not retried
                     self._answer_again(events, client.last_error)
                 elif client.refused:
                     ids = ", ".join(e["event_descriptor"]["event_id"] for e in events)
@@ -789,6 +803,9 @@ class VtnClient:
                 rtype, payload = await self._client._perform_request("EiEvent", msg)
             if rtype is None:
                 return      # retried on the next poll or after re-registration
+            if rtype == "oadrRequestReregistration":
+                self._forgotten(f"the {opt} for event {eid}")
+                return      # still pending: sent once registered again
             if self._pending_opts.get(eid) == (mod, opt, by_create_opt):
                 del self._pending_opts[eid]
             how = "oadrCreateOpt for" if by_create_opt else "answer to"
@@ -1074,10 +1091,7 @@ class VtnClient:
             self._reoffer_delay = 0.0
             return True
         if rtype == "oadrRequestReregistration":
-            self.last_error = "the VTN no longer knows this VEN (re-registration requested)"
-            if not self._lost.is_set():
-                self._vtn_reregisters(self.last_error)
-            self._lost.set()
+            self._forgotten("the report")
         elif rtype is not None:
             # polls may go on fine meanwhile: this is the only place the operator hears of it
             self.last_error = (f"VTN refused the report: {client.refused}" if client.refused

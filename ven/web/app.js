@@ -407,6 +407,23 @@ function tileWhy(name) {
   }
   return "";
 }
+// how old the value on a power tile is: a BAS that stopped writing leaves its last kW on the point
+function tileAge(name) {
+  if (name === "input-power-meter") {
+    const fc = gw.forecaster || {};
+    if (!("last_input_at" in fc)) return null;
+    if (!fc.last_input_at) return {text: "not written since start", old: true};
+    const ms = toMs(fc.last_input_at);
+    return {text: `written ${fmtAgo(ms)}`, old: Date.now() - ms > 1000 * (fc.input_stale_seconds || 300)};
+  }
+  if (name === "meter-power") {
+    const m = gw.meter || {};
+    if (!("last_value_at" in m)) return null;
+    if (!m.last_value_at) return {text: "no reading since start", old: true};
+    return {text: `read ${fmtAgo(toMs(m.last_value_at))}`, old: m.fault === true};
+  }
+  return null;
+}
 function renderTiles() {
   const tiles = $("tiles");
   tiles.replaceChildren();
@@ -429,6 +446,8 @@ function renderTiles() {
       const why = tileWhy(name);
       if (why) tile.append(el("div", {class: "why", title: why}, why));
     }
+    const age = tileAge(name);
+    if (age) tile.append(el("div", {class: `age${age.old ? " old" : ""}`}, age.text));
     tiles.append(tile);
   }
 }
