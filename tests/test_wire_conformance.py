@@ -1,6 +1,6 @@
 """OpenADR 2.0b message-level rules, checked on what a real openleadr VTN (DemoVtn) on loopback receives:
-the registration's flags, the METADATA report's buffered-history duration, the requestID each eventResponse
-names, and the acknowledgement a VTN with a lower-case vtnID gets."""
+the registration's flags, the METADATA report's buffered-history duration, each report's eiReportID, the
+requestID each eventResponse names, and the acknowledgement a VTN with a lower-case vtnID gets."""
 from __future__ import annotations
 
 import logging
@@ -71,6 +71,18 @@ async def test_the_metadata_report_says_how_much_history_the_queue_buffers(tmp_p
     async with _running(tmp_path, free_tcp_port(), queue_max_days=3) as (server, vtn):
         await until(lambda: server.report_metadata, 10, "the offer")
         assert {m["duration"] for m in server.report_metadata} == {timedelta(days=3)}
+
+
+@pytest.mark.timeout(30)
+async def test_each_telemetry_report_has_its_own_ei_report_id(tmp_path, free_tcp_port):
+    """eiReportID names the report instance; openleadr's template sent it empty in every oadrUpdateReport."""
+    async with _running(tmp_path, free_tcp_port()) as (server, vtn):
+        await until(lambda: vtn.status()["report_request_id"], 10, "the telemetry request")
+        for n in (1, 2):
+            vtn.record_sample(now(), 100.0 + n)
+            await until(lambda: len(server.report_ids) >= n, 10, f"telemetry report {n}")
+        ids = list(server.report_ids)
+        assert all(ids) and len(set(ids)) == len(ids), ids
 
 
 @pytest.mark.timeout(30)

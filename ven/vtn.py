@@ -1080,6 +1080,9 @@ class VtnClient:
         report = objects.Report(report_request_id=rrid, report_specifier_id=self._report_specifier_id,
                                 report_name="TELEMETRY_USAGE", intervals=report_intervals,
                                 dtstart=intervals[0].start, duration=intervals[-1].end - intervals[0].start)
+        # openleadr's Report has no field for eiReportID and its template then sends it empty: each report
+        # instance gets its own, so a VTN can tell them apart (a resent batch is a new instance)
+        report.report_id = outils.generate_id()
         msg = client._create_message("oadrUpdateReport", ven_id=self.ven_id,
                                      request_id=outils.generate_id(), reports=[report])
         rtype, payload = await client._perform_request("EiReport", msg)

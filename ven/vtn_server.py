@@ -41,6 +41,7 @@ class DemoVtn:
         # oadrCanceledReport: code, text, pending; and whether it carried the cancel's requestID
         self.canceled_reports: list[tuple[int, str, list[str], bool]] = []
         self.report_metadata: list[dict] = []                        # each oadrRegisterReport's reports
+        self.report_ids: list[str | None] = []                       # each oadrUpdateReport report's eiReportID
         self.created_events: list[dict] = []      # every oadrCreatedEvent as openleadr parsed it
         self.registration_requests: list[dict] = []   # every oadrCreatePartyRegistration as parsed
         self._outbox: dict[str, list[tuple[str, dict]]] = {}
@@ -338,6 +339,7 @@ class DemoVtn:
             if report["report_request_id"] in self._forgotten:
                 raise errors.InvalidIdError(f"reportRequestID {report['report_request_id']} unknown")
         for report in payload.get("reports") or []:
+            self.report_ids.append(report.get("report_id"))
             self.updates.append((report["report_request_id"],
                                  [(i["dtstart"], i.get("duration"), i["report_payload"]["r_id"],
                                    float(i["report_payload"]["value"])) for i in report.get("intervals") or []]))
