@@ -65,6 +65,17 @@ async def test_registration_says_pull_model_no_transport_address_and_no_signatur
 
 
 @pytest.mark.timeout(30)
+async def test_a_requested_reregistration_names_the_registration_it_renews(tmp_path, free_tcp_port):
+    """oadrCreatePartyRegistration carries registrationID "for re-registering an existing registration"
+    (2.0b schema): after oadrRequestReregistration it names the old one; the first registration names none."""
+    async with _running(tmp_path, free_tcp_port()) as (server, vtn):
+        first = vtn.registration_id
+        server.request_reregistration(vtn.ven_id)
+        await until(lambda: server.registrations == 2 and vtn.connected, 10, "registered again")
+        assert [r.get("registration_id") for r in server.registration_requests] == [None, first]
+
+
+@pytest.mark.timeout(30)
 async def test_the_metadata_report_says_how_much_history_the_queue_buffers(tmp_path, free_tcp_port):
     """A METADATA report's duration is the history the VEN can buffer: openadr.queue_max_days, not the
     sampling period (PT1S told a VTN there was nothing to ask for after an outage)."""

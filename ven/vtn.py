@@ -191,6 +191,10 @@ class VtnClient:
         self.connected = False
         self.ven_id: str | None = None
         self.registration_id: str | None = None
+        # the registration the VTN asked to renew (oadrRequestReregistration): the next registration names
+        # it, as the 2.0b schema says for re-registering an existing registration; the VTN may refuse it
+        # (it lost its registrations), so only one attempt carries it
+        self._reregister_with: str | None = None
         self.vtn_id: str | None = None       # the vtnID the VTN gave at registration
         self._foreign_vtn: str | None = None  # another vtnID whose oadrDistributeEvent was refused, until ours again
         # event id -> requestID of the latest oadrDistributeEvent listing it: every eventResponse about the
@@ -473,7 +477,8 @@ class VtnClient:
         # oadrXmlSignature says whether this VEN signs (it does with a certificate); a pull VEN has no
         # transport address, and openleadr would otherwise send the text "None" as one
         answer = await client.create_party_registration(ven_id=self.ven_id, xml_signature=bool(self._cfg.cert),
-                                                        transport_address="")
+                                                        transport_address="", registration_id=self._reregister_with)
+        self._reregister_with = None
         if not client.registration_id:
             self.last_error = (client.last_error or (client.refused and f"VTN refused registration: {client.refused}")
                                or "VTN refused the registration (no registrationID)")
@@ -573,6 +578,7 @@ class VtnClient:
                 self.last_error = "the VTN asked for re-registration"
                 await client.send_response(service="EiRegisterParty")
                 self._vtn_reregisters(self.last_error)
+                self._reregister_with = self.registration_id
                 return
             if rtype == "oadrCancelPartyRegistration":
                 if await self._registration_cancelled(client, payload):
@@ -587,6 +593,7 @@ class VtnClient:
         self.last_error = f"the VTN no longer knows this VEN (re-registration requested in answer to {what})"
         if not self._lost.is_set():
             self._vtn_reregisters(self.last_error)
+            self._reregister_with = self.registration_id
         self._lost.set()
 
     def _vtn_reregisters(self, why: str) -> None:
