@@ -56,6 +56,9 @@ from .client import error_text
 from .property_access import PropertyAccess
 
 log = logging.getLogger(__name__)
+# requests refused from the network: anyone on the BACnet network can send them in a loop (a password
+# guesser), so the operator's log rate-limits this logger like the stacks' peer noise
+refusals = logging.getLogger(f"{__name__}.refusals")
 
 VENDOR_NAME = "edge-gateway project"
 MODEL_NAME = "edge-gateway"
@@ -179,14 +182,15 @@ class _Services(PropertyAccess):
             return
         if mode == "disable":
             # deprecated: a device of Protocol_Revision 20 or later answers it so (clause 16.1.3.1)
-            log.warning("%s refused (service-request-denied): DISABLE is deprecated; use disableInitiation", what)
+            refusals.warning("%s refused (service-request-denied): DISABLE is deprecated; use disableInitiation",
+                             what)
             raise ExecutionError(errorClass="services", errorCode="serviceRequestDenied")
         if not self._dcc_password:
-            log.warning("%s refused (service-request-denied): no bacnet.dcc_password is set", what)
+            refusals.warning("%s refused (service-request-denied): no bacnet.dcc_password is set", what)
             raise ExecutionError(errorClass="services", errorCode="serviceRequestDenied")
         if apdu.password is None or str(apdu.password) != self._dcc_password:
-            log.warning("%s refused (password-failure): %s password", what,
-                        "no" if apdu.password is None else "wrong")
+            refusals.warning("%s refused (password-failure): %s password", what,
+                             "no" if apdu.password is None else "wrong")
             raise ExecutionError(errorClass="security", errorCode="passwordFailure")
         await self.response(SimpleAckPDU(context=apdu))
         self._disable_initiation(who, minutes)
@@ -242,8 +246,8 @@ class _Services(PropertyAccess):
 
     async def do_ReinitializeDeviceRequest(self, apdu: Any) -> None:
         # not executed: the gateway is restarted by its service manager, never from the network
-        log.warning("BACnet ReinitializeDevice %s from %s refused (unrecognized-service): not supported",
-                    apdu.reinitializedStateOfDevice.attr, apdu.pduSource)
+        refusals.warning("BACnet ReinitializeDevice %s from %s refused (unrecognized-service): not supported",
+                         apdu.reinitializedStateOfDevice.attr, apdu.pduSource)
         raise UnrecognizedService("ReinitializeDevice is not executed")
 
     async def confirmation(self, apdu: Any) -> None:

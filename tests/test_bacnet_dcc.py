@@ -4,6 +4,7 @@ configured password, and a disable it honours is logged, bounded and shown."""
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 
 import pytest
@@ -26,6 +27,7 @@ from bacnet_api.simulator import MeterSimulator
 from bacnet_peer import BacnetPeer
 from test_bacnet_device import DEVICE_ID, gateway, peer, where  # noqa: F401 - shared fixtures
 from test_bacnet_services import errors_logged, notification, request
+from ven.logs import FloodGuard
 from waiting import eventually
 
 pytestmark = pytest.mark.timeout(60)
@@ -105,6 +107,23 @@ async def test_a_wrong_password_is_a_password_failure(guarded, peer, caplog, pas
     assert len(lines) == 1 and "password-failure" in lines[0].getMessage(), lines
     assert PASSWORD not in caplog.text  # the secret is never logged
     assert not errors_logged(caplog)
+
+
+async def test_a_password_guesser_gets_one_line_in_the_operator_log(guarded, peer, caplog):
+    # each refusal was a WARNING line: anyone on the BACnet network could fill the disk with the log
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.addFilter(FloodGuard())
+    logging.getLogger().addHandler(handler)
+    try:
+        for guess in ("a", "b", "c", "d", "e"):
+            answer = await request(peer, dcc(where(guarded), "disableInitiation", guess, minutes=5))
+            assert error_of(answer) == "security/password-failure"   # each one is still refused on the wire
+    finally:
+        logging.getLogger().removeHandler(handler)
+    lines = [line for line in out.getvalue().splitlines() if "DeviceCommunicationControl" in line]
+    assert len(lines) == 1 and "password-failure" in lines[0] and "repeats are counted" in lines[0], lines
+    assert guarded.communication() == {"mode": "enable"}
 
 
 async def test_disable_is_refused_even_with_the_password(guarded, peer, caplog):

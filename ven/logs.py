@@ -13,7 +13,8 @@ import time
 NOISY = ("BAC0_Root", "BAC0", "bacpypes3", "openleadr", "aiohttp.access", "aiohttp.server", "signxml", "tzlocal")
 # Loggers that log what a peer sent: a malformed BACnet datagram, a refused registration, an HTTP
 # request aiohttp cannot parse (over-long URL or header), each with a traceback, before any token check.
-PEER_NOISE = ("bacpypes3", "openleadr", "aiohttp.server")
+# bacnet_api.services.refusals: DeviceCommunicationControl and ReinitializeDevice refused, one line each.
+PEER_NOISE = ("bacpypes3", "openleadr", "aiohttp.server", "bacnet_api.services.refusals")
 
 
 class UtcFormatter(logging.Formatter):
@@ -36,7 +37,8 @@ class FloodGuard(logging.Filter):
     """bacpypes3 logs every malformed datagram it receives as an ERROR with a traceback, so anyone on
     the BACnet network could fill the disk with the log; aiohttp does the same for every HTTP request
     it cannot parse (a URL or header over 8 KB), before the token is checked; openleadr logs two ERROR lines for each
-    registration a VTN refuses, at every retry (the gateway says so once itself). For those stacks keep
+    registration a VTN refuses, at every retry (the gateway says so once itself); and the gateway's own line
+    for each BACnet request it refuses (a password guesser sends DeviceCommunicationControl in a loop). For those keep
     the first record of each
     kind (same logger, same message template) as one WARNING line without traceback, then at most one
     line per `every` seconds saying how many more there were."""
