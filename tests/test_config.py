@@ -359,6 +359,27 @@ def test_storage_path_must_name_a_file(tmp_path, capsys):
 
 
 @pytest.mark.timeout(30)
+def test_check_config_says_where_storage_goes_and_whether_it_can_write_there(tmp_path, capsys):
+    # `run` keeps going from memory when it cannot write storage.path (a restart loses the state), so
+    # check-config, run as the service's user, is where an installer learns it before the first event
+    from test_faults_storage import tmpfs
+
+    from ven.cli import main
+
+    assert main(["check-config", str(_write(tmp_path, '[storage]\npath = "var/gw.sqlite"\n'))]) == 0
+    assert capsys.readouterr().out.strip().endswith(f", storage {Path.cwd() / 'var' / 'gw.sqlite'})")
+    with tmpfs(tmp_path / "ro", "ro,size=1m") as ro:
+        for path in (ro / "gw.sqlite", ro / "state" / "gw.sqlite"):
+            assert main(["check-config", str(_write(tmp_path, f'[storage]\npath = "{path}"\n'))]) == 0
+            warning = capsys.readouterr().out.splitlines()[0]
+            assert f"warning: storage.path {path}: {ro} is on a read-only file system: `run` keeps events" in warning
+    (tmp_path / "a-file").write_text("")
+    bad = tmp_path / "a-file" / "gw.sqlite"
+    assert main(["check-config", str(_write(tmp_path, f'[storage]\npath = "{bad}"\n'))]) == 2
+    assert f"storage.path: {bad}: {tmp_path / 'a-file'} is not a directory" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(30)
 def test_run_refuses_a_busy_http_port_before_starting_anything(tmp_path, free_udp_port):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

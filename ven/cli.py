@@ -5,12 +5,14 @@ import argparse
 import asyncio
 import logging
 import math
+import os
 import signal
 import socket
 import sys
 
+from . import __version__
 from .config import (ConfigError, GatewayConfig, check_bacnet_address, load_config, storage_problems,
-                     tls_file_problems)
+                     storage_warnings, tls_file_problems)
 
 EXIT_CONFIG = 2
 log = logging.getLogger(__name__)
@@ -73,10 +75,12 @@ def cmd_check_config(args) -> int:
     if problems:
         _print_config_error(ConfigError("\n".join(problems)))
         return EXIT_CONFIG
-    for warning in cfg.warnings():
+    for warning in cfg.warnings() + storage_warnings(cfg.storage):
         print(f"{args.file}: warning: {warning}")
+    # a relative storage.path is taken from the directory `run` starts in, which a service manager sets
     print(f"{args.file}: ok (device {cfg.bacnet.device_id} on {cfg.bacnet.address}, "
-          f"meter {cfg.meter.address} {cfg.meter.object}, VTN {cfg.openadr.vtn_url})")
+          f"meter {cfg.meter.address} {cfg.meter.object}, VTN {cfg.openadr.vtn_url}, "
+          f"storage {os.path.abspath(cfg.storage.path)})")
     return 0
 
 
@@ -259,6 +263,7 @@ _positive_minutes = _ranged(float, 1.0, _BIG, "at least 1 minute (the history is
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge-gateway", description=(
         "OpenADR 2.0b VEN and BACnet/IP gateway with demand forecasting for buildings."))
+    parser.add_argument("--version", action="version", version=f"edge-gateway {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("run", help="run the gateway")

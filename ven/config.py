@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import ipaddress
 import os
+import pwd
 import re
 import tomllib
 import urllib.parse
@@ -364,6 +365,31 @@ def storage_problems(c: StorageConfig) -> list[str]:
     """What check-config can tell about storage.path without writing to it: a directory there never opens."""
     if Path(c.path).is_dir():
         return [f"storage.path: {c.path} is a directory: name a file in it, e.g. {Path(c.path) / 'gateway.sqlite'}"]
+    existing = _nearest_existing(Path(c.path).parent)
+    if not existing.is_dir():
+        return [f"storage.path: {c.path}: {existing} is not a directory"]
+    return []
+
+
+def _nearest_existing(p: Path) -> Path:
+    p = Path(os.path.abspath(p))
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def storage_warnings(c: StorageConfig) -> list[str]:
+    """Whether this user could write storage.path, asked without writing. `run` goes on without it
+    (from memory, retrying), so this is a warning; it speaks for the user check-config runs as."""
+    p = Path(c.path)
+    for where in ([p, p.parent] if p.exists() else [_nearest_existing(p.parent)]):  # WAL: files beside it too
+        if not os.access(where, os.W_OK | (os.X_OK if where.is_dir() else 0)):
+            if os.statvfs(where).f_flag & os.ST_RDONLY:
+                why = "is on a read-only file system"
+            else:
+                why = f"is not writable by user {pwd.getpwuid(os.geteuid()).pw_name}"
+            return [f"storage.path {c.path}: {where} {why}: `run` keeps events, ADR-Opt-Out commands, the telemetry "
+                    f"queue and forecaster history in memory only, and a restart loses them"]
     return []
 
 

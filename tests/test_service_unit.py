@@ -1,0 +1,58 @@
+"""examples/edge-gateway.service: what it runs is a real command, and its state is where it may write."""
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+UNIT = Path(__file__).resolve().parent.parent / "examples" / "edge-gateway.service"
+
+
+def _service() -> dict[str, list[str]]:
+    values: dict[str, list[str]] = {}
+    section = None
+    for line in UNIT.read_text().splitlines():   # keys repeat (Environment=)
+        line = line.strip()
+        if line.startswith("["):
+            section = line.strip("[]")
+        elif section == "Service" and "=" in line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            values.setdefault(key, []).append(value)
+    return values
+
+
+def test_exec_lines_are_cli_commands():
+    service = _service()
+    for line in service["ExecStartPre"] + service["ExecStart"]:
+        argv = shlex.split(line)
+        assert argv[0].endswith("/edge-gateway"), argv
+        res = subprocess.run([sys.executable, "-m", "ven.cli", argv[1], "--help"], capture_output=True, text=True,
+                             timeout=60)
+        assert res.returncode == 0, res.stderr
+        assert all(o in res.stdout for o in argv if o.startswith("--"))
+
+
+def test_storage_path_is_where_systemd_lets_the_service_write():
+    service = _service()
+    env = dict(e.split("=", 1) for e in service["Environment"])
+    storage = Path(env["EDGE_GATEWAY__STORAGE__PATH"])
+    # under ProtectSystem=strict only the state directory (and ReadWritePaths) can be written
+    writable = [Path("/var/lib") / d for d in service.get("StateDirectory", [""])[0].split()]
+    writable += [Path(p) for p in " ".join(service.get("ReadWritePaths", [])).split()]
+    assert any(storage.parent == w or w in storage.parents for w in writable), (storage, writable)
+    assert Path(service["WorkingDirectory"][0]) in writable
+    # systemd creates the state directory for the service's user; a missing home is not a failed start
+    assert service.get("StateDirectory"), "no StateDirectory: the unit fails if /var/lib/edge-gateway is missing"
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze not installed")
+def test_systemd_analyze_verify_accepts_it(tmp_path):
+    # verify insists the binaries exist: point them at this interpreter, the rest is checked as written
+    unit = tmp_path / UNIT.name
+    unit.write_text(UNIT.read_text().replace("/opt/edge-gateway/bin/edge-gateway", sys.executable))
+    res = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
