@@ -19,6 +19,11 @@ from ven.config import parse_config
 from ven.vtn_server import DemoVtn
 
 
+def tracebacks(caplog) -> list:
+    # the fake VTN's own aiohttp server logs a response it was stopped in the middle of (aiohttp.server)
+    return [r for r in caplog.records if r.exc_info and r.name != "aiohttp.server"]
+
+
 def gateway_config(tmp_path, bacnet_port, meter_port, vtn_url, poll=0.5, request_timeout=30.0):
     return parse_config({
         "bacnet": {"address": f"127.0.0.1/8:{bacnet_port}", "device_id": 500101},
@@ -29,8 +34,6 @@ def gateway_config(tmp_path, bacnet_port, meter_port, vtn_url, poll=0.5, request
         "http": {"enabled": False},
         "forecaster": {"cycle_seconds": 5.0},
     }, "test", environ={})
-
-
 
 
 @contextlib.asynccontextmanager
@@ -158,7 +161,7 @@ async def test_vtn_down_at_start_then_killed_mid_run_no_sample_lost_or_repeated(
     assert len(set(ts for ts, _ in got)) == len(got)
     assert len(messages(caplog, "VTN registration failed")) >= 1
     assert len(messages(caplog, "VTN poll failed")) == 1
-    assert not [r for r in caplog.records if r.exc_info], "no stack traces for an expected fault"
+    assert not tracebacks(caplog), "no stack traces for an expected fault"
 
 
 @pytest.mark.timeout(90)
@@ -206,7 +209,7 @@ async def test_misbehaving_vtn_errors_logged_once_retries_continue_then_register
     finally:
         await fake.stop()
         await upstream.stop()
-    assert not [r for r in caplog.records if r.exc_info], "no stack traces for an expected fault"
+    assert not tracebacks(caplog), "no stack traces for an expected fault"
 
 
 @pytest.mark.timeout(75)
@@ -244,4 +247,4 @@ async def test_slow_vtn_times_out_retries_then_a_real_vtn_on_its_port_registers(
         await fake.stop()
         if vtn is not None:
             await vtn.stop()
-    assert not [r for r in caplog.records if r.exc_info], "no stack traces for an expected fault"
+    assert not tracebacks(caplog), "no stack traces for an expected fault"
