@@ -250,6 +250,26 @@ async def test_history_and_hours_validation(served):
         assert status == 400 and "hours must be a number" in body, bad
 
 
+async def test_history_is_encoded_off_the_event_loop(served, monkeypatch):
+    # ?hours=840 is 50,400 minutes in 8 series: encoded on the loop, every dashboard refresh stalled the gateway
+    import threading
+
+    import ven.http_api
+
+    encoded_in = []
+    real = ven.http_api.to_json
+
+    def recording(value):
+        if isinstance(value, dict) and "minutes" in value:
+            encoded_in.append(threading.get_ident())
+        return real(value)
+    monkeypatch.setattr(ven.http_api, "to_json", recording)
+    server, view, base = await served()
+    status, _, body = await fetch(base + "/api/history?hours=24")
+    assert status == 200 and len(json.loads(body)["minutes"]) == 1440
+    assert encoded_in and threading.get_ident() not in encoded_in
+
+
 async def test_metrics_endpoint(served):
     server, view, base = await served()
     m = server.metrics

@@ -14,6 +14,7 @@ import logging
 import math
 import random
 from dataclasses import dataclass, replace
+from functools import cached_property
 from datetime import datetime, timedelta, timezone
 
 OPT_IN = "optIn"
@@ -96,13 +97,16 @@ class Event:
     def cancelled(self) -> bool:
         return self.status == "cancelled"
 
-    @property
+    # start, end and boundaries are cached (the event is frozen): the schedule asks every event for them on each
+    # change and timer wake, and a day-ahead list of hundreds of events, or one of 1440 intervals, made that
+    # quadratic work on the event loop
+    @cached_property
     def start(self) -> datetime:
         """Effective start: the earliest interval plus the randomization offset."""
         starts = [i.start for s in self.signals for i in s.intervals]
         return (min(starts) if starts else self.received_at) + self.start_offset
 
-    @property
+    @cached_property
     def end(self) -> datetime:
         ends = [i.end for s in self.signals for i in s.intervals]
         return (max(ends) if ends else self.received_at) + self.start_offset
@@ -116,7 +120,7 @@ class Event:
         """Overlapping events: the lowest rank wins (priority 1 first; 0, no priority, last)."""
         return self.priority if self.priority > 0 else math.inf
 
-    @property
+    @cached_property
     def drives_points(self) -> bool:
         """Only opted-in, live, non-test events with a SIMPLE signal move the BACnet points."""
         return (not self.test_event and not self.cancelled and self.opt == OPT_IN and self.for_this_ven
@@ -173,14 +177,18 @@ class Event:
                     segments.append((start, end, iv.payload))
         return self.ran_before + tuple(segments)
 
-    def boundaries(self) -> list[datetime]:
-        """Every instant at which this event's contribution can change."""
+    def boundaries(self) -> tuple[datetime, ...]:
+        """Every instant at which this event's contribution can change, in order."""
+        return self._boundaries
+
+    @cached_property
+    def _boundaries(self) -> tuple[datetime, ...]:
         out = set()
         for sig in self.signals:
             for iv in sig.intervals:
                 out.add(iv.start + self.start_offset)
                 out.add(iv.end + self.start_offset)
-        return sorted(out)
+        return tuple(sorted(out))
 
     def to_json(self) -> str:
         return json.dumps({

@@ -8,6 +8,7 @@ the new state. Opted-out, cancelled and test events never drive the points.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import math
 from dataclasses import dataclass, replace
@@ -284,9 +285,10 @@ class EventSchedule:
         for ev in self._events.values():
             if not ev.drives_points:
                 continue
-            for b in ev.boundaries():
-                if b > now and (best is None or b < best):
-                    best = b
+            bounds = ev.boundaries()
+            i = bisect.bisect_right(bounds, now)
+            if i < len(bounds) and (best is None or bounds[i] < best):
+                best = bounds[i]
             if ev.start > now and (next_start is None or ev.start < next_start):
                 next_start = ev.start
         if next_start is not None:

@@ -48,6 +48,8 @@ NOT_REGISTERED = 463            # ... and for a VEN the VTN does not know or no 
 # instead of oadrRequestReregistration): register again at once, not after POLL_FAILURES_FOR_LOSS polls
 # (minutes at a utility's poll rate, with events missed meanwhile). Other refusals may be passing.
 UNKNOWN_VEN_CODES = (INVALID_ID, NOT_REGISTERED)
+OPT_BATCH = 100                 # eventResponses per oadrCreatedEvent the gateway sends itself (about 40 KB)
+MAX_LEVELS_LOGGED = 24          # SIMPLE levels named in an event's log line; the status API has them all
 
 
 def _utcnow() -> datetime:
@@ -126,10 +128,13 @@ class _Client(OpenADRClient):
         if not content:
             return None, {}
         try:
-            tree = validate_xml_schema(content)
+            # read off the event loop: openleadr takes 0.2-0.3 s for a day-ahead oadrDistributeEvent of 200 events
+            # or one event of 1440 intervals, and the BACnet device and the schedule's timer would stall that long
+            # (the signature stays on the loop: signxml's verifier, shared with the VTN side, is not thread-safe)
+            tree = await asyncio.to_thread(validate_xml_schema, content)
             if self.vtn_fingerprint:
                 validate_xml_signature(tree, cert_fingerprint=self.vtn_fingerprint)
-            message_type, message_payload = parse_message(content)
+            message_type, message_payload = await asyncio.to_thread(parse_message, content)
         except oerrors.FingerprintMismatch as err:
             self.last_error = f"VTN refused: certificate fingerprint does not match openadr.vtn_fingerprint ({err})"
             return None, {}
@@ -237,6 +242,9 @@ class VtnClient:
         # event id -> (modification, opt, by oadrCreateOpt): answers waiting for the VTN. Events whose
         # responseRequired is "never" must not get oadrCreatedEvent; their opt goes as oadrCreateOpt.
         self._pending_opts: dict[str, tuple[int, str, bool]] = {}
+        # events of the message being handled that were listed again unchanged (each re-registration lists every
+        # event to a fresh openleadr client): one line for them all, not one per event each time
+        self._relisted = 0
         self.opt_answer_error: str | None = None   # the VTN's reason for refusing our last opt answer
         self._backlog = 0
         self._clock_wrong_since: datetime | None = None   # the first reading dated before CLOCK_FLOOR, while so
@@ -647,8 +655,11 @@ class VtnClient:
                 payload = {**payload, "vtn_id": vtn_id.upper()}
             if events:
                 client.last_error = None
+                self._relisted = 0
                 async with self._opts_lock:   # its answers and ours reach the VTN in the order decided
                     await client._on_event(payload)
+                if self._relisted:
+                    log.info("%d event(s) listed again, unchanged", self._relisted)
                 if client.reregistration_asked:  # the VTN lists the events again once registered
                     self._forgotten("the answer to its events")
                 elif client.last_error:         # its one request is the answer, and it is not retried
@@ -717,6 +728,9 @@ class VtnClient:
     # -- events ------------------------------------------------------------------------------
 
     async def _handle_event(self, raw: dict) -> str:
+        # openleadr hands over a message's events one after the other without ever yielding: with hundreds in
+        # one oadrDistributeEvent the loop would be held for all of them
+        await asyncio.sleep(0)
         now = _utcnow()
         eid = raw["event_descriptor"]["event_id"]
         prev = self._schedule.get(eid)
@@ -751,8 +765,7 @@ class VtnClient:
                 self._opts_changed()
         return _answer(self._schedule.get(eid))
 
-    @staticmethod
-    def _log_event(ev, prev) -> None:
+    def _log_event(self, ev, prev) -> None:
         eid = ev.event_id
         if ev.cancelled:
             log.info("event %s cancelled by the VTN (modification %d)", eid, ev.modification_number)
@@ -762,11 +775,14 @@ class VtnClient:
         elif prev.unlisted:
             verb = "listed again by the VTN"
         elif ev.modification_number == prev.modification_number:
-            verb = "listed again, unchanged"
+            self._relisted += 1         # said when it was received; counted for one line per message
+            return
         else:
             verb = f"modified (modification {ev.modification_number})"
         others = sorted({s.name for s in ev.signals if s.name != SIMPLE})
         levels = [iv.payload for s in ev.signals if s.name == SIMPLE for iv in s.intervals]
+        if len(levels) > MAX_LEVELS_LOGGED:     # a day of 1-minute intervals made one line of 7 KB
+            levels = f"{str(levels[:MAX_LEVELS_LOGGED])[:-1]}, ... ({len(levels)} intervals)]"
         extra = f", randomized start +{ev.start_offset.total_seconds():.1f} s" if ev.start_after else ""
         if ev.test_event:
             log.info("test event %s %s: acknowledged, does not drive the points", eid, verb)
@@ -786,10 +802,11 @@ class VtnClient:
             await self._send_opts_locked()
 
     async def _send_opts_locked(self) -> None:
-        for eid, (mod, opt, by_create_opt) in list(self._pending_opts.items()):
+        for by_create_opt, answers in self._opt_messages():
             if self._client is None:
                 return
             if by_create_opt:
+                (eid, mod, opt), = answers
                 msg = self._client._create_message(
                     "oadrCreateOpt", request_id=outils.generate_id(), ven_id=self.ven_id,
                     opt_id=outils.generate_id(), opt_type=opt,
@@ -800,27 +817,48 @@ class VtnClient:
             else:
                 # the eventResponse names the oadrDistributeEvent that carried the event (rule 42), so the
                 # VTN can match it, as it does the answer openleadr sent on that message
-                request_id = self._distributed_in.get(eid) or outils.generate_id()
+                request_id = self._distributed_in.get(answers[0][0]) or outils.generate_id()
                 msg = self._client._create_message(
                     "oadrCreatedEvent", ven_id=self.ven_id,
                     response={"response_code": 200, "response_description": "OK", "request_id": request_id},
                     event_responses=[{"response_code": 200, "response_description": "OK",
                                       "request_id": request_id, "event_id": eid,
-                                      "modification_number": mod, "opt_type": opt}])
+                                      "modification_number": mod, "opt_type": opt} for eid, mod, opt in answers])
                 rtype, payload = await self._client._perform_request("EiEvent", msg)
             if rtype is None:
                 return      # retried on the next poll or after re-registration
+            opt = answers[0][2]     # one for all of a message's answers
             if rtype == "oadrRequestReregistration":
-                self._forgotten(f"the {opt} for event {eid}")
+                self._forgotten(f"the {opt} for {_events(answers)}")
                 return      # still pending: sent once registered again
-            if self._pending_opts.get(eid) == (mod, opt, by_create_opt):
-                del self._pending_opts[eid]
+            for eid, mod, answer in answers:
+                if self._pending_opts.get(eid) == (mod, answer, by_create_opt):
+                    del self._pending_opts[eid]
             how = "oadrCreateOpt for" if by_create_opt else "answer to"
             if self._client.refused:
-                self._answer_refused(f"VTN refused the {opt} {how} event {eid}: {self._client.refused}")
+                self._answer_refused(f"VTN refused the {opt} {how} {_events(answers)}: {self._client.refused}")
                 continue
             self.opt_answer_error = None
-            log.info("told the VTN %s for event %s%s", opt, eid, " (oadrCreateOpt: it wants no answer)" * by_create_opt)
+            log.info("told the VTN %s for %s%s", opt, _events(answers),
+                     " (oadrCreateOpt: it wants no answer)" * by_create_opt)
+
+    def _opt_messages(self) -> list[tuple[bool, list[tuple[str, int, str]]]]:
+        """The waiting answers as messages: an oadrCreateOpt per event; one oadrCreatedEvent for the answers of
+        one kind to events of one oadrDistributeEvent (up to OPT_BATCH), as openleadr answers that message. A
+        BAS opting out of a day-ahead program's 200 events sent 200 messages (20 s at a TLS VTN's 100 ms each,
+        polls waiting) and logged 200 lines."""
+        out: list[tuple[bool, list[tuple[str, int, str]]]] = []
+        groups: dict[tuple[str, str], list[tuple[str, int, str]]] = {}
+        for eid, (mod, opt, by_create_opt) in self._pending_opts.items():
+            if by_create_opt:
+                out.append((True, [(eid, mod, opt)]))
+                continue
+            key = (self._distributed_in.get(eid) or eid, opt)
+            if key not in groups or len(groups[key]) >= OPT_BATCH:
+                groups[key] = []
+                out.append((False, groups[key]))
+            groups[key].append((eid, mod, opt))
+        return out
 
     def _answer_refused(self, error: str) -> None:
         # Not sent again: the same answer would be refused again. The utility does not know the
@@ -1135,6 +1173,15 @@ def _ei_response(request_id: str | None, refusal: str | None = None) -> dict:
     if refusal is None:
         return {"response_code": 200, "response_description": "OK", "request_id": request_id}
     return {"response_code": INVALID_ID, "response_description": refusal[:200], "request_id": request_id}
+
+
+def _events(answers: list[tuple[str, int, str]]) -> str:
+    """'event e1', 'events e1, e2', or the first few and how many, for a log line."""
+    ids = [eid for eid, _, _ in answers]
+    if len(ids) == 1:
+        return f"event {ids[0]}"
+    shown = ", ".join(ids[:5])
+    return f"{len(ids)} events ({shown}, ...)" if len(ids) > 5 else f"events {shown}"
 
 
 def _answer(event) -> str:
