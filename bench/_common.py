@@ -194,7 +194,8 @@ async def _peers(conn, meter_port, vtn_port, vtn_poll_seconds, bas_port, gateway
             except Exception:
                 pass
     conn.send({"vtn_reports": len(vtn.reports), "vtn_registrations": vtn.registrations,
-               "bas_cycles": bas.cycles if bas else 0})
+               "bas_cycles": bas.cycles if bas else 0,
+               "vtn_report_times": [ts.timestamp() for _, _, _, ts, _ in vtn.reports]})
 
 
 class Peers:

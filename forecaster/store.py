@@ -117,9 +117,24 @@ class ForecastStore:
 
     def prune(self, before_epoch: float) -> None:
         with closing(self._connect()) as db, db:
-            db.execute("DELETE FROM forecast_minute WHERE minute < ?", (int(before_epoch // 60),))
-            db.execute("DELETE FROM forecast_issue WHERE issued_at < ?", (before_epoch,))
-            db.execute("DELETE FROM forecast_demand WHERE issued_at < ?", (before_epoch,))
+            self._prune(db, before_epoch)
+
+    def prune_behind_newest(self, keep_seconds: float, now: float) -> None:
+        """Prune what is `keep_seconds` older than the newest stored minute not after `now`. Unlike a prune
+        by the wall clock this is safe at start-up, when the clock may still be far ahead: it can only
+        delete what the next hourly prune would, yet a gateway restarted more often than hourly needs it,
+        or its history and issued forecasts grow without end."""
+        with closing(self._connect()) as db, db:
+            newest = db.execute("SELECT MAX(minute) FROM forecast_minute WHERE minute <= ?",
+                                (math.floor(now / 60),)).fetchone()[0]
+            if newest is not None:
+                self._prune(db, newest * 60.0 - keep_seconds)
+
+    @staticmethod
+    def _prune(db: sqlite3.Connection, before_epoch: float) -> None:
+        db.execute("DELETE FROM forecast_minute WHERE minute < ?", (int(before_epoch // 60),))
+        db.execute("DELETE FROM forecast_issue WHERE issued_at < ?", (before_epoch,))
+        db.execute("DELETE FROM forecast_demand WHERE issued_at < ?", (before_epoch,))
 
     # ---- issued forecasts --------------------------------------------------------------
     def record_forecast(self, f: Forecast) -> None:

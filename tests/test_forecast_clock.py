@@ -130,3 +130,51 @@ async def test_a_clock_years_ahead_does_not_prune_the_history(tmp_path, monkeypa
         assert _stored_minutes(path, real - 2 * 86400, real) == stored
     finally:
         await svc.stop()
+
+
+def _stored_rows(path: str, table: str, before: float) -> int:
+    column = "minute * 60" if table == "forecast_minute" else "issued_at"
+    with sqlite3.connect(path) as db:
+        return db.execute(f"SELECT COUNT(*) FROM {table} WHERE {column} < ?", (before,)).fetchone()[0]
+
+
+def _old_rows(path: str, at: float) -> None:
+    """A minute of history and an issued forecast from `at`: older than the forecaster keeps."""
+    from forecaster.core import Forecast
+
+    store = ForecastStore(path)
+    store.save_minutes([int(at // 60)], [10.0], [1])
+    store.record_forecast(Forecast(issued_at=at, demand_kw={15: 10.0, 60: 10.0}, rate_kw_per_min=0.0, high_load=False,
+                                   low_load=False, high_threshold_kw=None, low_threshold_kw=None, model="persistence"))
+
+
+@pytest.mark.timeout(60)
+async def test_a_gateway_restarted_within_the_hour_still_prunes_at_start(tmp_path):
+    # The hourly prune waits an hour after start: a gateway restarted more often (a crash loop, a watchdog)
+    # never pruned, and its file grew by a day of history and forecasts every day.
+    path = str(tmp_path / "g.sqlite")
+    real = time.time()
+    stored = _stored_history(path, real - 60)
+    _old_rows(path, real - 60 * 86400)
+    svc = ForecastService(ForecasterConfig(cycle_seconds=0.05, source="meter"), path, publish=lambda f: None)
+    await svc.start()
+    await svc.stop()
+    kept_since = real - 2 * 86400
+    assert [_stored_rows(path, t, kept_since) for t in ("forecast_minute", "forecast_issue", "forecast_demand")] \
+        == [0, 0, 0]
+    assert _stored_minutes(path, kept_since) == stored
+
+
+@pytest.mark.timeout(60)
+async def test_a_start_with_the_clock_years_ahead_prunes_nothing_kept(tmp_path):
+    path = str(tmp_path / "g.sqlite")
+    real = time.time()
+    stored = _stored_history(path, real - 60)
+    _old_rows(path, real - 60 * 86400)
+    ahead = real + 5 * 365 * 86400
+    svc = ForecastService(ForecasterConfig(cycle_seconds=0.05, source="meter"), path, publish=lambda f: None,
+                          clock=lambda: ahead)
+    await svc.start()
+    await svc.stop()
+    assert _stored_minutes(path, real - 2 * 86400, real) == stored      # by the newest stored minute, not the clock
+    assert _stored_rows(path, "forecast_minute", real - 2 * 86400) == 0

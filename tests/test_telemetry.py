@@ -202,6 +202,24 @@ def test_samples_forgotten_undelivered_are_not_counted_as_delivered(tmp_path):
     q.close()
 
 
+def test_a_reading_does_not_count_the_queue_for_a_debug_line_not_logged(tmp_path, caplog):
+    # The DEBUG line's "N waiting" was counted with every reading at any log level: a COUNT(*) over the
+    # whole queue on the event loop, 15-20 ms a reading with a week's backlog at a 1 s poll.
+    storage = Storage(tmp_path / "gw.sqlite")
+    queue = TelemetryQueue(tmp_path / "gw.sqlite")
+    client = VtnClient(OpenadrConfig(), EventSchedule(storage, lambda st: None), queue)
+    statements: list[str] = []
+    queue._db().set_trace_callback(statements.append)
+    caplog.set_level(logging.INFO, logger="ven.vtn")
+    client.record_sample(datetime.now(timezone.utc), 50.0)
+    assert statements and not any("COUNT(" in s for s in statements), statements
+    caplog.set_level(logging.DEBUG, logger="ven.vtn")
+    client.record_sample(datetime.now(timezone.utc), 51.0)
+    assert "(queued, 2 waiting)" in caplog.text
+    queue.close()
+    storage.close()
+
+
 async def test_a_backlog_sampled_faster_than_telemetry_seconds_goes_in_full_batches_and_two_log_lines(
         tmp_path, free_tcp_port, caplog):
     # The meter read every 0.2 s and intervals of telemetry_seconds (1 s): five samples per interval.

@@ -11,6 +11,7 @@ import datetime as dt
 import logging
 import os
 import pickle
+import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -184,7 +185,12 @@ class ForecastService:
 
     def _open_store(self):
         store = ForecastStore(self.storage_path)
-        return store, store.load_into(self.forecaster, self._clock(), flags=True)
+        now = self._clock()
+        try:
+            store.prune_behind_newest(self.forecaster.keep_days * 86400, now)
+        except sqlite3.Error:  # locked, say: the hourly prune does it; the history still loads
+            pass
+        return store, store.load_into(self.forecaster, now, flags=True)
 
     async def stop(self) -> None:
         await cancel_and_wait(self._task)
