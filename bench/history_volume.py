@@ -1,16 +1,18 @@
-"""A gateway with a year behind it: event table pruning at start-up and the size and time of /api/history.
+"""A gateway with a year behind it: the event table at start-up and pruned, and the size and time of /api/history.
 
     python bench/history_volume.py [--days 365] [--per-day 1]
 
 Events: `--per-day` events a day for `--days` days, each opted in then out for part of it (as a BAS toggling
 ADR-Opt-Out leaves them), written through the gateway's own Storage and EventSchedule (upsert, opt-out,
-opt-in) with synthetic clocks; then a fresh EventSchedule loads the file as a restart would. Prints the
-rows before and after, the load (purge) time, and the file size.
+opt-in) with synthetic clocks; then a fresh EventSchedule loads the file as a restart would (events over for
+35 days before the newest time stamp in the file go) and prunes as its timer does. Prints the rows before
+and after, the load and prune times, the file size, the events /api/status lists and /api/history can shade, and the
+schedule's work per timer wake (`_next_wake` + `state`) with that month of ended events kept.
 
 History: the shipped building's 35 days of minutes (what `forecaster.history_days` keeps by default)
 written into the gateway's SQLite file, forecasts every minute for both horizons, then
 `ForecastService.history` + `build_history` and the JSON encoding, for 24 h, a week and 35 days, with the
-last day's events: seconds and bytes. Prints tables; nothing is asserted.
+events kept for them: seconds and bytes. Prints tables; nothing is asserted.
 """
 from __future__ import annotations
 
@@ -78,12 +80,24 @@ def events_part(args, tmp: Path) -> list:
     sched = EventSchedule(storage, lambda st: None)
     sched.load()
     loaded = time.perf_counter() - t
-    kept = len(sched.events())
+    t = time.perf_counter()
+    sched._purge(datetime.now(timezone.utc))
+    pruned = time.perf_counter() - t
+    listed = len(sched.events())
+    shaded = sched.history_events(now - timedelta(days=35))
+    repeat = 1000
+    t = time.perf_counter()
+    for _ in range(repeat):
+        at = datetime.now(timezone.utc)
+        sched._next_wake(at)
+        sched.state(at)
+    wake = (time.perf_counter() - t) / repeat
     storage.close()
-    return [n, seeded, before, size / 1024, loaded * 1000, kept, rows(path)]
+    return [n, seeded, before, size / 1024, loaded * 1000, pruned * 1000, rows(path), listed, len(shaded),
+            wake * 1e6], shaded
 
 
-def history_part(tmp: Path) -> list[list]:
+def history_part(tmp: Path, events: list) -> list[list]:
     from forecaster.store import ForecastStore
     from ven.config import ForecasterConfig
     from ven.http_api import build_history, to_json
@@ -107,12 +121,15 @@ def history_part(tmp: Path) -> list[list]:
         stored = store.history(now - hours * 3600)
         read = time.perf_counter() - t
         t = time.perf_counter()
-        body = build_history(now, hours, stored, [], horizons=c.horizons_minutes)
+        at = datetime.fromtimestamp(now, timezone.utc)
+        described = [ev.describe(at) for ev in events if ev.end >= at - timedelta(hours=hours)]
+        body = build_history(now, hours, stored, described, horizons=c.horizons_minutes)
         shaped = time.perf_counter() - t
         t = time.perf_counter()
         text = json.dumps(to_json(body), separators=(",", ":"))
         encoded = time.perf_counter() - t
-        out.append([hours, len(body["minutes"]), read * 1000, shaped * 1000, encoded * 1000, len(text) / 1024])
+        out.append([hours, len(body["minutes"]), len(body["events"]), read * 1000, shaped * 1000, encoded * 1000,
+                    len(text) / 1024])
     return out, minutes, size
 
 
@@ -124,13 +141,14 @@ def main() -> int:
     C.quiet_logging()
     load0 = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-history-") as tmp:
-        ev = events_part(args, Path(tmp))
-        hist, minutes, size = history_part(Path(tmp))
-    print(C.table(["events written", "written in s", "rows in file", "file KB", "start-up load ms",
-                   "events kept", "rows after"], [ev]))
+        ev, shaded = events_part(args, Path(tmp))
+        hist, minutes, size = history_part(Path(tmp), shaded)
+    print(C.table(["events written", "written in s", "rows in file", "file KB", "start-up load ms", "prune ms",
+                   "rows after", "in /api/status", "for /api/history", "timer wake us"], [ev]))
     print()
     print(f"history file: {minutes} minutes of power, a forecast a minute; {size / 2**20:.1f} MB")
-    print(C.table(["hours", "minutes", "SQLite read ms", "build_history ms", "JSON encode ms", "body KB"], hist))
+    print(C.table(["hours", "minutes", "event spans", "SQLite read ms", "build_history ms", "JSON encode ms",
+                   "body KB"], hist))
     print(f"\nload average {load0:.2f} -> {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
     return 0
 

@@ -122,6 +122,9 @@ async def test_an_open_ended_event_runs_until_cancelled_and_is_purged_after(stor
     assert sched.get("open").cancelled_at == clock[0]
     clock[0] += timedelta(hours=25)
     sched._purge(clock[0])
+    assert sched.events() == [] and [e.event_id for e in storage.load_events()] == ["open"]  # kept for the history
+    clock[0] += timedelta(days=35)
+    sched._purge(clock[0])
     assert sched.get("open") is None and storage.load_events() == []
 
 
@@ -410,7 +413,7 @@ async def test_an_event_unlisted_while_the_clock_reads_2020_is_judged_once_the_c
         assert not sched.get("ran").cancelled and sched.get("ran").cancelled_at is None
         assert {e["event_id"]: e["status"] for e in sched.events()} == {"ran": "completed", "dropped": "cancelled"}
         sched._purge(real)
-        assert sched.get("ran") is not None, "kept as it ran (until keep_recent after its end)"
+        assert sched.get("ran") is not None, "kept as it ran"
         assert len([r for r in caplog.records if "had ended: kept as they ran" in r.getMessage()]) == 1
     finally:
         await sched.stop()

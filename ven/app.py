@@ -345,10 +345,15 @@ class Gateway:
         from .http_api import build_history
 
         c = self.config.forecaster
-        events = self.schedule.events()  # the schedule belongs to the loop; the SQLite read and shaping do not
+        # the schedule belongs to the loop; the SQLite read and shaping do not (its events are frozen values)
+        events = self.schedule.history_events(datetime.now(timezone.utc) - timedelta(hours=hours))
         stored = await asyncio.to_thread(self.forecast.history, hours)
-        return await asyncio.to_thread(build_history, time.time(), hours, stored, events,
-                                       horizons=c.horizons_minutes, flag_stale_seconds=max(300.0, 3 * c.cycle_seconds))
+
+        def shape() -> dict:
+            now = datetime.now(timezone.utc)
+            return build_history(now.timestamp(), hours, stored, [ev.describe(now) for ev in events],
+                                 horizons=c.horizons_minutes, flag_stale_seconds=max(300.0, 3 * c.cycle_seconds))
+        return await asyncio.to_thread(shape)
 
     def refresh_metrics(self) -> None:
         """Bring counters owned elsewhere (telemetry queue, VTN client) up to date before a scrape."""

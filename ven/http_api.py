@@ -25,7 +25,7 @@ GET /api/status -> view.status(), a dict shaped like:
       ],
       "vtn": {"url": "...", "ven_name": "...", "ven_id": "...", "registered": true, "connected": true,
               "last_poll": "...Z", "last_error": null, ...},
-      "events": [                                    # pending, active and recent events
+      "events": [                                    # pending, active and recent (over for under a day) events
         {"event_id": "e1", "status": "active",        # pending | active | completed | cancelled
          "opt": "optIn",                               # optIn | optOut
          "opt_changes": [{"at": "...Z", "opt": "optIn"}],  # optional: each answer and since when, oldest first
@@ -63,7 +63,9 @@ GET /api/history?hours=24 -> view.history(hours), a dict shaped like (times: epo
       "events": [{"start": 1763780000, "end": 1763783600, "level": 2, "event_id": "e1", "opt": "optIn"}]
     }                                               # one entry per SIMPLE interval above level 0
                                                     # and per answer: an interval is cut where the
-                                                    # answer changed, "opt" is the one in force then
+                                                    # answer changed, "opt" is the one in force then;
+                                                    # every event overlapping the hours (ended ones are
+                                                    # kept 35 days, /api/status lists a day of them)
 
 All per-minute arrays have the length of "minutes". An interval still open has "end": null.
 build_history() makes this body from the forecaster store's history and the schedule's events.
@@ -92,7 +94,7 @@ from ven.tasks import cancel_and_wait
 log = logging.getLogger(__name__)
 
 WEB_DIR = Path(__file__).with_name("web")
-MAX_HISTORY_HOURS = 24 * 35  # forecaster.history_days default: older minutes are not kept anyway
+MAX_HISTORY_HOURS = 24 * 35  # forecaster.history_days default: older minutes are not kept anyway; events as long (schedule.KEEP_HISTORY)
 STATIC_FILES = {
     "/": ("index.html", "text/html"),
     "/app.js": ("app.js", "application/javascript"),

@@ -11,6 +11,7 @@ import asyncio
 import bisect
 import logging
 import math
+import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import Callable, Iterable
@@ -23,6 +24,15 @@ from .wallclock import clock_suspect
 log = logging.getLogger(__name__)
 
 _MAX_SLEEP = 30.0   # re-evaluate at least this often so a wall-clock step is noticed
+# Ended events stay in storage.path for the history as long as /api/history reaches back
+# (http_api.MAX_HISTORY_HOURS): a building owner settles a program's month with the utility from them.
+KEEP_HISTORY = timedelta(days=35)
+_SORT_EVERY_S = 600.0
+# Pruning goes by the wall clock: a box that boots with its clock a year ahead, or a step ahead, would delete
+# every event. As the forecaster's, it waits an hour after start and a day after a step.
+_PRUNE_HOLD_START_S = 3600.0
+_PRUNE_HOLD_STEP_S = 86400.0
+_CLOCK_STEP_S = 30.0    # the wall clock moving this much more or less than the monotonic one is a step
 
 
 def utcnow() -> datetime:
@@ -41,12 +51,19 @@ class ScheduleState:
 
 class EventSchedule:
     def __init__(self, storage: Storage, on_change: Callable[[ScheduleState], None],
-                 clock: Callable[[], datetime] = utcnow, keep_recent: timedelta = timedelta(hours=24)):
+                 clock: Callable[[], datetime] = utcnow, keep_recent: timedelta = timedelta(hours=24),
+                 keep_history: timedelta = KEEP_HISTORY):
         self._storage = storage
         self._on_change = on_change
         self._clock = clock
         self._keep_recent = keep_recent
+        self._keep_history = max(keep_history, keep_recent)
+        # live, pending and recent (over for less than keep_recent): what the timers, the points and
+        # /api/status go through
         self._events: dict[str, Event] = {}
+        # over for longer, kept for /api/history: out of their way, so a month of a daily program costs them nothing
+        self._past: dict[str, Event] = {}
+        self._prune_from = time.monotonic() + _PRUNE_HOLD_START_S
         self._opted_out = False
         self._last: ScheduleState | None = None
         self._wake: asyncio.Event | None = None
@@ -64,15 +81,28 @@ class EventSchedule:
         for ev in self._storage.load_events():
             self._events[ev.event_id] = ev
         self._loaded = True
-        self._purge(self._clock())
-        if self._events:
-            log.info("restored %d event(s) from storage", len(self._events))
+        now = self._clock()
+        stamps = [t for ev in self._events.values() for t in _stamps(ev)]
+        # a clock not set yet (2020 at boot) would take a month of ended events for ones to come, and the BAS's
+        # ADR-Opt-Out would answer them all: the file's latest time stamp is a time that has been
+        self._purge(max([now, *stamps]) if clock_suspect(now) else now, prune=False)
+        # Pruned at start too, behind the file's newest time stamp: safe with a clock far ahead, and a gateway
+        # restarted more often than hourly (the timer's first prune) still prunes.
+        newest = max((t for t in stamps if t <= now), default=None)
+        if newest is not None:
+            self._prune(newest)
+        if self._events or self._past:
+            log.info("restored %d event(s) from storage%s", len(self._events) + len(self._past),
+                     f" ({len(self._past)} of them over for more than {_span(self._keep_recent)}, kept for the history)"
+                     if self._past else "")
 
     async def start(self) -> None:
         self.load()
         self._wake = asyncio.Event()
-        self._publish(self._clock())
-        self._task = asyncio.create_task(self._run(), name="event-schedule")
+        now = self._clock()
+        self._publish(now)
+        # a step from here on is one the load's sorting went by
+        self._task = asyncio.create_task(self._run(now, time.monotonic()), name="event-schedule")
 
     async def stop(self) -> None:
         await cancel_and_wait(self._task)
@@ -81,7 +111,7 @@ class EventSchedule:
     # -- changes -----------------------------------------------------------------------------
 
     def get(self, event_id: str) -> Event | None:
-        return self._events.get(event_id)
+        return self._events.get(event_id) or self._past.get(event_id)
 
     @property
     def opted_out(self) -> bool:
@@ -89,7 +119,7 @@ class EventSchedule:
 
     def upsert(self, event: Event) -> Event | None:
         """Store a new or changed event; the copy stored, or None when the change was not taken."""
-        old = self._events.get(event.event_id)
+        old = self.get(event.event_id)
         if old is not None and event.modification_number < old.modification_number:
             log.info("event %s: ignoring stale modification %d (have %d)", event.event_id,
                      event.modification_number, old.modification_number)
@@ -112,7 +142,7 @@ class EventSchedule:
             else:
                 event = replace(event, modified_at=old.modified_at, ran_before=old.ran_before)
         self._storage.save_event(event)
-        self._events[event.event_id] = event
+        self._place(event, self._clock())
         self._changed()
         return event
 
@@ -126,7 +156,7 @@ class EventSchedule:
         self._changed()
 
     def forget(self, event_id: str) -> None:
-        if self._events.pop(event_id, None) is not None:
+        if self._events.pop(event_id, None) is not None or self._past.pop(event_id, None) is not None:
             self._storage.delete_event(event_id)
             self._changed()
 
@@ -258,6 +288,11 @@ class EventSchedule:
             out.append(d)
         return out
 
+    def history_events(self, since: datetime) -> list[Event]:
+        """Every kept event not over before `since`, oldest first: what /api/history shades."""
+        return sorted((ev for evs in (self._past, self._events) for ev in evs.values() if _over(ev) >= since),
+                      key=lambda e: (e.start, e.event_id))
+
     def active_and_pending(self) -> list[Event]:
         now = self._clock()
         return [ev for ev in self._events.values()
@@ -304,24 +339,40 @@ class EventSchedule:
 
     def _adopt(self, found: list[Event], now: datetime) -> None:
         """Events of a storage file that opened only after the start: restored as `load` would have."""
-        new = [ev for ev in found if ev.event_id not in self._events]
+        new = [ev for ev in found if self.get(ev.event_id) is None]
         if not new:
             return
         self._events.update((ev.event_id, ev) for ev in new)
-        self._purge(now)
+        self._purge(now, prune=False)
         log.info("restored %d event(s) from storage", len(new))
         self._publish(now)
 
-    def _purge(self, now: datetime) -> None:
-        for eid, ev in list(self._events.items()):
-            over = min(ev.end, ev.cancelled_at or ev.received_at) if ev.cancelled else ev.end
-            if over + self._keep_recent < now:  # an open-ended event is over once cancelled
-                self._storage.delete_event(eid)
-                del self._events[eid]
+    def _place(self, ev: Event, now: datetime) -> None:
+        recent = _over(ev) + self._keep_recent >= now
+        if recent and ev.event_id in self._past and clock_suspect(now):
+            return  # it was over by a clock that was set
+        (self._events if recent else self._past)[ev.event_id] = ev
+        (self._past if recent else self._events).pop(ev.event_id, None)
 
-    async def _run(self) -> None:
+    def _purge(self, now: datetime, prune: bool = True) -> None:
+        """Events over for longer than keep_recent leave the working set for the history; with `prune`,
+        those over for longer than keep_history leave the file. By the clock of now: after a clock set back
+        (a box booted with a clock ahead, then NTP) what it had set aside is live again."""
+        for ev in [*self._events.values(), *self._past.values()]:
+            self._place(ev, now)
+        if prune:
+            self._prune(now)
+
+    def _prune(self, now: datetime) -> None:
+        gone = [eid for eid, ev in self._past.items() if _over(ev) + self._keep_history < now]
+        for eid in gone:
+            del self._past[eid]
+        if gone:
+            self._storage.delete_events(gone)
+
+    async def _run(self, wall0: datetime, mono0: float) -> None:
         assert self._wake is not None
-        last_purge = self._clock()
+        next_sort = mono0 + _SORT_EVERY_S
         while True:
             now = self._clock()
             target = self._next_wake(now)
@@ -343,6 +394,31 @@ class EventSchedule:
             self._judge_unlisted(now)
             self._storage.flush()       # changes a failed write left in memory (no-op when none)
             self._adopt(self._storage.take_found(), now)
-            if (now - last_purge).total_seconds() > 600:
-                self._purge(now)
-                last_purge = now
+            mono = time.monotonic()
+            stepped = abs((now - wall0).total_seconds() - (mono - mono0)) > _CLOCK_STEP_S
+            wall0, mono0 = now, mono
+            if stepped:
+                self._prune_from = max(self._prune_from, mono + _PRUNE_HOLD_STEP_S)
+            if stepped or mono >= next_sort:
+                next_sort = mono + _SORT_EVERY_S
+                self._purge(now, prune=mono >= self._prune_from)
+                self._publish(now)
+
+
+def _over(ev: Event) -> datetime:
+    """When the event stopped: its end, or its cancellation (an open-ended event is over once cancelled;
+    one cancelled without a known time, on arrival)."""
+    return min(ev.end, ev.cancelled_at or ev.received_at) if ev.cancelled else ev.end
+
+
+def _stamps(ev: Event):
+    """The times the gateway's clock put on the event as things happened."""
+    yield ev.received_at
+    yield from (at for at, _ in ev.opt_changes)
+    if ev.cancelled_at:
+        yield ev.cancelled_at
+
+
+def _span(td: timedelta) -> str:
+    hours = td.total_seconds() / 3600
+    return f"{hours / 24:g} days" if hours >= 48 else f"{hours:g} h"

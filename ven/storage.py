@@ -346,7 +346,12 @@ class Storage:
         self.flush()
 
     def delete_event(self, event_id: str) -> None:
-        self._unsaved[event_id] = None
+        self.delete_events((event_id,))
+
+    def delete_events(self, event_ids) -> None:
+        """In one write: pruning a month of events is not a month of transactions."""
+        for event_id in event_ids:
+            self._unsaved[event_id] = None
         self.flush()
 
     def flush(self) -> bool:

@@ -1,0 +1,177 @@
+"""Ended events stay in storage.path for as long as /api/history reaches back (35 days): a building owner
+settling a demand-response program asks "did the building shed last Tuesday, at which level, and was it
+opted out?". /api/status keeps listing a day of them. The wired gateway against a real SQLite file, a
+real openleadr VTN (which no longer lists the old events) and real HTTP."""
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from datetime import datetime, timedelta, timezone
+
+import aiohttp
+import pytest
+from test_gateway import fast_config
+from waiting import eventually
+
+from ven.app import Gateway
+from ven.events import Event, Interval, Signal
+from ven.schedule import EventSchedule
+from ven.storage import Storage
+from ven.vtn_server import DemoVtn
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def event(event_id: str, levels: list[int], start: datetime, minutes: int, received_at: datetime) -> Event:
+    ivs = tuple(Interval(start + timedelta(minutes=minutes * i), timedelta(minutes=minutes), float(v))
+                for i, v in enumerate(levels))
+    return Event(event_id, 0, "far", False, "oadr://utility/dr", (Signal("SIMPLE", "level", ivs),),
+                 timedelta(0), received_at)
+
+
+def run_past_events(path, now: datetime) -> dict[str, datetime]:
+    """What the gateway lived through, by the schedule's own clock: an event 3 days ago the BAS opted out
+    of for half an hour, one the VTN cancelled while it ran 2 days ago, one that ended 2 hours ago, and one
+    of 40 days ago. Returns their starts."""
+    starts = {"ancient": now - timedelta(days=40), "last-tuesday": now - timedelta(days=3),
+              "cancelled": now - timedelta(days=2), "this-morning": now - timedelta(hours=4)}
+    starts = {k: v.replace(minute=0, second=0, microsecond=0) for k, v in starts.items()}
+    clock = [starts["ancient"] - timedelta(hours=12)]
+    storage = Storage(path)
+    sched = EventSchedule(storage, lambda st: None, clock=lambda: clock[0], keep_recent=timedelta(days=400))
+    sched.load()
+
+    def at(name, minutes):
+        clock[0] = starts[name] + timedelta(minutes=minutes)
+
+    for name in ("ancient", "last-tuesday", "this-morning"):
+        at(name, -600)
+        sched.upsert(event(name, [1, 2, 3, 1], starts[name], 30, clock[0]))
+        if name == "last-tuesday":
+            at(name, 40)
+            sched.set_opt_out(True)
+            at(name, 70)
+            sched.set_opt_out(False)
+        if name == "last-tuesday":  # the cancelled one falls between the two
+            at("cancelled", -600)
+            sched.upsert(event("cancelled", [2], starts["cancelled"], 120, clock[0]))
+            at("cancelled", 30)
+            sched.cancel("cancelled")
+    storage.close()
+    return starts
+
+
+def stored(path) -> list[str]:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        return sorted(eid for (eid,) in db.execute("SELECT event_id FROM adr_events"))
+
+
+async def get_json(url: str) -> dict:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+        async with http.get(url) as r:
+            assert r.status == 200, await r.text()
+            return await r.json()
+
+
+async def shaded(gateway, hours: float, start: dict[str, datetime]) -> dict[str, list]:
+    """/api/history's spans per event as (from, to, level, opt), minutes from the event's start."""
+    body = await get_json(f"{gateway.http.url}/api/history?hours={hours:g}")
+    out: dict[str, list] = {}
+    for e in body["events"]:
+        t0 = start[e["event_id"]].timestamp()
+        out.setdefault(e["event_id"], []).append(((e["start"] - t0) / 60, (e["end"] - t0) / 60, e["level"], e["opt"]))
+    return out
+
+
+async def test_a_week_view_shows_the_events_of_the_week_with_their_answers_across_a_restart(
+        tmp_path, free_udp_port, free_tcp_port):
+    ports = dict(bacnet_port=free_udp_port(), meter_port=free_udp_port(), vtn_port=free_tcp_port(),
+                 http_port=free_tcp_port())
+    config = fast_config(tmp_path, **ports)  # nobody answers on the meter's port: not what this is about
+    start = run_past_events(config.storage.path, utcnow())
+    week = {"last-tuesday": [(0, 30, 1, "optIn"), (30, 40, 2, "optIn"), (40, 60, 2, "optOut"),
+                             (60, 70, 3, "optOut"), (70, 90, 3, "optIn"), (90, 120, 1, "optIn")],
+            "cancelled": [(0, 30, 2, "optIn")],     # as it ran: up to its cancellation
+            "this-morning": [(0, 30, 1, "optIn"), (30, 60, 2, "optIn"), (60, 90, 3, "optIn"), (90, 120, 1, "optIn")]}
+    async with DemoVtn(port=ports["vtn_port"], poll_seconds=1.0) as vtn:  # lists none of them any more
+        for restart in range(2):
+            gateway = Gateway(config)
+            try:
+                await gateway.start()
+                await eventually(lambda: gateway.vtn.connected and vtn.vens, 10)
+                assert await shaded(gateway, 168, start) == week, f"restart {restart}"
+                assert list(await shaded(gateway, 24, start)) == ["this-morning"]
+                assert "ancient" not in await shaded(gateway, 840, start)  # ended 40 days ago: past the 35 kept
+                assert stored(config.storage.path) == ["cancelled", "last-tuesday", "this-morning"]  # 40 days: pruned
+                status = await get_json(f"{gateway.http.url}/api/status")
+                # the events table stays a day long
+                assert [e["event_id"] for e in status["events"]] == ["this-morning"]
+                assert status["events"][0]["status"] == "completed"
+            finally:
+                await gateway.stop()
+
+
+def test_ended_events_are_kept_35_days_then_pruned(tmp_path):
+    path = tmp_path / "gw.sqlite"
+    now = utcnow()
+    start = run_past_events(path, now)
+    storage = Storage(path)
+    try:
+        sched = EventSchedule(storage, lambda st: None, clock=lambda: now)
+        sched.load()
+        sched._purge(now)   # what the running gateway does every ten minutes
+        assert stored(path) == ["cancelled", "last-tuesday", "this-morning"]
+        tuesday = sched.get("last-tuesday")
+        assert [opt for _, opt in tuesday.opt_log] == ["optIn", "optOut", "optIn"]
+        assert sched.get("cancelled").cancelled_at == start["cancelled"] + timedelta(minutes=30)
+        later = start["last-tuesday"] + timedelta(days=35, hours=3)   # 35 days after it ended
+        sched._purge(later)
+        assert stored(path) == ["cancelled", "this-morning"]
+        assert sched.get("last-tuesday") is None
+    finally:
+        storage.close()
+
+
+async def test_a_boot_clock_far_ahead_deletes_no_event(tmp_path):
+    # A box whose clock boots a year ahead (a bad RTC) until NTP sets it: judged by that clock every event is
+    # over, the one to come included. Pruning goes by the file's own newest time stamp at start and waits a
+    # while after (as the forecaster's does), so NTP finds them all but the one older than 35 days.
+    path = tmp_path / "gw.sqlite"
+    now = utcnow()
+    start = run_past_events(path, now)
+    storage = Storage(path)
+    coming = now.replace(microsecond=0) + timedelta(hours=2)
+    storage.save_event(event("tomorrow", [2], coming, 60, now))
+    clock = [now + timedelta(days=365)]
+    sched = EventSchedule(storage, lambda st: None, clock=lambda: clock[0])
+    await sched.start()
+    try:
+        assert stored(path) == ["cancelled", "last-tuesday", "this-morning", "tomorrow"]
+        clock[0] = now      # NTP sets it
+        sched._wake.set()   # the timer notices within 30 s; now, for the test
+        await eventually(lambda: sched.state().start_minutes == 120.0, 2, "the event to come drives the points again")
+        assert [e["event_id"] for e in sched.events()] == ["this-morning", "tomorrow"]
+        assert stored(path) == ["cancelled", "last-tuesday", "this-morning", "tomorrow"]
+    finally:
+        await sched.stop()
+        storage.close()
+
+
+def test_a_boot_clock_in_2020_opts_out_of_no_event_that_ended_days_ago(tmp_path):
+    # No battery clock: the box boots at 2020-01-01 with the BAS's ADR-Opt-Out still commanded. By that clock
+    # every kept event is still to come; the month of ended ones must not each get an optOut (and an answer).
+    path = tmp_path / "gw.sqlite"
+    run_past_events(path, utcnow())
+    storage = Storage(path)
+    try:
+        sched = EventSchedule(storage, lambda st: None, clock=lambda: datetime(2020, 1, 1, tzinfo=timezone.utc))
+        changed = sched.set_opt_out(True)
+        assert [ev.event_id for ev in changed] == ["this-morning"]  # within a day of the file's last time stamp
+        assert [e["event_id"] for e in sched.events()] == ["this-morning"]
+        assert [opt for _, opt in sched.get("last-tuesday").opt_log] == ["optIn", "optOut", "optIn"]
+    finally:
+        storage.close()
