@@ -43,11 +43,13 @@ def pct(values, p: float) -> float:
 
 
 async def wait_until(check, timeout: float, interval: float = 0.01):
-    """Poll `check()` until it returns a truthy value, which is returned; None after `timeout` s
-    (a benchmark records what did not happen rather than failing)."""
+    """Poll `check()` (sync or async) until it returns a truthy value, which is returned; None after
+    `timeout` s (a benchmark records what did not happen rather than failing)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = check()
+        if asyncio.iscoroutine(value):
+            value = await value
         if value:
             return value
         await asyncio.sleep(interval)

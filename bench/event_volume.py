@@ -210,7 +210,7 @@ async def step(name, ven, vtn, hb, logs, change, done, timeout=120.0):
     logs.take()
     t0 = time.perf_counter()
     await change()
-    ok = await _until(done, timeout)
+    ok = bool(await C.wait_until(done, timeout, 0.05))
     took = time.perf_counter() - t0
     await asyncio.sleep(1.5)     # the polls after it, for the stall figures
     handled = [d for d in ven.dispatches if d[0] == "oadrDistributeEvent"]
@@ -268,7 +268,7 @@ async def many_events(n: int, tmp: Path, logs: LogCount) -> tuple[list[list], di
                                lambda: _all_opts(vtn, ids, 2)))
         counts["opted out"] = await vtn.ask("opts", ids)
         ven.vtn.set_opt_out(False)
-        await _until(lambda: _all_opts(vtn, ids, 3), 120)
+        await C.wait_until(lambda: _all_opts(vtn, ids, 3), 120, 0.05)
 
         async def modify():
             await vtn.ask("modify", [(e, [3]) for e in ids])
@@ -292,19 +292,6 @@ async def many_events(n: int, tmp: Path, logs: LogCount) -> tuple[list[list], di
 async def _all_opts(vtn: Vtn, ids: list[str], k: int) -> bool:
     """Every event has had `k` answers at the VTN."""
     return bool(ids) and min((await vtn.ask("opts", ids)).values()) >= k
-
-
-async def _until(check, timeout: float) -> bool:
-    """C.wait_until for checks that may be coroutines (asking the VTN process goes through the executor)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return True
-        await asyncio.sleep(0.05)
-    return False
 
 
 def timer_work(schedule, repeat: int = 5) -> tuple[float, float]:

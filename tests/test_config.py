@@ -1,6 +1,7 @@
 """Configuration: errors name the file, the key and the reason; env vars override keys."""
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -377,6 +378,65 @@ def test_check_config_says_where_storage_goes_and_whether_it_can_write_there(tmp
     bad = tmp_path / "a-file" / "gw.sqlite"
     assert main(["check-config", str(_write(tmp_path, f'[storage]\npath = "{bad}"\n'))]) == 2
     assert f"storage.path: {bad}: {tmp_path / 'a-file'} is not a directory" in capsys.readouterr().err
+
+
+def _check_config_as(uid: int, config: Path) -> tuple[int, str]:
+    """`check-config` run as `uid` (real and effective: os.access asks for the real one), in a fork: the
+    interpreter under /root is not one another user can start."""
+    import contextlib
+    import io
+    import json
+    import os
+    import traceback
+
+    from ven.cli import main
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:    # pragma: no cover - the child
+        try:
+            os.close(read)
+            os.setgroups([])
+            os.setresgid(uid, uid, uid)
+            os.setresuid(uid, uid, uid)
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+                rc = main(["check-config", str(config)])
+            result = [rc, out.getvalue()]
+        except BaseException:
+            result = [-1, traceback.format_exc()]
+        os.write(write, json.dumps(result).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    rc, out = json.loads(data)
+    return rc, out
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to run as another uid")
+def test_check_config_as_a_uid_without_a_name_says_what_it_cannot_write(tmp_path):
+    # a container run with a bare --user UID (Kubernetes runAsUser, OpenShift) has no passwd entry: the
+    # storage warning crashed check-config with KeyError; a directory it may not search, with PermissionError
+    import pwd
+    import tempfile
+
+    uid = next(u for u in range(54321, 60000) if u not in {p.pw_uid for p in pwd.getpwall()})
+    with tempfile.TemporaryDirectory() as d:    # tmp_path's parents are root's alone
+        top = Path(d)
+        top.chmod(0o755)
+        (top / "secret").mkdir(mode=0o700)
+        for path, why in ((top / "gw.sqlite", f"{top} is not writable by uid {uid}"),
+                          (top / "secret" / "x" / "gw.sqlite",
+                           f"uid {uid} cannot look there (Permission denied: {top / 'secret' / 'x' / 'gw.sqlite'})")):
+            config = top / "c.toml"
+            config.write_text(f'[storage]\npath = "{path}"\n')
+            config.chmod(0o644)
+            rc, out = _check_config_as(uid, config)
+            assert rc == 0, out
+            assert f"warning: storage.path {path}: {why}: `run` keeps events" in out, out
 
 
 @pytest.mark.timeout(30)

@@ -288,6 +288,8 @@ async def test_an_answer_met_by_a_reregistration_request_registers_at_once_and_i
         a = server.add_event([1], now() + timedelta(minutes=5), 60)
         async with running(tmp_path, server.url) as gw:
             await until(lambda: server.opts_for(a) == ["optIn"], 10, "optIn at registration")
+            # the session's first poll follows the registration at once: past it, the optOut is first to be met
+            await until(lambda: gw.vtn.last_poll is not None, 5, "the first poll answered")
             server.request_reregistration(gw.vtn.ven_id)
             gw.vtn.set_opt_out(True)
             await until(lambda: server.registrations == 2, 5, "registered again long before the 30 s poll")
@@ -295,6 +297,36 @@ async def test_an_answer_met_by_a_reregistration_request_registers_at_once_and_i
             assert gw.vtn.reregistrations == 1
             assert "re-registration requested in answer to the optOut for event" in gw.vtn.last_reregistration
             assert len(said(caplog, f"told the VTN optOut for event {a}")) <= len(server.opts_for(a)) - 1
+
+
+async def test_a_poll_and_an_answer_that_both_meet_a_reregistration_request_are_one_reregistration(
+        tmp_path, free_tcp_port, monkeypatch):
+    # a VTN that forgot the VEN (restarted) answers every request in flight with oadrRequestReregistration: the
+    # poll's and the optOut's answers each counted a re-registration, for one
+    from openleadr.service.vtn_service import VTNService
+
+    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
+        waiting = []
+
+        async def lookup(ven_id):       # hold requests of a forgotten VEN until a second one is in flight
+            found = server._ven_lookup(ven_id)
+            if found and found.get("registration_id") is None:
+                waiting.append(ven_id)
+                try:
+                    await until(lambda: len(waiting) >= 2, 3, "a second request in flight")
+                except AssertionError:
+                    pass                # answered alone, as the VTN would
+            return found
+        monkeypatch.setattr(VTNService, "ven_lookup", staticmethod(lookup))
+        a = server.add_event([1], now() + timedelta(minutes=5), 60)
+        async with running(tmp_path, server.url) as gw:
+            await until(lambda: server.opts_for(a) == ["optIn"], 10, "optIn at registration")
+            server.request_reregistration(gw.vtn.ven_id)
+            gw.vtn.set_opt_out(True)        # sent at once; the next poll is at most 1 s away
+            await until(lambda: server.registrations == 2 and gw.vtn.connected, 10, "registered again")
+            await until(lambda: server.opts_for(a)[-1:] == ["optOut"], 5, "the optOut once registered again")
+            assert len(waiting) >= 2, "the poll and the optOut met the request together"
+            assert gw.vtn.reregistrations == 1
 
 
 async def test_a_cancellation_while_opted_out_gets_one_answer(tmp_path, free_tcp_port):

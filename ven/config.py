@@ -363,11 +363,14 @@ class StorageConfig(_Section):
 
 def storage_problems(c: StorageConfig) -> list[str]:
     """What check-config can tell about storage.path without writing to it: a directory there never opens."""
-    if Path(c.path).is_dir():
-        return [f"storage.path: {c.path} is a directory: name a file in it, e.g. {Path(c.path) / 'gateway.sqlite'}"]
-    existing = _nearest_existing(Path(c.path).parent)
-    if not existing.is_dir():
-        return [f"storage.path: {c.path}: {existing} is not a directory"]
+    try:
+        if Path(c.path).is_dir():
+            return [f"storage.path: {c.path} is a directory: name a file in it, e.g. {Path(c.path) / 'gateway.sqlite'}"]
+        existing = _nearest_existing(Path(c.path).parent)
+        if not existing.is_dir():
+            return [f"storage.path: {c.path}: {existing} is not a directory"]
+    except OSError:     # a directory on the way this user may not search: storage_warnings says so
+        pass
     return []
 
 
@@ -382,15 +385,27 @@ def storage_warnings(c: StorageConfig) -> list[str]:
     """Whether this user could write storage.path, asked without writing. `run` goes on without it
     (from memory, retrying), so this is a warning; it speaks for the user check-config runs as."""
     p = Path(c.path)
-    for where in ([p, p.parent] if p.exists() else [_nearest_existing(p.parent)]):  # WAL: files beside it too
-        if not os.access(where, os.W_OK | (os.X_OK if where.is_dir() else 0)):
-            if os.statvfs(where).f_flag & os.ST_RDONLY:
-                why = "is on a read-only file system"
-            else:
-                why = f"is not writable by user {pwd.getpwuid(os.geteuid()).pw_name}"
-            return [f"storage.path {c.path}: {where} {why}: `run` keeps events, ADR-Opt-Out commands, the telemetry "
-                    f"queue and forecaster history in memory only, and a restart loses them"]
-    return []
+    try:
+        for where in ([p, p.parent] if p.exists() else [_nearest_existing(p.parent)]):  # WAL: files beside it too
+            if not os.access(where, os.W_OK | (os.X_OK if where.is_dir() else 0)):
+                if os.statvfs(where).f_flag & os.ST_RDONLY:
+                    why = f"{where} is on a read-only file system"
+                else:
+                    why = f"{where} is not writable by {_user()}"
+                break
+        else:
+            return []
+    except OSError as err:      # a directory on the way that this user may not search
+        why = f"{_user()} cannot look there ({err.strerror}: {err.filename})"
+    return [f"storage.path {c.path}: {why}: `run` keeps events, ADR-Opt-Out commands, the telemetry "
+            f"queue and forecaster history in memory only, and a restart loses them"]
+
+
+def _user() -> str:
+    try:
+        return f"user {pwd.getpwuid(os.geteuid()).pw_name}"
+    except KeyError:    # a container run with a bare --user UID has no passwd entry
+        return f"uid {os.geteuid()}"
 
 
 class HttpConfig(_Section):

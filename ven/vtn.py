@@ -586,10 +586,8 @@ class VtnClient:
             self.poll_failures = 0
             self.last_poll = _utcnow()
             if rtype == "oadrRequestReregistration":
-                self.last_error = "the VTN asked for re-registration"
+                self._reregistration_requested("the VTN asked for re-registration")
                 await client.send_response(service="EiRegisterParty")
-                self._vtn_reregisters(self.last_error)
-                self._reregister_with = self.registration_id
                 return
             if rtype == "oadrCancelPartyRegistration":
                 if await self._registration_cancelled(client, payload):
@@ -601,9 +599,14 @@ class VtnClient:
 
     def _forgotten(self, what: str) -> None:
         """The VTN answered a request with oadrRequestReregistration: register at once, not at the next poll."""
-        self.last_error = f"the VTN no longer knows this VEN (re-registration requested in answer to {what})"
+        self._reregistration_requested(
+            f"the VTN no longer knows this VEN (re-registration requested in answer to {what})")
+
+    def _reregistration_requested(self, why: str) -> None:
+        # a poll and an answer or report in flight together may both meet the request: one re-registration
+        self.last_error = why
         if not self._lost.is_set():
-            self._vtn_reregisters(self.last_error)
+            self._vtn_reregisters(why)
             self._reregister_with = self.registration_id
         self._lost.set()
 
