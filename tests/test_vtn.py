@@ -447,6 +447,34 @@ class refuse:
         self._handlers[self._type] = self._real
 
 
+async def test_an_answer_the_vtn_refuses_does_not_take_the_others_of_its_message_with_it(
+        tmp_path, free_tcp_port, caplog):
+    # ADR-Opt-Out answers the events of one oadrDistributeEvent in one message: a VTN refusing one of them
+    # refuses the message, and every other answer in it was dropped too
+    caplog.set_level(logging.INFO, logger="ven")
+    async with DemoVtn(free_tcp_port(), poll_seconds=30) as server:
+        good = server.add_event([1], now() + timedelta(minutes=5), 60)
+        bad = server.add_event([2], now() + timedelta(minutes=6), 60)    # listed together at registration
+        async with running(tmp_path, server.url) as gw:
+            await until(lambda: server.opts_for(good) == ["optIn"] and server.opts_for(bad) == ["optIn"], 10,
+                        "both answered at registration")
+            handlers = server._server.services["event_service"].handlers
+            real = handlers["oadrCreatedEvent"]
+
+            async def refuse_bad(payload, *args, **kwargs):
+                if any(r["event_id"] == bad for r in payload.get("event_responses") or []):
+                    raise oerrors.InvalidIdError(f"event {bad} is closed for changes")
+                return await real(payload, *args, **kwargs)
+            handlers["oadrCreatedEvent"] = refuse_bad
+            gw.vtn.set_opt_out(True)
+            await until(lambda: server.opts_for(good) == ["optIn", "optOut"], 5, "the optOut the VTN takes")
+            await until(lambda: gw.vtn.status()["opt_answers_waiting"] == 0, 5, "nothing left waiting")
+            assert server.opts_for(bad) == ["optIn"]
+            assert gw.vtn.status()["opt_answer_error"] == (
+                f"VTN refused the optOut answer to event {bad}: 452 event {bad} is closed for changes")
+            assert len(said(caplog, "each is sent on its own")) == 1
+
+
 def said(caplog, text):
     return [r.getMessage() for r in caplog.records if text in r.getMessage()]
 

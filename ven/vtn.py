@@ -242,6 +242,7 @@ class VtnClient:
         # event id -> (modification, opt, by oadrCreateOpt): answers waiting for the VTN. Events whose
         # responseRequired is "never" must not get oadrCreatedEvent; their opt goes as oadrCreateOpt.
         self._pending_opts: dict[str, tuple[int, str, bool]] = {}
+        self._singly: set[str] = set()      # events whose answers go one per message: their batch was refused
         # events of the message being handled that were listed again unchanged (each re-registration lists every
         # event to a fresh openleadr client): one line for them all, not one per event each time
         self._relisted = 0
@@ -808,6 +809,7 @@ class VtnClient:
             await self._send_opts_locked()
 
     async def _send_opts_locked(self) -> None:
+        split = False
         for by_create_opt, answers in self._opt_messages():
             if self._client is None:
                 return
@@ -837,9 +839,18 @@ class VtnClient:
             if rtype == "oadrRequestReregistration":
                 self._forgotten(f"the {opt} for {_events(answers)}")
                 return      # still pending: sent once registered again
+            if self._client.refused and len(answers) > 1:
+                # one event the VTN will not take refuses the whole message: each answer goes on its own,
+                # so only the answers it refuses are lost
+                log.info("the VTN refused the %s for %s in one message (%s); each is sent on its own",
+                         opt, _events(answers), self._client.refused)
+                self._singly.update(eid for eid, _, _ in answers)
+                split = True
+                continue
             for eid, mod, answer in answers:
                 if self._pending_opts.get(eid) == (mod, answer, by_create_opt):
                     del self._pending_opts[eid]
+                    self._singly.discard(eid)
             how = "oadrCreateOpt for" if by_create_opt else "answer to"
             if self._client.refused:
                 self._answer_refused(f"VTN refused the {opt} {how} {_events(answers)}: {self._client.refused}")
@@ -847,6 +858,8 @@ class VtnClient:
             self.opt_answer_error = None
             log.info("told the VTN %s for %s%s", opt, _events(answers),
                      " (oadrCreateOpt: it wants no answer)" * by_create_opt)
+        if split:
+            await self._send_opts_locked()
 
     def _opt_messages(self) -> list[tuple[bool, list[tuple[str, int, str]]]]:
         """The waiting answers as messages: an oadrCreateOpt per event; one oadrCreatedEvent for the answers of
@@ -859,7 +872,7 @@ class VtnClient:
             if by_create_opt:
                 out.append((True, [(eid, mod, opt)]))
                 continue
-            key = (self._distributed_in.get(eid) or eid, opt)
+            key = (self._distributed_in.get(eid) or eid, opt) if eid not in self._singly else (eid, "singly")
             if key not in groups or len(groups[key]) >= OPT_BATCH:
                 groups[key] = []
                 out.append((False, groups[key]))
