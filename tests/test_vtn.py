@@ -1,6 +1,7 @@
 """VtnClient + EventSchedule against a real openleadr VTN (DemoVtn) on loopback."""
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from contextlib import asynccontextmanager
@@ -473,6 +474,34 @@ async def test_an_answer_the_vtn_refuses_does_not_take_the_others_of_its_message
             assert gw.vtn.status()["opt_answer_error"] == (
                 f"VTN refused the optOut answer to event {bad}: 452 event {bad} is closed for changes")
             assert len(said(caplog, "each is sent on its own")) == 1
+
+
+async def test_a_report_failing_while_an_answer_is_in_flight_is_not_taken_for_the_answers_failure(
+        tmp_path, free_tcp_port, caplog):
+    # the poll's answers and telemetry share one client: a report's failure, landing while the VTN was still
+    # taking the answer, read as the answer's, which was then resent with a warning that the VTN had not taken it
+    caplog.set_level(logging.INFO, logger="ven")
+    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
+        async with running(tmp_path, server.url) as gw:
+            await until(lambda: gw.vtn.connected and gw.vtn.status()["report_request_id"], 10, "registration")
+            handlers = server._server.services["event_service"].handlers
+            real, release, held = handlers["oadrCreatedEvent"], asyncio.Event(), asyncio.Event()
+
+            async def slow(payload, *args, **kwargs):
+                held.set()
+                await release.wait()
+                return await real(payload, *args, **kwargs)
+            handlers["oadrCreatedEvent"] = slow
+            eid = server.add_event([1], now() + timedelta(minutes=5), 60)
+            await until(held.is_set, 5, "the answer held at the VTN")
+            server.fail_next("oadrUpdateReport")
+            gw.vtn.record_sample(now(), 50.0)
+            await until(lambda: gw.vtn._client.last_error, 5, "the report failed meanwhile")
+            release.set()
+            await until(lambda: server.opts_for(eid) == ["optIn"], 5, "the answer taken")
+            await until(lambda: gw.vtn.status()["opt_answers_waiting"] == 0, 5, "nothing waiting")
+            assert not said(caplog, "did not take the answer")
+            assert server.opts_for(eid) == ["optIn"], "answered once"
 
 
 def said(caplog, text):

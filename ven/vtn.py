@@ -100,33 +100,38 @@ class _Client(OpenADRClient):
             timeout=aiohttp.ClientTimeout(sock_connect=5, sock_read=10))
 
     async def _perform_request(self, service, message):
+        # Requests overlap on this client (a poll, telemetry delivery, opt answers): what one learnt is set
+        # when it is done, after its last await, so its caller reads its own request's outcome, not another's.
+        message_type, message_payload, self.last_error = await self._request(service, message)
+        self.refused = _refusal(message_payload) if message_type else None
+        self.refused_code = _response_code(message_payload) if self.refused else None
+        if message_type == "oadrRequestReregistration":
+            # also the answer to requests whose answer openleadr discards (its oadrCreatedEvent)
+            self.reregistration_asked = True
+        return message_type, message_payload
+
+    async def _request(self, service, message) -> tuple[str | None, dict, str | None]:
+        """(message type, payload, None), or (None, {}, why the request failed; None for an empty answer)."""
         await self._ensure_client_session()
         url = f"{self.vtn_url}/{service}"
-        self.last_error = self.refused = self.refused_code = None
         try:
             timeout = aiohttp.ClientTimeout(total=self.request_timeout_s, sock_connect=5, sock_read=10)
             async with self.client_session.post(url, data=message, timeout=timeout) as req:
                 content = await req.read()
                 if req.status != HTTPStatus.OK:
-                    self.last_error = f"HTTP {req.status} from {url}: {content[:200].decode('utf-8', 'replace')}"
-                    return None, {}
+                    return None, {}, f"HTTP {req.status} from {url}: {content[:200].decode('utf-8', 'replace')}"
         except aiohttp.ClientConnectorCertificateError as err:
-            self.last_error = f"TLS certificate of the VTN rejected: {err.certificate_error}"
-            return None, {}
+            return None, {}, f"TLS certificate of the VTN rejected: {err.certificate_error}"
         except aiohttp.ClientSSLError as err:
-            self.last_error = f"TLS handshake with the VTN failed: {err}"
-            return None, {}
+            return None, {}, f"TLS handshake with the VTN failed: {err}"
         except aiohttp.ClientConnectorError as err:
-            self.last_error = f"VTN unreachable at {self.vtn_url}: {err.os_error.strerror or err}"
-            return None, {}
+            return None, {}, f"VTN unreachable at {self.vtn_url}: {err.os_error.strerror or err}"
         except asyncio.TimeoutError:
-            self.last_error = f"VTN at {self.vtn_url} did not answer in time"
-            return None, {}
+            return None, {}, f"VTN at {self.vtn_url} did not answer in time"
         except aiohttp.ClientError as err:
-            self.last_error = f"request to {url} failed: {err.__class__.__name__}: {err}"
-            return None, {}
+            return None, {}, f"request to {url} failed: {err.__class__.__name__}: {err}"
         if not content:
-            return None, {}
+            return None, {}, None
         try:
             # read off the event loop: openleadr takes 0.2-0.3 s for a day-ahead oadrDistributeEvent of 200 events
             # or one event of 1440 intervals, and the BACnet device and the schedule's timer would stall that long
@@ -136,24 +141,14 @@ class _Client(OpenADRClient):
                 validate_xml_signature(tree, cert_fingerprint=self.vtn_fingerprint)
             message_type, message_payload = await asyncio.to_thread(parse_message, content)
         except oerrors.FingerprintMismatch as err:
-            self.last_error = f"VTN refused: certificate fingerprint does not match openadr.vtn_fingerprint ({err})"
-            return None, {}
+            return None, {}, f"VTN refused: certificate fingerprint does not match openadr.vtn_fingerprint ({err})"
         except InvalidSignature:
-            self.last_error = "VTN message carries an invalid XML signature"
-            return None, {}
+            return None, {}, "VTN message carries an invalid XML signature"
         except XMLSyntaxError as err:
-            self.last_error = f"VTN message failed OpenADR schema validation: {err}"
-            return None, {}
+            return None, {}, f"VTN message failed OpenADR schema validation: {err}"
         except Exception as err:   # noqa: BLE001 - any unparsable answer is a failed request
-            self.last_error = f"VTN message could not be read: {err.__class__.__name__}: {err}"
-            return None, {}
-        self.refused = _refusal(message_payload)
-        if self.refused:
-            self.refused_code = _response_code(message_payload)
-        if message_type == "oadrRequestReregistration":
-            # also the answer to requests whose answer openleadr discards (its oadrCreatedEvent)
-            self.reregistration_asked = True
-        return message_type, message_payload
+            return None, {}, f"VTN message could not be read: {err.__class__.__name__}: {err}"
+        return message_type, message_payload, None
 
 
 class _NoScheduler:
