@@ -239,9 +239,9 @@ class EventSchedule:
             if ev.opt == opt:
                 continue
             ev = ev.opted(opt, now)
-            self._storage.save_event(ev)
             self._events[ev.event_id] = ev
             changed.append(ev)
+        self._storage.save_events(changed)
         self._changed()
         return changed
 

@@ -342,7 +342,12 @@ class Storage:
         self.flush()
 
     def save_event(self, event: Event) -> None:
-        self._unsaved[event.event_id] = event
+        self.save_events((event,))
+
+    def save_events(self, events) -> None:
+        """In one write: ADR-Opt-Out over a day-ahead program's 200 events is not 200 commits on the loop."""
+        for event in events:
+            self._unsaved[event.event_id] = event
         self.flush()
 
     def delete_event(self, event_id: str) -> None:
