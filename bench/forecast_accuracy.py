@@ -221,8 +221,9 @@ def main(argv=None) -> int:
               f"{np.median(stats[15][:, 1]):6.2f}% {np.median(stats[60][:, 1]):6.2f}% {fit:7.2f} {pred * 1000:8.2f}")
     served = [m for wm in pmodels for m in wm]
     print("project forecaster served: " + ", ".join(f"{m} {served.count(m) / len(served):.0%}" for m in sorted(set(served))))
-    per_week = [round(float(cv_mape(p, a)[0]), 2) for p, a in zip(proj[60], truth[60])]
-    print(f"project CV(RMSE) 60 min per week: {per_week}")
+    for h in HORIZONS:   # a 12-week median is coarse: compare candidates week by week too
+        per_week = [round(float(cv_mape(p, a)[0]), 2) for p, a in zip(proj[h], truth[h])]
+        print(f"project CV(RMSE) {h} min per week: {per_week}")
 
     days = args.weeks * 7
     thr = np.concatenate(pthr)

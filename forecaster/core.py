@@ -98,6 +98,42 @@ class _Rolling:
         return math.sqrt(max(self._sm, 0.0) / n), math.sqrt(max(self._sp, 0.0) / n), n
 
 
+class _MemberErrors:
+    """Each member's recent squared error, fading with model.LIVE_HALF_LIFE_MINUTES of target time,
+    for model.live_weights."""
+
+    def __init__(self):
+        self.pending: deque[tuple[int, np.ndarray]] = deque()  # (target minute, each member's forecast)
+        self.mean_sq: np.ndarray | None = None
+        self.first_k: int | None = None   # target minute of the oldest error in mean_sq
+        self.last_k: int | None = None
+
+    def add(self, target_k: int, each_kw: np.ndarray) -> None:
+        self.pending.append((target_k, each_kw))
+
+    def resolve(self, done_k: int, actual_of) -> None:
+        while self.pending and self.pending[0][0] <= done_k:
+            k, each = self.pending.popleft()
+            a = actual_of(k)
+            if a is None:
+                continue
+            sq = (each - a) ** 2
+            if (self.mean_sq is None or self.mean_sq.shape != sq.shape or k < self.last_k
+                    or k - self.last_k > model.LIVE_MIN_SPAN_MINUTES):
+                # first, or after a clock step back or a gap in the data: start over
+                self.mean_sq, self.first_k = sq, k
+            else:
+                keep = 0.5 ** ((k - self.last_k) / model.LIVE_HALF_LIFE_MINUTES)
+                self.mean_sq = keep * self.mean_sq + (1 - keep) * sq
+            self.last_k = k
+
+    def weights(self) -> np.ndarray | None:
+        """None (the fixed blend) until the errors span model.LIVE_MIN_SPAN_MINUTES."""
+        if self.mean_sq is None or self.last_k - self.first_k < model.LIVE_MIN_SPAN_MINUTES:
+            return None
+        return model.live_weights(self.mean_sq)
+
+
 class DemandForecaster:
     def __init__(self, horizons_minutes=(15, 60), slope_minutes=5, high_load_kw=None, low_load_kw=None,
                  threshold_days=14.0, hysteresis_fraction=0.03, min_on_minutes=15.0, min_off_minutes=15.0,
@@ -153,6 +189,7 @@ class DemandForecaster:
         # A week of live errors covers every kind of day: over a 48-hour window a quiet weekend,
         # where persistence is nearly exact, could hand Monday's ramp to persistence.
         self._rolling = {h: _Rolling(rolling_hours * 3600) for h in self.horizons_minutes}
+        self._member_errors = {h: _MemberErrors() for h in self.horizons_minutes}
         self._high = HysteresisFlag(True, self.hysteresis_fraction, min_on_minutes * 60, min_off_minutes * 60,
                                     arm_fraction)
         self._low = HysteresisFlag(False, self.hysteresis_fraction, min_on_minutes * 60, min_off_minutes * 60,
@@ -410,13 +447,14 @@ class DemandForecaster:
             hm = fitted.horizons.get(h) if fitted else None
             if hm is not None:
                 X, _ = features.build(snap, self.calendar, ks, h)
-                learned[h] = levels + hm.predict_delta(X)
+                learned[h] = levels[:, None] + hm.members.predict_each(X)
         return [self._issue(snap, fitted, float(t), int(k), float(levels[i]),
-                            {h: float(v[i]) for h, v in learned.items()})
+                            {h: v[i] for h, v in learned.items()})
                 for i, (t, k) in enumerate(zip(times, ks))]
 
-    def _issue(self, snap, fitted, now: float, k: int, level: float, learned: dict[int, float]) -> Forecast:
-        """The sequential part of a forecast: live validation, the guard, slope, thresholds, flags."""
+    def _issue(self, snap, fitted, now: float, k: int, level: float, learned: dict[int, np.ndarray]) -> Forecast:
+        """The sequential part of a forecast: the members' live weights, live validation, the guard,
+        slope, thresholds, flags. `learned`: each member's forecast demand, per horizon."""
         k_done = math.floor(now / 60.0)
         level_kw = level if math.isfinite(level) else None
         out: dict[int, float | None] = {}
@@ -429,8 +467,14 @@ class DemandForecaster:
         for h in self.horizons_minutes:
             roll = self._rolling[h]
             roll.resolve(k_done, actual)
+            errors = self._member_errors[h]
+            errors.resolve(k_done, actual)
             value, name = level_kw, PERSISTENCE
-            x = learned.get(h)
+            x = None
+            each = learned.get(h)
+            if each is not None and np.all(np.isfinite(each)):
+                x = float(model.combine(each, errors.weights()))
+                errors.add(k + h, each)
             if x is not None and level_kw is not None and math.isfinite(x):
                 roll.add(k + h, x, level)
                 if self._serves(fitted.horizons[h], roll):

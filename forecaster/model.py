@@ -1,10 +1,11 @@
-"""The learned model: per horizon, four members combined (half a fixed average, half their median).
+"""The learned model: per horizon, four members combined (half a weighted average, half their median).
 
 Gradient boosting, ridge and a small neural network learn the change in demand from the
-reference-day features; a second boosted model learns the demand itself from the plain ones
-(features.PLAIN). Fitting holds out the most recent days, scores the average against persistence
-there (the guard's first verdict), then refits on everything so the served model has seen the
-latest days.
+reference-day features; a second boosted model learns the demand itself from the
+plain ones (features.PLAIN). The average's weights are BLEND until the forecaster knows each
+member's recent errors (live_weights). Fitting holds out the most recent days, scores the blend
+against persistence there (the guard's first verdict), then refits on everything so the served
+model has seen the latest days.
 """
 from __future__ import annotations
 
@@ -29,7 +30,12 @@ HGB = {"max_iter": 100, "learning_rate": 0.15, "max_leaf_nodes": 15, "min_sample
 # to choose by. The network's 0.2 (the first three scaled by 0.8): 7.94 % against 7.98 % without it,
 # 0.1 and 0.3 no better.
 BLEND = (0.4, 0.16, 0.24, 0.2)
-MEDIAN_SHARE = 0.5  # see Members.predict_delta
+MEDIAN_SHARE = 0.5  # see combine
+# Live weights (see live_weights): each member's squared errors fade with this half-life in minutes of
+# target time, and count once they span this long. Validation weeks: half-lives of 2, 6 and 24 hours
+# scored 5.43-5.44 / 7.93-7.95 %, 1 hour 5.43 / 7.91.
+LIVE_HALF_LIFE_MINUTES = 60.0
+LIVE_MIN_SPAN_MINUTES = 120.0
 MODEL_NAME = "hgb+ridge+plain+mlp"
 
 
@@ -210,17 +216,40 @@ class Members:
     plain: object
     mlp: object
 
-    def predict_delta(self, X: np.ndarray) -> np.ndarray:
-        """Forecast change from the current demand (X[:, 0], 'level') for rows of features.build."""
+    def predict_each(self, X: np.ndarray) -> np.ndarray:
+        """Each member's forecast change from the current demand (X[:, 0], 'level'), one column per
+        member in BLEND's order, for rows of features.build."""
         own = X[:, features.OWN]
-        each = np.column_stack([self.hgb.predict(own), self.ridge.predict(own),
+        return np.column_stack([self.hgb.predict(own), self.ridge.predict(own),
                                 self.plain.predict(X[:, features.PLAIN]) - X[:, 0], self.mlp.predict(own)])
-        # Half the fixed average, half the members' median (the mean of the middle two): a member
-        # far off the others on a row counts for less. Validation weeks (May-July): CV(RMSE)
-        # 5.46 / 7.99 -> 5.44 / 7.95 % at 15 / 60 min, better in 9 and 8 of 12 weeks, and in 8-9 of 12
-        # with three other sets of members fitted on extra columns; the median alone or 0.3 / 0.7 of it
-        # scored the same, a weighted median worse. Test weeks (bench): 4.34 / 5.98 -> 4.33 / 5.96, F1 0.818 -> 0.824.
-        return MEDIAN_SHARE * np.median(each, axis=1) + (1 - MEDIAN_SHARE) * (each @ np.asarray(BLEND))
+
+    def predict_delta(self, X: np.ndarray) -> np.ndarray:
+        return combine(self.predict_each(X))
+
+
+def combine(each: np.ndarray, weights=None) -> np.ndarray:
+    """Rows of member forecasts (changes or demands alike) -> one forecast per row.
+
+    Half the weighted average (BLEND unless `weights`), half the members' median (the mean of the
+    middle two): a member far off the others on a row counts for less. Validation weeks (May-July):
+    CV(RMSE) 5.46 / 7.99 -> 5.44 / 7.95 % at 15 / 60 min, better in 9 and 8 of 12 weeks, and in 8-9 of 12
+    with three other sets of members fitted on extra columns; the median alone or 0.3 / 0.7 of it
+    scored the same, a weighted median worse. Test weeks (bench): 4.34 / 5.98 -> 4.33 / 5.96, F1 0.818 -> 0.824.
+    """
+    w = np.asarray(BLEND if weights is None else weights, dtype=float)
+    return MEDIAN_SHARE * np.median(each, axis=-1) + (1 - MEDIAN_SHARE) * (each @ w)
+
+
+def live_weights(mean_sq_errors) -> np.ndarray:
+    """BLEND reweighted by each member's recent squared error (inverse, as Bates and Granger combine
+    forecasts), summing to 1: a member that has been off for the last hours counts for less until
+    it is right again. Validation weeks: 5.44 / 7.95 -> 5.43 / 7.91 % at 15 / 60 min, better in 9 and 8
+    of 12 weeks; the inverse square or cube of the error no better (bench/README, eighth round)."""
+    e = np.asarray(mean_sq_errors, dtype=float)
+    if not (np.all(np.isfinite(e)) and e.max() > 0):
+        return np.asarray(BLEND, dtype=float)
+    w = np.asarray(BLEND) / np.maximum(e, 1e-9 * e.max())   # an exact member is not an infinite one
+    return w / w.sum()
 
 
 def fit_members(X, y, w=None) -> Members:

@@ -421,6 +421,62 @@ def test_refit_carries_the_held_out_verdict_until_its_days_are_stale():
     assert fc.fitted_model.horizons[60].validated_until_minute > first.validated_until_minute
 
 
+def test_live_weights_turn_from_a_member_that_has_been_wrong_and_back_once_it_is_right():
+    from forecaster.core import _MemberErrors
+    from forecaster.model import BLEND, combine
+    errs = _MemberErrors()
+    actual = {}
+    k0 = 1_000_000
+
+    def cycle(i, each, kw=100.0):
+        actual[k0 + 15 * i] = kw
+        errs.add(k0 + 15 * i, np.array(each))
+        errs.resolve(k0 + 15 * i, actual.get)
+
+    plain_off = [101.0, 99.0, 150.0, 99.0]   # the plain-lags member 50 kW off, the others 1 kW
+    for i in range(8):                        # 105 minutes of errors: too few to go by
+        cycle(i, plain_off)
+    assert errs.weights() is None
+    cycle(8, plain_off)
+    w = errs.weights()
+    assert w.sum() == pytest.approx(1.0)
+    assert w[2] < BLEND[2] / 100 and np.all(w[[0, 1, 3]] > np.array(BLEND)[[0, 1, 3]])
+    assert abs(combine(np.array(plain_off), w) - 100) < abs(combine(np.array(plain_off)) - 100) / 2
+    for i in range(9, 9 + 18 * 4):            # right again for 18 hours: its old errors have faded
+        cycle(i, [101.0, 99.0, 101.0, 99.0])
+    np.testing.assert_allclose(errs.weights(), BLEND, rtol=0.02)
+    cycle(9 + 18 * 4 + 12, plain_off)         # three hours without data: start over
+    assert errs.weights() is None
+    cycle(0, plain_off)                       # and so after a clock step back
+    assert errs.weights() is None
+
+
+def test_the_served_forecast_weighs_the_members_by_their_errors_of_the_last_hours():
+    from forecaster import features
+    from forecaster.model import combine
+    fc = DemandForecaster(validation_days=2)
+    t, v = _seed_office(fc, 10, noise=2.0)
+    fc.fit(t[-1])
+    later = t[-1] + np.arange(900, 4 * 3600 + 1, 900.0)
+    more = office(later) + np.random.default_rng(5).normal(0, 2.0, later.size)
+    for now, kw in zip(later, more):          # four hours of cycles: each member's errors are known
+        fc.add_sample(now, float(kw))
+        f = fc.predict(now)
+    fresh = DemandForecaster(validation_days=2)  # the same model and history, no cycles yet
+    fresh.seed(np.r_[t, later], np.r_[v, more])
+    fresh.set_model_blob(fc.model_blob())
+    f_fresh = fresh.predict(later[-1])
+    snap, k = fc._bins.snapshot(), np.array([minute_of(later[-1])])
+    for h in (15, 60):
+        X, level = features.build(snap, fc.calendar, k, h)
+        each = level + fc.fitted_model.horizons[h].members.predict_each(X)[0]
+        w = fc._member_errors[h].weights()
+        assert w is not None and fresh._member_errors[h].weights() is None
+        assert f.demand_kw[h] == pytest.approx(combine(each, w))
+        assert f_fresh.demand_kw[h] == pytest.approx(combine(each))    # the fixed blend
+        assert f.demand_kw[h] != pytest.approx(f_fresh.demand_kw[h], abs=1e-6)
+
+
 def test_flattened_trees_predict_what_scikit_learn_predicts():
     from forecaster.model import _hgb
     rng = np.random.default_rng(1)
