@@ -16,15 +16,18 @@ import dataclasses
 import logging
 import math
 import random
+import re
 import ssl
+from collections import Counter
 from datetime import datetime, timedelta, timezone
 from http import HTTPStatus
 from typing import Callable
 
 import aiohttp
+import xmltodict
 from lxml.etree import XMLSyntaxError
 from openleadr import OpenADRClient, enums as oenums, errors as oerrors, objects, utils as outils
-from openleadr.messaging import parse_message, validate_xml_schema, validate_xml_signature
+from openleadr.messaging import NAMESPACES, validate_xml_schema, validate_xml_signature
 from signxml.exceptions import InvalidSignature
 
 from .config import OpenadrConfig, key_is_encrypted, tls_file_problems
@@ -151,6 +154,64 @@ class _Client(OpenADRClient):
         return message_type, message_payload, None
 
 
+# Elements whose text is a name (xs:string in the 2.0b schema), never a number: openleadr's parser turns any
+# all-digit text into an int. From a VTN that numbers its events ("1001", "0042"), itself ("4711") or the VEN
+# ("90210"), each event was taken as unlisted at once (an int matches none of the ids the schedule keeps) and
+# answered optOut, "0042" was answered as event 42, a numbered vtnID ended the session at every listing (str
+# methods on an int), and an eiTarget naming the numbered venID was not taken as this VEN's.
+_TEXT_ELEMENTS = frozenset({
+    "eventID", "vtnID", "venID", "requestID", "registrationID", "reportRequestID", "reportSpecifierID", "rID",
+    "eiReportID", "optID", "signalID", "resourceID", "groupID", "groupName", "partyID", "marketContext",
+    "responseDescription", "modificationReason", "vtnComment"})
+# The schema's date-time takes the Z as optional; openleadr's parser reads only ...Z and passes any other on as
+# text, which ended the session at each listing of the event (it never ran, and was never answered)
+_DATE_TIMES = frozenset({"date-time", "createdDateTime", "modificationDateTime"})
+_ZONELESS = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d*)?")
+_zoneless_seen = False
+
+
+class _Text:
+    """An identifier's text, which openleadr's normalize_dict leaves alone (it is not a str)."""
+    __slots__ = ("text",)
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _keep_text(path, key, value):
+    global _zoneless_seen
+    if isinstance(value, str):
+        if key in _TEXT_ELEMENTS:
+            return key, _Text(value)
+        if key in _DATE_TIMES and _ZONELESS.fullmatch(value):
+            if not _zoneless_seen:
+                _zoneless_seen = True
+                log.warning("the VTN writes date-times without a time zone (%s): read as UTC, the time OpenADR "
+                            "2.0b messages carry", value)
+            return key, value + "Z"
+    return key, value
+
+
+def _texts(node):
+    if isinstance(node, _Text):
+        return node.text
+    if isinstance(node, dict):
+        return {k: _texts(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_texts(v) for v in node]
+    return node
+
+
+def parse_message(content: bytes) -> tuple[str, dict]:
+    """openleadr's parse_message, with names kept as text and a date-time without a zone read as UTC."""
+    message = xmltodict.parse(content, process_namespaces=True, namespaces=NAMESPACES, postprocessor=_keep_text)
+    message_type, payload = message["oadrPayload"]["oadrSignedObject"].popitem()
+    return message_type, _texts(outils.normalize_dict(payload))
+
+
 class _NoScheduler:
     """Stands in for openleadr's APScheduler: reports and polls are timed by VtnClient instead."""
 
@@ -241,6 +302,7 @@ class VtnClient:
         # events of the message being handled that were listed again unchanged (each re-registration lists every
         # event to a fresh openleadr client): one line for them all, not one per event each time
         self._relisted = 0
+        self._listed_twice: set[str] = set()   # events the last oadrDistributeEvent listed more than once (logged)
         self.opt_answer_error: str | None = None   # the VTN's reason for refusing our last opt answer
         self._backlog = 0
         self._clock_wrong_since: datetime | None = None   # the first reading dated before CLOCK_FLOOR, while so
@@ -638,7 +700,8 @@ class VtnClient:
         if rtype == "oadrDistributeEvent":
             if not await self._from_our_vtn(client, payload):
                 return
-            events = payload.get("events") or []
+            events = self._once_each(payload.get("events") or [])
+            payload = {**payload, "events": events}
             # what the VTN says has completed is not cancelled when it stops listing it (its clock may be ahead)
             self._schedule.vtn_completed(e["event_descriptor"]["event_id"] for e in events
                                          if e["event_descriptor"].get("event_status") == "completed")
@@ -677,6 +740,26 @@ class VtnClient:
             log.info("VTN offered reports; the gateway does not take reports from the VTN")
         else:
             log.warning("VTN sent %s, which the gateway does not handle; ignored", rtype)
+
+    def _once_each(self, events: list[dict]) -> list[dict]:
+        """An event listed twice in one oadrDistributeEvent (schema-valid) counts once, as its copy with the highest
+        modificationNumber: openleadr answered the second copy of a cancelled or completed event from an answer it
+        had just dropped (KeyError), and then optOut to every event of the message, leaving the events after it
+        unread (not followed)."""
+        chosen: dict[str, dict] = {}
+        for e in events:
+            eid = e["event_descriptor"]["event_id"]
+            if eid not in chosen or _modification(e) >= _modification(chosen[eid]):
+                chosen[eid] = e
+        if len(chosen) == len(events):
+            self._listed_twice = set()
+            return events
+        twice = {eid for eid, n in Counter(e["event_descriptor"]["event_id"] for e in events).items() if n > 1}
+        if twice != self._listed_twice:
+            log.warning("the VTN lists event(s) %s more than once in one message: each is followed and answered "
+                        "once, as its copy with the highest modificationNumber", ", ".join(sorted(twice)))
+        self._listed_twice = twice
+        return list(chosen.values())
 
     async def _from_our_vtn(self, client: _Client, payload: dict) -> bool:
         """2.0b rule 21: an ID in a payload that is not the expected one is an error, not an instruction.
@@ -1201,6 +1284,10 @@ def _events(answers: list[tuple[str, int, str]]) -> str:
 def _answer(event) -> str:
     """One answer per event and modification: a cancellation is acknowledged with optIn."""
     return OPT_IN if event.cancelled else event.opt
+
+
+def _modification(event: dict) -> int:
+    return int(event["event_descriptor"].get("modification_number") or 0)
 
 
 def _refusal(payload: dict | None) -> str | None:
