@@ -504,6 +504,34 @@ async def test_a_report_failing_while_an_answer_is_in_flight_is_not_taken_for_th
             assert server.opts_for(eid) == ["optIn"], "answered once"
 
 
+async def test_a_report_failing_while_events_that_want_no_answer_are_read_is_not_taken_for_an_answers_failure(
+        tmp_path, free_tcp_port, caplog):
+    # openleadr sends no oadrCreatedEvent for events whose responseRequired is "never": the outcome read after
+    # it was that of whatever request ended last, here a telemetry report that failed while the event was read
+    caplog.set_level(logging.INFO, logger="ven")
+    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
+        async with running(tmp_path, server.url) as gw:
+            await until(lambda: gw.vtn.connected and gw.vtn.status()["report_request_id"], 10, "registration")
+            client = gw.vtn._client
+            real, release, held = client.on_event, asyncio.Event(), asyncio.Event()
+
+            async def holding(event):
+                held.set()
+                await release.wait()
+                return await real(event)
+            client.on_event = holding
+            eid = server.add_event([1], now() + timedelta(minutes=5), 60)
+            server._find(eid).response_required = "never"
+            await until(held.is_set, 5, "the event being read")
+            server.fail_next("oadrUpdateReport")
+            gw.vtn.record_sample(now(), 50.0)
+            await until(lambda: client.last_error, 5, "the report failed meanwhile")
+            release.set()
+            await until(lambda: gw.schedule.get(eid) is not None, 5, "the event followed")
+            assert not said(caplog, "did not take the answer")
+            assert gw.vtn.status()["opt_answer_error"] is None and server.opts_for(eid) == []
+
+
 def said(caplog, text):
     return [r.getMessage() for r in caplog.records if text in r.getMessage()]
 

@@ -727,6 +727,8 @@ class VtnClient:
                     log.info("%d event(s) listed again, unchanged", self._relisted)
                 if client.reregistration_asked:  # the VTN lists the events again once registered
                     self._forgotten("the answer to its events")
+                elif not any(map(_answered_by_openleadr, events)):
+                    pass    # it sent nothing: the outcome on the client is another request's (a report's)
                 elif client.last_error:         # its one request is the answer, and it is not retried
                     self._answer_again(events, client.last_error)
                 elif client.refused:
@@ -805,8 +807,7 @@ class VtnClient:
         log.warning("the VTN did not take the answer to %d event(s) (%s); it is sent again", len(events), error)
         for e in events:
             stored = self._schedule.get(e["event_descriptor"]["event_id"])
-            if (stored is not None and e.get("response_required") == "always"
-                    and outils.determine_event_status(e["active_period"]) != "completed"):
+            if stored is not None and _answered_by_openleadr(e):
                 self._pending_opts[stored.event_id] = (stored.modification_number, _answer(stored), False)
         self._opts_changed()
 
@@ -1284,6 +1285,12 @@ def _events(answers: list[tuple[str, int, str]]) -> str:
 def _answer(event) -> str:
     """One answer per event and modification: a cancellation is acknowledged with optIn."""
     return OPT_IN if event.cancelled else event.opt
+
+
+def _answered_by_openleadr(event: dict) -> bool:
+    """Whether openleadr's oadrCreatedEvent for its message answers this event (its own test)."""
+    return (event.get("response_required") == "always"
+            and outils.determine_event_status(event["active_period"]) != "completed")
 
 
 def _modification(event: dict) -> int:
