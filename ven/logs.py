@@ -7,6 +7,7 @@ other levels carry their level name so warnings stand out when the log is scanne
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 
@@ -56,7 +57,7 @@ class FloodGuard(logging.Filter):
         if record.levelno > logging.WARNING:    # the peer's garbage, not the gateway's error
             record.levelno, record.levelname = logging.WARNING, "WARNING"
         now = time.monotonic()
-        key = (record.name, record.msg)
+        key = (record.name, _kind(record))
         seen = self._seen.get(key)
         if seen is None:
             self._seen[key] = [now, 0]
@@ -69,6 +70,16 @@ class FloodGuard(logging.Filter):
             record.msg = f"{record.msg} (and {seen[1]} more like it in the last {now - seen[0]:.0f} s)"
         self._seen[key] = [now, 0]
         return True
+
+
+# a token with a digit in it: a number, an address, a port, an id
+_VARYING = re.compile(r"[\w.:/-]*\d[\w.:/-]*")
+
+
+def _kind(record: logging.LogRecord) -> str:
+    """What makes records repeats: the message template, or, for a message the stack formatted itself
+    (openleadr's f-strings carry the status, the URL and ids), its text with such tokens masked."""
+    return str(record.msg) if record.args else _VARYING.sub("#", str(record.msg))
 
 
 def setup_logging(level: str = "INFO", stream=None) -> None:
