@@ -41,7 +41,7 @@ class FloodGuard(logging.Filter):
     registration a VTN refuses, at every retry (the gateway says so once itself); and the gateway's own line
     for each BACnet request it refuses (a password guesser sends DeviceCommunicationControl in a loop). For those keep
     the first record of each
-    kind (same logger, same message template) as one WARNING line without traceback, then at most one
+    kind (same logger, same message template; see _kind) as one WARNING line without traceback, then at most one
     line per `every` seconds saying how many more there were."""
 
     def __init__(self, prefixes: tuple[str, ...] = PEER_NOISE, every: float = 600.0):
