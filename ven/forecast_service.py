@@ -26,15 +26,14 @@ from .config import ForecasterConfig
 from .fit_worker import fit_in_child
 from .storage import REOPEN_SECONDS, ReopenTimer
 from .tasks import cancel_and_wait
+from .wallclock import PRUNE_HOLD_S, StepWatch
 
 log = logging.getLogger(__name__)
 
-PRUNE_EVERY_S = 3600.0
 # Pruning goes by the wall clock: right after a step years ahead it would delete the whole history.
-# It waits this long after any step (and an hour after start: a box may boot with its clock far ahead),
-# so a clock put right within a day finds its history still there.
-PRUNE_HOLD_S = 86400.0
-CLOCK_STEP_S = 30.0     # the wall clock moving this much more or less than the monotonic one is a step
+# It waits wallclock.PRUNE_HOLD_S after any step, and an hour after start (a box may boot with its clock
+# far ahead).
+PRUNE_EVERY_S = 3600.0
 # A deleted file comes back with the telemetry queue's next write, or the event store's check at least
 # every 30 s (ven/schedule.py), whichever comes first.
 DELETED_GRACE_S = 45.0
@@ -80,7 +79,7 @@ class ForecastService:
         self._reopen_seconds = reopen_seconds
         self._reopen: ReopenTimer | None = None
         self._next_prune = time.monotonic() + PRUNE_EVERY_S   # monotonic: unmoved by clock steps
-        self._last_clocks: tuple[float, float] | None = None   # (wall, monotonic) at the last cycle
+        self._steps = StepWatch()    # between cycles
         self._steps_seen = 0
         self._reload_lock = threading.Lock()
         self._reload_since: float | None = None
@@ -245,11 +244,8 @@ class ForecastService:
 
     def _cycle(self, now: float) -> Forecast:
         mono = time.monotonic()
-        if self._last_clocks is not None:
-            wall0, mono0 = self._last_clocks
-            if abs((now - wall0) - (mono - mono0)) > CLOCK_STEP_S:   # seen here even with no readings
-                self._hold_prune()
-        self._last_clocks = (now, mono)
+        if self._steps.stepped(now):   # seen here even with no readings
+            self._hold_prune()
         if self._store is None:
             self._reopen_store(now)
         with self._reload_lock:

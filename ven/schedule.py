@@ -19,7 +19,7 @@ from typing import Callable, Iterable
 from .events import OPT_IN, OPT_OUT, Event
 from .tasks import cancel_and_wait
 from .storage import Storage
-from .wallclock import clock_suspect
+from .wallclock import PRUNE_HOLD_S, StepWatch, clock_suspect
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +29,8 @@ _MAX_SLEEP = 30.0   # re-evaluate at least this often so a wall-clock step is no
 KEEP_HISTORY = timedelta(days=35)
 _SORT_EVERY_S = 600.0
 # Pruning goes by the wall clock: a box that boots with its clock a year ahead, or a step ahead, would delete
-# every event. As the forecaster's, it waits an hour after start and a day after a step.
+# every event. As the forecaster's, it waits an hour after start and wallclock.PRUNE_HOLD_S after a step.
 _PRUNE_HOLD_START_S = 3600.0
-_PRUNE_HOLD_STEP_S = 86400.0
-_CLOCK_STEP_S = 30.0    # the wall clock moving this much more or less than the monotonic one is a step
 
 
 def utcnow() -> datetime:
@@ -102,7 +100,7 @@ class EventSchedule:
         now = self._clock()
         self._publish(now)
         # a step from here on is one the load's sorting went by
-        self._task = asyncio.create_task(self._run(now, time.monotonic()), name="event-schedule")
+        self._task = asyncio.create_task(self._run(StepWatch(now.timestamp())), name="event-schedule")
 
     async def stop(self) -> None:
         await cancel_and_wait(self._task)
@@ -370,9 +368,9 @@ class EventSchedule:
         if gone:
             self._storage.delete_events(gone)
 
-    async def _run(self, wall0: datetime, mono0: float) -> None:
+    async def _run(self, steps: StepWatch) -> None:
         assert self._wake is not None
-        next_sort = mono0 + _SORT_EVERY_S
+        next_sort = time.monotonic() + _SORT_EVERY_S
         while True:
             now = self._clock()
             target = self._next_wake(now)
@@ -395,10 +393,9 @@ class EventSchedule:
             self._storage.flush()       # changes a failed write left in memory (no-op when none)
             self._adopt(self._storage.take_found(), now)
             mono = time.monotonic()
-            stepped = abs((now - wall0).total_seconds() - (mono - mono0)) > _CLOCK_STEP_S
-            wall0, mono0 = now, mono
+            stepped = steps.stepped(now.timestamp())
             if stepped:
-                self._prune_from = max(self._prune_from, mono + _PRUNE_HOLD_STEP_S)
+                self._prune_from = max(self._prune_from, mono + PRUNE_HOLD_S)
             if stepped or mono >= next_sort:
                 next_sort = mono + _SORT_EVERY_S
                 self._purge(now, prune=mono >= self._prune_from)

@@ -719,7 +719,6 @@ class VtnClient:
                 # each acknowledgement as refused
                 payload = {**payload, "vtn_id": vtn_id.upper()}
             if events:
-                client.last_error = None
                 self._relisted = 0
                 async with self._opts_lock:   # its answers and ours reach the VTN in the order decided
                     await client._on_event(payload)
@@ -727,13 +726,14 @@ class VtnClient:
                     log.info("%d event(s) listed again, unchanged", self._relisted)
                 if client.reregistration_asked:  # the VTN lists the events again once registered
                     self._forgotten("the answer to its events")
-                elif not any(map(_answered_by_openleadr, events)):
-                    pass    # it sent nothing: the outcome on the client is another request's (a report's)
-                elif client.last_error:         # its one request is the answer, and it is not retried
-                    self._answer_again(events, client.last_error)
-                elif client.refused:
-                    ids = ", ".join(e["event_descriptor"]["event_id"] for e in events)
-                    self._answer_refused(f"VTN refused the answer to event(s) {ids}: {client.refused}")
+                # without an event to answer openleadr sent nothing: the outcome on the client is another
+                # request's (a report's)
+                elif any(map(_answered_by_openleadr, events)):
+                    if client.last_error:         # its one request is the answer, and it is not retried
+                        self._answer_again(events, client.last_error)
+                    elif client.refused:
+                        ids = ", ".join(e["event_descriptor"]["event_id"] for e in events)
+                        self._answer_refused(f"VTN refused the answer to event(s) {ids}: {client.refused}")
         elif rtype == "oadrCreateReport":
             await self._create_report(payload)
         elif rtype == "oadrCancelReport":
@@ -748,19 +748,19 @@ class VtnClient:
         modificationNumber: openleadr answered the second copy of a cancelled or completed event from an answer it
         had just dropped (KeyError), and then optOut to every event of the message, leaving the events after it
         unread (not followed)."""
+        counts = Counter(e["event_descriptor"]["event_id"] for e in events)
+        twice = {eid for eid, n in counts.items() if n > 1}
+        if twice and twice != self._listed_twice:
+            log.warning("the VTN lists event(s) %s more than once in one message: each is followed and answered "
+                        "once, as its copy with the highest modificationNumber", ", ".join(sorted(twice)))
+        self._listed_twice = twice
+        if not twice:
+            return events
         chosen: dict[str, dict] = {}
         for e in events:
             eid = e["event_descriptor"]["event_id"]
             if eid not in chosen or _modification(e) >= _modification(chosen[eid]):
                 chosen[eid] = e
-        if len(chosen) == len(events):
-            self._listed_twice = set()
-            return events
-        twice = {eid for eid, n in Counter(e["event_descriptor"]["event_id"] for e in events).items() if n > 1}
-        if twice != self._listed_twice:
-            log.warning("the VTN lists event(s) %s more than once in one message: each is followed and answered "
-                        "once, as its copy with the highest modificationNumber", ", ".join(sorted(twice)))
-        self._listed_twice = twice
         return list(chosen.values())
 
     async def _from_our_vtn(self, client: _Client, payload: dict) -> bool:
@@ -888,7 +888,6 @@ class VtnClient:
             await self._send_opts_locked()
 
     async def _send_opts_locked(self) -> None:
-        split = False
         for by_create_opt, answers in self._opt_messages():
             if self._client is None:
                 return
@@ -924,7 +923,7 @@ class VtnClient:
                 log.info("the VTN refused the %s for %s in one message (%s); each is sent on its own",
                          opt, _events(answers), self._client.refused)
                 self._singly.update(eid for eid, _, _ in answers)
-                split = True
+                self._opts_changed()
                 continue
             for eid, mod, answer in answers:
                 if self._pending_opts.get(eid) == (mod, answer, by_create_opt):
@@ -937,8 +936,6 @@ class VtnClient:
             self.opt_answer_error = None
             log.info("told the VTN %s for %s%s", opt, _events(answers),
                      " (oadrCreateOpt: it wants no answer)" * by_create_opt)
-        if split:
-            await self._send_opts_locked()
 
     def _opt_messages(self) -> list[tuple[bool, list[tuple[str, int, str]]]]:
         """The waiting answers as messages: an oadrCreateOpt per event; one oadrCreatedEvent for the answers of

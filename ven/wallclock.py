@@ -8,11 +8,30 @@ clock wrong. Raise it with each release; a clock that is wrong but later than th
 """
 from __future__ import annotations
 
+import time
 from datetime import datetime, timezone
 
 CLOCK_FLOOR = datetime(2026, 11, 1, tzinfo=timezone.utc)
+# What goes by the wall clock and deletes (pruning) waits this long after a step, so a clock put right
+# within a day finds what it would have deleted still there.
+PRUNE_HOLD_S = 86400.0
+CLOCK_STEP_S = 30.0     # the wall clock moving this much more or less than the monotonic one is a step
 
 
 def clock_suspect(now: datetime) -> bool:
     """True when `now` (aware) is before this version was built: the wall clock is not set."""
     return now < CLOCK_FLOOR
+
+
+class StepWatch:
+    """Tells a step of the wall clock from time passing, between one look and the next."""
+
+    def __init__(self, wall: float | None = None):
+        self._last = None if wall is None else (wall, time.monotonic())
+
+    def stepped(self, wall: float) -> bool:
+        """Whether the wall clock (epoch seconds) moved CLOCK_STEP_S more or less than the monotonic one
+        since the last look."""
+        mono = time.monotonic()
+        last, self._last = self._last, (wall, mono)
+        return last is not None and abs((wall - last[0]) - (mono - last[1])) > CLOCK_STEP_S
