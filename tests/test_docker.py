@@ -45,7 +45,13 @@ def test_dockerfile_default_command_is_a_cli_command():
 def test_dockerfile_runs_as_non_root_with_healthcheck():
     text = (DOCKER / "Dockerfile").read_text()
     assert re.search(r"^USER (?!root)\w+", text, re.M)
-    assert "HEALTHCHECK" in text and "/healthz" in text
+    probe = yaml.safe_load(re.search(r"^HEALTHCHECK .*\\\n\s*CMD (\[.*\])", text, re.M).group(1))
+    run = yaml.safe_load(re.search(r"^CMD (\[.*\])", text, re.M).group(1))
+    assert probe[:2] == ["edge-gateway", "health"], probe
+    # it must read the file the gateway runs with, or it probes an address nobody serves
+    assert probe[probe.index("--config") + 1] == run[run.index("--config") + 1]
+    res = _help(probe[1:2])
+    assert res.returncode == 0 and all(o in res.stdout for o in probe if o.startswith("--")), res
 
 
 @pytest.mark.timeout(10)

@@ -84,6 +84,41 @@ def cmd_check_config(args) -> int:
     return 0
 
 
+def _probe_url(address: str) -> str:
+    """The URL of /healthz on this host for the address the gateway binds (a wildcard is probed on loopback)."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}/healthz"
+
+
+def cmd_health(args) -> int:
+    # Docker reserves exit code 2 for its own use, so a bad config is 1 (unhealthy) here, not EXIT_CONFIG.
+    import urllib.error
+    import urllib.request
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as err:
+        _print_config_error(err)
+        return 1
+    if not cfg.http.enabled:
+        print("http.enabled is false: the gateway serves no /healthz to probe")
+        return 0
+    url = _probe_url(cfg.http.address)
+    # no ProxyHandler: a container's HTTP_PROXY must not carry a loopback probe off the box
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=args.timeout) as answer:
+            print(f"{url}: {answer.read().decode(errors='replace').strip()}")
+            return 0
+    except urllib.error.HTTPError as err:
+        print(f"{url}: {err.code} {err.read().decode(errors='replace').strip()}")
+    except (OSError, ValueError) as err:
+        print(f"{url}: no answer ({getattr(err, 'reason', None) or err})")
+    return 1
+
+
 def cmd_points(args) -> int:
     from bacnet_api.points import points_for
 
@@ -273,6 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-config", help="validate a configuration file")
     p.add_argument("file", metavar="FILE")
     p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("health", help="probe the running gateway's /healthz at the address its config names "
+                                      "(exit 0 healthy, 1 not: a container HEALTHCHECK)")
+    p.add_argument("--config", required=True, metavar="FILE")
+    p.add_argument("--timeout", type=_positive_seconds, default=4.0, help="seconds to wait for the answer")
+    p.set_defaults(func=cmd_health)
 
     p = sub.add_parser("points", help="print the BACnet point table the device serves")
     p.add_argument("--config", required=True, metavar="FILE")

@@ -1,0 +1,60 @@
+"""`edge-gateway health`: the container's HEALTHCHECK probes /healthz at the address the gateway's own
+config (with its env overrides) names. The probe used to read only EDGE_GATEWAY__HTTP__ADDRESS, so a
+gateway whose config file set another port was marked unhealthy, and restarted by an orchestrator."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from gateway_process import GatewayProcess, write_config
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def _health(config, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ven.cli", "health", "--config", str(config), "--timeout", "2"],
+                          capture_output=True, text=True, timeout=30, env={**os.environ, **env})
+
+
+def test_health_probes_the_configured_address_and_says_why_not(tmp_path, free_udp_port, free_tcp_port):
+    config = tmp_path / "gw.toml"
+    http_port = free_tcp_port()
+    write_config(config, bacnet_port=free_udp_port(), http_port=http_port, storage=tmp_path / "gw.sqlite",
+                 ven_name="health")
+    down = _health(config)
+    assert down.returncode == 1 and f"127.0.0.1:{http_port}/healthz: no answer" in down.stdout, down
+    with GatewayProcess(config, tmp_path / "gw.log") as gateway:
+        deadline = time.monotonic() + 40
+        while (up := _health(config)).returncode != 0 and time.monotonic() < deadline and gateway.alive:
+            time.sleep(0.3)
+        assert up.returncode == 0, (up, gateway.log()[-2000:])
+        # healthy but degraded: nobody at the VTN's or the meter's address, and the probe's line says so
+        assert f"127.0.0.1:{http_port}/healthz: ok (degraded: " in up.stdout and "VTN not connected" in up.stdout
+        # an env override is part of the config: it moves the probe as it moves the gateway
+        moved = _health(config, EDGE_GATEWAY__HTTP__ADDRESS=f"127.0.0.1:{free_tcp_port()}")
+        assert moved.returncode == 1 and "no answer" in moved.stdout, moved
+        # a proxy in the container's environment must not carry the loopback probe away
+        proxied = _health(config, http_proxy="http://127.0.0.1:9", HTTP_PROXY="http://127.0.0.1:9")
+        assert proxied.returncode == 0, proxied
+
+
+def test_health_of_a_bad_or_http_less_config(tmp_path, free_udp_port, free_tcp_port):
+    config = tmp_path / "gw.toml"
+    write_config(config, bacnet_port=free_udp_port(), http_port=free_tcp_port(), storage=tmp_path / "gw.sqlite",
+                 ven_name="health")
+    off = _health(config, EDGE_GATEWAY__HTTP__ENABLED="false")
+    assert off.returncode == 0 and "serves no /healthz" in off.stdout, off
+    # Docker reserves exit code 2: a config the gateway cannot start with is plainly unhealthy
+    bad = _health(config, EDGE_GATEWAY__HTTP__ADDRESS="no-port-here")
+    assert bad.returncode == 1 and "http.address" in bad.stderr, bad
+
+
+def test_a_wildcard_bind_is_probed_on_loopback():
+    from ven.cli import _probe_url
+
+    assert _probe_url("0.0.0.0:8000") == "http://127.0.0.1:8000/healthz"
+    assert _probe_url("[::]:8000") == "http://[::1]:8000/healthz"
+    assert _probe_url("gw.example:81") == "http://gw.example:81/healthz"
