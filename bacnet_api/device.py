@@ -256,6 +256,19 @@ class GatewayDevice:
             reliability = _NO_FAULT
         self._object(name).reliability = reliability
 
+    def database_identity(self) -> list[str]:
+        """Every object's identifier and name: what a BAS caches of the device, and what databaseRevision
+        counts the changes of (an object created, deleted or renamed, clause 12.11.35)."""
+        return sorted(f"{to_plain(oid)} {obj.objectName}" for oid, obj in self.app.objectIdentifier.items())
+
+    @property
+    def database_revision(self) -> int:
+        return int(self.app.device_object.databaseRevision)
+
+    @database_revision.setter
+    def database_revision(self, revision: int) -> None:
+        self.app.device_object.databaseRevision = revision
+
     # ----- application side
 
     def set(self, name: str, value: float | bool) -> None:

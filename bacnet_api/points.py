@@ -70,7 +70,8 @@ POINTS: tuple[Point, ...] = (
     Point(VTN_CONNECTED, "binaryValue", 5, "read-only", None,
           "Registered with the VTN and polling", False),
     Point(METER_FAULT, "binaryValue", 6, "read-only", None,
-          "The last meter read failed: no answer, a router refused it, or the value was unusable", False,
+          "The last meter read failed: no answer, a router refused it, the value was unusable (outside the kW "
+          "bounds, units not power), or the meter flagged it fault or out of service", False,
           starts_in_fault=True),   # until the first read has ended, "inactive" would claim a good meter
 )
 

@@ -8,7 +8,7 @@ import sys
 
 
 def write_config(path, *, bacnet_port, http_port, storage, ven_name, vtn_port=9, meter_port=None,
-                 device_id=None, cycle_seconds=1, retry_min_seconds=None, retry_max_seconds=1,
+                 device_id=None, device_name=None, cycle_seconds=1, retry_min_seconds=None, retry_max_seconds=1,
                  telemetry_seconds=None, storage_retry_seconds=None, log_level=None):
     """A config on loopback. Without meter_port the meter is an address where nobody answers, and
     the default vtn_port 9 has nobody listening: for tests that are about something else."""
@@ -19,6 +19,7 @@ def write_config(path, *, bacnet_port, http_port, storage, ven_name, vtn_port=9,
 [bacnet]
 address = "127.0.0.1/8:{bacnet_port}"
 {f"device_id = {device_id}" if device_id is not None else ""}
+{f'device_name = "{device_name}"' if device_name is not None else ""}
 [meter]
 {meter}
 timeout_seconds = 0.5

@@ -65,6 +65,12 @@ async def initiates(device: GatewayDevice, peer: BacnetPeer) -> bool:
         return False
 
 
+async def who_has(peer: BacnetPeer, addr: str, name: str) -> list:
+    i_haves = await asyncio.wait_for(peer.app.who_has(object_name=CharacterString(name), address=Address(addr),
+                                                      timeout=1), 3)
+    return [(i.deviceIdentifier[1], str(i.objectName)) for i in i_haves]
+
+
 @pytest.fixture
 async def guarded(free_udp_port):
     device = GatewayDevice(address=f"127.0.0.1/8:{free_udp_port()}", device_id=DEVICE_ID,
@@ -157,6 +163,8 @@ async def test_disable_initiation_with_the_password_is_honoured_logged_and_times
         # the BAS still reads the demand-response point and still finds the device (I-Am is allowed)
         assert await peer.read(addr, "analogValue 4", "presentValue") == 2.0
         assert [i.iAmDeviceIdentifier[1] for i in await peer.who_is(addr, wait=1.0)] == [DEVICE_ID]
+        # but I-Am in answer to Who-Is is all it initiates (clause 16.1): a Who-Has gets no I-Have
+        assert await who_has(peer, addr, EVENT_LEVEL) == []
         # the gateway initiates nothing: a meter read fails at once, saying why, and never hangs
         for _ in range(3):
             started = asyncio.get_running_loop().time()
@@ -169,6 +177,7 @@ async def test_disable_initiation_with_the_password_is_honoured_logged_and_times
         # it ends by itself after its duration
         await eventually(lambda: guarded.communication() == {"mode": "enable"}, 8)
         assert await initiates(guarded, peer)
+        assert await who_has(peer, addr, EVENT_LEVEL) == [(DEVICE_ID, EVENT_LEVEL)]
         assert (await meter.read_once()).value == 42.5 and meter.fault is False
 
     dcc_lines = [r for r in ours(caplog) if r.name == "bacnet_api.services"]

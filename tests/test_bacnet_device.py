@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from pathlib import Path
 
 import pytest
 from bacpypes3.apdu import ErrorRejectAbortNack, WritePropertyRequest
@@ -91,6 +92,25 @@ async def test_read_property_multiple_returns_every_point(gateway, peer):
             assert got["presentValue"] == ("active" if p.initial else "inactive")
         # in_alarm, fault, overridden, out_of_service
         assert got["statusFlags"] == [0, int(p.starts_in_fault), 0, 0], p.name
+
+
+async def test_the_readme_point_table_says_what_the_device_answers(gateway, peer):
+    # the technician programs the BAS from README's table and checks it with a BACnet workstation:
+    # name, units, description and whether the point is commandable must read as the table says
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    rows = {}
+    for line in readme.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) == 5 and cells[0].startswith(("analogValue ", "binaryValue ")):
+            rows[cells[0]] = cells[1:]
+    assert sorted(rows) == sorted(p.object_id for p in POINTS)
+    for obj, (name, access, units, meaning) in rows.items():
+        got = await peer.read_multiple(where(gateway), [(obj, ["objectName", "description", "priorityArray"])])
+        assert got[(obj, "objectName")] == name
+        assert got[(obj, "description")] == meaning, name
+        assert isinstance(got[(obj, "priorityArray")], list) == (access == "commandable"), name
+        if obj.startswith("analogValue"):
+            assert await peer.read(where(gateway), obj, "units") == units.split(" ")[0], name
 
 
 async def test_input_power_commanded_and_relinquished_by_priority(gateway, peer):

@@ -97,3 +97,32 @@ async def test_opt_out_command_survives_sigkill_and_new_events_are_refused(tmp_p
     text = log_path.read_text()
     assert "ADR-Opt-Out commands restored from before the restart: active at priority 8 -> active" in text
     assert "Traceback" not in text, text
+
+
+async def test_a_renamed_device_counts_a_new_database_revision(tmp_path, free_udp_port, free_tcp_port):
+    # A BAS that cached the device's objects reads databaseRevision to know whether to read them again:
+    # it must go up when an object is renamed, created or deleted (clause 12.11.35), here between two runs
+    # (a new bacnet.device_name, device_id or a release with other points), and stand otherwise.
+    bacnet_port, config, storage = free_udp_port(), tmp_path / "gw.toml", tmp_path / "gw.sqlite"
+    gw, device = f"127.0.0.1:{bacnet_port}", "device 500001"
+    gateway = GatewayProcess(config, tmp_path / "gateway.log")
+
+    async def run_once(peer, device_name=None):
+        write_config(config, bacnet_port=bacnet_port, http_port=free_tcp_port(), storage=storage,
+                     ven_name="revision-test", device_name=device_name)
+        gateway.start()
+        try:
+            revision = await eventually(lambda: peer.read(gw, device, "databaseRevision"), 30, "the device answers")
+            return revision, await peer.read(gw, device, "objectName")
+        finally:
+            assert gateway.stop() == 0, gateway.log()[-3000:]
+
+    async with BacnetPeer(free_udp_port(), timeout=1.0) as peer:
+        first, name = await run_once(peer)
+        assert isinstance(first, int) and name == "EdgeGateway"
+        assert await run_once(peer) == (first, "EdgeGateway")              # the same objects: it stands
+        renamed = await run_once(peer, device_name="Bldg-7-Gateway")
+        assert renamed == (first + 1, "Bldg-7-Gateway")                    # a renamed object: one more
+        assert await run_once(peer, device_name="Bldg-7-Gateway") == renamed
+    assert gateway.log().count("BACnet objects differ from the last run") == 1, gateway.log()[-3000:]
+    assert "Traceback" not in gateway.log()

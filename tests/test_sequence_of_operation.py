@@ -6,6 +6,8 @@ import asyncio
 
 import pytest
 from bacnet_peer import BacnetPeer, PeerError
+from bacpypes3.pdu import Address
+from bacpypes3.primitivedata import ObjectIdentifier
 from waiting import eventually
 
 from bacnet_api import points as P
@@ -131,3 +133,33 @@ async def test_meter_fault_is_flagged_until_the_first_meter_read_has_ended(tmp_p
             assert await peer.read(gw, mf, "statusFlags") == [0, 0, 0, 0]
     finally:
         await gateway.stop()
+
+
+async def test_a_restart_clears_input_power_keeps_opt_out_and_drops_cov_subscriptions(tmp_path, free_udp_port,
+                                                                                    free_tcp_port):
+    # what the sequence tells the BAS to expect of a gateway restart: write input-power-meter again, the
+    # ADR-Opt-Out command holds, and COV subscriptions must be renewed (hence a finite lifetime)
+    cfg = _config(tmp_path, free_udp_port(), free_tcp_port())
+    gw, device = cfg.bacnet.address.replace("/8", ""), "device 500009"
+    power, opt_out = P.BY_NAME[P.INPUT_POWER].object_id, P.BY_NAME[P.OPT_OUT].object_id
+    async with BacnetPeer(free_udp_port()) as peer:
+        gateway = Gateway(cfg)
+        await gateway.start()
+        try:
+            assert await peer.write(gw, power, "presentValue", 250.0, priority=8) is None
+            assert await peer.write(gw, opt_out, "presentValue", "active", priority=8) is None
+            subscription = peer.app.change_of_value(Address(gw), ObjectIdentifier("analogValue,4"), 31, False, 0)
+            await subscription.__aenter__()
+            assert len(await peer.read(gw, device, "activeCovSubscriptions")) == 1
+        finally:
+            await gateway.stop()
+        gateway = Gateway(cfg)
+        await gateway.start()
+        try:
+            assert await peer.read(gw, power, "presentValue") == 0.0
+            assert await peer.read(gw, power, "priorityArray") == [None] * 16
+            assert await peer.read(gw, opt_out, "presentValue") == "active"
+            assert await peer.read(gw, device, "activeCovSubscriptions") == []
+        finally:
+            await subscription.__aexit__(None, None, None)
+            await gateway.stop()

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 # The BAS's commands on ADR-Opt-Out, by priority: a BAS that commanded it once still holds that
 # priority after the gateway restarts, so the gateway must too.
 OPT_OUT_COMMANDS = "bacnet_commands:" + P.OPT_OUT
+BACNET_DATABASE = "bacnet_database"  # the device's objects and databaseRevision, as the last run served them
 
 
 def _import_slow_parts() -> None:
@@ -113,6 +114,7 @@ class Gateway:
         for warning in c.warnings():
             log.warning("config: %s", warning)
         await self._start(self.device)
+        self._count_database_revision()
         await self._restore_opt_out(self.storage.load_value(OPT_OUT_COMMANDS))
         self.storage.on_late_open = self._storage_opened_late
         self.device.on_write(P.INPUT_POWER, self._on_input_power)
@@ -176,6 +178,28 @@ class Gateway:
         log.info("ADR-Opt-Out %s by BACnet write", "active" if opted_out else "relinquished")
         self.storage.save_value(OPT_OUT_COMMANDS, json.dumps(self.device.commands(P.OPT_OUT)))
         self.vtn.set_opt_out(opted_out)  # updates the schedule too
+
+    def _count_database_revision(self) -> None:
+        # Over BACnet no object is created, deleted or renamed, but between two runs a new device_name or
+        # device_id, or a release with other points, does so: a BAS that cached the objects learns it from
+        # databaseRevision, which only means something if it is kept across restarts.
+        identity = self.device.database_identity()
+        try:
+            stored = json.loads(self.storage.load_value(BACNET_DATABASE) or "null")
+            revision, known = int(stored["revision"]), stored["objects"]
+            if not isinstance(known, list):
+                raise TypeError(known)
+        except (ValueError, TypeError, KeyError):  # the first run (or a file from before this was kept)
+            revision, known = self.device.database_revision, None
+        if known == identity:
+            self.device.database_revision = revision
+            return
+        if known is not None:
+            revision += 1
+            log.info("BACnet objects differ from the last run (%s): databaseRevision %d",
+                     ", ".join(sorted(set(identity) ^ set(known))), revision)
+        self.device.database_revision = revision
+        self.storage.save_value(BACNET_DATABASE, json.dumps({"revision": revision, "objects": identity}))
 
     def _storage_opened_late(self, values: dict[str, str]) -> None:
         saved = values.get(OPT_OUT_COMMANDS)
