@@ -3,7 +3,7 @@ prefixes or a default namespace, no oadrSignedObject Id, only the elements the s
 
 Registration, reports and oadrCreateOpt go to `upstream` (a DemoVtn), which keeps the VEN registered;
 oadrPoll and oadrRequestEvent get the next hand-written message waiting in `outbox` (else go upstream),
-and oadrCreatedEvent is recorded and answered with a hand-written oadrResponse. Every message the VEN
+and oadrCreatedEvent and oadrRegisteredReport are recorded and answered with a hand-written oadrResponse. Every message the VEN
 sends is checked against the OpenADR 2.0b schema (`invalid` lists the ones that fail).
 
     raw = RawVtn(port, upstream=demo.url, vtn_id=demo.vtn_id)
@@ -32,7 +32,7 @@ def t(dt: datetime) -> str:
     return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
-def interval(payload: float, duration: str | None = None, uid: int | None = None, start: datetime | None = None) -> str:
+def interval(payload: float, duration: str | None = None, uid: int | str | None = None, start: datetime | None = None) -> str:
     return ("<ei:interval>"
             + (f"<cal:dtstart><cal:date-time>{t(start)}</cal:date-time></cal:dtstart>" if start else "")
             + (f"<cal:duration><cal:duration>{duration}</cal:duration></cal:duration>" if duration else "")
@@ -74,6 +74,18 @@ def distribute(vtn_id: str, events: list[str], request_id: str = "dist-1", respo
             "</oadrDistributeEvent></oadrSignedObject></oadrPayload>").encode()
 
 
+def register_report(ven_id: str, request_id: str = "reg-1") -> bytes:
+    """oadrRegisterReport as a VTN registers its own METADATA report with a VEN (2.0b report registration
+    goes both ways): one report without descriptions."""
+    return ('<?xml version="1.0" encoding="UTF-8"?>\n'
+            f'<oadrPayload xmlns="http://openadr.org/oadr-2.0b/2012/07" {NS}><oadrSignedObject>'
+            f'<oadrRegisterReport ei:schemaVersion="2.0b"><pyld:requestID>{request_id}</pyld:requestID>'
+            "<oadrReport><ei:eiReportID>vtn-metadata</ei:eiReportID><ei:reportRequestID>0</ei:reportRequestID>"
+            "<ei:reportSpecifierID>METADATA</ei:reportSpecifierID><ei:reportName>METADATA_TELEMETRY_STATUS</ei:reportName>"
+            f"<ei:createdDateTime>{t(datetime.now(timezone.utc))}</ei:createdDateTime></oadrReport>"
+            f"<ei:venID>{ven_id}</ei:venID></oadrRegisterReport></oadrSignedObject></oadrPayload>").encode()
+
+
 def response(ven_id: str, request_id: str, code: int = 200) -> bytes:
     return ('<?xml version="1.0" encoding="UTF-8"?>\n'
             f'<p:oadrPayload xmlns:p="http://openadr.org/oadr-2.0b/2012/07" {NS}><p:oadrSignedObject>'
@@ -91,6 +103,7 @@ class RawVtn:
         self.host, self.port, self.upstream, self.vtn_id = host, port, upstream.rstrip("/"), vtn_id
         self.outbox: list[bytes] = []
         self.answered: list[tuple[str, str, str]] = []   # (eventID, modificationNumber, optType) as written
+        self.registered: list[dict] = []   # the VEN's oadrRegisteredReport answers (to `register_report`)
         self.invalid: list[str] = []       # the VEN's messages that fail the schema, and why
         self.served = 0                    # hand-written messages the VEN has been given
         self._runner: web.AppRunner | None = None
@@ -135,6 +148,9 @@ class RawVtn:
                 self.answered.append((r.findtext(f"{{{EI}}}qualifiedEventID/{{{EI}}}eventID"),
                                       r.findtext(f"{{{EI}}}qualifiedEventID/{{{EI}}}modificationNumber"),
                                       r.findtext(f"{{{EI}}}optType")))
+            answer = response(str(payload["ven_id"]), "")
+        elif message_type == "oadrRegisteredReport":
+            self.registered.append(payload)
             answer = response(str(payload["ven_id"]), "")
         else:
             async with self._session.post(f"{self.upstream}/{request.match_info['service']}", data=body,

@@ -13,6 +13,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from lxml import etree
 from openleadr.utils import certificate_fingerprint
 
 from ven.config import OpenadrConfig, tls_file_problems
@@ -276,3 +277,52 @@ async def test_tls_file_errors_name_the_environment_variable_in_check_config_and
         await client.stop()
         queue.close()
         storage.close()
+
+
+async def test_the_vtn_signature_is_checked_off_the_event_loop(pki, free_tcp_port, monkeypatch):
+    # signxml takes 0.1 s for a signed day-ahead listing of 200 events (bench: 0.2 s for 1440 intervals, about
+    # 1 s for 200 events of 30), all of it a stall of the BACnet device and the schedule's timer when on the loop
+    import threading
+
+    from signxml import XMLVerifier
+    checked = []        # (message type, checked on the event loop's thread)
+    real = XMLVerifier.verify
+
+    def verify(self, data, *args, **kwargs):
+        signed = data.find("{http://openadr.org/oadr-2.0b/2012/07}oadrSignedObject")
+        checked.append((etree.QName(signed[0]).localname, threading.current_thread() is threading.main_thread()))
+        return real(self, data, *args, **kwargs)
+    monkeypatch.setattr(XMLVerifier, "verify", verify)
+    d, fp = pki
+    server = DemoVtn(free_tcp_port(), poll_seconds=1, cert=str(d / "vtn.pem"), key=str(d / "vtn.key"),
+                     ca_file=str(d / "ca.pem"), ven_fingerprint=fp["ven"])
+    async with server:
+        events = [server.add_event([1], dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1 + i), 60)
+                  for i in range(3)]
+        client, close = await _run_gateway(d, server.url, fp["vtn"])
+        try:
+            await until(lambda: all(server.opts_for(e) == ["optIn"] for e in events), 15, "the events answered")
+        finally:
+            await close()
+    on_loop = {kind for kind, main in checked if main}
+    assert "oadrDistributeEvent" in {kind for kind, main in checked if not main}
+    assert on_loop <= {"oadrQueryRegistration", "oadrCreatePartyRegistration", "oadrRegisterReport", "oadrPoll",
+                       "oadrRequestEvent", "oadrCreatedEvent", "oadrCreatedReport", "oadrUpdateReport"}, \
+        "only the VTN's check of the VEN's messages, which is openleadr's own"
+
+
+def test_a_vtn_message_altered_after_signing_or_signed_by_another_is_refused(pki):
+    from openleadr.messaging import create_message, validate_xml_schema
+    from openleadr.errors import FingerprintMismatch
+    from signxml.exceptions import InvalidSignature
+    from ven.vtn import verify_signature
+
+    d, fp = pki
+    message = create_message("oadrResponse", cert=(d / "vtn.pem").read_bytes(), key=(d / "vtn.key").read_bytes(),
+                             response={"response_code": 200, "response_description": "OK", "request_id": "r1"},
+                             ven_id="ven1").encode()
+    verify_signature(validate_xml_schema(message), fp["vtn"])
+    with pytest.raises(InvalidSignature):
+        verify_signature(validate_xml_schema(message.replace(b"<ei:venID>ven1<", b"<ei:venID>ven2<")), fp["vtn"])
+    with pytest.raises(FingerprintMismatch):
+        verify_signature(validate_xml_schema(message), fp["other"])

@@ -330,6 +330,74 @@ async def test_a_poll_and_an_answer_that_both_meet_a_reregistration_request_are_
             assert gw.vtn.reregistrations == 1
 
 
+async def test_a_poll_refused_as_an_unknown_ven_and_an_answer_met_by_a_reregistration_request_are_one(
+        tmp_path, free_tcp_port, monkeypatch):
+    # a VTN that lost the VEN answers the poll 463 and the optOut in flight beside it oadrRequestReregistration:
+    # the poll's refusal did not mark the registration lost, so the answer's request counted a second
+    # re-registration (and had the next registration name the registrationID the VTN had just said it did not know)
+    from openleadr.service.vtn_service import VTNService
+
+    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
+        held = []
+
+        async def lookup(ven_id):       # hold the poll and the answer until both are in flight
+            if len(held) < 2:
+                held.append(ven_id)
+                try:
+                    await until(lambda: len(held) >= 2, 3, "a second request in flight")
+                except AssertionError:
+                    pass
+            return server._ven_lookup(ven_id)
+        a = server.add_event([1], now() + timedelta(minutes=5), 60)
+        async with running(tmp_path, server.url) as gw:
+            await until(lambda: server.opts_for(a) == ["optIn"] and gw.vtn.last_poll, 10, "registered and polling")
+            handlers = server._server.services["event_service"].handlers
+            real = handlers["oadrCreatedEvent"]
+
+            async def forgotten(payload, *args, **kwargs):
+                handlers["oadrCreatedEvent"] = real
+                raise oerrors.RequestReregistration(payload["ven_id"])
+            handlers["oadrCreatedEvent"] = forgotten
+            refusal = refuse(server, "oadrPoll", oerrors.NotRegisteredOrAuthorizedError("VEN unknown"), times=1)
+            monkeypatch.setattr(VTNService, "ven_lookup", staticmethod(lookup))
+            gw.vtn.set_opt_out(True)        # sent at once; the next poll is at most 1 s away
+            await until(lambda: server.registrations == 2 and gw.vtn.connected, 10, "registered again")
+            await until(lambda: server.opts_for(a)[-1:] == ["optOut"], 5, "the optOut once registered again")
+            assert held == [gw.vtn.ven_id] * 2 and refusal.refused == 1, "the poll and the optOut met it together"
+            assert gw.vtn.reregistrations == 1
+
+
+@pytest.mark.parametrize("service, message_type, met_by", [
+    ("report_service", "oadrRegisterReport", "the telemetry report offer"),
+    ("report_service", "oadrCreatedReport", "the event request"),
+    ("event_service", "oadrRequestEvent", "the answer to its events")], ids=["offer", "event-request", "answer"])
+async def test_a_reregistration_asked_for_while_registering_says_why(
+        tmp_path, free_tcp_port, caplog, service, message_type, met_by):
+    # A VTN that forgets the VEN while it registers answers the next step oadrRequestReregistration: the gateway
+    # logged "context lost (unknown reason)", or "VTN sent oadrRequestReregistration ... ignored" and went on
+    # polling, and flipped ADR-VTN-Connected on and off
+    caplog.set_level(logging.INFO, logger="ven")
+    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
+        a = server.add_event([1], now() + timedelta(minutes=5), 60)
+        handlers = server._server.services[service].handlers
+        real = handlers[message_type]
+
+        async def forget(payload, *args, **kwargs):
+            handlers[message_type] = real
+            answer = await real(payload, *args, **kwargs)
+            server.request_reregistration(payload["ven_id"])
+            return answer
+        handlers[message_type] = forget
+        async with running(tmp_path, server.url) as gw:
+            await until(lambda: server.registrations == 2 and gw.vtn.connected, 10, "registered again")
+            await until(lambda: server.opts_for(a)[-1:] == ["optIn"], 5, "the event answered once registered again")
+            assert said(caplog, "VTN context lost") == [
+                f"VTN context lost (the VTN no longer knows this VEN (re-registration requested in answer to {met_by})); "
+                "registering again"]
+            assert not said(caplog, "does not handle") and gw.vtn.reregistrations == 1
+            assert gw.connected == [True], "connected once the registration stands"
+
+
 async def test_a_cancellation_while_opted_out_gets_one_answer(tmp_path, free_tcp_port):
     async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
         async with running(tmp_path, server.url) as gw:

@@ -10,7 +10,7 @@ import pytest
 from lxml.etree import XMLSyntaxError
 from openleadr.messaging import validate_xml_schema
 
-from raw_vtn import RawVtn, distribute, event, interval, signal
+from raw_vtn import RawVtn, distribute, event, interval, register_report, signal
 from test_vtn import running, said
 from waiting import eventually as until
 from ven.vtn_server import DemoVtn
@@ -140,3 +140,35 @@ def test_a_date_time_with_a_zone_offset_is_not_valid_openadr():
     validate_xml_schema(message)
     with pytest.raises(XMLSyntaxError):
         validate_xml_schema(message.replace(b"Z</cal:date-time>", b"+02:00</cal:date-time>", 1))
+
+
+async def test_intervals_named_by_text_uids_are_followed_in_the_order_written(tmp_path, free_tcp_port, caplog):
+    # xcal:uid is text in the 2.0b schema; openleadr read every uid as a number, and a VTN naming its intervals
+    # ("int-1") had each poll fail on the message: the event never ran, was never answered, and the gateway
+    # re-registered every few polls and then failed to register at all while the VTN listed the event
+    caplog.set_level(logging.INFO, logger="ven")
+    start = now() - timedelta(minutes=1)
+    async with raw_gateway(tmp_path, free_tcp_port) as (raw, gw):
+        named = signal([interval(2, "PT10M", "int-1"), interval(3, "PT10M", "int-2"), interval(1, "PT40M", "a")])
+        await deliver(raw, distribute(raw.vtn_id, [event("e1", start, "PT1H", [named], status="active"),
+                                                   event("e2", now() + timedelta(hours=2), "PT1H", [simple([1])])]))
+        await until(lambda: sorted(raw.answered) == [("e1", "0", "optIn"), ("e2", "0", "optIn")], 5, "the answers")
+        ev = gw.schedule.get("e1")
+        assert [(iv.payload, iv.start - ev.start) for iv in ev.signals[0].intervals] == [
+            (2.0, timedelta(0)), (3.0, timedelta(minutes=10)), (1.0, timedelta(minutes=20))]
+        assert gw.schedule.state().level == 2.0
+        assert gw.vtn.status()["last_error"] is None and gw.vtn.poll_failures == 0
+        assert not said(caplog, "could not be read") and not said(caplog, "session error")
+
+
+async def test_a_vtn_registering_its_reports_is_answered_with_none_requested(tmp_path, free_tcp_port, caplog):
+    # 2.0b report registration goes both ways: a VTN's oadrRegisterReport (its METADATA) waits for an
+    # oadrRegisteredReport. The gateway logged it and sent nothing; the VTN may offer it at every poll.
+    caplog.set_level(logging.INFO, logger="ven")
+    async with raw_gateway(tmp_path, free_tcp_port) as (raw, gw):
+        await deliver(raw, register_report(gw.vtn.ven_id, request_id="reg-7"))
+        await until(lambda: raw.registered, 5, "the oadrRegisteredReport")
+        (answer,) = raw.registered
+        assert answer["response"]["response_code"] == 200 and answer["response"]["request_id"] == "reg-7"
+        assert answer["ven_id"] == gw.vtn.ven_id and not answer.get("report_requests")
+        assert len(said(caplog, "VTN offered reports")) == 1 and gw.vtn.status()["last_error"] is None

@@ -357,7 +357,7 @@ def from_openleadr(raw: dict, received_at: datetime, previous: Event | None = No
             name = SIMPLE
         intervals = []
         cursor = ap_start
-        for iv in sorted(s.get("intervals") or [], key=lambda i: i.get("uid") or 0):
+        for iv in _in_order(s.get("intervals") or []):
             start = _utc(iv["dtstart"]) if iv.get("dtstart") else cursor
             duration = iv.get("duration") or timedelta(0)
             if start is None:
@@ -414,6 +414,14 @@ def from_openleadr(raw: dict, received_at: datetime, previous: Event | None = No
         targets=(targets := _targets(raw)),
         for_this_ven=ven_id is None or not (vens := {v for k, v in targets if k == "ven_id"}) or ven_id in vens,
     )
+
+
+def _in_order(intervals: list[dict]) -> list[dict]:
+    """A stream's intervals follow one another as written; numbered uids (openleadr's 0, 1, 2...) say the order
+    when they are all numbers. Text uids ("int-1") only name an interval: "int-10" does not come before "int-2"."""
+    if all(isinstance(iv.get("uid") or 0, int) for iv in intervals):
+        return sorted(intervals, key=lambda iv: iv.get("uid") or 0)
+    return intervals
 
 
 def _priority(value) -> int:

@@ -27,7 +27,9 @@ import aiohttp
 import xmltodict
 from lxml.etree import XMLSyntaxError
 from openleadr import OpenADRClient, enums as oenums, errors as oerrors, objects, utils as outils
-from openleadr.messaging import NAMESPACES, validate_xml_schema, validate_xml_signature
+from openleadr import messaging as omessaging
+from openleadr.messaging import NAMESPACES, validate_xml_schema
+from signxml import XMLVerifier
 from signxml.exceptions import InvalidSignature
 
 from .config import OpenadrConfig, key_is_encrypted, tls_file_problems
@@ -137,11 +139,12 @@ class _Client(OpenADRClient):
             return None, {}, None
         try:
             # read off the event loop: openleadr takes 0.2-0.3 s for a day-ahead oadrDistributeEvent of 200 events
-            # or one event of 1440 intervals, and the BACnet device and the schedule's timer would stall that long
-            # (the signature stays on the loop: signxml's verifier, shared with the VTN side, is not thread-safe)
+            # or one event of 1440 intervals, and the BACnet device and the schedule's timer would stall that long;
+            # its signature check takes 0.1 s of those 200 events, 0.2 s of the 1440 intervals
             tree = await asyncio.to_thread(validate_xml_schema, content)
             if self.vtn_fingerprint:
-                validate_xml_signature(tree, cert_fingerprint=self.vtn_fingerprint)
+                await asyncio.to_thread(verify_signature, tree, self.vtn_fingerprint)
+                omessaging._verify_replay_protect(tree)    # its nonce cache is shared with a VTN in this process
             message_type, message_payload = await asyncio.to_thread(parse_message, content)
         except oerrors.FingerprintMismatch as err:
             return None, {}, f"VTN refused: certificate fingerprint does not match openadr.vtn_fingerprint ({err})"
@@ -152,6 +155,17 @@ class _Client(OpenADRClient):
         except Exception as err:   # noqa: BLE001 - any unparsable answer is a failed request
             return None, {}, f"VTN message could not be read: {err.__class__.__name__}: {err}"
         return message_type, message_payload, None
+
+
+def verify_signature(tree, fingerprint: str) -> None:
+    """openleadr's validate_xml_signature but its replay check, safe in a worker thread: signxml's XMLVerifier
+    keeps each call's settings on itself, and openleadr's one shared verifier also checks a VTN's messages."""
+    cert = outils.extract_pem_cert(tree)
+    found = outils.certificate_fingerprint(cert)
+    if found != fingerprint:
+        raise oerrors.FingerprintMismatch(f"The certificate fingerprint was incorrect. Expected: {fingerprint}; "
+                                          f"Received: {found}. Ignoring message.")
+    XMLVerifier().verify(tree, x509_cert=outils.ensure_bytes(cert), expect_references=2)
 
 
 # Elements whose text is a name (xs:string in the 2.0b schema), never a number: openleadr's parser turns any
@@ -167,6 +181,10 @@ _TEXT_ELEMENTS = frozenset({
 # text, which ended the session at each listing of the event (it never ran, and was never answered)
 _DATE_TIMES = frozenset({"date-time", "createdDateTime", "modificationDateTime"})
 _ZONELESS = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d*)?")
+# An interval's xcal:uid is text too ("int-1"), and openleadr's parser took int() of it: every poll answered with
+# such an event failed (the event and the others of its message never ran, nor were answered), and so did each
+# registration while the VTN listed it. Numbers stay numbers: they order the intervals (ven/events.py).
+_INTEGER = re.compile(r"-?\d+")
 _zoneless_seen = False
 
 
@@ -183,6 +201,10 @@ class _Text:
 
 def _keep_text(path, key, value):
     global _zoneless_seen
+    if key == "uid" and isinstance(value, dict) and list(value) == ["text"]:
+        text = value["text"]
+        if not isinstance(text, str) or not _INTEGER.fullmatch(text):
+            return key, _Text(text or "")
     if isinstance(value, str):
         if key in _TEXT_ELEMENTS:
             return key, _Text(value)
@@ -443,11 +465,14 @@ class VtnClient:
             if reported is not None:
                 log.info("VTN reachable again after %d failed registration attempt(s)", self.registration_failures)
             reported = None
-            self.last_error = self._poll_error if self._poll_fault else None   # registered; polls may still fail
             self.registration_failures = 0
             began = asyncio.get_running_loop().time()
-            if self._poll_fault is None:   # otherwise once a poll is answered: polls refused is not connected
-                self._set_connected(True)
+            # else the VTN asked for another registration while this one was under way: its reason stays, for the
+            # "context lost" line, and the session ends at once
+            if not self._lost.is_set():
+                self.last_error = self._poll_error if self._poll_fault else None   # registered; polls may still fail
+                if self._poll_fault is None:   # otherwise once a poll is answered: polls refused is not connected
+                    self._set_connected(True)
             self._wake_delivery.set()
             self._opts_dirty.set()
             try:
@@ -555,6 +580,8 @@ class VtnClient:
         self.ven_id, self.registration_id = client.ven_id, client.registration_id
         self.vtn_id = (answer[1] if answer else {}).get("vtn_id") or None
         offered = await self._offer_reports(client)
+        if self._lost.is_set():
+            return True
         # while polls keep failing, each cycle's registration after the first is part of that one fault
         log.log(logging.DEBUG if self._lost_by_polls and self._poll_fault_losses > 1 else logging.INFO,
                 "registered with VTN %s: venID %s, registrationID %s, poll every %s s, telemetry %s",
@@ -569,6 +596,9 @@ class VtnClient:
         if rtype is None:
             self.last_error = client.last_error
             return False
+        if rtype == "oadrRequestReregistration":
+            self._forgotten("the event request")
+            return True
         if client.refused:   # an oadrDistributeEvent listing nothing: not "no events" (all would be cancelled)
             self.last_error = f"VTN refused the event request: {client.refused}"
             return False
@@ -581,6 +611,9 @@ class VtnClient:
         """oadrRegisterReport. openleadr carries on after a failed one, and the VTN would then never
         request telemetry: the session offers again (backing off) while events keep flowing."""
         await client.register_reports(client.reports)
+        if client.reregistration_asked:   # openleadr carries on (also after its oadrCreatedReport met it)
+            self._forgotten("the telemetry report offer")
+            return False
         loop = asyncio.get_running_loop()
         # a refused offer (openleadr carries on) would leave the VTN never requesting telemetry
         error = client.last_error or (client.refused and f"VTN refused the report registration: {client.refused}")
@@ -627,8 +660,8 @@ class VtnClient:
                     log.warning("VTN poll failed: %s", self.last_error)
                     self._poll_fault = self.last_error
                 unknown_ven = client.refused_code in UNKNOWN_VEN_CODES
-                if unknown_ven:
-                    self._vtn_reregisters(self.last_error)
+                if unknown_ven:     # a fresh registration: the VTN said it does not know this one
+                    self._reregistration_requested(self.last_error, renew=False)
                 if failed_here >= POLL_FAILURES_FOR_LOSS or unknown_ven:
                     self._lost_by_polls = True
                     return
@@ -660,12 +693,14 @@ class VtnClient:
         self._reregistration_requested(
             f"the VTN no longer knows this VEN (re-registration requested in answer to {what})")
 
-    def _reregistration_requested(self, why: str) -> None:
-        # a poll and an answer or report in flight together may both meet the request: one re-registration
+    def _reregistration_requested(self, why: str, renew: bool = True) -> None:
+        # a poll and an answer or report in flight together may both meet the request (or a poll refused as
+        # an unknown VEN): one re-registration
         self.last_error = why
         if not self._lost.is_set():
             self._vtn_reregisters(why)
-            self._reregister_with = self.registration_id
+            if renew:
+                self._reregister_with = self.registration_id
         self._lost.set()
 
     def _vtn_reregisters(self, why: str) -> None:
@@ -689,8 +724,7 @@ class VtnClient:
             log.warning("VTN cancelled registration %s, which is not this VEN's (%s): answered %d, the registration "
                         "stands", rid, ours, INVALID_ID)
             return False
-        self.last_error = f"the VTN cancelled the registration {ours}"
-        self._vtn_reregisters(self.last_error)
+        self._reregistration_requested(f"the VTN cancelled the registration {ours}", renew=False)
         return True
 
     async def _dispatch(self, rtype: str, payload: dict) -> None:
@@ -739,7 +773,13 @@ class VtnClient:
         elif rtype == "oadrCancelReport":
             await self._cancel_report(payload)
         elif rtype == "oadrRegisterReport":
-            log.info("VTN offered reports; the gateway does not take reports from the VTN")
+            # 2.0b report registration goes both ways: the VTN's offer waits for an oadrRegisteredReport (a VTN
+            # may offer again at every poll until it has one), here requesting none
+            log.info("VTN offered reports; the gateway does not take reports from the VTN: answered requesting none")
+            msg = client._create_message("oadrRegisteredReport", response=_ei_response(payload.get("request_id")),
+                                         ven_id=self.ven_id, report_requests=[])
+            if (await client._perform_request("EiReport", msg))[0] == "oadrRequestReregistration":
+                self._forgotten("the answer to its report offer")
         else:
             log.warning("VTN sent %s, which the gateway does not handle; ignored", rtype)
 
