@@ -50,11 +50,20 @@ class ForecastStore:
 
     # ---- history and model -------------------------------------------------------------
     def save_minutes(self, minutes, sums, counts) -> int:
+        return self.save(minutes, sums, counts)
+
+    def save(self, minutes, sums, counts, forecasts=()) -> int:
+        """Minutes of history and issued forecasts in one transaction; returns the number of minutes."""
         rows = list(zip((int(k) for k in minutes), (float(s) for s in sums), (int(c) for c in counts)))
-        if not rows:
+        forecasts = list(forecasts)
+        if not rows and not forecasts:
             return 0
         with closing(self._connect()) as db, db:
-            db.executemany("INSERT OR REPLACE INTO forecast_minute (minute, sum_kw, count) VALUES (?, ?, ?)", rows)
+            if rows:
+                db.executemany("INSERT OR REPLACE INTO forecast_minute (minute, sum_kw, count) VALUES (?, ?, ?)",
+                               rows)
+            for f in forecasts:
+                self._record(db, f)
         return len(rows)
 
     def save_model(self, blob: bytes | None) -> None:
@@ -139,11 +148,15 @@ class ForecastStore:
     # ---- issued forecasts --------------------------------------------------------------
     def record_forecast(self, f: Forecast) -> None:
         with closing(self._connect()) as db, db:
-            db.execute("INSERT OR REPLACE INTO forecast_issue VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                       (f.issued_at, f.model, f.level_kw, f.rate_kw_per_min, int(f.high_load), int(f.low_load),
-                        f.high_threshold_kw, f.low_threshold_kw))
-            db.executemany("INSERT OR REPLACE INTO forecast_demand VALUES (?, ?, ?, ?)",
-                           [(f.issued_at, h, f.issued_at + h * 60, kw) for h, kw in f.demand_kw.items()])
+            self._record(db, f)
+
+    @staticmethod
+    def _record(db: sqlite3.Connection, f: Forecast) -> None:
+        db.execute("INSERT OR REPLACE INTO forecast_issue VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                   (f.issued_at, f.model, f.level_kw, f.rate_kw_per_min, int(f.high_load), int(f.low_load),
+                    f.high_threshold_kw, f.low_threshold_kw))
+        db.executemany("INSERT OR REPLACE INTO forecast_demand VALUES (?, ?, ?, ?)",
+                       [(f.issued_at, h, f.issued_at + h * 60, kw) for h, kw in f.demand_kw.items()])
 
     def history(self, since_epoch: float) -> dict:
         """Plain lists for the HTTP history endpoint: 1-minute power, forecasts by target time, flags."""

@@ -17,7 +17,7 @@ from waiting import eventually
 
 from forecaster.model import MODEL_NAME
 from ven.config import ForecasterConfig
-from ven.forecast_service import ForecastService
+from ven.forecast_service import SAVE_EVERY_CYCLES, ForecastService
 
 EXCERPT = Path(__file__).parent / "data" / "turin_office_excerpt.csv"
 
@@ -232,3 +232,62 @@ async def test_a_fit_on_too_sparse_a_history_says_so_instead_of_fitted(tmp_path,
         await svc.stop()
     assert "forecaster fitted" not in caplog.text
     assert len([r for r in caplog.records if "not fitted" in r.getMessage()]) == 1
+
+
+def _stored_forecasts(path) -> int:
+    with sqlite3.connect(path) as db:
+        return db.execute("SELECT COUNT(*) FROM forecast_issue").fetchone()[0]
+
+
+@pytest.mark.timeout(60)
+async def test_forecasts_not_yet_written_are_in_the_history_and_a_stop_writes_them(tmp_path):
+    path = str(tmp_path / "g.sqlite")
+    published = []
+    svc = ForecastService(ForecasterConfig(cycle_seconds=0.05, source="meter"), path, publish=published.append)
+    await svc.start()
+    try:
+        svc.on_meter(time.time() - 1, 100.0)
+        await eventually(lambda: len(published) > 3 * SAVE_EVERY_CYCLES, 20, "forecasts")
+        issued = len(published)
+        shown = await asyncio.to_thread(svc.history, 1.0)     # as the HTTP API asks for it
+        assert len(shown["flags"]["time"]) >= issued and shown["power"]["kw"] == [100.0]
+    finally:
+        await svc.stop()
+    assert _stored_forecasts(path) >= len(published)    # a cycle the stop cancelled may be stored unpublished
+
+
+_CYCLES_THEN_CRASH = """
+import asyncio, sys, time
+from ven.config import ForecasterConfig
+from ven.forecast_service import ForecastService
+
+def publish(f, n=[0]):
+    n[0] += 1
+    if n[0] == int(sys.argv[2]):      # the loop stops here: no cycle after this one
+        print("issued", flush=True)
+        sys.stdin.read()
+
+async def main():
+    svc = ForecastService(ForecasterConfig(cycle_seconds=0.05, source="meter"), sys.argv[1], publish=publish)
+    await svc.start()
+    svc.on_meter(time.time() - 1, 100.0)
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_crash_loses_fewer_than_save_every_cycles_forecasts(tmp_path):
+    path, issued = str(tmp_path / "g.sqlite"), 3 * SAVE_EVERY_CYCLES + 2
+    child = subprocess.Popen([sys.executable, "-c", _CYCLES_THEN_CRASH, path, str(issued)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True, env=dict(os.environ))
+    try:
+        assert child.stdout.readline().strip() == "issued"
+    finally:
+        child.kill()
+        child.wait(timeout=10)
+    assert issued - SAVE_EVERY_CYCLES < _stored_forecasts(path) <= issued
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT sum_kw, count FROM forecast_minute").fetchall() == [(100.0, 1)]
+    assert SAVE_EVERY_CYCLES <= 5       # 5 minutes at the default cycle: what a crash may cost the history

@@ -2,18 +2,24 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import sqlite3
+import subprocess
+import sys
 import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from gateway_process import GatewayProcess, write_config
 from waiting import eventually as until
 
+from bacnet_api.simulator import MeterSimulator
 from ven.config import OpenadrConfig
 from ven.schedule import EventSchedule
 from ven.storage import BUSY_TIMEOUT_SECONDS, Storage
-from ven.telemetry import TelemetryQueue
+from ven.telemetry import ACK_DEFER_MAX, TelemetryQueue
 from ven.vtn import VtnClient
 from ven.vtn_server import DemoVtn
 
@@ -252,3 +258,93 @@ async def test_a_backlog_sampled_faster_than_telemetry_seconds_goes_in_full_batc
         await schedule.stop()
         queue.close()
         storage.close()
+
+
+def test_an_acknowledgement_goes_out_of_the_file_with_the_next_sample_and_at_a_stop(tmp_path):
+    path = tmp_path / "gw.sqlite"
+    q = TelemetryQueue(path)
+    with contextlib.closing(sqlite3.connect(path)) as other:     # what a crash at that moment leaves
+        def in_file():
+            return [kw for (kw,) in other.execute("SELECT kw FROM telemetry_queue ORDER BY seq")]
+        q.add(T0, 1.0)
+        assert in_file() == [1.0]                   # committed before it can be offered
+        q.ack(q.peek())
+        assert q.peek() == [] and q.pending == 0 and in_file() == [1.0]    # never offered again
+        q.add(T0 + timedelta(seconds=10), 2.0)
+        assert in_file() == [2.0]                   # one commit: this sample in, the acknowledged one out
+        q.ack(q.peek())
+        q.close()
+        assert in_file() == []
+    again = TelemetryQueue(path)
+    assert again.pending == 0 and again.last_delivery == q.last_delivery
+    again.close()
+
+
+_ACK_THEN_CRASH = """
+import sys
+from datetime import datetime, timedelta, timezone
+from ven.telemetry import TelemetryQueue
+q = TelemetryQueue(sys.argv[1])
+t0 = datetime(2026, 11, 21, 20, 0, tzinfo=timezone.utc)
+for i in range(200):
+    q.add(t0 + timedelta(seconds=i), float(i))
+for s in q.peek(150):       # the VTN takes 150 samples, one update each, and no reading follows
+    q.ack([s])
+print("acknowledged", flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_crash_after_acknowledgements_loses_nothing_and_resends_fewer_than_ack_defer_max(tmp_path):
+    path = tmp_path / "gw.sqlite"
+    child = subprocess.Popen([sys.executable, "-c", _ACK_THEN_CRASH, str(path)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True, env=dict(os.environ))
+    try:
+        assert child.stdout.readline().strip() == "acknowledged"
+    finally:
+        child.kill()
+        child.wait(timeout=10)
+    q = TelemetryQueue(path)
+    left = [s.kw for s in q.peek(1000)]
+    q.close()
+    resent = len(left) - 50
+    assert left == [float(i) for i in range(150 - resent, 200)]     # every unacknowledged one, in order
+    assert 0 <= resent < ACK_DEFER_MAX <= 60                        # the VTN gets those again: at least once
+
+
+def _intervals(vtn) -> list[datetime]:
+    return [ts for _, ivs in vtn.updates for ts, *_ in ivs]
+
+
+@pytest.mark.timeout(120)
+async def test_a_sigkill_right_after_an_update_resends_at_most_that_update_and_loses_nothing(
+        tmp_path, free_udp_port, free_tcp_port):
+    bacnet_port, meter_port, vtn_port = free_udp_port(), free_udp_port(), free_tcp_port()
+    config, storage = tmp_path / "gw.toml", tmp_path / "gw.sqlite"
+    # 1 s report intervals (DemoVtn requests the offer's finest), a reading every 0.5 s
+    write_config(config, bacnet_port=bacnet_port, meter_port=meter_port, vtn_port=vtn_port,
+                 http_port=free_tcp_port(), storage=storage, ven_name="ack-kill", telemetry_seconds=1,
+                 retry_min_seconds=0.2)
+    gateway = GatewayProcess(config, tmp_path / "gateway.log")
+    try:
+        async with MeterSimulator(address=f"127.0.0.1/8:{meter_port}", value=87.5), \
+                DemoVtn(vtn_port, poll_seconds=1) as vtn:
+            gateway.start()
+            await until(lambda: len(vtn.updates) >= 5, 30, f"updates\n{gateway.log()[-3000:]}")
+            n = len(vtn.updates)
+            await until(lambda: len(vtn.updates) > n, 10, "the next update", interval=0.005)
+            gateway.kill()                          # its acknowledgement is, at best, in memory only
+            before, last = _intervals(vtn), vtn.updates[-1][1]
+            with contextlib.closing(sqlite3.connect(storage)) as db:
+                queued = {datetime.fromisoformat(ts).replace(microsecond=0)
+                          for (ts,) in db.execute("SELECT ts FROM telemetry_queue")}
+            gateway.start()
+            await until(lambda: queued <= set(_intervals(vtn)[len(before):]), 30,
+                        f"what the file held delivered after the restart\n{gateway.log()[-3000:]}")
+        assert gateway.stop() == 0
+    finally:
+        gateway.stop()
+    resent = queued & set(before)
+    assert len(resent) <= len(last), (sorted(resent), last)
+    assert "Traceback" not in gateway.log()

@@ -37,6 +37,14 @@ PRUNE_EVERY_S = 3600.0
 # A deleted file comes back with the telemetry queue's next write, or the event store's check at least
 # every 30 s (ven/schedule.py), whichever comes first.
 DELETED_GRACE_S = 45.0
+# Storage is often an SD card or eMMC, which small writes wear. The minutes of history and the issued
+# forecasts are written every this many cycles (5 minutes at the default 60 s), in one transaction that
+# rewrites the tables' last pages once instead of once a cycle (bench/storage_writes.py). A crash loses
+# what was not yet written: the forecaster's history of those minutes (the 44 days it keeps are its
+# own copy of the meter readings; the telemetry queue keeps each reading for the VTN) and those cycles'
+# issued forecasts (the dashboard's chart and the load flags' state at a restart). A stop writes them.
+SAVE_EVERY_CYCLES = 5
+MAX_UNSAVED_FORECASTS = 1440    # kept for the next write while the file refuses writes: a day at 60 s
 
 
 def forecaster_params(c: ForecasterConfig) -> dict:
@@ -76,6 +84,7 @@ class ForecastService:
         self._store_failing = False
         self._missing_since: float | None = None    # the file found deleted (monotonic), while it stays so
         self._unsaved_model: bytes | None = None    # a fitted model not yet written
+        self._unsaved_forecasts: list[Forecast] = []   # issued, not yet written (SAVE_EVERY_CYCLES)
         self._reopen_seconds = reopen_seconds
         self._reopen: ReopenTimer | None = None
         self._next_prune = time.monotonic() + PRUNE_EVERY_S   # monotonic: unmoved by clock steps
@@ -254,7 +263,9 @@ class ForecastService:
             # before this cycle's save: the minutes saved since the step are the ones memory holds
             self._persist(lambda s: self._reload(s, since, now))
         f = self.forecaster.predict(now)
-        self._persist(lambda s: (self._save_minutes(s), s.record_forecast(f), self._save_model(s)))
+        self._unsaved_forecasts = (self._unsaved_forecasts + [f])[-MAX_UNSAVED_FORECASTS:]
+        if len(self._unsaved_forecasts) >= SAVE_EVERY_CYCLES or self._unsaved_model is not None:
+            self._persist(self._save)
         if mono >= self._next_prune:
             self._next_prune = mono + PRUNE_EVERY_S
             self._persist(lambda s: s.prune(now - self.forecaster.keep_days * 86400))
@@ -271,13 +282,17 @@ class ForecastService:
         if n:
             log.info("forecaster reloaded %d stored minutes of history (%s to %s)", n, _iso(since), _iso(now))
 
-    def _save_minutes(self, store: ForecastStore) -> None:
+    def _save(self, store: ForecastStore) -> None:
+        """The minutes and forecasts not yet written, in one transaction, and a model not yet written."""
         ks, sums, counts = self.forecaster.drain_dirty()
+        forecasts, self._unsaved_forecasts = self._unsaved_forecasts, []
         try:
-            store.save_minutes(ks, sums, counts)
+            store.save(ks, sums, counts, forecasts)
         except BaseException:
             self.forecaster.mark_dirty(ks)  # written with the next save that succeeds
+            self._unsaved_forecasts = (forecasts + self._unsaved_forecasts)[-MAX_UNSAVED_FORECASTS:]
             raise
+        self._save_model(store)
 
     def _save_model(self, store: ForecastStore) -> None:
         if self._unsaved_model is not None:
@@ -285,7 +300,7 @@ class ForecastService:
             self._unsaved_model = None
 
     def _flush(self) -> None:
-        self._persist(lambda s: (self._save_minutes(s), self._save_model(s)))
+        self._persist(self._save)
 
     def _persist(self, work) -> None:
         try:
@@ -394,6 +409,10 @@ class ForecastService:
             # storage.path could not be opened: the power (and so the demand) the forecaster holds in memory,
             # rather than a chart claiming there were no readings; forecasts and flags are not kept in memory
             return {"power": self.forecaster.power_minutes(since), "forecasts": {}, "flags": {}}
+        try:    # the chart shows the cycles not yet written too (SAVE_EVERY_CYCLES)
+            self._cycle_pool.submit(self._flush).result()
+        except RuntimeError:    # stopped: the stop wrote them
+            pass
         return self._store.history(since)
 
 

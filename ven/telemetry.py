@@ -26,6 +26,14 @@ QUEUE_TS_INDEX = "CREATE INDEX IF NOT EXISTS telemetry_queue_ts ON telemetry_que
 # then twice as long each time up to an hour: each try reads the whole queue on the event loop.
 INDEX_RETRY_SECONDS = 60.0
 INDEX_RETRY_MAX_SECONDS = 3600.0
+# Storage is often an SD card or eMMC, which small writes wear. The VTN's acceptance of a sample is
+# committed with the next sample's INSERT, which rewrites the same pages (the queue's leaf, its index
+# leaf) anyway, instead of in commits of its own: 2-3 WAL pages less per sample, 100 MB a day at the
+# default cadence (bench/storage_writes.py). Until then the sample is only marked acknowledged in
+# memory; a crash in between sends it again (delivery is at least once), and at most this many:
+ACK_DEFER_MAX = 60
+# telemetry_last_delivery (the status after a restart) is written with them at most this often
+LAST_DELIVERY_SAVE_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -57,7 +65,8 @@ class TelemetryQueue:
         self._memory: list[Sample] = []     # samples the file would not take; negative seq numbers
         self._next_memory_seq = -1
         self.sent_total = 0                 # samples the VTN accepted since start (metrics)
-        self._acked: set[int] = set()       # rows the VTN accepted whose DELETE failed: never resent
+        self._acked: set[int] = set()       # rows the VTN accepted not yet deleted (ACK_DEFER_MAX): never resent
+        self._delivery_saved: datetime | None = None     # last_delivery as the file holds it
         self._moved: dict[int, int] = {}    # memory seq -> its row after the move to the file
         # while the file refuses writes, samples go to memory and the file is tried this often, not
         # with every sample: each try can wait BUSY_TIMEOUT_SECONDS on the event loop
@@ -144,16 +153,48 @@ class TelemetryQueue:
                 moved.append((s.seq, int(cur.lastrowid)))
             db.execute("COMMIT")
         except sqlite3.Error as err:
-            if self._conn is not None and self._conn.in_transaction:
-                try:
-                    self._conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
+            self._rollback()
             self._failed(err)
             return False
         self._moved.update(moved)       # a batch peeked before the move is acked by its old numbers
         self._memory.clear()
         return True
+
+    def _rollback(self) -> None:
+        if self._conn is not None and self._conn.in_transaction:
+            try:
+                self._conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+
+    def _write_acks(self, db: sqlite3.Connection, every: float = LAST_DELIVERY_SAVE_SECONDS) -> datetime | None:
+        """In the caller's transaction: delete the acknowledged rows, and save last_delivery if it moved
+        `every` seconds since it was; returns the last_delivery written."""
+        if self._acked:
+            db.executemany("DELETE FROM telemetry_queue WHERE seq = ?", [(seq,) for seq in self._acked])
+        due, saved = self.last_delivery, self._delivery_saved
+        if due is None or due == saved or (saved is not None and abs(due - saved) < timedelta(seconds=every)):
+            return None
+        db.execute("INSERT INTO kv (key, value) VALUES ('telemetry_last_delivery', ?)"
+                   " ON CONFLICT(key) DO UPDATE SET value=excluded.value", (due.isoformat(),))
+        return due
+
+    def _acks_written(self, saved: datetime | None) -> None:
+        self._acked.clear()
+        if saved is not None:
+            self._delivery_saved = saved
+
+    def _save_acks(self, every: float = LAST_DELIVERY_SAVE_SECONDS) -> None:
+        """Write the acknowledgements now, in a transaction of their own; kept for the next try if it fails."""
+        try:
+            db = self._db()
+            db.execute("BEGIN")
+            saved = self._write_acks(db, every)
+            db.execute("COMMIT")
+        except sqlite3.Error:
+            self._rollback()
+        else:
+            self._acks_written(saved)
 
     def _writable_again(self) -> None:
         self._retry = None
@@ -168,14 +209,17 @@ class TelemetryQueue:
         # while older samples wait in memory, newer ones queue behind them
         if (self._retry is None or self._retry.due()) and self._memory_to_file():
             try:
-                cur = self._db().execute("INSERT INTO telemetry_queue (ts, kw) VALUES (?, ?)",
-                                         (ts.isoformat(), float(kw)))
+                db = self._db()
+                db.execute("BEGIN")
+                cur = db.execute("INSERT INTO telemetry_queue (ts, kw) VALUES (?, ?)", (ts.isoformat(), float(kw)))
+                saved = self._write_acks(db)
+                db.execute("COMMIT")
             except sqlite3.Error as err:
+                self._rollback()
                 self._failed(err)
             else:
+                self._acks_written(saved)
                 self._writable_again()
-                if self._acked:
-                    self.ack([])
                 self._bound(ts)
                 return int(cur.lastrowid)
         seq = self._next_memory_seq
@@ -226,35 +270,30 @@ class TelemetryQueue:
         if self._memory:
             return self._memory[-1]
         try:
-            row = self._db().execute("SELECT seq, ts, kw FROM telemetry_queue ORDER BY seq DESC LIMIT 1").fetchone()
+            rows = self._db().execute("SELECT seq, ts, kw FROM telemetry_queue ORDER BY seq DESC LIMIT ?",
+                                      (1 + len(self._acked),)).fetchall()
         except sqlite3.Error:
             return None
+        row = next((r for r in rows if r[0] not in self._acked), None)
         return Sample(row[0], datetime.fromisoformat(row[1]), row[2]) if row else None
 
     def ack(self, samples: list[Sample], delivered: bool = True) -> None:
-        """The VTN accepted these: forget them. `delivered=False`: forget them uncounted (samples of
-        an interval already reported, which cannot be sent again)."""
+        """The VTN accepted these: forget them (never offered again; deleted from the file with the
+        next sample, or now once ACK_DEFER_MAX wait). `delivered=False`: forget them uncounted (samples
+        of an interval already reported, which cannot be sent again)."""
         if not samples and not self._acked:
             return
         if delivered:
             self.sent_total += len(samples)
         done = {s.seq for s in samples}
         self._memory = [s for s in self._memory if s.seq not in done]
-        done = {self._moved.pop(seq, seq) for seq in done}
-        rows = [(seq,) for seq in done | self._acked if seq > 0]
-        try:
-            self._db().executemany("DELETE FROM telemetry_queue WHERE seq = ?", rows)
-        except sqlite3.Error:
-            self._acked |= {seq for (seq,) in rows}
-        else:
-            self._acked.clear()
-        if not samples or not delivered:
-            return
-        self.delivered += len(samples)
-        self._dropping = False
-        self.last_delivery = datetime.now(timezone.utc)
-        self._write("INSERT INTO kv (key, value) VALUES ('telemetry_last_delivery', ?)"
-                    " ON CONFLICT(key) DO UPDATE SET value=excluded.value", (self.last_delivery.isoformat(),))
+        self._acked |= {seq for seq in (self._moved.pop(seq, seq) for seq in done) if seq > 0}
+        if samples and delivered:
+            self.delivered += len(samples)
+            self._dropping = False
+            self.last_delivery = datetime.now(timezone.utc)
+        if len(self._acked) >= ACK_DEFER_MAX:
+            self._save_acks()
 
     def contains(self, seq: int) -> bool:
         if seq < 0 and seq not in self._moved:
@@ -286,4 +325,5 @@ class TelemetryQueue:
 
     def close(self) -> None:
         if self._conn is not None:
+            self._save_acks(every=0.0)
             self._conn.close()
