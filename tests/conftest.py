@@ -1,9 +1,16 @@
 """Shared fixtures: every test gets a private HOME (BAC0 writes ~/.BAC0) and free loopback ports."""
 from __future__ import annotations
 
+import os
 import socket
+import time
 
 import pytest
+
+# The gateway warns when forecaster.timezone (UTC by default) is not the machine's zone: the suite runs
+# in UTC, the examples' zone, so that warning and BACnet's localTime do not depend on where it runs.
+os.environ["TZ"] = "UTC"
+time.tzset()
 
 
 @pytest.fixture(autouse=True)

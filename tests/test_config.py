@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -499,3 +500,31 @@ def test_the_dcc_password_is_optional_and_never_echoed(tmp_path):
         load_config(_write(tmp_path, ""), environ={"EDGE_GATEWAY__BACNET__DCC_PASSWORD": "secret-but-far-too-long"})
     assert str(err.value).startswith("EDGE_GATEWAY__BACNET__DCC_PASSWORD: bacnet.dcc_password: ")
     assert "secret-but-far-too-long" not in str(err.value)
+
+
+@pytest.fixture
+def machine_zone(monkeypatch):
+    def set_zone(name: str) -> None:
+        monkeypatch.setenv("TZ", name)
+        time.tzset()
+    yield set_zone
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_a_forecaster_zone_that_is_not_the_machines_is_a_warning(machine_zone):
+    # BACnet's localTime follows the machine, the forecaster's calendar forecaster.timezone: left at UTC
+    # on a box in Rome, the BAS saw one clock and the forecaster's workday started an hour or two off
+    from ven.config import GatewayConfig
+
+    machine_zone("Europe/Rome")
+    (warning,) = GatewayConfig().warnings()
+    assert warning.startswith("forecaster.timezone 'UTC' (UTC+00:00 / UTC+00:00 in January / July) is not this "
+                              "machine's clock zone (UTC+01:00 / UTC+02:00)"), warning
+    assert GatewayConfig(forecaster={"timezone": "Europe/Rome"}).warnings() == []
+    machine_zone("Europe/London")       # UTC's offset in winter only
+    assert "(UTC+00:00 / UTC+01:00)" in GatewayConfig().warnings()[0]
+    machine_zone("America/New_York")
+    assert "(UTC-05:00 / UTC-04:00)" in GatewayConfig().warnings()[0]
+    machine_zone("UTC")
+    assert GatewayConfig().warnings() == []

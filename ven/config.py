@@ -503,7 +503,34 @@ class GatewayConfig(_Section):
             out.append(f"meter.poll_seconds ({self.meter.poll_seconds:g}) is longer than openadr.telemetry_seconds "
                        f"({self.openadr.telemetry_seconds:g}): report intervals the meter was not read in are not "
                        f"sent to the VTN")
+        zone = _zone_mismatch(self.forecaster.timezone)
+        if zone:
+            out.append(zone)
         return out
+
+
+def _zone_mismatch(zone: str) -> str | None:
+    """Two clocks read the building's local time: the BACnet device's localTime/localDate follow the
+    machine's zone (TZ, /etc/localtime), the forecaster's time of day, weekdays and holidays follow
+    forecaster.timezone. Compared in January and July, so a zone that agrees only outside summer time is
+    caught too."""
+    import datetime
+    from zoneinfo import ZoneInfo
+
+    year = datetime.datetime.now(datetime.timezone.utc).year
+    at = [datetime.datetime(year, month, 15, 12, tzinfo=datetime.timezone.utc) for month in (1, 7)]
+    machine = [t.astimezone().utcoffset() for t in at]
+    configured = [t.astimezone(ZoneInfo(zone)).utcoffset() for t in at]
+    if machine == configured:
+        return None
+
+    def offsets(values) -> str:
+        return " / ".join(f"UTC{'-' if v < datetime.timedelta(0) else '+'}{abs(v).seconds // 3600:02d}:"
+                          f"{abs(v).seconds // 60 % 60:02d}" for v in values)
+    return (f"forecaster.timezone {zone!r} ({offsets(configured)} in January / July) is not this machine's "
+            f"clock zone ({offsets(machine)}): the BACnet device's localTime and localDate follow the machine, "
+            f"the forecaster's time of day, weekdays and holidays follow forecaster.timezone. Set both to the "
+            f"building's zone (timedatectl set-timezone; in a container, mount /etc/localtime read-only)")
 
 
 def _field_type(path: list[str]) -> object:
