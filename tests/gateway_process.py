@@ -1,4 +1,5 @@
-"""The gateway as a real `python -m ven.cli run` process in tests: its TOML config and its lifecycle."""
+"""The gateway as a real `python -m ven.cli run` process in tests: its TOML config and its lifecycle; and a
+crash (SIGKILL) of a child Python at a point it names."""
 from __future__ import annotations
 
 import os
@@ -80,3 +81,15 @@ class GatewayProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def kill_when_said(code: str, *args: str, said: str) -> None:
+    """Run `code` (python -c, with `args`) until it prints the line `said`, then SIGKILL it: what a crash at
+    that point leaves on disk. The code waits on its stdin once it has said it."""
+    child = subprocess.Popen([sys.executable, "-c", code, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True, env=dict(os.environ))
+    try:
+        assert child.stdout.readline().strip() == said
+    finally:
+        child.kill()
+        child.wait(timeout=10)

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from gateway_process import kill_when_said
 from waiting import eventually
 
 from forecaster.model import MODEL_NAME
@@ -243,12 +244,15 @@ def _stored_forecasts(path) -> int:
 async def test_forecasts_not_yet_written_are_in_the_history_and_a_stop_writes_them(tmp_path):
     path = str(tmp_path / "g.sqlite")
     published = []
-    svc = ForecastService(ForecasterConfig(cycle_seconds=0.05, source="meter"), path, publish=published.append)
+    svc = ForecastService(ForecasterConfig(cycle_seconds=0.2, source="meter"), path, publish=published.append)
     await svc.start()
     try:
         svc.on_meter(time.time() - 1, 100.0)
-        await eventually(lambda: len(published) > 3 * SAVE_EVERY_CYCLES, 20, "forecasts")
+        # just after a save: the next is 3 cycles (0.6 s) away, and the file lacks the newest forecasts
+        await eventually(lambda: len(published) > 2 * SAVE_EVERY_CYCLES and 1 <= len(svc._unsaved_forecasts) <= 2,
+                         20, "forecasts issued since the last save")
         issued = len(published)
+        assert _stored_forecasts(path) < issued
         shown = await asyncio.to_thread(svc.history, 1.0)     # as the HTTP API asks for it
         assert len(shown["flags"]["time"]) >= issued and shown["power"]["kw"] == [100.0]
     finally:
@@ -280,13 +284,7 @@ asyncio.run(main())
 @pytest.mark.timeout(60)
 def test_a_crash_loses_fewer_than_save_every_cycles_forecasts(tmp_path):
     path, issued = str(tmp_path / "g.sqlite"), 3 * SAVE_EVERY_CYCLES + 2
-    child = subprocess.Popen([sys.executable, "-c", _CYCLES_THEN_CRASH, path, str(issued)], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True, env=dict(os.environ))
-    try:
-        assert child.stdout.readline().strip() == "issued"
-    finally:
-        child.kill()
-        child.wait(timeout=10)
+    kill_when_said(_CYCLES_THEN_CRASH, path, str(issued), said="issued")
     assert issued - SAVE_EVERY_CYCLES < _stored_forecasts(path) <= issued
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT sum_kw, count FROM forecast_minute").fetchall() == [(100.0, 1)]

@@ -4,15 +4,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import sqlite3
-import subprocess
-import sys
 import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from gateway_process import GatewayProcess, write_config
+from gateway_process import GatewayProcess, kill_when_said, write_config
 from waiting import eventually as until
 
 from bacnet_api.simulator import MeterSimulator
@@ -298,13 +295,7 @@ sys.stdin.read()
 @pytest.mark.timeout(60)
 def test_a_crash_after_acknowledgements_loses_nothing_and_resends_fewer_than_ack_defer_max(tmp_path):
     path = tmp_path / "gw.sqlite"
-    child = subprocess.Popen([sys.executable, "-c", _ACK_THEN_CRASH, str(path)], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True, env=dict(os.environ))
-    try:
-        assert child.stdout.readline().strip() == "acknowledged"
-    finally:
-        child.kill()
-        child.wait(timeout=10)
+    kill_when_said(_ACK_THEN_CRASH, str(path), said="acknowledged")
     q = TelemetryQueue(path)
     left = [s.kw for s in q.peek(1000)]
     q.close()

@@ -343,6 +343,8 @@ async def test_a_poll_refused_as_an_unknown_ven_and_an_answer_met_by_a_reregistr
         async def lookup(ven_id):       # hold the poll and the answer until both are in flight
             if len(held) < 2:
                 held.append(ven_id)
+                if len(held) == 1:      # a poll, the only request of an idle session: the optOut goes beside it
+                    gw.vtn.set_opt_out(True)
                 try:
                     await until(lambda: len(held) >= 2, 3, "a second request in flight")
                 except AssertionError:
@@ -360,7 +362,6 @@ async def test_a_poll_refused_as_an_unknown_ven_and_an_answer_met_by_a_reregistr
             handlers["oadrCreatedEvent"] = forgotten
             refusal = refuse(server, "oadrPoll", oerrors.NotRegisteredOrAuthorizedError("VEN unknown"), times=1)
             monkeypatch.setattr(VTNService, "ven_lookup", staticmethod(lookup))
-            gw.vtn.set_opt_out(True)        # sent at once; the next poll is at most 1 s away
             await until(lambda: server.registrations == 2 and gw.vtn.connected, 10, "registered again")
             await until(lambda: server.opts_for(a)[-1:] == ["optOut"], 5, "the optOut once registered again")
             assert held == [gw.vtn.ven_id] * 2 and refusal.refused == 1, "the poll and the optOut met it together"
@@ -396,6 +397,32 @@ async def test_a_reregistration_asked_for_while_registering_says_why(
                 "registering again"]
             assert not said(caplog, "does not handle") and gw.vtn.reregistrations == 1
             assert gw.connected == [True], "connected once the registration stands"
+
+
+async def test_a_reregistration_met_by_an_offer_made_again_ends_the_session_before_the_next_poll(
+        tmp_path, free_tcp_port, caplog):
+    # the offer made again in the session (the first one failed) meets the VTN's request: the session polled
+    # once more with the registration the VTN had just forgotten, and the poll's answer took the reason's place
+    caplog.set_level(logging.INFO, logger="ven")
+    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
+        handlers = server._server.services["report_service"].handlers
+        real = handlers["oadrRegisterReport"]
+        server.fail_next("oadrRegisterReport")
+
+        async def forget(payload, *args, **kwargs):
+            handlers["oadrRegisterReport"] = real
+            answer = await real(payload, *args, **kwargs)
+            server.request_reregistration(payload["ven_id"])
+            return answer
+        async with running(tmp_path, server.url) as gw:
+            await until(lambda: gw.vtn.connected and "HTTP 500" in (gw.vtn.report_offer_error or ""), 10,
+                        "registered, the offer failed")
+            handlers["oadrRegisterReport"] = forget
+            await until(lambda: server.registrations == 2 and gw.vtn.connected, 10, "registered again")
+            assert said(caplog, "VTN context lost") == [
+                "VTN context lost (the VTN no longer knows this VEN (re-registration requested in answer to the "
+                "telemetry report offer)); registering again"]
+            assert gw.vtn.reregistrations == 1
 
 
 async def test_a_cancellation_while_opted_out_gets_one_answer(tmp_path, free_tcp_port):

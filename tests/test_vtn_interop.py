@@ -161,14 +161,17 @@ async def test_intervals_named_by_text_uids_are_followed_in_the_order_written(tm
         assert not said(caplog, "could not be read") and not said(caplog, "session error")
 
 
-async def test_a_vtn_registering_its_reports_is_answered_with_none_requested(tmp_path, free_tcp_port, caplog):
+@pytest.mark.parametrize("request_id", ["reg-7", ""], ids=["named", "empty"])
+async def test_a_vtn_registering_its_reports_is_answered_with_none_requested(
+        tmp_path, free_tcp_port, caplog, request_id):
     # 2.0b report registration goes both ways: a VTN's oadrRegisterReport (its METADATA) waits for an
     # oadrRegisteredReport. The gateway logged it and sent nothing; the VTN may offer it at every poll.
+    # An empty requestID (the schema's xs:string allows it) was echoed as the text "None".
     caplog.set_level(logging.INFO, logger="ven")
     async with raw_gateway(tmp_path, free_tcp_port) as (raw, gw):
-        await deliver(raw, register_report(gw.vtn.ven_id, request_id="reg-7"))
+        await deliver(raw, register_report(gw.vtn.ven_id, request_id=request_id))
         await until(lambda: raw.registered, 5, "the oadrRegisteredReport")
         (answer,) = raw.registered
-        assert answer["response"]["response_code"] == 200 and answer["response"]["request_id"] == "reg-7"
+        assert answer["response"]["response_code"] == 200 and (answer["response"]["request_id"] or "") == request_id
         assert answer["ven_id"] == gw.vtn.ven_id and not answer.get("report_requests")
         assert len(said(caplog, "VTN offered reports")) == 1 and gw.vtn.status()["last_error"] is None

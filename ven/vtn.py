@@ -645,11 +645,15 @@ class VtnClient:
             if self._lost.is_set():
                 return
             await self._send_opts()
-            if not self._reports_offered and asyncio.get_running_loop().time() >= self._next_offer:
+            # an opt answer or the offer may meet a re-registration request: nothing more with this registration
+            if (not self._lost.is_set() and not self._reports_offered
+                    and asyncio.get_running_loop().time() >= self._next_offer):
                 if await self._offer_reports(client):
                     log.info("VTN took the telemetry report offer: telemetry %s",
                              "requested" if self._report_request_id else "not requested yet")
                     self._wake_delivery.set()
+            if self._lost.is_set():
+                return
             rtype, payload = await client.poll()
             if rtype is None or client.refused:
                 self.poll_failures += 1
@@ -1305,6 +1309,7 @@ def _duration(d: timedelta) -> str:
 
 def _ei_response(request_id: str | None, refusal: str | None = None) -> dict:
     """An answer's eiResponse: 200 OK, or 452 (an ID the VEN does not know) with the reason."""
+    request_id = "" if request_id is None else request_id     # an empty requestID: openleadr's template writes "None"
     if refusal is None:
         return {"response_code": 200, "response_description": "OK", "request_id": request_id}
     return {"response_code": INVALID_ID, "response_description": refusal[:200], "request_id": request_id}
