@@ -76,8 +76,9 @@ def _as_error(err: BaseException) -> PeerError:
 
 class BacnetPeer:
     def __init__(self, port: int, *, device_id: int = 4000001, timeout: float = 5.0,
-                 host: str = "127.0.0.1") -> None:
-        self.address = f"{host}/8:{port}"
+                 host: str = "127.0.0.1", prefix: int = 8) -> None:
+        # prefix: the subnet's, so the broadcast socket bacpypes3 also binds is this host's (loopback: /8)
+        self.address = f"{host}/{prefix}:{port}"
         self.device_id = device_id
         self.timeout = timeout
         self.app: Any = None

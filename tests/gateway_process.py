@@ -10,15 +10,18 @@ import sys
 
 def write_config(path, *, bacnet_port, http_port, storage, ven_name, vtn_port=9, meter_port=None,
                  device_id=None, device_name=None, cycle_seconds=1, retry_min_seconds=None, retry_max_seconds=1,
-                 telemetry_seconds=None, storage_retry_seconds=None, log_level=None):
+                 telemetry_seconds=None, storage_retry_seconds=None, log_level=None,
+                 bacnet_ip="127.0.0.1/8", http_ip="127.0.0.1", http_token=None, meter_host="127.0.0.1"):
     """A config on loopback. Without meter_port the meter is an address where nobody answers, and
-    the default vtn_port 9 has nobody listening: for tests that are about something else."""
-    meter = (f'router = "127.0.0.1:{meter_port}"\npoll_seconds = 0.5' if meter_port is not None
+    the default vtn_port 9 has nobody listening: for tests that are about something else.
+    bacnet_ip ("ip/prefix"), http_ip and meter_host put the device, the API and the meter's router on other
+    addresses (tests/netns.py)."""
+    meter = (f'router = "{meter_host}:{meter_port}"\npoll_seconds = 0.5' if meter_port is not None
              else 'address = "127.0.0.1:9"\npoll_seconds = 1')
     path.write_text(f"""
 {f'log_level = "{log_level}"' if log_level else ""}
 [bacnet]
-address = "127.0.0.1/8:{bacnet_port}"
+address = "{bacnet_ip}:{bacnet_port}"
 {f"device_id = {device_id}" if device_id is not None else ""}
 {f'device_name = "{device_name}"' if device_name is not None else ""}
 [meter]
@@ -34,7 +37,8 @@ retry_max_seconds = {retry_max_seconds}
 path = "{storage}"
 {f"retry_seconds = {storage_retry_seconds}" if storage_retry_seconds is not None else ""}
 [http]
-address = "127.0.0.1:{http_port}"
+address = "{http_ip}:{http_port}"
+{f'token = "{http_token}"' if http_token else ""}
 [forecaster]
 cycle_seconds = {cycle_seconds}
 """)
@@ -44,13 +48,15 @@ class GatewayProcess:
     """Start, SIGKILL, restart and stop one gateway process; output appends to log_path.
     As a context manager it starts on entry and stops (SIGTERM) on exit."""
 
-    def __init__(self, config, log_path):
-        self.config, self.log_path = config, log_path
+    def __init__(self, config, log_path, prefix=()):
+        """prefix: argv the command runs under, e.g. ("ip", "netns", "exec", NAME), which execs it (same pid)."""
+        self.config, self.log_path, self.prefix = config, log_path, list(prefix)
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "ven.cli", "run", "--config", str(self.config)],
+            self.proc = subprocess.Popen([*self.prefix, sys.executable, "-m", "ven.cli", "run", "--config",
+                                          str(self.config)],
                                          stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
 
     @property

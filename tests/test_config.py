@@ -163,6 +163,7 @@ def test_run_refuses_a_busy_bacnet_port(tmp_path, free_tcp_port):
     assert "Traceback" not in res.stderr
     assert (f"configuration error: bacnet.address: BACnet/IP address 127.0.0.1:{port} is not available"
             in res.stderr)
+    assert f"another program on this machine, e.g. a BAS workstation, holds UDP port {port}" in res.stderr
 
 
 def test_read_meter_refuses_a_bad_bind_address():

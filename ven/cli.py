@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
 import math
 import os
 import signal
 import socket
 import sys
+import time
 
 from . import __version__
 from .config import (ConfigError, GatewayConfig, check_bacnet_address, load_config, storage_problems,
@@ -69,13 +71,38 @@ async def serve_until_signalled(main, duration: float | None = None) -> None:
         pass
 
 
+def _absent_address_warnings(cfg: GatewayConfig) -> list[str]:
+    """`run` waits for an address that is on no interface (a late NIC at boot), so a mistyped one would wait
+    forever: said here, where the installer checks the file. A port in use is not the question (the gateway
+    itself may hold it), so each IP is probed on a port of the system's choosing."""
+    out = []
+    ip = cfg.bacnet.address.rpartition(":")[0].partition("/")[0]
+    http_host = cfg.http.address.rpartition(":")[0].strip("[]")
+    probes = [("bacnet.address", ip, socket.AF_INET, socket.SOCK_DGRAM)]
+    if cfg.http.enabled:
+        try:
+            family = socket.getaddrinfo(http_host, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+            probes.append(("http.address", http_host, family, socket.SOCK_STREAM))
+        except OSError:
+            pass    # a name that does not resolve: `run` names it
+    for key, host, family, kind in probes:
+        with socket.socket(family, kind) as probe:
+            try:
+                probe.bind((host, 0))
+            except OSError as err:
+                if err.errno == errno.EADDRNOTAVAIL:
+                    out.append(f"{key}: {host} is not on any interface of this machine now: `run` waits for it "
+                               f"(a NIC that comes up after the service), so a wrong address waits forever")
+    return out
+
+
 def cmd_check_config(args) -> int:
     cfg = _config_or_exit(args.file)
     problems = tls_file_problems(cfg.openadr) + storage_problems(cfg.storage)
     if problems:
         _print_config_error(ConfigError("\n".join(problems)))
         return EXIT_CONFIG
-    for warning in cfg.warnings() + storage_warnings(cfg.storage):
+    for warning in cfg.warnings() + storage_warnings(cfg.storage) + _absent_address_warnings(cfg):
         print(f"{args.file}: warning: {warning}")
     # a relative storage.path is taken from the directory `run` starts in, which a service manager sets
     print(f"{args.file}: ok (device {cfg.bacnet.device_id} on {cfg.bacnet.address}, "
@@ -160,6 +187,35 @@ def _ensure_tcp_port_free(address: str) -> None:
     socket.create_server(sockaddr[:2], family=family).close()   # SO_REUSEADDR, as aiohttp binds
 
 
+def _bacnet_address_error(err: OSError, address: str) -> str:
+    if err.errno != errno.EADDRINUSE:
+        return f"bacnet.address: {err.strerror or err}"
+    return (f"bacnet.address: {err.strerror} (another program on this machine, e.g. a BAS workstation, holds UDP "
+            f"port {address.rpartition(':')[2]}: stop it, or give bacnet.address another port)")
+
+
+async def _wait_for_bacnet_address(address: str) -> None:
+    """Wait until the IP of `address` is on an interface. At boot a NIC's address (DHCP, a late link) may
+    come after the service starts: waiting is one line in the log, where exiting for the service manager to
+    restart was several lines every few seconds, and it comes back under a supervisor that restarts nothing."""
+    from bacnet_api.client import ensure_port_free
+
+    ip = address.rpartition(":")[0].partition("/")[0]
+    log.warning("bacnet.address %s: %s is not on any interface of this machine (yet: a late link or DHCP "
+                "lease?): waiting for it; the gateway starts when it is there", address, ip)
+    began = time.monotonic()
+    while True:
+        await asyncio.sleep(1.0)
+        try:
+            ensure_port_free(address)
+        except OSError as err:
+            if err.errno == errno.EADDRNOTAVAIL:
+                continue
+            raise ConfigError(_bacnet_address_error(err, address)) from None
+        log.info("bacnet.address %s: %s is there after %.0f s: starting", address, ip, time.monotonic() - began)
+        return
+
+
 def cmd_run(args) -> int:
     cfg = _config_or_exit(args.config)
     from bacnet_api.client import ensure_port_free
@@ -167,21 +223,28 @@ def cmd_run(args) -> int:
     from .app import Gateway
     from .logs import setup_logging
 
+    wait_for_address = False
     try:  # the device probes again when it starts; this turns a busy port into a refusal, not a traceback
         ensure_port_free(cfg.bacnet.address)
     except OSError as err:
-        print(f"configuration error: bacnet.address: {err.strerror or err}", file=sys.stderr)
-        return EXIT_CONFIG
+        if err.errno != errno.EADDRNOTAVAIL:
+            print(f"configuration error: {_bacnet_address_error(err, cfg.bacnet.address)}", file=sys.stderr)
+            return EXIT_CONFIG
+        wait_for_address = True   # not on an interface yet: waited for below, once logging is set up
     if cfg.http.enabled:  # likewise before the BACnet device announces itself, not 2 s after
         try:
             _ensure_tcp_port_free(cfg.http.address)
         except OSError as err:
-            print(f"configuration error: http.address {cfg.http.address}: cannot listen: {err.strerror or err}",
-                  file=sys.stderr)
-            return EXIT_CONFIG
+            # an address not on an interface yet is waited for by the HTTP server, the BACnet device meanwhile up
+            if err.errno != errno.EADDRNOTAVAIL:
+                print(f"configuration error: http.address {cfg.http.address}: cannot listen: {err.strerror or err}",
+                      file=sys.stderr)
+                return EXIT_CONFIG
     setup_logging(cfg.log_level)
 
     async def main():
+        if wait_for_address:
+            await _wait_for_bacnet_address(cfg.bacnet.address)
         gateway = Gateway(cfg)
         try:
             await gateway.start()

@@ -76,6 +76,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import enum
+import errno
 import hmac
 import inspect
 import json
@@ -351,6 +352,7 @@ class HttpServer:
         self.loop_lag_limit = loop_lag_limit
         self.heartbeat = LoopHeartbeat(heartbeat_interval, lag_window)
         self._runner: web.AppRunner | None = None
+        self._waiting: asyncio.Task | None = None   # listening for an address not on an interface yet
         self._started = time.monotonic()
         self._failing: dict[str, str] = {}  # endpoint -> error text, to log a fault once
 
@@ -375,21 +377,53 @@ class HttpServer:
 
     async def start(self) -> None:
         self._started = time.monotonic()
-        self._runner = web.AppRunner(self.make_app(), access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self._port, reuse_address=True)
         try:
-            await site.start()
+            await self._listen()
         except OSError as err:
-            await self._runner.cleanup()
-            self._runner = None
-            raise ConfigError(f"http.address {self.host}:{self._port}: cannot listen: {err.strerror}") from None
-        self._port = self._runner.addresses[0][1]
+            if err.errno != errno.EADDRNOTAVAIL:
+                raise ConfigError(f"http.address {self.host}:{self._port}: cannot listen: {err.strerror}") from None
+            # the address is not on an interface yet (a NIC up after the service, DHCP late): the BACnet device
+            # and the rest must not wait for the operator's dashboard, so it listens once the address is there
+            log.warning("http.address %s:%d: %s is not on any interface of this machine (yet): the dashboard, "
+                        "/healthz and /metrics listen once it is", self.host, self._port, self.host)
+            self._waiting = asyncio.get_running_loop().create_task(self._listen_when_there())
+            return
+        self._listening()
+
+    async def _listen(self) -> None:
+        runner = web.AppRunner(self.make_app(), access_log=None, handle_signals=False)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, self.host, self._port, reuse_address=True).start()
+        except OSError:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self._port = runner.addresses[0][1]
+
+    async def _listen_when_there(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await self._listen()
+            except OSError as err:
+                if err.errno == errno.EADDRNOTAVAIL:
+                    continue
+                log.error("http.address %s:%d: cannot listen: %s; the dashboard stays off until a restart",
+                          self.host, self._port, err.strerror)
+                return
+            self._listening(waited=True)
+            return
+
+    def _listening(self, waited: bool = False) -> None:
         self.heartbeat.start()
         auth = "bearer token required" if self.token else "no token"
-        log.info("http dashboard on %s/ (%s)", self.url, auth)
+        log.info("http dashboard on %s/ (%s)%s", self.url, auth,
+                 f", its address there after {time.monotonic() - self._started:.0f} s" if waited else "")
 
     async def stop(self) -> None:
+        await cancel_and_wait(self._waiting)
+        self._waiting = None
         await self.heartbeat.stop()
         if self._runner:
             await self._runner.cleanup()

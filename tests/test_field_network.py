@@ -1,0 +1,155 @@
+"""The network a box next to a BAS meets: `edge-gateway run` started before its NIC has the address
+bacnet.address or http.address names (DHCP late, a link up after the service), and the address or the link
+going away and coming back while it runs. The gateway runs as a real process in a namespace of the test's own
+(tests/netns.py); the BAS and the meter's router are BACnet stacks on the other end of the link."""
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+import subprocess
+import sys
+
+import aiohttp
+import pytest
+from bacnet_peer import BacnetPeer
+from gateway_process import GatewayProcess, write_config
+from netns import linked_netns  # noqa: F401 - a fixture
+from waiting import eventually
+
+from bacnet_api import points as P
+from bacnet_api.simulator import MeterSimulator
+
+NOT_THERE = "is not on any interface of this machine"
+
+
+async def healthz(url: str) -> int | None:
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+            async with session.get(url) as answer:
+                return answer.status
+    except (aiohttp.ClientError, asyncio.TimeoutError):
+        return None
+
+
+@pytest.mark.timeout(120)
+async def test_addresses_that_come_after_the_service_are_waited_for(tmp_path, free_udp_port,
+                                                                     linked_netns):  # noqa: F811
+    ns = linked_netns
+    bacnet_ip, http_ip = ns.ip(1), ns.ip(3)   # the BAS NIC's address, and the operator API's on another
+    config = tmp_path / "gw.toml"
+    write_config(config, bacnet_port=47808, http_port=8000, storage=tmp_path / "gw.sqlite", ven_name="late-nic",
+                 device_id=500311, bacnet_ip=f"{bacnet_ip}/24", http_ip=http_ip, http_token="late-nic-token")
+    gateway = GatewayProcess(config, tmp_path / "gateway.log", prefix=ns.exec_prefix)
+    device = f"{bacnet_ip}:47808"
+    async with BacnetPeer(free_udp_port(), host=ns.host_ip, prefix=24, timeout=1.0) as bas:
+        try:
+            gateway.start()
+            await eventually(lambda: NOT_THERE in gateway.log() or not gateway.alive, 30, "the gateway waiting")
+            assert gateway.alive, gateway.log()
+
+            ns.add_address(bacnet_ip)
+            # the BACnet device does not wait for the operator API's address
+            assert await eventually(lambda: bas.who_is(device), 30, "I-Am from the device"), gateway.log()
+            await eventually(lambda: f"http.address {http_ip}:8000: {http_ip} {NOT_THERE}" in gateway.log(), 10,
+                             "the API waiting for its address")
+            assert await healthz(f"http://{http_ip}:8000/healthz") is None
+
+            ns.add_address(http_ip)
+            await eventually(lambda: healthz(f"http://{http_ip}:8000/healthz"), 30, "/healthz answering")
+            assert await healthz(f"http://{http_ip}:8000/healthz") == 200
+            assert await bas.who_is(device)
+        finally:
+            code = gateway.stop()
+    text = gateway.log()
+    assert code == 0, text
+    assert "Traceback" not in text and "configuration error" not in text, text
+    # one line when each wait starts, one when it ends
+    lines = text.splitlines()
+    assert sum(NOT_THERE in line for line in lines) == 2, text
+    assert sum(f"bacnet.address {bacnet_ip}/24:47808: {bacnet_ip} is there after" in line for line in lines) == 1
+    assert sum(f"http dashboard on http://{http_ip}:8000/ (bearer token required), its address there after" in line
+               for line in lines) == 1, text
+
+
+@pytest.mark.timeout(60)
+async def test_a_stop_while_waiting_for_the_address_is_clean(tmp_path, free_tcp_port):
+    # no namespace needed: nothing is sent while the gateway waits
+    absent = "198.18.255.77"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((absent, 0))
+            pytest.skip(f"{absent} is an address of this machine")
+        except OSError as err:
+            assert err.errno == errno.EADDRNOTAVAIL, err
+    config = tmp_path / "gw.toml"
+    write_config(config, bacnet_port=47808, http_port=free_tcp_port(), storage=tmp_path / "gw.sqlite",
+                 ven_name="no-nic", bacnet_ip=f"{absent}/24")
+    gateway = GatewayProcess(config, tmp_path / "gateway.log")
+    try:
+        gateway.start()
+        await eventually(lambda: NOT_THERE in gateway.log() or not gateway.alive, 30, "the gateway waiting")
+        assert gateway.alive, gateway.log()
+    finally:
+        code = gateway.stop()
+    text = gateway.log()
+    assert code == 0, text
+    assert "SIGTERM: stopping" in text and "Traceback" not in text, text
+    assert "BACnet device" not in text and not (tmp_path / "gw.sqlite").exists(), text   # nothing was started
+
+
+@pytest.mark.timeout(120)
+async def test_the_address_and_the_link_go_away_and_come_back(tmp_path, free_udp_port, linked_netns):  # noqa: F811
+    ns = linked_netns
+    ns.add_address(ns.ip(1))
+    meter_port = free_udp_port()
+    config = tmp_path / "gw.toml"
+    write_config(config, bacnet_port=47808, http_port=8000, storage=tmp_path / "gw.sqlite", ven_name="flaky-nic",
+                 device_id=500312, bacnet_ip=f"{ns.ip(1)}/24", meter_port=meter_port, meter_host=ns.host_ip)
+    gateway = GatewayProcess(config, tmp_path / "gateway.log", prefix=ns.exec_prefix)
+    device, meter_power = f"{ns.ip(1)}:47808", P.BY_NAME[P.METER_POWER].object_id
+    outages = (("the address (a DHCP renewal)", lambda: ns.del_address(ns.ip(1)), lambda: ns.add_address(ns.ip(1))),
+               ("the link (the cable)", lambda: ns.set_link(False), lambda: ns.set_link(True)))
+    async with MeterSimulator(address=f"{ns.host_ip}/24:{meter_port}", value=87.5), \
+            BacnetPeer(free_udp_port(), host=ns.host_ip, prefix=24, timeout=1.0) as bas:
+
+        async def meter_value():
+            return await bas.read(device, meter_power, "presentValue")
+
+        try:
+            gateway.start()
+            assert await eventually(meter_value, 30, "the meter's value through the gateway") == 87.5
+            for n, (what, away, back) in enumerate(outages, start=1):
+                away()
+                await eventually(lambda: gateway.log().count("meter fault:") == n, 30, f"{what}: meter fault logged")
+                assert not await bas.who_is(device), what
+                back()
+                await eventually(lambda: bas.who_is(device), 30, f"{what}: I-Am again")
+                await eventually(lambda: gateway.log().count("meter answering again") == n, 30,
+                                 f"{what}: the meter's return logged")
+                assert await meter_value() == 87.5, what
+        finally:
+            code = gateway.stop()
+    text = gateway.log()
+    assert code == 0, text
+    assert "Traceback" not in text, text
+    # per outage one line when the meter fault starts and one when it ends
+    assert text.count("meter fault:") == text.count("meter answering again") == 2, text
+
+
+def test_check_config_says_when_an_address_is_on_no_interface(tmp_path, free_tcp_port):
+    # `run` waits for such an address, so a mistyped one would wait forever: the installer's check says so
+    absent = "198.18.255.78"
+    config = tmp_path / "gw.toml"
+    write_config(config, bacnet_port=47808, http_port=free_tcp_port(), storage=tmp_path / "gw.sqlite",
+                 ven_name="no-nic", bacnet_ip=f"{absent}/24", http_ip=absent, http_token="t0ken")
+    res = subprocess.run([sys.executable, "-m", "ven.cli", "check-config", str(config)],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res
+    for key in ("bacnet.address", "http.address"):
+        assert f"warning: {key}: {absent} is not on any interface of this machine now" in res.stdout, res.stdout
+    write_config(config, bacnet_port=47808, http_port=free_tcp_port(), storage=tmp_path / "gw.sqlite",
+                 ven_name="here")
+    res = subprocess.run([sys.executable, "-m", "ven.cli", "check-config", str(config)],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and "warning" not in res.stdout, res
