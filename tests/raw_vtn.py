@@ -20,6 +20,7 @@ from lxml.etree import XMLSyntaxError
 from openleadr.messaging import parse_message, validate_xml_schema
 
 EI = "http://docs.oasis-open.org/ns/energyinterop/201110"
+PYLD = "http://docs.oasis-open.org/ns/energyinterop/201110/payloads"
 NS = ('xmlns:ei="http://docs.oasis-open.org/ns/energyinterop/201110" '
       'xmlns:pyld="http://docs.oasis-open.org/ns/energyinterop/201110/payloads" '
       'xmlns:cal="urn:ietf:params:xml:ns:icalendar-2.0" '
@@ -103,6 +104,7 @@ class RawVtn:
         self.host, self.port, self.upstream, self.vtn_id = host, port, upstream.rstrip("/"), vtn_id
         self.outbox: list[bytes] = []
         self.answered: list[tuple[str, str, str]] = []   # (eventID, modificationNumber, optType) as written
+        self.answer_request_ids: list[str] = []   # each eventResponse's requestID, as written
         self.registered: list[dict] = []   # the VEN's oadrRegisteredReport answers (to `register_report`)
         self.invalid: list[str] = []       # the VEN's messages that fail the schema, and why
         self.served = 0                    # hand-written messages the VEN has been given
@@ -148,6 +150,7 @@ class RawVtn:
                 self.answered.append((r.findtext(f"{{{EI}}}qualifiedEventID/{{{EI}}}eventID"),
                                       r.findtext(f"{{{EI}}}qualifiedEventID/{{{EI}}}modificationNumber"),
                                       r.findtext(f"{{{EI}}}optType")))
+                self.answer_request_ids.append(r.findtext(f"{{{PYLD}}}requestID"))
             answer = response(str(payload["ven_id"]), "")
         elif message_type == "oadrRegisteredReport":
             self.registered.append(payload)

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta, timezone
 from test_vtn import running, said
 from waiting import eventually as until
 
+import openleadr.client
 import ven.vtn
 from ven.vtn_server import DemoVtn
 
@@ -70,6 +71,36 @@ async def test_a_day_ahead_list_of_many_events_is_read_off_the_loop_and_handled_
             assert len(server.created_events) == 1, "one oadrCreatedEvent for the message"
             first_slot = gw.schedule.state(base + timedelta(minutes=1))
             assert (first_slot.level, first_slot.level_event_id) == (2.0, ids[1]), "priority 1 wins the slot"
+
+
+async def test_the_answer_to_a_day_ahead_list_is_built_off_the_loop_in_the_order_listed(
+        tmp_path, free_tcp_port, monkeypatch):
+    # openleadr built the oadrCreatedEvent for all of a message's events (templating, signing) on the loop after
+    # the last of them, with each event's signal names listed anew: 20-50 ms in one step for 200-500 events
+    loop_thread = threading.get_ident()
+    built_in = []
+    real_create = openleadr.client.create_message
+
+    def create(message_type, *args, **kwargs):
+        if message_type == "oadrCreatedEvent":
+            built_in.append(threading.get_ident())
+        return real_create(message_type, *args, **kwargs)
+    monkeypatch.setattr(openleadr.client, "create_message", create)   # bound by each client the gateway makes
+    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
+        async with running(tmp_path, server.url) as gw:
+            await until(lambda: gw.vtn.connected, 10, "registration")
+            ids, _ = day_ahead(server, 40)
+            await until(lambda: all(server.opts_for(e) == ["optIn"] for e in ids), 15, "every event answered")
+            for e in ids[::2]:
+                server.modify_event(e, levels=[3])
+            await until(lambda: all(len(server.opts_for(e)) == 2 for e in ids[::2]), 15, "the modifications answered")
+            assert built_in and loop_thread not in built_in, "the answers are built in a worker thread"
+            answer = server.created_events[-1]["event_responses"]
+            assert [r["event_id"] for r in answer] == ids, "every listed event answered, in the order listed"
+            assert [r["modification_number"] for r in answer] == [1 - i % 2 for i in range(40)]
+            assert all(r["opt_type"] == "optIn" and r["response_code"] == 200 for r in answer)
+            assert all(server.opts_for(e) == ["optIn", "optIn"] for e in ids), "once per listing, unchanged ones too"
+            assert all(gw.schedule.get(e).modification_number == 1 for e in ids[::2])
 
 
 async def test_re_registrations_list_every_event_again_in_one_line_each(tmp_path, free_tcp_port, caplog):

@@ -175,3 +175,12 @@ async def test_a_vtn_registering_its_reports_is_answered_with_none_requested(
         assert answer["response"]["response_code"] == 200 and (answer["response"]["request_id"] or "") == request_id
         assert answer["ven_id"] == gw.vtn.ven_id and not answer.get("report_requests")
         assert len(said(caplog, "VTN offered reports")) == 1 and gw.vtn.status()["last_error"] is None
+
+
+async def test_an_event_listing_with_an_empty_request_id_is_answered_with_it_empty(tmp_path, free_tcp_port):
+    # openleadr's template wrote Python's None as the text "None": a requestID the VTN never sent
+    async with raw_gateway(tmp_path, free_tcp_port) as (raw, gw):
+        await deliver(raw, distribute(raw.vtn_id, [event("e-empty", now() + timedelta(minutes=10), "PT1H",
+                                                         [simple([1])])], request_id=""))
+        await until(lambda: raw.answers("e-empty") == ["optIn"], 5, "the answer")
+        assert raw.answer_request_ids == [""] and not raw.invalid, (raw.answer_request_ids, raw.invalid)

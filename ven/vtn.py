@@ -54,6 +54,9 @@ NOT_REGISTERED = 463            # ... and for a VEN the VTN does not know or no 
 # (minutes at a utility's poll rate, with events missed meanwhile). Other refusals may be passing.
 UNKNOWN_VEN_CODES = (INVALID_ID, NOT_REGISTERED)
 OPT_BATCH = 100                 # eventResponses per oadrCreatedEvent the gateway sends itself (about 40 KB)
+# what openleadr answers 200 for; it lists them with dir() anew for every event it answers
+_SIGNAL_NAMES = frozenset(oenums.SIGNAL_NAME.values)
+_openleadr_log = logging.getLogger("openleadr")    # its own lines, from its _on_event that _Client replaces
 MAX_LEVELS_LOGGED = 24          # SIMPLE levels named in an event's log line; the status API has them all
 
 
@@ -85,6 +88,99 @@ class _Client(OpenADRClient):
 
     async def create_report(self, response_payload):
         await self.on_create_report(response_payload)
+
+    async def _on_event(self, message):
+        """openleadr's own, but a day-ahead program's hundreds of events no longer hold the loop once they are
+        handled: openleadr answered them in one step of 20 ms for 200 events, 22-36 ms for 500 (the signal names
+        listed anew with dir() for each event, the oadrCreatedEvent templated, and signed with a certificate),
+        and looked each event up by scanning all it had received (0.1-0.5 s of CPU for 200-500). The answers,
+        their order, what openleadr keeps and its log lines are as before."""
+        events = message['events']
+        invalid_vtn_id = False
+        try:
+            if message['vtn_id'].islower():
+                _openleadr_log.debug("The VTN ID in the message is lowercase. This is not allowed by the OpenADR "
+                                     "standard.")
+                invalid_vtn_id = True
+            results = []
+            received = {}
+            for e in self.received_events:
+                received.setdefault(e['event_descriptor']['event_id'], e)     # find_by's: the first listed
+            for event in events:
+                event_id = event['event_descriptor']['event_id']
+                event_status = event['event_descriptor']['event_status']
+                modification_number = event['event_descriptor']['modification_number']
+                _openleadr_log.info("The VEN received an event with event_id: %s, status: %s, modification_number: %s",
+                                    event_id, event_status, modification_number)
+                received_event = received.get(event_id)
+                if received_event:
+                    if received_event['event_descriptor']['modification_number'] == modification_number:
+                        result = self.responded_events[event_id]
+                    else:
+                        # by identity: list.remove compares every dict before it by value
+                        at = next(i for i, e in enumerate(self.received_events) if e is received_event)
+                        del self.received_events[at]
+                        self.received_events.append(event)
+                        received[event_id] = event      # an id is received once: each listing replaces it
+                        result = await outils.await_if_required(self.on_update_event(event))
+                else:
+                    self.received_events.append(event)
+                    received[event_id] = event
+                    result = self.on_event(event)
+                if asyncio.iscoroutine(result):
+                    result = await result
+                results.append(result)
+                if event_status in (oenums.EVENT_STATUS.COMPLETED, oenums.EVENT_STATUS.CANCELLED) \
+                        and event_id in self.responded_events:
+                    self.responded_events.pop(event_id)
+                else:
+                    self.responded_events[event_id] = result
+            for i, result in enumerate(results):
+                if result not in ('optIn', 'optOut') and events[i]['response_required'] == 'always':
+                    _openleadr_log.error("Your on_event or on_update_event handler must return 'optIn' or 'optOut'; "
+                                         f"you supplied {result}. Please fix your on_event handler.")
+                    results[i] = 'optOut'
+        except Exception as err:
+            _openleadr_log.error("Your on_event handler encountered an error. Will Opt Out of the event. "
+                                 f"The error was {err.__class__.__name__}: {str(err)}")
+            results = ['optOut'] * len(events)
+
+        # off the loop: each answer's status, and the message (templating, signing); a fresh signer per
+        # message and jinja's compiled templates are safe in a thread
+        created = await asyncio.to_thread(self._created_event, events, results, message['request_id'], invalid_vtn_id)
+        if created is not None:
+            await self._perform_request('EiEvent', created)
+
+    def _created_event(self, events: list[dict], results: list[str], request_id, invalid_vtn_id: bool) -> str | None:
+        """oadrCreatedEvent for the events that want an answer and are not over, as openleadr builds (and logs) it;
+        None when none does."""
+        request_id = "" if request_id is None else request_id     # an empty requestID: the template writes "None"
+        event_responses = []
+        for event, result in zip(events, results):
+            if event['response_required'] == 'always' and \
+                    not outils.determine_event_status(event['active_period']) == 'completed':
+                signals = event['event_signals']
+                if not isinstance(signals, list):
+                    signals = signals['event_signals']
+                unsupported = any(not isinstance(s['signal_name'], str) or s['signal_name'] not in _SIGNAL_NAMES
+                                  for s in signals)
+                event_responses.append({'response_code': oenums.STATUS_CODES.SIGNAL_NOT_SUPPORTED if unsupported
+                                        else 200,
+                                        'response_description': 'ERROR' if unsupported else 'OK',
+                                        'opt_type': result,
+                                        'request_id': request_id,
+                                        'modification_number': event['event_descriptor']['modification_number'],
+                                        'event_id': event['event_descriptor']['event_id']})
+        if not event_responses:
+            _openleadr_log.info("Not sending any event responses, because a response was not required/allowed by "
+                                "the VTN.")
+            return None
+        _openleadr_log.info(f"Total event_responses: {len(event_responses)}")
+        response = {'response_code': 200 if invalid_vtn_id is False else oenums.STATUS_CODES.INVALID_ID,
+                    'response_description': 'OK' if invalid_vtn_id is False else 'ERROR',
+                    'request_id': request_id}
+        return self._create_message('oadrCreatedEvent', response=response, event_responses=event_responses,
+                                    ven_id=self.ven_id)
 
     async def _ensure_client_session(self):
         # openleadr's own: ca_file counts only beside a client certificate (a VTN on a private CA was
