@@ -118,8 +118,23 @@ def camel(text: str) -> str:
 
 
 async def add_static_route(app: Application, router: str, network: int) -> None:
-    """Reach `network` through the router at `router` ("ip:port") without any broadcast."""
-    await app.nsap.router_info_cache.update_path_info(None, Address(router), {network})
+    """Reach `network` through the router at `router` ("ip:port") without any broadcast, and only through it."""
+    cache = app.nsap.router_info_cache
+    pins = cache.__dict__.get("_pins")
+    if pins is None:
+        # bacpypes3 takes the last router heard for a network: one I-Am-Router-To-Network (or a routed message) from
+        # any host on the BACnet network moved the configured meter's reads to that host, for good
+        pins = cache._pins = {}
+        learn = cache.update_path_info
+
+        async def update_path_info(snet, address, dnets):
+            dnets = {dnet for dnet in dnets if pins.get(dnet, address) == address}
+            if dnets:
+                await learn(snet, address, dnets)
+
+        cache.update_path_info = update_path_info
+    pins[network] = Address(router)
+    await cache.update_path_info(None, Address(router), {network})
 
 
 async def ask_router(app: Application, network: int, router: str = "", timeout: float = 3.0) -> bool:

@@ -14,6 +14,7 @@ Modes:
   html           200 text/html, an HTML error page (a captive proxy or load balancer answering)
   json           200 application/json
   huge           200 application/xml, `huge_bytes` (default 20 MB) of well-formed but non-OpenADR XML
+  gzip_bomb      200 application/xml with Content-Encoding gzip: 0.5 MB that inflate to 512 MB of blanks
   http500        500 with a short text body
   slow           answers (broken XML) only after `slow_seconds`, beyond the VEN's read timeout
   trickle        starts a 200 answer at once, then sends one byte a second and never finishes
@@ -21,12 +22,14 @@ Modes:
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
+import zlib
 
 import aiohttp
 from aiohttp import web
 
-MODES = ("proxy", "malformed_xml", "html", "json", "huge", "http500", "slow", "trickle")
+MODES = ("proxy", "malformed_xml", "html", "json", "huge", "gzip_bomb", "http500", "slow", "trickle")
 
 _MALFORMED = (b'<?xml version="1.0" encoding="utf-8"?>\n'
               b'<oadr:oadrPayload xmlns:oadr="http://openadr.org/oadr-2.0b/2012/07"><oadr:oadrSignedObject>'
@@ -70,6 +73,14 @@ class FakeVtn:
         head = b'<?xml version="1.0" encoding="utf-8"?>\n<blob>'
         tail = b"</blob>"
         return head + b"x" * max(0, size - len(head) - len(tail)) + tail
+
+    @staticmethod
+    @functools.cache
+    def _gzip_bomb() -> bytes:
+        gzip = zlib.compressobj(9, zlib.DEFLATED, 31)
+        blanks = b" " * 2**20
+        return (gzip.compress(b'<?xml version="1.0" encoding="utf-8"?>')
+                + b"".join(gzip.compress(blanks) for _ in range(512)) + gzip.flush())
 
     async def start(self) -> None:
         app = web.Application(client_max_size=2**20)
@@ -127,4 +138,7 @@ class FakeVtn:
             return web.Response(body=_JSON, content_type="application/json")
         if mode == "huge":
             return web.Response(body=self._huge, content_type="application/xml")
+        if mode == "gzip_bomb":
+            return web.Response(body=self._gzip_bomb(), headers={"Content-Type": "application/xml",
+                                                                 "Content-Encoding": "gzip"})
         return web.Response(status=500, text="internal error: database unavailable")

@@ -529,3 +529,17 @@ def test_a_forecaster_zone_that_is_not_the_machines_is_a_warning(machine_zone):
     assert "(UTC-05:00 / UTC-04:00)" in GatewayConfig().warnings()[0]
     machine_zone("UTC")
     assert GatewayConfig().warnings() == []
+
+
+@pytest.mark.parametrize("toml,key", [
+    ('[http]\ntoken = 98765432123\n', "http.token"),
+    ('[http]\ntoken = ["98765432123"]\n', "http.token"),
+    ('[openadr]\npassphrase = 98765432123\n', "openadr.passphrase"),
+    ('[bacnet]\ndcc_password = 98765432123\n', "bacnet.dcc_password"),
+])
+def test_a_mistyped_secret_is_named_but_never_shown(tmp_path, toml, key):
+    # check-config runs as the unit's ExecStartPre: its error goes to the journal, which more people read
+    # than /etc/edge-gateway/gateway.toml (0640 root:gateway)
+    res = _cli("check-config", str(_write(tmp_path, toml)))
+    assert res.returncode == 2 and f"{key}: Input should be a valid string" in res.stderr, res.stderr
+    assert "98765432123" not in res.stderr + res.stdout, res.stderr

@@ -162,6 +162,40 @@ async def test_garbage_and_malformed_apdus_do_not_crash_or_change_points(tmp_pat
     assert 1 <= len(noise) <= 10, noise
 
 
+@pytest.mark.timeout(90)
+async def test_another_host_claiming_the_meter_network_does_not_take_the_configured_routers_reads(
+        tmp_path, free_udp_port, free_tcp_port):
+    bacnet_port, meter_port = free_udp_port(), free_udp_port()
+    config = tmp_path / "gw.toml"
+    write_config(config, bacnet_port=bacnet_port, meter_port=meter_port, http_port=free_tcp_port(),
+                 storage=tmp_path / "gw.sqlite", cycle_seconds=3600, **FAULT_CONFIG)
+    gw = f"127.0.0.1:{bacnet_port}"
+    meter_power = lambda: peer.read(gw, P.BY_NAME[P.METER_POWER].object_id, "presentValue")  # noqa: E731
+    async with MeterSimulator(address=f"127.0.0.1/8:{meter_port}", value=87.5) as meter, \
+            BacnetPeer(free_udp_port(), timeout=2.0) as peer:
+        with GatewayProcess(config, tmp_path / "gateway.log") as gateway, \
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other:
+            await eventually(meter_power, 30, "gateway answering with a meter value")
+            other.bind(("127.0.0.1", 0))
+            network = struct.pack(">H", 12345)
+            # I-Am-Router-To-Network 12345, and an I-Am from network 12345 as a router relays it
+            other.sendto(bvlc(bytes([0x01, 0x80, 0x01]) + network), ("127.0.0.1", bacnet_port))
+            other.sendto(bvlc(bytes([0x01, 0x08]) + network + bytes([0x01, 0x07, 0x10, 0x00, 0xC4, 0x02, 0x00,
+                                                                    0x00, 0x07, 0x22, 0x01, 0xE0, 0x91, 0x00,
+                                                                    0x21, 0x08])), ("127.0.0.1", bacnet_port))
+            meter.set_value(88.5)
+            # read through the configured router, not sent to the other host (a meter fault, or its values)
+            await eventually(_equal(meter_power, 88.5), 10, "the meter's new value read through its router")
+            assert gateway.alive
+            assert "meter fault" not in gateway.log(), gateway.log()[-2000:]
+
+
+def _equal(read, expected):
+    async def check():
+        return await read() == expected
+    return check
+
+
 # -- SIGKILL: the forecaster's history survives ---------------------------------------------------
 
 async def get_status(http_port):

@@ -467,3 +467,32 @@ def test_history_cuts_an_event_where_its_answer_changed():
     # cancelled while opted out: cut at the cancellation, the earlier parts as they ran
     cut = dict(hour, status="cancelled", cancelled_at="2026-11-22T01:15:00Z", opt="optOut", opt_changes=answers[:2])
     assert spans([cut]) == [("hour", 2, 60, 70, "optIn"), ("hour", 2, 70, 75, "optOut")]
+
+
+async def test_without_a_token_only_requests_made_to_loopback_are_answered(served):
+    # a page the operator opens on this box can rebind its own name to 127.0.0.1 and fetch the API as
+    # same-origin: its browser then sends that name as Host, as these requests do
+    server, view, base = await served()
+    port = base.rsplit(":", 1)[1]
+    for host in (f"evil.example:{port}", "evil.example", f"127.0.0.1.nip.io:{port}", f"LOCALHOST.evil.example:{port}"):
+        for path in ("/api/status", "/api/history?hours=1", "/metrics"):
+            status, headers, body = await fetch(base + path, {"Host": host})
+            assert status == 403 and "not a loopback address" in body, (host, path)
+            assert headers.get("Cache-Control") == "no-store"
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", "LocalHost", "127.0.0.2"):
+        assert (await fetch(base + "/api/status", {"Host": host}))[0] == 200, host
+    # the page and /healthz carry no data
+    for path in ("/", "/app.js", "/healthz"):
+        assert (await fetch(base + path, {"Host": "evil.example"}))[0] == 200, path
+    # with a token, the token is what counts, whatever name the box is reached by
+    server, view, base = await served(token="s3cret")
+    status, _, _ = await fetch(base + "/api/status", {"Host": "gateway.site.lan:8000", "Authorization": "Bearer s3cret"})
+    assert status == 200
+
+
+async def test_every_answer_carries_the_security_headers(served):
+    server, view, base = await served(token="s3cret")
+    for path in ("/", "/app.js", "/healthz", "/api/status", "/nope"):
+        _, headers, _ = await fetch(base + path)
+        assert "frame-ancestors 'none'" in headers["Content-Security-Policy"], path
+        assert headers["X-Content-Type-Options"] == "nosniff" and headers["X-Frame-Options"] == "DENY", path

@@ -592,6 +592,10 @@ def _origin_of(loc: tuple, origin: str, sources: Mapping[tuple[str, ...], str]) 
     return ", ".join([origin, *feeding])
 
 
+# never echoed in an error: check-config's goes to the journal, read by more people than the config file
+SECRETS = {("http", "token"), ("openadr", "passphrase"), ("bacnet", "dcc_password")}
+
+
 def _describe(err: ValidationError, origin: str, sources: Mapping[tuple[str, ...], str]) -> str:
     lines = []
     for e in err.errors():
@@ -600,7 +604,8 @@ def _describe(err: ValidationError, origin: str, sources: Mapping[tuple[str, ...
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
         elif "input" in e and e["type"].endswith("_type"):
-            msg = f"{msg} (got {type(e['input']).__name__} {e['input']!r})"
+            shown = "not shown: a secret" if tuple(e["loc"]) in SECRETS else repr(e["input"])
+            msg = f"{msg} (got {type(e['input']).__name__} {shown})"
         lines.append(f"{_origin_of(tuple(e['loc']), origin, sources)}: {key}: {msg}")
     return "\n".join(lines)
 

@@ -96,6 +96,7 @@ log = logging.getLogger(__name__)
 
 WEB_DIR = Path(__file__).with_name("web")
 MAX_HISTORY_HOURS = 24 * 35  # forecaster.history_days default: older minutes are not kept anyway; events as long (schedule.KEEP_HISTORY)
+MAX_CONNECTIONS = 64  # open at once: a few dashboards (3 requests per refresh), Prometheus, health probes
 STATIC_FILES = {
     "/": ("index.html", "text/html"),
     "/app.js": ("app.js", "application/javascript"),
@@ -242,6 +243,13 @@ def build_history(now: float, hours: float, store: dict, events: list[dict] = ()
             "events": shaded}
 
 
+def _host_name(host: str) -> str:
+    """The name or address of a Host header, without its port."""
+    if host.startswith("["):
+        return host[1:host.find("]")] if "]" in host else host
+    return (host.rpartition(":")[0] if host.count(":") == 1 else host).lower()
+
+
 class GatewayView(Protocol):
     def status(self) -> dict: ...
 
@@ -335,6 +343,26 @@ class LoopHeartbeat:
         return max(recent, overdue)
 
 
+# No other site frames the dashboard or has a JSON body sniffed as something else. (script-src 'self' would also
+# stop Playwright's wait_for_function, which the dashboard tests use; the page draws peers' text as text.)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+
+
+class _Refused(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.abort()
+
+
 class HttpServer:
     """aiohttp server for the operator; runs in the gateway's event loop."""
 
@@ -355,6 +383,9 @@ class HttpServer:
         self._waiting: asyncio.Task | None = None   # listening for an address not on an interface yet
         self._started = time.monotonic()
         self._failing: dict[str, str] = {}  # endpoint -> error text, to log a fault once
+        self.max_connections = MAX_CONNECTIONS
+        self._listener: asyncio.AbstractServer | None = None
+        self._refused = 0                   # connections closed at once since the limit was reached
 
     @property
     def port(self) -> int:
@@ -367,6 +398,7 @@ class HttpServer:
 
     def make_app(self) -> web.Application:
         app = web.Application(middlewares=[self._auth])
+        app.on_response_prepare.append(_security_headers)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/api/status", self._status)
         app.router.add_get("/api/history", self._history)
@@ -394,12 +426,13 @@ class HttpServer:
         runner = web.AppRunner(self.make_app(), access_log=None, handle_signals=False)
         await runner.setup()
         try:
-            await web.TCPSite(runner, self.host, self._port, reuse_address=True).start()
+            listener = await asyncio.get_running_loop().create_server(
+                lambda: self._connection(runner.server), self.host, self._port, reuse_address=True)
         except OSError:
             await runner.cleanup()
             raise
-        self._runner = runner
-        self._port = runner.addresses[0][1]
+        self._runner, self._listener = runner, listener
+        self._port = listener.sockets[0].getsockname()[1]
 
     async def _listen_when_there(self) -> None:
         while True:
@@ -425,14 +458,40 @@ class HttpServer:
         await cancel_and_wait(self._waiting)
         self._waiting = None
         await self.heartbeat.stop()
+        if self._listener:
+            self._listener.close()
+            self._listener = None
         if self._runner:
             await self._runner.cleanup()
             self._runner = None
+
+    def _connection(self, server: web.Server) -> asyncio.BaseProtocol:
+        """aiohttp's handler for a new connection, unless max_connections are open: a client holding connections
+        (each accepted before any token check, idle ones kept an hour) otherwise used up the process's file
+        descriptors (1024 under systemd), and with them the VTN's connections and storage.path."""
+        if len(server.connections) >= self.max_connections:
+            self._refused += 1
+            if self._refused == 1:
+                log.warning("http: %d connections open, refusing new ones until some close", self.max_connections)
+            return _Refused()
+        if self._refused:
+            log.info("http: accepting connections again (%d refused)", self._refused)
+            self._refused = 0
+        return server()
 
     # -- middleware -------------------------------------------------------------------------
 
     @web.middleware
     async def _auth(self, request: web.Request, handler):
+        if not self.token and request.path not in STATIC_FILES and request.path != "/healthz":
+            # Without a token only loopback reaches the API, but a web page the operator opens on this box (or
+            # through an ssh tunnel) can rebind its own name to 127.0.0.1 and read it as same-origin: the Host
+            # its browser sends still names that page's site, never a loopback address.
+            host = request.headers.get("Host")
+            if host is not None and not is_loopback(_host_name(host)):
+                return web.json_response({"error": f"Host {host!r} is not a loopback address: without http.token "
+                                                   f"the API answers only requests made to 127.0.0.1 or localhost"},
+                                         status=403, headers={"Cache-Control": "no-store"})
         if self.token and request.path not in STATIC_FILES and request.path != "/healthz":
             given = request.headers.get("Authorization", "")
             scheme, _, credential = given.partition(" ")

@@ -18,6 +18,15 @@ NOISY = ("BAC0_Root", "BAC0", "bacpypes3", "openleadr", "aiohttp.access", "aioht
 PEER_NOISE = ("bacpypes3", "openleadr", "aiohttp.server", "bacnet_api.services.refusals")
 
 
+# What a peer wrote reaches messages (an event id, a VTN's error page, lxml's error): a line break in it would
+# start a line of the peer's making in the operator log (journald keeps each as an entry of the gateway's).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _escape(char: re.Match) -> str:
+    return repr(char.group())[1:-1]     # "\n", "\r", "\x1b"
+
+
 class UtcFormatter(logging.Formatter):
     converter = time.gmtime
 
@@ -26,7 +35,7 @@ class UtcFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         stamp = self.formatTime(record)
-        text = record.getMessage()
+        text = _CONTROL.sub(_escape, record.getMessage())
         if record.levelno != logging.INFO:
             text = f"{record.levelname} {text}"
         if record.exc_info and record.levelno >= logging.ERROR:

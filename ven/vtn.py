@@ -25,10 +25,11 @@ from typing import Callable
 
 import aiohttp
 import xmltodict
-from lxml.etree import XMLSyntaxError
+from lxml import etree
+from lxml.etree import DocumentInvalid, XMLSyntaxError
 from openleadr import OpenADRClient, enums as oenums, errors as oerrors, objects, utils as outils
 from openleadr import messaging as omessaging
-from openleadr.messaging import NAMESPACES, validate_xml_schema
+from openleadr.messaging import NAMESPACES, XML_SCHEMA
 from signxml import XMLVerifier
 from signxml.exceptions import InvalidSignature
 
@@ -82,6 +83,9 @@ class _Client(OpenADRClient):
     # openleadr bounds only the connect (5 s) and each socket read (10 s): a VTN (or proxy) trickling
     # a byte every few seconds would hold a request, and with it registration or polling, forever.
     request_timeout_s: float = 30.0
+    # openleadr reads an answer whole, and decompressed (aiohttp asks for gzip): 500 KB of gzip took the gateway
+    # from 100 MB to 1.2 GB. A day-ahead program of 200 events of 60 intervals is 2.9 MB.
+    max_message_bytes: int = 16 * 2**20
     # oadrCreateReport (also the requests an oadrRegisteredReport carries) goes to the VtnClient:
     # openleadr's create_report answers 200 even to a report or rID never offered
     on_create_report: Callable | None = None
@@ -218,7 +222,13 @@ class _Client(OpenADRClient):
         try:
             timeout = aiohttp.ClientTimeout(total=self.request_timeout_s, sock_connect=5, sock_read=10)
             async with self.client_session.post(url, data=message, timeout=timeout) as req:
-                content = await req.read()
+                content = bytearray()
+                async for chunk in req.content.iter_chunked(2**16):
+                    content += chunk
+                    if len(content) > self.max_message_bytes:
+                        return None, {}, (f"VTN answer from {url} over {self.max_message_bytes // 2**20} MB "
+                                          f"(decompressed): refused")
+                content = bytes(content)
                 if req.status != HTTPStatus.OK:
                     return None, {}, f"HTTP {req.status} from {url}: {content[:200].decode('utf-8', 'replace')}"
         except aiohttp.ClientConnectorCertificateError as err:
@@ -246,11 +256,26 @@ class _Client(OpenADRClient):
             return None, {}, f"VTN refused: certificate fingerprint does not match openadr.vtn_fingerprint ({err})"
         except InvalidSignature:
             return None, {}, "VTN message carries an invalid XML signature"
-        except XMLSyntaxError as err:
+        except (XMLSyntaxError, DocumentInvalid) as err:
             return None, {}, f"VTN message failed OpenADR schema validation: {err}"
         except Exception as err:   # noqa: BLE001 - any unparsable answer is a failed request
             return None, {}, f"VTN message could not be read: {err.__class__.__name__}: {err}"
         return message_type, message_payload, None
+
+
+# No OpenADR message carries a DTD, and openleadr's parser (schema-validating while it substitutes entities) crashes
+# the process with SIGSEGV under lxml 6.0 / libxml2 2.14 at the first entity a DTD declares: one <!ENTITY> in an
+# answer, from the VTN or anyone on the path of a plain http vtn_url, killed the gateway and its BACnet device.
+# Entities are left unexpanded and nothing is fetched; a message with a DTD is refused before the schema is applied.
+def validate_xml_schema(content: bytes):
+    """openleadr's validate_xml_schema for a VTN's answer, refusing a DTD: the message's tree, schema-valid.
+    A parser per message: answers to requests in flight together are parsed in worker threads at once."""
+    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
+    tree = etree.fromstring(content, parser)
+    if tree.getroottree().docinfo.internalDTD is not None or tree.getroottree().docinfo.doctype:
+        raise DocumentInvalid("the message carries a DTD (<!DOCTYPE>), which OpenADR messages never do")
+    XML_SCHEMA.assertValid(tree)
+    return tree
 
 
 def verify_signature(tree, fingerprint: str) -> None:
