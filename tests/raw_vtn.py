@@ -87,6 +87,40 @@ def register_report(ven_id: str, request_id: str = "reg-1") -> bytes:
             f"<ei:venID>{ven_id}</ei:venID></oadrRegisterReport></oadrSignedObject></oadrPayload>").encode()
 
 
+def report_request(rrid: str, specifier_id: str, r_ids: list[str], granularity: str = "PT1S",
+                   report_back: str = "PT1S", start: datetime | None = None, duration: str | None = None) -> str:
+    """One oadrReportRequest; `start` and `duration`: its reportInterval (the overall period of reporting)."""
+    window = ("" if start is None else
+              "<ei:reportInterval><cal:properties>"
+              f"<cal:dtstart><cal:date-time>{t(start)}</cal:date-time></cal:dtstart>"
+              f"<cal:duration><cal:duration>{duration}</cal:duration></cal:duration></cal:properties></ei:reportInterval>")
+    payloads = "".join(f"<ei:specifierPayload><ei:rID>{r}</ei:rID><ei:readingType>Mean</ei:readingType>"
+                       "</ei:specifierPayload>" for r in r_ids)
+    return (f"<oadrReportRequest><ei:reportRequestID>{rrid}</ei:reportRequestID><ei:reportSpecifier>"
+            f"<ei:reportSpecifierID>{specifier_id}</ei:reportSpecifierID>"
+            f"<cal:granularity><cal:duration>{granularity}</cal:duration></cal:granularity>"
+            f"<ei:reportBackDuration><cal:duration>{report_back}</cal:duration></ei:reportBackDuration>"
+            f"{window}{payloads}</ei:reportSpecifier></oadrReportRequest>")
+
+
+def create_report(ven_id: str, requests: list[str], request_id: str = "create-1") -> bytes:
+    """oadrCreateReport with one or more `report_request`s."""
+    return ('<?xml version="1.0" encoding="UTF-8"?>\n'
+            f'<oadrPayload xmlns="http://openadr.org/oadr-2.0b/2012/07" {NS}><oadrSignedObject>'
+            f'<oadrCreateReport ei:schemaVersion="2.0b"><pyld:requestID>{request_id}</pyld:requestID>'
+            f"{''.join(requests)}<ei:venID>{ven_id}</ei:venID></oadrCreateReport></oadrSignedObject></oadrPayload>").encode()
+
+
+def cancel_report(ven_id: str, rrids: list[str], follow: bool = False, request_id: str = "cancel-1") -> bytes:
+    """oadrCancelReport of one or more reportRequestIDs (the schema allows any number)."""
+    ids = "".join(f"<ei:reportRequestID>{r}</ei:reportRequestID>" for r in rrids)
+    return ('<?xml version="1.0" encoding="UTF-8"?>\n'
+            f'<oadrPayload xmlns="http://openadr.org/oadr-2.0b/2012/07" {NS}><oadrSignedObject>'
+            f'<oadrCancelReport ei:schemaVersion="2.0b"><pyld:requestID>{request_id}</pyld:requestID>{ids}'
+            f"<pyld:reportToFollow>{'true' if follow else 'false'}</pyld:reportToFollow><ei:venID>{ven_id}</ei:venID>"
+            "</oadrCancelReport></oadrSignedObject></oadrPayload>").encode()
+
+
 def response(ven_id: str, request_id: str, code: int = 200) -> bytes:
     return ('<?xml version="1.0" encoding="UTF-8"?>\n'
             f'<p:oadrPayload xmlns:p="http://openadr.org/oadr-2.0b/2012/07" {NS}><p:oadrSignedObject>'

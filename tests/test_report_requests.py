@@ -241,6 +241,9 @@ async def test_the_report_metadata_tells_the_sites_grid_and_the_granularities_of
             await until(lambda: rig.vtn.status()["report_request_id"], 10, "telemetry requested")
             meta = server.report_metadata[-1]
             assert meta["power_attributes"] == {"hertz": 60, "voltage": 120, "ac": True}
+            # each value is the mean kW over its interval, as the 2.0b schema defines "Mean"; "Direct Read"
+            # (a register that only increases) and "reading" (moments whose differences are the usage) are not
+            assert (meta["report_type"], meta["reading_type"]) == ("usage", "Mean")
             assert (meta["sampling_rate"]["min_period"], meta["sampling_rate"]["max_period"]) == (S, timedelta(hours=1))
 
 

@@ -424,6 +424,8 @@ class VtnClient:
         self._report_back = self._granularity                             # how often it wants updates
         self._one_shots: list[str] = []      # one-shot requests waiting for their single report
         self._final_report: str | None = None   # cancelled with reportToFollow: one last update, then it ends
+        # the standing request's reportInterval: the start of its first interval and its end (None: unbounded)
+        self._window: tuple[datetime | None, datetime | None] = (None, None)
         self._sent_until: datetime | None = None   # end of the last interval the VTN took
         self._next_report: datetime | None = None  # when the next update is due (UTC grid)
         self._catch_up = False                     # send every complete interval now (backlog, retry)
@@ -645,8 +647,11 @@ class VtnClient:
         measurement = dataclasses.replace(
             oenums.MEASUREMENTS.REAL_POWER, scale="k",
             power_attributes=objects.PowerAttributes(hertz=c.power_hertz, voltage=voltage, ac=True))
+        # each value is the mean kW over its interval: "Mean" in the 2.0b schema's words. openleadr's defaults,
+        # reportType "reading" and readingType "Direct Read", describe a register whose differences are the usage
         client.add_report(callback=lambda: [], resource_id=c.report_resource_id,
                           measurement=measurement, unit="W", scale="k", sampling_rate=rate,
+                          report_type=oenums.REPORT_TYPE.USAGE, reading_type=oenums.READING_TYPE.MEAN,
                           report_specifier_id=self._report_specifier_id, r_id=self._r_id,
                           # a METADATA report's duration is the history the VEN can buffer (2.0b): the queue
                           report_duration=timedelta(days=c.queue_max_days))
@@ -1153,11 +1158,16 @@ class VtnClient:
                 if self._catch_up or now >= self._next_report:
                     if await self._send_complete(now):
                         self._catch_up = False
-                        self._next_report = next_boundary(now, report_period(self._granularity, self._report_back))
+                        self._next_report = self._next_update(now)
+                        end = self._window[1]
                         if self._final_report is not None and self._final_report == self._report_request_id:
                             log.info("last TELEMETRY_USAGE update sent for the cancelled request %s; readings "
                                      "queue until the VTN asks again", self._final_report)
                             self._stop_serving(self._final_report)
+                        elif end is not None and now >= end:
+                            log.info("TELEMETRY_USAGE request %s ended: its reportInterval ended at %s; readings "
+                                     "queue until the VTN asks again", self._report_request_id, _iso(end))
+                            self._stop_serving(self._report_request_id)
                     else:
                         self._catch_up = True        # once the backoff has passed, whatever is complete by then
                         failed = True
@@ -1177,6 +1187,14 @@ class VtnClient:
             except TimeoutError:
                 pass
             self._wake_delivery.clear()
+
+    def _next_update(self, now: datetime) -> datetime:
+        """When the next update is due: on the reportBackDuration grid, not before the request's
+        reportInterval has a whole interval, and at its end at the latest."""
+        first, end = self._window
+        due = next_boundary(max(now, first) if first is not None else now,
+                            report_period(self._granularity, self._report_back))
+        return min(due, end) if end is not None and end > now else due
 
     def _complete(self, now: datetime) -> tuple[list[Interval], list]:
         """The complete intervals at the head of the queue (at most BATCH), and samples of periods
@@ -1202,7 +1220,18 @@ class VtnClient:
     async def _send_complete(self, now: datetime) -> bool:
         """Every complete interval not yet sent, oldest first, BATCH per oadrUpdateReport; each sample
         leaves the queue only once the VTN took the update that carried its interval."""
+        first, end = self._window
+        if end is not None:
+            now = min(now, end)         # intervals reaching past the reportInterval are not this request's
         while self.connected and self._report_request_id:
+            if first is not None:
+                early = [s for s in self._telemetry.peek(BATCH) if s.ts < first]
+                if early:
+                    # the VTN asked for reporting from then: readings before it are no interval of this request
+                    self._telemetry.ack(early, delivered=False)
+                    log.info("%d reading(s) taken before %s, where the reportInterval of request %s starts, are "
+                             "not reported", len(early), _iso(first), self._report_request_id)
+                    continue
             intervals, late = self._complete(now)
             if late and min(x.ts for x in late) < self._sent_until - max(self._granularity, CLOCK_STEP):
                 # Far older than the last interval sent: not a late reading but a wall clock stepped back
@@ -1266,28 +1295,34 @@ class VtnClient:
         """oadrCancelReport: the request is no longer served, and oadrCanceledReport says so. With
         reportToFollow the standing request first gets one last update (the intervals complete by then);
         readings after it wait in the queue for the VTN's next request. A request the gateway does not
-        serve is answered 452, so the VTN learns its bookkeeping and ours differ."""
-        rrid = payload.get("report_request_id")
+        serve is answered 452, so the VTN learns its bookkeeping and ours differ. One message may name
+        several requests (the schema allows any number): each is cancelled, the 452 names those not served."""
+        rrids = payload.get("report_request_id")
+        rrids = rrids if isinstance(rrids, list) else [rrids]
         follow = bool(payload.get("report_to_follow"))
-        refusal = None
-        if rrid is not None and rrid == self._report_request_id:
-            if follow:
-                self._final_report, self._catch_up = rrid, True
-                self._wake_delivery.set()
-                log.warning("the VTN cancelled the telemetry report (request %s): one last update, then readings "
-                            "queue until it asks again", rrid)
+        unknown = []
+        for rrid in rrids:
+            if rrid is not None and rrid == self._report_request_id:
+                if follow:
+                    self._final_report, self._catch_up = rrid, True
+                    self._wake_delivery.set()
+                    log.warning("the VTN cancelled the telemetry report (request %s): one last update, then "
+                                "readings queue until it asks again", rrid)
+                else:
+                    self._stop_serving(rrid)
+                    log.warning("the VTN cancelled the telemetry report (request %s); readings queue until it "
+                                "asks again", rrid)
+            elif rrid in self._one_shots:
+                self._end_one_shot(rrid)
+                log.info("the VTN cancelled the one-shot report %s before it was sent", rrid)
             else:
-                self._stop_serving(rrid)
-                log.warning("the VTN cancelled the telemetry report (request %s); readings queue until it asks "
-                            "again", rrid)
-        elif rrid in self._one_shots:
-            self._end_one_shot(rrid)
-            log.info("the VTN cancelled the one-shot report %s before it was sent", rrid)
-        else:
+                unknown.append(str(rrid))
+        refusal = None
+        if unknown:
             serving = ", ".join(self._served()) or "none"
             log.warning("VTN cancelled report request %s, which the gateway does not serve (serving: %s): "
-                        "answered %d", rrid, serving, INVALID_ID)
-            refusal = f"reportRequestID {rrid} is not served by this VEN"
+                        "answered %d", ", ".join(unknown), serving, INVALID_ID)
+            refusal = f"reportRequestID {', '.join(unknown)} is not served by this VEN"
         # still pending: what is served, and the cancelled request until its last update is sent
         await self._answer_report_message("oadrCanceledReport", _ei_response(payload.get("request_id"), refusal))
 
@@ -1308,6 +1343,7 @@ class VtnClient:
 
     def _stop_serving(self, rrid: str) -> None:
         self._report_request_id = self._final_report = None
+        self._window = (None, None)
         self._forget_request(rrid)
 
     def _forget_request(self, rrid: str) -> None:
@@ -1350,7 +1386,7 @@ class VtnClient:
                 log.warning("VTN request %s asks for intervals of %s, finer than the meter is sampled (%s, "
                             "openadr.telemetry_seconds): intervals of %s are sent instead",
                             rrid, _duration(asked), _duration(sampling), _duration(granularity))
-            self._adopt(rrid, granularity, back)
+            self._adopt(rrid, granularity, back, _report_window(spec, granularity))
         if refused:
             log.warning("VTN requested telemetry the gateway never offered, refused with %d: %s",
                         INVALID_ID, "; ".join(refused))
@@ -1359,19 +1395,23 @@ class VtnClient:
                                           _ei_response(request_id, "; ".join(refused) if refused else None))
         self._wake_delivery.set()
 
-    def _adopt(self, rrid: str, granularity: timedelta, back: timedelta) -> None:
+    def _adopt(self, rrid: str, granularity: timedelta, back: timedelta,
+               window: tuple[datetime | None, datetime | None] = (None, None)) -> None:
         old = self._report_request_id
         how = (f"intervals of {_duration(granularity)} (mean of the readings in each), "
-               + (f"sent every {_duration(back)}" if back > granularity else "each sent as it completes"))
+               + (f"sent every {_duration(back)}" if back > granularity else "each sent as it completes")
+               + (f", from {_iso(window[0])}" if window[0] is not None else "")
+               + (f" until {_iso(window[1])}" if window[1] is not None else ""))
         if old and old != rrid:
             # openleadr keeps the old one listed, so an oadrCancelReport for it is still answered
             log.info("VTN report request %s replaces %s (one telemetry request is served at a time): %s",
                      rrid, old, how)
-        elif old != rrid or (granularity, back) != (self._granularity, self._report_back):
+        elif old != rrid or (granularity, back, window) != (self._granularity, self._report_back, self._window):
             log.info("VTN requested telemetry (request %s): %s", rrid, how)
         self._report_request_id, self._granularity, self._report_back = rrid, granularity, back
+        self._window = window
         self._final_report = None
-        self._next_report = next_boundary(_utcnow(), report_period(granularity, back))
+        self._next_report = self._next_update(_utcnow())
         self._catch_up = True        # what is complete already (queued while nothing was requested) goes now
 
     async def _send_report(self, intervals: list[Interval], rrid: str) -> bool:
@@ -1426,6 +1466,21 @@ def _iso(t: datetime | None) -> str:
 def _duration(d: timedelta) -> str:
     """ISO 8601, as on the wire (PT10S, PT5M, PT1H30M)."""
     return outils.timedeltaformat(d)
+
+
+def _report_window(spec: dict, granularity: timedelta) -> tuple[datetime | None, datetime | None]:
+    """A request's reportInterval ("the overall period of reporting") as the intervals on the clock grid
+    that overlap it: the start of the first, the end of the last (a VTN writing its request's time as
+    dtstart gets the interval in progress, not the next one). A duration of 0 (or none) reports until
+    cancelled, and from the queue's head: a VTN back from an outage that asks from now would otherwise
+    have the readings queued meanwhile dropped, which the gateway keeps for it."""
+    period = spec.get("report_interval") or {}
+    start, length = period.get("dtstart"), period.get("duration")
+    if not isinstance(start, datetime) or not isinstance(length, timedelta) or length <= timedelta(0):
+        return None, None
+    end = start + length
+    return bucket_start(start, granularity), end if bucket_start(end, granularity) == end else next_boundary(
+        end, granularity)
 
 
 def _ei_response(request_id: str | None, refusal: str | None = None) -> dict:

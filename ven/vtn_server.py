@@ -214,7 +214,7 @@ class DemoVtn:
             report_request_id=rrid,
             report_specifier=objects.ReportSpecifier(
                 report_specifier_id=report_specifier_id, granularity=granularity, report_back_duration=report_back,
-                specifier_payloads=[objects.SpecifierPayload(r_id=r_id, reading_type="Direct Read")]))
+                specifier_payloads=[objects.SpecifierPayload(r_id=r_id, reading_type="Mean")]))
         self._outbox.setdefault(ven_id, []).append(
             ("oadrCreateReport", {"request_id": uuid.uuid4().hex[:8], "report_requests": [request], "ven_id": ven_id}))
         return rrid
@@ -362,6 +362,8 @@ class DemoVtn:
                                              "report_specifier_id": report.get("report_specifier_id"),
                                              "r_id": rd.get("r_id"), "sampling_rate": rd.get("sampling_rate"),
                                              "duration": report.get("duration"),
+                                             "report_type": rd.get("report_type"),
+                                             "reading_type": rd.get("reading_type"),
                                              "power_attributes": (rd.get("measurement") or {}).get("power_attributes")})
 
     def _on_poll(self, ven_id):

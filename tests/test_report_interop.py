@@ -1,0 +1,103 @@
+"""Report requests as a VTN other than openleadr writes them (tests/raw_vtn.py), each valid OpenADR 2.0b:
+a reportInterval bounds the reporting, an oadrCancelReport may name several requests. Registration and
+the gateway's answers go on to a real openleadr VTN (DemoVtn), which records the updates."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import datetime, timedelta, timezone
+
+from raw_vtn import RawVtn, cancel_report, create_report, report_request
+from test_report_requests import S, expected, now, received, running, said, same
+from waiting import eventually as until
+from ven.report_intervals import next_boundary
+from ven.vtn import _report_window
+from ven.vtn_server import DemoVtn
+
+
+@contextlib.asynccontextmanager
+async def raw_streaming(tmp_path, free_tcp_port):
+    """A meter read every 0.25 s, reported to the request the openleadr VTN made at registration:
+    (the openleadr VTN, the hand-writing one, the gateway's rig, the standing request)."""
+    async with DemoVtn(free_tcp_port(), poll_seconds=1) as demo, \
+            RawVtn(free_tcp_port(), demo.url, demo.vtn_id) as raw, running(tmp_path, raw.url) as rig:
+        await until(lambda: rig.vtn.status()["report_request_id"], 10, "telemetry requested")
+        rig.start_meter(0.25)
+        yield demo, raw, rig, rig.vtn.status()["report_request_id"]
+        assert raw.invalid == [], "every message of the gateway is valid OpenADR 2.0b"
+
+
+def offered(demo: DemoVtn) -> tuple[str, str]:
+    return demo.report_metadata[-1]["report_specifier_id"], demo.report_metadata[-1]["r_id"]
+
+
+async def test_a_report_interval_in_the_future_is_reported_within_it_and_the_request_ends_after_it(
+        tmp_path, free_tcp_port, caplog):
+    caplog.set_level(logging.INFO, logger="ven")
+    async with raw_streaming(tmp_path, free_tcp_port) as (demo, raw, rig, standing):
+        await until(lambda: received(demo, rrid=standing), 5, "the standing request served")
+        sid, rid = offered(demo)
+        start = next_boundary(now(), S) + 4 * S         # a whole second a few polls ahead
+        end = start + 3 * S
+        raw.send(create_report(rig.vtn.ven_id, [report_request("rr-window", sid, [rid], start=start, duration="PT3S")]))
+        await until(lambda: rig.vtn.status()["report_request_id"] == "rr-window", 5, "the windowed request taken")
+        assert (200, "OK", ["rr-window"]) in demo.created_reports
+        await until(lambda: rig.vtn.status()["report_request_id"] is None, 12, "the request over at the window's end")
+        got = received(demo, rrid="rr-window")
+        same(got, expected([(ts, kw) for ts, kw in rig.taken if start <= ts < end], S))   # the window, all of it
+        sent = len(demo.updates)
+        await asyncio.sleep(1.5)
+        assert len(demo.updates) == sent, "nothing sent after the window"
+        assert rig.queue.pending >= 4, "readings after the window wait for the VTN's next request"
+        assert said(caplog, "request rr-window ended: its reportInterval")
+
+
+async def test_a_request_from_now_until_cancelled_still_gets_the_readings_queued_before_it(
+        tmp_path, free_tcp_port, caplog):
+    # a VTN back from an outage asking "from now, until cancelled": the readings the gateway queued meanwhile
+    # are what it keeps them for, not readings outside the request
+    caplog.set_level(logging.INFO, logger="ven")
+    async with raw_streaming(tmp_path, free_tcp_port) as (demo, raw, rig, standing):
+        await until(lambda: received(demo, rrid=standing), 5, "the standing request served")
+        sid, rid = offered(demo)
+        raw.send(cancel_report(rig.vtn.ven_id, [standing]))
+        await until(lambda: rig.vtn.status()["report_request_id"] is None, 5, "the standing request cancelled")
+        await until(lambda: rig.queue.pending >= 8, 10, "readings queued meanwhile")
+        waiting = [(ts, kw) for ts, kw in rig.taken if ts >= rig.queue.peek(1)[0].ts]
+        raw.send(create_report(rig.vtn.ven_id, [report_request("rr-open", sid, [rid], start=now(), duration="PT0S")],
+                               request_id="create-2"))
+        await until(lambda: len(received(demo, rrid="rr-open")) >= len(expected(waiting, S)), 10, "the backlog")
+        got = received(demo, rrid="rr-open")
+        same(got[:len(expected(waiting, S))], expected(waiting, S))
+        assert not said(caplog, "are not reported")
+
+
+async def test_a_cancel_naming_several_requests_ends_the_served_one_and_names_the_others(
+        tmp_path, free_tcp_port, caplog):
+    caplog.set_level(logging.INFO, logger="ven")
+    async with raw_streaming(tmp_path, free_tcp_port) as (demo, raw, rig, standing):
+        await until(lambda: received(demo, rrid=standing), 5, "the standing request served")
+        raw.send(cancel_report(rig.vtn.ven_id, [standing, "rr-no-such"]))
+        await until(lambda: demo.canceled_reports, 5, "oadrCanceledReport")
+        (code, text, pending, echoed), = demo.canceled_reports
+        assert (code, pending, echoed) == (452, [], True) and "rr-no-such" in text and standing not in text
+        assert rig.vtn.status()["report_request_id"] is None
+        sent = len(demo.updates)
+        await asyncio.sleep(2.5)
+        assert len(demo.updates) == sent, "nothing sent under the cancelled request"
+        assert said(caplog, f"the VTN cancelled the telemetry report (request {standing})")
+
+
+def test_a_report_interval_is_the_grid_intervals_overlapping_it():
+    """A VTN that writes its request's own time as dtstart gets the interval in progress, and the last
+    interval is the one holding the end; a duration of 0 reports until cancelled, from the queue's head."""
+    t0 = datetime(2026, 7, 1, 14, 0, tzinfo=timezone.utc)
+    m15 = timedelta(minutes=15)
+
+    def window(start, duration):
+        return _report_window({"report_interval": {"dtstart": start, "duration": duration}}, m15)
+    assert window(t0, 2 * timedelta(hours=1)) == (t0, t0 + timedelta(hours=2))
+    assert window(t0 + timedelta(minutes=6, seconds=18.7), timedelta(hours=1)) == (t0, t0 + 5 * m15)
+    assert window(t0 + S, timedelta(0)) == (None, None)     # until cancelled, the backlog included
+    assert _report_window({}, m15) == (None, None)
