@@ -485,6 +485,30 @@ async def test_an_event_a_restarted_vtn_lists_again_drives_the_points_again(tmp_
     assert any("listed again by the VTN" in m for m in said), said
 
 
+async def test_an_answer_waiting_for_an_event_a_restarted_vtn_no_longer_lists_is_not_sent(tmp_path, free_tcp_port):
+    # The answer had not reached the VTN before it restarted without its events: sent after the empty listing,
+    # it named an event that VTN did not have (and, the event listed again, the VTN had two answers for one)
+    port = free_tcp_port()
+    async with DemoVtn(port, poll_seconds=1) as server:
+        async with running(tmp_path, server.url) as gw:
+            await until(lambda: gw.vtn.connected, 10, "registration")
+            handlers = server._server.services["event_service"].handlers
+
+            async def broken(payload, *args, **kwargs):
+                raise RuntimeError("the VTN's database is going down")
+            handlers["oadrCreatedEvent"] = broken
+            eid = server.add_event([2], now() + timedelta(minutes=5), 300)
+            await until(lambda: gw.vtn.status()["opt_answers_waiting"] == 1, 10, "the answer waiting to be sent again")
+            await server.stop()
+            async with DemoVtn(port, poll_seconds=1) as restarted:
+                await until(lambda: restarted.registrations == 1 and gw.vtn.connected, 15, "registered again")
+                await until(lambda: gw.vtn.status()["opt_answers_waiting"] == 0, 5, "the answer dropped")
+                restarted.add_event([2], now() + timedelta(minutes=5), 300, event_id=eid)
+                await until(lambda: restarted.opts_for(eid), 5, "the event listed again answered")
+                await asyncio.sleep(1.5)    # two more polls: an answer still waiting would be sent by now
+                assert restarted.opts_for(eid) == ["optIn"]
+
+
 async def test_an_event_listed_again_takes_the_opt_out_set_while_it_was_unlisted(tmp_path, free_tcp_port):
     async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
         async with running(tmp_path, server.url) as gw:

@@ -729,7 +729,7 @@ class VtnClient:
             self.last_error = f"VTN refused the event request: {client.refused}"
             return False
         if rtype == "oadrResponse" and _response_code(payload) == 200:
-            self._schedule.retain_only(())     # the VTN lists no events for us
+            self._listed(set())     # the VTN lists no events for us
         await self._dispatch(rtype, payload)
         return True
 
@@ -870,9 +870,9 @@ class VtnClient:
             self._schedule.vtn_completed(e["event_descriptor"]["event_id"] for e in events
                                          if e["event_descriptor"].get("event_status") == "completed")
             # oadrDistributeEvent lists every event for this VEN: anything missing was cancelled.
-            self._schedule.retain_only(e["event_descriptor"]["event_id"] for e in events)
-            self._sync_answer_cache(client, events)
             listed = {e["event_descriptor"]["event_id"] for e in events}
+            self._listed(listed)
+            self._sync_answer_cache(client, events)
             self._distributed_in = {k: v for k, v in self._distributed_in.items() if k in listed}
             if payload.get("request_id"):
                 self._distributed_in.update(dict.fromkeys(listed, payload["request_id"]))
@@ -972,6 +972,14 @@ class VtnClient:
                 client.responded_events[eid] = _answer(stored)
             else:
                 client.responded_events.setdefault(eid, OPT_IN)
+
+    def _listed(self, listed: set[str]) -> None:
+        """The VTN lists these events for this VEN and no others. An answer still waiting for one it no longer
+        lists (a VTN restarted without its events, say) would name an event it does not have: dropped."""
+        self._schedule.retain_only(listed)
+        for eid in [eid for eid in self._pending_opts if eid not in listed]:
+            del self._pending_opts[eid]
+            self._singly.discard(eid)
 
     def _answer_again(self, events: list[dict], error: str) -> None:
         log.warning("the VTN did not take the answer to %d event(s) (%s); it is sent again", len(events), error)
