@@ -16,6 +16,7 @@ import time
 
 import aiohttp
 import pytest
+from waiting import eventually
 
 from bacnet_api.points import POINTS
 from ven.config import ConfigError
@@ -479,7 +480,9 @@ async def test_without_a_token_only_requests_made_to_loopback_are_answered(serve
             status, headers, body = await fetch(base + path, {"Host": host})
             assert status == 403 and "not a loopback address" in body, (host, path)
             assert headers.get("Cache-Control") == "no-store"
-    for host in (f"127.0.0.1:{port}", f"localhost:{port}", "LocalHost", "127.0.0.2"):
+    # the name as typed with DNS's root dot (curl http://localhost.:8000/) is still the loopback name
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", "LocalHost", "127.0.0.2", f"[::1]:{port}",
+                 f"localhost.:{port}", "localhost."):
         assert (await fetch(base + "/api/status", {"Host": host}))[0] == 200, host
     # the page and /healthz carry no data
     for path in ("/", "/app.js", "/healthz"):
@@ -496,3 +499,39 @@ async def test_every_answer_carries_the_security_headers(served):
         _, headers, _ = await fetch(base + path)
         assert "frame-ancestors 'none'" in headers["Content-Security-Policy"], path
         assert headers["X-Content-Type-Options"] == "nosniff" and headers["X-Frame-Options"] == "DENY", path
+
+
+def _closed_by_server(s: socket.socket) -> bool:
+    try:
+        return s.recv(1) == b""
+    except BlockingIOError:
+        return False        # open, the server waiting for a request
+    except ConnectionResetError:
+        return True
+
+
+async def test_a_burst_of_connections_beyond_the_limit_is_refused(served):
+    # A client's connections that reach the listen backlog before the loop accepts them are accepted together:
+    # each had been let in, none yet counted as open
+    server, view, base = await served()
+    server.max_connections = 8
+    held = []
+    try:
+        for _ in range(30):      # blocking: each connect completes in the kernel's backlog, the loop not yet running
+            held.append(socket.create_connection(("127.0.0.1", server.port), timeout=5))
+        for s in held:
+            s.setblocking(False)
+        await eventually(lambda: sum(map(_closed_by_server, held)) >= 30 - 8, 10, "the connections beyond 8 closed")
+    finally:
+        for s in held:
+            s.close()
+    # once they are closed, connections are taken again
+    status, _, _ = await eventually(lambda: _fetch_or_none(base + "/healthz"), 10, "/healthz answered again")
+    assert status == 200
+
+
+async def _fetch_or_none(url):
+    try:
+        return await fetch(url)
+    except aiohttp.ClientError:
+        return None

@@ -101,3 +101,23 @@ def test_a_report_interval_is_the_grid_intervals_overlapping_it():
     assert window(t0 + timedelta(minutes=6, seconds=18.7), timedelta(hours=1)) == (t0, t0 + 5 * m15)
     assert window(t0 + S, timedelta(0)) == (None, None)     # until cancelled, the backlog included
     assert _report_window({}, m15) == (None, None)
+
+
+async def test_readings_before_a_report_interval_are_dropped_in_one_line(tmp_path, free_tcp_port, caplog):
+    # a week of 10 s readings queued is 60,000: dropped 100 at a time, each with a line, it was 600 lines at once
+    caplog.set_level(logging.INFO, logger="ven")
+    async with raw_streaming(tmp_path, free_tcp_port) as (demo, raw, rig, standing):
+        await until(lambda: received(demo, rrid=standing), 5, "the standing request served")
+        sid, rid = offered(demo)
+        raw.send(cancel_report(rig.vtn.ven_id, [standing]))
+        await until(lambda: rig.vtn.status()["report_request_id"] is None, 5, "the standing request cancelled")
+        earlier = now() - timedelta(hours=2)
+        for i in range(1000):
+            rig.queue.add(earlier + i * S, 40.0)
+        start = now()
+        raw.send(create_report(rig.vtn.ven_id, [report_request("rr-from-now", sid, [rid], start=start,
+                                                               duration="PT1H")], request_id="create-2"))
+        await until(lambda: received(demo, rrid="rr-from-now"), 10, "the request served")
+        dropped = said(caplog, "are not reported")
+        assert len(dropped) == 1 and int(dropped[0].split()[0]) >= 1000, dropped
+        assert all(ts >= start - S for ts, _, _ in received(demo, rrid="rr-from-now"))

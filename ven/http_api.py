@@ -247,7 +247,8 @@ def _host_name(host: str) -> str:
     """The name or address of a Host header, without its port."""
     if host.startswith("["):
         return host[1:host.find("]")] if "]" in host else host
-    return (host.rpartition(":")[0] if host.count(":") == 1 else host).lower()
+    # a trailing dot is DNS's root: "localhost." names localhost too, and a browser sends it only when typed so
+    return (host.rpartition(":")[0] if host.count(":") == 1 else host).lower().removesuffix(".")
 
 
 class GatewayView(Protocol):
@@ -386,6 +387,7 @@ class HttpServer:
         self.max_connections = MAX_CONNECTIONS
         self._listener: asyncio.AbstractServer | None = None
         self._refused = 0                   # connections closed at once since the limit was reached
+        self._accepting = 0                 # let in, their connection_made (where aiohttp counts them) to come
 
     @property
     def port(self) -> int:
@@ -469,7 +471,7 @@ class HttpServer:
         """aiohttp's handler for a new connection, unless max_connections are open: a client holding connections
         (each accepted before any token check, idle ones kept an hour) otherwise used up the process's file
         descriptors (1024 under systemd), and with them the VTN's connections and storage.path."""
-        if len(server.connections) >= self.max_connections:
+        if len(server.connections) + self._accepting >= self.max_connections:
             self._refused += 1
             if self._refused == 1:
                 log.warning("http: %d connections open, refusing new ones until some close", self.max_connections)
@@ -477,7 +479,15 @@ class HttpServer:
         if self._refused:
             log.info("http: accepting connections again (%d refused)", self._refused)
             self._refused = 0
+        # The transport schedules connection_made right after this returns, and a burst reaching the backlog
+        # is accepted in one go, each of it let in before any was counted: counted here until after that
+        self._accepting += 1
+        loop = asyncio.get_running_loop()
+        loop.call_soon(loop.call_soon, self._counted)
         return server()
+
+    def _counted(self) -> None:
+        self._accepting -= 1
 
     # -- middleware -------------------------------------------------------------------------
 
