@@ -75,25 +75,26 @@ def _absent_address_warnings(cfg: GatewayConfig) -> list[str]:
     """`run` waits for an address that is on no interface (a late NIC at boot), so a mistyped one would wait
     forever: said here, where the installer checks the file. A port in use is not the question (the gateway
     itself may hold it), so each IP is probed on a port of the system's choosing."""
-    out = []
-    ip = cfg.bacnet.address.rpartition(":")[0].partition("/")[0]
-    http_host = cfg.http.address.rpartition(":")[0].strip("[]")
-    probes = [("bacnet.address", ip, socket.AF_INET, socket.SOCK_DGRAM)]
-    if cfg.http.enabled:
-        try:
-            family = socket.getaddrinfo(http_host, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
-            probes.append(("http.address", http_host, family, socket.SOCK_STREAM))
+    def absent(host: str, kind: int) -> bool:
+        try:    # a name may give several addresses (localhost: ::1 on a box without IPv6, and 127.0.0.1)
+            found = socket.getaddrinfo(host, 0, type=kind, flags=socket.AI_PASSIVE)
         except OSError:
-            pass    # a name that does not resolve: `run` names it
-    for key, host, family, kind in probes:
-        with socket.socket(family, kind) as probe:
-            try:
-                probe.bind((host, 0))
-            except OSError as err:
-                if err.errno == errno.EADDRNOTAVAIL:
-                    out.append(f"{key}: {host} is not on any interface of this machine now: `run` waits for it "
-                               f"(a NIC that comes up after the service), so a wrong address waits forever")
-    return out
+            return False    # a name that does not resolve: `run` names it
+        for family, _, _, _, sockaddr in found:
+            with socket.socket(family, kind) as probe:
+                try:
+                    probe.bind(sockaddr)
+                    return False
+                except OSError as err:
+                    if err.errno != errno.EADDRNOTAVAIL:
+                        return False
+        return bool(found)
+
+    probes = [("bacnet.address", cfg.bacnet.address.rpartition(":")[0].partition("/")[0], socket.SOCK_DGRAM)]
+    if cfg.http.enabled:
+        probes.append(("http.address", cfg.http.address.rpartition(":")[0].strip("[]"), socket.SOCK_STREAM))
+    return [f"{key}: {host} is not on any interface of this machine now: `run` waits for it (a NIC that comes up "
+            f"after the service), so a wrong address waits forever" for key, host, kind in probes if absent(host, kind)]
 
 
 def cmd_check_config(args) -> int:
