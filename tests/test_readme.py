@@ -35,3 +35,87 @@ def test_example_config_shows_every_key():
     missing = [k for k in _keys(GatewayConfig)
                if not re.search(rf"^#? ?{k.rpartition('.')[2]} =", example, re.M)]
     assert not missing, f"examples/gateway.toml lacks: {missing}"
+
+
+def _config_table() -> dict[str, str]:
+    """key -> the default column of README's configuration reference table."""
+    import re
+
+    section = README.partition("\n## Configuration\n")[2].partition("\n## ")[0]
+    return dict(re.findall(r"^\| `([a-z_.]+)` \| ([^|]*?) \|", section, re.M))
+
+
+def _default(key: str):
+    value = GatewayConfig()
+    for part in key.split("."):
+        value = getattr(value, part)
+    return list(value) if isinstance(value, tuple) else value
+
+
+def test_the_configuration_table_has_one_row_per_key_with_its_real_default():
+    import tomllib
+
+    table = _config_table()
+    keys = list(_keys(GatewayConfig))
+    assert sorted(table) == sorted(keys), (f"no row: {sorted(set(keys) - set(table))}; "
+                                          f"no such key: {sorted(set(table) - set(keys))}")
+    wrong = {}
+    for key, shown in table.items():
+        doc = None if shown == "unset" else tomllib.loads(f"v = {shown.strip('`')}")["v"]
+        real = _default(key)
+        if doc != real or isinstance(doc, bool) != isinstance(real, bool):
+            wrong[key] = (shown, real)
+    assert not wrong, f"README default differs from ven/config.py (shown, real): {wrong}"
+
+
+# values examples/gateway.toml sets on purpose, each said so in its comment
+EXAMPLE_NOT_DEFAULT = {"meter.router", "meter.units", "forecaster.high_load_kw", "forecaster.low_load_kw"}
+
+
+def test_the_example_config_shows_the_defaults_except_where_it_says_otherwise():
+    import re
+    import tomllib
+
+    example = (Path(__file__).resolve().parent.parent / "examples" / "gateway.toml").read_text()
+    section, wrong = "", {}
+    for line in example.splitlines():
+        if m := re.match(r"\[(\w+)\]", line):
+            section = f"{m.group(1)}."
+        elif (m := re.match(r"#? ?(\w+) = (.*?)\s*(#.*)?$", line)) and f"{section}{m.group(1)}" not in EXAMPLE_NOT_DEFAULT:
+            key = f"{section}{m.group(1)}"
+            shown = tomllib.loads(f"v = {m.group(2)}")["v"]
+            if shown != _default(key):
+                wrong[key] = (m.group(2), _default(key))
+    assert not wrong, f"examples/gateway.toml says the default is (shown, real): {wrong}"
+
+
+def _commands_in_readme() -> list[tuple[str, str]]:
+    """(subcommand, the rest of its command line) for each `edge-gateway SUBCOMMAND` in README's code."""
+    import re
+
+    from bacnet_api.services import VENDOR_NAME
+
+    fenced = re.findall(r"^```sh\n(.*?)^```", README, re.M | re.S)   # not the mermaid diagram's participants
+    inline = re.findall(r"`([^`\n]+(?:\n[^`\n]+)?)`", re.sub(r"^```.*?^```", "", README, flags=re.M | re.S))
+    inline = [code for code in inline if code != VENDOR_NAME]
+    found = []
+    for code in fenced + inline:
+        code = re.sub(r"#[^\n]*", "", code).replace("\\\n", " ")
+        found += re.findall(r"(?:^|[\s/])edge-gateway\s+([a-z][a-z-]*)([^\n&;|]*)", code)
+    return found
+
+
+def test_every_command_the_readme_shows_exists_with_the_options_it_gives():
+    import re
+
+    from ven.cli import build_parser
+
+    subparsers = next(a for a in build_parser()._actions if a.dest == "command").choices
+    shown = _commands_in_readme()
+    unknown = sorted({sub for sub, _ in shown if sub not in subparsers})
+    assert not unknown, f"README runs commands the CLI does not have: {unknown}"
+    bad = sorted({(sub, opt) for sub, rest in shown for opt in re.findall(r"(?<![\w-])--[a-z][a-z-]*", rest)
+                  if opt not in subparsers[sub]._option_string_actions})
+    assert not bad, f"README gives options these commands do not take: {bad}"
+    unmentioned = sorted(set(subparsers) - {sub for sub, _ in shown})
+    assert not unmentioned, f"README never shows these commands: {unmentioned}"

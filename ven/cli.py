@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
+import ipaddress
 import logging
 import math
 import os
@@ -76,11 +77,15 @@ def _absent_address_warnings(cfg: GatewayConfig) -> list[str]:
     forever: said here, where the installer checks the file. A port in use is not the question (the gateway
     itself may hold it), so each IP is probed on a port of the system's choosing."""
     def absent(host: str, kind: int) -> bool:
-        try:    # a name may give several addresses (localhost: ::1 on a box without IPv6, and 127.0.0.1)
-            found = socket.getaddrinfo(host, 0, type=kind, flags=socket.AI_PASSIVE)
-        except OSError:
-            return False    # a name that does not resolve: `run` names it
-        for family, _, _, _, sockaddr in found:
+        try:
+            found = [(socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET, (host, 0))]
+        except ValueError:  # a name may give several addresses (localhost: ::1 on a box without IPv6, 127.0.0.1)
+            try:
+                found = [(f, sockaddr) for f, _, _, _, sockaddr in
+                         socket.getaddrinfo(host, 0, type=kind, flags=socket.AI_PASSIVE)]
+            except (OSError, UnicodeError, LookupError):
+                return False    # a name that does not resolve: `run` names it
+        for family, sockaddr in found:
             with socket.socket(family, kind) as probe:
                 try:
                     probe.bind(sockaddr)
