@@ -105,6 +105,7 @@ class MeterClient:
         self.fault = False
         self._fault_logged: str | None = None  # the cause of the present fault the log names last
         self._fault_next: tuple[str | None, int] = (None, 0)  # another cause, and for how many reads in a row
+        self._fault_since = 0.0  # monotonic, the first failed read of the present fault
         self.units: str | None = None  # what the meter's units property last said ("watts"), for the operator
         self._conversion: MeterUnits | None = None  # None: read units (and statusFlags support) at the next read
         self._conversion_app: Application | None = None
@@ -314,6 +315,7 @@ class MeterClient:
         if failed and not self.fault:
             log.warning("meter fault: %s", reading.error)
             self._fault_logged, self._fault_next = kind, (None, 0)
+            self._fault_since = time.monotonic()
         elif failed and kind != self._fault_logged:
             # the cause changed while the fault lasts (silent, then answering in kWh): say so, else the log
             # still blames the first cause. A cause must hold for two reads, so two that alternate (a busy
@@ -326,7 +328,8 @@ class MeterClient:
         elif failed:
             self._fault_next = (None, 0)
         elif not failed and self.fault:
-            log.info("meter answering again: %s = %.2f kW", self.address, reading.value)
+            log.info("meter answering again after %.0f s: %s = %.2f kW", time.monotonic() - self._fault_since,
+                     self.address, reading.value)
         self.fault = failed
         if self.on_reading is not None:
             try:

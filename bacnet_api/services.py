@@ -221,10 +221,12 @@ class _Services(PropertyAccess):
         self._cancel_dcc_timer()
         if self._dcc is None:
             return
+        since = datetime.fromisoformat(self._dcc["since"])
         self._dcc = None
         self.asap.dccEnableDisable = "enable"
         if why is not None:
-            log.info("BACnet communication initiation enabled again: %s", why)
+            log.info("BACnet communication initiation enabled again after %.0f s: %s",
+                     (datetime.now(timezone.utc) - since).total_seconds(), why)
 
     def _cancel_dcc_timer(self) -> None:
         if self._dcc_timer is not None:

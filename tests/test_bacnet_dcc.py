@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import re
 
 import pytest
 from bacpypes3.apdu import (
@@ -213,6 +214,7 @@ async def test_enable_ends_an_indefinite_disable_and_cov_notifications_resume(gu
     assert [r.levelno for r in lines] == [logging.WARNING, logging.INFO], lines
     assert "no time limit" in lines[0].getMessage()
     assert "enabled by DeviceCommunicationControl" in lines[1].getMessage()
+    assert re.match(r"BACnet communication initiation enabled again after \d+ s: ", lines[1].getMessage())
     # the notification not sent is not blamed on the subscriber
     assert not [r for r in ours(caplog) if "COV subscriber" in r.getMessage()]
     assert not errors_logged(caplog)

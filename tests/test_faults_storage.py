@@ -234,7 +234,8 @@ async def test_forecaster_history_that_opens_late_joins_the_one_in_memory(tmp_pa
     assert rows == [(k - 10, 100.0), (k - 9, 110.0), (k - 2, 200.0), (k - 1, 210.0)]
 
 
-async def test_forecaster_minutes_taken_while_the_file_refuses_writes_are_written_after(tmp_path):
+async def test_forecaster_minutes_taken_while_the_file_refuses_writes_are_written_after(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="ven.forecast_service")
     with tmpfs(tmp_path / "flaky", "size=8m") as disk:
         path = str(disk / "gw.sqlite")
         k = int(time.time() // 60)
@@ -253,6 +254,11 @@ async def test_forecaster_minutes_taken_while_the_file_refuses_writes_are_writte
             await svc.stop()
         rows = _minutes(path)
     assert rows == [(k - 3, 100.0), (k - 2, 200.0)]
+    # the end names the file as the start did, so a search for storage.path finds both
+    said = [r.getMessage() for r in caplog.records if r.name == "ven.forecast_service"
+            and ("forecast history" in r.getMessage() or "forecast storage" in r.getMessage())]
+    assert [m.split(":")[0] for m in said] == [f"storage.path {path}"] * 2, said
+    assert said[1] == f"storage.path {path}: forecast history written again", said
 
 
 def test_a_file_that_can_be_read_but_not_written_still_gives_back_its_state(tmp_path, caplog):
@@ -603,7 +609,7 @@ async def test_a_deleted_file_the_telemetry_queue_brings_back_is_no_forecaster_e
         await svc.stop()
         queue.close()
     assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
-    assert not [r.getMessage() for r in caplog.records if "forecast storage writing again" in r.getMessage()]
+    assert not [r.getMessage() for r in caplog.records if "forecast history written again" in r.getMessage()]
 
 
 @pytest.mark.timeout(60)

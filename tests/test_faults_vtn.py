@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 
 import pytest
 from bacnet_peer import BacnetPeer
@@ -161,6 +162,9 @@ async def test_vtn_down_at_start_then_killed_mid_run_no_sample_lost_or_repeated(
     assert len(set(ts for ts, _ in got)) == len(got)
     assert len(messages(caplog, "VTN registration failed")) >= 1
     assert len(messages(caplog, "VTN poll failed")) == 1
+    # each end says how long its fault lasted, not only how many tries it took
+    ends = messages(caplog, "VTN reachable again") + messages(caplog, "VTN polls answered again")
+    assert ends and all(re.search(r" again after \d+ s \(\d+ fail", m) for m in ends), ends
     assert not tracebacks(caplog), "no stack traces for an expected fault"
 
 

@@ -3,6 +3,7 @@ second BACnet stack acting as the BAS. Intervals are shortened by configuration,
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -78,7 +79,8 @@ async def test_meter_reaches_bacnet_and_the_vtn(system):
     await eventually(lambda: not gateway.device.get(P.METER_FAULT), 10)
 
 
-async def test_event_levels_and_opt_out_over_bacnet(system):
+async def test_event_levels_and_opt_out_over_bacnet(system, caplog):
+    caplog.set_level(logging.INFO)
     vtn, meter, gateway, peer, gw = system
     await eventually(lambda: gateway.vtn.connected, 10)
     start = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=4)
@@ -103,6 +105,11 @@ async def test_event_levels_and_opt_out_over_bacnet(system):
     assert await peer.write(gw, P.BY_NAME[P.OPT_OUT].object_id, "presentValue", "active", priority=8) is None
     await eventually(lambda: gateway.device.get(P.EVENT_LEVEL) == 0.0, 2)
     await eventually(lambda: "optOut" in vtn.opts_for("e2e-opt"), 10)
+    # one line for the write, one for what the VEN does about it (a third said the write again)
+    said = [r.getMessage() for r in caplog.records if "ADR-Opt-Out" in r.getMessage()
+            and r.name.split(".")[0] in ("ven", "bacnet_api")]
+    assert said == ["BACnet write accepted: ADR-Opt-Out = True",
+                    "ADR-Opt-Out active: opting out of 1 active/pending event(s); new events answered optOut"], said
 
 
 async def test_bas_input_moves_the_forecast_points(system):

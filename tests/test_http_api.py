@@ -530,6 +530,25 @@ async def test_a_burst_of_connections_beyond_the_limit_is_refused(served):
     assert status == 200
 
 
+async def test_the_end_of_refusing_is_logged_when_the_held_connections_close(served, caplog):
+    # it was said only at the next new connection: never, while the operator's browser reuses its own
+    caplog.set_level(logging.INFO, logger="ven.http_api")
+    server, view, base = await served()
+    server.max_connections = 4
+    held = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(8)]
+    try:
+        for s in held:
+            s.setblocking(False)
+        await eventually(lambda: sum(map(_closed_by_server, held)) >= 4, 10, "the connections beyond 4 closed")
+    finally:
+        for s in held:
+            s.close()
+    said = lambda: [r.getMessage() for r in caplog.records if "accepting connections again" in r.getMessage()]
+    lines = await eventually(said, 10, "the end of refusing logged")
+    assert len(lines) == 1 and lines[0].startswith("http: accepting connections again after ") \
+        and lines[0].endswith(" s (4 refused)"), lines
+
+
 async def _fetch_or_none(url):
     try:
         return await fetch(url)

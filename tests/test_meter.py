@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from datetime import timezone
 
 import pytest
@@ -77,6 +78,8 @@ async def test_silent_meter_faults_once_and_recovers_once(gateway, sim, caplog):
     recoveries = [r for r in ours if r.levelno == logging.INFO]
     assert len(warnings) == 1 and "no response from 12345:2" in warnings[0].getMessage()
     assert len(recoveries) == 1 and "50.00 kW" in recoveries[0].getMessage()
+    # how long the fault lasted, so its end says what its start did not know
+    assert re.match(r"meter answering again after \d+ s: 12345:2 = 50.00 kW$", recoveries[0].getMessage())
     assert not any(r.exc_info for r in ours)  # expected faults carry no stack trace
     assert [r.value for r in seen] == [42.5, None, None, None, 50.0, 50.0]
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
@@ -688,6 +689,8 @@ async def test_a_refused_poll_names_the_vtn_reason_and_clears_when_polls_are_tak
             await until(lambda: said(caplog, "VTN polls answered again"), 5, "polls taken again")
             assert gw.vtn.connected and gw.vtn.status()["last_error"] is None
             assert said(caplog, "VTN poll failed") == ["VTN poll failed: VTN refused the poll: 451 polling too often"]
+            assert re.fullmatch(r"VTN polls answered again after \d+ s \(\d+ failure\(s\)\)",
+                                said(caplog, "VTN polls answered again")[0])
             assert server.registrations == 1, "a refusal that may pass does not throw the registration away"
 
 

@@ -174,8 +174,7 @@ class Gateway:
         self.forecast.on_input_power(time.time(), value)
 
     def _on_opt_out(self, value) -> None:
-        opted_out = bool(value)
-        log.info("ADR-Opt-Out %s by BACnet write", "active" if opted_out else "relinquished")
+        opted_out = bool(value)     # logged by the device (the write) and the VEN (what it does about it)
         self.storage.save_value(OPT_OUT_COMMANDS, json.dumps(self.device.commands(P.OPT_OUT)))
         self.vtn.set_opt_out(opted_out)  # updates the schedule too
 

@@ -314,7 +314,7 @@ class ForecastService:
             self._store_failing = True
         else:
             if self._store_failing:
-                log.info("forecast storage writing again")
+                log.info("storage.path %s: forecast history written again", self.storage_path)
             self._store_failing = False
             self._missing_since = None
 

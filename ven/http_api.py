@@ -387,6 +387,8 @@ class HttpServer:
         self.max_connections = MAX_CONNECTIONS
         self._listener: asyncio.AbstractServer | None = None
         self._refused = 0                   # connections closed at once since the limit was reached
+        self._refusing_since = 0.0          # monotonic, when the limit was reached
+        self._cap_check: asyncio.TimerHandle | None = None
         self._accepting = 0                 # let in, their connection_made (where aiohttp counts them) to come
 
     @property
@@ -460,6 +462,8 @@ class HttpServer:
         await cancel_and_wait(self._waiting)
         self._waiting = None
         await self.heartbeat.stop()
+        if self._cap_check:
+            self._cap_check.cancel()
         if self._listener:
             self._listener.close()
             self._listener = None
@@ -475,16 +479,29 @@ class HttpServer:
             self._refused += 1
             if self._refused == 1:
                 log.warning("http: %d connections open, refusing new ones until some close", self.max_connections)
+                self._refusing_since = time.monotonic()
+                self._cap_check = asyncio.get_running_loop().call_later(1.0, self._below_cap, server)
             return _Refused()
-        if self._refused:
-            log.info("http: accepting connections again (%d refused)", self._refused)
-            self._refused = 0
+        self._below_cap(server)
         # The transport schedules connection_made right after this returns, and a burst reaching the backlog
         # is accepted in one go, each of it let in before any was counted: counted here until after that
         self._accepting += 1
         loop = asyncio.get_running_loop()
         loop.call_soon(loop.call_soon, self._counted)
         return server()
+
+    def _below_cap(self, server: web.Server) -> None:
+        """The limit's end is said when the held connections close, not at the next connection (hours later,
+        if the operator's browser keeps its own open), so it is looked for every second while refusing."""
+        if not self._refused:
+            return
+        if len(server.connections) + self._accepting >= self.max_connections:
+            self._cap_check = asyncio.get_running_loop().call_later(1.0, self._below_cap, server)
+            return
+        self._cap_check.cancel()
+        log.info("http: accepting connections again after %.0f s (%d refused)",
+                 time.monotonic() - self._refusing_since, self._refused)
+        self._refused = 0
 
     def _counted(self) -> None:
         self._accepting -= 1

@@ -415,6 +415,7 @@ class VtnClient:
         # every poll is re-registered each cycle, and that is one fault, logged when it starts and ends.
         self._poll_fault: str | None = None     # the failure logged, until a poll is answered again
         self._poll_fault_losses = 0             # sessions it ended meanwhile (re-registrations)
+        self._poll_fault_since = 0.0            # loop time of the poll failure logged
         self._poll_error: str | None = None     # the latest failed poll's reason
         self._lost_by_polls = False             # the last session ended on POLL_FAILURES_FOR_LOSS failures
         self._report_specifier_id = f"{config.ven_name}-telemetry"
@@ -564,6 +565,7 @@ class VtnClient:
         delay = self._cfg.retry_min_seconds
         quick_losses = 0
         reported: str | None = None
+        failing_since = 0.0
         while True:
             try:
                 ok = await self._register()
@@ -575,6 +577,8 @@ class VtnClient:
                 ok = False
             if not ok:
                 self.registration_failures += 1
+                if self.registration_failures == 1:
+                    failing_since = asyncio.get_running_loop().time()
                 self._lost_by_polls = False     # a different fault now: the next registration is news
                 reason = self.last_error or "no reason given"
                 if reason != reported:
@@ -586,7 +590,8 @@ class VtnClient:
                 delay = min(delay * 2, self._cfg.retry_max_seconds)
                 continue
             if reported is not None:
-                log.info("VTN reachable again after %d failed registration attempt(s)", self.registration_failures)
+                log.info("VTN reachable again after %.0f s (%d failed registration attempt(s))",
+                         asyncio.get_running_loop().time() - failing_since, self.registration_failures)
             reported = None
             self.registration_failures = 0
             began = asyncio.get_running_loop().time()
@@ -788,7 +793,7 @@ class VtnClient:
                 self.last_error = self._poll_error = client.last_error or f"VTN refused the poll: {client.refused}"
                 if self._poll_fault is None:
                     log.warning("VTN poll failed: %s", self.last_error)
-                    self._poll_fault = self.last_error
+                    self._poll_fault, self._poll_fault_since = self.last_error, asyncio.get_running_loop().time()
                 unknown_ven = client.refused_code in UNKNOWN_VEN_CODES
                 if unknown_ven:     # a fresh registration: the VTN said it does not know this one
                     self._reregistration_requested(self.last_error, renew=False)
@@ -799,7 +804,8 @@ class VtnClient:
                 continue
             if self._poll_fault is not None:
                 again = (f", {self._poll_fault_losses} re-registration(s)" if self._poll_fault_losses else "")
-                log.info("VTN polls answered again after %d failure(s)%s", self.poll_failures, again)
+                log.info("VTN polls answered again after %.0f s (%d failure(s)%s)",
+                         asyncio.get_running_loop().time() - self._poll_fault_since, self.poll_failures, again)
                 self._clear_error(self._poll_error)
                 self._poll_fault, self._poll_fault_losses = None, 0
                 self._set_connected(True)
