@@ -169,6 +169,7 @@ class _Services(PropertyAccess):
     _dcc_password = ""
     _dcc: dict | None = None  # while initiation is disabled: who disabled it, since and until when
     _dcc_timer: asyncio.TimerHandle | None = None
+    _dcc_began = 0.0  # loop time of the disable: its duration, which a wall-clock step (NTP at boot) would move
 
     # ----- DeviceCommunicationControl and ReinitializeDevice
 
@@ -199,6 +200,8 @@ class _Services(PropertyAccess):
         self._cancel_dcc_timer()
         now = datetime.now(timezone.utc)
         renewed = self._dcc is not None  # a BAS repeating its disable: the same fault goes on, with a new end
+        if not renewed:
+            self._dcc_began = asyncio.get_running_loop().time()
         self._dcc = {"mode": "disableInitiation", "by": str(who),
                      "since": self._dcc["since"] if renewed else now.isoformat(timespec="seconds"),
                      "minutes": minutes or None,
@@ -221,12 +224,11 @@ class _Services(PropertyAccess):
         self._cancel_dcc_timer()
         if self._dcc is None:
             return
-        since = datetime.fromisoformat(self._dcc["since"])
         self._dcc = None
         self.asap.dccEnableDisable = "enable"
         if why is not None:
             log.info("BACnet communication initiation enabled again after %.0f s: %s",
-                     (datetime.now(timezone.utc) - since).total_seconds(), why)
+                     asyncio.get_running_loop().time() - self._dcc_began, why)
 
     def _cancel_dcc_timer(self) -> None:
         if self._dcc_timer is not None:

@@ -352,3 +352,22 @@ def stale_points(gateway, which=all) -> bool:
     if which is all and not gateway.forecast.status()["input_stale"]:
         return False
     return which(gateway.device.status_flags(n)["fault"] for n in (P.FIFTEEN_MIN_FORECAST, P.METER_POWER))
+
+
+async def test_the_disable_s_duration_is_not_moved_by_a_wall_clock_step(guarded, peer, caplog, monkeypatch):
+    # a box without a battery-backed clock boots at an old date and NTP steps it forward: the disable lasted
+    # seconds, not the step (its `since` and `until` for /api/status stay wall-clock times)
+    caplog.set_level(logging.INFO)
+    addr = where(guarded)
+    assert isinstance(await request(peer, dcc(addr, "disableInitiation", PASSWORD)), SimpleAckPDU)
+    from datetime import datetime, timedelta
+
+    class Stepped(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime.now(tz) + timedelta(hours=3)
+    monkeypatch.setattr(services, "datetime", Stepped)
+    assert isinstance(await request(peer, dcc(addr, "enable")), SimpleAckPDU)
+    ended = [r.getMessage() for r in ours(caplog) if r.name == "bacnet_api.services"][-1]
+    seconds = int(re.match(r"BACnet communication initiation enabled again after (\d+) s: ", ended).group(1))
+    assert seconds < 60, ended      # the test's own timeout bounds it; the step was 10800 s

@@ -540,10 +540,13 @@ async def test_the_end_of_refusing_is_logged_when_the_held_connections_close(ser
         for s in held:
             s.setblocking(False)
         await eventually(lambda: sum(map(_closed_by_server, held)) >= 4, 10, "the connections beyond 4 closed")
+        said = lambda: [r.getMessage() for r in caplog.records if "accepting connections again" in r.getMessage()]
+        first = server._cap_check
+        await eventually(lambda: server._cap_check is not first or said(), 10, "a look while the 4 are held")
+        assert not said(), "an end said while the connections that reached the limit are still open"
     finally:
         for s in held:
             s.close()
-    said = lambda: [r.getMessage() for r in caplog.records if "accepting connections again" in r.getMessage()]
     lines = await eventually(said, 10, "the end of refusing logged")
     assert len(lines) == 1 and lines[0].startswith("http: accepting connections again after ") \
         and lines[0].endswith(" s (4 refused)"), lines

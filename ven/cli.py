@@ -86,13 +86,13 @@ def _absent_address_warnings(cfg: GatewayConfig) -> list[str]:
             except (OSError, UnicodeError, LookupError):
                 return False    # a name that does not resolve: `run` names it
         for family, sockaddr in found:
-            with socket.socket(family, kind) as probe:
-                try:
+            try:    # the socket too: a kernel without IPv6 (ipv6.disable=1) refuses an AF_INET6 one
+                with socket.socket(family, kind) as probe:
                     probe.bind(sockaddr)
+                return False
+            except OSError as err:
+                if err.errno != errno.EADDRNOTAVAIL:
                     return False
-                except OSError as err:
-                    if err.errno != errno.EADDRNOTAVAIL:
-                        return False
         return bool(found)
 
     probes = [("bacnet.address", cfg.bacnet.address.rpartition(":")[0].partition("/")[0], socket.SOCK_DGRAM)]
