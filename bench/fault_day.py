@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import collections
 import re
 import socket
@@ -83,6 +84,8 @@ async def main(args) -> None:
     ro = work / "store"
     ro.mkdir(exist_ok=True)
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(ro)], check=True)
+    # unmounted however the run ends, a peer that fails to start included
+    atexit.register(subprocess.run, ["umount", "-l", str(ro)], capture_output=True)
     bacnet_port, meter_port, http_port = free_port(), free_port(), free_tcp_port()
     demo_port, raw_port = free_tcp_port(), free_tcp_port()
     config, log_path = work / "gw.toml", work / "gateway.log"
