@@ -6,6 +6,7 @@ import csv
 import datetime as dt
 import logging
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -71,6 +72,48 @@ async def test_auto_source_prefers_the_bas_input_and_publishes(tmp_path, caplog)
     assert any("accepting meter samples again" in r.getMessage() for r in caplog.records)
     h = svc.history(1.0)
     assert len(h["power"]["kw"]) == 3 and h["forecasts"][60]["forecast_kw"]
+
+
+def _source_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "learns from" in r.getMessage()]
+
+
+@pytest.mark.timeout(30)
+async def test_auto_source_says_one_line_at_start_up(tmp_path, caplog):
+    # the meter's first reading came before the BAS's first write: "learns from meter", then in the same
+    # second "learns from bacnet_input", for a switch that never was one
+    caplog.set_level(logging.INFO, logger="ven.forecast_service")
+    svc = ForecastService(ForecasterConfig(source="auto", input_stale_seconds=0.5), str(tmp_path / "g.sqlite"),
+                          publish=lambda f: None)
+    now = time.time()
+    svc.on_meter(now, 100.0)
+    assert svc.status()["active_source"] == "meter"
+    svc.on_input_power(now + 0.1, 200.0)
+    assert _source_lines(caplog) == ["forecaster now learns from bacnet_input (BAS writes input-power-meter)"]
+
+    caplog.clear()   # a BAS that does not write at start-up: the meter is said once it had its time to
+    svc = ForecastService(ForecasterConfig(source="auto", input_stale_seconds=0.5), str(tmp_path / "g.sqlite"),
+                          publish=lambda f: None)
+    svc.on_meter(now, 100.0)
+    assert _source_lines(caplog) == []
+    await eventually(lambda: svc.on_meter(time.time(), 100.0) or _source_lines(caplog), 5, "the meter said")
+    svc.on_meter(time.time(), 100.0)
+    assert _source_lines(caplog) == ["forecaster now learns from meter (BAS input not written for 0.5 s since start)"]
+
+
+def test_auto_source_says_how_long_the_meter_stood_in_for_the_bas_input(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="ven.forecast_service")
+    svc = ForecastService(ForecasterConfig(source="auto", input_stale_seconds=5), str(tmp_path / "g.sqlite"),
+                          publish=lambda f: None)
+    now = time.time()
+    svc.on_input_power(now - 10, 200.0)
+    svc.on_meter(now, 100.0)                 # the BAS stopped writing 10 s ago
+    svc.on_input_power(now + 1, 150.0)       # and writes again
+    lines = _source_lines(caplog)
+    assert lines[1] == "forecaster now learns from meter (BAS input not written for 5 s)", lines
+    assert re.fullmatch(r"forecaster now learns from bacnet_input \(BAS writes input-power-meter\) after \d+ s "
+                        r"on the meter", lines[2]), lines
+    assert len(lines) == 3
 
 
 @pytest.mark.timeout(120)

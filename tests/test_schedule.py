@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import sqlite3
+import threading
 import time
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
@@ -268,6 +272,54 @@ def _shaded(sched, at, hours=2.0):
     noon = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc).timestamp()
     return [(e["event_id"], e["level"], (e["start"] - noon) / 60, (e["end"] - noon) / 60, e["opt"])
             for e in body["events"]]
+
+
+def _stored_opts(path) -> dict[str, list[str]]:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        stored = {eid: json.loads(body) for eid, body in db.execute("SELECT event_id, body FROM adr_events")}
+    return {eid: [opt for _, opt in d["opt_changes"]] or [d["opt"]] for eid, d in stored.items()}
+
+
+async def test_opt_out_changes_the_points_at_once_and_writes_the_events_off_the_loop_in_order(tmp_path):
+    # ADR-Opt-Out over a day-ahead program's 500 events: their JSON and transaction took the loop 15+ ms
+    # in the BACnet write handler. The BAS still reads level 0 right after its write; a quick relinquish
+    # after it, and an event that arrives meanwhile, end up in the file as they happened.
+    path = tmp_path / "gw.sqlite"
+    storage = Storage(path)
+    sched = EventSchedule(storage, Recorder())
+    start = now() - timedelta(seconds=1)
+    for i in range(50):
+        sched.upsert(make_event(f"e{i}", [2], start + timedelta(minutes=30 * i), 1800))
+    await sched.start()
+    loop_thread = threading.get_ident()
+    writers = set()
+    storage.conn.set_trace_callback(lambda sql: "adr_events" in sql and writers.add(threading.get_ident()))
+    try:
+        sched.set_opt_out(True)
+        assert sched.state().level == 0.0 and sched.state().opted_out   # before any await
+        sched.set_opt_out(False)
+        sched.upsert(make_event("late", [1], start + timedelta(days=1), 60))
+        assert sched.state().level == 2.0
+        expected = {**{f"e{i}": [OPT_IN, OPT_OUT, OPT_IN] for i in range(50)}, "late": [OPT_IN]}
+        await eventually(lambda: _stored_opts(path) == expected, 5, "the file to hold both answers")
+        assert writers and loop_thread not in writers
+    finally:
+        await sched.stop()
+        storage.close()
+
+
+async def test_closing_the_store_right_after_an_opt_out_writes_all_of_it(tmp_path):
+    path = tmp_path / "gw.sqlite"
+    storage = Storage(path)
+    sched = EventSchedule(storage, Recorder())
+    for i in range(50):
+        sched.upsert(make_event(f"e{i}", [2], now() + timedelta(minutes=30 * i), 1800))
+    await sched.start()
+    sched.set_opt_out(True)
+    await asyncio.sleep(0)      # its worker has started
+    await sched.stop()
+    storage.close()
+    assert _stored_opts(path) == {f"e{i}": [OPT_IN, OPT_OUT] for i in range(50)}
 
 
 async def test_history_shows_the_answer_in_force_when_across_a_restart(tmp_path):

@@ -78,6 +78,9 @@ class ForecastService:
         self._last_input_t: float | None = None
         self._last_meter_t: float | None = None
         self._active: str | None = None
+        # source auto: since when the meter stands in for the BAS input (monotonic), for the line that ends it
+        self._meter_since: float | None = None
+        self._meter_unsaid = False    # start-up's meter pick, said once the BAS has had its time to write
         self._rejecting = False
         self._fit_failing = False
         self._fit_short = False
@@ -101,9 +104,26 @@ class ForecastService:
         return self._last_input_t is not None and abs(t - self._last_input_t) <= self.config.input_stale_seconds
 
     def _switch(self, source: str, why: str) -> None:
-        if source != self._active:
-            log.info("forecaster now learns from %s (%s)", source, why)
-            self._active = source
+        if source == self._active:
+            return
+        now = time.monotonic()
+        if self.config.source == "auto" and source == "meter" and self._active is None:
+            # at start-up the meter's first reading comes before the BAS's first write: which one it learns
+            # from is said once, at the BAS's first write or input_stale_seconds later (_say_meter)
+            self._active, self._meter_since, self._meter_unsaid = source, now, True
+            return
+        after = ""
+        if source == "bacnet_input" and self._meter_since is not None and not self._meter_unsaid:
+            after = f" after {_span(now - self._meter_since)} on the meter"
+        log.info("forecaster now learns from %s (%s)%s", source, why, after)
+        self._active, self._meter_unsaid = source, False
+        self._meter_since = now if source == "meter" and self.config.source == "auto" else None
+
+    def _say_meter(self) -> None:
+        if self._meter_unsaid and time.monotonic() - self._meter_since >= self.config.input_stale_seconds:
+            log.info("forecaster now learns from meter (BAS input not written for %g s since start)",
+                     self.config.input_stale_seconds)
+            self._meter_unsaid = False
 
     def _take(self, t: float, kw: float, source: str) -> None:
         fc = self.forecaster
@@ -164,6 +184,7 @@ class ForecastService:
                 self._switch("meter", f"BAS input not written for {self.config.input_stale_seconds:g} s")
             else:
                 self._switch("meter", "gateway meter")
+                self._say_meter()
             self._take(t, kw, "meter")
 
     def warm_start(self, times, values) -> None:

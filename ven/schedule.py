@@ -239,7 +239,9 @@ class EventSchedule:
             ev = ev.opted(opt, now)
             self._events[ev.event_id] = ev
             changed.append(ev)
-        self._storage.save_events(changed)
+        # off the loop: the points change now, the file a few ms later (the BAS's write is in storage.path
+        # already, and a restart opts out again from it)
+        self._storage.save_events_soon(changed)
         self._changed()
         return changed
 
