@@ -24,8 +24,9 @@ log = logging.getLogger(__name__)
 # How often a file that could not be opened at start is tried again (a fixed mount, fixed permissions).
 REOPEN_SECONDS = 10.0
 # How long a write waits for a lock another process holds (a backup, an sqlite3 shell). Most of these
-# connections' writes run on the event loop (an ADR-Opt-Out's batch of events does not): BACnet waits as long as they do. A write that gives up is
-# kept in memory and tried again; the gateway's own connections hold the lock for milliseconds.
+# connections' writes run on the event loop (an ADR-Opt-Out's batch of events does not): BACnet waits
+# as long as they do. A write that gives up is kept in memory and tried again; the gateway's own
+# connections hold the lock for milliseconds.
 BUSY_TIMEOUT_SECONDS = 0.5
 LOCK_GRACE_SECONDS = 5.0  # a write lock held by another writer this long is reported as a fault
 # The WAL file keeps the size of the largest transaction it ever held (a week of telemetry moved from
