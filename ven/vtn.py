@@ -100,12 +100,7 @@ class _Client(OpenADRClient):
         and looked each event up by scanning all it had received (0.1-0.5 s of CPU for 200-500). The answers,
         their order, what openleadr keeps and its log lines are as before."""
         events = message['events']
-        invalid_vtn_id = False
         try:
-            if message['vtn_id'].islower():
-                _openleadr_log.debug("The VTN ID in the message is lowercase. This is not allowed by the OpenADR "
-                                     "standard.")
-                invalid_vtn_id = True
             results = []
             received = {}
             for e in self.received_events:
@@ -151,14 +146,15 @@ class _Client(OpenADRClient):
 
         # off the loop: each answer's status, and the message (templating, signing); a fresh signer per
         # message and jinja's compiled templates are safe in a thread
-        created = await asyncio.to_thread(self._created_event, events, results, message['request_id'], invalid_vtn_id)
+        created = await asyncio.to_thread(self._created_event, events, results, message['request_id'])
         if created is not None:
             await self._perform_request('EiEvent', created)
 
-    def _created_event(self, events: list[dict], results: list[str], request_id, invalid_vtn_id: bool) -> str | None:
+    def _created_event(self, events: list[dict], results: list[str], request_id) -> str | None:
         """oadrCreatedEvent for the events that want an answer and are not over, as openleadr builds (and logs) it;
-        None when none does."""
-        request_id = "" if request_id is None else request_id     # an empty requestID: the template writes "None"
+        None when none does. Unlike openleadr's, a lower-case vtnID does not make it 452 "ERROR": the profile
+        sets no case for vtnID, and the VTN would read each acknowledgement as refused."""
+        response = _ei_response(request_id)
         event_responses = []
         for event, result in zip(events, results):
             if event['response_required'] == 'always' and \
@@ -172,7 +168,7 @@ class _Client(OpenADRClient):
                                         else 200,
                                         'response_description': 'ERROR' if unsupported else 'OK',
                                         'opt_type': result,
-                                        'request_id': request_id,
+                                        'request_id': response['request_id'],
                                         'modification_number': event['event_descriptor']['modification_number'],
                                         'event_id': event['event_descriptor']['event_id']})
         if not event_responses:
@@ -180,9 +176,6 @@ class _Client(OpenADRClient):
                                 "the VTN.")
             return None
         _openleadr_log.info(f"Total event_responses: {len(event_responses)}")
-        response = {'response_code': 200 if invalid_vtn_id is False else oenums.STATUS_CODES.INVALID_ID,
-                    'response_description': 'OK' if invalid_vtn_id is False else 'ERROR',
-                    'request_id': request_id}
         return self._create_message('oadrCreatedEvent', response=response, event_responses=event_responses,
                                     ven_id=self.ven_id)
 
@@ -882,12 +875,6 @@ class VtnClient:
             self._distributed_in = {k: v for k, v in self._distributed_in.items() if k in listed}
             if payload.get("request_id"):
                 self._distributed_in.update(dict.fromkeys(listed, payload["request_id"]))
-            vtn_id = payload.get("vtn_id")
-            if vtn_id and vtn_id.islower():
-                # openleadr answers every event of a VTN whose vtnID is lower case (e.g. "utility-vtn")
-                # with eiResponse 452 "ERROR": the profile sets no case for vtnID, and the VTN would read
-                # each acknowledgement as refused
-                payload = {**payload, "vtn_id": vtn_id.upper()}
             if events:
                 self._relisted = 0
                 async with self._opts_lock:   # its answers and ours reach the VTN in the order decided
