@@ -2,6 +2,7 @@
 the real `edge-gateway run` process: it is refused as a failed request, the process stays up and goes on."""
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
 
 import aiohttp
@@ -20,6 +21,18 @@ ENTITIES = ('<!DOCTYPE oadrPayload [<!ENTITY a "a"><!ENTITY b "&a;&a;&a;&a;&a;&a
             '<!ENTITY c "&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;">]>\n')
 
 
+@asynccontextmanager
+async def behind_raw_vtn(tmp_path, free_udp_port, free_tcp_port, ven_name: str):
+    """The gateway as a process whose VTN is a RawVtn, registration and reports going on to a DemoVtn:
+    (the DemoVtn, the RawVtn, the GatewayProcess, its HTTP port)."""
+    config, http_port = tmp_path / "gw.toml", free_tcp_port()
+    async with DemoVtn(free_tcp_port(), poll_seconds=1) as demo, RawVtn(free_tcp_port(), demo.url, demo.vtn_id) as raw:
+        write_config(config, bacnet_port=free_udp_port(), vtn_port=raw.port, http_port=http_port,
+                     storage=tmp_path / "gw.sqlite", ven_name=ven_name)
+        with GatewayProcess(config, tmp_path / "gateway.log") as gw:
+            yield demo, raw, gw, http_port
+
+
 async def status(http_port: int) -> dict:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
         async with session.get(f"http://127.0.0.1:{http_port}/api/status") as resp:
@@ -28,25 +41,21 @@ async def status(http_port: int) -> dict:
 
 async def test_a_dtd_with_entities_from_the_vtn_is_refused_and_the_gateway_stays_up(tmp_path, free_udp_port,
                                                                                      free_tcp_port):
-    config, http_port = tmp_path / "gw.toml", free_tcp_port()
-    async with DemoVtn(free_tcp_port(), poll_seconds=1) as demo, RawVtn(free_tcp_port(), demo.url, demo.vtn_id) as raw:
-        write_config(config, bacnet_port=free_udp_port(), vtn_port=raw.port, http_port=http_port,
-                     storage=tmp_path / "gw.sqlite", ven_name="hostile-xml")
-        with GatewayProcess(config, tmp_path / "gateway.log") as gw:
-            await eventually(lambda: demo.vens, 30, "registration")
-            start = datetime.now(timezone.utc) + timedelta(minutes=30)
-            valid = distribute(raw.vtn_id, [event("entity-evt", start, "PT1H", [signal([interval(2, "PT1H", 0)])])])
-            # the entity in an element the schema takes as text; RawVtn.send would validate it in this process
-            hostile = valid.replace(b">entity-evt<", b">&c;<").replace(b"\n", b"\n" + ENTITIES.encode(), 1)
-            raw.outbox.append(hostile)
-            await eventually(lambda: raw.served == 1, 10, "the message polled")
-            await eventually(lambda: "DTD" in gw.log() or not gw.alive, 10, "the refusal logged")
-            assert gw.alive, f"the gateway died (exit {gw.proc.returncode}):\n{gw.log()}"
-            assert "VTN message failed OpenADR schema validation: the message carries a DTD" in gw.log()
-            raw.send(valid.replace(b">entity-evt<", b">after-evt<"))
-            await eventually(lambda: raw.answers("after-evt"), 15, "the next event answered")
-            assert [e["event_id"] for e in (await status(http_port))["events"]] == ["after-evt"]
-            assert gw.alive and "Traceback" not in gw.log()
+    async with behind_raw_vtn(tmp_path, free_udp_port, free_tcp_port, "hostile-xml") as (demo, raw, gw, http_port):
+        await eventually(lambda: demo.vens, 30, "registration")
+        start = datetime.now(timezone.utc) + timedelta(minutes=30)
+        valid = distribute(raw.vtn_id, [event("entity-evt", start, "PT1H", [signal([interval(2, "PT1H", 0)])])])
+        # the entity in an element the schema takes as text; RawVtn.send would validate it in this process
+        hostile = valid.replace(b">entity-evt<", b">&c;<").replace(b"\n", b"\n" + ENTITIES.encode(), 1)
+        raw.outbox.append(hostile)
+        await eventually(lambda: raw.served == 1, 10, "the message polled")
+        await eventually(lambda: "DTD" in gw.log() or not gw.alive, 10, "the refusal logged")
+        assert gw.alive, f"the gateway died (exit {gw.proc.returncode}):\n{gw.log()}"
+        assert "VTN message failed OpenADR schema validation: the message carries a DTD" in gw.log()
+        raw.send(valid.replace(b">entity-evt<", b">after-evt<"))
+        await eventually(lambda: raw.answers("after-evt"), 15, "the next event answered")
+        assert [e["event_id"] for e in (await status(http_port))["events"]] == ["after-evt"]
+        assert gw.alive and "Traceback" not in gw.log()
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -83,43 +92,35 @@ MARKUP = "&lt;img src=x onerror=&quot;window.__xss=1&quot;&gt;&lt;script&gt;wind
 
 async def test_markup_in_what_the_vtn_writes_is_shown_as_text_in_the_dashboard(tmp_path, free_udp_port,
                                                                                free_tcp_port):
-    config, http_port = tmp_path / "gw.toml", free_tcp_port()
-    async with DemoVtn(free_tcp_port(), poll_seconds=1) as demo, RawVtn(free_tcp_port(), demo.url, demo.vtn_id) as raw:
-        write_config(config, bacnet_port=free_udp_port(), vtn_port=raw.port, http_port=http_port,
-                     storage=tmp_path / "gw.sqlite", ven_name="markup")
-        with GatewayProcess(config, tmp_path / "gateway.log") as gw:
-            await eventually(lambda: "telemetry requested" in gw.log(), 30, "registration")
-            now = datetime.now(timezone.utc)
-            levels = signal([interval(2, "PT1H", 0)])
-            named = signal([interval(1, "PT1H", 0)], name=f"x-{MARKUP}", kind="level", sid=MARKUP)
-            message = distribute(raw.vtn_id, [
-                event(f"evt{MARKUP}", now - timedelta(minutes=5), "PT1H", [levels, named], status="active",
-                      head=f"<ei:modificationReason>{MARKUP}</ei:modificationReason>")])
-            raw.send(message.replace(b"http://utility.example/programs/cpp", MARKUP.encode()))
-            await eventually(lambda: gw.log().count("evt<img") >= 1, 15, "the event taken")
-            async with chromium_page() as page:
-                await page.goto(f"http://127.0.0.1:{http_port}/", wait_until="load", timeout=20000)
-                await page.wait_for_function("window.dashboard && window.dashboard.ready", timeout=20000)
-                shown = await page.locator("#events tbody").inner_text()
-                assert '<img src=x onerror="window.__xss=1">' in shown, shown
-                assert await page.evaluate("window.__xss") is None
-                assert await page.locator("img, script:not([src])").count() == 0
-                assert page.errors == []
+    async with behind_raw_vtn(tmp_path, free_udp_port, free_tcp_port, "markup") as (demo, raw, gw, http_port):
+        await eventually(lambda: "telemetry requested" in gw.log(), 30, "registration")
+        now = datetime.now(timezone.utc)
+        levels = signal([interval(2, "PT1H", 0)])
+        named = signal([interval(1, "PT1H", 0)], name=f"x-{MARKUP}", kind="level", sid=MARKUP)
+        message = distribute(raw.vtn_id, [
+            event(f"evt{MARKUP}", now - timedelta(minutes=5), "PT1H", [levels, named], status="active",
+                  head=f"<ei:modificationReason>{MARKUP}</ei:modificationReason>")])
+        raw.send(message.replace(b"http://utility.example/programs/cpp", MARKUP.encode()))
+        await eventually(lambda: gw.log().count("evt<img") >= 1, 15, "the event taken")
+        async with chromium_page() as page:
+            await page.goto(f"http://127.0.0.1:{http_port}/", wait_until="load", timeout=20000)
+            await page.wait_for_function("window.dashboard && window.dashboard.ready", timeout=20000)
+            shown = await page.locator("#events tbody").inner_text()
+            assert '<img src=x onerror="window.__xss=1">' in shown, shown
+            assert await page.evaluate("window.__xss") is None
+            assert await page.locator("img, script:not([src])").count() == 0
+            assert page.errors == []
 
 
 async def test_a_line_break_in_what_the_vtn_writes_does_not_start_a_line_in_the_log(tmp_path, free_udp_port,
                                                                                     free_tcp_port):
     forged = "2000-01-01T00:00:00Z edge-gateway stopped"
-    config = tmp_path / "gw.toml"
-    async with DemoVtn(free_tcp_port(), poll_seconds=1) as demo, RawVtn(free_tcp_port(), demo.url, demo.vtn_id) as raw:
-        write_config(config, bacnet_port=free_udp_port(), vtn_port=raw.port, http_port=free_tcp_port(),
-                     storage=tmp_path / "gw.sqlite", ven_name="log-lines")
-        with GatewayProcess(config, tmp_path / "gateway.log") as gw:
-            await eventually(lambda: "telemetry requested" in gw.log(), 30, "registration")
-            start = datetime.now(timezone.utc) + timedelta(minutes=30)
-            raw.send(distribute(raw.vtn_id, [event(f"evt&#13;&#10;{forged}", start, "PT1H",
-                                                   [signal([interval(1, "PT1H", 0)])])]))
-            await eventually(lambda: "received: SIMPLE levels" in gw.log(), 15, "the event taken")
-            lines = gw.log().splitlines()
-            assert not [line for line in lines if line.startswith(forged)], gw.log()
-            assert [line for line in lines if f"event evt\\r\\n{forged} received" in line], gw.log()
+    async with behind_raw_vtn(tmp_path, free_udp_port, free_tcp_port, "log-lines") as (demo, raw, gw, _):
+        await eventually(lambda: "telemetry requested" in gw.log(), 30, "registration")
+        start = datetime.now(timezone.utc) + timedelta(minutes=30)
+        raw.send(distribute(raw.vtn_id, [event(f"evt&#13;&#10;{forged}", start, "PT1H",
+                                               [signal([interval(1, "PT1H", 0)])])]))
+        await eventually(lambda: "received: SIMPLE levels" in gw.log(), 15, "the event taken")
+        lines = gw.log().splitlines()
+        assert not [line for line in lines if line.startswith(forged)], gw.log()
+        assert [line for line in lines if f"event evt\\r\\n{forged} received" in line], gw.log()
