@@ -326,3 +326,18 @@ def test_a_vtn_message_altered_after_signing_or_signed_by_another_is_refused(pki
         verify_signature(validate_xml_schema(message.replace(b"<ei:venID>ven1<", b"<ei:venID>ven2<")), fp["vtn"])
     with pytest.raises(FingerprintMismatch):
         verify_signature(validate_xml_schema(message), fp["other"])
+
+
+async def test_an_unsigned_vtn_answer_is_refused_saying_so_when_vtn_fingerprint_is_set(pki, free_tcp_port):
+    # the check openadr.vtn_fingerprint turns on, over http too: an answer nobody signed (an impostor on a plain-http
+    # path, or a VTN that does not sign) is refused, and the reason said was an AttributeError from openleadr
+    d, fp = pki
+    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:     # no certificate: signs nothing
+        client, close = await _run_gateway(d, server.url, fp["vtn"])
+        try:
+            await until(lambda: client.registration_failures >= 1, 10, "a refused registration")
+            assert client.status()["last_error"] == ("VTN message is not signed, while openadr.vtn_fingerprint asks "
+                                                     "for the VTN's signature on every message")
+            assert not client.connected and server.registrations == 0
+        finally:
+            await close()

@@ -276,6 +276,28 @@ class OpenadrConfig(_Section):
                              f"retry_max_seconds ({self.retry_max_seconds:g})")
         return self
 
+    def transport_warnings(self) -> list[str]:
+        """What a VTN off this machine is exposed to through this configuration. On loopback nothing crosses a
+        network (the demo, the examples). The host alone is named: a URL may carry a password."""
+        host = urllib.parse.urlsplit(self.vtn_url).hostname or ""
+        if is_loopback_host(host):
+            return []
+        if self.vtn_url.startswith("http://"):
+            # openleadr's VTN checks a VEN's signatures only over TLS; the VEN checks the VTN's (and refuses
+            # unsigned answers) only with vtn_fingerprint
+            injected = (" (openadr.vtn_fingerprint still refuses events the VTN did not sign)" if self.vtn_fingerprint
+                        else ", and anyone on the path can send the gateway events, which drive ADR-Event-Level")
+            return [f"{self.named('vtn_url')} is plain http to {host}, not loopback: events, opt answers and "
+                    f"telemetry cross the network in clear text{injected}: use https:// with openadr.cert and "
+                    f"openadr.key"]
+        if not self.cert:
+            # the VEN then presents no client certificate and signs nothing: openleadr's VTN resets the
+            # handshake, or answers 463 once registered
+            return [f"{self.named('vtn_url')} is https but openadr.cert and openadr.key are unset: the gateway "
+                    f"presents no client certificate, so the VTN refuses it (OpenADR 2.0b requires one) or cannot "
+                    f"tell its opt answers and telemetry from anyone else's: set both"]
+        return []
+
 
 def key_is_encrypted(path: str) -> bool:
     """Whether the PEM private key at `path` needs a passphrase (False when unreadable: others say why)."""
@@ -503,6 +525,7 @@ class GatewayConfig(_Section):
             out.append(f"meter.poll_seconds ({self.meter.poll_seconds:g}) is longer than openadr.telemetry_seconds "
                        f"({self.openadr.telemetry_seconds:g}): report intervals the meter was not read in are not "
                        f"sent to the VTN")
+        out += self.openadr.transport_warnings()
         zone = _zone_mismatch(self.forecaster.timezone)
         if zone:
             out.append(zone)

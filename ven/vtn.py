@@ -247,6 +247,9 @@ class _Client(OpenADRClient):
             message_type, message_payload = await asyncio.to_thread(parse_message, content)
         except oerrors.FingerprintMismatch as err:
             return None, {}, f"VTN refused: certificate fingerprint does not match openadr.vtn_fingerprint ({err})"
+        except _Unsigned:
+            return None, {}, ("VTN message is not signed, while openadr.vtn_fingerprint asks for the VTN's signature "
+                              "on every message")
         except InvalidSignature:
             return None, {}, "VTN message carries an invalid XML signature"
         except (XMLSyntaxError, DocumentInvalid) as err:
@@ -271,9 +274,16 @@ def validate_xml_schema(content: bytes):
     return tree
 
 
+class _Unsigned(InvalidSignature):
+    """A message without an XML signature, where one is required."""
+
+
 def verify_signature(tree, fingerprint: str) -> None:
     """openleadr's validate_xml_signature but its replay check, safe in a worker thread: signxml's XMLVerifier
     keeps each call's settings on itself, and openleadr's one shared verifier also checks a VTN's messages."""
+    # openleadr's extract_pem_cert raises AttributeError there, which the operator read as "could not be read"
+    if tree.find(".//{http://www.w3.org/2000/09/xmldsig#}X509Certificate") is None:
+        raise _Unsigned("the message carries no XML signature")
     cert = outils.extract_pem_cert(tree)
     found = outils.certificate_fingerprint(cert)
     if found != fingerprint:
