@@ -116,6 +116,93 @@ def test_auto_source_says_how_long_the_meter_stood_in_for_the_bas_input(tmp_path
     assert len(lines) == 3
 
 
+class _Published(list):
+    """What the service published, each with whether it rested on stale power (as the points show it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.svc: ForecastService | None = None
+
+    def __call__(self, f) -> None:
+        self.append((f, self.svc.input_stale()))
+
+
+def _service(tmp_path, published, clock=time.time, **config) -> ForecastService:
+    svc = ForecastService(ForecasterConfig(**config), str(tmp_path / "g.sqlite"), publish=published, clock=clock)
+    published.svc = svc
+    return svc
+
+
+@pytest.mark.timeout(30)
+async def test_the_first_sample_after_a_cold_start_brings_one_cycle_at_once(tmp_path):
+    # The first cycle runs at start, before any sample: the points stayed in fault for a whole cycle
+    # (60 s in the demo) after power came in.
+    published = _Published()
+    svc = _service(tmp_path, published, cycle_seconds=60)
+    await svc.start()
+    try:
+        await eventually(lambda: published, 10, "the cycle at start")
+        assert published[-1][1] and published[-1][0].demand_kw[15] is None    # no power yet
+        now = time.time()
+        svc.on_meter(now, float("nan"))          # no usable sample: nothing new to publish
+        await asyncio.sleep(0.3)
+        assert len(published) == 1
+        svc.on_meter(now, 120.0)
+        await eventually(lambda: len(published) == 2, 5, "a cycle after the first good sample")
+        assert not published[1][1] and published[1][0].demand_kw[15] == pytest.approx(120.0)
+        for i in range(10):                     # later samples, from either source, wait for the cadence
+            svc.on_meter(now + i * 0.1, 130.0)
+            svc.on_input_power(now + i * 0.1, 140.0)
+        await asyncio.sleep(0.5)
+        assert len(published) == 2
+    finally:
+        await svc.stop()
+
+
+@pytest.mark.timeout(30)
+async def test_a_restart_on_fresh_stored_history_adds_no_cycle(tmp_path):
+    from forecaster.series import minute_of
+    from forecaster.store import ForecastStore
+
+    ForecastStore(str(tmp_path / "g.sqlite")).save_minutes([minute_of(time.time()) - 1], [300.0], [1])
+    published = _Published()
+    svc = _service(tmp_path, published, cycle_seconds=60)
+    await svc.start()
+    try:
+        await eventually(lambda: published, 10, "the cycle at start")
+        assert not published[0][1] and published[0][0].demand_kw[15] == pytest.approx(300.0)
+        for i in range(5):
+            svc.on_meter(time.time(), 310.0)
+        await asyncio.sleep(0.5)
+        assert len(published) == 1
+    finally:
+        await svc.stop()
+
+
+@pytest.mark.timeout(40)
+async def test_power_back_after_a_silence_brings_one_cycle_not_one_per_sample(tmp_path):
+    clock = [time.time()]
+    published = _Published()
+    svc = _service(tmp_path, published, lambda: clock[0], cycle_seconds=6, input_stale_seconds=10)
+    await svc.start()
+    try:
+        svc.on_input_power(clock[0], 200.0)
+        await eventually(lambda: published and not published[-1][1], 10, "a live forecast")
+        clock[0] += 60                           # the BAS stops writing for a minute
+        await eventually(lambda: published[-1][1], 15, "the cycle that finds no power")
+        n = len(published)
+        for i in range(10):                     # and writes again, each sample a fresh one
+            clock[0] += 0.1
+            svc.on_input_power(clock[0], 210.0)
+            await asyncio.sleep(0.02)
+        await eventually(lambda: len(published) > n, 3, "a cycle once power is back")
+        await asyncio.sleep(1.0)                 # the next regular cycle is 6 s after that one
+        assert len(published) == n + 1 and not published[-1][1]
+        await eventually(lambda: len(published) > n + 1, 15, "the cadence going on from it")
+    finally:
+        await svc.stop()
+
+
 @pytest.mark.timeout(120)
 async def test_fit_runs_off_the_loop_and_a_restart_resumes_at_once(tmp_path):
     path = str(tmp_path / "gateway.sqlite")

@@ -192,6 +192,43 @@ async def test_a_bas_value_at_the_bound_feeds_the_forecast_and_no_forecast_is_a_
         await gateway.stop()
 
 
+@pytest.mark.timeout(40)
+async def test_a_cold_start_publishes_persistence_from_the_first_bas_write(tmp_path, free_udp_port, free_tcp_port):
+    # The cycle at start found nothing, and the next came a whole cycle later: the BAS read 0, in fault,
+    # for the first minute (in the demo too), though the gateway had a kW to forecast from.
+    cfg = parse_config({
+        "bacnet": {"address": f"127.0.0.1/8:{free_udp_port()}", "device_id": 500004},
+        "meter": {"address": "127.0.0.1:9", "poll_seconds": 1.0, "timeout_seconds": 0.5},   # nobody there
+        "openadr": {"vtn_url": f"http://127.0.0.1:{free_tcp_port()}/OpenADR2/Simple/2.0b"},
+        "storage": {"path": str(tmp_path / "empty.sqlite")},
+        "http": {"enabled": False},
+        "forecaster": {"cycle_seconds": 60},
+    }, "test", environ={})
+    names = (P.FIFTEEN_MIN_FORECAST, P.ONE_HOUR_FORECAST)
+    gateway = Gateway(cfg)
+    await gateway.start()
+    try:
+        async with BacnetPeer(free_udp_port()) as peer:
+            gw = cfg.bacnet.address.replace("/8", "")
+
+            async def points():
+                rows = await peer.read_multiple(gw, [(P.BY_NAME[n].object_id, ["presentValue", "statusFlags"])
+                                                     for n in names])
+                assert not isinstance(rows, PeerError), rows
+                return [(rows[(P.BY_NAME[n].object_id, "presentValue")], rows[(P.BY_NAME[n].object_id, "statusFlags")])
+                        for n in names]
+
+            assert await points() == [(0.0, [0, 1, 0, 0])] * 2      # no power yet
+            assert await peer.write(gw, P.BY_NAME[P.INPUT_POWER].object_id, "presentValue", 123.5, priority=8) is None
+
+            async def published():
+                p = await points()
+                return p if p == [(123.5, [0, 0, 0, 0])] * 2 else None
+            await eventually(published, 5, "the persistence forecast of the first BAS write")
+    finally:
+        await gateway.stop()
+
+
 @pytest.mark.timeout(20)
 async def test_no_power_for_input_stale_seconds_faults_the_forecasts_and_drops_the_load_flags(
         tmp_path, free_udp_port, free_tcp_port):

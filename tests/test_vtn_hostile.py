@@ -1,8 +1,11 @@
 """A VTN's answer that is not what OpenADR sends (a DTD with entities, an answer that inflates to 512 MB), against
-the real `edge-gateway run` process: it is refused as a failed request, the process stays up and goes on."""
+the real `edge-gateway run` process: it is refused as a failed request, the process stays up and goes on. And a
+request with a DTD to the demo VTN (`edge-gateway demo-vtn`): refused the same way, and the VTN goes on serving."""
 from __future__ import annotations
 
-from contextlib import asynccontextmanager
+import subprocess
+import sys
+from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime, timedelta, timezone
 
 import aiohttp
@@ -56,6 +59,58 @@ async def test_a_dtd_with_entities_from_the_vtn_is_refused_and_the_gateway_stays
         await eventually(lambda: raw.answers("after-evt"), 15, "the next event answered")
         assert [e["event_id"] for e in (await status(http_port))["events"]] == ["after-evt"]
         assert gw.alive and "Traceback" not in gw.log()
+
+
+@contextmanager
+def demo_vtn_process(port: int, log_path):
+    """`edge-gateway demo-vtn` as a process of its own: a crash in it must not take the test run with it."""
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "ven.cli", "demo-vtn", "--port", str(port), "--duration", "80"],
+                                stdout=log, stderr=subprocess.STDOUT)
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+async def test_a_dtd_with_entities_posted_to_the_demo_vtn_is_refused_and_it_serves_on(tmp_path, free_udp_port,
+                                                                                      free_tcp_port):
+    from openleadr.messaging import create_message
+
+    port, log_path = free_tcp_port(), tmp_path / "vtn.log"
+    registration = create_message("oadrCreatePartyRegistration", request_id="req-1", ven_name="entity-ven",
+                                  http_pull_model=True, xml_signature=False, report_only=False,
+                                  profile_name="2.0b", transport_name="simpleHttp", transport_address=None).encode()
+    hostile = registration.replace(b">entity-ven<", b">&c;<").replace(b"\n", b"\n" + ENTITIES.encode(), 1)
+    url = f"http://127.0.0.1:{port}/OpenADR2/Simple/2.0b/EiRegisterParty"
+    with demo_vtn_process(port, log_path) as vtn:
+        await eventually(lambda: "demo VTN listening" in log_path.read_text() or vtn.poll() is not None, 30, "VTN up")
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+            try:
+                async with http.post(url, data=hostile, headers={"Content-Type": "application/xml"}) as resp:
+                    answer = resp.status, await resp.text()
+            except aiohttp.ClientError as err:     # the process died under the request
+                answer = err
+        await eventually(lambda: "WARNING" in log_path.read_text() or vtn.poll() is not None, 10, "the refusal said")
+        assert vtn.poll() is None, f"the demo VTN died (exit {vtn.returncode}), answering {answer!r}:\n{log_path.read_text()}"
+        assert answer == (400, "XML failed validation: the message carries a DTD (<!DOCTYPE>), which OpenADR "
+                               "messages never do"), answer
+        config = tmp_path / "gw.toml"
+        write_config(config, bacnet_port=free_udp_port(), vtn_port=port, http_port=free_tcp_port(),
+                     storage=tmp_path / "gw.sqlite", ven_name="after-entity")
+        with GatewayProcess(config, tmp_path / "gateway.log") as gw:
+            await eventually(lambda: "telemetry requested" in gw.log() or not gw.alive, 30, "a VEN served after it")
+            assert gw.alive and "registered with VTN" in gw.log(), gw.log()
+    said = log_path.read_text()
+    faults = [line.split(" ", 1)[1] for line in said.splitlines() if " WARNING " in line or " ERROR " in line]
+    assert faults == ["WARNING demo VTN: refused a request from 127.0.0.1 to /OpenADR2/Simple/2.0b/EiRegisterParty: "
+                      "the message carries a DTD (<!DOCTYPE>), which OpenADR messages never do"], said
+    assert "Traceback" not in said, said
 
 
 def peak_rss_mb(pid: int) -> float:

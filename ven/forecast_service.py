@@ -95,6 +95,10 @@ class ForecastService:
         self._steps_seen = 0
         self._reload_lock = threading.Lock()
         self._reload_since: float | None = None
+        # The last cycle had no fresh power (cold start, or a silence of input_stale_seconds): the first
+        # accepted sample wakes the cycle instead of leaving the points in fault until the next one.
+        self._starved = False
+        self._wake = asyncio.Event()
         self.last_forecast: Forecast | None = None
         self.last_cycle_seconds: float | None = None
 
@@ -136,6 +140,9 @@ class ForecastService:
             # After a gap the store may hold minutes the memory set aside at a step back (a box that
             # booted a day behind, then NTP put it right); a range with nothing stored costs one query.
             self._want_reload(prev)
+        if ok and self._starved and not self.input_stale():
+            self._starved = False   # one early cycle per silence, however many samples end it
+            self._wake.set()
         if not ok and not self._rejecting:
             log.warning("forecaster rejecting %s samples (stale, non-finite or out of range, e.g. %r kW)", source, kw)
         elif ok and self._rejecting:
@@ -238,6 +245,8 @@ class ForecastService:
             if self._fit_task is None and self.forecaster.needs_fit(now):
                 self._fit_task = asyncio.create_task(self.fit(now), name="forecast-fit")
                 self._fit_task.add_done_callback(self._fit_done)
+            self._wake.clear()
+            self._starved = self.input_stale()
             cycle_started = loop.time()
             try:
                 f = await loop.run_in_executor(self._cycle_pool, self._cycle, now)
@@ -252,7 +261,10 @@ class ForecastService:
                     self._publish(f)
                 except Exception:
                     log.exception("publishing the forecast failed")
-            await asyncio.sleep(max(0.0, self.config.cycle_seconds - (loop.time() - started)))
+            try:    # the cadence runs on from an early cycle
+                await asyncio.wait_for(self._wake.wait(), max(0.0, self.config.cycle_seconds - (loop.time() - started)))
+            except TimeoutError:
+                pass
 
     # ---- worker-thread work ---------------------------------------------------------------------
     def _reopen_store(self, now: float) -> None:

@@ -25,17 +25,17 @@ from typing import Callable
 
 import aiohttp
 import xmltodict
-from lxml import etree
 from lxml.etree import DocumentInvalid, XMLSyntaxError
 from openleadr import OpenADRClient, enums as oenums, errors as oerrors, objects, utils as outils
 from openleadr import messaging as omessaging
-from openleadr.messaging import NAMESPACES, XML_SCHEMA
+from openleadr.messaging import NAMESPACES
 from signxml import XMLVerifier
 from signxml.exceptions import InvalidSignature
 
 from .config import OpenadrConfig, key_is_encrypted, tls_file_problems
 from .tasks import cancel_and_wait
 from .events import OPT_IN, OPT_OUT, SIMPLE, from_openleadr, id_reused, with_opt
+from .oadr_xml import validate_xml_schema
 from .report_intervals import (Interval, bucket_start, complete_intervals, effective_granularity, next_boundary,
                                report_period)
 from .schedule import EventSchedule
@@ -257,21 +257,6 @@ class _Client(OpenADRClient):
         except Exception as err:   # noqa: BLE001 - any unparsable answer is a failed request
             return None, {}, f"VTN message could not be read: {err.__class__.__name__}: {err}"
         return message_type, message_payload, None
-
-
-# No OpenADR message carries a DTD, and openleadr's parser (schema-validating while it substitutes entities) crashes
-# the process with SIGSEGV under lxml 6.0 / libxml2 2.14 at the first entity a DTD declares: one <!ENTITY> in an
-# answer, from the VTN or anyone on the path of a plain http vtn_url, killed the gateway and its BACnet device.
-# Entities are left unexpanded and nothing is fetched; a message with a DTD is refused before the schema is applied.
-def validate_xml_schema(content: bytes):
-    """openleadr's validate_xml_schema for a VTN's answer, refusing a DTD: the message's tree, schema-valid.
-    A parser per message: answers to requests in flight together are parsed in worker threads at once."""
-    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
-    tree = etree.fromstring(content, parser)
-    if tree.getroottree().docinfo.internalDTD is not None or tree.getroottree().docinfo.doctype:
-        raise DocumentInvalid("the message carries a DTD (<!DOCTYPE>), which OpenADR messages never do")
-    XML_SCHEMA.assertValid(tree)
-    return tree
 
 
 class _Unsigned(InvalidSignature):

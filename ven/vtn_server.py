@@ -19,8 +19,11 @@ from datetime import datetime, timedelta, timezone
 from typing import Iterable
 
 from aiohttp import web
+from lxml.etree import DocumentInvalid, XMLSyntaxError
 from openleadr import OpenADRServer, errors, objects
 from openleadr.service.opt_service import OptService
+
+from .oadr_xml import validate_xml_schema
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +102,7 @@ class DemoVtn:
         opts = OptService(vtn_id)
         opts.handlers = {"oadrCreateOpt": self._on_create_opt}
         s.app.add_routes([web.post(f"{s.http_path_prefix}/{opts.__service_name__}", opts.handler)])
+        s.app.middlewares.append(_refuse_what_the_ven_refuses)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -392,6 +396,20 @@ class DemoVtn:
 
     def created_opts_for(self, event_id: str) -> list[str]:
         return [o for _, e, _, o, _ in self.created_opts if e == event_id]
+
+
+@web.middleware
+async def _refuse_what_the_ven_refuses(request: web.Request, handler):
+    # openleadr's handler parses each request with the parser that crashes at a DTD's entities (ven/oadr_xml.py):
+    # one <!ENTITY> posted to the VTN's port killed the process, and in `edge-gateway demo` the gateway with it.
+    # Whatever the VEN refuses in an answer is refused here first, before openleadr parses it.
+    if request.method == "POST":
+        try:
+            validate_xml_schema(await request.read())
+        except (XMLSyntaxError, DocumentInvalid) as err:
+            log.warning("demo VTN: refused a request from %s to %s: %s", request.remote, request.path, err)
+            return web.Response(text=f"XML failed validation: {err}", status=400)
+    return await handler(request)
 
 
 def _open(e: objects.Event) -> bool:
