@@ -21,6 +21,8 @@ EVENT_ACTIVE = "ADR-Event-Active"
 OPT_OUT = "ADR-Opt-Out"
 VTN_CONNECTED = "vtn-connected"
 METER_FAULT = "meter-fault"
+HIGH_LOAD_THRESHOLD = "high-load-threshold"
+LOW_LOAD_THRESHOLD = "low-load-threshold"
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,11 @@ class Point:
     @property
     def writable(self) -> bool:
         return self.access != "read-only"
+
+
+def _threshold_text(kind: str, percentile: int, days: float) -> str:
+    return (f"Threshold {kind}-load-conditions uses now (kW): forecaster.{kind}_load_kw, else the {percentile}th "
+            f"percentile of 15-min demand over the last {days:g} days")
 
 
 POINTS: tuple[Point, ...] = (
@@ -73,15 +80,23 @@ POINTS: tuple[Point, ...] = (
           "The last meter read failed: no answer, a router refused it, the value was unusable (outside the kW "
           "bounds, units not power), or the meter flagged it fault or out of service", False,
           starts_in_fault=True),   # until the first read has ended, "inactive" would claim a good meter
+    # Added points go last, on the next free instance: BAS programs are bound to the instances above, and
+    # a workstation that cached objectList by position finds the earlier objects where they were.
+    Point(HIGH_LOAD_THRESHOLD, "analogValue", 8, "read-only", "kilowatts",
+          _threshold_text("high", 90, 14), 0.0, starts_in_fault=True),
+    Point(LOW_LOAD_THRESHOLD, "analogValue", 9, "read-only", "kilowatts",
+          _threshold_text("low", 10, 14), 0.0, starts_in_fault=True),
 )
 
 BY_NAME: dict[str, Point] = {p.name: p for p in POINTS}
 
 
-def points_for(horizons: tuple[int, int]) -> tuple[Point, ...]:
-    """The point table with the forecast points' descriptions naming the configured horizons (the
-    object names stay: they are the contract, whatever horizons the site chose)."""
+def points_for(horizons: tuple[int, int], threshold_days: float = 14.0) -> tuple[Point, ...]:
+    """The point table with descriptions naming the configured horizons and threshold window (the object
+    names stay: they are the contract, whatever the site chose)."""
     short, long = horizons
-    text = {FIFTEEN_MIN_FORECAST: short, ONE_HOUR_FORECAST: long}
-    return tuple(replace(p, description=f"Forecast 15-min average demand ending {text[p.name]:g} min ahead (kW)")
-                 if p.name in text else p for p in POINTS)
+    text = {FIFTEEN_MIN_FORECAST: f"Forecast 15-min average demand ending {short:g} min ahead (kW)",
+            ONE_HOUR_FORECAST: f"Forecast 15-min average demand ending {long:g} min ahead (kW)",
+            HIGH_LOAD_THRESHOLD: _threshold_text("high", 90, threshold_days),
+            LOW_LOAD_THRESHOLD: _threshold_text("low", 10, threshold_days)}
+    return tuple(replace(p, description=text[p.name]) if p.name in text else p for p in POINTS)

@@ -241,6 +241,7 @@ def test_env_error_names_the_variable(tmp_path):
     ('[openadr]\nvtn_url = "http://vtn:port/x"\n', "openadr.vtn_url", "Port could not be cast"),
     ('[openadr]\nretry_min_seconds = 100\nretry_max_seconds = 1\n', "openadr",
      "retry_min_seconds (100) must not exceed retry_max_seconds (1)"),
+    ('[forecaster]\nhigh_load_kw = 1e39\n', "forecaster.high_load_kw", "within -3.4e38..3.4e38 (a BACnet Real)"),
     ('[forecaster]\nhigh_load_kw = 90\nlow_load_kw = 110\n', "forecaster",
      "high_load_kw (90) must be above low_load_kw (110)"),
     ('[bacnet]\ndcc_password = "123456789012345678901"\n', "bacnet.dcc_password",
@@ -286,10 +287,13 @@ address = "[::1]:8000"
 
 
 def test_the_point_table_names_the_configured_horizons(tmp_path):
-    res = _cli("points", "--config", str(_write(tmp_path, '[forecaster]\nhorizons_minutes = [30, 120]\n')))
-    rows = {line.split()[2]: line for line in res.stdout.splitlines() if "future-power" in line}
+    res = _cli("points", "--config", str(_write(tmp_path, '[forecaster]\nhorizons_minutes = [30, 120]\n'
+                                                          'threshold_days = 7\n')))
+    rows = {line.split()[2]: line for line in res.stdout.splitlines() if line.startswith("analogValue")}
     assert "ending 30 min ahead" in rows["fifteen-min-future-power"]  # the name is the contract; the text is true
     assert "ending 120 min ahead" in rows["one-hour-future-power"]
+    for name in ("high-load-threshold", "low-load-threshold"):
+        assert "over the last 7 days" in rows[name], rows[name]
 
 
 def test_tls_file_errors_name_the_variable_a_path_came_from(tmp_path):

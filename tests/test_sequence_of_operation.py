@@ -17,6 +17,7 @@ from ven.config import parse_config
 pytestmark = pytest.mark.timeout(30)
 
 FLAGS = (P.HIGH_LOAD, P.LOW_LOAD)
+THRESHOLDS = (P.HIGH_LOAD_THRESHOLD, P.LOW_LOAD_THRESHOLD)
 
 
 def _config(tmp_path, bacnet_port, tcp_port, meter_timeout=0.5, **forecaster):
@@ -31,7 +32,8 @@ def _config(tmp_path, bacnet_port, tcp_port, meter_timeout=0.5, **forecaster):
 
 
 async def _flags_while_the_bas_writes(cfg, peer_port):
-    """Write input-power-meter until a forecast is out, then read the load flags as the BAS does."""
+    """Write input-power-meter until a forecast is out, then read the load flags and their thresholds as
+    the BAS does."""
     gateway = Gateway(cfg)
     await gateway.start()
     try:
@@ -47,10 +49,10 @@ async def _flags_while_the_bas_writes(cfg, peer_port):
 
             await eventually(forecast_live, 8, "a live forecast from what the BAS writes")
             rows = await peer.read_multiple(gw, [(P.BY_NAME[n].object_id, ["presentValue", "statusFlags", "reliability"])
-                                                 for n in FLAGS])
+                                                 for n in FLAGS + THRESHOLDS])
             assert not isinstance(rows, PeerError), rows
             return {n: tuple(rows[(P.BY_NAME[n].object_id, prop)] for prop in ("presentValue", "statusFlags", "reliability"))
-                    for n in FLAGS}
+                    for n in FLAGS + THRESHOLDS}
     finally:
         await gateway.stop()
 
@@ -63,6 +65,8 @@ async def test_load_flags_show_fault_while_there_is_no_threshold(tmp_path, free_
     flags = await _flags_while_the_bas_writes(cfg, free_udp_port())
     for name in FLAGS:
         assert flags[name] == ("inactive", [0, 1, 0, 0], "unreliableOther"), (name, flags[name])
+    for name in THRESHOLDS:     # no threshold: the points say so, rather than a threshold of 0 kW
+        assert flags[name] == (0.0, [0, 1, 0, 0], "unreliableOther"), (name, flags[name])
 
 
 async def test_a_configured_threshold_serves_its_flag_from_the_first_forecast(tmp_path, free_udp_port, free_tcp_port):
@@ -71,6 +75,8 @@ async def test_a_configured_threshold_serves_its_flag_from_the_first_forecast(tm
     flags = await _flags_while_the_bas_writes(cfg, free_udp_port())
     assert flags[P.HIGH_LOAD] == ("inactive", [0, 0, 0, 0], "noFaultDetected")
     assert flags[P.LOW_LOAD] == ("inactive", [0, 1, 0, 0], "unreliableOther")
+    assert flags[P.HIGH_LOAD_THRESHOLD] == (500.0, [0, 0, 0, 0], "noFaultDetected")
+    assert flags[P.LOW_LOAD_THRESHOLD] == (0.0, [0, 1, 0, 0], "unreliableOther")
 
 
 async def test_a_restart_keeps_a_held_high_load(tmp_path, free_udp_port, free_tcp_port):

@@ -61,7 +61,7 @@ class Gateway:
                                     input_min=c.bacnet.input_min_kw, input_max=c.bacnet.input_max_kw,
                                     bbmd_address=c.bacnet.bbmd_address, bbmd_ttl=c.bacnet.bbmd_ttl,
                                     dcc_password=c.bacnet.dcc_password,
-                                    points=P.points_for(c.forecaster.horizons_minutes))
+                                    points=P.points_for(c.forecaster.horizons_minutes, c.forecaster.threshold_days))
         # A file that cannot be opened does not stop the gateway: the BAS still needs the device and
         # the live points. Both keep their data in memory and write it once the file opens.
         self.storage = Storage(c.storage.path, reopen_seconds=c.storage.retry_seconds)
@@ -267,6 +267,11 @@ class Gateway:
         # either: inactive then means "cannot tell", never "no peak", so the flag shows fault.
         self.device.set_fault(P.HIGH_LOAD, no_basis or f.high_threshold_kw is None)
         self.device.set_fault(P.LOW_LOAD, no_basis or f.low_threshold_kw is None)
+        # What each flag compares the forecast with, so the BAS can see why it is on and stage its own
+        # shedding below it. A threshold rests on the stored history (or the configuration), not on the
+        # last minutes of power: it stays live while the input is stale, and is in fault only while unknown.
+        self._set_or_fault(P.HIGH_LOAD_THRESHOLD, f.high_threshold_kw)
+        self._set_or_fault(P.LOW_LOAD_THRESHOLD, f.low_threshold_kw)
         self.metrics.high_load.set(int(high))
         self.metrics.low_load.set(int(low))
 

@@ -158,7 +158,7 @@ def cmd_points(args) -> int:
     cfg = _config_or_exit(args.config)
     print(f"device {cfg.bacnet.device_id} '{cfg.bacnet.device_name}' on {cfg.bacnet.address}")
     print(f"{'object':<16} {'name':<26} {'access':<12} {'units':<10} description")
-    for p in points_for(cfg.forecaster.horizons_minutes):
+    for p in points_for(cfg.forecaster.horizons_minutes, cfg.forecaster.threshold_days):
         print(f"{p.object_id:<16} {p.name:<26} {p.access:<12} {p.units or '':<10} {p.description}")
     return 0
 

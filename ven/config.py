@@ -480,6 +480,15 @@ class ForecasterConfig(_Section):
             raise ValueError(f"must be two increasing positive minute counts up to 1440, e.g. [15, 60], got {list(v)}")
         return v
 
+    @field_validator("high_load_kw", "low_load_kw")
+    @classmethod
+    def _fits_a_real(cls, v: float | None) -> float | None:
+        # high-load-threshold / low-load-threshold publish it as a BACnet Real: beyond one, every read of
+        # the point failed, and with it every ReadPropertyMultiple naming it (a BAS reading all its points)
+        if v is not None and abs(v) > 3.4028234663852886e38:
+            raise ValueError(f"must be within -3.4e38..3.4e38 (a BACnet Real), got {v:g}")
+        return v
+
     @model_validator(mode="after")
     def _thresholds(self) -> "ForecasterConfig":
         if self.high_load_kw is not None and self.low_load_kw is not None and self.high_load_kw <= self.low_load_kw:
