@@ -48,10 +48,10 @@ PASSWORD = "Dr-3vent!"
 DTD = b'<!DOCTYPE oadrPayload [<!ENTITY a "a">]>\n'
 
 # fault: the start line's pattern, the end line's. Expected: one of each per fault the day causes
-# (the VTN's: two polls refused, its outage and the DTD; the meter's: silent and DCC; storage: one per part)
+# (the VTN's: its outage and the DTD, each starting with a failed poll; the meter's: silent and DCC; storage: one
+# per part)
 FAULTS = {
-    "VTN polls": (r"VTN poll failed", r"VTN polls answered again"),
-    "VTN registration": (r"VTN registration failed", r"VTN reachable again"),
+    "VTN": (r"VTN (poll|registration) failed", r"VTN connected (again )?after"),
     "meter": (r"meter fault", r"meter answering again"),
     "BAS input": (r"forecaster now learns from meter \(BAS input", r"forecaster now learns from bacnet_input"),
     "storage.path": (r"ERROR storage\.path", r"storage\.path .*(written .*again|opened)"),

@@ -160,11 +160,12 @@ async def test_vtn_down_at_start_then_killed_mid_run_no_sample_lost_or_repeated(
     assert len(taken) >= 10
     assert got == as_intervals(taken), "every reading in exactly one interval, in order, at its own time"
     assert len(set(ts for ts, _ in got)) == len(got)
-    assert len(messages(caplog, "VTN registration failed")) >= 1
+    # two outages: down at start (its registrations fail), down mid-run (polls fail, then registrations)
+    assert len(messages(caplog, "VTN registration failed")) == 1
     assert len(messages(caplog, "VTN poll failed")) == 1
     # each end says how long its fault lasted, not only how many tries it took
-    ends = messages(caplog, "VTN reachable again") + messages(caplog, "VTN polls answered again")
-    assert ends and all(re.search(r" again after \d+ s \(\d+ fail", m) for m in ends), ends
+    ends = messages(caplog, "VTN connected ")
+    assert len(ends) == 2 and all(re.search(r"connected (again )?after \d+ s \(\d+ failed poll", m) for m in ends), ends
     assert not tracebacks(caplog), "no stack traces for an expected fault"
 
 
@@ -185,15 +186,16 @@ async def test_misbehaving_vtn_errors_logged_once_retries_continue_then_register
                 assert not gateway.vtn.connected
                 # the device keeps serving the live points meanwhile
                 assert await serves_live_meter_power(gateway, peer, gw)
-            failed = messages(caplog, "VTN registration failed")
-            assert len(failed) == len(bad_modes), "\n".join(failed)
+            # nonsense of any shape is one cause; an HTTP error status another, one more line
+            failed = messages(caplog, "VTN registration failed") + messages(caplog, "another cause")
+            assert len(failed) == 2 and "HTTP 500" in failed[1], "\n".join(failed)
             assert upstream.registrations == 0
 
             fake.mode = "proxy"                             # the VTN behaves again
             await eventually(lambda: gateway.vtn.connected, 10, "registration through the fake")
             assert upstream.registrations == 1
             assert await eventually(lambda: read(peer, gw, P.VTN_CONNECTED), 5) == "active"
-            assert len(messages(caplog, "VTN reachable again")) == 1
+            assert len(messages(caplog, "VTN connected after")) == 1
 
             # misbehaving mid-session: polls fail, the context is dropped, registration retried
             before = fake.attempts("malformed_xml", "EiRegisterParty")
@@ -207,8 +209,9 @@ async def test_misbehaving_vtn_errors_logged_once_retries_continue_then_register
             await eventually(lambda: gateway.telemetry.pending == 0, 10, "queue drained")
             await asyncio.sleep(0.5)
             assert len(messages(caplog, "VTN poll failed")) == 1
-            assert len(messages(caplog, "VTN context lost")) == 1
-            assert len(messages(caplog, "VTN registration failed")) == len(bad_modes) + 1
+            assert not messages(caplog, "VTN context lost"), "DEBUG: the outage's own doing"
+            assert len(messages(caplog, "VTN registration failed")) == 1, "the registrations fail for the same cause"
+            assert len(messages(caplog, "VTN connected again")) == 1
             assert received(upstream) == as_intervals(good(readings)), "queued samples delivered once, in order"
     finally:
         await fake.stop()

@@ -76,7 +76,89 @@ async def test_vtn_down_at_start_then_registration_without_restart(tmp_path, fre
             await until(lambda: gw.vtn.connected, 10, "registration once the VTN is up")
             assert gw.connected == [True]
             assert server.registrations == 1 and gw.vtn.ven_id in server.vens
-            assert any("VTN reachable again" in r.getMessage() for r in caplog.records)
+            assert len([r for r in caplog.records if "VTN connected after" in r.getMessage()]) == 1
+
+
+OUTAGE_END = re.compile(r"VTN connected (again )?after \d+ s \((\d+) failed poll\(s\), (\d+) registration attempt\(s\) "
+                        r"of which (\d+) failed\)")
+# what happened besides the outage, in its own lines: each registration, and the restarted VTN's request
+SEPARATE = ("registered with VTN", "VTN requested telemetry")
+
+
+@pytest.mark.timeout(60)
+async def test_a_vtn_outage_is_one_line_when_it_starts_and_one_when_it_ends(tmp_path, free_tcp_port, caplog):
+    # The VTN down at start-up, then up; then stopped long enough for the polls to fail and the registrations after
+    # them to fail too, and started again knowing no VEN. The second outage logged five lines, two of them warnings
+    # ("poll failed", "context lost", "registration failed", "reachable again", "polls answered again"). Each is one
+    # fault: one WARNING when it starts, one INFO when it ends, and the status says the same meanwhile.
+    caplog.set_level(logging.INFO, logger="ven")
+    port = free_tcp_port()
+    vtn = None
+    async with running(tmp_path, f"http://127.0.0.1:{port}/OpenADR2/Simple/2.0b") as gw:
+        try:
+            await until(lambda: gw.vtn.registration_failures >= 2, 10, "registrations fail at start-up")
+            vtn = DemoVtn(port, poll_seconds=1)
+            await vtn.start()
+            await until(lambda: gw.vtn.connected, 10, "registered once the VTN is up")
+            mark = len(caplog.records)                   # the start-up outage's lines are before it
+            await vtn.stop()
+            await until(lambda: gw.vtn.registration_failures >= 2, 20, "polls, then registrations, fail")
+            status = gw.vtn.status()
+            assert not status["connected"] and "unreachable" in status["last_error"], status
+            assert status["poll_failures"] >= 3, status
+            vtn = DemoVtn(port, poll_seconds=1)         # restarted: it knows no VEN
+            await vtn.start()
+            await until(lambda: gw.vtn.connected, 10, "registered with the restarted VTN")
+            status = gw.vtn.status()
+            assert status["last_error"] is None and status["poll_failures"] == status["registration_failures"] == 0
+            assert gw.connected == [True, False, True]
+        finally:
+            if vtn is not None:
+                await vtn.stop()
+    def outage(records):    # the gateway's own lines: not the VTN's, in the same process
+        return [r.getMessage() for r in records if r.name == "ven.vtn" and not r.getMessage().startswith(SEPARATE)]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "ven.vtn" and r.levelno >= logging.WARNING]
+    assert len(warnings) == 2, warnings
+    assert warnings[0].startswith("VTN registration failed: VTN unreachable at ")
+    assert warnings[1].startswith("VTN poll failed: VTN unreachable at ")
+    first, second = outage(caplog.records[:mark]), outage(caplog.records[mark:])
+    assert len(first) == 2 and first[0] == warnings[0], first
+    assert len(second) == 2 and second[0] == warnings[1], second
+    ended = OUTAGE_END.fullmatch(first[1])
+    assert ended and not ended[1] and ended[2] == "0" and int(ended[3]) == int(ended[4]) + 1 >= 3, first[1]
+    ended = OUTAGE_END.fullmatch(second[1])
+    assert ended and ended[1] and int(ended[2]) >= 3 and int(ended[3]) == int(ended[4]) + 1 >= 3, second[1]
+
+
+@pytest.mark.timeout(60)
+async def test_an_outage_whose_cause_changes_says_so_once(tmp_path, free_tcp_port, caplog):
+    # Down (connection refused), then up but refusing the registration with a code: the operator acts otherwise
+    # (the VTN's enrolment, not the network), so that is one more line, and the outage still ends once
+    caplog.set_level(logging.INFO, logger="ven")
+    port = free_tcp_port()
+    vtn = DemoVtn(port, poll_seconds=1)
+    await vtn.start()
+    try:
+        async with running(tmp_path, vtn.url) as gw:
+            await until(lambda: gw.vtn.connected, 10, "registration")
+            await vtn.stop()
+            await until(lambda: gw.vtn.registration_failures >= 2, 20, "polls, then registrations, fail")
+            vtn = DemoVtn(port, poll_seconds=1)
+            refusal = refuse(vtn, "oadrCreatePartyRegistration", oerrors.NotRegisteredOrAuthorizedError("not enrolled"))
+            await vtn.start()
+            await until(lambda: refusal.refused >= 2, 10, "registrations refused")
+            assert gw.vtn.status()["last_error"] == "VTN refused registration: 463 not enrolled"
+            refusal.allow()
+            await until(lambda: gw.vtn.connected, 10, "registered once the VTN takes it")
+    finally:
+        await vtn.stop()
+    said = [(r.levelname, r.getMessage()) for r in caplog.records
+            if r.name == "ven.vtn" and not r.getMessage().startswith(SEPARATE)]
+    assert [level for level, _ in said] == ["WARNING", "WARNING", "INFO"], said
+    assert said[0][1].startswith("VTN poll failed: VTN unreachable at ")
+    assert said[1][1] == "VTN outage goes on with another cause: registration failed: VTN refused registration: 463 " \
+                         "not enrolled"
+    assert OUTAGE_END.fullmatch(said[2][1]), said[2][1]
 
 
 async def test_three_simple_intervals_each_take_effect_at_their_start(tmp_path, free_tcp_port):
@@ -673,7 +755,7 @@ async def test_a_refused_registration_names_the_vtn_reason_in_status_and_log(tmp
             refusal.allow()
             await until(lambda: gw.vtn.connected, 10, "registration once the VTN takes it")
             assert gw.vtn.status()["last_error"] is None and gw.vtn.status()["registration_failures"] == 0
-            assert len(said(caplog, "VTN reachable again")) == 1, "one line when it ends"
+            assert len(said(caplog, "VTN connected after")) == 1, "one line when it ends"
             assert len(said(caplog, "VTN registration failed")) == 1
 
 
@@ -685,12 +767,13 @@ async def test_a_refused_poll_names_the_vtn_reason_and_clears_when_polls_are_tak
             refusal = refuse(server, "oadrPoll", oerrors.NotAllowedError("polling too often"))
             await until(lambda: gw.vtn.status()["last_error"], 5, "a refused poll")
             assert gw.vtn.status()["last_error"] == "VTN refused the poll: 451 polling too often"
+            assert not gw.vtn.connected, "the log says a fault started: so does the status"
             refusal.allow()                             # before the third refusal drops the context
-            await until(lambda: said(caplog, "VTN polls answered again"), 5, "polls taken again")
+            await until(lambda: said(caplog, "VTN connected again"), 5, "polls taken again")
             assert gw.vtn.connected and gw.vtn.status()["last_error"] is None
             assert said(caplog, "VTN poll failed") == ["VTN poll failed: VTN refused the poll: 451 polling too often"]
-            assert re.fullmatch(r"VTN polls answered again after \d+ s \(\d+ failure\(s\)\)",
-                                said(caplog, "VTN polls answered again")[0])
+            assert re.fullmatch(r"VTN connected again after \d+ s \([12] failed poll\(s\), 0 registration attempt\(s\) "
+                                r"of which 0 failed\)", said(caplog, "VTN connected again")[0])
             assert server.registrations == 1, "a refusal that may pass does not throw the registration away"
 
 
@@ -706,7 +789,7 @@ async def test_a_poll_refused_as_an_unknown_ven_registers_again_at_once(tmp_path
             refusal = refuse(server, "oadrPoll", error, times=1)
             await until(lambda: refusal.refused, 8, "the refused poll")
             await until(lambda: server.registrations == 2, 4, "registered again before the next poll is due")
-            await until(lambda: said(caplog, "VTN polls answered again"), 10, "polls taken again")
+            await until(lambda: said(caplog, "VTN connected again"), 10, "polls taken again")
             assert refusal.refused == 1 and gw.vtn.connected and gw.vtn.status()["last_error"] is None
             assert gw.vtn.status()["poll_failures"] == 0
             assert gw.vtn.status()["reregistrations"] == 1 and "refused the poll" in gw.vtn.status()["last_reregistration"]
@@ -837,10 +920,11 @@ async def test_a_vtn_refusing_every_poll_is_one_fault_across_re_registrations(tm
             warnings = [r.getMessage() for r in caplog.records
                         if r.levelno >= logging.WARNING and r.name.startswith("ven")]   # not the VTN's own
             assert warnings == ["VTN poll failed: VTN refused the poll: 463 VEN unknown"], "one line when it starts"
-            ended = said(caplog, "VTN polls answered again")
-            assert len(ended) == 1 and "re-registration(s)" in ended[0], "one line when it ends"
+            ended = said(caplog, "VTN connected again")
+            assert len(ended) == 1 and re.search(r"\d+ failed poll\(s\), ([3-9]|\d\d+) registration attempt\(s\) of which 0 "
+                                                 r"failed\)$", ended[0]), "one line when it ends"
             assert len(said(caplog, "registered with VTN")) == 2, "the first registration and the first re-registration"
-            assert len(said(caplog, "VTN context lost")) == 1 and len(said(caplog, "registering again")) == 1
+            assert not said(caplog, "VTN context lost") and not said(caplog, "registering again"), "DEBUG: the outage's own"
             assert gw.connected == [True, False, True], "no flip at each re-registration"
 
 

@@ -70,6 +70,36 @@ def _utcnow() -> datetime:
 CLOCK_STEP = timedelta(seconds=60)
 
 
+@dataclasses.dataclass
+class _Outage:
+    """The VTN out of reach or refusing, from the first failed poll or registration until connected again."""
+    since: float            # loop time of the first failure
+    kind: str               # _fault_kind of the latest failure's reason
+    reason: str             # the latest failure's reason, in vtn.last_error until the outage ends
+    again: bool             # connected before it began
+    registrations: int = 0  # attempts meanwhile, failed or taken
+    registered: int = 0     # ... taken: a VTN that takes registrations but refuses every poll
+
+
+_REFUSED = re.compile(r"VTN refused[^:]*: \d+")
+
+
+def _fault_kind(reason: str) -> str:
+    """What the operator does about a failure: its reason's wording varies within a kind (connection refused,
+    then a timeout, while the VTN is down), and only a change of kind is worth a line of its own."""
+    if reason.startswith(("TLS ", "VTN refused: certificate fingerprint", "VTN message carries an invalid XML sig")):
+        return "TLS"                   # the certificates or the keys: the site's or the VTN's configuration
+    if refused := _REFUSED.match(reason):
+        return refused.group()         # the VTN answered, and refused: what and its code
+    if reason.startswith("HTTP "):
+        return " ".join(reason.split(" ", 2)[:2])   # something answers at vtn_url, not as a VTN
+    if reason.startswith(("VTN unreachable", "request to ")) or reason.endswith("did not answer in time"):
+        return "unreachable"           # down, or the network between
+    if reason.startswith(("VTN message", "VTN answer from", "registration error")):
+        return "answer"                # a VTN (or what is in front of it) answering nonsense
+    return reason
+
+
 class _Client(OpenADRClient):
     """OpenADRClient whose request path records why a request failed instead of only logging it."""
 
@@ -381,6 +411,10 @@ class VtnClient:
         self._client: _Client | None = None
         self._fingerprint: str | None = None  # the VEN certificate's, as last logged ("": unreadable)
         self.connected = False
+        # the registration stands and was not lost to failed polls: telemetry and opt answers go out. `connected`
+        # is off from the first failed poll, as the log says; delivery stops only once the polls lose the context,
+        # else one failed poll at a utility's poll rate of minutes would hold the telemetry that long
+        self._live = False
         self.ven_id: str | None = None
         self.registration_id: str | None = None
         # the registration the VTN asked to renew (oadrRequestReregistration): the next registration names
@@ -399,11 +433,11 @@ class VtnClient:
         self.last_reregistration: str | None = None   # "<time> <why>" of the latest
         self.poll_failures = 0
         self.poll_failures_total = 0   # monotonic, for the metrics counter
-        # A poll fault outlives the session it began in: a VTN that takes registrations but refuses
-        # every poll is re-registered each cycle, and that is one fault, logged when it starts and ends.
-        self._poll_fault: str | None = None     # the failure logged, until a poll is answered again
-        self._poll_fault_losses = 0             # sessions it ended meanwhile (re-registrations)
-        self._poll_fault_since = 0.0            # loop time of the poll failure logged
+        # An outage outlives the session it began in (polls fail, the registrations after them fail, and a VTN
+        # that takes registrations but refuses every poll is registered again each cycle): one fault, logged
+        # when it starts and when it ends
+        self._outage: _Outage | None = None
+        self._was_connected = False             # connected once since start: the end line says "again"
         self._poll_error: str | None = None     # the latest failed poll's reason
         self._lost_by_polls = False             # the last session ended on POLL_FAILURES_FOR_LOSS failures
         self._report_specifier_id = f"{config.ven_name}-telemetry"
@@ -458,6 +492,7 @@ class VtnClient:
         await cancel_and_wait(*self._tasks)
         self._tasks = []
         await self._drop_client()
+        self._live = False
         self._set_connected(False)
 
     # -- public ------------------------------------------------------------------------------
@@ -481,7 +516,7 @@ class VtnClient:
         # "waiting" counts the whole queue on the event loop (15-20 ms with a week's backlog at a 1 s poll):
         # only for a line that is logged
         if log.isEnabledFor(logging.DEBUG):
-            if self.connected and self._report_request_id:
+            if self._live and self._report_request_id:
                 log.debug("telemetry %.2f kW -> TELEMETRY_USAGE (interval %s + %s, %d waiting)", kw,
                           _iso(bucket_start(ts, self._granularity)), _duration(self._granularity),
                           self._telemetry.pending)
@@ -541,6 +576,39 @@ class VtnClient:
         if error is not None and self.last_error == error:
             self.last_error = None
 
+    def _failed(self, what: str, reason: str) -> None:
+        """A poll or a registration failed. The first failure starts an outage: one WARNING, and not connected
+        from then on, as the log says; another failure is one more WARNING only when its kind of reason changes
+        (the operator acts otherwise), else DEBUG."""
+        self.last_error = reason
+        kind = _fault_kind(reason)
+        if self._outage is None:
+            self._outage = _Outage(asyncio.get_running_loop().time(), kind, reason, self._was_connected)
+            if what == "poll":
+                log.warning("VTN poll failed: %s", reason)
+            else:
+                log.warning("VTN registration failed: %s; retrying (backoff up to %g s)",
+                            reason, self._cfg.retry_max_seconds)
+            self._set_connected(False)
+        elif kind != self._outage.kind:
+            log.warning("VTN outage goes on with another cause: %s failed: %s", what, reason)
+        else:
+            log.debug("VTN %s failed: %s", what, reason)
+        self._outage.kind, self._outage.reason = kind, reason
+
+    def _connected_again(self) -> None:
+        """Registered, and a poll answered if polls had failed: an outage ends, with the one line that says how
+        long it lasted and what it took."""
+        outage, self._outage = self._outage, None
+        if outage is not None:
+            log.info("VTN connected %safter %.0f s (%d failed poll(s), %d registration attempt(s) of which %d "
+                     "failed)", "again " if outage.again else "", asyncio.get_running_loop().time() - outage.since,
+                     self.poll_failures, outage.registrations, self.registration_failures)
+            self._clear_error(outage.reason)
+        self.poll_failures = self.registration_failures = 0
+        self._was_connected = self._live = True
+        self._set_connected(True)
+
     def _set_connected(self, ok: bool) -> None:
         if ok != self.connected:
             self.connected = ok
@@ -552,8 +620,6 @@ class VtnClient:
     async def _run(self) -> None:
         delay = self._cfg.retry_min_seconds
         quick_losses = 0
-        reported: str | None = None
-        failing_since = 0.0
         while True:
             try:
                 ok = await self._register()
@@ -565,30 +631,25 @@ class VtnClient:
                 ok = False
             if not ok:
                 self.registration_failures += 1
-                if self.registration_failures == 1:
-                    failing_since = asyncio.get_running_loop().time()
-                self._lost_by_polls = False     # a different fault now: the next registration is news
-                reason = self.last_error or "no reason given"
-                if reason != reported:
-                    log.warning("VTN registration failed: %s; retrying (backoff up to %g s)",
-                                reason, self._cfg.retry_max_seconds)
-                    reported = reason
+                self._failed("registration", self.last_error or "no reason given")
+            if self._outage is not None:
+                self._outage.registrations += 1
+                self._outage.registered += ok
+            if not ok:
                 await self._drop_client()
                 await asyncio.sleep(delay * random.uniform(0.9, 1.1))
                 delay = min(delay * 2, self._cfg.retry_max_seconds)
                 continue
-            if reported is not None:
-                log.info("VTN reachable again after %.0f s (%d failed registration attempt(s))",
-                         asyncio.get_running_loop().time() - failing_since, self.registration_failures)
-            reported = None
-            self.registration_failures = 0
             began = asyncio.get_running_loop().time()
             # else the VTN asked for another registration while this one was under way: its reason stays, for the
             # "context lost" line, and the session ends at once
             if not self._lost.is_set():
-                self.last_error = self._poll_error if self._poll_fault else None   # registered; polls may still fail
-                if self._poll_fault is None:   # otherwise once a poll is answered: polls refused is not connected
-                    self._set_connected(True)
+                if self._outage is not None and self.poll_failures:
+                    # polls refused is not connected: the outage ends once one is answered (the session polls first)
+                    self.last_error = self._outage.reason = self._poll_error
+                else:
+                    self.last_error = None
+                    self._connected_again()
             self._wake_delivery.set()
             self._opts_dirty.set()
             try:
@@ -597,17 +658,13 @@ class VtnClient:
                 log.error("VTN session error %s: %s", err.__class__.__name__, err)
                 self.last_error = f"session error {err.__class__.__name__}: {err}"
             finally:
+                self._live = False
                 self._set_connected(False)
-            if not self._lost_by_polls:
-                log.warning("VTN context lost (%s); registering again", self.last_error or "unknown reason")
-            elif self._poll_fault_losses == 0:
-                # the fault was logged when it started ("VTN poll failed"): this says what is done about it
-                log.info("VTN context lost (%d failed poll(s)); registering again, and again each cycle while polls "
-                         "fail (logged again once a poll is answered)", self.poll_failures)
+            if self._lost_by_polls:   # the outage's own doing, logged when it started and when it ends
+                log.debug("VTN context lost (%d failed poll(s): %s); registering again", self.poll_failures,
+                          self.last_error)
             else:
-                log.debug("VTN polls still failing (%s); registering again", self.last_error)
-            if self._lost_by_polls:
-                self._poll_fault_losses += 1
+                log.warning("VTN context lost (%s); registering again", self.last_error or "unknown reason")
             await self._drop_client()
             delay = self._cfg.retry_min_seconds
             if asyncio.get_running_loop().time() - began < 10 * self._cfg.retry_max_seconds:
@@ -701,16 +758,6 @@ class VtnClient:
         offered = await self._offer_reports(client)
         if self._lost.is_set():
             return True
-        # while polls keep failing, each cycle's registration after the first is part of that one fault
-        log.log(logging.DEBUG if self._lost_by_polls and self._poll_fault_losses > 1 else logging.INFO,
-                "registered with VTN %s: venID %s, registrationID %s, poll every %s s, telemetry %s",
-                 self._cfg.vtn_url, self.ven_id, self.registration_id,
-                 client.poll_frequency.total_seconds(),
-                 "requested" if self._report_request_id else "not requested by the VTN" if offered else "not offered")
-        if not offered:
-            log.warning("the VTN did not take the telemetry report offer (%s): events are served, samples queue, "
-                        "the offer is made again (every %g s at most)", self.report_offer_error,
-                        self._cfg.retry_max_seconds)
         rtype, payload = await client.request_event()
         if rtype is None:
             self.last_error = client.last_error
@@ -721,6 +768,17 @@ class VtnClient:
         if client.refused:   # an oadrDistributeEvent listing nothing: not "no events" (all would be cancelled)
             self.last_error = f"VTN refused the event request: {client.refused}"
             return False
+        # said once the registration stands: an attempt failing at its last step registered nothing. While polls
+        # keep failing, each cycle's registration after the first is part of that one outage.
+        log.log(logging.DEBUG if self._outage is not None and self._outage.registered else logging.INFO,
+                "registered with VTN %s: venID %s, registrationID %s, poll every %s s, telemetry %s",
+                self._cfg.vtn_url, self.ven_id, self.registration_id,
+                client.poll_frequency.total_seconds(),
+                "requested" if self._report_request_id else "not requested by the VTN" if offered else "not offered")
+        if not offered:
+            log.warning("the VTN did not take the telemetry report offer (%s): events are served, samples queue, "
+                        "the offer is made again (every %g s at most)", self.report_offer_error,
+                        self._cfg.retry_max_seconds)
         if rtype == "oadrResponse" and _response_code(payload) == 200:
             self._listed(set())     # the VTN lists no events for us
         await self._dispatch(rtype, payload)
@@ -778,10 +836,8 @@ class VtnClient:
                 self.poll_failures += 1
                 self.poll_failures_total += 1
                 failed_here += 1
-                self.last_error = self._poll_error = client.last_error or f"VTN refused the poll: {client.refused}"
-                if self._poll_fault is None:
-                    log.warning("VTN poll failed: %s", self.last_error)
-                    self._poll_fault, self._poll_fault_since = self.last_error, asyncio.get_running_loop().time()
+                self._poll_error = client.last_error or f"VTN refused the poll: {client.refused}"
+                self._failed("poll", self._poll_error)
                 unknown_ven = client.refused_code in UNKNOWN_VEN_CODES
                 if unknown_ven:     # a fresh registration: the VTN said it does not know this one
                     self._reregistration_requested(self.last_error, renew=False)
@@ -790,15 +846,9 @@ class VtnClient:
                     return
                 immediate = False
                 continue
-            if self._poll_fault is not None:
-                again = (f", {self._poll_fault_losses} re-registration(s)" if self._poll_fault_losses else "")
-                log.info("VTN polls answered again after %.0f s (%d failure(s)%s)",
-                         asyncio.get_running_loop().time() - self._poll_fault_since, self.poll_failures, again)
-                self._clear_error(self._poll_error)
-                self._poll_fault, self._poll_fault_losses = None, 0
-                self._set_connected(True)
+            if self._outage is not None:
+                self._connected_again()
                 self._wake_delivery.set()
-            self.poll_failures = 0
             self.last_poll = _utcnow()
             if rtype == "oadrRequestReregistration":
                 self._reregistration_requested("the VTN asked for re-registration")
@@ -1144,12 +1194,12 @@ class VtnClient:
         backoff = self._cfg.retry_min_seconds
         while True:
             failed = False
-            if self._opts_dirty.is_set() and self.connected:
+            if self._opts_dirty.is_set() and self._live:
                 self._opts_dirty.clear()
                 await self._send_opts()
-            if self.connected and self._one_shots and self._telemetry.newest() is not None:
+            if self._live and self._one_shots and self._telemetry.newest() is not None:
                 failed = not await self._send_one_shots()
-            if self.connected and self._report_request_id and not failed:
+            if self._live and self._report_request_id and not failed:
                 now = _utcnow()
                 if self._catch_up or now >= self._next_report:
                     if await self._send_complete(now):
@@ -1173,7 +1223,7 @@ class VtnClient:
             else:
                 backoff = self._cfg.retry_min_seconds
                 timeout = (max(0.0, (self._next_report - _utcnow()).total_seconds())
-                           if self.connected and self._report_request_id else None)
+                           if self._live and self._report_request_id else None)
             if self._backlog and not self._catch_up and self._report_request_id:
                 log.info("queued telemetry delivered: %d interval(s) with their original times", self._backlog)
                 self._backlog = 0
@@ -1230,7 +1280,7 @@ class VtnClient:
         first, end = self._window
         if end is not None:
             now = min(now, end)         # intervals reaching past the reportInterval are not this request's
-        while self.connected and self._report_request_id:
+        while self._live and self._report_request_id:
             if first is not None:
                 self._drop_before(first)
             intervals, late = self._complete(now)
