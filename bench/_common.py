@@ -128,6 +128,15 @@ def _toml_value(v) -> str:
     return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def use_page_size(size: int) -> None:
+    """Files the stores create from now on get `size`-byte pages (0: the stores' own); an existing file
+    keeps its page size. A version without the setting keeps SQLite's 4,096."""
+    if size:
+        import forecaster.store
+        import ven.storage
+        ven.storage.PAGE_SIZE = forecaster.store.PAGE_SIZE = size
+
+
 def building_profile(now: float | None = None):
     from ven.demo import BuildingProfile
     from ven.demo_data import load_series

@@ -1,11 +1,15 @@
 """Schedule skew and telemetry backlog delivery, measured against a real openleadr VTN on loopback.
 
     python bench/event_timing.py [--bacnet-intervals 60] [--wire-intervals 20] [--local-intervals 300] [--local-ms 100] [--backlog 5000]
+                                 [--page-size N]
 
 Skew: an event with SIMPLE intervals (levels 1,2,3 repeating) arrives over OpenADR (1 s intervals:
 OpenADR durations travel in whole seconds); a second, local run feeds EventSchedule directly with
 100 ms intervals. For each interval start we record when the on_change callback ran. Backlog: samples
-queued while the VTN is down, then the time from the VTN coming up until the queue is empty.
+queued while the VTN is down, then the time from the VTN coming up until the queue is empty; and the
+storage part of it alone, on a file of its own: the samples queued (a commit each), then taken from
+the queue as delivery does (peek a batch of 100 intervals, acknowledge it). `--page-size` creates the
+files with that page size.
 The BACnet run is what the BAS sees: the real `edge-gateway run` process, a VTN sending 1 s intervals,
 and a BACnet client (this process) reading ADR-Event-Level back to back; the skew is from each interval
 start to the first read that returns its level (so it includes one read's latency).
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -112,8 +117,27 @@ address = "127.0.0.1:{http_port}"
     return n, skews
 
 
+def backlog_storage(path: Path, n: int) -> tuple[float, float]:
+    """Seconds to queue `n` samples and to take them all back, batch by batch, without a VTN."""
+    queue = TelemetryQueue(path)
+    t0 = datetime.now(timezone.utc) - timedelta(seconds=10 * n)
+    t = time.perf_counter()
+    for i in range(n):
+        queue.add(t0 + timedelta(seconds=10 * i), 90.0 + (i % 100) / 100)
+    queued = time.perf_counter() - t
+    t = time.perf_counter()
+    while batch := queue.peek(101)[:100]:
+        queue.ack(batch)
+    assert queue.pending == 0
+    drained = time.perf_counter() - t
+    queue.close()
+    return queued, drained
+
+
 async def main(args) -> None:
+    C.use_page_size(args.page_size)
     tmp = Path(tempfile.mkdtemp(prefix="bench-openadr-"))
+    alone = backlog_storage(tmp / "backlog.sqlite", args.backlog)
     seen_by_bas = await bacnet_skew(args.bacnet_intervals, tmp)
     port = C.free_tcp_port()
     seen: list[tuple[datetime, float]] = []
@@ -169,6 +193,10 @@ async def main(args) -> None:
     print(f"{'VTN up -> registered (s)':<50}{registered:>14.2f}")
     print(f"{'VTN up -> backlog delivered (s)':<50}{drained:>14.2f}")
     print(f"{'backlog delivery rate (samples/s)':<50}{args.backlog / max(drained - registered, 1e-9):>14.0f}")
+    print(f"{'storage alone: backlog queued / taken back (s)':<50}{f'{alone[0]:.2f} / {alone[1]:.2f}':>14}")
+    db = sqlite3.connect(tmp / "gw.sqlite")
+    print(f"{'page size of the files':<50}{db.execute('PRAGMA page_size').fetchone()[0]:>14}")
+    db.close()
 
 
 if __name__ == "__main__":
@@ -178,4 +206,5 @@ if __name__ == "__main__":
     ap.add_argument("--local-intervals", type=int, default=300)
     ap.add_argument("--local-ms", type=int, default=100)
     ap.add_argument("--backlog", type=int, default=5000)
+    ap.add_argument("--page-size", type=int, default=0, help="create the files with this page size (0: the stores' own)")
     asyncio.run(main(ap.parse_args()))

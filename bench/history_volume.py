@@ -1,6 +1,6 @@
 """A gateway with a year behind it: the event table at start-up and pruned, and the size and time of /api/history.
 
-    python bench/history_volume.py [--days 365] [--per-day 1]
+    python bench/history_volume.py [--days 365] [--per-day 1] [--model-kb 700] [--page-size N] [--cold]
 
 Events: `--per-day` events a day for `--days` days, each opted in then out for part of it (as a BAS toggling
 ADR-Opt-Out leaves them), written through the gateway's own Storage and EventSchedule (upsert, opt-out,
@@ -12,11 +12,14 @@ schedule's work per timer wake (`_next_wake` + `state`) with that month of ended
 History: the shipped building's 35 days of minutes (what `forecaster.history_days` keeps by default)
 written into the gateway's SQLite file, forecasts every minute for both horizons, then
 `ForecastService.history` + `build_history` and the JSON encoding, for 24 h, a week and 35 days, with the
-events kept for them: seconds and bytes. Prints tables; nothing is asserted.
+events kept for them: seconds and bytes; and a fitted model's size (`--model-kb`) saved and read back.
+`--page-size` creates both files with that page size; `--cold` drops the history file from the kernel's page
+cache before each read (as the first read after a boot). Prints tables; nothing is asserted.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sqlite3
@@ -97,7 +100,14 @@ def events_part(args, tmp: Path) -> list:
             wake * 1e6], shaded
 
 
-def history_part(tmp: Path, events: list) -> list[list]:
+def uncache(path: Path) -> None:
+    """The file's pages out of the kernel's page cache: the next read goes to the disk."""
+    for p in (path, Path(f"{path}-wal")):
+        with contextlib.suppress(FileNotFoundError), open(p, "rb") as f:
+            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+def history_part(tmp: Path, events: list, model_kb: int, cold: bool) -> list[list]:
     from forecaster.store import ForecastStore
     from ven.config import ForecasterConfig
     from ven.http_api import build_history, to_json
@@ -113,10 +123,14 @@ def history_part(tmp: Path, events: list) -> list[list]:
                        [(t, "gbr", 100.0, 0.1, 0, 0, 120.0, 60.0) for t in issued])
         db.executemany("INSERT OR REPLACE INTO forecast_demand VALUES (?, ?, ?, ?)",
                        [(t, h, t + h * 60, 100.0) for t in issued for h in (15, 60)])
+        db.commit()
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")   # the size is the file's, not part of it in the WAL
     size = path.stat().st_size
     c = ForecasterConfig()
     out = []
     for hours in (24, 168, 840):
+        if cold:
+            uncache(path)
         t = time.perf_counter()
         stored = store.history(now - hours * 3600)
         read = time.perf_counter() - t
@@ -130,25 +144,43 @@ def history_part(tmp: Path, events: list) -> list[list]:
         encoded = time.perf_counter() - t
         out.append([hours, len(body["minutes"]), len(body["events"]), read * 1000, shaped * 1000, encoded * 1000,
                     len(text) / 1024])
-    return out, minutes, size
+    blob = os.urandom(model_kb * 1024)      # a fit's pickle barely compresses; neither does this
+    t = time.perf_counter()
+    store.save_model(blob)
+    saved = time.perf_counter() - t
+    if cold:
+        uncache(path)
+    t = time.perf_counter()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        back = db.execute("SELECT blob FROM forecast_model WHERE id = 1").fetchone()[0]
+    loaded = time.perf_counter() - t
+    assert back == blob
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        page = db.execute("PRAGMA page_size").fetchone()[0]
+    return out, minutes, size, page, (saved * 1000, loaded * 1000)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--days", type=int, default=365)
     ap.add_argument("--per-day", type=int, default=1)
+    ap.add_argument("--model-kb", type=int, default=700, help="the model saved and read (a fit on 35 days: 690 KB)")
+    ap.add_argument("--page-size", type=int, default=0, help="create the files with this page size (0: the stores' own)")
+    ap.add_argument("--cold", action="store_true", help="read the history file from the disk, not the page cache")
     args = ap.parse_args()
     C.quiet_logging()
+    C.use_page_size(args.page_size)
     load0 = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-history-") as tmp:
         ev, shaded = events_part(args, Path(tmp))
-        hist, minutes, size = history_part(Path(tmp), shaded)
+        hist, minutes, size, page, model = history_part(Path(tmp), shaded, args.model_kb, args.cold)
     print(C.table(["events written", "written in s", "rows in file", "file KB", "start-up load ms", "prune ms",
                    "rows after", "in /api/status", "for /api/history", "timer wake us"], [ev]))
     print()
-    print(f"history file: {minutes} minutes of power, a forecast a minute; {size / 2**20:.1f} MB")
+    print(f"history file: {minutes} minutes of power, a forecast a minute; {size / 2**20:.1f} MB; page size {page}")
     print(C.table(["hours", "minutes", "event spans", "SQLite read ms", "build_history ms", "JSON encode ms",
                    "body KB"], hist))
+    print(f"model of {args.model_kb} KB: saved in {model[0]:.1f} ms, read back in {model[1]:.1f} ms")
     print(f"\nload average {load0:.2f} -> {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
     return 0
 

@@ -1,6 +1,6 @@
 """Months of storage.path in a few minutes: does the SQLite file stop growing?
 
-    python bench/storage_months.py [--days 90] [--poll-seconds 10] [--outage-days 30:40]
+    python bench/storage_months.py [--days 90] [--poll-seconds 10] [--outage-days 30:40] [--page-size N]
 
 Everything goes through the gateway's own classes with synthetic timestamps, as a gateway running that
 long would write it: the telemetry queue (a sample every `--poll-seconds`, accepted by the VTN in
@@ -66,8 +66,10 @@ def main() -> None:
     ap.add_argument("--restart-minutes", type=float, default=0.0,
                     help="the gateway restarts this often (0: never): the forecaster prunes an hour after each "
                          "start, and at start where this version does (ForecastStore.prune_behind_newest)")
+    ap.add_argument("--page-size", type=int, default=0, help="create the file with this page size (0: the stores' own)")
     args = ap.parse_args()
     C.quiet_logging()
+    C.use_page_size(args.page_size)
     out0, out1 = (int(x) for x in args.outage_days.split(":")) if args.outage_days else (-1, -1)
 
     work = Path(tempfile.mkdtemp(prefix="storage-months-"))

@@ -1,7 +1,8 @@
 """Bytes written to storage.path a day, by source: what an SD card or eMMC under the gateway takes.
 
     python bench/storage_writes.py [--hours 24] [--telemetry-seconds 10] [--report-seconds 10]
-                                   [--cycle-seconds 60] [--model-kb 600] [--dir DIR]
+                                   [--cycle-seconds 60] [--model-kb 700] [--page-size N]
+                                   [--autocheckpoint PAGES] [--dir DIR]
 
 The gateway's own classes write a real SQLite file at the default cadence on a simulated clock (a
 day in a minute or two): the telemetry queue (`TelemetryQueue.add` for each meter sample, then the
@@ -11,7 +12,8 @@ the demo VTN asks for one interval per update), the forecaster (`ForecastService
 the hourly prune and a daily model of `--model-kb` are persisted as the service does it), and the event
 store (two events a day with a few opt changes, through `EventSchedule`). Before the measured day the
 file holds the forecaster's keep_days (44) of history and issued forecasts, as after weeks of running.
-`--save-cycles` and `--page-size` try other settings.
+`--save-cycles`, `--page-size` (the file's) and `--autocheckpoint` (SQLite's
+wal_autocheckpoint on every connection, in pages) try other settings.
 
 How bytes are counted: every SQLite statement the gateway runs is timed by `wchar` of
 /proc/thread-self/io (the bytes this thread passed to write()/pwrite(); SQLite's unix VFS writes the
@@ -156,8 +158,13 @@ class Meter:
         return charged
 
 
-def traced_connection(meter: Meter):
+def traced_connection(meter: Meter, autocheckpoint: int = 0):
     class Traced(sqlite3.Connection):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            if autocheckpoint:
+                super().execute(f"PRAGMA wal_autocheckpoint={autocheckpoint}")
+
         def execute(self, *a, **k):
             return meter.statement(lambda: super(Traced, self).execute(*a, **k))
 
@@ -203,7 +210,7 @@ def run(args, page_note: list) -> tuple[Meter, dict]:
         Path(str(path) + suffix).unlink(missing_ok=True)
     meter = Meter(path)
     real_connect = sqlite3.connect
-    sqlite3.connect = functools.partial(real_connect, factory=traced_connection(meter))
+    sqlite3.connect = functools.partial(real_connect, factory=traced_connection(meter, args.autocheckpoint))
     for cls, name, source in SOURCES:
         if hasattr(cls, name):      # the same script measures older versions too
             setattr(cls, name, meter.charge(source, getattr(cls, name)))
@@ -212,7 +219,8 @@ def run(args, page_note: list) -> tuple[Meter, dict]:
 
     t0 = math.floor(time.time() / 86400) * 86400 - 2 * 86400
     cfg = ForecasterConfig(cycle_seconds=args.cycle_seconds)
-    if args.page_size:
+    C.use_page_size(args.page_size)
+    if args.page_size:     # a version without the setting: the file made here first
         with contextlib.closing(real_connect(path)) as db:
             db.execute(f"PRAGMA page_size={args.page_size}")
             db.execute("VACUUM")
@@ -290,7 +298,9 @@ def main() -> None:
                     help="size of the fitted model stored once a day (a fit on 35 days: 690 KB)")
     ap.add_argument("--save-cycles", type=int, default=0,
                     help="override ven.forecast_service.SAVE_EVERY_CYCLES (where the version has it)")
-    ap.add_argument("--page-size", type=int, default=0, help="create the file with this page size (0: SQLite's)")
+    ap.add_argument("--page-size", type=int, default=0, help="create the file with this page size (0: the stores' own)")
+    ap.add_argument("--autocheckpoint", type=int, default=0,
+                    help="wal_autocheckpoint in pages on every connection (0: SQLite's 1000)")
     ap.add_argument("--dir", default="", help="where the file goes (default: a new temporary directory)")
     args = ap.parse_args()
     C.quiet_logging()
@@ -312,7 +322,7 @@ def main() -> None:
     print(f"{args.hours:g} h simulated in {time.monotonic() - started:.0f} s: "
           f"a sample every {args.telemetry_seconds:g} s, "
           f"an acknowledgement every {args.report_seconds:g} s, a forecast every {args.cycle_seconds:g} s, "
-          f"a {args.model_kb} KB model a day; page size {page[0]}; forecaster saves every "
+          f"a {args.model_kb} KB model a day; page size {page[0]}; wal_autocheckpoint {args.autocheckpoint or 1000}; forecaster saves every "
           f"{getattr(forecast_service, 'SAVE_EVERY_CYCLES', 1)} cycle(s); {info['path']}")
     print(C.table(["source", "MB/day", "%", "commits/day", "WAL frames/day", "frames/commit"], rows))
     print(f"unexplained bytes (written outside WAL frames and checkpoints): {meter.unexplained}; "

@@ -17,6 +17,10 @@ from .core import DemandForecaster, Forecast
 
 log = logging.getLogger(__name__)
 
+# A file this store creates gets small pages, as ven.storage.PAGE_SIZE says why (the card's wear);
+# an existing file keeps its own.
+PAGE_SIZE = 1024
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS forecast_minute (minute INTEGER PRIMARY KEY, sum_kw REAL NOT NULL, count INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS forecast_model (id INTEGER PRIMARY KEY CHECK (id = 1), saved_at REAL NOT NULL, blob BLOB NOT NULL);
@@ -34,6 +38,7 @@ class ForecastStore:
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._timeout = busy_timeout_s
         with closing(self._connect(create=True)) as db:
+            db.execute(f"PRAGMA page_size={PAGE_SIZE}")  # before WAL mode writes the file's header
             db.execute("PRAGMA journal_mode=WAL")
             with db:
                 db.executescript(_SCHEMA)
