@@ -2,7 +2,8 @@
 status reports (VTN refusing, meter units not power, BACnet communication disabled by a client,
 storage.path unwritable, the forecaster without input or without a threshold) is named up top in
 words with what to do, on the pills and on the tiles it turns to "fault"; the green "healthy" pill
-does not sit beside them; and all of it goes away by itself when the status clears."""
+does not sit beside them; and all of it goes away by itself when the status clears. A configuration
+warning is named there too, as a warning: the gateway stays "healthy"."""
 from __future__ import annotations
 
 import time
@@ -12,6 +13,7 @@ import pytest
 from browser import artifact_path, chromium_page
 from test_dashboard import open_dashboard, server  # noqa: F401 - shared fixture
 from test_http_api import SampleView, _iso
+from ven.config import parse_config
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -197,4 +199,45 @@ async def test_power_tiles_say_how_old_their_value_is(server):  # noqa: F811
         await page.wait_for_function("document.querySelector('#tiles [data-point=\"input-power-meter\"] .age')"
                                      ".innerText === 'not written since start'", timeout=10000)
         assert await page.locator("#tiles .why").count() == 0  # old is not a fault
+        assert page.errors == []
+
+
+class ConfigWarningView(FaultView):
+    """The gateway's config_warnings as check-config gives them (settings, not faults)."""
+
+    config_warnings: list[str] = []
+
+    def status(self):
+        return {**super().status(), "config_warnings": list(self.config_warnings)}
+
+
+async def test_each_config_warning_is_named_as_a_warning_and_none_when_the_config_is_clean(server):  # noqa: F811
+    # said once in the start-up log, scrolled away within the day: the dashboard is where the operator looks
+    warnings = parse_config({"meter": {"poll_seconds": 20}, "openadr": {
+        "telemetry_seconds": 10, "vtn_url": "http://vtn.utility.example/OpenADR2/Simple/2.0b"}}, "test",
+        environ={}).warnings()
+    assert len(warnings) == 2, warnings
+    view = ConfigWarningView()
+    srv = await server(view)
+    async with chromium_page() as page:
+        await open_dashboard(page, srv.url + "/?refresh=1")
+        assert await page.locator("#problems").is_hidden()   # a clean config: nothing to look at
+        assert await page.evaluate("window.dashboard.problems") == []
+
+        view.config_warnings = warnings
+        await page.wait_for_function(f"({PROBLEMS}) === 'config-0,config-1'", timeout=10000)
+        for i, warning in enumerate(warnings):
+            item = page.locator(f'#problems li[data-problem="config-{i}"]')
+            assert await item.get_attribute("data-level") == "warn"
+            assert await item.locator(".what").inner_text() == "Configuration warning"
+            assert await item.locator(".detail").inner_text() == warning
+            assert "check-config" in await item.locator(".todo").inner_text()
+        assert "only-warn" in await page.locator("#problems").get_attribute("class")
+        # settings, not faults: the gateway still reads healthy, with no problem count
+        assert await page.locator("#pills .pill").first.inner_text() == "healthy"
+        assert "problem" not in await page.locator("#pills").inner_text()
+        await page.screenshot(path=str(artifact_path("dashboard-config-warnings.png")), full_page=True)
+
+        view.config_warnings = []
+        await page.wait_for_selector("#problems", state="hidden", timeout=10000)
         assert page.errors == []

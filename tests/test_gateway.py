@@ -145,6 +145,7 @@ async def test_operator_api_reflects_the_running_gateway(system):
         assert status["vtn"]["connected"] and status["vtn"]["registration_id"]
         assert any(e["event_id"] == "api-evt" for e in status["events"])
         assert status["meter"]["fault"] is False and status["forecaster"]
+        assert status["config_warnings"] == []  # loopback VTN, meter read faster than telemetry, zone UTC
         async with http.get(f"{base}/metrics") as r:
             text = await r.text()
         metrics = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
@@ -188,6 +189,37 @@ async def test_a_bas_value_at_the_bound_feeds_the_forecast_and_no_forecast_is_a_
             for name in (P.FIFTEEN_MIN_FORECAST, P.ONE_HOUR_FORECAST, P.RATE_OF_CHANGE):
                 await eventually(lambda name=name: gateway.device.status_flags(name)["fault"], 5, f"{name} fault")
             assert await peer.read(gw, P.BY_NAME[P.FIFTEEN_MIN_FORECAST].object_id, "statusFlags") == [0, 1, 0, 0]
+    finally:
+        await gateway.stop()
+
+
+@pytest.mark.timeout(40)
+async def test_status_carries_the_config_warnings_and_healthz_stays_ok(tmp_path, free_udp_port, free_tcp_port):
+    # the start-up log says them once and they scroll away: an operator who watches only the dashboard
+    # never learned that every other report interval goes unsent
+    import aiohttp
+
+    cfg = parse_config({
+        "bacnet": {"address": f"127.0.0.1/8:{free_udp_port()}", "device_id": 500005},
+        "meter": {"address": "127.0.0.1:9", "poll_seconds": 20.0, "timeout_seconds": 0.5},   # nobody there
+        "openadr": {"vtn_url": f"http://127.0.0.1:{free_tcp_port()}/OpenADR2/Simple/2.0b", "telemetry_seconds": 10},
+        "storage": {"path": str(tmp_path / "gw.sqlite")},
+        "http": {"address": f"127.0.0.1:{free_tcp_port()}"},
+    }, "test", environ={})
+    (warning,) = cfg.warnings()
+    assert warning.startswith("meter.poll_seconds (20) is longer than openadr.telemetry_seconds (10)"), warning
+    gateway = Gateway(cfg)
+    await gateway.start()
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+            async with http.get(f"{gateway.http.url}/api/status") as r:
+                assert r.status == 200
+                status = await r.json()
+            assert status["config_warnings"] == [warning]
+            async with http.get(f"{gateway.http.url}/healthz") as r:
+                health = await r.text()
+                assert r.status == 200, health  # a setting, not a fault
+            assert "poll_seconds" not in health
     finally:
         await gateway.stop()
 

@@ -104,6 +104,11 @@ class Gateway:
         c = self.config
         return HttpServer(self, self.metrics, address=c.http.address, token=c.http.token) if c.http.enabled else None
 
+    @functools.cached_property
+    def config_warnings(self) -> list[str]:
+        """GatewayConfig.warnings(), worked out once: the start-up log and /api/status say the same."""
+        return self.config.warnings()
+
     def add_schedule_listener(self, callback) -> None:
         """Call `callback(ScheduleState)` on every change of the demand-response state (the public hook)."""
         self._schedule_listeners.append(callback)
@@ -111,7 +116,7 @@ class Gateway:
     async def start(self) -> None:
         c = self.config
         log.info("edge-gateway %s starting: device %d on %s", __version__, c.bacnet.device_id, c.bacnet.address)
-        for warning in c.warnings():
+        for warning in self.config_warnings:
             log.warning("config: %s", warning)
         await self._start(self.device)
         self._count_database_revision()
@@ -360,6 +365,9 @@ class Gateway:
             },
             "forecaster": self.forecast.status(),
             "storage": self.storage_status(),
+            # settings that are valid but lose something (check-config's warnings): the log says them once,
+            # at start, long scrolled away when the operator looks at the dashboard
+            "config_warnings": self.config_warnings,
         }
 
     def storage_status(self) -> dict:

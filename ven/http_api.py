@@ -36,8 +36,9 @@ GET /api/status -> view.status(), a dict shaped like:
       ],
       "telemetry": {"queue_depth": 0, "last_delivery": "...Z", ...},
       "meter": {"address": "12345:2", "value_kw": 96.4, "read_at": "...Z", "fault": false, ...},
-      "forecaster": {"serving": "gbr", "history_minutes": 20160, "validation_error_kw": 3.1, ...}
-    }
+      "forecaster": {"serving": "gbr", "history_minutes": 20160, "validation_error_kw": 3.1, ...},
+      "config_warnings": ["meter.poll_seconds (20) is longer than ..."]  # check-config's warnings, one sentence
+    }                                                # each; [] when none. Settings, not faults: /healthz stays 200
 
 Also accepted (what the gateway's parts produce): "points" as a map keyed by point name
 (device.snapshot()) with "flags" instead of "status_flags"; events without "level" whose SIMPLE

@@ -374,6 +374,10 @@ function findProblems(health) {
         "wait for a day of history, or set forecaster.high_load_kw and low_load_kw for fixed thresholds");
   }
   if (fc.fit_ok === false) add("fit", "warn", "Forecaster fit failing", "the learned model is not refitted; the last model or persistence serves", "see the gateway's log");
+  // settings, not faults: each stays until the config is changed, so it is said here, not only in the start-up log
+  (Array.isArray(gw.config_warnings) ? gw.config_warnings : []).forEach((w, i) =>
+    add(`config-${i}`, "warn", "Configuration warning", String(w),
+        "change the setting in the gateway's config file (edge-gateway check-config lists these) and restart the gateway"));
   return out;
 }
 function renderProblems(found) {
