@@ -133,6 +133,8 @@ class GatewayDevice:
                 obj = self._build(point)
                 self.app.add_object(obj)
                 self._objects[point.name] = obj
+                if point.starts_in_fault:
+                    self._no_value_yet.add(point.name)
         except BaseException:
             await self.stop()
             raise
@@ -217,9 +219,13 @@ class GatewayDevice:
             obj = cls(presentValue=initial, **common)
         else:
             raise ValueError(f"{point.name}: access {point.access!r} is not supported")
-        if point.starts_in_fault:
-            self._no_value_yet.add(point.name)
         return obj
+
+    def point_objects(self) -> list[Any]:
+        """The point objects as `start` builds them, in point-table order, built afresh and served nowhere:
+        a description of the device written offline (the EDE file) reads them, so it says what the
+        device serves."""
+        return [self._build(point) for point in self._points.values()]
 
     def _object(self, name: str) -> Any:
         try:

@@ -73,7 +73,7 @@ POINTS: tuple[Point, ...] = (
     Point(EVENT_ACTIVE, "binaryValue", 3, "read-only", None,
           "An OpenADR event interval is active now", False),
     Point(OPT_OUT, "binaryValue", 4, "commandable", None,
-          "Write active to opt out of current and pending events; relinquish to opt back in", False),
+          "Write active to opt out of current and pending events, relinquish to opt back in", False),
     Point(VTN_CONNECTED, "binaryValue", 5, "read-only", None,
           "Registered with the VTN and polling", False),
     Point(METER_FAULT, "binaryValue", 6, "read-only", None,

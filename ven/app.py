@@ -50,18 +50,22 @@ def _import_slow_parts() -> None:
     vtn.warm_up()
 
 
+def bacnet_device(c: GatewayConfig) -> GatewayDevice:
+    """The BACnet device a configuration describes: the one `run` serves and `points --ede` writes down."""
+    return GatewayDevice(address=c.bacnet.address, device_id=c.bacnet.device_id, device_name=c.bacnet.device_name,
+                         input_min=c.bacnet.input_min_kw, input_max=c.bacnet.input_max_kw,
+                         bbmd_address=c.bacnet.bbmd_address, bbmd_ttl=c.bacnet.bbmd_ttl,
+                         dcc_password=c.bacnet.dcc_password,
+                         points=P.points_for(c.forecaster.horizons_minutes, c.forecaster.threshold_days))
+
+
 class Gateway:
     def __init__(self, config: GatewayConfig):
         self.config = config
         self.started_at = time.monotonic()   # uptime: a wall-clock step (NTP at boot) is not time run
         c = config
         self.metrics = Metrics(c.forecaster.horizons_minutes)
-        self.device = GatewayDevice(address=c.bacnet.address, device_id=c.bacnet.device_id,
-                                    device_name=c.bacnet.device_name,
-                                    input_min=c.bacnet.input_min_kw, input_max=c.bacnet.input_max_kw,
-                                    bbmd_address=c.bacnet.bbmd_address, bbmd_ttl=c.bacnet.bbmd_ttl,
-                                    dcc_password=c.bacnet.dcc_password,
-                                    points=P.points_for(c.forecaster.horizons_minutes, c.forecaster.threshold_days))
+        self.device = bacnet_device(c)
         # A file that cannot be opened does not stop the gateway: the BAS still needs the device and
         # the live points. Both keep their data in memory and write it once the file opens.
         self.storage = Storage(c.storage.path, reopen_seconds=c.storage.retry_seconds)

@@ -156,10 +156,28 @@ def cmd_points(args) -> int:
     from bacnet_api.points import points_for
 
     cfg = _config_or_exit(args.config)
+    if args.ede:
+        return _write_ede(cfg, args.ede)
     print(f"device {cfg.bacnet.device_id} '{cfg.bacnet.device_name}' on {cfg.bacnet.address}")
     print(f"{'object':<16} {'name':<26} {'access':<12} {'units':<10} description")
     for p in points_for(cfg.forecaster.horizons_minutes, cfg.forecaster.threshold_days):
         print(f"{p.object_id:<16} {p.name:<26} {p.access:<12} {p.units or '':<10} {p.description}")
+    return 0
+
+
+def _write_ede(cfg: GatewayConfig, path: str) -> int:
+    from bacnet_api.ede import ede_rows, ede_text, write_ede
+
+    from .app import bacnet_device
+
+    device = bacnet_device(cfg)
+    try:
+        write_ede(path, ede_text(device, author=f"edge-gateway {__version__}"))
+    except OSError as err:
+        print(f"points: --ede {path}: {err.strerror or err}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"{path}: EDE file of device {cfg.bacnet.device_id} '{cfg.bacnet.device_name}', "
+          f"{len(ede_rows(device))} objects")
     return 0
 
 
@@ -386,6 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("points", help="print the BACnet point table the device serves")
     p.add_argument("--config", required=True, metavar="FILE")
+    p.add_argument("--ede", default=None, metavar="FILE",
+                   help="write the points as an EDE file (B.I.G.-EU Engineering-Data-Exchange CSV, layout 2.3) "
+                        "for a BAS workstation to import, instead of printing the table")
     p.set_defaults(func=cmd_points)
 
     p = sub.add_parser("read-meter", help="read the meter once and print the value or why it failed")

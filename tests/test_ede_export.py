@@ -1,0 +1,135 @@
+"""`edge-gateway points --ede FILE`: the EDE file a BAS workstation imports says what the running gateway serves."""
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+
+import pytest
+from bacpypes3.pdu import Address
+from bacpypes3.primitivedata import ObjectIdentifier
+
+from bacnet_api.ede import COLUMNS
+from bacnet_api.objects import float32
+from bacnet_peer import BacnetPeer, PeerError
+from gateway_process import GatewayProcess, write_config
+from waiting import eventually
+
+pytestmark = pytest.mark.timeout(120)
+
+# BACnet's numbers for what the gateway serves (clause 21, BACnetObjectType and BACnetEngineeringUnits)
+OBJECT_TYPES = {"2": "analogValue", "5": "binaryValue", "8": "device"}
+UNITS = {"48": "kilowatts", "72": "minutes", "95": "noUnits"}
+
+
+def _points(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ven.cli", "points", *args], capture_output=True, text=True,
+                          timeout=60)
+
+
+def _parse(path) -> tuple[dict[str, str], list[dict[str, str]]]:
+    """(header key -> value, object rows) of an EDE file, as an importer splits it: at every semicolon."""
+    lines = path.read_bytes().decode("utf-8").split("\r\n")
+    assert lines[-1] == "" and all("\n" not in line and "\r" not in line for line in lines), "CRLF lines"
+    lines = lines[:-1]
+    assert lines[0].split(";")[0] == "# Engineering-Data-Exchange - B.I.G.-EU"
+    # importers that count columns find all 16 on every line; a quoted field would shift one that splits
+    assert [n for n, line in enumerate(lines) if len(line.split(";")) != len(COLUMNS)] == []
+    assert list(csv.reader(lines, delimiter=";")) == [line.split(";") for line in lines]
+    header = {cells[0]: cells[1] for cells in (line.split(";") for line in lines[1:6])}
+    assert lines[6].split(";") == ["#mandatory"] + ["mandatory"] * 4 + ["optional"] * 11
+    assert lines[7].split(";") == ["# keyname", "device obj.-instance", "object-name", "object-type",
+                                   "object-instance", "description", "present-value-default", "min-present-value",
+                                   "max-present-value", "settable", "supports COV", "hi-limit", "low-limit",
+                                   "state-text-reference", "unit-code", "vendor-specific-address"]
+    return header, [dict(zip(COLUMNS, line.split(";"))) for line in lines[8:]]
+
+
+async def _subscribes(peer: BacnetPeer, address: str, obj: str) -> bool:
+    try:
+        async with peer.app.change_of_value(Address(address), ObjectIdentifier(obj.replace(" ", ",")), 11, False,
+                                            60):
+            return True
+    except BaseException as err:   # bacpypes3's Error PDUs derive from BaseException
+        if "cov-subscription-failed" not in str(err):
+            raise
+        return False
+
+
+async def test_the_ede_file_says_what_the_running_gateway_serves(tmp_path, free_udp_port, free_tcp_port,
+                                                                  monkeypatch):
+    bacnet_port, config = free_udp_port(), tmp_path / "gw.toml"
+    write_config(config, bacnet_port=bacnet_port, http_port=free_tcp_port(), storage=tmp_path / "gw.sqlite",
+                 ven_name="ede-test", device_id=4100042, device_name="Bldg-7-Gateway")
+    # a site's horizons, threshold window and bounds, the bounds as the service's environment gives them
+    config.write_text(config.read_text() + "horizons_minutes = [30, 120]\nthreshold_days = 7\n")
+    monkeypatch.setenv("EDGE_GATEWAY__BACNET__INPUT_MIN_KW", "-50")
+    monkeypatch.setenv("EDGE_GATEWAY__BACNET__INPUT_MAX_KW", "999.9")
+
+    ede = tmp_path / "Bldg-7_EDE.csv"
+    res = _points("--config", str(config), "--ede", str(ede))
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == f"{ede}: EDE file of device 4100042 'Bldg-7-Gateway', 16 objects\n"
+    header, rows = _parse(ede)
+    assert header["PROJECT_NAME"] == "Bldg-7-Gateway" and header["VERSION_OF_LAYOUT"] == "2.3"
+    assert header["AUTHOR_OF_LAST_CHANGE"].startswith("edge-gateway ")
+    assert {r["device obj.-instance"] for r in rows} == {"4100042"}
+    assert len({r["keyname"] for r in rows}) == len(rows)
+    by_object = {f"{OBJECT_TYPES[r['object-type']]} {r['object-instance']}": r for r in rows}
+    assert len(by_object) == len(rows)
+    device = by_object.pop("device 4100042")
+    assert (device["object-name"], device["settable"], device["supports COV"]) == ("Bldg-7-Gateway", "N", "N")
+
+    gw = f"127.0.0.1:{bacnet_port}"
+    with GatewayProcess(config, tmp_path / "gateway.log") as gateway:
+        async with BacnetPeer(free_udp_port(), timeout=3.0) as peer:
+            served = await eventually(lambda: peer.read(gw, "device 4100042", "objectList"), 30, "the device answers")
+            # every object a BAS programs against is in the file, and nothing the device does not serve
+            assert sorted(by_object) == sorted(o for o in served if not o.startswith(("device", "networkPort")))
+            assert await peer.read(gw, "device 4100042", "objectName") == device["object-name"]
+            assert isinstance(await peer.read(gw, "device 4100042", "description"), PeerError)
+            assert device["description"] == ""
+            assert not await _subscribes(peer, gw, "device 4100042")
+
+            for obj, row in by_object.items():
+                props = ["objectName", "objectType", "description", "priorityArray"]
+                got = await peer.read_multiple(gw, [(obj, props + (["units"] if "analog" in obj else []))])
+                assert got[(obj, "objectName")] == row["object-name"], obj
+                assert got[(obj, "objectType")] == OBJECT_TYPES[row["object-type"]], obj
+                assert got[(obj, "description")] == row["description"], obj
+                assert got.get((obj, "units")) == UNITS.get(row["unit-code"]), obj
+                assert isinstance(got[(obj, "priorityArray")], list) == (row["settable"] == "Y"), obj
+                assert await _subscribes(peer, gw, obj) == (row["supports COV"] == "Y"), obj
+                assert (row["hi-limit"], row["low-limit"], row["state-text-reference"]) == ("", "", ""), obj
+
+            # the configured horizons and window, as the running device describes them
+            assert "ending 30 min ahead" in by_object["analogValue 5"]["description"]
+            assert "ending 120 min ahead" in by_object["analogValue 2"]["description"]
+            assert "over the last 7 days" in by_object["analogValue 8"]["description"]
+            assert sorted(r["object-name"] for r in by_object.values() if r["settable"] == "Y") == [
+                "ADR-Opt-Out", "input-power-meter"]
+
+            # the range the file gives input-power-meter is the one the device holds a BAS's command to
+            meter = by_object["analogValue 1"]
+            assert (meter["min-present-value"], meter["max-present-value"]) == ("-50", "999.9")
+            assert (meter["present-value-default"], by_object["binaryValue 4"]["present-value-default"]) == ("0", "0")
+            assert [r["object-name"] for r in by_object.values() if r["max-present-value"]] == ["input-power-meter"]
+            for bound, beyond in ((999.9, 1000.0), (-50.0, -50.01)):
+                assert await peer.write(gw, "analogValue 1", "presentValue", bound, priority=8) is None
+                assert await peer.read(gw, "analogValue 1", "presentValue") == float32(bound)
+                refused = await peer.write(gw, "analogValue 1", "presentValue", beyond, priority=8)
+                assert isinstance(refused, PeerError) and refused.code == "valueOutOfRange", refused
+        assert gateway.stop() == 0, gateway.log()[-3000:]
+    assert "Traceback" not in gateway.log()
+
+
+def test_a_bad_output_path_is_a_clear_error(tmp_path):
+    from pathlib import Path
+
+    example = str(Path(__file__).resolve().parent.parent / "examples" / "gateway.toml")
+    for path, reason in ((tmp_path / "no-such-dir" / "x_EDE.csv", "No such file or directory"),
+                         (tmp_path, "Is a directory")):
+        res = _points("--config", example, "--ede", str(path))
+        assert (res.returncode, res.stdout) == (2, "")
+        assert res.stderr == f"points: --ede {path}: {reason}\n"   # one line, no traceback
+    assert list(tmp_path.iterdir()) == []
