@@ -10,6 +10,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from openleadr import errors as oerrors
+from fake_vtn import FakeVtn
 from waiting import eventually as until
 
 from ven.config import OpenadrConfig
@@ -159,6 +160,65 @@ async def test_an_outage_whose_cause_changes_says_so_once(tmp_path, free_tcp_por
     assert said[1][1] == "VTN outage goes on with another cause: registration failed: VTN refused registration: 463 " \
                          "not enrolled"
     assert OUTAGE_END.fullmatch(said[2][1]), said[2][1]
+
+
+@pytest.mark.timeout(60)
+async def test_an_outage_whose_cause_flips_back_and_forth_says_each_cause_once(tmp_path, free_tcp_port, caplog):
+    # A proxy in front of a restarting VTN answers 500 while the VTN behind it is down, and is itself out of reach
+    # while it restarts too: the cause flips at each retry. Each flip was one more WARNING, one per retry (every
+    # retry_max_seconds) for as long as the outage lasted.
+    caplog.set_level(logging.INFO, logger="ven")
+    async with DemoVtn(free_tcp_port(), poll_seconds=1) as vtn:
+        proxy = FakeVtn(free_tcp_port(), mode="http500", upstream=vtn.url)
+        await proxy.start()
+        try:
+            async with running(tmp_path, proxy.url) as gw:
+                for flip in range(3):
+                    await until(lambda: (gw.vtn.status()["last_error"] or "").startswith("HTTP 500 "), 10,
+                                f"the proxy answering 500 ({flip})")
+                    await proxy.stop()
+                    await until(lambda: "unreachable" in (gw.vtn.status()["last_error"] or ""), 10,
+                                f"the proxy out of reach ({flip})")
+                    await proxy.start()
+                proxy.mode = "proxy"
+                await until(lambda: gw.vtn.connected, 10, "registered through the proxy")
+                assert gw.vtn.status()["last_error"] is None
+        finally:
+            await proxy.stop()
+    said = [(r.levelname, r.getMessage()) for r in caplog.records
+            if r.name == "ven.vtn" and not r.getMessage().startswith(SEPARATE)]
+    assert [level for level, _ in said] == ["WARNING", "WARNING", "INFO"], said
+    assert said[0][1].startswith("VTN registration failed: HTTP 500 ")
+    assert said[1][1].startswith("VTN outage goes on with another cause: registration failed: VTN unreachable at ")
+    assert OUTAGE_END.fullmatch(said[2][1]), said[2][1]
+
+
+@pytest.mark.timeout(30)
+async def test_a_report_failing_in_a_short_outage_leaves_no_error_once_it_ends(tmp_path, free_tcp_port):
+    # One poll fails (the VTN answers 500 for a moment), telemetry goes on meanwhile and its report fails the same
+    # way, then the next poll is answered: the outage ended, but the report's reason stayed in last_error, beside
+    # connected true, until some other fault replaced it
+    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
+        async with running(tmp_path, server.url) as gw:
+            await until(lambda: gw.vtn.connected and gw.vtn.status()["report_request_id"], 10, "registration")
+            handlers = server._server.services["poll_service"].handlers
+            real, release, calls = handlers["oadrPoll"], asyncio.Event(), []
+
+            async def fail_then_hold(*args, **kwargs):
+                calls.append(1)
+                if len(calls) == 1:
+                    raise RuntimeError("demo VTN: oadrPoll failed on purpose")
+                await release.wait()            # the next poll is answered once the report has failed
+                return await real(*args, **kwargs)
+            handlers["oadrPoll"] = fail_then_hold
+            await until(lambda: gw.vtn.status()["poll_failures"] == 1, 5, "a failed poll")
+            server.fail_next("oadrUpdateReport")
+            gw.vtn.record_sample(now(), 7.5)
+            await until(lambda: "EiReport" in (gw.vtn.status()["last_error"] or ""), 5, "the report failed too")
+            release.set()
+            await until(lambda: gw.vtn.connected, 5, "the poll answered")
+            await until(lambda: [r[4] for r in server.reports] == [7.5], 5, "the report sent again")
+            assert gw.vtn.status()["last_error"] is None
 
 
 async def test_three_simple_intervals_each_take_effect_at_their_start(tmp_path, free_tcp_port):

@@ -74,7 +74,7 @@ CLOCK_STEP = timedelta(seconds=60)
 class _Outage:
     """The VTN out of reach or refusing, from the first failed poll or registration until connected again."""
     since: float            # loop time of the first failure
-    kind: str               # _fault_kind of the latest failure's reason
+    kinds: set[str]         # _fault_kind of each failure's reason so far, each said once
     reason: str             # the latest failure's reason, in vtn.last_error until the outage ends
     again: bool             # connected before it began
     registrations: int = 0  # attempts meanwhile, failed or taken
@@ -578,23 +578,25 @@ class VtnClient:
 
     def _failed(self, what: str, reason: str) -> None:
         """A poll or a registration failed. The first failure starts an outage: one WARNING, and not connected
-        from then on, as the log says; another failure is one more WARNING only when its kind of reason changes
-        (the operator acts otherwise), else DEBUG."""
+        from then on, as the log says; another failure is one more WARNING only when its kind of reason is new to
+        the outage (the operator acts otherwise), else DEBUG: a cause flipping back and forth (a proxy answering
+        502 while its VTN restarts, then out of reach itself) was one more WARNING at every retry."""
         self.last_error = reason
         kind = _fault_kind(reason)
         if self._outage is None:
-            self._outage = _Outage(asyncio.get_running_loop().time(), kind, reason, self._was_connected)
+            self._outage = _Outage(asyncio.get_running_loop().time(), {kind}, reason, self._was_connected)
             if what == "poll":
                 log.warning("VTN poll failed: %s", reason)
             else:
                 log.warning("VTN registration failed: %s; retrying (backoff up to %g s)",
                             reason, self._cfg.retry_max_seconds)
             self._set_connected(False)
-        elif kind != self._outage.kind:
+        elif kind not in self._outage.kinds:
             log.warning("VTN outage goes on with another cause: %s failed: %s", what, reason)
+            self._outage.kinds.add(kind)
         else:
             log.debug("VTN %s failed: %s", what, reason)
-        self._outage.kind, self._outage.reason = kind, reason
+        self._outage.reason = reason
 
     def _connected_again(self) -> None:
         """Registered, and a poll answered if polls had failed: an outage ends, with the one line that says how
@@ -604,7 +606,10 @@ class VtnClient:
             log.info("VTN connected %safter %.0f s (%d failed poll(s), %d registration attempt(s) of which %d "
                      "failed)", "again " if outage.again else "", asyncio.get_running_loop().time() - outage.since,
                      self.poll_failures, outage.registrations, self.registration_failures)
-            self._clear_error(outage.reason)
+            # also a report's failure meanwhile (telemetry goes on while the registration stands): worded for
+            # its own request (its service's URL), one of the outage's causes all the same
+            if self.last_error is not None and _fault_kind(self.last_error) in outage.kinds:
+                self.last_error = None
         self.poll_failures = self.registration_failures = 0
         self._was_connected = self._live = True
         self._set_connected(True)
