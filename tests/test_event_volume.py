@@ -12,7 +12,7 @@ from test_vtn import running, said
 from waiting import eventually as until
 
 import openleadr.client
-import ven.vtn
+import ven.vtn_transport
 from ven.vtn_server import DemoVtn
 
 
@@ -34,14 +34,14 @@ async def test_a_day_ahead_list_of_many_events_is_read_off_the_loop_and_handled_
     # step of the event loop: the BACnet device and the schedule's timer stood still meanwhile
     loop_thread = threading.get_ident()
     read_in = []
-    real_parse = ven.vtn.parse_message
+    real_parse = ven.vtn_transport.parse_message
 
     def parse(content):
         kind, payload = real_parse(content)
         if kind == "oadrDistributeEvent" and payload.get("events"):
             read_in.append(threading.get_ident())
         return kind, payload
-    monkeypatch.setattr(ven.vtn, "parse_message", parse)
+    monkeypatch.setattr(ven.vtn_transport, "parse_message", parse)
     ticks = 0
 
     async def ticker():             # another task of the loop: how often it ran while the events were taken

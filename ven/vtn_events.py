@@ -1,0 +1,323 @@
+"""Event intake and opt answers, mixed into VtnClient: what a poll brings is dispatched, an oadrDistributeEvent
+followed into the schedule, and the VTN hears each event's optIn/optOut (oadrCreatedEvent, oadrCreateOpt).
+Separate from ven/vtn.py, whose session decides when to poll and to answer, not what the answers say."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+
+from openleadr import utils as outils
+
+from .events import OPT_IN, OPT_OUT, SIMPLE, from_openleadr, id_reused, with_opt
+from .vtn_transport import INVALID_ID, _Client, _ei_response, _utcnow
+
+# one logger for the VEN side, wherever its code lives: tests and log filters select its lines by this name
+log = logging.getLogger("ven.vtn")
+
+OPT_BATCH = 100                 # eventResponses per oadrCreatedEvent the gateway sends itself (about 40 KB)
+MAX_LEVELS_LOGGED = 24          # SIMPLE levels named in an event's log line; the status API has them all
+
+
+class VtnEvents:
+    """VtnClient's handling of what the VTN sends and of its opt answers; the state is VtnClient's."""
+
+    async def _dispatch(self, rtype: str, payload: dict) -> None:
+        client = self._client
+        if rtype == "oadrResponse":
+            return
+        if rtype == "oadrDistributeEvent":
+            if not await self._from_our_vtn(client, payload):
+                return
+            events = self._once_each(payload.get("events") or [])
+            payload = {**payload, "events": events}
+            # what the VTN says has completed is not cancelled when it stops listing it (its clock may be ahead)
+            self._schedule.vtn_completed(e["event_descriptor"]["event_id"] for e in events
+                                         if e["event_descriptor"].get("event_status") == "completed")
+            # oadrDistributeEvent lists every event for this VEN: anything missing was cancelled.
+            listed = {e["event_descriptor"]["event_id"] for e in events}
+            self._listed(listed)
+            self._sync_answer_cache(client, events)
+            self._distributed_in = {k: v for k, v in self._distributed_in.items() if k in listed}
+            if payload.get("request_id"):
+                self._distributed_in.update(dict.fromkeys(listed, payload["request_id"]))
+            if events:
+                self._relisted = 0
+                async with self._opts_lock:   # its answers and ours reach the VTN in the order decided
+                    await client._on_event(payload)
+                if self._relisted:
+                    log.info("%d event(s) listed again, unchanged", self._relisted)
+                if client.reregistration_asked:  # the VTN lists the events again once registered
+                    self._forgotten("the answer to its events")
+                # without an event to answer openleadr sent nothing: the outcome on the client is another
+                # request's (a report's)
+                elif any(map(_answered_by_openleadr, events)):
+                    if client.last_error:         # its one request is the answer, and it is not retried
+                        self._answer_again(events, client.last_error)
+                    elif client.refused:
+                        ids = ", ".join(e["event_descriptor"]["event_id"] for e in events)
+                        self._answer_refused(f"VTN refused the answer to event(s) {ids}: {client.refused}")
+        elif rtype == "oadrCreateReport":
+            await self._create_report(payload)
+        elif rtype == "oadrCancelReport":
+            await self._cancel_report(payload)
+        elif rtype == "oadrRegisterReport":
+            # 2.0b report registration goes both ways: the VTN's offer waits for an oadrRegisteredReport (a VTN
+            # may offer again at every poll until it has one), here requesting none
+            log.info("VTN offered reports; the gateway does not take reports from the VTN: answered requesting none")
+            msg = client._create_message("oadrRegisteredReport", response=_ei_response(payload.get("request_id")),
+                                         ven_id=self.ven_id, report_requests=[])
+            if (await client._perform_request("EiReport", msg))[0] == "oadrRequestReregistration":
+                self._forgotten("the answer to its report offer")
+        else:
+            log.warning("VTN sent %s, which the gateway does not handle; ignored", rtype)
+
+    def _once_each(self, events: list[dict]) -> list[dict]:
+        """An event listed twice in one oadrDistributeEvent (schema-valid) counts once, as its copy with the highest
+        modificationNumber: openleadr answered the second copy of a cancelled or completed event from an answer it
+        had just dropped (KeyError), and then optOut to every event of the message, leaving the events after it
+        unread (not followed)."""
+        counts = Counter(e["event_descriptor"]["event_id"] for e in events)
+        twice = {eid for eid, n in counts.items() if n > 1}
+        if twice and twice != self._listed_twice:
+            log.warning("the VTN lists event(s) %s more than once in one message: each is followed and answered "
+                        "once, as its copy with the highest modificationNumber", ", ".join(sorted(twice)))
+        self._listed_twice = twice
+        if not twice:
+            return events
+        chosen: dict[str, dict] = {}
+        for e in events:
+            eid = e["event_descriptor"]["event_id"]
+            if eid not in chosen or _modification(e) >= _modification(chosen[eid]):
+                chosen[eid] = e
+        return list(chosen.values())
+
+    async def _from_our_vtn(self, client: _Client, payload: dict) -> bool:
+        """2.0b rule 21: an ID in a payload that is not the expected one is an error, not an instruction.
+        An oadrDistributeEvent naming another vtnID than the VTN registered with (a misrouted message, a
+        proxy mixing up utilities) is answered 452 and not followed: its list would cancel this VTN's
+        events, and its events would shed the building for a party it is not enrolled with."""
+        vtn_id = payload.get("vtn_id")
+        if not vtn_id or not self.vtn_id or vtn_id == self.vtn_id:
+            if self._foreign_vtn is not None:
+                log.info("oadrDistributeEvent from the registered VTN %s again", self.vtn_id)
+                self._foreign_vtn = None
+            return True
+        if vtn_id != self._foreign_vtn:
+            log.warning("oadrDistributeEvent from vtnID %r, not %r, the VTN this VEN registered with: answered %d, "
+                        "its %d event(s) not followed", vtn_id, self.vtn_id, INVALID_ID, len(payload.get("events") or []))
+            self._foreign_vtn = vtn_id
+        msg = client._create_message(
+            "oadrCreatedEvent", ven_id=self.ven_id, event_responses=None,
+            response=_ei_response(payload.get("request_id"), f"vtnID {vtn_id} is not the registered VTN's ({self.vtn_id})"))
+        await client._perform_request("EiEvent", msg)
+        return False
+
+    def _sync_answer_cache(self, client: _Client, events: list[dict]) -> None:
+        """openleadr answers an unmodified event from its cache without asking us. Keep that cache
+        right: the schedule's answer may have changed since (ADR-Opt-Out), and openleadr drops its
+        answer once it sees an event completed yet raises on the next listing that still carries it,
+        answering optOut to every event of that message. Events no longer listed are forgotten, so
+        the cache does not grow with every event of the gateway's life."""
+        listed = {e["event_descriptor"]["event_id"] for e in events}
+        client.received_events[:] = [e for e in client.received_events
+                                     if e["event_descriptor"]["event_id"] in listed]
+        for eid in set(client.responded_events) - listed:
+            del client.responded_events[eid]
+        for e in client.received_events:
+            eid = e["event_descriptor"]["event_id"]
+            stored = self._schedule.get(eid)
+            if stored is not None:
+                client.responded_events[eid] = _answer(stored)
+            else:
+                client.responded_events.setdefault(eid, OPT_IN)
+
+    def _listed(self, listed: set[str]) -> None:
+        """The VTN lists these events for this VEN and no others. An answer still waiting for one it no longer
+        lists (a VTN restarted without its events, say) would name an event it does not have: dropped."""
+        self._schedule.retain_only(listed)
+        for eid in [eid for eid in self._pending_opts if eid not in listed]:
+            del self._pending_opts[eid]
+            self._singly.discard(eid)
+
+    def _answer_again(self, events: list[dict], error: str) -> None:
+        log.warning("the VTN did not take the answer to %d event(s) (%s); it is sent again", len(events), error)
+        for e in events:
+            stored = self._schedule.get(e["event_descriptor"]["event_id"])
+            if stored is not None and _answered_by_openleadr(e):
+                self._pending_opts[stored.event_id] = (stored.modification_number, _answer(stored), False)
+        self._opts_changed()
+
+    # -- events ------------------------------------------------------------------------------
+
+    async def _handle_event(self, raw: dict) -> str:
+        # openleadr hands over a message's events one after the other without ever yielding: with hundreds in
+        # one oadrDistributeEvent the loop would be held for all of them
+        await asyncio.sleep(0)
+        now = _utcnow()
+        eid = raw["event_descriptor"]["event_id"]
+        prev = self._schedule.get(eid)
+        mod = int(raw["event_descriptor"].get("modification_number") or 0)
+        if prev is not None and mod < prev.modification_number and id_reused(prev, raw, now):
+            log.info("event %s: the VTN reused the id of an event that is over (modification %d after %d): "
+                     "taken as a new event", eid, mod, prev.modification_number)
+            self._schedule.forget(eid)
+            prev = None
+        ev = from_openleadr(raw, now, prev, ven_id=self.ven_id)
+        if not ev.for_this_ven:
+            # eiTarget names other VENs only: a VTN mistake or a broadcast; following it would shed this
+            # building for another site's event. The utility hears optOut: this site will not act on it.
+            if prev is None or prev.for_this_ven:
+                log.warning("event %s targets %s, not this VEN (%s): kept for the status API, not followed, "
+                            "answered optOut", eid, ", ".join(f"{k}={v}" for k, v in ev.targets), self.ven_id)
+            ev = with_opt(ev, OPT_OUT)
+            if self._schedule.upsert(ev) is not None and prev is not None:
+                self._log_event(ev, prev)
+            return _answer(self._schedule.get(eid))
+        # a new event, or one back from an implied cancellation (ADR-Opt-Out may have changed meanwhile,
+        # and set_opt_out leaves cancelled events alone), takes the site's answer of now
+        fresh = (prev is None or prev.unlisted) and not ev.test_event and not ev.cancelled
+        if fresh:
+            ev = with_opt(ev, OPT_OUT if self._schedule.opted_out else OPT_IN)
+        if self._schedule.upsert(ev) is not None:  # None: not taken (the schedule logs why)
+            self._log_event(ev, prev)
+            # no answer means taking part: the utility has to hear that this site will not, and, for an
+            # event back from an implied cancellation that it last heard optOut for, that it now does
+            if fresh and ev.response_required == "never" and OPT_OUT in (ev.opt, prev and prev.opt):
+                self._pending_opts[eid] = (ev.modification_number, ev.opt, True)
+                self._opts_changed()
+        return _answer(self._schedule.get(eid))
+
+    def _log_event(self, ev, prev) -> None:
+        eid = ev.event_id
+        if ev.cancelled:
+            log.info("event %s cancelled by the VTN (modification %d)", eid, ev.modification_number)
+            return
+        if prev is None:
+            verb = "received"
+        elif prev.unlisted:
+            verb = "listed again by the VTN"
+        elif ev.modification_number == prev.modification_number:
+            self._relisted += 1         # said when it was received; counted for one line per message
+            return
+        else:
+            verb = f"modified (modification {ev.modification_number})"
+        others = sorted({s.name for s in ev.signals if s.name != SIMPLE})
+        levels = [iv.payload for s in ev.signals if s.name == SIMPLE for iv in s.intervals]
+        if len(levels) > MAX_LEVELS_LOGGED:     # a day of 1-minute intervals made one line of 7 KB
+            levels = f"{str(levels[:MAX_LEVELS_LOGGED])[:-1]}, ... ({len(levels)} intervals)]"
+        extra = f", randomized start +{ev.start_offset.total_seconds():.1f} s" if ev.start_after else ""
+        if ev.test_event:
+            log.info("test event %s %s: acknowledged, does not drive the points", eid, verb)
+        else:
+            end = "until cancelled" if ev.open_ended else f"to {ev.end.isoformat(timespec='seconds')}"
+            prio = f", priority {ev.priority}" if ev.priority else ""
+            log.info("event %s %s: SIMPLE levels %s from %s %s%s%s -> %s", eid, verb, levels,
+                     ev.start.isoformat(timespec="seconds"), end, prio, extra, ev.opt)
+        if others:
+            log.info("event %s carries signal(s) %s: kept for the status API, not driving ADR-Event-Level",
+                     eid, ", ".join(others))
+
+    async def _send_opts(self) -> None:
+        if not self._pending_opts or self._client is None:
+            return
+        async with self._opts_lock:
+            await self._send_opts_locked()
+
+    async def _send_opts_locked(self) -> None:
+        for by_create_opt, answers in self._opt_messages():
+            if self._client is None:
+                return
+            if by_create_opt:
+                (eid, mod, opt), = answers
+                msg = self._client._create_message(
+                    "oadrCreateOpt", request_id=outils.generate_id(), ven_id=self.ven_id,
+                    opt_id=outils.generate_id(), opt_type=opt,
+                    opt_reason="participating" if opt == OPT_IN else "notParticipating",
+                    created_date_time=_utcnow(), event_id=eid, modification_number=mod,
+                    targets=[{"ven_id": self.ven_id}])
+                rtype, payload = await self._client._perform_request("EiOpt", msg)
+            else:
+                # the eventResponse names the oadrDistributeEvent that carried the event (rule 42), so the
+                # VTN can match it, as it does the answer openleadr sent on that message
+                request_id = self._distributed_in.get(answers[0][0]) or outils.generate_id()
+                msg = self._client._create_message(
+                    "oadrCreatedEvent", ven_id=self.ven_id,
+                    response={"response_code": 200, "response_description": "OK", "request_id": request_id},
+                    event_responses=[{"response_code": 200, "response_description": "OK",
+                                      "request_id": request_id, "event_id": eid,
+                                      "modification_number": mod, "opt_type": opt} for eid, mod, opt in answers])
+                rtype, payload = await self._client._perform_request("EiEvent", msg)
+            if rtype is None:
+                return      # retried on the next poll or after re-registration
+            opt = answers[0][2]     # one for all of a message's answers
+            if rtype == "oadrRequestReregistration":
+                self._forgotten(f"the {opt} for {_events(answers)}")
+                return      # still pending: sent once registered again
+            if self._client.refused and len(answers) > 1:
+                # one event the VTN will not take refuses the whole message: each answer goes on its own,
+                # so only the answers it refuses are lost
+                log.info("the VTN refused the %s for %s in one message (%s); each is sent on its own",
+                         opt, _events(answers), self._client.refused)
+                self._singly.update(eid for eid, _, _ in answers)
+                self._opts_changed()
+                continue
+            for eid, mod, answer in answers:
+                if self._pending_opts.get(eid) == (mod, answer, by_create_opt):
+                    del self._pending_opts[eid]
+                    self._singly.discard(eid)
+            how = "oadrCreateOpt for" if by_create_opt else "answer to"
+            if self._client.refused:
+                self._answer_refused(f"VTN refused the {opt} {how} {_events(answers)}: {self._client.refused}")
+                continue
+            self.opt_answer_error = None
+            log.info("told the VTN %s for %s%s", opt, _events(answers),
+                     " (oadrCreateOpt: it wants no answer)" * by_create_opt)
+
+    def _opt_messages(self) -> list[tuple[bool, list[tuple[str, int, str]]]]:
+        """The waiting answers as messages: an oadrCreateOpt per event; one oadrCreatedEvent for the answers of
+        one kind to events of one oadrDistributeEvent (up to OPT_BATCH), as openleadr answers that message. A
+        BAS opting out of a day-ahead program's 200 events sent 200 messages (20 s at a TLS VTN's 100 ms each,
+        polls waiting) and logged 200 lines."""
+        out: list[tuple[bool, list[tuple[str, int, str]]]] = []
+        groups: dict[tuple[str, str], list[tuple[str, int, str]]] = {}
+        for eid, (mod, opt, by_create_opt) in self._pending_opts.items():
+            if by_create_opt:
+                out.append((True, [(eid, mod, opt)]))
+                continue
+            key = (self._distributed_in.get(eid) or eid, opt) if eid not in self._singly else (eid, "singly")
+            if key not in groups or len(groups[key]) >= OPT_BATCH:
+                groups[key] = []
+                out.append((False, groups[key]))
+            groups[key].append((eid, mod, opt))
+        return out
+
+    def _answer_refused(self, error: str) -> None:
+        # Not sent again: the same answer would be refused again. The utility does not know the
+        # gateway's answer, so the operator has to hear of it.
+        self.opt_answer_error = error
+        log.warning("%s", error)
+
+
+def _events(answers: list[tuple[str, int, str]]) -> str:
+    """'event e1', 'events e1, e2', or the first few and how many, for a log line."""
+    ids = [eid for eid, _, _ in answers]
+    if len(ids) == 1:
+        return f"event {ids[0]}"
+    shown = ", ".join(ids[:5])
+    return f"{len(ids)} events ({shown}, ...)" if len(ids) > 5 else f"events {shown}"
+
+
+def _answer(event) -> str:
+    """One answer per event and modification: a cancellation is acknowledged with optIn."""
+    return OPT_IN if event.cancelled else event.opt
+
+
+def _answered_by_openleadr(event: dict) -> bool:
+    """Whether openleadr's oadrCreatedEvent for its message answers this event (its own test)."""
+    return (event.get("response_required") == "always"
+            and outils.determine_event_status(event["active_period"]) != "completed")
+
+
+def _modification(event: dict) -> int:
+    return int(event["event_descriptor"].get("modification_number") or 0)

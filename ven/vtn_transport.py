@@ -1,0 +1,388 @@
+"""The transport to the VTN: openleadr's OpenADRClient with a bounded request path (timeouts, size caps, why a
+request failed), each answer read off the event loop and checked (schema, XML signature, names kept as text),
+and the eiResponse helpers; apart, so that the session in ven/vtn.py deals in requests and their outcomes."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import ssl
+from datetime import datetime, timedelta, timezone
+from http import HTTPStatus
+from typing import Callable
+
+import aiohttp
+import xmltodict
+from lxml.etree import DocumentInvalid, XMLSyntaxError
+from openleadr import OpenADRClient, enums as oenums, errors as oerrors, utils as outils
+from openleadr import messaging as omessaging
+from openleadr.messaging import NAMESPACES
+from signxml import XMLVerifier
+from signxml.exceptions import InvalidSignature
+
+from .oadr_xml import validate_xml_schema
+
+# one logger for the VEN side, wherever its code lives: tests and log filters select its lines by this name
+log = logging.getLogger("ven.vtn")
+
+INVALID_ID = 452                # OpenADR 2.0b eiResponse code for an ID the VEN does not know
+NOT_REGISTERED = 463            # ... and for a VEN the VTN does not know or no longer authorises
+# what openleadr answers 200 for; it lists them with dir() anew for every event it answers
+_SIGNAL_NAMES = frozenset(oenums.SIGNAL_NAME.values)
+_openleadr_log = logging.getLogger("openleadr")    # its own lines, from its _on_event that _Client replaces
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+_REFUSED = re.compile(r"VTN refused[^:]*: \d+")
+
+
+def _fault_kind(reason: str) -> str:
+    """What the operator does about a failure: its reason's wording varies within a kind (connection refused,
+    then a timeout, while the VTN is down), and only a change of kind is worth a line of its own."""
+    if reason.startswith(("TLS ", "VTN refused: certificate fingerprint", "VTN message carries an invalid XML sig")):
+        return "TLS"                   # the certificates or the keys: the site's or the VTN's configuration
+    if refused := _REFUSED.match(reason):
+        return refused.group()         # the VTN answered, and refused: what and its code
+    if reason.startswith("HTTP "):
+        return " ".join(reason.split(" ", 2)[:2])   # something answers at vtn_url, not as a VTN
+    if reason.startswith(("VTN unreachable", "request to ")) or reason.endswith("did not answer in time"):
+        return "unreachable"           # down, or the network between
+    if reason.startswith(("VTN message", "VTN answer from", "registration error")):
+        return "answer"                # a VTN (or what is in front of it) answering nonsense
+    return reason
+
+
+class _Client(OpenADRClient):
+    """OpenADRClient whose request path records why a request failed instead of only logging it."""
+
+    last_error: str | None = None
+    # "463 <description>" when the VTN's last answer carried an eiResponse code other than 200: openleadr
+    # logs the reason and returns nothing, and the operator needs it in /api/status too
+    refused: str | None = None
+    refused_code: int | None = None
+    # set once any answer was oadrRequestReregistration; a client lives for one registration
+    reregistration_asked: bool = False
+    # openleadr bounds only the connect (5 s) and each socket read (10 s): a VTN (or proxy) trickling
+    # a byte every few seconds would hold a request, and with it registration or polling, forever.
+    request_timeout_s: float = 30.0
+    # openleadr reads an answer whole, and decompressed (aiohttp asks for gzip): 500 KB of gzip took the gateway
+    # from 100 MB to 1.2 GB. A day-ahead program of 200 events of 60 intervals is 2.9 MB.
+    max_message_bytes: int = 16 * 2**20
+    # oadrCreateReport (also the requests an oadrRegisteredReport carries) goes to the VtnClient:
+    # openleadr's create_report answers 200 even to a report or rID never offered
+    on_create_report: Callable | None = None
+
+    async def create_report(self, response_payload):
+        await self.on_create_report(response_payload)
+
+    async def _on_event(self, message):
+        """openleadr's own, but a day-ahead program's hundreds of events no longer hold the loop once they are
+        handled: openleadr answered them in one step of 20 ms for 200 events, 22-36 ms for 500 (the signal names
+        listed anew with dir() for each event, the oadrCreatedEvent templated, and signed with a certificate),
+        and looked each event up by scanning all it had received (0.1-0.5 s of CPU for 200-500). The answers,
+        their order, what openleadr keeps and its log lines are as before."""
+        events = message['events']
+        try:
+            results = []
+            received = {}
+            for e in self.received_events:
+                received.setdefault(e['event_descriptor']['event_id'], e)     # find_by's: the first listed
+            for event in events:
+                event_id = event['event_descriptor']['event_id']
+                event_status = event['event_descriptor']['event_status']
+                modification_number = event['event_descriptor']['modification_number']
+                _openleadr_log.info("The VEN received an event with event_id: %s, status: %s, modification_number: %s",
+                                    event_id, event_status, modification_number)
+                received_event = received.get(event_id)
+                if received_event:
+                    if received_event['event_descriptor']['modification_number'] == modification_number:
+                        result = self.responded_events[event_id]
+                    else:
+                        # by identity: list.remove compares every dict before it by value
+                        at = next(i for i, e in enumerate(self.received_events) if e is received_event)
+                        del self.received_events[at]
+                        self.received_events.append(event)
+                        received[event_id] = event      # an id is received once: each listing replaces it
+                        result = await outils.await_if_required(self.on_update_event(event))
+                else:
+                    self.received_events.append(event)
+                    received[event_id] = event
+                    result = self.on_event(event)
+                if asyncio.iscoroutine(result):
+                    result = await result
+                results.append(result)
+                if event_status in (oenums.EVENT_STATUS.COMPLETED, oenums.EVENT_STATUS.CANCELLED) \
+                        and event_id in self.responded_events:
+                    self.responded_events.pop(event_id)
+                else:
+                    self.responded_events[event_id] = result
+            for i, result in enumerate(results):
+                if result not in ('optIn', 'optOut') and events[i]['response_required'] == 'always':
+                    _openleadr_log.error("Your on_event or on_update_event handler must return 'optIn' or 'optOut'; "
+                                         f"you supplied {result}. Please fix your on_event handler.")
+                    results[i] = 'optOut'
+        except Exception as err:
+            _openleadr_log.error("Your on_event handler encountered an error. Will Opt Out of the event. "
+                                 f"The error was {err.__class__.__name__}: {str(err)}")
+            results = ['optOut'] * len(events)
+
+        # off the loop: each answer's status, and the message (templating, signing); a fresh signer per
+        # message and jinja's compiled templates are safe in a thread
+        created = await asyncio.to_thread(self._created_event, events, results, message['request_id'])
+        if created is not None:
+            await self._perform_request('EiEvent', created)
+
+    def _created_event(self, events: list[dict], results: list[str], request_id) -> str | None:
+        """oadrCreatedEvent for the events that want an answer and are not over, as openleadr builds (and logs) it;
+        None when none does. Unlike openleadr's, a lower-case vtnID does not make it 452 "ERROR": the profile
+        sets no case for vtnID, and the VTN would read each acknowledgement as refused."""
+        response = _ei_response(request_id)
+        event_responses = []
+        for event, result in zip(events, results):
+            if event['response_required'] == 'always' and \
+                    not outils.determine_event_status(event['active_period']) == 'completed':
+                signals = event['event_signals']
+                if not isinstance(signals, list):
+                    signals = signals['event_signals']
+                unsupported = any(not isinstance(s['signal_name'], str) or s['signal_name'] not in _SIGNAL_NAMES
+                                  for s in signals)
+                event_responses.append({'response_code': oenums.STATUS_CODES.SIGNAL_NOT_SUPPORTED if unsupported
+                                        else 200,
+                                        'response_description': 'ERROR' if unsupported else 'OK',
+                                        'opt_type': result,
+                                        'request_id': response['request_id'],
+                                        'modification_number': event['event_descriptor']['modification_number'],
+                                        'event_id': event['event_descriptor']['event_id']})
+        if not event_responses:
+            _openleadr_log.info("Not sending any event responses, because a response was not required/allowed by "
+                                "the VTN.")
+            return None
+        _openleadr_log.info(f"Total event_responses: {len(event_responses)}")
+        return self._create_message('oadrCreatedEvent', response=response, event_responses=event_responses,
+                                    ven_id=self.ven_id)
+
+    async def _ensure_client_session(self):
+        # openleadr's own: ca_file counts only beside a client certificate (a VTN on a private CA was
+        # refused without one), a certificate without ca_file fails every request (cafile None), and an
+        # encrypted key without its passphrase is asked for on the terminal
+        if self.client_session:
+            return
+        ssl_context = None
+        if self.cert_path or self.ca_file:
+            ssl_context = ssl.create_default_context(cafile=self.ca_file)  # None: the system's trust store
+            ssl_context.check_hostname = self.check_hostname
+        if self.cert_path:
+            passphrase = (self.passphrase or "").encode()
+            ssl_context.load_cert_chain(self.cert_path, self.key_path, password=lambda: passphrase)
+        self.client_session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=ssl_context) if ssl_context else None,
+            headers={"content-type": "application/xml"},
+            timeout=aiohttp.ClientTimeout(sock_connect=5, sock_read=10))
+
+    async def _perform_request(self, service, message):
+        # Requests overlap on this client (a poll, telemetry delivery, opt answers): what one learnt is set
+        # when it is done, after its last await, so its caller reads its own request's outcome, not another's.
+        message_type, message_payload, self.last_error = await self._request(service, message)
+        self.refused = _refusal(message_payload) if message_type else None
+        self.refused_code = _response_code(message_payload) if self.refused else None
+        if message_type == "oadrRequestReregistration":
+            # also the answer to requests whose answer openleadr discards (its oadrCreatedEvent)
+            self.reregistration_asked = True
+        return message_type, message_payload
+
+    async def _request(self, service, message) -> tuple[str | None, dict, str | None]:
+        """(message type, payload, None), or (None, {}, why the request failed; None for an empty answer)."""
+        await self._ensure_client_session()
+        url = f"{self.vtn_url}/{service}"
+        try:
+            timeout = aiohttp.ClientTimeout(total=self.request_timeout_s, sock_connect=5, sock_read=10)
+            async with self.client_session.post(url, data=message, timeout=timeout) as req:
+                content = bytearray()
+                async for chunk in req.content.iter_chunked(2**16):
+                    content += chunk
+                    if len(content) > self.max_message_bytes:
+                        return None, {}, (f"VTN answer from {url} over {self.max_message_bytes // 2**20} MB "
+                                          f"(decompressed): refused")
+                content = bytes(content)
+                if req.status != HTTPStatus.OK:
+                    return None, {}, f"HTTP {req.status} from {url}: {content[:200].decode('utf-8', 'replace')}"
+        except aiohttp.ClientConnectorCertificateError as err:
+            return None, {}, f"TLS certificate of the VTN rejected: {err.certificate_error}"
+        except aiohttp.ClientSSLError as err:
+            return None, {}, f"TLS handshake with the VTN failed: {err}"
+        except aiohttp.ClientConnectorError as err:
+            return None, {}, f"VTN unreachable at {self.vtn_url}: {err.os_error.strerror or err}"
+        except asyncio.TimeoutError:
+            return None, {}, f"VTN at {self.vtn_url} did not answer in time"
+        except aiohttp.ClientError as err:
+            return None, {}, f"request to {url} failed: {err.__class__.__name__}: {err}"
+        if not content:
+            return None, {}, None
+        try:
+            # read off the event loop: openleadr takes 0.2-0.3 s for a day-ahead oadrDistributeEvent of 200 events
+            # or one event of 1440 intervals, and the BACnet device and the schedule's timer would stall that long;
+            # its signature check takes 0.1 s of those 200 events, 0.2 s of the 1440 intervals
+            tree = await asyncio.to_thread(validate_xml_schema, content)
+            if self.vtn_fingerprint:
+                await asyncio.to_thread(verify_signature, tree, self.vtn_fingerprint)
+                omessaging._verify_replay_protect(tree)    # its nonce cache is shared with a VTN in this process
+            message_type, message_payload = await asyncio.to_thread(parse_message, content)
+        except oerrors.FingerprintMismatch as err:
+            return None, {}, f"VTN refused: certificate fingerprint does not match openadr.vtn_fingerprint ({err})"
+        except _Unsigned:
+            return None, {}, ("VTN message is not signed, while openadr.vtn_fingerprint asks for the VTN's signature "
+                              "on every message")
+        except InvalidSignature:
+            return None, {}, "VTN message carries an invalid XML signature"
+        except (XMLSyntaxError, DocumentInvalid) as err:
+            return None, {}, f"VTN message failed OpenADR schema validation: {err}"
+        except Exception as err:   # noqa: BLE001 - any unparsable answer is a failed request
+            return None, {}, f"VTN message could not be read: {err.__class__.__name__}: {err}"
+        return message_type, message_payload, None
+
+
+class _Unsigned(InvalidSignature):
+    """A message without an XML signature, where one is required."""
+
+
+def verify_signature(tree, fingerprint: str) -> None:
+    """openleadr's validate_xml_signature but its replay check, safe in a worker thread: signxml's XMLVerifier
+    keeps each call's settings on itself, and openleadr's one shared verifier also checks a VTN's messages."""
+    # openleadr's extract_pem_cert raises AttributeError there, which the operator read as "could not be read"
+    if tree.find(".//{http://www.w3.org/2000/09/xmldsig#}X509Certificate") is None:
+        raise _Unsigned("the message carries no XML signature")
+    cert = outils.extract_pem_cert(tree)
+    found = outils.certificate_fingerprint(cert)
+    if found != fingerprint:
+        raise oerrors.FingerprintMismatch(f"The certificate fingerprint was incorrect. Expected: {fingerprint}; "
+                                          f"Received: {found}. Ignoring message.")
+    XMLVerifier().verify(tree, x509_cert=outils.ensure_bytes(cert), expect_references=2)
+
+
+# Elements whose text is a name (xs:string in the 2.0b schema), never a number: openleadr's parser turns any
+# all-digit text into an int. From a VTN that numbers its events ("1001", "0042"), itself ("4711") or the VEN
+# ("90210"), each event was taken as unlisted at once (an int matches none of the ids the schedule keeps) and
+# answered optOut, "0042" was answered as event 42, a numbered vtnID ended the session at every listing (str
+# methods on an int), and an eiTarget naming the numbered venID was not taken as this VEN's.
+_TEXT_ELEMENTS = frozenset({
+    "eventID", "vtnID", "venID", "requestID", "registrationID", "reportRequestID", "reportSpecifierID", "rID",
+    "eiReportID", "optID", "signalID", "resourceID", "groupID", "groupName", "partyID", "marketContext",
+    "responseDescription", "modificationReason", "vtnComment"})
+# The schema's date-time takes the Z as optional; openleadr's parser reads only ...Z and passes any other on as
+# text, which ended the session at each listing of the event (it never ran, and was never answered)
+_DATE_TIMES = frozenset({"date-time", "createdDateTime", "modificationDateTime"})
+_ZONELESS = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d*)?")
+# An interval's xcal:uid is text too ("int-1"), and openleadr's parser took int() of it: every poll answered with
+# such an event failed (the event and the others of its message never ran, nor were answered), and so did each
+# registration while the VTN listed it. Numbers stay numbers: they order the intervals (ven/events.py).
+_INTEGER = re.compile(r"-?\d+")
+_zoneless_seen = False
+
+
+class _Text:
+    """An identifier's text, which openleadr's normalize_dict leaves alone (it is not a str)."""
+    __slots__ = ("text",)
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _keep_text(path, key, value):
+    global _zoneless_seen
+    if key == "uid" and isinstance(value, dict) and list(value) == ["text"]:
+        text = value["text"]
+        if not isinstance(text, str) or not _INTEGER.fullmatch(text):
+            return key, _Text(text or "")
+    if isinstance(value, str):
+        if key in _TEXT_ELEMENTS:
+            return key, _Text(value)
+        if key in _DATE_TIMES and _ZONELESS.fullmatch(value):
+            if not _zoneless_seen:
+                _zoneless_seen = True
+                log.warning("the VTN writes date-times without a time zone (%s): read as UTC, the time OpenADR "
+                            "2.0b messages carry", value)
+            return key, value + "Z"
+    return key, value
+
+
+def _texts(node):
+    if isinstance(node, _Text):
+        return node.text
+    if isinstance(node, dict):
+        return {k: _texts(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_texts(v) for v in node]
+    return node
+
+
+def parse_message(content: bytes) -> tuple[str, dict]:
+    """openleadr's parse_message, with names kept as text and a date-time without a zone read as UTC."""
+    message = xmltodict.parse(content, process_namespaces=True, namespaces=NAMESPACES, postprocessor=_keep_text)
+    message_type, payload = message["oadrPayload"]["oadrSignedObject"].popitem()
+    return message_type, _texts(outils.normalize_dict(payload))
+
+
+class _NoScheduler:
+    """Stands in for openleadr's APScheduler: reports and polls are timed by VtnClient instead."""
+
+    running = False
+
+    def add_job(self, *args, **kwargs):
+        return None
+
+    def remove_all_jobs(self):
+        pass
+
+    def shutdown(self, *args, **kwargs):
+        pass
+
+
+def warm_up() -> None:
+    """openleadr compiles each XML template on first use (20-40 ms on the event loop per message type)
+    and stats its file before every message: compile them once, off the loop, and skip the re-checks."""
+    try:
+        from openleadr.messaging import TEMPLATES
+
+        TEMPLATES.auto_reload = False
+        for name in TEMPLATES.list_templates():
+            TEMPLATES.get_template(name)
+    except Exception as err:  # an openleadr without these internals only loses the warm-up
+        log.debug("openleadr template warm-up skipped: %s", err)
+
+
+def _iso(t: datetime | None) -> str:
+    return t.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z") if t else "-"
+
+
+def _duration(d: timedelta) -> str:
+    """ISO 8601, as on the wire (PT10S, PT5M, PT1H30M)."""
+    return outils.timedeltaformat(d)
+
+def _ei_response(request_id: str | None, refusal: str | None = None) -> dict:
+    """An answer's eiResponse: 200 OK, or 452 (an ID the VEN does not know) with the reason."""
+    request_id = "" if request_id is None else request_id     # an empty requestID: openleadr's template writes "None"
+    if refusal is None:
+        return {"response_code": 200, "response_description": "OK", "request_id": request_id}
+    return {"response_code": INVALID_ID, "response_description": refusal[:200], "request_id": request_id}
+
+
+def _refusal(payload: dict | None) -> str | None:
+    """ "463 <description>" for an eiResponse code other than 200, None for 200 or no eiResponse."""
+    code = _response_code(payload)
+    if code in (None, 200):
+        return None
+    description = str(payload["response"].get("response_description") or "").strip()
+    return f"{code} {description}" if description else str(code)
+
+
+def _response_code(payload: dict | None):
+    try:
+        return int(payload["response"]["response_code"])
+    except (KeyError, TypeError, ValueError):
+        return None
