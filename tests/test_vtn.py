@@ -5,6 +5,7 @@ import asyncio
 import logging
 import re
 import time
+from collections import Counter
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
 
@@ -986,6 +987,90 @@ async def test_a_vtn_refusing_every_poll_is_one_fault_across_re_registrations(tm
             assert len(said(caplog, "registered with VTN")) == 2, "the first registration and the first re-registration"
             assert not said(caplog, "VTN context lost") and not said(caplog, "registering again"), "DEBUG: the outage's own"
             assert gw.connected == [True, False, True], "no flip at each re-registration"
+
+
+def gateway_lines(caplog, since: int) -> list[tuple[str, str]]:
+    """The VEN's INFO and WARNING lines after record `since`, registration and request IDs blanked (each
+    re-registration gets new ones) so that a line said again reads the same."""
+    ids = re.compile(r"\b[0-9a-f]{12}\b|\b[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}\b")
+    return [(r.levelname, ids.sub("<id>", r.getMessage()))
+            for r in caplog.records[since:] if r.name == "ven.vtn" and r.levelno >= logging.INFO]
+
+
+def said_again(lines: list[tuple[str, str]]) -> list[str]:
+    return [m for m, n in Counter(m for _, m in lines).items() if n > 1]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("offer", ["taken", "refused"])
+async def test_a_vtn_refusing_every_poll_says_nothing_again_at_each_re_registration(
+        tmp_path, free_tcp_port, caplog, offer):
+    # Each cycle's re-registration said again what the first had said: "VTN requested telemetry" (a new reportRequestID,
+    # the same request), "1 event(s) listed again, unchanged" and, while the VTN refused the report offer, a warning
+    caplog.set_level(logging.INFO, logger="ven")
+    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
+        server.add_event([1], now() + timedelta(minutes=5), 60)
+        async with running(tmp_path, server.url) as gw:
+            await until(lambda: gw.vtn.connected and gw.vtn.status()["report_request_id"], 10, "registration")
+            mark = len(caplog.records)
+            refusals = [refuse(server, "oadrPoll", oerrors.NotRegisteredOrAuthorizedError("VEN unknown"))]
+            if offer == "refused":
+                refusals.append(refuse(server, "oadrRegisterReport", oerrors.InvalidDataError("no reports today")))
+            await until(lambda: server.registrations >= 5, 30, "four re-registrations")
+            assert not gw.vtn.connected
+            for refusal in refusals:
+                refusal.allow()
+            await until(lambda: gw.vtn.connected and gw.vtn.status()["report_request_id"], 10, "connected again")
+    lines = gateway_lines(caplog, mark)
+    assert not said_again(lines), lines
+    refused = ["the VTN did not take the telemetry report offer (VTN refused the report registration: 454 no reports "
+               "today): events are served, samples queue, the offer is made again (every 1 s at most)"]
+    assert [m for level, m in lines if level == "WARNING"] == [
+        "VTN poll failed: VTN refused the poll: 463 VEN unknown"] + refused * (offer == "refused"), lines
+    ended = [m for _, m in lines if m.startswith("VTN connected")]
+    assert len(ended) == 1 and int(OUTAGE_END.fullmatch(ended[0])[3]) >= 4, ended
+    if offer == "taken":    # the same request as before the outage, asked anew at each registration: not news
+        assert not [m for _, m in lines if m.startswith("VTN requested telemetry")], lines
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("asked_at, reason, flips", [
+    (("oadrPoll",), "the VTN asked for re-registration", [True, False, True, False, True]),
+    (("oadrPoll", "oadrRequestEvent"),
+     "the VTN no longer knows this VEN (re-registration requested in answer to the event request)",
+     [True, False, True])],
+    ids=["poll", "poll-and-event-request"])
+async def test_a_vtn_asking_to_register_again_each_time_is_one_fault(
+        tmp_path, free_tcp_port, caplog, asked_at, reason, flips):
+    # A VTN in a loop: it takes each registration, then answers the first poll (or the event request that completes the
+    # registration) with oadrRequestReregistration. Each cycle was one WARNING "VTN context lost", three INFO lines
+    # (registered, telemetry requested, events listed again) and a flip of `connected`, and the gateway never had a
+    # working session. The first request is news; asked again before a poll was answered, it is an outage.
+    caplog.set_level(logging.INFO, logger="ven")
+    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
+        server.add_event([1], now() + timedelta(minutes=5), 60)
+        async with running(tmp_path, server.url) as gw:
+            await until(lambda: gw.vtn.connected and gw.vtn.status()["report_request_id"], 10, "registration")
+            mark = len(caplog.records)
+            loops = [refuse(server, message_type, oerrors.RequestReregistration(gw.vtn.ven_id))
+                     for message_type in asked_at]
+            await until(lambda: server.registrations >= 6, 30, "five re-registrations")
+            assert not gw.vtn.connected and gw.vtn.status()["last_error"] == reason
+            for loop in loops:
+                loop.allow()
+            await until(lambda: gw.vtn.connected, 10, "connected once a poll is answered")
+            assert gw.vtn.status()["last_error"] is None
+            assert gw.connected == flips, "no flip at each re-registration"
+    lines = gateway_lines(caplog, mark)
+    assert not said_again(lines), lines
+    assert [m for level, m in lines if level == "WARNING"] == [
+        "VTN context lost (the VTN asked for re-registration); registering again",
+        f"VTN context lost again before a poll was answered ({reason}); registering again (backoff up to 1 s)"], lines
+    ended = [m for _, m in lines if m.startswith("VTN connected")]
+    assert len(ended) == 1, lines
+    counts = re.fullmatch(r"VTN connected again after \d+ s \(0 failed poll\(s\), (\d+) registration attempt\(s\) "
+                          r"of which 0 failed and (\d+) lost before a poll was answered\)", ended[0])
+    assert counts and int(counts[1]) == int(counts[2]) + 1 >= 4, ended[0]
 
 
 async def test_readings_dated_before_this_version_are_not_reported(tmp_path, free_tcp_port, caplog):

@@ -56,6 +56,12 @@ class _Outage:
     again: bool             # connected before it began
     registrations: int = 0  # attempts meanwhile, failed or taken
     registered: int = 0     # ... taken: a VTN that takes registrations but refuses every poll
+    lost: int = 0           # ... taken, then lost before a poll was answered: a VTN asking to register again each time
+
+    def repeats(self) -> bool:
+        """A registration now repeats one this outage already made: what it logs (taken, telemetry requested, events
+        listed again, offer refused) was said then, and is DEBUG now unless it differs."""
+        return bool(self.registered or self.lost)
 
 
 class VtnClient(VtnEvents, VtnReports):
@@ -95,7 +101,12 @@ class VtnClient(VtnEvents, VtnReports):
         # when it starts and when it ends
         self._outage: _Outage | None = None
         self._was_connected = False             # connected once since start: the end line says "again"
-        self._poll_error: str | None = None     # the latest failed poll's reason
+        # the latest failed poll's reason, or lost context's in an outage: it stands while registered until a poll
+        # is answered
+        self._poll_error: str | None = None
+        # a session ended on a lost context (the VTN asked to register again, ...) and no poll was answered since:
+        # another such loss is a VTN asking again each time, an outage
+        self._lost_unanswered = False
         self._lost_by_polls = False             # the last session ended on POLL_FAILURES_FOR_LOSS failures
         self._report_specifier_id = f"{config.ven_name}-telemetry"
         self._r_id = config.report_resource_id
@@ -111,6 +122,7 @@ class VtnClient(VtnEvents, VtnReports):
         self._catch_up = False                     # send every complete interval now (backlog, retry)
         self._reports_offered = False
         self.report_offer_error: str | None = None   # why the VTN did not take the offer, while it does not
+        self._offer_refusal_said: str | None = None  # the _fault_kind of the last refusal logged at registration
         self._offer_backoff = 0.0
         self._next_offer = 0.0
         self._report_refused: str | None = None   # why the VTN refuses telemetry, while it does
@@ -127,6 +139,7 @@ class VtnClient(VtnEvents, VtnReports):
         # events of the message being handled that were listed again unchanged (each re-registration lists every
         # event to a fresh openleadr client): one line for them all, not one per event each time
         self._relisted = 0
+        self._request_said: tuple | None = None   # the last telemetry request's (granularity, back, window)
         self._listed_twice: set[str] = set()   # events the last oadrDistributeEvent listed more than once (logged)
         self.opt_answer_error: str | None = None   # the VTN's reason for refusing our last opt answer
         self._backlog = 0
@@ -234,25 +247,30 @@ class VtnClient(VtnEvents, VtnReports):
             self.last_error = None
 
     def _failed(self, what: str, reason: str) -> None:
-        """A poll or a registration failed. The first failure starts an outage: one WARNING, and not connected
-        from then on, as the log says; another failure is one more WARNING only when its kind of reason is new to
-        the outage (the operator acts otherwise), else DEBUG: a cause flipping back and forth (a proxy answering
-        502 while its VTN restarts, then out of reach itself) was one more WARNING at every retry."""
+        """A poll or a registration failed, or the context was lost again before a poll was answered (`what`
+        "context"). The first failure starts an outage: one WARNING, and not connected from then on, as the log says;
+        another failure is one more WARNING only when its kind of reason is new to the outage (the operator acts
+        otherwise), else DEBUG: a cause flipping back and forth (a proxy answering 502 while its VTN restarts, then
+        out of reach itself) was one more WARNING at every retry."""
         self.last_error = reason
         kind = _fault_kind(reason)
+        happened = "context lost" if what == "context" else f"{what} failed"
         if self._outage is None:
             self._outage = _Outage(asyncio.get_running_loop().time(), {kind}, reason, self._was_connected)
             if what == "poll":
                 log.warning("VTN poll failed: %s", reason)
+            elif what == "context":
+                log.warning("VTN context lost again before a poll was answered (%s); registering again (backoff up "
+                            "to %g s)", reason, self._cfg.retry_max_seconds)
             else:
                 log.warning("VTN registration failed: %s; retrying (backoff up to %g s)",
                             reason, self._cfg.retry_max_seconds)
             self._set_connected(False)
         elif kind not in self._outage.kinds:
-            log.warning("VTN outage goes on with another cause: %s failed: %s", what, reason)
+            log.warning("VTN outage goes on with another cause: %s: %s", happened, reason)
             self._outage.kinds.add(kind)
         else:
-            log.debug("VTN %s failed: %s", what, reason)
+            log.debug("VTN %s: %s", happened, reason)
         self._outage.reason = reason
 
     def _connected_again(self) -> None:
@@ -261,8 +279,9 @@ class VtnClient(VtnEvents, VtnReports):
         outage, self._outage = self._outage, None
         if outage is not None:
             log.info("VTN connected %safter %.0f s (%d failed poll(s), %d registration attempt(s) of which %d "
-                     "failed)", "again " if outage.again else "", asyncio.get_running_loop().time() - outage.since,
-                     self.poll_failures, outage.registrations, self.registration_failures)
+                     "failed%s)", "again " if outage.again else "", asyncio.get_running_loop().time() - outage.since,
+                     self.poll_failures, outage.registrations, self.registration_failures,
+                     f" and {outage.lost} lost before a poll was answered" if outage.lost else "")
             # also a report's failure meanwhile (telemetry goes on while the registration stands): worded for
             # its own request (its service's URL), one of the outage's causes all the same
             if self.last_error is not None and _fault_kind(self.last_error) in outage.kinds:
@@ -303,11 +322,13 @@ class VtnClient(VtnEvents, VtnReports):
                 delay = min(delay * 2, self._cfg.retry_max_seconds)
                 continue
             began = asyncio.get_running_loop().time()
+            counted = self._outage      # the outage (if any) that counted this registration among its attempts
             # else the VTN asked for another registration while this one was under way: its reason stays, for the
             # "context lost" line, and the session ends at once
             if not self._lost.is_set():
-                if self._outage is not None and self.poll_failures:
-                    # polls refused is not connected: the outage ends once one is answered (the session polls first)
+                if self._outage is not None and (self.poll_failures or self._outage.lost):
+                    # polls refused, or the VTN asking to register again before one is answered, is not connected:
+                    # the outage ends once a poll is answered (the session polls first)
                     self.last_error = self._outage.reason = self._poll_error
                 else:
                     self.last_error = None
@@ -325,8 +346,19 @@ class VtnClient(VtnEvents, VtnReports):
             if self._lost_by_polls:   # the outage's own doing, logged when it started and when it ends
                 log.debug("VTN context lost (%d failed poll(s): %s); registering again", self.poll_failures,
                           self.last_error)
+            elif self._outage is not None or self._lost_unanswered:
+                # lost again before the registration after the last loss had a poll answered: a VTN asking to register
+                # again each time (or answering so while polls fail) never gives a working session. One fault, not a
+                # warning and a flip of `connected` at every cycle
+                self._poll_error = self.last_error or "unknown reason"
+                self._failed("context", self._poll_error)
+                if self._outage is not counted:     # begun after this registration: it is one of its attempts too
+                    self._outage.registrations += 1
+                    self._outage.registered += 1
+                self._outage.lost += 1
             else:
                 log.warning("VTN context lost (%s); registering again", self.last_error or "unknown reason")
+            self._lost_unanswered = True
             await self._drop_client()
             delay = self._cfg.retry_min_seconds
             if asyncio.get_running_loop().time() - began < 10 * self._cfg.retry_max_seconds:
@@ -431,16 +463,22 @@ class VtnClient(VtnEvents, VtnReports):
             self.last_error = f"VTN refused the event request: {client.refused}"
             return False
         # said once the registration stands: an attempt failing at its last step registered nothing. While polls
-        # keep failing, each cycle's registration after the first is part of that one outage.
-        log.log(logging.DEBUG if self._outage is not None and self._outage.registered else logging.INFO,
+        # keep failing (or the VTN asks to register again before one is answered), each cycle's registration after
+        # the first is part of that one outage.
+        log.log(logging.DEBUG if self._outage is not None and self._outage.repeats() else logging.INFO,
                 "registered with VTN %s: venID %s, registrationID %s, poll every %s s, telemetry %s",
                 self._cfg.vtn_url, self.ven_id, self.registration_id,
                 client.poll_frequency.total_seconds(),
                 "requested" if self._report_request_id else "not requested by the VTN" if offered else "not offered")
         if not offered:
-            log.warning("the VTN did not take the telemetry report offer (%s): events are served, samples queue, "
-                        "the offer is made again (every %g s at most)", self.report_offer_error,
-                        self._cfg.retry_max_seconds)
+            # the same refusal at each of an outage's registrations is said once
+            kind = _fault_kind(self.report_offer_error or "")
+            log.log(logging.DEBUG if self._outage is not None and self._outage.repeats()
+                    and kind == self._offer_refusal_said else logging.WARNING,
+                    "the VTN did not take the telemetry report offer (%s): events are served, samples queue, "
+                    "the offer is made again (every %g s at most)", self.report_offer_error,
+                    self._cfg.retry_max_seconds)
+            self._offer_refusal_said = kind
         if rtype == "oadrResponse" and _response_code(payload) == 200:
             self._listed(set())     # the VTN lists no events for us
         await self._dispatch(rtype, payload)
@@ -464,6 +502,7 @@ class VtnClient(VtnEvents, VtnReports):
             self.report_offer_error = error
             return False
         self._reports_offered, self._offer_backoff, self.report_offer_error = True, 0.0, None
+        self._offer_refusal_said = None
         return True
 
     async def _session(self) -> None:
@@ -508,9 +547,6 @@ class VtnClient(VtnEvents, VtnReports):
                     return
                 immediate = False
                 continue
-            if self._outage is not None:
-                self._connected_again()
-                self._wake_delivery.set()
             self.last_poll = _utcnow()
             if rtype == "oadrRequestReregistration":
                 self._reregistration_requested("the VTN asked for re-registration")
@@ -520,6 +556,11 @@ class VtnClient(VtnEvents, VtnReports):
                 if await self._registration_cancelled(client, payload):
                     return
                 continue        # not this VEN's registration: it stands, and polling goes on at once
+            # answered, and not with "register again": the registration works
+            self._lost_unanswered = False
+            if self._outage is not None:
+                self._connected_again()
+                self._wake_delivery.set()
             # openleadr hands out one message per poll: ask again at once after a real message.
             immediate = rtype != "oadrResponse"
             await self._dispatch(rtype, payload)

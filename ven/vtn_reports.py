@@ -308,7 +308,10 @@ class VtnReports:
             log.info("VTN report request %s replaces %s (one telemetry request is served at a time): %s",
                      rrid, old, how)
         elif old != rrid or (granularity, back, window) != (self._granularity, self._report_back, self._window):
-            log.info("VTN requested telemetry (request %s): %s", rrid, how)
+            # each of an outage's registrations gets a request anew (a fresh reportRequestID): only another one is news
+            log.log(logging.DEBUG if self._outage is not None and (granularity, back, window) == self._request_said
+                    else logging.INFO, "VTN requested telemetry (request %s): %s", rrid, how)
+        self._request_said = (granularity, back, window)
         self._report_request_id, self._granularity, self._report_back = rrid, granularity, back
         self._window = window
         self._final_report = None
