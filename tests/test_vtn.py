@@ -833,8 +833,8 @@ async def test_a_refused_poll_names_the_vtn_reason_and_clears_when_polls_are_tak
             await until(lambda: said(caplog, "VTN connected again"), 5, "polls taken again")
             assert gw.vtn.connected and gw.vtn.status()["last_error"] is None
             assert said(caplog, "VTN poll failed") == ["VTN poll failed: VTN refused the poll: 451 polling too often"]
-            assert re.fullmatch(r"VTN connected again after \d+ s \([12] failed poll\(s\), 0 registration attempt\(s\) "
-                                r"of which 0 failed\)", said(caplog, "VTN connected again")[0])
+            assert re.fullmatch(r"VTN connected again after \d+ s \([12] failed poll\(s\)\)",
+                                said(caplog, "VTN connected again")[0])
             assert server.registrations == 1, "a refusal that may pass does not throw the registration away"
 
 

@@ -278,10 +278,12 @@ class VtnClient(VtnEvents, VtnReports):
         long it lasted and what it took."""
         outage, self._outage = self._outage, None
         if outage is not None:
-            log.info("VTN connected %safter %.0f s (%d failed poll(s), %d registration attempt(s) of which %d "
-                     "failed%s)", "again " if outage.again else "", asyncio.get_running_loop().time() - outage.since,
-                     self.poll_failures, outage.registrations, self.registration_failures,
-                     f" and {outage.lost} lost before a poll was answered" if outage.lost else "")
+            # a poll failing and the next one answered took no registration: "0 attempt(s) of which 0" says nothing
+            took = (f", {outage.registrations} registration attempt(s) of which {self.registration_failures} failed"
+                    + (f" and {outage.lost} lost before a poll was answered" if outage.lost else "")
+                    if outage.registrations else "")
+            log.info("VTN connected %safter %.0f s (%d failed poll(s)%s)", "again " if outage.again else "",
+                     asyncio.get_running_loop().time() - outage.since, self.poll_failures, took)
             # also a report's failure meanwhile (telemetry goes on while the registration stands): worded for
             # its own request (its service's URL), one of the outage's causes all the same
             if self.last_error is not None and _fault_kind(self.last_error) in outage.kinds:
