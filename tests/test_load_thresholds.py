@@ -42,9 +42,11 @@ def _config(tmp_path, bacnet_port, http_port, vtn_port, **forecaster):
 
 
 def _stored_history(path: str, end: float, hours: float = 36.0) -> None:
-    """`hours` of a load read every 5 min up to `end`, as an earlier run stored it: more than the day the
-    percentile thresholds need, and uneven enough that its 90th and 10th percentiles are no round numbers."""
-    t = end - np.arange(0, hours * 3600, 300.0)[::-1]
+    """`hours` of a load read every 15 min up to `end`, as an earlier run stored it: more than the day the
+    percentile thresholds need, and uneven enough that its 90th and 10th percentiles are no round numbers.
+    One reading per 15-minute demand, whichever minute the demands end at: read every 5 min, the thresholds
+    moved with the minute a cycle computed them in, and a test that crossed such a minute saw a change."""
+    t = end - np.arange(0, hours * 3600, 900.0)[::-1]
     fc = DemandForecaster()
     fc.seed(t, 200 + 90 * np.sin(2 * np.pi * t / 86400) + 17 * np.sin(2 * np.pi * t / 4100))
     ForecastStore(path).save_minutes(*fc.drain_dirty())

@@ -209,7 +209,9 @@ async def test_a_report_failing_in_a_short_outage_leaves_no_error_once_it_ends(t
                 calls.append(1)
                 if len(calls) == 1:
                     raise RuntimeError("demo VTN: oadrPoll failed on purpose")
-                await release.wait()            # the next poll is answered once the report has failed
+                # the next poll is answered once the report has failed; bounded, as the VTN's stop waits for a held
+                # poll: a failure before release.set() would read as the test's timeout, not as what failed
+                await asyncio.wait_for(release.wait(), 10)
                 return await real(*args, **kwargs)
             handlers["oadrPoll"] = fail_then_hold
             await until(lambda: gw.vtn.status()["poll_failures"] == 1, 5, "a failed poll")
@@ -753,7 +755,7 @@ async def test_a_report_failing_while_an_answer_is_in_flight_is_not_taken_for_th
 
             async def slow(payload, *args, **kwargs):
                 held.set()
-                await release.wait()
+                await asyncio.wait_for(release.wait(), 10)
                 return await real(payload, *args, **kwargs)
             handlers["oadrCreatedEvent"] = slow
             eid = server.add_event([1], now() + timedelta(minutes=5), 60)
@@ -781,7 +783,7 @@ async def test_a_report_failing_while_events_that_want_no_answer_are_read_is_not
 
             async def holding(event):
                 held.set()
-                await release.wait()
+                await asyncio.wait_for(release.wait(), 10)
                 return await real(event)
             client.on_event = holding
             eid = server.add_event([1], now() + timedelta(minutes=5), 60)
