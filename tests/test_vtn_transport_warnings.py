@@ -50,7 +50,7 @@ def test_check_config_warns_of_a_vtn_reached_without_tls_or_without_a_client_cer
     (warning,) = check_config(conf)
     assert warning.startswith(f"openadr.vtn_url {NO_CERT}") and warning.endswith(": set both"), warning
     # loopback, however it is written: nothing crosses a network
-    for url in ("http://localhost:8080/x", "http://[::1]:8080/x", "https://127.0.0.2:8443/x"):
+    for url in ("http://localhost:8080/x", "http://localhost.:8080/x", "http://[::1]:8080/x", "https://127.0.0.2:8443/x"):
         assert check_config(conf, EDGE_GATEWAY__OPENADR__VTN_URL=url) == [], url
 
 

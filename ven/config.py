@@ -29,7 +29,7 @@ class _Section(BaseModel):
 
 
 def is_loopback_host(host: str) -> bool:
-    if host == "localhost":
+    if host.lower().rstrip(".") == "localhost":   # "localhost." is the same name, fully qualified
         return True
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
