@@ -142,6 +142,8 @@ class RawVtn:
         self.registered: list[dict] = []   # the VEN's oadrRegisteredReport answers (to `register_report`)
         self.invalid: list[str] = []       # the VEN's messages that fail the schema, and why
         self.served = 0                    # hand-written messages the VEN has been given
+        # the requests the outbox answers: ("oadrPoll",) lets each registration complete before a message arrives
+        self.serve_on = ("oadrPoll", "oadrRequestEvent")
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
 
@@ -175,7 +177,7 @@ class RawVtn:
         if self.ven_ids:
             body = body.replace(f">{self.ven_ids[1]}<".encode(), f">{self.ven_ids[0]}<".encode())
         message_type, payload = parse_message(body)
-        if message_type in ("oadrPoll", "oadrRequestEvent") and self.outbox:
+        if message_type in self.serve_on and self.outbox:
             self.served += 1
             return web.Response(body=self.outbox.pop(0), content_type="application/xml")
         if message_type == "oadrCreatedEvent":

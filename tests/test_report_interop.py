@@ -100,6 +100,7 @@ def test_a_report_interval_is_the_grid_intervals_overlapping_it():
     assert window(t0, 2 * timedelta(hours=1)) == (t0, t0 + timedelta(hours=2))
     assert window(t0 + timedelta(minutes=6, seconds=18.7), timedelta(hours=1)) == (t0, t0 + 5 * m15)
     assert window(t0 + S, timedelta(0)) == (None, None)     # until cancelled, the backlog included
+    assert window(t0, timedelta(days=9999 * 365)) == (None, None)   # "until further notice" as P9999Y: the same
     assert _report_window({}, m15) == (None, None)
 
 

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from openleadr import errors as oerrors
 from fake_vtn import FakeVtn
+from raw_vtn import RawVtn, create_report, report_request
 from waiting import eventually as until
 
 from ven.config import OpenadrConfig
@@ -1073,6 +1074,41 @@ async def test_a_vtn_asking_to_register_again_each_time_is_one_fault(
     counts = re.fullmatch(r"VTN connected again after \d+ s \(0 failed poll\(s\), (\d+) registration attempt\(s\) "
                           r"of which 0 failed and (\d+) lost before a poll was answered\)", ended[0])
     assert counts and int(counts[1]) == int(counts[2]) + 1 >= 4, ended[0]
+
+
+@pytest.mark.timeout(60)
+async def test_a_vtn_message_the_session_cannot_handle_at_each_poll_is_one_fault(tmp_path, free_tcp_port, caplog):
+    # A message whose handling raises, polled again after each re-registration: every cycle was an ERROR "VTN
+    # session error", a WARNING "VTN context lost", a registration line and a flip of `connected`; now one fault,
+    # one ERROR. The defect that showed it (a reportInterval of P9999Y overflowed) is fixed, so a defect in the
+    # handling of oadrCreateReport is stood in for here; the VTN and the messages are real.
+    caplog.set_level(logging.INFO, logger="ven")
+    cycles = 5
+    async with DemoVtn(free_tcp_port(), poll_seconds=1) as demo, RawVtn(free_tcp_port(), demo.url, demo.vtn_id) as raw:
+        raw.serve_on = ("oadrPoll",)    # each registration completes; the poll after it brings the message
+        async with running(tmp_path, raw.url) as gw:
+            await until(lambda: gw.vtn.connected and gw.vtn.status()["report_request_id"], 10, "registration")
+            mark = len(caplog.records)
+            handled = gw.vtn._create_report
+
+            async def defective(payload):
+                if any(r["report_request_id"] == "rr-defect" for r in payload.get("report_requests") or []):
+                    raise OverflowError("date value out of range")
+                await handled(payload)
+            gw.vtn._create_report = defective
+            request = report_request("rr-defect", f"{gw.config.ven_name}-telemetry", [gw.config.report_resource_id])
+            for _ in range(cycles):
+                raw.send(create_report(gw.vtn.ven_id, [request]))
+            await until(lambda: not raw.outbox, 30, "each copy polled")
+            await until(lambda: gw.vtn.connected and gw.vtn.status()["last_error"] is None, 10,
+                        "connected once a poll is answered")
+            assert gw.connected == [True, False, True], "no flip at each re-registration"
+    lines = gateway_lines(caplog, mark)
+    assert [m for level, m in lines if level in ("ERROR", "WARNING")] == [
+        "VTN session error OverflowError: date value out of range; registering again (backoff up to 1 s)"], lines
+    assert not said_again(lines), lines
+    ended = [m for _, m in lines if m.startswith("VTN connected")]
+    assert len(ended) == 1 and ended[0].endswith(f"of which 0 failed and {cycles} lost before a poll was answered)"), lines
 
 
 async def test_readings_dated_before_this_version_are_not_reported(tmp_path, free_tcp_port, caplog):

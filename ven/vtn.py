@@ -247,14 +247,15 @@ class VtnClient(VtnEvents, VtnReports):
             self.last_error = None
 
     def _failed(self, what: str, reason: str) -> None:
-        """A poll or a registration failed, or the context was lost again before a poll was answered (`what`
-        "context"). The first failure starts an outage: one WARNING, and not connected from then on, as the log says;
-        another failure is one more WARNING only when its kind of reason is new to the outage (the operator acts
-        otherwise), else DEBUG: a cause flipping back and forth (a proxy answering 502 while its VTN restarts, then
-        out of reach itself) was one more WARNING at every retry."""
+        """A poll or a registration failed, the context was lost again before a poll was answered (`what`
+        "context"), or the session ended on an error (`what` "session": a VTN message it cannot handle, which the
+        VTN may send at every poll). The first failure starts an outage: one WARNING (ERROR for a session error),
+        and not connected from then on, as the log says; another failure is one more line only when its kind of
+        reason is new to the outage (the operator acts otherwise), else DEBUG: a cause flipping back and forth (a
+        proxy answering 502 while its VTN restarts, then out of reach itself) was one more WARNING at every retry."""
         self.last_error = reason
         kind = _fault_kind(reason)
-        happened = "context lost" if what == "context" else f"{what} failed"
+        happened = "context lost" if what in ("context", "session") else f"{what} failed"
         if self._outage is None:
             self._outage = _Outage(asyncio.get_running_loop().time(), {kind}, reason, self._was_connected)
             if what == "poll":
@@ -262,12 +263,15 @@ class VtnClient(VtnEvents, VtnReports):
             elif what == "context":
                 log.warning("VTN context lost again before a poll was answered (%s); registering again (backoff up "
                             "to %g s)", reason, self._cfg.retry_max_seconds)
+            elif what == "session":
+                log.error("VTN %s; registering again (backoff up to %g s)", reason, self._cfg.retry_max_seconds)
             else:
                 log.warning("VTN registration failed: %s; retrying (backoff up to %g s)",
                             reason, self._cfg.retry_max_seconds)
             self._set_connected(False)
         elif kind not in self._outage.kinds:
-            log.warning("VTN outage goes on with another cause: %s: %s", happened, reason)
+            log.log(logging.ERROR if what == "session" else logging.WARNING,
+                    "VTN outage goes on with another cause: %s: %s", happened, reason)
             self._outage.kinds.add(kind)
         else:
             log.debug("VTN %s: %s", happened, reason)
@@ -337,23 +341,25 @@ class VtnClient(VtnEvents, VtnReports):
                     self._connected_again()
             self._wake_delivery.set()
             self._opts_dirty.set()
+            errored = False
             try:
                 await self._session()
             except Exception as err:  # noqa: BLE001 - a bad message must not end the VEN
-                log.error("VTN session error %s: %s", err.__class__.__name__, err)
                 self.last_error = f"session error {err.__class__.__name__}: {err}"
+                errored = True
             finally:
                 self._live = False
                 self._set_connected(False)
             if self._lost_by_polls:   # the outage's own doing, logged when it started and when it ends
                 log.debug("VTN context lost (%d failed poll(s): %s); registering again", self.poll_failures,
                           self.last_error)
-            elif self._outage is not None or self._lost_unanswered:
+            elif errored or self._outage is not None or self._lost_unanswered:
                 # lost again before the registration after the last loss had a poll answered: a VTN asking to register
                 # again each time (or answering so while polls fail) never gives a working session. One fault, not a
-                # warning and a flip of `connected` at every cycle
+                # warning and a flip of `connected` at every cycle. So is a session error: the VTN may send the message
+                # it raised on at every poll, and it ends once a poll is answered and its message handled
                 self._poll_error = self.last_error or "unknown reason"
-                self._failed("context", self._poll_error)
+                self._failed("session" if errored else "context", self._poll_error)
                 if self._outage is not counted:     # begun after this registration: it is one of its attempts too
                     self._outage.registrations += 1
                     self._outage.registered += 1
@@ -558,14 +564,15 @@ class VtnClient(VtnEvents, VtnReports):
                 if await self._registration_cancelled(client, payload):
                     return
                 continue        # not this VEN's registration: it stands, and polling goes on at once
-            # answered, and not with "register again": the registration works
+            # openleadr hands out one message per poll: ask again at once after a real message.
+            immediate = rtype != "oadrResponse"
+            await self._dispatch(rtype, payload)
+            # answered, not with "register again", and the answer handled (a session error is part of the outage):
+            # the registration works
             self._lost_unanswered = False
             if self._outage is not None:
                 self._connected_again()
                 self._wake_delivery.set()
-            # openleadr hands out one message per poll: ask again at once after a real message.
-            immediate = rtype != "oadrResponse"
-            await self._dispatch(rtype, payload)
 
     def _forgotten(self, what: str) -> None:
         """The VTN answered a request with oadrRequestReregistration: register at once, not at the next poll."""

@@ -373,6 +373,9 @@ def _report_window(spec: dict, granularity: timedelta) -> tuple[datetime | None,
     start, length = period.get("dtstart"), period.get("duration")
     if not isinstance(start, datetime) or not isinstance(length, timedelta) or length <= timedelta(0):
         return None, None
-    end = start + length
-    return bucket_start(start, granularity), end if bucket_start(end, granularity) == end else next_boundary(
-        end, granularity)
+    try:
+        end = start + length
+        return bucket_start(start, granularity), end if bucket_start(end, granularity) == end else next_boundary(
+            end, granularity)
+    except OverflowError:   # past the year 9999: "until further notice" written as a duration (P9999Y)
+        return None, None

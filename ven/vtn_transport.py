@@ -52,6 +52,8 @@ def _fault_kind(reason: str) -> str:
         return "unreachable"           # down, or the network between
     if reason.startswith(("VTN message", "VTN answer from", "registration error")):
         return "answer"                # a VTN (or what is in front of it) answering nonsense
+    if reason.startswith("session error "):
+        return reason.split(":", 1)[0]   # the exception's class: its message names the values of each message
     if reason.startswith(("the VTN asked for re-registration", "the VTN no longer knows this VEN",
                           "the VTN cancelled the registration")):
         return "register again"        # worded for the message it answered, or naming each registration
