@@ -57,11 +57,12 @@ class _Outage:
     registrations: int = 0  # attempts meanwhile, failed or taken
     registered: int = 0     # ... taken: a VTN that takes registrations but refuses every poll
     lost: int = 0           # ... taken, then lost before a poll was answered: a VTN asking to register again each time
+    said: bool = False      # "registered with VTN" logged meanwhile: also by an attempt its last step then failed
 
     def repeats(self) -> bool:
         """A registration now repeats one this outage already made: what it logs (taken, telemetry requested, events
         listed again, offer refused) was said then, and is DEBUG now unless it differs."""
-        return bool(self.registered or self.lost)
+        return bool(self.registered or self.lost or self.said)
 
 
 class VtnClient(VtnEvents, VtnReports):
@@ -478,6 +479,8 @@ class VtnClient(VtnEvents, VtnReports):
                 self._cfg.vtn_url, self.ven_id, self.registration_id,
                 client.poll_frequency.total_seconds(),
                 "requested" if self._report_request_id else "not requested by the VTN" if offered else "not offered")
+        if self._outage is not None:
+            self._outage.said = True
         if not offered:
             # the same refusal at each of an outage's registrations is said once
             kind = _fault_kind(self.report_offer_error or "")

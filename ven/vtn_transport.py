@@ -50,10 +50,12 @@ def _fault_kind(reason: str) -> str:
         return " ".join(reason.split(" ", 2)[:2])   # something answers at vtn_url, not as a VTN
     if reason.startswith(("VTN unreachable", "request to ")) or reason.endswith("did not answer in time"):
         return "unreachable"           # down, or the network between
-    if reason.startswith(("VTN message", "VTN answer from", "registration error")):
+    if reason.startswith(("VTN message", "VTN answer from")):
         return "answer"                # a VTN (or what is in front of it) answering nonsense
-    if reason.startswith("session error "):
-        return reason.split(":", 1)[0]   # the exception's class: its message names the values of each message
+    if reason.startswith(("session error ", "registration error ")):
+        # the exception's class, wherever the message that raised it came (a registration's last step answers with
+        # the VTN's events too): its text names the values of each message
+        return "error " + reason.split(":", 1)[0].split(" ", 2)[2]
     if reason.startswith(("the VTN asked for re-registration", "the VTN no longer knows this VEN",
                           "the VTN cancelled the registration")):
         return "register again"        # worded for the message it answered, or naming each registration
