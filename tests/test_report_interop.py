@@ -12,7 +12,7 @@ from raw_vtn import RawVtn, cancel_report, create_report, report_request
 from test_report_requests import S, expected, now, received, running, said, same
 from waiting import eventually as until
 from ven.report_intervals import next_boundary
-from ven.vtn import _report_window
+from ven.vtn_reports import _report_window
 from ven.vtn_server import DemoVtn
 
 

@@ -154,7 +154,7 @@ async def test_ca_file_verifies_a_private_ca_vtn_with_or_without_a_client_certif
 
     from aiohttp import web
 
-    from ven.vtn import _Client
+    from ven.vtn_transport import _Client
 
     d, _ = pki
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -315,7 +315,7 @@ def test_a_vtn_message_altered_after_signing_or_signed_by_another_is_refused(pki
     from openleadr.messaging import create_message, validate_xml_schema
     from openleadr.errors import FingerprintMismatch
     from signxml.exceptions import InvalidSignature
-    from ven.vtn import verify_signature
+    from ven.vtn_transport import verify_signature
 
     d, fp = pki
     message = create_message("oadrResponse", cert=(d / "vtn.pem").read_bytes(), key=(d / "vtn.key").read_bytes(),

@@ -45,9 +45,9 @@ def _import_slow_parts() -> None:
     """openleadr, aiohttp and numpy take a second or more to import on 2 cores. Run in a worker
     thread after the BACnet device is up, so the BAS gets I-Am and reads meanwhile."""
     openleadr_level = logging.getLogger("openleadr").level
-    from . import forecast_service, http_api, vtn  # noqa: F401
+    from . import forecast_service, http_api, vtn, vtn_transport  # noqa: F401
     logging.getLogger("openleadr").setLevel(openleadr_level)  # importing openleadr resets it to INFO
-    vtn.warm_up()
+    vtn_transport.warm_up()
 
 
 def bacnet_device(c: GatewayConfig) -> GatewayDevice:

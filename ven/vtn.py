@@ -33,10 +33,6 @@ from .vtn_transport import (INVALID_ID, NOT_REGISTERED, _Client, _NoScheduler, _
                             _iso, _response_code, _utcnow)
 from .wallclock import clock_suspect
 
-# imported from here: warm_up by ven/app.py, the others by the tests
-from .vtn_reports import _report_window  # noqa: F401
-from .vtn_transport import parse_message, verify_signature, warm_up  # noqa: F401
-
 log = logging.getLogger(__name__)
 
 POLL_FAILURES_FOR_LOSS = 3      # consecutive failed polls before the VTN context counts as lost
@@ -58,11 +54,6 @@ class _Outage:
     registered: int = 0     # ... taken: a VTN that takes registrations but refuses every poll
     lost: int = 0           # ... taken, then lost before a poll was answered: a VTN asking to register again each time
     said: bool = False      # "registered with VTN" logged meanwhile: also by an attempt its last step then failed
-
-    def repeats(self) -> bool:
-        """A registration now repeats one this outage already made: what it logs (taken, telemetry requested, events
-        listed again, offer refused) was said then, and is DEBUG now unless it differs."""
-        return bool(self.registered or self.lost or self.said)
 
 
 class VtnClient(VtnEvents, VtnReports):
@@ -241,6 +232,12 @@ class VtnClient(VtnEvents, VtnReports):
         }
 
     # -- session: register, poll, notice loss, register again ----------------------------------
+
+    def _repeating(self) -> bool:
+        """A registration now repeats one this outage already made: what it logs (taken, events listed again, the
+        offer refused) was said then, and is DEBUG now."""
+        o = self._outage
+        return o is not None and bool(o.registered or o.lost or o.said)
 
     def _clear_error(self, error: str | None) -> None:
         """A fault ended: its reason leaves /api/status, unless another fault has replaced it since."""
@@ -474,7 +471,7 @@ class VtnClient(VtnEvents, VtnReports):
         # said once the registration stands: an attempt failing at its last step registered nothing. While polls
         # keep failing (or the VTN asks to register again before one is answered), each cycle's registration after
         # the first is part of that one outage.
-        log.log(logging.DEBUG if self._outage is not None and self._outage.repeats() else logging.INFO,
+        log.log(logging.DEBUG if self._repeating() else logging.INFO,
                 "registered with VTN %s: venID %s, registrationID %s, poll every %s s, telemetry %s",
                 self._cfg.vtn_url, self.ven_id, self.registration_id,
                 client.poll_frequency.total_seconds(),
@@ -484,8 +481,7 @@ class VtnClient(VtnEvents, VtnReports):
         if not offered:
             # the same refusal at each of an outage's registrations is said once
             kind = _fault_kind(self.report_offer_error or "")
-            log.log(logging.DEBUG if self._outage is not None and self._outage.repeats()
-                    and kind == self._offer_refusal_said else logging.WARNING,
+            log.log(logging.DEBUG if self._repeating() and kind == self._offer_refusal_said else logging.WARNING,
                     "the VTN did not take the telemetry report offer (%s): events are served, samples queue, "
                     "the offer is made again (every %g s at most)", self.report_offer_error,
                     self._cfg.retry_max_seconds)
