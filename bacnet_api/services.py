@@ -9,7 +9,10 @@
 - the device object names this project, and lists the services it executes and the object types it
   holds (bacpypes3 counts client-side handlers, numbers unconfirmed services as confirmed ones, and
   leaves the object types empty), and its activeCovSubscriptions lists the subscriptions (bacpypes3
-  asks the application for a method its COV service does not have, so the list was always empty);
+  asks the application for a method its COV service does not have, so the list was always empty), and
+  utcOffset and daylightSavingsStatus beside localTime and localDate, of the machine's zone at each read
+  (bacpypes3 has none; BAC0's TimeHandler, which serves no property, counts utcOffset east positive and
+  with summer time in it);
 - every object's propertyList leaves out objectIdentifier, objectName, objectType and propertyList
   itself, as clause 12.1.x (Property_List) requires; bacpypes3 listed all four. ReadPropertyMultiple
   ALL/REQUIRED still return the first three (property_access.py walks the object's properties, not
@@ -31,8 +34,10 @@
 from __future__ import annotations
 
 import asyncio
+import calendar
 import logging
 import math
+import time
 from datetime import datetime, timedelta, timezone
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -50,7 +55,7 @@ from bacpypes3.basetypes import (
 )
 from bacpypes3.constructeddata import ArrayOf
 from bacpypes3.errors import ExecutionError, MissingRequiredParameter, UnrecognizedService
-from bacpypes3.primitivedata import PropertyIdentifier
+from bacpypes3.primitivedata import Boolean, Integer, PropertyIdentifier
 
 from .client import error_text
 from .property_access import PropertyAccess
@@ -352,3 +357,32 @@ class _Device:
     @protocolObjectTypesSupported.setter
     def protocolObjectTypesSupported(self, value: Any) -> None:
         pass  # derived from the objects the device holds
+
+    # bacpypes3 serves localTime and localDate (the machine's zone) but not these two, so a BAS or a technician
+    # could not tell which zone they are in, nor see the box's zone is wrong (unknown-property)
+    @property
+    def utcOffset(self) -> Integer:
+        return Integer(machine_zone()[0])
+
+    @utcOffset.setter
+    def utcOffset(self, value: Any) -> None:
+        pass  # the machine's zone
+
+    @property
+    def daylightSavingsStatus(self) -> Boolean:
+        return Boolean(machine_zone()[1])
+
+    @daylightSavingsStatus.setter
+    def daylightSavingsStatus(self, value: Any) -> None:
+        pass  # the machine's zone
+
+
+def machine_zone(now: float | None = None) -> tuple[int, bool]:
+    """(utcOffset, daylightSavingsStatus) of the machine's zone at `now`, as the Device object has them
+    (clause 12.11): the minutes from local standard time to UTC, west positive (UTC+1 is -60, summer and
+    winter), and whether summer time is in force. Standard time is the lower of the year's offsets on
+    1 January and 1 July (tzdata calls Dublin's winter time the daylight-saving one)."""
+    now = time.time() if now is None else now
+    year = time.localtime(now).tm_year
+    standard = min(time.localtime(calendar.timegm((year, month, 1, 0, 0, 0))).tm_gmtoff for month in (1, 7))
+    return round(-standard / 60), time.localtime(now).tm_gmtoff > standard

@@ -1,17 +1,20 @@
-"""A gateway whose wall clock is not set: a box without a battery clock boots at 2020-01-01 and runs
-on it until NTP steps it. The gateway runs as a real process under libfaketime (wall clock only; the
-monotonic clock stays real); the VTN, the meter and this test run on the real clock."""
+"""The gateway's wall clock: a box without a battery clock boots at 2020-01-01 and runs on it until NTP
+steps it; a box in a zone with summer time sees its clock change twice a year. The gateway runs as a real
+process under libfaketime (wall clock only; the monotonic clock stays real) and, for the zones, with TZ
+set; the VTN, the meter and this test run on the real clock."""
 from __future__ import annotations
 
 import os
 from datetime import datetime, timezone
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import aiohttp
 import pytest
 from gateway_process import GatewayProcess, write_config
 from waiting import eventually
 
+from bacnet_api.peer import BacnetPeer
 from bacnet_api.simulator import MeterSimulator
 from ven.vtn_server import DemoVtn
 
@@ -28,16 +31,20 @@ def set_offset(path: Path, seconds: float) -> None:
     os.replace(tmp, path)
 
 
-async def test_readings_taken_before_the_clock_is_set_are_not_reported(tmp_path, free_tcp_port, free_udp_port,
-                                                                       monkeypatch):
-    clock = tmp_path / "faketime.txt"
-    boot = datetime(2020, 1, 1, tzinfo=timezone.utc)
-    set_offset(clock, (boot - datetime.now(timezone.utc)).total_seconds())
+def fake_clock(monkeypatch, clock: Path, at: datetime, zone: str = "UTC") -> None:
+    """The gateway process started next reads its wall clock from `clock`, at `at` now, in `zone`."""
+    set_offset(clock, (at - datetime.now(timezone.utc)).total_seconds())
     for name, value in (("LD_PRELOAD", str(LIBFAKETIME)), ("FAKETIME_TIMESTAMP_FILE", str(clock)),
                         ("FAKETIME_CACHE_DURATION", "1"), ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
                         # file times stay real: faked ones make every import recompile its module
-                        ("NO_FAKE_STAT", "1")):
+                        ("NO_FAKE_STAT", "1"), ("TZ", zone)):
         monkeypatch.setenv(name, value)     # read by the gateway process only (at exec)
+
+
+async def test_readings_taken_before_the_clock_is_set_are_not_reported(tmp_path, free_tcp_port, free_udp_port,
+                                                                       monkeypatch):
+    clock = tmp_path / "faketime.txt"
+    fake_clock(monkeypatch, clock, datetime(2020, 1, 1, tzinfo=timezone.utc))
     http_port, meter_port = free_tcp_port(), free_udp_port()
     config = tmp_path / "gw.toml"
     write_config(config, bacnet_port=free_udp_port(), http_port=http_port, storage=tmp_path / "gw.sqlite",
@@ -84,3 +91,51 @@ async def test_readings_taken_before_the_clock_is_set_are_not_reported(tmp_path,
 async def _when(status_coro, check):
     s = await status_coro
     return s if s and check(s) else None
+
+
+# zone, a time before one of its clock changes and one after (UTC), BACnet's (utcOffset, daylightSavingsStatus)
+# at each: minutes from local *standard* time to UTC, west positive, the same all year (clause 12.11)
+CLOCK_CHANGES = [
+    ("Europe/Rome", "2027-03-28T00:15:00", "2027-03-28T01:00:05", (-60, False), (-60, True)),      # 02:00 -> 03:00
+    ("Australia/Lord_Howe", "2027-04-03T14:15:00", "2027-04-03T15:00:05", (-630, True), (-630, False)),  # 2:00 -> 1:30
+    ("America/New_York", "2027-11-07T05:15:00", "2027-11-07T06:00:05", (300, True), (300, False)),  # 02:00 -> 01:00
+    ("Asia/Kathmandu", "2027-03-28T00:15:00", "2027-03-28T01:00:05", (-345, False), (-345, False)),  # none; +05:45
+]
+
+
+@pytest.mark.parametrize("zone, before, after, told_before, told_after", CLOCK_CHANGES,
+                         ids=[c[0] for c in CLOCK_CHANGES])
+async def test_the_device_tells_its_zone_across_a_clock_change(tmp_path, free_tcp_port, free_udp_port, monkeypatch,
+                                                               zone, before, after, told_before, told_after):
+    """A BAS or technician reading the device's localTime can tell the zone and UTC from utcOffset and
+    daylightSavingsStatus, and all four follow a clock change without a restart."""
+    clock = tmp_path / "faketime.txt"
+    fake_clock(monkeypatch, clock, datetime.fromisoformat(before).replace(tzinfo=timezone.utc), zone)
+    config, port = tmp_path / "gw.toml", free_udp_port()
+    write_config(config, bacnet_port=port, http_port=free_tcp_port(), storage=tmp_path / "gw.sqlite", ven_name="tz")
+    props = ["localDate", "localTime", "utcOffset", "daylightSavingsStatus"]
+
+    async def device_time():
+        rows = await peer.read_multiple(f"127.0.0.1:{port}", [("device 500001", props)])
+        return rows and {p: rows[("device 500001", p)] for p in props}
+
+    def minute_of_day(time_: list) -> int:
+        return time_[0] * 60 + time_[1]
+
+    def local(at: str) -> tuple[list, int]:
+        t = datetime.fromisoformat(at).replace(tzinfo=timezone.utc).astimezone(ZoneInfo(zone))
+        return [t.year - 1900, t.month, t.day, t.isoweekday()], t.hour * 60 + t.minute
+
+    async with BacnetPeer(free_udp_port()) as peer:
+        with GatewayProcess(config, tmp_path / "gw.log"):
+            for at, expected in ((before, told_before), (after, told_after)):
+                set_offset(clock, (datetime.fromisoformat(at).replace(tzinfo=timezone.utc)
+                                   - datetime.now(timezone.utc)).total_seconds())
+                date, minute = local(at)    # each step's local times are 15 minutes or more apart
+                seen = await eventually(
+                    lambda: _when(device_time(), lambda d: 0 <= minute_of_day(d["localTime"]) - minute < 5),
+                    60, f"the device's clock at {at}")
+                assert seen["localDate"] == date, seen
+                assert (seen["utcOffset"], seen["daylightSavingsStatus"]) == expected, seen
+            listed = await peer.read(f"127.0.0.1:{port}", "device 500001", "propertyList")
+            assert {"utcOffset", "daylightSavingsStatus"} <= set(listed), listed
