@@ -1,7 +1,11 @@
 """Reads the building meter over BACnet and owns the latest reading (coordinator pattern).
 
-A failed read is a reading with `value=None` and a reason, never a made-up number. The operator log
-gets one WARNING when the meter goes quiet (with the reason) and one INFO line when it answers again.
+A failed read is a reading with `value=None` and a reason, never a made-up number. `fault` follows the
+last read. The operator log gets one WARNING when the meter goes quiet (with the reason) and one INFO line
+once it has answered steadily again: SETTLE_READS reads in a row, and `settle_seconds` since the last
+failed read. A read lost on a busy trunk meanwhile folds into the same fault, so a meter that loses one read
+in 30 is one fault, with its count of failed reads, not a pair of lines every few minutes. A fault that comes
+back within RECUR_SECONDS of the last one's end doubles the settle period (at most SETTLE_DOUBLINGS times).
 When the router in front of the meter refuses the request (Reject-Message-To-Network, Router-Busy-To-
 Network) the read ends at once and the reason names the router and why.
 
@@ -46,6 +50,25 @@ from .services import CommunicationDisabled
 
 log = logging.getLogger(__name__)
 
+SETTLE_READS = 5          # good reads in a row before a fault's end is logged
+SETTLE_DOUBLINGS = 6      # a fault that keeps coming back waits at most 64 x settle_seconds (64 min at 60 s)
+RECUR_SECONDS = 7200.0    # a fault that starts within this of the last one's end: the meter is intermittent
+
+
+@dataclass
+class _FaultWindow:
+    """One fault, from its first failed read until the meter has answered steadily again."""
+    since: float                 # monotonic, the first failed read
+    started_at: datetime
+    reads: int = 0
+    failed: int = 0
+    faults: int = 0              # runs of failed reads: more than one is an intermittent meter
+    last_failed: float = 0.0     # monotonic
+    last_failed_at: datetime | None = None
+    last_error: str | None = None
+    steady_reads: int = 0        # good reads since the last failed one
+    steady_since: float = 0.0    # monotonic, the first of them
+
 
 def _fault_kind(error: str | None) -> str:
     """A failed read's cause without its numbers (times, values, addresses), so the same cause with
@@ -83,9 +106,10 @@ class MeterClient:
         bounds: tuple[float, float] = (-math.inf, math.inf),
         on_reading: Callable[[MeterReading], None] | None = None,
         units: str | None = None,
+        settle_seconds: float = 60.0,
     ) -> None:
-        if poll_seconds <= 0 or timeout_seconds <= 0:
-            raise ValueError("poll_seconds and timeout_seconds must be positive")
+        if poll_seconds <= 0 or timeout_seconds <= 0 or settle_seconds <= 0:
+            raise ValueError("poll_seconds, timeout_seconds and settle_seconds must be positive")
         # meter.units: the unit the value is in, whatever the meter's units property says (None: it decides)
         self.configured_units = check_configured(units) if units else None
         self._source = device_or_app
@@ -105,7 +129,10 @@ class MeterClient:
         self.fault = False
         self._fault_logged: str | None = None  # the cause of the present fault the log names last
         self._fault_next: tuple[str | None, int] = (None, 0)  # another cause, and for how many reads in a row
-        self._fault_since = 0.0  # monotonic, the first failed read of the present fault
+        self.settle_seconds = float(settle_seconds)
+        self._window: _FaultWindow | None = None  # the fault the log has opened and not yet closed
+        self._settle = self.settle_seconds        # for the present fault: doubled when faults recur
+        self._ended = -math.inf                   # monotonic, when the last fault's end was logged
         self.units: str | None = None  # what the meter's units property last said ("watts"), for the operator
         self._conversion: MeterUnits | None = None  # None: read units (and statusFlags support) at the next read
         self._conversion_app: Application | None = None
@@ -311,31 +338,68 @@ class MeterClient:
         if reading.value is not None:
             self.last_good = reading
         failed = reading.value is None
-        kind = _fault_kind(reading.error) if failed else None
-        if failed and not self.fault:
-            log.warning("meter fault: %s", reading.error)
-            self._fault_logged, self._fault_next = kind, (None, 0)
-            self._fault_since = time.monotonic()
-        elif failed and kind != self._fault_logged:
-            # the cause changed while the fault lasts (silent, then answering in kWh): say so, else the log
-            # still blames the first cause. A cause must hold for two reads, so two that alternate (a busy
-            # router) do not log every read.
-            seen = self._fault_next[1] + 1 if self._fault_next[0] == kind else 1
-            self._fault_next = (kind, seen)
-            if seen >= 2:
-                log.warning("meter fault, cause changed: %s", reading.error)
+        now = time.monotonic()
+        window = self._window
+        if failed:
+            kind = _fault_kind(reading.error)
+            if window is None:
+                log.warning("meter fault: %s", reading.error)
                 self._fault_logged, self._fault_next = kind, (None, 0)
-        elif failed:
-            self._fault_next = (None, 0)
-        elif not failed and self.fault:
-            log.info("meter answering again after %.0f s: %s = %.2f kW", time.monotonic() - self._fault_since,
-                     self.address, reading.value)
+                recurs = now - self._ended < RECUR_SECONDS
+                self._settle = (min(2 * self._settle, self.settle_seconds * 2 ** SETTLE_DOUBLINGS) if recurs
+                                else self.settle_seconds)
+                window = self._window = _FaultWindow(since=now, started_at=reading.timestamp)
+            elif kind != self._fault_logged:
+                # the cause changed while the fault lasts (silent, then answering in kWh): say so, else the log
+                # still blames the first cause. A cause must hold for two failed reads, so two that alternate (a
+                # busy router) do not log every read.
+                seen = self._fault_next[1] + 1 if self._fault_next[0] == kind else 1
+                self._fault_next = (kind, seen)
+                if seen >= 2:
+                    log.warning("meter fault, cause changed: %s", reading.error)
+                    self._fault_logged, self._fault_next = kind, (None, 0)
+            else:
+                self._fault_next = (None, 0)
+            window.reads += 1
+            window.failed += 1
+            window.faults += not self.fault
+            window.last_failed, window.last_failed_at, window.last_error = now, reading.timestamp, reading.error
+            window.steady_reads = 0
+        elif window is not None:
+            window.reads += 1
+            window.steady_reads += 1
+            if window.steady_reads == 1:
+                window.steady_since = now
+            if window.steady_reads >= SETTLE_READS and now - window.last_failed >= self._settle:
+                self._log_end(window, now, reading)
+                self._window, self._ended = None, now
         self.fault = failed
         if self.on_reading is not None:
             try:
                 self.on_reading(reading)
             except Exception:
                 log.exception("meter on_reading callback failed")
+
+    def _log_end(self, window: _FaultWindow, now: float, reading: MeterReading) -> None:
+        lasted, steady = _span(window.steady_since - window.since), _span(now - window.steady_since)
+        if window.faults == 1:
+            log.info("meter answering again after %s (%d read%s failed), steady for %s: %s = %.2f kW",
+                     lasted, window.failed, "" if window.failed == 1 else "s", steady, self.address, reading.value)
+        else:
+            log.info("meter answering steadily again after %s: %d of %d reads failed (intermittent: %d separate "
+                     "faults), steady for %s: %s = %.2f kW", lasted, window.failed, window.reads,
+                     window.faults, steady, self.address, reading.value)
+
+    def fault_window(self) -> dict | None:
+        """The fault the log has opened and not yet closed (None: the meter answers steadily), for the
+        operator: an intermittent meter's `fault` is mostly false, its window says how often reads fail."""
+        w = self._window
+        if w is None:
+            return None
+        return {"since": w.started_at.isoformat(timespec="seconds"), "reads": w.reads, "failed_reads": w.failed,
+                "faults": w.faults, "intermittent": w.faults > 1,
+                "last_failed_at": w.last_failed_at.isoformat(timespec="seconds") if w.last_failed_at else None,
+                "last_failure": w.last_error, "steady_reads": w.steady_reads, "settle_seconds": self._settle}
 
     # ----- polling
 
@@ -361,6 +425,14 @@ class MeterClient:
             now = time.time()
             next_tick = (math.floor(now / self.poll_seconds) + 1) * self.poll_seconds
             await asyncio.sleep(max(0.0, next_tick - now))
+
+
+def _span(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 class _ReadFailed(Exception):

@@ -10,7 +10,8 @@ The gateway reads `12345:2 analogInput 2 presentValue` through the router. `set_
 the meter stop answering while the router stays up, the way a meter with a dead RS-485 link behind a
 working router looks on the wire. `units` (and `set_units`) publish the value in another unit, e.g.
 watts or kilowattHours, as real meters do; `value` is in that unit. `set_status` raises the meter's own
-fault or out-of-service flags while its presentValue still answers. `restart()` stops and starts the
+fault or out-of-service flags while its presentValue still answers. `set_dropping(n)` loses every n-th
+read of presentValue, as a busy MS/TP trunk does. `restart()` stops and starts the
 router and meter (a power cycle) on the same address.
 """
 from __future__ import annotations
@@ -19,9 +20,12 @@ import asyncio
 import itertools
 import logging
 import math
+import time
 from typing import Iterable
 
+from bacpypes3.apdu import ReadPropertyRequest
 from bacpypes3.app import Application
+from bacpypes3.basetypes import PropertyIdentifier
 from bacpypes3.local.analog import AnalogInputObject
 from bacpypes3.local.device import DeviceObject
 from bacpypes3.local.networkport import NetworkPortObject
@@ -36,14 +40,34 @@ _instances = itertools.count(1)
 
 
 class _MeterApplication(Application):
-    """A bacpypes3 device that can be told to ignore every request."""
+    """A bacpypes3 device that can be told to ignore every request, or every n-th read of presentValue."""
 
     _silent = False
+    _drop_one_in = 0
+    _value_reads = 0
+    _dropped: dict | None = None
 
     async def indication(self, apdu) -> None:
         if self._silent:
             return
+        if self._drop_one_in and isinstance(apdu, ReadPropertyRequest) \
+                and apdu.propertyIdentifier == PropertyIdentifier.presentValue and self._drop(apdu):
+            return  # lost on the trunk: the client hears nothing and times out
         await super().indication(apdu)
+
+    def _drop(self, apdu) -> bool:
+        # the client's stack retries a lost request (same invoke id) after its APDU timeout: lost again, and
+        # not counted as a read, so "every n-th read" stays true whatever the client's retry timing
+        now = time.monotonic()
+        dropped = self._dropped = {k: t for k, t in (self._dropped or {}).items() if now - t < 30.0}
+        key = (str(apdu.pduSource), apdu.apduInvokeID)
+        if key in dropped:
+            return True
+        self._value_reads += 1
+        if self._value_reads % self._drop_one_in:
+            return False
+        dropped[key] = now
+        return True
 
 
 def _device(instance: int, name: str) -> DeviceObject:
@@ -215,6 +239,15 @@ class MeterSimulator:
         if self._meter is None:
             raise RuntimeError("simulator not started")
         self._meter._silent = bool(silent)
+
+    def set_dropping(self, one_in: int) -> None:
+        """Lose every `one_in`-th read of presentValue (0: none), as a busy MS/TP trunk loses one read in
+        20-50; the meter answers everything else."""
+        if self._meter is None:
+            raise RuntimeError("simulator not started")
+        if one_in < 0 or one_in == 1:
+            raise ValueError(f"one_in must be 0 (none) or 2 or more, got {one_in}")
+        self._meter._drop_one_in, self._meter._value_reads, self._meter._dropped = int(one_in), 0, None
 
     @property
     def silent(self) -> bool:

@@ -52,8 +52,9 @@ DTD = b'<!DOCTYPE oadrPayload [<!ENTITY a "a">]>\n'
 # per part)
 FAULTS = {
     "VTN": (r"VTN (poll|registration) failed", r"VTN connected (again )?after"),
-    "meter": (r"meter fault", r"meter answering again"),
-    "BAS input": (r"forecaster now learns from meter \(BAS input", r"forecaster now learns from bacnet_input"),
+    "meter": (r"meter fault", r"meter answering (steadily )?again"),
+    # its end is said once the BAS has written for 2 x input_stale_seconds (10 s), during the storage step
+    "BAS input": (r"forecaster now learns from meter \(BAS input", r"forecaster (now )?learns from bacnet_input"),
     "storage.path": (r"ERROR storage\.path", r"storage\.path .*(written .*again|opened)"),
     "HTTP cap": (r"refusing new ones", r"accepting connections again"),
     "BACnet DCC": (r"communication initiation disabled by", r"initiation enabled again"),

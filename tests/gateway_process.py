@@ -28,6 +28,7 @@ address = "{bacnet_ip}:{bacnet_port}"
 [meter]
 {meter}
 timeout_seconds = 0.5
+settle_seconds = 1
 [openadr]
 vtn_url = "http://{vtn_host}:{vtn_port}/OpenADR2/Simple/2.0b"
 ven_name = "{ven_name}"

@@ -28,6 +28,7 @@ from bacnet_api.simulator import MeterSimulator
 from bacnet_peer import BacnetPeer
 from test_bacnet_device import DEVICE_ID, gateway, peer, where  # noqa: F401 - shared fixtures
 from test_bacnet_services import errors_logged, notification, request
+from test_meter import read_until_steady
 from ven.logs import FloodGuard
 from waiting import eventually
 
@@ -151,7 +152,7 @@ async def test_disable_initiation_with_the_password_is_honoured_logged_and_times
     addr = where(guarded)
     async with MeterSimulator(f"127.0.0.1/8:{free_udp_port()}", value=42.5) as sim:
         meter = MeterClient(guarded, address=sim.meter_address, object="analogInput 2",
-                            router=sim.router_address, timeout_seconds=1.0)
+                            router=sim.router_address, timeout_seconds=1.0, settle_seconds=0.2)
         assert (await meter.read_once()).value == 42.5
         guarded.set(EVENT_LEVEL, 2)
 
@@ -180,6 +181,7 @@ async def test_disable_initiation_with_the_password_is_honoured_logged_and_times
         assert await initiates(guarded, peer)
         assert await who_has(peer, addr, EVENT_LEVEL) == [(DEVICE_ID, EVENT_LEVEL)]
         assert (await meter.read_once()).value == 42.5 and meter.fault is False
+        await read_until_steady(meter)
 
     dcc_lines = [r for r in ours(caplog) if r.name == "bacnet_api.services"]
     assert [r.levelno for r in dcc_lines] == [logging.WARNING, logging.INFO], dcc_lines
@@ -293,7 +295,8 @@ async def test_the_whole_gateway_while_initiation_is_disabled(tmp_path, free_udp
     sim_port, http_port = free_udp_port(), free_tcp_port()
     cfg = parse_config({
         "bacnet": {"address": f"127.0.0.1/8:{free_udp_port()}", "device_id": 500004, "dcc_password": PASSWORD},
-        "meter": {"router": f"127.0.0.1:{sim_port}", "poll_seconds": 0.5, "timeout_seconds": 1.0},
+        "meter": {"router": f"127.0.0.1:{sim_port}", "poll_seconds": 0.5, "timeout_seconds": 1.0,
+                  "settle_seconds": 0.5},
         "openadr": {"vtn_url": f"http://127.0.0.1:{free_tcp_port()}/OpenADR2/Simple/2.0b"},
         "storage": {"path": str(tmp_path / "gw.sqlite")},
         "http": {"address": f"127.0.0.1:{http_port}"},
@@ -334,6 +337,7 @@ async def test_the_whole_gateway_while_initiation_is_disabled(tmp_path, free_udp
                 assert isinstance(await request(bas, dcc(gw, "enable")), SimpleAckPDU)
                 await eventually(lambda: not gateway.meter.fault and not stale_points(gateway, any), 8)
                 assert (await status())["device"]["communication"] == {"mode": "enable"}
+                await eventually(lambda: gateway.meter.fault_window() is None, 8, "the meter's fault ended")
         finally:
             await gateway.stop()
     meter_lines = [r for r in caplog.records if r.name == "bacnet_api.meter" and r.levelno >= logging.INFO]

@@ -44,7 +44,12 @@ class FaultView(SampleView):
                                                "since": _iso(now - 60), "minutes": 5, "until": _iso(now + 240)}
         body["meter"].update({"units": "kilowattHours" if "meter" in f else "kilowatts", "fault": "meter" in f,
                               "last_error": ("12345:2 analogInput 2: units kilowattHours is not a power unit "
-                                             "(energy)") if "meter" in f else None})
+                                             "(energy)") if "meter" in f else None,
+                              "fault_window": {"since": _iso(now - 1320), "reads": 132, "failed_reads": 7,
+                                               "faults": 7, "intermittent": True, "last_failed_at": _iso(now - 40),
+                                               "last_failure": "no response from 12345:2 within 5 s (through "
+                                                               "router 10.0.0.5:47808)", "steady_reads": 4,
+                                               "settle_seconds": 120.0} if "meter-flaky" in f else None})
         body["storage"] = {"path": "/var/lib/edge-gateway/gateway.sqlite", "ok": "storage" not in f,
                            "errors": {"events": "storage.path /var/lib/edge-gateway/gateway.sqlite: cannot open "
                                                 "SQLite database for writing (Read-only file system)"}
@@ -91,10 +96,12 @@ async def test_each_fault_is_named_with_what_to_do_and_clears_by_itself(server):
             "storage": ("storage.path not writable", "restart now loses"),
             "input": ("Forecaster has no power input", "input-power-meter"),
             "threshold": ("Load flags have no threshold yet", "forecaster.high_load_kw"),
+            "meter-flaky": ("Meter answering intermittently", "router"),
         }
         for fault, (what, todo) in expect.items():
             view.faults = {fault}
-            key = {"dcc": "communication", "input": "forecaster-input", "vtn-down": "vtn"}.get(fault, fault)
+            key = {"dcc": "communication", "input": "forecaster-input", "vtn-down": "vtn",
+                   "meter-flaky": "meter-intermittent"}.get(fault, fault)
             await page.wait_for_function(f"([key, what]) => {PROBLEMS} === key && "
                                          "document.querySelector('#problems').innerText.includes(what)",
                                          arg=[key, what], timeout=10000)
@@ -103,10 +110,22 @@ async def test_each_fault_is_named_with_what_to_do_and_clears_by_itself(server):
             pills = await page.locator("#pills").inner_text()
             if fault.startswith("vtn"):  # never registered (a wrong vtn_url) is not a lost connection
                 assert ("VTN not registered" if fault == "vtn" else "VTN disconnected") in pills, pills
-            if fault != "threshold":  # the only warning: the flags cannot tell yet, nothing is broken
-                assert "healthy" not in pills.replace("unhealthy", ""), (fault, pills)
+            if fault not in ("threshold", "meter-flaky"):  # warnings: the flags cannot tell yet, the meter
+                assert "healthy" not in pills.replace("unhealthy", ""), (fault, pills)  # answers: nothing broken
                 assert "problem" in pills, (fault, pills)
-        await page.screenshot(path=str(artifact_path("dashboard-threshold.png")), full_page=True)
+            if fault == "threshold":
+                await page.screenshot(path=str(artifact_path("dashboard-threshold.png")), full_page=True)
+
+        # an intermittent meter: a warning with its counts, not a fault; a failed read meanwhile is the fault
+        item = page.locator('#problems li[data-problem="meter-intermittent"]')
+        assert await item.get_attribute("data-level") == "warn"
+        assert "7 of 132 reads failed" in await item.locator(".detail").inner_text()
+        assert "meter intermittent" in await page.locator("#pills .pill.warn").all_inner_texts()
+        assert "healthy" in await page.locator("#pills .pill.ok").first.inner_text()
+        assert await tile_why(page, "meter-power") is None
+        await page.screenshot(path=str(artifact_path("dashboard-meter-intermittent.png")), full_page=True)
+        view.faults = {"meter", "meter-flaky"}
+        await page.wait_for_function(f"({PROBLEMS}) === 'meter'", timeout=10000)
 
         # the dedicated pills and the tiles' reasons
         view.faults = {"dcc", "input"}
@@ -127,7 +146,7 @@ async def test_each_fault_is_named_with_what_to_do_and_clears_by_itself(server):
         assert "no load threshold yet" in await page.locator("#pills .pill.warn").all_inner_texts()
 
         # all together, then all cleared: the list empties and the gateway reads healthy again
-        view.faults = set(expect) - {"vtn-down"}
+        view.faults = set(expect) - {"vtn-down", "meter-flaky"}
         await page.wait_for_function(f"({PROBLEMS}).split(',').length === 5", timeout=10000)
         await page.screenshot(path=str(artifact_path("dashboard-all-faults.png")), full_page=True)
         view.faults = set()

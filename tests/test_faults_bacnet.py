@@ -257,7 +257,8 @@ async def test_silent_meter_faults_without_invented_values_then_recovers(
     bacnet_port, meter_port, vtn_port = free_udp_port(), free_udp_port(), free_tcp_port()
     cfg = parse_config({
         "bacnet": {"address": f"127.0.0.1/8:{bacnet_port}", "device_id": 500202},
-        "meter": {"router": f"127.0.0.1:{meter_port}", "poll_seconds": 0.5, "timeout_seconds": 1.0},
+        "meter": {"router": f"127.0.0.1:{meter_port}", "poll_seconds": 0.5, "timeout_seconds": 1.0,
+                  "settle_seconds": 0.5},
         "openadr": {"vtn_url": f"http://127.0.0.1:{vtn_port}/OpenADR2/Simple/2.0b", "ven_name": "silent",
                     "retry_min_seconds": 0.2, "retry_max_seconds": 1.0, "telemetry_seconds": 1},
         "storage": {"path": str(tmp_path / "gw.sqlite")},
@@ -307,6 +308,7 @@ async def test_silent_meter_faults_without_invented_values_then_recovers(
             await eventually(lambda: any(v == 55.0 for *_, v in vtn.reports), 10, "telemetry resumes")
             # drained but for the readings of the 1 s interval still running (read every 0.5 s)
             await eventually(lambda: gateway.telemetry.pending <= 2, 10, "queue drained")
+            await eventually(lambda: gateway.meter.fault_window() is None, 10, "the meter's fault ended")
     finally:
         await gateway.stop()
         await vtn.stop()
@@ -368,3 +370,50 @@ async def _meter_status(http_port, check):
     status = await get_status(http_port)
     meter = status and status["meter"]
     return meter if meter and check(meter) else None
+
+
+# -- a meter that loses a read now and then ---------------------------------------------------------
+
+@pytest.mark.timeout(60)
+async def test_an_intermittent_meter_is_one_fault_in_the_log_and_counted_in_the_status(
+        tmp_path, free_udp_port, free_tcp_port, caplog):
+    # one read lost in five: the log says the fault once; /api/status counts the lost reads; meter-fault,
+    # meter.fault and /healthz still follow each read, so the BAS and an orchestrator see no debounced state
+    caplog.set_level(logging.INFO)
+    http_port, meter_port = free_tcp_port(), free_udp_port()
+    cfg = parse_config({
+        "bacnet": {"address": f"127.0.0.1/8:{free_udp_port()}", "device_id": 500204},
+        "meter": {"router": f"127.0.0.1:{meter_port}", "poll_seconds": 0.1, "timeout_seconds": 0.3,
+                  "settle_seconds": 0.5},
+        "openadr": {"vtn_url": f"http://127.0.0.1:{free_tcp_port()}/OpenADR2/Simple/2.0b",
+                    "retry_min_seconds": 1.0, "retry_max_seconds": 5.0},  # no VTN listens
+        "storage": {"path": str(tmp_path / "gw.sqlite")},
+        "http": {"address": f"127.0.0.1:{http_port}"},
+        "forecaster": {"cycle_seconds": 3600},
+    }, "test", environ={})
+    async with MeterSimulator(address=f"127.0.0.1/8:{meter_port}", value=87.5) as sim:
+        gateway = Gateway(cfg)
+        try:
+            await gateway.start()
+            await eventually(lambda: gateway.device.get(P.METER_POWER) == 87.5, 10, "a meter value")
+            sim.set_dropping(5)
+            status = await eventually(lambda: _meter_status(
+                http_port, lambda m: (m["fault_window"] or {}).get("failed_reads", 0) >= 4 and not m["fault"]),
+                20, "four lost reads counted, the last read good")
+            window = status["fault_window"]
+            assert window["intermittent"] is True and window["reads"] > window["failed_reads"]
+            assert window["last_failure"].startswith("no response from 12345:2")
+            assert gateway.device.get(P.METER_FAULT) == (gateway.meter.latest.value is None) == gateway.meter.fault
+            ok, text = gateway.health()
+            assert ok and ("meter fault" in text) == gateway.meter.fault
+
+            sim.set_dropping(0)
+            await eventually(lambda: _meter_status(http_port, lambda m: m["fault_window"] is None), 10,
+                             "the fault ended once the meter answers steadily")
+        finally:
+            await gateway.stop()
+    meter_lines = [r.getMessage() for r in caplog.records if r.name == "bacnet_api.meter" and r.levelno >= logging.INFO]
+    assert len(meter_lines) == 2, meter_lines
+    assert meter_lines[0].startswith("meter fault: no response from 12345:2")
+    assert meter_lines[1].startswith("meter answering steadily again after ") and "(intermittent: " in meter_lines[1]
+    assert not [r for r in caplog.records if r.exc_info]

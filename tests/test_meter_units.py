@@ -12,7 +12,7 @@ import pytest
 from bacnet_api.meter import MeterClient, MeterReading
 from bacnet_api.simulator import MeterSimulator, run_simulator
 from bacnet_peer import BacnetPeer
-from test_meter import FAST, client, gateway  # noqa: F401 - shared fixture and helpers
+from test_meter import FAST, client, gateway, read_until_steady  # noqa: F401 - shared fixture and helpers
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -100,6 +100,7 @@ async def test_units_are_read_again_when_the_meter_comes_back(gateway, free_udp_
         await sim.start()
         reading = await asyncio.wait_for(meter.read_once(), 5)
         assert reading.value == pytest.approx(43.0) and meter.units == "watts"
+        await read_until_steady(meter)
     infos = meter_logs(caplog, logging.INFO)
     assert [m for m in infos if "reports" in m] == [
         f"meter {sim.meter_address} analogInput 2 reports watts: readings are converted to kW (x 0.001)"]

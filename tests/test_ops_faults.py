@@ -11,9 +11,11 @@ import time
 import aiohttp
 import pytest
 
+from bacnet_api import points as P
 from bacnet_api.simulator import MeterSimulator
+from bacnet_peer import BacnetPeer
 from test_gateway import fast_config
-from test_meter import client, gateway  # noqa: F401 - shared fixture and helpers
+from test_meter import client, gateway, read_until_steady  # noqa: F401 - shared fixture and helpers
 from ven.app import Gateway
 from ven.vtn_server import DemoVtn
 from waiting import eventually
@@ -41,6 +43,7 @@ async def test_a_meter_fault_whose_cause_changes_is_logged_again_once(gateway, f
         sim.set_units("kilowatts")
         await asyncio.wait_for(meter.read_once(), 5)  # units are read again after a failed read
         assert (await asyncio.wait_for(meter.read_once(), 5)).value == 42.5
+        await read_until_steady(meter)
     warnings = logs(caplog, "bacnet_api.meter", logging.WARNING)
     assert len(warnings) == 2, warnings
     assert warnings[0].startswith("meter fault: no response from")
@@ -90,7 +93,7 @@ async def test_healthz_names_what_is_degraded_metrics_gauge_it_and_input_stale_i
 
             meter.set_silent(False)
             await eventually(lambda: not gw.meter.fault and not gw.forecast.input_stale(), 15)
-            await eventually(lambda: any("power input again" in i for i in logs(caplog, "ven.app", logging.INFO)), 5)
+            await eventually(lambda: any("power input again" in i for i in logs(caplog, "ven.app", logging.INFO)), 15)
             assert await get("/healthz") == (200, "ok\n")
             m = scrape((await get("/metrics"))[1])
             assert m["edge_gateway_meter_fault"] == 0 and m["edge_gateway_forecast_input_stale"] == 0
@@ -142,3 +145,43 @@ def test_no_input_warning_in_the_first_input_stale_seconds_even_on_resumed_histo
     gw.started_at -= 31  # the grace is over: now it is a silence
     gw._log_input_stale(True)
     assert [r.levelno for r in caplog.records if "power input" in r.getMessage()] == [logging.WARNING]
+
+
+@pytest.mark.timeout(60)
+async def test_a_bas_writing_a_little_slower_than_input_stale_seconds_is_one_no_input_fault(
+        tmp_path, free_udp_port, free_tcp_port, caplog):
+    # forecaster.source bacnet_input and a BAS whose writes are sometimes just over input_stale_seconds
+    # apart: each such gap was a WARNING and an INFO. The points still show fault in each gap, and
+    # /healthz names it; the log says the fault once, and its end once the BAS writes steadily
+    caplog.set_level(logging.INFO, logger="ven.app")
+    ports = dict(bacnet_port=free_udp_port(), meter_port=free_udp_port(), vtn_port=free_tcp_port(),
+                 http_port=free_tcp_port())
+    gw = Gateway(fast_config(tmp_path, **ports, source="bacnet_input", input_stale_seconds=1.0, cycle_seconds=0.1))
+    addr = f"127.0.0.1:{ports['bacnet_port']}"
+    input_power = P.BY_NAME[P.INPUT_POWER].object_id
+    await gw.start()
+    try:
+        async with BacnetPeer(free_udp_port()) as bas:
+            async def write(kw=90.0):
+                assert await bas.write(addr, input_power, "presentValue", kw, priority=8) is None
+
+            def no_input():
+                return "forecaster has no power input" in gw.health()[1]
+
+            await eventually(no_input, 5, "no input at start")    # past the start-up grace, not yet written
+            for _ in range(4):            # late writes: the forecasts go to fault each time, /healthz follows
+                await write()
+                await eventually(lambda: not no_input(), 5, "input again")
+                await eventually(no_input, 5, "stale again")
+
+            async def steady():                           # the BAS writes within the limit again
+                await write()
+                await asyncio.sleep(0.2)
+                return any("power input again" in m for m in logs(caplog, "ven.app", logging.INFO))
+            await eventually(steady, 20, "the end of the fault, once steady")
+    finally:
+        await gw.stop()
+    warnings = [m for m in logs(caplog, "ven.app", logging.WARNING) if "no power input" in m]
+    ends = [m for m in logs(caplog, "ven.app", logging.INFO) if "power input again" in m]
+    assert len(warnings) == 1 and len(ends) == 1, (warnings, ends)
+    assert "steadily, after running out 5 times" in ends[0], ends

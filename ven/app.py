@@ -23,6 +23,7 @@ from . import __version__
 from .config import GatewayConfig
 from .metrics import Metrics
 from .schedule import EventSchedule, ScheduleState
+from .settle import Flapping
 from .storage import Storage
 from .tasks import cancel_and_wait
 from .telemetry import TelemetryQueue
@@ -76,12 +77,14 @@ class Gateway:
                                  property=c.meter.property, router=c.meter.router,
                                  poll_seconds=c.meter.poll_seconds, timeout_seconds=c.meter.timeout_seconds,
                                  bounds=self.device.input_bounds, on_reading=self._on_meter,
-                                 units=c.meter.units or None)
+                                 units=c.meter.units or None, settle_seconds=c.meter.settle_seconds)
         self._stack = []
         self._late_restore: asyncio.Task | None = None
         self._schedule_listeners: list = []
         self._counted = {"sent": 0, "dropped": 0, "poll_failures": 0}
-        self._input_stale_logged = False  # the forecaster's lack of input has been logged (and not its end)
+        self._input_stale = False  # the forecaster had no power input at its last cycle (past the start's grace)
+        # its WARNING and INFO: a BAS writing a little less often than input_stale_seconds is one fault
+        self._no_input = Flapping(2 * c.forecaster.input_stale_seconds)
         self.metrics.set_version(__version__)
 
     # The forecaster, the VEN and the HTTP API are built on first use: their modules are slow to import
@@ -285,23 +288,27 @@ class Gateway:
         self.metrics.low_load.set(int(low))
 
     def _log_input_stale(self, stale: bool) -> None:
-        """One WARNING when the forecaster runs out of power input, one INFO when it has some again. Not
-        during the first input_stale_seconds after start: no sample yet (or only the history resumed from
-        storage) is not yet a silence."""
+        """One WARNING when the forecaster runs out of power input, one INFO once it has had some for twice
+        input_stale_seconds (longer than one write's worth; doubled when it keeps running out): running out
+        again meanwhile is the same fault. Not during the first input_stale_seconds after start: no sample
+        yet (or only the history resumed from storage) is not yet a silence."""
         c = self.config.forecaster
-        if stale and not self._input_stale_logged:
-            if time.monotonic() - self.started_at <= c.input_stale_seconds:
-                return
+        now = time.monotonic()
+        if stale and now - self.started_at <= c.input_stale_seconds:
+            return
+        self._input_stale = stale
+        if stale and self._no_input.bad(now):
             source = {"bacnet_input": "the BAS has not written input-power-meter",
                       "meter": "no meter reading"}.get(c.source, "neither the BAS (input-power-meter) nor the meter gave power")
             log.warning("forecaster has no power input: %s for %.0f s (forecaster.source %s); forecasts, "
                         "power-rate-of-change and the load flags show fault until power comes in",
                         source, c.input_stale_seconds, c.source)
-            self._input_stale_logged = True
-        elif not stale and self._input_stale_logged:
-            log.info("forecaster has power input again (%s): forecasts and flags are computed from it again",
-                     self.forecast.status().get("active_source") or c.source)
-            self._input_stale_logged = False
+        elif not stale and self._no_input.good(now):
+            times = self._no_input.times
+            log.info("forecaster has power input again (%s)%s: forecasts and flags are computed from it again",
+                     self.forecast.status().get("active_source") or c.source,
+                     f", steadily, after running out {times} times (power came in more than "
+                     f"{c.input_stale_seconds:g} s apart)" if times > 1 else "")
 
     def _set_or_fault(self, name: str, value: float | None) -> None:
         # No value (no recent power to forecast from): the last one stays readable but flagged, so a
@@ -333,7 +340,7 @@ class Gateway:
             out.append("meter fault")
         if not self.storage_status()["ok"]:
             out.append("storage.path not writable")
-        if self._input_stale_logged:
+        if self._input_stale:
             out.append("forecaster has no power input")
         return out
 
@@ -366,6 +373,9 @@ class Gateway:
                 "last_value_at": good.timestamp.isoformat(timespec="seconds") if good else None,
                 "last_attempt_at": latest.timestamp.isoformat(timespec="seconds") if latest else None,
                 "last_error": latest.error if latest else None,
+                # the fault the log opened and has not closed: an intermittent meter's `fault` is mostly
+                # false, this says how many of its reads fail (None while it answers steadily)
+                "fault_window": self.meter.fault_window(),
             },
             "forecaster": self.forecast.status(),
             "storage": self.storage_status(),

@@ -135,6 +135,9 @@ class MeterConfig(_Section):
     router: str = ""
     poll_seconds: float = Field(10.0, gt=0, le=86400)
     timeout_seconds: float = Field(5.0, gt=0, le=3600)
+    # a fault's end is logged once the meter has answered this long (and 5 reads) in a row: a lost read
+    # meanwhile is the same fault. Doubled for a fault that comes back soon (bacnet_api.meter)
+    settle_seconds: float = Field(60.0, gt=0, le=86400)
     units: str = ""   # the unit the meter's value is in, instead of its units property; "" = the meter says
 
     @field_validator("address")

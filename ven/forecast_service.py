@@ -24,6 +24,7 @@ from forecaster.store import ForecastStore
 
 from .config import ForecasterConfig
 from .fit_worker import fit_in_child
+from .settle import Flapping
 from .storage import REOPEN_SECONDS, ReopenTimer
 from .tasks import cancel_and_wait
 from .wallclock import PRUNE_HOLD_S, StepWatch
@@ -80,6 +81,11 @@ class ForecastService:
         self._active: str | None = None
         # source auto: since when the meter stands in for the BAS input (monotonic), for the line that ends it
         self._meter_since: float | None = None
+        # source auto: the meter standing in for a BAS that writes late. A BAS writing on change of value
+        # writes less often while the load is flat, sometimes just over input_stale_seconds: each such gap
+        # is the same fallback, and the line back to the BAS input waits until it has written steadily (for
+        # twice input_stale_seconds: longer than one gap, which lasts up to input_stale_seconds unnoticed)
+        self._fallback = Flapping(2 * config.input_stale_seconds)
         self._meter_unsaid = False    # start-up's meter pick, said once the BAS has had its time to write
         self._rejecting = False
         self._fit_failing = False
@@ -116,18 +122,43 @@ class ForecastService:
             # from is said once, at the BAS's first write or input_stale_seconds later (_say_meter)
             self._active, self._meter_since, self._meter_unsaid = source, now, True
             return
-        after = ""
-        if source == "bacnet_input" and self._meter_since is not None and not self._meter_unsaid:
-            after = f" after {_span(now - self._meter_since)} on the meter"
-        log.info("forecaster now learns from %s (%s)%s", source, why, after)
+        if self.config.source == "auto" and source == "meter":
+            if self._fallback.bad(now):
+                log.info("forecaster now learns from meter (%s)", why)
+                self._meter_since = now
+            else:
+                log.debug("forecaster now learns from meter again (%s)", why)
+        elif self.config.source == "auto" and self._fallback.open:
+            self._fallback.bad(now)  # the meter stood in until now: steady from here, said once it holds
+            log.debug("forecaster now learns from %s (%s)", source, why)
+        else:
+            log.info("forecaster now learns from %s (%s)", source, why)
+            self._meter_since = None
         self._active, self._meter_unsaid = source, False
-        self._meter_since = now if source == "meter" and self.config.source == "auto" else None
+
+    def _say_back(self) -> None:
+        """The BAS writes again: the fallback's end, once it has written for its settle period without one."""
+        fb = self._fallback
+        since = self._meter_since
+        if not fb.open or since is None or not fb.good(time.monotonic()):
+            return
+        if fb.times == 1:
+            log.info("forecaster now learns from bacnet_input (BAS writes input-power-meter) after %s on the meter",
+                     _span(fb.last_bad - since))
+        else:
+            log.info("forecaster learns from bacnet_input steadily again after %s: the BAS wrote input-power-meter "
+                     "more than %g s apart %d times meanwhile, the meter standing in each time (a BAS writing on "
+                     "change of value may need a longer forecaster.input_stale_seconds)", _span(fb.last_bad - since),
+                     self.config.input_stale_seconds, fb.times)
+        self._meter_since = None
 
     def _say_meter(self) -> None:
         if self._meter_unsaid and time.monotonic() - self._meter_since >= self.config.input_stale_seconds:
             log.info("forecaster now learns from meter (BAS input not written for %g s since start)",
                      self.config.input_stale_seconds)
             self._meter_unsaid = False
+            self._fallback.bad(self._meter_since)  # a fallback like any other: its end is said the same way
+            self._fallback.bad(time.monotonic())
 
     def _take(self, t: float, kw: float, source: str) -> None:
         fc = self.forecaster
@@ -179,6 +210,7 @@ class ForecastService:
         self._last_input_t = t
         if self.config.source in ("auto", "bacnet_input"):
             self._switch("bacnet_input", "BAS writes input-power-meter")
+            self._say_back()
             self._take(t, kw, "input-power-meter")
 
     def on_meter(self, t: float, kw: float | None) -> None:

@@ -273,6 +273,7 @@ function renderHeader(health) {
   if (comm) add("BACnet comms disabled", "bad", `${comm.mode} by ${comm.by || "?"}`);
   const meter = gw.meter || {};
   if (meter.fault) add("meter fault", "bad", meter.last_error || "");
+  else if ((meter.fault_window || {}).intermittent === true) add("meter intermittent", "warn", meter.fault_window.last_failure || "");
   if (vtn.opt_answer_error) add("opt answer refused", "bad", vtn.opt_answer_error);
   const fc = gw.forecaster || {};
   if (fc.input_stale === true) add("no forecaster input", "bad", "forecasts and load flags read fault");
@@ -348,6 +349,14 @@ function findProblems(health) {
       /no response|timed? ?out|router|unreachable|no route/i.test(err) ? "check the meter and its router are powered and wired, and meter.address / meter.router" :
       "see the meter's last error";
     add("meter", "bad", "Meter fault", err || "the last meter read failed", todo);
+  }
+  // reads lost now and then, answering between them: meter.fault is mostly off, and the log said the fault once
+  const fw = meter.fault_window;
+  if (meter.fault !== true && fw && typeof fw === "object" && fw.intermittent === true) {
+    add("meter-intermittent", "warn", "Meter answering intermittently",
+        `${fw.failed_reads} of ${fw.reads} reads failed since ${stampText(fw.since)}, the last ${stampText(fw.last_failed_at)}: ` +
+        `${fw.last_failure || "the read failed"}; the readings in between are used`,
+        "if it lasts, check the meter's wiring and its router (a busy MS/TP trunk or router loses requests), or raise meter.timeout_seconds if reads time out");
   }
   const storage = gw.storage || {};
   if (storage.ok === false) {
