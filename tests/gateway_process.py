@@ -12,11 +12,12 @@ def write_config(path, *, bacnet_port, http_port, storage, ven_name, vtn_port=9,
                  device_id=None, device_name=None, cycle_seconds=1, retry_min_seconds=None, retry_max_seconds=1,
                  telemetry_seconds=None, storage_retry_seconds=None, log_level=None,
                  bacnet_ip="127.0.0.1/8", http_ip="127.0.0.1", http_token=None, meter_host="127.0.0.1",
-                 vtn_host="127.0.0.1"):
+                 vtn_host="127.0.0.1", vtn_settle_seconds=0):
     """A config on loopback. Without meter_port the meter is an address where nobody answers, and
     the default vtn_port 9 has nobody listening: for tests that are about something else.
     bacnet_ip ("ip/prefix"), http_ip, meter_host and vtn_host put the device, the API, the meter's router and
-    the VTN on other addresses (tests/netns.py)."""
+    the VTN on other addresses (tests/netns.py). vtn_settle_seconds 0: a VTN fault's end is logged at its first
+    answer (None: the default, as on a site)."""
     meter = (f'router = "{meter_host}:{meter_port}"\npoll_seconds = 0.5' if meter_port is not None
              else 'address = "127.0.0.1:9"\npoll_seconds = 1')
     path.write_text(f"""
@@ -34,6 +35,7 @@ vtn_url = "http://{vtn_host}:{vtn_port}/OpenADR2/Simple/2.0b"
 ven_name = "{ven_name}"
 {f"retry_min_seconds = {retry_min_seconds}" if retry_min_seconds is not None else ""}
 retry_max_seconds = {retry_max_seconds}
+{f"settle_seconds = {vtn_settle_seconds}" if vtn_settle_seconds is not None else ""}
 {f"telemetry_seconds = {telemetry_seconds}" if telemetry_seconds is not None else ""}
 [storage]
 path = "{storage}"

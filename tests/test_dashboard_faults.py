@@ -7,6 +7,7 @@ warning is named there too, as a warning: the gateway stays "healthy"."""
 from __future__ import annotations
 
 import time
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -14,6 +15,7 @@ from browser import artifact_path, chromium_page
 from test_dashboard import open_dashboard, server  # noqa: F401 - shared fixture
 from test_http_api import SampleView, _iso
 from ven.config import parse_config
+from ven.vtn import _Outage
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -259,4 +261,47 @@ async def test_each_config_warning_is_named_as_a_warning_and_none_when_the_confi
 
         view.config_warnings = []
         await page.wait_for_selector("#problems", state="hidden", timeout=10000)
+        assert page.errors == []
+
+
+class FlakyVtnView(FaultView):
+    """A VTN behind a flaky proxy: connected at this moment, its intermittent fault open (or `ended`), in the shape
+    the gateway gives it (ven/vtn.py _Outage.status)."""
+
+    ended = False
+
+    def status(self):
+        body = super().status()
+        fault = _Outage(time.monotonic() - 1500, set(), "", True, settle=240.0, relapses=5, polls=150, polls_failed=6,
+                        losses=2, registrations=2, answered_since=time.monotonic() - 30, down=40.0,
+                        started=datetime.now(timezone.utc) - timedelta(seconds=1500))
+        if self.ended:
+            fault.ended = fault.started
+        body["vtn"]["fault"] = fault.status(time.monotonic())
+        return body
+
+
+async def test_an_intermittent_vtn_is_named_as_a_warning_while_it_is_connected(server):  # noqa: F811
+    # connected most of the time, so "VTN unreachable" came and went between two refreshes and the page read healthy
+    view = FlakyVtnView()
+    srv = await server(view)
+    async with chromium_page() as page:
+        await open_dashboard(page, srv.url + "/?refresh=1")
+        await page.wait_for_function(f"({PROBLEMS}) === 'vtn-intermittent'", timeout=10000)
+        item = page.locator('#problems li[data-problem="vtn-intermittent"]')
+        assert await item.get_attribute("data-level") == "warn"
+        assert await item.locator(".what").inner_text() == "VTN intermittent"
+        detail = await item.locator(".detail").inner_text()
+        assert "6 of 150 polls failed, 2 time(s) it asked to register again; not connected 40 s in all" in detail, \
+            detail
+        assert "load balancer" in await item.locator(".todo").inner_text()
+        assert "4 min" in await item.locator(".todo").inner_text()
+        assert "VTN intermittent" in await page.locator("#pills .pill.warn").all_inner_texts()
+        # it works meanwhile: no problem count, as for the other warnings
+        assert await page.locator("#pills .pill").first.inner_text() == "healthy"
+        await page.screenshot(path=str(artifact_path("dashboard-vtn-intermittent.png")), full_page=True)
+
+        view.ended = True                       # answered steadily: the log said the end, the page clears
+        await page.wait_for_selector("#problems", state="hidden", timeout=10000)
+        assert "VTN connected" in await page.locator("#pills .pill.ok").all_inner_texts()
         assert page.errors == []

@@ -17,6 +17,7 @@ import asyncio
 import dataclasses
 import logging
 import random
+import time
 from datetime import datetime, timedelta
 from typing import Callable
 
@@ -26,6 +27,7 @@ from .config import OpenadrConfig, key_is_encrypted, tls_file_problems
 from .tasks import cancel_and_wait
 from .report_intervals import bucket_start
 from .schedule import EventSchedule
+from .settle import RECUR_SECONDS, Flapping
 from .telemetry import TelemetryQueue
 from .vtn_events import VtnEvents
 from .vtn_reports import VtnReports
@@ -36,6 +38,11 @@ from .wallclock import clock_suspect
 log = logging.getLogger(__name__)
 
 POLL_FAILURES_FOR_LOSS = 3      # consecutive failed polls before the VTN context counts as lost
+# A VTN fault ends, in the log, once the VTN has answered this many polls in a row and for openadr.settle_seconds
+# (0: at its first answer), doubled for a fault that starts again soon (ven/settle.py, as for the meter): a VTN
+# behind a flaky proxy that fails one poll in fifteen is one intermittent fault, not a WARNING and an INFO at
+# each failed poll
+STEADY_POLLS = 3
 MAX_GRANULARITY = timedelta(hours=1)   # the coarsest interval offered (any multiple of the sampling works)
 # A poll refused with one of these says the VTN has lost this VEN (a restarted VTN that answers so
 # instead of oadrRequestReregistration): register again at once, not after POLL_FAILURES_FOR_LOSS polls
@@ -45,15 +52,49 @@ UNKNOWN_VEN_CODES = (INVALID_ID, NOT_REGISTERED)
 
 @dataclasses.dataclass
 class _Outage:
-    """The VTN out of reach or refusing, from the first failed poll or registration until connected again."""
+    """The VTN out of reach or refusing, from the first failed poll or registration until it has answered steadily
+    (connected again from its first answer: `connected` says what is, the log what the fault was)."""
     since: float            # loop time of the first failure
     kinds: set[str]         # _fault_kind of each failure's reason so far, each said once
     reason: str             # the latest failure's reason, in vtn.last_error until the outage ends
     again: bool             # connected before it began
+    settle: float           # seconds of answers in a row its end needs
+    recurs: bool = False    # began soon after the last fault ended: intermittent from the start
     registrations: int = 0  # attempts meanwhile, failed or taken
     registered: int = 0     # ... taken: a VTN that takes registrations but refuses every poll
+    registrations_failed: int = 0
     lost: int = 0           # ... taken, then lost before a poll was answered: a VTN asking to register again each time
     said: bool = False      # "registered with VTN" logged meanwhile: also by an attempt its last step then failed
+    polls: int = 0          # polls meanwhile, answered or failed
+    polls_failed: int = 0
+    losses: int = 0         # context losses meanwhile (the VTN asking to register again, failed polls dropping it)
+    relapses: int = 0       # answered again, then failing again
+    answered_since: float | None = None   # loop time of the first answer in the current run of answers
+    answered: int = 0       # polls answered in that run
+    down_since: float = 0.0  # loop time the current stretch without answers began (while answered_since is None)
+    down: float = 0.0       # seconds without answers in the stretches over
+    started: datetime = dataclasses.field(default_factory=lambda: _utcnow())
+    ended: datetime | None = None
+
+    def __post_init__(self) -> None:
+        self.down_since = self.since
+
+    @property
+    def intermittent(self) -> bool:
+        return bool(self.relapses or self.recurs)
+
+    def status(self, now: float) -> dict:
+        down = self.down + (now - self.down_since if self.answered_since is None and self.ended is None else 0.0)
+        return {"since": _iso(self.started), "ended": _iso(self.ended) if self.ended else None,
+                "intermittent": self.intermittent, "polls": self.polls, "polls_failed": self.polls_failed,
+                "context_losses": self.losses, "registrations": self.registrations,
+                "registrations_failed": self.registrations_failed, "relapses": self.relapses,
+                "not_connected_seconds": round(down, 1), "settle_seconds": self.settle}
+
+
+def _span(seconds: float) -> str:
+    return (f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200
+            else f"{seconds / 3600:.1f} h")
 
 
 class VtnClient(VtnEvents, VtnReports):
@@ -93,6 +134,12 @@ class VtnClient(VtnEvents, VtnReports):
         # when it starts and when it ends
         self._outage: _Outage | None = None
         self._was_connected = False             # connected once since start: the end line says "again"
+        self._last_outage: _Outage | None = None  # the last fault that ended, for /api/status
+        self._settle = Flapping(config.settle_seconds)   # the settle period, doubled for a fault that comes back
+        # loop time of the last fault's end or of a lone context loss: a context loss soon after is the same trouble
+        # coming back (an intermittent VTN), not news each time
+        self._trouble_at: float | None = None
+        self._ended_at = 0.0                    # loop time of the last fault's end
         # the latest failed poll's reason, or lost context's in an outage: it stands while registered until a poll
         # is answered
         self._poll_error: str | None = None
@@ -224,6 +271,9 @@ class VtnClient(VtnEvents, VtnReports):
             "reregistrations": self.reregistrations,
             "last_reregistration": self.last_reregistration,
             "poll_failures": self.poll_failures,
+            # the current VTN fault, or the last one (with "ended"): an intermittent VTN is connected most of the time
+            "fault": (self._outage or self._last_outage).status(time.monotonic())   # the event loop's clock
+            if self._outage or self._last_outage else None,
             "opt_answers_waiting": len(self._pending_opts),
             "opt_answer_error": self.opt_answer_error,
             "telemetry": self._telemetry.status(),
@@ -246,53 +296,106 @@ class VtnClient(VtnEvents, VtnReports):
 
     def _failed(self, what: str, reason: str) -> None:
         """A poll or a registration failed, the context was lost again before a poll was answered (`what`
-        "context"), or the session ended on an error (`what` "session": a VTN message it cannot handle, which the
+        "context"), lost again soon after the last VTN fault ("loss": a load balancer whose other VTN does not know
+        this VEN), or the session ended on an error (`what` "session": a VTN message it cannot handle, which the
         VTN may send at every poll). The first failure starts an outage: one WARNING (ERROR for a session error),
         and not connected from then on, as the log says; another failure is one more line only when its kind of
-        reason is new to the outage (the operator acts otherwise), else DEBUG: a cause flipping back and forth (a
-        proxy answering 502 while its VTN restarts, then out of reach itself) was one more WARNING at every retry."""
+        reason is new to the outage (the operator acts otherwise), or when the VTN fails again after it had
+        answered (once: the fault is intermittent), else DEBUG: a cause flipping back and forth (a proxy answering
+        502 while its VTN restarts, then out of reach itself) was one more WARNING at every retry."""
         self.last_error = reason
         kind = _fault_kind(reason)
-        happened = "context lost" if what in ("context", "session") else f"{what} failed"
-        if self._outage is None:
-            self._outage = _Outage(asyncio.get_running_loop().time(), {kind}, reason, self._was_connected)
+        happened = "context lost" if what in ("context", "session", "loss") else f"{what} failed"
+        now = asyncio.get_running_loop().time()
+        self._settle.bad(now)       # the settle period runs from the last failure
+        o = self._outage
+        if o is None:
+            settle = self._settle.settle
+            # the trouble came back within RECUR_SECONDS of the last fault's end (the settle period doubled): the
+            # operator reads the two as one. ("context": the lone loss just before it is this fault's own first step)
+            recurs = what != "context" and settle > self._settle.base
+            o = self._outage = _Outage(now, {kind}, reason, self._was_connected, settle, recurs)
+            after = (f" (again, {_span(now - self._ended_at)} after the last VTN fault: one intermittent fault, "
+                     f"logged as ended once the VTN answers steadily for {_span(settle)})" if recurs else "")
             if what == "poll":
-                log.warning("VTN poll failed: %s", reason)
+                log.warning("VTN poll failed: %s%s", reason, after)
             elif what == "context":
                 log.warning("VTN context lost again before a poll was answered (%s); registering again (backoff up "
                             "to %g s)", reason, self._cfg.retry_max_seconds)
+            elif what == "loss":
+                o.said = o.recurs = True    # the registration after the last loss said what this one would
+                log.warning("VTN context lost again %s after the last time (%s); registering again: one intermittent "
+                            "fault, logged as ended once the VTN answers steadily for %s",
+                            _span(now - self._trouble_at), reason, _span(settle))
             elif what == "session":
-                log.error("VTN %s; registering again (backoff up to %g s)", reason, self._cfg.retry_max_seconds)
+                log.error("VTN %s; registering again (backoff up to %g s)%s", reason, self._cfg.retry_max_seconds,
+                          after)
             else:
-                log.warning("VTN registration failed: %s; retrying (backoff up to %g s)",
-                            reason, self._cfg.retry_max_seconds)
+                log.warning("VTN registration failed: %s; retrying (backoff up to %g s)%s",
+                            reason, self._cfg.retry_max_seconds, after)
             self._set_connected(False)
-        elif kind not in self._outage.kinds:
+        elif o.answered_since is not None:
+            # it answered, and fails again before it answered steadily: the same fault, intermittent
+            o.relapses += 1
+            answered_for = now - o.answered_since
+            o.down_since, o.answered_since = now, None
+            if o.relapses == 1 and not o.recurs:
+                log.log(logging.ERROR if what == "session" else logging.WARNING,
+                        "VTN %s again %s after it answered (%s): one intermittent fault, logged as ended once the VTN "
+                        "answers steadily for %s", happened, _span(answered_for), reason, _span(o.settle))
+            elif kind not in o.kinds:
+                log.log(logging.ERROR if what == "session" else logging.WARNING,
+                        "VTN outage goes on with another cause: %s: %s", happened, reason)
+            else:
+                log.debug("VTN %s again: %s", happened, reason)
+            o.kinds.add(kind)
+            self._set_connected(False)
+        elif kind not in o.kinds:
             log.log(logging.ERROR if what == "session" else logging.WARNING,
                     "VTN outage goes on with another cause: %s: %s", happened, reason)
-            self._outage.kinds.add(kind)
+            o.kinds.add(kind)
         else:
             log.debug("VTN %s: %s", happened, reason)
-        self._outage.reason = reason
+        o.reason = reason
 
-    def _connected_again(self) -> None:
-        """Registered, and a poll answered if polls had failed: an outage ends, with the one line that says how
-        long it lasted and what it took."""
-        outage, self._outage = self._outage, None
-        if outage is not None:
-            # a poll failing and the next one answered took no registration: "0 attempt(s) of which 0" says nothing
-            took = (f", {outage.registrations} registration attempt(s) of which {self.registration_failures} failed"
-                    + (f" and {outage.lost} lost before a poll was answered" if outage.lost else "")
-                    if outage.registrations else "")
-            log.info("VTN connected %safter %.0f s (%d failed poll(s)%s)", "again " if outage.again else "",
-                     asyncio.get_running_loop().time() - outage.since, self.poll_failures, took)
-            # also a report's failure meanwhile (telemetry goes on while the registration stands): worded for
-            # its own request (its service's URL), one of the outage's causes all the same
-            if self.last_error is not None and _fault_kind(self.last_error) in outage.kinds:
-                self.last_error = None
-        self.poll_failures = self.registration_failures = 0
+    def _connected_again(self, poll: bool = False) -> None:
+        """Registered, or a poll answered (`poll`): connected from the first answer after a failure, as `connected`
+        and the status say. The outage ends, with the one line that says how long it lasted and what it took, once
+        the VTN has answered STEADY_POLLS polls in a row for its settle period."""
+        o = self._outage
+        if o is not None:
+            now = asyncio.get_running_loop().time()
+            if o.answered_since is None:
+                o.answered_since, o.answered = now, 0
+                o.down += now - o.down_since
+                # also a report's failure meanwhile (telemetry goes on while the registration stands): worded for
+                # its own request (its service's URL), one of the outage's causes all the same
+                if self.last_error is not None and _fault_kind(self.last_error) in o.kinds:
+                    self.last_error = None
+                self.poll_failures = self.registration_failures = 0
+            o.answered += poll
+            # openadr.settle_seconds 0: the end at the first answer, intermittent or not
+            if (not o.settle or o.answered >= STEADY_POLLS) and self._settle.good(now):
+                self._outage_over(o, now)
         self._was_connected = self._live = True
         self._set_connected(True)
+
+    def _outage_over(self, o: _Outage, now: float) -> None:
+        self._outage, self._last_outage = None, o
+        o.ended = _utcnow()
+        self._trouble_at = self._ended_at = now
+        took = o.answered_since - o.since
+        if o.intermittent:
+            log.info("VTN connected steadily again after %s: %d of %d poll(s) failed, %d context loss(es), "
+                     "%d registration attempt(s) of which %d failed; not connected %s in all, failing again %d "
+                     "time(s) after it had answered (intermittent)", _span(took), o.polls_failed, o.polls,
+                     o.losses, o.registrations, o.registrations_failed, _span(o.down), o.relapses)
+            return
+        # a poll failing and the next one answered took no registration: "0 attempt(s) of which 0" says nothing
+        regs = (f", {o.registrations} registration attempt(s) of which {o.registrations_failed} failed"
+                + (f" and {o.lost} lost before a poll was answered" if o.lost else "") if o.registrations else "")
+        log.info("VTN connected %safter %.0f s (%d failed poll(s)%s)", "again " if o.again else "", took,
+                 o.polls_failed, regs)
 
     def _set_connected(self, ok: bool) -> None:
         if ok != self.connected:
@@ -317,6 +420,7 @@ class VtnClient(VtnEvents, VtnReports):
             if not ok:
                 self.registration_failures += 1
                 self._failed("registration", self.last_error or "no reason given")
+                self._outage.registrations_failed += 1
             if self._outage is not None:
                 self._outage.registrations += 1
                 self._outage.registered += ok
@@ -348,6 +452,7 @@ class VtnClient(VtnEvents, VtnReports):
             finally:
                 self._live = False
                 self._set_connected(False)
+            now = asyncio.get_running_loop().time()
             if self._lost_by_polls:   # the outage's own doing, logged when it started and when it ends
                 log.debug("VTN context lost (%d failed poll(s): %s); registering again", self.poll_failures,
                           self.last_error)
@@ -361,9 +466,19 @@ class VtnClient(VtnEvents, VtnReports):
                 if self._outage is not counted:     # begun after this registration: it is one of its attempts too
                     self._outage.registrations += 1
                     self._outage.registered += 1
-                self._outage.lost += 1
+                if self._lost_unanswered or errored:
+                    self._outage.lost += 1
+            elif self._trouble_at is not None and now - self._trouble_at < RECUR_SECONDS:
+                # lost again after a short working session (a load balancer whose other VTN does not know this VEN):
+                # the same trouble as the last time, one intermittent fault
+                self._poll_error = self.last_error or "unknown reason"
+                self._failed("loss", self._poll_error)
+                self._outage.registrations = self._outage.registered = 1    # the one that was just lost
             else:
                 log.warning("VTN context lost (%s); registering again", self.last_error or "unknown reason")
+                self._trouble_at = now
+            if self._outage is not None:
+                self._outage.losses += 1
             self._lost_unanswered = True
             await self._drop_client()
             delay = self._cfg.retry_min_seconds
@@ -516,7 +631,7 @@ class VtnClient(VtnEvents, VtnReports):
         client = self._client
         # Durations travel as whole seconds; a VTN asking for 0 would mean a busy loop.
         period = max(1.0, client.poll_frequency.total_seconds())
-        failed_here = 0     # this session's failed polls; self.poll_failures counts across re-registrations
+        failed_here = 0     # this session's failed polls in a row; self.poll_failures counts across re-registrations
         self._lost_by_polls = False
         immediate = True
         while True:
@@ -546,6 +661,8 @@ class VtnClient(VtnEvents, VtnReports):
                 failed_here += 1
                 self._poll_error = client.last_error or f"VTN refused the poll: {client.refused}"
                 self._failed("poll", self._poll_error)
+                self._outage.polls += 1
+                self._outage.polls_failed += 1
                 unknown_ven = client.refused_code in UNKNOWN_VEN_CODES
                 if unknown_ven:     # a fresh registration: the VTN said it does not know this one
                     self._reregistration_requested(self.last_error, renew=False)
@@ -555,6 +672,9 @@ class VtnClient(VtnEvents, VtnReports):
                 immediate = False
                 continue
             self.last_poll = _utcnow()
+            failed_here = 0     # POLL_FAILURES_FOR_LOSS in a row: a proxy failing one poll in ten keeps the context
+            if self._outage is not None:
+                self._outage.polls += 1
             if rtype == "oadrRequestReregistration":
                 self._reregistration_requested("the VTN asked for re-registration")
                 await client.send_response(service="EiRegisterParty")
@@ -570,8 +690,9 @@ class VtnClient(VtnEvents, VtnReports):
             # the registration works
             self._lost_unanswered = False
             if self._outage is not None:
-                self._connected_again()
-                self._wake_delivery.set()
+                if not self.connected:      # what waited for the VTN goes now
+                    self._wake_delivery.set()
+                self._connected_again(poll=True)
 
     def _forgotten(self, what: str) -> None:
         """The VTN answered a request with oadrRequestReregistration: register at once, not at the next poll."""

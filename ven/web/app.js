@@ -262,8 +262,8 @@ function renderHeader(health) {
   if ("connected" in vtn || "registered" in vtn) {
     const up = vtn.connected !== false && vtn.registered !== false;
     const never = neverRegistered(vtn);
-    add(up ? "VTN connected" : (never ? "VTN not registered" : "VTN disconnected"),
-        up ? "ok" : "bad", vtn.last_error || "");
+    add(up ? (flaky(vtn) ? "VTN intermittent" : "VTN connected") : (never ? "VTN not registered" : "VTN disconnected"),
+        up ? (flaky(vtn) ? "warn" : "ok") : "bad", vtn.last_error || "");
   }
   const level = pointByName("ADR-Event-Level");
   if (level && typeof level.value === "number") {
@@ -295,6 +295,12 @@ function communication() {
   const c = (gw.device || {}).communication;
   return c && typeof c === "object" && c.mode && c.mode !== "enable" ? c : null;
 }
+// an intermittent VTN fault still open (ven/vtn.py): connected at this moment, failing again now and then
+function flaky(vtn) {
+  const f = vtn.fault;
+  return vtn.connected === true && !!f && f.intermittent === true && !f.ended;
+}
+function fmtSpan(s) { return typeof s === "number" && s < 120 ? `${Math.round(s)} s` : fmtDuration(s); }
 // a gateway that never registered (refused, wrong vtn_url) is not one that lost its VTN
 function neverRegistered(vtn) { return vtn.registered === false || ("registration_id" in vtn && !vtn.registration_id); }
 function lastForecast() { return (gw.forecaster || {}).last_forecast || null; }
@@ -335,6 +341,14 @@ function findProblems(health) {
         err || "no answer from the VTN",
         (refused ? "check openadr.vtn_url (the VTN's OpenADR 2.0b endpoint), openadr.ven_name and the enrolment with the utility"
                  : "check that the VTN is up and reachable from the gateway (network, proxy, TLS)") + wait);
+  }
+  if (flaky(vtn)) {
+    // connected now, so the item above is gone most of the time: the fault the log holds open is said here
+    const f = vtn.fault;
+    const losses = f.context_losses ? `, ${f.context_losses} time(s) it asked to register again` : "";
+    add("vtn-intermittent", "warn", "VTN intermittent",
+        `since ${stampText(f.since)}: ${f.polls_failed} of ${f.polls} polls failed${losses}; not connected ${fmtSpan(f.not_connected_seconds)} in all. Events and telemetry go on while it answers`,
+        `check the proxy or load balancer in front of the VTN (HTTP 502/503, reset connections, time-outs) and that every VTN behind it knows this VEN; this clears by itself once the VTN answers steadily for ${fmtSpan(f.settle_seconds)}`);
   }
   if (vtn.opt_answer_error) {
     add("opt", "bad", "VTN refused an opt answer", vtn.opt_answer_error,
