@@ -15,7 +15,7 @@ from browser import artifact_path, chromium_page
 from test_dashboard import open_dashboard, server  # noqa: F401 - shared fixture
 from test_http_api import SampleView, _iso
 from ven.config import parse_config
-from ven.vtn import _Outage
+from ven.vtn_outage import _Outage
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -266,7 +266,7 @@ async def test_each_config_warning_is_named_as_a_warning_and_none_when_the_confi
 
 class FlakyVtnView(FaultView):
     """A VTN behind a flaky proxy: connected at this moment, its intermittent fault open (or `ended`), in the shape
-    the gateway gives it (ven/vtn.py _Outage.status)."""
+    the gateway gives it (ven/vtn_outage.py _Outage.status)."""
 
     ended = False
 

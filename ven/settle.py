@@ -43,3 +43,9 @@ class Flapping:
             return False
         self.since, self._ended = None, now
         return True
+
+
+def span(seconds: float) -> str:
+    """A fault's length for a log line: seconds, minutes or hours, whichever reads at a glance."""
+    return (f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200
+            else f"{seconds / 3600:.1f} h")
