@@ -54,7 +54,7 @@ FAULTS = {
     "VTN": (r"VTN (poll|registration) failed", r"VTN connected (steadily )?(again )?after"),
     "meter": (r"meter fault", r"meter answering (steadily )?again"),
     # its end is said once the BAS has written for 2 x input_stale_seconds (10 s), during the storage step
-    "BAS input": (r"forecaster now learns from meter \(BAS input", r"forecaster (now )?learns from bacnet_input"),
+    "BAS input": (r"forecaster now learns from meter \(BAS input", r"forecaster (now )?learns from bacnet_input.* (after|again)"),
     "storage.path": (r"ERROR storage\.path", r"storage\.path .*(written .*again|opened)"),
     "HTTP cap": (r"refusing new ones", r"accepting connections again"),
     "BACnet DCC": (r"communication initiation disabled by", r"initiation enabled again"),

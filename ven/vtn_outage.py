@@ -165,10 +165,16 @@ class VtnOutage:
         self._trouble_at = self._ended_at = now
         took = o.answered_since - o.since
         if o.intermittent:
-            log.info("VTN connected steadily again after %s: %d of %d poll(s) failed, %d context loss(es), "
-                     "%d registration attempt(s) of which %d failed; not connected %s in all, failing again %d "
-                     "time(s) after it had answered (intermittent)", _span(took), o.polls_failed, o.polls,
-                     o.losses, o.registrations, o.registrations_failed, _span(o.down), o.relapses)
+            # only what happened: "0 context loss(es), 0 registration attempt(s) of which 0 failed" says nothing
+            parts = [f"{o.polls_failed} of {o.polls} poll(s) failed"]
+            if o.losses:
+                parts.append(f"{o.losses} context loss(es)")
+            if o.registrations:
+                parts.append(f"{o.registrations} registration attempt(s) of which {o.registrations_failed} failed")
+            parts.append(f"not connected {_span(o.down)} in all")
+            if o.relapses:
+                parts.append(f"failing again {o.relapses} time(s) after it had answered")
+            log.info("VTN connected steadily again after %s: %s (intermittent)", _span(took), ", ".join(parts))
             return
         # a poll failing and the next one answered took no registration: "0 attempt(s) of which 0" says nothing
         regs = (f", {o.registrations} registration attempt(s) of which {o.registrations_failed} failed"
