@@ -146,6 +146,26 @@ async def test_a_bas_writing_a_little_slower_than_input_stale_seconds_is_one_fal
                         r"time \(.*forecaster.input_stale_seconds\)", _source_lines(caplog)[2])
 
 
+def test_auto_source_is_not_stale_while_the_meter_answers_though_the_bas_input_runs_late(tmp_path):
+    # source auto drops the meter's readings while the BAS input is fresh. A BAS writing late, and the first meter
+    # read after the limit lost, left the newest accepted sample the BAS's old one: the points went to fault and
+    # the WARNING said neither source gave power, with the meter answering 14 reads in 15 (bench/flaky_day.py)
+    now = [time.time()]
+    svc = ForecastService(ForecasterConfig(source="auto", input_stale_seconds=300), str(tmp_path / "g.sqlite"),
+                          publish=lambda f: None, clock=lambda: now[0])
+    t0 = now[0] - 310
+    svc.on_input_power(t0, 200.0)
+    for k in range(1, 31):
+        svc.on_meter(t0 + 10 * k, 100.0)        # each within 300 s of the BAS's write: not taken
+    assert svc.status()["active_source"] == "bacnet_input"
+    # 310 s after the BAS's write; the meter's read due now was lost, the last one answered 10 s ago
+    assert not svc.input_stale()
+    now[0] += 15                                # and no reading from either for longer than the limit
+    assert not svc.input_stale()
+    now[0] += 300
+    assert svc.input_stale()
+
+
 class _Published(list):
     """What the service published, each with whether it rested on stale power (as the points show it)."""
 

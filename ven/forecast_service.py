@@ -445,6 +445,10 @@ class ForecastService:
         must see that on the points (statusFlags fault), not 15 minutes later when the demand window
         empties."""
         newest = self.forecaster.newest_sample_at
+        if self.config.source == "auto" and self._last_meter_t is not None:
+            # the meter's readings are not taken while the BAS input is fresh: a BAS writing late and the meter's
+            # first read after the limit lost would read as no power at all, with the meter answering
+            newest = self._last_meter_t if newest is None else max(newest, self._last_meter_t)
         return newest is None or self._clock() - newest > self.config.input_stale_seconds
 
     # ---- operator view ----------------------------------------------------------------------------
