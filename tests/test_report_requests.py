@@ -192,15 +192,19 @@ async def test_a_request_for_something_never_offered_is_refused_and_not_streamed
         assert len(lines) == 1 and ("no-such-rid" if what == "rid" else "no-such-report") in lines[0]
 
 
-async def test_a_second_request_replaces_the_first_and_says_so(tmp_path, free_tcp_port, caplog):
+async def test_a_request_with_the_id_of_one_served_replaces_it_and_says_so(tmp_path, free_tcp_port, caplog):
     caplog.set_level(logging.INFO, logger="ven")
     async with streaming(tmp_path, free_tcp_port(), every=0.5) as (server, rig, first):
-        second = server.create_report(rig.vtn.ven_id, 2 * S, 2 * S)
-        await until(lambda: received(server, rrid=second), 8, "the second request served")
-        assert said(caplog, "replaces") == [
-            f"VTN report request {second} replaces {first} (one telemetry request is served at a time): "
-            "intervals of PT2S (mean of the readings in each), each sent as it completes"]
-        assert all(d == 2 * S for _, d, _ in received(server, rrid=second))
+        await until(lambda: received(server, rrid=first), 5, "served")
+        server.create_report(rig.vtn.ven_id, 2 * S, 2 * S, report_request_id=first)
+        await until(lambda: rig.vtn.status()["report_granularity_seconds"] == 2, 8, "the request replaced")
+        assert [r["report_request_id"] for r in rig.vtn.status()["report_requests"]] == [first]
+        assert said(caplog, f"VTN requested telemetry (request {first}): intervals of PT2S") == [
+            f"VTN requested telemetry (request {first}): intervals of PT2S (mean of the readings in each), "
+            "each sent as it completes"]
+        sent = len(server.updates)
+        await until(lambda: len(server.updates) >= sent + 2, 6, "served as asked now")
+        assert {d for _, iv in server.updates[sent + 1:] for _, d, _, _ in iv} == {2 * S}
 
 
 async def test_a_vtn_refusing_a_forgotten_request_gets_the_offer_again_and_the_backlog(

@@ -194,6 +194,28 @@ def test_newest_is_the_latest_waiting_sample_and_stays_queued(tmp_path):
     q.close()
 
 
+def test_two_readers_each_read_every_sample_once_and_a_sample_leaves_once_both_took_it(tmp_path):
+    q = TelemetryQueue(tmp_path / "gw.sqlite")
+    q.add_reader("fast")
+    q.add_reader("slow")
+    for i in range(6):
+        q.add(T0 + timedelta(seconds=i), float(i))
+    q.ack(q.peek(4, "fast"), reader="fast")
+    assert [s.kw for s in q.peek(10, "fast")] == [4.0, 5.0]           # its place, not the queue's head
+    assert [s.kw for s in q.peek(10, "slow")] == [float(i) for i in range(6)]
+    q.ack(q.peek(2, "slow"), delivered=False, reader="slow")       # e.g. before its reportInterval
+    assert q.pending == 4 and q.delivered == 2                       # both took 0, 1: gone, counted once
+    q.close()
+    q = TelemetryQueue(tmp_path / "gw.sqlite")                       # the taken rows are deleted on disk
+    assert [s.kw for s in q.peek(10)] == [2.0, 3.0, 4.0, 5.0]
+    q.add_reader("fast")
+    q.add_reader("slow")
+    q.ack(q.peek(3, "fast"), reader="fast")
+    q.drop_reader("slow")                                            # cancelled: what fast took goes
+    assert [s.kw for s in q.peek(10)] == [5.0] and q.delivered == 3            # since this start
+    q.close()
+
+
 def test_samples_forgotten_undelivered_are_not_counted_as_delivered(tmp_path):
     q = TelemetryQueue(tmp_path / "gw.sqlite")
     for i in range(3):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -34,6 +34,18 @@ INDEX_RETRY_MAX_SECONDS = 3600.0
 ACK_DEFER_MAX = 60
 # telemetry_last_delivery (the status after a restart) is written with them at most this often
 LAST_DELIVERY_SAVE_SECONDS = 60.0
+
+
+@dataclass
+class _Reader:
+    """Where one of several report requests stands in the queue, in memory (a standing request does not
+    outlive the session anyway): every file row up to `floor` is taken, and `taken` holds the rows
+    after it (and samples in memory) taken out of order, so its reads start at the floor."""
+    floor: int = 0
+    taken: set[int] = field(default_factory=set)
+
+    def has(self, seq: int) -> bool:
+        return 0 < seq <= self.floor or seq in self.taken
 
 
 @dataclass(frozen=True)
@@ -68,6 +80,9 @@ class TelemetryQueue:
         self._acked: set[int] = set()       # rows the VTN accepted not yet deleted (ACK_DEFER_MAX): never resent
         self._delivery_saved: datetime | None = None     # last_delivery as the file holds it
         self._moved: dict[int, int] = {}    # memory seq -> its row after the move to the file
+        # report requests served at once, each at its own place: a sample leaves the queue once all took it
+        self._readers: dict[str, _Reader] = {}
+        self._sent: set[int] = set()        # samples one request delivered that another has yet to take
         # while the file refuses writes, samples go to memory and the file is tried this often, not
         # with every sample: each try can wait BUSY_TIMEOUT_SECONDS on the event loop
         self._retry_seconds = reopen_seconds or 0.0
@@ -157,6 +172,10 @@ class TelemetryQueue:
             self._failed(err)
             return False
         self._moved.update(moved)       # a batch peeked before the move is acked by its old numbers
+        moved_to = dict(moved)
+        for r in self._readers.values():
+            r.taken = {moved_to.get(seq, seq) for seq in r.taken}
+        self._sent = {moved_to.get(seq, seq) for seq in self._sent}
         self._memory.clear()
         return True
 
@@ -252,18 +271,78 @@ class TelemetryQueue:
             self._write("INSERT INTO kv (key, value) VALUES ('telemetry_dropped', ?)"
                         " ON CONFLICT(key) DO UPDATE SET value=excluded.value", (str(self._dropped),))
 
-    def _file_rows(self, limit: int) -> list[Sample]:
+    def _file_rows(self, limit: int, reader: _Reader | None = None) -> list[Sample]:
+        floor, taken = (reader.floor, reader.taken) if reader is not None else (0, set())
         try:
-            rows = self._db().execute("SELECT seq, ts, kw FROM telemetry_queue ORDER BY seq LIMIT ?",
-                                      (limit + len(self._acked),)).fetchall()
+            rows = self._db().execute("SELECT seq, ts, kw FROM telemetry_queue WHERE seq > ? ORDER BY seq LIMIT ?",
+                                      (floor, limit + len(self._acked) + len(taken))).fetchall()
         except sqlite3.Error:
             return []
-        return [Sample(seq, datetime.fromisoformat(ts), kw) for seq, ts, kw in rows if seq not in self._acked]
+        return [Sample(seq, datetime.fromisoformat(ts), kw) for seq, ts, kw in rows
+                if seq not in self._acked and seq not in taken]
 
-    def peek(self, limit: int = 100) -> list[Sample]:
-        """The oldest waiting samples, in order."""
+    def peek(self, limit: int = 100, reader: str | None = None) -> list[Sample]:
+        """The oldest waiting samples, in order; with `reader`, those that report request has not taken."""
+        r = self._readers.get(reader) if reader is not None else None
+        memory = self._memory if r is None else [s for s in self._memory if s.seq not in r.taken]
         # Memory only ever holds samples newer than every row in the file (see add).
-        return (self._file_rows(limit) + self._memory)[:limit]
+        return (self._file_rows(limit, r) + memory)[:limit]
+
+    def add_reader(self, name: str) -> None:
+        """A report request served beside others: it reads from the oldest sample queued."""
+        self._readers.setdefault(name, _Reader())
+
+    def drop_reader(self, name: str) -> None:
+        """The request is no longer served: what every request left has taken leaves the queue now. With none
+        left, what it took stays for the next request (it took it, the others never did)."""
+        if self._readers.pop(name, None) is None or not self._readers:
+            return
+        readers = list(self._readers.values())
+        floor = max(r.floor for r in readers)
+        try:
+            rows = [seq for seq, in self._db().execute("SELECT seq FROM telemetry_queue WHERE seq <= ?", (floor,))]
+        except sqlite3.Error:
+            rows = []
+        done = {seq for seq in {*rows, *(seq for r in readers for seq in r.taken)}
+                if seq not in self._acked and all(r.has(seq) for r in readers)}
+        for r in readers:
+            r.taken -= done
+        if done:
+            self._remove(done)
+
+    def _take(self, name: str, seqs: set[int], delivered: bool) -> set[int]:
+        """`name` took these: the ones every request has taken now, which leave the queue."""
+        reader = self._readers.get(name)
+        if reader is None:
+            return seqs
+        now_at = {seq: self._moved.get(seq, seq) for seq in seqs}     # a batch peeked before a move to the file
+        seqs = set(now_at.values())
+        others = [r for n, r in self._readers.items() if n != name]
+        done = {seq for seq in seqs if all(r.has(seq) for r in others)}
+        for old, seq in now_at.items():
+            if seq in done and old != seq:
+                self._moved.pop(old, None)
+        reader.taken |= seqs - done
+        if delivered:
+            self._sent |= seqs - done
+        for r in self._readers.values():
+            r.taken -= done
+        if any(seq > 0 for seq in reader.taken):
+            self._raise_floor(reader)
+        return done
+
+    def _raise_floor(self, reader: _Reader) -> None:
+        """Move the floor over the rows taken in order: its reads skip them in SQL, not in Python."""
+        try:
+            rows = self._db().execute("SELECT seq FROM telemetry_queue WHERE seq > ? ORDER BY seq LIMIT ?",
+                                      (reader.floor, len(reader.taken) + len(self._acked) + 1)).fetchall()
+        except sqlite3.Error:
+            return
+        for seq, in rows:
+            if seq not in reader.taken and seq not in self._acked:
+                break
+            reader.floor = seq
+        reader.taken = {seq for seq in reader.taken if seq < 0 or seq > reader.floor}
 
     def newest(self) -> Sample | None:
         """The latest waiting sample (a one-shot report sends it without taking it from the queue)."""
@@ -277,21 +356,28 @@ class TelemetryQueue:
         row = next((r for r in rows if r[0] not in self._acked), None)
         return Sample(row[0], datetime.fromisoformat(row[1]), row[2]) if row else None
 
-    def ack(self, samples: list[Sample], delivered: bool = True) -> None:
+    def ack(self, samples: list[Sample], delivered: bool = True, reader: str | None = None) -> None:
         """The VTN accepted these: forget them (never offered again; deleted from the file with the
         next sample, or now once ACK_DEFER_MAX wait). `delivered=False`: forget them uncounted (samples
-        of an interval already reported, which cannot be sent again)."""
+        of an interval already reported, which cannot be sent again). With `reader`: that request took
+        them; they leave the queue once every request served has (counted once, if one delivered them)."""
         if not samples and not self._acked:
             return
-        if delivered:
-            self.sent_total += len(samples)
         done = {s.seq for s in samples}
-        self._memory = [s for s in self._memory if s.seq not in done]
-        self._acked |= {seq for seq in (self._moved.pop(seq, seq) for seq in done) if seq > 0}
+        if reader is not None and len(self._readers) > 1:
+            done = self._take(reader, done, delivered)
         if samples and delivered:
-            self.delivered += len(samples)
             self._dropping = False
             self.last_delivery = datetime.now(timezone.utc)
+        self._remove(done, delivered)
+
+    def _remove(self, done: set[int], delivered: bool = False) -> None:
+        counted = len(done) if delivered else len(done & self._sent)
+        self._sent -= done
+        self.sent_total += counted
+        self.delivered += counted
+        self._memory = [s for s in self._memory if s.seq not in done]
+        self._acked |= {seq for seq in (self._moved.pop(seq, seq) for seq in done) if seq > 0}
         if len(self._acked) >= ACK_DEFER_MAX:
             self._save_acks()
 

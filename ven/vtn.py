@@ -31,7 +31,7 @@ from .settle import RECUR_SECONDS, Flapping
 from .telemetry import TelemetryQueue
 from .vtn_events import VtnEvents
 from .vtn_outage import VtnOutage, _Outage
-from .vtn_reports import VtnReports
+from .vtn_reports import Standing, VtnReports
 from .vtn_transport import (INVALID_ID, NOT_REGISTERED, _Client, _NoScheduler, _duration, _ei_response, _fault_kind,
                             _iso, _response_code, _utcnow)
 from .wallclock import clock_suspect
@@ -98,16 +98,10 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
         self._lost_by_polls = False             # the last session ended on POLL_FAILURES_FOR_LOSS failures
         self._report_specifier_id = f"{config.ven_name}-telemetry"
         self._r_id = config.report_resource_id
-        self._report_request_id: str | None = None   # the standing telemetry request being served
-        self._granularity = timedelta(seconds=config.telemetry_seconds)   # of its intervals
-        self._report_back = self._granularity                             # how often it wants updates
+        self._requests: dict[str, Standing] = {}   # the standing telemetry requests served, by reportRequestID
         self._one_shots: list[str] = []      # one-shot requests waiting for their single report
-        self._final_report: str | None = None   # cancelled with reportToFollow: one last update, then it ends
-        # the standing request's reportInterval: the start of its first interval and its end (None: unbounded)
-        self._window: tuple[datetime | None, datetime | None] = (None, None)
-        self._sent_until: datetime | None = None   # end of the last interval the VTN took
-        self._next_report: datetime | None = None  # when the next update is due (UTC grid)
-        self._catch_up = False                     # send every complete interval now (backlog, retry)
+        # end of the last interval the VTN took under the last request to end: the next one alone goes on from it
+        self._sent_until: datetime | None = None
         self._reports_offered = False
         self.report_offer_error: str | None = None   # why the VTN did not take the offer, while it does not
         self._offer_refusal_said: str | None = None  # the _fault_kind of the last refusal logged at registration
@@ -130,7 +124,6 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
         self._request_said: tuple | None = None   # the last telemetry request's (granularity, back, window)
         self._listed_twice: set[str] = set()   # events the last oadrDistributeEvent listed more than once (logged)
         self.opt_answer_error: str | None = None   # the VTN's reason for refusing our last opt answer
-        self._backlog = 0
         self._clock_wrong_since: datetime | None = None   # the first reading dated before CLOCK_FLOOR, while so
         self.readings_held = 0        # readings not reported because the wall clock was not set (since start)
 
@@ -209,9 +202,12 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
             "vtn_url": self._cfg.vtn_url,
             "ven_id": self.ven_id,
             "registration_id": self.registration_id,
+            # the request adopted last; report_requests lists every standing one served
             "report_request_id": self._report_request_id,
             "report_granularity_seconds": self._granularity.total_seconds() if self._report_request_id else None,
-            "report_back_seconds": self._report_back.total_seconds() if self._report_request_id else None,
+            "report_back_seconds": (self._requests[self._report_request_id].back.total_seconds()
+                                    if self._report_request_id else None),
+            "report_requests": self._requests_status(),
             "report_offered": self._reports_offered,
             "report_offer_error": self.report_offer_error,
             "last_poll": self.last_poll.isoformat() if self.last_poll else None,
@@ -391,8 +387,7 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
         if self._cfg.cert:
             self._note_fingerprint()
         self._client = client = self._new_client()
-        self._report_request_id = None
-        self._final_report = None
+        self._end_requests()
         self._one_shots.clear()
         self._lost.clear()
         rtype, payload = await client.query_registration()

@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from openleadr import objects, utils as outils
 
@@ -22,6 +23,24 @@ MAX_PEEK = 20_000               # samples read at once to fill a batch (a few MB
 # Readings dated this much before the last interval reported mean the wall clock stepped back;
 # closer ones are late readings of an interval already sent, and are dropped.
 CLOCK_STEP = timedelta(seconds=60)
+# Standing requests served at once (a VTN's settlement and real-time streams, say); each reads the queue
+# apart, and a sample waits until the slowest took it. A request beyond this is refused (452).
+MAX_STANDING = 4
+
+
+@dataclass
+class Standing:
+    """One standing TELEMETRY_USAGE request being served, and where its delivery stands."""
+    rrid: str
+    granularity: timedelta
+    back: timedelta                 # reportBackDuration: how often it wants updates
+    # its reportInterval: the start of its first interval and its end (None: unbounded)
+    window: tuple[datetime | None, datetime | None] = (None, None)
+    sent_until: datetime | None = None      # end of the last interval the VTN took under it
+    next_report: datetime | None = None     # when its next update is due (UTC grid)
+    catch_up: bool = True                   # send every complete interval now (backlog, retry)
+    final: bool = False                     # cancelled with reportToFollow: one last update, then it ends
+    backlog: int = 0                        # intervals of a backlog sent so far (said once it is all sent)
 
 
 class VtnReports:
@@ -49,34 +68,39 @@ class VtnReports:
                 await self._send_opts()
             if self._live and self._one_shots and self._telemetry.newest() is not None:
                 failed = not await self._send_one_shots()
-            if self._live and self._report_request_id and not failed:
+            for req in list(self._requests.values()):
+                if failed or not self._live:
+                    break
+                if self._requests.get(req.rrid) is not req:
+                    continue            # ended while another request's update was sent
                 now = _utcnow()
-                if self._catch_up or now >= self._next_report:
-                    if await self._send_complete(now):
-                        self._catch_up = False
-                        self._next_report = self._next_update(now)
-                        end = self._window[1]
-                        if self._final_report is not None and self._final_report == self._report_request_id:
+                if req.catch_up or now >= req.next_report:
+                    if await self._send_complete(req, now):
+                        req.catch_up = False
+                        req.next_report = self._next_update(req, now)
+                        end = req.window[1]
+                        if req.final:
                             log.info("last TELEMETRY_USAGE update sent for the cancelled request %s; readings "
-                                     "queue until the VTN asks again", self._final_report)
-                            self._stop_serving(self._final_report)
+                                     "queue until the VTN asks again", req.rrid)
+                            self._stop_serving(req.rrid)
                         elif end is not None and now >= end:
                             log.info("TELEMETRY_USAGE request %s ended: its reportInterval ended at %s; readings "
-                                     "queue until the VTN asks again", self._report_request_id, _iso(end))
-                            self._stop_serving(self._report_request_id)
+                                     "queue until the VTN asks again", req.rrid, _iso(end))
+                            self._stop_serving(req.rrid)
                     else:
-                        self._catch_up = True        # once the backoff has passed, whatever is complete by then
+                        req.catch_up = True        # once the backoff has passed, whatever is complete by then
                         failed = True
             if failed:
                 timeout = backoff
                 backoff = min(backoff * 2, self._cfg.retry_max_seconds)
             else:
                 backoff = self._cfg.retry_min_seconds
-                timeout = (max(0.0, (self._next_report - _utcnow()).total_seconds())
-                           if self._live and self._report_request_id else None)
-            if self._backlog and not self._catch_up and self._report_request_id:
-                log.info("queued telemetry delivered: %d interval(s) with their original times", self._backlog)
-                self._backlog = 0
+                timeout = (max(0.0, (min(r.next_report for r in self._requests.values()) - _utcnow()).total_seconds())
+                           if self._live and self._requests else None)
+            for req in self._requests.values():
+                if req.backlog and not req.catch_up:
+                    log.info("queued telemetry delivered: %d interval(s) with their original times", req.backlog)
+                    req.backlog = 0
             try:
                 async with asyncio.timeout(timeout):
                     await self._wake_delivery.wait()
@@ -84,34 +108,34 @@ class VtnReports:
                 pass
             self._wake_delivery.clear()
 
-    def _drop_before(self, first: datetime) -> None:
+    def _drop_before(self, req: Standing, first: datetime) -> None:
         """The VTN asked for reporting from `first`: readings before it are no interval of this request. All of
-        them at once, in one line (a week queued at 10 s is 60,000 readings)."""
+        them at once, in one line (a week queued at 10 s is 60,000 readings). Another request served may
+        still report them: they leave the queue once it took them too."""
         dropped, limit = 0, BATCH       # the head, before every batch sent; beyond it once some are early
-        while early := [s for s in self._telemetry.peek(limit) if s.ts < first]:
-            self._telemetry.ack(early, delivered=False)
+        while early := [s for s in self._telemetry.peek(limit, req.rrid) if s.ts < first]:
+            self._telemetry.ack(early, delivered=False, reader=req.rrid)
             dropped, limit = dropped + len(early), MAX_PEEK
         if dropped:
             log.info("%d reading(s) taken before %s, where the reportInterval of request %s starts, are not "
-                     "reported", dropped, _iso(first), self._report_request_id)
+                     "reported", dropped, _iso(first), req.rrid)
 
-    def _next_update(self, now: datetime) -> datetime:
+    def _next_update(self, req: Standing, now: datetime) -> datetime:
         """When the next update is due: on the reportBackDuration grid, not before the request's
         reportInterval has a whole interval, and at its end at the latest."""
-        first, end = self._window
-        due = next_boundary(max(now, first) if first is not None else now,
-                            report_period(self._granularity, self._report_back))
+        first, end = req.window
+        due = next_boundary(max(now, first) if first is not None else now, report_period(req.granularity, req.back))
         return min(due, end) if end is not None and end > now else due
 
-    def _complete(self, now: datetime) -> tuple[list[Interval], list]:
+    def _complete(self, req: Standing, now: datetime) -> tuple[list[Interval], list]:
         """The complete intervals at the head of the queue (at most BATCH), and samples of periods
         already reported. A read that fills up may end inside an interval: that one waits for a read
         reaching past it (unless it is the only one, then the read is widened)."""
-        per_interval = max(1, math.ceil(self._granularity / timedelta(seconds=self._cfg.telemetry_seconds)))
+        per_interval = max(1, math.ceil(req.granularity / timedelta(seconds=self._cfg.telemetry_seconds)))
         limit = BATCH * per_interval + 1
         while True:
-            samples = self._telemetry.peek(limit)
-            intervals, late = complete_intervals(samples, self._granularity, now, self._sent_until)
+            samples = self._telemetry.peek(limit, req.rrid)
+            intervals, late = complete_intervals(samples, req.granularity, now, req.sent_until)
             if len(samples) < limit or not intervals:
                 return intervals[:BATCH], late
             whole = intervals[:-1]
@@ -124,49 +148,49 @@ class VtnReports:
             # than guessed. Read enough for a full batch (a week's backlog in 100s, not 10s, of messages).
             limit = min(MAX_PEEK, max(limit * 2, math.ceil(limit * (BATCH + 1) / len(whole))))
 
-    async def _send_complete(self, now: datetime) -> bool:
-        """Every complete interval not yet sent, oldest first, BATCH per oadrUpdateReport; each sample
-        leaves the queue only once the VTN took the update that carried its interval."""
-        first, end = self._window
+    async def _send_complete(self, req: Standing, now: datetime) -> bool:
+        """Every complete interval of this request not yet sent, oldest first, BATCH per oadrUpdateReport;
+        each sample leaves the queue only once the VTN took the update that carried its interval, under
+        every request served."""
+        first, end = req.window
         if end is not None:
             now = min(now, end)         # intervals reaching past the reportInterval are not this request's
-        while self._live and self._report_request_id:
+        while self._live and self._requests.get(req.rrid) is req:
             if first is not None:
-                self._drop_before(first)
-            intervals, late = self._complete(now)
-            if late and min(x.ts for x in late) < self._sent_until - max(self._granularity, CLOCK_STEP):
+                self._drop_before(req, first)
+            intervals, late = self._complete(req, now)
+            if late and min(x.ts for x in late) < req.sent_until - max(req.granularity, CLOCK_STEP):
                 # Far older than the last interval sent: not a late reading but a wall clock stepped back
                 # (NTP). Dropping would lose every reading until the clock is past the old time again;
                 # sent, their intervals overlap the ones stamped by the clock that was ahead.
                 log.warning("telemetry samples dated up to %s before the last interval reported: the clock "
-                            "stepped back; intervals are reported again from %s", self._sent_until - min(
+                            "stepped back; intervals are reported again from %s", req.sent_until - min(
                                 x.ts for x in late), _iso(min(x.ts for x in late)))
-                self._sent_until = None
+                req.sent_until = None
                 continue
             if late:
                 log.warning("%d telemetry sample(s) dated before %s, the end of the last interval reported "
                             "(the clock stepped back?): dropped, as their interval cannot be sent twice",
-                            len(late), _iso(self._sent_until))
-                self._telemetry.ack(late, delivered=False)
+                            len(late), _iso(req.sent_until))
+                self._telemetry.ack(late, delivered=False, reader=req.rrid)
             if not intervals:
                 return True
-            if not await self._send_report(intervals, self._report_request_id):
+            if not await self._send_report(intervals, req.rrid):
                 return False
-            self._telemetry.ack([s for iv in intervals for s in iv.samples])
-            self._sent_until = intervals[-1].end
+            self._telemetry.ack([s for iv in intervals for s in iv.samples], reader=req.rrid)
+            req.sent_until = intervals[-1].end
             # one line per interval is a healthy gateway's whole log: only a backlog is news, said when
             # its first batch goes and when it is all delivered, not once per batch
-            log.log(logging.INFO if len(intervals) > 1 and not (self._catch_up and self._backlog) else logging.DEBUG,
+            log.log(logging.INFO if len(intervals) > 1 and not (req.catch_up and req.backlog) else logging.DEBUG,
                     "TELEMETRY_USAGE: %d interval(s) of %s from %s to %s sent (request %s)", len(intervals),
-                     _duration(self._granularity), _iso(intervals[0].start), _iso(intervals[-1].end),
-                     self._report_request_id)
-            if self._catch_up and (len(intervals) > 1 or self._backlog):
-                self._backlog += len(intervals)
+                     _duration(req.granularity), _iso(intervals[0].start), _iso(intervals[-1].end), req.rrid)
+            if req.catch_up and (len(intervals) > 1 or req.backlog):
+                req.backlog += len(intervals)
         return False
 
     async def _send_one_shots(self) -> bool:
         """A one-shot request (granularity and reportBackDuration 0) gets the latest reading, once.
-        The reading stays queued: it belongs to the standing request's interval too."""
+        The reading stays queued: it belongs to the standing requests' intervals too."""
         sample = self._telemetry.newest()
         step = timedelta(seconds=self._cfg.telemetry_seconds)
         interval = Interval(bucket_start(sample.ts, step), step, sample.kw, ())
@@ -184,7 +208,7 @@ class VtnReports:
         """The VTN refuses updates under this request (452: it forgot the request, e.g. restarted with
         the registrations but not the report requests). Polls go on, so nothing else would ever let it
         request telemetry again: the reports are offered anew, and the backlog goes to its new request."""
-        if rrid != self._report_request_id:
+        if rrid not in self._requests:
             return
         self._stop_serving(rrid)
         self._reports_offered = False
@@ -196,16 +220,17 @@ class VtnReports:
         """oadrCancelReport: the request is no longer served, and oadrCanceledReport says so. With
         reportToFollow the standing request first gets one last update (the intervals complete by then);
         readings after it wait in the queue for the VTN's next request. A request the gateway does not
-        serve is answered 452, so the VTN learns its bookkeeping and ours differ. One message may name
+        serve is answered 452, so the VTN learns its bookkeeping and ours differ. Other standing requests go on. One message may name
         several requests (the schema allows any number): each is cancelled, the 452 names those not served."""
         rrids = payload.get("report_request_id")
         rrids = rrids if isinstance(rrids, list) else [rrids]
         follow = bool(payload.get("report_to_follow"))
         unknown = []
         for rrid in rrids:
-            if rrid is not None and rrid == self._report_request_id:
+            if rrid is not None and rrid in self._requests:
                 if follow:
-                    self._final_report, self._catch_up = rrid, True
+                    req = self._requests[rrid]
+                    req.final, req.catch_up = True, True
                     self._wake_delivery.set()
                     log.warning("the VTN cancelled the telemetry report (request %s): one last update, then "
                                 "readings queue until it asks again", rrid)
@@ -228,8 +253,24 @@ class VtnReports:
         await self._answer_report_message("oadrCanceledReport", _ei_response(payload.get("request_id"), refusal))
 
     def _served(self) -> list[str]:
-        """The report requests being served: the standing one and the one-shots not yet sent."""
-        return [r for r in [self._report_request_id, *self._one_shots] if r]
+        """The report requests being served: the standing ones and the one-shots not yet sent."""
+        return [*self._requests, *self._one_shots]
+
+    @property
+    def _report_request_id(self) -> str | None:
+        """The standing request adopted last (status() names it; None: none is served)."""
+        return next(reversed(self._requests), None)
+
+    @property
+    def _granularity(self) -> timedelta:
+        rrid = self._report_request_id
+        return self._requests[rrid].granularity if rrid else timedelta(seconds=self._cfg.telemetry_seconds)
+
+    def _requests_status(self) -> list[dict]:
+        return [{"report_request_id": r.rrid, "granularity_seconds": r.granularity.total_seconds(),
+                 "report_back_seconds": r.back.total_seconds(),
+                 "sent_until": r.sent_until.isoformat() if r.sent_until else None}
+                for r in self._requests.values()]
 
     async def _answer_report_message(self, message_type: str, response: dict) -> None:
         """oadrCreatedReport / oadrCanceledReport: the answer, and the requests still pending."""
@@ -243,9 +284,21 @@ class VtnReports:
         self._forget_request(rrid)
 
     def _stop_serving(self, rrid: str) -> None:
-        self._report_request_id = self._final_report = None
-        self._window = (None, None)
+        """The request ends; the others served go on. What it took and they did not stays for them; with
+        none left, every reading it did not take waits for the VTN's next request."""
+        req = self._requests.pop(rrid, None)
+        if req is not None:
+            self._telemetry.drop_reader(rrid)
+            if not self._requests:
+                self._sent_until = req.sent_until   # what is queued is what it did not take: the next goes on from it
         self._forget_request(rrid)
+
+    def _end_requests(self) -> None:
+        """A new registration: the VTN requests anew. The request furthest behind ends last, so the queue
+        keeps what it did not take (at least once: a new request may get again what another one got)."""
+        for req in sorted(self._requests.values(), key=lambda r: r.sent_until or datetime.min.replace(tzinfo=UTC),
+                          reverse=True):
+            self._stop_serving(req.rrid)
 
     def _forget_request(self, rrid: str) -> None:
         if self._client is not None:
@@ -254,10 +307,12 @@ class VtnReports:
 
     async def _create_report(self, payload: dict) -> None:
         """oadrCreateReport: serve what was offered, refuse (452) what was not, answer oadrCreatedReport.
-        One standing request is served at a time: a newer one replaces it (logged)."""
+        Standing requests are served side by side (each its own intervals, MAX_STANDING at most; one
+        beyond is refused 452); one with the reportRequestID of one served replaces it."""
         client = self._client
         sampling = timedelta(seconds=self._cfg.telemetry_seconds)
         refused: list[str] = []
+        over: list[str] = []
         for rr in payload.get("report_requests") or []:
             rrid = rr["report_request_id"]
             spec = rr.get("report_specifier") or {}
@@ -273,11 +328,15 @@ class VtnReports:
                 continue
             asked = spec.get("granularity")
             back = spec.get("report_back_duration") or timedelta(0)
+            one_shot = asked == timedelta(0) and back == timedelta(0)
+            if not one_shot and rrid not in self._requests and len(self._requests) >= MAX_STANDING:
+                over.append(rrid)
+                continue
             self._forget_request(rrid)
             client.report_requests.append({"report_request_id": rrid, "report_specifier_id": sid,
                                            "report_back_duration": back, "r_ids": r_ids, "granularity": asked,
                                            "job": None})
-            if asked == timedelta(0) and back == timedelta(0):
+            if one_shot:
                 self._one_shots.append(rrid)
                 log.info("VTN asked for one TELEMETRY_USAGE report (request %s): the latest reading is sent once",
                          rrid)
@@ -291,6 +350,12 @@ class VtnReports:
         if refused:
             log.warning("VTN requested telemetry the gateway never offered, refused with %d: %s",
                         INVALID_ID, "; ".join(refused))
+        if over:
+            log.warning("VTN report request %s refused with %d: %d standing telemetry requests are served already "
+                        "(%s), the most served at once", ", ".join(over), INVALID_ID, MAX_STANDING,
+                        ", ".join(self._requests))
+            refused.append(f"{', '.join(over)}: {MAX_STANDING} standing requests are served already, the most "
+                           "this VEN serves at once")
         request_id = payload.get("request_id") or (payload.get("response") or {}).get("request_id")
         await self._answer_report_message("oadrCreatedReport",
                                           _ei_response(request_id, "; ".join(refused) if refused else None))
@@ -298,25 +363,27 @@ class VtnReports:
 
     def _adopt(self, rrid: str, granularity: timedelta, back: timedelta,
                window: tuple[datetime | None, datetime | None] = (None, None)) -> None:
-        old = self._report_request_id
         how = (f"intervals of {_duration(granularity)} (mean of the readings in each), "
                + (f"sent every {_duration(back)}" if back > granularity else "each sent as it completes")
                + (f", from {_iso(window[0])}" if window[0] is not None else "")
                + (f" until {_iso(window[1])}" if window[1] is not None else ""))
-        if old and old != rrid:
-            # openleadr keeps the old one listed, so an oadrCancelReport for it is still answered
-            log.info("VTN report request %s replaces %s (one telemetry request is served at a time): %s",
-                     rrid, old, how)
-        elif old != rrid or (granularity, back, window) != (self._granularity, self._report_back, self._window):
+        req, others = self._requests.get(rrid), [r for r in self._requests if r != rrid]
+        if req is None and others:
+            # a settlement stream beside a real-time one, say: each gets its own intervals from the same readings
+            log.info("VTN requested telemetry (request %s) beside %s: %s", rrid, ", ".join(others), how)
+        elif req is None or (granularity, back, window) != (req.granularity, req.back, req.window):
             # each of an outage's registrations gets a request anew (a fresh reportRequestID): only another one is news
             log.log(logging.DEBUG if self._outage is not None and (granularity, back, window) == self._request_said
                     else logging.INFO, "VTN requested telemetry (request %s): %s", rrid, how)
+        if req is None:
+            # alone, it goes on where the last request ended; beside others, from the oldest reading queued
+            req = self._requests[rrid] = Standing(rrid, granularity, back,
+                                                  sent_until=None if others else self._sent_until)
+            self._telemetry.add_reader(rrid)
         self._request_said = (granularity, back, window)
-        self._report_request_id, self._granularity, self._report_back = rrid, granularity, back
-        self._window = window
-        self._final_report = None
-        self._next_report = self._next_update(_utcnow())
-        self._catch_up = True        # what is complete already (queued while nothing was requested) goes now
+        req.granularity, req.back, req.window, req.final = granularity, back, window, False
+        req.next_report = self._next_update(req, _utcnow())
+        req.catch_up = True        # what is complete already (queued while nothing was requested) goes now
 
     async def _send_report(self, intervals: list[Interval], rrid: str) -> bool:
         client = self._client

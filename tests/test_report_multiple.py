@@ -1,0 +1,93 @@
+"""Several standing telemetry requests at once, as a utility holds them: short intervals for real-time
+monitoring beside longer ones sent less often for settlement. Each gets every one of its
+intervals, once, the mean of its readings; a reading leaves the queue once every request took it; a
+cancelled request leaves the others served; one beyond the cap is refused 452.
+A real openleadr VTN (DemoVtn) on loopback, a real SQLite queue."""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from test_report_requests import S, expected, received, running, said, same
+from waiting import eventually as until
+
+from ven.vtn_reports import MAX_STANDING
+from ven.vtn_server import DemoVtn
+
+
+def standing(rig) -> list[str]:
+    return [r["report_request_id"] for r in rig.vtn.status()["report_requests"]]
+
+
+async def two_requests(server, rig, granularity, report_back):
+    """The VTN's request at registration (PT1S) and a second one for `granularity`: both served."""
+    await until(lambda: rig.vtn.status()["report_request_id"], 10, "telemetry requested")
+    first = rig.vtn.status()["report_request_id"]
+    second = server.create_report(rig.vtn.ven_id, granularity, report_back)
+    await until(lambda: standing(rig) == [first, second], 5, "the second request served beside the first")
+    return first, second
+
+
+async def test_two_standing_requests_of_different_granularity_each_get_all_their_intervals_once(
+        tmp_path, free_tcp_port, caplog):
+    caplog.set_level(logging.INFO, logger="ven")
+    async with DemoVtn(free_tcp_port(), poll_seconds=1, report_granularity=S, report_back=S) as server:
+        async with running(tmp_path, server.url) as rig:
+            fast, slow = await two_requests(server, rig, 2 * S, 4 * S)
+            rig.start_meter(0.25)
+            await asyncio.sleep(7)
+            await rig.stop_meter()
+            want_fast, want_slow = expected(rig.taken, S), expected(rig.taken, 2 * S)
+            await until(lambda: len(received(server, rrid=fast)) >= len(want_fast)
+                        and len(received(server, rrid=slow)) >= len(want_slow), 10, "every interval of both")
+            await until(lambda: rig.queue.pending == 0, 5, "the queue drained once both took every reading")
+            await asyncio.sleep(0.3)
+            same(received(server, rrid=fast), want_fast)          # nothing lost, nothing twice, the means
+            same(received(server, rrid=slow), want_slow)
+            assert max(len(iv) for r, iv in server.updates if r == slow) == 2, "PT2S intervals, two per PT4S"
+            assert rig.queue.delivered == len(rig.taken)           # each reading counted once
+            assert said(caplog, f"VTN requested telemetry (request {slow}) beside {fast}: intervals of PT2S")
+            assert not said(caplog, "replaces")
+
+
+async def test_cancelling_one_request_leaves_the_other_served(tmp_path, free_tcp_port, caplog):
+    caplog.set_level(logging.INFO, logger="ven")
+    async with DemoVtn(free_tcp_port(), poll_seconds=1, report_granularity=S, report_back=S) as server:
+        async with running(tmp_path, server.url) as rig:
+            fast, slow = await two_requests(server, rig, 2 * S, 2 * S)
+            rig.start_meter(0.25)
+            await until(lambda: len(received(server, rrid=slow)) >= 2, 8, "both served")
+            server.cancel_report(rig.vtn.ven_id, fast)
+            await until(lambda: server.canceled_reports, 5, "oadrCanceledReport")
+            assert server.canceled_reports == [(200, "OK", [slow], True)]
+            assert standing(rig) == [slow]
+            sent = len(received(server, rrid=fast))
+            after = len(received(server, rrid=slow))
+            await until(lambda: len(received(server, rrid=slow)) >= after + 2, 6, "the other still served")
+            await rig.stop_meter()
+            want = expected(rig.taken, 2 * S)
+            await until(lambda: len(received(server, rrid=slow)) >= len(want), 6, "every interval of the other")
+            await until(lambda: rig.queue.pending == 0, 5, "the queue drained by the one left")
+            await asyncio.sleep(0.3)
+            same(received(server, rrid=slow), want)
+            assert len(received(server, rrid=fast)) == sent, "nothing more under the cancelled request"
+            same(received(server, rrid=fast), expected(rig.taken, S)[:sent])
+
+
+async def test_standing_requests_beyond_the_cap_are_refused_452_and_the_others_go_on(
+        tmp_path, free_tcp_port, caplog):
+    caplog.set_level(logging.INFO, logger="ven")
+    async with DemoVtn(free_tcp_port(), poll_seconds=1, report_granularity=S, report_back=S) as server:
+        async with running(tmp_path, server.url) as rig:
+            await until(lambda: rig.vtn.status()["report_request_id"], 10, "telemetry requested")
+            more = [server.create_report(rig.vtn.ven_id, n * S, n * S) for n in range(2, MAX_STANDING + 2)]
+            await until(lambda: [c for c in server.created_reports if c[0] != 200], 10, "the refusal")
+            served, over = standing(rig), more[-1]
+            assert len(served) == MAX_STANDING and over not in served
+            (code, text, pending), = [c for c in server.created_reports if c[0] != 200]
+            assert code == 452 and over in text and pending == served
+            lines = said(caplog, "standing telemetry requests are served already")
+            assert len(lines) == 1 and over in lines[0]
+            rig.start_meter(0.25)
+            await until(lambda: all(received(server, rrid=r) for r in served[:2]), 8, "the ones served go on")
+            assert received(server, rrid=over) == []
