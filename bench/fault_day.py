@@ -24,7 +24,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -58,7 +57,8 @@ FAULTS = {
     "storage.path": (r"ERROR storage\.path", r"storage\.path .*(written .*again|opened)"),
     "HTTP cap": (r"refusing new ones", r"accepting connections again"),
     "BACnet DCC": (r"communication initiation disabled by", r"initiation enabled again"),
-    "report request": (r"VTN report request .* replaces", r"TELEMETRY_USAGE request .* ended"),
+    "report request": (r"VTN report request .* replaces|VTN requested telemetry \(request bounded-rr\)",
+                       r"TELEMETRY_USAGE request .* ended"),
     "event": (r"event day-evt received", r"event day-evt cancelled"),
     "ADR-Opt-Out": (r"ADR-Opt-Out active", r"ADR-Opt-Out relinquished"),
 }

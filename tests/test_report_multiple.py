@@ -72,6 +72,9 @@ async def test_cancelling_one_request_leaves_the_other_served(tmp_path, free_tcp
             same(received(server, rrid=slow), want)
             assert len(received(server, rrid=fast)) == sent, "nothing more under the cancelled request"
             same(received(server, rrid=fast), expected(rig.taken, S)[:sent])
+    # the log says the other goes on, not that readings queue until the VTN asks again
+    ends = [m for m in said(caplog, f"request {fast}") if "cancelled" in m]
+    assert ends and all(m.endswith(f"request {slow} still served") for m in ends), ends
 
 
 async def test_standing_requests_beyond_the_cap_are_refused_452_and_the_others_go_on(

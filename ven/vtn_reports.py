@@ -80,12 +80,12 @@ class VtnReports:
                         req.next_report = self._next_update(req, now)
                         end = req.window[1]
                         if req.final:
-                            log.info("last TELEMETRY_USAGE update sent for the cancelled request %s; readings "
-                                     "queue until the VTN asks again", req.rrid)
+                            log.info("last TELEMETRY_USAGE update sent for the cancelled request %s; %s", req.rrid,
+                                     self._then(req.rrid, "readings queue until the VTN asks again"))
                             self._stop_serving(req.rrid)
                         elif end is not None and now >= end:
-                            log.info("TELEMETRY_USAGE request %s ended: its reportInterval ended at %s; readings "
-                                     "queue until the VTN asks again", req.rrid, _iso(end))
+                            log.info("TELEMETRY_USAGE request %s ended: its reportInterval ended at %s; %s", req.rrid,
+                                     _iso(end), self._then(req.rrid, "readings queue until the VTN asks again"))
                             self._stop_serving(req.rrid)
                     else:
                         req.catch_up = True        # once the backoff has passed, whatever is complete by then
@@ -118,7 +118,8 @@ class VtnReports:
             dropped, limit = dropped + len(early), MAX_PEEK
         if dropped:
             log.info("%d reading(s) taken before %s, where the reportInterval of request %s starts, are not "
-                     "reported", dropped, _iso(first), req.rrid)
+                     "reported%s", dropped, _iso(first), req.rrid,
+                     "" if len(self._requests) < 2 else " under it (the other requests served still report them)")
 
     def _next_update(self, req: Standing, now: datetime) -> datetime:
         """When the next update is due: on the reportBackDuration grid, not before the request's
@@ -232,12 +233,12 @@ class VtnReports:
                     req = self._requests[rrid]
                     req.final, req.catch_up = True, True
                     self._wake_delivery.set()
-                    log.warning("the VTN cancelled the telemetry report (request %s): one last update, then "
-                                "readings queue until it asks again", rrid)
+                    log.warning("the VTN cancelled the telemetry report (request %s): one last update, then %s",
+                                rrid, self._then(rrid, "readings queue until it asks again"))
                 else:
+                    log.warning("the VTN cancelled the telemetry report (request %s); %s", rrid,
+                                self._then(rrid, "readings queue until it asks again"))
                     self._stop_serving(rrid)
-                    log.warning("the VTN cancelled the telemetry report (request %s); readings queue until it "
-                                "asks again", rrid)
             elif rrid in self._one_shots:
                 self._end_one_shot(rrid)
                 log.info("the VTN cancelled the one-shot report %s before it was sent", rrid)
@@ -251,6 +252,11 @@ class VtnReports:
             refusal = f"reportRequestID {', '.join(unknown)} is not served by this VEN"
         # still pending: what is served, and the cancelled request until its last update is sent
         await self._answer_report_message("oadrCanceledReport", _ei_response(payload.get("request_id"), refusal))
+
+    def _then(self, rrid: str, alone: str) -> str:
+        """What follows the end of request `rrid`: `alone` when no other standing request is served."""
+        others = [r for r in self._requests if r != rrid]
+        return f"request {', '.join(others)} still served" if others else alone
 
     def _served(self) -> list[str]:
         """The report requests being served: the standing ones and the one-shots not yet sent."""
