@@ -35,7 +35,7 @@ async def test_two_standing_requests_of_different_granularity_each_get_all_their
         async with running(tmp_path, server.url) as rig:
             fast, slow = await two_requests(server, rig, 2 * S, 4 * S)
             rig.start_meter(0.25)
-            await asyncio.sleep(7)
+            await until(lambda: len(rig.taken) >= 28, 15, "7 s of readings")
             await rig.stop_meter()
             want_fast, want_slow = expected(rig.taken, S), expected(rig.taken, 2 * S)
             await until(lambda: len(received(server, rrid=fast)) >= len(want_fast)

@@ -19,7 +19,7 @@ class Flapping:
         self.times = 0                      # separate bad stretches in it
         self.last_bad = 0.0
         self._bad = False
-        self._ended = -math.inf
+        self.ended = -math.inf              # monotonic, when the last fault's end was said
 
     @property
     def open(self) -> bool:
@@ -31,7 +31,7 @@ class Flapping:
         self._bad, self.last_bad = True, now
         if self.since is not None:
             return False
-        recurs = now - self._ended < RECUR_SECONDS
+        recurs = now - self.ended < RECUR_SECONDS
         self.settle = min(2 * self.settle, self.base * 2 ** DOUBLINGS) if recurs else self.base
         self.since, self.times = now, 1
         return True
@@ -41,7 +41,7 @@ class Flapping:
         self._bad = False
         if self.since is None or now - self.last_bad < self.settle:
             return False
-        self.since, self._ended = None, now
+        self.since, self.ended = None, now
         return True
 
 

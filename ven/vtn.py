@@ -88,7 +88,6 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
         # loop time of the last fault's end or of a lone context loss: a context loss soon after is the same trouble
         # coming back (an intermittent VTN), not news each time
         self._trouble_at: float | None = None
-        self._ended_at = 0.0                    # loop time of the last fault's end
         # the latest failed poll's reason, or lost context's in an outage: it stands while registered until a poll
         # is answered
         self._poll_error: str | None = None

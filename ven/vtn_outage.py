@@ -94,7 +94,7 @@ class VtnOutage:
             # operator reads the two as one. ("context": the lone loss just before it is this fault's own first step)
             recurs = what != "context" and settle > self._settle.base
             o = self._outage = _Outage(now, {kind}, reason, self._was_connected, settle, recurs)
-            after = (f" (again, {_span(now - self._ended_at)} after the last VTN fault: one intermittent fault, "
+            after = (f" (again, {_span(now - self._settle.ended)} after the last VTN fault: one intermittent fault, "
                      f"logged as ended once the VTN answers steadily for {_span(settle)})" if recurs else "")
             if what == "poll":
                 log.warning("VTN poll failed: %s%s", reason, after)
@@ -162,7 +162,7 @@ class VtnOutage:
     def _outage_over(self, o: _Outage, now: float) -> None:
         self._outage, self._last_outage = None, o
         o.ended = _utcnow()
-        self._trouble_at = self._ended_at = now
+        self._trouble_at = now
         took = o.answered_since - o.since
         if o.intermittent:
             # only what happened: "0 context loss(es), 0 registration attempt(s) of which 0 failed" says nothing

@@ -295,7 +295,7 @@ function communication() {
   const c = (gw.device || {}).communication;
   return c && typeof c === "object" && c.mode && c.mode !== "enable" ? c : null;
 }
-// an intermittent VTN fault still open (ven/vtn.py): connected at this moment, failing again now and then
+// an intermittent VTN fault still open (ven/vtn_outage.py): connected at this moment, failing again now and then
 function flaky(vtn) {
   const f = vtn.fault;
   return vtn.connected === true && !!f && f.intermittent === true && !f.ended;
