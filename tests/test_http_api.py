@@ -553,6 +553,38 @@ async def test_the_end_of_refusing_is_logged_when_the_held_connections_close(ser
         and lines[0].endswith(" s (4 refused)"), lines
 
 
+async def test_a_moment_below_the_limit_is_not_its_end(served, caplog):
+    # A held connection closing and a new one taking its place within the second (a burst under load did it)
+    # said "accepting connections again after 0 s" and a second WARNING: the end is the 1 s check's to say
+    caplog.set_level(logging.INFO, logger="ven.http_api")
+    server, view, base = await served()
+    server.max_connections = 4
+    held = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(6)]
+    try:
+        for s in held:
+            s.setblocking(False)
+        await eventually(lambda: sum(map(_closed_by_server, held)) >= 2, 10, "the connections beyond 4 closed")
+        kept = [s for s in held if not _closed_by_server(s)]
+        first = server._cap_check
+        await eventually(lambda: server._cap_check is not first, 10, "a look while the 4 are held")
+        kept[0].close()
+        await eventually(lambda: len(server._runner.server.connections) < 4, 5, "the server saw one close")
+        more = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(2)]
+        held += more
+        for s in more:
+            s.setblocking(False)
+        await eventually(lambda: sum(map(_closed_by_server, more)) == 1, 10, "one of the two refused")
+        lines = [r.getMessage() for r in caplog.records if r.name == "ven.http_api"]
+        assert sum("refusing new ones" in line for line in lines) == 1, lines
+        assert not any("accepting connections again" in line for line in lines), lines
+    finally:
+        for s in held:
+            s.close()
+    said = lambda: [r.getMessage() for r in caplog.records if "accepting connections again" in r.getMessage()]
+    lines = await eventually(said, 10, "the end of refusing logged")
+    assert len(lines) == 1 and lines[0].endswith(" s (3 refused)"), lines
+
+
 async def _fetch_or_none(url):
     try:
         return await fetch(url)

@@ -62,7 +62,9 @@ async def test_held_connections_leave_the_vtn_storage_and_log_alone(tmp_path, fr
             held = await hold_connections(http_port)
             fds = lambda: len(os.listdir(f"/proc/{gw.proc.pid}/fd"))
             await eventually(lambda: "refusing new ones" in gw.log() or fds() > 1000, 30, "the limit reached")
-            assert fds() < 200, "the held connections took the process's file descriptors"
+            # under load, connections accepted in one go are counted open until the next turns close them
+            await eventually(lambda: fds() < 200, 10, "the process's file descriptors back under 200 (the held "
+                                                     "connections took them)")
             # the VTN restarts: registering again needs new connections
             await vtn.stop()
             vtn = DemoVtn(vtn_port, poll_seconds=1)
@@ -73,6 +75,7 @@ async def test_held_connections_leave_the_vtn_storage_and_log_alone(tmp_path, fr
             for s in held:
                 s.close()
             await eventually(lambda: healthz(http_port), 15, "/healthz answered once they are closed")
+            await eventually(lambda: "http: accepting connections again" in gw.log(), 5, "the end of refusing")
             assert gw.log().count("http: accepting connections again") == 1
     finally:
         for s in held:

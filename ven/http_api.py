@@ -483,7 +483,8 @@ class HttpServer:
                 self._refusing_since = time.monotonic()
                 self._cap_check = asyncio.get_running_loop().call_later(1.0, self._below_cap, server)
             return _Refused()
-        self._below_cap(server)
+        # Not the end of the limit: under load a burst can dip below it for a moment and fill it again (seen as
+        # "accepting connections again after 0 s" and a second WARNING); the 1 s check says the end
         # The transport schedules connection_made right after this returns, and a burst reaching the backlog
         # is accepted in one go, each of it let in before any was counted: counted here until after that
         self._accepting += 1
