@@ -37,6 +37,22 @@ def test_sigterm_during_start_up_stops_the_gateway(tmp_path, free_udp_port, free
         assert "Traceback" not in gateway.log(), gateway.log()
 
 
+async def test_a_stop_during_faults_names_them_in_its_line(tmp_path, free_udp_port, free_tcp_port):
+    # A fault's end line never follows a stop: the log read as if the meter and the VTN were still down (or the
+    # end line lost) until the next start said otherwise
+    from waiting import eventually
+
+    config = tmp_path / "gw.toml"
+    write_config(config, bacnet_port=free_udp_port(), http_port=free_tcp_port(), storage=tmp_path / "gw.sqlite",
+                 ven_name="stopped")   # nobody answers at the meter's address nor at the VTN's
+    with GatewayProcess(config, tmp_path / "gw.log") as gateway:
+        await eventually(lambda: "WARNING meter fault" in gateway.log() and "WARNING VTN" in gateway.log(), 30,
+                         f"both faults said\n{gateway.log()}")
+    last = gateway.log().rstrip().splitlines()[-1]
+    assert " edge-gateway stopped with 2 faults open, so no end line follows: meter fault for " in last, last
+    assert " reads failed); VTN fault for " in last and " registrations failed" in last, last
+
+
 def _two_signals(task: str, first: str, second: str) -> subprocess.CompletedProcess:
     """Run `serve_until_signalled` on the coroutine `task` (its body, as source) in a fresh process that
     sends itself `first`, then `second` 0.4 s later; the process prints "stopped" when it returns."""
@@ -127,7 +143,7 @@ async def test_a_healthy_gateway_is_quiet_bad_http_requests_do_not_flood_and_sig
                 gateway.kill()
     text = gateway.log()
     assert gateway.proc.returncode == 0, text[-3000:]
-    assert "SIGHUP: stopping" in text and "edge-gateway stopped" in text, text[-3000:]
+    assert "SIGHUP: stopping" in text and text.rstrip().endswith(" edge-gateway stopped"), text[-3000:]
     assert "Traceback" not in text, text
 
 

@@ -23,7 +23,7 @@ from . import __version__
 from .config import GatewayConfig
 from .metrics import Metrics
 from .schedule import EventSchedule, ScheduleState
-from .settle import Flapping
+from .settle import Flapping, span
 from .storage import Storage
 from .tasks import cancel_and_wait
 from .telemetry import TelemetryQueue
@@ -148,6 +148,7 @@ class Gateway:
         self._stack.append(part)
 
     async def stop(self) -> None:
+        still_open = self._open_faults()
         try:
             await cancel_and_wait(self._late_restore)  # it writes to the device and storage stopped below
         except Exception as err:  # noqa: BLE001 - its failure must not keep the rest running
@@ -160,7 +161,36 @@ class Gateway:
                 log.warning("stopping %s: %s", type(part).__name__, err)
         self.telemetry.close()
         self.storage.close()
-        log.info("edge-gateway stopped")
+        if still_open:
+            log.info("edge-gateway stopped with %s open, so no end line follows: %s",
+                     "a fault" if len(still_open) == 1 else f"{len(still_open)} faults", "; ".join(still_open))
+        else:
+            log.info("edge-gateway stopped")
+
+    def _open_faults(self) -> list[str]:
+        """The faults whose start the log said and whose end it has not: a stop ends none of them, and without
+        this the log reads as if each was still going on (or the end line was lost) until the next start."""
+        now, wall = time.monotonic(), datetime.now(timezone.utc)
+        lasted = lambda since: span((wall - datetime.fromisoformat(since.replace("Z", "+00:00"))).total_seconds())
+        out = []
+        if (m := self.meter.fault_window()) is not None:
+            out.append(f"meter fault for {lasted(m['since'])} ({m['failed_reads']} of {m['reads']} reads failed)")
+        if (v := self.vtn.open_fault()) is not None:
+            counts = [f"{v['polls_failed']} of {v['polls']} polls failed" if v["polls"] else "",
+                      f"{v['registrations_failed']} of {v['registrations']} registrations failed"
+                      if v["registrations_failed"] else "",
+                      f"{v['context_losses']} context losses" if v["context_losses"] else ""]
+            out.append(f"VTN fault for {lasted(v['since'])} ({', '.join(c for c in counts if c) or 'no answer yet'}, "
+                       f"not connected for {span(v['not_connected_seconds'])})")
+        if self._no_input.open:
+            out.append(f"forecaster without power input for {span(now - self._no_input.since)}")
+        if errors := self.storage_status()["errors"]:
+            out.append(f"storage.path not written ({', '.join(errors)})")
+        if (comm := self.device.communication())["mode"] != "enable":
+            out.append(f"BACnet communication initiation disabled by {comm.get('by') or 'a BACnet client'}")
+        if self.http is not None and self.http.refusing:
+            out.append("HTTP connections over the limit refused")
+        return out
 
     # -- callbacks: each keeps one owner's state reflected on the points ------------------------------
 

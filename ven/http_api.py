@@ -492,6 +492,11 @@ class HttpServer:
         loop.call_soon(loop.call_soon, self._counted)
         return server()
 
+    @property
+    def refusing(self) -> bool:
+        """Connections over max_connections are being refused: the log said so and has not yet said the end."""
+        return self._refused > 0
+
     def _below_cap(self, server: web.Server) -> None:
         """The limit's end is said when the held connections close, not at the next connection (hours later,
         if the operator's browser keeps its own open), so it is looked for every second while refusing."""

@@ -147,6 +147,10 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
 
     # -- public ------------------------------------------------------------------------------
 
+    def open_fault(self) -> dict | None:
+        """The VTN fault the log has started and not yet ended, as `status()["fault"]`; None when there is none."""
+        return self._outage.status(time.monotonic()) if self._outage is not None else None
+
     def record_sample(self, ts: datetime, kw: float) -> bool:
         """Commit one good meter reading; it reaches the VTN in its interval once that is complete and
         an update is due (ven/report_intervals.py). Logs the operator line. False: not queued, as the
