@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -533,6 +534,12 @@ def test_a_forecaster_zone_that_is_not_the_machines_is_a_warning(machine_zone):
     assert "(UTC-05:00 / UTC-04:00)" in GatewayConfig().warnings()[0]
     machine_zone("UTC")
     assert GatewayConfig().warnings() == []
+    # alike in January and July, but Israel changes to summer time days before Greece and back weeks after
+    machine_zone("Europe/Athens")
+    (warning,) = GatewayConfig(forecaster={"timezone": "Asia/Jerusalem"}).warnings()
+    assert re.match(r"forecaster.timezone 'Asia/Jerusalem' changes to or from summer time on other dates than "
+                    r"this machine's clock zone: they differ for \d+ hours of \d{4}, from \d{4}-03-\d\d ", warning), warning
+    assert GatewayConfig(forecaster={"timezone": "Europe/Athens"}).warnings() == []
 
 
 @pytest.mark.parametrize("toml,key", [

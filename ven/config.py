@@ -550,23 +550,32 @@ class GatewayConfig(_Section):
 def _zone_mismatch(zone: str) -> str | None:
     """Two clocks read the building's local time: the BACnet device's localTime/localDate follow the
     machine's zone (TZ, /etc/localtime), the forecaster's time of day, weekdays and holidays follow
-    forecaster.timezone. Compared in January and July, so a zone that agrees only outside summer time is
-    caught too."""
+    forecaster.timezone. Compared at every hour of this year: zones alike in January and July can still
+    change to summer time on other dates (Athens and Jerusalem differ for 51 hours a year)."""
     import datetime
     from zoneinfo import ZoneInfo
 
     year = datetime.datetime.now(datetime.timezone.utc).year
-    at = [datetime.datetime(year, month, 15, 12, tzinfo=datetime.timezone.utc) for month in (1, 7)]
-    machine = [t.astimezone().utcoffset() for t in at]
-    configured = [t.astimezone(ZoneInfo(zone)).utcoffset() for t in at]
-    if machine == configured:
+    first = datetime.datetime(year, 1, 1, tzinfo=datetime.timezone.utc)
+    hours = [first + datetime.timedelta(hours=h) for h in range(
+        int((first.replace(year=year + 1) - first).total_seconds()) // 3600)]
+    building = ZoneInfo(zone)
+    differ = [t for t in hours if t.astimezone().utcoffset() != t.astimezone(building).utcoffset()]
+    if not differ:
         return None
+    at = [datetime.datetime(year, month, 15, 12, tzinfo=datetime.timezone.utc) for month in (1, 7)]
 
     def offsets(values) -> str:
         return " / ".join(f"UTC{'-' if v < datetime.timedelta(0) else '+'}{abs(v).seconds // 3600:02d}:"
                           f"{abs(v).seconds // 60 % 60:02d}" for v in values)
-    return (f"forecaster.timezone {zone!r} ({offsets(configured)} in January / July) is not this machine's "
-            f"clock zone ({offsets(machine)}): the BACnet device's localTime and localDate follow the machine, "
+    machine = [t.astimezone().utcoffset() for t in at]
+    configured = [t.astimezone(building).utcoffset() for t in at]
+    if machine != configured:
+        how = f"({offsets(configured)} in January / July) is not this machine's clock zone ({offsets(machine)})"
+    else:
+        how = (f"changes to or from summer time on other dates than this machine's clock zone: they differ for "
+               f"{len(differ)} hours of {year}, from {differ[0]:%Y-%m-%d %H:%M} UTC")
+    return (f"forecaster.timezone {zone!r} {how}: the BACnet device's localTime and localDate follow the machine, "
             f"the forecaster's time of day, weekdays and holidays follow forecaster.timezone. Set both to the "
             f"building's zone (timedatectl set-timezone; in a container, mount /etc/localtime read-only)")
 
