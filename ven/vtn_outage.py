@@ -64,6 +64,11 @@ class _Outage:
                 "not_connected_seconds": round(down, 1), "settle_seconds": self.settle}
 
 
+def _until_steady(settle: float) -> str:
+    # openadr.settle_seconds 0 ends a fault at the VTN's first answer: "steadily for 0 s" read as a slip
+    return f"once the VTN answers steadily for {_span(settle)}" if settle > 0 else "at the VTN's next answer"
+
+
 class VtnOutage:
     """VtnClient's outage bookkeeping; the state is VtnClient's."""
 
@@ -95,7 +100,7 @@ class VtnOutage:
             recurs = what != "context" and settle > self._settle.base
             o = self._outage = _Outage(now, {kind}, reason, self._was_connected, settle, recurs)
             after = (f" (again, {_span(now - self._settle.ended)} after the last VTN fault: one intermittent fault, "
-                     f"logged as ended once the VTN answers steadily for {_span(settle)})" if recurs else "")
+                     f"logged as ended {_until_steady(settle)})" if recurs else "")
             if what == "poll":
                 log.warning("VTN poll failed: %s%s", reason, after)
             elif what == "context":
@@ -104,8 +109,7 @@ class VtnOutage:
             elif what == "loss":
                 o.said = o.recurs = True    # the registration after the last loss said what this one would
                 log.warning("VTN context lost again %s after the last time (%s); registering again: one intermittent "
-                            "fault, logged as ended once the VTN answers steadily for %s",
-                            _span(now - self._trouble_at), reason, _span(settle))
+                            "fault, logged as ended %s", _span(now - self._trouble_at), reason, _until_steady(settle))
             elif what == "session":
                 log.error("VTN %s; registering again (backoff up to %g s)%s", reason, self._cfg.retry_max_seconds,
                           after)
@@ -120,8 +124,8 @@ class VtnOutage:
             o.down_since, o.answered_since = now, None
             if o.relapses == 1 and not o.recurs:
                 log.log(logging.ERROR if what == "session" else logging.WARNING,
-                        "VTN %s again %s after it answered (%s): one intermittent fault, logged as ended once the VTN "
-                        "answers steadily for %s", happened, _span(answered_for), reason, _span(o.settle))
+                        "VTN %s again %s after it answered (%s): one intermittent fault, logged as ended %s",
+                        happened, _span(answered_for), reason, _until_steady(o.settle))
             elif kind not in o.kinds:
                 log.log(logging.ERROR if what == "session" else logging.WARNING,
                         "VTN outage goes on with another cause: %s: %s", happened, reason)
