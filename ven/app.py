@@ -171,7 +171,7 @@ class Gateway:
         """The faults whose start the log said and whose end it has not: a stop ends none of them, and without
         this the log reads as if each was still going on (or the end line was lost) until the next start."""
         now, wall = time.monotonic(), datetime.now(timezone.utc)
-        lasted = lambda since: span((wall - datetime.fromisoformat(since.replace("Z", "+00:00"))).total_seconds())
+        lasted = lambda since: span((wall - datetime.fromisoformat(since)).total_seconds())
         out = []
         if (m := self.meter.fault_window()) is not None:
             out.append(f"meter fault for {lasted(m['since'])} ({m['failed_reads']} of {m['reads']} reads failed)")
