@@ -94,3 +94,28 @@ async def test_standing_requests_beyond_the_cap_are_refused_452_and_the_others_g
             rig.start_meter(0.25)
             await until(lambda: all(received(server, rrid=r) for r in served[:2]), 8, "the ones served go on")
             assert received(server, rrid=over) == []
+
+
+async def test_two_requests_in_one_create_report_are_both_pending_and_each_gets_all_its_intervals_once(
+        tmp_path, free_tcp_port, caplog):
+    caplog.set_level(logging.INFO, logger="ven")
+    async with DemoVtn(free_tcp_port(), poll_seconds=1, report_granularity=S, report_back=S) as server:
+        async with running(tmp_path, server.url) as rig:
+            await until(lambda: rig.vtn.status()["report_request_id"], 10, "telemetry requested")
+            first = rig.vtn.status()["report_request_id"]
+            answered = len(server.created_reports)
+            two, three = server.create_reports(rig.vtn.ven_id, [(2 * S, 2 * S), (3 * S, 3 * S)])
+            await until(lambda: len(server.created_reports) > answered, 5, "the oadrCreatedReport")
+            assert server.created_reports[answered:] == [(200, "OK", [first, two, three])]
+            assert standing(rig) == [first, two, three]
+            rig.start_meter(0.25)
+            await until(lambda: len(rig.taken) >= 28, 15, "7 s of readings")
+            await rig.stop_meter()
+            want = {first: expected(rig.taken, S), two: expected(rig.taken, 2 * S), three: expected(rig.taken, 3 * S)}
+            await until(lambda: all(len(received(server, rrid=r)) >= len(w) for r, w in want.items()), 10,
+                        "every interval of the three")
+            await until(lambda: rig.queue.pending == 0, 5, "the queue drained once all took every reading")
+            await asyncio.sleep(0.3)
+            for rrid, w in want.items():
+                same(received(server, rrid=rrid), w)               # nothing lost, nothing twice, the means
+            assert rig.queue.delivered == len(rig.taken)

@@ -216,6 +216,49 @@ def test_two_readers_each_read_every_sample_once_and_a_sample_leaves_once_both_t
     q.close()
 
 
+def test_two_readers_apart_across_the_move_from_memory_to_the_file_each_get_every_sample_once(tmp_path):
+    # the file refuses writes (a lock held past the grace) while one request is ahead of the other: it
+    # takes samples held in memory, and peeks more before the file takes them (renumbered) and acks after
+    path = tmp_path / "gw.sqlite"
+    q = TelemetryQueue(path, reopen_seconds=0.2, lock_grace_seconds=0.0)
+    q.add_reader("fast")
+    q.add_reader("slow")
+    got: dict[str, list[float]] = {"fast": [], "slow": []}
+
+    def take(name, limit=100, ack=True):
+        batch = q.peek(limit, name)
+        got[name] += [s.kw for s in batch]
+        if ack:
+            q.ack(batch, reader=name)
+        return batch
+
+    for i in range(3):
+        q.add(T0 + timedelta(seconds=i), float(i))
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    for i in range(3, 7):
+        assert q.add(T0 + timedelta(seconds=i), float(i)) < 0                  # held in memory
+    take("fast", 5)                                                            # 0-2 on file, 3-4 in memory
+    in_flight = take("fast", ack=False)                                        # 5-6: the update on its way
+    take("slow", 2)
+    other.execute("ROLLBACK")
+    other.close()
+    time.sleep(0.25)                                                           # the file is tried again
+    q.add(T0 + timedelta(seconds=7), 7.0)
+    assert q.status()["in_memory"] == 0 and q.write_error is None              # moved to the file
+    q.ack(in_flight, reader="fast")                                            # the VTN took it
+    take("slow")
+    take("fast")
+    assert got == {"fast": [float(i) for i in range(8)], "slow": [float(i) for i in range(8)]}
+    assert take("slow") == [] and take("fast") == []
+    assert q.pending == 0 and q.delivered == 8
+    assert not q._sent and not q._moved and not any(r.taken for r in q._readers.values())   # nothing kept for gone rows
+    q.close()
+    q = TelemetryQueue(path)
+    assert q.peek() == []
+    q.close()
+
+
 def test_samples_forgotten_undelivered_are_not_counted_as_delivered(tmp_path):
     q = TelemetryQueue(tmp_path / "gw.sqlite")
     for i in range(3):

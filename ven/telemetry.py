@@ -80,6 +80,7 @@ class TelemetryQueue:
         self._acked: set[int] = set()       # rows the VTN accepted not yet deleted (ACK_DEFER_MAX): never resent
         self._delivery_saved: datetime | None = None     # last_delivery as the file holds it
         self._moved: dict[int, int] = {}    # memory seq -> its row after the move to the file
+        self._moved_back: dict[int, int] = {}   # the reverse: the move is forgotten once its row left
         # report requests served at once, each at its own place: a sample leaves the queue once all took it
         self._readers: dict[str, _Reader] = {}
         self._sent: set[int] = set()        # samples one request delivered that another has yet to take
@@ -172,6 +173,7 @@ class TelemetryQueue:
             self._failed(err)
             return False
         self._moved.update(moved)       # a batch peeked before the move is acked by its old numbers
+        self._moved_back.update((row, seq) for seq, row in moved)
         moved_to = dict(moved)
         for r in self._readers.values():
             r.taken = {moved_to.get(seq, seq) for seq in r.taken}
@@ -315,13 +317,9 @@ class TelemetryQueue:
         reader = self._readers.get(name)
         if reader is None:
             return seqs
-        now_at = {seq: self._moved.get(seq, seq) for seq in seqs}     # a batch peeked before a move to the file
-        seqs = set(now_at.values())
+        seqs = {self._moved.get(seq, seq) for seq in seqs}     # a batch peeked before a move to the file
         others = [r for n, r in self._readers.items() if n != name]
         done = {seq for seq in seqs if all(r.has(seq) for r in others)}
-        for old, seq in now_at.items():
-            if seq in done and old != seq:
-                self._moved.pop(old, None)
         reader.taken |= seqs - done
         if delivered:
             self._sent |= seqs - done
@@ -372,12 +370,16 @@ class TelemetryQueue:
         self._remove(done, delivered)
 
     def _remove(self, done: set[int], delivered: bool = False) -> None:
+        done = {self._moved.pop(seq, seq) for seq in done}      # a batch peeked before a move: its rows
+        # rows that moved leave by their new numbers too (the request behind read them after the move)
+        for row in done & self._moved_back.keys():
+            self._moved.pop(self._moved_back.pop(row), None)
         counted = len(done) if delivered else len(done & self._sent)
         self._sent -= done
         self.sent_total += counted
         self.delivered += counted
         self._memory = [s for s in self._memory if s.seq not in done]
-        self._acked |= {seq for seq in (self._moved.pop(seq, seq) for seq in done) if seq > 0}
+        self._acked |= {seq for seq in done if seq > 0}
         if len(self._acked) >= ACK_DEFER_MAX:
             self._save_acks()
 

@@ -208,20 +208,29 @@ class DemoVtn:
                       report_request_id: str | None = None) -> str:
         """Send the VEN an oadrCreateReport on its next poll (by default for the report and rID it
         offered last); returns the reportRequestID."""
+        return self.create_reports(ven_id, [(granularity, report_back)], report_specifier_id, r_id,
+                                   [report_request_id])[0]
+
+    def create_reports(self, ven_id: str, asked: list[tuple[timedelta, timedelta]],
+                       report_specifier_id: str | None = None, r_id: str | None = None,
+                       report_request_ids: list[str | None] | None = None) -> list[str]:
+        """One oadrCreateReport holding a report request per (granularity, reportBackDuration) in `asked`
+        (2.0b allows several in one message); returns their reportRequestIDs."""
         offered = [r for r in self.report_metadata if r["ven_id"] == ven_id]
         if not offered and (report_specifier_id is None or r_id is None):
             raise KeyError(f"VEN {ven_id} offered no report")
         report_specifier_id = report_specifier_id or offered[-1]["report_specifier_id"]
         r_id = r_id or offered[-1]["r_id"]
-        rrid = report_request_id or f"rr-{uuid.uuid4().hex[:8]}"
-        request = objects.ReportRequest(
+        rrids = [rrid or f"rr-{uuid.uuid4().hex[:8]}" for rrid in report_request_ids or [None] * len(asked)]
+        requests = [objects.ReportRequest(
             report_request_id=rrid,
             report_specifier=objects.ReportSpecifier(
                 report_specifier_id=report_specifier_id, granularity=granularity, report_back_duration=report_back,
                 specifier_payloads=[objects.SpecifierPayload(r_id=r_id, reading_type="Mean")]))
+            for rrid, (granularity, report_back) in zip(rrids, asked)]
         self._outbox.setdefault(ven_id, []).append(
-            ("oadrCreateReport", {"request_id": uuid.uuid4().hex[:8], "report_requests": [request], "ven_id": ven_id}))
-        return rrid
+            ("oadrCreateReport", {"request_id": uuid.uuid4().hex[:8], "report_requests": requests, "ven_id": ven_id}))
+        return rrids
 
     def cancel_report(self, ven_id: str, report_request_id: str, report_to_follow: bool = False) -> None:
         """Send the VEN an oadrCancelReport on its next poll; its oadrCanceledReport lands in canceled_reports.
