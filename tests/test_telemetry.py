@@ -259,6 +259,22 @@ def test_two_readers_apart_across_the_move_from_memory_to_the_file_each_get_ever
     q.close()
 
 
+def test_what_one_request_took_of_samples_that_age_out_is_forgotten_with_them(tmp_path):
+    # a request far behind (its updates refused for days): the numbers the other one delivered stayed in
+    # memory for good once their samples aged out, one more each reading (0.5 MB a day at a 10 s poll)
+    q = TelemetryQueue(tmp_path / "gw.sqlite", max_age=timedelta(minutes=1))
+    q.add_reader("fast")
+    q.add_reader("slow")
+    for i in range(60):
+        q.add(T0 + timedelta(seconds=10 * i), float(i))
+        q.ack(q.peek(10, "fast"), reader="fast")
+    q.ack(q.peek(3, "slow"), reader="slow")
+    kept = len(q._sent) + sum(len(r.taken) for r in q._readers.values())
+    assert kept <= 14, kept      # the last minute's 7 samples, each at most in _sent and one reader's taken
+    assert [s.kw for s in q.peek(100, "slow")] == [float(i) for i in range(56, 60)]
+    q.close()
+
+
 def test_samples_forgotten_undelivered_are_not_counted_as_delivered(tmp_path):
     q = TelemetryQueue(tmp_path / "gw.sqlite")
     for i in range(3):

@@ -7,6 +7,7 @@ accepted the oadrUpdateReport that carried it. The queue is bounded by age: samp
 from __future__ import annotations
 
 import logging
+import math
 import sqlite3
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -251,9 +252,10 @@ class TelemetryQueue:
 
     def _bound(self, newest: datetime) -> None:
         cutoff = newest - self.max_age
-        n = len(self._memory)
+        gone = {s.seq for s in self._memory if s.ts < cutoff}
         self._memory = [s for s in self._memory if s.ts >= cutoff]
-        n -= len(self._memory)
+        n = len(gone)
+        first_row = 0
         if self._retry is None:  # while writes fail, the file's rows are bounded once it takes them again
             if self._index_retry is not None and self._index_retry.due():
                 try:
@@ -261,9 +263,18 @@ class TelemetryQueue:
                 except sqlite3.Error:
                     pass
             try:
-                n += self._db().execute("DELETE FROM telemetry_queue WHERE ts < ?", (cutoff.isoformat(),)).rowcount
+                deleted = self._db().execute("DELETE FROM telemetry_queue WHERE ts < ?", (cutoff.isoformat(),)).rowcount
+                n += deleted
+                if deleted:
+                    first_row = self._db().execute("SELECT MIN(seq) FROM telemetry_queue").fetchone()[0] or math.inf
             except sqlite3.Error:
                 pass    # the rows stay queued; bounding is retried with the next sample
+        if gone or first_row:
+            # what one request took of them, the others behind: else kept for good, a number a reading
+            left = lambda seq: seq not in gone and not 0 < seq < first_row
+            self._sent = {seq for seq in self._sent if left(seq)}
+            for r in self._readers.values():
+                r.taken = {seq for seq in r.taken if left(seq)}
         if n > 0:
             if not self._dropping:
                 log.warning("telemetry queue holds %s of samples: dropping the oldest "
