@@ -208,6 +208,8 @@ class GatewayDevice:
         if point.kind == "analogValue":
             common["units"] = EngineeringUnits(point.units or "noUnits")
             common["covIncrement"] = 0.0
+        if point.texts is not None:   # optional (clause 12.7); set, they are in propertyList too
+            common["inactiveText"], common["activeText"] = point.texts
         if point.access == "commandable":
             cls = CommandableAnalogValue if point.kind == "analogValue" else CommandableBinaryValue
             obj = cls(presentValue=initial, relinquishDefault=initial, **common)

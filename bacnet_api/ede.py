@@ -4,8 +4,10 @@ most BAS workstations import a device's objects instead of typing them in.
 Each row is read off the objects the device builds (`GatewayDevice.point_objects`), not off the point table,
 so the file says what the device serves: names, types, instances, descriptions, units, which points take
 commands, which take SubscribeCOV, and the range input-power-meter accepts. Object types and units are
-their BACnet enumeration numbers, as the layout asks. The state-text column stays empty: the binary objects
-serve no inactiveText/activeText, and texts the device does not serve would be the file's own invention.
+their BACnet enumeration numbers, as the layout asks. The binary objects' inactiveText/activeText go to the
+companion state-text file (`state_texts_text`, written beside the EDE file as `<name>_StateTexts.csv`), one row
+per distinct pair, "reference number;inactive text;active text", which the main file's state-text-reference
+column names.
 """
 from __future__ import annotations
 
@@ -39,7 +41,23 @@ def _number(x: float) -> str:
     return repr(x)
 
 
-def _row(device_id: int, obj: Any) -> dict[str, str]:
+def _texts(obj: Any) -> tuple[str, str] | None:
+    inactive, active = getattr(obj, "inactiveText", None), getattr(obj, "activeText", None)
+    return None if inactive is None or active is None else (str(inactive), str(active))
+
+
+def state_text_references(device: Any) -> dict[tuple[str, str], int]:
+    """Each distinct (inactive, active) pair the point objects serve -> its reference number, from 1 in
+    point-table order (objects showing the same texts share a row)."""
+    refs: dict[tuple[str, str], int] = {}
+    for obj in device.point_objects():
+        texts = _texts(obj)
+        if texts is not None:
+            refs.setdefault(texts, len(refs) + 1)
+    return refs
+
+
+def _row(device_id: int, obj: Any, refs: dict[tuple[str, str], int]) -> dict[str, str]:
     name = str(obj.objectName)
     analog = "units" in obj._elements   # analog objects carry units; binary ones do not
     row = {"keyname": f"{device_id}.{name}", "device obj.-instance": str(device_id), "object-name": name,
@@ -55,6 +73,9 @@ def _row(device_id: int, obj: Any) -> dict[str, str]:
         row["min-present-value"], row["max-present-value"] = _number(low), _number(high)
     if analog:
         row["unit-code"] = str(int(obj.units))
+    texts = _texts(obj)
+    if texts is not None:
+        row["state-text-reference"] = str(refs[texts])
     return row
 
 
@@ -63,7 +84,8 @@ def ede_rows(device: Any) -> list[dict[str, str]]:
     rows = [{"keyname": str(device.device_id), "device obj.-instance": str(device.device_id),
              "object-name": device.device_name, "object-type": str(int(ObjectType("device"))),
              "object-instance": str(device.device_id), "settable": "N", "supports COV": "N"}]
-    return rows + [_row(device.device_id, obj) for obj in device.point_objects()]
+    refs = state_text_references(device)
+    return rows + [_row(device.device_id, obj, refs) for obj in device.point_objects()]
 
 
 def ede_text(device: Any, *, author: str, when: date | None = None) -> str:
@@ -82,6 +104,27 @@ def ede_text(device: Any, *, author: str, when: date | None = None) -> str:
     for row in ede_rows(device):
         w.writerow([row.get(column, "") for column in COLUMNS])
     return out.getvalue()
+
+
+def state_texts_text(device: Any) -> str:
+    """The state-text file's text: the two comment lines of B.I.G.-EU's example (an importer skips "#" lines
+    and reads every other line as a reference number and its texts), padded to the same width, CRLF."""
+    out = io.StringIO()
+    w = csv.writer(out, delimiter=";", lineterminator="\r\n")
+    w.writerow(["#State Text Reference", "", ""])
+    w.writerow(["#Reference Number", "Text 1 or Inactive-Text", "Text 2 or Active-Text"])
+    for (inactive, active), ref in state_text_references(device).items():
+        w.writerow([str(ref), inactive, active])
+    return out.getvalue()
+
+
+def state_texts_path(path: str | os.PathLike) -> Path | None:
+    """Where the state-text file of the EDE file `path` goes: beside it, gateway_EDE.csv ->
+    gateway_EDE_StateTexts.csv. None when `path` is a pipe or device (/dev/stdout): nothing is beside it."""
+    out = Path(path)
+    if out.exists() and not out.is_file():
+        return None
+    return out.with_name(f"{out.stem}_StateTexts{out.suffix or '.csv'}")
 
 
 def write_ede(path: str | os.PathLike, text: str) -> None:

@@ -36,6 +36,8 @@ class Point:
     initial: float | bool
     # True while the application has no value yet (statusFlags fault until first set)
     starts_in_fault: bool = False
+    # binary points: (inactiveText, activeText), what a BAS graphic shows instead of inactive/active
+    texts: tuple[str, str] | None = None
 
     @property
     def object_id(self) -> str:
@@ -67,19 +69,23 @@ POINTS: tuple[Point, ...] = (
     Point(EVENT_START_MINUTES, "analogValue", 7, "read-only", "minutes",
           "Minutes until the next event starts (0 while active, -1 when none)", -1.0),
     Point(HIGH_LOAD, "binaryValue", 1, "read-only", None,
-          "Forecast approaching peak: shed loads if possible", False, starts_in_fault=True),
+          "Forecast approaching peak: shed loads if possible", False, starts_in_fault=True,
+          texts=("normal", "high load")),
     Point(LOW_LOAD, "binaryValue", 2, "read-only", None,
-          "Forecast valley: charging storage is okay", False, starts_in_fault=True),
+          "Forecast valley: charging storage is okay", False, starts_in_fault=True,
+          texts=("normal", "low load")),
     Point(EVENT_ACTIVE, "binaryValue", 3, "read-only", None,
-          "An OpenADR event interval is active now", False),
+          "An OpenADR event interval is active now", False, texts=("no event", "event active")),
     Point(OPT_OUT, "binaryValue", 4, "commandable", None,
-          "Write active to opt out of current and pending events, relinquish to opt back in", False),
+          "Write active to opt out of current and pending events, relinquish to opt back in", False,
+          texts=("opted in", "opted out")),
     Point(VTN_CONNECTED, "binaryValue", 5, "read-only", None,
-          "Registered with the VTN and polling", False),
+          "Registered with the VTN and polling", False, texts=("disconnected", "connected")),
     Point(METER_FAULT, "binaryValue", 6, "read-only", None,
           "The last meter read failed: no answer, a router refused it, the value was unusable (outside the kW "
           "bounds, units not power), or the meter flagged it fault or out of service", False,
-          starts_in_fault=True),   # until the first read has ended, "inactive" would claim a good meter
+          starts_in_fault=True,   # until the first read has ended, "inactive" would claim a good meter
+          texts=("normal", "fault")),
     # Added points go last, on the next free instance: BAS programs are bound to the instances above, and
     # a workstation that cached objectList by position finds the earlier objects where they were.
     Point(HIGH_LOAD_THRESHOLD, "analogValue", 8, "read-only", "kilowatts",

@@ -14,8 +14,10 @@ from bacpypes3.primitivedata import Enumerated, ObjectIdentifier
 
 from bacnet_api.device import GatewayDevice
 from bacnet_api.points import (
+    BY_NAME,
     HIGH_LOAD,
     INPUT_POWER,
+    METER_FAULT,
     METER_POWER,
     ONE_HOUR_FORECAST,
     OPT_OUT,
@@ -101,16 +103,37 @@ async def test_the_readme_point_table_says_what_the_device_answers(gateway, peer
     rows = {}
     for line in readme.splitlines():
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
-        if len(cells) == 5 and cells[0].startswith(("analogValue ", "binaryValue ")):
+        if len(cells) == 6 and cells[0].startswith(("analogValue ", "binaryValue ")):
             rows[cells[0]] = cells[1:]
     assert sorted(rows) == sorted(p.object_id for p in POINTS)
-    for obj, (name, access, units, meaning) in rows.items():
+    for obj, (name, access, units, texts, meaning) in rows.items():
         got = await peer.read_multiple(where(gateway), [(obj, ["objectName", "description", "priorityArray"])])
         assert got[(obj, "objectName")] == name
         assert got[(obj, "description")] == meaning, name
         assert isinstance(got[(obj, "priorityArray")], list) == (access == "commandable"), name
         if obj.startswith("analogValue"):
             assert await peer.read(where(gateway), obj, "units") == units.split(" ")[0], name
+            assert texts == "", name
+        else:   # "inactive text / active text"
+            served = [await peer.read(where(gateway), obj, prop) for prop in ("inactiveText", "activeText")]
+            assert texts == " / ".join(served), name
+
+
+async def test_binary_points_serve_their_state_texts(gateway, peer):
+    # a BAS graphic shows the point's inactiveText/activeText; without them the technician sees 0/1
+    binary = [p for p in POINTS if p.kind == "binaryValue"]
+    assert len(binary) == 6 and all(p.texts and all(p.texts) and p.texts[0] != p.texts[1] for p in binary)
+    for p in binary:
+        got = await peer.read_multiple(where(gateway), [(p.object_id, ["inactiveText", "activeText",
+                                                                       "propertyList"])])
+        assert (got[(p.object_id, "inactiveText")], got[(p.object_id, "activeText")]) == p.texts, p.name
+        assert {"inactiveText", "activeText"} <= set(got[(p.object_id, "propertyList")]), p.name
+        assert await peer.read(where(gateway), p.object_id, "activeText") == p.texts[1], p.name
+        refused = await peer.write(where(gateway), p.object_id, "activeText", "renamed")
+        assert isinstance(refused, PeerError) and refused.code == "writeAccessDenied", (p.name, refused)
+    assert (BY_NAME[METER_FAULT].texts, BY_NAME[OPT_OUT].texts) == (("normal", "fault"), ("opted in", "opted out"))
+    # analog points have no state texts, and do not claim any
+    assert "activeText" not in await peer.read(where(gateway), "analogValue 1", "propertyList")
 
 
 async def test_input_power_commanded_and_relinquished_by_priority(gateway, peer):

@@ -45,6 +45,21 @@ def _parse(path) -> tuple[dict[str, str], list[dict[str, str]]]:
     return header, [dict(zip(COLUMNS, line.split(";"))) for line in lines[8:]]
 
 
+def _parse_state_texts(path) -> dict[str, tuple[str, str]]:
+    """reference number -> (inactive text, active text) of a state-text file, as an importer reads it."""
+    lines = path.read_bytes().decode("utf-8").split("\r\n")
+    assert lines[-1] == "" and all("\n" not in line and "\r" not in line for line in lines), "CRLF lines"
+    cells = [line.split(";") for line in lines[:-1]]
+    assert list(csv.reader(lines[:-1], delimiter=";")) == cells   # nothing quoted
+    assert cells[:2] == [["#State Text Reference", "", ""],
+                         ["#Reference Number", "Text 1 or Inactive-Text", "Text 2 or Active-Text"]]
+    rows = [row for row in cells if not row[0].startswith("#")]
+    assert all(len(row) == 3 and row[0].isdigit() for row in rows), rows
+    texts = {row[0]: (row[1], row[2]) for row in rows}
+    assert len(texts) == len(rows) and len(set(texts.values())) == len(rows), rows   # one row per pair
+    return texts
+
+
 async def _subscribes(peer: BacnetPeer, address: str, obj: str) -> bool:
     try:
         async with peer.app.change_of_value(Address(address), ObjectIdentifier(obj.replace(" ", ",")), 11, False,
@@ -69,8 +84,12 @@ async def test_the_ede_file_says_what_the_running_gateway_serves(tmp_path, free_
     ede = tmp_path / "Bldg-7_EDE.csv"
     res = _points("--config", str(config), "--ede", str(ede))
     assert res.returncode == 0, res.stderr
-    assert res.stdout == f"{ede}: EDE file of device 4100042 'Bldg-7-Gateway', 16 objects\n"
+    state_texts = tmp_path / "Bldg-7_EDE_StateTexts.csv"
+    assert res.stdout == (f"{ede}: EDE file of device 4100042 'Bldg-7-Gateway', 16 objects; "
+                          f"state texts in {state_texts}\n")
     header, rows = _parse(ede)
+    texts = _parse_state_texts(state_texts)
+    assert sorted(texts) == sorted(r["state-text-reference"] for r in rows if r["state-text-reference"])
     assert header["PROJECT_NAME"] == "Bldg-7-Gateway" and header["VERSION_OF_LAYOUT"] == "2.3"
     assert header["AUTHOR_OF_LAST_CHANGE"].startswith("edge-gateway ")
     assert {r["device obj.-instance"] for r in rows} == {"4100042"}
@@ -100,7 +119,14 @@ async def test_the_ede_file_says_what_the_running_gateway_serves(tmp_path, free_
                 assert got.get((obj, "units")) == UNITS.get(row["unit-code"]), obj
                 assert isinstance(got[(obj, "priorityArray")], list) == (row["settable"] == "Y"), obj
                 assert await _subscribes(peer, gw, obj) == (row["supports COV"] == "Y"), obj
-                assert (row["hi-limit"], row["low-limit"], row["state-text-reference"]) == ("", "", ""), obj
+                assert (row["hi-limit"], row["low-limit"]) == ("", ""), obj
+                # the texts the file gives a binary point are the ones its graphic gets from the device
+                if obj.startswith("binaryValue"):
+                    served = await peer.read_multiple(gw, [(obj, ["inactiveText", "activeText"])])
+                    assert texts[row["state-text-reference"]] == (served[(obj, "inactiveText")],
+                                                                  served[(obj, "activeText")]), obj
+                else:
+                    assert row["state-text-reference"] == "", obj
 
             # the configured horizons and window, as the running device describes them
             assert "ending 30 min ahead" in by_object["analogValue 5"]["description"]

@@ -166,7 +166,7 @@ def cmd_points(args) -> int:
 
 
 def _write_ede(cfg: GatewayConfig, path: str) -> int:
-    from bacnet_api.ede import ede_rows, ede_text, write_ede
+    from bacnet_api.ede import ede_rows, ede_text, state_texts_path, state_texts_text, write_ede
 
     from .app import bacnet_device
 
@@ -176,8 +176,16 @@ def _write_ede(cfg: GatewayConfig, path: str) -> int:
     except OSError as err:
         print(f"points: --ede {path}: {err.strerror or err}", file=sys.stderr)
         return EXIT_CONFIG
+    # only once the EDE file is written: a bad path (a directory, a missing one) leaves no state-text file behind
+    texts = state_texts_path(path)
+    if texts is not None:
+        try:
+            write_ede(texts, state_texts_text(device))
+        except OSError as err:
+            print(f"points: --ede {path}: state texts {texts}: {err.strerror or err}", file=sys.stderr)
+            return EXIT_CONFIG
     print(f"{path}: EDE file of device {cfg.bacnet.device_id} '{cfg.bacnet.device_name}', "
-          f"{len(ede_rows(device))} objects")
+          f"{len(ede_rows(device))} objects" + (f"; state texts in {texts}" if texts is not None else ""))
     return 0
 
 
@@ -406,7 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, metavar="FILE")
     p.add_argument("--ede", default=None, metavar="FILE",
                    help="write the points as an EDE file (B.I.G.-EU Engineering-Data-Exchange CSV, layout 2.3) "
-                        "for a BAS workstation to import, instead of printing the table")
+                        "for a BAS workstation to import, instead of printing the table; the binary points' "
+                        "state texts go beside it, to FILE's name with _StateTexts")
     p.set_defaults(func=cmd_points)
 
     p = sub.add_parser("read-meter", help="read the meter once and print the value or why it failed")
