@@ -253,6 +253,19 @@ async def test_power_back_after_a_silence_brings_one_cycle_not_one_per_sample(tm
         await svc.stop()
 
 
+def _fit_given_cpu() -> None:
+    """The fit process runs at SCHED_IDLE, on CPU time nothing else wants: with the suite's other workers keeping
+    both cores busy it got none for 90 s. These tests are about what a fit leaves, not its priority (bench/ measures
+    that), so this process's fits get an ordinary share. Needs root or CAP_SYS_NICE (CI has it); else they wait as
+    on a site."""
+    for pid in _fit_processes():
+        try:
+            if os.sched_getscheduler(pid) == os.SCHED_IDLE:
+                os.sched_setscheduler(pid, os.SCHED_OTHER, os.sched_param(0))
+        except OSError:     # not allowed, or it exited meanwhile
+            pass
+
+
 @pytest.mark.timeout(120)
 async def test_fit_runs_off_the_loop_and_a_restart_resumes_at_once(tmp_path):
     path = str(tmp_path / "gateway.sqlite")
@@ -264,7 +277,7 @@ async def test_fit_runs_off_the_loop_and_a_restart_resumes_at_once(tmp_path):
     await svc.start()
     try:
         # the loop keeps publishing while the fit runs in its thread
-        await eventually(lambda: svc.status()["last_fit_at"] is not None, 90, "first fit")
+        await eventually(lambda: _fit_given_cpu() or svc.status()["last_fit_at"] is not None, 90, "first fit")
         n = len(published)
         await eventually(lambda: len(published) > n + 2, 30, "cycles after the fit")
         with sqlite3.connect(path) as db:
@@ -313,7 +326,7 @@ async def test_a_model_the_file_refused_is_written_once_it_takes_it(tmp_path):
         with sqlite3.connect(path) as db:      # a real refusal from SQLite, for the model's row only
             db.execute("CREATE TRIGGER refuse_model BEFORE INSERT ON forecast_model "
                        "BEGIN SELECT RAISE(ABORT, 'model refused'); END")
-        await eventually(lambda: svc.status()["last_fit_at"] is not None, 90, "first fit")
+        await eventually(lambda: _fit_given_cpu() or svc.status()["last_fit_at"] is not None, 90, "first fit")
         await eventually(lambda: not svc.status()["storage_ok"], 10, "the refusal seen")
         assert stored_models() == 0
         with sqlite3.connect(path) as db:
