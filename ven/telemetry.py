@@ -275,6 +275,8 @@ class TelemetryQueue:
             self._sent = {seq for seq in self._sent if left(seq)}
             for r in self._readers.values():
                 r.taken = {seq for seq in r.taken if left(seq)}
+            for row in [row for row in self._moved_back if not left(row)]:
+                self._moved.pop(self._moved_back.pop(row), None)
         if n > 0:
             if not self._dropping:
                 log.warning("telemetry queue holds %s of samples: dropping the oldest "
