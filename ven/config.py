@@ -560,7 +560,7 @@ def _zone_mismatch(zone: str) -> str | None:
     building = ZoneInfo(zone)
     both = lambda t: (t.astimezone().utcoffset(), t.astimezone(building).utcoffset())
     # Every 6 hours, and hour by hour only where either zone's offset changes (a few times a year): this runs
-    # before the BACnet device starts, and 8,760 local-time conversions take 30 ms on 2 cores, 6 hours 7 ms
+    # before the BACnet device starts: every hour took 36 ms on 2 cores under load, this 11 ms
     hour, differ, since = datetime.timedelta(hours=1), 0, None
     t, now = first, both(first)
     while t.year == year:
