@@ -220,9 +220,10 @@ class VtnReports:
     async def _cancel_report(self, payload: dict) -> None:
         """oadrCancelReport: the request is no longer served, and oadrCanceledReport says so. With
         reportToFollow the standing request first gets one last update (the intervals complete by then);
-        readings after it wait in the queue for the VTN's next request. A request the gateway does not
-        serve is answered 452, so the VTN learns its bookkeeping and ours differ. Other standing requests go on. One message may name
-        several requests (the schema allows any number): each is cancelled, the 452 names those not served."""
+        readings after it wait in the queue for the VTN's next request (other standing requests go on). A
+        request the gateway does not serve is answered 452, so the VTN learns its bookkeeping and ours differ.
+        One message may name several requests (the schema allows any number): each is cancelled, the 452
+        names those not served."""
         rrids = payload.get("report_request_id")
         rrids = rrids if isinstance(rrids, list) else [rrids]
         follow = bool(payload.get("report_to_follow"))
