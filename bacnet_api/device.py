@@ -320,6 +320,8 @@ class GatewayDevice:
                 "flags": self.status_flags(name),
                 "reliability": to_plain(obj.reliability),  # e.g. "communicationFailure"
             }
+            if point.texts is not None:   # what a BAS graphic shows for false / true (inactiveText, activeText)
+                entry["texts"] = list(point.texts)
             if point.access == "commandable":
                 priority = obj.currentCommandPriority
                 entry["priority"] = None if priority is None or priority.null is not None else int(priority.unsigned)

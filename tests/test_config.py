@@ -295,6 +295,9 @@ def test_the_point_table_names_the_configured_horizons(tmp_path):
     assert "ending 120 min ahead" in rows["one-hour-future-power"]
     for name in ("high-load-threshold", "low-load-threshold"):
         assert "over the last 7 days" in rows[name], rows[name]
+    binary = {line.split()[2]: line for line in res.stdout.splitlines() if line.startswith("binaryValue")}
+    assert binary["ADR-Opt-Out"].endswith("(states: opted in / opted out)")   # what writing active means
+    assert len(binary) == 6 and all("(states: " in line for line in binary.values())
 
 
 def test_tls_file_errors_name_the_variable_a_path_came_from(tmp_path):

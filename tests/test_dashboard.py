@@ -9,7 +9,7 @@ import time
 import aiohttp
 import pytest
 
-from bacnet_api.points import POINTS
+from bacnet_api.points import BY_NAME as POINTS_BY_NAME, POINTS
 from browser import artifact_path, chromium_page
 from waiting import eventually
 from test_http_api import SampleView, _iso
@@ -93,6 +93,7 @@ async def test_dashboard_draws_history(server):
 
         assert await page.locator("#points tbody tr").count() == len(POINTS)
         assert "overridden" in await page.locator('#points tr[data-point="input-power-meter"]').inner_text()
+        await _binary_points_read_as_a_bas_shows_them(page)
         rows = page.locator("#events tbody tr")
         assert await rows.count() == 3
         assert "active" in await page.locator('#events tr[data-event="evt-peak-2"]').inner_text()
@@ -146,6 +147,13 @@ async def test_dashboard_with_token(server):
         assert page.errors == []
 
 
+async def _binary_points_read_as_a_bas_shows_them(page):
+    """The point table says "high load" / "opted in", the point's own state texts, not active / inactive."""
+    for name, on in (("ADR-Event-Active", True), ("ADR-Opt-Out", False)):   # as SampleView serves them
+        cell = page.locator(f'#points tr[data-point="{name}"] td.num')
+        assert await cell.inner_text() == POINTS_BY_NAME[name].texts[on], name
+
+
 class FreshView:
     """A gateway that just started: no readings, no forecasts, no thresholds, no events."""
 
@@ -183,7 +191,8 @@ class StoreShapedView(SampleView):
     def status(self):
         body = super().status()
         body["points"] = {p["name"]: {"object": p["object"], "value": p["value"], "units": p["units"],
-                                      "access": p["access"], "flags": p["status_flags"], "reliability": "noFaultDetected"}
+                                      "access": p["access"], "flags": p["status_flags"], "reliability": "noFaultDetected",
+                                      **({"texts": p["texts"]} if "texts" in p else {})}
                           for p in body["points"]}
         for e in body["events"]:
             level = e.pop("level")
@@ -220,6 +229,7 @@ async def test_dashboard_with_gateway_shapes(server):
             assert await page.locator(f'svg rect.flag-run[data-flag="{key}"]').count() == flag_runs(history[key]) > 0
         assert await page.locator("#points tbody tr").count() == len(POINTS)
         assert "overridden" in await page.locator('#points tr[data-point="input-power-meter"]').inner_text()
+        await _binary_points_read_as_a_bas_shows_them(page)
         badges = await page.locator("#events tbody .level").all_inner_texts()
         assert badges == ["2", "1", "3"]
         assert "pending (far)" in await page.locator('#events tr[data-event="evt-next"]').inner_text()

@@ -142,6 +142,8 @@ async def test_operator_api_reflects_the_running_gateway(system):
             status = await r.json()
         assert status["points"][P.METER_POWER]["value"] == pytest.approx(87.5)
         assert status["points"][P.EVENT_LEVEL]["value"] == 2.0
+        assert status["points"]["ADR-Opt-Out"]["texts"] == ["opted in", "opted out"]   # as the BAS reads them
+        assert "texts" not in status["points"][P.METER_POWER]
         assert status["vtn"]["connected"] and status["vtn"]["registration_id"]
         assert any(e["event_id"] == "api-evt" for e in status["events"])
         assert status["meter"]["fault"] is False and status["forecaster"]

@@ -80,7 +80,7 @@ class SampleView:
                   "ADR-Event-Active": True, "ADR-Opt-Out": False, "vtn-connected": True, "meter-fault": False,
                   "high-load-threshold": self.high_threshold, "low-load-threshold": self.low_threshold}
         points = [{"name": p.name, "object": p.object_id, "value": values[p.name], "units": p.units,
-                   "access": p.access, "description": p.description,
+                   "access": p.access, "description": p.description, **({"texts": list(p.texts)} if p.texts else {}),
                    "status_flags": {"in_alarm": False, "fault": False, "overridden": p.name == "input-power-meter",
                                     "out_of_service": False}} for p in POINTS]
         states = {"evt-peak-1": "completed", "evt-peak-2": "active", "evt-next": "pending"}

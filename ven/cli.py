@@ -161,7 +161,8 @@ def cmd_points(args) -> int:
     print(f"device {cfg.bacnet.device_id} '{cfg.bacnet.device_name}' on {cfg.bacnet.address}")
     print(f"{'object':<16} {'name':<26} {'access':<12} {'units':<10} description")
     for p in points_for(cfg.forecaster.horizons_minutes, cfg.forecaster.threshold_days):
-        print(f"{p.object_id:<16} {p.name:<26} {p.access:<12} {p.units or '':<10} {p.description}")
+        states = f" (states: {p.texts[0]} / {p.texts[1]})" if p.texts else ""
+        print(f"{p.object_id:<16} {p.name:<26} {p.access:<12} {p.units or '':<10} {p.description}{states}")
     return 0
 
 

@@ -485,13 +485,18 @@ function flagBadges(flags) {
   for (const [k] of set) frag.append(el("span", {class: `flag ${k}`}, humanize(k)));
   return frag;
 }
+// a binary point in the words a BAS graphic shows (its inactiveText / activeText), not "active"
+function stateText(p) {
+  if (typeof p.value === "boolean" && Array.isArray(p.texts) && p.texts.length === 2) return p.texts[p.value ? 1 : 0];
+  return fmtNum(p.value);
+}
 function renderPoints() {
   const body = $("points").tBodies[0];
   body.replaceChildren();
   for (const p of gw.points || []) {
     const tr = el("tr", {"data-point": p.name, title: p.description || ""});
     tr.append(el("td", {}, p.name), el("td", {class: "muted minor"}, p.object || ""),
-              el("td", {class: "num"}, fmtNum(p.value)),
+              el("td", {class: "num"}, stateText(p)),
               el("td", {}, UNIT_TEXT[p.units] !== undefined ? UNIT_TEXT[p.units] : (p.units || "")));
     const flags = el("td");
     flags.append(flagBadges(p.status_flags));
