@@ -63,6 +63,35 @@ def test_bounding_a_full_queue_by_age_does_not_scan_it_with_every_sample(tmp_pat
     q.close()
 
 
+def test_a_vtn_taking_less_than_arrives_is_one_episode_of_dropping_with_an_end_line(tmp_path, caplog):
+    # A request whose updates take 9 of every 10 new samples stays at the age bound: each update must
+    # not end the episode, or every next sample dropped says the WARNING again.
+    q = TelemetryQueue(tmp_path / "gw.sqlite", max_age=timedelta(minutes=10))
+    caplog.set_level(logging.INFO, logger="ven.telemetry")
+    said = lambda text: [r for r in caplog.records if text in r.getMessage()]
+    t = 0
+    for _ in range(1200):                       # 20 minutes at 1 s with no VTN: 10 minutes dropped
+        q.add(T0 + timedelta(seconds=t), 1.0)
+        t += 1
+    for _ in range(30):
+        for _ in range(10):
+            q.add(T0 + timedelta(seconds=t), 1.0)
+            t += 1
+        q.ack(q.peek(9))
+    assert q.dropped == 599 + 10 + 29 and len(said("dropping the oldest")) == 1   # then 1 a round behind
+    assert "holds 10 min of samples" in said("dropping the oldest")[0].getMessage()
+    assert not said("taking the backlog")
+    while q.pending > 1:                        # the VTN catches up
+        q.ack(q.peek(100))
+    [end] = said("taking the backlog")
+    assert end.levelno == logging.INFO and "638 sample(s) older than 10 min were dropped" in end.getMessage()
+    for _ in range(700):                        # a second outage is a second episode
+        q.add(T0 + timedelta(seconds=t), 1.0)
+        t += 1
+    assert len(said("dropping the oldest")) == 2
+    q.close()
+
+
 def test_the_wal_file_is_cut_back_after_a_large_transaction(tmp_path):
     # samples held in memory while the file failed go to it in one transaction: the WAL grows to hold
     # it and must not keep that size while the gateway runs

@@ -46,6 +46,6 @@ class Flapping:
 
 
 def span(seconds: float) -> str:
-    """A fault's length for a log line: seconds, minutes or hours, whichever reads at a glance."""
+    """A fault's length for a log line: seconds, minutes, hours or days, whichever reads at a glance."""
     return (f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200
-            else f"{seconds / 3600:.1f} h")
+            else f"{seconds / 3600:.1f} h" if seconds < 2 * 86400 else f"{seconds / 86400:.1f} days")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from .settle import span
 from .storage import (LOCK_GRACE_SECONDS, LockGrace, ReopenTimer, StorageError, connect, file_identity, follow_file,
                       open_or_retry_later)
 
@@ -75,6 +76,7 @@ class TelemetryQueue:
         self.last_delivery: datetime | None = None
         self.delivered = 0      # samples accepted by the VTN since this process started
         self._dropping = False
+        self._dropped_at_start = 0          # the count when the present episode of dropping began
         self._memory: list[Sample] = []     # samples the file would not take; negative seq numbers
         self._next_memory_seq = -1
         self.sent_total = 0                 # samples the VTN accepted since start (metrics)
@@ -280,8 +282,8 @@ class TelemetryQueue:
         if n > 0:
             if not self._dropping:
                 log.warning("telemetry queue holds %s of samples: dropping the oldest "
-                            "(counted in the status) until the VTN takes the backlog", self.max_age)
-                self._dropping = True
+                            "(counted in the status) until the VTN takes the backlog", span(self.max_age.total_seconds()))
+                self._dropping, self._dropped_at_start = True, self._dropped
             self._dropped += n
             self._write("INSERT INTO kv (key, value) VALUES ('telemetry_dropped', ?)"
                         " ON CONFLICT(key) DO UPDATE SET value=excluded.value", (str(self._dropped),))
@@ -378,9 +380,20 @@ class TelemetryQueue:
         if reader is not None and len(self._readers) > 1:
             done = self._take(reader, done, delivered)
         if samples and delivered:
-            self._dropping = False
             self.last_delivery = datetime.now(timezone.utc)
         self._remove(done, delivered)
+        if samples and delivered and self._dropping:
+            self._end_dropping()
+
+    def _end_dropping(self) -> None:
+        # Ended once the VTN has taken half the backlog, not at its first update: a request that keeps
+        # falling just behind the bound would otherwise begin a new episode, and a WARNING, every few samples.
+        oldest, newest = self.peek(1), self.newest()
+        if oldest and newest and newest.ts - oldest[0].ts > self.max_age / 2:
+            return
+        self._dropping = False
+        log.info("telemetry queue: the VTN is taking the backlog; %d sample(s) older than %s were dropped",
+                 self._dropped - self._dropped_at_start, span(self.max_age.total_seconds()))
 
     def _remove(self, done: set[int], delivered: bool = False) -> None:
         done = {self._moved.pop(seq, seq) for seq in done}      # a batch peeked before a move: its rows
