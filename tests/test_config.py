@@ -257,6 +257,61 @@ def test_values_that_can_never_work_are_refused(tmp_path, toml, key, reason):
     assert "not loopback" not in str(err.value)
 
 
+# ----- the mistakes of someone configuring a site for the first time: each one line naming the key, the reason
+# and, where the code can tell, what was meant
+
+@pytest.mark.parametrize("toml, line", [
+    ('[meter]\npoll_second = 5\n', "meter.poll_second: unknown key; did you mean meter.poll_seconds?"),
+    ('[meter]\npoll-seconds = 5\n', "meter.poll-seconds: unknown key; did you mean meter.poll_seconds?"),
+    ('loglevel = "DEBUG"\n', "loglevel: unknown key; did you mean log_level?"),
+    ('[bacent]\ndevice_id = 5\n', "bacent: unknown key; did you mean [bacnet]?"),
+    # a key above its section's header, or under another section
+    ('device_id = 5\n[bacnet]\n', "device_id: unknown key; did you mean bacnet.device_id (under [bacnet])?"),
+    ('[meter]\ntimezone = "Europe/Rome"\n',
+     "meter.timezone: unknown key; did you mean forecaster.timezone (under [forecaster])?"),
+    ('address = "10.0.0.5:47808"\n', "address: unknown key; did you mean bacnet.address or meter.address or http.address?"),
+    ('[openadr]\nwhatever = 1\n', "openadr.whatever: unknown key"),
+    ('meter = "12345:2"\n', "meter: must be a table: put its keys under a [meter] line (got str '12345:2')"),
+    ('[bacnet]\ndevice_id = 5000000\n',
+     "bacnet.device_id: Input should be less than or equal to 4194302 (got 5000000)"),
+    ('[meter]\npoll_seconds = -1\n', "meter.poll_seconds: Input should be greater than 0 (got -1)"),
+    ('[openadr]\npower_hertz = 55\n', "openadr.power_hertz: Input should be 50 or 60 (got 55)"),
+    ('[forecaster]\nholidays = "12-25"\n', "forecaster.holidays: Input should be a list, e.g. [...] (got str '12-25')"),
+    ('[forecaster]\nhorizons_minutes = [15, 60, 120]\n',
+     "forecaster.horizons_minutes: List should have at most 2 items, not 3"),
+    ('[meter]\naddress = "2:12345"\n', "meter.address: '2:12345': address out of range (network 1..65534, mac 0..255 "
+                                        "or hex bytes); did you mean 12345:2? (network first)"),
+    ('[meter]\naddress = "12345-2"\n', "meter.address: must be network:mac (e.g. 12345:2) or a BACnet/IP meter's "
+                                        "ip[:port] (e.g. 192.168.1.20:47808), got '12345-2'"),
+    ('[bacnet]\naddress = "192.168.1.20/255.255.255.0:47808"\n', "bacnet.address: '192.168.1.20/255.255.255.0:47808': "
+     "the mask must be a prefix length 1..32, e.g. /24; did you mean 192.168.1.20/24:47808?"),
+    ('[bacnet]\naddress = "192.168.1.20:47808"\n',
+     "bacnet.address: must look like ip/mask:port, e.g. 127.0.0.1/8:47808, got '192.168.1.20:47808'"),
+    ('[openadr]\nvtn_url = "vtn.example:8080/OpenADR2/Simple/2.0b"\n',
+     "openadr.vtn_url: must start with http:// or https://, got 'vtn.example:8080/OpenADR2/Simple/2.0b'"),
+])
+def test_a_newcomers_mistake_is_one_line_with_the_key_and_what_was_meant(tmp_path, toml, line):
+    p = _write(tmp_path, toml)
+    with pytest.raises(ConfigError) as err:
+        load_config(p, environ={})
+    assert str(err.value) == f"{p}: {line}"
+
+
+def test_check_config_names_the_nearest_key_without_a_traceback(tmp_path):
+    res = _cli("check-config", str(_write(tmp_path, '[bacnet]\ndevice_idd = 5\n[meter]\naddress = "2:12345"\n')))
+    assert res.returncode == 2 and "Traceback" not in res.stderr and "Value error" not in res.stderr, res.stderr
+    assert res.stderr.splitlines() == [
+        f"configuration error: {tmp_path / 'c.toml'}: bacnet.device_idd: unknown key; did you mean bacnet.device_id?",
+        f"configuration error: {tmp_path / 'c.toml'}: meter.address: '2:12345': address out of range "
+        "(network 1..65534, mac 0..255 or hex bytes); did you mean 12345:2? (network first)"]
+
+
+def test_a_misspelt_variable_is_named_with_the_key_it_meant():
+    with pytest.raises(ConfigError, match=r"^EDGE_GATEWAY__METER__POLL_SECOND: meter.poll_second: unknown key; "
+                                          r"did you mean meter.poll_seconds\?$"):
+        load_config(None, environ={"EDGE_GATEWAY__METER__POLL_SECOND": "5"})
+
+
 def test_check_config_refuses_a_misspelt_meter_object(tmp_path):
     res = _cli("check-config", str(_write(tmp_path, '[meter]\nobject = "analogInptu 2"\n')))
     assert res.returncode == 2, res.stdout

@@ -37,12 +37,68 @@ def test_example_config_shows_every_key():
     assert not missing, f"examples/gateway.toml lacks: {missing}"
 
 
+def _table(header: str, text: str = README) -> str:
+    """The table of README's Configuration section whose first two columns are `key` and `header`."""
+    import re
+
+    section = text.partition("\n## Configuration\n")[2].partition("\n## ")[0]
+    start = re.search(rf"^\|[ \t]*key[ \t]*\|[ \t]*{header}[ \t]*\|.*\n", section, re.M)
+    assert start, f"README's Configuration section has no table of key and {header}"
+    return re.match(r"(?:\|.*\n?)*", section[start.end():]).group(0)
+
+
 def _config_table(text: str = README) -> dict[str, str]:
     """key -> the default column of README's configuration reference table."""
     import re
 
-    section = text.partition("\n## Configuration\n")[2].partition("\n## ")[0]
-    return dict(re.findall(r"^\|[ \t]*`([a-z_.]+)`[ \t]*\|[ \t]*([^|]*?)[ \t]*\|", section, re.M))
+    return dict(re.findall(r"^\|[ \t]*`([a-z_.]+)`[ \t]*\|[ \t]*([^|]*?)[ \t]*\|", _table("default", text), re.M))
+
+
+def _allowed_table(text: str = README) -> dict[str, str]:
+    """key -> the allowed column of README's table of the values each key takes (a row may name several keys)."""
+    import re
+
+    rows = re.findall(r"^\|([^|]*)\|[ \t]*([^|]*?)[ \t]*\|", _table("allowed", text), re.M)
+    return {key: allowed for keys, allowed in rows for key in re.findall(r"`([a-z_.]+)`", keys)}
+
+
+def _allowed_phrases(key: str) -> list[str]:
+    """How README must word the bounds and choices ven/config.py enforces on `key`."""
+    import typing
+
+    model, *path = [GatewayConfig, *key.split(".")]
+    for part in path[:-1]:
+        model = model.model_fields[part].annotation
+    field = model.model_fields[path[-1]]
+    num = lambda x: f"{x:g}" if x != int(x) else str(int(x))   # noqa: E731
+    bound = {a: getattr(m, a) for m in field.metadata for a in ("ge", "gt", "le", "lt", "min_length") if hasattr(m, a)}
+    phrases = []
+    if "ge" in bound and "le" in bound:
+        phrases.append(f"{num(bound['ge'])}..{num(bound['le'])}")
+    elif "gt" in bound and "le" in bound:
+        phrases.append(f"over {num(bound['gt'])}, up to {num(bound['le'])}")
+    elif "ge" in bound and "lt" in bound:
+        phrases.append(f"{num(bound['ge'])} to under {num(bound['lt'])}")
+    elif bound.keys() - {"min_length"}:
+        phrases.append(f"a wording for {bound}")   # a new kind of bound: give it one here and in README
+    if "min_length" in bound:
+        phrases.append(f"at least {bound['min_length']} character")
+    if typing.get_origin(field.annotation) is typing.Literal:
+        phrases += [f"`{v}`" if v != "" else '`""`' for v in typing.get_args(field.annotation)]
+    return phrases
+
+
+def test_the_allowed_values_table_gives_the_bounds_and_choices_the_code_enforces():
+    # a bound changed in ven/config.py (or a new bounded key) without README: the operator finds it by trial
+    table, keys = _allowed_table(), list(_keys(GatewayConfig))
+    assert not set(table) - set(keys), f"no such key: {sorted(set(table) - set(keys))}"
+    wrong = {}
+    for key in keys:
+        phrases = _allowed_phrases(key)
+        missing = [p for p in phrases if p not in table.get(key, "")]
+        if missing:
+            wrong[key] = (table.get(key, "no row"), missing)
+    assert not wrong, f"README's allowed values differ from ven/config.py (shown, missing): {wrong}"
 
 
 def _default(key: str):
@@ -130,3 +186,29 @@ def test_the_readme_parsers_read_a_reflowed_paragraph_and_an_aligned_table():
     assert [sub for sub, _ in _commands_in_readme(text)] == ["check-config"]
     table = "\n## Configuration\n\n| key       | default  | meaning |\n|---|---|---|\n| `log_level` | `\"INFO\"`   | x |\n"
     assert _config_table(table) == {"log_level": '`"INFO"`'}
+
+
+def test_every_command_line_option_says_what_it_is_and_its_default():
+    # a bare "--bacnet-port BACNET_PORT" left a newcomer guessing the protocol, the default and what it serves
+    import argparse
+
+    from ven.cli import build_parser
+
+    subparsers = next(a for a in build_parser()._actions if a.dest == "command").choices
+    bare, no_default = [], []
+    for name, sub in subparsers.items():
+        formatter = sub._get_formatter()
+        for action in sub._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            what = f"{name} {'/'.join(action.option_strings) or action.metavar}"
+            if not action.help:
+                bare.append(what)
+                continue
+            shown = formatter._expand_help(action)
+            if action.default not in (None, False) and not any(
+                    text in shown for text in (str(action.default), f"{action.default:g}"
+                                               if isinstance(action.default, float) else str(action.default))):
+                no_default.append((what, action.default))
+    assert not bare, f"options without a help text: {bare}"
+    assert not no_default, f"options whose help does not give their default: {no_default}"

@@ -391,6 +391,9 @@ _positive_seconds = _ranged(float, math.ulp(0.0), _BIG, "above 0 seconds")
 _positive_minutes = _ranged(float, 1.0, _BIG, "at least 1 minute (the history is kept in 1-minute means)")
 
 
+_CONFIG_HELP = "the gateway's TOML configuration file (README: Configuration)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge-gateway", description=(
         "OpenADR 2.0b VEN and BACnet/IP gateway with demand forecasting for buildings."))
@@ -398,21 +401,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("run", help="run the gateway")
-    p.add_argument("--config", required=True, metavar="FILE")
+    p.add_argument("--config", required=True, metavar="FILE", help=_CONFIG_HELP)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("check-config", help="validate a configuration file")
-    p.add_argument("file", metavar="FILE")
+    p.add_argument("file", metavar="FILE", help=_CONFIG_HELP + ": names each bad key and why (exit 2), opens the "
+                   "TLS files, warns of settings that lose something, and says where the state file goes")
     p.set_defaults(func=cmd_check_config)
 
     p = sub.add_parser("health", help="probe the running gateway's /healthz at the address its config names "
                                       "(exit 0 healthy, 1 not: a container HEALTHCHECK)")
-    p.add_argument("--config", required=True, metavar="FILE")
-    p.add_argument("--timeout", type=_positive_seconds, default=4.0, help="seconds to wait for the answer")
+    p.add_argument("--config", required=True, metavar="FILE", help=_CONFIG_HELP + ": http.address says where to probe")
+    p.add_argument("--timeout", type=_positive_seconds, default=4.0, metavar="SECONDS",
+                   help="seconds to wait for the answer (default %(default)g)")
     p.set_defaults(func=cmd_health)
 
     p = sub.add_parser("points", help="print the BACnet point table the device serves")
-    p.add_argument("--config", required=True, metavar="FILE")
+    p.add_argument("--config", required=True, metavar="FILE", help=_CONFIG_HELP + ": the device and horizons")
     p.add_argument("--ede", default=None, metavar="FILE",
                    help="write the points as an EDE file (B.I.G.-EU Engineering-Data-Exchange CSV, layout 2.3) "
                         "for a BAS workstation to import, instead of printing the table; the binary points' "
@@ -420,60 +425,78 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_points)
 
     p = sub.add_parser("read-meter", help="read the meter once and print the value or why it failed")
-    p.add_argument("--config", required=True, metavar="FILE")
+    p.add_argument("--config", required=True, metavar="FILE", help=_CONFIG_HELP + ": its [meter] section")
     p.add_argument("--bind", default=None, type=_bacnet_address, metavar="IP/MASK:PORT",
                    help="local BACnet address for this one read (default: bacnet.address; "
                         "use another port while the gateway runs)")
     p.set_defaults(func=cmd_read_meter)
 
     p = sub.add_parser("simulate-meter", help="serve a routed BACnet meter (network 12345, MAC 2, analogInput 2)")
-    p.add_argument("--address", default="127.0.0.1/8:47810", metavar="IP/MASK:PORT", type=_bacnet_address)
+    p.add_argument("--address", default="127.0.0.1/8:47810", metavar="IP/MASK:PORT", type=_bacnet_address,
+                   help="the router's BACnet/IP address, what meter.router names (default %(default)s)")
     source = p.add_mutually_exclusive_group()
-    source.add_argument("--value", type=_finite, default=None, help="fixed kW value")
-    source.add_argument("--csv", default=None, help="replay a kW column from this CSV (default: the shipped building)")
-    p.add_argument("--value-column", default="Total_Power")
+    source.add_argument("--value", type=_finite, default=None, metavar="KW", help="serve this fixed kW value")
+    source.add_argument("--csv", default=None, metavar="FILE",
+                        help="replay a kW column from this CSV (default: the shipped building)")
+    p.add_argument("--value-column", default="Total_Power", metavar="NAME",
+                   help="the CSV's kW column (default %(default)s)")
     p.add_argument("--units", default="kilowatts", metavar="UNITS",
                    help="BACnet units the meter publishes: the kW values are scaled to watts or megawatts; "
                         "another unit (e.g. kilowattHours) serves them unscaled (default kilowatts)")
-    p.add_argument("--interval", type=_positive_seconds, default=10.0, help="seconds between replayed values")
-    p.add_argument("--duration", type=_positive_seconds, default=None, help="stop after this many seconds")
+    p.add_argument("--interval", type=_positive_seconds, default=10.0, metavar="SECONDS",
+                   help="seconds between replayed values (default %(default)g)")
+    p.add_argument("--duration", type=_positive_seconds, default=None, metavar="SECONDS",
+                   help="stop after this many seconds (default: run until Ctrl-C)")
     p.set_defaults(func=cmd_simulate_meter)
 
     p = sub.add_parser("demo", help="run VTN, meter, BAS simulator and gateway on loopback")
-    p.add_argument("--duration", type=_positive_seconds, default=None, help="stop after this many seconds")
-    p.add_argument("--bacnet-port", type=_port, default=47808)
-    p.add_argument("--meter-port", type=_port, default=47810)
-    p.add_argument("--bas-port", type=_port, default=47809)
-    p.add_argument("--vtn-port", type=_port, default=8080)
-    p.add_argument("--http-port", type=_port, default=8000)
-    p.add_argument("--event-delay", type=float, default=60.0, help="seconds until the demo event starts")
-    p.add_argument("--interval-seconds", type=_positive_seconds, default=10.0, help="length of each demo event interval")
-    p.add_argument("--storage", default=None, help="SQLite file (default: a temporary one)")
+    p.add_argument("--duration", type=_positive_seconds, default=None, metavar="SECONDS",
+                   help="stop after this many seconds (default: run until Ctrl-C)")
+    p.add_argument("--bacnet-port", type=_port, default=47808, metavar="PORT",
+                   help="UDP port of the gateway's BACnet device on 127.0.0.1 (default %(default)s)")
+    p.add_argument("--meter-port", type=_port, default=47810, metavar="PORT",
+                   help="UDP port of the meter simulator's router (default %(default)s)")
+    p.add_argument("--bas-port", type=_port, default=47809, metavar="PORT",
+                   help="UDP port of the BAS simulator (default %(default)s)")
+    p.add_argument("--vtn-port", type=_port, default=8080, metavar="PORT",
+                   help="TCP port of the demo VTN (default %(default)s)")
+    p.add_argument("--http-port", type=_port, default=8000, metavar="PORT",
+                   help="TCP port of the dashboard and API (default %(default)s)")
+    p.add_argument("--event-delay", type=float, default=60.0, metavar="SECONDS",
+                   help="seconds until the demo event starts (default %(default)g)")
+    p.add_argument("--interval-seconds", type=_positive_seconds, default=10.0, metavar="SECONDS",
+                   help="length of each demo event interval (default %(default)g)")
+    p.add_argument("--storage", default=None, metavar="FILE", help="SQLite file (default: a temporary one)")
     p.add_argument("--report", default=None, metavar="FILE",
                    help="on exit, write what the demo VTN received (JSON)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("demo-vtn", help="run the demo VTN alone (dispatches the demo events)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=_port, default=8080)
-    p.add_argument("--event-delay", type=float, default=60.0)
-    p.add_argument("--interval-seconds", type=_positive_seconds, default=10.0)
-    p.add_argument("--duration", type=_positive_seconds, default=None)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
+    p.add_argument("--port", type=_port, default=8080, help="TCP port to listen on (default %(default)s)")
+    p.add_argument("--event-delay", type=float, default=60.0, metavar="SECONDS",
+                   help="seconds until the demo event starts (default %(default)g)")
+    p.add_argument("--interval-seconds", type=_positive_seconds, default=10.0, metavar="SECONDS",
+                   help="length of each demo event interval (default %(default)g)")
+    p.add_argument("--duration", type=_positive_seconds, default=None, metavar="SECONDS",
+                   help="stop after this many seconds (default: run until Ctrl-C)")
     p.set_defaults(func=cmd_demo_vtn)
 
     p = sub.add_parser("forecast-replay", help="replay a CSV through the forecaster in simulated time")
-    p.add_argument("--csv", required=True)
-    p.add_argument("--time-column", required=True)
-    p.add_argument("--value-column", required=True)
-    p.add_argument("--cycle-minutes", type=_positive_minutes, default=15.0,
-                   help="simulated minutes between forecasts (default 15). A gap in the data longer than "
+    p.add_argument("--csv", required=True, metavar="FILE", help="the meter's history, one row per reading")
+    p.add_argument("--time-column", required=True, metavar="NAME",
+                   help="its time column: ISO 8601 or epoch seconds; without an offset, in forecaster.timezone")
+    p.add_argument("--value-column", required=True, metavar="NAME", help="its kW column")
+    p.add_argument("--cycle-minutes", type=_positive_minutes, default=15.0, metavar="MINUTES",
+                   help="simulated minutes between forecasts (default %(default)g). A gap in the data longer than "
                         "the forecaster keeps history (44 days by default) is not replayed: the replay "
                         "resumes after it and names the gap, as it names the rows it skips")
-    p.add_argument("--output", required=True)
+    p.add_argument("--output", required=True, metavar="FILE",
+                   help="CSV to write, one row per cycle and horizon; written only when the replay succeeds")
     p.add_argument("--config", default=None, metavar="FILE",
                    help="take the [forecaster] settings (thresholds, time zone, holidays...) from this file")
-    p.add_argument("--retrain-minutes", type=_positive_minutes, default=None,
-                   help="refit interval in simulated time")
+    p.add_argument("--retrain-minutes", type=_positive_minutes, default=None, metavar="MINUTES",
+                   help="refit interval in simulated minutes (default: forecaster.retrain_minutes, 1440)")
     p.add_argument("--fit-processes", type=_positive_int, default=None, metavar="N",
                    help="processes that fit the horizons side by side (default: one per horizon, "
                         "at most one per core; 1 fits in this process)")

@@ -76,7 +76,9 @@ def check_bacnet_address(value: str) -> str:
     # BAC0 reads the mask with int() and treats 0 as "not given": 255.0.0.0 or /0 would silently
     # become /24 on the default port
     if not (mask.isascii() and mask.isdigit()) or not 1 <= int(mask) <= 32:
-        raise ValueError(f"{value!r}: the mask must be a prefix length 1..32, e.g. /24")
+        prefix = ipaddress.IPv4Interface(ip_mask).network.prefixlen   # a dotted netmask, as a NIC's settings show it
+        meant = f"; did you mean {ip_mask.partition('/')[0]}/{prefix}:{port}?" if "." in mask and prefix else ""
+        raise ValueError(f"{value!r}: the mask must be a prefix length 1..32, e.g. /24{meant}")
     if not 0 < int(port) < 65536:
         raise ValueError(f"{value!r}: port must be 1..65535")
     return value
@@ -152,7 +154,11 @@ class MeterConfig(_Section):
         try:
             addr = Address(v)
         except ValueError as err:
-            raise ValueError(f"{v!r}: {err} (network 1..65534, mac 0..255 or hex bytes)") from None
+            net, _, mac = v.partition(":")
+            # the MS/TP MAC written first, as some meter labels and BAS tools show it ("2:12345")
+            swapped = (f"; did you mean {mac}:{net}? (network first)"
+                       if net.isdigit() and mac.isdigit() and int(net) <= 255 and 0 < int(mac) < 65535 else "")
+            raise ValueError(f"{v!r}: {err} (network 1..65534, mac 0..255 or hex bytes){swapped}") from None
         if addr.addrType != Address.remoteStationAddr and len(addr.addrAddr) != 6:  # 6: IPv4 + port
             raise ValueError(f"must be {form}, got {v!r}")
         for port in re.findall(r"\d+\.\d+\.\d+\.\d+:(\d+)", v):  # bacpypes3 keeps 70000 and fails at send
@@ -651,16 +657,58 @@ def _origin_of(loc: tuple, origin: str, sources: Mapping[tuple[str, ...], str]) 
 SECRETS = {("http", "token"), ("openadr", "passphrase"), ("bacnet", "dcc_password")}
 
 
+def _all_keys(model: type[BaseModel] = GatewayConfig, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    keys = []
+    for name, field in model.model_fields.items():
+        sub = field.annotation
+        nested = isinstance(sub, type) and issubclass(sub, BaseModel)
+        keys += _all_keys(sub, (*prefix, name)) if nested else [(*prefix, name)]
+    return keys
+
+
+def _did_you_mean(loc: tuple[str, ...]) -> str:
+    """The nearest valid key to a mistyped one, or the section a key was written outside of (a key above
+    its [section] header, or under another one)."""
+    import difflib
+
+    parent, typed = loc[:-1], loc[-1].lower().replace("-", "_")
+    siblings = {k[len(parent)] for k in _all_keys() if k[:len(parent)] == parent and len(k) > len(parent)}
+    near = difflib.get_close_matches(typed, sorted(siblings), n=1, cutoff=0.7)
+    if near:
+        named = '.'.join((*parent, near[0]))
+        return f"; did you mean {named if (*parent, near[0]) in _all_keys() else f'[{named}]'}?"
+    elsewhere = [k for k in _all_keys() if k[-1] == typed and len(k) > 1]
+    if len(elsewhere) == 1:
+        return f"; did you mean {'.'.join(elsewhere[0])} (under [{elsewhere[0][0]}])?"
+    if elsewhere:   # e.g. address, in [bacnet], [meter] and [http]
+        return f"; did you mean {' or '.join('.'.join(k) for k in elsewhere)}?"
+    return ""
+
+
+# pydantic's wording of a range check leaves out the value that failed it
+_BOUND_TYPES = {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "literal_error"}
+
+
 def _describe(err: ValidationError, origin: str, sources: Mapping[tuple[str, ...], str]) -> str:
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"]
+        secret = tuple(e["loc"]) in SECRETS
         if e["type"] == "extra_forbidden":
-            msg = "unknown key"
+            msg = "unknown key" + _did_you_mean(tuple(str(p) for p in e["loc"]))
+        elif e["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")   # the validators' own sentence says what is wrong
         elif "input" in e and e["type"].endswith("_type"):
-            shown = "not shown: a secret" if tuple(e["loc"]) in SECRETS else repr(e["input"])
-            msg = f"{msg} (got {type(e['input']).__name__} {shown})"
+            got = f"(got {type(e['input']).__name__} {'not shown: a secret' if secret else repr(e['input'])})"
+            if e["type"] == "model_type":   # pydantic says "a valid dictionary or instance of MeterConfig"
+                msg = f"must be a table: put its keys under a [{key}] line {got}"
+            else:   # a TOML file has arrays, not tuples
+                msg = f"{msg.replace('a valid tuple', 'a list, e.g. [...]')} {got}"
+        elif e["type"] == "too_long":
+            msg = msg.replace("Tuple", "List").replace(" after validation", "")
+        elif e["type"] in _BOUND_TYPES and not secret:
+            msg = f"{msg} (got {e['input']!r})"
         lines.append(f"{_origin_of(tuple(e['loc']), origin, sources)}: {key}: {msg}")
     return "\n".join(lines)
 
