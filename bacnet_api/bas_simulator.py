@@ -21,7 +21,9 @@ log = logging.getLogger(__name__)
 WATCHED = (P.EVENT_LEVEL, P.EVENT_ACTIVE, P.EVENT_START_MINUTES, P.FIFTEEN_MIN_FORECAST,
            P.ONE_HOUR_FORECAST, P.RATE_OF_CHANGE, P.HIGH_LOAD, P.LOW_LOAD, P.METER_POWER,
            P.VTN_CONNECTED, P.METER_FAULT)
-FLAGGED = (P.HIGH_LOAD, P.LOW_LOAD, P.RATE_OF_CHANGE)   # statusFlags read too: a fault changes the decision
+# statusFlags read too: a fault changes the decision (the first three), or what a graphic shows (a point in
+# fault holds a placeholder, e.g. meter-power's 0 kW before the first reading)
+FLAGGED = (P.HIGH_LOAD, P.LOW_LOAD, P.RATE_OF_CHANGE, P.METER_POWER, P.FIFTEEN_MIN_FORECAST, P.ONE_HOUR_FORECAST)
 CLIMBING_KW_PER_MIN = 5.0                               # never restore while the load climbs faster
 
 

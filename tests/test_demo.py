@@ -54,6 +54,9 @@ async def test_demo_shows_levels_telemetry_and_forecasts(tmp_path, free_udp_port
     assert ["demo-levels-1-2-3", "optIn"] in received["opts"]
     assert all(opt == "optIn" for _, opt in received["opts"]), received["opts"]
     assert "BAS sees level 3" in output and "-> shed" in output
+    # before the first reading the point holds 0 kW in fault: the BAS says fault, not a building at 0 kW
+    seen = [line for line in output.splitlines() if "BAS sees" in line]
+    assert seen and not any("meter 0.0 kW" in line for line in seen), seen
     assert "Traceback" not in output and " ERROR " not in output, output[-3000:]
 
 

@@ -84,10 +84,10 @@ async def storyline(vtn: DemoVtn, t0: float, event_delay: float, step: float) ->
     log.info("demo VTN: event %s cancelled", second)
 
 
-def describe(view: dict, decision: str) -> str:
+def describe(view: dict, decision: str, faults=frozenset()) -> str:
     def kw(name):
         v = view.get(name)
-        return "-" if v is None else f"{v:.1f} kW"
+        return "fault" if name in faults else "-" if v is None else f"{v:.1f} kW"
     onoff = lambda name: "on" if view.get(name) else "off"  # noqa: E731
     start = view.get(P.EVENT_START_MINUTES)
     start = -1 if start is None else start
@@ -138,7 +138,7 @@ async def run_demo(args: Namespace) -> int:
     gateway = Gateway(cfg)
     gateway.forecast.warm_start(*profile.history(t0))
     bas = BasSimulator(args.bas_port, f"127.0.0.1:{args.bacnet_port}", lambda: profile.kw(time.time()),
-                       interval=10.0, on_change=lambda view, d: log.info(describe(view, d)))
+                       interval=10.0, on_change=lambda view, d: log.info(describe(view, d, bas.faults)))
     started = []
 
     async def main() -> None:
