@@ -394,6 +394,16 @@ _positive_minutes = _ranged(float, 1.0, _BIG, "at least 1 minute (the history is
 _CONFIG_HELP = "the gateway's TOML configuration file (README: Configuration)"
 
 
+def _demo_run_options(p: argparse.ArgumentParser) -> None:
+    """What `demo` and `demo-vtn` share: how long they run and when the demo event comes."""
+    p.add_argument("--duration", type=_positive_seconds, default=None, metavar="SECONDS",
+                   help="stop after this many seconds (default: run until Ctrl-C)")
+    p.add_argument("--event-delay", type=float, default=60.0, metavar="SECONDS",
+                   help="seconds until the demo event starts (default %(default)g)")
+    p.add_argument("--interval-seconds", type=_positive_seconds, default=10.0, metavar="SECONDS",
+                   help="length of each demo event interval (default %(default)g)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge-gateway", description=(
         "OpenADR 2.0b VEN and BACnet/IP gateway with demand forecasting for buildings."))
@@ -450,8 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_simulate_meter)
 
     p = sub.add_parser("demo", help="run VTN, meter, BAS simulator and gateway on loopback")
-    p.add_argument("--duration", type=_positive_seconds, default=None, metavar="SECONDS",
-                   help="stop after this many seconds (default: run until Ctrl-C)")
+    _demo_run_options(p)
     p.add_argument("--bacnet-port", type=_port, default=47808, metavar="PORT",
                    help="UDP port of the gateway's BACnet device on 127.0.0.1 (default %(default)s)")
     p.add_argument("--meter-port", type=_port, default=47810, metavar="PORT",
@@ -462,10 +471,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="TCP port of the demo VTN (default %(default)s)")
     p.add_argument("--http-port", type=_port, default=8000, metavar="PORT",
                    help="TCP port of the dashboard and API (default %(default)s)")
-    p.add_argument("--event-delay", type=float, default=60.0, metavar="SECONDS",
-                   help="seconds until the demo event starts (default %(default)g)")
-    p.add_argument("--interval-seconds", type=_positive_seconds, default=10.0, metavar="SECONDS",
-                   help="length of each demo event interval (default %(default)g)")
     p.add_argument("--storage", default=None, metavar="FILE", help="SQLite file (default: a temporary one)")
     p.add_argument("--report", default=None, metavar="FILE",
                    help="on exit, write what the demo VTN received (JSON)")
@@ -474,12 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo-vtn", help="run the demo VTN alone (dispatches the demo events)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
     p.add_argument("--port", type=_port, default=8080, help="TCP port to listen on (default %(default)s)")
-    p.add_argument("--event-delay", type=float, default=60.0, metavar="SECONDS",
-                   help="seconds until the demo event starts (default %(default)g)")
-    p.add_argument("--interval-seconds", type=_positive_seconds, default=10.0, metavar="SECONDS",
-                   help="length of each demo event interval (default %(default)g)")
-    p.add_argument("--duration", type=_positive_seconds, default=None, metavar="SECONDS",
-                   help="stop after this many seconds (default: run until Ctrl-C)")
+    _demo_run_options(p)
     p.set_defaults(func=cmd_demo_vtn)
 
     p = sub.add_parser("forecast-replay", help="replay a CSV through the forecaster in simulated time")
