@@ -7,6 +7,7 @@ on other machines: the gateway's loop should only carry the gateway's work.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import socket
@@ -250,6 +251,35 @@ def stop_process(proc, timeout: float = 10.0) -> None:
     if proc.is_alive():
         proc.kill()
         proc.join(5)
+
+
+# ---- the cyclic garbage collector's pauses ------------------------------------------------------------
+
+class GcPauses:
+    """How long each collection of Python's cyclic GC held the GIL, by generation: a collection runs in
+    whichever thread allocates, and every other thread, the event loop's too, waits for it."""
+
+    def __init__(self):
+        self.pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
+        self._t0 = None
+        self.full_after_start: tuple[float, int, int] | None = None   # ms, objects tracked, objects frozen
+
+    def _callback(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        elif self._t0 is not None:
+            self.pauses[info["generation"]].append((time.perf_counter() - self._t0) * 1000)
+            self._t0 = None
+
+    def start(self) -> None:
+        gc.callbacks.append(self._callback)
+
+    def stop(self) -> None:
+        if self._callback in gc.callbacks:
+            gc.callbacks.remove(self._callback)
+
+    def rows(self) -> list[list]:
+        return [[g, len(p), max(p, default=float("nan")), sum(p)] for g, p in self.pauses.items()]
 
 
 # ---- event-loop heartbeat with a stall sampler -----------------------------------------------------

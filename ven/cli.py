@@ -253,7 +253,7 @@ def cmd_run(args) -> int:
     cfg = _config_or_exit(args.config)
     from bacnet_api.client import ensure_port_free
 
-    from .app import Gateway
+    from .app import Gateway, freeze_startup_objects
     from .logs import setup_logging
 
     wait_for_address = False
@@ -281,6 +281,7 @@ def cmd_run(args) -> int:
         gateway = Gateway(cfg)
         try:
             await gateway.start()
+            freeze_startup_objects()
             await asyncio.Event().wait()
         finally:
             await gateway.stop()
