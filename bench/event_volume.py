@@ -395,6 +395,11 @@ async def main_async(args, tmp: Path) -> None:
     logging.getLogger().addHandler(logs)
     for name in ("ven", "openleadr"):
         logging.getLogger(name).setLevel(logging.INFO)
+    if args.gc_freeze:
+        from ven.app import freeze_startup_objects
+        freeze_startup_objects()   # as `edge-gateway run` does once ready
+    gc_pauses = C.GcPauses()
+    gc_pauses.start()
     rows, checks = [], []
     for n in args.events:
         r, counts = await many_events(n, tmp / f"e{n}", logs)
@@ -424,12 +429,18 @@ async def main_async(args, tmp: Path) -> None:
         print()
         print(C.table(["churn", "s", "VTN registrations", "answers/event min", "max", "events held of 20",
                        "ven log lines", "openleadr log lines"], [await churn(args.churn, tmp / "churn", logs)]))
+    gc_pauses.stop()
+    print()
+    print(f"the cyclic GC over all of the above{' (start-up objects frozen first)' if args.gc_freeze else ''}:")
+    print(C.table(["GC generation", "collections", "longest ms", "total ms"], gc_pauses.rows()))
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--events", default="50,200", help="event counts, comma-separated (default 50,200)")
     ap.add_argument("--intervals", default="96,1440", help="interval counts of the long event (default 96,1440)")
+    ap.add_argument("--gc-freeze", action="store_true",
+                    help="freeze the objects made so far out of the cyclic GC first, as `edge-gateway run` does when ready")
     ap.add_argument("--churn", type=int, default=10, help="re-registrations and 463 polls (default 10; 0: skip)")
     args = ap.parse_args()
     args.events = [int(x) for x in args.events.split(",") if x]
