@@ -347,8 +347,9 @@ class Heartbeat:
                 self.stalls.append((late, at, samples[-1] if samples else [], split))
                 self.stalls.sort(key=lambda s: -s[0])
                 del self.stalls[self.keep:]
-                if self.threads:
+                if self.threads:   # kept for the stalls kept, as they are
                     self.others_on_cpu[at] = _busiest(threads_before, threads, threading.get_native_id())
+                    self.others_on_cpu = {s[1]: self.others_on_cpu[s[1]] for s in self.stalls if s[1] in self.others_on_cpu}
 
     def _watch(self) -> None:
         while not self._stop.wait(0.004):

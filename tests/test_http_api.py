@@ -511,6 +511,14 @@ def _closed_by_server(s: socket.socket) -> bool:
         return True
 
 
+def _hold(port: int, n: int) -> list[socket.socket]:
+    """n connections to the server, left idle; non-blocking, so _closed_by_server can look at them."""
+    held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(n)]
+    for s in held:
+        s.setblocking(False)
+    return held
+
+
 async def test_a_burst_of_connections_beyond_the_limit_is_refused(served):
     # A client's connections that reach the listen backlog before the loop accepts them are accepted together:
     # each had been let in, none yet counted as open
@@ -536,10 +544,8 @@ async def test_the_end_of_refusing_is_logged_when_the_held_connections_close(ser
     caplog.set_level(logging.INFO, logger="ven.http_api")
     server, view, base = await served()
     server.max_connections = 4
-    held = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(8)]
+    held = _hold(server.port, 8)
     try:
-        for s in held:
-            s.setblocking(False)
         await eventually(lambda: sum(map(_closed_by_server, held)) >= 4, 10, "the connections beyond 4 closed")
         said = lambda: [r.getMessage() for r in caplog.records if "accepting connections again" in r.getMessage()]
         first = server._cap_check
@@ -559,20 +565,16 @@ async def test_a_moment_below_the_limit_is_not_its_end(served, caplog):
     caplog.set_level(logging.INFO, logger="ven.http_api")
     server, view, base = await served()
     server.max_connections = 4
-    held = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(6)]
+    held = _hold(server.port, 6)
     try:
-        for s in held:
-            s.setblocking(False)
         await eventually(lambda: sum(map(_closed_by_server, held)) >= 2, 10, "the connections beyond 4 closed")
         kept = [s for s in held if not _closed_by_server(s)]
         first = server._cap_check
         await eventually(lambda: server._cap_check is not first, 10, "a look while the 4 are held")
         kept[0].close()
         await eventually(lambda: len(server._runner.server.connections) < 4, 5, "the server saw one close")
-        more = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(2)]
+        more = _hold(server.port, 2)
         held += more
-        for s in more:
-            s.setblocking(False)
         await eventually(lambda: sum(map(_closed_by_server, more)) == 1, 10, "one of the two refused")
         lines = [r.getMessage() for r in caplog.records if r.name == "ven.http_api"]
         assert sum("refusing new ones" in line for line in lines) == 1, lines

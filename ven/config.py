@@ -671,13 +671,13 @@ def _did_you_mean(loc: tuple[str, ...]) -> str:
     its [section] header, or under another one)."""
     import difflib
 
-    parent, typed = loc[:-1], loc[-1].lower().replace("-", "_")
-    siblings = {k[len(parent)] for k in _all_keys() if k[:len(parent)] == parent and len(k) > len(parent)}
+    keys, parent, typed = _all_keys(), loc[:-1], loc[-1].lower().replace("-", "_")
+    siblings = {k[len(parent)] for k in keys if k[:len(parent)] == parent and len(k) > len(parent)}
     near = difflib.get_close_matches(typed, sorted(siblings), n=1, cutoff=0.7)
     if near:
         named = '.'.join((*parent, near[0]))
-        return f"; did you mean {named if (*parent, near[0]) in _all_keys() else f'[{named}]'}?"
-    elsewhere = [k for k in _all_keys() if k[-1] == typed and len(k) > 1]
+        return f"; did you mean {named if (*parent, near[0]) in keys else f'[{named}]'}?"
+    elsewhere = [k for k in keys if k[-1] == typed and len(k) > 1]
     if len(elsewhere) == 1:
         return f"; did you mean {'.'.join(elsewhere[0])} (under [{elsewhere[0][0]}])?"
     if elsewhere:   # e.g. address, in [bacnet], [meter] and [http]
