@@ -5,7 +5,7 @@ last read. The operator log gets one WARNING when the meter goes quiet (with the
 once it has answered steadily again: SETTLE_READS reads in a row, and `settle_seconds` since the last
 failed read. A read lost on a busy trunk meanwhile folds into the same fault, so a meter that loses one read
 in 30 is one fault, with its count of failed reads, not a pair of lines every few minutes. A fault that comes
-back within RECUR_SECONDS of the last one's end doubles the settle period (at most SETTLE_DOUBLINGS times).
+back soon after the last one's end doubles the settle period, as the gateway's other faults do (settle.py).
 When the router in front of the meter refuses the request (Reject-Message-To-Network, Router-Busy-To-
 Network) the read ends at once and the reason names the router and why.
 
@@ -47,12 +47,11 @@ from .client import (
 )
 from .meter_units import MeterUnits, NotPower, check_configured, meter_units
 from .services import CommunicationDisabled
+from .settle import Flapping, span
 
 log = logging.getLogger(__name__)
 
 SETTLE_READS = 5          # good reads in a row before a fault's end is logged
-SETTLE_DOUBLINGS = 6      # a fault that keeps coming back waits at most 64 x settle_seconds (64 min at 60 s)
-RECUR_SECONDS = 7200.0    # a fault that starts within this of the last one's end: the meter is intermittent
 
 
 @dataclass
@@ -63,7 +62,6 @@ class _FaultWindow:
     reads: int = 0
     failed: int = 0
     faults: int = 0              # runs of failed reads: more than one is an intermittent meter
-    last_failed: float = 0.0     # monotonic
     last_failed_at: datetime | None = None
     last_error: str | None = None
     steady_reads: int = 0        # good reads since the last failed one
@@ -131,8 +129,7 @@ class MeterClient:
         self._fault_next: tuple[str | None, int] = (None, 0)  # another cause, and for how many reads in a row
         self.settle_seconds = float(settle_seconds)
         self._window: _FaultWindow | None = None  # the fault the log has opened and not yet closed
-        self._settle = self.settle_seconds        # for the present fault: doubled when faults recur
-        self._ended = -math.inf                   # monotonic, when the last fault's end was logged
+        self._settle = Flapping(self.settle_seconds)  # the settle period, doubled for a fault that comes back
         self.units: str | None = None  # what the meter's units property last said ("watts"), for the operator
         self._conversion: MeterUnits | None = None  # None: read units (and statusFlags support) at the next read
         self._conversion_app: Application | None = None
@@ -342,12 +339,9 @@ class MeterClient:
         window = self._window
         if failed:
             kind = _fault_kind(reading.error)
-            if window is None:
+            if self._settle.bad(now):   # the settle period runs from the last failed read
                 log.warning("meter fault: %s", reading.error)
                 self._fault_logged, self._fault_next = kind, (None, 0)
-                recurs = now - self._ended < RECUR_SECONDS
-                self._settle = (min(2 * self._settle, self.settle_seconds * 2 ** SETTLE_DOUBLINGS) if recurs
-                                else self.settle_seconds)
                 window = self._window = _FaultWindow(since=now, started_at=reading.timestamp)
             elif kind != self._fault_logged:
                 # the cause changed while the fault lasts (silent, then answering in kWh): say so, else the log
@@ -363,16 +357,16 @@ class MeterClient:
             window.reads += 1
             window.failed += 1
             window.faults += not self.fault
-            window.last_failed, window.last_failed_at, window.last_error = now, reading.timestamp, reading.error
+            window.last_failed_at, window.last_error = reading.timestamp, reading.error
             window.steady_reads = 0
         elif window is not None:
             window.reads += 1
             window.steady_reads += 1
             if window.steady_reads == 1:
                 window.steady_since = now
-            if window.steady_reads >= SETTLE_READS and now - window.last_failed >= self._settle:
+            if window.steady_reads >= SETTLE_READS and self._settle.good(now):
                 self._log_end(window, now, reading)
-                self._window, self._ended = None, now
+                self._window = None
         self.fault = failed
         if self.on_reading is not None:
             try:
@@ -381,7 +375,7 @@ class MeterClient:
                 log.exception("meter on_reading callback failed")
 
     def _log_end(self, window: _FaultWindow, now: float, reading: MeterReading) -> None:
-        lasted, steady = _span(window.steady_since - window.since), _span(now - window.steady_since)
+        lasted, steady = span(window.steady_since - window.since), span(now - window.steady_since)
         if window.faults == 1:
             log.info("meter answering again after %s (%d read%s failed), steady for %s: %s = %.2f kW",
                      lasted, window.failed, "" if window.failed == 1 else "s", steady, self.address, reading.value)
@@ -399,7 +393,7 @@ class MeterClient:
         return {"since": w.started_at.isoformat(timespec="seconds"), "reads": w.reads, "failed_reads": w.failed,
                 "faults": w.faults, "intermittent": w.faults > 1,
                 "last_failed_at": w.last_failed_at.isoformat(timespec="seconds") if w.last_failed_at else None,
-                "last_failure": w.last_error, "steady_reads": w.steady_reads, "settle_seconds": self._settle}
+                "last_failure": w.last_error, "steady_reads": w.steady_reads, "settle_seconds": self._settle.settle}
 
     # ----- polling
 
@@ -425,14 +419,6 @@ class MeterClient:
             now = time.time()
             next_tick = (math.floor(now / self.poll_seconds) + 1) * self.poll_seconds
             await asyncio.sleep(max(0.0, next_tick - now))
-
-
-def _span(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 class _ReadFailed(Exception):

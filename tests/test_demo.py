@@ -116,10 +116,13 @@ def test_demo_refuses_ports_it_cannot_use():
     (["demo", "--interval-seconds", "0"], "--interval-seconds"),
     (["demo-vtn", "--duration", "nan"], "--duration"),
     (["demo-vtn", "--interval-seconds", "-10"], "--interval-seconds"),
+    (["demo", "--event-delay", "-30"], "--event-delay"),
+    (["demo-vtn", "--event-delay", "-1"], "--event-delay"),
+    (["demo-vtn", "--event-delay", "nan"], "--event-delay"),
 ])
-def test_durations_and_intervals_must_be_positive(argv, option, capsys):
+def test_durations_intervals_and_the_event_delay_must_be_in_range(argv, option, capsys):
     # were accepted: a negative or NaN --duration ran and stopped at once (exit 0), a 0 s interval
-    # made a demo event with no length
+    # made a demo event with no length, a negative --event-delay an event already under way
     from ven.cli import build_parser
 
     with pytest.raises(SystemExit) as stop:

@@ -123,7 +123,7 @@ async def test_a_vtn_asking_to_register_again_after_short_sessions_is_one_interm
 async def test_one_failed_poll_ends_in_the_log_once_steady_and_one_soon_after_is_intermittent(
         tmp_path, free_tcp_port, caplog):
     # the end line waits for the steady answers (a relapse meanwhile would be the same fault); `connected` does not.
-    # A fault soon after the end (ven/settle.py RECUR_SECONDS) says it is the same trouble back
+    # A fault soon after the end (bacnet_api/settle.py RECUR_SECONDS) says it is the same trouble back
     caplog.set_level(logging.INFO, logger="ven")
     async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
         async with running(tmp_path, server.url, settle_seconds=1.0) as gw:

@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING
 from bacnet_api import points as P
 from bacnet_api.device import GatewayDevice
 from bacnet_api.meter import MeterClient, MeterReading
+from bacnet_api.settle import Flapping, span
 
 from . import __version__
 from .config import GatewayConfig
 from .metrics import Metrics
 from .schedule import EventSchedule, ScheduleState
-from .settle import Flapping, span
 from .storage import Storage
 from .tasks import cancel_and_wait
 from .telemetry import TelemetryQueue

@@ -389,6 +389,7 @@ _positive_int = _ranged(int, 1, math.inf, "at least 1")
 _port = _ranged(int, 1, 65535, "1..65535")
 _finite = _ranged(float, -_BIG, _BIG, "a finite number")
 _positive_seconds = _ranged(float, math.ulp(0.0), _BIG, "above 0 seconds")
+_seconds = _ranged(float, 0.0, _BIG, "0 seconds or more")
 _positive_minutes = _ranged(float, 1.0, _BIG, "at least 1 minute (the history is kept in 1-minute means)")
 
 
@@ -399,7 +400,7 @@ def _demo_run_options(p: argparse.ArgumentParser) -> None:
     """What `demo` and `demo-vtn` share: how long they run and when the demo event comes."""
     p.add_argument("--duration", type=_positive_seconds, default=None, metavar="SECONDS",
                    help="stop after this many seconds (default: run until Ctrl-C)")
-    p.add_argument("--event-delay", type=float, default=60.0, metavar="SECONDS",
+    p.add_argument("--event-delay", type=_seconds, default=60.0, metavar="SECONDS",
                    help="seconds until the demo event starts (default %(default)g)")
     p.add_argument("--interval-seconds", type=_positive_seconds, default=10.0, metavar="SECONDS",
                    help="length of each demo event interval (default %(default)g)")

@@ -224,7 +224,7 @@ class OpenadrConfig(_Section):
     retry_max_seconds: float = Field(60.0, gt=0, le=86400)
     request_timeout_seconds: float = Field(30.0, gt=0, le=3600)
     # how long the VTN must answer in a row (and 3 polls) before a VTN fault is logged as ended; doubled for a fault
-    # that comes back soon (ven/settle.py). 0: at the first answer
+    # that comes back soon (bacnet_api/settle.py). 0: at the first answer
     settle_seconds: float = Field(60.0, ge=0, le=86400)
     cert: str = ""
     key: str = ""

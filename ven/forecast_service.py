@@ -17,6 +17,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
+from bacnet_api.settle import Flapping, span
 from forecaster import DemandForecaster, Forecast
 from forecaster.core import ClockStep
 from forecaster.model import from_blob
@@ -24,7 +25,6 @@ from forecaster.store import ForecastStore
 
 from .config import ForecasterConfig
 from .fit_worker import fit_in_child
-from .settle import Flapping
 from .storage import REOPEN_SECONDS, ReopenTimer
 from .tasks import cancel_and_wait
 from .wallclock import PRUNE_HOLD_S, StepWatch
@@ -144,11 +144,11 @@ class ForecastService:
             return
         if fb.times == 1:
             log.info("forecaster now learns from bacnet_input (BAS writes input-power-meter) after %s on the meter",
-                     _span(fb.last_bad - since))
+                     span(fb.last_bad - since))
         else:
             log.info("forecaster learns from bacnet_input steadily again after %s: the BAS wrote input-power-meter "
                      "more than %g s apart %d times meanwhile, the meter standing in each time (a BAS writing on "
-                     "change of value may need a longer forecaster.input_stale_seconds)", _span(fb.last_bad - since),
+                     "change of value may need a longer forecaster.input_stale_seconds)", span(fb.last_bad - since),
                      self.config.input_stale_seconds, fb.times)
         self._meter_since = None
 
@@ -184,12 +184,12 @@ class ForecastService:
         self._hold_prune()
         if not step.reset:
             log.warning("wall clock went back %s (a reading stamped %s, the newest was %s): %d minutes of "
-                        "forecaster history stamped after it set aside", _span(-step.seconds), _iso(step.to_t),
+                        "forecaster history stamped after it set aside", span(-step.seconds), _iso(step.to_t),
                         _iso(step.from_t), step.dropped_minutes)
             return
         log.warning("wall clock %s %s (a reading stamped %s, the newest was %s), beyond the forecaster history: "
                     "%d minutes set aside in memory; stored history for the new time reloads",
-                    "went back" if step.seconds < 0 else "jumped ahead", _span(abs(step.seconds)),
+                    "went back" if step.seconds < 0 else "jumped ahead", span(abs(step.seconds)),
                     _iso(step.to_t), _iso(step.from_t), step.dropped_minutes)
         self._want_reload(step.to_t - self.forecaster.keep_days * 86400)
 
@@ -487,10 +487,6 @@ class ForecastService:
 
 def _iso(t: float) -> str:
     return dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _span(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 2 * 86400 else f"{seconds / 86400:.1f} days"
 
 
 def _kw(x) -> str:

@@ -16,6 +16,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import Callable, Iterable
 
+from bacnet_api.settle import span
+
 from .events import OPT_IN, OPT_OUT, Event
 from .tasks import cancel_and_wait
 from .storage import Storage
@@ -91,8 +93,8 @@ class EventSchedule:
             self._prune(newest)
         if self._events or self._past:
             log.info("restored %d event(s) from storage%s", len(self._events) + len(self._past),
-                     f" ({len(self._past)} of them over for more than {_span(self._keep_recent)}, kept for the history)"
-                     if self._past else "")
+                     f" ({len(self._past)} of them over for more than {span(self._keep_recent.total_seconds())}, "
+                     "kept for the history)" if self._past else "")
 
     async def start(self) -> None:
         self.load()
@@ -416,8 +418,3 @@ def _stamps(ev: Event):
     yield from (at for at, _ in ev.opt_changes)
     if ev.cancelled_at:
         yield ev.cancelled_at
-
-
-def _span(td: timedelta) -> str:
-    hours = td.total_seconds() / 3600
-    return f"{hours / 24:g} days" if hours >= 48 else f"{hours:g} h"

@@ -23,11 +23,12 @@ from typing import Callable
 
 from openleadr import enums as oenums, objects, utils as outils
 
+from bacnet_api.settle import RECUR_SECONDS, Flapping
+
 from .config import OpenadrConfig, key_is_encrypted, tls_file_problems
 from .tasks import cancel_and_wait
 from .report_intervals import bucket_start
 from .schedule import EventSchedule
-from .settle import RECUR_SECONDS, Flapping
 from .telemetry import TelemetryQueue
 from .vtn_events import VtnEvents
 from .vtn_outage import VtnOutage, _Outage

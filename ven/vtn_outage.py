@@ -1,7 +1,8 @@
 """A VTN outage as one fault in the log, mixed into VtnClient: from the first failed poll or registration until
 the VTN answers steadily again, with one line at its start, one at its end, and each new kind of cause said once.
 An intermittent VTN (a flaky proxy, a load balancer whose other VTN does not know this VEN) is one fault too: its
-end waits for STEADY_POLLS answered polls and openadr.settle_seconds, doubled for a fault back soon (ven/settle.py)."""
+end waits for STEADY_POLLS answered polls and openadr.settle_seconds, doubled for a fault back soon
+(bacnet_api/settle.py)."""
 from __future__ import annotations
 
 import asyncio
@@ -9,15 +10,16 @@ import dataclasses
 import logging
 from datetime import datetime
 
-from .settle import span as _span
+from bacnet_api.settle import span as _span
+
 from .vtn_transport import _fault_kind, _iso, _utcnow
 
 # one logger for the VEN side, wherever its code lives: tests and log filters select its lines by this name
 log = logging.getLogger("ven.vtn")
 
 # A VTN fault ends, in the log, once the VTN has answered this many polls in a row and for openadr.settle_seconds
-# (0: at its first answer), doubled for a fault that starts again soon (ven/settle.py, as for the meter): a VTN
-# behind a flaky proxy that fails one poll in fifteen is one intermittent fault, not a WARNING and an INFO at
+# (0: at its first answer), doubled for a fault that starts again soon (bacnet_api/settle.py, as for the meter): a
+# VTN behind a flaky proxy that fails one poll in fifteen is one intermittent fault, not a WARNING and an INFO at
 # each failed poll
 STEADY_POLLS = 3
 

@@ -1,8 +1,8 @@
-"""One fault in the log for a condition that comes and goes (the forecaster's power input, the BAS input
-the auto source prefers): its end is said only once the condition has stayed good for a settle period, and
-going bad again meanwhile is the same fault, counted. A fault that starts again within RECUR_SECONDS of the
-last one's end doubles the settle period, at most DOUBLINGS times. The meter's own reads do the same in
-bacnet_api.meter, which cannot import this."""
+"""One fault in the log for a condition that comes and goes (the meter's reads, the VTN, the forecaster's power
+input, the BAS input the auto source prefers): its end is said only once the condition has stayed good for a
+settle period, and going bad again meanwhile is the same fault, counted. A fault that starts again within
+RECUR_SECONDS of the last one's end doubles the settle period, at most DOUBLINGS times. Here, not in ven, because
+the meter (bacnet_api.meter) needs it and bacnet_api never imports ven."""
 from __future__ import annotations
 
 import math
@@ -46,6 +46,8 @@ class Flapping:
 
 
 def span(seconds: float) -> str:
-    """A fault's length for a log line: seconds, minutes, hours or days, whichever reads at a glance."""
+    """A length of time for a log line (a fault's, a clock step's, a configured period): seconds, minutes, hours or
+    days, whichever reads at a glance."""
+    # to a tenth, without a ".0": a configured 24 h or 7 days reads as set, not as a measurement
     return (f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200
-            else f"{seconds / 3600:.1f} h" if seconds < 2 * 86400 else f"{seconds / 86400:.1f} days")
+            else f"{round(seconds / 3600, 1):g} h" if seconds < 2 * 86400 else f"{round(seconds / 86400, 1):g} days")
