@@ -342,6 +342,15 @@ address = "[::1]:8000"
         assert load_config(_write(tmp_path, f'[meter]\naddress = "{address}"\n'), environ={}).meter.address == address
 
 
+def test_a_missing_relative_tls_path_says_where_it_was_looked_for(tmp_path, monkeypatch):
+    from ven.config import tls_file_problems
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(None, environ={"EDGE_GATEWAY__OPENADR__CA_FILE": "certs/ca.pem"})
+    assert tls_file_problems(cfg.openadr) == [
+        f"openadr.ca_file (from EDGE_GATEWAY__OPENADR__CA_FILE): certs/ca.pem (looked for in {tmp_path}): "
+        "No such file or directory"]
+
+
 def test_the_point_table_names_the_configured_horizons(tmp_path):
     res = _cli("points", "--config", str(_write(tmp_path, '[forecaster]\nhorizons_minutes = [30, 120]\n'
                                                           'threshold_days = 7\n')))

@@ -341,7 +341,7 @@ def tls_file_problems(c: OpenadrConfig) -> list[str]:
         try:
             return Path(path).read_bytes()
         except OSError as err:
-            problems.append(f"{name}: {path}: {err.strerror}")
+            problems.append(f"{name}: {_looked_for(path)}: {err.strerror}")
             return None
 
     if c.cert:
@@ -378,8 +378,14 @@ def tls_file_problems(c: OpenadrConfig) -> list[str]:
         try:
             ssl.create_default_context(cafile=c.ca_file)
         except (OSError, ssl.SSLError) as err:
-            problems.append(f"{ca_}: {c.ca_file}: {getattr(err, 'strerror', None) or err}")
+            where = c.ca_file if isinstance(err, ssl.SSLError) else _looked_for(c.ca_file)
+            problems.append(f"{ca_}: {where}: {getattr(err, 'strerror', None) or err}")
     return problems
+
+
+def _looked_for(path: str) -> str:
+    # a service's working directory is rarely the one the operator is in when the file is missing
+    return path if Path(path).is_absolute() else f"{path} (looked for in {Path.cwd()})"
 
 
 class StorageConfig(_Section):
