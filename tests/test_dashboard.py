@@ -336,6 +336,13 @@ async def test_dashboard_fits_a_phone(server, width):
         plot = await page.locator("svg clipPath rect").bounding_box()
         chart = await page.locator("#chart-svg").bounding_box()
         assert plot["width"] > 0.75 * chart["width"], (plot, chart)
+        # and every label of it is inside it: the flag lanes' "high load" read "igh load"
+        cut = await page.evaluate("""() => {
+            const width = document.querySelector('#chart-svg').viewBox.baseVal.width;
+            return [...document.querySelectorAll('#chart-svg text')].filter((t) => {
+              const box = t.getBBox();
+              return box.x < 0 || box.x + box.width > width; }).map((t) => t.textContent); }""")
+        assert cut == []
         await page.screenshot(path=str(artifact_path(f"dashboard-{width}.png")), full_page=True)
         assert page.errors == []
 

@@ -10,6 +10,7 @@ const REFRESH_S = clamp(Number(params.get("refresh")) || 10, 1, 3600);
 const FETCH_TIMEOUT_MS = 8000;
 const SVG_NS = "http://www.w3.org/2000/svg";
 const MAX_BRIDGE_S = 15 * 60;
+const TITLE = document.title;
 
 const SERIES = [
   {key: "power_kw", label: "Power (1 min)", color: "var(--power)", width: 1.2},
@@ -164,6 +165,7 @@ async function refresh() {
     const [s, h, health] = await Promise.all([getJSON("/api/status"), getJSON(`/api/history?hours=${HOURS}`),
                                               getHealth()]);
     gw = normalizeStatus(s); hist = h;
+    const back = failingSince !== null;
     failingSince = null;
     dashboard.lastError = null;
     dashboard.lastOk = Date.now();
@@ -171,14 +173,17 @@ async function refresh() {
     document.body.classList.remove("stale");
     $("banner").hidden = true;
     $("token-form").hidden = true;
-    renderHeader(health);
+    document.title = TITLE;
+    const found = renderHeader(health);
     renderTiles();
     renderPoints();
     renderEvents();
     renderSections();
     drawChart();
     $("updated").textContent = `updated ${fmtStamp(Date.now())} UTC · every ${REFRESH_S} s`;
+    announce(back ? "Gateway answering again." : "", problemChanges(found));
   } catch (err) {
+    const first = failingSince === null;
     failingSince = failingSince || Date.now();
     const since = `since ${fmtStamp(failingSince)} UTC`;
     if (err instanceof HttpError) {
@@ -187,18 +192,40 @@ async function refresh() {
       dashboard.lastError = "token required";
       const text = dashboard.lastOk ? `The gateway refused the access token (${since}); it may have been changed. ` +
                                       "Enter the current one below." : null;
-      showStale(token() ? "token refused" : "token required", text);
+      showStale(token() ? "token refused" : "token required", text, first);
       return;
     }
     dashboard.lastError = err.message;
     showStale(/unreachable/.test(err.message) ? "gateway unreachable" : "gateway not answering",
-              `${err.message} (${since}).`);
+              `${err.message} (${since}).`, first);
   }
+}
+// What a screen reader says (#announce): each change once. The problem list itself is not a live
+// region: it is rebuilt on every refresh and its ages tick, so it would be read out every few seconds.
+let heard = null;  // problem key -> its words, as last announced
+function announce(...parts) {
+  const text = parts.filter(Boolean).join(" ");
+  if (text) $("announce").textContent = text;
+}
+function problemChanges(found) {
+  const now = new Map(found.map((p) => [p.key, p.what]));
+  const before = heard || new Map();
+  heard = now;
+  const added = [...now].filter(([k]) => !before.has(k)).map(([, what]) => what);
+  const gone = [...before].filter(([k]) => !now.has(k)).map(([, what]) => what);
+  return [added.length ? `Needs attention: ${added.join("; ")}.` : "", gone.length ? `Cleared: ${gone.join("; ")}.` : ""]
+    .filter(Boolean).join(" ");
 }
 // The last answer stays on screen (better than a blank page) but must not look current: the pills
 // it produced turn grey behind a red one saying why, the data is dimmed, ages keep counting.
-function showStale(why, bannerText) {
+function showStale(why, bannerText, first) {
   dashboard.stale = true;
+  // a tab in the background says it too
+  document.title = `${why} · ${TITLE}`;
+  if (first) {
+    announce(`${why[0].toUpperCase()}${why.slice(1)} since ${fmtStamp(failingSince)} UTC.`,
+             dashboard.lastOk ? `The figures shown are from ${fmtStamp(dashboard.lastOk)} UTC.` : "");
+  }
   const banner = $("banner");
   if (bannerText) {
     const from = dashboard.lastOk ? ` Showing data from ${fmtStamp(dashboard.lastOk)} UTC.` : "";
@@ -289,6 +316,7 @@ function renderHeader(health) {
   if (typeof gw.uptime_seconds === "number") parts.push(`up ${fmtDuration(gw.uptime_seconds)}`);
   parts.push(`chart: last ${HOURS} h, times in UTC`);
   $("footer").textContent = parts.join(" · ");
+  return found;
 }
 // ---- what is wrong and what to do: one line per problem the status shows, in words ----
 function communication() {
@@ -651,6 +679,31 @@ function legend() {
   out.append(el("i", {class: "box hatched"}), document.createTextNode("Opted out (hatched)"));
   host.append(out);
 }
+// the chart in words, for a screen reader: the figures an operator reads off the drawing
+function chartSummary(minutes, eventCount, flagRuns) {
+  const at = (i) => fmtTime(minutes[i] * 1000, true);
+  const parts = [];
+  for (const s of SERIES) {
+    const v = hist[s.key] || [];
+    let last = -1, lo = -1, hi = -1;
+    v.forEach((x, i) => {
+      if (typeof x !== "number") return;
+      last = i;
+      if (lo < 0 || x < v[lo]) lo = i;
+      if (hi < 0 || x > v[hi]) hi = i;
+    });
+    if (last >= 0) {
+      parts.push(`${s.label}: ${fmtNum(v[last])} kW at ${at(last)}, lowest ${fmtNum(v[lo])} kW at ${at(lo)}, ` +
+                 `highest ${fmtNum(v[hi])} kW at ${at(hi)}`);
+    }
+  }
+  for (const [k, label] of [["high_threshold_kw", "high-load threshold"], ["low_threshold_kw", "low-load threshold"]]) {
+    if (typeof hist[k] === "number") parts.push(`${label} ${fmtNum(hist[k], 0)} kW`);
+  }
+  for (const f of FLAGS) parts.push(`${f.label} for ${flagRuns[f.key].minutes} min`);
+  parts.push(`${eventCount} event interval${eventCount === 1 ? "" : "s"} shaded`);
+  return `Power and demand, last ${HOURS} h, times in UTC. ${parts.join("; ")}.`;
+}
 function drawChart() {
   legend();
   const root = $("chart-svg");
@@ -661,9 +714,9 @@ function drawChart() {
   const minutes = (hist && hist.minutes) || [];
   const LANE = 16;
   // on a phone the 96 px right margin for threshold labels would leave the plot half the width:
-  // those labels go inside the plot there instead
+  // those labels go inside the plot there instead; the left one holds the flag lanes' "high load" everywhere
   const narrow = W < 600;
-  const m = {l: narrow ? 54 : 60, r: narrow ? 8 : 96, t: 18, b: 34 + FLAGS.length * LANE + 8};
+  const m = {l: 60, r: narrow ? 8 : 96, t: 18, b: 34 + FLAGS.length * LANE + 8};
   const pw = W - m.l - m.r, ph = H - m.t - m.b;
   $("chart-title").textContent = `Power and demand, last ${HOURS} h`;
   dashboard.minutes = minutes.length;
@@ -673,9 +726,10 @@ function drawChart() {
   const anyData = !!hist && SERIES.some((s) => (hist[s.key] || []).some((v) => typeof v === "number"));
   if (!minutes.length || !anyData) {
     const noStore = gw && gw.storage && gw.storage.ok === false;
-    root.append(svg("text", {x: W / 2, y: H / 2, "text-anchor": "middle", class: "empty"},
-                    noStore ? "no history to draw: the chart is drawn from storage.path, which cannot be written (see Needs attention)" :
-                    minutes.length ? `no data yet: no meter readings or forecasts in the last ${HOURS} h` : "no history yet"));
+    const empty = noStore ? "no history to draw: the chart is drawn from storage.path, which cannot be written (see Needs attention)" :
+      minutes.length ? `no data yet: no meter readings or forecasts in the last ${HOURS} h` : "no history yet";
+    root.append(svg("text", {x: W / 2, y: H / 2, "text-anchor": "middle", class: "empty"}, empty));
+    root.setAttribute("aria-label", `Power and demand, last ${HOURS} h: ${empty}`);
     dashboard.ready = true; dashboard.draws++;
     return;
   }
@@ -840,6 +894,7 @@ function drawChart() {
   });
   overlay.addEventListener("mouseleave", () => { tip.hidden = true; cursor.setAttribute("visibility", "hidden"); });
 
+  root.setAttribute("aria-label", chartSummary(minutes, eventCount, flagRuns));
   dashboard.series = counts;
   dashboard.flags = flagRuns;
   dashboard.events = eventCount;

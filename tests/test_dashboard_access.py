@@ -1,0 +1,150 @@
+"""The dashboard for an operator who cannot rely on colour, a mouse or the screen: its text keeps WCAG AA
+contrast (4.5:1) in every state it colours, the token form works from the keyboard and has a label, a
+screen reader hears each change once (a fault, its end, the gateway going away and coming back) rather
+than the whole problem list on every refresh, and the chart has its figures in words."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from browser import chromium_page
+from test_dashboard import READY, get_json, open_dashboard, server  # noqa: F401 - shared fixture
+from test_dashboard_faults import FaultView
+from test_http_api import SampleView
+from waiting import eventually
+
+pytestmark = pytest.mark.timeout(90)
+
+# every visible text node, its colour against the background it is drawn on (the first opaque one up the
+# tree, translucent ones blended in); large text (24 px, or 18.66 px bold) needs 3:1
+LOW_CONTRAST = r"""() => {
+  const rgba = (c) => { const p = c.match(/[\d.]+/g).map(Number); return p.length > 3 ? p : [...p, 1]; };
+  const over = (top, bottom) => top.slice(0, 3).map((v, i) => v * top[3] + bottom[i] * (1 - top[3])).concat(1);
+  const lum = (c) => { const f = (v) => (v /= 255) <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4);
+                       return 0.2126 * f(c[0]) + 0.7152 * f(c[1]) + 0.0722 * f(c[2]); };
+  const background = (node) => {
+    const layers = [];
+    for (let n = node; n; n = n.parentElement) {
+      const c = rgba(getComputedStyle(n).backgroundColor);
+      if (c[3] > 0) layers.push(c);
+      if (c[3] === 1) break;
+    }
+    return layers.reverse().reduce((under, c) => over(c, under), [255, 255, 255, 1]);
+  };
+  const low = [];
+  const walk = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  while (walk.nextNode()) {
+    const node = walk.currentNode.parentElement;
+    if (!walk.currentNode.textContent.trim() || node.closest("[hidden], .sr-only") || !node.getClientRects().length) continue;
+    const cs = getComputedStyle(node), chart = node.closest("svg");
+    // the chart's labels are drawn in their fill, on the card (a label over an event's shading is dark)
+    const bg = background(chart ? chart.parentElement : node), fg = over(rgba(chart ? cs.fill : cs.color), bg);
+    const [a, b] = [lum(fg), lum(bg)].sort((x, y) => y - x);
+    const ratio = (a + 0.05) / (b + 0.05);
+    const size = parseFloat(cs.fontSize), large = size >= 24 || (size >= 18.66 && Number(cs.fontWeight) >= 700);
+    if (ratio < (large ? 3 : 4.5)) low.push(`${node.getAttribute("class") || node.tagName} "${walk.currentNode.textContent.trim().slice(0, 30)}" ${ratio.toFixed(2)}:1`);
+  }
+  return [...new Set(low)];
+}"""
+
+
+@pytest.mark.parametrize("faults", [set(), {"meter-flaky", "threshold"}, {"meter", "vtn", "storage", "input"}])
+async def test_text_keeps_its_contrast_in_every_state(server, faults):
+    # SampleView's day: a level-1 event running (the amber pill), a completed level-2 and a pending level-3
+    # event (badges on a grey and on a white row), an overridden point, low load ON; and the faults' colours
+    view = FaultView()
+    view.faults = faults
+    srv = await server(view)
+    async with chromium_page() as page:
+        await open_dashboard(page, srv.url + "/")
+        assert await page.evaluate(LOW_CONTRAST) == []
+        assert page.errors == []
+
+
+async def test_token_form_by_keyboard_and_by_its_label(server):
+    srv = await server(SampleView(), token="s3cret")
+    async with chromium_page(375, 667) as page:
+        await page.goto(srv.url + "/", wait_until="load", timeout=20000)
+        await page.wait_for_selector("#token-form:not([hidden])", timeout=10000)
+        # a screen reader names the field by its text, not "edit, password"
+        field = page.get_by_label("access token")
+        assert await field.count() == 1
+        await page.keyboard.press("Tab")
+        assert await page.evaluate("document.activeElement.id") == "token-input"
+        await page.keyboard.type("s3cret")
+        await page.keyboard.press("Enter")
+        await page.wait_for_function(READY, timeout=10000)
+        assert await page.locator("#token-form").is_hidden()
+
+
+async def live_changes(page):
+    return await page.evaluate("window.liveChanges.splice(0)")
+
+
+async def test_a_screen_reader_hears_each_change_once(server):
+    view = FaultView()
+    view.faults = {"meter-flaky"}   # a warning whose ages tick on every refresh
+    srv = await server(view)
+    async with chromium_page() as page:
+        await open_dashboard(page, srv.url + "/?refresh=1")
+        # record every change inside a live region (what a screen reader reads out on its own)
+        await page.evaluate("""() => {
+            window.liveChanges = [];
+            const live = '[aria-live], [role=status], [role=alert], [role=log]';
+            new MutationObserver((records) => {
+              for (const r of records) {
+                const node = r.target.nodeType === 1 ? r.target : r.target.parentElement;
+                const region = node && node.closest(live);
+                if (region && (r.type !== 'attributes' || r.attributeName === 'hidden')) window.liveChanges.push(region.textContent.trim());
+              }
+            }).observe(document.body, {subtree: true, childList: true, characterData: true, attributes: true});
+        }""")
+        draws = await page.evaluate("window.dashboard.draws")
+        await page.wait_for_function(f"window.dashboard.draws >= {draws + 3}", timeout=10000)
+        assert await live_changes(page) == []   # nothing changed: nothing is read out
+
+        view.faults = {"meter"}
+        await page.wait_for_function("window.dashboard.problems.includes('meter')", timeout=10000)
+        said = await live_changes(page)
+        assert len(said) == 1 and "Needs attention: Meter fault" in said[0], said
+        assert "Cleared: Meter answering intermittently" in said[0]
+        draws = await page.evaluate("window.dashboard.draws")
+        await page.wait_for_function(f"window.dashboard.draws >= {draws + 2}", timeout=10000)
+        assert await live_changes(page) == []
+
+        await srv.stop()
+        await page.wait_for_selector("#banner:not([hidden])", timeout=10000)
+        await page.wait_for_timeout(1500)   # a retry or two while it is down: said once, not on each
+        said = await live_changes(page)
+        assert len(said) == 1 and re.search(r"Gateway unreachable since \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", said[0]), said
+        assert "The figures shown are from" in said[0]
+        assert (await page.title()).startswith("gateway unreachable")   # a tab in the background says it too
+
+        await srv.start()
+        await page.wait_for_selector("#banner", state="hidden", timeout=10000)
+        assert await page.title() == "Edge Gateway"
+
+        async def heard_back():
+            return any("Gateway answering again" in s for s in await page.evaluate("window.liveChanges"))
+        await eventually(heard_back, 5, "the way back announced")
+        assert page.errors == [] or all("ERR_CONNECTION_REFUSED" in e for e in page.errors)
+
+
+async def test_the_chart_has_its_figures_in_words(server):
+    view = SampleView()
+    srv = await server(view)
+    history = await get_json(srv.url + "/api/history?hours=24")
+    async with chromium_page() as page:
+        await open_dashboard(page, srv.url + "/")
+        label = await page.locator("#chart-svg").get_attribute("aria-label")
+        demand = [v for v in history["demand_kw"] if v is not None]
+        part = re.search(r"Demand \(15 min\): ([\d.]+) kW at [\d: -]+, lowest ([\d.]+) kW at [\d: -]+, "
+                         r"highest ([\d.]+) kW at [\d: -]+", label)
+        assert part, label
+        last, lowest, highest = map(float, part.groups())
+        assert (last, lowest) == (demand[-1], min(demand)) and abs(highest - max(demand)) <= 0.05
+        assert "high-load threshold 105 kW" in label and "low-load threshold 65 kW" in label
+        assert "times in UTC" in label and "2 event intervals shaded" in label
+        high = sum(bool(v) for v in history["high_load"])
+        assert f"high load for {high} min" in label
