@@ -8,8 +8,10 @@ bacpypes3 handlers answer wrongly. `services._Services` inherits this mix-in.
   looking whether the object exists, so the whole request failed (operational-problem and a logged
   AttributeError) instead of that object getting unknown-object beside the others' results.
 - WriteProperty fails in the order of clause 15.9: unknown-property (bacpypes3 raised TypeError),
-  write-access-denied before the value is decoded (a wrong datatype to a read-only property was
-  rejected or failed), invalid-data-type for a value of the wrong datatype (bacpypes3 rejected it
+  property-is-not-an-array for an array index on a property that is not an array (a command to
+  presentValue[1] got write-access-denied, as if presentValue were not writable), write-access-denied
+  before the value is decoded (a wrong datatype to a read-only property was rejected or failed),
+  invalid-data-type for a value of the wrong datatype (bacpypes3 rejected it
   invalid-tag, which is for a malformed request), and a Null without a priority relinquishes priority 16
   (clause 19.2.1), which bacpypes3 rejected.
 - WritePropertyMultiple writes each value by those same rules, in order, and stops at the first
@@ -104,6 +106,8 @@ def value_to_write(obj: Any, prop: Any, index: int | None, priority: int | None,
     datatype = obj.get_property_type(prop)
     if datatype is None or not _present(obj, prop.attr):  # not of this type, or not on this object
         raise PropertyError("unknownProperty")
+    if index is not None and not issubclass(datatype, Array):  # as ReadProperty answers it
+        raise PropertyError("propertyIsNotAnArray")
     writable = getattr(obj, "_writable", None)  # the point policy (objects.py), asked before decoding
     if writable is not None and not writable(prop, index):
         raise PropertyError("writeAccessDenied")

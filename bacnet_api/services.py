@@ -29,7 +29,8 @@
   would send (a meter read, a confirmed COV notification) fails at once with CommunicationDisabled
   instead of waiting for a time-out (bacpypes3 dropped it and left its future pending);
 - ReinitializeDevice is not executed: it is rejected unrecognized-service, as before, but logged, so
-  nobody restarts or stops the gateway over BACnet.
+  nobody restarts or stops the gateway over BACnet;
+- a confirmed request bacpypes3 cannot decode is rejected instead of dropped (rejects.py).
 """
 from __future__ import annotations
 
@@ -59,6 +60,7 @@ from bacpypes3.primitivedata import Boolean, Integer, PropertyIdentifier
 
 from .client import error_text
 from .property_access import PropertyAccess
+from .rejects import reject_undecodable
 
 log = logging.getLogger(__name__)
 # requests refused from the network: anyone on the BACnet network can send them in a loop (a password
@@ -97,6 +99,7 @@ def harden(app: Any, dcc_password: str = "") -> None:
     except PackageNotFoundError:  # a source tree that was not installed
         software = "0.0.0+source"
     _extend(app, _Services)
+    reject_undecodable(app)
     app._dcc_password = dcc_password
     device = app.device_object
     _extend(device, _Device)
@@ -179,6 +182,8 @@ class _Services(PropertyAccess):
     # ----- DeviceCommunicationControl and ReinitializeDevice
 
     async def do_DeviceCommunicationControlRequest(self, apdu: Any) -> None:
+        if apdu.enableDisable is None:  # required; bacpypes3 decodes it as optional (else an AttributeError)
+            raise MissingRequiredParameter("enable-disable is required")
         who, minutes = apdu.pduSource, int(apdu.timeDuration or 0)  # absent (or 0): until enabled
         mode = apdu.enableDisable.attr  # "enable", "disable" or "disableInitiation" (it equals no str)
         what = f"BACnet DeviceCommunicationControl {mode} from {who}"

@@ -1,0 +1,79 @@
+"""A confirmed request bacpypes3 cannot decode gets a Reject, as clause 18.9 requires, not silence.
+
+bacpypes3 0.0.110 drops such a request (its ServerSSM hands an invoke-id-less Abort to the application,
+which ignores it; "TODO there should be an error going back to the client" in its appservice), so the
+BAS waited through every retry and reported the gateway as not answering: a service choice it does not
+know (BACnet's newer ones, e.g. SubscribeCOVPropertyMultiple or AuditLogQuery, which a device that
+says Protocol_Revision 22 may be sent), a service whose decoder fails on a valid request (ConfirmedTextMessage
+without a message class), or a malformed request. The request is now answered unrecognized-service when
+the device does not execute the service, else with the decoder's reason (missing-required-parameter,
+invalid-tag, ...). The answer goes through the request's own server transaction, which it ends.
+"""
+from __future__ import annotations
+
+import contextvars
+import logging
+from typing import Any
+
+from bacpypes3.apdu import APCISequence, APDU, AbortPDU, ConfirmedRequestPDU, RejectPDU, confirmed_request_types
+from bacpypes3.appservice import ApplicationServiceAccessPoint
+from bacpypes3.errors import RejectException
+from bacpypes3.pdu import PDU
+
+log = logging.getLogger(__name__)
+
+# per incoming packet (bacpypes3 handles each in its own task): set when its request could not be decoded
+_undecodable: contextvars.ContextVar[list | None] = contextvars.ContextVar("undecodable", default=None)
+
+
+def reject_undecodable(app: Any) -> None:
+    """Make the application BAC0 built answer confirmed requests it cannot decode."""
+    if type(app.asap) is ApplicationServiceAccessPoint:
+        # a subclass, not a mix-in: Python refuses the __class__ swap to a mix-in class here (instance layout)
+        app.asap.__class__ = RejectingServiceAccessPoint
+
+
+class RejectingServiceAccessPoint(ApplicationServiceAccessPoint):
+    """bacpypes3's, noting a request its server transaction could not decode and answering it."""
+
+    async def confirmation(self, pdu: Any) -> None:
+        data = bytes(pdu.pduData)  # bacpypes3 consumes the PDU as it decodes it
+        if not data or data[0] >> 4 != ConfirmedRequestPDU.pduType:
+            await super().confirmation(pdu)
+            return
+        failed: list = []
+        token = _undecodable.set(failed)
+        try:
+            await super().confirmation(pdu)
+        finally:
+            _undecodable.reset(token)
+        if failed:
+            await self._reject(PDU(data, source=pdu.pduSource))
+
+    async def sap_request(self, apdu: Any) -> None:
+        failed = _undecodable.get()
+        if failed is not None and isinstance(apdu, AbortPDU) and apdu.apduInvokeID is None:
+            failed.append(apdu)  # bacpypes3's sign that it could not decode the request: answered above
+            return
+        await super().sap_request(apdu)
+
+    async def _reject(self, pdu: PDU) -> None:
+        request = APDU.decode(pdu)
+        service = confirmed_request_types.get(request.apduService)
+        if service is None or not getattr(self.serviceElement, f"do_{service.__name__}", None):
+            reason = "unrecognizedService"
+        elif request.apduSeg:  # only its last segment is at hand here
+            reason = "other"
+        else:
+            try:
+                APCISequence.decode(request)
+                reason = "other"
+            except RejectException as err:
+                reason = err.rejectReason
+            except Exception:  # noqa: BLE001 - bacpypes3 raises ValueError, TypeError ... for bad encodings
+                reason = "invalidTag"
+        name = service.__name__.removesuffix("Request") if service else f"service {request.apduService}"
+        log.debug("BACnet %s from %s rejected (%s): not decodable", name, pdu.pduSource, reason)
+        reject = RejectPDU(request.apduInvokeID, reason)
+        reject.pduDestination = pdu.pduSource
+        await self.sap_confirmation(reject)  # to the request's server transaction, which sends it and ends

@@ -1,0 +1,144 @@
+"""What a BAS or a technician's workstation sends beyond reads and writes, and the answer it must get:
+services the device does not execute or a decoder cannot read (a Reject, never silence), a malformed
+DeviceCommunicationControl, an array index on a property that is not an array, time synchronization.
+A second real bacpypes3 stack on loopback asks, and a plain UDP socket for what no stack would encode."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import struct
+import time
+
+import pytest
+from bacpypes3.apdu import (
+    ConfirmedTextMessageRequest,
+    DeviceCommunicationControlRequest,
+    ErrorPDU,
+    RejectPDU,
+    TimeSynchronizationRequest,
+    UTCTimeSynchronizationRequest,
+    WritePropertyMultipleError,
+)
+from bacpypes3.pdu import Address
+from bacpypes3.basetypes import DateTime
+from bacpypes3.primitivedata import CharacterString, Date, ObjectIdentifier, Real, Time
+
+from test_bacnet_device import DEVICE_ID, gateway, peer, port_of, where  # noqa: F401 - shared fixtures
+from test_bacnet_services import errors_logged, request, write_multiple, write_one
+
+pytestmark = pytest.mark.timeout(60)
+
+REJECT_REASONS = {4: "invalid-tag", 5: "missing-required-parameter", 9: "unrecognized-service"}
+
+
+async def raw_request(port: int, apdu: bytes, timeout: float = 3.0) -> bytes | None:
+    """The APDU answering a confirmed request sent as bytes, or None if nothing came within `timeout` s."""
+    npdu = bytes([0x01, 0x04]) + apdu  # expecting a reply
+    loop = asyncio.get_running_loop()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.setblocking(False)
+        sock.sendto(bytes([0x81, 0x0A]) + struct.pack(">H", len(npdu) + 4) + npdu, ("127.0.0.1", port))
+        try:
+            async with asyncio.timeout(timeout):
+                data, _ = await loop.sock_recvfrom(sock, 1500)
+        except TimeoutError:
+            return None
+    return data[6:]  # past the BVLC header and the NPDU (version, control)
+
+
+def confirmed(invoke: int, service: int, body: bytes = b"") -> bytes:
+    return bytes([0x00, 0x05, invoke, service]) + body  # max 1476 octets, no segments
+
+
+@pytest.mark.parametrize("service, body, reason", [
+    (33, b"", "unrecognized-service"),    # AuditLogQuery (Protocol_Revision 21), unknown to bacpypes3
+    (30, b"\x09\x01", "unrecognized-service"),  # SubscribeCOVPropertyMultiple
+    (13, b"", "unrecognized-service"),    # ReadPropertyConditional, removed from BACnet
+    (19, b"\x0c\x02\x00\x00\x01\x29\x00\x3b\x00hi", "unrecognized-service"),  # ConfirmedTextMessage, well formed
+    (12, b"", "invalid-tag"),             # ReadProperty with no parameters
+    (12, b"\x0c\x00\x80\x00", "invalid-tag"),  # ReadProperty cut off inside the object identifier
+], ids=["audit-log-query", "subscribe-cov-property-multiple", "read-property-conditional", "text-message",
+        "empty-read-property", "truncated-read-property"])
+async def test_a_request_the_stack_cannot_decode_is_rejected_not_left_unanswered(gateway, peer, caplog, service,
+                                                                                 body, reason):
+    # bacpypes3 dropped these: the BAS waited through its retries and called the gateway offline
+    answer = await raw_request(port_of(gateway), confirmed(77, service, body))
+    assert answer is not None, "no answer"
+    assert answer[0] == 0x60 and answer[1] == 77, answer.hex()  # a Reject for invoke id 77
+    assert REJECT_REASONS.get(answer[2], answer[2]) == reason
+    assert gateway.app.asap.serverTransactions == []  # the transaction ended with the answer
+    assert await peer.read(where(gateway), f"device {DEVICE_ID}", "objectName") == "TestGateway"
+    assert errors_logged(caplog) == []
+
+
+async def test_a_text_message_from_a_workstation_is_rejected_unrecognized_service(gateway, peer, caplog):
+    message = ConfirmedTextMessageRequest(textMessageSourceDevice=ObjectIdentifier("device,4000001"),
+                                          messagePriority="normal", message=CharacterString("call the plant room"),
+                                          destination=Address(where(gateway)))
+    answer = await request(peer, message)
+    assert isinstance(answer, RejectPDU), answer
+    assert str(answer.apduAbortRejectReason) == "unrecognized-service"
+    assert errors_logged(caplog) == []
+
+
+@pytest.mark.parametrize("duration", [None, 5])
+async def test_device_communication_control_without_enable_disable_is_rejected(gateway, peer, caplog, duration):
+    # enable-disable is required; bacpypes3 decodes it as optional, and the handler failed with an
+    # AttributeError: operational-problem and a traceback in the log
+    dcc = DeviceCommunicationControlRequest(destination=Address(where(gateway)))
+    if duration is not None:
+        dcc.timeDuration = duration
+    answer = await request(peer, dcc)
+    assert isinstance(answer, RejectPDU), answer
+    assert str(answer.apduAbortRejectReason) == "missing-required-parameter"
+    assert gateway.communication() == {"mode": "enable"}
+    assert errors_logged(caplog) == []
+
+
+@pytest.mark.parametrize("obj, prop, value", [
+    ("analogValue,1", "presentValue", Real(7.0)),         # commandable: writable, but not an array
+    ("analogValue,4", "presentValue", Real(7.0)),         # read-only
+    ("analogValue,1", "description", CharacterString("x")),
+], ids=["commandable", "read-only", "description"])
+@pytest.mark.parametrize("service", ["WriteProperty", "WritePropertyMultiple"])
+async def test_an_array_index_on_a_property_that_is_not_an_array_is_refused_as_such(gateway, peer, caplog, obj,
+                                                                                    prop, value, service):
+    # ReadProperty of presentValue[1] said property-is-not-an-array; a write of it said write-access-denied,
+    # as if presentValue were not writable
+    addr = where(gateway)
+    if service == "WriteProperty":
+        apdu = write_one(addr, obj, prop, value, 8)
+        apdu.propertyArrayIndex = 1
+        answer = await request(peer, apdu)
+        assert isinstance(answer, ErrorPDU), answer
+        assert f"{answer.errorClass}/{answer.errorCode}" == "property/property-is-not-an-array"
+    else:
+        apdu = write_multiple(addr, obj, prop, value)
+        apdu.listOfWriteAccessSpecs[0].listOfProperties[0].propertyArrayIndex = 1
+        answer = await request(peer, apdu)
+        assert isinstance(answer, WritePropertyMultipleError), answer
+        error = answer.errorType
+        assert f"{error.errorClass}/{error.errorCode}" == "property/property-is-not-an-array"
+        assert answer.firstFailedWriteAttempt.propertyArrayIndex == 1
+    assert await peer.read(addr, obj.replace(",", " "), "presentValue") == 0.0
+    assert await peer.read(addr, "analogValue 1", "priorityArray") == [None] * 16
+    assert errors_logged(caplog) == []
+
+
+async def test_time_synchronization_from_the_bas_is_ignored_quietly(gateway, peer, caplog):
+    # the machine's clock is NTP's: the device lists neither service and executes neither, and a BAS that
+    # sends them every few minutes must not fill the log
+    caplog.set_level(logging.INFO)
+    a_year_ago = DateTime(date=Date((time.localtime().tm_year - 1901, 1, 1, 255)), time=Time((3, 4, 5, 0)))
+    before = time.time()
+    for _ in range(5):
+        for service in (TimeSynchronizationRequest, UTCTimeSynchronizationRequest):
+            peer.app.request(service(time=a_year_ago, destination=Address(where(gateway))))
+    # a read after them on the same path: they have been handled by the time it is answered
+    local_date = await peer.read(where(gateway), f"device {DEVICE_ID}", "localDate")
+    assert local_date[0] == time.localtime().tm_year - 1900, local_date
+    assert time.time() >= before
+    assert [r.getMessage() for r in caplog.records
+            if r.levelno >= logging.WARNING or r.name.startswith(("bacnet_api", "bacpypes3"))] == []
