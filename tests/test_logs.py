@@ -27,3 +27,46 @@ def test_templated_messages_are_keyed_by_their_template():
     assert not _passed(guard, "bacpypes3.x", "decoding error from %s", "10.0.0.2")
     assert _passed(guard, "ven.vtn", "not a stack: %s", "always")            # the gateway's own lines pass
     assert _passed(guard, "ven.vtn", "not a stack: %s", "always")
+
+
+_LOGS = """
+import logging
+from ven.logs import setup_logging
+setup_logging("INFO")
+log = logging.getLogger("ven.test")
+log.info("meter answering again")
+log.warning("meter fault: no answer")
+try:
+    1 / 0
+except ZeroDivisionError:
+    log.exception("a bug")
+"""
+
+
+def _log_to(path, journal_stream: str | None) -> list[str]:
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"}
+    with open(path, "wb") as err:
+        st = os.fstat(err.fileno())
+        if journal_stream is not None:
+            env["JOURNAL_STREAM"] = journal_stream.format(dev=st.st_dev, ino=st.st_ino)
+        subprocess.run([sys.executable, "-c", _LOGS], stderr=err, env=env, check=True, timeout=30)
+    return path.read_text().splitlines()
+
+
+def test_under_systemd_each_line_carries_its_priority_for_journalctl_p(tmp_path):
+    lines = _log_to(tmp_path / "journal", "{dev}:{ino}")   # systemd names the stream it reads
+    assert lines[0].startswith("<6>") and lines[0].endswith("Z meter answering again")
+    assert lines[1].startswith("<4>") and "WARNING meter fault: no answer" in lines[1]
+    assert lines[2].startswith("<3>") and "ERROR a bug" in lines[2]
+    assert lines[3:] and all(line.startswith("<3>") for line in lines[3:])    # the traceback stays an error
+    assert lines[-1] == "<3>ZeroDivisionError: division by zero"
+
+
+def test_elsewhere_the_lines_are_plain(tmp_path):
+    for stream in (None, "1:2", "not a pair"):   # no journal, or the service sent stderr to another file
+        lines = _log_to(tmp_path / "log", stream)
+        assert [line.split(" ", 1)[1] for line in lines[:2]] == ["meter answering again", "WARNING meter fault: no answer"]
+        assert not any(line.startswith("<") for line in lines)

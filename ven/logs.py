@@ -7,6 +7,7 @@ other levels carry their level name so warnings stand out when the log is scanne
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 import time
@@ -29,6 +30,7 @@ def _escape(char: re.Match) -> str:
 
 class UtcFormatter(logging.Formatter):
     converter = time.gmtime
+    journal = False     # each line led by its syslog priority, "<4>", which journald takes and strips
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         return time.strftime("%Y-%m-%dT%H:%M:%SZ", self.converter(record.created))
@@ -40,7 +42,29 @@ class UtcFormatter(logging.Formatter):
             text = f"{record.levelname} {text}"
         if record.exc_info and record.levelno >= logging.ERROR:
             text += "\n" + self.formatException(record.exc_info)
+        if self.journal:    # a traceback's lines too: journald makes each line an entry of its own
+            lead = f"<{_priority(record.levelno)}>"
+            return "\n".join(f"{lead}{stamp} {line}" if i == 0 else lead + line
+                             for i, line in enumerate(text.split("\n")))
         return f"{stamp} {text}"
+
+
+def _priority(levelno: int) -> int:
+    # syslog's: 2 critical, 3 error, 4 warning, 6 info, 7 debug
+    return 7 if levelno < logging.INFO else 6 if levelno < logging.WARNING else 4 if levelno < logging.ERROR \
+        else 3 if levelno < logging.CRITICAL else 2
+
+
+def _is_journal(stream) -> bool:
+    """Whether `stream` is the one systemd connected to the journal: it says so in JOURNAL_STREAM as
+    "device:inode" of that stream (sd-daemon(3)); a pipe or file the service redirects elsewhere keeps
+    plain lines."""
+    try:
+        dev, ino = (int(x) for x in os.environ["JOURNAL_STREAM"].split(":"))
+        st = os.fstat(stream.fileno())
+    except (KeyError, ValueError, OSError, AttributeError):   # io.UnsupportedOperation is an OSError
+        return False
+    return (st.st_dev, st.st_ino) == (dev, ino)
 
 
 class FloodGuard(logging.Filter):
@@ -93,7 +117,11 @@ def _kind(record: logging.LogRecord) -> str:
 
 def setup_logging(level: str = "INFO", stream=None) -> None:
     handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(UtcFormatter())
+    formatter = UtcFormatter()
+    # under systemd, `journalctl -p warning -u edge-gateway` then lists the faults; without the
+    # priority journald gives every line "info"
+    formatter.journal = _is_journal(handler.stream)
+    handler.setFormatter(formatter)
     handler.addFilter(FloodGuard())
     root = logging.getLogger()
     root.handlers[:] = [handler]
