@@ -12,6 +12,7 @@ import functools
 import gc
 import json
 import logging
+import math
 import time
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
@@ -450,6 +451,8 @@ class Gateway:
 
     def refresh_metrics(self) -> None:
         """Bring counters owned elsewhere (telemetry queue, VTN client) up to date before a scrape."""
+        from forecaster.core import PERSISTENCE     # loaded with self.forecast already (see _import_slow_parts)
+
         totals = {"sent": self.telemetry.sent_total, "dropped": self.telemetry.dropped,
                   "poll_failures": self.vtn.poll_failures_total}
         counters = {"sent": self.metrics.telemetry_sent, "dropped": self.metrics.telemetry_dropped,
@@ -459,11 +462,19 @@ class Gateway:
                 counters[key].inc(total - self._counted[key])
             self._counted[key] = total
         self.metrics.telemetry_queue_depth.set(self.telemetry.pending)
+        now = time.time()
+        oldest = self.telemetry.peek(1)
+        self.metrics.telemetry_oldest_age_seconds.set(max(0.0, now - oldest[0].ts.timestamp()) if oldest else 0.0)
         self.metrics.meter_fault.set(int(bool(self.meter.fault)))
         self.metrics.storage_writable.set(int(self.storage_status()["ok"]))
         self.metrics.bacnet_initiation_disabled.set(int(self.device.communication()["mode"] != "enable"))
         self.metrics.forecast_input_stale.set(int(self.forecast.input_stale()))
-        for horizon, h in self.forecast.status().get("horizons", {}).items():
+        forecast = self.forecast.status()
+        written = forecast.get("last_input_at")
+        self.metrics.input_age_seconds.set(math.nan if written is None else max(0.0, now - written))
+        for horizon, h in forecast.get("horizons", {}).items():
+            serving_persistence = self.metrics.forecast_serving_persistence.labels(horizon=f"{horizon}m")
+            serving_persistence.set(int(h["serving"] == PERSISTENCE))
             for model, key in (("forecaster", "validation_rmse_kw"), ("persistence", "validation_persistence_rmse_kw")):
                 if h.get(key) is not None:
                     self.metrics.model_validation_error.labels(model=f"{model}_{horizon}m").set(h[key])

@@ -39,6 +39,10 @@ class Metrics:
         self.vtn_connected = Gauge(f"{p}_vtn_connected", "1 while registered with the VTN and polling", registry=r)
         self.telemetry_queue_depth = Gauge(f"{p}_telemetry_queue_depth",
                                            "Telemetry samples stored and not yet delivered to the VTN", registry=r)
+        self.telemetry_oldest_age_seconds = Gauge(f"{p}_telemetry_oldest_sample_age_seconds",
+                                                  "Age of the oldest telemetry sample not yet delivered to the VTN "
+                                                  "(s; 0 while none waits): a VTN that is unreachable or refuses "
+                                                  "reports makes it grow", registry=r)
         self.telemetry_queued = Counter(f"{p}_telemetry_queued", "Telemetry samples queued for the VTN",
                                         registry=r)
         self.telemetry_sent = Counter(f"{p}_telemetry_sent", "Telemetry samples delivered to the VTN", registry=r)
@@ -67,12 +71,20 @@ class Metrics:
         self.forecast_input_stale = Gauge(f"{p}_forecast_input_stale",
                                           "1 while the forecaster has had no power for forecaster.input_stale_seconds "
                                           "(forecasts and load flags in fault)", registry=r)
+        self.input_age_seconds = Gauge(f"{p}_input_age_seconds",
+                                       "Seconds since the BAS last wrote input-power-meter (NaN before its first "
+                                       "write or once it relinquished the point)", registry=r)
+        self.forecast_serving_persistence = Gauge(f"{p}_forecast_serving_persistence",
+                                                  "1 while persistence serves the <horizon> forecast: no model yet "
+                                                  "(two days of history), or the model does not beat persistence",
+                                                  ["horizon"], registry=r)
         self.uptime_seconds = Gauge(f"{p}_uptime_seconds", "Seconds since the gateway started", registry=r)
         self.build_info = Info(f"{p}_build", "Gateway version", registry=r)
-        for gauge in (self.meter_kw, self.input_kw):
+        for gauge in (self.meter_kw, self.input_kw, self.input_age_seconds):
             gauge.set(math.nan)
         for horizon in horizons_minutes:
             self.forecast_kw.labels(horizon=f"{horizon}m").set(math.nan)
+            self.forecast_serving_persistence.labels(horizon=f"{horizon}m").set(1)   # until a model beats it
 
     def set_version(self, version: str) -> None:
         self.build_info.info({"version": version})

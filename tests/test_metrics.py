@@ -1,0 +1,134 @@
+"""/metrics as an operator's Prometheus reads it, from a running gateway with real peers on loopback (a VTN,
+a routed meter, a BAS): the exposition parsed by prometheus_client's own parser follows the conventions an
+alert rule relies on, the VTN's outage and the telemetry backlog it leaves show from start to end, and every
+metric examples/prometheus-alerts.yml uses is one the gateway exposes."""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import aiohttp
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from bacnet_api import points as P
+from bacnet_api.simulator import MeterSimulator
+from bacnet_peer import BacnetPeer
+from test_gateway import fast_config
+from ven.app import Gateway
+from ven.vtn_server import DemoVtn
+from waiting import eventually
+
+pytestmark = pytest.mark.timeout(90)
+
+ALERTS = Path(__file__).parents[1] / "examples" / "prometheus-alerts.yml"
+# every label the gateway puts on a series, and the values it may take: none grows with time (an event id
+# or a timestamp as a label would make a new series for each, forever)
+BOUNDED_LABELS = {"horizon": re.compile(r"(15|60)m"), "model": re.compile(r"(forecaster|persistence)_(15|60)m"),
+                  "version": re.compile(r"\S+"), "le": re.compile(r"\S+")}
+
+
+@pytest.fixture
+async def running(tmp_path, free_udp_port, free_tcp_port):
+    ports = dict(bacnet_port=free_udp_port(), meter_port=free_udp_port(), vtn_port=free_tcp_port(),
+                 http_port=free_tcp_port())
+    vtn = DemoVtn(port=ports["vtn_port"], poll_seconds=1.0)
+    meter = MeterSimulator(address=f"127.0.0.1/8:{ports['meter_port']}", value=87.5)
+    gw = Gateway(fast_config(tmp_path, **ports))
+    await vtn.start()
+    await meter.start()
+    await gw.start()
+    running = {"vtn": vtn, "gateway": gw, "ports": ports}
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+            async def scrape() -> list:
+                async with http.get(gw.http.url + "/metrics") as r:
+                    assert r.status == 200
+                    return list(text_string_to_metric_families(await r.text()))
+            running["scrape"] = scrape
+            await eventually(lambda: gw.vtn.connected and gw.meter.last_good is not None, 15, "connected, meter read")
+            yield running
+    finally:
+        await gw.stop()
+        await meter.stop()
+        await running["vtn"].stop()
+
+
+def values(families) -> dict[str, float]:
+    """name{label="value",...} -> value, for each sample."""
+    return {s.name + "".join(f'{{{k}="{v}"}}' for k, v in sorted(s.labels.items())): s.value
+            for f in families for s in f.samples}
+
+
+async def test_the_exposition_parses_with_prometheus_client_and_follows_its_conventions(running, free_udp_port):
+    families = await running["scrape"]()
+    names = [f.name for f in families]
+    assert len(names) == len(set(names)), names
+    series = [(s.name, tuple(sorted(s.labels.items()))) for f in families for s in f.samples]
+    assert len(series) == len(set(series)), "duplicate series"
+    for f in families:
+        assert f.name.startswith("edge_gateway_") and f.documentation, f.name
+        assert f.type in ("counter", "gauge", "histogram", "info"), (f.name, f.type)
+        if f.type == "counter":
+            assert all(s.name == f.name + "_total" for s in f.samples), f.samples
+        for s in f.samples:
+            for label, value in s.labels.items():
+                assert label in BOUNDED_LABELS and BOUNDED_LABELS[label].fullmatch(value), (s.name, label, value)
+    counters = {s.name for f in families if f.type == "counter" for s in f.samples}
+    first = values(families)
+
+    # before the BAS's first write its age is unknown (NaN: no alert fires on a site whose BAS never writes)
+    assert math.isnan(first["edge_gateway_input_age_seconds"])
+    # no model before two days of history: persistence serves both horizons
+    assert [first[f'edge_gateway_forecast_serving_persistence{{horizon="{h}"}}'] for h in ("15m", "60m")] == [1, 1]
+    gw = running["gateway"]
+    async with BacnetPeer(free_udp_port()) as bas:
+        addr = f"127.0.0.1:{running['ports']['bacnet_port']}"
+        assert await bas.write(addr, P.BY_NAME[P.INPUT_POWER].object_id, "presentValue", 90.0, priority=8) is None
+    await eventually(lambda: gw.forecast.status()["last_input_at"] is not None, 5, "the write seen")
+    second = values(await running["scrape"]())
+    assert 0 <= second["edge_gateway_input_age_seconds"] < 60
+    for name in counters:       # a counter only goes up
+        assert second[name] >= first[name], name
+
+
+async def test_a_vtn_outage_and_the_telemetry_backlog_it_leaves_show_from_start_to_end(running):
+    scrape, gw = running["scrape"], running["gateway"]
+
+    def metric_is(name, test):
+        async def check():
+            return test(values(await scrape())[name])
+        return check
+
+    connected, age = "edge_gateway_vtn_connected", "edge_gateway_telemetry_oldest_sample_age_seconds"
+    assert await metric_is(connected, lambda v: v == 1)()
+    await eventually(lambda: gw.telemetry.status()["delivered"] > 0, 30, "a first delivery")
+    # delivered every telemetry interval (10 s): the oldest waiting sample is younger than two of them
+    await eventually(metric_is(age, lambda v: v < 20), 30, "a short backlog while the VTN takes it")
+
+    await running["vtn"].stop()
+    await eventually(metric_is(connected, lambda v: v == 0), 15, "vtn_connected 0")
+    await eventually(metric_is(age, lambda v: v > 25), 40, "the backlog's age grows while the VTN is away")
+    assert await metric_is("edge_gateway_telemetry_queue_depth", lambda v: v >= 10)()
+
+    running["vtn"] = DemoVtn(port=running["ports"]["vtn_port"], poll_seconds=1.0)    # the VTN restarted
+    await running["vtn"].start()
+    await eventually(metric_is(connected, lambda v: v == 1), 30, "vtn_connected 1 again")
+    await eventually(metric_is(age, lambda v: v < 20), 30, "the backlog delivered")
+
+
+async def test_the_example_alert_rules_use_only_metrics_the_gateway_exposes(running):
+    rules = [rule for group in yaml.safe_load(ALERTS.read_text())["groups"] for rule in group["rules"]]
+    assert rules
+    for rule in rules:
+        assert {"alert", "expr", "labels", "annotations"} <= rule.keys(), rule
+        assert rule["labels"]["severity"] in ("critical", "warning", "info"), rule
+        assert rule["annotations"]["summary"], rule
+        assert re.fullmatch(r"\d+[smhdw]", str(rule.get("for", "0s"))), rule
+    used = {name for rule in rules for name in re.findall(r"\bedge_gateway_\w+", rule["expr"])}
+    exposed = {s.name for f in await running["scrape"]() for s in f.samples}
+    assert used and used <= exposed, sorted(used - exposed)
+    alerts = [rule["alert"] for rule in rules]
+    assert len(alerts) == len(set(alerts)), alerts
