@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime as dt
-import io
 import math
 import multiprocessing
 import os
@@ -20,6 +19,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from .core import DemandForecaster
+from .export_csv import ReplayInputError, read_export
 from .model import fit_threads
 
 OUTPUT_COLUMNS = ("issued_at", "horizon_minutes", "target_time", "forecast_kw", "high_load", "low_load", "model")
@@ -28,133 +28,6 @@ REPLAY_RETRAIN_MINUTES = 1440.0
 # Cycles between fits are predicted in batches of up to a day: far cheaper than one by one, and the
 # same forecasts, as long as the history window holds the features' look-back plus this day.
 BATCH_SECONDS = 86400.0
-
-
-class ReplayInputError(ValueError):
-    """The CSV cannot be replayed; the message names the file, row or column."""
-
-
-# Meter data lies between these; anything outside is a mistyped row (epoch milliseconds in a series
-# of seconds, a wrong year) that would otherwise set the replay walking cycle by cycle for decades.
-TIME_MIN = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc).timestamp()
-TIME_MAX = dt.datetime(2100, 1, 1, tzinfo=dt.timezone.utc).timestamp()
-# Skipped rows named one by one in the summary; a file with thousands of bad rows gets a count.
-MAX_ROW_NOTES = 10
-
-
-def parse_time(text: str, tz: ZoneInfo, folds: dict | None = None) -> float:
-    """Epoch seconds from an ISO 8601 timestamp (naive means the forecaster's time zone) or a number.
-
-    `folds`, one dict kept across the rows of a file, resolves naive times in the hour a clock change
-    repeats: the wall clock going back inside that hour (02:45, then 02:00 again; 02:00 twice in hourly
-    data) starts its second pass.
-    Without it, both passes would land on the first and the real second hour would be missing."""
-    text = text.strip()
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    d = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    if d.tzinfo is None:
-        d = d.replace(tzinfo=tz)
-        if folds is not None and d.utcoffset() != d.replace(fold=1).utcoffset():
-            key = d.date()
-            wall = d.replace(tzinfo=None)
-            previous, fold = folds.get(key, (None, 0))
-            back = None if previous is None else previous - wall
-            # a step back of a few minutes is a file in descending order, not a second pass
-            if back is not None and (back == dt.timedelta(0) or back >= dt.timedelta(minutes=30)):
-                fold = 1
-            folds[key] = (wall, fold)
-            d = d.replace(fold=fold)
-    return d.timestamp()
-
-
-def _time_problem(t: float) -> str | None:
-    if not math.isfinite(t):
-        return "is not a finite time"
-    if TIME_MIN <= t < TIME_MAX:
-        return None
-    hint = " (epoch milliseconds? times are epoch seconds)" if TIME_MIN * 1000 <= t < TIME_MAX * 1000 else ""
-    return f"is outside 1970-2100{hint}"
-
-
-def _decode(path: Path) -> str:
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise ReplayInputError(f"{path}: cannot read: {err.strerror}") from None
-    try:
-        # utf-8-sig: spreadsheets save UTF-8 CSVs with a BOM, which would otherwise stick to the first column name.
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = data.count(b"\n", 0, err.start) + 1
-        col = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
-        raise ReplayInputError(f"{path}: line {line}, byte {col}: 0x{data[err.start]:02x} is not UTF-8; "
-                               "save the file as UTF-8") from None
-
-
-def _read_series(csv_path, time_column: str, value_column: str, tz: ZoneInfo):
-    """(times, values, line numbers) sorted by time, and (skipped row count, notes naming them)."""
-    path = Path(csv_path)
-    text = _decode(path)
-    times, values, lines, notes, skipped = [], [], [], [], 0
-    line_no = 0
-    folds: dict = {}
-
-    def data_lines():
-        nonlocal line_no
-        for line_no, line in enumerate(io.StringIO(text, newline=""), 1):
-            if not line.lstrip().startswith("#"):
-                yield line
-
-    reader = csv.DictReader(data_lines())
-    if reader.fieldnames is None:
-        raise ReplayInputError(f"{path}: the file is empty (no header row)")
-    cols = reader.fieldnames
-    for c in (time_column, value_column):
-        if c not in cols:
-            raise ReplayInputError(f"{path}: no column {c!r}; columns are {', '.join(cols) or '(none)'}")
-    for row in reader:
-        t_text, v_text = row[time_column], row[value_column]
-        try:
-            t = parse_time(t_text, tz, folds)
-            problem = _time_problem(t)
-            if problem is None:
-                try:
-                    v = float(v_text)
-                except (TypeError, ValueError):
-                    problem = "value " + (f"{v_text!r} is not a number" if v_text is not None else "is missing")
-                else:
-                    if not math.isfinite(v):   # named here by line, not just counted by the forecaster
-                        problem = f"value {v_text.strip()!r} is not a finite number"
-            else:
-                problem = f"time {t_text.strip()!r} {problem}"
-        except (TypeError, ValueError, AttributeError):
-            problem = f"time {t_text.strip()!r} is not a timestamp" if t_text is not None else "time is missing"
-        if problem is not None:
-            skipped += 1
-            if skipped <= MAX_ROW_NOTES:
-                notes.append(f"line {line_no}: {problem}; row skipped")
-            continue
-        times.append(t)
-        values.append(v)
-        lines.append(line_no)
-    if skipped > MAX_ROW_NOTES:
-        notes.append(f"... and {skipped - MAX_ROW_NOTES} more rows skipped")
-    if not times:
-        why = f" ({notes[0].removesuffix('; row skipped')})" if notes else ""
-        raise ReplayInputError(f"{path}: no usable rows in columns {time_column!r}, {value_column!r}{why}")
-    t, v, ln = np.array(times), np.array(values), np.array(lines)
-    order = np.argsort(t, kind="stable")
-    return t[order], v[order], ln[order], skipped, notes
-
-
-def read_series(csv_path, time_column: str, value_column: str, tz: ZoneInfo) -> tuple[np.ndarray, np.ndarray, int]:
-    """(times, values, skipped rows) sorted by time; lines starting with '#' are comments. Rows whose time
-    or value cannot be read, or whose time is not finite or outside 1970-2100, are skipped."""
-    t, v, _, skipped, _ = _read_series(csv_path, time_column, value_column, tz)
-    return t, v, skipped
 
 
 def _limit_threads(n_threads: int) -> None:
@@ -269,8 +142,9 @@ def _replay(fc: DemandForecaster, times, values, write_row, cycle: float, map_fn
             "models": models, "retrain_minutes": fc.retrain_minutes, "gaps_skipped": gaps}
 
 
-def replay_csv(csv_path, time_column: str, value_column: str, output_path, cycle_minutes: float = 15,
-               fit_processes: int | None = None, **forecaster_params) -> dict:
+def replay_csv(csv_path, time_column, value_column: str, output_path, cycle_minutes: float = 15,
+               fit_processes: int | None = None, time_format: str | None = None, encoding: str | None = None,
+               decimal: str | None = None, value_unit: str | None = None, **forecaster_params) -> dict:
     """Replay a CSV and write `OUTPUT_COLUMNS` rows to output_path; returns a summary dict, whose
     "notes" name the rows skipped and the gaps not replayed.
 
@@ -278,7 +152,10 @@ def replay_csv(csv_path, time_column: str, value_column: str, output_path, cycle
     succeeded: refused input or an interrupted run leaves no file that looks like a result."""
     _cycle_seconds(cycle_minutes)
     tz = ZoneInfo(forecaster_params.get("timezone", "UTC"))
-    times, values, lines, skipped, notes = _read_series(csv_path, time_column, value_column, tz)
+    times, values, lines, skipped, notes, reading = read_export(
+        csv_path, time_column, value_column, tz, time_format, encoding, decimal, value_unit)
+    if reading:
+        notes.insert(0, reading)
 
     def iso(t: float) -> str:
         return dt.datetime.fromtimestamp(t, tz).isoformat()

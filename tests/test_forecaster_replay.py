@@ -11,7 +11,8 @@ import pytest
 
 from forecaster import DemandForecaster
 from forecaster.model import MODEL_NAME
-from forecaster.replay import OUTPUT_COLUMNS, ReplayInputError, read_series, replay_csv, replay_series
+from forecaster.export_csv import read_series
+from forecaster.replay import OUTPUT_COLUMNS, ReplayInputError, replay_csv, replay_series
 
 EXCERPT = Path(__file__).parent / "data" / "turin_office_excerpt.csv"
 

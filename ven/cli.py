@@ -357,9 +357,13 @@ def cmd_forecast_replay(args) -> int:
     params = forecaster_params(_config_or_exit(args.config).forecaster) if args.config else {}
     if args.retrain_minutes is not None:
         params["retrain_minutes"] = args.retrain_minutes
+    if args.timezone is not None:
+        params["timezone"] = args.timezone
     try:
         summary = replay_csv(args.csv, args.time_column, args.value_column, args.output,
-                             cycle_minutes=args.cycle_minutes, fit_processes=args.fit_processes, **params)
+                             cycle_minutes=args.cycle_minutes, fit_processes=args.fit_processes,
+                             time_format=args.time_format, encoding=args.encoding, decimal=args.decimal,
+                             value_unit=args.value_unit, **params)
     except (ReplayInputError, OSError) as err:
         print(f"forecast-replay: {err}", file=sys.stderr)
         return 1
@@ -391,6 +395,17 @@ _finite = _ranged(float, -_BIG, _BIG, "a finite number")
 _positive_seconds = _ranged(float, math.ulp(0.0), _BIG, "above 0 seconds")
 _seconds = _ranged(float, 0.0, _BIG, "0 seconds or more")
 _positive_minutes = _ranged(float, 1.0, _BIG, "at least 1 minute (the history is kept in 1-minute means)")
+
+
+
+
+def _zone(text: str) -> str:
+    from zoneinfo import ZoneInfo
+    try:
+        ZoneInfo(text)
+    except (ValueError, LookupError):
+        raise argparse.ArgumentTypeError(f"unknown IANA time zone {text!r}, e.g. Europe/Rome") from None
+    return text
 
 
 _CONFIG_HELP = "the gateway's TOML configuration file (README: Configuration)"
@@ -485,10 +500,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo_vtn)
 
     p = sub.add_parser("forecast-replay", help="replay a CSV through the forecaster in simulated time")
-    p.add_argument("--csv", required=True, metavar="FILE", help="the meter's history, one row per reading")
-    p.add_argument("--time-column", required=True, metavar="NAME",
-                   help="its time column: ISO 8601 or epoch seconds; without an offset, in forecaster.timezone")
-    p.add_argument("--value-column", required=True, metavar="NAME", help="its kW column")
+    p.add_argument("--csv", required=True, metavar="FILE", help="the meter's history, one row per reading; "
+                   "separated by ',', ';' or tabs, its header the first line naming the columns")
+    p.add_argument("--time-column", required=True, action="append", metavar="NAME",
+                   help="its time column: ISO 8601 or epoch seconds unless --time-format says otherwise; "
+                        "without an offset, in forecaster.timezone. Twice for a date and a time column")
+    p.add_argument("--value-column", required=True, metavar="NAME",
+                   help="its power column, in kW unless --value-unit, its name (\"P [W]\") or the cell says otherwise")
+    p.add_argument("--time-format", default=None, metavar="FORMAT",
+                   help="the times' strptime format, e.g. '%%d/%%m/%%Y %%H:%%M' (a trailing %%Z reads CET/CEST "
+                        "as forecaster.timezone names them), or epoch or epoch-ms")
+    p.add_argument("--timezone", type=_zone, default=None, metavar="ZONE",
+                   help="IANA zone of times without an offset (default: forecaster.timezone, UTC)")
+    p.add_argument("--encoding", default=None, metavar="NAME",
+                   help="the file's text encoding, e.g. cp1252 (default UTF-8, with or without BOM)")
+    p.add_argument("--decimal", choices=(".", ","), default=None, metavar="MARK",
+                   help="the values' decimal mark, . or , (the other one groups thousands; "
+                        "default: what the values show; asked for when they show neither or both)")
+    p.add_argument("--value-unit", choices=("W", "kW", "MW"), default=None,
+                   help="unit of the values (default: the column name's, e.g. \"P [W]\", else kW)")
     p.add_argument("--cycle-minutes", type=_positive_minutes, default=15.0, metavar="MINUTES",
                    help="simulated minutes between forecasts (default %(default)g). A gap in the data longer than "
                         "the forecaster keeps history (44 days by default) is not replayed: the replay "

@@ -1,0 +1,327 @@
+"""Reading a building's kW series from what it exports: a CSV with a header line somewhere in its first
+lines, separated by commas, semicolons or tabs, decimal points or commas, ISO 8601, epoch or a given
+time format, and values in W, kW or MW. Nothing is guessed that could read a number wrong: an ambiguous
+file is refused with the option that settles it."""
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import math
+import re
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import numpy as np
+
+
+class ReplayInputError(ValueError):
+    """The CSV cannot be replayed; the message names the file, row or column."""
+
+
+# Meter data lies between these; anything outside is a mistyped row (epoch milliseconds in a series
+# of seconds, a wrong year) that would otherwise set the replay walking cycle by cycle for decades.
+TIME_MIN = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc).timestamp()
+TIME_MAX = dt.datetime(2100, 1, 1, tzinfo=dt.timezone.utc).timestamp()
+# Skipped rows named one by one in the summary; a file with thousands of bad rows gets a count.
+MAX_ROW_NOTES = 10
+
+
+def _resolve_fold(d: dt.datetime, folds: dict | None) -> dt.datetime:
+    """`d` (naive wall time with its zone set) in the pass of a repeated hour the file order implies."""
+    if folds is not None and d.utcoffset() != d.replace(fold=1).utcoffset():
+        key = d.date()
+        wall = d.replace(tzinfo=None)
+        previous, fold = folds.get(key, (None, 0))
+        back = None if previous is None else previous - wall
+        # a step back of a few minutes is a file in descending order, not a second pass
+        if back is not None and (back == dt.timedelta(0) or back >= dt.timedelta(minutes=30)):
+            fold = 1
+        folds[key] = (wall, fold)
+        d = d.replace(fold=fold)
+    return d
+
+
+class TimeFormatError(ValueError):
+    """A time that does not read as its format says; the message says what it is or should be."""
+
+
+EPOCH_FORMATS = {"epoch": 1.0, "epoch-ms": 0.001}
+EXAMPLE_FORMAT = "'%d/%m/%Y %H:%M'"
+
+
+def _zone_named(d: dt.datetime, name: str, tz: ZoneInfo) -> dt.datetime:
+    """Naive `d` in `tz`, in the pass whose abbreviation is `name` (CET or CEST), as Niagara writes them."""
+    if name.upper() in ("UTC", "GMT", "Z"):
+        return d.replace(tzinfo=dt.timezone.utc)
+    for fold in (0, 1):
+        local = d.replace(tzinfo=tz, fold=fold)
+        if local.tzname() == name:
+            return local
+    raise TimeFormatError(f"says zone {name!r}, which is not what {tz.key} calls that time "
+                          "(set forecaster.timezone, e.g. --timezone Europe/Rome)")
+
+
+def parse_time(text: str, tz: ZoneInfo, folds: dict | None = None, time_format: str | None = None) -> float:
+    """Epoch seconds from an ISO 8601 timestamp (naive means the forecaster's time zone) or a number; with
+    `time_format`, from a strptime format ("%d/%m/%Y %H:%M"; a trailing %Z takes the zone's abbreviation,
+    CET or CEST) or "epoch" / "epoch-ms".
+
+    `folds`, one dict kept across the rows of a file, resolves naive times in the hour a clock change
+    repeats: the wall clock going back inside that hour (02:45, then 02:00 again; 02:00 twice in hourly
+    data) starts its second pass.
+    Without it, both passes would land on the first and the real second hour would be missing."""
+    text = text.strip()
+    if time_format in EPOCH_FORMATS:
+        return float(text) * EPOCH_FORMATS[time_format]
+    if time_format:
+        fmt, zone = time_format, None
+        if fmt.endswith("%Z"):   # strptime's %Z knows only UTC and this machine's own zone names
+            fmt = fmt[:-2].rstrip()
+            text, _, zone = text.rpartition(" ") if " " in text else ("", "", text)
+        try:
+            d = dt.datetime.strptime(text.strip(), fmt)
+        except ValueError:
+            raise TimeFormatError(f"does not match --time-format {time_format!r}") from None
+        if zone is not None and d.tzinfo is None:
+            return _zone_named(d, zone, tz).timestamp()
+    else:
+        try:
+            return float(text)
+        except ValueError:
+            pass
+        try:
+            d = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            # 01/02/2019 is the 1st of February or the 2nd of January: never guessed, the file's format is asked for
+            raise TimeFormatError("is not ISO 8601 or epoch seconds; give its format, e.g. "
+                                  f"--time-format {EXAMPLE_FORMAT}") from None
+    if d.tzinfo is None:
+        d = _resolve_fold(d.replace(tzinfo=tz), folds)
+    return d.timestamp()
+
+
+def _time_problem(t: float, time_format: str | None = None) -> str | None:
+    if not math.isfinite(t):
+        return "is not a finite time"
+    if TIME_MIN <= t < TIME_MAX:
+        return None
+    hint = ""
+    if TIME_MIN * 1000 <= t < TIME_MAX * 1000 and time_format != "epoch-ms":
+        hint = " (epoch milliseconds? pass --time-format epoch-ms)"
+    return f"is outside 1970-2100{hint}"
+
+
+def _decode(path: Path, encoding: str | None = None) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ReplayInputError(f"{path}: cannot read: {err.strerror}") from None
+    try:
+        # utf-8-sig: spreadsheets save UTF-8 CSVs with a BOM, which would otherwise stick to the first column name.
+        return data.decode(encoding or "utf-8-sig")
+    except LookupError:
+        raise ReplayInputError(f"{path}: unknown encoding {encoding!r}") from None
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        col = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        if encoding:
+            raise ReplayInputError(f"{path}: line {line}, byte {col}: 0x{data[err.start]:02x} is not "
+                                   f"{encoding}; pass the file's encoding with --encoding") from None
+        raise ReplayInputError(f"{path}: line {line}, byte {col}: 0x{data[err.start]:02x} is not UTF-8; "
+                               "pass the file's encoding (--encoding cp1252 for most Windows and Excel "
+                               "exports) or save the file as UTF-8") from None
+
+
+# Exports put the site, the point and the export time on up to a handful of lines above the header.
+HEADER_SEARCH_LINES = 50
+DELIMITERS = (",", ";", "\t")
+# kW per unit of a value in W, kW or MW: from --value-unit, the column name ("P [W]") or the cell ("120 kW").
+UNIT_KW = {"w": 0.001, "kw": 1.0, "mw": 1000.0}
+UNIT_NAMES = {"w": "W", "kw": "kW", "mw": "MW"}
+_HEADER_UNIT = re.compile(r"[\[(]\s*(k?w|mw)\s*[\])]", re.IGNORECASE)
+_OTHER_UNIT = re.compile(r"[\[(]\s*([kM]?(?:Wh|VAh?|varh?)|A)\s*[\])]", re.IGNORECASE)
+_CELL_UNIT = re.compile(r"(.*?)\s*(k?w|mw)", re.IGNORECASE)
+_GROUPED = {".": re.compile(r"[-+]?\d{1,3}(,\d{3})+(\.\d*)?"), ",": re.compile(r"[-+]?\d{1,3}(\.\d{3})+(,\d*)?")}
+_AMBIGUOUS = re.compile(r"[-+]?\d{1,3}[.,]\d{3}")
+
+
+def _split_unit(text: str) -> tuple[str, str | None]:
+    m = _CELL_UNIT.fullmatch(text.strip())
+    return (m.group(1), m.group(2).lower()) if m else (text.strip(), None)
+
+
+def _number(text: str, decimal: str) -> float:
+    """A number with `decimal` as its decimal mark and, optionally, the other mark grouping thousands."""
+    group = "," if decimal == "." else "."
+    if group in text:
+        if not _GROUPED[decimal].fullmatch(text):
+            raise ValueError(text)
+        text = text.replace(group, "")
+    return float(text.replace(decimal, "."))
+
+
+def _decimal_evidence(text: str) -> str | None:
+    """The decimal mark `text` proves ("." or ","), "?" for 1.234 or 1,234 (a decimal or a thousands
+    separator), None for neither."""
+    text = text.strip()
+    if "," in text and "." in text:
+        return "," if text.rfind(",") > text.rfind(".") else "."
+    for mark, other in ((".", ","), (",", ".")):
+        if mark in text:
+            if text.count(mark) > 1:
+                return other
+            return "?" if _AMBIGUOUS.fullmatch(text) else mark
+    return None
+
+
+def _decimal_mark(values, path: Path) -> str:
+    """The file's decimal mark, as its values prove it; a file that mixes both, or proves neither while
+    holding values such as 1.234, is refused rather than read a thousand times too small or large."""
+    seen: dict[str, tuple[int, str]] = {}
+    for line_no, text in values:
+        if text is not None:
+            evidence = _decimal_evidence(_split_unit(text)[0])
+            if evidence is not None:
+                seen.setdefault(evidence, (line_no, text.strip()))
+    if "." in seen and "," in seen:
+        (a, ta), (b, tb) = seen["."], seen[","]
+        raise ReplayInputError(f"{path}: the values mix decimal points (line {a}: {ta!r}) and decimal commas "
+                               f"(line {b}: {tb!r}); pass --decimal . or --decimal ,")
+    if "?" in seen and len(seen) == 1:
+        line_no, text = seen["?"]
+        raise ReplayInputError(f"{path}: line {line_no}: value {text!r} has a decimal or a thousands separator; "
+                               "pass --decimal . or --decimal ,")
+    return "," if "," in seen else "."
+
+
+def _find_header(lines: list[tuple[int, str]], columns: tuple[str, ...], path: Path):
+    """(index into lines, delimiter, column names) of the first line that names all `columns` as fields
+    separated by ',', ';' or a tab; metadata lines above it are passed over."""
+    best = None   # (columns found, -index, fields) of the line closest to a header, for the error
+    for i, (_, line) in enumerate(lines[:HEADER_SEARCH_LINES]):
+        for delimiter in DELIMITERS:
+            names = [n.strip() for n in next(csv.reader([line], delimiter=delimiter), [])]
+            found = sum(c in names for c in columns)
+            if found == len(columns):
+                return i, delimiter, names
+            if best is None or (found, -i, len(names)) > best[:2] + (len(best[2]),):
+                best = (found, -i, names)
+    names = best[2]
+    missing = next(c for c in columns if c not in names)
+    raise ReplayInputError(f"{path}: no column {missing!r}; columns are {', '.join(names) or '(none)'}")
+
+
+def read_export(csv_path, time_column, value_column: str, tz: ZoneInfo, time_format: str | None = None,
+                encoding: str | None = None, decimal: str | None = None, value_unit: str | None = None):
+    """(times, values in kW, line numbers) sorted by time, (skipped row count, notes naming them), and a
+    note saying how the file was read when that is not plain comma-separated kW from its first line."""
+    path = Path(csv_path)
+    text = _decode(path, encoding)
+    time_columns = (time_column,) if isinstance(time_column, str) else tuple(time_column)
+    lines = [(n, line) for n, line in enumerate(io.StringIO(text, newline=""), 1)
+             if line.strip() and not line.lstrip().startswith("#")]
+    if not lines:
+        raise ReplayInputError(f"{path}: the file is empty (no header row)")
+    header, delimiter, cols = _find_header(lines, time_columns + (value_column,), path)
+    if decimal not in (None, ".", ","):
+        raise ReplayInputError(f"decimal mark {decimal!r} is not '.' or ','")
+    unit = _HEADER_UNIT.search(value_column)
+    named = unit.group(1).lower() if unit else None
+    if value_unit is not None and named is not None and value_unit.lower() != named:
+        raise ReplayInputError(f"{path}: column {value_column!r} says {UNIT_NAMES[named]}, --value-unit says "
+                               f"{value_unit}")
+    other = _OTHER_UNIT.search(value_column)
+    if other and value_unit is None:
+        # interval kWh or a meter's running total, replayed as kW, would be forecasts of another quantity
+        raise ReplayInputError(f"{path}: column {value_column!r} says {other.group(1)}, not power in W, kW or MW "
+                               "(--value-unit reads it as one anyway)")
+    unit = (value_unit or named or "kw").lower()
+    if unit not in UNIT_KW:
+        raise ReplayInputError(f"{path}: value unit {value_unit!r} is not W, kW or MW")
+    t_idx = [cols.index(c) for c in time_columns]
+    v_idx = cols.index(value_column)
+
+    raw = []   # (line, time text, value text, fields beyond the header)
+    line_no = lines[header][0]
+
+    def data_lines():
+        nonlocal line_no
+        for line_no, line in lines[header + 1:]:
+            yield line
+
+    for row in csv.reader(data_lines(), delimiter=delimiter):
+        cell = lambda i: row[i] if i < len(row) else None  # noqa: E731
+        ts = [cell(i) for i in t_idx]
+        t_text = None if None in ts else " ".join(s.strip() for s in ts)
+        extra = [f for f in row[len(cols):] if f.strip()]
+        raw.append((line_no, t_text, cell(v_idx), extra))
+    mark = decimal or _decimal_mark(((n, v) for n, _, v, _ in raw), path)
+
+    times, values, kept, notes, skipped = [], [], [], [], 0
+    folds: dict = {}
+    for line_no, t_text, v_text, extra in raw:
+        problem = None
+        if extra:
+            # "2019-10-07 00:00,113,2": a decimal comma in a comma-separated file would read as 113
+            problem = (f"has {len(cols) + len(extra)} fields, the header {len(cols)} (an unquoted decimal comma "
+                       f"in a comma-separated file?)")
+        else:
+            try:
+                t = parse_time(t_text, tz, folds, time_format)
+                problem = _time_problem(t, time_format)
+                if problem is None:
+                    try:
+                        number, cell_unit = _split_unit(v_text)
+                        v = _number(number, mark) * UNIT_KW[cell_unit or unit]
+                    except (TypeError, ValueError, AttributeError):
+                        problem = "value " + (f"{v_text!r} is not a number" if v_text is not None else "is missing")
+                    else:
+                        if not math.isfinite(v):   # named here by line, not just counted by the forecaster
+                            problem = f"value {v_text.strip()!r} is not a finite number"
+                else:
+                    problem = f"time {t_text.strip()!r} {problem}"
+            except TimeFormatError as err:
+                problem = f"time {t_text!r} {err}"
+            except (TypeError, ValueError, AttributeError):
+                problem = f"time {t_text.strip()!r} is not a timestamp" if t_text is not None else "time is missing"
+        if problem is not None:
+            skipped += 1
+            if skipped <= MAX_ROW_NOTES:
+                notes.append(f"line {line_no}: {problem}; row skipped")
+            continue
+        times.append(t)
+        values.append(v)
+        kept.append(line_no)
+    if skipped > MAX_ROW_NOTES:
+        notes.append(f"... and {skipped - MAX_ROW_NOTES} more rows skipped")
+    if not times:
+        why = f" ({notes[0].removesuffix('; row skipped')})" if notes else ""
+        columns = ", ".join(repr(c) for c in time_columns + (value_column,))
+        raise ReplayInputError(f"{path}: no usable rows in columns {columns}{why}")
+    how = []
+    if header:
+        how.append(f"header on line {lines[header][0]}")
+    if delimiter != ",":
+        how.append({";": "';'-separated", "\t": "tab-separated"}[delimiter])
+    if mark == ",":
+        how.append("decimal comma")
+    if unit != "kw":
+        how.append(f"values in {UNIT_NAMES[unit]}, converted to kW")
+    reading = f"read {path.name}: " + ", ".join(how) if how else None
+    t, v, ln = np.array(times), np.array(values), np.array(kept)
+    order = np.argsort(t, kind="stable")
+    return t[order], v[order], ln[order], skipped, notes, reading
+
+
+def read_series(csv_path, time_column, value_column: str, tz: ZoneInfo,
+                **reading) -> tuple[np.ndarray, np.ndarray, int]:
+    """(times, kW values, skipped rows) sorted by time; lines starting with '#' are comments. Rows whose time
+    or value cannot be read, or whose time is not finite or outside 1970-2100, are skipped.
+
+    The header is the first line naming the columns, separated by ',', ';' or a tab; `time_column` may be
+    several columns (a date and a time), joined by a space. `reading`: time_format (see parse_time),
+    encoding (default UTF-8), decimal ("." or ","; default: what the values prove), value_unit
+    ("W", "kW" or "MW"; default: the column name's "[W]", else kW; a unit in a cell is that value's)."""
+    t, v, _, skipped, _, _ = read_export(csv_path, time_column, value_column, tz, **reading)
+    return t, v, skipped

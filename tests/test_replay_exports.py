@@ -1,0 +1,193 @@
+"""forecast-replay on what building systems export: European separators and decimal marks, title lines
+above the header, other encodings, non-ISO times, values in W or MW. Nothing is guessed that could read a
+number or a date wrongly: such a file is refused with the option that settles it."""
+from __future__ import annotations
+
+import csv
+import datetime as dt
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import pytest
+
+from forecaster.export_csv import read_series
+from forecaster.replay import ReplayInputError, replay_csv
+from ven.cli import main
+
+TURIN = Path(__file__).parents[1] / "ven" / "data" / "turin_office_2019.csv"
+UTC = ZoneInfo("UTC")
+
+
+def _turin(n=8):
+    """The first n readings of the shipped building: (naive times, kW)."""
+    with open(TURIN, newline="") as fh:
+        rows = list(csv.DictReader(fh))[:n]
+    return [dt.datetime.fromisoformat(r["timestamp"]) for r in rows], [float(r["Total_Power"]) for r in rows]
+
+
+def _epoch(times, tz=UTC):
+    return [t.replace(tzinfo=tz).timestamp() for t in times]
+
+
+def _replay(src, out, *options, time_column="timestamp", value_column="kw"):
+    return main(["forecast-replay", "--csv", str(src), "--time-column", time_column, "--value-column",
+                 value_column, "--output", str(out), "--fit-processes", "1", *options])
+
+
+def _comma(x: float) -> str:
+    return f"{x}".replace(".", ",")
+
+
+def test_a_european_semicolon_export_with_title_lines_in_cp1252(tmp_path, capsys):
+    times, kw = _turin()
+    src, out = tmp_path / "desigo.csv", tmp_path / "pred.csv"
+    text = ("Trend export;Turin office\r\nExported;01.11.2019 08:00\r\n\r\n"
+            "Zeit;Leistung;Außentemp. °C;\r\n"
+            + "".join(f"{t:%Y-%m-%d %H:%M:%S};{_comma(v)};12,5;\r\n" for t, v in zip(times, kw)))
+    src.write_bytes(text.encode("cp1252"))
+    assert _replay(src, out, time_column="Zeit", value_column="Leistung") == 1
+    err = capsys.readouterr().err
+    assert "line 4, byte 17: 0xdf is not UTF-8; pass the file's encoding (--encoding cp1252" in err
+    assert err.count("\n") == 1 and not out.exists()
+    assert _replay(src, out, "--encoding", "cp1252", time_column="Zeit", value_column="Leistung") == 0
+    err = capsys.readouterr().err
+    assert err == "forecast-replay: read desigo.csv: header on line 4, ';'-separated, decimal comma\n"
+    with open(out, newline="") as fh:
+        first = next(csv.DictReader(fh))
+    assert first["issued_at"] == "2019-10-07T00:00:00+00:00" and float(first["forecast_kw"]) == kw[0]
+
+
+@pytest.mark.parametrize("name, sep, line", [
+    ("tab, decimal point", "\t", "{t}\t{v}\n"),
+    ("tab, decimal comma", "\t", "{t}\t{vc}\n"),
+    ("quoted, trailing empty column, CRLF", ",", '"{t}","{v}",\r\n'),
+    ("semicolon, quoted decimal comma", ";", '"{t}";"{vc}"\n'),
+    ("semicolon, decimal point", ";", "{t};{v}\n"),
+    ("thousands, comma-separated", ",", '{t},"{v1000:,}"\n'),
+    ("thousands, semicolon and decimal comma", ";", "{t};{v1000eu}\n"),
+    ("unit in the cell", ",", "{t},{v} kW\n"),
+    ("watts in the cell", ",", "{t},{w:.0f} W\n"),
+])
+def test_separators_decimal_marks_and_units_read_the_same_kw(tmp_path, name, sep, line):
+    times, kw = _turin()
+    src = tmp_path / "in.csv"
+    src.write_text(f"timestamp{sep}kw\n" + "".join(line.format(
+        t=f"{t:%Y-%m-%d %H:%M:%S}", v=v, vc=_comma(v), w=v * 1000, v1000=v + 1000,
+        v1000eu=f"{v + 1000:,}".replace(",", "_").replace(".", ",").replace("_", "."))
+        for t, v in zip(times, kw)), newline="")
+    t, v, skipped = read_series(src, "timestamp", "kw", UTC)
+    expected = [x + 1000 for x in kw] if "thousands" in name else kw
+    assert skipped == 0 and list(t) == _epoch(times) and v == pytest.approx(expected, rel=1e-12)
+
+
+def test_a_decimal_comma_in_a_comma_separated_file_is_refused_not_cut_to_its_integer(tmp_path):
+    # "113,2" split into fields "113" and "2" used to replay 113 kW without a word
+    src = tmp_path / "in.csv"
+    src.write_text("timestamp,kw\n2019-10-07 00:00:00,113,2\n2019-10-07 00:15:00,116\n")
+    t, v, skipped = read_series(src, "timestamp", "kw", UTC)
+    assert skipped == 1 and list(v) == [116.0]
+    one = tmp_path / "one.csv"
+    one.write_text("timestamp,kw\n2019-10-07 00:00:00,113,2\n")
+    with pytest.raises(ReplayInputError, match=r"line 2: has 3 fields, the header 2 \(an unquoted decimal comma"):
+        replay_csv(one, "timestamp", "kw", tmp_path / "out.csv")
+
+
+def test_thousands_separators_are_read_not_skipped(tmp_path):
+    # "1,440.0" used to be skipped while "979.2" was kept: a replay of only the building's quiet hours
+    src = tmp_path / "in.csv"
+    src.write_text('timestamp,kw\n2019-10-07 00:00:00,"979.2"\n2019-10-07 00:15:00,"1,440.0"\n')
+    t, v, skipped = read_series(src, "timestamp", "kw", UTC)
+    assert skipped == 0 and list(v) == [979.2, 1440.0]
+
+
+def test_a_decimal_mark_the_values_do_not_settle_is_asked_for(tmp_path):
+    src = tmp_path / "in.csv"
+    src.write_text("timestamp;kw\n2019-10-07 00:00:00;113,2\n2019-10-07 00:15:00;116.4\n")
+    with pytest.raises(ReplayInputError, match=r"mix decimal points \(line 3: '116.4'\) and decimal commas "
+                                               r"\(line 2: '113,2'\); pass --decimal"):
+        read_series(src, "timestamp", "kw", UTC)
+    src.write_text("timestamp;kw\n2019-10-07 00:00:00;1.132\n2019-10-07 00:15:00;1.164\n")
+    with pytest.raises(ReplayInputError, match=r"line 2: value '1.132' has a decimal or a thousands separator"):
+        read_series(src, "timestamp", "kw", UTC)
+    assert list(read_series(src, "timestamp", "kw", UTC, decimal=",")[1]) == [1132.0, 1164.0]
+    assert list(read_series(src, "timestamp", "kw", UTC, decimal=".")[1]) == [1.132, 1.164]
+
+
+def test_a_time_that_is_not_iso_needs_its_format_and_day_month_is_never_guessed(tmp_path, capsys):
+    times, kw = _turin()
+    src, out = tmp_path / "dmy.csv", tmp_path / "pred.csv"
+    src.write_text("timestamp,kw\n" + "".join(f"{t:%d/%m/%Y %H:%M},{v}\n" for t, v in zip(times, kw)))
+    assert _replay(src, out) == 1
+    err = capsys.readouterr().err
+    assert ("line 2: time '07/10/2019 00:00' is not ISO 8601 or epoch seconds; give its format, e.g. "
+            "--time-format '%d/%m/%Y %H:%M'") in err and not out.exists()
+    t, v, _ = read_series(src, "timestamp", "kw", UTC, time_format="%d/%m/%Y %H:%M")
+    assert list(t) == _epoch(times) and list(v) == kw
+    with pytest.raises(ReplayInputError, match=r"time '07/10/2019 00:00' does not match --time-format '%m-%d-%Y'"):
+        read_series(src, "timestamp", "kw", UTC, time_format="%m-%d-%Y")
+
+
+def test_epoch_milliseconds_with_their_format(tmp_path):
+    times, kw = _turin()
+    src = tmp_path / "ms.csv"
+    src.write_text("timestamp,kw\n" + "".join(f"{int(s * 1000)},{v}\n" for s, v in zip(_epoch(times), kw)))
+    with pytest.raises(ReplayInputError, match=r"epoch milliseconds\? pass --time-format epoch-ms"):
+        read_series(src, "timestamp", "kw", UTC)
+    assert list(read_series(src, "timestamp", "kw", UTC, time_format="epoch-ms")[0]) == _epoch(times)
+
+
+def test_niagara_times_with_a_zone_abbreviation_read_both_passes_of_the_autumn_hour(tmp_path):
+    src = tmp_path / "niagara.csv"
+    stamps = ["27-Oct-19 01:45 AM CEST", "27-Oct-19 02:30 AM CEST", "27-Oct-19 02:30 AM CET", "27-Oct-19 12:15 PM CET"]
+    src.write_text("Timestamp,Value\n" + "".join(f"{s},{100 + i}\n" for i, s in enumerate(stamps)))
+    fmt = "%d-%b-%y %I:%M %p %Z"
+    t, _, _ = read_series(src, "Timestamp", "Value", ZoneInfo("Europe/Rome"), time_format=fmt)
+    utc = [dt.datetime.fromtimestamp(x, dt.timezone.utc).strftime("%H:%M") for x in t]
+    assert utc == ["23:45", "00:30", "01:30", "11:15"]
+    with pytest.raises(ReplayInputError, match=r"says zone 'CEST', which is not what UTC calls that time "
+                                               r"\(set forecaster.timezone, e.g. --timezone Europe/Rome\)"):
+        read_series(src, "Timestamp", "Value", UTC, time_format=fmt)
+
+
+def test_separate_date_and_time_columns(tmp_path, capsys):
+    times, kw = _turin()
+    src, out = tmp_path / "in.csv", tmp_path / "pred.csv"
+    src.write_text("Datum;Uhrzeit;kW\n" + "".join(f"{t:%d.%m.%Y};{t:%H:%M};{_comma(v)}\n" for t, v in zip(times, kw)))
+    assert _replay(src, out, "--time-column", "Uhrzeit", "--time-format", "%d.%m.%Y %H:%M", "--timezone",
+                   "Europe/Rome", time_column="Datum", value_column="kW") == 0
+    with open(out, newline="") as fh:
+        first = next(csv.DictReader(fh))
+    assert first["issued_at"] == "2019-10-07T00:00:00+02:00" and float(first["forecast_kw"]) == kw[0]
+
+
+def test_values_in_watts_or_megawatts(tmp_path):
+    times, kw = _turin()
+    src = tmp_path / "in.csv"
+    src.write_text("timestamp,P\n" + "".join(f"{t:%Y-%m-%d %H:%M:%S},{v / 1000}\n" for t, v in zip(times, kw)))
+    assert read_series(src, "timestamp", "P", UTC, value_unit="MW")[1] == pytest.approx(kw, rel=1e-12)
+    src.write_text("timestamp,P [W]\n" + "".join(f"{t:%Y-%m-%d %H:%M:%S},{v * 1000:.0f}\n" for t, v in zip(times, kw)))
+    assert read_series(src, "timestamp", "P [W]", UTC)[1] == pytest.approx(kw, rel=1e-12)
+    with pytest.raises(ReplayInputError, match=r"column 'P \[W\]' says W, --value-unit says kW"):
+        read_series(src, "timestamp", "P [W]", UTC, value_unit="kW")
+    src.write_text(src.read_text().replace("P [W]", "E [kWh]"))
+    with pytest.raises(ReplayInputError, match=r"column 'E \[kWh\]' says kWh, not power in W, kW or MW"):
+        read_series(src, "timestamp", "E [kWh]", UTC)
+    src.write_text(src.read_text().replace("E [kWh]", "P [W]"))
+    summary = replay_csv(src, "timestamp", "P [W]", tmp_path / "out.csv", fit_processes=1)
+    assert summary["notes"][0] == "read in.csv: values in W, converted to kW" and summary["accepted"] == len(kw)
+
+
+def test_the_readme_example_for_a_european_export(tmp_path, capsys):
+    times, kw = _turin()
+    src, out = tmp_path / "export.csv", tmp_path / "predictions.csv"
+    src.write_bytes(("Zähler;Hauptverteilung\n\nDatum;Wirkleistung [W]\n" + "".join(
+        f"{t:%d.%m.%Y %H:%M};{_comma(round(v * 1000, 1))}\n" for t, v in zip(times, kw))).encode("cp1252"))
+    rc = _replay(src, out, "--time-format", "%d.%m.%Y %H:%M", "--timezone", "Europe/Rome", "--encoding", "cp1252",
+                 time_column="Datum", value_column="Wirkleistung [W]")
+    assert rc == 0 and capsys.readouterr().err == (
+        "forecast-replay: read export.csv: header on line 3, ';'-separated, decimal comma, values in W, "
+        "converted to kW\n")
+    with open(out, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 2 * len(kw) and np.isclose(float(rows[0]["forecast_kw"]), kw[0])
