@@ -142,8 +142,10 @@ UNIT_NAMES = {"w": "W", "kw": "kW", "mw": "MW"}
 _HEADER_UNIT = re.compile(r"[\[(]\s*(k?w|mw)\s*[\])]", re.IGNORECASE)
 _OTHER_UNIT = re.compile(r"[\[(]\s*([kM]?(?:Wh|VAh?|varh?)|A)\s*[\])]", re.IGNORECASE)
 _CELL_UNIT = re.compile(r"(.*?)\s*(k?w|mw)", re.IGNORECASE)
-_GROUPED = {".": re.compile(r"[-+]?\d{1,3}(,\d{3})+(\.\d*)?"), ",": re.compile(r"[-+]?\d{1,3}(\.\d{3})+(,\d*)?")}
-_AMBIGUOUS = re.compile(r"[-+]?\d{1,3}[.,]\d{3}")
+# a number grouped in thousands never starts with 0: "0.250" and "0,250" are decimals whatever the file's mark
+_GROUPED = {".": re.compile(r"[-+]?[1-9]\d{0,2}(,\d{3})+(\.\d*)?"),
+            ",": re.compile(r"[-+]?[1-9]\d{0,2}(\.\d{3})+(,\d*)?")}
+_AMBIGUOUS = re.compile(r"[-+]?[1-9]\d{0,2}[.,]\d{3}")
 
 
 def _split_unit(text: str) -> tuple[str, str | None]:
@@ -166,13 +168,22 @@ def _decimal_evidence(text: str) -> str | None:
     separator), None for neither."""
     text = text.strip()
     if "," in text and "." in text:
-        return "," if text.rfind(",") > text.rfind(".") else "."
-    for mark, other in ((".", ","), (",", ".")):
-        if mark in text:
-            if text.count(mark) > 1:
-                return other
-            return "?" if _AMBIGUOUS.fullmatch(text) else mark
-    return None
+        mark = "," if text.rfind(",") > text.rfind(".") else "."
+    else:
+        for mark, other in ((".", ","), (",", ".")):
+            if mark in text:
+                if text.count(mark) > 1:
+                    mark = other
+                elif _AMBIGUOUS.fullmatch(text):
+                    return "?"
+                break
+        else:
+            return None
+    try:
+        _number(text, mark)
+    except ValueError:
+        return None     # "1.2.3", a version or an address in the column, proves no mark for the numbers beside it
+    return mark
 
 
 def _decimal_mark(values, path: Path) -> str:

@@ -132,3 +132,15 @@ async def test_the_example_alert_rules_use_only_metrics_the_gateway_exposes(runn
     assert used and used <= exposed, sorted(used - exposed)
     alerts = [rule["alert"] for rule in rules]
     assert len(alerts) == len(set(alerts)), alerts
+
+
+def test_the_settings_the_alert_rules_name_are_the_gateways():
+    # an operator acting on an alert looks the setting up: a renamed key must fail here, not at the site
+    from ven.config import GatewayConfig
+    sections = {name: f.annotation for name, f in GatewayConfig.model_fields.items()}
+    text = " ".join(str(v) for group in yaml.safe_load(ALERTS.read_text())["groups"] for rule in group["rules"]
+                    for v in rule["annotations"].values())
+    text = re.sub(r"/api/status [\w.]+", "", text)     # fields of the status, not settings
+    named = re.findall(rf"\b({'|'.join(sections)})\.(\w+)", text)
+    assert named
+    assert [f"{s}.{k}" for s, k in named if k not in sections[s].model_fields] == []

@@ -114,6 +114,22 @@ def test_a_decimal_mark_the_values_do_not_settle_is_asked_for(tmp_path):
     assert list(read_series(src, "timestamp", "kw", UTC, decimal=".")[1]) == [1.132, 1.164]
 
 
+def test_only_a_number_proves_a_decimal_mark_and_thousands_never_start_with_zero(tmp_path):
+    src = tmp_path / "in.csv"
+    # a value that is no number ("1.2.3") proved decimal commas: the meter's 113.250 kW replayed as 113,250 kW
+    src.write_text("timestamp,kw\n2019-10-07 00:00:00,113.250\n2019-10-07 00:15:00,1.2.3\n")
+    with pytest.raises(ReplayInputError, match=r"line 2: value '113.250' has a decimal or a thousands separator"):
+        read_series(src, "timestamp", "kw", UTC)
+    # 0,250 is a decimal comma, never 250 grouped in thousands, so it is refused beside a decimal point
+    src.write_text('timestamp,kw\n2019-10-07 00:00:00,1.5\n2019-10-07 00:15:00,"0,250"\n')
+    with pytest.raises(ReplayInputError, match=r"mix decimal points \(line 2: '1.5'\) and decimal commas "
+                                               r"\(line 3: '0,250'\)"):
+        read_series(src, "timestamp", "kw", UTC)
+    # and a site in MW with three decimals is read, not asked for --decimal
+    src.write_text("timestamp,P [MW]\n2019-10-07 00:00:00,0.113\n2019-10-07 00:15:00,0.116\n")
+    assert list(read_series(src, "timestamp", "P [MW]", UTC)[1]) == [113.0, 116.0]
+
+
 def test_a_time_that_is_not_iso_needs_its_format_and_day_month_is_never_guessed(tmp_path, capsys):
     times, kw = _turin()
     src, out = tmp_path / "dmy.csv", tmp_path / "pred.csv"

@@ -397,8 +397,6 @@ _seconds = _ranged(float, 0.0, _BIG, "0 seconds or more")
 _positive_minutes = _ranged(float, 1.0, _BIG, "at least 1 minute (the history is kept in 1-minute means)")
 
 
-
-
 def _zone(text: str) -> str:
     from zoneinfo import ZoneInfo
     try:
