@@ -132,13 +132,11 @@ async def test_time_synchronization_from_the_bas_is_ignored_quietly(gateway, pee
     # sends them every few minutes must not fill the log
     caplog.set_level(logging.INFO)
     a_year_ago = DateTime(date=Date((time.localtime().tm_year - 1901, 1, 1, 255)), time=Time((3, 4, 5, 0)))
-    before = time.time()
     for _ in range(5):
         for service in (TimeSynchronizationRequest, UTCTimeSynchronizationRequest):
             peer.app.request(service(time=a_year_ago, destination=Address(where(gateway))))
     # a read after them on the same path: they have been handled by the time it is answered
     local_date = await peer.read(where(gateway), f"device {DEVICE_ID}", "localDate")
     assert local_date[0] == time.localtime().tm_year - 1900, local_date
-    assert time.time() >= before
     assert [r.getMessage() for r in caplog.records
             if r.levelno >= logging.WARNING or r.name.startswith(("bacnet_api", "bacpypes3"))] == []

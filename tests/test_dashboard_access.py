@@ -115,7 +115,8 @@ async def test_a_screen_reader_hears_each_change_once(server):
 
         await srv.stop()
         await page.wait_for_selector("#banner:not([hidden])", timeout=10000)
-        await page.wait_for_timeout(1500)   # a retry or two while it is down: said once, not on each
+        failures = await page.evaluate("window.dashboard.failures")   # said once, not at each retry:
+        await page.wait_for_function(f"window.dashboard.failures >= {failures + 2}", timeout=10000)
         said = await live_changes(page)
         assert len(said) == 1 and re.search(r"Gateway unreachable since \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", said[0]), said
         assert "The figures shown are from" in said[0]

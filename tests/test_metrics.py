@@ -14,10 +14,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from bacnet_api import points as P
-from bacnet_api.simulator import MeterSimulator
-from bacnet_peer import BacnetPeer
-from test_gateway import fast_config
-from ven.app import Gateway
+from test_gateway import system  # noqa: F401 - shared fixture: the gateway with its VTN, meter and a BAS peer
 from ven.vtn_server import DemoVtn
 from waiting import eventually
 
@@ -31,29 +28,20 @@ BOUNDED_LABELS = {"horizon": re.compile(r"(15|60)m"), "model": re.compile(r"(for
 
 
 @pytest.fixture
-async def running(tmp_path, free_udp_port, free_tcp_port):
-    ports = dict(bacnet_port=free_udp_port(), meter_port=free_udp_port(), vtn_port=free_tcp_port(),
-                 http_port=free_tcp_port())
-    vtn = DemoVtn(port=ports["vtn_port"], poll_seconds=1.0)
-    meter = MeterSimulator(address=f"127.0.0.1/8:{ports['meter_port']}", value=87.5)
-    gw = Gateway(fast_config(tmp_path, **ports))
-    await vtn.start()
-    await meter.start()
-    await gw.start()
-    running = {"vtn": vtn, "gateway": gw, "ports": ports}
-    try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
-            async def scrape() -> list:
-                async with http.get(gw.http.url + "/metrics") as r:
-                    assert r.status == 200
-                    return list(text_string_to_metric_families(await r.text()))
-            running["scrape"] = scrape
-            await eventually(lambda: gw.vtn.connected and gw.meter.last_good is not None, 15, "connected, meter read")
+async def running(system):
+    vtn, _, gw, bas, addr = system
+    running = {"vtn": vtn, "gateway": gw, "bas": bas, "addr": addr}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+        async def scrape() -> list:
+            async with http.get(gw.http.url + "/metrics") as r:
+                assert r.status == 200
+                return list(text_string_to_metric_families(await r.text()))
+        running["scrape"] = scrape
+        await eventually(lambda: gw.vtn.connected and gw.meter.last_good is not None, 15, "connected, meter read")
+        try:
             yield running
-    finally:
-        await gw.stop()
-        await meter.stop()
-        await running["vtn"].stop()
+        finally:
+            await running["vtn"].stop()     # the VTN a test started in place of the system's
 
 
 def values(families) -> dict[str, float]:
@@ -62,7 +50,7 @@ def values(families) -> dict[str, float]:
             for f in families for s in f.samples}
 
 
-async def test_the_exposition_parses_with_prometheus_client_and_follows_its_conventions(running, free_udp_port):
+async def test_the_exposition_parses_with_prometheus_client_and_follows_its_conventions(running):
     families = await running["scrape"]()
     names = [f.name for f in families]
     assert len(names) == len(set(names)), names
@@ -84,9 +72,8 @@ async def test_the_exposition_parses_with_prometheus_client_and_follows_its_conv
     # no model before two days of history: persistence serves both horizons
     assert [first[f'edge_gateway_forecast_serving_persistence{{horizon="{h}"}}'] for h in ("15m", "60m")] == [1, 1]
     gw = running["gateway"]
-    async with BacnetPeer(free_udp_port()) as bas:
-        addr = f"127.0.0.1:{running['ports']['bacnet_port']}"
-        assert await bas.write(addr, P.BY_NAME[P.INPUT_POWER].object_id, "presentValue", 90.0, priority=8) is None
+    bas, addr = running["bas"], running["addr"]
+    assert await bas.write(addr, P.BY_NAME[P.INPUT_POWER].object_id, "presentValue", 90.0, priority=8) is None
     await eventually(lambda: gw.forecast.status()["last_input_at"] is not None, 5, "the write seen")
     second = values(await running["scrape"]())
     assert 0 <= second["edge_gateway_input_age_seconds"] < 60
@@ -113,7 +100,7 @@ async def test_a_vtn_outage_and_the_telemetry_backlog_it_leaves_show_from_start_
     await eventually(metric_is(age, lambda v: v > 25), 40, "the backlog's age grows while the VTN is away")
     assert await metric_is("edge_gateway_telemetry_queue_depth", lambda v: v >= 10)()
 
-    running["vtn"] = DemoVtn(port=running["ports"]["vtn_port"], poll_seconds=1.0)    # the VTN restarted
+    running["vtn"] = DemoVtn(port=running["vtn"].port, poll_seconds=1.0)    # the VTN restarted
     await running["vtn"].start()
     await eventually(metric_is(connected, lambda v: v == 1), 30, "vtn_connected 1 again")
     await eventually(metric_is(age, lambda v: v < 20), 30, "the backlog delivered")

@@ -33,7 +33,7 @@ const TILE_POINTS = [
 const UNIT_TEXT = {kilowatts: "kW", minutes: "min", noUnits: ""};
 
 // Test hooks and a summary of what was drawn, for the headless-browser test and for curious operators.
-const dashboard = window.dashboard = {ready: false, draws: 0, series: {}, flags: {}, events: 0,
+const dashboard = window.dashboard = {ready: false, draws: 0, failures: 0, series: {}, flags: {}, events: 0,
                                       minutes: 0, lastError: null, lastOk: null, stale: false,
                                       problems: []};
 let hist = null;
@@ -185,6 +185,7 @@ async function refresh() {
   } catch (err) {
     const first = failingSince === null;
     failingSince = failingSince || Date.now();
+    dashboard.failures++;
     const since = `since ${fmtStamp(failingSince)} UTC`;
     if (err instanceof HttpError) {
       // no token yet, or the token was changed on the gateway while this page was open
