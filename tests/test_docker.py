@@ -75,3 +75,14 @@ def test_gateway_state_lives_on_a_volume_and_only_the_gateway_is_health_checked(
             assert (service.get("healthcheck") or {}).get("disable") is True or \
                 (service.get("healthcheck") or {}).get("test") in (["NONE"], "NONE"), \
                 f"service {name} ({service['command'][0]}) inherits the gateway's HEALTHCHECK"
+
+
+@pytest.mark.timeout(10)
+def test_every_service_rotates_its_log():
+    # a container's log on the default json-file driver is never rotated: years of it fill the gateway's disk
+    compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
+    for name, service in compose["services"].items():
+        logging = service.get("logging") or {}
+        options = logging.get("options") or {}
+        assert logging.get("driver") == "local" or (logging.get("driver") == "json-file" and "max-size" in options), \
+            f"service {name}: log not rotated ({logging or 'the default json-file driver'})"
