@@ -223,20 +223,16 @@ def _find_header(lines: list[tuple[int, str]], columns: tuple[str, ...], path: P
     raise ReplayInputError(f"{path}: no column {missing!r}; columns are {', '.join(names) or '(none)'}")
 
 
-def read_export(csv_path, time_column, value_column: str, tz: ZoneInfo, time_format: str | None = None,
-                encoding: str | None = None, decimal: str | None = None, value_unit: str | None = None):
-    """(times, values in kW, line numbers) sorted by time, (skipped row count, notes naming them), and a
-    note saying how the file was read when that is not plain comma-separated kW from its first line."""
-    path = Path(csv_path)
-    text = _decode(path, encoding)
-    time_columns = (time_column,) if isinstance(time_column, str) else tuple(time_column)
-    lines = [(n, line) for n, line in enumerate(io.StringIO(text, newline=""), 1)
-             if line.strip() and not line.lstrip().startswith("#")]
+def _find_columns(lines: list[tuple[int, str]], time_columns: tuple[str, ...], value_column: str, path: Path):
+    """(index of the header in lines, delimiter, column names, time column indexes, value column index)."""
     if not lines:
         raise ReplayInputError(f"{path}: the file is empty (no header row)")
     header, delimiter, cols = _find_header(lines, time_columns + (value_column,), path)
-    if decimal not in (None, ".", ","):
-        raise ReplayInputError(f"decimal mark {decimal!r} is not '.' or ','")
+    return header, delimiter, cols, [cols.index(c) for c in time_columns], cols.index(value_column)
+
+
+def _value_unit(value_column: str, value_unit: str | None, path: Path) -> str:
+    """The values' unit ("w", "kw" or "mw"): --value-unit, else the column name's, else kW."""
     unit = _HEADER_UNIT.search(value_column)
     named = unit.group(1).lower() if unit else None
     if value_unit is not None and named is not None and value_unit.lower() != named:
@@ -250,10 +246,14 @@ def read_export(csv_path, time_column, value_column: str, tz: ZoneInfo, time_for
     unit = (value_unit or named or "kw").lower()
     if unit not in UNIT_KW:
         raise ReplayInputError(f"{path}: value unit {value_unit!r} is not W, kW or MW")
-    t_idx = [cols.index(c) for c in time_columns]
-    v_idx = cols.index(value_column)
+    return unit
 
-    raw = []   # (line, time text, value text, fields beyond the header)
+
+def _raw_rows(lines: list[tuple[int, str]], header: int, delimiter: str, cols: list[str], t_idx: list[int],
+              v_idx: int) -> list:
+    """(line, time text, value text, fields beyond the header) of each row under the header; a time
+    in several columns is their texts joined by a space, a cell the row lacks is None."""
+    raw = []
     line_no = lines[header][0]
 
     def data_lines():
@@ -267,35 +267,74 @@ def read_export(csv_path, time_column, value_column: str, tz: ZoneInfo, time_for
         t_text = None if None in ts else " ".join(s.strip() for s in ts)
         extra = [f for f in row[len(cols):] if f.strip()]
         raw.append((line_no, t_text, cell(v_idx), extra))
+    return raw
+
+
+def _convert_row(t_text: str | None, v_text: str | None, extra: list[str], width: int, tz: ZoneInfo, folds: dict,
+                 time_format: str | None, mark: str, unit: str):
+    """(epoch seconds, kW, problem) from one row's texts; problem, None for a usable row, says what is wrong."""
+    t = v = problem = None
+    if extra:
+        # "2019-10-07 00:00,113,2": a decimal comma in a comma-separated file would read as 113
+        problem = (f"has {width + len(extra)} fields, the header {width} (an unquoted decimal comma "
+                   f"in a comma-separated file?)")
+    else:
+        try:
+            t = parse_time(t_text, tz, folds, time_format)
+            problem = _time_problem(t, time_format)
+            if problem is None:
+                try:
+                    number, cell_unit = _split_unit(v_text)
+                    v = _number(number, mark) * UNIT_KW[cell_unit or unit]
+                except (TypeError, ValueError, AttributeError):
+                    problem = "value " + (f"{v_text!r} is not a number" if v_text is not None else "is missing")
+                else:
+                    if not math.isfinite(v):   # named here by line, not just counted by the forecaster
+                        problem = f"value {v_text.strip()!r} is not a finite number"
+            else:
+                problem = f"time {t_text.strip()!r} {problem}"
+        except TimeFormatError as err:
+            problem = f"time {t_text!r} {err}"
+        except (TypeError, ValueError, AttributeError):
+            problem = f"time {t_text.strip()!r} is not a timestamp" if t_text is not None else "time is missing"
+    return t, v, problem
+
+
+def _how_read(path: Path, lines: list[tuple[int, str]], header: int, delimiter: str, mark: str,
+              unit: str) -> str | None:
+    """A note saying how the file was read, None for plain comma-separated kW from its first line."""
+    how = []
+    if header:
+        how.append(f"header on line {lines[header][0]}")
+    if delimiter != ",":
+        how.append({";": "';'-separated", "\t": "tab-separated"}[delimiter])
+    if mark == ",":
+        how.append("decimal comma")
+    if unit != "kw":
+        how.append(f"values in {UNIT_NAMES[unit]}, converted to kW")
+    return f"read {path.name}: " + ", ".join(how) if how else None
+
+
+def read_export(csv_path, time_column, value_column: str, tz: ZoneInfo, time_format: str | None = None,
+                encoding: str | None = None, decimal: str | None = None, value_unit: str | None = None):
+    """(times, values in kW, line numbers) sorted by time, (skipped row count, notes naming them), and a
+    note saying how the file was read when that is not plain comma-separated kW from its first line."""
+    path = Path(csv_path)
+    text = _decode(path, encoding)
+    time_columns = (time_column,) if isinstance(time_column, str) else tuple(time_column)
+    lines = [(n, line) for n, line in enumerate(io.StringIO(text, newline=""), 1)
+             if line.strip() and not line.lstrip().startswith("#")]
+    header, delimiter, cols, t_idx, v_idx = _find_columns(lines, time_columns, value_column, path)
+    if decimal not in (None, ".", ","):
+        raise ReplayInputError(f"decimal mark {decimal!r} is not '.' or ','")
+    unit = _value_unit(value_column, value_unit, path)
+    raw = _raw_rows(lines, header, delimiter, cols, t_idx, v_idx)
     mark = decimal or _decimal_mark(((n, v) for n, _, v, _ in raw), path)
 
     times, values, kept, notes, skipped = [], [], [], [], 0
     folds: dict = {}
     for line_no, t_text, v_text, extra in raw:
-        problem = None
-        if extra:
-            # "2019-10-07 00:00,113,2": a decimal comma in a comma-separated file would read as 113
-            problem = (f"has {len(cols) + len(extra)} fields, the header {len(cols)} (an unquoted decimal comma "
-                       f"in a comma-separated file?)")
-        else:
-            try:
-                t = parse_time(t_text, tz, folds, time_format)
-                problem = _time_problem(t, time_format)
-                if problem is None:
-                    try:
-                        number, cell_unit = _split_unit(v_text)
-                        v = _number(number, mark) * UNIT_KW[cell_unit or unit]
-                    except (TypeError, ValueError, AttributeError):
-                        problem = "value " + (f"{v_text!r} is not a number" if v_text is not None else "is missing")
-                    else:
-                        if not math.isfinite(v):   # named here by line, not just counted by the forecaster
-                            problem = f"value {v_text.strip()!r} is not a finite number"
-                else:
-                    problem = f"time {t_text.strip()!r} {problem}"
-            except TimeFormatError as err:
-                problem = f"time {t_text!r} {err}"
-            except (TypeError, ValueError, AttributeError):
-                problem = f"time {t_text.strip()!r} is not a timestamp" if t_text is not None else "time is missing"
+        t, v, problem = _convert_row(t_text, v_text, extra, len(cols), tz, folds, time_format, mark, unit)
         if problem is not None:
             skipped += 1
             if skipped <= MAX_ROW_NOTES:
@@ -310,16 +349,7 @@ def read_export(csv_path, time_column, value_column: str, tz: ZoneInfo, time_for
         why = f" ({notes[0].removesuffix('; row skipped')})" if notes else ""
         columns = ", ".join(repr(c) for c in time_columns + (value_column,))
         raise ReplayInputError(f"{path}: no usable rows in columns {columns}{why}")
-    how = []
-    if header:
-        how.append(f"header on line {lines[header][0]}")
-    if delimiter != ",":
-        how.append({";": "';'-separated", "\t": "tab-separated"}[delimiter])
-    if mark == ",":
-        how.append("decimal comma")
-    if unit != "kw":
-        how.append(f"values in {UNIT_NAMES[unit]}, converted to kW")
-    reading = f"read {path.name}: " + ", ".join(how) if how else None
+    reading = _how_read(path, lines, header, delimiter, mark, unit)
     t, v, ln = np.array(times), np.array(values), np.array(kept)
     order = np.argsort(t, kind="stable")
     return t[order], v[order], ln[order], skipped, notes, reading

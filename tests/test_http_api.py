@@ -20,7 +20,7 @@ from waiting import eventually
 
 from bacnet_api.points import POINTS
 from ven.config import ConfigError
-from ven.http_api import HttpServer, is_loopback, parse_address, to_json
+from ven.http_api import STATIC_FILES, WEB_DIR, HttpServer, is_loopback, parse_address, to_json
 from ven.metrics import Metrics
 
 UTC = dt.timezone.utc
@@ -311,8 +311,13 @@ async def test_read_only_and_static(served):
                 assert resp.status == 405
     status, headers, body = await fetch(base + "/")
     assert status == 200 and headers["Content-Type"].startswith("text/html") and "app.js" in body
-    for path in ("/", "/app.js", "/style.css"):
-        _, _, body = await fetch(base + path)
+    # every file in ven/web has its route: app.js imports the other modules, and one missing leaves the page blank
+    assert sorted(name for name, _ in STATIC_FILES.values()) == sorted(p.name for p in WEB_DIR.iterdir())
+    for path, (name, _) in STATIC_FILES.items():
+        status, headers, body = await fetch(base + path)
+        assert status == 200, path
+        if name.endswith(".js"):   # a module script with any other type is refused (X-Content-Type-Options: nosniff)
+            assert headers["Content-Type"].startswith("application/javascript"), path
         # no CDN, no web fonts: building networks often have no internet
         assert "https://" not in body and "//cdn" not in body, path
     assert (await fetch(base + "/nope"))[0] == 404

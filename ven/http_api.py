@@ -6,7 +6,7 @@ are served without the token; every data endpoint checks it. /healthz stays open
 can probe it; it reveals only ok/not-ok and a one-line reason.
 
 The application is reached only through a GatewayView; the JSON shapes below are the contract
-between the gateway (which fills them) and ven/web/app.js (which draws them).
+between the gateway (which fills them) and ven/web/*.js (which draw them).
 
 GET /api/status -> view.status(), a dict shaped like:
 
@@ -98,9 +98,12 @@ log = logging.getLogger(__name__)
 WEB_DIR = Path(__file__).with_name("web")
 MAX_HISTORY_HOURS = 24 * 35  # forecaster.history_days default: older minutes are not kept anyway; events as long (schedule.KEEP_HISTORY)
 MAX_CONNECTIONS = 64  # open at once: a few dashboards (3 requests per refresh), Prometheus, health probes
+# app.js imports the other modules by relative URL: each needs its route here (a 404 leaves the page blank)
+DASHBOARD_MODULES = ("app.js", "chart.js", "dom.js", "format.js", "header.js", "problems.js", "state.js",
+                     "status.js", "tables.js", "tiles.js")
 STATIC_FILES = {
     "/": ("index.html", "text/html"),
-    "/app.js": ("app.js", "application/javascript"),
+    **{f"/{name}": (name, "application/javascript") for name in DASHBOARD_MODULES},
     "/style.css": ("style.css", "text/css"),
 }
 

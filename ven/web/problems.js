@@ -1,0 +1,126 @@
+// What is wrong and what to do: one line per problem the status shows, in words; and what a screen
+// reader hears of them (#announce).
+import {$, el} from "./dom.js";
+import {fmtDuration, fmtSpan, stampText} from "./format.js";
+import {dashboard, gw} from "./state.js";
+import {communication, flaky, neverRegistered, noThreshold} from "./status.js";
+
+export function findProblems(health) {
+  const out = [];
+  const add = (key, level, what, detail, todo) => out.push({key, level, what, detail, todo});
+  if (!health.ok) add("health", "bad", "Gateway unhealthy", health.text, "see the gateway's log");
+  if (gw.clock_suspect === true) {
+    add("clock", "bad", "Wall clock not set", `the gateway's clock reads ${gw.now || "a date before this version"}; meter readings are not reported to the VTN`,
+        "set the host's time (NTP)");
+  }
+  const comm = communication();
+  if (comm) {
+    const until = comm.until ? `until ${stampText(comm.until)}` : "until a DeviceCommunicationControl enable";
+    add("communication", "bad", "BACnet communication disabled",
+        `${comm.mode} by ${comm.by || "a BACnet client"} since ${stampText(comm.since)}, ${until}: the meter is not read and the BAS gets no COV notifications (points are still answered)`,
+        "send DeviceCommunicationControl enable from that tool, or wait for the time-out; a restart also ends it");
+  }
+  const vtn = gw.vtn || {};
+  const queued = ((vtn.telemetry || {}).pending) ?? ((gw.telemetry || {}).queue_depth);
+  if (vtn.connected === false || vtn.registered === false) {
+    const err = vtn.last_error || "";
+    const never = neverRegistered(vtn);
+    const refused = /\b(HTTP [45]\d\d|refused|[45]\d\d )/.test(err) && !/unreachable|timed? ?out/i.test(err);
+    const wait = typeof queued === "number" && queued > 0 ? `; ${queued} telemetry interval(s) wait in the queue` : "; telemetry waits in the queue";
+    add("vtn", "bad", refused ? (never ? "VTN refuses registration" : "VTN refuses the gateway") :
+                               (never ? "VTN not registered" : "VTN unreachable"),
+        err || "no answer from the VTN",
+        (refused ? "check openadr.vtn_url (the VTN's OpenADR 2.0b endpoint), openadr.ven_name and the enrolment with the utility"
+                 : "check that the VTN is up and reachable from the gateway (network, proxy, TLS)") + wait);
+  }
+  if (flaky(vtn)) {
+    // connected now, so the item above is gone most of the time: the fault the log holds open is said here
+    const f = vtn.fault;
+    const losses = f.context_losses ? `, ${f.context_losses} time(s) it asked to register again` : "";
+    add("vtn-intermittent", "warn", "VTN intermittent",
+        `since ${stampText(f.since)}: ${f.polls_failed} of ${f.polls} polls failed${losses}; not connected ${fmtSpan(f.not_connected_seconds)} in all. Events and telemetry go on while it answers`,
+        `check the proxy or load balancer in front of the VTN (HTTP 502/503, reset connections, time-outs) and that every VTN behind it knows this VEN; this clears by itself once the VTN answers steadily for ${fmtSpan(f.settle_seconds)}`);
+  }
+  if (vtn.opt_answer_error) {
+    add("opt", "bad", "VTN refused an opt answer", vtn.opt_answer_error,
+        "the VTN does not know whether the site takes part: tell the utility; the answer is not sent again");
+  }
+  if (vtn.report_offer_error) add("report", "bad", "VTN refused the telemetry report offer", vtn.report_offer_error, "check the enrolment with the utility");
+  const meter = gw.meter || {};
+  if (meter.fault === true) {
+    const err = meter.last_error || "";
+    const todo = comm ? "caused by the communication disable above" :
+      /not a power unit|units/.test(err) ? "point meter.object at the meter's power (kW or W) object, or correct the meter's units" :
+      /no response|timed? ?out|router|unreachable|no route/i.test(err) ? "check the meter and its router are powered and wired, and meter.address / meter.router" :
+      "see the meter's last error";
+    add("meter", "bad", "Meter fault", err || "the last meter read failed", todo);
+  }
+  // reads lost now and then, answering between them: meter.fault is mostly off, and the log said the fault once
+  const fw = meter.fault_window;
+  if (meter.fault !== true && fw && typeof fw === "object" && fw.intermittent === true) {
+    add("meter-intermittent", "warn", "Meter answering intermittently",
+        `${fw.failed_reads} of ${fw.reads} reads failed since ${stampText(fw.since)}, the last ${stampText(fw.last_failed_at)}: ` +
+        `${fw.last_failure || "the read failed"}; the readings in between are used`,
+        "if it lasts, check the meter's wiring and its router (a busy MS/TP trunk or router loses requests), or raise meter.timeout_seconds if reads time out");
+  }
+  const storage = gw.storage || {};
+  if (storage.ok === false) {
+    const why = [...new Set(Object.values(storage.errors || {}))].join("; ");
+    const where = storage.path && !why.includes(storage.path) ? `${storage.path}: ` : "";
+    add("storage", "bad", "storage.path not writable", `${where}${why || "cannot be written"}`,
+        "events, queued telemetry and forecast history are kept in memory only and a restart now loses them: make the file's directory writable (permissions, read-only mount, full disk); the gateway tries again by itself");
+  }
+  const fc = gw.forecaster || {};
+  if (fc.input_stale === true) {
+    const src = fc.source || "auto";
+    const bas = fc.last_input_at ? `the BAS last wrote input-power-meter ${stampText(fc.last_input_at)}` :
+      "the BAS has not written input-power-meter since the gateway started";
+    const mtr = fc.last_meter_at ? `the last meter reading was ${stampText(fc.last_meter_at)}` : "no meter reading since the gateway started";
+    const detail = src === "bacnet_input" ? bas : src === "meter" ? mtr : `${bas}; ${mtr}`;
+    const todo = src === "bacnet_input" ? "check the BAS program that writes input-power-meter (or set forecaster.source = \"auto\" to fall back to the meter)" :
+      src === "meter" ? "get the meter answering again (see Meter)" : "get the BAS writing input-power-meter or the meter answering again";
+    add("forecaster-input", "bad", "Forecaster has no power input",
+        `${detail}: forecasts, trend and load flags read fault (the BAS must treat them as unknown)`, todo);
+  } else if (noThreshold()) {
+    const minutes = typeof fc.history_minutes === "number" ? ` (${fmtDuration(fc.history_minutes * 60)} so far)` : "";
+    add("threshold", "warn", "Load flags have no threshold yet",
+        `high-load and low-load read fault, meaning "cannot tell": percentile thresholds need a day of history${minutes} that is not flat`,
+        "wait for a day of history, or set forecaster.high_load_kw and low_load_kw for fixed thresholds");
+  }
+  if (fc.fit_ok === false) add("fit", "warn", "Forecaster fit failing", "the learned model is not refitted; the last model or persistence serves", "see the gateway's log");
+  // settings, not faults: each stays until the config is changed, so it is said here, not only in the start-up log
+  (Array.isArray(gw.config_warnings) ? gw.config_warnings : []).forEach((w, i) =>
+    add(`config-${i}`, "warn", "Configuration warning", String(w),
+        "change the setting in the gateway's config file (edge-gateway check-config lists these) and restart the gateway"));
+  return out;
+}
+export function renderProblems(found) {
+  const host = $("problems");
+  const list = host.querySelector("ul");
+  list.replaceChildren();
+  for (const p of found) {
+    const li = el("li", {class: `sev-${p.level}`, "data-problem": p.key, "data-level": p.level});
+    li.append(el("span", {class: "what"}, p.what), document.createTextNode(": "), el("span", {class: "detail"}, p.detail));
+    if (p.todo) li.append(document.createTextNode(" — "), el("span", {class: "todo"}, p.todo));
+    list.append(li);
+  }
+  host.hidden = !found.length;
+  host.classList.toggle("only-warn", found.length > 0 && found.every((p) => p.level !== "bad"));
+  dashboard.problems = found.map((p) => p.key);
+}
+// What a screen reader says (#announce): each change once. The problem list itself is not a live
+// region: it is rebuilt on every refresh and its ages tick, so it would be read out every few seconds.
+let heard = null;  // problem key -> its words, as last announced
+export function announce(...parts) {
+  const text = parts.filter(Boolean).join(" ");
+  if (text) $("announce").textContent = text;
+}
+export function problemChanges(found) {
+  const now = new Map(found.map((p) => [p.key, p.what]));
+  const before = heard || new Map();
+  heard = now;
+  const added = [...now].filter(([k]) => !before.has(k)).map(([, what]) => what);
+  const gone = [...before].filter(([k]) => !now.has(k)).map(([, what]) => what);
+  return [added.length ? `Needs attention: ${added.join("; ")}.` : "", gone.length ? `Cleared: ${gone.join("; ")}.` : ""]
+    .filter(Boolean).join(" ");
+}

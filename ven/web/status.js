@@ -1,0 +1,65 @@
+// The status body: accept points as a list or as a map keyed by name, "flags" or "status_flags",
+// event levels given directly or found in their SIMPLE signal intervals ("payload" or "value");
+// and what it says about the gateway, for the pills, the problem list and the tiles.
+import {toMs} from "./format.js";
+import {gw} from "./state.js";
+
+export function intervalValue(iv) { return iv.payload !== undefined ? iv.payload : iv.value; }
+function eventLevel(e) {
+  if (typeof e.level === "number") return e.level;
+  const steps = levelSteps(e);
+  const current = steps.find((st) => st.current);
+  return current ? current.level : steps.length ? Math.max(...steps.map((st) => st.level)) : null;
+}
+export function normalizeStatus(s) {
+  const points = Array.isArray(s.points) ? s.points :
+    Object.entries(s.points || {}).map(([name, p]) => Object.assign({name}, p));
+  for (const p of points) p.status_flags = p.status_flags || p.flags || {};
+  for (const e of s.events || []) e.level = eventLevel(e);
+  return Object.assign({}, s, {points});
+}
+function intervalEnd(iv, openEnded) {
+  const start = toMs(iv.start);
+  if (iv.end) return toMs(iv.end);
+  if (openEnded && iv.duration_seconds === null) return Infinity;  // holds until the VTN cancels it
+  return start !== null && typeof iv.duration_seconds === "number" ? start + iv.duration_seconds * 1000 : null;
+}
+// The level steps of an event, in order, from its SIMPLE signal (an event can go 1 -> 2 -> 3 over
+// its intervals; one number would hide that). Other signals (prices, ...) are not levels.
+export function levelSteps(e) {
+  const sigs = e.signals || [];
+  let chosen = sigs.filter((s) => String(s.name || "").toUpperCase() === "SIMPLE");
+  if (!chosen.length) chosen = sigs.filter((s) => String(s.type || "").toLowerCase() === "level");
+  // unnamed, untyped signals (a hand-made status): take what there is; a price is never a level
+  if (!chosen.length) chosen = sigs.filter((s) => !s.name && !s.type);
+  const now = Date.now();
+  const steps = [];
+  for (const s of chosen) {
+    for (const iv of s.intervals || []) {
+      const v = intervalValue(iv);
+      if (typeof v !== "number") continue;
+      const start = toMs(iv.start), end = intervalEnd(iv, e.open_ended);
+      steps.push({level: v, start, current: start !== null && end !== null && start <= now && now < end});
+    }
+  }
+  steps.sort((a, b) => (a.start === null ? 0 : a.start) - (b.start === null ? 0 : b.start));
+  return steps;
+}
+export function communication() {
+  const c = (gw.device || {}).communication;
+  return c && typeof c === "object" && c.mode && c.mode !== "enable" ? c : null;
+}
+// an intermittent VTN fault still open (ven/vtn_outage.py): connected at this moment, failing again now and then
+export function flaky(vtn) {
+  const f = vtn.fault;
+  return vtn.connected === true && !!f && f.intermittent === true && !f.ended;
+}
+// a gateway that never registered (refused, wrong vtn_url) is not one that lost its VTN
+export function neverRegistered(vtn) { return vtn.registered === false || ("registration_id" in vtn && !vtn.registration_id); }
+function lastForecast() { return (gw.forecaster || {}).last_forecast || null; }
+export function noThreshold() {
+  // the load flags have no threshold (a new install's first day, a flat history): they read fault
+  const lf = lastForecast(), fc = gw.forecaster || {};
+  if (!lf || fc.input_stale === true) return false;
+  return lf.high_threshold_kw === null || lf.low_threshold_kw === null;
+}

@@ -1,0 +1,120 @@
+// The tables: every BACnet point, the OpenADR events, and each status section as key/value rows.
+import {$, el} from "./dom.js";
+import {UNIT_TEXT, fmtNum, fmtTime, humanize, putValue, toMs} from "./format.js";
+import {gw} from "./state.js";
+import {intervalValue, levelSteps} from "./status.js";
+
+function flagBadges(flags) {
+  const frag = document.createDocumentFragment();
+  const set = Object.entries(flags || {}).filter(([, v]) => v);
+  if (!set.length) frag.append(el("span", {class: "flag normal"}, "normal"));
+  for (const [k] of set) frag.append(el("span", {class: `flag ${k}`}, humanize(k)));
+  return frag;
+}
+// a binary point in the words a BAS graphic shows (its inactiveText / activeText), not "active"
+function stateText(p) {
+  if (typeof p.value === "boolean" && Array.isArray(p.texts) && p.texts.length === 2) return p.texts[p.value ? 1 : 0];
+  return fmtNum(p.value);
+}
+export function renderPoints() {
+  const body = $("points").tBodies[0];
+  body.replaceChildren();
+  for (const p of gw.points || []) {
+    const tr = el("tr", {"data-point": p.name, title: p.description || ""});
+    tr.append(el("td", {}, p.name), el("td", {class: "muted minor"}, p.object || ""),
+              el("td", {class: "num"}, stateText(p)),
+              el("td", {}, UNIT_TEXT[p.units] !== undefined ? UNIT_TEXT[p.units] : (p.units || "")));
+    const flags = el("td");
+    flags.append(flagBadges(p.status_flags));
+    tr.append(flags);
+    body.append(tr);
+  }
+}
+function levelBadge(level) {
+  const span = el("span", {class: `level l${level}`}, level === null || level === undefined ? "—" : fmtNum(level));
+  return span;
+}
+function levelCell(e) {
+  const td = el("td", {class: "num levels"});
+  const steps = levelSteps(e);
+  if (steps.length <= 1) {
+    td.append(levelBadge(steps.length ? steps[0].level : e.level));
+    return td;
+  }
+  steps.forEach((st, i) => {
+    if (i) td.append(el("span", {class: "arrow"}, " → "));
+    const badge = levelBadge(st.level);
+    // while the event runs, the interval in force now is outlined
+    if (st.current && e.status !== "cancelled") { badge.classList.add("current"); badge.title = "in force now"; }
+    td.append(badge);
+  });
+  return td;
+}
+function signalSummary(signals) {
+  return (signals || []).map((s) => {
+    const values = (s.intervals || []).map((i) => fmtNum(intervalValue(i)));
+    return `${s.name || "signal"}${s.type ? "/" + s.type : ""}: ${values.join(" → ")}`;
+  }).join("; ");
+}
+export function renderEvents() {
+  const body = $("events").tBodies[0];
+  body.replaceChildren();
+  const events = gw.events || [];
+  if (!events.length) {
+    body.append(el("tr", {}, null));
+    body.rows[0].append(el("td", {colspan: 7, class: "muted"}, "no pending, active or recent events"));
+  }
+  for (const e of events) {
+    const tr = el("tr", {class: e.status || "", "data-event": e.event_id || ""});
+    const level = levelCell(e);
+    const opt = el("td", {}, e.opt || "");
+    if (e.opt === "optOut") opt.classList.add("bad");
+    let phase = e.status === "far" || e.status === "near" ? `pending (${e.status})` : (e.status || "");
+    // overlapping events: the one of highest priority sets ADR-Event-Level
+    if (e.status === "active" && e.sets_level === false && e.opt !== "optOut") phase = "active (overridden)";
+    const id = e.priority ? `${e.event_id || ""} (priority ${e.priority})` : (e.event_id || "");
+    const end = e.status === "cancelled" && e.cancelled_at ? `cancelled ${fmtTime(toMs(e.cancelled_at), true)}`
+      : e.open_ended && !e.end ? "until cancelled" : fmtTime(toMs(e.end), true);
+    tr.append(el("td", {}, id), el("td", {}, phase), level,
+              el("td", {}, fmtTime(toMs(e.start), true)), el("td", {}, end),
+              opt, el("td", {class: "muted minor"}, signalSummary(e.signals)));
+    body.append(tr);
+  }
+}
+const SECTIONS = [["vtn", "VTN"], ["telemetry", "Telemetry"], ["meter", "Meter"], ["forecaster", "Forecaster"],
+                  ["schedule", "Demand response"], ["storage", "Storage"], ["device", "BACnet device"]];
+// nested objects become "parent.child" rows so every value stays readable
+function flatten(obj, prefix, out) {
+  for (const [k, v] of Object.entries(obj)) {
+    const key = prefix ? `${prefix}.${k}` : k;
+    if (v && typeof v === "object" && !Array.isArray(v)) flatten(v, key, out); else out.push([key, v]);
+  }
+  return out;
+}
+export function renderSections() {
+  const host = $("sections");
+  host.replaceChildren();
+  for (const [key, title] of SECTIONS) {
+    const data = gw[key];
+    if (!data || typeof data !== "object") continue;
+    const card = el("section", {class: "card", "data-section": key});
+    card.append(el("h2", {}, title));
+    const dl = el("dl", {class: "kv"});
+    for (const [k, v] of flatten(data, "", [])) {
+      // flag problems, not measurements: "last_error" text or a "fault" that is on, not "validation_error_kw";
+      // storage's per-part reasons ("errors.events") and any "ok"/"storage_ok" that is false
+      const text = typeof v === "string" && v !== "";
+      const bad = (/(^|[._])(last_)?error$/.test(k) && text) || (/(^|\.)errors\./.test(k) && text) ||
+                  (/fault$/.test(k) && v === true) || (/(^|[._])ok$/.test(k) && v === false) ||
+                  ((k === "connected" || k === "registered") && v === false) ||
+                  (k === "input_stale" && v === true) || (k === "communication.mode" && typeof v === "string" && v !== "enable");
+      // epoch-second timestamps ("issued_at", "history_first") read as times
+      const epoch = /(_at|_first|_last|_time)$/.test(k) && typeof v === "number" && v > 1e9 && v < 1e10;
+      const dd = el("dd", {class: bad ? "bad" : ""});
+      putValue(dd, epoch ? new Date(v * 1000).toISOString() : v);
+      dl.append(el("dt", {}, humanize(k)), dd);
+    }
+    card.append(dl);
+    host.append(card);
+  }
+}
