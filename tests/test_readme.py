@@ -28,6 +28,45 @@ def test_every_point_is_in_the_point_table():
         assert f"| {p.object_id} | {p.name} |" in README, p.name
 
 
+def test_the_point_table_gives_each_points_access_units_state_texts_and_description():
+    # the BAS programmer maps points from this table: a unit or a state text changed in bacnet_api/points.py
+    # and not here is a point programmed wrong on site
+    import re
+
+    rows = {cells[0]: cells for line in README.splitlines() if line.startswith(("| analogValue ", "| binaryValue "))
+            for cells in [[c.strip() for c in line.strip().strip("|").split("|")]]}
+    wrong = {}
+    for p in POINTS:
+        obj, name, access, units, texts, meaning = rows[p.object_id]
+        shown = (name, access, re.sub(r" \(.*\)$", "", units) or None, texts or None, meaning)
+        real = (p.name, p.access, p.units, " / ".join(p.texts) if p.texts else None, p.description)
+        if shown != real:
+            wrong[p.object_id] = (shown, real)
+    assert not wrong, f"README's point table differs from bacnet_api/points.py (shown, real): {wrong}"
+
+
+def test_every_metric_the_readme_names_is_exposed():
+    # an operator writes alert rules from these names: a renamed metric must fail here, not in Prometheus
+    import re
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from ven.metrics import Metrics
+
+    exposed = {s.name for f in text_string_to_metric_families(Metrics().render().decode()) for s in f.samples}
+    named = set(re.findall(r"\bedge_gateway_[a-z_]+[a-z]", README))
+    assert named and not named - exposed, sorted(named - exposed)
+
+
+def test_every_file_the_readme_names_exists():
+    import re
+
+    root = Path(__file__).resolve().parent.parent
+    named = set(re.findall(r"`((?:examples|docker|bench|ven|bacnet_api|forecaster|tests)/[\w./-]+\w)`", README))
+    missing = [n for n in sorted(named) if not (root / n).exists()]
+    assert named and not missing, f"README names files the repository does not have: {missing}"
+
+
 def test_example_config_shows_every_key():
     import re
 
