@@ -147,6 +147,34 @@ async def test_dashboard_with_token(server):
         assert page.errors == []
 
 
+async def test_dashboard_downloads_its_hours_as_csv_with_the_token(server):
+    # a link cannot send the bearer header: the page fetches with it and saves the file itself
+    srv = await server(SampleView(), token="s3cret")
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+        async with session.get(srv.url + "/api/history.csv?hours=6",
+                               headers={"Authorization": "Bearer s3cret"}) as resp:
+            assert resp.status == 200
+            served_name = resp.content_disposition.filename
+            served_csv = await resp.read()
+    assert served_name.startswith("edge-gateway-history-") and served_name.endswith("-6h.csv")
+    async with chromium_page() as page:
+        await open_dashboard(page, srv.url + "/?hours=6#token=s3cret", timeout=10000)
+        async with page.expect_download(timeout=10000) as info:
+            await page.click("#download-csv")
+        download = await info.value
+        assert download.suggested_filename == served_name
+        saved = await download.path()
+        assert saved.read_bytes() == served_csv and served_csv.count(b"\r\n") == 6 * 60 + 1
+        assert await page.locator("#download-status").inner_text() == ""
+        assert page.errors == [] and page.offsite == []
+        # a token changed on the gateway meanwhile: the page says why nothing was saved
+        await page.evaluate("sessionStorage.setItem('edge-gateway-token', 'old')")
+        await page.click("#download-csv")
+        await page.wait_for_function("document.querySelector('#download-status').textContent.includes('HTTP 401')",
+                                     timeout=10000)
+        await page.locator(".card-head").screenshot(path=str(artifact_path("dashboard-download.png")))
+
+
 async def _binary_points_read_as_a_bas_shows_them(page):
     """The point table says "high load" / "opted in", the point's own state texts, not active / inactive."""
     for name, on in (("ADR-Event-Active", True), ("ADR-Opt-Out", False)):   # as SampleView serves them

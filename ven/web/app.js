@@ -2,9 +2,11 @@
 // step, nothing fetched from the internet (building networks often have none).
 // Query parameters: ?hours=24 (history span), ?refresh=10 (seconds). Access token: open the page as
 // /#token=<http.token> once (the fragment never reaches the server or its logs) or type it when asked.
-// This module fetches and refreshes; the others draw (header.js, tiles.js, tables.js, chart.js).
+// This module fetches and refreshes; the others draw (header.js, tiles.js, tables.js, chart.js);
+// download.js saves the chart's hours as CSV.
 import {drawChart} from "./chart.js";
 import {$, el} from "./dom.js";
+import {setupDownload} from "./download.js";
 import {agoSpan, fmtStamp, tickAges} from "./format.js";
 import {renderHeader} from "./header.js";
 import {announce, problemChanges} from "./problems.js";
@@ -141,6 +143,7 @@ $("token-form").addEventListener("submit", (ev) => {
   sessionStorage.setItem("edge-gateway-token", $("token-input").value.trim());
   refresh();
 });
+setupDownload(token);
 setInterval(tickAges, 1000);
 let resizeTimer = null;
 window.addEventListener("resize", () => { clearTimeout(resizeTimer); resizeTimer = setTimeout(drawChart, 150); });

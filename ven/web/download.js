@@ -1,0 +1,60 @@
+// The chart's "Download CSV": /api/history.csv for the page's ?hours. A link cannot send the bearer token
+// the API may ask for, so a click fetches the file with it and saves it from a Blob; the link's own href
+// (the same file) is for "save link as" on a gateway without a token.
+import {$, el} from "./dom.js";
+import {HOURS} from "./state.js";
+
+const DOWNLOAD_TIMEOUT_MS = 60000;  // 35 days are 50,400 rows, a few seconds on a small box
+const FALLBACK_NAME = "edge-gateway-history.csv";
+
+function fileName(resp) {
+  const m = /filename="([^"]+)"/.exec(resp.headers.get("Content-Disposition") || "");
+  return m ? m[1] : FALLBACK_NAME;
+}
+
+async function download(path, token, status) {
+  const ctl = new AbortController();
+  const timer = setTimeout(() => ctl.abort(), DOWNLOAD_TIMEOUT_MS);
+  const headers = {};
+  if (token) headers.Authorization = `Bearer ${token}`;
+  status.textContent = "downloading…";
+  try {
+    const resp = await fetch(path, {headers, signal: ctl.signal, cache: "no-store"});
+    if (!resp.ok) {
+      const body = await resp.json().catch(() => ({}));
+      throw new Error(`HTTP ${resp.status} ${body.error || ""}`.trim());
+    }
+    const url = URL.createObjectURL(await resp.blob());
+    const save = el("a", {href: url, download: fileName(resp), hidden: ""});
+    document.body.append(save);
+    save.click();
+    save.remove();
+    // revoked at once, the browser could lose the file before it has saved it
+    setTimeout(() => URL.revokeObjectURL(url), DOWNLOAD_TIMEOUT_MS);
+    status.textContent = "";
+  } catch (err) {
+    const why = err.name === "AbortError" ? `no answer within ${DOWNLOAD_TIMEOUT_MS / 1000} s` :
+      err instanceof TypeError ? "gateway unreachable" : err.message;
+    status.textContent = `download failed: ${why}`;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+export function setupDownload(token) {
+  const link = $("download-csv");
+  const status = $("download-status");
+  const path = `/api/history.csv?hours=${HOURS}`;
+  link.href = path;
+  let busy = false;
+  link.addEventListener("click", async (ev) => {
+    ev.preventDefault();
+    if (busy) return;
+    busy = true;
+    try {
+      await download(path, token(), status);
+    } finally {
+      busy = false;
+    }
+  });
+}
