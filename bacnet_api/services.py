@@ -61,6 +61,7 @@ from bacpypes3.primitivedata import Boolean, Integer, PropertyIdentifier
 from .client import error_text
 from .property_access import PropertyAccess
 from .rejects import reject_undecodable
+from .settle import span
 
 log = logging.getLogger(__name__)
 # requests refused from the network: anyone on the BACnet network can send them in a loop (a password
@@ -237,8 +238,8 @@ class _Services(PropertyAccess):
         self._dcc = None
         self.asap.dccEnableDisable = "enable"
         if why is not None:
-            log.info("BACnet communication initiation enabled again after %.0f s: %s",
-                     asyncio.get_running_loop().time() - self._dcc_began, why)
+            log.info("BACnet communication initiation enabled again after %s: %s",
+                     span(asyncio.get_running_loop().time() - self._dcc_began), why)
 
     def _cancel_dcc_timer(self) -> None:
         if self._dcc_timer is not None:

@@ -13,6 +13,8 @@ import socket
 import sys
 import time
 
+from bacnet_api.settle import span
+
 from . import __version__
 from .config import (ConfigError, GatewayConfig, check_bacnet_address, load_config, storage_problems,
                      storage_warnings, tls_file_problems)
@@ -245,7 +247,7 @@ async def _wait_for_bacnet_address(address: str) -> None:
             if err.errno == errno.EADDRNOTAVAIL:
                 continue
             raise ConfigError(_bacnet_address_error(err, address)) from None
-        log.info("bacnet.address %s: %s is there after %.0f s: starting", address, ip, time.monotonic() - began)
+        log.info("bacnet.address %s: %s is there after %s: starting", address, ip, span(time.monotonic() - began))
         return
 
 

@@ -91,6 +91,8 @@ from typing import Any, Awaitable, Protocol
 
 from aiohttp import web
 
+from bacnet_api.settle import span
+
 from ven.config import ConfigError, is_loopback_host
 from ven.history_csv import history_csv, history_filename
 from ven.metrics import Metrics
@@ -472,7 +474,7 @@ class HttpServer:
         self.heartbeat.start()
         auth = "bearer token required" if self.token else "no token"
         log.info("http dashboard on %s/ (%s)%s", self.url, auth,
-                 f", its address there after {time.monotonic() - self._started:.0f} s" if waited else "")
+                 f", its address there after {span(time.monotonic() - self._started)}" if waited else "")
 
     async def stop(self) -> None:
         await cancel_and_wait(self._waiting)
@@ -521,8 +523,8 @@ class HttpServer:
             self._cap_check = asyncio.get_running_loop().call_later(1.0, self._below_cap, server)
             return
         self._cap_check.cancel()
-        log.info("http: accepting connections again after %.0f s (%d refused)",
-                 time.monotonic() - self._refusing_since, self._refused)
+        log.info("http: accepting connections again after %s (%d refused)",
+                 span(time.monotonic() - self._refusing_since), self._refused)
         self._refused = 0
 
     def _counted(self) -> None:

@@ -185,5 +185,5 @@ class VtnOutage:
         # a poll failing and the next one answered took no registration: "0 attempt(s) of which 0" says nothing
         regs = (f", {o.registrations} registration attempt(s) of which {o.registrations_failed} failed"
                 + (f" and {o.lost} lost before a poll was answered" if o.lost else "") if o.registrations else "")
-        log.info("VTN connected %safter %.0f s (%d failed poll(s)%s)", "again " if o.again else "", took,
+        log.info("VTN connected %safter %s (%d failed poll(s)%s)", "again " if o.again else "", _span(took),
                  o.polls_failed, regs)
