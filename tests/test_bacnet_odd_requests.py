@@ -86,15 +86,17 @@ async def test_a_flood_of_undecodable_requests_is_answered_at_a_bounded_rate(gat
         for invoke in range(200):
             npdu = bytes([0x01, 0x04]) + confirmed(invoke, 33)     # AuditLogQuery: unknown to bacpypes3
             sock.sendto(bytes([0x81, 0x0A]) + struct.pack(">H", len(npdu) + 4) + npdu, ("127.0.0.1", port_of(gateway)))
-        sent_in = time.monotonic() - start
+        last = start
         try:
             while True:
                 async with asyncio.timeout(0.5):
                     data, _ = await loop.sock_recvfrom(sock, 1500)
                 answered += data[6] == 0x60
+                last = time.monotonic()
         except TimeoutError:
             pass
-    assert REJECTS_PER_SECOND <= answered <= REJECTS_PER_SECOND * (1 + sent_in) + 1, answered
+    # a full budget, and what it refilled while the device worked through them (slowly on a loaded machine)
+    assert REJECTS_PER_SECOND <= answered <= REJECTS_PER_SECOND * (1 + (last - start)) + 1, answered
     assert gateway.app.asap.rejects_dropped == 200 - answered
     # the budget refills: a BAS's retry a moment later is answered, and the device still serves reads
     await asyncio.sleep(2 / REJECTS_PER_SECOND)
