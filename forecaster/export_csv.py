@@ -272,8 +272,9 @@ def _raw_rows(lines: list[tuple[int, str]], header: int, delimiter: str, cols: l
 
 def _convert_row(t_text: str | None, v_text: str | None, extra: list[str], width: int, tz: ZoneInfo, folds: dict,
                  time_format: str | None, mark: str, unit: str):
-    """(epoch seconds, kW, problem) from one row's texts; problem, None for a usable row, says what is wrong."""
-    t = v = problem = None
+    """(epoch seconds, kW, problem, the unit its cell named) from one row's texts; problem, None for a usable row,
+    says what is wrong."""
+    t = v = problem = cell_unit = None
     if extra:
         # "2019-10-07 00:00,113,2": a decimal comma in a comma-separated file would read as 113
         problem = (f"has {width + len(extra)} fields, the header {width} (an unquoted decimal comma "
@@ -297,11 +298,11 @@ def _convert_row(t_text: str | None, v_text: str | None, extra: list[str], width
             problem = f"time {t_text!r} {err}"
         except (TypeError, ValueError, AttributeError):
             problem = f"time {t_text.strip()!r} is not a timestamp" if t_text is not None else "time is missing"
-    return t, v, problem
+    return t, v, problem, cell_unit
 
 
 def _how_read(path: Path, lines: list[tuple[int, str]], header: int, delimiter: str, mark: str,
-              unit: str) -> str | None:
+              unit: str, cell_units: set) -> str | None:
     """A note saying how the file was read, None for plain comma-separated kW from its first line."""
     how = []
     if header:
@@ -312,6 +313,9 @@ def _how_read(path: Path, lines: list[tuple[int, str]], header: int, delimiter: 
         how.append("decimal comma")
     if unit != "kw":
         how.append(f"values in {UNIT_NAMES[unit]}, converted to kW")
+    if cell_units - {"kw"}:   # "98000 W": said, as a unit in the header or an option is
+        how.append(f"values with their unit ({', '.join(UNIT_NAMES[u] for u in sorted(cell_units))}), "
+                   "converted to kW")
     return f"read {path.name}: " + ", ".join(how) if how else None
 
 
@@ -333,8 +337,10 @@ def read_export(csv_path, time_column, value_column: str, tz: ZoneInfo, time_for
 
     times, values, kept, notes, skipped = [], [], [], [], 0
     folds: dict = {}
+    cell_units: set = set()
     for line_no, t_text, v_text, extra in raw:
-        t, v, problem = _convert_row(t_text, v_text, extra, len(cols), tz, folds, time_format, mark, unit)
+        t, v, problem, cell_unit = _convert_row(t_text, v_text, extra, len(cols), tz, folds, time_format, mark,
+                                                unit)
         if problem is not None:
             skipped += 1
             if skipped <= MAX_ROW_NOTES:
@@ -343,13 +349,15 @@ def read_export(csv_path, time_column, value_column: str, tz: ZoneInfo, time_for
         times.append(t)
         values.append(v)
         kept.append(line_no)
+        if cell_unit is not None:
+            cell_units.add(cell_unit)
     if skipped > MAX_ROW_NOTES:
         notes.append(f"... and {skipped - MAX_ROW_NOTES} more rows skipped")
     if not times:
         why = f" ({notes[0].removesuffix('; row skipped')})" if notes else ""
         columns = ", ".join(repr(c) for c in time_columns + (value_column,))
         raise ReplayInputError(f"{path}: no usable rows in columns {columns}{why}")
-    reading = _how_read(path, lines, header, delimiter, mark, unit)
+    reading = _how_read(path, lines, header, delimiter, mark, unit, cell_units)
     t, v, ln = np.array(times), np.array(values), np.array(kept)
     order = np.argsort(t, kind="stable")
     return t[order], v[order], ln[order], skipped, notes, reading

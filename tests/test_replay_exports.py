@@ -81,6 +81,17 @@ def test_separators_decimal_marks_and_units_read_the_same_kw(tmp_path, name, sep
     assert skipped == 0 and list(t) == _epoch(times) and v == pytest.approx(expected, rel=1e-12)
 
 
+def test_units_written_in_the_cells_are_said_in_how_the_file_was_read(tmp_path):
+    from forecaster.export_csv import read_export
+    src = tmp_path / "in.csv"
+    src.write_text("timestamp,kw\n2019-10-07 00:00:00,98000 W\n2019-10-07 00:15:00,0.1 MW\n")
+    *_, reading = read_export(src, "timestamp", "kw", UTC)
+    assert reading == "read in.csv: values with their unit (MW, W), converted to kW"
+    src.write_text("timestamp,kw\n2019-10-07 00:00:00,98 kW\n")   # kW as it is: nothing to say
+    *_, reading = read_export(src, "timestamp", "kw", UTC)
+    assert reading is None
+
+
 def test_a_decimal_comma_in_a_comma_separated_file_is_refused_not_cut_to_its_integer(tmp_path):
     # "113,2" split into fields "113" and "2" used to replay 113 kW without a word
     src = tmp_path / "in.csv"
