@@ -3,6 +3,7 @@ shading, thresholds and flags, the point and event tables, fetch nothing from of
 keep refreshing. A screenshot is kept at tests/artifacts/dashboard.png for a human look."""
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 
@@ -51,6 +52,16 @@ async def open_dashboard(page, url, timeout=20000):
     await page.wait_for_function(READY, timeout=timeout)
 
 
+@contextlib.asynccontextmanager
+async def drawn(server, view):
+    """The dashboard of `view` open in Chromium, with the /api/history it draws from."""
+    srv = await server(view)
+    history = await get_json(srv.url + "/api/history?hours=24")
+    async with chromium_page() as page:
+        await open_dashboard(page, srv.url + "/")
+        yield page, history
+
+
 def flag_runs(values):
     runs, prev = 0, False
     for v in values:
@@ -61,10 +72,7 @@ def flag_runs(values):
 
 async def test_dashboard_draws_history(server):
     view = SampleView()
-    srv = await server(view)
-    history = await get_json(srv.url + "/api/history?hours=24")
-    async with chromium_page() as page:
-        await open_dashboard(page, srv.url + "/")
+    async with drawn(server, view) as (page, history):
 
         for key in ("power_kw", "demand_kw", "forecast_15", "forecast_60"):
             expected = sum(v is not None for v in history[key])
@@ -243,10 +251,7 @@ class StoreShapedView(SampleView):
 
 
 async def test_dashboard_with_gateway_shapes(server):
-    srv = await server(StoreShapedView())
-    history = await get_json(srv.url + "/api/history?hours=24")
-    async with chromium_page() as page:
-        await open_dashboard(page, srv.url + "/")
+    async with drawn(server, StoreShapedView()) as (page, history):
         for key in ("power_kw", "demand_kw", "forecast_15", "forecast_60"):
             expected = sum(v is not None for v in history[key])
             assert expected > 1000, key

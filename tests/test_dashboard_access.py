@@ -9,7 +9,7 @@ import re
 import pytest
 
 from browser import chromium_page
-from test_dashboard import READY, get_json, open_dashboard, server  # noqa: F401 - shared fixture
+from test_dashboard import READY, drawn, open_dashboard, server  # noqa: F401 - shared fixture
 from test_dashboard_faults import FaultView
 from test_http_api import SampleView
 from waiting import eventually
@@ -133,11 +133,7 @@ async def test_a_screen_reader_hears_each_change_once(server):
 
 
 async def test_the_chart_has_its_figures_in_words(server):
-    view = SampleView()
-    srv = await server(view)
-    history = await get_json(srv.url + "/api/history?hours=24")
-    async with chromium_page() as page:
-        await open_dashboard(page, srv.url + "/")
+    async with drawn(server, SampleView()) as (page, history):
         label = await page.locator("#chart-svg").get_attribute("aria-label")
         demand = [v for v in history["demand_kw"] if v is not None]
         part = re.search(r"Demand \(15 min\): ([\d.]+) kW at [\d: -]+, lowest ([\d.]+) kW at [\d: -]+, "
