@@ -6,6 +6,7 @@ accepted the oadrUpdateReport that carried it. The queue is bounded by age: samp
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import sqlite3
@@ -302,9 +303,11 @@ class TelemetryQueue:
     def peek(self, limit: int = 100, reader: str | None = None) -> list[Sample]:
         """The oldest waiting samples, in order; with `reader`, those that report request has not taken."""
         r = self._readers.get(reader) if reader is not None else None
-        memory = self._memory if r is None else [s for s in self._memory if s.seq not in r.taken]
-        # Memory only ever holds samples newer than every row in the file (see add).
-        return (self._file_rows(limit, r) + memory)[:limit]
+        rows = self._file_rows(limit, r)[:limit]
+        # Memory only ever holds samples newer than every row in the file (see add). Only what is wanted of it
+        # is copied: /metrics peeks at the oldest one at each scrape, with an outage's samples held here.
+        memory = self._memory if r is None else (s for s in self._memory if s.seq not in r.taken)
+        return rows + list(itertools.islice(memory, limit - len(rows)))
 
     def add_reader(self, name: str) -> None:
         """A report request served beside others: it reads from the oldest sample queued."""

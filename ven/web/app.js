@@ -1,9 +1,9 @@
 // Operator dashboard: polls /api/status and /api/history and draws them. No dependencies, no build
 // step, nothing fetched from the internet (building networks often have none).
-// Query parameters: ?hours=24 (history span), ?refresh=10 (seconds). Access token: open the page as
-// /#token=<http.token> once (the fragment never reaches the server or its logs) or type it when asked.
+// Query parameters: ?hours=24 (history span), ?refresh=10 (seconds). Access token: see api.js.
 // This module fetches and refreshes; the others draw (header.js, tiles.js, tables.js, chart.js);
 // download.js saves the chart's hours as CSV.
+import {HttpError, apiGet, token} from "./api.js";
 import {drawChart} from "./chart.js";
 import {$, el} from "./dom.js";
 import {setupDownload} from "./download.js";
@@ -18,37 +18,12 @@ import {renderTiles} from "./tiles.js";
 const FETCH_TIMEOUT_MS = 8000;
 const TITLE = document.title;
 
-function token() {
-  const m = /(?:^#|&)token=([^&]+)/.exec(location.hash);
-  if (m) {
-    // a token pasted with a raw "%" (ab%zz) is not valid percent-encoding: use the text as typed
-    // rather than throw, and drop the fragment either way so a bad one cannot stick in the address bar
-    let t = m[1];
-    try { t = decodeURIComponent(t); } catch (err) { /* keep the raw text */ }
-    sessionStorage.setItem("edge-gateway-token", t);
-    window.history.replaceState(null, "", location.pathname + location.search);
-  }
-  return sessionStorage.getItem("edge-gateway-token") || "";
-}
-class HttpError extends Error {}
 async function getJSON(path) {
-  const ctl = new AbortController();
-  const timer = setTimeout(() => ctl.abort(), FETCH_TIMEOUT_MS);
-  const headers = {};
-  const t = token();
-  if (t) headers.Authorization = `Bearer ${t}`;
   try {
-    const resp = await fetch(path, {headers, signal: ctl.signal, cache: "no-store"});
-    if (resp.status === 401) throw new HttpError("401");
-    const body = await resp.json().catch(() => ({}));
-    if (!resp.ok) throw new Error(`${path}: HTTP ${resp.status} ${body.error || ""}`.trim());
-    return body;
+    return await apiGet(path, FETCH_TIMEOUT_MS, (resp) => resp.json().catch(() => ({})));
   } catch (err) {
-    if (err.name === "AbortError") throw new Error(`${path}: no answer within ${FETCH_TIMEOUT_MS / 1000} s`);
-    if (err instanceof TypeError) throw new Error(`${path}: gateway unreachable`);
-    throw err;
-  } finally {
-    clearTimeout(timer);
+    if (err instanceof HttpError && err.status === 401) throw err;  // no token, or not this one: asked for
+    throw new Error(`${path}: ${err.message}`);
   }
 }
 async function getHealth() {
@@ -143,7 +118,7 @@ $("token-form").addEventListener("submit", (ev) => {
   sessionStorage.setItem("edge-gateway-token", $("token-input").value.trim());
   refresh();
 });
-setupDownload(token);
+setupDownload();
 setInterval(tickAges, 1000);
 let resizeTimer = null;
 window.addEventListener("resize", () => { clearTimeout(resizeTimer); resizeTimer = setTimeout(drawChart, 150); });

@@ -1,6 +1,7 @@
 // The chart's "Download CSV": /api/history.csv for the page's ?hours. A link cannot send the bearer token
 // the API may ask for, so a click fetches the file with it and saves it from a Blob; the link's own href
 // (the same file) is for "save link as" on a gateway without a token.
+import {apiGet} from "./api.js";
 import {$, el} from "./dom.js";
 import {HOURS} from "./state.js";
 
@@ -12,20 +13,13 @@ function fileName(resp) {
   return m ? m[1] : FALLBACK_NAME;
 }
 
-async function download(path, token, status) {
-  const ctl = new AbortController();
-  const timer = setTimeout(() => ctl.abort(), DOWNLOAD_TIMEOUT_MS);
-  const headers = {};
-  if (token) headers.Authorization = `Bearer ${token}`;
+async function download(path, status) {
   status.textContent = "downloading…";
   try {
-    const resp = await fetch(path, {headers, signal: ctl.signal, cache: "no-store"});
-    if (!resp.ok) {
-      const body = await resp.json().catch(() => ({}));
-      throw new Error(`HTTP ${resp.status} ${body.error || ""}`.trim());
-    }
-    const url = URL.createObjectURL(await resp.blob());
-    const save = el("a", {href: url, download: fileName(resp), hidden: ""});
+    const {blob, name} = await apiGet(path, DOWNLOAD_TIMEOUT_MS,
+                                      async (resp) => ({blob: await resp.blob(), name: fileName(resp)}));
+    const url = URL.createObjectURL(blob);
+    const save = el("a", {href: url, download: name, hidden: ""});
     document.body.append(save);
     save.click();
     save.remove();
@@ -33,15 +27,11 @@ async function download(path, token, status) {
     setTimeout(() => URL.revokeObjectURL(url), DOWNLOAD_TIMEOUT_MS);
     status.textContent = "";
   } catch (err) {
-    const why = err.name === "AbortError" ? `no answer within ${DOWNLOAD_TIMEOUT_MS / 1000} s` :
-      err instanceof TypeError ? "gateway unreachable" : err.message;
-    status.textContent = `download failed: ${why}`;
-  } finally {
-    clearTimeout(timer);
+    status.textContent = `download failed: ${err.message}`;
   }
 }
 
-export function setupDownload(token) {
+export function setupDownload() {
   const link = $("download-csv");
   const status = $("download-status");
   const path = `/api/history.csv?hours=${HOURS}`;
@@ -52,7 +42,7 @@ export function setupDownload(token) {
     if (busy) return;
     busy = true;
     try {
-      await download(path, token(), status);
+      await download(path, status);
     } finally {
       busy = false;
     }
