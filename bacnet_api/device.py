@@ -11,7 +11,7 @@ import asyncio
 import logging
 import math
 import time
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 from bacpypes3.basetypes import BinaryPV, EngineeringUnits, Reliability
 from bacpypes3.local.cmd import Commandable
@@ -28,6 +28,7 @@ from .objects import (
 )
 from .points import METER_POWER, POINTS, Point
 from .services import harden
+from .write_access import WriteAccess
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ class GatewayDevice:
         bbmd_address: str = "",
         bbmd_ttl: int = 900,
         dcc_password: str = "",
+        write_from: Sequence[str] = (),
     ) -> None:
         if not 0 <= device_id <= 4194302:
             raise ValueError(f"device_id must be 0..4194302, got {device_id}")
@@ -99,6 +101,8 @@ class GatewayDevice:
         self.bbmd_ttl = int(bbmd_ttl)
         # DeviceCommunicationControl's password; empty, a BACnet client can only enable (services.py)
         self.dcc_password = dcc_password
+        # who may write (bacnet.write_from; empty: anyone); its refusals count across restarts of the device
+        self.write_access = WriteAccess(write_from)
         self._points = {p.name: p for p in points}
         self._objects: dict[str, Any] = {}
         self._no_value_yet: set[str] = set()
@@ -126,7 +130,8 @@ class GatewayDevice:
             # wait ends, and a SIGTERM during start-up was lost (everywhere else for the same reason)
             async with asyncio.timeout(_START_TIMEOUT):
                 await self._socket_ready()
-            harden(self.app, dcc_password=self.dcc_password)
+            harden(self.app, dcc_password=self.dcc_password,
+                   write_access=None if self.write_access.open else self.write_access)
             for obj in list(self.app.objectIdentifier.values()):  # the device and network port
                 read_only(obj)
             for point in self._points.values():
@@ -143,6 +148,10 @@ class GatewayDevice:
             self.device_name, self.device_id, self.address, len(self._objects),
             time.monotonic() - started,
         )
+        if not self.write_access.open:
+            log.info("BACnet writes (WriteProperty, WritePropertyMultiple, DeviceCommunicationControl disable) taken "
+                     "only from %s (bacnet.write_from); reads, COV, Who-Is and DeviceCommunicationControl enable from "
+                     "anyone", ", ".join(self.write_access.entries))
 
     async def _socket_ready(self) -> None:
         # BAC0 binds the UDP socket in a task; its context manager would add a fixed 1 s sleep.
@@ -192,6 +201,10 @@ class GatewayDevice:
         if self._bacnet is None:
             return {"mode": "enable"}
         return self.app.communication_control()
+
+    def write_refusals(self) -> dict:
+        """{"write_from": [...], "writes_refused": count, "last_write_refused": {"by", "at", "what"} or None}."""
+        return self.write_access.status()
 
     # ----- objects
 

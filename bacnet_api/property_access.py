@@ -76,7 +76,7 @@ class PropertyAccess:
             for object_id, props in specs:
                 if self.get_object_id(object_id) is None:
                     first = props[0].propertyIdentifier if props else PropertyIdentifier.all
-                    raise _multiple_error("object", "unknownObject", object_id, first, None)
+                    raise multiple_error("object", "unknownObject", object_id, first, None)
             for object_id, props in specs:
                 obj = self.get_object_id(object_id)
                 for p in props:
@@ -85,7 +85,7 @@ class PropertyAccess:
                         await obj.write_property(prop, value_to_write(obj, prop, index, priority, p.value),
                                                  index, priority)
                     except ExecutionError as err:
-                        raise _multiple_error(err.errorClass, err.errorCode, object_id, prop, index) from None
+                        raise multiple_error(err.errorClass, err.errorCode, object_id, prop, index) from None
         except WritePropertyMultipleError as error:
             error.set_context(apdu)
             await self.response(error)
@@ -93,7 +93,7 @@ class PropertyAccess:
         await self.response(SimpleAckPDU(context=apdu))
 
 
-def _multiple_error(error_class, error_code, object_id, prop, index) -> WritePropertyMultipleError:
+def multiple_error(error_class, error_code, object_id, prop, index) -> WritePropertyMultipleError:
     failed = ObjectPropertyReference(objectIdentifier=object_id, propertyIdentifier=prop)
     if index is not None:
         failed.propertyArrayIndex = index

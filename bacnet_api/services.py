@@ -30,6 +30,11 @@
   instead of waiting for a time-out (bacpypes3 dropped it and left its future pending);
 - ReinitializeDevice is not executed: it is rejected unrecognized-service, as before, but logged, so
   nobody restarts or stops the gateway over BACnet;
+- with `bacnet.write_from` set, WriteProperty and WritePropertyMultiple from a source it does not list
+  are refused write-access-denied before anything else is looked at, and DeviceCommunicationControl's
+  disables services/service-request-denied before the password is, as when no password is set: the site
+  has not allowed that client, and password-failure would send its technician retyping a right password
+  (write_access.py keeps the list, the count and the log line);
 - a confirmed request bacpypes3 cannot decode is rejected instead of dropped (rejects.py).
 """
 from __future__ import annotations
@@ -41,7 +46,7 @@ import math
 import time
 from datetime import datetime, timedelta, timezone
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import Any, Callable
 
 from bacpypes3.apdu import AbortPDU, ConfirmedRequestPDU, SimpleAckPDU
 from bacpypes3.basetypes import (
@@ -55,13 +60,14 @@ from bacpypes3.basetypes import (
     ServicesSupported,
 )
 from bacpypes3.constructeddata import ArrayOf
-from bacpypes3.errors import ExecutionError, MissingRequiredParameter, UnrecognizedService
+from bacpypes3.errors import ExecutionError, MissingRequiredParameter, PropertyError, UnrecognizedService
 from bacpypes3.primitivedata import Boolean, Integer, PropertyIdentifier
 
-from .client import error_text
-from .property_access import PropertyAccess
+from .client import error_text, to_plain
+from .property_access import PropertyAccess, multiple_error
 from .rejects import reject_undecodable
 from .settle import span
+from .write_access import WriteAccess
 
 log = logging.getLogger(__name__)
 # requests refused from the network: anyone on the BACnet network can send them in a loop (a password
@@ -93,8 +99,9 @@ class CommunicationDisabled(Exception):
     """A request the gateway would have sent while a DeviceCommunicationControl disables initiation."""
 
 
-def harden(app: Any, dcc_password: str = "") -> None:
-    """`dcc_password`: the DeviceCommunicationControl password; empty, DCC can only enable."""
+def harden(app: Any, dcc_password: str = "", write_access: WriteAccess | None = None) -> None:
+    """`dcc_password`: the DeviceCommunicationControl password; empty, DCC can only enable.
+    `write_access`: who may write (`bacnet.write_from`); None, anyone."""
     try:
         software = version("edge-gateway")
     except PackageNotFoundError:  # a source tree that was not installed
@@ -102,6 +109,7 @@ def harden(app: Any, dcc_password: str = "") -> None:
     _extend(app, _Services)
     reject_undecodable(app)
     app._dcc_password = dcc_password
+    app._write_access = write_access
     device = app.device_object
     _extend(device, _Device)
     device.vendorName = VENDOR_NAME
@@ -179,6 +187,46 @@ class _Services(PropertyAccess):
     _dcc: dict | None = None  # while initiation is disabled: who disabled it, since and until when
     _dcc_timer: asyncio.TimerHandle | None = None
     _dcc_began = 0.0  # loop time of the disable: its duration, which a wall-clock step (NTP at boot) would move
+    _write_access: WriteAccess | None = None
+
+    # ----- bacnet.write_from
+
+    def _refused(self, apdu: Any, what: Callable[[], str], answer: str) -> bool:
+        """Whether `bacnet.write_from` leaves out the request's source; if so, counted and logged."""
+        access = self._write_access
+        if access is None or access.allows(apdu.pduSource):
+            return False
+        access.refuse(apdu.pduSource, what(), answer)
+        return True
+
+    def _target(self, object_id: Any, prop: Any, index: Any = None, priority: Any = None) -> str:
+        # named as the BAS programmer knows the point, with the identifier a BACnet tool shows
+        obj = self.get_object_id(self.local_id(object_id))
+        name = to_plain(object_id) if obj is None else f"{obj.objectName} ({to_plain(obj.objectIdentifier)})"
+        return (f"{name} {to_plain(prop)}" + ("" if index is None else f"[{index}]")
+                + ("" if priority is None else f" at priority {priority}"))
+
+    async def do_WritePropertyRequest(self, apdu: Any) -> None:
+        if self._refused(apdu, lambda: "WriteProperty of " + self._target(
+                apdu.objectIdentifier, apdu.propertyIdentifier, apdu.propertyArrayIndex, apdu.priority),
+                "write-access-denied"):
+            raise PropertyError("writeAccessDenied")
+        await super().do_WritePropertyRequest(apdu)
+
+    async def do_WritePropertyMultipleRequest(self, apdu: Any) -> None:
+        writes = [(spec.objectIdentifier, p) for spec in apdu.listOfWriteAccessSpecs for p in spec.listOfProperties]
+        if writes:
+            (object_id, p), more = writes[0], len(writes) - 1
+            if self._refused(apdu, lambda: "WritePropertyMultiple of " + self._target(
+                    object_id, p.propertyIdentifier, p.propertyArrayIndex, p.priority)
+                    + (f" and {more} more" if more else ""), "write-access-denied"):
+                # the whole request, naming its first write, as for any other refusal (clause 15.10)
+                error = multiple_error("property", "writeAccessDenied", self.local_id(object_id),
+                                       p.propertyIdentifier, p.propertyArrayIndex)
+                error.set_context(apdu)
+                await self.response(error)
+                return
+        await super().do_WritePropertyMultipleRequest(apdu)
 
     # ----- DeviceCommunicationControl and ReinitializeDevice
 
@@ -192,6 +240,8 @@ class _Services(PropertyAccess):
             await self.response(SimpleAckPDU(context=apdu))
             self.end_communication_control(f"enabled by DeviceCommunicationControl from {who}")
             return
+        if self._refused(apdu, lambda: f"DeviceCommunicationControl {mode}", "service-request-denied"):
+            raise ExecutionError(errorClass="services", errorCode="serviceRequestDenied")
         if mode == "disable":
             # deprecated: a device of Protocol_Revision 20 or later answers it so (clause 16.1.3.1)
             refusals.warning("%s refused (service-request-denied): DISABLE is deprecated; use disableInitiation",

@@ -249,6 +249,13 @@ def test_env_error_names_the_variable(tmp_path):
      "must be 1..20 characters (a BACnet DeviceCommunicationControl password), got 21"),
     ('[bacnet]\ndcc_password = "tab\\there"\n', "bacnet.dcc_password", "printable characters only"),
     ('[bacnet]\ndcc_password = 1234\n', "bacnet.dcc_password", "valid string"),
+    ('[bacnet]\nwrite_from = ["192.168.10.20/24"]\n', "bacnet.write_from",
+     "entry '192.168.10.20/24': has host bits set: the network is 192.168.10.0/24, the one station 192.168.10.20"),
+    ('[bacnet]\nwrite_from = ["192.168.10.20", "2001:300", "bas"]\n', "bacnet.write_from",
+     "entry '2001:300': a decimal MAC is one octet, 0..255 (MS/TP); got 300: write longer ones in hex, e.g. "
+     "2001:0x012c; entry 'bas': must be an IPv4 address"),
+    ('[bacnet]\nwrite_from = "192.168.10.20"\n', "bacnet.write_from", "a list, e.g. [...]"),
+    ('[bacnet]\nwrite_from = [47808]\n', "bacnet.write_from.0", "valid string"),
 ])
 def test_values_that_can_never_work_are_refused(tmp_path, toml, key, reason):
     with pytest.raises(ConfigError) as err:
@@ -573,6 +580,19 @@ def test_the_dcc_password_is_optional_and_never_echoed(tmp_path):
         load_config(_write(tmp_path, ""), environ={"EDGE_GATEWAY__BACNET__DCC_PASSWORD": "secret-but-far-too-long"})
     assert str(err.value).startswith("EDGE_GATEWAY__BACNET__DCC_PASSWORD: bacnet.dcc_password: ")
     assert "secret-but-far-too-long" not in str(err.value)
+
+
+def test_write_from_takes_stations_networks_and_routed_sources(tmp_path):
+    assert load_config(_write(tmp_path, ""), environ={}).bacnet.write_from == ()   # anyone may write
+    listed = ["192.168.10.20", "192.168.10.30:47809", "192.168.20.0/24", "2001:5", "2001:0x0a0b",
+              "2001:192.168.5.10:47808", "3001:*"]
+    cfg = load_config(_write(tmp_path, f"[bacnet]\nwrite_from = {listed!r}\n".replace("'", '"')), environ={})
+    assert cfg.bacnet.write_from == tuple(listed)
+    env = {"EDGE_GATEWAY__BACNET__WRITE_FROM": '["10.0.0.5", "2001:*"]'}
+    assert load_config(_write(tmp_path, ""), environ=env).bacnet.write_from == ("10.0.0.5", "2001:*")
+    with pytest.raises(ConfigError) as err:
+        load_config(_write(tmp_path, ""), environ={"EDGE_GATEWAY__BACNET__WRITE_FROM": '["10.0.0.5/8"]'})
+    assert str(err.value).startswith("EDGE_GATEWAY__BACNET__WRITE_FROM: bacnet.write_from: entry '10.0.0.5/8': ")
 
 
 @pytest.fixture

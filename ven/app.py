@@ -70,7 +70,7 @@ def bacnet_device(c: GatewayConfig) -> GatewayDevice:
     return GatewayDevice(address=c.bacnet.address, device_id=c.bacnet.device_id, device_name=c.bacnet.device_name,
                          input_min=c.bacnet.input_min_kw, input_max=c.bacnet.input_max_kw,
                          bbmd_address=c.bacnet.bbmd_address, bbmd_ttl=c.bacnet.bbmd_ttl,
-                         dcc_password=c.bacnet.dcc_password,
+                         dcc_password=c.bacnet.dcc_password, write_from=c.bacnet.write_from,
                          points=P.points_for(c.forecaster.horizons_minutes, c.forecaster.threshold_days))
 
 
@@ -95,7 +95,7 @@ class Gateway:
         self._stack = []
         self._late_restore: asyncio.Task | None = None
         self._schedule_listeners: list = []
-        self._counted = {"sent": 0, "dropped": 0, "poll_failures": 0}
+        self._counted = {"sent": 0, "dropped": 0, "poll_failures": 0, "writes_refused": 0}
         self._input_stale = False  # the forecaster had no power input at its last cycle (past the start's grace)
         # its WARNING and INFO: a BAS writing a little less often than input_stale_seconds is one fault
         self._no_input = Flapping(2 * c.forecaster.input_stale_seconds)
@@ -401,7 +401,9 @@ class Gateway:
             "device": {"device_id": self.config.bacnet.device_id, "name": self.config.bacnet.device_name,
                        "address": self.config.bacnet.address,
                        # DeviceCommunicationControl: "enable", or who disabled initiation and until when
-                       "communication": self.device.communication()},
+                       "communication": self.device.communication(),
+                       # bacnet.write_from: who may write, how many writes it refused, the last one
+                       **self.device.write_refusals()},
             "points": self.device.snapshot(),
             "vtn": self.vtn.status(),
             "events": self.schedule.events(),
@@ -454,9 +456,11 @@ class Gateway:
         from forecaster.core import PERSISTENCE     # loaded with self.forecast already (see _import_slow_parts)
 
         totals = {"sent": self.telemetry.sent_total, "dropped": self.telemetry.dropped,
-                  "poll_failures": self.vtn.poll_failures_total}
+                  "poll_failures": self.vtn.poll_failures_total,
+                  "writes_refused": self.device.write_refusals()["writes_refused"]}
         counters = {"sent": self.metrics.telemetry_sent, "dropped": self.metrics.telemetry_dropped,
-                    "poll_failures": self.metrics.vtn_poll_failures}
+                    "poll_failures": self.metrics.vtn_poll_failures,
+                    "writes_refused": self.metrics.bacnet_writes_refused}
         for key, total in totals.items():
             if total > self._counted[key]:
                 counters[key].inc(total - self._counted[key])

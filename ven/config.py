@@ -93,6 +93,7 @@ class BacnetConfig(_Section):
     bbmd_address: str = ""                     # "ip[:port]" of a BBMD to register with as a foreign device
     bbmd_ttl: int = Field(900, ge=30, le=65535)  # seconds; re-registered before it runs out
     dcc_password: str = ""                     # DeviceCommunicationControl password; unset, only enable is taken
+    write_from: tuple[str, ...] = ()           # sources that may write (bacnet_api.write_access); empty: anyone
 
     @field_validator("address")
     @classmethod
@@ -121,6 +122,26 @@ class BacnetConfig(_Section):
                              f"got {len(v)}")
         if any(not ch.isprintable() for ch in v):
             raise ValueError("must be printable characters only (a BAS operator types it)")
+        return v
+
+    @field_validator("write_from", mode="before")
+    @classmethod
+    def _write_from_list(cls, v: object) -> object:
+        return tuple(v) if isinstance(v, list) else v
+
+    @field_validator("write_from")
+    @classmethod
+    def _write_from(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        from bacnet_api.write_access import parse_entry  # the parse the device applies
+
+        bad = []
+        for entry in v:
+            try:
+                parse_entry(entry)
+            except ValueError as err:
+                bad.append(f"entry {entry!r}: {err}")
+        if bad:
+            raise ValueError("; ".join(bad))
         return v
 
     @model_validator(mode="after")

@@ -68,6 +68,9 @@ class Metrics:
         self.bacnet_initiation_disabled = Gauge(f"{p}_bacnet_initiation_disabled",
                                                 "1 while a BACnet client has disabled communication initiation "
                                                 "(DeviceCommunicationControl): the meter is not read", registry=r)
+        self.bacnet_writes_refused = Counter(f"{p}_bacnet_writes_refused",
+                                             "BACnet writes and DeviceCommunicationControl refused: their source is "
+                                             "not in bacnet.write_from", registry=r)
         self.forecast_input_stale = Gauge(f"{p}_forecast_input_stale",
                                           "1 while the forecaster has had no power for forecaster.input_stale_seconds "
                                           "(forecasts and load flags in fault)", registry=r)
