@@ -110,7 +110,8 @@ def uncache(path: Path) -> None:
 def history_part(tmp: Path, events: list, model_kb: int, cold: bool) -> list[list]:
     from forecaster.store import ForecastStore
     from ven.config import ForecasterConfig
-    from ven.http_api import build_history, to_json
+    from ven.history import build_history
+    from ven.http_api import to_json
 
     path = tmp / "history.sqlite"
     now = time.time()

@@ -222,7 +222,7 @@ async def test_dashboard_fresh_gateway(server):
 class StoreShapedView(SampleView):
     """The same day in the shapes the gateway's parts produce: device.snapshot() (points keyed by name,
     "flags"), schedule.events() (levels only inside signal payloads, far/near phases) and the
-    forecaster store's history, shaped for the dashboard by ven.http_api.build_history."""
+    forecaster store's history, shaped for the dashboard by ven.history.build_history."""
 
     def status(self):
         body = super().status()
@@ -238,7 +238,7 @@ class StoreShapedView(SampleView):
         return body
 
     def history(self, hours):
-        from ven.http_api import build_history
+        from ven.history import build_history
         known = [(t, v) for t, v in zip(self.minutes, self.power) if v is not None]
         store = {"power": {"time": [t + 30 for t, _ in known], "kw": [v for _, v in known]},
                  "forecasts": {h: {"target_time": [t + 60 for t, v in zip(self.minutes, vals) if v is not None],

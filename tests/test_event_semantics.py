@@ -15,7 +15,7 @@ from waiting import eventually as until
 
 from ven.config import OpenadrConfig
 from ven.events import OPT_IN, OPT_OUT, from_openleadr
-from ven.http_api import build_history
+from ven.history import build_history
 from ven.schedule import EventSchedule
 from ven.storage import Storage
 from ven.telemetry import TelemetryQueue

@@ -13,7 +13,7 @@ import threading
 import pytest
 
 from test_http_api import SampleView, fetch, served  # noqa: F401  (served: the fixture)
-from ven.http_api import build_history
+from ven.history import build_history
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -358,7 +358,7 @@ def test_grafana_example_uses_exported_metric_names():
 
 
 def test_build_history_from_forecaster_store_shape():
-    from ven.http_api import build_history
+    from ven.history import build_history
     now = 1_795_312_230.0  # 2026-11-22 01:50:30 UTC: the current minute 01:50 is the last one
     end_min = int(now // 60)
     times = [(end_min - k) * 60 + 30 for k in range(40, -1, -1)]  # 41 minutes of power, 100 kW then 120 kW
@@ -430,7 +430,7 @@ def test_history_puts_a_power_in_the_minute_it_was_measured(tmp_path):
     # and the chart's minute 01:49 (its start) must show it, the current minute included.
     from forecaster import DemandForecaster
     from forecaster.store import ForecastStore
-    from ven.http_api import build_history
+    from ven.history import build_history
 
     now = 1_795_312_230.0  # 01:50:30: the current minute starts 01:50
     fc = DemandForecaster()
@@ -444,7 +444,7 @@ def test_history_puts_a_power_in_the_minute_it_was_measured(tmp_path):
 
 
 def test_history_cuts_an_event_where_its_answer_changed():
-    from ven.http_api import build_history
+    from ven.history import build_history
     now = 1_795_312_230.0  # 2026-11-22 01:50:30 UTC
     store = {"power": {"time": [], "kw": []}}
     answers = [{"at": "2026-11-22T00:40:00Z", "opt": "optIn"},      # on arrival, before it started

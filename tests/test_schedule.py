@@ -238,7 +238,7 @@ async def test_a_cancellation_records_when_it_came_only_for_an_event_known_befor
 
 
 async def test_a_running_event_modified_or_cancelled_keeps_what_it_drove_in_the_history(storage):
-    from ven.http_api import build_history
+    from ven.history import build_history
 
     t0 = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
     clock = [t0 + timedelta(minutes=10)]
@@ -266,7 +266,7 @@ async def test_a_running_event_modified_or_cancelled_keeps_what_it_drove_in_the_
 
 def _shaded(sched, at, hours=2.0):
     """/api/history's event spans as (event, level, start, end, opt), minutes from 12:00."""
-    from ven.http_api import build_history
+    from ven.history import build_history
 
     body = build_history(at.timestamp() + 30, hours, {"power": {"time": [], "kw": []}}, sched.events())
     noon = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc).timestamp()

@@ -438,7 +438,7 @@ class Gateway:
                 "errors": {part: e for part, e in errors.items() if e}}
 
     async def history(self, hours: float) -> dict:
-        from .http_api import build_history
+        from .history import build_history
 
         c = self.config.forecaster
         # the schedule belongs to the loop; the SQLite read and shaping do not (its events are frozen values)

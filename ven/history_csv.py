@@ -1,4 +1,4 @@
-"""/api/history.csv: the /api/history body (see ven.http_api) as one CSV row per minute, for a spreadsheet
+"""/api/history.csv: the /api/history body (see ven.history) as one CSV row per minute, for a spreadsheet
 and for `edge-gateway forecast-replay --csv FILE --time-column minute --value-column power_kw`.
 
 Made from the body /api/history answers (after to_json), never from the store again: the two cannot differ.
@@ -13,16 +13,9 @@ import math
 import time
 from typing import Any
 
+from ven.history import epoch
+
 FORECAST_KEYS = ("forecast_15", "forecast_60")  # the body's keys for horizons_minutes[0] and [1]
-
-
-def _seconds(value: Any) -> float | None:
-    """Epoch seconds from a body time: a number, or an ISO string as to_json writes a datetime."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    return dt.datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
 
 
 def _kw(value: Any) -> str:
@@ -44,7 +37,7 @@ def levels_by_minute(minutes: list[float], events: list[dict]) -> tuple[list[int
     level = [0] * len(minutes)
     out = [False] * len(minutes)
     for e in events or []:
-        lv, start, end = e.get("level"), _seconds(e.get("start")), _seconds(e.get("end"))
+        lv, start, end = e.get("level"), epoch(e.get("start")), epoch(e.get("end"))
         if not isinstance(lv, (int, float)) or lv <= 0 or start is None:
             continue
         lv = int(round(lv))
