@@ -3,7 +3,7 @@
 import {$, el} from "./dom.js";
 import {fmtDuration, fmtSpan, stampText} from "./format.js";
 import {dashboard, gw} from "./state.js";
-import {communication, flaky, neverRegistered, noThreshold} from "./status.js";
+import {communication, flaky, neverRegistered, noThreshold, recentRefusal} from "./status.js";
 
 export function findProblems(health) {
   const out = [];
@@ -19,6 +19,13 @@ export function findProblems(health) {
     add("communication", "bad", "BACnet communication disabled",
         `${comm.mode} by ${comm.by || "a BACnet client"} since ${stampText(comm.since)}, ${until}: the meter is not read and the BAS gets no COV notifications (points are still answered)`,
         "send DeviceCommunicationControl enable from that tool, or wait for the time-out; a restart also ends it");
+  }
+  const refusal = recentRefusal();
+  if (refusal) {
+    const count = typeof refusal.count === "number" ? `${refusal.count} refused since the gateway started; ` : "";
+    add("writes-refused", "warn", "BACnet writes refused",
+        `${count}the last ${stampText(refusal.at)} from ${refusal.by || "a BACnet client"}: ${refusal.what || "a write"}`,
+        "if that is the BAS, add its address to bacnet.write_from and restart the gateway (its writes are lost until then); otherwise find the device that writes");
   }
   const vtn = gw.vtn || {};
   const queued = ((vtn.telemetry || {}).pending) ?? ((gw.telemetry || {}).queue_depth);

@@ -63,3 +63,12 @@ export function noThreshold() {
   if (!lf || fc.input_stale === true) return false;
   return lf.high_threshold_kw === null || lf.low_threshold_kw === null;
 }
+// a write bacnet.write_from refused lately, by the gateway's clock: a BAS left off the list loses every
+// write until someone looks, while a stray device that tried once is history after a quarter of an hour
+const REFUSED_RECENTLY_MS = 15 * 60 * 1000;
+export function recentRefusal() {
+  const d = gw.device || {}, last = d.last_write_refused;
+  if (!last || typeof last !== "object") return null;
+  const at = toMs(last.at), now = toMs(gw.now) ?? Date.now();
+  return at !== null && now - at < REFUSED_RECENTLY_MS ? Object.assign({count: d.writes_refused}, last) : null;
+}
