@@ -53,12 +53,12 @@ async def open_dashboard(page, url, timeout=20000):
 
 
 @contextlib.asynccontextmanager
-async def drawn(server, view):
+async def drawn(server, view, query=""):
     """The dashboard of `view` open in Chromium, with the /api/history it draws from."""
     srv = await server(view)
     history = await get_json(srv.url + "/api/history?hours=24")
     async with chromium_page() as page:
-        await open_dashboard(page, srv.url + "/")
+        await open_dashboard(page, srv.url + "/" + query)
         yield page, history
 
 

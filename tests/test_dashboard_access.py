@@ -78,6 +78,21 @@ async def test_token_form_by_keyboard_and_by_its_label(server):
         assert await page.locator("#token-form").is_hidden()
 
 
+async def record_live_changes(page):
+    """Record every change inside a live region (what a screen reader reads out on its own)."""
+    await page.evaluate("""() => {
+        window.liveChanges = [];
+        const live = '[aria-live], [role=status], [role=alert], [role=log]';
+        new MutationObserver((records) => {
+          for (const r of records) {
+            const node = r.target.nodeType === 1 ? r.target : r.target.parentElement;
+            const region = node && node.closest(live);
+            if (region && (r.type !== 'attributes' || r.attributeName === 'hidden')) window.liveChanges.push(region.textContent.trim());
+          }
+        }).observe(document.body, {subtree: true, childList: true, characterData: true, attributes: true});
+    }""")
+
+
 async def live_changes(page):
     return await page.evaluate("window.liveChanges.splice(0)")
 
@@ -88,18 +103,7 @@ async def test_a_screen_reader_hears_each_change_once(server):
     srv = await server(view)
     async with chromium_page() as page:
         await open_dashboard(page, srv.url + "/?refresh=1")
-        # record every change inside a live region (what a screen reader reads out on its own)
-        await page.evaluate("""() => {
-            window.liveChanges = [];
-            const live = '[aria-live], [role=status], [role=alert], [role=log]';
-            new MutationObserver((records) => {
-              for (const r of records) {
-                const node = r.target.nodeType === 1 ? r.target : r.target.parentElement;
-                const region = node && node.closest(live);
-                if (region && (r.type !== 'attributes' || r.attributeName === 'hidden')) window.liveChanges.push(region.textContent.trim());
-              }
-            }).observe(document.body, {subtree: true, childList: true, characterData: true, attributes: true});
-        }""")
+        await record_live_changes(page)
         draws = await page.evaluate("window.dashboard.draws")
         await page.wait_for_function(f"window.dashboard.draws >= {draws + 3}", timeout=10000)
         assert await live_changes(page) == []   # nothing changed: nothing is read out

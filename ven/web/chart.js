@@ -1,5 +1,7 @@
 // The chart: power, demand and forecasts over ?hours, event intervals shaded by level, the load
-// flags in lanes under it, a hover readout, and the same figures in words for a screen reader.
+// flags in lanes under it, a readout of one minute (by mouse, or by keyboard: chart_keys.js), and the
+// same figures in words for a screen reader.
+import {KEYS_HINT, keepReadout} from "./chart_keys.js";
 import {$, el, svg} from "./dom.js";
 import {clamp, fmtNum, fmtTime, toMs} from "./format.js";
 import {HOURS, dashboard, gw, hist} from "./state.js";
@@ -70,7 +72,15 @@ function chartSummary(minutes, eventCount, flagRuns) {
   }
   for (const f of FLAGS) parts.push(`${f.label} for ${flagRuns[f.key].minutes} min`);
   parts.push(`${eventCount} event interval${eventCount === 1 ? "" : "s"} shaded`);
-  return `Power and demand, last ${HOURS} h, times in UTC. ${parts.join("; ")}.`;
+  return `Power and demand, last ${HOURS} h, times in UTC. ${parts.join("; ")}. ${KEYS_HINT}`;
+}
+// the readout's words for minute i, the same from the mouse and from the keyboard
+function readoutText(i) {
+  const lines = [`${fmtTime(hist.minutes[i] * 1000, true)} UTC`];
+  for (const s of SERIES) lines.push(`${s.label}: ${fmtNum((hist[s.key] || [])[i])} kW`);
+  const flags = FLAGS.filter((f) => (hist[f.key] || [])[i] === true).map((f) => f.label);
+  if (flags.length) lines.push(`flags: ${flags.join(", ")}`);
+  return lines.join("\n");
 }
 export function drawChart() {
   legend();
@@ -98,6 +108,8 @@ export function drawChart() {
       minutes.length ? `no data yet: no meter readings or forecasts in the last ${HOURS} h` : "no history yet";
     root.append(svg("text", {x: W / 2, y: H / 2, "text-anchor": "middle", class: "empty"}, empty));
     root.setAttribute("aria-label", `Power and demand, last ${HOURS} h: ${empty}`);
+    $("tooltip").hidden = true;
+    keepReadout(null);
     dashboard.ready = true; dashboard.draws++;
     return;
   }
@@ -238,29 +250,42 @@ export function drawChart() {
   });
   root.append(gFlags);
 
-  // hover readout
+  // the readout: the mouse's minute under the pointer, the keyboard's (chart_keys.js) at its cursor
   const cursor = svg("line", {y1: m.t, y2: m.t + ph, stroke: "#1c2430", "stroke-width": 0.8, visibility: "hidden"});
   const overlay = svg("rect", {x: m.l, y: m.t, width: pw, height: ph, fill: "transparent"});
   root.append(cursor, overlay);
   const tip = $("tooltip");
+  // px: the cursor in the drawing's units; left, top: the pointer in the chart box's CSS pixels
+  function show(i, px, left, top) {
+    cursor.setAttribute("x1", px); cursor.setAttribute("x2", px); cursor.setAttribute("visibility", "visible");
+    const text = readoutText(i);
+    tip.textContent = text;
+    tip.style.whiteSpace = "pre";
+    tip.hidden = false;
+    // beside the cursor, on its left near the right edge rather than over it
+    const box = root.getBoundingClientRect(), width = tip.offsetWidth;
+    tip.style.left = `${Math.max(0, left + 14 + width + 4 > box.width ? left - 14 - width : left + 14)}px`;
+    tip.style.top = `${top + 10}px`;
+    return text;
+  }
+  function hide() { tip.hidden = true; cursor.setAttribute("visibility", "hidden"); }
+  const readout = {
+    minutes, hide,
+    // the middle of the minute, where its value is plotted
+    show: (i) => {
+      const px = x(minutes[i] * 1000 + 30000), scale = root.getBoundingClientRect().width / W;
+      return show(i, px, px * scale, m.t * scale);
+    },
+  };
   overlay.addEventListener("mousemove", (ev) => {
     const box = root.getBoundingClientRect();
     const px = (ev.clientX - box.left) * W / box.width;
     const t = t0 + (px - m.l) / pw * (t1 - t0);
-    const i = clamp(Math.floor((t - t0) / 60000), 0, minutes.length - 1);
-    cursor.setAttribute("x1", px); cursor.setAttribute("x2", px); cursor.setAttribute("visibility", "visible");
-    const lines = [`${fmtTime(minutes[i] * 1000, true)} UTC`];
-    for (const s of SERIES) lines.push(`${s.label}: ${fmtNum((hist[s.key] || [])[i])} kW`);
-    const flags = FLAGS.filter((f) => (hist[f.key] || [])[i] === true).map((f) => f.label);
-    if (flags.length) lines.push(`flags: ${flags.join(", ")}`);
-    tip.textContent = lines.join("\n");
-    tip.style.whiteSpace = "pre";
-    tip.hidden = false;
-    const left = (ev.clientX - box.left) + 14;
-    tip.style.left = `${Math.max(0, Math.min(left, box.width - tip.offsetWidth - 4))}px`;
-    tip.style.top = `${ev.clientY - box.top + 10}px`;
+    show(clamp(Math.floor((t - t0) / 60000), 0, minutes.length - 1), px, ev.clientX - box.left, ev.clientY - box.top);
   });
-  overlay.addEventListener("mouseleave", () => { tip.hidden = true; cursor.setAttribute("visibility", "hidden"); });
+  // back to the keyboard's minute if it has one
+  overlay.addEventListener("mouseleave", () => keepReadout(readout));
+  keepReadout(readout);
 
   root.setAttribute("aria-label", chartSummary(minutes, eventCount, flagRuns));
   dashboard.series = counts;

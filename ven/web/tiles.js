@@ -19,7 +19,12 @@ function tileWhy(name) {
     return (gw.meter || {}).last_error || "meter read failed";
   }
   if (["fifteen-min-future-power", "one-hour-future-power", "power-rate-of-change"].includes(name)) {
-    return fc.input_stale === true ? "no power input" : "no forecast yet";
+    if (fc.input_stale === true) return "no power input";
+    // the trend is a slope: it needs two minutes with readings in the last 15, which a forecast does not
+    // (the first minutes after a start, a meter read less often than every 7 minutes)
+    const forecast = pointByName("fifteen-min-future-power");
+    if (name === "power-rate-of-change" && forecast && !(forecast.status_flags || {}).fault) return "too few recent readings";
+    return "no forecast yet";
   }
   if (name === "high-load-conditions" || name === "low-load-conditions") {
     if (fc.input_stale === true) return "no power input";
