@@ -12,12 +12,13 @@ def write_config(path, *, bacnet_port, http_port, storage, ven_name, vtn_port=9,
                  device_id=None, device_name=None, cycle_seconds=1, retry_min_seconds=None, retry_max_seconds=1,
                  telemetry_seconds=None, storage_retry_seconds=None, log_level=None,
                  bacnet_ip="127.0.0.1/8", http_ip="127.0.0.1", http_token=None, meter_host="127.0.0.1",
-                 vtn_host="127.0.0.1", vtn_settle_seconds=0):
+                 vtn_host="127.0.0.1", vtn_settle_seconds=0, meter_timeout_seconds=0.5):
     """A config on loopback. Without meter_port the meter is an address where nobody answers, and
     the default vtn_port 9 has nobody listening: for tests that are about something else.
     bacnet_ip ("ip/prefix"), http_ip, meter_host and vtn_host put the device, the API, the meter's router and
     the VTN on other addresses (tests/netns.py). vtn_settle_seconds 0: a VTN fault's end is logged at its first
-    answer (None: the default, as on a site)."""
+    answer (None: the default, as on a site). meter_timeout_seconds: short, so a silent meter is found fast; a
+    test that must see no meter fault while the machine is loaded gives it longer."""
     meter = (f'router = "{meter_host}:{meter_port}"\npoll_seconds = 0.5' if meter_port is not None
              else 'address = "127.0.0.1:9"\npoll_seconds = 1')
     path.write_text(f"""
@@ -28,7 +29,7 @@ address = "{bacnet_ip}:{bacnet_port}"
 {f'device_name = "{device_name}"' if device_name is not None else ""}
 [meter]
 {meter}
-timeout_seconds = 0.5
+timeout_seconds = {meter_timeout_seconds}
 settle_seconds = 1
 [openadr]
 vtn_url = "http://{vtn_host}:{vtn_port}/OpenADR2/Simple/2.0b"

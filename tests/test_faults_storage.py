@@ -427,6 +427,10 @@ async def test_opt_out_commands_in_a_file_that_opens_late_are_merged_then(
     assert json.loads(saved) == {str(p): bool(v) for p, v in array.items()}
 
 
+async def _reads(peer, gw, kw) -> bool:
+    return await peer.read(gw, P.BY_NAME[P.METER_POWER].object_id, "presentValue") == kw
+
+
 @pytest.mark.timeout(60)
 async def test_disk_full_mid_run_keeps_serving_and_loses_no_telemetry(tmp_path, free_udp_port, free_tcp_port):
     bacnet_port, meter_port, vtn_port = free_udp_port(), free_udp_port(), free_tcp_port()
@@ -450,8 +454,7 @@ async def test_disk_full_mid_run_keeps_serving_and_loses_no_telemetry(tmp_path, 
                                      "the storage error is logged")
                     for kw in (90.0, 91.0, 92.0):                 # BACnet keeps serving live values
                         meter.set_value(kw)
-                        await asyncio.sleep(1.0)
-                        assert await peer.read(gw, P.BY_NAME[P.METER_POWER].object_id, "presentValue") == kw
+                        await eventually(lambda: _reads(peer, gw, kw), 10, f"meter-power {kw} served")
                     assert gateway.alive
                     filler.unlink()
                     await eventually(lambda: "written to disk again" in log_path.read_text(), 10, "recovery")
