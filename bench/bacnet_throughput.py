@@ -55,7 +55,7 @@ async def _dut(conn, kind, bacnet_port, gw_ports, storage, switch_interval) -> N
                                          eventState="normal", outOfService=False))
     else:
         from ven.app import Gateway
-        from ven.config import parse_config
+        from ven.config_load import parse_config
 
         info["history_minutes"] = C.seed_history(storage)
         cfg = parse_config(C.gateway_config_dict(storage, bacnet_port, poll_seconds=2.0, cycle_seconds=10.0,

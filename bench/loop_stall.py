@@ -33,7 +33,7 @@ import _common as C  # noqa: E402
 
 async def run(args, storage: str) -> dict:
     from ven.app import Gateway, freeze_startup_objects
-    from ven.config import parse_config
+    from ven.config_load import parse_config
 
     minutes = C.seed_history(storage)
     bacnet_port = C.free_port()

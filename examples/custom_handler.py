@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 
 from ven.app import Gateway
 from ven.cli import serve_until_signalled
-from ven.config import load_config
+from ven.config_load import load_config
 from ven.logs import setup_logging
 
 

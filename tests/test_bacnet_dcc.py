@@ -289,7 +289,7 @@ async def test_the_whole_gateway_while_initiation_is_disabled(tmp_path, free_udp
     import aiohttp
 
     from ven.app import Gateway
-    from ven.config import parse_config
+    from ven.config_load import parse_config
 
     caplog.set_level(logging.INFO)
     sim_port, http_port = free_udp_port(), free_tcp_port()

@@ -165,7 +165,7 @@ async def test_a_station_behind_a_router_is_matched_by_network_and_mac(free_udp_
 
 async def test_status_and_metrics_count_the_refusals(tmp_path, free_udp_port, free_tcp_port):
     from ven.app import Gateway
-    from ven.config import parse_config
+    from ven.config_load import parse_config
 
     cfg = parse_config({
         "bacnet": {"address": f"127.0.0.1/8:{free_udp_port()}", "device_id": 500005, "write_from": [BAS]},

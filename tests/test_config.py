@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from ven.config import ConfigError, load_config
+from ven.config import ConfigError
+from ven.config_load import load_config
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "gateway.toml"
 
@@ -350,7 +351,7 @@ address = "[::1]:8000"
 
 
 def test_a_missing_relative_tls_path_says_where_it_was_looked_for(tmp_path, monkeypatch):
-    from ven.config import tls_file_problems
+    from ven.config_checks import tls_file_problems
     monkeypatch.chdir(tmp_path)
     cfg = load_config(None, environ={"EDGE_GATEWAY__OPENADR__CA_FILE": "certs/ca.pem"})
     assert tls_file_problems(cfg.openadr) == [
@@ -372,7 +373,7 @@ def test_the_point_table_names_the_configured_horizons(tmp_path):
 
 
 def test_tls_file_errors_name_the_variable_a_path_came_from(tmp_path):
-    from ven.config import tls_file_problems
+    from ven.config_checks import tls_file_problems
 
     missing_cert, missing_key, missing_ca = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
     p = _write(tmp_path, f'[openadr]\nkey = "{missing_key}"\n')

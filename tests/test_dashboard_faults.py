@@ -14,7 +14,7 @@ import pytest
 from browser import artifact_path, chromium_page
 from test_dashboard import open_dashboard, server  # noqa: F401 - shared fixture
 from test_http_api import SampleView, _iso
-from ven.config import parse_config
+from ven.config_load import parse_config
 from ven.vtn_outage import _Outage
 
 pytestmark = pytest.mark.timeout(90)

@@ -16,7 +16,7 @@ from fake_vtn import FakeVtn
 from bacnet_api import points as P
 from bacnet_api.simulator import MeterSimulator
 from ven.app import Gateway
-from ven.config import parse_config
+from ven.config_load import parse_config
 from ven.vtn_server import DemoVtn
 
 

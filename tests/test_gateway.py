@@ -14,7 +14,7 @@ from waiting import eventually
 from bacnet_api import points as P
 from bacnet_api.simulator import MeterSimulator
 from ven.app import Gateway
-from ven.config import parse_config
+from ven.config_load import parse_config
 from ven.vtn_server import DemoVtn
 
 pytestmark = pytest.mark.timeout(90)

@@ -21,7 +21,7 @@ from bacnet_api import points as P
 from forecaster import DemandForecaster
 from forecaster.store import ForecastStore
 from ven.app import BACNET_DATABASE, Gateway
-from ven.config import parse_config
+from ven.config_load import parse_config
 from ven.storage import Storage
 
 pytestmark = pytest.mark.timeout(60)

@@ -12,7 +12,7 @@ from waiting import eventually
 
 from bacnet_api import points as P
 from ven.app import Gateway
-from ven.config import parse_config
+from ven.config_load import parse_config
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -16,7 +16,8 @@ from cryptography.x509.oid import NameOID
 from lxml import etree
 from openleadr.utils import certificate_fingerprint
 
-from ven.config import OpenadrConfig, tls_file_problems
+from ven.config import OpenadrConfig
+from ven.config_checks import tls_file_problems
 from ven.schedule import EventSchedule
 from ven.storage import Storage
 from ven.telemetry import TelemetryQueue
@@ -244,7 +245,7 @@ def test_openleadr_errors_repeated_at_every_retry_are_one_warning():
 async def test_tls_file_errors_name_the_environment_variable_in_check_config_and_status(pki, tmp_path, caplog):
     import os
 
-    from ven.config import load_config
+    from ven.config_load import load_config
 
     d, _ = pki
     conf = d / "gw.toml"

@@ -16,8 +16,9 @@ import time
 from bacnet_api.settle import span
 
 from . import __version__
-from .config import (ConfigError, GatewayConfig, check_bacnet_address, load_config, storage_problems,
-                     storage_warnings, tls_file_problems)
+from .config import ConfigError, GatewayConfig, check_bacnet_address
+from .config_checks import storage_problems, storage_warnings, tls_file_problems
+from .config_load import load_config
 
 EXIT_CONFIG = 2
 log = logging.getLogger(__name__)

@@ -1,23 +1,20 @@
-"""Gateway configuration: one TOML file, environment variables override keys.
+"""Gateway configuration: the keys, their defaults and their checks. One TOML file, environment variables
+override keys (ven.config_load reads them); ven.config_checks looks at the files on the machine.
 
 The key names are a public contract (README documents each one). Validation is strict: an unknown
 key or a wrong type is an error that names the key, so a typo never silently falls back to a default.
 """
 from __future__ import annotations
 
-import copy
 import ipaddress
-import os
-import pwd
 import re
-import tomllib
 import urllib.parse
 from pathlib import Path
-from typing import Literal, Mapping
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-ENV_PREFIX = "EDGE_GATEWAY__"
+from .config_checks import _zone_mismatch
 
 
 class ConfigError(Exception):
@@ -332,83 +329,6 @@ class OpenadrConfig(_Section):
         return []
 
 
-def key_is_encrypted(path: str) -> bool:
-    """Whether the PEM private key at `path` needs a passphrase (False when unreadable: others say why)."""
-    from cryptography.hazmat.primitives import serialization
-
-    try:
-        serialization.load_pem_private_key(Path(path).read_bytes(), None)
-    except TypeError:
-        return True
-    except (OSError, ValueError):
-        pass
-    return False
-
-
-def tls_file_problems(c: OpenadrConfig) -> list[str]:
-    """What is wrong with the TLS files, one line per key, for check-config and before each
-    registration. Not a load-time check: `run` keeps retrying, so certificates mounted after start
-    (secrets, a late volume) still work."""
-    import datetime
-    import ssl
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
-
-    problems: list[str] = []
-    cert_, key_, pass_, ca_ = (c.named(k) for k in ("cert", "key", "passphrase", "ca_file"))
-
-    def read(name: str, path: str) -> bytes | None:
-        try:
-            return Path(path).read_bytes()
-        except OSError as err:
-            problems.append(f"{name}: {_looked_for(path)}: {err.strerror}")
-            return None
-
-    if c.cert:
-        cert_pem, key_pem = read(cert_, c.cert), read(key_, c.key)
-        cert = key = None
-        if cert_pem is not None:
-            try:
-                cert = x509.load_pem_x509_certificate(cert_pem)
-            except ValueError:
-                problems.append(f"{cert_}: {c.cert}: not a PEM certificate")
-            else:  # a VTN refuses these after the handshake: the VEN only sees the connection drop
-                now = datetime.datetime.now(datetime.timezone.utc)
-                if cert.not_valid_after_utc < now:
-                    problems.append(f"{cert_}: {c.cert}: expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
-                elif cert.not_valid_before_utc > now:
-                    problems.append(f"{cert_}: {c.cert}: not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M} "
-                                    "UTC (is this machine's clock right?)")
-        if key_pem is not None:
-            try:
-                key = serialization.load_pem_private_key(key_pem, c.passphrase.encode() or None)
-            except TypeError:  # encrypted without a passphrase, or a passphrase for a plain key
-                if c.passphrase:
-                    key = serialization.load_pem_private_key(key_pem, None)
-                else:
-                    problems.append(f"{pass_}: {key_} {c.key} is encrypted: give its passphrase")
-            except ValueError:
-                problems.append(f"{pass_}: does not decrypt {key_} {c.key} "
-                                "(or the key is not a PEM private key)")
-        spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-        if cert is not None and key is not None and cert.public_key().public_bytes(*spki) != key.public_key().public_bytes(*spki):
-            problems.append(f"{cert_} and {key_} do not belong together: {c.cert} is not the "
-                            f"certificate of {c.key}")
-    if c.ca_file:
-        try:
-            ssl.create_default_context(cafile=c.ca_file)
-        except (OSError, ssl.SSLError) as err:
-            where = c.ca_file if isinstance(err, ssl.SSLError) else _looked_for(c.ca_file)
-            problems.append(f"{ca_}: {where}: {getattr(err, 'strerror', None) or err}")
-    return problems
-
-
-def _looked_for(path: str) -> str:
-    # a service's working directory is rarely the one the operator is in when the file is missing
-    return path if Path(path).is_absolute() else f"{path} (looked for in {Path.cwd()})"
-
-
 class StorageConfig(_Section):
     path: str = "var/gateway.sqlite"
     retry_seconds: float = Field(10.0, gt=0, le=3600)   # a file that will not open or take writes, tried again
@@ -420,53 +340,6 @@ class StorageConfig(_Section):
         if not v.strip() or v.endswith("/") or Path(v).name in ("", ".", ".."):
             raise ValueError(f"must name a SQLite file, e.g. /var/lib/edge-gateway/gateway.sqlite, got {v!r}")
         return v
-
-
-def storage_problems(c: StorageConfig) -> list[str]:
-    """What check-config can tell about storage.path without writing to it: a directory there never opens."""
-    try:
-        if Path(c.path).is_dir():
-            return [f"storage.path: {c.path} is a directory: name a file in it, e.g. {Path(c.path) / 'gateway.sqlite'}"]
-        existing = _nearest_existing(Path(c.path).parent)
-        if not existing.is_dir():
-            return [f"storage.path: {c.path}: {existing} is not a directory"]
-    except OSError:     # a directory on the way this user may not search: storage_warnings says so
-        pass
-    return []
-
-
-def _nearest_existing(p: Path) -> Path:
-    p = Path(os.path.abspath(p))
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    return p
-
-
-def storage_warnings(c: StorageConfig) -> list[str]:
-    """Whether this user could write storage.path, asked without writing. `run` goes on without it
-    (from memory, retrying), so this is a warning; it speaks for the user check-config runs as."""
-    p = Path(c.path)
-    try:
-        for where in ([p, p.parent] if p.exists() else [_nearest_existing(p.parent)]):  # WAL: files beside it too
-            if not os.access(where, os.W_OK | (os.X_OK if where.is_dir() else 0)):
-                if os.statvfs(where).f_flag & os.ST_RDONLY:
-                    why = f"{where} is on a read-only file system"
-                else:
-                    why = f"{where} is not writable by {_user()}"
-                break
-        else:
-            return []
-    except OSError as err:      # a directory on the way that this user may not search
-        why = f"{_user()} cannot look there ({err.strerror}: {err.filename})"
-    return [f"storage.path {c.path}: {why}: `run` keeps events, ADR-Opt-Out commands, the telemetry "
-            f"queue and forecaster history in memory only, and a restart loses them"]
-
-
-def _user() -> str:
-    try:
-        return f"user {pwd.getpwuid(os.geteuid()).pw_name}"
-    except KeyError:    # a container run with a bare --user UID has no passwd entry
-        return f"uid {os.geteuid()}"
 
 
 class HttpConfig(_Section):
@@ -578,202 +451,3 @@ class GatewayConfig(_Section):
         if zone:
             out.append(zone)
         return out
-
-
-def _zone_mismatch(zone: str) -> str | None:
-    """Two clocks read the building's local time: the BACnet device's localTime/localDate follow the
-    machine's zone (TZ, /etc/localtime), the forecaster's time of day, weekdays and holidays follow
-    forecaster.timezone. Compared at every hour of this year: zones alike in January and July can still
-    change to summer time on other dates (Athens and Jerusalem differ for 51 hours a year)."""
-    import datetime
-    from zoneinfo import ZoneInfo
-
-    year = datetime.datetime.now(datetime.timezone.utc).year
-    first = datetime.datetime(year, 1, 1, tzinfo=datetime.timezone.utc)
-    building = ZoneInfo(zone)
-    both = lambda t: (t.astimezone().utcoffset(), t.astimezone(building).utcoffset())
-    # Every 6 hours, and hour by hour only where either zone's offset changes (a few times a year): this runs
-    # before the BACnet device starts: every hour took 36 ms on 2 cores under load, this 11 ms
-    hour, differ, since = datetime.timedelta(hours=1), 0, None
-    t, now = first, both(first)
-    while t.year == year:
-        later = both(t + 6 * hour)
-        hours = [t + h * hour for h in range(6)]
-        odd = (hours if now[0] != now[1] else []) if later == now else [u for u in hours if len(set(both(u))) > 1]
-        differ, since = differ + len(odd), since or (odd[0] if odd else None)
-        t, now = t + 6 * hour, later
-    if not differ:
-        return None
-    at = [datetime.datetime(year, month, 15, 12, tzinfo=datetime.timezone.utc) for month in (1, 7)]
-
-    def offsets(values) -> str:
-        return " / ".join(f"UTC{'-' if v < datetime.timedelta(0) else '+'}{abs(v).seconds // 3600:02d}:"
-                          f"{abs(v).seconds // 60 % 60:02d}" for v in values)
-    machine = [t.astimezone().utcoffset() for t in at]
-    configured = [t.astimezone(building).utcoffset() for t in at]
-    if machine != configured:
-        how = f"({offsets(configured)} in January / July) is not this machine's clock zone ({offsets(machine)})"
-    else:
-        how = (f"changes to or from summer time on other dates than this machine's clock zone: they differ for "
-               f"{differ} hours of {year}, from {since:%Y-%m-%d %H:%M} UTC")
-    return (f"forecaster.timezone {zone!r} {how}: the BACnet device's localTime and localDate follow the machine, "
-            f"the forecaster's time of day, weekdays and holidays follow forecaster.timezone. Set both to the "
-            f"building's zone (timedatectl set-timezone; in a container, mount /etc/localtime read-only)")
-
-
-def _field_type(path: list[str]) -> object:
-    """The annotation of the key at `path` (e.g. ["http", "token"] -> str), None if there is no such key."""
-    model: type[BaseModel] = GatewayConfig
-    for part in path[:-1]:
-        field = model.model_fields.get(part)
-        sub = field.annotation if field else None
-        if not (isinstance(sub, type) and issubclass(sub, BaseModel)):
-            return None
-        model = sub
-    field = model.model_fields.get(path[-1])
-    return field.annotation if field else None
-
-
-def _env_value(raw: str, annotation: object) -> object:
-    """A string key takes the variable's text as is (a token 123456 stays a string); any other key
-    reads it as a TOML literal (numbers, booleans, lists), else as a string."""
-    if annotation is str:
-        # a quoted value was the way to pass such a token before; keep reading it as TOML's string
-        if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "\"'":
-            try:
-                return tomllib.loads(f"v = {raw}")["v"]
-            except tomllib.TOMLDecodeError:
-                pass
-        return raw
-    try:
-        return tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        return raw
-
-
-def _apply_env(data: dict, environ: Mapping[str, str]) -> tuple[dict, dict[tuple[str, ...], str]]:
-    """Overlay the EDGE_GATEWAY__* variables; also return which key each variable set."""
-    sources: dict[tuple[str, ...], str] = {}
-    for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX):
-            continue
-        path = [p.lower() for p in name[len(ENV_PREFIX):].split("__") if p]
-        if not path:
-            raise ConfigError(f"{name}: names no key (use {ENV_PREFIX}<SECTION>__<KEY>)")
-        node = data
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"{name}: {'.'.join(path)} is not a table key")
-        node[path[-1]] = _env_value(raw, _field_type(path))
-        sources[tuple(path)] = name
-    return data, sources
-
-
-def _origin_of(loc: tuple, origin: str, sources: Mapping[tuple[str, ...], str]) -> str:
-    """Name the environment variable when the bad value came from one, so the operator looks there."""
-    for path, name in sources.items():
-        if loc[:len(path)] == path:
-            return name
-    # a section-level check (e.g. retry_min <= retry_max) may have been fed by a variable
-    feeding = [name for path, name in sources.items() if path[:len(loc)] == loc]
-    return ", ".join([origin, *feeding])
-
-
-# never echoed in an error: check-config's goes to the journal, read by more people than the config file
-SECRETS = {("http", "token"), ("openadr", "passphrase"), ("bacnet", "dcc_password")}
-
-
-def _all_keys(model: type[BaseModel] = GatewayConfig, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
-    keys = []
-    for name, field in model.model_fields.items():
-        sub = field.annotation
-        nested = isinstance(sub, type) and issubclass(sub, BaseModel)
-        keys += _all_keys(sub, (*prefix, name)) if nested else [(*prefix, name)]
-    return keys
-
-
-def _did_you_mean(loc: tuple[str, ...]) -> str:
-    """The nearest valid key to a mistyped one, or the section a key was written outside of (a key above
-    its [section] header, or under another one)."""
-    import difflib
-
-    keys, parent, typed = _all_keys(), loc[:-1], loc[-1].lower().replace("-", "_")
-    siblings = {k[len(parent)] for k in keys if k[:len(parent)] == parent and len(k) > len(parent)}
-    near = difflib.get_close_matches(typed, sorted(siblings), n=1, cutoff=0.7)
-    if near:
-        named = '.'.join((*parent, near[0]))
-        return f"; did you mean {named if (*parent, near[0]) in keys else f'[{named}]'}?"
-    elsewhere = [k for k in keys if k[-1] == typed and len(k) > 1]
-    if len(elsewhere) == 1:
-        return f"; did you mean {'.'.join(elsewhere[0])} (under [{elsewhere[0][0]}])?"
-    if elsewhere:   # e.g. address, in [bacnet], [meter] and [http]
-        return f"; did you mean {' or '.join('.'.join(k) for k in elsewhere)}?"
-    return ""
-
-
-# pydantic's wording of a range check leaves out the value that failed it
-_BOUND_TYPES = {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "literal_error"}
-
-
-def _describe(err: ValidationError, origin: str, sources: Mapping[tuple[str, ...], str]) -> str:
-    lines = []
-    for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = e["msg"]
-        secret = tuple(e["loc"]) in SECRETS
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key" + _did_you_mean(tuple(str(p) for p in e["loc"]))
-        elif e["type"] == "value_error":
-            msg = msg.removeprefix("Value error, ")   # the validators' own sentence says what is wrong
-        elif "input" in e and e["type"].endswith("_type"):
-            got = f"(got {type(e['input']).__name__} {'not shown: a secret' if secret else repr(e['input'])})"
-            if e["type"] == "model_type":   # pydantic says "a valid dictionary or instance of MeterConfig"
-                msg = f"must be a table: put its keys under a [{key}] line {got}"
-            else:   # a TOML file has arrays, not tuples
-                msg = f"{msg.replace('a valid tuple', 'a list, e.g. [...]')} {got}"
-        elif e["type"] == "too_long":
-            msg = msg.replace("Tuple", "List").replace(" after validation", "")
-        elif e["type"] in _BOUND_TYPES and not secret:
-            msg = f"{msg} (got {e['input']!r})"
-        lines.append(f"{_origin_of(tuple(e['loc']), origin, sources)}: {key}: {msg}")
-    return "\n".join(lines)
-
-
-def parse_config(data: dict, origin: str = "config", environ: Mapping[str, str] | None = None) -> GatewayConfig:
-    # deep copy: the overlay writes into nested tables, which belong to the caller
-    data, sources = _apply_env(copy.deepcopy(data), os.environ if environ is None else environ)
-    try:
-        cfg = GatewayConfig.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(_describe(err, origin, sources)) from None
-    # a variable naming a key wins over one setting the whole table (EDGE_GATEWAY__OPENADR='{...}')
-    whole = sources.get(("openadr",))
-    env = {key: sources.get(("openadr", key), whole) for key in OpenadrConfig.model_fields}
-    env = {key: var for key, var in env.items() if var}
-    if env:  # on a copy: the default section instance is shared by every config
-        openadr = cfg.openadr.model_copy()
-        openadr._env = env
-        cfg = cfg.model_copy(update={"openadr": openadr})
-    return cfg
-
-
-def load_config(path: str | os.PathLike | None, environ: Mapping[str, str] | None = None) -> GatewayConfig:
-    """Load and validate; every failure is a ConfigError whose text names the file and key."""
-    if path is None:
-        return parse_config({}, "defaults", environ)
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{p}: no such file") from None
-    except OSError as err:
-        raise ConfigError(f"{p}: cannot read: {err.strerror}") from None
-    except UnicodeDecodeError as err:  # e.g. saved as Latin-1 by an editor; TOML is UTF-8 only
-        bad = err.object[err.start]
-        raise ConfigError(f"{p}: not UTF-8 (byte 0x{bad:02x} at position {err.start})") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{p}: not valid TOML: {err}") from None
-    return parse_config(data, str(p), environ)

@@ -23,7 +23,7 @@ from bacnet_api import points as P
 from bacnet_api.bas_simulator import BasSimulator
 from bacnet_api.simulator import MeterSimulator
 
-from .config import parse_config
+from .config_load import parse_config
 from .demo_data import load_series
 from .vtn_server import DemoVtn
 

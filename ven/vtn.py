@@ -25,7 +25,8 @@ from openleadr import enums as oenums, objects, utils as outils
 
 from bacnet_api.settle import RECUR_SECONDS, Flapping
 
-from .config import OpenadrConfig, key_is_encrypted, tls_file_problems
+from .config import OpenadrConfig
+from .config_checks import key_is_encrypted, tls_file_problems
 from .tasks import cancel_and_wait
 from .report_intervals import bucket_start
 from .schedule import EventSchedule

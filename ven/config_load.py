@@ -1,0 +1,174 @@
+"""Reading a configuration: the TOML file, the EDGE_GATEWAY__* variables over it, and the errors that name the
+file or variable and the key.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import tomllib
+from pathlib import Path
+from typing import Mapping
+
+from pydantic import BaseModel, ValidationError
+
+from .config import ConfigError, GatewayConfig, OpenadrConfig
+
+ENV_PREFIX = "EDGE_GATEWAY__"
+
+
+def _field_type(path: list[str]) -> object:
+    """The annotation of the key at `path` (e.g. ["http", "token"] -> str), None if there is no such key."""
+    model: type[BaseModel] = GatewayConfig
+    for part in path[:-1]:
+        field = model.model_fields.get(part)
+        sub = field.annotation if field else None
+        if not (isinstance(sub, type) and issubclass(sub, BaseModel)):
+            return None
+        model = sub
+    field = model.model_fields.get(path[-1])
+    return field.annotation if field else None
+
+
+def _env_value(raw: str, annotation: object) -> object:
+    """A string key takes the variable's text as is (a token 123456 stays a string); any other key
+    reads it as a TOML literal (numbers, booleans, lists), else as a string."""
+    if annotation is str:
+        # a quoted value was the way to pass such a token before; keep reading it as TOML's string
+        if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "\"'":
+            try:
+                return tomllib.loads(f"v = {raw}")["v"]
+            except tomllib.TOMLDecodeError:
+                pass
+        return raw
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _apply_env(data: dict, environ: Mapping[str, str]) -> tuple[dict, dict[tuple[str, ...], str]]:
+    """Overlay the EDGE_GATEWAY__* variables; also return which key each variable set."""
+    sources: dict[tuple[str, ...], str] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = [p.lower() for p in name[len(ENV_PREFIX):].split("__") if p]
+        if not path:
+            raise ConfigError(f"{name}: names no key (use {ENV_PREFIX}<SECTION>__<KEY>)")
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{name}: {'.'.join(path)} is not a table key")
+        node[path[-1]] = _env_value(raw, _field_type(path))
+        sources[tuple(path)] = name
+    return data, sources
+
+
+def _origin_of(loc: tuple, origin: str, sources: Mapping[tuple[str, ...], str]) -> str:
+    """Name the environment variable when the bad value came from one, so the operator looks there."""
+    for path, name in sources.items():
+        if loc[:len(path)] == path:
+            return name
+    # a section-level check (e.g. retry_min <= retry_max) may have been fed by a variable
+    feeding = [name for path, name in sources.items() if path[:len(loc)] == loc]
+    return ", ".join([origin, *feeding])
+
+
+# never echoed in an error: check-config's goes to the journal, read by more people than the config file
+SECRETS = {("http", "token"), ("openadr", "passphrase"), ("bacnet", "dcc_password")}
+
+
+def _all_keys(model: type[BaseModel] = GatewayConfig, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    keys = []
+    for name, field in model.model_fields.items():
+        sub = field.annotation
+        nested = isinstance(sub, type) and issubclass(sub, BaseModel)
+        keys += _all_keys(sub, (*prefix, name)) if nested else [(*prefix, name)]
+    return keys
+
+
+def _did_you_mean(loc: tuple[str, ...]) -> str:
+    """The nearest valid key to a mistyped one, or the section a key was written outside of (a key above
+    its [section] header, or under another one)."""
+    import difflib
+
+    keys, parent, typed = _all_keys(), loc[:-1], loc[-1].lower().replace("-", "_")
+    siblings = {k[len(parent)] for k in keys if k[:len(parent)] == parent and len(k) > len(parent)}
+    near = difflib.get_close_matches(typed, sorted(siblings), n=1, cutoff=0.7)
+    if near:
+        named = '.'.join((*parent, near[0]))
+        return f"; did you mean {named if (*parent, near[0]) in keys else f'[{named}]'}?"
+    elsewhere = [k for k in keys if k[-1] == typed and len(k) > 1]
+    if len(elsewhere) == 1:
+        return f"; did you mean {'.'.join(elsewhere[0])} (under [{elsewhere[0][0]}])?"
+    if elsewhere:   # e.g. address, in [bacnet], [meter] and [http]
+        return f"; did you mean {' or '.join('.'.join(k) for k in elsewhere)}?"
+    return ""
+
+
+# pydantic's wording of a range check leaves out the value that failed it
+_BOUND_TYPES = {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "literal_error"}
+
+
+def _describe(err: ValidationError, origin: str, sources: Mapping[tuple[str, ...], str]) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        secret = tuple(e["loc"]) in SECRETS
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key" + _did_you_mean(tuple(str(p) for p in e["loc"]))
+        elif e["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")   # the validators' own sentence says what is wrong
+        elif "input" in e and e["type"].endswith("_type"):
+            got = f"(got {type(e['input']).__name__} {'not shown: a secret' if secret else repr(e['input'])})"
+            if e["type"] == "model_type":   # pydantic says "a valid dictionary or instance of MeterConfig"
+                msg = f"must be a table: put its keys under a [{key}] line {got}"
+            else:   # a TOML file has arrays, not tuples
+                msg = f"{msg.replace('a valid tuple', 'a list, e.g. [...]')} {got}"
+        elif e["type"] == "too_long":
+            msg = msg.replace("Tuple", "List").replace(" after validation", "")
+        elif e["type"] in _BOUND_TYPES and not secret:
+            msg = f"{msg} (got {e['input']!r})"
+        lines.append(f"{_origin_of(tuple(e['loc']), origin, sources)}: {key}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict, origin: str = "config", environ: Mapping[str, str] | None = None) -> GatewayConfig:
+    # deep copy: the overlay writes into nested tables, which belong to the caller
+    data, sources = _apply_env(copy.deepcopy(data), os.environ if environ is None else environ)
+    try:
+        cfg = GatewayConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_describe(err, origin, sources)) from None
+    # a variable naming a key wins over one setting the whole table (EDGE_GATEWAY__OPENADR='{...}')
+    whole = sources.get(("openadr",))
+    env = {key: sources.get(("openadr", key), whole) for key in OpenadrConfig.model_fields}
+    env = {key: var for key, var in env.items() if var}
+    if env:  # on a copy: the default section instance is shared by every config
+        openadr = cfg.openadr.model_copy()
+        openadr._env = env
+        cfg = cfg.model_copy(update={"openadr": openadr})
+    return cfg
+
+
+def load_config(path: str | os.PathLike | None, environ: Mapping[str, str] | None = None) -> GatewayConfig:
+    """Load and validate; every failure is a ConfigError whose text names the file and key."""
+    if path is None:
+        return parse_config({}, "defaults", environ)
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no such file") from None
+    except OSError as err:
+        raise ConfigError(f"{p}: cannot read: {err.strerror}") from None
+    except UnicodeDecodeError as err:  # e.g. saved as Latin-1 by an editor; TOML is UTF-8 only
+        bad = err.object[err.start]
+        raise ConfigError(f"{p}: not UTF-8 (byte 0x{bad:02x} at position {err.start})") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{p}: not valid TOML: {err}") from None
+    return parse_config(data, str(p), environ)
