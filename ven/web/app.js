@@ -1,21 +1,26 @@
 // Operator dashboard: polls /api/status and /api/history and draws them. No dependencies, no build
 // step, nothing fetched from the internet (building networks often have none).
-// Query parameters: ?hours=24 (history span), ?refresh=10 (seconds). Access token: see api.js.
-// This module fetches and refreshes; the others draw (header.js, tiles.js, tables.js, chart.js);
-// download.js saves the chart's hours as CSV.
+// Query parameters: ?hours=24 (history span, also chosen on the page: span.js), ?refresh=10 (seconds).
+// Access token: see api.js. This module fetches and refreshes; the others draw (header.js, tiles.js,
+// tables.js, chart.js); download.js saves the chart's hours as CSV.
 import {HttpError, apiGet, token} from "./api.js";
 import {drawChart} from "./chart.js";
 import {$, el} from "./dom.js";
-import {setupDownload} from "./download.js";
+import {followSpan, setupDownload} from "./download.js";
 import {agoSpan, fmtStamp, tickAges} from "./format.js";
 import {renderHeader} from "./header.js";
 import {announce, problemChanges} from "./problems.js";
-import {HOURS, REFRESH_S, dashboard, setAnswer} from "./state.js";
+import {REFRESH_S, dashboard, hist, histHours, hours, setAnswer} from "./state.js";
+import {setupSpan} from "./span.js";
 import {normalizeStatus} from "./status.js";
 import {renderEvents, renderPoints, renderSections} from "./tables.js";
 import {renderTiles} from "./tiles.js";
 
 const FETCH_TIMEOUT_MS = 8000;
+// a minute is the history's resolution: a span over a day (35 days are 2.4 MB, half a second of the
+// gateway's work each) is asked for again at most once a minute; the status keeps its own refresh
+const LONG_SPAN_H = 24;
+const LONG_SPAN_EVERY_S = 60;
 const TITLE = document.title;
 
 async function getJSON(path) {
@@ -36,11 +41,19 @@ async function getHealth() {
 }
 
 let failingSince = null;
+let historyAskedAt = 0;
+const slowChart = () => hours > LONG_SPAN_H && REFRESH_S < LONG_SPAN_EVERY_S;
 async function refresh() {
+  const asked = hours, askedAt = Date.now();
+  // (a second's slack: the timer's minute may come a little early)
+  const again = histHours !== asked || !slowChart() || askedAt - historyAskedAt > (LONG_SPAN_EVERY_S - 1) * 1000;
   try {
-    const [s, h, health] = await Promise.all([getJSON("/api/status"), getJSON(`/api/history?hours=${HOURS}`),
-                                              getHealth()]);
-    setAnswer(normalizeStatus(s), h);
+    const [s, h, health] = await Promise.all([getJSON("/api/status"),
+                                              again ? getJSON(`/api/history?hours=${asked}`) : hist, getHealth()]);
+    // the span was changed on the way: the answer for the new one is asked for already
+    if (asked !== hours) return;
+    setAnswer(normalizeStatus(s), h, asked);
+    if (again) historyAskedAt = askedAt;
     const back = failingSince !== null;
     failingSince = null;
     dashboard.lastError = null;
@@ -55,8 +68,10 @@ async function refresh() {
     renderPoints();
     renderEvents();
     renderSections();
-    drawChart();
-    $("updated").textContent = `updated ${fmtStamp(Date.now())} UTC · every ${REFRESH_S} s`;
+    // nothing new to draw (a long span between its minutes): a 35-day redraw is a visible stall each refresh
+    if (again) drawChart();
+    const chartEvery = slowChart() ? `, the chart every ${LONG_SPAN_EVERY_S} s` : "";
+    $("updated").textContent = `updated ${fmtStamp(Date.now())} UTC · every ${REFRESH_S} s${chartEvery}`;
     announce(back ? "Gateway answering again." : "", problemChanges(found));
   } catch (err) {
     const first = failingSince === null;
@@ -119,6 +134,7 @@ $("token-form").addEventListener("submit", (ev) => {
   refresh();
 });
 setupDownload();
+setupSpan(() => { followSpan(); refresh(); });
 setInterval(tickAges, 1000);
 let resizeTimer = null;
 window.addEventListener("resize", () => { clearTimeout(resizeTimer); resizeTimer = setTimeout(drawChart, 150); });

@@ -2,9 +2,10 @@
 // flags in lanes under it, a readout of one minute (by mouse, or by keyboard: chart_keys.js), and the
 // same figures in words for a screen reader.
 import {KEYS_HINT, keepReadout} from "./chart_keys.js";
+import {points} from "./columns.js";
 import {$, el, svg} from "./dom.js";
 import {clamp, fmtNum, fmtTime, toMs} from "./format.js";
-import {HOURS, dashboard, gw, hist} from "./state.js";
+import {dashboard, gw, hist, histHours, hours, spanLabel} from "./state.js";
 
 const MAX_BRIDGE_S = 15 * 60;
 const SERIES = [
@@ -18,6 +19,8 @@ const FLAGS = [
   {key: "low_load", label: "low load", color: "var(--low)"},
 ];
 const LEVEL_COLORS = {1: "var(--l1)", 2: "var(--l2)", 3: "var(--l3)"};
+// the span drawn: the history's, or before its first answer the one asked for
+const span = () => spanLabel(histHours === null ? hours : histHours);
 
 function niceStep(span, count) {
   const raw = span / Math.max(1, count);
@@ -72,7 +75,7 @@ function chartSummary(minutes, eventCount, flagRuns) {
   }
   for (const f of FLAGS) parts.push(`${f.label} for ${flagRuns[f.key].minutes} min`);
   parts.push(`${eventCount} event interval${eventCount === 1 ? "" : "s"} shaded`);
-  return `Power and demand, last ${HOURS} h, times in UTC. ${parts.join("; ")}. ${KEYS_HINT}`;
+  return `Power and demand, last ${span()}, times in UTC. ${parts.join("; ")}. ${KEYS_HINT}`;
 }
 // the readout's words for minute i, the same from the mouse and from the keyboard
 function readoutText(i) {
@@ -96,7 +99,7 @@ export function drawChart() {
   const narrow = W < 600;
   const m = {l: 60, r: narrow ? 8 : 96, t: 18, b: 34 + FLAGS.length * LANE + 8};
   const pw = W - m.l - m.r, ph = H - m.t - m.b;
-  $("chart-title").textContent = `Power and demand, last ${HOURS} h`;
+  $("chart-title").textContent = `Power and demand, last ${span()}`;
   dashboard.minutes = minutes.length;
   dashboard.series = {}; dashboard.flags = {}; dashboard.events = 0;
   // minutes but not one reading or forecast (a meter faulted since start): axes scaled to nothing
@@ -105,9 +108,9 @@ export function drawChart() {
   if (!minutes.length || !anyData) {
     const noStore = gw && gw.storage && gw.storage.ok === false;
     const empty = noStore ? "no history to draw: the chart is drawn from storage.path, which cannot be written (see Needs attention)" :
-      minutes.length ? `no data yet: no meter readings or forecasts in the last ${HOURS} h` : "no history yet";
+      minutes.length ? `no data yet: no meter readings or forecasts in the last ${span()}` : "no history yet";
     root.append(svg("text", {x: W / 2, y: H / 2, "text-anchor": "middle", class: "empty"}, empty));
-    root.setAttribute("aria-label", `Power and demand, last ${HOURS} h: ${empty}`);
+    root.setAttribute("aria-label", `Power and demand, last ${span()}: ${empty}`);
     $("tooltip").hidden = true;
     keepReadout(null);
     dashboard.ready = true; dashboard.draws++;
@@ -206,23 +209,20 @@ export function drawChart() {
   // series
   const gSeries = svg("g", {"clip-path": "url(#plot-clip)"});
   const counts = {};
+  // each value is the minute's average: plot it at the middle of its minute
+  const px = (i) => x(minutes[i] * 1000 + 30000);
+  // more minutes than twice the pixel columns (a week, or a day on a phone): drawn by column (columns.js)
+  const column = minutes.length > 2 * pw ? (i) => Math.floor(px(i)) : (i) => i;
   for (const s of SERIES) {
     const values = hist[s.key] || [];
     // a line bridges gaps up to 15 minutes (history back-filled at 15-minute resolution, a missed
     // read); a longer gap (an outage) is a visible break
-    let d = "", n = 0, pen = false, lastI = -Infinity;
-    for (let i = 0; i < minutes.length; i++) {
-      const v = values[i];
-      if (typeof v !== "number") continue;
-      pen = pen && minutes[i] - minutes[lastI] <= MAX_BRIDGE_S;
-      lastI = i;
-      // each value is the minute's average: plot it at the middle of its minute
-      d += `${pen ? "L" : "M"}${x(minutes[i] * 1000 + 30000).toFixed(1)},${y(v).toFixed(1)}`;
-      pen = true; n++;
-    }
+    const drawn = points(minutes, values, column, MAX_BRIDGE_S);
+    const d = drawn.at.map((i, k) => `${drawn.move[k] ? "M" : "L"}${px(i).toFixed(1)},${y(values[i]).toFixed(1)}`).join("");
+    const n = values.reduce((count, v) => count + (typeof v === "number"), 0);
     counts[s.key] = n;
     const path = svg("path", {d: d || "M0,0", class: "series", stroke: s.color, "stroke-width": s.width,
-                              "data-series": s.key, "data-points": n});
+                              "data-series": s.key, "data-points": n, "data-drawn": drawn.at.length});
     if (s.dash) path.setAttribute("stroke-dasharray", s.dash);
     gSeries.append(path);
   }

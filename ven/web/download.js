@@ -1,9 +1,9 @@
-// The chart's "Download CSV": /api/history.csv for the page's ?hours. A link cannot send the bearer token
+// The chart's "Download CSV": /api/history.csv for the chart's span. A link cannot send the bearer token
 // the API may ask for, so a click fetches the file with it and saves it from a Blob; the link's own href
 // (the same file) is for "save link as" on a gateway without a token.
 import {apiGet} from "./api.js";
 import {$, el} from "./dom.js";
-import {HOURS} from "./state.js";
+import {hours} from "./state.js";
 
 const DOWNLOAD_TIMEOUT_MS = 60000;  // 35 days are 50,400 rows, a few seconds on a small box
 const FALLBACK_NAME = "edge-gateway-history.csv";
@@ -31,18 +31,21 @@ async function download(path, status) {
   }
 }
 
+const csvPath = () => `/api/history.csv?hours=${hours}`;
+// after the span is changed
+export function followSpan() { $("download-csv").href = csvPath(); }
+
 export function setupDownload() {
   const link = $("download-csv");
   const status = $("download-status");
-  const path = `/api/history.csv?hours=${HOURS}`;
-  link.href = path;
+  followSpan();
   let busy = false;
   link.addEventListener("click", async (ev) => {
     ev.preventDefault();
     if (busy) return;
     busy = true;
     try {
-      await download(path, status);
+      await download(csvPath(), status);
     } finally {
       busy = false;
     }

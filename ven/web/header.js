@@ -2,7 +2,7 @@
 import {$, el} from "./dom.js";
 import {fmtDuration} from "./format.js";
 import {findProblems, renderProblems} from "./problems.js";
-import {HOURS, gw, pointByName} from "./state.js";
+import {gw, histHours, pointByName, spanLabel} from "./state.js";
 import {communication, flaky, neverRegistered, noThreshold} from "./status.js";
 
 export function renderHeader(health) {
@@ -46,7 +46,7 @@ export function renderHeader(health) {
   const parts = [];
   if (gw.version) parts.push(`version ${gw.version}`);
   if (typeof gw.uptime_seconds === "number") parts.push(`up ${fmtDuration(gw.uptime_seconds)}`);
-  parts.push(`chart: last ${HOURS} h, times in UTC`);
+  parts.push(`chart: last ${spanLabel(histHours)}, times in UTC`);
   $("footer").textContent = parts.join(" · ");
   return found;
 }
