@@ -444,11 +444,14 @@ class Gateway:
         # the schedule belongs to the loop; the SQLite read and shaping do not (its events are frozen values)
         events = self.schedule.history_events(datetime.now(timezone.utc) - timedelta(hours=hours))
         stored = await asyncio.to_thread(self.forecast.history, hours)
+        # the BAS reads the forecast points in fault while the input is stale: the chart shows none ahead then
+        input_stale = self.forecast.input_stale()
 
         def shape() -> dict:
             now = datetime.now(timezone.utc)
             return build_history(now.timestamp(), hours, stored, [ev.describe(now) for ev in events],
-                                 horizons=c.horizons_minutes, flag_stale_seconds=max(300.0, 3 * c.cycle_seconds))
+                                 horizons=c.horizons_minutes, flag_stale_seconds=max(300.0, 3 * c.cycle_seconds),
+                                 input_stale=input_stale)
         return await asyncio.to_thread(shape)
 
     def refresh_metrics(self) -> None:

@@ -14,14 +14,32 @@ GET /api/history?hours=24 -> view.history(hours), a dict shaped like (times: epo
       "low_load":    [false, ...],
       "high_threshold_kw": 120.0,                   # null while not yet known
       "low_threshold_kw": 60.0,
-      "events": [{"start": 1763780000, "end": 1763783600, "level": 2, "event_id": "e1", "opt": "optIn"}]
-    }                                               # one entry per SIMPLE interval above level 0
+      "events": [{"start": 1763780000, "end": 1763783600, "level": 2, "event_id": "e1", "opt": "optIn"}],
+                                                    # one entry per SIMPLE interval above level 0
                                                     # and per answer: an interval is cut where the
                                                     # answer changed, "opt" is the one in force then;
                                                     # every event overlapping the hours (ended ones are
                                                     # kept 35 days, /api/status lists a day of them)
+      "now": 1763769690.4,                          # when the body was made: "minutes" end with its minute
+      "ahead": {"issued_at": 1763769665.0,          # the latest forecast, as the BAS reads it now
+                "forecasts": [{"horizon": 15, "target": 1763770565.0, "minute": 1763770560, "kw": 96.1},
+                              {"horizon": 60, "target": 1763773265.0, "minute": 1763773260, "kw": 99.8}]},
+      "upcoming": [{"start": 1763771400, "end": 1763775000, "level": 2, "event_id": "e2", "opt": "optIn",
+                    "upcoming": true}]
+    }
 
 All per-minute arrays have the length of "minutes". An interval still open has "end": null.
+
+What lies ahead is kept out of the per-minute arrays and out of "events", so that they still end at now
+and hold only what ran (the CSV, made from them, never has a row after now):
+- "ahead" is the latest issued forecast, one entry per horizon with a number: "target" is the end of the
+  demand window it forecasts (issue + horizon), "minute" the start of the minute forecast_15 / forecast_60
+  will show it at once that minute comes. null when no forecast was issued, when the latest is older than
+  the flags' staleness (flag_stale_seconds: the forecaster stopped), or when the power input is stale now
+  (the BAS reads the forecast points in fault then: input_stale=True).
+- "upcoming" lists the SIMPLE intervals (shaped as in "events", each with "upcoming": true) that start
+  after now and within the longest horizon: what the chart shades past now. A cancelled event is not
+  there; an interval that started already is in "events".
 build_history() makes this body from the forecaster store's history and the schedule's events.
 """
 from __future__ import annotations
@@ -85,15 +103,39 @@ def _split_by_opt(start: float, stop: float | None,
     return parts
 
 
+def _latest_forecast(forecasts: dict, horizons: tuple[int, int], now: float, stale_seconds: float) -> dict | None:
+    """The "ahead" entry: each horizon's forecast of the newest issue, or None when it is stale (above)."""
+    issues: dict[float, dict[int, float]] = {}
+    for horizon in horizons:
+        f = forecasts.get(horizon) or forecasts.get(str(horizon)) or {}
+        targets = f.get("target_time") or []
+        # the store's target is the issue plus the horizon: a view without "issued_at" is read so
+        issued = f.get("issued_at") or [t - horizon * 60 for t in targets]
+        for at, kw in zip(issued, f.get("forecast_kw") or []):
+            if at is not None and kw is not None and math.isfinite(kw):
+                issues.setdefault(float(at), {})[horizon] = round(float(kw), 3)
+    if not issues:
+        return None
+    issued_at = max(issues)
+    if now - issued_at > stale_seconds:
+        return None
+    return {"issued_at": issued_at,
+            "forecasts": [{"horizon": h, "target": issued_at + h * 60,
+                           "minute": (math.ceil((issued_at + h * 60) / 60) - 1) * 60, "kw": kw}
+                          for h, kw in sorted(issues[issued_at].items())]}
+
+
 def build_history(now: float, hours: float, store: dict, events: list[dict] = (),
-                  horizons: tuple[int, int] = (15, 60), flag_stale_seconds: float = 300.0) -> dict:
+                  horizons: tuple[int, int] = (15, 60), flag_stale_seconds: float = 300.0,
+                  input_stale: bool = False) -> dict:
     """Shape the /api/history body (see the module docstring) from the forecaster store's history
     ({"power": {"time", "kw"}, "forecasts": {h: {"target_time", "forecast_kw"}}, "flags": {"time",
     "high_load", "low_load", "high_threshold_kw", "low_threshold_kw"}}) and the schedule's events.
 
     Demand at a minute is the mean of the known 1-minute powers of the 15 minutes ending with it
     (null when none is known; history back-filled at 15-minute resolution so becomes a step line); a forecast with target time T belongs to the minute ending at T;
-    the flags at a minute are those of the last forecast issued by its end, if not stale.
+    the flags at a minute are those of the last forecast issued by its end, if not stale; "ahead" and
+    "upcoming" are what lies after now (the module docstring).
     """
     end_minute = int(now // 60)
     n = max(1, int(round(hours * 60)))
@@ -135,7 +177,8 @@ def build_history(now: float, hours: float, store: dict, events: list[dict] = ()
         vals = [v for v in fl.get(key) or [] if v is not None]
         return vals[-1] if vals else None
 
-    shaded = []
+    shaded, upcoming = [], []
+    ahead_until = now + max(horizons) * 60
     for ev in events:
         if ev.get("test_event"):
             continue  # a test event never drives ADR-Event-Level
@@ -154,7 +197,13 @@ def build_history(now: float, hours: float, store: dict, events: list[dict] = ()
         for start, stop, level in ran + now_defined:
             if ran_until is not None:
                 stop = ran_until if stop is None else min(stop, ran_until)
-            if start is None or start > now:
+            if start is None or start > ahead_until:
+                continue
+            if start > now:
+                # a cancellation ends it before it starts (ran_until is never after now)
+                if ran_until is None:
+                    upcoming.append({"start": start, "end": stop, "level": level,
+                                     "event_id": ev.get("event_id", ""), "opt": answers[-1][1], "upcoming": True})
                 continue
             if known_from is not None:
                 start = max(start, known_from)
@@ -168,4 +217,6 @@ def build_history(now: float, hours: float, store: dict, events: list[dict] = ()
     return {"minutes": minutes, "power_kw": power, "demand_kw": demand, **series,
             "horizons_minutes": list(horizons), "high_load": high, "low_load": low,
             "high_threshold_kw": last("high_threshold_kw"), "low_threshold_kw": last("low_threshold_kw"),
-            "events": shaded}
+            "events": shaded, "now": now,
+            "ahead": None if input_stale else _latest_forecast(forecasts, horizons, now, flag_stale_seconds),
+            "upcoming": sorted(upcoming, key=lambda e: (e["start"], e["event_id"]))}

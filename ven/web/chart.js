@@ -1,7 +1,9 @@
 // The chart: power, demand and forecasts over ?hours, event intervals shaded by level, the load
 // flags in lanes under it, a readout of one minute (by mouse, or by keyboard: chart_keys.js), and the
-// same figures in words for a screen reader.
-import {KEYS_HINT, keepReadout} from "./chart_keys.js";
+// same figures in words for a screen reader. Past now, when something lies ahead (ahead.js): the latest
+// forecasts and the event intervals about to start.
+import {aheadOf, aheadReadout, aheadSummary, drawAhead} from "./ahead.js";
+import {KEYS_HINT, keepReadout, nearest} from "./chart_keys.js";
 import {points} from "./columns.js";
 import {$, el, svg} from "./dom.js";
 import {clamp, fmtNum, fmtTime, toMs} from "./format.js";
@@ -21,6 +23,11 @@ const FLAGS = [
 const LEVEL_COLORS = {1: "var(--l1)", 2: "var(--l2)", 3: "var(--l3)"};
 // the span drawn: the history's, or before its first answer the one asked for
 const span = () => spanLabel(histHours === null ? hours : histHours);
+// the forecast series of a horizon, to name and colour what lies ahead like the line it will join
+const forecastSeries = (horizon) =>
+  SERIES[((hist && hist.horizons_minutes) || [15, 60]).indexOf(horizon) === 1 ? 3 : 2];
+const title = (ahead) =>
+  `Power and demand, last ${span()}${ahead.minutesAhead ? `, and the next ${ahead.minutesAhead} min` : ""}`;
 
 function niceStep(span, count) {
   const raw = span / Math.max(1, count);
@@ -28,7 +35,7 @@ function niceStep(span, count) {
   const f = raw / mag;
   return mag * (f < 1.5 ? 1 : f < 3 ? 2 : f < 7 ? 5 : 10);
 }
-function legend() {
+function legend(ahead) {
   const host = $("legend");
   host.replaceChildren();
   const hz = (hist && hist.horizons_minutes) || [15, 60];
@@ -38,6 +45,14 @@ function legend() {
     const item = el("span");
     const sw = el("i", {class: s.dash ? "dash" : "", style: `border-top-color:${s.color}`});
     item.append(sw, document.createTextNode(s.label));
+    host.append(item);
+  }
+  if (ahead.forecasts.length) {
+    const item = el("span", {"data-legend": "ahead"});
+    for (const f of ahead.forecasts) {
+      item.append(el("i", {class: "dot", style: `background:${forecastSeries(f.horizon).color}`}));
+    }
+    item.append(document.createTextNode(`Latest forecasts (issued ${fmtTime(ahead.issuedAt * 1000)})`));
     host.append(item);
   }
   const th = el("span");
@@ -51,9 +66,14 @@ function legend() {
   const out = el("span", {"data-legend": "opted-out"});
   out.append(el("i", {class: "box hatched"}), document.createTextNode("Opted out (hatched)"));
   host.append(out);
+  if (ahead.upcoming.length) {
+    const next = el("span", {"data-legend": "upcoming"});
+    next.append(el("i", {class: "box upcoming"}), document.createTextNode("Upcoming event (dotted outline)"));
+    host.append(next);
+  }
 }
 // the chart in words, for a screen reader: the figures an operator reads off the drawing
-function chartSummary(minutes, eventCount, flagRuns) {
+function chartSummary(minutes, eventCount, flagRuns, ahead) {
   const at = (i) => fmtTime(minutes[i] * 1000, true);
   const parts = [];
   for (const s of SERIES) {
@@ -75,10 +95,14 @@ function chartSummary(minutes, eventCount, flagRuns) {
   }
   for (const f of FLAGS) parts.push(`${f.label} for ${flagRuns[f.key].minutes} min`);
   parts.push(`${eventCount} event interval${eventCount === 1 ? "" : "s"} shaded`);
-  return `Power and demand, last ${span()}, times in UTC. ${parts.join("; ")}. ${KEYS_HINT}`;
+  parts.push(...aheadSummary(ahead, (h) => forecastSeries(h).label));
+  return `${title(ahead)}, times in UTC. ${parts.join("; ")}. ${KEYS_HINT}`;
 }
-// the readout's words for minute i, the same from the mouse and from the keyboard
-function readoutText(i) {
+// the readout's words for minute i (past the history's minutes: a minute ahead, ahead.minutes), the same
+// from the mouse and from the keyboard
+function readoutText(i, ahead) {
+  const n = hist.minutes.length;
+  if (i >= n) return aheadReadout(ahead, ahead.minutes[i - n], (h) => forecastSeries(h).label);
   const lines = [`${fmtTime(hist.minutes[i] * 1000, true)} UTC`];
   for (const s of SERIES) lines.push(`${s.label}: ${fmtNum((hist[s.key] || [])[i])} kW`);
   const flags = FLAGS.filter((f) => (hist[f.key] || [])[i] === true).map((f) => f.label);
@@ -86,7 +110,8 @@ function readoutText(i) {
   return lines.join("\n");
 }
 export function drawChart() {
-  legend();
+  const ahead = aheadOf(hist);
+  legend(ahead);
   const root = $("chart-svg");
   const W = Math.max(240, root.clientWidth || 900);
   const H = root.clientHeight || 420;
@@ -99,9 +124,9 @@ export function drawChart() {
   const narrow = W < 600;
   const m = {l: 60, r: narrow ? 8 : 96, t: 18, b: 34 + FLAGS.length * LANE + 8};
   const pw = W - m.l - m.r, ph = H - m.t - m.b;
-  $("chart-title").textContent = `Power and demand, last ${span()}`;
+  $("chart-title").textContent = title(ahead);
   dashboard.minutes = minutes.length;
-  dashboard.series = {}; dashboard.flags = {}; dashboard.events = 0;
+  dashboard.series = {}; dashboard.flags = {}; dashboard.events = 0; dashboard.upcoming = 0; dashboard.ahead = 0;
   // minutes but not one reading or forecast (a meter faulted since start): axes scaled to nothing
   // would be a blank plot with a made-up kW range, so say it in words
   const anyData = !!hist && SERIES.some((s) => (hist[s.key] || []).some((v) => typeof v === "number"));
@@ -116,9 +141,14 @@ export function drawChart() {
     dashboard.ready = true; dashboard.draws++;
     return;
   }
-  const t0 = minutes[0] * 1000, t1 = Math.max(minutes[minutes.length - 1] * 1000 + 60000, t0 + 60000);
+  // the history ends with the minute in progress; the axis goes on past it by the longest horizon
+  // when something lies ahead
+  const tEnd = Math.max(minutes[minutes.length - 1] * 1000 + 60000, minutes[0] * 1000 + 60000);
+  const t0 = minutes[0] * 1000, t1 = tEnd + ahead.minutesAhead * 60000;
+  const nowMs = typeof hist.now === "number" ? clamp(hist.now * 1000, tEnd - 60000, tEnd) : tEnd;
   let lo = Infinity, hi = -Infinity;
   for (const s of SERIES) for (const v of hist[s.key] || []) if (typeof v === "number") { lo = Math.min(lo, v); hi = Math.max(hi, v); }
+  for (const f of ahead.forecasts) { lo = Math.min(lo, f.kw); hi = Math.max(hi, f.kw); }
   for (const k of ["high_threshold_kw", "low_threshold_kw"]) {
     const v = hist[k];
     if (typeof v === "number") { lo = Math.min(lo, v); hi = Math.max(hi, v); }
@@ -170,9 +200,9 @@ export function drawChart() {
 
   // event intervals, shaded by level, under the series
   const gEvents = svg("g", {"clip-path": "url(#plot-clip)", class: "events"});
-  let eventCount = 0;
+  let eventCount = 0, upcomingCount = 0;
   const labelXs = [];
-  for (const e of hist.events || []) {
+  for (const e of (hist.events || []).concat(ahead.upcoming)) {
     const s = toMs(e.start), end = toMs(e.end) === null ? t1 : toMs(e.end);
     if (s === null || end < t0 || s > t1) continue;
     const x0 = x(Math.max(s, t0)), x1 = x(Math.min(end, t1));
@@ -180,9 +210,10 @@ export function drawChart() {
     const out = e.opt === "optOut";
     const r = svg("rect", {x: x0, y: m.t, width: Math.max(2, x1 - x0), height: ph,
                            fill: out ? `url(#opt-out-${level})` : LEVEL_COLORS[level] || "#ccc",
-                           "fill-opacity": out ? 0.45 : 0.28, class: out ? "event opted-out" : "event",
+                           "fill-opacity": out ? 0.45 : 0.28,
+                           class: `event${out ? " opted-out" : ""}${e.upcoming ? " upcoming" : ""}`,
                            "data-level": level, "data-event": e.event_id || "", "data-opt": e.opt || ""});
-    r.append(svg("title", {}, `event ${e.event_id || ""} level ${level}: ${fmtTime(s, true)}–${toMs(e.end) === null ? "open" : fmtTime(end, true)} UTC${e.opt === "optOut" ? " (opted out)" : ""}`));
+    r.append(svg("title", {}, `${e.upcoming ? "upcoming " : ""}event ${e.event_id || ""} level ${level}: ${fmtTime(s, true)}–${toMs(e.end) === null ? "open" : fmtTime(end, true)} UTC${e.opt === "optOut" ? " (opted out)" : ""}`));
     gEvents.append(r);
     if (x1 - x0 > 24) {
       // overlapping events (a modification, a second program) stack their labels instead of overprinting
@@ -190,7 +221,7 @@ export function drawChart() {
       labelXs.push(x0);
       gEvents.append(svg("text", {x: x0 + 4, y: m.t + 12 + row * 13, class: "event-label"}, `L${level}${e.opt === "optOut" ? " opt-out" : ""}`));
     }
-    eventCount++;
+    if (e.upcoming) upcomingCount++; else eventCount++;
   }
   root.append(gAxes, gEvents);
 
@@ -227,6 +258,15 @@ export function drawChart() {
     gSeries.append(path);
   }
   root.append(gSeries);
+  if (ahead.minutesAhead) {
+    // the dashed lines start from now's demand: the latest of the last 15 minutes, else none
+    const demand = hist.demand_kw || [];
+    let last = minutes.length - 1;
+    while (last >= 0 && typeof demand[last] !== "number" && minutes.length - last <= 15) last--;
+    const demandNow = last >= 0 && typeof demand[last] === "number" ?
+      [minutes[last] * 1000 + 30000, demand[last]] : null;
+    root.append(drawAhead(ahead, {x, y, top: m.t, height: ph, nowMs, demandNow, at: forecastSeries}));
+  }
 
   // high/low flag lanes under the time axis
   const gFlags = svg("g", {class: "flags"});
@@ -258,7 +298,7 @@ export function drawChart() {
   // px: the cursor in the drawing's units; left, top: the pointer in the chart box's CSS pixels
   function show(i, px, left, top) {
     cursor.setAttribute("x1", px); cursor.setAttribute("x2", px); cursor.setAttribute("visibility", "visible");
-    const text = readoutText(i);
+    const text = readoutText(i, ahead);
     tip.textContent = text;
     tip.style.whiteSpace = "pre";
     tip.hidden = false;
@@ -269,11 +309,13 @@ export function drawChart() {
     return text;
   }
   function hide() { tip.hidden = true; cursor.setAttribute("visibility", "hidden"); }
+  // the readout's minutes: the history's, then those of the forecasts ahead
+  const times = minutes.concat(ahead.minutes);
   const readout = {
-    minutes, hide,
+    minutes: times, hide, now: minutes.length - 1,
     // the middle of the minute, where its value is plotted
     show: (i) => {
-      const px = x(minutes[i] * 1000 + 30000), scale = root.getBoundingClientRect().width / W;
+      const px = x(times[i] * 1000 + 30000), scale = root.getBoundingClientRect().width / W;
       return show(i, px, px * scale, m.t * scale);
     },
   };
@@ -281,16 +323,21 @@ export function drawChart() {
     const box = root.getBoundingClientRect();
     const px = (ev.clientX - box.left) * W / box.width;
     const t = t0 + (px - m.l) / pw * (t1 - t0);
-    show(clamp(Math.floor((t - t0) / 60000), 0, minutes.length - 1), px, ev.clientX - box.left, ev.clientY - box.top);
+    // past now the nearest forecast (a minute half-way to it still reads now's)
+    const i = t >= tEnd && ahead.minutes.length ? nearest(times, t / 1000 - 30) :
+      clamp(Math.floor((t - t0) / 60000), 0, minutes.length - 1);
+    show(i, px, ev.clientX - box.left, ev.clientY - box.top);
   });
   // back to the keyboard's minute if it has one
   overlay.addEventListener("mouseleave", () => keepReadout(readout));
   keepReadout(readout);
 
-  root.setAttribute("aria-label", chartSummary(minutes, eventCount, flagRuns));
+  root.setAttribute("aria-label", chartSummary(minutes, eventCount, flagRuns, ahead));
   dashboard.series = counts;
   dashboard.flags = flagRuns;
   dashboard.events = eventCount;
+  dashboard.upcoming = upcomingCount;
+  dashboard.ahead = ahead.forecasts.length;
   dashboard.draws++;
   dashboard.ready = true;
 }

@@ -3,15 +3,16 @@
 import {$} from "./dom.js";
 
 export const KEYS_HINT = "Left and Right arrows read it a minute at a time, Shift+arrow or Page Down and Page Up " +
-  "an hour, Home and End the first and last minute, Escape hides the readout.";
+  "an hour, Home and End the first and last minute (past now: the forecasts ahead), Escape hides the readout.";
 const HOUR_S = 3600;
 const root = $("chart-svg");
 // the minute read out, by its time: the refresh every few seconds shifts the indices under it
 let at = null;
-// the last draw's {minutes, show(i) -> its words, hide()}; null when it drew no data
+// the last draw's {minutes, now: the index of now's minute (after it: the forecasts ahead), show(i) -> its
+// words, hide()}; null when it drew no data
 let readout = null;
 
-function nearest(minutes, t) {
+export function nearest(minutes, t) {
   let lo = 0, hi = minutes.length - 1;
   while (lo < hi) {
     const mid = (lo + hi) >> 1;
@@ -53,17 +54,17 @@ root.addEventListener("keydown", (ev) => {
   const {minutes} = readout;
   let j = target(ev.key, ev.shiftKey, at === null ? 0 : nearest(minutes, at), minutes);
   if (j === null) return;
-  // nothing read out yet (after Escape, or focused by a click): any key but Home starts at the latest minute
-  if (at === null && ev.key !== "Home") j = minutes.length - 1;
+  // nothing read out yet (after Escape, or focused by a click): any key but Home and End starts at now
+  if (at === null && ev.key !== "Home" && ev.key !== "End") j = readout.now;
   ev.preventDefault();   // the arrows and Page keys would scroll the page
   at = minutes[j];
   $("chart-said").textContent = readout.show(j);
 });
-// Tab shows where the keys start (the latest minute) without saying it: the focus already reads the
+// Tab shows where the keys start (now's minute) without saying it: the focus already reads the
 // chart's label, and a click's focus leaves the readout to the mouse
 root.addEventListener("focus", () => {
   if (!readout || at !== null || !root.matches(":focus-visible")) return;
-  at = readout.minutes[readout.minutes.length - 1];
+  at = readout.minutes[readout.now];
   keepReadout(readout);
 });
 root.addEventListener("blur", () => {

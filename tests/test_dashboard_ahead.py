@@ -1,0 +1,154 @@
+"""The chart past now: when the gateway has a fresh forecast or an event about to start, the time axis goes
+on by the longest horizon, a line marks now, the latest forecasts are markers at their minute and kW, the
+upcoming event is shaded from its start, the readout reaches the forecasts and the chart's label says them.
+Without anything ahead the axis ends at now, as before. A screenshot is kept at tests/artifacts/dashboard-ahead.png."""
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+
+import pytest
+
+from browser import artifact_path
+from test_dashboard import drawn, server  # noqa: F401 - shared fixture
+from test_dashboard_chart_keys import assert_reads, readout, tab_to_chart
+from test_http_api import SampleView
+from ven.history import build_history
+
+pytestmark = pytest.mark.timeout(90)
+
+KW = {15: 118.5, 60: 71.25}
+
+
+def hhmm(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).strftime("%H:%M")
+
+
+class AheadView(SampleView):
+    """The sample's day with the gateway's latest forecast, issued 25 s ago, and a level-2 event starting in
+    40 minutes, shaped by build_history as the gateway shapes them."""
+
+    def __init__(self):
+        super().__init__()
+        self.now = self.minutes[-1] + 30
+        self.issued = self.now - 25
+        self.soon = self.minutes[-1] + 40 * 60
+        self.ahead = True
+
+    def history(self, hours):
+        body = super().history(hours)
+        if not self.ahead:
+            return body
+        store = {"power": {"time": [], "kw": []},
+                 "forecasts": {h: {"target_time": [self.issued + h * 60], "issued_at": [self.issued], "forecast_kw": [kw]}
+                               for h, kw in KW.items()}}
+        iso = lambda t: datetime.fromtimestamp(t, timezone.utc).isoformat()  # noqa: E731
+        soon = {"event_id": "evt-soon", "status": "near", "opt": "optIn", "signals": [{"name": "SIMPLE", "intervals": [
+            {"start": iso(self.soon), "duration_seconds": 3600.0, "payload": 2.0}]}]}
+        shaped = build_history(self.now, hours, store, [soon])
+        return {**body, **{k: shaped[k] for k in ("now", "ahead", "upcoming")}}
+
+
+async def attr(page, selector, name):
+    return float(await page.locator(selector).get_attribute(name))
+
+
+async def power_xs(page):
+    d = await page.locator('path[data-series="power_kw"]').get_attribute("d")
+    return [float(x) for x in re.findall(r"[ML](-?[\d.]+),", d)]
+
+
+async def scales(page, body, minutes_ahead):
+    """The chart's time scale (epoch s -> x) from the plot's edges and its span, its kW scale (kW -> y)
+    from the two threshold lines (105 and 65 kW)."""
+    left, width = await attr(page, "svg clipPath rect", "x"), await attr(page, "svg clipPath rect", "width")
+    t0, t1 = body["minutes"][0], body["minutes"][-1] + 60 + minutes_ahead * 60
+    high = await attr(page, 'line[data-threshold="high_threshold_kw"]', "y1")
+    low = await attr(page, 'line[data-threshold="low_threshold_kw"]', "y1")
+    return (lambda t: left + (t - t0) / (t1 - t0) * width), (lambda kw: low + (kw - 65) * (high - low) / (105 - 65))
+
+
+async def test_the_chart_goes_past_now_to_the_forecasts_and_the_next_event(server):
+    view = AheadView()
+    async with drawn(server, view, "?hours=6&refresh=1") as (page, _):
+        await page.wait_for_function("window.dashboard.minutes === 360", timeout=10000)
+        await page.screenshot(path=str(artifact_path("dashboard-ahead.png")), full_page=True)
+        body = view.history(6)
+        x_of, y_of = await scales(page, body, 60)
+        plot_right = await attr(page, "svg clipPath rect", "x") + await attr(page, "svg clipPath rect", "width")
+        # the history still ends at now, a line marks it, and the axis goes on an hour
+        now_x = await attr(page, "svg line.now-line", "x1")
+        assert abs(now_x - x_of(view.now)) <= 0.11 and plot_right - now_x > 0.13 * (plot_right - x_of(body["minutes"][0]))
+        power = await power_xs(page)
+        assert abs(max(power) - x_of(body["minutes"][-1] + 30)) <= 0.11
+        # each forecast at the middle of the minute it forecasts, at its kW, in its series' colour
+        for h, kw in KW.items():
+            dot = f'svg circle.ahead-forecast[data-horizon="{h}"]'
+            minute = body["minutes"][-1] + h * 60
+            assert abs(await attr(page, dot, "cx") - x_of(minute + 30)) <= 0.11, h
+            assert abs(await attr(page, dot, "cy") - y_of(kw)) <= 0.11, h
+            colour = "var(--f15)" if h == 15 else "var(--f60)"
+            assert await page.locator(dot).get_attribute("fill") == colour
+            assert await page.locator(f'svg path[data-ahead="{h}"]').get_attribute("stroke") == colour
+        # the event starting in 40 minutes is shaded from its start to the axis' end, by its level
+        soon = page.locator('svg rect.event.upcoming[data-event="evt-soon"]')
+        assert await soon.get_attribute("data-level") == "2"
+        x0 = float(await soon.get_attribute("x"))
+        assert abs(x0 - x_of(view.soon)) <= 0.11 and abs(x0 + float(await soon.get_attribute("width")) - plot_right) <= 0.11
+        # the active event runs on past now to its end (30 minutes on), the thresholds to the axis' end
+        active = page.locator('svg rect.event[data-event="evt-peak-2"]')
+        end = float(await active.get_attribute("x")) + float(await active.get_attribute("width"))
+        assert abs(end - x_of(view.minutes[-1] + 1800)) <= 0.11
+        assert await attr(page, 'line[data-threshold="high_threshold_kw"]', "x2") == pytest.approx(plot_right)
+        issued = hhmm(view.issued)
+        assert f"Latest forecasts (issued {issued})" in await page.locator("#legend").inner_text()
+        assert await page.locator("#chart-title").inner_text() == "Power and demand, last 6 h, and the next 60 min"
+        label = await page.locator("#chart-svg").get_attribute("aria-label")
+        assert label.startswith("Power and demand, last 6 h, and the next 60 min, times in UTC."), label
+        for h, kw in KW.items():
+            words = f"Forecast {h} min ahead: forecast for {hhmm(body['minutes'][-1] + h * 60)}, issued {issued}: {kw:g} kW"
+            assert words in label, (words, label)
+        assert f"an event of level 2 starts at {hhmm(view.soon)}" in label, label
+        assert await page.evaluate("[window.dashboard.ahead, window.dashboard.upcoming]") == [2, 1]
+
+        # nothing ahead (the forecast went stale): the axis ends at now again
+        view.ahead = False
+        await page.wait_for_function("window.dashboard.ahead === 0", timeout=10000)
+        x_of, _ = await scales(page, view.history(6), 0)
+        power = await power_xs(page)
+        assert abs(max(power) - x_of(view.minutes[-1] + 30)) <= 0.11
+        assert await page.locator("svg line.now-line").count() == 0
+        assert await page.locator("svg circle.ahead-forecast").count() == 0
+        assert await page.locator("#chart-title").inner_text() == "Power and demand, last 6 h"
+        assert page.errors == []
+
+
+async def test_the_readout_reaches_the_forecasts_ahead(server):
+    view = AheadView()
+    async with drawn(server, view, "?hours=6&refresh=600") as (page, _):
+        await page.wait_for_function("window.dashboard.minutes === 360", timeout=10000)
+        body = view.history(6)
+        last = len(body["minutes"]) - 1
+        day = lambda t: datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")  # noqa: E731
+        issued = hhmm(view.issued)
+        f15, f60 = (body["minutes"][-1] + h * 60 for h in (15, 60))
+        said15 = f"{day(f15)} (ahead)\nForecast 15 min ahead: forecast for {hhmm(f15)}, issued {issued}: 118.5 kW"
+        said60 = (f"{day(f60)} (ahead)\nForecast 60 min ahead: forecast for {hhmm(f60)}, issued {issued}: 71.25 kW\n"
+                  f"an event of level 2 starts at {hhmm(view.soon)}")
+        # the keys start at now, step on to the forecasts and back
+        await tab_to_chart(page)
+        assert_reads(await readout(page), body, last)
+        await page.keyboard.press("ArrowRight")
+        assert await readout(page) == said15
+        assert await page.locator("#chart-said").text_content() == said15
+        await page.keyboard.press("End")
+        assert await readout(page) == said60
+        await page.keyboard.press("ArrowLeft")
+        await page.keyboard.press("ArrowLeft")
+        assert_reads(await readout(page), body, last)
+        await page.keyboard.press("Escape")
+        # the mouse over the 15-minute marker reads it
+        dot = await page.locator('svg circle.ahead-forecast[data-horizon="15"]').bounding_box()
+        await page.mouse.move(dot["x"] + dot["width"] / 2, dot["y"] + dot["height"] / 2)
+        assert await readout(page) == said15
+        assert page.errors == []
