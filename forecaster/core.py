@@ -344,6 +344,26 @@ class DemandForecaster:
                 last = self._last_fit_try
         return last is None or now - last >= self.retrain_minutes * 60
 
+    def learning(self) -> dict | None:
+        """While no model was ever fitted: the history needs_fit waits for, what is held, and when
+        needs_fit turns true if samples keep coming (epoch s, None before the first sample). None once
+        a model exists."""
+        with self._lock:
+            if self._model is not None:
+                return None
+            span = self._bins.span()
+            tried = self._last_fit_try
+        need = math.ceil(self.min_fit_hours * 60)
+        have = span[1] - span[0] if span else 0
+        first = None
+        if span is not None:
+            # needs_fit counts the span, not the minutes held: a sample in minute span[0] + need completes
+            # it, and that minute ends at (span[0] + need) * 60 (a gap on the way does not move this)
+            first = float(span[0] + need) * 60.0
+            if tried is not None:   # a fit tried and none came back: the next waits for retrain_minutes
+                first = max(first, tried + self.retrain_minutes * 60)
+        return {"needs_minutes": need, "have_minutes": have, "first_fit_after": first}
+
     def fit(self, now: float, map_fn=map) -> "DemandForecaster":
         """Fit in this thread (offline replay, benchmarks); the gateway runs fit_job elsewhere.
         `map_fn` (a process pool's map) may fit the horizons side by side."""
@@ -539,6 +559,7 @@ class DemandForecaster:
             "fitting": fitting,
             "rejected_samples": self.rejected,
             "horizons": horizons,
+            "learning": self.learning(),
         }
 
 

@@ -49,7 +49,8 @@ LOW_CONTRAST = r"""() => {
 }"""
 
 
-@pytest.mark.parametrize("faults", [set(), {"meter-flaky", "threshold"}, {"meter", "vtn", "storage", "input"}])
+@pytest.mark.parametrize("faults", [set(), {"meter-flaky", "threshold", "learning"},
+                                    {"meter", "vtn", "storage", "input"}])
 async def test_text_keeps_its_contrast_in_every_state(server, faults):
     # SampleView's day: a level-1 event running (the amber pill), a completed level-2 and a pending level-3
     # event (badges on a grey and on a white row), an overridden point, low load ON; and the faults' colours

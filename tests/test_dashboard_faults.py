@@ -28,6 +28,8 @@ class FaultView(SampleView):
     def __init__(self):
         super().__init__()
         self.faults = set()
+        # "learning" (not a fault: a new install before its first model) ends at this minute
+        self.first_fit_after = (time.time() // 60 + 34 * 60) * 60
 
     def status(self):
         body = super().status()
@@ -63,6 +65,9 @@ class FaultView(SampleView):
                                      "rate_kw_per_min": 0.1, "high_load": False, "low_load": False,
                                      "high_threshold_kw": None if "threshold" in f else 105.0,
                                      "low_threshold_kw": None if "threshold" in f else 65.0}})
+        if "learning" in f:
+            fc.update({"model": "persistence", "last_fit_at": None, "learning": {
+                "needs_minutes": 2880, "have_minutes": 840, "first_fit_after": self.first_fit_after}})
         faulted = set()
         if "input" in f:
             faulted |= {"fifteen-min-future-power", "one-hour-future-power", "power-rate-of-change",
@@ -167,12 +172,41 @@ async def test_a_trend_without_readings_is_not_called_a_missing_forecast(server)
     view.faults = {"trend"}
     srv = await server(view)
     async with chromium_page() as page:
-        await open_dashboard(page, srv.url + "/")
+        # refreshed every second: at the default 10 s the wait for the change below had no slack at all
+        await open_dashboard(page, srv.url + "/?refresh=1")
         assert await tile_why(page, "power-rate-of-change") == "too few recent readings"
         assert await tile_why(page, "fifteen-min-future-power") is None
         view.faults = {"trend", "input"}
         await page.wait_for_function(f"({PROBLEMS}) === 'forecaster-input'", timeout=10000)
         assert await tile_why(page, "power-rate-of-change") == "no power input"
+        assert page.errors == []
+
+
+async def test_a_new_install_is_told_when_the_first_model_comes_without_a_warning(server):  # noqa: F811
+    # "model: persistence" for two days and nothing saying that is expected: the technician commissioning the
+    # gateway is told when the learned model comes, neutrally (the gateway stays healthy, nothing needs attention)
+    view = FaultView()
+    view.faults = {"learning"}
+    srv = await server(view)
+    async with chromium_page() as page:
+        await open_dashboard(page, srv.url + "/?refresh=1")
+        pill = page.locator("#pills .pill.learning")
+        first = datetime.fromtimestamp(view.first_fit_after, timezone.utc).strftime("%Y-%m-%d %H:%M")
+        assert await pill.inner_text() == (f"forecaster learning: first model about {first} UTC (2 days of history "
+                                           "needed, 14 h 0 min so far); persistence serves until then")
+        assert await pill.get_attribute("class") == "pill learning"     # neither warn nor bad
+        assert await page.locator("#pills .pill").first.inner_text() == "healthy"
+        assert await page.locator("#problems").is_hidden()
+        assert await page.evaluate("window.dashboard.problems") == []
+        # the status card gives the same time as a time, not as epoch seconds
+        after = await page.locator('#sections [data-section="forecaster"] dt:text-is("learning.first fit after") + dd')\
+            .inner_text()
+        assert after.startswith(f"{first}:00Z (in "), after
+        await page.screenshot(path=str(artifact_path("dashboard-learning.png")), full_page=True)
+
+        view.faults = set()     # the first model is in
+        await page.wait_for_selector("#pills .pill.learning", state="detached", timeout=10000)
+        assert await page.locator("#pills .pill").first.inner_text() == "healthy"
         assert page.errors == []
 
 

@@ -229,6 +229,36 @@ async def test_a_restart_on_fresh_stored_history_adds_no_cycle(tmp_path):
         await svc.stop()
 
 
+@pytest.mark.timeout(30)
+async def test_the_start_up_line_says_when_the_first_model_comes(tmp_path, caplog):
+    # a technician commissioning a gateway reads "persistence" for two days: the log says it is expected, and until when
+    from forecaster.series import minute_of
+    from forecaster.store import ForecastStore
+
+    caplog.set_level(logging.INFO, logger="ven.forecast_service")
+    svc = _service(tmp_path, _Published(), cycle_seconds=0.05)
+    await svc.start()
+    await svc.stop()
+    said = [r.getMessage() for r in caplog.records if "resumed" in r.getMessage()]
+    assert said == ["forecaster resumed 0 minutes of history; no model yet: the first is fitted once the history "
+                    "spans 2 days, persistence serves until then"]
+
+    caplog.clear()
+    last = minute_of(time.time()) - 1
+    ForecastStore(str(tmp_path / "g.sqlite")).save_minutes(list(range(last - 840, last + 1)), [300.0] * 841, [1] * 841)
+    published = _Published()
+    svc = _service(tmp_path, published, cycle_seconds=0.05)
+    await svc.start()
+    try:
+        await eventually(lambda: len(published) >= 3, 10, "a few cycles")
+    finally:
+        await svc.stop()
+    first = dt.datetime.fromtimestamp((last - 840 + 2880) * 60, dt.timezone.utc).isoformat(timespec="seconds")
+    said = [r.getMessage() for r in caplog.records if "model" in r.getMessage()]
+    assert said == [f"forecaster resumed 841 minutes of history; no model yet: the first is fitted about {first}, once "
+                    "the history spans 2 days (14 h so far), persistence serves until then"]
+
+
 @pytest.mark.timeout(40)
 async def test_power_back_after_a_silence_brings_one_cycle_not_one_per_sample(tmp_path):
     clock = [time.time()]

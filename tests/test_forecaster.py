@@ -346,6 +346,7 @@ def test_learned_model_serves_when_it_beats_persistence():
     fc.fit(now)
     assert not fc.needs_fit(now + 60) and fc.needs_fit(now + 3600)
     st = fc.status()
+    assert st["learning"] is None   # a model exists: nothing to wait for
     for h in (15, 60):
         v = st["horizons"][h]
         assert v["validation_rmse_kw"] < v["validation_persistence_rmse_kw"]
@@ -401,6 +402,47 @@ def test_fit_needs_enough_history():
     _seed_office(fc, 1.5)
     assert not fc.needs_fit(T0 + 2 * 86400)
     assert fc.status()["model"] == PERSISTENCE
+
+
+def test_learning_says_when_needs_fit_turns_true():
+    # a new install: the operator is told when the first model comes, and it must be when needs_fit says so
+    fc = DemandForecaster(min_fit_hours=48, retrain_minutes=60)
+    assert fc.status()["learning"] == {"needs_minutes": 2880, "have_minutes": 0, "first_fit_after": None}
+    fc.add_sample(T0 + 60, 100.0)
+    first = fc.status()["learning"]["first_fit_after"]
+    assert first == T0 + 60 + 2 * 86400
+    # a sample a minute, with a six-hour gap: the span counts, not the minutes held, and the estimate holds
+    t = T0 + 60
+    while t < first - 60:
+        t += 60
+        if not T0 + 86400 <= t < T0 + 86400 + 6 * 3600:
+            fc.add_sample(t, 100.0)
+    st = fc.status()
+    assert st["learning"] == {"needs_minutes": 2880, "have_minutes": 2879, "first_fit_after": first}
+    assert st["history_minutes"] == 2880 - 360
+    assert not fc.needs_fit(first - 60)
+    fc.add_sample(first, 100.0)
+    assert fc.needs_fit(first) and fc.status()["learning"]["have_minutes"] == 2880
+
+    # a fit tried that brought no model (too sparse, or it failed): the next waits for retrain_minutes
+    tried = first + 600
+    fc.add_sample(tried, 100.0)
+    assert fc.fit_job(tried) is not None
+    fc.fit_done(None)
+    again = fc.status()["learning"]["first_fit_after"]
+    assert again == tried + 3600
+    assert not fc.needs_fit(again - 60) and fc.needs_fit(again)
+
+
+def test_learning_counts_minutes_of_history_as_needs_fit_does_for_any_min_fit_hours():
+    fc = DemandForecaster(min_fit_hours=0.5)
+    fc.add_sample(T0 + 30, 100.0)      # the minute T0 to T0 + 60 is the first held
+    first = fc.status()["learning"]["first_fit_after"]
+    assert first == T0 + 60 + 30 * 60 and fc.status()["history_first"] == T0
+    fc.add_sample(first - 60, 100.0)
+    assert not fc.needs_fit(first - 60)
+    fc.add_sample(first - 30, 100.0)   # any reading in the minute ending then
+    assert fc.needs_fit(first - 30)
 
 
 def test_refit_carries_the_held_out_verdict_until_its_days_are_stale():

@@ -244,12 +244,26 @@ class ForecastService:
                       "memory, stored once the file opens (tried every %g s)", self.storage_path,
                       type(err).__name__, err, self._reopen_seconds)
         log.info("forecaster resumed %d minutes of history%s", loaded["minutes"],
-                 " and its fitted model" if loaded["model"] else "")
+                 " and its fitted model" if loaded["model"] else self._learning_text())
         for name, state in loaded.get("flags", {}).items():
             if state is not None and state[0]:
                 log.info("forecaster resumed %s on, as since %s (its hysteresis and minimum on-time hold across "
                          "the restart)", name.replace("_", "-") + "-conditions", _iso(state[1]))
         self._task = asyncio.create_task(self._run(), name="forecast-cycle")
+
+    def _learning_text(self) -> str:
+        """When the first model comes, for the start-up line: a new install serves persistence for days."""
+        learning = self.forecaster.learning()
+        if learning is None:
+            return ""
+        need, have = span(learning["needs_minutes"] * 60), span(learning["have_minutes"] * 60)
+        first = learning["first_fit_after"]
+        if first is None:
+            return f"; no model yet: the first is fitted once the history spans {need}, persistence serves until then"
+        if first <= self._clock():
+            return f"; no model yet: the history spans {have}, the first is fitted now"
+        return (f"; no model yet: the first is fitted about {_iso(first)}, once the history spans {need} ({have} so "
+                f"far), persistence serves until then")
 
     def _open_store(self):
         store = ForecastStore(self.storage_path)

@@ -3,7 +3,7 @@ import {$, el} from "./dom.js";
 import {fmtDuration} from "./format.js";
 import {findProblems, renderProblems} from "./problems.js";
 import {gw, histHours, pointByName, spanLabel} from "./state.js";
-import {communication, flaky, neverRegistered, noThreshold} from "./status.js";
+import {communication, flaky, learningText, neverRegistered, noThreshold} from "./status.js";
 
 export function renderHeader(health) {
   const pills = $("pills");
@@ -37,6 +37,9 @@ export function renderHeader(health) {
   const fc = gw.forecaster || {};
   if (fc.input_stale === true) add("no forecaster input", "bad", "forecasts and load flags read fault");
   else if (noThreshold()) add("no load threshold yet", "warn", "high-load and low-load read fault (cannot tell)");
+  // expected on a new install, not a problem: neutral, and not in "Needs attention"
+  const learning = learningText();
+  if (learning) add(learning, "learning", "no model fitted yet: the forecasts are persistence (the last 15-min demand)");
   // an unwritable storage.path loses events, telemetry or forecast history on a restart: say so up top
   const storage = gw.storage || {};
   if (storage.ok === false) {

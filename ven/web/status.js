@@ -1,7 +1,7 @@
 // The status body: accept points as a list or as a map keyed by name, "flags" or "status_flags",
 // event levels given directly or found in their SIMPLE signal intervals ("payload" or "value");
 // and what it says about the gateway, for the pills, the problem list and the tiles.
-import {toMs} from "./format.js";
+import {fmtDuration, fmtTime, toMs} from "./format.js";
 import {gw} from "./state.js";
 
 export function intervalValue(iv) { return iv.payload !== undefined ? iv.payload : iv.value; }
@@ -71,4 +71,20 @@ export function recentRefusal() {
   if (!last || typeof last !== "object") return null;
   const at = toMs(last.at), now = toMs(gw.now) ?? Date.now();
   return at !== null && now - at < REFUSED_RECENTLY_MS ? Object.assign({count: d.writes_refused}, last) : null;
+}
+// no model fitted yet (a new install's first two days): persistence serves, as expected. In words, with
+// when the first model comes; null once one exists
+export function learningText() {
+  const fc = gw.forecaster || {}, l = fc.learning;
+  if (!l || typeof l !== "object" || typeof l.needs_minutes !== "number") return null;
+  const need = l.needs_minutes % 1440 === 0 ? `${l.needs_minutes / 1440} day${l.needs_minutes === 1440 ? "" : "s"}`
+    : fmtDuration(l.needs_minutes * 60);
+  const first = toMs(l.first_fit_after), now = toMs(gw.now) ?? Date.now();
+  if (first === null) return `forecaster learning: the first model once ${need} of history are in; persistence serves until then`;
+  if (first <= now) {
+    return fc.fitting === true ? "forecaster learning: fitting the first model now; persistence serves until it is in"
+      : `forecaster learning: first model due now (${need} of history in); persistence serves until then`;
+  }
+  return `forecaster learning: first model about ${fmtTime(first, true)} UTC (${need} of history needed, ` +
+    `${fmtDuration(l.have_minutes * 60)} so far); persistence serves until then`;
 }

@@ -108,8 +108,8 @@ export function renderSections() {
                   (/fault$/.test(k) && v === true) || (/(^|[._])ok$/.test(k) && v === false) ||
                   ((k === "connected" || k === "registered") && v === false) ||
                   (k === "input_stale" && v === true) || (k === "communication.mode" && typeof v === "string" && v !== "enable");
-      // epoch-second timestamps ("issued_at", "history_first") read as times
-      const epoch = /(_at|_first|_last|_time)$/.test(k) && typeof v === "number" && v > 1e9 && v < 1e10;
+      // epoch-second timestamps ("issued_at", "history_first", "learning.first_fit_after") read as times
+      const epoch = /(_at|_after|_first|_last|_time)$/.test(k) && typeof v === "number" && v > 1e9 && v < 1e10;
       const dd = el("dd", {class: bad ? "bad" : ""});
       putValue(dd, epoch ? new Date(v * 1000).toISOString() : v);
       dl.append(el("dt", {}, humanize(k)), dd);
