@@ -316,6 +316,46 @@ async def test_each_config_warning_is_named_as_a_warning_and_none_when_the_confi
         assert page.errors == []
 
 
+class ClockView(FaultView):
+    """The kernel's word on the clock as the gateway gives it: synchronized true, false or null (cannot tell)."""
+
+    synchronized: bool | None = None
+    suspect = False
+
+    def status(self):
+        return {**super().status(), "clock_synchronized": self.synchronized, "clock_suspect": self.suspect,
+                "clock_max_error_ms": 12.5 if self.synchronized else None}
+
+
+async def test_a_clock_no_time_service_keeps_is_named_as_a_warning_with_what_to_do(server):  # noqa: F811
+    # a box without NTP drifts seconds a day: events start by it and telemetry is stamped by it, and nothing said so
+    view = ClockView()
+    srv = await server(view)
+    async with chromium_page() as page:
+        await open_dashboard(page, srv.url + "/?refresh=1")
+        assert await page.locator("#problems").is_hidden()   # cannot tell: not a guess either way
+
+        view.synchronized = False
+        await page.wait_for_function(f"({PROBLEMS}) === 'clock-sync'", timeout=10000)
+        item = page.locator('#problems li[data-problem="clock-sync"]')
+        assert await item.get_attribute("data-level") == "warn"
+        assert await item.locator(".what").inner_text() == "Clock not synchronized"
+        assert "event" in await item.locator(".detail").inner_text()
+        todo = await item.locator(".todo").inner_text()
+        assert "chrony" in todo and "systemd-timesyncd" in todo and "UDP 123" in todo, todo
+        assert "only-warn" in await page.locator("#problems").get_attribute("class")
+        # the gateway does its job meanwhile: it still reads healthy, with no problem count
+        assert await page.locator("#pills .pill").first.inner_text() == "healthy"
+        await page.screenshot(path=str(artifact_path("dashboard-clock-not-synchronized.png")), full_page=True)
+
+        view.suspect = True     # a clock not even set: the fault says it, once
+        await page.wait_for_function(f"({PROBLEMS}) === 'clock'", timeout=10000)
+
+        view.suspect, view.synchronized = False, True
+        await page.wait_for_selector("#problems", state="hidden", timeout=10000)
+        assert page.errors == []
+
+
 class FlakyVtnView(FaultView):
     """A VTN behind a flaky proxy: connected at this moment, its intermittent fault open (or `ended`), in the shape
     the gateway gives it (ven/vtn_outage.py _Outage.status)."""

@@ -227,6 +227,63 @@ async def test_status_carries_the_config_warnings_and_healthz_stays_ok(tmp_path,
 
 
 @pytest.mark.timeout(40)
+async def test_a_clock_no_time_service_keeps_is_a_warning_in_the_log_status_and_metrics(tmp_path, free_udp_port,
+                                                                                          free_tcp_port, caplog):
+    # event starts are the utility's UTC times applied by this clock: one that drifts shifts them, unseen
+    import aiohttp
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from ven.clock_sync import NOT_SYNCHRONIZED, ClockSync, SyncWatch
+
+    caplog.set_level(logging.INFO, logger="ven.clock_sync")
+    kernel = {"says": ClockSync(False, 16.0, 16.0), "asked": 0}
+
+    def adjtimex():
+        kernel["asked"] += 1
+        return kernel["says"]
+
+    cfg = parse_config({
+        "bacnet": {"address": f"127.0.0.1/8:{free_udp_port()}", "device_id": 500006},
+        "meter": {"address": "127.0.0.1:9", "poll_seconds": 1.0, "timeout_seconds": 0.5},   # nobody there
+        "openadr": {"vtn_url": f"http://127.0.0.1:{free_tcp_port()}/OpenADR2/Simple/2.0b"},
+        "storage": {"path": str(tmp_path / "gw.sqlite")},
+        "http": {"address": f"127.0.0.1:{free_tcp_port()}"},
+        "forecaster": {"cycle_seconds": 0.2},
+    }, "test", environ={})
+    gateway = Gateway(cfg, clock_sync=SyncWatch(adjtimex, every_s=0))   # asked at every forecast cycle
+    await gateway.start()
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+            async def get(path):
+                async with http.get(f"{gateway.http.url}{path}") as r:
+                    return r.status, (await r.json() if path.startswith("/api") else await r.text())
+
+            def lines():
+                return [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "ven.clock_sync"]
+
+            _, status = await get("/api/status")
+            assert (status["clock_synchronized"], status["clock_max_error_ms"]) == (False, None)
+            code, health = await get("/healthz")
+            assert code == 200 and "clock" not in health, health      # a warning, not a fault
+            _, text = await get("/metrics")
+            metric = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+            assert metric["edge_gateway_clock_synchronized"] == 0
+            asked = kernel["asked"]
+            await eventually(lambda: kernel["asked"] >= asked + 2, 10, "asked again while it drifts")
+            assert lines() == [(logging.WARNING, NOT_SYNCHRONIZED)]      # once, not at every look
+
+            kernel["says"] = ClockSync(True, 0.0125, 0.0003)            # chrony reached its servers
+            await eventually(lambda: len(lines()) == 2, 10, "the end said")
+            assert lines()[1] == (logging.INFO, "the machine's clock is synchronized again (maximum error 12 ms)")
+            _, status = await get("/api/status")
+            assert (status["clock_synchronized"], status["clock_max_error_ms"]) == (True, 12.5)
+            _, text = await get("/metrics")
+            assert "edge_gateway_clock_synchronized 1.0" in text.splitlines()
+    finally:
+        await gateway.stop()
+
+
+@pytest.mark.timeout(40)
 async def test_a_cold_start_publishes_persistence_from_the_first_bas_write(tmp_path, free_udp_port, free_tcp_port):
     # The cycle at start found nothing, and the next came a whole cycle later: the BAS read 0, in fault,
     # for the first minute (in the demo too), though the gateway had a kW to forecast from.

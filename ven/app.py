@@ -23,6 +23,7 @@ from bacnet_api.meter import MeterClient, MeterReading
 from bacnet_api.settle import Flapping, span
 
 from . import __version__
+from .clock_sync import SyncWatch, metric_value, status_fields
 from .config import GatewayConfig
 from .metrics import Metrics
 from .schedule import EventSchedule, ScheduleState
@@ -75,7 +76,9 @@ def bacnet_device(c: GatewayConfig) -> GatewayDevice:
 
 
 class Gateway:
-    def __init__(self, config: GatewayConfig):
+    def __init__(self, config: GatewayConfig, clock_sync: SyncWatch | None = None):
+        """clock_sync: watches whether the machine's clock is synchronized (by default the kernel's word, every
+        few minutes; tests give one with their own reader)."""
         self.config = config
         self.started_at = time.monotonic()   # uptime: a wall-clock step (NTP at boot) is not time run
         c = config
@@ -99,6 +102,7 @@ class Gateway:
         self._input_stale = False  # the forecaster had no power input at its last cycle (past the start's grace)
         # its WARNING and INFO: a BAS writing a little less often than input_stale_seconds is one fault
         self._no_input = Flapping(2 * c.forecaster.input_stale_seconds)
+        self.clock_sync = clock_sync or SyncWatch()
         self.metrics.set_version(__version__)
 
     # The forecaster, the VEN and the HTTP API are built on first use: their modules are slow to import
@@ -139,6 +143,7 @@ class Gateway:
         log.info("edge-gateway %s starting: device %d on %s", __version__, c.bacnet.device_id, c.bacnet.address)
         for warning in self.config_warnings:
             log.warning("config: %s", warning)
+        self.clock_sync.check(time.monotonic())
         await self._start(self.device)
         self._count_database_revision()
         await self._restore_opt_out(self.storage.load_value(OPT_OUT_COMMANDS))
@@ -302,6 +307,7 @@ class Gateway:
         self.metrics.vtn_connected.set(int(connected))
 
     def _on_forecast(self, f) -> None:
+        self.clock_sync.check(time.monotonic())    # every cycle_seconds; it asks the kernel every few minutes
         if self.forecast.last_cycle_seconds is not None:
             self.metrics.forecast_cycle_seconds.observe(self.forecast.last_cycle_seconds)
         short, long = self.config.forecaster.horizons_minutes
@@ -398,6 +404,8 @@ class Gateway:
             # the wall clock reads a date before this version was built (not set yet, e.g. no RTC):
             # meter readings are not reported and events the VTN stopped listing are not judged over
             "clock_suspect": clock_suspect(now),
+            # whether a time service (NTP) keeps the clock, by the kernel's word (false: it drifts; null: cannot tell)
+            **status_fields(self.clock_sync.last),
             "device": {"device_id": self.config.bacnet.device_id, "name": self.config.bacnet.device_name,
                        "address": self.config.bacnet.address,
                        # DeviceCommunicationControl: "enable", or who disabled initiation and until when
@@ -476,6 +484,7 @@ class Gateway:
         self.metrics.storage_writable.set(int(self.storage_status()["ok"]))
         self.metrics.bacnet_initiation_disabled.set(int(self.device.communication()["mode"] != "enable"))
         self.metrics.forecast_input_stale.set(int(self.forecast.input_stale()))
+        self.metrics.clock_synchronized.set(metric_value(self.clock_sync.last))
         forecast = self.forecast.status()
         written = forecast.get("last_input_at")
         self.metrics.input_age_seconds.set(math.nan if written is None else max(0.0, now - written))

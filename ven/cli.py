@@ -17,7 +17,7 @@ from bacnet_api.settle import span
 
 from . import __version__
 from .config import ConfigError, GatewayConfig, check_bacnet_address
-from .config_checks import storage_problems, storage_warnings, tls_file_problems
+from .config_checks import clock_sync_warnings, storage_problems, storage_warnings, tls_file_problems
 from .config_load import load_config
 
 EXIT_CONFIG = 2
@@ -111,7 +111,8 @@ def cmd_check_config(args) -> int:
     if problems:
         _print_config_error(ConfigError("\n".join(problems)))
         return EXIT_CONFIG
-    for warning in cfg.warnings() + storage_warnings(cfg.storage) + _absent_address_warnings(cfg):
+    machine = clock_sync_warnings()     # last: the ones before are about the file
+    for warning in cfg.warnings() + storage_warnings(cfg.storage) + _absent_address_warnings(cfg) + machine:
         print(f"{args.file}: warning: {warning}")
     # a relative storage.path is taken from the directory `run` starts in, which a service manager sets
     print(f"{args.file}: ok (device {cfg.bacnet.device_id} on {cfg.bacnet.address}, "

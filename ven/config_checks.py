@@ -1,13 +1,16 @@
 """What check-config and the VEN can tell about the files and clock of this machine: the TLS files, whether
-storage.path can be written, the machine's time zone against forecaster.timezone. Not load-time checks: a
-config is valid wherever it is read; these say what this machine, as this user, will make of it.
+storage.path can be written, the machine's time zone against forecaster.timezone, whether its clock is kept
+synchronized. Not load-time checks: a config is valid wherever it is read; these say what this machine, as this
+user, will make of it.
 """
 from __future__ import annotations
 
 import os
 import pwd
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
+
+from .clock_sync import NOT_SYNCHRONIZED, ClockSync, read_clock_sync
 
 if TYPE_CHECKING:   # the section models only annotate here: ven.config imports this module
     from .config import OpenadrConfig, StorageConfig
@@ -128,6 +131,12 @@ def storage_warnings(c: StorageConfig) -> list[str]:
         why = f"{_user()} cannot look there ({err.strerror}: {err.filename})"
     return [f"storage.path {c.path}: {why}: `run` keeps events, ADR-Opt-Out commands, the telemetry "
             f"queue and forecaster history in memory only, and a restart loses them"]
+
+
+def clock_sync_warnings(read: Callable[[], ClockSync | None] = read_clock_sync) -> list[str]:
+    """The kernel's word that no time service keeps the clock (none when it says synchronized or cannot tell)."""
+    sync = read()
+    return [NOT_SYNCHRONIZED] if sync is not None and not sync.synchronized else []
 
 
 def _user() -> str:

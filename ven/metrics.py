@@ -77,13 +77,16 @@ class Metrics:
         self.input_age_seconds = Gauge(f"{p}_input_age_seconds",
                                        "Seconds since the BAS last wrote input-power-meter (NaN before its first "
                                        "write or once it relinquished the point)", registry=r)
+        self.clock_synchronized = Gauge(f"{p}_clock_synchronized",
+                                        "1 while the kernel says a time service (NTP) keeps the machine's clock "
+                                        "synchronized, 0 while it drifts (NaN: the kernel cannot be asked)", registry=r)
         self.forecast_serving_persistence = Gauge(f"{p}_forecast_serving_persistence",
                                                   "1 while persistence serves the <horizon> forecast: no model yet "
                                                   "(two days of history), or the model does not beat persistence",
                                                   ["horizon"], registry=r)
         self.uptime_seconds = Gauge(f"{p}_uptime_seconds", "Seconds since the gateway started", registry=r)
         self.build_info = Info(f"{p}_build", "Gateway version", registry=r)
-        for gauge in (self.meter_kw, self.input_kw, self.input_age_seconds):
+        for gauge in (self.meter_kw, self.input_kw, self.input_age_seconds, self.clock_synchronized):
             gauge.set(math.nan)
         for horizon in horizons_minutes:
             self.forecast_kw.labels(horizon=f"{horizon}m").set(math.nan)
