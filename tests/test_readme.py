@@ -58,6 +58,17 @@ def test_every_metric_the_readme_names_is_exposed():
     assert named and not named - exposed, sorted(named - exposed)
 
 
+def test_every_link_within_the_readme_goes_to_one_of_its_headings():
+    # GitHub's anchors: the heading in lower case, spaces to hyphens, punctuation but hyphens dropped
+    import re
+
+    anchors = {re.sub(r"[^a-z0-9 -]", "", h.lower()).replace(" ", "-")
+               for h in re.findall(r"^#+ (.+)$", README, re.MULTILINE)}
+    links = re.findall(r"\]\(#([^)]+)\)", README)
+    assert links, "no contents links"
+    assert not [a for a in links if a not in anchors], anchors
+
+
 def test_every_file_the_readme_names_exists():
     import re
 
