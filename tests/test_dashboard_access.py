@@ -10,7 +10,7 @@ import pytest
 
 from browser import chromium_page
 from test_dashboard import READY, drawn, open_dashboard, server  # noqa: F401 - shared fixture
-from test_dashboard_faults import FaultView
+from test_dashboard_faults import EverythingView, FaultView
 from test_http_api import SampleView
 from waiting import eventually
 
@@ -50,11 +50,12 @@ LOW_CONTRAST = r"""() => {
 
 
 @pytest.mark.parametrize("faults", [set(), {"meter-flaky", "threshold", "learning"},
-                                    {"meter", "vtn", "storage", "input"}])
+                                    {"meter", "vtn", "storage", "input"}, {"learning", "dcc", "vtn-down"}])
 async def test_text_keeps_its_contrast_in_every_state(server, faults):
     # SampleView's day: a level-1 event running (the amber pill), a completed level-2 and a pending level-3
-    # event (badges on a grey and on a white row), an overridden point, low load ON; and the faults' colours
-    view = FaultView()
+    # event (badges on a grey and on a white row), an overridden point, low load ON; and the faults' colours,
+    # with the clock unsynchronized and a write refused (EverythingView) beside a new install's learning
+    view = EverythingView() if "learning" in faults and "dcc" in faults else FaultView()
     view.faults = faults
     srv = await server(view)
     async with chromium_page() as page:

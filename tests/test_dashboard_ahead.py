@@ -9,8 +9,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from browser import artifact_path
-from test_dashboard import drawn, server  # noqa: F401 - shared fixture
+from browser import artifact_path, chromium_page
+from test_dashboard import drawn, open_dashboard, server  # noqa: F401 - shared fixture
 from test_dashboard_chart_keys import assert_reads, readout, tab_to_chart
 from test_http_api import SampleView
 from ven.history import build_history
@@ -151,4 +151,47 @@ async def test_the_readout_reaches_the_forecasts_ahead(server):
         dot = await page.locator('svg circle.ahead-forecast[data-horizon="15"]').bounding_box()
         await page.mouse.move(dot["x"] + dot["width"] / 2, dot["y"] + dot["height"] / 2)
         assert await readout(page) == said15
+        assert page.errors == []
+
+
+async def test_on_a_phone_the_readout_of_a_forecast_stays_on_the_chart(server):
+    # "Forecast 60 min ahead: forecast for 05:17, issued 04:17: 71.25 kW" on one line is 420 px: on a 360 px
+    # phone the kW was cut off at the chart's edge and the page scrolled sideways
+    srv = await server(AheadView())
+    async with chromium_page(360, 844) as page:
+        await open_dashboard(page, srv.url + "/?hours=6&refresh=600")
+        await tab_to_chart(page)
+        await page.keyboard.press("End")
+        assert "71.25 kW" in await readout(page)
+        await page.screenshot(path=str(artifact_path("dashboard-ahead-360.png")), full_page=True)
+        tip = await page.locator("#tooltip").bounding_box()
+        chart = await page.locator("#chart").bounding_box()
+        assert chart["x"] <= tip["x"] and tip["x"] + tip["width"] <= chart["x"] + chart["width"] + 0.5, (tip, chart)
+        assert await page.evaluate("document.documentElement.scrollWidth") <= 360
+        assert page.errors == []
+
+
+# every two text boxes of the chart that overlap, by their text
+OVERPRINTED = """() => {
+  const texts = [...document.querySelectorAll('#chart-svg text')].map((t) => [t.textContent, t.getBoundingClientRect()]);
+  const out = [];
+  texts.forEach(([a, r], i) => texts.slice(i + 1).forEach(([b, q]) => {
+    if (r.left < q.right && q.left < r.right && r.top < q.bottom && q.top < r.bottom) out.push(`${a} / ${b}`);
+  }));
+  return out;
+}"""
+
+
+@pytest.mark.parametrize("width", [1440, 360])
+async def test_an_event_starting_at_now_does_not_overprint_the_now_label(server, width):
+    # the minutes an operator watches most: its level's label ("L2") began where "now" is written
+    view = AheadView()
+    view.soon = view.minutes[-1] + 60
+    srv = await server(view)
+    async with chromium_page(width, 844) as page:
+        await open_dashboard(page, srv.url + "/?hours=1&refresh=600")
+        assert await page.locator("svg text.now-label").count() == 1
+        assert await page.locator("svg text.event-label", has_text="L2").count() == 1
+        await page.locator("#chart").screenshot(path=str(artifact_path(f"dashboard-event-at-now-{width}.png")))
+        assert await page.evaluate(OVERPRINTED) == []
         assert page.errors == []

@@ -192,8 +192,12 @@ async def test_a_new_install_is_told_when_the_first_model_comes_without_a_warnin
         await open_dashboard(page, srv.url + "/?refresh=1")
         pill = page.locator("#pills .pill.learning")
         first = datetime.fromtimestamp(view.first_fit_after, timezone.utc).strftime("%Y-%m-%d %H:%M")
-        assert await pill.inner_text() == (f"forecaster learning: first model about {first} UTC (2 days of history "
-                                           "needed, 14 h 0 min so far); persistence serves until then")
+        # the sentence is 940 px: the pill is short, the sentence in its title and on the Forecaster card
+        words = (f"forecaster learning: first model about {first} UTC (2 days of history needed, 14 h 0 min so far); "
+                 "persistence serves until then")
+        assert await pill.inner_text() == "forecaster learning"
+        assert await pill.get_attribute("title") == words
+        assert await page.locator('#sections [data-section="forecaster"] .note').inner_text() == words
         assert await pill.get_attribute("class") == "pill learning"     # neither warn nor bad
         assert await page.locator("#pills .pill").first.inner_text() == "healthy"
         assert await page.locator("#problems").is_hidden()
@@ -206,6 +210,7 @@ async def test_a_new_install_is_told_when_the_first_model_comes_without_a_warnin
 
         view.faults = set()     # the first model is in
         await page.wait_for_selector("#pills .pill.learning", state="detached", timeout=10000)
+        assert await page.locator('#sections [data-section="forecaster"] .note').count() == 0
         assert await page.locator("#pills .pill").first.inner_text() == "healthy"
         assert page.errors == []
 
@@ -432,4 +437,27 @@ async def test_a_write_the_allowlist_refused_lately_is_named_with_its_source_the
         assert "healthy" in await page.locator("#pills .pill.ok").first.inner_text()  # a warning, not a fault
         view.refused_ago = 16 * 60     # nothing refused for a quarter of an hour: a stray device, history now
         await page.wait_for_selector("#problems", state="hidden", timeout=10000)
+        assert page.errors == []
+
+
+class EverythingView(RefusedWriteView, ClockView):
+    """The worst first day: the clock unsynchronized, a write refused, and the faults the test switches on."""
+
+    synchronized = False
+    refused_ago = 30
+
+
+async def test_on_a_phone_each_pill_is_one_line_with_everything_at_once(server):  # noqa: F811
+    # a new install with faults, writes refused and the clock: the header is the first screen of a phone
+    view = EverythingView()
+    view.faults = {"learning", "vtn", "meter", "storage", "input", "dcc"}
+    srv = await server(view)
+    async with chromium_page(360, 844) as page:
+        await open_dashboard(page, srv.url + "/")
+        pills = await page.locator("#pills .pill").evaluate_all(
+            "ps => ps.map((p) => [p.textContent, p.getBoundingClientRect().height, p.getBoundingClientRect().right])")
+        await page.screenshot(path=str(artifact_path("dashboard-pills-360.png")), full_page=True)
+        height = pills[0][1]
+        assert [p for p in pills if p[1] > height + 0.5 or p[2] > 360] == [], pills
+        assert "forecaster learning" in [p[0] for p in pills]
         assert page.errors == []

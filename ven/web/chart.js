@@ -201,7 +201,8 @@ export function drawChart() {
   // event intervals, shaded by level, under the series
   const gEvents = svg("g", {"clip-path": "url(#plot-clip)", class: "events"});
   let eventCount = 0, upcomingCount = 0;
-  const labelXs = [];
+  // the "now" label (ahead.js) takes the first row where it is: an event starting about now goes under it
+  const labelXs = ahead.minutesAhead ? [x(nowMs)] : [];
   for (const e of (hist.events || []).concat(ahead.upcoming)) {
     const s = toMs(e.start), end = toMs(e.end) === null ? t1 : toMs(e.end);
     if (s === null || end < t0 || s > t1) continue;
@@ -300,7 +301,10 @@ export function drawChart() {
     cursor.setAttribute("x1", px); cursor.setAttribute("x2", px); cursor.setAttribute("visibility", "visible");
     const text = readoutText(i, ahead);
     tip.textContent = text;
-    tip.style.whiteSpace = "pre";
+    // a line wider than a phone's chart (a forecast ahead's) wraps inside it: measured from the left edge,
+    // where it has the chart's whole width
+    tip.style.whiteSpace = "pre-wrap";
+    tip.style.left = "0px";
     tip.hidden = false;
     // beside the cursor, on its left near the right edge rather than over it
     const box = root.getBoundingClientRect(), width = tip.offsetWidth;

@@ -37,9 +37,10 @@ export function renderHeader(health) {
   const fc = gw.forecaster || {};
   if (fc.input_stale === true) add("no forecaster input", "bad", "forecasts and load flags read fault");
   else if (noThreshold()) add("no load threshold yet", "warn", "high-load and low-load read fault (cannot tell)");
-  // expected on a new install, not a problem: neutral, and not in "Needs attention"
+  // expected on a new install, not a problem: neutral, and not in "Needs attention"; its sentence (940 px, three
+  // lines on a phone) is the title and on the Forecaster card
   const learning = learningText();
-  if (learning) add(learning, "learning", "no model fitted yet: the forecasts are persistence (the last 15-min demand)");
+  if (learning) add("forecaster learning", "learning", learning);
   // an unwritable storage.path loses events, telemetry or forecast history on a restart: say so up top
   const storage = gw.storage || {};
   if (storage.ok === false) {

@@ -2,7 +2,7 @@
 import {$, el} from "./dom.js";
 import {UNIT_TEXT, fmtNum, fmtTime, humanize, putValue, toMs} from "./format.js";
 import {gw} from "./state.js";
-import {intervalValue, levelSteps} from "./status.js";
+import {intervalValue, learningText, levelSteps} from "./status.js";
 
 function flagBadges(flags) {
   const frag = document.createDocumentFragment();
@@ -99,6 +99,8 @@ export function renderSections() {
     if (!data || typeof data !== "object") continue;
     const card = el("section", {class: "card", "data-section": key});
     card.append(el("h2", {}, title));
+    // a new install: when the first model comes, in words (the header's pill only names it)
+    if (key === "forecaster" && learningText()) card.append(el("p", {class: "note"}, learningText()));
     const dl = el("dl", {class: "kv"});
     for (const [k, v] of flatten(data, "", [])) {
       // flag problems, not measurements: "last_error" text or a "fault" that is on, not "validation_error_kw";
