@@ -271,12 +271,14 @@ async def test_a_clock_no_time_service_keeps_is_a_warning_in_the_log_status_and_
             asked = kernel["asked"]
             await eventually(lambda: kernel["asked"] >= asked + 2, 10, "asked again while it drifts")
             assert lines() == [(logging.WARNING, NOT_SYNCHRONIZED)]      # once, not at every look
+            assert (await get("/api/status"))[1]["clock_warning"] is True
 
             kernel["says"] = ClockSync(True, 0.0125, 0.0003)            # chrony reached its servers
             await eventually(lambda: len(lines()) == 2, 10, "the end said")
             assert lines()[1] == (logging.INFO, "the machine's clock is synchronized again (maximum error 12 ms)")
             _, status = await get("/api/status")
             assert (status["clock_synchronized"], status["clock_max_error_ms"]) == (True, 12.5)
+            assert status["clock_warning"] is False
             _, text = await get("/metrics")
             assert "edge_gateway_clock_synchronized 1.0" in text.splitlines()
     finally:

@@ -406,6 +406,8 @@ class Gateway:
             "clock_suspect": clock_suspect(now),
             # whether a time service (NTP) keeps the clock, by the kernel's word (false: it drifts; null: cannot tell)
             **status_fields(self.clock_sync.last),
+            # the log's WARNING is in force: the dashboard names it then, not at a boot's first look
+            "clock_warning": self.clock_sync.warned,
             "device": {"device_id": self.config.bacnet.device_id, "name": self.config.bacnet.device_name,
                        "address": self.config.bacnet.address,
                        # DeviceCommunicationControl: "enable", or who disabled initiation and until when

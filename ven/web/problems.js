@@ -13,7 +13,8 @@ export function findProblems(health) {
     add("clock", "bad", "Wall clock not set", `the gateway's clock reads ${gw.now || "a date before this version"}; meter readings are not reported to the VTN`,
         "set the host's time (NTP)");
   }
-  if (gw.clock_synchronized === false && gw.clock_suspect !== true) {
+  // as the log says it: after two looks, so not in the seconds a time daemon takes to set the clock at boot
+  if (gw.clock_warning === true && gw.clock_suspect !== true) {
     add("clock-sync", "warn", "Clock not synchronized",
         "the kernel says no time service (NTP) keeps the gateway's clock: it drifts by seconds a day, and the VTN's events start and telemetry is stamped by it",
         "enable chrony or systemd-timesyncd (on the host, for a container) and let it reach its NTP servers (UDP 123); this clears within 5 minutes of the clock being synchronized");
