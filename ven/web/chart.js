@@ -10,6 +10,7 @@ import {clamp, fmtNum, fmtTime, toMs} from "./format.js";
 import {dashboard, gw, hist, histHours, hours, spanLabel} from "./state.js";
 
 const MAX_BRIDGE_S = 15 * 60;
+const X_TICK_CLEAR = 16;   // px from the y axis inside which an x tick has no label
 const SERIES = [
   {key: "power_kw", label: "Power (1 min)", color: "var(--power)", width: 1.2},
   {key: "demand_kw", label: "Demand (15 min)", color: "var(--demand)", width: 2.4},
@@ -192,6 +193,8 @@ export function drawChart() {
     const d = new Date(t);
     const midnight = d.getUTCHours() === 0 && d.getUTCMinutes() === 0;
     const label = midnight || stepMin >= 1440 ? `${d.getUTCMonth() + 1}/${d.getUTCDate()}` : fmtTime(t);
+    // a label centred this close to the y axis runs into its lowest value ("50" over "03:30"): its grid line says it
+    if (x(t) - m.l < X_TICK_CLEAR) continue;
     gAxes.append(svg("text", {x: x(t), y: m.t + ph + 14, "text-anchor": "middle", class: "x-tick"}, label));
   }
   gAxes.append(svg("text", {x: m.l + pw / 2, y: H - 4, class: "axis-label", "text-anchor": "middle"}, "time (UTC)"));
