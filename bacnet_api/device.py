@@ -130,8 +130,7 @@ class GatewayDevice:
             # wait ends, and a SIGTERM during start-up was lost (everywhere else for the same reason)
             async with asyncio.timeout(_START_TIMEOUT):
                 await self._socket_ready()
-            harden(self.app, dcc_password=self.dcc_password,
-                   write_access=None if self.write_access.open else self.write_access)
+            harden(self.app, dcc_password=self.dcc_password, write_access=self.write_access)
             for obj in list(self.app.objectIdentifier.values()):  # the device and network port
                 read_only(obj)
             for point in self._points.values():

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from browser import artifact_path, chromium_page
-from test_dashboard import open_dashboard, server  # noqa: F401 - shared fixture
+from test_dashboard import drawn, open_dashboard, server  # noqa: F401 - shared fixture
 from test_http_api import SampleView, _iso
 from ven.config_load import parse_config
 from ven.vtn_outage import _Outage
@@ -91,9 +91,7 @@ async def tile_why(page, name):
 
 async def test_each_fault_is_named_with_what_to_do_and_clears_by_itself(server):  # noqa: F811
     view = FaultView()
-    srv = await server(view)
-    async with chromium_page() as page:
-        await open_dashboard(page, srv.url + "/?refresh=1")
+    async with drawn(server, view, "?refresh=1") as (page, _):
         assert await page.locator("#problems").is_hidden()
         assert "healthy" in await page.locator("#pills .pill.ok").first.inner_text()
 
@@ -170,10 +168,8 @@ async def test_a_trend_without_readings_is_not_called_a_missing_forecast(server)
     # the demo's first minutes: forecasts on the tiles beside it, the trend in fault
     view = FaultView()
     view.faults = {"trend"}
-    srv = await server(view)
-    async with chromium_page() as page:
-        # refreshed every second: at the default 10 s the wait for the change below had no slack at all
-        await open_dashboard(page, srv.url + "/?refresh=1")
+    # refreshed every second: at the default 10 s the wait for the change below had no slack at all
+    async with drawn(server, view, "?refresh=1") as (page, _):
         assert await tile_why(page, "power-rate-of-change") == "too few recent readings"
         assert await tile_why(page, "fifteen-min-future-power") is None
         view.faults = {"trend", "input"}
@@ -187,9 +183,7 @@ async def test_a_new_install_is_told_when_the_first_model_comes_without_a_warnin
     # gateway is told when the learned model comes, neutrally (the gateway stays healthy, nothing needs attention)
     view = FaultView()
     view.faults = {"learning"}
-    srv = await server(view)
-    async with chromium_page() as page:
-        await open_dashboard(page, srv.url + "/?refresh=1")
+    async with drawn(server, view, "?refresh=1") as (page, _):
         pill = page.locator("#pills .pill.learning")
         first = datetime.fromtimestamp(view.first_fit_after, timezone.utc).strftime("%Y-%m-%d %H:%M")
         # the sentence is 940 px: the pill is short, the sentence in its title and on the Forecaster card
@@ -229,9 +223,7 @@ class NoStoreView(FaultView):
 async def test_empty_chart_while_storage_is_unwritable_does_not_claim_no_meter_readings(server):  # noqa: F811
     view = NoStoreView()
     view.faults = {"storage"}
-    srv = await server(view)
-    async with chromium_page() as page:
-        await open_dashboard(page, srv.url + "/")
+    async with drawn(server, view) as (page, _):
         text = await page.locator("#chart-svg text.empty").text_content()
         assert "storage.path" in text and "no meter readings" not in text, text
         assert page.errors == []
@@ -260,9 +252,7 @@ async def test_power_tiles_say_how_old_their_value_is(server):  # noqa: F811
     # a BAS that stopped writing leaves its last kW on input-power-meter; with source auto the
     # forecaster quietly moves to the meter, so nothing else on the page says the value is hours old
     view = AgedInputView()
-    srv = await server(view)
-    async with chromium_page() as page:
-        await open_dashboard(page, srv.url + "/?refresh=1")
+    async with drawn(server, view, "?refresh=1") as (page, _):
         text, cls = await tile_age(page, "input-power-meter")
         assert text.startswith("written ") and text.endswith(" s ago") and "old" not in cls, (text, cls)
         text, cls = await tile_age(page, "meter-power")
@@ -296,9 +286,7 @@ async def test_each_config_warning_is_named_as_a_warning_and_none_when_the_confi
         environ={}).warnings()
     assert len(warnings) == 2, warnings
     view = ConfigWarningView()
-    srv = await server(view)
-    async with chromium_page() as page:
-        await open_dashboard(page, srv.url + "/?refresh=1")
+    async with drawn(server, view, "?refresh=1") as (page, _):
         assert await page.locator("#problems").is_hidden()   # a clean config: nothing to look at
         assert await page.evaluate("window.dashboard.problems") == []
 
@@ -337,9 +325,7 @@ class ClockView(FaultView):
 async def test_a_clock_no_time_service_keeps_is_named_as_a_warning_with_what_to_do(server):  # noqa: F811
     # a box without NTP drifts seconds a day: events start by it and telemetry is stamped by it, and nothing said so
     view = ClockView()
-    srv = await server(view)
-    async with chromium_page() as page:
-        await open_dashboard(page, srv.url + "/?refresh=1")
+    async with drawn(server, view, "?refresh=1") as (page, _):
         assert await page.locator("#problems").is_hidden()   # cannot tell: not a guess either way
 
         view.synchronized = False           # a boot's first look, before chrony has set the clock: nothing yet
@@ -387,9 +373,7 @@ class FlakyVtnView(FaultView):
 async def test_an_intermittent_vtn_is_named_as_a_warning_while_it_is_connected(server):  # noqa: F811
     # connected most of the time, so "VTN unreachable" came and went between two refreshes and the page read healthy
     view = FlakyVtnView()
-    srv = await server(view)
-    async with chromium_page() as page:
-        await open_dashboard(page, srv.url + "/?refresh=1")
+    async with drawn(server, view, "?refresh=1") as (page, _):
         await page.wait_for_function(f"({PROBLEMS}) === 'vtn-intermittent'", timeout=10000)
         item = page.locator('#problems li[data-problem="vtn-intermittent"]')
         assert await item.get_attribute("data-level") == "warn"
@@ -429,9 +413,7 @@ class RefusedWriteView(FaultView):
 async def test_a_write_the_allowlist_refused_lately_is_named_with_its_source_then_ages_out(server):  # noqa: F811
     # a BAS left off bacnet.write_from loses every kW it writes: the operator must see whose writes and to what
     view = RefusedWriteView()
-    srv = await server(view)
-    async with chromium_page() as page:
-        await open_dashboard(page, srv.url + "/?refresh=1")
+    async with drawn(server, view, "?refresh=1") as (page, _):
         assert await page.locator("#problems").is_hidden()
         view.refused_ago = 30
         await page.wait_for_function(f"({PROBLEMS}) === 'writes-refused'", timeout=10000)

@@ -23,7 +23,7 @@ from bacnet_api.meter import MeterClient, MeterReading
 from bacnet_api.settle import Flapping, span
 
 from . import __version__
-from .clock_sync import SyncWatch, metric_value, status_fields
+from .clock_sync import SyncWatch, metric_value
 from .config import GatewayConfig
 from .metrics import Metrics
 from .schedule import EventSchedule, ScheduleState
@@ -404,10 +404,8 @@ class Gateway:
             # the wall clock reads a date before this version was built (not set yet, e.g. no RTC):
             # meter readings are not reported and events the VTN stopped listing are not judged over
             "clock_suspect": clock_suspect(now),
-            # whether a time service (NTP) keeps the clock, by the kernel's word (false: it drifts; null: cannot tell)
-            **status_fields(self.clock_sync.last),
-            # the log's WARNING is in force: the dashboard names it then, not at a boot's first look
-            "clock_warning": self.clock_sync.warned,
+            # whether a time service (NTP) keeps the clock, by the kernel's word, and whether the log says so
+            **self.clock_sync.status(),
             "device": {"device_id": self.config.bacnet.device_id, "name": self.config.bacnet.device_name,
                        "address": self.config.bacnet.address,
                        # DeviceCommunicationControl: "enable", or who disabled initiation and until when
@@ -470,7 +468,7 @@ class Gateway:
 
         totals = {"sent": self.telemetry.sent_total, "dropped": self.telemetry.dropped,
                   "poll_failures": self.vtn.poll_failures_total,
-                  "writes_refused": self.device.write_refusals()["writes_refused"]}
+                  "writes_refused": self.device.write_access.refused}
         counters = {"sent": self.metrics.telemetry_sent, "dropped": self.metrics.telemetry_dropped,
                     "poll_failures": self.metrics.vtn_poll_failures,
                     "writes_refused": self.metrics.bacnet_writes_refused}

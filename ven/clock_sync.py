@@ -108,6 +108,11 @@ class SyncWatch:
         self.warned = False     # the WARNING said and its end not yet
         self._drifting = 0      # looks in a row that found it not synchronized
 
+    def status(self) -> dict:
+        """For /api/status: status_fields of the last answer, and clock_warning, the log's WARNING in force (the
+        dashboard names it then, not at a boot's first look)."""
+        return {**status_fields(self.last), "clock_warning": self.warned}
+
     def check(self, now: float) -> ClockSync | None:
         """Ask the kernel if CHECK_EVERY_S has passed since the last time (`now` monotonic seconds)."""
         if now < self._next:
