@@ -39,13 +39,12 @@ class AheadView(SampleView):
         body = super().history(hours)
         if not self.ahead:
             return body
-        store = {"power": {"time": [], "kw": []},
-                 "forecasts": {h: {"target_time": [self.issued + h * 60], "issued_at": [self.issued], "forecast_kw": [kw]}
-                               for h, kw in KW.items()}}
+        store = {"power": {"time": [], "kw": []}}
+        latest = {"issued_at": self.issued, "demand_kw": {str(h): kw for h, kw in KW.items()}}
         iso = lambda t: datetime.fromtimestamp(t, timezone.utc).isoformat()  # noqa: E731
         soon = {"event_id": "evt-soon", "status": "near", "opt": "optIn", "signals": [{"name": "SIMPLE", "intervals": [
             {"start": iso(self.soon), "duration_seconds": 3600.0, "payload": 2.0}]}]}
-        shaped = build_history(self.now, hours, store, [soon])
+        shaped = build_history(self.now, hours, store, [soon], latest_forecast=latest)
         return {**body, **{k: shaped[k] for k in ("now", "ahead", "upcoming")}}
 
 

@@ -11,14 +11,20 @@ from datetime import datetime, timedelta, timezone
 
 import aiohttp
 import pytest
+from bacnet_peer import BacnetPeer
+from gateway_process import GatewayProcess, write_config
 from waiting import eventually
 
+from bacnet_api import points as P
+from bacnet_api.simulator import MeterSimulator
 from forecaster.core import Forecast
 from forecaster.store import ForecastStore
-from test_gateway import system  # noqa: F401 - shared fixture
+from test_faults_storage import tmpfs
+from test_gateway import read, system  # noqa: F401 - shared fixture
 from ven.history import build_history
 from ven.history_csv import history_csv
 from ven.http_api import to_json
+from ven.vtn_server import DemoVtn
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -42,12 +48,19 @@ def issue(at: float, f15: float, f60: float) -> Forecast:
                     high_threshold_kw=120.0, low_threshold_kw=60.0, model="persistence", level_kw=f15)
 
 
-def test_ahead_is_the_latest_forecast_from_the_store(tmp_path):
+def latest(at: float, f15, f60) -> dict:
+    """The forecast service's last forecast as app.py hands it in (/api/status's forecaster.last_forecast)."""
+    return {"issued_at": at, "demand_kw": {"15": f15, "60": f60}, "rate_kw_per_min": 0.1, "high_load": False,
+            "low_load": False, "high_threshold_kw": 120.0, "low_threshold_kw": 60.0}
+
+
+def test_ahead_is_the_forecast_services_latest_not_the_stored_ones(tmp_path):
     store = ForecastStore(str(tmp_path / "f.sqlite"))
-    for at, f15, f60 in ((NOW - 125, 90.0, 95.0), (NOW - 65, 91.0, 96.0), (NOW - 25, 92.125, 97.5)):
+    for at, f15, f60 in ((NOW - 125, 90.0, 95.0), (NOW - 65, 91.0, 96.0)):
         store.record_forecast(issue(at, f15, f60))
-    body = build_history(NOW, 1.0, store.history(NOW - 3600))
-    issued = NOW - 25   # 01:50:05
+    issued = NOW - 25   # 01:50:05, not stored yet (the service writes every few cycles, or cannot write)
+    last = latest(issued, 92.125, 97.5)
+    body = build_history(NOW, 1.0, store.history(NOW - 3600), latest_forecast=last)
     assert body["ahead"] == {"issued_at": issued, "forecasts": [
         {"horizon": 15, "target": issued + 900, "minute": NOW - 30 + 900, "kw": 92.125},    # 02:05
         {"horizon": 60, "target": issued + 3600, "minute": NOW - 30 + 3600, "kw": 97.5}]}    # 02:50
@@ -55,23 +68,29 @@ def test_ahead_is_the_latest_forecast_from_the_store(tmp_path):
     # what lies ahead is not in the per-minute arrays: they end with now's minute
     assert body["minutes"][-1] == NOW - 30 and len(body["forecast_60"]) == 60
     assert 97.5 not in body["forecast_60"] and 92.125 not in body["forecast_15"]
+    # nothing stored (storage.path cannot be written): the same forecast is ahead
+    assert build_history(NOW, 1.0, EMPTY, latest_forecast=last)["ahead"] == body["ahead"]
+    # nothing in memory (before the first cycle): stored forecasts are never read back as ahead
+    assert build_history(NOW, 1.0, store.history(NOW - 3600))["ahead"] is None
     # the forecaster stopped: its last forecast is older than the flags' staleness, nothing is ahead
-    assert build_history(NOW + 270, 1.0, store.history(NOW - 3600))["ahead"] is not None   # 295 s old
-    assert build_history(NOW + 280, 1.0, store.history(NOW - 3600))["ahead"] is None       # 305 s
-    assert build_history(NOW + 500, 1.0, store.history(NOW - 3600), flag_stale_seconds=600)["ahead"] is not None
+    assert build_history(NOW + 270, 1.0, EMPTY, latest_forecast=last)["ahead"] is not None   # 295 s old
+    assert build_history(NOW + 280, 1.0, EMPTY, latest_forecast=last)["ahead"] is None       # 305 s
+    assert build_history(NOW + 500, 1.0, EMPTY, flag_stale_seconds=600, latest_forecast=last)["ahead"] is not None
     # made while the power input is stale: the BAS reads the forecast points in fault, the chart shows none
-    assert build_history(NOW, 1.0, store.history(NOW - 3600), input_stale=True)["ahead"] is None
+    assert build_history(NOW, 1.0, EMPTY, input_stale=True, latest_forecast=last)["ahead"] is None
+    # made without power (no demand to forecast from): no number, the points are in fault, nothing ahead
+    assert build_history(NOW, 1.0, EMPTY, latest_forecast=latest(issued, None, None))["ahead"] is None
     assert build_history(NOW, 1.0, EMPTY)["ahead"] is None
 
 
-def test_a_horizon_with_no_forecast_is_left_out_and_a_view_without_issue_times_is_read():
-    store = {"power": {"time": [], "kw": []},
-             # a view without "issued_at" (the store's target is the issue plus the horizon)
-             "forecasts": {"15": {"target_time": [NOW - 20 + 900], "forecast_kw": [88.0]},
-                           "60": {"target_time": [NOW - 20 + 3600], "forecast_kw": [math.nan]}}}
-    ahead = build_history(NOW, 1.0, store)["ahead"]
-    assert ahead == {"issued_at": NOW - 20, "forecasts": [
-        {"horizon": 15, "target": NOW - 20 + 900, "minute": NOW - 30 + 900, "kw": 88.0}]}
+def test_a_horizon_with_no_forecast_is_left_out():
+    for f60 in (math.nan, None):
+        ahead = build_history(NOW, 1.0, EMPTY, latest_forecast=latest(NOW - 20, 88.0, f60))["ahead"]
+        assert ahead == {"issued_at": NOW - 20, "forecasts": [
+            {"horizon": 15, "target": NOW - 20 + 900, "minute": NOW - 30 + 900, "kw": 88.0}]}
+    # a Forecast's own keys are numbers, /api/status's text: either is read
+    by_number = {"issued_at": NOW - 20, "demand_kw": {15: 88.0, 60: 90.0}}
+    assert [f["kw"] for f in build_history(NOW, 1.0, EMPTY, latest_forecast=by_number)["ahead"]["forecasts"]] == [88.0, 90.0]
 
 
 def test_an_event_starting_within_the_longest_horizon_is_upcoming():
@@ -103,7 +122,8 @@ def test_the_csv_has_no_row_after_now():
     store = {"power": {"time": [NOW - 90, NOW - 30], "kw": [100.0, 101.0]},
              "forecasts": {15: {"target_time": [NOW - 25 + 900], "issued_at": [NOW - 25], "forecast_kw": [102.0]},
                            60: {"target_time": [NOW - 25 + 3600], "issued_at": [NOW - 25], "forecast_kw": [130.0]}}}
-    body = to_json(build_history(NOW, 1.0, store, [event("soon", NOW + 10, 30, level=3.0)]))
+    body = to_json(build_history(NOW, 1.0, store, [event("soon", NOW + 10, 30, level=3.0)],
+                                 latest_forecast=latest(NOW - 25, 102.0, 130.0)))
     assert body["ahead"]["forecasts"][1]["kw"] == 130.0 and body["upcoming"][0]["start"] == NOW + 10
     rows = list(csv.DictReader(io.StringIO(history_csv(body))))
     assert len(rows) == 60 and rows[-1]["minute"] == iso(NOW - 30)
@@ -138,3 +158,60 @@ async def test_the_gateway_shows_its_latest_forecast_and_the_next_event_ahead(sy
     assert [(e["event_id"], e["level"], e["start"], e["upcoming"]) for e in body["upcoming"]] == [
         ("next-evt", 2, start.timestamp(), True)]
     assert all(e["event_id"] != "next-evt" for e in body["events"])
+
+
+async def test_while_storage_cannot_be_written_the_chart_shows_the_forecast_the_points_carry(
+        tmp_path, free_udp_port, free_tcp_port):
+    # storage.path on a read-only mount: the forecasts are kept in memory only, and the chart showed none
+    # ahead while the BAS read them on the points and /api/status named them
+    bacnet_port, meter_port, vtn_port, http_port = free_udp_port(), free_udp_port(), free_tcp_port(), free_tcp_port()
+    log_path, gw = tmp_path / "gateway.log", f"127.0.0.1:{bacnet_port}"
+    with tmpfs(tmp_path / "ro", "ro,size=8m") as ro:
+        config = tmp_path / "gw.toml"
+        write_config(config, bacnet_port=bacnet_port, meter_port=meter_port, vtn_port=vtn_port, http_port=http_port,
+                     storage=ro / "gw.sqlite", ven_name="ahead-ro", retry_min_seconds=0.2, cycle_seconds=2)
+        async with MeterSimulator(address=f"127.0.0.1/8:{meter_port}", value=87.5), \
+                DemoVtn(vtn_port, poll_seconds=1) as vtn, BacnetPeer(free_udp_port(), timeout=1.0) as peer, \
+                aiohttp.ClientSession(f"http://127.0.0.1:{http_port}", timeout=aiohttp.ClientTimeout(total=5)) as http:
+            async def get(path):
+                async with http.get(path) as r:
+                    assert r.status == 200, await r.text()
+                    return await r.json()
+
+            with GatewayProcess(config, log_path):
+                await eventually(lambda: vtn.vens, 30, f"registration\n{log_path.read_text()}")
+                # randomized: the VTN allows 20 minutes of start-after, the gateway draws its own offset
+                nominal = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(minutes=30)
+                vtn.add_event([2], start=nominal, interval_seconds=600, event_id="rand", start_after_seconds=1200)
+                ev = await eventually(lambda: _event(get, "rand"), 10, "the event at the gateway")
+                offset = ev["start_offset_seconds"]
+                assert 0 < offset <= 1200, ev
+                upcoming = (await get("/api/history?hours=1"))["upcoming"]
+                # the chart shades the interval where the BAS will see the level change
+                assert [(e["event_id"], e["start"], e["end"]) for e in upcoming] == [
+                    ("rand", nominal.timestamp() + offset, nominal.timestamp() + offset + 600)], (offset, upcoming)
+
+                async def same_forecast():
+                    # one cycle apart at most: taken between two looks that agree
+                    before = (await get("/api/status"))["forecaster"].get("last_forecast")
+                    body = await get("/api/history?hours=1")
+                    after = await get("/api/status")
+                    last = after["forecaster"].get("last_forecast")
+                    if last is None or last != before or last["demand_kw"]["15"] is None:
+                        return None
+                    return body, last, after
+                body, last, status = await eventually(same_forecast, 30, "a forecast from the meter's power")
+                assert not status["storage"]["ok"] and "forecaster" in status["storage"]["errors"], status["storage"]
+                assert body["ahead"] is not None, (last, body["ahead"])
+                assert body["ahead"]["issued_at"] == last["issued_at"]
+                assert {f["horizon"]: f["kw"] for f in body["ahead"]["forecasts"]} == {
+                    int(h): round(kw, 3) for h, kw in last["demand_kw"].items()}
+                for f in body["ahead"]["forecasts"]:
+                    assert f["kw"] == pytest.approx(87.5, abs=0.01)   # the meter's steady 87.5 kW, persisted
+                # the BAS reads the same forecast on its points
+                assert await read(peer, gw, P.FIFTEEN_MIN_FORECAST) == pytest.approx(87.5, abs=0.01)
+                assert await read(peer, gw, P.ONE_HOUR_FORECAST) == pytest.approx(87.5, abs=0.01)
+
+
+async def _event(get, event_id: str) -> dict | None:
+    return next((e for e in (await get("/api/status"))["events"] if e["event_id"] == event_id), None)

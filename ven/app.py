@@ -454,12 +454,15 @@ class Gateway:
         stored = await asyncio.to_thread(self.forecast.history, hours)
         # the BAS reads the forecast points in fault while the input is stale: the chart shows none ahead then
         input_stale = self.forecast.input_stale()
+        # what lies ahead is the forecast the points carry, held in memory: the stored ones lag it by up to
+        # SAVE_EVERY_CYCLES and stop while storage.path cannot be written
+        latest = self.forecast.last_forecast_view()
 
         def shape() -> dict:
             now = datetime.now(timezone.utc)
             return build_history(now.timestamp(), hours, stored, [ev.describe(now) for ev in events],
                                  horizons=c.horizons_minutes, flag_stale_seconds=max(300.0, 3 * c.cycle_seconds),
-                                 input_stale=input_stale)
+                                 input_stale=input_stale, latest_forecast=latest)
         return await asyncio.to_thread(shape)
 
     def refresh_metrics(self) -> None:

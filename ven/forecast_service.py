@@ -478,13 +478,20 @@ class ForecastService:
             "input_stale_seconds": self.config.input_stale_seconds,
             "storage_ok": self.storage_ok, "fit_ok": not self._fit_failing, "input_stale": self.input_stale(),
         })
-        f = self.last_forecast
-        if f is not None:
-            st["last_forecast"] = {"issued_at": f.issued_at, "demand_kw": {str(h): v for h, v in f.demand_kw.items()},
-                                   "rate_kw_per_min": f.rate_kw_per_min, "high_load": f.high_load,
-                                   "low_load": f.low_load, "high_threshold_kw": f.high_threshold_kw,
-                                   "low_threshold_kw": f.low_threshold_kw}
+        last = self.last_forecast_view()
+        if last is not None:
+            st["last_forecast"] = last
         return st
+
+    def last_forecast_view(self) -> dict | None:
+        """The last forecast published to the points, as plain values: /api/status's last_forecast and what
+        /api/history says lies ahead, so the two never disagree and neither waits on storage.path."""
+        f = self.last_forecast
+        if f is None:
+            return None
+        return {"issued_at": f.issued_at, "demand_kw": {str(h): v for h, v in f.demand_kw.items()},
+                "rate_kw_per_min": f.rate_kw_per_min, "high_load": f.high_load, "low_load": f.low_load,
+                "high_threshold_kw": f.high_threshold_kw, "low_threshold_kw": f.low_threshold_kw}
 
     def history(self, hours: float) -> dict:
         since = self._clock() - hours * 3600

@@ -1,5 +1,6 @@
 """The /api/history body: the minutes of power, demand, forecasts and load flags, and the event levels as
-they ran, from the forecaster store's history and the schedule's events (app.py reads them, off the loop).
+they ran, from the forecaster store's history and the schedule's events (app.py reads them, off the loop);
+what lies ahead from the forecast service's latest forecast, held in memory, and the schedule's events.
 
 GET /api/history?hours=24 -> view.history(hours), a dict shaped like (times: epoch seconds, UTC):
 
@@ -32,15 +33,22 @@ All per-minute arrays have the length of "minutes". An interval still open has "
 
 What lies ahead is kept out of the per-minute arrays and out of "events", so that they still end at now
 and hold only what ran (the CSV, made from them, never has a row after now):
-- "ahead" is the latest issued forecast, one entry per horizon with a number: "target" is the end of the
-  demand window it forecasts (issue + horizon), "minute" the start of the minute forecast_15 / forecast_60
-  will show it at once that minute comes. null when no forecast was issued, when the latest is older than
-  the flags' staleness (flag_stale_seconds: the forecaster stopped), or when the power input is stale now
-  (the BAS reads the forecast points in fault then: input_stale=True).
+- "ahead" is the latest issued forecast, the one the forecast service holds in memory and the BAS points
+  carry (latest_forecast: /api/status's forecaster.last_forecast, {"issued_at", "demand_kw": {h: kw}}), not
+  one read back from storage: it is there while storage.path cannot be written, and it is /api/status's.
+  One entry per horizon with a number: "target" is the end of the demand window it forecasts (issue +
+  horizon), "minute" the start of the minute forecast_15 / forecast_60 will show it at once that minute
+  comes (those arrays are read from the store: null while storage.path cannot be written). null when no
+  forecast was issued, when it has no number (made without power: the points are in fault), when it is
+  older than the flags' staleness (flag_stale_seconds: the forecaster stopped), or when the power input is
+  stale now (the BAS reads the forecast points in fault then: input_stale=True).
 - "upcoming" lists the SIMPLE intervals (shaped as in "events", each with "upcoming": true) that start
   after now and within the longest horizon: what the chart shades past now. A cancelled event is not
-  there; an interval that started already is in "events".
-build_history() makes this body from the forecaster store's history and the schedule's events.
+  there; an interval that started already is in "events". Interval times are the ones the gateway runs:
+  an event randomized by its VTN (tolerance startafter) comes with its drawn offset added already
+  (Event.describe), so the chart shades where the BAS will see the level change, not the nominal start.
+build_history() makes this body from the forecaster store's history, the schedule's events and the latest
+forecast.
 """
 from __future__ import annotations
 
@@ -103,39 +111,35 @@ def _split_by_opt(start: float, stop: float | None,
     return parts
 
 
-def _latest_forecast(forecasts: dict, horizons: tuple[int, int], now: float, stale_seconds: float) -> dict | None:
-    """The "ahead" entry: each horizon's forecast of the newest issue, or None when it is stale (above)."""
-    issues: dict[float, dict[int, float]] = {}
-    for horizon in horizons:
-        f = forecasts.get(horizon) or forecasts.get(str(horizon)) or {}
-        targets = f.get("target_time") or []
-        # the store's target is the issue plus the horizon: a view without "issued_at" is read so
-        issued = f.get("issued_at") or [t - horizon * 60 for t in targets]
-        for at, kw in zip(issued, f.get("forecast_kw") or []):
-            if at is not None and kw is not None and math.isfinite(kw):
-                issues.setdefault(float(at), {})[horizon] = round(float(kw), 3)
-    if not issues:
+def _ahead(latest: dict | None, horizons: tuple[int, int], now: float, stale_seconds: float) -> dict | None:
+    """The "ahead" entry: each horizon's number of the latest forecast, or None (the module docstring)."""
+    if not latest or latest.get("issued_at") is None:
         return None
-    issued_at = max(issues)
+    issued_at = float(latest["issued_at"])
     if now - issued_at > stale_seconds:
         return None
-    return {"issued_at": issued_at,
-            "forecasts": [{"horizon": h, "target": issued_at + h * 60,
-                           "minute": (math.ceil((issued_at + h * 60) / 60) - 1) * 60, "kw": kw}
-                          for h, kw in sorted(issues[issued_at].items())]}
+    demand = latest.get("demand_kw") or {}
+    out = []
+    for h in sorted(horizons):
+        kw = demand.get(h, demand.get(str(h)))     # /api/status's keys are text
+        if isinstance(kw, (int, float)) and math.isfinite(kw):
+            out.append({"horizon": h, "target": issued_at + h * 60,
+                        "minute": (math.ceil((issued_at + h * 60) / 60) - 1) * 60, "kw": round(float(kw), 3)})
+    return {"issued_at": issued_at, "forecasts": out} if out else None
 
 
 def build_history(now: float, hours: float, store: dict, events: list[dict] = (),
                   horizons: tuple[int, int] = (15, 60), flag_stale_seconds: float = 300.0,
-                  input_stale: bool = False) -> dict:
+                  input_stale: bool = False, latest_forecast: dict | None = None) -> dict:
     """Shape the /api/history body (see the module docstring) from the forecaster store's history
     ({"power": {"time", "kw"}, "forecasts": {h: {"target_time", "forecast_kw"}}, "flags": {"time",
-    "high_load", "low_load", "high_threshold_kw", "low_threshold_kw"}}) and the schedule's events.
+    "high_load", "low_load", "high_threshold_kw", "low_threshold_kw"}}), the schedule's events and the
+    forecast service's latest forecast (latest_forecast, plain values as /api/status gives them; None: none).
 
     Demand at a minute is the mean of the known 1-minute powers of the 15 minutes ending with it
     (null when none is known; history back-filled at 15-minute resolution so becomes a step line); a forecast with target time T belongs to the minute ending at T;
-    the flags at a minute are those of the last forecast issued by its end, if not stale; "ahead" and
-    "upcoming" are what lies after now (the module docstring).
+    the flags at a minute are those of the last forecast issued by its end, if not stale; "ahead" (from
+    latest_forecast alone) and "upcoming" are what lies after now (the module docstring).
     """
     end_minute = int(now // 60)
     n = max(1, int(round(hours * 60)))
@@ -218,5 +222,5 @@ def build_history(now: float, hours: float, store: dict, events: list[dict] = ()
             "horizons_minutes": list(horizons), "high_load": high, "low_load": low,
             "high_threshold_kw": last("high_threshold_kw"), "low_threshold_kw": last("low_threshold_kw"),
             "events": shaded, "now": now,
-            "ahead": None if input_stale else _latest_forecast(forecasts, horizons, now, flag_stale_seconds),
+            "ahead": None if input_stale else _ahead(latest_forecast, horizons, now, flag_stale_seconds),
             "upcoming": sorted(upcoming, key=lambda e: (e["start"], e["event_id"]))}
