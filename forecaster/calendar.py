@@ -64,6 +64,11 @@ class Calendar:
         self.holidays = tuple(holidays)
         self._single: dict = {}  # per-day answers for one-row predicts, which ask the same day all day
 
+    @property
+    def settings(self) -> tuple:
+        """What the features read days and hours by: a model fitted under other settings reads them shifted."""
+        return self.timezone, self.holiday_preset, tuple(sorted(set(self.holidays)))
+
     def __getstate__(self):
         return {"timezone": self.timezone, "holiday_preset": self.holiday_preset, "holidays": self.holidays}
 

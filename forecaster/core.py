@@ -405,6 +405,18 @@ class DemandForecaster:
         fitted = model.from_blob(blob)
         if fitted is None:
             raise ValueError("not a fitted forecaster model")
+        # The configuration may have changed since the fit: a horizon it has no model for would serve
+        # persistence, and a model fed another zone's hours or holidays reads the day shifted (its 60-minute
+        # error doubled on the Turin year), each until the next refit, up to retrain_minutes later.
+        had, want = sorted(fitted.horizons), sorted(self.horizons_minutes)
+        if not set(want) <= set(had):
+            raise model.OtherSettings(f"fitted for horizons {'/'.join(map(str, had))} min, not "
+                                      f"{'/'.join(map(str, want))}")
+        if fitted.calendar and tuple(fitted.calendar) != self.calendar.settings:
+            raise model.OtherSettings(f"fitted for time zone {fitted.calendar[0]}, holiday preset "
+                                      f"{fitted.calendar[1] or 'none'} and holidays {list(fitted.calendar[2])}, not "
+                                      f"{self.calendar.timezone}, {self.calendar.holiday_preset or 'none'} and "
+                                      f"{list(self.calendar.settings[2])}")
         with self._lock:
             self._model = fitted
 

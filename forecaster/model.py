@@ -289,6 +289,7 @@ class FittedModel:
     fit_seconds: float
     info: dict = field(default_factory=dict)
     features: tuple = ()  # the feature columns it was fitted on; a model from another set is refitted
+    calendar: tuple = ()  # Calendar.settings it was fitted with; () from versions that did not record them
 
 
 def from_blob(blob: bytes) -> FittedModel | None:
@@ -302,6 +303,10 @@ def from_blob(blob: bytes) -> FittedModel | None:
         raise ValueError(f"model fitted on {len(fitted.features)} other feature columns, "
                          f"this version has {len(features.FEATURE_NAMES)}")
     return fitted
+
+
+class OtherSettings(ValueError):
+    """A stored model fitted for other horizons or another calendar than the forecaster's now."""
 
 
 @dataclass(frozen=True)
@@ -359,7 +364,7 @@ def fit(snap: MinuteSnapshot, cal: Calendar, horizons, last_k: int, stride: int,
         return None
     return FittedModel(name=MODEL_NAME, horizons=out, fitted_at=now, trained_until_minute=last_k,
                        train_rows=sum(rows for _, rows in fitted), fit_seconds=time.perf_counter() - t0,
-                       features=features.FEATURE_NAMES)
+                       features=features.FEATURE_NAMES, calendar=cal.settings)
 
 
 def fit_horizon(snap: MinuteSnapshot, cal: Calendar, h: int, last_k: int, stride: int, validation_days: float,

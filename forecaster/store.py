@@ -14,6 +14,7 @@ from contextlib import closing
 from pathlib import Path
 
 from .core import DemandForecaster, Forecast
+from .model import OtherSettings
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,9 @@ class ForecastStore:
             try:
                 fc.set_model_blob(bytes(blob[0]))
                 model_ok = True
+            except OtherSettings as err:  # the configuration changed since the fit: expected, not a fault
+                log.info("stored forecast model not used: %s (the configuration changed); a new one is fitted from "
+                         "the stored history", err)
             except Exception as err:  # a model from another library version: refit instead
                 log.warning("stored forecast model not usable (%s: %s); will refit", type(err).__name__, err)
         loaded = {"minutes": len(rows), "model": model_ok}

@@ -100,6 +100,41 @@ def test_a_model_fitted_on_other_features_is_refitted_not_served(tmp_path):
     assert store.load_into(_seeded(4)[0], t[-1])["model"] is True
 
 
+def test_a_model_fitted_for_other_horizons_or_calendar_is_refitted_not_served(tmp_path, caplog):
+    # A technician changes forecaster.horizons_minutes, timezone or holidays and restarts: the stored model has
+    # no model for a new horizon, and reads the day shifted in another zone; it must not serve until the daily refit.
+    import dataclasses
+    import logging
+    import pickle
+
+    def seeded(**settings):
+        fc = DemandForecaster(validation_days=2, **settings)
+        fc.seed(t, office(t) + np.random.default_rng(0).normal(0, 2, t.size))
+        return fc
+
+    t = T0 + np.arange(0, 4 * 86400, 900.0)
+    fitted = seeded(holidays=("12-08", "01-06"))
+    fitted.fit(t[-1])
+    store = ForecastStore(str(tmp_path / "g.sqlite"))
+    store.save_model(fitted.model_blob())
+    caplog.set_level(logging.INFO, logger="forecaster.store")
+    for changed in ({"horizons_minutes": (15, 90)}, {"horizons_minutes": (30, 60)}, {"timezone": "Europe/Rome"},
+                    {"holiday_preset": "IT"}, {"holidays": ("12-08",)}):
+        fresh = seeded(**{"holidays": ("12-08", "01-06"), **changed})
+        assert store.load_into(fresh, t[-1])["model"] is False, changed
+        assert fresh.needs_fit(t[-1]) and fresh.predict(t[-1]).model == "persistence"
+    said = [r.getMessage() for r in caplog.records]
+    assert said[0] == ("stored forecast model not used: fitted for horizons 15/60 min, not 15/90 (the configuration "
+                       "changed); a new one is fitted from the stored history")
+    assert ("fitted for time zone UTC, holiday preset none and holidays ['01-06', '12-08'], not Europe/Rome, none "
+            "and ['01-06', '12-08']") in said[2]
+    assert len(said) == 5 and all(r.levelno == logging.INFO for r in caplog.records)
+    # the same settings keep it (holidays in another order too), and so does a model from before they were recorded
+    assert store.load_into(seeded(holidays=["01-06", "12-08", "01-06"]), t[-1])["model"] is True
+    store.save_model(pickle.dumps(dataclasses.replace(fitted.fitted_model, calendar=())))
+    assert store.load_into(seeded(timezone="Europe/Rome"), t[-1])["model"] is True
+
+
 def test_history_for_the_http_endpoint(tmp_path):
     store = ForecastStore(str(tmp_path / "g.sqlite"))
     fc = DemandForecaster(high_load_kw=150.0, min_on_minutes=0, min_off_minutes=0)

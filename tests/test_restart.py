@@ -126,3 +126,37 @@ async def test_a_renamed_device_counts_a_new_database_revision(tmp_path, free_ud
         assert await run_once(peer, device_name="Bldg-7-Gateway") == renamed
     assert gateway.log().count("BACnet objects differ from the last run") == 1, gateway.log()[-3000:]
     assert "Traceback" not in gateway.log()
+
+
+async def test_another_meter_than_the_last_run_is_said_once(tmp_path, free_udp_port, free_tcp_port):
+    # A technician corrects meter.address to the building's main meter (or sets meter.units to watts): the
+    # forecaster's stored history, thresholds and model were learned from the old readings, and nothing told them.
+    from forecaster.series import minute_of
+    from forecaster.store import ForecastStore
+
+    config, storage, log_path = tmp_path / "gw.toml", tmp_path / "gw.sqlite", tmp_path / "gateway.log"
+    last = minute_of(time.time()) - 1
+    ForecastStore(str(storage)).save_minutes(list(range(last - 120, last + 1)), [50.0] * 121, [1] * 121)
+    gateway = GatewayProcess(config, log_path)
+    said = "meter changed since the last run"
+
+    async def run_once(meter_address):
+        write_config(config, bacnet_port=free_udp_port(), http_port=free_tcp_port(), storage=storage,
+                     ven_name="meter-test")
+        config.write_text(config.read_text().replace('address = "127.0.0.1:9"', f'address = "{meter_address}"'))
+        runs = gateway.log().count("edge-gateway ready") if log_path.exists() else 0
+        gateway.start()
+        try:
+            await eventually(lambda: gateway.log().count("edge-gateway ready") > runs, 30, "the gateway ready")
+        finally:
+            assert gateway.stop() == 0, gateway.log()[-3000:]
+        return gateway.log().count(said)
+
+    assert await run_once("127.0.0.1:9") == 0       # the first run: nothing to compare with
+    assert await run_once("127.0.0.1:9") == 0       # the same meter
+    assert await run_once("127.0.0.1:10") == 1      # another one: said once
+    assert await run_once("127.0.0.1:10") == 1
+    line = next(ln for ln in gateway.log().splitlines() if said in ln)
+    assert ("WARNING meter changed since the last run (was 127.0.0.1:9 analogInput 2 presentValue, now 127.0.0.1:10 "
+            "analogInput 2 presentValue): the forecaster goes on from its ") in line, line
+    assert "Traceback" not in gateway.log()

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 # priority after the gateway restarts, so the gateway must too.
 OPT_OUT_COMMANDS = "bacnet_commands:" + P.OPT_OUT
 BACNET_DATABASE = "bacnet_database"  # the device's objects and databaseRevision, as the last run served them
+METER_READ = "meter_read"  # the meter the last run read (address, object, property, units)
 
 
 def _import_slow_parts() -> None:
@@ -155,6 +156,7 @@ class Gateway:
         if self.device.get(P.OPT_OUT):
             self.vtn.set_opt_out(True)  # before the VTN session, so new events are answered optOut
         await self._start(self.forecast)
+        self._note_other_meter()
         await self._start(self.meter)
         await self._start(self.vtn)
         if self.http is not None:
@@ -260,6 +262,24 @@ class Gateway:
                      ", ".join(sorted(set(identity) ^ set(known))), revision)
         self.device.database_revision = revision
         self.storage.save_value(BACNET_DATABASE, json.dumps({"revision": revision, "objects": identity}))
+
+    def _note_other_meter(self) -> None:
+        # The stored history does not say which meter its readings came from. A replaced meter of the same load
+        # should go on from it; a meter.address corrected to another building or circuit, or meter.units set
+        # because the readings were watts, mixes two loads: the percentile thresholds and the model learned
+        # from the old one drive the load flags for days. The gateway cannot tell which: the technician can.
+        m = self.config.meter
+        now = " ".join([m.address, m.object, m.property] + ([f"in {m.units}"] if m.units else []))
+        was = self.storage.load_value(METER_READ)
+        if was == now:
+            return
+        minutes = self.forecast.forecaster.history_minutes()
+        if was is not None and minutes and self.config.forecaster.source != "bacnet_input":
+            log.warning("meter changed since the last run (was %s, now %s): the forecaster goes on from its %d "
+                        "stored minutes of history, its load thresholds and model, which may hold the old meter's "
+                        "readings; right for a replaced meter of the same load, not for another one (README, "
+                        "meter.address, says how to start the forecaster afresh)", was, now, minutes)
+        self.storage.save_value(METER_READ, now)
 
     def _storage_opened_late(self, values: dict[str, str]) -> None:
         saved = values.get(OPT_OUT_COMMANDS)
