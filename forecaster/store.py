@@ -154,6 +154,23 @@ class ForecastStore:
         db.execute("DELETE FROM forecast_issue WHERE issued_at < ?", (before_epoch,))
         db.execute("DELETE FROM forecast_demand WHERE issued_at < ?", (before_epoch,))
 
+    def contents(self) -> dict:
+        """What the forecaster keeps here: its minutes (how many, first and last epoch), whether a model is
+        stored, and how many forecasts were issued; for `edge-gateway forget-forecast` to say what it deletes."""
+        with closing(self._connect()) as db:
+            n, first, last = db.execute("SELECT COUNT(*), MIN(minute) * 60.0, MAX(minute) * 60.0 "
+                                        "FROM forecast_minute").fetchone()
+            model = db.execute("SELECT COUNT(*) FROM forecast_model").fetchone()[0] > 0
+            issued = db.execute("SELECT COUNT(*) FROM forecast_issue").fetchone()[0]
+        return {"minutes": n, "first": first, "last": last, "model": model, "forecasts": issued}
+
+    def forget(self) -> None:
+        """Delete the forecaster's history, model and issued forecasts, in one transaction; the rest of the
+        file (events, ADR-Opt-Out commands, queued telemetry) is another module's and stays."""
+        with closing(self._connect()) as db, db:
+            for table in ("forecast_minute", "forecast_model", "forecast_issue", "forecast_demand"):
+                db.execute(f"DELETE FROM {table}")
+
     # ---- issued forecasts --------------------------------------------------------------
     def record_forecast(self, f: Forecast) -> None:
         with closing(self._connect()) as db, db:

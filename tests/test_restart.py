@@ -159,4 +159,10 @@ async def test_another_meter_than_the_last_run_is_said_once(tmp_path, free_udp_p
     line = next(ln for ln in gateway.log().splitlines() if said in ln)
     assert ("WARNING meter changed since the last run (was 127.0.0.1:9 analogInput 2 presentValue, now 127.0.0.1:10 "
             "analogInput 2 presentValue): the forecaster goes on from its ") in line, line
+    # what the line tells the technician to run, with the gateway stopped: the next start learns afresh
+    from ven.cli import main
+    assert main(["forget-forecast", "--config", str(config), "--yes"]) == 0
+    before = len(gateway.log())
+    await run_once("127.0.0.1:10")
+    assert "forecaster resumed 0 minutes of history" in gateway.log()[before:]
     assert "Traceback" not in gateway.log()

@@ -277,8 +277,8 @@ class Gateway:
         if was is not None and minutes and self.config.forecaster.source != "bacnet_input":
             log.warning("meter changed since the last run (was %s, now %s): the forecaster goes on from its %d "
                         "stored minutes of history, its load thresholds and model, which may hold the old meter's "
-                        "readings; right for a replaced meter of the same load, not for another one (README, "
-                        "meter.address, says how to start the forecaster afresh)", was, now, minutes)
+                        "readings; right for a replaced meter of the same load, not for another one: for that, stop the "
+                        "gateway and run edge-gateway forget-forecast", was, now, minutes)
         self.storage.save_value(METER_READ, now)
 
     def _storage_opened_late(self, values: dict[str, str]) -> None:

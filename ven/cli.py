@@ -156,6 +156,12 @@ def cmd_health(args) -> int:
     return 1
 
 
+def cmd_forget_forecast(args) -> int:
+    from .forget_forecast import forget_forecast
+
+    return forget_forecast(_config_or_exit(args.config), args.yes)
+
+
 def cmd_points(args) -> int:
     from bacnet_api.points import points_for
 
@@ -500,6 +506,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=_port, default=8080, help="TCP port to listen on (default %(default)s)")
     _demo_run_options(p)
     p.set_defaults(func=cmd_demo_vtn)
+
+    p = sub.add_parser("forget-forecast", help="delete the forecaster's stored history, model and forecasts, "
+                                               "keeping the rest of storage.path (the gateway stopped)")
+    p.add_argument("--config", required=True, metavar="FILE", help=_CONFIG_HELP + ": storage.path and bacnet.address")
+    p.add_argument("--yes", action="store_true", help="delete; without it, say what would be deleted (exit 1)")
+    p.set_defaults(func=cmd_forget_forecast)
 
     p = sub.add_parser("forecast-replay", help="replay a CSV through the forecaster in simulated time")
     p.add_argument("--csv", required=True, metavar="FILE", help="the meter's history, one row per reading; "

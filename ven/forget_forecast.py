@@ -1,0 +1,70 @@
+"""`edge-gateway forget-forecast`: start the forecaster afresh, keeping the rest of storage.path.
+
+For a meter.address corrected to another load (the start-up log's "meter changed since the last run"), or a
+history learned from a meter that read watts as kW: the forecaster would go on from that history, its
+percentile thresholds and model for days. Only with the gateway stopped, as it holds all three in memory
+and writes them back.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import errno
+import os
+import sqlite3
+
+from bacnet_api.client import ensure_port_free
+
+from .config import GatewayConfig
+
+KEPT = "events, ADR-Opt-Out commands and queued telemetry stay"
+
+
+def _utc(t: float) -> str:
+    return dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _held(c: dict) -> str:
+    parts = [f"{c['minutes']:,} minutes of history" + (f" ({_utc(c['first'])} to {_utc(c['last'])})"
+                                                      if c["minutes"] else "")]
+    if c["model"]:
+        parts.append("its fitted model")
+    parts.append(f"{c['forecasts']:,} issued forecast{'' if c['forecasts'] == 1 else 's'}")
+    return ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def _running(cfg: GatewayConfig) -> str | None:
+    """Why the gateway seems to run on this machine, or None: it always holds bacnet.address's UDP port."""
+    try:
+        ensure_port_free(cfg.bacnet.address)
+    except OSError as err:
+        if err.errno == errno.EADDRINUSE:
+            return f"bacnet.address {cfg.bacnet.address} is in use"
+    return None
+
+
+def forget_forecast(cfg: GatewayConfig, yes: bool) -> int:
+    from forecaster.store import ForecastStore
+
+    path = cfg.storage.path
+    if not os.path.isfile(path):    # the store would create one, for nothing
+        print(f"storage.path {path}: no such file, nothing to forget")
+        return 0
+    busy = _running(cfg)
+    if busy:
+        print(f"{busy}: the gateway seems to run. Stop it first: it holds the forecaster's history and model in "
+              f"memory and would write them back")
+        return 1
+    try:
+        store = ForecastStore(path)
+        held = store.contents()
+        if not yes:
+            print(f"storage.path {path} holds the forecaster's {_held(held)}. Nothing deleted: run again with "
+                  f"--yes to delete them ({KEPT})")
+            return 1
+        store.forget()
+    except sqlite3.Error as err:
+        print(f"storage.path {path}: {err}")
+        return 1
+    print(f"storage.path {path}: deleted the forecaster's {_held(held)}; {KEPT}. At the next start it learns "
+          f"afresh, persistence serving until its first model")
+    return 0
