@@ -178,10 +178,13 @@ class ForecastStore:
 
     @staticmethod
     def _record(db: sqlite3.Connection, f: Forecast) -> None:
-        db.execute("INSERT OR REPLACE INTO forecast_issue VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        # columns named: a file a newer version gave more columns (then downgraded) still takes these rows
+        db.execute("INSERT OR REPLACE INTO forecast_issue (issued_at, model, level_kw, rate_kw_per_min, high_load, "
+                   "low_load, high_threshold_kw, low_threshold_kw) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                    (f.issued_at, f.model, f.level_kw, f.rate_kw_per_min, int(f.high_load), int(f.low_load),
                     f.high_threshold_kw, f.low_threshold_kw))
-        db.executemany("INSERT OR REPLACE INTO forecast_demand VALUES (?, ?, ?, ?)",
+        db.executemany("INSERT OR REPLACE INTO forecast_demand (issued_at, horizon_minutes, target_time, "
+                       "forecast_kw) VALUES (?, ?, ?, ?)",
                        [(f.issued_at, h, f.issued_at + h * 60, kw) for h, kw in f.demand_kw.items()])
 
     def history(self, since_epoch: float) -> dict:

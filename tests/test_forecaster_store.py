@@ -202,3 +202,18 @@ def test_after_a_boot_at_2020_the_stored_history_serves_again_once_the_clock_is_
     assert fc.history_minutes() == t.size + 1 and fc.status()["history_last"] < now
     f = fc.predict(now)
     assert f.high_threshold_kw is not None and f.demand_kw[15] is not None
+
+
+def test_a_file_a_newer_version_gave_more_columns_still_takes_forecasts(tmp_path):
+    # after a downgrade: the columns this version writes are named, so the newer ones take their defaults
+    path = tmp_path / "gateway.sqlite"
+    fc, t = _seeded(days=1)
+    ForecastStore(str(path))
+    with sqlite3.connect(path) as db:
+        db.execute("ALTER TABLE forecast_issue ADD COLUMN confidence REAL")
+        db.execute("ALTER TABLE forecast_demand ADD COLUMN lower_kw REAL")
+    f = fc.predict(t[-1])
+    ForecastStore(str(path)).record_forecast(f)
+    stored = ForecastStore(str(path)).history(t[0])
+    assert stored["flags"]["time"] == [f.issued_at]
+    assert stored["forecasts"][15]["forecast_kw"] == [pytest.approx(f.demand_kw[15])]
