@@ -87,9 +87,10 @@ WEB_DIR = Path(__file__).with_name("web")
 MAX_HISTORY_HOURS = 24 * 35  # forecaster.history_days default: older minutes are not kept anyway; events as long (schedule.KEEP_HISTORY)
 MAX_CONNECTIONS = 64  # open at once: a few dashboards (3 requests per refresh), Prometheus, health probes
 # app.js imports the other modules by relative URL: each needs its route here (a 404 leaves the page blank)
-DASHBOARD_MODULES = ("ahead.js", "api.js", "app.js", "chart.js", "chart_keys.js", "columns.js", "dom.js", "download.js",
-                     "format.js", "header.js", "problems.js", "span.js", "state.js", "status.js", "tables.js",
-                     "tiles.js")
+DASHBOARD_MODULES = ("ahead.js", "api.js", "app.js", "chart.js", "chart_keys.js", "chart_readout.js", "chart_words.js",
+                     "columns.js", "dom.js", "download.js", "event_shading.js", "format.js", "header.js", "legend.js",
+                     "load.js", "problems.js", "series.js", "span.js", "state.js", "status.js", "tables.js",
+                     "tiles.js", "time_axis.js")
 STATIC_FILES = {
     "/": ("index.html", "text/html"),
     **{f"/{name}": (name, "application/javascript") for name in DASHBOARD_MODULES},

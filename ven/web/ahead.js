@@ -21,14 +21,9 @@ export function aheadOf(hist) {
 export function forecastWords(f, issuedAt) {
   return `forecast for ${fmtTime(f.minute * 1000)}, issued ${fmtTime(issuedAt * 1000)}: ${fmtNum(f.kw)} kW`;
 }
-function eventWords(e) {
+export function eventWords(e) {
   return `an event of level ${Math.round(e.level || 0)} starts at ${fmtTime(toMs(e.start))}` +
     (e.opt === "optOut" ? " (opted out)" : "");
-}
-// the summary's words for what lies ahead; label(horizon) names a forecast series
-export function aheadSummary(ahead, label) {
-  const parts = ahead.forecasts.map((f) => `${label(f.horizon)}: ${forecastWords(f, ahead.issuedAt)}`);
-  return parts.concat(ahead.upcoming.map(eventWords));
 }
 // the readout's lines past now for minute t (epoch s): the forecasts for it and the upcoming events in force
 export function aheadReadout(ahead, t, label) {

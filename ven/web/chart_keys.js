@@ -6,6 +6,8 @@ export const KEYS_HINT = "Left and Right arrows read it a minute at a time, Shif
   "an hour, Home and End the first and last minute (past now: the forecasts ahead), Escape hides the readout.";
 const HOUR_S = 3600;
 const root = $("chart-svg");
+// the chart label's description (aria-describedby): said after the label, once the reader pauses on it
+$("chart-keys").textContent = KEYS_HINT;
 // the minute read out, by its time: the refresh every few seconds shifts the indices under it
 let at = null;
 // the last draw's {minutes, now: the index of now's minute (after it: the forecasts ahead), show(i) -> its
