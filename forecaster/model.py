@@ -294,19 +294,26 @@ class FittedModel:
 
 def from_blob(blob: bytes) -> FittedModel | None:
     """A pickled FittedModel (None pickles as None: too little history to fit)."""
-    fitted = pickle.loads(blob)
+    try:
+        fitted = pickle.loads(blob)
+    except (AttributeError, ImportError) as err:  # a newer version's classes: a downgrade
+        raise OtherVersion(f"its classes are not in this version ({err})") from None
     if fitted is not None and not isinstance(fitted, FittedModel):
         raise ValueError("not a fitted forecaster model")
     if fitted is not None and fitted.name != MODEL_NAME:
-        raise ValueError(f"model of kind {fitted.name!r}, this version fits {MODEL_NAME!r}")
+        raise OtherVersion(f"model of kind {fitted.name!r}, this version fits {MODEL_NAME!r}")
     if fitted is not None and tuple(fitted.features) != features.FEATURE_NAMES:
-        raise ValueError(f"model fitted on {len(fitted.features)} other feature columns, "
-                         f"this version has {len(features.FEATURE_NAMES)}")
+        raise OtherVersion(f"model fitted on {len(fitted.features)} other feature columns, "
+                           f"this version has {len(features.FEATURE_NAMES)}")
     return fitted
 
 
 class OtherSettings(ValueError):
     """A stored model fitted for other horizons or another calendar than the forecaster's now."""
+
+
+class OtherVersion(ValueError):
+    """A stored model another version of the forecaster fitted (an upgrade or a downgrade)."""
 
 
 @dataclass(frozen=True)

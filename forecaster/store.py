@@ -14,7 +14,7 @@ from contextlib import closing
 from pathlib import Path
 
 from .core import DemandForecaster, Forecast
-from .model import OtherSettings
+from .model import OtherSettings, OtherVersion
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,9 @@ class ForecastStore:
             except OtherSettings as err:  # the configuration changed since the fit: expected, not a fault
                 log.info("stored forecast model not used: %s (the configuration changed); a new one is fitted from "
                          "the stored history", err)
+            except OtherVersion as err:  # an upgrade or a downgrade: expected, not a fault
+                log.info("stored forecast model not used: %s (fitted by another version of edge-gateway); a new one "
+                         "is fitted from the stored history", err)
             except Exception as err:  # a model from another library version: refit instead
                 log.warning("stored forecast model not usable (%s: %s); will refit", type(err).__name__, err)
         loaded = {"minutes": len(rows), "model": model_ok}

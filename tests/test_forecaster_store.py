@@ -82,20 +82,31 @@ def test_unusable_model_blob_means_refit_not_crash(tmp_path):
     assert fc.needs_fit(t[-1])
 
 
-def test_a_model_fitted_on_other_features_is_refitted_not_served(tmp_path):
+def test_a_model_fitted_on_other_features_is_refitted_not_served(tmp_path, caplog):
     import dataclasses
+    import logging
     import pickle
 
     fc, t = _seeded(4)
     fc.fit(t[-1])
     store = ForecastStore(str(tmp_path / "g.sqlite"))
-    # earlier versions: fewer feature columns; the same columns but three members, not four
-    for older in (dataclasses.replace(fc.fitted_model, features=fc.fitted_model.features[:-3]),
-                  dataclasses.replace(fc.fitted_model, name="hgb+ridge+plain")):
-        store.save_model(pickle.dumps(older))
+    caplog.set_level(logging.INFO, logger="forecaster.store")
+    # earlier versions: fewer feature columns; the same columns but three members, not four; a later version
+    # (a downgrade): a class this one does not have
+    for older in (pickle.dumps(dataclasses.replace(fc.fitted_model, features=fc.fitted_model.features[:-3])),
+                  pickle.dumps(dataclasses.replace(fc.fitted_model, name="hgb+ridge+plain")),
+                  b"cforecaster.model\nMembersOfALaterVersion\n."):
+        store.save_model(older)
         fresh, _ = _seeded(4)
         assert store.load_into(fresh, t[-1])["model"] is False
         assert fresh.needs_fit(t[-1]) and fresh.predict(t[-1]).model == "persistence"
+    # an upgrade is no fault: one INFO line each, saying why
+    said = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert said[1] == ("INFO", "stored forecast model not used: model of kind 'hgb+ridge+plain', this version fits "
+                               "'hgb+ridge+plain+mlp' (fitted by another version of edge-gateway); a new one is fitted "
+                               "from the stored history"), said
+    assert [level for level, _ in said] == ["INFO"] * 3, said
+    assert "its classes are not in this version (Can't get attribute 'MembersOfALaterVersion'" in said[2][1], said
     store.save_model(pickle.dumps(fc.fitted_model))
     assert store.load_into(_seeded(4)[0], t[-1])["model"] is True
 

@@ -251,8 +251,15 @@ class Gateway:
             revision, known = int(stored["revision"]), stored["objects"]
             if not isinstance(known, list):
                 raise TypeError(known)
-        except (ValueError, TypeError, KeyError):  # the first run (or a file from before this was kept)
+        except (ValueError, TypeError, KeyError):  # the first run, or a file from before this was kept
             revision, known = self.device.database_revision, None
+            if self.storage.found_file:
+                # An earlier release served this device without keeping its objects, and those releases had
+                # other points (13 before the load thresholds): counting one more costs a BAS a re-read, not
+                # counting one leaves it with a stale list of objects.
+                revision += 1
+                log.info("BACnet objects of the last run not recorded in storage.path (an earlier version wrote "
+                         "it): databaseRevision %d, so a BAS that cached them reads them again", revision)
         if known == identity:
             self.device.database_revision = revision
             return

@@ -285,6 +285,12 @@ class Storage:
         self._behind: asyncio.Task | None = None
         self._lock = threading.Lock()
         self._closed = False
+        # A file there before this run was written by an earlier one, perhaps of an earlier version that kept
+        # less in it: what it does not hold cannot then be taken for a first run's nothing.
+        try:
+            self.found_file = self.path.stat().st_size > 0
+        except OSError:
+            self.found_file = False
         # called with the kv values the file held when it opened after the start; memory's values are
         # written over them right after, so an owner that wants to merge saves the merged value again
         self.on_late_open: Callable[[dict[str, str]], None] | None = None

@@ -1,0 +1,95 @@
+"""An upgrade in place: the gateway started on a storage.path an earlier release wrote. The file is built here
+with that release's own statements (183b211, 2026-12-01: 13 BACnet points, no record of them), so the test
+needs no old checkout. Runs the real `edge-gateway run` process."""
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from bacnet_peer import BacnetPeer
+from gateway_process import GatewayProcess, write_config
+from waiting import eventually
+
+from bacnet_api import points as P
+
+pytestmark = pytest.mark.timeout(120)
+
+# storage.path as 183b211 created it (ven/storage.py, ven/telemetry.py, forecaster/store.py of that commit)
+OLD_SCHEMA = """
+CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE adr_events ( event_id TEXT PRIMARY KEY, body TEXT NOT NULL, end_utc TEXT NOT NULL);
+CREATE TABLE telemetry_queue ( seq INTEGER PRIMARY KEY AUTOINCREMENT, ts TEXT NOT NULL, kw REAL NOT NULL);
+CREATE INDEX telemetry_queue_ts ON telemetry_queue (ts);
+CREATE TABLE forecast_minute (minute INTEGER PRIMARY KEY, sum_kw REAL NOT NULL, count INTEGER NOT NULL);
+CREATE TABLE forecast_model (id INTEGER PRIMARY KEY CHECK (id = 1), saved_at REAL NOT NULL, blob BLOB NOT NULL);
+CREATE TABLE forecast_issue (issued_at REAL PRIMARY KEY, model TEXT NOT NULL, level_kw REAL,
+    rate_kw_per_min REAL, high_load INTEGER NOT NULL, low_load INTEGER NOT NULL, high_threshold_kw REAL, low_threshold_kw REAL);
+CREATE TABLE forecast_demand (issued_at REAL NOT NULL, horizon_minutes INTEGER NOT NULL,
+    target_time REAL NOT NULL, forecast_kw REAL, PRIMARY KEY (issued_at, horizon_minutes));
+CREATE INDEX forecast_demand_target ON forecast_demand (target_time);
+"""
+
+
+def write_old_file(path, start: datetime) -> None:
+    """What a run of 183b211 left: an event running from `start` (levels 2 then 3) and the BAS's ADR-Opt-Out
+    commands (inactive at 8, active at 12)."""
+    body = {"event_id": "old-active", "modification_number": 0, "status": "active", "test_event": False,
+            "market_context": "oadr://demo.utility/dr",
+            "signals": [{"name": "SIMPLE", "type": "level", "intervals": [
+                [start.isoformat(), 900.0, 2.0], [(start + timedelta(seconds=900)).isoformat(), 900.0, 3.0]]}],
+            "start_offset": 0.0, "received_at": start.isoformat(), "opt": "optIn", "start_after": 0.0,
+            "ramp_up": 0.0, "unlisted": False, "priority": 0, "cancelled_at": None, "modified_at": None,
+            "ran_before": [], "opt_changes": [[start.isoformat(), "optIn"]], "created": start.isoformat(),
+            "response_required": "always", "targets": [["ven_id", "ven-upgrade-test"]], "for_this_ven": True}
+    with sqlite3.connect(path) as db:
+        db.executescript("PRAGMA journal_mode=WAL;" + OLD_SCHEMA)
+        db.executemany("INSERT INTO kv (key, value) VALUES (?, ?)", [
+            ("opened_at", "2026-12-01 11:50:00"), ("format_version", "1"),
+            ("telemetry_last_delivery", start.isoformat()),
+            ("bacnet_commands:ADR-Opt-Out", json.dumps({"8": False, "12": True}))])
+        db.execute("INSERT INTO adr_events (event_id, body, end_utc) VALUES (?, ?, ?)",
+                   ("old-active", json.dumps(body), (start + timedelta(seconds=1800)).isoformat()))
+    db.close()
+
+
+async def test_an_upgrade_from_a_release_that_kept_no_record_of_its_objects_counts_a_database_revision(
+        tmp_path, free_udp_port, free_tcp_port):
+    # 183b211 served 13 objects and kept no record of them; this release serves 15. A BAS that cached the 13
+    # must see databaseRevision change, or it never reads the two new points: the same number as the old
+    # release served (the device's default) tells it nothing changed.
+    bacnet_port, config, log_path = free_udp_port(), tmp_path / "gw.toml", tmp_path / "gateway.log"
+    gw, device = f"127.0.0.1:{bacnet_port}", "device 500001"
+    gateway = GatewayProcess(config, log_path)
+    old = tmp_path / "old.sqlite"
+    write_old_file(old, datetime.now(timezone.utc).replace(microsecond=0) - timedelta(minutes=1))
+
+    async def run_once(peer, storage, check=None):
+        write_config(config, bacnet_port=bacnet_port, http_port=free_tcp_port(), storage=storage,
+                     ven_name="upgrade-test")
+        gateway.start()
+        try:
+            revision = await eventually(lambda: peer.read(gw, device, "databaseRevision"), 30, "the device answers")
+            if check is not None:
+                await check()
+            return revision
+        finally:
+            assert gateway.stop() == 0, gateway.log()[-3000:]
+
+    async def restored():
+        # what the old release kept comes back too: the event's level and the BAS's commands
+        async def level():
+            return await peer.read(gw, P.BY_NAME[P.EVENT_LEVEL].object_id, "presentValue") == 2.0
+        await eventually(level, 10, "the old release's event at level 2")
+        commands = await peer.read(gw, P.BY_NAME[P.OPT_OUT].object_id, "priorityArray")
+        assert [(i + 1, v) for i, v in enumerate(commands) if v is not None] == [(8, 0), (12, 1)], commands
+
+    async with BacnetPeer(free_udp_port(), timeout=1.0) as peer:
+        fresh = await run_once(peer, tmp_path / "new.sqlite")           # a new site: nothing to count
+        assert await run_once(peer, old, restored) == fresh + 1         # the old release's file: one more
+        assert await run_once(peer, old) == fresh + 1                   # its objects now recorded: it stands
+    text = gateway.log()
+    assert text.count("BACnet objects of the last run not recorded in storage.path (an earlier version wrote "
+                      f"it): databaseRevision {fresh + 1}, so a BAS that cached them reads them again") == 1, text
+    assert "Traceback" not in text, text
