@@ -33,7 +33,7 @@ async function getJSON(path) {
 }
 async function getHealth() {
   try {
-    const resp = await fetch("/healthz", {cache: "no-store"});
+    const resp = await fetch("healthz", {cache: "no-store"});
     return {ok: resp.ok, text: (await resp.text()).trim()};
   } catch (err) {
     return {ok: false, text: "unreachable"};
@@ -48,8 +48,8 @@ async function refresh() {
   // (a second's slack: the timer's minute may come a little early)
   const again = histHours !== asked || !slowChart() || askedAt - historyAskedAt > (LONG_SPAN_EVERY_S - 1) * 1000;
   try {
-    const [s, h, health] = await Promise.all([getJSON("/api/status"),
-                                              again ? getJSON(`/api/history?hours=${asked}`) : hist, getHealth()]);
+    const [s, h, health] = await Promise.all([getJSON("api/status"),
+                                              again ? getJSON(`api/history?hours=${asked}`) : hist, getHealth()]);
     // the span was changed on the way: the answer for the new one is asked for already
     if (asked !== hours) return;
     setAnswer(normalizeStatus(s), h, asked);

@@ -31,7 +31,7 @@ async function download(path, status) {
   }
 }
 
-const csvPath = () => `/api/history.csv?hours=${hours}`;
+const csvPath = () => `api/history.csv?hours=${hours}`;
 // after the span is changed
 export function followSpan() { $("download-csv").href = csvPath(); }
 

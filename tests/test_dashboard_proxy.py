@@ -1,0 +1,65 @@
+"""The dashboard behind a reverse proxy that serves it under a path (https://bms.example/gateway/ ->
+http://127.0.0.1:8000/): every request the page makes stays under that path, as nothing else there is the
+gateway's. The proxy is a real HTTP server on loopback forwarding to the gateway's API."""
+from __future__ import annotations
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from browser import chromium_page
+from test_dashboard import open_dashboard, server  # noqa: F401 - the fixture
+from test_http_api import SampleView
+
+pytestmark = pytest.mark.timeout(90)
+PREFIX = "/bms/gateway/"
+
+
+@pytest.fixture
+async def proxy(free_tcp_port):
+    """start(upstream) -> (the proxy's base URL, the paths it was asked for outside PREFIX)."""
+    runners, outside = [], []
+
+    async def start(upstream: str):
+        session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+
+        async def forward(request: web.Request) -> web.StreamResponse:
+            if not request.path.startswith(PREFIX):
+                outside.append(request.path_qs)
+                return web.Response(status=404, text="not the gateway's")
+            headers = {k: v for k, v in request.headers.items() if k.lower() in ("authorization", "accept")}
+            url = upstream + "/" + request.path_qs[len(PREFIX):]
+            async with session.get(url, headers=headers, allow_redirects=False) as up:
+                body = await up.read()
+                keep = {k: v for k, v in up.headers.items()
+                        if k.lower() in ("content-type", "content-disposition", "cache-control")}
+                return web.Response(status=up.status, body=body, headers=keep)
+
+        app = web.Application()
+        app.router.add_route("GET", "/{tail:.*}", forward)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        port = free_tcp_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        runners.append((runner, session))
+        return f"http://127.0.0.1:{port}", outside
+
+    yield start
+    for runner, session in runners:
+        await session.close()
+        await runner.cleanup()
+
+
+async def test_the_dashboard_works_under_a_reverse_proxys_path(server, proxy):  # noqa: F811
+    srv = await server(SampleView(), token="s3cret")
+    base, outside = await proxy(srv.url)
+    async with chromium_page() as page:
+        await open_dashboard(page, base + PREFIX + "?hours=6#token=s3cret", timeout=20000)
+        assert await page.locator('svg path[data-series="power_kw"]').get_attribute("data-points") not in (None, "0")
+        assert await page.locator("#download-csv").evaluate("a => a.href") == \
+            base + PREFIX + "api/history.csv?hours=6"
+        async with page.expect_download(timeout=10000) as info:
+            await page.click("#download-csv")
+        assert (await info.value).suggested_filename.endswith("-6h.csv")
+        assert page.errors == [] and page.offsite == []
+    assert outside == []
