@@ -13,7 +13,10 @@ import pytest
 
 from browser import artifact_path, chromium_page
 from test_dashboard import drawn, open_dashboard, server  # noqa: F401 - shared fixture
+from test_cert_expiry import issue  # noqa: F401 - shared fixture: certificate files expiring when asked
 from test_http_api import SampleView, _iso
+from ven.cert_expiry import CertWatch, read_client_cert
+from ven.config import OpenadrConfig
 from ven.config_load import parse_config
 from ven.vtn_outage import _Outage
 
@@ -349,6 +352,57 @@ async def test_a_clock_no_time_service_keeps_is_named_as_a_warning_with_what_to_
         await page.wait_for_function(f"({PROBLEMS}) === 'clock'", timeout=10000)
 
         view.suspect, view.synchronized, view.warned = False, True, False
+        await page.wait_for_selector("#problems", state="hidden", timeout=10000)
+        assert page.errors == []
+
+
+class CertView(FaultView):
+    """openadr.cert as the gateway gives it (ven/cert_expiry.py CertWatch.status), from a file made by the test."""
+
+    def __init__(self, watch):
+        super().__init__()
+        self.watch = watch
+
+    def status(self):
+        body = super().status()
+        body["vtn"]["client_cert"] = self.watch.status()
+        return body
+
+
+async def test_a_ven_certificate_near_its_end_is_named_with_the_date_to_renew_it_by(server, issue):  # noqa: F811
+    # it expired silently: the VTN dropped the handshake, events stopped, and the utility told the operator
+    cert, key = issue(400)
+    watch = CertWatch(OpenadrConfig(cert=cert, key=key), every_s=0)
+    look = lambda: watch.check(time.monotonic(), time.time())     # noqa: E731 - what each forecast cycle does
+    look()
+    view = CertView(watch)
+    async with drawn(server, view, "?refresh=1") as (page, _):
+        assert await page.locator("#problems").is_hidden()   # a year to go: nothing to do yet
+
+        issue(10)
+        look()
+        date = f"{read_client_cert(cert).not_after:%Y-%m-%d %H:%M} UTC"
+        await page.wait_for_function(f"({PROBLEMS}) === 'vtn-cert'", timeout=10000)
+        item = page.locator('#problems li[data-problem="vtn-cert"]')
+        assert await item.get_attribute("data-level") == "warn"
+        assert await item.locator(".what").inner_text() == "VEN certificate expires soon"
+        assert await item.locator(".detail").inner_text() == (
+            f"openadr.cert {cert} (CN=ven-site-17) expires on {date}, in 9 d 23 h; after that the VTN refuses the "
+            "gateway and no demand-response events arrive")   # 10 days less the seconds since it was made
+        todo = await item.locator(".todo").inner_text()
+        assert todo.startswith(f"renew openadr.cert before {date}: ") and "no restart" in todo, todo
+        assert "only-warn" in await page.locator("#problems").get_attribute("class")
+        assert await page.locator("#pills .pill").first.inner_text() == "healthy"
+        await page.screenshot(path=str(artifact_path("dashboard-cert-expiring.png")), full_page=True)
+
+        issue(-1)
+        look()
+        await page.wait_for_function("document.querySelector('#problems li[data-problem=\"vtn-cert\"]')"
+                                     "?.dataset.level === 'bad'", timeout=10000)
+        assert await item.locator(".what").inner_text() == "VEN certificate expired"
+
+        issue(365)      # renewed in place
+        look()
         await page.wait_for_selector("#problems", state="hidden", timeout=10000)
         assert page.errors == []
 

@@ -37,12 +37,15 @@ def _write_key(path, key, passphrase=None):
     path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, enc))
 
 
-def _issue(ca_key, ca_cert, cn, path, key_path, passphrase=None):
+def _issue(ca_key, ca_cert, cn, path, key_path, passphrase=None, not_after=None):
+    """A certificate and its key, valid from an hour ago (or a day before `not_after`) to `not_after` (a day)."""
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.timezone.utc)
+    not_after = not_after or now + dt.timedelta(days=1)
     cert = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(ca_cert.subject)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=1))
+            .not_valid_before(min(now - dt.timedelta(hours=1), not_after - dt.timedelta(days=1)))
+            .not_valid_after(not_after)
             .add_extension(x509.SubjectAlternativeName(
                 [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
             .sign(ca_key, hashes.SHA256()))
@@ -52,8 +55,8 @@ def _issue(ca_key, ca_cert, cn, path, key_path, passphrase=None):
     return certificate_fingerprint(pem)
 
 
-@pytest.fixture
-def pki(tmp_path):
+def _ca(tmp_path):
+    """A CA's key and certificate, written to tmp_path/ca.pem."""
     ca_key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.timezone.utc)
     ca = (x509.CertificateBuilder().subject_name(_name("test CA")).issuer_name(_name("test CA"))
@@ -62,6 +65,12 @@ def pki(tmp_path):
           .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
           .sign(ca_key, hashes.SHA256()))
     (tmp_path / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    return ca_key, ca
+
+
+@pytest.fixture
+def pki(tmp_path):
+    ca_key, ca = _ca(tmp_path)
     fp = {}
     fp["vtn"] = _issue(ca_key, ca, "vtn", tmp_path / "vtn.pem", tmp_path / "vtn.key")
     fp["ven"] = _issue(ca_key, ca, "ven", tmp_path / "ven.pem", tmp_path / "ven.key", passphrase="s3cret")

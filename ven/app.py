@@ -23,6 +23,7 @@ from bacnet_api.meter import MeterClient, MeterReading
 from bacnet_api.settle import Flapping, span
 
 from . import __version__
+from .cert_expiry import CertWatch
 from .clock_sync import SyncWatch, metric_value
 from .config import GatewayConfig
 from .metrics import Metrics
@@ -77,9 +78,10 @@ def bacnet_device(c: GatewayConfig) -> GatewayDevice:
 
 
 class Gateway:
-    def __init__(self, config: GatewayConfig, clock_sync: SyncWatch | None = None):
+    def __init__(self, config: GatewayConfig, clock_sync: SyncWatch | None = None, cert_watch: CertWatch | None = None):
         """clock_sync: watches whether the machine's clock is synchronized (by default the kernel's word, every
-        few minutes; tests give one with their own reader)."""
+        few minutes; tests give one with their own reader). cert_watch: openadr.cert's expiry, read every few
+        minutes (tests read it more often)."""
         self.config = config
         self.started_at = time.monotonic()   # uptime: a wall-clock step (NTP at boot) is not time run
         c = config
@@ -104,6 +106,7 @@ class Gateway:
         # its WARNING and INFO: a BAS writing a little less often than input_stale_seconds is one fault
         self._no_input = Flapping(2 * c.forecaster.input_stale_seconds)
         self.clock_sync = clock_sync or SyncWatch()
+        self.cert_watch = cert_watch or CertWatch(c.openadr)
         self.metrics.set_version(__version__)
 
     # The forecaster, the VEN and the HTTP API are built on first use: their modules are slow to import
@@ -158,6 +161,8 @@ class Gateway:
         await self._start(self.forecast)
         self._note_other_meter()
         await self._start(self.meter)
+        # here, not before the device: cryptography's import is in _import_slow_parts' share (openleadr's)
+        self.cert_watch.check(time.monotonic(), time.time())
         await self._start(self.vtn)
         if self.http is not None:
             await self._start(self.http)
@@ -335,6 +340,7 @@ class Gateway:
 
     def _on_forecast(self, f) -> None:
         self.clock_sync.check(time.monotonic())    # every cycle_seconds; it asks the kernel every few minutes
+        self.cert_watch.check(time.monotonic(), time.time())     # and reads the certificate every few minutes
         if self.forecast.last_cycle_seconds is not None:
             self.metrics.forecast_cycle_seconds.observe(self.forecast.last_cycle_seconds)
         short, long = self.config.forecaster.horizons_minutes
@@ -440,7 +446,8 @@ class Gateway:
                        # bacnet.write_from: who may write, how many writes it refused, the last one
                        **self.device.write_refusals()},
             "points": self.device.snapshot(),
-            "vtn": self.vtn.status(),
+            # openadr.cert's expiry and subject, and whether the log warns of it (null without a certificate)
+            "vtn": {**self.vtn.status(), "client_cert": self.cert_watch.status()},
             "events": self.schedule.events(),
             "schedule": dataclasses.asdict(self.schedule.state()),
             "meter": {
@@ -515,6 +522,7 @@ class Gateway:
         self.metrics.bacnet_initiation_disabled.set(int(self.device.communication()["mode"] != "enable"))
         self.metrics.forecast_input_stale.set(int(self.forecast.input_stale()))
         self.metrics.clock_synchronized.set(metric_value(self.clock_sync.last))
+        self.metrics.vtn_client_cert_expiry.set(self.cert_watch.metric_value())
         forecast = self.forecast.status()
         written = forecast.get("last_input_at")
         self.metrics.input_age_seconds.set(math.nan if written is None else max(0.0, now - written))

@@ -16,6 +16,7 @@ import time
 from bacnet_api.settle import span
 
 from . import __version__
+from .cert_expiry import cert_expiry_warnings
 from .config import ConfigError, GatewayConfig, check_bacnet_address
 from .config_checks import clock_sync_warnings, storage_problems, storage_warnings, tls_file_problems
 from .config_load import load_config
@@ -112,7 +113,8 @@ def cmd_check_config(args) -> int:
         _print_config_error(ConfigError("\n".join(problems)))
         return EXIT_CONFIG
     machine = clock_sync_warnings()     # last: the ones before are about the file
-    for warning in cfg.warnings() + storage_warnings(cfg.storage) + _absent_address_warnings(cfg) + machine:
+    files = cert_expiry_warnings(cfg.openadr, time.time()) + storage_warnings(cfg.storage)
+    for warning in cfg.warnings() + files + _absent_address_warnings(cfg) + machine:
         print(f"{args.file}: warning: {warning}")
     # a relative storage.path is taken from the directory `run` starts in, which a service manager sets
     print(f"{args.file}: ok (device {cfg.bacnet.device_id} on {cfg.bacnet.address}, "

@@ -27,7 +27,10 @@ GET /api/status -> view.status(), a dict shaped like:
          "status_flags": {"in_alarm": false, "fault": false, "overridden": false, "out_of_service": false}}
       ],
       "vtn": {"url": "...", "ven_name": "...", "ven_id": "...", "registered": true, "connected": true,
-              "last_poll": "...Z", "last_error": null, ...},
+              "last_poll": "...Z", "last_error": null, ...,
+              "client_cert": {"file": "/etc/edge-gateway/ven.pem",     # openadr.cert; null without one
+                              "not_after": "2027-06-30T12:00:00+00:00", "subject": "CN=ven-17",  # null: unreadable
+                              "warn_days": 21, "warning": null}},      # "expiring" | "expired": the log's line
       "events": [                                    # pending, active and recent (over for under a day) events
         {"event_id": "e1", "status": "active",        # pending | active | completed | cancelled
          "opt": "optIn",                               # optIn | optOut

@@ -80,13 +80,18 @@ class Metrics:
         self.clock_synchronized = Gauge(f"{p}_clock_synchronized",
                                         "1 while the kernel says a time service (NTP) keeps the machine's clock "
                                         "synchronized, 0 while it drifts (NaN: the kernel cannot be asked)", registry=r)
+        self.vtn_client_cert_expiry = Gauge(f"{p}_vtn_client_cert_expiry_timestamp_seconds",
+                                            "When openadr.cert, the VEN's client certificate, expires (its notAfter, "
+                                            "Unix seconds; NaN without a certificate or while it cannot be read)",
+                                            registry=r)
         self.forecast_serving_persistence = Gauge(f"{p}_forecast_serving_persistence",
                                                   "1 while persistence serves the <horizon> forecast: no model yet "
                                                   "(two days of history), or the model does not beat persistence",
                                                   ["horizon"], registry=r)
         self.uptime_seconds = Gauge(f"{p}_uptime_seconds", "Seconds since the gateway started", registry=r)
         self.build_info = Info(f"{p}_build", "Gateway version", registry=r)
-        for gauge in (self.meter_kw, self.input_kw, self.input_age_seconds, self.clock_synchronized):
+        for gauge in (self.meter_kw, self.input_kw, self.input_age_seconds, self.clock_synchronized,
+                      self.vtn_client_cert_expiry):
             gauge.set(math.nan)
         for horizon in horizons_minutes:
             self.forecast_kw.labels(horizon=f"{horizon}m").set(math.nan)

@@ -1,9 +1,9 @@
 // What is wrong and what to do: one line per problem the status shows, in words; and what a screen
 // reader hears of them (#announce).
 import {$, el} from "./dom.js";
-import {fmtDuration, fmtSpan, stampText} from "./format.js";
+import {fmtDuration, fmtSpan, fmtTime, stampText, toMs} from "./format.js";
 import {dashboard, gw} from "./state.js";
-import {communication, flaky, neverRegistered, noThreshold, recentRefusal} from "./status.js";
+import {certWarning, communication, flaky, neverRegistered, noThreshold, recentRefusal} from "./status.js";
 
 export function findProblems(health) {
   const out = [];
@@ -18,6 +18,22 @@ export function findProblems(health) {
     add("clock-sync", "warn", "Clock not synchronized",
         "the kernel says no time service (NTP) keeps the gateway's clock: it drifts by seconds a day, and the VTN's events start and telemetry is stamped by it",
         "enable chrony or systemd-timesyncd (on the host, for a container) and let it reach its NTP servers (UDP 123); this clears within 5 minutes of the clock being synchronized");
+  }
+  const cert = certWarning();
+  if (cert) {
+    const certEnds = toMs(cert.not_after);
+    const date = `${fmtTime(certEnds, true)} UTC`, which = `openadr.cert ${cert.file || ""} (${cert.subject || "no subject"})`;
+    const swap = "put the new certificate and its key in place of the files: the gateway reads them at its next registration, no restart needed, and this clears within 5 minutes";
+    if (cert.warning === "expired") {
+      add("vtn-cert", "bad", "VEN certificate expired",
+          `${which} expired on ${date}: the VTN refuses the gateway, no demand-response events arrive and telemetry waits in the queue`,
+          `renew openadr.cert with the utility now; ${swap}`);
+    } else {
+      const left = Math.max(0, (certEnds - (toMs(gw.now) ?? Date.now())) / 1000);
+      add("vtn-cert", "warn", "VEN certificate expires soon",
+          `${which} expires on ${date}, in ${fmtDuration(left)}; after that the VTN refuses the gateway and no demand-response events arrive`,
+          `renew openadr.cert before ${date}: ask the utility for a new certificate, ${swap}, and give the VTN operator its fingerprint (the log names it)`);
+    }
   }
   const comm = communication();
   if (comm) {

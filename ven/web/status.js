@@ -49,6 +49,12 @@ export function communication() {
   const c = (gw.device || {}).communication;
   return c && typeof c === "object" && c.mode && c.mode !== "enable" ? c : null;
 }
+// openadr.cert while the log warns of it (ven/cert_expiry.py): within its warn_days of its not_after, or past it
+export function certWarning() {
+  const c = (gw.vtn || {}).client_cert;
+  const warned = c && typeof c === "object" && (c.warning === "expiring" || c.warning === "expired");
+  return warned && toMs(c.not_after) !== null ? c : null;
+}
 // an intermittent VTN fault still open (ven/vtn_outage.py): connected at this moment, failing again now and then
 export function flaky(vtn) {
   const f = vtn.fault;
