@@ -36,16 +36,18 @@ def artifact_path(name: str) -> Path:
 
 
 @asynccontextmanager
-async def chromium_page(width: int = 1440, height: int = 1200):
+async def chromium_page(width: int = 1440, height: int = 1200, timezone_id: str | None = None):
     """Yield a Playwright page; page.errors collects console errors and uncaught exceptions,
-    page.offsite collects URLs to non-loopback hosts (all refused)."""
+    page.offsite collects URLs to non-loopback hosts (all refused). timezone_id: the browser's own zone
+    (default: the machine's)."""
     from playwright.async_api import async_playwright
 
     exe = chromium_path()
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=exe, headless=True, args=CHROMIUM_ARGS, timeout=30000)
         try:
-            context = await browser.new_context(viewport={"width": width, "height": height})
+            zone = {"timezone_id": timezone_id} if timezone_id else {}
+            context = await browser.new_context(viewport={"width": width, "height": height}, **zone)
             page = await context.new_page()
             page.errors = []
             page.offsite = []

@@ -434,6 +434,8 @@ class Gateway:
             "version": __version__,
             "uptime_seconds": round(time.monotonic() - self.started_at, 1),
             "now": now.isoformat(timespec="seconds"),
+            # the building's zone: the dashboard shows its times in it unless the operator chooses UTC
+            "timezone": self.config.forecaster.timezone,
             # the wall clock reads a date before this version was built (not set yet, e.g. no RTC):
             # meter readings are not reported and events the VTN stopped listing are not judged over
             "clock_suspect": clock_suspect(now),

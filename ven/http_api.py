@@ -43,6 +43,8 @@ GET /api/status -> view.status(), a dict shaped like:
       "telemetry": {"queue_depth": 0, "last_delivery": "...Z", ...},
       "meter": {"address": "12345:2", "value_kw": 96.4, "read_at": "...Z", "fault": false, ...},
       "forecaster": {"serving": "gbr", "history_minutes": 20160, "validation_error_kw": 3.1, ...},
+      "timezone": "Europe/Rome",                     # optional: the building's IANA zone (forecaster.timezone),
+                                                     # the zone the dashboard shows times in by default
       "config_warnings": ["meter.poll_seconds (20) is longer than ..."]  # check-config's warnings, one sentence
     }                                                # each; [] when none. Settings, not faults: /healthz stays 200
 
@@ -93,7 +95,7 @@ MAX_CONNECTIONS = 64  # open at once: a few dashboards (3 requests per refresh),
 DASHBOARD_MODULES = ("ahead.js", "api.js", "app.js", "chart.js", "chart_keys.js", "chart_readout.js", "chart_words.js",
                      "columns.js", "dom.js", "download.js", "event_shading.js", "format.js", "header.js", "legend.js",
                      "load.js", "problems.js", "series.js", "span.js", "state.js", "status.js", "tables.js",
-                     "tiles.js", "time_axis.js")
+                     "tiles.js", "time_axis.js", "zone.js")
 STATIC_FILES = {
     "/": ("index.html", "text/html"),
     **{f"/{name}": (name, "application/javascript") for name in DASHBOARD_MODULES},

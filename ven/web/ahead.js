@@ -3,7 +3,7 @@
 // "upcoming" (ven/history.py). The history's arrays end at now; this part is a few points and needs no
 // reduction by column.
 import {svg} from "./dom.js";
-import {fmtNum, fmtTime, toMs} from "./format.js";
+import {fmtNum, fmtTime, toMs, zoneName} from "./format.js";
 
 // {forecasts, upcoming, minutes: the forecasts' minutes (epoch s, ascending), minutesAhead: how far past
 // now the time axis goes (0: nothing ahead, the axis ends at now)}
@@ -27,7 +27,7 @@ export function eventWords(e) {
 }
 // the readout's lines past now for minute t (epoch s): the forecasts for it and the upcoming events in force
 export function aheadReadout(ahead, t, label) {
-  const lines = [`${fmtTime(t * 1000, true)} UTC (ahead)`];
+  const lines = [`${fmtTime(t * 1000, true)} ${zoneName()} (ahead)`];
   for (const f of ahead.forecasts) if (f.minute === t) lines.push(`${label(f.horizon)}: ${forecastWords(f, ahead.issuedAt)}`);
   for (const e of ahead.upcoming) {
     const s = toMs(e.start), end = toMs(e.end);

@@ -1,13 +1,14 @@
 // Operator dashboard: polls /api/status and /api/history and draws them. No dependencies, no build
 // step, nothing fetched from the internet (building networks often have none).
-// Query parameters: ?hours=24 (history span, also chosen on the page: span.js), ?refresh=10 (seconds).
+// Query parameters: ?hours=24 (history span, also chosen on the page: span.js), ?tz=Europe/Rome (the zone of
+// its times, also chosen on the page: zone.js), ?refresh=10 (seconds).
 // Access token: see api.js. This module fetches and refreshes; the others draw (header.js, tiles.js,
 // tables.js, chart.js); download.js saves the chart's hours as CSV.
 import {HttpError, apiGet, token} from "./api.js";
 import {drawChart} from "./chart.js";
 import {$, el} from "./dom.js";
 import {followSpan, setupDownload} from "./download.js";
-import {agoSpan, fmtStamp, tickAges} from "./format.js";
+import {agoSpan, fmtStamp, tickAges, zoneName} from "./format.js";
 import {renderHeader} from "./header.js";
 import {announce, problemChanges} from "./problems.js";
 import {REFRESH_S, dashboard, hist, histHours, hours, setAnswer} from "./state.js";
@@ -15,6 +16,7 @@ import {setupSpan} from "./span.js";
 import {normalizeStatus} from "./status.js";
 import {renderEvents, renderPoints, renderSections} from "./tables.js";
 import {renderTiles} from "./tiles.js";
+import {followBuilding, setupZone} from "./zone.js";
 
 const FETCH_TIMEOUT_MS = 8000;
 // a minute is the history's resolution: a span over a day (35 days are 2.4 MB, half a second of the
@@ -53,6 +55,7 @@ async function refresh() {
     // the span was changed on the way: the answer for the new one is asked for already
     if (asked !== hours) return;
     setAnswer(normalizeStatus(s), h, asked);
+    followBuilding(s.timezone);
     if (again) historyAskedAt = askedAt;
     const back = failingSince !== null;
     failingSince = null;
@@ -71,13 +74,13 @@ async function refresh() {
     // nothing new to draw (a long span between its minutes): a 35-day redraw is a visible stall each refresh
     if (again) drawChart();
     const chartEvery = slowChart() ? `, the chart every ${LONG_SPAN_EVERY_S} s` : "";
-    $("updated").textContent = `updated ${fmtStamp(Date.now())} UTC · every ${REFRESH_S} s${chartEvery}`;
+    $("updated").textContent = `updated ${fmtStamp(Date.now())} ${zoneName()} · every ${REFRESH_S} s${chartEvery}`;
     announce(back ? "Gateway answering again." : "", problemChanges(found));
   } catch (err) {
     const first = failingSince === null;
     failingSince = failingSince || Date.now();
     dashboard.failures++;
-    const since = `since ${fmtStamp(failingSince)} UTC`;
+    const since = `since ${fmtStamp(failingSince)} ${zoneName()}`;
     if (err instanceof HttpError) {
       // no token yet, or the token was changed on the gateway while this page was open
       $("token-form").hidden = false;
@@ -99,12 +102,12 @@ function showStale(why, bannerText, first) {
   // a tab in the background says it too
   document.title = `${why} · ${TITLE}`;
   if (first) {
-    announce(`${why[0].toUpperCase()}${why.slice(1)} since ${fmtStamp(failingSince)} UTC.`,
-             dashboard.lastOk ? `The figures shown are from ${fmtStamp(dashboard.lastOk)} UTC.` : "");
+    announce(`${why[0].toUpperCase()}${why.slice(1)} since ${fmtStamp(failingSince)} ${zoneName()}.`,
+             dashboard.lastOk ? `The figures shown are from ${fmtStamp(dashboard.lastOk)} ${zoneName()}.` : "");
   }
   const banner = $("banner");
   if (bannerText) {
-    const from = dashboard.lastOk ? ` Showing data from ${fmtStamp(dashboard.lastOk)} UTC.` : "";
+    const from = dashboard.lastOk ? ` Showing data from ${fmtStamp(dashboard.lastOk)} ${zoneName()}.` : "";
     banner.textContent = bannerText + from;
     banner.hidden = false;
   } else {
@@ -114,14 +117,14 @@ function showStale(why, bannerText, first) {
   const pills = $("pills");
   for (const p of pills.querySelectorAll(".pill.why")) p.remove();
   for (const p of pills.querySelectorAll(".pill")) {
-    if (!p.classList.contains("old")) p.title = `as of ${fmtStamp(dashboard.lastOk)} UTC (no longer confirmed)`;
+    if (!p.classList.contains("old")) p.title = `as of ${fmtStamp(dashboard.lastOk)} ${zoneName()} (no longer confirmed)`;
     p.className = "pill old";
   }
   pills.prepend(el("span", {class: "pill bad why"}, why));
   const updated = $("updated");
   updated.replaceChildren();
   if (dashboard.lastOk) {
-    updated.append(document.createTextNode(`last update ${fmtStamp(dashboard.lastOk)} UTC (`), agoSpan(dashboard.lastOk),
+    updated.append(document.createTextNode(`last update ${fmtStamp(dashboard.lastOk)} ${zoneName()} (`), agoSpan(dashboard.lastOk),
                    document.createTextNode(`) · retrying every ${REFRESH_S} s`));
   } else {
     updated.textContent = `no answer yet · retrying every ${REFRESH_S} s`;
@@ -135,6 +138,9 @@ $("token-form").addEventListener("submit", (ev) => {
 });
 setupDownload();
 setupSpan(() => { followSpan(); refresh(); });
+// the chart at once from the answer held (a long span's is not asked for again within its minute), the rest
+// with the next answer
+setupZone(() => { if (hist) drawChart(); refresh(); });
 setInterval(tickAges, 1000);
 let resizeTimer = null;
 window.addEventListener("resize", () => { clearTimeout(resizeTimer); resizeTimer = setTimeout(drawChart, 150); });

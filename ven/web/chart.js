@@ -9,7 +9,7 @@ import {wireReadout} from "./chart_readout.js";
 import {points} from "./columns.js";
 import {$, svg} from "./dom.js";
 import {drawEvents, hatches} from "./event_shading.js";
-import {clamp, fmtNum} from "./format.js";
+import {clamp, fmtNum, zoneName} from "./format.js";
 import {legend} from "./legend.js";
 import {LANE, drawFlagLanes, drawThresholds} from "./load.js";
 import {FLAGS, SERIES, forecastSeries, nameSeries} from "./series.js";
@@ -118,7 +118,7 @@ export function drawChart() {
   gAxes.append(svg("text", {x: 12, y: m.t + ph / 2, class: "axis-label", "text-anchor": "middle",
                             transform: `rotate(-90 12 ${m.t + ph / 2})`}, "kW"));
   drawTimeAxis(gAxes, scale, {t0, tEnd, t1, left: m.l, width: pw, top: m.t, height: ph, minutesAhead: ahead.minutesAhead});
-  gAxes.append(svg("text", {x: m.l + pw / 2, y: H - 4, class: "axis-label", "text-anchor": "middle"}, "time (UTC)"));
+  gAxes.append(svg("text", {x: m.l + pw / 2, y: H - 4, class: "axis-label", "text-anchor": "middle"}, `time (${zoneName()})`));
   gAxes.append(svg("line", {x1: m.l, x2: m.l + pw, y1: m.t + ph, y2: m.t + ph, class: "axis"}));
   gAxes.append(svg("line", {x1: m.l, x2: m.l, y1: m.t, y2: m.t + ph, class: "axis"}));
 

@@ -3,7 +3,7 @@
 // load flags. Each minute's figures are the readout's (mouse or keys, chart_keys.js), and how to step through
 // them the label's description.
 import {aheadReadout, eventWords} from "./ahead.js";
-import {fmtNum, fmtTime, toMs} from "./format.js";
+import {fmtNum, fmtTime, toMs, zoneName} from "./format.js";
 import {FLAGS, SERIES, forecastSeries} from "./series.js";
 import {hist, histHours, hours, spanLabel} from "./state.js";
 
@@ -28,7 +28,7 @@ export function chartLabel(ahead, nowMs) {
   let peak = -1;
   demand.forEach((v, i) => { if (typeof v === "number" && (peak < 0 || v > demand[peak])) peak = i; });
   if (peak >= 0) now.push(`demand peak ${fmtNum(demand[peak])} kW at ${at(peak)}`);
-  const sentences = [`${title(ahead)}, times in UTC`];
+  const sentences = [`${title(ahead)}, times in ${zoneName()}`];
   if (now.length) sentences.push(now.join(", "));
   if (ahead.forecasts.length) {
     sentences.push(`The latest forecast ${ahead.forecasts.map((f) => `${fmtNum(f.kw)} kW for ${fmtTime(f.minute * 1000)}`).join(" and ")}` +
@@ -53,7 +53,7 @@ export function chartLabel(ahead, nowMs) {
 export function readoutText(i, ahead) {
   const n = hist.minutes.length;
   if (i >= n) return aheadReadout(ahead, ahead.minutes[i - n], (h) => forecastSeries(h).label);
-  const lines = [`${fmtTime(hist.minutes[i] * 1000, true)} UTC`];
+  const lines = [`${fmtTime(hist.minutes[i] * 1000, true)} ${zoneName()}`];
   for (const s of SERIES) lines.push(`${s.label}: ${fmtNum((hist[s.key] || [])[i])} kW`);
   const flags = FLAGS.filter((f) => (hist[f.key] || [])[i] === true).map((f) => f.label);
   if (flags.length) lines.push(`flags: ${flags.join(", ")}`);

@@ -1,4 +1,5 @@
-// Times and numbers as the operator reads them (UTC, like the operator log).
+// Times and numbers as the operator reads them: times in the zone chosen on the page (zone.js; UTC, like the
+// operator log, unless the building's zone is set), by the browser's own Intl with no zone data of ours.
 import {el} from "./dom.js";
 
 export const UNIT_TEXT = {kilowatts: "kW", minutes: "min", noUnits: ""};
@@ -9,10 +10,55 @@ export function toMs(t) {
   const ms = Date.parse(t);
   return Number.isNaN(ms) ? null : ms;
 }
-function pad(n) { return String(n).padStart(2, "0"); }
+export function pad(n) { return String(n).padStart(2, "0"); }
+// the zone every time is shown in: "UTC" or an IANA name the browser knows
+let zone = "UTC";
+export function zoneName() { return zone; }
+export function setZone(z) { zone = z; }
+// z as the browser names it (europe/rome: Europe/Rome; Etc/UTC: UTC), or null for none it knows
+export function knownZone(z) {
+  if (!z) return null;
+  try {
+    const name = new Intl.DateTimeFormat("en-US", {timeZone: z}).resolvedOptions().timeZone;
+    return /^(Etc\/)?(UTC|UCT|GMT|Universal|Zulu|Greenwich)$/.test(name) ? "UTC" : name;
+  } catch (err) {
+    return null;
+  }
+}
+const formats = new Map();
+function format(z, short) {
+  const key = `${z} ${short}`;
+  if (!formats.has(key)) {
+    // en-GB names Europe's zones (CET, CEST) where en-US says GMT+1
+    formats.set(key, short ? new Intl.DateTimeFormat("en-GB", {timeZone: z, timeZoneName: "short"}) :
+      new Intl.DateTimeFormat("en-US", {timeZone: z, hourCycle: "h23", year: "numeric", month: "numeric", day: "numeric",
+                                        hour: "numeric", minute: "numeric", second: "numeric"}));
+  }
+  return formats.get(key);
+}
+// the wall clock at ms in the zone shown, as if it were a UTC time: its getUTC* read the zone's date and time
+export function wallMs(ms) {
+  if (zone === "UTC") return ms;
+  const p = {};
+  for (const {type, value} of format(zone, false).formatToParts(ms)) p[type] = Number(value);
+  return Date.UTC(p.year, p.month - 1, p.day, p.hour, p.minute, p.second) + ((ms % 1000) + 1000) % 1000;
+}
+export function offsetMs(ms) { return wallMs(ms) - ms; }
+// how a stamp ends: "Z" in UTC, else its offset then ("+02:00"), which also tells the hour an autumn clock
+// change repeats from its first time
+export function zoneSuffix(ms) {
+  if (zone === "UTC") return "Z";
+  const off = Math.round(offsetMs(ms) / 60000), a = Math.abs(off);
+  return `${off < 0 ? "-" : "+"}${pad(Math.floor(a / 60))}:${pad(a % 60)}`;
+}
+// the zone's short name at ms: CEST, CET, GMT+5:30
+export function zoneAbbr(ms) {
+  const part = format(zone, true).formatToParts(ms).find((p) => p.type === "timeZoneName");
+  return part ? part.value : zone;
+}
 export function fmtTime(ms, withDate) {
   if (ms === null) return "";
-  const d = new Date(ms);
+  const d = new Date(wallMs(ms));
   const hm = `${pad(d.getUTCHours())}:${pad(d.getUTCMinutes())}`;
   return withDate ? `${d.getUTCFullYear()}-${pad(d.getUTCMonth() + 1)}-${pad(d.getUTCDate())} ${hm}` : hm;
 }
@@ -39,8 +85,8 @@ export function agoSpan(ms) { return el("span", {class: "ago", "data-ms": String
 export function tickAges() {
   for (const node of document.querySelectorAll(".ago[data-ms]")) node.textContent = fmtAgo(Number(node.dataset.ms));
 }
-export function fmtStamp(ms) { return `${fmtTime(ms, true)}:${pad(new Date(ms).getUTCSeconds())}`; }
-// fill node with v; timestamps get their UTC time and a live relative age
+export function fmtStamp(ms) { return `${fmtTime(ms, true)}:${pad(new Date(wallMs(ms)).getUTCSeconds())}`; }
+// fill node with v; timestamps get their time in the zone shown and a live relative age
 export function putValue(node, v) {
   const ms = typeof v === "string" && ISO_RE.test(v) ? toMs(v) : null;
   if (ms === null) {
@@ -48,7 +94,7 @@ export function putValue(node, v) {
     node.textContent = text.length > 160 ? text.slice(0, 157) + "…" : text;
     return;
   }
-  node.append(document.createTextNode(`${fmtStamp(ms)}Z (`), agoSpan(ms), document.createTextNode(")"));
+  node.append(document.createTextNode(`${fmtStamp(ms)}${zoneSuffix(ms)} (`), agoSpan(ms), document.createTextNode(")"));
 }
 function fmtValue(v) {
   if (v === null || v === undefined) return "—";
@@ -66,5 +112,5 @@ export function fmtDuration(s) {
 export function fmtSpan(s) { return typeof s === "number" && s < 120 ? `${Math.round(s)} s` : fmtDuration(s); }
 export function stampText(v) {
   const ms = typeof v === "number" ? v * 1000 : toMs(v);
-  return ms === null ? "never" : `${fmtStamp(ms)}Z (${fmtAgo(ms)})`;
+  return ms === null ? "never" : `${fmtStamp(ms)}${zoneSuffix(ms)} (${fmtAgo(ms)})`;
 }

@@ -1,6 +1,6 @@
 // The pills (the gateway's state at a glance), the problem list under them and the footer.
 import {$, el} from "./dom.js";
-import {fmtDuration} from "./format.js";
+import {fmtDuration, zoneName} from "./format.js";
 import {findProblems, renderProblems} from "./problems.js";
 import {gw, histHours, pointByName, spanLabel} from "./state.js";
 import {communication, flaky, learningText, neverRegistered, noThreshold} from "./status.js";
@@ -50,7 +50,7 @@ export function renderHeader(health) {
   const parts = [];
   if (gw.version) parts.push(`version ${gw.version}`);
   if (typeof gw.uptime_seconds === "number") parts.push(`up ${fmtDuration(gw.uptime_seconds)}`);
-  parts.push(`chart: last ${spanLabel(histHours)}, times in UTC`);
+  parts.push(`chart: last ${spanLabel(histHours)}, times in ${zoneName()}`);
   $("footer").textContent = parts.join(" · ");
   return found;
 }

@@ -1,7 +1,7 @@
 // The status body: accept points as a list or as a map keyed by name, "flags" or "status_flags",
 // event levels given directly or found in their SIMPLE signal intervals ("payload" or "value");
 // and what it says about the gateway, for the pills, the problem list and the tiles.
-import {fmtDuration, fmtTime, toMs} from "./format.js";
+import {fmtDuration, fmtTime, toMs, zoneName} from "./format.js";
 import {gw} from "./state.js";
 
 export function intervalValue(iv) { return iv.payload !== undefined ? iv.payload : iv.value; }
@@ -91,6 +91,6 @@ export function learningText() {
     return fc.fitting === true ? "forecaster learning: fitting the first model now; persistence serves until it is in"
       : `forecaster learning: first model due now (${need} of history in); persistence serves until then`;
   }
-  return `forecaster learning: first model about ${fmtTime(first, true)} UTC (${need} of history needed, ` +
+  return `forecaster learning: first model about ${fmtTime(first, true)} ${zoneName()} (${need} of history needed, ` +
     `${fmtDuration(l.have_minutes * 60)} so far); persistence serves until then`;
 }

@@ -1,6 +1,6 @@
 // The tables: every BACnet point, the OpenADR events, and each status section as key/value rows.
 import {$, el} from "./dom.js";
-import {UNIT_TEXT, fmtNum, fmtTime, humanize, putValue, toMs} from "./format.js";
+import {UNIT_TEXT, fmtNum, fmtTime, humanize, putValue, toMs, zoneName} from "./format.js";
 import {gw} from "./state.js";
 import {intervalValue, learningText, levelSteps} from "./status.js";
 
@@ -57,6 +57,7 @@ function signalSummary(signals) {
   }).join("; ");
 }
 export function renderEvents() {
+  for (const th of $("events").querySelectorAll("th[data-zone]")) th.textContent = `${th.dataset.zone} (${zoneName()})`;
   const body = $("events").tBodies[0];
   body.replaceChildren();
   const events = gw.events || [];

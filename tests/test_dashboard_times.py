@@ -1,0 +1,211 @@
+"""The zone the dashboard's times are in ("Times", beside the span): UTC with the default configuration, the
+building's (forecaster.timezone) where it is set, the one chosen kept in the address; the time axis on round
+hours of that zone, a half-hour zone's too, and on the days its clocks change."""
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta, timezone
+from urllib.parse import parse_qs, urlsplit
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from browser import artifact_path, chromium_page
+from test_dashboard import READY, drawn, open_dashboard, server  # noqa: F401 - shared fixture
+from test_dashboard_ahead import OVERPRINTED
+from test_dashboard_chart_keys import readout, tab_to_chart
+from test_http_api import SampleView
+from ven.app import Gateway
+from ven.config_load import parse_config
+
+pytestmark = pytest.mark.timeout(90)
+
+ROME = ZoneInfo("Europe/Rome")
+
+
+class ZoneView(SampleView):
+    """The sample day of a building in `zone`; its minutes end at `end` (epoch s) when given."""
+
+    def __init__(self, zone, hours=24, end=None):
+        super().__init__(hours=hours)
+        self.zone = zone
+        if end is not None:
+            shift = end - 60 - self.minutes[-1]
+            self.minutes = [t + shift for t in self.minutes]
+            for e in self.events:
+                e["start"] += shift
+                e["end"] += shift
+
+    def status(self):
+        return {**super().status(), "timezone": self.zone}
+
+
+def local(t, zone, fmt="%Y-%m-%d %H:%M"):
+    return datetime.fromtimestamp(t, timezone.utc).astimezone(zone).strftime(fmt)
+
+
+async def ticks(page, history):
+    """Each x tick's label and the minute (epoch s) where it is drawn, read back from the plot's scale."""
+    plot = page.locator("svg clipPath rect")
+    left, width = float(await plot.get_attribute("x")), float(await plot.get_attribute("width"))
+    t0, t_end = history["minutes"][0], history["minutes"][-1] + 60
+    texts = await page.locator("#chart-svg text.x-tick").evaluate_all("ts => ts.map((t) => [t.textContent, t.getAttribute('x')])")
+    return [(label, round((t0 + (float(x) - left) / width * (t_end - t0)) / 60) * 60) for label, x in texts]
+
+
+def assert_on_the_zones_clock(tick_list, zone):
+    """Each label is the zone's wall clock where it is drawn: HH:MM (with its zone's name in the hour an autumn
+    change repeats), or M/D at the zone's midnight."""
+    for label, t in tick_list:
+        at = datetime.fromtimestamp(t, timezone.utc).astimezone(zone)
+        if "/" in label:
+            assert (label, at.strftime("%H:%M")) == (f"{at.month}/{at.day}", "00:00"), (label, at)
+        else:
+            assert label.split(" ")[0] == at.strftime("%H:%M"), (label, at)
+
+
+async def choose_zone(page, value):
+    await page.get_by_label("Times", exact=True).select_option(value=value, timeout=5000)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("zone", [None, "Europe/Rome"])
+async def test_the_gateway_says_its_zone_and_the_page_shows_times_in_it(tmp_path, free_udp_port, free_tcp_port, zone):
+    # a facility operator in Turin adds an hour (two in summer) to every "peak 11:00 UTC" the page printed
+    cfg = parse_config({
+        "bacnet": {"address": f"127.0.0.1/8:{free_udp_port()}", "device_id": 500017},
+        "meter": {"address": "127.0.0.1:9", "poll_seconds": 5.0, "timeout_seconds": 0.5},   # nobody there
+        "openadr": {"vtn_url": f"http://127.0.0.1:{free_tcp_port()}/OpenADR2/Simple/2.0b"},
+        "storage": {"path": str(tmp_path / "gw.sqlite")},
+        "http": {"address": f"127.0.0.1:{free_tcp_port()}"},
+        "forecaster": {"timezone": zone} if zone else {},
+    }, "test", environ={})
+    gateway = Gateway(cfg)
+    await gateway.start()
+    try:
+        shown = zone or "UTC"
+        async with chromium_page() as page:
+            await open_dashboard(page, gateway.http.url + "/")
+            assert await page.evaluate("fetch('/api/status').then((r) => r.json()).then((s) => s.timezone)") == shown
+            assert await page.get_by_label("Times", exact=True).input_value() == shown
+            options = await page.locator("#chart-tz option").all_inner_texts()
+            assert options == (["UTC"] if zone is None else ["UTC", "Europe/Rome (building)"])
+            assert f"times in {shown}" in await page.locator("#footer").inner_text()
+            assert re.fullmatch(rf"updated \d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d {shown} · every 10 s",
+                                await page.locator("#updated").inner_text())
+            assert (await page.locator("#events thead").inner_text()).strip() == \
+                f"Event\tStatus\tLevel\tStart ({shown})\tEnd ({shown})\tOpt\tSignals"
+            assert page.errors == []
+    finally:
+        await gateway.stop()
+
+
+async def test_a_building_in_rome_reads_rome_time_and_utc_when_chosen_also_after_a_reload(server):
+    view = ZoneView("Europe/Rome")
+    async with drawn(server, view, "?refresh=600") as (page, history):
+        assert await page.locator("#chart-tz option").all_inner_texts() == ["UTC", "Europe/Rome (building)"]
+        assert await page.get_by_label("Times", exact=True).input_value() == "Europe/Rome"
+        # the first minute drawn: its UTC time plus Rome's offset then
+        first = history["minutes"][0]
+        utc = datetime.fromtimestamp(first, timezone.utc)
+        offset = ROME.utcoffset(utc.replace(tzinfo=None))
+        assert offset in (timedelta(hours=1), timedelta(hours=2))
+        rome_words = f"{(utc + offset):%Y-%m-%d %H:%M} Europe/Rome"
+        await tab_to_chart(page)
+        await page.keyboard.press("Home")
+        assert (await readout(page)).split("\n")[0] == rome_words
+        assert await page.locator("svg text.axis-label", has_text="time (Europe/Rome)").count() == 1
+        assert ", times in Europe/Rome." in await page.locator("#chart-svg").get_attribute("aria-label")
+        assert_on_the_zones_clock(await ticks(page, history), ROME)
+        active = next(e for e in view.events if e["event_id"] == "evt-peak-2")
+        cells = await page.locator('#events tr[data-event="evt-peak-2"] td').all_inner_texts()
+        assert cells[3:5] == [local(active["start"], ROME), local(active["end"], ROME)]
+        title = await page.locator('svg rect.event[data-event="evt-peak-2"] title').text_content()
+        assert title.endswith(f"{local(active['start'], ROME)}–{local(active['end'], ROME)} Europe/Rome")
+        # a timestamp of the status tables ends in its offset then, where UTC's ends in Z
+        started = await page.locator('[data-section="forecaster"] dt:text-is("last cycle") + dd').inner_text()
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\+0[12]:00 \(\d+ s ago\)", started), started
+
+        await choose_zone(page, "UTC")
+        assert parse_qs(urlsplit(page.url).query) == {"refresh": ["600"], "tz": ["UTC"]}
+        await page.keyboard.press("Home")
+        assert (await readout(page)).split("\n")[0] == f"{utc:%Y-%m-%d %H:%M} UTC"
+        assert await page.locator("svg text.axis-label", has_text="time (UTC)").count() == 1
+        await page.wait_for_function("document.querySelector('#footer').innerText.includes('times in UTC')", timeout=10000)
+        cells = await page.locator('#events tr[data-event="evt-peak-2"] td').all_inner_texts()
+        assert cells[3] == local(active["start"], timezone.utc)
+
+        await page.reload(wait_until="load")
+        await page.wait_for_function(READY, timeout=20000)
+        assert await page.get_by_label("Times", exact=True).input_value() == "UTC"
+        assert "times in UTC" in await page.locator("#footer").inner_text()
+        assert await page.locator("#events thead th").nth(3).inner_text() == "Start (UTC)"
+        await choose_zone(page, "Europe/Rome")
+        assert parse_qs(urlsplit(page.url).query)["tz"] == ["Europe/Rome"]
+        assert await page.locator("svg text.axis-label", has_text="time (Europe/Rome)").count() == 1
+        assert page.errors == []
+
+
+@pytest.mark.parametrize("building, shown, options", [
+    ("Europe/Rome", "Europe/Rome", ["UTC", "Europe/Rome (building)", "America/New_York (this browser)"]),
+    ("UTC", "UTC", ["UTC", "America/New_York (this browser)"]),
+])
+async def test_the_browsers_own_zone_is_offered_too(server, building, shown, options):
+    srv = await server(ZoneView(building))
+    async with chromium_page(timezone_id="America/New_York") as page:
+        await open_dashboard(page, srv.url + "/")
+        assert await page.locator("#chart-tz option").all_inner_texts() == options
+        assert await page.get_by_label("Times", exact=True).input_value() == shown
+        await choose_zone(page, "America/New_York")
+        assert await page.locator("svg text.axis-label", has_text="time (America/New_York)").count() == 1
+        await page.wait_for_function("document.querySelector('#footer').innerText.includes('times in America/New_York')",
+                                     timeout=10000)
+        assert page.errors == []
+
+
+@pytest.mark.parametrize("hours", [6, 24])
+async def test_a_half_hour_zones_ticks_fall_on_its_round_hours(server, hours):
+    # Asia/Kolkata is UTC+5:30: ticks on round UTC hours would read 05:30, 08:30 ...
+    kolkata = ZoneInfo("Asia/Kolkata")
+    async with drawn(server, ZoneView("Asia/Kolkata", hours=hours), f"?hours={hours}&refresh=600") as (page, _):
+        history = await page.evaluate(f"fetch('/api/history?hours={hours}').then((r) => r.json())")
+        tick_list = await ticks(page, history)
+        assert len(tick_list) >= 4
+        assert_on_the_zones_clock(tick_list, kolkata)
+        minutes = {label[3:5] for label, _ in tick_list if ":" in label}
+        assert minutes <= ({"00", "30"} if hours == 6 else {"00"}), tick_list
+        # a step of whole hours starts at the zone's midnight (00:00, 02:00 ...)
+        step_h = (tick_list[2][1] - tick_list[1][1]) // 3600
+        if step_h:
+            assert all(int(label[:2]) % step_h == 0 for label, _ in tick_list if ":" in label), tick_list
+        assert page.errors == []
+
+
+@pytest.mark.parametrize("day, hours, midnights, skipped", [
+    # the last Sunday of October: 02:00-03:00 comes twice, a 25-hour day
+    ("2026-10-25", 25, ["10/25", "10/26"], []),
+    # the last Sunday of March: 02:00 never comes, a 23-hour day
+    ("2026-03-29", 23, ["3/29", "3/30"], ["02:00"]),
+])
+async def test_the_days_romes_clocks_change_have_each_hour_once(server, day, hours, midnights, skipped):
+    start = datetime.fromisoformat(day).replace(tzinfo=ROME)
+    end = (start + timedelta(days=1)).astimezone(timezone.utc)
+    assert (end - start).total_seconds() == hours * 3600
+    # from an hour before the day: its midnight's label is not on the y axis
+    async with drawn(server, ZoneView("Europe/Rome", hours=hours + 1, end=int(end.timestamp())),
+                     f"?hours={hours + 1}&refresh=600") as (page, _):
+        history = await page.evaluate(f"fetch('/api/history?hours={hours + 1}').then((r) => r.json())")
+        assert history["minutes"][0] == int(start.timestamp()) - 3600
+        tick_list = await ticks(page, history)
+        labels = [label for label, _ in tick_list]
+        assert len(labels) == len(set(labels)), labels
+        assert_on_the_zones_clock(tick_list, ROME)
+        assert [label for label in labels if "/" in label] == midnights
+        # every two hours of the local day, each once (where the clock went back, the first 02:00 is named by
+        # its zone, and the second has a grid line but no room for its label)
+        hhmm = [label.split(" ")[0] for label in labels if ":" in label]
+        expected = ["22:00"] * (hhmm[:1] == ["22:00"]) + [f"{h:02d}:00" for h in range(2, 24, 2) if f"{h:02d}:00" not in skipped]
+        assert hhmm == expected, labels
+        await page.locator("#chart").screenshot(path=str(artifact_path(f"dashboard-times-rome-{day}.png")))
+        assert await page.evaluate(OVERPRINTED) == []
+        assert page.errors == []
