@@ -6,7 +6,9 @@ import csv
 import datetime as dt
 import logging
 import os
+import pickle
 import re
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -439,6 +441,77 @@ async def test_a_failing_fit_process_raises_with_its_last_error_line(tmp_path):
 
     with pytest.raises(FitError, match="exited with status 1: .*UnpicklingError"):
         await fit_in_child(b"not a pickled job")
+
+
+@pytest.mark.timeout(30)
+async def test_a_fit_process_killed_by_a_signal_says_which_and_why_it_may_have_come(tmp_path):
+    # the kernel's OOM killer sends SIGKILL and leaves no error line: "exited with status -9: no message"
+    import functools
+    import types
+
+    from ven.fit_worker import FitError, fit_in_child
+
+    job = pickle.dumps(types.SimpleNamespace(run=functools.partial(time.sleep, 60)))    # a fit that takes a minute
+    fit = asyncio.create_task(fit_in_child(job))
+    pid = (await eventually(_fit_processes, 10, "the fit process"))[0]
+    await eventually(lambda: "ven.fit_worker" in _cmdline(pid), 10, "the fit process at work")
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(FitError, match=r"^fit process was killed by signal 9 \(SIGKILL: out of memory\?\)$"):
+        await asyncio.wait_for(fit, 10)
+
+
+def _oom_score_adj(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/oom_score_adj").read_text().strip()
+    except OSError:
+        return ""
+
+
+@pytest.mark.timeout(120)
+async def test_fits_the_kernel_kills_short_of_memory_leave_forecasts_one_line_and_a_slowing_retry(tmp_path, caplog):
+    # On a box with 1-2 GB (systemd MemoryMax=) the OOM killer ends fits: forecasts must go on, the log say it once
+    # with its likely cause, the retries space out instead of pushing the box out of memory every retrain_minutes,
+    # and the kernel must pick the fit, not the gateway (the BACnet device) or another service on the box
+    caplog.set_level(logging.INFO, logger="ven.forecast_service")
+    retrain = 0.01      # minutes: tries 0.6, 1.2, 2.4 s apart
+    cfg = ForecasterConfig(cycle_seconds=0.05, source="meter", holiday_preset="IT", retrain_minutes=retrain)
+    times, values, clock = _excerpt_and_its_clock()
+    published = []
+    svc = ForecastService(cfg, str(tmp_path / "gateway.sqlite"), publish=published.append, clock=clock)
+    svc.warm_start(times, values)
+    await svc.start()
+    killed, retry_at = [], []
+    try:
+        for _ in range(3):
+            pid = (await eventually(lambda: [p for p in _fit_processes() if p not in killed], 30, "a fit process"))[0]
+            await eventually(lambda: _oom_score_adj(pid) in ("1000", ""), 10, "the fit first in the OOM killer's line")
+            assert _oom_score_adj(pid) == "1000"
+            os.kill(pid, signal.SIGKILL)           # what the OOM killer does to it
+            killed.append(pid)
+            # a retry at least half a retrain_minutes after the last one: this failure's (the last one's drifts by
+            # a float's rounding as its clock and monotonic time are read apart)
+            await eventually(lambda: (svc.status()["fit_retry_at"] or 0) > (retry_at or [0])[-1] + retrain * 30, 10,
+                             "the failure seen")
+            st = svc.status()
+            assert not st["fit_ok"] and st["learning"]["first_fit_after"] >= st["fit_retry_at"]
+            retry_at.append(st["fit_retry_at"])
+        n = len(published)
+        await eventually(lambda: len(published) > n + 2, 10, "forecasts going on")
+        assert published[-1].model == "persistence" and published[-1].demand_kw[60] is not None
+        # each try starts no sooner than the last one's retry_at: the gaps hold the waits, doubling
+        gaps = [b - a for a, b in zip(retry_at, retry_at[1:])]
+        assert gaps[0] >= 2 * retrain * 60 and gaps[1] >= 4 * retrain * 60, gaps
+        await eventually(lambda: _fit_given_cpu() or svc.status()["fit_ok"], 90, "a fit that ends")
+        assert svc.status()["last_fit_at"] is not None and svc.status()["fit_retry_at"] is None
+    finally:
+        await asyncio.wait_for(svc.stop(), 10)
+    assert _fit_processes() == []
+    faults = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(faults) == 1 and not faults[0].exc_info and faults[0].getMessage().startswith(
+        "forecaster fit failed: FitError: fit process was killed by signal 9 (SIGKILL: out of memory?); the last "
+        "model or persistence serves, next try about "), [r.getMessage() for r in faults]
+    again = [r.getMessage() for r in caplog.records if "again" in r.getMessage()]
+    assert again == ["forecaster fit succeeded again after 3 failed tries"], again
 
 
 @pytest.mark.timeout(60)

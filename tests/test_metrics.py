@@ -71,6 +71,7 @@ async def test_the_exposition_parses_with_prometheus_client_and_follows_its_conv
     assert math.isnan(first["edge_gateway_input_age_seconds"])
     # no model before two days of history: persistence serves both horizons
     assert [first[f'edge_gateway_forecast_serving_persistence{{horizon="{h}"}}'] for h in ("15m", "60m")] == [1, 1]
+    assert first["edge_gateway_forecast_fit_failing"] == 0     # no fit yet is no failed one
     gw = running["gateway"]
     bas, addr = running["bas"], running["addr"]
     assert await bas.write(addr, P.BY_NAME[P.INPUT_POWER].object_id, "presentValue", 90.0, priority=8) is None

@@ -49,6 +49,12 @@ def test_storage_path_is_where_systemd_lets_the_service_write():
     assert service.get("StateDirectory"), "no StateDirectory: the unit fails if /var/lib/edge-gateway is missing"
 
 
+def test_a_fit_the_kernel_kills_short_of_memory_does_not_stop_the_gateway():
+    # systemd's default OOMPolicy (stop) ends the unit when the OOM killer ends any of its processes, the fit
+    # child included; Restart= then brings a gateway that fits at once, and is stopped again: a restart loop
+    assert _service().get("OOMPolicy") == ["continue"]
+
+
 @pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze not installed")
 def test_systemd_analyze_verify_accepts_it(tmp_path):
     # verify insists the binaries exist: point them at this interpreter, the rest is checked as written

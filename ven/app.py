@@ -526,6 +526,7 @@ class Gateway:
         self.metrics.clock_synchronized.set(metric_value(self.clock_sync.last))
         self.metrics.vtn_client_cert_expiry.set(self.cert_watch.metric_value())
         forecast = self.forecast.status()
+        self.metrics.forecast_fit_failing.set(int(not forecast["fit_ok"]))
         written = forecast.get("last_input_at")
         self.metrics.input_age_seconds.set(math.nan if written is None else max(0.0, now - written))
         for horizon, h in forecast.get("horizons", {}).items():

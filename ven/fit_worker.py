@@ -3,13 +3,14 @@
 Reads a pickled forecaster FitJob on stdin and writes the pickled FittedModel (or None) on stdout.
 The gateway starts one per fit, at idle CPU priority: the fit then never holds the gateway's GIL,
 runs only on CPU time nothing else wants, so BACnet and the VEN keep their pace during a fit, and its
-scikit-learn memory (about 100 MB) is returned when it exits.
+scikit-learn memory (about 100 MB) is returned when it exits. Short of memory, the kernel kills it first.
 """
 from __future__ import annotations
 
 import asyncio
 import os
 import pickle
+import signal
 import sys
 from pathlib import Path
 
@@ -37,10 +38,22 @@ async def fit_in_child(job_blob: bytes, threads: int = 1, timeout: float = TIMEO
         if proc.returncode is None:  # timed out, or the gateway is stopping
             proc.kill()
             await proc.wait()
+    if proc.returncode < 0:     # no error line of its own: the signal is the news
+        raise FitError(f"fit process was killed by signal {-proc.returncode} ({_why(-proc.returncode)})")
     if proc.returncode != 0:
         lines = err.decode(errors="replace").strip().splitlines()
         raise FitError(f"fit process exited with status {proc.returncode}: {lines[-1] if lines else 'no message'}")
     return out
+
+
+def _why(signum: int) -> str:
+    # The kernel's OOM killer (a systemd MemoryMax=, a small box) sends SIGKILL; so would an operator's kill -9
+    if signum == signal.SIGKILL:
+        return "SIGKILL: out of memory?"
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return "unknown signal"
 
 
 def _idle_priority() -> None:
@@ -52,12 +65,21 @@ def _idle_priority() -> None:
         os.nice(19)
 
 
+def _first_to_go() -> None:
+    # Short of memory, the kernel kills the process it scores highest, by size: that may be the gateway (its
+    # history grows with forecaster.history_days) or another service on the box. A fit can be tried again.
+    try:
+        with open("/proc/self/oom_score_adj", "w") as fh:
+            fh.write("1000")
+    except OSError:     # not Linux (raising its own score needs no privilege)
+        pass
+
+
 def _die_with_parent() -> None:
     # A gateway killed with SIGKILL cannot end its child, and a supervisor restarting it at once
     # would have two fits running side by side. Linux ends this process when its parent goes.
     try:
         import ctypes
-        import signal
 
         ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
@@ -68,6 +90,7 @@ def _die_with_parent() -> None:
 
 def main() -> int:
     _die_with_parent()
+    _first_to_go()
     _idle_priority()
     job = pickle.load(sys.stdin.buffer)
     fitted = job.run()

@@ -46,6 +46,10 @@ DELETED_GRACE_S = 45.0
 # issued forecasts (the dashboard's chart and the load flags' state at a restart). A stop writes them.
 SAVE_EVERY_CYCLES = 5
 MAX_UNSAVED_FORECASTS = 1440    # kept for the next write while the file refuses writes: a day at 60 s
+# A fit that failed (killed short of memory, a process that would not start) is tried again after
+# retrain_minutes, then after twice that, four times ..., at most a day apart (or retrain_minutes if longer):
+# a box that cannot fit is not pushed out of memory, with the BACnet side on it, every few minutes forever.
+FIT_RETRY_MAX_MINUTES = 1440.0
 
 
 def forecaster_params(c: ForecasterConfig) -> dict:
@@ -89,6 +93,8 @@ class ForecastService:
         self._meter_unsaid = False    # start-up's meter pick, said once the BAS has had its time to write
         self._rejecting = False
         self._fit_failing = False
+        self._fit_failures = 0                     # failed fits in a row
+        self._fit_retry_at: float | None = None    # while they fail: the next try (monotonic: unmoved by clock steps)
         self._fit_short = False
         self._store_failing = False
         self._missing_since: float | None = None    # the file found deleted (monotonic), while it stays so
@@ -288,7 +294,8 @@ class ForecastService:
         while True:
             started = loop.time()
             now = self._clock()
-            if self._fit_task is None and self.forecaster.needs_fit(now):
+            retry_due = self._fit_retry_at is None or time.monotonic() >= self._fit_retry_at
+            if self._fit_task is None and retry_due and self.forecaster.needs_fit(now):
                 self._fit_task = asyncio.create_task(self.fit(now), name="forecast-fit")
                 self._fit_task.add_done_callback(self._fit_done)
             self._wake.clear()
@@ -433,13 +440,18 @@ class ForecastService:
             return
         err = fut.exception()
         if err is not None:
+            retrain = self.config.retrain_minutes
+            wait = min(retrain * 2 ** min(self._fit_failures, 20), max(retrain, FIT_RETRY_MAX_MINUTES))
+            self._fit_failures += 1
+            self._fit_retry_at = time.monotonic() + wait * 60
             if not self._fit_failing:
-                log.error("forecaster fit failed: %s: %s", type(err).__name__, err)
+                log.error("forecaster fit failed: %s: %s; the last model or persistence serves, next try about %s",
+                          type(err).__name__, err, _iso(self._clock() + wait * 60))
             self._fit_failing = True
             return
         if self._fit_failing:
-            log.info("forecaster fit succeeded again")
-        self._fit_failing = False
+            log.info("forecaster fit succeeded again after %d failed tries", self._fit_failures)
+        self._fit_failing, self._fit_failures, self._fit_retry_at = False, 0, None
         if fut.result() is False:   # sparse history: not a fault, but the operator should not read "fitted"
             if not self._fit_short:
                 log.info("forecaster not fitted: %d minutes of history give too few complete 15-minute "
@@ -470,14 +482,24 @@ class ForecastService:
     def storage_ok(self) -> bool:
         return not self._store_failing
 
+    def fit_retry_at(self) -> float | None:
+        """While fits fail: when the next is tried (epoch s; past while it runs); None while they succeed."""
+        if self._fit_retry_at is None:
+            return None
+        return self._clock() + (self._fit_retry_at - time.monotonic())
+
     def status(self) -> dict:
         st = self.forecaster.status()
         st.update({
             "source": self.config.source, "active_source": self._active,
             "last_input_at": self._last_input_t, "last_meter_at": self._last_meter_t,
             "input_stale_seconds": self.config.input_stale_seconds,
-            "storage_ok": self.storage_ok, "fit_ok": not self._fit_failing, "input_stale": self.input_stale(),
+            "storage_ok": self.storage_ok, "fit_ok": not self._fit_failing, "fit_retry_at": self.fit_retry_at(),
+            "input_stale": self.input_stale(),
         })
+        retry, learning = st["fit_retry_at"], st["learning"]
+        if retry is not None and learning and learning["first_fit_after"] is not None:
+            learning["first_fit_after"] = max(learning["first_fit_after"], retry)
         last = self.last_forecast_view()
         if last is not None:
             st["last_forecast"] = last

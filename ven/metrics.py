@@ -71,6 +71,10 @@ class Metrics:
         self.bacnet_writes_refused = Counter(f"{p}_bacnet_writes_refused",
                                              "BACnet writes and DeviceCommunicationControl refused: their source is "
                                              "not in bacnet.write_from", registry=r)
+        self.forecast_fit_failing = Gauge(f"{p}_forecast_fit_failing",
+                                          "1 while the forecaster's fits fail (the fit process killed short of "
+                                          "memory, say): the last model or persistence serves, retried later",
+                                          registry=r)
         self.forecast_input_stale = Gauge(f"{p}_forecast_input_stale",
                                           "1 while the forecaster has had no power for forecaster.input_stale_seconds "
                                           "(forecasts and load flags in fault)", registry=r)
