@@ -148,8 +148,17 @@ async def test_garbage_and_malformed_apdus_do_not_crash_or_change_points(tmp_pat
                 await asyncio.sleep(1.0)                  # let the backlog drain
                 assert gateway.alive, gateway.log()[-4000:]
 
-                after = await snapshot(peer, gw)
-                assert after == before
+                # every point as before; on a loaded machine a meter read the flood delayed past its time-out
+                # shows as a meter fault until the next read, so the points get until then to be as before
+                seen = {}
+
+                async def as_before():
+                    seen["after"] = await snapshot(peer, gw)
+                    return seen["after"] == before
+                try:
+                    await eventually(as_before, 3 * METER_TIMEOUT + 5, "the points as before the flood", 0.5)
+                except AssertionError:
+                    assert seen["after"] == before
                 # and it still does its job: a write, a read, a Who-Is
                 assert await peer.write(gw, P.BY_NAME[P.INPUT_POWER].object_id, "presentValue", 99.0,
                                         priority=8) is None

@@ -173,7 +173,7 @@ async def test_meter_units_names_the_unit_a_meter_does_not_state(gateway, free_u
     async with MeterSimulator(f"127.0.0.1/8:{free_udp_port()}", value=42500.0, units=reported or "noUnits") as sim:
         if reported is None:
             _drop_units_property(sim)
-        meter = client(gateway, sim, units="watts")
+        meter = client(gateway, sim, units="watts", timeout_seconds=2.0)   # reads that must answer, on a busy machine
         for _ in range(2):
             reading = await asyncio.wait_for(meter.read_once(), 5)
             assert reading.error is None and reading.value == pytest.approx(42.5)

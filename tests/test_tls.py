@@ -38,10 +38,11 @@ def _write_key(path, key, passphrase=None):
 
 
 def _issue(ca_key, ca_cert, cn, path, key_path, passphrase=None, not_after=None):
-    """A certificate and its key, valid from an hour ago (or a day before `not_after`) to `not_after` (a day)."""
+    """A certificate and its key, valid from an hour ago (or a day before `not_after`) to `not_after` (a year, as
+    a site's: one within cert_expiry.WARN_DAYS of its end is warned of, in the log and by check-config)."""
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.timezone.utc)
-    not_after = not_after or now + dt.timedelta(days=1)
+    not_after = not_after or now + dt.timedelta(days=365)
     cert = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(ca_cert.subject)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(min(now - dt.timedelta(hours=1), not_after - dt.timedelta(days=1)))
