@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from datetime import datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -407,6 +408,29 @@ async def test_a_ven_certificate_near_its_end_is_named_with_the_date_to_renew_it
         assert page.errors == []
 
 
+class RomeCertView(CertView):
+    def status(self):
+        return {**super().status(), "timezone": "Europe/Rome"}
+
+
+async def test_the_certificates_end_is_said_in_the_zone_the_page_shows_and_named_by_it(server, issue):  # noqa: F811
+    # a Rome building read "expires on 2026-12-12 07:15 UTC" beside the VTN card's "07:15:13+01:00": Rome's clock
+    # called UTC, the real end an hour earlier
+    cert, key = issue(10)
+    watch = CertWatch(OpenadrConfig(cert=cert, key=key), every_s=0)
+    watch.check(time.monotonic(), time.time())
+    ends = read_client_cert(cert).not_after
+    async with drawn(server, RomeCertView(watch), "?refresh=600") as (page, _):
+        item = page.locator('#problems li[data-problem="vtn-cert"]')
+        rome = f"{ends.astimezone(ZoneInfo('Europe/Rome')):%Y-%m-%d %H:%M} Europe/Rome"
+        assert f"expires on {rome}, in " in await item.locator(".detail").inner_text()
+        assert (await item.locator(".todo").inner_text()).startswith(f"renew openadr.cert before {rome}: ")
+        assert "UTC" not in await item.inner_text()
+        card = await page.locator('[data-section="vtn"] dt:text-is("client cert.not after") + dd').inner_text()
+        assert card.startswith(f"{ends.astimezone(ZoneInfo('Europe/Rome')):%Y-%m-%d %H:%M}:"), card
+        assert page.errors == []
+
+
 class FlakyVtnView(FaultView):
     """A VTN behind a flaky proxy: connected at this moment, its intermittent fault open (or `ended`), in the shape
     the gateway gives it (ven/vtn_outage.py _Outage.status)."""
@@ -503,4 +527,32 @@ async def test_on_a_phone_each_pill_is_one_line_with_everything_at_once(server):
         height = pills[0][1]
         assert [p for p in pills if p[1] > height + 0.5 or p[2] > 360] == [], pills
         assert "forecaster learning" in [p[0] for p in pills]
+        assert page.errors == []
+
+
+class EverythingCertView(CertView, EverythingView):
+    """The worst first day with openadr.cert near its end too."""
+
+
+async def test_the_faults_come_before_the_warnings_with_everything_at_once(server, issue):  # noqa: F811
+    # the clock, the certificate and a refused write filled a phone's first screen; the one fault, the meter's,
+    # came last, under the fold, while the pill above said "1 problem"
+    cert, key = issue(10)
+    watch = CertWatch(OpenadrConfig(cert=cert, key=key), every_s=0)
+    watch.check(time.monotonic(), time.time())
+    view = EverythingCertView(watch)
+    view.faults = {"meter", "threshold"}
+    srv = await server(view)
+    async with chromium_page(360, 844) as page:
+        await open_dashboard(page, srv.url + "/?refresh=600")
+        await page.screenshot(path=str(artifact_path("dashboard-faults-first-360.png")))
+        items = await page.locator("#problems li").evaluate_all("ls => ls.map((l) => [l.dataset.problem, l.dataset.level])")
+        items = [tuple(item) for item in items]
+        assert sorted(items) == sorted([("meter", "bad"), ("clock-sync", "warn"), ("vtn-cert", "warn"),
+                                        ("writes-refused", "warn"), ("threshold", "warn")]), items
+        assert items[0] == ("meter", "bad"), items
+        # the warnings keep their order among themselves
+        assert [key for key, _ in items[1:]] == ["clock-sync", "vtn-cert", "writes-refused", "threshold"]
+        meter = await page.locator('#problems li[data-problem="meter"]').bounding_box()
+        assert meter["y"] + meter["height"] <= 844
         assert page.errors == []

@@ -143,3 +143,29 @@ async def test_thresholds_a_few_kw_apart_keep_both_labels_legible(server, width)
         assert await page.evaluate(OVERPRINTED) == []
         assert await page.evaluate(CUT) == []
         assert page.errors == []
+
+
+class RomeBusyView(BusyView):
+    """BusyView of a building with forecaster.timezone Europe/Rome: the Times choice lists it."""
+
+    def status(self):
+        return {**super().status(), "timezone": "Europe/Rome"}
+
+
+@pytest.mark.parametrize("width, browser_zone", [(360, None), (360, "America/New_York"), (768, None)])
+async def test_each_chart_choice_keeps_its_label_beside_it_when_the_controls_wrap(server, width, browser_zone):
+    # "Span [24 h] Times" on one line and the zone's list alone under it: a label ending a line names nothing
+    srv = await server(RomeBusyView())
+    async with chromium_page(width, 844, timezone_id=browser_zone) as page:
+        await open_dashboard(page, srv.url + "/?refresh=600")
+        await page.locator(".card-head").screenshot(path=str(artifact_path(f"dashboard-phone-choices-{width}.png")))
+        assert await page.get_by_label("Times", exact=True).input_value() == "Europe/Rome"
+        pairs = await page.locator(".card-head label").evaluate_all("""ls => ls.map((l) => {
+            const a = l.getBoundingClientRect(), b = l.control.getBoundingClientRect();
+            return [l.textContent, a.right, a.top, a.bottom, b.left, b.top, b.bottom]; })""")
+        assert [name for name, *_ in pairs] == ["Span", "Times"]
+        apart = [(name, round(c_left - right)) for name, right, top, bottom, c_left, c_top, c_bottom in pairs
+                 if not (right <= c_left <= right + 12 and c_top < bottom and top < c_bottom)]
+        assert apart == [], pairs
+        assert await page.evaluate("document.documentElement.scrollWidth") <= width
+        assert page.errors == []

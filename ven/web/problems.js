@@ -1,7 +1,7 @@
 // What is wrong and what to do: one line per problem the status shows, in words; and what a screen
 // reader hears of them (#announce).
 import {$, el} from "./dom.js";
-import {fmtDuration, fmtSpan, fmtTime, stampText, toMs} from "./format.js";
+import {fmtDuration, fmtSpan, fmtTime, stampText, toMs, zoneName} from "./format.js";
 import {dashboard, gw} from "./state.js";
 import {certWarning, communication, flaky, neverRegistered, noThreshold, recentRefusal} from "./status.js";
 
@@ -22,7 +22,7 @@ export function findProblems(health) {
   const cert = certWarning();
   if (cert) {
     const certEnds = toMs(cert.not_after);
-    const date = `${fmtTime(certEnds, true)} UTC`, which = `openadr.cert ${cert.file || ""} (${cert.subject || "no subject"})`;
+    const date = `${fmtTime(certEnds, true)} ${zoneName()}`, which = `openadr.cert ${cert.file || ""} (${cert.subject || "no subject"})`;
     const swap = "put the new certificate and its key in place of the files: the gateway reads them at its next registration, no restart needed, and this clears within 5 minutes";
     if (cert.warning === "expired") {
       add("vtn-cert", "bad", "VEN certificate expired",
@@ -121,7 +121,8 @@ export function findProblems(health) {
   (Array.isArray(gw.config_warnings) ? gw.config_warnings : []).forEach((w, i) =>
     add(`config-${i}`, "warn", "Configuration warning", String(w),
         "change the setting in the gateway's config file (edge-gateway check-config lists these) and restart the gateway"));
-  return out;
+  // the faults first: the pill counts them, and on a phone the warnings put them under the fold
+  return out.filter((p) => p.level === "bad").concat(out.filter((p) => p.level !== "bad"));
 }
 export function renderProblems(found) {
   const host = $("problems");
