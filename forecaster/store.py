@@ -106,7 +106,7 @@ class ForecastStore:
             except OtherVersion as err:  # an upgrade or a downgrade: expected, not a fault
                 log.info("stored forecast model not used: %s (fitted by another version of edge-gateway); a new one "
                          "is fitted from the stored history", err)
-            except Exception as err:  # a model from another library version: refit instead
+            except Exception as err:  # unreadable otherwise (a library changed under it, a damaged blob): refit
                 log.warning("stored forecast model not usable (%s: %s); will refit", type(err).__name__, err)
         loaded = {"minutes": len(rows), "model": model_ok}
         return {**loaded, "flags": states} if flags else loaded

@@ -11,6 +11,7 @@ import sys
 import time
 
 import pytest
+from cryptography import x509
 from openleadr.utils import certificate_fingerprint
 
 from test_tls import _ca, _issue
@@ -106,6 +107,33 @@ def test_a_renewal_that_is_itself_within_the_window_is_news_and_a_file_that_cann
     none = CertWatch(OpenadrConfig(), every_s=0)    # plain http, or no certificate yet
     none.check(1, time.time())
     assert none.status() is None and math.isnan(none.metric_value())
+
+
+def _of_version(path: str, version: int) -> None:
+    """Rewrite the PEM certificate at `path` to claim another X.509 version (its signature no longer matters)."""
+    import base64
+
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    der = bytearray(x509.load_pem_x509_certificate(open(path, "rb").read()).public_bytes(Encoding.DER))
+    at = der.index(bytes([0xA0, 0x03, 0x02, 0x01, 0x02]))     # [0] EXPLICIT INTEGER 2: v3
+    der[at + 4] = version
+    open(path, "wb").write(b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(bytes(der)) +
+                           b"-----END CERTIFICATE-----\n")
+
+
+def test_a_certificate_of_an_unknown_version_is_a_file_that_cannot_be_read(issue, tmp_path, caplog):
+    # cryptography raises InvalidVersion, not ValueError, for it: the gateway's start read it and stopped there
+    caplog.set_level(logging.INFO, logger="ven.cert_expiry")
+    cert, key = issue(10)
+    _of_version(cert, 5)
+    watch = CertWatch(OpenadrConfig(cert=cert, key=key), every_s=0)
+    watch.check(1, time.time())
+    assert _said(caplog) == [] and watch.status()["not_after"] is None and math.isnan(watch.metric_value())
+
+    res = _check_config(tmp_path, cert, key)     # its own line, not a traceback
+    assert res.returncode != 0 and "Traceback" not in res.stderr, res.stderr
+    assert f"openadr.cert: {cert}: not a PEM certificate" in res.stdout + res.stderr, (res.stdout, res.stderr)
 
 
 def test_the_certificate_is_read_every_few_minutes_not_at_every_call(issue):

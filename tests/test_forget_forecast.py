@@ -65,3 +65,13 @@ def test_a_missing_file_is_not_created(tmp_path, free_udp_port, capsys):
     assert main(["forget-forecast", "--config", str(cfg), "--yes"]) == 0
     assert "no such file, nothing to forget" in capsys.readouterr().out
     assert not (tmp_path / "none.sqlite").exists()
+
+
+def test_a_directory_is_named_as_one_not_as_a_missing_file(tmp_path, free_udp_port, capsys):
+    # "no such file, nothing to forget" and exit 0 told an operator with a wrong storage.path that all was done
+    cfg = tmp_path / "gateway.toml"
+    (tmp_path / "var").mkdir()
+    write_config(cfg, bacnet_port=free_udp_port(), http_port=9, storage=tmp_path / "var", ven_name="v")
+    assert main(["forget-forecast", "--config", str(cfg), "--yes"]) == 1
+    assert f"storage.path {tmp_path / 'var'} is a directory, not the gateway's file: nothing deleted" in \
+        capsys.readouterr().out

@@ -48,7 +48,7 @@ def read_client_cert(path: str) -> ClientCert | None:
 
     try:
         cert = x509.load_pem_x509_certificate(Path(path).read_bytes())
-    except (OSError, ValueError):
+    except Exception:   # noqa: BLE001 - whatever cryptography cannot read must not stop the gateway's start
         return None
     digest = hashlib.sha256(cert.public_bytes(Encoding.DER)).digest()[-10:]
     return ClientCert(cert.not_valid_before_utc, cert.not_valid_after_utc, cert.subject.rfc4514_string(),

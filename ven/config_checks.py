@@ -55,7 +55,7 @@ def tls_file_problems(c: OpenadrConfig) -> list[str]:
         if cert_pem is not None:
             try:
                 cert = x509.load_pem_x509_certificate(cert_pem)
-            except ValueError:
+            except (ValueError, x509.InvalidVersion):    # InvalidVersion is no ValueError
                 problems.append(f"{cert_}: {c.cert}: not a PEM certificate")
             else:  # a VTN refuses these after the handshake: the VEN only sees the connection drop
                 now = datetime.datetime.now(datetime.timezone.utc)

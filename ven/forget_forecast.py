@@ -46,6 +46,9 @@ def forget_forecast(cfg: GatewayConfig, yes: bool) -> int:
     from forecaster.store import ForecastStore
 
     path = cfg.storage.path
+    if os.path.isdir(path):     # not "no such file": the gateway cannot use it either, the path is wrong
+        print(f"storage.path {path} is a directory, not the gateway's file: nothing deleted")
+        return 1
     if not os.path.isfile(path):    # the store would create one, for nothing
         print(f"storage.path {path}: no such file, nothing to forget")
         return 0
