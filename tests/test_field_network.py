@@ -106,7 +106,8 @@ async def test_the_address_and_the_link_go_away_and_come_back(tmp_path, free_udp
     meter_port = free_udp_port()
     config = tmp_path / "gw.toml"
     write_config(config, bacnet_port=47808, http_port=8000, storage=tmp_path / "gw.sqlite", ven_name="flaky-nic",
-                 device_id=500312, bacnet_ip=f"{ns.ip(1)}/24", meter_port=meter_port, meter_host=ns.host_ip)
+                 device_id=500312, bacnet_ip=f"{ns.ip(1)}/24", meter_port=meter_port, meter_host=ns.host_ip,
+                 meter_timeout_seconds=2.0)  # the faults counted are the outages', not a read slow on a busy machine
     gateway = GatewayProcess(config, tmp_path / "gateway.log", prefix=ns.exec_prefix)
     device, meter_power = f"{ns.ip(1)}:47808", P.BY_NAME[P.METER_POWER].object_id
     outages = (("the address (a DHCP renewal)", lambda: ns.del_address(ns.ip(1)), lambda: ns.add_address(ns.ip(1))),
