@@ -594,3 +594,14 @@ async def test_no_two_labels_of_the_chart_overprint_when_a_tick_falls_on_the_y_a
         assert overprinted == []
         assert await page.locator("#chart-svg text.x-tick").count() >= 3   # the other ticks keep their labels
         assert page.errors == []
+
+
+async def test_ages_past_two_days_are_said_in_days_and_hours(server):
+    # a certificate's end, a stamp days old: "in 240.0 h" read badly beside "in 9 d 23 h" in Needs attention
+    async with drawn(server, SampleView()) as (page, _):
+        said = await page.evaluate("""async () => {
+            const {fmtAgo} = await import("./format.js");
+            const h = 3600e3, now = Date.now();
+            return [fmtAgo(now - 2 * h), fmtAgo(now + 240 * h - 30e3), fmtAgo(now - 50 * h - 30e3)];
+        }""")
+    assert said == ["2.0 h ago", "in 9 d 23 h", "2 d 2 h ago"]

@@ -67,6 +67,8 @@ export function fmtAgo(ms) {
   if (Math.abs(s) < 90) return s >= 0 ? `${s} s ago` : `in ${-s} s`;
   const m = Math.round(s / 60);
   if (Math.abs(m) < 90) return m >= 0 ? `${m} min ago` : `in ${-m} min`;
+  // past two days, hours to a tenth read badly ("in 240.0 h"): days and hours, as the problems say them
+  if (Math.abs(s) >= 48 * 3600) return s >= 0 ? `${fmtDuration(s)} ago` : `in ${fmtDuration(-s)}`;
   const h = (s / 3600).toFixed(1);
   return s >= 0 ? `${h} h ago` : `in ${-h} h`;
 }
