@@ -261,6 +261,68 @@ async def test_forecaster_minutes_taken_while_the_file_refuses_writes_are_writte
     assert said[1] == f"storage.path {path}: forecast history written again", said
 
 
+@pytest.mark.timeout(60)
+async def test_the_chart_shows_the_forecasts_the_file_refuses_as_it_will_once_they_are_written(tmp_path):
+    # the forecasts (and their flags) kept in memory for the next write were missing from /api/history: the
+    # chart's forecast lines and flag lanes stayed empty behind now while storage.path refused writes
+    def upto(view: dict, t: float) -> dict:
+        fl = view["flags"]
+        keep = [i for i, at in enumerate(fl["time"]) if at <= t]
+        return {"flags": {k: [v[i] for i in keep] for k, v in fl.items()},
+                "forecasts": {h: {k: [v[i] for i, at in enumerate(f["issued_at"]) if at <= t] for k, v in f.items()}
+                              for h, f in view["forecasts"].items()}}
+
+    views = []
+
+    async def look(phase: str):
+        n = len(published)
+        await eventually(lambda: len(published) > n + 2 * forecast_service.SAVE_EVERY_CYCLES, 10, "forecasts")
+        # all of them are shown; all but the ones written before the mount went read-only: a WAL file there
+        # cannot be read, the chart shows what memory holds then
+        issued = [f.issued_at for f in published[n if phase == "read-only once open" else 0:]]
+        views.append((phase, await asyncio.to_thread(svc.history, 1), issued))
+
+    with tmpfs(tmp_path / "flaky", "size=4m") as disk:
+        path = str(disk / "gw.sqlite")
+        ForecastStore(path)
+        remount(disk, "ro")
+        k = int(time.time() // 60)
+        published = []
+        svc = ForecastService(ForecasterConfig(cycle_seconds=0.05, source="meter"), path,
+                              publish=published.append, reopen_seconds=0.0)
+        await svc.start()
+        try:
+            svc.on_meter((k - 3) * 60 - 30, 100.0)
+            await look("not opened at start")
+            remount(disk, "rw")
+            await eventually(lambda: svc.status()["storage_ok"], 10, "the file opened")
+            remount(disk, "ro")
+            svc.on_meter((k - 2) * 60 - 30, 200.0)
+            await look("read-only once open")
+            remount(disk, "rw")
+            await eventually(lambda: svc.status()["storage_ok"], 10, "writing again")
+            # held open, as the gateway's other stores hold theirs: the full file can still be read then
+            with contextlib.closing(sqlite3.connect(path)) as held:
+                held.execute("SELECT COUNT(*) FROM forecast_issue").fetchone()
+                filler = fill(disk)
+                svc.on_meter((k - 1) * 60 - 30, 300.0)
+                await eventually(lambda: not svc.status()["storage_ok"], 10, "the refused write")
+                await look("disk full")
+                filler.unlink()
+                await eventually(lambda: svc.status()["storage_ok"], 10, "writing again")
+                written = await asyncio.to_thread(svc.history, 1)
+        finally:
+            await svc.stop()
+    assert written["power"]["kw"] == [100.0, 200.0, 300.0]
+    for phase, view, issued in views:
+        shown = (view["flags"] or {}).get("time", [])
+        assert set(issued) <= set(shown) and shown == sorted(set(shown)), (phase, len(issued), len(shown))
+        if phase != "read-only once open":
+            assert upto(view, shown[-1]) == upto(written, shown[-1]), phase
+    # the minutes the file refused are in memory only too
+    assert [view["power"]["kw"] for _, view, _ in views] == [[100.0], [100.0, 200.0], [100.0, 200.0, 300.0]]
+
+
 def test_a_file_that_can_be_read_but_not_written_still_gives_back_its_state(tmp_path, caplog):
     # a restart on a file system gone read-only: the BAS's ADR-Opt-Out commands and the events the
     # file holds must not be forgotten (the VTN would be told optIn)

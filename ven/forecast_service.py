@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import math
 import os
 import pickle
 import sqlite3
@@ -517,15 +518,68 @@ class ForecastService:
 
     def history(self, hours: float) -> dict:
         since = self._clock() - hours * 3600
-        if self._store is None:
-            # storage.path could not be opened: the power (and so the demand) the forecaster holds in memory,
-            # rather than a chart claiming there were no readings; forecasts and flags are not kept in memory
-            return {"power": self.forecaster.power_minutes(since), "forecasts": {}, "flags": {}}
-        try:    # the chart shows the cycles not yet written too (SAVE_EVERY_CYCLES)
-            self._cycle_pool.submit(self._flush).result()
-        except RuntimeError:    # stopped: the stop wrote them
-            pass
-        return self._store.history(since)
+        store = self._store
+        if store is not None:
+            try:    # the chart shows the cycles not yet written too (SAVE_EVERY_CYCLES)
+                self._cycle_pool.submit(self._flush).result()
+            except RuntimeError:    # stopped: the stop wrote them
+                pass
+        # what the file refused is kept for the next write (MAX_UNSAVED_FORECASTS): the chart shows it as it will
+        # be written. Taken before the read: one written meanwhile is in both, and counted once.
+        unsaved = self._unsaved_forecasts
+        stored = None
+        if store is not None:
+            try:
+                stored = store.history(since)
+            except sqlite3.Error:
+                # read-only or full with no other connection holding it (the CLI, tests): a WAL file cannot be
+                # read then either. The chart shows what memory holds, as when the file never opened.
+                pass
+        if stored is None:
+            # the power (and so the demand) the forecaster holds in memory, rather than a chart claiming there
+            # were no readings
+            stored = {"power": self.forecaster.power_minutes(since), "forecasts": {}, "flags": {}}
+        elif self._store_failing:     # the minutes not written are in memory only
+            stored["power"] = _merged_power(stored["power"], self.forecaster.power_minutes(since))
+        return _with_unsaved(stored, unsaved, since)
+
+
+_FLAG_KEYS = ("time", "high_load", "low_load", "high_threshold_kw", "low_threshold_kw", "model")
+
+
+def _merged_power(stored: dict, held: dict) -> dict:
+    kw = dict(zip(stored["time"], stored["kw"]))
+    kw.update(zip(held["time"], held["kw"]))
+    times = sorted(kw)
+    return {"time": times, "kw": [kw[t] for t in times]}
+
+
+def _with_unsaved(stored: dict, unsaved: list[Forecast], since: float) -> dict:
+    """ForecastStore.history's lists with the forecasts not written yet in them, as the store will give them."""
+    if not unsaved:
+        return stored
+    fl = stored["flags"] or {k: [] for k in _FLAG_KEYS}
+    written = set(fl["time"]).union(*(f["issued_at"] for f in stored["forecasts"].values()))
+    new = [f for f in unsaved if f.issued_at not in written]
+    if not new:
+        return stored
+    flags = list(zip(*(fl[k] for k in _FLAG_KEYS)))
+    flags += [(f.issued_at, f.high_load, f.low_load, _stored(f.high_threshold_kw), _stored(f.low_threshold_kw),
+               f.model) for f in new if f.issued_at >= since]
+    flags.sort(key=lambda r: r[0])
+    forecasts = {}
+    for h in sorted(set(stored["forecasts"]).union(*(f.demand_kw for f in new))):
+        old = stored["forecasts"].get(h) or {"target_time": [], "issued_at": [], "forecast_kw": []}
+        rows = list(zip(old["target_time"], old["issued_at"], old["forecast_kw"]))
+        rows += [(f.issued_at + h * 60, f.issued_at, _stored(f.demand_kw[h])) for f in new
+                 if h in f.demand_kw and f.issued_at + h * 60 >= since]
+        rows.sort(key=lambda r: r[0])
+        forecasts[h] = {k: [r[i] for r in rows] for i, k in enumerate(("target_time", "issued_at", "forecast_kw"))}
+    return {**stored, "forecasts": forecasts, "flags": {k: [r[i] for r in flags] for i, k in enumerate(_FLAG_KEYS)}}
+
+
+def _stored(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else x   # SQLite keeps NaN as NULL
 
 
 def _iso(t: float) -> str:

@@ -38,7 +38,7 @@ and hold only what ran (the CSV, made from them, never has a row after now):
   one read back from storage: it is there while storage.path cannot be written, and it is /api/status's.
   One entry per horizon with a number: "target" is the end of the demand window it forecasts (issue +
   horizon), "minute" the start of the minute forecast_15 / forecast_60 will show it at once that minute
-  comes (those arrays are read from the store: null while storage.path cannot be written). null when no
+  comes (those arrays are the store's, with the forecasts it did not take yet, kept in memory). null when no
   forecast was issued, when it has no number (made without power: the points are in fault), when it is
   older than the flags' staleness (flag_stale_seconds: the forecaster stopped), or when the power input is
   stale now (the BAS reads the forecast points in fault then: input_stale=True).
