@@ -58,10 +58,13 @@ async def power_xs(page):
 
 
 async def scales(page, body, minutes_ahead):
-    """The chart's time scale (epoch s -> x) from the plot's edges and its span, its kW scale (kW -> y)
+    """The chart's time scale (epoch s -> x) from the plot's edges and its span (past the hour ahead, the axis
+    ends where the page says: a little past it, so the last marker is inside the plot), its kW scale (kW -> y)
     from the two threshold lines (105 and 65 kW)."""
     left, width = await attr(page, "svg clipPath rect", "x"), await attr(page, "svg clipPath rect", "width")
     t0, t1 = body["minutes"][0], body["minutes"][-1] + 60 + minutes_ahead * 60
+    if minutes_ahead:
+        t1 = await page.evaluate("window.dashboard.axisEnd")
     high = await attr(page, 'line[data-threshold="high_threshold_kw"]', "y1")
     low = await attr(page, 'line[data-threshold="low_threshold_kw"]', "y1")
     return (lambda t: left + (t - t0) / (t1 - t0) * width), (lambda kw: low + (kw - 65) * (high - low) / (105 - 65))
@@ -192,4 +195,33 @@ async def test_an_event_starting_at_now_does_not_overprint_the_now_label(server,
         assert await page.locator("svg text.event-label", has_text="L2").count() == 1
         await page.locator("#chart").screenshot(path=str(artifact_path(f"dashboard-event-at-now-{width}.png")))
         assert await page.evaluate(OVERPRINTED) == []
+        assert page.errors == []
+
+
+@pytest.mark.parametrize("width, hours", [(1440, 6), (360, 24), (1440, 168)])
+async def test_the_last_forecasts_marker_is_wholly_inside_the_plot_on_its_minute(server, width, hours):
+    # the 60-minute forecast's marker was drawn 30 s before the axis' end: half of it hung past the plot's edge
+    view = AheadView(hours=hours + 2)
+    srv = await server(view)
+    async with chromium_page(width, 844) as page:
+        await open_dashboard(page, srv.url + f"/?hours={hours}&refresh=600")
+        await page.locator("#chart").screenshot(path=str(artifact_path(f"dashboard-ahead-marker-{width}-{hours}h.png")))
+        left, plot_w = await attr(page, "svg clipPath rect", "x"), await attr(page, "svg clipPath rect", "width")
+        dot = 'svg circle.ahead-forecast[data-horizon="60"]'
+        cx, r, stroke = (await attr(page, dot, "cx"), await attr(page, dot, "r"), await attr(page, dot, "stroke-width"))
+        assert cx + r + stroke / 2 <= left + plot_w + 0.01, (cx, r, left + plot_w)
+        # still at the middle of the minute it forecasts, on the axis' scale (the hour ahead's own where it is widened)
+        body = view.history(hours)
+        t_end, t1 = body["minutes"][-1] + 60, await page.evaluate("window.dashboard.axisEnd")
+        assert t_end + 3600 < t1 < t_end + 3600 + 10 * 60
+        minute = body["minutes"][-1] + 60 * 60
+        if await page.locator("svg rect.ahead-band").count():
+            split = await attr(page, "svg rect.ahead-band", "x")
+            x_of = lambda t: split + (t - t_end) / (t1 - t_end) * (left + plot_w - split)  # noqa: E731
+        else:
+            x_of = lambda t: left + (t - body["minutes"][0]) / (t1 - body["minutes"][0]) * plot_w  # noqa: E731
+        assert abs(cx - x_of(minute + 30)) <= 0.11
+        await tab_to_chart(page)
+        await page.keyboard.press("End")
+        assert f"forecast for {hhmm(minute)}" in await readout(page)
         assert page.errors == []

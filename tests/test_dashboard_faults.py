@@ -34,6 +34,8 @@ class FaultView(SampleView):
         self.faults = set()
         # "learning" (not a fault: a new install before its first model) ends at this minute
         self.first_fit_after = (time.time() // 60 + 34 * 60) * 60
+        # while fits fail ("fit"): the next try, mid-minute
+        self.fit_retry_at = (time.time() // 60 + 47) * 60 + 30
 
     def status(self):
         body = super().status()
@@ -72,6 +74,8 @@ class FaultView(SampleView):
         if "learning" in f:
             fc.update({"model": "persistence", "last_fit_at": None, "learning": {
                 "needs_minutes": 2880, "have_minutes": 840, "first_fit_after": self.first_fit_after}})
+        if "fit" in f:
+            fc.update({"fit_ok": False, "fit_retry_at": self.fit_retry_at})
         faulted = set()
         if "input" in f:
             faulted |= {"fifteen-min-future-power", "one-hour-future-power", "power-rate-of-change",
@@ -428,6 +432,28 @@ async def test_the_certificates_end_is_said_in_the_zone_the_page_shows_and_named
         assert "UTC" not in await item.inner_text()
         card = await page.locator('[data-section="vtn"] dt:text-is("client cert.not after") + dd').inner_text()
         assert card.startswith(f"{ends.astimezone(ZoneInfo('Europe/Rome')):%Y-%m-%d %H:%M}:"), card
+        assert page.errors == []
+
+
+class RomeFaultView(FaultView):
+    def status(self):
+        return {**super().status(), "timezone": "Europe/Rome"}
+
+
+@pytest.mark.parametrize("view_class, zone", [(FaultView, "UTC"), (RomeFaultView, "Europe/Rome")])
+async def test_a_failing_fit_says_when_it_is_tried_again_in_the_zone_the_page_shows(server, view_class, zone):  # noqa: F811
+    # "Forecaster fit failing ... see the gateway's log": whether the next try is in a minute or a day, only the log said
+    view = view_class()
+    view.faults = {"fit"}
+    async with drawn(server, view, "?refresh=1") as (page, _):
+        item = page.locator('#problems li[data-problem="fit"]')
+        assert await item.get_attribute("data-level") == "warn"
+        at = datetime.fromtimestamp(view.fit_retry_at, ZoneInfo(zone)).strftime("%H:%M")
+        assert await item.locator(".detail").inner_text() == \
+            f"the learned model is not refitted; the last model or persistence serves; next try about {at} {zone}"
+        view.fit_retry_at = time.time() - 5     # past: the try is running
+        await page.wait_for_function("document.querySelector('#problems li[data-problem=\"fit\"] .detail')"
+                                     "?.innerText.endsWith('; trying again now')", timeout=10000)
         assert page.errors == []
 
 

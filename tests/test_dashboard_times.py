@@ -117,6 +117,7 @@ async def test_a_building_in_rome_reads_rome_time_and_utc_when_chosen_also_after
         assert await page.locator("svg text.axis-label", has_text="time (Europe/Rome)").count() == 1
         assert ", times in Europe/Rome." in await page.locator("#chart-svg").get_attribute("aria-label")
         assert_on_the_zones_clock(await ticks(page, history), ROME)
+        assert await page.evaluate("window.dashboard.problems") == []    # a zone it knows needs no word
         active = next(e for e in view.events if e["event_id"] == "evt-peak-2")
         cells = await page.locator('#events tr[data-event="evt-peak-2"] td').all_inner_texts()
         assert cells[3:5] == [local(active["start"], ROME), local(active["end"], ROME)]
@@ -143,6 +144,18 @@ async def test_a_building_in_rome_reads_rome_time_and_utc_when_chosen_also_after
         await choose_zone(page, "Europe/Rome")
         assert parse_qs(urlsplit(page.url).query)["tz"] == ["Europe/Rome"]
         assert await page.locator("svg text.axis-label", has_text="time (Europe/Rome)").count() == 1
+        assert page.errors == []
+
+
+async def test_a_building_zone_this_browser_does_not_know_is_said_where_the_operator_looks(server):
+    # a zone newer than the browser's zone data: the page showed UTC with nothing saying it was not the building's
+    async with drawn(server, ZoneView("Mars/Olympus_Mons"), "?refresh=600") as (page, _):
+        assert await page.locator("#chart-tz option").all_inner_texts() == ["UTC"]
+        item = page.locator('#problems li[data-problem="zone"]')
+        assert await item.get_attribute("data-level", timeout=10000) == "warn"
+        assert await item.locator(".detail").inner_text() == \
+            "the building's zone Mars/Olympus_Mons (forecaster.timezone) is unknown to this browser: times are in UTC"
+        assert await page.locator("#pills .pill").first.inner_text() == "healthy"
         assert page.errors == []
 
 

@@ -5,6 +5,10 @@
 import {svg} from "./dom.js";
 import {fmtNum, fmtTime, toMs, zoneName} from "./format.js";
 
+const MARKER_R = 4.5, MARKER_STROKE = 1.5;
+// how far a forecast's marker reaches right of its middle (px): the time axis leaves that much room past the last
+export const MARKER_REACH = MARKER_R + MARKER_STROKE / 2;
+
 // {forecasts, upcoming, minutes: the forecasts' minutes (epoch s, ascending), minutesAhead: how far past
 // now the time axis goes (0: nothing ahead, the axis ends at now)}
 export function aheadOf(hist) {
@@ -50,7 +54,7 @@ export function drawAhead(ahead, {x, y, top, height, nowMs, demandNow, at}) {
                             class: "series", stroke: s.color, "stroke-width": 1.2, "stroke-dasharray": s.dash || "",
                             "data-ahead": f.horizon}));
     }
-    const dot = svg("circle", {cx, cy, r: 4.5, fill: s.color, stroke: "#fff", "stroke-width": 1.5,
+    const dot = svg("circle", {cx, cy, r: MARKER_R, fill: s.color, stroke: "#fff", "stroke-width": MARKER_STROKE,
                                class: "ahead-forecast", "data-horizon": f.horizon, "data-kw": f.kw, "data-minute": f.minute});
     dot.append(svg("title", {}, `${s.label}: ${forecastWords(f, ahead.issuedAt)}`));
     g.append(dot);

@@ -2,7 +2,7 @@
 // the thresholds and the load flags in lanes under it (load.js), a readout of one minute (by mouse, or by
 // keyboard: chart_keys.js), and the same figures in words for a screen reader (chart_words.js). Past now,
 // when something lies ahead (ahead.js): the latest forecasts and the event intervals about to start.
-import {aheadOf, drawAhead} from "./ahead.js";
+import {MARKER_REACH, aheadOf, drawAhead} from "./ahead.js";
 import {keepReadout} from "./chart_keys.js";
 import {chartLabel, span, title} from "./chart_words.js";
 import {wireReadout} from "./chart_readout.js";
@@ -14,7 +14,7 @@ import {legend} from "./legend.js";
 import {LANE, drawFlagLanes, drawThresholds} from "./load.js";
 import {FLAGS, SERIES, forecastSeries, nameSeries} from "./series.js";
 import {dashboard, gw, hist} from "./state.js";
-import {drawTimeAxis, timeScale} from "./time_axis.js";
+import {axisEnd, drawTimeAxis, timeScale} from "./time_axis.js";
 
 const MAX_BRIDGE_S = 15 * 60;
 
@@ -96,7 +96,9 @@ export function drawChart() {
   // the history ends with the minute in progress; the axis goes on past it by the longest horizon
   // when something lies ahead
   const tEnd = Math.max(minutes[minutes.length - 1] * 1000 + 60000, minutes[0] * 1000 + 60000);
-  const t0 = minutes[0] * 1000, t1 = tEnd + ahead.minutesAhead * 60000;
+  const t0 = minutes[0] * 1000;
+  const lastMark = ahead.minutes.length ? ahead.minutes[ahead.minutes.length - 1] * 1000 + 30000 : null;
+  const t1 = axisEnd(t0, tEnd, tEnd + ahead.minutesAhead * 60000, lastMark, pw, MARKER_REACH);
   const nowMs = typeof hist.now === "number" ? clamp(hist.now * 1000, tEnd - 60000, tEnd) : tEnd;
   const {lo, hi, step: yStep} = kwRange(ahead);
   const scale = timeScale(t0, tEnd, t1, m.l, pw);
@@ -150,6 +152,7 @@ export function drawChart() {
   dashboard.events = events.past;
   dashboard.upcoming = events.upcoming;
   dashboard.ahead = ahead.forecasts.length;
+  dashboard.axisEnd = t1 / 1000;
   dashboard.draws++;
   dashboard.ready = true;
 }

@@ -1,7 +1,7 @@
 // What is wrong and what to do: one line per problem the status shows, in words; and what a screen
 // reader hears of them (#announce).
 import {$, el} from "./dom.js";
-import {fmtDuration, fmtSpan, fmtTime, stampText, toMs, zoneName} from "./format.js";
+import {fmtDuration, fmtSpan, fmtTime, knownZone, stampText, toMs, zoneName} from "./format.js";
 import {dashboard, gw} from "./state.js";
 import {certWarning, communication, flaky, neverRegistered, noThreshold, recentRefusal} from "./status.js";
 
@@ -116,7 +116,19 @@ export function findProblems(health) {
         `high-load and low-load read fault, meaning "cannot tell": percentile thresholds need a day of history${minutes} that is not flat`,
         "wait for a day of history, or set forecaster.high_load_kw and low_load_kw for fixed thresholds");
   }
-  if (fc.fit_ok === false) add("fit", "warn", "Forecaster fit failing", "the learned model is not refitted; the last model or persistence serves", "see the gateway's log");
+  if (fc.fit_ok === false) {
+    // past while the retry runs
+    const retry = typeof fc.fit_retry_at === "number" ? fc.fit_retry_at * 1000 : null, now = toMs(gw.now) ?? Date.now();
+    const next = retry === null ? "" : retry <= now ? "; trying again now" :
+      `; next try about ${fmtTime(retry, retry - now > 20 * 3600 * 1000)} ${zoneName()}`;
+    add("fit", "warn", "Forecaster fit failing", `the learned model is not refitted; the last model or persistence serves${next}`,
+        "see the gateway's log");
+  }
+  // an old browser's zone data lacks a newer zone: its times would read as the building's when they are not
+  if (gw.timezone && !knownZone(gw.timezone)) {
+    add("zone", "warn", "Building's zone unknown to this browser",
+        `the building's zone ${gw.timezone} (forecaster.timezone) is unknown to this browser: times are in ${zoneName()}`);
+  }
   // settings, not faults: each stays until the config is changed, so it is said here, not only in the start-up log
   (Array.isArray(gw.config_warnings) ? gw.config_warnings : []).forEach((w, i) =>
     add(`config-${i}`, "warn", "Configuration warning", String(w),

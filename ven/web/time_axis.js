@@ -29,6 +29,16 @@ export function timeScale(t0, tEnd, t1, left, width) {
     split, widened,
   };
 }
+// the time axis' end (ms): t1, or a little past it where a marker at lastMs (the last forecast's middle, 30 s
+// before t1) would hang past the plot's right edge: far enough that it reaches px short of it, on its minute still
+export function axisEnd(t0, tEnd, t1, lastMs, width, px) {
+  const {x, split, widened} = timeScale(t0, tEnd, t1, 0, width);
+  if (lastMs === null || width - x(lastMs) >= px) return t1;
+  // x(lastMs) is at px from the right when (t - lastMs) / (t - from) = px / the width from's part of the axis has:
+  // the hour ahead's own (still so at the later end: its width depends on the plot's alone), or the whole's
+  const from = widened ? tEnd : t0, k = px / (widened ? width - split : width);
+  return Math.max(t1, (lastMs - k * from) / (1 - k));
+}
 // [{from, to, off}]: the stretches of a to b (ms) over which the zone shown keeps its UTC offset off (ms). A
 // zone changes it at most a few times a year: a look a day finds each change in 35 days, a bisection its minute.
 function offsetSpans(a, b) {
