@@ -408,7 +408,7 @@ class DemandForecaster:
         # The configuration may have changed since the fit: a horizon it has no model for would serve
         # persistence, and a model fed another zone's hours or holidays reads the day shifted (its 60-minute
         # error doubled on the Turin year), each until the next refit, up to retrain_minutes later.
-        had, want = sorted(fitted.horizons), sorted(self.horizons_minutes)
+        had, want = sorted(fitted.asked or fitted.horizons), sorted(self.horizons_minutes)
         if not set(want) <= set(had):
             raise model.OtherSettings(f"fitted for horizons {'/'.join(map(str, had))} min, not "
                                       f"{'/'.join(map(str, want))}")

@@ -290,6 +290,9 @@ class FittedModel:
     info: dict = field(default_factory=dict)
     features: tuple = ()  # the feature columns it was fitted on; a model from another set is refitted
     calendar: tuple = ()  # Calendar.settings it was fitted with; () from versions that did not record them
+    # the horizons the fit was asked for: one it left out (too few rows) is not a changed configuration, and is
+    # tried at the next refit rather than at every start; () from versions that did not record them
+    asked: tuple = ()
 
 
 def from_blob(blob: bytes) -> FittedModel | None:
@@ -371,7 +374,7 @@ def fit(snap: MinuteSnapshot, cal: Calendar, horizons, last_k: int, stride: int,
         return None
     return FittedModel(name=MODEL_NAME, horizons=out, fitted_at=now, trained_until_minute=last_k,
                        train_rows=sum(rows for _, rows in fitted), fit_seconds=time.perf_counter() - t0,
-                       features=features.FEATURE_NAMES, calendar=cal.settings)
+                       features=features.FEATURE_NAMES, calendar=cal.settings, asked=horizons)
 
 
 def fit_horizon(snap: MinuteSnapshot, cal: Calendar, h: int, last_k: int, stride: int, validation_days: float,

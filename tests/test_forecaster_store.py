@@ -144,6 +144,12 @@ def test_a_model_fitted_for_other_horizons_or_calendar_is_refitted_not_served(tm
     assert store.load_into(seeded(holidays=["01-06", "12-08", "01-06"]), t[-1])["model"] is True
     store.save_model(pickle.dumps(dataclasses.replace(fitted.fitted_model, calendar=())))
     assert store.load_into(seeded(timezone="Europe/Rome"), t[-1])["model"] is True
+    # a fit that left a horizon out (too few rows for it) was asked for the same ones: kept, not "changed"
+    model = fitted.fitted_model
+    store.save_model(pickle.dumps(dataclasses.replace(model, horizons={15: model.horizons[15]})))
+    assert store.load_into(seeded(holidays=("12-08", "01-06")), t[-1])["model"] is True
+    store.save_model(pickle.dumps(dataclasses.replace(model, horizons={15: model.horizons[15]}, asked=())))
+    assert store.load_into(seeded(holidays=("12-08", "01-06")), t[-1])["model"] is False
 
 
 def test_history_for_the_http_endpoint(tmp_path):
