@@ -20,10 +20,27 @@ def private_home(tmp_path_factory, monkeypatch):
     return home
 
 
+# Ports handed to tests come from below the kernel's ephemeral range (32768 and up on Linux), one block per
+# xdist worker: a port the kernel picked for "port 0" was free when asked, but any client socket of another
+# worker (every outgoing UDP or TCP socket gets an ephemeral port) could take it before the test bound it.
+_PORT_BASE, _PORT_BLOCK, _BLOCKS = 20000, 3000, 4
+_next_port: dict[int, int] = {}
+
+
 def _free_port(kind: int) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    first = _PORT_BASE + (index % _BLOCKS) * _PORT_BLOCK
+    for _ in range(_PORT_BLOCK):
+        offset = _next_port.get(first, 0)
+        _next_port[first] = (offset + 1) % _PORT_BLOCK
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind(("127.0.0.1", first + offset))
+            except OSError:     # still held by an earlier test's stack, or by something else on the machine
+                continue
+            return first + offset
+    raise RuntimeError(f"no free port in {first}..{first + _PORT_BLOCK - 1}")
 
 
 @pytest.fixture
