@@ -519,14 +519,18 @@ class ForecastService:
     def history(self, hours: float) -> dict:
         since = self._clock() - hours * 3600
         store = self._store
-        if store is not None:
-            try:    # the chart shows the cycles not yet written too (SAVE_EVERY_CYCLES)
-                self._cycle_pool.submit(self._flush).result()
-            except RuntimeError:    # stopped: the stop wrote them
-                pass
+
+        def flushed() -> list[Forecast]:
+            if store is not None:   # the chart shows the cycles not yet written too (SAVE_EVERY_CYCLES)
+                self._flush()
+            # taken in the cycle's thread, where a save swaps the list out while it writes: not mid-save
+            return self._unsaved_forecasts
         # what the file refused is kept for the next write (MAX_UNSAVED_FORECASTS): the chart shows it as it will
         # be written. Taken before the read: one written meanwhile is in both, and counted once.
-        unsaved = self._unsaved_forecasts
+        try:
+            unsaved = self._cycle_pool.submit(flushed).result()
+        except RuntimeError:    # stopped: the stop wrote them
+            unsaved = self._unsaved_forecasts
         stored = None
         if store is not None:
             try:
