@@ -316,7 +316,10 @@ async def test_the_chart_shows_the_forecasts_the_file_refuses_as_it_will_once_th
     assert written["power"]["kw"] == [100.0, 200.0, 300.0]
     for phase, view, issued in views:
         shown = (view["flags"] or {}).get("time", [])
-        assert set(issued) <= set(shown) and shown == sorted(set(shown)), (phase, len(issued), len(shown))
+        # read-only once open: a save in the moment the mount turned read-only is in the file, which cannot be
+        # read then (the chart shows memory's): the first save's forecasts may be missing, none after them
+        expected = issued[forecast_service.SAVE_EVERY_CYCLES:] if phase == "read-only once open" else issued
+        assert set(expected) <= set(shown) and shown == sorted(set(shown)), (phase, len(issued), len(shown))
         if phase != "read-only once open":
             assert upto(view, shown[-1]) == upto(written, shown[-1]), phase
     # the minutes the file refused are in memory only too
