@@ -93,8 +93,7 @@ class ForecastService:
         self._fallback = Flapping(2 * config.input_stale_seconds)
         self._meter_unsaid = False    # start-up's meter pick, said once the BAS has had its time to write
         self._rejecting = False
-        self._fit_failing = False
-        self._fit_failures = 0                     # failed fits in a row
+        self._fit_failures = 0                     # failed fits in a row: 0 while fits succeed
         self._fit_retry_at: float | None = None    # while they fail: the next try (monotonic: unmoved by clock steps)
         self._fit_short = False
         self._store_failing = False
@@ -443,16 +442,15 @@ class ForecastService:
         if err is not None:
             retrain = self.config.retrain_minutes
             wait = min(retrain * 2 ** min(self._fit_failures, 20), max(retrain, FIT_RETRY_MAX_MINUTES))
-            self._fit_failures += 1
-            self._fit_retry_at = time.monotonic() + wait * 60
-            if not self._fit_failing:
+            if not self._fit_failures:
                 log.error("forecaster fit failed: %s: %s; the last model or persistence serves, next try about %s",
                           type(err).__name__, err, _iso(self._clock() + wait * 60))
-            self._fit_failing = True
+            self._fit_failures += 1
+            self._fit_retry_at = time.monotonic() + wait * 60
             return
-        if self._fit_failing:
+        if self._fit_failures:
             log.info("forecaster fit succeeded again after %d failed tries", self._fit_failures)
-        self._fit_failing, self._fit_failures, self._fit_retry_at = False, 0, None
+        self._fit_failures, self._fit_retry_at = 0, None
         if fut.result() is False:   # sparse history: not a fault, but the operator should not read "fitted"
             if not self._fit_short:
                 log.info("forecaster not fitted: %d minutes of history give too few complete 15-minute "
@@ -495,7 +493,7 @@ class ForecastService:
             "source": self.config.source, "active_source": self._active,
             "last_input_at": self._last_input_t, "last_meter_at": self._last_meter_t,
             "input_stale_seconds": self.config.input_stale_seconds,
-            "storage_ok": self.storage_ok, "fit_ok": not self._fit_failing, "fit_retry_at": self.fit_retry_at(),
+            "storage_ok": self.storage_ok, "fit_ok": not self._fit_failures, "fit_retry_at": self.fit_retry_at(),
             "input_stale": self.input_stale(),
         })
         retry, learning = st["fit_retry_at"], st["learning"]
