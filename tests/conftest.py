@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import random
 import socket
 import time
 
@@ -32,7 +33,10 @@ def _free_port(kind: int) -> int:
     index = int(worker[2:]) if worker[2:].isdigit() else 0
     first = _PORT_BASE + (index % _BLOCKS) * _PORT_BLOCK
     for _ in range(_PORT_BLOCK):
-        offset = _next_port.get(first, 0)
+        # from a random place in the block: another pytest run on the machine (a developer's beside CI's) walks
+        # the same block, and from the same start both would hand out the same ports in step (not the seeded
+        # generator: a test seeding it would put every run at one start again)
+        offset = _next_port.setdefault(first, random.SystemRandom().randrange(_PORT_BLOCK))
         _next_port[first] = (offset + 1) % _PORT_BLOCK
         with socket.socket(socket.AF_INET, kind) as s:
             try:

@@ -48,8 +48,13 @@ READY = "window.dashboard && window.dashboard.ready"
 
 async def open_dashboard(page, url, timeout=20000):
     """Load the page and wait until its first draw is done."""
+    from playwright.async_api import TimeoutError as PlaywrightTimeout
+
     await page.goto(url, wait_until="load", timeout=20000)
-    await page.wait_for_function(READY, timeout=timeout)
+    try:
+        await page.wait_for_function(READY, timeout=timeout)
+    except PlaywrightTimeout:   # once in CI, with nothing to tell why: a script error stops the first draw
+        raise AssertionError(f"{url}: not drawn within {timeout / 1000:g} s; page errors: {page.errors}") from None
 
 
 @contextlib.asynccontextmanager

@@ -117,8 +117,11 @@ async def test_re_registrations_list_every_event_again_in_one_line_each(tmp_path
                 server.request_reregistration(gw.vtn.ven_id)
                 await until(lambda: server.registrations == times, 10, "registered again")
                 # the VTN records the answers before its reply reaches the gateway, which then logs the line
+                # and a poll answered since (asked again before that, the second loss is the first one's next step,
+                # logged as such: the VTN never gave a working session)
                 await until(lambda: all(len(server.opts_for(e)) == times for e in ids)
-                            and len(said(caplog, "listed again")) == times - 1, 10, "the events answered")
+                            and len(said(caplog, "listed again")) == times - 1 and not gw.vtn._lost_unanswered, 10,
+                            "the events answered")
             assert all(not gw.schedule.get(e).cancelled for e in ids), "no event lost"
             assert said(caplog, "listed again") == ["12 event(s) listed again, unchanged"] * 2
             assert [r.levelname for r in caplog.records if "listed again" in r.getMessage()] == ["INFO", "DEBUG"]

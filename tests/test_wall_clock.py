@@ -115,9 +115,13 @@ async def test_the_device_tells_its_zone_across_a_clock_change(tmp_path, free_tc
     write_config(config, bacnet_port=port, http_port=free_tcp_port(), storage=tmp_path / "gw.sqlite", ven_name="tz")
     props = ["localDate", "localTime", "utcOffset", "daylightSavingsStatus"]
 
+    read = []   # the device's last answer, for the failure's message
+
     async def device_time():
         rows = await peer.read_multiple(f"127.0.0.1:{port}", [("device 500001", props)])
-        return rows and {p: rows[("device 500001", p)] for p in props}
+        if rows:
+            read[:] = [{p: rows[("device 500001", p)] for p in props}]
+        return rows and read[0]
 
     def minute_of_day(time_: list) -> int:
         return time_[0] * 60 + time_[1]
@@ -127,14 +131,19 @@ async def test_the_device_tells_its_zone_across_a_clock_change(tmp_path, free_tc
         return [t.year - 1900, t.month, t.day, t.isoweekday()], t.hour * 60 + t.minute
 
     async with BacnetPeer(free_udp_port()) as peer:
-        with GatewayProcess(config, tmp_path / "gw.log"):
+        with GatewayProcess(config, tmp_path / "gw.log") as gateway:
             for at, expected in ((before, told_before), (after, told_after)):
                 set_offset(clock, (datetime.fromisoformat(at).replace(tzinfo=timezone.utc)
                                    - datetime.now(timezone.utc)).total_seconds())
                 date, minute = local(at)    # each step's local times are 15 minutes or more apart
-                seen = await eventually(
-                    lambda: _when(device_time(), lambda d: 0 <= minute_of_day(d["localTime"]) - minute < 5),
-                    60, f"the device's clock at {at}")
+                read.clear()
+                try:
+                    seen = await eventually(
+                        lambda: _when(device_time(), lambda d: 0 <= minute_of_day(d["localTime"]) - minute < 5),
+                        60, f"the device's clock at {at}")
+                except AssertionError as failed:   # once in CI, with nothing to tell why: say what there was
+                    raise AssertionError(f"{failed}; last answer {read}, gateway alive {gateway.alive}, its log:\n"
+                                         f"{gateway.log()[-3000:]}") from None
                 assert seen["localDate"] == date, seen
                 assert (seen["utcOffset"], seen["daylightSavingsStatus"]) == expected, seen
             # one read on a loaded machine may go unanswered within the peer's 5 s, as those above may: asked again
