@@ -36,10 +36,11 @@ def artifact_path(name: str) -> Path:
 
 
 @asynccontextmanager
-async def chromium_page(width: int = 1440, height: int = 1200, timezone_id: str | None = None):
+async def chromium_page(width: int = 1440, height: int = 1200, timezone_id: str | None = None,
+                        color_scheme: str = "light"):
     """Yield a Playwright page; page.errors collects console errors and uncaught exceptions,
     page.offsite collects URLs to non-loopback hosts (all refused). timezone_id: the browser's own zone
-    (default: the machine's)."""
+    (default: the machine's); color_scheme: the scheme the page is told the OS prefers ("light" or "dark")."""
     from playwright.async_api import async_playwright
 
     exe = chromium_path()
@@ -47,7 +48,8 @@ async def chromium_page(width: int = 1440, height: int = 1200, timezone_id: str 
         browser = await pw.chromium.launch(executable_path=exe, headless=True, args=CHROMIUM_ARGS, timeout=30000)
         try:
             zone = {"timezone_id": timezone_id} if timezone_id else {}
-            context = await browser.new_context(viewport={"width": width, "height": height}, **zone)
+            context = await browser.new_context(viewport={"width": width, "height": height}, color_scheme=color_scheme,
+                                                **zone)
             page = await context.new_page()
             page.errors = []
             page.offsite = []

@@ -1,7 +1,8 @@
 """The dashboard for an operator who cannot rely on colour, a mouse or the screen: its text keeps WCAG AA
-contrast (4.5:1) in every state it colours, the token form works from the keyboard and has a label, a
-screen reader hears each change once (a fault, its end, the gateway going away and coming back) rather
-than the whole problem list on every refresh, and the chart has its figures in words."""
+contrast (4.5:1) in every state it colours, in the light scheme and in the dark one the OS can ask for
+(test_dashboard_dark.py), the token form works from the keyboard and has a label, a screen reader hears each
+change once (a fault, its end, the gateway going away and coming back) rather than the whole problem list on
+every refresh, and the chart has its figures in words."""
 from __future__ import annotations
 
 import re
@@ -49,16 +50,17 @@ LOW_CONTRAST = r"""() => {
 }"""
 
 
+@pytest.mark.parametrize("scheme", ["light", "dark"])
 @pytest.mark.parametrize("faults", [set(), {"meter-flaky", "threshold", "learning"},
                                     {"meter", "vtn", "storage", "input"}, {"learning", "dcc", "vtn-down"}])
-async def test_text_keeps_its_contrast_in_every_state(server, faults):
+async def test_text_keeps_its_contrast_in_every_state(server, faults, scheme):
     # SampleView's day: a level-1 event running (the amber pill), a completed level-2 and a pending level-3
     # event (badges on a grey and on a white row), an overridden point, low load ON; and the faults' colours,
     # with the clock unsynchronized and a write refused (EverythingView) beside a new install's learning
     view = EverythingView() if "learning" in faults and "dcc" in faults else FaultView()
     view.faults = faults
     srv = await server(view)
-    async with chromium_page() as page:
+    async with chromium_page(color_scheme=scheme) as page:
         await open_dashboard(page, srv.url + "/")
         assert await page.evaluate(LOW_CONTRAST) == []
         assert page.errors == []

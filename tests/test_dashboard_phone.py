@@ -60,13 +60,14 @@ async def test_on_a_phone_the_threshold_labels_leave_the_hour_ahead_clear(server
 
 async def test_on_a_phone_the_legend_is_a_few_lines_and_names_everything(server):
     # nine items of a desktop's words, one or two a line, were 8 lines (200 px) above the chart
-    srv = await server(BusyView())
+    view = BusyView()   # the one served: another built now may be a minute later
+    srv = await server(view)
     async with chromium_page(360, 844) as page:
         await open_dashboard(page, srv.url + "/?refresh=600")
         legend = page.locator("#legend")
         await page.locator(".card-head").screenshot(path=str(artifact_path("dashboard-phone-legend.png")))
         text = await legend.inner_text()
-        for words in ("Power", "Demand", "Forecast 15 min", "Forecast 60 min", f"issued {hhmm(BusyView().issued)}",
+        for words in ("Power", "Demand", "Forecast 15 min", "Forecast 60 min", f"issued {hhmm(view.issued)}",
                       "Thresholds", "Event level", "1", "2", "3", "Opted out", "Upcoming"):
             assert words in text, (words, text)
         lines = await legend.evaluate("(l) => new Set([...l.children].map((c) => Math.round(c.getBoundingClientRect().top))).size")

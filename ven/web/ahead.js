@@ -44,7 +44,7 @@ export function aheadReadout(ahead, t, label) {
 export function drawAhead(ahead, {x, y, top, height, nowMs, demandNow, at}) {
   const g = svg("g", {class: "ahead"});
   g.append(svg("line", {x1: x(nowMs), x2: x(nowMs), y1: top, y2: top + height, class: "now-line",
-                        stroke: "#1c2430", "stroke-width": 1, "stroke-dasharray": "3 3"}));
+                        stroke: "var(--ink)", "stroke-width": 1, "stroke-dasharray": "3 3"}));
   g.append(svg("text", {x: x(nowMs) + 3, y: top + 10, class: "now-label"}, "now"));
   for (const f of ahead.forecasts) {
     const s = at(f.horizon);
@@ -54,7 +54,7 @@ export function drawAhead(ahead, {x, y, top, height, nowMs, demandNow, at}) {
                             class: "series", stroke: s.color, "stroke-width": 1.2, "stroke-dasharray": s.dash || "",
                             "data-ahead": f.horizon}));
     }
-    const dot = svg("circle", {cx, cy, r: MARKER_R, fill: s.color, stroke: "#fff", "stroke-width": MARKER_STROKE,
+    const dot = svg("circle", {cx, cy, r: MARKER_R, fill: s.color, stroke: "var(--card)", "stroke-width": MARKER_STROKE,
                                class: "ahead-forecast", "data-horizon": f.horizon, "data-kw": f.kw, "data-minute": f.minute});
     dot.append(svg("title", {}, `${s.label}: ${forecastWords(f, ahead.issuedAt)}`));
     g.append(dot);

@@ -10,7 +10,7 @@ import {hist} from "./state.js";
 // last ms; left, top, width, height: the plot
 export function wireReadout(root, {W, ahead, x, time, t0, tEnd, top, left, width, height}) {
   const minutes = hist.minutes;
-  const cursor = svg("line", {y1: top, y2: top + height, stroke: "#1c2430", "stroke-width": 0.8, visibility: "hidden"});
+  const cursor = svg("line", {y1: top, y2: top + height, stroke: "var(--ink)", "stroke-width": 0.8, visibility: "hidden"});
   const overlay = svg("rect", {x: left, y: top, width, height, fill: "transparent"});
   root.append(cursor, overlay);
   const tip = $("tooltip");

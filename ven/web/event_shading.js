@@ -10,7 +10,7 @@ export function hatches(defs) {
   for (const l of [0, 1, 2, 3]) {
     const hatch = svg("pattern", {id: `opt-out-${l}`, width: 8, height: 8, patternUnits: "userSpaceOnUse",
                                   patternTransform: "rotate(45)"});
-    hatch.append(svg("rect", {x: 0, y: 0, width: 3, height: 8, fill: LEVEL_COLORS[l] || "#ccc"}));
+    hatch.append(svg("rect", {x: 0, y: 0, width: 3, height: 8, fill: LEVEL_COLORS[l]}));
     defs.append(hatch);
   }
 }
@@ -26,7 +26,7 @@ export function drawEvents(events, {x, t0, t1, top, height, labelXs}) {
     const level = clamp(Math.round(e.level || 0), 0, 3);
     const out = e.opt === "optOut";
     const r = svg("rect", {x: x0, y: top, width: Math.max(2, x1 - x0), height,
-                           fill: out ? `url(#opt-out-${level})` : LEVEL_COLORS[level] || "#ccc",
+                           fill: out ? `url(#opt-out-${level})` : LEVEL_COLORS[level],
                            "fill-opacity": out ? 0.45 : 0.28,
                            class: `event${out ? " opted-out" : ""}${e.upcoming ? " upcoming" : ""}`,
                            "data-level": level, "data-event": e.event_id || "", "data-opt": e.opt || ""});

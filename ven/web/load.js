@@ -49,7 +49,7 @@ export function drawFlagLanes(hist, {x, left, width, top}) {
   const runs = {};
   FLAGS.forEach((f, lane) => {
     const laneTop = top + lane * LANE;
-    g.append(svg("rect", {x: left, y: laneTop, width, height: LANE - 4, fill: "#f1f3f6"}));
+    g.append(svg("rect", {x: left, y: laneTop, width, height: LANE - 4, fill: "var(--lane)"}));
     g.append(svg("text", {x: left - 6, y: laneTop + LANE - 6, "text-anchor": "end"}, f.label));
     const values = hist[f.key] || [];
     let count = 0, minutesOn = 0;

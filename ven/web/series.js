@@ -12,7 +12,8 @@ export const FLAGS = [
   {key: "high_load", label: "high load", color: "var(--high)"},
   {key: "low_load", label: "low load", color: "var(--low)"},
 ];
-export const LEVEL_COLORS = {1: "var(--l1)", 2: "var(--l2)", 3: "var(--l3)"};
+// 0: an event without a level (its shading only says when)
+export const LEVEL_COLORS = {0: "var(--l0)", 1: "var(--l1)", 2: "var(--l2)", 3: "var(--l3)"};
 const horizons = () => (hist && hist.horizons_minutes) || [15, 60];
 // the forecast series are named by the gateway's horizons
 export function nameSeries() {
