@@ -3,6 +3,7 @@ shading, thresholds and flags, the point and event tables, fetch nothing from of
 keep refreshing. A screenshot is kept at tests/artifacts/dashboard.png for a human look."""
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
@@ -54,17 +55,43 @@ async def open_dashboard(page, url, timeout=20000):
     try:
         await page.wait_for_function(READY, timeout=timeout)
     except PlaywrightTimeout:   # once in CI, with nothing to tell why: a script error stops the first draw
-        raise AssertionError(f"{url}: not drawn within {timeout / 1000:g} s; page errors: {page.errors}") from None
+        raise AssertionError(f"{url}: not drawn within {timeout / 1000:g} s; page errors: {page.errors}; "
+                             f"{await _why_not_drawn(page)}") from None
+
+
+async def _why_not_drawn(page) -> str:
+    # an error in a refresh is caught and shown in the banner, not logged; a script that never returns (a loop
+    # without end) leaves the page unable to answer at all
+    try:
+        return await asyncio.wait_for(page.evaluate(
+            "window.dashboard ? `last error: ${window.dashboard.lastError}, failed refreshes: ${window.dashboard.failures}`"
+            " : 'app.js did not run'"), 5)
+    except asyncio.TimeoutError:
+        return "the page does not answer: a script of it runs without end"
 
 
 @contextlib.asynccontextmanager
-async def drawn(server, view, query=""):
-    """The dashboard of `view` open in Chromium, with the /api/history it draws from."""
+async def drawn(server, view, query="", at=None):
+    """The dashboard of `view` open in Chromium, with the /api/history it draws from; at: the page's clock
+    (epoch s), for a view made at that time (made_at)."""
     srv = await server(view)
     history = await get_json(srv.url + "/api/history?hours=24")
     async with chromium_page() as page:
+        if at is not None:
+            await page.clock.set_fixed_time(at)
         await open_dashboard(page, srv.url + "/" + query)
         yield page, history
+
+
+def made_at(when, make=SampleView):
+    """make() as if the clock read `when` (epoch s): the sample's day ends at that minute, whatever the time of
+    the run (its load, events and flags depend on the hour)."""
+    real = time.time
+    time.time = lambda: when
+    try:
+        return make()
+    finally:
+        time.time = real
 
 
 def flag_runs(values):

@@ -12,7 +12,7 @@ import pytest
 
 from browser import artifact_path, chromium_page
 from test_dashboard import READY, drawn, open_dashboard, server  # noqa: F401 - shared fixture
-from test_dashboard_ahead import OVERPRINTED
+from test_dashboard_ahead import OVERPRINTED, AheadView
 from test_dashboard_chart_keys import readout, tab_to_chart
 from test_http_api import SampleView
 from ven.app import Gateway
@@ -30,11 +30,30 @@ class ZoneView(SampleView):
         super().__init__(hours=hours)
         self.zone = zone
         if end is not None:
-            shift = end - 60 - self.minutes[-1]
-            self.minutes = [t + shift for t in self.minutes]
-            for e in self.events:
-                e["start"] += shift
-                e["end"] += shift
+            end_at(self, end)
+
+    def status(self):
+        return {**super().status(), "timezone": self.zone}
+
+
+def end_at(view, end):
+    """Move a sample day so that its minutes end at `end` (epoch s), its events, now and forecasts with them."""
+    shift = end - 60 - view.minutes[-1]
+    view.minutes = [t + shift for t in view.minutes]
+    for e in view.events:
+        e["start"] += shift
+        e["end"] += shift
+    for k in ("now", "issued", "soon"):
+        if hasattr(view, k):
+            setattr(view, k, getattr(view, k) + shift)
+
+
+class AheadZoneView(AheadView):
+    """AheadView's hours (the latest forecasts, an event soon) in a building in `zone`."""
+
+    def __init__(self, zone, hours):
+        super().__init__(hours)
+        self.zone = zone
 
     def status(self):
         return {**super().status(), "timezone": self.zone}
@@ -220,5 +239,43 @@ async def test_the_days_romes_clocks_change_have_each_hour_once(server, day, hou
         expected = ["22:00"] * (hhmm[:1] == ["22:00"]) + [f"{h:02d}:00" for h in range(2, 24, 2) if f"{h:02d}:00" not in skipped]
         assert hhmm == expected, labels
         await page.locator("#chart").screenshot(path=str(artifact_path(f"dashboard-times-rome-{day}.png")))
+        assert await page.evaluate(OVERPRINTED) == []
+        assert page.errors == []
+
+
+@pytest.mark.parametrize("width", [1440, 768])
+async def test_the_minutes_an_hour_before_a_clock_change_draw_with_the_forecasts_ahead(server, width):
+    # the axis past now ends a little past the last forecast, off the whole minute: where Rome's clock change fell
+    # in its last minute, looking for that change looped for ever and the tab froze (each page open then, on
+    # its refresh), twice a year for a minute or two
+    change = int(datetime(2026, 3, 29, 1, tzinfo=timezone.utc).timestamp())
+    view = AheadZoneView("Europe/Rome", hours=6)
+    srv = await server(view)
+    async with chromium_page(width, 900) as page:
+        for end in range(change - 3600 - 3 * 60, change - 3600, 60):   # the axis' end 1-3 minutes past the change
+            end_at(view, end)
+            await page.clock.set_fixed_time(view.now)   # the page's clock at the gateway's minute
+            await open_dashboard(page, srv.url + "/?hours=6&refresh=600", timeout=10000)
+            assert await page.locator("#chart-svg circle.ahead-forecast").count() == 2
+            assert await page.evaluate("window.dashboard.axisEnd") > end + 3600
+        assert page.errors == []
+
+
+@pytest.mark.parametrize("zone, end, hours", [
+    # the day after Rome's clocks went forward: its first hour comes twice in 24 h, "04:00 CET" and "04:00 CEST"
+    ("Europe/Rome", "2026-03-29T02:06:00+00:00", 24),
+    # New York's hour that comes twice: "01:00 GMT-4" then "01:00 GMT-5"
+    ("America/New_York", "2026-11-01T10:48:00+00:00", 6),
+])
+async def test_a_tick_named_by_its_zone_near_the_y_axis_does_not_overprint_its_lowest_kw(server, zone, end, hours):
+    # a tick's label twice as wide as "04:00" was drawn as close to the y axis as a plain one, over the "40"
+    end = int(datetime.fromisoformat(end).timestamp())
+    view = ZoneView(zone, hours=24, end=end)
+    async with chromium_page(768, 900) as page:
+        srv = await server(view)
+        await page.clock.set_fixed_time(end + 5)
+        await open_dashboard(page, srv.url + f"/?hours={hours}&refresh=600")
+        labels = await page.locator("#chart-svg text.x-tick").evaluate_all("ts => ts.map((t) => t.textContent)")
+        assert any(" " in label for label in labels), labels   # a label named by its zone is there
         assert await page.evaluate(OVERPRINTED) == []
         assert page.errors == []

@@ -49,7 +49,9 @@ function offsetSpans(a, b) {
     if (then !== off) {
       let lo = t, hi = next;
       while (hi - lo > 60000) {
-        const mid = lo + Math.floor((hi - lo) / 120000) * 60000;
+        // whole minutes past lo, at least one: the axis' end b is off the minute (ahead.js' room for a marker), and
+        // from a lo 1-2 minutes before it a half rounded down is lo itself, for ever
+        const mid = lo + Math.ceil((hi - lo) / 120000) * 60000;
         if (offsetMs(mid) === off) lo = mid; else hi = mid;
       }
       spans.push({from, to: hi, off});
@@ -88,11 +90,13 @@ export function drawTimeAxis(g, scale, {t0, tEnd, t1, left, width, top, height, 
   const stepMin = STEPS_MIN.find((s) => spanMin / s <= Math.max(4, px / 90)) || 10080;
   const y = top + height + 14;
   const taken = [];
-  // a label centred on a tick at the plot's right end runs out of the drawing on a phone (no right margin there)
+  // a label centred on a tick at the plot's right end runs out of the drawing on a phone (no right margin there);
+  // one named by its zone on the day a clock changes ("04:00 CET") is twice as wide, and near the y axis runs
+  // into its lowest kW (those end 6 px left of it)
   const right = g.ownerSVGElement.viewBox.baseVal.width;
   const clear = (text) => {
     const b = text.getBBox();
-    if (b.x + b.width > right || taken.some((o) => b.x < o.x + o.width + 4 && o.x < b.x + b.width + 4)) {
+    if (b.x + b.width > right || b.x < left - 6 + 4 || taken.some((o) => b.x < o.x + o.width + 4 && o.x < b.x + b.width + 4)) {
       text.remove();
       return;
     }
