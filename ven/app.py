@@ -26,6 +26,7 @@ from . import __version__
 from .cert_expiry import CertWatch
 from .clock_sync import SyncWatch, metric_value
 from .config import GatewayConfig
+from .logs import RecentLog
 from .metrics import Metrics
 from .schedule import EventSchedule, ScheduleState
 from .storage import Storage
@@ -105,6 +106,8 @@ class Gateway:
         self._input_stale = False  # the forecaster had no power input at its last cycle (past the start's grace)
         # its WARNING and INFO: a BAS writing a little less often than input_stale_seconds is one fault
         self._no_input = Flapping(2 * c.forecaster.input_stale_seconds)
+        # the log's last lines for the dashboard, whose users often have no shell to read the log (RecentLog)
+        self.recent = RecentLog()
         self.clock_sync = clock_sync or SyncWatch()
         self.cert_watch = cert_watch or CertWatch(c.openadr)
         self.metrics.set_version(__version__)
@@ -144,6 +147,7 @@ class Gateway:
 
     async def start(self) -> None:
         c = self.config
+        self.recent.attach()
         log.info("edge-gateway %s starting: device %d on %s", __version__, c.bacnet.device_id, c.bacnet.address)
         for warning in self.config_warnings:
             log.warning("config: %s", warning)
@@ -192,6 +196,7 @@ class Gateway:
                      "a fault" if len(still_open) == 1 else f"{len(still_open)} faults", "; ".join(still_open))
         else:
             log.info("edge-gateway stopped")
+        self.recent.detach()
 
     def _open_faults(self) -> list[str]:
         """The faults whose start the log said and whose end it has not: a stop ends none of them, and without
@@ -480,6 +485,9 @@ class Gateway:
                   "forecaster": None if self.forecast.storage_ok else "forecast history not stored"}
         return {"path": str(self.config.storage.path), "ok": not any(errors.values()),
                 "errors": {part: e for part, e in errors.items() if e}}
+
+    def recent_log(self, min_level: int, limit: int | None) -> dict:
+        return self.recent.body(min_level, limit)
 
     async def history(self, hours: float) -> dict:
         from .history import build_history

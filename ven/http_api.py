@@ -60,6 +60,19 @@ GET /api/history?hours=24 -> view.history(hours), shaped by ven.history.build_hi
 has the shape).
 
 GET /api/history.csv?hours=24 -> the same body as CSV, one row per minute (ven/history_csv.py), as an attachment.
+
+GET /api/log?level=warning&limit=100 -> view.recent_log(min_level, limit), the log's last lines kept in memory
+(ven.logs.RecentLog; level: info (the default), warning or error and above; limit: at most that many, newest):
+
+    {
+      "capacity": 500,                               # lines kept at most (INFO and above; never DEBUG)
+      "total": 1234,                                 # lines taken since the gateway started, those pushed out too
+      "lines": [                                     # newest first
+        {"at": "2026-11-22T03:50:12Z", "level": "INFO",        # the log line's time (UTC, to the second)
+         "message": "meter answering again after 40 min (...)"}, # and its text, as the line says it
+        {"at": "2026-11-22T03:10:02Z", "level": "WARNING", "message": "meter fault: no answer within 5 s"}
+      ]
+    }
 """
 from __future__ import annotations
 
@@ -90,11 +103,12 @@ log = logging.getLogger(__name__)
 
 WEB_DIR = Path(__file__).with_name("web")
 MAX_HISTORY_HOURS = 24 * 35  # forecaster.history_days default: older minutes are not kept anyway; events as long (schedule.KEEP_HISTORY)
-MAX_CONNECTIONS = 64  # open at once: a few dashboards (3 requests per refresh), Prometheus, health probes
+LOG_LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}  # /api/log?level=
+MAX_CONNECTIONS = 64  # open at once: a few dashboards (4 requests per refresh), Prometheus, health probes
 # app.js imports the other modules by relative URL: each needs its route here (a 404 leaves the page blank)
 DASHBOARD_MODULES = ("ahead.js", "api.js", "app.js", "chart.js", "chart_keys.js", "chart_readout.js", "chart_words.js",
                      "columns.js", "dom.js", "download.js", "event_shading.js", "format.js", "header.js", "legend.js",
-                     "load.js", "problems.js", "series.js", "span.js", "state.js", "status.js", "tables.js",
+                     "load.js", "log.js", "problems.js", "series.js", "span.js", "state.js", "status.js", "tables.js",
                      "tiles.js", "time_axis.js", "zone.js")
 STATIC_FILES = {
     "/": ("index.html", "text/html"),
@@ -117,6 +131,9 @@ class GatewayView(Protocol):
     def history(self, hours: float) -> dict | Awaitable[dict]: ...  # awaited when it is a coroutine
 
     def health(self) -> tuple[bool, str]: ...
+
+    # optional: without it /api/log answers that no line is kept (capacity 0)
+    def recent_log(self, min_level: int, limit: int | None) -> dict: ...
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -275,6 +292,7 @@ class HttpServer:
         app.router.add_get("/api/status", self._status)
         app.router.add_get("/api/history", self._history)
         app.router.add_get("/api/history.csv", self._history_csv)
+        app.router.add_get("/api/log", self._log)
         app.router.add_get("/metrics", self._metrics)
         for route in STATIC_FILES:
             app.router.add_get(route, self._static)
@@ -476,6 +494,25 @@ class HttpServer:
         hours, body = read
         # off the loop too: 35 days are 3.2 MB of CSV, 0.3-0.5 s to make
         return await asyncio.to_thread(_csv_response, body, hours, time.time())
+
+    async def _log(self, request: web.Request) -> web.Response:
+        level, raw_limit = request.query.get("level", "info"), request.query.get("limit")
+        if level.lower() not in LOG_LEVELS:
+            return _json_response({"error": f"level must be one of {', '.join(LOG_LEVELS)}, got {level!r}"}, 400)
+        try:
+            limit = None if raw_limit is None else int(raw_limit)
+        except ValueError:
+            limit = 0
+        if limit is not None and limit < 1:
+            return _json_response({"error": f"limit must be a whole number above 0, got {raw_limit!r}"}, 400)
+        recent = getattr(self.view, "recent_log", None)
+        if recent is None:
+            return _json_response({"capacity": 0, "total": 0, "lines": []})
+        try:
+            body = await self._call("log", recent, LOG_LEVELS[level.lower()], limit)
+        except Exception as err:
+            return _json_response({"error": f"log unavailable: {type(err).__name__}: {err}"}, 500)
+        return _json_response(body)
 
     async def _metrics(self, request: web.Request) -> web.Response:
         refresh = getattr(self.view, "refresh_metrics", None)

@@ -1,15 +1,16 @@
-// Operator dashboard: polls /api/status and /api/history and draws them. No dependencies, no build
+// Operator dashboard: polls /api/status, /api/history and /api/log and draws them. No dependencies, no build
 // step, nothing fetched from the internet (building networks often have none).
 // Query parameters: ?hours=24 (history span, also chosen on the page: span.js), ?tz=Europe/Rome (the zone of
-// its times, also chosen on the page: zone.js), ?refresh=10 (seconds).
+// its times, also chosen on the page: zone.js), ?log=warning (the recent log's lines: log.js), ?refresh=10 (seconds).
 // Access token: see api.js. This module fetches and refreshes; the others draw (header.js, tiles.js,
-// tables.js, chart.js); download.js saves the chart's hours as CSV.
+// tables.js, chart.js, log.js); download.js saves the chart's hours as CSV.
 import {HttpError, apiGet, token} from "./api.js";
 import {drawChart} from "./chart.js";
 import {$, el} from "./dom.js";
 import {followSpan, setupDownload} from "./download.js";
 import {agoSpan, fmtStamp, tickAges, zoneName} from "./format.js";
 import {renderHeader} from "./header.js";
+import {refreshLog, setupLog} from "./log.js";
 import {announce, problemChanges} from "./problems.js";
 import {REFRESH_S, dashboard, hist, histHours, hours, setAnswer} from "./state.js";
 import {setupSpan} from "./span.js";
@@ -73,6 +74,7 @@ async function refresh() {
     renderSections();
     // nothing new to draw (a long span between its minutes): a 35-day redraw is a visible stall each refresh
     if (again) drawChart();
+    refreshLog();
     const chartEvery = slowChart() ? `, the chart every ${LONG_SPAN_EVERY_S} s` : "";
     $("updated").textContent = `updated ${fmtStamp(Date.now())} ${zoneName()} · every ${REFRESH_S} s${chartEvery}`;
     announce(back ? "Gateway answering again." : "", problemChanges(found));
@@ -137,6 +139,7 @@ $("token-form").addEventListener("submit", (ev) => {
   refresh();
 });
 setupDownload();
+setupLog();
 setupSpan(() => { followSpan(); refresh(); });
 // the chart at once from the answer held (a long span's is not asked for again within its minute), the rest
 // with the next answer
