@@ -680,6 +680,36 @@ async def test_a_deleted_file_the_telemetry_queue_brings_back_is_no_forecaster_e
     assert not [r.getMessage() for r in caplog.records if "forecast history written again" in r.getMessage()]
 
 
+def test_a_deleted_file_comes_back_whole_or_not_at_all(tmp_path):
+    # The copy that brings it back was made in place: from the ATTACH that created the file to the copy's commit,
+    # the file was there, empty, and the forecaster's store, which opens it for each write, wrote into a database
+    # with no table (an ERROR line; two full runs of the suite failed on it). Look at the path at every step of the
+    # copy.
+    path = tmp_path / "gw.sqlite"
+    ForecastStore(str(path)).save([1, 2], [100.0, 200.0], [1, 1])
+    queue = TelemetryQueue(path)
+    queue.add(datetime.now(timezone.utc), 41.0)
+    _remove(path)
+    seen = []
+
+    def look() -> int:
+        if path.exists():
+            with contextlib.closing(sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)) as db:
+                seen.append(sorted(n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")))
+        else:
+            seen.append(None)
+        return 0
+    queue._conn.set_progress_handler(look, 1)
+    try:
+        queue.add(datetime.now(timezone.utc), 42.0)     # its write finds the file gone and brings it back
+    finally:
+        queue._conn.set_progress_handler(None, 1)
+        queue.close()
+    assert None in seen and _minutes(str(path)) == [(1, 100.0), (2, 200.0)]
+    assert all(tables is None or "forecast_minute" in tables for tables in seen), \
+        [tables for tables in seen if tables is not None and "forecast_minute" not in tables][:3]
+
+
 @pytest.mark.timeout(60)
 async def test_a_deleted_file_nothing_brings_back_is_said_after_the_grace(tmp_path, caplog, monkeypatch):
     monkeypatch.setattr(forecast_service, "DELETED_GRACE_S", 0.3)
