@@ -3,6 +3,8 @@ http://127.0.0.1:8000/): every request the page makes stays under that path, as 
 gateway's. The proxy is a real HTTP server on loopback forwarding to the gateway's API."""
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 import pytest
 from aiohttp import web
@@ -17,16 +19,20 @@ PREFIX = "/bms/gateway/"
 
 @pytest.fixture
 async def proxy(free_tcp_port):
-    """start(upstream) -> (the proxy's base URL, the paths it was asked for outside PREFIX)."""
-    runners, outside = [], []
+    """start(upstream, hold=()) -> (the proxy's base URL, the paths it was asked for outside PREFIX); a request for
+    a path in `hold` (after PREFIX) is held open, never answered."""
+    runners, outside, released = [], [], asyncio.Event()
 
-    async def start(upstream: str):
+    async def start(upstream: str, hold: tuple[str, ...] = ()):
         session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
 
         async def forward(request: web.Request) -> web.StreamResponse:
             if not request.path.startswith(PREFIX):
                 outside.append(request.path_qs)
                 return web.Response(status=404, text="not the gateway's")
+            if request.path[len(PREFIX):] in hold:
+                await released.wait()       # the test's end: the server's cleanup would wait a minute for it
+                return web.Response(status=503, text="held")
             headers = {k: v for k, v in request.headers.items() if k.lower() in ("authorization", "accept")}
             url = upstream + "/" + request.path_qs[len(PREFIX):]
             async with session.get(url, headers=headers, allow_redirects=False) as up:
@@ -45,6 +51,7 @@ async def proxy(free_tcp_port):
         return f"http://127.0.0.1:{port}", outside
 
     yield start
+    released.set()
     for runner, session in runners:
         await session.close()
         await runner.cleanup()
@@ -65,3 +72,17 @@ async def test_the_dashboard_works_under_a_reverse_proxys_path(server, proxy):  
         # on a loaded machine that is the page's only console line, and it is not the proxy's doing
         assert [e for e in page.errors if "status of 503" not in e] == [] and page.offsite == []
     assert outside == []
+
+
+async def test_a_health_check_held_open_is_said_and_the_page_goes_on(server, proxy):  # noqa: F811
+    # the page's /healthz had no time limit: held open by a proxy, every refresh waited on it, so the page never
+    # drew and, once drawn, kept its last answer on screen as current
+    srv = await server(SampleView())
+    base, _ = await proxy(srv.url, hold=("healthz",))
+    async with chromium_page() as page:
+        await open_dashboard(page, base + PREFIX + "?refresh=5", timeout=30000)
+        pill = page.locator("#pills .pill.bad").first
+        assert (await pill.inner_text()).strip() == "unhealthy: no answer within 8 s"
+        first = await page.evaluate("window.dashboard.lastOk")
+        await page.wait_for_function(f"window.dashboard.lastOk > {first}", timeout=30000)   # and it goes on
+        assert await page.evaluate("window.dashboard.stale") is False

@@ -35,11 +35,17 @@ async function getJSON(path) {
   }
 }
 async function getHealth() {
+  // bounded as the API's requests are: a /healthz held open (a proxy routing it elsewhere) held every refresh,
+  // and the page went on showing its last answer as current, neither updated nor marked stale
+  const ctl = new AbortController();
+  const timer = setTimeout(() => ctl.abort(), FETCH_TIMEOUT_MS);
   try {
-    const resp = await fetch("healthz", {cache: "no-store"});
+    const resp = await fetch("healthz", {cache: "no-store", signal: ctl.signal});
     return {ok: resp.ok, text: (await resp.text()).trim()};
   } catch (err) {
-    return {ok: false, text: "unreachable"};
+    return {ok: false, text: err.name === "AbortError" ? `no answer within ${FETCH_TIMEOUT_MS / 1000} s` : "unreachable"};
+  } finally {
+    clearTimeout(timer);
   }
 }
 
