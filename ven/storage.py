@@ -128,7 +128,7 @@ def follow_file(conn: sqlite3.Connection, path: Path, ident: tuple[int, int] | N
     path.parent.mkdir(parents=True, exist_ok=True)
     aside = None
     try:
-        rows = _mirror_into(conn, path) if now is not None else _mirror_in_place_of_none(conn, path)
+        rows = _mirror_into(conn, path) if now is not None else _mirror_into_new_file(conn, path)
     except sqlite3.DatabaseError as err:
         if "not a database" not in str(err):
             raise
@@ -148,7 +148,7 @@ def follow_file(conn: sqlite3.Connection, path: Path, ident: tuple[int, int] | N
 _followed: set[tuple[str, tuple[int, int] | None]] = set()  # (path, identity) this process has copied into
 
 
-def _mirror_in_place_of_none(conn: sqlite3.Connection, path: Path) -> int:
+def _mirror_into_new_file(conn: sqlite3.Connection, path: Path) -> int:
     """_mirror_into a new file beside `path`, then renamed to it: copied in place, the file would be there, empty,
     from the ATTACH that makes it to the copy's commit, and the forecaster's store, which opens the file for
     each write, found no table in it (an ERROR line)."""

@@ -20,21 +20,13 @@ export class HttpError extends Error {
     this.status = status;
   }
 }
-// GET `path` with the token and read its answer with `read(resp)`, all within `timeoutMs`. Fails with an
-// HttpError when the gateway answers with an error, else an Error saying it did not answer.
-export async function apiGet(path, timeoutMs, read) {
+// GET `path` and read its answer with `read(resp)`, all within `timeoutMs`; fails with an Error saying the
+// gateway did not answer in time or could not be reached, or with what `read` threw.
+export async function fetchWithin(path, timeoutMs, read, headers = {}) {
   const ctl = new AbortController();
   const timer = setTimeout(() => ctl.abort(), timeoutMs);
-  const headers = {};
-  const t = token();
-  if (t) headers.Authorization = `Bearer ${t}`;
   try {
-    const resp = await fetch(path, {headers, signal: ctl.signal, cache: "no-store"});
-    if (!resp.ok) {
-      const body = await resp.json().catch(() => ({}));
-      throw new HttpError(resp.status, `HTTP ${resp.status} ${body.error || ""}`.trim());
-    }
-    return await read(resp);
+    return await read(await fetch(path, {headers, signal: ctl.signal, cache: "no-store"}));
   } catch (err) {
     if (err.name === "AbortError") throw new Error(`no answer within ${timeoutMs / 1000} s`);
     if (err instanceof TypeError) throw new Error("gateway unreachable");
@@ -42,4 +34,18 @@ export async function apiGet(path, timeoutMs, read) {
   } finally {
     clearTimeout(timer);
   }
+}
+// GET `path` with the token and read its answer with `read(resp)`, all within `timeoutMs`. Fails with an
+// HttpError when the gateway answers with an error, else an Error saying it did not answer.
+export async function apiGet(path, timeoutMs, read) {
+  const headers = {};
+  const t = token();
+  if (t) headers.Authorization = `Bearer ${t}`;
+  return fetchWithin(path, timeoutMs, async (resp) => {
+    if (!resp.ok) {
+      const body = await resp.json().catch(() => ({}));
+      throw new HttpError(resp.status, `HTTP ${resp.status} ${body.error || ""}`.trim());
+    }
+    return read(resp);
+  }, headers);
 }

@@ -4,7 +4,7 @@
 // its times, also chosen on the page: zone.js), ?log=warning (the recent log's lines: log.js), ?refresh=10 (seconds).
 // Access token: see api.js. This module fetches and refreshes; the others draw (header.js, tiles.js,
 // tables.js, chart.js, log.js); download.js saves the chart's hours as CSV.
-import {HttpError, apiGet, token} from "./api.js";
+import {HttpError, apiGet, fetchWithin, token} from "./api.js";
 import {drawChart} from "./chart.js";
 import {$, el} from "./dom.js";
 import {followSpan, setupDownload} from "./download.js";
@@ -37,15 +37,10 @@ async function getJSON(path) {
 async function getHealth() {
   // bounded as the API's requests are: a /healthz held open (a proxy routing it elsewhere) held every refresh,
   // and the page went on showing its last answer as current, neither updated nor marked stale
-  const ctl = new AbortController();
-  const timer = setTimeout(() => ctl.abort(), FETCH_TIMEOUT_MS);
   try {
-    const resp = await fetch("healthz", {cache: "no-store", signal: ctl.signal});
-    return {ok: resp.ok, text: (await resp.text()).trim()};
+    return await fetchWithin("healthz", FETCH_TIMEOUT_MS, async (resp) => ({ok: resp.ok, text: (await resp.text()).trim()}));
   } catch (err) {
-    return {ok: false, text: err.name === "AbortError" ? `no answer within ${FETCH_TIMEOUT_MS / 1000} s` : "unreachable"};
-  } finally {
-    clearTimeout(timer);
+    return {ok: false, text: /^no answer/.test(err.message) ? err.message : "unreachable"};
   }
 }
 
