@@ -188,7 +188,8 @@ async def test_meter_units_names_the_unit_a_meter_does_not_state(gateway, free_u
 
 async def test_meter_units_does_not_make_an_energy_register_into_power(gateway, free_udp_port):
     async with MeterSimulator(f"127.0.0.1/8:{free_udp_port()}", value=42500.0, units="kilowattHours") as sim:
-        reading = await asyncio.wait_for(client(gateway, sim, units="watts").read_once(), 5)
+        # a read that must answer, on a busy machine (CI once saw no answer within FAST)
+        reading = await asyncio.wait_for(client(gateway, sim, units="watts", timeout_seconds=2.0).read_once(), 5)
         assert reading.value is None and "units kilowattHours is not a power unit (energy)" in reading.error
 
 
