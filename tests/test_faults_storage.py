@@ -54,8 +54,18 @@ def tmpfs(where: Path, options: str):
             subprocess.run(["umount", "-l", str(where)], capture_output=True)
 
 
-def remount(where: Path, options: str) -> None:
-    subprocess.run(["mount", "-o", f"remount,{options}", str(where)], check=True, capture_output=True)
+def remount(where: Path, options: str, within: float = 10.0) -> None:
+    # the kernel refuses to make a file system read-only while a file on it is open for writing (EBUSY), and
+    # the store under test opens its file for each write, every few milliseconds here: try again until it is
+    # between two writes, as an operator would
+    deadline = time.monotonic() + within
+    while True:
+        done = subprocess.run(["mount", "-o", f"remount,{options}", str(where)], capture_output=True)
+        if done.returncode == 0:
+            return
+        if b"busy" not in done.stderr.lower() or time.monotonic() > deadline:
+            raise AssertionError(f"remount,{options} {where}: {done.stderr.decode().strip()}")
+        time.sleep(0.01)
 
 
 def cover(where: Path) -> None:
