@@ -406,11 +406,13 @@ class MeterClient:
         task, self._task = self._task, None
         if task is None:
             return
+        already = asyncio.current_task().cancelling()
         task.cancel()
         try:
             await task
         except asyncio.CancelledError:
-            pass
+            if asyncio.current_task().cancelling() > already:    # this stop was cancelled, not only the poll
+                raise
 
     async def _poll(self) -> None:
         while True:

@@ -314,8 +314,11 @@ class ForecastService:
                     self._publish(f)
                 except Exception:
                     log.exception("publishing the forecast failed")
-            try:    # the cadence runs on from an early cycle
-                await asyncio.wait_for(self._wake.wait(), max(0.0, self.config.cycle_seconds - (loop.time() - started)))
+            # the cadence runs on from an early cycle. Not wait_for: on Python 3.11 a wake-up in the moment the
+            # task is cancelled wins over the cancel, and the stop waited for ever
+            try:
+                async with asyncio.timeout(max(0.0, self.config.cycle_seconds - (loop.time() - started))):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
 

@@ -7,10 +7,15 @@ import asyncio
 async def cancel_and_wait(*tasks: asyncio.Task | None) -> None:
     """Cancel the tasks and wait until each has ended; their own cancellation is not an error."""
     live = [t for t in tasks if t is not None]
+    # a cancel of the caller that came before (the gateway stops in the cleanup of its cancelled task) is not
+    # this one's business; one that comes while it waits (a stop given a time limit) must go on up, or the
+    # stop would carry on as if it had finished in time
+    already = asyncio.current_task().cancelling()
     for t in live:
         t.cancel()
     for t in live:
         try:
             await t
         except asyncio.CancelledError:
-            pass
+            if asyncio.current_task().cancelling() > already:
+                raise
