@@ -138,6 +138,25 @@ async def test_an_event_for_other_vens_is_shown_answered_opt_out_and_never_follo
 
 
 @pytest.mark.timeout(30)
+async def test_an_event_for_other_vens_retargeted_to_this_ven_is_followed_and_answered_opt_in(peers):
+    # A VTN correcting an event's eiTarget (modification 1 names this VEN): the site takes part, as in any
+    # event of its own, not stuck with the optOut the other VEN's event got.
+    server, gw = peers
+    ev = put_event(server, [3], targets=[objects.Target(ven_id="ven-other-building")])
+    eid = ev.event_descriptor.event_id
+    await until(lambda: server.opts_for(eid) == [OPT_OUT], 8, "optOut to the other VEN's event")
+    ev.targets = [objects.Target(ven_id=v) for v in server.vens]
+    ev.targets_by_type = {"ven_id": list(server.vens)}
+    server._bump(ev)
+    await until(lambda: gw.schedule.get(eid).modification_number == 1, 8, "the retargeted event")
+    assert gw.described(eid)["for_this_ven"] is True
+    assert gw.level == 3.0 and gw.schedule.get(eid).opt == OPT_IN
+    await until(lambda: server.opts_for(eid)[-1:] == [OPT_IN], 5, "optIn for the retargeted event")
+    assert [r["modification_number"] for c in server.created_events for r in c["event_responses"]
+            if r["event_id"] == eid and r["opt_type"] == OPT_IN] == [1]
+
+
+@pytest.mark.timeout(30)
 async def test_a_simple_level_out_of_range_from_the_vtn_is_clamped(peers):
     server, gw = peers
     # openleadr's VTN checks the range only under "SIMPLE"; the lower-case name passes it

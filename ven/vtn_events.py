@@ -176,15 +176,17 @@ class VtnEvents:
                 self._log_event(ev, prev)
             return _answer(self._schedule.get(eid))
         # a new event, or one back from an implied cancellation (ADR-Opt-Out may have changed meanwhile,
-        # and set_opt_out leaves cancelled events alone), takes the site's answer of now
-        fresh = (prev is None or prev.unlisted) and not ev.test_event and not ev.cancelled
+        # and set_opt_out leaves cancelled events alone), or one the VTN retargeted to this VEN (its optOut
+        # was the other VENs' event's, not the site's), takes the site's answer of now
+        fresh = (prev is None or prev.unlisted or not prev.for_this_ven) and not ev.test_event and not ev.cancelled
         if fresh:
             ev = with_opt(ev, OPT_OUT if self._schedule.opted_out else OPT_IN)
         if self._schedule.upsert(ev) is not None:  # None: not taken (the schedule logs why)
             self._log_event(ev, prev)
             # no answer means taking part: the utility has to hear that this site will not, and, for an
             # event back from an implied cancellation that it last heard optOut for, that it now does
-            if fresh and ev.response_required == "never" and OPT_OUT in (ev.opt, prev and prev.opt):
+            heard = prev.opt if prev is not None and prev.for_this_ven else None
+            if fresh and ev.response_required == "never" and OPT_OUT in (ev.opt, heard):
                 self._pending_opts[eid] = (ev.modification_number, ev.opt, True)
                 self._opts_changed()
         return _answer(self._schedule.get(eid))
