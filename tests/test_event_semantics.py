@@ -70,14 +70,15 @@ async def peers(tmp_path, free_tcp_port, caplog):
 
 
 def put_event(server: DemoVtn, levels, *, step=300, signal_name="SIMPLE", targets=None,
-              response_required="always") -> objects.Event:
+              response_required="always", test_event=False) -> objects.Event:
     """List an event at the VTN, active from a second ago, one interval per level (any payload)."""
     start = now() - timedelta(seconds=1)
     ivs = [objects.Interval(dtstart=start + i * timedelta(seconds=step), duration=timedelta(seconds=step),
                             signal_payload=float(v), uid=i) for i, v in enumerate(levels)]
     ev = objects.Event(
         event_descriptor=objects.EventDescriptor(event_id=f"evt-{uuid.uuid4().hex[:8]}", modification_number=0,
-                                                 market_context="oadr://utility/dr", event_status="far"),
+                                                 market_context="oadr://utility/dr", event_status="far",
+                                                 test_event=test_event),
         event_signals=[objects.EventSignal(intervals=ivs, signal_name=signal_name, signal_type="level",
                                            signal_id=uuid.uuid4().hex[:8])],
         targets=targets or [objects.Target(ven_id=v) for v in server.vens],
@@ -154,6 +155,25 @@ async def test_an_event_for_other_vens_retargeted_to_this_ven_is_followed_and_an
     await until(lambda: server.opts_for(eid)[-1:] == [OPT_IN], 5, "optIn for the retargeted event")
     assert [r["modification_number"] for c in server.created_events for r in c["event_responses"]
             if r["event_id"] == eid and r["opt_type"] == OPT_IN] == [1]
+
+
+@pytest.mark.timeout(30)
+async def test_a_test_event_made_a_real_one_while_opted_out_is_opted_out(peers):
+    # ADR-Opt-Out leaves test events alone (they drive nothing); once the VTN modifies one into a real event it
+    # is a pending or active event like any other, and the site does not take part in it.
+    server, gw = peers
+    gw.vtn.set_opt_out(True)
+    ev = put_event(server, [3], test_event=True)
+    eid = ev.event_descriptor.event_id
+    await until(lambda: server.opts_for(eid), 8, "the test event acknowledged")
+    ev.event_descriptor.test_event = False
+    server._bump(ev)
+    await until(lambda: len(server.opts_for(eid)) == 2, 8, "the modification answered")
+    assert server.opts_for(eid)[-1] == OPT_OUT and gw.schedule.get(eid).opt == OPT_OUT
+    assert gw.level == 0.0 and 3.0 not in gw.levels
+    gw.vtn.set_opt_out(False)
+    assert gw.level == 3.0
+    await until(lambda: server.opts_for(eid)[-1:] == [OPT_IN], 5, "optIn once ADR-Opt-Out is relinquished")
 
 
 @pytest.mark.timeout(30)

@@ -177,8 +177,10 @@ class VtnEvents:
             return _answer(self._schedule.get(eid))
         # a new event, or one back from an implied cancellation (ADR-Opt-Out may have changed meanwhile,
         # and set_opt_out leaves cancelled events alone), or one the VTN retargeted to this VEN (its optOut
-        # was the other VENs' event's, not the site's), takes the site's answer of now
-        fresh = (prev is None or prev.unlisted or not prev.for_this_ven) and not ev.test_event and not ev.cancelled
+        # was the other VENs' event's, not the site's), or a test event made a real one (ADR-Opt-Out leaves
+        # test events alone), takes the site's answer of now
+        fresh = ((prev is None or prev.unlisted or not prev.for_this_ven or prev.test_event)
+                 and not ev.test_event and not ev.cancelled)
         if fresh:
             ev = with_opt(ev, OPT_OUT if self._schedule.opted_out else OPT_IN)
         if self._schedule.upsert(ev) is not None:  # None: not taken (the schedule logs why)
