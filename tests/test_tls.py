@@ -352,3 +352,77 @@ async def test_an_unsigned_vtn_answer_is_refused_saying_so_when_vtn_fingerprint_
             assert not client.connected and server.registrations == 0
         finally:
             await close()
+
+
+async def test_a_vtn_whose_clock_is_a_minute_behind_is_registered_with_and_its_events_followed(pki, free_tcp_port,
+                                                                                              monkeypatch):
+    # Each signed message carries the time it was signed (ReplayProtect). openleadr refuses one signed more than 5 s
+    # ago by the reader's clock: a VTN (or this box) a few seconds off, which chrony or timesyncd alone allows, left
+    # the gateway unable to register at all ("VTN message could not be read: ... signed too long ago").
+    import threading
+
+    from openleadr import messaging
+    from openleadr.service.vtn_service import VTNService
+
+    vtn_signing = threading.local()
+    real_replay_protect = messaging._create_replay_protect
+
+    def replay_protect():
+        element = real_replay_protect()
+        if getattr(vtn_signing, "on", False):
+            stamp = element[0]
+            stamp.text = (dt.datetime.fromisoformat(stamp.text.replace("Z", "+00:00")) - dt.timedelta(seconds=60)
+                          ).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return element
+    monkeypatch.setattr(messaging, "_create_replay_protect", replay_protect)
+    d, fp = pki
+    server = DemoVtn(free_tcp_port(), poll_seconds=1, cert=str(d / "vtn.pem"), key=str(d / "vtn.key"),
+                     ca_file=str(d / "ca.pem"), ven_fingerprint=fp["ven"])
+    real_create = VTNService._create_message
+
+    def create_message_behind(*args, **kwargs):     # the VTN's messages only: signed by its clock, 60 s behind
+        vtn_signing.on = True
+        try:
+            return real_create(*args, **kwargs)
+        finally:
+            vtn_signing.on = False
+    monkeypatch.setattr(VTNService, "_create_message", staticmethod(create_message_behind))
+    async with server:
+        eid = server.add_event([2], dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1), 60)
+        client, close = await _run_gateway(d, server.url, fp["vtn"])
+        try:
+            await until(lambda: client.connected, 15, "registration with the VTN whose clock is behind")
+            await until(lambda: server.opts_for(eid) == ["optIn"], 10, "its event followed and answered")
+        finally:
+            await close()
+
+
+def test_a_vtn_message_signed_too_long_ago_or_seen_before_is_refused(pki, monkeypatch):
+    from openleadr import messaging
+    from openleadr.messaging import create_message, validate_xml_schema
+    from ven import vtn_transport
+    from ven.vtn_transport import REPLAY_WINDOW, _Replayed, verify_replay_protect
+
+    d, fp = pki
+
+    def signed(ago: dt.timedelta) -> bytes:
+        real = messaging._create_replay_protect
+
+        def replay_protect():
+            element = real()
+            element[0].text = (dt.datetime.now(dt.timezone.utc) - ago).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            return element
+        monkeypatch.setattr(messaging, "_create_replay_protect", replay_protect)
+        try:
+            return create_message("oadrResponse", cert=(d / "vtn.pem").read_bytes(), key=(d / "vtn.key").read_bytes(),
+                                  response={"response_code": 200, "response_description": "OK", "request_id": "r1"},
+                                  ven_id="ven1").encode()
+        finally:
+            monkeypatch.setattr(messaging, "_create_replay_protect", real)
+    monkeypatch.setattr(vtn_transport, "_nonces", {})
+    late = validate_xml_schema(signed(REPLAY_WINDOW - dt.timedelta(minutes=1)))
+    verify_replay_protect(late)                     # a VTN clock 14 min behind
+    with pytest.raises(_Replayed, match="seen before"):
+        verify_replay_protect(late)                 # the same message again
+    with pytest.raises(_Replayed, match="min before this box's clock"):
+        verify_replay_protect(validate_xml_schema(signed(REPLAY_WINDOW + dt.timedelta(minutes=1))))

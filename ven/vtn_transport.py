@@ -15,7 +15,6 @@ import aiohttp
 import xmltodict
 from lxml.etree import DocumentInvalid, XMLSyntaxError
 from openleadr import OpenADRClient, enums as oenums, errors as oerrors, utils as outils
-from openleadr import messaging as omessaging
 from openleadr.messaging import NAMESPACES
 from signxml import XMLVerifier
 from signxml.exceptions import InvalidSignature
@@ -235,10 +234,12 @@ class _Client(OpenADRClient):
             tree = await asyncio.to_thread(validate_xml_schema, content)
             if self.vtn_fingerprint:
                 await asyncio.to_thread(verify_signature, tree, self.vtn_fingerprint)
-                omessaging._verify_replay_protect(tree)    # its nonce cache is shared with a VTN in this process
+                verify_replay_protect(tree)
             message_type, message_payload = await asyncio.to_thread(parse_message, content)
         except oerrors.FingerprintMismatch as err:
             return None, {}, f"VTN refused: certificate fingerprint does not match openadr.vtn_fingerprint ({err})"
+        except _Replayed as err:
+            return None, {}, f"VTN message refused: {err}"
         except _Unsigned:
             return None, {}, ("VTN message is not signed, while openadr.vtn_fingerprint asks for the VTN's signature "
                               "on every message")
@@ -253,6 +254,36 @@ class _Client(OpenADRClient):
 
 class _Unsigned(InvalidSignature):
     """A message without an XML signature, where one is required."""
+
+
+class _Replayed(Exception):
+    """A signed message seen before, or signed too long ago to tell."""
+
+
+# openleadr refuses a message signed more than 5 s before the reader's clock: a VTN (or this box) a few seconds off,
+# which a drifting clock soon is, and the gateway could not register at all. A message signed earlier than this is
+# refused; within it each signature's nonce is taken once, which is what stops a replay.
+REPLAY_WINDOW = timedelta(minutes=15)
+_NS_DSP = "{http://openadr.org/oadr-2.0b/2012/07/xmldsig-properties}"
+_nonces: dict[tuple[datetime, str], None] = {}   # its own, not openleadr's (shared with a VTN in this process)
+
+
+def verify_replay_protect(tree) -> None:
+    """The signature's ReplayProtect: signed within REPLAY_WINDOW of this clock, and its nonce not seen before."""
+    stamp, nonce = tree.findtext(f".//{_NS_DSP}timestamp"), tree.findtext(f".//{_NS_DSP}nonce")
+    signed = outils.parse_datetime(stamp) if stamp else None
+    if not isinstance(signed, datetime) or not nonce:
+        raise _Replayed("its signature has no ReplayProtect timestamp and nonce")
+    signed = signed.replace(tzinfo=timezone.utc) if signed.tzinfo is None else signed
+    oldest = _utcnow() - REPLAY_WINDOW
+    if signed < oldest:
+        raise _Replayed(f"signed at {_iso(signed)}, more than {REPLAY_WINDOW.total_seconds() / 60:g} min before this "
+                        f"box's clock ({_iso(_utcnow())}): a replayed message, or the VTN's clock or this one is wrong")
+    if (signed, nonce) in _nonces:
+        raise _Replayed(f"its signature (signed at {_iso(signed)}, nonce {nonce}) was seen before: a replayed message")
+    for seen in [k for k in _nonces if k[0] < oldest]:
+        del _nonces[seen]
+    _nonces[(signed, nonce)] = None
 
 
 def verify_signature(tree, fingerprint: str) -> None:
