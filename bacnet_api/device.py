@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 _NO_FAULT = Reliability("noFaultDetected")
 # Why a point is in fault, as a BAS reads it in the reliability property.
 _NO_VALUE_YET = Reliability("unreliableOther")
+_UNUSABLE = Reliability("unreliableOther")
 _SET_FAULT = {METER_POWER: Reliability("communicationFailure")}
 _START_TIMEOUT = 10.0
 
@@ -107,6 +108,7 @@ class GatewayDevice:
         self._objects: dict[str, Any] = {}
         self._no_value_yet: set[str] = set()
         self._faulted: set[str] = set()
+        self._unusable: set[str] = set()   # faulted on an answer that was no use, not on a missing one
         self._callbacks: dict[str, list[Callable[[Any], None]]] = {}
         self._written: dict[str, set[int]] = {}   # priorities written or relinquished over the network
         self._bacnet: Any = None
@@ -168,6 +170,7 @@ class GatewayDevice:
         self._written.clear()
         self._no_value_yet.clear()  # a restarted device starts from the point table again
         self._faulted.clear()
+        self._unusable.clear()
         app = getattr(getattr(bacnet, "this_application", None), "app", None)
         end = getattr(app, "end_communication_control", None)
         if end is not None:  # a restarted device initiates again; no time-out fires on a closed stack
@@ -269,7 +272,7 @@ class GatewayDevice:
 
     def _update_reliability(self, name: str) -> None:
         if name in self._faulted:
-            reliability = _SET_FAULT.get(name, Reliability("unreliableOther"))
+            reliability = _UNUSABLE if name in self._unusable else _SET_FAULT.get(name, Reliability("unreliableOther"))
         elif name in self._no_value_yet:
             reliability = _NO_VALUE_YET
         else:
@@ -300,12 +303,18 @@ class GatewayDevice:
             self._update_reliability(name)
         obj.presentValue = wire
 
-    def set_fault(self, name: str, fault: bool) -> None:
+    def set_fault(self, name: str, fault: bool, *, unusable: bool = False) -> None:
+        """`unusable`: the source answered, with a value that cannot be used (reliability unreliableOther,
+        where a point's own fault reliability says nothing came, e.g. meter-power's communicationFailure)."""
         self._object(name)
         if fault:
             self._faulted.add(name)
         else:
             self._faulted.discard(name)
+        if fault and unusable:
+            self._unusable.add(name)
+        else:
+            self._unusable.discard(name)
         self._update_reliability(name)
 
     def get(self, name: str) -> float | bool:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from bacpypes3.apdu import ErrorPDU, ErrorRejectAbortNack
+from bacpypes3.apdu import AbortPDU, ErrorPDU, ErrorRejectAbortNack
 from bacpypes3.app import Application
 
 from bacpypes3.primitivedata import Boolean, Enumerated
@@ -79,6 +79,9 @@ class MeterReading:
     timestamp: datetime  # UTC, aware
     value: float | None  # kW; None when the read failed
     error: str | None  # why it failed, for the operator
+    # a failed read the meter answered (a value out of bounds, not power, flagged fault, an error): the
+    # meter-power point's reliability then says the value is unusable, not that nothing came back
+    answered: bool = False
 
     @property
     def ok(self) -> bool:
@@ -175,12 +178,13 @@ class MeterClient:
                 # (bacpypes3 keeps a learned path for good, and routers rarely announce themselves)
                 await self._app.nsap.router_info_cache.delete_path_info(None, self.network)
         except ErrorRejectAbortNack as err:  # BaseException-derived: must be named explicitly
-            reading = self._reading(error=f"{self._what}: {error_text(err)}")
+            # an error or reject is the meter's answer; an abort is bacpypes3 giving up on one
+            reading = self._reading(error=f"{self._what}: {error_text(err)}", answered=not isinstance(err, AbortPDU))
         except CommunicationDisabled as err:  # a BACnet client told the gateway not to initiate: not sent
             reading = self._reading(error=f"{self._what} not read: {err}")
             silenced = True
         except _ReadFailed as err:
-            reading = self._reading(error=str(err))
+            reading = self._reading(error=str(err), answered=not isinstance(err, _NoRoute))
         except Exception as err:  # anything the stack raises is a failed read, not a crash
             reading = self._reading(error=f"{self._what}: {error_text(err)}")
         if reading.value is None:
@@ -313,7 +317,7 @@ class MeterClient:
             await add_static_route(app, self.router, self.network)
         elif (not await app.nsap.router_info_cache.get_path_info(None, self.network)  # heard already?
               and not await ask_router(app, self.network, timeout=self.timeout_seconds)):
-            raise _ReadFailed(f"no router to network {self.network} answered Who-Is-Router-To-Network")
+            raise _NoRoute(f"no router to network {self.network} answered Who-Is-Router-To-Network")
         self._route_ready = True
 
     async def _note_route(self) -> None:
@@ -327,8 +331,8 @@ class MeterClient:
             log.info("meter network %d is reached through router %s", self.network, route)
             self.route = route
 
-    def _reading(self, value: float | None = None, error: str | None = None) -> MeterReading:
-        return MeterReading(datetime.now(timezone.utc), value, error)
+    def _reading(self, value: float | None = None, error: str | None = None, answered: bool = False) -> MeterReading:
+        return MeterReading(datetime.now(timezone.utc), value, error, answered or value is not None)
 
     def _record(self, reading: MeterReading) -> None:
         self.latest = reading
@@ -425,6 +429,10 @@ class MeterClient:
 
 class _ReadFailed(Exception):
     """A read that got an answer which is not a usable kW value."""
+
+
+class _NoRoute(_ReadFailed):
+    """No router to the meter's network answered: the read never reached the meter."""
 
 
 class _Refused(Exception):

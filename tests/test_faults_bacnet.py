@@ -337,6 +337,53 @@ async def test_silent_meter_faults_without_invented_values_then_recovers(
     assert not [r for r in caplog.records if r.exc_info], "no stack traces for an expected fault"
 
 
+@pytest.mark.timeout(60)
+async def test_a_meter_that_answers_with_an_unusable_value_is_not_a_communication_failure(
+        tmp_path, free_udp_port, free_tcp_port):
+    # A meter answering in kWh, beyond the kW bounds or flagging its own value read communicationFailure on
+    # meter-power, the same as a dead network: the BAS alarm sent the technician to the cabling and the router
+    # while the meter answered every read. communicationFailure is kept for a read nothing answered.
+    meter_port = free_udp_port()
+    cfg = parse_config({
+        "bacnet": {"address": f"127.0.0.1/8:{free_udp_port()}", "device_id": 500204, "input_max_kw": 1000},
+        "meter": {"router": f"127.0.0.1:{meter_port}", "poll_seconds": 0.5, "timeout_seconds": 1.0},
+        "openadr": {"vtn_url": f"http://127.0.0.1:{free_tcp_port()}/OpenADR2/Simple/2.0b"},  # no VTN listens
+        "storage": {"path": str(tmp_path / "gw.sqlite")},
+        "http": {"enabled": False},
+        "forecaster": {"cycle_seconds": 3600},
+    }, "test", environ={})
+    gw, gateway = cfg.bacnet.address.replace("/8", ""), Gateway(cfg)
+    meter_power, meter_fault = P.BY_NAME[P.METER_POWER].object_id, P.BY_NAME[P.METER_FAULT].object_id
+    async with MeterSimulator(address=f"127.0.0.1/8:{meter_port}", value=87.5) as meter:
+        try:
+            await gateway.start()
+            async with BacnetPeer(free_udp_port(), timeout=2.0) as peer:
+                async def seen(want=None):
+                    rows = await peer.read_multiple(gw, [(meter_power, ["presentValue", "statusFlags", "reliability"]),
+                                                         (meter_fault, ["presentValue"])])
+                    got = (rows[(meter_power, "presentValue")], rows[(meter_power, "statusFlags")],
+                           rows[(meter_power, "reliability")], rows[(meter_fault, "presentValue")])
+                    return got if want is None or got == want else None
+
+                good = (87.5, [0, 0, 0, 0], "noFaultDetected", "inactive")
+                unusable = (87.5, [0, 1, 0, 0], "unreliableOther", "active")
+                await eventually(lambda: seen(good), 10, "a meter value")
+                for cause, change in (("outside", lambda: meter.set_value(5000.0)),
+                                      # the units are read again after a failed read, as after any fault
+                                      ("not a power unit", lambda: (meter.set_units("kilowattHours"),
+                                                                    meter.set_value(87.5))),
+                                      ("flags its value as fault", lambda: (meter.set_units("kilowatts"),
+                                                                            meter.set_status(reliability="overRange")))):
+                    change()
+                    await eventually(lambda: cause in (gateway.status()["meter"]["last_error"] or ""), 5, cause)
+                    assert (got := await seen()) == unusable, (cause, got)
+                meter.set_silent(True)
+                await eventually(lambda: seen((87.5, [0, 1, 0, 0], "communicationFailure", "active")), 5,
+                                 "silent: a communication failure")
+        finally:
+            await gateway.stop()
+
+
 # -- the router in front of the meter refuses the reads -------------------------------------------
 
 @pytest.mark.timeout(60)

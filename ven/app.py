@@ -228,7 +228,8 @@ class Gateway:
     def _on_meter(self, reading: MeterReading) -> None:
         t = reading.timestamp.timestamp()
         if reading.value is None:
-            self.device.set_fault(P.METER_POWER, True)
+            # the meter answering in kWh is not a broken network: the BAS alarm must not send the technician there
+            self.device.set_fault(P.METER_POWER, True, unusable=reading.answered)
             self.device.set(P.METER_FAULT, True)
             self.metrics.meter_read_failures.inc()
             self.forecast.on_meter(t, None)
