@@ -169,3 +169,32 @@ async def test_a_restart_clears_input_power_keeps_opt_out_and_drops_cov_subscrip
         finally:
             await subscription.__aexit__(None, None, None)
             await gateway.stop()
+
+
+async def test_the_rate_shows_fault_until_power_came_in_during_two_minutes(tmp_path, free_udp_port, free_tcp_port):
+    # A trend needs readings from two minutes: with the BAS's first writes in one minute the forecasts are live
+    # and power-rate-of-change is in fault, which the sequence did not list (only "until the first forecast")
+    import time
+
+    cfg = _config(tmp_path, free_udp_port(), free_tcp_port())
+    gw, av1 = cfg.bacnet.address.replace("/8", ""), P.BY_NAME[P.INPUT_POWER].object_id
+    fc, rate = P.BY_NAME[P.FIFTEEN_MIN_FORECAST].object_id, P.BY_NAME[P.RATE_OF_CHANGE].object_id
+    left = 60 - time.time() % 60
+    if left < 15:   # start in a fresh minute, with time to spare for the gateway's start and the writes
+        await asyncio.sleep(left + 0.5)
+    minute = time.time() // 60
+    gateway = Gateway(cfg)
+    await gateway.start()
+    try:
+        async with BacnetPeer(free_udp_port()) as peer:
+            async def forecast_live():
+                assert await peer.write(gw, av1, "presentValue", 300.0, priority=8) is None
+                await asyncio.sleep(0.3)
+                return await peer.read(gw, fc, "statusFlags") == [0, 0, 0, 0]
+
+            await eventually(forecast_live, 8, "a live forecast from what the BAS writes")
+            rows = await peer.read_multiple(gw, [(rate, ["statusFlags", "reliability"])])
+            assert time.time() // 60 == minute, "the writes ran into the next minute: the rate would be live"
+            assert (rows[(rate, "statusFlags")], rows[(rate, "reliability")]) == ([0, 1, 0, 0], "unreliableOther")
+    finally:
+        await gateway.stop()
