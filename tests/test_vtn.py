@@ -607,6 +607,29 @@ async def test_an_id_reused_after_its_event_is_over_is_a_new_event(tmp_path, fre
             assert server.opts_for(a)[-1] == "optIn"
 
 
+async def test_an_id_reused_at_the_same_modification_after_its_event_is_over_is_logged_as_a_new_event(
+        tmp_path, free_tcp_port, caplog):
+    # A VTN restarted without its events (the demo VTN, or one numbering its events afresh) sends a new event under
+    # the id of one that ran here, at modification 0 again: it drove ADR-Event-Level with no line in the log, and
+    # kept the old event's received_at
+    caplog.set_level(logging.INFO, logger="ven")
+    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
+        async with running(tmp_path, server.url) as gw:
+            await until(lambda: gw.vtn.connected, 10, "registration")
+            a = server.add_event([1], now(), 3)
+            await until(lambda: gw.first_time_at(1.0) is not None, 5, "level 1")
+            await until(lambda: gw.schedule.get(a).end < now() and gw.level == 0.0, 8, "the event over")
+            server._touch()    # listed again unchanged, and over: the same event, not a new one
+            await asyncio.sleep(2.5)
+            assert len(said(caplog, f"event {a} received")) == 1
+            server.drop_event(a)
+            reused_at = now()
+            server.add_event([3], now() - timedelta(seconds=1), 60, event_id=a)   # modification 0 again
+            await until(lambda: gw.level == 3.0, 5, "the new event under the old id")
+            assert len(said(caplog, f"event {a} received")) == 2, said(caplog, a)
+            assert gw.schedule.get(a).received_at >= reused_at
+
+
 async def test_lowercase_simple_signal_drives_the_level(tmp_path, free_tcp_port):
     async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
         async with running(tmp_path, server.url) as gw:

@@ -165,6 +165,14 @@ class VtnEvents:
             self._schedule.forget(eid)
             prev = None
         ev = from_openleadr(raw, now, prev, ven_id=self.ven_id)
+        if prev is not None and mod == prev.modification_number and now >= prev.end and ev.signals != prev.signals:
+            # other intervals at the same modification, after the stored event is over: a VTN restarted without its
+            # events reuses the id from modification 0. Taken as the same event it drove the level unlogged
+            log.info("event %s: the VTN reused the id of an event that is over (modification %d again, other "
+                     "intervals): taken as a new event", eid, mod)
+            self._schedule.forget(eid)
+            prev = None
+            ev = from_openleadr(raw, now, None, ven_id=self.ven_id)
         if not ev.for_this_ven:
             # eiTarget names other VENs only: a VTN mistake or a broadcast; following it would shed this
             # building for another site's event. The utility hears optOut: this site will not act on it.

@@ -61,6 +61,11 @@ def _fault_kind(reason: str) -> str:
     return reason
 
 
+def _period(event: dict) -> tuple:
+    period = event.get('active_period') or {}
+    return period.get('dtstart'), period.get('duration')
+
+
 class _Client(OpenADRClient):
     """OpenADRClient whose request path records why a request failed instead of only logging it."""
 
@@ -104,7 +109,11 @@ class _Client(OpenADRClient):
                                     event_id, event_status, modification_number)
                 received_event = received.get(event_id)
                 if received_event:
-                    if received_event['event_descriptor']['modification_number'] == modification_number:
+                    # another active period at the same modification is another event under a reused id (a VTN
+                    # restarted without its events numbers them afresh): openleadr answered it from its cache
+                    # and the gateway never saw it
+                    if (received_event['event_descriptor']['modification_number'] == modification_number
+                            and _period(received_event) == _period(event)):
                         result = self.responded_events[event_id]
                     else:
                         # by identity: list.remove compares every dict before it by value
