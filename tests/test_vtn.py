@@ -630,6 +630,23 @@ async def test_an_id_reused_at_the_same_modification_after_its_event_is_over_is_
             assert gw.schedule.get(a).received_at >= reused_at
 
 
+async def test_an_event_listed_with_other_intervals_at_the_same_modification_runs_as_listed_and_is_logged(
+        tmp_path, free_tcp_port, caplog):
+    # a VTN that changes a pending event without raising its modification number: openleadr answered it from its
+    # cache, so the building ran the old times
+    caplog.set_level(logging.INFO, logger="ven")
+    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
+        async with running(tmp_path, server.url) as gw:
+            await until(lambda: gw.vtn.connected, 10, "registration")
+            a = server.add_event([1], now() + timedelta(minutes=10), 60)
+            await until(lambda: gw.schedule.get(a) is not None, 5, "the event received")
+            server.drop_event(a)
+            moved = now().replace(microsecond=0) + timedelta(minutes=20)
+            server.add_event([2], moved, 60, event_id=a)    # modification 0 again, before the next poll
+            await until(lambda: gw.schedule.get(a).start == moved, 5, "the event as listed now")
+            assert said(caplog, f"event {a} changed by the VTN without a new modification number"), said(caplog, a)
+
+
 async def test_lowercase_simple_signal_drives_the_level(tmp_path, free_tcp_port):
     async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
         async with running(tmp_path, server.url) as gw:

@@ -210,6 +210,8 @@ class VtnEvents:
             verb = "received"
         elif prev.unlisted:
             verb = "listed again by the VTN"
+        elif ev.modification_number == prev.modification_number and ev.signals != prev.signals:
+            verb = "changed by the VTN without a new modification number"   # it runs as now listed
         elif ev.modification_number == prev.modification_number:
             self._relisted += 1         # said when it was received; counted for one line per message
             return
