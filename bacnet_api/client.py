@@ -142,7 +142,9 @@ async def ask_router(app: Application, network: int, router: str = "", timeout: 
     destination = Address(router) if router else None
     try:
         async with asyncio.timeout(timeout):
-            found = await app.nse.who_is_router_to_network(destination=destination, network=network)
+            # shielded: bacpypes3 ends the request by its own timer (2 s), which set the result of a request our
+            # timeout had cancelled in the same loop step when the two were equal: a traceback at every poll
+            found = await asyncio.shield(app.nse.who_is_router_to_network(destination=destination, network=network))
     except (TimeoutError, *BACNET_ERRORS):
         return False
     return bool(found)

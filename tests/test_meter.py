@@ -180,6 +180,22 @@ async def test_no_router_answers_without_a_configured_router(gateway, sim):
     assert reading.error == "no router to network 12345 answered Who-Is-Router-To-Network"
 
 
+async def test_no_router_answering_within_bacpypes3s_own_wait_logs_no_traceback(gateway, sim, caplog):
+    # meter.timeout_seconds 2 gave up on Who-Is-Router-To-Network as bacpypes3's own 2 s timer fired: that timer
+    # then set the cancelled request's result, and asyncio logged "Exception in callback ... InvalidStateError"
+    # with a traceback at every poll of a site whose router is down
+    from bacpypes3.netservice import WHO_IS_ROUTER_TO_NETWORK_TIMEOUT
+
+    caplog.set_level(logging.ERROR)
+    meter = MeterClient(gateway, address=sim.meter_address, object="analogInput 2",
+                        timeout_seconds=WHO_IS_ROUTER_TO_NETWORK_TIMEOUT)
+    for _ in range(2):
+        reading = await meter.read_once()
+        assert reading.error == "no router to network 12345 answered Who-Is-Router-To-Network"
+    await asyncio.sleep(0.1)
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
 async def test_dead_local_address_times_out(gateway, free_udp_port):
     meter = MeterClient(gateway, address=f"127.0.0.1:{free_udp_port()}", object="analogInput 2",
                         timeout_seconds=FAST)
