@@ -226,10 +226,14 @@ class GatewayDevice:
         if point.texts is not None:   # optional (clause 12.7); set, they are in propertyList too
             common["inactiveText"], common["activeText"] = point.texts
         if point.access == "commandable":
-            cls = CommandableAnalogValue if point.kind == "analogValue" else CommandableBinaryValue
-            obj = cls(presentValue=initial, relinquishDefault=initial, **common)
             if point.kind == "analogValue":
-                obj._low, obj._high = self.input_bounds
+                # served too (clause 12.4), so a commissioning tool reads the range a write must fall in
+                low, high = self.input_bounds
+                obj = CommandableAnalogValue(presentValue=initial, relinquishDefault=initial, minPresValue=low,
+                                             maxPresValue=high, **common)
+                obj._low, obj._high = low, high
+            else:
+                obj = CommandableBinaryValue(presentValue=initial, relinquishDefault=initial, **common)
             obj._on_accepted = lambda value, p=point: self._accepted(p, value)
         elif point.access == "read-only":
             cls = ReadOnlyAnalogValue if point.kind == "analogValue" else ReadOnlyBinaryValue

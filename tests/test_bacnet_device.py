@@ -253,6 +253,17 @@ async def test_bounds_not_exact_in_float32_are_accepted_as_the_bas_sends_them(fr
         await device.stop()
 
 
+async def test_input_power_serves_the_range_a_write_must_fall_in(gateway, peer):
+    # a commissioning tool reads the limits from the object (the EDE file has them too); they were unknown-property
+    addr, obj = where(gateway), "analogValue 1"
+    low, high = await peer.read(addr, obj, "minPresValue"), await peer.read(addr, obj, "maxPresValue")
+    assert (low, high) == (INPUT_MIN, INPUT_MAX)
+    assert {"minPresValue", "maxPresValue"} <= {str(p) for p in await peer.read(addr, obj, "propertyList")}
+    assert await peer.write(addr, obj, "presentValue", high, priority=8) is None
+    err = await peer.write(addr, obj, "presentValue", high + 1, priority=8)
+    assert isinstance(err, PeerError) and err.code == "valueOutOfRange"
+
+
 async def test_opt_out_write_and_relinquish_fire_on_write(gateway, peer):
     seen = []
     gateway.on_write(OPT_OUT, seen.append)
