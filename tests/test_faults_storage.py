@@ -12,8 +12,11 @@ import contextlib
 import errno
 import json
 import logging
+import os
+import signal
 import sqlite3
 import subprocess
+import sys
 import time
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
@@ -718,6 +721,45 @@ def test_a_deleted_file_comes_back_whole_or_not_at_all(tmp_path):
     assert None in seen and _minutes(str(path)) == [(1, 100.0), (2, 200.0)]
     assert all(tables is None or "forecast_minute" in tables for tables in seen), \
         [tables for tables in seen if tables is not None and "forecast_minute" not in tables][:3]
+
+
+_KILLED_MID_COPY = """
+import os, signal, sys
+from datetime import datetime, timezone
+from pathlib import Path
+from forecaster.store import ForecastStore
+from ven.telemetry import TelemetryQueue
+
+path = Path(sys.argv[1])
+ForecastStore(str(path)).save([1, 2], [100.0, 200.0], [1, 1])
+queue = TelemetryQueue(path)
+queue.add(datetime.now(timezone.utc), 41.0)
+for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+    p.unlink()
+def look():
+    if any(path.parent.glob(path.name + ".copying-*")):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return 0
+queue._conn.set_progress_handler(look, 1)
+queue.add(datetime.now(timezone.utc), 42.0)     # finds the file gone and starts the copy that brings it back
+"""
+
+
+def test_a_copy_a_killed_gateway_left_half_made_is_removed_at_the_next_start(tmp_path, caplog):
+    # the copy of a deleted file is made beside it under a name with its process's id: a gateway killed in the
+    # middle left it there, as large as the file, and nothing removed it
+    caplog.set_level(logging.INFO, logger="ven.storage")
+    path = tmp_path / "gw.sqlite"
+    done = subprocess.run([sys.executable, "-c", _KILLED_MID_COPY, str(path)], capture_output=True, timeout=60)
+    assert done.returncode == -signal.SIGKILL, done.stderr.decode()
+    left = sorted(p.name for p in tmp_path.glob("gw.sqlite.copying-*"))
+    assert left and not path.exists()
+    being_made = tmp_path / f"gw.sqlite.copying-{os.getpid()}-1"     # a live process's: not abandoned
+    being_made.write_bytes(b"")
+    Storage(path).close()
+    assert sorted(p.name for p in tmp_path.glob("gw.sqlite.copying-*")) == [being_made.name]
+    said = [r.getMessage() for r in caplog.records if "stopped in the middle of" in r.getMessage()]
+    assert len(said) == len(left) and all(any(n in m for m in said) for n in left), said
 
 
 @pytest.mark.timeout(60)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import glob
 import logging
 import os
 import re
@@ -161,6 +162,31 @@ def _mirror_into_new_file(conn: sqlite3.Connection, path: Path) -> int:
         part.unlink(missing_ok=True)
         raise
     return rows
+
+
+def _remove_abandoned_copies(path: Path) -> None:
+    """The copies `_mirror_into_new_file` left half made beside `path` when its gateway was killed in the
+    middle (a SIGKILL, a power cut): as large as the file, and nothing else would ever remove them. One
+    whose process still runs is being made; it is left alone."""
+    for part in path.parent.glob(glob.escape(path.name) + ".copying-*"):
+        pid = part.name[len(path.name) + len(".copying-"):].partition("-")[0]
+        if not pid.isdigit() or _running(int(pid)):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            size = part.stat().st_size
+            part.unlink()
+            log.info("storage.path %s: removed %s (%d bytes), a copy its gateway was stopped in the middle of",
+                     path, part.name, size)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:     # another user's process
+        return True
+    return True
 
 
 def _mirror_into(conn: sqlite3.Connection, path: Path) -> int:
@@ -320,6 +346,7 @@ class Storage:
     def _open(self) -> None:
         self.conn = connect(self.path, EVENTS_TABLE)
         self._ident = file_identity(self.path)
+        _remove_abandoned_copies(self.path)
 
     def _opened(self) -> bool:
         """True once the file is open (and still the file at the path); tries it again if it was not
