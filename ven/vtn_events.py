@@ -159,17 +159,14 @@ class VtnEvents:
         eid = raw["event_descriptor"]["event_id"]
         prev = self._schedule.get(eid)
         mod = int(raw["event_descriptor"].get("modification_number") or 0)
-        if prev is not None and mod < prev.modification_number and id_reused(prev, raw, now):
-            log.info("event %s: the VTN reused the id of an event that is over (modification %d after %d): "
-                     "taken as a new event", eid, mod, prev.modification_number)
-            self._schedule.forget(eid)
-            prev = None
         ev = from_openleadr(raw, now, prev, ven_id=self.ven_id)
-        if prev is not None and mod == prev.modification_number and now >= prev.end and ev.signals != prev.signals:
-            # other intervals at the same modification, after the stored event is over: a VTN restarted without its
-            # events reuses the id from modification 0. Taken as the same event it drove the level unlogged
-            log.info("event %s: the VTN reused the id of an event that is over (modification %d again, other "
-                     "intervals): taken as a new event", eid, mod)
+        # a lower modification, or the same one with other intervals after the stored event is over (a VTN
+        # restarted without its events numbers from 0 again; taken as the same event it drove the level unlogged)
+        if prev is not None and (mod < prev.modification_number and id_reused(prev, raw, now) or
+                                 mod == prev.modification_number and now >= prev.end and ev.signals != prev.signals):
+            again = "again, other intervals" if mod == prev.modification_number else f"after {prev.modification_number}"
+            log.info("event %s: the VTN reused the id of an event that is over (modification %d %s): taken as a new "
+                     "event", eid, mod, again)
             self._schedule.forget(eid)
             prev = None
             ev = from_openleadr(raw, now, None, ven_id=self.ven_id)
