@@ -105,6 +105,9 @@ WEB_DIR = Path(__file__).with_name("web")
 MAX_HISTORY_HOURS = 24 * 35  # forecaster.history_days default: older minutes are not kept anyway; events as long (schedule.KEEP_HISTORY)
 LOG_LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}  # /api/log?level=
 MAX_CONNECTIONS = 64  # open at once: a few dashboards (4 requests per refresh), Prometheus, health probes
+# what a stop gives requests in flight (aiohttp's default, 60 s, is waited out by a connection made as the stop
+# begins: on Python 3.11 aiohttp closes it before its handler runs, drops its request and waits for the client)
+STOP_GRACE_S = 1.0
 # app.js imports the other modules by relative URL: each needs its route here (a 404 leaves the page blank)
 DASHBOARD_MODULES = ("ahead.js", "api.js", "app.js", "chart.js", "chart_keys.js", "chart_readout.js", "chart_words.js",
                      "columns.js", "dom.js", "download.js", "event_shading.js", "format.js", "header.js", "legend.js",
@@ -314,7 +317,7 @@ class HttpServer:
         self._listening()
 
     async def _listen(self) -> None:
-        runner = web.AppRunner(self.make_app(), access_log=None, handle_signals=False)
+        runner = web.AppRunner(self.make_app(), access_log=None, handle_signals=False, shutdown_timeout=STOP_GRACE_S)
         await runner.setup()
         try:
             listener = await asyncio.get_running_loop().create_server(
