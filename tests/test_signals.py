@@ -160,3 +160,53 @@ def test_a_second_signal_during_shutdown_is_said_and_sighup_counts_as_one():
     """, "SIGHUP", "SIGINT")
     assert out.returncode == 0 and out.stdout.strip() == "stopped", out
     assert "SIGINT while stopping: shutdown cut short" in out.stderr, out
+
+
+_HELD_IMPORT = """
+import sys, time
+import ven.app
+from ven.cli import main
+
+imports = ven.app._import_slow_parts
+
+def held():     # openleadr, aiohttp and numpy as slow to import as on a loaded 2-core box, and then some
+    time.sleep(60)
+    imports()
+
+ven.app._import_slow_parts = held
+sys.exit(main(["run", "--config", sys.argv[1]]))
+"""
+
+
+def test_sigterm_while_the_slow_parts_import_stops_at_once(tmp_path, free_udp_port, free_tcp_port):
+    # The VEN, forecaster and HTTP API are imported in a worker thread once the BACnet device answers: 6-8 s on
+    # a loaded 2-core box. A SIGTERM meanwhile waited for the import to end: the stop imported the VEN itself to
+    # ask it for its open faults, and the exit joined the thread. Nothing of them runs yet, so nothing waits.
+    config, log_path = tmp_path / "gw.toml", tmp_path / "gw.log"
+    write_config(config, bacnet_port=free_udp_port(), http_port=free_tcp_port(), storage=tmp_path / "gw.sqlite",
+                 ven_name="importing")
+    with open(log_path, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-c", _HELD_IMPORT, str(config)], stdout=out,
+                                stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while " answering on " not in log_path.read_text() and time.monotonic() < deadline:
+            assert proc.poll() is None, log_path.read_text()
+            time.sleep(0.05)
+        assert " answering on " in log_path.read_text(), log_path.read_text()
+        time.sleep(0.3)     # the import has begun (the schedule starts first, a few ms)
+        proc.send_signal(signal.SIGTERM)
+        began = time.monotonic()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"still running 10 s after SIGTERM during the import:\n{log_path.read_text()[-2000:]}")
+        took = time.monotonic() - began
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    text = log_path.read_text()
+    assert proc.returncode == 0 and text.rstrip().endswith(" edge-gateway stopped"), text
+    assert "Traceback" not in text and " ERROR " not in text, text
+    assert took < 5, f"{took:.1f} s from SIGTERM to exit\n{text}"

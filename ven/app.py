@@ -13,6 +13,7 @@ import gc
 import json
 import logging
 import math
+import threading
 import time
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
@@ -55,6 +56,36 @@ def _import_slow_parts() -> None:
     from . import forecast_service, http_api, vtn, vtn_transport  # noqa: F401
     logging.getLogger("openleadr").setLevel(openleadr_level)  # importing openleadr resets it to INFO
     vtn_transport.warm_up()
+
+
+async def _in_daemon_thread(fn) -> None:
+    """Run `fn` in a daemon thread and wait for it. Not the loop's executor: a SIGTERM while `fn` still runs
+    (the imports above, 6-8 s on a loaded box) would wait for it twice over, as asyncio.run and the
+    interpreter's exit join those threads; an import has nothing to clean up when the process ends."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+
+    def settle(err: BaseException | None) -> None:
+        if done.done():     # cancelled: the start was stopped meanwhile
+            return
+        if err is not None:
+            done.set_exception(err)
+        else:
+            done.set_result(None)
+
+    def run() -> None:
+        err = None
+        try:
+            fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the awaiting start, which raises it
+            err = e
+        try:
+            loop.call_soon_threadsafe(settle, err)
+        except RuntimeError:    # the loop closed meanwhile: nobody waits any more
+            pass
+
+    threading.Thread(target=run, name="import-slow-parts", daemon=True).start()
+    await done
 
 
 def freeze_startup_objects() -> None:
@@ -159,7 +190,7 @@ class Gateway:
         self.device.on_write(P.INPUT_POWER, self._on_input_power)
         self.device.on_write(P.OPT_OUT, self._on_opt_out)
         await self._start(self.schedule)
-        await asyncio.get_running_loop().run_in_executor(None, _import_slow_parts)
+        await _in_daemon_thread(_import_slow_parts)
         if self.device.get(P.OPT_OUT):
             self.vtn.set_opt_out(True)  # before the VTN session, so new events are answered optOut
         await self._start(self.forecast)
@@ -206,7 +237,9 @@ class Gateway:
         out = []
         if (m := self.meter.fault_window()) is not None:
             out.append(f"meter fault for {lasted(m['since'])} ({m['failed_reads']} of {m['reads']} reads failed)")
-        if (v := self.vtn.open_fault()) is not None:
+        # a stop before start() built the VEN or the API (their import still running) must not build them
+        built = self.__dict__
+        if "vtn" in built and (v := self.vtn.open_fault()) is not None:
             counts = [f"{v['polls_failed']} of {v['polls']} polls failed" if v["polls"] else "",
                       f"{v['registrations_failed']} of {v['registrations']} registrations failed"
                       if v["registrations_failed"] else "",
@@ -219,7 +252,7 @@ class Gateway:
             out.append(f"storage.path not written ({', '.join(errors)})")
         if (comm := self.device.communication())["mode"] != "enable":
             out.append(f"BACnet communication initiation disabled by {comm.get('by') or 'a BACnet client'}")
-        if self.http is not None and self.http.refusing:
+        if built.get("http") is not None and self.http.refusing:
             out.append("HTTP connections over the limit refused")
         return out
 
@@ -483,7 +516,8 @@ class Gateway:
     def storage_status(self) -> dict:
         """Whether each part that writes storage.path is writing it; what the file said when not."""
         errors = {"events": self.storage.write_error, "telemetry": self.telemetry.write_error,
-                  "forecaster": None if self.forecast.storage_ok else "forecast history not stored"}
+                  "forecaster": None if "forecast" not in self.__dict__ or self.forecast.storage_ok
+                  else "forecast history not stored"}
         return {"path": str(self.config.storage.path), "ok": not any(errors.values()),
                 "errors": {part: e for part, e in errors.items() if e}}
 
