@@ -229,6 +229,11 @@ class Gateway:
             log.info("edge-gateway stopped")
         self.recent.detach()
 
+    def _built(self, part: str) -> bool:
+        """Whether start() has built `part` (a cached property): a stop while their import still runs (the first
+        seconds of a start) must not build the VEN, the forecaster or the API to ask them about faults."""
+        return part in self.__dict__
+
     def _open_faults(self) -> list[str]:
         """The faults whose start the log said and whose end it has not: a stop ends none of them, and without
         this the log reads as if each was still going on (or the end line was lost) until the next start."""
@@ -237,9 +242,7 @@ class Gateway:
         out = []
         if (m := self.meter.fault_window()) is not None:
             out.append(f"meter fault for {lasted(m['since'])} ({m['failed_reads']} of {m['reads']} reads failed)")
-        # a stop before start() built the VEN or the API (their import still running) must not build them
-        built = self.__dict__
-        if "vtn" in built and (v := self.vtn.open_fault()) is not None:
+        if self._built("vtn") and (v := self.vtn.open_fault()) is not None:
             counts = [f"{v['polls_failed']} of {v['polls']} polls failed" if v["polls"] else "",
                       f"{v['registrations_failed']} of {v['registrations']} registrations failed"
                       if v["registrations_failed"] else "",
@@ -252,7 +255,7 @@ class Gateway:
             out.append(f"storage.path not written ({', '.join(errors)})")
         if (comm := self.device.communication())["mode"] != "enable":
             out.append(f"BACnet communication initiation disabled by {comm.get('by') or 'a BACnet client'}")
-        if built.get("http") is not None and self.http.refusing:
+        if self._built("http") and self.http is not None and self.http.refusing:
             out.append("HTTP connections over the limit refused")
         return out
 
@@ -516,7 +519,7 @@ class Gateway:
     def storage_status(self) -> dict:
         """Whether each part that writes storage.path is writing it; what the file said when not."""
         errors = {"events": self.storage.write_error, "telemetry": self.telemetry.write_error,
-                  "forecaster": None if "forecast" not in self.__dict__ or self.forecast.storage_ok
+                  "forecaster": None if not self._built("forecast") or self.forecast.storage_ok
                   else "forecast history not stored"}
         return {"path": str(self.config.storage.path), "ok": not any(errors.values()),
                 "errors": {part: e for part, e in errors.items() if e}}
