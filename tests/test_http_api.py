@@ -303,6 +303,26 @@ async def test_token_required_when_configured(served):
         assert (await fetch(base + path))[0] == 200, path
 
 
+def _raw_get(port: int, path: str, authorization: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+                  b"Authorization: " + authorization + b"\r\n\r\n")
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+    return out
+
+
+async def test_a_token_in_bytes_that_are_not_utf8_is_refused_not_an_error(served, caplog):
+    # a guesser on the network sends whatever bytes it likes; aiohttp hands them over as surrogates
+    server, view, base = await served(token="s3crét")
+    for credential in (b"Bearer s3cr\xe9t", b"Bearer \xff\xfe", "Bearer s3crét".encode()):
+        answer = await asyncio.to_thread(_raw_get, server.port, "/api/status", credential)
+        expected = b"200 OK" if credential == "Bearer s3crét".encode() else b"401 Unauthorized"
+        assert answer.split(b"\r\n", 1)[0] == b"HTTP/1.1 " + expected, (credential, answer[:200])
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
 async def test_read_only_and_static(served):
     server, view, base = await served()
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:

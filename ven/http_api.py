@@ -418,8 +418,9 @@ class HttpServer:
         if self.token and request.path not in STATIC_FILES and request.path != "/healthz":
             given = request.headers.get("Authorization", "")
             scheme, _, credential = given.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(credential.strip().encode(),
-                                                                      self.token.encode()):
+            # aiohttp hands bytes that are not UTF-8 over as surrogates: compared as the bytes sent, not a 500
+            sent, expected = (t.encode("utf-8", "surrogateescape") for t in (credential.strip(), self.token))
+            if scheme.lower() != "bearer" or not hmac.compare_digest(sent, expected):
                 return web.json_response({"error": "bearer token required (Authorization: Bearer <http.token>)"},
                                          status=401, headers={"WWW-Authenticate": 'Bearer realm="edge-gateway"',
                                                               "Cache-Control": "no-store"})
