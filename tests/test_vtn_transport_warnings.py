@@ -85,3 +85,53 @@ async def test_the_start_up_log_warns_once_of_a_plain_http_vtn_off_loopback_and_
     assert len(warned) == 1 and " WARNING " in warned[0], gateway.log()
     assert warned[0].endswith(f"config: openadr.vtn_url is plain http to {ns.host_ip}, not loopback: events, opt "
                               f"answers and telemetry cross the network in clear text{INJECT}"), warned[0]
+
+
+@pytest.mark.timeout(60)
+async def test_a_password_in_vtn_url_is_shown_as_stars_in_the_log_the_status_and_check_config(tmp_path, caplog,
+                                                                                              free_udp_port,
+                                                                                              free_tcp_port):
+    # aiohttp sends a URL's user:password@ as basic auth, so a site may write one into vtn_url: the start-up line,
+    # every VTN fault line, /api/status and check-config printed it
+    import json
+    import logging
+
+    from aiohttp import web
+
+    from ven.app import Gateway
+    from ven.config_load import parse_config
+
+    caplog.set_level(logging.INFO)
+    answering, closed = free_tcp_port(), free_tcp_port()
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", lambda request: web.Response(status=500, text="VTN down for maintenance"))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", answering).start()
+    try:
+        for port, fault in ((answering, "HTTP 500 from"), (closed, "VTN unreachable at")):
+            url = f"http://ven-7:s3cret-pw@127.0.0.1:{port}/OpenADR2/Simple/2.0b"
+            conf = tmp_path / "gw.toml"
+            conf.write_text(f'[openadr]\nvtn_url = "{url}"\n')
+            res = subprocess.run([sys.executable, "-m", "ven.cli", "check-config", str(conf)], capture_output=True,
+                                 text=True, timeout=60, stdin=subprocess.DEVNULL)
+            assert "ven-7:***@127.0.0.1" in res.stdout and "s3cret" not in res.stdout + res.stderr, res.stdout
+            caplog.clear()
+            gateway = Gateway(parse_config({
+                "bacnet": {"address": f"127.0.0.1/8:{free_udp_port()}", "device_id": 500311},
+                "meter": {"router": f"127.0.0.1:{free_udp_port()}", "timeout_seconds": 0.5},
+                "openadr": {"vtn_url": url, "retry_min_seconds": 0.2, "retry_max_seconds": 0.5},
+                "storage": {"path": str(tmp_path / f"gw-{port}.sqlite")},
+                "http": {"enabled": False},
+            }, "test", environ={}))
+            await gateway.start()
+            try:
+                await eventually(lambda: any(fault in r.getMessage() for r in caplog.records), 15, fault)
+                status = json.dumps(gateway.status(), default=str)
+            finally:
+                await gateway.stop()
+            logged = "\n".join(r.getMessage() for r in caplog.records)
+            assert "ven-7:***@127.0.0.1" in logged and "ven-7:***@127.0.0.1" in status, logged
+            assert "s3cret" not in logged and "s3cret" not in status, logged
+    finally:
+        await runner.cleanup()

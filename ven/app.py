@@ -201,7 +201,7 @@ class Gateway:
         await self._start(self.vtn)
         if self.http is not None:
             await self._start(self.http)
-        log.info("edge-gateway ready: BACnet %s, VTN %s, meter %s %s", c.bacnet.address, c.openadr.vtn_url,
+        log.info("edge-gateway ready: BACnet %s, VTN %s, meter %s %s", c.bacnet.address, c.openadr.vtn_url_shown,
                  c.meter.address, c.meter.object)
 
     async def _start(self, part) -> None:

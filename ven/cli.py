@@ -118,7 +118,7 @@ def cmd_check_config(args) -> int:
         print(f"{args.file}: warning: {warning}")
     # a relative storage.path is taken from the directory `run` starts in, which a service manager sets
     print(f"{args.file}: ok (device {cfg.bacnet.device_id} on {cfg.bacnet.address}, "
-          f"meter {cfg.meter.address} {cfg.meter.object}, VTN {cfg.openadr.vtn_url}, "
+          f"meter {cfg.meter.address} {cfg.meter.object}, VTN {cfg.openadr.vtn_url_shown}, "
           f"storage {os.path.abspath(cfg.storage.path)})")
     return 0
 

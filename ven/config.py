@@ -229,6 +229,16 @@ class MeterConfig(_Section):
         return check_configured(v) if v else v
 
 
+def shown_url(url: str) -> str:
+    """A URL as the log, check-config and /api/status show it: a password in it (user:password@, which aiohttp
+    sends as basic auth) as ***."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    return parts._replace(netloc=f"{userinfo.partition(':')[0]}:***@{hostport}").geturl()
+
+
 class OpenadrConfig(_Section):
     vtn_url: str = "http://127.0.0.1:8080/OpenADR2/Simple/2.0b"
     ven_name: str = Field("edge-gateway", min_length=1)
@@ -251,6 +261,10 @@ class OpenadrConfig(_Section):
     vtn_fingerprint: str = ""
     # key -> the EDGE_GATEWAY__* variable that set it: a TLS file error then says where to look
     _env: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @property
+    def vtn_url_shown(self) -> str:
+        return shown_url(self.vtn_url)
 
     def named(self, key: str) -> str:
         """The key as the operator should look for it: "openadr.cert", or "openadr.cert (from VAR)"."""

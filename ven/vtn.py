@@ -204,7 +204,7 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
     def status(self) -> dict:
         return {
             "connected": self.connected,
-            "vtn_url": self._cfg.vtn_url,
+            "vtn_url": self._cfg.vtn_url_shown,
             "ven_id": self.ven_id,
             "registration_id": self.registration_id,
             # the request adopted last; report_requests lists every standing one served
@@ -428,7 +428,7 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
         # the first is part of that one outage.
         log.log(logging.DEBUG if self._repeating() else logging.INFO,
                 "registered with VTN %s: venID %s, registrationID %s, poll every %s s, telemetry %s",
-                self._cfg.vtn_url, self.ven_id, self.registration_id,
+                self._cfg.vtn_url_shown, self.ven_id, self.registration_id,
                 client.poll_frequency.total_seconds(),
                 "requested" if self._report_request_id else "not requested by the VTN" if offered else "not offered")
         if self._outage is not None:

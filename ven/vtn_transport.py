@@ -19,6 +19,7 @@ from openleadr.messaging import NAMESPACES
 from signxml import XMLVerifier
 from signxml.exceptions import InvalidSignature
 
+from .config import shown_url
 from .oadr_xml import validate_xml_schema
 
 # one logger for the VEN side, wherever its code lives: tests and log filters select its lines by this name
@@ -223,17 +224,17 @@ class _Client(OpenADRClient):
                                           f"(decompressed): refused")
                 content = bytes(content)
                 if req.status != HTTPStatus.OK:
-                    return None, {}, f"HTTP {req.status} from {url}: {content[:200].decode('utf-8', 'replace')}"
+                    return None, {}, f"HTTP {req.status} from {shown_url(url)}: {content[:200].decode('utf-8', 'replace')}"
         except aiohttp.ClientConnectorCertificateError as err:
             return None, {}, f"TLS certificate of the VTN rejected: {err.certificate_error}"
         except aiohttp.ClientSSLError as err:
             return None, {}, f"TLS handshake with the VTN failed: {err}"
         except aiohttp.ClientConnectorError as err:
-            return None, {}, f"VTN unreachable at {self.vtn_url}: {err.os_error.strerror or err}"
+            return None, {}, f"VTN unreachable at {shown_url(self.vtn_url)}: {err.os_error.strerror or err}"
         except asyncio.TimeoutError:
-            return None, {}, f"VTN at {self.vtn_url} did not answer in time"
+            return None, {}, f"VTN at {shown_url(self.vtn_url)} did not answer in time"
         except aiohttp.ClientError as err:
-            return None, {}, f"request to {url} failed: {err.__class__.__name__}: {err}"
+            return None, {}, f"request to {shown_url(url)} failed: {err.__class__.__name__}: {err}"
         if not content:
             return None, {}, None
         try:
