@@ -117,6 +117,50 @@ async def test_a_restart_keeps_a_held_high_load(tmp_path, free_udp_port, free_tc
             await gateway.stop()
 
 
+async def test_a_load_flag_in_fault_reads_inactive_while_its_minimum_on_time_holds_it(tmp_path, free_udp_port,
+                                                                                       free_tcp_port):
+    # A BAS writing on change of value, with input_stale_seconds raised for it as the README suggests, wrote
+    # nothing for 16 minutes at a steady high load: the 15-minute demand window emptied, the forecasts went to
+    # fault, and high-load-conditions read ACTIVE with statusFlags fault while its minimum on-time held it. The
+    # sequence says a flag in fault reads inactive ("cannot tell"), as it does while the input is stale.
+    import time
+
+    cfg = _config(tmp_path, free_udp_port(), free_tcp_port(), high_load_kw=250.0, low_load_kw=100.0,
+                  min_on_minutes=60, input_stale_seconds=3600)
+    gw, av1 = cfg.bacnet.address.replace("/8", ""), P.BY_NAME[P.INPUT_POWER].object_id
+    high, fc = P.BY_NAME[P.HIGH_LOAD].object_id, P.BY_NAME[P.ONE_HOUR_FORECAST].object_id
+    gateway = Gateway(cfg)
+    ahead = [0.0]
+    gateway.forecast._clock = lambda: time.time() + ahead[0]   # the forecaster's wall clock, run on 16 minutes
+
+    async def read(peer):
+        rows = await peer.read_multiple(gw, [(high, ["presentValue", "statusFlags"]), (fc, ["statusFlags"])])
+        assert not isinstance(rows, PeerError), rows
+        return rows[(high, "presentValue")], rows[(high, "statusFlags")], rows[(fc, "statusFlags")]
+
+    await gateway.start()
+    try:
+        async with BacnetPeer(free_udp_port()) as peer:
+            async def flag_on():
+                assert await peer.write(gw, av1, "presentValue", 300.0, priority=8) is None
+                await asyncio.sleep(0.3)
+                return await read(peer) == ("active", [0, 0, 0, 0], [0, 0, 0, 0])
+
+            await eventually(flag_on, 8, "high-load on at 300 kW")
+            ahead[0] = 16 * 60.0     # no write since: no demand to forecast from, the input not yet stale
+            assert not gateway.forecast.input_stale()
+            seen = await eventually(lambda: _faulted(read(peer)), 8, "the forecast in fault")
+            assert seen == ("inactive", [0, 1, 0, 0], [0, 1, 0, 0]), seen
+            assert gateway.forecast.last_forecast.high_load    # held by min-on inside: only the point drops
+    finally:
+        await gateway.stop()
+
+
+async def _faulted(read):
+    got = await read
+    return got if got[2] == [0, 1, 0, 0] else None
+
+
 async def _is(read, want, live=False):
     got = await read
     if live:

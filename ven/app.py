@@ -397,13 +397,16 @@ class Gateway:
                 self.metrics.forecast_kw.labels(horizon=f"{horizon}m").set(kw)
         self._set_or_fault(P.RATE_OF_CHANGE, None if stale else f.rate_kw_per_min)
         no_basis = stale or f.demand_kw.get(long) is None
-        high, low = f.high_load and not stale, f.low_load and not stale
+        # No threshold (percentiles need a day of history, and a flat history has none) is no basis
+        # either: inactive then means "cannot tell", never "no peak", so the flag shows fault. A flag in
+        # fault reads inactive even while its minimum on-time holds it on inside the forecaster.
+        high_fault = no_basis or f.high_threshold_kw is None
+        low_fault = no_basis or f.low_threshold_kw is None
+        high, low = f.high_load and not high_fault, f.low_load and not low_fault
         self.device.set(P.HIGH_LOAD, high)
         self.device.set(P.LOW_LOAD, low)
-        # No threshold (percentiles need a day of history, and a flat history has none) is no basis
-        # either: inactive then means "cannot tell", never "no peak", so the flag shows fault.
-        self.device.set_fault(P.HIGH_LOAD, no_basis or f.high_threshold_kw is None)
-        self.device.set_fault(P.LOW_LOAD, no_basis or f.low_threshold_kw is None)
+        self.device.set_fault(P.HIGH_LOAD, high_fault)
+        self.device.set_fault(P.LOW_LOAD, low_fault)
         # What each flag compares the forecast with, so the BAS can see why it is on and stage its own
         # shedding below it. A threshold rests on the stored history (or the configuration), not on the
         # last minutes of power: it stays live while the input is stale, and is in fault only while unknown.
