@@ -240,6 +240,8 @@ def test_env_error_names_the_variable(tmp_path):
     ('[meter]\nunits = "noUnits"\n', "meter.units", "must be one of milliwatts, watts, kilowatts, megawatts"),
     ('[openadr]\nqueue_max_days = 1e10\n', "openadr.queue_max_days", "less than or equal to 3650"),
     ('[forecaster]\nthreshold_days = 100000\n', "forecaster.threshold_days", "less than or equal to 366"),
+    # under a day of 15-minute demands the percentile thresholds never came: both flags in fault for good
+    ('[forecaster]\nthreshold_days = 0.5\n', "forecaster.threshold_days", "greater than or equal to 1"),
     ('[forecaster]\nslope_minutes = 100000000000\n', "forecaster.slope_minutes", "less than or equal to 1440"),
     ('[openadr]\nqueue_max_days = inf\n', "openadr.queue_max_days", "finite number"),
     ('[forecaster]\nhistory_days = inf\n', "forecaster.history_days", "finite number"),

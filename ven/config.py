@@ -382,7 +382,7 @@ class ForecasterConfig(_Section):
     slope_minutes: int = Field(5, ge=2, le=1440)
     high_load_kw: float | None = None
     low_load_kw: float | None = None
-    threshold_days: float = Field(14.0, gt=0, le=366)
+    threshold_days: float = Field(14.0, ge=1, le=366)  # percentiles need a day of 15-min demands (DemandForecaster)
     hysteresis_fraction: float = Field(0.03, ge=0, lt=0.5)
     min_on_minutes: float = Field(15.0, ge=0, le=1440)
     min_off_minutes: float = Field(15.0, ge=0, le=1440)
