@@ -434,6 +434,17 @@ def test_a_meter_read_less_often_than_telemetry_is_sampled_is_a_warning_not_an_e
     assert load_config(None, environ={}).warnings() == []
 
 
+def test_an_input_stale_limit_past_the_demand_window_is_a_warning(tmp_path):
+    # raised for a BAS writing on change of value (README's advice), it outlasts the 15-minute demand window: a
+    # quarter-hour without power showed the forecasts in fault with no warning and no turn to the meter
+    cfg = load_config(_write(tmp_path, "[forecaster]\ninput_stale_seconds = 1800\n"), environ={})
+    assert cfg.warnings() == ["forecaster.input_stale_seconds (1800) is longer than the 15-minute demand window: about "
+                              "15 minutes without power show the forecasts and the rate in fault while the input does "
+                              "not count as stale yet (no warning, and `auto` does not turn to the meter until "
+                              "1800 s)"]
+    assert load_config(_write(tmp_path, "[forecaster]\ninput_stale_seconds = 900\n"), environ={}).warnings() == []
+
+
 @pytest.mark.timeout(30)
 def test_storage_path_must_name_a_file(tmp_path, capsys):
     # "" is the working directory: every part failed to open it and retried forever, check-config said ok

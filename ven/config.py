@@ -229,6 +229,10 @@ class MeterConfig(_Section):
         return check_configured(v) if v else v
 
 
+# forecaster.features.DEMAND_MINUTES, not imported: it would bring numpy into the start-up before the device answers
+_DEMAND_SECONDS = 15 * 60
+
+
 def shown_url(url: str) -> str:
     """A URL as the log, check-config and /api/status show it: a password in it (user:password@, which aiohttp
     sends as basic auth) as ***."""
@@ -460,6 +464,12 @@ class GatewayConfig(_Section):
             out.append(f"meter.poll_seconds ({self.meter.poll_seconds:g}) is longer than openadr.telemetry_seconds "
                        f"({self.openadr.telemetry_seconds:g}): report intervals the meter was not read in are not "
                        f"sent to the VTN")
+        stale = self.forecaster.input_stale_seconds
+        if stale > _DEMAND_SECONDS:
+            out.append(f"forecaster.input_stale_seconds ({stale:g}) is longer than the 15-minute demand window: "
+                       f"about 15 minutes without power show the forecasts and the rate in fault while the input "
+                       f"does not count as stale yet (no warning, and `auto` does not turn to the meter until "
+                       f"{stale:g} s)")
         out += self.openadr.transport_warnings()
         zone = _zone_mismatch(self.forecaster.timezone)
         if zone:
