@@ -484,6 +484,44 @@ async def test_a_fit_process_killed_by_a_signal_says_which_and_why_it_may_have_c
         await asyncio.wait_for(fit, 10)
 
 
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_a_stop_signal_sent_to_the_whole_service_leaves_the_fit_to_the_gateway(sig):
+    # systemctl stop sends SIGTERM to every process of the unit, and Ctrl-C SIGINT to the terminal's whole
+    # process group: the fit child got it too, and the gateway, stopping, logged "ERROR forecaster fit failed:
+    # ... killed by signal 15 (SIGTERM)". The gateway ends its fit itself when it stops
+    import functools
+    import types
+
+    from ven.fit_worker import fit_in_child
+
+    job = pickle.dumps(types.SimpleNamespace(run=functools.partial(time.sleep, 60)))
+    fit = asyncio.create_task(fit_in_child(job))
+    try:
+        pid = (await eventually(_fit_processes, 10, "the fit process"))[0]
+        await eventually(lambda: "ven.fit_worker" in _cmdline(pid), 10, "the fit process at work")
+        deadline = time.monotonic() + 5     # past the interpreter's start, where the child says what it ignores
+        while not _ignores(pid, sig) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        os.kill(pid, sig)
+        done, _ = await asyncio.wait([fit], timeout=1.0)
+        assert not done, f"the fit ended at {sig.name}: {fit.exception()!r}"
+        assert os.getsid(pid) != os.getsid(0), "the fit child is in the terminal's session: Ctrl-C reaches it"
+    finally:
+        fit.cancel()
+        await asyncio.gather(fit, return_exceptions=True)
+    assert await eventually(lambda: pid not in _fit_processes(), 5, "the fit process ended by its gateway")
+
+
+def _ignores(pid: int, sig: signal.Signals) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    mask = int(re.search(r"^SigIgn:\s*([0-9a-f]+)", status, re.M).group(1), 16)
+    return bool(mask >> (sig - 1) & 1)
+
+
 def _oom_score_adj(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/oom_score_adj").read_text().strip()

@@ -26,9 +26,10 @@ async def fit_in_child(job_blob: bytes, threads: int = 1, timeout: float = TIMEO
     root = str(Path(__file__).resolve().parents[1])
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads), _FIT_PARENT=str(os.getpid()),
                PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
+    # its own session: a terminal's Ctrl-C goes to the gateway, which ends the fit as it stops
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "ven.fit_worker", stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env, start_new_session=True)
     try:
         async with asyncio.timeout(timeout):
             out, err = await proc.communicate(job_blob)
@@ -75,6 +76,13 @@ def _first_to_go() -> None:
         pass
 
 
+def _leave_stopping_to_the_parent() -> None:
+    # systemd stops a unit by sending SIGTERM to each of its processes: a fit that died of it was logged as a
+    # failed fit by a gateway merely stopping. The gateway kills its fit when it stops, and the kernel when it dies.
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def _die_with_parent() -> None:
     # A gateway killed with SIGKILL cannot end its child, and a supervisor restarting it at once
     # would have two fits running side by side. Linux ends this process when its parent goes.
@@ -89,6 +97,7 @@ def _die_with_parent() -> None:
 
 
 def main() -> int:
+    _leave_stopping_to_the_parent()
     _die_with_parent()
     _first_to_go()
     _idle_priority()
