@@ -513,6 +513,32 @@ async def test_a_stop_signal_sent_to_the_whole_service_leaves_the_fit_to_the_gat
     assert await eventually(lambda: pid not in _fit_processes(), 5, "the fit process ended by its gateway")
 
 
+@pytest.mark.timeout(30)
+async def test_a_fit_ended_before_it_read_its_job_leaves_no_traceback():
+    # A stop while the job was still going down the pipe (or a child killed that early) broke the pipe, and
+    # Python 3.11 as Debian 12 ships it (3.11.2) logged "ERROR Future exception was never retrieved"
+    # with a BrokenPipeError traceback once the gateway had logged "edge-gateway stopped"
+    import gc
+
+    from ven.fit_worker import fit_in_child
+
+    loop = asyncio.get_running_loop()
+    unhandled = []
+    old = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: unhandled.append(context))
+    try:
+        for _ in range(3):
+            fit = asyncio.create_task(fit_in_child(b"\0" * (8 << 20)))     # a pipe holds 64 KB
+            await eventually(_fit_processes, 10, "the fit process")
+            fit.cancel()
+            await asyncio.gather(fit, return_exceptions=True)
+            await asyncio.sleep(0.1)
+            gc.collect()
+    finally:
+        loop.set_exception_handler(old)
+    assert not unhandled, [c.get("message") for c in unhandled]
+
+
 def _ignores(pid: int, sig: signal.Signals) -> bool:
     try:
         status = Path(f"/proc/{pid}/status").read_text()

@@ -39,12 +39,24 @@ async def fit_in_child(job_blob: bytes, threads: int = 1, timeout: float = TIMEO
         if proc.returncode is None:  # timed out, or the gateway is stopping
             proc.kill()
             await proc.wait()
+        await _stdin_closed(proc)
     if proc.returncode < 0:     # no error line of its own: the signal is the news
         raise FitError(f"fit process was killed by signal {-proc.returncode} ({_why(-proc.returncode)})")
     if proc.returncode != 0:
         lines = err.decode(errors="replace").strip().splitlines()
         raise FitError(f"fit process exited with status {proc.returncode}: {lines[-1] if lines else 'no message'}")
     return out
+
+
+async def _stdin_closed(proc: asyncio.subprocess.Process) -> None:
+    # A child gone before it read its whole job (the gateway stopping, the OOM killer) breaks the pipe. Python
+    # 3.11 as Debian 12 ships it (3.11.2) keeps that error for whoever waits for the pipe to close, and with
+    # nobody waiting logs "Future exception was never retrieved" and a BrokenPipeError traceback
+    try:
+        async with asyncio.timeout(1.0):
+            await proc.stdin.wait_closed()
+    except (TimeoutError, BrokenPipeError, ConnectionResetError):
+        pass
 
 
 def _why(signum: int) -> str:
