@@ -539,6 +539,25 @@ async def test_a_fit_ended_before_it_read_its_job_leaves_no_traceback():
     assert not unhandled, [c.get("message") for c in unhandled]
 
 
+@pytest.mark.timeout(30)
+async def test_the_fit_runs_the_gateways_own_code_whatever_the_working_directory_holds(tmp_path, monkeypatch):
+    # An installed gateway run from a checkout (README's loopback commands name examples/ from the repository
+    # root) fitted with the checkout's ven/ and forecaster/, whatever their version: `python -m` puts the working
+    # directory first on the child's path
+    import functools
+    import types
+
+    from ven.fit_worker import fit_in_child
+
+    (tmp_path / "ven").mkdir()
+    (tmp_path / "ven" / "__init__.py").write_text("")
+    (tmp_path / "ven" / "fit_worker.py").write_text(
+        "import sys\nsys.stderr.write('the ven/ of the working directory\\n')\nraise SystemExit(3)\n")
+    monkeypatch.chdir(tmp_path)
+    job = pickle.dumps(types.SimpleNamespace(run=functools.partial(int, "7")))
+    assert pickle.loads(await fit_in_child(job)) == 7
+
+
 def _ignores(pid: int, sig: signal.Signals) -> bool:
     try:
         status = Path(f"/proc/{pid}/status").read_text()
