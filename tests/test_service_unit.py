@@ -62,3 +62,27 @@ def test_systemd_analyze_verify_accepts_it(tmp_path):
     unit.write_text(UNIT.read_text().replace("/opt/edge-gateway/bin/edge-gateway", sys.executable))
     res = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
+
+
+@pytest.mark.timeout(60)
+def test_a_client_certificate_expired_over_a_reboot_still_lets_the_gateway_start(tmp_path):
+    # check-config refuses an expired (or not yet mounted) openadr.cert with exit 2, where `run` serves the BAS
+    # and the dashboard and retries the VTN as README says. As a plain ExecStartPre it kept the unit from
+    # starting: after a reboot the BACnet points, the meter's telemetry queue and /metrics were all gone
+    import datetime as dt
+
+    from test_tls import _ca, _issue
+
+    expired = dt.datetime.now(dt.timezone.utc).replace(microsecond=0) - dt.timedelta(days=1)
+    _issue(*_ca(tmp_path), "ven-site-17", tmp_path / "ven.pem", tmp_path / "ven.key", not_after=expired)
+    conf = tmp_path / "gateway.toml"
+    conf.write_text(f'[openadr]\nvtn_url = "https://127.0.0.1:1/OpenADR2/Simple/2.0b"\ncert = "{tmp_path / "ven.pem"}"\n'
+                    f'key = "{tmp_path / "ven.key"}"\n[storage]\npath = "{tmp_path / "gw.sqlite"}"\n')
+    for line in _service()["ExecStartPre"]:
+        may_fail = line.startswith("-")     # systemd's prefix: a failure does not fail the start
+        argv = [a.replace("/etc/edge-gateway/gateway.toml", str(conf)) for a in shlex.split(line.lstrip("-"))]
+        res = subprocess.run([sys.executable, "-m", "ven.cli", *argv[1:]], capture_output=True, text=True,
+                             timeout=60, stdin=subprocess.DEVNULL)
+        assert res.returncode == 0 or may_fail, f"the unit would not start: {line}: exit {res.returncode}: {res.stderr}"
+        # the journal still says why the VTN will refuse the gateway
+        assert res.returncode == 0 or "expired" in res.stderr, res.stderr
