@@ -35,7 +35,9 @@
   disables services/service-request-denied before the password is, as when no password is set: the site
   has not allowed that client, and password-failure would send its technician retyping a right password
   (write_access.py keeps the list, the count and the log line);
-- a confirmed request bacpypes3 cannot decode is rejected instead of dropped (rejects.py).
+- a confirmed request bacpypes3 cannot decode is rejected instead of dropped (rejects.py);
+- the first segment of a segmented answer is sent again when no SegmentACK comes (server_transactions.py); bacpypes3
+  resent nothing and logged a traceback at each retry.
 """
 from __future__ import annotations
 
@@ -66,6 +68,7 @@ from bacpypes3.primitivedata import Boolean, Integer, PropertyIdentifier
 from .client import error_text, to_plain
 from .property_access import PropertyAccess, multiple_error
 from .rejects import reject_undecodable
+from .server_transactions import mend_server_transactions
 from .settle import span
 from .write_access import WriteAccess
 
@@ -108,6 +111,7 @@ def harden(app: Any, dcc_password: str = "", write_access: WriteAccess | None = 
         software = "0.0.0+source"
     _extend(app, _Services)
     reject_undecodable(app)
+    mend_server_transactions(app)
     app._dcc_password = dcc_password
     app._write_access = write_access
     device = app.device_object

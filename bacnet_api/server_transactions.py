@@ -1,0 +1,40 @@
+"""bacpypes3's server transactions (appservice.ServerSSM, one per confirmed request) put right where they fail a BAS.
+
+- A segmented answer whose first segment goes unacknowledged is sent again, as clause 5.4.5.3 requires. A BAS that
+  accepts segments and a small APDU (480 octets behind an MS/TP router, 206, 50) gets ReadPropertyMultiple ALL of
+  the device in segments; the first goes alone and waits for the BAS's SegmentACK. If that segment or its ack is
+  lost, or the ack comes after apduSegmentTimeout, bacpypes3 0.0.110 (ServerSSM.segmented_response_timeout) fills a
+  window whose size only a SegmentACK sets: `assert self.actualWindowSize` failed in a task nobody awaits, so nothing
+  was resent, the BAS's read failed, and asyncio logged "Task exception was never retrieved" with a traceback at each
+  of the numberOfApduRetries retries, for every such request (anyone on the network can send them in a loop).
+  Legacy bacpypes fixed the same fault on its client side (JoelBender/bacpypes#299). Until a SegmentACK says
+  otherwise, the window is the first segment alone.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from bacpypes3.appservice import ServerSSM
+
+
+class GatewayServerSSM(ServerSSM):
+    async def segmented_response_timeout(self) -> None:
+        if not self.actualWindowSize:  # no SegmentACK yet (or one that said 0, which cannot be a window)
+            self.actualWindowSize = 1
+        await super().segmented_response_timeout()
+
+
+class _ServerTransactions(list):
+    # bacpypes3's ApplicationServiceAccessPoint builds each ServerSSM itself, with no way to pass a class, and lists
+    # it here before the request is looked at: made ours as it is listed
+    def append(self, transaction: Any) -> None:
+        if type(transaction) is ServerSSM:
+            transaction.__class__ = GatewayServerSSM
+        super().append(transaction)
+
+
+def mend_server_transactions(app: Any) -> None:
+    """Make the application BAC0 built use GatewayServerSSM for each confirmed request it serves."""
+    asap = app.asap
+    if not isinstance(asap.serverTransactions, _ServerTransactions):
+        asap.serverTransactions = _ServerTransactions(asap.serverTransactions)
