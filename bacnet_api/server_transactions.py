@@ -9,15 +9,28 @@
   of the numberOfApduRetries retries, for every such request (anyone on the network can send them in a loop).
   Legacy bacpypes fixed the same fault on its client side (JoelBender/bacpypes#299). Until a SegmentACK says
   otherwise, the window is the first segment alone.
+- A request that fails as its transaction starts leaves nothing behind. bacpypes3 lists the transaction, then reads
+  the request's header; one it cannot use (a reserved max-APDU-length-accepted code, 6..15) raised there and the
+  transaction, never started, stayed listed for good: about 1.5 KB more memory and one more entry in every later
+  request's duplicate search, per source address and invoke id, from datagrams anyone on the network can send.
+  The request is still dropped with bacpypes3's one log line, as before.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from bacpypes3.appservice import ServerSSM
+from bacpypes3.appservice import ABORTED, IDLE, ServerSSM
 
 
 class GatewayServerSSM(ServerSSM):
+    async def idle(self, apdu: Any) -> None:
+        try:
+            await super().idle(apdu)
+        except BaseException:
+            if self.state == IDLE:  # never started, so no timer will end it: unlisted here
+                self.set_state(ABORTED)
+            raise
+
     async def segmented_response_timeout(self) -> None:
         if not self.actualWindowSize:  # no SegmentACK yet (or one that said 0, which cannot be a window)
             self.actualWindowSize = 1

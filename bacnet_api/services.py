@@ -37,7 +37,8 @@
   (write_access.py keeps the list, the count and the log line);
 - a confirmed request bacpypes3 cannot decode is rejected instead of dropped (rejects.py);
 - the first segment of a segmented answer is sent again when no SegmentACK comes (server_transactions.py); bacpypes3
-  resent nothing and logged a traceback at each retry.
+  resent nothing and logged a traceback at each retry. A request whose header bacpypes3 cannot use leaves no
+  server transaction listed for good.
 """
 from __future__ import annotations
 
