@@ -8,6 +8,13 @@ says Protocol_Revision 22 may be sent), a service whose decoder fails on a valid
 without a message class), or a malformed request. The request is now answered unrecognized-service when
 the device does not execute the service, else with the decoder's reason (missing-required-parameter,
 invalid-tag, ...). The answer goes through the request's own server transaction, which it ends.
+
+bacpypes3 also decodes a list of WritePropertyMultiple's or ReadPropertyMultiple's specifications up to the first one
+it cannot read and drops that one and all after it without a word (its check for unread tags is commented out in
+APCISequence.decode): a WritePropertyMultiple whose second object's value was cut off or mis-tagged wrote the first
+and was acknowledged, and one whose first was bad wrote nothing and was acknowledged, so the BAS took the command as
+done. Such a request is now rejected invalid-tag, before anything is written (server_transactions.py decodes
+it with `decode_whole`).
 """
 from __future__ import annotations
 
@@ -16,10 +23,21 @@ import logging
 import time
 from typing import Any
 
-from bacpypes3.apdu import APCISequence, APDU, AbortPDU, ConfirmedRequestPDU, RejectPDU, confirmed_request_types
+from bacpypes3.apdu import (
+    APCISequence,
+    APDU,
+    AbortPDU,
+    ConfirmedRequestPDU,
+    ReadPropertyMultipleRequest,
+    RejectPDU,
+    WritePropertyMultipleRequest,
+    confirmed_request_types,
+)
 from bacpypes3.appservice import ApplicationServiceAccessPoint
+from bacpypes3.constructeddata import Sequence
 from bacpypes3.errors import RejectException
 from bacpypes3.pdu import PDU
+from bacpypes3.primitivedata import TagList
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +49,35 @@ _undecodable: contextvars.ContextVar[list | None] = contextvars.ContextVar("unde
 # dropping them and made meter reads late; beyond this rate they are dropped as bacpypes3 drops them. A BAS
 # sends a malformed request rarely, and a retry of it is answered once the budget refills.
 REJECTS_PER_SECOND = 20.0
+
+
+# services whose request is a list that bacpypes3 cuts short at an element it cannot read
+_LISTS = {cls.service_choice: cls for cls in (WritePropertyMultipleRequest, ReadPropertyMultipleRequest)}
+
+
+def decode_whole(apdu: Any) -> Any:
+    """A WritePropertyMultiple or ReadPropertyMultiple request decoded as bacpypes3 decodes it (consuming `apdu`),
+    None if some of it is left unread; any other request: NotImplemented, for bacpypes3 to decode. Raises as
+    bacpypes3's decoder does for a request it cannot decode at all."""
+    cls = _LISTS.get(apdu.apduService)
+    if cls is None:
+        return NotImplemented
+    tags = TagList.decode(apdu)
+    decoded = Sequence.decode(tags, class_=cls)
+    if len(tags):
+        return None
+    decoded.update(apdu)
+    return decoded
+
+
+def unread_tags(service: int, data: bytes) -> bool:
+    """Whether bacpypes3 would decode `data`, the request's service parameters, and leave some of it unread."""
+    request = ConfirmedRequestPDU(service)
+    request.put_data(data)
+    try:
+        return decode_whole(request) is None
+    except Exception:  # noqa: BLE001 - not decodable at all: bacpypes3 fails it, and it is answered as such
+        return False
 
 
 def reject_undecodable(app: Any) -> None:
@@ -85,6 +132,8 @@ class RejectingServiceAccessPoint(ApplicationServiceAccessPoint):
             reason = "unrecognizedService"
         elif request.apduSeg:  # only its last segment is at hand here
             reason = "other"
+        elif unread_tags(request.apduService, bytes(request.pduData)):
+            reason = "invalidTag"
         else:
             try:
                 APCISequence.decode(request)

@@ -14,12 +14,17 @@
   transaction, never started, stayed listed for good: about 1.5 KB more memory and one more entry in every later
   request's duplicate search, per source address and invoke id, from datagrams anyone on the network can send.
   The request is still dropped with bacpypes3's one log line, as before.
+- A WritePropertyMultiple or ReadPropertyMultiple that bacpypes3 would decode only in part is failed as one it cannot
+  decode, which rejects.py answers with a Reject (bacpypes3 executed the part and acknowledged the whole).
 """
 from __future__ import annotations
 
 from typing import Any
 
+from bacpypes3.apdu import AbortPDU, AbortReason, ConfirmedRequestPDU
 from bacpypes3.appservice import ABORTED, IDLE, ServerSSM
+
+from .rejects import decode_whole
 
 
 class GatewayServerSSM(ServerSSM):
@@ -30,6 +35,27 @@ class GatewayServerSSM(ServerSSM):
             if self.state == IDLE:  # never started, so no timer will end it: unlisted here
                 self.set_state(ABORTED)
             raise
+
+    async def request(self, apdu: Any) -> None:
+        if not isinstance(apdu, ConfirmedRequestPDU):
+            await super().request(apdu)
+            return
+        # decoded here, once, as bacpypes3's request() would, but whole or not at all
+        try:
+            decoded = decode_whole(apdu)
+        except Exception:  # noqa: BLE001 - bacpypes3 raises ValueError, TypeError ... for bad encodings
+            decoded = None
+        if decoded is NotImplemented:
+            await super().request(apdu)
+            return
+        if decoded is None:
+            # what bacpypes3's request() does with a request it cannot decode; rejects.py answers it
+            abort = AbortPDU(reason=AbortReason.other)
+            abort.pduSource, abort.pduDestination = self.pdu_address, None
+            await self.ssmSAP.sap_request(abort)
+            return
+        decoded.pduSource, decoded.pduDestination = self.pdu_address, None
+        await self.ssmSAP.sap_request(decoded)
 
     async def segmented_response_timeout(self) -> None:
         if not self.actualWindowSize:  # no SegmentACK yet (or one that said 0, which cannot be a window)

@@ -24,6 +24,7 @@ from bacpypes3.pdu import Address
 from bacpypes3.basetypes import DateTime
 from bacpypes3.primitivedata import CharacterString, Date, ObjectIdentifier, Real, Time
 
+from bacnet_api.points import INPUT_POWER
 from test_bacnet_device import DEVICE_ID, gateway, peer, port_of, where  # noqa: F401 - shared fixtures
 from test_bacnet_services import errors_logged, request, write_multiple, write_one
 
@@ -193,3 +194,32 @@ async def test_requests_with_a_reserved_max_apdu_code_leave_nothing_behind(gatew
     assert gateway.app.asap.serverTransactions == []
     # bacpypes3 logs each as the peer's garbage, which the operator log turns into one line (ven/logs.py FloodGuard)
     assert [r for r in errors_logged(caplog) if not r.name.startswith("bacpypes3")] == []
+
+
+WRITE_AV1 = "0c008000011e09552e44420c00002f39081f"  # analogValue 1 presentValue := 35.0 at priority 8
+CUT_OFF_AV2 = "0c008000021e09552e"  # analogValue 2 presentValue, its value cut off after the opening tag
+
+
+@pytest.mark.parametrize("service, body", [
+    (16, WRITE_AV1 + CUT_OFF_AV2),
+    (16, CUT_OFF_AV2 + WRITE_AV1),
+    (16, WRITE_AV1 + "0c00800002"),  # a second object with no list of properties
+    (14, "0c0207a19b1e09081f" + "0c00800001"),  # ReadPropertyMultiple: a second object with no properties
+], ids=["wpm-second-cut-off", "wpm-first-cut-off", "wpm-second-without-properties", "rpm-second-without-properties"])
+async def test_a_multiple_request_decoded_only_in_part_is_rejected_and_writes_nothing(gateway, peer, caplog, service,
+                                                                                      body):
+    # bacpypes3 decoded the list up to the element it could not read and dropped the rest: the first case wrote
+    # analogValue 1 and was acknowledged, the second wrote nothing and was acknowledged; the BAS took both as done
+    seen = []
+    gateway.on_write(INPUT_POWER, seen.append)
+    before = gateway.get(INPUT_POWER)
+    answer = await raw_request(port_of(gateway), confirmed(78, service, bytes.fromhex(body)))
+    assert answer is not None, "no answer"
+    assert answer[:2] == bytes([0x60, 78]) and REJECT_REASONS.get(answer[2], answer[2]) == "invalid-tag", answer.hex()
+    assert seen == [] and gateway.get(INPUT_POWER) == before
+    assert gateway.app.asap.serverTransactions == []
+    # the same write, whole, is taken
+    answer = await raw_request(port_of(gateway), confirmed(79, 16, bytes.fromhex(WRITE_AV1)))
+    assert answer == bytes([0x20, 79, 16]), answer.hex()  # SimpleACK
+    assert seen == [35.0]
+    assert errors_logged(caplog) == []
