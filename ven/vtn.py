@@ -109,6 +109,7 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
         self._offer_backoff = 0.0
         self._next_offer = 0.0
         self._report_refused: str | None = None   # why the VTN refuses telemetry, while it does
+        self._update_failure: str | None = None   # why the last oadrUpdateReport got no answer (None: it got one)
         self._report_refusals = 0
         self._reoffer_delay = 0.0   # before the next offer after a refused report (doubles while refused)
         self._tasks: list[asyncio.Task] = []

@@ -41,6 +41,7 @@ class Standing:
     catch_up: bool = True                   # send every complete interval now (backlog, retry)
     final: bool = False                     # cancelled with reportToFollow: one last update, then it ends
     backlog: int = 0                        # intervals of a backlog sent so far (said once it is all sent)
+    batch: int = BATCH                      # intervals per update: less once the VTN could not take BATCH in time
 
 
 class VtnReports:
@@ -133,21 +134,22 @@ class VtnReports:
         already reported. A read that fills up may end inside an interval: that one waits for a read
         reaching past it (unless it is the only one, then the read is widened)."""
         per_interval = max(1, math.ceil(req.granularity / timedelta(seconds=self._cfg.telemetry_seconds)))
-        limit = BATCH * per_interval + 1
+        batch = req.batch
+        limit = batch * per_interval + 1
         while True:
             samples = self._telemetry.peek(limit, req.rrid)
             intervals, late = complete_intervals(samples, req.granularity, now, req.sent_until)
             if len(samples) < limit or not intervals:
-                return intervals[:BATCH], late
+                return intervals[:batch], late
             whole = intervals[:-1]
-            if len(whole) >= BATCH or (whole and limit >= MAX_PEEK):
-                return whole[:BATCH], late
+            if len(whole) >= batch or (whole and limit >= MAX_PEEK):
+                return whole[:batch], late
             if not whole:
                 limit *= 2       # one interval holds more than was read: read until it is whole
                 continue
             # The meter is read more often than openadr.telemetry_seconds: more samples per interval
             # than guessed. Read enough for a full batch (a week's backlog in 100s, not 10s, of messages).
-            limit = min(MAX_PEEK, max(limit * 2, math.ceil(limit * (BATCH + 1) / len(whole))))
+            limit = min(MAX_PEEK, max(limit * 2, math.ceil(limit * (batch + 1) / len(whole))))
 
     async def _send_complete(self, req: Standing, now: datetime) -> bool:
         """Every complete interval of this request not yet sent, oldest first, BATCH per oadrUpdateReport;
@@ -177,6 +179,7 @@ class VtnReports:
             if not intervals:
                 return True
             if not await self._send_report(intervals, req.rrid):
+                self._smaller_batch(req, len(intervals))
                 return False
             self._telemetry.ack([s for iv in intervals for s in iv.samples], reader=req.rrid)
             req.sent_until = intervals[-1].end
@@ -188,6 +191,19 @@ class VtnReports:
             if req.catch_up and (len(intervals) > 1 or req.backlog):
                 req.backlog += len(intervals)
         return False
+
+    def _smaller_batch(self, req: Standing, sent: int) -> None:
+        """An update of `sent` intervals the VTN did not answer in time (a VTN storing each interval as it
+        reads them), or refused as too large (HTTP 413 from a proxy): the same batch again would fail again, for
+        good, with the VTN perhaps storing it each time. Halve it, down to 1; a new request starts at BATCH."""
+        why = self._update_failure or ""
+        if sent < 2 or not (why.endswith("did not answer in time") or why.startswith("HTTP 413")):
+            return
+        first = req.batch == BATCH
+        req.batch = max(1, sent // 2)
+        log.log(logging.WARNING if first else logging.DEBUG,
+                "the VTN did not take an update of %d TELEMETRY_USAGE interval(s) (%s): sending %d per update from "
+                "now (request %s)", sent, why, req.batch, req.rrid)
 
     async def _send_one_shots(self) -> bool:
         """A one-shot request (granularity and reportBackDuration 0) gets the latest reading, once.
@@ -394,6 +410,7 @@ class VtnReports:
 
     async def _send_report(self, intervals: list[Interval], rrid: str) -> bool:
         client = self._client
+        self._update_failure = None
         if client is None or rrid is None:
             return False
         report_intervals = [objects.ReportInterval(dtstart=iv.start, duration=iv.duration,
@@ -409,6 +426,7 @@ class VtnReports:
         msg = client._create_message("oadrUpdateReport", ven_id=self.ven_id,
                                      request_id=outils.generate_id(), reports=[report])
         rtype, payload = await client._perform_request("EiReport", msg)
+        self._update_failure = None if rtype is not None else client.last_error
         if rtype == "oadrUpdatedReport" and _response_code(payload) == 200:
             if self._report_refused is not None:
                 log.info("the VTN takes telemetry again after %d refused report(s)", self._report_refusals)

@@ -231,6 +231,9 @@ class _Client(OpenADRClient):
             return None, {}, f"TLS handshake with the VTN failed: {err}"
         except aiohttp.ClientConnectorError as err:
             return None, {}, f"VTN unreachable at {shown_url(self.vtn_url)}: {err.os_error.strerror or err}"
+        except aiohttp.ConnectionTimeoutError:
+            # no connection at all (a host down, a firewall dropping): not a VTN slow to answer what it was sent
+            return None, {}, f"VTN unreachable at {shown_url(self.vtn_url)}: connection timed out"
         except asyncio.TimeoutError:
             return None, {}, f"VTN at {shown_url(self.vtn_url)} did not answer in time"
         except aiohttp.ClientError as err:

@@ -1,0 +1,48 @@
+"""Telemetry updates to a VTN that answers polls but has trouble with the updates: one too slow for a
+backlog's 100 intervals per message, one answering them with an HTTP error, one refusing them for good.
+The samples wait, the operator hears of it once, and everything arrives once the VTN takes it.
+A real openleadr VTN (DemoVtn) on loopback, a real SQLite queue."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+
+from test_report_requests import S, expected, now, received, running, said
+from waiting import eventually as until
+
+from ven.vtn_server import DemoVtn
+
+
+def slow_updates(server: DemoVtn, per_interval: float) -> list[int]:
+    """The VTN stores each interval as it reads it (a database insert each): an update takes `per_interval`
+    a piece. Returns the list the size of every update received goes to."""
+    handlers = server._server.services["report_service"].handlers
+    real, sizes = handlers["oadrUpdateReport"], []
+
+    async def slow(payload):
+        n = sum(len(r.get("intervals") or []) for r in payload.get("reports") or [])
+        sizes.append(n)
+        await asyncio.sleep(per_interval * n)
+        return await real(payload)
+    handlers["oadrUpdateReport"] = slow
+    return sizes
+
+
+async def test_a_backlog_too_large_for_the_vtn_to_answer_in_time_goes_in_smaller_updates(
+        tmp_path, free_tcp_port, caplog):
+    caplog.set_level(logging.INFO, logger="ven")
+    server = DemoVtn(free_tcp_port(), poll_seconds=1)
+    sizes = slow_updates(server, 0.05)          # 100 intervals: 5 s, beyond the VEN's 3 s; 50: 2.5 s
+    async with running(tmp_path, server.url, telemetry_seconds=10.0, request_timeout_seconds=3.0) as rig:
+        began = now() - timedelta(minutes=30)   # half an hour queued while the VTN was away
+        taken = [(began + i * 10 * S, 100.0 + i) for i in range(180)]
+        for ts, kw in taken:
+            rig.vtn.record_sample(ts, kw)
+        async with server:
+            await until(lambda: rig.queue.pending == 0, 25, "the backlog delivered")
+            want = {t for t, _, _ in expected(taken, 10 * S)}
+            assert {t for t, _, _ in received(server)} == want
+            assert sizes[0] == 100 and max(sizes[1:]) <= 50, sizes
+            lines = said(caplog, "the VTN did not take an update of")
+            assert len(lines) == 1 and "100 TELEMETRY_USAGE interval(s)" in lines[0] and "sending 50" in lines[0]
