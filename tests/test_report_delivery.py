@@ -46,3 +46,30 @@ async def test_a_backlog_too_large_for_the_vtn_to_answer_in_time_goes_in_smaller
             assert sizes[0] == 100 and max(sizes[1:]) <= 50, sizes
             lines = said(caplog, "the VTN did not take an update of")
             assert len(lines) == 1 and "100 TELEMETRY_USAGE interval(s)" in lines[0] and "sending 50" in lines[0]
+
+
+async def test_updates_answered_with_an_http_error_while_polls_are_answered_are_said_once_and_delivered_after(
+        tmp_path, free_tcp_port, caplog):
+    caplog.set_level(logging.INFO, logger="ven")
+    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
+        async with running(tmp_path, server.url) as rig:
+            await until(lambda: rig.vtn.status()["report_request_id"], 10, "telemetry requested")
+            rig.start_meter(0.25)
+            await until(lambda: len(received(server)) >= 2, 8, "live intervals")
+            handlers = server._server.services["report_service"].handlers
+            working = handlers["oadrUpdateReport"]
+            server.fail_next("oadrUpdateReport", 10**6)     # its report store down: HTTP 500 to each update
+            await until(lambda: said(caplog, "answers polls but not telemetry updates"), 10, "the fault said")
+            await asyncio.sleep(2)
+            assert rig.vtn.connected and rig.queue.pending >= 8
+            handlers["oadrUpdateReport"] = working
+            await until(lambda: said(caplog, "answers telemetry updates again"), 10, "the end said")
+            await rig.stop_meter()
+            await until(lambda: rig.queue.pending == 0, 10, "drained")
+            await asyncio.sleep(0.3)
+            starts = [t for t, _, _ in received(server)]
+            assert starts == [t for t, _, _ in expected(rig.taken, S)], "every interval once, in order"
+            (line,) = said(caplog, "answers polls but not telemetry updates")
+            assert "HTTP 500" in line
+            assert len(said(caplog, "answers telemetry updates again")) == 1
+            assert rig.vtn.status()["last_error"] is None

@@ -110,6 +110,8 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
         self._next_offer = 0.0
         self._report_refused: str | None = None   # why the VTN refuses telemetry, while it does
         self._update_failure: str | None = None   # why the last oadrUpdateReport got no answer (None: it got one)
+        # updates without an answer in a row: (since, how many, said in the log, why the last one failed)
+        self._updates_failing: tuple[datetime, int, bool, str] | None = None
         self._report_refusals = 0
         self._reoffer_delay = 0.0   # before the next offer after a refused report (doubles while refused)
         self._tasks: list[asyncio.Task] = []

@@ -26,6 +26,8 @@ CLOCK_STEP = timedelta(seconds=60)
 # Standing requests served at once (a VTN's settlement and real-time streams, say); each reads the queue
 # apart, and a sample waits until the slowest took it. A request beyond this is refused (452).
 MAX_STANDING = 4
+# updates in a row without an answer, while polls are answered, before the operator hears of it
+UPDATE_FAILURES = 3
 
 
 @dataclass
@@ -191,6 +193,25 @@ class VtnReports:
             if req.catch_up and (len(intervals) > 1 or req.backlog):
                 req.backlog += len(intervals)
         return False
+
+    def _update_failed(self, why: str | None) -> None:
+        """An oadrUpdateReport got no answer (an HTTP error, a time-out, an answer that is not OpenADR). A VTN
+        that is down fails the polls too, and the outage is logged there; one that answers polls meanwhile has
+        trouble with the reports alone, which nothing else would say: one WARNING once that is clear (a poll
+        answered after the first failed update, and UPDATE_FAILURES in a row: a proxy failing one request in
+        fifteen is not worth a line), one INFO when an update is answered again."""
+        why = why or "an empty answer"
+        now = _utcnow()
+        since, failures, said, _ = self._updates_failing or (now, 0, False, None)
+        failures += 1
+        # (an open VTN fault, failing polls now and then, is said by the outage's lines already)
+        if (not said and failures >= UPDATE_FAILURES and self._outage is None and self.last_poll is not None
+                and self.last_poll > since):
+            log.warning("the VTN answers polls but not telemetry updates (%s): the samples stay queued and the "
+                        "updates are retried (backoff up to %g s)", why, self._cfg.retry_max_seconds)
+            said = True
+        self.last_error = why
+        self._updates_failing = (since, failures, said, why)
 
     def _smaller_batch(self, req: Standing, sent: int) -> None:
         """An update of `sent` intervals the VTN did not answer in time (a VTN storing each interval as it
@@ -427,6 +448,13 @@ class VtnReports:
                                      request_id=outils.generate_id(), reports=[report])
         rtype, payload = await client._perform_request("EiReport", msg)
         self._update_failure = None if rtype is not None else client.last_error
+        if rtype is None:
+            self._update_failed(client.last_error)
+        elif self._updates_failing is not None:
+            if self._updates_failing[2]:
+                log.info("the VTN answers telemetry updates again, after %d failed", self._updates_failing[1])
+                self._clear_error(self._updates_failing[3])
+            self._updates_failing = None
         if rtype == "oadrUpdatedReport" and _response_code(payload) == 200:
             if self._report_refused is not None:
                 log.info("the VTN takes telemetry again after %d refused report(s)", self._report_refusals)
@@ -450,8 +478,6 @@ class VtnReports:
             self._report_refused = self.last_error
             self._report_refusals += 1
             self._offer_again(rrid)
-        else:
-            self.last_error = client.last_error
         return False
 
 
