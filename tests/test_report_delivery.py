@@ -11,6 +11,8 @@ from datetime import timedelta
 from test_report_requests import S, expected, now, received, running, said
 from waiting import eventually as until
 
+from openleadr import errors
+
 from ven.vtn_server import DemoVtn
 
 
@@ -73,3 +75,32 @@ async def test_updates_answered_with_an_http_error_while_polls_are_answered_are_
             assert "HTTP 500" in line
             assert len(said(caplog, "answers telemetry updates again")) == 1
             assert rig.vtn.status()["last_error"] is None
+
+
+async def test_a_vtn_refusing_every_update_for_a_while_is_one_warning_and_one_line_at_its_end(
+        tmp_path, free_tcp_port, caplog):
+    caplog.set_level(logging.INFO, logger="ven")
+    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
+        async with running(tmp_path, server.url) as rig:        # offers again every 1 s at most
+            await until(lambda: rig.vtn.status()["report_request_id"], 10, "telemetry requested")
+            rig.start_meter(0.25)
+            await until(lambda: len(received(server)) >= 2, 8, "live intervals")
+            handlers = server._server.services["report_service"].handlers
+            working = handlers["oadrUpdateReport"]
+
+            async def refuse(payload):      # e.g. its meter-data system rejecting the values for a while
+                raise errors.InvalidDataError("values not accepted")
+            handlers["oadrUpdateReport"] = refuse
+            await until(lambda: len(server.report_metadata) >= 5, 15, "the offer made again and again")
+            handlers["oadrUpdateReport"] = working
+            await until(lambda: said(caplog, "takes telemetry again"), 10, "the end said")
+            await rig.stop_meter()
+            await until(lambda: rig.queue.pending == 0, 10, "drained")
+            await asyncio.sleep(0.3)
+            starts = [t for t, _, _ in received(server)]
+            assert starts == [t for t, _, _ in expected(rig.taken, S)], "every interval once, in order"
+            lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO and r.name == "ven.vtn"]
+            assert len([m for m in lines if "454 values not accepted" in m]) == 1
+            # the offers and requests made again meanwhile, each alike, are no news
+            assert len([m for m in lines if m.startswith("VTN requested telemetry")]) == 1, lines
+            assert not [m for m in lines if m.startswith("VTN took the telemetry report offer")], lines

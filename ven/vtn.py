@@ -492,8 +492,10 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
             if (not self._lost.is_set() and not self._reports_offered
                     and asyncio.get_running_loop().time() >= self._next_offer):
                 if await self._offer_reports(client):
-                    log.info("VTN took the telemetry report offer: telemetry %s",
-                             "requested" if self._report_request_id else "not requested yet")
+                    # offered again because the VTN refuses the updates: said when it takes one again
+                    log.log(logging.DEBUG if self._report_refused is not None else logging.INFO,
+                            "VTN took the telemetry report offer: telemetry %s",
+                            "requested" if self._report_request_id else "not requested yet")
                     self._wake_delivery.set()
             if self._lost.is_set():
                 return

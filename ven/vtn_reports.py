@@ -416,9 +416,11 @@ class VtnReports:
             # a settlement stream beside a real-time one, say: each gets its own intervals from the same readings
             log.info("VTN requested telemetry (request %s) beside %s: %s", rrid, ", ".join(others), how)
         elif req is None or (granularity, back, window) != (req.granularity, req.back, req.window):
-            # each of an outage's registrations gets a request anew (a fresh reportRequestID): only another one is news
-            log.log(logging.DEBUG if self._outage is not None and (granularity, back, window) == self._request_said
-                    else logging.INFO, "VTN requested telemetry (request %s): %s", rrid, how)
+            # each of an outage's registrations gets a request anew (a fresh reportRequestID), and so does each offer
+            # made again while the VTN refuses the updates: only another one is news
+            repeated = (self._outage is not None or self._report_refused is not None) and (
+                granularity, back, window) == self._request_said
+            log.log(logging.DEBUG if repeated else logging.INFO, "VTN requested telemetry (request %s): %s", rrid, how)
         if req is None:
             # alone, it goes on where the last request ended; beside others, from the oldest reading queued
             req = self._requests[rrid] = Standing(rrid, granularity, back,
