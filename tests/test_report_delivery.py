@@ -8,11 +8,12 @@ import asyncio
 import logging
 from datetime import timedelta
 
+import test_report_requests
+from openleadr import errors
 from test_report_requests import S, expected, now, received, running, said
 from waiting import eventually as until
 
-from openleadr import errors
-
+from ven.telemetry import TelemetryQueue
 from ven.vtn_server import DemoVtn
 
 
@@ -104,3 +105,24 @@ async def test_a_vtn_refusing_every_update_for_a_while_is_one_warning_and_one_li
             # the offers and requests made again meanwhile, each alike, are no news
             assert len([m for m in lines if m.startswith("VTN requested telemetry")]) == 1, lines
             assert not [m for m in lines if m.startswith("VTN took the telemetry report offer")], lines
+
+
+async def test_updates_asked_further_apart_than_the_queue_keeps_readings_come_often_enough_to_lose_none(
+        tmp_path, free_tcp_port, caplog, monkeypatch):
+    caplog.set_level(logging.INFO, logger="ven")
+    # the queue keeps 6 s of readings (a week, scaled down) and the VTN asks for an update every 12 s (a fortnight)
+    monkeypatch.setattr(test_report_requests, "TelemetryQueue", lambda path: TelemetryQueue(path, max_age=6 * S))
+    async with DemoVtn(free_tcp_port(), poll_seconds=1, report_granularity=S, report_back=12 * S) as server:
+        async with running(tmp_path, server.url, queue_max_days=6 / 86400) as rig:
+            await until(lambda: rig.vtn.status()["report_request_id"], 10, "telemetry requested")
+            rig.start_meter(0.25)
+            await asyncio.sleep(14)
+            await rig.stop_meter()
+            await until(lambda: rig.queue.pending == 0, 14, "drained")   # an update due every 12 s at most
+            await asyncio.sleep(0.3)
+            starts = [t for t, _, _ in received(server)]
+            assert starts == [t for t, _, _ in expected(rig.taken, S)], "every interval once, in order"
+            assert rig.queue.status()["dropped"] == 0
+            (line,) = said(caplog, "longer than the gateway keeps readings")
+            assert "asks for updates every PT12S" in line and "updates are sent every PT3S instead" in line
+            assert rig.vtn.status()["report_back_seconds"] == 3

@@ -390,6 +390,15 @@ class VtnReports:
                 log.warning("VTN request %s asks for intervals of %s, finer than the meter is sampled (%s, "
                             "openadr.telemetry_seconds): intervals of %s are sent instead",
                             rrid, _duration(asked), _duration(sampling), _duration(granularity))
+            # readings wait in the queue for their update, and the queue drops those older than it holds: updates
+            # further apart than that would lose the oldest intervals of each. Half the queue leaves the other half
+            # for a VTN out of reach at an update.
+            longest = max(granularity, _whole_seconds(self._telemetry.max_age / 2))
+            if report_period(granularity, back) > longest:
+                log.warning("VTN request %s asks for updates every %s, longer than the gateway keeps readings "
+                            "(openadr.queue_max_days, %s): updates are sent every %s instead", rrid, _duration(back),
+                            _duration(self._telemetry.max_age), _duration(longest))
+                back = longest
             self._adopt(rrid, granularity, back, _report_window(spec, granularity))
         if refused:
             log.warning("VTN requested telemetry the gateway never offered, refused with %d: %s",
@@ -481,6 +490,11 @@ class VtnReports:
             self._report_refusals += 1
             self._offer_again(rrid)
         return False
+
+
+def _whole_seconds(d: timedelta) -> timedelta:
+    """Durations go on the wire in whole seconds: a period of 3.5 days is said and kept as P3DT12H, not less."""
+    return timedelta(seconds=max(1, int(d.total_seconds())))
 
 
 def _report_window(spec: dict, granularity: timedelta) -> tuple[datetime | None, datetime | None]:
