@@ -126,3 +126,29 @@ async def test_updates_asked_further_apart_than_the_queue_keeps_readings_come_of
             (line,) = said(caplog, "longer than the gateway keeps readings")
             assert "asks for updates every PT12S" in line and "updates are sent every PT3S instead" in line
             assert rig.vtn.status()["report_back_seconds"] == 3
+
+
+async def test_a_cancel_the_vtn_puts_in_its_answer_to_an_update_ends_the_request(tmp_path, free_tcp_port, caplog):
+    caplog.set_level(logging.INFO, logger="ven")
+    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
+        async with running(tmp_path, server.url) as rig:
+            rrid = await until(lambda: rig.vtn.status()["report_request_id"], 10, "telemetry requested")
+            rig.start_meter(0.25)
+            await until(lambda: len(received(server)) >= 2, 8, "live intervals")
+            handlers = server._server.services["report_service"].handlers
+            working = handlers["oadrUpdateReport"]
+
+            async def taken_and_cancelled(payload):     # 2.0b: oadrUpdatedReport may carry an oadrCancelReport
+                await working(payload)
+                handlers["oadrUpdateReport"] = working
+                return "oadrUpdatedReport", {"cancel_report": {
+                    "request_id": "cancel-in-answer", "report_request_id": [rrid], "report_to_follow": False,
+                    "ven_id": rig.vtn.ven_id}}
+            handlers["oadrUpdateReport"] = taken_and_cancelled
+            await until(lambda: server.canceled_reports, 5, "oadrCanceledReport")
+            assert server.canceled_reports == [(200, "OK", [], True)]
+            sent = len(server.updates)
+            await asyncio.sleep(2.5)
+            assert len(server.updates) == sent, "nothing sent under the cancelled request"
+            assert rig.vtn.status()["report_request_id"] is None and rig.queue.pending >= 8
+            assert said(caplog, f"the VTN cancelled the telemetry report (request {rrid})")

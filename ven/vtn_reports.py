@@ -472,6 +472,10 @@ class VtnReports:
                 self._clear_error(self._report_refused)
                 self._report_refused, self._report_refusals = None, 0
             self._reoffer_delay = 0.0
+            if payload.get("cancel_report"):
+                # 2.0b lets the VTN cancel reports in its answer to an update (openleadr's own report loop honours
+                # it): the same as an oadrCancelReport on a poll, answered oadrCanceledReport
+                await self._cancel_report(payload["cancel_report"])
             return True
         if rtype == "oadrRequestReregistration":
             self._forgotten("the report")
