@@ -4,8 +4,9 @@ process under libfaketime (wall clock only; the monotonic clock stays real) and,
 set; the VTN, the meter and this test run on the real clock."""
 from __future__ import annotations
 
+import asyncio
 import os
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -150,3 +151,44 @@ async def test_the_device_tells_its_zone_across_a_clock_change(tmp_path, free_tc
             listed = await eventually(lambda: peer.read(f"127.0.0.1:{port}", "device 500001", "propertyList"), 20,
                                       "the device's propertyList")
             assert {"utcOffset", "daylightSavingsStatus"} <= set(listed), listed
+
+
+@pytest.mark.parametrize("back", [3600, 86400], ids=["1h", "1day"])
+async def test_reports_go_on_after_the_clock_steps_back(tmp_path, free_tcp_port, free_udp_port, monkeypatch, back):
+    """NTP putting a fast box right steps its clock back: the next update was due at a time of the clock
+    that ran ahead, and telemetry stopped for as long as the step (readings queued, none reported)."""
+    clock = tmp_path / "faketime.txt"
+    fake_clock(monkeypatch, clock, datetime.now(timezone.utc))
+    monkeypatch.setenv("FAKETIME_NO_CACHE", "1")    # the step is seen the moment it is written
+    meter_port, vtn_port = free_udp_port(), free_tcp_port()
+    config = tmp_path / "gw.toml"
+    write_config(config, bacnet_port=free_udp_port(), http_port=free_tcp_port(), storage=tmp_path / "gw.sqlite",
+                 ven_name="step-back", vtn_port=vtn_port, meter_port=meter_port, telemetry_seconds=1)
+    step = asyncio.Event()
+    async with MeterSimulator(address=f"127.0.0.1/8:{meter_port}", value=42.0), \
+            DemoVtn(vtn_port, poll_seconds=1) as vtn:
+        # the step comes while an update is on its way (the VTN answers it 0.3 s later), as it does at some
+        # point with a VTN that takes 100s of ms to answer, and at once when the step comes between updates
+        handlers = vtn._server.services["report_service"].handlers
+
+        async def update_meeting_the_step(payload, real=handlers["oadrUpdateReport"]):
+            if step.is_set() and not ahead:
+                ahead.append(max(ts for _, ivs in vtn.updates for ts, *_ in ivs))
+                set_offset(clock, -back)
+                await asyncio.sleep(0.3)
+            return await real(payload)
+        ahead: list[datetime] = []
+        handlers["oadrUpdateReport"] = update_meeting_the_step
+        with GatewayProcess(config, tmp_path / "gw.log") as gateway:
+            await eventually(lambda: len(vtn.updates) >= 3, 90, "updates on the clock as it was")
+            step.set()
+            stepped = lambda: [ts for _, ivs in vtn.updates for ts, *_ in ivs
+                               if ahead and ts < ahead[0] - timedelta(seconds=back / 2)]
+            try:
+                await eventually(lambda: len(stepped()) >= 3, 20, "updates stamped by the clock stepped back")
+            except AssertionError as failed:
+                raise AssertionError(f"{failed}; {len(vtn.updates)} update(s), the last at "
+                                     f"{vtn.updates[-1][1][-1][0]}; log:\n{gateway.log()[-2000:]}") from None
+    times = stepped()
+    assert times == sorted(times) and len(set(times)) == len(times), times
+    assert gateway.log().count("the clock stepped back; intervals are reported again") == 1, gateway.log()

@@ -77,7 +77,7 @@ class VtnReports:
                 if self._requests.get(req.rrid) is not req:
                     continue            # ended while another request's update was sent
                 now = _utcnow()
-                if req.catch_up or now >= req.next_report:
+                if req.catch_up or now >= self._due(req, now):
                     if await self._send_complete(req, now):
                         req.catch_up = False
                         req.next_report = self._next_update(req, now)
@@ -98,7 +98,8 @@ class VtnReports:
                 backoff = min(backoff * 2, self._cfg.retry_max_seconds)
             else:
                 backoff = self._cfg.retry_min_seconds
-                timeout = (max(0.0, (min(r.next_report for r in self._requests.values()) - _utcnow()).total_seconds())
+                now = _utcnow()
+                timeout = (max(0.0, (min(self._due(r, now) for r in self._requests.values()) - now).total_seconds())
                            if self._live and self._requests else None)
             for req in self._requests.values():
                 if req.backlog and not req.catch_up:
@@ -110,6 +111,13 @@ class VtnReports:
             except TimeoutError:
                 pass
             self._wake_delivery.clear()
+
+    def _due(self, req: Standing, now: datetime) -> datetime:
+        """req.next_report, brought back to the grid of `now` when the wall clock stepped back (NTP putting a
+        fast box right) since it was set, even while its update was on the way: waiting for the time the clock
+        ahead named stopped telemetry for as long as the step."""
+        req.next_report = min(req.next_report, self._next_update(req, now))
+        return req.next_report
 
     def _drop_before(self, req: Standing, first: datetime) -> None:
         """The VTN asked for reporting from `first`: readings before it are no interval of this request. All of
