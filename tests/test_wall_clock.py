@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -192,3 +193,42 @@ async def test_reports_go_on_after_the_clock_steps_back(tmp_path, free_tcp_port,
     times = stepped()
     assert times == sorted(times) and len(set(times)) == len(times), times
     assert gateway.log().count("the clock stepped back; intervals are reported again") == 1, gateway.log()
+
+
+async def test_readings_a_clock_ahead_took_while_the_vtn_was_away_do_not_hold_up_the_rest(
+        tmp_path, free_tcp_port, free_udp_port, monkeypatch):
+    """A box a day fast with the network down (no NTP, no VTN): once it is back, NTP steps the clock back
+    and the VTN asks for telemetry. The readings queued meanwhile, dated a day ahead, waited for their
+    intervals to end, a day later, and held up every reading behind them: the VTN got nothing."""
+    clock = tmp_path / "faketime.txt"
+    fake_clock(monkeypatch, clock, datetime.now(timezone.utc) + timedelta(days=1))
+    monkeypatch.setenv("FAKETIME_NO_CACHE", "1")
+    meter_port, vtn_port, storage = free_udp_port(), free_tcp_port(), tmp_path / "gw.sqlite"
+    config = tmp_path / "gw.toml"
+    write_config(config, bacnet_port=free_udp_port(), http_port=free_tcp_port(), storage=storage,
+                 ven_name="ahead", vtn_port=vtn_port, meter_port=meter_port, telemetry_seconds=1)
+    # a reading every 0.1 s: more queued than one read of the queue takes (BATCH intervals) within seconds
+    config.write_text(config.read_text().replace("poll_seconds = 0.5", "poll_seconds = 0.1"))
+
+    def queued() -> int:
+        try:
+            with sqlite3.connect(storage, timeout=5) as db:
+                return db.execute("SELECT COUNT(*) FROM telemetry_queue").fetchone()[0]
+        except sqlite3.Error:
+            return 0
+    async with MeterSimulator(address=f"127.0.0.1/8:{meter_port}", value=42.0):
+        with GatewayProcess(config, tmp_path / "gw.log") as gateway:
+            await eventually(lambda: queued() >= 150, 60, "readings queued by the clock a day ahead")
+            set_offset(clock, 0)
+            stepped_at = datetime.now(timezone.utc).replace(microsecond=0)
+            async with DemoVtn(vtn_port, poll_seconds=1) as vtn:
+                times = lambda: [ts for _, ivs in vtn.updates for ts, *_ in ivs]
+                try:
+                    await eventually(lambda: sum(stepped_at <= ts < stepped_at + timedelta(hours=1)
+                                                 for ts in times()) >= 3, 30, "readings after the step reported")
+                except AssertionError as failed:
+                    raise AssertionError(f"{failed}; {len(vtn.updates)} update(s), {queued()} queued; log:\n"
+                                         f"{gateway.log()[-2000:]}") from None
+    ahead = [ts for ts in times() if ts > stepped_at + timedelta(hours=12)]
+    assert len(ahead) >= 10 and len(set(times())) == len(times()), times()    # reported once, as the clock said
+    assert gateway.log().count("ahead of the clock (it stepped back before they were reported)") == 1, gateway.log()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import itertools
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -44,6 +45,7 @@ class Standing:
     final: bool = False                     # cancelled with reportToFollow: one last update, then it ends
     backlog: int = 0                        # intervals of a backlog sent so far (said once it is all sent)
     batch: int = BATCH                      # intervals per update: less once the VTN could not take BATCH in time
+    ahead_said: bool = False                # readings stamped by a clock that was ahead: said once
 
 
 class VtnReports:
@@ -161,6 +163,28 @@ class VtnReports:
             # than guessed. Read enough for a full batch (a week's backlog in 100s, not 10s, of messages).
             limit = min(MAX_PEEK, max(limit * 2, math.ceil(limit * (batch + 1) / len(whole))))
 
+    def _ahead(self, req: Standing, now: datetime) -> list[Interval]:
+        """Intervals (at most req.batch) of the samples at the head of the queue dated after the interval under way
+        and CLOCK_STEP: taken before the wall clock stepped back (NTP putting a box right that ran ahead while
+        the VTN was away). Waiting for their time, they held up every reading behind them, as long as the step."""
+        after = max(bucket_start(now, req.granularity) + req.granularity, now + CLOCK_STEP)
+        if req.sent_until is not None:
+            after = max(after, req.sent_until)    # before it: late, or reported already (_send_complete)
+        limit = 1   # the head alone first: at each update, as it is almost always, not ahead
+        while True:
+            samples = self._telemetry.peek(limit, req.rrid)
+            run = list(itertools.takewhile(lambda s: s.ts >= after, samples))
+            if not run:
+                return []
+            intervals, _ = complete_intervals(run, req.granularity, datetime.max.replace(tzinfo=UTC))
+            if len(run) < len(samples) or len(samples) < limit or limit >= MAX_PEEK:
+                return intervals[:req.batch]
+            if len(intervals) > req.batch:
+                return intervals[:req.batch]
+            if limit > 1 and len(intervals) > 1 and limit >= req.batch:
+                return intervals[:-1]   # the last one's other samples are beyond the read: it goes whole, next
+            limit = min(MAX_PEEK, max(limit * 2, req.batch + 1))
+
     async def _send_complete(self, req: Standing, now: datetime) -> bool:
         """Every complete interval of this request not yet sent, oldest first, BATCH per oadrUpdateReport;
         each sample leaves the queue only once the VTN took the update that carried its interval, under
@@ -171,6 +195,20 @@ class VtnReports:
         while self._live and self._requests.get(req.rrid) is req:
             if first is not None:
                 self._drop_before(req, first)
+            ahead = self._ahead(req, now)
+            if ahead:
+                if not req.ahead_said:
+                    req.ahead_said = True
+                    log.warning("telemetry samples dated up to %s ahead of the clock (it stepped back before they "
+                                "were reported): their intervals are reported now, with the times they carry, then "
+                                "the ones after the step", ahead[-1].end - now)
+                if not await self._send_report(ahead, req.rrid):
+                    self._smaller_batch(req, len(ahead))
+                    return False
+                self._telemetry.ack([s for iv in ahead for s in iv.samples], reader=req.rrid)
+                req.sent_until = None   # the intervals after the step are dated before these
+                continue
+            req.ahead_said = False
             intervals, late = self._complete(req, now)
             if late and min(x.ts for x in late) < req.sent_until - max(req.granularity, CLOCK_STEP):
                 # Far older than the last interval sent: not a late reading but a wall clock stepped back
