@@ -30,7 +30,7 @@ from .config import GatewayConfig
 from .logs import RecentLog
 from .metrics import Metrics
 from .schedule import EventSchedule, ScheduleState
-from .storage import Storage
+from .storage import Storage, set_aside_if_damaged
 from .tasks import cancel_and_wait
 from .telemetry import TelemetryQueue
 from .wallclock import clock_suspect
@@ -121,6 +121,7 @@ class Gateway:
         self.device = bacnet_device(c)
         # A file that cannot be opened does not stop the gateway: the BAS still needs the device and
         # the live points. Both keep their data in memory and write it once the file opens.
+        set_aside_if_damaged(c.storage.path)
         self.storage = Storage(c.storage.path, reopen_seconds=c.storage.retry_seconds)
         self.telemetry = TelemetryQueue(c.storage.path, max_age=timedelta(days=c.openadr.queue_max_days),
                                         reopen_seconds=c.storage.retry_seconds)

@@ -81,6 +81,79 @@ def connect(path: str | Path, table: str = "") -> sqlite3.Connection:
     return conn
 
 
+# What SQLite says of a file a power cut or a failing card damaged (or that was never SQLite). Unlike a lock, a
+# full disk or a read-only mount, it never passes: trying it again every storage.retry_seconds kept everything
+# the gateway took in memory only, for good, and a restart lost it.
+DAMAGED = ("file is not a database", "database disk image is malformed")
+
+
+def set_aside_if_damaged(path: str | Path) -> Path | None:
+    """At start, before any store opens it: a file at `path` SQLite calls damaged is moved aside
+    (`<name>.damaged-<time>`, with its -wal and -shm) and a new one made with every table of it that can
+    still be read whole (the events, the ADR-Opt-Out commands in kv, ...); returns where it went."""
+    p = Path(path)
+    if not p.is_file():
+        return None
+    try:
+        # quick_check reads every page (tens of ms a MB on an SD card, once at start): a damaged page in the
+        # telemetry backlog is found at its first read otherwise, and the rows behind it are never sent
+        with contextlib.closing(connect(p)) as conn:
+            why = conn.execute("PRAGMA quick_check(1)").fetchone()[0]
+    except StorageError as err:
+        if not any(d in str(err) for d in DAMAGED):
+            return None
+        why = str(err).rpartition(": ")[2]
+    except sqlite3.DatabaseError as err:
+        why = str(err)
+    if why == "ok":
+        return None
+    why = "; ".join(line for line in why.splitlines() if line and not line.startswith("***"))
+    aside = p.with_name(f"{p.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(f"{p}{suffix}", f"{aside}{suffix}")
+    kept, lost = _salvage(aside, p)
+    log.error("storage.path %s is damaged (%s): moved to %s and a new file made, so what the gateway takes from "
+              "now on is kept; %s%s. To recover more, with the gateway stopped: sqlite3 %s .recover | sqlite3 "
+              "recovered.sqlite", p, why, aside.name,
+              f"table(s) {', '.join(kept)} read whole from it" if kept else "nothing could be read from it",
+              f"; not {', '.join(lost)}" if lost else "", aside.name)
+    return aside
+
+
+def _salvage(damaged: Path, path: Path) -> tuple[list[str], list[str]]:
+    """Copy each table of `damaged` that reads whole into a new file at `path`: (tables copied, tables not)."""
+    kept, lost = [], []
+    conn = connect(path)
+    try:
+        conn.execute("ATTACH DATABASE ? AS damaged", (f"{damaged.resolve().as_uri()}?mode=ro",))
+    except sqlite3.Error:
+        conn.close()
+        return kept, lost
+    try:
+        try:
+            schema = conn.execute("SELECT name, sql FROM damaged.sqlite_master WHERE type = 'table' AND sql IS NOT NULL"
+                                  " AND name NOT LIKE 'sqlite_%'").fetchall()
+        except sqlite3.Error:
+            schema = []
+        for name, sql in schema:
+            try:
+                conn.execute("BEGIN")
+                conn.execute(re.sub(r"^CREATE TABLE (IF NOT EXISTS )?", "CREATE TABLE IF NOT EXISTS main.", sql))
+                conn.execute(f'DELETE FROM main."{name}"')
+                conn.execute(f'INSERT INTO main."{name}" SELECT * FROM damaged."{name}"')
+                conn.execute("COMMIT")
+                kept.append(name)
+            except sqlite3.Error:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                lost.append(name)
+    finally:
+        conn.execute("DETACH DATABASE damaged")
+        conn.close()
+    return kept, lost
+
+
 def _check_format(conn: sqlite3.Connection, path: Path) -> None:
     row = conn.execute("SELECT value FROM kv WHERE key = 'format_version'").fetchone()
     try:
