@@ -180,7 +180,6 @@ async def test_requests_with_a_reserved_max_apdu_code_leave_nothing_behind(gatew
     # server transaction, and the transaction stayed listed for good (the gateway's memory grew by about 1.5 KB
     # and every later request's duplicate search by one entry, per source address and invoke id: 8,512 junk
     # datagrams from 100 ports left 13 MB and made reads 3 times slower)
-    loop = asyncio.get_running_loop()
     read_name = bytes([0x0C]) + struct.pack(">I", (8 << 22) | DEVICE_ID) + bytes([0x19, 0x4D])
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind(("127.0.0.1", 0))
