@@ -161,6 +161,35 @@ async def test_intervals_named_by_text_uids_are_followed_in_the_order_written(tm
         assert not said(caplog, "could not be read") and not said(caplog, "session error")
 
 
+async def test_an_interval_without_a_duration_lasts_to_the_next_one_or_the_active_period_end(
+        tmp_path, free_tcp_port, caplog):
+    # xcal:duration is optional in an ei:interval (2.0b schema); an interval without one was taken to last 0 s: a
+    # one-interval event never ran (ADR-Event-Level 0, ADR-Event-Active off for its hour) while the VTN heard optIn,
+    # and its log line named an end equal to its start
+    caplog.set_level(logging.INFO, logger="ven")
+    start = (now() - timedelta(minutes=1)).replace(microsecond=0)    # as the message carries it
+    async with raw_gateway(tmp_path, free_tcp_port) as (raw, gw):
+        steps = signal([interval(1, None, 0, start=start), interval(2, None, 1, start=start + timedelta(minutes=20))],
+                       sid="steps")
+        await deliver(raw, distribute(raw.vtn_id, [event("one", start, "PT1H", [simple([3], None)], status="active"),
+                                                   event("steps", start, "PT1H", [steps], status="active")]))
+        await until(lambda: sorted(raw.answered) == [("one", "0", "optIn"), ("steps", "0", "optIn")], 5, "answers")
+        state = gw.schedule.state()
+        assert (state.level, state.active, state.level_event_id) == (3.0, True, "one")
+        one, stepped = gw.schedule.get("one"), gw.schedule.get("steps")
+        assert (one.start, one.end) == (start, start + timedelta(hours=1))
+        assert [(iv.start - start, iv.duration, iv.payload) for iv in stepped.signals[0].intervals] == [
+            (timedelta(0), timedelta(minutes=20), 1.0), (timedelta(minutes=20), timedelta(minutes=40), 2.0)]
+        assert stepped.simple_level(start + timedelta(minutes=30)) == 2.0
+        assert len(said(caplog, "without a duration")) == 2, "one warning per event"
+        served = raw.served
+        await deliver(raw, distribute(raw.vtn_id, [event("one", start, "PT1H", [simple([3], None)], status="active"),
+                                                   event("steps", start, "PT1H", [steps], status="active")],
+                                      request_id="dist-2"))
+        await until(lambda: raw.served > served, 5, "listed again")
+        assert len(said(caplog, "without a duration")) == 2, "not again at each listing"
+
+
 @pytest.mark.parametrize("request_id", ["reg-7", ""], ids=["named", "empty"])
 async def test_a_vtn_registering_its_reports_is_answered_with_none_requested(
         tmp_path, free_tcp_port, caplog, request_id):

@@ -351,6 +351,7 @@ def from_openleadr(raw: dict, received_at: datetime, previous: Event | None = No
     # rule 47: an active period of duration 0 (openleadr reads "P" and "PT0S" as 0) never ends by itself
     open_ended = active.get("duration") is not None and active["duration"] == timedelta(0)
     signals = []
+    guessed = 0     # intervals without a duration, given one
     for s in signals_raw:
         name = str(s.get("signal_name"))
         if name == "simple":  # the 2.0b schema's backwards-compatible spelling of SIMPLE
@@ -370,6 +371,20 @@ def from_openleadr(raw: dict, received_at: datetime, previous: Event | None = No
                 payload = _simple_level(payload)
             intervals.append(Interval(start, duration, payload))
             cursor = start + duration
+        if any(i.duration <= timedelta(0) for i in intervals):
+            # xcal:duration is optional in an interval: taken as 0 s, a one-interval event never ran here while the
+            # VTN heard optIn. Such an interval lasts until the next one starts; the last, to the active period's end
+            # (an open-ended event's last interval has no end: below).
+            ap_end = ap_start + active["duration"] if ap_start is not None and active.get("duration") else None
+            filled = []
+            for k, iv in enumerate(intervals):
+                until = intervals[k + 1].start if k + 1 < len(intervals) else ap_end
+                if iv.duration <= timedelta(0) and until is not None and until > iv.start:
+                    iv = replace(iv, duration=until - iv.start)
+                    guessed += 1
+                filled.append(iv)
+            intervals = filled
+            cursor = intervals[-1].end
         if open_ended and intervals:
             intervals[-1] = replace(intervals[-1], duration=OPEN_ENDED)
         elif ap_start is not None and active.get("duration") and intervals and cursor > ap_start + active["duration"]:
@@ -382,6 +397,9 @@ def from_openleadr(raw: dict, received_at: datetime, previous: Event | None = No
             intervals = [replace(i, duration=min(i.duration, ap_end - i.start)) for i in intervals if i.start < ap_end]
         signals.append(Signal(name, str(s.get("signal_type")), tuple(intervals)))
 
+    if guessed and (previous is None or previous.modification_number != int(desc.get("modification_number") or 0)):
+        log.warning("event %s: %d interval(s) without a duration: each taken to last until the next one starts, the "
+                    "last until the active period ends", desc.get("event_id"), guessed)
     start_after = _find(active.get("tolerance"), "startafter") or timedelta(0)
     ramp_up = active.get("ramp_up_period") or active.get("ramp_up")  # openleadr parses x-eiRampUp as ramp_up
     ramp_up = _find(ramp_up, "duration") if isinstance(ramp_up, dict) else ramp_up
