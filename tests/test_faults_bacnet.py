@@ -445,13 +445,14 @@ async def test_an_intermittent_meter_is_one_fault_in_the_log_and_counted_in_the_
     cfg = parse_config({
         "bacnet": {"address": f"127.0.0.1/8:{free_udp_port()}", "device_id": 500204},
         "meter": {"router": f"127.0.0.1:{meter_port}", "poll_seconds": 0.1, "timeout_seconds": 0.3,
-                  "settle_seconds": 0.5},
+                  "settle_seconds": 1.0},
         "openadr": {"vtn_url": f"http://127.0.0.1:{free_tcp_port()}/OpenADR2/Simple/2.0b",
                     "retry_min_seconds": 1.0, "retry_max_seconds": 5.0},  # no VTN listens
         "storage": {"path": str(tmp_path / "gw.sqlite")},
         "http": {"address": f"127.0.0.1:{http_port}"},
         "forecaster": {"cycle_seconds": 3600},
     }, "test", environ={})
+    # settle 1 s, ten reads: a loaded CI once saw five good reads in a row amid the drops and logged an end
     async with MeterSimulator(address=f"127.0.0.1/8:{meter_port}", value=87.5) as sim:
         gateway = Gateway(cfg)
         try:
