@@ -149,7 +149,12 @@ class _RidgeOnDeltas:
         self.mu = np.nanmean(X, axis=0)
         self.sd = np.nanstd(X, axis=0)
         self.mu = np.where(np.isfinite(self.mu), self.mu, 0.0)
-        self.sd = np.where(np.isfinite(self.sd) & (self.sd > 0), self.sd, 1.0)
+        # A column that only rounding moved (a gap to a reference day on a history that repeats exactly:
+        # a schedule, whole-kW readings) has a spread of ~1e-11 kW, not 0; scaled by it, the first real
+        # gap (a new chiller) became 1e13 standard deviations and the forecast trillions of kW.
+        level = np.abs(X[:, 0][np.isfinite(X[:, 0])])
+        tiny = 1e-8 * max(float(level.max()) if level.size else 0.0, 1.0)
+        self.sd = np.where(np.isfinite(self.sd) & (self.sd > tiny), self.sd, 1.0)
         ridge = Ridge(alpha=self.alpha).fit(self._z(X), y, sample_weight=w)
         self.coef, self.intercept = np.asarray(ridge.coef_, dtype=float), float(ridge.intercept_)
         return self
