@@ -83,7 +83,9 @@ def build(snap: MinuteSnapshot, cal: Calendar, ks: np.ndarray, h: int) -> tuple[
             rw = snap.window_mean(cal.days_back(ks[:, None], backn), width)
             cols.append(snap.window_mean(ks, width) - _row_median(rw))
         # The reference change scaled to today's level: a day at 80 % of usual swings 80 % as much.
-        cols.append(_row_median(rj) * level / ref_level - level)
+        # Only for a reference level above 0: a sub-meter that read 0 kW then (a chiller off) made it
+        # infinite, and every fit failed on it; a net export (PV) would turn the swing upside down.
+        cols.append(np.where(ref_level > 0, _row_median(rj) * level / ref_level - level, np.nan))
     cols.append(_analog_change(snap, cal, ks, js, day_j))
     cols += [demand(snap, ks - lag) for lag in PLAIN_LAGS]
     cols += [level - demand(snap, ks - 15), level - demand(snap, ks - 60), demand(snap, cal.days_back(js, 1)),

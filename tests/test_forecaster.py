@@ -610,3 +610,24 @@ def test_a_new_load_after_a_history_that_repeats_exactly_keeps_forecasts_in_rang
         f = fc.predict(now)
         worst += [(abs(x - kw), now, h, x, f.model_for(h)) for h, x in f.demand_kw.items()]
     assert max(worst)[0] < 300, max(worst)
+
+
+@pytest.mark.timeout(60)
+def test_a_sub_meter_that_reads_zero_when_off_is_fitted():
+    # A chiller sub-meter: 0 kW overnight, ~150 kW from a start that varies by the day. A morning that
+    # started before the reference days' did scaled their change by level / 0: every fit raised
+    # "array must not contain infs or NaNs", and persistence served for good.
+    rng = np.random.default_rng(2)
+    t = T0 + np.arange(0, 10 * 86400, 900.0)
+    hour, day = (t % 86400) / 3600, ((t - T0) // 86400).astype(int)
+    start = 7 + rng.uniform(-1, 1, 10)
+    v = np.where((hour >= start[day]) & (hour < 18), 150 + rng.normal(0, 5, t.size), 0.0)
+    fc = DemandForecaster(validation_days=2)
+    fc.seed(t, v)
+    fc.fit(t[-1])
+    assert fc.fitted_model is not None
+    for h in (15, 60):
+        hv = fc.status()["horizons"][h]
+        assert hv["validation_rmse_kw"] < hv["validation_persistence_rmse_kw"], (h, hv)
+    published = [x for f in fc.predict_series(t[-192:]) for x in f.demand_kw.values()]
+    assert all(-20 < x < 200 for x in published), (min(published), max(published))
