@@ -507,6 +507,10 @@ class DemandForecaster:
             if each is not None and np.all(np.isfinite(each)):
                 x = float(model.combine(each, errors.weights()))
                 errors.add(k + h, each)
+            if x is not None and not self.min_kw <= x <= self.max_kw:
+                # a 15-minute demand no input could ever average to (outside bacnet.input_min_kw..max_kw) is a
+                # model gone wrong, whatever its live errors: persistence serves it, and it counts against nothing
+                x = None
             if x is not None and level_kw is not None and math.isfinite(x):
                 roll.add(k + h, x, level)
                 if self._serves(fitted.horizons[h], roll):

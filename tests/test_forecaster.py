@@ -631,3 +631,19 @@ def test_a_sub_meter_that_reads_zero_when_off_is_fitted():
         assert hv["validation_rmse_kw"] < hv["validation_persistence_rmse_kw"], (h, hv)
     published = [x for f in fc.predict_series(t[-192:]) for x in f.demand_kw.values()]
     assert all(-20 < x < 200 for x in published), (min(published), max(published))
+
+
+def test_a_model_forecast_no_input_could_average_to_is_not_served(monkeypatch):
+    # The last guard: a member blowing up (as ridge did on a history that repeats exactly, -2e12 kW) must not
+    # reach the points, whatever its live errors said so far.
+    fc = DemandForecaster(validation_days=2, min_kw=-500.0, max_kw=5000.0)
+    t, _ = _seed_office(fc, 10)
+    fc.fit(t[-1])
+    now = t[-1] + 900.0
+    fc.add_sample(now, float(office(np.array([now]))[0]))
+    served = fc.predict(now)
+    assert {served.model_for(h) for h in (15, 60)} != {"persistence"}   # the model serves, as a rule
+    monkeypatch.setattr("forecaster.model.combine", lambda each, weights: -2e12)
+    f = fc.predict(now + 60.0)
+    assert [f.model_for(h) for h in (15, 60)] == ["persistence", "persistence"], f
+    assert all(-500.0 <= x <= 5000.0 for x in f.demand_kw.values()), f.demand_kw
