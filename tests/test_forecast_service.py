@@ -506,7 +506,10 @@ async def test_a_stop_signal_sent_to_the_whole_service_leaves_the_fit_to_the_gat
         os.kill(pid, sig)
         done, _ = await asyncio.wait([fit], timeout=1.0)
         assert not done, f"the fit ended at {sig.name}: {fit.exception()!r}"
-        assert os.getsid(pid) != os.getsid(0), "the fit child is in the terminal's session: Ctrl-C reaches it"
+        assert os.getpgid(pid) != os.getpgid(0), "the fit child is in the terminal's process group: Ctrl-C reaches it"
+        # a session of its own is an autogroup of its own, sharing the CPUs as the gateway's equal: SCHED_IDLE
+        # then no longer makes the fit yield to the BAS's reads
+        assert os.getsid(pid) == os.getsid(0), "the fit child has a session (an autogroup) of its own"
     finally:
         fit.cancel()
         await asyncio.gather(fit, return_exceptions=True)

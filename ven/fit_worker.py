@@ -26,11 +26,13 @@ async def fit_in_child(job_blob: bytes, threads: int = 1, timeout: float = TIMEO
     root = str(Path(__file__).resolve().parents[1])
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads), _FIT_PARENT=str(os.getpid()),
                PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
-    # its own session: a terminal's Ctrl-C goes to the gateway, which ends the fit as it stops. -P: `-m` would put
-    # the working directory first on the path, and a gateway run from a checkout fitted with the checkout's code
+    # its own process group: a terminal's Ctrl-C goes to the gateway, which ends the fit as it stops. Not its own
+    # session: with the kernel's autogroups (most desktops and servers) a session shares the CPUs as an equal of the
+    # gateway's, SCHED_IDLE or not, and reads slowed to 0.6-0.8x during a fit. -P: `-m` would put the working
+    # directory first on the path, and a gateway run from a checkout fitted with the checkout's code
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-P", "-m", "ven.fit_worker", stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env, start_new_session=True)
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env, process_group=0)
     try:
         async with asyncio.timeout(timeout):
             out, err = await proc.communicate(job_blob)
