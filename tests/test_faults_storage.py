@@ -37,7 +37,7 @@ from ven import forecast_service
 from ven.forecast_service import ForecastService
 from ven.schedule import EventSchedule
 from ven.events import Event, Interval, Signal
-from ven.storage import Storage
+from ven.storage import Storage, set_aside_if_damaged
 from ven.telemetry import TelemetryQueue
 from ven.vtn_server import DemoVtn
 
@@ -902,3 +902,25 @@ async def test_a_file_a_power_cut_damaged_is_set_aside_and_what_reads_whole_is_k
     with contextlib.closing(sqlite3.connect(storage)) as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert "Traceback" not in log, log
+
+
+def test_a_damaged_file_that_cannot_be_moved_aside_is_said_and_left_in_place(tmp_path, caplog, monkeypatch):
+    # Moving it aside needs its directory writable; a file the gateway's user may write in a directory it may
+    # not (a hand-made data directory) made the rename raise out of Gateway's start: a crash at every restart.
+    # Root, as the suite runs, may rename anything: the refusal is the kernel's answer, given here.
+    path = tmp_path / "gw.sqlite"
+    store = Storage(path)
+    store.save_value("opt_out", '{"8": 1}')
+    store.close()
+    with open(path, "r+b") as f:         # its header, as a torn write leaves it
+        f.write(os.urandom(100))
+
+    def refused(src, dst):
+        raise PermissionError(13, "Permission denied", str(src))
+    monkeypatch.setattr("ven.storage.os.replace", refused)
+    with caplog.at_level(logging.INFO):
+        assert set_aside_if_damaged(path) is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gw.sqlite"]
+    said = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(said) == 1 and f"storage.path {path} is damaged (" in said[0], said
+    assert "cannot be moved aside: Permission denied" in said[0], said

@@ -109,10 +109,20 @@ def set_aside_if_damaged(path: str | Path) -> Path | None:
         return None
     why = "; ".join(line for line in why.splitlines() if line and not line.startswith("***"))
     aside = p.with_name(f"{p.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
-    for suffix in ("", "-wal", "-shm"):
-        with contextlib.suppress(FileNotFoundError):
-            os.replace(f"{p}{suffix}", f"{aside}{suffix}")
-    kept, lost = _salvage(aside, p)
+    try:
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(f"{p}{suffix}", f"{aside}{suffix}")
+    except OSError as err:
+        # a directory the gateway's user may not write: left as it is, tried every storage.retry_seconds as before
+        log.error("storage.path %s is damaged (%s) and cannot be moved aside: %s; the gateway keeps what it takes "
+                  "in memory. Stop it, move the file away (sqlite3 %s .recover | sqlite3 recovered.sqlite gets "
+                  "what it can out of it) and start it again", p, why, err.strerror or err, p.name)
+        return None
+    try:
+        kept, lost = _salvage(aside, p)
+    except StorageError:    # the new file will not open either: its own error follows from the stores
+        kept, lost = [], []
     log.error("storage.path %s is damaged (%s): moved to %s and a new file made, so what the gateway takes from "
               "now on is kept; %s%s. To recover more, with the gateway stopped: sqlite3 %s .recover | sqlite3 "
               "recovered.sqlite", p, why, aside.name,
