@@ -181,7 +181,7 @@ class VtnReports:
                 return intervals[:req.batch]
             if len(intervals) > req.batch:
                 return intervals[:req.batch]
-            if limit > 1 and len(intervals) > 1 and limit >= req.batch:
+            if len(intervals) > 1:
                 return intervals[:-1]   # the last one's other samples are beyond the read: it goes whole, next
             limit = min(MAX_PEEK, max(limit * 2, req.batch + 1))
 
