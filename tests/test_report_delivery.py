@@ -63,8 +63,8 @@ async def test_updates_answered_with_an_http_error_while_polls_are_answered_are_
             working = handlers["oadrUpdateReport"]
             server.fail_next("oadrUpdateReport", 10**6)     # its report store down: HTTP 500 to each update
             await until(lambda: said(caplog, "answers polls but not telemetry updates"), 10, "the fault said")
-            await asyncio.sleep(2)
-            assert rig.vtn.connected and rig.queue.pending >= 8
+            await until(lambda: rig.queue.pending >= 8, 10, "readings queued meanwhile")
+            assert rig.vtn.connected
             handlers["oadrUpdateReport"] = working
             await until(lambda: said(caplog, "answers telemetry updates again"), 10, "the end said")
             await rig.stop_meter()
