@@ -259,3 +259,34 @@ def test_naive_times_in_the_hour_the_autumn_change_repeats_are_both_kept(tmp_pat
     backwards = tmp_path / "descending.csv"   # newest first: small steps back are not a second pass
     backwards.write_text("timestamp,kw\n" + "".join(f"2019-10-27T{w},1\n" for w in ("02:45", "02:30", "02:15")))
     assert np.all(np.diff(read_series(backwards, "timestamp", "kw", ZoneInfo("Europe/Rome"))[0]) == 900)
+
+
+@pytest.mark.timeout(120)
+def test_ctrl_c_during_a_replay_says_so_in_one_line_and_writes_nothing(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "predictions.csv"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ven.cli", "forecast-replay", "--csv", str(EXCERPT), "--time-column", "timestamp",
+         "--value-column", "Total_Power", "--fit-processes", "2", "--output", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        # Ctrl-C reaches the terminal's whole process group, the fit pool's processes too: wait for them.
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and not children.read_text().split():
+            assert time.monotonic() < deadline, "the replay never started its fit pool"
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert (proc.returncode, stdout, stderr) == (
+        130, "", f"forecast-replay: interrupted, {out} not written\n")
+    assert not out.exists()

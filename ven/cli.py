@@ -379,6 +379,9 @@ def cmd_forecast_replay(args) -> int:
     except (ReplayInputError, OSError) as err:
         print(f"forecast-replay: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"forecast-replay: interrupted, {args.output} not written", file=sys.stderr)
+        return 130
     for note in summary.pop("notes"):
         print(f"forecast-replay: {note}", file=sys.stderr)
     print(" ".join(f"{k}={v}" for k, v in summary.items()))
