@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 TIMEOUT_S = 3600.0  # a fit takes seconds; one that hangs must not block every later one
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 class FitError(RuntimeError):
@@ -30,9 +31,15 @@ async def fit_in_child(job_blob: bytes, threads: int = 1, timeout: float = TIMEO
     # session: with the kernel's autogroups (most desktops and servers) a session shares the CPUs as an equal of the
     # gateway's, SCHED_IDLE or not, and reads slowed to 0.6-0.8x during a fit. -P: `-m` would put the working
     # directory first on the path, and a gateway run from a checkout fitted with the checkout's code
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-P", "-m", "ven.fit_worker", stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env, process_group=0)
+    # Born with the stop signals blocked (a signal mask survives fork and exec): one that arrives before the child
+    # has set them to ignored waits, and is then discarded, instead of ending a fit the gateway is about to end
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-P", "-m", "ven.fit_worker", stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env, process_group=0)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     try:
         async with asyncio.timeout(timeout):
             out, err = await proc.communicate(job_blob)
@@ -94,8 +101,9 @@ def _first_to_go() -> None:
 def _leave_stopping_to_the_parent() -> None:
     # systemd stops a unit by sending SIGTERM to each of its processes: a fit that died of it was logged as a
     # failed fit by a gateway merely stopping. The gateway kills its fit when it stops, and the kernel when it dies.
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 def _die_with_parent() -> None:
