@@ -108,3 +108,27 @@ def test_a_machine_that_cannot_tell_logs_nothing(caplog):
     for t in range(5):
         assert watch.check(float(t)) is None
     assert [r for r in caplog.records if r.levelno >= logging.INFO] == []
+
+
+def test_a_step_of_the_wall_clock_is_one_warning_either_way(caplog):
+    # NTP putting a slow box right steps its clock ahead: reports skipped the span and events jumped with it, and
+    # nothing in the log said why (a step back was told only by the forecaster, and only with readings coming)
+    caplog.set_level(logging.DEBUG, logger="ven.clock_sync")
+    wall = [1_800_000_000.0]
+    watch = SyncWatch(lambda: SYNCED, every_s=300, wall=lambda: wall[0])
+
+    def lines():
+        return [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "ven.clock_sync"]
+
+    watch.check(0.0)
+    wall[0] += 20                                   # within a look's slack: time passing, or a small slew
+    watch.check(1.0)
+    assert lines() == []
+    wall[0] += 3600
+    watch.check(2.0)
+    watch.check(3.0)
+    wall[0] -= 2 * 86400
+    watch.check(4.0)
+    assert lines() == [
+        (logging.WARNING, "wall clock jumped ahead 60 min (set by NTP or by hand): times stamped from now on follow it"),
+        (logging.WARNING, "wall clock went back 2 days (set by NTP or by hand): times stamped from now on follow it")]

@@ -16,8 +16,13 @@ import logging
 import math
 import os
 import sys
+import time
 from dataclasses import dataclass
 from typing import Callable
+
+from bacnet_api.settle import span
+
+from .wallclock import StepWatch
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +106,10 @@ class SyncWatch:
     nothing. The kernel boots unsynchronized and a gateway started at boot looks before chrony or timesyncd has
     set the clock (seconds later): one look would put a WARNING and its end in the log at every boot."""
 
-    def __init__(self, read: Callable[[], ClockSync | None] = read_clock_sync, every_s: float = CHECK_EVERY_S):
-        self._read, self._every = read, every_s
+    def __init__(self, read: Callable[[], ClockSync | None] = read_clock_sync, every_s: float = CHECK_EVERY_S,
+                 wall: Callable[[], float] = time.time):
+        self._read, self._every, self._wall = read, every_s, wall
+        self._steps = StepWatch()
         self._next = -math.inf
         self.last: ClockSync | None = None
         self.warned = False     # the WARNING said and its end not yet
@@ -114,7 +121,9 @@ class SyncWatch:
         return {**status_fields(self.last), "clock_warning": self.warned}
 
     def check(self, now: float) -> ClockSync | None:
-        """Ask the kernel if CHECK_EVERY_S has passed since the last time (`now` monotonic seconds)."""
+        """Ask the kernel if CHECK_EVERY_S has passed since the last time (`now` monotonic seconds); say a step of
+        the wall clock since the last call."""
+        self._say_step(self._steps.step(self._wall()))
         if now < self._next:
             return self.last
         self._next = now + self._every
@@ -129,3 +138,11 @@ class SyncWatch:
             self.warned = False
             log.info("the machine's clock is synchronized again (maximum error %.0f ms)", sync.max_error_s * 1000)
         return sync
+
+    @staticmethod
+    def _say_step(step: float) -> None:
+        # What else the step moved (reports, events, the forecaster's history) is said where it happened; this
+        # line is the cause, in either direction, readings or not
+        if step:
+            log.warning("wall clock %s %s (set by NTP or by hand): times stamped from now on follow it",
+                        "jumped ahead" if step > 0 else "went back", span(abs(step)))

@@ -32,6 +32,14 @@ class StepWatch:
     def stepped(self, wall: float) -> bool:
         """Whether the wall clock (epoch seconds) moved CLOCK_STEP_S more or less than the monotonic one
         since the last look."""
+        return self.step(wall) != 0.0
+
+    def step(self, wall: float) -> float:
+        """The step since the last look: seconds the wall clock (epoch seconds) moved beyond the monotonic one,
+        ahead positive, back negative; 0.0 for less than CLOCK_STEP_S either way."""
         mono = time.monotonic()
         last, self._last = self._last, (wall, mono)
-        return last is not None and abs((wall - last[0]) - (mono - last[1])) > CLOCK_STEP_S
+        if last is None:
+            return 0.0
+        step = (wall - last[0]) - (mono - last[1])
+        return step if abs(step) > CLOCK_STEP_S else 0.0
