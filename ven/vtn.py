@@ -69,6 +69,7 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
         # (it lost its registrations), so only one attempt carries it
         self._reregister_with: str | None = None
         self.vtn_id: str | None = None       # the vtnID the VTN gave at registration
+        self._terms_said: tuple | None = None  # (vtnID, venID, poll frequency) the last "registered" line said
         self._foreign_vtn: str | None = None  # another vtnID whose oadrDistributeEvent was refused, until ours again
         # event id -> requestID of the latest oadrDistributeEvent listing it: every eventResponse about the
         # event carries it (2.0b rule 42), also the answers the gateway sends later (ADR-Opt-Out, a resend)
@@ -429,11 +430,15 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
         # said once the registration stands: an attempt failing at its last step registered nothing. While polls
         # keep failing (or the VTN asks to register again before one is answered), each cycle's registration after
         # the first is part of that one outage.
-        log.log(logging.DEBUG if self._repeating() else logging.INFO,
-                "registered with VTN %s: venID %s, registrationID %s, poll every %s s, telemetry %s",
-                self._cfg.vtn_url_shown, self.ven_id, self.registration_id,
+        # ... unless the VTN settled other terms than the last line said (a VTN restarted under another vtnID, asking
+        # for another poll frequency): the operator would read the old ones meanwhile
+        terms = (self.vtn_id, self.ven_id, client.poll_frequency)
+        log.log(logging.DEBUG if self._repeating() and terms == self._terms_said else logging.INFO,
+                "registered with VTN %s (vtnID %s): venID %s, registrationID %s, poll every %s s, telemetry %s",
+                self._cfg.vtn_url_shown, self.vtn_id, self.ven_id, self.registration_id,
                 client.poll_frequency.total_seconds(),
                 "requested" if self._report_request_id else "not requested by the VTN" if offered else "not offered")
+        self._terms_said = terms
         if self._outage is not None:
             self._outage.said = True
         if not offered:

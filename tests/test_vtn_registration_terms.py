@@ -1,0 +1,45 @@
+"""What a registration settles (the VTN's vtnID, the venID, the poll frequency, the venID the answer must carry) as the
+operator reads it in the log and the status, against a real openleadr VTN (DemoVtn) on loopback."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+
+import pytest
+from test_vtn import now, running, said
+from waiting import eventually as until
+
+from ven.vtn_server import DemoVtn
+
+
+@pytest.mark.timeout(40)
+async def test_a_vtn_restarted_with_another_vtn_id_and_poll_frequency_is_said_at_the_registration_after_it(
+        tmp_path, free_tcp_port, caplog):
+    # A registration during an outage repeats what the first one said, and is DEBUG: the registration with a VTN
+    # restarted under another vtnID, asking for another poll frequency, said neither, and the operator kept reading
+    # the old ones in the log (the gateway polled every 3 s, the log said 1 s)
+    caplog.set_level(logging.INFO, logger="ven")
+    port = free_tcp_port()
+    server = DemoVtn(port, poll_seconds=1, vtn_id="VTN-A")
+    await server.start()
+    try:
+        async with running(tmp_path, server.url) as gw:
+            await until(lambda: gw.vtn.connected and gw.vtn.status()["report_request_id"], 10, "registration")
+            first = gw.vtn.registration_id
+            assert said(caplog, "registered with VTN") == [
+                f"registered with VTN {server.url} (vtnID VTN-A): venID ven-edge-gateway, registrationID {first}, "
+                "poll every 1.0 s, telemetry requested"]
+            await server.stop()
+            await until(lambda: not gw.vtn.connected, 5, "a failed poll")
+            gw.vtn.record_sample(now() - timedelta(seconds=1), 12.5)
+            server = DemoVtn(port, poll_seconds=3, vtn_id="VTN-B")      # restarted: it knows no VEN
+            await server.start()
+            await until(lambda: gw.vtn.connected and gw.vtn.vtn_id == "VTN-B", 15, "registered with the restarted VTN")
+            await until(lambda: 12.5 in [r[4] for r in server.reports], 8, "the reading queued meanwhile")
+            lines = said(caplog, "registered with VTN")
+            assert len(lines) == 2 and lines[1] == (
+                f"registered with VTN {server.url} (vtnID VTN-B): venID ven-edge-gateway, registrationID "
+                f"{gw.vtn.registration_id}, poll every 3.0 s, telemetry requested"), lines
+    finally:
+        await server.stop()
