@@ -43,3 +43,33 @@ async def test_a_vtn_restarted_with_another_vtn_id_and_poll_frequency_is_said_at
                 f"{gw.vtn.registration_id}, poll every 3.0 s, telemetry requested"), lines
     finally:
         await server.stop()
+
+
+@pytest.mark.timeout(30)
+async def test_a_registration_answer_without_a_ven_id_is_a_failed_registration_that_says_so(
+        tmp_path, free_tcp_port, caplog):
+    # The schema lets oadrCreatedPartyRegistration leave the venID out (for a query's answer). A VTN leaving it out of
+    # its registration answer registered the gateway without one: each message then named no VEN, the VTN asked to
+    # register again, and the log blamed a VTN that "no longer knows this VEN", registering again every second
+    caplog.set_level(logging.INFO, logger="ven")
+    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
+        handlers = server._server.services["registration_service"].handlers
+        real = handlers["oadrCreatePartyRegistration"]
+
+        async def without_ven_id(payload):
+            message_type, answer = await real(payload)
+            return message_type, {k: v for k, v in answer.items() if k != "ven_id"}
+        handlers["oadrCreatePartyRegistration"] = without_ven_id
+        async with running(tmp_path, server.url) as gw:
+            await until(lambda: gw.vtn.registration_failures >= 3, 10, "registrations refused for the missing venID")
+            status = gw.vtn.status()
+            assert status["last_error"] == "VTN registration answer carries no venID: not registered"
+            assert not status["connected"] and status["ven_id"] is None and status["reregistrations"] == 0
+            assert [m for m in said(caplog, "VTN") if "no longer knows" in m] == []
+            assert said(caplog, "VTN registration failed") == [
+                "VTN registration failed: VTN registration answer carries no venID: not registered; retrying (backoff "
+                "up to 1 s)"]
+            assert not said(caplog, "another cause"), "one line however often it is retried"
+            handlers["oadrCreatePartyRegistration"] = real
+            await until(lambda: gw.vtn.connected, 10, "registered once the answer names the venID")
+            assert gw.vtn.ven_id == "ven-edge-gateway" and gw.vtn.status()["last_error"] is None

@@ -412,6 +412,12 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
             self.last_error = (client.last_error or (client.refused and f"VTN refused registration: {client.refused}")
                                or "VTN refused the registration (no registrationID)")
             return False
+        if not client.ven_id:
+            # openleadr takes the registrationID alone (logging that it assumes it is not registered): every message
+            # would then name no VEN, and the VTN ask for a registration again at each, the log blaming a VTN that
+            # no longer knows this VEN
+            self.last_error = "VTN registration answer carries no venID: not registered"
+            return False
         self.ven_id, self.registration_id = client.ven_id, client.registration_id
         self.vtn_id = (answer[1] if answer else {}).get("vtn_id") or None
         offered = await self._offer_reports(client)
