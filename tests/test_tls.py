@@ -16,6 +16,7 @@ from cryptography.x509.oid import NameOID
 from lxml import etree
 from openleadr.utils import certificate_fingerprint
 
+from ven.cert_expiry import read_client_cert
 from ven.config import OpenadrConfig
 from ven.config_checks import tls_file_problems
 from ven.schedule import EventSchedule
@@ -231,8 +232,13 @@ def test_the_ven_fingerprint_is_logged_when_the_certificate_appears_or_changes(p
     client._note_fingerprint()
     said = [r.getMessage() for r in caplog.records]
     assert len([m for m in said if "cannot be read" in m]) == 1
-    assert [m for m in said if m.startswith("VEN certificate fingerprint")] == [
-        f"VEN certificate fingerprint {fp[name]} (give it to the VTN operator)" for name in ("other", "ven")]
+    # which certificate and until when: the expiry was said only within its last 21 days, and a rotated file only by
+    # a fingerprint, which the operator could not match to the file it came from
+    ends = {name: read_client_cert(str(d / f"{name}.pem")).not_after.strftime("%Y-%m-%d %H:%M UTC")
+             for name in ("other", "ven")}
+    assert [m for m in said if m.startswith("VEN certificate")] == [
+        f"VEN certificate openadr.cert {cert}: fingerprint {fp[name]} (give it to the VTN operator), subject CN={name}, "
+        f"valid until {ends[name]}" for name in ("other", "ven")]
     storage.close()
 
 

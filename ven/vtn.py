@@ -25,6 +25,7 @@ from openleadr import enums as oenums, objects, utils as outils
 
 from bacnet_api.settle import RECUR_SECONDS, Flapping
 
+from .cert_expiry import read_client_cert
 from .config import OpenadrConfig
 from .config_checks import key_is_encrypted, tls_file_problems
 from .tasks import cancel_and_wait
@@ -385,7 +386,11 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
                 self._fingerprint = ""
             return
         if fingerprint != self._fingerprint:
-            log.info("VEN certificate fingerprint %s (give it to the VTN operator)", fingerprint)
+            # which file and until when, with the fingerprint: a renewed file shows here once it is in use
+            cert = read_client_cert(self._cfg.cert)
+            log.info("VEN certificate %s %s: fingerprint %s (give it to the VTN operator)%s", self._cfg.named("cert"),
+                     self._cfg.cert, fingerprint,
+                     f", subject {cert.subject}, valid until {cert.not_after:%Y-%m-%d %H:%M} UTC" if cert else "")
             self._fingerprint = fingerprint
 
     async def _register(self) -> bool:
