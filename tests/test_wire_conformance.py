@@ -104,17 +104,45 @@ async def test_an_event_list_from_another_vtn_id_is_refused_and_not_followed(tmp
     async with _running(tmp_path, free_tcp_port()) as (server, vtn):
         ours = server.add_event([1], now() + timedelta(seconds=60), 60)
         await until(lambda: vtn._schedule.get(ours) is not None, 10, "the registered VTN's event")
-        poll = server._server.services["poll_service"]
-        poll.vtn_id = "OTHER-VTN"              # its answers to polls now name another vtnID
+        services = [server._server.services[name] for name in ("poll_service", "event_service")]
+        for service in services:
+            service.vtn_id = "OTHER-VTN"       # its event lists now name another vtnID; its registrations do not
         theirs = server.add_event([3], now() + timedelta(seconds=60), 60)
         await until(lambda: [p for p in server.created_events if int(p["response"]["response_code"]) == 452],
                     10, "the refusal")
         refusal = next(p for p in server.created_events if int(p["response"]["response_code"]) == 452)
         assert "OTHER-VTN" in refusal["response"]["response_description"] and not refusal.get("event_responses")
+        # registered again once, in case the VTN's own vtnID changed: it had not, and the lists stay refused
+        await until(lambda: vtn.reregistrations == 1 and vtn.connected, 10, "one registration again")
+        await until(lambda: len([p for p in server.created_events if int(p["response"]["response_code"]) == 452]) >= 2,
+                    10, "the list refused after it too")
         assert vtn._schedule.get(theirs) is None, "not followed"
         assert not vtn._schedule.get(ours).cancelled, "and its list cancelled nothing"
-        poll.vtn_id = server.vtn_id
+        for service in services:
+            service.vtn_id = server.vtn_id
         server._touch()
         await until(lambda: vtn._schedule.get(theirs) is not None, 10, "taken once the registered VTN lists it")
         said = [r.getMessage() for r in caplog.records if "oadrDistributeEvent from" in r.getMessage()]
         assert len(said) == 2 and "vtnID 'OTHER-VTN', not 'DEMO-VTN'" in said[0] and "again" in said[1]
+        assert vtn.reregistrations == 1
+        assert not [r for r in caplog.records if "context lost" in r.getMessage() and r.levelno >= logging.INFO]
+
+
+@pytest.mark.timeout(30)
+async def test_a_vtn_that_changed_its_vtn_id_keeping_registrations_has_its_events_followed(
+        tmp_path, free_tcp_port, caplog):
+    """A VTN reinstalled under another vtnID that kept its registrations: every event list was refused 452 (rule 21)
+    for as long as the gateway ran, shown connected, one WARNING in the log, the building never shed."""
+    caplog.set_level(logging.INFO, logger="ven")
+    async with _running(tmp_path, free_tcp_port()) as (server, vtn):
+        for service in server._server.services.values():
+            service.vtn_id = "VTN-NEW"
+        eid = server.add_event([2], now() + timedelta(seconds=60), 60)
+        await until(lambda: vtn._schedule.get(eid) is not None, 15, "the event followed")
+        assert vtn.vtn_id == "VTN-NEW" and vtn.reregistrations == 1
+        said = [(r.levelno, r.getMessage()) for r in caplog.records if r.levelno >= logging.INFO
+                and ("vtnID" in r.getMessage() or "context lost" in r.getMessage())]
+        assert [level for level, _ in said] == [logging.INFO, logging.WARNING, logging.INFO], said
+        assert said[1][1].startswith("oadrDistributeEvent from vtnID 'VTN-NEW', not 'DEMO-VTN'") and \
+            said[1][1].endswith("registering again, in case the VTN's vtnID changed"), said
+        assert "(vtnID VTN-NEW)" in said[2][1], said

@@ -72,6 +72,7 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
         self.vtn_id: str | None = None       # the vtnID the VTN gave at registration
         self._terms_said: tuple | None = None  # (vtnID, venID, poll frequency) the last "registered" line said
         self._foreign_vtn: str | None = None  # another vtnID whose oadrDistributeEvent was refused, until ours again
+        self._lost_said = False     # the session ended for a reason already logged: "context lost" is DEBUG then
         # event id -> requestID of the latest oadrDistributeEvent listing it: every eventResponse about the
         # event carries it (2.0b rule 42), also the answers the gateway sends later (ADR-Opt-Out, a resend)
         self._distributed_in: dict[str, str] = {}
@@ -320,6 +321,8 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
                 self._poll_error = self.last_error or "unknown reason"
                 self._failed("loss", self._poll_error)
                 self._outage.registrations = self._outage.registered = 1    # the one that was just lost
+            elif self._lost_said:
+                log.debug("VTN context lost (%s); registering again", self.last_error)
             else:
                 log.warning("VTN context lost (%s); registering again", self.last_error or "unknown reason")
                 self._trouble_at = now
@@ -425,6 +428,8 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
             return False
         self.ven_id, self.registration_id = client.ven_id, client.registration_id
         self.vtn_id = (answer[1] if answer else {}).get("vtn_id") or None
+        if self.vtn_id == self._foreign_vtn:    # the VTN's vtnID changed: the line below names the new one
+            self._foreign_vtn = None
         offered = await self._offer_reports(client)
         if self._lost.is_set():
             return True
@@ -491,7 +496,7 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
         # Durations travel as whole seconds; a VTN asking for 0 would mean a busy loop.
         period = max(1.0, client.poll_frequency.total_seconds())
         failed_here = 0     # this session's failed polls in a row; self.poll_failures counts across re-registrations
-        self._lost_by_polls = False
+        self._lost_by_polls = self._lost_said = False
         immediate = True
         while True:
             if not immediate:

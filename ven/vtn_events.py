@@ -105,9 +105,14 @@ class VtnEvents:
                 self._foreign_vtn = None
             return True
         if vtn_id != self._foreign_vtn:
+            # once for each vtnID: a VTN that changed its own (a new installation keeping its registrations) gives the
+            # new one at the registration, and its events are followed again; a foreign one stays refused
             log.warning("oadrDistributeEvent from vtnID %r, not %r, the VTN this VEN registered with: answered %d, "
-                        "its %d event(s) not followed", vtn_id, self.vtn_id, INVALID_ID, len(payload.get("events") or []))
+                        "its %d event(s) not followed; registering again, in case the VTN's vtnID changed",
+                        vtn_id, self.vtn_id, INVALID_ID, len(payload.get("events") or []))
             self._foreign_vtn = vtn_id
+            self._lost_said = True
+            self._reregistration_requested(f"oadrDistributeEvent from vtnID {vtn_id!r}")
         msg = client._create_message(
             "oadrCreatedEvent", ven_id=self.ven_id, event_responses=None,
             response=_ei_response(payload.get("request_id"), f"vtnID {vtn_id} is not the registered VTN's ({self.vtn_id})"))
