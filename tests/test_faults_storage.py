@@ -361,6 +361,30 @@ def test_a_file_that_can_be_read_but_not_written_still_gives_back_its_state(tmp_
     assert "read 1 event(s) and the saved state from it, read-only" in caplog.text
 
 
+def test_a_read_only_file_with_an_event_this_version_cannot_read_still_gives_back_the_rest(tmp_path, caplog):
+    # a newer version's event (a downgrade) in a file gone read-only: that one row cost every event and the
+    # BAS's ADR-Opt-Out commands, and the VTN was told optIn
+    caplog.set_level(logging.INFO, logger="ven.storage")
+    with tmpfs(tmp_path / "ro", "size=8m") as disk:
+        path = disk / "gw.sqlite"
+        before = Storage(path)
+        before.save_value("bacnet_commands:ADR-Opt-Out", '{"8": true}')
+        before.save_event(_event("kept", "oadr://x"))
+        before.close()
+        with contextlib.closing(sqlite3.connect(path)) as db, db:
+            db.execute("INSERT INTO adr_events (event_id, body, end_utc) VALUES ('newer', '{\"periods\": []}', '')")
+        remount(disk, "ro")
+        after = Storage(path, reopen_seconds=10)
+        try:
+            assert after.conn is None
+            assert after.load_value("bacnet_commands:ADR-Opt-Out") == '{"8": true}'
+            assert [ev.event_id for ev in after.load_events()] == ["kept"]
+        finally:
+            after.close()
+            remount(disk, "rw")
+    assert "1 stored event(s) this version cannot read (newer; KeyError: 'signals')" in caplog.text
+
+
 def _minutes(path: str) -> list:
     with contextlib.closing(sqlite3.connect(path)) as db:
         return db.execute("SELECT minute, sum_kw FROM forecast_minute ORDER BY minute").fetchall()

@@ -369,14 +369,38 @@ def _read_snapshot(path: Path) -> tuple[list[Event], dict[str, str]]:
         try:
             with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?{mode}", uri=True,
                                                     timeout=BUSY_TIMEOUT_SECONDS)) as db:
-                events = [Event.from_json(body) for (body,) in db.execute("SELECT body FROM adr_events")]
+                events = _readable_events(db.execute("SELECT event_id, body FROM adr_events").fetchall(), path)
                 values = dict(db.execute("SELECT key, value FROM kv"))
-        except (sqlite3.Error, ValueError, KeyError):
+        except sqlite3.Error:
             continue
         if events or values:
             log.info("storage.path %s: read %d event(s) and the saved state from it, read-only", path, len(events))
         return events, values
     return [], {}
+
+
+# Events already said to be unreadable, by (file, event id): the file is read again at each late open.
+_unreadable_said: set[tuple[str, str]] = set()
+
+
+def _readable_events(rows, path: Path) -> list[Event]:
+    """The events of (event_id, body) rows this version can read. A row it cannot (a newer version's, after a
+    downgrade; one edited by hand) crashed every start, and the BAS lost the device with it: it is left in the
+    file as it is, never run or rewritten here, and named once in a WARNING."""
+    events, unreadable = [], []
+    for event_id, body in rows:
+        try:
+            events.append(Event.from_json(body))
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError) as err:
+            if (str(path), str(event_id)) not in _unreadable_said:
+                _unreadable_said.add((str(path), str(event_id)))
+                unreadable.append((str(event_id), err))
+    if unreadable:
+        event_id, err = unreadable[0]
+        log.warning("storage.path %s: %d stored event(s) this version cannot read (%s; %s: %s), perhaps written by "
+                    "a newer edge-gateway: not run here, and left in the file as they are for the version that wrote "
+                    "them", path, len(unreadable), ", ".join(i for i, _ in unreadable), type(err).__name__, err)
+    return events
 
 
 EVENTS_TABLE = ("CREATE TABLE IF NOT EXISTS adr_events ("
@@ -476,8 +500,8 @@ class Storage:
         if self.conn is None:
             return list(self._read_only[0])
         with self._lock:
-            rows = self.conn.execute("SELECT body FROM adr_events").fetchall()
-        return [Event.from_json(body) for (body,) in rows]
+            rows = self.conn.execute("SELECT event_id, body FROM adr_events").fetchall()
+        return _readable_events(rows, self.path)
 
     def load_value(self, key: str) -> str | None:
         if key in self._unsaved_values:
