@@ -45,6 +45,27 @@ def test_queue_keeps_order_survives_reopen_and_drops_oldest_beyond_bound(tmp_pat
     assert TelemetryQueue(path).dropped == 2
 
 
+def test_status_counts_stored_in_another_form_are_one_warning_each_not_a_failed_start(tmp_path, caplog):
+    # a downgrade onto a newer version's file, or an edit by hand: these two values raised out of every start
+    caplog.set_level(logging.WARNING, logger="ven.telemetry")
+    path = tmp_path / "gw.sqlite"
+    q = TelemetryQueue(path)
+    q.add(T0, 90.0)
+    q.close()
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.executemany("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)",
+                       [("telemetry_dropped", "3.0"), ("telemetry_last_delivery", "1796230038.5")])
+    q = TelemetryQueue(path)
+    try:
+        assert [s.kw for s in q.peek()] == [90.0]               # the queue itself is untouched
+        assert q.dropped == 0 and q.last_delivery is None
+    finally:
+        q.close()
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 2 and "stored telemetry_dropped '3.0' unreadable" in said[0] \
+        and "stored telemetry_last_delivery '1796230038.5' unreadable" in said[1], said
+
+
 def test_bounding_a_full_queue_by_age_does_not_scan_it_with_every_sample(tmp_path, caplog):
     # a week-long outage at a 1 s poll queues 600k rows: each sample's age bound must go by an index,
     # not read the whole queue on the event loop (57 ms a sample at 600k rows on a desktop without it)

@@ -59,6 +59,13 @@ class Sample:
     kw: float
 
 
+def _aware_time(text: str) -> datetime:
+    t = datetime.fromisoformat(text)
+    if t.tzinfo is None:
+        raise ValueError("no time zone")
+    return t
+
+
 class TelemetryQueue:
     """When the file stops taking writes (disk full, read-only), samples wait in memory instead, in
     order with the ones on disk, and are delivered from there; one ERROR line when that starts, one
@@ -103,10 +110,22 @@ class TelemetryQueue:
         dropped = conn.execute("SELECT value FROM kv WHERE key = 'telemetry_dropped'").fetchone()
         last = conn.execute("SELECT value FROM kv WHERE key = 'telemetry_last_delivery'").fetchone()
         self._conn, self._ident = conn, file_identity(self.path)
-        self._dropped += int(dropped[0]) if dropped else 0
-        if last is not None:
-            stored = datetime.fromisoformat(last[0])
+        self._dropped += self._stored("telemetry_dropped", dropped, int) or 0
+        stored = self._stored("telemetry_last_delivery", last, _aware_time)
+        if stored is not None:
             self.last_delivery = stored if self.last_delivery is None else max(stored, self.last_delivery)
+
+    def _stored(self, key: str, row, parse):
+        # A value in another form (a newer version's, after a downgrade; an edit by hand) raised out of every
+        # start: these are the status's counts, not worth the BAS's device. Written again in this form.
+        if row is None:
+            return None
+        try:
+            return parse(row[0])
+        except (ValueError, TypeError) as err:
+            log.warning("storage.path %s: stored %s %r unreadable (%s), perhaps written by a newer edge-gateway: "
+                        "not used, and replaced by this version's own once that changes", self.path, key, row[0], err)
+            return None
 
     def _index(self, conn: sqlite3.Connection) -> None:
         """Index the queue on ts (a file from before the index gets it at the first start). The index
