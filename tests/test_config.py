@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from ven import __version__
 from ven.clock_sync import NOT_SYNCHRONIZED, read_clock_sync
 from ven.config import ConfigError
 from ven.config_load import load_config
@@ -286,7 +287,9 @@ def test_values_that_can_never_work_are_refused(tmp_path, toml, key, reason):
     ('[meter]\ntimezone = "Europe/Rome"\n',
      "meter.timezone: unknown key; did you mean forecaster.timezone (under [forecaster])?"),
     ('address = "10.0.0.5:47808"\n', "address: unknown key; did you mean bacnet.address or meter.address or http.address?"),
-    ('[openadr]\nwhatever = 1\n', "openadr.whatever: unknown key"),
+    # nothing near it: after a rollback, likely a key the newer version added (as meter.settle_seconds to 046f48d)
+    ('[openadr]\nwhatever = 1\n', "openadr.whatever: unknown key; edge-gateway " + __version__ + " has no such key: "
+                                     "remove it (one a newer version added, after a downgrade?) or correct it"),
     ('meter = "12345:2"\n', "meter: must be a table: put its keys under a [meter] line (got str '12345:2')"),
     ('[bacnet]\ndevice_id = 5000000\n',
      "bacnet.device_id: Input should be less than or equal to 4194302 (got 5000000)"),

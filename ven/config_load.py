@@ -11,6 +11,7 @@ from typing import Mapping
 
 from pydantic import BaseModel, ValidationError
 
+from . import __version__
 from .config import ConfigError, GatewayConfig, OpenadrConfig
 
 ENV_PREFIX = "EDGE_GATEWAY__"
@@ -118,7 +119,10 @@ def _describe(err: ValidationError, origin: str, sources: Mapping[tuple[str, ...
         msg = e["msg"]
         secret = tuple(e["loc"]) in SECRETS
         if e["type"] == "extra_forbidden":
-            msg = "unknown key" + _did_you_mean(tuple(str(p) for p in e["loc"]))
+            # no near match: after a rollback, the likeliest is a key the newer version added
+            msg = "unknown key" + (_did_you_mean(tuple(str(p) for p in e["loc"])) or
+                                   f"; edge-gateway {__version__} has no such key: remove it (one a newer version "
+                                   "added, after a downgrade?) or correct it")
         elif e["type"] == "value_error":
             msg = msg.removeprefix("Value error, ")   # the validators' own sentence says what is wrong
         elif "input" in e and e["type"].endswith("_type"):
