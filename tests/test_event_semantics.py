@@ -177,6 +177,30 @@ async def test_a_test_event_made_a_real_one_while_opted_out_is_opted_out(peers):
 
 
 @pytest.mark.timeout(30)
+async def test_an_event_without_a_simple_signal_is_answered_opt_out_whatever_adr_opt_out_says(peers, caplog):
+    # The gateway acts on SIMPLE levels only: optIn to a LOAD_DISPATCH, price or vendor (x-) event promised the
+    # utility a shed the site would never make. 2.0b rule 48 has an unsupported signalName reported with a 4xx
+    # in the eventResponse (openleadr's 460 for an x- name); the opt says the site will not take part.
+    server, gw = peers
+    ids = {name: put_event(server, [5], signal_name=name).event_descriptor.event_id
+           for name in ("LOAD_DISPATCH", "ELECTRICITY_PRICE", "x-loadControlCapacity")}
+    simple = put_event(server, [2]).event_descriptor.event_id
+    await until(lambda: all(server.opts_for(e) for e in [*ids.values(), simple]), 8, "the four events answered")
+    assert {name: server.opts_for(e) for name, e in ids.items()} == {name: [OPT_OUT] for name in ids}
+    assert server.opts_for(simple) == [OPT_IN] and gw.level == 2.0
+    codes = {r["event_id"]: r["response_code"] for c in server.created_events for r in c["event_responses"]}
+    assert codes[ids["x-loadControlCapacity"]] == 460 and codes[ids["LOAD_DISPATCH"]] == 200
+    gw.vtn.set_opt_out(True)
+    await until(lambda: server.opts_for(simple)[-1:] == [OPT_OUT], 5, "optOut for the SIMPLE event")
+    gw.vtn.set_opt_out(False)
+    await until(lambda: server.opts_for(simple)[-1:] == [OPT_IN], 5, "optIn for the SIMPLE event")
+    await asyncio.sleep(1.5)    # a poll more: an answer for the others would have gone with the SIMPLE event's
+    assert {name: server.opts_for(e) for name, e in ids.items()} == {name: [OPT_OUT] for name in ids}
+    assert all(gw.schedule.get(e).opt == OPT_OUT for e in ids.values())
+    assert len(messages(caplog, "carries no SIMPLE signal")) == 3
+
+
+@pytest.mark.timeout(30)
 async def test_a_simple_level_out_of_range_from_the_vtn_is_clamped(peers):
     server, gw = peers
     # openleadr's VTN checks the range only under "SIMPLE"; the lower-case name passes it

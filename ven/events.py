@@ -121,10 +121,15 @@ class Event:
         return self.priority if self.priority > 0 else math.inf
 
     @cached_property
+    def has_simple(self) -> bool:
+        """Whether the gateway can act on this event at all: the points follow SIMPLE signals only."""
+        return any(s.name == SIMPLE for s in self.signals)
+
+    @cached_property
     def drives_points(self) -> bool:
         """Only opted-in, live, non-test events with a SIMPLE signal move the BACnet points."""
         return (not self.test_event and not self.cancelled and self.opt == OPT_IN and self.for_this_ven
-                and any(s.name == SIMPLE for s in self.signals))
+                and self.has_simple)
 
     def simple_level(self, now: datetime) -> float | None:
         """Payload of the SIMPLE interval in effect at `now` (randomization applied), else None."""

@@ -231,8 +231,8 @@ class EventSchedule:
         now = self._clock()
         changed = []
         for ev in list(self._events.values()):
-            if ev.cancelled or ev.test_event or not ev.for_this_ven:
-                continue
+            if ev.cancelled or ev.test_event or not ev.for_this_ven or not ev.has_simple:
+                continue    # none of these is the BAS's to answer: they drive nothing here either way
             if ev.phase(now) not in ("far", "near", "active"):
                 continue
             opt = OPT_OUT if opted_out else OPT_IN

@@ -188,11 +188,13 @@ class VtnEvents:
         # a new event, or one back from an implied cancellation (ADR-Opt-Out may have changed meanwhile,
         # and set_opt_out leaves cancelled events alone), or one the VTN retargeted to this VEN (its optOut
         # was the other VENs' event's, not the site's), or a test event made a real one (ADR-Opt-Out leaves
-        # test events alone), takes the site's answer of now
-        fresh = ((prev is None or prev.unlisted or not prev.for_this_ven or prev.test_event)
-                 and not ev.test_event and not ev.cancelled)
+        # test events alone), or one that gained a SIMPLE signal, takes the site's answer of now. One without a
+        # SIMPLE signal (only LOAD_DISPATCH, a price, a vendor's x- signal) moves nothing here: answered optIn,
+        # the utility counted on a shed the site would not make.
+        fresh = ((prev is None or prev.unlisted or not prev.for_this_ven or prev.test_event or not prev.has_simple
+                  or not ev.has_simple) and not ev.test_event and not ev.cancelled)
         if fresh:
-            ev = with_opt(ev, OPT_OUT if self._schedule.opted_out else OPT_IN)
+            ev = with_opt(ev, OPT_OUT if self._schedule.opted_out or not ev.has_simple else OPT_IN)
         if self._schedule.upsert(ev) is not None:  # None: not taken (the schedule logs why)
             self._log_event(ev, prev)
             # no answer means taking part: the utility has to hear that this site will not, and, for an
@@ -231,7 +233,10 @@ class VtnEvents:
             prio = f", priority {ev.priority}" if ev.priority else ""
             log.info("event %s %s: SIMPLE levels %s from %s %s%s%s -> %s", eid, verb, levels,
                      ev.start.isoformat(timespec="seconds"), end, prio, extra, ev.opt)
-        if others:
+        if others and not ev.has_simple and not ev.test_event:
+            log.info("event %s carries no SIMPLE signal, only %s: kept for the status API, not followed, answered "
+                     "optOut (the gateway acts on SIMPLE levels only)", eid, ", ".join(others))
+        elif others:
             log.info("event %s carries signal(s) %s: kept for the status API, not driving ADR-Event-Level",
                      eid, ", ".join(others))
 
