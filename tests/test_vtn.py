@@ -398,6 +398,36 @@ async def test_restart_restores_level_without_vtn_and_keeps_the_random_offset(tm
         await server.stop()
 
 
+async def test_an_answer_waiting_for_an_older_modification_is_not_sent_after_the_newer_ones(tmp_path, free_tcp_port):
+    # The BAS opts out while the VTN is down, and the VTN modifies the event meanwhile. Registered again, the VEN
+    # hears modification 1 first (the registration's event request) and openleadr answers it; the optOut that had
+    # waited for modification 0 went after it, and the VTN heard 0 after 1.
+    port = free_tcp_port()
+    server = DemoVtn(port, poll_seconds=1)
+    await server.start()
+    try:
+        async with running(tmp_path, server.url) as gw:
+            await until(lambda: gw.vtn.connected, 10, "registration")
+            eid = server.add_event([2], now() + timedelta(minutes=5), 300)
+            await until(lambda: server.opts_for(eid) == ["optIn"], 5, "optIn")
+            await server.stop()
+            gw.vtn.set_opt_out(True)
+            await until(lambda: not gw.vtn.connected and gw.vtn.registration_failures >= 1
+                        and gw.vtn.status()["opt_answers_waiting"] == 1, 15, "the optOut waiting, the VTN lost")
+            again = DemoVtn(port, poll_seconds=1)
+            again._events = server._events                     # same VTN data, new process
+            assert again.modify_event(eid, levels=[3]) == 1
+            async with again:
+                await until(lambda: gw.vtn.connected and again.opts_for(eid), 15, "registered again, answered")
+                await asyncio.sleep(2.5)    # polls enough for a waiting answer to go
+            sent = [(r["modification_number"], r["opt_type"]) for c in again.created_events
+                    for r in c["event_responses"] if r["event_id"] == eid]
+            assert sent == [(1, "optOut")]
+            assert gw.vtn.status()["opt_answers_waiting"] == 0 and gw.vtn.opt_answer_error is None
+    finally:
+        await server.stop()
+
+
 async def test_a_failing_report_offer_is_offered_again_while_events_flow(tmp_path, free_tcp_port):
     # openleadr carries on after a failed oadrRegisterReport: the VTN would never request telemetry.
     # A VTN whose report service fails must still get its events through.

@@ -184,6 +184,7 @@ class VtnEvents:
             ev = with_opt(ev, OPT_OUT)
             if self._schedule.upsert(ev) is not None and prev is not None:
                 self._log_event(ev, prev)
+            self._answer_this_modification(raw, prev)
             return _answer(self._schedule.get(eid))
         # a new event, or one back from an implied cancellation (ADR-Opt-Out may have changed meanwhile,
         # and set_opt_out leaves cancelled events alone), or one the VTN retargeted to this VEN (its optOut
@@ -203,7 +204,29 @@ class VtnEvents:
             if fresh and ev.response_required == "never" and OPT_OUT in (ev.opt, heard):
                 self._pending_opts[eid] = (ev.modification_number, ev.opt, True)
                 self._opts_changed()
+        self._answer_this_modification(raw, prev)
         return _answer(self._schedule.get(eid))
+
+    def _answer_this_modification(self, raw: dict, prev) -> None:
+        """The answers still to send for an event the VTN has just listed as new or modified. One waiting for an
+        older modification (an ADR-Opt-Out change the VTN had not heard yet) is no longer the answer: sent after
+        openleadr's answer to this one, the VTN heard modification N after N+1 (rule 48 has the VTN refuse a
+        mismatched modificationNumber). openleadr's answer carries the site's answer of now, so the waiting one
+        goes; where openleadr sends none, it waits renumbered."""
+        eid = raw["event_descriptor"]["event_id"]
+        stored = self._schedule.get(eid)
+        if stored is None:
+            return
+        waiting = self._pending_opts.get(eid)
+        answered = raw.get("response_required") == "always"
+        if waiting is not None and waiting[0] < stored.modification_number:
+            if answered and not _answered_by_openleadr(raw):
+                self._pending_opts[eid] = (stored.modification_number, _answer(stored), False)
+            elif not answered and not stored.cancelled:
+                self._pending_opts[eid] = (stored.modification_number, stored.opt, True)
+            else:
+                del self._pending_opts[eid]
+                self._singly.discard(eid)
 
     def _log_event(self, ev, prev) -> None:
         eid = ev.event_id
