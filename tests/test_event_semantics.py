@@ -201,6 +201,25 @@ async def test_an_event_without_a_simple_signal_is_answered_opt_out_whatever_adr
 
 
 @pytest.mark.timeout(30)
+async def test_a_modification_that_ends_an_event_already_is_answered(peers):
+    # A utility ending an event early by a modification whose active period is already over (not a cancel):
+    # openleadr answers no event that is over by its active period, and the VTN never heard modification 1
+    # acknowledged. 2.0b rules 12 and 62: every new, changed or cancelled event with responseRequired always.
+    server, gw = peers
+    ev = put_event(server, [2])
+    eid = ev.event_descriptor.event_id
+    await until(lambda: server.opts_for(eid) == [OPT_IN] and gw.level == 2.0, 8, "the event running")
+    ev.active_period.dtstart = ev.event_signals[0].intervals[0].dtstart = now() - timedelta(seconds=20)
+    ev.active_period.duration = ev.event_signals[0].intervals[0].duration = timedelta(seconds=10)
+    server._bump(ev)
+    await until(lambda: gw.schedule.get(eid).modification_number == 1, 8, "the modification")
+    await until(lambda: len(server.opts_for(eid)) == 2, 5, "the modification answered")
+    assert [(r["modification_number"], r["opt_type"], r["request_id"]) for c in server.created_events
+            for r in c["event_responses"] if r["event_id"] == eid][-1][:2] == (1, OPT_IN)
+    assert gw.level == 0.0
+
+
+@pytest.mark.timeout(30)
 async def test_a_simple_level_out_of_range_from_the_vtn_is_clamped(peers):
     server, gw = peers
     # openleadr's VTN checks the range only under "SIMPLE"; the lower-case name passes it

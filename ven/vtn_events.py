@@ -212,17 +212,21 @@ class VtnEvents:
         older modification (an ADR-Opt-Out change the VTN had not heard yet) is no longer the answer: sent after
         openleadr's answer to this one, the VTN heard modification N after N+1 (rule 48 has the VTN refuse a
         mismatched modificationNumber). openleadr's answer carries the site's answer of now, so the waiting one
-        goes; where openleadr sends none, it waits renumbered."""
+        goes; where openleadr sends none, it waits renumbered. openleadr also answers no event whose active period
+        is over, a modification that ends an event early among them: rules 12 and 62 want an oadrCreatedEvent for
+        every new, changed and cancelled event with oadrResponseRequired always, so the gateway sends it."""
         eid = raw["event_descriptor"]["event_id"]
         stored = self._schedule.get(eid)
         if stored is None:
             return
         waiting = self._pending_opts.get(eid)
         answered = raw.get("response_required") == "always"
-        if waiting is not None and waiting[0] < stored.modification_number:
-            if answered and not _answered_by_openleadr(raw):
+        if answered and not _answered_by_openleadr(raw):
+            if prev is None or stored.modification_number > prev.modification_number:
                 self._pending_opts[eid] = (stored.modification_number, _answer(stored), False)
-            elif not answered and not stored.cancelled:
+                self._opts_changed()
+        elif waiting is not None and waiting[0] < stored.modification_number:
+            if not answered and not stored.cancelled:
                 self._pending_opts[eid] = (stored.modification_number, stored.opt, True)
             else:
                 del self._pending_opts[eid]
