@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import re
 import time
 from collections import Counter
@@ -362,6 +363,39 @@ async def test_reregistration_request_registers_again_with_reports(tmp_path, fre
             gw.vtn.record_sample(now(), 42.5)
             await until(lambda: [r[4] for r in server.reports] == [42.5], 5, "report after re-registration")
             assert any("re-registration" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_cancelled_randomized_event_ends_at_random_within_its_startafter(tmp_path, free_tcp_port,
+                                                                                 monkeypatch):
+    # 2.0b rule 65: an event with a startafter window that is cancelled, explicitly or by no longer being listed,
+    # ends at a random time within that window, as it started: a program's sites must not all snap back at once.
+    # It ended at once. ADR-Opt-Out still stops the site at once.
+    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
+        async with running(tmp_path, server.url) as gw:
+            await until(lambda: gw.vtn.connected, 10, "registration")
+            a = server.add_event([2], now() - timedelta(seconds=1), 60, start_after_seconds=4)
+            await until(lambda: gw.level == 2.0, 8, "the randomized event running")
+            # the draws from here on: the termination at 3/4 of the window (the start offset is drawn already)
+            monkeypatch.setattr(random, "uniform", lambda lo, hi: lo + 0.75 * (hi - lo))
+            server.cancel_event(a)
+            await until(lambda: gw.schedule.get(a).cancelled, 5, "the cancellation")
+            took = now()
+            assert gw.level == 2.0 and gw.schedule.state().active
+            assert 2.0 <= (gw.schedule.get(a).cancelled_at - took).total_seconds() <= 3.0
+            await until(lambda: gw.level == 0.0, 5, "the level ending")
+            ended = gw.first_time_at(0.0, after=took)
+            assert abs((ended - gw.schedule.get(a).cancelled_at).total_seconds()) < 0.5
+            assert server.opts_for(a) == ["optIn", "optIn"]     # the cancellation acknowledged at once
+
+            b = server.add_event([3], now() - timedelta(seconds=1), 60, start_after_seconds=4)
+            await until(lambda: gw.level == 3.0, 8, "another randomized event running")
+            server.drop_event(b)                                 # an implied cancellation
+            await until(lambda: gw.schedule.get(b).cancelled, 5, "the implied cancellation")
+            assert gw.level == 3.0 and gw.schedule.get(b).cancelled_at > now() + timedelta(seconds=1)
+            gw.vtn.set_opt_out(True)                             # the BAS: the site stops now
+            assert gw.level == 0.0 and gw.schedule.get(b).cancelled_at <= now()
+            await asyncio.sleep(1.5)
+            assert server.opts_for(b) == ["optIn"] and gw.vtn.status()["opt_answers_waiting"] == 0
 
 
 async def test_restart_restores_level_without_vtn_and_keeps_the_random_offset(tmp_path, free_tcp_port):

@@ -127,9 +127,15 @@ class Event:
 
     @cached_property
     def drives_points(self) -> bool:
-        """Only opted-in, live, non-test events with a SIMPLE signal move the BACnet points."""
-        return (not self.test_event and not self.cancelled and self.opt == OPT_IN and self.for_this_ven
-                and self.has_simple)
+        """Only opted-in, non-test events with a SIMPLE signal move the BACnet points, up to `stop`: a cancelled
+        one up to when its cancellation takes effect here (none if that time is unknown)."""
+        return (not self.test_event and (not self.cancelled or self.cancelled_at is not None) and self.opt == OPT_IN
+                and self.for_this_ven and self.has_simple)
+
+    @cached_property
+    def stop(self) -> datetime:
+        """When it stops here: its end, or its cancellation's (randomized within startafter, rule 65)."""
+        return min(self.end, self.cancelled_at) if self.cancelled and self.cancelled_at is not None else self.end
 
     def simple_level(self, now: datetime) -> float | None:
         """Payload of the SIMPLE interval in effect at `now` (randomization applied), else None."""
@@ -193,6 +199,8 @@ class Event:
             for iv in sig.intervals:
                 out.add(iv.start + self.start_offset)
                 out.add(iv.end + self.start_offset)
+        if self.stop < self.end:
+            out = {t for t in out if t < self.stop} | {self.stop}
         return tuple(sorted(out))
 
     def to_json(self) -> str:
@@ -272,7 +280,7 @@ class Event:
             "opt_changes": [{"at": _iso(at), "opt": opt} for at, opt in self.opt_log],
             "start_offset_seconds": self.start_offset.total_seconds(),
             "received_at": _iso(self.received_at),
-            "drives_points": self.drives_points,
+            "drives_points": self.drives_points and now < self.stop,
             "targets": [{"type": k, "value": v} for k, v in self.targets],
             "for_this_ven": self.for_this_ven,
             "signals": [{"name": s.name, "type": s.type,

@@ -11,6 +11,7 @@ import asyncio
 import bisect
 import logging
 import math
+import random
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
@@ -134,7 +135,7 @@ class EventSchedule:
             event = replace(event, opt=old.opt, opt_changes=old.opt_log).opted(event.opt, now)
             if event.cancelled:
                 # a cancellation stored by a version that kept no time for it stays undated, not "now"
-                stopped = event.cancelled_at or old.cancelled_at or (None if old.cancelled else now)
+                stopped = event.cancelled_at or old.cancelled_at or (None if old.cancelled else _termination(old, now))
                 event = replace(event, cancelled_at=stopped,
                                 modified_at=old.modified_at, ran_before=old.ran_before)
             elif event.modification_number > old.modification_number and old.start <= now:
@@ -150,7 +151,7 @@ class EventSchedule:
         ev = self._events.get(event_id)
         if ev is None or ev.cancelled:
             return
-        ev = replace(ev, status="cancelled", unlisted=unlisted, cancelled_at=self._clock())
+        ev = replace(ev, status="cancelled", unlisted=unlisted, cancelled_at=_termination(ev, self._clock()))
         self._storage.save_event(ev)
         self._events[event_id] = ev
         self._changed()
@@ -204,8 +205,11 @@ class EventSchedule:
         self._ended_by_vtn = set(over)
         gone = [eid for eid in live if eid not in over]
         for eid in gone:
-            log.info("event %s no longer listed by the VTN: treated as cancelled", eid)
             self.cancel(eid, unlisted=True)
+            ev = self._events[eid]
+            log.info("event %s no longer listed by the VTN: treated as cancelled%s", eid,
+                     f"; its level ends at {ev.stop.isoformat(timespec='seconds')}, at random within its startafter"
+                     if ev.drives_points and ev.stop > now else "")
         return gone
 
     def _judge_unlisted(self, now: datetime) -> None:
@@ -231,6 +235,13 @@ class EventSchedule:
         now = self._clock()
         changed = []
         for ev in list(self._events.values()):
+            if opted_out and ev.cancelled and ev.cancelled_at is not None and ev.cancelled_at > now:
+                # a randomized cancellation still running down: the site stops now, and the VTN, which
+                # cancelled it, hears nothing more of it
+                ev = replace(ev, cancelled_at=now)
+                self._events[ev.event_id] = ev
+                self._storage.save_events_soon([ev])
+                continue
             if ev.cancelled or ev.test_event or not ev.for_this_ven or not ev.has_simple:
                 continue    # none of these is the BAS's to answer: they drive nothing here either way
             if ev.phase(now) not in ("far", "near", "active"):
@@ -259,12 +270,12 @@ class EventSchedule:
         for ev in self._events.values():
             if not ev.drives_points:
                 continue
-            if ev.start <= now < ev.end:
+            if ev.start <= now < ev.stop:
                 active_ids.append(ev.event_id)
                 lv = ev.simple_level(now)
                 if lv is not None and (rank is None or ev.rank < rank or (ev.rank == rank and lv > level)):
                     level, rank, winner = lv, ev.rank, ev.event_id
-            elif ev.start > now and (next_start is None or ev.start < next_start):
+            elif now < ev.start < ev.stop and (next_start is None or ev.start < next_start):
                 next_start = ev.start
         if active_ids:
             minutes = 0.0
@@ -326,7 +337,7 @@ class EventSchedule:
             i = bisect.bisect_right(bounds, now)
             if i < len(bounds) and (best is None or bounds[i] < best):
                 best = bounds[i]
-            if ev.start > now and (next_start is None or ev.start < next_start):
+            if now < ev.start < ev.stop and (next_start is None or ev.start < next_start):
                 next_start = ev.start
         if next_start is not None:
             # The countdown changes when the time left crosses a whole minute.
@@ -404,6 +415,15 @@ class EventSchedule:
                 next_sort = mono + _SORT_EVERY_S
                 self._purge(now, prune=mono >= self._prune_from)
                 self._publish(now)
+
+
+def _termination(ev: Event, now: datetime) -> datetime:
+    """When a cancellation arriving `now` takes effect here. 2.0b rule 65: a cancelled event (explicitly or
+    implicitly) that has a startafter window ends at a random time within it, as it started, so the sites of a
+    program do not all snap back at once; one not running here yet stops at once."""
+    if ev.start_after > timedelta(0) and ev.start <= now < ev.end:
+        return min(ev.end, now + timedelta(seconds=random.uniform(0.0, ev.start_after.total_seconds())))
+    return now
 
 
 def _over(ev: Event) -> datetime:

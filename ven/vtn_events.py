@@ -235,7 +235,8 @@ class VtnEvents:
     def _log_event(self, ev, prev) -> None:
         eid = ev.event_id
         if ev.cancelled:
-            log.info("event %s cancelled by the VTN (modification %d)", eid, ev.modification_number)
+            log.info("event %s cancelled by the VTN (modification %d)%s", eid, ev.modification_number,
+                     _winding_down(self._schedule.get(eid), _utcnow()))
             return
         if prev is None:
             verb = "received"
@@ -355,6 +356,14 @@ def _events(answers: list[tuple[str, int, str]]) -> str:
         return f"event {ids[0]}"
     shown = ", ".join(ids[:5])
     return f"{len(ids)} events ({shown}, ...)" if len(ids) > 5 else f"events {shown}"
+
+
+def _winding_down(event, now) -> str:
+    """For a log line: when a cancelled event's level ends, if not at once (rule 65's randomized termination)."""
+    if event is None or not event.drives_points or event.stop <= now:
+        return ""
+    return (f": its level ends at {event.stop.isoformat(timespec='seconds')}, at random within its startafter "
+            f"of {event.start_after.total_seconds():g} s")
 
 
 def _answer(event) -> str:
