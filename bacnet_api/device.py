@@ -8,10 +8,11 @@ this package touches bacpypes3 objects: the application reads and writes points 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import math
 import time
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Awaitable, Callable, Iterable, Sequence
 
 from bacpypes3.basetypes import BinaryPV, EngineeringUnits, Reliability
 from bacpypes3.local.cmd import Commandable
@@ -256,7 +257,7 @@ class GatewayDevice:
                 raise RuntimeError("device not started") from None
             raise KeyError(f"no point named {name!r}") from None
 
-    def _accepted(self, point: Point, raw: Any) -> None:
+    def _accepted(self, point: Point, raw: Any) -> Awaitable | None:
         value: float | bool | None = _plain(point, raw)
         obj = self._objects[point.name]
         self._written.setdefault(point.name, set()).add(obj._last_priority)
@@ -268,11 +269,24 @@ class GatewayDevice:
         level = logging.INFO if point.kind == "binaryValue" else logging.DEBUG
         log.log(level, "BACnet write accepted: %s = %s", point.name,
                 "relinquished" if value is None else value)
+        pending = []
         for callback in self._callbacks.get(point.name, ()):
             try:
-                callback(value)
+                result = callback(value)
             except Exception:  # a broken listener must not turn an accepted write into an error
                 log.exception("on_write callback for %s failed", point.name)
+                continue
+            if inspect.isawaitable(result):
+                pending.append(result)
+        return self._acknowledge_after(point.name, pending) if pending else None
+
+    @staticmethod
+    async def _acknowledge_after(name: str, pending: list[Awaitable]) -> None:
+        for result in pending:
+            try:
+                await result
+            except Exception:  # as a callback's own failure: the write was accepted
+                log.exception("on_write callback for %s failed", name)
 
     def _update_reliability(self, name: str) -> None:
         if name in self._faulted:
@@ -372,9 +386,11 @@ class GatewayDevice:
             wire = BinaryPV(wire) if point.kind == "binaryValue" else Real(wire)
             await Commandable.write_property(obj, "presentValue", wire, None, int(priority))
 
-    def on_write(self, name: str, callback: Callable[[Any], None]) -> None:
+    def on_write(self, name: str, callback: Callable[[Any], Awaitable | None]) -> None:
         """Call `callback(value)` after each accepted network write or relinquish of a commandable point,
-        with the new effective value; an analog point relinquished at every priority gives None."""
+        with the new effective value; an analog point relinquished at every priority gives None. When the
+        callback returns an awaitable, the writer's SimpleACK waits for it (e.g. the command on the disk);
+        other requests are answered meanwhile."""
         point = self._points.get(name)
         if point is None:
             raise KeyError(f"no point named {name!r}")

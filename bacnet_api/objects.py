@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import struct
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from bacpypes3.errors import PropertyError
 from bacpypes3.local.analog import AnalogValueObject
@@ -43,8 +43,9 @@ class _ReadOnly:
 class _Commanded:
     """Placed before `Commandable`: only presentValue is writable, through the priority array."""
 
-    # set by the device after construction (attributes must start with "_" on bacpypes3 objects)
-    _on_accepted: Callable[[Any], None] | None = None
+    # set by the device after construction (attributes must start with "_" on bacpypes3 objects); what it
+    # returns, when not None, is awaited before the write returns, so before the writer's SimpleACK
+    _on_accepted: Callable[[Any], Awaitable | None] | None = None
     _last_priority: int | None = None   # of the write being accepted
 
     def _check_command(self, value: Any) -> None:
@@ -65,7 +66,9 @@ class _Commanded:
         await super().write_property(attr, value, index, priority)
         self._last_priority = 16 if priority is None else int(priority)
         if self._on_accepted is not None:
-            self._on_accepted(self.presentValue)
+            pending = self._on_accepted(self.presentValue)
+            if pending is not None:
+                await pending
 
 
 def read_only(obj: Any) -> None:

@@ -284,10 +284,13 @@ class Gateway:
             self.metrics.input_kw.set(value)
         self.forecast.on_input_power(time.time(), value)
 
-    def _on_opt_out(self, value) -> None:
+    def _on_opt_out(self, value):
         opted_out = bool(value)     # logged by the device (the write) and the VEN (what it does about it)
         self.storage.save_value(OPT_OUT_COMMANDS, json.dumps(self.device.commands(P.OPT_OUT)))
         self.vtn.set_opt_out(opted_out)  # updates the schedule too
+        # the BAS's SimpleACK waits for the command (and the events' answers) to be on the disk, not only in the
+        # page cache: a power cut after the ack must not undo a command the BAS holds as taken
+        return self.storage.synced()
 
     def _count_database_revision(self) -> None:
         # Over BACnet no object is created, deleted or renamed, but between two runs a new device_name or

@@ -258,6 +258,10 @@ class EventSchedule:
         self._changed()
         return changed
 
+    async def synced(self) -> None:
+        """Every change made so far is on the disk (Storage.synced): before the VTN hears an answer."""
+        await self._storage.synced()
+
     # -- views -------------------------------------------------------------------------------
 
     def state(self, at: datetime | None = None) -> ScheduleState:

@@ -407,6 +407,12 @@ EVENTS_TABLE = ("CREATE TABLE IF NOT EXISTS adr_events ("
                 " event_id TEXT PRIMARY KEY, body TEXT NOT NULL, end_utc TEXT NOT NULL)")
 
 
+def _release(waiters: list[asyncio.Future]) -> None:
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_result(None)
+
+
 class Storage:
     """Demand-response events and small values, which must survive a SIGKILL.
 
@@ -433,6 +439,11 @@ class Storage:
         self._behind: asyncio.Task | None = None
         self._lock = threading.Lock()
         self._closed = False
+        # synced(): callers waiting for what was saved before they asked to be on the disk, and whether a commit
+        # since the last fdatasync may still be only in the page cache (synchronous=NORMAL syncs at checkpoints)
+        self._sync_waiters: list[asyncio.Future] = []
+        self._unsynced = False
+        self._dir_synced: tuple[int, int] | None = None   # the -wal whose directory entry was synced
         # A file there before this run was written by an earlier one, perhaps of an earlier version that kept
         # less in it: what it does not hold cannot then be taken for a first run's nothing.
         try:
@@ -539,17 +550,39 @@ class Storage:
         if self._behind is None and self._unsaved:
             self._behind = loop.create_task(self._write_behind(), name="storage-write")
 
+    async def synced(self) -> None:
+        """Return once what was saved before the call is on the disk, not only in the page cache: a power cut
+        keeps it. The connection commits with synchronous=NORMAL (an fsync at every commit, on the event loop,
+        would stall it tens of ms on an SD card), so this writes what waits in memory and then fdatasyncs the
+        WAL in the write-behind worker, in order with the writes before and after it. For what someone is told
+        has been taken (the BAS's ack of an ADR-Opt-Out command, the VTN's opt answers). A file that cannot be
+        written returns it at once, the change kept in memory as before (its error logged once)."""
+        if not self._unsaved and not self._unsaved_values and not self._unsynced and self._behind is None:
+            return
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        self._sync_waiters.append(done)
+        if self._behind is None:
+            self._behind = loop.create_task(self._write_behind(), name="storage-write")
+        await asyncio.shield(done)
+
     async def _write_behind(self) -> None:
         try:
-            while self._unsaved or self._unsaved_values:
+            while self._unsaved or self._unsaved_values or self._sync_waiters:
+                waiters, self._sync_waiters = self._sync_waiters, []
                 if not self._opened():
+                    _release(waiters)
                     return
                 events, values = dict(self._unsaved), dict(self._unsaved_values)
-                failure = await asyncio.to_thread(self._write, events, values)
-                if not self._written(events, values, failure):
+                failure = await asyncio.to_thread(self._write, events, values, bool(waiters))
+                self._written(events, values, failure)
+                _release(waiters)
+                if failure is not None:
                     return      # tried again by the next flush, as a failed write on the loop is
         finally:
             self._behind = None
+            _release(self._sync_waiters)
+            self._sync_waiters = []
 
     def delete_event(self, event_id: str) -> None:
         self.delete_events((event_id,))
@@ -571,8 +604,45 @@ class Storage:
         events, values = dict(self._unsaved), dict(self._unsaved_values)
         return self._written(events, values, self._write(events, values))
 
-    def _write(self, events: dict[str, Event | None], values: dict[str, str]) -> sqlite3.Error | None:
-        """One transaction; any thread, the caller's error handling on the loop (_written)."""
+    def _write(self, events: dict[str, Event | None], values: dict[str, str],
+               sync: bool = False) -> sqlite3.Error | OSError | None:
+        """One transaction, then with `sync` the WAL fdatasynced; any thread, the caller's error handling on
+        the loop (_written)."""
+        failure = self._commit(events, values) if events or values else None
+        if sync and failure is None and self._unsynced:
+            # after the commit, outside its write lock: the telemetry and forecaster connections write on the
+            # loop, and would wait for a sync held inside the lock
+            self._unsynced = False
+            try:
+                self._sync_wal()
+            except OSError as err:
+                self._unsynced = True
+                return err
+        return failure
+
+    def _sync_wal(self) -> None:
+        """fdatasync the -wal, where every commit of the file so far is (or in the db file, which a checkpoint
+        syncs before the WAL is reused); the directory too, once per -wal file, so the file itself is found."""
+        wal = f"{self.path}-wal"
+        try:
+            fd = os.open(wal, os.O_RDONLY)
+        except FileNotFoundError:   # checkpointed and removed: the db file holds it, synced by that checkpoint
+            return
+        try:
+            os.fdatasync(fd)
+            st = os.fstat(fd)
+            ident = st.st_dev, st.st_ino
+        finally:
+            os.close(fd)
+        if ident != self._dir_synced:
+            fd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._dir_synced = ident
+
+    def _commit(self, events: dict[str, Event | None], values: dict[str, str]) -> sqlite3.Error | None:
         with self._lock:
             if self._closed:  # a worker that started after close(), which wrote this itself
                 return None
@@ -589,6 +659,7 @@ class Storage:
                             " ON CONFLICT(event_id) DO UPDATE SET body=excluded.body, end_utc=excluded.end_utc",
                             (event.event_id, event.to_json(), event.end.isoformat()))
                 self.conn.execute("COMMIT")
+                self._unsynced = True
             except sqlite3.Error as err:
                 if self.conn.in_transaction:
                     try:
@@ -598,7 +669,8 @@ class Storage:
                 return err
         return None
 
-    def _written(self, events: dict[str, Event | None], values: dict[str, str], failure: sqlite3.Error | None) -> bool:
+    def _written(self, events: dict[str, Event | None], values: dict[str, str],
+                 failure: sqlite3.Error | OSError | None) -> bool:
         if failure is not None:
             if self.write_error is None and self._grace.excuses(failure):
                 return False

@@ -352,6 +352,7 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
         client.on_event = self._handle_event
         client.on_update_event = self._handle_event
         client.on_create_report = self._create_report
+        client.before_answer = self._schedule.synced
         sampling = timedelta(seconds=c.telemetry_seconds)
         # min: how often the meter is sampled; max: any coarser interval is a mean of those samples
         rate = objects.SamplingRate(min_period=sampling, max_period=max(sampling, MAX_GRANULARITY), on_change=False)

@@ -275,6 +275,9 @@ class VtnEvents:
             await self._send_opts_locked()
 
     async def _send_opts_locked(self) -> None:
+        # the answers' events (and the ADR-Opt-Out command behind them) on the disk first: after a power cut the
+        # gateway must not hold other answers than the ones the VTN heard
+        await self._schedule.synced()
         for by_create_opt, answers in self._opt_messages():
             if self._client is None:
                 return

@@ -9,7 +9,7 @@ import re
 import ssl
 from datetime import datetime, timedelta, timezone
 from http import HTTPStatus
-from typing import Callable
+from typing import Awaitable, Callable
 
 import aiohttp
 import xmltodict
@@ -83,6 +83,8 @@ class _Client(OpenADRClient):
     # openleadr reads an answer whole, and decompressed (aiohttp asks for gzip): 500 KB of gzip took the gateway
     # from 100 MB to 1.2 GB. A day-ahead program of 200 events of 60 intervals is 2.9 MB.
     max_message_bytes: int = 16 * 2**20
+    # awaited before the oadrCreatedEvent goes: the events it answers, as handled, on the disk (VtnClient sets it)
+    before_answer: Callable[[], Awaitable[None]] | None = None
     # oadrCreateReport (also the requests an oadrRegisteredReport carries) goes to the VtnClient:
     # openleadr's create_report answers 200 even to a report or rID never offered
     on_create_report: Callable | None = None
@@ -149,6 +151,8 @@ class _Client(OpenADRClient):
         # message and jinja's compiled templates are safe in a thread
         created = await asyncio.to_thread(self._created_event, events, results, message['request_id'])
         if created is not None:
+            if self.before_answer is not None:
+                await self.before_answer()
             await self._perform_request('EiEvent', created)
 
     def _created_event(self, events: list[dict], results: list[str], request_id) -> str | None:

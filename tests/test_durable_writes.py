@@ -1,0 +1,162 @@
+"""A BAS's ADR-Opt-Out command is on the disk before its SimpleACK: a power cut after the ack must not undo it.
+
+storage.path commits with synchronous=NORMAL, which leaves the last commits in the page cache until a checkpoint;
+a power cut (not a kill: the kernel keeps the cache then) loses them. A power cut cannot be made here, so the test
+shows the order instead, on the real process with a real BACnet client: an LD_PRELOAD shim makes every fdatasync
+or fsync of the file's -wal slow and notes when each began and ended (CLOCK_MONOTONIC, the clock of Python's
+time.monotonic), and the write's SimpleACK must come after one that began after the write was sent. Meanwhile the
+event loop is not blocked: a ReadProperty sent during that sync is answered at once.
+"""
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from bacnet_peer import BacnetPeer
+from gateway_process import GatewayProcess, write_config
+from waiting import eventually
+
+from ven.vtn_server import DemoVtn
+
+SLOW_MS = 600
+SHIM = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static long long now_ns(void) {
+    struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+
+/* a sync of the file named by SLOW_SYNC_PATH sleeps SLOW_SYNC_MS first; "start end" is appended to SLOW_SYNC_LOG */
+static int slowed(int fd, int (*real)(int)) {
+    char link[64], path[4096];
+    const char *want = getenv("SLOW_SYNC_PATH");
+    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(link, path, sizeof path - 1);
+    if (!want || n <= 0) return real(fd);
+    path[n] = 0;
+    if (strcmp(path, want) != 0) return real(fd);
+    long long start = now_ns();
+    struct timespec pause = {0, atol(getenv("SLOW_SYNC_MS")) * 1000000L};
+    nanosleep(&pause, NULL);
+    int rc = real(fd);
+    char line[64];
+    int len = snprintf(line, sizeof line, "%lld %lld\n", start, now_ns());
+    int out = open(getenv("SLOW_SYNC_LOG"), O_WRONLY | O_APPEND | O_CREAT, 0644);
+    if (out >= 0) { if (write(out, line, len) < 0) {} close(out); }
+    return rc;
+}
+
+int fdatasync(int fd) { return slowed(fd, (int (*)(int))dlsym(RTLD_NEXT, "fdatasync")); }
+int fsync(int fd) { return slowed(fd, (int (*)(int))dlsym(RTLD_NEXT, "fsync")); }
+"""
+
+pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler for the sync shim")
+
+
+def slow_sync_shim(tmp_path, monkeypatch, path) -> Path:
+    source, lib, log = tmp_path / "slow_sync.c", tmp_path / "slow_sync.so", tmp_path / "syncs.log"
+    source.write_text(SHIM)
+    subprocess.run(["cc", "-shared", "-fPIC", "-O1", "-o", str(lib), str(source), "-ldl"], check=True, timeout=60)
+    for name, value in (("LD_PRELOAD", str(lib)), ("SLOW_SYNC_PATH", str(path)), ("SLOW_SYNC_MS", str(SLOW_MS)),
+                        ("SLOW_SYNC_LOG", str(log))):
+        monkeypatch.setenv(name, value)
+    return log
+
+
+def syncs(log) -> list[tuple[float, float]]:
+    if not log.exists():
+        return []
+    return [(int(a) / 1e9, int(b) / 1e9) for a, b in (line.split() for line in log.read_text().splitlines())]
+
+
+@pytest.mark.timeout(120)
+async def test_an_opt_out_command_is_on_the_disk_before_its_ack_and_reads_are_answered_meanwhile(
+        tmp_path, monkeypatch, free_udp_port, free_tcp_port):
+    storage = (tmp_path / "gw.sqlite").resolve()
+    log = slow_sync_shim(tmp_path, monkeypatch, f"{storage}-wal")
+    bacnet_port = free_udp_port()
+    config = tmp_path / "gw.toml"
+    write_config(config, bacnet_port=bacnet_port, http_port=free_tcp_port(), storage=storage, ven_name="durable",
+                 cycle_seconds=60)
+    gateway = f"127.0.0.1:{bacnet_port}"
+    with GatewayProcess(config, tmp_path / "gateway.log") as gw:
+        await eventually(lambda: "edge-gateway ready" in gw.log(), 60, "the gateway to be ready")
+        async with BacnetPeer(free_udp_port(), timeout=10.0) as bas:
+            for value, priority in (("active", 8), ("inactive", 8)):
+                sent = time.monotonic()
+                write = asyncio.create_task(bas.write(gateway, "binaryValue 4", "presentValue", value, priority=priority))
+                await asyncio.sleep(SLOW_MS / 1000 / 3)
+                asked = time.monotonic()
+                level = await bas.read(gateway, "analogValue 4", "presentValue")
+                answered = time.monotonic()
+                assert await write is None
+                acked = time.monotonic()
+                assert level == 0.0
+                before_ack = [(a, b) for a, b in syncs(log) if sent <= a and b <= acked]
+                assert before_ack, (f"no sync of {storage.name}-wal between the write ({sent:.3f}) and its SimpleACK "
+                                    f"({acked:.3f}, {1000 * (acked - sent):.0f} ms later): {syncs(log)}")
+                # the loop answered the read while that sync was still going on
+                assert answered < before_ack[-1][1], (f"ReadProperty asked {1000 * (asked - sent):.0f} ms after the "
+                                                      f"write took {1000 * (answered - asked):.0f} ms: {before_ack}")
+            assert await bas.read(gateway, "binaryValue 4", "presentValue") == "inactive"
+    assert "Traceback" not in gw.log()
+
+
+class _Timed(list):
+    """The demo VTN's list of opt answers, each noted with when it arrived."""
+
+    def __init__(self):
+        super().__init__()
+        self.at: list[float] = []
+
+    def append(self, item) -> None:
+        self.at.append(time.monotonic())
+        super().append(item)
+
+
+@pytest.mark.timeout(120)
+async def test_the_vtn_hears_an_answer_only_once_it_is_on_the_disk(tmp_path, monkeypatch, free_udp_port,
+                                                                  free_tcp_port):
+    storage = (tmp_path / "gw.sqlite").resolve()
+    log = slow_sync_shim(tmp_path, monkeypatch, f"{storage}-wal")
+    bacnet_port, vtn_port = free_udp_port(), free_tcp_port()
+    config = tmp_path / "gw.toml"
+    write_config(config, bacnet_port=bacnet_port, http_port=free_tcp_port(), vtn_port=vtn_port, storage=storage,
+                 ven_name="durable-vtn", cycle_seconds=60)
+    async with DemoVtn(vtn_port, poll_seconds=0.5) as vtn:
+        vtn.opts = _Timed()
+        with GatewayProcess(config, tmp_path / "gateway.log") as gw:
+            await eventually(lambda: vtn.vens and "edge-gateway ready" in gw.log(), 60, "registration")
+
+            def answered_after(sent: float, opt: str, event_id: str) -> float:
+                return next((at for at, (_, eid, o) in zip(vtn.opts.at, vtn.opts) if eid == event_id and o == opt
+                             and at > sent), 0.0)
+
+            def synced_between(first: float, last: float) -> bool:
+                return any(first <= a and b <= last for a, b in syncs(log))
+
+            # an event: the oadrCreatedEvent answering it goes once the event is on the disk
+            sent = time.monotonic()
+            eid = vtn.add_event([1.0], datetime.now(timezone.utc) + timedelta(hours=1), 3600)
+            heard = await eventually(lambda: answered_after(sent, "optIn", eid), 30, "the optIn")
+            assert synced_between(sent, heard), f"no sync of the -wal before the optIn: {syncs(log)}, {heard:.3f}"
+            # ADR-Opt-Out: the optOut goes once the command and the event's answer are on the disk
+            async with BacnetPeer(free_udp_port(), timeout=10.0) as bas:
+                sent = time.monotonic()
+                assert await bas.write(f"127.0.0.1:{bacnet_port}", "binaryValue 4", "presentValue", "active",
+                                       priority=8) is None
+                heard = await eventually(lambda: answered_after(sent, "optOut", eid), 30, "the optOut")
+            assert synced_between(sent, heard), f"no sync of the -wal before the optOut: {syncs(log)}, {heard:.3f}"
+    assert "Traceback" not in gw.log()
