@@ -48,6 +48,14 @@ class FaultView(SampleView):
                                           ("VTN unreachable at http://127.0.0.1:8080/OpenADR2/Simple/2.0b: Connect "
                                            "call failed ('127.0.0.1', 8080)") if "vtn-down" in f else None,
                             "opt_answer_error": None, "telemetry": {"pending": 6 if "vtn" in f else 0}})
+        # telemetry the VTN does not take while it answers polls (VtnClient._telemetry_fault): still "connected"
+        if f & {"telemetry", "telemetry-refused"}:
+            refused = "telemetry-refused" in f
+            body["vtn"]["telemetry"]["pending"] = 418
+            body["vtn"]["telemetry_fault"] = {
+                "kind": "refused" if refused else "unanswered", "since": _iso(now - 600), "count": 7,
+                "why": "VTN refused the report: 454 values not accepted" if refused else
+                       "HTTP 500 from http://127.0.0.1:8080/OpenADR2/Simple/2.0b/EiReport: Internal Server Error"}
         body["device"] = {"device_id": 500001, "communication": {"mode": "enable"}}
         if "dcc" in f:
             body["device"]["communication"] = {"mode": "disableInitiation", "by": "10.0.0.9:47808",
@@ -169,6 +177,32 @@ async def test_each_fault_is_named_with_what_to_do_and_clears_by_itself(server):
         await page.wait_for_selector("#problems", state="hidden", timeout=10000)
         assert "healthy" in await page.locator("#pills .pill.ok").first.inner_text()
         assert await page.locator("#tiles .why").count() == 0
+        assert page.errors == []
+
+
+async def test_telemetry_the_vtn_does_not_take_while_it_answers_polls_needs_attention(server):  # noqa: F811
+    # the log warns and the queue grows, but the VTN reads "connected": the operator must see it where they look
+    view = FaultView()
+    async with drawn(server, view, "?refresh=1") as (page, _):
+        for fault, what, words in (("telemetry", "Telemetry not delivered", "answered none of 7 telemetry update(s)"),
+                                   ("telemetry-refused", "VTN refuses the telemetry", "refused 7 report(s)")):
+            view.faults = {fault}
+            await page.wait_for_function(f"(what) => ({PROBLEMS}) === 'telemetry' && "
+                                         "document.querySelector('#problems').innerText.includes(what)",
+                                         arg=what, timeout=10000)
+            item = page.locator('#problems li[data-problem="telemetry"]')
+            text = await item.inner_text()
+            assert await item.get_attribute("data-level") == "bad"
+            assert what in text and words in text and "418 reading(s) wait in the queue" in text, text
+            assert ("454 values not accepted" if fault == "telemetry-refused" else "HTTP 500") in text, text
+            assert "(10 min ago)" in text and "tell the utility" in text, text
+            pills = await page.locator("#pills").inner_text()
+            assert "VTN connected" in pills and "running, 1 problem" in pills, pills
+        # unreachable: the VTN's own item says the queue waits; not a second one
+        view.faults = {"telemetry", "vtn-down"}
+        await page.wait_for_function(f"({PROBLEMS}) === 'vtn'", timeout=10000)
+        view.faults = set()
+        await page.wait_for_selector("#problems", state="hidden", timeout=10000)
         assert page.errors == []
 
 

@@ -65,6 +65,10 @@ async def test_updates_answered_with_an_http_error_while_polls_are_answered_are_
             await until(lambda: said(caplog, "answers polls but not telemetry updates"), 10, "the fault said")
             await until(lambda: rig.queue.pending >= 8, 10, "readings queued meanwhile")
             assert rig.vtn.connected
+            # connected, so only this tells the dashboard's "Needs attention" (problems.js) the telemetry is stuck
+            fault = rig.vtn.status()["telemetry_fault"]
+            assert fault["kind"] == "unanswered" and "HTTP 500" in fault["why"] and fault["count"] >= 3, fault
+            assert fault["since"].endswith("Z")
             handlers["oadrUpdateReport"] = working
             await until(lambda: said(caplog, "answers telemetry updates again"), 10, "the end said")
             await rig.stop_meter()
@@ -76,6 +80,7 @@ async def test_updates_answered_with_an_http_error_while_polls_are_answered_are_
             assert "HTTP 500" in line
             assert len(said(caplog, "answers telemetry updates again")) == 1
             assert rig.vtn.status()["last_error"] is None
+            assert rig.vtn.status()["telemetry_fault"] is None
 
 
 async def test_a_vtn_refusing_every_update_for_a_while_is_one_warning_and_one_line_at_its_end(
@@ -93,8 +98,12 @@ async def test_a_vtn_refusing_every_update_for_a_while_is_one_warning_and_one_li
                 raise errors.InvalidDataError("values not accepted")
             handlers["oadrUpdateReport"] = refuse
             await until(lambda: len(server.report_metadata) >= 5, 15, "the offer made again and again")
+            fault = rig.vtn.status()["telemetry_fault"]
+            assert rig.vtn.connected and fault["kind"] == "refused" and fault["count"] >= 2, fault
+            assert "454 values not accepted" in fault["why"] and fault["since"].endswith("Z"), fault
             handlers["oadrUpdateReport"] = working
             await until(lambda: said(caplog, "takes telemetry again"), 10, "the end said")
+            assert rig.vtn.status()["telemetry_fault"] is None
             await rig.stop_meter()
             await until(lambda: rig.queue.pending == 0, 10, "drained")
             await asyncio.sleep(0.3)

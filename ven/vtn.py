@@ -112,6 +112,7 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
         self._offer_backoff = 0.0
         self._next_offer = 0.0
         self._report_refused: str | None = None   # why the VTN refuses telemetry, while it does
+        self._report_refused_since: datetime | None = None
         self._update_failure: str | None = None   # why the last oadrUpdateReport got no answer (None: it got one)
         # updates without an answer in a row: (since, how many, said in the log, why the last one failed)
         self._updates_failing: tuple[datetime, int, bool, str] | None = None
@@ -233,6 +234,8 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
             "opt_answers_waiting": len(self._pending_opts),
             "opt_answer_error": self.opt_answer_error,
             "telemetry": self._telemetry.status(),
+            # telemetry stalled while the VTN answers polls (updates unanswered or refused), as the log says it
+            "telemetry_fault": self._telemetry_fault(),
             # meter readings taken while the wall clock read a date before this version: not reported
             "readings_not_reported_clock": self.readings_held,
         }

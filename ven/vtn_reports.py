@@ -259,6 +259,19 @@ class VtnReports:
         self.last_error = why
         self._updates_failing = (since, failures, said, why)
 
+    def _telemetry_fault(self) -> dict | None:
+        """Telemetry the VTN does not take while it answers polls, from the log's WARNING to its INFO: the VTN looks
+        connected meanwhile, so without this only the growing queue would tell the operator."""
+        failing = self._updates_failing
+        if failing is not None and failing[2]:
+            since, failures, _, why = failing
+            return {"kind": "unanswered", "since": _iso(since), "count": failures, "why": why}
+        if self._report_refused is not None:
+            since = self._report_refused_since
+            return {"kind": "refused", "since": _iso(since) if since else None, "count": self._report_refusals,
+                    "why": self._report_refused}
+        return None
+
     def _smaller_batch(self, req: Standing, sent: int) -> None:
         """An update of `sent` intervals the VTN did not answer in time (a VTN storing each interval as it
         reads them), or refused as too large (HTTP 413 from a proxy): the same batch again would fail again, for
@@ -516,7 +529,7 @@ class VtnReports:
             if self._report_refused is not None:
                 log.info("the VTN takes telemetry again after %d refused report(s)", self._report_refusals)
                 self._clear_error(self._report_refused)
-                self._report_refused, self._report_refusals = None, 0
+                self._report_refused, self._report_refusals, self._report_refused_since = None, 0, None
             self._reoffer_delay = 0.0
             if payload.get("cancel_report"):
                 # 2.0b lets the VTN cancel reports in its answer to an update (openleadr's own report loop honours
@@ -536,6 +549,8 @@ class VtnReports:
             if self.last_error != self._report_refused:
                 log.warning("%s; the samples stay queued, the reports are offered again so the VTN can request "
                             "them anew (backoff up to %g s)", self.last_error, self._cfg.retry_max_seconds)
+            if self._report_refused is None:
+                self._report_refused_since = _utcnow()
             self._report_refused = self.last_error
             self._report_refusals += 1
             self._offer_again(rrid)

@@ -62,6 +62,19 @@ export function findProblems(health) {
         (refused ? "check openadr.vtn_url (the VTN's OpenADR 2.0b endpoint), openadr.ven_name and the enrolment with the utility"
                  : "check that the VTN is up and reachable from the gateway (network, proxy, TLS)") + wait);
   }
+  // polls answered, telemetry not taken: the VTN pill stays "connected" and only the queue grows, so it is said
+  // here from the log's warning to its end (unreachable, the item above says the queue waits already)
+  const tf = vtn.telemetry_fault;
+  if (vtn.connected !== false && vtn.registered !== false && tf && typeof tf === "object") {
+    const waiting = typeof queued === "number" ? `; ${queued} reading(s) wait in the queue` : "";
+    const refused = tf.kind === "refused";
+    add("telemetry", "bad", refused ? "VTN refuses the telemetry" : "Telemetry not delivered",
+        `since ${stampText(tf.since)} the VTN answers polls but ${refused ? `refused ${tf.count} report(s)` :
+          `answered none of ${tf.count} telemetry update(s)`}: ${tf.why || "no reason given"}${waiting}`,
+        (refused ? "tell the utility what the VTN says; the gateway offers the reports again" :
+                   "tell the utility (its report service, or a proxy in front of it, fails the updates); the gateway retries") +
+        " and sends the queued readings once the VTN takes them (the queue keeps openadr.queue_max_days, then drops the oldest)");
+  }
   if (flaky(vtn)) {
     // connected now, so the item above is gone most of the time: the fault the log holds open is said here
     const f = vtn.fault;
