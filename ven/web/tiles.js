@@ -1,6 +1,6 @@
 // The tiles: the BACnet points the BAS reads most, large, each saying why when it is in fault.
 import {$, el} from "./dom.js";
-import {UNIT_TEXT, fmtAgo, fmtNum, toMs} from "./format.js";
+import {UNIT_TEXT, agoSpan, fmtNum, toMs} from "./format.js";
 import {gw, pointByName} from "./state.js";
 import {communication, noThreshold} from "./status.js";
 
@@ -40,13 +40,13 @@ function tileAge(name) {
     if (!("last_input_at" in fc)) return null;
     if (!fc.last_input_at) return {text: "not written since start", old: true};
     const ms = toMs(fc.last_input_at);
-    return {text: `written ${fmtAgo(ms)}`, old: Date.now() - ms > 1000 * (fc.input_stale_seconds || 300)};
+    return {text: "written ", ms, old: Date.now() - ms > 1000 * (fc.input_stale_seconds || 300)};
   }
   if (name === "meter-power") {
     const m = gw.meter || {};
     if (!("last_value_at" in m)) return null;
     if (!m.last_value_at) return {text: "no reading since start", old: true};
-    return {text: `read ${fmtAgo(toMs(m.last_value_at))}`, old: m.fault === true};
+    return {text: "read ", ms: toMs(m.last_value_at), old: m.fault === true};
   }
   return null;
 }
@@ -73,7 +73,12 @@ export function renderTiles() {
       if (why) tile.append(el("div", {class: "why", title: why}, why));
     }
     const age = tileAge(name);
-    if (age) tile.append(el("div", {class: `age${age.old ? " old" : ""}`}, age.text));
+    if (age) {
+      // a live age (format.js tickAges): frozen text said "read 2 s ago" all through an outage of the gateway
+      const line = el("div", {class: `age${age.old ? " old" : ""}`}, age.text);
+      if (age.ms !== undefined && age.ms !== null) line.append(agoSpan(age.ms));
+      tile.append(line);
+    }
     tiles.append(tile);
   }
 }

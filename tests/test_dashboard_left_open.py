@@ -1,0 +1,75 @@
+"""The dashboard left open for days on a wall screen or a laptop, in headless Chromium: the gateway going away
+and coming back while it is open."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import pytest
+
+from browser import chromium_page
+from test_dashboard import open_dashboard
+from test_http_api import SampleView, _iso
+from ven.http_api import HttpServer
+from ven.metrics import Metrics
+
+pytestmark = pytest.mark.timeout(90)
+
+AGES = "Array.from(document.querySelectorAll('#tiles .age')).map((n) => n.textContent)"
+
+
+class ReadingView(SampleView):
+    """SampleView with the gateway's clock and the tiles' ages as the gateway gives them: a reading a few
+    seconds old at each answer, the BAS's input too."""
+
+    def status(self):
+        body = super().status()
+        now = time.time()
+        body["now"] = _iso(now)
+        body["meter"].update({"last_value_kw": 96.4, "last_value_at": _iso(now - 3)})
+        body["forecaster"].update({"last_input_at": now - 4, "input_stale_seconds": 300})
+        return body
+
+
+@contextlib.asynccontextmanager
+async def serving(view, port):
+    srv = HttpServer(view, Metrics(), f"127.0.0.1:{port}", "", loop_lag_limit=30)
+    await srv.start()
+    try:
+        yield srv
+    finally:
+        await srv.stop()
+
+
+def seconds_ago(text):
+    """'read 12 s ago' -> 12; anything else (minutes, 'in 3 min') -> None."""
+    words = text.split()
+    return int(words[-3]) if words[-2:] == ["s", "ago"] else None
+
+
+async def test_tile_ages_keep_counting_while_the_gateway_is_away_and_the_page_comes_back_by_itself(free_tcp_port):
+    # the tiles said "read 3 s ago" all through a gateway restart, under a banner saying the data was old
+    port = free_tcp_port()
+    view = ReadingView()
+    async with chromium_page() as page:
+        async with serving(view, port):
+            await open_dashboard(page, f"http://127.0.0.1:{port}/?refresh=1")
+            ages = await page.evaluate(AGES)
+            assert len(ages) == 2 and all(seconds_ago(a) is not None and seconds_ago(a) < 15 for a in ages), ages
+        # stopped: within a refresh or two the page says so, and the ages go on counting
+        await page.wait_for_function("window.dashboard.stale", timeout=10000)
+        first = [seconds_ago(a) for a in await page.evaluate(AGES)]
+        await asyncio.sleep(3.5)
+        later = [seconds_ago(a) for a in await page.evaluate(AGES)]
+        assert all(b is not None and b >= a + 3 for a, b in zip(first, later)), (first, later)
+        banner = await page.locator("#banner").inner_text()
+        assert "gateway unreachable (since" in banner and "Showing data from" in banner, banner
+        assert "gateway unreachable" in await page.locator("#pills .pill.why").inner_text()
+        # back on the same address: no reload needed, fresh ages, nothing marked stale
+        async with serving(view, port):
+            await page.wait_for_function("!window.dashboard.stale", timeout=10000)
+            assert await page.locator("#banner").is_hidden()
+            ages = await page.evaluate(AGES)
+            assert all(seconds_ago(a) is not None and seconds_ago(a) < 15 for a in ages), ages
+    assert [e for e in page.errors if "ERR_CONNECTION_REFUSED" not in e] == []
