@@ -1,5 +1,5 @@
 """The dashboard left open for days on a wall screen or a laptop, in headless Chromium: the gateway going away
-and coming back while it is open."""
+and coming back while it is open, and the screen's own clock minutes off the gateway's."""
 from __future__ import annotations
 
 import asyncio
@@ -73,3 +73,21 @@ async def test_tile_ages_keep_counting_while_the_gateway_is_away_and_the_page_co
             ages = await page.evaluate(AGES)
             assert all(seconds_ago(a) is not None and seconds_ago(a) < 15 for a in ages), ages
     assert [e for e in page.errors if "ERR_CONNECTION_REFUSED" not in e] == []
+
+
+@pytest.mark.parametrize("off_s, words", [(180, "3 min ahead of"), (-180, "3 min behind")])
+async def test_a_browser_clock_minutes_off_the_gateways_reads_ages_by_the_gateways(free_tcp_port, off_s, words):
+    # a kiosk PC without NTP, 3 minutes ahead: a reading taken just now read "3 min ago" (behind: "in 3 min"), and
+    # the BAS's input, written seconds ago, would turn "old" at 5 minutes off
+    port = free_tcp_port()
+    async with serving(ReadingView(), port):
+        async with chromium_page() as page:
+            await page.clock.install(time=time.time() + off_s)
+            await open_dashboard(page, f"http://127.0.0.1:{port}/?refresh=1")
+            await page.wait_for_function("window.dashboard.draws >= 1", timeout=10000)
+            ages = await page.evaluate(AGES)
+            assert len(ages) == 2 and all(seconds_ago(a) is not None and seconds_ago(a) < 15 for a in ages), ages
+            assert await page.locator("#tiles .age.old").count() == 0
+            updated = await page.locator("#updated").inner_text()
+            assert f"this browser's clock is {words} the gateway's" in updated, updated
+            assert page.errors == []

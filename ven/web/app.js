@@ -8,7 +8,7 @@ import {HttpError, apiGet, fetchWithin, token} from "./api.js";
 import {drawChart} from "./chart.js";
 import {$, el} from "./dom.js";
 import {followSpan, setupDownload} from "./download.js";
-import {agoSpan, fmtStamp, tickAges, zoneName} from "./format.js";
+import {agoSpan, clockSkewMs, fmtDuration, fmtStamp, nowMs, setClockSkew, tickAges, toMs, zoneName} from "./format.js";
 import {renderHeader} from "./header.js";
 import {refreshLog, setupLog} from "./log.js";
 import {announce, problemChanges} from "./problems.js";
@@ -56,13 +56,17 @@ async function refresh() {
                                               again ? getJSON(`api/history?hours=${asked}`) : hist, getHealth()]);
     // the span was changed on the way: the answer for the new one is asked for already
     if (asked !== hours) return;
+    // the gateway's "now" is in whole seconds, made after the question left: this bound never makes a reading
+    // just taken read "in 1 s", and it is off by a second and the answer's way at most
+    const gwNow = toMs(s.now);
+    setClockSkew(gwNow === null ? 0 : gwNow + 1000 - askedAt);
     setAnswer(normalizeStatus(s), h, asked);
     followBuilding(s.timezone);
     if (again) historyAskedAt = askedAt;
     const back = failingSince !== null;
     failingSince = null;
     dashboard.lastError = null;
-    dashboard.lastOk = Date.now();
+    dashboard.lastOk = nowMs();
     dashboard.stale = false;
     document.body.classList.remove("stale");
     $("banner").hidden = true;
@@ -77,11 +81,11 @@ async function refresh() {
     if (again) drawChart();
     refreshLog();
     const chartEvery = slowChart() ? `, the chart every ${LONG_SPAN_EVERY_S} s` : "";
-    $("updated").textContent = `updated ${fmtStamp(Date.now())} ${zoneName()} · every ${REFRESH_S} s${chartEvery}`;
+    $("updated").textContent = `updated ${fmtStamp(nowMs())} ${zoneName()} · every ${REFRESH_S} s${chartEvery}${clockNote()}`;
     announce(back ? "Gateway answering again." : "", problemChanges(found));
   } catch (err) {
     const first = failingSince === null;
-    failingSince = failingSince || Date.now();
+    failingSince = failingSince || nowMs();
     dashboard.failures++;
     const since = `since ${fmtStamp(failingSince)} ${zoneName()}`;
     if (err instanceof HttpError) {
@@ -97,6 +101,12 @@ async function refresh() {
     showStale(/unreachable/.test(err.message) ? "gateway unreachable" : "gateway not answering",
               `${err.message} (${since}).`, first);
   }
+}
+// every time on the page is by the gateway's clock (format.js nowMs): when this browser's is well off, say so
+function clockNote() {
+  const off = Math.round(clockSkewMs() / 1000);
+  if (Math.abs(off) < 30) return "";
+  return ` · this browser's clock is ${fmtDuration(Math.round(Math.abs(off) / 60) * 60)} ${off > 0 ? "behind" : "ahead of"} the gateway's: times here are by the gateway's`;
 }
 // The last answer stays on screen (better than a blank page) but must not look current: the pills
 // it produced turn grey behind a red one saying why, the data is dimmed, ages keep counting.

@@ -62,8 +62,16 @@ export function fmtTime(ms, withDate) {
   const hm = `${pad(d.getUTCHours())}:${pad(d.getUTCMinutes())}`;
   return withDate ? `${d.getUTCFullYear()}-${pad(d.getUTCMonth() + 1)}-${pad(d.getUTCDate())} ${hm}` : hm;
 }
+// The gateway's clock minus this browser's, as last measured (app.js): the gateway stamps every time it
+// gives, so "5 s ago" and "is it past yet" are asked of its clock. A wall screen's PC 3 minutes ahead called a
+// reading taken now "3 min ago", one behind called it "in 3 min".
+let skewMs = 0;
+export function setClockSkew(ms) { skewMs = Number.isFinite(ms) ? ms : 0; }
+export function clockSkewMs() { return skewMs; }
+// now, by the gateway's clock
+export function nowMs() { return Date.now() + skewMs; }
 export function fmtAgo(ms) {
-  const s = Math.round((Date.now() - ms) / 1000);
+  const s = Math.round((nowMs() - ms) / 1000);
   if (Math.abs(s) < 90) return s >= 0 ? `${s} s ago` : `in ${-s} s`;
   const m = Math.round(s / 60);
   if (Math.abs(m) < 90) return m >= 0 ? `${m} min ago` : `in ${-m} min`;

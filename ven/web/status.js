@@ -1,7 +1,7 @@
 // The status body: accept points as a list or as a map keyed by name, "flags" or "status_flags",
 // event levels given directly or found in their SIMPLE signal intervals ("payload" or "value");
 // and what it says about the gateway, for the pills, the problem list and the tiles.
-import {fmtDuration, fmtTime, toMs, zoneName} from "./format.js";
+import {fmtDuration, fmtTime, nowMs, toMs, zoneName} from "./format.js";
 import {gw} from "./state.js";
 
 export function intervalValue(iv) { return iv.payload !== undefined ? iv.payload : iv.value; }
@@ -32,7 +32,7 @@ export function levelSteps(e) {
   if (!chosen.length) chosen = sigs.filter((s) => String(s.type || "").toLowerCase() === "level");
   // unnamed, untyped signals (a hand-made status): take what there is; a price is never a level
   if (!chosen.length) chosen = sigs.filter((s) => !s.name && !s.type);
-  const now = Date.now();
+  const now = nowMs();
   const steps = [];
   for (const s of chosen) {
     for (const iv of s.intervals || []) {

@@ -1,6 +1,6 @@
 // The tiles: the BACnet points the BAS reads most, large, each saying why when it is in fault.
 import {$, el} from "./dom.js";
-import {UNIT_TEXT, agoSpan, fmtNum, toMs} from "./format.js";
+import {UNIT_TEXT, agoSpan, fmtNum, nowMs, toMs} from "./format.js";
 import {gw, pointByName} from "./state.js";
 import {communication, noThreshold} from "./status.js";
 
@@ -40,7 +40,7 @@ function tileAge(name) {
     if (!("last_input_at" in fc)) return null;
     if (!fc.last_input_at) return {text: "not written since start", old: true};
     const ms = toMs(fc.last_input_at);
-    return {text: "written ", ms, old: Date.now() - ms > 1000 * (fc.input_stale_seconds || 300)};
+    return {text: "written ", ms, old: nowMs() - ms > 1000 * (fc.input_stale_seconds || 300)};
   }
   if (name === "meter-power") {
     const m = gw.meter || {};
