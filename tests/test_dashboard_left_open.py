@@ -91,3 +91,50 @@ async def test_a_browser_clock_minutes_off_the_gateways_reads_ages_by_the_gatewa
             updated = await page.locator("#updated").inner_text()
             assert f"this browser's clock is {words} the gateway's" in updated, updated
             assert page.errors == []
+
+
+@contextlib.asynccontextmanager
+async def holding(port):
+    """A gateway that takes connections and answers nothing (stopped with SIGSTOP, swapping, its disk stalled):
+    yields the list of requests it received."""
+    got, held = [], []
+
+    async def hold(reader, writer):
+        held.append(writer)
+        try:
+            while line := await reader.readline():
+                if line.startswith(b"GET "):
+                    got.append(line.split()[1].decode())
+        except ConnectionError:
+            pass
+
+    srv = await asyncio.start_server(hold, "127.0.0.1", port)
+    try:
+        yield got
+    finally:
+        for w in held:
+            w.close()
+        srv.close()
+        await srv.wait_closed()
+
+
+async def test_a_gateway_holding_its_answers_gets_one_refresh_at_a_time(free_tcp_port):
+    # at ?refresh=1 each tick started another refresh while the last waited out its 8 s: 24 requests in flight,
+    # every one of them landing on the gateway as it came back
+    port = free_tcp_port()
+    view = ReadingView()
+    async with chromium_page() as page:
+        async with serving(view, port):
+            await open_dashboard(page, f"http://127.0.0.1:{port}/?refresh=1")
+        started = []
+        page.on("request", lambda r: started.append(r.url))
+        async with holding(port):
+            await page.wait_for_function("window.dashboard.stale", timeout=15000)   # the first timed out at 8 s
+            said = await page.locator("#banner").inner_text()
+        assert "no answer within 8 s" in said, said
+        # one refresh's status, history and /healthz by the time out, then the next refresh's (the log is asked
+        # after a good answer only)
+        assert len(started) <= 6, started
+        async with serving(view, port):
+            await page.wait_for_function("!window.dashboard.stale", timeout=15000)
+    assert [e for e in page.errors if "ERR_CONNECTION_REFUSED" not in e and "ERR_EMPTY_RESPONSE" not in e] == []

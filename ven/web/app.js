@@ -47,7 +47,27 @@ async function getHealth() {
 let failingSince = null;
 let historyAskedAt = 0;
 const slowChart = () => hours > LONG_SPAN_H && REFRESH_S < LONG_SPAN_EVERY_S;
-async function refresh() {
+// One refresh at a time: a gateway that holds its answers (stopped, swapping, its disk stalled) had each tick
+// start another, 8 in flight at ?refresh=1 (24 requests) until the first timed out, all landing on it as it came
+// back. A tick while one runs is skipped; a change on the page (span, zone, token) is asked for once it ends.
+let running = false, wanted = false;
+async function refresh(changed = false) {
+  if (running) {
+    wanted = wanted || changed;
+    return;
+  }
+  running = true;
+  try {
+    await refreshOnce();
+  } finally {
+    running = false;
+  }
+  if (wanted) {
+    wanted = false;
+    refresh();
+  }
+}
+async function refreshOnce() {
   const asked = hours, askedAt = Date.now();
   // (a second's slack: the timer's minute may come a little early)
   const again = histHours !== asked || !slowChart() || askedAt - historyAskedAt > (LONG_SPAN_EVERY_S - 1) * 1000;
@@ -147,16 +167,16 @@ function showStale(why, bannerText, first) {
 $("token-form").addEventListener("submit", (ev) => {
   ev.preventDefault();
   sessionStorage.setItem("edge-gateway-token", $("token-input").value.trim());
-  refresh();
+  refresh(true);
 });
 setupDownload();
 setupLog();
-setupSpan(() => { followSpan(); refresh(); });
+setupSpan(() => { followSpan(); refresh(true); });
 // the chart at once from the answer held (a long span's is not asked for again within its minute), the rest
 // with the next answer
-setupZone(() => { if (hist) drawChart(); refresh(); });
+setupZone(() => { if (hist) drawChart(); refresh(true); });
 setInterval(tickAges, 1000);
 let resizeTimer = null;
 window.addEventListener("resize", () => { clearTimeout(resizeTimer); resizeTimer = setTimeout(drawChart, 150); });
 refresh();
-setInterval(refresh, REFRESH_S * 1000);
+setInterval(() => refresh(), REFRESH_S * 1000);
