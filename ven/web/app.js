@@ -78,6 +78,7 @@ async function refreshOnce() {
     if (asked !== hours) return;
     // the gateway's "now" is in whole seconds, made after the question left: this bound never makes a reading
     // just taken read "in 1 s", and it is off by a second and the answer's way at most
+    if (upgraded(s.version)) return;
     const gwNow = toMs(s.now);
     setClockSkew(gwNow === null ? 0 : gwNow + 1000 - askedAt);
     setAnswer(normalizeStatus(s), h, asked);
@@ -121,6 +122,22 @@ async function refreshOnce() {
     showStale(/unreachable/.test(err.message) ? "gateway unreachable" : "gateway not answering",
               `${err.message} (${since}).`, first);
   }
+}
+// A gateway upgraded while the page was open (a wall screen's, for weeks) answers this page's old scripts, which
+// do not know what the new version says (a new problem, a new field), while the footer names the new version:
+// load the page again, at most once in 10 minutes (two gateways of two versions behind one address must not
+// reload it at every answer). Span, zone and log choice are in the address, the token in the tab's session.
+const RELOAD_EVERY_MS = 10 * 60 * 1000;
+let pageVersion = null;
+function upgraded(version) {
+  if (typeof version !== "string" || !version) return false;
+  if (pageVersion === null) pageVersion = version;
+  if (version === pageVersion) return false;
+  const last = Number(sessionStorage.getItem("edge-gateway-reloaded-at")) || 0;
+  if (Date.now() - last < RELOAD_EVERY_MS && Date.now() >= last) return false;
+  sessionStorage.setItem("edge-gateway-reloaded-at", String(Date.now()));
+  location.reload();
+  return true;
 }
 // every time on the page is by the gateway's clock (format.js nowMs): when this browser's is well off, say so
 function clockNote() {
