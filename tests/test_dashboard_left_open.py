@@ -164,3 +164,23 @@ async def test_a_gateway_upgraded_while_the_page_is_open_gets_its_own_page(free_
                                      timeout=10000)
         assert await page.evaluate("window.loadedBefore === true")
         assert page.errors == []
+
+
+class BusyView(ReadingView):
+    """A gateway that starts on the status seconds after it was asked (its loop busy with a fit, a stalled disk)."""
+
+    delay = 5.0
+
+    async def status(self):
+        await asyncio.sleep(self.delay)
+        return super().status()
+
+
+async def test_an_answer_made_seconds_after_the_question_does_not_set_the_pages_clock(free_tcp_port):
+    # the clock difference was taken from any answer: one made 5 s after the question put every age 5 s off
+    port = free_tcp_port()
+    async with serving(BusyView(), port), chromium_page() as page:
+        await open_dashboard(page, f"http://127.0.0.1:{port}/?refresh=60")
+        ages = [seconds_ago(a) for a in await page.evaluate(AGES)]
+        assert len(ages) == 2 and all(a is not None and a <= 5 for a in ages), ages    # 3 s and 4 s old when made
+        assert page.errors == []

@@ -25,6 +25,7 @@ const FETCH_TIMEOUT_MS = 8000;
 const LONG_SPAN_H = 24;
 const LONG_SPAN_EVERY_S = 60;
 const TITLE = document.title;
+const SKEW_ROUND_TRIP_MS = 3000;
 
 async function getJSON(path) {
   try {
@@ -72,15 +73,19 @@ async function refreshOnce() {
   // (a second's slack: the timer's minute may come a little early)
   const again = histHours !== asked || !slowChart() || askedAt - historyAskedAt > (LONG_SPAN_EVERY_S - 1) * 1000;
   try {
-    const [s, h, health] = await Promise.all([getJSON("api/status"),
+    let answeredAt = null;
+    const status = getJSON("api/status").then((body) => { answeredAt = Date.now(); return body; });
+    const [s, h, health] = await Promise.all([status,
                                               again ? getJSON(`api/history?hours=${asked}`) : hist, getHealth()]);
     // the span was changed on the way: the answer for the new one is asked for already
     if (asked !== hours) return;
-    // the gateway's "now" is in whole seconds, made after the question left: this bound never makes a reading
-    // just taken read "in 1 s", and it is off by a second and the answer's way at most
     if (upgraded(s.version)) return;
+    // the gateway's "now" is in whole seconds, made after the question left: this bound never makes a reading
+    // just taken read "in 1 s", and it is off by a second and the answer's way at most. An answer that took long
+    // (the laptop slept on the way) would bound nothing: the last measure stands
     const gwNow = toMs(s.now);
-    setClockSkew(gwNow === null ? 0 : gwNow + 1000 - askedAt);
+    if (gwNow === null) setClockSkew(0);
+    else if (answeredAt - askedAt < SKEW_ROUND_TRIP_MS) setClockSkew(gwNow + 1000 - askedAt);
     setAnswer(normalizeStatus(s), h, asked);
     followBuilding(s.timezone);
     if (again) historyAskedAt = askedAt;
@@ -102,7 +107,8 @@ async function refreshOnce() {
     if (again) drawChart();
     refreshLog();
     const chartEvery = slowChart() ? `, the chart every ${LONG_SPAN_EVERY_S} s` : "";
-    $("updated").textContent = `updated ${fmtStamp(nowMs())} ${zoneName()} · every ${REFRESH_S} s${chartEvery}${clockNote()}`;
+    $("updated").textContent = `updated ${fmtStamp(nowMs())} ${zoneName()} · every ${REFRESH_S} s${chartEvery}` +
+      clockNote();
     announce(back ? "Gateway answering again." : "", problemChanges(found));
   } catch (err) {
     const first = failingSince === null;
