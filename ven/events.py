@@ -235,27 +235,27 @@ class Event:
         d = json.loads(text)
         signals = tuple(
             Signal(s["name"], s["type"], tuple(
-                Interval(datetime.fromisoformat(a), timedelta(seconds=b), float(c))
+                Interval(_aware(a), timedelta(seconds=b), float(c))
                 for a, b, c in s["intervals"]))
             for s in d["signals"])
         return cls(event_id=d["event_id"], modification_number=int(d["modification_number"]),
                    status=d["status"], test_event=bool(d["test_event"]),
                    market_context=d["market_context"], signals=signals,
                    start_offset=timedelta(seconds=d["start_offset"]),
-                   received_at=datetime.fromisoformat(d["received_at"]), opt=d["opt"],
+                   received_at=_aware(d["received_at"]), opt=d["opt"],
                    start_after=timedelta(seconds=d.get("start_after", 0)),
                    ramp_up=timedelta(seconds=d.get("ramp_up", 0)),
                    # files from before "unlisted": a VTN's own cancellation is listed as cancelled again,
                    # so taking every cancellation as possibly implied only lets a live copy reinstate it
                    unlisted=bool(d.get("unlisted", d["status"] == "cancelled")),
                    priority=int(d.get("priority", 0)),
-                   cancelled_at=datetime.fromisoformat(d["cancelled_at"]) if d.get("cancelled_at") else None,
-                   modified_at=datetime.fromisoformat(d["modified_at"]) if d.get("modified_at") else None,
-                   ran_before=tuple((datetime.fromisoformat(a), datetime.fromisoformat(b), float(lv))
+                   cancelled_at=_aware(d["cancelled_at"]) if d.get("cancelled_at") else None,
+                   modified_at=_aware(d["modified_at"]) if d.get("modified_at") else None,
+                   ran_before=tuple((_aware(a), _aware(b), float(lv))
                                     for a, b, lv in d.get("ran_before", ())),
                    # stored before opt_changes existed: none, so opt_log knows only the answer of now
-                   opt_changes=tuple((datetime.fromisoformat(at), str(opt)) for at, opt in d.get("opt_changes", ())),
-                   created=datetime.fromisoformat(d["created"]) if d.get("created") else None,
+                   opt_changes=tuple((_aware(at), str(opt)) for at, opt in d.get("opt_changes", ())),
+                   created=_aware(d["created"]) if d.get("created") else None,
                    response_required=str(d.get("response_required", "always")),
                    targets=tuple((str(k), str(v)) for k, v in d.get("targets", ())),
                    for_this_ven=bool(d.get("for_this_ven", True)))
@@ -289,6 +289,15 @@ class Event:
                                         "payload": i.payload} for i in s.intervals]}
                         for s in self.signals],
         }
+
+
+def _aware(text: str) -> datetime:
+    # every time this code stores carries its offset: one without (an edit by hand) raised TypeError at the first
+    # comparison with the clock, out of every start, instead of being an event this version cannot read
+    t = datetime.fromisoformat(text)
+    if t.tzinfo is None:
+        raise ValueError(f"time {text!r} has no time zone")
+    return t
 
 
 def _iso(dt: datetime) -> str:
