@@ -160,3 +160,32 @@ async def test_the_vtn_hears_an_answer_only_once_it_is_on_the_disk(tmp_path, mon
                 heard = await eventually(lambda: answered_after(sent, "optOut", eid), 30, "the optOut")
             assert synced_between(sent, heard), f"no sync of the -wal before the optOut: {syncs(log)}, {heard:.3f}"
     assert "Traceback" not in gw.log()
+
+
+@pytest.mark.timeout(120)
+async def test_a_storage_path_that_is_a_symlink_is_synced_where_its_wal_is(tmp_path, monkeypatch, free_udp_port,
+                                                                          free_tcp_port):
+    # storage.path a symlink to the file on another disk: SQLite keeps the -wal beside the file the link names, and
+    # the sync looked for it beside the link, found none, took it for checkpointed away and synced nothing, so the
+    # BAS's SimpleACK came with its command in the page cache only
+    real = (tmp_path / "data" / "gw.sqlite").resolve()
+    real.parent.mkdir()
+    link = tmp_path / "etc" / "gw.sqlite"
+    link.parent.mkdir()
+    link.symlink_to(real)
+    log = slow_sync_shim(tmp_path, monkeypatch, f"{real}-wal")
+    bacnet_port = free_udp_port()
+    config = tmp_path / "gw.toml"
+    write_config(config, bacnet_port=bacnet_port, http_port=free_tcp_port(), storage=link, ven_name="durable-link",
+                 cycle_seconds=60)
+    with GatewayProcess(config, tmp_path / "gateway.log") as gw:
+        await eventually(lambda: "edge-gateway ready" in gw.log(), 60, "the gateway to be ready")
+        async with BacnetPeer(free_udp_port(), timeout=10.0) as bas:
+            sent = time.monotonic()
+            assert await bas.write(f"127.0.0.1:{bacnet_port}", "binaryValue 4", "presentValue", "active",
+                                   priority=8) is None
+            acked = time.monotonic()
+        assert Path(f"{real}-wal").exists() and not Path(f"{link}-wal").exists()
+    assert [(a, b) for a, b in syncs(log) if sent <= a and b <= acked], (
+        f"no sync of {real}-wal between the write and its SimpleACK ({1000 * (acked - sent):.0f} ms): {syncs(log)}")
+    assert "Traceback" not in gw.log()

@@ -623,7 +623,9 @@ class Storage:
     def _sync_wal(self) -> None:
         """fdatasync the -wal, where every commit of the file so far is (or in the db file, which a checkpoint
         syncs before the WAL is reused); the directory too, once per -wal file, so the file itself is found."""
-        wal = f"{self.path}-wal"
+        # beside the file a symlinked storage.path names, as SQLite keeps it: beside the link there is none
+        real = Path(os.path.realpath(self.path))
+        wal = f"{real}-wal"
         try:
             fd = os.open(wal, os.O_RDONLY)
         except FileNotFoundError:   # checkpointed and removed: the db file holds it, synced by that checkpoint
@@ -635,7 +637,7 @@ class Storage:
         finally:
             os.close(fd)
         if ident != self._dir_synced:
-            fd = os.open(self.path.parent, os.O_RDONLY)
+            fd = os.open(real.parent, os.O_RDONLY)
             try:
                 os.fsync(fd)
             finally:
