@@ -410,3 +410,31 @@ async def test_a_watts_meter_reaches_the_vtn_and_bacnet_in_kw(system):
     # 64.25 kW, complete up to 20 s after the recovery
     await eventually(lambda: any(r[-1] == pytest.approx(64.25) for r in vtn.reports), 25, "the VTN receives kW")
     assert all(r[-1] < 1000 for r in vtn.reports), vtn.reports  # never 64250 "kW"
+
+
+async def test_a_stop_while_the_vtn_refuses_the_telemetry_names_that_fault_in_its_line(
+        tmp_path, free_udp_port, free_tcp_port, caplog):
+    # The VTN refusing every update is a fault the log starts (WARNING) and ends (INFO): a stop during it said
+    # "edge-gateway stopped", as if it had ended, though the status (vtn.telemetry_fault) held it open
+    from openleadr import errors
+
+    caplog.set_level(logging.INFO, logger="ven")
+    ports = dict(bacnet_port=free_udp_port(), meter_port=free_udp_port(), vtn_port=free_tcp_port(),
+                 http_port=free_tcp_port())
+    cfg = fast_config(tmp_path, **ports)
+    cfg = cfg.model_copy(update={"openadr": cfg.openadr.model_copy(update={"telemetry_seconds": 1.0})})
+    async with DemoVtn(port=ports["vtn_port"], poll_seconds=1.0) as vtn:
+        async def refuse(payload):
+            raise errors.InvalidDataError("values not accepted")
+        vtn._server.services["report_service"].handlers["oadrUpdateReport"] = refuse
+        meter = MeterSimulator(address=f"127.0.0.1/8:{ports['meter_port']}", value=87.5)
+        await meter.start()
+        gateway = Gateway(cfg)
+        try:
+            await gateway.start()
+            await eventually(lambda: gateway.vtn.status()["telemetry_fault"], 20, "the refusals said")
+        finally:
+            await gateway.stop()
+            await meter.stop()
+    last = [r.getMessage() for r in caplog.records if r.getMessage().startswith("edge-gateway stopped")]
+    assert len(last) == 1 and "so no end line follows: " in last[0] and "454 values not accepted" in last[0], last

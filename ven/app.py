@@ -250,6 +250,11 @@ class Gateway:
                       f"{v['context_losses']} context losses" if v["context_losses"] else ""]
             out.append(f"VTN fault for {lasted(v['since'])} ({', '.join(c for c in counts if c) or 'no answer yet'}, "
                        f"not connected for {span(v['not_connected_seconds'])})")
+        if self._built("vtn") and (t := self.vtn.telemetry_fault()) is not None:
+            # the VTN answers polls but takes no telemetry: its own WARNING and end line, so its own item here
+            what = "report(s) refused" if t["kind"] == "refused" else "update(s) unanswered"
+            since = f" for {lasted(t['since'])}" if t["since"] else ""
+            out.append(f"telemetry not taken by the VTN{since} ({t['count']} {what}: {t['why']})")
         if self._no_input.open:
             out.append(f"forecaster without power input for {span(now - self._no_input.since)}")
         if errors := self.storage_status()["errors"]:

@@ -160,6 +160,10 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
         """The VTN fault the log has started and not yet ended, as `status()["fault"]`; None when there is none."""
         return self._outage.status(time.monotonic()) if self._outage is not None else None
 
+    def telemetry_fault(self) -> dict | None:
+        """Telemetry the VTN does not take while it answers polls, as `status()["telemetry_fault"]`."""
+        return self._telemetry_fault()
+
     def record_sample(self, ts: datetime, kw: float) -> bool:
         """Commit one good meter reading; it reaches the VTN in its interval once that is complete and
         an update is due (ven/report_intervals.py). Logs the operator line. False: not queued, as the
