@@ -692,6 +692,43 @@ def test_a_deleted_directory_or_a_file_that_is_not_sqlite_is_no_loss(tmp_path, c
 
 
 @pytest.mark.timeout(60)
+async def test_a_data_directory_deleted_where_it_cannot_be_made_again_is_a_write_error_not_a_hang(tmp_path, caplog):
+    # storage.path's directory removed (an operator's clean-up) on a volume that then refuses to make it again (gone
+    # read-only, or unmounted under it): bringing the file back raised OSError out of every save (an ADR-Opt-Out
+    # write's, before the schedule heard of it; a meter reading's) and Storage.synced() never returned: the VTN's
+    # answers wait for it, so the poll handling an event waited for good and the VEN polled no more
+    with tmpfs(tmp_path / "vol", "size=8m") as disk:
+        path = disk / "state" / "gw.sqlite"
+        store, queue = Storage(path), TelemetryQueue(path)
+        store.save_value("opt_out", '{"8": 1}')
+        queue.add(T0, 40.0)
+        for p in path.parent.iterdir():
+            p.unlink()
+        path.parent.rmdir()
+        cover(disk)
+        try:
+            with caplog.at_level(logging.INFO):
+                store.save_events_soon([_event("meanwhile", "")])     # off the loop, as ADR-Opt-Out's answers go
+                await asyncio.wait_for(store.synced(), 5)
+                store.save_value("opt_out", "{}")
+                queue.add(T0 + timedelta(seconds=10), 41.0)
+            assert "Read-only file system" in store.write_error and "Read-only file system" in queue.write_error
+        finally:
+            uncover(disk)
+        with caplog.at_level(logging.INFO):     # the volume back: what waited in memory goes to the file
+            store.save_event(_event("after", ""))
+            queue.add(T0 + timedelta(seconds=20), 42.0)
+            await asyncio.wait_for(store.synced(), 5)
+        store.close()
+        queue.close()
+        assert Storage(path).load_value("opt_out") == "{}"
+        assert sorted(e.event_id for e in Storage(path).load_events()) == ["after", "meanwhile"]
+        assert [s.kw for s in TelemetryQueue(path).peek()] == [40.0, 41.0, 42.0]
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 2 and all("Read-only file system" in m for m in errors), errors
+
+
+@pytest.mark.timeout(60)
 async def test_a_deleted_file_the_telemetry_queue_brings_back_is_no_forecaster_error(tmp_path, caplog):
     # The forecaster's cycle may come first after an operator deleted the file: it holds no connection
     # to the old file, so it cannot bring it back; the queue's next write does, a few seconds later.

@@ -209,16 +209,21 @@ def follow_file(conn: sqlite3.Connection, path: Path, ident: tuple[int, int] | N
         fresh = connect(path, table)
         conn.close()
         return fresh, now
-    path.parent.mkdir(parents=True, exist_ok=True)
     aside = None
     try:
-        rows = _mirror_into(conn, path) if now is not None else _mirror_into_new_file(conn, path)
-    except sqlite3.DatabaseError as err:
-        if "not a database" not in str(err):
-            raise
-        aside = path.with_name(f"{path.name}.not-sqlite-{time.strftime('%Y%m%dT%H%M%S')}")
-        os.replace(path, aside)
-        rows = _mirror_into(conn, path)
+        # a directory that cannot be made again (the volume gone read-only, or unmounted under it) is a write that
+        # fails, as the docstring says, not an OSError out of every save
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            rows = _mirror_into(conn, path) if now is not None else _mirror_into_new_file(conn, path)
+        except sqlite3.DatabaseError as err:
+            if "not a database" not in str(err):
+                raise
+            aside = path.with_name(f"{path.name}.not-sqlite-{time.strftime('%Y%m%dT%H%M%S')}")
+            os.replace(path, aside)
+            rows = _mirror_into(conn, path)
+    except OSError as err:
+        raise StorageError(f"cannot make {path} again: {err.strerror or err}") from None
     fresh = connect(path, table)
     conn.close()
     ident = file_identity(path)
@@ -567,6 +572,7 @@ class Storage:
         await asyncio.shield(done)
 
     async def _write_behind(self) -> None:
+        waiters: list[asyncio.Future] = []
         try:
             while self._unsaved or self._unsaved_values or self._sync_waiters:
                 waiters, self._sync_waiters = self._sync_waiters, []
@@ -581,6 +587,9 @@ class Storage:
                     return      # tried again by the next flush, as a failed write on the loop is
         finally:
             self._behind = None
+            # also those of a write that raised, or that close() cancelled (it writes them itself, and the last
+            # connection's close syncs): a waiter never released held the BAS's ack and the VTN's answers for good
+            _release(waiters)
             _release(self._sync_waiters)
             self._sync_waiters = []
 
