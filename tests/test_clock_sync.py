@@ -132,3 +132,17 @@ def test_a_step_of_the_wall_clock_is_one_warning_either_way(caplog):
     assert lines() == [
         (logging.WARNING, "wall clock jumped ahead 60 min (set by NTP or by hand): times stamped from now on follow it"),
         (logging.WARNING, "wall clock went back 2 days (set by NTP or by hand): times stamped from now on follow it")]
+
+
+def test_the_step_that_sets_a_clock_not_yet_set_is_left_to_the_clock_not_set_lines(caplog):
+    # a box without a clock battery boots in 2020 and NTP sets it: a WARNING at every boot beside the lines that
+    # already say the clock was not set and then was
+    from ven.wallclock import CLOCK_FLOOR
+
+    caplog.set_level(logging.DEBUG, logger="ven.clock_sync")
+    wall = [1_577_836_800.0]    # 2020-01-01
+    watch = SyncWatch(lambda: SYNCED, every_s=300, wall=lambda: wall[0])
+    watch.check(0.0)
+    wall[0] = CLOCK_FLOOR.timestamp() + 400 * 86400
+    watch.check(1.0)
+    assert [r for r in caplog.records if r.name == "ven.clock_sync"] == []

@@ -18,11 +18,12 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Callable
 
 from bacnet_api.settle import span
 
-from .wallclock import StepWatch
+from .wallclock import StepWatch, clock_suspect
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,8 @@ class SyncWatch:
     def check(self, now: float) -> ClockSync | None:
         """Ask the kernel if CHECK_EVERY_S has passed since the last time (`now` monotonic seconds); say a step of
         the wall clock since the last call."""
-        self._say_step(self._steps.step(self._wall()))
+        wall = self._wall()
+        self._say_step(self._steps.step(wall), wall)
         if now < self._next:
             return self.last
         self._next = now + self._every
@@ -140,9 +142,10 @@ class SyncWatch:
         return sync
 
     @staticmethod
-    def _say_step(step: float) -> None:
+    def _say_step(step: float, wall: float) -> None:
         # What else the step moved (reports, events, the forecaster's history) is said where it happened; this
-        # line is the cause, in either direction, readings or not
-        if step:
+        # line is the cause, in either direction, readings or not. Not from a clock not yet set (a box without a
+        # clock battery, at each boot): the gateway's "clock not set" line and its end say that one
+        if step and not clock_suspect(datetime.fromtimestamp(wall - step, timezone.utc)):
             log.warning("wall clock %s %s (set by NTP or by hand): times stamped from now on follow it",
                         "jumped ahead" if step > 0 else "went back", span(abs(step)))
