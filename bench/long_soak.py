@@ -100,7 +100,7 @@ async def main(args) -> None:
     storage = work / "gw.sqlite"
     C.seed_history(str(storage))
     cfg = C.gateway_config_dict(str(storage), ports["bacnet"], ports["meter"], ports["vtn"], ports["http"],
-                                cycle_seconds=20.0, retrain_minutes=5.0, log_level="INFO")
+                                cycle_seconds=20.0, retrain_minutes=args.retrain_minutes, log_level="INFO")
     cfg["openadr"].update(ven_name="long-soak")
     cfg["storage"]["retry_seconds"] = 10
     config, log_path = work / "gw.toml", work / "gateway.log"
@@ -379,5 +379,6 @@ if __name__ == "__main__":
     ap.add_argument("--healthy-minutes", type=float, default=4.0)
     ap.add_argument("--fault-every", type=float, default=6.0)
     ap.add_argument("--fault-seconds", type=float, default=90.0)
+    ap.add_argument("--retrain-minutes", type=float, default=5.0)
     ap.add_argument("--keep")
     asyncio.run(main(ap.parse_args()))
