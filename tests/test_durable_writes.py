@@ -23,7 +23,7 @@ from waiting import eventually
 
 from ven.vtn_server import DemoVtn
 
-SLOW_MS = 600
+SLOW_MS = 300     # under the gateway's ACK_WAIT_S: the ack waits for the whole sync
 SHIM = r"""
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -48,7 +48,8 @@ static int slowed(int fd, int (*real)(int)) {
     path[n] = 0;
     if (strcmp(path, want) != 0) return real(fd);
     long long start = now_ns();
-    struct timespec pause = {0, atol(getenv("SLOW_SYNC_MS")) * 1000000L};
+    long ms = atol(getenv("SLOW_SYNC_MS"));
+    struct timespec pause = {ms / 1000, (ms % 1000) * 1000000L};
     nanosleep(&pause, NULL);
     int rc = real(fd);
     char line[64];
@@ -113,6 +114,32 @@ async def test_an_opt_out_command_is_on_the_disk_before_its_ack_and_reads_are_an
             assert await bas.read(gateway, "binaryValue 4", "presentValue") == "inactive"
     assert "Traceback" not in gw.log()
 
+
+
+@pytest.mark.timeout(120)
+async def test_a_disk_slower_than_a_bas_waits_does_not_turn_its_writes_into_time_outs(
+        tmp_path, monkeypatch, free_udp_port, free_tcp_port):
+    # a sync of 3 s (a failing card, a machine swapping) held every ADR-Opt-Out SimpleACK for 3 s: past a BAS's
+    # APDU timeout, so time-outs, retries and a device shown offline for a command that was taken
+    from ven.app import ACK_WAIT_S
+
+    storage = (tmp_path / "gw.sqlite").resolve()
+    log = slow_sync_shim(tmp_path, monkeypatch, f"{storage}-wal")
+    monkeypatch.setenv("SLOW_SYNC_MS", "3000")
+    bacnet_port = free_udp_port()
+    config = tmp_path / "gw.toml"
+    write_config(config, bacnet_port=bacnet_port, http_port=free_tcp_port(), storage=storage, ven_name="slowdisk",
+                 cycle_seconds=60)
+    gateway = f"127.0.0.1:{bacnet_port}"
+    with GatewayProcess(config, tmp_path / "gateway.log") as gw:
+        await eventually(lambda: "edge-gateway ready" in gw.log(), 60, "the gateway to be ready")
+        async with BacnetPeer(free_udp_port(), timeout=2.0) as bas:
+            sent = time.monotonic()
+            assert await bas.write(gateway, "binaryValue 4", "presentValue", "active", priority=8) is None
+            assert ACK_WAIT_S <= time.monotonic() - sent < 2.0, (sent, syncs(log))
+            await eventually(lambda: any(a >= sent for a, _ in syncs(log)), 10, "the sync, going on after the ack")
+            assert await bas.read(gateway, "binaryValue 4", "presentValue") == "active"
+    assert "Traceback" not in gw.log()
 
 class _Timed(list):
     """The demo VTN's list of opt answers, each noted with when it arrived."""

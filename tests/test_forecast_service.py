@@ -453,7 +453,13 @@ async def test_a_fit_process_ends_when_its_gateway_is_killed(tmp_path):
 
 def _fit_children() -> list[int]:
     """This process's children, whatever they run yet: a child just started still runs Python's start-up."""
-    return [int(pid) for task in Path("/proc/self/task").iterdir() for pid in (task / "children").read_text().split()]
+    pids = []
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            pids += [int(pid) for pid in (task / "children").read_text().split()]
+        except FileNotFoundError:   # a thread that ended meanwhile
+            pass
+    return pids
 
 
 def _cmdline(pid: int) -> str:

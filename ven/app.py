@@ -109,6 +109,19 @@ def bacnet_device(c: GatewayConfig) -> GatewayDevice:
                          points=P.points_for(c.forecaster.horizons_minutes, c.forecaster.threshold_days))
 
 
+# How long a BAS write's SimpleACK waits for its sync. An SD card syncs in tens of ms; a disk that takes longer
+# (a failing card, a machine swapping) would turn the BAS's writes into time-outs and retries, a device shown
+# offline, for a window of a second or so in which only a power cut could undo the command.
+ACK_WAIT_S = 0.5
+
+
+async def _at_most(sync, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(asyncio.shield(sync), seconds)   # shield: the sync goes on after the ack
+    except TimeoutError:
+        pass
+
+
 class Gateway:
     def __init__(self, config: GatewayConfig, clock_sync: SyncWatch | None = None, cert_watch: CertWatch | None = None):
         """clock_sync: watches whether the machine's clock is synchronized (by default the kernel's word, every
@@ -295,7 +308,7 @@ class Gateway:
         self.vtn.set_opt_out(opted_out)  # updates the schedule too
         # the BAS's SimpleACK waits for the command (and the events' answers) to be on the disk, not only in the
         # page cache: a power cut after the ack must not undo a command the BAS holds as taken
-        return self.storage.synced()
+        return _at_most(self.storage.synced(), ACK_WAIT_S)
 
     def _count_database_revision(self) -> None:
         # Over BACnet no object is created, deleted or renamed, but between two runs a new device_name or
