@@ -118,6 +118,21 @@ def test_an_event_starting_within_the_longest_horizon_is_upcoming():
     assert build_history(NOW, 1.0, EMPTY, [later, gone])["upcoming"] == []
 
 
+
+def test_a_cancelled_event_winding_down_shows_its_next_step_up_to_its_randomized_end():
+    # 2.0b rule 65: a cancelled event with a startafter window runs on to a random time within it. A step starting
+    # inside that wind-down drives ADR-Event-Level, but the chart took every cancellation for over, and showed it
+    # neither ahead nor shaded until it began
+    steps = {"event_id": "steps", "status": "cancelled", "opt": "optIn", "cancelled_at": iso(NOW + 900),
+             "signals": [{"name": "SIMPLE", "type": "level", "intervals": [
+                 {"start": iso(NOW - 600), "duration_seconds": 900.0, "payload": 1.0},
+                 {"start": iso(NOW + 300), "duration_seconds": 1800.0, "payload": 3.0},
+                 {"start": iso(NOW + 2100), "duration_seconds": 600.0, "payload": 2.0}]}]}
+    body = build_history(NOW, 1.0, EMPTY, [steps])
+    assert body["upcoming"] == [
+        {"start": NOW + 300, "end": NOW + 900, "level": 3, "event_id": "steps", "opt": "optIn", "upcoming": True}]
+    assert [(e["level"], e["start"], e["end"]) for e in body["events"]] == [(1, NOW - 600, NOW + 300)]
+
 def test_the_csv_has_no_row_after_now():
     store = {"power": {"time": [NOW - 90, NOW - 30], "kw": [100.0, 101.0]},
              "forecasts": {15: {"target_time": [NOW - 25 + 900], "issued_at": [NOW - 25], "forecast_kw": [102.0]},

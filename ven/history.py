@@ -204,8 +204,8 @@ def build_history(now: float, hours: float, store: dict, events: list[dict] = ()
             if start is None or start > ahead_until:
                 continue
             if start > now:
-                # a cancellation ends it before it starts (ran_until is never after now)
-                if ran_until is None:
+                # a cancellation ends it before it starts, unless its randomized end (2.0b rule 65) is still ahead
+                if ran_until is None or ran_until > start:
                     upcoming.append({"start": start, "end": stop, "level": level,
                                      "event_id": ev.get("event_id", ""), "opt": answers[-1][1], "upcoming": True})
                 continue
