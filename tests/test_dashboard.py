@@ -645,3 +645,28 @@ async def test_ages_past_two_days_are_said_in_days_and_hours(server):
             return [fmtAgo(now - 2 * h), fmtAgo(now + 240 * h - 30e3), fmtAgo(now - 50 * h - 30e3)];
         }""")
     assert said == ["2.0 h ago", "in 9 d 23 h", "2 d 2 h ago"]
+
+
+class PriceEventView(SampleView):
+    """The sample's events, and a day-ahead price event the gateway answered optOut (it follows SIMPLE only)."""
+
+    def status(self) -> dict:
+        body = super().status()
+        start, end = body["events"][2]["start"], body["events"][2]["end"]
+        price = {"event_id": "evt-price", "status": "pending", "opt": "optOut", "start": start, "end": end,
+                 "modification_number": 0, "signals": [{"name": "ELECTRICITY_PRICE", "type": "price", "intervals": [
+                     {"start": start, "end": end, "value": 0.31}]}]}
+        return {**body, "events": body["events"] + [price]}
+
+
+async def test_an_event_answered_opt_out_for_want_of_a_simple_signal_is_not_shown_as_a_fault(server):
+    # a price or LOAD_DISPATCH event is answered optOut as a matter of course: shown red like the BAS's opt-out, a
+    # utility's daily price events put a red cell on the screen every day for nothing anyone did
+    async with drawn(server, PriceEventView()) as (page, _):
+        price = page.locator('#events tr[data-event="evt-price"] td:nth-child(6)')
+        assert (await price.inner_text()).strip() == "optOut (no SIMPLE signal)"
+        assert await price.evaluate("(td) => [...td.classList]") == ["muted"]
+        opted = page.locator('#events tr[data-event="evt-next"] td:nth-child(6)')
+        assert (await opted.inner_text()).strip() == "optOut"
+        assert await opted.evaluate("(td) => [...td.classList]") == ["bad"]
+        assert page.errors == []
