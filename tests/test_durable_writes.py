@@ -190,6 +190,31 @@ async def test_the_vtn_hears_an_answer_only_once_it_is_on_the_disk(tmp_path, mon
 
 
 @pytest.mark.timeout(120)
+async def test_a_disk_that_hangs_its_syncs_does_not_stop_the_ven_answering(tmp_path, monkeypatch, free_udp_port,
+                                                                          free_tcp_port):
+    # a dying card taking 8 s a sync held the oadrCreatedEvent, and with it the poll that carried the event, for as
+    # long as each sync: the VEN's polls, and the utility's next events, waited on the disk
+    from ven.schedule import VTN_SYNC_WAIT_S
+
+    storage = (tmp_path / "gw.sqlite").resolve()
+    slow_sync_shim(tmp_path, monkeypatch, f"{storage}-wal")
+    monkeypatch.setenv("SLOW_SYNC_MS", "8000")
+    vtn_port = free_tcp_port()
+    config = tmp_path / "gw.toml"
+    write_config(config, bacnet_port=free_udp_port(), http_port=free_tcp_port(), vtn_port=vtn_port, storage=storage,
+                 ven_name="dying-card", cycle_seconds=60)
+    async with DemoVtn(vtn_port, poll_seconds=0.5) as vtn:
+        vtn.opts = _Timed()
+        with GatewayProcess(config, tmp_path / "gateway.log") as gw:
+            await eventually(lambda: vtn.vens and "edge-gateway ready" in gw.log(), 60, "registration")
+            sent = time.monotonic()
+            eid = vtn.add_event([1.0], datetime.now(timezone.utc) + timedelta(hours=1), 3600)
+            heard = await eventually(lambda: next((at for at, (_, e, o) in zip(vtn.opts.at, vtn.opts)
+                                                   if e == eid and o == "optIn"), 0.0), 30, "the optIn")
+            assert heard - sent < VTN_SYNC_WAIT_S + 2.5, f"answered {heard - sent:.1f} s after the event was listed"
+    assert "Traceback" not in gw.log()
+
+@pytest.mark.timeout(120)
 async def test_a_storage_path_that_is_a_symlink_is_synced_where_its_wal_is(tmp_path, monkeypatch, free_udp_port,
                                                                           free_tcp_port):
     # storage.path a symlink to the file on another disk: SQLite keeps the -wal beside the file the link names, and

@@ -50,6 +50,9 @@ class ScheduleState:
     level_event_id: str | None = None  # the event whose level is published (priority decides overlaps)
 
 
+VTN_SYNC_WAIT_S = 5.0    # see EventSchedule.synced
+
+
 class EventSchedule:
     def __init__(self, storage: Storage, on_change: Callable[[ScheduleState], None],
                  clock: Callable[[], datetime] = utcnow, keep_recent: timedelta = timedelta(hours=24),
@@ -258,9 +261,14 @@ class EventSchedule:
         self._changed()
         return changed
 
-    async def synced(self) -> None:
-        """Every change made so far is on the disk (Storage.synced): before the VTN hears an answer."""
-        await self._storage.synced()
+    async def synced(self, at_most: float = VTN_SYNC_WAIT_S) -> None:
+        """Every change made so far is on the disk (Storage.synced): before the VTN hears an answer. A disk that
+        takes longer than `at_most` (a dying card) has the answer go meanwhile: held longer, the VEN would stop
+        polling, and the utility's next events with it."""
+        try:
+            await asyncio.wait_for(asyncio.shield(self._storage.synced()), at_most)
+        except TimeoutError:
+            pass
 
     # -- views -------------------------------------------------------------------------------
 
