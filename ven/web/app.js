@@ -203,3 +203,7 @@ let resizeTimer = null;
 window.addEventListener("resize", () => { clearTimeout(resizeTimer); resizeTimer = setTimeout(drawChart, 150); });
 refresh();
 setInterval(() => refresh(), REFRESH_S * 1000);
+// a tab the browser hides runs its timers once a minute at most (Chrome, after 5 minutes hidden), so an operator
+// coming back to it read a page up to a minute old as current until the next tick: ask at once instead. Hidden,
+// it goes on refreshing at the browser's pace: its title tells a tab strip when the gateway stops answering.
+document.addEventListener("visibilitychange", () => { if (document.visibilityState === "visible") refresh(); });
