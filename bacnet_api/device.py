@@ -14,7 +14,9 @@ import math
 import time
 from typing import Any, Awaitable, Callable, Iterable, Sequence
 
+from bacpypes3.appservice import AWAIT_RESPONSE
 from bacpypes3.basetypes import BinaryPV, EngineeringUnits, Reliability
+from bacpypes3.errors import ExecutionError
 from bacpypes3.local.cmd import Commandable
 from bacpypes3.primitivedata import Real
 
@@ -39,6 +41,9 @@ _NO_VALUE_YET = Reliability("unreliableOther")
 _UNUSABLE = Reliability("unreliableOther")
 _SET_FAULT = {METER_POWER: Reliability("communicationFailure")}
 _START_TIMEOUT = 10.0
+# at a stop, how long requests being answered get to be answered: a write whose ack waits for the disk waits at
+# most 0.5 s (the application's bound)
+ANSWER_WAIT_S = 1.0
 
 
 def _plain(point: Point, value: Any) -> float | bool:
@@ -177,6 +182,7 @@ class GatewayDevice:
         if end is not None:  # a restarted device initiates again; no time-out fires on a closed stack
             end()
         if app is not None:
+            await _let_answers_go(app, ANSWER_WAIT_S)
             stop_transactions(app)
         await bacnet._disconnect()
         # let the transports' close callbacks run so the port is free on return
@@ -259,7 +265,13 @@ class GatewayDevice:
 
     def _accepted(self, point: Point, raw: Any) -> Awaitable | None:
         value: float | bool | None = _plain(point, raw)
-        obj = self._objects[point.name]
+        obj = self._objects.get(point.name)
+        if obj is None:
+            # it came while the device stops, letting the answers under way go: what keeps a command is stopping, so
+            # the writer is told it failed (and writes it again to the next start), without a traceback in the log
+            log.log(logging.INFO if point.kind == "binaryValue" else logging.DEBUG,
+                    "BACnet write of %s refused: the device is stopping", point.name)
+            raise ExecutionError("device", "operationalProblem")
         self._written.setdefault(point.name, set()).add(obj._last_priority)
         priority = obj.currentCommandPriority
         if point.kind == "analogValue" and (priority is None or priority.null is not None):
@@ -397,3 +409,16 @@ class GatewayDevice:
         if point.access != "commandable":
             raise ValueError(f"{name} is read-only from the network; nothing to listen for")
         self._callbacks.setdefault(name, []).append(callback)
+
+
+async def _let_answers_go(app: Any, at_most: float) -> None:
+    """A stop closed the socket under a request still being answered (an ADR-Opt-Out write whose SimpleACK waits
+    for the disk): the BAS got no ack for a command the gateway took, retried it or showed it failed, and bacpypes3
+    logged "exception: AttributeError(...)" sending on the closed transport. Those requests are answered first."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + at_most
+    answering = [t for t in getattr(getattr(app, "asap", None), "serverTransactions", ()) if t.state == AWAIT_RESPONSE]
+    while answering and loop.time() < end:
+        # a transaction leaves AWAIT_RESPONSE in the step that sends its answer
+        await asyncio.sleep(0.01)
+        answering = [t for t in answering if t.state == AWAIT_RESPONSE]

@@ -23,8 +23,8 @@ import logging
 import math
 import re
 import time
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
 from bacpypes3.apdu import AbortPDU, ErrorPDU, ErrorRejectAbortNack
@@ -51,6 +51,7 @@ from .settle import Flapping, span
 
 log = logging.getLogger(__name__)
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 SETTLE_READS = 5          # good reads in a row before a fault's end is logged
 
 
@@ -82,10 +83,19 @@ class MeterReading:
     # a failed read the meter answered (a value out of bounds, not power, flagged fault, an error): the
     # meter-power point's reliability then says the value is unusable, not that nothing came back
     answered: bool = False
+    # the poll ticks it stood for: the one it was asked at, then each the poll skipped while it ran (a silent meter,
+    # with timeout_seconds at or above poll_seconds), which a count of failed reads alone would miss. A failed read
+    # is missing from the interval of each of these, not of its end: one asked at an interval's last tick that timed
+    # out in the next was counted there.
+    tick_times: tuple[datetime, ...] = ()
 
     @property
     def ok(self) -> bool:
         return self.value is not None
+
+
+def _utc_us(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)
 
 
 def _short(raw: Any) -> str:
@@ -155,7 +165,7 @@ class MeterClient:
 
     async def read_once(self) -> MeterReading:
         """Read the meter once (bounded by timeout_seconds), record and return the reading."""
-        started = time.monotonic()
+        started, began = time.monotonic(), time.time()
         silenced = False
         try:
             if not self._route_ready:
@@ -192,6 +202,15 @@ class MeterClient:
         if reading.value is None and not self.router and self.network is not None and not silenced:
             self._route_ready = False  # the router we found may be gone; ask again next time
         log.debug("meter read %s in %.3f s", reading, time.monotonic() - started)
+        # in whole microseconds: a tick of a 0.1 s poll computed in float seconds can fall just before the interval
+        # boundary it is on
+        poll_us, began_us = max(1, round(self.poll_seconds * 1e6)), round(began * 1e6)
+        first = began_us // poll_us
+        ticks = round(time.time() * 1e6) // poll_us - first + 1
+        # (bounded: a wall clock stepped during the read must not make one read a day's)
+        ticks = max(1, min(ticks, math.ceil(self.timeout_seconds / self.poll_seconds) + 1))
+        reading = replace(reading, tick_times=(_utc_us(began_us), *(_utc_us((first + k) * poll_us)
+                                                                   for k in range(1, ticks))))
         self._record(reading)
         return reading
 

@@ -30,6 +30,66 @@ REPLAY_RETRAIN_MINUTES = 1440.0
 BATCH_SECONDS = 86400.0
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity (taskset, a cpuset) and a cgroup CPU quota (docker
+    --cpus, systemd CPUQuota=), rounded up. os.cpu_count() counts the machine's: on a box or container
+    given one core, replay ran a fit process per horizon side by side on it, slower than one and with
+    three times the memory."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        n = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    if quota is not None:
+        n = min(n, max(1, math.ceil(quota)))
+    return max(1, n)
+
+
+def _cgroup_cpu_quota() -> float | None:
+    """CPUs' worth of time the cgroup hierarchy allows this process (the tightest level), None if unlimited."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    tightest = None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":  # cgroup v2: cpu.max is "max 100000" or "QUOTA PERIOD"
+            root, files = Path("/sys/fs/cgroup"), ("cpu.max",)
+        elif "cpu" in controllers.split(","):
+            root = next((Path("/sys/fs/cgroup", d) for d in (controllers, "cpu", "cpu,cpuacct")
+                         if Path("/sys/fs/cgroup", d, "cpu.cfs_quota_us").exists()), None)
+            files = ("cpu.cfs_quota_us", "cpu.cfs_period_us")
+            if root is None:
+                continue
+        else:
+            continue
+        # Inside a container the path may name the host's hierarchy, which is not mounted here: the
+        # levels that exist are read, from this process's own up to the mount's root
+        level = Path(path.strip("/"))
+        while True:
+            quota = _read_quota(root / level, files)
+            if quota is not None:
+                tightest = quota if tightest is None else min(tightest, quota)
+            if level == Path(""):
+                break
+            level = level.parent
+    return tightest
+
+
+def _read_quota(directory: Path, files: tuple[str, ...]) -> float | None:
+    try:
+        if len(files) == 1:
+            quota, period = (directory / files[0]).read_text().split()[:2]
+        else:
+            quota, period = ((directory / f).read_text().strip() for f in files)
+        if quota in ("max", "-1") or float(period) <= 0:
+            return None
+        return float(quota) / float(period)
+    except (OSError, ValueError):
+        return None
+
+
 def _limit_threads(n_threads: int) -> None:
     # Each pool process fits one horizon; more threads than the forecaster's setting would
     # only fight the other process for the same cores. The limiter lives as long as the process.
@@ -74,7 +134,7 @@ def replay_series(times, values, write_row, cycle_minutes: float = 15, fit_proce
         raise ValueError("times must be finite and sorted")
     fc = DemandForecaster(**forecaster_params)
     if fit_processes is None:
-        fit_processes = min(len(fc.horizons_minutes), os.cpu_count() or 1)
+        fit_processes = min(len(fc.horizons_minutes), usable_cpus())
     if fit_processes < 1:
         raise ValueError("fit_processes must be at least 1")
 

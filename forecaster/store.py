@@ -21,6 +21,9 @@ log = logging.getLogger(__name__)
 # A file this store creates gets small pages, as ven.storage.PAGE_SIZE says why (the card's wear);
 # an existing file keeps its own.
 PAGE_SIZE = 1024
+# The last minute a datetime can name (year 9999): one after it is no time the meter was read at, and loading it
+# asked for every minute up to it (30 GB: MemoryError, none of the history loaded).
+LAST_MINUTE = 253402300799 // 60
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS forecast_minute (minute INTEGER PRIMARY KEY, sum_kw REAL NOT NULL, count INTEGER NOT NULL);
@@ -38,6 +41,9 @@ class ForecastStore:
         self.path = str(path)
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._timeout = busy_timeout_s
+        # the unreadable minutes named already: each clock step reloads the stored minutes, and naming them again
+        # made one damaged row look like a new fault at every step
+        self._unreadable_said: set[int] = set()
         with closing(self._connect(create=True)) as db:
             db.execute(f"PRAGMA page_size={PAGE_SIZE}")  # before WAL mode writes the file's header
             db.execute("PRAGMA journal_mode=WAL")
@@ -86,10 +92,10 @@ class ForecastStore:
         now = time.time() if now is None else now
         since = int((now - fc.keep_days * 86400) // 60)
         with closing(self._connect()) as db:
-            rows = db.execute("SELECT minute, sum_kw, count FROM forecast_minute WHERE minute >= ? ORDER BY minute",
-                              (since,)).fetchall()
+            rows = self._usable(db.execute("SELECT minute, sum_kw, count FROM forecast_minute WHERE minute >= ? "
+                                           "ORDER BY minute", (since,)))
             blob = db.execute("SELECT blob FROM forecast_model WHERE id = 1").fetchone()
-            states = {col: self._flag_state(db, col, now) for col in ("high_load", "low_load")} if flags else {}
+            states = {col: self._readable_flag(db, col, now) for col in ("high_load", "low_load")} if flags else {}
         if flags:
             fc.restore_flags(states["high_load"], states["low_load"])
         if rows:
@@ -111,6 +117,34 @@ class ForecastStore:
         loaded = {"minutes": len(rows), "model": model_ok}
         return {**loaded, "flags": states} if flags else loaded
 
+    def _usable(self, rows) -> list[tuple[int, float, int]]:
+        """The (minute, sum, count) rows the forecaster can take. One it cannot (a sum that is text or inf, a count
+        not a whole number above 0, a minute after year 9999: a hand edit, a damaged page, another version) made the
+        whole history fail to load: the forecaster started from nothing, said the file could not be written, and
+        never stored again. Named in one WARNING (once: read again, they are not named again); left in the file,
+        whose age prune removes it in time."""
+        good, bad = [], []
+        for k, total, n in rows:
+            if (isinstance(total, (int, float)) and math.isfinite(total) and isinstance(n, int) and n > 0
+                    and k <= LAST_MINUTE):
+                good.append((k, float(total), n))
+            else:
+                bad.append((k, total, n))
+        bad = [row for row in bad if row[0] not in self._unreadable_said]
+        self._unreadable_said.update(k for k, _, _ in bad)
+        if bad:
+            log.warning("storage.path %s: %d stored minute(s) of forecaster history unreadable (minute %d: sum %r, "
+                        "count %r): not used; the rest of the history is", self.path, len(bad), *bad[0])
+        return good
+
+    def _readable_flag(self, db, col: str, now: float) -> tuple[bool, float] | None:
+        try:
+            return self._flag_state(db, col, now)
+        except (ValueError, TypeError, OverflowError) as err:
+            log.warning("storage.path %s: the last stored %s unreadable (%s): it starts off", self.path,
+                        col.replace("_", "-"), err)
+            return None
+
     @staticmethod
     def _flag_state(db, col: str, now: float) -> tuple[bool, float] | None:
         """(on, since) of a flag at the last issue before `now`: since is the first issue of that run."""
@@ -129,8 +163,9 @@ class ForecastStore:
         """After a clock step: the stored minutes in (since, until] that fc does not hold; returns how many.
         Nothing after `until` (now): those minutes were stamped by a clock that ran ahead."""
         with closing(self._connect()) as db:
-            rows = db.execute("SELECT minute, sum_kw, count FROM forecast_minute WHERE minute > ? AND minute <= ? "
-                              "ORDER BY minute", (math.floor(since / 60), math.ceil(until / 60))).fetchall()
+            rows = self._usable(db.execute("SELECT minute, sum_kw, count FROM forecast_minute WHERE minute > ? AND "
+                                           "minute <= ? ORDER BY minute",
+                                           (math.floor(since / 60), math.ceil(until / 60))))
         if not rows:
             return 0
         ks, sums, counts = zip(*rows)
@@ -193,8 +228,11 @@ class ForecastStore:
     def history(self, since_epoch: float) -> dict:
         """Plain lists for the HTTP history endpoint: 1-minute power, forecasts by target time, flags."""
         with closing(self._connect()) as db:
-            power = db.execute("SELECT minute * 60.0, sum_kw / count FROM forecast_minute WHERE minute >= ? "
-                               "ORDER BY minute", (int(since_epoch // 60),)).fetchall()
+            # the rows the forecaster takes, not SQLite's sum_kw / count: that drew a sum of 'abc' as 0 kW, '12.5kW'
+            # as 12.5 and a count of -2 as a negative demand, where the forecaster saw no reading
+            power = [(k * 60.0, total / n) for k, total, n in self._usable(db.execute(
+                "SELECT minute, sum_kw, count FROM forecast_minute WHERE minute >= ? ORDER BY minute",
+                (int(since_epoch // 60),)))]
             demand = db.execute("SELECT horizon_minutes, target_time, issued_at, forecast_kw FROM forecast_demand "
                                 "WHERE target_time >= ? ORDER BY horizon_minutes, target_time", (since_epoch,)).fetchall()
             flags = db.execute("SELECT issued_at, high_load, low_load, high_threshold_kw, low_threshold_kw, model "

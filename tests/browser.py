@@ -7,11 +7,15 @@ recorded, so a test can assert the dashboard pulls nothing from a CDN.
 """
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 from contextlib import asynccontextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
+
+import pytest
+import pytest_asyncio
 
 ARTIFACTS = Path(__file__).with_name("artifacts")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -35,47 +39,103 @@ def artifact_path(name: str) -> Path:
     return ARTIFACTS / name
 
 
-@asynccontextmanager
-async def chromium_page(width: int = 1440, height: int = 1200, timezone_id: str | None = None,
-                        color_scheme: str = "light"):
-    """Yield a Playwright page; page.errors collects console errors and uncaught exceptions,
-    page.offsite collects URLs to non-loopback hosts (all refused). timezone_id: the browser's own zone
-    (default: the machine's); color_scheme: the scheme the page is told the OS prefers ("light" or "dark")."""
+# the Chromium of a test module whose tests share its event loop (`one_chromium`), by that loop
+_shared = {}
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def one_chromium():
+    """One Chromium for a module's pages, each page in a context of its own (its cookies, storage, viewport, zone
+    and clock its own): starting Playwright's driver and a browser, then closing them, was a second of each test.
+    The module's tests must run on the module's loop: `pytest.mark.asyncio(loop_scope="module")`."""
     from playwright.async_api import async_playwright
 
-    exe = chromium_path()
     async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=exe, headless=True, args=CHROMIUM_ARGS, timeout=30000)
+        browser = await _launch(pw)
+        loop = asyncio.get_running_loop()
+        _shared[loop] = browser
         try:
-            zone = {"timezone_id": timezone_id} if timezone_id else {}
-            context = await browser.new_context(viewport={"width": width, "height": height}, color_scheme=color_scheme,
-                                                **zone)
-            page = await context.new_page()
-            page.errors = []
-            page.offsite = []
-            page.network_changes = 0
+            yield browser
+        finally:
+            _shared.pop(loop, None)
+            await browser.close()
 
-            def console(msg):
-                if msg.type != "error":
-                    return
-                # Chromium drops the loads in flight when an interface comes or goes on the machine (another test's
-                # network namespace and veth pair, test_field_network): the machine's doing, not the page's
-                if "ERR_NETWORK_CHANGED" in msg.text:
-                    page.network_changes += 1
-                else:
-                    page.errors.append(f"console: {msg.text}")
-            page.on("console", console)
-            page.on("pageerror", lambda exc: page.errors.append(f"pageerror: {exc}"))
 
-            async def guard(route):
-                host = urlsplit(route.request.url).hostname or ""
-                if host in LOOPBACK:
-                    await route.continue_()
-                else:
-                    page.offsite.append(route.request.url)
-                    await route.abort()
+# a module's pytestmark for its pages in one_chromium (and its async fixtures on the module's loop too)
+IN_ONE_CHROMIUM = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.usefixtures("one_chromium")]
 
-            await page.route("**/*", guard)
+
+async def _launch(pw):
+    return await pw.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS, timeout=30000)
+
+
+# The page's own intervals of a second or more (its refresh, ?refresh= bounded below by 1 s, and its ages' tick) run
+# `speedup` times as often: a test of a change the page takes up by itself waits for the page's own timer still,
+# a fifth of a second instead of a second each time. The page's words ("every 1 s") and its time limits (setTimeout,
+# the 8 s of a request) are its own.
+SPEEDUP_JS = """(speedup) => {
+  const setInterval = window.setInterval;
+  window.setInterval = (fn, ms, ...args) => setInterval(fn, ms >= 1000 ? ms / speedup : ms, ...args);
+}"""
+
+
+@asynccontextmanager
+async def chromium_page(width: int = 1440, height: int = 1200, timezone_id: str | None = None,
+                        color_scheme: str = "light", speedup: float = 1):
+    """Yield a Playwright page; page.errors collects console errors and uncaught exceptions,
+    page.offsite collects URLs to non-loopback hosts (all refused). timezone_id: the browser's own zone
+    (default: the machine's); color_scheme: the scheme the page is told the OS prefers ("light" or "dark");
+    speedup: the page's intervals of a second or more run that many times as often (SPEEDUP_JS).
+    In the module's Chromium if it has one (`one_chromium`), else in a Chromium of its own."""
+    shared = _shared.get(asyncio.get_running_loop())
+    if shared is not None:
+        async with _page(shared, width, height, timezone_id, color_scheme, speedup) as page:
             yield page
+        return
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        browser = await _launch(pw)
+        try:
+            async with _page(browser, width, height, timezone_id, color_scheme, speedup) as page:
+                yield page
         finally:
             await browser.close()
+
+
+@asynccontextmanager
+async def _page(browser, width, height, timezone_id, color_scheme, speedup):
+    zone = {"timezone_id": timezone_id} if timezone_id else {}
+    context = await browser.new_context(viewport={"width": width, "height": height}, color_scheme=color_scheme, **zone)
+    try:
+        if speedup != 1:
+            await context.add_init_script(f"({SPEEDUP_JS})({float(speedup)!r})")
+        page = await context.new_page()
+        page.errors = []
+        page.offsite = []
+        page.network_changes = 0
+
+        def console(msg):
+            if msg.type != "error":
+                return
+            # Chromium drops the loads in flight when an interface comes or goes on the machine (another test's
+            # network namespace and veth pair, test_field_network): the machine's doing, not the page's
+            if "ERR_NETWORK_CHANGED" in msg.text:
+                page.network_changes += 1
+            else:
+                page.errors.append(f"console: {msg.text}")
+        page.on("console", console)
+        page.on("pageerror", lambda exc: page.errors.append(f"pageerror: {exc}"))
+
+        async def guard(route):
+            host = urlsplit(route.request.url).hostname or ""
+            if host in LOOPBACK:
+                await route.continue_()
+            else:
+                page.offsite.append(route.request.url)
+                await route.abort()
+
+        await page.route("**/*", guard)
+        yield page
+    finally:
+        await context.close()

@@ -139,6 +139,7 @@ class RawVtn:
         self.outbox: list[bytes] = []
         self.answered: list[tuple[str, str, str]] = []   # (eventID, modificationNumber, optType) as written
         self.answer_request_ids: list[str] = []   # each eventResponse's requestID, as written
+        self.answer_codes: list[tuple[str, str]] = []   # (eventID, responseCode) of each eventResponse, as written
         self.registered: list[dict] = []   # the VEN's oadrRegisteredReport answers (to `register_report`)
         self.invalid: list[str] = []       # the VEN's messages that fail the schema, and why
         self.served = 0                    # hand-written messages the VEN has been given
@@ -153,6 +154,10 @@ class RawVtn:
 
     def answers(self, event_id: str) -> list[str]:
         return [opt for eid, _, opt in self.answered if eid == event_id]
+
+    def codes(self, event_id: str) -> list[str]:
+        """The responseCode of each eventResponse to `event_id`, as written."""
+        return [code for eid, code in self.answer_codes if eid == event_id]
 
     async def __aenter__(self) -> "RawVtn":
         app = web.Application()
@@ -187,6 +192,8 @@ class RawVtn:
                                       r.findtext(f"{{{EI}}}qualifiedEventID/{{{EI}}}modificationNumber"),
                                       r.findtext(f"{{{EI}}}optType")))
                 self.answer_request_ids.append(r.findtext(f"{{{PYLD}}}requestID"))
+                self.answer_codes.append((r.findtext(f"{{{EI}}}qualifiedEventID/{{{EI}}}eventID"),
+                                          r.findtext(f"{{{EI}}}responseCode")))
             answer = response(str(payload["ven_id"]), "")
         elif message_type == "oadrRegisteredReport":
             self.registered.append(payload)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from bacnet_api.points import (
     POINTS,
 )
 from bacnet_peer import BacnetPeer, PeerError
+from waiting import eventually
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -429,3 +431,36 @@ async def test_registers_as_a_foreign_device_so_a_bas_behind_a_bbmd_finds_it(fre
         await device.stop()
         for app in reversed(stacks):
             await close_stack(app)
+
+
+async def test_a_write_that_comes_while_the_device_stops_is_refused_without_a_traceback(
+        free_udp_port, monkeypatch, caplog):
+    # A stop lets the answers under way go first (an ADR-Opt-Out ack waiting for the disk): a BAS write that came
+    # meanwhile (its input-power-meter every few seconds) found the device's points gone, and the log had
+    # "ERROR exception: KeyError('input-power-meter')" and a traceback at every such stop. It is refused, quietly.
+    import bacnet_api.device as device_module
+    monkeypatch.setattr(device_module, "ANSWER_WAIT_S", 10.0)      # the window held open until the test is done
+    device = GatewayDevice(address=f"127.0.0.1/8:{free_udp_port()}", device_id=DEVICE_ID, device_name="Stopping",
+                           input_min=INPUT_MIN, input_max=INPUT_MAX)
+    await device.start()
+    release, seen = asyncio.Event(), []
+    device.on_write(OPT_OUT, lambda value: release.wait())         # its ack waits, as for the disk
+    device.on_write(INPUT_POWER, seen.append)
+    stop = None
+    try:
+        async with BacnetPeer(free_udp_port(), timeout=5.0) as bas, BacnetPeer(free_udp_port(), timeout=5.0) as bas2:
+            first = asyncio.create_task(bas.write(where(device), "binaryValue 4", "presentValue", "active", priority=8))
+            await eventually(lambda: device.get(OPT_OUT) is True, 5, "the opt-out write taken")
+            stop = asyncio.create_task(device.stop())
+            await eventually(lambda: not device.running, 5, "the stop begun")
+            second = await bas2.write(where(device), "analogValue 1", "presentValue", 42.0, priority=8)
+            release.set()
+            assert await first is None, "the write under way is still acknowledged"
+            await asyncio.wait_for(stop, 10)
+    finally:
+        release.set()
+        if stop is None:
+            await device.stop()
+    assert isinstance(second, PeerError) and seen == [], second
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info], \
+        [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]

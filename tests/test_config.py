@@ -437,6 +437,14 @@ def test_a_meter_read_less_often_than_telemetry_is_sampled_is_a_warning_not_an_e
     assert load_config(None, environ={}).warnings() == []
 
 
+
+def test_a_slow_meter_poll_is_no_warning_for_a_programme_without_telemetry(tmp_path):
+    # openadr.telemetry = false (events only) sends no report interval: check-config and every start still warned
+    # that intervals the meter was not read in would not reach the VTN, for a site reading its meter every 30 s
+    res = _cli("check-config", str(_write(tmp_path, "[meter]\npoll_seconds = 30\n[openadr]\ntelemetry = false\n")))
+    assert res.returncode == 0, res.stderr
+    assert "poll_seconds" not in res.stdout and ": ok (" in res.stdout, res.stdout
+
 def test_an_input_stale_limit_past_the_demand_window_is_a_warning(tmp_path):
     # raised for a BAS writing on change of value (README's advice), it outlasts the 15-minute demand window: a
     # quarter-hour without power showed the forecasts in fault with no warning and no turn to the meter

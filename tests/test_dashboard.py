@@ -10,18 +10,20 @@ import time
 
 import aiohttp
 import pytest
+import pytest_asyncio
 
 from bacnet_api.points import BY_NAME as POINTS_BY_NAME, POINTS
-from browser import artifact_path, chromium_page
+from browser import IN_ONE_CHROMIUM, artifact_path, chromium_page, one_chromium  # noqa: F401 - fixture
 from waiting import eventually
 from test_http_api import SampleView, _iso
 from ven.http_api import HttpServer
 from ven.metrics import Metrics
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.timeout(90), *IN_ONE_CHROMIUM]
 
 
-@pytest.fixture
+# on the module's loop, as its tests are (pytestmark): a module importing it runs its tests there too
+@pytest_asyncio.fixture(loop_scope="module")
 async def server(free_tcp_port):
     servers = []
 
@@ -78,13 +80,17 @@ async def _why_not_drawn(page) -> str:
         return "the page does not answer: a script of it runs without end"
 
 
+# for a test of a change the page takes up by itself at ?refresh=1: its refresh every 0.2 s (browser.py SPEEDUP_JS)
+QUICK = 5
+
+
 @contextlib.asynccontextmanager
-async def drawn(server, view, query="", at=None):
+async def drawn(server, view, query="", at=None, speedup=1):
     """The dashboard of `view` open in Chromium, with the /api/history it draws from; at: the page's clock
-    (epoch s), for a view made at that time (made_at)."""
+    (epoch s), for a view made at that time (made_at); speedup: as chromium_page's."""
     srv = await server(view)
     history = await get_json(srv.url + "/api/history?hours=24")
-    async with chromium_page() as page:
+    async with chromium_page(speedup=speedup) as page:
         if at is not None:
             await page.clock.set_fixed_time(at)
         await open_dashboard(page, srv.url + "/" + query)
@@ -157,7 +163,7 @@ async def test_dashboard_draws_history(server):
 async def test_dashboard_refreshes_and_shows_faults(server):
     view = SampleView()
     srv = await server(view)
-    async with chromium_page() as page:
+    async with chromium_page(speedup=QUICK) as page:
         await open_dashboard(page, srv.url + "/?refresh=1&hours=6")
         assert await page.evaluate("window.dashboard.minutes") == 360
         draws = await page.evaluate("window.dashboard.draws")
@@ -320,7 +326,7 @@ async def section_value(page, section, key):
 
 async def test_dashboard_marks_stale_when_gateway_stops(server):
     srv = await server(SampleView())
-    async with chromium_page() as page:
+    async with chromium_page(speedup=QUICK) as page:
         await open_dashboard(page, srv.url + "/?refresh=1")
         assert await page.locator("#pills .pill.ok").count() >= 1  # healthy, VTN connected
         await srv.stop()
@@ -342,7 +348,7 @@ async def test_dashboard_marks_stale_when_gateway_stops(server):
 
 async def test_dashboard_token_rotated_while_open(server):
     srv = await server(SampleView(), token="s3cret")
-    async with chromium_page() as page:
+    async with chromium_page(speedup=QUICK) as page:
         await open_dashboard(page, srv.url + "/?refresh=1#token=s3cret", timeout=10000)
         # the token is changed on the gateway: the page's copy is now refused
         await page.evaluate("sessionStorage.setItem('edge-gateway-token', 'old-token')")
@@ -382,7 +388,7 @@ class StorageView(SampleView):
 async def test_dashboard_shows_storage_failure(server):
     view = StorageView()
     srv = await server(view)
-    async with chromium_page() as page:
+    async with chromium_page(speedup=QUICK) as page:
         await open_dashboard(page, srv.url + "/?refresh=1")
         pill = page.locator("#pills .pill.bad", has_text="storage not writable")
         assert await pill.count() == 1

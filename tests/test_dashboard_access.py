@@ -10,13 +10,13 @@ from datetime import datetime
 
 import pytest
 
-from browser import chromium_page
-from test_dashboard import READY, drawn, made_at, open_dashboard, server  # noqa: F401 - shared fixture
+from browser import IN_ONE_CHROMIUM, chromium_page, one_chromium  # noqa: F401 - fixture
+from test_dashboard import QUICK, READY, drawn, made_at, open_dashboard, server  # noqa: F401 - shared fixture
 from test_dashboard_faults import EverythingView, FaultView
 from test_http_api import SampleView
 from waiting import eventually
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.timeout(90), *IN_ONE_CHROMIUM]
 
 # every visible text node, its colour against the background it is drawn on (the first opaque one up the
 # tree, translucent ones blended in); large text (24 px, or 18.66 px bold) needs 3:1
@@ -106,7 +106,7 @@ async def test_a_screen_reader_hears_each_change_once(server):
     view = FaultView()
     view.faults = {"meter-flaky"}   # a warning whose ages tick on every refresh
     srv = await server(view)
-    async with chromium_page() as page:
+    async with chromium_page(speedup=QUICK) as page:
         await open_dashboard(page, srv.url + "/?refresh=1")
         await record_live_changes(page)
         draws = await page.evaluate("window.dashboard.draws")

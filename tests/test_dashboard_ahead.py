@@ -9,13 +9,13 @@ from datetime import datetime, timezone
 
 import pytest
 
-from browser import artifact_path, chromium_page
-from test_dashboard import drawn, open_dashboard, server  # noqa: F401 - shared fixture
+from browser import IN_ONE_CHROMIUM, artifact_path, chromium_page, one_chromium  # noqa: F401 - fixture
+from test_dashboard import QUICK, drawn, open_dashboard, server  # noqa: F401 - shared fixture
 from test_dashboard_chart_keys import assert_reads, readout, tab_to_chart
 from test_http_api import SampleView
 from ven.history import build_history
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.timeout(90), *IN_ONE_CHROMIUM]
 
 KW = {15: 118.5, 60: 71.25}
 
@@ -72,7 +72,7 @@ async def scales(page, body, minutes_ahead):
 
 async def test_the_chart_goes_past_now_to_the_forecasts_and_the_next_event(server):
     view = AheadView()
-    async with drawn(server, view, "?hours=6&refresh=1") as (page, _):
+    async with drawn(server, view, "?hours=6&refresh=1", speedup=QUICK) as (page, _):
         await page.wait_for_function("window.dashboard.minutes === 360", timeout=10000)
         await page.screenshot(path=str(artifact_path("dashboard-ahead.png")), full_page=True)
         body = view.history(6)

@@ -8,11 +8,12 @@ from datetime import datetime, timezone
 
 import pytest
 
-from test_dashboard import drawn, get_json, server  # noqa: F401 - shared fixture
+from browser import IN_ONE_CHROMIUM, one_chromium  # noqa: F401 - fixture
+from test_dashboard import QUICK, drawn, get_json, server  # noqa: F401 - shared fixture
 from test_dashboard_access import live_changes, record_live_changes
 from test_http_api import SampleView
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.timeout(90), *IN_ONE_CHROMIUM]
 
 SERIES = {"power_kw": "Power (1 min)", "demand_kw": "Demand (15 min)", "forecast_15": "Forecast 15 min ahead",
           "forecast_60": "Forecast 60 min ahead"}
@@ -125,7 +126,7 @@ async def test_the_keys_step_the_readout_and_each_step_is_said_once(server):
 
 async def test_the_readout_keeps_its_minute_across_the_refresh(server):
     view = SlidingView()
-    async with drawn(server, view, "?refresh=1") as (page, history):
+    async with drawn(server, view, "?refresh=1", speedup=QUICK) as (page, history):
         await record_live_changes(page)
         await tab_to_chart(page)
         for key in ("End", "ArrowLeft", "ArrowLeft"):

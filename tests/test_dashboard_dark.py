@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from browser import chromium_page
+from browser import IN_ONE_CHROMIUM, chromium_page, one_chromium  # noqa: F401 - fixture
 from test_dashboard import open_dashboard, server  # noqa: F401 - shared fixture
 from test_dashboard_ahead import AheadView
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.timeout(90), *IN_ONE_CHROMIUM]
 
 
 # the chart's lines and marks, the colour each is drawn in and its contrast with the plot's background (the

@@ -9,10 +9,10 @@ import time
 
 import pytest
 
-from browser import chromium_page
+from browser import IN_ONE_CHROMIUM, chromium_page, one_chromium  # noqa: F401 - fixture
 from test_dashboard import FreshView, open_dashboard, server  # noqa: F401 - shared fixture
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.timeout(90), *IN_ONE_CHROMIUM]
 
 SET_VISIBILITY = """(state) => {
   Object.defineProperty(document, "visibilityState", {configurable: true, get: () => state});

@@ -9,13 +9,14 @@ import time
 
 import pytest
 
-from browser import chromium_page
-from test_dashboard import open_dashboard
+from browser import IN_ONE_CHROMIUM, chromium_page, one_chromium  # noqa: F401 - fixture
+from test_dashboard import QUICK, open_dashboard
+from waiting import eventually
 from test_http_api import SampleView, _iso
 from ven.http_api import HttpServer
 from ven.metrics import Metrics
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.timeout(90), *IN_ONE_CHROMIUM]
 
 AGES = "Array.from(document.querySelectorAll('#tiles .age')).map((n) => n.textContent)"
 
@@ -56,7 +57,7 @@ async def test_tile_ages_keep_counting_while_the_gateway_is_away_and_the_page_co
     # the tiles said "read 3 s ago" all through a gateway restart, under a banner saying the data was old
     port = free_tcp_port()
     view = ReadingView()
-    async with chromium_page() as page:
+    async with chromium_page(speedup=QUICK) as page:
         async with serving(view, port):
             await open_dashboard(page, f"http://127.0.0.1:{port}/?refresh=1")
             ages = await page.evaluate(AGES)
@@ -64,9 +65,11 @@ async def test_tile_ages_keep_counting_while_the_gateway_is_away_and_the_page_co
         # stopped: within a refresh or two the page says so, and the ages go on counting
         await page.wait_for_function("window.dashboard.stale", timeout=10000)
         first = [seconds_ago(a) for a in await page.evaluate(AGES)]
-        await asyncio.sleep(3.5)
-        later = [seconds_ago(a) for a in await page.evaluate(AGES)]
-        assert all(b is not None and b >= a + 3 for a, b in zip(first, later)), (first, later)
+
+        async def counted_on():
+            later = [seconds_ago(a) for a in await page.evaluate(AGES)]
+            return all(b is not None and b >= a + 3 for a, b in zip(first, later))
+        await eventually(counted_on, 10, "the ages counting on")
         banner = await page.locator("#banner").inner_text()
         assert "gateway unreachable (since" in banner and "Showing data from" in banner, banner
         assert "gateway unreachable" in await page.locator("#pills .pill.why").inner_text()
@@ -128,7 +131,8 @@ async def test_a_gateway_holding_its_answers_gets_one_refresh_at_a_time(free_tcp
     # every one of them landing on the gateway as it came back
     port = free_tcp_port()
     view = ReadingView()
-    async with chromium_page() as page:
+    # its ticks five times as often: the refreshes held at once would be more, not fewer, without the one at a time
+    async with chromium_page(speedup=QUICK) as page:
         async with serving(view, port):
             await open_dashboard(page, f"http://127.0.0.1:{port}/?refresh=1")
         started = []
@@ -137,9 +141,10 @@ async def test_a_gateway_holding_its_answers_gets_one_refresh_at_a_time(free_tcp
             await page.wait_for_function("window.dashboard.stale", timeout=15000)   # the first timed out at 8 s
             said = await page.locator("#banner").inner_text()
         assert "no answer within 8 s" in said, said
-        # one refresh's status, history and /healthz by the time out, then the next refresh's (the log is asked
-        # after a good answer only)
-        assert len(started) <= 6, started
+        # one refresh's status, history and /healthz by the time out, then the next refresh's. The log is asked after
+        # a good answer only: one seen here is the last good refresh's, which a loaded machine sent this late
+        asked = [url for url in started if "/api/log" not in url]
+        assert len(asked) <= 6, started
         async with serving(view, port):
             await page.wait_for_function("!window.dashboard.stale", timeout=15000)
     assert [e for e in page.errors if "ERR_CONNECTION_REFUSED" not in e and "ERR_EMPTY_RESPONSE" not in e] == []
@@ -150,7 +155,7 @@ async def test_a_gateway_upgraded_while_the_page_is_open_gets_its_own_page(free_
     # its footer naming the new version all the same
     port = free_tcp_port()
     view = ReadingView()
-    async with serving(view, port), chromium_page() as page:
+    async with serving(view, port), chromium_page(speedup=QUICK) as page:
         await open_dashboard(page, f"http://127.0.0.1:{port}/?refresh=1&hours=6")
         await page.evaluate("window.loadedBefore = true")
         view.version = "0.2.0"
@@ -166,10 +171,30 @@ async def test_a_gateway_upgraded_while_the_page_is_open_gets_its_own_page(free_
         assert page.errors == []
 
 
+async def test_a_gateway_serving_another_page_of_the_same_version_gets_it_loaded(free_tcp_port):
+    # an install from a newer commit is 0.1.0 as the last was: a wall screen kept the old page's scripts
+    port = free_tcp_port()
+    view = ReadingView()
+    async with serving(view, port) as srv, chromium_page(speedup=QUICK) as page:
+        answers = []
+        page.on("response", lambda r: answers.append(r.url) if "/api/status" in r.url else None)
+        await open_dashboard(page, f"http://127.0.0.1:{port}/?refresh=1")
+        await page.evaluate("window.loadedBefore = true")
+        first = len(answers)
+        await eventually(lambda: len(answers) >= first + 3, 10, "three more answers of the same gateway")
+        assert await page.evaluate("window.loadedBefore === true"), "reloaded for answers of the same gateway"
+        srv.page = "0123456789abcdef"   # as a gateway restarted on other dashboard files gives it
+        await page.wait_for_function("!window.loadedBefore && window.dashboard && window.dashboard.ready", timeout=10000)
+        assert "version 0.1.0" in await page.locator("#footer").inner_text()
+        assert page.errors == []
+
+
 class BusyView(ReadingView):
     """A gateway that starts on the status seconds after it was asked (its loop busy with a fit, a stalled disk)."""
 
-    delay = 5.0
+    # past the page's 3 s bound on a round trip it takes the gateway's clock from (ven/web/app.js
+    # SKEW_ROUND_TRIP_MS) whatever the load, and enough to put the ages 4 s off, past the 5 s the test allows
+    delay = 4.0
 
     async def status(self):
         await asyncio.sleep(self.delay)
@@ -177,7 +202,7 @@ class BusyView(ReadingView):
 
 
 async def test_an_answer_made_seconds_after_the_question_does_not_set_the_pages_clock(free_tcp_port):
-    # the clock difference was taken from any answer: one made 5 s after the question put every age 5 s off
+    # the clock difference was taken from any answer: one made 4 s after the question put every age 4 s off
     port = free_tcp_port()
     async with serving(BusyView(), port), chromium_page() as page:
         await open_dashboard(page, f"http://127.0.0.1:{port}/?refresh=60")

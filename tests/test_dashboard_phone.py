@@ -8,13 +8,13 @@ from datetime import datetime, timezone
 
 import pytest
 
-from browser import artifact_path, chromium_page
+from browser import IN_ONE_CHROMIUM, artifact_path, chromium_page, one_chromium  # noqa: F401 - fixture
 from test_dashboard import open_dashboard, server  # noqa: F401 - shared fixture
 from test_dashboard_ahead import KW, OVERPRINTED, AheadView, hhmm
 from test_dashboard_chart_keys import readout
 from test_dashboard_faults import EverythingView
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.timeout(90), *IN_ONE_CHROMIUM]
 
 # each text of the chart outside the drawing, by its text
 CUT = """() => {

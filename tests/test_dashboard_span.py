@@ -9,11 +9,12 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from test_dashboard import READY, drawn, get_json, server  # noqa: F401 - shared fixture
+from browser import IN_ONE_CHROMIUM, one_chromium  # noqa: F401 - fixture
+from test_dashboard import QUICK, READY, drawn, get_json, server  # noqa: F401 - shared fixture
 from test_dashboard_chart_keys import assert_reads, readout, tab_to_chart
 from test_http_api import SampleView
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.timeout(90), *IN_ONE_CHROMIUM]
 
 SPANS = ["1 h", "6 h", "24 h", "7 days", "35 days"]
 
@@ -114,10 +115,10 @@ async def test_a_long_span_keeps_its_peak_and_its_dip(server):
 
 async def test_a_long_span_asks_for_its_history_once_a_minute(server):
     view = CountingView(hours=170)
-    async with drawn(server, view, "?refresh=1&hours=168") as (page, _):
+    async with drawn(server, view, "?refresh=1&hours=168", speedup=QUICK) as (page, _):
         asked = len(view.asked)
         draws = await page.evaluate("window.dashboard.draws")
-        # three refreshes of the status, a second apart: the week's 10,080 minutes are not asked for (nor
+        # three refreshes of the status: the week's 10,080 minutes are not asked for (nor
         # drawn) again
         for _ in range(3):
             ok = await page.evaluate("window.dashboard.lastOk")

@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from browser import artifact_path, chromium_page
+from browser import IN_ONE_CHROMIUM, artifact_path, chromium_page, one_chromium  # noqa: F401 - fixture
 from test_dashboard import READY, drawn, open_dashboard, server  # noqa: F401 - shared fixture
 from test_dashboard_ahead import OVERPRINTED, AheadView
 from test_dashboard_chart_keys import readout, tab_to_chart
@@ -18,7 +18,7 @@ from test_http_api import SampleView
 from ven.app import Gateway
 from ven.config_load import parse_config
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.timeout(90), *IN_ONE_CHROMIUM]
 
 ROME = ZoneInfo("Europe/Rome")
 

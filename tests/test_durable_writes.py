@@ -21,6 +21,7 @@ from bacnet_peer import BacnetPeer
 from gateway_process import GatewayProcess, write_config
 from waiting import eventually
 
+from ven.app import ACK_WAIT_S
 from ven.vtn_server import DemoVtn
 
 SLOW_MS = 300     # under the gateway's ACK_WAIT_S: the ack waits for the whole sync
@@ -38,10 +39,12 @@ static long long now_ns(void) {
     struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec * 1000000000LL + t.tv_nsec;
 }
 
-/* a sync of the file named by SLOW_SYNC_PATH sleeps SLOW_SYNC_MS first; "start end" is appended to SLOW_SYNC_LOG */
+/* a sync of the file named by SLOW_SYNC_PATH sleeps SLOW_SYNC_MS first; "start end" is appended to SLOW_SYNC_LOG.
+   With SLOW_SYNC_FROM set, only while the file it names exists */
 static int slowed(int fd, int (*real)(int)) {
     char link[64], path[4096];
-    const char *want = getenv("SLOW_SYNC_PATH");
+    const char *want = getenv("SLOW_SYNC_PATH"), *from = getenv("SLOW_SYNC_FROM");
+    if (from && access(from, F_OK) != 0) return real(fd);
     snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
     ssize_t n = readlink(link, path, sizeof path - 1);
     if (!want || n <= 0) return real(fd);
@@ -76,6 +79,15 @@ def slow_sync_shim(tmp_path, monkeypatch, path) -> Path:
     return log
 
 
+def slow_from_now(tmp_path, monkeypatch) -> Path:
+    """Syncs are slowed only once the file returned exists, and again not once it is gone: a gateway starting or
+    stopping on a disk of seconds a sync (its schema, its last writes) waits seconds for each, and that is not
+    what the test asks."""
+    switch = tmp_path / "slow_syncs_on"
+    monkeypatch.setenv("SLOW_SYNC_FROM", str(switch))
+    return switch
+
+
 def syncs(log) -> list[tuple[float, float]]:
     if not log.exists():
         return []
@@ -95,9 +107,13 @@ async def test_an_opt_out_command_is_on_the_disk_before_its_ack_and_reads_are_an
     with GatewayProcess(config, tmp_path / "gateway.log") as gw:
         await eventually(lambda: "edge-gateway ready" in gw.log(), 60, "the gateway to be ready")
         async with BacnetPeer(free_udp_port(), timeout=10.0) as bas:
-            for value, priority in (("active", 8), ("inactive", 8)):
+            # a read asked only once the sync is over (this loop woke late: 349 ms for a 100 ms sleep under the
+            # suite's load) shows nothing about the gateway's loop, so such a try is made again, at most 6 writes
+            overlapped, value = 0, "inactive"
+            for _ in range(6):
+                value = "active" if value == "inactive" else "inactive"
                 sent = time.monotonic()
-                write = asyncio.create_task(bas.write(gateway, "binaryValue 4", "presentValue", value, priority=priority))
+                write = asyncio.create_task(bas.write(gateway, "binaryValue 4", "presentValue", value, priority=8))
                 await asyncio.sleep(SLOW_MS / 1000 / 3)
                 asked = time.monotonic()
                 level = await bas.read(gateway, "analogValue 4", "presentValue")
@@ -106,12 +122,24 @@ async def test_an_opt_out_command_is_on_the_disk_before_its_ack_and_reads_are_an
                 acked = time.monotonic()
                 assert level == 0.0
                 before_ack = [(a, b) for a, b in syncs(log) if sent <= a and b <= acked]
+                if not before_ack and acked - sent > ACK_WAIT_S:
+                    # a loaded machine: the sync (its 300 ms and the wait for a thread) outlasted the gateway's
+                    # wait for it, which acks then (test_a_disk_slower...). Without the wait every ack comes before
+                    # its sync, and in time: such a try fails below, and six of these leave none overlapped
+                    continue
                 assert before_ack, (f"no sync of {storage.name}-wal between the write ({sent:.3f}) and its SimpleACK "
                                     f"({acked:.3f}, {1000 * (acked - sent):.0f} ms later): {syncs(log)}")
+                start, end = before_ack[-1]
+                if not start <= asked < end - SLOW_MS / 1000 / 3:
+                    continue
                 # the loop answered the read while that sync was still going on
-                assert answered < before_ack[-1][1], (f"ReadProperty asked {1000 * (asked - sent):.0f} ms after the "
-                                                      f"write took {1000 * (answered - asked):.0f} ms: {before_ack}")
-            assert await bas.read(gateway, "binaryValue 4", "presentValue") == "inactive"
+                assert answered < end, (f"ReadProperty asked {1000 * (asked - start):.0f} ms into a sync of "
+                                        f"{1000 * (end - start):.0f} ms took {1000 * (answered - asked):.0f} ms")
+                overlapped += 1
+                if overlapped == 2:
+                    break
+            assert overlapped, f"no ReadProperty in 6 writes was asked during a sync: {syncs(log)}"
+            assert await bas.read(gateway, "binaryValue 4", "presentValue") == value
     assert "Traceback" not in gw.log()
 
 
@@ -121,11 +149,10 @@ async def test_a_disk_slower_than_a_bas_waits_does_not_turn_its_writes_into_time
         tmp_path, monkeypatch, free_udp_port, free_tcp_port):
     # a sync of 3 s (a failing card, a machine swapping) held every ADR-Opt-Out SimpleACK for 3 s: past a BAS's
     # APDU timeout, so time-outs, retries and a device shown offline for a command that was taken
-    from ven.app import ACK_WAIT_S
-
     storage = (tmp_path / "gw.sqlite").resolve()
     log = slow_sync_shim(tmp_path, monkeypatch, f"{storage}-wal")
     monkeypatch.setenv("SLOW_SYNC_MS", "3000")
+    slow = slow_from_now(tmp_path, monkeypatch)
     bacnet_port = free_udp_port()
     config = tmp_path / "gw.toml"
     write_config(config, bacnet_port=bacnet_port, http_port=free_tcp_port(), storage=storage, ven_name="slowdisk",
@@ -133,11 +160,19 @@ async def test_a_disk_slower_than_a_bas_waits_does_not_turn_its_writes_into_time
     gateway = f"127.0.0.1:{bacnet_port}"
     with GatewayProcess(config, tmp_path / "gateway.log") as gw:
         await eventually(lambda: "edge-gateway ready" in gw.log(), 60, "the gateway to be ready")
-        async with BacnetPeer(free_udp_port(), timeout=2.0) as bas:
+        # not the BAS's 2 s on the test's clock: just after "ready" on a loaded machine (load 15) the write was
+        # only taken 2 s after it was sent, and the BAS gave up; what this test is about is that the ack does not
+        # wait for the sync, so it must come while the write's sync still runs
+        async with BacnetPeer(free_udp_port(), timeout=10.0) as bas:
+            slow.touch()
             sent = time.monotonic()
             assert await bas.write(gateway, "binaryValue 4", "presentValue", "active", priority=8) is None
-            assert ACK_WAIT_S <= time.monotonic() - sent < 2.0, (sent, syncs(log))
+            acked = time.monotonic()
+            assert ACK_WAIT_S <= acked - sent, (sent, acked, syncs(log))
             await eventually(lambda: any(a >= sent for a, _ in syncs(log)), 10, "the sync, going on after the ack")
+            ended = [b for a, b in syncs(log) if a >= sent and b <= acked]
+            assert not ended, f"the SimpleACK ({acked:.3f}) waited for the write's sync to end: {syncs(log)}"
+            slow.unlink()
             assert await bas.read(gateway, "binaryValue 4", "presentValue") == "active"
     assert "Traceback" not in gw.log()
 
@@ -199,6 +234,7 @@ async def test_a_disk_that_hangs_its_syncs_does_not_stop_the_ven_answering(tmp_p
     storage = (tmp_path / "gw.sqlite").resolve()
     slow_sync_shim(tmp_path, monkeypatch, f"{storage}-wal")
     monkeypatch.setenv("SLOW_SYNC_MS", "8000")
+    slow = slow_from_now(tmp_path, monkeypatch)
     vtn_port = free_tcp_port()
     config = tmp_path / "gw.toml"
     write_config(config, bacnet_port=free_udp_port(), http_port=free_tcp_port(), vtn_port=vtn_port, storage=storage,
@@ -207,10 +243,12 @@ async def test_a_disk_that_hangs_its_syncs_does_not_stop_the_ven_answering(tmp_p
         vtn.opts = _Timed()
         with GatewayProcess(config, tmp_path / "gateway.log") as gw:
             await eventually(lambda: vtn.vens and "edge-gateway ready" in gw.log(), 60, "registration")
+            slow.touch()
             sent = time.monotonic()
             eid = vtn.add_event([1.0], datetime.now(timezone.utc) + timedelta(hours=1), 3600)
             heard = await eventually(lambda: next((at for at, (_, e, o) in zip(vtn.opts.at, vtn.opts)
                                                    if e == eid and o == "optIn"), 0.0), 30, "the optIn")
+            slow.unlink()
             assert heard - sent < VTN_SYNC_WAIT_S + 2.5, f"answered {heard - sent:.1f} s after the event was listed"
     assert "Traceback" not in gw.log()
 
@@ -226,6 +264,7 @@ async def test_a_storage_path_that_is_a_symlink_is_synced_where_its_wal_is(tmp_p
     link.parent.mkdir()
     link.symlink_to(real)
     log = slow_sync_shim(tmp_path, monkeypatch, f"{real}-wal")
+    monkeypatch.setenv("SLOW_SYNC_MS", "0")     # which file is synced is the question here, not how slowly
     bacnet_port = free_udp_port()
     config = tmp_path / "gw.toml"
     write_config(config, bacnet_port=bacnet_port, http_port=free_tcp_port(), storage=link, ven_name="durable-link",
@@ -233,11 +272,47 @@ async def test_a_storage_path_that_is_a_symlink_is_synced_where_its_wal_is(tmp_p
     with GatewayProcess(config, tmp_path / "gateway.log") as gw:
         await eventually(lambda: "edge-gateway ready" in gw.log(), 60, "the gateway to be ready")
         async with BacnetPeer(free_udp_port(), timeout=10.0) as bas:
-            sent = time.monotonic()
-            assert await bas.write(f"127.0.0.1:{bacnet_port}", "binaryValue 4", "presentValue", "active",
-                                   priority=8) is None
-            acked = time.monotonic()
+            # an ack that came ACK_WAIT_S or more after the write may be the gateway's cap on the wait, not the end
+            # of a sync (under load one came 1156 ms after its write, no sync ended between): such a try shows
+            # nothing about which file was synced, so it is made again, at most 6 writes
+            shown, value = False, "inactive"
+            for _ in range(6):
+                value = "active" if value == "inactive" else "inactive"
+                sent = time.monotonic()
+                assert await bas.write(f"127.0.0.1:{bacnet_port}", "binaryValue 4", "presentValue", value,
+                                       priority=8) is None
+                acked = time.monotonic()
+                if acked - sent >= ACK_WAIT_S:
+                    continue
+                assert [(a, b) for a, b in syncs(log) if sent <= a and b <= acked], (
+                    f"no sync of {real}-wal between the write and its SimpleACK ({1000 * (acked - sent):.0f} ms): "
+                    f"{syncs(log)}")
+                shown = True
+                break
+            assert shown, f"every SimpleACK of 6 writes came {ACK_WAIT_S} s or more after its write: {syncs(log)}"
         assert Path(f"{real}-wal").exists() and not Path(f"{link}-wal").exists()
-    assert [(a, b) for a, b in syncs(log) if sent <= a and b <= acked], (
-        f"no sync of {real}-wal between the write and its SimpleACK ({1000 * (acked - sent):.0f} ms): {syncs(log)}")
     assert "Traceback" not in gw.log()
+
+
+@pytest.mark.timeout(120)
+async def test_a_stop_while_an_opt_out_write_waits_for_the_disk_still_acknowledges_it(
+        tmp_path, monkeypatch, free_udp_port, free_tcp_port):
+    # a SIGTERM (an upgrade, a reboot) while the SimpleACK waited for the sync closed the socket first: the BAS had no
+    # ack for a command the gateway took and kept, and the log said 'exception: AttributeError(...)' after the stop
+    storage = (tmp_path / "gw.sqlite").resolve()
+    slow_sync_shim(tmp_path, monkeypatch, f"{storage}-wal")
+    monkeypatch.setenv("SLOW_SYNC_MS", "2000")
+    bacnet_port = free_udp_port()
+    config = tmp_path / "gw.toml"
+    write_config(config, bacnet_port=bacnet_port, http_port=free_tcp_port(), storage=storage, ven_name="stopping",
+                 cycle_seconds=60)
+    with GatewayProcess(config, tmp_path / "gateway.log") as gw:
+        await eventually(lambda: "edge-gateway ready" in gw.log(), 60, "the gateway to be ready")
+        async with BacnetPeer(free_udp_port(), timeout=10.0) as bas:
+            write = asyncio.create_task(bas.write(f"127.0.0.1:{bacnet_port}", "binaryValue 4", "presentValue", "active",
+                                                  priority=8))
+            await eventually(lambda: "ADR-Opt-Out = True" in gw.log(), 10, "the write taken")
+            assert await asyncio.to_thread(gw.stop) == 0
+            assert await write is None, "the SimpleACK"
+    log = gw.log()
+    assert "edge-gateway stopped" in log and "exception" not in log and "Traceback" not in log, log

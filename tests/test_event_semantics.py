@@ -35,7 +35,7 @@ class Gateway:
         self.storage = Storage(tmp_path / "gw.sqlite")
         self.schedule = EventSchedule(self.storage, lambda st: self.levels.append(st.level))
         self.queue = TelemetryQueue(tmp_path / "gw.sqlite")
-        self.vtn = VtnClient(OpenadrConfig(vtn_url=url, retry_min_seconds=0.2, retry_max_seconds=1.0,
+        self.vtn = VtnClient(OpenadrConfig(vtn_url=url, retry_min_seconds=0.05, retry_max_seconds=0.25,
                                            telemetry_seconds=1.0), self.schedule, self.queue)
 
     @property
@@ -345,19 +345,20 @@ class _VtnClock:
 
 @pytest.mark.timeout(40)
 async def test_an_event_the_vtn_listed_completed_by_a_clock_ahead_runs_to_its_end_here(peers, monkeypatch, caplog):
-    # The VEN keeps its own clock (the BAS was told when the event ends). A VTN 66 s ahead lists the event
-    # completed, then stops listing it (DemoVtn: a minute after its end) 6 s before it ends here: that is the
+    # The VEN keeps its own clock (the BAS was told when the event ends). A VTN 65 s ahead lists the event
+    # completed, then stops listing it (DemoVtn: a minute after its end) 5 s before it ends here: that is the
     # end the VTN saw, not an implied cancellation, so the level holds to the end by this clock.
     server, gw = peers
     vtn_clock = _VtnClock(monkeypatch)
     start = now() - timedelta(seconds=1)
-    eid = server.add_event([2], start, 12)
-    end = start + timedelta(seconds=12)
+    eid = server.add_event([2], start, 10)
+    end = start + timedelta(seconds=10)
     await until(lambda: gw.level == 2.0, 5, "event applied")
-    vtn_clock.ahead = timedelta(seconds=66)
+    vtn_clock.ahead = timedelta(seconds=65)
     server.add_event([1], now() + timedelta(hours=2), 60)            # a new list: the event is "completed" there
     await until(lambda: len(gw.schedule.events()) == 2, 5, "the second event")
-    await asyncio.sleep(max(0.0, (end - timedelta(seconds=6) - now()).total_seconds()) + 0.3)
+    assert eid in {e.event_descriptor.event_id for e in server._events}, "still listed, completed"
+    await asyncio.sleep(max(0.0, (end - timedelta(seconds=5) - now()).total_seconds()) + 0.3)
     server.add_event([1], now() + timedelta(hours=3), 60)            # a new list, without it
     await until(lambda: len(gw.schedule.events()) == 3, 5, "the third event")
     assert eid not in {e.event_descriptor.event_id for e in server._events}   # the VTN dropped it

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 from ven.events import MAX_OPT_CHANGES, OPT_IN, OPT_OUT, Event, from_openleadr, with_opt
@@ -67,7 +68,8 @@ def test_other_signals_kept_but_only_simple_sets_level():
     d = ev.describe(T0)
     assert d["signals"][1]["intervals"][0]["payload"] == 0.31
     price_only = from_openleadr(raw_event(levels=(2,)), T0)
-    price_only = Event(**{**price_only.__dict__, "signals": (ev.signals[1],)})
+    # replace, not __dict__: that also holds the event's cached start, end and boundaries
+    price_only = replace(price_only, signals=(ev.signals[1],))
     assert price_only.simple_level(T0) is None and not price_only.drives_points
 
 

@@ -30,7 +30,7 @@ def gateway_config(tmp_path, bacnet_port, meter_port, vtn_url, poll=0.5, request
         "bacnet": {"address": f"127.0.0.1/8:{bacnet_port}", "device_id": 500101},
         "meter": {"router": f"127.0.0.1:{meter_port}", "poll_seconds": poll, "timeout_seconds": 0.5},
         "openadr": {"vtn_url": vtn_url, "ven_name": "fault-test", "telemetry_seconds": 1.0,
-                    "retry_min_seconds": 0.2, "retry_max_seconds": 1.0, "request_timeout_seconds": request_timeout,
+                    "retry_min_seconds": 0.05, "retry_max_seconds": 0.25, "request_timeout_seconds": request_timeout,
                     "settle_seconds": 0.0},
         "storage": {"path": str(tmp_path / "gw.sqlite")},
         "http": {"enabled": False},

@@ -108,6 +108,12 @@ async def test_the_address_and_the_link_go_away_and_come_back(tmp_path, free_udp
     write_config(config, bacnet_port=47808, http_port=8000, storage=tmp_path / "gw.sqlite", ven_name="flaky-nic",
                  device_id=500312, bacnet_ip=f"{ns.ip(1)}/24", meter_port=meter_port, meter_host=ns.host_ip,
                  meter_timeout_seconds=2.0)  # the faults counted are the outages', not a read slow on a busy machine
+    # a fault's end waits for 5 good reads in a row and the settle period (doubled for the second outage): at the
+    # helper's 0.5 s and 1 s that was 2 s and 3 s of each outage's 6 s
+    text = config.read_text()
+    assert "poll_seconds = 0.5\n" in text and "settle_seconds = 1\n" in text, text
+    config.write_text(text.replace("poll_seconds = 0.5\n", "poll_seconds = 0.25\n")
+                      .replace("settle_seconds = 1\n", "settle_seconds = 0.5\n"))
     gateway = GatewayProcess(config, tmp_path / "gateway.log", prefix=ns.exec_prefix)
     device, meter_power = f"{ns.ip(1)}:47808", P.BY_NAME[P.METER_POWER].object_id
     outages = (("the address (a DHCP renewal)", lambda: ns.del_address(ns.ip(1)), lambda: ns.add_address(ns.ip(1))),

@@ -261,15 +261,14 @@ def test_naive_times_in_the_hour_the_autumn_change_repeats_are_both_kept(tmp_pat
     assert np.all(np.diff(read_series(backwards, "timestamp", "kw", ZoneInfo("Europe/Rome"))[0]) == 900)
 
 
-@pytest.mark.timeout(120)
-def test_ctrl_c_during_a_replay_says_so_in_one_line_and_writes_nothing(tmp_path):
+def _ctrl_c_during_a_replay(out):
+    """forecast-replay to `out`, Ctrl-C once its fit pool runs: (exit status, stdout, stderr)."""
     import os
     import signal
     import subprocess
     import sys
     import time
 
-    out = tmp_path / "predictions.csv"
     proc = subprocess.Popen(
         [sys.executable, "-m", "ven.cli", "forecast-replay", "--csv", str(EXCERPT), "--time-column", "timestamp",
          "--value-column", "Total_Power", "--fit-processes", "2", "--output", str(out)],
@@ -287,6 +286,28 @@ def test_ctrl_c_during_a_replay_says_so_in_one_line_and_writes_nothing(tmp_path)
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    assert (proc.returncode, stdout, stderr) == (
-        130, "", f"forecast-replay: interrupted, {out} not written\n")
+    return proc.returncode, stdout, stderr
+
+
+@pytest.mark.timeout(120)
+def test_ctrl_c_during_a_replay_says_so_in_one_line_and_writes_nothing(tmp_path):
+    out = tmp_path / "predictions.csv"
+    assert _ctrl_c_during_a_replay(out) == (130, "", f"forecast-replay: interrupted, {out} not written\n")
     assert not out.exists()
+
+
+@pytest.mark.timeout(120)
+def test_ctrl_c_during_a_replay_into_a_pipe_says_the_rows_went_out(tmp_path):
+    # --output a pipe (a `| head` or a FIFO) gets rows as they are issued: "not written" was wrong about them
+    import os
+    import threading
+
+    out = tmp_path / "rows.fifo"
+    os.mkfifo(out)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(out.read_text()), daemon=True)
+    reader.start()
+    assert _ctrl_c_during_a_replay(out) == (
+        130, "", f"forecast-replay: interrupted, {out} has the rows issued until then\n")
+    reader.join(10)
+    assert got and got[0].startswith("issued_at,horizon_minutes,target_time,"), got

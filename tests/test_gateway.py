@@ -20,27 +20,32 @@ from ven.vtn_server import DemoVtn
 pytestmark = pytest.mark.timeout(90)
 
 
-def fast_config(tmp_path, bacnet_port, meter_port, vtn_port, http_port, **forecaster):
+def fast_config(tmp_path, bacnet_port, meter_port, vtn_port, http_port, telemetry_seconds=None, **forecaster):
     return parse_config({
         "bacnet": {"address": f"127.0.0.1/8:{bacnet_port}", "device_id": 500001},
         "meter": {"router": f"127.0.0.1:{meter_port}", "poll_seconds": 1.0, "timeout_seconds": 1.0},
         "openadr": {"vtn_url": f"http://127.0.0.1:{vtn_port}/OpenADR2/Simple/2.0b", "ven_name": "gw-test",
-                    "retry_max_seconds": 2.0},
+                    "retry_max_seconds": 2.0,
+                    **({"telemetry_seconds": telemetry_seconds} if telemetry_seconds is not None else {})},
         "storage": {"path": str(tmp_path / "gw.sqlite")},
         "http": {"address": f"127.0.0.1:{http_port}"},
         "forecaster": {"cycle_seconds": 1.0, **forecaster},
     }, "test", environ={})
 
 
+# The system's report intervals: 2 s rather than the product's 10 s, so its tests wait seconds, not tens of them,
+# for telemetry. A module importing the fixture sets its own SYSTEM_TELEMETRY_SECONDS (None: the product's).
+SYSTEM_TELEMETRY_SECONDS = 2
 
 
 @pytest.fixture
-async def system(tmp_path, free_udp_port, free_tcp_port):
+async def system(request, tmp_path, free_udp_port, free_tcp_port):
     ports = dict(bacnet_port=free_udp_port(), meter_port=free_udp_port(), vtn_port=free_tcp_port(),
                  http_port=free_tcp_port())
     vtn = DemoVtn(port=ports["vtn_port"], poll_seconds=1.0)
     meter = MeterSimulator(address=f"127.0.0.1/8:{ports['meter_port']}", value=87.5)
-    gateway = Gateway(fast_config(tmp_path, **ports))
+    telemetry = getattr(request.module, "SYSTEM_TELEMETRY_SECONDS", None)
+    gateway = Gateway(fast_config(tmp_path, **ports, telemetry_seconds=telemetry))
     peer = BacnetPeer(free_udp_port())
     await vtn.start()
     await meter.start()
@@ -90,15 +95,21 @@ async def test_event_levels_and_opt_out_over_bacnet(system, caplog):
         return await read(peer, gw, P.EVENT_START_MINUTES) == 1.0
     await eventually(pending_within_a_minute, 4)
     seen = []
-    deadline = start + timedelta(seconds=8)
+    # the event ends at start + 6 s; once its end is seen, a second more of level 0 (about ten reads) shows it
+    # stays ended; the 2 s deadline after the end only bounds the wait for it
+    deadline, settled = start + timedelta(seconds=8), start + timedelta(seconds=7)
     while datetime.now(timezone.utc) < deadline:
         level = await read(peer, gw, P.EVENT_LEVEL)
         if not seen or seen[-1] != level:
             seen.append(level)
+        if len(seen) == 5 and datetime.now(timezone.utc) >= settled:
+            break
         await asyncio.sleep(0.1)
     assert seen == [0.0, 1.0, 2.0, 3.0, 0.0]
 
     # a second event, then the BAS opts out over BACnet: level drops to 0 and the VTN hears optOut
+    # starting 2 s on, not running already: it must still be on when a loaded machine's wait for level 2 (up to
+    # 8 s) is over, for the opt-out to find it
     start = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=2)
     vtn.add_event([2, 2], start=start, interval_seconds=5, event_id="e2e-opt")
     await eventually(lambda: gateway.device.get(P.EVENT_LEVEL) == 2.0, 8)
@@ -131,8 +142,8 @@ async def test_operator_api_reflects_the_running_gateway(system):
 
     vtn, meter, gateway, peer, gw = system
     await eventually(lambda: gateway.vtn.connected and gateway.telemetry.sent_total >= 2, 15)
-    vtn.add_event([2], start=datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=2),
-                  interval_seconds=20, event_id="api-evt")
+    vtn.add_event([2], start=datetime.now(timezone.utc).replace(microsecond=0) - timedelta(seconds=1),
+                  interval_seconds=20, event_id="api-evt")    # running already: the API is what is tested
     await eventually(lambda: gateway.device.get(P.EVENT_LEVEL) == 2.0, 8)
     base = gateway.http.url
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
@@ -406,8 +417,8 @@ async def test_a_watts_meter_reaches_the_vtn_and_bacnet_in_kw(system):
     assert await read(peer, gw, P.METER_POWER) == pytest.approx(64.25)
     assert gateway.status()["meter"]["units"] == "watts"
     assert gateway.status()["meter"]["last_value_kw"] == pytest.approx(64.25)
-    # the 10 s interval the meter came back in may mix kW from before the silence; the next one is all
-    # 64.25 kW, complete up to 20 s after the recovery
+    # the 2 s interval the meter came back in may mix kW from before the silence; the next one is all
+    # 64.25 kW, complete up to 4 s after the recovery
     await eventually(lambda: any(r[-1] == pytest.approx(64.25) for r in vtn.reports), 25, "the VTN receives kW")
     assert all(r[-1] < 1000 for r in vtn.reports), vtn.reports  # never 64250 "kW"
 
@@ -438,3 +449,30 @@ async def test_a_stop_while_the_vtn_refuses_the_telemetry_names_that_fault_in_it
             await meter.stop()
     last = [r.getMessage() for r in caplog.records if r.getMessage().startswith("edge-gateway stopped")]
     assert len(last) == 1 and "so no end line follows: " in last[0] and "454 values not accepted" in last[0], last
+
+
+async def test_a_vtn_that_never_requests_telemetry_is_in_the_status_and_in_the_stop_line(
+        tmp_path, free_udp_port, free_tcp_port, caplog):
+    # a VTN taking the offer and requesting nothing: the gateway looked healthy while readings piled up
+    caplog.set_level(logging.INFO, logger="ven")
+    ports = dict(bacnet_port=free_udp_port(), meter_port=free_udp_port(), vtn_port=free_tcp_port(),
+                 http_port=free_tcp_port())
+    cfg = fast_config(tmp_path, **ports)
+    cfg = cfg.model_copy(update={"openadr": cfg.openadr.model_copy(
+        update={"telemetry_seconds": 1.0, "request_wait_seconds": 1.0})})
+    async with DemoVtn(port=ports["vtn_port"], poll_seconds=0.5, request_telemetry=False):
+        meter = MeterSimulator(address=f"127.0.0.1/8:{ports['meter_port']}", value=87.5)
+        await meter.start()
+        gateway = Gateway(cfg)
+        try:
+            await gateway.start()
+            unrequested = await eventually(lambda: gateway.status()["vtn"]["telemetry_unrequested"], 20, "said")
+            assert unrequested["r_id"] == cfg.openadr.report_resource_id and unrequested["asked"] == []
+            assert gateway.status()["vtn"]["connected"] is True
+            gateway.refresh_metrics()
+            assert b"\nedge_gateway_telemetry_unrequested 1.0\n" in gateway.metrics.render()
+        finally:
+            await gateway.stop()
+            await meter.stop()
+    last = [r.getMessage() for r in caplog.records if r.getMessage().startswith("edge-gateway stopped")]
+    assert len(last) == 1 and "telemetry not requested by the VTN for " in last[0], last

@@ -638,3 +638,16 @@ async def test_a_connection_made_as_the_server_stops_does_not_hold_the_stop(serv
                 pytest.fail(f"stop still waiting after 30 s with a connection made {steps} loop steps before it")
             took = time.monotonic() - began
         assert took < 3, f"stop took {took:.1f} s with a connection made {steps} loop steps before it"
+
+
+def test_the_page_digest_follows_the_dashboards_files(monkeypatch, tmp_path):
+    from ven import http_api
+
+    for name, _ in http_api.STATIC_FILES.values():
+        (tmp_path / name).write_bytes((http_api.WEB_DIR / name).read_bytes())
+    monkeypatch.setattr(http_api, "WEB_DIR", tmp_path)
+    before = http_api.page_digest()
+    assert http_api.page_digest() == before
+    with (tmp_path / "tables.js").open("a") as fh:
+        fh.write("\n")
+    assert http_api.page_digest() != before

@@ -19,9 +19,15 @@ from waiting import eventually
 pytestmark = pytest.mark.timeout(60)
 
 # seconds a read waits for an answer: ANSWERS where it must answer (a busy machine, CI under load, took longer
-# than FAST for a good read); FAST where the tests read a silent meter again and again
+# than FAST for a good read); FAST where the tests read a silent meter again and again. A test that does both
+# sets meter.timeout_seconds for each read (answers_within)
 ANSWERS = 2.0
 FAST = 0.4
+
+
+def answers_within(meter: MeterClient, seconds: float) -> MeterClient:
+    meter.timeout_seconds = seconds
+    return meter
 
 
 @pytest.fixture
@@ -70,10 +76,11 @@ async def test_reads_the_routed_meter(gateway, sim):
 async def test_silent_meter_faults_once_and_recovers_once(gateway, sim, caplog):
     caplog.set_level(logging.INFO, logger="bacnet_api.meter")
     seen: list[MeterReading] = []
-    meter = client(gateway, sim, timeout_seconds=FAST, on_reading=seen.append)
+    meter = client(gateway, sim, on_reading=seen.append)
     assert (await meter.read_once()).value == 42.5
 
     sim.set_silent(True)
+    answers_within(meter, FAST)
     for _ in range(3):
         reading = await meter.read_once()
         assert reading.value is None
@@ -82,7 +89,7 @@ async def test_silent_meter_faults_once_and_recovers_once(gateway, sim, caplog):
 
     sim.set_silent(False)
     sim.set_value(50.0)
-    assert (await meter.read_once()).value == 50.0
+    assert (await answers_within(meter, ANSWERS).read_once()).value == 50.0
     assert meter.fault is False  # the point and /healthz follow the last read at once; the log waits
     await read_until_steady(meter)
 
@@ -137,14 +144,14 @@ async def test_a_meter_that_loses_reads_is_one_fault_until_it_answers_steadily(g
 
 async def test_a_single_lost_read_is_one_fault_and_one_that_recurs_waits_longer(gateway, sim, caplog):
     caplog.set_level(logging.INFO, logger="bacnet_api.meter")
-    meter = client(gateway, sim, timeout_seconds=FAST)
+    meter = client(gateway, sim)
     assert (await meter.read_once()).value == 42.5 and meter.fault_window() is None
 
     async def lose_one_read():
         sim.set_silent(True)
-        assert (await meter.read_once()).value is None and meter.fault
+        assert (await answers_within(meter, FAST).read_once()).value is None and meter.fault
         sim.set_silent(False)
-        assert (await meter.read_once()).value == 42.5 and not meter.fault
+        assert (await answers_within(meter, ANSWERS).read_once()).value == 42.5 and not meter.fault
 
     def infos():
         return [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
@@ -210,13 +217,15 @@ async def test_dead_local_address_times_out(gateway, free_udp_port):
 
 async def test_poll_loop_publishes_readings_until_stopped(gateway, sim):
     seen: list[MeterReading] = []
-    meter = client(gateway, sim, timeout_seconds=FAST, poll_seconds=0.1, on_reading=seen.append)
+    meter = client(gateway, sim, poll_seconds=0.1, on_reading=seen.append)
     await meter.start()
     try:
         await eventually(lambda: len(seen) >= 3, 5, "three readings")
         sim.set_silent(True)
+        answers_within(meter, FAST)
         await eventually(lambda: meter.fault, 5, "meter fault on")
         sim.set_silent(False)
+        answers_within(meter, ANSWERS)
         await eventually(lambda: not meter.fault, 5, "meter fault off")
     finally:
         await meter.stop()
@@ -293,11 +302,11 @@ async def test_a_discovered_router_that_goes_quiet_is_asked_for_again(gateway, s
     caplog.set_level(logging.INFO, logger="bacnet_api.meter")
     # a router learned by discovery (as an answer to Who-Is-Router-To-Network would teach it)
     assert await ask_router(gateway.app, 12345, router=sim.router_address)
-    meter = MeterClient(gateway, address=sim.meter_address, object="analogInput 2", timeout_seconds=FAST)
+    meter = MeterClient(gateway, address=sim.meter_address, object="analogInput 2", timeout_seconds=ANSWERS)
     assert (await meter.read_once()).value == 42.5 and meter.route == sim.router_address
 
     sim.set_silent(True)
-    reading = await meter.read_once()
+    reading = await answers_within(meter, FAST).read_once()
     assert reading.error.endswith(f"(through router {sim.router_address})")
     # bacpypes3 would keep the dead path for good; the next read asks the network again
     assert await gateway.app.nsap.router_info_cache.get_path_info(None, 12345) is None
@@ -306,7 +315,7 @@ async def test_a_discovered_router_that_goes_quiet_is_asked_for_again(gateway, s
 
     async with MeterSimulator(f"127.0.0.1/8:{free_udp_port()}", value=7.5) as moved:
         assert await ask_router(gateway.app, 12345, router=moved.router_address)  # the router on its new port
-        assert (await meter.read_once()).value == 7.5 and meter.route == moved.router_address
+        assert (await answers_within(meter, ANSWERS).read_once()).value == 7.5 and meter.route == moved.router_address
     assert f"meter network 12345 is reached through router {moved.router_address}" in caplog.text
 
 

@@ -12,7 +12,7 @@ import pytest
 from bacnet_api.meter import MeterClient, MeterReading
 from bacnet_api.simulator import MeterSimulator, run_simulator
 from bacnet_peer import BacnetPeer
-from test_meter import FAST, client, gateway, read_until_steady  # noqa: F401 - shared fixture and helpers
+from test_meter import ANSWERS, client, gateway, read_until_steady  # noqa: F401 - shared fixture and helpers
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -145,7 +145,7 @@ async def test_run_simulator_publishes_kw_values_in_the_chosen_unit(gateway, fre
                 assert asyncio.get_running_loop().time() < deadline, seen
                 await asyncio.sleep(0.05)
         meter = MeterClient(gateway, address="12345:2", object="analogInput 2", router=f"127.0.0.1:{port}",
-                            timeout_seconds=FAST)
+                            timeout_seconds=ANSWERS)
         assert (await asyncio.wait_for(meter.read_once(), 5)).value == pytest.approx(12.5)
     finally:
         task.cancel()

@@ -14,9 +14,9 @@ from zoneinfo import ZoneInfo
 
 import aiohttp
 import pytest
-from browser import artifact_path, chromium_page
+from browser import IN_ONE_CHROMIUM, artifact_path, chromium_page, one_chromium  # noqa: F401 - fixture
 from gateway_process import GatewayProcess, write_config
-from test_dashboard import open_dashboard, server  # noqa: F401 - shared fixture
+from test_dashboard import QUICK, open_dashboard, server  # noqa: F401 - shared fixture
 from test_http_api import SampleView, fetch
 from waiting import eventually
 
@@ -44,6 +44,14 @@ def first(lines, prefix):
     return next(i for i, line in enumerate(lines) if line["message"].startswith(prefix))
 
 
+def on_the_modules_loop(test):
+    """One Chromium for the module's pages (browser.py one_chromium), on the module's event loop, as `server` is."""
+    for mark in IN_ONE_CHROMIUM:
+        test = mark(test)
+    return test
+
+
+@on_the_modules_loop
 @pytest.mark.timeout(120)
 async def test_a_meter_fault_and_its_end_are_in_the_api_and_the_card_as_the_log_says_them(
         tmp_path, free_udp_port, free_tcp_port):
@@ -146,6 +154,7 @@ def record(message, level=logging.INFO, name="ven.test"):
     return logging.LogRecord(name, level, __file__, 1, message, None, None)
 
 
+@on_the_modules_loop
 async def test_the_ring_keeps_the_newest_lines_at_its_bound_from_any_thread(server):  # noqa: F811
     recent = RecentLog(capacity=50)
     log = logging.getLogger("ven.test.ring")
@@ -234,6 +243,7 @@ LONG = ("VTN refused the registration: HTTP 500 from https://vtn.utility.example
         + "x" * 240)
 
 
+@on_the_modules_loop
 async def test_the_card_on_a_phone_fits_scrolls_by_keyboard_and_moves_nothing_below(server):  # noqa: F811
     recent = RecentLog(capacity=40)
     for i in range(30):
@@ -241,7 +251,7 @@ async def test_the_card_on_a_phone_fits_scrolls_by_keyboard_and_moves_nothing_be
     recent.handle(record(LONG, logging.ERROR))
     recent.handle(record("meter fault: no answer within 5 s", logging.WARNING))
     srv = await server(LogView(recent))
-    async with chromium_page(360, 800) as page:
+    async with chromium_page(360, 800, speedup=QUICK) as page:
         held = asyncio.Event()
 
         async def hold(route):      # the log's first answer comes after the rest of the page is drawn
@@ -274,6 +284,7 @@ async def test_the_card_on_a_phone_fits_scrolls_by_keyboard_and_moves_nothing_be
         assert page.errors == []
 
 
+@on_the_modules_loop
 async def test_a_view_without_a_log_says_it_keeps_none(server):  # noqa: F811
     srv = await server(SampleView())
     assert await api_log(srv.url, token="") == {"capacity": 0, "total": 0, "lines": []}

@@ -38,8 +38,9 @@ async def test_a_backlog_too_large_for_the_vtn_to_answer_in_time_goes_in_smaller
     server = DemoVtn(free_tcp_port(), poll_seconds=1)
     sizes = slow_updates(server, 0.05)          # 100 intervals: 5 s, beyond the VEN's 3 s; 50: 2.5 s
     async with running(tmp_path, server.url, telemetry_seconds=10.0, request_timeout_seconds=3.0) as rig:
-        began = now() - timedelta(minutes=30)   # half an hour queued while the VTN was away
-        taken = [(began + i * 10 * S, 100.0 + i) for i in range(180)]
+        # twenty minutes queued while the VTN was away: 100 intervals that time out, then 50, 50 and the last 20
+        began = now() - timedelta(minutes=20)
+        taken = [(began + i * 10 * S, 100.0 + i) for i in range(120)]
         for ts, kw in taken:
             rig.vtn.record_sample(ts, kw)
         async with server:
@@ -87,7 +88,7 @@ async def test_a_vtn_refusing_every_update_for_a_while_is_one_warning_and_one_li
         tmp_path, free_tcp_port, caplog):
     caplog.set_level(logging.INFO, logger="ven")
     async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
-        async with running(tmp_path, server.url) as rig:        # offers again every 1 s at most
+        async with running(tmp_path, server.url) as rig:        # offers again every 0.25 s at most
             await until(lambda: rig.vtn.status()["report_request_id"], 10, "telemetry requested")
             rig.start_meter(0.25)
             await until(lambda: len(received(server)) >= 2, 8, "live intervals")
@@ -125,7 +126,8 @@ async def test_updates_asked_further_apart_than_the_queue_keeps_readings_come_of
         async with running(tmp_path, server.url, queue_max_days=6 / 86400) as rig:
             await until(lambda: rig.vtn.status()["report_request_id"], 10, "telemetry requested")
             rig.start_meter(0.25)
-            await asyncio.sleep(14)
+            # 8 s of readings: updates 12 s apart would find those of the first 2 s older than the queue keeps
+            await asyncio.sleep(8)
             await rig.stop_meter()
             await until(lambda: rig.queue.pending == 0, 14, "drained")   # an update due every 12 s at most
             await asyncio.sleep(0.3)

@@ -41,8 +41,8 @@ async def test_a_report_interval_in_the_future_is_reported_within_it_and_the_req
         raw.send(cancel_report(rig.vtn.ven_id, [standing]))    # else served beside it, as a VTN may
         await until(lambda: rig.vtn.status()["report_request_id"] is None, 5, "the standing request cancelled")
         start = next_boundary(now(), S) + 4 * S         # a whole second a few polls ahead
-        end = start + 3 * S
-        raw.send(create_report(rig.vtn.ven_id, [report_request("rr-window", sid, [rid], start=start, duration="PT3S")]))
+        end = start + 2 * S
+        raw.send(create_report(rig.vtn.ven_id, [report_request("rr-window", sid, [rid], start=start, duration="PT2S")]))
         await until(lambda: rig.vtn.status()["report_request_id"] == "rr-window", 5, "the windowed request taken")
         # the gateway takes the request before its oadrCreatedReport reaches the VTN
         await until(lambda: (200, "OK", ["rr-window"]) in demo.created_reports, 5, "the request answered")

@@ -6,7 +6,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from ven.report_intervals import bucket_start, complete_intervals, effective_granularity, next_boundary, report_period
+from ven.report_intervals import (SUB_NORMAL, Interval, bucket_start, complete_intervals, effective_granularity,
+                                  next_boundary, report_period)
 
 T0 = datetime(2026, 11, 30, 12, 0, 0, tzinfo=timezone.utc)
 S = timedelta(seconds=1)
@@ -69,3 +70,15 @@ def test_report_period_and_granularity_rules():
     assert effective_granularity(M, 10 * S) == M
     with pytest.raises(ValueError):
         bucket_start(T0, timedelta(0))
+
+
+def test_an_interval_is_marked_once_more_than_a_tenth_of_its_reads_failed():
+    def quality(good, failed):
+        return Interval(T0, 15 * M, 50.0, tuple(samples(*[(i, 50.0) for i in range(good)])), failed).quality
+    assert quality(90, 0) is None                   # whole: no oadrDataQuality, as before there was any
+    assert quality(87, 3) is None                   # a busy trunk's lost read now and then
+    assert quality(81, 9) is None                   # a tenth
+    assert quality(80, 10) == SUB_NORMAL
+    assert quality(5, 1) == SUB_NORMAL              # one of a 1-minute interval's 6 reads
+    assert quality(1, 89) == SUB_NORMAL
+    assert Interval(T0, 10 * S, 50.0, ()).quality is None    # a one-shot's single reading

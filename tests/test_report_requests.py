@@ -30,7 +30,8 @@ def now() -> datetime:
 
 class Rig:
     def __init__(self, tmp_path, url, **cfg):
-        cfg = {"retry_min_seconds": 0.2, "retry_max_seconds": 1.0, "telemetry_seconds": 1.0, **cfg}
+        # retries from 0.05 s up to 0.25 s: a refused or failed update is sent again within the 1 s sampling
+        cfg = {"retry_min_seconds": 0.05, "retry_max_seconds": 0.25, "telemetry_seconds": 1.0, **cfg}
         self.storage = Storage(tmp_path / "gw.sqlite")
         self.schedule = EventSchedule(self.storage, lambda st: None)
         self.queue = TelemetryQueue(tmp_path / "gw.sqlite")
@@ -144,7 +145,7 @@ async def test_backlog_after_a_vtn_outage_is_the_same_intervals_once_in_order(tm
             second = DemoVtn(port, poll_seconds=1, report_granularity=g, report_back=g)
             await second.start()
             await until(lambda: second.registrations == 1, 10, "registration again")
-            await asyncio.sleep(1.5)
+            await until(lambda: second.updates, 10, "the backlog's first update")
             await rig.stop_meter()
             want = expected(rig.taken, g)
             await until(lambda: rig.queue.pending == 0, 10, "backlog delivered")
@@ -215,7 +216,7 @@ async def test_a_vtn_refusing_a_forgotten_request_gets_the_offer_again_and_the_b
         assert server.forget_report_requests() == [old]
         await until(lambda: rig.vtn.status()["report_request_id"] not in (None, old), 10, "a new request")
         new = rig.vtn.status()["report_request_id"]
-        await asyncio.sleep(1.5)
+        await until(lambda: received(server, rrid=new), 5, "served under the new request")
         await rig.stop_meter()
         await until(lambda: rig.queue.pending == 0, 10, "backlog delivered under the new request")
         await asyncio.sleep(0.3)

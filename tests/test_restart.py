@@ -164,5 +164,5 @@ async def test_another_meter_than_the_last_run_is_said_once(tmp_path, free_udp_p
     assert main(["forget-forecast", "--config", str(config), "--yes"]) == 0
     before = len(gateway.log())
     await run_once("127.0.0.1:10")
-    assert "forecaster resumed 0 minutes of history" in gateway.log()[before:]
+    assert "forecaster resumed 0 minutes of stored history" in gateway.log()[before:]
     assert "Traceback" not in gateway.log()

@@ -348,6 +348,23 @@ async def test_closing_the_store_right_after_an_opt_out_writes_all_of_it(tmp_pat
     assert _stored_opts(path) == {f"e{i}": [OPT_IN, OPT_OUT] for i in range(50)}
 
 
+async def test_a_stop_in_the_moment_the_disk_answers_ends_the_wait_for_the_sync(storage, monkeypatch):
+    # The VEN's session waits in synced() before it sends its answers, and its stop cancels it. A cancel that came in
+    # the moment the sync ended was dropped by Python 3.11's wait_for, which returned the sync's result instead: the
+    # session polled on, and the VEN's stop (a SIGTERM's) waited for it for ever (once in a loaded test run)
+    sched = EventSchedule(storage, Recorder())
+    disk = asyncio.get_running_loop().create_future()
+    monkeypatch.setattr(storage, "synced", lambda: disk)
+    waiting = asyncio.create_task(sched.synced(at_most=5))
+    await asyncio.sleep(0)
+    disk.set_result(None)
+    await asyncio.sleep(0)          # the sync's end is on its way to the waiter...
+    waiting.cancel()                # ...as the stop comes
+    with pytest.raises(asyncio.CancelledError):
+        async with asyncio.timeout(5):
+            await waiting
+
+
 async def test_history_shows_the_answer_in_force_when_across_a_restart(tmp_path):
     path = tmp_path / "var" / "gw.sqlite"
     t0 = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)

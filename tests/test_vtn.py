@@ -22,15 +22,30 @@ from ven.storage import Storage
 from ven.telemetry import TelemetryQueue
 from ven.vtn import VtnClient
 from ven.vtn_server import DemoVtn
+from ven.vtn_transport import _fault_kind
 
 
 def now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+RETRY_MAX = 0.25    # openadr.retry_max_seconds in this file's tests; the log names it ("backoff up to 0.25 s")
+
+
+@pytest.fixture(autouse=True)
+def fast_retries(monkeypatch):
+    """Retries from 0.05 s up to RETRY_MAX: a VTN refusing or asking to register again each cycle goes round
+    its cycles in a fraction of the 1 s poll. What these tests check is how many lines, not how fast."""
+    monkeypatch.setattr(Gateway, "retries", {"retry_min_seconds": 0.05, "retry_max_seconds": RETRY_MAX})
+
+
 
 
 class Gateway:
+    # the backoff the files importing `running` name in their lines ("backoff up to 1 s"); this file's own
+    # tests back off faster (fast_retries)
+    retries = {"retry_min_seconds": 0.2, "retry_max_seconds": 1.0}
+
     def __init__(self, tmp_path, url, **cfg):
         self.states = []        # (wall time, ScheduleState)
         self.connected = []
@@ -38,7 +53,7 @@ class Gateway:
         self.schedule = EventSchedule(self.storage, lambda st: self.states.append((now(), st)))
         self.queue = TelemetryQueue(tmp_path / "gw.sqlite")
         # settle_seconds 0: a fault's end line at its first answer (tests/test_vtn_intermittent.py holds it)
-        self.config = OpenadrConfig(**{"vtn_url": url, "retry_min_seconds": 0.2, "retry_max_seconds": 1.0,
+        self.config = OpenadrConfig(**{"vtn_url": url, **self.retries,
                                        "telemetry_seconds": 1.0, "settle_seconds": 0.0, **cfg})
         self.vtn = VtnClient(self.config, self.schedule, self.queue, self.connected.append)
 
@@ -197,7 +212,9 @@ async def test_an_outage_whose_cause_flips_back_and_forth_says_each_cause_once(t
             if r.name == "ven.vtn" and not r.getMessage().startswith(SEPARATE)]
     assert [level for level, _ in said] == ["WARNING", "WARNING", "INFO"], said
     assert said[0][1].startswith("VTN registration failed: HTTP 500 ")
-    assert said[1][1].startswith("VTN outage goes on with another cause: registration failed: VTN unreachable at ")
+    # out of reach: refused, or (a retry in flight as the proxy stops) reset, which is the same kind of fault
+    another = "VTN outage goes on with another cause: registration failed: "
+    assert said[1][1].startswith(another) and _fault_kind(said[1][1][len(another):]) == "unreachable", said[1][1]
     assert OUTAGE_END.fullmatch(said[2][1]), said[2][1]
 
 
@@ -235,7 +252,8 @@ async def test_three_simple_intervals_each_take_effect_at_their_start(tmp_path, 
     async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
         async with running(tmp_path, server.url) as gw:
             await until(lambda: gw.vtn.connected, 10, "registration")
-            start = (now() + timedelta(seconds=3)).replace(microsecond=0) + timedelta(seconds=1)
+            # 2-3 s ahead: delivered at the next poll (1 s), well before it starts
+            start = (now() + timedelta(seconds=2)).replace(microsecond=0) + timedelta(seconds=1)
             eid = server.add_event([1, 2, 3], start, 1.0)
             await until(lambda: gw.schedule.get(eid) is not None, 5, "event delivery")
             await until(lambda: server.opts_for(eid) == ["optIn"], 5, "optIn at the VTN")
@@ -370,25 +388,32 @@ async def test_a_cancelled_randomized_event_ends_at_random_within_its_startafter
     # 2.0b rule 65: an event with a startafter window that is cancelled, explicitly or by no longer being listed,
     # ends at a random time within that window, as it started: a program's sites must not all snap back at once.
     # It ended at once. ADR-Opt-Out still stops the site at once.
+    # the draws: each start offset at 1/20 of its window (0.2 s: the test does not wait out a random start of up to
+    # 4 s), the termination waited out at 1/2 of the window (2 s: apart from an end at once by more than the poll
+    # and the test's lag), the one the opt-out cuts short at 3/4
+    draw = {"at": 0.05}
+    monkeypatch.setattr(random, "uniform", lambda lo, hi: lo + draw["at"] * (hi - lo))
     async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
         async with running(tmp_path, server.url) as gw:
             await until(lambda: gw.vtn.connected, 10, "registration")
             a = server.add_event([2], now() - timedelta(seconds=1), 60, start_after_seconds=4)
             await until(lambda: gw.level == 2.0, 8, "the randomized event running")
-            # the draws from here on: the termination at 3/4 of the window (the start offset is drawn already)
-            monkeypatch.setattr(random, "uniform", lambda lo, hi: lo + 0.75 * (hi - lo))
+            assert gw.schedule.get(a).start_offset == timedelta(seconds=0.2), "the start offset drawn"
+            draw["at"] = 0.5
             server.cancel_event(a)
             await until(lambda: gw.schedule.get(a).cancelled, 5, "the cancellation")
             took = now()
             assert gw.level == 2.0 and gw.schedule.state().active
-            assert 2.0 <= (gw.schedule.get(a).cancelled_at - took).total_seconds() <= 3.0
+            assert 1.0 <= (gw.schedule.get(a).cancelled_at - took).total_seconds() <= 2.0
             await until(lambda: gw.level == 0.0, 5, "the level ending")
             ended = gw.first_time_at(0.0, after=took)
             assert abs((ended - gw.schedule.get(a).cancelled_at).total_seconds()) < 0.5
             assert server.opts_for(a) == ["optIn", "optIn"]     # the cancellation acknowledged at once
 
+            draw["at"] = 0.05
             b = server.add_event([3], now() - timedelta(seconds=1), 60, start_after_seconds=4)
             await until(lambda: gw.level == 3.0, 8, "another randomized event running")
+            draw["at"] = 0.75
             server.drop_event(b)                                 # an implied cancellation
             await until(lambda: gw.schedule.get(b).cancelled, 5, "the implied cancellation")
             assert gw.level == 3.0 and gw.schedule.get(b).cancelled_at > now() + timedelta(seconds=1)
@@ -453,7 +478,8 @@ async def test_an_answer_waiting_for_an_older_modification_is_not_sent_after_the
             assert again.modify_event(eid, levels=[3]) == 1
             async with again:
                 await until(lambda: gw.vtn.connected and again.opts_for(eid), 15, "registered again, answered")
-                await asyncio.sleep(2.5)    # polls enough for a waiting answer to go
+                # the waiting optOut goes at once on registration (before the session's first poll), or is dropped
+                await until(lambda: gw.vtn.status()["opt_answers_waiting"] == 0, 5, "nothing waiting")
             sent = [(r["modification_number"], r["opt_type"]) for c in again.created_events
                     for r in c["event_responses"] if r["event_id"] == eid]
             assert sent == [(1, "optOut")]
@@ -683,8 +709,10 @@ async def test_an_id_reused_at_the_same_modification_after_its_event_is_over_is_
             a = server.add_event([1], now(), 3)
             await until(lambda: gw.first_time_at(1.0) is not None, 5, "level 1")
             await until(lambda: gw.schedule.get(a).end < now() and gw.level == 0.0, 8, "the event over")
+            polls = answered_polls(server)
             server._touch()    # listed again unchanged, and over: the same event, not a new one
-            await asyncio.sleep(2.5)
+            # the first poll carries the listing; the VEN polls again at once, once it has handled it
+            await until(lambda: len(polls) >= 2, 5, "the listing polled and handled")
             assert len(said(caplog, f"event {a} received")) == 1
             server.drop_event(a)
             reused_at = now()
@@ -796,6 +824,18 @@ async def test_an_open_ended_event_holds_until_cancelled_and_priority_decides_ov
             server.cancel_event(open_id)
             await until(lambda: gw.level == 0.0, 5, "level 0 after the cancellation")
             assert gw.schedule.get(open_id).cancelled_at is not None
+
+
+def answered_polls(server: DemoVtn) -> list[datetime]:
+    """From now on, the time of each oadrPoll the VTN answers (not one a `refuse` installed later refuses)."""
+    handlers = server._server.services["poll_service"].handlers
+    real, polls = handlers["oadrPoll"], []
+
+    async def counted(*args, **kwargs):
+        polls.append(now())
+        return await real(*args, **kwargs)
+    handlers["oadrPoll"] = counted
+    return polls
 
 
 class refuse:
@@ -924,7 +964,7 @@ async def test_a_refused_registration_names_the_vtn_reason_in_status_and_log(tmp
             assert not status["connected"] and server.registrations == 0
             assert said(caplog, "VTN registration failed") == [
                 "VTN registration failed: VTN refused registration: 463 VEN not enrolled in a program; "
-                "retrying (backoff up to 1 s)"], "one line when the fault starts"
+                "retrying (backoff up to 0.25 s)"], "one line when the fault starts"
             refusal.allow()
             await until(lambda: gw.vtn.connected, 10, "registration once the VTN takes it")
             assert gw.vtn.status()["last_error"] is None and gw.vtn.status()["registration_failures"] == 0
@@ -956,13 +996,21 @@ async def test_a_poll_refused_as_an_unknown_ven_registers_again_at_once(tmp_path
     # A VTN restarted without its registrations may answer so instead of oadrRequestReregistration.
     # Waiting out POLL_FAILURES_FOR_LOSS polls would miss events for minutes at a utility's poll rate.
     caplog.set_level(logging.INFO, logger="ven")
-    async with DemoVtn(free_tcp_port(), poll_seconds=5) as server:
+    async with DemoVtn(free_tcp_port(), poll_seconds=2) as server:
+        handlers = server._server.services["poll_service"].handlers
+        real, taken = handlers["oadrPoll"], []    # (registrations, refusals) at each poll the VTN answered
+
+        async def answered(*args, **kwargs):
+            taken.append((server.registrations, refusal.refused if refusal else 0))
+            return await real(*args, **kwargs)
+        handlers["oadrPoll"], refusal = answered, None
         async with running(tmp_path, server.url) as gw:
             await until(lambda: gw.vtn.connected, 10, "registration")
             refusal = refuse(server, "oadrPoll", error, times=1)
             await until(lambda: refusal.refused, 8, "the refused poll")
-            await until(lambda: server.registrations == 2, 4, "registered again before the next poll is due")
+            await until(lambda: server.registrations == 2, 10, "registered again")
             await until(lambda: said(caplog, "VTN connected again"), 10, "polls taken again")
+            assert (1, 1) not in taken, "registered again before the next poll, not after it"
             assert refusal.refused == 1 and gw.vtn.connected and gw.vtn.status()["last_error"] is None
             assert gw.vtn.status()["poll_failures"] == 0
             assert gw.vtn.status()["reregistrations"] == 1 and "refused the poll" in gw.vtn.status()["last_reregistration"]
@@ -983,7 +1031,7 @@ async def test_refused_telemetry_is_logged_once_kept_and_delivered_when_taken(tm
             await until(lambda: gw.vtn.status()["last_error"] is None, 2, "the reason cleared")
             assert said(caplog, "VTN refused the report") == [
                 "VTN refused the report: 454 r_id not in the registered report; the samples stay queued, the reports "
-                "are offered again so the VTN can request them anew (backoff up to 1 s)"]
+                "are offered again so the VTN can request them anew (backoff up to 0.25 s)"]
             assert len(said(caplog, "the VTN takes telemetry again")) == 1
             assert gw.queue.pending == 0
 
@@ -1136,7 +1184,7 @@ async def test_a_vtn_refusing_every_poll_says_nothing_again_at_each_re_registrat
     lines = gateway_lines(caplog, mark)
     assert not said_again(lines), lines
     refused = ["the VTN did not take the telemetry report offer (VTN refused the report registration: 454 no reports "
-               "today): events are served, samples queue, the offer is made again (every 1 s at most)"]
+               "today): events are served, samples queue, the offer is made again (every 0.25 s at most)"]
     assert [m for level, m in lines if level == "WARNING"] == [
         "VTN poll failed: VTN refused the poll: 463 VEN unknown"] + refused * (offer == "refused"), lines
     ended = [m for _, m in lines if m.startswith("VTN connected")]
@@ -1177,7 +1225,7 @@ async def test_a_vtn_asking_to_register_again_each_time_is_one_fault(
     assert not said_again(lines), lines
     assert [m for level, m in lines if level == "WARNING"] == [
         "VTN context lost (the VTN asked for re-registration); registering again",
-        f"VTN context lost again before a poll was answered ({reason}); registering again (backoff up to 1 s)"], lines
+        f"VTN context lost again before a poll was answered ({reason}); registering again (backoff up to 0.25 s)"], lines
     ended = [m for _, m in lines if m.startswith("VTN connected")]
     assert len(ended) == 1, lines
     counts = re.fullmatch(r"VTN connected again after \d+ s \(0 failed poll\(s\), (\d+) registration attempt\(s\) "
@@ -1217,7 +1265,7 @@ async def test_a_vtn_message_the_session_cannot_handle_at_each_poll_is_one_fault
             assert gw.connected == [True, False, True], "no flip at each re-registration"
     lines = gateway_lines(caplog, mark)
     assert [m for level, m in lines if level in ("ERROR", "WARNING")] == [
-        "VTN session error OverflowError: date value out of range; registering again (backoff up to 1 s)"], lines
+        "VTN session error OverflowError: date value out of range; registering again (backoff up to 0.25 s)"], lines
     assert not said_again(lines), lines
     ended = [m for _, m in lines if m.startswith("VTN connected")]
     # each message cost a registration: lost after it, or failed at its last step when it came with the events

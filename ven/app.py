@@ -31,9 +31,9 @@ from .logs import RecentLog
 from .metrics import Metrics
 from .schedule import EventSchedule, ScheduleState
 from .storage import Storage, set_aside_if_damaged
-from .tasks import cancel_and_wait
+from .tasks import at_most, cancel_and_wait
 from .telemetry import TelemetryQueue
-from .wallclock import clock_suspect
+from .wallclock import CLOCK_STEP_S, clock_suspect
 
 if TYPE_CHECKING:
     from .forecast_service import ForecastService
@@ -115,13 +115,6 @@ def bacnet_device(c: GatewayConfig) -> GatewayDevice:
 ACK_WAIT_S = 0.5
 
 
-async def _at_most(sync, seconds: float) -> None:
-    try:
-        await asyncio.wait_for(asyncio.shield(sync), seconds)   # shield: the sync goes on after the ack
-    except TimeoutError:
-        pass
-
-
 class Gateway:
     def __init__(self, config: GatewayConfig, clock_sync: SyncWatch | None = None, cert_watch: CertWatch | None = None):
         """clock_sync: watches whether the machine's clock is synchronized (by default the kernel's word, every
@@ -129,6 +122,9 @@ class Gateway:
         minutes (tests read it more often)."""
         self.config = config
         self.started_at = time.monotonic()   # uptime: a wall-clock step (NTP at boot) is not time run
+        # the gap this start ended (_note_not_running): the last read before it, and the start by the wall clock and
+        # by the monotonic one, to re-date the start when the wall clock steps (NTP at boot)
+        self._resumed: tuple[datetime, datetime, float] | None = None
         c = config
         self.metrics = Metrics(c.forecaster.horizons_minutes)
         self.device = bacnet_device(c)
@@ -209,6 +205,7 @@ class Gateway:
             self.vtn.set_opt_out(True)  # before the VTN session, so new events are answered optOut
         await self._start(self.forecast)
         self._note_other_meter()
+        self._note_not_running()
         await self._start(self.meter)
         # here, not before the device: cryptography's import is in _import_slow_parts' share (openleadr's)
         self.cert_watch.check(time.monotonic(), time.time())
@@ -234,6 +231,12 @@ class Gateway:
                 await part.stop()
             except Exception as err:  # keep stopping the rest; one line says what refused to stop
                 log.warning("stopping %s: %s", type(part).__name__, err)
+        # whatever openadr.telemetry: a run without it read the meter too, and the next start's gap begins here; the
+        # run before's last read if later (a clock behind all this run long dated its reads before it)
+        read = [t for t in (self.meter.latest and self.meter.latest.timestamp, self._resumed and self._resumed[0])
+                if t and not clock_suspect(t)]
+        if read:
+            self.telemetry.note_last_read(max(read))
         self.telemetry.close()
         self.storage.close()
         if still_open:
@@ -268,6 +271,8 @@ class Gateway:
             what = "report(s) refused" if t["kind"] == "refused" else "update(s) unanswered"
             since = f" for {lasted(t['since'])}" if t["since"] else ""
             out.append(f"telemetry not taken by the VTN{since} ({t['count']} {what}: {t['why']})")
+        if self._built("vtn") and (u := self.vtn.telemetry_unrequested()) is not None:
+            out.append(f"telemetry not requested by the VTN for {lasted(u['since'])}")
         if self._no_input.open:
             out.append(f"forecaster without power input for {span(now - self._no_input.since)}")
         if errors := self.storage_status()["errors"]:
@@ -281,12 +286,15 @@ class Gateway:
     # -- callbacks: each keeps one owner's state reflected on the points ------------------------------
 
     def _on_meter(self, reading: MeterReading) -> None:
+        if self._resumed is not None:
+            self._redate_resume(*self._resumed)
         t = reading.timestamp.timestamp()
         if reading.value is None:
             # the meter answering in kWh is not a broken network: the BAS alarm must not send the technician there
             self.device.set_fault(P.METER_POWER, True, unusable=reading.answered)
             self.device.set(P.METER_FAULT, True)
             self.metrics.meter_read_failures.inc()
+            self.vtn.record_failed_read(reading.tick_times or (reading.timestamp,))
             self.forecast.on_meter(t, None)
             return
         self.device.set(P.METER_POWER, reading.value)
@@ -308,21 +316,30 @@ class Gateway:
         self.vtn.set_opt_out(opted_out)  # updates the schedule too
         # the BAS's SimpleACK waits for the command (and the events' answers) to be on the disk, not only in the
         # page cache: a power cut after the ack must not undo a command the BAS holds as taken
-        return _at_most(self.storage.synced(), ACK_WAIT_S)
+        return at_most(self.storage.synced(), ACK_WAIT_S)  # the sync goes on after the ack
 
     def _count_database_revision(self) -> None:
         # Over BACnet no object is created, deleted or renamed, but between two runs a new device_name or
         # device_id, or a release with other points, does so: a BAS that cached the objects learns it from
         # databaseRevision, which only means something if it is kept across restarts.
         identity = self.device.database_identity()
+        saved = self.storage.load_value(BACNET_DATABASE)
         try:
-            stored = json.loads(self.storage.load_value(BACNET_DATABASE) or "null")
+            stored = json.loads(saved or "null")
             revision, known = int(stored["revision"]), stored["objects"]
             if not isinstance(known, list):
                 raise TypeError(known)
-        except (ValueError, TypeError, KeyError):  # the first run, or a file from before this was kept
+            if revision < 0:    # the device refused it (an Unsigned) out of every start
+                raise ValueError(f"databaseRevision {revision}")
+        # the first run, or a file from before this was kept; or a value this version cannot read (a revision of
+        # 1e400 raised OverflowError, JSON nested too deep RecursionError, out of every start)
+        except (ValueError, TypeError, KeyError, OverflowError, RecursionError) as err:
             revision, known = self.device.database_revision, None
-            if self.storage.found_file:
+            if saved is not None:
+                revision += 1
+                log.warning("stored BACnet objects of the last run unreadable (%s: %.80s): databaseRevision %d, so a "
+                            "BAS that cached them reads them again", type(err).__name__, err, revision)
+            elif self.storage.found_file:
                 # An earlier release served this device without keeping its objects, and those releases had
                 # other points (13 before the load thresholds): counting one more costs a BAS a re-read, not
                 # counting one leaves it with a stale list of objects.
@@ -357,6 +374,46 @@ class Gateway:
                         "gateway and run edge-gateway forget-forecast", was, now, minutes)
         self.storage.save_value(METER_READ, now)
 
+    def _note_not_running(self) -> None:
+        # The meter was not read while the gateway was not running: the intervals that began before the stop (or
+        # crash) and the one the first read falls in would go to the VTN as if read throughout, and the utility
+        # settles on them. Their missed ticks count as failed reads (README "Data quality").
+        if not self.config.openadr.telemetry:
+            # nothing is queued while it is false; its stop notes its last read, where the gap at the start it is
+            # true again begins (a crash while false leaves the note of the run before)
+            return
+        now, last = datetime.now(timezone.utc), self.telemetry.last_read()
+        if last is None:
+            return
+        self._resumed = (last, now, time.monotonic())
+        # A clock not yet set (a box without a battery clock boots in the past) or behind the last read (one whose
+        # time was saved before a power cut) would make the gap a span of years, or none: it is noted once NTP has
+        # set the clock (_redate_resume)
+        if not self._clock_unset_at_start() and self.telemetry.note_gap(last, now, self.config.meter.poll_seconds):
+            self._say_not_read(last, now)
+
+    def _clock_unset_at_start(self) -> bool:
+        last, said, _ = self._resumed
+        return clock_suspect(said) or said < last
+
+    def _say_not_read(self, last: datetime, start: datetime) -> None:
+        log.info("meter not read for %s before this start (last read %s): the report intervals it falls in count the "
+                 "poll ticks missed as failed reads", span((start - last).total_seconds()),
+                 last.isoformat(timespec="seconds"))
+
+    def _redate_resume(self, last: datetime, said: datetime, mono: float) -> None:
+        # A box whose clock was fast at boot (a battery clock that drifted, or one kept in local time) starts the
+        # gateway before NTP puts the clock back: the gap noted at start ran to that fast time, and every interval
+        # read after the step until then went to the VTN marked. The start by the clock as it is now ends the gap;
+        # one the clock was not set at (_note_not_running) is noted now.
+        start = datetime.now(timezone.utc) - timedelta(seconds=time.monotonic() - mono)
+        unset = self._clock_unset_at_start()
+        if clock_suspect(start) or (start < last if unset else abs((start - said).total_seconds()) <= CLOCK_STEP_S):
+            return
+        self._resumed = (last, start, mono)
+        if self.telemetry.note_gap(last, start, self.config.meter.poll_seconds) and unset:
+            self._say_not_read(last, start)
+
     def _storage_opened_late(self, values: dict[str, str]) -> None:
         saved = values.get(OPT_OUT_COMMANDS)
         if saved:
@@ -369,8 +426,9 @@ class Gateway:
             commands = {int(priority): value for priority, value in json.loads(saved).items()}
             if not all(1 <= p <= 16 and isinstance(v, bool) for p, v in commands.items()):
                 raise ValueError("priorities 1..16 with true or false expected")
-        except (ValueError, TypeError, AttributeError) as err:
-            log.warning("stored ADR-Opt-Out commands %r unreadable (%s): the point starts relinquished", saved, err)
+        except (ValueError, TypeError, AttributeError, OverflowError, RecursionError) as err:
+            # %.200r: JSON nested 10^5 deep (RecursionError) was a line of 200 KB
+            log.warning("stored ADR-Opt-Out commands %.200r unreadable (%s): the point starts relinquished", saved, err)
             return
         if late:
             # the BAS may have written or relinquished priorities since the start: those stay as it
@@ -591,6 +649,7 @@ class Gateway:
         oldest = self.telemetry.peek(1)
         self.metrics.telemetry_oldest_age_seconds.set(max(0.0, now - oldest[0].ts.timestamp()) if oldest else 0.0)
         self.metrics.meter_fault.set(int(bool(self.meter.fault)))
+        self.metrics.telemetry_unrequested.set(int(self.vtn.telemetry_unrequested() is not None))
         self.metrics.storage_writable.set(int(self.storage_status()["ok"]))
         self.metrics.bacnet_initiation_disabled.set(int(self.device.communication()["mode"] != "enable"))
         self.metrics.forecast_input_stale.set(int(self.forecast.input_stale()))

@@ -380,7 +380,10 @@ def cmd_forecast_replay(args) -> int:
         print(f"forecast-replay: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"forecast-replay: interrupted, {args.output} not written", file=sys.stderr)
+        # a pipe or device took each row as it came (see replay_csv); only a file is left unwritten
+        streamed = os.path.exists(args.output) and not os.path.isfile(args.output)
+        print(f"forecast-replay: interrupted, {args.output} "
+              f"{'has the rows issued until then' if streamed else 'not written'}", file=sys.stderr)
         return 130
     for note in summary.pop("notes"):
         print(f"forecast-replay: {note}", file=sys.stderr)
@@ -409,6 +412,7 @@ _port = _ranged(int, 1, 65535, "1..65535")
 _finite = _ranged(float, -_BIG, _BIG, "a finite number")
 _positive_seconds = _ranged(float, math.ulp(0.0), _BIG, "above 0 seconds")
 _seconds = _ranged(float, 0.0, _BIG, "0 seconds or more")
+_report_seconds = _ranged(int, 1, 86400, "1..86400 whole seconds (report durations are sent in whole seconds)")
 _positive_minutes = _ranged(float, 1.0, _BIG, "at least 1 minute (the history is kept in 1-minute means)")
 
 
@@ -504,6 +508,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", default=None, metavar="FILE", help="SQLite file (default: a temporary one)")
     p.add_argument("--report", default=None, metavar="FILE",
                    help="on exit, write what the demo VTN received (JSON)")
+    p.add_argument("--telemetry-seconds", type=_report_seconds, default=10, metavar="SECONDS",
+                   help="the gateway's report interval, and how often it reads the meter (default %(default)s)")
+    p.add_argument("--bas-interval", type=_positive_seconds, default=10.0, metavar="SECONDS",
+                   help="how often the BAS simulator writes the building's kW and reads the points "
+                        "(default %(default)g)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("demo-vtn", help="run the demo VTN alone (dispatches the demo events)")
@@ -556,6 +565,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Before anything imports numpy. OpenBLAS starts a thread per core it sees (a cgroup quota, systemd CPUQuota=,
+    # is not seen), and each spins about 90 ms of CPU once started: on a box given one CPU that is 90 ms more of
+    # its quota, every start. The gateway's products are one row wide and never use them; fits set their own
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     args = build_parser().parse_args(argv)
     return args.func(args)
 

@@ -247,6 +247,9 @@ class OpenadrConfig(_Section):
     vtn_url: str = "http://127.0.0.1:8080/OpenADR2/Simple/2.0b"
     ven_name: str = Field("edge-gateway", min_length=1)
     report_resource_id: str = Field("main-meter", min_length=1)
+    # false for a programme that takes no telemetry (events only): the TELEMETRY_USAGE report is not offered, readings
+    # are not queued for the VTN, and no warning waits for a request that will not come; the meter is read as before
+    telemetry: bool = True
     telemetry_seconds: float = Field(10.0, gt=0, le=86400)
     # the site's grid, told to the VTN in the report metadata (openleadr alone says 50 Hz / 230 V)
     power_hertz: Literal[50, 60] = 50
@@ -258,6 +261,9 @@ class OpenadrConfig(_Section):
     # how long the VTN must answer in a row (and 3 polls) before a VTN fault is logged as ended; doubled for a fault
     # that comes back soon (bacnet_api/settle.py). 0: at the first answer
     settle_seconds: float = Field(60.0, ge=0, le=86400)
+    # registered this long (and 3 polls) with the report offered and no telemetry request: one WARNING, and the
+    # dashboard says so (a VTN requests at registration or on the next polls; readings pile up meanwhile)
+    request_wait_seconds: float = Field(600.0, gt=0, le=86400)
     cert: str = ""
     key: str = ""
     passphrase: str = ""
@@ -460,7 +466,8 @@ class GatewayConfig(_Section):
     def warnings(self) -> list[str]:
         """Settings that are valid but lose something the reader of the config likely wants."""
         out = []
-        if self.meter.poll_seconds > self.openadr.telemetry_seconds:
+        # (no report interval at all with openadr.telemetry = false)
+        if self.openadr.telemetry and self.meter.poll_seconds > self.openadr.telemetry_seconds:
             out.append(f"meter.poll_seconds ({self.meter.poll_seconds:g}) is longer than openadr.telemetry_seconds "
                        f"({self.openadr.telemetry_seconds:g}): report intervals the meter was not read in are not "
                        f"sent to the VTN")

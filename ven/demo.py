@@ -56,8 +56,9 @@ def demo_config(args: Namespace, storage: str):
     return parse_config({
         "bacnet": {"address": f"127.0.0.1/8:{args.bacnet_port}", "device_id": 500001, "device_name": "EdgeGateway-demo"},
         "meter": {"address": "12345:2", "object": "analogInput 2", "router": f"127.0.0.1:{args.meter_port}",
-                  "poll_seconds": 10.0, "timeout_seconds": 5.0},
-        "openadr": {"vtn_url": f"http://127.0.0.1:{args.vtn_port}/OpenADR2/Simple/2.0b", "ven_name": "edge-gateway-demo"},
+                  "poll_seconds": float(args.telemetry_seconds), "timeout_seconds": 5.0},
+        "openadr": {"vtn_url": f"http://127.0.0.1:{args.vtn_port}/OpenADR2/Simple/2.0b", "ven_name": "edge-gateway-demo",
+                    "telemetry_seconds": args.telemetry_seconds},
         "storage": {"path": storage},
         "http": {"address": f"127.0.0.1:{args.http_port}"},
     }, "demo")
@@ -138,7 +139,7 @@ async def run_demo(args: Namespace) -> int:
     gateway = Gateway(cfg)
     gateway.forecast.warm_start(*profile.history(t0))
     bas = BasSimulator(args.bas_port, f"127.0.0.1:{args.bacnet_port}", lambda: profile.kw(time.time()),
-                       interval=10.0, on_change=lambda view, d: log.info(describe(view, d, bas.faults)))
+                       interval=args.bas_interval, on_change=lambda view, d: log.info(describe(view, d, bas.faults)))
     started = []
 
     async def main() -> None:

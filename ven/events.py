@@ -22,6 +22,9 @@ OPT_OUT = "optOut"
 SIMPLE = "SIMPLE"
 OPEN_ENDED = timedelta(days=36500)  # "until cancelled", as a duration the arithmetic below can carry
 SIMPLE_LEVELS = (0.0, 1.0, 2.0, 3.0)   # conformance rule 9: the only payloads of a SIMPLE signal
+# intervals of one event followed (a week of one-minute intervals): a VTN's 80,000 (what fits the 16 MB a message may
+# have) held the loop 0.6 s on arrival, and each /api/status listed them all (0.2 s and megabytes at every refresh)
+MAX_EVENT_INTERVALS = 7 * 24 * 60
 MAX_OPT_CHANGES = 1000  # answers kept per event for the history (about 2 h of a BAS toggling every 10 s)
 
 
@@ -232,33 +235,36 @@ class Event:
 
     @classmethod
     def from_json(cls, text: str) -> "Event":
+        """Raises ValueError (or KeyError, TypeError, OverflowError...) for a body this version cannot run."""
         d = json.loads(text)
         signals = tuple(
             Signal(s["name"], s["type"], tuple(
-                Interval(_aware(a), timedelta(seconds=b), float(c))
+                Interval(aware_time(a), _stored_duration(b), _stored_payload(s["name"], c))
                 for a, b, c in s["intervals"]))
             for s in d["signals"])
-        return cls(event_id=d["event_id"], modification_number=int(d["modification_number"]),
+        if not isinstance(d["event_id"], str) or d.get("opt") not in (OPT_IN, OPT_OUT):
+            raise ValueError(f"event_id {d['event_id']!r} or opt {d.get('opt')!r} is not one this version writes")
+        return _in_range(cls(event_id=d["event_id"], modification_number=int(d["modification_number"]),
                    status=d["status"], test_event=bool(d["test_event"]),
                    market_context=d["market_context"], signals=signals,
                    start_offset=timedelta(seconds=d["start_offset"]),
-                   received_at=_aware(d["received_at"]), opt=d["opt"],
+                   received_at=aware_time(d["received_at"]), opt=d["opt"],
                    start_after=timedelta(seconds=d.get("start_after", 0)),
                    ramp_up=timedelta(seconds=d.get("ramp_up", 0)),
                    # files from before "unlisted": a VTN's own cancellation is listed as cancelled again,
                    # so taking every cancellation as possibly implied only lets a live copy reinstate it
                    unlisted=bool(d.get("unlisted", d["status"] == "cancelled")),
                    priority=int(d.get("priority", 0)),
-                   cancelled_at=_aware(d["cancelled_at"]) if d.get("cancelled_at") else None,
-                   modified_at=_aware(d["modified_at"]) if d.get("modified_at") else None,
-                   ran_before=tuple((_aware(a), _aware(b), float(lv))
+                   cancelled_at=aware_time(d["cancelled_at"]) if d.get("cancelled_at") else None,
+                   modified_at=aware_time(d["modified_at"]) if d.get("modified_at") else None,
+                   ran_before=tuple((aware_time(a), aware_time(b), _finite(lv))
                                     for a, b, lv in d.get("ran_before", ())),
                    # stored before opt_changes existed: none, so opt_log knows only the answer of now
-                   opt_changes=tuple((_aware(at), str(opt)) for at, opt in d.get("opt_changes", ())),
-                   created=_aware(d["created"]) if d.get("created") else None,
+                   opt_changes=tuple((aware_time(at), str(opt)) for at, opt in d.get("opt_changes", ())),
+                   created=aware_time(d["created"]) if d.get("created") else None,
                    response_required=str(d.get("response_required", "always")),
                    targets=tuple((str(k), str(v)) for k, v in d.get("targets", ())),
-                   for_this_ven=bool(d.get("for_this_ven", True)))
+                   for_this_ven=bool(d.get("for_this_ven", True))))
 
     def describe(self, now: datetime) -> dict:
         """JSON-ready view for the status API."""
@@ -291,7 +297,57 @@ class Event:
         }
 
 
-def _aware(text: str) -> datetime:
+# How far the schedule reckons from an event's times: its history (schedule.KEEP_HISTORY, 35 days) and /api/history's
+# reach, with room to spare. A stored time nearer than this to datetime's limits (years 1 and 9999) raised
+# OverflowError out of every start.
+_TIME_MARGIN = timedelta(days=400)
+
+
+def _stored_duration(seconds) -> timedelta:
+    """An interval's stored length. One past OPEN_ENDED (a P9999Y the VTN meant as "until further notice", edited
+    in by hand, or written by another version) is what this version means by it; beyond it, the end fell past
+    year 9999."""
+    seconds = float(seconds)
+    if math.isnan(seconds):
+        raise ValueError("an interval's duration is NaN")
+    return OPEN_ENDED if seconds >= OPEN_ENDED.total_seconds() else timedelta(seconds=seconds)
+
+
+def _finite(value) -> float:
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"payload {value} is not a number the BAS can be given")
+    return value
+
+
+def _stored_payload(signal: str, value) -> float:
+    """As from the VTN: a SIMPLE payload is a level 0-3 (rule 9); ADR-Event-Level showed a stored inf as it was."""
+    value = _finite(value)
+    return _simple_level(value) if signal in (SIMPLE, "simple") and value not in SIMPLE_LEVELS else value
+
+
+def _in_range(ev: "Event") -> "Event":
+    """`ev`, if every time the schedule, the history and the API work out from it is a datetime."""
+    try:
+        times = [ev.start - ev.ramp_up, ev.end + ev.start_after, ev.stop, ev.received_at, *ev.boundaries(),
+                 *(t for a, b, _ in ev.ran_before for t in (a, b)), *(at for at, _ in ev.opt_changes),
+                 *(t for t in (ev.cancelled_at, ev.modified_at, ev.created) if t is not None)]
+        for t in times:
+            reckonable(t, _TIME_MARGIN)
+    except OverflowError:
+        raise ValueError("a time beyond the years 1-9999 (a start, an end or a duration out of range)") from None
+    return ev
+
+
+def reckonable(t: datetime, margin: timedelta) -> datetime:
+    """`t`, if the times `margin` either side of it are datetimes too (arithmetic on it near the years 1 and 9999
+    raised OverflowError where it was reckoned with, not where it was read)."""
+    if not datetime.min + margin <= t.replace(tzinfo=None) <= datetime.max - margin:
+        raise OverflowError(f"{t} is within {margin} of the years 1-9999's ends")
+    return t
+
+
+def aware_time(text: str) -> datetime:
     # every time this code stores carries its offset: one without (an edit by hand) raised TypeError at the first
     # comparison with the clock, out of every start, instead of being an event this version cannot read
     t = datetime.fromisoformat(text)
@@ -358,18 +414,26 @@ def id_reused(prev: Event, raw: dict, now: datetime) -> bool:
 
 def from_openleadr(raw: dict, received_at: datetime, previous: Event | None = None,
                    rng: random.Random | None = None, ven_id: str | None = None) -> Event:
-    """Convert one event dict as openleadr's parser delivers it.
+    """Convert one event dict as openleadr's parser delivers it. Raises ValueError or OverflowError for one this
+    version cannot run (a time past year 9999: a start in year 9999, a ramp-up of 9000 years; more than
+    MAX_EVENT_INTERVALS intervals).
 
     `previous` is the stored copy of the same event, if any: its randomization offset and opt
     answer survive a modification (the offset is redrawn only if the new window no longer holds it, and
     drawn when a modification adds a startafter to an event that has not started here).
     """
     desc = raw["event_descriptor"]
-    active = raw.get("active_period") or {}
+    active = dict(raw.get("active_period") or {})
+    if active.get("duration") is not None:
+        active["duration"] = _until_further_notice(active["duration"])
     ap_start = _utc(active["dtstart"]) if active.get("dtstart") else None
     signals_raw = raw.get("event_signals") or []
     if isinstance(signals_raw, dict):
         signals_raw = signals_raw.get("event_signals", [])
+    count = sum(len(s.get("intervals") or []) for s in signals_raw)
+    if count > MAX_EVENT_INTERVALS:
+        raise ValueError(f"{count} intervals, more than the {MAX_EVENT_INTERVALS} (a week of one-minute intervals) "
+                         f"this gateway follows in one event")
     # rule 47: an active period of duration 0 (openleadr reads "P" and "PT0S" as 0) never ends by itself
     open_ended = active.get("duration") is not None and active["duration"] == timedelta(0)
     signals = []
@@ -382,7 +446,7 @@ def from_openleadr(raw: dict, received_at: datetime, previous: Event | None = No
         cursor = ap_start
         for iv in _in_order(s.get("intervals") or []):
             start = _utc(iv["dtstart"]) if iv.get("dtstart") else cursor
-            duration = iv.get("duration") or timedelta(0)
+            duration = _until_further_notice(iv.get("duration") or timedelta(0))
             if start is None:
                 raise ValueError(f"event {desc.get('event_id')}: interval without a start")
             payload = float(iv.get("signal_payload", 0.0))
@@ -436,7 +500,7 @@ def from_openleadr(raw: dict, received_at: datetime, previous: Event | None = No
         offset = timedelta(seconds=(rng or random).uniform(0.0, start_after.total_seconds()))
     else:
         offset = timedelta(0)
-    return Event(
+    return _in_range(Event(
         event_id=str(desc["event_id"]),
         modification_number=int(desc.get("modification_number") or 0),
         status=str(desc.get("event_status") or "far"),
@@ -453,7 +517,13 @@ def from_openleadr(raw: dict, received_at: datetime, previous: Event | None = No
         response_required="never" if raw.get("response_required") == "never" else "always",
         targets=(targets := _targets(raw)),
         for_this_ven=ven_id is None or not (vens := {v for k, v in targets if k == "ven_id"}) or ven_id in vens,
-    )
+    ))
+
+
+def _until_further_notice(duration):
+    """A VTN's duration of OPEN_ENDED or more (P9999Y, its way of writing "until further notice") as OPEN_ENDED, what
+    this version means by it and can add to a time: P9999Y ran past year 9999 (OverflowError), as stored events did."""
+    return OPEN_ENDED if isinstance(duration, timedelta) and duration > OPEN_ENDED else duration
 
 
 def _in_order(intervals: list[dict]) -> list[dict]:

@@ -37,14 +37,15 @@ async def fit_in_child(job_blob: bytes, threads: int = 1, timeout: float = TIMEO
     try:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-P", "-m", "ven.fit_worker", stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env, process_group=0)
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env, process_group=0,
+            preexec_fn=_born_idle)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     try:
         async with asyncio.timeout(timeout):
             out, err = await proc.communicate(job_blob)
     except TimeoutError:
-        raise FitError(f"fit process still running after {timeout:g} s; killed") from None
+        raise FitError(f"fit process still running after {timeout:g} s{_cpu_had(proc.pid)}; killed") from None
     finally:
         if proc.returncode is None:  # timed out, or the gateway is stopping
             proc.kill()
@@ -69,6 +70,17 @@ async def _stdin_closed(proc: asyncio.subprocess.Process) -> None:
         pass
 
 
+def _cpu_had(pid: int) -> str:
+    # At idle priority a fit runs only on CPU time nothing else wants: on a one-core box kept busy (a BAS polling
+    # flat out, another service) it starves, and "still running" read as a fit that hangs. Its CPU time tells which
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        seconds = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")   # utime + stime
+    except (OSError, ValueError, IndexError):    # not Linux
+        return ""
+    return f", having had {seconds:.1f} s of CPU (at idle priority: only CPU time nothing else on the box wants)"
+
+
 def _why(signum: int) -> str:
     # The kernel's OOM killer (a systemd MemoryMax=, a small box) sends SIGKILL; so would an operator's kill -9
     if signum == signal.SIGKILL:
@@ -79,13 +91,23 @@ def _why(signum: int) -> str:
         return "unknown signal"
 
 
-def _idle_priority() -> None:
-    # SCHED_IDLE: the scheduler gives this process a core only when nothing else wants it. Where
-    # that policy is missing, nice 19 comes close (weight 15 against the gateway's 1024).
+def _born_idle() -> None:
+    # SCHED_IDLE: the scheduler gives this process a core only when nothing else wants it. Where that policy is
+    # missing, nice 19 comes close (weight 15 against the gateway's 1024); both last across the exec.
+    # Runs in the child between fork and exec. Python's start and imports (site, ven, asyncio: 100-130 ms of CPU)
+    # came before main() lowered the priority, and on one core the BAS's reads shared the CPU with them (p99 up).
+    # Only system calls here, no lock another thread of the gateway could hold at the fork. Nothing may raise:
+    # an exception in a preexec_fn fails the spawn
     try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    except (AttributeError, OSError):
-        os.nice(19)
+        os.sched_setscheduler(0, os.SCHED_IDLE, _IDLE)
+    except (AttributeError, TypeError, OSError):
+        try:
+            os.nice(19)
+        except OSError:
+            pass
+
+
+_IDLE = os.sched_param(0) if hasattr(os, "sched_param") else None   # made once, in the gateway
 
 
 def _first_to_go() -> None:
@@ -123,7 +145,6 @@ def main() -> int:
     _leave_stopping_to_the_parent()
     _die_with_parent()
     _first_to_go()
-    _idle_priority()
     job = pickle.load(sys.stdin.buffer)
     fitted = job.run()
     sys.stdout.buffer.write(pickle.dumps(fitted, protocol=pickle.HIGHEST_PROTOCOL))

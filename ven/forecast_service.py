@@ -235,7 +235,8 @@ class ForecastService:
     def warm_start(self, times, values) -> None:
         """Seed the history (e.g. the shipped demo excerpt); persisted with the next cycle."""
         n = self.forecaster.seed(times, values)
-        log.info("forecaster warm-started with %d samples", n)
+        days = (max(times) - min(times)) / 86400 if n else 0.0
+        log.info("forecaster warm-started with %d samples over %.1f days", n, days)
 
     # ---- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -249,7 +250,7 @@ class ForecastService:
             log.error("storage.path %s: forecaster history cannot be stored (%s: %s); forecasting from "
                       "memory, stored once the file opens (tried every %g s)", self.storage_path,
                       type(err).__name__, err, self._reopen_seconds)
-        log.info("forecaster resumed %d minutes of history%s", loaded["minutes"],
+        log.info("forecaster resumed %d minutes of stored history%s", loaded["minutes"],
                  " and its fitted model" if loaded["model"] else self._learning_text())
         for name, state in loaded.get("flags", {}).items():
             if state is not None and state[0]:

@@ -12,6 +12,7 @@ GET /api/status -> view.status(), a dict shaped like:
 
     {
       "version": "0.1.0",
+      "page": "3f2a9c0d1e4b5a67",                    # added by the HTTP server: a digest of ven/web's files (page_digest)
       "started_at": "2026-11-22T00:00:00Z",        # times in /api/status: ISO 8601 UTC strings
       "uptime_seconds": 3600.0,                     # monotonic: a wall-clock step does not change it
       "now": "2026-11-22T01:00:00+00:00",            # the gateway's wall clock
@@ -81,6 +82,7 @@ import dataclasses
 import datetime as dt
 import enum
 import errno
+import hashlib
 import hmac
 import inspect
 import json
@@ -118,6 +120,16 @@ STATIC_FILES = {
     **{f"/{name}": (name, "application/javascript") for name in DASHBOARD_MODULES},
     "/style.css": ("style.css", "text/css"),
 }
+
+
+def page_digest() -> str:
+    """A digest of the dashboard's files as this process found them at start: /api/status gives it as "page", and
+    an open page that sees it change loads itself again. The version alone missed a page changed within one
+    version (every install from a commit between releases is 0.1.0)."""
+    digest = hashlib.sha256()
+    for name, _ in sorted(STATIC_FILES.values()):
+        digest.update(name.encode() + b"\0" + (WEB_DIR / name).read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def _host_name(host: str) -> str:
@@ -278,6 +290,7 @@ class HttpServer:
         self._refusing_since = 0.0          # monotonic, when the limit was reached
         self._cap_check: asyncio.TimerHandle | None = None
         self._accepting = 0                 # let in, their connection_made (where aiohttp counts them) to come
+        self.page = page_digest()
 
     @property
     def port(self) -> int:
@@ -466,7 +479,7 @@ class HttpServer:
             body = await self._call("status", self.view.status)
         except Exception as err:
             return _json_response({"error": f"status unavailable: {type(err).__name__}: {err}"}, 500)
-        return _json_response(body)
+        return _json_response({**body, "page": self.page} if isinstance(body, dict) else body)
 
     async def _read_history(self, request: web.Request) -> tuple[float, Any] | web.Response:
         """(hours, the view's history body) of a request, or the error response to give instead."""

@@ -68,6 +68,9 @@ class Metrics:
         self.bacnet_initiation_disabled = Gauge(f"{p}_bacnet_initiation_disabled",
                                                 "1 while a BACnet client has disabled communication initiation "
                                                 "(DeviceCommunicationControl): the meter is not read", registry=r)
+        self.telemetry_unrequested = Gauge(f"{p}_telemetry_unrequested",
+                                           "1 while registered and the VTN has not requested the telemetry report "
+                                           "for openadr.request_wait_seconds: readings only pile up", registry=r)
         self.bacnet_writes_refused = Counter(f"{p}_bacnet_writes_refused",
                                              "BACnet writes and DeviceCommunicationControl refused: their source is "
                                              "not in bacnet.write_from", registry=r)

@@ -20,7 +20,7 @@ from typing import Callable, Iterable
 from bacnet_api.settle import span
 
 from .events import OPT_IN, OPT_OUT, Event
-from .tasks import cancel_and_wait
+from .tasks import at_most as bounded, cancel_and_wait
 from .storage import Storage
 from .wallclock import PRUNE_HOLD_S, StepWatch, clock_suspect
 
@@ -265,10 +265,7 @@ class EventSchedule:
         """Every change made so far is on the disk (Storage.synced): before the VTN hears an answer. A disk that
         takes longer than `at_most` (a dying card) has the answer go meanwhile: held longer, the VEN would stop
         polling, and the utility's next events with it."""
-        try:
-            await asyncio.wait_for(asyncio.shield(self._storage.synced()), at_most)
-        except TimeoutError:
-            pass
+        await bounded(self._storage.synced(), at_most)
 
     # -- views -------------------------------------------------------------------------------
 

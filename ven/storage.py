@@ -396,7 +396,9 @@ def _readable_events(rows, path: Path) -> list[Event]:
     for event_id, body in rows:
         try:
             events.append(Event.from_json(body))
-        except (ValueError, KeyError, TypeError, AttributeError, IndexError) as err:
+        # OverflowError: a number past what a timedelta or int holds (1e400, a duration of 10^20 s); RecursionError:
+        # JSON nested deeper than the parser goes
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError, OverflowError, RecursionError) as err:
             if (str(path), str(event_id)) not in _unreadable_said:
                 _unreadable_said.add((str(path), str(event_id)))
                 unreadable.append((str(event_id), err))

@@ -1,4 +1,4 @@
-"""Stopping background tasks: the one pattern every owner of a task repeats at shutdown."""
+"""Stopping background tasks, and waiting a bounded time for work that goes on: patterns several owners repeat."""
 from __future__ import annotations
 
 import asyncio
@@ -19,3 +19,13 @@ async def cancel_and_wait(*tasks: asyncio.Task | None) -> None:
         except asyncio.CancelledError:
             if asyncio.current_task().cancelling() > already:
                 raise
+
+
+async def at_most(work, seconds: float) -> None:
+    """Wait for `work` at most `seconds`; past that it goes on, unwaited (shielded). asyncio.timeout, not wait_for:
+    Python 3.11's wait_for drops a cancel that comes as the work ends, and a stop then waited for ever."""
+    try:
+        async with asyncio.timeout(seconds):
+            await asyncio.shield(work)
+    except TimeoutError:
+        pass

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from bacnet_api.settle import span
 
+from .events import aware_time, reckonable
 from .storage import (LOCK_GRACE_SECONDS, LockGrace, ReopenTimer, StorageError, connect, file_identity, follow_file,
                       open_or_retry_later)
 
@@ -25,6 +26,24 @@ QUEUE_TABLE = ("CREATE TABLE IF NOT EXISTS telemetry_queue ("
 # Bounding by age runs with every sample: without this index each one scanned the whole queue (a week
 # at a 1 s poll is 600k rows, tens of ms per sample on the event loop, more on a small box).
 QUEUE_TS_INDEX = "CREATE INDEX IF NOT EXISTS telemetry_queue_ts ON telemetry_queue (ts)"
+# The times of failed meter reads: an interval's mean taken from fewer readings than the meter was read for is
+# marked so to the VTN (ven/report_intervals.py), after a restart too. A row per poll tick a failed read missed (the
+# one it was asked at, those it overran), dated at that tick, is what a good one costs in the queue; they age out
+# with it. `reads` is 1 (rows of the release before count for the ticks they took). Created on open, so a file from
+# before it gains it (and an older release ignores it).
+FAILED_TABLE = ("CREATE TABLE IF NOT EXISTS telemetry_failed_reads"
+                " (ts TEXT PRIMARY KEY, reads INTEGER NOT NULL) WITHOUT ROWID")
+# Where the gateway was not running (stopped, crashed, the machine off): from the meter's last read before (the
+# newest reading or failed read stored, or the time a clean stop noted) to the first read after, with the poll then.
+# Its poll ticks count as failed reads of the intervals they fall in: an interval sent from the readings before and
+# after such a gap passed for one read throughout, and the utility settled on it so. One row a start (none when no
+# tick was missed), pruned with the next; created on open, as telemetry_failed_reads.
+GAPS_TABLE = ("CREATE TABLE IF NOT EXISTS telemetry_gaps (last_read TEXT PRIMARY KEY, resumed TEXT NOT NULL,"
+              " poll_seconds REAL NOT NULL) WITHOUT ROWID")
+# kv: a clean stop's last meter read. A crash leaves the newest row to say it, but a stop deletes the rows the VTN
+# took, which may have been the newest.
+LAST_READ_KEY = "meter_last_read"
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 # A file from before the index that cannot take it (an upgrade over a week's backlog on a nearly full
 # card: the index and its WAL need tens of MB) is used without it; building it is tried after this long,
 # then twice as long each time up to an hour: each try reads the whole queue on the event loop.
@@ -59,13 +78,6 @@ class Sample:
     kw: float
 
 
-def _aware_time(text: str) -> datetime:
-    t = datetime.fromisoformat(text)
-    if t.tzinfo is None:
-        raise ValueError("no time zone")
-    return t
-
-
 class TelemetryQueue:
     """When the file stops taking writes (disk full, read-only), samples wait in memory instead, in
     order with the ones on disk, and are delivered from there; one ERROR line when that starts, one
@@ -82,11 +94,14 @@ class TelemetryQueue:
         self._conn: sqlite3.Connection | None = None
         self._ident: tuple[int, int] | None = None
         self._dropped = 0
+        self._dropped_saved = 0             # the count as telemetry_dropped holds it
         self.last_delivery: datetime | None = None
         self.delivered = 0      # samples accepted by the VTN since this process started
         self._dropping = False
         self._dropped_at_start = 0          # the count when the present episode of dropping began
         self._memory: list[Sample] = []     # samples the file would not take; negative seq numbers
+        self._failed_memory: list[datetime] = []    # poll ticks of failed reads the file would not take (add_failed)
+        self._failed_unreadable_said = False    # a stored failed read that is not a count: said once
         self._next_memory_seq = -1
         self.sent_total = 0                 # samples the VTN accepted since start (metrics)
         self._acked: set[int] = set()       # rows the VTN accepted not yet deleted (ACK_DEFER_MAX): never resent
@@ -106,12 +121,19 @@ class TelemetryQueue:
 
     def _open(self) -> None:
         conn = connect(self.path, QUEUE_TABLE)
+        try:
+            conn.execute(FAILED_TABLE)
+            conn.execute(GAPS_TABLE)
+        except sqlite3.Error as err:
+            conn.close()
+            raise StorageError(f"storage.path {self.path}: cannot open SQLite database for writing: {err}") from None
         self._index(conn)
         dropped = conn.execute("SELECT value FROM kv WHERE key = 'telemetry_dropped'").fetchone()
         last = conn.execute("SELECT value FROM kv WHERE key = 'telemetry_last_delivery'").fetchone()
         self._conn, self._ident = conn, file_identity(self.path)
-        self._dropped += self._stored("telemetry_dropped", dropped, int) or 0
-        stored = self._stored("telemetry_last_delivery", last, _aware_time)
+        self._dropped_saved = self._stored("telemetry_dropped", dropped, int) or 0
+        self._dropped += self._dropped_saved
+        stored = self._stored("telemetry_last_delivery", last, aware_time)
         if stored is not None:
             self.last_delivery = stored if self.last_delivery is None else max(stored, self.last_delivery)
 
@@ -123,7 +145,7 @@ class TelemetryQueue:
         try:
             return parse(row[0])
         except (ValueError, TypeError) as err:
-            log.warning("storage.path %s: stored %s %r unreadable (%s), perhaps written by a newer edge-gateway: "
+            log.warning("storage.path %s: stored %s %.80r unreadable (%.80s), perhaps written by a newer edge-gateway: "
                         "not used, and replaced by this version's own once that changes", self.path, key, row[0], err)
             return None
 
@@ -156,9 +178,13 @@ class TelemetryQueue:
             except StorageError as err:
                 raise sqlite3.OperationalError(str(err)) from None
         try:
-            self._conn, self._ident = follow_file(self._conn, Path(self.path), self._ident, QUEUE_TABLE)
+            conn, self._ident = follow_file(self._conn, Path(self.path), self._ident, QUEUE_TABLE)
         except StorageError as err:
             raise sqlite3.OperationalError(str(err)) from None
+        if conn is not self._conn:
+            self._conn = conn
+            conn.execute(FAILED_TABLE)      # another connection may have made the file anew without them
+            conn.execute(GAPS_TABLE)
         return self._conn
 
     def _failed(self, err: sqlite3.Error) -> None:
@@ -182,7 +208,7 @@ class TelemetryQueue:
 
     def _memory_to_file(self) -> bool:
         """Move the samples held in memory into the file, in one transaction; True if memory is empty."""
-        if not self._memory:
+        if not self._memory and not self._failed_memory:
             return True
         moved = []
         try:
@@ -191,6 +217,8 @@ class TelemetryQueue:
             for s in self._memory:
                 cur = db.execute("INSERT INTO telemetry_queue (ts, kw) VALUES (?, ?)", (s.ts.isoformat(), s.kw))
                 moved.append((s.seq, int(cur.lastrowid)))
+            db.executemany("INSERT OR IGNORE INTO telemetry_failed_reads (ts, reads) VALUES (?, 1)",
+                           [(ts.isoformat(),) for ts in self._failed_memory])
             db.execute("COMMIT")
         except sqlite3.Error as err:
             self._rollback()
@@ -203,6 +231,7 @@ class TelemetryQueue:
             r.taken = {moved_to.get(seq, seq) for seq in r.taken}
         self._sent = {moved_to.get(seq, seq) for seq in self._sent}
         self._memory.clear()
+        self._failed_memory.clear()
         return True
 
     def _rollback(self) -> None:
@@ -217,6 +246,10 @@ class TelemetryQueue:
         `every` seconds since it was; returns the last_delivery written."""
         if self._acked:
             db.executemany("DELETE FROM telemetry_queue WHERE seq = ?", [(seq,) for seq in self._acked])
+        if self._dropped != self._dropped_saved:
+            # the unreadable rows (_samples) leave the file here: their count with them, or a restart forgot it
+            db.execute("INSERT INTO kv (key, value) VALUES ('telemetry_dropped', ?)"
+                       " ON CONFLICT(key) DO UPDATE SET value=excluded.value", (str(self._dropped),))
         due, saved = self.last_delivery, self._delivery_saved
         if due is None or due == saved or (saved is not None and abs(due - saved) < timedelta(seconds=every)):
             return None
@@ -226,6 +259,7 @@ class TelemetryQueue:
 
     def _acks_written(self, saved: datetime | None) -> None:
         self._acked.clear()
+        self._dropped_saved = self._dropped
         if saved is not None:
             self._delivery_saved = saved
 
@@ -273,10 +307,117 @@ class TelemetryQueue:
         self._bound(ts)
         return seq
 
+    def add_failed(self, *ticks: datetime) -> None:
+        """Commit one failed meter read (to memory while the file fails): the poll ticks it was missing from, a row
+        each; and forget those older than the queue keeps readings. Their intervals then go to the VTN marked as the
+        mean of fewer readings than were due (ven/report_intervals.py)."""
+        ticks = tuple(_utc(ts) for ts in ticks)
+        cutoff = max(ticks) - self.max_age
+        self._failed_memory = [t for t in self._failed_memory if t >= cutoff]
+        if (self._retry is None or self._retry.due()) and self._memory_to_file():
+            try:
+                db = self._db()
+                db.execute("BEGIN")
+                db.executemany("INSERT OR IGNORE INTO telemetry_failed_reads (ts, reads) VALUES (?, 1)",
+                               [(ts.isoformat(),) for ts in ticks])
+                db.execute("DELETE FROM telemetry_failed_reads WHERE ts < ?", (cutoff.isoformat(),))
+                db.execute("COMMIT")
+            except sqlite3.Error as err:
+                self._rollback()
+                self._failed(err)
+            else:
+                self._writable_again()
+                return
+        self._failed_memory += ticks
+
+    def note_last_read(self, ts: datetime) -> None:
+        """A clean stop: the time of the meter's last read, where the next start's gap begins (note_gap)."""
+        self._write("INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                    (LAST_READ_KEY, _utc(ts).isoformat()))
+
+    def last_read(self) -> datetime | None:
+        """The meter's last read before this start: the newest stored, or the one a clean stop noted."""
+        try:
+            db = self._db()
+            said = [db.execute("SELECT value FROM kv WHERE key = ?", (LAST_READ_KEY,)).fetchall(),
+                    # a few: a row that is not a time (kept until the queue drops it) must not hide the rest
+                    db.execute("SELECT ts FROM telemetry_queue ORDER BY ts DESC LIMIT 4").fetchall(),
+                    db.execute("SELECT ts FROM telemetry_failed_reads ORDER BY ts DESC LIMIT 4").fetchall()]
+        except sqlite3.Error:
+            return None     # unreadable now: the gap goes unmarked, as a failed read is then
+        newest = [next((t for t in (_time_or_none(ts) for ts, in rows) if t is not None), None) for rows in said]
+        return max((t for t in newest if t is not None), default=None)
+
+    def note_gap(self, last: datetime, resumed: datetime, poll_seconds: float) -> bool:
+        """The meter is read again from `resumed` after the gateway was not running since `last` (last_read): keep
+        the poll ticks missed between, which count as failed reads of their intervals, in place of any kept for
+        that `last` (a start re-dated when the wall clock stepped). True if a tick was missed."""
+        last, resumed = _utc(last), _utc(resumed)
+        missed = _ticks_missed(last, resumed, poll_seconds)
+        try:
+            db = self._db()
+            db.execute("BEGIN")
+            if missed:
+                db.execute("INSERT OR REPLACE INTO telemetry_gaps (last_read, resumed, poll_seconds) VALUES (?, ?, ?)",
+                           (last.isoformat(), resumed.isoformat(), float(poll_seconds)))
+                db.execute("DELETE FROM telemetry_gaps WHERE resumed < ?", ((resumed - self.max_age).isoformat(),))
+            else:
+                db.execute("DELETE FROM telemetry_gaps WHERE last_read = ?", (last.isoformat(),))
+            db.execute("DELETE FROM kv WHERE key = ?", (LAST_READ_KEY,))     # the next gap begins at a later read
+            db.execute("COMMIT")
+        except sqlite3.Error as err:
+            self._rollback()
+            self._failed(err)
+            return False
+        return missed
+
+    def _gap_ticks(self, db: sqlite3.Connection, start: datetime, end: datetime) -> int:
+        """The poll ticks in [start, end) the gateway was not running for (note_gap)."""
+        n = 0
+        s, e = _us(start), _us(end)
+        for row in db.execute("SELECT last_read, resumed, poll_seconds FROM telemetry_gaps"
+                              " WHERE last_read < ? AND resumed > ?", (end.isoformat(), start.isoformat())):
+            last, resumed, poll = _time_or_none(row[0]), _time_or_none(row[1]), row[2]
+            if last is None or resumed is None or isinstance(poll, bool) or not isinstance(poll, (int, float)) \
+                    or not 1e-6 <= poll <= 86400:
+                self._unreadable("not running from %.40r to %.40r, poll %.40r" % row)
+                continue
+            poll_us = round(poll * 1e6)
+            # the ticks after the last read's, before the one the first read after stood for
+            first = max(_us(last) // poll_us + 1, -(-s // poll_us))
+            final = min(_us(resumed) // poll_us - 1, -(-e // poll_us) - 1)
+            n += max(0, final - first + 1)
+        return n
+
+    def failed_reads(self, start: datetime, end: datetime) -> int:
+        """How many poll ticks in [start, end) the meter's reads failed for, or the gateway was not running."""
+        n = sum(start <= t < end for t in self._failed_memory)
+        try:
+            db = self._db()
+            rows = db.execute("SELECT ts, reads FROM telemetry_failed_reads WHERE ts >= ? AND ts < ?",
+                              (start.isoformat(), end.isoformat())).fetchall()
+            n += self._gap_ticks(db, start, end)
+        except sqlite3.Error:
+            return n    # unreadable now: the interval goes unmarked rather than not at all
+        # a count that is not one (1e400 reads, text: a hand edit, a damaged page, another version) raised
+        # OverflowError out of every update, and no telemetry reached the VTN: skipped, and aged out with the rest
+        good = [reads for _, reads in rows if isinstance(reads, int) and reads >= 1]
+        bad = [(ts, reads) for ts, reads in rows if not (isinstance(reads, int) and reads >= 1)]
+        if bad:
+            self._unreadable("at %.40r: reads %.40r" % bad[0])
+        return n + sum(good)
+
+    def _unreadable(self, what: str) -> None:
+        if not self._failed_unreadable_said:
+            self._failed_unreadable_said = True
+            log.warning("storage.path %s: stored failed meter read(s) unreadable (%s): not counted; the intervals are "
+                        "sent", self.path, what)
+
     def _bound(self, newest: datetime) -> None:
         cutoff = newest - self.max_age
         gone = {s.seq for s in self._memory if s.ts < cutoff}
         self._memory = [s for s in self._memory if s.ts >= cutoff]
+        self._failed_memory = [t for t in self._failed_memory if t >= cutoff]
         n = len(gone)
         first_row = 0
         if self._retry is None:  # while writes fail, the file's rows are bounded once it takes them again
@@ -287,6 +428,7 @@ class TelemetryQueue:
                     pass
             try:
                 deleted = self._db().execute("DELETE FROM telemetry_queue WHERE ts < ?", (cutoff.isoformat(),)).rowcount
+                self._db().execute("DELETE FROM telemetry_failed_reads WHERE ts < ?", (cutoff.isoformat(),))
                 n += deleted
                 if deleted:
                     first_row = self._db().execute("SELECT MIN(seq) FROM telemetry_queue").fetchone()[0] or math.inf
@@ -306,8 +448,9 @@ class TelemetryQueue:
                             "(counted in the status) until the VTN takes the backlog", span(self.max_age.total_seconds()))
                 self._dropping, self._dropped_at_start = True, self._dropped
             self._dropped += n
-            self._write("INSERT INTO kv (key, value) VALUES ('telemetry_dropped', ?)"
-                        " ON CONFLICT(key) DO UPDATE SET value=excluded.value", (str(self._dropped),))
+            if self._write("INSERT INTO kv (key, value) VALUES ('telemetry_dropped', ?)"
+                           " ON CONFLICT(key) DO UPDATE SET value=excluded.value", (str(self._dropped),)):
+                self._dropped_saved = self._dropped
 
     def _file_rows(self, limit: int, reader: _Reader | None = None) -> list[Sample]:
         floor, taken = (reader.floor, reader.taken) if reader is not None else (0, set())
@@ -316,8 +459,7 @@ class TelemetryQueue:
                                       (floor, limit + len(self._acked) + len(taken))).fetchall()
         except sqlite3.Error:
             return []
-        return [Sample(seq, datetime.fromisoformat(ts), kw) for seq, ts, kw in rows
-                if seq not in self._acked and seq not in taken]
+        return self._samples([r for r in rows if r[0] not in self._acked and r[0] not in taken])
 
     def peek(self, limit: int = 100, reader: str | None = None) -> list[Sample]:
         """The oldest waiting samples, in order; with `reader`, those that report request has not taken."""
@@ -389,8 +531,31 @@ class TelemetryQueue:
                                       (1 + len(self._acked),)).fetchall()
         except sqlite3.Error:
             return None
-        row = next((r for r in rows if r[0] not in self._acked), None)
-        return Sample(row[0], datetime.fromisoformat(row[1]), row[2]) if row else None
+        return next(iter(self._samples([r for r in rows if r[0] not in self._acked])), None)
+
+    def _samples(self, rows) -> list[Sample]:
+        """The queue's (seq, ts, kw) rows as samples. A row that is not one (a time that does not parse or has no
+        zone, a kW that is text or inf: a hand edit, a damaged page, another version) raised out of every report
+        and /metrics scrape, and the queue behind it was never sent. Dropped as the VTN's rows are (deleted with the
+        next write), counted in the status, and named in a WARNING."""
+        out, bad = [], []
+        for seq, ts, kw in rows:
+            try:
+                t = reckonable(aware_time(ts), timedelta(days=1))  # report intervals reckon around it
+                if isinstance(kw, bool) or not isinstance(kw, (int, float)) or not math.isfinite(kw):
+                    raise ValueError("not a number of kW")
+            except (ValueError, TypeError, OverflowError) as err:
+                bad.append((seq, ts, kw, err))
+                continue
+            out.append(Sample(seq, t, float(kw)))
+        if bad:
+            self._acked |= {seq for seq, *_ in bad}
+            self._dropped += len(bad)
+            seq, ts, kw, err = bad[0]
+            log.warning("storage.path %s: %d queued telemetry sample(s) unreadable (row %d: ts %r, kW %r: %s): dropped "
+                        "from the queue (counted in the status); the rest are sent", self.path, len(bad), seq, ts, kw,
+                        err)
+        return out
 
     def ack(self, samples: list[Sample], delivered: bool = True, reader: str | None = None) -> None:
         """The VTN accepted these: forget them (never offered again; deleted from the file with the
@@ -464,3 +629,25 @@ class TelemetryQueue:
         if self._conn is not None:
             self._save_acks(every=0.0)
             self._conn.close()
+
+
+def _utc(ts: datetime) -> datetime:
+    return ts.astimezone(timezone.utc) if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
+
+
+def _us(ts: datetime) -> int:
+    """Microseconds since the epoch: poll ticks on the UTC grid, exactly (float seconds put some just before it)."""
+    return (ts - _EPOCH) // timedelta(microseconds=1)
+
+
+def _ticks_missed(last: datetime, now: datetime, poll_seconds: float) -> bool:
+    """Whether a poll tick of the UTC grid fell between the read at `last` and a start at `now` (none was read)."""
+    poll_us = max(1, round(poll_seconds * 1e6))
+    return _us(now) // poll_us - _us(last) // poll_us > 1
+
+
+def _time_or_none(text) -> datetime | None:
+    try:
+        return reckonable(aware_time(text), timedelta(days=1))     # reckoned around (_us, intervals)
+    except (ValueError, TypeError, OverflowError):
+        return None

@@ -19,7 +19,7 @@ import logging
 import random
 import time
 from datetime import datetime, timedelta
-from typing import Callable
+from typing import Callable, Sequence
 
 from openleadr import enums as oenums, objects, utils as outils
 
@@ -34,7 +34,7 @@ from .schedule import EventSchedule
 from .telemetry import TelemetryQueue
 from .vtn_events import VtnEvents
 from .vtn_outage import VtnOutage, _Outage
-from .vtn_reports import Standing, VtnReports
+from .vtn_reports import Standing, Unrequested, VtnReports
 from .vtn_transport import (INVALID_ID, NOT_REGISTERED, _Client, _NoScheduler, _duration, _ei_response, _fault_kind,
                             _iso, _response_code, _utcnow)
 from .wallclock import clock_suspect
@@ -117,6 +117,7 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
         # updates without an answer in a row: (since, how many, said in the log, why the last one failed)
         self._updates_failing: tuple[datetime, int, bool, str] | None = None
         self._report_refusals = 0
+        self._unrequested: Unrequested | None = None   # registered without a telemetry request, since when
         self._reoffer_delay = 0.0   # before the next offer after a refused report (doubles while refused)
         self._tasks: list[asyncio.Task] = []
         self._wake_delivery: asyncio.Event | None = None
@@ -131,6 +132,7 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
         self._relisted = 0
         self._request_said: tuple | None = None   # the last telemetry request's (granularity, back, window)
         self._listed_twice: set[str] = set()   # events the last oadrDistributeEvent listed more than once (logged)
+        self._refused_said: dict[str, int] = {}   # listed events refused as unreadable: the modification logged
         self.opt_answer_error: str | None = None   # the VTN's reason for refusing our last opt answer
         self._clock_wrong_since: datetime | None = None   # the first reading dated before CLOCK_FLOOR, while so
         self.readings_held = 0        # readings not reported because the wall clock was not set (since start)
@@ -144,6 +146,10 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
         self._opts_lock = asyncio.Lock()
         if self._cfg.cert:
             self._note_fingerprint()
+        if not self._cfg.telemetry and (waiting := self._telemetry.pending):
+            # kept, not dropped: a site that set it false by mistake loses nothing once it is true again
+            log.info("openadr.telemetry is false: %d reading(s) queued for the VTN before are kept, not sent, and go "
+                     "to the VTN if it is set true again", waiting)
         self._tasks = [asyncio.create_task(self._run(), name="vtn-session"),
                        asyncio.create_task(self._deliver(), name="vtn-telemetry")]
 
@@ -164,10 +170,16 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
         """Telemetry the VTN does not take while it answers polls, as `status()["telemetry_fault"]`."""
         return self._telemetry_fault()
 
+    def telemetry_unrequested(self) -> dict | None:
+        """Registered with no telemetry request, from the log's WARNING to the request, as in `status()`."""
+        return self._unrequested_status()
+
     def record_sample(self, ts: datetime, kw: float) -> bool:
         """Commit one good meter reading; it reaches the VTN in its interval once that is complete and
         an update is due (ven/report_intervals.py). Logs the operator line. False: not queued, as the
         wall clock that dated it is not set (a utility would take it as a reading of that date)."""
+        if not self._cfg.telemetry:
+            return False
         if clock_suspect(ts):
             self.readings_held += 1
             if self._clock_wrong_since is None:
@@ -192,6 +204,14 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
         if self._one_shots and self._wake_delivery is not None:
             self._wake_delivery.set()
         return True
+
+    def record_failed_read(self, ticks: Sequence[datetime]) -> None:
+        """A meter read failed, missing from the poll ticks it stood for (the one it was asked at, and those it made
+        the poll skip): the intervals they fall in may go to the VTN marked as the mean of fewer readings than were
+        due (ven/report_intervals.py). Not kept while the wall clock is not set, as readings are not."""
+        ticks = [t for t in ticks if not clock_suspect(t)]
+        if self._cfg.telemetry and ticks:
+            self._telemetry.add_failed(*ticks)
 
     def set_opt_out(self, opted_out: bool) -> None:
         """ADR-Opt-Out changed: update the schedule at once, tell the VTN as soon as it can hear."""
@@ -225,6 +245,7 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
                                     if self._report_request_id else None),
             "report_requests": self._requests_status(),
             "report_offered": self._reports_offered,
+            "telemetry_enabled": self._cfg.telemetry,   # openadr.telemetry: false for a programme without telemetry
             "report_offer_error": self.report_offer_error,
             "last_poll": self.last_poll.isoformat() if self.last_poll else None,
             "last_error": self.last_error,
@@ -240,6 +261,8 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
             "telemetry": self._telemetry.status(),
             # telemetry stalled while the VTN answers polls (updates unanswered or refused), as the log says it
             "telemetry_fault": self._telemetry_fault(),
+            # registered, the report offered and taken, and never requested: readings only pile up
+            "telemetry_unrequested": self._unrequested_status(),
             # meter readings taken while the wall clock read a date before this version: not reported
             "readings_not_reported_clock": self.readings_held,
         }
@@ -371,6 +394,8 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
             power_attributes=objects.PowerAttributes(hertz=c.power_hertz, voltage=voltage, ac=True))
         # each value is the mean kW over its interval: "Mean" in the 2.0b schema's words. openleadr's defaults,
         # reportType "reading" and readingType "Direct Read", describe a register whose differences are the usage
+        if not c.telemetry:
+            return client
         client.add_report(callback=lambda: [], resource_id=c.report_resource_id,
                           measurement=measurement, unit="W", scale="k", sampling_rate=rate,
                           report_type=oenums.REPORT_TYPE.USAGE, reading_type=oenums.READING_TYPE.MEAN,
@@ -438,7 +463,7 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
         self.vtn_id = (answer[1] if answer else {}).get("vtn_id") or None
         if self.vtn_id == self._foreign_vtn:    # the VTN's vtnID changed: the line below names the new one
             self._foreign_vtn = None
-        offered = await self._offer_reports(client)
+        offered = self._cfg.telemetry and await self._offer_reports(client)
         if self._lost.is_set():
             return True
         rtype, payload = await client.request_event()
@@ -461,11 +486,12 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
                 "registered with VTN %s (vtnID %s): venID %s, registrationID %s, poll every %s s, telemetry %s",
                 self._cfg.vtn_url_shown, self.vtn_id, self.ven_id, self.registration_id,
                 client.poll_frequency.total_seconds(),
-                "requested" if self._report_request_id else "not requested by the VTN" if offered else "not offered")
+                "requested" if self._report_request_id else "not requested by the VTN" if offered
+                else "not offered" if self._cfg.telemetry else "off (openadr.telemetry = false)")
         self._terms_said = terms
         if self._outage is not None:
             self._outage.said = True
-        if not offered:
+        if not offered and self._cfg.telemetry:
             # the same refusal at each of an outage's registrations is said once
             kind = _fault_kind(self.report_offer_error or "")
             log.log(logging.DEBUG if self._repeating() and kind == self._offer_refusal_said else logging.WARNING,
@@ -518,7 +544,7 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
                 return
             await self._send_opts()
             # an opt answer or the offer may meet a re-registration request: nothing more with this registration
-            if (not self._lost.is_set() and not self._reports_offered
+            if (self._cfg.telemetry and not self._lost.is_set() and not self._reports_offered
                     and asyncio.get_running_loop().time() >= self._next_offer):
                 if await self._offer_reports(client):
                     # offered again because the VTN refuses the updates: said when it takes one again
@@ -560,6 +586,7 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
             # openleadr hands out one message per poll: ask again at once after a real message.
             immediate = rtype != "oadrResponse"
             await self._dispatch(rtype, payload)
+            self._watch_requests()
             # answered, not with "register again", and the answer handled (a session error is part of the outage):
             # the registration works
             self._lost_unanswered = False

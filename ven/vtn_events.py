@@ -10,7 +10,7 @@ from collections import Counter
 from openleadr import utils as outils
 
 from .events import OPT_IN, OPT_OUT, SIMPLE, from_openleadr, id_reused, with_opt
-from .vtn_transport import INVALID_ID, _Client, _ei_response, _utcnow
+from .vtn_transport import INVALID_DATA, INVALID_ID, _Client, _ei_response, _event_status, _utcnow
 
 # one logger for the VEN side, wherever its code lives: tests and log filters select its lines by this name
 log = logging.getLogger("ven.vtn")
@@ -37,6 +37,9 @@ class VtnEvents:
             # oadrDistributeEvent lists every event for this VEN: anything missing was cancelled.
             listed = {e["event_descriptor"]["event_id"] for e in events}
             self._listed(listed)
+            for eid in [eid for eid in self._refused_said if eid not in listed]:
+                log.info("event %s, refused, is no longer listed by the VTN", eid)
+                del self._refused_said[eid]
             self._sync_answer_cache(client, events)
             self._distributed_in = {k: v for k, v in self._distributed_in.items() if k in listed}
             if payload.get("request_id"):
@@ -130,10 +133,15 @@ class VtnEvents:
                                      if e["event_descriptor"]["event_id"] in listed]
         for eid in set(client.responded_events) - listed:
             del client.responded_events[eid]
+        for eid in set(client.invalid_events) - listed:
+            del client.invalid_events[eid]
         for e in client.received_events:
             eid = e["event_descriptor"]["event_id"]
             stored = self._schedule.get(eid)
-            if stored is not None:
+            if eid in client.invalid_events:
+                # refused as listed: the copy kept from before is not what the VTN asks about
+                client.responded_events[eid] = OPT_OUT
+            elif stored is not None:
                 client.responded_events[eid] = _answer(stored)
             else:
                 client.responded_events.setdefault(eid, OPT_IN)
@@ -164,7 +172,13 @@ class VtnEvents:
         eid = raw["event_descriptor"]["event_id"]
         prev = self._schedule.get(eid)
         mod = int(raw["event_descriptor"].get("modification_number") or 0)
-        ev = from_openleadr(raw, now, prev, ven_id=self.ven_id)
+        try:
+            ev = from_openleadr(raw, now, prev, ven_id=self.ven_id)
+        except (ValueError, OverflowError) as err:
+            return self._refuse_event(eid, mod, prev, err)
+        self._client.invalid_events.pop(eid, None)
+        # readable again: its unlisting later is not a refused event's, and a refusal after it is said anew
+        self._refused_said.pop(eid, None)
         # a lower modification, or the same one with other intervals after the stored event is over (a VTN
         # restarted without its events numbers from 0 again; taken as the same event it drove the level unlogged)
         if prev is not None and (mod < prev.modification_number and id_reused(prev, raw, now) or
@@ -174,7 +188,10 @@ class VtnEvents:
                      "event", eid, mod, again)
             self._schedule.forget(eid)
             prev = None
-            ev = from_openleadr(raw, now, None, ven_id=self.ven_id)
+            try:
+                ev = from_openleadr(raw, now, None, ven_id=self.ven_id)
+            except (ValueError, OverflowError) as err:
+                return self._refuse_event(eid, mod, prev, err)
         if not ev.for_this_ven:
             # eiTarget names other VENs only: a VTN mistake or a broadcast; following it would shed this
             # building for another site's event. The utility hears optOut: this site will not act on it.
@@ -206,6 +223,21 @@ class VtnEvents:
                 self._opts_changed()
         self._answer_this_modification(raw, prev)
         return _answer(self._schedule.get(eid))
+
+    def _refuse_event(self, eid: str, mod: int, prev, err: Exception) -> str:
+        """An event this version cannot run (a time past year 9999: a start in year 9999, a ramp-up of 9000 years;
+        more intervals than MAX_EVENT_INTERVALS) is answered optOut with 454 (invalid data) for itself, and said once
+        for each of its modifications. A time out of range ended the session at every listing (OverflowError): the
+        events listed after it were never read, none of the message's answered. A copy of an earlier modification
+        stays as it was: the utility hears that the new one is refused."""
+        why = ("a time beyond the years 1-9999 (a start, an end or a duration out of range)"
+               if isinstance(err, OverflowError) else str(err))
+        self._client.invalid_events[eid] = f"event {eid} refused: {why}"[:200]
+        if self._refused_said.get(eid) != mod:
+            log.warning("event %s (modification %d) refused: %s; answered optOut, code %d%s", eid, mod, why,
+                        INVALID_DATA, "" if prev is None else f", modification {prev.modification_number} kept")
+            self._refused_said[eid] = mod
+        return OPT_OUT
 
     def _answer_this_modification(self, raw: dict, prev) -> None:
         """The answers still to send for an event the VTN has just listed as new or modified. One waiting for an
@@ -376,8 +408,7 @@ def _answer(event) -> str:
 
 def _answered_by_openleadr(event: dict) -> bool:
     """Whether openleadr's oadrCreatedEvent for its message answers this event (its own test)."""
-    return (event.get("response_required") == "always"
-            and outils.determine_event_status(event["active_period"]) != "completed")
+    return event.get("response_required") == "always" and _event_status(event) != "completed"
 
 
 def _modification(event: dict) -> int:

@@ -7,10 +7,12 @@ import asyncio
 import logging
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from openleadr import objects, utils as outils
+
+from bacnet_api.settle import span
 
 from .report_intervals import (Interval, bucket_start, complete_intervals, effective_granularity, next_boundary,
                                report_period)
@@ -29,6 +31,19 @@ CLOCK_STEP = timedelta(seconds=60)
 MAX_STANDING = 4
 # updates in a row without an answer, while polls are answered, before the operator hears of it
 UPDATE_FAILURES = 3
+# A VTN requests telemetry in its answer to the offer or on one of the next polls: registered this many polls (and
+# openadr.request_wait_seconds) with the offer taken and no standing request, the operator hears of it
+REQUEST_WAIT_POLLS = 3
+ASKED_KEPT = 5          # what the VTN asked for instead, named in the warning: the latest few
+
+
+@dataclass
+class Unrequested:
+    """Registered, the offer taken, and no standing TELEMETRY_USAGE request served: readings only pile up."""
+    since: datetime
+    began: float                    # the event loop's clock
+    said: bool = False              # the WARNING is out: the status and the dashboard say it until a request
+    asked: list[str] = field(default_factory=list)   # what the VTN asked for meanwhile instead (latest ASKED_KEPT)
 
 
 @dataclass
@@ -272,6 +287,54 @@ class VtnReports:
                     "why": self._report_refused}
         return None
 
+    def _watch_requests(self) -> None:
+        """After each answered poll: registered with the offer taken and no standing request served, for
+        openadr.request_wait_seconds and REQUEST_WAIT_POLLS polls, is one WARNING; a request ends it (_adopt).
+        Not connected, or the offer refused, are faults of their own, said by their own lines: the wait starts
+        over after them, unless the warning is out already (it stays until a request comes)."""
+        u = self._unrequested
+        if self._requests:
+            return
+        if not (self._live and self.connected and self._reports_offered and self._client is not None):
+            if u is not None and not u.said:
+                self._unrequested = None
+            return
+        now = asyncio.get_running_loop().time()
+        if u is None:
+            self._unrequested = Unrequested(_utcnow(), now)
+            return
+        if u.said or now - u.began < self._request_wait():
+            return
+        u.said = True
+        instead = f" (the VTN asked only for {'; '.join(u.asked)})" if u.asked else ""
+        log.warning("no telemetry request from the VTN for %s while registered: the TELEMETRY_USAGE report offered "
+                    "(report %s, rID %s) is not requested%s; readings wait in storage.path (%d now), kept for "
+                    "openadr.queue_max_days (%s), then the oldest are dropped: ask the utility to have its VTN request "
+                    "the report", span(now - u.began), self._report_specifier_id, self._r_id, instead,
+                    self._telemetry.pending, span(self._telemetry.max_age.total_seconds()))
+
+    def _request_wait(self) -> float:
+        # as the session polls: at least every second
+        poll = max(1.0, self._client.poll_frequency.total_seconds()) if self._client is not None else 1.0
+        return max(self._cfg.request_wait_seconds, REQUEST_WAIT_POLLS * poll)
+
+    def _asked_instead(self, what: list[str]) -> None:
+        """The VTN asked for something other than a standing TELEMETRY_USAGE request (a one-shot report, a report
+        never offered): named in the warning if no standing request comes."""
+        if not what or self._requests:
+            return
+        if self._unrequested is None:
+            self._unrequested = Unrequested(_utcnow(), asyncio.get_running_loop().time())
+        self._unrequested.asked = (self._unrequested.asked + what)[-ASKED_KEPT:]
+
+    def _unrequested_status(self) -> dict | None:
+        """From the warning to the request that ends it, as `status()["telemetry_unrequested"]`."""
+        u = self._unrequested
+        if u is None or not u.said:
+            return None
+        return {"since": _iso(u.since), "wait_seconds": self._cfg.request_wait_seconds, "asked": list(u.asked),
+                "report_specifier_id": self._report_specifier_id, "r_id": self._r_id}
+
     def _smaller_batch(self, req: Standing, sent: int) -> None:
         """An update of `sent` intervals the VTN did not answer in time (a VTN storing each interval as it
         reads them), or refused as too large (HTTP 413 from a proxy): the same batch again would fail again, for
@@ -416,11 +479,15 @@ class VtnReports:
         sampling = timedelta(seconds=self._cfg.telemetry_seconds)
         refused: list[str] = []
         over: list[str] = []
+        instead: list[str] = []     # asked for, and no standing request of the report offered
         for rr in payload.get("report_requests") or []:
             rrid = rr["report_request_id"]
             spec = rr.get("report_specifier") or {}
             sid = spec.get("report_specifier_id")
             r_ids = [p.get("r_id") for p in spec.get("specifier_payloads") or []]
+            if not self._cfg.telemetry:
+                refused.append(f"{rrid}: report {sid!r} (openadr.telemetry is false: none is offered)")
+                continue
             if sid != self._report_specifier_id:
                 refused.append(f"{rrid}: report {sid!r} was never offered (offered: {self._report_specifier_id!r})")
                 continue
@@ -440,6 +507,7 @@ class VtnReports:
                                            "report_back_duration": back, "r_ids": r_ids, "granularity": asked,
                                            "job": None})
             if one_shot:
+                instead.append(f"one-shot report {rrid}")
                 self._one_shots.append(rrid)
                 log.info("VTN asked for one TELEMETRY_USAGE report (request %s): the latest reading is sent once",
                          rrid)
@@ -459,7 +527,13 @@ class VtnReports:
                             _duration(self._telemetry.max_age), _duration(longest))
                 back = longest
             self._adopt(rrid, granularity, back, _report_window(spec, granularity))
-        if refused:
+        self._asked_instead(instead + [f"request {r} (refused)" for r in refused])
+        if refused and not self._cfg.telemetry:
+            # the site set it off and the utility's VTN wants telemetry: one of the two is mistaken
+            log.warning("VTN requested telemetry, and openadr.telemetry is false: refused with %d (%s); set "
+                        "openadr.telemetry = true if the utility's programme takes telemetry", INVALID_ID,
+                        "; ".join(refused))
+        elif refused:
             log.warning("VTN requested telemetry the gateway never offered, refused with %d: %s",
                         INVALID_ID, "; ".join(refused))
         if over:
@@ -480,7 +554,13 @@ class VtnReports:
                + (f", from {_iso(window[0])}" if window[0] is not None else "")
                + (f" until {_iso(window[1])}" if window[1] is not None else ""))
         req, others = self._requests.get(rrid), [r for r in self._requests if r != rrid]
-        if req is None and others:
+        u, self._unrequested = self._unrequested, None
+        if u is not None and u.said:
+            # the end of the warning's fault: whatever else this request's line would be
+            log.info("VTN requested telemetry (request %s) after %s without a telemetry request: %s; the %d "
+                     "reading(s) waiting go to it%s", rrid, span(asyncio.get_running_loop().time() - u.began), how,
+                     self._telemetry.pending, "" if window[0] is None else " (those of its reportInterval)")
+        elif req is None and others:
             # a settlement stream beside a real-time one, say: each gets its own intervals from the same readings
             log.info("VTN requested telemetry (request %s) beside %s: %s", rrid, ", ".join(others), how)
         elif req is None or (granularity, back, window) != (req.granularity, req.back, req.window):
@@ -504,10 +584,17 @@ class VtnReports:
         self._update_failure = None
         if client is None or rrid is None:
             return False
-        report_intervals = [objects.ReportInterval(dtstart=iv.start, duration=iv.duration,
-                                                   report_payload=objects.ReportPayload(r_id=self._r_id,
-                                                                                        value=iv.value))
-                            for iv in intervals]
+        report_intervals = []
+        for iv in intervals:
+            payload = objects.ReportPayload(r_id=self._r_id, value=iv.value)
+            if iv.samples:      # a one-shot's latest reading is one reading, not a mean missing some
+                # counted at each send, from the file: a restart or a resend marks it the same
+                iv = replace(iv, failed=self._telemetry.failed_reads(iv.start, iv.end))
+            if iv.quality is not None:
+                # openleadr's ReportPayload has no field for it; its oadrUpdateReport template renders it if set
+                payload.data_quality = iv.quality
+            report_intervals.append(objects.ReportInterval(dtstart=iv.start, duration=iv.duration,
+                                                           report_payload=payload))
         report = objects.Report(report_request_id=rrid, report_specifier_id=self._report_specifier_id,
                                 report_name="TELEMETRY_USAGE", intervals=report_intervals,
                                 dtstart=intervals[0].start, duration=intervals[-1].end - intervals[0].start)

@@ -33,11 +33,13 @@ class DemoVtn:
                  poll_seconds: float = 1.0, cert: str | None = None, key: str | None = None,
                  passphrase: str | None = None, ca_file: str | None = None,
                  ven_fingerprint: str | None = None, report_granularity: timedelta | None = None,
-                 report_back: timedelta | None = None):
+                 report_back: timedelta | None = None, request_telemetry: bool = True):
         """`report_granularity` / `report_back`: what to request for each TELEMETRY_USAGE offered
-        (default: the offer's minimum sampling period, with updates as often)."""
+        (default: the offer's minimum sampling period, with updates as often). `request_telemetry` False: a
+        VTN that takes the offer and requests nothing (a program without telemetry, a misconfigured VTN)."""
         self.host, self.port = host, port
         self.report_granularity, self.report_back = report_granularity, report_back
+        self.request_telemetry = request_telemetry
         # every oadrUpdateReport as it arrived: (report_request_id, [(dtstart, duration, r_id, value)])
         self.updates: list[tuple[str, list[tuple[datetime, timedelta, str, float]]]] = []
         self.created_reports: list[tuple[int, str, list[str]]] = []   # oadrCreatedReport: code, text, pending
@@ -45,6 +47,8 @@ class DemoVtn:
         self.canceled_reports: list[tuple[int, str, list[str], bool]] = []
         self.report_metadata: list[dict] = []                        # each oadrRegisterReport's reports
         self.report_ids: list[str | None] = []                       # each oadrUpdateReport report's eiReportID
+        # every interval received: (report_request_id, dtstart, its oadrDataQuality or None)
+        self.data_quality: list[tuple[str, datetime, str | None]] = []
         self.created_events: list[dict] = []      # every oadrCreatedEvent as openleadr parsed it
         self.registration_requests: list[dict] = []   # every oadrCreatePartyRegistration as parsed
         self._outbox: dict[str, list[tuple[str, dict]]] = {}
@@ -342,6 +346,8 @@ class DemoVtn:
         def received(values, ven_id=ven_id, resource_id=resource_id, measurement=measurement):
             for ts, value in values:
                 self.reports.append((ven_id, resource_id, measurement, ts, float(value)))
+        if not self.request_telemetry:
+            return None
         if self.report_granularity is not None or self.report_back is not None:
             granularity = self.report_granularity if self.report_granularity is not None else min_sampling_interval
             return received, granularity, self.report_back if self.report_back is not None else granularity
@@ -353,11 +359,16 @@ class DemoVtn:
                 raise errors.InvalidIdError(f"reportRequestID {report['report_request_id']} unknown")
         for report in payload.get("reports") or []:
             self.report_ids.append(report.get("report_id"))
+            self.data_quality += [(report["report_request_id"], i["dtstart"], i["report_payload"].get("data_quality"))
+                                  for i in report.get("intervals") or []]
             self.updates.append((report["report_request_id"],
                                  [(i["dtstart"], i.get("duration"), i["report_payload"]["r_id"],
                                    float(i["report_payload"]["value"])) for i in report.get("intervals") or []]))
 
     def _on_created(self, payload):
+        # openleadr's VTN then looks up what it requested of this VEN at registration, and has no entry (KeyError,
+        # a 500 answer) for a VEN that offered no report (openadr.telemetry = false)
+        self._server.services["report_service"].requested_reports.setdefault(payload.get("ven_id"), [])
         response = payload.get("response") or {}
         self.created_reports.append((int(response.get("response_code") or 0), response.get("response_description"),
                                      [p["report_request_id"] for p in payload.get("pending_reports") or []]))

@@ -27,6 +27,7 @@ log = logging.getLogger("ven.vtn")
 
 INVALID_ID = 452                # OpenADR 2.0b eiResponse code for an ID the VEN does not know
 NOT_REGISTERED = 463            # ... and for a VEN the VTN does not know or no longer authorises
+INVALID_DATA = 454              # ... and for an event the VEN cannot read (its eventResponse, the others' stay 200)
 # what openleadr answers 200 for; it lists them with dir() anew for every event it answers
 _SIGNAL_NAMES = frozenset(oenums.SIGNAL_NAME.values)
 _openleadr_log = logging.getLogger("openleadr")    # its own lines, from its _on_event that _Client replaces
@@ -62,6 +63,15 @@ def _fault_kind(reason: str) -> str:
     return reason
 
 
+def _event_status(event: dict) -> str | None:
+    """openleadr's status of a listed event from the clock; None for one whose end is past year 9999 (its
+    determine_event_status raises OverflowError): not completed, and answered."""
+    try:
+        return outils.determine_event_status(event["active_period"])
+    except OverflowError:
+        return None
+
+
 def _period(event: dict) -> tuple:
     period = event.get('active_period') or {}
     return period.get('dtstart'), period.get('duration')
@@ -85,9 +95,15 @@ class _Client(OpenADRClient):
     max_message_bytes: int = 16 * 2**20
     # awaited before the oadrCreatedEvent goes: the events it answers, as handled, on the disk (VtnClient sets it)
     before_answer: Callable[[], Awaitable[None]] | None = None
+    # event id -> eiResponse description, for the listed events VtnClient refused: answered INVALID_DATA
+    invalid_events: dict[str, str]
     # oadrCreateReport (also the requests an oadrRegisteredReport carries) goes to the VtnClient:
     # openleadr's create_report answers 200 even to a report or rID never offered
     on_create_report: Callable | None = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.invalid_events = {}
 
     async def create_report(self, response_payload):
         await self.on_create_report(response_payload)
@@ -162,16 +178,16 @@ class _Client(OpenADRClient):
         response = _ei_response(request_id)
         event_responses = []
         for event, result in zip(events, results):
-            if event['response_required'] == 'always' and \
-                    not outils.determine_event_status(event['active_period']) == 'completed':
+            if event['response_required'] == 'always' and not _event_status(event) == 'completed':
                 signals = event['event_signals']
                 if not isinstance(signals, list):
                     signals = signals['event_signals']
                 unsupported = any(not isinstance(s['signal_name'], str) or s['signal_name'] not in _SIGNAL_NAMES
                                   for s in signals)
-                event_responses.append({'response_code': oenums.STATUS_CODES.SIGNAL_NOT_SUPPORTED if unsupported
-                                        else 200,
-                                        'response_description': 'ERROR' if unsupported else 'OK',
+                invalid = self.invalid_events.get(event['event_descriptor']['event_id'])
+                code = INVALID_DATA if invalid else oenums.STATUS_CODES.SIGNAL_NOT_SUPPORTED if unsupported else 200
+                event_responses.append({'response_code': code,
+                                        'response_description': invalid or ('ERROR' if unsupported else 'OK'),
                                         'opt_type': result,
                                         'request_id': response['request_id'],
                                         'modification_number': event['event_descriptor']['modification_number'],
@@ -335,6 +351,22 @@ _ZONELESS = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d*)?")
 # registration while the VTN listed it. Numbers stay numbers: they order the intervals (ven/events.py).
 _INTEGER = re.compile(r"-?\d+")
 _zoneless_seen = False
+# An xcal duration openleadr cannot make a timedelta of (P9999999Y, PT99999999999999H: more than 999,999,999 days)
+# failed the whole message with OverflowError: every poll, while the VTN listed it, and the events beside it were never
+# read. It is read as the longest a timedelta holds: as an event's or an interval's length, ven/events.py takes that
+# for "until further notice" (as it takes P9999Y); anything else it is refused there for itself.
+_DURATION = re.compile(r"([+-]?)P(?:(\d+)Y)?(?:(\d+)M)?(?:(\d+)D)?T?(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)S)?")
+_YEAR, _MONTH = 365 * 86400, 30 * 86400     # as openleadr reads them
+_LONGEST = f"P{timedelta.max.days}D"
+
+
+def _readable_duration(text: str) -> str:
+    found = _DURATION.fullmatch(text)
+    if not found:
+        return text
+    y, mo, d, h, mi, s = (int(g or 0) for g in found.groups()[1:])
+    seconds = y * _YEAR + mo * _MONTH + d * 86400 + h * 3600 + mi * 60 + s
+    return f"{found.group(1)}{_LONGEST}" if seconds > timedelta.max.days * 86400 else text
 
 
 class _Text:
@@ -355,6 +387,8 @@ def _keep_text(path, key, value):
         if not isinstance(text, str) or not _INTEGER.fullmatch(text):
             return key, _Text(text or "")
     if isinstance(value, str):
+        if key == "duration":
+            return key, _readable_duration(value)
         if key in _TEXT_ELEMENTS:
             return key, _Text(value)
         if key in _DATE_TIMES and _ZONELESS.fullmatch(value):

@@ -41,7 +41,10 @@ async function getHealth() {
   try {
     return await fetchWithin("healthz", FETCH_TIMEOUT_MS, async (resp) => ({ok: resp.ok, text: (await resp.text()).trim()}));
   } catch (err) {
-    return {ok: false, text: /^no answer/.test(err.message) ? err.message : "unreachable"};
+    // unreachable (a gateway stopping between the status and this): the refresh fails, as the status's would.
+    // Read as unhealthy, a screen reader heard "Gateway unhealthy", which the gateway never said, then "unreachable"
+    if (!/^no answer/.test(err.message)) throw new Error(`healthz: ${err.message}`);
+    return {ok: false, text: err.message};
   }
 }
 
@@ -79,7 +82,7 @@ async function refreshOnce() {
                                               again ? getJSON(`api/history?hours=${asked}`) : hist, getHealth()]);
     // the span was changed on the way: the answer for the new one is asked for already
     if (asked !== hours) return;
-    if (upgraded(s.version)) return;
+    if (upgraded(`${s.version} ${s.page}`)) return;
     // the gateway's "now" is in whole seconds, made after the question left: this bound never makes a reading
     // just taken read "in 1 s", and it is off by a second and the answer's way at most. An answer that took long
     // (the laptop slept on the way) would bound nothing: the last measure stands
@@ -131,7 +134,8 @@ async function refreshOnce() {
 }
 // A gateway upgraded while the page was open (a wall screen's, for weeks) answers this page's old scripts, which
 // do not know what the new version says (a new problem, a new field), while the footer names the new version:
-// load the page again, at most once in 10 minutes (two gateways of two versions behind one address must not
+// when its version or its page's files ("page": an install from a newer commit keeps the version) change, load
+// the page again, at most once in 10 minutes (two gateways of two versions behind one address must not
 // reload it at every answer). Span, zone and log choice are in the address, the token in the tab's session.
 const RELOAD_EVERY_MS = 10 * 60 * 1000;
 let pageVersion = null;

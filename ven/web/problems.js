@@ -75,6 +75,19 @@ export function findProblems(health) {
                    "tell the utility (its report service, or a proxy in front of it, fails the updates); the gateway retries") +
         " and sends the queued readings once the VTN takes them (the queue keeps openadr.queue_max_days, then drops the oldest)");
   }
+  // registered, the report offered and taken, and never requested: nothing goes out and the queue only grows, while
+  // the VTN reads "connected"; from the log's warning until the VTN requests it
+  const tu = vtn.telemetry_unrequested;
+  if (vtn.connected !== false && vtn.registered !== false && tu && typeof tu === "object") {
+    const waiting = typeof queued === "number" ? `; ${queued} reading(s) wait in the queue` : "";
+    const asked = Array.isArray(tu.asked) && tu.asked.length ? ` (it asked only for ${tu.asked.join("; ")})` : "";
+    add("telemetry-unrequested", "warn", "VTN has not requested telemetry",
+        `no request since ${stampText(tu.since)}: the VTN took the offer of the meter's TELEMETRY_USAGE report ` +
+        `(report ${tu.report_specifier_id || "?"}, rID ${tu.r_id || "?"}) but has not requested it${asked}, so no ` +
+        `telemetry goes to the utility${waiting}`,
+        "ask the utility to have its VTN request the report, or set openadr.telemetry = false if its program takes no telemetry; the queue keeps " +
+        "openadr.queue_max_days, then drops the oldest; this clears once the VTN requests it");
+  }
   if (flaky(vtn)) {
     // connected now, so the item above is gone most of the time: the fault the log holds open is said here
     const f = vtn.fault;

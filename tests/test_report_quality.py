@@ -1,0 +1,279 @@
+"""oadrDataQuality on the TELEMETRY_USAGE intervals a VTN receives: an interval whose mean misses readings because
+meter reads failed in it (a meter fault) is marked "Quality Uncertain - Sub Normal", so a utility settling on it
+can tell it from a whole one; whole intervals carry no marking, as before; an interval with no good reading is
+not sent. A real openleadr VTN (DemoVtn, which validates every message against the 2.0b schema) on loopback, the
+routed meter simulator, a real SQLite file, and a restart between a fault and the update that reports it."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from gateway_process import GatewayProcess, write_config
+from test_report_requests import EPOCH, S, running
+from waiting import eventually
+
+from bacnet_api.simulator import MeterSimulator
+from ven.app import Gateway
+from ven.config_load import parse_config
+from ven.report_intervals import SUB_NORMAL
+from ven.telemetry import TelemetryQueue
+from ven.vtn_server import DemoVtn
+
+
+def qualities(vtn: DemoVtn) -> dict[datetime, str | None]:
+    return {start: quality for _, start, quality in vtn.data_quality}
+
+
+async def sleep_until(wall: float) -> None:
+    await asyncio.sleep(max(0.0, wall - time.time()))
+
+
+def _gateway_config(tmp_path, bacnet_port, meter_port, vtn_port, poll, timeout):
+    return parse_config({
+        "bacnet": {"address": f"127.0.0.1/8:{bacnet_port}", "device_id": 500232},
+        "meter": {"router": f"127.0.0.1:{meter_port}", "poll_seconds": poll, "timeout_seconds": timeout,
+                  "settle_seconds": 0.5},
+        "openadr": {"vtn_url": f"http://127.0.0.1:{vtn_port}/OpenADR2/Simple/2.0b", "ven_name": "quality",
+                    "retry_min_seconds": 0.2, "retry_max_seconds": 1.0, "telemetry_seconds": 1},
+        "storage": {"path": str(tmp_path / "gw.sqlite")},
+        "http": {"enabled": False},
+        "forecaster": {"cycle_seconds": 5.0},
+    }, "test", environ={})
+
+
+@contextlib.asynccontextmanager
+async def live_telemetry(tmp_path, free_udp_port, free_tcp_port, g, poll, timeout):
+    """A gateway (in this process) reading the routed meter every `poll` s and sending its telemetry to a VTN that
+    asked for intervals of `g` s, once the first has come: (the meter, the VTN)."""
+    bacnet_port, meter_port, vtn_port = free_udp_port(), free_udp_port(), free_tcp_port()
+    cfg = _gateway_config(tmp_path, bacnet_port, meter_port, vtn_port, poll=poll, timeout=timeout)
+    meter = MeterSimulator(address=f"127.0.0.1/8:{meter_port}", value=80.0)
+    vtn = DemoVtn(vtn_port, poll_seconds=1, report_granularity=g * S, report_back=g * S)
+    gateway = Gateway(cfg)
+    await meter.start()
+    await vtn.start()
+    try:
+        await gateway.start()
+        await eventually(lambda: vtn.data_quality, 20, "live telemetry")
+        yield meter, vtn
+    finally:
+        await gateway.stop()
+        await vtn.stop()
+        await meter.stop()
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("poll, timeout", [
+    (0.5, 0.3),     # a silent read fails before the next tick: each tick of the fault is a failed read
+    (0.25, 1.0),    # each one takes 5 ticks: one failed read in 10 reads of A, counted as 5 of 14
+], ids=["read_within_a_tick", "read_longer_than_a_tick"])
+async def test_intervals_spanning_a_meter_fault_reach_the_vtn_marked_and_whole_ones_unmarked(
+        tmp_path, free_udp_port, free_tcp_port, caplog, poll, timeout):
+    caplog.set_level(logging.INFO)
+    g = 4       # the VTN's granularity and reportBackDuration, s
+    async with live_telemetry(tmp_path, free_udp_port, free_tcp_port, g, poll, timeout) as (meter, vtn):
+        # silent from the middle of interval A, through B, to the middle of C; A is the interval under way if
+        # its middle is still half a second off (the gateway has been reading all along), else the next one
+        b = int(time.time()) // g * g
+        if time.time() > b + 1.6:
+            b += g
+        await sleep_until(b + 2.1)
+        meter.set_silent(True)
+        await sleep_until(b + 9.1)
+        meter.set_silent(False)
+        a, c = [EPOCH + timedelta(seconds=t) for t in (b, b + 2 * g)]
+        after = EPOCH + timedelta(seconds=b + 3 * g)
+        await eventually(lambda: after in qualities(vtn), 20, "the interval after the fault")
+    got = qualities(vtn)
+    assert got[a] == SUB_NORMAL, got          # read for half of it, then silent: a mean of half its readings
+    assert EPOCH + timedelta(seconds=b + g) not in got, got     # silent throughout: no value to send
+    assert got[c] == SUB_NORMAL, got
+    whole = {t: q for t, q in got.items() if t < a - g * S or t >= after}
+    assert whole and set(whole.values()) == {None}, got     # unmarked: as sent before there were markings
+    assert not [r for r in caplog.records if r.exc_info], "no stack traces for an expected fault"
+
+
+async def test_the_marking_survives_a_restart_between_the_fault_and_the_update(tmp_path, free_tcp_port):
+    # The VTN was away during the fault and the gateway restarted before it came back: the backlog it then
+    # receives must say which intervals missed readings, from the file alone.
+    b = datetime.fromtimestamp((int(time.time()) // 10 - 12) * 10, timezone.utc)
+    at = lambda s: b + s * S     # noqa: E731
+    good = [s for s in range(0, 13)] + [s for s in range(32, 50)]        # silent from 13 s to 32 s
+    queue = TelemetryQueue(tmp_path / "gw.sqlite")
+    for s in range(0, 50):
+        if s in good:
+            queue.add(at(s), 100.0 + s)
+        else:
+            queue.add_failed(at(s))
+    queue.close()
+
+    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:      # intervals of telemetry_seconds: 10 s
+        async with running(tmp_path, server.url, telemetry_seconds=10.0) as rig:
+            await eventually(lambda: at(40) in qualities(server), 15, "the backlog delivered")
+            assert rig.queue.pending == 0
+    got = qualities(server)
+    assert got == {at(0): None, at(10): SUB_NORMAL, at(30): SUB_NORMAL, at(40): None}, got
+    values = {t: v for _, intervals in server.updates for t, _, _, v in intervals}
+    assert values[at(10)] == pytest.approx(101 + 10)      # the mean of the three readings it has
+
+
+async def test_an_unreadable_stored_failed_read_does_not_stop_telemetry(tmp_path, free_tcp_port, caplog):
+    # A row of telemetry_failed_reads that is not a count (1e400 reads: a hand edit, a damaged page, another version)
+    # raised OverflowError out of every update ('telemetry delivery failed unexpectedly'): nothing reached the VTN.
+    # It is skipped and named in one WARNING, as an unreadable row of the queue is; the intervals go out.
+    caplog.set_level(logging.INFO)
+    b = datetime.fromtimestamp((int(time.time()) // 10 - 4) * 10, timezone.utc)
+    at = lambda s: b + s * S     # noqa: E731
+    queue = TelemetryQueue(tmp_path / "gw.sqlite")
+    for s in range(0, 30):
+        if s in (12, 13):
+            queue.add_failed(at(s))
+        else:
+            queue.add(at(s), 100.0)
+    queue.close()
+    with sqlite3.connect(tmp_path / "gw.sqlite") as db:
+        db.execute("INSERT INTO telemetry_failed_reads (ts, reads) VALUES (?, 1e400)", (at(25).isoformat(),))
+        db.execute("INSERT INTO telemetry_failed_reads (ts, reads) VALUES (?, 'many')", (at(26).isoformat(),))
+    db.close()
+
+    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:      # intervals of telemetry_seconds: 10 s
+        async with running(tmp_path, server.url, telemetry_seconds=10.0) as rig:
+            await eventually(lambda: at(20) in qualities(server) and rig.queue.pending == 0, 15, "the backlog delivered")
+    got = qualities(server)
+    assert got == {at(0): None, at(10): SUB_NORMAL, at(20): None}, got
+    assert not [r for r in caplog.records if r.exc_info], "no stack traces for a row the gateway cannot read"
+    said = [r.getMessage() for r in caplog.records if "failed meter read" in r.getMessage()]
+    assert len(said) == 1 and "unreadable" in said[0], said
+
+
+@pytest.mark.timeout(90)
+async def test_a_failed_read_across_an_interval_boundary_counts_for_the_ticks_it_was_for(
+        tmp_path, free_udp_port, free_tcp_port, caplog):
+    # A read asked at the last tick of A that timed out in B (timeout_seconds 1.2, a tick every 1 s) was dated at its
+    # end and counted whole in B: B, with one tick missed, went out as if it had lost two reads of 13 ('Quality
+    # Uncertain'), and A as if it had lost none. It counts for the tick it was asked at (A's last) and the tick
+    # it made the poll skip (B's first): one in 12 each, under the tenth, so neither is marked. Not 10 ticks: one in
+    # 10 is at the tenth, and a tick the loaded machine's poll skipped besides would mark A or B.
+    caplog.set_level(logging.INFO)
+    g = 12      # the VTN's granularity and reportBackDuration, s: 12 ticks
+    async with live_telemetry(tmp_path, free_udp_port, free_tcp_port, g, poll=1.0, timeout=1.2) as (meter, vtn):
+        # A is the interval under way if its fault is still 3 s off: the first update came at its start, so the
+        # gateway read the meter before it and has read every tick of it; else the next one
+        b = int(time.time()) // g * g
+        if time.time() > b + g - 4.5:
+            b += g
+        await sleep_until(b + g - 1.5)       # after A's next to last read (b + 10 s), before its last (b + 11 s)
+        meter.set_silent(True)
+        await sleep_until(b + g - 0.5)       # that read is lost; it times out at b + 12.2 s, in B
+        meter.set_silent(False)
+        a, b_ = [EPOCH + timedelta(seconds=t) for t in (b, b + g)]
+        await eventually(lambda: b_ in qualities(vtn), 40, "the interval after the boundary")
+        with sqlite3.connect(tmp_path / "gw.sqlite") as db:
+            failed = [datetime.fromisoformat(ts) for ts, in db.execute("SELECT ts FROM telemetry_failed_reads")]
+        db.close()
+    got = qualities(vtn)
+    assert got[a] is None and got[b_] is None, got
+    assert [t < b_ for t in sorted(failed)] == [True, False], (failed, a, b_)
+
+
+@pytest.mark.timeout(150)
+async def test_an_interval_the_gateway_was_not_running_for_part_of_reaches_the_vtn_marked(
+        tmp_path, free_udp_port, free_tcp_port):
+    # The gateway process crashed 1 s into interval A and started again 2.5 s later: A went to the VTN as the mean of
+    # the readings it had, with no marking, as if the meter had been read throughout. The poll ticks it missed count
+    # as failed reads: A (at least 5 of its 12 ticks missed, however long the start takes) is marked; the intervals
+    # before it are not, nor is the first after the very first start (nothing was missed: the gateway was not yet
+    # there), nor one wholly after the restart. How missed ticks split over two intervals, and a clean stop's note of
+    # its last read, are tested without a process below.
+    # the VTN's granularity and reportBackDuration, s: 12 ticks of the 0.5 s poll, so one read failing under load in
+    # an interval read throughout, and a tick the loaded poll skipped besides, do not mark it (1 in 11 < a tenth)
+    g = 6
+    bacnet_port, meter_port, vtn_port = free_udp_port(), free_udp_port(), free_tcp_port()
+    config = tmp_path / "gw.toml"
+    write_config(config, bacnet_port=bacnet_port, meter_port=meter_port, vtn_port=vtn_port,
+                 http_port=free_tcp_port(), storage=tmp_path / "gw.sqlite", ven_name="restart-quality",
+                 telemetry_seconds=1, retry_min_seconds=0.2)
+    gateway = GatewayProcess(config, tmp_path / "gateway.log")
+    try:
+        async with MeterSimulator(address=f"127.0.0.1/8:{meter_port}", value=80.0), \
+                DemoVtn(vtn_port, poll_seconds=1, report_granularity=g * S, report_back=g * S) as vtn:
+            gateway.start()
+            await eventually(lambda: len(vtn.data_quality) >= 1, 60, f"live telemetry\n{gateway.log()[-3000:]}")
+            # A is the interval under way if its crash is still half a second off (the first update came at its
+            # start: the gateway was there before it), else the next one
+            b = int(time.time()) // g * g
+            if time.time() > b + 0.5:
+                b += g
+            await sleep_until(b + 1)
+            gateway.kill()
+            await sleep_until(b + 3.5)
+            gateway.start()
+            await eventually(lambda: gateway.log().count("edge-gateway ready") == 2, 60, "the restart")
+            a, after = EPOCH + timedelta(seconds=b), EPOCH + timedelta(seconds=(int(time.time()) // g + 1) * g)
+            await eventually(lambda: after in qualities(vtn), 40, f"an interval after the restart\n{gateway.log()[-3000:]}")
+        assert gateway.stop() == 0
+    finally:
+        gateway.stop()
+    got = qualities(vtn)
+    assert got[a] == SUB_NORMAL and got[after] is None, got
+    before = {t: q for t, q in got.items() if t < a}
+    assert before and set(before.values()) == {None}, got
+    log = gateway.log()
+    assert log.count("meter not read for ") == 1 and "Traceback" not in log, log[-3000:]
+
+
+async def test_a_clean_stop_after_the_vtn_took_every_reading_still_marks_the_interval_restarted_in(
+        tmp_path, free_tcp_port):
+    # The VTN had taken every reading of the last run (a stop just after an update): the stop deletes them from the
+    # file, and nothing there said when the meter was read last. The stop notes it: the interval the gateway started
+    # again in, 4 of its 10 ticks (1 s poll) missed, is marked.
+    b = datetime.fromtimestamp((int(time.time()) // 10 - 5) * 10, timezone.utc)
+    at = lambda s: b + s * S     # noqa: E731
+    queue = TelemetryQueue(tmp_path / "gw.sqlite")
+    for s in range(0, 10):
+        queue.add(at(s), 100.0)
+    queue.ack(queue.peek())
+    queue.note_last_read(at(9))
+    queue.close()
+    queue = TelemetryQueue(tmp_path / "gw.sqlite")
+    assert queue.pending == 0
+    assert queue.last_read() == at(9) and queue.note_gap(at(9), at(14), poll_seconds=1.0)
+    for s in range(14, 30):
+        queue.add(at(s), 100.0)
+    queue.close()
+
+    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:      # intervals of telemetry_seconds: 10 s
+        async with running(tmp_path, server.url, telemetry_seconds=10.0) as rig:
+            await eventually(lambda: at(20) in qualities(server) and rig.queue.pending == 0, 15, "the backlog")
+    assert qualities(server) == {at(10): SUB_NORMAL, at(20): None}, qualities(server)
+
+
+def test_the_ticks_a_gap_leaves_out_are_counted_in_the_intervals_they_fall_in(tmp_path, caplog):
+    # last read at b + 3.2 s (its tick b + 3), first read after at b + 14.7 (tick b + 14): ticks b + 4 .. b + 13
+    # were missed, 6 in [b, b + 10) and 4 in [b + 10, b + 20); none where both runs read
+    b = datetime.fromtimestamp((int(time.time()) // 10 - 5) * 10, timezone.utc)
+    at = lambda s: b + s * S     # noqa: E731
+    queue = TelemetryQueue(tmp_path / "gw.sqlite")
+    queue.add(at(3.2), 100.0)
+    assert queue.last_read() == at(3.2) and queue.note_gap(at(3.2), at(14.7), poll_seconds=1.0)
+    assert [queue.failed_reads(at(s), at(s + 10)) for s in (-10, 0, 10, 20)] == [0, 6, 4, 0]
+    assert queue.failed_reads(at(4), at(5)) == 1 and queue.failed_reads(at(3.5), at(4)) == 0
+    queue.add(at(14.7), 100.0)
+    assert not queue.note_gap(at(14.7), at(15.3), poll_seconds=1.0)     # the tick after the last read's: none missed
+    assert queue.failed_reads(at(10), at(20)) == 4
+    queue.close()
+    # a row this version cannot read (a hand edit, another version) is not counted, and said once
+    with sqlite3.connect(tmp_path / "gw.sqlite") as db:
+        db.execute("INSERT INTO telemetry_gaps VALUES (?, ?, 'often')", (at(20).isoformat(), at(29).isoformat()))
+        db.execute("INSERT INTO telemetry_gaps VALUES (?, 'later', 1.0)", (at(21).isoformat(),))
+    db.close()
+    queue = TelemetryQueue(tmp_path / "gw.sqlite")
+    assert queue.failed_reads(at(10), at(20)) == 4 and queue.failed_reads(at(20), at(30)) == 0
+    queue.close()
+    said = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
+    assert len(said) == 1 and "often" in said[0], said
