@@ -5,6 +5,7 @@ markers and a label however long the span, and the chart's label for a screen re
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from decimal import ROUND_HALF_UP, Decimal
 
 import pytest
 
@@ -32,8 +33,12 @@ class BusyView(AheadView, EverythingView):
 
 
 def kw(v: float) -> str:
-    """As the page writes a kW (format.js fmtNum)."""
-    return str(int(v)) if float(v).is_integer() else f"{v:.1f}" if abs(v) >= 100 else f"{v:.2f}"
+    """As the page writes a kW (format.js fmtNum). JavaScript's toFixed takes a tie away from zero, where
+    Python's format takes it to even: 118.25 is "118.3" on the page, "118.2" by f"{v:.1f}"."""
+    if float(v).is_integer():
+        return str(int(v))
+    step = Decimal("0.1") if abs(v) >= 100 else Decimal("0.01")
+    return str(Decimal(v).quantize(step, rounding=ROUND_HALF_UP))
 
 
 async def box(page, selector):
