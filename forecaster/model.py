@@ -13,12 +13,17 @@ import pickle
 import time
 import warnings
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import features
 from .calendar import Calendar
 from .series import MinuteSnapshot
+
+if TYPE_CHECKING:   # annotations only: serving imports numpy alone (see _hgb)
+    from sklearn.ensemble import HistGradientBoostingRegressor
+    from sklearn.neural_network import MLPRegressor
 
 # Chosen on the Turin validation weeks (bench/forecast_accuracy.py --first-week 2019-05-06): 150 x 15
 # leaves scored within 0.2 points CV(RMSE) of 400 x 31 at a quarter of the fit time, which a replayed
