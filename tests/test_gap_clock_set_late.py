@@ -1,7 +1,8 @@
 """The time the gateway was not running, on a box whose clock is behind at its start: a fake-hwclock restores the
-time saved before a power cut (up to an hour old), a box without a battery clock boots in the past. The gap from
-the meter's last read to the start is not known until NTP sets the clock; it is noted then, and the intervals it
-falls in reach the VTN marked. The gateway runs as a real process under libfaketime (test_wall_clock)."""
+time saved before a power cut (up to an hour old), a box without a battery clock boots in the past. The readings
+that clock dates fall in the run before's time, so they are not reported; the gap runs from the meter's last read
+to the first reading reported, once NTP sets the clock, and the intervals it falls in reach the VTN marked. The
+gateway runs as a real process under libfaketime (test_wall_clock)."""
 from __future__ import annotations
 
 import time
@@ -69,6 +70,9 @@ async def test_a_start_on_a_clock_behind_the_last_read_marks_the_gap_once_ntp_se
             gateway.start()
             await eventually(lambda: "edge-gateway ready" in gateway.log(), 90, f"the start\n{gateway.log()[-3000:]}")
             assert "meter not read for " not in gateway.log()      # by the clock behind, no tick was missed
+            # a reading the clock behind dates, in the run before's time
+            await eventually(lambda: "before the meter's last read of the run before" in gateway.log(), 30,
+                             f"a reading held\n{gateway.log()[-3000:]}")
             set_offset(clock, 0)                                    # NTP sets the clock
             await eventually(lambda: "meter not read for " in gateway.log(), 30,
                              f"the gap, once the clock is set\n{gateway.log()[-3000:]}")
@@ -80,5 +84,10 @@ async def test_a_start_on_a_clock_behind_the_last_read_marks_the_gap_once_ntp_se
         gateway.stop()
     got = qualities(vtn)
     assert got[at(-6)] is None and got[at(0)] == SUB_NORMAL, got
+    # the readings the clock behind dated, in the run before's time, are not reported: the VTN had those intervals
+    # from it (here: 5 min before the crash, none)
+    assert min(got) == at(-6), sorted(got)[:3]
     log = gateway.log()
     assert log.count("meter not read for ") == 1 and "Traceback" not in log, log[-3000:]
+    assert log.count("before the meter's last read of the run before") == 1, log[-3000:]
+    assert "meter readings are reported again" in log, log[-3000:]

@@ -287,7 +287,7 @@ class Gateway:
 
     def _on_meter(self, reading: MeterReading) -> None:
         if self._resumed is not None:
-            self._redate_resume(*self._resumed)
+            self._redate_resume(*self._resumed, read_at=reading.timestamp)
         t = reading.timestamp.timestamp()
         if reading.value is None:
             # the meter answering in kWh is not a broken network: the BAS alarm must not send the technician there
@@ -387,32 +387,42 @@ class Gateway:
             return
         self._resumed = (last, now, time.monotonic())
         # A clock not yet set (a box without a battery clock boots in the past) or behind the last read (one whose
-        # time was saved before a power cut) would make the gap a span of years, or none: it is noted once NTP has
-        # set the clock (_redate_resume)
-        if not self._clock_unset_at_start() and self.telemetry.note_gap(last, now, self.config.meter.poll_seconds):
+        # time was saved before a power cut) would make the gap a span of years, or none. Its readings are not
+        # reported, and the gap runs to the first that is, once NTP has set the clock (_redate_resume)
+        if self._clock_unset_at_start():
+            self.vtn.hold_readings_until(last)
+        elif self.telemetry.note_gap(last, now, self.config.meter.poll_seconds):
             self._say_not_read(last, now)
 
     def _clock_unset_at_start(self) -> bool:
         last, said, _ = self._resumed
         return clock_suspect(said) or said < last
 
-    def _say_not_read(self, last: datetime, start: datetime) -> None:
-        log.info("meter not read for %s before this start (last read %s): the report intervals it falls in count the "
-                 "poll ticks missed as failed reads", span((start - last).total_seconds()),
-                 last.isoformat(timespec="seconds"))
+    def _say_not_read(self, last: datetime, start: datetime, clock_set: bool = False) -> None:
+        log.info("meter not read for %s %s (last read %s): the report intervals it falls in count the poll ticks "
+                 "missed as failed reads", span((start - last).total_seconds()),
+                 "until the first reading reported after this start, on a clock behind or not set" if clock_set else
+                 "before this start", last.isoformat(timespec="seconds"))
 
-    def _redate_resume(self, last: datetime, said: datetime, mono: float) -> None:
+    def _redate_resume(self, last: datetime, said: datetime, mono: float, read_at: datetime) -> None:
         # A box whose clock was fast at boot (a battery clock that drifted, or one kept in local time) starts the
         # gateway before NTP puts the clock back: the gap noted at start ran to that fast time, and every interval
-        # read after the step until then went to the VTN marked. The start by the clock as it is now ends the gap;
-        # one the clock was not set at (_note_not_running) is noted now.
-        start = datetime.now(timezone.utc) - timedelta(seconds=time.monotonic() - mono)
+        # read after the step until then went to the VTN marked. The start by the clock as it is now ends the gap.
+        # One the clock was not set at (_note_not_running) ends at the first reading reported (VtnClient
+        # .record_sample): the readings before it are not, and for the VTN the meter was not read.
+        now = datetime.now(timezone.utc)
         unset = self._clock_unset_at_start()
-        if clock_suspect(start) or (start < last if unset else abs((start - said).total_seconds()) <= CLOCK_STEP_S):
-            return
+        if unset:
+            if clock_suspect(read_at) or read_at <= last:
+                return
+            start, mono = read_at, time.monotonic() - max(0.0, (now - read_at).total_seconds())
+        else:
+            start = now - timedelta(seconds=time.monotonic() - mono)
+            if clock_suspect(start) or abs((start - said).total_seconds()) <= CLOCK_STEP_S:
+                return
         self._resumed = (last, start, mono)
         if self.telemetry.note_gap(last, start, self.config.meter.poll_seconds) and unset:
-            self._say_not_read(last, start)
+            self._say_not_read(last, start, clock_set=True)
 
     def _storage_opened_late(self, values: dict[str, str]) -> None:
         saved = values.get(OPT_OUT_COMMANDS)

@@ -134,8 +134,9 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
         self._listed_twice: set[str] = set()   # events the last oadrDistributeEvent listed more than once (logged)
         self._refused_said: dict[str, int] = {}   # listed events refused as unreadable: the modification logged
         self.opt_answer_error: str | None = None   # the VTN's reason for refusing our last opt answer
-        self._clock_wrong_since: datetime | None = None   # the first reading dated before CLOCK_FLOOR, while so
+        self._clock_wrong_since: datetime | None = None   # the first reading dated by a clock not set, while so
         self.readings_held = 0        # readings not reported because the wall clock was not set (since start)
+        self._reads_before: datetime | None = None   # the run before's last read, while this run's clock is behind it
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -180,13 +181,14 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
         wall clock that dated it is not set (a utility would take it as a reading of that date)."""
         if not self._cfg.telemetry:
             return False
-        if clock_suspect(ts):
+        if wrong := self._clock_not_set(ts):
             self.readings_held += 1
             if self._clock_wrong_since is None:
                 self._clock_wrong_since = ts
-                log.warning("the wall clock reads %s, before this version was built: meter readings are not "
-                            "reported until it is set", _iso(ts))
+                log.warning("the wall clock reads %s, %s: meter readings are not reported until it is set", _iso(ts),
+                            wrong)
             return False
+        self._reads_before = None
         if self._clock_wrong_since is not None:
             log.info("the wall clock is set (%s): meter readings are reported again; %d reading(s) taken while it "
                      "read %s were not reported", _iso(ts), self.readings_held, _iso(self._clock_wrong_since))
@@ -205,11 +207,26 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
             self._wake_delivery.set()
         return True
 
+    def hold_readings_until(self, last: datetime) -> None:
+        """This start's wall clock is behind the meter's last read before it (a fake-hwclock restoring the time
+        saved before a power cut): it dates readings in the run before's intervals, which the VTN has had, or is
+        sent, from the readings of then. They are not reported, as a clock's not set are not, until one is dated
+        after `last` (NTP set the clock)."""
+        self._reads_before = last
+
+    def _clock_not_set(self, ts: datetime) -> str | None:
+        """Why a reading dated `ts` is dated by a clock not set, or None."""
+        if clock_suspect(ts):
+            return "before this version was built"
+        if self._reads_before is not None and ts <= self._reads_before:
+            return f"before the meter's last read of the run before ({_iso(self._reads_before)})"
+        return None
+
     def record_failed_read(self, ticks: Sequence[datetime]) -> None:
         """A meter read failed, missing from the poll ticks it stood for (the one it was asked at, and those it made
         the poll skip): the intervals they fall in may go to the VTN marked as the mean of fewer readings than were
         due (ven/report_intervals.py). Not kept while the wall clock is not set, as readings are not."""
-        ticks = [t for t in ticks if not clock_suspect(t)]
+        ticks = [t for t in ticks if not self._clock_not_set(t)]
         if self._cfg.telemetry and ticks:
             self._telemetry.add_failed(*ticks)
 
