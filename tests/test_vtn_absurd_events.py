@@ -48,6 +48,28 @@ async def test_an_event_lasting_p9999y_is_until_further_notice_and_the_event_bes
         await until(lambda: len(raw.answered) >= 4, 5, "the second answers")
         assert not said(caplog, "session error") and not said(caplog, "VTN connection lost")
         assert gw.vtn.status()["fault"] is None
+        # openleadr said at each listing that it read P9999Y as 9999 x 365 days, of an event the gateway runs until
+        # cancelled: a WARNING every 10 minutes (the flood guard's) while it ran
+        assert not said(caplog, "specifies years") and not said(caplog, "years or months"), said(caplog, "years")
+
+
+async def test_a_duration_in_months_is_read_as_30_days_and_said_once(tmp_path, free_tcp_port, caplog):
+    # openleadr's WARNING came at each listing, through the flood guard one every 10 minutes for as long as the event
+    # was listed; a month has no fixed length, so the VTN's meaning may differ by a day or two: said once
+    caplog.set_level(logging.INFO, logger="ven")
+    start = now().replace(microsecond=0) - timedelta(minutes=5)
+    async with raw_gateway(tmp_path, free_tcp_port) as (raw, gw):
+        month = event("month", start, "P1M2DT3H", [simple([1], "P1M2DT3H")], status="active")
+        for n in range(2):
+            await deliver(raw, distribute(raw.vtn_id, [month], request_id=f"d{n}"))
+            await until(lambda: len(raw.answered) == n + 1, 5, f"answer {n + 1}")
+        ev = gw.schedule.get("month")
+        assert ev is not None and not ev.open_ended
+        assert gw.schedule.events()[0]["end"] == (start + timedelta(days=32, hours=3)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        lines = said(caplog, "years or months")
+        assert lines == ["the VTN writes a duration in years or months (P1M2DT3H), which have no fixed length: read "
+                         "as 32 days, 3:00:00 (a year 365 days, a month 30)"], lines
+        assert not said(caplog, "specifies months")
 
 
 @pytest.mark.parametrize("case", ["start in year 9999", "ramp-up of 9000 years", "interval in year 9999"])

@@ -20,6 +20,7 @@ from signxml import XMLVerifier
 from signxml.exceptions import InvalidSignature
 
 from .config import shown_url
+from .events import OPEN_ENDED
 from .oadr_xml import validate_xml_schema
 
 # one logger for the VEN side, wherever its code lives: tests and log filters select its lines by this name
@@ -358,6 +359,11 @@ _zoneless_seen = False
 _DURATION = re.compile(r"([+-]?)P(?:(\d+)Y)?(?:(\d+)M)?(?:(\d+)D)?T?(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)S)?")
 _YEAR, _MONTH = 365 * 86400, 30 * 86400     # as openleadr reads them
 _LONGEST = f"P{timedelta.max.days}D"
+# Years and months have no fixed length, and openleadr said so in a WARNING at each parse: every poll that listed
+# the event, for as long as it ran (one line per 10 minutes through the flood guard), for a P9999Y too, which the
+# gateway reads as "until further notice". They are made days here, as openleadr reads them, and said once a run
+# for each such duration under that.
+_calendar_said: set[str] = set()
 
 
 def _readable_duration(text: str) -> str:
@@ -366,7 +372,15 @@ def _readable_duration(text: str) -> str:
         return text
     y, mo, d, h, mi, s = (int(g or 0) for g in found.groups()[1:])
     seconds = y * _YEAR + mo * _MONTH + d * 86400 + h * 3600 + mi * 60 + s
-    return f"{found.group(1)}{_LONGEST}" if seconds > timedelta.max.days * 86400 else text
+    if seconds > timedelta.max.days * 86400:
+        return f"{found.group(1)}{_LONGEST}"
+    if not (y or mo):
+        return text
+    if seconds < OPEN_ENDED.total_seconds() and text not in _calendar_said and len(_calendar_said) < 100:
+        _calendar_said.add(text)
+        log.warning("the VTN writes a duration in years or months (%s), which have no fixed length: read as %s "
+                    "(a year 365 days, a month 30)", text, f"{found.group(1)}{timedelta(seconds=seconds)}")
+    return f"{found.group(1)}P{y * 365 + mo * 30 + d}DT{h}H{mi}M{s}S"
 
 
 class _Text:
