@@ -385,11 +385,29 @@ class ClockView(FaultView):
     synchronized: bool | None = None
     warned = False      # the log's WARNING in force: from the second look that finds it unsynchronized
     suspect = False
+    behind: str | None = None   # clock_behind_last_read
 
     def status(self):
         return {**super().status(), "clock_synchronized": self.synchronized, "clock_suspect": self.suspect,
-                "clock_warning": self.warned,
+                "clock_warning": self.warned, "clock_behind_last_read": self.behind,
                 "clock_max_error_ms": 12.5 if self.synchronized else None}
+
+
+async def test_a_clock_behind_the_last_run_is_named_until_it_is_past_that_read(server):  # noqa: F811
+    # a fake-hwclock after a power cut: readings are not reported to the VTN meanwhile, and only the log said so
+    view = ClockView()
+    view.behind = "2026-11-22T00:59:40+00:00"
+    async with drawn(server, view, "?refresh=1", speedup=QUICK) as (page, _):
+        await page.wait_for_function(f"({PROBLEMS}) === 'clock'", timeout=10000)
+        item = page.locator('#problems li[data-problem="clock"]')
+        assert await item.get_attribute("data-level") == "bad"
+        assert await item.locator(".what").inner_text() == "Wall clock behind the last run"
+        detail = await item.locator(".detail").inner_text()
+        assert "2026-11-22T00:59:40+00:00" in detail and "not reported to the VTN" in detail, detail
+        assert "NTP" in await item.locator(".todo").inner_text()
+        view.behind = None
+        await page.wait_for_selector("#problems", state="hidden", timeout=10000)
+        assert page.errors == []
 
 
 async def test_a_clock_no_time_service_keeps_is_named_as_a_warning_with_what_to_do(server):  # noqa: F811

@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from datetime import datetime, timezone
 
+import aiohttp
 import pytest
 from gateway_process import GatewayProcess, write_config
 from test_report_quality import qualities
@@ -19,6 +20,12 @@ from bacnet_api.simulator import MeterSimulator
 from ven.report_intervals import SUB_NORMAL
 from ven.telemetry import TelemetryQueue
 from ven.vtn_server import DemoVtn
+
+
+async def status(http_port: int) -> dict:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+        async with http.get(f"http://127.0.0.1:{http_port}/api/status") as r:
+            return await r.json()
 
 
 def test_a_gap_noted_again_for_a_start_re_dated_replaces_the_first(tmp_path):
@@ -73,9 +80,11 @@ async def test_a_start_on_a_clock_behind_the_last_read_marks_the_gap_once_ntp_se
             # a reading the clock behind dates, in the run before's time
             await eventually(lambda: "before the meter's last read of the run before" in gateway.log(), 30,
                              f"a reading held\n{gateway.log()[-3000:]}")
+            assert (await status(http_port))["clock_behind_last_read"] == at(2).isoformat(timespec="seconds")
             set_offset(clock, 0)                                    # NTP sets the clock
             await eventually(lambda: "meter not read for " in gateway.log(), 30,
                              f"the gap, once the clock is set\n{gateway.log()[-3000:]}")
+            assert (await status(http_port))["clock_behind_last_read"] is None
             # the VTN only now: what it is sent is sent after the step, as on a site where NTP was quicker
             async with DemoVtn(vtn_port, poll_seconds=1, report_granularity=g * S, report_back=g * S) as vtn:
                 await eventually(lambda: at(0) in qualities(vtn), 60, f"the crash's interval\n{gateway.log()[-3000:]}")

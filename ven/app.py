@@ -275,6 +275,8 @@ class Gateway:
             out.append(f"telemetry not requested by the VTN for {lasted(u['since'])}")
         if self._no_input.open:
             out.append(f"forecaster without power input for {span(now - self._no_input.since)}")
+        if self._built("vtn") and (held := self.vtn.readings_not_reported()):
+            out.append(f"meter readings not reported, the wall clock not set ({held} so far)")
         if errors := self.storage_status()["errors"]:
             out.append(f"storage.path not written ({', '.join(errors)})")
         if (comm := self.device.communication())["mode"] != "enable":
@@ -574,6 +576,10 @@ class Gateway:
             # the wall clock reads a date before this version was built (not set yet, e.g. no RTC):
             # meter readings are not reported and events the VTN stopped listing are not judged over
             "clock_suspect": clock_suspect(now),
+            # this start's clock is behind the meter's last read before it (a fake-hwclock after a power cut): that
+            # read, until a reading is dated after it; meter readings are not reported meanwhile
+            "clock_behind_last_read": behind.isoformat(timespec="seconds")
+            if (behind := self.vtn.readings_held_before()) else None,
             # whether a time service (NTP) keeps the clock, by the kernel's word, and whether the log says so
             **self.clock_sync.status(),
             "device": {"device_id": self.config.bacnet.device_id, "name": self.config.bacnet.device_name,

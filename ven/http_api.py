@@ -19,6 +19,9 @@ GET /api/status -> view.status(), a dict shaped like:
       "clock_suspect": false,                        # true: the wall clock reads a date before this version
                                                      # was built (not set yet); meter readings are not
                                                      # reported (vtn.readings_not_reported_clock counts them)
+      "clock_behind_last_read": null,                # this start's clock is behind the meter's last read of the
+                                                     # run before (that read, until a reading is dated after it):
+                                                     # meter readings are not reported meanwhile
       "clock_synchronized": true,                    # the kernel says a time service (NTP) keeps the clock; false:
                                                      # it drifts; null: cannot tell (not Linux, adjtimex refused)
       "clock_max_error_ms": 12.5,                    # the kernel's bound on its error while synchronized, else null

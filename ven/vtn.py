@@ -214,6 +214,14 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
         after `last` (NTP set the clock)."""
         self._reads_before = last
 
+    def readings_held_before(self) -> datetime | None:
+        """The run before's last read, while this start's clock is behind it (hold_readings_until)."""
+        return self._reads_before
+
+    def readings_not_reported(self) -> int:
+        """Readings not reported since the WARNING that the clock is not set, while it is not: 0 otherwise."""
+        return self.readings_held if self._clock_wrong_since is not None else 0
+
     def _clock_not_set(self, ts: datetime) -> str | None:
         """Why a reading dated `ts` is dated by a clock not set, or None."""
         if clock_suspect(ts):

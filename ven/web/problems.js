@@ -13,6 +13,11 @@ export function findProblems(health) {
     add("clock", "bad", "Wall clock not set", `the gateway's clock reads ${gw.now || "a date before this version"}; meter readings are not reported to the VTN`,
         "set the host's time (NTP)");
   }
+  if (gw.clock_behind_last_read && gw.clock_suspect !== true) {
+    add("clock", "bad", "Wall clock behind the last run",
+        `the gateway's clock reads ${gw.now || "a time"}, before the meter's last read of the run before (${gw.clock_behind_last_read}), as after a power cut on a box without a battery clock; meter readings are not reported to the VTN until it is past that`,
+        "let NTP set the host's time; this clears by itself once the clock is past that read");
+  }
   // as the log says it: after two looks, so not in the seconds a time daemon takes to set the clock at boot
   if (gw.clock_warning === true && gw.clock_suspect !== true) {
     add("clock-sync", "warn", "Clock not synchronized",
