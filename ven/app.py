@@ -577,7 +577,7 @@ class Gateway:
             # meter readings are not reported and events the VTN stopped listing are not judged over
             "clock_suspect": clock_suspect(now),
             # this start's clock is behind the meter's last read before it (a fake-hwclock after a power cut): that
-            # read, until a reading is dated after it; meter readings are not reported meanwhile
+            # read, until the clock or a reading is past it; meter readings are not reported meanwhile
             "clock_behind_last_read": behind.isoformat(timespec="seconds")
             if (behind := self.vtn.readings_held_before()) else None,
             # whether a time service (NTP) keeps the clock, by the kernel's word, and whether the log says so

@@ -20,7 +20,7 @@ GET /api/status -> view.status(), a dict shaped like:
                                                      # was built (not set yet); meter readings are not
                                                      # reported (vtn.readings_not_reported_clock counts them)
       "clock_behind_last_read": null,                # this start's clock is behind the meter's last read of the
-                                                     # run before (that read, until a reading is dated after it):
+                                                     # run before (that read, until the clock or a reading is past it):
                                                      # meter readings are not reported meanwhile
       "clock_synchronized": true,                    # the kernel says a time service (NTP) keeps the clock; false:
                                                      # it drifts; null: cannot tell (not Linux, adjtimex refused)

@@ -216,7 +216,8 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
 
     def readings_held_before(self) -> datetime | None:
         """The run before's last read, while this start's clock is behind it (hold_readings_until)."""
-        return self._reads_before
+        held = self._reads_before
+        return held if held is not None and _utcnow() <= held else None
 
     def readings_not_reported(self) -> int:
         """Readings not reported since the WARNING that the clock is not set, while it is not: 0 otherwise."""
