@@ -298,6 +298,8 @@ async def test_a_cancelled_request_is_answered_and_no_longer_served_and_its_read
         same(received(server), expected(rig.taken, S))          # nothing lost, nothing twice
         assert received(server, rrid=new)
         assert said(caplog, f"the VTN cancelled the telemetry report (request {rrid})")
+        # a cancel and a new request: the VTN's choices, nothing wrong
+        assert not [r for r in caplog.records if r.name.startswith("ven") and r.levelno >= logging.WARNING]
 
 
 async def test_a_cancel_with_report_to_follow_gets_a_last_update_first(tmp_path, free_tcp_port, caplog):

@@ -79,6 +79,11 @@ async def test_a_cancelled_request_not_followed_by_another_is_said_once_the_wait
             await until(lambda: server.canceled_reports, 5, "oadrCanceledReport")
             await until(lambda: rig.vtn.status()["telemetry_unrequested"], 6, "said after the wait")
             assert len(said(caplog, WAIT)) == 1 and "is not requested" in said(caplog, WAIT)[0]
+            # one fault, one WARNING: the cancel itself, the VTN's choice, is INFO (it was a WARNING of its own)
+            warned = [r.getMessage() for r in caplog.records if r.name.startswith("ven") and r.levelno >= logging.WARNING]
+            assert len(warned) == 1 and WAIT in warned[0], warned
+            assert [r.levelno for r in caplog.records if "the VTN cancelled the telemetry report" in r.getMessage()] \
+                == [logging.INFO]
 
 
 async def test_the_wait_starts_over_after_a_vtn_outage(tmp_path, free_tcp_port, caplog):

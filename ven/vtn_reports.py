@@ -388,16 +388,19 @@ class VtnReports:
         follow = bool(payload.get("report_to_follow"))
         unknown = []
         for rrid in rrids:
+            # INFO: the VTN's own choice, often followed at once by a new request (another granularity). Left
+            # without one, the "no telemetry request" WARNING comes after openadr.request_wait_seconds
+            # (_watch_requests), with its end line when a request comes: the fault's one start and one end.
             if rrid is not None and rrid in self._requests:
                 if follow:
                     req = self._requests[rrid]
                     req.final, req.catch_up = True, True
                     self._wake_delivery.set()
-                    log.warning("the VTN cancelled the telemetry report (request %s): one last update, then %s",
-                                rrid, self._then(rrid, "readings queue until it asks again"))
+                    log.info("the VTN cancelled the telemetry report (request %s): one last update, then %s",
+                             rrid, self._then(rrid, "readings queue until it asks again"))
                 else:
-                    log.warning("the VTN cancelled the telemetry report (request %s); %s", rrid,
-                                self._then(rrid, "readings queue until it asks again"))
+                    log.info("the VTN cancelled the telemetry report (request %s); %s", rrid,
+                             self._then(rrid, "readings queue until it asks again"))
                     self._stop_serving(rrid)
             elif rrid in self._one_shots:
                 self._end_one_shot(rrid)
