@@ -30,7 +30,8 @@ NS = ('xmlns:ei="http://docs.oasis-open.org/ns/energyinterop/201110" '
 
 def t(dt: datetime) -> str:
     """xcal date-time as a VTN that keeps milliseconds writes it."""
-    return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    dt = dt.astimezone(timezone.utc)
+    return f"{dt.year:04d}" + dt.strftime("-%m-%dT%H:%M:%S.%f")[:-3] + "Z"   # %Y writes year 1 as "1"
 
 
 def interval(payload: float, duration: str | None = None, uid: int | str | None = None, start: datetime | None = None) -> str:

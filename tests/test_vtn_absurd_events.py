@@ -72,13 +72,15 @@ async def test_a_duration_in_months_is_read_as_30_days_and_said_once(tmp_path, f
         assert not said(caplog, "specifies months")
 
 
-@pytest.mark.parametrize("case", ["start in year 9999", "ramp-up of 9000 years", "interval in year 9999"])
+@pytest.mark.parametrize("case", ["start in year 9999", "ramp-up of 9000 years", "interval in year 9999",
+                                  "start in year 1"])
 async def test_an_event_out_of_range_is_refused_alone_and_the_event_beside_it_is_followed(
         tmp_path, free_tcp_port, caplog, case):
     caplog.set_level(logging.INFO, logger="ven")
     far = datetime(9999, 12, 31, 23, 0, tzinfo=timezone.utc)
     bad = {
         "start in year 9999": event("bad", far, "PT1H", [simple([3])]),
+        "start in year 1": event("bad", datetime(1, 1, 1, 0, 30, tzinfo=timezone.utc), "PT1H", [simple([3])]),
         "ramp-up of 9000 years": event("bad", now() + timedelta(hours=1), "PT1H", [simple([3])],
                                        properties_extra="<ei:x-eiRampUp><cal:duration>P9000Y</cal:duration>"
                                                         "</ei:x-eiRampUp>"),

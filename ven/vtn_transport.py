@@ -179,13 +179,15 @@ class _Client(OpenADRClient):
         response = _ei_response(request_id)
         event_responses = []
         for event, result in zip(events, results):
-            if event['response_required'] == 'always' and not _event_status(event) == 'completed':
+            invalid = self.invalid_events.get(event['event_descriptor']['event_id'])
+            # one refused as invalid is answered 454 whatever its times say: they are what is wrong (one in year 1
+            # reads as long completed, and went unanswered, the log saying "answered optOut, code 454")
+            if event['response_required'] == 'always' and (invalid or not _event_status(event) == 'completed'):
                 signals = event['event_signals']
                 if not isinstance(signals, list):
                     signals = signals['event_signals']
                 unsupported = any(not isinstance(s['signal_name'], str) or s['signal_name'] not in _SIGNAL_NAMES
                                   for s in signals)
-                invalid = self.invalid_events.get(event['event_descriptor']['event_id'])
                 code = INVALID_DATA if invalid else oenums.STATUS_CODES.SIGNAL_NOT_SUPPORTED if unsupported else 200
                 event_responses.append({'response_code': code,
                                         'response_description': invalid or ('ERROR' if unsupported else 'OK'),
