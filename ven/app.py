@@ -84,8 +84,17 @@ async def _in_daemon_thread(fn) -> None:
         except RuntimeError:    # the loop closed meanwhile: nobody waits any more
             pass
 
-    threading.Thread(target=run, name="import-slow-parts", daemon=True).start()
+    threading.Thread(target=run, name=IMPORT_THREAD, daemon=True).start()
     await done
+
+
+IMPORT_THREAD = "import-slow-parts"
+
+
+def still_importing() -> bool:
+    """Whether a start's import thread (_in_daemon_thread) still runs: the gateway was stopped in its first
+    seconds."""
+    return any(t.name == IMPORT_THREAD and t.is_alive() for t in threading.enumerate())
 
 
 def freeze_startup_objects() -> None:
