@@ -69,11 +69,11 @@ int fsync(int fd) { return slowed(fd, (int (*)(int))dlsym(RTLD_NEXT, "fsync")); 
 pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler for the sync shim")
 
 
-def slow_sync_shim(tmp_path, monkeypatch, path) -> Path:
+def slow_sync_shim(tmp_path, monkeypatch, path, ms: int = SLOW_MS) -> Path:
     source, lib, log = tmp_path / "slow_sync.c", tmp_path / "slow_sync.so", tmp_path / "syncs.log"
     source.write_text(SHIM)
     subprocess.run(["cc", "-shared", "-fPIC", "-O1", "-o", str(lib), str(source), "-ldl"], check=True, timeout=60)
-    for name, value in (("LD_PRELOAD", str(lib)), ("SLOW_SYNC_PATH", str(path)), ("SLOW_SYNC_MS", str(SLOW_MS)),
+    for name, value in (("LD_PRELOAD", str(lib)), ("SLOW_SYNC_PATH", str(path)), ("SLOW_SYNC_MS", str(ms)),
                         ("SLOW_SYNC_LOG", str(log))):
         monkeypatch.setenv(name, value)
     return log
@@ -156,8 +156,7 @@ async def test_a_disk_slower_than_a_bas_waits_does_not_turn_its_writes_into_time
     # a sync of 3 s (a failing card, a machine swapping) held every ADR-Opt-Out SimpleACK for 3 s: past a BAS's
     # APDU timeout, so time-outs, retries and a device shown offline for a command that was taken
     storage = (tmp_path / "gw.sqlite").resolve()
-    log = slow_sync_shim(tmp_path, monkeypatch, f"{storage}-wal")
-    monkeypatch.setenv("SLOW_SYNC_MS", "3000")
+    log = slow_sync_shim(tmp_path, monkeypatch, f"{storage}-wal", ms=3000)
     slow = slow_from_now(tmp_path, monkeypatch)
     bacnet_port = free_udp_port()
     config = tmp_path / "gw.toml"
@@ -238,8 +237,7 @@ async def test_a_disk_that_hangs_its_syncs_does_not_stop_the_ven_answering(tmp_p
     from ven.schedule import VTN_SYNC_WAIT_S
 
     storage = (tmp_path / "gw.sqlite").resolve()
-    slow_sync_shim(tmp_path, monkeypatch, f"{storage}-wal")
-    monkeypatch.setenv("SLOW_SYNC_MS", "8000")
+    slow_sync_shim(tmp_path, monkeypatch, f"{storage}-wal", ms=8000)
     slow = slow_from_now(tmp_path, monkeypatch)
     vtn_port = free_tcp_port()
     config = tmp_path / "gw.toml"
@@ -269,8 +267,8 @@ async def test_a_storage_path_that_is_a_symlink_is_synced_where_its_wal_is(tmp_p
     link = tmp_path / "etc" / "gw.sqlite"
     link.parent.mkdir()
     link.symlink_to(real)
-    log = slow_sync_shim(tmp_path, monkeypatch, f"{real}-wal")
-    monkeypatch.setenv("SLOW_SYNC_MS", "0")     # which file is synced is the question here, not how slowly
+    # which file is synced is the question here, not how slowly
+    log = slow_sync_shim(tmp_path, monkeypatch, f"{real}-wal", ms=0)
     bacnet_port = free_udp_port()
     config = tmp_path / "gw.toml"
     write_config(config, bacnet_port=bacnet_port, http_port=free_tcp_port(), storage=link, ven_name="durable-link",
@@ -306,8 +304,7 @@ async def test_a_stop_while_an_opt_out_write_waits_for_the_disk_still_acknowledg
     # a SIGTERM (an upgrade, a reboot) while the SimpleACK waited for the sync closed the socket first: the BAS had no
     # ack for a command the gateway took and kept, and the log said 'exception: AttributeError(...)' after the stop
     storage = (tmp_path / "gw.sqlite").resolve()
-    slow_sync_shim(tmp_path, monkeypatch, f"{storage}-wal")
-    monkeypatch.setenv("SLOW_SYNC_MS", "2000")
+    slow_sync_shim(tmp_path, monkeypatch, f"{storage}-wal", ms=2000)
     bacnet_port = free_udp_port()
     config = tmp_path / "gw.toml"
     write_config(config, bacnet_port=bacnet_port, http_port=free_tcp_port(), storage=storage, ven_name="stopping",

@@ -58,6 +58,9 @@ def _import_slow_parts() -> None:
     vtn_transport.warm_up()
 
 
+IMPORT_THREAD = "import-slow-parts"
+
+
 async def _in_daemon_thread(fn) -> None:
     """Run `fn` in a daemon thread and wait for it. Not the loop's executor: a SIGTERM while `fn` still runs
     (the imports above, 6-8 s on a loaded box) would wait for it twice over, as asyncio.run and the
@@ -86,9 +89,6 @@ async def _in_daemon_thread(fn) -> None:
 
     threading.Thread(target=run, name=IMPORT_THREAD, daemon=True).start()
     await done
-
-
-IMPORT_THREAD = "import-slow-parts"
 
 
 def still_importing() -> bool:

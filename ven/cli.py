@@ -265,7 +265,7 @@ def cmd_run(args) -> int:
     cfg = _config_or_exit(args.config)
     from bacnet_api.client import ensure_port_free
 
-    from .app import Gateway, freeze_startup_objects, still_importing
+    from .app import Gateway, freeze_startup_objects
     from .logs import setup_logging
 
     wait_for_address = False
@@ -302,17 +302,19 @@ def cmd_run(args) -> int:
         asyncio.run(serve_until_signalled(main()))
     except ConfigError as err:  # e.g. the HTTP port is taken
         _print_config_error(err)
-        return _leave(EXIT_CONFIG, still_importing())
-    return _leave(0, still_importing())
+        return _leave(EXIT_CONFIG)
+    return _leave(0)
 
 
-def _leave(code: int, importing: bool) -> int:
+def _leave(code: int) -> int:
     """A stop in the first seconds of a start leaves its import thread running (app._in_daemon_thread). At the
     interpreter's exit CPython ends such a thread with pthread_exit when it next takes the GIL; inside an extension
     module's init (C++, or Rust through PyO3) that unwinding can be caught, and glibc aborts: "FATAL: exception not
     rethrown", SIGABRT, a core dump and a failed unit for a clean stop (cpython#87135; seen once in a test run).
     Everything is stopped, closed and logged by then: the process leaves without the interpreter's finalization."""
-    if importing:
+    from .app import still_importing
+
+    if still_importing():
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
@@ -359,11 +361,7 @@ def cmd_demo(args) -> int:
                             "--http-port": (args.http_port, "tcp")})
     for line in problems:
         print(f"demo: {line}", file=sys.stderr)
-    if problems:
-        return 2
-    from .app import still_importing
-
-    return _leave(asyncio.run(run_demo(args)), still_importing())
+    return 2 if problems else _leave(asyncio.run(run_demo(args)))
 
 
 def cmd_demo_vtn(args) -> int:

@@ -284,7 +284,7 @@ class TelemetryQueue:
 
     def add(self, ts: datetime, kw: float) -> int:
         """Commit one sample (to memory while the file fails); returns its sequence number."""
-        ts = ts.astimezone(timezone.utc) if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
+        ts = _utc(ts)
         # while older samples wait in memory, newer ones queue behind them
         if (self._retry is None or self._retry.due()) and self._memory_to_file():
             try:
