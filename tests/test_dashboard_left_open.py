@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -101,52 +104,64 @@ async def test_a_browser_clock_minutes_off_the_gateways_reads_ages_by_the_gatewa
             assert page.errors == []
 
 
+# The view served by a process of its own, which SIGSTOP holds and SIGCONT lets go. A server stopped and another,
+# holding, started on the port in its place left a moment with none: under load a refresh fell in it, was refused,
+# and the page said "gateway unreachable" instead of the time-out this is about.
+SERVE = """
+import asyncio, sys
+sys.path.insert(0, sys.argv[2])
+from test_dashboard_left_open import ReadingView, serving
+
+async def main():
+    async with serving(ReadingView(), int(sys.argv[1])):
+        print("serving", flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)   # until the test closes it
+
+asyncio.run(main())
+"""
+
+
 @contextlib.asynccontextmanager
-async def holding(port):
-    """A gateway that takes connections and answers nothing (stopped with SIGSTOP, swapping, its disk stalled):
-    yields the list of requests it received."""
-    got, held = [], []
-
-    async def hold(reader, writer):
-        held.append(writer)
-        try:
-            while line := await reader.readline():
-                if line.startswith(b"GET "):
-                    got.append(line.split()[1].decode())
-        except ConnectionError:
-            pass
-
-    srv = await asyncio.start_server(hold, "127.0.0.1", port)
+async def serving_process(port):
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", SERVE, str(port), str(Path(__file__).parent),
+                                                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
     try:
-        yield got
+        async with asyncio.timeout(30):
+            assert await proc.stdout.readline() == b"serving\n"
+        yield proc
     finally:
-        for w in held:
-            w.close()
-        srv.close()
-        await srv.wait_closed()
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGCONT)
+        proc.stdin.close()
+        try:
+            async with asyncio.timeout(10):
+                await proc.wait()
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
 
 
 async def test_a_gateway_holding_its_answers_gets_one_refresh_at_a_time(free_tcp_port):
     # at ?refresh=1 each tick started another refresh while the last waited out its 8 s: 24 requests in flight,
     # every one of them landing on the gateway as it came back
     port = free_tcp_port()
-    view = ReadingView()
     # its ticks five times as often: the refreshes held at once would be more, not fewer, without the one at a time
-    async with chromium_page(speedup=QUICK) as page:
-        async with serving(view, port):
-            await open_dashboard(page, f"http://127.0.0.1:{port}/?refresh=1")
+    async with serving_process(port) as gateway, chromium_page(speedup=QUICK) as page:
+        await open_dashboard(page, f"http://127.0.0.1:{port}/?refresh=1")
         started = []
         page.on("request", lambda r: started.append(r.url))
-        async with holding(port):
-            await page.wait_for_function("window.dashboard.stale", timeout=15000)   # the first timed out at 8 s
-            said = await page.locator("#banner").inner_text()
+        # held, as a gateway stopped with SIGSTOP, swapping, or its disk stalled: its kernel takes the connections
+        # and the requests, nothing answers
+        gateway.send_signal(signal.SIGSTOP)
+        await page.wait_for_function("window.dashboard.stale", timeout=15000)   # the first timed out at 8 s
+        said = await page.locator("#banner").inner_text()
         assert "no answer within 8 s" in said, said
         # one refresh's status, history and /healthz by the time out, then the next refresh's. The log is asked after
         # a good answer only: one seen here is the last good refresh's, which a loaded machine sent this late
         asked = [url for url in started if "/api/log" not in url]
         assert len(asked) <= 6, started
-        async with serving(view, port):
-            await page.wait_for_function("!window.dashboard.stale", timeout=15000)
+        gateway.send_signal(signal.SIGCONT)
+        await page.wait_for_function("!window.dashboard.stale", timeout=15000)
     assert [e for e in page.errors if "ERR_CONNECTION_REFUSED" not in e and "ERR_EMPTY_RESPONSE" not in e] == []
 
 

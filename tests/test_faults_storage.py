@@ -528,7 +528,9 @@ async def test_opt_out_commands_in_a_file_that_opens_late_are_merged_then(
                     else:
                         assert await peer.write(gw, opt_out, "presentValue", value, priority=priority) is None
                 uncover(ro)
-                await eventually(lambda: f"storage.path {storage}: opened" in log_path.read_text(), 30, "file opened")
+                # the events store's own line: the forecaster's ("opened for the forecaster") may come first, and the
+                # gateway was then stopped before the merge, which the test reads back from the file
+                await eventually(lambda: f"storage.path {storage}: opened; " in log_path.read_text(), 30, "file opened")
 
                 async def merged():  # a task right after the open
                     return await peer.read(gw, opt_out, "priorityArray") == expected
@@ -538,6 +540,50 @@ async def test_opt_out_commands_in_a_file_that_opens_late_are_merged_then(
         with contextlib.closing(sqlite3.connect(storage)) as db:   # the merge is what the file keeps
             saved = db.execute("SELECT value FROM kv WHERE key = 'bacnet_commands:ADR-Opt-Out'").fetchone()[0]
     assert json.loads(saved) == {str(p): bool(v) for p, v in array.items()}
+
+
+@pytest.mark.timeout(90)
+async def test_a_stop_seconds_after_the_data_volume_mounts_writes_what_memory_held_to_it(
+        tmp_path, free_udp_port, free_tcp_port):
+    # The volume mounts after the start and the gateway is stopped before its next retry (storage.retry_seconds, 10 s
+    # by default): the stop lost the BAS's command and the readings taken meanwhile, and the file kept a command the
+    # BAS had since overridden. The retry here is an hour, so only the stop's last try can open the file.
+    bacnet_port, meter_port, http_port = free_udp_port(), free_udp_port(), free_tcp_port()
+    log_path = tmp_path / "gateway.log"
+    gw, opt_out = f"127.0.0.1:{bacnet_port}", P.BY_NAME[P.OPT_OUT].object_id
+    with tmpfs(tmp_path / "ro", "rw,size=8m") as ro:
+        storage = ro / "gw.sqlite"
+        kept = Storage(storage)
+        kept.save_value("bacnet_commands:ADR-Opt-Out", json.dumps({"8": True}))
+        kept.close()
+        cover(ro)
+        config = tmp_path / "gw.toml"
+        write_config(config, bacnet_port=bacnet_port, meter_port=meter_port, vtn_port=free_tcp_port(),
+                     http_port=http_port, storage=storage, ven_name="storage-test", device_id=500301,
+                     storage_retry_seconds=3600)
+        async with MeterSimulator(address=f"127.0.0.1/8:{meter_port}", value=87.5), \
+                BacnetPeer(free_udp_port(), timeout=1.0) as peer:
+            with GatewayProcess(config, log_path) as gateway:
+                await eventually(lambda: _reads(peer, gw, 87.5), 30, f"meter read\n{log_path.read_text()}")
+                assert await peer.write(gw, opt_out, "presentValue", "inactive", priority=16) is None
+                # no VTN: the readings wait in the queue, in memory while the file is not there
+                await eventually(lambda: in_memory(http_port), 15, "readings waiting in memory")
+                uncover(ro)
+                assert gateway.stop() == 0
+        text = log_path.read_text()
+        with contextlib.closing(sqlite3.connect(storage)) as db:
+            saved = db.execute("SELECT value FROM kv WHERE key = 'bacnet_commands:ADR-Opt-Out'").fetchone()[0]
+            queued = db.execute("SELECT COUNT(*) FROM telemetry_queue").fetchone()[0]
+            minutes = db.execute("SELECT COUNT(*) FROM forecast_minute").fetchone()[0]
+    # the BAS's command joined the stored one, as it does when the file opens while running
+    assert json.loads(saved) == {"8": True, "16": False}, text
+    assert queued >= 2, text
+    assert minutes >= 1, text
+    assert f"storage.path {storage}: opened; " in text and "telemetry queue written to disk again" in text, text
+    assert f"storage.path {storage}: opened for the forecaster" in text, text
+    stopped = [line for line in text.splitlines() if "edge-gateway stopped" in line]
+    assert stopped and "storage.path" not in stopped[0], stopped   # no fault left open: the file took it all
+    assert "Traceback" not in text, text
 
 
 async def _reads(peer, gw, kw) -> bool:

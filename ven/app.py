@@ -122,6 +122,7 @@ def bacnet_device(c: GatewayConfig) -> GatewayDevice:
 # (a failing card, a machine swapping) would turn the BAS's writes into time-outs and retries, a device shown
 # offline, for a window of a second or so in which only a power cut could undo the command.
 ACK_WAIT_S = 0.5
+LATE_RESTORE_WAIT_S = 2.0     # a few writes into the device's own objects: milliseconds, unless stuck
 
 
 class Gateway:
@@ -229,9 +230,19 @@ class Gateway:
         self._stack.append(part)
 
     async def stop(self) -> None:
+        # storage.path come back since its last retry (a data volume mounted seconds ago): what memory holds goes to
+        # it now, or the stop lost it; before the faults are listed, so the stop line does not name one just ended
+        self.storage.last_try()
+        self.telemetry.last_try()
+        if self._built("forecast"):
+            await self.forecast.last_try()
         still_open = self._open_faults()
         try:
-            await cancel_and_wait(self._late_restore)  # it writes to the device and storage stopped below
+            # the merge of the BAS's ADR-Opt-Out commands with the file's is what the file must keep (a storage
+            # opened by the last try has just started it); it writes to the device and storage stopped below
+            if self._late_restore is not None:
+                await at_most(self._late_restore, LATE_RESTORE_WAIT_S)
+            await cancel_and_wait(self._late_restore)
         except Exception as err:  # noqa: BLE001 - its failure must not keep the rest running
             log.warning("restoring ADR-Opt-Out after the storage opened late: %s", err)
         while self._stack:
@@ -463,8 +474,9 @@ class Gateway:
             log.info("ADR-Opt-Out commands restored from before the restart: %s -> %s",
                      ", ".join(f"{'active' if v else 'inactive'} at priority {p}" for p, v in sorted(commands.items())),
                      "active" if self.device.get(P.OPT_OUT) else "inactive")
-        if late and bool(self.device.get(P.OPT_OUT)) != self.schedule.opted_out:
-            self.vtn.set_opt_out(bool(self.device.get(P.OPT_OUT)))  # at start-up, start() does this
+        # at start-up start() does this; a stop's last try in the first seconds of a start must not build the VEN
+        if late and self._built("vtn") and bool(self.device.get(P.OPT_OUT)) != self.schedule.opted_out:
+            self.vtn.set_opt_out(bool(self.device.get(P.OPT_OUT)))
 
     def _on_schedule(self, state: ScheduleState) -> None:
         self.device.set(P.EVENT_LEVEL, float(state.level))

@@ -281,6 +281,13 @@ class ForecastService:
             pass
         return store, store.load_into(self.forecaster, now, flags=True)
 
+    async def last_try(self) -> None:
+        """At a stop, before stop(): a file that would not open at the start is tried once more now, not at the
+        next cycle's retry, which never comes; the history kept in memory then goes to it with stop()'s flush."""
+        if self._store is None and self._reopen is not None:
+            self._reopen.expire()
+            await asyncio.get_running_loop().run_in_executor(self._cycle_pool, self._reopen_store, self._clock())
+
     async def stop(self) -> None:
         await cancel_and_wait(self._task)
         self._task = None

@@ -335,6 +335,10 @@ class ReopenTimer:
         self._next = now + self.seconds
         return True
 
+    def expire(self) -> None:
+        """Make the next due() true at once: a stop's last try does not wait for the pace."""
+        self._next = 0.0
+
 
 def open_or_retry_later(open_file: Callable[[], None], reopen_seconds: float | None,
                         meanwhile: str) -> tuple[ReopenTimer | None, str | None]:
@@ -707,6 +711,14 @@ class Storage:
             log.error("storage.path %s: cannot save events (%s): kept in memory and written when it "
                       "can; a restart before then loses them", self.path, err)
         self.write_error = str(err)
+
+    def last_try(self) -> None:
+        """At a stop, before close: a file that would not open is tried once more now, not at its next retry,
+        which never comes. A data volume mounted in the seconds before a stop then gets what memory holds (the
+        BAS's ADR-Opt-Out commands, events) instead of losing it, and the owner's on_late_open merge can run."""
+        if self.conn is None and self._reopen is not None:
+            self._reopen.expire()
+            self.flush()
 
     def close(self) -> None:
         if self._behind is not None:

@@ -625,6 +625,20 @@ class TelemetryQueue:
                 "last_delivery": self.last_delivery.isoformat() if self.last_delivery else None,
                 "in_memory": len(self._memory), "storage_error": self.write_error}
 
+    def last_try(self) -> None:
+        """At a stop, before note_last_read and close: a file that would not open or take writes is tried once
+        more now, not at the next retry, which never comes; the samples waiting in memory go to it if it can."""
+        if self.write_error is None and not self._memory and not self._failed_memory:
+            return
+        if self._reopen is not None:
+            self._reopen.expire()
+        try:
+            self._db()
+        except sqlite3.Error:
+            return
+        if self._memory_to_file():
+            self._writable_again()
+
     def close(self) -> None:
         if self._conn is not None:
             self._save_acks(every=0.0)
