@@ -412,9 +412,27 @@ class Gateway:
         # time was saved before a power cut) would make the gap a span of years, or none. Its readings are not
         # reported, and the gap runs to the first that is, once NTP has set the clock (_redate_resume)
         if self._clock_unset_at_start():
-            self.vtn.hold_readings_until(last)
+            if not self._run_before_was_ahead(last, now):
+                self.vtn.hold_readings_until(last)
         elif self.telemetry.note_gap(last, now, self.config.meter.poll_seconds):
             self._say_not_read(last, now)
+
+    def _run_before_was_ahead(self, last: datetime, now: datetime) -> bool:
+        """Whether this clock, behind the run before's last read, is the right one: the kernel says NTP keeps it
+        synchronized, so that run's clock was ahead (a box without NTP that ran fast, put right since). Holding this
+        run's readings until the clock passed that read lost them for as long as it had been ahead; they are
+        reported as read, and the time not running, which that run's clock cannot tell, is not counted."""
+        sync = self.clock_sync.last
+        if sync is None or not sync.synchronized or clock_suspect(now) or now > last:
+            return False
+        self._resumed = None
+        if self._built("vtn"):
+            self.vtn.report_held_readings()
+        log.warning("the meter's last read before this start (%s) is %s ahead of this clock, which NTP keeps "
+                    "synchronized: the run before's clock was ahead, and its readings went to the VTN dated up to that "
+                    "much after they were read; this run's readings are reported as read",
+                    last.isoformat(timespec="seconds"), span((last - now).total_seconds()))
+        return True
 
     def _clock_unset_at_start(self) -> bool:
         last, said, _ = self._resumed
@@ -495,6 +513,8 @@ class Gateway:
 
     def _on_forecast(self, f) -> None:
         self.clock_sync.check(time.monotonic())    # every cycle_seconds; it asks the kernel every few minutes
+        if self._built("vtn") and (held := self.vtn.readings_held_before()) is not None:
+            self._run_before_was_ahead(held, datetime.now(timezone.utc))
         self.cert_watch.check(time.monotonic(), time.time())     # and reads the certificate every few minutes
         if self.forecast.last_cycle_seconds is not None:
             self.metrics.forecast_cycle_seconds.observe(self.forecast.last_cycle_seconds)

@@ -214,6 +214,11 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
         after `last` (NTP set the clock)."""
         self._reads_before = last
 
+    def report_held_readings(self) -> None:
+        """This run's clock is right although behind the run before's last read (the kernel says NTP keeps it): that
+        run's clock was ahead. Readings are reported again from the next one, whatever that read said."""
+        self._reads_before = None
+
     def readings_held_before(self) -> datetime | None:
         """The run before's last read, while this start's clock is behind it (hold_readings_until)."""
         held = self._reads_before
