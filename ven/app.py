@@ -428,10 +428,13 @@ class Gateway:
         self._resumed = None
         if self._built("vtn"):
             self.vtn.report_held_readings()
+        dropped = self.telemetry.drop_after(now)
         log.warning("the meter's last read before this start (%s) is %s ahead of this clock, which NTP keeps "
                     "synchronized: the run before's clock was ahead, and its readings went to the VTN dated up to that "
-                    "much after they were read; this run's readings are reported as read",
-                    last.isoformat(timespec="seconds"), span((last - now).total_seconds()))
+                    "much after they were read%s; this run's readings are reported as read",
+                    last.isoformat(timespec="seconds"), span((last - now).total_seconds()),
+                    f" ({dropped} not yet reported, dated after now, are dropped: their intervals are not theirs)"
+                    if dropped else "")
         return True
 
     def _clock_unset_at_start(self) -> bool:

@@ -452,6 +452,34 @@ class TelemetryQueue:
                            " ON CONFLICT(key) DO UPDATE SET value=excluded.value", (str(self._dropped),)):
                 self._dropped_saved = self._dropped
 
+    def drop_after(self, ts: datetime) -> int:
+        """Forget the samples and failed reads dated after `ts`, by a clock that was ahead (the run before's, when NTP
+        keeps this one): reported, they would join intervals not theirs. Those not yet delivered are counted as
+        dropped; returns how many."""
+        cut = _utc(ts)
+        gone = {s.seq for s in self._memory if s.ts > cut}
+        self._memory = [s for s in self._memory if s.ts <= cut]
+        self._failed_memory = [t for t in self._failed_memory if t <= cut]
+        try:
+            db = self._db()
+            db.execute("BEGIN")
+            gone |= {seq for seq, in db.execute("SELECT seq FROM telemetry_queue WHERE ts > ?", (cut.isoformat(),))}
+            db.execute("DELETE FROM telemetry_queue WHERE ts > ?", (cut.isoformat(),))
+            db.execute("DELETE FROM telemetry_failed_reads WHERE ts > ?", (cut.isoformat(),))
+            db.execute("COMMIT")
+        except sqlite3.Error as err:
+            self._rollback()
+            self._failed(err)
+        delivered = gone & self._acked    # taken by the VTN, their deletion deferred: not lost
+        self._acked -= gone
+        self._sent -= gone
+        for r in self._readers.values():
+            r.taken -= gone
+        for row in [row for row in self._moved_back if row in gone]:
+            self._moved.pop(self._moved_back.pop(row), None)
+        self._dropped += len(gone) - len(delivered)     # written with the next acknowledgements
+        return len(gone) - len(delivered)
+
     def _file_rows(self, limit: int, reader: _Reader | None = None) -> list[Sample]:
         floor, taken = (reader.floor, reader.taken) if reader is not None else (0, set())
         try:
