@@ -122,7 +122,7 @@ async def test_intervals_have_the_requested_granularity_are_means_and_come_every
             same(received(server), want)                      # aligned dtstart, PT2S, mean, each once
             sizes = [len(intervals) for _, intervals in server.updates]
             assert max(sizes) == 2 and sizes.count(2) >= len(sizes) - 2, sizes   # two 2-s intervals per 4 s
-            assert rig.queue.pending == 0
+            await until(lambda: rig.queue.pending == 0, 5, "the intervals acknowledged")     # the VEN has the answer
             assert said(caplog, "intervals of PT2S (mean of the readings in each), sent every PT4S")
             assert (rig.vtn.status()["report_granularity_seconds"], rig.vtn.status()["report_back_seconds"]) == (2, 4)
 
