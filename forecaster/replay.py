@@ -10,7 +10,10 @@ import csv
 import datetime as dt
 import math
 import multiprocessing
+import multiprocessing.resource_tracker
 import os
+import signal
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -90,11 +93,38 @@ def _read_quota(directory: Path, files: tuple[str, ...]) -> float | None:
         return None
 
 
-def _limit_threads(n_threads: int) -> None:
+def _start_worker(n_threads: int) -> None:
+    # Ctrl-C is the replay's process's to answer (it ends the pool); here it came in the middle of the imports
+    # and printed a traceback or a "Fatal Python error". Born with it blocked (_ctrl_c_held), ignored from here.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     # Each pool process fits one horizon; more threads than the forecaster's setting would
     # only fight the other process for the same cores. The limiter lives as long as the process.
     global _limits
     _limits = fit_threads(n_threads)
+
+
+@contextlib.contextmanager
+def _ctrl_c_held(block: bool = False):
+    """Ctrl-C held off until the block ends, then raised: multiprocessing interrupted while it started its resource
+    tracker or registered a lock printed "Exception ignored in: <Finalize object, dead>" and a leaked-semaphore
+    warning, or hung. With `block`, also blocked in this thread, so the processes spawned meanwhile inherit it
+    (the tracker, once it runs, is not started again: its start unblocks it)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    came = []
+    previous = signal.signal(signal.SIGINT, lambda *_: came.append(True))
+    if block:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        if block:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})   # one pending is handled here, held
+        signal.signal(signal.SIGINT, previous)
+        if came and callable(previous):
+            previous(signal.SIGINT, None)       # Python's own: KeyboardInterrupt
 
 
 @contextlib.contextmanager
@@ -103,10 +133,22 @@ def fit_map(processes: int, n_threads: int = 1):
     if processes <= 1:
         yield map
         return
-    # spawn, not fork: a fork taken after OpenMP started its threads can hang in the child.
-    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_limit_threads, initargs=(n_threads,)) as pool:
-        yield pool.map
+    with _ctrl_c_held():
+        multiprocessing.resource_tracker.ensure_running()
+        # spawn, not fork: a fork taken after OpenMP started its threads can hang in the child.
+        pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_start_worker, initargs=(n_threads,))
+
+    def pool_map(fn, *iterables):
+        with _ctrl_c_held(block=True):      # it submits every call here, spawning the processes it lacks
+            return pool.map(fn, *iterables)
+
+    try:
+        yield pool_map
+    finally:
+        # after a Ctrl-C, the fits under way end first (their processes ignore it): seconds in a replay
+        with _ctrl_c_held():
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _cycle_seconds(cycle_minutes) -> float:

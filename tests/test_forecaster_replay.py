@@ -261,6 +261,13 @@ def test_naive_times_in_the_hour_the_autumn_change_repeats_are_both_kept(tmp_pat
     assert np.all(np.diff(read_series(backwards, "timestamp", "kw", ZoneInfo("Europe/Rome"))[0]) == 900)
 
 
+def _cmdline(pid: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:     # gone meanwhile
+        return ""
+
+
 def _ctrl_c_during_a_replay(out):
     """forecast-replay to `out`, Ctrl-C once its fit pool runs: (exit status, stdout, stderr)."""
     import os
@@ -273,13 +280,18 @@ def _ctrl_c_during_a_replay(out):
         [sys.executable, "-m", "ven.cli", "forecast-replay", "--csv", str(EXCERPT), "--time-column", "timestamp",
          "--value-column", "Total_Power", "--fit-processes", "2", "--output", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    def workers():
+        # the pool's processes, not multiprocessing's resource tracker (the first child, which ignores Ctrl-C)
+        pids = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        return [p for p in pids if "spawn_main" in _cmdline(p)]
+
     try:
-        # Ctrl-C reaches the terminal's whole process group, the fit pool's processes too: wait for them.
-        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+        # Ctrl-C reaches the terminal's whole process group, the fit pool's processes too: sent as they start, in
+        # the middle of their imports, it printed a traceback from each under the line
         deadline = time.monotonic() + 60
-        while proc.poll() is None and not children.read_text().split():
+        while proc.poll() is None and not workers():
             assert time.monotonic() < deadline, "the replay never started its fit pool"
-            time.sleep(0.05)
+            time.sleep(0.01)
         os.killpg(proc.pid, signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=30)
     finally:
