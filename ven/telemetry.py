@@ -13,6 +13,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Callable
 
 from bacnet_api.settle import span
 
@@ -435,13 +436,7 @@ class TelemetryQueue:
             except sqlite3.Error:
                 pass    # the rows stay queued; bounding is retried with the next sample
         if gone or first_row:
-            # what one request took of them, the others behind: else kept for good, a number a reading
-            left = lambda seq: seq not in gone and not 0 < seq < first_row
-            self._sent = {seq for seq in self._sent if left(seq)}
-            for r in self._readers.values():
-                r.taken = {seq for seq in r.taken if left(seq)}
-            for row in [row for row in self._moved_back if not left(row)]:
-                self._moved.pop(self._moved_back.pop(row), None)
+            self._forget(lambda seq: seq in gone or 0 < seq < first_row)
         if n > 0:
             if not self._dropping:
                 log.warning("telemetry queue holds %s of samples: dropping the oldest "
@@ -472,13 +467,18 @@ class TelemetryQueue:
             self._failed(err)
         delivered = gone & self._acked    # taken by the VTN, their deletion deferred: not lost
         self._acked -= gone
-        self._sent -= gone
-        for r in self._readers.values():
-            r.taken -= gone
-        for row in [row for row in self._moved_back if row in gone]:
-            self._moved.pop(self._moved_back.pop(row), None)
+        self._forget(gone.__contains__)
         self._dropped += len(gone) - len(delivered)     # written with the next acknowledgements
         return len(gone) - len(delivered)
+
+    def _forget(self, gone: Callable[[int], bool]) -> None:
+        """Forget the samples `gone` names, left the queue: what one request took of them, the others behind, and
+        their moves to the file; else kept for good, a number a reading."""
+        self._sent = {seq for seq in self._sent if not gone(seq)}
+        for r in self._readers.values():
+            r.taken = {seq for seq in r.taken if not gone(seq)}
+        for row in [row for row in self._moved_back if gone(row)]:
+            self._moved.pop(self._moved_back.pop(row), None)
 
     def _file_rows(self, limit: int, reader: _Reader | None = None) -> list[Sample]:
         floor, taken = (reader.floor, reader.taken) if reader is not None else (0, set())
