@@ -277,8 +277,9 @@ class GatewayDevice:
         if point.kind == "analogValue" and (priority is None or priority.null is not None):
             # nobody commands it any more: relinquishDefault is a placeholder, not a measurement
             value = None
-        # a BAS writes its kW every few seconds (debug); a command on a binary point is an event
-        level = logging.INFO if point.kind == "binaryValue" else logging.DEBUG
+        # a BAS writes its kW every few seconds (debug); a command on a binary point is an event, unless it is the
+        # command the point already held (a BAS writing its switch each scan)
+        level = logging.INFO if point.kind == "binaryValue" and obj._last_changed else logging.DEBUG
         log.log(level, "BACnet write accepted: %s = %s", point.name,
                 "relinquished" if value is None else value)
         pending = []

@@ -22,6 +22,8 @@ from bacpypes3.local.binary import BinaryValueObject
 from bacpypes3.local.cmd import Commandable
 from bacpypes3.primitivedata import Null
 
+from .client import to_plain
+
 
 def _property_name(obj: Any, attr: int | str) -> str:
     if isinstance(attr, int):
@@ -47,6 +49,7 @@ class _Commanded:
     # returns, when not None, is awaited before the write returns, so before the writer's SimpleACK
     _on_accepted: Callable[[Any], Awaitable | None] | None = None
     _last_priority: int | None = None   # of the write being accepted
+    _last_changed = True                # whether it changed the priority array (a BAS repeats its command each scan)
 
     def _check_command(self, value: Any) -> None:
         """Raise PropertyError for a value the point must not take; the default accepts all."""
@@ -63,12 +66,30 @@ class _Commanded:
             raise PropertyError("writeAccessDenied")
         if not isinstance(value, Null):
             self._check_command(value)
+        before = to_plain(self.priorityArray)
         await super().write_property(attr, value, index, priority)
         self._last_priority = 16 if priority is None else int(priority)
+        self._last_changed = to_plain(self.priorityArray) != before
         if self._on_accepted is not None:
             pending = self._on_accepted(self.presentValue)
             if pending is not None:
                 await pending
+
+
+def why_refused(obj: Any, code: str, value: Any, priority: int | None) -> str:
+    """Why a network write of `value` (decoded, or None when it would not decode) to a point's presentValue
+    got the error `code`, for the operator's log: a BAS programmed against the point wrongly."""
+    if not isinstance(obj, _Commanded):
+        return "the point is read-only: the gateway publishes it"
+    if priority is not None and not 1 <= int(priority) <= 16:
+        return f"priority {priority} is not 1..16"
+    if priority is not None and int(priority) == 6:
+        return "priority 6 is reserved for minimum on/off time"
+    if code == "invalidDataType" or value is None:
+        return f"the point takes {'a Real' if isinstance(obj, CommandableAnalogValue) else 'inactive or active'}"
+    if isinstance(obj, CommandableAnalogValue):
+        return f"{float(value):g} is outside the point's {obj._low:g}..{obj._high:g} (minPresValue..maxPresValue)"
+    return f"{int(value)} is neither inactive (0) nor active (1)"
 
 
 def read_only(obj: Any) -> None:

@@ -95,6 +95,11 @@ POINTS: tuple[Point, ...] = (
 )
 
 BY_NAME: dict[str, Point] = {p.name: p for p in POINTS}
+# BAC0 names the device's network port object so
+NETWORK_PORT_NAME = "NetworkPort-1"
+# names the device's other objects take: BACnet object names are unique within a device (clause 12.1.2),
+# and the stack refuses a device named like one of them
+TAKEN_NAMES = frozenset(BY_NAME) | {NETWORK_PORT_NAME}
 
 
 def points_for(horizons: tuple[int, int], threshold_days: float = 14.0) -> tuple[Point, ...]:

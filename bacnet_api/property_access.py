@@ -60,15 +60,22 @@ class PropertyAccess:
             raise ObjectError("unknownObject")
         await self.response(ReadPropertyMultipleACK(listOfReadAccessResults=results, context=apdu))
 
+    def write_failed(self, apdu: Any, obj: Any, prop: Any, index: Any, priority: Any, value: Any,
+                     err: ExecutionError) -> None:
+        """A write in `apdu` of `value` (an Any) to an existing object failed with `err`; the caller answers."""
+
     async def do_WritePropertyRequest(self, apdu: Any) -> None:
         obj = self.get_object_id(self.local_id(apdu.objectIdentifier))
         if obj is None:
             raise ObjectError("unknownObject")
         prop, index, priority = apdu.propertyIdentifier, apdu.propertyArrayIndex, apdu.priority
-        value = value_to_write(obj, prop, index, priority, apdu.propertyValue)
-        await obj.write_property(prop, value, index, priority)
+        try:
+            value = value_to_write(obj, prop, index, priority, apdu.propertyValue)
+            await obj.write_property(prop, value, index, priority)
+        except ExecutionError as err:
+            self.write_failed(apdu, obj, prop, index, priority, apdu.propertyValue, err)
+            raise
         await self.response(SimpleAckPDU(context=apdu))
-
 
     async def do_WritePropertyMultipleRequest(self, apdu: Any) -> None:
         specs = [(self.local_id(spec.objectIdentifier), spec.listOfProperties) for spec in apdu.listOfWriteAccessSpecs]
@@ -85,6 +92,7 @@ class PropertyAccess:
                         await obj.write_property(prop, value_to_write(obj, prop, index, priority, p.value),
                                                  index, priority)
                     except ExecutionError as err:
+                        self.write_failed(apdu, obj, prop, index, priority, p.value, err)
                         raise multiple_error(err.errorClass, err.errorCode, object_id, prop, index) from None
         except WritePropertyMultipleError as error:
             error.set_context(apdu)

@@ -51,10 +51,11 @@ from datetime import datetime, timedelta, timezone
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Callable
 
-from bacpypes3.apdu import AbortPDU, ConfirmedRequestPDU, SimpleAckPDU
+from bacpypes3.apdu import AbortPDU, ConfirmedRequestPDU, SimpleAckPDU, WritePropertyRequest
 from bacpypes3.basetypes import (
     COVSubscription,
     DeviceAddress,
+    ErrorCode,
     ListOfCOVSubscription,
     ObjectPropertyReference,
     ObjectTypesSupported,
@@ -67,7 +68,8 @@ from bacpypes3.errors import ExecutionError, MissingRequiredParameter, PropertyE
 from bacpypes3.primitivedata import Boolean, Integer, PropertyIdentifier
 
 from .client import error_text, to_plain
-from .property_access import PropertyAccess, multiple_error
+from .objects import why_refused
+from .property_access import PropertyAccess, multiple_error, value_to_write
 from .rejects import reject_undecodable
 from .server_transactions import mend_server_transactions
 from .settle import span
@@ -97,6 +99,10 @@ _STATUS_FLAGS_FROM = ("reliability", "eventState", "outOfService")
 # every subscription is notified in one loop turn at each change (about 0.17 ms each): a bound keeps a
 # BAS that subscribes with a new process identifier at each restart from stalling the gateway
 MAX_COV_SUBSCRIPTIONS = 100
+
+
+# the errors of a command a point does not take; others (operational-problem at a stop) are not the writer's doing
+_COMMAND_REFUSALS = frozenset({"valueOutOfRange", "invalidDataType", "writeAccessDenied"})
 
 
 class CommunicationDisabled(Exception):
@@ -210,6 +216,23 @@ class _Services(PropertyAccess):
         name = to_plain(object_id) if obj is None else f"{obj.objectName} ({to_plain(obj.objectIdentifier)})"
         return (f"{name} {to_plain(prop)}" + ("" if index is None else f"[{index}]")
                 + ("" if priority is None else f" at priority {priority}"))
+
+    def write_failed(self, apdu: Any, obj: Any, prop: Any, index: Any, priority: Any, value: Any,
+                     err: ExecutionError) -> None:
+        # a point's presentValue the BAS could not command (watts written for kW, a forecast point written): the
+        # BAS alone sees the error, and the forecaster only that the input went quiet. Counted with the
+        # write_from refusals; a tool trying other properties is not
+        if (self._write_access is None or err.errorCode not in _COMMAND_REFUSALS or index is not None
+                or prop != PropertyIdentifier.presentValue or obj.get_property_type(prop) is None):
+            return
+        try:
+            decoded = value_to_write(obj, prop, index, priority, value)
+        except ExecutionError:
+            decoded = None
+        service = "WriteProperty" if isinstance(apdu, WritePropertyRequest) else "WritePropertyMultiple"
+        what = f"{service} of {self._target(obj.objectIdentifier, prop, None, priority)}"
+        self._write_access.refuse(apdu.pduSource, what, str(ErrorCode(err.errorCode)),
+                                  why_refused(obj, err.errorCode, decoded, priority))
 
     async def do_WritePropertyRequest(self, apdu: Any) -> None:
         if self._refused(apdu, lambda: "WriteProperty of " + self._target(

@@ -1,4 +1,5 @@
-"""Who may write to the gateway's BACnet device: the allowlist `bacnet.write_from`, and its refusals.
+"""Who may write to the gateway's BACnet device: the allowlist `bacnet.write_from`, and the writes refused
+(by the list, or a command the point cannot take).
 
 BACnet has no authentication: any device on the BAS network could command input-power-meter (the
 forecaster's input) or ADR-Opt-Out (which opts the building out of the utility's events). With the list
@@ -131,17 +132,19 @@ class WriteAccess:
         ip = ipaddress.IPv4Address(mac[:4])
         return any(ip in net for net in self._nets) or (str(ip), int.from_bytes(mac[4:], "big")) in self._stations
 
-    def refuse(self, source: Any, what: str, answer: str) -> None:
-        """Count a request from `source` that the list does not name; log it, at most once per source
-        per LOG_EVERY_SECONDS. `what` names what it tried, `answer` the error it got."""
+    def refuse(self, source: Any, what: str, answer: str, why: str | None = None) -> None:
+        """Count a request from `source` that was refused; log it, at most once per source and kind of refusal
+        per LOG_EVERY_SECONDS. `what` names what it tried, `answer` the error it got, `why` the reason when it
+        is not this list (a command the point cannot take)."""
         self.refused += 1
         who = str(source)
         self.last_refused = {"by": who, "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                             "what": what}
+                             "what": what, "why": why or "not in bacnet.write_from"}
         now = time.monotonic()
-        if who not in self._logged and len(self._logged) >= MAX_SOURCES_LOGGED:
+        kind = who if why is None else f"{who} (value)"
+        if kind not in self._logged and len(self._logged) >= MAX_SOURCES_LOGGED:
             self._logged = {k: v for k, v in self._logged.items() if now - v[0] < LOG_EVERY_SECONDS or v[1]}
-        key = who if who in self._logged or len(self._logged) < MAX_SOURCES_LOGGED else _OTHERS
+        key = kind if kind in self._logged or len(self._logged) < MAX_SOURCES_LOGGED else _OTHERS
         seen = self._logged.get(key)
         if seen is not None and now - seen[0] < LOG_EVERY_SECONDS:
             seen[1] += 1
@@ -153,8 +156,9 @@ class WriteAccess:
         else:
             tail = ""
         self._logged[key] = [now, 0]
-        log.warning("BACnet %s from %s refused (%s): bacnet.write_from does not list it (it lists %s)%s",
-                    what, who, answer, ", ".join(self.entries), tail)
+        if why is None:
+            why = f"bacnet.write_from does not list it (it lists {', '.join(self.entries)})"
+        log.warning("BACnet %s from %s refused (%s): %s%s", what, who, answer, why, tail)
 
     def status(self) -> dict:
         """For /api/status: who may write, how many requests were refused, the last one."""

@@ -23,6 +23,7 @@ from bacnet_api.points import (
     ONE_HOUR_FORECAST,
     OPT_OUT,
     POINTS,
+    TAKEN_NAMES,
 )
 from bacnet_peer import BacnetPeer, PeerError
 from waiting import eventually
@@ -74,6 +75,9 @@ async def test_object_list_names_every_point(gateway, peer):
     expected = {f"device {DEVICE_ID}", "networkPort 1"} | {p.object_id for p in POINTS}
     assert sorted(object_list) == sorted(expected)
     assert await peer.read(where(gateway), f"device {DEVICE_ID}", "objectName") == "TestGateway"
+    # the names bacnet.device_name may not take (the config's check) are those of the other objects
+    names = {await peer.read(where(gateway), oid, "objectName") for oid in expected - {f"device {DEVICE_ID}"}}
+    assert names == TAKEN_NAMES
 
 
 async def test_read_property_multiple_returns_every_point(gateway, peer):
@@ -177,6 +181,40 @@ async def test_input_power_refuses_bad_values(gateway, peer, bad):
     array = await peer.read(addr, obj, "priorityArray")
     assert array[7] == 40.0 and array.count(None) == 15
     assert seen == [40.0]
+
+
+async def test_a_command_the_point_cannot_take_is_logged_counted_and_named(gateway, peer, caplog, free_udp_port):
+    # A BAS writing watts for kW got value-out-of-range on the wire, and the gateway said nothing: the operator saw
+    # only the forecaster going over to the meter, worded as if the BAS had not written.
+    addr = where(gateway)
+    caplog.set_level(logging.WARNING, logger="bacnet_api.write_access")
+
+    def lines():
+        return [r.getMessage() for r in caplog.records if r.name == "bacnet_api.write_access"]
+
+    for _ in range(3):
+        err = await peer.write(addr, "analogValue 1", "presentValue", 250000.0, priority=8)
+        assert isinstance(err, PeerError) and err.code == "valueOutOfRange"
+    assert len(lines()) == 1, lines()   # a BAS repeats its write each scan: one line per source and 10 min
+    assert lines()[0].startswith(
+        "BACnet WriteProperty of input-power-meter (analogValue 1) presentValue at priority 8 from 127.0.0.1:")
+    assert lines()[0].endswith(" refused (value-out-of-range): 250000 is outside the point's -50..1000 "
+                               "(minPresValue..maxPresValue); repeats from it are counted, one line per 10 min at most")
+    status = gateway.write_refusals()
+    assert status["writes_refused"] == 3 and status["last_write_refused"]["why"] == lines()[0].split(": ", 1)[1] \
+        .split(";")[0]
+
+    # from another source: its own line, whatever the first one's reason
+    async with BacnetPeer(free_udp_port(), device_id=4000002, timeout=3.0) as other:
+        assert isinstance(await other.write(addr, "analogValue 2", "presentValue", 7.0), PeerError)
+        assert isinstance(await other.write(addr, "binaryValue 4", "presentValue", "active", priority=6), PeerError)
+    assert lines()[1].endswith("refused (write-access-denied): the point is read-only: the gateway publishes it; "
+                               "repeats from it are counted, one line per 10 min at most"), lines()
+    assert len(lines()) == 2 and gateway.write_refusals()["writes_refused"] == 5
+    assert gateway.write_refusals()["last_write_refused"]["why"] == "priority 6 is reserved for minimum on/off time"
+    # other properties are a tool looking around, not a BAS command: not counted
+    assert isinstance(await peer.write(addr, "analogValue 1", "objectName", "x"), PeerError)
+    assert gateway.write_refusals()["writes_refused"] == 5
 
 
 async def test_input_power_accepts_the_bounds(gateway, peer):

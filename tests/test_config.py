@@ -253,6 +253,13 @@ def test_env_error_names_the_variable(tmp_path):
     ('[openadr]\nretry_min_seconds = 100\nretry_max_seconds = 1\n', "openadr",
      "retry_min_seconds (100) must not exceed retry_max_seconds (1)"),
     ('[forecaster]\nhigh_load_kw = 1e39\n', "forecaster.high_load_kw", "within -3.4e38..3.4e38 (a BACnet Real)"),
+    # served as maxPresValue it read as infinite, and a write of 3.4e38 (many devices' "no data") was taken
+    ('[bacnet]\ninput_max_kw = 1e39\n', "bacnet.input_max_kw", "within -3.4e38..3.4e38 (a BACnet Real)"),
+    ('[bacnet]\ninput_min_kw = -1e39\n', "bacnet.input_min_kw", "within -3.4e38..3.4e38 (a BACnet Real)"),
+    # BACnet object names are unique within a device: run failed with a traceback, check-config said ok
+    ('[bacnet]\ndevice_name = "meter-power"\n', "bacnet.device_name", "'meter-power' is the name of one of the "
+     "device's objects"),
+    ('[bacnet]\ndevice_name = "NetworkPort-1"\n', "bacnet.device_name", "the name of one of the device's objects"),
     ('[forecaster]\nhigh_load_kw = 90\nlow_load_kw = 110\n', "forecaster",
      "high_load_kw (90) must be above low_load_kw (110)"),
     ('[bacnet]\ndcc_password = "123456789012345678901"\n', "bacnet.dcc_password",

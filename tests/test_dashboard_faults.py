@@ -613,6 +613,28 @@ async def test_a_write_the_allowlist_refused_lately_is_named_with_its_source_the
         assert page.errors == []
 
 
+class RefusedCommandView(FaultView):
+    """A BAS writing watts for kW: its commands refused a minute ago."""
+
+    def status(self):
+        body = super().status()
+        body["device"].update({"write_from": [], "writes_refused": 12, "last_write_refused": {
+            "by": "192.168.10.21:47808", "at": _iso(time.time() - 60),
+            "what": "WriteProperty of input-power-meter (analogValue 1) presentValue at priority 8",
+            "why": "250000 is outside the point's -100000..100000 (minPresValue..maxPresValue)"}})
+        return body
+
+
+async def test_a_command_the_point_refused_is_named_with_why_and_points_at_the_bas_program(server):  # noqa: F811
+    async with drawn(server, RefusedCommandView(), "?refresh=1", speedup=QUICK) as (page, _):
+        await page.wait_for_function(f"({PROBLEMS}) === 'writes-refused'", timeout=10000)
+        text = await page.locator('#problems li[data-problem="writes-refused"]').inner_text()
+        assert "12 refused since the gateway started" in text and "250000 is outside the point's" in text, text
+        # not the allowlist's advice: the source may write, its program writes the wrong thing
+        assert "bacnet.write_from" not in text and "correct the BAS program" in text, text
+        assert page.errors == []
+
+
 class EverythingView(RefusedWriteView, ClockView):
     """The worst first day: the clock unsynchronized, a write refused, and the faults the test switches on."""
 

@@ -100,7 +100,7 @@ async def test_auto_source_says_one_line_at_start_up(tmp_path, caplog):
     assert _source_lines(caplog) == []
     await eventually(lambda: svc.on_meter(time.time(), 100.0) or _source_lines(caplog), 5, "the meter said")
     svc.on_meter(time.time(), 100.0)
-    assert _source_lines(caplog) == ["forecaster now learns from meter (BAS input not written for 0.5 s since start)"]
+    assert _source_lines(caplog) == ["forecaster now learns from meter (no BAS input taken for 0.5 s since start)"]
 
 
 @pytest.mark.timeout(30)
@@ -116,7 +116,7 @@ async def test_auto_source_says_how_long_the_meter_stood_in_for_the_bas_input(tm
     await eventually(lambda: svc.on_input_power(time.time() + 0.1, 150.0) or len(_source_lines(caplog)) == 3, 5,
                      "the BAS input steady again")
     lines = _source_lines(caplog)
-    assert lines[1] == "forecaster now learns from meter (BAS input not written for 0.3 s)", lines
+    assert lines[1] == "forecaster now learns from meter (no BAS input taken for 0.3 s)", lines
     assert re.fullmatch(r"forecaster now learns from bacnet_input \(BAS writes input-power-meter\) after \d+ s "
                         r"on the meter", lines[2]), lines
 
@@ -140,7 +140,7 @@ async def test_a_bas_writing_a_little_slower_than_input_stale_seconds_is_one_fal
         svc.on_input_power(t, 200.0)             # and the BAS writes again
         assert svc.status()["active_source"] == "bacnet_input"
     assert _source_lines(caplog) == ["forecaster now learns from bacnet_input (BAS writes input-power-meter)",
-                                     "forecaster now learns from meter (BAS input not written for 0.3 s)"]
+                                     "forecaster now learns from meter (no BAS input taken for 0.3 s)"]
     await eventually(lambda: svc.on_input_power(time.time(), 200.0) or len(_source_lines(caplog)) == 3, 5,
                      "the BAS input steady again")
     assert re.fullmatch(r"forecaster learns from bacnet_input steadily again after \d+ s: the BAS wrote "

@@ -13,7 +13,7 @@ from waiting import eventually
 
 from bacnet_api import points as P
 from bacnet_api.simulator import MeterSimulator
-from ven.app import Gateway
+from ven.app import OPT_OUT_COMMANDS, Gateway
 from ven.config_load import parse_config
 from ven.vtn_server import DemoVtn
 
@@ -121,6 +121,23 @@ async def test_event_levels_and_opt_out_over_bacnet(system, caplog):
             and r.name.split(".")[0] in ("ven", "bacnet_api")]
     assert said == ["BACnet write accepted: ADR-Opt-Out = True",
                     "ADR-Opt-Out active: opting out of 1 active/pending event(s); new events answered optOut"], said
+
+    # A BAS writes its switch each scan. Those writes changed nothing but each logged two INFO lines ("relinquished:
+    # opting back in" for a command of inactive) and committed and synced storage.path (6.7 KB a write).
+    saved = []
+    save_value = gateway.storage.save_value
+    gateway.storage.save_value = lambda key, value: (saved.append(key), save_value(key, value))[1]
+    oid = P.BY_NAME[P.OPT_OUT].object_id
+    for _ in range(3):
+        assert await peer.write(gw, oid, "presentValue", "active", priority=8) is None
+    assert await peer.relinquish(gw, oid, 12) is None   # an empty priority relinquished
+    assert saved == []
+    # a command at another priority is kept (a restart gives it back), but the switch the VTN hears stays
+    assert await peer.write(gw, oid, "presentValue", "inactive", priority=10) is None
+    assert saved == [OPT_OUT_COMMANDS] and gateway.device.get(P.OPT_OUT) is True
+    said = [r.getMessage() for r in caplog.records if "ADR-Opt-Out" in r.getMessage()
+            and r.name.split(".")[0] in ("ven", "bacnet_api")]
+    assert said[2:] == ["BACnet write accepted: ADR-Opt-Out = True"], said
 
 
 async def test_bas_input_moves_the_forecast_points(system):

@@ -334,7 +334,12 @@ class Gateway:
 
     def _on_opt_out(self, value):
         opted_out = bool(value)     # logged by the device (the write) and the VEN (what it does about it)
-        self.storage.save_value(OPT_OUT_COMMANDS, json.dumps(self.device.commands(P.OPT_OUT)))
+        commands = json.dumps(self.device.commands(P.OPT_OUT))
+        if commands == self.storage.load_value(OPT_OUT_COMMANDS) and opted_out == self.schedule.opted_out:
+            # the BAS writing the command it holds, each scan: nothing to keep or tell, and no commit and sync per
+            # write (6.7 KB each, more than the rest of the gateway writes)
+            return None
+        self.storage.save_value(OPT_OUT_COMMANDS, commands)
         self.vtn.set_opt_out(opted_out)  # updates the schedule too
         # the BAS's SimpleACK waits for the command (and the events' answers) to be on the disk, not only in the
         # page cache: a power cut after the ack must not undo a command the BAS holds as taken

@@ -25,6 +25,12 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
+def _fits_a_real(v: float) -> float:
+    if abs(v) > 3.4028234663852886e38:   # the largest finite single-precision float
+        raise ValueError(f"must be within -3.4e38..3.4e38 (a BACnet Real), got {v:g}")
+    return v
+
+
 def is_loopback_host(host: str) -> bool:
     if host.lower().rstrip(".") == "localhost":   # "localhost." is the same name, fully qualified
         return True
@@ -96,6 +102,23 @@ class BacnetConfig(_Section):
     @classmethod
     def _address(cls, v: str) -> str:
         return check_bacnet_address(v)
+
+    @field_validator("device_name")
+    @classmethod
+    def _device_name(cls, v: str) -> str:
+        from bacnet_api.points import TAKEN_NAMES
+
+        if v in TAKEN_NAMES:
+            raise ValueError(f"{v!r} is the name of one of the device's objects (a BACnet device's object names "
+                             f"are unique); choose another")
+        return v
+
+    @field_validator("input_min_kw", "input_max_kw")
+    @classmethod
+    def _real(cls, v: float) -> float:
+        # input-power-meter serves them as minPresValue / maxPresValue: beyond a Real they read as infinite, and
+        # a write of 3.4e38 (many devices' "no data") was taken
+        return _fits_a_real(v)
 
     @field_validator("bbmd_address")
     @classmethod
@@ -418,12 +441,10 @@ class ForecasterConfig(_Section):
 
     @field_validator("high_load_kw", "low_load_kw")
     @classmethod
-    def _fits_a_real(cls, v: float | None) -> float | None:
+    def _threshold_real(cls, v: float | None) -> float | None:
         # high-load-threshold / low-load-threshold publish it as a BACnet Real: beyond one, every read of
         # the point failed, and with it every ReadPropertyMultiple naming it (a BAS reading all its points)
-        if v is not None and abs(v) > 3.4028234663852886e38:
-            raise ValueError(f"must be within -3.4e38..3.4e38 (a BACnet Real), got {v:g}")
-        return v
+        return v if v is None else _fits_a_real(v)
 
     @model_validator(mode="after")
     def _thresholds(self) -> "ForecasterConfig":

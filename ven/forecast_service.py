@@ -160,7 +160,7 @@ class ForecastService:
 
     def _say_meter(self) -> None:
         if self._meter_unsaid and time.monotonic() - self._meter_since >= self.config.input_stale_seconds:
-            log.info("forecaster now learns from meter (BAS input not written for %g s since start)",
+            log.info("forecaster now learns from meter (no BAS input taken for %g s since start)",
                      self.config.input_stale_seconds)
             self._meter_unsaid = False
             self._fallback.bad(self._meter_since)  # a fallback like any other: its end is said the same way
@@ -226,7 +226,7 @@ class ForecastService:
         self._last_meter_t = t
         if self.config.source == "meter" or (self.config.source == "auto" and not self._use_input(t)):
             if self.config.source == "auto" and self._active == "bacnet_input":
-                self._switch("meter", f"BAS input not written for {self.config.input_stale_seconds:g} s")
+                self._switch("meter", f"no BAS input taken for {self.config.input_stale_seconds:g} s")
             else:
                 self._switch("meter", "gateway meter")
                 self._say_meter()

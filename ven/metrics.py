@@ -73,7 +73,8 @@ class Metrics:
                                            "for openadr.request_wait_seconds: readings only pile up", registry=r)
         self.bacnet_writes_refused = Counter(f"{p}_bacnet_writes_refused",
                                              "BACnet writes and DeviceCommunicationControl refused: their source is "
-                                             "not in bacnet.write_from", registry=r)
+                                             "not in bacnet.write_from, or the point could not take the value",
+                                             registry=r)
         self.forecast_fit_failing = Gauge(f"{p}_forecast_fit_failing",
                                           "1 while the forecaster's fits fail (the fit process killed short of "
                                           "memory, say): the last model or persistence serves, retried later",

@@ -246,12 +246,15 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
 
     def set_opt_out(self, opted_out: bool) -> None:
         """ADR-Opt-Out changed: update the schedule at once, tell the VTN as soon as it can hear."""
+        was = self._schedule.opted_out
         changed = self._schedule.set_opt_out(opted_out)
-        if opted_out:
+        if opted_out == was and not changed:
+            pass    # another priority's command, the same switch: nothing for the VTN
+        elif opted_out:
             log.info("ADR-Opt-Out active: opting out of %d active/pending event(s); new events answered optOut",
                      len(changed))
         else:
-            log.info("ADR-Opt-Out relinquished: opting back in to %d active/pending event(s)", len(changed))
+            log.info("ADR-Opt-Out inactive: opting back in to %d active/pending event(s)", len(changed))
         for ev in changed:
             self._pending_opts[ev.event_id] = (ev.modification_number, ev.opt, ev.response_required == "never")
         if changed:

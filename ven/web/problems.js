@@ -51,8 +51,11 @@ export function findProblems(health) {
   if (refusal) {
     const count = typeof refusal.count === "number" ? `${refusal.count} refused since the gateway started; ` : "";
     add("writes-refused", "warn", "BACnet writes refused",
-        `${count}the last ${stampText(refusal.at)} from ${refusal.by || "a BACnet client"}: ${refusal.what || "a write"}`,
-        "if that is the BAS, add its address to bacnet.write_from and restart the gateway (its writes are lost until then); otherwise find the device that writes");
+        `${count}the last ${stampText(refusal.at)} from ${refusal.by || "a BACnet client"}: ${refusal.what || "a write"}` +
+        (refusal.why ? ` (${refusal.why})` : ""),
+        !refusal.why || refusal.why === "not in bacnet.write_from"
+          ? "if that is the BAS, add its address to bacnet.write_from and restart the gateway (its writes are lost until then); otherwise find the device that writes"
+          : "correct the BAS program that writes it (the point table in the README gives each point's units and range); the gateway keeps the last value it took");
   }
   const vtn = gw.vtn || {};
   const queued = ((vtn.telemetry || {}).pending) ?? ((gw.telemetry || {}).queue_depth);
