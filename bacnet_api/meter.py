@@ -53,6 +53,9 @@ log = logging.getLogger(__name__)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 SETTLE_READS = 5          # good reads in a row before a fault's end is logged
+# requests in one read at most: units (after a reconnection or a failed read), presentValue, statusFlags, and
+# reliability when the flags say fault; each is bounded by timeout_seconds
+MAX_REQUESTS = 4
 
 
 @dataclass
@@ -164,7 +167,7 @@ class MeterClient:
     # ----- one read
 
     async def read_once(self) -> MeterReading:
-        """Read the meter once (bounded by timeout_seconds), record and return the reading."""
+        """Read the meter once (each request bounded by timeout_seconds), record and return the reading."""
         started, began = time.monotonic(), time.time()
         silenced = False
         try:
@@ -208,23 +211,27 @@ class MeterClient:
         first = began_us // poll_us
         ticks = round(time.time() * 1e6) // poll_us - first + 1
         # (bounded: a wall clock stepped during the read must not make one read a day's)
-        ticks = max(1, min(ticks, math.ceil(self.timeout_seconds / self.poll_seconds) + 1))
+        ticks = max(1, min(ticks, math.ceil(self._read_bound / self.poll_seconds) + 1))
         reading = replace(reading, tick_times=(_utc_us(began_us), *(_utc_us((first + k) * poll_us)
                                                                    for k in range(1, ticks))))
         self._record(reading)
         return reading
 
+    @property
+    def _read_bound(self) -> float:
+        return self.timeout_seconds * MAX_REQUESTS
+
     async def _read_unless_refused(self) -> float:
-        """The read, bounded by timeout_seconds; a router's refusal of it ends it at once."""
+        """The read, each of its requests bounded by timeout_seconds; a router's refusal of it ends it at once."""
         app = self._app
         if self.network is None:  # no router in between to refuse it
-            async with asyncio.timeout(self.timeout_seconds):
+            async with asyncio.timeout(self._read_bound):
                 return await self._read()
         self._watch(app)
         refused = self._refused = asyncio.get_running_loop().create_future()
         read = asyncio.ensure_future(self._read())
         try:
-            done, _ = await asyncio.wait((read, refused), timeout=self.timeout_seconds,
+            done, _ = await asyncio.wait((read, refused), timeout=self._read_bound,
                                          return_when=asyncio.FIRST_COMPLETED)
         finally:
             self._refused = None
@@ -255,7 +262,7 @@ class MeterClient:
             self._conversion_app = app
             self._has_status_flags = True
         conversion = self._conversion
-        raw = await app.read_property(self.address, self.object, self.property)
+        raw = await self._ask(app, self.property)
         if raw is None:
             raise _ReadFailed(f"{self._what}: no value returned (unknown object or property?)")
         await self._check_status_flags(app)
@@ -275,10 +282,16 @@ class MeterClient:
                               "(bacnet.input_min_kw..input_max_kw)")
         return kw
 
+    async def _ask(self, app: Application, prop: str) -> Any:
+        # each request gets the whole bound: a meter behind a busy router answering each in 0.8 s against a 2 s bound
+        # read well, until one lost read made the next one ask for the units too, and every read after failed
+        async with asyncio.timeout(self.timeout_seconds):
+            return await app.read_property(self.address, self.object, prop)
+
     async def _read_units(self, app: Application) -> MeterUnits:
         """The meter object's units and what they make of its value; NotPower is a failed read."""
         try:
-            raw = await app.read_property(self.address, self.object, "units")
+            raw = await self._ask(app, "units")
         except ErrorPDU as err:
             if str(err.errorClass) != "property":  # e.g. unknown object: the value read would fail alike
                 raise _ReadFailed(f"{self.address} {self.object_name} units: {error_text(err)}") from None
@@ -309,7 +322,7 @@ class MeterClient:
         if not self._has_status_flags:
             return
         try:
-            flags = to_plain(await app.read_property(self.address, self.object, "statusFlags"))
+            flags = to_plain(await self._ask(app, "statusFlags"))
         except ErrorPDU as err:
             if error_code(err) != "unknownProperty":
                 raise
@@ -319,7 +332,7 @@ class MeterClient:
             return
         if flags[1]:
             try:
-                reliability = to_plain(await app.read_property(self.address, self.object, "reliability"))
+                reliability = to_plain(await self._ask(app, "reliability"))
             except ErrorPDU:
                 reliability = None
             why = f" (reliability {reliability})" if reliability else ""

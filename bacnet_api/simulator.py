@@ -11,7 +11,7 @@ the meter stop answering while the router stays up, the way a meter with a dead 
 working router looks on the wire. `units` (and `set_units`) publish the value in another unit, e.g.
 watts or kilowattHours, as real meters do; `value` is in that unit. `set_status` raises the meter's own
 fault or out-of-service flags while its presentValue still answers. `set_dropping(n)` loses every n-th
-read of presentValue, as a busy MS/TP trunk does. `restart()` stops and starts the
+read of presentValue, as a busy MS/TP trunk does, and `set_answer_delay(s)` answers each request late. `restart()` stops and starts the
 router and meter (a power cycle) on the same address.
 """
 from __future__ import annotations
@@ -43,6 +43,7 @@ class _MeterApplication(Application):
     """A bacpypes3 device that can be told to ignore every request, or every n-th read of presentValue."""
 
     _silent = False
+    _answer_delay = 0.0
     _drop_one_in = 0
     _value_reads = 0
     _dropped: dict | None = None
@@ -53,6 +54,8 @@ class _MeterApplication(Application):
         if self._drop_one_in and isinstance(apdu, ReadPropertyRequest) \
                 and apdu.propertyIdentifier == PropertyIdentifier.presentValue and self._drop(apdu):
             return  # lost on the trunk: the client hears nothing and times out
+        if self._answer_delay:
+            await asyncio.sleep(self._answer_delay)
         await super().indication(apdu)
 
     def _drop(self, apdu) -> bool:
@@ -248,6 +251,12 @@ class MeterSimulator:
         if one_in < 0 or one_in == 1:
             raise ValueError(f"one_in must be 0 (none) or 2 or more, got {one_in}")
         self._meter._drop_one_in, self._meter._value_reads, self._meter._dropped = int(one_in), 0, None
+
+    def set_answer_delay(self, seconds: float) -> None:
+        """Answer each request `seconds` late, as a meter behind a busy router or a slow MS/TP trunk does."""
+        if self._meter is None:
+            raise RuntimeError("simulator not started")
+        self._meter._answer_delay = float(seconds)
 
     @property
     def silent(self) -> bool:

@@ -53,6 +53,20 @@ def client(gateway, sim, **kw) -> MeterClient:
                        router=sim.router_address, **kw)
 
 
+async def test_a_slow_meter_reads_again_after_a_lost_read(gateway, sim):
+    # Each request of a read (units after a failed one, presentValue, statusFlags) answered in 0.8 s: read well
+    # against a 1.5 s bound on the whole read only until one read was lost; then every read asked for the units too
+    # and failed "no response within 1.5 s", for good. Each request now has the bound.
+    meter = client(gateway, sim, timeout_seconds=1.5)
+    sim.set_answer_delay(0.8)
+    assert (await meter.read_once()).value == pytest.approx(42.5)
+    sim.set_silent(True)
+    assert (await meter.read_once()).error.startswith("no response from 12345:2 within 1.5 s")
+    sim.set_silent(False)
+    reading = await meter.read_once()
+    assert reading.value == pytest.approx(42.5), reading
+
+
 async def read_until_steady(meter: MeterClient, timeout: float = 10.0) -> None:
     """Read (as the poll would) until the fault's end is logged: SETTLE_READS good reads and settle_seconds."""
     async def steady():
