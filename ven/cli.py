@@ -267,7 +267,14 @@ def cmd_run(args) -> int:
 
     from .app import Gateway, freeze_startup_objects
     from .logs import setup_logging
+    from .run_lock import RunLock
 
+    lock = RunLock(cfg.storage.path)    # held until the process ends
+    busy = lock.take()
+    if busy:
+        print(f"configuration error: {busy}: stop that gateway first, or give this one its own storage.path",
+              file=sys.stderr)
+        return EXIT_CONFIG
     wait_for_address = False
     try:  # the device probes again when it starts; this turns a busy port into a refusal, not a traceback
         ensure_port_free(cfg.bacnet.address)

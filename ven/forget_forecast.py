@@ -15,6 +15,7 @@ import sqlite3
 from bacnet_api.client import ensure_port_free
 
 from .config import GatewayConfig
+from .run_lock import held_by_another
 
 KEPT = "events, ADR-Opt-Out commands and queued telemetry stay"
 
@@ -33,7 +34,11 @@ def _held(c: dict) -> str:
 
 
 def _running(cfg: GatewayConfig) -> str | None:
-    """Why the gateway seems to run on this machine, or None: it always holds bacnet.address's UDP port."""
+    """Why the gateway seems to run on this machine, or None: it holds storage.path's lock, and bacnet.address's UDP
+    port (a config naming other ports, the service's address set in its environment only, still finds the lock)."""
+    held = held_by_another(cfg.storage.path)
+    if held:
+        return held
     try:
         ensure_port_free(cfg.bacnet.address)
     except OSError as err:

@@ -1,0 +1,53 @@
+"""One gateway per storage.path: a second `run` on the same file (other ports: started by hand beside the service,
+or a container and a host install sharing the volume) registered as the same VEN and sent the VTN every reading
+twice, without a word in either log; forget-forecast under a config naming other ports deleted a running gateway's
+history."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from gateway_process import GatewayProcess, write_config
+from ven.run_lock import RunLock, held_by_another, lock_path
+from waiting import eventually
+
+pytestmark = pytest.mark.timeout(90)
+
+
+async def test_a_second_gateway_on_the_same_file_is_refused_and_forget_forecast_waits(tmp_path, free_udp_port,
+                                                                                free_tcp_port):
+    db = tmp_path / "data" / "gateway.sqlite"
+    db.parent.mkdir()
+    first, second = tmp_path / "first.toml", tmp_path / "second.toml"
+    write_config(first, bacnet_port=free_udp_port(), http_port=free_tcp_port(), storage=db, ven_name="ven-a")
+    # the same file by another path: the service's config names it absolute, a shell's relative
+    os.symlink(tmp_path / "data", tmp_path / "link")
+    write_config(second, bacnet_port=free_udp_port(), http_port=free_tcp_port(), storage=tmp_path / "link" /
+                 "gateway.sqlite", ven_name="ven-a")
+    with GatewayProcess(first, tmp_path / "first.log") as gateway:
+        await eventually(lambda: "edge-gateway ready" in gateway.log(), 60, "the first gateway to be ready")
+        assert held_by_another(db) == f"storage.path {db} is in use by process {gateway.proc.pid}"
+
+        run = subprocess.run([sys.executable, "-m", "ven.cli", "run", "--config", str(second)],
+                             capture_output=True, text=True, timeout=30)
+        assert run.returncode == 2, run
+        assert run.stderr.strip() == (f"configuration error: storage.path {db} is in use by process "
+                                      f"{gateway.proc.pid} (a gateway holds {db}.lock): stop that gateway first, or "
+                                      f"give this one its own storage.path"), run.stderr
+        forget = subprocess.run([sys.executable, "-m", "ven.cli", "forget-forecast", "--config", str(second),
+                                 "--yes"], capture_output=True, text=True, timeout=30)
+        assert forget.returncode == 1 and "is in use by process" in forget.stdout, forget
+        assert gateway.alive and "Traceback" not in gateway.log()
+    # stopped (or killed: the kernel drops the lock with the process), the file is free again
+    assert held_by_another(db) is None
+    assert RunLock(tmp_path / "link" / "gateway.sqlite").take() is None
+
+
+def test_no_lock_to_be_had_is_no_refusal(tmp_path):
+    # the data volume not mounted yet (the directory missing) or read-only: the gateway starts, as before the lock
+    assert RunLock(tmp_path / "not-yet" / "gateway.sqlite").take() is None
+    assert held_by_another(tmp_path / "not-yet" / "gateway.sqlite") is None
+    assert lock_path(tmp_path / "gateway.sqlite") == tmp_path / "gateway.sqlite.lock"
