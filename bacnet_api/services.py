@@ -1,7 +1,7 @@
 """Where the bacpypes3 application BAC0 builds answers a BAS wrongly or noisily, put right.
 
 `harden(app)` is called once by GatewayDevice.start, before the point objects are added:
-- a confirmed-COV subscriber that stops answering is logged once and its subscription cancelled
+- a confirmed-COV subscriber that stops answering is logged once and its confirmed subscriptions cancelled
   (bacpypes3 logged a traceback for every notification until the lifetime ran out);
 - a change of statusFlags is a change of value for COV, as BACnet requires: bacpypes3 computes
   statusFlags from reliability, eventState and outOfService, so nobody ever assigns it and COV
@@ -407,8 +407,15 @@ class _Services(PropertyAccess):
         error = future.exception()
         who = f"COV subscriber {cov.client_addr} (process {cov.proc_id}, {cov.obj_id})"
         if isinstance(error, AbortPDU):  # no answer after every retry, or the subscriber aborted
-            self.cancel_subscription(cov)
-            log.warning("%s stopped answering: %s; subscription cancelled", who, error_text(error))
+            # its other confirmed subscriptions too: a BAS gone offline would otherwise cost 12 s of retries and a
+            # line per point, one at each point's next change, for hours
+            gone = [cov, *(c for d in self._cov_detections.values() for c in d.cov_subscriptions
+                           if c.client_addr == cov.client_addr and c.confirmed and c is not cov)]
+            for c in gone:
+                self.cancel_subscription(c)
+            log.warning("COV subscriber %s stopped answering: %s; its confirmed subscription%s cancelled (%s)",
+                        cov.client_addr, error_text(error), "s" if len(gone) > 1 else "",
+                        ", ".join(f"process {c.proc_id} {c.obj_id}" for c in gone))
         elif not getattr(cov, "_refused", False):  # it is there: its lifetime will end it
             cov._refused = True
             log.warning("%s refused a notification: %s", who, error_text(error))

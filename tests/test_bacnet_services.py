@@ -177,6 +177,10 @@ async def test_vanished_cov_subscriber_is_dropped_quietly(gateway, peer, free_ud
     bas = await start_stack(f"127.0.0.1/8:{free_udp_port()}", 4000002, "vanishing-bas")
     gone = bas.change_of_value(addr, ObjectIdentifier("analogValue,4"), 77, True, 300)
     await gone.__aenter__()
+    # it watched other points too: one line for all of them (there was one per point, at each one's next change)
+    others = [bas.change_of_value(addr, ObjectIdentifier(f"analogValue,{i}"), 80 + i, True, 300) for i in (2, 3)]
+    for other in others:
+        await other.__aenter__()
     await close_stack(bas)  # power lost: no unsubscribe
     try:
         async with peer.app.change_of_value(addr, ObjectIdentifier("analogValue,4"), None, True, 60) as scm:
@@ -194,10 +198,15 @@ async def test_vanished_cov_subscriber_is_dropped_quietly(gateway, peer, free_ud
                 assert (await notification(scm))["present-value"] == level
             await asyncio.sleep(1.0)
     finally:
-        await gone.__aexit__(RuntimeError, RuntimeError(), None)  # drop the context, send nothing
+        for context in (gone, *others):
+            await context.__aexit__(RuntimeError, RuntimeError(), None)  # drop the context, send nothing
 
     [line] = dropped()
     assert line.levelno == logging.WARNING and "process 77" in line.getMessage()
+    said = line.getMessage()
+    assert "its confirmed subscriptions cancelled (process " in said and said.count("process ") == 3, said
+    listed = await peer.read(where(gateway), f"device {DEVICE_ID}", "activeCovSubscriptions")
+    assert listed == [], listed     # the vanished BAS's three gone (the live subscriber has left too)
     assert [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info] == []
 
 

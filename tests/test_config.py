@@ -190,6 +190,12 @@ def test_config_that_is_not_utf8(tmp_path):
     assert res.stderr.strip() == f"configuration error: {p}: not UTF-8 (byte 0xfc at position 25)"
 
 
+def test_a_file_saved_with_a_byte_order_mark_is_read(tmp_path):
+    # Windows tools save UTF-8 with a BOM: "not valid TOML: Invalid statement (at line 1, column 1)" before
+    p = _write(tmp_path, "\ufeff[meter]\npoll_seconds = 5\n".encode())
+    assert load_config(p, environ={}).meter.poll_seconds == 5
+
+
 def test_env_string_keys_take_the_text_as_is(tmp_path):
     p = _write(tmp_path, '[http]\ntoken = "abc"\n')
     cfg = load_config(p, environ={"EDGE_GATEWAY__HTTP__TOKEN": "123456",
@@ -388,6 +394,15 @@ def test_the_point_table_names_the_configured_horizons(tmp_path):
     binary = {line.split()[2]: line for line in res.stdout.splitlines() if line.startswith("binaryValue")}
     assert binary["ADR-Opt-Out"].endswith("(states: opted in / opted out)")   # what writing active means
     assert len(binary) == 6 and all("(states: " in line for line in binary.values())
+
+
+def test_the_point_table_into_a_pipe_closed_early_says_nothing(tmp_path):
+    # `edge-gateway points | head -3` printed a BrokenPipeError traceback
+    proc = subprocess.Popen([sys.executable, "-m", "ven.cli", "points", "--config", str(EXAMPLE)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()     # as head does once it has its lines: here before the first, so every run sees it
+    _, err = proc.communicate(timeout=30)
+    assert err == b"" and proc.returncode == 1
 
 
 def test_tls_file_errors_name_the_variable_a_path_came_from(tmp_path):

@@ -146,5 +146,5 @@ async def test_the_release_that_adds_them_counts_a_new_database_revision(tmp_pat
         assert await revision(peer) == first + 1
         assert await revision(peer) == first + 1      # the same objects again: it stands
     said = [r.getMessage() for r in caplog.records if "BACnet objects differ" in r.getMessage()]
-    assert said == [f"BACnet objects differ from the last run (analogValue 8 high-load-threshold, "
+    assert said == [f"BACnet objects differ from the last run (new analogValue 8 high-load-threshold, "
                     f"analogValue 9 low-load-threshold): databaseRevision {first + 1}"], said

@@ -125,6 +125,9 @@ async def test_a_renamed_device_counts_a_new_database_revision(tmp_path, free_ud
         assert renamed == (first + 1, "Bldg-7-Gateway")                    # a renamed object: one more
         assert await run_once(peer, device_name="Bldg-7-Gateway") == renamed
     assert gateway.log().count("BACnet objects differ from the last run") == 1, gateway.log()[-3000:]
+    # which name is the new one (a sorted list of both left the reader to guess)
+    assert (f"BACnet objects differ from the last run (new {device} Bldg-7-Gateway; gone {device} EdgeGateway): "
+            f"databaseRevision {first + 1}") in gateway.log(), gateway.log()[-3000:]
     assert "Traceback" not in gateway.log()
 
 

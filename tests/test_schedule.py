@@ -487,6 +487,25 @@ def test_a_cancellation_stored_by_an_older_version_is_not_dated_to_the_upgrade(t
         second.close()
 
 
+async def test_an_unlisted_event_winds_down_only_with_a_startafter_and_the_log_says_which(storage, caplog):
+    # Every unlisted event was logged "its level ends at ..., at random within its startafter", though it had none
+    # and its level had dropped at once.
+    caplog.set_level("INFO", logger="ven")
+    start = now() - timedelta(seconds=60)
+    storage.save_event(make_event("plain", [2], start, 600))
+    storage.save_event(replace(make_event("randomized", [2], start, 600), start_after=timedelta(seconds=900)))
+    sched = EventSchedule(storage, Recorder())
+    await sched.start()
+    try:
+        assert sorted(sched.retain_only([])) == ["plain", "randomized"]
+        said = sorted(r.getMessage() for r in caplog.records if "no longer listed" in r.getMessage())
+        assert said[0] == "event plain no longer listed by the VTN: treated as cancelled", said
+        assert said[1].startswith("event randomized no longer listed by the VTN: treated as cancelled; its level "
+                                  "ends at ") and said[1].endswith(", at random within its startafter of 900 s"), said
+    finally:
+        await sched.stop()
+
+
 async def test_an_event_unlisted_while_the_clock_reads_2020_is_judged_once_the_clock_is_set(storage, caplog):
     # No battery clock: the gateway restarts at 2020-01-01 and the VTN no longer lists an event that ran
     # (as VTNs do once it is over). Its end cannot be judged by that clock: cancelled "at 2020", it would

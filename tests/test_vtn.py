@@ -488,6 +488,35 @@ async def test_an_answer_waiting_for_an_older_modification_is_not_sent_after_the
         await server.stop()
 
 
+async def test_an_answer_waiting_through_an_outage_goes_once_when_the_listing_is_answered(tmp_path, free_tcp_port):
+    # The BAS opts out while the VTN is down. Registered again, the VEN hears the event listed (the registration's
+    # event request), and openleadr answers it with the site's answer of now; the optOut that had waited went too,
+    # the same oadrCreatedEvent twice, 3 ms apart.
+    port = free_tcp_port()
+    server = DemoVtn(port, poll_seconds=1)
+    await server.start()
+    try:
+        async with running(tmp_path, server.url) as gw:
+            await until(lambda: gw.vtn.connected, 10, "registration")
+            eid = server.add_event([2], now() + timedelta(minutes=5), 300)
+            await until(lambda: server.opts_for(eid) == ["optIn"], 5, "optIn")
+            await server.stop()
+            gw.vtn.set_opt_out(True)
+            await until(lambda: not gw.vtn.connected and gw.vtn.registration_failures >= 1
+                        and gw.vtn.status()["opt_answers_waiting"] == 1, 15, "the optOut waiting, the VTN lost")
+            again = DemoVtn(port, poll_seconds=1)
+            again._events = server._events                     # same VTN data, new process
+            async with again:
+                await until(lambda: gw.vtn.connected and again.opts_for(eid), 15, "registered again, answered")
+                await until(lambda: gw.vtn.status()["opt_answers_waiting"] == 0, 5, "nothing waiting")
+                polled = gw.vtn.last_poll
+                await until(lambda: gw.vtn.last_poll > polled + timedelta(seconds=1.5), 10,
+                            "two polls more, for a late second answer")
+            assert again.opts_for(eid) == ["optOut"]
+    finally:
+        await server.stop()
+
+
 async def test_a_failing_report_offer_is_offered_again_while_events_flow(tmp_path, free_tcp_port):
     # openleadr carries on after a failed oadrRegisterReport: the VTN would never request telemetry.
     # A VTN whose report service fails must still get its events through.

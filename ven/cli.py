@@ -593,7 +593,13 @@ def main(argv: list[str] | None = None) -> int:
     # its quota, every start. The gateway's products are one row wide and never use them; fits set their own
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except BrokenPipeError:
+        # `edge-gateway points | head`: the reader has gone, which is no error of ours; stdout to /dev/null, or the
+        # interpreter's flush at exit raises it again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

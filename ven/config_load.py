@@ -163,7 +163,9 @@ def load_config(path: str | os.PathLike | None, environ: Mapping[str, str] | Non
         return parse_config({}, "defaults", environ)
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        # utf-8-sig: Notepad and other Windows tools start a UTF-8 file with a byte-order mark, which TOML does not
+        # allow and no editor shows ("Invalid statement (at line 1, column 1)" for a line that looks right)
+        text = p.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise ConfigError(f"{p}: no such file") from None
     except OSError as err:

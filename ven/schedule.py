@@ -210,9 +210,11 @@ class EventSchedule:
         for eid in gone:
             self.cancel(eid, unlisted=True)
             ev = self._events[eid]
+            # stop > now alone held for every event: the cancellation's stop is taken a moment after `now`
+            winding = ev.drives_points and ev.start_after > timedelta(0) and ev.stop > now
             log.info("event %s no longer listed by the VTN: treated as cancelled%s", eid,
-                     f"; its level ends at {ev.stop.isoformat(timespec='seconds')}, at random within its startafter"
-                     if ev.drives_points and ev.stop > now else "")
+                     f"; its level ends at {ev.stop.isoformat(timespec='seconds')}, at random within its startafter "
+                     f"of {ev.start_after.total_seconds():g} s" if winding else "")
         return gone
 
     def _judge_unlisted(self, now: datetime) -> None:

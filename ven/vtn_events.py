@@ -263,6 +263,11 @@ class VtnEvents:
             else:
                 del self._pending_opts[eid]
                 self._singly.discard(eid)
+        elif waiting is not None and answered and waiting[0] == stored.modification_number:
+            # this very modification listed again (registered anew after an outage) and answered by openleadr with
+            # the site's answer of now: the one that waited through the outage would be the same message twice
+            del self._pending_opts[eid]
+            self._singly.discard(eid)
 
     def _log_event(self, ev, prev) -> None:
         eid = ev.event_id
