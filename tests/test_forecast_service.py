@@ -76,6 +76,33 @@ async def test_auto_source_prefers_the_bas_input_and_publishes(tmp_path, caplog)
     assert len(h["power"]["kw"]) == 3 and h["forecasts"][60]["forecast_kw"]
 
 
+@pytest.mark.timeout(60)
+async def test_the_history_keeps_what_the_bas_was_served_while_the_input_is_stale(tmp_path):
+    # The points go to fault and both flags off once no power has come in for input_stale_seconds; the history,
+    # its CSV and the chart showed high-load on for those minutes (held by the minimum on-time) and the forecasts.
+    published = []
+    svc = ForecastService(ForecasterConfig(source="bacnet_input", cycle_seconds=0.05, input_stale_seconds=0.5,
+                                           high_load_kw=50.0), str(tmp_path / "g.sqlite"),
+                          publish=published.append, min_kw=0, max_kw=5000)
+    await svc.start()
+    try:
+        svc.on_input_power(time.time(), 100.0)
+        await eventually(lambda: published and published[-1].high_load and not svc.input_stale(), 10, "high load")
+        await eventually(lambda: svc.input_stale(), 5, "the input stale")
+        stale_from = time.time()
+        await eventually(lambda: published[-1].issued_at > stale_from + 0.3, 10, "cycles while stale")
+        assert published[-1].high_load      # the forecaster holds it on: only what the BAS is served is off
+    finally:
+        await svc.stop()
+    h = svc.history(1.0)
+    flags = [(t, high) for t, high in zip(h["flags"]["time"], h["flags"]["high_load"])]
+    assert any(high for t, high in flags if t < stale_from - 0.1), flags
+    assert [high for t, high in flags if t > stale_from] == [False] * len([t for t, _ in flags if t > stale_from])
+    assert len([t for t, _ in flags if t > stale_from]) >= 3, flags
+    assert [t for t in h["forecasts"][60]["issued_at"] if t > stale_from] == []
+    assert [t for t in h["forecasts"][60]["issued_at"] if t < stale_from - 0.1], h["forecasts"]
+
+
 def _source_lines(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if "learns from" in r.getMessage()]
 

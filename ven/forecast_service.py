@@ -16,6 +16,7 @@ import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Callable
 
 from bacnet_api.settle import Flapping, span
@@ -360,7 +361,12 @@ class ForecastService:
             # before this cycle's save: the minutes saved since the step are the ones memory holds
             self._persist(lambda s: self._reload(s, since, now))
         f = self.forecaster.predict(now)
-        self._unsaved_forecasts = (self._unsaved_forecasts + [f])[-MAX_UNSAVED_FORECASTS:]
+        # kept as the BAS was served it: with no power for input_stale_seconds its points are in fault and both flags
+        # off (app._on_forecast), and the history, its CSV and the chart showed high-load on (the forecaster's
+        # minimum on-time holding it) and forecasts nobody was given
+        kept = replace(f, demand_kw={}, rate_kw_per_min=None, high_load=False, low_load=False) \
+            if self.input_stale() else f
+        self._unsaved_forecasts = (self._unsaved_forecasts + [kept])[-MAX_UNSAVED_FORECASTS:]
         if len(self._unsaved_forecasts) >= SAVE_EVERY_CYCLES or self._unsaved_model is not None:
             self._persist(self._save)
         if mono >= self._next_prune:
