@@ -448,19 +448,28 @@ class DemandForecaster:
         return hi, lo
 
     def _slope(self, snap, k: int) -> float | None:
-        for width in (self.slope_minutes, max(self.slope_minutes, features.DEMAND_MINUTES)):
-            # a meter read every 2-3 minutes leaves under two minutes in 5: widen to the demand
-            # window rather than have the trend come and go from one cycle to the next
-            ks = np.arange(k - width + 1, k + 1)
-            y = snap.window_mean(ks, 1)
-            ok = np.isfinite(y)
-            if ok.sum() >= 2:
-                break
-        else:
-            return None
-        x = snap.minute_time(ks)[ok]   # when the readings were taken, not the minute they round to
+        wide = max(self.slope_minutes, features.DEMAND_MINUTES)
+        ks = np.arange(k - wide + 1, k + 1)
+        ks = ks[np.isfinite(snap.window_mean(ks, 1))]           # the minutes with readings, oldest first
+        # Whole empty minutes between two readings longer than input_stale_seconds were a spell
+        # without power (the points in fault): what came before it is another spell, and a slope
+        # across it is the step over the gap, not a trend. The rate waits for two new minutes.
+        silent = np.flatnonzero((np.diff(ks) - 1) * 60.0 > self.stale_seconds)
+        if silent.size:
+            ks = ks[silent[-1] + 1:]
+        recent = ks[ks > k - self.slope_minutes]
+        if recent.size < 2:
+            # A meter read every few minutes leaves under two minutes in slope_minutes: widen to the
+            # demand window rather than have the trend come and go from one cycle to the next. Only
+            # for readings sparse all along (no two in adjacent minutes): a writer that wrote each
+            # second and then paused (under input_stale_seconds) has a hole there, not a spacing.
+            if ks.size < 2 or np.diff(ks).min() < 2:
+                return None
+            recent = ks
+        y = snap.window_mean(recent, 1)
+        x = snap.minute_time(recent)   # when the readings were taken, not the minute they round to
         x -= x.mean()
-        return float(np.dot(x, y[ok] - y[ok].mean()) / np.dot(x, x))
+        return float(np.dot(x, y - y.mean()) / np.dot(x, x))
 
     def predict(self, now: float) -> Forecast:
         return self.predict_series([now])[0]

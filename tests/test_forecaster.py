@@ -297,6 +297,36 @@ def test_trend_holds_when_the_meter_reads_every_few_minutes():
     assert all(r is not None and 0.75 <= r <= 1.3 for r in rates), rates
 
 
+def test_rate_is_in_fault_after_a_silence_until_two_minutes_of_new_power():
+    # A BAS writing each second, flat 200 kW for 3 min, silent 6 min (the points in fault past
+    # input_stale_seconds), then flat 100 kW: the rate read -12 kW/min, live, from the first cycle
+    # (the widened window joined the fresh minute to those before the gap). README: fault until two
+    # minutes of the new power are in, then the flat input's 0.
+    fc = DemandForecaster(stale_seconds=30)
+    for s in range(180):
+        fc.add_sample(T0 + s, 200.0)
+    back = T0 + 180 + 365
+    for s in range(120):
+        fc.add_sample(back + s, 100.0)
+        if s in (7, 21, 46):
+            assert fc.predict(back + s).rate_kw_per_min is None, s
+    assert fc.predict(back + 119).rate_kw_per_min == pytest.approx(0.0, abs=1e-9)
+    # Shorter than input_stale_seconds, a 4.5-min silence of a writer that wrote each second is still
+    # a hole, not the spacing of a sparse meter: the 15-minute widening does not bridge it.
+    fc = DemandForecaster(stale_seconds=300)
+    for s in range(600):
+        fc.add_sample(T0 + s, 250.0)
+    back = T0 + 600 + 270
+    fc.add_sample(back, 100.0)
+    assert fc.predict(back + 5).rate_kw_per_min is None
+    # a meter read every 280 s (under input_stale_seconds) keeps its trend through the widening
+    fc = DemandForecaster(stale_seconds=300)
+    for i in range(8):
+        fc.add_sample(T0 + 7 + 280 * i, 100.0 + 2.0 * (7 + 280 * i) / 60.0)
+    rates = [fc.predict(T0 + 7 + 280 * 7 + d).rate_kw_per_min for d in (1.0, 100.0, 250.0)]
+    assert rates == pytest.approx([2.0] * 3, rel=1e-6), rates
+
+
 def test_calendar_kinds_and_italian_holidays():
     cal = Calendar("UTC", "IT")
     day = lambda s: (dt.date.fromisoformat(s) - dt.date(1970, 1, 1)).days  # noqa: E731
