@@ -273,7 +273,9 @@ def replay_csv(csv_path, time_column, value_column: str, output_path, cycle_minu
     # names, is written beside itself and renamed into place once the replay has succeeded.
     direct = os.path.exists(out) and not os.path.isfile(out)
     target = Path(os.path.realpath(out))
-    part = target if direct else target.with_name(f".{target.name}.partial")
+    # A pipe or device is opened by the name given: realpath turns /dev/stdout on a pipe into
+    # /proc/PID/fd/pipe:[N], which names no file that can be opened.
+    part = out if direct else target.with_name(f".{target.name}.partial")
     try:
         with part.open("w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh)

@@ -244,6 +244,31 @@ def test_output_to_a_pipe_or_through_a_symlink(tmp_path):
     assert link.is_symlink() and len(_rows(target)) == 2 * 10  # the file it names is replaced, not the link
 
 
+@pytest.mark.timeout(120)
+def test_output_to_dev_stdout_when_stdout_is_a_pipe():
+    # `--output /dev/stdout | head` wrote nothing and exited 1: realpath named /proc/PID/fd/pipe:[N],
+    # which cannot be opened. Rows must arrive on the pipe as they are issued.
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ven.cli", "forecast-replay", "--csv", str(EXCERPT), "--time-column", "timestamp",
+         "--value-column", "Total_Power", "--fit-processes", "1", "--output", "/dev/stdout"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        lines = [proc.stdout.readline() for _ in range(3)]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        err = proc.stderr.read()
+    assert lines[0].strip() == ",".join(OUTPUT_COLUMNS), (lines, err)
+    assert lines[1].startswith("2019-10-14T00:00:00+00:00,15,") and lines[2].startswith("2019-10-14T00:00:00+00:00,60,"), \
+        (lines, err)
+
+
 def test_naive_times_in_the_hour_the_autumn_change_repeats_are_both_kept(tmp_path):
     # A logger on local time writes 02:00..02:45 twice on the last Sunday of October; the second pass
     # is the hour after the first, not the same instants again (which left the real hour missing).
