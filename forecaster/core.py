@@ -301,7 +301,11 @@ class DemandForecaster:
                 return 0
             self._bins.add(ks, sums, counts)
             self._thresholds = None
-            newest = float(ks.max()) * 60.0
+            # Stored minutes keep no reading times: the last one was somewhere in minute k, (k-1)*60 .. k*60.
+            # Its start, not its end: the end is up to 60 s after the real last reading, so a reading just
+            # after a restart read as a step back by a clock that never moved (input_stale_seconds < 60),
+            # and the input counted as fresh up to 60 s past input_stale_seconds.
+            newest = float(ks.max() - 1) * 60.0
             self._newest_t = newest if self._newest_t is None else max(self._newest_t, newest)
         return int(ks.size)
 

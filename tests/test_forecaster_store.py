@@ -234,3 +234,23 @@ def test_a_file_a_newer_version_gave_more_columns_still_takes_forecasts(tmp_path
     stored = ForecastStore(str(path)).history(t[0])
     assert stored["flags"]["time"] == [f.issued_at]
     assert stored["forecasts"][15]["forecast_kw"] == [pytest.approx(f.demand_kw[15])]
+
+
+def test_a_restart_early_in_a_minute_is_no_clock_step_with_a_short_input_stale_seconds(tmp_path):
+    # A BAS writing each second, the gateway restarted 3 s into a minute with input_stale_seconds = 30:
+    # the restored newest time was the END of the last stored minute, 57 s after the last reading, so
+    # the first reading after the restart logged a false "wall clock went back 54 s".
+    start = 1_764_000_000.0 - 1_764_000_000.0 % 60    # a minute boundary
+    fc = DemandForecaster(stale_seconds=30)
+    for s in range(1, 124):                           # up to 3 s into the third minute
+        assert fc.add_sample(start + s, 100.0)
+    store = ForecastStore(str(tmp_path / "gateway.sqlite"))
+    store.save_minutes(*fc.drain_dirty())
+    restarted = DemandForecaster(stale_seconds=30)
+    store.load_into(restarted, start + 125)
+    assert restarted.newest_sample_at <= start + 123   # not later than the last reading could have been
+    assert restarted.add_sample(start + 125, 100.0) and restarted.clock_steps == 0
+    # a real step back is still one
+    restarted = DemandForecaster(stale_seconds=30)
+    store.load_into(restarted, start + 125)
+    assert restarted.add_sample(start + 60, 100.0) and restarted.clock_steps == 1
