@@ -194,9 +194,11 @@ class ForecastStore:
 
     def contents(self) -> dict:
         """What the forecaster keeps here: its minutes (how many, first and last epoch), whether a model is
-        stored, and how many forecasts were issued; for `edge-gateway forget-forecast` to say what it deletes."""
+        stored, and how many forecasts were issued; for `edge-gateway forget-forecast` to say what it deletes.
+        first and last are the minutes' starts, as status() gives them: minute k holds the readings of
+        (k-1)*60 .. k*60, and its end named a time a minute after the readings (after the gateway stopped)."""
         with closing(self._connect()) as db:
-            n, first, last = db.execute("SELECT COUNT(*), MIN(minute) * 60.0, MAX(minute) * 60.0 "
+            n, first, last = db.execute("SELECT COUNT(*), (MIN(minute) - 1) * 60.0, (MAX(minute) - 1) * 60.0 "
                                         "FROM forecast_minute").fetchone()
             model = db.execute("SELECT COUNT(*) FROM forecast_model").fetchone()[0] > 0
             issued = db.execute("SELECT COUNT(*) FROM forecast_issue").fetchone()[0]

@@ -33,7 +33,8 @@ def test_it_says_what_it_would_delete_and_deletes_only_with_yes(tmp_path, free_u
 
     assert main(["forget-forecast", "--config", str(cfg)]) == 1
     said = capsys.readouterr().out
-    assert "120 minutes of history (2025-12-01 00:00 UTC to 2025-12-01 01:59 UTC), its fitted model and " \
+    # minute T0 // 60 holds the readings of the minute before T0: named by its start, as /api/status does
+    assert "120 minutes of history (2025-11-30 23:59 UTC to 2025-12-01 01:58 UTC), its fitted model and " \
            "1 issued forecast." in said and "Nothing deleted: run again with --yes" in said
     assert ForecastStore(str(db)).contents()["minutes"] == 120
 
@@ -75,3 +76,18 @@ def test_a_directory_is_named_as_one_not_as_a_missing_file(tmp_path, free_udp_po
     assert main(["forget-forecast", "--config", str(cfg), "--yes"]) == 1
     assert f"storage.path {tmp_path / 'var'} is a directory, not the gateway's file: nothing deleted" in \
         capsys.readouterr().out
+
+
+def test_the_range_it_names_is_the_minutes_the_readings_were_taken_in(tmp_path, free_udp_port, capsys):
+    # Readings at 00:30:05-00:30:10 only: it said "1 minutes of history (... 00:31 UTC to ... 00:31 UTC)",
+    # a time after the gateway had stopped; /api/status says 00:30 for the same minute.
+    db = tmp_path / "gateway.sqlite"
+    cfg = tmp_path / "gateway.toml"
+    write_config(cfg, bacnet_port=free_udp_port(), http_port=9, storage=db, ven_name="ven-forget")
+    fc = DemandForecaster()
+    for s in range(5, 11):
+        fc.add_sample(T0 + 1800 + s, 100.0)
+    ForecastStore(str(db)).save_minutes(*fc.drain_dirty())
+    assert main(["forget-forecast", "--config", str(cfg)]) == 1
+    said = capsys.readouterr().out
+    assert "forecaster's 1 minute of history (2025-12-01 00:30 UTC to 2025-12-01 00:30 UTC)" in said, said

@@ -25,7 +25,7 @@ def _utc(t: float) -> str:
 
 
 def _held(c: dict) -> str:
-    parts = [f"{c['minutes']:,} minutes of history" + (f" ({_utc(c['first'])} to {_utc(c['last'])})"
+    parts = [f"{c['minutes']:,} minute{'' if c['minutes'] == 1 else 's'} of history" + (f" ({_utc(c['first'])} to {_utc(c['last'])})"
                                                       if c["minutes"] else "")]
     if c["model"]:
         parts.append("its fitted model")
