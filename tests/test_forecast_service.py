@@ -757,6 +757,28 @@ async def test_a_fit_on_too_sparse_a_history_says_so_instead_of_fitted(tmp_path,
     assert len([r for r in caplog.records if "not fitted" in r.getMessage()]) == 1
 
 
+@pytest.mark.timeout(120)
+async def test_a_fit_too_early_for_a_held_out_validation_says_why_not_n_a(tmp_path, caplog):
+    # The first fit (two days and a bit of history) has no held-out validation: that needs a week of
+    # history before the held-out tail. The line said "validation rmse n/a vs persistence n/a", and the
+    # operator could not tell why persistence went on serving.
+    caplog.set_level(logging.INFO, logger="ven.forecast_service")
+    svc = ForecastService(ForecasterConfig(cycle_seconds=0.05, source="meter"), str(tmp_path / "g.sqlite"),
+                          publish=lambda f: None)
+    now = time.time()
+    t = [now - 60 * i for i in range(3 * 1440)]
+    svc.warm_start(t, [200.0 + 100.0 * ((x // 3600) % 24 in range(8, 18)) for x in t])
+    await svc.start()
+    try:
+        await eventually(lambda: _fit_given_cpu() or "forecaster fitted" in caplog.text, 90, "the first fit")
+    finally:
+        await svc.stop()
+    said = [r.getMessage() for r in caplog.records if "forecaster fitted" in r.getMessage()]
+    assert len(said) == 1 and "\n" not in said[0], said
+    assert "n/a" not in said[0] and "15 min persistence" in said[0] and "60 min persistence" in said[0], said
+    assert "no held-out validation yet (it needs over 7 days of history)" in said[0], said
+
+
 def _stored_forecasts(path) -> int:
     with sqlite3.connect(path) as db:
         return db.execute("SELECT COUNT(*) FROM forecast_issue").fetchone()[0]

@@ -94,7 +94,9 @@ class Metrics:
                                             registry=r)
         self.forecast_serving_persistence = Gauge(f"{p}_forecast_serving_persistence",
                                                   "1 while persistence serves the <horizon> forecast: no model yet "
-                                                  "(two days of history), or the model does not beat persistence",
+                                                  "(the first two days), or the model does not beat persistence "
+                                                  "(a new install's: until a day of its live forecasts does, about "
+                                                  "the fourth day)",
                                                   ["horizon"], registry=r)
         self.uptime_seconds = Gauge(f"{p}_uptime_seconds", "Seconds since the gateway started", registry=r)
         self.build_info = Info(f"{p}_build", "Gateway version", registry=r)
