@@ -484,8 +484,9 @@ class ForecastService:
         if any(v["validation_rmse_kw"] is None for v in st["horizons"].values()):
             # "validation rmse n/a" left the operator of a new install to guess why persistence went on serving
             # (DemandForecaster._serves: the held-out verdict, else a day of live checks)
-            parts.append(f"no held-out validation yet (it needs over {fc.validation_days:g} days of history): until "
-                         f"then the model serves once {fc.rolling_min_hours:g} h of its live forecasts beat persistence's")
+            parts.append(f"no held-out validation yet (it needs over {fc.validation_days:g} days of history): "
+                         f"until then the model serves once {fc.rolling_min_hours:g} h of its live forecasts beat "
+                         f"persistence's")
         log.info("forecaster fitted on %d rows in %.1f s: %s", st["train_rows"], st["last_fit_seconds"] or 0,
                  "; ".join(parts))
 

@@ -25,8 +25,8 @@ def _utc(t: float) -> str:
 
 
 def _held(c: dict) -> str:
-    parts = [f"{c['minutes']:,} minute{'' if c['minutes'] == 1 else 's'} of history" + (f" ({_utc(c['first'])} to {_utc(c['last'])})"
-                                                      if c["minutes"] else "")]
+    span = f" ({_utc(c['first'])} to {_utc(c['last'])})" if c["minutes"] else ""
+    parts = [f"{c['minutes']:,} minute{'' if c['minutes'] == 1 else 's'} of history{span}"]
     if c["model"]:
         parts.append("its fitted model")
     parts.append(f"{c['forecasts']:,} issued forecast{'' if c['forecasts'] == 1 else 's'}")
