@@ -37,13 +37,19 @@ CREATE INDEX IF NOT EXISTS forecast_demand_target ON forecast_demand (target_tim
 
 
 class ForecastStore:
-    def __init__(self, path: str, busy_timeout_s: float = 5.0):
+    def __init__(self, path: str, busy_timeout_s: float = 5.0, read_only: bool = False):
+        """read_only: a file that cannot be written (a read-only mount, a full disk) read as it is, for its history
+        and model at a start; sqlite3.Error if it cannot be read either."""
         self.path = str(path)
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._timeout = busy_timeout_s
         # the unreadable minutes named already: each clock step reloads the stored minutes, and naming them again
         # made one damaged row look like a new fault at every step
         self._unreadable_said: set[int] = set()
+        self._mode = "mode=rw"
+        if read_only:
+            self._mode = self._readable_mode()
+            return
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         with closing(self._connect(create=True)) as db:
             db.execute(f"PRAGMA page_size={PAGE_SIZE}")  # before WAL mode writes the file's header
             db.execute("PRAGMA journal_mode=WAL")
@@ -54,11 +60,24 @@ class ForecastStore:
         # Only the first connection may create the file. If the file is deleted while the gateway runs,
         # the gateway's long-lived connections, which still hold the old one, recreate it with its rows;
         # an empty file made here first would be a table-less database that every save fails on.
-        uri = Path(self.path).resolve().as_uri() + ("" if create else "?mode=rw")
+        uri = Path(self.path).resolve().as_uri() + ("" if create else f"?{self._mode}")
         db = sqlite3.connect(uri, uri=True, timeout=self._timeout)
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA journal_size_limit=4194304")  # as ven.storage.WAL_SIZE_LIMIT
         return db
+
+    def _readable_mode(self) -> str:
+        # immutable: where no -shm can be made beside the file (a read-only directory) WAL mode cannot read it
+        # otherwise; what the WAL holds is then unread, as ven.storage reads such a file
+        for mode in ("mode=ro", "immutable=1"):
+            self._mode = mode
+            try:
+                with closing(self._connect()) as db:
+                    db.execute("SELECT 1 FROM forecast_minute LIMIT 1").fetchall()
+                return mode
+            except sqlite3.Error as err:
+                error = err
+        raise error
 
     # ---- history and model -------------------------------------------------------------
     def save_minutes(self, minutes, sums, counts) -> int:

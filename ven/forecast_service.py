@@ -99,6 +99,7 @@ class ForecastService:
         self._fit_short = False
         self._store_failing = False
         self._missing_since: float | None = None    # the file found deleted (monotonic), while it stays so
+        self._read_until: float | None = None       # the file read-only at the start: when its history was read
         self._unsaved_model: bytes | None = None    # a fitted model not yet written
         self._unsaved_forecasts: list[Forecast] = []   # issued, not yet written (SAVE_EVERY_CYCLES)
         self._reopen_seconds = reopen_seconds
@@ -245,14 +246,15 @@ class ForecastService:
         try:
             self._store, loaded = await loop.run_in_executor(self._cycle_pool, self._open_store)
         except Exception as err:  # unwritable storage.path: forecast from memory, say so once
-            self._store, loaded = None, {"minutes": 0, "model": False}
             self._store_failing = True      # _persist stays quiet from here on
             self._reopen = ReopenTimer(self._reopen_seconds)
             log.error("storage.path %s: forecaster history cannot be stored (%s: %s); forecasting from "
                       "memory, stored once the file opens (tried every %g s)", self.storage_path,
                       type(err).__name__, err, self._reopen_seconds)
-        log.info("forecaster resumed %d minutes of stored history%s", loaded["minutes"],
-                 " and its fitted model" if loaded["model"] else self._learning_text())
+            self._store, loaded = None, await loop.run_in_executor(self._cycle_pool, self._read_store)
+        log.info("forecaster resumed %d minutes of stored history%s%s", loaded["minutes"],
+                 " and its fitted model" if loaded["model"] else self._learning_text(),
+                 " (the file read as it is)" if self._read_until is not None else "")
         for name, state in loaded.get("flags", {}).items():
             if state is not None and state[0]:
                 log.info("forecaster resumed %s on, as since %s (its hysteresis and minimum on-time hold across "
@@ -281,6 +283,18 @@ class ForecastService:
         except sqlite3.Error:  # locked, say: the hourly prune does it; the history still loads
             pass
         return store, store.load_into(self.forecaster, now, flags=True)
+
+    def _read_store(self) -> dict:
+        """History, model and flags of a file that will not open for writing (a read-only mount, a full disk): the
+        forecasts and thresholds rest on them at once, not on persistence and a day without thresholds until the
+        file opens. The reopen then adds nothing again."""
+        now = self._clock()
+        try:
+            loaded = ForecastStore(self.storage_path, read_only=True).load_into(self.forecaster, now, flags=True)
+        except sqlite3.Error:   # unreadable too (or not there): from nothing, as before
+            return {"minutes": 0, "model": False}
+        self._read_until = now
+        return loaded
 
     async def last_try(self) -> None:
         """At a stop, before stop(): a file that would not open at the start is tried once more now, not at the
@@ -341,11 +355,17 @@ class ForecastService:
         try:
             store = ForecastStore(self.storage_path)
             fitted = self.forecaster.model_blob()
-            loaded = store.load_into(self.forecaster, now, model=fitted is None)
+            # read as it was at the start already: loaded again its minutes would count twice
+            loaded = ({"minutes": 0, "model": False} if self._read_until is not None
+                      else store.load_into(self.forecaster, now, model=fitted is None))
             store.save_model(fitted)
         except Exception:  # still not there; the start already said so
             return
         self._store, self._store_failing = store, False
+        if self._read_until is not None:
+            log.info("storage.path %s: opened for the forecaster (its history was read at the start)",
+                     self.storage_path)
+            return
         log.info("storage.path %s: opened for the forecaster; %d stored minutes of history added%s",
                  self.storage_path, loaded["minutes"], " and its fitted model" if loaded["model"] else "")
 
