@@ -190,6 +190,19 @@ def test_config_that_is_not_utf8(tmp_path):
     assert res.stderr.strip() == f"configuration error: {p}: not UTF-8 (byte 0xfc at position 25)"
 
 
+@pytest.mark.parametrize("name, meant", [
+    ("EDGE_GATEWAY_METER__POLL_SECONDS", "; did you mean EDGE_GATEWAY__METER__POLL_SECONDS?"),
+    ("edge_gateway__meter__poll_seconds", "; did you mean EDGE_GATEWAY__METER__POLL_SECONDS?"),
+    ("EDGE_GATEWAY_METER_POLL_SECONDS", ""),
+])
+def test_a_variable_with_a_misspelt_prefix_is_named_not_ignored(name, meant):
+    # check-config said ok and the setting was not applied
+    with pytest.raises(ConfigError) as err:
+        load_config(None, environ={name: "5"})
+    assert str(err.value) == (f"{name}: not read: the variables are EDGE_GATEWAY__<SECTION>__<KEY>, in upper case "
+                              f"with two underscores between the parts{meant}")
+
+
 def test_a_file_saved_with_a_byte_order_mark_is_read(tmp_path):
     # Windows tools save UTF-8 with a BOM: "not valid TOML: Invalid statement (at line 1, column 1)" before
     p = _write(tmp_path, "\ufeff[meter]\npoll_seconds = 5\n".encode())

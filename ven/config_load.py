@@ -47,11 +47,24 @@ def _env_value(raw: str, annotation: object) -> object:
         return raw
 
 
+def _misspelt_prefix(name: str) -> None:
+    # EDGE_GATEWAY_METER__POLL_SECONDS (one underscore) or a lower-case name was not read and not said: check-config
+    # said ok and the setting was not applied, where a misspelt key after the right prefix is an error
+    stem = ENV_PREFIX.rstrip("_")
+    if not name.upper().startswith(stem) or name == stem:
+        return
+    rest = name[len(stem):].lstrip("_").upper()
+    meant = f"; did you mean {ENV_PREFIX}{rest}?" if "__" in rest else ""
+    raise ConfigError(f"{name}: not read: the variables are {ENV_PREFIX}<SECTION>__<KEY>, in upper case with two "
+                      f"underscores between the parts{meant}")
+
+
 def _apply_env(data: dict, environ: Mapping[str, str]) -> tuple[dict, dict[tuple[str, ...], str]]:
     """Overlay the EDGE_GATEWAY__* variables; also return which key each variable set."""
     sources: dict[tuple[str, ...], str] = {}
     for name, raw in environ.items():
         if not name.startswith(ENV_PREFIX):
+            _misspelt_prefix(name)
             continue
         path = [p.lower() for p in name[len(ENV_PREFIX):].split("__") if p]
         if not path:
