@@ -25,7 +25,8 @@ T0 = datetime(2026, 11, 21, 20, 0, tzinfo=timezone.utc)
 
 
 
-def test_queue_keeps_order_survives_reopen_and_drops_oldest_beyond_bound(tmp_path):
+def test_queue_keeps_order_survives_reopen_and_drops_oldest_beyond_bound(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="ven.telemetry")
     path = tmp_path / "gw.sqlite"
     q = TelemetryQueue(path, max_age=timedelta(minutes=1))
     for i in range(6):
@@ -36,8 +37,13 @@ def test_queue_keeps_order_survives_reopen_and_drops_oldest_beyond_bound(tmp_pat
     assert q.pending == 3 and q.delivered == 3 and q.last_delivery is not None
     q.close()
 
+    assert not [r for r in caplog.records if "wait for the VTN" in r.getMessage()]     # a new file: nothing
     q = TelemetryQueue(path, max_age=timedelta(minutes=1))     # e.g. after a restart
     assert [(s.ts, s.kw) for s in q.peek()] == [(T0 + timedelta(seconds=10 * i), 90.0 + i) for i in (3, 4, 5)]
+    # what survived the restart is said then, not only once the VTN takes it (days later, with the VTN away)
+    [said] = [r.getMessage() for r in caplog.records if "wait for the VTN" in r.getMessage()]
+    assert said.startswith(f"storage.path {path}: 3 telemetry reading(s) in it wait for the VTN (the oldest "
+                           f"{(T0 + timedelta(seconds=30)).isoformat()[:19]}"), said
     q.add(T0 + timedelta(seconds=101), 99.0)                   # more than 60 s after 93 and 94: both go
     assert [s.kw for s in q.peek()] == [95.0, 99.0]
     assert q.dropped == 2

@@ -137,6 +137,12 @@ class TelemetryQueue:
         stored = self._stored("telemetry_last_delivery", last, aware_time)
         if stored is not None:
             self.last_delivery = stored if self.last_delivery is None else max(stored, self.last_delivery)
+        waiting, oldest = conn.execute("SELECT COUNT(*), MIN(ts) FROM telemetry_queue").fetchone()
+        if waiting:
+            # after a crash with the VTN away, the operator's question is whether the backlog survived; it was
+            # said only once delivered, which the VTN's absence could put off for days
+            log.info("storage.path %s: %d telemetry reading(s) in it wait for the VTN (the oldest %s)", self.path,
+                     waiting, oldest)
 
     def _stored(self, key: str, row, parse):
         # A value in another form (a newer version's, after a downgrade; an edit by hand) raised out of every
