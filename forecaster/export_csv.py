@@ -28,7 +28,11 @@ MAX_ROW_NOTES = 10
 
 
 def _resolve_fold(d: dt.datetime, folds: dict | None) -> dt.datetime:
-    """`d` (naive wall time with its zone set) in the pass of a repeated hour the file order implies."""
+    """`d` (naive wall time with its zone set) in the pass of a repeated hour the file order implies. A wall time
+    the clocks skipped (02:30 on the spring-forward night) is listed in folds["skipped"] for the replay's notes."""
+    if folds is not None and d.astimezone(dt.timezone.utc).astimezone(d.tzinfo).replace(tzinfo=None) \
+            != d.replace(tzinfo=None):
+        folds.setdefault("skipped", []).append(d.replace(tzinfo=None))
     if folds is not None and d.utcoffset() != d.replace(fold=1).utcoffset():
         key = d.date()
         wall = d.replace(tzinfo=None)
@@ -360,7 +364,18 @@ def read_export(csv_path, time_column, value_column: str, tz: ZoneInfo, time_for
     reading = _how_read(path, lines, header, delimiter, mark, unit, cell_units)
     t, v, ln = np.array(times), np.array(values), np.array(kept)
     order = np.argsort(t, kind="stable")
-    return t[order], v[order], ln[order], skipped, notes, reading
+    t, v, ln = t[order], v[order], ln[order]
+    # read, but not as the file may mean: said, so that a bad export is not replayed as if it were right
+    gap = folds.get("skipped", [])
+    if gap:
+        notes.append(f"{len(gap)} row(s) at a time the clocks skipped in {tz.key} (e.g. {gap[0]:%Y-%m-%d %H:%M}, "
+                     f"the clocks going forward): read as the hour after")
+    clash = np.flatnonzero((np.diff(t) == 0) & (np.diff(v) != 0))
+    if clash.size:
+        i = clash[0]
+        notes.append(f"{clash.size} time(s) given again with another value (e.g. lines {ln[i]} and {ln[i + 1]}: "
+                     f"{v[i]:g} and {v[i + 1]:g} kW): their values averaged")
+    return t, v, ln, skipped, notes, reading
 
 
 def read_series(csv_path, time_column, value_column: str, tz: ZoneInfo,

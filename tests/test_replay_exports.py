@@ -218,3 +218,21 @@ def test_the_readme_example_for_a_european_export(tmp_path, capsys):
     with open(out, newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 2 * len(kw) and np.isclose(float(rows[0]["forecast_kw"]), kw[0])
+
+
+def test_times_given_twice_with_other_values_and_times_the_clocks_skipped_are_said(tmp_path):
+    # Both were read without a word: a concatenated export's clashing rows averaged, and 02:00-02:45 on the
+    # spring-forward night (which never happened in Rome) read as 03:00-03:45 and averaged with the real ones.
+    from forecaster.export_csv import read_export
+
+    src = tmp_path / "in.csv"
+    src.write_text("timestamp,kw\n2019-03-31 01:45,100\n2019-03-31 02:50,110\n2019-03-31 03:00,120\n"
+                   "2019-03-31 03:15,130\n2019-03-31 03:15,990\n2019-03-31 03:30,140\n")
+    times, values, _, _, notes, _ = read_export(src, "timestamp", "kw", ZoneInfo("Europe/Rome"))
+    assert notes == ["1 row(s) at a time the clocks skipped in Europe/Rome (e.g. 2019-03-31 02:50, the clocks "
+                     "going forward): read as the hour after",
+                     "1 time(s) given again with another value (e.g. lines 5 and 6: 130 and 990 kW): their values "
+                     "averaged"], notes
+    clean = tmp_path / "clean.csv"
+    clean.write_text("timestamp,kw\n2019-03-31 01:45,100\n2019-03-31 03:00,120\n2019-03-31 03:00,120\n")
+    assert read_export(clean, "timestamp", "kw", ZoneInfo("Europe/Rome"))[4] == []    # repeated alike: nothing
