@@ -47,7 +47,17 @@ async def test_a_second_gateway_on_the_same_file_is_refused_and_forget_forecast_
 
 
 def test_no_lock_to_be_had_is_no_refusal(tmp_path):
-    # the data volume not mounted yet (the directory missing) or read-only: the gateway starts, as before the lock
-    assert RunLock(tmp_path / "not-yet" / "gateway.sqlite").take() is None
-    assert held_by_another(tmp_path / "not-yet" / "gateway.sqlite") is None
+    # a directory that cannot be made (or a read-only one): the gateway starts, as on a file it cannot write
+    (tmp_path / "a-file").write_text("")
+    assert RunLock(tmp_path / "a-file" / "gateway.sqlite").take() is None
+    assert held_by_another(tmp_path / "a-file" / "gateway.sqlite") is None
     assert lock_path(tmp_path / "gateway.sqlite") == tmp_path / "gateway.sqlite.lock"
+
+
+def test_a_first_run_whose_directory_is_not_there_yet_is_locked_too(tmp_path):
+    # the default var/gateway.sqlite on a first run: the storage makes the directory; so does the lock, first
+    lock = RunLock(tmp_path / "var" / "gateway.sqlite")
+    assert lock.take() is None
+    assert (tmp_path / "var" / "gateway.sqlite.lock").read_text() == f"{os.getpid()}\n"
+    assert held_by_another(tmp_path / "var" / "gateway.sqlite") == \
+        f"storage.path {tmp_path / 'var' / 'gateway.sqlite'} is in use by process {os.getpid()}"

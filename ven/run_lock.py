@@ -4,8 +4,8 @@ A second `edge-gateway run` on the same file (started by hand beside the service
 host install sharing the volume) registered as the same VEN, and the VTN got every reading twice; neither log said a
 word. `run` holds an advisory lock on `<storage.path>.lock` for as long as the process lives (the kernel drops it when
 the process ends, however it ends), and refuses to start while another process holds it. `forget-forecast` asks the
-same lock. A directory that does not exist yet, or refuses the lock file, gives no lock: the gateway starts as
-before (the file itself may come later, a volume mounted after the start).
+same lock. A directory that cannot be made or refuses the lock file (read-only) gives no lock: the gateway
+starts as before, as it does on a file it cannot write.
 """
 from __future__ import annotations
 
@@ -36,6 +36,8 @@ class RunLock:
         """Hold the lock until the process ends. Returns None (held, or no lock to be had here) or, when another
         process holds it, a sentence naming it."""
         try:
+            # the storage makes the directory too; made here first, a first run is locked as well
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             writable = True
         except OSError:
