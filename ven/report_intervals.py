@@ -40,6 +40,9 @@ class Interval:
     value: float
     samples: tuple        # the samples averaged into it: acknowledged together once the VTN took it
     failed: int = 0       # ticks in it whose readings are missing from the mean: failed reads, the gateway not running
+    # some of its readings left the queue before its request came (the other requests served took them): the mean
+    # of only the rest
+    cut: bool = False
 
     @property
     def end(self) -> datetime:
@@ -47,8 +50,9 @@ class Interval:
 
     @property
     def quality(self) -> str | None:
-        """oadrDataQuality for the VTN: None (no element) unless more than FAILED_SHARE of its reads failed."""
-        return SUB_NORMAL if self.failed > FAILED_SHARE * (len(self.samples) + self.failed) else None
+        """oadrDataQuality for the VTN: None (no element) unless more than FAILED_SHARE of its reads failed, or it
+        lacks readings that left the queue."""
+        return SUB_NORMAL if self.cut or self.failed > FAILED_SHARE * (len(self.samples) + self.failed) else None
 
 
 def bucket_start(ts: datetime, granularity: timedelta) -> datetime:

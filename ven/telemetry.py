@@ -112,6 +112,9 @@ class TelemetryQueue:
         # report requests served at once, each at its own place: a sample leaves the queue once all took it
         self._readers: dict[str, _Reader] = {}
         self._sent: set[int] = set()        # samples one request delivered that another has yet to take
+        # the time of the newest reading that left the queue (every request took it, or it aged out): a report
+        # interval of a request that came after it and holding it is the mean of only the readings still queued
+        self.left_until: datetime | None = None
         # while the file refuses writes, samples go to memory and the file is tried this often, not
         # with every sample: each try can wait BUSY_TIMEOUT_SECONDS on the event loop
         self._retry_seconds = reopen_seconds or 0.0
@@ -444,6 +447,7 @@ class TelemetryQueue:
         if gone or first_row:
             self._forget(lambda seq: seq in gone or 0 < seq < first_row)
         if n > 0:
+            self._left(cutoff)      # the rows deleted were dated before it
             if not self._dropping:
                 log.warning("telemetry queue holds %s of samples: dropping the oldest "
                             "(counted in the status) until the VTN takes the backlog", span(self.max_age.total_seconds()))
@@ -514,17 +518,33 @@ class TelemetryQueue:
         if self._readers.pop(name, None) is None or not self._readers:
             return
         readers = list(self._readers.values())
-        floor = max(r.floor for r in readers)
+        # rows up to the furthest any took, with their times: what leaves now is said in left_until
+        last = max([r.floor for r in readers] + [seq for r in readers for seq in r.taken])
         try:
-            rows = [seq for seq, in self._db().execute("SELECT seq FROM telemetry_queue WHERE seq <= ?", (floor,))]
+            rows = dict(self._db().execute("SELECT seq, ts FROM telemetry_queue WHERE seq <= ?", (last,)))
         except sqlite3.Error:
-            rows = []
+            rows = {}
         done = {seq for seq in {*rows, *(seq for r in readers for seq in r.taken)}
                 if seq not in self._acked and all(r.has(seq) for r in readers)}
         for r in readers:
             r.taken -= done
         if done:
+            stamps = [rows[seq] for seq in done if seq in rows and isinstance(rows[seq], str)]
+            try:
+                newest = [aware_time(max(stamps))] if stamps else []     # one zone: ISO text sorts as the times do
+            except ValueError:
+                newest = []     # a damaged row: _samples drops and names it
+            self._left(max(newest + [s.ts for s in self._memory if s.seq in done], default=None))
             self._remove(done)
+
+    def rename_reader(self, old: str, new: str) -> None:
+        """A request takes up the place in the queue of one that ended (the same stream, requested again)."""
+        if old in self._readers and new not in self._readers:
+            self._readers[new] = self._readers.pop(old)
+
+    def _left(self, ts: datetime | None) -> None:
+        if ts is not None and (self.left_until is None or ts > self.left_until):
+            self.left_until = ts
 
     def _take(self, name: str, seqs: set[int], delivered: bool) -> set[int]:
         """`name` took these: the ones every request has taken now, which leave the queue."""
@@ -601,6 +621,7 @@ class TelemetryQueue:
         done = {s.seq for s in samples}
         if reader is not None and len(self._readers) > 1:
             done = self._take(reader, done, delivered)
+        self._left(max((s.ts for s in samples if s.seq in done or self._moved.get(s.seq) in done), default=None))
         if samples and delivered:
             self.last_delivery = datetime.now(timezone.utc)
         self._remove(done, delivered)

@@ -104,8 +104,13 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
         self._r_id = config.report_resource_id
         self._requests: dict[str, Standing] = {}   # the standing telemetry requests served, by reportRequestID
         self._one_shots: list[str] = []      # one-shot requests waiting for their single report
-        # end of the last interval the VTN took under the last request to end: the next one alone goes on from it
-        self._sent_until: datetime | None = None
+        # the end of the last interval the VTN took of each granularity under a request that ended: a request of that
+        # granularity goes on after it (sent again, an interval could carry another value: fewer readings queued)
+        self._reported: dict[timedelta, datetime] = {}
+        # the queue readers of the requests a new registration ended, by granularity, and when (the loop's clock):
+        # held for the VTN's requests again, so each stream goes on where it was, whichever is asked first
+        self._parked: dict[timedelta, str] = {}
+        self._parked_since = 0.0
         self._reports_offered = False
         self.report_offer_error: str | None = None   # why the VTN did not take the offer, while it does not
         self._offer_refusal_said: str | None = None  # the _fault_kind of the last refusal logged at registration

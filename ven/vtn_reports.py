@@ -61,6 +61,11 @@ class Standing:
     backlog: int = 0                        # intervals of a backlog sent so far (said once it is all sent)
     batch: int = BATCH                      # intervals per update: less once the VTN could not take BATCH in time
     ahead_said: bool = False                # readings stamped by a clock that was ahead: said once
+    # readings before it went to the VTN in intervals of this granularity under a request that ended (cancelled,
+    # then asked again): not sent twice
+    start: datetime | None = None
+    # the newest reading that had left the queue when it came: an interval of it holding that one lacks readings
+    left: datetime | None = None
 
 
 class VtnReports:
@@ -136,15 +141,19 @@ class VtnReports:
         req.next_report = min(req.next_report, self._next_update(req, now))
         return req.next_report
 
-    def _drop_before(self, req: Standing, first: datetime) -> None:
-        """The VTN asked for reporting from `first`: readings before it are no interval of this request. All of
-        them at once, in one line (a week queued at 10 s is 60,000 readings). Another request served may
-        still report them: they leave the queue once it took them too."""
+    def _take_before(self, req: Standing, first: datetime) -> int:
+        """Readings before `first` are no interval of this request: taken from its reads unsent, all at once (a week
+        queued at 10 s is 60,000 readings); how many. Another request served may still report them: they leave the
+        queue once it took them too."""
         dropped, limit = 0, BATCH       # the head, before every batch sent; beyond it once some are early
         while early := [s for s in self._telemetry.peek(limit, req.rrid) if s.ts < first]:
             self._telemetry.ack(early, delivered=False, reader=req.rrid)
             dropped, limit = dropped + len(early), MAX_PEEK
-        if dropped:
+        return dropped
+
+    def _drop_before(self, req: Standing, first: datetime) -> None:
+        """The VTN asked for reporting from `first`: readings before it are not reported, in one line."""
+        if dropped := self._take_before(req, first):
             log.info("%d reading(s) taken before %s, where the reportInterval of request %s starts, are not "
                      "reported%s", dropped, _iso(first), req.rrid,
                      "" if len(self._requests) < 2 else " under it (the other requests served still report them)")
@@ -210,6 +219,9 @@ class VtnReports:
         while self._live and self._requests.get(req.rrid) is req:
             if first is not None:
                 self._drop_before(req, first)
+            if req.start is not None and (skipped := self._take_before(req, req.start)):
+                log.debug("%d reading(s) before %s went to the VTN in intervals of %s under an earlier request: not "
+                          "sent again under request %s", skipped, _iso(req.start), _duration(req.granularity), req.rrid)
             ahead = self._ahead(req, now)
             if ahead:
                 if not req.ahead_said:
@@ -241,11 +253,22 @@ class VtnReports:
                 self._telemetry.ack(late, delivered=False, reader=req.rrid)
             if not intervals:
                 return True
+            left = req.left
+            if left is not None:
+                # a request added after other requests' intervals took readings of its first one: the rest of them is
+                # all there is, and the VTN must not take their mean for the whole interval's
+                intervals = [replace(iv, cut=iv.start <= left) for iv in intervals]
             if not await self._send_report(intervals, req.rrid):
                 self._smaller_batch(req, len(intervals))
                 return False
             self._telemetry.ack([s for iv in intervals for s in iv.samples], reader=req.rrid)
             req.sent_until = intervals[-1].end
+            req.start = req.left = None     # its first intervals are out: sent_until governs from here
+            if cut := [iv for iv in intervals if iv.cut]:
+                log.info("TELEMETRY_USAGE interval %s + %s of request %s lacks the readings up to %s, which had left "
+                         "the queue when the request came: sent as the mean of the %d still queued, marked %s",
+                         _iso(cut[0].start), _duration(req.granularity), req.rrid, _iso(left), len(cut[0].samples),
+                         cut[0].quality)
             # one line per interval is a healthy gateway's whole log: only a backlog is news, said when
             # its first batch goes and when it is all delivered, not once per batch
             log.log(logging.INFO if len(intervals) > 1 and not (req.catch_up and req.backlog) else logging.DEBUG,
@@ -292,6 +315,7 @@ class VtnReports:
         openadr.request_wait_seconds and REQUEST_WAIT_POLLS polls, is one WARNING; a request ends it (_adopt).
         Not connected, or the offer refused, are faults of their own, said by their own lines: the wait starts
         over after them, unless the warning is out already (it stays until a request comes)."""
+        self._release_parked()
         u = self._unrequested
         if self._requests:
             return
@@ -452,22 +476,41 @@ class VtnReports:
         self._one_shots.remove(rrid)
         self._forget_request(rrid)
 
-    def _stop_serving(self, rrid: str) -> None:
+    def _stop_serving(self, rrid: str, park: bool = False) -> None:
         """The request ends; the others served go on. What it took and they did not stays for them; with
-        none left, every reading it did not take waits for the VTN's next request."""
+        none left, every reading it did not take waits for the VTN's next request. `park`: its place in the
+        queue is held for a request of its granularity (_end_requests)."""
         req = self._requests.pop(rrid, None)
         if req is not None:
-            self._telemetry.drop_reader(rrid)
-            if not self._requests:
-                self._sent_until = req.sent_until   # what is queued is what it did not take: the next goes on from it
+            if req.sent_until is not None:
+                self._reported[req.granularity] = req.sent_until
+            held = f"parked {_duration(req.granularity)}"
+            if park and req.granularity not in self._parked:
+                self._telemetry.rename_reader(rrid, held)
+                self._parked[req.granularity] = held
+            else:
+                self._telemetry.drop_reader(rrid)
         self._forget_request(rrid)
 
     def _end_requests(self) -> None:
-        """A new registration: the VTN requests anew. The request furthest behind ends last, so the queue
-        keeps what it did not take (at least once: a new request may get again what another one got)."""
-        for req in sorted(self._requests.values(), key=lambda r: r.sent_until or datetime.min.replace(tzinfo=UTC),
-                          reverse=True):
-            self._stop_serving(req.rrid)
+        """A new registration: the VTN requests anew. Each request's place in the queue is held for the VTN's
+        request of its granularity, for openadr.request_wait_seconds: a stream ahead of another went on from
+        the one behind and sent its last intervals again (some with another value, from fewer readings), and the
+        one behind lost the readings the one asked for first had taken."""
+        for rrid in list(self._requests):
+            self._stop_serving(rrid, park=True)
+        if self._parked:
+            self._parked_since = asyncio.get_running_loop().time()
+
+    def _release_parked(self) -> None:
+        """The VTN did not ask again for the streams it had before its registration: their readings stop waiting."""
+        if not self._parked or asyncio.get_running_loop().time() - self._parked_since < self._request_wait():
+            return
+        gone, self._parked = self._parked, {}
+        for held in gone.values():
+            self._telemetry.drop_reader(held)
+        log.info("TELEMETRY_USAGE of %s not requested again since the VTN registration: the readings held for it "
+                 "leave the queue once the requests served took them", ", ".join(map(_duration, gone)))
 
     def _forget_request(self, rrid: str) -> None:
         if self._client is not None:
@@ -573,10 +616,18 @@ class VtnReports:
                 granularity, back, window) == self._request_said
             log.log(logging.DEBUG if repeated else logging.INFO, "VTN requested telemetry (request %s): %s", rrid, how)
         if req is None:
-            # alone, it goes on where the last request ended; beside others, from the oldest reading queued
-            req = self._requests[rrid] = Standing(rrid, granularity, back,
-                                                  sent_until=None if others else self._sent_until)
-            self._telemetry.add_reader(rrid)
+            # A stream the VTN had before goes on after its last interval: after a new registration from its place in
+            # the queue, held for it; after a cancel, past what it reported. Another, from the oldest reading queued.
+            parked, reported = self._parked.pop(granularity, None), self._reported.get(granularity)
+            left, now = self._telemetry.left_until, _utcnow()
+            # times after now were dated by a clock that stepped back since: no place among this clock's readings
+            reported, left = (t if t is not None and t <= now else None for t in (reported, left))
+            req = self._requests[rrid] = Standing(rrid, granularity, back, sent_until=reported, left=left)
+            if parked is not None:
+                self._telemetry.rename_reader(parked, rrid)
+            else:
+                req.start = reported
+                self._telemetry.add_reader(rrid)
         self._request_said = (granularity, back, window)
         req.granularity, req.back, req.window, req.final = granularity, back, window, False
         req.next_report = self._next_update(req, _utcnow())

@@ -1,0 +1,129 @@
+"""A report request that takes up a stream another one served (the VTN's requests again after a new registration, a
+cancel and a request again) or joins the queue midway (a request added beside another): the utility never gets an
+interval twice, nor one averaged over part of its readings as if it were whole. From a utility's exploratory round
+(two requests open through a VTN outage resent intervals, some with another value; a request added beside another
+got a first interval of only the readings the other had not taken, unmarked).
+A real openleadr VTN (DemoVtn) on loopback, a real SQLite queue."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+
+import pytest
+from test_report_multiple import standing
+from test_report_requests import EPOCH, S, expected, now, received, running, said, same
+from waiting import eventually as until
+
+from ven.report_intervals import SUB_NORMAL, bucket_start
+from ven.vtn_server import DemoVtn
+
+FAST, SLOW = (S, S), (10 * S, 10 * S)     # (granularity, reportBackDuration)
+
+
+def of(vtns, granularity):
+    """Every interval the VTNs received of `granularity`, in the order they came."""
+    return [iv for iv in received(*vtns) if iv[1] == granularity]
+
+
+def last_end(vtn, granularity):
+    got = of([vtn], granularity)
+    return got[-1][0] + granularity if got else None
+
+
+@pytest.mark.parametrize("asked_first", ["fast", "slow"])
+async def test_two_requests_asked_again_after_an_outage_go_on_where_each_ended(
+        tmp_path, free_tcp_port, caplog, asked_first):
+    """The fast stream ahead of the slow one when the VTN goes down: each stream goes on after its own last
+    interval, not from the slow one's (which resent the fast one's last intervals, the same dtstart twice)."""
+    caplog.set_level(logging.INFO, logger="ven")
+    first_asked, other = (FAST, SLOW) if asked_first == "fast" else (SLOW, FAST)
+    port = free_tcp_port()
+    first = DemoVtn(port, poll_seconds=1, report_granularity=first_asked[0], report_back=first_asked[1])
+    second = None
+    await first.start()
+    try:
+        async with running(tmp_path, first.url) as rig:
+            await until(lambda: rig.vtn.status()["report_request_id"], 10, "telemetry requested")
+            first.create_report(rig.vtn.ven_id, *other)
+            await until(lambda: len(standing(rig)) == 2, 5, "both requests served")
+            rig.start_meter(0.25)
+            # the fast stream 2-5 s past the slow one's last interval end (a PT10S boundary)
+            await until(lambda: last_end(first, SLOW[0]) is not None and 2 <= (
+                last_end(first, S) - last_end(first, SLOW[0])).total_seconds() <= 5, 25, "the fast stream ahead")
+            await first.stop()
+            await asyncio.sleep(5)                 # 3 failed polls: a fresh registration, retried
+            second = DemoVtn(port, poll_seconds=1, report_granularity=first_asked[0], report_back=first_asked[1])
+            await second.start()
+            await until(lambda: second.registrations == 1 and standing(rig), 10, "registered again, requested")
+            second.create_report(rig.vtn.ven_id, *other)
+            await until(lambda: len(standing(rig)) == 2, 5, "both requested again")
+            await until(lambda: of([second], SLOW[0]), 15, "the slow stream goes on")
+            await rig.stop_meter()
+            await until(lambda: rig.queue.pending == 0, 15, "everything delivered")
+            await asyncio.sleep(0.3)
+            for granularity in (S, SLOW[0]):
+                # each interval once, the mean of all its readings; none lost
+                same(of([first, second], granularity), expected(rig.taken, granularity))
+            assert not [q for *_, q in first.data_quality + second.data_quality if q is not None]
+    finally:
+        if second is not None:
+            await second.stop()
+        await first.stop()
+
+
+async def test_a_stream_cancelled_and_requested_again_beside_another_goes_on_after_its_last_interval(
+        tmp_path, free_tcp_port, caplog):
+    """A cancel and the same request again while a slower request is served: the new one went on from the slow
+    one's place in the queue and sent the cancelled one's last intervals again."""
+    caplog.set_level(logging.INFO, logger="ven")
+    async with DemoVtn(free_tcp_port(), poll_seconds=1, report_granularity=SLOW[0], report_back=SLOW[1]) as server:
+        async with running(tmp_path, server.url) as rig:
+            await until(lambda: rig.vtn.status()["report_request_id"], 10, "telemetry requested")
+            fast = server.create_report(rig.vtn.ven_id, *FAST)
+            await until(lambda: len(standing(rig)) == 2, 5, "both requests served")
+            rig.start_meter(0.25)
+            await until(lambda: last_end(server, SLOW[0]) is not None and 2 <= (
+                last_end(server, S) - last_end(server, SLOW[0])).total_seconds() <= 4, 25, "the fast stream ahead")
+            server.cancel_report(rig.vtn.ven_id, fast)
+            again = server.create_report(rig.vtn.ven_id, *FAST)
+            await until(lambda: again in standing(rig) and fast not in standing(rig), 5, "requested again")
+            await until(lambda: len(received(server, rrid=again)) >= 2, 5, "served again")
+            await rig.stop_meter()
+            await until(lambda: rig.queue.pending == 0, 15, "everything delivered")
+            await asyncio.sleep(0.3)
+            same(of([server], S), expected(rig.taken, S))         # nothing twice, nothing lost
+            same(of([server], SLOW[0]), expected(rig.taken, SLOW[0]))
+            assert not [q for *_, q in server.data_quality if q is not None]
+
+
+async def test_a_request_beside_another_marks_a_first_interval_whose_earlier_readings_left_the_queue(
+        tmp_path, free_tcp_port, caplog):
+    """Readings the first request took left the queue: a request added after them whose first interval began
+    before they left gets only the rest of that interval's readings. It is sent marked, not as a whole mean."""
+    caplog.set_level(logging.INFO, logger="ven")
+    g = 3 * S
+    async with DemoVtn(free_tcp_port(), poll_seconds=1, report_granularity=2 * S, report_back=2 * S) as server:
+        async with running(tmp_path, server.url) as rig:
+            await until(lambda: rig.vtn.status()["report_request_id"], 10, "telemetry requested")
+            t0 = bucket_start(now() - 120 * S, 60 * S)       # minutes ago, on every grid: whole intervals
+            readings = [(t0 + (i + 0.5) * S, 100.0 + i) for i in range(10)]
+            for ts, kw in readings:
+                rig.vtn.record_sample(ts, kw)
+            await until(lambda: rig.queue.pending == 0, 10, "the first request took them all")
+            beside = server.create_report(rig.vtn.ven_id, g, g)
+            await until(lambda: len(standing(rig)) == 2, 5, "the second request served")
+            # t0+9 .. t0+12: 9.5 left with the first request's intervals, 10.5 and 11.5 are queued
+            later = [(t0 + (i + 0.5) * S, 100.0 + i) for i in range(10, 15)]
+            for ts, kw in later:
+                rig.vtn.record_sample(ts, kw)
+            await until(lambda: rig.queue.pending == 0, 10, "both took them")
+            await asyncio.sleep(0.3)
+            got = received(server, rrid=beside)
+            assert [t for t, *_ in got] == [t0 + 9 * S, t0 + 12 * S]
+            marks = {t: q for r, t, q in server.data_quality if r == beside}
+            assert marks == {t0 + 9 * S: SUB_NORMAL, t0 + 12 * S: None}
+            assert got[0][2] == pytest.approx(110.5)          # what it holds: the readings still queued
+            same(got[1:], [iv for iv in expected(readings + later, g) if iv[0] == t0 + 12 * S])
+            lines = said(caplog, f"request {beside}")
+            assert [m for m in lines if "left the queue" in m], lines
