@@ -124,6 +124,9 @@ async def test_intervals_have_the_requested_granularity_are_means_and_come_every
             assert max(sizes) == 2 and sizes.count(2) >= len(sizes) - 2, sizes   # two 2-s intervals per 4 s
             await until(lambda: rig.queue.pending == 0, 5, "the intervals acknowledged")     # the VEN has the answer
             assert said(caplog, "intervals of PT2S (mean of the readings in each), sent every PT4S")
+            # two intervals an update is the request's routine, not a backlog: an INFO line each was a healthy VEN's
+            # whole log (15-minute intervals sent hourly, all day)
+            assert said(caplog, "interval(s) of PT2S from") == [], said(caplog, "interval(s) of PT2S from")
             assert (rig.vtn.status()["report_granularity_seconds"], rig.vtn.status()["report_back_seconds"]) == (2, 4)
 
 

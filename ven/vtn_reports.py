@@ -269,12 +269,14 @@ class VtnReports:
                          "the queue when the request came: sent as the mean of the %d still queued, marked %s",
                          _iso(cut[0].start), _duration(req.granularity), req.rrid, _iso(left), len(cut[0].samples),
                          cut[0].quality)
-            # one line per interval is a healthy gateway's whole log: only a backlog is news, said when
-            # its first batch goes and when it is all delivered, not once per batch
-            log.log(logging.INFO if len(intervals) > 1 and not (req.catch_up and req.backlog) else logging.DEBUG,
+            # one line per update is a healthy gateway's whole log: only a backlog is news, said when its first
+            # batch goes and when it is all delivered, not once per batch. An update of the intervals one
+            # reportBackDuration holds (15-minute intervals sent hourly: four) is no backlog.
+            routine = max(1, int(req.back / req.granularity)) if req.back and req.granularity else 1
+            log.log(logging.INFO if len(intervals) > routine and not (req.catch_up and req.backlog) else logging.DEBUG,
                     "TELEMETRY_USAGE: %d interval(s) of %s from %s to %s sent (request %s)", len(intervals),
                      _duration(req.granularity), _iso(intervals[0].start), _iso(intervals[-1].end), req.rrid)
-            if req.catch_up and (len(intervals) > 1 or req.backlog):
+            if req.catch_up and (len(intervals) > routine or req.backlog):
                 req.backlog += len(intervals)
         return False
 
