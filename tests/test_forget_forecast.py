@@ -43,6 +43,9 @@ def test_it_says_what_it_would_delete_and_deletes_only_with_yes(tmp_path, free_u
     assert ForecastStore(str(db)).contents() == {"minutes": 0, "first": None, "last": None, "model": False,
                                                  "forecasts": 0}
     assert ForecastStore(str(db)).history(0)["forecasts"] == {}
+    # once more, with nothing left: said so, not "run again with --yes"
+    assert main(["forget-forecast", "--config", str(cfg)]) == 0
+    assert "holds no forecaster history, model or forecasts: nothing to forget" in capsys.readouterr().out
     kept = Storage(db)
     try:
         assert kept.load_value("bacnet_commands:ADR-Opt-Out") == '{"8": 1}'

@@ -65,6 +65,10 @@ def forget_forecast(cfg: GatewayConfig, yes: bool) -> int:
     try:
         store = ForecastStore(path)
         held = store.contents()
+        if not (held["minutes"] or held["model"] or held["forecasts"]):
+            # "run again with --yes" and exit 1 sent the operator round again for nothing
+            print(f"storage.path {path} holds no forecaster history, model or forecasts: nothing to forget")
+            return 0
         if not yes:
             print(f"storage.path {path} holds the forecaster's {_held(held)}. Nothing deleted: run again with "
                   f"--yes to delete them ({KEPT})")
