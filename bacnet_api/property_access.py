@@ -62,19 +62,24 @@ class PropertyAccess:
 
     def write_failed(self, apdu: Any, obj: Any, prop: Any, index: Any, priority: Any, value: Any,
                      err: ExecutionError) -> None:
-        """A write in `apdu` of `value` (an Any) to an existing object failed with `err`; the caller answers."""
+        """A write in `apdu` of `value` (decoded; None when it would not decode) to an existing object failed with
+        `err`; the caller answers."""
+
+    async def _write(self, apdu: Any, obj: Any, prop: Any, index: Any, priority: Any, raw: Any) -> None:
+        value = None
+        try:
+            value = value_to_write(obj, prop, index, priority, raw)
+            await obj.write_property(prop, value, index, priority)
+        except ExecutionError as err:
+            self.write_failed(apdu, obj, prop, index, priority, value, err)
+            raise
 
     async def do_WritePropertyRequest(self, apdu: Any) -> None:
         obj = self.get_object_id(self.local_id(apdu.objectIdentifier))
         if obj is None:
             raise ObjectError("unknownObject")
-        prop, index, priority = apdu.propertyIdentifier, apdu.propertyArrayIndex, apdu.priority
-        try:
-            value = value_to_write(obj, prop, index, priority, apdu.propertyValue)
-            await obj.write_property(prop, value, index, priority)
-        except ExecutionError as err:
-            self.write_failed(apdu, obj, prop, index, priority, apdu.propertyValue, err)
-            raise
+        await self._write(apdu, obj, apdu.propertyIdentifier, apdu.propertyArrayIndex, apdu.priority,
+                          apdu.propertyValue)
         await self.response(SimpleAckPDU(context=apdu))
 
     async def do_WritePropertyMultipleRequest(self, apdu: Any) -> None:
@@ -89,10 +94,8 @@ class PropertyAccess:
                 for p in props:
                     prop, index, priority = p.propertyIdentifier, p.propertyArrayIndex, p.priority
                     try:
-                        await obj.write_property(prop, value_to_write(obj, prop, index, priority, p.value),
-                                                 index, priority)
+                        await self._write(apdu, obj, prop, index, priority, p.value)
                     except ExecutionError as err:
-                        self.write_failed(apdu, obj, prop, index, priority, p.value, err)
                         raise multiple_error(err.errorClass, err.errorCode, object_id, prop, index) from None
         except WritePropertyMultipleError as error:
             error.set_context(apdu)

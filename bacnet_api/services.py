@@ -69,7 +69,7 @@ from bacpypes3.primitivedata import Boolean, Integer, PropertyIdentifier
 
 from .client import error_text, to_plain
 from .objects import why_refused
-from .property_access import PropertyAccess, multiple_error, value_to_write
+from .property_access import PropertyAccess, multiple_error
 from .rejects import reject_undecodable
 from .server_transactions import mend_server_transactions
 from .settle import span
@@ -225,14 +225,10 @@ class _Services(PropertyAccess):
         if (self._write_access is None or err.errorCode not in _COMMAND_REFUSALS or index is not None
                 or prop != PropertyIdentifier.presentValue or obj.get_property_type(prop) is None):
             return
-        try:
-            decoded = value_to_write(obj, prop, index, priority, value)
-        except ExecutionError:
-            decoded = None
         service = "WriteProperty" if isinstance(apdu, WritePropertyRequest) else "WritePropertyMultiple"
         what = f"{service} of {self._target(obj.objectIdentifier, prop, None, priority)}"
         self._write_access.refuse(apdu.pduSource, what, str(ErrorCode(err.errorCode)),
-                                  why_refused(obj, err.errorCode, decoded, priority))
+                                  why_refused(obj, err.errorCode, value, priority))
 
     async def do_WritePropertyRequest(self, apdu: Any) -> None:
         if self._refused(apdu, lambda: "WriteProperty of " + self._target(

@@ -11,8 +11,8 @@ the meter stop answering while the router stays up, the way a meter with a dead 
 working router looks on the wire. `units` (and `set_units`) publish the value in another unit, e.g.
 watts or kilowattHours, as real meters do; `value` is in that unit. `set_status` raises the meter's own
 fault or out-of-service flags while its presentValue still answers. `set_dropping(n)` loses every n-th
-read of presentValue, as a busy MS/TP trunk does, and `set_answer_delay(s)` answers each request late. `restart()` stops and starts the
-router and meter (a power cycle) on the same address.
+read of presentValue, as a busy MS/TP trunk does, and `set_answer_delay(s)` answers each request late.
+`restart()` stops and starts the router and meter (a power cycle) on the same address.
 """
 from __future__ import annotations
 

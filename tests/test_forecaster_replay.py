@@ -265,8 +265,8 @@ def test_output_to_dev_stdout_when_stdout_is_a_pipe():
         proc.wait()
         err = proc.stderr.read()
     assert lines[0].strip() == ",".join(OUTPUT_COLUMNS), (lines, err)
-    assert lines[1].startswith("2019-10-14T00:00:00+00:00,15,") and lines[2].startswith("2019-10-14T00:00:00+00:00,60,"), \
-        (lines, err)
+    assert lines[1].startswith("2019-10-14T00:00:00+00:00,15,"), (lines, err)
+    assert lines[2].startswith("2019-10-14T00:00:00+00:00,60,"), (lines, err)
 
 
 def test_naive_times_in_the_hour_the_autumn_change_repeats_are_both_kept(tmp_path):

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import timedelta
 
 import pytest
 from test_report_multiple import standing
-from test_report_requests import EPOCH, S, expected, now, received, running, said, same
+from test_report_requests import S, expected, now, received, running, said, same
 from waiting import eventually as until
 
 from ven.report_intervals import SUB_NORMAL, bucket_start
@@ -52,7 +51,9 @@ async def test_two_requests_asked_again_after_an_outage_go_on_where_each_ended(
             await until(lambda: last_end(first, SLOW[0]) is not None and 2 <= (
                 last_end(first, S) - last_end(first, SLOW[0])).total_seconds() <= 5, 25, "the fast stream ahead")
             await first.stop()
-            await asyncio.sleep(5)                 # 3 failed polls: a fresh registration, retried
+            # the polls fail until the VEN registers afresh, and that fails too: the case of a new registration
+            await until(lambda: not rig.vtn.connected and rig.vtn.registration_failures >= 1, 15,
+                        "registering again, the VTN lost")
             second = DemoVtn(port, poll_seconds=1, report_granularity=first_asked[0], report_back=first_asked[1])
             await second.start()
             await until(lambda: second.registrations == 1 and standing(rig), 10, "registered again, requested")

@@ -43,7 +43,11 @@ async def test_a_second_gateway_on_the_same_file_is_refused_and_forget_forecast_
         assert gateway.alive and "Traceback" not in gateway.log()
     # stopped (or killed: the kernel drops the lock with the process), the file is free again
     assert held_by_another(db) is None
-    assert RunLock(tmp_path / "link" / "gateway.sqlite").take() is None
+    lock = RunLock(tmp_path / "link" / "gateway.sqlite")
+    try:
+        assert lock.take() is None
+    finally:
+        lock.close()
 
 
 def test_no_lock_to_be_had_is_no_refusal(tmp_path):
@@ -57,7 +61,11 @@ def test_no_lock_to_be_had_is_no_refusal(tmp_path):
 def test_a_first_run_whose_directory_is_not_there_yet_is_locked_too(tmp_path):
     # the default var/gateway.sqlite on a first run: the storage makes the directory; so does the lock, first
     lock = RunLock(tmp_path / "var" / "gateway.sqlite")
-    assert lock.take() is None
-    assert (tmp_path / "var" / "gateway.sqlite.lock").read_text() == f"{os.getpid()}\n"
-    assert held_by_another(tmp_path / "var" / "gateway.sqlite") == \
-        f"storage.path {tmp_path / 'var' / 'gateway.sqlite'} is in use by process {os.getpid()}"
+    try:
+        assert lock.take() is None
+        assert (tmp_path / "var" / "gateway.sqlite.lock").read_text() == f"{os.getpid()}\n"
+        assert held_by_another(tmp_path / "var" / "gateway.sqlite") == \
+            f"storage.path {tmp_path / 'var' / 'gateway.sqlite'} is in use by process {os.getpid()}"
+    finally:
+        lock.close()
+    assert held_by_another(tmp_path / "var" / "gateway.sqlite") is None

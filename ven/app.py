@@ -380,9 +380,8 @@ class Gateway:
             revision += 1
             # what came and what went: a rename names both, and the reader must tell which is which
             came, went = sorted(set(identity) - set(known)), sorted(set(known) - set(identity))
-            log.info("BACnet objects differ from the last run (%s): databaseRevision %d",
-                     "; ".join(f"{word} {', '.join(names)}" for word, names in (("new", came), ("gone", went)) if names),
-                     revision)
+            said = [f"{word} {', '.join(names)}" for word, names in (("new", came), ("gone", went)) if names]
+            log.info("BACnet objects differ from the last run (%s): databaseRevision %d", "; ".join(said), revision)
         self.device.database_revision = revision
         self.storage.save_value(BACNET_DATABASE, json.dumps({"revision": revision, "objects": identity}))
 

@@ -99,7 +99,7 @@ class ForecastService:
         self._fit_short = False
         self._store_failing = False
         self._missing_since: float | None = None    # the file found deleted (monotonic), while it stays so
-        self._read_until: float | None = None       # the file read-only at the start: when its history was read
+        self._read_at_start = False                 # the file would not open at the start: its history was read
         self._unsaved_model: bytes | None = None    # a fitted model not yet written
         self._unsaved_forecasts: list[Forecast] = []   # issued, not yet written (SAVE_EVERY_CYCLES)
         self._reopen_seconds = reopen_seconds
@@ -254,7 +254,7 @@ class ForecastService:
             self._store, loaded = None, await loop.run_in_executor(self._cycle_pool, self._read_store)
         log.info("forecaster resumed %d minutes of stored history%s%s", loaded["minutes"],
                  " and its fitted model" if loaded["model"] else self._learning_text(),
-                 " (the file read as it is)" if self._read_until is not None else "")
+                 " (the file read as it is)" if self._read_at_start else "")
         for name, state in loaded.get("flags", {}).items():
             if state is not None and state[0]:
                 log.info("forecaster resumed %s on, as since %s (its hysteresis and minimum on-time hold across "
@@ -293,7 +293,7 @@ class ForecastService:
             loaded = ForecastStore(self.storage_path, read_only=True).load_into(self.forecaster, now, flags=True)
         except sqlite3.Error:   # unreadable too (or not there): from nothing, as before
             return {"minutes": 0, "model": False}
-        self._read_until = now
+        self._read_at_start = True
         return loaded
 
     async def last_try(self) -> None:
@@ -356,13 +356,13 @@ class ForecastService:
             store = ForecastStore(self.storage_path)
             fitted = self.forecaster.model_blob()
             # read as it was at the start already: loaded again its minutes would count twice
-            loaded = ({"minutes": 0, "model": False} if self._read_until is not None
+            loaded = ({"minutes": 0, "model": False} if self._read_at_start
                       else store.load_into(self.forecaster, now, model=fitted is None))
             store.save_model(fitted)
         except Exception:  # still not there; the start already said so
             return
         self._store, self._store_failing = store, False
-        if self._read_until is not None:
+        if self._read_at_start:
             log.info("storage.path %s: opened for the forecaster (its history was read at the start)",
                      self.storage_path)
             return

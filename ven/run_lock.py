@@ -61,6 +61,12 @@ class RunLock:
         self._fd = fd
         return None
 
+    def close(self) -> None:
+        """Let the lock go before the process ends (a test; `run` keeps it until it exits)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
 
 def held_by_another(storage_path: str | os.PathLike) -> str | None:
     """Why a gateway seems to run on `storage_path` (its lock held), or None."""
