@@ -7,7 +7,11 @@ A real openleadr VTN (DemoVtn) on loopback, a real SQLite queue."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
+import sqlite3
+from datetime import datetime
 
 import pytest
 from test_report_multiple import standing
@@ -23,6 +27,12 @@ FAST, SLOW = (S, S), (10 * S, 10 * S)     # (granularity, reportBackDuration)
 def of(vtns, granularity):
     """Every interval the VTNs received of `granularity`, in the order they came."""
     return [iv for iv in received(*vtns) if iv[1] == granularity]
+
+
+def sent_until(rig, granularity):
+    ends = [r["sent_until"] for r in rig.vtn.status()["report_requests"]
+            if r["granularity_seconds"] == granularity.total_seconds()]
+    return datetime.fromisoformat(ends[0]) if ends and ends[0] else None
 
 
 def last_end(vtn, granularity):
@@ -128,3 +138,66 @@ async def test_a_request_beside_another_marks_a_first_interval_whose_earlier_rea
             same(got[1:], [iv for iv in expected(readings + later, g) if iv[0] == t0 + 12 * S])
             lines = said(caplog, f"request {beside}")
             assert [m for m in lines if "left the queue" in m], lines
+
+
+@pytest.mark.parametrize("asked_first", ["fast", "slow"])
+async def test_two_streams_go_on_where_each_ended_after_a_restart(tmp_path, free_tcp_port, caplog, asked_first):
+    """The places of the streams in the queue were kept in memory: after a restart both read from the oldest
+    reading queued, so the fast one sent its intervals since the slow one's place again."""
+    caplog.set_level(logging.INFO, logger="ven")
+    first_asked, other = (FAST, SLOW) if asked_first == "fast" else (SLOW, FAST)
+    taken = []
+    async with DemoVtn(free_tcp_port(), poll_seconds=1, report_granularity=first_asked[0],
+                       report_back=first_asked[1]) as server:
+        async with running(tmp_path, server.url) as rig:
+            await until(lambda: rig.vtn.status()["report_request_id"], 10, "telemetry requested")
+            server.create_report(rig.vtn.ven_id, *other)
+            await until(lambda: len(standing(rig)) == 2, 5, "both requests served")
+            rig.start_meter(0.25)
+            await until(lambda: last_end(server, SLOW[0]) is not None and 2 <= (
+                last_end(server, S) - last_end(server, SLOW[0])).total_seconds() <= 5, 25, "the fast stream ahead")
+            await rig.stop_meter()
+            taken += rig.taken
+            # the fast stream's last interval taken by the VTN: a stop while an update is under way sends it again
+            await until(lambda: sent_until(rig, FAST[0]) == bucket_start(taken[-1][0], S) + S, 5, "fast stream sent")
+        with contextlib.closing(sqlite3.connect(tmp_path / "gw.sqlite")) as db:
+            assert db.execute("SELECT COUNT(*) FROM telemetry_queue").fetchone()[0] > 0, "the slow stream's wait"
+        async with running(tmp_path, server.url) as rig:
+            await until(lambda: standing(rig), 10, "registered again, requested")
+            server.create_report(rig.vtn.ven_id, *other)
+            await until(lambda: len(standing(rig)) == 2, 5, "both requested again")
+            rig.start_meter(0.25)
+            await until(lambda: len(of([server], SLOW[0])) >= 3, 25, "the slow stream goes on")
+            await rig.stop_meter()
+            taken += rig.taken
+            await until(lambda: rig.queue.pending == 0, 15, "everything delivered")
+            await asyncio.sleep(0.3)
+    for granularity in (S, SLOW[0]):
+        same(of([server], granularity), expected(taken, granularity))     # each interval once, none lost
+    assert not [q for *_, q in server.data_quality if q is not None]
+    assert not said(caplog, "not requested again")
+
+
+async def test_a_stream_of_the_last_run_not_requested_again_holds_its_readings_no_longer(
+        tmp_path, free_tcp_port, caplog):
+    """After a restart the VTN asks only for the slow stream: the fast one's place is held for
+    request_wait_seconds, then one INFO line, its readings leave with the slow stream's and it is forgotten."""
+    caplog.set_level(logging.INFO, logger="ven")
+    async with DemoVtn(free_tcp_port(), poll_seconds=1, report_granularity=SLOW[0], report_back=SLOW[1]) as server:
+        async with running(tmp_path, server.url) as rig:
+            await until(lambda: rig.vtn.status()["report_request_id"], 10, "telemetry requested")
+            server.create_report(rig.vtn.ven_id, *FAST)
+            await until(lambda: len(standing(rig)) == 2, 5, "both requests served")
+            rig.start_meter(0.25)
+            await until(lambda: last_end(server, SLOW[0]) is not None and 2 <= (
+                last_end(server, S) - last_end(server, SLOW[0])).total_seconds() <= 5, 25, "the fast stream ahead")
+            await rig.stop_meter()
+        assert sorted(rig.queue.places) == [1, 10]
+        async with running(tmp_path, server.url, request_wait_seconds=2) as rig:
+            await until(lambda: standing(rig), 10, "registered again, the slow stream requested")
+            await until(lambda: said(caplog, "TELEMETRY_USAGE of PT1S not requested again"), 10, "the fast released")
+            assert sorted(rig.queue.places) == [10]
+            await until(lambda: rig.queue.pending == 0, 15, "the slow stream took every reading, and they left")
+    with contextlib.closing(sqlite3.connect(tmp_path / "gw.sqlite")) as db:
+        stored = db.execute("SELECT value FROM kv WHERE key = 'telemetry_places'").fetchone()[0]
+    assert list(json.loads(stored)) == ["10"]

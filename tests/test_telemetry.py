@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import sqlite3
 import time
@@ -60,16 +61,41 @@ def test_status_counts_stored_in_another_form_are_one_warning_each_not_a_failed_
     q.close()
     with contextlib.closing(sqlite3.connect(path)) as db, db:
         db.executemany("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)",
-                       [("telemetry_dropped", "3.0"), ("telemetry_last_delivery", "1796230038.5")])
+                       [("telemetry_dropped", "3.0"), ("telemetry_last_delivery", "1796230038.5"),
+                        ("telemetry_places", '{"PT1S": "2026-12-03T20:00:00+00:00"}')])
     q = TelemetryQueue(path)
     try:
         assert [s.kw for s in q.peek()] == [90.0]               # the queue itself is untouched
-        assert q.dropped == 0 and q.last_delivery is None
+        assert q.dropped == 0 and q.last_delivery is None and q.places == {}
     finally:
         q.close()
     said = [r.getMessage() for r in caplog.records]
-    assert len(said) == 2 and "stored telemetry_dropped '3.0' unreadable" in said[0] \
-        and "stored telemetry_last_delivery '1796230038.5' unreadable" in said[1], said
+    assert len(said) == 3 and "stored telemetry_dropped '3.0' unreadable" in said[0] \
+        and "stored telemetry_last_delivery '1796230038.5' unreadable" in said[1] \
+        and "stored telemetry_places '{\"PT1S\"" in said[2], said
+
+
+def test_the_report_streams_places_are_kept_with_the_deletions_of_their_readings(tmp_path):
+    path = tmp_path / "gw.sqlite"
+    q = TelemetryQueue(path)
+    first = [q.add(T0 + timedelta(seconds=i), 90.0 + i) for i in range(4)]
+    q.set_place(timedelta(minutes=15), T0 + timedelta(seconds=2))
+    q.ack(q.peek(2))
+    q.add(T0 + timedelta(seconds=4), 94.0)      # the deletions and the place go with the next reading
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert db.execute("SELECT seq FROM telemetry_queue ORDER BY seq").fetchall()[0] == (first[2],)
+        assert json.loads(db.execute("SELECT value FROM kv WHERE key = 'telemetry_places'").fetchone()[0]) == {
+            "900": (T0 + timedelta(seconds=2)).isoformat()}
+    q.close()
+    q = TelemetryQueue(path)
+    try:
+        assert q.places == {900: T0 + timedelta(seconds=2)}
+        q.park_reader("parked", T0 + timedelta(seconds=3))      # it took the reading dated before its place
+        q.add_reader("other")
+        assert [s.kw for s in q.peek(reader="parked")] == [93.0, 94.0]
+        assert [s.kw for s in q.peek(reader="other")] == [92.0, 93.0, 94.0]
+    finally:
+        q.close()
 
 
 def test_bounding_a_full_queue_by_age_does_not_scan_it_with_every_sample(tmp_path, caplog):

@@ -7,6 +7,7 @@ accepted the oadrUpdateReport that carried it. The queue is bounded by age: samp
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import math
 import sqlite3
@@ -62,8 +63,8 @@ LAST_DELIVERY_SAVE_SECONDS = 60.0
 
 @dataclass
 class _Reader:
-    """Where one of several report requests stands in the queue, in memory (a standing request does not
-    outlive the session anyway): every file row up to `floor` is taken, and `taken` holds the rows
+    """Where one of several report requests stands in the queue, in memory (a restart parks one per stored
+    place, TelemetryQueue.places): every file row up to `floor` is taken, and `taken` holds the rows
     after it (and samples in memory) taken out of order, so its reads start at the floor."""
     floor: int = 0
     taken: set[int] = field(default_factory=set)
@@ -115,6 +116,10 @@ class TelemetryQueue:
         # the time of the newest reading that left the queue (every request took it, or it aged out): a report
         # interval of a request that came after it and holding it is the mean of only the readings still queued
         self.left_until: datetime | None = None
+        # per granularity in seconds, the end of the last interval the VTN took of that stream: kept in the file with
+        # the deletions of its readings, so that after a restart a stream ahead of another goes on where it was
+        self.places: dict[int, datetime] = {}
+        self._places_saved: dict[int, datetime] = {}
         # while the file refuses writes, samples go to memory and the file is tried this often, not
         # with every sample: each try can wait BUSY_TIMEOUT_SECONDS on the event loop
         self._retry_seconds = reopen_seconds or 0.0
@@ -134,12 +139,15 @@ class TelemetryQueue:
         self._index(conn)
         dropped = conn.execute("SELECT value FROM kv WHERE key = 'telemetry_dropped'").fetchone()
         last = conn.execute("SELECT value FROM kv WHERE key = 'telemetry_last_delivery'").fetchone()
+        places = conn.execute("SELECT value FROM kv WHERE key = 'telemetry_places'").fetchone()
         self._conn, self._ident = conn, file_identity(self.path)
         self._dropped_saved = self._stored("telemetry_dropped", dropped, int) or 0
         self._dropped += self._dropped_saved
         stored = self._stored("telemetry_last_delivery", last, aware_time)
         if stored is not None:
             self.last_delivery = stored if self.last_delivery is None else max(stored, self.last_delivery)
+        self._places_saved = self._stored("telemetry_places", places, _places) or {}
+        self.places = {**self._places_saved, **self.places}
         waiting, oldest = conn.execute("SELECT COUNT(*), MIN(ts) FROM telemetry_queue").fetchone()
         if waiting:
             # after a crash with the VTN away, the operator's question is whether the backlog survived; it was
@@ -260,6 +268,10 @@ class TelemetryQueue:
             # the unreadable rows (_samples) leave the file here: their count with them, or a restart forgot it
             db.execute("INSERT INTO kv (key, value) VALUES ('telemetry_dropped', ?)"
                        " ON CONFLICT(key) DO UPDATE SET value=excluded.value", (str(self._dropped),))
+        if self.places != self._places_saved:
+            db.execute("INSERT INTO kv (key, value) VALUES ('telemetry_places', ?)"
+                       " ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                       (json.dumps({str(g): t.isoformat() for g, t in sorted(self.places.items())}),))
         due, saved = self.last_delivery, self._delivery_saved
         if due is None or due == saved or (saved is not None and abs(due - saved) < timedelta(seconds=every)):
             return None
@@ -269,6 +281,7 @@ class TelemetryQueue:
 
     def _acks_written(self, saved: datetime | None) -> None:
         self._acked.clear()
+        self._places_saved = dict(self.places)
         self._dropped_saved = self._dropped
         if saved is not None:
             self._delivery_saved = saved
@@ -515,7 +528,12 @@ class TelemetryQueue:
     def drop_reader(self, name: str) -> None:
         """The request is no longer served: what every request left has taken leaves the queue now. With none
         left, what it took stays for the next request (it took it, the others never did)."""
-        if self._readers.pop(name, None) is None or not self._readers:
+        if self._readers.pop(name, None) is not None:
+            self.leave_taken()
+
+    def leave_taken(self) -> None:
+        """The readings every request served has taken leave the queue."""
+        if not self._readers:
             return
         readers = list(self._readers.values())
         # rows up to the furthest any took, with their times: what leaves now is said in left_until
@@ -536,6 +554,26 @@ class TelemetryQueue:
                 newest = []     # a damaged row: _samples drops and names it
             self._left(max(newest + [s.ts for s in self._memory if s.seq in done], default=None))
             self._remove(done)
+
+    def park_reader(self, name: str, before: datetime) -> None:
+        """A stream of the last run, whose readings dated before `before` went to the VTN (its place): a reader
+        that has taken them, held for the same stream requested again."""
+        try:
+            rows = self._db().execute("SELECT seq FROM telemetry_queue WHERE ts < ?", (_utc(before).isoformat(),))
+            taken = {seq for seq, in rows}
+        except sqlite3.Error:
+            taken = set()
+        self._readers[name] = reader = _Reader(taken=taken)
+        if taken:
+            self._raise_floor(reader)
+
+    def set_place(self, granularity: timedelta, until: datetime | None) -> None:
+        """Where the stream of this granularity stands (None: it stands nowhere), written with the next deletions."""
+        key = round(granularity.total_seconds())
+        if until is None:
+            self.places.pop(key, None)
+        else:
+            self.places[key] = _utc(until)
 
     def rename_reader(self, old: str, new: str) -> None:
         """A request takes up the place in the queue of one that ended (the same stream, requested again)."""
@@ -713,6 +751,16 @@ def _ticks_missed(last: datetime, now: datetime, poll_seconds: float) -> bool:
     """Whether a poll tick of the UTC grid fell between the read at `last` and a start at `now` (none was read)."""
     poll_us = max(1, round(poll_seconds * 1e6))
     return _us(now) // poll_us - _us(last) // poll_us > 1
+
+
+def _places(text) -> dict[int, datetime]:
+    data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError("not an object of granularities")
+    places = {int(g): aware_time(t) for g, t in data.items()}
+    if any(g <= 0 for g in places):
+        raise ValueError("a granularity that is not a positive number of seconds")
+    return places
 
 
 def _time_or_none(text) -> datetime | None:

@@ -111,6 +111,8 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
         # held for the VTN's requests again, so each stream goes on where it was, whichever is asked first
         self._parked: dict[timedelta, str] = {}
         self._parked_since = 0.0
+        if config.telemetry:
+            self._park_stored_streams()
         self._reports_offered = False
         self.report_offer_error: str | None = None   # why the VTN did not take the offer, while it does not
         self._offer_refusal_said: str | None = None  # the _fault_kind of the last refusal logged at registration

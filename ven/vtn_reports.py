@@ -261,6 +261,7 @@ class VtnReports:
             if not await self._send_report(intervals, req.rrid):
                 self._smaller_batch(req, len(intervals))
                 return False
+            self._telemetry.set_place(req.granularity, intervals[-1].end)
             self._telemetry.ack([s for iv in intervals for s in iv.samples], reader=req.rrid)
             req.sent_until = intervals[-1].end
             req.start = req.left = None     # its first intervals are out: sent_until governs from here
@@ -492,7 +493,19 @@ class VtnReports:
                 self._parked[req.granularity] = held
             else:
                 self._telemetry.drop_reader(rrid)
+                if not any(r.granularity == req.granularity for r in self._requests.values()):
+                    self._telemetry.set_place(req.granularity, None)    # a restart holds nothing for it
         self._forget_request(rrid)
+
+    def _park_stored_streams(self) -> None:
+        """At start, the streams the last run served, as a new registration parks them: each held for the VTN's
+        request of its granularity from the end of the last interval the VTN took. Else a stream ahead of another
+        sent its intervals since the other's place again, and the one asked for first took the other's readings."""
+        for seconds, until in sorted(self._telemetry.places.items()):
+            granularity = timedelta(seconds=seconds)
+            held = f"parked {_duration(granularity)}"
+            self._telemetry.park_reader(held, until)
+            self._parked[granularity], self._reported[granularity] = held, until
 
     def _end_requests(self) -> None:
         """A new registration: the VTN requests anew. Each request's place in the queue is held for the VTN's
@@ -509,8 +522,9 @@ class VtnReports:
         if not self._parked or asyncio.get_running_loop().time() - self._parked_since < self._request_wait():
             return
         gone, self._parked = self._parked, {}
-        for held in gone.values():
+        for granularity, held in gone.items():
             self._telemetry.drop_reader(held)
+            self._telemetry.set_place(granularity, None)
         log.info("TELEMETRY_USAGE of %s not requested again since the VTN registration: the readings held for it "
                  "leave the queue once the requests served took them", ", ".join(map(_duration, gone)))
 
@@ -627,6 +641,7 @@ class VtnReports:
             req = self._requests[rrid] = Standing(rrid, granularity, back, sent_until=reported, left=left)
             if parked is not None:
                 self._telemetry.rename_reader(parked, rrid)
+                self._telemetry.leave_taken()   # what the last run sent and had yet to delete
             else:
                 req.start = reported
                 self._telemetry.add_reader(rrid)
