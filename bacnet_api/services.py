@@ -64,7 +64,8 @@ from bacpypes3.basetypes import (
     ServicesSupported,
 )
 from bacpypes3.constructeddata import ArrayOf
-from bacpypes3.errors import ExecutionError, MissingRequiredParameter, PropertyError, UnrecognizedService
+from bacpypes3.errors import (ExecutionError, MissingRequiredParameter, ParameterOutOfRange, PropertyError,
+                              UndefinedEnumeration, UnrecognizedService)
 from bacpypes3.primitivedata import Boolean, Integer, PropertyIdentifier
 
 from .client import error_text, to_plain
@@ -95,6 +96,8 @@ SERVICES = (
 )
 # DeviceCommunicationControl's timeDuration is in minutes; a minute is this many seconds (tests shorten it)
 DCC_MINUTE_SECONDS = 60.0
+DCC_MODES = ("enable", "disable", "disableInitiation")      # BACnetEnableDisable (clause 16.1.1.1.2)
+DCC_MAX_MINUTES = 65535     # time-duration is an Unsigned16
 _STATUS_FLAGS_FROM = ("reliability", "eventState", "outOfService")
 # every subscription is notified in one loop turn at each change (about 0.17 ms each): a bound keeps a
 # BAS that subscribes with a new process identifier at each restart from stalling the gateway
@@ -259,6 +262,18 @@ class _Services(PropertyAccess):
             raise MissingRequiredParameter("enable-disable is required")
         who, minutes = apdu.pduSource, int(apdu.timeDuration or 0)  # absent (or 0): until enabled
         mode = apdu.enableDisable.attr  # "enable", "disable" or "disableInitiation" (it equals no str)
+        # bacpypes3 decodes any number into the enumeration and any Unsigned into the duration: an undefined one
+        # was carried out as disableInitiation, and one past Unsigned16 as 45 days or an overflow after the ack
+        if mode not in DCC_MODES:
+            refusals.warning("BACnet DeviceCommunicationControl from %s rejected (undefined-enumeration): "
+                             "enable-disable %s is not enable (0), disable (1) or disableInitiation (2)",
+                             who, int(apdu.enableDisable))
+            raise UndefinedEnumeration("enable-disable")
+        if not 0 <= minutes <= DCC_MAX_MINUTES:
+            refusals.warning("BACnet DeviceCommunicationControl %s from %s rejected (parameter-out-of-range): "
+                             "time-duration %d min is not an Unsigned16 (0 to %d)", mode, who, minutes,
+                             DCC_MAX_MINUTES)
+            raise ParameterOutOfRange("time-duration")
         what = f"BACnet DeviceCommunicationControl {mode} from {who}"
         if mode == "enable":  # only restores what a disable took: from anyone, any password
             await self.response(SimpleAckPDU(context=apdu))

@@ -375,3 +375,23 @@ async def test_the_disable_s_duration_is_not_moved_by_a_wall_clock_step(guarded,
     ended = [r.getMessage() for r in ours(caplog) if r.name == "bacnet_api.services"][-1]
     seconds = int(re.match(r"BACnet communication initiation enabled again after (\d+) s: ", ended).group(1))
     assert seconds < 60, ended      # the test's own timeout bounds it; the step was 10800 s
+
+
+@pytest.mark.parametrize("mode, minutes, reason", [
+    (3, None, "undefined-enumeration"), (200, 5, "undefined-enumeration"),
+    ("disableInitiation", 65536, "parameter-out-of-range"), ("disableInitiation", 4294967295, "parameter-out-of-range"),
+])
+async def test_a_mode_or_duration_bacnet_does_not_define_is_rejected_and_changes_nothing(
+        guarded, peer, caplog, mode, minutes, reason):
+    # bacpypes3 decodes any number into them: enable-disable 3 with the password was carried out as
+    # disableInitiation, time-duration 65536 as 45 days, and 2^32-1 acknowledged and then an OverflowError
+    caplog.set_level(logging.INFO)
+    addr = where(guarded)
+    assert isinstance(await request(peer, dcc(addr, "disableInitiation", PASSWORD, minutes=5)), SimpleAckPDU)
+    before = guarded.communication()
+    answer = await request(peer, dcc(addr, mode, PASSWORD, minutes=minutes))
+    assert isinstance(answer, RejectPDU) and str(answer.apduAbortRejectReason) == reason, answer
+    assert guarded.communication() == before        # the 5-minute disable stands, with its end
+    lines = [r.getMessage() for r in ours(caplog, logging.WARNING) if "rejected" in r.getMessage()]
+    assert len(lines) == 1 and reason in lines[0], lines
+    assert not errors_logged(caplog)
