@@ -14,7 +14,9 @@ it cannot read and drops that one and all after it without a word (its check for
 APCISequence.decode): a WritePropertyMultiple whose second object's value was cut off or mis-tagged wrote the first
 and was acknowledged, and one whose first was bad wrote nothing and was acknowledged, so the BAS took the command as
 done. Such a request is now rejected invalid-tag, before anything is written (server_transactions.py decodes
-it with `decode_whole`).
+it with `decode_whole`). Any other request is decoded whole too: what was left after its last parameter was
+ignored and the request carried out (a WriteProperty with a stray tag after its priority wrote); it is rejected
+too-many-arguments.
 """
 from __future__ import annotations
 
@@ -53,13 +55,16 @@ REJECTS_PER_SECOND = 20.0
 
 # services whose request is a list that bacpypes3 cuts short at an element it cannot read
 _LISTS = {cls.service_choice: cls for cls in (WritePropertyMultipleRequest, ReadPropertyMultipleRequest)}
+# the others: tags left after the last parameter were ignored and the request carried out (a WriteProperty with a
+# stray tag after its priority wrote the value), where clause 18.8 answers too-many-arguments
+_WHOLE = {**{k: cls for k, cls in confirmed_request_types.items() if k not in _LISTS}, **_LISTS}
 
 
 def decode_whole(apdu: Any) -> Any:
-    """A WritePropertyMultiple or ReadPropertyMultiple request decoded as bacpypes3 decodes it (consuming `apdu`),
-    None if some of it is left unread; any other request: NotImplemented, for bacpypes3 to decode. Raises as
+    """A confirmed request decoded as bacpypes3 decodes it (consuming `apdu`), None if some of it is left unread;
+    a service bacpypes3 does not know: NotImplemented, for bacpypes3 to answer. Raises as
     bacpypes3's decoder does for a request it cannot decode at all."""
-    cls = _LISTS.get(apdu.apduService)
+    cls = _WHOLE.get(apdu.apduService)
     if cls is None:
         return NotImplemented
     tags = TagList.decode(apdu)
@@ -133,7 +138,8 @@ class RejectingServiceAccessPoint(ApplicationServiceAccessPoint):
         elif request.apduSeg:  # only its last segment is at hand here
             reason = "other"
         elif unread_tags(request.apduService, bytes(request.pduData)):
-            reason = "invalidTag"
+            # a list's element it cannot read; after any other request's last parameter, more of them
+            reason = "invalidTag" if request.apduService in _LISTS else "tooManyArguments"
         else:
             try:
                 APCISequence.decode(request)

@@ -222,3 +222,29 @@ async def test_a_multiple_request_decoded_only_in_part_is_rejected_and_writes_no
     assert answer == bytes([0x20, 79, 16]), answer.hex()  # SimpleACK
     assert seen == [35.0]
     assert errors_logged(caplog) == []
+
+
+AV1 = "0c00800001"          # analogValue 1 (input-power-meter)
+WRITE_AV1_35 = AV1 + "1955" + "3e44420c0000" + "3f" + "4908"      # presentValue 35.0 at priority 8
+
+
+@pytest.mark.parametrize("service, body", [
+    (12, AV1 + "1955" + "3905"),                # ReadProperty, a context tag 3 after the property
+    (15, WRITE_AV1_35 + "5901"),                # WriteProperty, a context tag 5 after the priority
+    (15, WRITE_AV1_35 + "2107"),                # WriteProperty, an application Unsigned after it
+    (5, "0901" + "1c00800004" + "2900" + "3901" + "4901"),    # SubscribeCOV, a context tag 4 after the lifetime
+], ids=["rp", "wp-context", "wp-application", "subscribe-cov"])
+async def test_a_request_with_more_than_its_service_defines_is_rejected_and_carried_out_never(gateway, peer, caplog,
+                                                                                              service, body):
+    # bacpypes3 ignored what was left after the last parameter and carried the request out: the stray tag's
+    # WriteProperty wrote and was acknowledged (clause 18.8: too-many-arguments)
+    seen = []
+    gateway.on_write(INPUT_POWER, seen.append)
+    answer = await raw_request(port_of(gateway), confirmed(80, service, bytes.fromhex(body)))
+    assert answer is not None, "no answer"
+    assert answer[:3] == bytes([0x60, 80, 7]), answer.hex()    # Reject too-many-arguments
+    assert seen == [] and gateway.app.asap.serverTransactions == []
+    answer = await raw_request(port_of(gateway), confirmed(81, 15, bytes.fromhex(WRITE_AV1_35)))
+    assert answer == bytes([0x20, 81, 15]), answer.hex()       # the same write, as the service defines it
+    assert seen == [35.0]
+    assert errors_logged(caplog) == []
