@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 from bacpypes3.apdu import AbortPDU, AbortReason, ConfirmedRequestPDU
-from bacpypes3.appservice import ABORTED, IDLE, ServerSSM
+from bacpypes3.appservice import ABORTED, COMPLETED, IDLE, ServerSSM
 
 from .rejects import decode_whole
 
@@ -56,6 +56,21 @@ class GatewayServerSSM(ServerSSM):
             return
         decoded.pduSource, decoded.pduDestination = self.pdu_address, None
         await self.ssmSAP.sap_request(decoded)
+
+    # bacpypes3 hands a client's Abort of a transaction under way to response(), which sends it back to the client:
+    # an Abort with the server bit clear, telling the BAS its own transaction of that invoke id (a confirmed COV
+    # notification it is answering) was aborted. The server ends the transaction and sends nothing (5.4.5.2, 5.4.5.3).
+    async def segmented_request(self, apdu: Any) -> None:
+        if apdu.apduType == AbortPDU.pduType:
+            self.set_state(COMPLETED)
+            return
+        await super().segmented_request(apdu)
+
+    async def segmented_response(self, apdu: Any) -> None:
+        if apdu.apduType == AbortPDU.pduType:
+            self.set_state(COMPLETED)
+            return
+        await super().segmented_response(apdu)
 
     async def segmented_response_timeout(self) -> None:
         if not self.actualWindowSize:  # no SegmentACK yet (or one that said 0, which cannot be a window)

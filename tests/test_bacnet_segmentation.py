@@ -129,3 +129,13 @@ async def test_a_late_first_acknowledgement_still_gets_the_rest(gateway, client,
     gc.collect()
     await asyncio.sleep(0)
     assert errors_logged(caplog) == []
+
+
+async def test_a_bas_that_aborts_a_segmented_answer_gets_nothing_back(gateway, client):
+    # its Abort was sent back to it, with the server bit clear: an abort of the BAS's own transaction of that id
+    client.send(bytes([0x02, MAX_APDU_50, 7, 14]) + RPM_ALL)
+    first = await client.next(1.0)
+    assert first is not None and first[0] & 0xF8 == 0x38 and first[1] == 7, first
+    client.send(bytes([0x70, 7, 4]))      # Abort from the client: reason 4, segmentation-not-supported
+    assert [apdu for _, apdu in await client.answers(1.0) if apdu[0] & 0xF0 == 0x70] == []
+    await eventually(lambda: gateway.app.asap.serverTransactions == [], 5, "the transaction ended")
