@@ -197,6 +197,9 @@ class _Services(PropertyAccess):
     # bacpypes3's handler raises NotImplementedError (an ERROR log, answered operationalProblem);
     # without one the request is rejected as unrecognized-service, which is the truth
     do_ReadRangeRequest = None
+    # the device subscribes to nothing: bacpypes3's handler answered services/unknown-subscription for a service
+    # protocolServicesSupported does not claim
+    do_ConfirmedCOVNotificationRequest = None
     _dcc_password = ""
     _dcc: dict | None = None  # while initiation is disabled: who disabled it, since and until when
     _dcc_timer: asyncio.TimerHandle | None = None

@@ -60,8 +60,11 @@ def confirmed(invoke: int, service: int, body: bytes = b"") -> bytes:
     (19, b"\x0c\x02\x00\x00\x01\x29\x00\x3b\x00hi", "unrecognized-service"),  # ConfirmedTextMessage, well formed
     (12, b"", "invalid-tag"),             # ReadProperty with no parameters
     (12, b"\x0c\x00\x80\x00", "invalid-tag"),  # ReadProperty cut off inside the object identifier
+    # ConfirmedCOVNotification, well formed: the device subscribes to nothing (it got services/unknown-subscription)
+    (1, bytes.fromhex("0901" "1c02000001" "2c00800001" "3900" "4e0955" "2e44420c00002f" "4f"), "unrecognized-service"),
+    (1, b"", "unrecognized-service"),      # and an empty one (it got invalid-tag)
 ], ids=["audit-log-query", "subscribe-cov-property-multiple", "read-property-conditional", "text-message",
-        "empty-read-property", "truncated-read-property"])
+        "empty-read-property", "truncated-read-property", "cov-notification", "empty-cov-notification"])
 async def test_a_request_the_stack_cannot_decode_is_rejected_not_left_unanswered(gateway, peer, caplog, service,
                                                                                  body, reason):
     # bacpypes3 dropped these: the BAS waited through its retries and called the gateway offline
