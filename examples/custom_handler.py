@@ -4,19 +4,16 @@
 
 The handler here appends every change of the event state to a CSV (a site might instead switch a relay,
 page someone, or post to a building's own system). It runs in the gateway's event loop: keep it quick
-and hand slow work to a thread.
+and hand slow work to a thread. Everything else is `edge-gateway run`'s: the config's checks and log_level,
+one gateway per storage.path, a taken port refused in one line (exit 2), a clean stop on SIGTERM or Ctrl-C.
 """
 from __future__ import annotations
 
-import asyncio
 import csv
 import sys
 from datetime import datetime, timezone
 
-from ven.app import Gateway
-from ven.cli import serve_until_signalled
-from ven.config_load import load_config
-from ven.logs import setup_logging
+from ven.cli import run_gateway
 
 
 def log_to_csv(path: str):
@@ -27,16 +24,9 @@ def log_to_csv(path: str):
     return handler
 
 
-async def main(config_path: str) -> None:
-    gateway = Gateway(load_config(config_path))
+def add_handler(gateway) -> None:
     gateway.add_schedule_listener(log_to_csv("dr-events.csv"))
-    await gateway.start()
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await gateway.stop()
 
 
 if __name__ == "__main__":
-    setup_logging("INFO")
-    asyncio.run(serve_until_signalled(main(sys.argv[1] if len(sys.argv) > 1 else "examples/gateway.toml")))
+    sys.exit(run_gateway(sys.argv[1] if len(sys.argv) > 1 else "examples/gateway.toml", customize=add_handler))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -158,3 +159,32 @@ def test_durations_intervals_and_the_event_delay_must_be_in_range(argv, option, 
         build_parser().parse_args(argv)
     assert stop.value.code == 2
     assert f"argument {option}: " in capsys.readouterr().err
+
+
+def test_the_demo_leaves_the_site_s_state_file_alone(tmp_path, monkeypatch, free_udp_port, free_tcp_port):
+    # the image sets EDGE_GATEWAY__STORAGE__PATH for every process: the demo wrote its synthetic building's history,
+    # model and events into the site's file, even under a running gateway, which then served the demo's thresholds
+    from argparse import Namespace
+
+    from ven.demo import demo_config
+    from ven.run_lock import RunLock
+
+    site = tmp_path / "site.sqlite"
+    monkeypatch.setenv("EDGE_GATEWAY__STORAGE__PATH", str(site))
+    monkeypatch.setenv("EDGE_GATEWAY__OPENADR__VEN_NAME", "ven-building-42")
+    args = Namespace(bacnet_port=47900, meter_port=47901, vtn_port=8081, http_port=8001, telemetry_seconds=10)
+    cfg = demo_config(args, str(tmp_path / "demo.sqlite"))
+    assert (cfg.storage.path, cfg.openadr.ven_name) == (str(tmp_path / "demo.sqlite"), "edge-gateway-demo")
+    lock = RunLock(site)
+    assert lock.take() is None              # a gateway runs on the site's file
+    try:
+        res = _cli("demo", "--duration", "5", "--storage", str(site), "--bacnet-port", str(free_udp_port()),
+                   "--meter-port", str(free_udp_port()), "--bas-port", str(free_udp_port()),
+                   "--vtn-port", str(free_tcp_port()), "--http-port", str(free_tcp_port()))
+    finally:
+        lock.close()
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert res.stderr.strip().splitlines() == [
+        f"demo: --storage: storage.path {site} is in use by process {os.getpid()} (a gateway holds {site}.lock): "
+        "give the demo a file of its own, or none (a temporary one)"]
+    assert not site.exists()

@@ -237,3 +237,17 @@ async def test_read_meter_follows_meter_units_from_the_config(free_udp_port, tmp
         out, err = await asyncio.wait_for(proc.communicate(), 45)
     assert proc.returncode == 0, err.decode()
     assert f"meter {sim.meter_address} analogInput 2 presentValue: 42.500 kW" in out.decode()
+
+
+@pytest.mark.timeout(60)
+async def test_read_meter_says_a_silent_meter_once(free_udp_port, tmp_path):
+    # the meter reader's fault WARNING came before the result line saying the same
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'[meter]\nrouter = "127.0.0.1:{free_udp_port()}"\ntimeout_seconds = 0.5\n')
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ven.cli", "read-meter", "--config", str(config),
+        "--bind", f"127.0.0.1/8:{free_udp_port()}", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 45)
+    assert proc.returncode == 1 and out == b""
+    lines = err.decode().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("meter 12345:2 analogInput 2 presentValue: no value: no response"), lines

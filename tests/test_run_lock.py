@@ -69,3 +69,26 @@ def test_a_first_run_whose_directory_is_not_there_yet_is_locked_too(tmp_path):
     finally:
         lock.close()
     assert held_by_another(tmp_path / "var" / "gateway.sqlite") is None
+
+
+def test_the_custom_handler_example_runs_as_run_does(tmp_path, free_udp_port, free_tcp_port):
+    # it built its own Gateway: no lock (an `edge-gateway run` on the same file started beside it as a second VEN),
+    # a traceback for a bad config or a taken port, and log_level ignored
+    example = os.path.join(os.path.dirname(__file__), "..", "examples", "custom_handler.py")
+    db = tmp_path / "gateway.sqlite"
+    config = tmp_path / "gateway.toml"
+    write_config(config, bacnet_port=free_udp_port(), http_port=free_tcp_port(), storage=db, ven_name="ven-a")
+    lock = RunLock(db)
+    assert lock.take() is None          # a gateway runs on that file
+    try:
+        run = subprocess.run([sys.executable, example, str(config)], capture_output=True, text=True, timeout=30,
+                             cwd=tmp_path)
+    finally:
+        lock.close()
+    assert run.returncode == 2 and run.stderr.strip() == (
+        f"configuration error: storage.path {db} is in use by process {os.getpid()} (a gateway holds {db}.lock): "
+        "stop that gateway first, or give this one its own storage.path"), run.stderr
+    config.write_text("log_level = \"LOUD\"\n" + config.read_text())
+    run = subprocess.run([sys.executable, example, str(config)], capture_output=True, text=True, timeout=30)
+    assert run.returncode == 2 and "Traceback" not in run.stderr and "log_level" in run.stderr, run.stderr
+    assert not (tmp_path / "dr-events.csv").exists()

@@ -12,6 +12,7 @@ import signal
 import socket
 import sys
 import time
+from typing import Any, Callable
 
 from bacnet_api.settle import span
 
@@ -210,6 +211,7 @@ def cmd_read_meter(args) -> int:
 
     cfg = _config_or_exit(args.config)
     setup_logging("WARNING")
+    logging.getLogger("bacnet_api.meter").setLevel(logging.ERROR)     # its fault line is the result's, printed below
     m = cfg.meter
     bind = args.bind or cfg.bacnet.address
     reading = asyncio.run(read_meter_once(
@@ -262,7 +264,14 @@ async def _wait_for_bacnet_address(address: str) -> None:
 
 
 def cmd_run(args) -> int:
-    cfg = _config_or_exit(args.config)
+    return run_gateway(args.config)
+
+
+def run_gateway(config_path: str | None, customize: Callable[[Any], None] | None = None) -> int:
+    """`edge-gateway run`: the checks before the start (one gateway per storage.path, the ports), the gateway until
+    SIGTERM or Ctrl-C, and the exit code. `customize(gateway)` runs before the start: add your own listeners there
+    (examples/custom_handler.py)."""
+    cfg = _config_or_exit(config_path)
     from bacnet_api.client import ensure_port_free
 
     from .app import Gateway, freeze_startup_objects
@@ -298,6 +307,8 @@ def cmd_run(args) -> int:
         if wait_for_address:
             await _wait_for_bacnet_address(cfg.bacnet.address)
         gateway = Gateway(cfg)
+        if customize is not None:
+            customize(gateway)
         try:
             await gateway.start()
             freeze_startup_objects()
@@ -366,6 +377,11 @@ def cmd_demo(args) -> int:
     problems = taken_ports({"--bacnet-port": (args.bacnet_port, "udp"), "--meter-port": (args.meter_port, "udp"),
                             "--bas-port": (args.bas_port, "udp"), "--vtn-port": (args.vtn_port, "tcp"),
                             "--http-port": (args.http_port, "tcp")})
+    if args.storage is not None:
+        from .run_lock import RunLock
+        busy = RunLock(args.storage).take()     # held until the process ends
+        if busy:    # the demo's synthetic building would go into a running gateway's history
+            problems.append(f"--storage: {busy}: give the demo a file of its own, or none (a temporary one)")
     for line in problems:
         print(f"demo: {line}", file=sys.stderr)
     return 2 if problems else _leave(asyncio.run(run_demo(args)))

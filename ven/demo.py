@@ -61,7 +61,7 @@ def demo_config(args: Namespace, storage: str):
                     "telemetry_seconds": args.telemetry_seconds},
         "storage": {"path": storage},
         "http": {"address": f"127.0.0.1:{args.http_port}"},
-    }, "demo")
+    }, "demo", environ={})     # the site's EDGE_GATEWAY__ variables (the image sets storage.path) are not the demo's
 
 
 async def storyline(vtn: DemoVtn, t0: float, event_delay: float, step: float) -> None:
