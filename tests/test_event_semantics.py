@@ -201,6 +201,25 @@ async def test_an_event_without_a_simple_signal_is_answered_opt_out_whatever_adr
 
 
 @pytest.mark.timeout(30)
+async def test_an_event_with_a_vendor_signal_beside_simple_is_followed_and_answered_200(peers):
+    # 460 went with its optIn: the utility read a refusal from a site that sheds, and the later answers to the same
+    # modification (ADR-Opt-Out written and relinquished) said 200
+    server, gw = peers
+    ev = put_event(server, [2])
+    ev.event_signals.append(objects.EventSignal(intervals=ev.event_signals[0].intervals, signal_id="x-1",
+                                                signal_name="x-loadControlCapacity", signal_type="x-loadControlCapacity"))
+    eid = ev.event_descriptor.event_id
+    await until(lambda: server.opts_for(eid) == [OPT_IN] and gw.level == 2.0, 8, "the event followed")
+    gw.vtn.set_opt_out(True)
+    await until(lambda: server.opts_for(eid)[-1:] == [OPT_OUT], 5, "optOut")
+    gw.vtn.set_opt_out(False)
+    await until(lambda: server.opts_for(eid)[-1:] == [OPT_IN], 5, "optIn again")
+    codes = [(r["response_code"], r["response_description"]) for c in server.created_events
+             for r in c["event_responses"] if r["event_id"] == eid]
+    assert set(codes) == {(200, "OK")}, codes
+
+
+@pytest.mark.timeout(30)
 async def test_a_modification_that_ends_an_event_already_is_answered(peers):
     # A utility ending an event early by a modification whose active period is already over (not a cancel):
     # openleadr answers no event that is over by its active period, and the VTN never heard modification 1

@@ -186,8 +186,11 @@ class _Client(OpenADRClient):
                 signals = event['event_signals']
                 if not isinstance(signals, list):
                     signals = signals['event_signals']
-                unsupported = any(not isinstance(s['signal_name'], str) or s['signal_name'] not in _SIGNAL_NAMES
-                                  for s in signals)
+                # 460 says the event is not acted on for its signal: one with a SIMPLE signal is followed whatever
+                # else it carries (a vendor's x- signal beside it got 460 "ERROR" with optIn, and 200 in the later
+                # answers to the same modification)
+                unsupported = not any(s['signal_name'] == 'SIMPLE' for s in signals) and any(
+                    not isinstance(s['signal_name'], str) or s['signal_name'] not in _SIGNAL_NAMES for s in signals)
                 code = INVALID_DATA if invalid else oenums.STATUS_CODES.SIGNAL_NOT_SUPPORTED if unsupported else 200
                 event_responses.append({'response_code': code,
                                         'response_description': invalid or ('ERROR' if unsupported else 'OK'),
