@@ -220,6 +220,28 @@ async def test_an_event_with_a_vendor_signal_beside_simple_is_followed_and_answe
 
 
 @pytest.mark.timeout(30)
+async def test_a_cancellation_or_levels_listed_without_a_new_modification_are_run(peers, caplog):
+    # openleadr answered such a listing from its cache: the cancelled event drove the BAS to its end, the other kept
+    # its old level, nothing was logged, and a restart then took the same listing as it was
+    server, gw = peers
+    cancelled, changed = put_event(server, [2]), put_event(server, [1])
+    cancelled.event_descriptor.priority = 1
+    ids = [e.event_descriptor.event_id for e in (cancelled, changed)]
+    await until(lambda: all(server.opts_for(e) == [OPT_IN] for e in ids) and gw.level == 2.0, 8, "both running")
+    cancelled.event_descriptor.event_status = "cancelled"
+    changed.event_signals[0].intervals[0].signal_payload = 3.0
+    server._touch()
+    await until(lambda: gw.level == 3.0, 8, "the cancellation and the new level run")
+    assert gw.schedule.get(ids[0]).cancelled
+    assert messages(caplog, f"event {ids[0]} cancelled by the VTN (modification 0)")
+    assert messages(caplog, f"event {ids[1]} changed by the VTN without a new modification number")
+    listed = len(server.created_events)
+    server._touch()     # listed again as it is now: answered from the cache, nothing logged again
+    await until(lambda: len(server.created_events) > listed, 8, "the listing answered")
+    assert len(messages(caplog, "without a new modification number")) == 1
+
+
+@pytest.mark.timeout(30)
 async def test_a_modification_that_ends_an_event_already_is_answered(peers):
     # A utility ending an event early by a modification whose active period is already over (not a cancel):
     # openleadr answers no event that is over by its active period, and the VTN never heard modification 1

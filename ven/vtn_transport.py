@@ -78,6 +78,20 @@ def _period(event: dict) -> tuple:
     return period.get('dtstart'), period.get('duration')
 
 
+def _signals(event: dict) -> list:
+    signals = event.get('event_signals') or []
+    return signals if isinstance(signals, list) else signals.get('event_signals') or []
+
+
+def _what_runs(event: dict) -> tuple:
+    """What the site runs of an event listing besides its active period: cancelled or not, and its signals' intervals
+    (not their currentValue, which a VTN updates as the intervals pass, nor the status's far/near/active)."""
+    return (event['event_descriptor'].get('event_status') == oenums.EVENT_STATUS.CANCELLED,
+            [(s.get('signal_name'), s.get('signal_type'), s.get('signal_id'),
+              [(i.get('dtstart'), i.get('duration'), i.get('uid'), i.get('signal_payload'))
+               for i in s.get('intervals') or []]) for s in _signals(event)])
+
+
 class _Client(OpenADRClient):
     """OpenADRClient whose request path records why a request failed instead of only logging it."""
 
@@ -131,9 +145,12 @@ class _Client(OpenADRClient):
                 if received_event:
                     # another active period at the same modification is another event under a reused id (a VTN
                     # restarted without its events numbers them afresh): openleadr answered it from its cache
-                    # and the gateway never saw it
+                    # and the gateway never saw it. So was a cancellation or other levels listed without a new
+                    # modification (not 2.0b's way, but what the VTN lists is what it wants run): the site ran the
+                    # cancelled event to its end, until a restart took the listing as it was.
                     if (received_event['event_descriptor']['modification_number'] == modification_number
-                            and _period(received_event) == _period(event)):
+                            and _period(received_event) == _period(event)
+                            and _what_runs(received_event) == _what_runs(event)):
                         result = self.responded_events[event_id]
                     else:
                         # by identity: list.remove compares every dict before it by value
@@ -183,9 +200,7 @@ class _Client(OpenADRClient):
             # one refused as invalid is answered 454 whatever its times say: they are what is wrong (one in year 1
             # reads as long completed, and went unanswered, the log saying "answered optOut, code 454")
             if event['response_required'] == 'always' and (invalid or not _event_status(event) == 'completed'):
-                signals = event['event_signals']
-                if not isinstance(signals, list):
-                    signals = signals['event_signals']
+                signals = _signals(event)
                 # 460 says the event is not acted on for its signal: one with a SIMPLE signal is followed whatever
                 # else it carries (a vendor's x- signal beside it got 460 "ERROR" with optIn, and 200 in the later
                 # answers to the same modification)
