@@ -5,6 +5,8 @@ import random
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
+import pytest
+
 from ven.events import MAX_OPT_CHANGES, OPT_IN, OPT_OUT, Event, from_openleadr, with_opt
 
 T0 = datetime(2026, 11, 21, 20, 0, tzinfo=timezone.utc)
@@ -173,3 +175,29 @@ def test_a_modification_adding_randomization_to_a_pending_event_draws_an_offset(
     running = from_openleadr(raw_event(mod=1, startafter=600), T0 + timedelta(seconds=30), previous=first,
                              rng=random.Random(1))
     assert running.start_offset == timedelta(0)
+
+
+def test_a_modification_narrowing_the_window_of_an_event_running_here_keeps_its_start():
+    # the offset was redrawn in the new window: the running event's next level came at the poll, not at a
+    # boundary, and its end moved
+    first = from_openleadr(raw_event(startafter=40), T0 - timedelta(minutes=5), rng=random.Random(0))
+    assert first.start_offset > timedelta(seconds=10)
+    running = first.start + timedelta(seconds=1)
+    narrowed = from_openleadr(raw_event(mod=1, startafter=10), running, previous=first, rng=random.Random(5))
+    assert (narrowed.start, narrowed.end) == (first.start, first.end)
+    # not started here yet: the new window holds its start
+    pending = from_openleadr(raw_event(mod=1, startafter=10), first.start - timedelta(seconds=30), previous=first,
+                             rng=random.Random(5))
+    assert pending.start_offset <= timedelta(seconds=10)
+
+
+@pytest.mark.parametrize("where", ["active period", "interval", "startafter"])
+def test_a_negative_duration_is_refused_as_invalid(where):
+    # the schema's pattern takes a sign: such an event was answered optIn and never ran
+    raw = raw_event(startafter=-30 if where == "startafter" else None)
+    if where == "active period":
+        raw["active_period"]["duration"] = timedelta(seconds=-5)
+    elif where == "interval":
+        raw["event_signals"][0]["intervals"][1]["duration"] = timedelta(seconds=-5)
+    with pytest.raises(ValueError, match="negative"):
+        from_openleadr(raw, T0)

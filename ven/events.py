@@ -419,13 +419,15 @@ def from_openleadr(raw: dict, received_at: datetime, previous: Event | None = No
     MAX_EVENT_INTERVALS intervals).
 
     `previous` is the stored copy of the same event, if any: its randomization offset and opt
-    answer survive a modification (the offset is redrawn only if the new window no longer holds it, and
-    drawn when a modification adds a startafter to an event that has not started here).
+    answer survive a modification (the offset is redrawn only if the new window no longer holds it and the event
+    has not started here, and drawn when a modification adds a startafter to an event that has not started here).
     """
     desc = raw["event_descriptor"]
     active = dict(raw.get("active_period") or {})
     if active.get("duration") is not None:
         active["duration"] = _until_further_notice(active["duration"])
+        if active["duration"] < timedelta(0):     # the schema's duration pattern takes a sign: a VTN's bug
+            raise ValueError(f"an active period of negative duration ({active['duration']})")
     ap_start = _utc(active["dtstart"]) if active.get("dtstart") else None
     signals_raw = raw.get("event_signals") or []
     if isinstance(signals_raw, dict):
@@ -447,6 +449,8 @@ def from_openleadr(raw: dict, received_at: datetime, previous: Event | None = No
         for iv in _in_order(s.get("intervals") or []):
             start = _utc(iv["dtstart"]) if iv.get("dtstart") else cursor
             duration = _until_further_notice(iv.get("duration") or timedelta(0))
+            if duration < timedelta(0):
+                raise ValueError(f"a {name} interval of negative duration ({duration})")
             if start is None:
                 raise ValueError(f"event {desc.get('event_id')}: interval without a start")
             payload = float(iv.get("signal_payload", 0.0))
@@ -487,6 +491,8 @@ def from_openleadr(raw: dict, received_at: datetime, previous: Event | None = No
         log.warning("event %s: %d interval(s) without a duration: each taken to last until the next one starts, the "
                     "last until the active period ends", desc.get("event_id"), guessed)
     start_after = _find(active.get("tolerance"), "startafter") or timedelta(0)
+    if start_after < timedelta(0):
+        raise ValueError(f"a negative startafter ({start_after})")
     ramp_up = active.get("ramp_up_period") or active.get("ramp_up")  # openleadr parses x-eiRampUp as ramp_up
     ramp_up = _find(ramp_up, "duration") if isinstance(ramp_up, dict) else ramp_up
     # An offset is kept once drawn, or once the event runs here; a 0 that was never drawn (the event had no
@@ -494,7 +500,8 @@ def from_openleadr(raw: dict, received_at: datetime, previous: Event | None = No
     # every site of the program would still start together.
     kept = previous is not None and (previous.start_after > timedelta(0) or previous.start_offset > timedelta(0)
                                      or previous.start <= received_at)
-    if kept and timedelta(0) <= previous.start_offset <= start_after:
+    # running here, it keeps its start whatever the new window: a redraw moved its remaining intervals and its end
+    if kept and (timedelta(0) <= previous.start_offset <= start_after or previous.start <= received_at):
         offset = previous.start_offset
     elif start_after > timedelta(0):
         offset = timedelta(seconds=(rng or random).uniform(0.0, start_after.total_seconds()))
