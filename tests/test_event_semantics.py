@@ -198,6 +198,19 @@ async def test_an_event_without_a_simple_signal_is_answered_opt_out_whatever_adr
     assert {name: server.opts_for(e) for name, e in ids.items()} == {name: [OPT_OUT] for name in ids}
     assert all(gw.schedule.get(e).opt == OPT_OUT for e in ids.values())
     assert len(messages(caplog, "carries no SIMPLE signal")) == 3
+    assert not messages(caplog, "SIMPLE levels []")     # said of them before the line saying they have none
+
+
+@pytest.mark.timeout(30)
+async def test_an_event_over_when_it_comes_is_said_to_drive_nothing(peers, caplog):
+    server, gw = peers
+    ev = put_event(server, [1], step=60)
+    ev.active_period.dtstart = ev.event_signals[0].intervals[0].dtstart = now() - timedelta(seconds=90)
+    eid = ev.event_descriptor.event_id
+    await until(lambda: gw.schedule.get(eid) is not None, 8, "the event received")
+    [line] = messages(caplog, f"event {eid} received")
+    assert line.endswith("-> optIn (over already: it drives nothing)"), line
+    assert gw.level == 0.0
 
 
 @pytest.mark.timeout(30)

@@ -257,6 +257,8 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
         changed = self._schedule.set_opt_out(opted_out)
         if opted_out == was and not changed:
             pass    # another priority's command, the same switch: nothing for the VTN
+        elif opted_out and not changed:     # a restart restoring it: the events' answers are optOut already
+            log.info("ADR-Opt-Out active: no event answered optIn to opt out of; new events answered optOut")
         elif opted_out:
             log.info("ADR-Opt-Out active: opting out of %d active/pending event(s); new events answered optOut",
                      len(changed))

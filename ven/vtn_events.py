@@ -291,17 +291,20 @@ class VtnEvents:
         if len(levels) > MAX_LEVELS_LOGGED:     # a day of 1-minute intervals made one line of 7 KB
             levels = f"{str(levels[:MAX_LEVELS_LOGGED])[:-1]}, ... ({len(levels)} intervals)]"
         extra = f", randomized start +{ev.start_offset.total_seconds():.1f} s" if ev.start_after else ""
+        end = "until cancelled" if ev.open_ended else f"to {ev.end.isoformat(timespec='seconds')}"
+        span_ = f"from {ev.start.isoformat(timespec='seconds')} {end}"
         if ev.test_event:
             log.info("test event %s %s: acknowledged, does not drive the points", eid, verb)
+        elif not ev.has_simple:
+            log.info("event %s %s: carries no SIMPLE signal, only %s, %s: kept for the status API, not followed, "
+                     "answered optOut (the gateway acts on SIMPLE levels only)", eid, verb, ", ".join(others) or "none",
+                     span_)
         else:
-            end = "until cancelled" if ev.open_ended else f"to {ev.end.isoformat(timespec='seconds')}"
             prio = f", priority {ev.priority}" if ev.priority else ""
-            log.info("event %s %s: SIMPLE levels %s from %s %s%s%s -> %s", eid, verb, levels,
-                     ev.start.isoformat(timespec="seconds"), end, prio, extra, ev.opt)
-        if others and not ev.has_simple and not ev.test_event:
-            log.info("event %s carries no SIMPLE signal, only %s: kept for the status API, not followed, answered "
-                     "optOut (the gateway acts on SIMPLE levels only)", eid, ", ".join(others))
-        elif others:
+            over = " (over already: it drives nothing)" if not ev.open_ended and ev.end <= _utcnow() else ""
+            log.info("event %s %s: SIMPLE levels %s %s%s%s -> %s%s", eid, verb, levels, span_, prio, extra, ev.opt,
+                     over)
+        if others and ev.has_simple:
             log.info("event %s carries signal(s) %s: kept for the status API, not driving ADR-Event-Level",
                      eid, ", ".join(others))
 
@@ -402,6 +405,8 @@ def _winding_down(event, now) -> str:
     """For a log line: when a cancelled event's level ends, if not at once (rule 65's randomized termination)."""
     if event is None or not event.drives_points or event.stop <= now:
         return ""
+    if event.stop == event.end:     # the draw fell past its end: it ends as it would have
+        return f": its level ends at {event.stop.isoformat(timespec='seconds')}, the event's end"
     return (f": its level ends at {event.stop.isoformat(timespec='seconds')}, at random within its startafter "
             f"of {event.start_after.total_seconds():g} s")
 
