@@ -531,3 +531,19 @@ async def test_an_event_unlisted_while_the_clock_reads_2020_is_judged_once_the_c
         assert len([r for r in caplog.records if "had ended: kept as they ran" in r.getMessage()]) == 1
     finally:
         await sched.stop()
+
+
+async def test_a_step_of_the_wall_clock_moves_the_level_at_once(storage):
+    # the wait for the next boundary went by the monotonic clock, up to 30 s: after a step past an event's end its
+    # level showed for 29 s more, and a step into its next interval showed the one before for as long
+    offset = [timedelta(0)]
+    sched = EventSchedule(storage, rec := Recorder(), clock=lambda: now() + offset[0])
+    await sched.start()
+    try:
+        sched.upsert(make_event("e", [2, 3], now() - timedelta(seconds=1), 60))
+        await rec.wait_level(2.0)
+        for step, level in ((timedelta(seconds=65), 3.0), (timedelta(minutes=15), 0.0), (timedelta(0), 2.0)):
+            offset[0] = step
+            await rec.wait_level(level, timeout=2.5)
+    finally:
+        await sched.stop()

@@ -26,7 +26,11 @@ from .wallclock import PRUNE_HOLD_S, StepWatch, clock_suspect
 
 log = logging.getLogger(__name__)
 
-_MAX_SLEEP = 30.0   # re-evaluate at least this often so a wall-clock step is noticed
+_MAX_SLEEP = 30.0   # re-evaluate at least this often
+# A wait for the next boundary goes by the monotonic clock: a wall clock stepped meanwhile (NTP) left the points
+# showing an event the clock had put over, or not begun, for up to _MAX_SLEEP. The wall clock is glanced at this
+# often, and a step of more than STEP_GLANCE_S (a slew moves it by milliseconds) re-evaluates at once.
+STEP_GLANCE_S = 1.0
 # Ended events stay in storage.path for the history as long as /api/history reaches back
 # (http_api.MAX_HISTORY_HOURS): a building owner settles a program's month with the utility from them.
 KEEP_HISTORY = timedelta(days=35)
@@ -404,12 +408,7 @@ class EventSchedule:
             retry = self._storage.retry_seconds
             if retry is not None:  # a file that would not open is tried this often, here (flush below)
                 delay = min(delay, retry)
-            try:
-                async with asyncio.timeout(max(0.0, delay)):
-                    await self._wake.wait()
-                woke_for = None
-            except TimeoutError:
-                woke_for = target
+            woke_for = await self._wait(delay, target)
             self._wake.clear()          # after the wait: a change made before this task first ran counts
             now = self._clock()
             # The loop may fire a hair before the boundary; evaluate at the boundary itself.
@@ -426,6 +425,23 @@ class EventSchedule:
                 next_sort = mono + _SORT_EVERY_S
                 self._purge(now, prune=mono >= self._prune_from)
                 self._publish(now)
+
+
+    async def _wait(self, delay: float, target: datetime | None) -> datetime | None:
+        """Until a change, `delay` seconds or a step of the wall clock: `target` if the delay ran out, else None."""
+        assert self._wake is not None
+        end, glance = time.monotonic() + delay, StepWatch(self._clock().timestamp(), threshold=STEP_GLANCE_S)
+        while True:
+            left = end - time.monotonic()
+            try:
+                async with asyncio.timeout(max(0.0, min(left, STEP_GLANCE_S))):
+                    await self._wake.wait()
+                return None
+            except TimeoutError:
+                if left <= STEP_GLANCE_S:
+                    return target
+                if glance.stepped(self._clock().timestamp()):
+                    return None
 
 
 def _termination(ev: Event, now: datetime) -> datetime:

@@ -26,8 +26,9 @@ def clock_suspect(now: datetime) -> bool:
 class StepWatch:
     """Tells a step of the wall clock from time passing, between one look and the next."""
 
-    def __init__(self, wall: float | None = None):
+    def __init__(self, wall: float | None = None, threshold: float = CLOCK_STEP_S):
         self._last = None if wall is None else (wall, time.monotonic())
+        self._threshold = threshold
 
     def stepped(self, wall: float) -> bool:
         """Whether the wall clock (epoch seconds) moved CLOCK_STEP_S more or less than the monotonic one
@@ -36,10 +37,10 @@ class StepWatch:
 
     def step(self, wall: float) -> float:
         """The step since the last look: seconds the wall clock (epoch seconds) moved beyond the monotonic one,
-        ahead positive, back negative; 0.0 for less than CLOCK_STEP_S either way."""
+        ahead positive, back negative; 0.0 for less than the threshold (CLOCK_STEP_S) either way."""
         mono = time.monotonic()
         last, self._last = self._last, (wall, mono)
         if last is None:
             return 0.0
         step = (wall - last[0]) - (mono - last[1])
-        return step if abs(step) > CLOCK_STEP_S else 0.0
+        return step if abs(step) > self._threshold else 0.0
