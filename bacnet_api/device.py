@@ -65,6 +65,9 @@ def _wire(point: Point, value: float | bool) -> Any:
     return number
 
 
+_BAC0_TASKS = "BAC0_Root.BAC0.tasks."
+
+
 def _route_bac0_logging() -> None:
     """BAC0 gives each of its loggers its own stdout and ~/.BAC0 file handlers, a DEBUG level and
     propagate=False, so its INFO chatter bypasses the operator log's format and levels. Hand its
@@ -75,7 +78,9 @@ def _route_bac0_logging() -> None:
         for handler in list(logger.handlers):
             logger.removeHandler(handler)
             handler.close()
-        logger.setLevel(logging.NOTSET)
+        # its task manager dates its tasks' runs by the wall clock: after a step ahead (NTP) it said "High latency
+        # ... Avg latency: 3584 sec" in pairs of WARNINGs each minute for minutes, of a loop that was on time
+        logger.setLevel(logging.ERROR if name.startswith(_BAC0_TASKS) else logging.NOTSET)
         logger.propagate = True
 
 

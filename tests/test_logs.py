@@ -70,3 +70,45 @@ def test_elsewhere_the_lines_are_plain(tmp_path):
         lines = _log_to(tmp_path / "log", stream)
         assert [line.split(" ", 1)[1] for line in lines[:2]] == ["meter answering again", "WARNING meter fault: no answer"]
         assert not any(line.startswith("<") for line in lines)
+
+
+
+async def test_a_wall_clock_step_ahead_is_no_bac0_task_latency_warning(monkeypatch, caplog):
+    # BAC0 dates its tasks' runs by the wall clock: after NTP stepped it an hour ahead it logged "High latency for
+    # Cleanup Tasks List ... Avg latency : 3584.97 sec" in pairs each minute, for a loop that was on time
+    import asyncio
+    import time as real_time
+
+    from BAC0.tasks import TaskManager
+    from BAC0.tasks.RecurringTask import RecurringTask
+
+    from bacnet_api.device import _route_bac0_logging
+
+    ahead = [0.0]
+
+    class SteppedTime:      # the time module, its wall clock stepped
+        def __getattr__(self, name):
+            return getattr(real_time, name)
+
+        def time(self):
+            return real_time.time() + ahead[0]
+
+    monkeypatch.setattr(TaskManager, "time", SteppedTime())
+    runs = []
+    # BAC0 sleeps 0.1-0.2 s between runs: the step goes in one of those sleeps, after the second run
+    tick = RecurringTask(lambda: runs.append(1), delay=0.2, name="tick", minimum_delay=0.05)
+    _route_bac0_logging()       # as the gateway's device does once BAC0 made its loggers
+    caplog.set_level(logging.WARNING)
+    tick.start()
+    try:
+        async with asyncio.timeout(5):
+            while len(runs) < 2:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)
+            ahead[0] = 3600.0       # the step, between two runs
+            while len(runs) < 4:
+                await asyncio.sleep(0.01)
+    finally:
+        tick.stop()
+    assert tick.average_latency > 2 * tick.delay        # what BAC0 took for a late task
+    assert not [r.getMessage() for r in caplog.records if "latency" in r.getMessage()]

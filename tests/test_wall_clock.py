@@ -5,6 +5,7 @@ set; the VTN, the meter and this test run on the real clock."""
 from __future__ import annotations
 
 import asyncio
+import re
 import math
 import os
 import time
@@ -250,6 +251,8 @@ async def test_readings_a_clock_ahead_took_while_the_vtn_was_away_do_not_hold_up
     ahead = [ts for ts in times() if ts > stepped_at + timedelta(hours=12)]
     assert len(ahead) >= 10 and len(set(times())) == len(times()), times()    # reported once, as the clock said
     assert gateway.log().count("ahead of the clock (it stepped back before they were reported)") == 1, gateway.log()
+    # in the words of the step's other lines, not a raw timedelta ("up to 1 day, 0:00:04.99 ahead")
+    assert re.search(r"samples dated up to [\d.]+ (h|days?) ahead of the clock", gateway.log()), gateway.log()
 
 
 async def test_a_clock_put_back_after_a_start_does_not_mark_the_intervals_read_since(tmp_path, free_tcp_port,

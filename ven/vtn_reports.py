@@ -228,7 +228,7 @@ class VtnReports:
                     req.ahead_said = True
                     log.warning("telemetry samples dated up to %s ahead of the clock (it stepped back before they "
                                 "were reported): their intervals are reported now, with the times they carry, then "
-                                "the ones after the step", ahead[-1].end - now)
+                                "the ones after the step", span((ahead[-1].end - now).total_seconds()))
                 if not await self._send_report(ahead, req.rrid):
                     self._smaller_batch(req, len(ahead))
                     return False
