@@ -2,6 +2,7 @@
 a box that boots at 2020 and then gets NTP, one that ran an hour fast, a clock years ahead."""
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import sqlite3
@@ -100,14 +101,32 @@ async def test_a_clock_stepped_back_an_hour_keeps_forecasting(tmp_path, caplog):
 @pytest.mark.timeout(60)
 async def test_auto_source_falls_back_to_the_meter_after_the_clock_went_back(tmp_path):
     real = time.time()
-    svc = ForecastService(ForecasterConfig(cycle_seconds=0.05, source="auto", input_stale_seconds=300),
+    svc = ForecastService(ForecasterConfig(cycle_seconds=0.05, source="auto", input_stale_seconds=0.3),
                           str(tmp_path / "g.sqlite"), publish=lambda f: None, clock=time.time)
     svc.on_input_power(real + 3600, 100.0)                      # the BAS wrote while the clock was an hour fast
-    svc.on_meter(real, 200.0)                                    # then it stopped; the clock went back
+    svc.on_meter(real, 200.0)                                    # a second later the clock went back
+    assert svc.status()["active_source"] == "bacnet_input"      # a step is no silence of the BAS
+    await asyncio.sleep(0.4)                                     # then it stopped
+    svc.on_meter(real + 0.4, 200.0)
     assert svc.status()["active_source"] == "meter"
     svc.on_input_power(real + 1, 150.0)                          # a BAS writing on the right clock serves again
-    svc.on_meter(real + 2, 999.0)
+    svc.on_meter(real + 1.1, 999.0)
     assert svc.status()["active_source"] == "bacnet_input"
+
+
+@pytest.mark.timeout(30)
+async def test_a_step_ahead_is_no_silence_of_the_bas(tmp_path, caplog):
+    # the freshness of the BAS input went by its wall-clock stamps: any step said "forecaster now learns from meter
+    # (no BAS input taken for 300 s)" of a BAS that wrote a second before, and ten minutes later it switched back
+    caplog.set_level(logging.INFO, logger="ven.forecast_service")
+    real = time.time()
+    svc = ForecastService(ForecasterConfig(cycle_seconds=0.05, source="auto", input_stale_seconds=300),
+                          str(tmp_path / "g.sqlite"), publish=lambda f: None, clock=time.time)
+    svc.on_input_power(real, 100.0)
+    svc.on_meter(real + 600, 200.0)                              # the clock stepped 10 min ahead
+    svc.on_input_power(real + 603, 110.0)
+    assert svc.status()["active_source"] == "bacnet_input"
+    assert not [r.getMessage() for r in caplog.records if "learns from meter" in r.getMessage()]
 
 
 @pytest.mark.timeout(60)

@@ -29,7 +29,7 @@ from .config import ForecasterConfig
 from .fit_worker import fit_in_child
 from .storage import REOPEN_SECONDS, ReopenTimer
 from .tasks import cancel_and_wait
-from .wallclock import PRUNE_HOLD_S, StepWatch
+from .wallclock import CLOCK_STEP_S, PRUNE_HOLD_S, StepWatch
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,7 @@ class ForecastService:
         self._task: asyncio.Task | None = None
         self._fit_task: asyncio.Task | None = None
         self._last_input_t: float | None = None
+        self._last_input_mono = 0.0     # when the BAS wrote, by the monotonic clock
         self._last_meter_t: float | None = None
         self._active: str | None = None
         # source auto: since when the meter stands in for the BAS input (monotonic), for the line that ends it
@@ -118,8 +119,15 @@ class ForecastService:
 
     # ---- inputs (called on the event loop) ---------------------------------------------------------
     def _use_input(self, t: float) -> bool:
+        if self._last_input_t is None:
+            return False
+        wall, mono = t - self._last_input_t, time.monotonic() - self._last_input_mono
+        if abs(wall - mono) > CLOCK_STEP_S:
+            # the wall clock stepped since the BAS wrote: its stamps no longer measure the time between (a step
+            # either way said "no BAS input taken for 300 s" of a BAS that wrote a second before)
+            return mono <= self.config.input_stale_seconds
         # abs: after the clock went back, an input stamped by the old clock is no fresher for it
-        return self._last_input_t is not None and abs(t - self._last_input_t) <= self.config.input_stale_seconds
+        return abs(wall) <= self.config.input_stale_seconds
 
     def _switch(self, source: str, why: str) -> None:
         if source == self._active:
@@ -215,7 +223,7 @@ class ForecastService:
             if self.config.source == "auto" and self._active == "bacnet_input":
                 self._switch("meter", "BAS relinquished input-power-meter")
             return
-        self._last_input_t = t
+        self._last_input_t, self._last_input_mono = t, time.monotonic()
         if self.config.source in ("auto", "bacnet_input"):
             self._switch("bacnet_input", "BAS writes input-power-meter")
             self._say_back()
