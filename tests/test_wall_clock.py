@@ -296,3 +296,38 @@ async def test_a_clock_put_back_after_a_start_does_not_mark_the_intervals_read_s
     # clock, missed the ticks before it, and a loaded machine sent it before the step, rightly marked
     after = {t: q for t, q in qualities(vtn).items() if first <= t < first + timedelta(seconds=150)}
     assert after and set(after.values()) == {None}, after
+
+
+async def test_the_intervals_a_step_ahead_cuts_short_are_marked(tmp_path, free_tcp_port, free_udp_port, monkeypatch):
+    # NTP stepping the clock ahead mid-interval: the interval the step left and the one it landed in each held only
+    # part of their reads, and went to the VTN as means of whole intervals
+    from test_report_quality import qualities
+    from test_report_requests import S
+
+    from ven.report_intervals import SUB_NORMAL
+
+    clock, g = tmp_path / "faketime.txt", 6
+    fake_clock(monkeypatch, clock, datetime.now(timezone.utc))
+    meter_port, vtn_port = free_udp_port(), free_tcp_port()
+    config = tmp_path / "gw.toml"
+    write_config(config, bacnet_port=free_udp_port(), http_port=free_tcp_port(), storage=tmp_path / "gw.sqlite",
+                 ven_name="clock-ahead", vtn_port=vtn_port, meter_port=meter_port, telemetry_seconds=1,
+                 retry_min_seconds=0.2)
+    gateway = GatewayProcess(config, tmp_path / "gw.log")
+    try:
+        async with MeterSimulator(address=f"127.0.0.1/8:{meter_port}", value=42.0), \
+                DemoVtn(vtn_port, poll_seconds=1, report_granularity=g * S, report_back=g * S) as vtn:
+            gateway.start()
+            await eventually(lambda: len(qualities(vtn)) >= 2, 90, f"intervals reported\n{gateway.log()[-3000:]}")
+            set_offset(clock, 3600 + g / 2)     # an hour and half an interval ahead: a boundary on either side
+            await eventually(lambda: max(qualities(vtn)) > datetime.now(timezone.utc) + timedelta(minutes=59), 60,
+                             f"intervals after the step\n{gateway.log()[-3000:]}")
+            await eventually(lambda: len([t for t in qualities(vtn) if t > datetime.now(timezone.utc) +
+                                          timedelta(minutes=59)]) >= 3, 30, "three intervals after the step")
+        assert gateway.stop() == 0
+    finally:
+        gateway.stop()
+    times = sorted(qualities(vtn))
+    gap = next(k for k in range(1, len(times)) if times[k] - times[k - 1] > timedelta(minutes=30))
+    flanking = {times[gap - 1]: qualities(vtn)[times[gap - 1]], times[gap]: qualities(vtn)[times[gap]]}
+    assert SUB_NORMAL in flanking.values(), flanking

@@ -135,6 +135,7 @@ class Gateway:
         # the gap this start ended (_note_not_running): the last read before it, and the start by the wall clock and
         # by the monotonic one, to re-date the start when the wall clock steps (NTP at boot)
         self._resumed: tuple[datetime, datetime, float] | None = None
+        self._last_read: tuple[datetime, float] | None = None    # the meter's last read: its time, and monotonic
         c = config
         self.metrics = Metrics(c.forecaster.horizons_minutes)
         self.device = bacnet_device(c)
@@ -325,6 +326,7 @@ class Gateway:
         self.metrics.meter_kw.set(reading.value)
         if self.vtn.record_sample(reading.timestamp, reading.value):
             self.metrics.telemetry_queued.inc()
+            self._note_step_ahead(reading.timestamp)
         self.forecast.on_meter(t, reading.value)
 
     def _on_input_power(self, value) -> None:
@@ -423,6 +425,17 @@ class Gateway:
                 self.vtn.hold_readings_until(last)
         elif self.telemetry.note_gap(last, now, self.config.meter.poll_seconds):
             self._say_not_read(last, now)
+
+    def _note_step_ahead(self, read_at: datetime) -> None:
+        """A wall clock stepped ahead between two reads cuts the interval the one before fell in, and the one after
+        begins in, short of their reads: the ticks it skipped count as missed, as while not running, so the VTN
+        gets them marked rather than as means of whole intervals."""
+        mono, last = time.monotonic(), self._last_read     # reported readings only: not those a wrong clock dated
+        self._last_read = (read_at, mono)
+        if last is None:
+            return
+        if (read_at - last[0]).total_seconds() - (mono - last[1]) > CLOCK_STEP_S:
+            self.telemetry.note_gap(last[0], read_at, self.config.meter.poll_seconds)
 
     def _run_before_was_ahead(self, last: datetime, now: datetime) -> bool:
         """Whether this clock, behind the run before's last read, is the right one: the kernel says NTP keeps it
