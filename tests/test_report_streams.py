@@ -40,6 +40,17 @@ def last_end(vtn, granularity):
     return got[-1][0] + granularity if got else None
 
 
+async def fast_ahead(server, rig, other) -> None:
+    """The VTN's request at registration and `other` both served, and read until the fast stream is 2-5 s past the
+    slow one's last interval end (a PT10S boundary)."""
+    await until(lambda: rig.vtn.status()["report_request_id"], 10, "telemetry requested")
+    server.create_report(rig.vtn.ven_id, *other)
+    await until(lambda: len(standing(rig)) == 2, 5, "both requests served")
+    rig.start_meter(0.25)
+    await until(lambda: last_end(server, SLOW[0]) is not None and 2 <= (
+        last_end(server, S) - last_end(server, SLOW[0])).total_seconds() <= 5, 25, "the fast stream ahead")
+
+
 @pytest.mark.parametrize("asked_first", ["fast", "slow"])
 async def test_two_requests_asked_again_after_an_outage_go_on_where_each_ended(
         tmp_path, free_tcp_port, caplog, asked_first):
@@ -53,13 +64,7 @@ async def test_two_requests_asked_again_after_an_outage_go_on_where_each_ended(
     await first.start()
     try:
         async with running(tmp_path, first.url) as rig:
-            await until(lambda: rig.vtn.status()["report_request_id"], 10, "telemetry requested")
-            first.create_report(rig.vtn.ven_id, *other)
-            await until(lambda: len(standing(rig)) == 2, 5, "both requests served")
-            rig.start_meter(0.25)
-            # the fast stream 2-5 s past the slow one's last interval end (a PT10S boundary)
-            await until(lambda: last_end(first, SLOW[0]) is not None and 2 <= (
-                last_end(first, S) - last_end(first, SLOW[0])).total_seconds() <= 5, 25, "the fast stream ahead")
+            await fast_ahead(first, rig, other)
             await first.stop()
             # the polls fail until the VEN registers afresh, and that fails too: the case of a new registration
             await until(lambda: not rig.vtn.connected and rig.vtn.registration_failures >= 1, 15,
@@ -150,12 +155,7 @@ async def test_two_streams_go_on_where_each_ended_after_a_restart(tmp_path, free
     async with DemoVtn(free_tcp_port(), poll_seconds=1, report_granularity=first_asked[0],
                        report_back=first_asked[1]) as server:
         async with running(tmp_path, server.url) as rig:
-            await until(lambda: rig.vtn.status()["report_request_id"], 10, "telemetry requested")
-            server.create_report(rig.vtn.ven_id, *other)
-            await until(lambda: len(standing(rig)) == 2, 5, "both requests served")
-            rig.start_meter(0.25)
-            await until(lambda: last_end(server, SLOW[0]) is not None and 2 <= (
-                last_end(server, S) - last_end(server, SLOW[0])).total_seconds() <= 5, 25, "the fast stream ahead")
+            await fast_ahead(server, rig, other)
             await rig.stop_meter()
             taken += rig.taken
             # the fast stream's last interval taken by the VTN: a stop while an update is under way sends it again
@@ -185,12 +185,7 @@ async def test_a_stream_of_the_last_run_not_requested_again_holds_its_readings_n
     caplog.set_level(logging.INFO, logger="ven")
     async with DemoVtn(free_tcp_port(), poll_seconds=1, report_granularity=SLOW[0], report_back=SLOW[1]) as server:
         async with running(tmp_path, server.url) as rig:
-            await until(lambda: rig.vtn.status()["report_request_id"], 10, "telemetry requested")
-            server.create_report(rig.vtn.ven_id, *FAST)
-            await until(lambda: len(standing(rig)) == 2, 5, "both requests served")
-            rig.start_meter(0.25)
-            await until(lambda: last_end(server, SLOW[0]) is not None and 2 <= (
-                last_end(server, S) - last_end(server, SLOW[0])).total_seconds() <= 5, 25, "the fast stream ahead")
+            await fast_ahead(server, rig, FAST)
             await rig.stop_meter()
         assert sorted(rig.queue.places) == [1, 10]
         async with running(tmp_path, server.url, request_wait_seconds=2) as rig:
