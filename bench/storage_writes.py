@@ -264,6 +264,8 @@ def run(args, page_note: list) -> tuple[Meter, dict]:
             next_report += args.report_seconds
             waiting = [s for s in queue.peek(100_000) if s.ts.timestamp() < t]
             if waiting:
+                # as VtnReports does with each update the VTN took: the stream's place, then the readings
+                queue.set_place(timedelta(seconds=args.report_seconds), datetime.fromtimestamp(t, timezone.utc))
                 queue.ack(waiting)
         kw = float(profile.kw(t))
         queue.add(datetime.fromtimestamp(t, timezone.utc), kw)

@@ -120,6 +120,7 @@ class TelemetryQueue:
         # the deletions of its readings, so that after a restart a stream ahead of another goes on where it was
         self.places: dict[int, datetime] = {}
         self._places_saved: dict[int, datetime] = {}
+        self._places_writing: dict[int, datetime] | None = None
         # while the file refuses writes, samples go to memory and the file is tried this often, not
         # with every sample: each try can wait BUSY_TIMEOUT_SECONDS on the event loop
         self._retry_seconds = reopen_seconds or 0.0
@@ -268,7 +269,12 @@ class TelemetryQueue:
             # the unreadable rows (_samples) leave the file here: their count with them, or a restart forgot it
             db.execute("INSERT INTO kv (key, value) VALUES ('telemetry_dropped', ?)"
                        " ON CONFLICT(key) DO UPDATE SET value=excluded.value", (str(self._dropped),))
-        if self.places != self._places_saved:
+        self._places_writing = None
+        # A place matters beside another stream: one stream alone deletes what it took. Written with every update
+        # it cost a page of the kv table per sample's commit: 42.4 MB a day instead of 33.5 (storage_writes.py)
+        if self.places != self._places_saved and (len(self._readers) > 1
+                                                   or self.places.keys() != self._places_saved.keys()):
+            self._places_writing = dict(self.places)
             db.execute("INSERT INTO kv (key, value) VALUES ('telemetry_places', ?)"
                        " ON CONFLICT(key) DO UPDATE SET value=excluded.value",
                        (json.dumps({str(g): t.isoformat() for g, t in sorted(self.places.items())}),))
@@ -281,7 +287,8 @@ class TelemetryQueue:
 
     def _acks_written(self, saved: datetime | None) -> None:
         self._acked.clear()
-        self._places_saved = dict(self.places)
+        if self._places_writing is not None:
+            self._places_saved = self._places_writing
         self._dropped_saved = self._dropped
         if saved is not None:
             self._delivery_saved = saved
