@@ -320,10 +320,9 @@ async def test_the_intervals_a_step_ahead_cuts_short_are_marked(tmp_path, free_t
             gateway.start()
             await eventually(lambda: len(qualities(vtn)) >= 2, 90, f"intervals reported\n{gateway.log()[-3000:]}")
             set_offset(clock, 3600 + g / 2)     # an hour and half an interval ahead: a boundary on either side
+            # the interval the step landed in
             await eventually(lambda: max(qualities(vtn)) > datetime.now(timezone.utc) + timedelta(minutes=59), 60,
-                             f"intervals after the step\n{gateway.log()[-3000:]}")
-            await eventually(lambda: len([t for t in qualities(vtn) if t > datetime.now(timezone.utc) +
-                                          timedelta(minutes=59)]) >= 3, 30, "three intervals after the step")
+                             f"an interval after the step\n{gateway.log()[-3000:]}")
         assert gateway.stop() == 0
     finally:
         gateway.stop()
