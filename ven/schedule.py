@@ -426,7 +426,6 @@ class EventSchedule:
                 self._purge(now, prune=mono >= self._prune_from)
                 self._publish(now)
 
-
     async def _wait(self, delay: float, target: datetime | None) -> datetime | None:
         """Until a change, `delay` seconds or a step of the wall clock: `target` if the delay ran out, else None."""
         assert self._wake is not None
