@@ -95,16 +95,17 @@ async def test_a_wall_clock_step_ahead_is_no_bac0_task_latency_warning(monkeypat
 
     monkeypatch.setattr(TaskManager, "time", SteppedTime())
     runs = []
-    # BAC0 sleeps 0.1-0.2 s between runs: the step goes in one of those sleeps, after the second run
-    tick = RecurringTask(lambda: runs.append(1), delay=0.2, name="tick", minimum_delay=0.05)
+    # BAC0 sleeps 0.4-0.5 s between runs: the step goes in one of those sleeps, 0.15 s after the second run, with
+    # room either side for a slow loop
+    tick = RecurringTask(lambda: runs.append(1), delay=0.5, name="tick", minimum_delay=0.05)
     _route_bac0_logging()       # as the gateway's device does once BAC0 made its loggers
     caplog.set_level(logging.WARNING)
     tick.start()
     try:
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(10):
             while len(runs) < 2:
                 await asyncio.sleep(0.01)
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.15)
             ahead[0] = 3600.0       # the step, between two runs
             while len(runs) < 4:
                 await asyncio.sleep(0.01)

@@ -412,6 +412,17 @@ def id_reused(prev: Event, raw: dict, now: datetime) -> bool:
     return True     # nothing tells them apart (stored before `created` was kept): as before
 
 
+def raw_signals(raw: dict) -> list:
+    """An event dict's signals as openleadr's parser delivers them (a list, or a list wrapped in a dict)."""
+    signals = raw.get("event_signals") or []
+    return signals.get("event_signals") or [] if isinstance(signals, dict) else signals
+
+
+def signal_name(raw_signal: dict) -> str:
+    name = str(raw_signal.get("signal_name"))
+    return SIMPLE if name == "simple" else name     # the 2.0b schema's backwards-compatible spelling of SIMPLE
+
+
 def from_openleadr(raw: dict, received_at: datetime, previous: Event | None = None,
                    rng: random.Random | None = None, ven_id: str | None = None) -> Event:
     """Convert one event dict as openleadr's parser delivers it. Raises ValueError or OverflowError for one this
@@ -429,9 +440,7 @@ def from_openleadr(raw: dict, received_at: datetime, previous: Event | None = No
         if active["duration"] < timedelta(0):     # the schema's duration pattern takes a sign: a VTN's bug
             raise ValueError(f"an active period of negative duration ({active['duration']})")
     ap_start = _utc(active["dtstart"]) if active.get("dtstart") else None
-    signals_raw = raw.get("event_signals") or []
-    if isinstance(signals_raw, dict):
-        signals_raw = signals_raw.get("event_signals", [])
+    signals_raw = raw_signals(raw)
     count = sum(len(s.get("intervals") or []) for s in signals_raw)
     if count > MAX_EVENT_INTERVALS:
         raise ValueError(f"{count} intervals, more than the {MAX_EVENT_INTERVALS} (a week of one-minute intervals) "
@@ -441,9 +450,7 @@ def from_openleadr(raw: dict, received_at: datetime, previous: Event | None = No
     signals = []
     guessed = 0     # intervals without a duration, given one
     for s in signals_raw:
-        name = str(s.get("signal_name"))
-        if name == "simple":  # the 2.0b schema's backwards-compatible spelling of SIMPLE
-            name = SIMPLE
+        name = signal_name(s)
         intervals = []
         cursor = ap_start
         for iv in _in_order(s.get("intervals") or []):

@@ -20,7 +20,7 @@ from signxml import XMLVerifier
 from signxml.exceptions import InvalidSignature
 
 from .config import shown_url
-from .events import OPEN_ENDED
+from .events import OPEN_ENDED, SIMPLE, raw_signals, signal_name
 from .oadr_xml import validate_xml_schema
 
 # one logger for the VEN side, wherever its code lives: tests and log filters select its lines by this name
@@ -78,18 +78,13 @@ def _period(event: dict) -> tuple:
     return period.get('dtstart'), period.get('duration')
 
 
-def _signals(event: dict) -> list:
-    signals = event.get('event_signals') or []
-    return signals if isinstance(signals, list) else signals.get('event_signals') or []
-
-
 def _what_runs(event: dict) -> tuple:
     """What the site runs of an event listing besides its active period: cancelled or not, and its signals' intervals
     (not their currentValue, which a VTN updates as the intervals pass, nor the status's far/near/active)."""
     return (event['event_descriptor'].get('event_status') == oenums.EVENT_STATUS.CANCELLED,
             [(s.get('signal_name'), s.get('signal_type'), s.get('signal_id'),
               [(i.get('dtstart'), i.get('duration'), i.get('uid'), i.get('signal_payload'))
-               for i in s.get('intervals') or []]) for s in _signals(event)])
+               for i in s.get('intervals') or []]) for s in raw_signals(event)])
 
 
 class _Client(OpenADRClient):
@@ -200,11 +195,11 @@ class _Client(OpenADRClient):
             # one refused as invalid is answered 454 whatever its times say: they are what is wrong (one in year 1
             # reads as long completed, and went unanswered, the log saying "answered optOut, code 454")
             if event['response_required'] == 'always' and (invalid or not _event_status(event) == 'completed'):
-                signals = _signals(event)
+                signals = raw_signals(event)
                 # 460 says the event is not acted on for its signal: one with a SIMPLE signal is followed whatever
                 # else it carries (a vendor's x- signal beside it got 460 "ERROR" with optIn, and 200 in the later
                 # answers to the same modification)
-                unsupported = not any(s['signal_name'] == 'SIMPLE' for s in signals) and any(
+                unsupported = not any(signal_name(s) == SIMPLE for s in signals) and any(
                     not isinstance(s['signal_name'], str) or s['signal_name'] not in _SIGNAL_NAMES for s in signals)
                 code = INVALID_DATA if invalid else oenums.STATUS_CODES.SIGNAL_NOT_SUPPORTED if unsupported else 200
                 event_responses.append({'response_code': code,
