@@ -18,6 +18,9 @@ bacpypes3 handlers answer wrongly. `services._Services` inherits this mix-in.
   failure with a WritePropertyMultiple-Error naming it (clause 15.10). An unknown object anywhere
   refuses the whole request before anything is written. bacpypes3 raised the error PDU without the
   request's context, so nothing reached the BAS and asyncio logged a traceback.
+- ReadPropertyMultiple REQUIRED of the Network Port includes networkNumber, networkNumberQuality and
+  apduLength: required of every port before protocol revision 24 (the device reports 22), conditional
+  after it, and bacpypes3 lists them as optional.
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ from bacpypes3.service.object import read_property_to_result_element
 
 THIS_DEVICE = ObjectIdentifier("device,4194303")
 _GROUPS = (PropertyIdentifier.all, PropertyIdentifier.required, PropertyIdentifier.optional)
+_ALSO_REQUIRED = {"network-port": ("networkNumber", "networkNumberQuality", "apduLength", "linkSpeed")}
 
 
 class PropertyAccess:
@@ -139,6 +143,7 @@ async def _read(obj: Any, prop: Any, index: int | None) -> list:
     required: set[str] = set()
     for cls in type(obj).__mro__:
         required.update(getattr(cls, "_required", ()))
+    required.update(_ALSO_REQUIRED.get(str(obj.objectType), ()))
     names = [name for name in obj._elements if name != "propertyList"]  # BACnet leaves it out of groups
     if prop == PropertyIdentifier.required:
         names = [name for name in names if name in required]

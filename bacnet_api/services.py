@@ -372,6 +372,14 @@ class _Services(PropertyAccess):
             # both absent is a cancellation; one alone is neither (clause 13.14.1.1.3-4). bacpypes3
             # failed with a TypeError (operational-problem, a traceback in the log) or subscribed "None"
             raise MissingRequiredParameter("issueConfirmedNotifications and lifetime go together")
+        obj = self.get_object_id(self.local_id(apdu.monitoredObjectIdentifier))
+        if obj is not None and getattr(obj, "_cov_criteria", None) is None:
+            # an object without COV (the device, the network port): bacpypes3 answered the generic
+            # cov-subscription-failed, and failed a cancellation too, which always succeeds (13.14.2)
+            if confirmed is None:
+                await self.response(SimpleAckPDU(context=apdu))
+                return
+            raise ExecutionError(errorClass="object", errorCode="optionalFunctionalityNotSupported")
         same = [cov for detection in self._cov_detections.values() for cov in detection.cov_subscriptions
                 if (cov.client_addr, cov.proc_id, cov.obj_id)
                 == (apdu.pduSource, apdu.subscriberProcessIdentifier, apdu.monitoredObjectIdentifier)]

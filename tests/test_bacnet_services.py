@@ -493,10 +493,12 @@ async def test_nothing_renames_creates_or_deletes_an_object_so_the_database_revi
 # ----- the network port, COV subscription parameters and bounds, reserved priorities
 
 
-@pytest.mark.parametrize("group", ["all", "optional"])
+@pytest.mark.parametrize("group", ["all", "required", "optional"])
 async def test_read_property_multiple_of_the_network_port_answers_every_property(gateway, peer, caplog, group):
     # A BAS discovering the device reads ALL of every object: BAC0's empty fdBBMDAddress failed the whole
     # request (operational-problem), and networkNumber, macAddress and apduLength (required) were missing.
+    # REQUIRED follows the device's protocol revision, 22: before revision 24 every port requires its
+    # network number, that number's quality, its APDU length and link speed (bacpypes3 calls three optional).
     addr = where(gateway)
     answer = await request(peer, read_multiple(addr, [("network-port,1", [group]), ("analogValue,1", ["objectName"])]))
 
@@ -507,10 +509,15 @@ async def test_read_property_multiple_of_the_network_port_answers_every_property
               if e.readResult.propertyAccessError is not None}
     assert errors == {}
     read = {str(e.propertyIdentifier) for e in port.listOfResults}
-    expected = {"network-number", "mac-address", "apdu-length", "ip-address", "bacnet-ip-udp-port"}
-    if group == "all":
-        expected |= {"object-name", "network-type", "bacnet-ip-mode"}
-    assert read >= expected, read
+    required = {"object-name", "network-type", "network-number", "network-number-quality", "apdu-length",
+                "link-speed", "changes-pending"}
+    optional = {"mac-address", "ip-address", "bacnet-ip-udp-port", "bacnet-ip-mode"}
+    if group == "required":
+        assert read >= required and not read & optional, read
+    elif group == "optional":
+        assert read >= optional and not read & required, read
+    else:
+        assert read >= required | optional, read
     assert "fd-bbmd-address" not in read and "fd-subscription-lifetime" not in read  # normal mode, not foreign
 
     port_number = int(addr.rpartition(":")[2])
@@ -569,6 +576,22 @@ async def test_subscribe_cov_renewal_replaces_the_confirmed_flag(gateway, peer, 
     assert (process, obj, confirmed) == (6, "analog-value,4", False) and 55 <= left <= 60
 
     assert isinstance(await request(peer, subscribe(addr, "analogValue,4", 6)), SimpleAckPDU)  # cancel
+    assert await cov_subscriptions(peer, addr) == []
+    assert errors_logged(caplog) == []
+
+
+@pytest.mark.timeout(15)
+@pytest.mark.parametrize("obj", ["device,4194303", "network-port,1"])
+async def test_subscribe_cov_to_an_object_without_cov_says_so(gateway, peer, caplog, obj):
+    # the device and its network port report no changes of value: a BAS is told that the object lacks the
+    # function (bacpypes3 said the generic cov-subscription-failed), and its cancellation succeeds as any does
+    addr = where(gateway)
+    answer = await request(peer, subscribe(addr, obj, 7, False, 60))
+    assert isinstance(answer, ErrorPDU), answer
+    assert f"{answer.errorClass}/{answer.errorCode}" == "object/optional-functionality-not-supported"
+    assert isinstance(await request(peer, subscribe(addr, obj, 7)), SimpleAckPDU)
+    answer = await request(peer, subscribe(addr, "analogValue,99", 7, False, 60))
+    assert isinstance(answer, ErrorPDU) and f"{answer.errorClass}/{answer.errorCode}" == "object/unknown-object"
     assert await cov_subscriptions(peer, addr) == []
     assert errors_logged(caplog) == []
 

@@ -66,7 +66,7 @@ async def _subscribes(peer: BacnetPeer, address: str, obj: str) -> bool:
                                             60):
             return True
     except BaseException as err:   # bacpypes3's Error PDUs derive from BaseException
-        if "cov-subscription-failed" not in str(err):
+        if "optional-functionality-not-supported" not in str(err):
             raise
         return False
 
