@@ -35,7 +35,9 @@
   disables services/service-request-denied before the password is, as when no password is set: the site
   has not allowed that client, and password-failure would send its technician retyping a right password
   (write_access.py keeps the list, the count and the log line);
-- a confirmed request bacpypes3 cannot decode is rejected instead of dropped (rejects.py);
+- a confirmed request bacpypes3 cannot decode is rejected instead of dropped (rejects.py); an unconfirmed one it
+  decodes but cannot carry out (a Who-Is with one range limit) gets one INFO line per source, where bacpypes3 logged
+  an ERROR with a traceback for each: BACnet has no answer to give, and the fault is the sender's;
 - the first segment of a segmented answer is sent again when no SegmentACK comes (server_transactions.py); bacpypes3
   resent nothing and logged a traceback at each retry. A request whose header bacpypes3 cannot use leaves no
   server transaction listed for good.
@@ -64,8 +66,8 @@ from bacpypes3.basetypes import (
     ServicesSupported,
 )
 from bacpypes3.constructeddata import ArrayOf
-from bacpypes3.errors import (ExecutionError, MissingRequiredParameter, ParameterOutOfRange, PropertyError,
-                              UndefinedEnumeration, UnrecognizedService)
+from bacpypes3.errors import (AbortException, ExecutionError, MissingRequiredParameter, ParameterOutOfRange,
+                              PropertyError, RejectException, UndefinedEnumeration, UnrecognizedService)
 from bacpypes3.primitivedata import Boolean, Integer, PropertyIdentifier
 
 from .client import error_text, to_plain
@@ -102,6 +104,8 @@ _STATUS_FLAGS_FROM = ("reliability", "eventState", "outOfService")
 # every subscription is notified in one loop turn at each change (about 0.17 ms each): a bound keeps a
 # BAS that subscribes with a new process identifier at each restart from stalling the gateway
 MAX_COV_SUBSCRIPTIONS = 100
+# sources whose malformed unconfirmed request was said; past this many the rest are not (a scan of spoofed sources)
+_MALFORMED_SOURCES_SAID = 64
 
 
 # the errors of a command a point does not take; others (operational-problem at a stop) are not the writer's doing
@@ -205,6 +209,22 @@ class _Services(PropertyAccess):
     _dcc_timer: asyncio.TimerHandle | None = None
     _dcc_began = 0.0  # loop time of the disable: its duration, which a wall-clock step (NTP at boot) would move
     _write_access: WriteAccess | None = None
+    _malformed_from: set | None = None
+
+    async def indication(self, apdu: Any) -> None:
+        helper = getattr(self, f"do_{type(apdu).__name__}", None)
+        if isinstance(apdu, ConfirmedRequestPDU) or helper is None:
+            await super().indication(apdu)
+            return
+        try:
+            await helper(apdu)
+        except (RejectException, AbortException, ExecutionError) as err:
+            said = self._malformed_from = self._malformed_from or set()
+            source = str(apdu.pduSource)
+            if source not in said and len(said) < _MALFORMED_SOURCES_SAID:
+                said.add(source)
+                log.info("BACnet: %s from %s not carried out: %s (an unconfirmed request gets no answer; said "
+                         "once a source)", type(apdu).__name__.removesuffix("Request"), source, error_text(err))
 
     # ----- bacnet.write_from
 

@@ -251,3 +251,27 @@ async def test_a_request_with_more_than_its_service_defines_is_rejected_and_carr
     assert answer == bytes([0x20, 81, 15]), answer.hex()       # the same write, as the service defines it
     assert seen == [35.0]
     assert errors_logged(caplog) == []
+
+
+@pytest.mark.parametrize("limits", [b"\x09\x05", b"\x19\x05"], ids=["low-limit-only", "high-limit-only"])
+async def test_a_who_is_with_one_limit_is_one_info_line_a_source_not_an_error(gateway, peer, caplog, limits):
+    # a Who-Is takes both range limits or neither (clause 16.10.1.1.1): bacpypes3 logged an ERROR with a traceback
+    # for each one a broken tool sent, though nothing is wrong with the gateway and BACnet has no answer to give
+    caplog.set_level(logging.INFO)
+    npdu = bytes([0x01, 0x00, 0x10, 0x08]) + limits   # unconfirmed Who-Is
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.setblocking(False)
+        for _ in range(3):
+            sock.sendto(bytes([0x81, 0x0A]) + struct.pack(">H", len(npdu) + 4) + npdu, ("127.0.0.1", port_of(gateway)))
+        source = f"127.0.0.1:{sock.getsockname()[1]}"
+        # a well-formed Who-Is after them is still answered: the device is there
+        assert await peer.who_is(where(gateway))
+        with pytest.raises(TimeoutError):   # no I-Am to the malformed ones
+            async with asyncio.timeout(0.3):
+                await asyncio.get_running_loop().sock_recvfrom(sock, 1500)
+    said = [r.getMessage() for r in caplog.records if "WhoIs" in r.getMessage()]
+    assert said == [f"BACnet: WhoIs from {source} not carried out: MissingRequiredParameter: deviceInstanceRange"
+                    f"{'High' if limits[0] == 0x09 else 'Low'}Limit required (an unconfirmed request gets no answer; "
+                    "said once a source)"], said
+    assert errors_logged(caplog) == []
