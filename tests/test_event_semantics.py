@@ -116,6 +116,26 @@ async def test_a_stale_copy_of_a_cancelled_event_does_not_revive_it(peers):
 
 
 @pytest.mark.timeout(30)
+async def test_an_event_for_a_resource_is_followed_for_the_building_and_its_line_names_the_resource(peers, caplog):
+    # the VTN meant a chiller; the BAS has one ADR-Event-Level, so the technician needs to read which equipment
+    # the utility had in mind: the event was followed with nothing in the log to say it named a resource
+    server, gw = peers
+    ven = next(iter(server.vens))
+    ev = put_event(server, [2], targets=[objects.Target(ven_id=ven), objects.Target(resource_id="chiller-2"),
+                                         objects.Target(resource_id="ahu-1")])
+    eid = ev.event_descriptor.event_id
+    await until(lambda: gw.level == 2.0 and server.opts_for(eid), 8, "the level and the answer")
+    assert server.opts_for(eid) == [OPT_IN]
+    [line] = messages(caplog, f"event {eid} received")
+    assert line.endswith(", for resources ahu-1, chiller-2: followed for the whole building (the gateway has no "
+                         "points per resource)"), line
+    plain = put_event(server, [1]).event_descriptor.event_id
+    await until(lambda: server.opts_for(plain), 8, "the plain event's answer")
+    [line] = messages(caplog, f"event {plain} received")
+    assert "resource" not in line, line
+
+
+@pytest.mark.timeout(30)
 async def test_an_event_for_other_vens_is_shown_answered_opt_out_and_never_followed(peers, caplog):
     server, gw = peers
     other = put_event(server, [3], targets=[objects.Target(ven_id="ven-other-building")]).event_descriptor.event_id

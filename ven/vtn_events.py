@@ -302,8 +302,12 @@ class VtnEvents:
         else:
             prio = f", priority {ev.priority}" if ev.priority else ""
             over = " (over already: it drives nothing)" if not ev.open_ended and ev.end <= _utcnow() else ""
-            log.info("event %s %s: SIMPLE levels %s %s%s%s -> %s%s", eid, verb, levels, span_, prio, extra, ev.opt,
-                     over)
+            # the VTN meant one piece of equipment; the BAS sees one ADR-Event-Level for the building
+            parts = sorted({v for k, v in ev.targets if k == "resource_id"})
+            part = (f", for resource{'s' if len(parts) > 1 else ''} {', '.join(parts)}: followed for the whole "
+                    "building (the gateway has no points per resource)") if parts else ""
+            log.info("event %s %s: SIMPLE levels %s %s%s%s -> %s%s%s", eid, verb, levels, span_, prio, extra, ev.opt,
+                     over, part)
         if others and ev.has_simple:
             log.info("event %s carries signal(s) %s: kept for the status API, not driving ADR-Event-Level",
                      eid, ", ".join(others))
