@@ -572,6 +572,9 @@ class DemandForecaster:
                 "serving": serving,
                 "validation_rmse_kw": _num(hm.val_rmse) if hm else None,
                 "validation_persistence_rmse_kw": _num(hm.val_persistence_rmse) if hm else None,
+                # end of the data the held-out verdict scored: before the fit's own end when carried over
+                "validated_until": (hm.validated_until_minute * 60.0
+                                    if hm and hm.validated_until_minute is not None else None),
                 "rolling_rmse_kw": m, "rolling_persistence_rmse_kw": p, "rolling_count": cnt,
             }
         last = self.last_forecast
@@ -584,6 +587,7 @@ class DemandForecaster:
             "history_last": (span[1] - 1) * 60.0 if span else None,
             "last_fit_at": fitted.fitted_at if fitted else None,
             "last_fit_seconds": fitted.fit_seconds if fitted else None,
+            "trained_until": fitted.trained_until_minute * 60.0 if fitted else None,
             "train_rows": fitted.train_rows if fitted else 0,
             "fitting": fitting,
             "rejected_samples": self.rejected,

@@ -11,6 +11,7 @@ from forecaster.calendar import RESTDAY, SATURDAY, WORKDAY, Calendar
 from forecaster.flags import HysteresisFlag
 from forecaster.model import MODEL_NAME
 from forecaster.series import MinuteBins, minute_of
+from ven.forecast_service import fitted_line
 
 T0 = dt.datetime(2024, 3, 4, tzinfo=dt.timezone.utc).timestamp()  # a Monday, 00:00 UTC
 
@@ -487,10 +488,17 @@ def test_refit_carries_the_held_out_verdict_until_its_days_are_stale():
     assert carried.validated_until_minute == first.validated_until_minute
     assert carried.val_rmse == first.val_rmse and carried.val_rows == first.val_rows
     assert carried.members.hgb is not first.members.hgb  # the served trees still learn the new day
+    # the log line says the scores are the earlier fit's: the same numbers each day read as a model that stopped
+    scored = dt.datetime.fromtimestamp(first.validated_until_minute * 60, dt.timezone.utc).isoformat()
+    st = fc.status()
+    assert st["horizons"][60]["validated_until"] == first.validated_until_minute * 60 < st["trained_until"]
+    assert f"carried from the fit on data to {scored}" in fitted_line(st, 2, 24)
     later = more[-1] + np.arange(900, 2 * 86400 + 1, 900)
     fc.seed(later, office(later))
     fc.fit(later[-1])
     assert fc.fitted_model.horizons[60].validated_until_minute > first.validated_until_minute
+    line = fitted_line(fc.status(), 2, 24)
+    assert "carried" not in line and line.count("validation rmse") == len(fc.horizons_minutes), line
 
 
 def test_live_weights_turn_from_a_member_that_has_been_wrong_and_back_once_it_is_right():

@@ -504,19 +504,8 @@ class ForecastService:
             self._fit_short = True
             return
         self._fit_short = False
-        st = self.forecaster.status()
-        fc = self.forecaster
-        parts = [f"{h} min {v['serving']}" + ("" if v["validation_rmse_kw"] is None else
-                 f" (validation rmse {_kw(v['validation_rmse_kw'])} vs persistence "
-                 f"{_kw(v['validation_persistence_rmse_kw'])})") for h, v in st["horizons"].items()]
-        if any(v["validation_rmse_kw"] is None for v in st["horizons"].values()):
-            # "validation rmse n/a" left the operator of a new install to guess why persistence went on serving
-            # (DemandForecaster._serves: the held-out verdict, else a day of live checks)
-            parts.append(f"no held-out validation yet (it needs over {fc.validation_days:g} days of history): "
-                         f"until then the model serves once {fc.rolling_min_hours:g} h of its live forecasts beat "
-                         f"persistence's")
-        log.info("forecaster fitted on %d rows in %.1f s: %s", st["train_rows"], st["last_fit_seconds"] or 0,
-                 "; ".join(parts))
+        log.info("%s", fitted_line(self.forecaster.status(), self.forecaster.validation_days,
+                                   self.forecaster.rolling_min_hours))
 
     def input_stale(self) -> bool:
         """No accepted sample for input_stale_seconds: forecasts and flags rest on old power. The BAS
@@ -635,6 +624,31 @@ def _with_unsaved(stored: dict, unsaved: list[Forecast], since: float) -> dict:
 
 def _stored(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else x   # SQLite keeps NaN as NULL
+
+
+def fitted_line(st: dict, validation_days: float, rolling_min_hours: float) -> str:
+    """The log line of a fit, from the forecaster's status after it."""
+    parts = []
+    for h, v in st["horizons"].items():
+        part = f"{h} min {v['serving']}"
+        if v["validation_rmse_kw"] is not None:
+            # a refit within validation_days keeps the earlier fit's held-out scores: the same numbers day after
+            # day read as a model that stopped learning
+            until = v.get("validated_until")
+            carried = (f", carried from the fit on data to {_iso(until)}"
+                       if until is not None and st.get("trained_until") is not None and until < st["trained_until"]
+                       else "")
+            part += (f" (validation rmse {_kw(v['validation_rmse_kw'])} vs persistence "
+                     f"{_kw(v['validation_persistence_rmse_kw'])}{carried})")
+        parts.append(part)
+    if any(v["validation_rmse_kw"] is None for v in st["horizons"].values()):
+        # "validation rmse n/a" left the operator of a new install to guess why persistence went on serving
+        # (DemandForecaster._serves: the held-out verdict, else a day of live checks)
+        parts.append(f"no held-out validation yet (it needs over {validation_days:g} days of history): "
+                     f"until then the model serves once {rolling_min_hours:g} h of its live forecasts beat "
+                     f"persistence's")
+    return (f"forecaster fitted on {st['train_rows']} rows in {st['last_fit_seconds'] or 0:.1f} s: "
+            + "; ".join(parts))
 
 
 def _iso(t: float) -> str:
