@@ -225,6 +225,8 @@ class _Services(PropertyAccess):
                 said.add(source)
                 log.info("BACnet: %s from %s not carried out: %s (an unconfirmed request gets no answer; said "
                          "once a source)", type(apdu).__name__.removesuffix("Request"), source, error_text(err))
+        except Exception:   # a fault of ours, as bacpypes3 would have said it
+            log.exception("BACnet: %s from %s failed", type(apdu).__name__.removesuffix("Request"), apdu.pduSource)
 
     # ----- bacnet.write_from
 
