@@ -110,7 +110,7 @@ async def test_an_opt_out_command_is_on_the_disk_before_its_ack_and_reads_are_an
             # a read asked only once the sync is over (this loop woke late: 349 ms for a 100 ms sleep under the
             # suite's load), or with less of the sync left than a read takes now, shows nothing about the gateway's
             # loop, so such a try is made again, at most 12 writes
-            overlapped, value = 0, "inactive"
+            overlapped, value, late = 0, "inactive", []
             for _ in range(12):
                 value = "active" if value == "inactive" else "inactive"
                 began = time.monotonic()
@@ -138,13 +138,18 @@ async def test_an_opt_out_command_is_on_the_disk_before_its_ack_and_reads_are_an
                 # machine; a loop the sync blocks answers just after its end whatever the load
                 if not start <= asked < end - max(SLOW_MS / 1000 / 3, 1.5 * round_trip + 0.01):
                     continue
+                if answered >= end:
+                    # a loop the sync blocks never answers before its end; one the suite's load slowed (349 ms for a
+                    # read, in a 313 ms sync, after one of under 160 ms) may once, so a try is judged with the others
+                    late.append(f"asked {1000 * (asked - start):.0f} ms into a sync of {1000 * (end - start):.0f} ms, "
+                                f"took {1000 * (answered - asked):.0f} ms")
+                    continue
                 # the loop answered the read while that sync was still going on
-                assert answered < end, (f"ReadProperty asked {1000 * (asked - start):.0f} ms into a sync of "
-                                        f"{1000 * (end - start):.0f} ms took {1000 * (answered - asked):.0f} ms")
                 overlapped += 1
                 if overlapped == 2:
                     break
-            assert overlapped, f"no ReadProperty in 12 writes was asked during a sync: {syncs(log)}"
+            assert overlapped, (f"no ReadProperty asked during a sync was answered before its end: {late}" if late
+                                else f"no ReadProperty in 12 writes was asked during a sync: {syncs(log)}")
             assert await bas.read(gateway, "binaryValue 4", "presentValue") == value
     assert "Traceback" not in gw.log()
 

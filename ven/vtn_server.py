@@ -233,14 +233,15 @@ class DemoVtn:
                 specifier_payloads=[objects.SpecifierPayload(r_id=r_id, reading_type="Mean")]))
             for rrid, (granularity, report_back) in zip(rrids, asked)]
         self._outbox.setdefault(ven_id, []).append(
-            ("oadrCreateReport", {"request_id": uuid.uuid4().hex[:8], "report_requests": requests, "ven_id": ven_id}))
+            ("oadrCreateReport", {"request_id": f"req-{uuid.uuid4().hex[:8]}", "report_requests": requests,
+                                  "ven_id": ven_id}))
         return rrids
 
     def cancel_report(self, ven_id: str, report_request_id: str, report_to_follow: bool = False) -> None:
         """Send the VEN an oadrCancelReport on its next poll; its oadrCanceledReport lands in canceled_reports.
         (openleadr gives a poll's answer a requestID of its own, so the one set here is not what goes out.)"""
         self._outbox.setdefault(ven_id, []).append(
-            ("oadrCancelReport", {"request_id": uuid.uuid4().hex[:8], "report_request_id": report_request_id,
+            ("oadrCancelReport", {"request_id": f"req-{uuid.uuid4().hex[:8]}", "report_request_id": report_request_id,
                                   "report_to_follow": report_to_follow, "ven_id": ven_id}))
 
     def forget_report_requests(self) -> list[str]:
@@ -330,7 +331,9 @@ class DemoVtn:
             log.warning("demo VTN: refusing VEN %s with unknown certificate", name)
             return False
         ven_id = f"ven-{name}"
-        reg = uuid.uuid4().hex[:12]
+        # never all digits: openleadr's parser reads such an identifier as a number ("009523373746" came back in
+        # the VEN's answers as 9523373746, and matched nothing)
+        reg = f"reg-{uuid.uuid4().hex[:12]}"
         self.vens[ven_id] = {"ven_id": ven_id, "ven_name": name, "registration_id": reg,
                              "fingerprint": payload.get("fingerprint") or self._ven_fingerprint}
         self._updated[ven_id] = True
