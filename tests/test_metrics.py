@@ -78,9 +78,13 @@ async def test_the_exposition_parses_with_prometheus_client_and_follows_its_conv
     assert await bas.write(addr, P.BY_NAME[P.INPUT_POWER].object_id, "presentValue", 90.0, priority=8) is None
     await eventually(lambda: gw.forecast.status()["last_input_at"] is not None, 5, "the write seen")
     second = values(await running["scrape"]())
-    assert 0 <= second["edge_gateway_input_age_seconds"] < 60
+    assert 0 <= second["edge_gateway_input_age_seconds"] < 60 and second["edge_gateway_input_kw"] == 90.0
     for name in counters:       # a counter only goes up
         assert second[name] >= first[name], name
+    # the BAS relinquishes the point: no input, where the gauge kept 90 kW flat on the dashboard that charts it
+    assert await bas.relinquish(addr, P.BY_NAME[P.INPUT_POWER].object_id, priority=8) is None
+    third = values(await running["scrape"]())
+    assert math.isnan(third["edge_gateway_input_kw"]) and math.isnan(third["edge_gateway_input_age_seconds"])
 
 
 async def test_a_vtn_outage_and_the_telemetry_backlog_it_leaves_show_from_start_to_end(running):

@@ -330,8 +330,8 @@ class Gateway:
         self.forecast.on_meter(t, reading.value)
 
     def _on_input_power(self, value) -> None:
-        if value is not None:
-            self.metrics.input_kw.set(value)
+        # relinquished at every priority: no BAS input, not its last value flat on a dashboard
+        self.metrics.input_kw.set(math.nan if value is None else value)
         self.forecast.on_input_power(time.time(), value)
 
     def _on_opt_out(self, value):
