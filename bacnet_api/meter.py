@@ -346,7 +346,10 @@ class MeterClient:
         Who-Is-Router-To-Network (bounded by timeout_seconds, separately from the read)."""
         assert self.network is not None
         if self.router:
-            await add_static_route(app, self.router, self.network)
+            try:
+                await add_static_route(app, self.router, self.network)
+            except RuntimeError as err:   # bacpypes3's "unable to resolve NAME", said at every read
+                raise _NoRoute(f"meter.router {self.router} does not resolve: {err}") from None
         elif (not await app.nsap.router_info_cache.get_path_info(None, self.network)  # heard already?
               and not await ask_router(app, self.network, timeout=self.timeout_seconds)):
             raise _NoRoute(f"no router to network {self.network} answered Who-Is-Router-To-Network")

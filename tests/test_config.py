@@ -740,3 +740,22 @@ def test_check_config_on_a_kernel_without_ipv6_does_not_fail_on_an_ipv6_http_add
     monkeypatch.setattr(socket, "socket", NoIpv6)
     assert main(["check-config", str(_write(tmp_path, '[http]\naddress = "[::1]:8000"\n'))]) == 0
     assert "not on any interface" not in capsys.readouterr().out   # `run` says what is wrong: not a late NIC
+
+
+def test_check_config_warns_of_a_meter_router_name_that_does_not_resolve(tmp_path, capsys, monkeypatch):
+    # meter.router takes a host name: one that does not resolve passed as ok, then every meter read failed.
+    # The resolver is played here (no DNS query): it knows one name.
+    from ven.cli import main
+    real = socket.getaddrinfo
+
+    def resolver(host, *args, **kwargs):
+        if host == "meter-router.site.example":
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return real("127.0.0.1" if host == "router.site.example" else host, *args, **kwargs)
+    monkeypatch.setattr(socket, "getaddrinfo", resolver)
+    for router, warned in [("meter-router.site.example:47808", True), ("router.site.example:47808", False),
+                           ("10.0.0.5:47808", False)]:
+        assert main(["check-config", str(_write(tmp_path, f'[meter]\nrouter = "{router}"\n'))]) == 0
+        out = capsys.readouterr().out
+        assert ("meter.router: meter-router.site.example does not resolve on this machine now: every meter read "
+                "fails until it does" in out) == warned, out

@@ -204,6 +204,22 @@ async def test_no_router_answers_without_a_configured_router(gateway, sim):
     assert reading.error == "no router to network 12345 answered Who-Is-Router-To-Network"
 
 
+async def test_a_router_name_that_does_not_resolve_is_named_with_its_key(gateway, sim, monkeypatch):
+    # meter.router takes a host name; one the resolver does not know failed each read with bacpypes3's bare
+    # "RuntimeError: unable to resolve NAME" after the meter's address. The resolver is played here: no DNS query.
+    import socket
+
+    def resolver(host, *args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    monkeypatch.setattr(socket, "getaddrinfo", resolver)
+    meter = MeterClient(gateway, address=sim.meter_address, object="analogInput 2", timeout_seconds=FAST,
+                        router="meter-router.site.example:47808")
+    reading = await meter.read_once()
+    assert reading.value is None and meter.fault is True
+    assert reading.error == ("meter.router meter-router.site.example:47808 does not resolve: unable to resolve "
+                             "meter-router.site.example"), reading.error
+
+
 async def test_no_router_answering_within_bacpypes3s_own_wait_logs_no_traceback(gateway, sim, caplog):
     # meter.timeout_seconds 2 gave up on Who-Is-Router-To-Network as bacpypes3's own 2 s timer fired: that timer
     # then set the cancelled request's result, and asyncio logged "Exception in callback ... InvalidStateError"

@@ -107,6 +107,24 @@ def _absent_address_warnings(cfg: GatewayConfig) -> list[str]:
             f"after the service), so a wrong address waits forever" for key, host, kind in probes if absent(host, kind)]
 
 
+def _unresolved_router_warnings(cfg: GatewayConfig) -> list[str]:
+    """meter.router takes a host name as well as an address; one that does not resolve fails every read."""
+    host = cfg.meter.router.rpartition(":")[0]
+    if not host:
+        return []
+    try:
+        ipaddress.ip_address(host)
+        return []
+    except ValueError:
+        pass
+    try:
+        socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_DGRAM)
+        return []
+    except (OSError, UnicodeError):
+        return [f"meter.router: {host} does not resolve on this machine now: every meter read fails until it does "
+                f"(an IPv4 address does not depend on a name service)"]
+
+
 def cmd_check_config(args) -> int:
     cfg = _config_or_exit(args.file)
     problems = tls_file_problems(cfg.openadr) + storage_problems(cfg.storage)
@@ -115,7 +133,7 @@ def cmd_check_config(args) -> int:
         return EXIT_CONFIG
     machine = clock_sync_warnings()     # last: the ones before are about the file
     files = cert_expiry_warnings(cfg.openadr, time.time()) + storage_warnings(cfg.storage)
-    for warning in cfg.warnings() + files + _absent_address_warnings(cfg) + machine:
+    for warning in cfg.warnings() + files + _absent_address_warnings(cfg) + _unresolved_router_warnings(cfg) + machine:
         print(f"{args.file}: warning: {warning}")
     # a relative storage.path is taken from the directory `run` starts in, which a service manager sets
     print(f"{args.file}: ok (device {cfg.bacnet.device_id} on {cfg.bacnet.address}, "

@@ -30,8 +30,9 @@ GET /api/status -> view.status(), a dict shaped like:
          "access": "read-only", "description": "...",
          "status_flags": {"in_alarm": false, "fault": false, "overridden": false, "out_of_service": false}}
       ],
-      "vtn": {"url": "...", "ven_name": "...", "ven_id": "...", "registered": true, "connected": true,
-              "last_poll": "...Z", "last_error": null, ...,
+      "vtn": {"vtn_url": "...", "ven_id": "...", "connected": true, "last_poll": "...", "last_error": null, ...,
+              "telemetry": {"pending": 0, "last_delivery": "...", ...},   # the queue to the VTN (an older
+                                                                         # gateway's top-level "telemetry" too)
               "client_cert": {"file": "/etc/edge-gateway/ven.pem",     # openadr.cert; null without one
                               "not_after": "2027-06-30T12:00:00+00:00", "subject": "CN=ven-17",  # null: unreadable
                               "warn_days": 21, "warning": null}},      # "expiring" | "expired": the log's line
@@ -44,9 +45,9 @@ GET /api/status -> view.status(), a dict shaped like:
          "signals": [{"name": "simple", "type": "level",
                       "intervals": [{"start": "...Z", "end": "...Z", "value": 2}]}]}
       ],
-      "telemetry": {"queue_depth": 0, "last_delivery": "...Z", ...},
-      "meter": {"address": "12345:2", "value_kw": 96.4, "read_at": "...Z", "fault": false, ...},
-      "forecaster": {"serving": "gbr", "history_minutes": 20160, "validation_error_kw": 3.1, ...},
+      "schedule": {"level": 0.0, "active": false, "opted_out": false, ...},   # what drives the event points
+      "meter": {"address": "12345:2", "last_value_kw": 96.4, "last_value_at": "...", "fault": false, ...},
+      "forecaster": {"model": "persistence", "history_minutes": 20160, "horizons": {"15": {...}}, ...},
       "timezone": "Europe/Rome",                     # optional: the building's IANA zone (forecaster.timezone),
                                                      # the zone the dashboard shows times in by default
       "config_warnings": ["meter.poll_seconds (20) is longer than ..."]  # check-config's warnings, one sentence
