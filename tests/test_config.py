@@ -759,3 +759,14 @@ def test_check_config_warns_of_a_meter_router_name_that_does_not_resolve(tmp_pat
         out = capsys.readouterr().out
         assert ("meter.router: meter-router.site.example does not resolve on this machine now: every meter read "
                 "fails until it does" in out) == warned, out
+
+
+@pytest.mark.parametrize("url", ["htps://ven:S3CRET@vtn.example.com/OpenADR2/Simple/2.0b",
+                                 "https://ven:S3CRET@vtn.example.com:99999/OpenADR2/Simple/2.0b",
+                                 "https://ven:S3CRET@/OpenADR2/Simple/2.0b"], ids=["scheme", "port", "no-host"])
+def test_a_vtn_url_refused_shows_its_password_as_stars(tmp_path, url):
+    # the utility account's password (user:password@) was printed whole by check-config, the unit's ExecStartPre,
+    # into the journal: a typo in the scheme is the very mistake that shows it
+    res = _cli("check-config", str(_write(tmp_path, f'[openadr]\nvtn_url = "{url}"\n')))
+    assert res.returncode == 2 and "openadr.vtn_url" in res.stderr and "ven:***@" in res.stderr, res.stderr
+    assert "S3CRET" not in res.stderr + res.stdout, res.stderr

@@ -125,8 +125,9 @@ async def test_an_answer_that_inflates_to_512_mb_is_refused_without_reading_it_w
     config = tmp_path / "gw.toml"
     async with DemoVtn(free_tcp_port(), poll_seconds=1) as demo, \
             FakeVtn(free_tcp_port(), mode="proxy", upstream=demo.url) as fake:
+        # with the utility account in the URL: the refusal's line named the URL with its password in clear
         write_config(config, bacnet_port=free_udp_port(), vtn_port=fake.port, http_port=free_tcp_port(),
-                     storage=tmp_path / "gw.sqlite", ven_name="gzip-bomb")
+                     storage=tmp_path / "gw.sqlite", ven_name="gzip-bomb", vtn_host="ven:S3CRET@127.0.0.1")
         with GatewayProcess(config, tmp_path / "gateway.log") as gw:
             await eventually(lambda: "telemetry requested" in gw.log(), 30, "registration")
             faults = gw.log().count("WARNING VTN")
@@ -136,6 +137,7 @@ async def test_an_answer_that_inflates_to_512_mb_is_refused_without_reading_it_w
             # the gateway promises 200 MB; reading the answer whole took it to 1.2 GB
             assert peak_rss_mb(gw.proc.pid) < 200
             assert "over 16 MB (decompressed): refused" in gw.log()
+            assert "ven:***@127.0.0.1" in gw.log() and "S3CRET" not in gw.log()
             fake.mode = "proxy"
             await eventually(lambda: "VTN connected again" in gw.log(), 15, "the VTN's answers taken again")
 

@@ -19,6 +19,7 @@ from ven.vtn_server import DemoVtn
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 PLAIN = "is plain http to vtn.utility.example, not loopback: events, opt answers and telemetry cross the network in " \
         "clear text"
+PASSWORD_TOO = ", the utility account's password (user:password@ in the URL) and "
 INJECT = ", and anyone on the path can send the gateway events, which drive ADR-Event-Level: use https:// with " \
          "openadr.cert and openadr.key"
 NO_CERT = "is https but openadr.cert and openadr.key are unset: the gateway presents no client certificate"
@@ -44,8 +45,9 @@ def test_check_config_warns_of_a_vtn_reached_without_tls_or_without_a_client_cer
                                   "did not sign): use https:// with openadr.cert and openadr.key"]
     # as a variable sets it (docker/compose.yaml); the host alone is shown, as a URL may carry a password
     conf.write_text("")
+    # (the password crosses in clear too, and is said to)
     assert check_config(conf, EDGE_GATEWAY__OPENADR__VTN_URL=f"http://user:pw@{vtn}") == [
-        f"openadr.vtn_url (from EDGE_GATEWAY__OPENADR__VTN_URL) {PLAIN}{INJECT}"]
+        f"openadr.vtn_url (from EDGE_GATEWAY__OPENADR__VTN_URL) {PLAIN.replace(' and ', PASSWORD_TOO, 1)}{INJECT}"]
     conf.write_text(f'[openadr]\nvtn_url = "https://{vtn}"\n')
     (warning,) = check_config(conf)
     assert warning.startswith(f"openadr.vtn_url {NO_CERT}") and warning.endswith(": set both"), warning

@@ -259,9 +259,12 @@ _DEMAND_SECONDS = 15 * 60
 def shown_url(url: str) -> str:
     """A URL as the log, check-config and /api/status show it: a password in it (user:password@, which aiohttp
     sends as basic auth) as ***."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
+    try:
+        parts = urllib.parse.urlsplit(url)
+        if parts.password is None:
+            return url
+    except ValueError:  # a URL urlsplit refuses (a stray "[") may still carry a password: mask what looks like one
+        return re.sub(r"(//[^/@:]*:)[^/@]*@", r"\1***@", url)
     userinfo, _, hostport = parts.netloc.rpartition("@")
     return parts._replace(netloc=f"{userinfo.partition(':')[0]}:***@{hostport}").geturl()
 
@@ -307,15 +310,17 @@ class OpenadrConfig(_Section):
     @field_validator("vtn_url")
     @classmethod
     def _url(cls, v: str) -> str:
+        # the errors go to the journal (check-config is the unit's ExecStartPre): the password in it as *** there too
+        shown = shown_url(v)
         if not v.startswith(("http://", "https://")):
-            raise ValueError(f"must start with http:// or https://, got {v!r}")
+            raise ValueError(f"must start with http:// or https://, got {shown!r}")
         try:
             url = urllib.parse.urlsplit(v)
             _ = url.port  # urlsplit checks the port only when it is read
         except ValueError as err:
-            raise ValueError(f"{v!r}: {err}") from None
+            raise ValueError(f"{shown!r}: {err}") from None
         if not url.hostname or not _is_host(url.hostname):
-            raise ValueError(f"needs a host, e.g. http://vtn.example:8080/OpenADR2/Simple/2.0b, got {v!r}")
+            raise ValueError(f"needs a host, e.g. http://vtn.example:8080/OpenADR2/Simple/2.0b, got {shown!r}")
         return v
 
     @field_validator("telemetry_seconds")
@@ -364,7 +369,9 @@ class OpenadrConfig(_Section):
             # unsigned answers) only with vtn_fingerprint
             injected = (" (openadr.vtn_fingerprint still refuses events the VTN did not sign)" if self.vtn_fingerprint
                         else ", and anyone on the path can send the gateway events, which drive ADR-Event-Level")
-            return [f"{self.named('vtn_url')} is plain http to {host}, not loopback: events, opt answers and "
+            password = (", the utility account's password (user:password@ in the URL)"
+                        if urllib.parse.urlsplit(self.vtn_url).password is not None else "")
+            return [f"{self.named('vtn_url')} is plain http to {host}, not loopback: events, opt answers{password} and "
                     f"telemetry cross the network in clear text{injected}: use https:// with openadr.cert and "
                     f"openadr.key"]
         if not self.cert:

@@ -256,7 +256,7 @@ class _Client(OpenADRClient):
                 async for chunk in req.content.iter_chunked(2**16):
                     content += chunk
                     if len(content) > self.max_message_bytes:
-                        return None, {}, (f"VTN answer from {url} over {self.max_message_bytes // 2**20} MB "
+                        return None, {}, (f"VTN answer from {shown_url(url)} over {self.max_message_bytes // 2**20} MB "
                                           f"(decompressed): refused")
                 content = bytes(content)
                 if req.status != HTTPStatus.OK:
