@@ -22,6 +22,7 @@ from bacpypes3.primitivedata import Real
 
 from .client import ensure_port_free, stop_transactions, to_plain
 from .objects import (
+    WRITER,
     CommandableAnalogValue,
     CommandableBinaryValue,
     ReadOnlyAnalogValue,
@@ -285,8 +286,10 @@ class GatewayDevice:
         # a BAS writes its kW every few seconds (debug); a command on a binary point is an event, unless it is the
         # command the point already held (a BAS writing its switch each scan)
         level = logging.INFO if point.kind == "binaryValue" and obj._last_changed else logging.DEBUG
-        log.log(level, "BACnet write accepted: %s = %s", point.name,
-                "relinquished" if value is None else value)
+        # who and at what priority: an opt-out is a matter between the site and its utility, asked about later
+        writer = WRITER.get()
+        log.log(level, "BACnet write accepted: %s = %s (priority %s%s)", point.name,
+                "relinquished" if value is None else value, obj._last_priority, f", from {writer}" if writer else "")
         pending = []
         for callback in self._callbacks.get(point.name, ()):
             try:

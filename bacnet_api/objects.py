@@ -12,6 +12,7 @@ property of the device and network port objects: the device's identity comes fro
 """
 from __future__ import annotations
 
+import contextvars
 import math
 import struct
 from typing import Any, Awaitable, Callable
@@ -40,6 +41,10 @@ class _ReadOnly:
 
     async def write_property(self, attr, value, index=None, priority=None):  # noqa: ARG002
         raise PropertyError("writeAccessDenied")
+
+
+# the source of the write being carried out (services.py sets it per request): the log says who commanded a point
+WRITER: contextvars.ContextVar[str | None] = contextvars.ContextVar("writer", default=None)
 
 
 class _Commanded:

@@ -71,7 +71,7 @@ from bacpypes3.errors import (AbortException, ExecutionError, MissingRequiredPar
 from bacpypes3.primitivedata import Boolean, Integer, PropertyIdentifier
 
 from .client import error_text, to_plain
-from .objects import why_refused
+from .objects import WRITER, why_refused
 from .property_access import PropertyAccess, multiple_error
 from .rejects import reject_undecodable
 from .server_transactions import mend_server_transactions
@@ -263,6 +263,7 @@ class _Services(PropertyAccess):
                 apdu.objectIdentifier, apdu.propertyIdentifier, apdu.propertyArrayIndex, apdu.priority),
                 "write-access-denied"):
             raise PropertyError("writeAccessDenied")
+        WRITER.set(str(apdu.pduSource))    # this request's own task: the next one sets its own
         await super().do_WritePropertyRequest(apdu)
 
     async def do_WritePropertyMultipleRequest(self, apdu: Any) -> None:
@@ -278,6 +279,7 @@ class _Services(PropertyAccess):
                 error.set_context(apdu)
                 await self.response(error)
                 return
+        WRITER.set(str(apdu.pduSource))
         await super().do_WritePropertyMultipleRequest(apdu)
 
     # ----- DeviceCommunicationControl and ReinitializeDevice

@@ -119,7 +119,9 @@ async def test_event_levels_and_opt_out_over_bacnet(system, caplog):
     # one line for the write, one for what the VEN does about it (a third said the write again)
     said = [r.getMessage() for r in caplog.records if "ADR-Opt-Out" in r.getMessage()
             and r.name.split(".")[0] in ("ven", "bacnet_api")]
-    assert said == ["BACnet write accepted: ADR-Opt-Out = True",
+    # who wrote it and at what priority: "who opted us out of Tuesday's event?" has an answer in the log
+    bas = peer.address.replace("/8", "")
+    assert said == [f"BACnet write accepted: ADR-Opt-Out = True (priority 8, from {bas})",
                     "ADR-Opt-Out active: opting out of 1 active/pending event(s); new events answered optOut"], said
 
     # A BAS writes its switch each scan. Those writes changed nothing but each logged two INFO lines ("relinquished:
@@ -137,7 +139,7 @@ async def test_event_levels_and_opt_out_over_bacnet(system, caplog):
     assert saved == [OPT_OUT_COMMANDS] and gateway.device.get(P.OPT_OUT) is True
     said = [r.getMessage() for r in caplog.records if "ADR-Opt-Out" in r.getMessage()
             and r.name.split(".")[0] in ("ven", "bacnet_api")]
-    assert said[2:] == ["BACnet write accepted: ADR-Opt-Out = True"], said
+    assert said[2:] == [f"BACnet write accepted: ADR-Opt-Out = True (priority 10, from {bas})"], said
 
 
 async def test_bas_input_moves_the_forecast_points(system):
