@@ -15,6 +15,7 @@ import csv
 import io
 import math
 import os
+import tempfile
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
@@ -136,8 +137,14 @@ def write_ede(path: str | os.PathLike, text: str) -> None:
             fh.write(text)
         return
     target = Path(os.path.realpath(out))
-    part = target.with_name(f".{target.name}.partial")
-    fh = part.open("w", newline="", encoding="utf-8")   # if this fails, nothing was made to clean up
+    # a name of its own, made here (O_EXCL): a fixed one beside a target in a shared directory could be a link
+    # someone planted, and an installer running as root would write through it
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+    part = Path(name)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)   # as open() would have made it: mkstemp's 0600 would hide it from the BAS tool
+    fh = os.fdopen(fd, "w", newline="", encoding="utf-8")
     try:
         with fh:
             fh.write(text)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import subprocess
 import sys
 
@@ -159,3 +160,22 @@ def test_a_bad_output_path_is_a_clear_error(tmp_path):
         assert (res.returncode, res.stdout) == (2, "")
         assert res.stderr == f"points: --ede {path}: {reason}\n"   # one line, no traceback
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_file_is_written_beside_the_target_under_a_name_of_its_own(tmp_path):
+    # it went through a fixed ".NAME.partial": a link planted there in a shared directory (an installer writing the
+    # EDE file to /tmp as root) had the write follow it to whatever the link named
+    from bacnet_api.ede import write_ede
+
+    victim = tmp_path / "victim"
+    victim.write_text("untouched")
+    (tmp_path / ".gateway_EDE.csv.partial").symlink_to(victim)
+    old = os.umask(0o022)
+    try:
+        write_ede(tmp_path / "gateway_EDE.csv", "# EDE\n")
+    finally:
+        os.umask(old)
+    assert victim.read_text() == "untouched"
+    assert (tmp_path / "gateway_EDE.csv").read_text() == "# EDE\n"
+    assert (tmp_path / "gateway_EDE.csv").stat().st_mode & 0o777 == 0o644   # as the umask says, for the BAS tool
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".gateway_EDE.csv.partial", "gateway_EDE.csv", "victim"]
