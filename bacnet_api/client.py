@@ -137,6 +137,20 @@ async def add_static_route(app: Application, router: str, network: int) -> None:
     await cache.update_path_info(None, Address(router), {network})
 
 
+async def forget_route(app: Application, network: int) -> None:
+    """Forget how `network` is reached, so the next router to answer for it is learnt. bacpypes3 keeps two records,
+    the path and each router's networks; with only the path deleted, the same router's next answer taught it
+    nothing new, and every request broadcast Who-Is-Router-To-Network for as long as the process ran."""
+    cache = app.nsap.router_info_cache
+    await cache.delete_path_info(None, network)
+    for (snet, address), networks in list(cache.router_dnets.items()):
+        if snet is None and network in networks:
+            if networks - {network}:
+                await cache.set_router_dnets(None, address, networks - {network})
+            else:
+                await cache.delete_router_dnets(None, address)
+
+
 async def ask_router(app: Application, network: int, router: str = "", timeout: float = 3.0) -> bool:
     """Who-Is-Router-To-Network, directed to `router` when given (else broadcast); True if answered."""
     destination = Address(router) if router else None

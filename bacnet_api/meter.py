@@ -39,6 +39,7 @@ from .client import (
     close_stack,
     error_code,
     error_text,
+    forget_route,
     network_of,
     object_id,
     on_router_refusal,
@@ -181,7 +182,7 @@ class MeterClient:
             reading = self._reading(error=err.refusal.text(self.network))
             if err.refusal.reason == 1 and not self.router:
                 # the router we found says it cannot reach the network: ask again next time
-                await self._app.nsap.router_info_cache.delete_path_info(None, self.network)
+                await forget_route(self._app, self.network)
         except TimeoutError:
             await self._note_route()
             reading = self._reading(error=f"no response from {self.address} within {self.timeout_seconds:g} s"
@@ -189,7 +190,7 @@ class MeterClient:
             if not self.router and self.network is not None:
                 # the router we found may be gone or replaced: forget it, so the next read asks again
                 # (bacpypes3 keeps a learned path for good, and routers rarely announce themselves)
-                await self._app.nsap.router_info_cache.delete_path_info(None, self.network)
+                await forget_route(self._app, self.network)
         except ErrorRejectAbortNack as err:  # BaseException-derived: must be named explicitly
             # an error or reject is the meter's answer; an abort is bacpypes3 giving up on one
             reading = self._reading(error=f"{self._what}: {error_text(err)}", answered=not isinstance(err, AbortPDU))
@@ -363,7 +364,14 @@ class MeterClient:
         path = await self._app.nsap.router_info_cache.get_path_info(None, self.network)
         route = str(path[0]) if path else None
         if route is not None and route != self.route:
-            log.info("meter network %d is reached through router %s", self.network, route)
+            if self.route is None:
+                log.info("meter network %d is reached through router %s", self.network, route)
+            else:
+                # a replaced router says this once; two routers claiming one network number (it must be unique)
+                # say it at each change, as the readings may be another device's
+                log.warning("meter network %d is now reached through router %s, was %s: if both routers answer for "
+                            "it, the meter read may be another device; set meter.router", self.network, route,
+                            self.route)
             self.route = route
 
     def _reading(self, value: float | None = None, error: str | None = None, answered: bool = False) -> MeterReading:

@@ -343,10 +343,23 @@ async def test_a_discovered_router_that_goes_quiet_is_asked_for_again(gateway, s
     reading = await meter.read_once()
     assert reading.error == "no router to network 12345 answered Who-Is-Router-To-Network"
 
+    # the same router back (a power cycle): the path was forgotten but the router's own record of the network kept,
+    # so its answer taught bacpypes3 nothing new, every request broadcast Who-Is-Router-To-Network for good, and with
+    # a second router claiming the network the reads went to whichever answered first
+    sim.set_silent(False)
+    assert await ask_router(gateway.app, 12345, router=sim.router_address)
+    path = await gateway.app.nsap.router_info_cache.get_path_info(None, 12345)
+    assert path is not None and str(path[0]) == sim.router_address, path
+    assert (await meter.read_once()).value == 42.5 and meter.route == sim.router_address
+
+    sim.set_silent(True)
+    assert (await answers_within(meter, FAST).read_once()).value is None
     async with MeterSimulator(f"127.0.0.1/8:{free_udp_port()}", value=7.5) as moved:
         assert await ask_router(gateway.app, 12345, router=moved.router_address)  # the router on its new port
         assert (await answers_within(meter, ANSWERS).read_once()).value == 7.5 and meter.route == moved.router_address
-    assert f"meter network 12345 is reached through router {moved.router_address}" in caplog.text
+    assert [r.getMessage() for r in caplog.records if "is now reached" in r.getMessage()] == [
+        f"meter network 12345 is now reached through router {moved.router_address}, was {sim.router_address}: if "
+        f"both routers answer for it, the meter read may be another device; set meter.router"]
 
 
 # -- the router in front of the meter refuses the request ------------------------------------------
