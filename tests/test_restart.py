@@ -12,6 +12,7 @@ from gateway_process import GatewayProcess, write_config
 from waiting import eventually
 
 from bacnet_api import points as P
+from bacnet_api.simulator import MeterSimulator
 from ven.vtn_server import DemoVtn
 
 pytestmark = pytest.mark.timeout(120)
@@ -134,6 +135,9 @@ async def test_a_renamed_device_counts_a_new_database_revision(tmp_path, free_ud
 async def test_another_meter_than_the_last_run_is_said_once(tmp_path, free_udp_port, free_tcp_port):
     # A technician corrects meter.address to the building's main meter (or sets meter.units to watts): the
     # forecaster's stored history, thresholds and model were learned from the old readings, and nothing told them.
+    # A mistyped address put right at the next start is no other meter: it read nothing, and was said to be.
+    import sqlite3
+
     from forecaster.series import minute_of
     from forecaster.store import ForecastStore
 
@@ -143,29 +147,43 @@ async def test_another_meter_than_the_last_run_is_said_once(tmp_path, free_udp_p
     gateway = GatewayProcess(config, log_path)
     said = "meter changed since the last run"
 
-    async def run_once(meter_address):
+    def meter_read() -> str | None:
+        with sqlite3.connect(storage) as db:
+            row = db.execute("SELECT value FROM kv WHERE key = 'meter_read'").fetchone()
+        db.close()
+        return row and row[0]
+
+    async def run_once(router_port, mac, answers=True):
         write_config(config, bacnet_port=free_udp_port(), http_port=free_tcp_port(), storage=storage,
-                     ven_name="meter-test")
-        config.write_text(config.read_text().replace('address = "127.0.0.1:9"', f'address = "{meter_address}"'))
+                     ven_name="meter-test", meter_port=router_port)
+        config.write_text(config.read_text().replace("[meter]\n", f'[meter]\naddress = "12345:{mac}"\n'))
         runs = gateway.log().count("edge-gateway ready") if log_path.exists() else 0
         gateway.start()
         try:
             await eventually(lambda: gateway.log().count("edge-gateway ready") > runs, 30, "the gateway ready")
+            if answers:     # the meter kept as the one the history comes from
+                await eventually(lambda: meter_read() == f"12345:{mac} analogInput 2 presentValue", 15, "a reading")
         finally:
             assert gateway.stop() == 0, gateway.log()[-3000:]
         return gateway.log().count(said)
 
-    assert await run_once("127.0.0.1:9") == 0       # the first run: nothing to compare with
-    assert await run_once("127.0.0.1:9") == 0       # the same meter
-    assert await run_once("127.0.0.1:10") == 1      # another one: said once
-    assert await run_once("127.0.0.1:10") == 1
-    line = next(ln for ln in gateway.log().splitlines() if said in ln)
-    assert ("WARNING meter changed since the last run (was 127.0.0.1:9 analogInput 2 presentValue, now 127.0.0.1:10 "
-            "analogInput 2 presentValue): the forecaster goes on from its ") in line, line
-    # what the line tells the technician to run, with the gateway stopped: the next start learns afresh
-    from ven.cli import main
-    assert main(["forget-forecast", "--config", str(config), "--yes"]) == 0
-    before = len(gateway.log())
-    await run_once("127.0.0.1:10")
-    assert "forecaster resumed 0 minutes of stored history" in gateway.log()[before:]
+    async with MeterSimulator(f"127.0.0.1/8:{free_udp_port()}", value=50.0) as one, \
+            MeterSimulator(f"127.0.0.1/8:{free_udp_port()}", value=80.0, mac=3) as other:
+        port_one, port_other = (int(sim.router_address.rpartition(":")[2]) for sim in (one, other))
+        assert await run_once(port_one, 2) == 0             # the first run: nothing to compare with
+        assert await run_once(port_one, 2) == 0             # the same meter
+        assert await run_once(port_one, 3, answers=False) == 1    # a typo: said, as the file says another meter
+        assert meter_read() == "12345:2 analogInput 2 presentValue"
+        assert await run_once(port_one, 2) == 1             # put right: the history's meter, nothing said
+        assert await run_once(port_other, 3) == 2           # another one that reads: said once
+        assert await run_once(port_other, 3) == 2
+        line = [ln for ln in gateway.log().splitlines() if said in ln][-1]
+        assert ("WARNING meter changed since the last run (was 12345:2 analogInput 2 presentValue, now 12345:3 "
+                "analogInput 2 presentValue): the forecaster goes on from its ") in line, line
+        # what the line tells the technician to run, with the gateway stopped: the next start learns afresh
+        from ven.cli import main
+        assert main(["forget-forecast", "--config", str(config), "--yes"]) == 0
+        before = len(gateway.log())
+        await run_once(port_other, 3)
+        assert "forecaster resumed 0 minutes of stored history" in gateway.log()[before:]
     assert "Traceback" not in gateway.log()

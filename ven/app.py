@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 # priority after the gateway restarts, so the gateway must too.
 OPT_OUT_COMMANDS = "bacnet_commands:" + P.OPT_OUT
 BACNET_DATABASE = "bacnet_database"  # the device's objects and databaseRevision, as the last run served them
-METER_READ = "meter_read"  # the meter the last run read (address, object, property, units)
+METER_READ = "meter_read"  # the last meter a reading came from (address, object, property, units)
 
 
 def _import_slow_parts() -> None:
@@ -135,6 +135,7 @@ class Gateway:
         # the gap this start ended (_note_not_running): the last read before it, and the start by the wall clock and
         # by the monotonic one, to re-date the start when the wall clock steps (NTP at boot)
         self._resumed: tuple[datetime, datetime, float] | None = None
+        self._meter_unread: str | None = None   # the configured meter until it gives a reading, if not stored
         self._last_read: tuple[datetime, float] | None = None    # the meter's last read: its time, and monotonic
         c = config
         self.metrics = Metrics(c.forecaster.horizons_minutes)
@@ -320,6 +321,9 @@ class Gateway:
             self.vtn.record_failed_read(reading.tick_times or (reading.timestamp,))
             self.forecast.on_meter(t, None)
             return
+        if self._meter_unread is not None:
+            self.storage.save_value(METER_READ, self._meter_unread)
+            self._meter_unread = None
         self.device.set(P.METER_POWER, reading.value)
         self.device.set_fault(P.METER_POWER, False)
         self.device.set(P.METER_FAULT, False)
@@ -403,7 +407,9 @@ class Gateway:
                         "stored minutes of history, its load thresholds and model, which may hold the old meter's "
                         "readings; right for a replaced meter of the same load, not for another one: for that, stop the "
                         "gateway and run edge-gateway forget-forecast", was, now, minutes)
-        self.storage.save_value(METER_READ, now)
+        # kept once this meter gives a reading: a mistyped address put right at the next start is not another meter
+        # the history came from (it read nothing), and was said to be
+        self._meter_unread = now
 
     def _note_not_running(self) -> None:
         # The meter was not read while the gateway was not running: the intervals that began before the stop (or
