@@ -19,6 +19,7 @@ import pytest
 from waiting import eventually
 
 from bacnet_api.points import POINTS
+from ven import http_api
 from ven.config import ConfigError
 from ven.http_api import STATIC_FILES, WEB_DIR, HttpServer, is_loopback, parse_address, to_json
 from ven.metrics import Metrics
@@ -536,9 +537,9 @@ def _closed_by_server(s: socket.socket) -> bool:
         return True
 
 
-def _hold(port: int, n: int) -> list[socket.socket]:
-    """n connections to the server, left idle; non-blocking, so _closed_by_server can look at them."""
-    held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(n)]
+def _hold(port: int, n: int, source: str = "127.0.0.1") -> list[socket.socket]:
+    """n connections to the server from `source`, left idle; non-blocking, so _closed_by_server can look at them."""
+    held = [socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(source, 0)) for _ in range(n)]
     for s in held:
         s.setblocking(False)
     return held
@@ -610,6 +611,88 @@ async def test_a_moment_below_the_limit_is_not_its_end(served, caplog):
     said = lambda: [r.getMessage() for r in caplog.records if "accepting connections again" in r.getMessage()]
     lines = await eventually(said, 10, "the end of refusing logged")
     assert len(lines) == 1 and lines[0].endswith(" s (3 refused)"), lines
+
+
+def _ask(s: socket.socket, path: str = "/healthz") -> bytes:
+    """One request over a kept-alive connection: the answer's status line (the whole answer read)."""
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    answer = b""
+
+    def more() -> bytes:
+        chunk = s.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"closed by the server after {answer!r}")
+        return chunk
+    while b"\r\n\r\n" not in answer:
+        answer += more()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length")))
+    while len(body) < length:
+        body += more()
+    return head.split(b"\r\n")[0]
+
+
+async def test_a_connection_without_a_whole_request_head_in_time_is_closed(served, monkeypatch, caplog):
+    # 64 connections from anywhere that sent nothing, or a header line every 10 s, held the dashboard, /healthz and
+    # /metrics for an hour (aiohttp's keep-alive timeout, 3630 s). The head's own bound, not that timeout's:
+    monkeypatch.setattr(http_api, "HEAD_S", 0.5)
+    monkeypatch.setattr(http_api, "IDLE_S", 60.0)
+    server, view, base = await served()
+    silent, trickling = _hold(server.port, 2)
+    prompt = None
+    try:
+        trickling.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+
+        def trickle() -> bool:
+            try:
+                trickling.sendall(b"X-Slow: 1\r\n")
+            except OSError:     # reset: closed
+                return True
+            return _closed_by_server(trickling)
+        await eventually(lambda: _closed_by_server(silent), 5, "the connection that sent nothing closed")
+        await eventually(trickle, 5, "the connection sending its head a line at a time closed", interval=0.1)
+        # a head sent whole is answered, and its connection kept past HEAD_S for the next request
+        prompt = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        assert await asyncio.to_thread(_ask, prompt) == b"HTTP/1.1 200 OK"
+        await asyncio.sleep(1.0)
+        assert await asyncio.to_thread(_ask, prompt) == b"HTTP/1.1 200 OK"
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]     # a close, not a fault
+    finally:
+        for s in (silent, trickling, prompt):
+            if s is not None:
+                s.close()
+
+
+async def test_a_kept_alive_connection_left_idle_is_closed(served, monkeypatch):
+    monkeypatch.setattr(http_api, "IDLE_S", 0.5)
+    server, view, base = await served()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+        for _ in range(5):      # asked again within the bound: kept, however long in all
+            assert await asyncio.to_thread(_ask, s) == b"HTTP/1.1 200 OK"
+            await asyncio.sleep(0.2)
+        s.setblocking(False)
+        await eventually(lambda: _closed_by_server(s), 5, "the idle connection closed")
+
+
+async def test_the_refusal_names_who_holds_the_connections(served, caplog):
+    # "64 connections open" said nothing the operator could find or block the client by
+    caplog.set_level(logging.INFO, logger="ven.http_api")
+    server, view, base = await served()
+    server.max_connections = 11
+    held = []
+    try:
+        for source, n in (("127.0.0.2", 4), ("127.0.0.3", 3), ("127.0.0.1", 2), ("127.0.0.4", 1), ("127.0.0.5", 1)):
+            held += _hold(server.port, n, source)
+        await eventually(lambda: len(server._runner.server.connections) == 11, 5, "the 11 open")
+        held += _hold(server.port, 1, "127.0.0.6")
+        said = lambda: [r.getMessage() for r in caplog.records if "refusing new ones" in r.getMessage()]
+        assert await eventually(said, 5, "the WARNING") == [
+            "http: 11 connections open (4 from 127.0.0.2, 3 from 127.0.0.3, 2 from 127.0.0.1, 2 from 2 other "
+            "addresses), refusing new ones until some close"]
+    finally:
+        for s in held:
+            s.close()
 
 
 async def _fetch_or_none(url):

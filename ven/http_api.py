@@ -82,6 +82,7 @@ GET /api/log?level=warning&limit=100 -> view.recent_log(min_level, limit), the l
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import datetime as dt
 import enum
@@ -111,6 +112,17 @@ WEB_DIR = Path(__file__).with_name("web")
 MAX_HISTORY_HOURS = 24 * 35  # forecaster.history_days default: older minutes are not kept anyway; events as long (schedule.KEEP_HISTORY)
 LOG_LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}  # /api/log?level=
 MAX_CONNECTIONS = 64  # open at once: a few dashboards (4 requests per refresh), Prometheus, health probes
+# Each connection counts toward MAX_CONNECTIONS from its first moment, token or not, so one that sent nothing held
+# its place for as long as aiohttp kept it: its keep-alive timeout, 3630 s by default (aiohttp before
+# aio-libs/aiohttp#13681 never closed a connection that sent no request at all), and a request head trickled in a
+# line at a time kept it too. 64 such connections from anywhere the address is reachable locked out the dashboard,
+# /healthz and /metrics for an hour. A browser, curl or Prometheus sends its whole head at once after connecting:
+# 10 s leaves a slow link ample room
+HEAD_S = 10.0
+# From an answer to the next request's whole head (aiohttp's keepalive_timeout; it applies to every request head
+# after the first). Above the dashboard's refresh (10 s), so an open dashboard keeps its connections from one
+# refresh to the next instead of meeting them closed
+IDLE_S = 15.0
 # what a stop gives requests in flight (aiohttp's default, 60 s, is waited out by a connection made as the stop
 # begins: on Python 3.11 aiohttp closes it before its handler runs, drops its request and waits for the client)
 STOP_GRACE_S = 1.0
@@ -268,6 +280,60 @@ class _Refused(asyncio.Protocol):
         transport.abort()
 
 
+class _HeadBound(asyncio.Protocol):
+    """aiohttp's handler for a connection, closed unless the connection's first request head is complete within
+    HEAD_S (the later ones have aiohttp's keepalive_timeout, IDLE_S)."""
+
+    def __init__(self, handler: asyncio.Protocol) -> None:
+        self.handler = handler
+        self._due: asyncio.TimerHandle | None = None
+        self._tail = b""    # the end of what came so far: the head's blank line may come split over two reads
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._due = asyncio.get_running_loop().call_later(HEAD_S, self._late)
+        self.handler.connection_made(transport)
+
+    def _late(self) -> None:
+        self._due = None
+        self.handler.force_close()
+
+    def data_received(self, data: bytes) -> None:
+        if self._due is not None:
+            seen = self._tail + data
+            if b"\r\n\r\n" in seen:
+                self._due.cancel()
+                self._due = None
+            self._tail = seen[-3:]
+        self.handler.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.handler.eof_received()
+
+    def pause_writing(self) -> None:
+        self.handler.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.handler.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._due is not None:
+            self._due.cancel()
+        self.handler.connection_lost(exc)
+
+
+def _holders(handlers: list) -> str:
+    """Who holds the open connections, most first: "61 from 10.0.0.9, 3 from 10.0.0.7"."""
+    by_host: collections.Counter[str] = collections.Counter()
+    for handler in handlers:
+        transport = getattr(handler, "transport", None)
+        peer = transport.get_extra_info("peername") if transport is not None else None
+        by_host[peer[0] if peer else "an address unknown"] += 1
+    top = by_host.most_common(3)
+    rest = sum(by_host.values()) - sum(n for _, n in top)
+    others = f", {rest} from {len(by_host) - len(top)} other addresses" if rest else ""
+    return ", ".join(f"{n} from {host}" for host, n in top) + others
+
+
 class HttpServer:
     """aiohttp server for the operator; runs in the gateway's event loop."""
 
@@ -334,7 +400,8 @@ class HttpServer:
         self._listening()
 
     async def _listen(self) -> None:
-        runner = web.AppRunner(self.make_app(), access_log=None, handle_signals=False, shutdown_timeout=STOP_GRACE_S)
+        runner = web.AppRunner(self.make_app(), access_log=None, handle_signals=False, shutdown_timeout=STOP_GRACE_S,
+                               keepalive_timeout=IDLE_S)
         await runner.setup()
         try:
             listener = await asyncio.get_running_loop().create_server(
@@ -380,14 +447,17 @@ class HttpServer:
 
     def _connection(self, server: web.Server) -> asyncio.BaseProtocol:
         """aiohttp's handler for a new connection, unless max_connections are open: a client holding connections
-        (each accepted before any token check, idle ones kept an hour) otherwise used up the process's file
-        descriptors (1024 under systemd), and with them the VTN's connections and storage.path."""
+        (each accepted before any token check; HEAD_S and IDLE_S close idle ones, but a client can open them again
+        as fast) otherwise used up the process's file descriptors (1024 under systemd), and with them the VTN's
+        connections and storage.path."""
         if len(server.connections) + self._accepting >= self.max_connections:
             self._refused += 1
             if self._refused == 1:
-                log.warning("http: %d connections open, refusing new ones until some close", self.max_connections)
                 self._refusing_since = time.monotonic()
-                self._cap_check = asyncio.get_running_loop().call_later(1.0, self._below_cap, server)
+                loop = asyncio.get_running_loop()
+                # said once those let in just before are in aiohttp's count (as for _counted): it names who holds them
+                loop.call_soon(loop.call_soon, self._say_refusing, server)
+                self._cap_check = loop.call_later(1.0, self._below_cap, server)
             return _Refused()
         # Not the end of the limit: under load a burst can dip below it for a moment and fill it again (seen as
         # "accepting connections again after 0 s" and a second WARNING); the 1 s check says the end
@@ -396,7 +466,7 @@ class HttpServer:
         self._accepting += 1
         loop = asyncio.get_running_loop()
         loop.call_soon(loop.call_soon, self._counted)
-        return server()
+        return _HeadBound(server())
 
     @property
     def refusing(self) -> bool:
@@ -415,6 +485,12 @@ class HttpServer:
         log.info("http: accepting connections again after %s (%d refused)",
                  span(time.monotonic() - self._refusing_since), self._refused)
         self._refused = 0
+
+    def _say_refusing(self, server: web.Server) -> None:
+        # the holders named, so that the operator can find the host holding the connections, or block it
+        holders = _holders(server.connections)
+        log.warning("http: %d connections open%s, refusing new ones until some close", self.max_connections,
+                    f" ({holders})" if holders else "")
 
     def _counted(self) -> None:
         self._accepting -= 1
