@@ -130,6 +130,34 @@ def test_http_off_loopback_needs_a_token():
     assert cfg.http.token == "s3cret"
 
 
+PLAIN_HTTP = ("http.address {} is not loopback: the dashboard, the API's answers and http.token cross the network in "
+              "clear text (plain HTTP): put a reverse proxy with TLS in front, with http.address on 127.0.0.1, or reach "
+              "it through an ssh tunnel")
+SHORT_TOKEN = ("http.token is {} characters: short enough to be found by trying (wrong tokens are only slowed down a "
+               "little): use at least 16 random characters (openssl rand -hex 16 makes 32)")
+
+
+def test_an_operator_api_off_loopback_or_with_a_short_token_is_a_warning_not_an_error(tmp_path):
+    # check-config took a 4-digit token (guessed in 1.7 s over one connection) and a dashboard served in clear on
+    # the BAS network without a word; warnings, so that an install that worked keeps starting
+    res = _cli("check-config", str(_write(tmp_path, '[http]\naddress = "0.0.0.0:8000"\ntoken = "7391"\n')))
+    assert res.returncode == 0, res.stderr
+    warned = [line.partition(": warning: ")[2] for line in _about_the_file(res.stdout) if ": warning: " in line]
+    assert warned == [PLAIN_HTTP.format("0.0.0.0:8000"), SHORT_TOKEN.format(4)], res.stdout
+    assert "7391" not in res.stdout + res.stderr
+    long = "k" * 16
+
+    def warnings(address: str, token: str = long, enabled: bool = True) -> list[str]:
+        return load_config(None, environ={"EDGE_GATEWAY__HTTP__ADDRESS": address, "EDGE_GATEWAY__HTTP__TOKEN": token,
+                                          "EDGE_GATEWAY__HTTP__ENABLED": str(enabled).lower()}).warnings()
+    assert warnings("192.168.1.20:8000") == [PLAIN_HTTP.format("192.168.1.20:8000")]
+    # on loopback (behind a reverse proxy with TLS): only a short token is said
+    assert warnings("127.0.0.1:8000") == warnings("[::1]:8000") == warnings("localhost:8000") == []
+    assert warnings("127.0.0.1:8000", long[:15]) == [SHORT_TOKEN.format(15)]
+    assert warnings("127.0.0.1:8000", "") == []
+    assert warnings("0.0.0.0:8000", "7391", enabled=False) == []
+
+
 # ----- values check-config used to pass and `run` then failed on
 
 def _write(tmp_path, text: str | bytes) -> Path:

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import random
+import re
 import socket
 import time
 
@@ -693,6 +694,68 @@ async def test_the_refusal_names_who_holds_the_connections(served, caplog):
     finally:
         for s in held:
             s.close()
+
+
+TOKEN = "a-token-of-20-chars!"
+
+
+def _guesser() -> aiohttp.ClientSession:
+    """A client on another address than the operator's (fetch: 127.0.0.1), over one kept-alive connection."""
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.0.0.2", 0), limit=1),
+                                 timeout=aiohttp.ClientTimeout(total=10))
+
+
+async def _guess(session: aiohttp.ClientSession, base: str, token: str) -> int:
+    async with session.get(base + "/api/status", headers={"Authorization": f"Bearer {token}"}) as resp:
+        return resp.status
+
+
+async def test_wrong_tokens_are_said_once_counted_and_said_when_they_stop(served, monkeypatch, caplog):
+    # a guesser tried every 4-digit token in 1.7 s and the log said nothing, /metrics counted nothing
+    monkeypatch.setattr(http_api, "REFUSED_QUIET_S", 0.5)
+    monkeypatch.setattr(http_api, "REFUSED_DELAY_S", 0.001)     # the slowing down is the next test's
+    caplog.set_level(logging.INFO, logger="ven.http_api")
+    said = lambda: [r.getMessage() for r in caplog.records if r.getMessage().startswith("http: ")]
+    server, view, base = await served(token=TOKEN)
+    async with _guesser() as guesser:
+        for guess in range(20):
+            assert await _guess(guesser, base, f"{guess:04d}") == 401
+        # no token at all is a dashboard opened without it, not a guess
+        assert (await fetch(base + "/api/status"))[0] == 401
+        assert said() == ["http: wrong bearer token from 127.0.0.2, refused (more from it are counted, answered more "
+                          "slowly and said when they stop)"]
+        status, _, body = await fetch(base + "/metrics", {"Authorization": f"Bearer {TOKEN}"})
+        assert status == 200 and "edge_gateway_http_auth_refused_total 20.0" in body.splitlines(), body
+        ended = await eventually(lambda: said()[1:], 5, "the end of the guessing said")
+        assert len(ended) == 1 and re.fullmatch(r"http: no wrong bearer token from 127\.0\.0\.2 for \d+ s: 20 refused "
+                                                r"over \d+ s", ended[0]), ended
+        # a new run is said anew
+        assert await _guess(guesser, base, "7391") == 401
+        assert said()[2:] == said()[:1]
+    # sources beyond MAX_GUESSERS at once are followed, and said, as one
+    monkeypatch.setattr(http_api, "MAX_GUESSERS", 1)
+    assert (await fetch(base + "/api/status", {"Authorization": "Bearer 0042"}))[0] == 401
+    assert said()[3:] == ["http: wrong bearer token from more than 1 addresses at once (127.0.0.1 among them), refused "
+                          "(more from them are counted, answered more slowly and said when they stop)"]
+    assert not [r for r in caplog.records if "0007" in r.getMessage() or TOKEN in r.getMessage()]
+
+
+async def test_wrong_tokens_are_answered_more_slowly_and_no_one_else_waits(served, monkeypatch):
+    monkeypatch.setattr(http_api, "REFUSED_DELAY_S", 0.2)
+    monkeypatch.setattr(http_api, "REFUSED_DELAY_MAX_S", 1.0)
+    server, view, base = await served(token=TOKEN)
+    async with _guesser() as guesser:
+        began = time.monotonic()
+        for guess in range(5):      # the first at once, then 0.2 s more each
+            assert await _guess(guesser, base, f"{guess:04d}") == 401
+        took = time.monotonic() - began
+        assert took > 1.9, f"5 wrong tokens answered in {took:.2f} s, not 0.2 + 0.4 + 0.6 + 0.8"
+        slowed = asyncio.create_task(_guess(guesser, base, "0005"))     # at the bound: 1 s
+        # meanwhile the operator, from another address: the token, or a first mistyped one, answered at once
+        assert (await fetch(base + "/api/status", {"Authorization": f"Bearer {TOKEN}"}))[0] == 200
+        assert (await fetch(base + "/api/status", {"Authorization": "Bearer mistyped"}))[0] == 401
+        assert not slowed.done(), "the guesser's answer came before the operator's"
+        assert await slowed == 401
 
 
 async def _fetch_or_none(url):

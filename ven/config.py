@@ -396,6 +396,11 @@ class StorageConfig(_Section):
         return v
 
 
+# A wrong token is answered at most a second late (ven.http_api.REFUSED_DELAY_MAX_S), over 64 connections at once:
+# 4 digits fall in minutes. 16 random characters are out of reach however many guesses
+MIN_TOKEN_CHARS = 16
+
+
 class HttpConfig(_Section):
     address: str = "127.0.0.1:8000"
     token: str = ""
@@ -413,6 +418,22 @@ class HttpConfig(_Section):
             raise ValueError(f"address {self.address} is not loopback: set http.token (clients then send "
                              f"'Authorization: Bearer <token>') or bind to 127.0.0.1")
         return self
+
+    def warnings(self) -> list[str]:
+        """What the operator API exposes through this configuration. Warnings, not errors: an install that worked
+        keeps starting. The token itself is never shown."""
+        if not self.enabled:
+            return []
+        out = []
+        if not is_loopback_host(self.address.rpartition(":")[0]):
+            out.append(f"http.address {self.address} is not loopback: the dashboard, the API's answers and http.token "
+                       f"cross the network in clear text (plain HTTP): put a reverse proxy with TLS in front, with "
+                       f"http.address on 127.0.0.1, or reach it through an ssh tunnel")
+        if self.token and len(self.token) < MIN_TOKEN_CHARS:
+            out.append(f"http.token is {len(self.token)} characters: short enough to be found by trying (wrong tokens "
+                       f"are only slowed down a little): use at least {MIN_TOKEN_CHARS} random characters "
+                       f"(openssl rand -hex 16 makes 32)")
+        return out
 
 
 class ForecasterConfig(_Section):
@@ -506,6 +527,7 @@ class GatewayConfig(_Section):
                        f"does not count as stale yet (no warning, and `auto` does not turn to the meter until "
                        f"{stale:g} s)")
         out += self.openadr.transport_warnings()
+        out += self.http.warnings()
         zone = _zone_mismatch(self.forecaster.timezone)
         if zone:
             out.append(zone)

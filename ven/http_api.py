@@ -123,6 +123,13 @@ HEAD_S = 10.0
 # after the first). Above the dashboard's refresh (10 s), so an open dashboard keeps its connections from one
 # refresh to the next instead of meeting them closed
 IDLE_S = 15.0
+# A wrong http.token: each from the same source waits REFUSED_DELAY_S more than the one before, up to
+# REFUSED_DELAY_MAX_S, before its 401 (a guesser over one connection tried every 4-digit token in 1.7 s); a mistyped
+# token is answered at once. The log says a source's first and, once it has sent none for REFUSED_QUIET_S, how many
+REFUSED_DELAY_S = 0.1
+REFUSED_DELAY_MAX_S = 1.0
+REFUSED_QUIET_S = 60.0
+MAX_GUESSERS = 32   # sources followed apart at once; more (spread over many addresses) are followed as one
 # what a stop gives requests in flight (aiohttp's default, 60 s, is waited out by a connection made as the stop
 # begins: on Python 3.11 aiohttp closes it before its handler runs, drops its request and waits for the client)
 STOP_GRACE_S = 1.0
@@ -334,6 +341,14 @@ def _holders(handlers: list) -> str:
     return ", ".join(f"{n} from {host}" for host, n in top) + others
 
 
+@dataclasses.dataclass
+class _Guessing:
+    """A source's wrong tokens since its first after a quiet REFUSED_QUIET_S."""
+    first: float    # monotonic
+    last: float
+    refused: int = 0
+
+
 class HttpServer:
     """aiohttp server for the operator; runs in the gateway's event loop."""
 
@@ -360,6 +375,8 @@ class HttpServer:
         self._refusing_since = 0.0          # monotonic, when the limit was reached
         self._cap_check: asyncio.TimerHandle | None = None
         self._accepting = 0                 # let in, their connection_made (where aiohttp counts them) to come
+        self._guessing: dict[str | None, _Guessing] = {}   # source (None: the ones past MAX_GUESSERS) -> its run
+        self._guessing_check: asyncio.TimerHandle | None = None
         self.page = page_digest()
 
     @property
@@ -438,6 +455,9 @@ class HttpServer:
         await self.heartbeat.stop()
         if self._cap_check:
             self._cap_check.cancel()
+        if self._guessing_check:
+            self._guessing_check.cancel()
+            self._guessing_check = None
         if self._listener:
             self._listener.close()
             self._listener = None
@@ -514,10 +534,45 @@ class HttpServer:
             # aiohttp hands bytes that are not UTF-8 over as surrogates: compared as the bytes sent, not a 500
             sent, expected = (t.encode("utf-8", "surrogateescape") for t in (credential.strip(), self.token))
             if scheme.lower() != "bearer" or not hmac.compare_digest(sent, expected):
+                if "Authorization" in request.headers:    # none: a dashboard opened without its token, not a guess
+                    await self._wrong_token(request.remote or "an address unknown")
                 return web.json_response({"error": "bearer token required (Authorization: Bearer <http.token>)"},
                                          status=401, headers={"WWW-Authenticate": 'Bearer realm="edge-gateway"',
                                                               "Cache-Control": "no-store"})
         return await handler(request)
+
+    async def _wrong_token(self, source: str) -> None:
+        """Count a wrong token from `source`, say its first, and slow the answer down (other clients are not)."""
+        self.metrics.http_auth_refused.inc()
+        now = time.monotonic()
+        key = source if source in self._guessing or len(self._guessing) < MAX_GUESSERS else None
+        run = self._guessing.get(key)
+        if run is None:
+            run = self._guessing[key] = _Guessing(now, now)
+            who, them = (source, "it") if key is not None else \
+                (f"more than {MAX_GUESSERS} addresses at once ({source} among them)", "them")
+            log.warning("http: wrong bearer token from %s, refused (more from %s are counted, answered more slowly "
+                        "and said when they stop)", who, them)
+            if self._guessing_check is None:
+                self._guessing_check = asyncio.get_running_loop().call_later(REFUSED_QUIET_S, self._guessing_over)
+        run.last = now
+        run.refused += 1
+        await asyncio.sleep(min(REFUSED_DELAY_MAX_S, REFUSED_DELAY_S * (run.refused - 1)))
+
+    def _guessing_over(self) -> None:
+        """One line for each source that has sent no wrong token for REFUSED_QUIET_S."""
+        now = time.monotonic()
+        for key, run in list(self._guessing.items()):
+            if now - run.last >= REFUSED_QUIET_S:
+                del self._guessing[key]
+                who = key if key is not None else f"more than {MAX_GUESSERS} addresses"
+                over = f" over {span(run.last - run.first)}" if run.refused > 1 else ""
+                log.info("http: no wrong bearer token from %s for %s: %d refused%s", who, span(REFUSED_QUIET_S),
+                         run.refused, over)
+        self._guessing_check = None
+        if self._guessing:
+            due = min(run.last for run in self._guessing.values()) + REFUSED_QUIET_S
+            self._guessing_check = asyncio.get_running_loop().call_later(max(0.0, due - now), self._guessing_over)
 
     # -- handlers ---------------------------------------------------------------------------
 

@@ -75,6 +75,9 @@ class Metrics:
                                              "BACnet writes and DeviceCommunicationControl refused: their source is "
                                              "not in bacnet.write_from, or the point could not take the value",
                                              registry=r)
+        self.http_auth_refused = Counter(f"{p}_http_auth_refused",
+                                         "Requests to the operator API refused for a wrong http.token (a request "
+                                         "sending none is not counted)", registry=r)
         self.forecast_fit_failing = Gauge(f"{p}_forecast_fit_failing",
                                           "1 while the forecaster's fits fail (the fit process killed short of "
                                           "memory, say): the last model or persistence serves, retried later",
