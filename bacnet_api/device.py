@@ -14,10 +14,12 @@ import math
 import time
 from typing import Any, Awaitable, Callable, Iterable, Sequence
 
+from bacpypes3.apdu import WhoIsRequest
 from bacpypes3.appservice import AWAIT_RESPONSE
 from bacpypes3.basetypes import BinaryPV, EngineeringUnits, Reliability
 from bacpypes3.errors import ExecutionError
 from bacpypes3.local.cmd import Commandable
+from bacpypes3.pdu import GlobalBroadcast
 from bacpypes3.primitivedata import Real
 
 from .client import ensure_port_free, stop_transactions, to_plain
@@ -144,7 +146,9 @@ class GatewayDevice:
             # wait ends, and a SIGTERM during start-up was lost (everywhere else for the same reason)
             async with asyncio.timeout(_START_TIMEOUT):
                 await self._socket_ready()
-            harden(self.app, dcc_password=self.dcc_password, write_access=self.write_access)
+            ip_mask, _, port = self.address.rpartition(":")
+            harden(self.app, dcc_password=self.dcc_password, write_access=self.write_access,
+                   own_address=f"{ip_mask.partition('/')[0]}:{port}")
             for obj in list(self.app.objectIdentifier.values()):  # the device and network port
                 read_only(obj)
             for point in self._points.values():
@@ -161,6 +165,9 @@ class GatewayDevice:
             self.device_name, self.device_id, self.address, len(self._objects),
             time.monotonic() - started,
         )
+        # a device answering as this one already (a copied configuration) answers this, and is named
+        self.app.request(WhoIsRequest(deviceInstanceRangeLowLimit=self.device_id,
+                                      deviceInstanceRangeHighLimit=self.device_id, destination=GlobalBroadcast()))
         if not self.write_access.open:
             log.info("BACnet writes (WriteProperty, WritePropertyMultiple, DeviceCommunicationControl disable) taken "
                      "only from %s (bacnet.write_from); reads, COV, Who-Is and DeviceCommunicationControl enable from "

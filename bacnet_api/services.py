@@ -116,9 +116,10 @@ class CommunicationDisabled(Exception):
     """A request the gateway would have sent while a DeviceCommunicationControl disables initiation."""
 
 
-def harden(app: Any, dcc_password: str = "", write_access: WriteAccess | None = None) -> None:
+def harden(app: Any, dcc_password: str = "", write_access: WriteAccess | None = None, own_address: str = "") -> None:
     """`dcc_password`: the DeviceCommunicationControl password; empty, DCC can only enable.
-    `write_access`: who may write (`bacnet.write_from`); None, anyone."""
+    `write_access`: who may write (`bacnet.write_from`); None, anyone. `own_address`: "ip:port" of this device,
+    whose own I-Am is not another device's."""
     try:
         software = version("edge-gateway")
     except PackageNotFoundError:  # a source tree that was not installed
@@ -127,6 +128,7 @@ def harden(app: Any, dcc_password: str = "", write_access: WriteAccess | None = 
     reject_undecodable(app)
     mend_server_transactions(app)
     app._dcc_password = dcc_password
+    app._own_address = own_address
     app._write_access = write_access
     device = app.device_object
     _extend(device, _Device)
@@ -210,6 +212,23 @@ class _Services(PropertyAccess):
     _dcc_began = 0.0  # loop time of the disable: its duration, which a wall-clock step (NTP at boot) would move
     _write_access: WriteAccess | None = None
     _malformed_from: set | None = None
+    _own_address = ""
+    _twins_said: set | None = None
+
+    async def do_IAmRequest(self, apdu: Any) -> None:
+        await super().do_IAmRequest(apdu)
+        device = self.device_object
+        source = str(apdu.pduSource)
+        if device is None or apdu.iAmDeviceIdentifier != device.objectIdentifier or source == self._own_address:
+            return
+        # a configuration copied to a second box: the BAS binds one or the other at each discovery, and the two
+        # register with the VTN as one VEN. BACnet needs the instance unique on the internetwork (clause 12.11)
+        said = self._twins_said = self._twins_said or set()
+        if source not in said and len(said) < _MALFORMED_SOURCES_SAID:
+            said.add(source)
+            log.warning("another device answers as device %d, from %s: bacnet.device_id must be unique on the site "
+                        "(a configuration copied to a second gateway?); the BAS may bind either",
+                        device.objectIdentifier[1], source)
 
     async def indication(self, apdu: Any) -> None:
         helper = getattr(self, f"do_{type(apdu).__name__}", None)

@@ -275,3 +275,27 @@ async def test_a_who_is_with_one_limit_is_one_info_line_a_source_not_an_error(ga
                     f"{'High' if limits[0] == 0x09 else 'Low'}Limit required (an unconfirmed request gets no answer; "
                     "said once a source)"], said
     assert errors_logged(caplog) == []
+
+
+async def test_another_device_answering_as_this_one_is_one_warning_a_source(gateway, peer, caplog):
+    # a configuration copied to a second box: both answered every Who-Is as one device, the BAS bound either, and
+    # neither said a word. An I-Am of this instance from another address is one WARNING naming it.
+    from bacpypes3.apdu import IAmRequest
+    from bacpypes3.pdu import Address as Addr
+
+    caplog.set_level(logging.WARNING)
+    twin = IAmRequest(iAmDeviceIdentifier=ObjectIdentifier(f"device,{DEVICE_ID}"), maxAPDULengthAccepted=1024,
+                      segmentationSupported="noSegmentation", vendorID=842, destination=Addr(where(gateway)))
+    for _ in range(3):
+        peer.app.request(twin)
+    other = IAmRequest(iAmDeviceIdentifier=ObjectIdentifier("device,4000999"), maxAPDULengthAccepted=1024,
+                       segmentationSupported="noSegmentation", vendorID=842, destination=Addr(where(gateway)))
+    peer.app.request(other)
+    # a read after them: the I-Ams were handled first (one socket, in order)
+    assert await peer.read(where(gateway), f"device {DEVICE_ID}", "objectName") == "TestGateway"
+    await asyncio.sleep(0.2)
+    said = [r.getMessage() for r in caplog.records if "answers as device" in r.getMessage()]
+    assert said == [f"another device answers as device {DEVICE_ID}, from {peer.address.replace('/8', '')}: "
+                    "bacnet.device_id must be unique on the site (a configuration copied to a second gateway?); the "
+                    "BAS may bind either"], said
+    assert errors_logged(caplog) == []
