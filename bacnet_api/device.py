@@ -32,6 +32,7 @@ from .objects import (
     float32,
     read_only,
 )
+from .foreign import RegistrationWatch, foreign_layer, take_every_answer
 from .points import METER_POWER, POINTS, Point
 from .services import harden
 from .write_access import WriteAccess
@@ -114,6 +115,7 @@ class GatewayDevice:
         # "ip[:port]" of a BBMD to register with as a foreign device (a BAS on another IP subnet)
         self.bbmd_address = bbmd_address
         self.bbmd_ttl = int(bbmd_ttl)
+        self._foreign: RegistrationWatch | None = None
         # DeviceCommunicationControl's password; empty, a BACnet client can only enable (services.py)
         self.dcc_password = dcc_password
         # who may write (bacnet.write_from; empty: anyone); its refusals count across restarts of the device
@@ -141,6 +143,8 @@ class GatewayDevice:
         self._bacnet = BAC0.start(
             ip=self.address, deviceId=self.device_id, localObjName=self.device_name, ping=False, **foreign
         )
+        if self.bbmd_address and (layer := foreign_layer(self.app)) is not None:
+            take_every_answer(layer)    # before its first request goes: the retry that request schedules takes it
         try:
             # asyncio.timeout, not wait_for: on 3.11 wait_for drops a cancellation that arrives as the
             # wait ends, and a SIGTERM during start-up was lost (everywhere else for the same reason)
@@ -165,6 +169,9 @@ class GatewayDevice:
             self.device_name, self.device_id, self.address, len(self._objects),
             time.monotonic() - started,
         )
+        if self.bbmd_address and (layer := foreign_layer(self.app)) is not None:
+            self._foreign = RegistrationWatch(layer, self.bbmd_address, self.bbmd_ttl)
+            self._foreign.start()
         # a device answering as this one already (a copied configuration) answers this, and is named
         self.app.request(WhoIsRequest(deviceInstanceRangeLowLimit=self.device_id,
                                       deviceInstanceRangeHighLimit=self.device_id, destination=GlobalBroadcast()))
@@ -182,6 +189,9 @@ class GatewayDevice:
                 await ready.wait()
 
     async def stop(self) -> None:
+        if self._foreign is not None:
+            await self._foreign.stop()
+            self._foreign = None
         bacnet, self._bacnet = self._bacnet, None
         if bacnet is None:
             return
@@ -223,6 +233,11 @@ class GatewayDevice:
         if self._bacnet is None:
             return {"mode": "enable"}
         return self.app.communication_control()
+
+    def foreign_device(self) -> dict | None:
+        """The registration with `bacnet.bbmd_address`: {"bbmd", "ttl_seconds", "registered", "why_not"}; None
+        without a BBMD."""
+        return self._foreign.status() if self._foreign is not None else None
 
     def write_refusals(self) -> dict:
         """{"write_from": [...], "writes_refused": count, "last_write_refused": {"by", "at", "what"} or None}."""

@@ -502,3 +502,54 @@ async def test_a_write_that_comes_while_the_device_stops_is_refused_without_a_tr
     assert isinstance(second, PeerError) and seen == [], second
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info], \
         [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
+
+
+@pytest.mark.timeout(40)
+async def test_a_bbmd_that_refuses_the_registration_is_said_and_its_acceptance_later_is_taken(free_udp_port, caplog):
+    # The BBMD refused (a full foreign-device table, a disabled one) and nothing said so: the BAS on the other subnet
+    # never found the gateway. Then bacpypes3 ignored every answer after the refusal and asked again every 5 s for
+    # good, the BBMD's acceptance included. A BBMD played by a socket: it refuses once, then accepts.
+    import socket
+    import struct
+    import time
+
+    from bacnet_api import foreign
+
+    caplog.set_level(logging.INFO, logger="bacnet_api")
+    bbmd = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    bbmd.bind(("127.0.0.1", free_udp_port()))
+    bbmd.setblocking(False)
+    loop = asyncio.get_running_loop()
+    asked: list[float] = []
+
+    async def serve() -> None:
+        while True:
+            data, sender = await loop.sock_recvfrom(bbmd, 1500)
+            if data[:2] == b"\x81\x05":       # Register-Foreign-Device
+                asked.append(time.monotonic())
+                code = 0x0030 if len(asked) == 1 else 0
+                bbmd.sendto(b"\x81\x00\x00\x06" + struct.pack(">H", code), sender)
+
+    serving = asyncio.create_task(serve())
+    device = GatewayDevice(address=f"127.0.0.1/8:{free_udp_port()}", device_id=DEVICE_ID, device_name="TestGateway",
+                           bbmd_address=f"127.0.0.1:{bbmd.getsockname()[1]}", bbmd_ttl=60)
+    try:
+        await device.start()
+        bbmd_name = f"127.0.0.1:{bbmd.getsockname()[1]}"
+        for _ in range(100):    # refused at once, then asked again 5 s later: accepted
+            if device.foreign_device()["registered"]:
+                break
+            await asyncio.sleep(0.1)
+        said = [r.getMessage() for r in caplog.records if "foreign" in r.getMessage()]
+        assert said == [f"BACnet: BBMD {bbmd_name} refused (Register-Foreign-Device NAK 0x0030) to the foreign-device "
+                        "registration: a BAS on another subnet cannot find the gateway; asked again every 5 s",
+                        f"BACnet: registered again as a foreign device with BBMD {bbmd_name} (renewed every 60 s)"], said
+        assert device.foreign_device() == {"bbmd": bbmd_name, "ttl_seconds": 60, "registered": True, "why_not": None}
+        # taken: the next request is the renewal, a lifetime away, not another every 5 s
+        accepted = len(asked)
+        await asyncio.sleep(5.5 + foreign.WATCH_S)
+        assert len(asked) == accepted, asked
+    finally:
+        serving.cancel()
+        await device.stop()
+        bbmd.close()

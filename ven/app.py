@@ -656,6 +656,8 @@ class Gateway:
                        "address": self.config.bacnet.address,
                        # DeviceCommunicationControl: "enable", or who disabled initiation and until when
                        "communication": self.device.communication(),
+                       # bacnet.bbmd_address: whether the BBMD took the registration, else why not (null: none)
+                       "foreign_device": self.device.foreign_device(),
                        # bacnet.write_from: who may write, how many writes it refused, the last one
                        **self.device.write_refusals()},
             "points": self.device.snapshot(),

@@ -1,0 +1,92 @@
+"""Foreign-device registration with a BBMD (`bacnet.bbmd_address`), watched and said.
+
+bacpypes3's BIPForeign registers and renews on its own, but said nothing: a BBMD that refused the gateway, or
+was not there, left a BAS on another subnet unable to find it and nothing on the gateway told why. And after one
+refusal it ignored every later answer (it takes an answer only while `_registration_handle` is set, which its
+5 s retry does not set), so it asked again every 5 s for good, even once the BBMD accepted it.
+
+`RegistrationWatch` looks at the link layer's state every WATCH_S: one WARNING when the registration fails
+(refused, with the BBMD's BVLC result code, or unanswered for ANSWER_S), one INFO when it holds (again).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+WATCH_S = 1.0
+ANSWER_S = 10.0     # a BBMD on the site answers in milliseconds; bacpypes3 asks again every 5 s meanwhile
+_RESULTS = {0x30: "Register-Foreign-Device NAK"}
+
+
+def foreign_layer(app: Any) -> Any | None:
+    """The app's BIPForeign link layer, if it registers with a BBMD."""
+    for layer in app.link_layers.values():
+        if hasattr(layer, "bbmdRegistrationStatus"):
+            return layer
+    return None
+
+
+def take_every_answer(layer: Any) -> None:
+    """Have each registration request wait for its answer, the retries after a refusal too."""
+    start = layer._start_registration
+
+    def start_registration() -> None:
+        start()
+        # any truthy handle: the answer to this request is then taken (BIPForeign.confirmation)
+        layer._registration_handle = layer._reregistration_timeout_handle
+    layer._start_registration = start_registration
+
+
+class RegistrationWatch:
+    def __init__(self, layer: Any, bbmd: str, ttl: int) -> None:
+        self.layer, self.bbmd, self.ttl = layer, bbmd, ttl
+        self._registered: bool | None = None     # None until the first answer or ANSWER_S
+        self._since = time.monotonic()
+        self._why = ""
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="bbmd-registration")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    def status(self) -> dict:
+        return {"bbmd": self.bbmd, "ttl_seconds": self.ttl, "registered": bool(self._registered),
+                "why_not": None if self._registered else (self._why or "waiting for the BBMD's first answer")}
+
+    async def _run(self) -> None:
+        while True:
+            self._look(time.monotonic())
+            await asyncio.sleep(WATCH_S)
+
+    def _look(self, now: float) -> None:
+        code = self.layer.bbmdRegistrationStatus    # -2 not registered, -1 asking, 0 registered, >0 the BBMD's NAK
+        if code == 0:
+            if self._registered is not True:
+                again = " again" if self._registered is False else ""
+                log.info("BACnet: registered%s as a foreign device with BBMD %s (renewed every %d s)", again,
+                         self.bbmd, self.ttl)
+            self._registered, self._since = True, now
+            return
+        if code == -2:
+            # the registration lapsed (no answer to a renewal within its lifetime and 30 s): bacpypes3 stops asking
+            # then, and a BBMD back later would never hear from the gateway again
+            self.layer._start_registration()
+        if code > 0:
+            why = f"refused ({_RESULTS.get(code, 'BVLC result')} 0x{code:04x})"
+        elif now - self._since >= ANSWER_S:
+            why = f"no answer within {ANSWER_S:g} s"
+        else:
+            return
+        if self._registered is not False:
+            log.warning("BACnet: BBMD %s %s to the foreign-device registration: a BAS on another subnet cannot find "
+                        "the gateway; asked again every 5 s", self.bbmd, why)
+        self._registered, self._why = False, why
