@@ -152,7 +152,7 @@ class GatewayDevice:
                 await self._socket_ready()
             ip_mask, _, port = self.address.rpartition(":")
             harden(self.app, dcc_password=self.dcc_password, write_access=self.write_access,
-                   own_address=f"{ip_mask.partition('/')[0]}:{port}")
+                   own_address=f"{ip_mask.partition('/')[0]}:{port}", bbmd_address=self.bbmd_address)
             for obj in list(self.app.objectIdentifier.values()):  # the device and network port
                 read_only(obj)
             for point in self._points.values():

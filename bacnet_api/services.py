@@ -34,7 +34,8 @@
   are refused write-access-denied before anything else is looked at, and DeviceCommunicationControl's
   disables services/service-request-denied before the password is, as when no password is set: the site
   has not allowed that client, and password-failure would send its technician retyping a right password
-  (write_access.py keeps the list, the count and the log line);
+  (write_access.py keeps the list, the count and the log line). A source that came in a Forwarded-NPDU counts
+  only when `bacnet.bbmd_address` sent it (forwarded.py): anyone else can write any source in one;
 - a confirmed request bacpypes3 cannot decode is rejected instead of dropped (rejects.py); an unconfirmed one it
   decodes but cannot carry out (a Who-Is with one range limit) gets one INFO line per source, where bacpypes3 logged
   an ERROR with a traceback for each: BACnet has no answer to give, and the fault is the sender's;
@@ -71,6 +72,7 @@ from bacpypes3.errors import (AbortException, ExecutionError, MissingRequiredPar
 from bacpypes3.primitivedata import Boolean, Integer, PropertyIdentifier
 
 from .client import error_text, to_plain
+from .forwarded import note_forwarders, untrusted_forwarder
 from .objects import WRITER, why_refused
 from .property_access import PropertyAccess, multiple_error
 from .rejects import reject_undecodable
@@ -116,10 +118,12 @@ class CommunicationDisabled(Exception):
     """A request the gateway would have sent while a DeviceCommunicationControl disables initiation."""
 
 
-def harden(app: Any, dcc_password: str = "", write_access: WriteAccess | None = None, own_address: str = "") -> None:
+def harden(app: Any, dcc_password: str = "", write_access: WriteAccess | None = None, own_address: str = "",
+           bbmd_address: str = "") -> None:
     """`dcc_password`: the DeviceCommunicationControl password; empty, DCC can only enable.
     `write_access`: who may write (`bacnet.write_from`); None, anyone. `own_address`: "ip:port" of this device,
-    whose own I-Am is not another device's."""
+    whose own I-Am is not another device's. `bbmd_address`: the BBMD the device registers with
+    (`bacnet.bbmd_address`), the one sender whose Forwarded-NPDUs' sources are believed."""
     try:
         software = version("edge-gateway")
     except PackageNotFoundError:  # a source tree that was not installed
@@ -127,9 +131,11 @@ def harden(app: Any, dcc_password: str = "", write_access: WriteAccess | None = 
     _extend(app, _Services)
     reject_undecodable(app)
     mend_server_transactions(app)
+    note_forwarders(app, bbmd_address)
     app._dcc_password = dcc_password
     app._own_address = own_address
     app._write_access = write_access
+    app._bbmd_address = bbmd_address
     device = app.device_object
     _extend(device, _Device)
     device.vendorName = VENDOR_NAME
@@ -211,6 +217,7 @@ class _Services(PropertyAccess):
     _dcc_timer: asyncio.TimerHandle | None = None
     _dcc_began = 0.0  # loop time of the disable: its duration, which a wall-clock step (NTP at boot) would move
     _write_access: WriteAccess | None = None
+    _bbmd_address = ""
     _malformed_from: set | None = None
     _own_address = ""
     _twins_said: set | None = None
@@ -250,9 +257,18 @@ class _Services(PropertyAccess):
     # ----- bacnet.write_from
 
     def _refused(self, apdu: Any, what: Callable[[], str], answer: str) -> bool:
-        """Whether `bacnet.write_from` leaves out the request's source; if so, counted and logged."""
+        """Whether `bacnet.write_from` leaves out the request's source, or the source is only what a Forwarded-NPDU
+        from elsewhere than bacnet.bbmd_address claims (forwarded.py); if so, counted and logged."""
         access = self._write_access
-        if access is None or access.allows(apdu.pduSource):
+        if access is None or access.open:
+            return False
+        forwarder = untrusted_forwarder()
+        if forwarder is not None:
+            bbmd = f" ({self._bbmd_address})" if self._bbmd_address else ", and none is set"
+            access.refuse(apdu.pduSource, what(), answer, forwarded_by=forwarder,
+                          why=f"a source in a Forwarded-NPDU is believed only from bacnet.bbmd_address{bbmd}")
+            return True
+        if access.allows(apdu.pduSource):
             return False
         access.refuse(apdu.pduSource, what(), answer)
         return True

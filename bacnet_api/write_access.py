@@ -8,8 +8,9 @@ the sources it names (services.py asks `allows`); reads, COV subscriptions, Who-
 Empty, everyone may write, as before the list existed.
 
 An entry is a source as bacpypes3 prints a request's source, so a technician can copy it from the log:
-- a BACnet/IP station on the gateway's own network (or forwarded by a BBMD): `192.168.10.20` (any UDP
-  port), `192.168.10.20:47809` (that port only), or a network `192.168.10.0/24`;
+- a BACnet/IP station on the gateway's own network (or forwarded by `bacnet.bbmd_address`, the only sender whose
+  Forwarded-NPDUs' sources services.py believes): `192.168.10.20` (any UDP port), `192.168.10.20:47809` (that port
+  only), or a network `192.168.10.0/24`;
 - a station behind a BACnet router, `NET:MAC`: `2001:5` (MS/TP MAC 5), `2001:0x0a0b` (hex), `2001:192.168.5.10`
   or `2001:192.168.5.10:47809` (a BACnet/IP station on network 2001), and `2001:*` for the whole network.
 This module needs no bacpypes3: ven.config validates the entries with `parse_entry` at check-config.
@@ -132,16 +133,18 @@ class WriteAccess:
         ip = ipaddress.IPv4Address(mac[:4])
         return any(ip in net for net in self._nets) or (str(ip), int.from_bytes(mac[4:], "big")) in self._stations
 
-    def refuse(self, source: Any, what: str, answer: str, why: str | None = None) -> None:
+    def refuse(self, source: Any, what: str, answer: str, why: str | None = None, forwarded_by: Any = None) -> None:
         """Count a request from `source` that was refused; log it, at most once per source and kind of refusal
         per LOG_EVERY_SECONDS. `what` names what it tried, `answer` the error it got, `why` the reason when it
-        is not this list (a command the point cannot take)."""
+        is not this list (a command the point cannot take, a forwarded source). `forwarded_by`: the B/IP address
+        that sent the Forwarded-NPDU claiming `source`."""
         self.refused += 1
-        who = str(source)
+        who = str(source) if forwarded_by is None else f"{source} (claimed in a Forwarded-NPDU from {forwarded_by})"
         self.last_refused = {"by": who, "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                              "what": what, "why": why or "not in bacnet.write_from"}
         now = time.monotonic()
-        kind = who if why is None else f"{who} (value)"
+        # a forwarded source is whatever its sender wrote, one made up per datagram if it likes: counted by sender
+        kind = f"{forwarded_by} (forwarding)" if forwarded_by is not None else who if why is None else f"{who} (value)"
         if kind not in self._logged and len(self._logged) >= MAX_SOURCES_LOGGED:
             self._logged = {k: v for k, v in self._logged.items() if now - v[0] < LOG_EVERY_SECONDS or v[1]}
         key = kind if kind in self._logged or len(self._logged) < MAX_SOURCES_LOGGED else _OTHERS

@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import struct
 
 import aiohttp
 import pytest
-from bacpypes3.apdu import ErrorPDU, SimpleAckPDU, WritePropertyMultipleError
+from bacpypes3.apdu import (DeviceCommunicationControlRequest, ErrorPDU, ReadPropertyRequest, SimpleAckPDU,
+                            WritePropertyMultipleError, WritePropertyRequest)
+from bacpypes3.basetypes import BinaryPV
+from bacpypes3.constructeddata import Any
 from bacpypes3.pdu import Address
-from bacpypes3.primitivedata import Enumerated, ObjectIdentifier, Real
+from bacpypes3.primitivedata import CharacterString, Enumerated, ObjectIdentifier, Real, Unsigned
 
 from bacnet_api import write_access
 from bacnet_api.device import GatewayDevice
@@ -283,3 +288,141 @@ def test_sources_made_up_in_bulk_share_one_line(monkeypatch, caplog):
     assert len(refusal_lines(caplog)) == write_access.MAX_SOURCES_LOGGED + 1
     assert len(access._logged) == write_access.MAX_SOURCES_LOGGED + 1
     assert access.refused == 250
+
+
+# ----- a source in a Forwarded-NPDU: believed only from bacnet.bbmd_address
+
+
+def forwarded(origin: tuple[str, int], apdu: bytes) -> bytes:
+    """A BVLL Forwarded-NPDU carrying `apdu`, its originating-address field saying `origin`."""
+    npdu = bytes([0x01, 0x04]) + apdu  # expecting a reply
+    return (bytes([0x81, 0x04]) + struct.pack(">H", 10 + len(npdu)) + socket.inet_aton(origin[0])
+            + struct.pack(">H", origin[1]) + npdu)
+
+
+def unicast(apdu: bytes) -> bytes:
+    npdu = bytes([0x01, 0x04]) + apdu
+    return bytes([0x81, 0x0A]) + struct.pack(">H", 4 + len(npdu)) + npdu
+
+
+def confirmed(invoke: int, request) -> bytes:
+    """`request` (a bacpypes3 confirmed request) as the APDU a BAS would send: no segments, up to 1476 octets."""
+    return bytes([0x00, 0x05, invoke, request.service_choice]) + bytes(request.encode().pduData)
+
+
+def write_opt_out(priority: int = 8) -> WritePropertyRequest:
+    return WritePropertyRequest(objectIdentifier=ObjectIdentifier("binaryValue,4"), propertyIdentifier="presentValue",
+                                propertyValue=Any(BinaryPV("active")), priority=priority)
+
+
+def disable_initiation() -> DeviceCommunicationControlRequest:
+    return DeviceCommunicationControlRequest(enableDisable="disableInitiation", timeDuration=Unsigned(5),
+                                             password=CharacterString(PASSWORD))
+
+
+def read_opt_out() -> ReadPropertyRequest:
+    return ReadPropertyRequest(objectIdentifier=ObjectIdentifier("binaryValue,4"), propertyIdentifier="presentValue")
+
+
+def udp(host: str) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((host, 0))
+    sock.setblocking(False)
+    return sock
+
+
+async def answer_to(sock: socket.socket, timeout: float = 3.0) -> str:
+    """What the gateway answered to the address of `sock`: "ack", "complex-ack", "class/code" of an Error, or
+    "none" if nothing came within `timeout` s."""
+    try:
+        async with asyncio.timeout(timeout):
+            data, _ = await asyncio.get_running_loop().sock_recvfrom(sock, 1500)
+    except TimeoutError:
+        return "none"
+    apdu = data[6:]  # past the BVLC header and the NPDU (version, control)
+    kind = apdu[0] >> 4
+    if kind == 5:  # Error: its class and code, each an enumerated application tag of one octet
+        return f"{apdu[4]}/{apdu[6]}"
+    return {2: "ack", 3: "complex-ack"}.get(kind, apdu.hex())
+
+
+WRITE_ACCESS_DENIED, SERVICE_REQUEST_DENIED = "2/40", "5/29"  # property/..., services/...
+
+
+@pytest.mark.parametrize("write_from", [[f"{BAS}/32", "2001:*"], []], ids=["listed", "open"])
+async def test_a_forwarded_npdu_claiming_the_bas_from_another_host_writes_nothing(free_udp_port, caplog, write_from):
+    # Anyone can send one datagram, from any port, whose originating-address field names the BAS: bacpypes3 makes
+    # that the source, and with no BBMD configured took it (ADR-Opt-Out written). A BBMD forwards broadcasts,
+    # never a request to one station; without the list, anyone may write, forwarded or not, as before.
+    caplog.set_level(logging.INFO)
+    device = GatewayDevice(address=f"127.0.0.1/8:{free_udp_port()}", device_id=DEVICE_ID, device_name="Fenced",
+                           dcc_password=PASSWORD, write_from=write_from)
+    await device.start()
+    gateway = ("127.0.0.1", int(device.address.rpartition(":")[2]))
+    try:
+        with udp(BAS) as bas, udp(OTHER) as sender:
+            claimed = bas.getsockname()
+            sender.sendto(forwarded(claimed, confirmed(1, write_opt_out())), gateway)
+            if not write_from:
+                assert await answer_to(bas) == "ack"
+                assert device.get(OPT_OUT) is True
+                assert device.write_refusals()["writes_refused"] == 0 and refusal_lines(caplog) == []
+                return
+            assert await answer_to(bas) == WRITE_ACCESS_DENIED  # answered to the source it claims
+            sender.sendto(forwarded(claimed, confirmed(2, disable_initiation())), gateway)
+            assert await answer_to(bas) == SERVICE_REQUEST_DENIED
+            assert device.get(OPT_OUT) is False and device.commands(OPT_OUT) == {}
+            assert device.communication() == {"mode": "enable"}
+            # a read so forwarded is answered as before
+            sender.sendto(forwarded(claimed, confirmed(3, read_opt_out())), gateway)
+            assert await answer_to(bas) == "complex-ack"
+            # the BAS itself writes
+            bas.sendto(unicast(confirmed(4, write_opt_out())), gateway)
+            assert await answer_to(bas) == "ack"
+            assert device.get(OPT_OUT) is True
+
+            # counted as refused writes; one line for the sender, naming it and the source it claimed
+            status = device.write_refusals()
+            assert status["writes_refused"] == 2, status
+            lines = refusal_lines(caplog)
+            assert len(lines) == 1, lines
+            who = f"{claimed[0]}:{claimed[1]} (claimed in a Forwarded-NPDU from {OTHER}:{sender.getsockname()[1]})"
+            assert f"from {who} refused (write-access-denied)" in lines[0], lines[0]
+            assert "believed only from bacnet.bbmd_address, and none is set" in lines[0], lines[0]
+            assert status["last_write_refused"]["by"] == who
+            assert "DeviceCommunicationControl disableInitiation" in status["last_write_refused"]["what"]
+    finally:
+        await device.stop()
+    assert not errors_logged(caplog)
+
+
+async def test_a_source_forwarded_by_the_configured_bbmd_is_believed(free_udp_port, caplog):
+    # the device registered as a foreign device with bacnet.bbmd_address (here a socket answering as a BBMD): what
+    # that BBMD forwards counts as from its originating station; bacpypes3 drops a Forwarded-NPDU from anyone else
+    with udp("127.0.0.4") as bbmd, udp(BAS) as bas, udp(OTHER) as sender:
+        device = GatewayDevice(address=f"127.0.0.1/8:{free_udp_port()}", device_id=DEVICE_ID, device_name="Fenced",
+                               write_from=[f"{BAS}/32"], bbmd_address="%s:%d" % bbmd.getsockname(), bbmd_ttl=60)
+        await device.start()
+        gateway = ("127.0.0.1", int(device.address.rpartition(":")[2]))
+        try:
+            loop = asyncio.get_running_loop()
+            async with asyncio.timeout(5):
+                registration = b""
+                while registration[:4] != bytes([0x81, 0x05, 0x00, 0x06]):  # Register-Foreign-Device
+                    registration, at = await loop.sock_recvfrom(bbmd, 1500)
+            await loop.sock_sendto(bbmd, bytes([0x81, 0x00, 0x00, 0x06, 0x00, 0x00]), at)  # BVLC-Result: done
+            link = next(iter(device.app.link_layers.values()))
+            async with asyncio.timeout(5):
+                while link.bbmdRegistrationStatus != 0:
+                    await asyncio.sleep(0.01)
+
+            sender.sendto(forwarded(bas.getsockname(), confirmed(1, write_opt_out())), gateway)
+            assert await answer_to(bas, timeout=0.5) == "none"
+            assert device.get(OPT_OUT) is False
+            bbmd.sendto(forwarded(bas.getsockname(), confirmed(2, write_opt_out())), gateway)
+            assert await answer_to(bas) == "ack"
+            assert device.get(OPT_OUT) is True
+            assert device.write_refusals()["writes_refused"] == 0
+        finally:
+            await device.stop()
+    assert not errors_logged(caplog)
