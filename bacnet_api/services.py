@@ -36,6 +36,10 @@
   has not allowed that client, and password-failure would send its technician retyping a right password
   (write_access.py keeps the list, the count and the log line). A source that came in a Forwarded-NPDU counts
   only when `bacnet.bbmd_address` sent it (forwarded.py): anyone else can write any source in one;
+- COV subscriptions are shared out: one source holds at most COV_PER_SOURCE and, with `bacnet.write_from` set, the
+  sources it does not list at most COV_UNLISTED together, so no client can hold the table until a restart and the
+  BAS it lists finds room (bacpypes3 took any subscription while there was room, and a refusal was said nowhere: it
+  is now one WARNING a spell of them, naming who holds the most);
 - a confirmed request bacpypes3 cannot decode is rejected instead of dropped (rejects.py); an unconfirmed one it
   decodes but cannot carry out (a Who-Is with one range limit) gets one INFO line per source, where bacpypes3 logged
   an ERROR with a traceback for each: BACnet has no answer to give, and the fault is the sender's;
@@ -50,6 +54,7 @@ import calendar
 import logging
 import math
 import time
+from collections import Counter
 from datetime import datetime, timedelta, timezone
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Callable
@@ -78,7 +83,7 @@ from .property_access import PropertyAccess, multiple_error
 from .rejects import reject_undecodable
 from .server_transactions import mend_server_transactions
 from .settle import span
-from .write_access import WriteAccess
+from .write_access import LOG_EVERY_SECONDS, WriteAccess
 
 log = logging.getLogger(__name__)
 # requests refused from the network: anyone on the BACnet network can send them in a loop (a password
@@ -106,6 +111,13 @@ _STATUS_FLAGS_FROM = ("reliability", "eventState", "outOfService")
 # every subscription is notified in one loop turn at each change (about 0.17 ms each): a bound keeps a
 # BAS that subscribes with a new process identifier at each restart from stalling the gateway
 MAX_COV_SUBSCRIPTIONS = 100
+# what one source bacnet.write_from does not list may hold (all sources while it is empty): a BAS watching every one
+# of the 15 points holds 15, which leaves it 10 for a second process or a restart's new process identifiers while
+# the old ones run out, and no one client, unconfirmed with no lifetime, can hold the table until a restart
+COV_PER_SOURCE = MAX_COV_SUBSCRIPTIONS // 4
+# with bacnet.write_from set, what the sources it does not list may hold together: anyone can subscribe from as many
+# UDP ports, or made-up routed sources, as it likes, and the other half stays for the BAS it lists
+COV_UNLISTED = MAX_COV_SUBSCRIPTIONS // 2
 # sources whose malformed unconfirmed request was said; past this many the rest are not (a scan of spoofed sources)
 _MALFORMED_SOURCES_SAID = 64
 
@@ -218,6 +230,9 @@ class _Services(PropertyAccess):
     _dcc_began = 0.0  # loop time of the disable: its duration, which a wall-clock step (NTP at boot) would move
     _write_access: WriteAccess | None = None
     _bbmd_address = ""
+    _cov_spell: list | None = None  # while new COV subscriptions are refused: [refused, said in the log, loop time]
+    _cov_said_at: float | None = None  # loop time of the last line saying they were
+    _cov_unsaid = 0  # refused in spells that were not said, for the next line
     _malformed_from: set | None = None
     _own_address = ""
     _twins_said: set | None = None
@@ -439,16 +454,93 @@ class _Services(PropertyAccess):
                 await self.response(SimpleAckPDU(context=apdu))
                 return
             raise ExecutionError(errorClass="object", errorCode="optionalFunctionalityNotSupported")
-        same = [cov for detection in self._cov_detections.values() for cov in detection.cov_subscriptions
-                if (cov.client_addr, cov.proc_id, cov.obj_id)
-                == (apdu.pduSource, apdu.subscriberProcessIdentifier, apdu.monitoredObjectIdentifier)]
-        if confirmed is not None:
-            if same:  # a renewal replaces the subscription's parameters, not only its lifetime (13.14.2)
-                for cov in same:
-                    cov.confirmed = confirmed
-            elif sum(len(d.cov_subscriptions) for d in self._cov_detections.values()) >= MAX_COV_SUBSCRIPTIONS:
+        key = (apdu.pduSource, apdu.subscriberProcessIdentifier, apdu.monitoredObjectIdentifier)
+        same = [cov for cov in self._cov_subscriptions() if (cov.client_addr, cov.proc_id, cov.obj_id) == key]
+        new = confirmed is not None and not same
+        if same and confirmed is not None:  # a renewal replaces the subscription's parameters, not only its lifetime
+            for cov in same:                # (13.14.2); it is always taken, whatever the shares below
+                cov.confirmed = confirmed
+        if new:
+            holder = self._cov_holder(apdu.pduSource)
+            why = self._no_room(*holder)
+            if why:
+                self._cov_refused(holder[0], why)
                 raise ExecutionError(errorClass="resources", errorCode="noSpaceToAddListElement")
         await super().do_SubscribeCOVRequest(apdu)
+        if new:
+            for cov in self._cov_subscriptions():
+                if (cov.client_addr, cov.proc_id, cov.obj_id) == key and getattr(cov, "_holder", None) is None:
+                    cov._holder = holder
+            self._cov_accepted(holder[0])
+
+    # ----- the COV subscriptions' shares
+
+    def _cov_subscriptions(self) -> list:
+        return [cov for detection in self._cov_detections.values() for cov in detection.cov_subscriptions]
+
+    def _cov_holder(self, source: Any) -> tuple[str, bool]:
+        """Whom a new subscription from `source`, the request being handled, counts against, and whether
+        bacnet.write_from lists it."""
+        forwarder = untrusted_forwarder()
+        if forwarder is not None:  # the source is the sender's word (forwarded.py): held by the sender, unlisted
+            return f"{forwarder} (in Forwarded-NPDUs)", False
+        return str(source), self._listed(source)
+
+    def _listed(self, source: Any) -> bool:
+        access = self._write_access
+        return access is not None and not access.open and access.allows(source)
+
+    def _cov_held(self) -> list[tuple[str, bool]]:
+        """The holder of each subscription, as `_cov_holder` said when it was taken (or by its address, one being
+        taken as another request asks)."""
+        return [getattr(cov, "_holder", None) or (str(cov.client_addr), self._listed(cov.client_addr))
+                for cov in self._cov_subscriptions()]
+
+    def _no_room(self, holder: str, listed: bool) -> str | None:
+        """Why a new subscription for `holder` does not fit, None if it does."""
+        held = self._cov_held()
+        if len(held) >= MAX_COV_SUBSCRIPTIONS:
+            return f"the device holds {MAX_COV_SUBSCRIPTIONS} subscriptions, its most"
+        if listed:  # the site's own BAS: only the table bounds it
+            return None
+        if sum(1 for who, _ in held if who == holder) >= COV_PER_SOURCE:
+            return f"it holds {COV_PER_SOURCE}, the most one source may"
+        restricted = self._write_access is not None and not self._write_access.open
+        if restricted and sum(1 for _, on_list in held if not on_list) >= COV_UNLISTED:
+            return (f"sources bacnet.write_from does not list hold {COV_UNLISTED}, the most they may together (the "
+                    f"rest is kept for those it lists)")
+        return None
+
+    def _cov_refused(self, source: Any, why: str) -> None:
+        # one line a spell of refusals, which ends at the next subscription taken: a client refused in a loop is one
+        # line, not one a request. Not within LOG_EVERY_SECONDS of the last line, though (the spell's line waits and
+        # counts), so a client whose subscriptions come and go cannot make a pair of lines a second
+        now = asyncio.get_running_loop().time()
+        spell = self._cov_spell
+        if spell is None:
+            spell = self._cov_spell = [0, False, now]
+        spell[0] += 1
+        if spell[1] or (self._cov_said_at is not None and now - self._cov_said_at < LOG_EVERY_SECONDS):
+            return
+        spell[1] = True
+        held = Counter(self._cov_held())
+        most = ", ".join(f"{who} ({n})" for (who, _), n in held.most_common(3))
+        unsaid = self._cov_unsaid + spell[0] - 1
+        log.warning("BACnet SubscribeCOV from %s refused (no-space-to-add-list-element): %s; the most are held by %s, "
+                    "of %d in all%s; further refusals are counted until one is accepted again", source, why, most,
+                    sum(held.values()), f"; {unsaid} more were refused since the last such line" if unsaid else "")
+        self._cov_said_at, self._cov_unsaid = now, 0
+
+    def _cov_accepted(self, source: Any) -> None:
+        spell, self._cov_spell = self._cov_spell, None
+        if spell is None:
+            return
+        refused, said, since = spell
+        if said:
+            log.info("BACnet SubscribeCOV accepted again (from %s) after %d refused over %s", source, refused,
+                     span(asyncio.get_running_loop().time() - since))
+        else:
+            self._cov_unsaid += refused
 
     def get_services_supported(self) -> ServicesSupported:
         return ServicesSupported(list(SERVICES))

@@ -8,6 +8,8 @@ import asyncio
 import functools
 import logging
 import math
+import socket
+import struct
 from importlib.metadata import version
 
 import pytest
@@ -45,7 +47,7 @@ from bacnet_api.client import close_stack, start_stack, to_plain
 from bacnet_api.device import GatewayDevice
 from bacnet_api.points import EVENT_LEVEL, INPUT_POWER, METER_POWER, OPT_OUT, POINTS
 from bacnet_peer import BacnetPeer, PeerError
-from test_bacnet_device import DEVICE_ID, gateway, peer, where  # noqa: F401 - shared fixtures
+from test_bacnet_device import DEVICE_ID, gateway, peer, port_of, where  # noqa: F401 - shared fixtures
 from waiting import eventually
 
 pytestmark = pytest.mark.timeout(60)
@@ -80,6 +82,44 @@ def read_multiple(addr: str, specs: list[tuple[str, list[str]]]):
         ReadAccessSpecification(objectIdentifier=ObjectIdentifier(obj), listOfPropertyReferences=[
             PropertyReference(propertyIdentifier=PropertyIdentifier(prop)) for prop in props])
         for obj, props in specs])
+
+
+def unicast(apdu: bytes) -> bytes:
+    npdu = bytes([0x01, 0x04]) + apdu
+    return bytes([0x81, 0x0A]) + struct.pack(">H", 4 + len(npdu)) + npdu
+
+
+def confirmed(invoke: int, request) -> bytes:
+    """`request` (a bacpypes3 confirmed request) as the APDU a BAS would send: no segments, up to 1476 octets."""
+    return bytes([0x00, 0x05, invoke, request.service_choice]) + bytes(request.encode().pduData)
+
+
+def udp(host: str) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((host, 0))
+    sock.setblocking(False)
+    return sock
+
+
+NO_SPACE = "3/19"  # resources/no-space-to-add-list-element, as `answer_to` gives it
+
+
+async def answer_to(sock: socket.socket, timeout: float = 3.0) -> str:
+    """What the gateway answered to the address of `sock`: "ack", "complex-ack", "class/code" of an Error, or
+    "none" if nothing came within `timeout` s. Unconfirmed requests (a new subscription's first notification) are
+    passed over."""
+    try:
+        async with asyncio.timeout(timeout):
+            kind = 1
+            while kind == 1:
+                data, _ = await asyncio.get_running_loop().sock_recvfrom(sock, 1500)
+                apdu = data[6:]  # past the BVLC header and the NPDU (version, control)
+                kind = apdu[0] >> 4
+    except TimeoutError:
+        return "none"
+    if kind == 5:  # Error: its class and code, each an enumerated application tag of one octet
+        return f"{apdu[4]}/{apdu[6]}"
+    return {2: "ack", 3: "complex-ack"}.get(kind, apdu.hex())
 
 
 def errors_logged(caplog) -> list:
@@ -541,6 +581,12 @@ def subscribe(addr: str, obj: str, process: int, confirmed: bool | None = None, 
     return apdu
 
 
+def cov_request(process: int, obj: str = "analogValue,7") -> SubscribeCOVRequest:
+    """An unconfirmed subscription with no lifetime, for `confirmed` to encode."""
+    return SubscribeCOVRequest(subscriberProcessIdentifier=process, monitoredObjectIdentifier=ObjectIdentifier(obj),
+                               issueConfirmedNotifications=False, lifetime=0)
+
+
 async def cov_subscriptions(peer: BacnetPeer, addr: str) -> list[tuple[int, str, bool, int]]:
     """(process, object, confirmed, seconds left) of each subscription the device lists."""
     listed = await asyncio.wait_for(peer.app.read_property(
@@ -596,29 +642,49 @@ async def test_subscribe_cov_to_an_object_without_cov_says_so(gateway, peer, cap
     assert errors_logged(caplog) == []
 
 
-@pytest.mark.timeout(20)
-async def test_cov_subscriptions_are_bounded(gateway, peer, caplog):
-    # a BAS that subscribes with a new process identifier at each restart must not grow the list forever
-    MAX_COV_SUBSCRIPTIONS = 100  # bacnet_api.services.MAX_COV_SUBSCRIPTIONS, as documented
+@pytest.mark.timeout(30)
+async def test_cov_subscriptions_are_bounded_and_one_source_holds_a_quarter(gateway, peer, caplog):
+    # A BAS that subscribes with a new process identifier at each restart must not grow the list forever; and one
+    # client, unconfirmed with no lifetime, took all of it until a restart: every other BAS was then refused.
+    MAX_COV_SUBSCRIPTIONS, SHARE = 100, 25  # bacnet_api.services' MAX_COV_SUBSCRIPTIONS and COV_PER_SOURCE, documented
+    caplog.set_level(logging.INFO)
+    addr, gateway_at = where(gateway), ("127.0.0.1", port_of(gateway))
 
-    addr = where(gateway)
-    answers = await asyncio.gather(*(request(peer, subscribe(addr, "analogValue,7", 1000 + i, False, 0), timeout=10)
-                                     for i in range(MAX_COV_SUBSCRIPTIONS)))
-    assert all(isinstance(a, SimpleAckPDU) for a in answers), {type(a).__name__ for a in answers}
-
-    answer = await request(peer, subscribe(addr, "analogValue,7", 5000, False, 0))
-    assert isinstance(answer, ErrorPDU), answer
-    assert f"{answer.errorClass}/{answer.errorCode}" == "resources/no-space-to-add-list-element"
-    answer = await request(peer, subscribe(addr, "binaryValue,4", 1000, False, 0))  # another object, same process
-    assert isinstance(answer, ErrorPDU), answer
-
-    # renewing one that is listed still works, and a cancellation makes room for one more
+    for i in range(SHARE):
+        assert isinstance(await request(peer, subscribe(addr, "analogValue,7", 1000 + i, False, 0)), SimpleAckPDU), i
+    for apdu in (subscribe(addr, "analogValue,7", 5000, False, 0),
+                 subscribe(addr, "binaryValue,4", 1000, False, 0)):  # another object, same process
+        answer = await request(peer, apdu)
+        assert isinstance(answer, ErrorPDU), answer
+        assert f"{answer.errorClass}/{answer.errorCode}" == "resources/no-space-to-add-list-element"
+    # renewing one it holds still works
     assert isinstance(await request(peer, subscribe(addr, "analogValue,7", 1000, True, 60)), SimpleAckPDU)
-    assert isinstance(await request(peer, subscribe(addr, "analogValue,7", 1001)), SimpleAckPDU)
-    assert isinstance(await request(peer, subscribe(addr, "analogValue,7", 5000, False, 0)), SimpleAckPDU)
+
+    # three more sources fill the table, and a fifth finds it full
+    with udp("127.0.0.1") as a, udp("127.0.0.1") as b, udp("127.0.0.1") as c, udp("127.0.0.1") as fifth:
+        for sock in (a, b, c):
+            for i in range(SHARE + 1):
+                sock.sendto(unicast(confirmed(i, cov_request(i))), gateway_at)
+                assert await answer_to(sock) == ("ack" if i < SHARE else NO_SPACE), i
+        assert len(await cov_subscriptions(peer, addr)) == MAX_COV_SUBSCRIPTIONS
+        fifth.sendto(unicast(confirmed(1, cov_request(1))), gateway_at)
+        assert await answer_to(fifth) == NO_SPACE
+        # a cancellation makes room for one more
+        assert isinstance(await request(peer, subscribe(addr, "analogValue,7", 1001)), SimpleAckPDU)
+        fifth.sendto(unicast(confirmed(2, cov_request(1))), gateway_at)
+        assert await answer_to(fifth) == "ack"
     listed = await cov_subscriptions(peer, addr)
     assert len(listed) == MAX_COV_SUBSCRIPTIONS
-    assert {p for p, *_ in listed} == {1000, 5000} | set(range(1002, 1000 + MAX_COV_SUBSCRIPTIONS))
+    assert {p for p, *_ in listed} == set(range(SHARE)) | {1000} | set(range(1002, 1000 + SHARE))
+
+    # the first refusal is said, naming who holds the most, and the first taken after it; the refusals that followed
+    # within 10 min are counted for the next such line
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records if "SubscribeCOV" in r.getMessage()]
+    source = peer.address.replace("/8", "")
+    assert [level for level, _ in lines] == ["WARNING", "INFO"], lines
+    assert (f"SubscribeCOV from {source} refused (no-space-to-add-list-element): it holds 25, the most one source "
+            f"may; the most are held by {source} (25), of 25 in all") in lines[0][1], lines
+    assert "accepted again (from 127.0.0.1:" in lines[1][1] and "after 2 refused" in lines[1][1], lines
     assert errors_logged(caplog) == []
 
 

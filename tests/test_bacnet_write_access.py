@@ -19,12 +19,13 @@ from bacpypes3.primitivedata import CharacterString, Enumerated, ObjectIdentifie
 
 from bacnet_api import write_access
 from bacnet_api.device import GatewayDevice
-from bacnet_api.points import INPUT_POWER, OPT_OUT
+from bacnet_api.points import INPUT_POWER, OPT_OUT, POINTS
 from bacnet_api.simulator import MeterSimulator
 from bacnet_api.write_access import WriteAccess
 from bacnet_peer import BacnetPeer, PeerError
 from test_bacnet_dcc import PASSWORD, dcc, error_of
-from test_bacnet_services import errors_logged, request, write_multiple
+from test_bacnet_services import (NO_SPACE, answer_to, confirmed, cov_request, errors_logged, request, subscribe,
+                                  udp, unicast, write_multiple)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -300,16 +301,6 @@ def forwarded(origin: tuple[str, int], apdu: bytes) -> bytes:
             + struct.pack(">H", origin[1]) + npdu)
 
 
-def unicast(apdu: bytes) -> bytes:
-    npdu = bytes([0x01, 0x04]) + apdu
-    return bytes([0x81, 0x0A]) + struct.pack(">H", 4 + len(npdu)) + npdu
-
-
-def confirmed(invoke: int, request) -> bytes:
-    """`request` (a bacpypes3 confirmed request) as the APDU a BAS would send: no segments, up to 1476 octets."""
-    return bytes([0x00, 0x05, invoke, request.service_choice]) + bytes(request.encode().pduData)
-
-
 def write_opt_out(priority: int = 8) -> WritePropertyRequest:
     return WritePropertyRequest(objectIdentifier=ObjectIdentifier("binaryValue,4"), propertyIdentifier="presentValue",
                                 propertyValue=Any(BinaryPV("active")), priority=priority)
@@ -322,28 +313,6 @@ def disable_initiation() -> DeviceCommunicationControlRequest:
 
 def read_opt_out() -> ReadPropertyRequest:
     return ReadPropertyRequest(objectIdentifier=ObjectIdentifier("binaryValue,4"), propertyIdentifier="presentValue")
-
-
-def udp(host: str) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind((host, 0))
-    sock.setblocking(False)
-    return sock
-
-
-async def answer_to(sock: socket.socket, timeout: float = 3.0) -> str:
-    """What the gateway answered to the address of `sock`: "ack", "complex-ack", "class/code" of an Error, or
-    "none" if nothing came within `timeout` s."""
-    try:
-        async with asyncio.timeout(timeout):
-            data, _ = await asyncio.get_running_loop().sock_recvfrom(sock, 1500)
-    except TimeoutError:
-        return "none"
-    apdu = data[6:]  # past the BVLC header and the NPDU (version, control)
-    kind = apdu[0] >> 4
-    if kind == 5:  # Error: its class and code, each an enumerated application tag of one octet
-        return f"{apdu[4]}/{apdu[6]}"
-    return {2: "ack", 3: "complex-ack"}.get(kind, apdu.hex())
 
 
 WRITE_ACCESS_DENIED, SERVICE_REQUEST_DENIED = "2/40", "5/29"  # property/..., services/...
@@ -425,4 +394,66 @@ async def test_a_source_forwarded_by_the_configured_bbmd_is_believed(free_udp_po
             assert device.write_refusals()["writes_refused"] == 0
         finally:
             await device.stop()
+    assert not errors_logged(caplog)
+
+
+# ----- COV: the sources write_from does not list hold half the subscriptions, a quarter each at most
+
+
+def cov_lines(caplog) -> list[tuple[str, str]]:
+    return [(r.levelname, r.getMessage()) for r in caplog.records if "SubscribeCOV" in r.getMessage()]
+
+
+async def test_unlisted_sources_cannot_take_the_cov_subscriptions_the_bas_needs(fenced, bas, caplog):
+    # One client not in write_from took all 100 (unconfirmed, no lifetime, processes 1..120) until a restart, the BAS
+    # was refused no-space-to-add-list-element, and nothing was logged. Now it holds a quarter, the unlisted sources
+    # together half, and the BAS subscribes to every point whatever they do.
+    caplog.set_level(logging.INFO)
+    addr, gateway = where(fenced), ("127.0.0.1", int(fenced.address.rpartition(":")[2]))
+    with udp(OTHER) as a, udp(OTHER) as b, udp(OTHER) as c, udp(BAS) as listed:
+        taken = []
+        for sock in (a, b, c):
+            answers = []
+            for process in range(1, 41):
+                sock.sendto(unicast(confirmed(process, cov_request(process))), gateway)
+                answers.append(await answer_to(sock))
+            assert set(answers) <= {"ack", NO_SPACE}, answers
+            taken.append(answers.count("ack"))
+        answers = {p.name: await request(bas, subscribe(addr, p.object_id.replace(" ", ","), 9, False, 0))
+                   for p in POINTS}
+        assert {name: str(getattr(answer, "errorCode", answer)) for name, answer in answers.items()
+                if not isinstance(answer, SimpleAckPDU)} == {}
+        assert taken == [25, 25, 0]
+        assert len(await bas.read(addr, f"device {DEVICE_ID}", "activeCovSubscriptions")) == 25 + 25 + len(POINTS)
+
+        # the unlisted host claiming a listed address in a Forwarded-NPDU is held to the unlisted half all the same
+        claim = forwarded(listed.getsockname(), confirmed(1, cov_request(1)))
+        c.sendto(claim, gateway)
+        assert await answer_to(listed) == NO_SPACE
+        listed.sendto(unicast(confirmed(2, cov_request(1))), gateway)
+        assert await answer_to(listed) == "ack"
+        # renewing one it holds is always taken
+        a.sendto(unicast(confirmed(41, cov_request(1))), gateway)
+        assert await answer_to(a) == "ack"
+
+        # one line for the first spell of refusals, naming who holds the most, and one when one is taken again; the
+        # next spell began within 10 min of that line: counted, and said with the next line
+        a_is, b_is = "%s:%d" % a.getsockname(), "%s:%d" % b.getsockname()
+        lines = cov_lines(caplog)
+        assert [level for level, _ in lines] == ["WARNING", "INFO"], lines
+        assert (f"SubscribeCOV from {a_is} refused (no-space-to-add-list-element): it holds 25, the most one source "
+                f"may; the most are held by {a_is} (25), of 25 in all") in lines[0][1], lines
+        assert f"SubscribeCOV accepted again (from {b_is}) after 15 refused" in lines[1][1], lines
+        fenced.app._cov_said_at -= 600
+        c.sendto(unicast(confirmed(99, cov_request(99))), gateway)
+        assert await answer_to(c) == NO_SPACE
+        lines = cov_lines(caplog)
+        assert len(lines) == 3, lines
+        c_is = "%s:%d" % c.getsockname()
+        assert (f"from {c_is} refused (no-space-to-add-list-element): sources bacnet.write_from does not list hold "
+                f"50, the most they may together (the rest is kept for those it lists); the most are held by"
+                ) in lines[2][1]
+        assert f"{a_is} (25)" in lines[2][1] and f"{b_is} (25)" in lines[2][1], lines[2]
+        # b's 15 after its 25th, c's 40 and the forwarded one
+        assert "of 66 in all; 56 more were refused since the last such line" in lines[2][1], lines[2]
     assert not errors_logged(caplog)
