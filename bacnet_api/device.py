@@ -145,6 +145,7 @@ class GatewayDevice:
         )
         if self.bbmd_address and (layer := foreign_layer(self.app)) is not None:
             take_every_answer(layer)    # before its first request goes: the retry that request schedules takes it
+            self._foreign = RegistrationWatch(layer, self.bbmd_address, self.bbmd_ttl)
         try:
             # asyncio.timeout, not wait_for: on 3.11 wait_for drops a cancellation that arrives as the
             # wait ends, and a SIGTERM during start-up was lost (everywhere else for the same reason)
@@ -169,8 +170,7 @@ class GatewayDevice:
             self.device_name, self.device_id, self.address, len(self._objects),
             time.monotonic() - started,
         )
-        if self.bbmd_address and (layer := foreign_layer(self.app)) is not None:
-            self._foreign = RegistrationWatch(layer, self.bbmd_address, self.bbmd_ttl)
+        if self._foreign is not None:
             self._foreign.start()
         # a device answering as this one already (a copied configuration) answers this, and is named
         self.app.request(WhoIsRequest(deviceInstanceRangeLowLimit=self.device_id,

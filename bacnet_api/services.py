@@ -118,8 +118,9 @@ COV_PER_SOURCE = MAX_COV_SUBSCRIPTIONS // 4
 # with bacnet.write_from set, what the sources it does not list may hold together: anyone can subscribe from as many
 # UDP ports, or made-up routed sources, as it likes, and the other half stays for the BAS it lists
 COV_UNLISTED = MAX_COV_SUBSCRIPTIONS // 2
-# sources whose malformed unconfirmed request was said; past this many the rest are not (a scan of spoofed sources)
-_MALFORMED_SOURCES_SAID = 64
+# sources a once-a-source line was said for, per kind of line; past this many the rest are not (a scan of spoofed
+# sources would otherwise grow the set and the log without bound)
+_SOURCES_SAID = 64
 
 
 # the errors of a command a point does not take; others (operational-problem at a stop) are not the writer's doing
@@ -233,9 +234,18 @@ class _Services(PropertyAccess):
     _cov_spell: list | None = None  # while new COV subscriptions are refused: [refused, said in the log, loop time]
     _cov_said_at: float | None = None  # loop time of the last line saying they were
     _cov_unsaid = 0  # refused in spells that were not said, for the next line
-    _malformed_from: set | None = None
+    _said_for: dict[str, set] | None = None  # kind of once-a-source line -> the sources it was said for
     _own_address = ""
-    _twins_said: set | None = None
+
+    def _first_from(self, kind: str, source: str) -> bool:
+        """Whether a `kind` line is to be said for `source`: the first time, for up to _SOURCES_SAID sources."""
+        if self._said_for is None:  # the class's None, until this application's first
+            self._said_for = {}
+        sources = self._said_for.setdefault(kind, set())
+        if source in sources or len(sources) >= _SOURCES_SAID:
+            return False
+        sources.add(source)
+        return True
 
     async def do_IAmRequest(self, apdu: Any) -> None:
         await super().do_IAmRequest(apdu)
@@ -245,9 +255,7 @@ class _Services(PropertyAccess):
             return
         # a configuration copied to a second box: the BAS binds one or the other at each discovery, and the two
         # register with the VTN as one VEN. BACnet needs the instance unique on the internetwork (clause 12.11)
-        said = self._twins_said = self._twins_said or set()
-        if source not in said and len(said) < _MALFORMED_SOURCES_SAID:
-            said.add(source)
+        if self._first_from("twin", source):
             log.warning("another device answers as device %d, from %s: bacnet.device_id must be unique on the site "
                         "(a configuration copied to a second gateway?); the BAS may bind either",
                         device.objectIdentifier[1], source)
@@ -260,10 +268,8 @@ class _Services(PropertyAccess):
         try:
             await helper(apdu)
         except (RejectException, AbortException, ExecutionError) as err:
-            said = self._malformed_from = self._malformed_from or set()
             source = str(apdu.pduSource)
-            if source not in said and len(said) < _MALFORMED_SOURCES_SAID:
-                said.add(source)
+            if self._first_from("malformed", source):
                 log.info("BACnet: %s from %s not carried out: %s (an unconfirmed request gets no answer; said "
                          "once a source)", type(apdu).__name__.removesuffix("Request"), source, error_text(err))
         except Exception:   # a fault of ours, as bacpypes3 would have said it

@@ -25,6 +25,7 @@ from bacpypes3.basetypes import DateTime
 from bacpypes3.primitivedata import CharacterString, Date, ObjectIdentifier, Real, Time
 
 from bacnet_api.points import INPUT_POWER
+from waiting import eventually
 from test_bacnet_device import DEVICE_ID, gateway, peer, port_of, where  # noqa: F401 - shared fixtures
 from test_bacnet_services import errors_logged, request, write_multiple, write_one
 
@@ -291,11 +292,13 @@ async def test_another_device_answering_as_this_one_is_one_warning_a_source(gate
     other = IAmRequest(iAmDeviceIdentifier=ObjectIdentifier("device,4000999"), maxAPDULengthAccepted=1024,
                        segmentationSupported="noSegmentation", vendorID=842, destination=Addr(where(gateway)))
     peer.app.request(other)
-    # a read after them: the I-Ams were handled first (one socket, in order)
+    def said() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "answers as device" in r.getMessage()]
+    await eventually(said, 5, "the warning")
+    # a read answered after them: the other two were handled too (one socket, in order)
     assert await peer.read(where(gateway), f"device {DEVICE_ID}", "objectName") == "TestGateway"
-    await asyncio.sleep(0.2)
-    said = [r.getMessage() for r in caplog.records if "answers as device" in r.getMessage()]
-    assert said == [f"another device answers as device {DEVICE_ID}, from {peer.address.replace('/8', '')}: "
+    lines = said()
+    assert lines == [f"another device answers as device {DEVICE_ID}, from {peer.address.replace('/8', '')}: "
                     "bacnet.device_id must be unique on the site (a configuration copied to a second gateway?); the "
-                    "BAS may bind either"], said
+                    "BAS may bind either"], lines
     assert errors_logged(caplog) == []
