@@ -224,8 +224,9 @@ class Gateway:
         await self._start(self.vtn)
         if self.http is not None:
             await self._start(self.http)
-        log.info("edge-gateway ready: BACnet %s, VTN %s, meter %s %s", c.bacnet.address, c.openadr.vtn_url_shown,
-                 c.meter.address, c.meter.object)
+        via = f" through proxy {c.openadr.proxy_shown}" if c.openadr.proxy else ""
+        log.info("edge-gateway ready: BACnet %s, VTN %s%s, meter %s %s", c.bacnet.address, c.openadr.vtn_url_shown,
+                 via, c.meter.address, c.meter.object)
 
     async def _start(self, part) -> None:
         await part.start()

@@ -7,8 +7,11 @@ key or a wrong type is an error that names the key, so a typo never silently fal
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import urllib.parse
+import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -295,6 +298,9 @@ class OpenadrConfig(_Section):
     passphrase: str = ""
     ca_file: str = ""
     vtn_fingerprint: str = ""
+    # the site's outbound HTTP proxy, http://[user:password@]host:port; "" goes straight to the VTN. Not read from
+    # HTTPS_PROXY: a variable set for a container's build would send the utility's traffic through it unseen
+    proxy: str = ""
     # key -> the EDGE_GATEWAY__* variable that set it: a TLS file error then says where to look
     _env: dict[str, str] = PrivateAttr(default_factory=dict)
 
@@ -321,6 +327,32 @@ class OpenadrConfig(_Section):
             raise ValueError(f"{shown!r}: {err}") from None
         if not url.hostname or not _is_host(url.hostname):
             raise ValueError(f"needs a host, e.g. http://vtn.example:8080/OpenADR2/Simple/2.0b, got {shown!r}")
+        return v
+
+    @property
+    def proxy_shown(self) -> str:
+        return shown_url(self.proxy)
+
+    @field_validator("proxy")
+    @classmethod
+    def _proxy(cls, v: str) -> str:
+        if not v:
+            return v
+        shown = shown_url(v)
+        example = "e.g. http://proxy.site:3128 or http://user:password@proxy.site:3128"
+        if not v.startswith("http://"):
+            # https:// to the VTN goes through the proxy too (CONNECT); only the hop to the proxy is plain http
+            raise ValueError(f"must start with http:// (the hop to the proxy; an https:// VTN is reached through it "
+                             f"with CONNECT), {example}, got {shown!r}")
+        try:
+            url = urllib.parse.urlsplit(v)
+            port = url.port
+        except ValueError as err:
+            raise ValueError(f"{shown!r}: {err}") from None
+        if not url.hostname or not _is_host(url.hostname) or port is None:
+            raise ValueError(f"needs a host and a port, {example}, got {shown!r}")
+        if url.path not in ("", "/") or url.query or url.fragment:
+            raise ValueError(f"takes no path, {example}, got {shown!r}")
         return v
 
     @field_validator("telemetry_seconds")
@@ -380,6 +412,23 @@ class OpenadrConfig(_Section):
             return [f"{self.named('vtn_url')} is https but openadr.cert and openadr.key are unset: the gateway "
                     f"presents no client certificate, so the VTN refuses it (OpenADR 2.0b requires one) or cannot "
                     f"tell its opt answers and telemetry from anyone else's: set both"]
+        return []
+
+
+    def environment_proxy_warnings(self, environ: Mapping[str, str]) -> list[str]:
+        """A proxy variable in the gateway's environment while openadr.proxy is unset: whoever set it (in the unit
+        file, the container) expects the VTN to be reached through it, and would find only "VTN unreachable"."""
+        host = urllib.parse.urlsplit(self.vtn_url).hostname or ""
+        if self.proxy or is_loopback_host(host):
+            return []
+        scheme = "https" if self.vtn_url.startswith("https://") else "http"
+        no_proxy = environ.get("no_proxy") or environ.get("NO_PROXY") or ""
+        if no_proxy and urllib.request.proxy_bypass_environment(host, {"no": no_proxy}):
+            return []
+        for name in (f"{scheme}_proxy", f"{scheme.upper()}_PROXY", "all_proxy", "ALL_PROXY"):
+            if environ.get(name):
+                return [f"{name} is set in the gateway's environment ({shown_url(environ[name])}) but is not read: "
+                        f"requests go straight to {host}; to reach the VTN through that proxy set openadr.proxy"]
         return []
 
 
@@ -527,6 +576,7 @@ class GatewayConfig(_Section):
                        f"does not count as stale yet (no warning, and `auto` does not turn to the meter until "
                        f"{stale:g} s)")
         out += self.openadr.transport_warnings()
+        out += self.openadr.environment_proxy_warnings(os.environ)
         out += self.http.warnings()
         zone = _zone_mismatch(self.forecaster.timezone)
         if zone:

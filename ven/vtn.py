@@ -279,6 +279,7 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
         return {
             "connected": self.connected,
             "vtn_url": self._cfg.vtn_url_shown,
+            "proxy": self._cfg.proxy_shown or None,     # openadr.proxy: the VTN is reached through it
             "ven_id": self.ven_id,
             "registration_id": self.registration_id,
             # the request adopted last; report_requests lists every standing one served
@@ -421,6 +422,7 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
                          ca_file=c.ca_file or None, vtn_fingerprint=c.vtn_fingerprint or None,
                          show_fingerprint=False, disable_signature=not c.cert)
         client.request_timeout_s = c.request_timeout_seconds
+        client.proxy = c.proxy or None
         client.scheduler = _NoScheduler()
         client.on_event = self._handle_event
         client.on_update_event = self._handle_event

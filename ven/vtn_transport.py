@@ -7,6 +7,7 @@ import asyncio
 import logging
 import re
 import ssl
+import urllib.parse
 from datetime import datetime, timedelta, timezone
 from http import HTTPStatus
 from typing import Awaitable, Callable
@@ -50,6 +51,8 @@ def _fault_kind(reason: str) -> str:
         return refused.group()         # the VTN answered, and refused: what and its code
     if reason.startswith("HTTP "):
         return " ".join(reason.split(" ", 2)[:2])   # something answers at vtn_url, not as a VTN
+    if reason.startswith("proxy "):
+        return "proxy"                 # the site's proxy, unreachable or refusing: the site's IT, not the utility
     if reason.startswith(("VTN unreachable", "request to ")) or reason.endswith("did not answer in time"):
         return "unreachable"           # down, or the network between
     if reason.startswith(("VTN message", "VTN answer from")):
@@ -62,6 +65,13 @@ def _fault_kind(reason: str) -> str:
                           "the VTN cancelled the registration")):
         return "register again"        # worded for the message it answered, or naming each registration
     return reason
+
+
+def _error_page(content: bytes) -> str:
+    """An error answer as one line of the log: a proxy's or web server's HTML page by its title."""
+    text = content[:4096].decode("utf-8", "replace")
+    title = re.search(r"<title[^>]*>(.*?)</title>", text, re.IGNORECASE | re.DOTALL)
+    return " ".join((title.group(1) if title else text[:200]).split())
 
 
 def _event_status(event: dict) -> str | None:
@@ -103,6 +113,8 @@ class _Client(OpenADRClient):
     # openleadr reads an answer whole, and decompressed (aiohttp asks for gzip): 500 KB of gzip took the gateway
     # from 100 MB to 1.2 GB. A day-ahead program of 200 events of 60 intervals is 2.9 MB.
     max_message_bytes: int = 16 * 2**20
+    # openadr.proxy: the site's outbound HTTP proxy (CONNECT for an https:// VTN), or None to go straight there
+    proxy: str | None = None
     # awaited before the oadrCreatedEvent goes: the events it answers, as handled, on the disk (VtnClient sets it)
     before_answer: Callable[[], Awaitable[None]] | None = None
     # event id -> eiResponse description, for the listed events VtnClient refused: answered INVALID_DATA
@@ -245,13 +257,26 @@ class _Client(OpenADRClient):
             self.reregistration_asked = True
         return message_type, message_payload
 
+    def _proxy_refused(self, status: int, reason: str | None, url: str) -> str:
+        """The proxy's answer in place of the VTN's: to CONNECT (an https:// VTN) or to the request (http://)."""
+        where = urllib.parse.urlsplit(url)
+        # tinyproxy answers a wrong password 401, no password 407
+        credentials = (": it asks for credentials or refused the ones given (openadr.proxy as "
+                       "http://user:password@host:port)")
+        hint = {HTTPStatus.PROXY_AUTHENTICATION_REQUIRED: credentials, HTTPStatus.UNAUTHORIZED: credentials,
+                HTTPStatus.FORBIDDEN: ": its rules do not let the gateway reach that host and port"}.get(
+            status, ": it could not reach the VTN" if status >= 500 else "")
+        port = where.port or (443 if where.scheme == "https" else 80)
+        return (f"proxy at {shown_url(self.proxy)} did not open the way to {where.hostname}:{port} "
+                f"(HTTP {status} {reason or ''}){hint}")
+
     async def _request(self, service, message) -> tuple[str | None, dict, str | None]:
         """(message type, payload, None), or (None, {}, why the request failed; None for an empty answer)."""
         await self._ensure_client_session()
         url = f"{self.vtn_url}/{service}"
         try:
             timeout = aiohttp.ClientTimeout(total=self.request_timeout_s, sock_connect=5, sock_read=10)
-            async with self.client_session.post(url, data=message, timeout=timeout) as req:
+            async with self.client_session.post(url, data=message, timeout=timeout, proxy=self.proxy) as req:
                 content = bytearray()
                 async for chunk in req.content.iter_chunked(2**16):
                     content += chunk
@@ -259,8 +284,15 @@ class _Client(OpenADRClient):
                         return None, {}, (f"VTN answer from {shown_url(url)} over {self.max_message_bytes // 2**20} MB "
                                           f"(decompressed): refused")
                 content = bytes(content)
+                if req.status == HTTPStatus.PROXY_AUTHENTICATION_REQUIRED and self.proxy:
+                    return None, {}, self._proxy_refused(req.status, req.reason, url)
                 if req.status != HTTPStatus.OK:
-                    return None, {}, f"HTTP {req.status} from {shown_url(url)}: {content[:200].decode('utf-8', 'replace')}"
+                    via = f" (through the proxy at {shown_url(self.proxy)})" if self.proxy else ""
+                    return None, {}, f"HTTP {req.status} from {shown_url(url)}{via}: {_error_page(content)}"
+        except aiohttp.ClientHttpProxyError as err:
+            return None, {}, self._proxy_refused(err.status, err.message, url)
+        except aiohttp.ClientProxyConnectionError as err:
+            return None, {}, f"proxy unreachable at {shown_url(self.proxy)} (openadr.proxy): {err.os_error.strerror or err}"
         except aiohttp.ClientConnectorCertificateError as err:
             return None, {}, f"TLS certificate of the VTN rejected: {err.certificate_error}"
         except aiohttp.ClientSSLError as err:
@@ -269,6 +301,8 @@ class _Client(OpenADRClient):
             return None, {}, f"VTN unreachable at {shown_url(self.vtn_url)}: {err.os_error.strerror or err}"
         except aiohttp.ConnectionTimeoutError:
             # no connection at all (a host down, a firewall dropping): not a VTN slow to answer what it was sent
+            if self.proxy:   # the connection timed out is the one to the proxy
+                return None, {}, f"proxy unreachable at {shown_url(self.proxy)} (openadr.proxy): connection timed out"
             return None, {}, f"VTN unreachable at {shown_url(self.vtn_url)}: connection timed out"
         except asyncio.TimeoutError:
             return None, {}, f"VTN at {shown_url(self.vtn_url)} did not answer in time"
