@@ -80,13 +80,22 @@ def pki(tmp_path):
     return tmp_path, fp
 
 
+def ven_tls(tmp_path) -> dict:
+    """The VEN's TLS keys of the `pki` fixture's files."""
+    return dict(cert=str(tmp_path / "ven.pem"), key=str(tmp_path / "ven.key"), passphrase="s3cret",
+                ca_file=str(tmp_path / "ca.pem"))
+
+
 async def _run_gateway(tmp_path, url, vtn_fingerprint):
+    return await run_ven(tmp_path, vtn_url=url, vtn_fingerprint=vtn_fingerprint, **ven_tls(tmp_path))
+
+
+async def run_ven(tmp_path, **openadr):
+    """A VtnClient with its storage in tmp_path, retrying and reporting quickly; and its close()."""
     storage = Storage(tmp_path / "gw.sqlite")
     schedule = EventSchedule(storage, lambda st: None)
     queue = TelemetryQueue(tmp_path / "gw.sqlite")
-    cfg = OpenadrConfig(vtn_url=url, retry_min_seconds=0.2, retry_max_seconds=1.0, telemetry_seconds=1.0,
-                        cert=str(tmp_path / "ven.pem"), key=str(tmp_path / "ven.key"), passphrase="s3cret",
-                        ca_file=str(tmp_path / "ca.pem"), vtn_fingerprint=vtn_fingerprint)
+    cfg = OpenadrConfig(retry_min_seconds=0.2, retry_max_seconds=1.0, telemetry_seconds=1.0, **openadr)
     client = VtnClient(cfg, schedule, queue)
     await schedule.start()
     await client.start()

@@ -19,12 +19,8 @@ from pathlib import Path
 import pytest
 from waiting import eventually as until
 
-from test_tls import pki  # noqa: F401 - a fixture: a CA, and VTN and VEN certificates
+from test_tls import pki, run_ven, ven_tls  # noqa: F401 - pki: a fixture, a CA and VTN and VEN certificates
 from ven.config import OpenadrConfig
-from ven.schedule import EventSchedule
-from ven.storage import Storage
-from ven.telemetry import TelemetryQueue
-from ven.vtn import VtnClient
 from ven.vtn_server import DemoVtn
 
 TINYPROXY = shutil.which("tinyproxy")
@@ -78,35 +74,14 @@ def tinyproxy(tmp_path, free_tcp_port):
             proc.wait(5)
 
 
-async def _ven(tmp_path, url, proxy, **tls):
-    storage = Storage(tmp_path / "gw.sqlite")
-    schedule = EventSchedule(storage, lambda st: None)
-    queue = TelemetryQueue(tmp_path / "gw.sqlite")
-    cfg = OpenadrConfig(vtn_url=url, proxy=proxy, retry_min_seconds=0.2, retry_max_seconds=1.0,
-                        telemetry_seconds=1.0, **tls)
-    client = VtnClient(cfg, schedule, queue)
-    await schedule.start()
-    await client.start()
-
-    async def close():
-        await client.stop()
-        await schedule.stop()
-        queue.close()
-        storage.close()
-    return client, close
-
-
-def _tls(d):
-    return dict(cert=str(d / "ven.pem"), key=str(d / "ven.key"), passphrase="s3cret", ca_file=str(d / "ca.pem"))
-
-
 async def test_an_https_vtn_through_the_sites_proxy_with_credentials(pki, free_tcp_port, tinyproxy):  # noqa: F811
     d, fp = pki
     proxy = tinyproxy("BasicAuth site-gw pr0xy-pass")
     vtn = DemoVtn(free_tcp_port(), poll_seconds=1, cert=str(d / "vtn.pem"), key=str(d / "vtn.key"),
                   ca_file=str(d / "ca.pem"), ven_fingerprint=fp["ven"])
     async with vtn:
-        client, close = await _ven(d, vtn.url, proxy.url("site-gw:pr0xy-pass"), vtn_fingerprint=fp["vtn"], **_tls(d))
+        client, close = await run_ven(d, vtn_url=vtn.url, proxy=proxy.url("site-gw:pr0xy-pass"),
+                                      vtn_fingerprint=fp["vtn"], **ven_tls(d))
         try:
             await until(lambda: client.connected, 20, "registration through the proxy")
             # the tunnel carried TLS end to end: the VTN saw the VEN's own certificate
@@ -124,7 +99,7 @@ async def test_a_plain_http_vtn_through_the_proxy(tmp_path, free_tcp_port, tinyp
     proxy = tinyproxy()
     vtn = DemoVtn(free_tcp_port(), poll_seconds=1)
     async with vtn:
-        client, close = await _ven(tmp_path, vtn.url, proxy.url())
+        client, close = await run_ven(tmp_path, vtn_url=vtn.url, proxy=proxy.url())
         try:
             await until(lambda: client.connected, 20, "registration through the proxy")
             client.record_sample(dt.datetime.now(dt.timezone.utc), 7.25)
@@ -158,7 +133,7 @@ async def test_the_proxys_refusal_is_named_as_the_proxys_once(pki, free_tcp_port
                                              if https else {}))
     url = vtn.url
     async with vtn if case != "vtn-down" else contextlib.nullcontext():
-        client, close = await _ven(d, url, proxy_url, **(_tls(d) if https else {}))
+        client, close = await run_ven(d, vtn_url=url, proxy=proxy_url, **(ven_tls(d) if https else {}))
         try:
             await until(lambda: client.registration_failures >= 3, 20, "refused registrations")
             assert not client.connected
