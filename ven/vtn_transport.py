@@ -292,7 +292,8 @@ class _Client(OpenADRClient):
         except aiohttp.ClientHttpProxyError as err:
             return None, {}, self._proxy_refused(err.status, err.message, url)
         except aiohttp.ClientProxyConnectionError as err:
-            return None, {}, f"proxy unreachable at {shown_url(self.proxy)} (openadr.proxy): {err.os_error.strerror or err}"
+            why = err.os_error.strerror or err
+            return None, {}, f"proxy unreachable at {shown_url(self.proxy)} (openadr.proxy): {why}"
         except aiohttp.ClientConnectorCertificateError as err:
             return None, {}, f"TLS certificate of the VTN rejected: {err.certificate_error}"
         except aiohttp.ClientSSLError as err:
