@@ -571,6 +571,31 @@ def test_check_config_says_where_storage_goes_and_whether_it_can_write_there(tmp
     assert f"storage.path: {bad}: {tmp_path / 'a-file'} is not a directory" in capsys.readouterr().err
 
 
+def test_check_config_warns_of_a_full_card_and_of_one_out_of_inodes(tmp_path, capsys):
+    # the installer's check passed on a full card, and the service then kept its state in memory from the start
+    from test_faults_storage import fill, tmpfs
+
+    from ven.cli import main
+
+    with tmpfs(tmp_path / "card", "size=2m") as card:
+        path = card / "gw.sqlite"
+        config = _write(tmp_path, f'[storage]\npath = "{path}"\n')
+        assert main(["check-config", str(config)]) == 0
+        [warning] = [line for line in capsys.readouterr().out.splitlines() if "warning: storage.path" in line]
+        assert f"warning: storage.path {path}: its file system has 2.0 MB free for this user: the file needs about " \
+               f"20 MB" in warning, warning
+        fill(card)
+        assert main(["check-config", str(config)]) == 0
+        assert "its file system has 0.0 MB free for this user" in capsys.readouterr().out
+    with tmpfs(tmp_path / "few", "size=128m,nr_inodes=2") as few:   # the root directory takes one
+        (few / "gw.sqlite").write_bytes(b"")
+        assert main(["check-config", str(_write(tmp_path, f'[storage]\npath = "{few / "gw.sqlite"}"\n'))]) == 0
+        assert f"warning: storage.path {few / 'gw.sqlite'}: its file system has no inodes left" in capsys.readouterr().out
+    with tmpfs(tmp_path / "roomy", "size=128m") as roomy:
+        assert main(["check-config", str(_write(tmp_path, f'[storage]\npath = "{roomy / "gw.sqlite"}"\n'))]) == 0
+        assert "warning: storage.path" not in capsys.readouterr().out
+
+
 def _check_config_as(uid: int, config: Path) -> tuple[int, str]:
     """`check-config` run as `uid` (real and effective: os.access asks for the real one), in a fork: the
     interpreter under /root is not one another user can start."""

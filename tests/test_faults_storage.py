@@ -115,6 +115,7 @@ def test_queue_keeps_samples_in_memory_while_the_disk_is_full_then_writes_them(t
         for i in range(3, 300):                      # enough rows that the file must grow
             q.add(T0 + timedelta(seconds=i), 80.0 + i)
         assert q.write_error and "full" in q.write_error
+        assert q.write_error.endswith("(No space left on device)"), q.write_error   # the OS's word too
         assert q.pending == 300
         batch = q.peek(100)
         assert [s.kw for s in batch] == [80.0 + i for i in range(100)]
@@ -146,6 +147,7 @@ def test_event_store_keeps_changes_while_the_disk_is_full_then_saves_them(tmp_pa
         for ev in events:
             store.save_event(ev)                     # no exception: the schedule goes on
         assert store.write_error and "full" in store.write_error
+        assert store.write_error.endswith("(No space left on device)"), store.write_error
         filler.unlink()
         assert store.flush()
         store.close()
@@ -222,6 +224,39 @@ async def test_schedule_takes_up_the_events_of_a_file_that_opens_late(tmp_path):
             store.close()
 
 
+async def test_the_schedule_writes_what_a_full_disk_refused_within_the_retry_period(tmp_path):
+    # its own pace is up to 30 s with no event due: the BAS's ADR-Opt-Out command stayed in memory that long after
+    # the disk had room again, and /healthz said storage.path not writable
+    with tmpfs(tmp_path / "card", "size=1m") as disk:
+        store = Storage(disk / "gw.sqlite", reopen_seconds=0.3)
+        sched = EventSchedule(store, on_change=lambda st: None, clock=lambda: T0)
+        await sched.start()
+        try:
+            filler = fill(disk)
+            store.save_value("adr_opt_out", json.dumps({"8": True, "pad": "x" * 4000}))
+            assert store.write_error and store.retry_seconds == 0.3
+            filler.unlink()
+            await eventually(lambda: store.write_error is None, 3, "written within the retry period")
+            assert store.retry_seconds is None
+        finally:
+            await sched.stop()
+            store.close()
+        assert json.loads(Storage(disk / "gw.sqlite").load_value("adr_opt_out"))["8"] is True
+
+
+def test_the_file_systems_reason_is_asked_without_writing(tmp_path):
+    from ven.storage import fs_reason
+
+    with tmpfs(tmp_path / "ro", "ro,size=1m") as ro, tmpfs(tmp_path / "full", "size=1m") as full, \
+            tmpfs(tmp_path / "roomy", "size=8m") as roomy:
+        fill(full)
+        assert fs_reason(ro / "gw.sqlite") == " (Read-only file system)"
+        assert fs_reason(full / "gw.sqlite") == " (No space left on device)"
+        assert fs_reason(roomy / "gw.sqlite") == ""
+        assert sorted(p.name for p in full.iterdir()) == ["filler"]     # no probe file written, none left
+    assert fs_reason(tmp_path / "missing" / "gw.sqlite") == " (No such file or directory)"
+
+
 @pytest.mark.timeout(60)
 async def test_forecaster_history_that_opens_late_joins_the_one_in_memory(tmp_path):
     with tmpfs(tmp_path / "late", "size=8m") as disk:
@@ -264,6 +299,9 @@ async def test_forecaster_minutes_taken_while_the_file_refuses_writes_are_writte
             remount(disk, "ro")
             svc.on_meter((k - 2) * 60 - 30, 200.0)   # a minute that falls wholly in the outage
             await eventually(lambda: not svc.status()["storage_ok"], 10, "the refused write")
+            # SQLite says "attempt to write a readonly database"; the file system says why (a card the kernel made
+            # read-only after an error is replaced; a full one is cleaned up): for the status, as the log
+            assert svc.storage_error.endswith("(Read-only file system)"), svc.storage_error
             remount(disk, "rw")
             await eventually(lambda: svc.status()["storage_ok"], 10, "writing again")
         finally:
@@ -275,6 +313,8 @@ async def test_forecaster_minutes_taken_while_the_file_refuses_writes_are_writte
             and ("forecast history" in r.getMessage() or "forecast storage" in r.getMessage())]
     assert [m.split(":")[0] for m in said] == [f"storage.path {path}"] * 2, said
     assert said[1] == f"storage.path {path}: forecast history written again", said
+    assert said[0].endswith("(Read-only file system)); forecasting from memory until it can"), said
+    assert svc.storage_error is None
 
 
 @pytest.mark.timeout(60)

@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from gateway_process import GatewayProcess, write_config
+from test_faults_storage import fill, tmpfs
 from ven.run_lock import RunLock, held_by_another, lock_path
 from waiting import eventually
 
@@ -69,6 +70,30 @@ def test_a_first_run_whose_directory_is_not_there_yet_is_locked_too(tmp_path):
     finally:
         lock.close()
     assert held_by_another(tmp_path / "var" / "gateway.sqlite") is None
+
+
+async def test_a_first_run_on_a_full_disk_starts_locked(tmp_path, free_udp_port, free_tcp_port):
+    # the lock file was made, but the pid could not go in: a traceback and exit 1 at every restart, before BACnet
+    with tmpfs(tmp_path / "card", "size=1m") as card:
+        filler = fill(card)
+        db = card / "gateway.sqlite"
+        lock = RunLock(db)
+        try:
+            assert lock.take() is None
+            assert held_by_another(db) == f"storage.path {db} is in use by another process"
+        finally:
+            lock.close()
+        (card / "gateway.sqlite.lock").unlink()
+        filler.unlink()
+        filler = fill(card)
+        conf = tmp_path / "gw.toml"
+        write_config(conf, bacnet_port=free_udp_port(), http_port=free_tcp_port(), storage=db, ven_name="ven-a")
+        with GatewayProcess(conf, tmp_path / "gw.log") as gateway:
+            await eventually(lambda: "edge-gateway ready" in gateway.log(), 60, "ready on a full disk")
+            assert held_by_another(db) == f"storage.path {db} is in use by another process"
+        assert gateway.proc.returncode == 0, gateway.log()
+        assert "Traceback" not in gateway.log() and "No space left on device" in gateway.log(), gateway.log()
+        filler.unlink()
 
 
 def test_the_custom_handler_example_runs_as_run_does(tmp_path, free_udp_port, free_tcp_port):

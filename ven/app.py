@@ -692,7 +692,7 @@ class Gateway:
         """Whether each part that writes storage.path is writing it; what the file said when not."""
         errors = {"events": self.storage.write_error, "telemetry": self.telemetry.write_error,
                   "forecaster": None if not self._built("forecast") or self.forecast.storage_ok
-                  else "forecast history not stored"}
+                  else self.forecast.storage_error or "forecast history not stored"}
         return {"path": str(self.config.storage.path), "ok": not any(errors.values()),
                 "errors": {part: e for part, e in errors.items() if e}}
 

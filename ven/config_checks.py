@@ -113,9 +113,38 @@ def _nearest_existing(p: Path) -> Path:
     return p
 
 
+# What the file takes on a site: about 16 MB once the forecaster's 44 days are kept, its WAL up to 5 MB, and a
+# telemetry backlog while the VTN is away (up to 45 MB a week at a 1 s meter poll)
+LOW_SPACE_BYTES = 64 * 2**20
+
+
 def storage_warnings(c: StorageConfig) -> list[str]:
     """Whether this user could write storage.path, asked without writing. `run` goes on without it
     (from memory, retrying), so this is a warning; it speaks for the user check-config runs as."""
+    return _writable_warnings(c) + _space_warnings(c)
+
+
+def _space_warnings(c: StorageConfig) -> list[str]:
+    """A file system (nearly) full, or out of inodes: the file's writes fail from the start or soon after."""
+    p = Path(c.path)
+    try:
+        fs = os.statvfs(p if p.exists() else _nearest_existing(p.parent))
+    except OSError:
+        return []
+    free = fs.f_bavail * fs.f_frsize
+    after = ("the gateway keeps events, ADR-Opt-Out commands, the telemetry queue and forecaster history in memory "
+             "while the file cannot take writes, and a restart loses them")
+    if fs.f_files and not fs.f_favail:
+        return [f"storage.path {c.path}: its file system has no inodes left (the file's -wal and -shm cannot be "
+                f"made): {after}"]
+    if free < LOW_SPACE_BYTES:
+        return [f"storage.path {c.path}: its file system has {free / 2**20:.1f} MB free for this user: the file needs "
+                f"about 20 MB, and more for a telemetry backlog while the VTN is away (45 MB a week at a 1 s "
+                f"meter poll); {after}"]
+    return []
+
+
+def _writable_warnings(c: StorageConfig) -> list[str]:
     p = Path(c.path)
     try:
         for where in ([p, p.parent] if p.exists() else [_nearest_existing(p.parent)]):  # WAL: files beside it too

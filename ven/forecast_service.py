@@ -27,7 +27,7 @@ from forecaster.store import ForecastStore
 
 from .config import ForecasterConfig
 from .fit_worker import fit_in_child
-from .storage import REOPEN_SECONDS, ReopenTimer
+from .storage import REOPEN_SECONDS, ReopenTimer, fs_reason
 from .tasks import cancel_and_wait
 from .wallclock import CLOCK_STEP_S, PRUNE_HOLD_S, StepWatch
 
@@ -99,6 +99,7 @@ class ForecastService:
         self._fit_retry_at: float | None = None    # while they fail: the next try (monotonic: unmoved by clock steps)
         self._fit_short = False
         self._store_failing = False
+        self.storage_error: str | None = None     # why storage.path took no write, while it does not (the status)
         self._missing_since: float | None = None    # the file found deleted (monotonic), while it stays so
         self._read_at_start = False                 # the file would not open at the start: its history was read
         self._unsaved_model: bytes | None = None    # a fitted model not yet written
@@ -255,6 +256,7 @@ class ForecastService:
             self._store, loaded = await loop.run_in_executor(self._cycle_pool, self._open_store)
         except Exception as err:  # unwritable storage.path: forecast from memory, say so once
             self._store_failing = True      # _persist stays quiet from here on
+            self.storage_error = f"{err}"
             self._reopen = ReopenTimer(self._reopen_seconds)
             log.error("storage.path %s: forecaster history cannot be stored (%s: %s); forecasting from "
                       "memory, stored once the file opens (tried every %g s)", self.storage_path,
@@ -369,7 +371,7 @@ class ForecastService:
             store.save_model(fitted)
         except Exception:  # still not there; the start already said so
             return
-        self._store, self._store_failing = store, False
+        self._store, self._store_failing, self.storage_error = store, False, None
         if self._read_at_start:
             log.info("storage.path %s: opened for the forecaster (its history was read at the start)",
                      self.storage_path)
@@ -437,16 +439,17 @@ class ForecastService:
         try:
             work(self._store)
         except Exception as err:  # sqlite3 errors: keep forecasting, say so once
+            why = f"{err}{fs_reason(self.storage_path)}"
             if not self._store_failing:
                 if self._deleted_just_now():
                     return      # unsaved minutes stay dirty; the next cycle writes them
                 log.error("storage.path %s: forecast history not stored (%s: %s); forecasting from memory "
-                          "until it can", self.storage_path, type(err).__name__, err)
-            self._store_failing = True
+                          "until it can", self.storage_path, type(err).__name__, why)
+            self._store_failing, self.storage_error = True, why
         else:
             if self._store_failing:
                 log.info("storage.path %s: forecast history written again", self.storage_path)
-            self._store_failing = False
+            self._store_failing, self.storage_error = False, None
             self._missing_since = None
 
     def _deleted_just_now(self) -> bool:

@@ -5,7 +5,7 @@ host install sharing the volume) registered as the same VEN, and the VTN got eve
 word. `run` holds an advisory lock on `<storage.path>.lock` for as long as the process lives (the kernel drops it when
 the process ends, however it ends), and refuses to start while another process holds it. `forget-forecast` asks the
 same lock. A directory that cannot be made or refuses the lock file (read-only) gives no lock: the gateway
-starts as before, as it does on a file it cannot write.
+starts as before, as it does on a file it cannot write. A full disk gives the lock without the pid in it.
 """
 from __future__ import annotations
 
@@ -56,8 +56,11 @@ class RunLock:
             os.close(fd)
             return None
         if writable:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            try:    # the pid only names the holder to a second run; a full disk takes the lock, not the pid
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            except OSError:
+                pass
         self._fd = fd
         return None
 

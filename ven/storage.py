@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import glob
 import logging
 import os
@@ -361,14 +362,32 @@ def _os_reason(p: Path) -> str:
     try:
         with open(p, "ab"):
             pass
-        probe = p.parent / f".{p.name}.probe"
-        with open(probe, "wb") as f:
-            f.write(b"\0" * 65536)
-            f.flush()
-            os.fsync(f.fileno())
-        probe.unlink()
     except OSError as err:
         return f" ({err.strerror})"
+    return fs_reason(p)
+
+
+# Under this much free space a write fails before the disk is quite full: SQLite grows the WAL a page at a time
+FULL_BYTES = 2**20
+
+
+def fs_reason(p: str | os.PathLike) -> str:
+    """Why the file system holding `p` refuses writes, as the OS words it (" (Read-only file system)"), or "":
+    SQLite's own words ("disk I/O error" for a card the kernel made read-only) leave it out. Asked without
+    writing, as each retry asks: a probe file written each time wore the card and could be left behind."""
+    if Path(p) == Path(":memory:"):
+        return ""
+    try:
+        fs = os.statvfs(Path(p).parent)
+    except OSError as err:
+        return f" ({err.strerror})"
+    root = os.geteuid() == 0     # root may use the blocks and inodes ext4 reserves
+    if fs.f_flag & os.ST_RDONLY:
+        return f" ({os.strerror(errno.EROFS)})"
+    if (fs.f_bfree if root else fs.f_bavail) * fs.f_frsize < FULL_BYTES:
+        return f" ({os.strerror(errno.ENOSPC)})"
+    if fs.f_files and not (fs.f_ffree if root else fs.f_favail):
+        return f" ({os.strerror(errno.ENOSPC)}: no inodes left)"
     return ""
 
 
@@ -439,6 +458,7 @@ class Storage:
                  lock_grace_seconds: float = LOCK_GRACE_SECONDS):
         self.path = Path(path)
         self._grace = LockGrace(lock_grace_seconds)
+        self._retry_every = reopen_seconds
         self.conn: sqlite3.Connection | None = None
         self._ident: tuple[int, int] | None = None
         self._unsaved: dict[str, Event | None] = {}     # event_id -> event to write, None: to delete
@@ -510,8 +530,11 @@ class Storage:
 
     @property
     def retry_seconds(self) -> float | None:
-        """While the file has not opened: how often it is tried (its owner should flush that often)."""
-        return self._reopen.seconds if self.conn is None and self._reopen is not None else None
+        """While the file has not opened, or refuses writes (a full disk): how often it is tried (its owner should
+        flush that often; the schedule's own pace, up to 30 s, left the BAS's ADR-Opt-Out in memory that long)."""
+        if self.conn is None and self._reopen is not None:
+            return self._reopen.seconds
+        return self._retry_every if self.write_error is not None else None
 
     def take_found(self) -> list[Event]:
         """Events the file held when it opened after the start (once)."""
@@ -707,10 +730,11 @@ class Storage:
         return not self._unsaved and not self._unsaved_values
 
     def _write_failed(self, err: Exception) -> None:
+        why = f"{err}{fs_reason(self.path)}"
         if self.write_error is None:
             log.error("storage.path %s: cannot save events (%s): kept in memory and written when it "
-                      "can; a restart before then loses them", self.path, err)
-        self.write_error = str(err)
+                      "can; a restart before then loses them", self.path, why)
+        self.write_error = why
 
     def last_try(self) -> None:
         """At a stop, before close: a file that would not open is tried once more now, not at its next retry,

@@ -20,7 +20,7 @@ from bacnet_api.settle import span
 
 from .events import aware_time, reckonable
 from .storage import (LOCK_GRACE_SECONDS, LockGrace, ReopenTimer, StorageError, connect, file_identity, follow_file,
-                      open_or_retry_later)
+                      fs_reason, open_or_retry_later)
 
 log = logging.getLogger(__name__)
 QUEUE_TABLE = ("CREATE TABLE IF NOT EXISTS telemetry_queue ("
@@ -121,6 +121,9 @@ class TelemetryQueue:
         self.places: dict[int, datetime] = {}
         self._places_saved: dict[int, datetime] = {}
         self._places_writing: dict[int, datetime] | None = None
+        # the newest reading the file held when it opened only after the start (a full or read-only disk then): the
+        # readings up to it were queued before this start, and are sent after the newer intervals (VtnReports)
+        self.found_late_until: datetime | None = None
         # while the file refuses writes, samples go to memory and the file is tried this often, not
         # with every sample: each try can wait BUSY_TIMEOUT_SECONDS on the event loop
         self._retry_seconds = reopen_seconds or 0.0
@@ -129,7 +132,7 @@ class TelemetryQueue:
         self._reopen, self.write_error = open_or_retry_later(
             self._open, reopen_seconds, "telemetry samples wait in memory until it opens")
 
-    def _open(self) -> None:
+    def _open(self, late: bool = False) -> None:
         conn = connect(self.path, QUEUE_TABLE)
         try:
             conn.execute(FAILED_TABLE)
@@ -149,12 +152,15 @@ class TelemetryQueue:
             self.last_delivery = stored if self.last_delivery is None else max(stored, self.last_delivery)
         self._places_saved = self._stored("telemetry_places", places, _places) or {}
         self.places = {**self._places_saved, **self.places}
-        waiting, oldest = conn.execute("SELECT COUNT(*), MIN(ts) FROM telemetry_queue").fetchone()
+        waiting, oldest, newest = conn.execute("SELECT COUNT(*), MIN(ts), MAX(ts) FROM telemetry_queue").fetchone()
         if waiting:
             # after a crash with the VTN away, the operator's question is whether the backlog survived; it was
             # said only once delivered, which the VTN's absence could put off for days
-            log.info("storage.path %s: %d telemetry reading(s) in it wait for the VTN (the oldest %s)", self.path,
-                     waiting, oldest)
+            log.info("storage.path %s: %d telemetry reading(s) in it wait for the VTN (the oldest %s)%s", self.path,
+                     waiting, oldest, "; queued before this start, which the file did not take, they are sent after "
+                     "the newer intervals" if late else "")
+            if late:
+                self.found_late_until = self._stored("the newest queued reading", (newest,), aware_time)
 
     def _stored(self, key: str, row, parse):
         # A value in another form (a newer version's, after a downgrade; an edit by hand) raised out of every
@@ -193,7 +199,7 @@ class TelemetryQueue:
             if not self._reopen.due():
                 raise sqlite3.OperationalError(self.write_error)
             try:
-                self._open()
+                self._open(late=True)
             except StorageError as err:
                 raise sqlite3.OperationalError(str(err)) from None
         try:
@@ -211,10 +217,11 @@ class TelemetryQueue:
             # samples wait in memory; the next one tries again if a second has passed
             self._retry = ReopenTimer(min(1.0, self._retry_seconds))
             return
+        why = f"{err}{fs_reason(self.path)}"
         if self.write_error is None:
             log.error("storage.path %s: cannot write the telemetry queue (%s): samples wait in memory "
-                      "until it can; a restart before then loses them", self.path, err)
-        self.write_error = str(err)
+                      "until it can; a restart before then loses them", self.path, why)
+        self.write_error = why
         self._retry = ReopenTimer(self._retry_seconds)
 
     def _write(self, sql: str, params=()) -> bool:
@@ -656,22 +663,28 @@ class TelemetryQueue:
                         err)
         return out
 
-    def ack(self, samples: list[Sample], delivered: bool = True, reader: str | None = None) -> None:
+    def ack(self, samples: list[Sample], delivered: bool = True, reader: str | None = None,
+            lost: bool = False) -> None:
         """The VTN accepted these: forget them (never offered again; deleted from the file with the
         next sample, or now once ACK_DEFER_MAX wait). `delivered=False`: forget them uncounted (samples
-        of an interval already reported, which cannot be sent again). With `reader`: that request took
-        them; they leave the queue once every request served has (counted once, if one delivered them)."""
+        of an interval already reported, which cannot be sent again), `lost` too: counted as dropped. With
+        `reader`: that request took them; they leave the queue once every request served has (counted once,
+        if one delivered them)."""
         if not samples and not self._acked:
             return
         done = {s.seq for s in samples}
         if reader is not None and len(self._readers) > 1:
             done = self._take(reader, done, delivered)
+        if lost and not delivered:
+            self._dropped += len(done - self._sent)
         self._left(max((s.ts for s in samples if s.seq in done or self._moved.get(s.seq) in done), default=None))
         if samples and delivered:
             self.last_delivery = datetime.now(timezone.utc)
         self._remove(done, delivered)
         if samples and delivered and self._dropping:
             self._end_dropping()
+        if self.found_late_until is not None and not [s for s in self.peek(1) if s.ts <= self.found_late_until]:
+            self.found_late_until = None    # the readings found late have all gone
 
     def _end_dropping(self) -> None:
         # Ended once the VTN has taken half the backlog, not at its first update: a request that keeps

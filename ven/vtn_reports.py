@@ -66,6 +66,9 @@ class Standing:
     start: datetime | None = None
     # the newest reading that had left the queue when it came: an interval of it holding that one lacks readings
     left: datetime | None = None
+    # the start of the first interval this process sent under it: readings of a file that opened late (after this
+    # start) in intervals before it were never sent, those in intervals from it were
+    first_sent: datetime | None = None
 
 
 class VtnReports:
@@ -237,6 +240,8 @@ class VtnReports:
                 continue
             req.ahead_said = False
             intervals, late = self._complete(req, now)
+            if late and self._backlog_found_late(req, late):
+                continue
             if late and min(x.ts for x in late) < req.sent_until - max(req.granularity, CLOCK_STEP):
                 # Far older than the last interval sent: not a late reading but a wall clock stepped back
                 # (NTP). Dropping would lose every reading until the clock is past the old time again;
@@ -250,7 +255,7 @@ class VtnReports:
                 log.warning("%d telemetry sample(s) dated before %s, the end of the last interval reported "
                             "(the clock stepped back?): dropped, as their interval cannot be sent twice",
                             len(late), _iso(req.sent_until))
-                self._telemetry.ack(late, delivered=False, reader=req.rrid)
+                self._telemetry.ack(late, delivered=False, reader=req.rrid, lost=True)
             if not intervals:
                 return True
             left = req.left
@@ -264,6 +269,7 @@ class VtnReports:
             self._telemetry.set_place(req.granularity, intervals[-1].end)
             self._telemetry.ack([s for iv in intervals for s in iv.samples], reader=req.rrid)
             req.sent_until = intervals[-1].end
+            req.first_sent = req.first_sent or intervals[0].start
             req.start = req.left = None     # its first intervals are out: sent_until governs from here
             if cut := [iv for iv in intervals if iv.cut]:
                 log.info("TELEMETRY_USAGE interval %s + %s of request %s lacks the readings up to %s, which had left "
@@ -280,6 +286,24 @@ class VtnReports:
             if req.catch_up and (len(intervals) > routine or req.backlog):
                 req.backlog += len(intervals)
         return False
+
+    def _backlog_found_late(self, req: Standing, late: list) -> bool:
+        """Readings queued in storage.path before this start, which the file gave only once it opened, after this
+        process had sent newer intervals (a full or read-only disk at the start). Never sent: their intervals go
+        now, after the newer ones, each dated as before. Those in intervals sent since the start (the one the
+        restart fell in) cannot be sent twice: dropped and counted. True if `late` were those: look again."""
+        found = self._telemetry.found_late_until
+        if found is None or min(x.ts for x in late) > found or req.first_sent is None:
+            return False
+        sent = [x for x in late if bucket_start(x.ts, req.granularity) >= req.first_sent]
+        if sent:
+            log.warning("%d telemetry reading(s) queued in storage.path before this start fall in intervals reported "
+                        "since (from %s): dropped, as an interval cannot be sent twice", len(sent),
+                        _iso(req.first_sent))
+            self._telemetry.ack(sent, delivered=False, reader=req.rrid, lost=True)
+        if len(sent) < len(late):
+            req.sent_until = None   # the intervals before the start's: sent next, then the ones after it go on
+        return True
 
     def _update_failed(self, why: str | None) -> None:
         """An oadrUpdateReport got no answer (an HTTP error, a time-out, an answer that is not OpenADR). A VTN
