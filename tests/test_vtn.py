@@ -105,8 +105,9 @@ OUTAGE_END = re.compile(r"VTN connected (again )?after \d+ s \((\d+) failed poll
 SEPARATE = ("registered with VTN", "VTN requested telemetry")
 # The VTN stopped: connection refused; or, when it stopped with a poll on its way (the first one comes right after the
 # registration the tests wait for), that poll's connection reset. Both are the VTN going down (one kind of cause).
-POLL_FAILED_VTN_DOWN = re.compile(r"VTN poll failed: (VTN unreachable at |request to http://\S+/OadrPoll failed: "
-                                  r"(ClientOSError: \[Errno 104\] Connection reset by peer|ServerDisconnectedError))")
+POLL_FAILED_VTN_DOWN = re.compile(r"VTN poll failed: (VTN unreachable at |connection to the VTN at http://\S+ ("
+                                  r"broke during the request to OadrPoll: Connection reset by peer|closed before its "
+                                  r"answer to OadrPoll \(by the network, a proxy or the VTN\)))")
 
 
 @pytest.mark.timeout(60)

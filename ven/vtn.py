@@ -121,6 +121,8 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
         self._report_refused: str | None = None   # why the VTN refuses telemetry, while it does
         self._report_refused_since: datetime | None = None
         self._update_failure: str | None = None   # why the last oadrUpdateReport got no answer (None: it got one)
+        self._update_began = _utcnow()      # when the last oadrUpdateReport was sent
+        self._last_poll_asked: datetime | None = None   # when the last answered poll was sent
         # updates without an answer in a row: (since, how many, said in the log, why the last one failed)
         self._updates_failing: tuple[datetime, int, bool, str] | None = None
         self._report_refusals = 0
@@ -137,6 +139,7 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
         # events of the message being handled that were listed again unchanged (each re-registration lists every
         # event to a fresh openleadr client): one line for them all, not one per event each time
         self._relisted = 0
+        self._relisting = False     # the event list asked for after a failed poll is being handled
         self._request_said: tuple | None = None   # the last telemetry request's (granularity, back, window)
         self._listed_twice: set[str] = set()   # events the last oadrDistributeEvent listed more than once (logged)
         self._refused_said: dict[str, int] = {}   # listed events refused as unreadable: the modification logged
@@ -575,6 +578,10 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
         # Durations travel as whole seconds; a VTN asking for 0 would mean a busy loop.
         period = max(1.0, client.poll_frequency.total_seconds())
         failed_here = 0     # this session's failed polls in a row; self.poll_failures counts across re-registrations
+        # a poll failed on the way (a time-out, a reset in the middle of the answer): the VTN may have answered it
+        # with events and counts them as delivered, never to send them again unless they change. The event list
+        # is asked for at the next answered poll (oadrRequestEvent, as at registration)
+        missed = False
         self._lost_by_polls = self._lost_said = False
         immediate = True
         while True:
@@ -599,8 +606,10 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
                     self._wake_delivery.set()
             if self._lost.is_set():
                 return
+            asked = _utcnow()
             rtype, payload = await client.poll()
             if rtype is None or client.refused:
+                missed = missed or rtype is None
                 self.poll_failures += 1
                 self.poll_failures_total += 1
                 failed_here += 1
@@ -616,7 +625,7 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
                     return
                 immediate = False
                 continue
-            self.last_poll = _utcnow()
+            self.last_poll, self._last_poll_asked = _utcnow(), asked
             failed_here = 0     # POLL_FAILURES_FOR_LOSS in a row: a proxy failing one poll in ten keeps the context
             if self._outage is not None:
                 self._outage.polls += 1
@@ -631,6 +640,8 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
             # openleadr hands out one message per poll: ask again at once after a real message.
             immediate = rtype != "oadrResponse"
             await self._dispatch(rtype, payload)
+            if missed and not self._lost.is_set():
+                missed = not await self._list_events_again(client)
             self._watch_requests()
             # answered, not with "register again", and the answer handled (a session error is part of the outage):
             # the registration works
@@ -639,6 +650,27 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
                 if not self.connected:      # what waited for the VTN goes now
                     self._wake_delivery.set()
                 self._connected_again(poll=True)
+
+    async def _list_events_again(self, client: _Client) -> bool:
+        """oadrRequestEvent after a poll whose answer was lost on the way: an event it carried ran without the site
+        (a VTN sends an event once, and again only when it changes). True once the VTN has listed them."""
+        rtype, payload = await client.request_event()
+        if rtype is None or client.refused:
+            log.debug("the event list asked for after a failed poll did not come (%s); asked again after the next "
+                      "poll", client.last_error or client.refused)
+            return False
+        if rtype == "oadrRequestReregistration":
+            self._forgotten("the event request")
+            return True
+        log.debug("the event list asked for after a failed poll came: %s", rtype)
+        if rtype == "oadrResponse" and _response_code(payload) == 200:
+            self._listed(set())     # the VTN lists no events for us
+        self._relisting = True      # what it lists unchanged is no news
+        try:
+            await self._dispatch(rtype, payload)
+        finally:
+            self._relisting = False
+        return True
 
     def _forgotten(self, what: str) -> None:
         """The VTN answered a request with oadrRequestReregistration: register at once, not at the next poll."""

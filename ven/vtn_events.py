@@ -49,7 +49,7 @@ class VtnEvents:
                 async with self._opts_lock:   # its answers and ours reach the VTN in the order decided
                     await client._on_event(payload)
                 if self._relisted:      # said at an outage's first registration, not at each after it
-                    log.log(logging.DEBUG if self._repeating() else logging.INFO,
+                    log.log(logging.DEBUG if self._repeating() or self._relisting else logging.INFO,
                             "%d event(s) listed again, unchanged", self._relisted)
                 if client.reregistration_asked:  # the VTN lists the events again once registered
                     self._forgotten("the answer to its events")

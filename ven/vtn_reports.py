@@ -16,7 +16,7 @@ from bacnet_api.settle import span
 
 from .report_intervals import (Interval, bucket_start, complete_intervals, effective_granularity, next_boundary,
                                report_period)
-from .vtn_transport import INVALID_ID, _duration, _ei_response, _iso, _response_code, _utcnow
+from .vtn_transport import INVALID_ID, _duration, _ei_response, _fault_kind, _iso, _response_code, _utcnow
 
 # one logger for the VEN side, wherever its code lives: tests and log filters select its lines by this name
 log = logging.getLogger("ven.vtn")
@@ -69,6 +69,7 @@ class Standing:
     # the start of the first interval this process sent under it: readings of a file that opened late (after this
     # start) in intervals before it were never sent, those in intervals from it were
     first_sent: datetime | None = None
+    timeouts: int = 0       # updates in a row that timed out while polls sent meanwhile were answered (_smaller_batch)
 
 
 class VtnReports:
@@ -270,6 +271,7 @@ class VtnReports:
             self._telemetry.ack([s for iv in intervals for s in iv.samples], reader=req.rrid)
             req.sent_until = intervals[-1].end
             req.first_sent = req.first_sent or intervals[0].start
+            req.timeouts = 0
             req.start = req.left = None     # its first intervals are out: sent_until governs from here
             if cut := [iv for iv in intervals if iv.cut]:
                 log.info("TELEMETRY_USAGE interval %s + %s of request %s lacks the readings up to %s, which had left "
@@ -280,10 +282,12 @@ class VtnReports:
             # batch goes and when it is all delivered, not once per batch. An update of the intervals one
             # reportBackDuration holds (15-minute intervals sent hourly: four) is no backlog.
             routine = max(1, int(req.back / req.granularity)) if req.back and req.granularity else 1
-            log.log(logging.INFO if len(intervals) > routine and not (req.catch_up and req.backlog) else logging.DEBUG,
+            # one more than routine is a link slower than the interval (a round trip of 12 s at 10 s intervals): no news
+            news = len(intervals) > routine + 1 and not (req.catch_up and req.backlog)
+            log.log(logging.INFO if news else logging.DEBUG,
                     "TELEMETRY_USAGE: %d interval(s) of %s from %s to %s sent (request %s)", len(intervals),
                      _duration(req.granularity), _iso(intervals[0].start), _iso(intervals[-1].end), req.rrid)
-            if req.catch_up and (len(intervals) > routine or req.backlog):
+            if req.catch_up and (len(intervals) > routine + 1 or req.backlog):
                 req.backlog += len(intervals)
         return False
 
@@ -318,8 +322,12 @@ class VtnReports:
         # (an open VTN fault, failing polls now and then, is said by the outage's lines already)
         if (not said and failures >= UPDATE_FAILURES and self._outage is None and self.last_poll is not None
                 and self.last_poll > since):
-            log.warning("the VTN answers polls but not telemetry updates (%s): the samples stay queued and the "
-                        "updates are retried (backoff up to %g s)", why, self._cfg.retry_max_seconds)
+            # updates lost on the way (resets, time-outs) while the polls between got through are the link's, not
+            # the VTN turning telemetry down: the line must not send the engineer to the utility
+            whose = ("telemetry updates are lost on the way to the VTN while its polls get through" if
+                     _fault_kind(why) == "unreachable" else "the VTN answers polls but not telemetry updates")
+            log.warning("%s (%s): the samples stay queued and the updates are retried (backoff up to %g s)", whose,
+                        why, self._cfg.retry_max_seconds)
             said = True
         self.last_error = why
         self._updates_failing = (since, failures, said, why)
@@ -387,12 +395,23 @@ class VtnReports:
                 "report_specifier_id": self._report_specifier_id, "r_id": self._r_id}
 
     def _smaller_batch(self, req: Standing, sent: int) -> None:
-        """An update of `sent` intervals the VTN did not answer in time (a VTN storing each interval as it
-        reads them), or refused as too large (HTTP 413 from a proxy): the same batch again would fail again, for
-        good, with the VTN perhaps storing it each time. Halve it, down to 1; a new request starts at BATCH."""
+        """An update of `sent` intervals the VTN did not answer in time, twice in a row while it answered polls
+        sent meanwhile (a VTN storing each interval as it reads them), or refused as too large (HTTP 413 from a
+        proxy): the same batch again would fail again, for good, with the VTN perhaps storing it each time. Halve
+        it, down to 1; a new request starts at BATCH. An update lost on a link that dropped it (a modem losing its
+        bearer: the polls time out too, or one timed-out update and the link back) is sent again as it was."""
         why = self._update_failure or ""
         if sent < 2 or not (why.endswith("did not answer in time") or why.startswith("HTTP 413")):
+            req.timeouts = 0
             return
+        if why.endswith("did not answer in time"):
+            asked = self._last_poll_asked
+            if asked is None or asked < self._update_began:
+                return      # no poll sent since it was answered: a link or a VTN gone silent
+            req.timeouts += 1
+            if req.timeouts < 2:
+                return
+        req.timeouts = 0
         first = req.batch == BATCH
         req.batch = max(1, sent // 2)
         log.log(logging.WARNING if first else logging.DEBUG,
@@ -698,6 +717,7 @@ class VtnReports:
         report.report_id = outils.generate_id()
         msg = client._create_message("oadrUpdateReport", ven_id=self.ven_id,
                                      request_id=outils.generate_id(), reports=[report])
+        self._update_began = _utcnow()
         rtype, payload = await client._perform_request("EiReport", msg)
         self._update_failure = None if rtype is not None else client.last_error
         if rtype is None:

@@ -53,7 +53,8 @@ def _fault_kind(reason: str) -> str:
         return " ".join(reason.split(" ", 2)[:2])   # something answers at vtn_url, not as a VTN
     if reason.startswith("proxy "):
         return "proxy"                 # the site's proxy, unreachable or refusing: the site's IT, not the utility
-    if reason.startswith(("VTN unreachable", "request to ")) or reason.endswith("did not answer in time"):
+    if (reason.startswith(("VTN unreachable", "request to ", "connection to the VTN "))
+            or reason.endswith("did not answer in time")):
         return "unreachable"           # down, or the network between
     if reason.startswith(("VTN message", "VTN answer from")):
         return "answer"                # a VTN (or what is in front of it) answering nonsense
@@ -307,6 +308,19 @@ class _Client(OpenADRClient):
             return None, {}, f"VTN unreachable at {shown_url(self.vtn_url)}: connection timed out"
         except asyncio.TimeoutError:
             return None, {}, f"VTN at {shown_url(self.vtn_url)} did not answer in time"
+        # the link's faults in the link's words: aiohttp's own ("ClientPayloadError: ... <ContentLengthError: 400, ...")
+        # read as the VTN answering HTTP 400, the case the field engineer has to rule out
+        except aiohttp.ServerDisconnectedError:
+            return None, {}, (f"connection to the VTN at {shown_url(self.vtn_url)} closed before its answer to "
+                              f"{service} (by the network, a proxy or the VTN)")
+        except aiohttp.ClientPayloadError as err:
+            got = re.search(r"received \d+ of \d+ bytes", str(err))
+            got = f" ({got.group()})" if got else ""
+            return None, {}, (f"connection to the VTN at {shown_url(self.vtn_url)} broke during its answer to "
+                              f"{service}{got} (reset by the network, a proxy or the VTN)")
+        except aiohttp.ClientOSError as err:
+            return None, {}, (f"connection to the VTN at {shown_url(self.vtn_url)} broke during the request to "
+                              f"{service}: {err.strerror or err}")
         except aiohttp.ClientError as err:
             return None, {}, f"request to {shown_url(url)} failed: {err.__class__.__name__}: {err}"
         if not content:
