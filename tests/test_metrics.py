@@ -57,7 +57,12 @@ async def test_the_exposition_parses_with_prometheus_client_and_follows_its_conv
     assert len(names) == len(set(names)), names
     series = [(s.name, tuple(sorted(s.labels.items()))) for f in families for s in f.samples]
     assert len(series) == len(set(series)), "duplicate series"
+    # the process's own (memory, CPU, file descriptors), prometheus_client's standard names
+    assert {"process_resident_memory_bytes", "process_open_fds", "process_cpu_seconds"} <= set(names), names
+    assert not [f for f in families if f.name.endswith("_created")], "no <counter>_created series"
     for f in families:
+        if f.name.startswith("process_"):
+            continue
         assert f.name.startswith("edge_gateway_") and f.documentation, f.name
         assert f.type in ("counter", "gauge", "histogram", "info"), (f.name, f.type)
         if f.type == "counter":

@@ -80,6 +80,8 @@ async def test_healthz_names_what_is_degraded_metrics_gauge_it_and_input_stale_i
             m = scrape((await get("/metrics"))[1])
             assert (m["edge_gateway_meter_fault"], m["edge_gateway_forecast_input_stale"],
                     m["edge_gateway_storage_writable"], m["edge_gateway_bacnet_initiation_disabled"]) == (0, 0, 1, 0)
+            assert (m["edge_gateway_meter_fault_open"], m["edge_gateway_vtn_fault_open"]) == (0, 0)
+            assert m["edge_gateway_meter_reads_total"] >= 1 and m["edge_gateway_meter_read_failures_total"] == 0
 
             meter.set_silent(True)
             await eventually(lambda: gw.meter.fault and gw.forecast.input_stale(), 15)
@@ -90,9 +92,17 @@ async def test_healthz_names_what_is_degraded_metrics_gauge_it_and_input_stale_i
             assert "forecaster has no power input" in body
             m = scrape((await get("/metrics"))[1])
             assert m["edge_gateway_meter_fault"] == 1 and m["edge_gateway_forecast_input_stale"] == 1
+            assert m["edge_gateway_meter_fault_open"] == 1
+            failed = m["edge_gateway_meter_read_failures_total"]
+            assert failed >= 1 and m["edge_gateway_meter_reads_total"] > failed
 
             meter.set_silent(False)
-            await eventually(lambda: not gw.meter.fault and not gw.forecast.input_stale(), 15)
+            await eventually(lambda: not gw.meter.fault, 15)
+            # answering again, but not yet steadily (meter.settle_seconds): the fault the log has is still open, as an
+            # intermittent meter's is while its last read is mostly good
+            m = scrape((await get("/metrics"))[1])
+            assert m["edge_gateway_meter_fault"] == 0 and m["edge_gateway_meter_fault_open"] == 1
+            await eventually(lambda: not gw.forecast.input_stale(), 15)
             await eventually(lambda: any("power input again" in i for i in logs(caplog, "ven.app", logging.INFO)), 15)
             assert await get("/healthz") == (200, "ok\n")
             m = scrape((await get("/metrics"))[1])

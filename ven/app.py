@@ -311,6 +311,7 @@ class Gateway:
     # -- callbacks: each keeps one owner's state reflected on the points ------------------------------
 
     def _on_meter(self, reading: MeterReading) -> None:
+        self.metrics.meter_reads.inc()
         if self._resumed is not None:
             self._redate_resume(*self._resumed, read_at=reading.timestamp)
         t = reading.timestamp.timestamp()
@@ -738,6 +739,8 @@ class Gateway:
         oldest = self.telemetry.peek(1)
         self.metrics.telemetry_oldest_age_seconds.set(max(0.0, now - oldest[0].ts.timestamp()) if oldest else 0.0)
         self.metrics.meter_fault.set(int(bool(self.meter.fault)))
+        self.metrics.meter_fault_open.set(int(self.meter.fault_window() is not None))
+        self.metrics.vtn_fault_open.set(int(self.vtn.open_fault() is not None))
         self.metrics.telemetry_unrequested.set(int(self.vtn.telemetry_unrequested() is not None))
         self.metrics.storage_writable.set(int(self.storage_status()["ok"]))
         self.metrics.bacnet_initiation_disabled.set(int(self.device.communication()["mode"] != "enable"))

@@ -11,8 +11,13 @@ from __future__ import annotations
 
 import math
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
+from prometheus_client import disable_created_metrics
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+# a counter's <name>_created series (its creation time, one more series per counter) is no use to an alert, and
+# the README's /metrics reference would have to list each
+disable_created_metrics()
 
 PREFIX = "edge_gateway"
 
@@ -50,6 +55,8 @@ class Metrics:
                                          "Telemetry samples dropped (older than openadr.queue_max_days)", registry=r)
         self.meter_read_failures = Counter(f"{p}_meter_read_failures", "Meter reads that failed or timed out",
                                            registry=r)
+        self.meter_reads = Counter(f"{p}_meter_reads", "Meter reads asked, answered or not (the failures' ratio "
+                                   "to these: an intermittent meter)", registry=r)
         self.vtn_poll_failures = Counter(f"{p}_vtn_poll_failures", "VTN polls that failed", registry=r)
         self.forecast_cycle_seconds = Histogram(f"{p}_forecast_cycle_seconds",
                                                 "Wall time of one forecast cycle (s)", buckets=CYCLE_BUCKETS,
@@ -62,6 +69,16 @@ class Metrics:
                                             registry=r)
         # the faults the dashboard names, for alerting: each 1 while it lasts (refreshed at scrape time)
         self.meter_fault = Gauge(f"{p}_meter_fault", "1 while the last meter read failed (meter-fault)", registry=r)
+        # the faults as the log has them: open from the first failure until steady again, so an intermittent meter
+        # or VTN, whose last read or poll is mostly good, is one fault that lasts
+        self.meter_fault_open = Gauge(f"{p}_meter_fault_open",
+                                      "1 from a failed meter read until the meter answers steadily again "
+                                      "(meter.settle_seconds): the fault the log opened and has not closed",
+                                      registry=r)
+        self.vtn_fault_open = Gauge(f"{p}_vtn_fault_open",
+                                    "1 from a failed VTN poll or registration until the VTN answers steadily again "
+                                    "(openadr.settle_seconds): the fault the log opened and has not closed",
+                                    registry=r)
         self.storage_writable = Gauge(f"{p}_storage_writable",
                                       "0 while storage.path cannot be opened or written (state kept in memory)",
                                       registry=r)
@@ -102,6 +119,8 @@ class Metrics:
                                                   "the fourth day)",
                                                   ["horizon"], registry=r)
         self.uptime_seconds = Gauge(f"{p}_uptime_seconds", "Seconds since the gateway started", registry=r)
+        # the process's memory, CPU and file descriptors (process_*): README's memory bound, the HTTP cap's reason
+        ProcessCollector(registry=r)
         self.build_info = Info(f"{p}_build", "Gateway version", registry=r)
         for gauge in (self.meter_kw, self.input_kw, self.input_age_seconds, self.clock_synchronized,
                       self.vtn_client_cert_expiry):
