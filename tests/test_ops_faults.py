@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 
 import aiohttp
@@ -114,6 +115,29 @@ async def test_healthz_names_what_is_degraded_metrics_gauge_it_and_input_stale_i
         await gw.stop()
         await meter.stop()
         await vtn.stop()
+
+
+async def test_a_stop_while_power_is_back_but_not_steady_says_so(tmp_path, free_udp_port, free_tcp_port, caplog):
+    # the stop line said "forecaster without power input for 4 min" of an input back for 1.5 min
+    caplog.set_level(logging.INFO, logger="ven.app")
+    ports = dict(bacnet_port=free_udp_port(), meter_port=free_udp_port(), vtn_port=free_tcp_port(),
+                 http_port=free_tcp_port())
+    meter = MeterSimulator(address=f"127.0.0.1/8:{ports['meter_port']}", value=87.5)
+    gw = Gateway(fast_config(tmp_path, **ports, source="meter", input_stale_seconds=2.0))
+    await meter.start()
+    await gw.start()
+    try:
+        await eventually(lambda: not gw.forecast.input_stale(), 15, "power")
+        meter.set_silent(True)
+        await eventually(lambda: any("no power input" in w for w in logs(caplog, "ven.app", logging.WARNING)), 15)
+        meter.set_silent(False)
+        await eventually(lambda: not gw._input_stale, 15, "power back")
+        assert gw._no_input.open, "still settling: the end line waits 4 s of power"
+    finally:
+        await gw.stop()
+        await meter.stop()
+    [line] = [m for m in logs(caplog, "ven.app", logging.INFO) if m.startswith("edge-gateway stopped with")]
+    assert re.search(r"forecaster without power input for \d+ s, back \d+ s ago and not yet steadily", line), line
 
 
 async def test_history_while_storage_path_cannot_be_opened_shows_the_power_held_in_memory(

@@ -297,7 +297,11 @@ class Gateway:
         if self._built("vtn") and (u := self.vtn.telemetry_unrequested()) is not None:
             out.append(f"telemetry not requested by the VTN for {lasted(u['since'])}")
         if self._no_input.open:
-            out.append(f"forecaster without power input for {span(now - self._no_input.since)}")
+            gap = self._no_input
+            # power back, the end line waiting for it to stay: not "without power" up to the stop
+            out.append(f"forecaster without power input for {span(gap.last_bad - gap.since)}, back "
+                       f"{span(now - gap.last_bad)} ago and not yet steadily" if not self._input_stale else
+                       f"forecaster without power input for {span(now - gap.since)}")
         if self._built("vtn") and (held := self.vtn.readings_not_reported()):
             out.append(f"meter readings not reported, the wall clock not set ({held} so far)")
         if errors := self.storage_status()["errors"]:
