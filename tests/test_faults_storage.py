@@ -229,7 +229,7 @@ async def test_the_schedule_writes_what_a_full_disk_refused_within_the_retry_per
     # the disk had room again, and /healthz said storage.path not writable
     with tmpfs(tmp_path / "card", "size=1m") as disk:
         store = Storage(disk / "gw.sqlite", reopen_seconds=0.3)
-        sched = EventSchedule(store, on_change=lambda st: None, clock=lambda: T0)
+        sched = EventSchedule(store, on_change=lambda st: None)
         await sched.start()
         try:
             filler = fill(disk)
@@ -242,6 +242,84 @@ async def test_the_schedule_writes_what_a_full_disk_refused_within_the_retry_per
             await sched.stop()
             store.close()
         assert json.loads(Storage(disk / "gw.sqlite").load_value("adr_opt_out"))["8"] is True
+
+
+@contextlib.contextmanager
+def ext4_card(where: Path, size: str = "8M"):
+    """A loop-mounted ext4 image with errors=remount-ro, as an SD card's file system is mounted."""
+    image = where.with_suffix(".img")
+    where.mkdir(parents=True, exist_ok=True)
+    made = subprocess.run(["truncate", "-s", size, str(image)], capture_output=True).returncode == 0 and \
+        subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], capture_output=True).returncode == 0
+    done = subprocess.run(["mount", "-o", "loop,errors=remount-ro", str(image), str(where)], capture_output=True)
+    if not made or done.returncode != 0:
+        pytest.skip(f"cannot mount an ext4 image here: {done.stderr.decode().strip()}")
+    try:
+        yield where
+    finally:
+        if subprocess.run(["umount", str(where)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(where)], capture_output=True)
+        image.unlink(missing_ok=True)
+
+
+async def test_the_errors_of_a_file_full_from_the_start_stay_the_file_systems_words(tmp_path):
+    # the forecaster's status said "'NoneType' object has no attribute 'save'", and the queue's grew by one more
+    # "(No space left on device)" at every retry
+    with tmpfs(tmp_path / "card", "size=1m") as disk:
+        fill(disk)
+        path = disk / "gw.sqlite"
+        queue = TelemetryQueue(path, reopen_seconds=0.05)
+        svc = ForecastService(ForecasterConfig(cycle_seconds=0.05, source="meter"), str(path),
+                              publish=lambda f: None, reopen_seconds=0.05)
+        await svc.start()
+        try:
+            k = int(time.time() // 60)
+            for i in range(8):
+                svc.on_meter((k - 8 + i) * 60, 100.0 + i)
+                queue.add(T0 + timedelta(seconds=i), 80.0)
+                await asyncio.sleep(0.1)
+            for error in (queue.write_error, svc.storage_error):
+                assert error and error.count("(No space left on device)") == 1, error
+            assert "NoneType" not in svc.storage_error, svc.storage_error
+        finally:
+            await svc.stop()
+            queue.close()
+
+
+async def test_an_event_write_failing_mid_run_is_tried_again_within_the_retry_period(tmp_path):
+    # the schedule slept on (up to 30 s with no event due) past a write that failed meanwhile
+    with tmpfs(tmp_path / "card", "size=1m") as disk:
+        store = Storage(disk / "gw.sqlite", reopen_seconds=0.3)
+        # the real clock: a frozen one reads as a step at each 1 s glance, and the schedule would look again then
+        sched = EventSchedule(store, on_change=lambda st: None)
+        await sched.start()
+        try:
+            await asyncio.sleep(0.2)        # the schedule asleep, nothing due
+            filler = fill(disk)
+            store.save_value("adr_opt_out", json.dumps({"8": True, "pad": "x" * 4000}))
+            assert store.write_error
+            filler.unlink()
+            await eventually(lambda: store.write_error is None, 1.5, "written within the retry period")
+        finally:
+            await sched.stop()
+            store.close()
+
+
+def test_a_card_the_kernel_made_read_only_after_an_error_is_named_so(tmp_path):
+    # ext4 with errors=remount-ro after an error: SQLite says "disk I/O error", and statvfs may not show the flag
+    from ven.storage import fs_reason
+
+    with ext4_card(tmp_path / "card") as card:
+        path = card / "gw.sqlite"
+        path.write_bytes(b"")
+        device = Path(subprocess.run(["findmnt", "-no", "SOURCE", str(card)], capture_output=True,
+                                     text=True).stdout.strip()).name
+        trigger = Path(f"/sys/fs/ext4/{device}/trigger_fs_error")
+        if not trigger.exists():
+            pytest.skip(f"no {trigger} on this kernel")
+        assert fs_reason(path) == ""
+        trigger.write_text("x")
+        assert fs_reason(path) == " (Read-only file system)"
 
 
 def test_the_file_systems_reason_is_asked_without_writing(tmp_path):

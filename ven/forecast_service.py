@@ -27,7 +27,7 @@ from forecaster.store import ForecastStore
 
 from .config import ForecasterConfig
 from .fit_worker import fit_in_child
-from .storage import REOPEN_SECONDS, ReopenTimer, fs_reason
+from .storage import REOPEN_SECONDS, ReopenTimer, with_fs_reason
 from .tasks import cancel_and_wait
 from .wallclock import CLOCK_STEP_S, PRUNE_HOLD_S, StepWatch
 
@@ -256,7 +256,7 @@ class ForecastService:
             self._store, loaded = await loop.run_in_executor(self._cycle_pool, self._open_store)
         except Exception as err:  # unwritable storage.path: forecast from memory, say so once
             self._store_failing = True      # _persist stays quiet from here on
-            self.storage_error = f"{err}"
+            self.storage_error = with_fs_reason(str(err), self.storage_path)
             self._reopen = ReopenTimer(self._reopen_seconds)
             log.error("storage.path %s: forecaster history cannot be stored (%s: %s); forecasting from "
                       "memory, stored once the file opens (tried every %g s)", self.storage_path,
@@ -439,7 +439,9 @@ class ForecastService:
         try:
             work(self._store)
         except Exception as err:  # sqlite3 errors: keep forecasting, say so once
-            why = f"{err}{fs_reason(self.storage_path)}"
+            if self._store is None:
+                return      # the file did not open: the start's error stands, and its reopen is tried each cycle
+            why = with_fs_reason(str(err), self.storage_path)
             if not self._store_failing:
                 if self._deleted_just_now():
                     return      # unsaved minutes stay dirty; the next cycle writes them

@@ -107,12 +107,17 @@ class EventSchedule:
     async def start(self) -> None:
         self.load()
         self._wake = asyncio.Event()
+        # a write failing between two wakes: the loop's next sleep is cut to storage.retry_seconds, not up to 30 s
+        # later (a worker thread writes the events too)
+        loop, wake = asyncio.get_running_loop(), self._wake
+        self._storage.on_write_failed = lambda: loop.call_soon_threadsafe(wake.set)
         now = self._clock()
         self._publish(now)
         # a step from here on is one the load's sorting went by
         self._task = asyncio.create_task(self._run(StepWatch(now.timestamp())), name="event-schedule")
 
     async def stop(self) -> None:
+        self._storage.on_write_failed = None
         await cancel_and_wait(self._task)
         self._task = None
 

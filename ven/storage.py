@@ -384,11 +384,24 @@ def fs_reason(p: str | os.PathLike) -> str:
     root = os.geteuid() == 0     # root may use the blocks and inodes ext4 reserves
     if fs.f_flag & os.ST_RDONLY:
         return f" ({os.strerror(errno.EROFS)})"
+    try:    # ext4 read-only after an error (errors=remount-ro) refuses a write open without the mount's flag
+        os.close(os.open(p, os.O_WRONLY | os.O_CLOEXEC))
+    except FileNotFoundError:
+        pass
+    except OSError as err:
+        return f" ({err.strerror})"
     if (fs.f_bfree if root else fs.f_bavail) * fs.f_frsize < FULL_BYTES:
         return f" ({os.strerror(errno.ENOSPC)})"
     if fs.f_files and not (fs.f_ffree if root else fs.f_favail):
         return f" ({os.strerror(errno.ENOSPC)}: no inodes left)"
     return ""
+
+
+def with_fs_reason(text: str, p: str | os.PathLike) -> str:
+    """`text` (SQLite's words) and the file system's reason, unless it says it already: a retry's error carries
+    the last one's."""
+    reason = fs_reason(p)
+    return text if reason.strip() in text else f"{text}{reason}"
 
 
 def _read_snapshot(path: Path) -> tuple[list[Event], dict[str, str]]:
@@ -484,6 +497,8 @@ class Storage:
         # called with the kv values the file held when it opened after the start; memory's values are
         # written over them right after, so an owner that wants to merge saves the merged value again
         self.on_late_open: Callable[[dict[str, str]], None] | None = None
+        # called when a write starts to fail: an owner pacing its retries by retry_seconds wakes to it
+        self.on_write_failed: Callable[[], None] | None = None
         self._reopen, self.write_error = open_or_retry_later(
             self._open, reopen_seconds, "events are kept in memory and written once it opens")
         # a file that refuses writes may still be read (a file system gone read-only): what it holds
@@ -730,7 +745,9 @@ class Storage:
         return not self._unsaved and not self._unsaved_values
 
     def _write_failed(self, err: Exception) -> None:
-        why = f"{err}{fs_reason(self.path)}"
+        why = with_fs_reason(str(err), self.path)
+        if self.write_error is None and self.on_write_failed is not None:
+            self.on_write_failed()
         if self.write_error is None:
             log.error("storage.path %s: cannot save events (%s): kept in memory and written when it "
                       "can; a restart before then loses them", self.path, why)

@@ -20,7 +20,7 @@ from bacnet_api.settle import span
 
 from .events import aware_time, reckonable
 from .storage import (LOCK_GRACE_SECONDS, LockGrace, ReopenTimer, StorageError, connect, file_identity, follow_file,
-                      fs_reason, open_or_retry_later)
+                      open_or_retry_later, with_fs_reason)
 
 log = logging.getLogger(__name__)
 QUEUE_TABLE = ("CREATE TABLE IF NOT EXISTS telemetry_queue ("
@@ -217,7 +217,7 @@ class TelemetryQueue:
             # samples wait in memory; the next one tries again if a second has passed
             self._retry = ReopenTimer(min(1.0, self._retry_seconds))
             return
-        why = f"{err}{fs_reason(self.path)}"
+        why = with_fs_reason(str(err), self.path)
         if self.write_error is None:
             log.error("storage.path %s: cannot write the telemetry queue (%s): samples wait in memory "
                       "until it can; a restart before then loses them", self.path, why)

@@ -121,8 +121,7 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
         self._report_refused: str | None = None   # why the VTN refuses telemetry, while it does
         self._report_refused_since: datetime | None = None
         self._update_failure: str | None = None   # why the last oadrUpdateReport got no answer (None: it got one)
-        self._update_began = _utcnow()      # when the last oadrUpdateReport was sent
-        self._last_poll_asked: datetime | None = None   # when the last answered poll was sent
+        self._update_took = 0.0     # seconds the last oadrUpdateReport took, answered or not
         # updates without an answer in a row: (since, how many, said in the log, why the last one failed)
         self._updates_failing: tuple[datetime, int, bool, str] | None = None
         self._report_refusals = 0
@@ -606,7 +605,6 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
                     self._wake_delivery.set()
             if self._lost.is_set():
                 return
-            asked = _utcnow()
             rtype, payload = await client.poll()
             if rtype is None or client.refused:
                 missed = missed or rtype is None
@@ -625,7 +623,7 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
                     return
                 immediate = False
                 continue
-            self.last_poll, self._last_poll_asked = _utcnow(), asked
+            self.last_poll = _utcnow()
             failed_here = 0     # POLL_FAILURES_FOR_LOSS in a row: a proxy failing one poll in ten keeps the context
             if self._outage is not None:
                 self._outage.polls += 1

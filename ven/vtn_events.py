@@ -155,7 +155,8 @@ class VtnEvents:
             self._singly.discard(eid)
 
     def _answer_again(self, events: list[dict], error: str) -> None:
-        log.warning("the VTN did not take the answer to %d event(s) (%s); it is sent again", len(events), error)
+        # neutral: a link that lost it and a VTN that would not take it read alike from here
+        log.warning("the answer to %d event(s) did not get through (%s); it is sent again", len(events), error)
         for e in events:
             stored = self._schedule.get(e["event_descriptor"]["event_id"])
             if stored is not None and _answered_by_openleadr(e):

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import itertools
 import math
+import time
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
@@ -16,7 +17,7 @@ from bacnet_api.settle import span
 
 from .report_intervals import (Interval, bucket_start, complete_intervals, effective_granularity, next_boundary,
                                report_period)
-from .vtn_transport import INVALID_ID, _duration, _ei_response, _fault_kind, _iso, _response_code, _utcnow
+from .vtn_transport import INVALID_ID, _duration, _ei_response, _iso, _response_code, _utcnow
 
 # one logger for the VEN side, wherever its code lives: tests and log filters select its lines by this name
 log = logging.getLogger("ven.vtn")
@@ -69,7 +70,6 @@ class Standing:
     # the start of the first interval this process sent under it: readings of a file that opened late (after this
     # start) in intervals before it were never sent, those in intervals from it were
     first_sent: datetime | None = None
-    timeouts: int = 0       # updates in a row that timed out while polls sent meanwhile were answered (_smaller_batch)
 
 
 class VtnReports:
@@ -271,7 +271,7 @@ class VtnReports:
             self._telemetry.ack([s for iv in intervals for s in iv.samples], reader=req.rrid)
             req.sent_until = intervals[-1].end
             req.first_sent = req.first_sent or intervals[0].start
-            req.timeouts = 0
+            self._larger_batch(req, len(intervals))
             req.start = req.left = None     # its first intervals are out: sent_until governs from here
             if cut := [iv for iv in intervals if iv.cut]:
                 log.info("TELEMETRY_USAGE interval %s + %s of request %s lacks the readings up to %s, which had left "
@@ -309,6 +309,15 @@ class VtnReports:
             req.sent_until = None   # the intervals before the start's: sent next, then the ones after it go on
         return True
 
+    def _larger_batch(self, req: Standing, sent: int) -> None:
+        """A full update answered in under a quarter of the time-out, after the batch was halved: doubled again, up
+        to BATCH. A link that lost one update (a black hole) then carries whole batches again; a link or VTN too slow
+        for the batch keeps it, as twice it would still fit the time-out only narrowly."""
+        if req.batch < BATCH and sent >= req.batch and self._update_took < self._cfg.request_timeout_seconds / 4:
+            req.batch = min(BATCH, req.batch * 2)
+            log.debug("TELEMETRY_USAGE updates of %d interval(s) answered in %.1f s: %d per update from now (request "
+                      "%s)", sent, self._update_took, req.batch, req.rrid)
+
     def _update_failed(self, why: str | None) -> None:
         """An oadrUpdateReport got no answer (an HTTP error, a time-out, an answer that is not OpenADR). A VTN
         that is down fails the polls too, and the outage is logged there; one that answers polls meanwhile has
@@ -324,8 +333,10 @@ class VtnReports:
                 and self.last_poll > since):
             # updates lost on the way (resets, time-outs) while the polls between got through are the link's, not
             # the VTN turning telemetry down: the line must not send the engineer to the utility
-            whose = ("telemetry updates are lost on the way to the VTN while its polls get through" if
-                     _fault_kind(why) == "unreachable" else "the VTN answers polls but not telemetry updates")
+            whose = ("telemetry updates are lost on the way to the VTN while its polls get through"
+                     if why.startswith("connection to the VTN ") else
+                     "telemetry updates time out while the VTN answers polls (a slow link or a slow VTN)"
+                     if why.endswith("did not answer in time") else "the VTN answers polls but not telemetry updates")
             log.warning("%s (%s): the samples stay queued and the updates are retried (backoff up to %g s)", whose,
                         why, self._cfg.retry_max_seconds)
             said = True
@@ -395,26 +406,18 @@ class VtnReports:
                 "report_specifier_id": self._report_specifier_id, "r_id": self._r_id}
 
     def _smaller_batch(self, req: Standing, sent: int) -> None:
-        """An update of `sent` intervals the VTN did not answer in time, twice in a row while it answered polls
-        sent meanwhile (a VTN storing each interval as it reads them), or refused as too large (HTTP 413 from a
-        proxy): the same batch again would fail again, for good, with the VTN perhaps storing it each time. Halve
-        it, down to 1; a new request starts at BATCH. An update lost on a link that dropped it (a modem losing its
-        bearer: the polls time out too, or one timed-out update and the link back) is sent again as it was."""
+        """An update of `sent` intervals the VTN did not answer in time (a VTN storing each interval as it reads
+        them, a slow link), or refused as too large (HTTP 413 from a proxy): the same batch again would fail again,
+        for good, with the VTN perhaps storing it each time. Halve it, down to 1; a new request starts at BATCH.
+        An update lost in a black hole on the link looks the same: the batch grows back once updates are answered
+        well within the time-out (_larger_batch)."""
         why = self._update_failure or ""
         if sent < 2 or not (why.endswith("did not answer in time") or why.startswith("HTTP 413")):
-            req.timeouts = 0
             return
-        if why.endswith("did not answer in time"):
-            asked = self._last_poll_asked
-            if asked is None or asked < self._update_began:
-                return      # no poll sent since it was answered: a link or a VTN gone silent
-            req.timeouts += 1
-            if req.timeouts < 2:
-                return
-        req.timeouts = 0
         first = req.batch == BATCH
         req.batch = max(1, sent // 2)
-        log.log(logging.WARNING if first else logging.DEBUG,
+        # polls failing too (a black hole on the link): the VTN fault's own line says it
+        log.log(logging.WARNING if first and self.connected else logging.DEBUG,
                 "the VTN did not take an update of %d TELEMETRY_USAGE interval(s) (%s): sending %d per update from "
                 "now (request %s)", sent, why, req.batch, req.rrid)
 
@@ -717,8 +720,9 @@ class VtnReports:
         report.report_id = outils.generate_id()
         msg = client._create_message("oadrUpdateReport", ven_id=self.ven_id,
                                      request_id=outils.generate_id(), reports=[report])
-        self._update_began = _utcnow()
+        began = time.monotonic()
         rtype, payload = await client._perform_request("EiReport", msg)
+        self._update_took = time.monotonic() - began
         self._update_failure = None if rtype is not None else client.last_error
         if rtype is None:
             self._update_failed(client.last_error)
