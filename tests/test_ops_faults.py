@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 import time
 
@@ -94,6 +95,9 @@ async def test_healthz_names_what_is_degraded_metrics_gauge_it_and_input_stale_i
             m = scrape((await get("/metrics"))[1])
             assert m["edge_gateway_meter_fault"] == 1 and m["edge_gateway_forecast_input_stale"] == 1
             assert m["edge_gateway_meter_fault_open"] == 1
+            # the points are in fault: NaN, not the last forecast held flat nor a flag at 0 ("no peak")
+            assert all(math.isnan(m[k]) for k in ('edge_gateway_forecast_kw{horizon="60m"}', "edge_gateway_high_load",
+                                                   "edge_gateway_low_load")), m
             failed = m["edge_gateway_meter_read_failures_total"]
             assert failed >= 1 and m["edge_gateway_meter_reads_total"] > failed
 

@@ -561,8 +561,8 @@ class Gateway:
         for horizon, name in ((short, P.FIFTEEN_MIN_FORECAST), (long, P.ONE_HOUR_FORECAST)):
             kw = f.demand_kw.get(horizon)
             self._set_or_fault(name, None if stale else kw)
-            if kw is not None and not stale:
-                self.metrics.forecast_kw.labels(horizon=f"{horizon}m").set(kw)
+            # NaN while the point is in fault: the last forecast held flat read as a live one on a chart
+            self.metrics.forecast_kw.labels(horizon=f"{horizon}m").set(math.nan if kw is None or stale else kw)
         self._set_or_fault(P.RATE_OF_CHANGE, None if stale else f.rate_kw_per_min)
         no_basis = stale or f.demand_kw.get(long) is None
         # No threshold (percentiles need a day of history, and a flat history has none) is no basis
@@ -580,8 +580,9 @@ class Gateway:
         # last minutes of power: it stays live while the input is stale, and is in fault only while unknown.
         self._set_or_fault(P.HIGH_LOAD_THRESHOLD, f.high_threshold_kw)
         self._set_or_fault(P.LOW_LOAD_THRESHOLD, f.low_threshold_kw)
-        self.metrics.high_load.set(int(high))
-        self.metrics.low_load.set(int(low))
+        # NaN while the flag is in fault: 0 would say "no peak" where the BAS is told "cannot tell"
+        self.metrics.high_load.set(math.nan if high_fault else int(high))
+        self.metrics.low_load.set(math.nan if low_fault else int(low))
 
     def _log_input_stale(self, stale: bool) -> None:
         """One WARNING when the forecaster runs out of power input, one INFO once it has had some for twice
