@@ -46,16 +46,21 @@ T0 = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
 
 
 @contextlib.contextmanager
-def tmpfs(where: Path, options: str):
+def _mounted(where: Path, source: list[str], what: str):
+    """`mount SOURCE... where` for the block, unmounted after it; the test is skipped where it cannot mount."""
     where.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True)
+    done = subprocess.run(["mount", *source, str(where)], capture_output=True)
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+        pytest.skip(f"cannot mount {what} here: {done.stderr.decode().strip()}")
     try:
         yield where
     finally:
         if subprocess.run(["umount", str(where)], capture_output=True).returncode != 0:
             subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def tmpfs(where: Path, options: str):
+    return _mounted(where, ["-t", "tmpfs", "-o", options, "tmpfs"], "a tmpfs")
 
 
 def remount(where: Path, options: str, within: float = 10.0) -> None:
@@ -224,41 +229,18 @@ async def test_schedule_takes_up_the_events_of_a_file_that_opens_late(tmp_path):
             store.close()
 
 
-async def test_the_schedule_writes_what_a_full_disk_refused_within_the_retry_period(tmp_path):
-    # its own pace is up to 30 s with no event due: the BAS's ADR-Opt-Out command stayed in memory that long after
-    # the disk had room again, and /healthz said storage.path not writable
-    with tmpfs(tmp_path / "card", "size=1m") as disk:
-        store = Storage(disk / "gw.sqlite", reopen_seconds=0.3)
-        sched = EventSchedule(store, on_change=lambda st: None)
-        await sched.start()
-        try:
-            filler = fill(disk)
-            store.save_value("adr_opt_out", json.dumps({"8": True, "pad": "x" * 4000}))
-            assert store.write_error and store.retry_seconds == 0.3
-            filler.unlink()
-            await eventually(lambda: store.write_error is None, 3, "written within the retry period")
-            assert store.retry_seconds is None
-        finally:
-            await sched.stop()
-            store.close()
-        assert json.loads(Storage(disk / "gw.sqlite").load_value("adr_opt_out"))["8"] is True
-
-
 @contextlib.contextmanager
 def ext4_card(where: Path, size: str = "8M"):
     """A loop-mounted ext4 image with errors=remount-ro, as an SD card's file system is mounted."""
     image = where.with_suffix(".img")
-    where.mkdir(parents=True, exist_ok=True)
     made = subprocess.run(["truncate", "-s", size, str(image)], capture_output=True).returncode == 0 and \
         subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], capture_output=True).returncode == 0
-    done = subprocess.run(["mount", "-o", "loop,errors=remount-ro", str(image), str(where)], capture_output=True)
-    if not made or done.returncode != 0:
-        pytest.skip(f"cannot mount an ext4 image here: {done.stderr.decode().strip()}")
+    if not made:
+        pytest.skip("cannot make an ext4 image here (truncate, mkfs.ext4)")
     try:
-        yield where
+        with _mounted(where, ["-o", "loop,errors=remount-ro", str(image)], "an ext4 image"):
+            yield where
     finally:
-        if subprocess.run(["umount", str(where)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(where)], capture_output=True)
         image.unlink(missing_ok=True)
 
 
@@ -287,7 +269,8 @@ async def test_the_errors_of_a_file_full_from_the_start_stay_the_file_systems_wo
 
 
 async def test_an_event_write_failing_mid_run_is_tried_again_within_the_retry_period(tmp_path):
-    # the schedule slept on (up to 30 s with no event due) past a write that failed meanwhile
+    # the schedule slept on (up to 30 s with no event due) past a write that failed meanwhile: the BAS's ADR-Opt-Out
+    # command stayed in memory that long after the disk had room again, and /healthz said storage.path not writable
     with tmpfs(tmp_path / "card", "size=1m") as disk:
         store = Storage(disk / "gw.sqlite", reopen_seconds=0.3)
         # the real clock: a frozen one reads as a step at each 1 s glance, and the schedule would look again then
@@ -297,12 +280,14 @@ async def test_an_event_write_failing_mid_run_is_tried_again_within_the_retry_pe
             await asyncio.sleep(0.2)        # the schedule asleep, nothing due
             filler = fill(disk)
             store.save_value("adr_opt_out", json.dumps({"8": True, "pad": "x" * 4000}))
-            assert store.write_error
+            assert store.write_error and store.retry_seconds == 0.3
             filler.unlink()
             await eventually(lambda: store.write_error is None, 1.5, "written within the retry period")
+            assert store.retry_seconds is None
         finally:
             await sched.stop()
             store.close()
+        assert json.loads(Storage(disk / "gw.sqlite").load_value("adr_opt_out"))["8"] is True
 
 
 def test_a_card_the_kernel_made_read_only_after_an_error_is_named_so(tmp_path):

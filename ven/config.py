@@ -414,7 +414,6 @@ class OpenadrConfig(_Section):
                     f"tell its opt answers and telemetry from anyone else's: set both"]
         return []
 
-
     def environment_proxy_warnings(self, environ: Mapping[str, str]) -> list[str]:
         """A proxy variable in the gateway's environment while openadr.proxy is unset: whoever set it (in the unit
         file, the container) expects the VTN to be reached through it, and would find only "VTN unreachable"."""

@@ -746,11 +746,11 @@ class Storage:
 
     def _write_failed(self, err: Exception) -> None:
         why = with_fs_reason(str(err), self.path)
-        if self.write_error is None and self.on_write_failed is not None:
-            self.on_write_failed()
         if self.write_error is None:
             log.error("storage.path %s: cannot save events (%s): kept in memory and written when it "
                       "can; a restart before then loses them", self.path, why)
+            if self.on_write_failed is not None:
+                self.on_write_failed()
         self.write_error = why
 
     def last_try(self) -> None:

@@ -683,7 +683,7 @@ class TelemetryQueue:
         self._remove(done, delivered)
         if samples and delivered and self._dropping:
             self._end_dropping()
-        if self.found_late_until is not None and not [s for s in self.peek(1) if s.ts <= self.found_late_until]:
+        if self.found_late_until is not None and not any(s.ts <= self.found_late_until for s in self.peek(1)):
             self.found_late_until = None    # the readings found late have all gone
 
     def _end_dropping(self) -> None:

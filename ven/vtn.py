@@ -546,10 +546,14 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
                     "the offer is made again (every %g s at most)", self.report_offer_error,
                     self._cfg.retry_max_seconds)
             self._offer_refusal_said = kind
-        if rtype == "oadrResponse" and _response_code(payload) == 200:
-            self._listed(set())     # the VTN lists no events for us
-        await self._dispatch(rtype, payload)
+        await self._take_listing(rtype, payload)
         return True
+
+    async def _take_listing(self, rtype: str, payload: dict) -> None:
+        """The VTN's answer to oadrRequestEvent: its events, or an oadrResponse 200 when it lists none for us."""
+        if rtype == "oadrResponse" and _response_code(payload) == 200:
+            self._listed(set())
+        await self._dispatch(rtype, payload)
 
     async def _offer_reports(self, client: _Client) -> bool:
         """oadrRegisterReport. openleadr carries on after a failed one, and the VTN would then never
@@ -661,11 +665,9 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
             self._forgotten("the event request")
             return True
         log.debug("the event list asked for after a failed poll came: %s", rtype)
-        if rtype == "oadrResponse" and _response_code(payload) == 200:
-            self._listed(set())     # the VTN lists no events for us
         self._relisting = True      # what it lists unchanged is no news
         try:
-            await self._dispatch(rtype, payload)
+            await self._take_listing(rtype, payload)
         finally:
             self._relisting = False
         return True

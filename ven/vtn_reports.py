@@ -333,10 +333,12 @@ class VtnReports:
                 and self.last_poll > since):
             # updates lost on the way (resets, time-outs) while the polls between got through are the link's, not
             # the VTN turning telemetry down: the line must not send the engineer to the utility
-            whose = ("telemetry updates are lost on the way to the VTN while its polls get through"
-                     if why.startswith("connection to the VTN ") else
-                     "telemetry updates time out while the VTN answers polls (a slow link or a slow VTN)"
-                     if why.endswith("did not answer in time") else "the VTN answers polls but not telemetry updates")
+            if why.startswith("connection to the VTN "):
+                whose = "telemetry updates are lost on the way to the VTN while its polls get through"
+            elif why.endswith("did not answer in time"):
+                whose = "telemetry updates time out while the VTN answers polls (a slow link or a slow VTN)"
+            else:
+                whose = "the VTN answers polls but not telemetry updates"
             log.warning("%s (%s): the samples stay queued and the updates are retried (backoff up to %g s)", whose,
                         why, self._cfg.retry_max_seconds)
             said = True
