@@ -141,7 +141,7 @@ class DemandForecaster:
                  history_days=35.0, retrain_minutes=1440.0, min_kw=-1e5, max_kw=1e5, stale_seconds=300.0,
                  timezone="UTC", holiday_preset="", holidays=(), validation_days=7.0, min_fit_hours=48.0,
                  rolling_hours=168.0, rolling_min_count=12, rolling_min_hours=24.0,
-                 high_percentile=90.0, low_percentile=10.0,
+                 high_percentile=90.0, low_percentile=10.0, rebound_minutes=60.0,
                  n_threads=1):
         if not horizons_minutes or any(int(h) < 1 for h in horizons_minutes):
             raise ValueError("horizons_minutes must be positive minutes")
@@ -167,6 +167,9 @@ class DemandForecaster:
         self.rolling_min_count = int(rolling_min_count)
         self.rolling_min_hours = float(rolling_min_hours)
         self.high_percentile, self.low_percentile = float(high_percentile), float(low_percentile)
+        # After a shed the building takes a while to come back (chillers and fans catch up): that hour
+        # is no one's normal day either.
+        self.rebound_minutes = float(rebound_minutes)
         # OpenMP threads for scikit-learn in fit(). One by default: on small data a second spinning
         # thread gains little and takes a core from everything else on a small box.
         self.n_threads = n_threads
@@ -195,6 +198,7 @@ class DemandForecaster:
         self._low = HysteresisFlag(False, self.hysteresis_fraction, min_on_minutes * 60, min_off_minutes * 60,
                                    arm_fraction)
         self._thresholds: tuple[int, float | None, float | None] | None = None
+        self._curtailed: tuple[tuple[int, int], ...] = ()   # minute spans set aside (set_curtailed)
         self.rejected = 0
         self.last_forecast: Forecast | None = None
 
@@ -391,7 +395,7 @@ class DemandForecaster:
             self._fitting = True
             self._last_fit_try = now
             last_k = min(minute_of(now), self._bins.last_k if self._bins.last_k is not None else 0)
-            snap = self._bins.snapshot(last_k - int(self.history_days * 1440), last_k)
+            snap = self._bins.snapshot(last_k - int(self.history_days * 1440), last_k).without(self._curtailed)
             return model.FitJob(snap, self.calendar, self.horizons_minutes, last_k, self._stride(snap),
                                 self.validation_days, now, self._model)
 
@@ -427,6 +431,44 @@ class DemandForecaster:
     @property
     def fitted_model(self) -> model.FittedModel | None:
         return self._model
+
+    def set_curtailed(self, spans) -> None:
+        """The periods a demand-response event shed the building's load: (start, end) epoch seconds, end
+        None while one runs; the whole list each time. Their minutes, and rebound_minutes after
+        each, stay out of training, reference days, thresholds and live errors: a shed afternoon taught
+        as a normal one has next week's peak forecast low, and the high-load flag late, on the hot days
+        events come on. The forecast itself still starts from the power as metered."""
+        out = []
+        for start, end in spans:
+            if start is None or not math.isfinite(start) or (end is not None and not math.isfinite(end)):
+                continue
+            last = 2 ** 62 if end is None else minute_of(end + self.rebound_minutes * 60.0)
+            if end is None or end > start:
+                out.append((math.floor(start / 60.0) + 1, last))   # the minutes that hold readings after start
+        out.sort()
+        merged: list[tuple[int, int]] = []
+        for first, last in out:
+            if merged and first <= merged[-1][1] + 1:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], last))
+            else:
+                merged.append((first, last))
+        with self._lock:
+            if tuple(merged) != self._curtailed:
+                self._curtailed = tuple(merged)
+                self._thresholds = None
+
+    @property
+    def curtailed(self) -> tuple[tuple[int, int], ...]:
+        """The (first, last) minute numbers set_curtailed keeps out, merged, the rebound included."""
+        return self._curtailed
+
+    def curtailed_minutes(self) -> int:
+        """Minutes of the history held that set_curtailed keeps out."""
+        with self._lock:
+            span = self._bins.span()
+            if span is None:
+                return 0
+            return sum(max(0, min(last, span[1]) - max(first, span[0]) + 1) for first, last in self._curtailed)
 
     # ---- forecasting ---------------------------------------------------------------------
     def _thresholds_at(self, snap, k_done: int) -> tuple[float | None, float | None]:
@@ -486,27 +528,31 @@ class DemandForecaster:
         with self._lock:
             snap = self._bins.snapshot(int(ks[0]) - self._lookback_minutes, int(ks[-1]))
             fitted = self._model
+            refs = snap.without(self._curtailed)
         levels = features.demand(snap, ks)
         learned = {}
         for h in self.horizons_minutes:
             hm = fitted.horizons.get(h) if fitted else None
             if hm is not None:
-                X, _ = features.build(snap, self.calendar, ks, h)
+                X, _ = features.build(snap, self.calendar, ks, h, refs)
                 learned[h] = levels[:, None] + hm.members.predict_each(X)
-        return [self._issue(snap, fitted, float(t), int(k), float(levels[i]),
+        return [self._issue(snap, refs, fitted, float(t), int(k), float(levels[i]),
                             {h: v[i] for h, v in learned.items()})
                 for i, (t, k) in enumerate(zip(times, ks))]
 
-    def _issue(self, snap, fitted, now: float, k: int, level: float, learned: dict[int, np.ndarray]) -> Forecast:
+    def _issue(self, snap, refs, fitted, now: float, k: int, level: float,
+               learned: dict[int, np.ndarray]) -> Forecast:
         """The sequential part of a forecast: the members' live weights, live validation, the guard,
-        slope, thresholds, flags. `learned`: each member's forecast demand, per horizon."""
+        slope, thresholds, flags. `learned`: each member's forecast demand, per horizon. `refs` is `snap`
+        without the curtailed minutes: a shed no forecast was told of counts against neither the model
+        nor persistence."""
         k_done = math.floor(now / 60.0)
         level_kw = level if math.isfinite(level) else None
         out: dict[int, float | None] = {}
         names = {}
 
         def actual(j: int):
-            a = float(features.demand(snap, np.array([j]))[0])
+            a = float(features.demand(refs, np.array([j]))[0])
             return a if math.isfinite(a) else None
 
         for h in self.horizons_minutes:
@@ -531,7 +577,7 @@ class DemandForecaster:
             out[h] = value
             names[h] = name
         rate = self._slope(snap, k)
-        hi_thr, lo_thr = self._thresholds_at(snap, k_done)
+        hi_thr, lo_thr = self._thresholds_at(refs, k_done)
         flag_on = out[self.horizons_minutes[-1]]
         # Near-flat loads (a data centre, a cold store) put the 10th and 90th percentiles closer than the
         # bands (3 % of each threshold): both flags latched on and stayed on. Cap each band at a quarter
@@ -591,6 +637,7 @@ class DemandForecaster:
             "train_rows": fitted.train_rows if fitted else 0,
             "fitting": fitting,
             "rejected_samples": self.rejected,
+            "curtailed_minutes": self.curtailed_minutes(),
             "horizons": horizons,
             "learning": self.learning(),
         }

@@ -389,3 +389,34 @@ def read_series(csv_path, time_column, value_column: str, tz: ZoneInfo,
     ("W", "kW" or "MW"; default: the column name's "[W]", else kW; a unit in a cell is that value's)."""
     t, v, _, skipped, _, _ = read_export(csv_path, time_column, value_column, tz, **reading)
     return t, v, skipped
+
+
+def read_spans(csv_path, tz: ZoneInfo, time_format: str | None = None,
+               encoding: str | None = None) -> list[tuple[float, float]]:
+    """(start, end) epoch seconds of each row of a CSV whose header names `start` and `end` columns: the
+    demand-response events a building shed for. Times read as the series' (parse_time); '#' starts a comment.
+    A row that cannot be read is refused, naming its line: a wrong event would be learned as a normal day."""
+    path = Path(csv_path)
+    lines = [(i + 1, line) for i, line in enumerate(_decode(path, encoding).splitlines())
+             if line.strip() and not line.lstrip().startswith("#")]
+    if not lines:
+        raise ReplayInputError(f"{path}: no header naming the columns start and end")
+    n, header = lines[0]
+    delimiter = max(DELIMITERS, key=header.count)
+    names = [c.strip().lower() for c in next(csv.reader([header], delimiter=delimiter))]
+    if "start" not in names or "end" not in names:
+        raise ReplayInputError(f"{path}: line {n}: the header must name the columns start and end, not {names}")
+    a, b = names.index("start"), names.index("end")
+    out = []
+    for n, line in lines[1:]:
+        cells = next(csv.reader([line], delimiter=delimiter))
+        try:
+            start, end = (parse_time(cells[i], tz, time_format=time_format) for i in (a, b))
+        except IndexError:
+            raise ReplayInputError(f"{path}: line {n}: no start or no end") from None
+        except TimeFormatError as err:
+            raise ReplayInputError(f"{path}: line {n}: a time {err}") from None
+        if not (TIME_MIN <= start < end <= TIME_MAX):
+            raise ReplayInputError(f"{path}: line {n}: the end must come after the start, both in 1970-2100")
+        out.append((start, end))
+    return out

@@ -44,8 +44,13 @@ def demand(snap: MinuteSnapshot, ks: np.ndarray) -> np.ndarray:
     return snap.window_mean(ks, DEMAND_MINUTES)
 
 
-def build(snap: MinuteSnapshot, cal: Calendar, ks: np.ndarray, h: int) -> tuple[np.ndarray, np.ndarray]:
-    """(X, level): feature matrix (FEATURE_NAMES) for issue minutes ks at horizon h, and the current demand."""
+def build(snap: MinuteSnapshot, cal: Calendar, ks: np.ndarray, h: int,
+          refs: MinuteSnapshot | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(X, level): feature matrix (FEATURE_NAMES) for issue minutes ks at horizon h, and the current demand.
+
+    Earlier days are read from `refs` (default `snap`): the same minutes with those a demand-response
+    event shed left out, so a shed afternoon is nobody's reference day, while today reads as metered."""
+    refs = snap if refs is None else refs
     ks = np.asarray(ks, dtype=np.int64)
     js = ks + h
     level = demand(snap, ks)
@@ -55,11 +60,12 @@ def build(snap: MinuteSnapshot, cal: Calendar, ks: np.ndarray, h: int) -> tuple[
     local_j = cal.local_seconds(js * 60)
     day_j = local_j // 86400
     local_k = cal.local_seconds(ks * 60)
-    offs = [cal.same_kind_offsets(day_j, min_back) for min_back in (1, 7)]
+    skip = set_aside_days(refs, cal)
+    offs = [cal.same_kind_offsets(day_j, min_back, skip=skip) for min_back in (1, 7)]
     targets = []
     for off in offs:
-        ref_k = demand(snap, cal.days_back(ks, off))
-        ref_j = demand(snap, cal.days_back(js, off))
+        ref_k = demand(refs, cal.days_back(ks, off))
+        ref_j = demand(refs, cal.days_back(js, off))
         cols += [ref_j - ref_k, level - ref_k]
         targets.append(ref_j)
     cols += [off.astype(float) for off in offs]
@@ -71,49 +77,61 @@ def build(snap: MinuteSnapshot, cal: Calendar, ks: np.ndarray, h: int) -> tuple[
     cols.append(cal.day_kind(local_k // 86400).astype(float))
     cols += targets
     cols.append(snap.window_mean(ks, 240))
-    backn = cal.recent_same_kind(day_j, N_REFS)
-    rj = demand(snap, cal.days_back(js[:, None], backn))
-    rk = demand(snap, cal.days_back(ks[:, None], backn))
+    backn = cal.recent_same_kind(day_j, N_REFS, skip=skip)
+    rj = demand(refs, cal.days_back(js[:, None], backn))
+    rk = demand(refs, cal.days_back(ks[:, None], backn))
     with np.errstate(all="ignore"):
         ref_level = _row_median(rk)
         cols += [_row_median(rj - rk), level - ref_level, _row_median(rj), _row_std(rj - rk)]
         # How far today has run from the reference days over the last hours: a steadier signal
         # of an unusual day than the gap at one instant.
         for width in (60, 180):
-            rw = snap.window_mean(cal.days_back(ks[:, None], backn), width)
+            rw = refs.window_mean(cal.days_back(ks[:, None], backn), width)
             cols.append(snap.window_mean(ks, width) - _row_median(rw))
         # The reference change scaled to today's level: a day at 80 % of usual swings 80 % as much.
         # Only for a reference level above 0: a sub-meter that read 0 kW then (a chiller off) made it
         # infinite, and every fit failed on it; a net export (PV) would turn the swing upside down.
         cols.append(np.where(ref_level > 0, _row_median(rj) * level / ref_level - level, np.nan))
-    cols.append(_analog_change(snap, cal, ks, js, day_j))
+    cols.append(_analog_change(snap, refs, cal, ks, js, day_j, skip))
     cols += [demand(snap, ks - lag) for lag in PLAIN_LAGS]
-    cols += [level - demand(snap, ks - 15), level - demand(snap, ks - 60), demand(snap, cal.days_back(js, 1)),
-             demand(snap, cal.days_back(js, 7)), demand(snap, cal.days_back(ks, 1)), demand(snap, cal.days_back(ks, 7))]
+    cols += [level - demand(snap, ks - 15), level - demand(snap, ks - 60), demand(refs, cal.days_back(js, 1)),
+             demand(refs, cal.days_back(js, 7)), demand(refs, cal.days_back(ks, 1)), demand(refs, cal.days_back(ks, 7))]
     cols += [np.sin(tod), np.cos(tod), weekday, (kind_j == WORKDAY).astype(float)]
     return np.column_stack(cols), level
 
 
-def _analog_change(snap: MinuteSnapshot, cal: Calendar, ks, js, day_j) -> np.ndarray:
+def set_aside_days(refs: MinuteSnapshot, cal: Calendar) -> tuple:
+    """Local day numbers that hold minutes `refs` set aside (a demand-response event's shed and the
+    rebound after it): such a day is passed over as a reference day, as utilities leave event days
+    out of a baseline, so its normal hours are not mixed with the shed ones of the next-older day."""
+    days: set[int] = set()
+    for first, last in refs.set_aside:
+        ks = np.append(np.arange(first, last + 1, 60), last)
+        days.update(np.unique(cal.local_seconds(ks * 60 - 1) // 86400).tolist())  # minute k ends at k * 60
+    return tuple(sorted(days))
+
+
+def _analog_change(snap: MinuteSnapshot, refs: MinuteSnapshot, cal: Calendar, ks, js, day_j,
+                   skip: tuple = ()) -> np.ndarray:
     """What recent same-kind days did next, weighted by how closely their last three hours had the
     shape of today's: a late start or an early shutdown today picks the days that had one too."""
-    back = cal.recent_same_kind(day_j, ANALOG_DAYS, ANALOG_BACK_DAYS)
+    back = cal.recent_same_kind(day_j, ANALOG_DAYS, ANALOG_BACK_DAYS, skip=skip)
     c = ANALOG_CHUNK_ROWS
-    return np.concatenate([_analog_rows(snap, cal, ks[i:i + c], js[i:i + c], back[i:i + c])
+    return np.concatenate([_analog_rows(snap, refs, cal, ks[i:i + c], js[i:i + c], back[i:i + c])
                            for i in range(0, ks.size, c)] or [np.empty(0)])
 
 
-def _analog_rows(snap: MinuteSnapshot, cal: Calendar, ks, js, back) -> np.ndarray:
+def _analog_rows(snap: MinuteSnapshot, refs: MinuteSnapshot, cal: Calendar, ks, js, back) -> np.ndarray:
     have = back < ANALOG_BACK_DAYS  # recent_same_kind pads with ANALOG_BACK_DAYS where it ran out of days
     steps = np.arange(ANALOG_STEPS) * DEMAND_MINUTES
     k_back = cal.days_back(ks[:, None], back)                                      # (rows, days)
     today = snap.window_mean_lookup(ks[:, None] - steps, DEMAND_MINUTES)          # (rows, steps)
-    cand = snap.window_mean_lookup(k_back[:, :, None] - steps, DEMAND_MINUTES)    # (rows, days, steps)
+    cand = refs.window_mean_lookup(k_back[:, :, None] - steps, DEMAND_MINUTES)    # (rows, days, steps)
     cand = np.where(have[:, :, None], cand, np.nan)
     with np.errstate(all="ignore"):
         diff = (cand - cand[:, :, :1]) - (today - today[:, :1])[:, None, :]    # shapes, levels removed
         dist = np.nansum(diff ** 2, axis=2) / np.sum(np.isfinite(diff), axis=2)
-        change = snap.window_mean_lookup(cal.days_back(js[:, None], back), DEMAND_MINUTES) - cand[:, :, 0]
+        change = refs.window_mean_lookup(cal.days_back(js[:, None], back), DEMAND_MINUTES) - cand[:, :, 0]
         w = np.exp(-dist / (_row_median(dist)[:, None] + 1e-6))
         w = np.where(np.isfinite(w) & np.isfinite(change), w, 0.0)
         return np.sum(w * np.nan_to_num(change), axis=1) / np.sum(w, axis=1)

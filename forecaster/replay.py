@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from .core import DemandForecaster
-from .export_csv import ReplayInputError, read_export
+from .export_csv import ReplayInputError, read_export, read_spans
 from .model import fit_threads
 
 OUTPUT_COLUMNS = ("issued_at", "horizon_minutes", "target_time", "forecast_kw", "high_load", "low_load", "model")
@@ -159,9 +159,11 @@ def _cycle_seconds(cycle_minutes) -> float:
 
 
 def replay_series(times, values, write_row, cycle_minutes: float = 15, fit_processes: int | None = None,
-                  on_gap=None, **forecaster_params) -> dict:
+                  on_gap=None, curtailed=(), **forecaster_params) -> dict:
     """Replay a series (finite times, sorted); fits run in `fit_processes` processes, one horizon each
-    (default: one per horizon, at most one per core).
+    (default: one per horizon, at most one per core). `curtailed`: (start, end) epoch seconds of the
+    demand-response events the building shed for (DemandForecaster.set_curtailed). Given all at once:
+    every use of them looks back from its issue time, so an event later in the series changes nothing before it.
 
     A gap between samples longer than the forecaster keeps history (`keep_days`) is not walked cycle by
     cycle: nothing from before it would be left to forecast from, and a mistyped year would mean
@@ -175,6 +177,7 @@ def replay_series(times, values, write_row, cycle_minutes: float = 15, fit_proce
     if not np.all(np.isfinite(times)) or np.any(np.diff(times) < 0):
         raise ValueError("times must be finite and sorted")
     fc = DemandForecaster(**forecaster_params)
+    fc.set_curtailed(curtailed)
     if fit_processes is None:
         fit_processes = min(len(fc.horizons_minutes), usable_cpus())
     if fit_processes < 1:
@@ -182,6 +185,7 @@ def replay_series(times, values, write_row, cycle_minutes: float = 15, fit_proce
 
     def after_gap(old: DemandForecaster) -> DemandForecaster:
         new = DemandForecaster(**forecaster_params)
+        new.set_curtailed(curtailed)
         blob = old.model_blob()
         if blob is not None:
             new.set_model_blob(blob)
@@ -246,9 +250,11 @@ def _replay(fc: DemandForecaster, times, values, write_row, cycle: float, map_fn
 
 def replay_csv(csv_path, time_column, value_column: str, output_path, cycle_minutes: float = 15,
                fit_processes: int | None = None, time_format: str | None = None, encoding: str | None = None,
-               decimal: str | None = None, value_unit: str | None = None, **forecaster_params) -> dict:
+               decimal: str | None = None, value_unit: str | None = None, events_path=None,
+               **forecaster_params) -> dict:
     """Replay a CSV and write `OUTPUT_COLUMNS` rows to output_path; returns a summary dict, whose
-    "notes" name the rows skipped and the gaps not replayed.
+    "notes" name the rows skipped and the gaps not replayed. `events_path`: a CSV of the events the
+    building shed for (read_spans), kept out of learning as the gateway does.
 
     Rows are written to a hidden file beside output_path that replaces it only once the replay has
     succeeded: refused input or an interrupted run leaves no file that looks like a result."""
@@ -258,6 +264,7 @@ def replay_csv(csv_path, time_column, value_column: str, output_path, cycle_minu
         csv_path, time_column, value_column, tz, time_format, encoding, decimal, value_unit)
     if reading:
         notes.insert(0, reading)
+    curtailed = read_spans(events_path, tz, time_format, encoding) if events_path else []
 
     def iso(t: float) -> str:
         return dt.datetime.fromtimestamp(t, tz).isoformat()
@@ -286,7 +293,7 @@ def replay_csv(csv_path, time_column, value_column: str, output_path, cycle_minu
                             int(f.high_load), int(f.low_load), f.model_for(h)))
 
             summary = replay_series(times, values, write_row, cycle_minutes, fit_processes, on_gap=on_gap,
-                                    **forecaster_params)
+                                    curtailed=curtailed, **forecaster_params)
         if not summary["accepted"]:
             raise ReplayInputError(f"{csv_path}: none of the {len(times)} rows in {value_column!r} holds a "
                                    "usable kW value (non-finite or outside the forecaster's min_kw..max_kw); "
@@ -298,6 +305,8 @@ def replay_csv(csv_path, time_column, value_column: str, output_path, cycle_minu
             part.unlink(missing_ok=True)
         raise
     summary["skipped_rows"] = skipped
+    if events_path:
+        summary["events"] = len(curtailed)
     summary["output"] = str(out)
     summary["notes"] = notes
     return summary

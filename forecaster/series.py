@@ -132,14 +132,38 @@ class MinuteSnapshot:
         self.offsets = offsets
         self.n = sums.size
         self.counts = counts
+        self.set_aside: tuple[tuple[int, int], ...] = ()   # minute spans without() emptied, within this snapshot
         with np.errstate(invalid="ignore", divide="ignore"):
-            means = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
-        self.means = means
-        have = counts > 0
+            self.means = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+        self._index()
+
+    def _index(self) -> None:
+        have = self.counts > 0
         # Window means weight each minute equally (a minute with 30 samples counts once).
-        self._ps = np.concatenate([[0.0], np.cumsum(np.where(have, means, 0.0))])
+        self._ps = np.concatenate([[0.0], np.cumsum(np.where(have, self.means, 0.0))])
         self._pc = np.concatenate([[0], np.cumsum(have.astype(np.int64))])
         self._tables: dict[int, np.ndarray] = {}
+
+    def without(self, spans) -> "MinuteSnapshot":
+        """A copy with the minutes of `spans` ((first, last) minute numbers, both kept out) empty, or this
+        snapshot itself when none of them falls in it."""
+        keep = np.ones(self.n, dtype=bool)
+        inside = []
+        for first, last in spans:
+            a, b = max(first - self.k0, 0), min(last - self.k0 + 1, self.n)
+            if b > a:
+                keep[a:b] = False
+                inside.append((self.k0 + a, self.k0 + b - 1))
+        if not inside:
+            return self
+        out = MinuteSnapshot.__new__(MinuteSnapshot)
+        out.k0, out.n = self.k0, self.n
+        out.set_aside = self.set_aside + tuple(inside)
+        out.counts = np.where(keep, self.counts, 0)
+        out.means = np.where(keep, self.means, np.nan)
+        out.offsets = None if self.offsets is None else np.where(keep, self.offsets, 0.0)
+        out._index()
+        return out
 
     def minute_time(self, ks: np.ndarray) -> np.ndarray:
         """When minute ks's readings were taken on average, in minutes (minute k spans k-1..k)."""

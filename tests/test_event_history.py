@@ -13,8 +13,10 @@ import pytest
 from test_gateway import fast_config
 from waiting import eventually
 
+from forecaster.series import minute_of
 from ven.app import Gateway
 from ven.events import Event, Interval, Signal
+from ven.history import curtailed_spans
 from ven.schedule import EventSchedule
 from ven.storage import Storage
 from ven.vtn_server import DemoVtn
@@ -107,12 +109,37 @@ async def test_a_week_view_shows_the_events_of_the_week_with_their_answers_acros
                 assert list(await shaded(gateway, 24, start)) == ["this-morning"]
                 assert "ancient" not in await shaded(gateway, 840, start)  # ended 40 days ago: past the 35 kept
                 assert stored(config.storage.path) == ["cancelled", "last-tuesday", "this-morning"]  # 40 days: pruned
+                # the forecaster leaves the hours the building shed out of what it learns: from the start of each
+                # event to an hour after the end of what ran, less the half hour the BAS had opted out of
+                await eventually(lambda: gateway.forecast.forecaster.curtailed, 10)
+                assert gateway.forecast.forecaster.curtailed == tuple(
+                    (minute_of(start[name].timestamp() + a * 60) + 1, minute_of(start[name].timestamp() + b * 60))
+                    for name, a, b in (("last-tuesday", 0, 180), ("cancelled", 0, 90), ("this-morning", 0, 180)))
                 status = await get_json(f"{gateway.http.url}/api/status")
                 # the events table stays a day long
                 assert [e["event_id"] for e in status["events"]] == ["this-morning"]
                 assert status["events"][0]["status"] == "completed"
             finally:
                 await gateway.stop()
+
+
+def test_the_sheds_the_forecaster_is_told_of_are_what_ran_opted_in(tmp_path):
+    now = utcnow()
+    start = run_past_events(tmp_path / "gw.sqlite", now)
+    storage = Storage(tmp_path / "gw.sqlite")
+    sched = EventSchedule(storage, lambda st: None)
+    sched.load()
+    try:
+        events = [ev.describe(now) for ev in sched.history_events(now - timedelta(days=35))]
+    finally:
+        storage.close()
+    got = [((a - start[name].timestamp()) / 60, (b - start[name].timestamp()) / 60, name)
+           for a, b in curtailed_spans(events, now.timestamp())
+           for name in start if start[name].timestamp() <= a < start[name].timestamp() + 86400]
+    assert got == [(0, 40, "last-tuesday"), (70, 120, "last-tuesday"),   # not the half hour opted out
+                   (0, 30, "cancelled"), (0, 120, "this-morning")]
+    # since: what ended before it is not asked for
+    assert len(curtailed_spans(events, now.timestamp(), since=start["cancelled"].timestamp() + 3600)) == 1
 
 
 def test_ended_events_are_kept_35_days_then_pruned(tmp_path):

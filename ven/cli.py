@@ -432,7 +432,7 @@ def cmd_forecast_replay(args) -> int:
         summary = replay_csv(args.csv, args.time_column, args.value_column, args.output,
                              cycle_minutes=args.cycle_minutes, fit_processes=args.fit_processes,
                              time_format=args.time_format, encoding=args.encoding, decimal=args.decimal,
-                             value_unit=args.value_unit, **params)
+                             value_unit=args.value_unit, events_path=args.events, **params)
     except (ReplayInputError, OSError) as err:
         print(f"forecast-replay: {err}", file=sys.stderr)
         return 1
@@ -610,6 +610,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "resumes after it and names the gap, as it names the rows it skips")
     p.add_argument("--output", required=True, metavar="FILE",
                    help="CSV to write, one row per cycle and horizon; written only when the replay succeeds")
+    p.add_argument("--events", default=None, metavar="FILE",
+                   help="CSV of the demand-response events the building shed for, columns start and end (times "
+                        "as --csv's): kept out of learning, as the gateway keeps the events it ran")
     p.add_argument("--config", default=None, metavar="FILE",
                    help="take the [forecaster] settings (thresholds, time zone, holidays...) from this file")
     p.add_argument("--retrain-minutes", type=_positive_minutes, default=None, metavar="MINUTES",

@@ -502,6 +502,7 @@ class ForecasterConfig(_Section):
     timezone: str = "UTC"
     holiday_preset: Literal["", "IT"] = ""
     holidays: tuple[str, ...] = ()
+    rebound_minutes: float = Field(60.0, ge=0, le=1440)
 
     @field_validator("horizons_minutes", "holidays", mode="before")
     @classmethod

@@ -27,6 +27,7 @@ from forecaster.store import ForecastStore
 
 from .config import ForecasterConfig
 from .fit_worker import fit_in_child
+from .history import curtailed_spans
 from .storage import REOPEN_SECONDS, ReopenTimer, with_fs_reason
 from .tasks import cancel_and_wait
 from .wallclock import CLOCK_STEP_S, PRUNE_HOLD_S, StepWatch
@@ -62,7 +63,7 @@ def forecaster_params(c: ForecasterConfig) -> dict:
         min_on_minutes=c.min_on_minutes, min_off_minutes=c.min_off_minutes, arm_fraction=c.arm_fraction,
         history_days=c.history_days,
         retrain_minutes=c.retrain_minutes, stale_seconds=c.input_stale_seconds,
-        timezone=c.timezone, holiday_preset=c.holiday_preset, holidays=c.holidays)
+        timezone=c.timezone, holiday_preset=c.holiday_preset, holidays=c.holidays, rebound_minutes=c.rebound_minutes)
 
 
 def forecaster_from_config(c: ForecasterConfig, min_kw: float = -1e5, max_kw: float = 1e5) -> DemandForecaster:
@@ -117,6 +118,8 @@ class ForecastService:
         self._wake = asyncio.Event()
         self.last_forecast: Forecast | None = None
         self.last_cycle_seconds: float | None = None
+        self._events: list = []        # the schedule's kept events (frozen values), given by set_events
+        self._events_new = False
 
     # ---- inputs (called on the event loop) ---------------------------------------------------------
     def _use_input(self, t: float) -> bool:
@@ -243,6 +246,18 @@ class ForecastService:
                 self._say_meter()
             self._take(t, kw, "meter")
 
+    def set_events(self, events: list) -> None:
+        """The schedule's events of the history kept (frozen values), after any change to them: before its
+        next fit or cycle the forecaster learns from them when the building was shed (on the loop)."""
+        self._events = events
+        self._events_new = True
+
+    def _tell_curtailed(self, now: float) -> None:
+        self._events_new = False
+        at = dt.datetime.fromtimestamp(now, dt.timezone.utc)
+        spans = curtailed_spans([ev.describe(at) for ev in self._events], now, now - self.forecaster.keep_days * 86400)
+        self.forecaster.set_curtailed(spans)
+
     def warm_start(self, times, values) -> None:
         """Seed the history (e.g. the shipped demo excerpt); persisted with the next cycle."""
         n = self.forecaster.seed(times, values)
@@ -327,6 +342,11 @@ class ForecastService:
         while True:
             started = loop.time()
             now = self._clock()
+            if self._events_new:    # before a fit is cut: a shed is not learned as a normal afternoon
+                try:
+                    await loop.run_in_executor(self._cycle_pool, self._tell_curtailed, now)
+                except Exception:
+                    log.exception("reading the events' sheds for the forecaster failed")
             retry_due = self._fit_retry_at is None or time.monotonic() >= self._fit_retry_at
             if self._fit_task is None and retry_due and self.forecaster.needs_fit(now):
                 self._fit_task = asyncio.create_task(self.fit(now), name="forecast-fit")

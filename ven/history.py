@@ -181,8 +181,19 @@ def build_history(now: float, hours: float, store: dict, events: list[dict] = ()
         vals = [v for v in fl.get(key) or [] if v is not None]
         return vals[-1] if vals else None
 
+    shaded, upcoming = _ran_and_upcoming(events, now, minutes[0], now + max(horizons) * 60)
+    return {"minutes": minutes, "power_kw": power, "demand_kw": demand, **series,
+            "horizons_minutes": list(horizons), "high_load": high, "low_load": low,
+            "high_threshold_kw": last("high_threshold_kw"), "low_threshold_kw": last("low_threshold_kw"),
+            "events": shaded, "now": now,
+            "ahead": None if input_stale else _ahead(latest_forecast, horizons, now, flag_stale_seconds),
+            "upcoming": sorted(upcoming, key=lambda e: (e["start"], e["event_id"]))}
+
+
+def _ran_and_upcoming(events: list[dict], now: float, since: float, ahead_until: float) -> tuple[list, list]:
+    """The "events" and "upcoming" entries (the module docstring): what ran after `since`, cut where the
+    answer changed, and what starts after now and up to ahead_until."""
     shaded, upcoming = [], []
-    ahead_until = now + max(horizons) * 60
     for ev in events:
         if ev.get("test_event"):
             continue  # a test event never drives ADR-Event-Level
@@ -193,9 +204,9 @@ def build_history(now: float, hours: float, store: dict, events: list[dict] = ()
             ran_until = epoch(ev.get("cancelled_at"))
             if ran_until is None:  # cancelled before it reached the gateway: it never ran here
                 continue
-        since = epoch(ev.get("modified_at"))  # before it, what ran under earlier definitions
+        modified = epoch(ev.get("modified_at"))  # before it, what ran under earlier definitions
         ran = [(epoch(r.get("start")), epoch(r.get("end")), int(r.get("payload", 0))) for r in ev.get("ran_before") or []]
-        now_defined = [(max(start, since) if since is not None and start is not None else start, stop, level)
+        now_defined = [(max(start, modified) if modified is not None and start is not None else start, stop, level)
                        for start, stop, level in _simple_intervals(ev)]
         answers = _opt_log(ev)
         for start, stop, level in ran + now_defined:
@@ -214,13 +225,23 @@ def build_history(now: float, hours: float, store: dict, events: list[dict] = ()
                 if stop is not None and stop <= start:
                     continue
             for part_start, part_stop, opt in _split_by_opt(start, stop, answers):
-                if part_stop is not None and (part_stop < minutes[0] or part_stop <= part_start):
+                if part_stop is not None and (part_stop < since or part_stop <= part_start):
                     continue
                 shaded.append({"start": part_start, "end": part_stop, "level": level,
                                "event_id": ev.get("event_id", ""), "opt": opt})
-    return {"minutes": minutes, "power_kw": power, "demand_kw": demand, **series,
-            "horizons_minutes": list(horizons), "high_load": high, "low_load": low,
-            "high_threshold_kw": last("high_threshold_kw"), "low_threshold_kw": last("low_threshold_kw"),
-            "events": shaded, "now": now,
-            "ahead": None if input_stale else _ahead(latest_forecast, horizons, now, flag_stale_seconds),
-            "upcoming": sorted(upcoming, key=lambda e: (e["start"], e["event_id"]))}
+    return shaded, upcoming
+
+
+def curtailed_spans(events: list[dict], now: float, since: float = 0.0) -> list[tuple[float, float | None]]:
+    """(start, end) of each SIMPLE interval above level 0 that ran here, after `since`, while the building
+    was not opted out: when the BAS shed load (end None while one runs), for the forecaster to keep out of
+    what it learns from. Intervals that follow one another are one span."""
+    ran, _ = _ran_and_upcoming(events, now, since, now)
+    out: list[tuple[float, float | None]] = []
+    for part in sorted((p for p in ran if p["opt"] != "optOut"), key=lambda p: p["start"]):
+        if out and out[-1][1] is not None and part["start"] <= out[-1][1]:
+            ends = (out[-1][1], part["end"])
+            out[-1] = (out[-1][0], None if None in ends else max(ends))
+        else:
+            out.append((part["start"], part["end"]))
+    return out

@@ -1,0 +1,125 @@
+"""Demand-response sheds kept out of what the forecaster learns from (DemandForecaster.set_curtailed)."""
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pytest
+
+from forecaster import DemandForecaster, features
+from forecaster.calendar import Calendar
+from forecaster.model import MODEL_NAME
+from forecaster.series import MinuteSnapshot, minute_of
+
+T0 = dt.datetime(2024, 3, 4, tzinfo=dt.timezone.utc).timestamp()  # a Monday, 00:00 UTC
+DAY = 86400
+
+
+def peaky_office(t: np.ndarray) -> np.ndarray:
+    """100 kW at night, 300 kW by day on weekdays, and a 400 kW peak 12:00-16:00 (cooling)."""
+    tod = (t % DAY) / 3600.0
+    weekday = ((t // DAY).astype(int) + 3) % 7 < 5
+    day = np.clip((tod - 7) / 1.5, 0, 1) * np.clip((19 - tod) / 1.5, 0, 1)
+    peak = np.clip((tod - 11.75) / 0.5, 0, 1) * np.clip((16.25 - tod) / 0.5, 0, 1)
+    return 100 + (200 * day + 100 * peak) * weekday
+
+
+def shed(t: np.ndarray, v: np.ndarray, days) -> np.ndarray:
+    """The building held at 280 kW 12:00-16:00 on `days` (days since T0): an event's shed."""
+    out = v.copy()
+    for d in days:
+        out[(t > T0 + d * DAY + 12 * 3600) & (t <= T0 + d * DAY + 16 * 3600)] = 280.0
+    return out
+
+
+def spans(days):
+    return [(T0 + d * DAY + 12 * 3600, T0 + d * DAY + 16 * 3600) for d in days]
+
+
+def test_a_snapshot_without_spans_empties_exactly_those_minutes_and_names_their_days():
+    snap = MinuteSnapshot(1000, np.arange(100, dtype=float) * 2, np.full(100, 2, dtype=np.int64))
+    assert snap.without([(5000, 6000)]) is snap           # nothing of it in this snapshot: no copy
+    cut = snap.without([(1010, 1019), (1095, 10**9)])
+    assert cut.set_aside == ((1010, 1019), (1095, 1099))
+    assert np.isnan(cut.window_mean(np.arange(1010, 1020), 1)).all()
+    assert cut.window_mean(np.array([1009, 1020]), 1).tolist() == [9.0, 20.0]
+    # a window across the hole averages the minutes either side of it, as with a gap in the readings
+    assert cut.window_mean(np.array([1021]), 15)[0] == pytest.approx(np.mean([7, 8, 9, 20, 21]))
+    assert snap.set_aside == () and not np.isnan(snap.means).any()   # the original is untouched
+    day0 = (1000 * 60) // DAY
+    cal = Calendar()
+    # minute k ends at k * 60: minute 1440 is the last of day 0, and the open span runs to the snapshot's end
+    spanning = MinuteSnapshot(1380, np.ones(200), np.ones(200, dtype=np.int64)).without([(1400, 1441)])
+    assert features.set_aside_days(spanning, cal) == (0, 1)
+    assert features.set_aside_days(cut, cal) == (day0,)
+
+
+def test_set_curtailed_takes_the_whole_list_adds_the_rebound_and_ignores_what_is_not_a_span():
+    fc = DemandForecaster(rebound_minutes=60)
+    t = T0 + np.arange(0, 2 * DAY, 60.0)
+    fc.seed(t, np.full(t.size, 200.0))
+    fc.set_curtailed([(T0 + 3600, T0 + 7200), (T0 + 7200 + 1800, T0 + 4 * 3600),   # overlap once the hour is added
+                      (float("nan"), T0), (T0 + 5000, T0 + 4000), (None, None)])
+    # the minutes with readings after 01:00 up to the end of the hour after 04:00: 01:01 to 05:00
+    assert fc._curtailed == ((minute_of(T0 + 3600) + 1, minute_of(T0 + 5 * 3600)),)
+    assert fc.curtailed_minutes() == 4 * 60
+    fc.set_curtailed([(T0 + DAY, None)])                      # running: everything from its start
+    assert fc.curtailed_minutes() == DAY // 60 - 1
+    assert fc.status()["curtailed_minutes"] == DAY // 60 - 1
+    fc.set_curtailed([])
+    assert fc.curtailed_minutes() == 0
+
+
+def test_reference_days_pass_over_event_days_but_today_keeps_its_kind():
+    cal = Calendar()
+    monday = int(T0 // DAY) + 21
+    assert cal.same_kind_offsets(np.array([monday]), 1).tolist() == [3]           # Friday
+    assert cal.same_kind_offsets(np.array([monday]), 1, skip=(monday - 3,)).tolist() == [4]
+    assert cal.same_kind_offsets(np.array([monday]), 7, skip=(monday - 7,)).tolist() == [10]   # the Friday before
+    assert cal.recent_same_kind(np.array([monday]), 4, skip=(monday - 3, monday - 5)).tolist() == [[4, 6, 7, 10]]
+    # an event today does not make today another kind of day
+    assert cal.same_kind_offsets(np.array([monday]), 1, skip=(monday,)).tolist() == [3]
+
+
+def _forecast_after_a_week_of_sheds(told: bool) -> tuple[float, DemandForecaster]:
+    events = [21, 22, 23, 24, 25]                # the fourth week's afternoons, Monday to Friday
+    issue = T0 + 28 * DAY + 11.5 * 3600          # the Monday after, 11:30: the peak begins in an hour
+    t = T0 + np.arange(0, 28 * DAY + 11.5 * 3600 + 1, 900.0)
+    fc = DemandForecaster(validation_days=2)
+    fc.seed(t, shed(t, peaky_office(t), events))
+    if told:
+        fc.set_curtailed(spans(events))
+    fc.fit(issue)
+    f = fc.predict(issue)
+    assert f.model == MODEL_NAME
+    return f.demand_kw[60], fc
+
+
+def test_a_week_of_shed_afternoons_does_not_teach_next_monday_that_its_peak_is_gone():
+    truth = float(np.mean(peaky_office(T0 + 28 * DAY + 12.5 * 3600 - np.arange(0, 900, 60.0))))   # 400 kW
+    untold, _ = _forecast_after_a_week_of_sheds(told=False)
+    told, fc = _forecast_after_a_week_of_sheds(told=True)
+    # Every reference day of that Monday (last Friday, last Monday, the four latest workdays) was shed:
+    # told nothing, the forecaster expects the 280 kW it saw; told, it reads the week before.
+    assert untold < truth - 50
+    assert abs(told - truth) < 20
+    assert fc.status()["curtailed_minutes"] == 5 * (4 * 60 + 60)
+
+
+def test_live_errors_leave_out_targets_the_building_shed():
+    t = T0 + np.arange(0, 10 * DAY, 900.0)
+    v = peaky_office(t)
+    fc = DemandForecaster(validation_days=2, horizons_minutes=(15, 60))
+    fc.seed(t[t < T0 + 9 * DAY], v[t < T0 + 9 * DAY])
+    fc.fit(T0 + 9 * DAY)
+    fc.set_curtailed(spans([9]))
+    day9 = (t >= T0 + 9 * DAY)
+    v9 = shed(t, v, [9])
+    for ti, vi in zip(t[day9], v9[day9]):
+        fc.add_sample(ti, vi)
+        fc.predict(ti)
+    _, _, n = fc._rolling[60].rmse()
+    # targets every 15 minutes of the day, less 12:00-17:00 (the shed and its hour after)
+    resolved = [k for k, *_ in fc._rolling[60].done]
+    assert n == len(resolved) and n > 40
+    assert not any(T0 + 9 * DAY + 12 * 3600 < k <= T0 + 9 * DAY + 17 * 3600 for k in resolved)
