@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -13,6 +14,7 @@ from waiting import eventually
 
 from bacnet_api import points as P
 from bacnet_api.simulator import MeterSimulator
+from forecaster.series import minute_of
 from ven.app import OPT_OUT_COMMANDS, Gateway
 from ven.config_load import parse_config
 from ven.vtn_server import DemoVtn
@@ -106,6 +108,9 @@ async def test_event_levels_and_opt_out_over_bacnet(system, caplog):
             break
         await asyncio.sleep(0.1)
     assert seen == [0.0, 1.0, 2.0, 3.0, 0.0]
+    # the forecaster keeps the 6 s the building shed, and the hour after, out of what it learns
+    shed = ((math.floor(start.timestamp() / 60) + 1, minute_of(start.timestamp() + 6 + 3600)),)
+    await eventually(lambda: gateway.forecast.forecaster.curtailed == shed, 5)
 
     # a second event, then the BAS opts out over BACnet: level drops to 0 and the VTN hears optOut
     # starting 2 s on, not running already: it must still be on when a loaded machine's wait for level 2 (up to
