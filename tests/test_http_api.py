@@ -282,13 +282,14 @@ async def test_metrics_endpoint(served):
     m.event_level.set(2)
     m.meter_read_failures.inc()
     m.forecast_cycle_seconds.observe(0.03)
-    m.model_validation_error.labels(model="gbr").set(3.5)
+    m.model_validation_error.labels(model="forecaster", horizon="60m").set(3.5)
     status, headers, body = await fetch(base + "/metrics")
     assert status == 200 and headers["Content-Type"].startswith("text/plain; version=")
     for line in ("edge_gateway_meter_kw 101.25", 'edge_gateway_forecast_kw{horizon="60m"} 110.0',
                  "edge_gateway_event_level 2.0", "edge_gateway_meter_read_failures_total 1.0",
                  'edge_gateway_forecast_cycle_seconds_bucket{le="0.05"} 1.0',
-                 'edge_gateway_model_validation_error_kw{model="gbr"} 3.5', "edge_gateway_uptime_seconds "):
+                 'edge_gateway_model_validation_error_kw{horizon="60m",model="forecaster"} 3.5',
+                 "edge_gateway_uptime_seconds "):
         assert line in body, line
 
 
@@ -373,7 +374,7 @@ def test_grafana_example_uses_exported_metric_names():
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
     used = {name for e in exprs for name in re.findall(r"edge_gateway_\w+", e)}
     m = Metrics()
-    m.model_validation_error.labels(model="gbr").set(1.0)
+    m.model_validation_error.labels(model="forecaster", horizon="15m").set(1.0)
     exported = {line.split("{")[0].split(" ")[0] for line in m.render().decode().splitlines()
                 if line and not line.startswith("#")}
     assert used and used <= exported, used - exported

@@ -24,7 +24,7 @@ SYSTEM_TELEMETRY_SECONDS = 2    # the system's report intervals (read by the fix
 ALERTS = Path(__file__).parents[1] / "examples" / "prometheus-alerts.yml"
 # every label the gateway puts on a series, and the values it may take: none grows with time (an event id
 # or a timestamp as a label would make a new series for each, forever)
-BOUNDED_LABELS = {"horizon": re.compile(r"(15|60)m"), "model": re.compile(r"(forecaster|persistence)_(15|60)m"),
+BOUNDED_LABELS = {"horizon": re.compile(r"(15|60)m"), "model": re.compile(r"forecaster|persistence"),
                   "version": re.compile(r"\S+"), "le": re.compile(r"\S+")}
 
 
@@ -112,6 +112,11 @@ async def test_a_vtn_outage_and_the_telemetry_backlog_it_leaves_show_from_start_
     # five intervals old, far older than a delivered backlog gets; and the readings (one a second) waiting
     await eventually(metric_is(age, lambda v: v > 5 * interval), 40, "the backlog's age grows while the VTN is away")
     await eventually(metric_is("edge_gateway_telemetry_queue_depth", lambda v: v >= 10), 10, "ten readings waiting")
+    # what the VTN's silence was, in counters: polls that failed among those sent, then registrations refused
+    await eventually(metric_is("edge_gateway_vtn_registration_failures_total", lambda v: v >= 1), 30,
+                     "a failed registration counted")
+    during = values(await scrape())
+    assert 1 <= during["edge_gateway_vtn_poll_failures_total"] < during["edge_gateway_vtn_polls_total"], during
 
     running["vtn"] = DemoVtn(port=running["vtn"].port, poll_seconds=1.0)    # the VTN restarted
     await running["vtn"].start()

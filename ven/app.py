@@ -155,7 +155,8 @@ class Gateway:
         self._stack = []
         self._late_restore: asyncio.Task | None = None
         self._schedule_listeners: list = []
-        self._counted = {"sent": 0, "dropped": 0, "poll_failures": 0, "writes_refused": 0}
+        self._counted = {"sent": 0, "dropped": 0, "poll_failures": 0, "polls": 0, "registration_failures": 0,
+                         "writes_refused": 0}
         self._input_stale = False  # the forecaster had no power input at its last cycle (past the start's grace)
         # its WARNING and INFO: a BAS writing a little less often than input_stale_seconds is one fault
         self._no_input = Flapping(2 * c.forecaster.input_stale_seconds)
@@ -738,10 +739,12 @@ class Gateway:
         from forecaster.core import PERSISTENCE     # loaded with self.forecast already (see _import_slow_parts)
 
         totals = {"sent": self.telemetry.sent_total, "dropped": self.telemetry.dropped,
-                  "poll_failures": self.vtn.poll_failures_total,
+                  "poll_failures": self.vtn.poll_failures_total, "polls": self.vtn.polls_total,
+                  "registration_failures": self.vtn.registration_failures_total,
                   "writes_refused": self.device.write_access.refused}
         counters = {"sent": self.metrics.telemetry_sent, "dropped": self.metrics.telemetry_dropped,
-                    "poll_failures": self.metrics.vtn_poll_failures,
+                    "poll_failures": self.metrics.vtn_poll_failures, "polls": self.metrics.vtn_polls,
+                    "registration_failures": self.metrics.vtn_registration_failures,
                     "writes_refused": self.metrics.bacnet_writes_refused}
         for key, total in totals.items():
             if total > self._counted[key]:
@@ -769,4 +772,4 @@ class Gateway:
             serving_persistence.set(int(h["serving"] == PERSISTENCE))
             for model, key in (("forecaster", "validation_rmse_kw"), ("persistence", "validation_persistence_rmse_kw")):
                 if h.get(key) is not None:
-                    self.metrics.model_validation_error.labels(model=f"{model}_{horizon}m").set(h[key])
+                    self.metrics.model_validation_error.labels(model=model, horizon=f"{horizon}m").set(h[key])

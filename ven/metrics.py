@@ -58,12 +58,17 @@ class Metrics:
         self.meter_reads = Counter(f"{p}_meter_reads", "Meter reads asked, answered or not (the failures' ratio "
                                    "to these: an intermittent meter)", registry=r)
         self.vtn_poll_failures = Counter(f"{p}_vtn_poll_failures", "VTN polls that failed", registry=r)
+        self.vtn_polls = Counter(f"{p}_vtn_polls", "VTN polls sent, answered or not (the failures' ratio "
+                                 "tells an intermittent link from a dead one)", registry=r)
+        self.vtn_registration_failures = Counter(f"{p}_vtn_registration_failures",
+                                                 "Registrations with the VTN that failed (refused, unanswered, "
+                                                 "TLS)", registry=r)
         self.forecast_cycle_seconds = Histogram(f"{p}_forecast_cycle_seconds",
                                                 "Wall time of one forecast cycle (s)", buckets=CYCLE_BUCKETS,
                                                 registry=r)
         self.model_validation_error = Gauge(f"{p}_model_validation_error_kw",
                                             "Root-mean-square error of the model on held-out history (kW)",
-                                            ["model"], registry=r)
+                                            ["model", "horizon"], registry=r)
         self.event_loop_lag_seconds = Gauge(f"{p}_event_loop_lag_seconds",
                                             "Worst event-loop lag seen by the HTTP heartbeat recently (s)",
                                             registry=r)

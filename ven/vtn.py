@@ -83,6 +83,8 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
         self.last_reregistration: str | None = None   # "<time> <why>" of the latest
         self.poll_failures = 0
         self.poll_failures_total = 0   # monotonic, for the metrics counter
+        self.polls_total = 0           # polls sent, answered or not (monotonic)
+        self.registration_failures_total = 0
         # An outage outlives the session it began in (polls fail, the registrations after them fail, and a VTN
         # that takes registrations but refuses every poll is registered again each cycle): one fault, logged
         # when it starts and when it ends
@@ -342,6 +344,7 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
                 ok = False
             if not ok:
                 self.registration_failures += 1
+                self.registration_failures_total += 1
                 self._failed("registration", self.last_error or "no reason given")
                 self._outage.registrations_failed += 1
             if self._outage is not None:
@@ -610,6 +613,7 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
             if self._lost.is_set():
                 return
             rtype, payload = await client.poll()
+            self.polls_total += 1
             if rtype is None or client.refused:
                 missed = missed or rtype is None
                 self.poll_failures += 1
