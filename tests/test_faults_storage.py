@@ -321,7 +321,8 @@ def test_the_file_systems_reason_is_asked_without_writing(tmp_path):
 
 
 @pytest.mark.timeout(60)
-async def test_forecaster_history_that_opens_late_joins_the_one_in_memory(tmp_path):
+async def test_forecaster_history_that_opens_late_joins_the_one_in_memory(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="ven.forecast_service")
     with tmpfs(tmp_path / "late", "size=8m") as disk:
         path = str(disk / "gw.sqlite")
         k = int(time.time() // 60)
@@ -338,6 +339,9 @@ async def test_forecaster_history_that_opens_late_joins_the_one_in_memory(tmp_pa
             # the file read as it is (it had none of this for as long as it stayed read-only: persistence, and no
             # thresholds for a day), and read once: its minutes joined again once open would count twice
             assert not svc.status()["storage_ok"] and svc.status()["history_minutes"] == 4
+            # the start's line says why, as the status does: SQLite's words alone do not
+            start, = [r.getMessage() for r in caplog.records if "cannot be stored" in r.getMessage()]
+            assert "(Read-only file system)); forecasting from memory" in start, start
             remount(disk, "rw")
             await eventually(lambda: svc.status()["storage_ok"], 10, "the file opened")
             assert svc.status()["history_minutes"] == 4

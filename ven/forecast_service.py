@@ -275,7 +275,7 @@ class ForecastService:
             self._reopen = ReopenTimer(self._reopen_seconds)
             log.error("storage.path %s: forecaster history cannot be stored (%s: %s); forecasting from "
                       "memory, stored once the file opens (tried every %g s)", self.storage_path,
-                      type(err).__name__, err, self._reopen_seconds)
+                      type(err).__name__, self.storage_error, self._reopen_seconds)
             self._store, loaded = None, await loop.run_in_executor(self._cycle_pool, self._read_store)
         log.info("forecaster resumed %d minutes of stored history%s%s", loaded["minutes"],
                  " and its fitted model" if loaded["model"] else self._learning_text(),
