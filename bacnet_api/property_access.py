@@ -20,7 +20,9 @@ bacpypes3 handlers answer wrongly. `services._Services` inherits this mix-in.
   request's context, so nothing reached the BAS and asyncio logged a traceback.
 - ReadPropertyMultiple REQUIRED of the Network Port includes networkNumber, networkNumberQuality and
   apduLength: required of every port before protocol revision 24 (the device reports 22), conditional
-  after it, and bacpypes3 lists them as optional.
+  after it, and bacpypes3 lists them as optional. Likewise a commandable point's priorityArray,
+  relinquishDefault and currentCommandPriority, and a segmenting device's maxSegmentsAccepted and
+  apduSegmentTimeout (bacpypes3 called some of them required and some optional on the same kind of point).
 """
 from __future__ import annotations
 
@@ -38,6 +40,19 @@ from bacpypes3.service.object import read_property_to_result_element
 THIS_DEVICE = ObjectIdentifier("device,4194303")
 _GROUPS = (PropertyIdentifier.all, PropertyIdentifier.required, PropertyIdentifier.optional)
 _ALSO_REQUIRED = {"network-port": ("networkNumber", "networkNumberQuality", "apduLength", "linkSpeed")}
+_COMMANDABLE = ("priorityArray", "relinquishDefault", "currentCommandPriority")
+_SEGMENTING = ("maxSegmentsAccepted", "apduSegmentTimeout")
+
+
+def _conditionally_required(obj: Any) -> tuple[str, ...]:
+    """Properties BACnet requires of this object by a condition bacpypes3's lists leave out: a commandable
+    presentValue's command properties, and a segmenting device's segment limits."""
+    names = _ALSO_REQUIRED.get(str(obj.objectType), ())
+    if isinstance(obj, Commandable):
+        names += _COMMANDABLE
+    if str(obj.objectType) == "device" and str(getattr(obj, "segmentationSupported", "")) != "no-segmentation":
+        names += _SEGMENTING
+    return names
 
 
 class PropertyAccess:
@@ -143,7 +158,7 @@ async def _read(obj: Any, prop: Any, index: int | None) -> list:
     required: set[str] = set()
     for cls in type(obj).__mro__:
         required.update(getattr(cls, "_required", ()))
-    required.update(_ALSO_REQUIRED.get(str(obj.objectType), ()))
+    required.update(_conditionally_required(obj))
     names = [name for name in obj._elements if name != "propertyList"]  # BACnet leaves it out of groups
     if prop == PropertyIdentifier.required:
         names = [name for name in names if name in required]

@@ -78,6 +78,7 @@ from bacpypes3.primitivedata import Boolean, Integer, PropertyIdentifier
 
 from .client import error_text, to_plain
 from .forwarded import note_forwarders, untrusted_forwarder
+from .host_network import default_gateway, dns_servers
 from .objects import WRITER, why_refused
 from .property_access import PropertyAccess, multiple_error
 from .rejects import reject_undecodable
@@ -188,6 +189,11 @@ def complete_network_ports(app: Any) -> None:
             obj.networkNumber = 0  # not configured; networkNumberQuality says unknown
         if obj.apduLength is None:
             obj.apduLength = int(device.maxApduLengthAccepted)
+        # commissioning tools show these for a B/IP port; bacpypes3 leaves them out
+        if obj.ipDefaultGateway is None:
+            obj.ipDefaultGateway = default_gateway(bytes(obj.ipAddress))
+        if obj.ipDNSServer is None:
+            obj.ipDNSServer = dns_servers()
 
 
 _EXTENDED: dict[tuple[type, type], type] = {}

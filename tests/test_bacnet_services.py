@@ -45,6 +45,7 @@ from bacpypes3.primitivedata import CharacterString, Enumerated, Null, ObjectIde
 
 from bacnet_api.client import close_stack, start_stack, to_plain
 from bacnet_api.device import GatewayDevice
+from bacnet_api.host_network import dns_servers
 from bacnet_api.points import EVENT_LEVEL, INPUT_POWER, METER_POWER, OPT_OUT, POINTS
 from bacnet_peer import BacnetPeer, PeerError
 from test_bacnet_device import DEVICE_ID, gateway, peer, port_of, where  # noqa: F401 - shared fixtures
@@ -349,6 +350,23 @@ async def test_device_instance_4194303_is_this_device(gateway, peer, caplog):
     assert errors_logged(caplog) == []
 
 
+async def test_required_and_optional_put_conditionally_required_properties_with_the_required(gateway, peer, caplog):
+    # A commandable point requires its command properties and a segmenting device its segment limits:
+    # bacpypes3 called priorityArray required and relinquishDefault optional on one point, all three optional on
+    # the other, and the device's segment limits optional while it says segmented-both.
+    addr = where(gateway)
+    answer = await request(peer, read_multiple(addr, [
+        ("analogValue,1", ["required"]), ("binaryValue,4", ["required"]), (f"device,{DEVICE_ID}", ["required"]),
+        ("analogValue,1", ["optional"]), ("binaryValue,4", ["optional"]), (f"device,{DEVICE_ID}", ["optional"])]))
+    assert isinstance(answer, ReadPropertyMultipleACK), answer
+    groups = [{str(e.propertyIdentifier) for e in r.listOfResults} for r in answer.listOfReadAccessResults]
+    command = {"priority-array", "relinquish-default", "current-command-priority"}
+    segments = {"max-segments-accepted", "apdu-segment-timeout"}
+    assert command <= groups[0] and command <= groups[1] and segments <= groups[2], groups
+    assert not (command & (groups[3] | groups[4])) and not segments & groups[5], groups
+    assert errors_logged(caplog) == []
+
+
 @pytest.mark.parametrize("group", ["all", "required", "optional"])
 async def test_read_property_multiple_of_a_missing_object_answers_the_others(gateway, peer, caplog, group):
     addr = where(gateway)
@@ -551,7 +569,8 @@ async def test_read_property_multiple_of_the_network_port_answers_every_property
     read = {str(e.propertyIdentifier) for e in port.listOfResults}
     required = {"object-name", "network-type", "network-number", "network-number-quality", "apdu-length",
                 "link-speed", "changes-pending"}
-    optional = {"mac-address", "ip-address", "bacnet-ip-udp-port", "bacnet-ip-mode"}
+    optional = {"mac-address", "ip-address", "bacnet-ip-udp-port", "bacnet-ip-mode", "ip-default-gateway",
+                "ip-dns-server"}
     if group == "required":
         assert read >= required and not read & optional, read
     elif group == "optional":
@@ -564,6 +583,9 @@ async def test_read_property_multiple_of_the_network_port_answers_every_property
     assert await peer.read(addr, "networkPort 1", "macAddress") == bytes([127, 0, 0, 1]) + port_number.to_bytes(2, "big")
     assert await peer.read(addr, "networkPort 1", "networkNumber") == 0
     assert await peer.read(addr, "networkPort 1", "apduLength") == 1024
+    # what the machine says: loopback has no default gateway; the name servers of resolv.conf
+    assert bytes(await peer.read(addr, "networkPort 1", "ipDefaultGateway")) == bytes(4)
+    assert [bytes(a) for a in await peer.read(addr, "networkPort 1", "ipDNSServer")] == dns_servers()
     answer = await request(peer, ReadPropertyRequest(objectIdentifier=ObjectIdentifier("network-port,1"),
                                                      propertyIdentifier=PropertyIdentifier("fdBBMDAddress"),
                                                      destination=Address(addr)))
