@@ -677,6 +677,31 @@ async def test_a_kept_alive_connection_left_idle_is_closed(served, monkeypatch):
         await eventually(lambda: _closed_by_server(s), 5, "the idle connection closed")
 
 
+async def test_a_client_that_stops_reading_its_answer_is_dropped(served, monkeypatch, caplog):
+    # A handler whose answer nobody read waited on the write for ever, its connection counted open: 64 clients
+    # asking for 35 days of history and reading none of it held the dashboard, /healthz and /metrics
+    monkeypatch.setattr(http_api, "WRITE_S", 0.5)
+    view = SampleView()
+    n = 35 * 1440
+    view.minutes = [1_763_769_600 + 60 * i for i in range(n)]
+    view.power = view.demand = view.forecast_15 = view.forecast_60 = [123.456789] * n
+    view.high_load = view.low_load = [False] * n
+    server, _, base = await served(view)
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)     # a small window, never read: the answer stalls
+    try:
+        s.connect(("127.0.0.1", server.port))
+        s.sendall(b"GET /api/history?hours=840 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        await eventually(lambda: len(server._runner.server.connections) == 1, 5, "the request taken")
+        await eventually(lambda: not server._runner.server.connections, 5, "the stalled connection dropped")
+        # another client is answered; the drop is not a fault of the gateway's
+        status, _, body = await fetch(base + "/healthz")
+        assert status == 200
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.records
+    finally:
+        s.close()
+
+
 async def test_the_refusal_names_who_holds_the_connections(served, caplog):
     # "64 connections open" said nothing the operator could find or block the client by
     caplog.set_level(logging.INFO, logger="ven.http_api")

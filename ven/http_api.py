@@ -123,6 +123,10 @@ HEAD_S = 10.0
 # after the first). Above the dashboard's refresh (10 s), so an open dashboard keeps its connections from one
 # refresh to the next instead of meeting them closed
 IDLE_S = 15.0
+# An answer the client stopped reading (the kernel's buffers and aiohttp's full) for this long: the connection is
+# dropped. Its handler waited on the write for ever, holding its place under MAX_CONNECTIONS: 64 clients asking
+# for 35 days of history and reading none of it locked out the dashboard, /healthz and /metrics
+WRITE_S = 30.0
 # A wrong http.token: each from the same source waits REFUSED_DELAY_S more than the one before, up to
 # REFUSED_DELAY_MAX_S, before its 401 (a guesser over one connection tried every 4-digit token in 1.7 s); a mistyped
 # token is answered at once. The log says a source's first and, once it has sent none for REFUSED_QUIET_S, how many
@@ -289,14 +293,18 @@ class _Refused(asyncio.Protocol):
 
 class _HeadBound(asyncio.Protocol):
     """aiohttp's handler for a connection, closed unless the connection's first request head is complete within
-    HEAD_S (the later ones have aiohttp's keepalive_timeout, IDLE_S)."""
+    HEAD_S (the later ones have aiohttp's keepalive_timeout, IDLE_S), and dropped when the client leaves an answer
+    unread for WRITE_S."""
 
     def __init__(self, handler: asyncio.Protocol) -> None:
         self.handler = handler
         self._due: asyncio.TimerHandle | None = None
         self._tail = b""    # the end of what came so far: the head's blank line may come split over two reads
+        self._transport: asyncio.BaseTransport | None = None
+        self._stalled: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
         self._due = asyncio.get_running_loop().call_later(HEAD_S, self._late)
         self.handler.connection_made(transport)
 
@@ -317,14 +325,25 @@ class _HeadBound(asyncio.Protocol):
         return self.handler.eof_received()
 
     def pause_writing(self) -> None:
+        if self._stalled is None:
+            self._stalled = asyncio.get_running_loop().call_later(WRITE_S, self._unread)
         self.handler.pause_writing()
 
     def resume_writing(self) -> None:
+        if self._stalled is not None:
+            self._stalled.cancel()
+            self._stalled = None
         self.handler.resume_writing()
 
+    def _unread(self) -> None:
+        self._stalled = None
+        if self._transport is not None:
+            self._transport.abort()     # the handler's write ends with ConnectionResetError, as for a client gone
+
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._due is not None:
-            self._due.cancel()
+        for timer in (self._due, self._stalled):
+            if timer is not None:
+                timer.cancel()
         self.handler.connection_lost(exc)
 
 
