@@ -119,15 +119,14 @@ class Calendar:
             hit = self._single[key] = fn(days, *args)
         return hit.copy()
 
-    def same_kind_offsets(self, days: np.ndarray, min_back: int, max_back: int = 21, skip: tuple = ()) -> np.ndarray:
-        """Days back (>= min_back) to the latest earlier day of the same kind, passing over the day
-        numbers in `skip`; max_back if none."""
+    def same_kind_offsets(self, days: np.ndarray, min_back: int, max_back: int = 21) -> np.ndarray:
+        """Days back (>= min_back) to the latest earlier day of the same kind; max_back if none."""
         days = np.asarray(days, dtype=np.int64)
         if days.size == 1:
-            return self._one_day(self._same_kind_offsets, days, min_back, max_back, skip)
-        return self._same_kind_offsets(days, min_back, max_back, skip)
+            return self._one_day(self._same_kind_offsets, days, min_back, max_back)
+        return self._same_kind_offsets(days, min_back, max_back)
 
-    def _same_kind_offsets(self, days: np.ndarray, min_back: int, max_back: int, skip: tuple) -> np.ndarray:
+    def _same_kind_offsets(self, days: np.ndarray, min_back: int, max_back: int) -> np.ndarray:
         uniq, inv = np.unique(days, return_inverse=True)
         lo = int(uniq.min()) - max_back if uniq.size else 0
         span = np.arange(lo, int(uniq.max()) + 1) if uniq.size else np.arange(0)
@@ -135,44 +134,33 @@ class Calendar:
         out = np.full(uniq.shape, max_back, dtype=np.int64)
         found = np.zeros(uniq.shape, dtype=bool)
         k_target = kinds[uniq - lo]
-        kinds = _passed_over(kinds, span, skip)
         for back in range(min_back, max_back):
             hit = ~found & (kinds[uniq - back - lo] == k_target)
             out[hit] = back
             found |= hit
         return out[inv]
 
-    def recent_same_kind(self, days: np.ndarray, n: int, max_back: int = 42, skip: tuple = ()) -> np.ndarray:
-        """(len(days), n) days back to the n latest earlier days of the same kind, passing over the day
-        numbers in `skip`; max_back pads."""
+    def recent_same_kind(self, days: np.ndarray, n: int, max_back: int = 42) -> np.ndarray:
+        """(len(days), n) days back to the n latest earlier days of the same kind; max_back pads."""
         days = np.asarray(days, dtype=np.int64)
         if days.size == 1:
-            return self._one_day(self._recent_same_kind, days, n, max_back, skip)
-        return self._recent_same_kind(days, n, max_back, skip)
+            return self._one_day(self._recent_same_kind, days, n, max_back)
+        return self._recent_same_kind(days, n, max_back)
 
-    def _recent_same_kind(self, days: np.ndarray, n: int, max_back: int, skip: tuple) -> np.ndarray:
+    def _recent_same_kind(self, days: np.ndarray, n: int, max_back: int) -> np.ndarray:
         uniq, inv = np.unique(days, return_inverse=True)
         out = np.full((uniq.size, n), max_back, dtype=np.int64)
         if not uniq.size:
             return out[inv]
         lo = int(uniq.min()) - max_back
-        span = np.arange(lo, int(uniq.max()) + 1)
-        kinds = self.day_kind(span)
+        kinds = self.day_kind(np.arange(lo, int(uniq.max()) + 1))
         k_target = kinds[uniq - lo]
-        kinds = _passed_over(kinds, span, skip)
         filled = np.zeros(uniq.size, dtype=np.int64)
         for back in range(1, max_back):
             hit = (filled < n) & (kinds[uniq - back - lo] == k_target)
             out[hit, filled[hit]] = back
             filled += hit
         return out[inv]
-
-
-def _passed_over(kinds: np.ndarray, span: np.ndarray, skip: tuple) -> np.ndarray:
-    """Day kinds with the `skip` days made a kind no day has, so no search takes them."""
-    if not skip:
-        return kinds
-    return np.where(np.isin(span, np.asarray(skip, dtype=np.int64)), -1, kinds)
 
 
 @lru_cache(maxsize=256)

@@ -528,7 +528,8 @@ class DemandForecaster:
         with self._lock:
             snap = self._bins.snapshot(int(ks[0]) - self._lookback_minutes, int(ks[-1]))
             fitted = self._model
-            refs = snap.without(self._curtailed)
+            masked = snap.without(self._curtailed)
+        refs = features.references(masked, self.calendar)
         levels = features.demand(snap, ks)
         learned = {}
         for h in self.horizons_minutes:
@@ -536,23 +537,23 @@ class DemandForecaster:
             if hm is not None:
                 X, _ = features.build(snap, self.calendar, ks, h, refs)
                 learned[h] = levels[:, None] + hm.members.predict_each(X)
-        return [self._issue(snap, refs, fitted, float(t), int(k), float(levels[i]),
+        return [self._issue(snap, masked, fitted, float(t), int(k), float(levels[i]),
                             {h: v[i] for h, v in learned.items()})
                 for i, (t, k) in enumerate(zip(times, ks))]
 
-    def _issue(self, snap, refs, fitted, now: float, k: int, level: float,
+    def _issue(self, snap, masked, fitted, now: float, k: int, level: float,
                learned: dict[int, np.ndarray]) -> Forecast:
         """The sequential part of a forecast: the members' live weights, live validation, the guard,
-        slope, thresholds, flags. `learned`: each member's forecast demand, per horizon. `refs` is `snap`
+        slope, thresholds, flags. `learned`: each member's forecast demand, per horizon. `masked` is `snap`
         without the curtailed minutes: a shed no forecast was told of counts against neither the model
-        nor persistence."""
+        nor persistence, nor in the thresholds."""
         k_done = math.floor(now / 60.0)
         level_kw = level if math.isfinite(level) else None
         out: dict[int, float | None] = {}
         names = {}
 
         def actual(j: int):
-            a = float(features.demand(refs, np.array([j]))[0])
+            a = float(features.demand(masked, np.array([j]))[0])
             return a if math.isfinite(a) else None
 
         for h in self.horizons_minutes:
@@ -577,7 +578,7 @@ class DemandForecaster:
             out[h] = value
             names[h] = name
         rate = self._slope(snap, k)
-        hi_thr, lo_thr = self._thresholds_at(refs, k_done)
+        hi_thr, lo_thr = self._thresholds_at(masked, k_done)
         flag_on = out[self.horizons_minutes[-1]]
         # Near-flat loads (a data centre, a cold store) put the 10th and 90th percentiles closer than the
         # bands (3 % of each threshold): both flags latched on and stayed on. Cap each band at a quarter

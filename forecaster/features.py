@@ -48,9 +48,9 @@ def build(snap: MinuteSnapshot, cal: Calendar, ks: np.ndarray, h: int,
           refs: MinuteSnapshot | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(X, level): feature matrix (FEATURE_NAMES) for issue minutes ks at horizon h, and the current demand.
 
-    Earlier days are read from `refs` (default `snap`): the same minutes with those a demand-response
-    event shed left out, so a shed afternoon is nobody's reference day, while today reads as metered."""
-    refs = snap if refs is None else refs
+    Earlier days are read from `refs` (default: references(snap)), where a demand-response event's shed reads as
+    a normal day's, while today reads as metered."""
+    refs = references(snap if refs is None else refs, cal)
     ks = np.asarray(ks, dtype=np.int64)
     js = ks + h
     level = demand(snap, ks)
@@ -60,8 +60,7 @@ def build(snap: MinuteSnapshot, cal: Calendar, ks: np.ndarray, h: int,
     local_j = cal.local_seconds(js * 60)
     day_j = local_j // 86400
     local_k = cal.local_seconds(ks * 60)
-    skip = set_aside_days(refs, cal)
-    offs = [cal.same_kind_offsets(day_j, min_back, skip=skip) for min_back in (1, 7)]
+    offs = [cal.same_kind_offsets(day_j, min_back) for min_back in (1, 7)]
     targets = []
     for off in offs:
         ref_k = demand(refs, cal.days_back(ks, off))
@@ -77,7 +76,7 @@ def build(snap: MinuteSnapshot, cal: Calendar, ks: np.ndarray, h: int,
     cols.append(cal.day_kind(local_k // 86400).astype(float))
     cols += targets
     cols.append(snap.window_mean(ks, 240))
-    backn = cal.recent_same_kind(day_j, N_REFS, skip=skip)
+    backn = cal.recent_same_kind(day_j, N_REFS)
     rj = demand(refs, cal.days_back(js[:, None], backn))
     rk = demand(refs, cal.days_back(ks[:, None], backn))
     with np.errstate(all="ignore"):
@@ -92,7 +91,7 @@ def build(snap: MinuteSnapshot, cal: Calendar, ks: np.ndarray, h: int,
         # Only for a reference level above 0: a sub-meter that read 0 kW then (a chiller off) made it
         # infinite, and every fit failed on it; a net export (PV) would turn the swing upside down.
         cols.append(np.where(ref_level > 0, _row_median(rj) * level / ref_level - level, np.nan))
-    cols.append(_analog_change(snap, refs, cal, ks, js, day_j, skip))
+    cols.append(_analog_change(snap, refs, cal, ks, js, day_j))
     cols += [demand(snap, ks - lag) for lag in PLAIN_LAGS]
     cols += [level - demand(snap, ks - 15), level - demand(snap, ks - 60), demand(refs, cal.days_back(js, 1)),
              demand(refs, cal.days_back(js, 7)), demand(refs, cal.days_back(ks, 1)), demand(refs, cal.days_back(ks, 7))]
@@ -100,22 +99,42 @@ def build(snap: MinuteSnapshot, cal: Calendar, ks: np.ndarray, h: int,
     return np.column_stack(cols), level
 
 
-def set_aside_days(refs: MinuteSnapshot, cal: Calendar) -> tuple:
-    """Local day numbers that hold minutes `refs` set aside (a demand-response event's shed and the
-    rebound after it): such a day is passed over as a reference day, as utilities leave event days
-    out of a baseline, so its normal hours are not mixed with the shed ones of the next-older day."""
-    days: set[int] = set()
-    for first, last in refs.set_aside:
-        ks = np.append(np.arange(first, last + 1, 60), last)
-        days.update(np.unique(cal.local_seconds(ks * 60 - 1) // 86400).tolist())  # minute k ends at k * 60
-    return tuple(sorted(days))
+FILL_BACK_DAYS = 42   # how far back a set-aside minute looks for a same-kind day to stand in for it
 
 
-def _analog_change(snap: MinuteSnapshot, refs: MinuteSnapshot, cal: Calendar, ks, js, day_j,
-                   skip: tuple = ()) -> np.ndarray:
+def references(snap: MinuteSnapshot, cal: Calendar) -> MinuteSnapshot:
+    """`snap` with each minute it set aside (a demand-response event's shed and the rebound after it) read from
+    the latest earlier day of the same kind that has that wall-clock minute as metered, as a utility's baseline
+    stands in for an event day: the reference days' shed hours read as a normal day's, and their other hours
+    as they were."""
+    if not snap.set_aside:
+        return snap
+    # the zone's offset and the day's kind of every minute held, looked up once: each day back is then indexing
+    k_all = snap.k0 + np.arange(snap.n, dtype=np.int64)
+    offset = cal.local_seconds(k_all * 60) - k_all * 60
+    kind = cal.day_kind((k_all * 60 - 1 + offset) // 86400)      # minute k ends at k * 60
+    todo = np.concatenate([np.arange(first, last + 1) for first, last in snap.set_aside]) - snap.k0
+    ks, values = todo + snap.k0, np.full(todo.size, np.nan)
+    where = np.arange(todo.size)
+    for back in range(1, FILL_BACK_DAYS + 1):
+        guess = todo - back * 1440
+        ok = guess >= 0
+        src = np.where(ok, guess + (offset[todo] - offset[np.where(ok, guess, 0)]) // 60, 0)  # as Calendar.days_back
+        ok &= (src >= 0) & (src < snap.n)
+        src = np.where(ok, src, 0)
+        got = np.where(ok & (kind[src] == kind[todo]), snap.means[src], np.nan)
+        hit = np.isfinite(got)
+        values[where[hit]] = got[hit]
+        todo, where = todo[~hit], where[~hit]
+        if not todo.size:
+            break
+    return snap.with_minutes(ks, values)
+
+
+def _analog_change(snap: MinuteSnapshot, refs: MinuteSnapshot, cal: Calendar, ks, js, day_j) -> np.ndarray:
     """What recent same-kind days did next, weighted by how closely their last three hours had the
     shape of today's: a late start or an early shutdown today picks the days that had one too."""
-    back = cal.recent_same_kind(day_j, ANALOG_DAYS, ANALOG_BACK_DAYS, skip=skip)
+    back = cal.recent_same_kind(day_j, ANALOG_DAYS, ANALOG_BACK_DAYS)
     c = ANALOG_CHUNK_ROWS
     return np.concatenate([_analog_rows(snap, refs, cal, ks[i:i + c], js[i:i + c], back[i:i + c])
                            for i in range(0, ks.size, c)] or [np.empty(0)])

@@ -165,6 +165,23 @@ class MinuteSnapshot:
         out._index()
         return out
 
+    def with_minutes(self, ks: np.ndarray, values: np.ndarray) -> "MinuteSnapshot":
+        """A copy with minutes `ks` (within it) holding `values` (NaN: none), each as one reading at mid-minute,
+        and nothing set aside."""
+        out = MinuteSnapshot.__new__(MinuteSnapshot)
+        out.k0, out.n, out.set_aside = self.k0, self.n, ()
+        i = np.asarray(ks, dtype=np.int64) - self.k0
+        have = np.isfinite(values)
+        out.means = self.means.copy()
+        out.means[i] = values
+        out.counts = self.counts.copy()
+        out.counts[i] = have
+        out.offsets = None if self.offsets is None else self.offsets.copy()
+        if out.offsets is not None:
+            out.offsets[i] = np.where(have, 30.0, 0.0)
+        out._index()
+        return out
+
     def minute_time(self, ks: np.ndarray) -> np.ndarray:
         """When minute ks's readings were taken on average, in minutes (minute k spans k-1..k)."""
         i = np.asarray(ks, dtype=np.int64) - self.k0

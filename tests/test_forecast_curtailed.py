@@ -36,7 +36,7 @@ def spans(days):
     return [(T0 + d * DAY + 12 * 3600, T0 + d * DAY + 16 * 3600) for d in days]
 
 
-def test_a_snapshot_without_spans_empties_exactly_those_minutes_and_names_their_days():
+def test_a_snapshot_without_spans_empties_exactly_those_minutes():
     snap = MinuteSnapshot(1000, np.arange(100, dtype=float) * 2, np.full(100, 2, dtype=np.int64))
     assert snap.without([(5000, 6000)]) is snap           # nothing of it in this snapshot: no copy
     cut = snap.without([(1010, 1019), (1095, 10**9)])
@@ -46,12 +46,6 @@ def test_a_snapshot_without_spans_empties_exactly_those_minutes_and_names_their_
     # a window across the hole averages the minutes either side of it, as with a gap in the readings
     assert cut.window_mean(np.array([1021]), 15)[0] == pytest.approx(np.mean([7, 8, 9, 20, 21]))
     assert snap.set_aside == () and not np.isnan(snap.means).any()   # the original is untouched
-    day0 = (1000 * 60) // DAY
-    cal = Calendar()
-    # minute k ends at k * 60: minute 1440 is the last of day 0, and the open span runs to the snapshot's end
-    spanning = MinuteSnapshot(1380, np.ones(200), np.ones(200, dtype=np.int64)).without([(1400, 1441)])
-    assert features.set_aside_days(spanning, cal) == (0, 1)
-    assert features.set_aside_days(cut, cal) == (day0,)
 
 
 def test_set_curtailed_takes_the_whole_list_adds_the_rebound_and_ignores_what_is_not_a_span():
@@ -70,15 +64,36 @@ def test_set_curtailed_takes_the_whole_list_adds_the_rebound_and_ignores_what_is
     assert fc.curtailed_minutes() == 0
 
 
-def test_reference_days_pass_over_event_days_but_today_keeps_its_kind():
-    cal = Calendar()
-    monday = int(T0 // DAY) + 21
-    assert cal.same_kind_offsets(np.array([monday]), 1).tolist() == [3]           # Friday
-    assert cal.same_kind_offsets(np.array([monday]), 1, skip=(monday - 3,)).tolist() == [4]
-    assert cal.same_kind_offsets(np.array([monday]), 7, skip=(monday - 7,)).tolist() == [10]   # the Friday before
-    assert cal.recent_same_kind(np.array([monday]), 4, skip=(monday - 3, monday - 5)).tolist() == [[4, 6, 7, 10]]
-    # an event today does not make today another kind of day
-    assert cal.same_kind_offsets(np.array([monday]), 1, skip=(monday,)).tolist() == [3]
+def test_a_set_aside_minute_reads_as_the_latest_earlier_same_kind_day_had_it():
+    # three weeks of minutes, each day's value its day number; Wednesday and Thursday of week 3 shed at 15:00
+    days = 21
+    t = T0 + np.arange(60, days * DAY + 1, 60.0)
+    k = np.array([minute_of(x) for x in t])
+    day_of = ((t - 1) // DAY - T0 // DAY).astype(int)
+    snap = MinuteSnapshot(int(k[0]), day_of.astype(float), np.ones(t.size, dtype=np.int64))
+    at = lambda d, hour: minute_of(T0 + d * DAY + hour * 3600)   # noqa: E731
+    cut = snap.without([(at(16, 15), at(16, 16)), (at(17, 15), at(17, 16))])
+    refs = features.references(cut, Calendar())
+    assert refs.set_aside == ()
+    # Wednesday 15:30 reads Tuesday's; Thursday 15:30 passes over Wednesday (shed then) to Tuesday too
+    assert refs.window_mean(np.array([at(16, 15.5), at(17, 15.5)]), 1).tolist() == [15.0, 15.0]
+    # the rest of those days reads as metered, and Monday's 15:30 is not anybody's stand-in for Saturday's
+    assert refs.window_mean(np.array([at(16, 12), at(17, 17)]), 1).tolist() == [16.0, 17.0]
+    sat = snap.without([(at(19, 15), at(19, 16))])
+    assert features.references(sat, Calendar()).window_mean(np.array([at(19, 15.5)]), 1).tolist() == [12.0]
+    # a minute with no same-kind day within FILL_BACK_DAYS stays empty
+    first = snap.without([(at(0, 15), at(0, 16))])
+    assert np.isnan(features.references(first, Calendar()).window_mean(np.array([at(0, 15.5)]), 1)[0])
+
+
+def test_a_set_aside_minute_reads_the_same_wall_clock_minute_across_a_clock_change():
+    # Rome's spring change was Sunday 31 March 2024: Monday 15:30 (CEST) reads Friday 15:30 (CET), 71 hours before
+    fri = dt.datetime(2024, 3, 29, 14, 30, tzinfo=dt.timezone.utc).timestamp()
+    mon = dt.datetime(2024, 4, 1, 13, 30, tzinfo=dt.timezone.utc).timestamp()
+    t = np.arange(fri - 3 * DAY, mon + DAY, 60.0)
+    snap = MinuteSnapshot(minute_of(t[0]), (t - fri) / 60.0, np.ones(t.size, dtype=np.int64))  # minutes from Friday
+    cut = snap.without([(minute_of(mon) - 30, minute_of(mon) + 30)])
+    assert features.references(cut, Calendar("Europe/Rome")).window_mean(np.array([minute_of(mon)]), 1)[0] == 0.0
 
 
 def _forecast_after_a_week_of_sheds(told: bool) -> tuple[float, DemandForecaster]:
@@ -100,7 +115,7 @@ def test_a_week_of_shed_afternoons_does_not_teach_next_monday_that_its_peak_is_g
     untold, _ = _forecast_after_a_week_of_sheds(told=False)
     told, fc = _forecast_after_a_week_of_sheds(told=True)
     # Every reference day of that Monday (last Friday, last Monday, the four latest workdays) was shed:
-    # told nothing, the forecaster expects the 280 kW it saw; told, it reads the week before.
+    # told nothing, the forecaster expects the 280 kW it saw; told, their shed hours read as the week before.
     assert untold < truth - 50
     assert abs(told - truth) < 20
     assert fc.status()["curtailed_minutes"] == 5 * (4 * 60 + 60)
