@@ -103,14 +103,14 @@ def run_plain(t, v, weeks, cal_plain):
     return out, fit_s, pred_s / n_pred
 
 
-def run_project(t, v, weeks, history_days, params, live_refits=False):
+def run_project(t, v, weeks, history_days, params, live_refits=False, forecaster=DemandForecaster):
     out = {h: [] for h in HORIZONS}
     flags, thresholds, models = [], [], []
     fit_s, pred_s, n_pred = [], 0.0, 0
     for w0, w1 in weeks:
         # live_refits: also refit inside the week on the gateway's schedule (forecaster.retrain_minutes)
-        fc = DemandForecaster(history_days=history_days, **params,
-                              **({} if live_refits else {"retrain_minutes": 10**9}))
+        fc = forecaster(history_days=history_days, **params,
+                        **({} if live_refits else {"retrain_minutes": 10**9}))
         lo = max(0, w0 - int(history_days * 96) - 1)
         fc.seed(t[lo:w0 - 1], v[lo:w0 - 1])
         now = t[w0 - 1]
