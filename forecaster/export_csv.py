@@ -394,7 +394,8 @@ def read_series(csv_path, time_column, value_column: str, tz: ZoneInfo,
 def read_spans(csv_path, tz: ZoneInfo, time_format: str | None = None,
                encoding: str | None = None) -> list[tuple[float, float]]:
     """(start, end) epoch seconds of each row of a CSV whose header names `start` and `end` columns: the
-    demand-response events a building shed for. Times read as the series' (parse_time); '#' starts a comment.
+    demand-response events a building shed for. Times read as the series' (parse_time, its --time-format and
+    encoding); '#' starts a comment.
     A row that cannot be read is refused, naming its line: a wrong event would be learned as a normal day."""
     path = Path(csv_path)
     lines = [(i + 1, line) for i, line in enumerate(_decode(path, encoding).splitlines())
@@ -410,13 +411,14 @@ def read_spans(csv_path, tz: ZoneInfo, time_format: str | None = None,
     out = []
     for n, line in lines[1:]:
         cells = next(csv.reader([line], delimiter=delimiter))
+        if max(a, b) >= len(cells) or not cells[a].strip() or not cells[b].strip():
+            raise ReplayInputError(f"{path}: line {n}: no start or no end")
         try:
             start, end = (parse_time(cells[i], tz, time_format=time_format) for i in (a, b))
-        except IndexError:
-            raise ReplayInputError(f"{path}: line {n}: no start or no end") from None
         except TimeFormatError as err:
             raise ReplayInputError(f"{path}: line {n}: a time {err}") from None
-        if not (TIME_MIN <= start < end <= TIME_MAX):
-            raise ReplayInputError(f"{path}: line {n}: the end must come after the start, both in 1970-2100")
-        out.append((start, end))
+        if not (TIME_MIN <= start <= end <= TIME_MAX):
+            raise ReplayInputError(f"{path}: line {n}: the end must not come before the start, both in 1970-2100")
+        if end > start:     # an event of no length shed nothing
+            out.append((start, end))
     return out

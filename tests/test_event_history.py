@@ -142,6 +142,34 @@ def test_the_sheds_the_forecaster_is_told_of_are_what_ran_opted_in(tmp_path):
     assert len(curtailed_spans(events, now.timestamp(), since=start["cancelled"].timestamp() + 3600)) == 1
 
 
+async def test_a_running_event_is_told_whole_and_a_change_that_keeps_its_level_is_told_at_the_next_cycle(tmp_path):
+    # Told only the intervals started by then, and only when the published state changed, the forecaster learned a
+    # four-hour event's last three hours at level 1 (the same level: no change) as a normal afternoon, and an
+    # extension sent while it ran until it ended
+    from ven.config import ForecasterConfig
+    from ven.forecast_service import ForecastService
+
+    now = utcnow()
+    start = now.replace(second=0, microsecond=0) - timedelta(minutes=30)
+    running = event("four-hours", [1, 1, 1, 1], start, 60, start - timedelta(hours=1))
+    kept = [running]
+    svc = ForecastService(ForecasterConfig(cycle_seconds=0.05), str(tmp_path / "gw.sqlite"),
+                          publish=lambda f: None, events=lambda: list(kept))
+    first = minute_of(start.timestamp()) + 1
+
+    def told_until() -> float | None:
+        spans = svc.forecaster.curtailed
+        return spans[-1][1] if spans and spans[0][0] == first else None
+    await svc.start()
+    try:
+        await eventually(lambda: told_until() == minute_of(start.timestamp() + 5 * 3600), 5, "the whole event")
+        # the VTN extends it by an hour while it runs, at the same level: the schedule publishes no change
+        kept[0] = event("four-hours", [1, 1, 1, 1, 1], start, 60, start - timedelta(hours=1))
+        await eventually(lambda: told_until() == minute_of(start.timestamp() + 6 * 3600), 5, "the extension")
+    finally:
+        await svc.stop()
+
+
 def test_ended_events_are_kept_35_days_then_pruned(tmp_path):
     path = tmp_path / "gw.sqlite"
     now = utcnow()

@@ -58,8 +58,9 @@ def test_replay_with_the_event_log_forecasts_the_peak_the_week_of_sheds_hid(tmp_
     ("from,to\n2024-03-25T12:00Z,2024-03-25T16:00Z\n", "line 1: the header must name the columns start and end"),
     ("start,end\n2024-03-25T12:00Z,25/03/2024 16:00\n", "line 2: a time is not ISO 8601 or epoch seconds"),
     ("start,end\n2024-03-25T12:00Z,2024-03-25T16:00Z\n2024-03-26T16:00Z,2024-03-26T12:00Z\n",
-     "line 3: the end must come after the start"),
+     "line 3: the end must not come before the start"),
     ("start,end\n2024-03-25T12:00Z\n", "line 2: no start or no end"),
+    ("start,end\n2024-03-25T12:00Z,\n", "line 2: no start or no end"),
 ])
 def test_an_event_log_that_cannot_be_read_is_refused_naming_the_line_and_nothing_is_written(
         tmp_path, capsys, content, says):

@@ -175,7 +175,7 @@ class Gateway:
         c = self.config
         low, high = self.device.input_bounds  # as the device compares them: what it takes, the forecaster takes
         return ForecastService(c.forecaster, c.storage.path, publish=self._on_forecast, min_kw=low, max_kw=high,
-                               reopen_seconds=c.storage.retry_seconds)
+                               reopen_seconds=c.storage.retry_seconds, events=self._kept_events)
 
     @functools.cached_property
     def vtn(self) -> "VtnClient":
@@ -216,7 +216,6 @@ class Gateway:
         await _in_daemon_thread(_import_slow_parts)
         if self.device.get(P.OPT_OUT):
             self.vtn.set_opt_out(True)  # before the VTN session, so new events are answered optOut
-        self._events_to_forecaster()
         await self._start(self.forecast)
         self._note_other_meter()
         self._note_not_running()
@@ -538,18 +537,16 @@ class Gateway:
         self.device.set(P.EVENT_ACTIVE, state.active)
         self.device.set(P.EVENT_START_MINUTES, float(state.start_minutes))
         self.metrics.event_level.set(state.level)
-        if self._built("forecast"):
-            self._events_to_forecaster()
         for callback in self._schedule_listeners:
             try:
                 callback(state)
             except Exception:  # a user's handler must never stop the points from updating
                 log.exception("schedule listener %r failed", callback)
 
-    def _events_to_forecaster(self) -> None:
-        """The forecaster keeps the hours the building shed out of what it learns (ForecastService.set_events)."""
+    def _kept_events(self) -> list:
+        """The events of the forecaster's history: it keeps the hours the building shed out of what it learns."""
         since = datetime.now(timezone.utc) - timedelta(days=self.forecast.forecaster.keep_days)
-        self.forecast.set_events(self.schedule.history_events(since))
+        return self.schedule.history_events(since)
 
     def _on_vtn_connected(self, connected: bool) -> None:
         self.device.set(P.VTN_CONNECTED, connected)

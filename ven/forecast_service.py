@@ -73,7 +73,7 @@ def forecaster_from_config(c: ForecasterConfig, min_kw: float = -1e5, max_kw: fl
 class ForecastService:
     def __init__(self, config: ForecasterConfig, storage_path: str, publish: Callable[[Forecast], None],
                  clock: Callable[[], float] = time.time, min_kw: float = -1e5, max_kw: float = 1e5,
-                 reopen_seconds: float = REOPEN_SECONDS):
+                 reopen_seconds: float = REOPEN_SECONDS, events: Callable[[], list] = list):
         self.config = config
         self.storage_path = storage_path
         self._publish = publish
@@ -118,8 +118,10 @@ class ForecastService:
         self._wake = asyncio.Event()
         self.last_forecast: Forecast | None = None
         self.last_cycle_seconds: float | None = None
-        self._events: list = []        # the schedule's kept events (frozen values), given by set_events
-        self._events_new = False
+        # the schedule's kept events (frozen values; a change replaces one), asked on the loop before each cycle, and
+        # the list the forecaster was last told of: kept, so that no object of it is freed and its id reused
+        self._events_of = events
+        self._events_told: list | None = None
 
     # ---- inputs (called on the event loop) ---------------------------------------------------------
     def _use_input(self, t: float) -> bool:
@@ -246,16 +248,18 @@ class ForecastService:
                 self._say_meter()
             self._take(t, kw, "meter")
 
-    def set_events(self, events: list) -> None:
-        """The schedule's events of the history kept (frozen values), after any change to them: before its
-        next fit or cycle the forecaster learns from them when the building was shed (on the loop)."""
-        self._events = events
-        self._events_new = True
+    def _events_changed(self) -> list | None:
+        """The schedule's events if any changed since the forecaster was told of them, else None (on the loop)."""
+        events = self._events_of()
+        told = self._events_told
+        if told is not None and len(told) == len(events) and all(a is b for a, b in zip(told, events)):
+            return None
+        self._events_told = events
+        return events
 
-    def _tell_curtailed(self, now: float) -> None:
-        self._events_new = False
+    def _tell_curtailed(self, events: list, now: float) -> None:
         at = dt.datetime.fromtimestamp(now, dt.timezone.utc)
-        spans = curtailed_spans([ev.describe(at) for ev in self._events], now, now - self.forecaster.keep_days * 86400)
+        spans = curtailed_spans([ev.describe(at) for ev in events], now, now - self.forecaster.keep_days * 86400)
         self.forecaster.set_curtailed(spans)
 
     def warm_start(self, times, values) -> None:
@@ -342,9 +346,10 @@ class ForecastService:
         while True:
             started = loop.time()
             now = self._clock()
-            if self._events_new:    # before a fit is cut: a shed is not learned as a normal afternoon
+            events = self._events_changed()
+            if events is not None:    # before a fit is cut: a shed is not learned as a normal afternoon
                 try:
-                    await loop.run_in_executor(self._cycle_pool, self._tell_curtailed, now)
+                    await loop.run_in_executor(self._cycle_pool, self._tell_curtailed, events, now)
                 except Exception:
                     log.exception("reading the events' sheds for the forecaster failed")
             retry_due = self._fit_retry_at is None or time.monotonic() >= self._fit_retry_at

@@ -233,12 +233,13 @@ def _ran_and_upcoming(events: list[dict], now: float, since: float, ahead_until:
 
 
 def curtailed_spans(events: list[dict], now: float, since: float = 0.0) -> list[tuple[float, float | None]]:
-    """(start, end) of each SIMPLE interval above level 0 that ran here, after `since`, while the building
-    was not opted out: when the BAS shed load (end None while one runs), for the forecaster to keep out of
-    what it learns from. Intervals that follow one another are one span."""
-    ran, _ = _ran_and_upcoming(events, now, since, now)
+    """(start, end) of each SIMPLE interval above level 0 that ran here after `since`, or is to run, while the
+    building was not opted out: when the BAS sheds load (end None: open-ended), for the forecaster to keep out of
+    what it learns from. A running event's later intervals are in: its next one at the same level changes nothing
+    the schedule publishes. Intervals that follow one another are one span."""
+    ran, ahead = _ran_and_upcoming(events, now, since, math.inf)
     out: list[tuple[float, float | None]] = []
-    for part in sorted((p for p in ran if p["opt"] != "optOut"), key=lambda p: p["start"]):
+    for part in sorted((p for p in ran + ahead if p["opt"] != "optOut"), key=lambda p: p["start"]):
         if out and out[-1][1] is not None and part["start"] <= out[-1][1]:
             ends = (out[-1][1], part["end"])
             out[-1] = (out[-1][0], None if None in ends else max(ends))
