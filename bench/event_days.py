@@ -34,6 +34,9 @@ flagged nor true (precision, recall and F1 are those of the set's cycles; a flag
 the set is). false/day = flag episodes with no true cycle per day of the set (all: the weeks' days;
 workday pm: the event-free workdays).
 
+A last table scores the hour after each event's end against the series as metered: there a forecast issued
+during the event, told of it, starts from the building as its reference days have it.
+
 Run: python bench/event_days.py [--weeks 12] [--first-week 2019-09-02] [--shed 0.2] [--rebound 0.08]
                                 [--seed 1] [--history-days 365]
 About 2 minutes a way for 12 weeks on one core (one fit a week): 6 minutes for the three.
@@ -180,6 +183,29 @@ def main(argv=None) -> int:
             s = fa.flag_scores(flags & c, truth & c, days)
             print(f"{name:22s} {sname:11s} {cv[15]:5.2f}% {cv[60]:5.2f}% {bias:+6.2f}% {s['precision']:6.3f} "
                   f"{s['recall']:6.3f} {s['f1']:6.3f} {s['false_per_day']:7.3f} {np.nanmean(thr):7.1f} {secs:6.0f}")
+
+    # The hour after each event: the building comes back (and rebounds). Told of the event, a forecast issued during it
+    # for a target after its end starts from the building as its reference days have it, not from the shed
+    after = np.zeros(t.size, bool)
+    for s, e in events:
+        after |= (t > e) & (t <= e + AFTER_MINUTES * 60)
+    thr_clean = runs["(a) clean"][2]
+    truth_after = np.isfinite(thr_clean) & (ve[tgt[60]] >= thr_clean)
+    print(f"\nThe {AFTER_MINUTES} min after each event's end, against the series as metered (the shed over, the rebound): "
+          "CV(RMSE) pooled over the weeks; flag at 60 min against the clean run's threshold.")
+    print(f"{'run':22s} {'targets':7s} {'CV15':>6s} {'CV60':>6s} {'bias60':>7s} {'prec':>6s} {'recall':>6s} {'F1':>6s}")
+    for name in ("(b) events, not told", "(c) events, told"):
+        pred, flags, _, _ = runs[name]
+        cv, bias = {}, None
+        for h in fa.HORIZONS:
+            p, a = np.concatenate(pred[h]), ve[tgt[h]]
+            m = after[tgt[h]] & np.isfinite(p)
+            cv[h] = 100 * np.sqrt(np.mean((p - a)[m] ** 2)) / np.mean(a[m])
+            bias = 100 * np.mean((p - a)[m]) / np.mean(a[m])
+        c = after[tgt[60]]
+        s = fa.flag_scores(flags & c, truth_after & c, len(events))
+        print(f"{name:22s} {int(c.sum()):7d} {cv[15]:5.2f}% {cv[60]:5.2f}% {bias:+6.2f}% {s['precision']:6.3f} "
+              f"{s['recall']:6.3f} {s['f1']:6.3f}")
     return 0
 
 

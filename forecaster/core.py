@@ -199,6 +199,7 @@ class DemandForecaster:
                                    arm_fraction)
         self._thresholds: tuple[int, float | None, float | None] | None = None
         self._curtailed: tuple[tuple[int, int], ...] = ()   # minute spans set aside (set_curtailed)
+        self._sheds: tuple[tuple[int, int], ...] = ()       # the same without the rebound: the events' own minutes
         self.rejected = 0
         self.last_forecast: Forecast | None = None
 
@@ -437,24 +438,21 @@ class DemandForecaster:
         None while one runs; the whole list each time. Their minutes, and rebound_minutes after
         each, stay out of training, reference days, thresholds and live errors: a shed afternoon taught
         as a normal one has next week's peak forecast low, and the high-load flag late, on the hot days
-        events come on. The forecast itself still starts from the power as metered."""
-        out = []
+        events come on. The forecast starts from the power as metered, but for a target after the end of
+        the shed under way: that one starts from the building as its reference days have it, so the load
+        coming back at the end of an event is forecast, and the high-load flag is on for it in time."""
+        sheds, kept = [], []
         for start, end in spans:
             if start is None or not math.isfinite(start) or (end is not None and not math.isfinite(end)):
                 continue
-            last = 2 ** 62 if end is None else minute_of(end + self.rebound_minutes * 60.0)
             if end is None or end > start:
-                out.append((math.floor(start / 60.0) + 1, last))   # the minutes that hold readings after start
-        out.sort()
-        merged: list[tuple[int, int]] = []
-        for first, last in out:
-            if merged and first <= merged[-1][1] + 1:
-                merged[-1] = (merged[-1][0], max(merged[-1][1], last))
-            else:
-                merged.append((first, last))
+                first = math.floor(start / 60.0) + 1    # the minutes that hold readings after start
+                sheds.append((first, 2 ** 62 if end is None else minute_of(end)))
+                kept.append((first, 2 ** 62 if end is None else minute_of(end + self.rebound_minutes * 60.0)))
         with self._lock:
-            if tuple(merged) != self._curtailed:
-                self._curtailed = tuple(merged)
+            self._sheds = _merged(sheds)
+            if _merged(kept) != self._curtailed:
+                self._curtailed = _merged(kept)
                 self._thresholds = None
 
     @property
@@ -529,6 +527,7 @@ class DemandForecaster:
             snap = self._bins.snapshot(int(ks[0]) - self._lookback_minutes, int(ks[-1]))
             fitted = self._model
             masked = snap.without(self._curtailed)
+            sheds = self._sheds
         refs = features.references(masked, self.calendar)
         levels = features.demand(snap, ks)
         learned = {}
@@ -537,6 +536,10 @@ class DemandForecaster:
             if hm is not None:
                 X, _ = features.build(snap, self.calendar, ks, h, refs)
                 learned[h] = levels[:, None] + hm.members.predict_each(X)
+                ending = _ending(sheds, ks, h)
+                if ending.any():   # today too as the reference days have it: the load after the event, not the shed
+                    X, level = features.build(refs, self.calendar, ks[ending], h, refs)
+                    learned[h][ending] = level[:, None] + hm.members.predict_each(X)
         return [self._issue(snap, masked, fitted, float(t), int(k), float(levels[i]),
                             {h: v[i] for h, v in learned.items()})
                 for i, (t, k) in enumerate(zip(times, ks))]
@@ -642,6 +645,24 @@ class DemandForecaster:
             "horizons": horizons,
             "learning": self.learning(),
         }
+
+
+def _merged(spans: list[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
+    out: list[tuple[int, int]] = []
+    for first, last in sorted(spans):
+        if out and first <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(out[-1][1], last))
+        else:
+            out.append((first, last))
+    return tuple(out)
+
+
+def _ending(sheds: tuple[tuple[int, int], ...], ks: np.ndarray, h: int) -> np.ndarray:
+    """Issue minutes inside a shed whose target, h minutes on, comes after the shed's end."""
+    out = np.zeros(ks.size, dtype=bool)
+    for first, last in sheds:
+        out |= (ks >= first) & (ks <= last) & (ks + h > last)
+    return out
 
 
 def _num(x: float) -> float | None:

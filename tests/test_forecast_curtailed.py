@@ -138,3 +138,28 @@ def test_live_errors_leave_out_targets_the_building_shed():
     resolved = [k for k, *_ in fc._rolling[60].done]
     assert n == len(resolved) and n > 40
     assert not any(T0 + 9 * DAY + 12 * 3600 < k <= T0 + 9 * DAY + 17 * 3600 for k in resolved)
+
+
+def test_during_an_event_a_target_after_its_end_is_forecast_as_the_building_comes_back():
+    # Monday 12:00-15:00 held at 280 kW by an event; the 400 kW peak runs on to 16:00. At 14:30 the forecast for
+    # 15:30 is of the peak the building returns to, so the high-load flag holds the BAS's peak limit through the
+    # end of the event; a target inside the event still follows the shed
+    day = 28
+    t = T0 + np.arange(0, day * DAY + 14.5 * 3600 + 1, 900.0)
+    v = peaky_office(t)
+    v[(t > T0 + day * DAY + 12 * 3600) & (t <= T0 + day * DAY + 15 * 3600)] = 280.0
+    event = [(T0 + day * DAY + 12 * 3600, T0 + day * DAY + 15 * 3600)]
+    fits = {}
+    for told in (False, True):
+        fc = DemandForecaster(validation_days=2)
+        morning = t <= T0 + day * DAY + 11 * 3600
+        fc.seed(t[morning], v[morning])
+        fc.fit(T0 + day * DAY + 11 * 3600)
+        if told:
+            fc.set_curtailed(event)
+        for ti, vi in zip(t[~morning], v[~morning]):
+            fc.add_sample(ti, vi)
+        inside, after = (fc.predict(T0 + day * DAY + hour * 3600).demand_kw[60] for hour in (12.5, 14.5))
+        fits[told] = inside, after
+    assert fits[True][0] == pytest.approx(fits[False][0])         # 13:30: inside the event, as metered
+    assert fits[False][1] < 330 and abs(fits[True][1] - 400) < 25, fits
