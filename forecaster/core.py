@@ -530,6 +530,9 @@ class DemandForecaster:
             sheds = self._sheds
         refs = features.references(masked, self.calendar)
         levels = features.demand(snap, ks)
+        # what the flags' arm rule compares with the threshold: a shed that ends before the flags' target holds the
+        # meter down for now only, so then the level the reference days have
+        arming = np.where(_ending(sheds, ks, self.horizons_minutes[-1]), features.demand(refs, ks), levels)
         learned = {}
         for h in self.horizons_minutes:
             hm = fitted.horizons.get(h) if fitted else None
@@ -541,11 +544,11 @@ class DemandForecaster:
                     X, level = features.build(refs, self.calendar, ks[ending], h, refs)
                     learned[h][ending] = level[:, None] + hm.members.predict_each(X)
         return [self._issue(snap, masked, fitted, float(t), int(k), float(levels[i]),
-                            {h: v[i] for h, v in learned.items()})
+                            {h: v[i] for h, v in learned.items()}, float(arming[i]))
                 for i, (t, k) in enumerate(zip(times, ks))]
 
     def _issue(self, snap, masked, fitted, now: float, k: int, level: float,
-               learned: dict[int, np.ndarray]) -> Forecast:
+               learned: dict[int, np.ndarray], arming: float) -> Forecast:
         """The sequential part of a forecast: the members' live weights, live validation, the guard,
         slope, thresholds, flags. `learned`: each member's forecast demand, per horizon. `masked` is `snap`
         without the curtailed minutes: a shed no forecast was told of counts against neither the model
@@ -587,8 +590,9 @@ class DemandForecaster:
         # bands (3 % of each threshold): both flags latched on and stayed on. Cap each band at a quarter
         # of the gap, and let a flag turn on only while the other is off.
         gap = (hi_thr - lo_thr) / 4.0 if hi_thr is not None and lo_thr is not None else None
-        high = self._high.update(now, flag_on, hi_thr, level_kw, max_band=gap, blocked=self._low.on)
-        low = self._low.update(now, flag_on, lo_thr, level_kw, max_band=gap, blocked=high)
+        arm = arming if math.isfinite(arming) else level_kw
+        high = self._high.update(now, flag_on, hi_thr, arm, max_band=gap, blocked=self._low.on)
+        low = self._low.update(now, flag_on, lo_thr, arm, max_band=gap, blocked=high)
         kinds = set(names.values())
         label = kinds.pop() if len(kinds) == 1 else ",".join(f"{h}:{n}" for h, n in names.items())
         fc = Forecast(now, out, rate, high, low, hi_thr, lo_thr, label, level_kw)

@@ -149,9 +149,9 @@ def test_during_an_event_a_target_after_its_end_is_forecast_as_the_building_come
     v = peaky_office(t)
     v[(t > T0 + day * DAY + 12 * 3600) & (t <= T0 + day * DAY + 15 * 3600)] = 280.0
     event = [(T0 + day * DAY + 12 * 3600, T0 + day * DAY + 15 * 3600)]
-    fits = {}
+    fits, flags = {}, {}
     for told in (False, True):
-        fc = DemandForecaster(validation_days=2)
+        fc = DemandForecaster(validation_days=2, high_load_kw=380.0, min_on_minutes=0, min_off_minutes=0)
         morning = t <= T0 + day * DAY + 11 * 3600
         fc.seed(t[morning], v[morning])
         fc.fit(T0 + day * DAY + 11 * 3600)
@@ -159,7 +159,11 @@ def test_during_an_event_a_target_after_its_end_is_forecast_as_the_building_come
             fc.set_curtailed(event)
         for ti, vi in zip(t[~morning], v[~morning]):
             fc.add_sample(ti, vi)
-        inside, after = (fc.predict(T0 + day * DAY + hour * 3600).demand_kw[60] for hour in (12.5, 14.5))
-        fits[told] = inside, after
+        inside, after = (fc.predict(T0 + day * DAY + hour * 3600) for hour in (12.5, 14.5))
+        fits[told] = inside.demand_kw[60], after.demand_kw[60]
+        flags[told] = after.high_load
     assert fits[True][0] == pytest.approx(fits[False][0])         # 13:30: inside the event, as metered
     assert fits[False][1] < 330 and abs(fits[True][1] - 400) < 25, fits
+    # and the flag is on for it, though the meter reads 280 kW: the arm rule (within 10 % of the threshold) takes
+    # the level the building comes back to, as the forecast does
+    assert flags == {False: False, True: True}
