@@ -530,19 +530,25 @@ class DemandForecaster:
             sheds = self._sheds
         refs = features.references(masked, self.calendar)
         levels = features.demand(snap, ks)
-        # what the flags' arm rule compares with the threshold: a shed that ends before the flags' target holds the
-        # meter down for now only, so then the level the reference days have
-        arming = np.where(_ending(sheds, ks, self.horizons_minutes[-1]), features.demand(refs, ks), levels)
+        # Today as if not shed: the shed's own minutes read as the reference days have them, what came after as
+        # metered. A forecast for a target after a shed's end starts from it as long as today's features still
+        # reach into the shed (no row the model learned from had a shed in them), and so does the flags' arm rule
+        today = None
+        if _after_shed(sheds, ks, self.horizons_minutes[-1]).any():   # the longest horizon has the most such rows
+            today = features.references(snap.without(sheds), self.calendar)
+        arming = levels
+        if today is not None:
+            arming = np.where(_after_shed(sheds, ks, self.horizons_minutes[-1]), features.demand(today, ks), levels)
         learned = {}
         for h in self.horizons_minutes:
             hm = fitted.horizons.get(h) if fitted else None
             if hm is not None:
                 X, _ = features.build(snap, self.calendar, ks, h, refs)
                 learned[h] = levels[:, None] + hm.members.predict_each(X)
-                ending = _ending(sheds, ks, h)
-                if ending.any():   # today too as the reference days have it: the load after the event, not the shed
-                    X, level = features.build(refs, self.calendar, ks[ending], h, refs)
-                    learned[h][ending] = level[:, None] + hm.members.predict_each(X)
+                after = _after_shed(sheds, ks, h)
+                if after.any():
+                    X, level = features.build(today, self.calendar, ks[after], h, refs)
+                    learned[h][after] = level[:, None] + hm.members.predict_each(X)
         return [self._issue(snap, masked, fitted, float(t), int(k), float(levels[i]),
                             {h: v[i] for h, v in learned.items()}, float(arming[i]))
                 for i, (t, k) in enumerate(zip(times, ks))]
@@ -661,11 +667,11 @@ def _merged(spans: list[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
     return tuple(out)
 
 
-def _ending(sheds: tuple[tuple[int, int], ...], ks: np.ndarray, h: int) -> np.ndarray:
-    """Issue minutes inside a shed whose target, h minutes on, comes after the shed's end."""
+def _after_shed(sheds: tuple[tuple[int, int], ...], ks: np.ndarray, h: int) -> np.ndarray:
+    """Issue minutes whose target, h minutes on, comes after the end of a shed that today's features reach into."""
     out = np.zeros(ks.size, dtype=bool)
     for first, last in sheds:
-        out |= (ks >= first) & (ks <= last) & (ks + h > last)
+        out |= (ks >= first) & (ks < last + features.TODAY_MINUTES) & (ks + h > last)
     return out
 
 

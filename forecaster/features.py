@@ -35,6 +35,7 @@ FEATURE_NAMES = OWN_NAMES + PLAIN_NAMES  # build() returns the columns in this o
 OWN = slice(0, len(OWN_NAMES))
 PLAIN = slice(len(OWN_NAMES), len(FEATURE_NAMES))
 N_REFS = 4  # the latest same-kind days whose median change is a denoised daily profile
+TODAY_MINUTES = 240 + DEMAND_MINUTES   # how far back today's columns read: the 4-hour lags of a 15-minute demand
 ANALOG_DAYS, ANALOG_BACK_DAYS = 20, 42  # candidate same-kind days for analog_change, and how far back
 ANALOG_STEPS = 12                       # 15-minute demands (3 hours) compared with today's
 ANALOG_CHUNK_ROWS = 1024  # rows x days x steps temporaries stay a few MB, not hundreds, on a year of rows

@@ -141,15 +141,18 @@ def test_live_errors_leave_out_targets_the_building_shed():
 
 
 def test_during_an_event_a_target_after_its_end_is_forecast_as_the_building_comes_back():
-    # Monday 12:00-15:00 held at 280 kW by an event; the 400 kW peak runs on to 16:00. At 14:30 the forecast for
-    # 15:30 is of the peak the building returns to, so the high-load flag holds the BAS's peak limit through the
-    # end of the event; a target inside the event still follows the shed
+    # Monday 12:00-15:00 held at 280 kW by an event; the 400 kW peak runs on to 16:00. From 14:30 the forecast for
+    # after 15:00 is of the peak the building returns to, so the high-load flag holds the BAS's peak limit through the
+    # end of the event, and on after it while the 15-minute demand still holds shed minutes; a target inside the
+    # event still follows the shed
     day = 28
-    t = T0 + np.arange(0, day * DAY + 14.5 * 3600 + 1, 900.0)
+    end = T0 + day * DAY + 15.75 * 3600
+    t = T0 + np.arange(0, end - T0 + 1, 60.0)      # a meter read every minute
     v = peaky_office(t)
     v[(t > T0 + day * DAY + 12 * 3600) & (t <= T0 + day * DAY + 15 * 3600)] = 280.0
     event = [(T0 + day * DAY + 12 * 3600, T0 + day * DAY + 15 * 3600)]
-    fits, flags = {}, {}
+    issues = [T0 + day * DAY + hour * 3600 for hour in (12.5, 14.5, 15 + 1 / 60, 15.25, 15.5)]
+    got = {}
     for told in (False, True):
         fc = DemandForecaster(validation_days=2, high_load_kw=380.0, min_on_minutes=0, min_off_minutes=0)
         morning = t <= T0 + day * DAY + 11 * 3600
@@ -157,13 +160,22 @@ def test_during_an_event_a_target_after_its_end_is_forecast_as_the_building_come
         fc.fit(T0 + day * DAY + 11 * 3600)
         if told:
             fc.set_curtailed(event)
-        for ti, vi in zip(t[~morning], v[~morning]):
-            fc.add_sample(ti, vi)
-        inside, after = (fc.predict(T0 + day * DAY + hour * 3600) for hour in (12.5, 14.5))
-        fits[told] = inside.demand_kw[60], after.demand_kw[60]
-        flags[told] = after.high_load
-    assert fits[True][0] == pytest.approx(fits[False][0])         # 13:30: inside the event, as metered
-    assert fits[False][1] < 330 and abs(fits[True][1] - 400) < 25, fits
-    # and the flag is on for it, though the meter reads 280 kW: the arm rule (within 10 % of the threshold) takes
-    # the level the building comes back to, as the forecast does
-    assert flags == {False: False, True: True}
+        out, i = [], int(morning.sum())
+        for issue in issues:
+            while i < t.size and t[i] <= issue:
+                fc.add_sample(t[i], v[i])
+                i += 1
+            f = fc.predict(issue)
+            out.append((f.demand_kw[15], f.demand_kw[60], f.high_load))
+        got[told] = out
+    peak = lambda at: float(np.mean(peaky_office(at - np.arange(0, 900, 60.0))))   # noqa: E731 - demand ending at
+    assert got[True][0][1] == pytest.approx(got[False][0][1])    # 12:30 for 13:30: inside the event, as metered
+    for (f15, f60, high), issue in zip(got[True][1:], issues[1:]):
+        if issue + 900 > event[0][1]:
+            assert abs(f15 - peak(issue + 900)) < 25, (issue, f15)
+        assert abs(f60 - peak(issue + 3600)) < 25, (issue, f60)    # at 15:15, 16:15 is on the way down: 323 kW
+    # at 14:30 and 15:01 the flag is on for the peak to come, though the meter reads 280 kW, and then the 15-minute
+    # demand still holds shed minutes
+    assert [high for *_, high in got[True][1:3]] == [True, True]
+    assert [high for *_, high in got[False][1:3]] == [False, False]
+    assert got[False][1][1] < 330 and got[False][2][1] < 340, got[False]   # told nothing: the shed, and then its end
