@@ -197,7 +197,7 @@ async def test_a_boot_clock_far_ahead_deletes_no_event(tmp_path):
     # while after (as the forecaster's does), so NTP finds them all but the one older than 35 days.
     path = tmp_path / "gw.sqlite"
     now = utcnow()
-    start = run_past_events(path, now)
+    run_past_events(path, now)
     storage = Storage(path)
     coming = now.replace(microsecond=0) + timedelta(hours=2)
     storage.save_event(event("tomorrow", [2], coming, 60, now))
