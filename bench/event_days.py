@@ -174,8 +174,9 @@ def main(argv=None) -> int:
             for h in fa.HORIZONS:
                 p, a = np.concatenate(pred[h]), v[tgt[h]]
                 m = ok[tgt[h]] & np.isfinite(p)
-                cv[h] = 100 * np.median([np.sqrt(np.mean((p - a)[m & (week_of == w)] ** 2)) / np.mean(a[m & (week_of == w)])
-                                         for w in range(args.weeks) if (m & (week_of == w)).any()])
+                weekly = [m & (week_of == w) for w in range(args.weeks)]
+                cv[h] = 100 * np.median([np.sqrt(np.mean((p - a)[mw] ** 2)) / np.mean(a[mw])
+                                         for mw in weekly if mw.any()])
                 if h == 60:
                     bias = 100 * np.mean((p - a)[m]) / np.mean(a[m])
             c = ok[tgt[60]]
@@ -191,8 +192,8 @@ def main(argv=None) -> int:
         after |= (t > e) & (t <= e + AFTER_MINUTES * 60)
     thr_clean = runs["(a) clean"][2]
     truth_after = np.isfinite(thr_clean) & (ve[tgt[60]] >= thr_clean)
-    print(f"\nThe {AFTER_MINUTES} min after each event's end, against the series as metered (the shed over, the rebound): "
-          "CV(RMSE) pooled over the weeks; flag at 60 min against the clean run's threshold.")
+    print(f"\nThe {AFTER_MINUTES} min after each event's end, against the series as metered (the shed over, the "
+          "rebound): CV(RMSE) pooled over the weeks; flag at 60 min against the clean run's threshold.")
     print(f"{'run':22s} {'targets':7s} {'CV15':>6s} {'CV60':>6s} {'bias60':>7s} {'prec':>6s} {'recall':>6s} {'F1':>6s}")
     for name in ("(b) events, not told", "(c) events, told"):
         pred, flags, _, _ = runs[name]

@@ -434,8 +434,8 @@ class DemandForecaster:
         return self._model
 
     def set_curtailed(self, spans) -> None:
-        """The periods a demand-response event shed the building's load: (start, end) epoch seconds, end
-        None while one runs; the whole list each time. Their minutes, and rebound_minutes after
+        """The periods a demand-response event sheds the building's load: (start, end) epoch seconds, end
+        None for an event with no end yet; the whole list each time. Their minutes, and rebound_minutes after
         each, stay out of training, reference days, thresholds and live errors: a shed afternoon taught
         as a normal one has next week's peak forecast low, and the high-load flag late, on the hot days
         events come on. The forecast starts from the power as metered, but for a target after the end of
@@ -533,12 +533,11 @@ class DemandForecaster:
         # Today as if not shed: the shed's own minutes read as the reference days have them, what came after as
         # metered. A forecast for a target after a shed's end starts from it as long as today's features still
         # reach into the shed (no row the model learned from had a shed in them), and so does the flags' arm rule
-        today = None
-        if _after_shed(sheds, ks, self.horizons_minutes[-1]).any():   # the longest horizon has the most such rows
+        today, arming = None, levels
+        flagged = _after_shed(sheds, ks, self.horizons_minutes[-1])   # the flags' horizon, with the most such rows
+        if flagged.any():
             today = features.references(snap.without(sheds), self.calendar)
-        arming = levels
-        if today is not None:
-            arming = np.where(_after_shed(sheds, ks, self.horizons_minutes[-1]), features.demand(today, ks), levels)
+            arming = np.where(flagged, features.demand(today, ks), levels)
         learned = {}
         for h in self.horizons_minutes:
             hm = fitted.horizons.get(h) if fitted else None
@@ -558,7 +557,7 @@ class DemandForecaster:
         """The sequential part of a forecast: the members' live weights, live validation, the guard,
         slope, thresholds, flags. `learned`: each member's forecast demand, per horizon. `masked` is `snap`
         without the curtailed minutes: a shed no forecast was told of counts against neither the model
-        nor persistence, nor in the thresholds."""
+        nor persistence, nor in the thresholds. `arming`: the level the flags' arm rule compares (predict_series)."""
         k_done = math.floor(now / 60.0)
         level_kw = level if math.isfinite(level) else None
         out: dict[int, float | None] = {}
