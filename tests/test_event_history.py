@@ -142,6 +142,23 @@ def test_the_sheds_the_forecaster_is_told_of_are_what_ran_opted_in(tmp_path):
     assert len(curtailed_spans(events, now.timestamp(), since=start["cancelled"].timestamp() + 3600)) == 1
 
 
+async def test_a_programme_whose_events_are_every_day_keeps_none_out_of_learning(tmp_path, free_udp_port,
+                                                                                  free_tcp_port):
+    # forecaster.learn_from_events: the events of the week before (stored) are told of as none
+    ports = dict(bacnet_port=free_udp_port(), meter_port=free_udp_port(), vtn_port=free_tcp_port(),
+                 http_port=free_tcp_port())
+    config = fast_config(tmp_path, **ports, learn_from_events=True)
+    run_past_events(config.storage.path, utcnow())
+    gateway = Gateway(config)
+    try:
+        await gateway.start()
+        await eventually(lambda: gateway.forecast.last_forecast is not None, 10, "a forecast cycle")
+        assert gateway.forecast._events_told == [] and gateway.forecast.forecaster.curtailed == ()
+        assert len(gateway.schedule.history_events(utcnow() - timedelta(days=35))) == 3     # they are there
+    finally:
+        await gateway.stop()
+
+
 async def test_a_running_event_is_told_whole_and_a_change_that_keeps_its_level_is_told_at_the_next_cycle(tmp_path):
     # Told only the intervals started by then, and only when the published state changed, the forecaster learned a
     # four-hour event's last three hours at level 1 (the same level: no change) as a normal afternoon, and an

@@ -544,7 +544,10 @@ class Gateway:
                 log.exception("schedule listener %r failed", callback)
 
     def _kept_events(self) -> list:
-        """The events of the forecaster's history: it keeps the hours the building shed out of what it learns."""
+        """The events of the forecaster's history: it keeps the hours the building shed out of what it learns
+        (none with forecaster.learn_from_events)."""
+        if self.config.forecaster.learn_from_events:
+            return []
         since = datetime.now(timezone.utc) - timedelta(days=self.forecast.forecaster.keep_days)
         return self.schedule.history_events(since)
 

@@ -503,6 +503,9 @@ class ForecasterConfig(_Section):
     holiday_preset: Literal["", "IT"] = ""
     holidays: tuple[str, ...] = ()
     rebound_minutes: float = Field(60.0, ge=0, le=1440)
+    # true for a programme whose events are the building's every day (price tiers sent as SIMPLE levels each
+    # afternoon): its shed is its normal day, and kept out the afternoons would have nothing left to learn from
+    learn_from_events: bool = False
 
     @field_validator("horizons_minutes", "holidays", mode="before")
     @classmethod
