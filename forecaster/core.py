@@ -449,10 +449,11 @@ class DemandForecaster:
                 first = math.floor(start / 60.0) + 1    # the minutes that hold readings after start
                 sheds.append((first, 2 ** 62 if end is None else minute_of(end)))
                 kept.append((first, 2 ** 62 if end is None else minute_of(end + self.rebound_minutes * 60.0)))
+        kept = _merged(kept)
         with self._lock:
             self._sheds = _merged(sheds)
-            if _merged(kept) != self._curtailed:
-                self._curtailed = _merged(kept)
+            if kept != self._curtailed:
+                self._curtailed = kept
                 self._thresholds = None
 
     @property

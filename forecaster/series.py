@@ -147,22 +147,13 @@ class MinuteSnapshot:
     def without(self, spans) -> "MinuteSnapshot":
         """A copy with the minutes of `spans` ((first, last) minute numbers, both kept out) empty, or this
         snapshot itself when none of them falls in it."""
-        keep = np.ones(self.n, dtype=bool)
-        inside = []
-        for first, last in spans:
-            a, b = max(first - self.k0, 0), min(last - self.k0 + 1, self.n)
-            if b > a:
-                keep[a:b] = False
-                inside.append((self.k0 + a, self.k0 + b - 1))
+        inside = [(max(first, self.k0), min(last, self.k0 + self.n - 1)) for first, last in spans]
+        inside = [(first, last) for first, last in inside if last >= first]
         if not inside:
             return self
-        out = MinuteSnapshot.__new__(MinuteSnapshot)
-        out.k0, out.n = self.k0, self.n
+        ks = np.concatenate([np.arange(first, last + 1) for first, last in inside])
+        out = self.with_minutes(ks, np.full(ks.size, np.nan))
         out.set_aside = self.set_aside + tuple(inside)
-        out.counts = np.where(keep, self.counts, 0)
-        out.means = np.where(keep, self.means, np.nan)
-        out.offsets = None if self.offsets is None else np.where(keep, self.offsets, 0.0)
-        out._index()
         return out
 
     def with_minutes(self, ks: np.ndarray, values: np.ndarray) -> "MinuteSnapshot":

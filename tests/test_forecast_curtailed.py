@@ -55,7 +55,7 @@ def test_set_curtailed_takes_the_whole_list_adds_the_rebound_and_ignores_what_is
     fc.set_curtailed([(T0 + 3600, T0 + 7200), (T0 + 7200 + 1800, T0 + 4 * 3600),   # overlap once the hour is added
                       (float("nan"), T0), (T0 + 5000, T0 + 4000), (None, None)])
     # the minutes with readings after 01:00 up to the end of the hour after 04:00: 01:01 to 05:00
-    assert fc._curtailed == ((minute_of(T0 + 3600) + 1, minute_of(T0 + 5 * 3600)),)
+    assert fc.curtailed == ((minute_of(T0 + 3600) + 1, minute_of(T0 + 5 * 3600)),)
     assert fc.curtailed_minutes() == 4 * 60
     fc.set_curtailed([(T0 + DAY, None)])                      # running: everything from its start
     assert fc.curtailed_minutes() == DAY // 60 - 1
