@@ -171,14 +171,25 @@ class GatewayDevice:
             time.monotonic() - started,
         )
         if self._foreign is not None:
-            self._foreign.start()
-        # a device answering as this one already (a copied configuration) answers this, and is named
-        self.app.request(WhoIsRequest(deviceInstanceRangeLowLimit=self.device_id,
-                                      deviceInstanceRangeHighLimit=self.device_id, destination=GlobalBroadcast()))
+            self._foreign.start(on_registered=self._announce)   # a broadcast before it would be dropped
+        else:
+            self._announce()
         if not self.write_access.open:
             log.info("BACnet writes (WriteProperty, WritePropertyMultiple, DeviceCommunicationControl disable) taken "
                      "only from %s (bacnet.write_from); reads, COV, Who-Is and DeviceCommunicationControl enable from "
                      "anyone", ", ".join(self.write_access.entries))
+
+    def _announce(self) -> None:
+        """Say the device is here: at start, and through a BBMD each time the registration holds (again).
+
+        A BAS that bound the device before (an address from DHCP that changed, a restart it missed) learns it from
+        the I-Am without a Who-Is of its own. A device answering as this one already (a copied configuration)
+        answers the Who-Is, and is named (services.py)."""
+        if self._bacnet is None or self.communication()["mode"] != "enable":
+            return      # DeviceCommunicationControl: an I-Am goes out only in answer to a Who-Is
+        self.app.request(WhoIsRequest(deviceInstanceRangeLowLimit=self.device_id,
+                                      deviceInstanceRangeHighLimit=self.device_id, destination=GlobalBroadcast()))
+        self.app.i_am()
 
     async def _socket_ready(self) -> None:
         # BAC0 binds the UDP socket in a task; its context manager would add a fixed 1 s sleep.

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import Any, Callable
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,11 @@ class RegistrationWatch:
         self._since = time.monotonic()
         self._why = ""
         self._task: asyncio.Task | None = None
+        self._on_registered: Callable[[], None] | None = None
 
-    def start(self) -> None:
+    def start(self, on_registered: Callable[[], None] | None = None) -> None:
+        """`on_registered` is called each time the registration holds after not holding (the first time too)."""
+        self._on_registered = on_registered
         self._task = asyncio.get_running_loop().create_task(self._run(), name="bbmd-registration")
 
     async def stop(self) -> None:
@@ -70,11 +73,12 @@ class RegistrationWatch:
     def _look(self, now: float) -> None:
         code = self.layer.bbmdRegistrationStatus    # -2 not registered, -1 asking, 0 registered, >0 the BBMD's NAK
         if code == 0:
-            if self._registered is not True:
-                again = " again" if self._registered is False else ""
-                log.info("BACnet: registered%s as a foreign device with BBMD %s (renewed every %d s)", again,
-                         self.bbmd, self.ttl)
-            self._registered, self._since = True, now
+            was, self._registered, self._since = self._registered, True, now
+            if was is not True:
+                log.info("BACnet: registered%s as a foreign device with BBMD %s (renewed every %d s)",
+                         " again" if was is False else "", self.bbmd, self.ttl)
+                if self._on_registered is not None:
+                    self._on_registered()
             return
         if code == -2:
             # the registration lapsed (no answer to a renewal within its lifetime and 30 s): bacpypes3 stops asking

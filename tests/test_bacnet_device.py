@@ -26,6 +26,7 @@ from bacnet_api.points import (
     TAKEN_NAMES,
 )
 from bacnet_peer import BacnetPeer, PeerError
+from netns import linked_netns  # noqa: F401 - a fixture
 from waiting import eventually
 
 pytestmark = pytest.mark.timeout(60)
@@ -418,6 +419,55 @@ async def test_read_property_multiple_reports_per_property_errors(gateway, peer)
     assert rows[("analogValue 99", "presentValue")].code == "unknownObject"
 
 
+def i_am_of(device_id: int) -> bytes:
+    """An I-Am's APDU up to its device identifier (unconfirmed request, service 0)."""
+    return b"\x10\x00\xc4" + ((8 << 22) | device_id).to_bytes(4, "big")
+
+
+# What a BAS station on the subnet would hear: every datagram to the port, from anyone, as "<source> <hex>".
+_LISTEN = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("", int(sys.argv[1])))
+print("ready", flush=True)
+while True:
+    data, (host, port) = s.recvfrom(2048)
+    print(f"{host}:{port} {data.hex()}", flush=True)
+"""
+
+
+@pytest.mark.timeout(60)
+async def test_the_device_says_i_am_to_its_subnet_when_it_starts(free_udp_port, linked_netns):  # noqa: F811
+    # It only answered Who-Is: a BAS that had bound the gateway at an address DHCP has since changed, or that missed
+    # its restart, did not hear of it until it asked again. Now a broadcast I-Am goes out at start, as BACnet devices
+    # do, heard here by a station in another network namespace on the gateway's /24.
+    import sys
+
+    ns = linked_netns
+    ns.add_address(ns.ip(1))
+    port = free_udp_port()
+    station = await asyncio.create_subprocess_exec(*ns.exec_prefix, sys.executable, "-c", _LISTEN, str(port),
+                                                   stdout=asyncio.subprocess.PIPE)
+    device = GatewayDevice(address=f"{ns.host_ip}/24:{port}", device_id=DEVICE_ID, device_name="TestGateway")
+    heard: list[tuple[str, bytes]] = []
+    try:
+        assert await asyncio.wait_for(station.stdout.readline(), 10) == b"ready\n"
+        await device.start()
+        async with asyncio.timeout(10):
+            while not any(i_am_of(DEVICE_ID) in data for _, data in heard):
+                source, data = (await station.stdout.readline()).decode().split()
+                heard.append((source, bytes.fromhex(data)))
+    finally:
+        await device.stop()
+        station.kill()
+        await station.wait()
+    source, data = next((s, d) for s, d in heard if i_am_of(DEVICE_ID) in d)
+    assert source == f"{ns.host_ip}:{port}"
+    # Original-Broadcast-NPDU, to every network (global broadcast), max APDU 1024, segmented-both, vendor 842
+    assert data[:2] == b"\x81\x0b" and data[4:10] == b"\x01\x20\xff\xff\x00\xff", data.hex()
+    assert data.endswith(i_am_of(DEVICE_ID) + b"\x22\x04\x00\x91\x00\x22\x03\x4a"), data.hex()
+
+
 @pytest.mark.timeout(20)
 async def test_registers_as_a_foreign_device_so_a_bas_behind_a_bbmd_finds_it(free_udp_port):
     # On loopback: a BBMD, and a BAS registered with it as a foreign device (as on another IP subnet).
@@ -443,20 +493,26 @@ async def test_registers_as_a_foreign_device_so_a_bas_behind_a_bbmd_finds_it(fre
                            bbmd_address=f"127.0.0.1:{b}", bbmd_ttl=60)
     try:
         await wait_bound(bbmd)
-        await device.start()
         bas = stack(4000202, free_udp_port(), bacnetIPMode="foreign", fdBBMDAddress=HostNPort(f"127.0.0.1:{b}"),
                     fdSubscriptionLifetime=60)
         stacks.append(bas)
         await wait_bound(bas)
+        heard = []
+        taken = bas.do_IAmRequest
+
+        async def i_am(apdu) -> None:
+            heard.append(apdu.iAmDeviceIdentifier[1])
+            await taken(apdu)
+        bas.do_IAmRequest = i_am
 
         link = next(iter(bbmd.link_layers.values()))
         def registered() -> set[str]:
-            return {str(e.fdAddress) for e in getattr(link, "bbmdFDT", None) or link.bbmd.bbmdFDT}
-        for _ in range(50):  # both register within a few ms
-            if len(registered()) == 2:
-                break
-            await asyncio.sleep(0.05)
-        assert where(device) in registered()
+            return {str(e.fdAddress) for e in (link.bbmdFDT if hasattr(link, "bbmdFDT") else link.bbmd.bbmdFDT)}
+        await eventually(lambda: len(registered()) == 1, 5, "the BAS registered")
+        await device.start()
+        await eventually(lambda: where(device) in registered(), 5, "the gateway registered")
+        # announced through the BBMD once registered, before anyone asked
+        await eventually(lambda: DEVICE_ID in heard, 5, "the gateway's I-Am at the BAS")
 
         i_ams = await asyncio.wait_for(bas.who_is(timeout=1.0), 5)  # a broadcast, through the BBMD
         [i_am] = [i for i in i_ams if i.iAmDeviceIdentifier[1] == DEVICE_ID]
@@ -522,6 +578,8 @@ async def test_a_bbmd_that_refuses_the_registration_is_said_and_its_acceptance_l
     loop = asyncio.get_running_loop()
     asked: list[float] = []
 
+    broadcasts: list[tuple[int, bytes]] = []    # (registration requests by then, Distribute-Broadcast-To-Network)
+
     async def serve() -> None:
         while True:
             data, sender = await loop.sock_recvfrom(bbmd, 1500)
@@ -529,6 +587,8 @@ async def test_a_bbmd_that_refuses_the_registration_is_said_and_its_acceptance_l
                 asked.append(time.monotonic())
                 code = 0x0030 if len(asked) == 1 else 0
                 bbmd.sendto(b"\x81\x00\x00\x06" + struct.pack(">H", code), sender)
+            elif data[:2] == b"\x81\x09":
+                broadcasts.append((len(asked), data))
 
     serving = asyncio.create_task(serve())
     device = GatewayDevice(address=f"127.0.0.1/8:{free_udp_port()}", device_id=DEVICE_ID, device_name="TestGateway",
@@ -543,6 +603,9 @@ async def test_a_bbmd_that_refuses_the_registration_is_said_and_its_acceptance_l
                         "registration: a BAS on another subnet cannot find the gateway; asked again every 5 s",
                         f"BACnet: registered again as a foreign device with BBMD {bbmd_name} (renewed every 60 s)"], said
         assert device.foreign_device() == {"bbmd": bbmd_name, "ttl_seconds": 60, "registered": True, "why_not": None}
+        # the I-Am goes out through the BBMD once it took the registration: one sent while refused was dropped
+        await eventually(lambda: any(i_am_of(DEVICE_ID) in data for _, data in broadcasts), 5, "the I-Am")
+        assert [n for n, data in broadcasts if i_am_of(DEVICE_ID) in data] == [2], broadcasts
         # taken: the next request is the renewal, a lifetime away, not another every 5 s
         accepted = len(asked)
         await asyncio.sleep(5.5 + foreign.WATCH_S)
