@@ -111,11 +111,16 @@ class _MemberErrors:
     def add(self, target_k: int, each_kw: np.ndarray) -> None:
         self.pending.append((target_k, each_kw))
 
-    def resolve(self, done_k: int, actual_of) -> None:
+    def resolve(self, done_k: int, actual_of, kept_out=lambda k: False) -> None:
+        """`kept_out(k)`: k's demand was metered but set aside (a shed): no error to count, and no gap either."""
         while self.pending and self.pending[0][0] <= done_k:
             k, each = self.pending.popleft()
             a = actual_of(k)
             if a is None:
+                if self.last_k is not None and k > self.last_k and kept_out(k):
+                    # the weights before an event are the best guess after it: a shed and its rebound would
+                    # otherwise read as a gap, and the fixed blend serve for the two hours after each event
+                    self.last_k = k
                 continue
             sq = (each - a) ** 2
             if (self.mean_sq is None or self.mean_sq.shape != sq.shape or k < self.last_k
@@ -568,11 +573,14 @@ class DemandForecaster:
             a = float(features.demand(masked, np.array([j]))[0])
             return a if math.isfinite(a) else None
 
+        def kept_out(j: int) -> bool:
+            return bool(masked.set_aside) and math.isfinite(float(features.demand(snap, np.array([j]))[0]))
+
         for h in self.horizons_minutes:
             roll = self._rolling[h]
             roll.resolve(k_done, actual)
             errors = self._member_errors[h]
-            errors.resolve(k_done, actual)
+            errors.resolve(k_done, actual, kept_out)
             value, name = level_kw, PERSISTENCE
             x = None
             each = learned.get(h)

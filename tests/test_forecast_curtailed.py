@@ -179,3 +179,31 @@ def test_during_an_event_a_target_after_its_end_is_forecast_as_the_building_come
     assert [high for *_, high in got[True][1:3]] == [True, True]
     assert [high for *_, high in got[False][1:3]] == [False, False]
     assert got[False][1][1] < 330 and got[False][2][1] < 340, got[False]   # told nothing: the shed, and then its end
+
+
+def test_the_members_live_weights_carry_over_an_event_as_over_no_gap():
+    # The shed and its hour after are kept out of the members' live errors; that read as a five-hour gap in the data,
+    # and after every event the fixed blend served until two hours of new errors came. The weights of the morning
+    # carry on; a real gap in the readings still starts them over.
+    t = T0 + np.arange(0, 10 * DAY, 900.0)
+    v = peaky_office(t)
+    fc = DemandForecaster(validation_days=2, horizons_minutes=(15, 60))
+    fc.seed(t[t < T0 + 9 * DAY], v[t < T0 + 9 * DAY])
+    fc.fit(T0 + 9 * DAY)
+    fc.set_curtailed(spans([9]))
+    v9 = shed(t, v, [9])
+    weighed = {}
+    for ti, vi in zip(t[t >= T0 + 9 * DAY], v9[t >= T0 + 9 * DAY]):
+        fc.add_sample(ti, vi)
+        fc.predict(ti)
+        weighed[ti] = [fc._member_errors[h].weights() is not None for h in (15, 60)]
+    hour = lambda x: T0 + 9 * DAY + x * 3600     # noqa: E731
+    assert weighed[hour(11.75)] == [True, True]
+    assert all(weighed[x] == [True, True] for x in weighed if x >= hour(17)), \
+        [x for x in weighed if x >= hour(17) and weighed[x] != [True, True]]
+    later = T0 + 9 * DAY + 23.5 * 3600 + 3 * 3600                     # three hours without a reading
+    fc.add_sample(later, float(peaky_office(np.array([later]))[0]))
+    fc.predict(later)
+    fc.add_sample(later + 900, float(peaky_office(np.array([later + 900]))[0]))
+    fc.predict(later + 900)
+    assert fc._member_errors[15].weights() is None
