@@ -440,7 +440,7 @@ class DemandForecaster:
 
     def set_curtailed(self, spans) -> None:
         """The periods a demand-response event sheds the building's load: (start, end) epoch seconds, end
-        None for an event with no end yet; the whole list each time. Their minutes, and rebound_minutes after
+        None (or inf) for an event with no end yet; the whole list each time. Their minutes, and rebound_minutes after
         each, stay out of training, reference days, thresholds and live errors: a shed afternoon taught
         as a normal one has next week's peak forecast low, and the high-load flag late, on the hot days
         events come on. The forecast starts from the power as metered, but for a target after the end of
@@ -448,6 +448,7 @@ class DemandForecaster:
         coming back at the end of an event is forecast, and the high-load flag is on for it in time."""
         sheds, kept = [], []
         for start, end in spans:
+            end = None if end == math.inf else end      # no end either way
             if start is None or not math.isfinite(start) or (end is not None and not math.isfinite(end)):
                 continue
             if end is None or end > start:

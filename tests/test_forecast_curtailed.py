@@ -59,6 +59,9 @@ def test_set_curtailed_takes_the_whole_list_adds_the_rebound_and_ignores_what_is
     assert fc.curtailed_minutes() == 4 * 60
     fc.set_curtailed([(T0 + DAY, None)])                      # running: everything from its start
     assert fc.curtailed_minutes() == DAY // 60 - 1
+    running = fc.curtailed
+    fc.set_curtailed([(T0 + DAY, float("inf"))])              # an infinite end is no end too, not a bad span
+    assert fc.curtailed == running
     assert fc.status()["curtailed_minutes"] == DAY // 60 - 1
     fc.set_curtailed([])
     assert fc.curtailed_minutes() == 0
