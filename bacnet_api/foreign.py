@@ -7,6 +7,9 @@ refusal it ignored every later answer (it takes an answer only while `_registrat
 
 `RegistrationWatch` looks at the link layer's state every WATCH_S: one WARNING when the registration fails
 (refused, with the BBMD's BVLC result code, or unanswered for ANSWER_S), one INFO when it holds (again).
+
+A request that is refused or goes unanswered is asked again after RETRY_FIRST_S, doubling to RETRY_MAX_S: bacpypes3
+asked every 5 s for as long as it took, 17,280 requests a day at a BBMD whose table is full, each a line in its log.
 """
 from __future__ import annotations
 
@@ -18,7 +21,9 @@ from typing import Any, Callable
 log = logging.getLogger(__name__)
 
 WATCH_S = 1.0
-ANSWER_S = 10.0     # a BBMD on the site answers in milliseconds; bacpypes3 asks again every 5 s meanwhile
+ANSWER_S = 10.0     # a BBMD on the site answers in milliseconds; asked again after 5 s meanwhile
+RETRY_FIRST_S = 5.0
+RETRY_MAX_S = 60.0  # a BBMD put right is used within a minute
 _RESULTS = {0x30: "Register-Foreign-Device NAK"}
 
 
@@ -31,11 +36,20 @@ def foreign_layer(app: Any) -> Any | None:
 
 
 def take_every_answer(layer: Any) -> None:
-    """Have each registration request wait for its answer, the retries after a refusal too."""
+    """Have each registration request wait for its answer, the retries after a refusal too, and space the
+    retries out."""
     start = layer._start_registration
+    failed = 0      # requests in a row that were refused or not answered
 
     def start_registration() -> None:
+        nonlocal failed
+        # a registration that holds is renewed: the last request was taken; otherwise the last one failed
+        failed = 0 if layer.bbmdRegistrationStatus == 0 else failed + 1
         start()
+        # bacpypes3 scheduled the retry in 5 s, taken back if the answer is an acceptance
+        layer._reregistration_timeout_handle.cancel()
+        delay = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** max(0, failed - 1))
+        layer._reregistration_timeout_handle = asyncio.get_running_loop().call_later(delay, layer._start_registration)
         # any truthy handle: the answer to this request is then taken (BIPForeign.confirmation)
         layer._registration_handle = layer._reregistration_timeout_handle
     layer._start_registration = start_registration
@@ -92,5 +106,6 @@ class RegistrationWatch:
             return
         if self._registered is not False:
             log.warning("BACnet: BBMD %s %s to the foreign-device registration: a BAS on another subnet cannot find "
-                        "the gateway; asked again every 5 s", self.bbmd, why)
+                        "the gateway; asked again after %g s, then less often, up to every %g s", self.bbmd, why,
+                        RETRY_FIRST_S, RETRY_MAX_S)
         self._registered, self._why = False, why

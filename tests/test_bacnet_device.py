@@ -527,6 +527,46 @@ async def test_registers_as_a_foreign_device_so_a_bas_behind_a_bbmd_finds_it(fre
             await close_stack(app)
 
 
+@pytest.mark.timeout(30)
+async def test_a_bbmd_that_never_takes_the_registration_is_asked_less_and_less_often(free_udp_port, monkeypatch):
+    # bacpypes3 asked every 5 s for good: 17,280 requests a day at a BBMD whose table is full. Now the wait doubles,
+    # up to a bound (the real one 5 s to 60 s; shortened here). A BBMD played by a socket that refuses every time.
+    import socket
+    import time
+
+    from bacnet_api import foreign
+
+    monkeypatch.setattr(foreign, "RETRY_FIRST_S", 0.25)
+    monkeypatch.setattr(foreign, "RETRY_MAX_S", 1.0)
+    bbmd = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    bbmd.bind(("127.0.0.1", free_udp_port()))
+    bbmd.setblocking(False)
+    loop = asyncio.get_running_loop()
+    asked: list[float] = []
+
+    async def refuse() -> None:
+        while True:
+            data, sender = await loop.sock_recvfrom(bbmd, 1500)
+            if data[:2] == b"\x81\x05":
+                asked.append(time.monotonic())
+                bbmd.sendto(b"\x81\x00\x00\x06\x00\x30", sender)
+
+    serving = asyncio.create_task(refuse())
+    device = GatewayDevice(address=f"127.0.0.1/8:{free_udp_port()}", device_id=DEVICE_ID, device_name="TestGateway",
+                           bbmd_address=f"127.0.0.1:{bbmd.getsockname()[1]}", bbmd_ttl=60)
+    try:
+        await device.start()
+        await eventually(lambda: len(asked) >= 6, 15, "six requests")
+    finally:
+        serving.cancel()
+        await device.stop()
+        bbmd.close()
+    # the first retry is bacpypes3's own, scheduled as the device starts (5 s, as RETRY_FIRST_S really is)
+    gaps = [b - a for a, b in zip(asked, asked[1:])][1:5]
+    for gap, expected in zip(gaps, (0.25, 0.5, 1.0, 1.0)):
+        assert expected - 0.05 < gap < expected + 0.5, gaps
+
+
 async def test_a_write_that_comes_while_the_device_stops_is_refused_without_a_traceback(
         free_udp_port, monkeypatch, caplog):
     # A stop lets the answers under way go first (an ADR-Opt-Out ack waiting for the disk): a BAS write that came
@@ -600,7 +640,8 @@ async def test_a_bbmd_that_refuses_the_registration_is_said_and_its_acceptance_l
         await eventually(lambda: device.foreign_device()["registered"], 10, "the registration taken")
         said = [r.getMessage() for r in caplog.records if "foreign" in r.getMessage()]
         assert said == [f"BACnet: BBMD {bbmd_name} refused (Register-Foreign-Device NAK 0x0030) to the foreign-device "
-                        "registration: a BAS on another subnet cannot find the gateway; asked again every 5 s",
+                        "registration: a BAS on another subnet cannot find the gateway; asked again after 5 s, then "
+                        "less often, up to every 60 s",
                         f"BACnet: registered again as a foreign device with BBMD {bbmd_name} (renewed every 60 s)"], said
         assert device.foreign_device() == {"bbmd": bbmd_name, "ttl_seconds": 60, "registered": True, "why_not": None}
         # the I-Am goes out through the BBMD once it took the registration: one sent while refused was dropped
