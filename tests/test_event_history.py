@@ -247,3 +247,28 @@ def test_a_boot_clock_in_2020_opts_out_of_no_event_that_ended_days_ago(tmp_path)
         assert [opt for _, opt in sched.get("last-tuesday").opt_log] == ["optIn", "optOut", "optIn"]
     finally:
         storage.close()
+
+
+def test_the_sheds_are_where_the_published_level_was_above_0():
+    # ADR-Event-Level is the highest-priority event's level (schedule.state): a level-0 event of higher priority
+    # holds the building at 0 through a lower one, which then sheds nothing. An event whose targets name other VENs
+    # is kept and shown in /api/status but never followed (answered optOut, as stored): no shed, and no shading in
+    # /api/history, where it showed as an event this site had opted out of.
+    from dataclasses import replace
+    now = utcnow().replace(second=0, microsecond=0)
+    t0 = now - timedelta(hours=6)
+    low = replace(event("low", [2, 2, 2], t0, 60, t0 - timedelta(hours=1)), priority=3)
+    hold = replace(event("hold", [0], t0 + timedelta(minutes=60), 60, t0), priority=1)
+    same = replace(event("same", [1], t0 + timedelta(minutes=150), 60, t0), priority=1)   # overrides with a level
+    other = replace(event("other", [3], t0 + timedelta(hours=4), 60, t0), targets=(("ven_id", "another-ven"),),
+                    for_this_ven=False, opt="optOut")
+    minutes = lambda spans: [((a - t0.timestamp()) / 60, (b - t0.timestamp()) / 60) for a, b in spans]  # noqa: E731
+    events = [ev.describe(now) for ev in (low, hold, same, other)]
+    assert minutes(curtailed_spans(events, now.timestamp())) == [(0, 60), (120, 210)]
+    # the same without priorities: equal ranks, the highest level wins, and 0 never does
+    plain = [replace(ev, priority=0).describe(now) for ev in (low, hold, same)]
+    assert minutes(curtailed_spans(plain, now.timestamp())) == [(0, 210)]
+    # what /api/history shades leaves the other VEN's event out as well
+    from ven.history import build_history
+    body = build_history(now.timestamp(), 24, {"power": {"time": [], "kw": []}}, events)
+    assert "other" not in {e["event_id"] for e in body["events"]}

@@ -68,9 +68,10 @@ def epoch(value: Any) -> float | None:
     return dt.datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
 
 
-def _simple_intervals(event: dict) -> list[tuple[float | None, float | None, int]]:
-    """(start, end, level) of each SIMPLE interval with a level above 0: an event of levels 1, 2, 3 is
-    shaded three ways, as the BAS saw it. An event given only a level (no signals) is one interval."""
+def _simple_intervals(event: dict, zero: bool = False) -> list[tuple[float | None, float | None, int]]:
+    """(start, end, level) of each SIMPLE interval with a level above 0 (or of 0 too, with `zero`): an event of
+    levels 1, 2, 3 is shaded three ways, as the BAS saw it. An event given only a level (no signals) is one
+    interval."""
     out = []
     for sig in event.get("signals") or []:
         if str(sig.get("name", "")).upper() != "SIMPLE":
@@ -80,7 +81,7 @@ def _simple_intervals(event: dict) -> list[tuple[float | None, float | None, int
             start = epoch(iv.get("start"))
             end = epoch(iv.get("end")) if iv.get("end") else (
                 start + iv["duration_seconds"] if start is not None and iv.get("duration_seconds") else None)
-            if isinstance(v, (int, float)) and v > 0:
+            if isinstance(v, (int, float)) and (v > 0 or zero and v == 0):
                 out.append((start, end, int(v)))
     if not event.get("signals") and isinstance(event.get("level"), (int, float)):
         out.append((epoch(event.get("start")), epoch(event.get("end")), int(event["level"])))
@@ -190,13 +191,14 @@ def build_history(now: float, hours: float, store: dict, events: list[dict] = ()
             "upcoming": sorted(upcoming, key=lambda e: (e["start"], e["event_id"]))}
 
 
-def _ran_and_upcoming(events: list[dict], now: float, since: float, ahead_until: float) -> tuple[list, list]:
+def _ran_and_upcoming(events: list[dict], now: float, since: float, ahead_until: float,
+                      zero: bool = False) -> tuple[list, list]:
     """The "events" and "upcoming" entries (the module docstring): what ran after `since`, cut where the
-    answer changed, and what starts after now and up to ahead_until."""
+    answer changed, and what starts after now and up to ahead_until (level 0 intervals too, with `zero`)."""
     shaded, upcoming = [], []
     for ev in events:
-        if ev.get("test_event"):
-            continue  # a test event never drives ADR-Event-Level
+        if ev.get("test_event") or ev.get("for_this_ven") is False:
+            continue  # neither a test event nor one whose targets name other VENs drives ADR-Event-Level
         # nothing ran here before the event reached the gateway (late delivery, or over on arrival)
         known_from = epoch(ev.get("received_at"))
         ran_until = None
@@ -207,7 +209,7 @@ def _ran_and_upcoming(events: list[dict], now: float, since: float, ahead_until:
         modified = epoch(ev.get("modified_at"))  # before it, what ran under earlier definitions
         ran = [(epoch(r.get("start")), epoch(r.get("end")), int(r.get("payload", 0))) for r in ev.get("ran_before") or []]
         now_defined = [(max(start, modified) if modified is not None and start is not None else start, stop, level)
-                       for start, stop, level in _simple_intervals(ev)]
+                       for start, stop, level in _simple_intervals(ev, zero)]
         answers = _opt_log(ev)
         for start, stop, level in ran + now_defined:
             if ran_until is not None:
@@ -233,16 +235,37 @@ def _ran_and_upcoming(events: list[dict], now: float, since: float, ahead_until:
 
 
 def curtailed_spans(events: list[dict], now: float, since: float = 0.0) -> list[tuple[float, float | None]]:
-    """(start, end) of each SIMPLE interval above level 0 that ran here after `since`, or is to run, while the
-    building was not opted out: when the BAS sheds load (end None: open-ended), for the forecaster to keep out of
-    what it learns from. A running event's later intervals are in: its next one at the same level changes nothing
-    the schedule publishes. Intervals that follow one another are one span."""
-    ran, ahead = _ran_and_upcoming(events, now, since, math.inf)
-    out: list[tuple[float, float | None]] = []
-    for part in sorted((p for p in ran + ahead if p["opt"] != "optOut"), key=lambda p: p["start"]):
-        if out and out[-1][1] is not None and part["start"] <= out[-1][1]:
-            ends = (out[-1][1], part["end"])
-            out[-1] = (out[-1][0], None if None in ends else max(ends))
+    """(start, end) of the times after `since`, past or to come, when the events put ADR-Event-Level above 0 while
+    the building was not opted out: when the BAS sheds load (end None: open-ended), for the forecaster to keep out of
+    what it learns from. The level is the schedule's: of overlapping events the highest-priority one's, of equal
+    priorities the highest level, so a level-0 event of higher priority holds the building at 0 through a lower one.
+    A running event's later intervals are in: its next one at the same level changes nothing the schedule publishes.
+    Times that follow one another are one span."""
+    ran, ahead = _ran_and_upcoming(events, now, since, math.inf, zero=True)
+    rank = {ev.get("event_id", ""): _rank(ev.get("priority")) for ev in events}
+    parts = sorted((p["start"], math.inf if p["end"] is None else p["end"], rank.get(p["event_id"], math.inf),
+                    p["level"]) for p in ran + ahead if p["opt"] != "optOut" and p["start"] is not None)
+    cuts = sorted({t for start, end, *_ in parts for t in (start, end)})
+    out: list[list[float]] = []
+    active: list[tuple] = []
+    taken = 0
+    for a, b in zip(cuts, cuts[1:]):
+        while taken < len(parts) and parts[taken][0] <= a:
+            active.append(parts[taken])
+            taken += 1
+        active = [p for p in active if p[1] > a]
+        if not active:
+            continue
+        best = min(r for _, _, r, _ in active)
+        if max(level for _, _, r, level in active if r == best) <= 0:
+            continue
+        if out and out[-1][1] >= a:
+            out[-1][1] = b
         else:
-            out.append((part["start"], part["end"]))
-    return out
+            out.append([a, b])
+    return [(a, None if b == math.inf else b) for a, b in out]
+
+
+def _rank(priority: Any) -> float:
+    """ei:priority as events.Event.rank orders overlapping events: 1 first, 0 (none) last."""
+    return priority if isinstance(priority, int) and priority > 0 else math.inf
