@@ -30,6 +30,7 @@ from .config import GatewayConfig
 from .logs import RecentLog
 from .metrics import Metrics
 from .schedule import EventSchedule, ScheduleState
+from .site import SITE_KEY, set_aside_if_other_site, site_of
 from .storage import Storage, set_aside_if_damaged
 from .tasks import at_most, cancel_and_wait
 from .telemetry import TelemetryQueue
@@ -143,7 +144,11 @@ class Gateway:
         # A file that cannot be opened does not stop the gateway: the BAS still needs the device and
         # the live points. Both keep their data in memory and write it once the file opens.
         set_aside_if_damaged(c.storage.path)
+        site = site_of(c.openadr.ven_name, c.openadr.vtn_url)
+        set_aside_if_other_site(c.storage.path, site)   # a box moved to another site: its file is the old site's
         self.storage = Storage(c.storage.path, reopen_seconds=c.storage.retry_seconds)
+        if self.storage.load_value(SITE_KEY) != site:
+            self.storage.save_value(SITE_KEY, site)
         self.telemetry = TelemetryQueue(c.storage.path, max_age=timedelta(days=c.openadr.queue_max_days),
                                         reopen_seconds=c.storage.retry_seconds)
         self.schedule = EventSchedule(self.storage, on_change=self._on_schedule)

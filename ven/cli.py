@@ -20,6 +20,7 @@ from . import __version__
 from .cert_expiry import cert_expiry_warnings
 from .config import ConfigError, GatewayConfig, check_bacnet_address
 from .config_checks import clock_sync_warnings, storage_problems, storage_warnings, tls_file_problems
+from .site import other_site_warnings, site_of
 from .config_load import load_config
 
 EXIT_CONFIG = 2
@@ -132,7 +133,8 @@ def cmd_check_config(args) -> int:
         _print_config_error(ConfigError("\n".join(problems)))
         return EXIT_CONFIG
     machine = clock_sync_warnings()     # last: the ones before are about the file
-    files = cert_expiry_warnings(cfg.openadr, time.time()) + storage_warnings(cfg.storage)
+    files = (cert_expiry_warnings(cfg.openadr, time.time()) + storage_warnings(cfg.storage)
+             + other_site_warnings(cfg.storage.path, site_of(cfg.openadr.ven_name, cfg.openadr.vtn_url)))
     for warning in cfg.warnings() + files + _absent_address_warnings(cfg) + _unresolved_router_warnings(cfg) + machine:
         print(f"{args.file}: warning: {warning}")
     # a relative storage.path is taken from the directory `run` starts in, which a service manager sets

@@ -1,0 +1,118 @@
+"""Which VEN a storage.path file holds the state of: a box moved to another site, or a card imaged from one that ran,
+does not act on the old site's state.
+
+The file keeps one VEN's telemetry backlog, events, ADR-Opt-Out command and report places, and one building's
+forecaster history. None of them says whose. A box taken from building A to building B with its file, the config
+edited (another ven_name, another utility's VTN), sent A's unsent readings to B's VTN as B's (an interval averaging
+both meters), ran A's stored event in B while B's VTN was not yet reachable, restored A's BAS's ADR-Opt-Out (B's
+utility heard optOut to its first event), and forecast B from A's history with A's load thresholds for weeks. Every
+clone of an imaged card sent the master's backlog again, under its own name.
+
+The file records the VEN it is for: `openadr.ven_name` and the VTN's host (not its scheme or port: a VTN put behind
+TLS is the same VTN). A start under another one moves the file aside, as a damaged one is, and begins a new one; the
+old file keeps everything, for whoever needs it. A file from before this record is taken as this VEN's.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import sqlite3
+import time
+import urllib.parse
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SITE_KEY = "site"
+# what each table holds, for the line that says what went aside with the file
+_HELD = (("telemetry_queue", "telemetry reading(s) not yet sent"), ("adr_events", "event(s)"),
+         ("forecast_minute", "minute(s) of forecaster history"))
+
+
+def site_of(ven_name: str, vtn_url: str) -> str:
+    """The record a file keeps of the VEN it is for (JSON, as it is stored)."""
+    host = (urllib.parse.urlsplit(vtn_url).hostname or "").lower()
+    return json.dumps({"ven_name": ven_name, "vtn_host": host}, sort_keys=True)
+
+
+def stored_site(path: str | Path) -> dict | None:
+    """The VEN the file at `path` says it is for; None without a file, a record, or a file that reads (the stores
+    say why it does not)."""
+    p = Path(path)
+    if not p.is_file():
+        return None
+    try:
+        with contextlib.closing(sqlite3.connect(f"{p.resolve().as_uri()}?mode=ro", uri=True)) as conn:
+            row = conn.execute("SELECT value FROM kv WHERE key = ?", (SITE_KEY,)).fetchone()
+    except sqlite3.Error:   # no kv table yet, locked, not SQLite: nothing to compare
+        return None
+    try:
+        site = json.loads(row[0]) if row else None
+    except ValueError:
+        return None
+    return site if isinstance(site, dict) else None
+
+
+def _changed(path: Path, site: str) -> tuple[dict, str] | None:
+    """The VEN the file records and how it differs from `site` ("ven_name 'a' -> 'b'"), if it does."""
+    was, now = stored_site(path), json.loads(site)
+    if was is None or was == now:
+        return None
+    return was, ", ".join(f"{key} {was.get(key)!r} -> {now[key]!r}" for key in sorted(now) if was.get(key) != now[key])
+
+
+def other_site_warnings(path: str | Path, site: str) -> list[str]:
+    """check-config's word on a file that records another VEN: what `run` will do with it."""
+    changed = _changed(Path(path), site)
+    if changed is None:
+        return []
+    held = _held(Path(path))
+    return [f"storage.path {path} holds the state of another VEN ({changed[1]}{f'; it holds {held}' if held else ''}): "
+            f"`run` moves it aside and begins a new file (README: a box moved to another site)"]
+
+
+def set_aside_if_other_site(path: str | Path, site: str) -> Path | None:
+    """At start, before any store opens it: a file that records another VEN than `site` is moved aside
+    (`<name>.<its ven_name>-<time>`, with its -wal and -shm), so the stores make a new one; returns where it went."""
+    p = Path(path)
+    found = _changed(p, site)
+    if found is None:
+        return None
+    was, changed = found
+    held = _held(p)
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(was.get("ven_name", "")))[:40] or "other-site"
+    aside = p.with_name(f"{p.name}.{name}-{time.strftime('%Y%m%dT%H%M%S')}")
+    try:
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(f"{p}{suffix}", f"{aside}{suffix}")
+    except OSError as err:
+        # left as it is, and used: refusing to start would leave the BAS without the device, the site without its VTN
+        log.error("storage.path %s holds the state of another VEN (%s) and cannot be moved aside: %s; it is used as "
+                  "it is. Stop the gateway and move it away if the box moved to another site", p, changed,
+                  err.strerror or err)
+        return None
+    log.warning("storage.path %s held the state of another VEN (%s%s): moved to %s and a new file begun, so nothing "
+                "of another site's is sent to the VTN, run or forecast from. If the box did not move (the VEN renamed, "
+                "the VTN moved to another host) and it is this site's: stop the gateway, move it back to %s and "
+                "delete its record of the VEN: sqlite3 %s \"DELETE FROM kv WHERE key = '%s'\"", p, changed,
+                f"; it holds {held}" if held else "", aside.name, p.name, p.name, SITE_KEY)
+    return aside
+
+
+def _held(p: Path) -> str:
+    """What the file holds that is a site's, in words ("" if it cannot be read)."""
+    said = []
+    try:
+        with contextlib.closing(sqlite3.connect(f"{p.resolve().as_uri()}?mode=ro", uri=True)) as conn:
+            for table, words in _HELD:
+                with contextlib.suppress(sqlite3.Error):   # a table an older file has not made yet
+                    n = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # noqa: S608 - our names
+                    if n:
+                        said.append(f"{n} {words}")
+    except sqlite3.Error:
+        return ""
+    return ", ".join(said)
