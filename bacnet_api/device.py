@@ -245,6 +245,11 @@ class GatewayDevice:
             return {"mode": "enable"}
         return self.app.communication_control()
 
+    def twins(self) -> list[dict]:
+        """Other devices heard answering as this device instance (a configuration copied to a second box):
+        [{"address", "last_heard"}], for as long as the device runs."""
+        return [] if self._bacnet is None else self.app.twins()
+
     def foreign_device(self) -> dict | None:
         """The registration with `bacnet.bbmd_address`: {"bbmd", "ttl_seconds", "registered", "why_not"}; None
         without a BBMD."""

@@ -242,6 +242,11 @@ class _Services(PropertyAccess):
     _cov_unsaid = 0  # refused in spells that were not said, for the next line
     _said_for: dict[str, set] | None = None  # kind of once-a-source line -> the sources it was said for
     _own_address = ""
+    _twins: dict[str, str] | None = None   # another device's address answering as this one -> when last heard
+
+    def twins(self) -> list[dict]:
+        """The other devices heard answering as this one: [{"address", "last_heard"}]."""
+        return [{"address": a, "last_heard": at} for a, at in sorted((self._twins or {}).items())]
 
     def _first_from(self, kind: str, source: str) -> bool:
         """Whether a `kind` line is to be said for `source`: the first time, for up to _SOURCES_SAID sources."""
@@ -261,6 +266,10 @@ class _Services(PropertyAccess):
             return
         # a configuration copied to a second box: the BAS binds one or the other at each discovery, and the two
         # register with the VTN as one VEN. BACnet needs the instance unique on the internetwork (clause 12.11)
+        if self._twins is None:
+            self._twins = {}
+        if source in self._twins or len(self._twins) < _SOURCES_SAID:
+            self._twins[source] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         if self._first_from("twin", source):
             log.warning("another device answers as device %d, from %s: bacnet.device_id must be unique on the site "
                         "(a configuration copied to a second gateway?); the BAS may bind either",

@@ -301,4 +301,6 @@ async def test_another_device_answering_as_this_one_is_one_warning_a_source(gate
     assert lines == [f"another device answers as device {DEVICE_ID}, from {peer.address.replace('/8', '')}: "
                     "bacnet.device_id must be unique on the site (a configuration copied to a second gateway?); the "
                     "BAS may bind either"], lines
+    [twin_seen] = gateway.twins()       # /api/status device.twins, for the dashboard
+    assert twin_seen["address"] == peer.address.replace("/8", "") and twin_seen["last_heard"]
     assert errors_logged(caplog) == []

@@ -635,6 +635,25 @@ async def test_a_command_the_point_refused_is_named_with_why_and_points_at_the_b
         assert page.errors == []
 
 
+class TwinView(FaultView):
+    """Another box answering as this device instance (a configuration copied to it)."""
+
+    def status(self):
+        body = super().status()
+        body["device"]["twins"] = [{"address": "192.168.10.31:47808", "last_heard": _iso(time.time() - 120)}]
+        return body
+
+
+async def test_another_device_with_this_device_id_is_named_with_its_address_and_what_to_change(server):  # noqa: F811
+    async with drawn(server, TwinView(), "?refresh=1", speedup=QUICK) as (page, _):
+        await page.wait_for_function(f"({PROBLEMS}) === 'twin'", timeout=10000)
+        item = page.locator('#problems li[data-problem="twin"]')
+        assert await item.get_attribute("data-level") == "bad"
+        text = await item.inner_text()
+        assert "192.168.10.31:47808" in text and "bacnet.device_id" in text, text
+        assert page.errors == []
+
+
 class EverythingView(RefusedWriteView, ClockView):
     """The worst first day: the clock unsynchronized, a write refused, and the faults the test switches on."""
 

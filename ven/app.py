@@ -679,6 +679,8 @@ class Gateway:
                        "communication": self.device.communication(),
                        # bacnet.bbmd_address: whether the BBMD took the registration, else why not (null: none)
                        "foreign_device": self.device.foreign_device(),
+                       # other devices answering as this instance: a configuration copied to a second box
+                       "twins": self.device.twins(),
                        # bacnet.write_from: who may write, how many writes it refused, the last one
                        **self.device.write_refusals()},
             "points": self.device.snapshot(),

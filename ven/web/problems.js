@@ -47,6 +47,13 @@ export function findProblems(health) {
         `${comm.mode} by ${comm.by || "a BACnet client"} since ${stampText(comm.since)}, ${until}: the meter is not read and the BAS gets no COV notifications (points are still answered)`,
         "send DeviceCommunicationControl enable from that tool, or wait for the time-out; a restart also ends it");
   }
+  const twins = (gw.device || {}).twins;
+  if (Array.isArray(twins) && twins.length) {
+    const who = twins.map((t) => `${t.address || "another address"} (heard ${stampText(t.last_heard)})`).join(", ");
+    add("twin", "bad", "Another device has this device id",
+        `${who} answers as device ${(gw.device || {}).device_id ?? ""} too: the BAS binds one or the other, and reads and writes may go to the wrong box`,
+        "give each gateway its own bacnet.device_id (a configuration copied to a second box?) and restart the one changed; this clears at the next restart");
+  }
   const refusal = recentRefusal();
   if (refusal) {
     const count = typeof refusal.count === "number" ? `${refusal.count} refused since the gateway started; ` : "";
