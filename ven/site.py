@@ -42,12 +42,12 @@ def stored_site(path: str | Path) -> dict | None:
     """The VEN the file at `path` says it is for; None without a file, a record, or a file that reads (the stores
     say why it does not)."""
     p = Path(path)
-    if not p.is_file():
-        return None
     try:
+        if not p.is_file():
+            return None
         with contextlib.closing(sqlite3.connect(f"{p.resolve().as_uri()}?mode=ro", uri=True)) as conn:
             row = conn.execute("SELECT value FROM kv WHERE key = ?", (SITE_KEY,)).fetchone()
-    except sqlite3.Error:   # no kv table yet, locked, not SQLite: nothing to compare
+    except (OSError, sqlite3.Error):   # a directory this user may not search, no kv table yet, locked, not SQLite
         return None
     try:
         site = json.loads(row[0]) if row else None
@@ -113,6 +113,6 @@ def _held(p: Path) -> str:
                     n = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # noqa: S608 - our names
                     if n:
                         said.append(f"{n} {words}")
-    except sqlite3.Error:
+    except (OSError, sqlite3.Error):
         return ""
     return ", ".join(said)
