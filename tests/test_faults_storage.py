@@ -1151,3 +1151,21 @@ def test_a_damaged_file_that_cannot_be_moved_aside_is_said_and_left_in_place(tmp
     said = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(said) == 1 and f"storage.path {path} is damaged (" in said[0], said
     assert "cannot be moved aside: Permission denied" in said[0], said
+
+
+def test_a_damaged_file_behind_a_symlink_is_moved_aside_and_the_link_kept(tmp_path):
+    # the link was moved, not its file: the run lock (on the file the link names) then guarded the damaged one, and
+    # a second `run` on the new file started beside the first
+    (tmp_path / "data").mkdir()
+    real, link = tmp_path / "data" / "gw.sqlite", tmp_path / "gw.sqlite"
+    link.symlink_to(real)
+    store = Storage(link)
+    store.save_value("opt_out", '{"8": 1}')
+    store.close()
+    with open(real, "r+b") as f:         # its header, as a torn write leaves it
+        f.write(os.urandom(100))
+    aside = set_aside_if_damaged(link)
+    assert aside is not None and aside.parent == real.parent and aside.name.startswith("gw.sqlite.damaged-")
+    assert link.is_symlink() and link.resolve() == real and real.is_file()
+    with open(aside, "rb") as f:
+        assert f.read(100) != b"SQLite format 3\x00".ljust(100, b"\x00")[:100]     # the damaged one went aside

@@ -20,13 +20,13 @@ from ven.site import site_of, stored_site
 from ven.vtn_server import DemoVtn
 
 
-def site_config(tmp_path, bacnet_port, meter_port, vtn_url, ven_name, device_id=500401):
+def site_config(tmp_path, bacnet_port, meter_port, vtn_url, ven_name, device_id=500401, path=None):
     return parse_config({
         "bacnet": {"address": f"127.0.0.1/8:{bacnet_port}", "device_id": device_id},
         "meter": {"router": f"127.0.0.1:{meter_port}", "poll_seconds": 0.5, "timeout_seconds": 0.5},
         "openadr": {"vtn_url": vtn_url, "ven_name": ven_name, "telemetry_seconds": 1.0, "retry_min_seconds": 0.2,
                     "retry_max_seconds": 1.0, "settle_seconds": 0.0},
-        "storage": {"path": str(tmp_path / "gw.sqlite")},
+        "storage": {"path": str(path or tmp_path / "gw.sqlite")},
         "http": {"enabled": False},
         "forecaster": {"cycle_seconds": 5.0},
     }, "test", environ={})
@@ -123,3 +123,51 @@ def test_a_file_from_before_the_record_is_this_vens_and_another_vtn_port_or_sche
             "'other-utility.example'): `run` moves it aside and begins a new file") in out.stdout, out.stdout
     assert site_of("site-1", "https://u:p@Other-Utility.example:443/x") == \
         '{"ven_name": "site-1", "vtn_host": "other-utility.example"}'
+
+
+def _stamped_for(tmp_path, path, ven_name) -> None:
+    gw = Gateway(site_config(tmp_path, 1, 2, "http://vtn.example/OpenADR2/Simple/2.0b", ven_name))
+    gw.telemetry.add(datetime.now(timezone.utc), 42.0)
+    gw.telemetry.close()
+    gw.storage.close()
+    assert stored_site(path)["ven_name"] == ven_name
+
+
+def test_a_symlinked_storage_path_moves_its_file_not_the_link(tmp_path):
+    # the run lock is on the file a symlink names (run_lock.lock_path); moving the link left the lock on the old file
+    # and a second `run` on the new one started beside the first
+    (tmp_path / "data").mkdir()
+    link = tmp_path / "gw.sqlite"
+    link.symlink_to(tmp_path / "data" / "real.sqlite")
+    _stamped_for(tmp_path, link, "site-1")
+    gw = Gateway(site_config(tmp_path, 1, 2, "http://vtn.example/OpenADR2/Simple/2.0b", "site-2"))
+    gw.telemetry.close()
+    gw.storage.close()
+    assert link.is_symlink() and link.resolve() == tmp_path / "data" / "real.sqlite"
+    [aside] = [p for p in (tmp_path / "data").glob("real.sqlite.site-1-*") if not p.name.endswith(("-wal", "-shm"))]
+    assert rows(aside, "telemetry_queue") == 1 and rows(link, "telemetry_queue") == 0
+    assert stored_site(link)["ven_name"] == "site-2"
+
+
+def test_another_vens_file_that_cannot_be_moved_aside_is_not_used(tmp_path):
+    # a read-only directory at the first start at the new site: used as it was, once writable the old backlog went
+    # to this VTN and the old ADR-Opt-Out was restored. The start is refused, naming the file and what to do.
+    from test_faults_storage import remount, tmpfs
+
+    from ven.config import ConfigError
+
+    with tmpfs(tmp_path / "data", "size=8m") as data:
+        path = data / "gw.sqlite"
+        url = "http://vtn.example/OpenADR2/Simple/2.0b"
+        gw = Gateway(site_config(tmp_path, 1, 2, url, "site-1", path=path))
+        gw.telemetry.add(datetime.now(timezone.utc), 42.0)
+        gw.telemetry.close()
+        gw.storage.close()
+        remount(data, "ro")
+        with pytest.raises(ConfigError, match=rf"storage.path {path} holds the state of another VEN \(ven_name "
+                                              r"'site-1' -> 'site-2'\) and cannot be moved aside: Read-only file "
+                                              r"system\. Move it away"):
+            Gateway(site_config(tmp_path, 1, 2, url, "site-2", path=path))
+        remount(data, "rw")
+        assert stored_site(path)["ven_name"] == "site-1" and rows(path, "telemetry_queue") == 1
+        assert not list(data.glob("gw.sqlite.*")), "nothing moved"

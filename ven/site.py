@@ -24,6 +24,8 @@ import time
 import urllib.parse
 from pathlib import Path
 
+from .config import ConfigError
+
 log = logging.getLogger(__name__)
 
 SITE_KEY = "site"
@@ -45,8 +47,7 @@ def stored_site(path: str | Path) -> dict | None:
     try:
         if not p.is_file():
             return None
-        with contextlib.closing(sqlite3.connect(f"{p.resolve().as_uri()}?mode=ro", uri=True)) as conn:
-            row = conn.execute("SELECT value FROM kv WHERE key = ?", (SITE_KEY,)).fetchone()
+        row = _read(p, "SELECT value FROM kv WHERE key = ?", (SITE_KEY,))
     except (OSError, sqlite3.Error):   # a directory this user may not search, no kv table yet, locked, not SQLite
         return None
     try:
@@ -76,7 +77,8 @@ def other_site_warnings(path: str | Path, site: str) -> list[str]:
 
 def set_aside_if_other_site(path: str | Path, site: str) -> Path | None:
     """At start, before any store opens it: a file that records another VEN than `site` is moved aside
-    (`<name>.<its ven_name>-<time>`, with its -wal and -shm), so the stores make a new one; returns where it went."""
+    (`<name>.<its ven_name>-<time>`, with its -wal and -shm), so the stores make a new one; returns where it went.
+    Raises ConfigError when it cannot be moved (a read-only directory)."""
     p = Path(path)
     found = _changed(p, site)
     if found is None:
@@ -84,17 +86,19 @@ def set_aside_if_other_site(path: str | Path, site: str) -> Path | None:
     was, changed = found
     held = _held(p)
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(was.get("ven_name", "")))[:40] or "other-site"
-    aside = p.with_name(f"{p.name}.{name}-{time.strftime('%Y%m%dT%H%M%S')}")
+    real = p.resolve()      # a symlink's file, not the link: the run lock and the -wal are the file's
+    aside = real.with_name(f"{real.name}.{name}-{time.strftime('%Y%m%dT%H%M%S')}")
     try:
         for suffix in ("", "-wal", "-shm"):
             with contextlib.suppress(FileNotFoundError):
-                os.replace(f"{p}{suffix}", f"{aside}{suffix}")
+                os.replace(f"{real}{suffix}", f"{aside}{suffix}")
     except OSError as err:
-        # left as it is, and used: refusing to start would leave the BAS without the device, the site without its VTN
-        log.error("storage.path %s holds the state of another VEN (%s) and cannot be moved aside: %s; it is used as "
-                  "it is. Stop the gateway and move it away if the box moved to another site", p, changed,
-                  err.strerror or err)
-        return None
+        # Not started: used as it is, the file's backlog went to this VTN, and its ADR-Opt-Out was restored, once it
+        # took writes again. Only a box that moved meets this, with someone at it.
+        raise ConfigError(f"storage.path {p} holds the state of another VEN ({changed}) and cannot be moved aside: "
+                          f"{err.strerror or err}. Move it away (or make its directory writable) and start again; "
+                          f"if the box did not move, delete its record: sqlite3 {p} \"DELETE FROM kv WHERE key = "
+                          f"'{SITE_KEY}'\"") from None
     log.warning("storage.path %s held the state of another VEN (%s%s): moved to %s and a new file begun, so nothing "
                 "of another site's is sent to the VTN, run or forecast from. If the box did not move (the VEN renamed, "
                 "the VTN moved to another host) and it is this site's: stop the gateway, move it back to %s and "
@@ -103,16 +107,25 @@ def set_aside_if_other_site(path: str | Path, site: str) -> Path | None:
     return aside
 
 
+def _read(p: Path, sql: str, params=()):
+    """One row of the file, without writing to it. A file in WAL mode on a read-only file system opens read-only
+    only without its -shm (immutable), and then without what its -wal holds: a clean stop left none."""
+    last: sqlite3.Error | None = None
+    for mode in ("mode=ro", "immutable=1"):
+        try:
+            with contextlib.closing(sqlite3.connect(f"{p.resolve().as_uri()}?{mode}", uri=True)) as conn:
+                return conn.execute(sql, params).fetchone()
+        except sqlite3.OperationalError as err:
+            last = err
+    raise last
+
+
 def _held(p: Path) -> str:
     """What the file holds that is a site's, in words ("" if it cannot be read)."""
     said = []
-    try:
-        with contextlib.closing(sqlite3.connect(f"{p.resolve().as_uri()}?mode=ro", uri=True)) as conn:
-            for table, words in _HELD:
-                with contextlib.suppress(sqlite3.Error):   # a table an older file has not made yet
-                    n = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # noqa: S608 - our names
-                    if n:
-                        said.append(f"{n} {words}")
-    except (OSError, sqlite3.Error):
-        return ""
+    for table, words in _HELD:
+        with contextlib.suppress(OSError, sqlite3.Error):   # a table an older file has not made yet
+            n = _read(p, f"SELECT count(*) FROM {table}")[0]  # noqa: S608 - our names
+            if n:
+                said.append(f"{n} {words}")
     return ", ".join(said)

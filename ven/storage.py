@@ -109,11 +109,12 @@ def set_aside_if_damaged(path: str | Path) -> Path | None:
     if why == "ok":
         return None
     why = "; ".join(line for line in why.splitlines() if line and not line.startswith("***"))
-    aside = p.with_name(f"{p.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
+    real = p.resolve()      # a symlink's file, not the link: the run lock and the -wal are the file's
+    aside = real.with_name(f"{real.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
     try:
         for suffix in ("", "-wal", "-shm"):
             with contextlib.suppress(FileNotFoundError):
-                os.replace(f"{p}{suffix}", f"{aside}{suffix}")
+                os.replace(f"{real}{suffix}", f"{aside}{suffix}")
     except OSError as err:
         # a directory the gateway's user may not write: left as it is, tried every storage.retry_seconds as before
         log.error("storage.path %s is damaged (%s) and cannot be moved aside: %s; the gateway keeps what it takes "
