@@ -654,6 +654,29 @@ async def test_another_device_with_this_device_id_is_named_with_its_address_and_
         assert page.errors == []
 
 
+class MovedAsideView(FaultView):
+    """A start that found storage.path another VEN's and moved it aside."""
+
+    def status(self):
+        body = super().status()
+        body["storage"]["moved_aside"] = {"to": "/var/lib/edge-gateway/gateway.sqlite.building-a-20261204T101500",
+                                          "changed": "ven_name 'building-a' -> 'building-b'",
+                                          "held": "120 telemetry reading(s) not yet sent, 3 event(s)",
+                                          "at": _iso(time.time() - 300)}
+        return body
+
+
+async def test_a_storage_file_moved_aside_at_start_is_named_with_where_it_went(server):  # noqa: F811
+    async with drawn(server, MovedAsideView(), "?refresh=1", speedup=QUICK) as (page, _):
+        await page.wait_for_function(f"({PROBLEMS}) === 'storage-moved'", timeout=10000)
+        item = page.locator('#problems li[data-problem="storage-moved"]')
+        assert await item.get_attribute("data-level") == "warn"
+        text = await item.inner_text()
+        assert "gateway.sqlite.building-a-20261204T101500" in text and "'building-a' -> 'building-b'" in text, text
+        assert "120 telemetry reading(s)" in text and "The storage file" in text, text
+        assert page.errors == []
+
+
 class EverythingView(RefusedWriteView, ClockView):
     """The worst first day: the clock unsynchronized, a write refused, and the faults the test switches on."""
 

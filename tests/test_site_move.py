@@ -73,6 +73,9 @@ async def test_a_box_moved_to_another_site_sends_runs_and_restores_nothing_of_th
         try:
             # nothing of A's at start: no event to run, no opt-out, no backlog
             assert b.schedule.events() == [] and b.device.get(P.OPT_OUT) is False
+            shown = b.storage_status()["moved_aside"]           # /api/status, and the dashboard from it
+            assert shown["to"] == str(moved[0]) and shown["changed"] == "ven_name 'building-a' -> 'building-b'"
+            assert shown["held"].startswith(f"{queued} telemetry reading(s) not yet sent, 1 event(s)"), shown
             await eventually(lambda: len([1 for _, ivs in b_vtn.updates for _ in ivs]) >= 3, 20, "B's telemetry")
             await eventually(lambda: b.device.get(P.EVENT_LEVEL) == 0.0 and datetime.now(timezone.utc) > started
                              + timedelta(seconds=6), 10, "past A's event's start")

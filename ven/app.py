@@ -145,7 +145,8 @@ class Gateway:
         # the live points. Both keep their data in memory and write it once the file opens.
         set_aside_if_damaged(c.storage.path)
         site = site_of(c.openadr.ven_name, c.openadr.vtn_url)
-        set_aside_if_other_site(c.storage.path, site)   # a box moved to another site: its file is the old site's
+        # a box moved to another site: its file is the old site's
+        self.moved_aside = set_aside_if_other_site(c.storage.path, site)
         self.storage = Storage(c.storage.path, reopen_seconds=c.storage.retry_seconds)
         if self.storage.load_value(SITE_KEY) != site:
             self.storage.save_value(SITE_KEY, site)
@@ -716,7 +717,9 @@ class Gateway:
                   "forecaster": None if not self._built("forecast") or self.forecast.storage_ok
                   else self.forecast.storage_error or "forecast history not stored"}
         return {"path": str(self.config.storage.path), "ok": not any(errors.values()),
-                "errors": {part: e for part, e in errors.items() if e}}
+                "errors": {part: e for part, e in errors.items() if e},
+                # this start found the file another VEN's and moved it aside (ven/site.py); null otherwise
+                "moved_aside": self.moved_aside}
 
     def recent_log(self, min_level: int, limit: int | None) -> dict:
         return self.recent.body(min_level, limit)

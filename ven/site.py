@@ -75,10 +75,11 @@ def other_site_warnings(path: str | Path, site: str) -> list[str]:
             f"`run` moves it aside and begins a new file (README: a box moved to another site)"]
 
 
-def set_aside_if_other_site(path: str | Path, site: str) -> Path | None:
+def set_aside_if_other_site(path: str | Path, site: str) -> dict | None:
     """At start, before any store opens it: a file that records another VEN than `site` is moved aside
-    (`<name>.<its ven_name>-<time>`, with its -wal and -shm), so the stores make a new one; returns where it went.
-    Raises ConfigError when it cannot be moved (a read-only directory)."""
+    (`<name>.<its ven_name>-<time>`, with its -wal and -shm), so the stores make a new one; returns what was done,
+    for /api/status ({"to", "changed", "held", "at"}). Raises ConfigError when it cannot be moved (a read-only
+    directory)."""
     p = Path(path)
     found = _changed(p, site)
     if found is None:
@@ -87,7 +88,12 @@ def set_aside_if_other_site(path: str | Path, site: str) -> Path | None:
     held = _held(p)
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(was.get("ven_name", "")))[:40] or "other-site"
     real = p.resolve()      # a symlink's file, not the link: the run lock and the -wal are the file's
-    aside = real.with_name(f"{real.name}.{name}-{time.strftime('%Y%m%dT%H%M%S')}")
+    stamp = time.strftime('%Y%m%dT%H%M%S')
+    aside = real.with_name(f"{real.name}.{name}-{stamp}")
+    n = 1
+    while aside.exists():       # two moves within a second (a config put back and forth) keep both
+        n += 1
+        aside = real.with_name(f"{real.name}.{name}-{stamp}-{n}")
     try:
         for suffix in ("", "-wal", "-shm"):
             with contextlib.suppress(FileNotFoundError):
@@ -97,14 +103,13 @@ def set_aside_if_other_site(path: str | Path, site: str) -> Path | None:
         # took writes again. Only a box that moved meets this, with someone at it.
         raise ConfigError(f"storage.path {p} holds the state of another VEN ({changed}) and cannot be moved aside: "
                           f"{err.strerror or err}. Move it away (or make its directory writable) and start again; "
-                          f"if the box did not move, delete its record: sqlite3 {p} \"DELETE FROM kv WHERE key = "
-                          f"'{SITE_KEY}'\"") from None
+                          f"if the box did not move, delete its record of the VEN (README: the storage file)") from None
     log.warning("storage.path %s held the state of another VEN (%s%s): moved to %s and a new file begun, so nothing "
                 "of another site's is sent to the VTN, run or forecast from. If the box did not move (the VEN renamed, "
-                "the VTN moved to another host) and it is this site's: stop the gateway, move it back to %s and "
-                "delete its record of the VEN: sqlite3 %s \"DELETE FROM kv WHERE key = '%s'\"", p, changed,
-                f"; it holds {held}" if held else "", aside.name, p.name, p.name, SITE_KEY)
-    return aside
+                "the VTN moved to another host) and that state is this site's, README \"The storage file\" says how to "
+                "put it back", p, changed, f"; it holds {held}" if held else "", aside.name)
+    return {"to": str(aside), "changed": changed, "held": held,
+            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
 def _read(p: Path, sql: str, params=()):

@@ -47,6 +47,13 @@ export function findProblems(health) {
         `${comm.mode} by ${comm.by || "a BACnet client"} since ${stampText(comm.since)}, ${until}: the meter is not read and the BAS gets no COV notifications (points are still answered)`,
         "send DeviceCommunicationControl enable from that tool, or wait for the time-out; a restart also ends it");
   }
+  const moved = (gw.storage || {}).moved_aside;
+  if (moved && typeof moved === "object") {
+    add("storage-moved", "warn", "Storage file begun anew",
+        `at ${stampText(moved.at)} storage.path held the state of another VEN (${moved.changed || "another ven_name or VTN host"})` +
+        `${moved.held ? `: ${moved.held}` : ""}; it was moved to ${moved.to || "a file beside it"}, and nothing of it is sent to the VTN, run or forecast from`,
+        "nothing to do if the box moved to this site or was imaged from another; if not (the VEN renamed, the VTN on another host), README \"The storage file\" says how to put it back. This clears at the next restart");
+  }
   const twins = (gw.device || {}).twins;
   if (Array.isArray(twins) && twins.length) {
     const who = twins.map((t) => `${t.address || "another address"} (heard ${stampText(t.last_heard)})`).join(", ");
