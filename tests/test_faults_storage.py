@@ -585,7 +585,8 @@ async def test_read_only_storage_works_from_memory_then_writes_the_file_once_it_
                                         priority=8) is None
                 await eventually(lambda: f"storage.path {storage}: opened; " in log_path.read_text(), 35,
                                  "events written to the file")
-                assert (await status(http_port))["storage"] == {"path": str(storage), "ok": True, "errors": {}}
+                assert (await status(http_port))["storage"] == {"path": str(storage), "ok": True, "errors": {},
+                                                               "moved_aside": None}
             assert gateway.proc.returncode == 0
         with contextlib.closing(sqlite3.connect(storage)) as db:
             events = {json.loads(body)["event_id"]: json.loads(body) for (body,) in
