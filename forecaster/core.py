@@ -555,16 +555,17 @@ class DemandForecaster:
                 if after.any():
                     X, level = features.build(today, self.calendar, ks[after], h, refs)
                     learned[h][after] = level[:, None] + hm.members.predict_each(X)
-        return [self._issue(snap, masked, fitted, float(t), int(k), float(levels[i]),
+        return [self._issue(snap, masked, refs, fitted, float(t), int(k), float(levels[i]),
                             {h: v[i] for h, v in learned.items()}, float(arming[i]))
                 for i, (t, k) in enumerate(zip(times, ks))]
 
-    def _issue(self, snap, masked, fitted, now: float, k: int, level: float,
+    def _issue(self, snap, masked, refs, fitted, now: float, k: int, level: float,
                learned: dict[int, np.ndarray], arming: float) -> Forecast:
         """The sequential part of a forecast: the members' live weights, live validation, the guard,
         slope, thresholds, flags. `learned`: each member's forecast demand, per horizon. `masked` is `snap`
         without the curtailed minutes: a shed no forecast was told of counts against neither the model
-        nor persistence, nor in the thresholds. `arming`: the level the flags' arm rule compares (predict_series)."""
+        nor persistence. `refs` has them as the reference days had them, for the thresholds (as if not shed).
+        `arming`: the level the flags' arm rule compares (predict_series)."""
         k_done = math.floor(now / 60.0)
         level_kw = level if math.isfinite(level) else None
         out: dict[int, float | None] = {}
@@ -599,7 +600,10 @@ class DemandForecaster:
             out[h] = value
             names[h] = name
         rate = self._slope(snap, k)
-        hi_thr, lo_thr = self._thresholds_at(masked, k_done)
+        # The shed minutes as the building would have drawn them, not left out: sheds come at the peaks, and the
+        # percentile of what was left fell with each one (a BAS whose own sheds were told of, every high hour,
+        # took the high threshold below the night load within weeks: bench/README, closed loop)
+        hi_thr, lo_thr = self._thresholds_at(refs, k_done)
         flag_on = out[self.horizons_minutes[-1]]
         # Near-flat loads (a data centre, a cold store) put the 10th and 90th percentiles closer than the
         # bands (3 % of each threshold): both flags latched on and stayed on. Cap each band at a quarter

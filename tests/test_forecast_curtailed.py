@@ -210,3 +210,23 @@ def test_the_members_live_weights_carry_over_an_event_as_over_no_gap():
     fc.add_sample(later + 900, float(peaky_office(np.array([later + 900]))[0]))
     fc.predict(later + 900)
     assert fc._member_errors[15].weights() is None
+
+
+def test_the_high_threshold_reads_the_shed_hours_as_the_building_would_have_drawn_them():
+    # Sheds come at the peaks: left out of the 90th percentile, each one took a piece of the top decile with it, and
+    # after a hot spell of events (every workday afternoon for two weeks here) the high threshold was the shed load's.
+    # Read as the reference days had them, the threshold is the building's.
+    t = T0 + np.arange(0, 35 * DAY, 900.0)
+    days = [d for d in range(21, 35) if d % 7 < 5]      # the last two weeks' workdays (T0 is a Monday)
+    now = T0 + 35 * DAY - 900
+    got = {}
+    for told in (False, True, None):
+        fc = DemandForecaster(validation_days=2)
+        fc.seed(t, peaky_office(t) if told is None else shed(t, peaky_office(t), days))
+        if told:
+            fc.set_curtailed(spans(days))
+        got[told] = fc.predict(now).high_threshold_kw
+    clean = got[None]
+    assert clean == pytest.approx(400.0, abs=1)                 # the afternoon peak is the top decile
+    assert got[True] == pytest.approx(clean, abs=5), got        # told: the building's
+    assert got[False] < clean - 50, got                         # not told: the shed load's (280 kW afternoons)
