@@ -441,7 +441,8 @@ class DemandForecaster:
     def set_curtailed(self, spans) -> None:
         """The periods a demand-response event sheds the building's load: (start, end) epoch seconds, end
         None (or inf) for an event with no end yet; the whole list each time. Their minutes, and rebound_minutes after
-        each, stay out of training, reference days, thresholds and live errors: a shed afternoon taught
+        each, stay out of training and live errors, and reference days and the load thresholds read them as the
+        reference days had them (features.references): a shed afternoon taught
         as a normal one has next week's peak forecast low, and the high-load flag late, on the hot days
         events come on. The forecast starts from the power as metered, but for a target after the end of
         the shed under way: that one starts from the building as its reference days have it, so the load
