@@ -644,16 +644,6 @@ class TwinView(FaultView):
         return body
 
 
-async def test_another_device_with_this_device_id_is_named_with_its_address_and_what_to_change(server):  # noqa: F811
-    async with drawn(server, TwinView(), "?refresh=1", speedup=QUICK) as (page, _):
-        await page.wait_for_function(f"({PROBLEMS}) === 'twin'", timeout=10000)
-        item = page.locator('#problems li[data-problem="twin"]')
-        assert await item.get_attribute("data-level") == "bad"
-        text = await item.inner_text()
-        assert "192.168.10.31:47808" in text and "bacnet.device_id" in text, text
-        assert page.errors == []
-
-
 class MovedAsideView(FaultView):
     """A start that found storage.path another VEN's and moved it aside."""
 
@@ -666,14 +656,21 @@ class MovedAsideView(FaultView):
         return body
 
 
-async def test_a_storage_file_moved_aside_at_start_is_named_with_where_it_went(server):  # noqa: F811
-    async with drawn(server, MovedAsideView(), "?refresh=1", speedup=QUICK) as (page, _):
-        await page.wait_for_function(f"({PROBLEMS}) === 'storage-moved'", timeout=10000)
-        item = page.locator('#problems li[data-problem="storage-moved"]')
-        assert await item.get_attribute("data-level") == "warn"
+@pytest.mark.parametrize("view_class, key, level, said", [
+    (TwinView, "twin", "bad", ["192.168.10.31:47808", "bacnet.device_id"]),
+    (MovedAsideView, "storage-moved", "warn", ["gateway.sqlite.building-a-20261204T101500",
+                                               "'building-a' -> 'building-b'", "120 telemetry reading(s)",
+                                               "The storage file"]),
+])
+async def test_what_a_start_found_of_another_box_or_site_is_named_with_what_to_do(  # noqa: F811
+        server, view_class, key, level, said):
+    # another device with this device id (a copied configuration); storage.path another VEN's, moved aside
+    async with drawn(server, view_class(), "?refresh=1", speedup=QUICK) as (page, _):
+        await page.wait_for_function(f"({PROBLEMS}) === '{key}'", timeout=10000)
+        item = page.locator(f'#problems li[data-problem="{key}"]')
+        assert await item.get_attribute("data-level") == level
         text = await item.inner_text()
-        assert "gateway.sqlite.building-a-20261204T101500" in text and "'building-a' -> 'building-b'" in text, text
-        assert "120 telemetry reading(s)" in text and "The storage file" in text, text
+        assert all(words in text for words in said), text
         assert page.errors == []
 
 

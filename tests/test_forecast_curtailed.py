@@ -124,7 +124,8 @@ def test_a_week_of_shed_afternoons_does_not_teach_next_monday_that_its_peak_is_g
     assert fc.status()["curtailed_minutes"] == 5 * (4 * 60 + 60)
 
 
-def test_live_errors_leave_out_targets_the_building_shed():
+def _an_event_day(each_cycle=lambda fc, t: None) -> DemandForecaster:
+    """Nine days of the office, a fit, then day 9 cycle by cycle (every 15 minutes) with its afternoon shed and told."""
     t = T0 + np.arange(0, 10 * DAY, 900.0)
     v = peaky_office(t)
     fc = DemandForecaster(validation_days=2, horizons_minutes=(15, 60))
@@ -132,10 +133,15 @@ def test_live_errors_leave_out_targets_the_building_shed():
     fc.fit(T0 + 9 * DAY)
     fc.set_curtailed(spans([9]))
     day9 = (t >= T0 + 9 * DAY)
-    v9 = shed(t, v, [9])
-    for ti, vi in zip(t[day9], v9[day9]):
+    for ti, vi in zip(t[day9], shed(t, v, [9])[day9]):
         fc.add_sample(ti, vi)
         fc.predict(ti)
+        each_cycle(fc, ti)
+    return fc
+
+
+def test_live_errors_leave_out_targets_the_building_shed():
+    fc = _an_event_day()
     _, _, n = fc._rolling[60].rmse()
     # targets every 15 minutes of the day, less 12:00-17:00 (the shed and its hour after)
     resolved = [k for k, *_ in fc._rolling[60].done]
@@ -188,18 +194,9 @@ def test_the_members_live_weights_carry_over_an_event_as_over_no_gap():
     # The shed and its hour after are kept out of the members' live errors; that read as a five-hour gap in the data,
     # and after every event the fixed blend served until two hours of new errors came. The weights of the morning
     # carry on; a real gap in the readings still starts them over.
-    t = T0 + np.arange(0, 10 * DAY, 900.0)
-    v = peaky_office(t)
-    fc = DemandForecaster(validation_days=2, horizons_minutes=(15, 60))
-    fc.seed(t[t < T0 + 9 * DAY], v[t < T0 + 9 * DAY])
-    fc.fit(T0 + 9 * DAY)
-    fc.set_curtailed(spans([9]))
-    v9 = shed(t, v, [9])
     weighed = {}
-    for ti, vi in zip(t[t >= T0 + 9 * DAY], v9[t >= T0 + 9 * DAY]):
-        fc.add_sample(ti, vi)
-        fc.predict(ti)
-        weighed[ti] = [fc._member_errors[h].weights() is not None for h in (15, 60)]
+    fc = _an_event_day(lambda fc, ti: weighed.__setitem__(
+        ti, [fc._member_errors[h].weights() is not None for h in (15, 60)]))
     hour = lambda x: T0 + 9 * DAY + x * 3600     # noqa: E731
     assert weighed[hour(11.75)] == [True, True]
     assert all(weighed[x] == [True, True] for x in weighed if x >= hour(17)), \

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import re
 import sqlite3
 import time
@@ -25,6 +24,7 @@ import urllib.parse
 from pathlib import Path
 
 from .config import ConfigError
+from .storage import move_with_sidecars
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +95,7 @@ def set_aside_if_other_site(path: str | Path, site: str) -> dict | None:
         n += 1
         aside = real.with_name(f"{real.name}.{name}-{stamp}-{n}")
     try:
-        for suffix in ("", "-wal", "-shm"):
-            with contextlib.suppress(FileNotFoundError):
-                os.replace(f"{real}{suffix}", f"{aside}{suffix}")
+        move_with_sidecars(real, aside)
     except OSError as err:
         # Not started: used as it is, the file's backlog went to this VTN, and its ADR-Opt-Out was restored, once it
         # took writes again. Only a box that moved meets this, with someone at it.

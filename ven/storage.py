@@ -112,9 +112,7 @@ def set_aside_if_damaged(path: str | Path) -> Path | None:
     real = p.resolve()      # a symlink's file, not the link: the run lock and the -wal are the file's
     aside = real.with_name(f"{real.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
     try:
-        for suffix in ("", "-wal", "-shm"):
-            with contextlib.suppress(FileNotFoundError):
-                os.replace(f"{real}{suffix}", f"{aside}{suffix}")
+        move_with_sidecars(real, aside)
     except OSError as err:
         # a directory the gateway's user may not write: left as it is, tried every storage.retry_seconds as before
         log.error("storage.path %s is damaged (%s) and cannot be moved aside: %s; the gateway keeps what it takes "
@@ -131,6 +129,13 @@ def set_aside_if_damaged(path: str | Path) -> Path | None:
               f"table(s) {', '.join(kept)} read whole from it" if kept else "nothing could be read from it",
               f"; not {', '.join(lost)}" if lost else "", aside.name)
     return aside
+
+
+def move_with_sidecars(path: Path, to: Path) -> None:
+    """Rename an SQLite file with its -wal and -shm (those there are), at start, before anything opens it."""
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(f"{path}{suffix}", f"{to}{suffix}")
 
 
 def _salvage(damaged: Path, path: Path) -> tuple[list[str], list[str]]:
