@@ -174,3 +174,34 @@ def test_another_vens_file_that_cannot_be_moved_aside_is_not_used(tmp_path):
         remount(data, "rw")
         assert stored_site(path)["ven_name"] == "site-1" and rows(path, "telemetry_queue") == 1
         assert not list(data.glob("gw.sqlite.*")), "nothing moved"
+
+
+def test_a_file_that_opens_only_later_is_not_recorded_as_this_vens(tmp_path):
+    # a data volume mounted after the start, with another VEN's file on it: the record written at the late open
+    # said it was this VEN's, and the next start kept it. Now only a file checked at the start is recorded.
+    from test_faults_storage import cover, tmpfs, uncover
+
+    url = "http://vtn.example/OpenADR2/Simple/2.0b"
+    with tmpfs(tmp_path / "data", "size=8m") as data:
+        path = data / "gw.sqlite"
+        _stamped_path(tmp_path, path, url, "site-1")
+        cover(data)                                 # not mounted yet at the start
+        try:
+            gw = Gateway(site_config(tmp_path, 1, 2, url, "site-2", path=path))
+        finally:
+            uncover(data)
+        gw.storage.last_try()                        # the volume is there: the file opens
+        gw.telemetry.close()
+        gw.storage.close()
+        assert stored_site(path)["ven_name"] == "site-1"
+        gw = Gateway(site_config(tmp_path, 1, 2, url, "site-2", path=path))   # the next start moves it aside
+        gw.telemetry.close()
+        gw.storage.close()
+        assert [p.name for p in data.glob("gw.sqlite.site-1-*") if not p.name.endswith(("-wal", "-shm"))]
+
+
+def _stamped_path(tmp_path, path, url, ven_name) -> None:
+    gw = Gateway(site_config(tmp_path, 1, 2, url, ven_name, path=path))
+    gw.telemetry.close()
+    gw.storage.close()
+    assert stored_site(path)["ven_name"] == ven_name

@@ -148,7 +148,9 @@ class Gateway:
         # a box moved to another site: its file is the old site's
         self.moved_aside = set_aside_if_other_site(c.storage.path, site)
         self.storage = Storage(c.storage.path, reopen_seconds=c.storage.retry_seconds)
-        if self.storage.load_value(SITE_KEY) != site:
+        # recorded only in a file checked above and open now: one that opens later (a data volume mounted after the
+        # start) may be another VEN's, which the next start then finds and moves aside
+        if self.storage.conn is not None and self.storage.load_value(SITE_KEY) != site:
             self.storage.save_value(SITE_KEY, site)
         self.telemetry = TelemetryQueue(c.storage.path, max_age=timedelta(days=c.openadr.queue_max_days),
                                         reopen_seconds=c.storage.retry_seconds)
