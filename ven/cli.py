@@ -20,8 +20,8 @@ from . import __version__
 from .cert_expiry import cert_expiry_warnings
 from .config import ConfigError, GatewayConfig, check_bacnet_address
 from .config_checks import clock_sync_warnings, storage_problems, storage_warnings, tls_file_problems
-from .site import other_site_warnings, site_of
 from .config_load import load_config
+from .site import other_site_warnings, site_of
 
 EXIT_CONFIG = 2
 log = logging.getLogger(__name__)

@@ -41,8 +41,8 @@ def site_of(ven_name: str, vtn_url: str) -> str:
 
 
 def stored_site(path: str | Path) -> dict | None:
-    """The VEN the file at `path` says it is for; None without a file, a record, or a file that reads (the stores
-    say why it does not)."""
+    """The VEN the file at `path` says it is for; None without a file or a record, or for a file that does not read
+    (the stores say why)."""
     p = Path(path)
     try:
         if not p.is_file():
