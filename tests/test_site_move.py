@@ -205,3 +205,29 @@ def _stamped_path(tmp_path, path, url, ven_name) -> None:
     gw.telemetry.close()
     gw.storage.close()
     assert stored_site(path)["ven_name"] == ven_name
+
+
+@pytest.mark.timeout(60)
+async def test_a_box_imaged_with_its_configuration_is_named_by_the_other_in_healthz_and_status(
+        tmp_path, free_udp_port, free_tcp_port):
+    # two boxes with one bacnet.device_id: the BAS binds either. The one that hears the other's I-Am says so in the
+    # log, /api/status device.twins and /healthz's degraded list, so the orchestrator's health log names it too.
+    from bacpypes3.apdu import IAmRequest
+    from bacpypes3.pdu import Address
+    from bacpypes3.primitivedata import ObjectIdentifier
+
+    bacnet_port = free_udp_port()
+    url = f"http://127.0.0.1:{free_tcp_port()}/OpenADR2/Simple/2.0b"
+    gw = Gateway(site_config(tmp_path, bacnet_port, free_udp_port(), url, "site-1", device_id=500402))
+    await gw.start()
+    try:
+        async with BacnetPeer(free_udp_port(), timeout=5.0) as other:
+            other.app.request(IAmRequest(iAmDeviceIdentifier=ObjectIdentifier("device,500402"),
+                                         maxAPDULengthAccepted=1024, segmentationSupported="segmentedBoth",
+                                         vendorID=842, destination=Address(f"127.0.0.1:{bacnet_port}")))
+            await eventually(lambda: gw.status()["device"]["twins"], 5, "the twin heard")
+            [twin] = gw.status()["device"]["twins"]
+            ok, said = gw.health()
+            assert ok and f"another device answers as device 500402, from {twin['address']}" in said, said
+    finally:
+        await gw.stop()

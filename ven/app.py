@@ -656,6 +656,8 @@ class Gateway:
             out.append("storage.path not writable")
         if self._input_stale:
             out.append("forecaster has no power input")
+        for twin in self.device.twins():    # the BAS binds one box or the other: a configuration copied
+            out.append(f"another device answers as device {self.config.bacnet.device_id}, from {twin['address']}")
         return out
 
     def status(self) -> dict:
