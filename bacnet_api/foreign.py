@@ -92,7 +92,10 @@ class RegistrationWatch:
                 log.info("BACnet: registered%s as a foreign device with BBMD %s (renewed every %d s)",
                          " again" if was is False else "", self.bbmd, self.ttl)
                 if self._on_registered is not None:
-                    self._on_registered()
+                    try:
+                        self._on_registered()
+                    except Exception as err:  # noqa: BLE001 - the watch must go on: it renews a lapsed registration
+                        log.warning("BACnet: announcing the device through BBMD %s failed: %s", self.bbmd, err)
             return
         if code == -2:
             # the registration lapsed (no answer to a renewal within its lifetime and 30 s): bacpypes3 stops asking

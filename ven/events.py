@@ -178,7 +178,8 @@ class Event:
         return replace(self, opt=opt, opt_changes=(self.opt_log + ((at, opt),))[-MAX_OPT_CHANGES:])
 
     def ran_until(self, now: datetime) -> tuple[tuple[datetime, datetime, float], ...]:
-        """What this event had set on the points by `now` (levels above 0), earlier definitions included."""
+        """What this event had set on the points by `now`, earlier definitions included: level 0 too, which a
+        higher-priority event holds the building at through a lower one's shed (history.curtailed_spans)."""
         since = self.modified_at
         segments = []
         for sig in self.signals:
@@ -187,7 +188,7 @@ class Event:
             for iv in sig.intervals:
                 start = max(iv.start + self.start_offset, since or datetime.min.replace(tzinfo=timezone.utc))
                 end = min(iv.end + self.start_offset, now, self.cancelled_at or now)
-                if iv.payload > 0 and start < end:
+                if start < end:
                     segments.append((start, end, iv.payload))
         return self.ran_before + tuple(segments)
 

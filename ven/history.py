@@ -207,7 +207,8 @@ def _ran_and_upcoming(events: list[dict], now: float, since: float, ahead_until:
             if ran_until is None:  # cancelled before it reached the gateway: it never ran here
                 continue
         modified = epoch(ev.get("modified_at"))  # before it, what ran under earlier definitions
-        ran = [(epoch(r.get("start")), epoch(r.get("end")), int(r.get("payload", 0))) for r in ev.get("ran_before") or []]
+        ran = [(epoch(r.get("start")), epoch(r.get("end")), int(r.get("payload", 0))) for r in ev.get("ran_before") or []
+               if zero or r.get("payload", 0) > 0]
         now_defined = [(max(start, modified) if modified is not None and start is not None else start, stop, level)
                        for start, stop, level in _simple_intervals(ev, zero)]
         answers = _opt_log(ev)
