@@ -1,6 +1,7 @@
 """A box moved to another site with its storage.path, or a card imaged from one that ran (ven/site.py)."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import subprocess
@@ -32,9 +33,22 @@ def site_config(tmp_path, bacnet_port, meter_port, vtn_url, ven_name, device_id=
     }, "test", environ={})
 
 
+URL = "http://vtn.example/OpenADR2/Simple/2.0b"
+
+
 def rows(path, table: str) -> int:
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
         return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+
+def started_and_stopped(tmp_path, ven_name: str, path=None, url: str = URL, reading: bool = False) -> None:
+    """What a gateway start does to storage.path before its device (the Gateway built, its stores closed again),
+    with one telemetry reading queued if `reading`."""
+    gw = Gateway(site_config(tmp_path, 1, 2, url, ven_name, path=path))
+    if reading:
+        gw.telemetry.add(datetime.now(timezone.utc), 42.0)
+    gw.telemetry.close()
+    gw.storage.close()
 
 
 @pytest.mark.timeout(90)
@@ -94,27 +108,22 @@ async def test_a_box_moved_to_another_site_sends_runs_and_restores_nothing_of_th
     assert f"moved to {aside.name}" in said[0] and f"{queued} telemetry reading(s) not yet sent, 1 event(s)" in said[0]
     assert stored_site(path) == {"ven_name": "building-b", "vtn_host": "127.0.0.1"}
     # B's file is B's: the next start keeps it
-    b = Gateway(site_config(tmp_path, bacnet_port, meter_port, b_vtn.url, "building-b"))
-    b.telemetry.close()
-    b.storage.close()
+    started_and_stopped(tmp_path, "building-b", url=b_vtn.url)
     assert sorted(p for p in tmp_path.glob("gw.sqlite.*") if not p.name.endswith(("-wal", "-shm"))) == [aside]
 
 
 def test_a_file_from_before_the_record_is_this_vens_and_another_vtn_port_or_scheme_is_the_same_vtn(tmp_path):
     path = tmp_path / "gw.sqlite"
-    with sqlite3.connect(path) as conn:     # a file an earlier version wrote: a kv table, no record of the VEN
+    with contextlib.closing(sqlite3.connect(path)) as conn:    # an earlier version's file: no record of the VEN
         conn.execute("CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
         conn.execute("INSERT INTO kv VALUES ('meter_read', 'x')")
-    conn.close()
+        conn.commit()
     for url in ("http://VTN.example:8080/OpenADR2/Simple/2.0b", "https://vtn.example/OpenADR2/Simple/2.0b"):
-        gw = Gateway(site_config(tmp_path, 1, 2, url, "site-1"))
-        gw.telemetry.close()
-        gw.storage.close()
+        started_and_stopped(tmp_path, "site-1", url=url)
         assert stored_site(path) == {"ven_name": "site-1", "vtn_host": "vtn.example"}
         assert list(tmp_path.glob("gw.sqlite.*")) == [], "the same VEN: kept"
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
         assert conn.execute("SELECT value FROM kv WHERE key = 'meter_read'").fetchone() == ("x",)
-    conn.close()
     # check-config says what `run` would do with it under another VTN host
     other = tmp_path / "other.toml"
     other.write_text(f'[openadr]\nvtn_url = "https://other-utility.example/OpenADR2/Simple/2.0b"\nven_name = "site-1"\n'
@@ -128,24 +137,15 @@ def test_a_file_from_before_the_record_is_this_vens_and_another_vtn_port_or_sche
         '{"ven_name": "site-1", "vtn_host": "other-utility.example"}'
 
 
-def _stamped_for(tmp_path, path, ven_name) -> None:
-    gw = Gateway(site_config(tmp_path, 1, 2, "http://vtn.example/OpenADR2/Simple/2.0b", ven_name))
-    gw.telemetry.add(datetime.now(timezone.utc), 42.0)
-    gw.telemetry.close()
-    gw.storage.close()
-    assert stored_site(path)["ven_name"] == ven_name
-
-
 def test_a_symlinked_storage_path_moves_its_file_not_the_link(tmp_path):
     # the run lock is on the file a symlink names (run_lock.lock_path); moving the link left the lock on the old file
     # and a second `run` on the new one started beside the first
     (tmp_path / "data").mkdir()
     link = tmp_path / "gw.sqlite"
     link.symlink_to(tmp_path / "data" / "real.sqlite")
-    _stamped_for(tmp_path, link, "site-1")
-    gw = Gateway(site_config(tmp_path, 1, 2, "http://vtn.example/OpenADR2/Simple/2.0b", "site-2"))
-    gw.telemetry.close()
-    gw.storage.close()
+    started_and_stopped(tmp_path, "site-1", reading=True)
+    assert stored_site(link)["ven_name"] == "site-1"
+    started_and_stopped(tmp_path, "site-2")
     assert link.is_symlink() and link.resolve() == tmp_path / "data" / "real.sqlite"
     [aside] = [p for p in (tmp_path / "data").glob("real.sqlite.site-1-*") if not p.name.endswith(("-wal", "-shm"))]
     assert rows(aside, "telemetry_queue") == 1 and rows(link, "telemetry_queue") == 0
@@ -161,16 +161,12 @@ def test_another_vens_file_that_cannot_be_moved_aside_is_not_used(tmp_path):
 
     with tmpfs(tmp_path / "data", "size=8m") as data:
         path = data / "gw.sqlite"
-        url = "http://vtn.example/OpenADR2/Simple/2.0b"
-        gw = Gateway(site_config(tmp_path, 1, 2, url, "site-1", path=path))
-        gw.telemetry.add(datetime.now(timezone.utc), 42.0)
-        gw.telemetry.close()
-        gw.storage.close()
+        started_and_stopped(tmp_path, "site-1", path, reading=True)
         remount(data, "ro")
         with pytest.raises(ConfigError, match=rf"storage.path {path} holds the state of another VEN \(ven_name "
                                               r"'site-1' -> 'site-2'\) and cannot be moved aside: Read-only file "
                                               r"system\. Move it away"):
-            Gateway(site_config(tmp_path, 1, 2, url, "site-2", path=path))
+            Gateway(site_config(tmp_path, 1, 2, URL, "site-2", path=path))
         remount(data, "rw")
         assert stored_site(path)["ven_name"] == "site-1" and rows(path, "telemetry_queue") == 1
         assert not list(data.glob("gw.sqlite.*")), "nothing moved"
@@ -181,30 +177,21 @@ def test_a_file_that_opens_only_later_is_not_recorded_as_this_vens(tmp_path):
     # said it was this VEN's, and the next start kept it. Now only a file checked at the start is recorded.
     from test_faults_storage import cover, tmpfs, uncover
 
-    url = "http://vtn.example/OpenADR2/Simple/2.0b"
     with tmpfs(tmp_path / "data", "size=8m") as data:
         path = data / "gw.sqlite"
-        _stamped_path(tmp_path, path, url, "site-1")
+        started_and_stopped(tmp_path, "site-1", path)
+        assert stored_site(path)["ven_name"] == "site-1"
         cover(data)                                 # not mounted yet at the start
         try:
-            gw = Gateway(site_config(tmp_path, 1, 2, url, "site-2", path=path))
+            gw = Gateway(site_config(tmp_path, 1, 2, URL, "site-2", path=path))
         finally:
             uncover(data)
         gw.storage.last_try()                        # the volume is there: the file opens
         gw.telemetry.close()
         gw.storage.close()
         assert stored_site(path)["ven_name"] == "site-1"
-        gw = Gateway(site_config(tmp_path, 1, 2, url, "site-2", path=path))   # the next start moves it aside
-        gw.telemetry.close()
-        gw.storage.close()
+        started_and_stopped(tmp_path, "site-2", path)   # the next start moves it aside
         assert [p.name for p in data.glob("gw.sqlite.site-1-*") if not p.name.endswith(("-wal", "-shm"))]
-
-
-def _stamped_path(tmp_path, path, url, ven_name) -> None:
-    gw = Gateway(site_config(tmp_path, 1, 2, url, ven_name, path=path))
-    gw.telemetry.close()
-    gw.storage.close()
-    assert stored_site(path)["ven_name"] == ven_name
 
 
 @pytest.mark.timeout(60)
