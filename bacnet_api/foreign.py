@@ -36,8 +36,8 @@ def foreign_layer(app: Any) -> Any | None:
 
 
 def take_every_answer(layer: Any) -> None:
-    """Have each registration request wait for its answer, the retries after a refusal too, and space the
-    retries out."""
+    """Have each registration request wait for its answer, the retries after a refusal too, space the retries out,
+    and keep one renewal pending however many acceptances come."""
     start = layer._start_registration
     failed = 0      # requests in a row that were refused or not answered
 
@@ -53,6 +53,21 @@ def take_every_answer(layer: Any) -> None:
         # any truthy handle: the answer to this request is then taken (BIPForeign.confirmation)
         layer._registration_handle = layer._reregistration_timeout_handle
     layer._start_registration = start_registration
+
+    track = layer._start_tracking_registration
+    renewal: asyncio.Handle | None = None
+
+    def start_tracking_registration() -> None:
+        nonlocal renewal
+        # An acceptance is taken while `_registration_handle` is set, and after one it is the renewal timer: a second
+        # acceptance (twice on the wire, or late: the BBMD slower than the retry, which it accepts too) was taken as
+        # well. BIPForeign.confirmation lets go of that timer uncancelled and this sets another: two request chains
+        # ran side by side from then on, more with each further duplicate. One renewal at a time.
+        if renewal is not None:
+            renewal.cancel()
+        track()
+        renewal = layer._registration_handle
+    layer._start_tracking_registration = start_tracking_registration
 
 
 class RegistrationWatch:

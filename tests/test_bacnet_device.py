@@ -4,6 +4,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -531,8 +533,6 @@ async def test_registers_as_a_foreign_device_so_a_bas_behind_a_bbmd_finds_it(fre
 async def test_a_bbmd_that_never_takes_the_registration_is_asked_less_and_less_often(free_udp_port, monkeypatch):
     # bacpypes3 asked every 5 s for good: 17,280 requests a day at a BBMD whose table is full. Now the wait doubles,
     # up to a bound (the real one 5 s to 60 s; shortened here). A BBMD played by a socket that refuses every time.
-    import socket
-    import time
 
     from bacnet_api import foreign
 
@@ -605,9 +605,7 @@ async def test_a_bbmd_that_refuses_the_registration_is_said_and_its_acceptance_l
     # The BBMD refused (a full foreign-device table, a disabled one) and nothing said so: the BAS on the other subnet
     # never found the gateway. Then bacpypes3 ignored every answer after the refusal and asked again every 5 s for
     # good, the BBMD's acceptance included. A BBMD played by a socket: it refuses once, then accepts.
-    import socket
     import struct
-    import time
 
     from bacnet_api import foreign
 
@@ -655,3 +653,56 @@ async def test_a_bbmd_that_refuses_the_registration_is_said_and_its_acceptance_l
         serving.cancel()
         await device.stop()
         bbmd.close()
+
+
+@pytest.mark.timeout(15)
+@pytest.mark.parametrize("answer", ["twice", "late"])
+async def test_an_acceptance_that_comes_twice_or_late_leaves_one_renewal(free_udp_port, answer):
+    # A BBMD's acceptance was taken again when a second one came: twice on the wire, or late (the BBMD slower than the
+    # first retry, which it then accepts as well). bacpypes3 let go of the renewal set for the first one without
+    # cancelling it and set another: from then on two request chains ran side by side, each further duplicate adding
+    # more (a duplicate: 49 requests in 8 s where 4 were due). A BBMD played by a socket; renewals every second.
+    bbmd = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    bbmd.bind(("127.0.0.1", free_udp_port()))
+    bbmd.setblocking(False)
+    loop = asyncio.get_running_loop()
+    accept = b"\x81\x00\x00\x06\x00\x00"
+    asked: list[float] = []
+    first = None
+
+    async def serve() -> None:
+        nonlocal first
+        while True:
+            data, sender = await loop.sock_recvfrom(bbmd, 1500)
+            if data[:2] != b"\x81\x05":     # Register-Foreign-Device
+                continue
+            asked.append(time.monotonic())
+            if answer == "twice" and len(asked) == 1:
+                bbmd.sendto(accept, sender)
+                bbmd.sendto(accept, sender)
+            elif answer == "late" and len(asked) == 1:
+                first = sender              # answered once the retry came (1 s later: the lifetime is below 5 s)
+            else:
+                if first is not None:
+                    bbmd.sendto(accept, first)
+                    first = None
+                bbmd.sendto(accept, sender)
+
+    serving = asyncio.create_task(serve())
+    device = GatewayDevice(address=f"127.0.0.1/8:{free_udp_port()}", device_id=DEVICE_ID, device_name="TestGateway",
+                           bbmd_address=f"127.0.0.1:{bbmd.getsockname()[1]}", bbmd_ttl=1)
+    try:
+        await device.start()
+        layer = next(iter(device.app.link_layers.values()))
+        await eventually(lambda: layer.bbmdRegistrationStatus == 0 and len(asked) == (1 if answer == "twice" else 2),
+                         5, "the registration taken")
+        since = len(asked)
+        await asyncio.sleep(3.5)
+    finally:
+        serving.cancel()
+        await device.stop()
+        bbmd.close()
+    renewals = asked[since:]
+    gaps = [round(b - a, 2) for a, b in zip(asked[since - 1:], renewals)]
+    # one renewal a second, each a second after the one before
+    assert 3 <= len(renewals) <= 4 and min(gaps) > 0.8, gaps
