@@ -280,6 +280,8 @@ class GatewayDevice:
             if point.kind == "analogValue":
                 # served too (clause 12.4), so a commissioning tool reads the range a write must fall in
                 low, high = self.input_bounds
+                if point.lowest is not None:
+                    low = float32(point.lowest)
                 obj = CommandableAnalogValue(presentValue=initial, relinquishDefault=initial, minPresValue=low,
                                              maxPresValue=high, **common)
                 obj._low, obj._high = low, high

@@ -23,6 +23,7 @@ VTN_CONNECTED = "vtn-connected"
 METER_FAULT = "meter-fault"
 HIGH_LOAD_THRESHOLD = "high-load-threshold"
 LOW_LOAD_THRESHOLD = "low-load-threshold"
+SHED_POWER = "bas-shed-power"
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,8 @@ class Point:
     starts_in_fault: bool = False
     # binary points: (inactiveText, activeText), what a BAS graphic shows instead of inactive/active
     texts: tuple[str, str] | None = None
+    # commandable analog points: the lowest command taken (None: bacnet.input_min_kw, as input-power-meter)
+    lowest: float | None = None
 
     @property
     def object_id(self) -> str:
@@ -92,6 +95,12 @@ POINTS: tuple[Point, ...] = (
           _threshold_text("high", 90, 14), 0.0, starts_in_fault=True),
     Point(LOW_LOAD_THRESHOLD, "analogValue", 9, "read-only", "kilowatts",
           _threshold_text("low", 10, 14), 0.0, starts_in_fault=True),
+    # The BAS's own sheds, told so the forecaster learns the building's load without them: a BAS acting on
+    # high-load-conditions otherwise teaches it that high load is followed by a drop, and the flag turns itself
+    # off mid-shed (bench/closed_loop.py)
+    Point(SHED_POWER, "analogValue", 10, "commandable", "kilowatts",
+          "kW the BAS is shedding now on its own, not for an OpenADR event (command it while shedding, relinquish "
+          "at the end): the forecaster adds it back to the measured power", 0.0, lowest=0.0),
 )
 
 BY_NAME: dict[str, Point] = {p.name: p for p in POINTS}

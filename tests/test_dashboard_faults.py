@@ -318,6 +318,30 @@ class AgedInputView(FaultView):
         return body
 
 
+class ShedView(FaultView):
+    """The BAS commands bas-shed-power: 120 kW for the last 10 minutes."""
+
+    def status(self):
+        body = super().status()
+        shed = next(p for p in body["points"] if p["name"] == "bas-shed-power")
+        shed["value"] = 120.0
+        body["forecaster"].update(shed_kw=120.0, shed_since=time.time() - 600)
+        return body
+
+
+async def test_a_shed_tile_only_while_the_bas_sheds(server):  # noqa: F811
+    # most sites never write bas-shed-power: a tile reading 0 all day would be one more thing to look at
+    async with drawn(server, FaultView()) as (page, _):
+        assert await page.locator('#tiles [data-point="meter-power"]').count() == 1
+        assert await page.locator('#tiles [data-point="bas-shed-power"]').count() == 0
+    async with drawn(server, ShedView()) as (page, _):
+        tile = page.locator('#tiles [data-point="bas-shed-power"]')
+        assert (await tile.locator(".label").inner_text()) == "BAS shedding"
+        assert await tile.locator(".value").inner_text() == "120kW"     # the unit is a span of its own
+        assert await tile_age(page, "bas-shed-power") == ("began 10 min ago", "age")
+        assert page.errors == []
+
+
 async def test_power_tiles_say_how_old_their_value_is(server):  # noqa: F811
     # a BAS that stopped writing leaves its last kW on input-power-meter; with source auto the
     # forecaster quietly moves to the meter, so nothing else on the page says the value is hours old

@@ -86,7 +86,7 @@ async def test_the_ede_file_says_what_the_running_gateway_serves(tmp_path, free_
     res = _points("--config", str(config), "--ede", str(ede))
     assert res.returncode == 0, res.stderr
     state_texts = tmp_path / "Bldg-7_EDE_StateTexts.csv"
-    assert res.stdout == (f"{ede}: EDE file of device 4100042 'Bldg-7-Gateway', 16 objects; "
+    assert res.stdout == (f"{ede}: EDE file of device 4100042 'Bldg-7-Gateway', 17 objects; "
                           f"state texts in {state_texts}\n")
     header, rows = _parse(ede)
     texts = _parse_state_texts(state_texts)
@@ -134,18 +134,24 @@ async def test_the_ede_file_says_what_the_running_gateway_serves(tmp_path, free_
             assert "ending 120 min ahead" in by_object["analogValue 2"]["description"]
             assert "over the last 7 days" in by_object["analogValue 8"]["description"]
             assert sorted(r["object-name"] for r in by_object.values() if r["settable"] == "Y") == [
-                "ADR-Opt-Out", "input-power-meter"]
+                "ADR-Opt-Out", "bas-shed-power", "input-power-meter"]
 
             # the range the file gives input-power-meter is the one the device holds a BAS's command to
             meter = by_object["analogValue 1"]
             assert (meter["min-present-value"], meter["max-present-value"]) == ("-50", "999.9")
             assert (meter["present-value-default"], by_object["binaryValue 4"]["present-value-default"]) == ("0", "0")
-            assert [r["object-name"] for r in by_object.values() if r["max-present-value"]] == ["input-power-meter"]
-            for bound, beyond in ((999.9, 1000.0), (-50.0, -50.01)):
-                assert await peer.write(gw, "analogValue 1", "presentValue", bound, priority=8) is None
-                assert await peer.read(gw, "analogValue 1", "presentValue") == float32(bound)
-                refused = await peer.write(gw, "analogValue 1", "presentValue", beyond, priority=8)
-                assert isinstance(refused, PeerError) and refused.code == "valueOutOfRange", refused
+            # no negative shed: its range starts at 0, whatever bacnet.input_min_kw
+            shed = by_object["analogValue 10"]
+            assert (shed["min-present-value"], shed["max-present-value"], shed["present-value-default"]) == (
+                "0", "999.9", "0")
+            assert sorted(r["object-name"] for r in by_object.values() if r["max-present-value"]) == [
+                "bas-shed-power", "input-power-meter"]
+            for obj, low in (("analogValue 1", -50.0), ("analogValue 10", 0.0)):
+                for bound, beyond in ((999.9, 1000.0), (low, low - 0.01)):
+                    assert await peer.write(gw, obj, "presentValue", bound, priority=8) is None
+                    assert await peer.read(gw, obj, "presentValue") == float32(bound)
+                    refused = await peer.write(gw, obj, "presentValue", beyond, priority=8)
+                    assert isinstance(refused, PeerError) and refused.code == "valueOutOfRange", (obj, refused)
         assert gateway.stop() == 0, gateway.log()[-3000:]
     assert "Traceback" not in gateway.log()
 

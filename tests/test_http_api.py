@@ -80,7 +80,8 @@ class SampleView:
                   "power-rate-of-change": 0.42, "ADR-Event-Level": 1.0, "ADR-Event-Start-Minutes": 0.0,
                   "high-load-conditions": self.high_load[-1], "low-load-conditions": self.low_load[-1],
                   "ADR-Event-Active": True, "ADR-Opt-Out": False, "vtn-connected": True, "meter-fault": False,
-                  "high-load-threshold": self.high_threshold, "low-load-threshold": self.low_threshold}
+                  "high-load-threshold": self.high_threshold, "low-load-threshold": self.low_threshold,
+                  "bas-shed-power": 0.0}
         points = [{"name": p.name, "object": p.object_id, "value": values[p.name], "units": p.units,
                    "access": p.access, "description": p.description, **({"texts": list(p.texts)} if p.texts else {}),
                    "status_flags": {"in_alarm": False, "fault": False, "overridden": p.name == "input-power-meter",

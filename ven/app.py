@@ -46,6 +46,12 @@ log = logging.getLogger(__name__)
 # The BAS's commands on ADR-Opt-Out, by priority: a BAS that commanded it once still holds that
 # priority after the gateway restarts, so the gateway must too.
 OPT_OUT_COMMANDS = "bacnet_commands:" + P.OPT_OUT
+# bas-shed-power's commands likewise: a BAS that commands it at a shed's start holds it until the end, and writes
+# it again only then
+SHED_COMMANDS = "bacnet_commands:" + P.SHED_POWER
+# A BAS may write its shed as it estimates it, each scan: a new kW every 10 s would be a commit every 10 s on an SD
+# card. A command taken or relinquished is kept at once, a changed kW at most this often, and at the stop.
+SHED_SAVE_S = 60.0
 BACNET_DATABASE = "bacnet_database"  # the device's objects and databaseRevision, as the last run served them
 METER_READ = "meter_read"  # the last meter a reading came from (address, object, property, units)
 
@@ -162,6 +168,9 @@ class Gateway:
                                  units=c.meter.units or None, settle_seconds=c.meter.settle_seconds)
         self._stack = []
         self._late_restore: asyncio.Task | None = None
+        # bas-shed-power's commands as storage.path holds them, and when they were written (monotonic): _keep_shed
+        self._shed_kept: dict[int, float] = {}
+        self._shed_kept_at = -math.inf
         self._schedule_listeners: list = []
         self._counted = {"sent": 0, "dropped": 0, "poll_failures": 0, "polls": 0, "registration_failures": 0,
                          "writes_refused": 0}
@@ -217,14 +226,17 @@ class Gateway:
         await self._start(self.device)
         self._count_database_revision()
         await self._restore_opt_out(self.storage.load_value(OPT_OUT_COMMANDS))
+        await self._restore_commands(P.SHED_POWER, self.storage.load_value(SHED_COMMANDS))
         self.storage.on_late_open = self._storage_opened_late
         self.device.on_write(P.INPUT_POWER, self._on_input_power)
         self.device.on_write(P.OPT_OUT, self._on_opt_out)
+        self.device.on_write(P.SHED_POWER, self._on_shed)
         await self._start(self.schedule)
         await _in_daemon_thread(_import_slow_parts)
         if self.device.get(P.OPT_OUT):
             self.vtn.set_opt_out(True)  # before the VTN session, so new events are answered optOut
         await self._start(self.forecast)
+        self._tell_shed()
         self._note_other_meter()
         self._note_not_running()
         await self._start(self.meter)
@@ -257,6 +269,8 @@ class Gateway:
             await cancel_and_wait(self._late_restore)
         except Exception as err:  # noqa: BLE001 - its failure must not keep the rest running
             log.warning("restoring ADR-Opt-Out after the storage opened late: %s", err)
+        if self.device.running:
+            self._keep_shed()      # a kW the BAS changed within SHED_SAVE_S of the last one kept
         while self._stack:
             part = self._stack.pop()
             try:
@@ -352,6 +366,29 @@ class Gateway:
         # relinquished at every priority: no BAS input, not its last value flat on a dashboard
         self.metrics.input_kw.set(math.nan if value is None else value)
         self.forecast.on_input_power(time.time(), value)
+
+    def _on_shed(self, value) -> None:
+        self._keep_shed(at_once=False)
+        self._tell_shed(value)
+
+    def _keep_shed(self, at_once: bool = True) -> None:
+        commands = self.device.commands(P.SHED_POWER)
+        kept = self._shed_kept
+        if commands == kept or not (at_once or commands.keys() != kept.keys()
+                                    or time.monotonic() - self._shed_kept_at >= SHED_SAVE_S):
+            return
+        self.storage.save_value(SHED_COMMANDS, json.dumps(commands))
+        self._shed_kept, self._shed_kept_at = commands, time.monotonic()
+
+    def _tell_shed(self, value: float | None = None) -> None:
+        # a write before the forecaster is built (the first seconds of a start) is told once it is
+        if self._built("forecast"):
+            self.metrics.shed_kw.set(value or self._commanded(P.SHED_POWER) or 0.0)
+            self.forecast.on_shed(time.time(), value if value is not None else self._commanded(P.SHED_POWER))
+
+    def _commanded(self, name: str) -> float | None:
+        """A commandable analog point's effective command; None while relinquished at every priority."""
+        return self.device.get(name) if self.device.commands(name) else None
 
     def _on_opt_out(self, value):
         opted_out = bool(value)     # logged by the device (the write) and the VEN (what it does about it)
@@ -509,36 +546,60 @@ class Gateway:
             self._say_not_read(last, start, clock_set=True)
 
     def _storage_opened_late(self, values: dict[str, str]) -> None:
-        saved = values.get(OPT_OUT_COMMANDS)
-        if saved:
-            self._late_restore = asyncio.get_running_loop().create_task(self._restore_opt_out(saved, late=True))
+        saved_opt_out, saved_shed = values.get(OPT_OUT_COMMANDS), values.get(SHED_COMMANDS)
+        if saved_opt_out or saved_shed:
+            self._late_restore = asyncio.get_running_loop().create_task(self._restore_late(saved_opt_out, saved_shed))
+
+    async def _restore_late(self, saved_opt_out: str | None, saved_shed: str | None) -> None:
+        if saved_opt_out:
+            await self._restore_opt_out(saved_opt_out, late=True)
+        if await self._restore_commands(P.SHED_POWER, saved_shed, late=True):
+            self._tell_shed()
 
     async def _restore_opt_out(self, saved: str | None, late: bool = False) -> None:
-        if not saved:
-            return
-        try:
-            commands = {int(priority): value for priority, value in json.loads(saved).items()}
-            if not all(1 <= p <= 16 and isinstance(v, bool) for p, v in commands.items()):
-                raise ValueError("priorities 1..16 with true or false expected")
-        except (ValueError, TypeError, AttributeError, OverflowError, RecursionError) as err:
-            # %.200r: JSON nested 10^5 deep (RecursionError) was a line of 200 KB
-            log.warning("stored ADR-Opt-Out commands %.200r unreadable (%s): the point starts relinquished", saved, err)
-            return
-        if late:
-            # the BAS may have written or relinquished priorities since the start: those stay as it
-            # left them, the stored commands fill the others, and the merge is what is kept
-            touched = self.device.written_priorities(P.OPT_OUT)
-            commands = {p: v for p, v in commands.items() if p not in touched}
-        await self.device.restore_commands(P.OPT_OUT, commands)
-        if late:
-            self.storage.save_value(OPT_OUT_COMMANDS, json.dumps(self.device.commands(P.OPT_OUT)))
-        if commands:
-            log.info("ADR-Opt-Out commands restored from before the restart: %s -> %s",
-                     ", ".join(f"{'active' if v else 'inactive'} at priority {p}" for p, v in sorted(commands.items())),
-                     "active" if self.device.get(P.OPT_OUT) else "inactive")
+        await self._restore_commands(P.OPT_OUT, saved, late)
         # at start-up start() does this; a stop's last try in the first seconds of a start must not build the VEN
         if late and self._built("vtn") and bool(self.device.get(P.OPT_OUT)) != self.schedule.opted_out:
             self.vtn.set_opt_out(bool(self.device.get(P.OPT_OUT)))
+
+    async def _restore_commands(self, name: str, saved: str | None, late: bool = False) -> bool:
+        """Put a commandable point's stored commands back (SHED_COMMANDS, OPT_OUT_COMMANDS); whether any were."""
+        if not saved:
+            return False
+        point = P.BY_NAME[name]
+        low, high = self.device.input_bounds
+        low = low if point.lowest is None else point.lowest
+        try:
+            commands = {int(priority): value for priority, value in json.loads(saved).items()}
+            if point.kind == "binaryValue" and not all(1 <= p <= 16 and isinstance(v, bool)
+                                                       for p, v in commands.items()):
+                raise ValueError("priorities 1..16 with true or false expected")
+            if point.kind == "analogValue" and not all(
+                    1 <= p <= 16 and isinstance(v, (int, float)) and not isinstance(v, bool) and low <= v <= high
+                    for p, v in commands.items()):
+                # the bounds too: bacnet.input_max_kw may have been lowered since
+                raise ValueError(f"priorities 1..16 with kW within {low:g}..{high:g} expected")
+        except (ValueError, TypeError, AttributeError, OverflowError, RecursionError) as err:
+            # %.200r: JSON nested 10^5 deep (RecursionError) was a line of 200 KB
+            log.warning("stored %s commands %.200r unreadable (%s): the point starts relinquished", name, saved, err)
+            return False
+        if late:
+            # the BAS may have written or relinquished priorities since the start: those stay as it
+            # left them, the stored commands fill the others, and the merge is what is kept
+            touched = self.device.written_priorities(name)
+            commands = {p: v for p, v in commands.items() if p not in touched}
+        await self.device.restore_commands(name, commands)
+        if name == P.SHED_POWER:
+            self._shed_kept = self.device.commands(name)
+        if late:
+            self.storage.save_value("bacnet_commands:" + name, json.dumps(self.device.commands(name)))
+        if commands:
+            def shown(v) -> str:
+                return ("active" if v else "inactive") if point.kind == "binaryValue" else f"{v:g}"
+            log.info("%s commands restored from before the restart: %s -> %s", name,
+                     ", ".join(f"{shown(v)} at priority {p}" for p, v in sorted(commands.items())),
+                     shown(self.device.get(name)))
+        return bool(commands)
 
     def _on_schedule(self, state: ScheduleState) -> None:
         self.device.set(P.EVENT_LEVEL, float(state.level))

@@ -86,6 +86,9 @@ class ForecastService:
         self._last_input_t: float | None = None
         self._last_input_mono = 0.0     # when the BAS wrote, by the monotonic clock
         self._last_meter_t: float | None = None
+        # bas-shed-power: what the BAS sheds now on its own (kW, 0 when not), added back to each sample, and since when
+        self._shed_kw = 0.0
+        self._shed_since: float | None = None
         self._active: str | None = None
         # source auto: since when the meter stands in for the BAS input (monotonic), for the line that ends it
         self._meter_since: float | None = None
@@ -185,6 +188,10 @@ class ForecastService:
     def _take(self, t: float, kw: float, source: str) -> None:
         fc = self.forecaster
         prev = fc.newest_sample_at
+        if self._shed_kw:
+            # learnt as the building's load without the BAS's shed: a forecast that had learnt the sheds would
+            # expect the drop that follows high load, and the flag the BAS sheds on would turn itself off
+            kw, source = kw + self._shed_kw, f"{source} (with bas-shed-power added)"
         ok = fc.add_sample(t, kw)
         if fc.clock_steps != self._steps_seen:
             self._steps_seen = fc.clock_steps
@@ -234,6 +241,18 @@ class ForecastService:
             self._switch("bacnet_input", "BAS writes input-power-meter")
             self._say_back()
             self._take(t, kw, "input-power-meter")
+
+    def on_shed(self, t: float, kw: float | None) -> None:
+        """The BAS commanded bas-shed-power (None or 0: it sheds nothing now)."""
+        relinquished, kw = kw is None, kw or 0.0
+        if kw and not self._shed_kw:
+            log.info("BAS sheds %g kW (bas-shed-power): the forecaster adds it back to the power it learns from", kw)
+            self._shed_since = t
+        elif self._shed_kw and not kw:
+            log.info("BAS shed ended after %s (bas-shed-power %s)", span(max(0.0, t - self._shed_since)),
+                     "relinquished" if relinquished else "0")
+            self._shed_since = None
+        self._shed_kw = kw
 
     def on_meter(self, t: float, kw: float | None) -> None:
         """A gateway meter reading (None: the read failed; nothing enters the history)."""
@@ -567,6 +586,8 @@ class ForecastService:
             "input_stale_seconds": self.config.input_stale_seconds,
             "storage_ok": self.storage_ok, "fit_ok": not self._fit_failures, "fit_retry_at": self.fit_retry_at(),
             "input_stale": self.input_stale(),
+            # bas-shed-power: the kW added back to every sample while the BAS sheds, and since when (epoch s)
+            "shed_kw": self._shed_kw, "shed_since": self._shed_since,
         })
         retry, learning = st["fit_retry_at"], st["learning"]
         if retry is not None and learning and learning["first_fit_after"] is not None:

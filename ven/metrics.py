@@ -36,6 +36,8 @@ class Metrics:
         self.meter_kw = Gauge(f"{p}_meter_kw", "Latest meter reading taken by the gateway (kW)", registry=r)
         self.input_kw = Gauge(f"{p}_input_kw", "Building power written by the BAS to input-power-meter (kW)",
                               registry=r)
+        self.shed_kw = Gauge(f"{p}_bas_shed_kw", "kW the BAS reports shedding on its own (bas-shed-power; 0 when "
+                             "not)", registry=r)
         self.forecast_kw = Gauge(f"{p}_forecast_kw", "Forecast 15-min average demand ending <horizon> ahead (kW)",
                                  ["horizon"], registry=r)
         self.event_level = Gauge(f"{p}_event_level", "Current OpenADR SIMPLE level 0-3 (0 = no event)", registry=r)

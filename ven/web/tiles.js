@@ -10,6 +10,7 @@ const TILE_POINTS = [
   ["power-rate-of-change", "Trend (kW/min)"], ["ADR-Event-Level", "Event level"],
   ["ADR-Event-Start-Minutes", "Next event in (min)"],
   ["high-load-conditions", "High load"], ["low-load-conditions", "Low load"],
+  ["bas-shed-power", "BAS shedding"],
 ];
 // a tile in fault says why in a few words (the full text is in "Needs attention")
 function tileWhy(name) {
@@ -42,6 +43,10 @@ function tileAge(name) {
     const ms = toMs(fc.last_input_at);
     return {text: "written ", ms, old: nowMs() - ms > 1000 * (fc.input_stale_seconds || 300)};
   }
+  if (name === "bas-shed-power") {
+    const since = toMs((gw.forecaster || {}).shed_since);
+    return since === null ? null : {text: "began ", ms: since, old: false};
+  }
   if (name === "meter-power") {
     const m = gw.meter || {};
     if (!("last_value_at" in m)) return null;
@@ -56,6 +61,8 @@ export function renderTiles() {
   for (const [name, label] of TILE_POINTS) {
     const p = pointByName(name);
     if (!p) continue;
+    // shown while the BAS says it sheds: a zero tile the rest of the time would be noise to most sites
+    if (name === "bas-shed-power" && !(gw.forecaster || {}).shed_kw) continue;
     const flags = p.status_flags || {};
     const fault = flags.fault || flags.in_alarm;
     const on = typeof p.value === "boolean" ? p.value : false;

@@ -1,0 +1,120 @@
+"""bas-shed-power (analogValue 10): the BAS says what it sheds on its own, and the forecaster learns the building's
+load with that added back. Real gateway, real BACnet client stack, the routed meter simulator, a real SQLite file."""
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+from bacnet_peer import BacnetPeer
+from test_gateway import fast_config, read, system  # noqa: F401 - the fixture
+from waiting import eventually
+
+from bacnet_api import points as P
+from bacnet_api.simulator import MeterSimulator
+from ven.app import SHED_COMMANDS, Gateway
+from ven.vtn_server import DemoVtn
+
+pytestmark = pytest.mark.timeout(90)
+SHED = P.BY_NAME[P.SHED_POWER].object_id
+INPUT = P.BY_NAME[P.INPUT_POWER].object_id
+
+
+def spy_samples(gateway) -> list[float]:
+    """The kW the forecaster is given, as it is given them (its own add_sample still runs)."""
+    seen: list[float] = []
+    fc = gateway.forecast.forecaster
+    add = fc.add_sample
+    fc.add_sample = lambda t, kw: (seen.append(kw), add(t, kw))[1]
+    return seen
+
+
+async def test_the_shed_the_bas_commands_is_added_back_to_what_the_forecaster_learns(system, caplog):  # noqa: F811
+    caplog.set_level(logging.INFO)
+    vtn, meter, gateway, peer, gw = system
+    # the range a commissioning tool reads off the object: no negative shed
+    assert await peer.read(gw, SHED, "minPresValue") == 0.0
+    assert await peer.read(gw, SHED, "maxPresValue") == pytest.approx(gateway.device.input_bounds[1])
+    assert await read(peer, gw, P.SHED_POWER) == 0.0
+    refused = await peer.write(gw, SHED, "presentValue", -5.0, priority=10)
+    assert refused is not None and "valueOutOfRange" in str(refused), refused
+    assert gateway.forecast.status()["shed_kw"] == 0.0
+
+    seen = spy_samples(gateway)
+    await eventually(lambda: seen, 10, "a meter reading reaches the forecaster")
+    assert seen[-1] == pytest.approx(87.5)      # the meter, as read: nothing shed yet
+    assert await peer.write(gw, SHED, "presentValue", 120.0, priority=10) is None
+    assert gateway.forecast.status()["shed_kw"] == 120.0
+    seen.clear()
+    await eventually(lambda: seen, 10, "the next meter reading")
+    assert seen[-1] == pytest.approx(87.5 + 120.0)
+    # the BAS's own kW input likewise (forecaster.source auto takes it while it writes)
+    assert await peer.write(gw, INPUT, "presentValue", 400.0, priority=16) is None
+    assert seen[-1] == pytest.approx(520.0)
+    assert json.loads(gateway.storage.load_value(SHED_COMMANDS)) == {"10": 120.0}
+    scraped = gateway.metrics.shed_kw._value.get()
+    assert scraped == 120.0
+    status = gateway.forecast.status()
+    assert status["shed_since"] is not None
+
+    # the shed ends: relinquished, the kW learnt are the metered ones again
+    assert await peer.relinquish(gw, SHED, priority=10) is None
+    assert gateway.forecast.status()["shed_kw"] == 0.0 and gateway.forecast.status()["shed_since"] is None
+    assert await peer.write(gw, INPUT, "presentValue", 410.0, priority=16) is None
+    assert seen[-1] == pytest.approx(410.0)
+    assert gateway.metrics.shed_kw._value.get() == 0.0
+    said = [r.getMessage() for r in caplog.records if "shed" in r.getMessage() and r.name.startswith("ven")]
+    assert said[0] == "BAS sheds 120 kW (bas-shed-power): the forecaster adds it back to the power it learns from"
+    assert said[1].startswith("BAS shed ended after ") and said[1].endswith("(bas-shed-power relinquished)"), said
+    assert len(said) == 2, said
+
+
+async def test_a_shed_command_survives_a_restart_and_a_bad_stored_one_is_named(tmp_path, free_udp_port,
+                                                                              free_tcp_port, caplog):
+    # A BAS commands the shed once at its start and relinquishes it at its end: a restart in between must keep it,
+    # or the forecaster learns the rest of the shed as the building's load.
+    caplog.set_level(logging.INFO)
+    ports = dict(bacnet_port=free_udp_port(), meter_port=free_udp_port(), vtn_port=free_tcp_port(),
+                 http_port=free_tcp_port())
+    config = fast_config(tmp_path, **ports)
+    gw = f"127.0.0.1:{ports['bacnet_port']}"
+    async with DemoVtn(port=ports["vtn_port"], poll_seconds=1.0), \
+            MeterSimulator(address=f"127.0.0.1/8:{ports['meter_port']}", value=87.5), \
+            BacnetPeer(free_udp_port()) as peer:
+        gateway = Gateway(config)
+        await gateway.start()
+        try:
+            assert await peer.write(gw, SHED, "presentValue", 70.0, priority=9) is None
+            assert json.loads(gateway.storage.load_value(SHED_COMMANDS)) == {"9": 70.0}   # taken: kept at once
+            # a BAS writing its estimate each scan: a changed kW is kept at most a minute apart, and at the stop
+            assert await peer.write(gw, SHED, "presentValue", 75.0, priority=9) is None
+            assert json.loads(gateway.storage.load_value(SHED_COMMANDS)) == {"9": 70.0}
+            assert gateway.forecast.status()["shed_kw"] == 75.0
+        finally:
+            await gateway.stop()
+
+        gateway = Gateway(config)
+        await gateway.start()
+        try:
+            assert await peer.read(gw, SHED, "priorityArray") == [None] * 8 + [75.0] + [None] * 7
+            assert gateway.forecast.status()["shed_kw"] == 75.0
+            seen = spy_samples(gateway)
+            await eventually(lambda: seen, 10, "a meter reading reaches the forecaster")
+            assert seen[-1] == pytest.approx(87.5 + 75.0)
+            # a lowered bacnet.input_max_kw, or a file edited by hand: the point starts relinquished, and says why
+            gateway.storage.save_value(SHED_COMMANDS, json.dumps({"9": -3.0}))
+        finally:
+            await gateway.stop()
+
+        gateway = Gateway(config)
+        await gateway.start()
+        try:
+            assert await read(peer, gw, P.SHED_POWER) == 0.0
+            assert gateway.forecast.status()["shed_kw"] == 0.0
+        finally:
+            await gateway.stop()
+    said = [r.getMessage() for r in caplog.records if "bas-shed-power commands" in r.getMessage()]
+    assert said[0] == "bas-shed-power commands restored from before the restart: 75 at priority 9 -> 75", said
+    assert said[1].startswith("stored bas-shed-power commands '{\"9\": -3.0}' unreadable (priorities 1..16 with kW "
+                              "within 0.."), said
+    assert len(said) == 2, said
