@@ -38,8 +38,10 @@ def _resolve_fold(d: dt.datetime, folds: dict | None) -> dt.datetime:
         wall = d.replace(tzinfo=None)
         previous, fold = folds.get(key, (None, 0))
         back = None if previous is None else previous - wall
-        # a step back of a few minutes is a file in descending order, not a second pass
-        if back is not None and (back == dt.timedelta(0) or back >= dt.timedelta(minutes=30)):
+        # a step back of a few minutes is a file in descending order, not a second pass; a second pass steps back
+        # by the repeat less one sample: half of it or more (Lord Howe's clocks go back 30 minutes, not an hour)
+        repeat = d.replace(fold=0).utcoffset() - d.replace(fold=1).utcoffset()
+        if back is not None and (back == dt.timedelta(0) or back >= repeat / 2):
             fold = 1
         folds[key] = (wall, fold)
         d = d.replace(fold=fold)
@@ -54,16 +56,28 @@ EPOCH_FORMATS = {"epoch": 1.0, "epoch-ms": 0.001}
 EXAMPLE_FORMAT = "'%d/%m/%Y %H:%M'"
 
 
+# What Java (Niagara) writes for zones whose time zone database name is an offset ("+0545"): where the clocks change,
+# the name is what tells the two passes of the repeated half hour apart
+JAVA_NAMES = {"LHST": "+1030", "LHDT": "+11", "CHAST": "+1245", "CHADT": "+1345"}
+
+
 def _zone_named(d: dt.datetime, name: str, tz: ZoneInfo) -> dt.datetime:
     """Naive `d` in `tz`, in the pass whose abbreviation is `name` (CET or CEST), as Niagara writes them."""
     if name.upper() in ("UTC", "GMT", "Z"):
         return d.replace(tzinfo=dt.timezone.utc)
-    for fold in (0, 1):
-        local = d.replace(tzinfo=tz, fold=fold)
-        if local.tzname() == name:
+    passes = [d.replace(tzinfo=tz, fold=fold) for fold in (0, 1)]
+    for local in passes:
+        if local.tzname() in (name, JAVA_NAMES.get(name)):
             return local
-    raise TimeFormatError(f"says zone {name!r}, which is not what {tz.key} calls that time "
-                          "(set forecaster.timezone, e.g. --timezone Europe/Rome)")
+    names = sorted({local.tzname() for local in passes})
+    if all(n[:1] in "+-" for n in names) and name.isalpha() and name not in JAVA_NAMES \
+            and len({p.utcoffset() for p in passes}) == 1:
+        # the database names this zone by its offset (Asia/Kathmandu: +0545) and a BAS by a word (NPT): with one
+        # offset at that time there is no pass to choose, so the word cannot place the reading wrong
+        return passes[0]
+    raise TimeFormatError(f"says zone {name!r}, which is not what {tz.key} calls that time ({' or '.join(names)}); "
+                          "set forecaster.timezone (e.g. --timezone Europe/Rome), or put the name in --time-format "
+                          "in place of %Z")
 
 
 def parse_time(text: str, tz: ZoneInfo, folds: dict | None = None, time_format: str | None = None) -> float:

@@ -286,6 +286,21 @@ def test_naive_times_in_the_hour_the_autumn_change_repeats_are_both_kept(tmp_pat
     assert np.all(np.diff(read_series(backwards, "timestamp", "kw", ZoneInfo("Europe/Rome"))[0]) == 900)
 
 
+@pytest.mark.parametrize("minutes", [15, 5, 1])
+def test_lord_howe_repeats_half_an_hour_and_both_passes_are_kept(tmp_path, minutes):
+    # Lord Howe Island's clocks go back 30 minutes (02:00 +11 -> 01:30 +10:30): the second pass steps back less than
+    # an hour, once by only 15 minutes (01:45 -> 01:30 in quarter-hours), and was averaged onto the first
+    zone = ZoneInfo("Australia/Lord_Howe")
+    first = dt.datetime(2026, 4, 5, 0, 0, tzinfo=zone).timestamp()
+    truth = [first + i * minutes * 60 for i in range(4 * 60 // minutes)]
+    walls = [dt.datetime.fromtimestamp(t, zone).strftime("%Y-%m-%d %H:%M") for t in truth]
+    assert len(set(walls)) == len(walls) - 30 // minutes, "the file repeats the half hour"
+    src = tmp_path / "lord_howe.csv"
+    src.write_text("timestamp,kw\n" + "".join(f"{w},{100 + i}\n" for i, w in enumerate(walls)))
+    t, v, skipped = read_series(src, "timestamp", "kw", zone)
+    assert skipped == 0 and list(t) == truth
+
+
 def _cmdline(pid: str) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")

@@ -172,9 +172,32 @@ def test_niagara_times_with_a_zone_abbreviation_read_both_passes_of_the_autumn_h
     t, _, _ = read_series(src, "Timestamp", "Value", ZoneInfo("Europe/Rome"), time_format=fmt)
     utc = [dt.datetime.fromtimestamp(x, dt.timezone.utc).strftime("%H:%M") for x in t]
     assert utc == ["23:45", "00:30", "01:30", "11:15"]
-    with pytest.raises(ReplayInputError, match=r"says zone 'CEST', which is not what UTC calls that time "
-                                               r"\(set forecaster.timezone, e.g. --timezone Europe/Rome\)"):
+    with pytest.raises(ReplayInputError, match=r"says zone 'CEST', which is not what UTC calls that time \(UTC\); "
+                                               r"set forecaster.timezone \(e.g. --timezone Europe/Rome\), or put the "
+                                               r"name in --time-format in place of %Z"):
         read_series(src, "Timestamp", "Value", UTC, time_format=fmt)
+
+
+def test_niagara_names_for_zones_the_time_zone_database_calls_by_their_offset(tmp_path):
+    # tzdata calls Kathmandu "+0545", Lord Howe "+1030" / "+11", Chatham "+1245" / "+1345"; Java, and so Niagara, writes
+    # NPT, LHST / LHDT, CHAST / CHADT. Every row of such a file was refused, the error asking for the zone already set.
+    fmt = "%d-%b-%y %I:%M %p %Z"
+
+    def utc(zone, stamps):
+        src = tmp_path / "niagara.csv"
+        src.write_text("Timestamp,Value\n" + "".join(f"{s},{100 + i}\n" for i, s in enumerate(stamps)))
+        t, _, _ = read_series(src, "Timestamp", "Value", ZoneInfo(zone), time_format=fmt)
+        return [dt.datetime.fromtimestamp(x, dt.timezone.utc).strftime("%d %H:%M") for x in t]
+
+    assert utc("Asia/Kathmandu", ["02-Jan-19 12:15 PM NPT", "02-Jan-19 12:15 PM +0545"]) == ["02 06:30", "02 06:30"]
+    # the autumn half hour twice: the name says which pass
+    assert utc("Australia/Lord_Howe", ["05-Apr-26 01:45 AM LHDT", "05-Apr-26 01:45 AM LHST"]) == ["04 14:45",
+                                                                                                  "04 15:15"]
+    assert utc("Pacific/Chatham", ["05-Apr-26 02:45 AM CHADT", "05-Apr-26 02:45 AM CHAST"]) == ["04 13:00", "04 14:00"]
+    # a name that contradicts the date is refused as before, saying what the zone calls that time
+    with pytest.raises(ReplayInputError, match=r"says zone 'LHST', which is not what Australia/Lord_Howe calls that "
+                                               r"time \(\+11\)"):
+        utc("Australia/Lord_Howe", ["02-Jan-26 12:00 PM LHST"])
 
 
 def test_separate_date_and_time_columns(tmp_path, capsys):
