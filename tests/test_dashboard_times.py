@@ -195,6 +195,23 @@ async def test_the_browsers_own_zone_is_offered_too(server, building, shown, opt
         assert page.errors == []
 
 
+@pytest.mark.parametrize("building, browser, options", [
+    ("Asia/Kolkata", "America/New_York", ["UTC", "Asia/Kolkata (building)", "America/New_York (this browser)"]),
+    ("Asia/Kathmandu", "Asia/Kathmandu", ["UTC", "Asia/Kathmandu (building)"]),
+    ("Asia/Kolkata", "Asia/Calcutta", ["UTC", "Asia/Kolkata (building)"]),
+])
+async def test_a_zone_the_browser_knows_by_an_older_name_is_shown_as_configured(server, building, browser, options):
+    # Chromium's zone data names Asia/Kolkata "Asia/Calcutta" and Asia/Kathmandu "Asia/Katmandu": the menu, the axis and
+    # the footer said a name the site never configured, and the building's and the browser's one zone was listed twice
+    srv = await server(ZoneView(building))
+    async with chromium_page(timezone_id=browser) as page:
+        await open_dashboard(page, srv.url + "/")
+        assert await page.locator("#chart-tz option").all_inner_texts() == options
+        assert await page.get_by_label("Times", exact=True).input_value() == building
+        assert await page.locator("svg text.axis-label", has_text=f"time ({building})").count() == 1
+        assert page.errors == []
+
+
 @pytest.mark.parametrize("hours", [6, 24])
 async def test_a_half_hour_zones_ticks_fall_on_its_round_hours(server, hours):
     # Asia/Kolkata is UTC+5:30: ticks on round UTC hours would read 05:30, 08:30 ...

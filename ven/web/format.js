@@ -15,14 +15,29 @@ export function pad(n) { return String(n).padStart(2, "0"); }
 let zone = "UTC";
 export function zoneName() { return zone; }
 export function setZone(z) { zone = z; }
-// z as the browser names it (europe/rome: Europe/Rome; Etc/UTC: UTC), or null for none it knows
+function resolved(z) {
+  return new Intl.DateTimeFormat("en-US", {timeZone: z}).resolvedOptions().timeZone;
+}
+// z as the browser names it (europe/rome: Europe/Rome; Etc/UTC: UTC), or null for none it knows. A zone the browser
+// knows by an older name (Asia/Kolkata as Asia/Calcutta, Asia/Kathmandu as Asia/Katmandu) keeps the name it was
+// given, written as the time zone database writes names: the one in the site's configuration.
 export function knownZone(z) {
   if (!z) return null;
   try {
-    const name = new Intl.DateTimeFormat("en-US", {timeZone: z}).resolvedOptions().timeZone;
-    return /^(Etc\/)?(UTC|UCT|GMT|Universal|Zulu|Greenwich)$/.test(name) ? "UTC" : name;
+    const name = resolved(z);
+    if (/^(Etc\/)?(UTC|UCT|GMT|Universal|Zulu|Greenwich)$/.test(name)) return "UTC";
+    const written = /^[A-Z][A-Za-z_]*(\/[A-Z][A-Za-z0-9_+-]*)+$/.test(z);
+    return name.toLowerCase() !== z.toLowerCase() && written ? z : name;
   } catch (err) {
     return null;
+  }
+}
+// whether two zones the browser knows are one (Asia/Kolkata and Asia/Calcutta)
+export function sameZone(a, b) {
+  try {
+    return a === b || resolved(a) === resolved(b);
+  } catch (err) {
+    return false;
   }
 }
 const formats = new Map();

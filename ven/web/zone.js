@@ -3,7 +3,7 @@
 // set: the BAS, the tariff's peak windows and the building's schedule are all in its local time. Like the span,
 // the choice stays in the address (?tz=).
 import {$, el} from "./dom.js";
-import {knownZone, setZone, zoneName} from "./format.js";
+import {knownZone, sameZone, setZone, zoneName} from "./format.js";
 
 const browser = knownZone(Intl.DateTimeFormat().resolvedOptions().timeZone);
 // chosen on the page or by ?tz=; null: the building's default (an ?tz= no browser knows is ignored)
@@ -14,10 +14,10 @@ if (chosen) setZone(chosen);
 function fill() {
   const select = $("chart-tz");
   const zones = ["UTC"];
-  for (const z of [building, browser, zoneName()]) if (z && !zones.includes(z)) zones.push(z);
+  for (const z of [building, browser, zoneName()]) if (z && !zones.some((y) => sameZone(y, z))) zones.push(z);
   const words = (z) => z === "UTC" ? "UTC" : z === building ? `${z} (building)` : z === browser ? `${z} (this browser)` : z;
   select.replaceChildren(...zones.map((z) => el("option", {value: z}, words(z))));
-  select.value = zoneName();
+  select.value = zones.find((z) => sameZone(z, zoneName())) || zoneName();
 }
 // changed(): after a choice, to show every time again in it
 export function setupZone(changed) {
