@@ -6,14 +6,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from raw_vtn import RawVtn, cancel_report, create_report, report_request
 from test_report_requests import S, expected, now, received, running, said, same
 from waiting import eventually as until
-from ven.report_intervals import next_boundary
-from ven.vtn_reports import _report_window
+from ven.report_intervals import EPOCH, complete_intervals, next_boundary
+from ven.vtn_reports import _report_window, report_origin
 from ven.vtn_server import DemoVtn
+
+
+@dataclass(frozen=True)
+class Reading:
+    seq: int
+    ts: datetime
+    kw: float
 
 
 @contextlib.asynccontextmanager
@@ -107,6 +115,53 @@ def test_a_report_interval_is_the_grid_intervals_overlapping_it():
     assert window(t0 + S, timedelta(0)) == (None, None)     # until cancelled, the backlog included
     assert window(t0, timedelta(days=9999 * 365)) == (None, None)   # "until further notice" as P9999Y: the same
     assert _report_window({}, m15) == (None, None)
+
+
+def test_hourly_and_daily_intervals_from_a_local_midnight_keep_to_it():
+    # A utility in Kolkata (+05:30) asks for hours from its midnight, 18:30Z: on the UTC grid each interval straddled
+    # two of its billing hours, and the first held half an hour from before the dtstart it asked for.
+    hour, day = timedelta(hours=1), timedelta(days=1)
+    midnight = datetime(2026, 6, 30, 18, 30, tzinfo=timezone.utc)
+    spec = {"report_interval": {"dtstart": midnight, "duration": day}}
+    origin = report_origin(spec)
+    assert origin == midnight and _report_window(spec, hour, origin) == (midnight, midnight + day)
+    readings = [Reading(i, midnight + timedelta(minutes=m), kw)
+                for i, (m, kw) in enumerate([(-20, 100.0), (-5, 100.0), (5, 50.0), (40, 50.0), (65, 70.0)])]
+    got, _ = complete_intervals(readings, hour, midnight + 3 * hour, origin=origin)
+    assert [(iv.start - midnight, iv.value) for iv in got] == [(-hour, 100.0), (timedelta(0), 50.0), (hour, 70.0)]
+    # a day from Rome's midnight (22:00Z in summer) is Rome's day, not the UTC one
+    rome = datetime(2026, 7, 1, 22, 0, tzinfo=timezone.utc)
+    origin = report_origin({"report_interval": {"dtstart": rome, "duration": 7 * day}})
+    assert [iv.start for iv in complete_intervals([Reading(1, rome + 23 * hour, 1.0)], day, rome + 2 * day,
+                                                  origin=origin)[0]] == [rome]
+    # a VTN writing the time it asked as dtstart (not on a quarter-hour) keeps the UTC grid: the interval in progress
+    asked = midnight + timedelta(minutes=7, seconds=12)
+    spec = {"report_interval": {"dtstart": asked, "duration": day}}
+    assert report_origin(spec) == EPOCH
+    assert _report_window(spec, hour, report_origin(spec))[0] == datetime(2026, 6, 30, 18, 0, tzinfo=timezone.utc)
+    assert report_origin({}) == EPOCH and report_origin({"report_interval": {"dtstart": None}}) == EPOCH
+
+
+async def test_intervals_are_laid_from_a_report_interval_that_starts_on_a_quarter_hour(tmp_path, free_tcp_port,
+                                                                                       caplog):
+    # Live, with 7-second intervals (a quarter-hour is not a whole number of them, so the two grids differ): each
+    # interval's dtstart is the request's start plus whole intervals, not a multiple of 7 s from the UTC epoch
+    caplog.set_level(logging.INFO, logger="ven")
+    async with raw_streaming(tmp_path, free_tcp_port) as (demo, raw, rig, standing):
+        await until(lambda: received(demo, rrid=standing), 5, "the standing request served")
+        sid, rid = offered(demo)
+        raw.send(cancel_report(rig.vtn.ven_id, [standing]))
+        await until(lambda: rig.vtn.status()["report_request_id"] is None, 5, "the standing request cancelled")
+        quarter = next_boundary(now(), timedelta(minutes=15)) - timedelta(minutes=15)
+        if (quarter - EPOCH).total_seconds() % 7 == 0:     # one quarter-hour in 7 is on both grids: the one before
+            quarter -= timedelta(minutes=15)
+        raw.send(create_report(rig.vtn.ven_id, [report_request("rr-local", sid, [rid], granularity="PT7S",
+                                                               report_back="PT7S", start=quarter, duration="PT2H")],
+                               request_id="create-2"))
+        got = await until(lambda: received(demo, rrid="rr-local")[1:], 20, "two intervals")
+        assert all((ts - quarter).total_seconds() % 7 == 0 and d == 7 * S for ts, d, _ in got), got
+        assert said(caplog, f"intervals of PT7S (mean of the readings in each), on the grid of its reportInterval's "
+                            f"start {quarter.strftime('%Y-%m-%dT%H:%M:%SZ')}")
 
 
 async def test_readings_before_a_report_interval_are_dropped_in_one_line(tmp_path, free_tcp_port, caplog):

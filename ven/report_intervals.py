@@ -2,7 +2,8 @@
 
 A utility reads each interval as "the mean power over [dtstart, dtstart + duration)", and adds
 intervals up to energy. So samples are grouped into buckets of the requested granularity laid on
-the UTC clock grid (start = floor(t / G) * G), each bucket's value is the mean of the readings
+a clock grid (start = origin + floor((t - origin) / G) * G; the origin is the UTC epoch unless the request
+starts on a quarter-hour, see vtn_reports.report_origin), each bucket's value is the mean of the readings
 taken in it, and a bucket is ready only once its end has passed: a bucket sent early would be
 sent again, changed, when its later readings arrive. A bucket with no reading is not sent (no
 value is invented for a gap in the meter's data).
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Iterable, Protocol
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 SUB_NORMAL = "Quality Uncertain - Sub Normal"     # one of oadr_20b.xsd's oadrDataQualityType values
 # A busy MS/TP trunk loses one read in 20-50 as a matter of course: marking each interval holding one would mark
 # nearly every 15-minute interval (90 reads) of such a site, and the marking would tell a utility nothing. A
@@ -55,20 +56,21 @@ class Interval:
         return SUB_NORMAL if self.cut or self.failed > FAILED_SHARE * (len(self.samples) + self.failed) else None
 
 
-def bucket_start(ts: datetime, granularity: timedelta) -> datetime:
-    """floor(ts / G) * G on the UTC grid (for G = PT1M: the start of the minute)."""
+def bucket_start(ts: datetime, granularity: timedelta, origin: datetime = EPOCH) -> datetime:
+    """floor(ts / G) * G on the grid through `origin` (for G = PT1M on the UTC grid: the start of the minute)."""
     g = _whole_microseconds(granularity)
-    us = (ts - _EPOCH) // timedelta(microseconds=1)
-    return _EPOCH + timedelta(microseconds=(us // g) * g)
+    us = (ts - origin) // timedelta(microseconds=1)
+    return origin + timedelta(microseconds=(us // g) * g)
 
 
-def next_boundary(now: datetime, period: timedelta) -> datetime:
-    """The first multiple of `period` on the UTC grid strictly after `now`."""
-    return bucket_start(now, period) + period
+def next_boundary(now: datetime, period: timedelta, origin: datetime = EPOCH) -> datetime:
+    """The first multiple of `period` on the grid through `origin` strictly after `now`."""
+    return bucket_start(now, period, origin) + period
 
 
 def complete_intervals(samples: Iterable[SampleLike], granularity: timedelta, now: datetime,
-                       sent_until: datetime | None = None) -> tuple[list[Interval], list[SampleLike]]:
+                       sent_until: datetime | None = None,
+                       origin: datetime = EPOCH) -> tuple[list[Interval], list[SampleLike]]:
     """(intervals whose end has passed, in time order; samples of a period already reported).
 
     `sent_until`: the end of the last interval the VTN took. A sample before it (the clock stepped
@@ -80,7 +82,7 @@ def complete_intervals(samples: Iterable[SampleLike], granularity: timedelta, no
         if sent_until is not None and s.ts < sent_until:
             late.append(s)
             continue
-        buckets.setdefault(bucket_start(s.ts, granularity), []).append(s)
+        buckets.setdefault(bucket_start(s.ts, granularity, origin), []).append(s)
     out = []
     for start in sorted(buckets):
         if start + granularity > now:

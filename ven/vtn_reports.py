@@ -15,7 +15,7 @@ from openleadr import objects, utils as outils
 
 from bacnet_api.settle import span
 
-from .report_intervals import (Interval, bucket_start, complete_intervals, effective_granularity, next_boundary,
+from .report_intervals import (EPOCH, Interval, bucket_start, complete_intervals, effective_granularity, next_boundary,
                                report_period)
 from .vtn_transport import INVALID_ID, _duration, _ei_response, _iso, _response_code, _utcnow
 
@@ -55,6 +55,7 @@ class Standing:
     back: timedelta                 # reportBackDuration: how often it wants updates
     # its reportInterval: the start of its first interval and its end (None: unbounded)
     window: tuple[datetime | None, datetime | None] = (None, None)
+    origin: datetime = EPOCH                # its intervals' grid goes through this (report_origin)
     sent_until: datetime | None = None      # end of the last interval the VTN took under it
     next_report: datetime | None = None     # when its next update is due (UTC grid)
     catch_up: bool = True                   # send every complete interval now (backlog, retry)
@@ -166,7 +167,8 @@ class VtnReports:
         """When the next update is due: on the reportBackDuration grid, not before the request's
         reportInterval has a whole interval, and at its end at the latest."""
         first, end = req.window
-        due = next_boundary(max(now, first) if first is not None else now, report_period(req.granularity, req.back))
+        due = next_boundary(max(now, first) if first is not None else now, report_period(req.granularity, req.back),
+                            req.origin)
         return min(due, end) if end is not None and end > now else due
 
     def _complete(self, req: Standing, now: datetime) -> tuple[list[Interval], list]:
@@ -178,7 +180,7 @@ class VtnReports:
         limit = batch * per_interval + 1
         while True:
             samples = self._telemetry.peek(limit, req.rrid)
-            intervals, late = complete_intervals(samples, req.granularity, now, req.sent_until)
+            intervals, late = complete_intervals(samples, req.granularity, now, req.sent_until, req.origin)
             if len(samples) < limit or not intervals:
                 return intervals[:batch], late
             whole = intervals[:-1]
@@ -195,7 +197,7 @@ class VtnReports:
         """Intervals (at most req.batch) of the samples at the head of the queue dated after the interval under way
         and CLOCK_STEP: taken before the wall clock stepped back (NTP putting a box right that ran ahead while
         the VTN was away). Waiting for their time, they held up every reading behind them, as long as the step."""
-        after = max(bucket_start(now, req.granularity) + req.granularity, now + CLOCK_STEP)
+        after = max(bucket_start(now, req.granularity, req.origin) + req.granularity, now + CLOCK_STEP)
         if req.sent_until is not None:
             after = max(after, req.sent_until)    # before it: late, or reported already (_send_complete)
         limit = 1   # the head alone first: at each update, as it is almost always, not ahead
@@ -204,7 +206,7 @@ class VtnReports:
             run = list(itertools.takewhile(lambda s: s.ts >= after, samples))
             if not run:
                 return []
-            intervals, _ = complete_intervals(run, req.granularity, datetime.max.replace(tzinfo=UTC))
+            intervals, _ = complete_intervals(run, req.granularity, datetime.max.replace(tzinfo=UTC), origin=req.origin)
             if len(run) < len(samples) or len(samples) < limit or limit >= MAX_PEEK:
                 return intervals[:req.batch]
             if len(intervals) > req.batch:
@@ -299,7 +301,7 @@ class VtnReports:
         found = self._telemetry.found_late_until
         if found is None or min(x.ts for x in late) > found or req.first_sent is None:
             return False
-        sent = [x for x in late if bucket_start(x.ts, req.granularity) >= req.first_sent]
+        sent = [x for x in late if bucket_start(x.ts, req.granularity, req.origin) >= req.first_sent]
         if sent:
             log.warning("%d telemetry reading(s) queued in storage.path before this start fall in intervals reported "
                         "since (from %s): dropped, as an interval cannot be sent twice", len(sent),
@@ -636,7 +638,8 @@ class VtnReports:
                             "(openadr.queue_max_days, %s): updates are sent every %s instead", rrid, _duration(back),
                             _duration(self._telemetry.max_age), _duration(longest))
                 back = longest
-            self._adopt(rrid, granularity, back, _report_window(spec, granularity))
+            origin = report_origin(spec)
+            self._adopt(rrid, granularity, back, _report_window(spec, granularity, origin), origin)
         self._asked_instead(instead + [f"request {r} (refused)" for r in refused])
         if refused and not self._cfg.telemetry:
             # the site set it off and the utility's VTN wants telemetry: one of the two is mistaken
@@ -658,8 +661,10 @@ class VtnReports:
         self._wake_delivery.set()
 
     def _adopt(self, rrid: str, granularity: timedelta, back: timedelta,
-               window: tuple[datetime | None, datetime | None] = (None, None)) -> None:
+               window: tuple[datetime | None, datetime | None] = (None, None), origin: datetime = EPOCH) -> None:
+        on_grid = origin == bucket_start(origin, granularity)   # the UTC grid of its granularity
         how = (f"intervals of {_duration(granularity)} (mean of the readings in each), "
+               + ("" if on_grid else f"on the grid of its reportInterval's start {_iso(origin)}, ")
                + (f"sent every {_duration(back)}" if back > granularity else "each sent as it completes")
                + (f", from {_iso(window[0])}" if window[0] is not None else "")
                + (f" until {_iso(window[1])}" if window[1] is not None else ""))
@@ -673,7 +678,7 @@ class VtnReports:
         elif req is None and others:
             # a settlement stream beside a real-time one, say: each gets its own intervals from the same readings
             log.info("VTN requested telemetry (request %s) beside %s: %s", rrid, ", ".join(others), how)
-        elif req is None or (granularity, back, window) != (req.granularity, req.back, req.window):
+        elif req is None or (granularity, back, window, origin) != (req.granularity, req.back, req.window, req.origin):
             # each of an outage's registrations gets a request anew (a fresh reportRequestID), and so does each offer
             # made again while the VTN refuses the updates: only another one is news
             repeated = (self._outage is not None or self._report_refused is not None) and (
@@ -694,7 +699,7 @@ class VtnReports:
                 req.start = reported
                 self._telemetry.add_reader(rrid)
         self._request_said = (granularity, back, window)
-        req.granularity, req.back, req.window, req.final = granularity, back, window, False
+        req.granularity, req.back, req.window, req.origin, req.final = granularity, back, window, origin, False
         req.next_report = self._next_update(req, _utcnow())
         req.catch_up = True        # what is complete already (queued while nothing was requested) goes now
 
@@ -770,7 +775,26 @@ def _whole_seconds(d: timedelta) -> timedelta:
     return timedelta(seconds=max(1, int(d.total_seconds())))
 
 
-def _report_window(spec: dict, granularity: timedelta) -> tuple[datetime | None, datetime | None]:
+QUARTER_HOUR = timedelta(minutes=15)
+
+
+def report_origin(spec: dict) -> datetime:
+    """Where a request's interval grid is laid from: its reportInterval's start when that is on a quarter-hour,
+    else the UTC epoch (the UTC clock grid of its granularity).
+
+    A VTN asking for hourly or daily intervals from a local midnight or hour wants them on its local clock: in
+    Kolkata (+05:30) or Kathmandu (+05:45) the UTC hours straddle two of its billing hours, and a day from UTC
+    midnight is two of its days. Every zone's local quarter-hours are UTC quarter-hours, so a start on one is a
+    clock time the VTN chose; a start at any other time is the request's own time (a VTN writing when it asked),
+    and gets the UTC grid, as intervals of 15 minutes or less always do."""
+    start = ((spec.get("report_interval") or {}).get("dtstart"))
+    if isinstance(start, datetime) and start.tzinfo is not None and bucket_start(start, QUARTER_HOUR) == start:
+        return start
+    return EPOCH
+
+
+def _report_window(spec: dict, granularity: timedelta,
+                   origin: datetime = EPOCH) -> tuple[datetime | None, datetime | None]:
     """A request's reportInterval ("the overall period of reporting") as the intervals on the clock grid
     that overlap it: the start of the first, the end of the last (a VTN writing its request's time as
     dtstart gets the interval in progress, not the next one). A duration of 0 (or none) reports until
@@ -782,7 +806,7 @@ def _report_window(spec: dict, granularity: timedelta) -> tuple[datetime | None,
         return None, None
     try:
         end = start + length
-        return bucket_start(start, granularity), end if bucket_start(end, granularity) == end else next_boundary(
-            end, granularity)
+        return bucket_start(start, granularity, origin), end if bucket_start(end, granularity, origin) == end \
+            else next_boundary(end, granularity, origin)
     except OverflowError:   # past the year 9999: "until further notice" written as a duration (P9999Y)
         return None, None
