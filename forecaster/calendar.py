@@ -1,5 +1,8 @@
 """Local calendar for the features: day numbers, day kinds (workday / Saturday / Sunday-or-holiday).
 
+Which weekdays are which is the site's: a Nepali office rests on Saturday only, a Saudi one on Friday with
+Saturday half open. The kinds keep their names (SATURDAY is "the partial day", RESTDAY "closed, as a holiday").
+
 Everything else in the forecaster counts absolute minutes since the epoch; only the calendar needs
 the building's wall clock, because occupancy follows it.
 """
@@ -18,6 +21,8 @@ _FIXED = {
     "IT": ["01-01", "01-06", "04-25", "05-01", "06-02", "08-15", "11-01", "12-08", "12-25", "12-26"],
 }
 PRESETS = ("IT",)
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+DEFAULT_REST, DEFAULT_PARTIAL = ("sunday",), ("saturday",)
 
 
 def _easter(year: int) -> dt.date:
@@ -53,24 +58,40 @@ def holiday_dates(preset: str, years, extra=()) -> set[dt.date]:
 class Calendar:
     """Maps epoch seconds to local day numbers, day kinds and time of day."""
 
-    def __init__(self, timezone: str = "UTC", holiday_preset: str = "", holidays=()):
+    def __init__(self, timezone: str = "UTC", holiday_preset: str = "", holidays=(), rest_weekdays=DEFAULT_REST,
+                 partial_weekdays=DEFAULT_PARTIAL):
         if holiday_preset and holiday_preset not in _FIXED:
             raise ValueError(f"unknown holiday preset {holiday_preset!r}; known: {', '.join(PRESETS)}")
         for e in holidays:
             dt.date.fromisoformat(e if len(e) == 10 else f"2000-{e}")  # raises ValueError on a typo
+        check_week(rest_weekdays, partial_weekdays)
         self.timezone = timezone
         self._tz = ZoneInfo(timezone)
         self.holiday_preset = holiday_preset
         self.holidays = tuple(holidays)
+        self.rest_weekdays, self.partial_weekdays = tuple(rest_weekdays), tuple(partial_weekdays)
+        # day kind by weekday, Monday first
+        self._kinds = np.array([RESTDAY if d in self.rest_weekdays else SATURDAY if d in self.partial_weekdays
+                                else WORKDAY for d in WEEKDAYS], dtype=np.int64)
         self._single: dict = {}  # per-day answers for one-row predicts, which ask the same day all day
 
     @property
+    def week(self) -> tuple:
+        """The rest and partial weekdays, sorted Monday first: () for the Saturday-Sunday week."""
+        rest, partial = (tuple(d for d in WEEKDAYS if d in days) for days in (self.rest_weekdays,
+                                                                              self.partial_weekdays))
+        return () if (rest, partial) == (DEFAULT_REST, DEFAULT_PARTIAL) else (rest, partial)
+
+    @property
     def settings(self) -> tuple:
-        """What the features read days and hours by: a model fitted under other settings reads them shifted."""
-        return self.timezone, self.holiday_preset, tuple(sorted(set(self.holidays)))
+        """What the features read days and hours by: a model fitted under other settings reads them shifted. The
+        Saturday-Sunday week adds nothing, so a model stored before the week could be set is still served."""
+        return (self.timezone, self.holiday_preset, tuple(sorted(set(self.holidays)))) + (
+            (self.week,) if self.week else ())
 
     def __getstate__(self):
-        return {"timezone": self.timezone, "holiday_preset": self.holiday_preset, "holidays": self.holidays}
+        return {"timezone": self.timezone, "holiday_preset": self.holiday_preset, "holidays": self.holidays,
+                "rest_weekdays": self.rest_weekdays, "partial_weekdays": self.partial_weekdays}
 
     def __setstate__(self, state):
         self.__init__(**state)
@@ -102,8 +123,7 @@ class Calendar:
     def day_kind(self, days: np.ndarray) -> np.ndarray:
         """Kind of each local day number: WORKDAY, SATURDAY or RESTDAY (Sunday or holiday)."""
         days = np.asarray(days, dtype=np.int64)
-        weekday = (days + 3) % 7  # 1970-01-01 was a Thursday; Monday = 0
-        kind = np.where(weekday == 5, SATURDAY, np.where(weekday == 6, RESTDAY, WORKDAY))
+        kind = self._kinds[(days + 3) % 7]  # 1970-01-01 was a Thursday; Monday = 0
         if (self.holiday_preset or self.holidays) and days.size:
             lo, hi = int(days.min()), int(days.max())
             hol = _holiday_days(self.holiday_preset, _date(lo).year, _date(hi).year, self.holidays)
@@ -161,6 +181,20 @@ class Calendar:
             out[hit, filled[hit]] = back
             filled += hit
         return out[inv]
+
+
+def check_week(rest_weekdays, partial_weekdays) -> None:
+    """ValueError naming what is wrong with a week's rest and partial weekdays."""
+    for name, days in (("rest_weekdays", rest_weekdays), ("partial_weekdays", partial_weekdays)):
+        wrong = [d for d in days if d not in WEEKDAYS]
+        if wrong:
+            raise ValueError(f"{name}: {wrong[0]!r} is not a weekday; weekdays are {', '.join(WEEKDAYS)}")
+    both = [d for d in WEEKDAYS if d in rest_weekdays and d in partial_weekdays]
+    if both:
+        raise ValueError(f"{both[0]} is in both rest_weekdays and partial_weekdays (partial_weekdays is "
+                         f"[\"saturday\"] unless set: set it too, e.g. partial_weekdays = [])")
+    if len(set(rest_weekdays) | set(partial_weekdays)) == 7:
+        raise ValueError("rest_weekdays and partial_weekdays leave no working weekday")
 
 
 @lru_cache(maxsize=256)

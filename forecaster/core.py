@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import features, model
-from .calendar import Calendar
+from .calendar import DEFAULT_PARTIAL, DEFAULT_REST, Calendar
 from .flags import HysteresisFlag
 from .series import MinuteBins, minute_of
 
@@ -144,7 +144,8 @@ class DemandForecaster:
                  threshold_days=14.0, hysteresis_fraction=0.03, min_on_minutes=15.0, min_off_minutes=15.0,
                  arm_fraction=0.1,
                  history_days=35.0, retrain_minutes=1440.0, min_kw=-1e5, max_kw=1e5, stale_seconds=300.0,
-                 timezone="UTC", holiday_preset="", holidays=(), validation_days=7.0, min_fit_hours=48.0,
+                 timezone="UTC", holiday_preset="", holidays=(), rest_weekdays=DEFAULT_REST,
+                 partial_weekdays=DEFAULT_PARTIAL, validation_days=7.0, min_fit_hours=48.0,
                  rolling_hours=168.0, rolling_min_count=12, rolling_min_hours=24.0,
                  high_percentile=90.0, low_percentile=10.0, rebound_minutes=60.0,
                  n_threads=1):
@@ -178,7 +179,7 @@ class DemandForecaster:
         # OpenMP threads for scikit-learn in fit(). One by default: on small data a second spinning
         # thread gains little and takes a core from everything else on a small box.
         self.n_threads = n_threads
-        self.calendar = Calendar(timezone, holiday_preset, tuple(holidays))
+        self.calendar = Calendar(timezone, holiday_preset, tuple(holidays), rest_weekdays, partial_weekdays)
 
         self._lock = threading.Lock()
         # Minutes kept: what training uses, or the features' look-back if longer, plus a day, so that
@@ -427,10 +428,8 @@ class DemandForecaster:
             raise model.OtherSettings(f"fitted for horizons {'/'.join(map(str, had))} min, not "
                                       f"{'/'.join(map(str, want))}")
         if fitted.calendar and tuple(fitted.calendar) != self.calendar.settings:
-            raise model.OtherSettings(f"fitted for time zone {fitted.calendar[0]}, holiday preset "
-                                      f"{fitted.calendar[1] or 'none'} and holidays {list(fitted.calendar[2])}, not "
-                                      f"{self.calendar.timezone}, {self.calendar.holiday_preset or 'none'} and "
-                                      f"{list(self.calendar.settings[2])}")
+            raise model.OtherSettings(f"fitted for {_calendar_words(tuple(fitted.calendar))}, not "
+                                      f"{_calendar_words(self.calendar.settings)}")
         with self._lock:
             self._model = fitted
 
@@ -691,3 +690,13 @@ def _after_shed(sheds: tuple[tuple[int, int], ...], ks: np.ndarray, h: int) -> n
 
 def _num(x: float) -> float | None:
     return x if x is not None and math.isfinite(x) else None
+
+
+def _calendar_words(settings: tuple) -> str:
+    """Calendar.settings for the log: 'time zone Europe/Rome, holiday preset IT and holidays [...]' (and the week)."""
+    zone, preset, holidays, *week = settings
+    words = f"time zone {zone}, holiday preset {preset or 'none'} and holidays {list(holidays)}"
+    if week:
+        rest, partial = week[0]
+        words += f", resting {'/'.join(rest) or 'no day'} and partly open {'/'.join(partial) or 'no day'}"
+    return words

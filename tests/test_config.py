@@ -350,6 +350,11 @@ def test_values_that_can_never_work_are_refused(tmp_path, toml, key, reason):
     ('[meter]\npoll_seconds = -1\n', "meter.poll_seconds: Input should be greater than 0 (got -1)"),
     ('[openadr]\npower_hertz = 55\n', "openadr.power_hertz: Input should be 50 or 60 (got 55)"),
     ('[forecaster]\nholidays = "12-25"\n', "forecaster.holidays: Input should be a list, e.g. [...] (got str '12-25')"),
+    ('[forecaster]\nrest_weekdays = ["Friday"]\n', "forecaster.rest_weekdays: 'Friday' is not a weekday; weekdays are "
+     "monday, tuesday, wednesday, thursday, friday, saturday, sunday (lower case)"),
+    ('[forecaster]\nrest_weekdays = ["saturday"]\n',
+     'forecaster: saturday is in both rest_weekdays and partial_weekdays (partial_weekdays is ["saturday"] unless '
+     'set: set it too, e.g. partial_weekdays = [])'),
     ('[forecaster]\nhorizons_minutes = [15, 60, 120]\n',
      "forecaster.horizons_minutes: List should have at most 2 items, not 3"),
     ('[meter]\naddress = "2:12345"\n', "meter.address: '2:12345': address out of range (network 1..65534, mac 0..255 "

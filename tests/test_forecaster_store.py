@@ -130,18 +130,23 @@ def test_a_model_fitted_for_other_horizons_or_calendar_is_refitted_not_served(tm
     store.save_model(fitted.model_blob())
     caplog.set_level(logging.INFO, logger="forecaster.store")
     for changed in ({"horizons_minutes": (15, 90)}, {"horizons_minutes": (30, 60)}, {"timezone": "Europe/Rome"},
-                    {"holiday_preset": "IT"}, {"holidays": ("12-08",)}):
+                    {"holiday_preset": "IT"}, {"holidays": ("12-08",)},
+                    {"rest_weekdays": ("saturday",), "partial_weekdays": ()}):
         fresh = seeded(**{"holidays": ("12-08", "01-06"), **changed})
         assert store.load_into(fresh, t[-1])["model"] is False, changed
         assert fresh.needs_fit(t[-1]) and fresh.predict(t[-1]).model == "persistence"
     said = [r.getMessage() for r in caplog.records]
     assert said[0] == ("stored forecast model not used: fitted for horizons 15/60 min, not 15/90 (the configuration "
                        "changed); a new one is fitted from the stored history")
-    assert ("fitted for time zone UTC, holiday preset none and holidays ['01-06', '12-08'], not Europe/Rome, none "
-            "and ['01-06', '12-08']") in said[2]
-    assert len(said) == 5 and all(r.levelno == logging.INFO for r in caplog.records)
-    # the same settings keep it (holidays in another order too), and so does a model from before they were recorded
+    assert ("fitted for time zone UTC, holiday preset none and holidays ['01-06', '12-08'], not time zone Europe/Rome, "
+            "holiday preset none and holidays ['01-06', '12-08']") in said[2]
+    assert ("fitted for time zone UTC, holiday preset none and holidays ['01-06', '12-08'], not time zone UTC, holiday "
+            "preset none and holidays ['01-06', '12-08'], resting saturday and partly open no day") in said[5]
+    assert len(said) == 6 and all(r.levelno == logging.INFO for r in caplog.records)
+    # the same settings keep it (holidays in another order too, the Saturday-Sunday week said or not), and so does a
+    # model from before they were recorded
     assert store.load_into(seeded(holidays=["01-06", "12-08", "01-06"]), t[-1])["model"] is True
+    assert store.load_into(seeded(holidays=("12-08", "01-06"), rest_weekdays=["sunday"]), t[-1])["model"] is True
     store.save_model(pickle.dumps(dataclasses.replace(fitted.fitted_model, calendar=())))
     assert store.load_into(seeded(timezone="Europe/Rome"), t[-1])["model"] is True
     # a fit that left a horizon out (too few rows for it) was asked for the same ones: kept, not "changed"

@@ -502,12 +502,15 @@ class ForecasterConfig(_Section):
     timezone: str = "UTC"
     holiday_preset: Literal["", "IT"] = ""
     holidays: tuple[str, ...] = ()
+    # the site's week: weekdays closed as on a holiday, and weekdays with a day kind of their own (partly open)
+    rest_weekdays: tuple[str, ...] = ("sunday",)
+    partial_weekdays: tuple[str, ...] = ("saturday",)
     rebound_minutes: float = Field(60.0, ge=0, le=1440)
     # true for a programme whose events are the building's every day (price tiers sent as SIMPLE levels each
     # afternoon): its shed is its normal day, and kept out the afternoons would have nothing left to learn from
     learn_from_events: bool = False
 
-    @field_validator("horizons_minutes", "holidays", mode="before")
+    @field_validator("horizons_minutes", "holidays", "rest_weekdays", "partial_weekdays", mode="before")
     @classmethod
     def _list_to_tuple(cls, v: object) -> object:
         return tuple(v) if isinstance(v, list) else v
@@ -542,6 +545,21 @@ class ForecasterConfig(_Section):
         except (ValueError, LookupError):
             raise ValueError(f"unknown IANA time zone {v!r}, e.g. Europe/Rome") from None
         return v
+
+    @field_validator("rest_weekdays", "partial_weekdays")
+    @classmethod
+    def _weekdays(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        from forecaster.calendar import WEEKDAYS
+        for day in v:
+            if day not in WEEKDAYS:
+                raise ValueError(f"{day!r} is not a weekday; weekdays are {', '.join(WEEKDAYS)} (lower case)")
+        return v
+
+    @model_validator(mode="after")
+    def _week(self) -> "ForecasterConfig":
+        from forecaster.calendar import check_week
+        check_week(self.rest_weekdays, self.partial_weekdays)
+        return self
 
     @field_validator("holidays")
     @classmethod

@@ -63,7 +63,8 @@ def forecaster_params(c: ForecasterConfig) -> dict:
         min_on_minutes=c.min_on_minutes, min_off_minutes=c.min_off_minutes, arm_fraction=c.arm_fraction,
         history_days=c.history_days,
         retrain_minutes=c.retrain_minutes, stale_seconds=c.input_stale_seconds,
-        timezone=c.timezone, holiday_preset=c.holiday_preset, holidays=c.holidays, rebound_minutes=c.rebound_minutes)
+        timezone=c.timezone, holiday_preset=c.holiday_preset, holidays=c.holidays, rest_weekdays=c.rest_weekdays,
+        partial_weekdays=c.partial_weekdays, rebound_minutes=c.rebound_minutes)
 
 
 def forecaster_from_config(c: ForecasterConfig, min_kw: float = -1e5, max_kw: float = 1e5) -> DemandForecaster:
