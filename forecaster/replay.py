@@ -215,7 +215,7 @@ def _replay(fc: DemandForecaster, times, values, write_row, cycle: float, map_fn
         pending.clear()
 
     i, n = 0, len(times)
-    now = math.ceil(times[0] / cycle) * cycle
+    now = _first_cycle(fc, times[0], cycle)
     end = times[-1]
     while now - cycle < end:  # the last cycle is the first one at or after the last sample
         while i < n and times[i] <= now:
@@ -238,7 +238,7 @@ def _replay(fc: DemandForecaster, times, values, write_row, cycle: float, map_fn
             if on_gap is not None:
                 on_gap(i - 1, i)
             fc = after_gap(fc)
-            now = math.ceil(times[i] / cycle) * cycle
+            now = _first_cycle(fc, times[i], cycle)
         else:
             now += cycle
     if pending:
@@ -246,6 +246,13 @@ def _replay(fc: DemandForecaster, times, values, write_row, cycle: float, map_fn
     return {"cycles": cycles, "samples": n, "accepted": accepted, "rejected": fc.rejected, "fits": fits,
             "fit_seconds": round(fit_s, 2), "elapsed_seconds": round(time.perf_counter() - t0, 2),
             "models": models, "retrain_minutes": fc.retrain_minutes, "gaps_skipped": gaps}
+
+
+def _first_cycle(fc: DemandForecaster, t: float, cycle: float) -> float:
+    """The first cycle at or after t, on the building's wall clock: hourly cycles in Kathmandu (+05:45) issue on its
+    hours, not at :45 (every zone's quarter-hours are UTC ones, so 15-minute cycles are the same either way)."""
+    offset = float(fc.calendar.local_seconds([int(t)])[0] - int(t))
+    return math.ceil((t + offset) / cycle) * cycle - offset
 
 
 def replay_csv(csv_path, time_column, value_column: str, output_path, cycle_minutes: float = 15,

@@ -120,6 +120,19 @@ def _write_series(path, stamps, kw=lambda i: 100 + i % 7):
             fh.write(f"{s},{kw(i)}\n")
 
 
+@pytest.mark.parametrize("zone, cycle", [("Asia/Kathmandu", 60), ("Asia/Kolkata", 30), ("Asia/Kolkata", 1440)])
+def test_cycles_longer_than_a_quarter_hour_issue_on_the_buildings_clock(zone, cycle):
+    # hourly cycles in Kathmandu (+05:45) issued at :45 local, and daily ones in Kolkata at 05:30
+    tz = ZoneInfo(zone)
+    first = dt.datetime(2026, 3, 1, 0, 7, tzinfo=tz).timestamp()
+    t = first + np.arange(0, 36 * 3600, 900.0)
+    issued = set()
+    replay_series(t, np.full(t.size, 50.0), lambda f, h, kw: issued.add(f.issued_at), cycle_minutes=cycle,
+                  fit_processes=1, timezone=zone)
+    walls = sorted(dt.datetime.fromtimestamp(x, tz) for x in issued)
+    assert walls and all((w.hour * 60 + w.minute) % cycle == 0 and w.second == 0 for w in walls), walls[:3]
+
+
 def test_cli_refuses_a_cycle_under_a_minute_before_creating_output(tmp_path, capsys):
     from ven.cli import main
 
