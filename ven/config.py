@@ -557,8 +557,11 @@ class ForecasterConfig(_Section):
 
     @model_validator(mode="after")
     def _week(self) -> "ForecasterConfig":
-        from forecaster.calendar import check_week
-        check_week(self.rest_weekdays, self.partial_weekdays)
+        # the default week needs no check, and importing the forecaster (numpy) here would do it at `import ven.cli`,
+        # where the class's default instance is built: before main() holds OpenBLAS to one thread
+        if (self.rest_weekdays, self.partial_weekdays) != (("sunday",), ("saturday",)):
+            from forecaster.calendar import check_week
+            check_week(self.rest_weekdays, self.partial_weekdays)
         return self
 
     @field_validator("holidays")
