@@ -10,7 +10,8 @@ import io
 import math
 import re
 from pathlib import Path
-from zoneinfo import ZoneInfo
+from functools import lru_cache
+from zoneinfo import ZoneInfo, available_timezones
 
 import numpy as np
 
@@ -61,6 +62,21 @@ EXAMPLE_FORMAT = "'%d/%m/%Y %H:%M'"
 JAVA_NAMES = {"LHST": "+1030", "LHDT": "+11", "CHAST": "+1245", "CHADT": "+1345"}
 
 
+@lru_cache(maxsize=8)
+def _offsets_named(year: int) -> dict[str, set[dt.timedelta]]:
+    """Each abbreviation the time zone database uses in `year` (January and July), with the offsets it names."""
+    named: dict[str, set[dt.timedelta]] = {}
+    for key in available_timezones():
+        try:
+            tz = ZoneInfo(key)
+        except (ValueError, OSError):
+            continue
+        for month in (1, 7):
+            local = dt.datetime(year, month, 15, 12, tzinfo=tz)
+            named.setdefault(local.tzname(), set()).add(local.utcoffset())
+    return named
+
+
 def _zone_named(d: dt.datetime, name: str, tz: ZoneInfo) -> dt.datetime:
     """Naive `d` in `tz`, in the pass whose abbreviation is `name` (CET or CEST), as Niagara writes them."""
     if name.upper() in ("UTC", "GMT", "Z"):
@@ -70,10 +86,12 @@ def _zone_named(d: dt.datetime, name: str, tz: ZoneInfo) -> dt.datetime:
         if local.tzname() in (name, JAVA_NAMES.get(name)):
             return local
     names = sorted({local.tzname() for local in passes})
-    if all(n[:1] in "+-" for n in names) and name.isalpha() and name not in JAVA_NAMES \
-            and len({p.utcoffset() for p in passes}) == 1:
+    offsets = {p.utcoffset() for p in passes}
+    if all(n[:1] in "+-" for n in names) and name.isalpha() and name not in JAVA_NAMES and len(offsets) == 1 \
+            and offsets <= _offsets_named(d.year).get(name, offsets):
         # the database names this zone by its offset (Asia/Kathmandu: +0545) and a BAS by a word (NPT): with one
-        # offset at that time there is no pass to choose, so the word cannot place the reading wrong
+        # offset at that time there is no pass to choose, so the word cannot place the reading wrong; unless the
+        # database gives the word to other offsets only (CET read with --timezone Asia/Dubai: the wrong zone given)
         return passes[0]
     raise TimeFormatError(f"says zone {name!r}, which is not what {tz.key} calls that time ({' or '.join(names)}); "
                           "set forecaster.timezone (e.g. --timezone Europe/Rome), or put the name in --time-format "

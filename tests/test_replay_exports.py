@@ -198,6 +198,10 @@ def test_niagara_names_for_zones_the_time_zone_database_calls_by_their_offset(tm
     with pytest.raises(ReplayInputError, match=r"says zone 'LHST', which is not what Australia/Lord_Howe calls that "
                                                r"time \(\+11\)"):
         utc("Australia/Lord_Howe", ["02-Jan-26 12:00 PM LHST"])
+    # and so is a word the database gives to other offsets only: a Rome file read with the wrong --timezone
+    assert utc("Asia/Dubai", ["02-Jan-19 12:15 PM GST"]) == ["02 08:15"]      # Java's word for Dubai: none's in tzdata
+    with pytest.raises(ReplayInputError, match=r"says zone 'CET', which is not what Asia/Dubai calls that time"):
+        utc("Asia/Dubai", ["02-Jan-19 12:15 PM CET"])
 
 
 def test_separate_date_and_time_columns(tmp_path, capsys):

@@ -134,11 +134,16 @@ def test_hourly_and_daily_intervals_from_a_local_midnight_keep_to_it():
     origin = report_origin({"report_interval": {"dtstart": rome, "duration": 7 * day}})
     assert [iv.start for iv in complete_intervals([Reading(1, rome + 23 * hour, 1.0)], day, rome + 2 * day,
                                                   origin=origin)[0]] == [rome]
-    # a VTN writing the time it asked as dtstart (not on a quarter-hour) keeps the UTC grid: the interval in progress
+    # a VTN writing the time it asked as dtstart keeps the UTC grid: the interval in progress; so does one that rounds
+    # it to the minute, and asks on a quarter-hour
     asked = midnight + timedelta(minutes=7, seconds=12)
     spec = {"report_interval": {"dtstart": asked, "duration": day}}
     assert report_origin(spec) == EPOCH
     assert _report_window(spec, hour, report_origin(spec))[0] == datetime(2026, 6, 30, 18, 0, tzinfo=timezone.utc)
+    rounded = {"report_interval": {"dtstart": midnight, "duration": day}}
+    assert report_origin(rounded, now=midnight + timedelta(seconds=50)) == EPOCH
+    assert report_origin(rounded, now=midnight - timedelta(seconds=50)) == EPOCH
+    assert report_origin(rounded, now=midnight + timedelta(hours=3)) == midnight
     assert report_origin({}) == EPOCH and report_origin({"report_interval": {"dtstart": None}}) == EPOCH
 
 
@@ -153,7 +158,9 @@ async def test_intervals_are_laid_from_a_report_interval_that_starts_on_a_quarte
         raw.send(cancel_report(rig.vtn.ven_id, [standing]))
         await until(lambda: rig.vtn.status()["report_request_id"] is None, 5, "the standing request cancelled")
         quarter = next_boundary(now(), timedelta(minutes=15)) - timedelta(minutes=15)
-        if (quarter - EPOCH).total_seconds() % 7 == 0:     # one quarter-hour in 7 is on both grids: the one before
+        # one quarter-hour in 7 is on both grids, and one a few seconds back reads as the time of the request: then
+        # the one before
+        while (quarter - EPOCH).total_seconds() % 7 == 0 or now() - quarter < timedelta(minutes=3):
             quarter -= timedelta(minutes=15)
         raw.send(create_report(rig.vtn.ven_id, [report_request("rr-local", sid, [rid], granularity="PT7S",
                                                                report_back="PT7S", start=quarter, duration="PT2H")],

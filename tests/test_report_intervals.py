@@ -82,3 +82,15 @@ def test_an_interval_is_marked_once_more_than_a_tenth_of_its_reads_failed():
     assert quality(5, 1) == SUB_NORMAL              # one of a 1-minute interval's 6 reads
     assert quality(1, 89) == SUB_NORMAL
     assert Interval(T0, 10 * S, 50.0, ()).quality is None    # a one-shot's single reading
+
+
+def test_a_stream_asked_again_on_another_grid_goes_on_from_where_it_was_sent():
+    # The VTN took intervals up to 12:00:06 on one grid, then asked again on a grid through 12:00:04 (a reportInterval
+    # of its own): the interval holding 12:00:06 went out as 12:00:04-12:00:11, over two seconds it already had
+    origin = T0 + timedelta(seconds=4)
+    sent_until = T0 + timedelta(seconds=6)
+    got, late = complete_intervals(samples((5, 99.0), (7, 10.0), (10, 20.0), (12, 30.0)), timedelta(seconds=7),
+                                   T0 + timedelta(seconds=20), sent_until, origin)
+    assert [s.seq for s in late] == [1]
+    assert [(iv.start, iv.duration, iv.value) for iv in got] == [
+        (sent_until, timedelta(seconds=5), 15.0), (T0 + timedelta(seconds=11), timedelta(seconds=7), 30.0)]

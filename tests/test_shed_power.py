@@ -12,7 +12,10 @@ from waiting import eventually
 
 from bacnet_api import points as P
 from bacnet_api.simulator import MeterSimulator
+from ven import app
 from ven.app import SHED_COMMANDS, Gateway
+from ven.config import ForecasterConfig
+from ven.forecast_service import ForecastService
 from ven.vtn_server import DemoVtn
 
 pytestmark = pytest.mark.timeout(90)
@@ -20,10 +23,11 @@ SHED = P.BY_NAME[P.SHED_POWER].object_id
 INPUT = P.BY_NAME[P.INPUT_POWER].object_id
 
 
-def spy_samples(gateway) -> list[float]:
-    """The kW the forecaster is given, as it is given them (its own add_sample still runs)."""
+def spy_samples(owner) -> list[float]:
+    """The kW the forecaster of a Gateway or ForecastService is given, as it is given them (its own add_sample still
+    runs)."""
     seen: list[float] = []
-    fc = gateway.forecast.forecaster
+    fc = getattr(owner, "forecast", owner).forecaster
     add = fc.add_sample
     fc.add_sample = lambda t, kw: (seen.append(kw), add(t, kw))[1]
     return seen
@@ -70,7 +74,7 @@ async def test_the_shed_the_bas_commands_is_added_back_to_what_the_forecaster_le
 
 
 async def test_a_shed_command_survives_a_restart_and_a_bad_stored_one_is_named(tmp_path, free_udp_port,
-                                                                              free_tcp_port, caplog):
+                                                                              free_tcp_port, caplog, monkeypatch):
     # A BAS commands the shed once at its start and relinquishes it at its end: a restart in between must keep it,
     # or the forecaster learns the rest of the shed as the building's load.
     caplog.set_level(logging.INFO)
@@ -78,6 +82,7 @@ async def test_a_shed_command_survives_a_restart_and_a_bad_stored_one_is_named(t
                  http_port=free_tcp_port())
     config = fast_config(tmp_path, **ports)
     gw = f"127.0.0.1:{ports['bacnet_port']}"
+    monkeypatch.setattr(app, "SHED_SAVE_S", 0.5)
     async with DemoVtn(port=ports["vtn_port"], poll_seconds=1.0), \
             MeterSimulator(address=f"127.0.0.1/8:{ports['meter_port']}", value=87.5), \
             BacnetPeer(free_udp_port()) as peer:
@@ -86,12 +91,17 @@ async def test_a_shed_command_survives_a_restart_and_a_bad_stored_one_is_named(t
         try:
             assert await peer.write(gw, SHED, "presentValue", 70.0, priority=9) is None
             assert json.loads(gateway.storage.load_value(SHED_COMMANDS)) == {"9": 70.0}   # taken: kept at once
-            # a BAS writing its estimate each scan: a changed kW is kept at most a minute apart, and at the stop
-            assert await peer.write(gw, SHED, "presentValue", 75.0, priority=9) is None
+            # a BAS writing its estimate each scan: a changed kW is kept at most a minute apart (here 0.5 s), also
+            # when the BAS writes nothing after it (a crash then must not bring back the kW before)
+            assert await peer.write(gw, SHED, "presentValue", 72.0, priority=9) is None
             assert json.loads(gateway.storage.load_value(SHED_COMMANDS)) == {"9": 70.0}
+            await eventually(lambda: json.loads(gateway.storage.load_value(SHED_COMMANDS)) == {"9": 72.0}, 5,
+                             "the changed kW written when its minute is up")
+            assert await peer.write(gw, SHED, "presentValue", 75.0, priority=9) is None
+            assert json.loads(gateway.storage.load_value(SHED_COMMANDS)) == {"9": 72.0}
             assert gateway.forecast.status()["shed_kw"] == 75.0
         finally:
-            await gateway.stop()
+            await gateway.stop()    # and at the stop
 
         gateway = Gateway(config)
         await gateway.start()
@@ -118,3 +128,22 @@ async def test_a_shed_command_survives_a_restart_and_a_bad_stored_one_is_named(t
     assert said[1].startswith("stored bas-shed-power commands '{\"9\": -3.0}' unreadable (priorities 1..16 with kW "
                               "within 0.."), said
     assert len(said) == 2, said
+
+
+def test_metered_power_with_the_shed_over_the_bound_is_learnt_at_the_bound(tmp_path, caplog):
+    # 430 kW metered and a 120 kW shed under bacnet.input_max_kw 500: the sum was refused whole, a hole in the history
+    # at every peak of the shed, and the line named 550 kW, which no meter read and no point holds
+    caplog.set_level(logging.INFO)
+    service = ForecastService(ForecasterConfig(source="meter"), str(tmp_path / "gw.sqlite"), publish=print,
+                              min_kw=0.0, max_kw=500.0)
+    seen = spy_samples(service)
+    service.on_meter(1.8e9, 450.0)
+    service.on_shed(1.8e9 + 1, 120.0)
+    for i in range(3):
+        service.on_meter(1.8e9 + 10 + 10 * i, 430.0 - 30 * i)
+    service.on_shed(1.8e9 + 60, None)
+    service.on_meter(1.8e9 + 70, 460.0)
+    assert seen == [450.0, 500.0, 500.0, 490.0, 460.0] and service.forecaster.rejected == 0
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert said == ["meter 430 kW with bas-shed-power 120 kW added is over bacnet.input_max_kw (500 kW): learnt as "
+                    "500 kW while it is, for the rest of this shed"], said

@@ -171,6 +171,7 @@ class Gateway:
         # bas-shed-power's commands as storage.path holds them, and when they were written (monotonic): _keep_shed
         self._shed_kept: dict[int, float] = {}
         self._shed_kept_at = -math.inf
+        self._shed_save: asyncio.TimerHandle | None = None    # a changed kW put off by SHED_SAVE_S, written then
         self._schedule_listeners: list = []
         self._counted = {"sent": 0, "dropped": 0, "poll_failures": 0, "polls": 0, "registration_failures": 0,
                          "writes_refused": 0}
@@ -191,8 +192,13 @@ class Gateway:
 
         c = self.config
         low, high = self.device.input_bounds  # as the device compares them: what it takes, the forecaster takes
-        return ForecastService(c.forecaster, c.storage.path, publish=self._on_forecast, min_kw=low, max_kw=high,
-                               reopen_seconds=c.storage.retry_seconds, events=self._kept_events)
+        service = ForecastService(c.forecaster, c.storage.path, publish=self._on_forecast, min_kw=low, max_kw=high,
+                                  reopen_seconds=c.storage.retry_seconds, events=self._kept_events)
+        if self.device.running and (shed := self._commanded(P.SHED_POWER)):
+            # a command restored at the start, told before the first sample (a BAS writing input-power-meter in the
+            # first seconds builds the forecaster before start() does)
+            service.on_shed(time.time(), shed)
+        return service
 
     @functools.cached_property
     def vtn(self) -> "VtnClient":
@@ -271,6 +277,8 @@ class Gateway:
             log.warning("restoring ADR-Opt-Out after the storage opened late: %s", err)
         if self.device.running:
             self._keep_shed()      # a kW the BAS changed within SHED_SAVE_S of the last one kept
+        elif self._shed_save is not None:
+            self._shed_save.cancel()
         while self._stack:
             part = self._stack.pop()
             try:
@@ -372,10 +380,18 @@ class Gateway:
         self._tell_shed(value)
 
     def _keep_shed(self, at_once: bool = True) -> None:
+        if self._shed_save is not None:
+            self._shed_save.cancel()
+            self._shed_save = None
         commands = self.device.commands(P.SHED_POWER)
         kept = self._shed_kept
-        if commands == kept or not (at_once or commands.keys() != kept.keys()
-                                    or time.monotonic() - self._shed_kept_at >= SHED_SAVE_S):
+        if commands == kept:
+            return
+        wait = SHED_SAVE_S - (time.monotonic() - self._shed_kept_at)
+        if not at_once and commands.keys() == kept.keys() and wait > 0:
+            # written when the minute is up, whether or not the BAS writes again: a kW it changed once and then
+            # held must be on the disk for a crash, not only for a clean stop
+            self._shed_save = asyncio.get_running_loop().call_later(wait, self._keep_shed)
             return
         self.storage.save_value(SHED_COMMANDS, json.dumps(commands))
         self._shed_kept, self._shed_kept_at = commands, time.monotonic()

@@ -90,6 +90,7 @@ class ForecastService:
         # bas-shed-power: what the BAS sheds now on its own (kW, 0 when not), added back to each sample, and since when
         self._shed_kw = 0.0
         self._shed_since: float | None = None
+        self._shed_over = False     # a sample with the shed added went over max_kw in this shed (said once)
         self._active: str | None = None
         # source auto: since when the meter stands in for the BAS input (monotonic), for the line that ends it
         self._meter_since: float | None = None
@@ -189,10 +190,17 @@ class ForecastService:
     def _take(self, t: float, kw: float, source: str) -> None:
         fc = self.forecaster
         prev = fc.newest_sample_at
-        if self._shed_kw:
+        if self._shed_kw and math.isfinite(kw) and fc.min_kw <= kw <= fc.max_kw:
             # learnt as the building's load without the BAS's shed: a forecast that had learnt the sheds would
             # expect the drop that follows high load, and the flag the BAS sheds on would turn itself off
-            kw, source = kw + self._shed_kw, f"{source} (with bas-shed-power added)"
+            kw = kw + self._shed_kw
+            if kw > fc.max_kw and not self._shed_over:
+                # once a shed: a BAS's estimate that runs over the bound does so at each peak of the load under it
+                log.warning("%s %g kW with bas-shed-power %g kW added is over bacnet.input_max_kw (%g kW): learnt as "
+                            "%g kW while it is, for the rest of this shed", source, kw - self._shed_kw, self._shed_kw,
+                            fc.max_kw, fc.max_kw)
+                self._shed_over = True
+            kw = min(kw, fc.max_kw)
         ok = fc.add_sample(t, kw)
         if fc.clock_steps != self._steps_seen:
             self._steps_seen = fc.clock_steps
@@ -252,7 +260,7 @@ class ForecastService:
         elif self._shed_kw and not kw:
             log.info("BAS shed ended after %s (bas-shed-power %s)", span(max(0.0, t - self._shed_since)),
                      "relinquished" if relinquished else "0")
-            self._shed_since = None
+            self._shed_since, self._shed_over = None, False
         self._shed_kw = kw
 
     def on_meter(self, t: float, kw: float | None) -> None:

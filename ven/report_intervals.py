@@ -88,7 +88,11 @@ def complete_intervals(samples: Iterable[SampleLike], granularity: timedelta, no
         if start + granularity > now:
             break           # buckets after an incomplete one are later still
         group = buckets[start]
-        out.append(Interval(start, granularity, math.fsum(s.kw for s in group) / len(group), tuple(group)))
+        # the stream sent up to sent_until on another grid (a request asked again on a reportInterval of its own):
+        # the interval holding it goes from there, shorter, rather than over time the VTN has an interval for
+        begin = max(start, sent_until) if sent_until is not None else start
+        out.append(Interval(begin, start + granularity - begin, math.fsum(s.kw for s in group) / len(group),
+                            tuple(group)))
     return out, late
 
 

@@ -210,7 +210,8 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
         if log.isEnabledFor(logging.DEBUG):
             if self._live and self._report_request_id:
                 log.debug("telemetry %.2f kW -> TELEMETRY_USAGE (interval %s + %s, %d waiting)", kw,
-                          _iso(bucket_start(ts, self._granularity)), _duration(self._granularity),
+                          _iso(bucket_start(ts, self._granularity, self._requests[self._report_request_id].origin)),
+                          _duration(self._granularity),
                           self._telemetry.pending)
             else:
                 log.debug("telemetry %.2f kW -> TELEMETRY_USAGE (queued, %d waiting)", kw, self._telemetry.pending)

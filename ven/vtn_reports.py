@@ -57,7 +57,7 @@ class Standing:
     window: tuple[datetime | None, datetime | None] = (None, None)
     origin: datetime = EPOCH                # its intervals' grid goes through this (report_origin)
     sent_until: datetime | None = None      # end of the last interval the VTN took under it
-    next_report: datetime | None = None     # when its next update is due (UTC grid)
+    next_report: datetime | None = None     # when its next update is due (on its grid)
     catch_up: bool = True                   # send every complete interval now (backlog, retry)
     final: bool = False                     # cancelled with reportToFollow: one last update, then it ends
     backlog: int = 0                        # intervals of a backlog sent so far (said once it is all sent)
@@ -776,19 +776,22 @@ def _whole_seconds(d: timedelta) -> timedelta:
 
 
 QUARTER_HOUR = timedelta(minutes=15)
+NOW_SLACK = timedelta(minutes=2)     # a dtstart this close to the request's arrival is "now", not a clock time
 
 
-def report_origin(spec: dict) -> datetime:
-    """Where a request's interval grid is laid from: its reportInterval's start when that is on a quarter-hour,
-    else the UTC epoch (the UTC clock grid of its granularity).
+def report_origin(spec: dict, now: datetime | None = None) -> datetime:
+    """Where a request's interval grid is laid from: its reportInterval's start when that is on a quarter-hour and
+    more than NOW_SLACK from `now`, else the UTC epoch (the UTC clock grid of its granularity).
 
     A VTN asking for hourly or daily intervals from a local midnight or hour wants them on its local clock: in
     Kolkata (+05:30) or Kathmandu (+05:45) the UTC hours straddle two of its billing hours, and a day from UTC
     midnight is two of its days. Every zone's local quarter-hours are UTC quarter-hours, so a start on one is a
-    clock time the VTN chose; a start at any other time is the request's own time (a VTN writing when it asked),
-    and gets the UTC grid, as intervals of 15 minutes or less always do."""
+    clock time the VTN chose; a start at any other time, or the time of the request itself (a VTN writing when it
+    asked, rounded to the minute), gets the UTC grid, as intervals that divide 15 minutes always do."""
     start = ((spec.get("report_interval") or {}).get("dtstart"))
-    if isinstance(start, datetime) and start.tzinfo is not None and bucket_start(start, QUARTER_HOUR) == start:
+    now = _utcnow() if now is None else now
+    if isinstance(start, datetime) and start.tzinfo is not None and bucket_start(start, QUARTER_HOUR) == start \
+            and abs(start - now) > NOW_SLACK:
         return start
     return EPOCH
 
