@@ -210,6 +210,11 @@ async def test_a_zone_the_browser_knows_by_an_older_name_is_shown_as_configured(
         assert await page.get_by_label("Times", exact=True).input_value() == building
         assert await page.locator("svg text.axis-label", has_text=f"time ({building})").count() == 1
         assert page.errors == []
+    # a bookmark naming the zone by the older name shows it by the configured one, in the menu and on the axis
+    async with chromium_page(timezone_id=browser) as page:
+        await open_dashboard(page, srv.url + "/?tz=" + {"Asia/Kolkata": "Asia/Calcutta"}.get(building, building))
+        assert await page.get_by_label("Times", exact=True).input_value() == building
+        assert await page.locator("svg text.axis-label", has_text=f"time ({building})").count() == 1
 
 
 @pytest.mark.parametrize("hours", [6, 24])

@@ -38,6 +38,8 @@ export function followBuilding(z) {
   const known = knownZone(z) || "UTC";
   if (known === building) return;
   building = known;
-  if (!chosen) setZone(building);
+  // ?tz= naming the building's zone by another name (Asia/Calcutta): shown by the building's, as the menu shows it
+  if (chosen && sameZone(chosen, building)) chosen = building;
+  if (!chosen || chosen === building) setZone(building);
   fill();
 }
