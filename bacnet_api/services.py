@@ -147,7 +147,8 @@ def harden(app: Any, dcc_password: str = "", write_access: WriteAccess | None = 
     mend_server_transactions(app)
     note_forwarders(app, bbmd_address)
     app._dcc_password = dcc_password
-    app._own_address = own_address
+    # bacpypes3 writes a source on the standard port without it ("192.168.1.20", not "192.168.1.20:47808")
+    app._own_address = own_address.removesuffix(":47808")
     app._write_access = write_access
     app._bbmd_address = bbmd_address
     device = app.device_object
@@ -262,6 +263,7 @@ class _Services(PropertyAccess):
         await super().do_IAmRequest(apdu)
         device = self.device_object
         source = str(apdu.pduSource)
+        # its own I-Am, come back: a BBMD on its subnet forwards it to the subnet again
         if device is None or apdu.iAmDeviceIdentifier != device.objectIdentifier or source == self._own_address:
             return
         # a configuration copied to a second box: the BAS binds one or the other at each discovery, and the two

@@ -26,6 +26,7 @@ from bacnet_peer import BacnetPeer, PeerError
 from test_bacnet_dcc import PASSWORD, dcc, error_of
 from test_bacnet_services import (NO_SPACE, answer_to, confirmed, cov_request, errors_logged, request, subscribe,
                                   udp, unicast, write_multiple)
+from waiting import eventually
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -395,6 +396,49 @@ async def test_a_source_forwarded_by_the_configured_bbmd_is_believed(free_udp_po
         finally:
             await device.stop()
     assert not errors_logged(caplog)
+
+
+async def test_its_own_i_am_forwarded_back_by_the_bbmd_on_the_standard_port_is_no_twin(caplog):
+    # A BBMD on the gateway's own subnet broadcasts the gateway's I-Am back to it, the origin its own address. On
+    # 47808, the port of every real site, bacpypes3 writes that source without the port and the own-address check
+    # (written with it) missed: each gateway warned of a twin at its own address, and /healthz said degraded
+    me, other = "127.0.0.203", "127.0.0.204"
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.bind((me, 47808))
+    except OSError:
+        pytest.skip("UDP 47808 on 127.0.0.203 is taken")
+    finally:
+        probe.close()
+    i_am = (bytes([0x01, 0x00, 0x10, 0x00, 0xC4]) + struct.pack(">I", (8 << 22) | DEVICE_ID)
+            + bytes([0x22, 0x04, 0x00, 0x91, 0x03, 0x22, 0x03, 0x4A]))
+
+    def forwarded_i_am(origin: str) -> bytes:
+        return (bytes([0x81, 0x04]) + struct.pack(">H", 10 + len(i_am)) + socket.inet_aton(origin)
+                + struct.pack(">H", 47808) + i_am)
+
+    caplog.set_level(logging.WARNING)
+    with udp("127.0.0.4") as bbmd:
+        device = GatewayDevice(address=f"{me}/32:47808", device_id=DEVICE_ID, device_name="Campus",
+                               bbmd_address="%s:%d" % bbmd.getsockname(), bbmd_ttl=60)
+        await device.start()
+        try:
+            loop = asyncio.get_running_loop()
+            async with asyncio.timeout(5):
+                registration = b""
+                while registration[:4] != bytes([0x81, 0x05, 0x00, 0x06]):  # Register-Foreign-Device
+                    registration, at = await loop.sock_recvfrom(bbmd, 1500)
+            await loop.sock_sendto(bbmd, bytes([0x81, 0x00, 0x00, 0x06, 0x00, 0x00]), at)  # BVLC-Result: done
+            link = next(iter(device.app.link_layers.values()))
+            await eventually(lambda: link.bbmdRegistrationStatus == 0, 5, "registered")
+            bbmd.sendto(forwarded_i_am(me), (me, 47808))
+            bbmd.sendto(forwarded_i_am(other), (me, 47808))      # a real twin, heard after it
+            await eventually(device.twins, 5, "the other device heard")
+            assert [t["address"] for t in device.twins()] == [other]
+        finally:
+            await device.stop()
+    said = [r.getMessage() for r in caplog.records if "answers as device" in r.getMessage()]
+    assert len(said) == 1 and f"from {other}:" in said[0], said
 
 
 # ----- COV: the sources write_from does not list hold half the subscriptions, a quarter each at most
