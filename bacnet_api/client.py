@@ -182,11 +182,18 @@ class RouterRefusal:
     or Router-Busy-To-Network (`reason` None)."""
 
     router: str  # the router's address, as the request went to it ("127.0.0.1:47809")
-    networks: tuple[int, ...]  # the networks it refuses; empty: all of them (Router-Busy only)
+    networks: tuple[int, ...]  # the networks it refuses; empty: every network that router serves (Router-Busy only)
     reason: int | None = None
 
-    def concerns(self, network: int) -> bool:
-        return not self.networks or network in self.networks
+    def concerns(self, network: int, route: str | None) -> bool:
+        """Whether a read of `network` through the router `route` (None: not known yet) is refused by this.
+
+        A reject answers a message of ours, naming its network. A router busy for "all networks" means the ones it
+        serves, and is broadcast: another router's (one to a network the meter is not on) refused every read."""
+        if self.reason is not None:
+            return network in self.networks
+        ours = route is not None and same_station(self.router, route)
+        return (ours and not self.networks) or (network in self.networks and (ours or route is None))
 
     def text(self, network: int) -> str:
         if self.reason is None:
@@ -194,6 +201,14 @@ class RouterRefusal:
                     "(Router-Busy-To-Network)")
         words = REJECT_REASONS.get(self.reason, "unknown reason")
         return f"router {self.router} rejected the request for network {network}: {words} (reason {self.reason})"
+
+
+def same_station(a: str, b: str) -> bool:
+    """Whether two BACnet addresses are one ("192.168.1.5:47808" and "192.168.1.5", as bacpypes3 writes it)."""
+    try:
+        return str(Address(a)) == str(Address(b))
+    except ValueError:
+        return a == b
 
 
 def on_router_refusal(app: Application, listener: Callable[[RouterRefusal], None]) -> Callable[[], None]:

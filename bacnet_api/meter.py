@@ -253,7 +253,7 @@ class MeterClient:
 
     def _on_refusal(self, refusal: RouterRefusal) -> None:
         refused = self._refused
-        if refused is not None and not refused.done() and refusal.concerns(self.network):
+        if refused is not None and not refused.done() and refusal.concerns(self.network, self.route):
             refused.set_result(refusal)
 
     async def _read(self) -> float:

@@ -7,6 +7,7 @@ It routes to one network with the meter at MAC 2 and answers, per `answer`:
   "reject:<n>"  Reject-Message-To-Network with reason n for the request's DNET
   "reject:<n>:<net>"  the same, naming network <net> instead (a reject about someone else's request)
   "busy"        Router-Busy-To-Network for the request's DNET
+  "busy-all"    Router-Busy-To-Network without a list (every network it serves)
   "silent"      nothing
 Who-Is-Router-To-Network for its network is answered with I-Am-Router-To-Network in every mode.
 """
@@ -69,6 +70,8 @@ class RawRouter(asyncio.DatagramProtocol):
             self._send(bytes([0x01, 0x80, 0x03, int(reason)]) + struct.pack(">H", int(about or dnet)), addr)
         elif kind == "busy":
             self._send(bytes([0x01, 0x80, 0x04]) + struct.pack(">H", dnet), addr)
+        elif kind == "busy-all":
+            self._send(bytes([0x01, 0x80, 0x04]), addr)
         elif kind == "meter" and apdu[3] == 0x0C:  # ReadProperty: echo object and property, add the value
             prop = apdu[10] if apdu[9] == 0x19 else None  # context tag 1, one octet
             value = {117: b"\x91\x30",          # units: Enumerated kilowatts (48)

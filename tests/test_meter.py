@@ -414,6 +414,46 @@ async def test_a_busy_router_reads_as_busy_and_the_next_poll_reads_again(gateway
     assert warnings == [f"meter fault: {busy}"]
 
 
+@pytest.mark.parametrize("configured", [True, False])
+async def test_another_routers_busy_for_all_its_networks_leaves_the_meter_alone(gateway, configured):
+    # Router-Busy-To-Network without a list means the networks that router serves. Another router on the site (to a
+    # network the meter is not on), busy and saying so by broadcast, failed every read of the meter in flight
+    import socket
+
+    from raw_router import bvlc
+
+    gw = ("127.0.0.1", int(gateway.address.rpartition(":")[2]))
+    async with RawRouter(answer="meter") as router:
+        if not configured:
+            assert await ask_router(gateway.app, 12345, router=router.address)     # learned
+        meter = MeterClient(gateway, address="12345:2", object="analogInput 2",
+                            router=router.address if configured else "", timeout_seconds=2.0)
+        assert (await meter.read_once()).value == 42.5      # the route is known from here
+        other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        other.bind(("127.0.0.1", 0))
+
+        async def busy_all() -> None:
+            while True:
+                other.sendto(bvlc(bytes([0x01, 0x80, 0x04])), gw)
+                await asyncio.sleep(0.005)
+        noise = asyncio.create_task(busy_all())
+        try:
+            router.answer = "silent"
+            await asyncio.sleep(0.05)
+            router.answer = "meter"
+            readings = [await meter.read_once() for _ in range(5)]
+        finally:
+            noise.cancel()
+            await asyncio.gather(noise, return_exceptions=True)
+            other.close()
+        assert [r.value for r in readings] == [42.5] * 5, [r.error for r in readings]
+        # the same from the meter's own router is its refusal
+        router.answer = "busy-all"
+        reading = await meter.read_once()
+        assert reading.error == (f"router {router.address} is busy and refused the request for network 12345 "
+                                 "(Router-Busy-To-Network)")
+
+
 async def test_a_discovered_router_that_cannot_reach_the_network_is_forgotten(gateway):
     async with RawRouter(answer="busy") as router:
         assert await ask_router(gateway.app, 12345, router=router.address)  # learned, not configured
