@@ -133,7 +133,7 @@ async def test_a_screen_reader_hears_each_change_once(server):
 
         await srv.start()
         await page.wait_for_selector("#banner", state="hidden", timeout=10000)
-        assert await page.title() == "Edge Gateway"
+        assert await page.title() == "edge-gateway · device 500001 · Edge Gateway"   # which gateway (header.js)
 
         async def heard_back():
             return any("Gateway answering again" in s for s in await page.evaluate("window.liveChanges"))

@@ -342,6 +342,19 @@ async def test_a_shed_tile_only_while_the_bas_sheds(server):  # noqa: F811
         assert page.errors == []
 
 
+async def test_the_header_and_the_tab_name_the_gateway(server):  # noqa: F811
+    # three gateways on a campus: each dashboard said "Edge Gateway" and nothing else at the top, tabs alike
+    view = FaultView()
+    async with drawn(server, view) as (page, _):
+        assert await page.locator("#site").inner_text() == "edge-gateway · device 500001"
+        assert await page.title() == "edge-gateway · device 500001 · Edge Gateway"
+    view.status = lambda: {**FaultView.status(view), "device": {"device_id": 500002, "name": "Bldg-B-Gateway"},
+                           "vtn": {**FaultView.status(view)["vtn"], "ven_name": "bldg-b"}}
+    async with drawn(server, view) as (page, _):
+        assert await page.title() == "bldg-b · Bldg-B-Gateway · device 500002 · Edge Gateway"
+        assert page.errors == []
+
+
 async def test_power_tiles_say_how_old_their_value_is(server):  # noqa: F811
     # a BAS that stopped writing leaves its last kW on input-power-meter; with source auto the
     # forecaster quietly moves to the meter, so nothing else on the page says the value is hours old

@@ -9,7 +9,7 @@ import {drawChart} from "./chart.js";
 import {$, el} from "./dom.js";
 import {followSpan, setupDownload} from "./download.js";
 import {agoSpan, clockSkewMs, fmtDuration, fmtStamp, nowMs, setClockSkew, tickAges, toMs, zoneName} from "./format.js";
-import {renderHeader} from "./header.js";
+import {pageTitle, renderHeader} from "./header.js";
 import {refreshLog, setupLog} from "./log.js";
 import {announce, problemChanges} from "./problems.js";
 import {REFRESH_S, dashboard, hist, histHours, hours, setAnswer} from "./state.js";
@@ -24,7 +24,6 @@ const FETCH_TIMEOUT_MS = 8000;
 // gateway's work each) is asked for again at most once a minute; the status keeps its own refresh
 const LONG_SPAN_H = 24;
 const LONG_SPAN_EVERY_S = 60;
-const TITLE = document.title;
 const SKEW_ROUND_TRIP_MS = 3000;
 
 async function getJSON(path) {
@@ -100,8 +99,7 @@ async function refreshOnce() {
     document.body.classList.remove("stale");
     $("banner").hidden = true;
     $("token-form").hidden = true;
-    document.title = TITLE;
-    const found = renderHeader(health);
+    const found = renderHeader(health);     // the tab's title back too
     renderTiles();
     renderPoints();
     renderEvents();
@@ -160,7 +158,7 @@ function clockNote() {
 function showStale(why, bannerText, first) {
   dashboard.stale = true;
   // a tab in the background says it too
-  document.title = `${why} · ${TITLE}`;
+  document.title = `${why} · ${pageTitle()}`;
   if (first) {
     announce(`${why[0].toUpperCase()}${why.slice(1)} since ${fmtStamp(failingSince)} ${zoneName()}.`,
              dashboard.lastOk ? `The figures shown are from ${fmtStamp(dashboard.lastOk)} ${zoneName()}.` : "");

@@ -5,7 +5,20 @@ import {findProblems, renderProblems} from "./problems.js";
 import {gw, histHours, pointByName, spanLabel} from "./state.js";
 import {communication, flaky, learningText, neverRegistered, noThreshold} from "./status.js";
 
+let title = "Edge Gateway";
+// the tab's name: which gateway this is
+export function pageTitle() { return title; }
+// which gateway this is: on a campus every tab and header said "Edge Gateway"
+function renderSite() {
+  const dev = gw.device || {};
+  const who = [(gw.vtn || {}).ven_name, dev.name && dev.name !== "EdgeGateway" ? dev.name : null,
+               typeof dev.device_id === "number" ? `device ${dev.device_id}` : null].filter(Boolean).join(" · ");
+  $("site").textContent = who;
+  title = who ? `${who} · Edge Gateway` : "Edge Gateway";
+  document.title = title;
+}
 export function renderHeader(health) {
+  renderSite();
   const pills = $("pills");
   pills.replaceChildren();
   const add = (text, cls, title) => pills.append(el("span", {class: `pill ${cls}`, title: title || ""}, text));
