@@ -366,6 +366,18 @@ async def test_a_forwarded_npdu_claiming_the_bas_from_another_host_writes_nothin
     assert not errors_logged(caplog)
 
 
+async def accepted_by(bbmd: socket.socket, device: GatewayDevice) -> None:
+    """Answer the device's Register-Foreign-Device on the socket playing its BBMD, and wait until it is registered."""
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(5):
+        registration = b""
+        while registration[:4] != bytes([0x81, 0x05, 0x00, 0x06]):  # Register-Foreign-Device
+            registration, at = await loop.sock_recvfrom(bbmd, 1500)
+    await loop.sock_sendto(bbmd, bytes([0x81, 0x00, 0x00, 0x06, 0x00, 0x00]), at)  # BVLC-Result: done
+    link = next(iter(device.app.link_layers.values()))
+    await eventually(lambda: link.bbmdRegistrationStatus == 0, 5, "registered")
+
+
 async def test_a_source_forwarded_by_the_configured_bbmd_is_believed(free_udp_port, caplog):
     # the device registered as a foreign device with bacnet.bbmd_address (here a socket answering as a BBMD): what
     # that BBMD forwards counts as from its originating station; bacpypes3 drops a Forwarded-NPDU from anyone else
@@ -375,16 +387,7 @@ async def test_a_source_forwarded_by_the_configured_bbmd_is_believed(free_udp_po
         await device.start()
         gateway = ("127.0.0.1", int(device.address.rpartition(":")[2]))
         try:
-            loop = asyncio.get_running_loop()
-            async with asyncio.timeout(5):
-                registration = b""
-                while registration[:4] != bytes([0x81, 0x05, 0x00, 0x06]):  # Register-Foreign-Device
-                    registration, at = await loop.sock_recvfrom(bbmd, 1500)
-            await loop.sock_sendto(bbmd, bytes([0x81, 0x00, 0x00, 0x06, 0x00, 0x00]), at)  # BVLC-Result: done
-            link = next(iter(device.app.link_layers.values()))
-            async with asyncio.timeout(5):
-                while link.bbmdRegistrationStatus != 0:
-                    await asyncio.sleep(0.01)
+            await accepted_by(bbmd, device)
 
             sender.sendto(forwarded(bas.getsockname(), confirmed(1, write_opt_out())), gateway)
             assert await answer_to(bas, timeout=0.5) == "none"
@@ -423,14 +426,7 @@ async def test_its_own_i_am_forwarded_back_by_the_bbmd_on_the_standard_port_is_n
                                bbmd_address="%s:%d" % bbmd.getsockname(), bbmd_ttl=60)
         await device.start()
         try:
-            loop = asyncio.get_running_loop()
-            async with asyncio.timeout(5):
-                registration = b""
-                while registration[:4] != bytes([0x81, 0x05, 0x00, 0x06]):  # Register-Foreign-Device
-                    registration, at = await loop.sock_recvfrom(bbmd, 1500)
-            await loop.sock_sendto(bbmd, bytes([0x81, 0x00, 0x00, 0x06, 0x00, 0x00]), at)  # BVLC-Result: done
-            link = next(iter(device.app.link_layers.values()))
-            await eventually(lambda: link.bbmdRegistrationStatus == 0, 5, "registered")
+            await accepted_by(bbmd, device)
             bbmd.sendto(forwarded_i_am(me), (me, 47808))
             bbmd.sendto(forwarded_i_am(other), (me, 47808))      # a real twin, heard after it
             await eventually(device.twins, 5, "the other device heard")

@@ -40,6 +40,16 @@ def offered(demo: DemoVtn) -> tuple[str, str]:
     return demo.report_metadata[-1]["report_specifier_id"], demo.report_metadata[-1]["r_id"]
 
 
+async def standing_cancelled(demo: DemoVtn, raw: RawVtn, rig, standing: str) -> tuple[str, str]:
+    """Once the request made at registration is served, the hand-writing VTN cancels it: (specifier id, r_id) to ask
+    again with."""
+    await until(lambda: received(demo, rrid=standing), 5, "the standing request served")
+    sid, rid = offered(demo)
+    raw.send(cancel_report(rig.vtn.ven_id, [standing]))
+    await until(lambda: rig.vtn.status()["report_request_id"] is None, 5, "the standing request cancelled")
+    return sid, rid
+
+
 async def test_a_report_interval_in_the_future_is_reported_within_it_and_the_request_ends_after_it(
         tmp_path, free_tcp_port, caplog):
     caplog.set_level(logging.INFO, logger="ven")
@@ -70,10 +80,7 @@ async def test_a_request_from_now_until_cancelled_still_gets_the_readings_queued
     # are what it keeps them for, not readings outside the request
     caplog.set_level(logging.INFO, logger="ven")
     async with raw_streaming(tmp_path, free_tcp_port) as (demo, raw, rig, standing):
-        await until(lambda: received(demo, rrid=standing), 5, "the standing request served")
-        sid, rid = offered(demo)
-        raw.send(cancel_report(rig.vtn.ven_id, [standing]))
-        await until(lambda: rig.vtn.status()["report_request_id"] is None, 5, "the standing request cancelled")
+        sid, rid = await standing_cancelled(demo, raw, rig, standing)
         await until(lambda: rig.queue.pending >= 8, 10, "readings queued meanwhile")
         head = rig.queue.peek(1)[0].ts
         backlog = len(expected([(ts, kw) for ts, kw in rig.taken if ts >= head], S))
@@ -153,10 +160,7 @@ async def test_intervals_are_laid_from_a_report_interval_that_starts_on_a_quarte
     # interval's dtstart is the request's start plus whole intervals, not a multiple of 7 s from the UTC epoch
     caplog.set_level(logging.INFO, logger="ven")
     async with raw_streaming(tmp_path, free_tcp_port) as (demo, raw, rig, standing):
-        await until(lambda: received(demo, rrid=standing), 5, "the standing request served")
-        sid, rid = offered(demo)
-        raw.send(cancel_report(rig.vtn.ven_id, [standing]))
-        await until(lambda: rig.vtn.status()["report_request_id"] is None, 5, "the standing request cancelled")
+        sid, rid = await standing_cancelled(demo, raw, rig, standing)
         quarter = next_boundary(now(), timedelta(minutes=15)) - timedelta(minutes=15)
         # one quarter-hour in 7 is on both grids, and one a few seconds back reads as the time of the request: then
         # the one before
@@ -175,10 +179,7 @@ async def test_readings_before_a_report_interval_are_dropped_in_one_line(tmp_pat
     # a week of 10 s readings queued is 60,000: dropped 100 at a time, each with a line, it was 600 lines at once
     caplog.set_level(logging.INFO, logger="ven")
     async with raw_streaming(tmp_path, free_tcp_port) as (demo, raw, rig, standing):
-        await until(lambda: received(demo, rrid=standing), 5, "the standing request served")
-        sid, rid = offered(demo)
-        raw.send(cancel_report(rig.vtn.ven_id, [standing]))
-        await until(lambda: rig.vtn.status()["report_request_id"] is None, 5, "the standing request cancelled")
+        sid, rid = await standing_cancelled(demo, raw, rig, standing)
         earlier = now() - timedelta(hours=2)
         for i in range(1000):
             rig.queue.add(earlier + i * S, 40.0)
