@@ -5,6 +5,7 @@ Used by the meter client, the meter simulator, the CLI's one-shot meter read and
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import socket
 from dataclasses import dataclass
@@ -204,11 +205,16 @@ class RouterRefusal:
 
 
 def same_station(a: str, b: str) -> bool:
-    """Whether two BACnet addresses are one ("192.168.1.5:47808" and "192.168.1.5", as bacpypes3 writes it)."""
-    try:
-        return str(Address(a)) == str(Address(b))
-    except ValueError:
-        return a == b
+    """Whether two BACnet/IP addresses are one ("192.168.1.5:47808" and "192.168.1.5", as bacpypes3 writes it). Only
+    literal addresses are compared so: a host name (meter.router may be one) would be looked up on the event loop."""
+    def literal(x: str) -> str:
+        host, _, port = x.rpartition(":") if ":" in x else (x, "", "47808")
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            return x
+        return f"{host}:{port or 47808}"
+    return literal(a) == literal(b)
 
 
 def on_router_refusal(app: Application, listener: Callable[[RouterRefusal], None]) -> Callable[[], None]:

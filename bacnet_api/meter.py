@@ -139,6 +139,7 @@ class MeterClient:
         self.bounds = bounds
         self.network = network_of(address)
         self.route: str | None = router or None  # the router the meter's network is reached through
+        self._router_address: str | None = None  # meter.router as resolved for the reads (it may be a host name)
         self.latest: MeterReading | None = None       # the last attempt, answered or not
         self.last_good: MeterReading | None = None    # the last reading that carried a value
         self.fault = False
@@ -253,7 +254,8 @@ class MeterClient:
 
     def _on_refusal(self, refusal: RouterRefusal) -> None:
         refused = self._refused
-        if refused is not None and not refused.done() and refusal.concerns(self.network, self.route):
+        if refused is not None and not refused.done() and refusal.concerns(self.network,
+                                                                           self._router_address or self.route):
             refused.set_result(refusal)
 
     async def _read(self) -> float:
@@ -351,6 +353,9 @@ class MeterClient:
                 await add_static_route(app, self.router, self.network)
             except RuntimeError as err:   # bacpypes3's "unable to resolve NAME", said at every read
                 raise _NoRoute(f"meter.router {self.router} does not resolve: {err}") from None
+            path = await app.nsap.router_info_cache.get_path_info(None, self.network)
+            # a host name resolved here, off the refusals' path: they come from an address
+            self._router_address = str(path[0]) if path else None
         elif (not await app.nsap.router_info_cache.get_path_info(None, self.network)  # heard already?
               and not await ask_router(app, self.network, timeout=self.timeout_seconds)):
             raise _NoRoute(f"no router to network {self.network} answered Who-Is-Router-To-Network")

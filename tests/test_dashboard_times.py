@@ -94,7 +94,7 @@ async def test_the_gateway_says_its_zone_and_the_page_shows_times_in_it(tmp_path
     cfg = parse_config({
         "bacnet": {"address": f"127.0.0.1/8:{free_udp_port()}", "device_id": 500017},
         "meter": {"address": "127.0.0.1:9", "poll_seconds": 5.0, "timeout_seconds": 0.5},   # nobody there
-        "openadr": {"vtn_url": f"http://127.0.0.1:{free_tcp_port()}/OpenADR2/Simple/2.0b"},
+        "openadr": {"vtn_url": f"http://127.0.0.1:{free_tcp_port()}/OpenADR2/Simple/2.0b", "ven_name": "bldg-a"},
         "storage": {"path": str(tmp_path / "gw.sqlite")},
         "http": {"address": f"127.0.0.1:{free_tcp_port()}"},
         "forecaster": {"timezone": zone} if zone else {},
@@ -110,6 +110,8 @@ async def test_the_gateway_says_its_zone_and_the_page_shows_times_in_it(tmp_path
             options = await page.locator("#chart-tz option").all_inner_texts()
             assert options == (["UTC"] if zone is None else ["UTC", "Europe/Rome (building)"])
             assert f"times in {shown}" in await page.locator("#footer").inner_text()
+            # which gateway, from the real /api/status (the header read a key only the tests' sample status had)
+            assert await page.title() == "bldg-a · device 500017 · Edge Gateway"
             assert re.fullmatch(rf"updated \d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d {shown} · every 10 s",
                                 await page.locator("#updated").inner_text())
             assert (await page.locator("#events thead").inner_text()).strip() == \

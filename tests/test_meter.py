@@ -454,6 +454,16 @@ async def test_another_routers_busy_for_all_its_networks_leaves_the_meter_alone(
                                  "(Router-Busy-To-Network)")
 
 
+def test_a_router_is_one_station_with_or_without_the_standard_port_and_a_name_is_not_looked_up():
+    from bacnet_api.client import same_station
+
+    assert same_station("192.168.1.5:47808", "192.168.1.5") and same_station("10.0.0.1:47809", "10.0.0.1:47809")
+    assert not same_station("10.0.0.1:47809", "10.0.0.1") and not same_station("10.0.0.1", "10.0.0.2")
+    # a refusal comes from an address; meter.router may be a name, resolved once where the route is set (not here,
+    # on the event loop, at each refusal)
+    assert not same_station("router.site.invalid:47808", "192.168.1.5")
+
+
 async def test_a_discovered_router_that_cannot_reach_the_network_is_forgotten(gateway):
     async with RawRouter(answer="busy") as router:
         assert await ask_router(gateway.app, 12345, router=router.address)  # learned, not configured

@@ -285,6 +285,7 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
             "connected": self.connected,
             "vtn_url": self._cfg.vtn_url_shown,
             "proxy": self._cfg.proxy_shown or None,     # openadr.proxy: the VTN is reached through it
+            "ven_name": self._cfg.ven_name,             # which building this is, on a campus (the dashboard's header)
             "ven_id": self.ven_id,
             "registration_id": self.registration_id,
             # the request adopted last; report_requests lists every standing one served
