@@ -240,7 +240,7 @@ def _replay(fc: DemandForecaster, times, values, write_row, cycle: float, map_fn
             fc = after_gap(fc)
             now = _first_cycle(fc, times[i], cycle)
         else:
-            now += cycle
+            now = now + cycle if cycle <= QUARTER_HOUR_S else _first_cycle(fc, now + 1.0, cycle)
     if pending:
         issue_pending()
     return {"cycles": cycles, "samples": n, "accepted": accepted, "rejected": fc.rejected, "fits": fits,
@@ -248,11 +248,22 @@ def _replay(fc: DemandForecaster, times, values, write_row, cycle: float, map_fn
             "models": models, "retrain_minutes": fc.retrain_minutes, "gaps_skipped": gaps}
 
 
+QUARTER_HOUR_S = 900.0
+
+
 def _first_cycle(fc: DemandForecaster, t: float, cycle: float) -> float:
     """The first cycle at or after t, on the building's wall clock: hourly cycles in Kathmandu (+05:45) issue on its
-    hours, not at :45 (every zone's quarter-hours are UTC ones, so 15-minute cycles are the same either way)."""
-    offset = float(fc.calendar.local_seconds([int(t)])[0] - int(t))
-    return math.ceil((t + offset) / cycle) * cycle - offset
+    hours, not at :45, and daily ones at its midnight after a clock change too (every zone's quarter-hours are UTC
+    ones, so 15-minute cycles are the same either way)."""
+    def offset(x: float) -> float:
+        return float(fc.calendar.local_seconds([int(x)])[0] - int(x))
+    # the clocks may change before the next boundary (a day's cycle, Lord Howe's half hour): try it by each offset
+    # met on the way, and take the first time whose own wall clock is on a boundary
+    candidates = []
+    for o in {offset(t + k * cycle) for k in range(3)}:
+        first = math.ceil((t + o) / cycle) * cycle - o
+        candidates += [x for x in (first, first + cycle) if x >= t and (x + offset(x)) % cycle == 0]
+    return min(candidates, default=math.ceil(t / cycle) * cycle)
 
 
 def replay_csv(csv_path, time_column, value_column: str, output_path, cycle_minutes: float = 15,

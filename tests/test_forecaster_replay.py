@@ -120,11 +120,14 @@ def _write_series(path, stamps, kw=lambda i: 100 + i % 7):
             fh.write(f"{s},{kw(i)}\n")
 
 
-@pytest.mark.parametrize("zone, cycle", [("Asia/Kathmandu", 60), ("Asia/Kolkata", 30), ("Asia/Kolkata", 1440)])
-def test_cycles_longer_than_a_quarter_hour_issue_on_the_buildings_clock(zone, cycle):
-    # hourly cycles in Kathmandu (+05:45) issued at :45 local, and daily ones in Kolkata at 05:30
+@pytest.mark.parametrize("zone, cycle, day", [("Asia/Kathmandu", 60, 1), ("Asia/Kolkata", 30, 1),
+                                              ("Asia/Kolkata", 1440, 1), ("Europe/Rome", 1440, 28),
+                                              ("Australia/Lord_Howe", 60, 4)])
+def test_cycles_longer_than_a_quarter_hour_issue_on_the_buildings_clock(zone, cycle, day):
+    # hourly cycles in Kathmandu (+05:45) issued at :45 local, and daily ones in Kolkata at 05:30; across a clock change
+    # (Rome's in March, Lord Howe's half hour in April) they kept the offset of the file's first reading
     tz = ZoneInfo(zone)
-    first = dt.datetime(2026, 3, 1, 0, 7, tzinfo=tz).timestamp()
+    first = dt.datetime(2026, 3 if day > 4 else 4, day, 0, 7, tzinfo=tz).timestamp()
     t = first + np.arange(0, 36 * 3600, 900.0)
     issued = set()
     replay_series(t, np.full(t.size, 50.0), lambda f, h, kw: issued.add(f.issued_at), cycle_minutes=cycle,
