@@ -342,6 +342,19 @@ async def test_a_shed_tile_only_while_the_bas_sheds(server):  # noqa: F811
         assert page.errors == []
 
 
+async def test_a_shed_held_over_12_hours_needs_attention(server):  # noqa: F811
+    view = ShedView()
+    async with drawn(server, view) as (page, _):       # 10 minutes: a shed, not a problem
+        assert "shed-held" not in await page.evaluate("window.dashboard.problems")
+    view.status = lambda: {**ShedView.status(view), "forecaster": {**ShedView.status(view)["forecaster"],
+                                                                   "shed_since": time.time() - 13 * 3600}}
+    async with drawn(server, view) as (page, _):
+        assert "shed-held" in await page.evaluate("window.dashboard.problems")
+        text = await page.locator("#problems").inner_text()
+        assert "BAS shed held for over 12 hours" in text and "relinquishes bas-shed-power" in text, text
+        assert page.errors == []
+
+
 async def test_the_header_and_the_tab_name_the_gateway(server):  # noqa: F811
     # three gateways on a campus: each dashboard said "Edge Gateway" and nothing else at the top, tabs alike
     view = FaultView()

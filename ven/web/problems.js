@@ -164,6 +164,16 @@ export function findProblems(health) {
         `high-load and low-load read fault, meaning "cannot tell": percentile thresholds need a day of history${minutes} that is not flat`,
         "wait for a day of history, or set forecaster.high_load_kw and low_load_kw for fixed thresholds");
   }
+  if (fc.shed_kw > 0 && typeof fc.shed_since === "number") {
+    // the alert's 12 h (examples/prometheus-alerts.yml): a BAS's own sheds last hours, a command never relinquished
+    // raises every sample the forecaster learns from
+    const held = (toMs(gw.now) ?? Date.now()) - fc.shed_since * 1000;
+    if (held > 12 * 3600 * 1000) {
+      add("shed-held", "warn", "BAS shed held for over 12 hours",
+          `bas-shed-power has been ${fc.shed_kw} kW since ${stampText(fc.shed_since)}: the forecaster adds it to every power sample meanwhile`,
+          "check that the BAS program relinquishes bas-shed-power (or writes 0) when its shed ends");
+    }
+  }
   if (fc.fit_ok === false) {
     // past while the retry runs
     const retry = typeof fc.fit_retry_at === "number" ? fc.fit_retry_at * 1000 : null, now = toMs(gw.now) ?? Date.now();
