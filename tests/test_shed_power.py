@@ -111,8 +111,18 @@ async def test_a_shed_command_survives_a_restart_and_a_bad_stored_one_is_named(t
             seen = spy_samples(gateway)
             await eventually(lambda: seen, 10, "a meter reading reaches the forecaster")
             assert seen[-1] == pytest.approx(87.5 + 75.0)
-            # a lowered bacnet.input_max_kw, or a file edited by hand: the point starts relinquished, and says why
-            gateway.storage.save_value(SHED_COMMANDS, json.dumps({"9": -3.0}))
+            # a lowered bacnet.input_max_kw: the BAS still holds its command, taken at the bound and said
+            gateway.storage.save_value(SHED_COMMANDS, json.dumps({"9": 2e5}))
+        finally:
+            await gateway.stop()
+
+        gateway = Gateway(config)
+        await gateway.start()
+        try:
+            bound = gateway.device.input_bounds[1]
+            assert await read(peer, gw, P.SHED_POWER) == pytest.approx(bound)
+            # a file edited by hand: the point starts relinquished, and says why
+            gateway.storage.save_value(SHED_COMMANDS, '{"9": "lots"}')
         finally:
             await gateway.stop()
 
@@ -125,9 +135,11 @@ async def test_a_shed_command_survives_a_restart_and_a_bad_stored_one_is_named(t
             await gateway.stop()
     said = [r.getMessage() for r in caplog.records if "bas-shed-power commands" in r.getMessage()]
     assert said[0] == "bas-shed-power commands restored from before the restart: 75 at priority 9 -> 75", said
-    assert said[1].startswith("stored bas-shed-power commands '{\"9\": -3.0}' unreadable (priorities 1..16 with kW "
-                              "within 0.."), said
-    assert len(said) == 2, said
+    assert said[1] == (f"stored bas-shed-power commands outside 0..{bound:g} kW (bacnet.input_min_kw..input_max_kw, "
+                       f"or the point's lowest, changed since?): 200000 at priority 9, restored at the bound"), said
+    assert said[3] == ("stored bas-shed-power commands '{\"9\": \"lots\"}' unreadable (priorities 1..16 with finite "
+                       "kW expected): the point starts relinquished"), said
+    assert len(said) == 4, said
 
 
 def test_metered_power_with_the_shed_over_the_bound_is_learnt_at_the_bound(tmp_path, caplog):

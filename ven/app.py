@@ -591,14 +591,20 @@ class Gateway:
                                                        for p, v in commands.items()):
                 raise ValueError("priorities 1..16 with true or false expected")
             if point.kind == "analogValue" and not all(
-                    1 <= p <= 16 and isinstance(v, (int, float)) and not isinstance(v, bool) and low <= v <= high
+                    1 <= p <= 16 and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
                     for p, v in commands.items()):
-                # the bounds too: bacnet.input_max_kw may have been lowered since
-                raise ValueError(f"priorities 1..16 with kW within {low:g}..{high:g} expected")
+                raise ValueError("priorities 1..16 with finite kW expected")
         except (ValueError, TypeError, AttributeError, OverflowError, RecursionError) as err:
             # %.200r: JSON nested 10^5 deep (RecursionError) was a line of 200 KB
             log.warning("stored %s commands %.200r unreadable (%s): the point starts relinquished", name, saved, err)
             return False
+        outside = {p: v for p, v in commands.items() if point.kind == "analogValue" and not low <= v <= high}
+        if outside:
+            # bacnet.input_max_kw lowered since: the BAS still holds its command, which the point then takes at the bound
+            commands.update({p: min(max(v, low), high) for p, v in outside.items()})
+            log.warning("stored %s commands outside %g..%g kW (bacnet.input_min_kw..input_max_kw, or the point's "
+                        "lowest, changed since?): %s, restored at the bound", name, low, high,
+                        ", ".join(f"{v:g} at priority {p}" for p, v in sorted(outside.items())))
         if late:
             # the BAS may have written or relinquished priorities since the start: those stay as it
             # left them, the stored commands fill the others, and the merge is what is kept
