@@ -76,7 +76,7 @@ from bacpypes3.errors import (AbortException, ExecutionError, MissingRequiredPar
                               PropertyError, RejectException, UndefinedEnumeration, UnrecognizedService)
 from bacpypes3.primitivedata import Boolean, Integer, PropertyIdentifier
 
-from .client import error_text, to_plain
+from .client import error_text, same_station, to_plain
 from .forwarded import note_forwarders, untrusted_forwarder
 from .host_network import default_gateway, dns_servers
 from .objects import WRITER, why_refused
@@ -147,8 +147,7 @@ def harden(app: Any, dcc_password: str = "", write_access: WriteAccess | None = 
     mend_server_transactions(app)
     note_forwarders(app, bbmd_address)
     app._dcc_password = dcc_password
-    # bacpypes3 writes a source on the standard port without it ("192.168.1.20", not "192.168.1.20:47808")
-    app._own_address = own_address.removesuffix(":47808")
+    app._own_address = own_address
     app._write_access = write_access
     app._bbmd_address = bbmd_address
     device = app.device_object
@@ -263,8 +262,10 @@ class _Services(PropertyAccess):
         await super().do_IAmRequest(apdu)
         device = self.device_object
         source = str(apdu.pduSource)
-        # its own I-Am, come back: a BBMD on its subnet forwards it to the subnet again
-        if device is None or apdu.iAmDeviceIdentifier != device.objectIdentifier or source == self._own_address:
+        # its own I-Am, come back: a BBMD on its subnet forwards it to the subnet again (bacpypes3 writes the source
+        # without the standard port, the own address has it)
+        if device is None or apdu.iAmDeviceIdentifier != device.objectIdentifier \
+                or same_station(source, self._own_address):
             return
         # a configuration copied to a second box: the BAS binds one or the other at each discovery, and the two
         # register with the VTN as one VEN. BACnet needs the instance unique on the internetwork (clause 12.11)

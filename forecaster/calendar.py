@@ -86,8 +86,8 @@ class Calendar:
     def settings(self) -> tuple:
         """What the features read days and hours by: a model fitted under other settings reads them shifted. The
         Saturday-Sunday week adds nothing, so a model stored before the week could be set is still served."""
-        return (self.timezone, self.holiday_preset, tuple(sorted(set(self.holidays)))) + (
-            (self.week,) if self.week else ())
+        week = self.week
+        return (self.timezone, self.holiday_preset, tuple(sorted(set(self.holidays)))) + ((week,) if week else ())
 
     def __getstate__(self):
         return {"timezone": self.timezone, "holiday_preset": self.holiday_preset, "holidays": self.holidays,

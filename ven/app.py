@@ -233,6 +233,7 @@ class Gateway:
         self._count_database_revision()
         await self._restore_opt_out(self.storage.load_value(OPT_OUT_COMMANDS))
         await self._restore_commands(P.SHED_POWER, self.storage.load_value(SHED_COMMANDS))
+        self._shed_kept = self.device.commands(P.SHED_POWER)    # as the file has them
         self.storage.on_late_open = self._storage_opened_late
         self.device.on_write(P.INPUT_POWER, self._on_input_power)
         self.device.on_write(P.OPT_OUT, self._on_opt_out)
@@ -399,8 +400,9 @@ class Gateway:
     def _tell_shed(self, value: float | None = None) -> None:
         # a write before the forecaster is built (the first seconds of a start) is told once it is
         if self._built("forecast"):
-            self.metrics.shed_kw.set(value or self._commanded(P.SHED_POWER) or 0.0)
-            self.forecast.on_shed(time.time(), value if value is not None else self._commanded(P.SHED_POWER))
+            shed = value if value is not None else self._commanded(P.SHED_POWER)
+            self.metrics.shed_kw.set(shed or 0.0)
+            self.forecast.on_shed(time.time(), shed)
 
     def _commanded(self, name: str) -> float | None:
         """A commandable analog point's effective command; None while relinquished at every priority."""
@@ -570,6 +572,7 @@ class Gateway:
         if saved_opt_out:
             await self._restore_opt_out(saved_opt_out, late=True)
         if await self._restore_commands(P.SHED_POWER, saved_shed, late=True):
+            self._shed_kept = self.device.commands(P.SHED_POWER)    # the merge, which the restore wrote
             self._tell_shed()
 
     async def _restore_opt_out(self, saved: str | None, late: bool = False) -> None:
@@ -611,8 +614,6 @@ class Gateway:
             touched = self.device.written_priorities(name)
             commands = {p: v for p, v in commands.items() if p not in touched}
         await self.device.restore_commands(name, commands)
-        if name == P.SHED_POWER:
-            self._shed_kept = self.device.commands(name)
         if late:
             self.storage.save_value("bacnet_commands:" + name, json.dumps(self.device.commands(name)))
         if commands:

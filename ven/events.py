@@ -28,6 +28,11 @@ MAX_EVENT_INTERVALS = 7 * 24 * 60
 MAX_OPT_CHANGES = 1000  # answers kept per event for the history (about 2 h of a BAS toggling every 10 s)
 
 
+def rank_of(priority: object) -> float:
+    """Where an event of this ei:priority stands among overlapping ones: the lowest wins (1 first; 0, none, last)."""
+    return priority if isinstance(priority, int) and priority > 0 else math.inf
+
+
 log = logging.getLogger(__name__)
 
 
@@ -121,7 +126,7 @@ class Event:
     @property
     def rank(self) -> float:
         """Overlapping events: the lowest rank wins (priority 1 first; 0, no priority, last)."""
-        return self.priority if self.priority > 0 else math.inf
+        return rank_of(self.priority)
 
     @cached_property
     def has_simple(self) -> bool:

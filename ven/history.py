@@ -56,6 +56,8 @@ import datetime as dt
 import math
 from typing import Any
 
+from .events import rank_of
+
 
 def epoch(value: Any) -> float | None:
     """Epoch seconds from a time as the views give it: a number, a datetime (naive is UTC) or ISO text."""
@@ -243,7 +245,7 @@ def curtailed_spans(events: list[dict], now: float, since: float = 0.0) -> list[
     A running event's later intervals are in: its next one at the same level changes nothing the schedule publishes.
     Times that follow one another are one span."""
     ran, ahead = _ran_and_upcoming(events, now, since, math.inf, zero=True)
-    rank = {ev.get("event_id", ""): _rank(ev.get("priority")) for ev in events}
+    rank = {ev.get("event_id", ""): rank_of(ev.get("priority")) for ev in events}
     parts = sorted((p["start"], math.inf if p["end"] is None else p["end"], rank.get(p["event_id"], math.inf),
                     p["level"]) for p in ran + ahead if p["opt"] != "optOut" and p["start"] is not None)
     cuts = sorted({t for start, end, *_ in parts for t in (start, end)})
@@ -265,8 +267,3 @@ def curtailed_spans(events: list[dict], now: float, since: float = 0.0) -> list[
         else:
             out.append([a, b])
     return [(a, None if b == math.inf else b) for a, b in out]
-
-
-def _rank(priority: Any) -> float:
-    """ei:priority as events.Event.rank orders overlapping events: 1 first, 0 (none) last."""
-    return priority if isinstance(priority, int) and priority > 0 else math.inf
