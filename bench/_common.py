@@ -192,7 +192,7 @@ async def _peers(conn, meter_port, vtn_port, vtn_poll_seconds, bas_port, gateway
         stop = asyncio.Event()
         loop.add_reader(conn.fileno(), stop.set)
         while not stop.is_set():
-            meter.set_value(profile.kw(time.time()))
+            meter.set_value(bas.drawn_kw() if bas else profile.kw(time.time()))
             try:
                 await asyncio.wait_for(stop.wait(), 1.0)
             except asyncio.TimeoutError:

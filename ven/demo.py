@@ -1,8 +1,9 @@
 """`edge-gateway demo`: the whole system on loopback, nothing to configure.
 
 A demo VTN, the routed meter simulator replaying the shipped office building in real time, a BAS
-simulator writing the same building's kW into input-power-meter and reading back what it needs, and the
-gateway itself (the same `Gateway` that `run` starts). Every exchange goes over real BACnet and OpenADR.
+simulator writing the same building's kW into input-power-meter, reading back what it needs and shedding
+the building's load on it (which the meter reads too), and the gateway itself (the same `Gateway` that `run`
+starts). Every exchange goes over real BACnet and OpenADR.
 """
 from __future__ import annotations
 
@@ -85,7 +86,7 @@ async def storyline(vtn: DemoVtn, t0: float, event_delay: float, step: float) ->
     log.info("demo VTN: event %s cancelled", second)
 
 
-def describe(view: dict, decision: str, faults=frozenset()) -> str:
+def describe(view: dict, decision: str, faults=frozenset(), reported_kw: float | None = None) -> str:
     def kw(name):
         v = view.get(name)
         return "fault" if name in faults else "-" if v is None else f"{v:.1f} kW"
@@ -96,7 +97,8 @@ def describe(view: dict, decision: str, faults=frozenset()) -> str:
     return (f"BAS sees level {view.get(P.EVENT_LEVEL, 0):.0f} ({when}), "
             f"meter {kw(P.METER_POWER)}, forecast 15 min {kw(P.FIFTEEN_MIN_FORECAST)} / 60 min {kw(P.ONE_HOUR_FORECAST)}, "
             f"trend {view.get(P.RATE_OF_CHANGE, 0):+.1f} kW/min, high-load {onoff(P.HIGH_LOAD)}, "
-            f"low-load {onoff(P.LOW_LOAD)} -> {decision}")
+            f"low-load {onoff(P.LOW_LOAD)} -> {decision}"
+            + (f" (its own: bas-shed-power {reported_kw:.1f} kW)" if reported_kw is not None else ""))
 
 
 def taken_ports(ports: dict[str, tuple[int, str]]) -> list[str]:
@@ -139,7 +141,7 @@ async def run_demo(args: Namespace) -> int:
     gateway = Gateway(cfg)
     gateway.forecast.warm_start(*profile.history(t0))
     bas = BasSimulator(args.bas_port, f"127.0.0.1:{args.bacnet_port}", lambda: profile.kw(time.time()),
-                       interval=args.bas_interval, on_change=lambda view, d: log.info(describe(view, d, bas.faults)))
+                       interval=args.bas_interval, on_change=lambda view, d: log.info(describe(view, d, bas.faults, bas.reported_kw)))
     started = []
 
     async def main() -> None:
@@ -149,7 +151,7 @@ async def run_demo(args: Namespace) -> int:
         log.info("demo running: gateway BACnet 127.0.0.1:%d (device 500001), dashboard http://127.0.0.1:%d/, "
                  "event at +%.0f s", args.bacnet_port, args.http_port, args.event_delay)
         tasks = [asyncio.create_task(storyline(vtn, t0, args.event_delay, args.interval_seconds)),
-                 asyncio.create_task(drive_meter(meter, profile))]
+                 asyncio.create_task(drive_meter(meter, bas.drawn_kw))]
         try:
             await asyncio.Event().wait()
         finally:
@@ -175,9 +177,9 @@ async def run_demo(args: Namespace) -> int:
     return 0
 
 
-async def drive_meter(meter: MeterSimulator, profile: BuildingProfile) -> None:
+async def drive_meter(meter: MeterSimulator, drawn_kw) -> None:
     while True:
-        meter.set_value(profile.kw(time.time()))
+        meter.set_value(drawn_kw())
         await asyncio.sleep(5.0)
 
 
