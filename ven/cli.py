@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
+import faulthandler
 import ipaddress
 import logging
 import math
@@ -261,10 +262,11 @@ def _bacnet_address_error(err: OSError, address: str) -> str:
             f"port {address.rpartition(':')[2]}: stop it, or give bacnet.address another port)")
 
 
-async def _wait_for_bacnet_address(address: str) -> None:
+async def _wait_for_bacnet_address(address: str, waiting: Callable[[str], None] = lambda status: None) -> None:
     """Wait until the IP of `address` is on an interface. At boot a NIC's address (DHCP, a late link) may
     come after the service starts: waiting is one line in the log, where exiting for the service manager to
-    restart was several lines every few seconds, and it comes back under a supervisor that restarts nothing."""
+    restart was several lines every few seconds, and it comes back under a supervisor that restarts nothing.
+    `waiting(status)` is called every second meanwhile (systemd: the start's time-out extended)."""
     from bacnet_api.client import ensure_port_free
 
     ip = address.rpartition(":")[0].partition("/")[0]
@@ -272,6 +274,7 @@ async def _wait_for_bacnet_address(address: str) -> None:
                 "lease?): waiting for it; the gateway starts when it is there", address, ip)
     began = time.monotonic()
     while True:
+        waiting(f"waiting for {ip} on an interface (bacnet.address)")
         await asyncio.sleep(1.0)
         try:
             ensure_port_free(address)
@@ -297,6 +300,7 @@ def run_gateway(config_path: str | None, customize: Callable[[Any], None] | None
     from .app import Gateway, freeze_startup_objects
     from .logs import setup_logging
     from .run_lock import RunLock
+    from .systemd_notify import SystemdNotifier
 
     lock = RunLock(cfg.storage.path)    # held until the process ends
     busy = lock.take()
@@ -322,19 +326,28 @@ def run_gateway(config_path: str | None, customize: Callable[[Any], None] | None
                       file=sys.stderr)
                 return EXIT_CONFIG
     setup_logging(cfg.log_level)
+    faulthandler.enable()   # a fatal signal (systemd's watchdog: SIGABRT) puts every thread's stack in the log
+    notifier = SystemdNotifier()
 
     async def main():
-        if wait_for_address:
-            await _wait_for_bacnet_address(cfg.bacnet.address)
-        gateway = Gateway(cfg)
-        if customize is not None:
-            customize(gateway)
+        alive = asyncio.create_task(notifier.keep_alive(), name="systemd-watchdog")
         try:
-            await gateway.start()
-            freeze_startup_objects()
-            await asyncio.Event().wait()
+            if wait_for_address:
+                await _wait_for_bacnet_address(cfg.bacnet.address, notifier.waiting)
+            gateway = Gateway(cfg)
+            if customize is not None:
+                customize(gateway)
+            try:
+                await gateway.start()
+                freeze_startup_objects()
+                notifier.ready(f"ready: BACnet {cfg.bacnet.address}, VTN {cfg.openadr.vtn_url_shown}")
+                await asyncio.Event().wait()
+            finally:
+                notifier.stopping()
+                await gateway.stop()
         finally:
-            await gateway.stop()
+            notifier.stopping()     # a stop while bacnet.address was waited for: no gateway to stop
+            alive.cancel()      # pinged through the stop, which a fit child may make take seconds
 
     try:
         asyncio.run(serve_until_signalled(main()))

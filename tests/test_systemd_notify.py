@@ -1,0 +1,172 @@
+"""`run` under a Type=notify unit (examples/edge-gateway.service): READY=1 once started, WATCHDOG=1 from the event
+loop, the start extended while bacnet.address is waited for, STOPPING=1 at the stop. systemd's side is a real
+datagram socket named by NOTIFY_SOCKET, as systemd makes one; the gateway is a real `edge-gateway run` process."""
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import socket
+import tempfile
+import threading
+import time
+
+import pytest
+from bacnet_peer import BacnetPeer
+from gateway_process import GatewayProcess, write_config
+from waiting import eventually
+
+from ven.systemd_notify import SystemdNotifier
+
+
+class NotifySocket:
+    """systemd's end: each datagram, with the monotonic time it arrived (read by a thread of its own, so the
+    times are the arrivals' even while the test's loop is blocked)."""
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="notify-", dir="/tmp")    # a socket path has 108 bytes at most
+        self.path = os.path.join(self.dir, "notify")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.sock.settimeout(0.1)
+        self.got: list[tuple[float, list[str]]] = []
+        self._open = True
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        while self._open:
+            try:
+                data = self.sock.recv(4096)
+            except (socket.timeout, OSError):
+                continue
+            self.got.append((time.monotonic(), data.decode().split("\n")))
+
+    def drain(self) -> list[list[str]]:
+        return [fields for _, fields in list(self.got)]
+
+    def has(self, field: str) -> bool:
+        return any(field in fields for fields in self.drain())
+
+    def close(self):
+        self._open = False
+        self._reader.join(2)
+        self.sock.close()
+        os.unlink(self.path)
+        os.rmdir(self.dir)
+
+
+@pytest.fixture
+def notify_socket():
+    ns = NotifySocket()
+    yield ns
+    ns.close()
+
+
+@pytest.mark.timeout(90)
+async def test_run_is_ready_once_its_device_answers_pings_the_watchdog_and_says_it_stops(
+        tmp_path, free_udp_port, free_tcp_port, notify_socket, monkeypatch):
+    monkeypatch.setenv("NOTIFY_SOCKET", notify_socket.path)
+    monkeypatch.setenv("WATCHDOG_USEC", "1000000")     # WatchdogSec=1s: a ping every 0.5 s
+    port = free_udp_port()
+    config = tmp_path / "gw.toml"
+    write_config(config, bacnet_port=port, http_port=free_tcp_port(), storage=tmp_path / "gw.sqlite",
+                 ven_name="notify", device_id=500321)
+    gateway = GatewayProcess(config, tmp_path / "gateway.log")
+    try:
+        gateway.start()
+        await eventually(lambda: notify_socket.has("READY=1") or not gateway.alive, 30, "READY=1")
+        assert gateway.alive, gateway.log()
+        # started means started: the device answers and the start's last line is out
+        assert "edge-gateway ready" in gateway.log()
+        async with BacnetPeer(free_udp_port(), timeout=2.0) as bas:
+            assert await bas.who_is(f"127.0.0.1:{port}")
+        ready = next(fields for fields in notify_socket.drain() if "READY=1" in fields)
+        assert any(f.startswith("STATUS=ready: BACnet 127.0.0.1/8:") for f in ready), ready
+        await asyncio.sleep(2.0)
+        pings = [at for at, fields in notify_socket.got if fields == ["WATCHDOG=1"]]
+        assert len(pings) >= 4, notify_socket.got
+        assert max(b - a for a, b in zip(pings, pings[1:])) < 1.0, "a ping late enough for systemd to kill"
+    finally:
+        code = gateway.stop()
+    assert code == 0, gateway.log()
+    assert notify_socket.has("STOPPING=1")
+    assert not any("EXTEND_TIMEOUT_USEC" in f for fields in notify_socket.drain() for f in fields), "no wait"
+    assert "Traceback" not in gateway.log() and "systemd notification" not in gateway.log()
+
+
+@pytest.mark.timeout(60)
+async def test_the_start_is_extended_while_the_bacnet_address_is_waited_for(tmp_path, free_tcp_port,
+                                                                           notify_socket, monkeypatch):
+    # the default TimeoutStartSec (90 s) would otherwise kill a gateway waiting for a late DHCP lease and start it
+    # again, over and over; nothing is sent while it waits, so no namespace is needed
+    absent = "198.18.255.78"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((absent, 0))
+            pytest.skip(f"{absent} is an address of this machine")
+        except OSError as err:
+            assert err.errno == errno.EADDRNOTAVAIL, err
+    monkeypatch.setenv("NOTIFY_SOCKET", notify_socket.path)
+    monkeypatch.setenv("WATCHDOG_USEC", "30000000")
+    config = tmp_path / "gw.toml"
+    write_config(config, bacnet_port=47808, http_port=free_tcp_port(), storage=tmp_path / "gw.sqlite",
+                 ven_name="late-lease", bacnet_ip=f"{absent}/24")
+    gateway = GatewayProcess(config, tmp_path / "gateway.log")
+    try:
+        gateway.start()
+        extended = lambda: [fields for fields in notify_socket.drain()   # noqa: E731
+                            if any(f.startswith("EXTEND_TIMEOUT_USEC=") for f in fields)]
+        await eventually(lambda: len(extended()) >= 3 or not gateway.alive, 20, "the start extended, again")
+        assert gateway.alive, gateway.log()
+        assert f"STATUS=waiting for {absent} on an interface (bacnet.address)" in extended()[-1]
+        assert not notify_socket.has("READY=1")
+    finally:
+        code = gateway.stop()
+    assert code == 0, gateway.log()
+    assert notify_socket.has("STOPPING=1")
+
+
+async def test_the_pings_come_from_the_event_loop_and_stop_while_it_is_stuck(notify_socket):
+    notifier = SystemdNotifier({"NOTIFY_SOCKET": notify_socket.path, "WATCHDOG_USEC": "200000"})
+    task = asyncio.create_task(notifier.keep_alive())
+    try:
+        await asyncio.sleep(0.5)
+        time.sleep(0.8)        # a call that does not return to the loop
+        stuck_until = time.monotonic()
+        await asyncio.sleep(0.3)
+    finally:
+        task.cancel()
+    await asyncio.sleep(0.2)    # the last datagram read
+    pings = [at for at, fields in notify_socket.got if fields == ["WATCHDOG=1"]]
+    gaps = [b - a for a, b in zip(pings, pings[1:])]
+    assert max(gaps) >= 0.75, gaps
+    assert sorted(gaps)[len(gaps) // 2] < 0.2, gaps
+    assert any(at > stuck_until for at in pings), "and again once the loop turns"
+
+
+def test_only_the_process_systemd_watches_pings_and_the_children_do_not_inherit_the_socket(notify_socket):
+    env = {"NOTIFY_SOCKET": notify_socket.path, "WATCHDOG_USEC": "30000000", "WATCHDOG_PID": str(os.getpid() + 1)}
+    assert SystemdNotifier(env).watchdog_s is None, "another pid's watchdog"
+    assert env == {}, "unset, as sd_notify's unset_environment: the fit child is not systemd's main process"
+    env = {"NOTIFY_SOCKET": notify_socket.path, "WATCHDOG_USEC": "30000000", "WATCHDOG_PID": str(os.getpid())}
+    assert SystemdNotifier(env).watchdog_s == 30.0
+    assert SystemdNotifier({"WATCHDOG_USEC": "30000000"}).watchdog_s is None, "no socket to ping"
+    quiet = SystemdNotifier({})
+    assert not quiet.enabled
+    quiet.ready("ready")       # not under systemd: nothing, and no error
+
+
+def test_an_abstract_notify_socket(caplog):
+    name = f"edge-gateway-test-{os.getpid()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind("\0" + name)
+        sock.settimeout(2)
+        notifier = SystemdNotifier({"NOTIFY_SOCKET": "@" + name})
+        notifier.ready("ready: test")
+        assert sock.recv(4096).decode().split("\n") == ["READY=1", "STATUS=ready: test"]
+    # systemd gone: one WARNING naming the socket, not one a ping
+    notifier.send("WATCHDOG=1")
+    notifier.send("WATCHDOG=1")
+    said = [r.getMessage() for r in caplog.records if "systemd notification" in r.getMessage()]
+    assert len(said) == 1 and f"@{name}" in said[0], said
