@@ -1,12 +1,15 @@
 """`run` under a Type=notify unit (examples/edge-gateway.service): READY=1 once started, WATCHDOG=1 from the event
 loop, the start extended while bacnet.address is waited for, STOPPING=1 at the stop. systemd's side is a real
-datagram socket named by NOTIFY_SOCKET, as systemd makes one; the gateway is a real `edge-gateway run` process."""
+datagram socket named by NOTIFY_SOCKET, as systemd makes one; the gateway is a real `edge-gateway run` process.
+And under any supervisor: a loop stuck for long exits with every thread's stack."""
 from __future__ import annotations
 
 import asyncio
 import errno
 import os
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -170,3 +173,35 @@ def test_an_abstract_notify_socket(caplog):
     notifier.send("WATCHDOG=1")
     said = [r.getMessage() for r in caplog.records if "systemd notification" in r.getMessage()]
     assert len(said) == 1 and f"@{name}" in said[0], said
+
+
+@pytest.mark.timeout(90)
+def test_a_loop_stuck_for_long_exits_with_every_threads_stack_for_any_supervisor(tmp_path, free_udp_port,
+                                                                                 free_tcp_port):
+    # no systemd here (Docker's restart policy restarts only a process that exits): `run` itself, with the
+    # threshold at 1 s rather than 60, a call that never returns to the loop 4 s after the start
+    config = tmp_path / "gw.toml"
+    write_config(config, bacnet_port=free_udp_port(), http_port=free_tcp_port(), storage=tmp_path / "gw.sqlite",
+                 ven_name="stuck-loop", device_id=500322)
+    script = tmp_path / "run_stuck.py"
+    script.write_text(f"""
+import asyncio, sys, time
+import ven.loop_watchdog
+ven.loop_watchdog.LOOP_STUCK_S = 1.0
+from ven.cli import run_gateway
+
+def stuck_in_a_call():
+    time.sleep(60)
+
+def customize(gateway):
+    asyncio.get_running_loop().call_later(4.0, stuck_in_a_call)
+
+sys.exit(run_gateway({str(config)!r}, customize))
+""")
+    began = time.monotonic()
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    took = time.monotonic() - began
+    assert res.returncode == 1, (res.returncode, res.stderr[-3000:])
+    assert "edge-gateway ready" in res.stderr, "the loop turned normally before, beyond the threshold"
+    assert "Timeout (0:00:01)!" in res.stderr and "stuck_in_a_call" in res.stderr, res.stderr[-3000:]
+    assert took < 30, took      # not the 60 s the call would take

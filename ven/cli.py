@@ -300,6 +300,7 @@ def run_gateway(config_path: str | None, customize: Callable[[Any], None] | None
     from .app import Gateway, freeze_startup_objects
     from .logs import setup_logging
     from .run_lock import RunLock
+    from .loop_watchdog import exit_when_stuck
     from .systemd_notify import SystemdNotifier
 
     lock = RunLock(cfg.storage.path)    # held until the process ends
@@ -331,6 +332,7 @@ def run_gateway(config_path: str | None, customize: Callable[[Any], None] | None
 
     async def main():
         alive = asyncio.create_task(notifier.keep_alive(), name="systemd-watchdog")
+        stuck = asyncio.create_task(exit_when_stuck(), name="loop-watchdog")
         try:
             if wait_for_address:
                 await _wait_for_bacnet_address(cfg.bacnet.address, notifier.waiting)
@@ -347,7 +349,9 @@ def run_gateway(config_path: str | None, customize: Callable[[Any], None] | None
                 await gateway.stop()
         finally:
             notifier.stopping()     # a stop while bacnet.address was waited for: no gateway to stop
-            alive.cancel()      # pinged through the stop, which a fit child may make take seconds
+            for watch in (alive, stuck):    # both through the stop, which a fit child may make take seconds
+                watch.cancel()
+            await asyncio.gather(alive, stuck, return_exceptions=True)
 
     try:
         asyncio.run(serve_until_signalled(main()))
