@@ -332,7 +332,7 @@ def run_gateway(config_path: str | None, customize: Callable[[Any], None] | None
 
     async def main():
         alive = asyncio.create_task(notifier.keep_alive(), name="systemd-watchdog")
-        stuck = asyncio.create_task(exit_when_stuck(), name="loop-watchdog")
+        stuck = None
         try:
             if wait_for_address:
                 await _wait_for_bacnet_address(cfg.bacnet.address, notifier.waiting)
@@ -343,15 +343,19 @@ def run_gateway(config_path: str | None, customize: Callable[[Any], None] | None
                 await gateway.start()
                 freeze_startup_objects()
                 notifier.ready(f"ready: BACnet {cfg.bacnet.address}, VTN {cfg.openadr.vtn_url_shown}")
+                # from here, as systemd's: the start's one-off work (a damaged storage file read page by page and
+                # rebuilt) may hold the loop longer
+                stuck = asyncio.create_task(exit_when_stuck(), name="loop-watchdog")
                 await asyncio.Event().wait()
             finally:
                 notifier.stopping()
                 await gateway.stop()
         finally:
             notifier.stopping()     # a stop while bacnet.address was waited for: no gateway to stop
-            for watch in (alive, stuck):    # both through the stop, which a fit child may make take seconds
+            watches = [w for w in (alive, stuck) if w is not None]
+            for watch in watches:   # through the stop, which a fit child may make take seconds
                 watch.cancel()
-            await asyncio.gather(alive, stuck, return_exceptions=True)
+            await asyncio.gather(*watches, return_exceptions=True)
 
     try:
         asyncio.run(serve_until_signalled(main()))

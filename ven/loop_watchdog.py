@@ -17,7 +17,7 @@ LOOP_STUCK_S = 60.0     # the loop's longest step in normal work is tens of mill
 
 
 async def exit_when_stuck() -> None:
-    """Run as a task from the start to the end of the stop; cancelled, the timer is disarmed."""
+    """Run as a task from the end of the start to the end of the stop; cancelled, the timer is disarmed."""
     try:
         while True:
             faulthandler.dump_traceback_later(LOOP_STUCK_S, exit=True)
