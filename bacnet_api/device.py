@@ -417,6 +417,7 @@ class GatewayDevice:
                 "value": self.get(name),
                 "units": point.units,
                 "access": point.access,
+                "description": point.description,     # the dashboard's tooltip on the point's row
                 "flags": self.status_flags(name),
                 "reliability": to_plain(obj.reliability),  # e.g. "communicationFailure"
             }

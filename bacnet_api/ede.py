@@ -3,11 +3,11 @@ most BAS workstations import a device's objects instead of typing them in.
 
 Each row is read off the objects the device builds (`GatewayDevice.point_objects`), not off the point table,
 so the file says what the device serves: names, types, instances, descriptions, units, which points take
-commands, which take SubscribeCOV, and the range input-power-meter accepts. Object types and units are
-their BACnet enumeration numbers, as the layout asks. The binary objects' inactiveText/activeText go to the
-companion state-text file (`state_texts_text`, written beside the EDE file as `<name>_StateTexts.csv`), one row
-per distinct pair, "reference number;inactive text;active text", which the main file's state-text-reference
-column names.
+commands, which take SubscribeCOV, and the ranges input-power-meter and bas-shed-power accept. Object types
+and units are their BACnet enumeration numbers, as the layout asks. The binary objects'
+inactiveText/activeText go to the companion state-text file (`state_texts_text`, written beside the EDE file
+as `<name>_StateTexts.csv`), one row per distinct pair, "reference number;inactive text;active text", which
+the main file's state-text-reference column names.
 """
 from __future__ import annotations
 

@@ -113,7 +113,7 @@ _STATUS_FLAGS_FROM = ("reliability", "eventState", "outOfService")
 # BAS that subscribes with a new process identifier at each restart from stalling the gateway
 MAX_COV_SUBSCRIPTIONS = 100
 # what one source bacnet.write_from does not list may hold (all sources while it is empty): a BAS watching every one
-# of the 15 points holds 15, which leaves it 10 for a second process or a restart's new process identifiers while
+# of the 16 points holds 16, which leaves it 9 for a second process or a restart's new process identifiers while
 # the old ones run out, and no one client, unconfirmed with no lifetime, can hold the table until a restart
 COV_PER_SOURCE = MAX_COV_SUBSCRIPTIONS // 4
 # with bacnet.write_from set, what the sources it does not list may hold together: anyone can subscribe from as many

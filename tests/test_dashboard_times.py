@@ -15,6 +15,7 @@ from test_dashboard import READY, drawn, open_dashboard, server  # noqa: F401 - 
 from test_dashboard_ahead import OVERPRINTED, AheadView
 from test_dashboard_chart_keys import readout, tab_to_chart
 from test_http_api import SampleView
+from bacnet_api import points as P
 from ven.app import Gateway
 from ven.config_load import parse_config
 
@@ -112,6 +113,9 @@ async def test_the_gateway_says_its_zone_and_the_page_shows_times_in_it(tmp_path
             assert f"times in {shown}" in await page.locator("#footer").inner_text()
             # which gateway, from the real /api/status (the header read a key only the tests' sample status had)
             assert await page.title() == "bldg-a · device 500017 · Edge Gateway"
+            # each point row's tooltip says what the point is (the page read a description no status carried)
+            row = page.locator('tr[data-point="one-hour-future-power"]')
+            assert await row.get_attribute("title") == gateway.device._points[P.ONE_HOUR_FORECAST].description != ""
             assert re.fullmatch(rf"updated \d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d {shown} · every 10 s",
                                 await page.locator("#updated").inner_text())
             assert (await page.locator("#events thead").inner_text()).strip() == \

@@ -5,61 +5,50 @@ token (`http.token`) and refuses to start without one. The static dashboard file
 are served without the token; every data endpoint checks it. /healthz stays open so an orchestrator
 can probe it; it reveals only ok/not-ok and a one-line reason.
 
-The application is reached only through a GatewayView; the JSON shapes below are the contract
-between the gateway (which fills them) and ven/web/*.js (which draw them).
+The application is reached only through a GatewayView. README's "/api/status fields" is the reference for
+what each field means; below is the shape, abridged from a running gateway, that ven/web/*.js draws (a field
+the page reads that no gateway sends is a tooltip or a warning that never shows: the tests' statuses come from
+a real Gateway where they can).
 
 GET /api/status -> view.status(), a dict shaped like:
 
     {
       "version": "0.1.0",
       "page": "3f2a9c0d1e4b5a67",                    # added by the HTTP server: a digest of ven/web's files (page_digest)
-      "started_at": "2026-11-22T00:00:00Z",        # times in /api/status: ISO 8601 UTC strings
       "uptime_seconds": 3600.0,                     # monotonic: a wall-clock step does not change it
-      "now": "2026-11-22T01:00:00+00:00",            # the gateway's wall clock
-      "clock_suspect": false,                        # true: the wall clock reads a date before this version
-                                                     # was built (not set yet); meter readings are not
-                                                     # reported (vtn.readings_not_reported_clock counts them)
-      "clock_behind_last_read": null,                # this start's clock is behind the meter's last read of the
-                                                     # run before (that read, until the clock or a reading is past it):
-                                                     # meter readings are not reported meanwhile
-      "clock_synchronized": true,                    # the kernel says a time service (NTP) keeps the clock; false:
-                                                     # it drifts; null: cannot tell (not Linux, adjtimex refused)
-      "clock_max_error_ms": 12.5,                    # the kernel's bound on its error while synchronized, else null
-      "points": [                                    # every BACnet point, table order
-        {"name": "meter-power", "object": "analogValue 6", "value": 96.4, "units": "kilowatts",
-         "access": "read-only", "description": "...",
-         "status_flags": {"in_alarm": false, "fault": false, "overridden": false, "out_of_service": false}}
-      ],
-      "vtn": {"vtn_url": "...", "ven_id": "...", "connected": true, "last_poll": "...", "last_error": null, ...,
-              "telemetry": {"pending": 0, "last_delivery": "...", ...},   # the queue to the VTN (an older
-                                                                         # gateway's top-level "telemetry" too)
-              "client_cert": {"file": "/etc/edge-gateway/ven.pem",     # openadr.cert; null without one
-                              "not_after": "2027-06-30T12:00:00+00:00", "subject": "CN=ven-17",  # null: unreadable
-                              "warn_days": 21, "warning": null}},      # "expiring" | "expired": the log's line
+      "now": "2026-11-22T01:00:00+00:00",            # the gateway's wall clock; times are ISO 8601 UTC strings
+      "timezone": "Europe/Rome",                     # the building's zone (forecaster.timezone), the page's default
+      "clock_suspect": false, "clock_behind_last_read": null, "clock_synchronized": true,
+      "clock_max_error_ms": 12.5, "clock_warning": null,
+      "device": {"device_id": 500001, "name": "EdgeGateway", "address": "192.168.1.20/24:47808",
+                 "communication": {...}, "foreign_device": null, "twins": [...], "write_from": [...], ...},
+      "points": {                                    # every BACnet point, keyed by name, in table order
+        "meter-power": {"object": "analogValue 6", "value": 96.4, "units": "kilowatts", "access": "read-only",
+                        "description": "...", "reliability": "noFaultDetected",
+                        "flags": {"in_alarm": false, "fault": false, "overridden": false, "out_of_service": false}},
+        "ADR-Opt-Out": {..., "texts": ["opted in", "opted out"], "priority": 8}   # commandable: the one in force
+      },
+      "vtn": {"connected": true, "ven_name": "...", "ven_id": "...", "registration_id": "...",
+              "report_requests": [...], "fault": null, "telemetry": {"pending": 0, "dropped": 0, ...},
+              "client_cert": {"file": "...", "not_after": "...", "warning": null}, ...},
       "events": [                                    # pending, active and recent (over for under a day) events
-        {"event_id": "e1", "status": "active",        # pending | active | completed | cancelled
-         "opt": "optIn",                               # optIn | optOut
-         "opt_changes": [{"at": "...Z", "opt": "optIn"}],  # optional: each answer and since when, oldest first
-         "start": "...Z", "end": "...Z", "level": 2,  # optional: without signals, the event's one level
-         "modification_number": 0,
-         "signals": [{"name": "simple", "type": "level",
-                      "intervals": [{"start": "...Z", "end": "...Z", "value": 2}]}]}
+        {"event_id": "e1", "status": "active", "group": "active", "vtn_status": "far", "opt": "optIn",
+         "opt_changes": [{"at": "...Z", "opt": "optIn"}], "start": "...Z", "end": "...Z", "priority": 0,
+         "modification_number": 0, "drives_points": true, "sets_level": true,
+         "signals": [{"name": "SIMPLE", "type": "level",
+                      "intervals": [{"start": "...Z", "duration_seconds": 600.0, "payload": 2.0}]}], ...}
       ],
-      "schedule": {"level": 0.0, "active": false, "opted_out": false, ...},   # what drives the event points
+      "schedule": {"level": 2.0, "active": true, "start_minutes": 0.0, "opted_out": false, ...},
       "meter": {"address": "12345:2", "last_value_kw": 96.4, "last_value_at": "...", "fault": false, ...},
-      "forecaster": {"model": "persistence", "history_minutes": 20160, "horizons": {"15": {...}}, ...},
-      "timezone": "Europe/Rome",                     # optional: the building's IANA zone (forecaster.timezone),
-                                                     # the zone the dashboard shows times in by default
+      "forecaster": {"model": "hgb+ridge+plain+mlp", "history_minutes": 20160, "horizons": {"15": {...}},
+                     "shed_kw": 0.0, ...},
+      "storage": {"path": "...", "ok": true, "errors": {}, "moved_aside": null},
       "config_warnings": ["meter.poll_seconds (20) is longer than ..."]  # check-config's warnings, one sentence
     }                                                # each; [] when none. Settings, not faults: /healthz stays 200
 
-Also accepted (what the gateway's parts produce): "points" as a map keyed by point name
-(device.snapshot()) with "flags" instead of "status_flags"; events without "level" whose SIMPLE
-signal intervals carry "payload" and "duration_seconds" (schedule.events(); the dashboard shows the
-SIMPLE levels in order, the one in force outlined), and "far"/"near" phases shown as pending.
-Sections "vtn", "telemetry", "meter", "forecaster", "storage", "schedule" and "device" are shown by the
-dashboard as key/value tables (nested objects flattened), so the gateway may add keys freely.
-Values may be None; NaN/inf floats become null, datetimes become ISO strings, dataclasses objects.
+Sections "vtn", "meter", "forecaster", "storage", "schedule" and "device" are shown by the dashboard as key/value
+tables (nested objects flattened), so the gateway may add keys freely. Values may be None; NaN/inf floats become
+null, datetimes become ISO strings, dataclasses objects.
 
 GET /api/history?hours=24 -> view.history(hours), shaped by ven.history.build_history (its docstring
 has the shape).

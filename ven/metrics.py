@@ -54,7 +54,8 @@ class Metrics:
                                         registry=r)
         self.telemetry_sent = Counter(f"{p}_telemetry_sent", "Telemetry samples delivered to the VTN", registry=r)
         self.telemetry_dropped = Counter(f"{p}_telemetry_dropped",
-                                         "Telemetry samples dropped (older than openadr.queue_max_days)", registry=r)
+                                         "Telemetry samples dropped: older than openadr.queue_max_days, unreadable, "
+                                         "or of an interval already reported (kept across restarts)", registry=r)
         self.meter_read_failures = Counter(f"{p}_meter_read_failures", "Meter reads that failed or timed out",
                                            registry=r)
         self.meter_reads = Counter(f"{p}_meter_reads", "Meter reads asked, answered or not (the failures' ratio "

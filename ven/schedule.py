@@ -326,11 +326,6 @@ class EventSchedule:
         return sorted((ev for evs in (self._past, self._events) for ev in evs.values() if _over(ev) >= since),
                       key=lambda e: (e.start, e.event_id))
 
-    def active_and_pending(self) -> list[Event]:
-        now = self._clock()
-        return [ev for ev in self._events.values()
-                if not ev.cancelled and ev.phase(now) in ("far", "near", "active")]
-
     # -- timer -------------------------------------------------------------------------------
 
     def _changed(self) -> None:

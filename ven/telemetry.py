@@ -710,17 +710,6 @@ class TelemetryQueue:
         if len(self._acked) >= ACK_DEFER_MAX:
             self._save_acks()
 
-    def contains(self, seq: int) -> bool:
-        if seq < 0 and seq not in self._moved:
-            return any(s.seq == seq for s in self._memory)
-        seq = self._moved.get(seq, seq)
-        if seq in self._acked:
-            return False
-        try:
-            return self._db().execute("SELECT 1 FROM telemetry_queue WHERE seq = ?", (seq,)).fetchone() is not None
-        except sqlite3.Error:
-            return False
-
     @property
     def pending(self) -> int:
         try:
