@@ -250,6 +250,10 @@ class GatewayDevice:
         [{"address", "last_heard"}], for as long as the device runs."""
         return [] if self._bacnet is None else self.app.twins()
 
+    def foreign_fault(self) -> str | None:
+        """The BBMD refusing or not answering the foreign-device registration, while the log says so."""
+        return self._foreign.fault() if self._foreign is not None else None
+
     def foreign_device(self) -> dict | None:
         """The registration with `bacnet.bbmd_address`: {"bbmd", "ttl_seconds", "registered", "why_not"}; None
         without a BBMD."""

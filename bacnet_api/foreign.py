@@ -94,6 +94,10 @@ class RegistrationWatch:
         return {"bbmd": self.bbmd, "ttl_seconds": self.ttl, "registered": bool(self._registered),
                 "why_not": None if self._registered else (self._why or "waiting for the BBMD's first answer")}
 
+    def fault(self) -> str | None:
+        """The BBMD's refusal or silence while its WARNING stands (no end line yet), else None."""
+        return f"BBMD {self.bbmd} {self._why} to the foreign-device registration" if self._registered is False else None
+
     async def _run(self) -> None:
         while True:
             self._look(time.monotonic())

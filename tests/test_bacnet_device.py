@@ -635,7 +635,11 @@ async def test_a_bbmd_that_refuses_the_registration_is_said_and_its_acceptance_l
         await device.start()
         bbmd_name = f"127.0.0.1:{bbmd.getsockname()[1]}"
         # refused at once, then asked again 5 s later: accepted
+        await eventually(lambda: device.foreign_fault(), 5, "the refusal")
+        assert device.foreign_fault() == f"BBMD {bbmd_name} refused (Register-Foreign-Device NAK 0x0030) to the " \
+            "foreign-device registration", "what a stop meanwhile names"
         await eventually(lambda: device.foreign_device()["registered"], 10, "the registration taken")
+        assert device.foreign_fault() is None
         said = [r.getMessage() for r in caplog.records if "foreign" in r.getMessage()]
         assert said == [f"BACnet: BBMD {bbmd_name} refused (Register-Foreign-Device NAK 0x0030) to the foreign-device "
                         "registration: a BAS on another subnet cannot find the gateway; asked again after 5 s, then "

@@ -722,6 +722,7 @@ async def test_fits_the_kernel_kills_short_of_memory_leave_forecasts_one_line_an
                              "the failure seen")
             st = svc.status()
             assert not st["fit_ok"] and st["learning"]["first_fit_after"] >= st["fit_retry_at"]
+            assert svc.open_faults() == [f"forecaster fit failing ({len(killed)} tries)"], "what a stop names"
             retry_at.append(st["fit_retry_at"])
         n = len(published)
         await eventually(lambda: len(published) > n + 2, 10, "forecasts going on")
@@ -731,6 +732,7 @@ async def test_fits_the_kernel_kills_short_of_memory_leave_forecasts_one_line_an
         assert gaps[0] >= 2 * retrain * 60 and gaps[1] >= 4 * retrain * 60, gaps
         await eventually(lambda: _fit_given_cpu() or svc.status()["fit_ok"], 90, "a fit that ends")
         assert svc.status()["last_fit_at"] is not None and svc.status()["fit_retry_at"] is None
+        assert svc.open_faults() == []
     finally:
         await asyncio.wait_for(svc.stop(), 10)
     assert _fit_processes() == []

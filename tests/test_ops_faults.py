@@ -223,3 +223,38 @@ async def test_a_bas_writing_a_little_slower_than_input_stale_seconds_is_one_no_
     ends = [m for m in logs(caplog, "ven.app", logging.INFO) if "power input again" in m]
     assert len(warnings) == 1 and len(ends) == 1, (warnings, ends)
     assert "steadily, after running out 5 times" in ends[0], ends
+
+
+async def test_a_stop_names_every_fault_whose_end_its_log_has_not_said(tmp_path, free_udp_port, free_tcp_port,
+                                                                       caplog, monkeypatch):
+    # the stop line named the meter's, the VTN's and a few more, but not the clock not synchronized, the forecaster
+    # refusing every sample, nor an HTTP endpoint failing: the log read as if they went on until the next start
+    # (a fit failing and a BBMD's refusal are named the same way, tested with their parts)
+    from ven.clock_sync import ClockSync, SyncWatch
+
+    caplog.set_level(logging.INFO)
+    ports = dict(bacnet_port=free_udp_port(), meter_port=free_udp_port(), vtn_port=free_tcp_port(),
+                 http_port=free_tcp_port())
+    meter = MeterSimulator(address=f"127.0.0.1/8:{ports['meter_port']}", value=87.5)
+    sync = SyncWatch(lambda: ClockSync(False, 16.0, 16.0), every_s=0)
+    gw = Gateway(fast_config(tmp_path, **ports, source="meter"), clock_sync=sync)
+    await meter.start()
+    await gw.start()
+    try:
+        await eventually(lambda: not gw.forecast.input_stale(), 15, "the meter's readings")
+        meter.set_silent(True)     # no good reading after the one below to end its fault
+        gw.forecast.on_meter(time.time(), math.inf)     # the meter client bounds its readings; a custom source may not
+        assert any("forecaster rejecting meter samples" in w
+                   for w in logs(caplog, "ven.forecast_service", logging.WARNING)), "refused"
+        await eventually(lambda: sync.warned, 15, "the clock's warning")
+        monkeypatch.setattr(gw, "status", lambda: 1 / 0)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{gw.http.url}/api/status") as answer:
+                assert answer.status == 500
+    finally:
+        await gw.stop()
+        await meter.stop()
+    [line] = [m for m in logs(caplog, "ven.app", logging.INFO) if m.startswith("edge-gateway stopped with")]
+    for fault in ("the machine's clock not synchronized", "forecaster rejecting meter samples",
+                  "http status failing (ZeroDivisionError: division by zero)"):
+        assert fault in line, line

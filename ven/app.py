@@ -335,13 +335,21 @@ class Gateway:
                        f"{span(now - gap.last_bad)} ago and not yet steadily" if not self._input_stale else
                        f"forecaster without power input for {span(now - gap.since)}")
         if self._built("vtn") and (held := self.vtn.readings_not_reported()):
-            out.append(f"meter readings not reported, the wall clock not set ({held} so far)")
+            why = ("behind the meter's last read of the run before" if self.vtn.readings_held_before()
+                   else "not set")
+            out.append(f"meter readings not reported, the wall clock {why} ({held} so far)")
+        if self.clock_sync.warned:
+            out.append("the machine's clock not synchronized")
         if errors := self.storage_status()["errors"]:
             out.append(f"storage.path not written ({', '.join(errors)})")
         if (comm := self.device.communication())["mode"] != "enable":
             out.append(f"BACnet communication initiation disabled by {comm.get('by') or 'a BACnet client'}")
-        if self._built("http") and self.http is not None and self.http.refusing:
-            out.append("HTTP connections over the limit refused")
+        if foreign := self.device.foreign_fault():
+            out.append(foreign)
+        if self._built("forecast"):
+            out += self.forecast.open_faults()
+        if self._built("http") and self.http is not None:
+            out += self.http.open_faults()
         return out
 
     # -- callbacks: each keeps one owner's state reflected on the points ------------------------------

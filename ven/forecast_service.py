@@ -100,7 +100,7 @@ class ForecastService:
         # twice input_stale_seconds: longer than one gap, which lasts up to input_stale_seconds unnoticed)
         self._fallback = Flapping(2 * config.input_stale_seconds)
         self._meter_unsaid = False    # start-up's meter pick, said once the BAS has had its time to write
-        self._rejecting = False
+        self._rejecting = ""                       # the source whose samples are refused since the WARNING
         self._fit_failures = 0                     # failed fits in a row: 0 while fits succeed
         self._fit_retry_at: float | None = None    # while they fail: the next try (monotonic: unmoved by clock steps)
         self._fit_short = False
@@ -216,7 +216,7 @@ class ForecastService:
             log.warning("forecaster rejecting %s samples (stale, non-finite or out of range, e.g. %r kW)", source, kw)
         elif ok and self._rejecting:
             log.info("forecaster accepting %s samples again", source)
-        self._rejecting = not ok
+        self._rejecting = "" if ok else source
 
     def _clock_stepped(self, step: ClockStep) -> None:
         self._hold_prune()
@@ -536,6 +536,13 @@ class ForecastService:
             self._unsaved_model = blob      # until a write succeeds: a restart would otherwise fit again
             await loop.run_in_executor(self._cycle_pool, self._persist, self._save_model)
         return fitted is not None
+
+    def open_faults(self) -> list[str]:
+        """What its log said began and has not said ended, for the stop line."""
+        out = [f"forecaster fit failing ({self._fit_failures} tries)"] if self._fit_failures else []
+        if self._rejecting:
+            out.append(f"forecaster rejecting {self._rejecting} samples")
+        return out
 
     def _fit_done(self, fut) -> None:
         self._fit_task = None

@@ -457,6 +457,15 @@ class HttpServer:
         log.info("http dashboard on %s/ (%s)%s", self.url, auth,
                  f", its address there after {span(time.monotonic() - self._started)}" if waited else "")
 
+    def open_faults(self) -> list[str]:
+        """What its log said began and has not said ended, for the stop line."""
+        out = [f"http {name} failing ({text})" for name, text in self._failing.items()]
+        if self._waiting is not None and not self._waiting.done():
+            out.append(f"http.address {self.host}:{self._port} not on an interface yet")
+        if self.refusing:
+            out.append("HTTP connections over the limit refused")
+        return out
+
     async def stop(self) -> None:
         await cancel_and_wait(self._waiting)
         self._waiting = None
