@@ -100,6 +100,7 @@ async def test_a_shed_command_survives_a_restart_and_a_bad_stored_one_is_named(t
             assert await peer.write(gw, SHED, "presentValue", 75.0, priority=9) is None
             assert json.loads(gateway.storage.load_value(SHED_COMMANDS)) == {"9": 72.0}
             assert gateway.forecast.status()["shed_kw"] == 75.0
+            began = gateway.forecast.status()["shed_since"]
         finally:
             await gateway.stop()    # and at the stop
 
@@ -108,6 +109,8 @@ async def test_a_shed_command_survives_a_restart_and_a_bad_stored_one_is_named(t
         try:
             assert await peer.read(gw, SHED, "priorityArray") == [None] * 8 + [75.0] + [None] * 7
             assert gateway.forecast.status()["shed_kw"] == 75.0
+            # the shed's age goes on: the dashboard's and the alert's "held over 12 hours" started over at each restart
+            assert gateway.forecast.status()["shed_since"] == began
             seen = spy_samples(gateway)
             await eventually(lambda: seen, 10, "a meter reading reaches the forecaster")
             assert seen[-1] == pytest.approx(87.5 + 75.0)
@@ -133,6 +136,9 @@ async def test_a_shed_command_survives_a_restart_and_a_bad_stored_one_is_named(t
             assert gateway.forecast.status()["shed_kw"] == 0.0
         finally:
             await gateway.stop()
+    sheds = [r.getMessage() for r in caplog.records if r.getMessage().startswith("BAS shed")]
+    assert sheds[0] == "BAS sheds 70 kW (bas-shed-power): the forecaster adds it back to the power it learns from"
+    assert sheds[1].startswith("BAS shed of 75 kW (bas-shed-power) goes on from before the start, since "), sheds
     said = [r.getMessage() for r in caplog.records if "bas-shed-power commands" in r.getMessage()]
     assert said[0] == "bas-shed-power commands restored from before the restart: 75 at priority 9 -> 75", said
     assert said[1] == (f"stored bas-shed-power commands outside 0..{bound:g} kW (bacnet.input_min_kw..input_max_kw, "

@@ -49,6 +49,7 @@ OPT_OUT_COMMANDS = "bacnet_commands:" + P.OPT_OUT
 # bas-shed-power's commands likewise: a BAS that commands it at a shed's start holds it until the end, and writes
 # it again only then
 SHED_COMMANDS = "bacnet_commands:" + P.SHED_POWER
+SHED_SINCE = SHED_COMMANDS + ":since"      # when the shed in force began (Unix seconds; "" for none)
 # A BAS may write its shed as it estimates it, each scan: a new kW every 10 s would be a commit every 10 s on an SD
 # card. A command taken or relinquished is kept at once, a changed kW at most this often, and at the stop.
 SHED_SAVE_S = 60.0
@@ -171,6 +172,7 @@ class Gateway:
         # bas-shed-power's commands as storage.path holds them, and when they were written (monotonic): _keep_shed
         self._shed_kept: dict[int, float] = {}
         self._shed_kept_at = -math.inf
+        self._shed_since_kept: float | None = None     # SHED_SINCE as storage.path has it
         self._shed_save: asyncio.TimerHandle | None = None    # a changed kW put off by SHED_SAVE_S, written then
         self._schedule_listeners: list = []
         self._counted = {"sent": 0, "dropped": 0, "poll_failures": 0, "polls": 0, "registration_failures": 0,
@@ -197,7 +199,7 @@ class Gateway:
         if self.device.running and (shed := self._commanded(P.SHED_POWER)):
             # a command restored at the start, told before the first sample (a BAS writing input-power-meter in the
             # first seconds builds the forecaster before start() does)
-            service.on_shed(time.time(), shed)
+            service.on_shed(time.time(), shed, since=self._stored_shed_since())
         return service
 
     @functools.cached_property
@@ -406,11 +408,24 @@ class Gateway:
         self._shed_kept, self._shed_kept_at = commands, time.monotonic()
 
     def _tell_shed(self, value: float | None = None) -> None:
+        """Tell the forecaster the shed the BAS wrote (`value`), or, with None, the one restored from storage.path."""
         # a write before the forecaster is built (the first seconds of a start) is told once it is
         if self._built("forecast"):
             shed = value if value is not None else self._commanded(P.SHED_POWER)
             self.metrics.shed_kw.set(shed or 0.0)
-            self.forecast.on_shed(time.time(), shed)
+            self.forecast.on_shed(time.time(), shed, since=None if value is not None else self._stored_shed_since())
+            if (since := self.forecast.shed_since) != self._shed_since_kept:
+                # at its start and end only: the dashboard's and the alert's 12 hours count across restarts
+                self.storage.save_value(SHED_SINCE, "" if since is None else repr(since))
+                self._shed_since_kept = since
+
+    def _stored_shed_since(self) -> float | None:
+        try:
+            since = float(self.storage.load_value(SHED_SINCE) or "nan")
+        except ValueError:
+            since = math.nan
+        self._shed_since_kept = since if math.isfinite(since) else None
+        return self._shed_since_kept
 
     def _commanded(self, name: str) -> float | None:
         """A commandable analog point's effective command; None while relinquished at every priority."""

@@ -251,10 +251,14 @@ class ForecastService:
             self._say_back()
             self._take(t, kw, "input-power-meter")
 
-    def on_shed(self, t: float, kw: float | None) -> None:
-        """The BAS commanded bas-shed-power (None or 0: it sheds nothing now)."""
+    def on_shed(self, t: float, kw: float | None, since: float | None = None) -> None:
+        """The BAS commanded bas-shed-power (None or 0: it sheds nothing now). `since`: a shed restored at a start,
+        when it began (storage.path has it), so its age goes on across the restart."""
         relinquished, kw = kw is None, kw or 0.0
-        if kw and not self._shed_kw:
+        if kw and not self._shed_kw and since is not None and since <= t:
+            log.info("BAS shed of %g kW (bas-shed-power) goes on from before the start, since %s", kw, _iso(since))
+            self._shed_since = since
+        elif kw and not self._shed_kw:
             log.info("BAS sheds %g kW (bas-shed-power): the forecaster adds it back to the power it learns from", kw)
             self._shed_since = t
         elif self._shed_kw and not kw:
@@ -536,6 +540,10 @@ class ForecastService:
             self._unsaved_model = blob      # until a write succeeds: a restart would otherwise fit again
             await loop.run_in_executor(self._cycle_pool, self._persist, self._save_model)
         return fitted is not None
+
+    @property
+    def shed_since(self) -> float | None:
+        return self._shed_since
 
     def open_faults(self) -> list[str]:
         """What its log said began and has not said ended, for the stop line."""
