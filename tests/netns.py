@@ -12,15 +12,29 @@ fixture skips the test, saying why. The namespace and both ends of the pair are 
 """
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import random
 import shutil
+import socket
 import subprocess
 
 import pytest
 
 _count = itertools.count()
+
+
+def absent_address(ip: str) -> str:
+    """`ip`, which no interface of this machine has (a gateway configured with it waits for it, sending nothing):
+    the test is skipped where it is one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((ip, 0))
+        except OSError as err:
+            assert err.errno == errno.EADDRNOTAVAIL, err
+            return ip
+    pytest.skip(f"{ip} is an address of this machine")
 
 
 def _ip(*args: str) -> subprocess.CompletedProcess:
