@@ -29,6 +29,7 @@ from bacnet_api.points import (
 )
 from bacnet_peer import BacnetPeer, PeerError
 from netns import linked_netns  # noqa: F401 - a fixture
+from test_http_api import points_status
 from waiting import eventually
 
 pytestmark = pytest.mark.timeout(60)
@@ -351,6 +352,9 @@ async def test_snapshot_lists_every_point(gateway):
     assert entry["units"] == "kilowatts" and entry["flags"]["fault"] is False
     assert snap[METER_POWER]["flags"]["fault"] is True
     assert snap[INPUT_POWER]["priority"] is None
+    # the dashboard tests' points (test_http_api.points_status) are this snapshot's, reliability and all
+    faulted = {name: e["reliability"] for name, e in snap.items() if e["flags"]["fault"]}
+    assert points_status({name: gateway.get(name) for name in snap}, faulted=faulted) == snap
 
 
 async def test_application_side_rejects_nonsense(gateway):

@@ -15,7 +15,8 @@ import pytest_asyncio
 from bacnet_api.points import BY_NAME as POINTS_BY_NAME, POINTS
 from browser import IN_ONE_CHROMIUM, artifact_path, chromium_page, one_chromium  # noqa: F401 - fixture
 from waiting import eventually
-from test_http_api import SampleView, _iso
+from test_http_api import SampleView, _iso, points_status, signal, simple, vtn_event
+from ven.events import OPT_OUT
 from ven.http_api import HttpServer
 from ven.metrics import Metrics
 
@@ -237,13 +238,53 @@ async def _binary_points_read_as_a_bas_shows_them(page):
 
 
 class FreshView:
-    """A gateway that just started: no readings, no forecasts, no thresholds, no events."""
+    """A gateway that just started: no readings, no forecasts, no thresholds, no events; its VTN refuses the
+    connection, so it never registered. As a real Gateway's status gives it a few seconds after its start."""
 
     def status(self):
-        return {"version": "0.1.0", "uptime_seconds": 3.0,
-                "points": [{"name": p.name, "object": p.object_id, "value": p.initial, "units": p.units,
-                            "status_flags": {"fault": p.starts_in_fault}} for p in POINTS],
-                "events": [], "vtn": {"registered": False, "connected": False, "last_error": "connection refused"}}
+        now = time.time()
+        return {"version": "0.1.0", "uptime_seconds": 3.0, "now": _iso(now), "timezone": "UTC",
+                "clock_suspect": False, "clock_behind_last_read": None, "clock_synchronized": True,
+                "clock_max_error_ms": 12.5, "clock_warning": False,
+                "device": {"device_id": 500001, "name": "EdgeGateway", "address": "192.168.1.20/24:47808",
+                           "communication": {"mode": "enable"}, "foreign_device": None, "twins": [], "write_from": [],
+                           "writes_refused": 0, "last_write_refused": None},
+                # the device's initial values; the points with nothing to say yet in fault (no value yet)
+                "points": points_status({p.name: p.initial for p in POINTS},
+                                        faulted={p.name: "unreliableOther" for p in POINTS if p.starts_in_fault}),
+                "vtn": {"connected": False, "vtn_url": "http://127.0.0.1:8080/OpenADR2/Simple/2.0b", "proxy": None,
+                        "ven_name": "edge-gateway", "ven_id": None, "registration_id": None, "report_request_id": None,
+                        "report_granularity_seconds": None, "report_back_seconds": None, "report_requests": [],
+                        "report_offered": False, "telemetry_enabled": True, "report_offer_error": None,
+                        "last_poll": None, "last_error": "connection refused", "registration_failures": 2,
+                        "reregistrations": 0, "last_reregistration": None, "poll_failures": 0, "fault": None,
+                        "opt_answers_waiting": 0, "opt_answer_error": None,
+                        "telemetry": {"pending": 0, "dropped": 0, "delivered": 0, "last_delivery": None, "in_memory": 0,
+                                      "storage_error": None},
+                        "telemetry_fault": None, "telemetry_unrequested": None, "readings_not_reported_clock": 0,
+                        "client_cert": None},
+                "events": [],
+                "schedule": {"level": 0.0, "active": False, "start_minutes": -1.0, "active_event_ids": [],
+                             "opted_out": False, "level_event_id": None},
+                "meter": {"address": "12345:2", "object": "analogInput 2", "router": None, "units": None,
+                          "fault": False, "last_value_kw": None, "last_value_at": None, "last_attempt_at": None,
+                          "last_error": None, "fault_window": None},
+                # no power yet: the forecaster says its input is stale from the start (ForecastService.input_stale)
+                "forecaster": {"model": "persistence", "history_minutes": 0, "history_first": None,
+                               "history_last": None, "last_fit_at": None, "last_fit_seconds": None,
+                               "trained_until": None, "train_rows": 0, "fitting": False, "rejected_samples": 0,
+                               "curtailed_minutes": 0,
+                               "horizons": {h: {"serving": "persistence", "validation_rmse_kw": None,
+                                                "validation_persistence_rmse_kw": None, "validated_until": None,
+                                                "rolling_rmse_kw": None, "rolling_persistence_rmse_kw": None,
+                                                "rolling_count": 0} for h in ("15", "60")},
+                               "learning": {"needs_minutes": 2880, "have_minutes": 0, "first_fit_after": None},
+                               "source": "auto", "active_source": None, "last_input_at": None, "last_meter_at": None,
+                               "input_stale_seconds": 300.0, "storage_ok": True, "fit_ok": True, "fit_retry_at": None,
+                               "input_stale": True, "shed_kw": 0.0, "shed_since": None},
+                "storage": {"path": "/var/lib/edge-gateway/gateway.sqlite", "ok": True, "errors": {},
+                            "moved_aside": None},
+                "config_warnings": []}
 
     def history(self, hours):
         return {"minutes": [], "power_kw": [], "demand_kw": [], "forecast_15": [], "forecast_60": [],
@@ -266,22 +307,8 @@ async def test_dashboard_fresh_gateway(server):
 
 
 class StoreShapedView(SampleView):
-    """The same day in the shapes the gateway's parts produce: device.snapshot() (points keyed by name,
-    "flags"), schedule.events() (levels only inside signal payloads, far/near phases) and the
-    forecaster store's history, shaped for the dashboard by ven.history.build_history."""
-
-    def status(self):
-        body = super().status()
-        body["points"] = {p["name"]: {"object": p["object"], "value": p["value"], "units": p["units"],
-                                      "access": p["access"], "flags": p["status_flags"], "reliability": "noFaultDetected",
-                                      **({"texts": p["texts"]} if "texts" in p else {})}
-                          for p in body["points"]}
-        for e in body["events"]:
-            level = e.pop("level")
-            e["status"] = {"pending": "far"}.get(e["status"], e["status"])
-            e["signals"] = [{"name": "SIMPLE", "type": "level",
-                             "intervals": [{"start": e["start"], "duration_seconds": 3600.0, "payload": float(level)}]}]
-        return body
+    """The same day with its history as the gateway shapes it: the forecaster store's minutes and the status's
+    events (a real schedule's, levels only inside their SIMPLE signals), through ven.history.build_history."""
 
     def history(self, hours):
         from ven.history import build_history
@@ -379,7 +406,7 @@ class StorageView(SampleView):
         super().__init__()
         self.storage = {"path": "/var/lib/edge-gateway/gateway.sqlite", "ok": False,
                         "errors": {"events": "attempt to write a readonly database",
-                                   "forecaster": "forecast history not stored"}}
+                                   "forecaster": "forecast history not stored"}, "moved_aside": None}
 
     def status(self):
         return dict(super().status(), storage=self.storage)
@@ -398,7 +425,7 @@ async def test_dashboard_shows_storage_failure(server):
         bad = await card.locator("dd.bad").all_inner_texts()
         assert "attempt to write a readonly database" in bad and "forecast history not stored" in bad
         assert "no" in bad  # ok: no
-        view.storage = {"path": view.storage["path"], "ok": True, "errors": {}}
+        view.storage = {"path": view.storage["path"], "ok": True, "errors": {}, "moved_aside": None}
         await page.wait_for_function("!document.querySelector('#pills').innerText.includes('storage')", timeout=10000)
         assert await card.locator("dd.bad").count() == 0
         assert page.errors == []
@@ -462,20 +489,15 @@ class SteppedView(SampleView):
     """The active event steps 1 -> 2 -> 3 (now in the 2), the pending one 1 -> 3, as SIMPLE intervals;
     a price signal is not a level."""
 
-    def status(self):
-        body = super().status()
-        now = time.time()
-        steps = {"evt-peak-2": [(-1800, -600, 1), (-600, 600, 2), (600, 1800, 3)],
-                 "evt-next": [(7200, 9000, 1), (9000, 10800, 3)]}
-        for e in body["events"]:
-            if e["event_id"] in steps:
-                e.pop("level")
-                e["signals"] = [{"name": "SIMPLE", "type": "level",
-                                 "intervals": [{"start": _iso(now + a), "duration_seconds": float(b - a),
-                                                "payload": float(v)} for a, b, v in steps[e["event_id"]]]},
-                                {"name": "ELECTRICITY_PRICE", "type": "price",
-                                 "intervals": [{"start": _iso(now), "duration_seconds": 60.0, "payload": 0.31}]}]
-        return body
+    STEPS = {"evt-peak-2": [(-1800, -600, 1), (-600, 600, 2), (600, 1800, 3)],
+             "evt-next": [(7200, 9000, 1), (9000, 10800, 3)]}
+
+    def signals(self, e):
+        if e["event_id"] not in self.STEPS:
+            return super().signals(e)
+        now = self.clock()
+        return (simple(*((now + a, b - a, v) for a, b, v in self.STEPS[e["event_id"]])),
+                signal("ELECTRICITY_PRICE", "price", (now, 60, 0.31)))
 
 
 async def test_dashboard_event_level_steps(server):
@@ -494,26 +516,12 @@ async def test_dashboard_event_level_steps(server):
 
 class OverlapView(SampleView):
     """An open-ended event (1, then 2 until cancelled) overridden by a priority-1 event, and an
-    open-ended one the VTN cancelled: the shapes ven.schedule.events() gives them."""
+    open-ended one the VTN cancelled: as a real schedule gives them."""
 
-    def status(self):
-        body = super().status()
-        now = time.time()
-
-        def simple(*steps):
-            return [{"name": "SIMPLE", "type": "level", "intervals": [
-                {"start": _iso(now + a), "duration_seconds": d, "payload": float(v)} for a, d, v in steps]}]
-        body["events"] = [
-            {"event_id": "open", "status": "active", "opt": "optIn", "priority": 2, "open_ended": True,
-             "start": _iso(now - 1200), "end": None, "sets_level": False,
-             "signals": simple((-1200, 600.0, 1), (-600, None, 2))},
-            {"event_id": "urgent", "status": "active", "opt": "optIn", "priority": 1, "open_ended": False,
-             "start": _iso(now - 300), "end": _iso(now + 300), "sets_level": True, "signals": simple((-300, 600.0, 1))},
-            {"event_id": "stopped", "status": "cancelled", "opt": "optIn", "priority": 0, "open_ended": True,
-             "start": _iso(now - 3600), "end": None, "cancelled_at": _iso(now - 1800), "sets_level": False,
-             "signals": simple((-3600, None, 3))},
-        ]
-        return body
+    def vtn_events(self, now):
+        return [vtn_event("open", simple((now - 1200, 600, 1), (now - 600, None, 2)), priority=2),
+                vtn_event("urgent", simple((now - 300, 600, 1)), priority=1),
+                vtn_event("stopped", simple((now - 3600, None, 3)), cancelled_at=now - 1800)]
 
 
 async def test_dashboard_shows_open_ended_overridden_and_cancelled_events(server):
@@ -656,13 +664,10 @@ async def test_ages_past_two_days_are_said_in_days_and_hours(server):
 class PriceEventView(SampleView):
     """The sample's events, and a day-ahead price event the gateway answered optOut (it follows SIMPLE only)."""
 
-    def status(self) -> dict:
-        body = super().status()
-        start, end = body["events"][2]["start"], body["events"][2]["end"]
-        price = {"event_id": "evt-price", "status": "pending", "opt": "optOut", "start": start, "end": end,
-                 "modification_number": 0, "signals": [{"name": "ELECTRICITY_PRICE", "type": "price", "intervals": [
-                     {"start": start, "end": end, "value": 0.31}]}]}
-        return {**body, "events": body["events"] + [price]}
+    def vtn_events(self, now):
+        nxt = self.events[2]
+        price = signal("ELECTRICITY_PRICE", "price", (nxt["start"], nxt["end"] - nxt["start"], 0.31))
+        return super().vtn_events(now) + [vtn_event("evt-price", price, opt=OPT_OUT, received_at=now - 3600)]
 
 
 async def test_an_event_answered_opt_out_for_want_of_a_simple_signal_is_not_shown_as_a_fault(server):

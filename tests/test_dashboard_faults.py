@@ -15,7 +15,7 @@ import pytest
 from browser import IN_ONE_CHROMIUM, artifact_path, chromium_page, one_chromium  # noqa: F401 - fixture
 from test_dashboard import QUICK, drawn, open_dashboard, server  # noqa: F401 - shared fixture
 from test_cert_expiry import issue  # noqa: F401 - shared fixture: certificate files expiring when asked
-from test_http_api import SampleView, _iso
+from test_http_api import SampleView, _iso, fault_points
 from ven.cert_expiry import CertWatch, read_client_cert
 from ven.config import OpenadrConfig
 from ven.config_load import parse_config
@@ -47,7 +47,8 @@ class FaultView(SampleView):
                                            "404: Not Found") if "vtn" in f else
                                           ("VTN unreachable at http://127.0.0.1:8080/OpenADR2/Simple/2.0b: Connect "
                                            "call failed ('127.0.0.1', 8080)") if "vtn-down" in f else None,
-                            "opt_answer_error": None, "telemetry": {"pending": 6 if "vtn" in f else 0}})
+                            "opt_answer_error": None})
+        body["vtn"]["telemetry"]["pending"] = 6 if "vtn" in f else 0
         # telemetry the VTN does not take while it answers polls (VtnClient._telemetry_fault): still "connected"
         if f & {"telemetry", "telemetry-refused"}:
             refused = "telemetry-refused" in f
@@ -62,7 +63,7 @@ class FaultView(SampleView):
             body["vtn"]["telemetry_unrequested"] = {
                 "since": _iso(now - 1800), "wait_seconds": 600.0, "asked": ["one-shot report rr-once"],
                 "report_specifier_id": "edge-gateway-telemetry", "r_id": "main-meter"}
-        body["device"] = {"device_id": 500001, "communication": {"mode": "enable"}}
+        body["device"]["communication"] = {"mode": "enable"}
         if "dcc" in f:
             body["device"]["communication"] = {"mode": "disableInitiation", "by": "10.0.0.9:47808",
                                                "since": _iso(now - 60), "minutes": 5, "until": _iso(now + 240)}
@@ -77,7 +78,7 @@ class FaultView(SampleView):
         body["storage"] = {"path": "/var/lib/edge-gateway/gateway.sqlite", "ok": "storage" not in f,
                            "errors": {"events": "storage.path /var/lib/edge-gateway/gateway.sqlite: cannot open "
                                                 "SQLite database for writing (Read-only file system)"}
-                           if "storage" in f else {}}
+                           if "storage" in f else {}, "moved_aside": None}
         fc = body["forecaster"]
         fc.update({"source": "bacnet_input", "input_stale": "input" in f, "history_minutes": 42,
                    "last_input_at": None if "input" in f else now - 5, "last_meter_at": now - 3,
@@ -101,8 +102,7 @@ class FaultView(SampleView):
             faulted.add("power-rate-of-change")
         if "meter" in f or "dcc" in f:
             faulted.add("meter-power")
-        for p in body["points"]:
-            p["status_flags"]["fault"] = p["name"] in faulted
+        fault_points(body["points"], faulted)
         return body
 
 
@@ -323,8 +323,7 @@ class ShedView(FaultView):
 
     def status(self):
         body = super().status()
-        shed = next(p for p in body["points"] if p["name"] == "bas-shed-power")
-        shed["value"] = 120.0
+        body["points"]["bas-shed-power"].update(value=120.0, priority=8)
         body["forecaster"].update(shed_kw=120.0, shed_since=time.time() - 600)
         return body
 
@@ -361,8 +360,9 @@ async def test_the_header_and_the_tab_name_the_gateway(server):  # noqa: F811
     async with drawn(server, view) as (page, _):
         assert await page.locator("#site").inner_text() == "edge-gateway · device 500001"
         assert await page.title() == "edge-gateway · device 500001 · Edge Gateway"
-    view.status = lambda: {**FaultView.status(view), "device": {"device_id": 500002, "name": "Bldg-B-Gateway"},
-                           "vtn": {**FaultView.status(view)["vtn"], "ven_name": "bldg-b"}}
+    view.status = lambda: {**(body := FaultView.status(view)),
+                           "device": {**body["device"], "device_id": 500002, "name": "Bldg-B-Gateway"},
+                           "vtn": {**body["vtn"], "ven_name": "bldg-b"}}
     async with drawn(server, view) as (page, _):
         assert await page.title() == "bldg-b · Bldg-B-Gateway · device 500002 · Edge Gateway"
         assert page.errors == []
@@ -515,7 +515,9 @@ async def test_a_ven_certificate_near_its_end_is_named_with_the_date_to_renew_it
     async with drawn(server, view, "?refresh=1", speedup=QUICK) as (page, _):
         assert await page.locator("#problems").is_hidden()   # a year to go: nothing to do yet
 
-        issue(10)
+        # 30 s short of 10 days: the status's "now", which the page counts from, is in whole seconds, and at the
+        # second the certificate was made 10 days were left to the second
+        issue(10 - 30 / 86400)
         look()
         date = f"{read_client_cert(cert).not_after:%Y-%m-%d %H:%M} UTC"
         await page.wait_for_function(f"({PROBLEMS}) === 'vtn-cert'", timeout=10000)
@@ -524,7 +526,7 @@ async def test_a_ven_certificate_near_its_end_is_named_with_the_date_to_renew_it
         assert await item.locator(".what").inner_text() == "VEN certificate expires soon"
         assert await item.locator(".detail").inner_text() == (
             f"openadr.cert {cert} (CN=ven-site-17) expires on {date}, in 9 d 23 h; after that the VTN refuses the "
-            "gateway and no demand-response events arrive")   # 10 days less the seconds since it was made
+            "gateway and no demand-response events arrive")
         todo = await item.locator(".todo").inner_text()
         assert todo.startswith(f"renew openadr.cert before {date}: ") and "no restart" in todo, todo
         assert "only-warn" in await page.locator("#problems").get_attribute("class")

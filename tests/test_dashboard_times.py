@@ -11,10 +11,10 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from browser import IN_ONE_CHROMIUM, artifact_path, chromium_page, one_chromium  # noqa: F401 - fixture
-from test_dashboard import READY, drawn, open_dashboard, server  # noqa: F401 - shared fixture
+from test_dashboard import READY, FreshView, drawn, open_dashboard, server  # noqa: F401 - shared fixture
 from test_dashboard_ahead import OVERPRINTED, AheadView
 from test_dashboard_chart_keys import readout, tab_to_chart
-from test_http_api import SampleView
+from test_http_api import SampleView, assert_shaped_as
 from bacnet_api import points as P
 from ven.app import Gateway
 from ven.config_load import parse_config
@@ -103,6 +103,9 @@ async def test_the_gateway_says_its_zone_and_the_page_shows_times_in_it(tmp_path
     gateway = Gateway(cfg)
     await gateway.start()
     try:
+        # the other tests' statuses are shaped as this one
+        for view in (SampleView(), FreshView()):
+            assert_shaped_as(gateway.status(), view.status())
         shown = zone or "UTC"
         async with chromium_page() as page:
             await open_dashboard(page, gateway.http.url + "/")
@@ -149,7 +152,7 @@ async def test_a_building_in_rome_reads_rome_time_and_utc_when_chosen_also_after
         title = await page.locator('svg rect.event[data-event="evt-peak-2"] title').text_content()
         assert title.endswith(f"{local(active['start'], ROME)}–{local(active['end'], ROME)} Europe/Rome")
         # a timestamp of the status tables ends in its offset then, where UTC's ends in Z
-        started = await page.locator('[data-section="forecaster"] dt:text-is("last cycle") + dd').inner_text()
+        started = await page.locator('[data-section="forecaster"] dt:text-is("last fit at") + dd').inner_text()
         assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\+0[12]:00 \(\d+ s ago\)", started), started
 
         await choose_zone(page, "UTC")

@@ -1,11 +1,14 @@
 """The operator HTTP surface: endpoints, token rule, health (view and event loop), metrics.
 
 SampleView stands in for the gateway (the HTTP layer's only dependency) with a realistic day of
-generated building data; the end-to-end test against the running gateway lives with the app.
+generated building data, its /api/status in the shape a running Gateway gives (ven/app.py Gateway.status():
+points as GatewayDevice.snapshot() gives them, events from a real EventSchedule); the end-to-end test
+against the running gateway lives with the app (test_dashboard_times checks the two shapes agree).
 """
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -22,14 +25,109 @@ from waiting import eventually
 from bacnet_api.points import POINTS
 from ven import http_api
 from ven.config import ConfigError
+from ven.events import OPEN_ENDED, OPT_IN, Event, Interval, Signal
 from ven.http_api import STATIC_FILES, WEB_DIR, HttpServer, is_loopback, parse_address, to_json
 from ven.metrics import Metrics
+from ven.schedule import EventSchedule
 
 UTC = dt.timezone.utc
 
 
 def _iso(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _stamp(ts: float) -> str:
+    """A time as Gateway.status() writes most of its own (datetime.isoformat: "+00:00", not "Z")."""
+    return dt.datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+# the reliability GatewayDevice gives a point in fault (bacnet_api/device.py: meter-power's own, else unreliableOther)
+FAULT_RELIABILITY = {"meter-power": "communicationFailure"}
+
+
+def points_status(values: dict, faulted=(), overridden=(), commanded=None) -> dict:
+    """/api/status's points as GatewayDevice.snapshot() gives them: keyed by name, in table order. `values` by
+    name; `faulted`: the points in fault, each with the reliability the device gives it (FAULT_RELIABILITY, or a
+    dict name -> reliability); `overridden`: flagged so; `commanded`: the priority a commandable point's value is
+    held at (else null: its relinquish default)."""
+    out = {}
+    for p in POINTS:
+        fault = p.name in faulted
+        entry = {"object": p.object_id, "value": values[p.name], "units": p.units, "access": p.access,
+                 "description": p.description,
+                 "flags": {"in_alarm": False, "fault": fault, "overridden": p.name in overridden,
+                           "out_of_service": False},
+                 "reliability": ((faulted.get(p.name) if isinstance(faulted, dict) else None)
+                                 or FAULT_RELIABILITY.get(p.name, "unreliableOther")) if fault else "noFaultDetected"}
+        if p.texts is not None:
+            entry["texts"] = list(p.texts)
+        if p.access == "commandable":
+            entry["priority"] = (commanded or {}).get(p.name)
+        out[p.name] = entry
+    return out
+
+
+def fault_points(points: dict, faulted) -> None:
+    """Put exactly `faulted` of a points_status() body in fault, as the device would."""
+    for name, entry in points.items():
+        fault = name in faulted
+        entry["flags"]["fault"] = fault
+        entry["reliability"] = FAULT_RELIABILITY.get(name, "unreliableOther") if fault else "noFaultDetected"
+
+
+def signal(name: str, type_: str, *intervals) -> Signal:
+    """A VTN's signal; each interval (start epoch s, seconds or None: until cancelled, payload)."""
+    return Signal(name, type_, tuple(Interval(dt.datetime.fromtimestamp(start, UTC),
+                                              OPEN_ENDED if seconds is None else dt.timedelta(seconds=seconds),
+                                              float(payload)) for start, seconds, payload in intervals))
+
+
+def simple(*intervals) -> Signal:
+    return signal("SIMPLE", "level", *intervals)
+
+
+def vtn_event(event_id: str, *signals: Signal, opt: str = OPT_IN, priority: int = 0,
+              cancelled_at: float | None = None, received_at: float | None = None) -> Event:
+    """An event as the gateway keeps it (ven/events.py), received an hour before its first interval."""
+    first = min((i.start for s in signals for i in s.intervals), default=dt.datetime.now(UTC))
+    received = first - dt.timedelta(hours=1) if received_at is None else dt.datetime.fromtimestamp(received_at, UTC)
+    return Event(event_id=event_id, modification_number=0, status="cancelled" if cancelled_at is not None else "far",
+                 test_event=False, market_context="oadr://utility.example/dr", signals=signals,
+                 start_offset=dt.timedelta(0), received_at=received, opt=opt, priority=priority,
+                 cancelled_at=None if cancelled_at is None else dt.datetime.fromtimestamp(cancelled_at, UTC))
+
+
+class _NoStorage:
+    """EventSchedule's storage.path: nothing kept."""
+
+    def save_event(self, event) -> None:
+        pass
+
+
+def schedule_of(events, now: float) -> EventSchedule:
+    """A real EventSchedule holding `events` at `now` (epoch s): its events() are /api/status's "events", its
+    state() the "schedule" section and the ADR points."""
+    clock = dt.datetime.fromtimestamp(now, UTC)
+    schedule = EventSchedule(_NoStorage(), lambda state: None, clock=lambda: clock)
+    for ev in events:
+        schedule.upsert(ev)
+    return schedule
+
+
+def assert_shaped_as(real: dict, sample: dict) -> None:
+    """A test's /api/status has the keys a real Gateway's has: every section, point field and section key, and none
+    of its own. A key only the tests' status had is one the page came to read (a point's description, the header's
+    ven_name) or kept code alive for (vtn.registered, points as a list, status_flags)."""
+    assert set(sample) == set(real), set(sample) ^ set(real)
+    assert list(sample["points"]) == list(real["points"])
+    for name, entry in real["points"].items():
+        assert set(sample["points"][name]) == set(entry), (name, set(sample["points"][name]) ^ set(entry))
+    for key in ("device", "vtn", "schedule", "meter", "storage"):
+        assert set(sample[key]) == set(real[key]), (key, set(sample[key]) ^ set(real[key]))
+    assert set(sample["vtn"]["telemetry"]) == set(real["vtn"]["telemetry"])
+    # the last forecast is there once the first cycle ran
+    assert set(sample["forecaster"]) - {"last_forecast"} == set(real["forecaster"]) - {"last_forecast"}
 
 
 class SampleView:
@@ -41,6 +139,8 @@ class SampleView:
         now = int(time.time()) // 60 * 60
         n = int(hours * 60)
         self.minutes = [now - (n - 1 - i) * 60 for i in range(n)]
+        # the sample's clock (clock()): where in its last minute it was made, running on from there
+        self._made = (time.time() - self.minutes[-1], time.monotonic())
         self.power = []
         for t in self.minutes:
             hour = (t % 86400) / 3600
@@ -68,44 +168,90 @@ class SampleView:
             {"event_id": "evt-peak-2", "start": now - 1800, "end": now + 1800, "level": 1, "opt": "optIn"},
             {"event_id": "evt-next", "start": now + 7200, "end": now + 10800, "level": 3, "opt": "optOut"},
         ]
-        self.started = time.time() - 3 * 86400 - 5000
+        self.uptime = 3 * 86400 + 5000.0
         self.healthy = (True, "ok")
         self.fail_status: Exception | None = None
+
+    def clock(self) -> float:
+        """The sample's wall clock (epoch s): the time it was made at (made_at's in the dashboard tests) running
+        on, and moved with its minutes (test_dashboard_times end_at)."""
+        into_minute, made = self._made
+        return self.minutes[-1] + into_minute + time.monotonic() - made
+
+    def signals(self, e: dict) -> tuple[Signal, ...]:
+        """The VTN's signals of the sample's event `e`: its level over its hours."""
+        return (simple((e["start"], e["end"] - e["start"], e["level"])),)
+
+    def vtn_events(self, now: float) -> list[Event]:
+        """The events the gateway holds at `now`, from self.events (each received an hour before it, or before now)."""
+        return [vtn_event(e["event_id"], *self.signals(e), opt=e["opt"], received_at=min(e["start"], now) - 3600)
+                for e in self.events]
 
     def status(self) -> dict:
         if self.fail_status:
             raise self.fail_status
+        now = self.clock()
+        schedule = schedule_of(self.vtn_events(now), now)
+        state = schedule.state()
         values = {"input-power-meter": self.power[-1], "meter-power": self.power[-1],
                   "fifteen-min-future-power": self.forecast_15[-1], "one-hour-future-power": self.forecast_60[-1],
-                  "power-rate-of-change": 0.42, "ADR-Event-Level": 1.0, "ADR-Event-Start-Minutes": 0.0,
+                  "power-rate-of-change": 0.42, "ADR-Event-Level": state.level,
+                  "ADR-Event-Start-Minutes": state.start_minutes,
                   "high-load-conditions": self.high_load[-1], "low-load-conditions": self.low_load[-1],
-                  "ADR-Event-Active": True, "ADR-Opt-Out": False, "vtn-connected": True, "meter-fault": False,
+                  "ADR-Event-Active": state.active, "ADR-Opt-Out": False, "vtn-connected": True, "meter-fault": False,
                   "high-load-threshold": self.high_threshold, "low-load-threshold": self.low_threshold,
                   "bas-shed-power": 0.0}
-        points = [{"name": p.name, "object": p.object_id, "value": values[p.name], "units": p.units,
-                   "access": p.access, "description": p.description, **({"texts": list(p.texts)} if p.texts else {}),
-                   "status_flags": {"in_alarm": False, "fault": False, "overridden": p.name == "input-power-meter",
-                                    "out_of_service": False}} for p in POINTS]
-        states = {"evt-peak-1": "completed", "evt-peak-2": "active", "evt-next": "pending"}
-        events = [{"event_id": e["event_id"], "status": states.get(e["event_id"], "active"), "opt": e["opt"],
-                   "start": _iso(e["start"]), "end": _iso(e["end"]), "level": e["level"], "modification_number": 0,
-                   "signals": [{"name": "simple", "type": "level",
-                                "intervals": [{"start": _iso(e["start"]), "end": _iso(e["end"]),
-                                               "value": e["level"]}]}]} for e in self.events]
+        last_poll = now - 2
         return {
-            "version": "0.1.0", "started_at": _iso(self.started), "uptime_seconds": time.time() - self.started,
-            "points": points,
-            "vtn": {"url": "http://127.0.0.1:8080/OpenADR2/Simple/2.0b", "ven_name": "edge-gateway",
-                    "ven_id": "ven-1234", "registered": True, "connected": True,
-                    "last_poll": dt.datetime.now(UTC), "last_error": None},
-            "events": events,
-            "telemetry": {"queue_depth": 0, "last_delivery": _iso(time.time() - 8), "sent": 8630, "dropped": 0},
-            "meter": {"address": "12345:2", "object": "analogInput 2", "value_kw": self.power[-1],
-                      "read_at": _iso(time.time() - 4), "fault": False, "last_error": None},
-            "forecaster": {"serving": "gradient-boosting", "history_minutes": 20160,
-                           "validation_error_kw": 3.14, "high_threshold_kw": self.high_threshold,
-                           "low_threshold_kw": self.low_threshold, "last_cycle": _iso(time.time() - 20),
-                           "nan_example": math.nan},
+            "version": "0.1.0", "uptime_seconds": round(self.uptime + time.monotonic() - self._made[1], 1),
+            "now": dt.datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds"), "timezone": "UTC",
+            "clock_suspect": False, "clock_behind_last_read": None, "clock_synchronized": True,
+            "clock_max_error_ms": 12.5, "clock_warning": False,
+            "device": {"device_id": 500001, "name": "EdgeGateway", "address": "192.168.1.20/24:47808",
+                       "communication": {"mode": "enable"}, "foreign_device": None, "twins": [], "write_from": [],
+                       "writes_refused": 0, "last_write_refused": None},
+            # the BAS writes input-power-meter (at priority 8); it is flagged overridden here, to show a flag set
+            "points": points_status(values, overridden={"input-power-meter"}, commanded={"input-power-meter": 8}),
+            "vtn": {"connected": True, "vtn_url": "http://127.0.0.1:8080/OpenADR2/Simple/2.0b", "proxy": None,
+                    "ven_name": "edge-gateway", "ven_id": "ven-1234", "registration_id": "reg-5678",
+                    "report_request_id": "rr-1", "report_granularity_seconds": 60.0, "report_back_seconds": 60.0,
+                    "report_requests": [{"report_request_id": "rr-1", "granularity_seconds": 60.0,
+                                         "report_back_seconds": 60.0, "sent_until": _stamp(now - 8)}],
+                    "report_offered": True, "telemetry_enabled": True, "report_offer_error": None,
+                    "last_poll": _stamp(last_poll), "last_error": None, "registration_failures": 0,
+                    "reregistrations": 0, "last_reregistration": None, "poll_failures": 0, "fault": None,
+                    "opt_answers_waiting": 0, "opt_answer_error": None,
+                    "telemetry": {"pending": 0, "dropped": 0, "delivered": 8630, "last_delivery": _stamp(now - 8),
+                                  "in_memory": 0, "storage_error": None},
+                    "telemetry_fault": None, "telemetry_unrequested": None, "readings_not_reported_clock": 0,
+                    "client_cert": None},
+            "events": schedule.events(),
+            "schedule": dataclasses.asdict(state),
+            "meter": {"address": "12345:2", "object": "analogInput 2", "router": None, "units": "kilowatts",
+                      "fault": False, "last_value_kw": self.power[-1],
+                      "last_value_at": dt.datetime.fromtimestamp(now - 4, UTC).isoformat(timespec="seconds"),
+                      "last_attempt_at": dt.datetime.fromtimestamp(now - 4, UTC).isoformat(timespec="seconds"),
+                      "last_error": None, "fault_window": None},
+            "forecaster": {"model": "hgb+ridge+plain+mlp", "history_minutes": 20160,
+                           "history_first": self.minutes[0], "history_last": self.minutes[-1],
+                           "last_fit_at": now - 20, "last_fit_seconds": 9.3, "trained_until": self.minutes[-1] - 300,
+                           "train_rows": 20000, "fitting": False, "rejected_samples": 0, "curtailed_minutes": 0,
+                           "horizons": {str(h): {"serving": "hgb+ridge+plain+mlp", "validation_rmse_kw": rmse,
+                                                 "validation_persistence_rmse_kw": 2 * rmse,
+                                                 "validated_until": self.minutes[-1] - 300, "rolling_rmse_kw": None,
+                                                 "rolling_persistence_rmse_kw": None, "rolling_count": 0}
+                                        for h, rmse in ((15, 3.14), (60, 6.28))},
+                           "learning": None, "source": "auto", "active_source": "bacnet_input",
+                           "last_input_at": now - 4, "last_meter_at": now - 4, "input_stale_seconds": 300.0,
+                           "storage_ok": True, "fit_ok": True, "fit_retry_at": None, "input_stale": False,
+                           "shed_kw": 0.0, "shed_since": None,
+                           "last_forecast": {"issued_at": now - 20,
+                                             "demand_kw": {"15": self.forecast_15[-1], "60": self.forecast_60[-1]},
+                                             "rate_kw_per_min": 0.42, "high_load": self.high_load[-1],
+                                             "low_load": self.low_load[-1], "high_threshold_kw": self.high_threshold,
+                                             "low_threshold_kw": self.low_threshold}},
+            "storage": {"path": "/var/lib/edge-gateway/gateway.sqlite", "ok": True, "errors": {}, "moved_aside": None},
+            "config_warnings": [],
         }
 
     def history(self, hours: float) -> dict:
@@ -213,16 +359,27 @@ async def test_healthz_reports_blocked_event_loop(served):
     assert float(lag_line[0].split()[1]) >= 0.9
 
 
+class LooseView(SampleView):
+    """A part giving a float NaN (a model's error over no minutes) and a datetime rather than its text."""
+
+    def status(self) -> dict:
+        body = super().status()
+        body["forecaster"]["horizons"]["60"]["rolling_rmse_kw"] = math.nan
+        body["vtn"]["last_poll"] = dt.datetime.now(UTC)
+        return body
+
+
 async def test_status_is_strict_json(served):
-    server, view, base = await served()
+    server, view, base = await served(LooseView())
     status, headers, body = await fetch(base + "/api/status")
     assert status == 200 and headers["Content-Type"].startswith("application/json")
     assert "NaN" not in body
     data = json.loads(body)
-    assert [p["name"] for p in data["points"]] == [p.name for p in POINTS]
-    assert data["forecaster"]["nan_example"] is None
+    assert list(data["points"]) == [p.name for p in POINTS]
+    assert data["forecaster"]["horizons"]["60"]["rolling_rmse_kw"] is None
     assert data["vtn"]["last_poll"].endswith("Z")
-    assert {e["status"] for e in data["events"]} == {"completed", "active", "pending"}
+    assert [(e["event_id"], e["status"], e["group"]) for e in data["events"]] == [
+        ("evt-peak-1", "completed", "recent"), ("evt-peak-2", "active", "active"), ("evt-next", "far", "pending")]
 
 
 async def test_status_failure_is_500_and_logged_once(served, caplog):

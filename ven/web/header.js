@@ -31,8 +31,8 @@ export function renderHeader(health) {
   else if (bad) add(`running, ${bad} problem${bad > 1 ? "s" : ""}`, "warn", `/healthz: ${health.text} (the process is up; see "Needs attention")`);
   else add("healthy", "ok", health.text);
   const vtn = gw.vtn || {};
-  if ("connected" in vtn || "registered" in vtn) {
-    const up = vtn.connected !== false && vtn.registered !== false;
+  if ("connected" in vtn) {
+    const up = vtn.connected !== false;
     const never = neverRegistered(vtn);
     add(up ? (flaky(vtn) ? "VTN intermittent" : "VTN connected") : (never ? "VTN not registered" : "VTN disconnected"),
         up ? (flaky(vtn) ? "warn" : "ok") : "bad", vtn.last_error || "");

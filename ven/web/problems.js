@@ -72,8 +72,8 @@ export function findProblems(health) {
           : "correct the BAS program that writes it (the point table in the README gives each point's units and range); the gateway keeps the last value it took");
   }
   const vtn = gw.vtn || {};
-  const queued = ((vtn.telemetry || {}).pending) ?? ((gw.telemetry || {}).queue_depth);
-  if (vtn.connected === false || vtn.registered === false) {
+  const queued = (vtn.telemetry || {}).pending;
+  if (vtn.connected === false) {
     const err = vtn.last_error || "";
     const never = neverRegistered(vtn);
     const refused = /\b(HTTP [45]\d\d|refused|[45]\d\d )/.test(err) && !/unreachable|timed? ?out/i.test(err);
@@ -87,7 +87,7 @@ export function findProblems(health) {
   // polls answered, telemetry not taken: the VTN pill stays "connected" and only the queue grows, so it is said
   // here from the log's warning to its end (unreachable, the item above says the queue waits already)
   const tf = vtn.telemetry_fault;
-  if (vtn.connected !== false && vtn.registered !== false && tf && typeof tf === "object") {
+  if (vtn.connected !== false && tf && typeof tf === "object") {
     const waiting = typeof queued === "number" ? `; ${queued} reading(s) wait in the queue` : "";
     const refused = tf.kind === "refused";
     add("telemetry", "bad", refused ? "VTN refuses the telemetry" : "Telemetry not delivered",
@@ -100,7 +100,7 @@ export function findProblems(health) {
   // registered, the report offered and taken, and never requested: nothing goes out and the queue only grows, while
   // the VTN reads "connected"; from the log's warning until the VTN requests it
   const tu = vtn.telemetry_unrequested;
-  if (vtn.connected !== false && vtn.registered !== false && tu && typeof tu === "object") {
+  if (vtn.connected !== false && tu && typeof tu === "object") {
     const waiting = typeof queued === "number" ? `; ${queued} reading(s) wait in the queue` : "";
     const asked = Array.isArray(tu.asked) && tu.asked.length ? ` (it asked only for ${tu.asked.join("; ")})` : "";
     add("telemetry-unrequested", "warn", "VTN has not requested telemetry",

@@ -1,26 +1,14 @@
-// The status body: accept points as a list or as a map keyed by name, "flags" or "status_flags",
-// event levels given directly or found in their SIMPLE signal intervals ("payload" or "value");
-// and what it says about the gateway, for the pills, the problem list and the tiles.
+// The status body (ven/http_api.py's docstring has its shape): its points, a map keyed by name, as a list in
+// table order; and what it says about the gateway, for the pills, the problem list and the tiles.
 import {fmtDuration, fmtTime, nowMs, toMs, zoneName} from "./format.js";
 import {gw} from "./state.js";
 
-export function intervalValue(iv) { return iv.payload !== undefined ? iv.payload : iv.value; }
-function eventLevel(e) {
-  if (typeof e.level === "number") return e.level;
-  const steps = levelSteps(e);
-  const current = steps.find((st) => st.current);
-  return current ? current.level : steps.length ? Math.max(...steps.map((st) => st.level)) : null;
-}
 export function normalizeStatus(s) {
-  const points = Array.isArray(s.points) ? s.points :
-    Object.entries(s.points || {}).map(([name, p]) => Object.assign({name}, p));
-  for (const p of points) p.status_flags = p.status_flags || p.flags || {};
-  for (const e of s.events || []) e.level = eventLevel(e);
+  const points = Object.entries(s.points || {}).map(([name, p]) => Object.assign({name}, p));
   return Object.assign({}, s, {points});
 }
 function intervalEnd(iv, openEnded) {
   const start = toMs(iv.start);
-  if (iv.end) return toMs(iv.end);
   if (openEnded && iv.duration_seconds === null) return Infinity;  // holds until the VTN cancels it
   return start !== null && typeof iv.duration_seconds === "number" ? start + iv.duration_seconds * 1000 : null;
 }
@@ -30,13 +18,11 @@ export function levelSteps(e) {
   const sigs = e.signals || [];
   let chosen = sigs.filter((s) => String(s.name || "").toUpperCase() === "SIMPLE");
   if (!chosen.length) chosen = sigs.filter((s) => String(s.type || "").toLowerCase() === "level");
-  // unnamed, untyped signals (a hand-made status): take what there is; a price is never a level
-  if (!chosen.length) chosen = sigs.filter((s) => !s.name && !s.type);
   const now = nowMs();
   const steps = [];
   for (const s of chosen) {
     for (const iv of s.intervals || []) {
-      const v = intervalValue(iv);
+      const v = iv.payload;
       if (typeof v !== "number") continue;
       const start = toMs(iv.start), end = intervalEnd(iv, e.open_ended);
       steps.push({level: v, start, current: start !== null && end !== null && start <= now && now < end});
@@ -61,7 +47,7 @@ export function flaky(vtn) {
   return vtn.connected === true && !!f && f.intermittent === true && !f.ended;
 }
 // a gateway that never registered (refused, wrong vtn_url) is not one that lost its VTN
-export function neverRegistered(vtn) { return vtn.registered === false || ("registration_id" in vtn && !vtn.registration_id); }
+export function neverRegistered(vtn) { return "registration_id" in vtn && !vtn.registration_id; }
 function lastForecast() { return (gw.forecaster || {}).last_forecast || null; }
 export function noThreshold() {
   // the load flags have no threshold (a new install's first day, a flat history): they read fault

@@ -2,7 +2,7 @@
 import {$, el} from "./dom.js";
 import {UNIT_TEXT, fmtNum, fmtTime, humanize, putValue, toMs, zoneName} from "./format.js";
 import {gw} from "./state.js";
-import {intervalValue, learningText, levelSteps} from "./status.js";
+import {learningText, levelSteps} from "./status.js";
 
 function flagBadges(flags) {
   const frag = document.createDocumentFragment();
@@ -25,7 +25,7 @@ export function renderPoints() {
               el("td", {class: "num"}, stateText(p)),
               el("td", {}, UNIT_TEXT[p.units] !== undefined ? UNIT_TEXT[p.units] : (p.units || "")));
     const flags = el("td");
-    flags.append(flagBadges(p.status_flags));
+    flags.append(flagBadges(p.flags));
     tr.append(flags);
     body.append(tr);
   }
@@ -38,7 +38,7 @@ function levelCell(e) {
   const td = el("td", {class: "num levels"});
   const steps = levelSteps(e);
   if (steps.length <= 1) {
-    td.append(levelBadge(steps.length ? steps[0].level : e.level));
+    td.append(levelBadge(steps.length ? steps[0].level : null));   // no SIMPLE signal: no level
     return td;
   }
   steps.forEach((st, i) => {
@@ -52,7 +52,7 @@ function levelCell(e) {
 }
 function signalSummary(signals) {
   return (signals || []).map((s) => {
-    const values = (s.intervals || []).map((i) => fmtNum(intervalValue(i)));
+    const values = (s.intervals || []).map((i) => fmtNum(i.payload));
     return `${s.name || "signal"}${s.type ? "/" + s.type : ""}: ${values.join(" → ")}`;
   }).join("; ");
 }
@@ -86,7 +86,7 @@ export function renderEvents() {
     body.append(tr);
   }
 }
-const SECTIONS = [["vtn", "VTN"], ["telemetry", "Telemetry"], ["meter", "Meter"], ["forecaster", "Forecaster"],
+const SECTIONS = [["vtn", "VTN"], ["meter", "Meter"], ["forecaster", "Forecaster"],
                   ["schedule", "Demand response"], ["storage", "Storage"], ["device", "BACnet device"]];
 // nested objects become "parent.child" rows so every value stays readable
 function flatten(obj, prefix, out) {
@@ -113,7 +113,7 @@ export function renderSections() {
       const text = typeof v === "string" && v !== "";
       const bad = (/(^|[._])(last_)?error$/.test(k) && text) || (/(^|\.)errors\./.test(k) && text) ||
                   (/fault$/.test(k) && v === true) || (/(^|[._])ok$/.test(k) && v === false) ||
-                  ((k === "connected" || k === "registered") && v === false) ||
+                  (k === "connected" && v === false) ||
                   (k === "input_stale" && v === true) || (k === "communication.mode" && typeof v === "string" && v !== "enable");
       // epoch-second timestamps ("issued_at", "history_first", "learning.first_fit_after") read as times
       const epoch = /(_at|_after|_first|_last|_time)$/.test(k) && typeof v === "number" && v > 1e9 && v < 1e10;

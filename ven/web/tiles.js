@@ -24,7 +24,7 @@ function tileWhy(name) {
     // the trend is a slope: it needs two minutes with readings in the last 15, which a forecast does not
     // (the first minutes after a start, a meter read less often than every 7 minutes)
     const forecast = pointByName("fifteen-min-future-power");
-    if (name === "power-rate-of-change" && forecast && !(forecast.status_flags || {}).fault) return "too few recent readings";
+    if (name === "power-rate-of-change" && forecast && !(forecast.flags || {}).fault) return "too few recent readings";
     return "no forecast yet";
   }
   if (name === "high-load-conditions" || name === "low-load-conditions") {
@@ -63,7 +63,7 @@ export function renderTiles() {
     if (!p) continue;
     // shown while the BAS says it sheds: a zero tile the rest of the time would be noise to most sites
     if (name === "bas-shed-power" && !(gw.forecaster || {}).shed_kw) continue;
-    const flags = p.status_flags || {};
+    const flags = p.flags || {};
     const fault = flags.fault || flags.in_alarm;
     const on = typeof p.value === "boolean" ? p.value : false;
     const tile = el("div", {class: `tile${fault ? " is-fault" : ""}${on ? " on" : ""}`, "data-point": name});
