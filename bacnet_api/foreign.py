@@ -92,7 +92,9 @@ class RegistrationWatch:
 
     def status(self) -> dict:
         return {"bbmd": self.bbmd, "ttl_seconds": self.ttl, "registered": bool(self._registered),
-                "why_not": None if self._registered else (self._why or "waiting for the BBMD's first answer")}
+                "why_not": None if self._registered else (self._why or "waiting for the BBMD's first answer"),
+                # refused, or no answer in time: the log's WARNING stands (not the first seconds' wait)
+                "fault": self._registered is False}
 
     def fault(self) -> str | None:
         """The BBMD's refusal or silence while its WARNING stands (no end line yet), else None."""

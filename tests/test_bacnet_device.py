@@ -640,6 +640,7 @@ async def test_a_bbmd_that_refuses_the_registration_is_said_and_its_acceptance_l
         bbmd_name = f"127.0.0.1:{bbmd.getsockname()[1]}"
         # refused at once, then asked again 5 s later: accepted
         await eventually(lambda: device.foreign_fault(), 5, "the refusal")
+        assert device.foreign_device()["fault"] is True     # the dashboard's "BBMD registration failing"
         assert device.foreign_fault() == f"BBMD {bbmd_name} refused (Register-Foreign-Device NAK 0x0030) to the " \
             "foreign-device registration", "what a stop meanwhile names"
         await eventually(lambda: device.foreign_device()["registered"], 10, "the registration taken")
@@ -649,7 +650,8 @@ async def test_a_bbmd_that_refuses_the_registration_is_said_and_its_acceptance_l
                         "registration: a BAS on another subnet cannot find the gateway; asked again after 5 s, then "
                         "less often, up to every 60 s",
                         f"BACnet: registered again as a foreign device with BBMD {bbmd_name} (renewed every 60 s)"], said
-        assert device.foreign_device() == {"bbmd": bbmd_name, "ttl_seconds": 60, "registered": True, "why_not": None}
+        assert device.foreign_device() == {"bbmd": bbmd_name, "ttl_seconds": 60, "registered": True, "why_not": None,
+                                           "fault": False}
         # the I-Am goes out through the BBMD once it took the registration: one sent while refused was dropped
         await eventually(lambda: any(i_am_of(DEVICE_ID) in data for _, data in broadcasts), 5, "the I-Am")
         assert [n for n, data in broadcasts if i_am_of(DEVICE_ID) in data] == [2], broadcasts

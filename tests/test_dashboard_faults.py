@@ -64,6 +64,9 @@ class FaultView(SampleView):
                 "since": _iso(now - 1800), "wait_seconds": 600.0, "asked": ["one-shot report rr-once"],
                 "report_specifier_id": "edge-gateway-telemetry", "r_id": "main-meter"}
         body["device"]["communication"] = {"mode": "enable"}
+        body["device"]["foreign_device"] = {
+            "bbmd": "10.1.2.3:47808", "ttl_seconds": 60, "registered": "bbmd" not in f,
+            "why_not": "refused (Register-Foreign-Device NAK 0x0030)" if "bbmd" in f else None, "fault": "bbmd" in f}
         if "dcc" in f:
             body["device"]["communication"] = {"mode": "disableInitiation", "by": "10.0.0.9:47808",
                                                "since": _iso(now - 60), "minutes": 5, "until": _iso(now + 240)}
@@ -126,6 +129,7 @@ async def test_each_fault_is_named_with_what_to_do_and_clears_by_itself(server):
             "storage": ("storage.path not writable", "restart now loses"),
             "input": ("Forecaster has no power input", "input-power-meter"),
             "threshold": ("Load flags have no threshold yet", "forecaster.high_load_kw"),
+            "bbmd": ("BBMD registration failing", "bacnet.bbmd_address"),
             "meter-flaky": ("Meter answering intermittently", "router"),
         }
         for fault, (what, todo) in expect.items():
@@ -177,7 +181,7 @@ async def test_each_fault_is_named_with_what_to_do_and_clears_by_itself(server):
 
         # all together, then all cleared: the list empties and the gateway reads healthy again
         view.faults = set(expect) - {"vtn-down", "meter-flaky"}
-        await page.wait_for_function(f"({PROBLEMS}).split(',').length === 5", timeout=10000)
+        await page.wait_for_function(f"({PROBLEMS}).split(',').length === 6", timeout=10000)
         await page.screenshot(path=str(artifact_path("dashboard-all-faults.png")), full_page=True)
         view.faults = set()
         await page.wait_for_selector("#problems", state="hidden", timeout=10000)

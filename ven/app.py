@@ -763,6 +763,8 @@ class Gateway:
             out.append("storage.path not writable")
         if self._input_stale:
             out.append("forecaster has no power input")
+        if foreign := self.device.foreign_fault():
+            out.append(foreign)     # a BAS on another subnet cannot find the gateway
         for twin in self.device.twins():    # the BAS binds one box or the other: a configuration copied
             out.append(f"another device answers as device {self.config.bacnet.device_id}, from {twin['address']}")
         return out

@@ -61,6 +61,12 @@ export function findProblems(health) {
         `${who} answers as device ${(gw.device || {}).device_id ?? ""} too: the BAS binds one or the other, and reads and writes may go to the wrong box`,
         "give each gateway its own bacnet.device_id (a configuration copied to a second box?) and restart the one changed; this clears at the next restart");
   }
+  const bbmd = (gw.device || {}).foreign_device;
+  if (bbmd && typeof bbmd === "object" && bbmd.fault === true) {
+    add("bbmd", "bad", "BBMD registration failing",
+        `BBMD ${bbmd.bbmd || "bacnet.bbmd_address"}: ${bbmd.why_not || "not registered"}; a BAS on another IP subnet cannot find or reach the gateway through it`,
+        "check bacnet.bbmd_address, that the BBMD is up and reachable from this box (UDP), and that it takes foreign devices (a free entry in its table); the gateway asks again, up to every minute, and this clears once the BBMD takes it");
+  }
   const refusal = recentRefusal();
   if (refusal) {
     const count = typeof refusal.count === "number" ? `${refusal.count} refused since the gateway started; ` : "";
