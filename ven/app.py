@@ -883,6 +883,7 @@ class Gateway:
         self.metrics.telemetry_unrequested.set(int(self.vtn.telemetry_unrequested() is not None))
         self.metrics.storage_writable.set(int(self.storage_status()["ok"]))
         self.metrics.bacnet_initiation_disabled.set(int(self.device.communication()["mode"] != "enable"))
+        self.metrics.bbmd_registration_failing.set(int(self.device.foreign_fault() is not None))
         self.metrics.forecast_input_stale.set(int(self.forecast.input_stale()))
         self.metrics.clock_synchronized.set(metric_value(self.clock_sync.last))
         self.metrics.vtn_client_cert_expiry.set(self.cert_watch.metric_value())

@@ -93,6 +93,10 @@ class Metrics:
         self.bacnet_initiation_disabled = Gauge(f"{p}_bacnet_initiation_disabled",
                                                 "1 while a BACnet client has disabled communication initiation "
                                                 "(DeviceCommunicationControl): the meter is not read", registry=r)
+        self.bbmd_registration_failing = Gauge(f"{p}_bbmd_registration_failing",
+                                               "1 while the BBMD (bacnet.bbmd_address) refuses or does not answer the "
+                                               "foreign-device registration: a BAS on another subnet cannot find the "
+                                               "gateway", registry=r)
         self.telemetry_unrequested = Gauge(f"{p}_telemetry_unrequested",
                                            "1 while registered and the VTN has not requested the telemetry report "
                                            "for openadr.request_wait_seconds: readings only pile up", registry=r)
