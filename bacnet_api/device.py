@@ -218,6 +218,7 @@ class GatewayDevice:
         if app is not None:
             await _let_answers_go(app, ANSWER_WAIT_S)
             stop_transactions(app)
+        await _end_own_tasks(bacnet)
         await bacnet._disconnect()
         # let the transports' close callbacks run so the port is free on return
         await asyncio.sleep(0)
@@ -476,3 +477,14 @@ async def _let_answers_go(app: Any, at_most: float) -> None:
         # a transaction leaves AWAIT_RESPONSE in the step that sends its answer
         await asyncio.sleep(0.01)
         answering = [t for t in answering if t.state == AWAIT_RESPONSE]
+
+
+async def _end_own_tasks(bacnet) -> None:
+    """BAC0's start announces the device from a task it keeps no handle to (Lite._i_am), which stays pending on a
+    stack that never completes its I-Am: every stop of a device left one behind, and a closed loop then reported it
+    destroyed while pending. Its coroutine's frame names the Lite it belongs to."""
+    own = [t for t in asyncio.all_tasks() if getattr(t.get_coro(), "__qualname__", "") == "Lite._i_am"
+           and getattr(getattr(t.get_coro(), "cr_frame", None), "f_locals", {}).get("self") is bacnet]
+    for task in own:
+        task.cancel()
+    await asyncio.gather(*own, return_exceptions=True)

@@ -716,3 +716,16 @@ async def test_an_acceptance_that_comes_twice_or_late_leaves_one_renewal(free_ud
     gaps = [round(b - a, 2) for a, b in zip(asked[since - 1:], renewals)]
     # one renewal a second, each a second after the one before
     assert 3 <= len(renewals) <= 4 and min(gaps) > 0.8, gaps
+
+
+async def test_a_stopped_device_leaves_no_task_of_its_own_behind(free_udp_port):
+    # BAC0 announces the device from a task it keeps no handle to; each stop left it pending, which a closed loop
+    # reports as "Task was destroyed but it is pending!" (pytest-asyncio before 1.1 failed later tests on it)
+    port = free_udp_port()
+    for _ in range(2):      # and a device started again on the same port
+        device = GatewayDevice(address=f"127.0.0.1/8:{port}", device_id=DEVICE_ID, device_name="TestGateway")
+        await device.start()
+        await asyncio.sleep(0.2)
+        await device.stop()
+        left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        assert left == [], left
