@@ -148,6 +148,20 @@ async def test_a_shed_command_survives_a_restart_and_a_bad_stored_one_is_named(t
     assert len(said) == 4, said
 
 
+async def test_a_shed_ended_or_begun_by_writing_0_at_the_priority_held_is_kept_at_once(system):  # noqa: F811
+    # a changed kW is put off up to a minute; a shed ended by writing 0 was too, and a crash in that minute brought
+    # it back at the next start, added to every sample until the BAS's next shed (it writes only at changes)
+    vtn, meter, gateway, peer, gw = system
+    kept = lambda: json.loads(gateway.storage.load_value(SHED_COMMANDS))   # noqa: E731
+    assert await peer.write(gw, SHED, "presentValue", 70.0, priority=9) is None
+    assert kept() == {"9": 70.0}
+    assert await peer.write(gw, SHED, "presentValue", 0.0, priority=9) is None
+    assert kept() == {"9": 0.0} and gateway.storage.load_value(SHED_COMMANDS + ":since") == ""
+    assert await peer.write(gw, SHED, "presentValue", 65.0, priority=9) is None    # and one begun from a held 0
+    assert kept() == {"9": 65.0}
+    assert gateway.storage.load_value(SHED_COMMANDS + ":since") != ""
+
+
 def test_metered_power_with_the_shed_over_the_bound_is_learnt_at_the_bound(tmp_path, caplog):
     # 430 kW metered and a 120 kW shed under bacnet.input_max_kw 500: the sum was refused whole, a hole in the history
     # at every peak of the shed, and the line named 550 kW, which no meter read and no point holds

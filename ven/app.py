@@ -117,6 +117,11 @@ def freeze_startup_objects() -> None:
     gc.freeze()
 
 
+def _sheds(commands: dict[int, float]) -> bool:
+    """Whether bas-shed-power's commands put a shed in force (the highest priority's above 0)."""
+    return bool(commands[min(commands)]) if commands else False
+
+
 def bacnet_device(c: GatewayConfig) -> GatewayDevice:
     """The BACnet device a configuration describes: the one `run` serves and `points --ede` writes down."""
     return GatewayDevice(address=c.bacnet.address, device_id=c.bacnet.device_id, device_name=c.bacnet.device_name,
@@ -337,9 +342,8 @@ class Gateway:
                        f"{span(now - gap.last_bad)} ago and not yet steadily" if not self._input_stale else
                        f"forecaster without power input for {span(now - gap.since)}")
         if self._built("vtn") and (held := self.vtn.readings_not_reported()):
-            why = ("behind the meter's last read of the run before" if self.vtn.readings_held_before()
-                   else "not set")
-            out.append(f"meter readings not reported, the wall clock {why} ({held} so far)")
+            out.append(f"meter readings not reported, the wall clock reading {self.vtn.clock_wrong_why} "
+                       f"({held} so far)")
         if self.clock_sync.warned:
             out.append("the machine's clock not synchronized")
         if errors := self.storage_status()["errors"]:
@@ -399,7 +403,9 @@ class Gateway:
         if commands == kept:
             return
         wait = SHED_SAVE_S - (time.monotonic() - self._shed_kept_at)
-        if not at_once and commands.keys() == kept.keys() and wait > 0:
+        if not at_once and commands.keys() == kept.keys() and _sheds(commands) == _sheds(kept) and wait > 0:
+            # a kW changed within a shed; a shed begun or ended by writing 0 at the priority held is kept at once,
+            # or a crash in the minute brings back (or loses) the shed the BAS ended (began)
             # written when the minute is up, whether or not the BAS writes again: a kW it changed once and then
             # held must be on the disk for a crash, not only for a clean stop
             self._shed_save = asyncio.get_running_loop().call_later(wait, self._keep_shed)
@@ -425,6 +431,8 @@ class Gateway:
         except ValueError:
             since = math.nan
         self._shed_since_kept = since if math.isfinite(since) else None
+        if since is not None and math.isfinite(since) and clock_suspect(datetime.fromtimestamp(since, timezone.utc)):
+            return None     # stamped by a clock not yet set (a box without a battery clock): begun again now
         return self._shed_since_kept
 
     def _commanded(self, name: str) -> float | None:

@@ -331,8 +331,7 @@ def run_gateway(config_path: str | None, customize: Callable[[Any], None] | None
     notifier = SystemdNotifier()
 
     async def main():
-        alive = asyncio.create_task(notifier.keep_alive(), name="systemd-watchdog")
-        stuck = None
+        alive = stuck = None
         try:
             if wait_for_address:
                 await _wait_for_bacnet_address(cfg.bacnet.address, notifier.waiting)
@@ -343,8 +342,9 @@ def run_gateway(config_path: str | None, customize: Callable[[Any], None] | None
                 await gateway.start()
                 freeze_startup_objects()
                 notifier.ready(f"ready: BACnet {cfg.bacnet.address}, VTN {cfg.openadr.vtn_url_shown}")
-                # from here, as systemd's: the start's one-off work (a damaged storage file read page by page and
-                # rebuilt) may hold the loop longer
+                # both from here: systemd arms its watchdog at the first ping, and the start's one-off work (a
+                # damaged storage file read page by page and rebuilt) may hold the loop longer
+                alive = asyncio.create_task(notifier.keep_alive(), name="systemd-watchdog")
                 stuck = asyncio.create_task(exit_when_stuck(), name="loop-watchdog")
                 await asyncio.Event().wait()
             finally:

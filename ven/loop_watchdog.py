@@ -1,26 +1,54 @@
 """The event loop's own watchdog, for `run` under any supervisor (Docker's restart policy, runit, systemd).
 
 A loop that stops turning (a call that never returns, a deadlock) leaves the process alive and every BACnet point
-frozen, the VTN unanswered and the telemetry unread, and no supervisor restarts a process that has not exited.
-faulthandler's timer runs in a C thread that needs neither the loop nor the GIL: re-armed from the loop every
-quarter of LOOP_STUCK_S, it fires only when the loop has not turned for that long, and then writes every thread's
-stack to stderr (under "Timeout (0:01:00)!": where the loop was stuck, for a bug report) and exits with status 1.
-The state is SQLite's, safe at any instant, and the next start resumes from it. systemd's WatchdogSec (30 s, the
-shipped unit) acts first where it is set.
+frozen, the VTN unanswered and the telemetry unread, and no supervisor restarts a process that has not exited. The
+loop notes the time every second; a thread of its own looks every second, and once the loop has not noted it for
+LOOP_STUCK_S writes every thread's stack to stderr (where the loop was stuck, for a bug report) and exits with
+status 1. The state is SQLite's, safe at any instant, and the next start resumes from it.
+
+A process that was stopped whole (SIGSTOP, Ctrl-Z, `docker pause`) is not stuck: the thread's own one-second sleep
+then lasts as long as the stop, and it starts counting again. A C call that never returns while holding the GIL
+stops this thread too; systemd's WatchdogSec (30 s in the shipped unit), outside the process, covers that, and
+acts first where it is set.
 """
 from __future__ import annotations
 
 import asyncio
 import faulthandler
+import os
+import sys
+import threading
+import time
 
 LOOP_STUCK_S = 60.0     # the loop's longest step in normal work is tens of milliseconds, a loaded one-core box's 0.3 s
+BEAT_S = 1.0
+PAUSED_S = 5.0          # the thread's sleep overshooting by this much: the whole process was stopped, not the loop
 
 
 async def exit_when_stuck() -> None:
-    """Run as a task from the end of the start to the end of the stop; cancelled, the timer is disarmed."""
+    """Run as a task from the end of the start to the end of the stop; cancelled, the thread ends."""
+    beat = [time.monotonic()]
+    done = threading.Event()
+    threading.Thread(target=_watch, args=(beat, done, LOOP_STUCK_S), name="loop-watchdog", daemon=True).start()
     try:
         while True:
-            faulthandler.dump_traceback_later(LOOP_STUCK_S, exit=True)
-            await asyncio.sleep(LOOP_STUCK_S / 4)
+            beat[0] = time.monotonic()
+            await asyncio.sleep(BEAT_S)
     finally:
-        faulthandler.cancel_dump_traceback_later()
+        done.set()
+
+
+def _watch(beat: list[float], done: threading.Event, stuck_s: float) -> None:
+    last = time.monotonic()
+    while not done.wait(BEAT_S):
+        now = time.monotonic()
+        if now - last > BEAT_S + PAUSED_S:
+            beat[0] = now       # stopped and continued: the loop gets its time to turn again
+        last = now
+        if now - beat[0] >= stuck_s and not done.is_set():
+            # not through logging: the stuck loop may hold its lock
+            os.write(sys.stderr.fileno(), f"edge-gateway: the event loop has not turned for {now - beat[0]:.0f} s: "
+                                          "every thread's stack follows; exiting (status 1) for the supervisor to "
+                                          "restart it\n".encode())
+            faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+            os._exit(1)

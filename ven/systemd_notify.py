@@ -6,6 +6,7 @@ call that never returns, a deadlock) leaves the process alive with every BACnet 
 unanswered, which nothing else notices; without the pings systemd kills the gateway (SIGABRT: faulthandler puts
 where the loop was stuck in the journal) and Restart= starts it again. While the start waits for bacnet.address
 to come up, the start's time-out is extended, so a late DHCP lease is waited for, not a failed start every 90 s.
+systemd arms its watchdog at the first ping, so the pings begin with READY.
 Without NOTIFY_SOCKET (not under systemd, Type=simple, a container) nothing is sent.
 """
 from __future__ import annotations
@@ -17,7 +18,10 @@ import socket
 
 log = logging.getLogger(__name__)
 
-EXTEND_S = 5.0      # each extension of the start's time-out while bacnet.address is waited for (sent every 1 s)
+# each extension of the start's time-out while bacnet.address is waited for (sent every 1 s): systemd moves the
+# deadline to now + this, so the last one, as the address comes, must leave the whole start its time (90 s, as
+# TimeoutStartSec's default)
+EXTEND_S = 90.0
 
 
 class SystemdNotifier:
@@ -25,10 +29,13 @@ class SystemdNotifier:
         path = self.named = environ.get("NOTIFY_SOCKET", "")
         # an abstract socket is named with a leading "@" in the variable and a NUL on the wire
         self.address = "\0" + path[1:] if path.startswith("@") else path
-        usec = environ.get("WATCHDOG_USEC", "")
         pid = environ.get("WATCHDOG_PID", "")
         ours = not pid or pid == str(os.getpid())      # a child that inherited the variables is not watched
-        self.watchdog_s = int(usec) / 1e6 if usec.isdigit() and int(usec) > 0 and ours and path else None
+        try:
+            usec = int(environ.get("WATCHDOG_USEC", ""))
+        except ValueError:
+            usec = 0
+        self.watchdog_s = usec / 1e6 if usec > 0 and ours and path else None
         self._failed = False
         self._stopping = False
         for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
@@ -43,13 +50,16 @@ class SystemdNotifier:
             return
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+                sock.setblocking(False)     # a full queue (PID 1 busy) is one lost ping, not the watched loop held
                 sock.sendto("\n".join(fields).encode(), self.address)
         except OSError as err:
             if not self._failed:    # once: systemd gone or the socket unreachable; the watchdog will say the rest
                 self._failed = True
                 log.warning("systemd notification to %s failed: %s", self.named, err.strerror or err)
             return
-        self._failed = False
+        if self._failed:
+            self._failed = False
+            log.info("systemd notification to %s works again", self.named)
 
     def waiting(self, status: str) -> None:
         self.send(f"EXTEND_TIMEOUT_USEC={int(EXTEND_S * 1e6)}", f"STATUS={status}")

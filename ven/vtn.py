@@ -146,6 +146,7 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
         self._refused_said: dict[str, int] = {}   # listed events refused as unreadable: the modification logged
         self.opt_answer_error: str | None = None   # the VTN's reason for refusing our last opt answer
         self._clock_wrong_since: datetime | None = None   # the first reading dated by a clock not set, while so
+        self.clock_wrong_why = ""       # why, as the WARNING said it ("before this version was built", ...)
         self.readings_held = 0        # readings not reported because the wall clock was not set (since start)
         self._reads_before: datetime | None = None   # the run before's last read, while this run's clock is behind it
 
@@ -195,7 +196,7 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
         if wrong := self._clock_not_set(ts):
             self.readings_held += 1
             if self._clock_wrong_since is None:
-                self._clock_wrong_since = ts
+                self._clock_wrong_since, self.clock_wrong_why = ts, wrong
                 log.warning("the wall clock reads %s, %s: meter readings are not reported until it is set", _iso(ts),
                             wrong)
             return False
