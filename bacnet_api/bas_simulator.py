@@ -105,11 +105,12 @@ class BasSimulator:
         decision = self._decide(view, faults)
         changed = view != self.view or faults != self.faults or decision != self.decision
         own = self._own = self._own_shed(view, faults, decision)
+        # what it decided on is its state before the command goes out: one reading them meanwhile sees both agree
+        self.view, self.faults, self.decision = view, faults, decision
         if own and self.reported_kw is None:
             await self._report_shed(self.kw_source() * self.shed_fractions.get(decision, 0.0))
         elif not own and (self.reported_kw is not None or not self._said):
             await self._report_shed(None)   # the first cycle too: a command left by an earlier run of this BAS
-        self.view, self.faults, self.decision = view, faults, decision
         if changed and self.on_change is not None:
             self.on_change(dict(view), decision)
 

@@ -71,7 +71,7 @@ def notify_socket():
 async def test_run_is_ready_once_its_device_answers_pings_the_watchdog_and_says_it_stops(
         tmp_path, free_udp_port, free_tcp_port, notify_socket, monkeypatch):
     monkeypatch.setenv("NOTIFY_SOCKET", notify_socket.path)
-    monkeypatch.setenv("WATCHDOG_USEC", "1000000")     # WatchdogSec=1s: a ping every 0.5 s
+    monkeypatch.setenv("WATCHDOG_USEC", "2000000")     # WatchdogSec=2s: a ping every second
     port = free_udp_port()
     config = tmp_path / "gw.toml"
     write_config(config, bacnet_port=port, http_port=free_tcp_port(), storage=tmp_path / "gw.sqlite",
@@ -89,10 +89,10 @@ async def test_run_is_ready_once_its_device_answers_pings_the_watchdog_and_says_
         # systemd arms its watchdog at the first ping: none before the start is over
         assert notify_socket.drain()[0] == ready, notify_socket.drain()
         assert any(f.startswith("STATUS=ready: BACnet 127.0.0.1/8:") for f in ready), ready
-        await asyncio.sleep(2.0)
+        await asyncio.sleep(3.5)
         pings = [at for at, fields in notify_socket.got if fields == ["WATCHDOG=1"]]
-        assert len(pings) >= 4, notify_socket.got
-        assert max(b - a for a, b in zip(pings, pings[1:])) < 1.0, "a ping late enough for systemd to kill"
+        assert len(pings) >= 3, notify_socket.got
+        assert max(b - a for a, b in zip(pings, pings[1:])) < 2.0, "a ping late enough for systemd to kill"
     finally:
         code = gateway.stop()
     assert code == 0, gateway.log()
