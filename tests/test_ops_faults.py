@@ -16,7 +16,7 @@ import pytest
 from bacnet_api import points as P
 from bacnet_api.simulator import MeterSimulator
 from bacnet_peer import BacnetPeer
-from test_gateway import fast_config
+from test_gateway import fast_config, system  # noqa: F401 - a fixture
 from test_meter import client, gateway, read_until_steady  # noqa: F401 - shared fixture and helpers
 from ven.app import Gateway
 from ven.vtn_server import DemoVtn
@@ -258,3 +258,23 @@ async def test_a_stop_names_every_fault_whose_end_its_log_has_not_said(tmp_path,
     for fault in ("the machine's clock not synchronized", "forecaster rejecting meter samples",
                   "http status failing (ZeroDivisionError: division by zero)"):
         assert fault in line, line
+
+
+async def test_the_stop_line_gives_the_clocks_reason_as_its_warning_did(system):  # noqa: F811
+    # a box booting at 1970 after an earlier run: the warning said "before this version was built", the stop line
+    # "behind the meter's last read of the run before"
+    from datetime import datetime, timezone
+
+    gateway = system[2]
+
+    def said():
+        return [f for f in gateway._open_faults() if f.startswith("meter readings")]
+    gateway.vtn.hold_readings_until(datetime(2031, 1, 1, tzinfo=timezone.utc))
+    gateway.vtn.record_sample(datetime(1970, 1, 1, 0, 0, 5, tzinfo=timezone.utc), 10.0)
+    assert re.fullmatch(r"meter readings not reported \(\d+ so far\): the wall clock reading before this version was "
+                        r"built", *said()), said()
+    gateway.vtn.record_sample(datetime(2031, 6, 1, tzinfo=timezone.utc), 10.0)     # set: its end line
+    gateway.vtn.hold_readings_until(datetime(2032, 1, 1, tzinfo=timezone.utc))
+    gateway.vtn.record_sample(datetime(2031, 7, 1, tzinfo=timezone.utc), 10.0)
+    assert re.fullmatch(r"meter readings not reported \(\d+ so far\): the wall clock reading before the meter's last "
+                        r"read of the run before \(2032-01-01T00:00:00Z\)", *said()), said()

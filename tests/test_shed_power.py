@@ -179,3 +179,25 @@ def test_metered_power_with_the_shed_over_the_bound_is_learnt_at_the_bound(tmp_p
     said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert said == ["meter 430 kW with bas-shed-power 120 kW added is over bacnet.input_max_kw (500 kW): learnt as "
                     "500 kW while it is, for the rest of this shed"], said
+
+
+@pytest.mark.parametrize("since, begun_again", [("1e12", False), ("-1e12", True), ("1e20", False), ("100.0", True)])
+async def test_a_stored_shed_start_out_of_range_or_from_an_unset_clock_does_not_stop_the_start(
+        tmp_path, free_udp_port, free_tcp_port, since, begun_again):
+    # a damaged or hand-edited file made every start raise (a date past year 9999, or before 1); a start stamped by a
+    # clock not yet set (1970 on a box without a battery clock) is begun again, and the file put right
+    ports = dict(bacnet_port=free_udp_port(), meter_port=free_udp_port(), vtn_port=free_tcp_port(),
+                 http_port=free_tcp_port())
+    gateway = Gateway(fast_config(tmp_path, **ports))
+    gateway.storage.save_value(SHED_COMMANDS, json.dumps({"9": 70.0}))
+    gateway.storage.save_value(SHED_COMMANDS + ":since", since)
+    async with MeterSimulator(address=f"127.0.0.1/8:{ports['meter_port']}", value=87.5):
+        try:
+            await gateway.start()
+            status = gateway.forecast.status()
+            assert status["shed_kw"] == 70.0
+            if begun_again:
+                assert status["shed_since"] > 1.7e9
+                assert float(gateway.storage.load_value(SHED_COMMANDS + ":since")) > 1.7e9, "the file put right"
+        finally:
+            await gateway.stop()

@@ -5,6 +5,7 @@ And under any supervisor: a loop stuck for long exits with every thread's stack.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import socket
@@ -242,3 +243,61 @@ asyncio.run(main())
             proc.wait()
     assert proc.returncode == 0 and "the loop ran to its end" in out, (proc.returncode, err[-2000:])
     assert "has not turned" not in err, err[-2000:]
+
+
+def test_a_notification_that_fails_is_said_once_and_its_end_too(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="ven.systemd_notify")
+    path = tempfile.mkdtemp(prefix="notify-", dir="/tmp") + "/late"
+    notifier = SystemdNotifier({"NOTIFY_SOCKET": path})
+    notifier.send("WATCHDOG=1")     # no socket yet: systemd restarting, say
+    notifier.send("WATCHDOG=1")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(path)
+        notifier.send("WATCHDOG=1")
+        notifier.send("WATCHDOG=1")
+    os.unlink(path)
+    os.rmdir(os.path.dirname(path))
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 2 and "failed" in said[0] and said[1] == f"systemd notification to {path} works again", said
+
+
+@pytest.mark.parametrize("usec", ["0", "", "abc", "3_000_000", "３０００", "-5"])
+def test_a_watchdog_usec_systemd_would_not_write_is_no_watchdog(notify_socket, usec):
+    assert SystemdNotifier({"NOTIFY_SOCKET": notify_socket.path, "WATCHDOG_USEC": usec}).watchdog_s is None
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("case", ["stderr gone", "holding the GIL"])
+def test_a_stuck_loop_exits_whatever_its_stderr_and_its_grip_on_the_gil(tmp_path, case):
+    # stderr a pipe whose reader died (`run 2>&1 | tee`, tee killed): the write failed and the thread with it; a
+    # call that never returns holding the GIL (a runaway regex) stops the watchdog's thread: faulthandler's C timer
+    script = tmp_path / "stuck.py"
+    script.write_text(f"""
+import asyncio, re, time
+import ven.loop_watchdog as watchdog
+watchdog.LOOP_STUCK_S, watchdog.BEAT_S, watchdog.GIL_BACKSTOP_S = 2.0, 0.1, 3.0
+
+def stuck():
+    if {case == "holding the GIL"!r}:
+        re.match(r"(a+)+$", "a" * 40 + "b")     # minutes, in C, holding the GIL
+    else:
+        time.sleep(60)
+
+async def main():
+    task = asyncio.create_task(watchdog.exit_when_stuck())
+    await asyncio.sleep(0.5)
+    stuck()
+
+asyncio.run(main())
+""")
+    began = time.monotonic()
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if case == "stderr gone":
+        proc.stderr.close()
+    try:
+        code = proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert code == 1 and time.monotonic() - began < 20, (code, time.monotonic() - began)

@@ -34,7 +34,7 @@ from .site import SITE_KEY, set_aside_if_other_site, site_of
 from .storage import Storage, set_aside_if_damaged
 from .tasks import at_most, cancel_and_wait
 from .telemetry import TelemetryQueue
-from .wallclock import CLOCK_STEP_S, clock_suspect
+from .wallclock import CLOCK_FLOOR, CLOCK_STEP_S, clock_suspect
 
 if TYPE_CHECKING:
     from .forecast_service import ForecastService
@@ -342,8 +342,8 @@ class Gateway:
                        f"{span(now - gap.last_bad)} ago and not yet steadily" if not self._input_stale else
                        f"forecaster without power input for {span(now - gap.since)}")
         if self._built("vtn") and (held := self.vtn.readings_not_reported()):
-            out.append(f"meter readings not reported, the wall clock reading {self.vtn.clock_wrong_why} "
-                       f"({held} so far)")
+            out.append(f"meter readings not reported ({held} so far): the wall clock reading "
+                       f"{self.vtn.clock_wrong_why}")
         if self.clock_sync.warned:
             out.append("the machine's clock not synchronized")
         if errors := self.storage_status()["errors"]:
@@ -431,7 +431,7 @@ class Gateway:
         except ValueError:
             since = math.nan
         self._shed_since_kept = since if math.isfinite(since) else None
-        if since is not None and math.isfinite(since) and clock_suspect(datetime.fromtimestamp(since, timezone.utc)):
+        if math.isfinite(since) and since < CLOCK_FLOOR.timestamp():
             return None     # stamped by a clock not yet set (a box without a battery clock): begun again now
         return self._shed_since_kept
 

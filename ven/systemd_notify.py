@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 # deadline to now + this, so the last one, as the address comes, must leave the whole start its time (90 s, as
 # TimeoutStartSec's default)
 EXTEND_S = 90.0
+SEND_WAIT_S = 0.5
 
 
 class SystemdNotifier:
@@ -31,10 +32,8 @@ class SystemdNotifier:
         self.address = "\0" + path[1:] if path.startswith("@") else path
         pid = environ.get("WATCHDOG_PID", "")
         ours = not pid or pid == str(os.getpid())      # a child that inherited the variables is not watched
-        try:
-            usec = int(environ.get("WATCHDOG_USEC", ""))
-        except ValueError:
-            usec = 0
+        text = environ.get("WATCHDOG_USEC", "")
+        usec = int(text) if text.isascii() and text.isdigit() else 0     # as systemd writes it: decimal digits
         self.watchdog_s = usec / 1e6 if usec > 0 and ours and path else None
         self._failed = False
         self._stopping = False
@@ -50,7 +49,9 @@ class SystemdNotifier:
             return
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-                sock.setblocking(False)     # a full queue (PID 1 busy) is one lost ping, not the watched loop held
+                # PID 1 busy at boot (its queue full): READY waits a moment rather than being lost (systemd would
+                # kill a running gateway at the start's time-out), and a ping cannot hold the watched loop for long
+                sock.settimeout(SEND_WAIT_S)
                 sock.sendto("\n".join(fields).encode(), self.address)
         except OSError as err:
             if not self._failed:    # once: systemd gone or the socket unreachable; the watchdog will say the rest
