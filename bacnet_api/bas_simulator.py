@@ -128,13 +128,11 @@ class BasSimulator:
 
     def _own_shed(self, view: dict, faults: set[str], decision: str) -> bool:
         """SHED-2 on the flag with no event level, and the hold after it; an event's shed held after its end is not."""
-        high = bool(view.get(P.HIGH_LOAD)) and P.HIGH_LOAD not in faults
-        return decision == "shed" and float(view.get(P.EVENT_LEVEL, 0) or 0) == 0 and (high or self._own)
+        return decision == "shed" and _level(view) == 0 and (_high_load(view, faults) or self._own)
 
     def _decide(self, view: dict, faults: set[str] = frozenset()) -> str:
-        level = float(view.get(P.EVENT_LEVEL, 0) or 0)
-        high = bool(view.get(P.HIGH_LOAD, False)) and P.HIGH_LOAD not in faults
-        if level >= 2 or high:
+        level = _level(view)
+        if level >= 2 or _high_load(view, faults):
             self._calm = 0
             return "shed"
         if self.decision == "shed":
@@ -147,6 +145,15 @@ class BasSimulator:
             if self._calm < self.restore_cycles:
                 return "shed"
         return "shed-1" if level >= 1 else "normal"
+
+
+def _level(view: dict) -> float:
+    return float(view.get(P.EVENT_LEVEL, 0) or 0)
+
+
+def _high_load(view: dict, faults) -> bool:
+    """high-load-conditions on and live: in fault, it says nothing either way."""
+    return bool(view.get(P.HIGH_LOAD)) and P.HIGH_LOAD not in faults
 
 
 def _plain(value, kind: str) -> float | bool:

@@ -49,6 +49,15 @@ cycle_seconds = {cycle_seconds}
 """)
 
 
+def waiting_for_its_address(tmp_path, ip: str, ven_name: str, http_port: int) -> "GatewayProcess":
+    """A gateway (not started) whose bacnet.address is `ip` (tests/netns.py absent_address), on port 47808: it waits
+    for the address, sending nothing meanwhile."""
+    config = tmp_path / "gw.toml"
+    write_config(config, bacnet_port=47808, http_port=http_port, storage=tmp_path / "gw.sqlite", ven_name=ven_name,
+                 bacnet_ip=f"{ip}/24")
+    return GatewayProcess(config, tmp_path / "gateway.log")
+
+
 class GatewayProcess:
     """Start, SIGKILL, restart and stop one gateway process; output appends to log_path.
     As a context manager it starts on entry and stops (SIGTERM) on exit."""

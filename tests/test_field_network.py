@@ -11,7 +11,7 @@ import sys
 import aiohttp
 import pytest
 from bacnet_peer import BacnetPeer
-from gateway_process import GatewayProcess, write_config
+from gateway_process import GatewayProcess, waiting_for_its_address, write_config
 from netns import absent_address, linked_netns  # noqa: F401 - a fixture
 from waiting import eventually
 
@@ -74,11 +74,7 @@ async def test_addresses_that_come_after_the_service_are_waited_for(tmp_path, fr
 @pytest.mark.timeout(60)
 async def test_a_stop_while_waiting_for_the_address_is_clean(tmp_path, free_tcp_port):
     # no namespace needed: nothing is sent while the gateway waits
-    absent = absent_address("198.18.255.77")
-    config = tmp_path / "gw.toml"
-    write_config(config, bacnet_port=47808, http_port=free_tcp_port(), storage=tmp_path / "gw.sqlite",
-                 ven_name="no-nic", bacnet_ip=f"{absent}/24")
-    gateway = GatewayProcess(config, tmp_path / "gateway.log")
+    gateway = waiting_for_its_address(tmp_path, absent_address("198.18.255.77"), "no-nic", free_tcp_port())
     try:
         gateway.start()
         await eventually(lambda: NOT_THERE in gateway.log() or not gateway.alive, 30, "the gateway waiting")

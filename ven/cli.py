@@ -299,8 +299,8 @@ def run_gateway(config_path: str | None, customize: Callable[[Any], None] | None
 
     from .app import Gateway, freeze_startup_objects
     from .logs import setup_logging
-    from .run_lock import RunLock
     from .loop_watchdog import exit_when_stuck
+    from .run_lock import RunLock
     from .systemd_notify import SystemdNotifier
 
     lock = RunLock(cfg.storage.path)    # held until the process ends
