@@ -8,7 +8,7 @@ status 1. The state is SQLite's, safe at any instant, and the next start resumes
 
 A process that was stopped whole (SIGSTOP, Ctrl-Z, `docker pause`) is not stuck: the thread's own one-second sleep
 then lasts as long as the stop, and it starts counting again. A call that never returns while holding the GIL stops
-the thread too: faulthandler's timer, a C thread the thread re-arms every second, ends that one after
+the thread too: faulthandler's timer, a C thread the thread re-arms every tenth of it, ends that one after
 GIL_BACKSTOP_S (a pause longer than that may be taken for it: a restart, which is safe). systemd's WatchdogSec
 (30 s in the shipped unit), outside the process, acts first where it is set.
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import faulthandler
+import math
 import os
 import sys
 import threading
@@ -44,12 +45,16 @@ async def exit_when_stuck() -> None:
 
 def _watch(beat: list[float], done: threading.Event, stuck_s: float) -> None:
     fd = sys.stderr.fileno()    # written by descriptor: no lock the stuck loop may hold (sys.stderr's, logging's)
-    last = time.monotonic()
+    last, armed = time.monotonic(), -math.inf
     try:
         while not done.wait(BEAT_S):
-            faulthandler.dump_traceback_later(GIL_BACKSTOP_S, exit=True, file=fd)
             now = time.monotonic()
-            if now - last > BEAT_S + PAUSED_S:
+            paused = now - last > BEAT_S + PAUSED_S
+            if paused or now - armed >= GIL_BACKSTOP_S / 10:
+                # each arming starts a C thread of faulthandler's own: a tenth of its time is often enough
+                faulthandler.dump_traceback_later(GIL_BACKSTOP_S, exit=True, file=fd)
+                armed = now
+            if paused:
                 beat[0] = now       # stopped and continued: the loop gets its time to turn again
             last = now
             if now - beat[0] >= stuck_s and not done.is_set():
