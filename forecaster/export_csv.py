@@ -356,9 +356,13 @@ def _how_read(path: Path, lines: list[tuple[int, str]], header: int, delimiter: 
 
 
 def read_export(csv_path, time_column, value_column: str, tz: ZoneInfo, time_format: str | None = None,
-                encoding: str | None = None, decimal: str | None = None, value_unit: str | None = None):
+                encoding: str | None = None, decimal: str | None = None, value_unit: str | None = None,
+                stamped: str = "end"):
     """(times, values in kW, line numbers) sorted by time, (skipped row count, notes naming them), and a
-    note saying how the file was read when that is not plain comma-separated kW from its first line."""
+    note saying how the file was read when that is not plain comma-separated kW from its first line.
+    `stamped` "start": each time names the start of the interval its value covers (a minute of /api/history.csv,
+    interval data stamped at its start), moved to that interval's end, the rows' usual spacing later: the gateway
+    files a reading by when it was read, and an interval's mean is known at its end."""
     path = Path(csv_path)
     text = _decode(path, encoding)
     time_columns = (time_column,) if isinstance(time_column, str) else tuple(time_column)
@@ -371,12 +375,14 @@ def read_export(csv_path, time_column, value_column: str, tz: ZoneInfo, time_for
     raw = _raw_rows(lines, header, delimiter, cols, t_idx, v_idx)
     mark = decimal or _decimal_mark(((n, v) for n, _, v, _ in raw), path)
 
-    times, values, kept, notes, skipped = [], [], [], [], 0
+    times, values, kept, notes, skipped, stamps = [], [], [], [], 0, []
     folds: dict = {}
     cell_units: set = set()
     for line_no, t_text, v_text, extra in raw:
         t, v, problem, cell_unit = _convert_row(t_text, v_text, extra, len(cols), tz, folds, time_format, mark,
                                                 unit)
+        if t is not None and (problem is None or problem.startswith("value")):
+            stamps.append(t)    # a row without a value still marks an interval's start
         if problem is not None:
             skipped += 1
             if skipped <= MAX_ROW_NOTES:
@@ -397,6 +403,12 @@ def read_export(csv_path, time_column, value_column: str, tz: ZoneInfo, time_for
     t, v, ln = np.array(times), np.array(values), np.array(kept)
     order = np.argsort(t, kind="stable")
     t, v, ln = t[order], v[order], ln[order]
+    if stamped == "start":
+        steps = np.diff(np.unique(stamps))
+        if steps.size:
+            spacing = float(np.median(steps))
+            t = t + spacing
+            notes.append(f"times read as the start of each row's {spacing:g} s interval: filed at its end")
     # read, but not as the file may mean: said, so that a bad export is not replayed as if it were right
     gap = folds.get("skipped", [])
     if gap:

@@ -268,18 +268,18 @@ def _first_cycle(fc: DemandForecaster, t: float, cycle: float) -> float:
 
 def replay_csv(csv_path, time_column, value_column: str, output_path, cycle_minutes: float = 15,
                fit_processes: int | None = None, time_format: str | None = None, encoding: str | None = None,
-               decimal: str | None = None, value_unit: str | None = None, events_path=None,
+               decimal: str | None = None, value_unit: str | None = None, events_path=None, stamped: str = "end",
                **forecaster_params) -> dict:
     """Replay a CSV and write `OUTPUT_COLUMNS` rows to output_path; returns a summary dict, whose
     "notes" name the rows skipped and the gaps not replayed. `events_path`: a CSV of the events the
-    building shed for (read_spans), kept out of learning as the gateway does.
+    building shed for (read_spans), kept out of learning as the gateway does. `stamped`: as read_export's.
 
     Rows are written to a hidden file beside output_path that replaces it only once the replay has
     succeeded: refused input or an interrupted run leaves no file that looks like a result."""
     _cycle_seconds(cycle_minutes)
     tz = ZoneInfo(forecaster_params.get("timezone", "UTC"))
     times, values, lines, skipped, notes, reading = read_export(
-        csv_path, time_column, value_column, tz, time_format, encoding, decimal, value_unit)
+        csv_path, time_column, value_column, tz, time_format, encoding, decimal, value_unit, stamped)
     if reading:
         notes.insert(0, reading)
     curtailed = read_spans(events_path, tz, time_format, encoding) if events_path else []

@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS forecast_issue (issued_at REAL PRIMARY KEY, model TEX
 CREATE TABLE IF NOT EXISTS forecast_demand (issued_at REAL NOT NULL, horizon_minutes INTEGER NOT NULL,
     target_time REAL NOT NULL, forecast_kw REAL, PRIMARY KEY (issued_at, horizon_minutes));
 CREATE INDEX IF NOT EXISTS forecast_demand_target ON forecast_demand (target_time);
+CREATE TABLE IF NOT EXISTS forecast_set_aside (start REAL NOT NULL, end REAL NOT NULL, PRIMARY KEY (start, end));
 """
 
 
@@ -104,6 +105,29 @@ class ForecastStore:
             db.execute("INSERT OR REPLACE INTO forecast_model (id, saved_at, blob) VALUES (1, ?, ?)",
                        (time.time(), sqlite3.Binary(blob)))
 
+    def import_minutes(self, minutes, sums, counts, sheds=()) -> int:
+        """A building's earlier history (edge-gateway import-history), in one transaction: minutes the file holds
+        already keep their readings, `sheds` ((start, end) epoch seconds of the events the building shed for) are
+        kept out of learning as the events the gateway ran are. A stored model was fitted without these minutes: it is
+        deleted, so the next start fits one on them at once. Returns how many minutes were added."""
+        rows = list(zip((int(k) for k in minutes), (float(s) for s in sums), (int(c) for c in counts)))
+        with closing(self._connect()) as db, db:
+            before = db.total_changes
+            db.executemany("INSERT OR IGNORE INTO forecast_minute (minute, sum_kw, count) VALUES (?, ?, ?)", rows)
+            added = db.total_changes - before
+            db.executemany("INSERT OR IGNORE INTO forecast_set_aside (start, end) VALUES (?, ?)",
+                           [(float(a), float(b)) for a, b in sheds])
+            if added:
+                db.execute("DELETE FROM forecast_model")
+        return added
+
+    def held_means(self, first: int, last: int) -> dict[int, float]:
+        """minute -> mean kW of the minutes stored in first..last (both in)."""
+        with closing(self._connect()) as db:
+            rows = self._usable(db.execute("SELECT minute, sum_kw, count FROM forecast_minute WHERE minute BETWEEN ? "
+                                           "AND ?", (int(first), int(last))))
+        return {k: total / n for k, total, n in rows}
+
     def load_into(self, fc: DemandForecaster, now: float | None = None, model: bool = True,
                   flags: bool = False) -> dict:
         """Restore history (within fc.keep_days of now), with `model` the model, and with `flags` the load
@@ -114,6 +138,7 @@ class ForecastStore:
             rows = self._usable(db.execute("SELECT minute, sum_kw, count FROM forecast_minute WHERE minute >= ? "
                                            "ORDER BY minute", (since,)))
             blob = db.execute("SELECT blob FROM forecast_model WHERE id = 1").fetchone()
+            sheds = self._sheds(db, since * 60.0)
             states = {col: self._readable_flag(db, col, now) for col in ("high_load", "low_load")} if flags else {}
         if flags:
             fc.restore_flags(states["high_load"], states["low_load"])
@@ -133,8 +158,20 @@ class ForecastStore:
                          "is fitted from the stored history", err)
             except Exception as err:  # unreadable otherwise (a library changed under it, a damaged blob): refit
                 log.warning("stored forecast model not usable (%s: %s); will refit", type(err).__name__, err)
-        loaded = {"minutes": len(rows), "model": model_ok}
+        loaded = {"minutes": len(rows), "model": model_ok, "set_aside": sheds}
         return {**loaded, "flags": states} if flags else loaded
+
+    @staticmethod
+    def _sheds(db: sqlite3.Connection, since: float) -> list[tuple[float, float]]:
+        """The imported history's event sheds (import_minutes) that end after `since`. A file an older version made has
+        no such table until this version opens it for writing: none then."""
+        try:
+            rows = db.execute("SELECT start, end FROM forecast_set_aside WHERE end > ? ORDER BY start",
+                              (since,)).fetchall()
+        except sqlite3.OperationalError:
+            return []
+        return [(float(a), float(b)) for a, b in rows
+                if isinstance(a, (int, float)) and isinstance(b, (int, float)) and math.isfinite(a) and a < b]
 
     def _usable(self, rows) -> list[tuple[int, float, int]]:
         """The (minute, sum, count) rows the forecaster can take. One it cannot (a sum that is text or inf, a count
@@ -210,6 +247,7 @@ class ForecastStore:
         db.execute("DELETE FROM forecast_minute WHERE minute < ?", (int(before_epoch // 60),))
         db.execute("DELETE FROM forecast_issue WHERE issued_at < ?", (before_epoch,))
         db.execute("DELETE FROM forecast_demand WHERE issued_at < ?", (before_epoch,))
+        db.execute("DELETE FROM forecast_set_aside WHERE end < ?", (before_epoch,))
 
     def contents(self) -> dict:
         """What the forecaster keeps here: its minutes (how many, first and last epoch), whether a model is
@@ -227,7 +265,7 @@ class ForecastStore:
         """Delete the forecaster's history, model and issued forecasts, in one transaction; the rest of the
         file (events, ADR-Opt-Out commands, queued telemetry) is another module's and stays."""
         with closing(self._connect()) as db, db:
-            for table in ("forecast_minute", "forecast_model", "forecast_issue", "forecast_demand"):
+            for table in ("forecast_minute", "forecast_model", "forecast_issue", "forecast_demand", "forecast_set_aside"):
                 db.execute(f"DELETE FROM {table}")
 
     # ---- issued forecasts --------------------------------------------------------------

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from fit_processes import fit_given_cpu, fit_processes
 from gateway_process import kill_when_said
 from waiting import eventually
 
@@ -336,19 +337,6 @@ async def test_power_back_after_a_silence_brings_one_cycle_not_one_per_sample(tm
         await svc.stop()
 
 
-def _fit_given_cpu() -> None:
-    """The fit process runs at SCHED_IDLE, on CPU time nothing else wants: with the suite's other workers keeping
-    both cores busy it got none for 90 s. These tests are about what a fit leaves, not its priority (bench/ measures
-    that), so this process's fits get an ordinary share. Needs root or CAP_SYS_NICE (CI has it); else they wait as
-    on a site."""
-    for pid in _fit_processes():
-        try:
-            if os.sched_getscheduler(pid) == os.SCHED_IDLE:
-                os.sched_setscheduler(pid, os.SCHED_OTHER, os.sched_param(0))
-        except OSError:     # not allowed, or it exited meanwhile
-            pass
-
-
 @pytest.mark.timeout(120)
 async def test_fit_runs_off_the_loop_and_a_restart_resumes_at_once(tmp_path):
     path = str(tmp_path / "gateway.sqlite")
@@ -360,7 +348,7 @@ async def test_fit_runs_off_the_loop_and_a_restart_resumes_at_once(tmp_path):
     await svc.start()
     try:
         # the loop keeps publishing while the fit runs in its thread
-        await eventually(lambda: _fit_given_cpu() or svc.status()["last_fit_at"] is not None, 90, "first fit")
+        await eventually(lambda: fit_given_cpu() or svc.status()["last_fit_at"] is not None, 90, "first fit")
         n = len(published)
         await eventually(lambda: len(published) > n + 2, 30, "cycles after the fit")
         with sqlite3.connect(path) as db:
@@ -409,7 +397,7 @@ async def test_a_model_the_file_refused_is_written_once_it_takes_it(tmp_path):
         with sqlite3.connect(path) as db:      # a real refusal from SQLite, for the model's row only
             db.execute("CREATE TRIGGER refuse_model BEFORE INSERT ON forecast_model "
                        "BEGIN SELECT RAISE(ABORT, 'model refused'); END")
-        await eventually(lambda: _fit_given_cpu() or svc.status()["last_fit_at"] is not None, 90, "first fit")
+        await eventually(lambda: fit_given_cpu() or svc.status()["last_fit_at"] is not None, 90, "first fit")
         await eventually(lambda: not svc.status()["storage_ok"], 10, "the refusal seen")
         assert stored_models() == 0
         with sqlite3.connect(path) as db:
@@ -427,21 +415,6 @@ async def test_a_model_the_file_refused_is_written_once_it_takes_it(tmp_path):
         await svc2.stop()
 
 
-def _fit_processes() -> list[int]:
-    """Live children of this process running ven.fit_worker."""
-    out = []
-    for d in Path("/proc").iterdir():
-        try:
-            if d.name.isdigit() and b"ven.fit_worker" in (d / "cmdline").read_bytes():
-                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                state = (d / "stat").read_text().rsplit(")", 1)[1].split()[0]
-                if ppid == os.getpid() and state != "Z":
-                    out.append(int(d.name))
-        except OSError:  # it exited while we looked
-            continue
-    return out
-
-
 @pytest.mark.timeout(60)
 async def test_stopping_during_a_fit_ends_the_fit_process(tmp_path):
     cfg = ForecasterConfig(cycle_seconds=0.05, source="meter", holiday_preset="IT")
@@ -450,10 +423,10 @@ async def test_stopping_during_a_fit_ends_the_fit_process(tmp_path):
     svc.warm_start(times, values)
     await svc.start()
     try:
-        await eventually(_fit_processes, 30, "a fit process")
+        await eventually(fit_processes, 30, "a fit process")
     finally:
         await asyncio.wait_for(svc.stop(), 10)
-    assert _fit_processes() == []
+    assert fit_processes() == []
     assert not svc.status()["fitting"] and svc.status()["last_fit_at"] is None  # abandoned, not half-kept
 
 
@@ -515,7 +488,7 @@ async def test_a_fit_process_killed_by_a_signal_says_which_and_why_it_may_have_c
 
     job = pickle.dumps(types.SimpleNamespace(run=functools.partial(time.sleep, 60)))    # a fit that takes a minute
     fit = asyncio.create_task(fit_in_child(job))
-    pid = (await eventually(_fit_processes, 10, "the fit process"))[0]
+    pid = (await eventually(fit_processes, 10, "the fit process"))[0]
     await eventually(lambda: "ven.fit_worker" in _cmdline(pid), 10, "the fit process at work")
     os.kill(pid, signal.SIGKILL)
     with pytest.raises(FitError, match=r"^fit process was killed by signal 9 \(SIGKILL: out of memory\?\)$"):
@@ -538,7 +511,7 @@ async def test_a_fit_process_out_of_time_says_how_much_cpu_it_had():
                      r"CPU time nothing else on the box wants\); killed", str(err.value))
     assert m, str(err.value)
     assert float(m[1]) <= 1.5
-    assert _fit_processes() == []
+    assert fit_processes() == []
 
 
 @pytest.mark.timeout(30)
@@ -555,7 +528,7 @@ async def test_a_stop_signal_sent_to_the_whole_service_leaves_the_fit_to_the_gat
     job = pickle.dumps(types.SimpleNamespace(run=functools.partial(time.sleep, 60)))
     fit = asyncio.create_task(fit_in_child(job))
     try:
-        pid = (await eventually(_fit_processes, 10, "the fit process"))[0]
+        pid = (await eventually(fit_processes, 10, "the fit process"))[0]
         await eventually(lambda: "ven.fit_worker" in _cmdline(pid), 10, "the fit process at work")
         deadline = time.monotonic() + 5     # past the interpreter's start, where the child says what it ignores
         while not _ignores(pid, sig) and time.monotonic() < deadline:
@@ -570,7 +543,7 @@ async def test_a_stop_signal_sent_to_the_whole_service_leaves_the_fit_to_the_gat
     finally:
         fit.cancel()
         await asyncio.gather(fit, return_exceptions=True)
-    assert await eventually(lambda: pid not in _fit_processes(), 5, "the fit process ended by its gateway")
+    assert await eventually(lambda: pid not in fit_processes(), 5, "the fit process ended by its gateway")
 
 
 @pytest.mark.timeout(30)
@@ -650,7 +623,7 @@ async def test_a_fit_ended_before_it_read_its_job_leaves_no_traceback():
     try:
         for _ in range(3):
             fit = asyncio.create_task(fit_in_child(b"\0" * (8 << 20)))     # a pipe holds 64 KB
-            await eventually(_fit_processes, 10, "the fit process")
+            await eventually(fit_processes, 10, "the fit process")
             fit.cancel()
             await asyncio.gather(fit, return_exceptions=True)
             await asyncio.sleep(0.1)
@@ -711,7 +684,7 @@ async def test_fits_the_kernel_kills_short_of_memory_leave_forecasts_one_line_an
     killed, retry_at = [], []
     try:
         for _ in range(3):
-            pid = (await eventually(lambda: [p for p in _fit_processes() if p not in killed], 30, "a fit process"))[0]
+            pid = (await eventually(lambda: [p for p in fit_processes() if p not in killed], 30, "a fit process"))[0]
             await eventually(lambda: _oom_score_adj(pid) in ("1000", ""), 10, "the fit first in the OOM killer's line")
             assert _oom_score_adj(pid) == "1000"
             os.kill(pid, signal.SIGKILL)           # what the OOM killer does to it
@@ -730,12 +703,12 @@ async def test_fits_the_kernel_kills_short_of_memory_leave_forecasts_one_line_an
         # each try starts no sooner than the last one's retry_at: the gaps hold the waits, doubling
         gaps = [b - a for a, b in zip(retry_at, retry_at[1:])]
         assert gaps[0] >= 2 * retrain * 60 and gaps[1] >= 4 * retrain * 60, gaps
-        await eventually(lambda: _fit_given_cpu() or svc.status()["fit_ok"], 90, "a fit that ends")
+        await eventually(lambda: fit_given_cpu() or svc.status()["fit_ok"], 90, "a fit that ends")
         assert svc.status()["last_fit_at"] is not None and svc.status()["fit_retry_at"] is None
         assert svc.open_faults() == []
     finally:
         await asyncio.wait_for(svc.stop(), 10)
-    assert _fit_processes() == []
+    assert fit_processes() == []
     faults = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(faults) == 1 and not faults[0].exc_info and faults[0].getMessage().startswith(
         "forecaster fit failed: FitError: fit process was killed by signal 9 (SIGKILL: out of memory?); the last "
@@ -774,7 +747,7 @@ async def test_a_fit_too_early_for_a_held_out_validation_says_why_not_n_a(tmp_pa
     svc.warm_start(t, [200.0 + 100.0 * ((x // 3600) % 24 in range(8, 18)) for x in t])
     await svc.start()
     try:
-        await eventually(lambda: _fit_given_cpu() or "forecaster fitted" in caplog.text, 90, "the first fit")
+        await eventually(lambda: fit_given_cpu() or "forecaster fitted" in caplog.text, 90, "the first fit")
     finally:
         await svc.stop()
     said = [r.getMessage() for r in caplog.records if "forecaster fitted" in r.getMessage()]

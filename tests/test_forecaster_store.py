@@ -34,7 +34,7 @@ def test_history_and_model_survive_a_restart(tmp_path):
 
     restarted = DemandForecaster(validation_days=2)
     loaded = ForecastStore(str(path)).load_into(restarted, now)
-    assert loaded == {"minutes": t.size, "model": True}
+    assert loaded == {"minutes": t.size, "model": True, "set_aside": []}
     assert restarted.history_minutes() == fc.history_minutes()
     assert not restarted.needs_fit(now + 60)  # no re-learning
     after = restarted.predict(now)
@@ -45,7 +45,7 @@ def test_history_and_model_survive_a_restart(tmp_path):
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    assert tables == {"forecast_minute", "forecast_model", "forecast_issue", "forecast_demand"}
+    assert tables == {"forecast_minute", "forecast_model", "forecast_issue", "forecast_demand", "forecast_set_aside"}
 
 
 def test_partial_minutes_merge_across_saves(tmp_path):
@@ -72,6 +72,31 @@ def test_old_history_is_not_loaded_and_prune_drops_it(tmp_path):
     store.prune(t[-1] - 86400)
     with sqlite3.connect(store.path) as db:
         assert db.execute("SELECT COUNT(*) FROM forecast_minute").fetchone()[0] == 25
+
+
+def test_an_imported_historys_events_load_with_it_and_go_with_its_age_or_a_forget(tmp_path):
+    store = ForecastStore(str(tmp_path / "g.sqlite"))
+    old, recent = (T0 - 50 * 86400, T0 - 50 * 86400 + 3600), (T0 - 86400, T0 - 86400 + 7200)
+    assert store.import_minutes([int(T0 // 60)], [10.0], [1], sheds=[old, recent, recent]) == 1
+    assert store.load_into(DemandForecaster(), T0)["set_aside"] == [recent]   # the old one is past what is kept
+    store.prune(T0 - 2 * 86400)
+    with sqlite3.connect(store.path) as db:
+        assert db.execute("SELECT start, end FROM forecast_set_aside").fetchall() == [recent]
+    store.forget()
+    assert store.load_into(DemandForecaster(), T0)["set_aside"] == []
+
+
+def test_a_file_an_older_version_made_has_no_events_table_and_loads(tmp_path):
+    path = tmp_path / "g.sqlite"
+    ForecastStore(str(path)).save_minutes([int(T0 // 60)], [10.0], [1])
+    with sqlite3.connect(path) as db:
+        db.execute("DROP TABLE forecast_set_aside")
+    path.chmod(0o444)   # read as it is: nothing creates the table
+    try:
+        loaded = ForecastStore(str(path), read_only=True).load_into(DemandForecaster(), T0)
+    finally:
+        path.chmod(0o644)
+    assert loaded["minutes"] == 1 and loaded["set_aside"] == []
 
 
 def test_unusable_model_blob_means_refit_not_crash(tmp_path):

@@ -186,6 +186,12 @@ def cmd_forget_forecast(args) -> int:
     return forget_forecast(_config_or_exit(args.config), args.yes)
 
 
+def cmd_import_history(args) -> int:
+    from .import_history import import_history
+
+    return import_history(_config_or_exit(args.config), args)
+
+
 def cmd_points(args) -> int:
     from bacnet_api.points import points_for
 
@@ -455,7 +461,7 @@ def cmd_forecast_replay(args) -> int:
         summary = replay_csv(args.csv, args.time_column, args.value_column, args.output,
                              cycle_minutes=args.cycle_minutes, fit_processes=args.fit_processes,
                              time_format=args.time_format, encoding=args.encoding, decimal=args.decimal,
-                             value_unit=args.value_unit, events_path=args.events, **params)
+                             value_unit=args.value_unit, events_path=args.events, stamped=args.stamped, **params)
     except (ReplayInputError, OSError) as err:
         print(f"forecast-replay: {err}", file=sys.stderr)
         return 1
@@ -607,7 +613,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--yes", action="store_true", help="delete; without it, say what would be deleted (exit 1)")
     p.set_defaults(func=cmd_forget_forecast)
 
+    p = sub.add_parser("import-history", help="put a building's metered history into the forecaster's store "
+                                              "(the gateway stopped), so it forecasts from its first start")
+    p.add_argument("--config", required=True, metavar="FILE",
+                   help=_CONFIG_HELP + ": storage.path, bacnet.address and the [forecaster] settings")
+    _series_options(p)
+    p.set_defaults(func=cmd_import_history)
+
     p = sub.add_parser("forecast-replay", help="replay a CSV through the forecaster in simulated time")
+    _series_options(p)
+    p.add_argument("--cycle-minutes", type=_positive_minutes, default=15.0, metavar="MINUTES",
+                   help="simulated minutes between forecasts (default %(default)g). A gap in the data longer than "
+                        "the forecaster keeps history (44 days by default) is not replayed: the replay "
+                        "resumes after it and names the gap, as it names the rows it skips")
+    p.add_argument("--output", required=True, metavar="FILE",
+                   help="CSV to write, one row per cycle and horizon; written only when the replay succeeds")
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help="take the [forecaster] settings (thresholds, time zone, holidays...) from this file")
+    p.add_argument("--retrain-minutes", type=_positive_minutes, default=None, metavar="MINUTES",
+                   help="refit interval in simulated minutes (default: forecaster.retrain_minutes, 1440)")
+    p.add_argument("--fit-processes", type=_positive_int, default=None, metavar="N",
+                   help="processes that fit the horizons side by side (default: one per horizon, "
+                        "at most one per core; 1 fits in this process)")
+    p.set_defaults(func=cmd_forecast_replay)
+    return parser
+
+
+def _series_options(p) -> None:
+    """How forecast-replay and import-history read a meter's history."""
     p.add_argument("--csv", required=True, metavar="FILE", help="the meter's history, one row per reading; "
                    "separated by ',', ';' or tabs, its header the first line naming the columns")
     p.add_argument("--time-column", required=True, action="append", metavar="NAME",
@@ -627,24 +660,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: what the values show; asked for when they show neither or both)")
     p.add_argument("--value-unit", choices=("W", "kW", "MW"), default=None,
                    help="unit of the values (default: the column name's, e.g. \"P [W]\", else kW)")
-    p.add_argument("--cycle-minutes", type=_positive_minutes, default=15.0, metavar="MINUTES",
-                   help="simulated minutes between forecasts (default %(default)g). A gap in the data longer than "
-                        "the forecaster keeps history (44 days by default) is not replayed: the replay "
-                        "resumes after it and names the gap, as it names the rows it skips")
-    p.add_argument("--output", required=True, metavar="FILE",
-                   help="CSV to write, one row per cycle and horizon; written only when the replay succeeds")
     p.add_argument("--events", default=None, metavar="FILE",
                    help="CSV of the demand-response events the building shed for, columns start and end (times "
                         "as --csv's): kept out of learning, as the gateway keeps the events it ran")
-    p.add_argument("--config", default=None, metavar="FILE",
-                   help="take the [forecaster] settings (thresholds, time zone, holidays...) from this file")
-    p.add_argument("--retrain-minutes", type=_positive_minutes, default=None, metavar="MINUTES",
-                   help="refit interval in simulated minutes (default: forecaster.retrain_minutes, 1440)")
-    p.add_argument("--fit-processes", type=_positive_int, default=None, metavar="N",
-                   help="processes that fit the horizons side by side (default: one per horizon, "
-                        "at most one per core; 1 fits in this process)")
-    p.set_defaults(func=cmd_forecast_replay)
-    return parser
+    p.add_argument("--stamped", choices=("end", "start"), default="end",
+                   help="what each row's time marks: when its value was read, or the end of the interval it "
+                        "averages (end, the default); or the start of that interval (start: /api/history.csv's "
+                        "minutes, interval data stamped at its start)")
 
 
 def main(argv: list[str] | None = None) -> int:

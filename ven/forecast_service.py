@@ -127,6 +127,7 @@ class ForecastService:
         # the list the forecaster was last told of: kept, so that no object of it is freed and its id reused
         self._events_of = events
         self._events_told: list | None = None
+        self._imported_sheds: list[tuple[float, float]] = []   # the events of an imported history (import-history)
 
     # ---- inputs (called on the event loop) ---------------------------------------------------------
     def _use_input(self, t: float) -> bool:
@@ -292,7 +293,7 @@ class ForecastService:
     def _tell_curtailed(self, events: list, now: float) -> None:
         at = dt.datetime.fromtimestamp(now, dt.timezone.utc)
         spans = curtailed_spans([ev.describe(at) for ev in events], now, now - self.forecaster.keep_days * 86400)
-        self.forecaster.set_curtailed(spans)
+        self.forecaster.set_curtailed(spans + self._imported_sheds)
 
     def warm_start(self, times, values) -> None:
         """Seed the history (e.g. the shipped demo excerpt); persisted with the next cycle."""
@@ -313,6 +314,7 @@ class ForecastService:
                       "memory, stored once the file opens (tried every %g s)", self.storage_path,
                       type(err).__name__, self.storage_error, self._reopen_seconds)
             self._store, loaded = None, await loop.run_in_executor(self._cycle_pool, self._read_store)
+        self._imported_sheds = loaded.get("set_aside", [])
         log.info("forecaster resumed %d minutes of stored history%s%s", loaded["minutes"],
                  " and its fitted model" if loaded["model"] else self._learning_text(),
                  " (the file read as it is)" if self._read_at_start else "")
@@ -429,6 +431,9 @@ class ForecastService:
         except Exception:  # still not there; the start already said so
             return
         self._store, self._store_failing, self.storage_error = store, False, None
+        if loaded.get("set_aside"):
+            self._imported_sheds = loaded["set_aside"]
+            self._events_told = None    # told again at the next cycle, with these
         if self._read_at_start:
             log.info("storage.path %s: opened for the forecaster (its history was read at the start)",
                      self.storage_path)

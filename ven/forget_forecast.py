@@ -33,7 +33,7 @@ def _held(c: dict) -> str:
     return ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
-def _running(cfg: GatewayConfig) -> str | None:
+def seems_running(cfg: GatewayConfig) -> str | None:
     """Why the gateway seems to run on this machine, or None: it holds storage.path's lock, and bacnet.address's UDP
     port (a config naming other ports, the service's address set in its environment only, still finds the lock)."""
     held = held_by_another(cfg.storage.path)
@@ -57,7 +57,7 @@ def forget_forecast(cfg: GatewayConfig, yes: bool) -> int:
     if not os.path.isfile(path):    # the store would create one, for nothing
         print(f"storage.path {path}: no such file, nothing to forget")
         return 0
-    busy = _running(cfg)
+    busy = seems_running(cfg)
     if busy:
         print(f"{busy}: the gateway seems to run. Stop it first: it holds the forecaster's history and model in "
               f"memory and would write them back")

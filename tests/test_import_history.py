@@ -1,0 +1,185 @@
+"""`edge-gateway import-history`: a building's history put into a real storage.path file, and a gateway's forecaster
+starting on it with its thresholds, a fit at once and the history's events kept out of learning."""
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import math
+import time
+from pathlib import Path
+
+import pytest
+from fit_processes import fit_given_cpu
+from gateway_process import write_config
+from waiting import eventually
+
+from forecaster.core import DemandForecaster
+from forecaster.model import MODEL_NAME
+from forecaster.store import ForecastStore
+from ven.config import ForecasterConfig
+from ven.forecast_service import ForecastService
+from ven.history import build_history
+from ven.history_csv import history_csv
+from ven.cli import main
+from ven.run_lock import RunLock
+
+EXCERPT = Path(__file__).parent / "data" / "turin_office_excerpt.csv"
+WEEK = 7 * 86400
+
+
+def _config(tmp_path, free_udp_port):
+    cfg, db = tmp_path / "gateway.toml", tmp_path / "gateway.sqlite"
+    write_config(cfg, bacnet_port=free_udp_port(), http_port=9, storage=db, ven_name="ven-import")
+    return cfg, db
+
+
+def _write(path, rows) -> None:
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(("time", "kw"))
+        for t, kw in rows:
+            w.writerow((dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(), kw))
+
+
+def _excerpt_ending_this_week():
+    """The Turin excerpt (ten days of 15-minute demand) moved by whole weeks to end within the last week: its workdays
+    stay workdays, and it lies inside what the forecaster keeps."""
+    with open(EXCERPT, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    t = [dt.datetime.fromisoformat(r["timestamp"]).replace(tzinfo=dt.timezone.utc).timestamp() for r in rows]
+    shift = math.floor((time.time() - t[-1]) / WEEK) * WEEK
+    return [(x + shift, float(r["Total_Power"])) for x, r in zip(t, rows)]
+
+
+def _import(cfg, csv_path, *more) -> int:
+    return main(["import-history", "--config", str(cfg), "--csv", str(csv_path), "--time-column", "time",
+                 "--value-column", "kw", *more])
+
+
+def test_it_imports_an_interval_export_and_a_second_run_adds_nothing(tmp_path, free_udp_port, capsys):
+    cfg, db = _config(tmp_path, free_udp_port)
+    end = math.floor(time.time() / 900) * 900 - 900
+    rows = [(end - 900 * i, 100.0 + i % 7) for i in range(4 * 24 * 3)]     # three days of 15-minute demand
+    _write(tmp_path / "meter.csv", rows)
+
+    assert _import(cfg, tmp_path / "meter.csv") == 0
+    said = capsys.readouterr().out
+    assert f"imported 288 minute(s) of history, {dt.datetime.fromtimestamp(rows[-1][0], dt.timezone.utc):%Y-%m-%d %H:%M}" \
+           f" to {dt.datetime.fromtimestamp(end, dt.timezone.utc):%Y-%m-%d %H:%M} UTC, from 288 row(s)" in said, said
+    assert "spans 3.0 days: the next start fits a model on it at once (it serves once a day of its live forecasts" \
+           in said, said
+    held = ForecastStore(str(db)).held_means(0, 2 ** 40)
+    # a reading stamped 12:15:00 is the minute 12:14-12:15's, as the gateway files one read then
+    assert held == {int(t // 60): kw for t, kw in rows}
+
+    assert _import(cfg, tmp_path / "meter.csv") == 0
+    assert "imported 0 minute(s)" in (said := capsys.readouterr().out) and "288 minute(s) it held already kept as " \
+        "read. Nothing new" in said, said
+
+
+def test_the_gateways_own_history_csv_goes_back_minute_for_minute(tmp_path, free_udp_port, capsys):
+    # a box replaced: /api/history.csv of the old one, whose minutes are named by their start, into the new one
+    old = ForecastStore(str(tmp_path / "old.sqlite"))
+    now = math.floor(time.time() / 60) * 60
+    ks = [int(now // 60) - i for i in range(0, 240, 3)]
+    old.save_minutes(ks, [600.0 + k % 17 for k in ks], [6] * len(ks))
+    (tmp_path / "history.csv").write_text(history_csv(build_history(now, 5, old.history(now - 5 * 3600))))
+    cfg, db = _config(tmp_path, free_udp_port)
+
+    assert main(["import-history", "--config", str(cfg), "--csv", str(tmp_path / "history.csv"), "--time-column",
+                 "minute", "--value-column", "power_kw", "--stamped", "start"]) == 0
+    assert "times read as the start of each row's 60 s interval: filed at its end" in capsys.readouterr().err
+    assert ForecastStore(str(db)).held_means(0, 2 ** 40) == pytest.approx(old.held_means(0, 2 ** 40), abs=5e-4)
+
+
+def test_what_the_gateway_read_keeps_its_readings_and_its_model_is_dropped(tmp_path, free_udp_port, capsys):
+    cfg, db = _config(tmp_path, free_udp_port)
+    now = math.floor(time.time() / 60) * 60
+    store = ForecastStore(str(db))
+    live = range(int(now // 60) - 59, int(now // 60) + 1)      # the last hour, read by the gateway
+    store.save_minutes(live, [600.0] * 60, [6] * 60)   # six readings a minute
+    store.save_model(b"a model fitted without the import")
+    _write(tmp_path / "meter.csv", [(now - 60 * i, 102.0) for i in range(180)])
+
+    assert _import(cfg, tmp_path / "meter.csv") == 0
+    assert "imported 120 minute(s)" in (said := capsys.readouterr().out) and "60 minute(s) it held already kept" in said
+    held = store.held_means(0, 2 ** 40)
+    assert all(held[k] == 100.0 for k in live)
+    assert sum(1 for v in held.values() if v == 102.0) == 120
+    assert store.contents()["model"] is False   # the next start fits on the whole history at once
+
+
+def test_a_file_in_another_unit_than_the_gateways_readings_is_refused(tmp_path, free_udp_port, capsys):
+    cfg, db = _config(tmp_path, free_udp_port)
+    now = math.floor(time.time() / 60) * 60
+    store = ForecastStore(str(db))
+    store.save_minutes(range(int(now // 60) - 29, int(now // 60) + 1), [12.0] * 30, [1] * 30)
+    _write(tmp_path / "watts.csv", [(now - 60 * i, 12_000.0) for i in range(120)])   # W, in a column taken as kW
+
+    assert _import(cfg, tmp_path / "watts.csv") == 1
+    said = capsys.readouterr().err
+    assert "over the 30 minutes the file shares with storage.path its values (median 12000 kW) are 1,000 times the " \
+           "gateway's readings (median 12 kW): another unit (--value-unit) or another meter. Nothing imported" in said
+    assert store.contents()["minutes"] == 30
+    assert _import(cfg, tmp_path / "watts.csv", "--value-unit", "W") == 0
+    assert store.contents()["minutes"] == 120
+
+
+def test_rows_older_than_kept_or_after_now_are_named_and_left_out(tmp_path, free_udp_port, capsys):
+    cfg, db = _config(tmp_path, free_udp_port)
+    now = math.floor(time.time() / 60) * 60
+    keep_days = DemandForecaster().keep_days
+    rows = [(now - keep_days * 86400 - 3600, 90.0), (now - 3600, 100.0), (now - 1800, 100.0), (now + 7200, 110.0)]
+    _write(tmp_path / "meter.csv", rows)
+
+    assert _import(cfg, tmp_path / "meter.csv") == 0
+    out, err = capsys.readouterr()
+    assert "1 row(s) before " in err and f"not imported: older than the {keep_days:g} days the forecaster keeps" in err
+    assert "1 row(s) after now" in err and "not imported: is the file in another time zone (--timezone)?" in err
+    assert "imported 2 minute(s)" in out
+    assert sorted(ForecastStore(str(db)).held_means(0, 2 ** 40).values()) == [100.0, 100.0]
+
+
+def test_it_refuses_while_a_gateway_holds_the_file(tmp_path, free_udp_port, capsys):
+    cfg, db = _config(tmp_path, free_udp_port)
+    _write(tmp_path / "meter.csv", [(time.time() - 600, 100.0)])
+    held = RunLock(db)
+    assert held.take() is None
+    try:
+        assert _import(cfg, tmp_path / "meter.csv") == 1
+    finally:
+        held.close()
+    assert "the gateway seems to run. Stop it first" in capsys.readouterr().err
+    assert not db.exists() or ForecastStore(str(db)).contents()["minutes"] == 0
+
+
+@pytest.mark.timeout(150)
+async def test_a_gateway_started_on_an_imported_history_has_thresholds_fits_at_once_and_sets_the_events_aside(
+        tmp_path, free_udp_port, capsys):
+    cfg, db = _config(tmp_path, free_udp_port)
+    rows = _excerpt_ending_this_week()
+    _write(tmp_path / "meter.csv", rows)
+    shed = (rows[400][0], rows[412][0])     # an afternoon the building shed for an event: three hours
+    with open(tmp_path / "events.csv", "w") as fh:
+        fh.write("start,end\n" + ",".join(dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat() for t in shed)
+                 + "\n")
+    assert _import(cfg, tmp_path / "meter.csv", "--events", str(tmp_path / "events.csv")) == 0
+    assert "1 event(s) kept out of learning" in capsys.readouterr().out
+
+    published = []
+    svc = ForecastService(ForecasterConfig(cycle_seconds=0.05, source="meter"), str(db), publish=published.append)
+    await svc.start()
+    try:
+        await eventually(lambda: published, 10, "the first forecast")
+        # thresholds from the imported days at once, where a new install waits a day of its own readings
+        assert published[0].high_threshold_kw is not None and published[0].low_threshold_kw is not None
+        first, last = svc.forecaster.curtailed[0]
+        assert first == math.floor(shed[0] / 60) + 1 and last == math.floor((shed[1] + 3600) / 60)  # rebound too
+        assert svc.status()["history_minutes"] == len(rows)
+        await eventually(lambda: fit_given_cpu() or svc.status()["last_fit_at"] is not None, 120, "the first fit")
+        served = svc.status()["horizons"][60]
+    finally:
+        await svc.stop()
+    # checked on the imported history's last week, as a gateway with a week of its own is: and it serves
+    assert served["serving"] == MODEL_NAME
+    assert served["validation_rmse_kw"] < served["validation_persistence_rmse_kw"]

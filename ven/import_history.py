@@ -1,0 +1,158 @@
+"""`edge-gateway import-history`: a building's metered history (a BAS trend log, a utility's interval data) put into
+the forecaster's store, so that a new install has its load thresholds at once and fits its first model at its first
+start instead of learning for days. Only with the gateway stopped, as forget-forecast: the gateway holds the history
+in memory and would not see the rows until its next start.
+
+Additive: minutes storage.path already holds keep their readings, so a second import of the same file adds nothing.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import sqlite3
+import sys
+import time
+from zoneinfo import ZoneInfo
+
+import numpy as np
+
+from .config import GatewayConfig
+from .forget_forecast import seems_running
+from .run_lock import RunLock
+
+# The file's values over the minutes the store holds already, against the stored ones: a ratio past this either way is
+# another unit (W read as kW) or another meter, and would be learned as the building's demand.
+UNIT_RATIO = 2.0
+OVERLAP_MINUTES = 10      # minutes in both, at least, before the ratio is judged
+
+
+def _say(text: str) -> None:
+    print(f"import-history: {text}", file=sys.stderr)
+
+
+def _local(t: float, tz: ZoneInfo) -> str:
+    return dt.datetime.fromtimestamp(t, tz).strftime("%Y-%m-%d %H:%M")
+
+
+def _owner_problem(path: str) -> str | None:
+    """Run as root beside a gateway that runs as another user: the file, or its lock, made by root here would be one
+    the gateway cannot write."""
+    if os.geteuid() != 0:
+        return None
+    where = path if os.path.exists(path) else os.path.dirname(os.path.abspath(path))
+    try:
+        owner = os.stat(where).st_uid
+    except OSError:
+        return None
+    if owner == 0:
+        return None
+    return (f"storage.path {path}: {where} belongs to uid {owner}, and this runs as root: run it as the gateway's "
+            f"user (sudo -u <user> edge-gateway import-history ...), or the gateway could not write the files made here")
+
+
+def _unit_problem(store, ks: np.ndarray, sums, counts) -> str | None:
+    held = store.held_means(int(ks.min()), int(ks.max()))
+    both = [i for i, k in enumerate(ks.tolist()) if k in held]
+    if len(both) < OVERLAP_MINUTES:
+        return None
+    ours = float(np.median([abs(sums[i] / counts[i]) for i in both]))
+    stored = float(np.median([abs(held[int(ks[i])]) for i in both]))
+    if ours == 0 or stored == 0 or 1 / UNIT_RATIO <= ours / stored <= UNIT_RATIO:
+        return None
+    ratio = ours / stored if ours > stored else stored / ours
+    times = f"{ratio:.1f}" if ratio < 10 else f"{ratio:,.0f}"
+    how = f"{times} times" if ours > stored else f"1/{times} of"
+    return (f"over the {len(both):,} minutes the file shares with storage.path its values (median {ours:g} kW) are "
+            f"{how} the gateway's readings (median {stored:g} kW): another unit (--value-unit) or another meter. "
+            f"Nothing imported")
+
+
+def import_history(cfg: GatewayConfig, args) -> int:
+    from forecaster.export_csv import ReplayInputError, read_export, read_spans
+    from forecaster.store import ForecastStore
+
+    from .forecast_service import forecaster_from_config
+
+    path = cfg.storage.path
+    if os.path.isdir(path):
+        _say(f"storage.path {path} is a directory, not the gateway's file: nothing imported")
+        return 1
+    problem = _owner_problem(path)
+    busy = seems_running(cfg)
+    if busy:
+        problem = (f"{busy}: the gateway seems to run. Stop it first: it would not see the imported history until its "
+                   f"next start")
+    if problem:
+        _say(problem)
+        return 1
+    tz = ZoneInfo(args.timezone or cfg.forecaster.timezone)
+    try:
+        times, values, _, skipped, notes, reading = read_export(
+            args.csv, args.time_column, args.value_column, tz, args.time_format, args.encoding, args.decimal,
+            args.value_unit, args.stamped)
+        sheds = read_spans(args.events, tz, args.time_format, args.encoding) if args.events else []
+    except (ReplayInputError, OSError) as err:
+        _say(str(err))
+        return 1
+    for note in ([reading] if reading else []) + notes:
+        _say(note)
+
+    fc = forecaster_from_config(cfg.forecaster, cfg.bacnet.input_min_kw, cfg.bacnet.input_max_kw)
+    now = time.time()
+    oldest = now - fc.keep_days * 86400
+    latest = now + 60       # the minute under way, as the gateway files it: its end
+    old, ahead = int((times < oldest).sum()), int((times > latest).sum())
+    inside = (times >= oldest) & (times <= latest)
+    kept = fc.seed(times[inside], values[inside])
+    if old:
+        _say(f"{old:,} row(s) before {_local(oldest, tz)} not imported: older than the {fc.keep_days:g} days the "
+             f"forecaster keeps")
+    if ahead:
+        _say(f"{ahead:,} row(s) after now ({_local(now, tz)} {tz.key}) not imported: is the file in another time "
+             f"zone (--timezone)?")
+    if fc.rejected:
+        _say(f"{fc.rejected:,} row(s) outside bacnet.input_min_kw..input_max_kw "
+             f"({cfg.bacnet.input_min_kw:g}..{cfg.bacnet.input_max_kw:g} kW) not imported")
+    if not kept:
+        _say(f"{args.csv}: no row inside the last {fc.keep_days:g} days holds a usable value: nothing imported")
+        return 1
+    ks, sums, counts = (np.asarray(x) for x in fc.drain_dirty())
+    sheds = [(a, b) for a, b in sheds if b > oldest]
+
+    lock = RunLock(path)
+    busy = lock.take()      # a gateway started meanwhile: it would not see the rows; held while they go in
+    if busy:
+        _say(f"{busy}: the gateway seems to run. Stop it first")
+        return 1
+    try:
+        store = ForecastStore(path)
+        problem = _unit_problem(store, ks, sums, counts)
+        if problem:
+            _say(problem)
+            return 1
+        added = store.import_minutes(ks, sums, counts, sheds)
+        held_span = store.contents()
+    except sqlite3.Error as err:
+        _say(f"storage.path {path}: {err}: nothing imported")
+        return 1
+    finally:
+        lock.close()
+    first, last = float(times[inside].min()), float(times[inside].max())
+    held = len(ks) - added
+    print(f"storage.path {path}: imported {added:,} minute(s) of history, {_local(first, tz)} to {_local(last, tz)} "
+          f"{tz.key}, from {kept:,} row(s) of {args.csv}"
+          + (f"; {held:,} minute(s) it held already kept as read" if held else "")
+          + (f"; {len(sheds)} event(s) kept out of learning" if args.events else "")
+          + (_next_start(fc, held_span) if added else ". Nothing new"))
+    return 0
+
+
+def _next_start(fc, held: dict) -> str:
+    """What the next start makes of the history now held."""
+    days = (held["last"] - held["first"]) / 86400
+    if days * 24 < fc.min_fit_hours:
+        return (f". The history held spans {days:.1f} days; the first model is fitted once it spans "
+                f"{fc.min_fit_hours / 24:g}")
+    check = ("checked on its last week held out, it serves at once if it beats persistence" if days > fc.validation_days
+             else "it serves once a day of its live forecasts beats persistence")
+    return f". The history held spans {days:.1f} days: the next start fits a model on it at once ({check})"
