@@ -34,16 +34,24 @@ def _resolve_fold(d: dt.datetime, folds: dict | None) -> dt.datetime:
     if folds is not None and d.astimezone(dt.timezone.utc).astimezone(d.tzinfo).replace(tzinfo=None) \
             != d.replace(tzinfo=None):
         folds.setdefault("skipped", []).append(d.replace(tzinfo=None))
-    if folds is not None and d.utcoffset() != d.replace(fold=1).utcoffset():
+    if folds is None:
+        return d
+    wall = d.replace(tzinfo=None)
+    last = folds.get("last")
+    if last is not None and wall != last:   # the file's order so far: steps back outnumber steps ahead when newest first
+        folds["back"] = folds.get("back", 0) + (1 if wall < last else -1)
+    folds["last"] = wall
+    if d.utcoffset() != d.replace(fold=1).utcoffset():
         key = d.date()
-        wall = d.replace(tzinfo=None)
-        previous, fold = folds.get(key, (None, 0))
-        back = None if previous is None else previous - wall
-        # a step back of a few minutes is a file in descending order, not a second pass; a second pass steps back
-        # by the repeat less one sample: half of it or more (Lord Howe's clocks go back 30 minutes, not an hour)
+        newest_first = folds.get("back", 0) > 0
+        previous, fold = folds.get(key, (None, 1 if newest_first else 0))
+        # Oldest first, the second pass begins with a step back, newest first the first pass with a step ahead: by the
+        # repeat less one sample, half of it or more (Lord Howe's clocks go back 30 minutes, not an hour), or none
+        # (hourly data). Smaller steps are the file's own order.
+        step = None if previous is None else (previous - wall if not newest_first else wall - previous)
         repeat = d.replace(fold=0).utcoffset() - d.replace(fold=1).utcoffset()
-        if back is not None and (back == dt.timedelta(0) or back >= repeat / 2):
-            fold = 1
+        if step is not None and (step == dt.timedelta(0) or step >= repeat / 2):
+            fold = 0 if newest_first else 1
         folds[key] = (wall, fold)
         d = d.replace(fold=fold)
     return d

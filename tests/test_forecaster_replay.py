@@ -317,6 +317,24 @@ def test_lord_howe_repeats_half_an_hour_and_both_passes_are_kept(tmp_path, minut
     assert skipped == 0 and list(t) == truth
 
 
+@pytest.mark.parametrize("zone_name, day, minutes", [("Europe/Rome", (2019, 10, 27), 15),
+                                                     ("Europe/Rome", (2019, 10, 27), 60),
+                                                     ("America/New_York", (2026, 11, 1), 1),
+                                                     ("Australia/Lord_Howe", (2026, 4, 5), 5)])
+def test_a_file_newest_first_keeps_both_passes_of_the_repeated_hour(tmp_path, zone_name, day, minutes):
+    # Utility portals export newest first. Read from its end, the repeated hour's second pass comes first: it was read
+    # as the first pass, the first pass then as the same instants again, and the two averaged (an hour lost).
+    zone = ZoneInfo(zone_name)
+    first = dt.datetime(*day, 0, 0, tzinfo=zone).timestamp()
+    truth = [first + i * minutes * 60 for i in range(6 * 60 // minutes)]
+    walls = [dt.datetime.fromtimestamp(t, zone).strftime("%Y-%m-%d %H:%M") for t in truth]
+    assert len(set(walls)) < len(walls), "the file repeats a wall time"
+    src = tmp_path / "newest_first.csv"
+    src.write_text("timestamp,kw\n" + "".join(f"{w},{i}\n" for i, w in reversed(list(enumerate(walls)))))
+    t, v, skipped = read_series(src, "timestamp", "kw", zone)
+    assert skipped == 0 and list(t) == truth and list(v) == list(range(len(truth)))
+
+
 def _cmdline(pid: str) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
