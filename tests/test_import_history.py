@@ -135,7 +135,7 @@ def test_rows_older_than_kept_or_after_now_are_named_and_left_out(tmp_path, free
     assert _import(cfg, tmp_path / "meter.csv") == 0
     out, err = capsys.readouterr()
     assert "1 row(s) before " in err and f"not imported: older than the {keep_days:g} days the forecaster keeps" in err
-    assert "1 row(s) after now" in err and "not imported: is the file in another time zone (--timezone)?" in err
+    assert "1 row(s) after now" in err and "not imported: is the file in another time zone (--timezone), or this machine's clock wrong?" in err
     assert "imported 2 minute(s)" in out
     assert sorted(ForecastStore(str(db)).held_means(0, 2 ** 40).values()) == [100.0, 100.0]
 

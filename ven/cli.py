@@ -189,7 +189,12 @@ def cmd_forget_forecast(args) -> int:
 def cmd_import_history(args) -> int:
     from .import_history import import_history
 
-    return import_history(_config_or_exit(args.config), args)
+    cfg = _config_or_exit(args.config)
+    try:
+        return import_history(cfg, args)
+    except KeyboardInterrupt:   # its rows go in as one transaction: none of them, then
+        print("import-history: interrupted, nothing imported", file=sys.stderr)
+        return 130
 
 
 def cmd_points(args) -> int:

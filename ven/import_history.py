@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import signal
 import sqlite3
 import sys
 import time
@@ -109,7 +110,7 @@ def import_history(cfg: GatewayConfig, args) -> int:
              f"forecaster keeps")
     if ahead:
         _say(f"{ahead:,} row(s) after now ({_local(now, tz)} {tz.key}) not imported: is the file in another time "
-             f"zone (--timezone)?")
+             f"zone (--timezone), or this machine's clock wrong?")
     if fc.rejected:
         _say(f"{fc.rejected:,} row(s) outside bacnet.input_min_kw..input_max_kw "
              f"({cfg.bacnet.input_min_kw:g}..{cfg.bacnet.input_max_kw:g} kW) not imported")
@@ -124,6 +125,9 @@ def import_history(cfg: GatewayConfig, args) -> int:
     if busy:
         _say(f"{busy}: the gateway seems to run. Stop it first")
         return 1
+    # Ctrl-C held off while the rows go in (a second or so): before, nothing was imported, and after, all of it
+    # was and is said so; one landing just after the commit said "nothing imported" of a file that held the rows
+    ctrl_c = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         store = ForecastStore(path)
         problem = _unit_problem(store, ks, sums, counts)
@@ -136,6 +140,7 @@ def import_history(cfg: GatewayConfig, args) -> int:
         _say(f"storage.path {path}: {err}: nothing imported")
         return 1
     finally:
+        signal.signal(signal.SIGINT, ctrl_c)
         lock.close()
     first, last = float(times[inside].min()), float(times[inside].max())
     held = len(ks) - added
