@@ -1,7 +1,7 @@
 """One gateway per storage.path: a second `run` on the same file (other ports: started by hand beside the service,
 or a container and a host install sharing the volume) registered as the same VEN and sent the VTN every reading
 twice, without a word in either log; forget-forecast under a config naming other ports deleted a running gateway's
-history."""
+history. import-history waits likewise: the gateway would not see the rows until its next start."""
 from __future__ import annotations
 
 import os
@@ -18,8 +18,8 @@ from waiting import eventually
 pytestmark = pytest.mark.timeout(90)
 
 
-async def test_a_second_gateway_on_the_same_file_is_refused_and_forget_forecast_waits(tmp_path, free_udp_port,
-                                                                                free_tcp_port):
+async def test_a_second_gateway_on_the_same_file_is_refused_and_forget_forecast_and_import_wait(
+        tmp_path, free_udp_port, free_tcp_port):
     db = tmp_path / "data" / "gateway.sqlite"
     db.parent.mkdir()
     first, second = tmp_path / "first.toml", tmp_path / "second.toml"
@@ -41,6 +41,12 @@ async def test_a_second_gateway_on_the_same_file_is_refused_and_forget_forecast_
         forget = subprocess.run([sys.executable, "-m", "ven.cli", "forget-forecast", "--config", str(second),
                                  "--yes"], capture_output=True, text=True, timeout=30)
         assert forget.returncode == 1 and "is in use by process" in forget.stdout, forget
+        (tmp_path / "meter.csv").write_text("time,kw\n2026-12-01T00:00:00Z,100\n")
+        imported = subprocess.run([sys.executable, "-m", "ven.cli", "import-history", "--config", str(second),
+                                   "--csv", str(tmp_path / "meter.csv"), "--time-column", "time", "--value-column",
+                                   "kw"], capture_output=True, text=True, timeout=30)
+        assert imported.returncode == 1 and "is in use by process" in imported.stderr, imported
+        assert "the gateway seems to run. Stop it first" in imported.stderr, imported
         assert gateway.alive and "Traceback" not in gateway.log()
     # stopped (or killed: the kernel drops the lock with the process), the file is free again
     assert held_by_another(db) is None
