@@ -102,7 +102,9 @@ def test_what_the_gateway_read_keeps_its_readings_and_its_model_is_dropped(tmp_p
     _write(tmp_path / "meter.csv", [(now - 60 * i, 102.0) for i in range(180)])
 
     assert _import(cfg, tmp_path / "meter.csv") == 0
-    assert "imported 120 minute(s)" in (said := capsys.readouterr().out) and "60 minute(s) it held already kept" in said
+    said = capsys.readouterr().out
+    assert "imported 120 minute(s)" in said and "60 minute(s) it held already kept as read; the stored model, fitted " \
+        "without them, deleted. The history held spans 0.1 days; the first model is fitted once it spans 2 days" in said
     held = store.held_means(0, 2 ** 40)
     assert all(held[k] == 100.0 for k in live)
     assert sum(1 for v in held.values() if v == 102.0) == 120

@@ -134,6 +134,7 @@ def import_history(cfg: GatewayConfig, args) -> int:
         if problem:
             _say(problem)
             return 1
+        had_model = store.contents()["model"]
         added = store.import_minutes(ks, sums, counts, sheds)
         held_span = store.contents()
     except sqlite3.Error as err:
@@ -148,6 +149,7 @@ def import_history(cfg: GatewayConfig, args) -> int:
           f"{tz.key}, from {kept:,} row(s) of {args.csv}"
           + (f"; {held:,} minute(s) it held already kept as read" if held else "")
           + (f"; {len(sheds)} event(s) kept out of learning" if args.events else "")
+          + ("; the stored model, fitted without them, deleted" if added and had_model else "")
           + (_next_start(fc, held_span) if added else ". Nothing new"))
     return 0
 
@@ -157,7 +159,7 @@ def _next_start(fc, held: dict) -> str:
     days = (held["last"] - held["first"]) / 86400
     if days * 24 < fc.min_fit_hours:
         return (f". The history held spans {days:.1f} days; the first model is fitted once it spans "
-                f"{fc.min_fit_hours / 24:g}")
+                f"{fc.min_fit_hours / 24:g} days")
     check = ("checked on its last week held out, it serves at once if it beats persistence" if days > fc.validation_days
              else "it serves once a day of its live forecasts beats persistence")
     return f". The history held spans {days:.1f} days: the next start fits a model on it at once ({check})"
