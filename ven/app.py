@@ -166,6 +166,7 @@ class Gateway:
             self.storage.save_value(SITE_KEY, site)
         self.telemetry = TelemetryQueue(c.storage.path, max_age=timedelta(days=c.openadr.queue_max_days),
                                         reopen_seconds=c.storage.retry_seconds)
+        self._level_said = 0.0      # ADR-Event-Level as the log last said it (it starts at 0)
         self.schedule = EventSchedule(self.storage, on_change=self._on_schedule)
         self.meter = MeterClient(self.device, address=c.meter.address, object=c.meter.object,
                                  property=c.meter.property, router=c.meter.router,
@@ -656,6 +657,11 @@ class Gateway:
         return bool(commands)
 
     def _on_schedule(self, state: ScheduleState) -> None:
+        if state.level != self._level_said:
+            # one line a change, as the points show it: commissioning checks in the log that a level reached the BAS
+            why = f" (event {state.level_event_id})" if state.level_event_id else ""
+            log.info("ADR-Event-Level %s -> %s%s", f"{self._level_said:g}", f"{state.level:g}", why)
+            self._level_said = state.level
         self.device.set(P.EVENT_LEVEL, float(state.level))
         self.device.set(P.EVENT_ACTIVE, state.active)
         self.device.set(P.EVENT_START_MINUTES, float(state.start_minutes))

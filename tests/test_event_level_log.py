@@ -1,0 +1,34 @@
+"""The operator log says each change of ADR-Event-Level, with the event that set it: commissioning checks there that a
+level reached the BAS. Before, the log said the event was received and then nothing while it ran. Runs the real
+`edge-gateway run` process against a real VTN."""
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from gateway_process import GatewayProcess, write_config
+from waiting import eventually
+
+from ven.vtn_server import DemoVtn
+
+pytestmark = pytest.mark.timeout(90)
+
+
+async def test_each_level_an_event_sets_is_one_line_and_its_end_another(tmp_path, free_udp_port, free_tcp_port):
+    vtn_port = free_tcp_port()
+    config = tmp_path / "gw.toml"
+    write_config(config, bacnet_port=free_udp_port(), vtn_port=vtn_port, http_port=free_tcp_port(),
+                 storage=tmp_path / "gw.sqlite", ven_name="level-log")
+    async with DemoVtn(port=vtn_port, poll_seconds=0.5) as vtn:
+        with GatewayProcess(config, tmp_path / "gateway.log") as gateway:
+            await eventually(lambda: vtn.vens, 30, "registration")
+            start = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=3)
+            vtn.add_event([1, 3, 3], start=start, interval_seconds=1, event_id="level-log-evt")
+            await eventually(lambda: "ADR-Event-Level 3 -> 0" in gateway.log(), 20, "the event's end")
+            text = gateway.log()
+    said = re.findall(r"ADR-Event-Level .*", text)
+    # two intervals at 3 are one level: no line between them
+    assert said == ["ADR-Event-Level 0 -> 1 (event level-log-evt)", "ADR-Event-Level 1 -> 3 (event level-log-evt)",
+                    "ADR-Event-Level 3 -> 0"], text
+    assert "Traceback" not in text
