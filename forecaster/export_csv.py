@@ -383,7 +383,7 @@ def read_export(csv_path, time_column, value_column: str, tz: ZoneInfo, time_for
     raw = _raw_rows(lines, header, delimiter, cols, t_idx, v_idx)
     mark = decimal or _decimal_mark(((n, v) for n, _, v, _ in raw), path)
 
-    times, values, kept, notes, skipped, stamps = [], [], [], [], 0, []
+    times, values, kept, notes, skipped, stamps, empty = [], [], [], [], 0, [], 0
     folds: dict = {}
     cell_units: set = set()
     for line_no, t_text, v_text, extra in raw:
@@ -393,7 +393,9 @@ def read_export(csv_path, time_column, value_column: str, tz: ZoneInfo, time_for
             stamps.append(t)    # a row without a value still marks an interval's start
         if problem is not None:
             skipped += 1
-            if skipped <= MAX_ROW_NOTES:
+            if problem.startswith("value") and v_text is not None and not v_text.strip():
+                empty += 1      # a time with no reading (a gap in /api/history.csv): not a damaged row
+            elif skipped - empty <= MAX_ROW_NOTES:
                 notes.append(f"line {line_no}: {problem}; row skipped")
             continue
         times.append(t)
@@ -401,8 +403,10 @@ def read_export(csv_path, time_column, value_column: str, tz: ZoneInfo, time_for
         kept.append(line_no)
         if cell_unit is not None:
             cell_units.add(cell_unit)
-    if skipped > MAX_ROW_NOTES:
-        notes.append(f"... and {skipped - MAX_ROW_NOTES} more rows skipped")
+    if skipped - empty > MAX_ROW_NOTES:
+        notes.append(f"... and {skipped - empty - MAX_ROW_NOTES} more rows skipped")
+    if empty:
+        notes.append(f"{empty:,} row(s) with a time and no value (no reading then) skipped")
     if not times:
         why = f" ({notes[0].removesuffix('; row skipped')})" if notes else ""
         columns = ", ".join(repr(c) for c in time_columns + (value_column,))
