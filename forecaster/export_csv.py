@@ -40,6 +40,7 @@ def _resolve_fold(d: dt.datetime, folds: dict | None) -> dt.datetime:
     last = folds.get("last")
     if last is not None and wall != last:   # the file's order so far: steps back outnumber steps ahead when newest first
         folds["back"] = folds.get("back", 0) + (1 if wall < last else -1)
+        folds["step"] = abs(wall - last)    # the last step that moved: the data's spacing
     folds["last"] = wall
     if d.utcoffset() != d.replace(fold=1).utcoffset():
         key = d.date()
@@ -50,7 +51,9 @@ def _resolve_fold(d: dt.datetime, folds: dict | None) -> dt.datetime:
         # (hourly data). Smaller steps are the file's own order.
         step = None if previous is None else (previous - wall if not newest_first else wall - previous)
         repeat = d.replace(fold=0).utcoffset() - d.replace(fold=1).utcoffset()
-        if step is not None and (step == dt.timedelta(0) or step >= repeat / 2):
+        # the same wall time again is the other pass in hourly data, a row given twice in finer data
+        again = step == dt.timedelta(0) and folds.get("step", repeat) > repeat / 2
+        if step is not None and (again or step >= repeat / 2):
             fold = 0 if newest_first else 1
         folds[key] = (wall, fold)
         d = d.replace(fold=fold)
@@ -180,16 +183,32 @@ def _decode(path: Path, encoding: str | None = None) -> str:
 # Exports put the site, the point and the export time on up to a handful of lines above the header.
 HEADER_SEARCH_LINES = 50
 DELIMITERS = (",", ";", "\t")
-# kW per unit of a value in W, kW or MW: from --value-unit, the column name ("P [W]") or the cell ("120 kW").
+# kW per unit of a value in W, kW or MW: from --value-unit, the column name ("P [W]", "Power_W"), a column of units
+# ("UNITS") or the cell ("120 kW").
 UNIT_KW = {"w": 0.001, "kw": 1.0, "mw": 1000.0}
-UNIT_NAMES = {"w": "W", "kw": "kW", "mw": "MW"}
-_HEADER_UNIT = re.compile(r"[\[(]\s*(k?w|mw)\s*[\])]", re.IGNORECASE)
-_OTHER_UNIT = re.compile(r"[\[(]\s*([kM]?(?:Wh|VAh?|varh?)|A)\s*[\])]", re.IGNORECASE)
+# kWh per unit of energy a row's interval took (utility interval data, Green Button): the interval's mean kW is that
+# over its hours, 15-minute kWh times 4
+ENERGY_KWH = {"wh": 0.001, "kwh": 1.0, "mwh": 1000.0}
+UNIT_NAMES = {"w": "W", "kw": "kW", "mw": "MW", "wh": "Wh", "kwh": "kWh", "mwh": "MWh"}
+# a unit as a word of a column's name, bracketed or not ("Usage (kWh)", "Energy_kWh", "Watts", "kWh Delivered")
+_NAME_UNIT = re.compile(r"(?<![a-z])(k?wh|mwh|k?w|mw|(?:kilo|mega)?watts?(?:[- ]?hours?)?)(?![a-z])", re.IGNORECASE)
+_OTHER_UNIT = re.compile(r"[\[(]\s*([kM]?(?:VAh?|varh?)|A)\s*[\])]|(?<![a-z])(k?VAh?|k?varh?)(?![a-z])",
+                         re.IGNORECASE)
+UNIT_COLUMNS = ("unit", "units", "uom", "unit of measure")
 _CELL_UNIT = re.compile(r"(.*?)\s*(k?w|mw)", re.IGNORECASE)
 # a number grouped in thousands never starts with 0: "0.250" and "0,250" are decimals whatever the file's mark
 _GROUPED = {".": re.compile(r"[-+]?[1-9]\d{0,2}(,\d{3})+(\.\d*)?"),
             ",": re.compile(r"[-+]?[1-9]\d{0,2}(\.\d{3})+(,\d*)?")}
 _AMBIGUOUS = re.compile(r"[-+]?[1-9]\d{0,2}[.,]\d{3}")
+
+
+def _unit_of(word: str) -> str:
+    """"kWh", "Watts", "kilowatt-hours" -> "kwh", "w", "kwh"."""
+    w = word.lower().replace(" ", "").replace("-", "")
+    for long, short in (("megawatt", "mw"), ("kilowatt", "kw"), ("watt", "w")):
+        if w.startswith(long):
+            return short + ("h" if w.endswith(("hour", "hours")) else "")
+    return w
 
 
 def _split_unit(text: str) -> tuple[str, str | None]:
@@ -275,22 +294,53 @@ def _find_columns(lines: list[tuple[int, str]], time_columns: tuple[str, ...], v
     return header, delimiter, cols, [cols.index(c) for c in time_columns], cols.index(value_column)
 
 
-def _value_unit(value_column: str, value_unit: str | None, path: Path) -> str:
-    """The values' unit ("w", "kw" or "mw"): --value-unit, else the column name's, else kW."""
-    unit = _HEADER_UNIT.search(value_column)
-    named = unit.group(1).lower() if unit else None
-    if value_unit is not None and named is not None and value_unit.lower() != named:
+def _column_units(lines: list[tuple[int, str]], header: int, delimiter: str, cols: list[str]):
+    """(name, the units its cells give) of a column of units beside the values (a Green Button "UNITS"), or None."""
+    names = [c.strip().lower() for c in cols]
+    idx = next((i for i, c in enumerate(names) if c in UNIT_COLUMNS), None)
+    if idx is None:
+        return None
+    seen = set()
+    for _, line in lines[header + 1:]:
+        cells = next(csv.reader([line], delimiter=delimiter), [])
+        if idx < len(cells) and cells[idx].strip():
+            seen.add(cells[idx].strip())
+    return cols[idx], seen
+
+
+def _value_unit(value_column: str, value_unit: str | None, path: Path, column_units=None) -> str:
+    """The values' unit (a key of UNIT_KW or ENERGY_KWH): --value-unit, else the column name's, else a column of
+    units', else kW. Two sources that disagree are refused: 15-minute kWh read as kW is a history 4 times too low."""
+    named = {_unit_of(m.group(1)) for m in _NAME_UNIT.finditer(value_column)}
+    if len(named) > 1:
+        raise ReplayInputError(f"{path}: column {value_column!r} names several units "
+                               f"({', '.join(UNIT_NAMES[u] for u in sorted(named))}): give --value-unit")
+    named = next(iter(named), None)
+    given = None if value_unit is None else _unit_of(value_unit)
+    if given is not None and given not in UNIT_NAMES:
+        raise ReplayInputError(f"{path}: value unit {value_unit!r} is not W, kW, MW (power) or Wh, kWh, MWh (energy "
+                               "per row's interval)")
+    if given is not None and named is not None and given != named:
         raise ReplayInputError(f"{path}: column {value_column!r} says {UNIT_NAMES[named]}, --value-unit says "
                                f"{value_unit}")
     other = _OTHER_UNIT.search(value_column)
-    if other and value_unit is None:
-        # interval kWh or a meter's running total, replayed as kW, would be forecasts of another quantity
-        raise ReplayInputError(f"{path}: column {value_column!r} says {other.group(1)}, not power in W, kW or MW "
-                               "(--value-unit reads it as one anyway)")
-    unit = (value_unit or named or "kw").lower()
-    if unit not in UNIT_KW:
-        raise ReplayInputError(f"{path}: value unit {value_unit!r} is not W, kW or MW")
-    return unit
+    if other and value_unit is None and named is None:
+        # apparent power or current, replayed as kW, would be forecasts of another quantity
+        raise ReplayInputError(f"{path}: column {value_column!r} says {other.group(1) or other.group(2)}, not power "
+                               "(W, kW, MW) or energy per interval (Wh, kWh, MWh); --value-unit reads it as one anyway")
+    if column_units is not None and named is None:
+        name, seen = column_units
+        units = {_unit_of(u) for u in seen}
+        if len(units) > 1 or not units <= set(UNIT_NAMES):
+            raise ReplayInputError(f"{path}: column {name!r} gives the unit(s) {', '.join(sorted(seen))}: export one "
+                                   "quantity in W, kW, MW, Wh, kWh or MWh, or give --value-unit")
+        if units:
+            (unit,) = units
+            if given is not None and given != unit:
+                raise ReplayInputError(f"{path}: column {name!r} says {UNIT_NAMES[unit]}, --value-unit says "
+                                       f"{value_unit}")
+            return unit
+    return given or named or "kw"
 
 
 def _raw_rows(lines: list[tuple[int, str]], header: int, delimiter: str, cols: list[str], t_idx: list[int],
@@ -330,7 +380,7 @@ def _convert_row(t_text: str | None, v_text: str | None, extra: list[str], width
             if problem is None:
                 try:
                     number, cell_unit = _split_unit(v_text)
-                    v = _number(number, mark) * UNIT_KW[cell_unit or unit]
+                    v = _number(number, mark) * UNIT_KW.get(cell_unit or unit, ENERGY_KWH.get(unit, 1.0))
                 except (TypeError, ValueError, AttributeError):
                     problem = "value " + (f"{v_text!r} is not a number" if v_text is not None else "is missing")
                 else:
@@ -355,7 +405,7 @@ def _how_read(path: Path, lines: list[tuple[int, str]], header: int, delimiter: 
         how.append({";": "';'-separated", "\t": "tab-separated"}[delimiter])
     if mark == ",":
         how.append("decimal comma")
-    if unit != "kw":
+    if unit in UNIT_KW and unit != "kw":
         how.append(f"values in {UNIT_NAMES[unit]}, converted to kW")
     if cell_units - {"kw"}:   # "98000 W": said, as a unit in the header or an option is
         how.append(f"values with their unit ({', '.join(UNIT_NAMES[u] for u in sorted(cell_units))}), "
@@ -379,8 +429,8 @@ def read_export(csv_path, time_column, value_column: str, tz: ZoneInfo, time_for
     header, delimiter, cols, t_idx, v_idx = _find_columns(lines, time_columns, value_column, path)
     if decimal not in (None, ".", ","):
         raise ReplayInputError(f"decimal mark {decimal!r} is not '.' or ','")
-    unit = _value_unit(value_column, value_unit, path)
     raw = _raw_rows(lines, header, delimiter, cols, t_idx, v_idx)
+    unit = _value_unit(value_column, value_unit, path, _column_units(lines, header, delimiter, cols))
     mark = decimal or _decimal_mark(((n, v) for n, _, v, _ in raw), path)
 
     times, values, kept, notes, skipped, stamps, empty = [], [], [], [], 0, [], 0
@@ -415,12 +465,18 @@ def read_export(csv_path, time_column, value_column: str, tz: ZoneInfo, time_for
     t, v, ln = np.array(times), np.array(values), np.array(kept)
     order = np.argsort(t, kind="stable")
     t, v, ln = t[order], v[order], ln[order]
-    if stamped == "start":
-        steps = np.diff(np.unique(stamps))
-        if steps.size:
-            spacing = float(np.median(steps))
-            t = t + spacing
-            notes.append(f"times read as the start of each row's {spacing:g} s interval: filed at its end")
+    steps = np.diff(np.unique(stamps))
+    spacing = float(np.median(steps)) if steps.size else None
+    if unit in ENERGY_KWH:
+        if spacing is None:
+            raise ReplayInputError(f"{path}: values in {UNIT_NAMES[unit]} need two rows or more: a row's energy is "
+                                   "read as its interval's mean kW, the interval the rows' spacing")
+        v = v * 3600.0 / spacing
+        notes.insert(0, f"values in {UNIT_NAMES[unit]} per {spacing / 60:g}-minute interval, read as each interval's "
+                        f"mean kW (x {ENERGY_KWH[unit] * 3600.0 / spacing:g})")
+    if stamped == "start" and spacing is not None:
+        t = t + spacing
+        notes.append(f"times read as the start of each row's {spacing:g} s interval: filed at its end")
     # read, but not as the file may mean: said, so that a bad export is not replayed as if it were right
     gap = folds.get("skipped", [])
     if gap:

@@ -335,6 +335,22 @@ def test_a_file_newest_first_keeps_both_passes_of_the_repeated_hour(tmp_path, zo
     assert skipped == 0 and list(t) == truth and list(v) == list(range(len(truth)))
 
 
+@pytest.mark.parametrize("newest_first", [False, True])
+def test_a_row_given_twice_inside_the_repeated_hour_is_one_row_not_the_other_pass(tmp_path, newest_first):
+    # a BAS export repeats a row now and then: in quarter-hours, the same wall time again moved the rest of the
+    # first pass into the second (two minutes lost, three averaged wrong)
+    zone = ZoneInfo("America/New_York")
+    first = dt.datetime(2026, 11, 1, 0, 0, tzinfo=zone).timestamp()
+    truth = [first + i * 900 for i in range(24)]
+    rows = [(dt.datetime.fromtimestamp(t, zone).strftime("%Y-%m-%d %H:%M"), i) for i, t in enumerate(truth)]
+    rows.insert(6, rows[5])      # 01:15 of the first pass, twice
+    src = tmp_path / "twice.csv"
+    src.write_text("timestamp,kw\n" + "".join(f"{w},{i}\n" for w, i in (reversed(rows) if newest_first else rows)))
+    t, v, skipped = read_series(src, "timestamp", "kw", zone)
+    assert skipped == 0 and sorted(set(t)) == truth
+    assert [v[list(t).index(x)] for x in truth] == list(range(24))
+
+
 def _cmdline(pid: str) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import math
+import os
 import time
 from pathlib import Path
 
@@ -33,10 +34,10 @@ def _config(tmp_path, free_udp_port):
     return cfg, db
 
 
-def _write(path, rows) -> None:
+def _write(path, rows, column="kw") -> None:
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(("time", "kw"))
+        w.writerow(("time", column))
         for t, kw in rows:
             w.writerow((dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(), kw))
 
@@ -51,9 +52,9 @@ def _excerpt_ending_this_week():
     return [(x + shift, float(r["Total_Power"])) for x, r in zip(t, rows)]
 
 
-def _import(cfg, csv_path, *more) -> int:
+def _import(cfg, csv_path, *more, column="kw") -> int:
     return main(["import-history", "--config", str(cfg), "--csv", str(csv_path), "--time-column", "time",
-                 "--value-column", "kw", *more])
+                 "--value-column", column, *more])
 
 
 def test_it_imports_an_interval_export_and_a_second_run_adds_nothing(tmp_path, free_udp_port, capsys):
@@ -64,8 +65,10 @@ def test_it_imports_an_interval_export_and_a_second_run_adds_nothing(tmp_path, f
 
     assert _import(cfg, tmp_path / "meter.csv") == 0
     said = capsys.readouterr().out
-    assert f"imported 288 minute(s) of history, {dt.datetime.fromtimestamp(rows[-1][0], dt.timezone.utc):%Y-%m-%d %H:%M}" \
-           f" to {dt.datetime.fromtimestamp(end, dt.timezone.utc):%Y-%m-%d %H:%M} UTC, from 288 row(s)" in said, said
+    assert f"storage.path {db}: imported 288 minute(s) of history, " \
+           f"{dt.datetime.fromtimestamp(rows[-1][0], dt.timezone.utc):%Y-%m-%d %H:%M} to " \
+           f"{dt.datetime.fromtimestamp(end, dt.timezone.utc):%Y-%m-%d %H:%M} UTC, from 288 row(s) of " \
+           f"{tmp_path / 'meter.csv'} (100.0 to 106.0 kW, median 103.0 kW)" in said, said
     assert "spans 3.0 days: the next start fits a model on it at once (it serves once a day of its live forecasts" \
            in said, said
     held = ForecastStore(str(db)).held_means(0, 2 ** 40)
@@ -74,7 +77,7 @@ def test_it_imports_an_interval_export_and_a_second_run_adds_nothing(tmp_path, f
 
     assert _import(cfg, tmp_path / "meter.csv") == 0
     assert "imported 0 minute(s)" in (said := capsys.readouterr().out) and "288 minute(s) it held already kept as " \
-        "read. Nothing new" in said, said
+        "read (to replace an earlier import: forget-forecast --yes first). Nothing new" in said, said
 
 
 def test_the_gateways_own_history_csv_goes_back_minute_for_minute(tmp_path, free_udp_port, capsys):
@@ -103,8 +106,8 @@ def test_what_the_gateway_read_keeps_its_readings_and_its_model_is_dropped(tmp_p
 
     assert _import(cfg, tmp_path / "meter.csv") == 0
     said = capsys.readouterr().out
-    assert "imported 120 minute(s)" in said and "60 minute(s) it held already kept as read; the stored model, fitted " \
-        "without them, deleted. The history held spans 0.1 days; the first model is fitted once it spans 2 days" in said
+    assert "imported 120 minute(s)" in said and "60 minute(s) it held already kept as read (to replace an earlier " \
+        "import: forget-forecast --yes first); the stored model, fitted without them, deleted. The history held spans 0.1 days; the first model is fitted once it spans 2 days" in said
     held = store.held_means(0, 2 ** 40)
     assert all(held[k] == 100.0 for k in live)
     assert sum(1 for v in held.values() if v == 102.0) == 120
@@ -116,15 +119,49 @@ def test_a_file_in_another_unit_than_the_gateways_readings_is_refused(tmp_path, 
     now = math.floor(time.time() / 60) * 60
     store = ForecastStore(str(db))
     store.save_minutes(range(int(now // 60) - 29, int(now // 60) + 1), [12.0] * 30, [1] * 30)
-    _write(tmp_path / "watts.csv", [(now - 60 * i, 12_000.0) for i in range(120)])   # W, in a column taken as kW
+    _write(tmp_path / "watts.csv", [(now - 60 * i, 12_000.0) for i in range(120)], column="P")   # W, taken as kW
 
-    assert _import(cfg, tmp_path / "watts.csv") == 1
+    assert _import(cfg, tmp_path / "watts.csv", column="P") == 1
     said = capsys.readouterr().err
-    assert "over the 30 minutes the file shares with storage.path its values (median 12000 kW) are 1,000 times the " \
-           "gateway's readings (median 12 kW): another unit (--value-unit) or another meter. Nothing imported" in said
+    assert "over the 30 minutes the file shares with storage.path its values (median 12000 kW) are 1,000 times those " \
+           "it holds (median 12 kW): another unit (--value-unit), another meter or another time zone (--timezone). " \
+           "Nothing imported. If what it holds is an earlier import that was wrong, `edge-gateway forget-forecast " \
+           "--yes` deletes the forecaster's history first" in said
     assert store.contents()["minutes"] == 30
-    assert _import(cfg, tmp_path / "watts.csv", "--value-unit", "W") == 0
+    assert _import(cfg, tmp_path / "watts.csv", "--value-unit", "W", column="P") == 0
     assert store.contents()["minutes"] == 120
+
+
+def test_a_no_data_mark_far_outside_the_others_is_named_and_left_out(tmp_path, free_udp_port, capsys):
+    # a BAS export's -99999 lies inside the default input range: it failed the first model's check and stretched
+    # the dashboard's chart to -120,000 kW
+    cfg, db = _config(tmp_path, free_udp_port)
+    now = math.floor(time.time() / 900) * 900
+    rows = [(now - 900 * i, 300.0 + 800.0 * (i % 96 > 40)) for i in range(500)]
+    rows[17] = (rows[17][0], -99999.0)
+    _write(tmp_path / "meter.csv", rows)
+
+    assert _import(cfg, tmp_path / "meter.csv") == 0
+    out, err = capsys.readouterr()
+    assert "1 row(s) far outside all the others (line 19: -99999 kW): a \"no data\" mark or a glitch? not imported" \
+        in err, err
+    assert "imported 499 minute(s)" in out and "(300.0 to 1,100.0 kW, median 1,100.0 kW)" in out, out
+    assert min(ForecastStore(str(db)).held_means(0, 2 ** 40).values()) == 300.0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the check is for a root that would make the gateway's files")
+def test_as_root_it_refuses_to_make_files_where_another_user_owns_the_place(tmp_path, free_udp_port, capsys):
+    # the storage directory not made yet: root made it and the store, and the gateway's user could not write them
+    cfg, _ = _config(tmp_path, free_udp_port)
+    site = tmp_path / "var-lib"
+    site.mkdir()
+    os.chown(site, 65534, 65534)
+    cfg.write_text(cfg.read_text().replace(str(tmp_path / "gateway.sqlite"), str(site / "state" / "gw.sqlite")))
+    _write(tmp_path / "meter.csv", [(time.time() - 600, 100.0)])
+    assert _import(cfg, tmp_path / "meter.csv") == 1
+    assert f"{site} belongs to uid 65534, and this runs as root: run it as the gateway's user" in \
+        capsys.readouterr().err
+    assert not (site / "state").exists()
 
 
 def test_rows_older_than_kept_or_after_now_are_named_and_left_out(tmp_path, free_udp_port, capsys):

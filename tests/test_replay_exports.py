@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pytest
 
-from forecaster.export_csv import read_series
+from forecaster.export_csv import read_export, read_series
 from forecaster.replay import ReplayInputError, replay_csv
 from ven.cli import main
 
@@ -224,12 +224,50 @@ def test_values_in_watts_or_megawatts(tmp_path):
     assert read_series(src, "timestamp", "P [W]", UTC)[1] == pytest.approx(kw, rel=1e-12)
     with pytest.raises(ReplayInputError, match=r"column 'P \[W\]' says W, --value-unit says kW"):
         read_series(src, "timestamp", "P [W]", UTC, value_unit="kW")
-    src.write_text(src.read_text().replace("P [W]", "E [kWh]"))
-    with pytest.raises(ReplayInputError, match=r"column 'E \[kWh\]' says kWh, not power in W, kW or MW"):
-        read_series(src, "timestamp", "E [kWh]", UTC)
-    src.write_text(src.read_text().replace("E [kWh]", "P [W]"))
+    src.write_text(src.read_text().replace("P [W]", "S [kVAh]"))
+    with pytest.raises(ReplayInputError, match=r"column 'S \[kVAh\]' says kVAh, not power \(W, kW, MW\) or energy "
+                                               r"per interval \(Wh, kWh, MWh\)"):
+        read_series(src, "timestamp", "S [kVAh]", UTC)
+    src.write_text(src.read_text().replace("S [kVAh]", "P [W]"))
     summary = replay_csv(src, "timestamp", "P [W]", tmp_path / "out.csv", fit_processes=1)
     assert summary["notes"][0] == "read in.csv: values in W, converted to kW" and summary["accepted"] == len(kw)
+
+
+@pytest.mark.parametrize("header, option", [("Usage (kWh)", None), ("kWh Delivered", None), ("Energy_kWh", None),
+                                            ("Usage", "kWh"), ("Usage,UNITS", None)])
+def test_energy_per_interval_is_read_as_the_intervals_mean_kw(tmp_path, header, option):
+    # utility interval data and Green Button give kWh per 15-minute interval: read as kW it was a history 4 times
+    # too low, and the load thresholds with it
+    times, kw = _turin()
+    src = tmp_path / "usage.csv"
+    unit_cell = ",kWh" if "UNITS" in header else ""
+    src.write_text(f"timestamp,{header}\n" + "".join(f"{t:%Y-%m-%d %H:%M:%S},{v / 4:.4f}{unit_cell}\n"
+                                                     for t, v in zip(times, kw)))
+    column = header.split(",")[0]
+    t, v, _, _, notes, _ = read_export(src, "timestamp", column, UTC, value_unit=option)
+    assert v == pytest.approx(kw, abs=1e-3)
+    assert "values in kWh per 15-minute interval, read as each interval's mean kW (x 4)" in notes
+
+
+@pytest.mark.parametrize("header, option, refusal", [
+    ("Usage (kWh)", "kW", r"column 'Usage \(kWh\)' says kWh, --value-unit says kW"),
+    ("Usage,UNITS", "kW", r"column 'UNITS' says kWh, --value-unit says kW"),
+    ("kW (kWh/4)", None, r"names several units \(kW, kWh\): give --value-unit")])
+def test_a_unit_given_two_ways_that_disagree_is_refused(tmp_path, header, option, refusal):
+    src = tmp_path / "usage.csv"
+    unit_cell = ",kWh" if "UNITS" in header else ""
+    src.write_text(f"timestamp,{header}\n2019-10-14 00:00:00,25{unit_cell}\n2019-10-14 00:15:00,26{unit_cell}\n")
+    with pytest.raises(ReplayInputError, match=refusal):
+        read_export(src, "timestamp", header.split(",")[0], UTC, value_unit=option)
+
+
+def test_unit_words_in_a_column_name_are_read_bracketed_or_not(tmp_path):
+    src = tmp_path / "w.csv"
+    for header in ("Power (watts)", "Watts", "Power_W", "P [W]"):
+        src.write_text(f"timestamp,{header}\n2019-10-14 00:00:00,25000\n2019-10-14 00:15:00,26000\n")
+        assert list(read_export(src, "timestamp", header, UTC)[1]) == [25.0, 26.0], header
+    src.write_text("timestamp,Wert\n2019-10-14 00:00:00,25\n2019-10-14 00:15:00,26\n")    # no unit: kW
+    assert list(read_export(src, "timestamp", "Wert", UTC)[1]) == [25.0, 26.0]
 
 
 def test_the_readme_example_for_a_european_export(tmp_path, capsys):

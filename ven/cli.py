@@ -663,8 +663,10 @@ def _series_options(p) -> None:
     p.add_argument("--decimal", choices=(".", ","), default=None, metavar="MARK",
                    help="the values' decimal mark, . or , (the other one groups thousands; "
                         "default: what the values show; asked for when they show neither or both)")
-    p.add_argument("--value-unit", choices=("W", "kW", "MW"), default=None,
-                   help="unit of the values (default: the column name's, e.g. \"P [W]\", else kW)")
+    p.add_argument("--value-unit", choices=("W", "kW", "MW", "Wh", "kWh", "MWh"), default=None,
+                   help="unit of the values: power, or energy per row's interval (utility interval data, Green "
+                        "Button: 15-minute kWh read as kW x 4); default: the column name's (\"P [W]\", \"Usage "
+                        "(kWh)\"), else a UNITS column's, else kW")
     p.add_argument("--events", default=None, metavar="FILE",
                    help="CSV of the demand-response events the building shed for, columns start and end (times "
                         "as --csv's): kept out of learning, as the gateway keeps the events it ran")

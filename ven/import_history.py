@@ -25,6 +25,7 @@ from .run_lock import RunLock
 # another unit (W read as kW) or another meter, and would be learned as the building's demand.
 UNIT_RATIO = 2.0
 OVERLAP_MINUTES = 10      # minutes in both, at least, before the ratio is judged
+FAR_WIDTHS = 10.0
 
 
 def _say(text: str) -> None:
@@ -40,7 +41,9 @@ def _owner_problem(path: str) -> str | None:
     the gateway cannot write."""
     if os.geteuid() != 0:
         return None
-    where = path if os.path.exists(path) else os.path.dirname(os.path.abspath(path))
+    where = os.path.abspath(path)
+    while not os.path.exists(where) and os.path.dirname(where) != where:   # what root would make lies under it
+        where = os.path.dirname(where)
     try:
         owner = os.stat(where).st_uid
     except OSError:
@@ -49,6 +52,18 @@ def _owner_problem(path: str) -> str | None:
         return None
     return (f"storage.path {path}: {where} belongs to uid {owner}, and this runs as root: run it as the gateway's "
             f"user (sudo -u <user> edge-gateway import-history ...), or the gateway could not write the files made here")
+
+
+def _far_out(values: np.ndarray, among: np.ndarray) -> np.ndarray:
+    """The values of `among` a BAS's "no data" mark (-99999) or a glitch gave: further from the others' 1st to 99th
+    percentile than ten times its width. One such row inside the default input range failed the first model's check
+    (an error of 188 kW, persistence's 29), and stretched the dashboard's chart to -120,000 kW."""
+    out = np.zeros(values.shape, dtype=bool)
+    if among.sum() < 100:
+        return out
+    lo, hi = np.percentile(values[among], [1, 99])
+    width = max(hi - lo, 0.01 * max(abs(lo), abs(hi)), 1.0)
+    return among & ((values < lo - FAR_WIDTHS * width) | (values > hi + FAR_WIDTHS * width))
 
 
 def _unit_problem(store, ks: np.ndarray, sums, counts) -> str | None:
@@ -64,8 +79,9 @@ def _unit_problem(store, ks: np.ndarray, sums, counts) -> str | None:
     times = f"{ratio:.1f}" if ratio < 10 else f"{ratio:,.0f}"
     how = f"{times} times" if ours > stored else f"1/{times} of"
     return (f"over the {len(both):,} minutes the file shares with storage.path its values (median {ours:g} kW) are "
-            f"{how} the gateway's readings (median {stored:g} kW): another unit (--value-unit) or another meter. "
-            f"Nothing imported")
+            f"{how} those it holds (median {stored:g} kW): another unit (--value-unit), another meter or another "
+            f"time zone (--timezone). Nothing imported. If what it holds is an earlier import that was wrong, "
+            f"`edge-gateway forget-forecast --yes` deletes the forecaster's history first")
 
 
 def import_history(cfg: GatewayConfig, args) -> int:
@@ -88,7 +104,7 @@ def import_history(cfg: GatewayConfig, args) -> int:
         return 1
     tz = ZoneInfo(args.timezone or cfg.forecaster.timezone)
     try:
-        times, values, _, skipped, notes, reading = read_export(
+        times, values, lines, _, notes, reading = read_export(
             args.csv, args.time_column, args.value_column, tz, args.time_format, args.encoding, args.decimal,
             args.value_unit, args.stamped)
         sheds = read_spans(args.events, tz, args.time_format, args.encoding) if args.events else []
@@ -104,6 +120,8 @@ def import_history(cfg: GatewayConfig, args) -> int:
     latest = now + 60       # the minute under way, as the gateway files it: its end
     old, ahead = int((times < oldest).sum()), int((times > latest).sum())
     inside = (times >= oldest) & (times <= latest)
+    far = _far_out(values, inside)
+    inside &= ~far
     kept = fc.seed(times[inside], values[inside])
     if old:
         _say(f"{old:,} row(s) before {_local(oldest, tz)} not imported: older than the {fc.keep_days:g} days the "
@@ -111,6 +129,10 @@ def import_history(cfg: GatewayConfig, args) -> int:
     if ahead:
         _say(f"{ahead:,} row(s) after now ({_local(now, tz)} {tz.key}) not imported: is the file in another time "
              f"zone (--timezone), or this machine's clock wrong?")
+    if far.any():
+        shown = ", ".join(f"line {n}: {v:g} kW" for n, v in zip(lines[far][:3], values[far][:3]))
+        _say(f"{int(far.sum()):,} row(s) far outside all the others ({shown}): a \"no data\" mark or a glitch? not "
+             f"imported")
     if fc.rejected:
         _say(f"{fc.rejected:,} row(s) outside bacnet.input_min_kw..input_max_kw "
              f"({cfg.bacnet.input_min_kw:g}..{cfg.bacnet.input_max_kw:g} kW) not imported")
@@ -144,10 +166,14 @@ def import_history(cfg: GatewayConfig, args) -> int:
         signal.signal(signal.SIGINT, ctrl_c)
         lock.close()
     first, last = float(times[inside].min()), float(times[inside].max())
+    kw = values[inside]
     held = len(ks) - added
-    print(f"storage.path {path}: imported {added:,} minute(s) of history, {_local(first, tz)} to {_local(last, tz)} "
-          f"{tz.key}, from {kept:,} row(s) of {args.csv}"
-          + (f"; {held:,} minute(s) it held already kept as read" if held else "")
+    # the range, so that a unit taken wrong (4 times, 1,000 times) shows at a glance
+    print(f"storage.path {os.path.abspath(path)}: imported {added:,} minute(s) of history, {_local(first, tz)} to "
+          f"{_local(last, tz)} {tz.key}, from {kept:,} row(s) of {args.csv} ({kw.min():,.1f} to {kw.max():,.1f} kW, "
+          f"median {np.median(kw):,.1f} kW)"
+          + (f"; {held:,} minute(s) it held already kept as read (to replace an earlier import: forget-forecast "
+             f"--yes first)" if held else "")
           + (f"; {len(sheds)} event(s) kept out of learning" if args.events else "")
           + ("; the stored model, fitted without them, deleted" if added and had_model else "")
           + (_next_start(fc, held_span) if added else ". Nothing new"))
