@@ -266,7 +266,8 @@ async def test_sigkill_keeps_the_forecaster_history(tmp_path, free_udp_port, fre
         assert after["history_first"] == fc["history_first"]
         assert after["history_minutes"] >= len(stored) >= 1
         assert after["history_minutes"] >= fc["history_minutes"] - 1   # at most the unsaved minute
-        assert f"forecaster resumed {len(stored)} minutes of stored history" in gateway.log()
+        assert f"forecaster resumed {len(stored)} minute{'' if len(stored) == 1 else 's'} of stored history" in \
+            gateway.log()
     finally:
         gateway.stop()
     assert "Traceback" not in gateway.log(), gateway.log()[-4000:]
