@@ -415,12 +415,13 @@ def _how_read(path: Path, lines: list[tuple[int, str]], header: int, delimiter: 
 
 def read_export(csv_path, time_column, value_column: str, tz: ZoneInfo, time_format: str | None = None,
                 encoding: str | None = None, decimal: str | None = None, value_unit: str | None = None,
-                stamped: str = "end"):
+                stamped: str = "end", tally: dict | None = None):
     """(times, values in kW, line numbers) sorted by time, (skipped row count, notes naming them), and a
     note saying how the file was read when that is not plain comma-separated kW from its first line.
     `stamped` "start": each time names the start of the interval its value covers (a minute of /api/history.csv,
     interval data stamped at its start), moved to that interval's end, the rows' usual spacing later: the gateway
-    files a reading by when it was read, and an interval's mean is known at its end."""
+    files a reading by when it was read, and an interval's mean is known at its end.
+    `tally`, a dict, gets "empty": the rows skipped for having a time and no value (no reading then, not damage)."""
     path = Path(csv_path)
     text = _decode(path, encoding)
     time_columns = (time_column,) if isinstance(time_column, str) else tuple(time_column)
@@ -457,6 +458,8 @@ def read_export(csv_path, time_column, value_column: str, tz: ZoneInfo, time_for
         notes.append(f"... and {skipped - empty - MAX_ROW_NOTES} more rows skipped")
     if empty:
         notes.append(f"{empty:,} row(s) with a time and no value (no reading then) skipped")
+    if tally is not None:
+        tally["empty"] = empty
     if not times:
         why = f" ({notes[0].removesuffix('; row skipped')})" if notes else ""
         columns = ", ".join(repr(c) for c in time_columns + (value_column,))

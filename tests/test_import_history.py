@@ -164,6 +164,19 @@ def test_as_root_it_refuses_to_make_files_where_another_user_owns_the_place(tmp_
     assert not (site / "state").exists()
 
 
+def test_a_time_format_that_fits_few_rows_is_refused_not_a_partial_import(tmp_path, free_udp_port, capsys):
+    # month and day swapped: the rows past the 12th do not parse, the others land on other dates
+    cfg, db = _config(tmp_path, free_udp_port)
+    now = math.floor(time.time() / 3600) * 3600
+    stamps = [dt.datetime.fromtimestamp(now - 3600 * i, dt.timezone.utc) for i in range(24 * 40)]
+    (tmp_path / "us.csv").write_text("time,kw\n" + "".join(f"{t:%m/%d/%Y %H:%M},100\n" for t in stamps))
+    assert _import(cfg, tmp_path / "us.csv", "--time-format", "%d/%m/%Y %H:%M", "--timezone", "UTC") == 1
+    err = capsys.readouterr().err
+    assert "row(s) could not be read, more than the" in err and "check --time-format, --decimal and the columns. " \
+        "Nothing imported" in err, err
+    assert not db.exists() or ForecastStore(str(db)).contents()["minutes"] == 0
+
+
 def test_rows_older_than_kept_or_after_now_are_named_and_left_out(tmp_path, free_udp_port, capsys):
     cfg, db = _config(tmp_path, free_udp_port)
     now = math.floor(time.time() / 60) * 60

@@ -103,16 +103,23 @@ def import_history(cfg: GatewayConfig, args) -> int:
         _say(problem)
         return 1
     tz = ZoneInfo(args.timezone or cfg.forecaster.timezone)
+    tally: dict = {}
     try:
-        times, values, lines, _, notes, reading = read_export(
+        times, values, lines, skipped, notes, reading = read_export(
             args.csv, args.time_column, args.value_column, tz, args.time_format, args.encoding, args.decimal,
-            args.value_unit, args.stamped)
+            args.value_unit, args.stamped, tally)
         sheds = read_spans(args.events, tz, args.time_format, args.encoding) if args.events else []
     except (ReplayInputError, OSError) as err:
         _say(str(err))
         return 1
     for note in ([reading] if reading else []) + notes:
         _say(note)
+    unread = skipped - tally["empty"]
+    if unread > len(times):
+        # a --time-format that fits some rows only (day and month swapped) imported a day of a 44-day file, exit 0
+        _say(f"{unread:,} row(s) could not be read, more than the {len(times):,} that could (the lines above name the "
+             f"first): check --time-format, --decimal and the columns. Nothing imported")
+        return 1
 
     fc = forecaster_from_config(cfg.forecaster, cfg.bacnet.input_min_kw, cfg.bacnet.input_max_kw)
     now = time.time()
