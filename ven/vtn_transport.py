@@ -277,7 +277,10 @@ class _Client(OpenADRClient):
         url = f"{self.vtn_url}/{service}"
         try:
             timeout = aiohttp.ClientTimeout(total=self.request_timeout_s, sock_connect=5, sock_read=10)
-            async with self.client_session.post(url, data=message, timeout=timeout, proxy=self.proxy) as req:
+            # a redirect is not followed: aiohttp would post the next message, and take the events, from whatever
+            # host the answer names, the URL's password with it on the way
+            async with self.client_session.post(url, data=message, timeout=timeout, proxy=self.proxy,
+                                                allow_redirects=False) as req:
                 content = bytearray()
                 async for chunk in req.content.iter_chunked(2**16):
                     content += chunk
@@ -287,6 +290,10 @@ class _Client(OpenADRClient):
                 content = bytes(content)
                 if req.status == HTTPStatus.PROXY_AUTHENTICATION_REQUIRED and self.proxy:
                     return None, {}, self._proxy_refused(req.status, req.reason, url)
+                if 300 <= req.status < 400 and req.headers.get("Location"):
+                    to = shown_url(urllib.parse.urljoin(url, req.headers["Location"]))
+                    return None, {}, (f"HTTP {req.status} from {shown_url(url)}: redirected to {to}, not followed (a "
+                                      f"VTN that moved is given its new address in openadr.vtn_url)")
                 if req.status != HTTPStatus.OK:
                     via = f" (through the proxy at {shown_url(self.proxy)})" if self.proxy else ""
                     return None, {}, f"HTTP {req.status} from {shown_url(url)}{via}: {_error_page(content)}"
