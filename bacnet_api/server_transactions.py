@@ -14,6 +14,9 @@
   transaction, never started, stayed listed for good: about 1.5 KB more memory and one more entry in every later
   request's duplicate search, per source address and invoke id, from datagrams anyone on the network can send.
   The request is still dropped with bacpypes3's one log line, as before.
+- A SegmentACK of a segment not sent yet (or past the answer's last) aborts the answer, invalid-apdu-in-this-state:
+  bacpypes3 took any sequence number inside the window the ACK itself named (127 takes nearly all), moved there,
+  and asked for segments past the end: three "Task exception was never retrieved" tracebacks a request.
 - A WritePropertyMultiple or ReadPropertyMultiple that bacpypes3 would decode only in part is failed as one it cannot
   decode, which rejects.py answers with a Reject (bacpypes3 executed the part and acknowledged the whole).
 """
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bacpypes3.apdu import AbortPDU, AbortReason, ConfirmedRequestPDU
+from bacpypes3.apdu import AbortPDU, AbortReason, ConfirmedRequestPDU, SegmentAckPDU
 from bacpypes3.appservice import ABORTED, COMPLETED, IDLE, ServerSSM
 
 from .rejects import decode_whole
@@ -70,7 +73,18 @@ class GatewayServerSSM(ServerSSM):
         if apdu.apduType == AbortPDU.pduType:
             self.set_state(COMPLETED)
             return
+        if apdu.apduType == SegmentAckPDU.pduType and self.segmentCount is not None:
+            acked = self.initialSequenceNumber + (apdu.apduSeq - self.initialSequenceNumber) % 256
+            if acked > getattr(self, "_sent_through", self.initialSequenceNumber):
+                # an acknowledgement of a segment not sent: bacpypes3 moved its window past the answer's end and asked
+                # for segments that do not exist, three tracebacks a request (or skipped those the BAS never had)
+                await self.response(self.abort(AbortReason.invalidApduInThisState))
+                return
         await super().segmented_response(apdu)
+
+    async def fill_window(self, seqNum: int) -> None:
+        await super().fill_window(seqNum)
+        self._sent_through = min(seqNum + self.actualWindowSize, self.segmentCount) - 1
 
     async def segmented_response_timeout(self) -> None:
         if not self.actualWindowSize:  # no SegmentACK yet (or one that said 0, which cannot be a window)

@@ -135,6 +135,21 @@ async def test_a_late_first_acknowledgement_still_gets_the_rest(gateway, client,
     assert errors_logged(caplog) == []
 
 
+async def test_an_acknowledgement_of_a_segment_never_sent_aborts_the_answer_without_a_traceback(gateway, client, caplog):
+    # A SegmentACK past the answer's last segment (window 127, so "in window"): bacpypes3 moved its window there and
+    # asked for segments that do not exist, three tracebacks a request, from datagrams anyone can send
+    client.send(bytes([0x02, MAX_APDU_50, 8, 14]) + RPM_ALL)
+    assert (await client.next(1.0))[:3] == bytes([0x3C, 8, 0])
+    client.send(bytes([0x40, 8, 60, 127]))     # SegmentACK of segment 60 of about 15
+    assert await client.next(1.0) == bytes([0x71, 8, 2])     # Abort from the server: invalid-apdu-in-this-state
+    assert gateway.app.asap.serverTransactions == []
+    timeout = gateway.app.device_object.apduSegmentTimeout / 1000
+    assert await client.next(timeout * 1.5) is None     # nothing resent after it
+    gc.collect()
+    await asyncio.sleep(0)
+    assert errors_logged(caplog) == []
+
+
 async def test_a_bas_that_aborts_a_segmented_answer_gets_nothing_back(gateway, client):
     # its Abort was sent back to it, with the server bit clear: an abort of the BAS's own transaction of that id
     client.send(bytes([0x02, MAX_APDU_50, 7, 14]) + RPM_ALL)
