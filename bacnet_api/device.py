@@ -57,6 +57,28 @@ def _plain(point: Point, value: Any) -> float | bool:
     return float(value)
 
 
+def _shown(point: Point, value: Any) -> str:
+    """A command as a BACnet tool shows it: active / inactive, or the number."""
+    plain = _plain(point, value)
+    return ("active" if plain else "inactive") if point.kind == "binaryValue" else f"{plain:g}"
+
+
+def _what_was_written(point: Point, obj: Any, value: Any, writer: str | None) -> str:
+    """The write as the writer made it, and what the point holds after it when a higher priority decides: "B wrote
+    inactive at 9" said as "ADR-Opt-Out = True (priority 9, from B)" blamed B for A's opt-out at 7."""
+    written = obj._last_written
+    by = f", from {writer}" if writer else ""
+    in_effect = obj.currentCommandPriority
+    at = None if in_effect is None or in_effect.null is not None else int(in_effect.unsigned)
+    if at == obj._last_priority:
+        return f"{point.name} = {_shown(point, written)} (priority {at}{by})"
+    what = "relinquished" if written is None else _shown(point, written)
+    now = (f"{_shown(point, obj.presentValue)} at priority {at} stays in effect" if at is not None
+           else "no command left: relinquished" if point.kind == "analogValue"
+           else f"no command left: {_shown(point, obj.relinquishDefault)} (its relinquish default)")
+    return f"{point.name} {what} at priority {obj._last_priority}{f' (from {writer})' if writer else ''}; {now}"
+
+
 def _wire(point: Point, value: float | bool) -> Any:
     if point.kind == "binaryValue":
         # bool, 0/1 and numpy booleans; anything else is a caller bug
@@ -333,8 +355,7 @@ class GatewayDevice:
         level = logging.INFO if point.kind == "binaryValue" and obj._last_changed else logging.DEBUG
         # who and at what priority: an opt-out is a matter between the site and its utility, asked about later
         writer = WRITER.get()
-        log.log(level, "BACnet write accepted: %s = %s (priority %s%s)", point.name,
-                "relinquished" if value is None else value, obj._last_priority, f", from {writer}" if writer else "")
+        log.log(level, "BACnet write accepted: %s", _what_was_written(point, obj, value, writer))
         pending = []
         for callback in self._callbacks.get(point.name, ()):
             try:

@@ -74,6 +74,7 @@ class _Commanded:
         before = to_plain(self.priorityArray)
         await super().write_property(attr, value, index, priority)
         self._last_priority = 16 if priority is None else int(priority)
+        self._last_written = None if isinstance(value, Null) else value    # None: relinquished
         self._last_changed = to_plain(self.priorityArray) != before
         if self._on_accepted is not None:
             pending = self._on_accepted(self.presentValue)

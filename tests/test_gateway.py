@@ -126,7 +126,7 @@ async def test_event_levels_and_opt_out_over_bacnet(system, caplog):
             and r.name.split(".")[0] in ("ven", "bacnet_api")]
     # who wrote it and at what priority: "who opted us out of Tuesday's event?" has an answer in the log
     bas = peer.address.replace("/8", "")
-    assert said == [f"BACnet write accepted: ADR-Opt-Out = True (priority 8, from {bas})",
+    assert said == [f"BACnet write accepted: ADR-Opt-Out = active (priority 8, from {bas})",
                     "ADR-Opt-Out active: opting out of 1 active/pending event(s); new events answered optOut"], said
 
     # A BAS writes its switch each scan. Those writes changed nothing but each logged two INFO lines ("relinquished:
@@ -144,7 +144,14 @@ async def test_event_levels_and_opt_out_over_bacnet(system, caplog):
     assert saved == [OPT_OUT_COMMANDS] and gateway.device.get(P.OPT_OUT) is True
     said = [r.getMessage() for r in caplog.records if "ADR-Opt-Out" in r.getMessage()
             and r.name.split(".")[0] in ("ven", "bacnet_api")]
-    assert said[2:] == [f"BACnet write accepted: ADR-Opt-Out = True (priority 10, from {bas})"], said
+    # what this writer wrote, not the opt-out another holds at 8: "= True (priority 10, from <it>)" blamed it
+    assert said[2:] == [f"BACnet write accepted: ADR-Opt-Out inactive at priority 10 (from {bas}); active at priority "
+                        "8 stays in effect"], said
+    assert await peer.relinquish(gw, oid, 8) is None     # the command at 10 decides now
+    await eventually(lambda: gateway.device.get(P.OPT_OUT) is False, 5)
+    said = [r.getMessage() for r in caplog.records if "BACnet write accepted: ADR-Opt-Out" in r.getMessage()]
+    assert said[-1] == f"BACnet write accepted: ADR-Opt-Out relinquished at priority 8 (from {bas}); inactive at " \
+        "priority 10 stays in effect", said
 
 
 async def test_bas_input_moves_the_forecast_points(system):
