@@ -12,11 +12,15 @@ what a forwarded request may do otherwise (read, Who-Is) is unchanged.
 from __future__ import annotations
 
 import contextvars
+import ipaddress
+import logging
 from typing import Any
 
 from bacpypes3.ipv4.bvll import ForwardedNPDU
 from bacpypes3.ipv4.service import BVLLServiceAccessPoint
 from bacpypes3.pdu import IPv4Address
+
+log = logging.getLogger(__name__)
 
 # per incoming datagram (bacpypes3 handles each in its own task, and the tasks it starts inherit this): the UDP
 # sender of a Forwarded-NPDU that did not come from the configured BBMD
@@ -43,6 +47,16 @@ def note_forwarders(app: Any, bbmd_address: str = "") -> None:
 _NOTING: dict[type, type] = {}
 
 
+def _one_station(address: Any) -> bool:
+    """Whether a B/IP address (bacpypes3's IPv4Address) can be one station's: not multicast, 255.255.255.255 or
+    0.0.0.0."""
+    mac = bytes(getattr(address, "addrAddr", None) or b"")
+    if len(mac) != 6:
+        return False
+    ip = ipaddress.IPv4Address(mac[:4])
+    return not (ip.is_multicast or ip.is_unspecified or ip == ipaddress.IPv4Address("255.255.255.255"))
+
+
 def _noting(cls: type) -> type:
     # a subclass of the link layer's own class, not a mix-in: Python refuses the __class__ swap to a class with two
     # bases here (instance layout); one per kind of link layer, not one per start
@@ -53,6 +67,11 @@ def _noting(cls: type) -> type:
 
             async def confirmation(self, lpdu: Any) -> None:
                 trusted = self._trusted_forwarder
+                if isinstance(lpdu, ForwardedNPDU) and not _one_station(lpdu.bvlciAddress):
+                    # no station sends from a broadcast or multicast address: answered, or subscribed to COV, that
+                    # "origin" had the device send to every station there is (off the box, from a test on loopback)
+                    log.debug("Forwarded-NPDU from %s claiming origin %s dropped", lpdu.pduSource, lpdu.bvlciAddress)
+                    return
                 if not isinstance(lpdu, ForwardedNPDU) or (trusted is not None and lpdu.pduSource == trusted):
                     await super().confirmation(lpdu)
                     return

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import asyncio
 import calendar
+import ipaddress
 import logging
 import math
 import time
@@ -84,12 +85,15 @@ from .property_access import PropertyAccess, multiple_error
 from .rejects import reject_undecodable
 from .server_transactions import mend_server_transactions
 from .settle import span
-from .write_access import LOG_EVERY_SECONDS, WriteAccess
+from .write_access import _LOCAL_STATION, LOG_EVERY_SECONDS, WriteAccess
 
 log = logging.getLogger(__name__)
 # requests refused from the network: anyone on the BACnet network can send them in a loop (a password
 # guesser), so the operator's log rate-limits this logger like the stacks' peer noise
 refusals = logging.getLogger(f"{__name__}.refusals")
+# confirmed-COV subscribers that stopped answering or refused a notification: one line each for a BAS gone offline,
+# but a subscriber's address is whatever its request (or a Forwarded-NPDU) said, so the log rate-limits these too
+subscribers = logging.getLogger(f"{__name__}.cov_subscribers")
 
 VENDOR_NAME = "edge-gateway project"
 MODEL_NAME = "edge-gateway"
@@ -484,6 +488,10 @@ class _Services(PropertyAccess):
         if same and confirmed is not None:  # a renewal replaces the subscription's parameters, not only its lifetime
             for cov in same:                # (13.14.2); it is always taken, whatever the shares below
                 cov.confirmed = confirmed
+        if new and (unfit := self._unfit_subscriber(apdu.pduSource)):
+            # its notifications would come back to this device (a Forwarded-NPDU may claim any origin)
+            log.debug("SubscribeCOV for %s refused: %s", apdu.pduSource, unfit)
+            raise ExecutionError(errorClass="services", errorCode="covSubscriptionFailed")
         if new:
             holder = self._cov_holder(apdu.pduSource)
             why = self._no_room(*holder)
@@ -498,6 +506,17 @@ class _Services(PropertyAccess):
             self._cov_accepted(holder[0])
 
     # ----- the COV subscriptions' shares
+
+    def _unfit_subscriber(self, source: Any) -> str | None:
+        """Why `source` can take no notifications, None when it can. (A Forwarded-NPDU claiming a broadcast or
+        multicast origin never gets here: forwarded.py drops it.)"""
+        if getattr(source, "addrType", None) != _LOCAL_STATION:
+            return None
+        mac = bytes(source.addrAddr or b"")
+        if len(mac) == 6 and self._own_address and same_station(
+                f"{ipaddress.IPv4Address(mac[:4])}:{int.from_bytes(mac[4:], 'big')}", self._own_address):
+            return "it is this device's own address"
+        return None
 
     def _cov_subscriptions(self) -> list:
         return [cov for detection in self._cov_detections.values() for cov in detection.cov_subscriptions]
@@ -610,12 +629,12 @@ class _Services(PropertyAccess):
                            if c.client_addr == cov.client_addr and c.confirmed and c is not cov)]
             for c in gone:
                 self.cancel_subscription(c)
-            log.warning("COV subscriber %s stopped answering: %s; its confirmed subscription%s cancelled (%s)",
-                        cov.client_addr, error_text(error), "s" if len(gone) > 1 else "",
-                        ", ".join(f"process {c.proc_id} {c.obj_id}" for c in gone))
+            subscribers.warning("COV subscriber %s stopped answering: %s; its confirmed subscription%s cancelled (%s)",
+                                cov.client_addr, error_text(error), "s" if len(gone) > 1 else "",
+                                ", ".join(f"process {c.proc_id} {c.obj_id}" for c in gone))
         elif not getattr(cov, "_refused", False):  # it is there: its lifetime will end it
             cov._refused = True
-            log.warning("%s refused a notification: %s", who, error_text(error))
+            subscribers.warning("%s refused a notification: %s", who, error_text(error))
 
 
 # Property_List lists the properties an object has "other than" these (clause 12.1.x)

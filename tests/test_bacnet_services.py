@@ -40,16 +40,19 @@ from bacpypes3.basetypes import (
     WriteAccessSpecification,
 )
 from bacpypes3.constructeddata import Any
-from bacpypes3.pdu import Address
+from bacpypes3.pdu import Address, IPv4Address
 from bacpypes3.primitivedata import CharacterString, Enumerated, Null, ObjectIdentifier, ObjectType, Real
 
 from bacnet_api.client import close_stack, start_stack, to_plain
+from bacnet_api.forwarded import _one_station
 from bacnet_api.device import GatewayDevice
 from bacnet_api.host_network import dns_servers
 from bacnet_api.points import EVENT_LEVEL, INPUT_POWER, METER_POWER, OPT_OUT, POINTS
 from bacnet_peer import BacnetPeer, PeerError
 from test_bacnet_device import DEVICE_ID, gateway, peer, port_of, where  # noqa: F401 - shared fixtures
 from waiting import eventually
+
+from ven.logs import FloodGuard
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -100,6 +103,13 @@ def udp(host: str) -> socket.socket:
     sock.bind((host, 0))
     sock.setblocking(False)
     return sock
+
+
+def forwarded(origin: tuple[str, int], apdu: bytes) -> bytes:
+    """A BVLL Forwarded-NPDU carrying `apdu`, its originating-address field saying `origin`."""
+    npdu = bytes([0x01, 0x04]) + apdu  # expecting a reply
+    return (bytes([0x81, 0x04]) + struct.pack(">H", 10 + len(npdu)) + socket.inet_aton(origin[0])
+            + struct.pack(">H", origin[1]) + npdu)
 
 
 NO_SPACE = "3/19"  # resources/no-space-to-add-list-element, as `answer_to` gives it
@@ -249,6 +259,49 @@ async def test_vanished_cov_subscriber_is_dropped_quietly(gateway, peer, free_ud
     listed = await peer.read(where(gateway), f"device {DEVICE_ID}", "activeCovSubscriptions")
     assert listed == [], listed     # the vanished BAS's three gone (the live subscriber has left too)
     assert [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info] == []
+
+
+async def test_subscribers_gone_silent_in_numbers_are_one_line_then_a_count(gateway, peer, free_udp_port, caplog):
+    # A subscriber's address is whatever its request said (a Forwarded-NPDU makes one up per datagram): each that never
+    # answered was a WARNING of its own, about 1.5 lines a second from one host. The operator log's flood guard (as
+    # setup_logging installs it) keeps the first, then counts.
+    caplog.set_level(logging.INFO)
+    caplog.handler.addFilter(FloodGuard())
+    addr = Address(where(gateway))
+    gateway.app.device_object.apduTimeout = 200
+    gateway.app.device_object.numberOfApduRetries = 1
+    vanished = []
+    for i in range(3):
+        bas = await start_stack(f"127.0.0.1/8:{free_udp_port()}", 4000010 + i, f"vanishing-{i}")
+        context = bas.change_of_value(addr, ObjectIdentifier("analogValue,4"), 90 + i, True, 300)
+        await context.__aenter__()
+        vanished.append(context)
+        await close_stack(bas)
+    try:
+        gateway.set(EVENT_LEVEL, 2.0)
+        await eventually(lambda: gateway.app._cov_subscriptions() == [], 10, "all three cancelled")
+    finally:
+        for context in vanished:
+            await context.__aexit__(RuntimeError, RuntimeError(), None)
+    said = [r.getMessage() for r in caplog.records if "stopped answering" in r.getMessage()]
+    assert len(said) == 1 and said[0].endswith("(repeats are counted, one line per 600 s at most)"), said
+
+
+async def test_a_subscription_naming_the_device_itself_is_refused(gateway, peer):
+    # a Forwarded-NPDU may claim any origin: the device's own address had it send its notifications to itself
+    own = ("127.0.0.1", port_of(gateway))
+    subscription = SubscribeCOVRequest(subscriberProcessIdentifier=5, monitoredObjectIdentifier=ObjectIdentifier(
+        "analogValue,4"), issueConfirmedNotifications=True, lifetime=300)
+    with udp("127.0.0.1") as sender:
+        sender.sendto(forwarded(own, confirmed(1, subscription)), own)
+        await asyncio.sleep(0.5)
+    assert await cov_subscriptions(peer, where(gateway)) == []
+
+
+def test_a_forwarded_npdu_claiming_a_broadcast_or_multicast_origin_is_no_station():
+    # answered (or subscribed to COV), such an "origin" had the device send to every station there is, off the box
+    for origin, one in (("255.255.255.255", False), ("224.0.0.1", False), ("0.0.0.0", False), ("10.1.2.3", True)):
+        assert _one_station(IPv4Address(f"{origin}:47808")) is one, origin
 
 
 # ----- the device object

@@ -24,8 +24,8 @@ from bacnet_api.simulator import MeterSimulator
 from bacnet_api.write_access import WriteAccess
 from bacnet_peer import BacnetPeer, PeerError
 from test_bacnet_dcc import PASSWORD, dcc, error_of
-from test_bacnet_services import (NO_SPACE, answer_to, confirmed, cov_request, errors_logged, request, subscribe,
-                                  udp, unicast, write_multiple)
+from test_bacnet_services import (NO_SPACE, answer_to, confirmed, cov_request, errors_logged, forwarded, request,
+                                  subscribe, udp, unicast, write_multiple)
 from waiting import eventually
 
 pytestmark = pytest.mark.timeout(60)
@@ -293,13 +293,6 @@ def test_sources_made_up_in_bulk_share_one_line(monkeypatch, caplog):
 
 
 # ----- a source in a Forwarded-NPDU: believed only from bacnet.bbmd_address
-
-
-def forwarded(origin: tuple[str, int], apdu: bytes) -> bytes:
-    """A BVLL Forwarded-NPDU carrying `apdu`, its originating-address field saying `origin`."""
-    npdu = bytes([0x01, 0x04]) + apdu  # expecting a reply
-    return (bytes([0x81, 0x04]) + struct.pack(">H", 10 + len(npdu)) + socket.inet_aton(origin[0])
-            + struct.pack(">H", origin[1]) + npdu)
 
 
 def write_opt_out(priority: int = 8) -> WritePropertyRequest:

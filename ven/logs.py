@@ -16,8 +16,10 @@ import time
 NOISY = ("BAC0_Root", "BAC0", "bacpypes3", "openleadr", "aiohttp.access", "aiohttp.server", "signxml", "tzlocal")
 # Loggers that log what a peer sent: a malformed BACnet datagram, a refused registration, an HTTP
 # request aiohttp cannot parse (over-long URL or header), each with a traceback, before any token check.
-# bacnet_api.services.refusals: DeviceCommunicationControl and ReinitializeDevice refused, one line each.
-PEER_NOISE = ("bacpypes3", "openleadr", "aiohttp.server", "bacnet_api.services.refusals")
+# bacnet_api.services.refusals: DeviceCommunicationControl and ReinitializeDevice refused, one line each;
+# bacnet_api.services.cov_subscribers: a COV subscriber gone silent, whose address a request may make up.
+PEER_NOISE = ("bacpypes3", "openleadr", "aiohttp.server", "bacnet_api.services.refusals",
+              "bacnet_api.services.cov_subscribers")
 
 
 # What a peer wrote reaches messages (an event id, a VTN's error page, lxml's error): a line break in it would
