@@ -136,6 +136,12 @@ class CommunicationDisabled(Exception):
     """A request the gateway would have sent while a DeviceCommunicationControl disables initiation."""
 
 
+def _writer(source: Any) -> str:
+    """Who wrote, for the log: a Forwarded-NPDU's origin is its sender's word, said as the refusals say it."""
+    forwarder = untrusted_forwarder()
+    return str(source) if forwarder is None else f"{source} (claimed in a Forwarded-NPDU from {forwarder})"
+
+
 def harden(app: Any, dcc_password: str = "", write_access: WriteAccess | None = None, own_address: str = "",
            bbmd_address: str = "") -> None:
     """`dcc_password`: the DeviceCommunicationControl password; empty, DCC can only enable.
@@ -341,7 +347,7 @@ class _Services(PropertyAccess):
                 apdu.objectIdentifier, apdu.propertyIdentifier, apdu.propertyArrayIndex, apdu.priority),
                 "write-access-denied"):
             raise PropertyError("writeAccessDenied")
-        WRITER.set(str(apdu.pduSource))    # this request's own task: the next one sets its own
+        WRITER.set(_writer(apdu.pduSource))    # this request's own task: the next one sets its own
         await super().do_WritePropertyRequest(apdu)
 
     async def do_WritePropertyMultipleRequest(self, apdu: Any) -> None:
@@ -357,7 +363,7 @@ class _Services(PropertyAccess):
                 error.set_context(apdu)
                 await self.response(error)
                 return
-        WRITER.set(str(apdu.pduSource))
+        WRITER.set(_writer(apdu.pduSource))
         await super().do_WritePropertyMultipleRequest(apdu)
 
     # ----- DeviceCommunicationControl and ReinitializeDevice

@@ -330,6 +330,10 @@ async def test_a_forwarded_npdu_claiming_the_bas_from_another_host_writes_nothin
                 assert await answer_to(bas) == "ack"
                 assert device.get(OPT_OUT) is True
                 assert device.write_refusals()["writes_refused"] == 0 and refusal_lines(caplog) == []
+                # taken, but its writer said as the sender's word, as a refusal says it
+                said = [r.getMessage() for r in caplog.records if "write accepted" in r.getMessage()]
+                assert said == [f"BACnet write accepted: ADR-Opt-Out = active (priority 8, from {claimed[0]}:"
+                                f"{claimed[1]} (claimed in a Forwarded-NPDU from {OTHER}:{sender.getsockname()[1]}))"]
                 return
             assert await answer_to(bas) == WRITE_ACCESS_DENIED  # answered to the source it claims
             sender.sendto(forwarded(claimed, confirmed(2, disable_initiation())), gateway)
