@@ -63,7 +63,7 @@ def _shown(point: Point, value: Any) -> str:
     return ("active" if plain else "inactive") if point.kind == "binaryValue" else f"{plain:g}"
 
 
-def _what_was_written(point: Point, obj: Any, value: Any, writer: str | None) -> str:
+def _what_was_written(point: Point, obj: Any, writer: str | None) -> str:
     """The write as the writer made it, and what the point holds after it when a higher priority decides: "B wrote
     inactive at 9" said as "ADR-Opt-Out = True (priority 9, from B)" blamed B for A's opt-out at 7."""
     written = obj._last_written
@@ -73,7 +73,9 @@ def _what_was_written(point: Point, obj: Any, value: Any, writer: str | None) ->
     if at == obj._last_priority:
         return f"{point.name} = {_shown(point, written)} (priority {at}{by})"
     what = "relinquished" if written is None else _shown(point, written)
-    now = (f"{_shown(point, obj.presentValue)} at priority {at} stays in effect" if at is not None
+    moved = _shown(point, obj.presentValue) != _shown(point, obj._value_before)
+    now = ((f"now {_shown(point, obj.presentValue)} at priority {at}" if moved else
+            f"{_shown(point, obj.presentValue)} at priority {at} stays in effect") if at is not None
            else "no command left: relinquished" if point.kind == "analogValue"
            else f"no command left: {_shown(point, obj.relinquishDefault)} (its relinquish default)")
     return f"{point.name} {what} at priority {obj._last_priority}{f' (from {writer})' if writer else ''}; {now}"
@@ -175,7 +177,8 @@ class GatewayDevice:
                 await self._socket_ready()
             ip_mask, _, port = self.address.rpartition(":")
             harden(self.app, dcc_password=self.dcc_password, write_access=self.write_access,
-                   own_address=f"{ip_mask.partition('/')[0]}:{port}", bbmd_address=self.bbmd_address)
+                   own_address=f"{ip_mask.partition('/')[0]}:{port}", bbmd_address=self.bbmd_address,
+                   own_network=ip_mask)
             for obj in list(self.app.objectIdentifier.values()):  # the device and network port
                 read_only(obj)
             for point in self._points.values():
@@ -355,7 +358,7 @@ class GatewayDevice:
         level = logging.INFO if point.kind == "binaryValue" and obj._last_changed else logging.DEBUG
         # who and at what priority: an opt-out is a matter between the site and its utility, asked about later
         writer = WRITER.get()
-        log.log(level, "BACnet write accepted: %s", _what_was_written(point, obj, value, writer))
+        log.log(level, "BACnet write accepted: %s", _what_was_written(point, obj, writer))
         pending = []
         for callback in self._callbacks.get(point.name, ()):
             try:

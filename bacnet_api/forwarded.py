@@ -33,28 +33,38 @@ def untrusted_forwarder() -> Any:
     return _untrusted.get()
 
 
-def note_forwarders(app: Any, bbmd_address: str = "") -> None:
-    """Make the B/IP link layers of the application BAC0 built say which requests `untrusted_forwarder` names."""
+def note_forwarders(app: Any, bbmd_address: str = "", own_network: str = "") -> None:
+    """Make the B/IP link layers of the application BAC0 built say which requests `untrusted_forwarder` names.
+    `own_network`: the device's "ip/prefix", whose broadcast address is no origin either."""
     bbmd = IPv4Address(bbmd_address) if bbmd_address else None
+    broadcast = None
+    try:
+        net = ipaddress.IPv4Interface(own_network).network if own_network else None
+    except ValueError:      # not "ip/prefix": no network to know the broadcast address of
+        net = None
+    if net is not None and net.prefixlen < 31:
+        broadcast = net.broadcast_address
     for link in app.link_layers.values():
         if isinstance(link, BVLLServiceAccessPoint):
             if not getattr(link, "_notes_forwarders", False):
                 # BAC0 builds the link layer itself, with no way to pass a class of our own
                 link.__class__ = _noting(type(link))
             link._trusted_forwarder = bbmd
+            link._own_broadcast = broadcast
 
 
 _NOTING: dict[type, type] = {}
 
 
-def _one_station(address: Any) -> bool:
-    """Whether a B/IP address (bacpypes3's IPv4Address) can be one station's: not multicast, 255.255.255.255 or
-    0.0.0.0."""
+def _one_station(address: Any, own_broadcast: Any = None) -> bool:
+    """Whether a B/IP address (bacpypes3's IPv4Address) can be one station's: not multicast, 255.255.255.255, 0.0.0.0
+    or the device's own network's broadcast address (192.168.1.255 on a /24: every station on the BAS LAN)."""
     mac = bytes(getattr(address, "addrAddr", None) or b"")
     if len(mac) != 6:
         return False
     ip = ipaddress.IPv4Address(mac[:4])
-    return not (ip.is_multicast or ip.is_unspecified or ip == ipaddress.IPv4Address("255.255.255.255"))
+    return not (ip.is_multicast or ip.is_unspecified or ip == ipaddress.IPv4Address("255.255.255.255")
+                or ip == own_broadcast)
 
 
 def _noting(cls: type) -> type:
@@ -64,10 +74,11 @@ def _noting(cls: type) -> type:
         class Noting(cls):  # type: ignore[valid-type,misc]
             _notes_forwarders = True
             _trusted_forwarder: Any = None
+            _own_broadcast: Any = None
 
             async def confirmation(self, lpdu: Any) -> None:
                 trusted = self._trusted_forwarder
-                if isinstance(lpdu, ForwardedNPDU) and not _one_station(lpdu.bvlciAddress):
+                if isinstance(lpdu, ForwardedNPDU) and not _one_station(lpdu.bvlciAddress, self._own_broadcast):
                     # no station sends from a broadcast or multicast address: answered, or subscribed to COV, that
                     # "origin" had the device send to every station there is (off the box, from a test on loopback)
                     log.debug("Forwarded-NPDU from %s claiming origin %s dropped", lpdu.pduSource, lpdu.bvlciAddress)

@@ -72,6 +72,7 @@ class _Commanded:
         if not isinstance(value, Null):
             self._check_command(value)
         before = to_plain(self.priorityArray)
+        self._value_before = self.presentValue
         await super().write_property(attr, value, index, priority)
         self._last_priority = 16 if priority is None else int(priority)
         self._last_written = None if isinstance(value, Null) else value    # None: relinquished

@@ -74,8 +74,11 @@ class GatewayServerSSM(ServerSSM):
             self.set_state(COMPLETED)
             return
         if apdu.apduType == SegmentAckPDU.pduType and self.segmentCount is not None:
-            acked = self.initialSequenceNumber + (apdu.apduSeq - self.initialSequenceNumber) % 256
-            if acked > getattr(self, "_sent_through", self.initialSequenceNumber):
+            ahead = (apdu.apduSeq - self.initialSequenceNumber) % 256
+            # outside the window it names, an ACK is one of a segment acknowledged already (the BAS given a window
+            # again), which bacpypes3 passes over; inside it, past what was sent, it acknowledges what never was
+            if ahead < apdu.apduWin and self.initialSequenceNumber + ahead > getattr(
+                    self, "_sent_through", self.initialSequenceNumber):
                 # an acknowledgement of a segment not sent: bacpypes3 moved its window past the answer's end and asked
                 # for segments that do not exist, three tracebacks a request (or skipped those the BAS never had)
                 await self.response(self.abort(AbortReason.invalidApduInThisState))

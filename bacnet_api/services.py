@@ -85,7 +85,7 @@ from .property_access import PropertyAccess, multiple_error
 from .rejects import reject_undecodable
 from .server_transactions import mend_server_transactions
 from .settle import span
-from .write_access import _LOCAL_STATION, LOG_EVERY_SECONDS, WriteAccess
+from .write_access import LOCAL_STATION, LOG_EVERY_SECONDS, WriteAccess
 
 log = logging.getLogger(__name__)
 # requests refused from the network: anyone on the BACnet network can send them in a loop (a password
@@ -143,11 +143,12 @@ def _writer(source: Any) -> str:
 
 
 def harden(app: Any, dcc_password: str = "", write_access: WriteAccess | None = None, own_address: str = "",
-           bbmd_address: str = "") -> None:
+           bbmd_address: str = "", own_network: str = "") -> None:
     """`dcc_password`: the DeviceCommunicationControl password; empty, DCC can only enable.
     `write_access`: who may write (`bacnet.write_from`); None, anyone. `own_address`: "ip:port" of this device,
     whose own I-Am is not another device's. `bbmd_address`: the BBMD the device registers with
-    (`bacnet.bbmd_address`), the one sender whose Forwarded-NPDUs' sources are believed."""
+    (`bacnet.bbmd_address`), the one sender whose Forwarded-NPDUs' sources are believed. `own_network`: the
+    device's "ip/prefix", whose broadcast address a Forwarded-NPDU may not claim as its origin."""
     try:
         software = version("edge-gateway")
     except PackageNotFoundError:  # a source tree that was not installed
@@ -155,7 +156,7 @@ def harden(app: Any, dcc_password: str = "", write_access: WriteAccess | None = 
     _extend(app, _Services)
     reject_undecodable(app)
     mend_server_transactions(app)
-    note_forwarders(app, bbmd_address)
+    note_forwarders(app, bbmd_address, own_network)
     app._dcc_password = dcc_password
     app._own_address = own_address
     app._write_access = write_access
@@ -516,7 +517,7 @@ class _Services(PropertyAccess):
     def _unfit_subscriber(self, source: Any) -> str | None:
         """Why `source` can take no notifications, None when it can. (A Forwarded-NPDU claiming a broadcast or
         multicast origin never gets here: forwarded.py drops it.)"""
-        if getattr(source, "addrType", None) != _LOCAL_STATION:
+        if getattr(source, "addrType", None) != LOCAL_STATION:
             return None
         mac = bytes(source.addrAddr or b"")
         if len(mac) == 6 and self._own_address and same_station(

@@ -1,162 +1,27 @@
 """Reading a building's kW series from what it exports: a CSV with a header line somewhere in its first
-lines, separated by commas, semicolons or tabs, decimal points or commas, ISO 8601, epoch or a given
-time format, and values in W, kW or MW. Nothing is guessed that could read a number wrong: an ambiguous
-file is refused with the option that settles it."""
+lines, separated by commas, semicolons or tabs, decimal points or commas, its times (export_times) and its unit
+(export_units). Nothing is guessed that could read a number wrong: an ambiguous file is refused with the option
+that settles it."""
 from __future__ import annotations
 
 import csv
-import datetime as dt
 import io
 import math
 import re
 from pathlib import Path
-from functools import lru_cache
-from zoneinfo import ZoneInfo, available_timezones
+from zoneinfo import ZoneInfo
 
 import numpy as np
 
+from .export_times import TIME_MAX, TIME_MIN, TimeFormatError, parse_time, time_problem
+from .export_units import (ENERGY_KWH, UNIT_KW, UNIT_NAMES, ReplayInputError, column_units, one_spacing,
+                           split_unit, unit_of_values)
 
-class ReplayInputError(ValueError):
-    """The CSV cannot be replayed; the message names the file, row or column."""
+__all__ = ["ReplayInputError", "TimeFormatError", "parse_time", "read_export", "read_series", "read_spans"]
 
 
-# Meter data lies between these; anything outside is a mistyped row (epoch milliseconds in a series
-# of seconds, a wrong year) that would otherwise set the replay walking cycle by cycle for decades.
-TIME_MIN = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc).timestamp()
-TIME_MAX = dt.datetime(2100, 1, 1, tzinfo=dt.timezone.utc).timestamp()
 # Skipped rows named one by one in the summary; a file with thousands of bad rows gets a count.
 MAX_ROW_NOTES = 10
-
-
-def _resolve_fold(d: dt.datetime, folds: dict | None) -> dt.datetime:
-    """`d` (naive wall time with its zone set) in the pass of a repeated hour the file order implies. A wall time
-    the clocks skipped (02:30 on the spring-forward night) is listed in folds["skipped"] for the replay's notes."""
-    if folds is not None and d.astimezone(dt.timezone.utc).astimezone(d.tzinfo).replace(tzinfo=None) \
-            != d.replace(tzinfo=None):
-        folds.setdefault("skipped", []).append(d.replace(tzinfo=None))
-    if folds is None:
-        return d
-    wall = d.replace(tzinfo=None)
-    last = folds.get("last")
-    if last is not None and wall != last:   # the file's order so far: steps back outnumber steps ahead when newest first
-        folds["back"] = folds.get("back", 0) + (1 if wall < last else -1)
-        folds["step"] = abs(wall - last)    # the last step that moved: the data's spacing
-    folds["last"] = wall
-    if d.utcoffset() != d.replace(fold=1).utcoffset():
-        key = d.date()
-        newest_first = folds.get("back", 0) > 0
-        previous, fold = folds.get(key, (None, 1 if newest_first else 0))
-        # Oldest first, the second pass begins with a step back, newest first the first pass with a step ahead: by the
-        # repeat less one sample, half of it or more (Lord Howe's clocks go back 30 minutes, not an hour), or none
-        # (hourly data). Smaller steps are the file's own order.
-        step = None if previous is None else (previous - wall if not newest_first else wall - previous)
-        repeat = d.replace(fold=0).utcoffset() - d.replace(fold=1).utcoffset()
-        # the same wall time again is the other pass in hourly data, a row given twice in finer data
-        again = step == dt.timedelta(0) and folds.get("step", repeat) > repeat / 2
-        if step is not None and (again or step >= repeat / 2):
-            fold = 0 if newest_first else 1
-        folds[key] = (wall, fold)
-        d = d.replace(fold=fold)
-    return d
-
-
-class TimeFormatError(ValueError):
-    """A time that does not read as its format says; the message says what it is or should be."""
-
-
-EPOCH_FORMATS = {"epoch": 1.0, "epoch-ms": 0.001}
-EXAMPLE_FORMAT = "'%d/%m/%Y %H:%M'"
-
-
-# What Java (Niagara) writes for zones whose time zone database name is an offset ("+0545"): where the clocks change,
-# the name is what tells the two passes of the repeated half hour apart
-JAVA_NAMES = {"LHST": "+1030", "LHDT": "+11", "CHAST": "+1245", "CHADT": "+1345"}
-
-
-@lru_cache(maxsize=8)
-def _offsets_named(year: int) -> dict[str, set[dt.timedelta]]:
-    """Each abbreviation the time zone database uses in `year` (January and July), with the offsets it names."""
-    named: dict[str, set[dt.timedelta]] = {}
-    for key in available_timezones():
-        try:
-            tz = ZoneInfo(key)
-        except (ValueError, OSError):
-            continue
-        for month in (1, 7):
-            local = dt.datetime(year, month, 15, 12, tzinfo=tz)
-            named.setdefault(local.tzname(), set()).add(local.utcoffset())
-    return named
-
-
-def _zone_named(d: dt.datetime, name: str, tz: ZoneInfo) -> dt.datetime:
-    """Naive `d` in `tz`, in the pass whose abbreviation is `name` (CET or CEST), as Niagara writes them."""
-    if name.upper() in ("UTC", "GMT", "Z"):
-        return d.replace(tzinfo=dt.timezone.utc)
-    passes = [d.replace(tzinfo=tz, fold=fold) for fold in (0, 1)]
-    for local in passes:
-        if local.tzname() in (name, JAVA_NAMES.get(name)):
-            return local
-    names = sorted({local.tzname() for local in passes})
-    offsets = {p.utcoffset() for p in passes}
-    if all(n[:1] in "+-" for n in names) and name.isalpha() and name not in JAVA_NAMES and len(offsets) == 1 \
-            and offsets <= _offsets_named(d.year).get(name, offsets):
-        # the database names this zone by its offset (Asia/Kathmandu: +0545) and a BAS by a word (NPT): with one
-        # offset at that time there is no pass to choose, so the word cannot place the reading wrong; unless the
-        # database gives the word to other offsets only (CET read with --timezone Asia/Dubai: the wrong zone given)
-        return passes[0]
-    raise TimeFormatError(f"says zone {name!r}, which is not what {tz.key} calls that time ({' or '.join(names)}); "
-                          "set forecaster.timezone (e.g. --timezone Europe/Rome), or put the name in --time-format "
-                          "in place of %Z")
-
-
-def parse_time(text: str, tz: ZoneInfo, folds: dict | None = None, time_format: str | None = None) -> float:
-    """Epoch seconds from an ISO 8601 timestamp (naive means the forecaster's time zone) or a number; with
-    `time_format`, from a strptime format ("%d/%m/%Y %H:%M"; a trailing %Z takes the zone's abbreviation,
-    CET or CEST) or "epoch" / "epoch-ms".
-
-    `folds`, one dict kept across the rows of a file, resolves naive times in the hour a clock change
-    repeats: the wall clock going back inside that hour (02:45, then 02:00 again; 02:00 twice in hourly
-    data) starts its second pass.
-    Without it, both passes would land on the first and the real second hour would be missing."""
-    text = text.strip()
-    if time_format in EPOCH_FORMATS:
-        return float(text) * EPOCH_FORMATS[time_format]
-    if time_format:
-        fmt, zone = time_format, None
-        if fmt.endswith("%Z"):   # strptime's %Z knows only UTC and this machine's own zone names
-            fmt = fmt[:-2].rstrip()
-            text, _, zone = text.rpartition(" ") if " " in text else ("", "", text)
-        try:
-            d = dt.datetime.strptime(text.strip(), fmt)
-        except ValueError:
-            raise TimeFormatError(f"does not match --time-format {time_format!r}") from None
-        if zone is not None and d.tzinfo is None:
-            return _zone_named(d, zone, tz).timestamp()
-    else:
-        try:
-            return float(text)
-        except ValueError:
-            pass
-        try:
-            d = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-        except ValueError:
-            # 01/02/2019 is the 1st of February or the 2nd of January: never guessed, the file's format is asked for
-            raise TimeFormatError("is not ISO 8601 or epoch seconds; give its format, e.g. "
-                                  f"--time-format {EXAMPLE_FORMAT}") from None
-    if d.tzinfo is None:
-        d = _resolve_fold(d.replace(tzinfo=tz), folds)
-    return d.timestamp()
-
-
-def _time_problem(t: float, time_format: str | None = None) -> str | None:
-    if not math.isfinite(t):
-        return "is not a finite time"
-    if TIME_MIN <= t < TIME_MAX:
-        return None
-    hint = ""
-    if TIME_MIN * 1000 <= t < TIME_MAX * 1000 and time_format != "epoch-ms":
-        hint = " (epoch milliseconds? pass --time-format epoch-ms)"
-    return f"is outside 1970-2100{hint}"
 
 
 def _decode(path: Path, encoding: str | None = None) -> str:
@@ -183,37 +48,10 @@ def _decode(path: Path, encoding: str | None = None) -> str:
 # Exports put the site, the point and the export time on up to a handful of lines above the header.
 HEADER_SEARCH_LINES = 50
 DELIMITERS = (",", ";", "\t")
-# kW per unit of a value in W, kW or MW: from --value-unit, the column name ("P [W]", "Power_W"), a column of units
-# ("UNITS") or the cell ("120 kW").
-UNIT_KW = {"w": 0.001, "kw": 1.0, "mw": 1000.0}
-# kWh per unit of energy a row's interval took (utility interval data, Green Button): the interval's mean kW is that
-# over its hours, 15-minute kWh times 4
-ENERGY_KWH = {"wh": 0.001, "kwh": 1.0, "mwh": 1000.0}
-UNIT_NAMES = {"w": "W", "kw": "kW", "mw": "MW", "wh": "Wh", "kwh": "kWh", "mwh": "MWh"}
-# a unit as a word of a column's name, bracketed or not ("Usage (kWh)", "Energy_kWh", "Watts", "kWh Delivered")
-_NAME_UNIT = re.compile(r"(?<![a-z])(k?wh|mwh|k?w|mw|(?:kilo|mega)?watts?(?:[- ]?hours?)?)(?![a-z])", re.IGNORECASE)
-_OTHER_UNIT = re.compile(r"[\[(]\s*([kM]?(?:VAh?|varh?)|A)\s*[\])]|(?<![a-z])(k?VAh?|k?varh?)(?![a-z])",
-                         re.IGNORECASE)
-UNIT_COLUMNS = ("unit", "units", "uom", "unit of measure")
-_CELL_UNIT = re.compile(r"(.*?)\s*(k?w|mw)", re.IGNORECASE)
 # a number grouped in thousands never starts with 0: "0.250" and "0,250" are decimals whatever the file's mark
 _GROUPED = {".": re.compile(r"[-+]?[1-9]\d{0,2}(,\d{3})+(\.\d*)?"),
             ",": re.compile(r"[-+]?[1-9]\d{0,2}(\.\d{3})+(,\d*)?")}
 _AMBIGUOUS = re.compile(r"[-+]?[1-9]\d{0,2}[.,]\d{3}")
-
-
-def _unit_of(word: str) -> str:
-    """"kWh", "Watts", "kilowatt-hours" -> "kwh", "w", "kwh"."""
-    w = word.lower().replace(" ", "").replace("-", "")
-    for long, short in (("megawatt", "mw"), ("kilowatt", "kw"), ("watt", "w")):
-        if w.startswith(long):
-            return short + ("h" if w.endswith(("hour", "hours")) else "")
-    return w
-
-
-def _split_unit(text: str) -> tuple[str, str | None]:
-    m = _CELL_UNIT.fullmatch(text.strip())
-    return (m.group(1), m.group(2).lower()) if m else (text.strip(), None)
 
 
 def _number(text: str, decimal: str) -> float:
@@ -255,7 +93,7 @@ def _decimal_mark(values, path: Path) -> str:
     seen: dict[str, tuple[int, str]] = {}
     for line_no, text in values:
         if text is not None:
-            evidence = _decimal_evidence(_split_unit(text)[0])
+            evidence = _decimal_evidence(split_unit(text)[0])
             if evidence is not None:
                 seen.setdefault(evidence, (line_no, text.strip()))
     if "." in seen and "," in seen:
@@ -294,55 +132,6 @@ def _find_columns(lines: list[tuple[int, str]], time_columns: tuple[str, ...], v
     return header, delimiter, cols, [cols.index(c) for c in time_columns], cols.index(value_column)
 
 
-def _column_units(lines: list[tuple[int, str]], header: int, delimiter: str, cols: list[str]):
-    """(name, the units its cells give) of a column of units beside the values (a Green Button "UNITS"), or None."""
-    names = [c.strip().lower() for c in cols]
-    idx = next((i for i, c in enumerate(names) if c in UNIT_COLUMNS), None)
-    if idx is None:
-        return None
-    seen = set()
-    for _, line in lines[header + 1:]:
-        cells = next(csv.reader([line], delimiter=delimiter), [])
-        if idx < len(cells) and cells[idx].strip():
-            seen.add(cells[idx].strip())
-    return cols[idx], seen
-
-
-def _value_unit(value_column: str, value_unit: str | None, path: Path, column_units=None) -> str:
-    """The values' unit (a key of UNIT_KW or ENERGY_KWH): --value-unit, else the column name's, else a column of
-    units', else kW. Two sources that disagree are refused: 15-minute kWh read as kW is a history 4 times too low."""
-    named = {_unit_of(m.group(1)) for m in _NAME_UNIT.finditer(value_column)}
-    if len(named) > 1:
-        raise ReplayInputError(f"{path}: column {value_column!r} names several units "
-                               f"({', '.join(UNIT_NAMES[u] for u in sorted(named))}): give --value-unit")
-    named = next(iter(named), None)
-    given = None if value_unit is None else _unit_of(value_unit)
-    if given is not None and given not in UNIT_NAMES:
-        raise ReplayInputError(f"{path}: value unit {value_unit!r} is not W, kW, MW (power) or Wh, kWh, MWh (energy "
-                               "per row's interval)")
-    if given is not None and named is not None and given != named:
-        raise ReplayInputError(f"{path}: column {value_column!r} says {UNIT_NAMES[named]}, --value-unit says "
-                               f"{value_unit}")
-    other = _OTHER_UNIT.search(value_column)
-    if other and value_unit is None and named is None:
-        # apparent power or current, replayed as kW, would be forecasts of another quantity
-        raise ReplayInputError(f"{path}: column {value_column!r} says {other.group(1) or other.group(2)}, not power "
-                               "(W, kW, MW) or energy per interval (Wh, kWh, MWh); --value-unit reads it as one anyway")
-    if column_units is not None and named is None:
-        name, seen = column_units
-        units = {_unit_of(u) for u in seen}
-        if len(units) > 1 or not units <= set(UNIT_NAMES):
-            raise ReplayInputError(f"{path}: column {name!r} gives the unit(s) {', '.join(sorted(seen))}: export one "
-                                   "quantity in W, kW, MW, Wh, kWh or MWh, or give --value-unit")
-        if units:
-            (unit,) = units
-            if given is not None and given != unit:
-                raise ReplayInputError(f"{path}: column {name!r} says {UNIT_NAMES[unit]}, --value-unit says "
-                                       f"{value_unit}")
-            return unit
-    return given or named or "kw"
-
-
 def _raw_rows(lines: list[tuple[int, str]], header: int, delimiter: str, cols: list[str], t_idx: list[int],
               v_idx: int) -> list:
     """(line, time text, value text, fields beyond the header) of each row under the header; a time
@@ -376,13 +165,17 @@ def _convert_row(t_text: str | None, v_text: str | None, extra: list[str], width
     else:
         try:
             t = parse_time(t_text, tz, folds, time_format)
-            problem = _time_problem(t, time_format)
+            problem = time_problem(t, time_format)
             if problem is None:
                 try:
-                    number, cell_unit = _split_unit(v_text)
+                    number, cell_unit = split_unit(v_text)
+                    if cell_unit is not None and unit in ENERGY_KWH:    # then read as energy: 4 times the kW
+                        raise ValueError("power in a column of energy")
                     v = _number(number, mark) * UNIT_KW.get(cell_unit or unit, ENERGY_KWH.get(unit, 1.0))
-                except (TypeError, ValueError, AttributeError):
+                except (TypeError, ValueError, AttributeError) as err:
                     problem = "value " + (f"{v_text!r} is not a number" if v_text is not None else "is missing")
+                    if str(err) == "power in a column of energy":
+                        problem = f"value {v_text!r} is power, in a column of energy ({UNIT_NAMES[unit]})"
                 else:
                     if not math.isfinite(v):   # named here by line, not just counted by the forecaster
                         problem = f"value {v_text.strip()!r} is not a finite number"
@@ -431,7 +224,7 @@ def read_export(csv_path, time_column, value_column: str, tz: ZoneInfo, time_for
     if decimal not in (None, ".", ","):
         raise ReplayInputError(f"decimal mark {decimal!r} is not '.' or ','")
     raw = _raw_rows(lines, header, delimiter, cols, t_idx, v_idx)
-    unit = _value_unit(value_column, value_unit, path, _column_units(lines, header, delimiter, cols))
+    unit = unit_of_values(value_column, value_unit, path, column_units(lines, header, delimiter, cols))
     mark = decimal or _decimal_mark(((n, v) for n, _, v, _ in raw), path)
 
     times, values, kept, notes, skipped, stamps, empty = [], [], [], [], 0, [], 0
@@ -468,8 +261,7 @@ def read_export(csv_path, time_column, value_column: str, tz: ZoneInfo, time_for
     t, v, ln = np.array(times), np.array(values), np.array(kept)
     order = np.argsort(t, kind="stable")
     t, v, ln = t[order], v[order], ln[order]
-    steps = np.diff(np.unique(stamps))
-    spacing = float(np.median(steps)) if steps.size else None
+    spacing = one_spacing(np.unique(stamps), path, tz, unit in ENERGY_KWH, stamped == "start")
     if unit in ENERGY_KWH:
         if spacing is None:
             raise ReplayInputError(f"{path}: values in {UNIT_NAMES[unit]} need two rows or more: a row's energy is "

@@ -108,8 +108,9 @@ class ForecastStore:
     def import_minutes(self, minutes, sums, counts, sheds=()) -> int:
         """A building's earlier history (edge-gateway import-history), in one transaction: minutes the file holds
         already keep their readings, `sheds` ((start, end) epoch seconds of the events the building shed for) are
-        kept out of learning as the events the gateway ran are. A stored model was fitted without these minutes: it is
-        deleted, so the next start fits one on them at once. Returns how many minutes were added."""
+        kept out of learning as the events the gateway ran are. A stored model was fitted without these minutes, or
+        learned those events as normal hours: it is deleted, so the next start fits one at once. Returns how many
+        minutes and how many events were added."""
         rows = list(zip((int(k) for k in minutes), (float(s) for s in sums), (int(c) for c in counts)))
         with closing(self._connect()) as db, db:
             before = db.total_changes
@@ -117,9 +118,10 @@ class ForecastStore:
             added = db.total_changes - before
             db.executemany("INSERT OR IGNORE INTO forecast_set_aside (start, end) VALUES (?, ?)",
                            [(float(a), float(b)) for a, b in sheds])
-            if added:
+            new_sheds = db.total_changes - before - added
+            if added or new_sheds:
                 db.execute("DELETE FROM forecast_model")
-        return added
+        return added, new_sheds
 
     def held_means(self, first: int, last: int) -> dict[int, float]:
         """minute -> mean kW of the minutes stored in first..last (both in)."""

@@ -150,6 +150,23 @@ async def test_an_acknowledgement_of_a_segment_never_sent_aborts_the_answer_with
     assert errors_logged(caplog) == []
 
 
+async def test_a_repeated_acknowledgement_does_not_abort_the_answer(gateway, client):
+    # a BAS given a window again (its ACK was slow, the gateway resent) repeats its ACK of a segment acknowledged
+    # already: read as one past the answer's end, it aborted what bacpypes3 alone carries on with
+    client.send(bytes([0x02, MAX_APDU_50, 9, 14]) + RPM_ALL)
+    assert (await client.next(1.0))[:3] == bytes([0x3C, 9, 0])
+    client.send(bytes([0x40, 9, 0, 2]))          # ACK segment 0, window 2: segments 1, 2 come
+    assert [(await client.next(1.0))[2] for _ in range(2)] == [1, 2]
+    client.send(bytes([0x40, 9, 2, 2]))          # ACK 2: segments 3, 4 come
+    assert [(await client.next(1.0))[2] for _ in range(2)] == [3, 4]
+    client.send(bytes([0x42, 9, 2, 2]))          # the ACK of 2 again (negative: it had segment 1 or 2 twice)
+    answer = await client.next(0.5)
+    assert answer is None or answer[0] & 0xF0 != 0x70, f"aborted: {answer.hex()}"
+    client.send(bytes([0x40, 9, 4, 127]))        # and it goes on: the rest follows
+    rest = [a for _, a in await client.answers(0.5)]
+    assert rest and not rest[-1][0] & 0x04, [a[:4].hex() for a in rest]
+
+
 async def test_a_bas_that_aborts_a_segmented_answer_gets_nothing_back(gateway, client):
     # its Abort was sent back to it, with the server bit clear: an abort of the BAS's own transaction of that id
     client.send(bytes([0x02, MAX_APDU_50, 7, 14]) + RPM_ALL)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 import logging
 import math
 import socket
@@ -300,8 +301,21 @@ async def test_a_subscription_naming_the_device_itself_is_refused(gateway, peer)
 
 def test_a_forwarded_npdu_claiming_a_broadcast_or_multicast_origin_is_no_station():
     # answered (or subscribed to COV), such an "origin" had the device send to every station there is, off the box
-    for origin, one in (("255.255.255.255", False), ("224.0.0.1", False), ("0.0.0.0", False), ("10.1.2.3", True)):
-        assert _one_station(IPv4Address(f"{origin}:47808")) is one, origin
+    for origin, one in (("255.255.255.255", False), ("224.0.0.1", False), ("0.0.0.0", False), ("10.1.2.3", True),
+                        ("192.168.1.255", False), ("192.168.2.255", True)):
+        assert _one_station(IPv4Address(f"{origin}:47808"), ipaddress.IPv4Address("192.168.1.255")) is one, origin
+
+
+async def test_a_forwarded_npdu_claiming_its_own_networks_broadcast_is_not_answered(gateway):
+    # the device on 127.0.0.1/8: 127.255.255.255 is its network's broadcast, as 192.168.1.255 is a site /24's (on
+    # loopback: the kernel keeps 127/8 on lo). A read claiming it as origin was answered to every station there.
+    own = ("127.0.0.1", port_of(gateway))
+    read = ReadPropertyRequest(objectIdentifier=ObjectIdentifier(f"device,{DEVICE_ID}"), propertyIdentifier="objectName")
+    with udp("127.255.255.255") as everyone, udp("127.0.0.2") as one, udp("127.0.0.1") as sender:
+        sender.sendto(forwarded(everyone.getsockname(), confirmed(1, read)), own)
+        sender.sendto(forwarded(one.getsockname(), confirmed(2, read)), own)
+        assert await answer_to(one) == "complex-ack"      # a station's origin is answered, there
+        assert await answer_to(everyone, 0.5) == "none"
 
 
 # ----- the device object

@@ -77,7 +77,7 @@ def test_old_history_is_not_loaded_and_prune_drops_it(tmp_path):
 def test_an_imported_historys_events_load_with_it_and_go_with_its_age_or_a_forget(tmp_path):
     store = ForecastStore(str(tmp_path / "g.sqlite"))
     old, recent = (T0 - 50 * 86400, T0 - 50 * 86400 + 3600), (T0 - 86400, T0 - 86400 + 7200)
-    assert store.import_minutes([int(T0 // 60)], [10.0], [1], sheds=[old, recent, recent]) == 1
+    assert store.import_minutes([int(T0 // 60)], [10.0], [1], sheds=[old, recent, recent]) == (1, 2)
     assert store.load_into(DemandForecaster(), T0)["set_aside"] == [recent]   # the old one is past what is kept
     store.prune(T0 - 2 * 86400)
     with sqlite3.connect(store.path) as db:

@@ -150,8 +150,8 @@ async def test_event_levels_and_opt_out_over_bacnet(system, caplog):
     assert await peer.relinquish(gw, oid, 8) is None     # the command at 10 decides now
     await eventually(lambda: gateway.device.get(P.OPT_OUT) is False, 5)
     said = [r.getMessage() for r in caplog.records if "BACnet write accepted: ADR-Opt-Out" in r.getMessage()]
-    assert said[-1] == f"BACnet write accepted: ADR-Opt-Out relinquished at priority 8 (from {bas}); inactive at " \
-        "priority 10 stays in effect", said
+    assert said[-1] == f"BACnet write accepted: ADR-Opt-Out relinquished at priority 8 (from {bas}); now inactive " \
+        "at priority 10", said
 
 
 async def test_bas_input_moves_the_forecast_points(system):

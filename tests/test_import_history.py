@@ -23,6 +23,7 @@ from ven.history import build_history
 from ven.history_csv import history_csv
 from ven.cli import main
 from ven.run_lock import RunLock
+from ven.storage import Storage
 
 EXCERPT = Path(__file__).parent / "data" / "turin_office_excerpt.csv"
 WEEK = 7 * 86400
@@ -95,6 +96,25 @@ def test_the_gateways_own_history_csv_goes_back_minute_for_minute(tmp_path, free
     assert ForecastStore(str(db)).held_means(0, 2 ** 40) == pytest.approx(old.held_means(0, 2 ** 40), abs=5e-4)
 
 
+def test_a_file_only_the_import_wrote_is_a_first_runs(tmp_path, free_udp_port):
+    # the first run on it said "BACnet objects of the last run not recorded (an earlier version wrote it)" and
+    # counted a databaseRevision for a device that had never run
+    cfg, db = _config(tmp_path, free_udp_port)
+    _write(tmp_path / "meter.csv", [(time.time() - 600, 100.0)])
+    assert _import(cfg, tmp_path / "meter.csv") == 0
+    storage = Storage(db)
+    try:
+        assert storage.found_file is False
+        storage.save_value("a", "b")
+    finally:
+        storage.close()
+    storage = Storage(db)       # a run's file
+    try:
+        assert storage.found_file is True
+    finally:
+        storage.close()
+
+
 def test_what_the_gateway_read_keeps_its_readings_and_its_model_is_dropped(tmp_path, free_udp_port, capsys):
     cfg, db = _config(tmp_path, free_udp_port)
     now = math.floor(time.time() / 60) * 60
@@ -130,6 +150,34 @@ def test_a_file_in_another_unit_than_the_gateways_readings_is_refused(tmp_path, 
     assert store.contents()["minutes"] == 30
     assert _import(cfg, tmp_path / "watts.csv", "--value-unit", "W", column="P") == 0
     assert store.contents()["minutes"] == 120
+
+
+def test_events_given_later_for_a_history_held_are_taken_and_the_model_refitted(tmp_path, free_udp_port, capsys):
+    # the minutes imported already, their events given afterwards: it said "Nothing new" and kept a model that had
+    # learned the sheds as normal afternoons
+    cfg, db = _config(tmp_path, free_udp_port)
+    now = math.floor(time.time() / 900) * 900
+    _write(tmp_path / "meter.csv", [(now - 900 * i, 100.0) for i in range(300)])
+    assert _import(cfg, tmp_path / "meter.csv") == 0
+    ForecastStore(str(db)).save_model(b"a model that learned the sheds")
+    (tmp_path / "events.csv").write_text(f"start,end\n{dt.datetime.fromtimestamp(now - 86400, dt.timezone.utc):%Y-%m-%dT%H:%M}Z,"
+                                         f"{dt.datetime.fromtimestamp(now - 80000, dt.timezone.utc):%Y-%m-%dT%H:%M}Z\n")
+    capsys.readouterr()
+    assert _import(cfg, tmp_path / "meter.csv", "--events", str(tmp_path / "events.csv")) == 0
+    said = capsys.readouterr().out
+    assert "imported 0 minute(s)" in said and "1 event(s) kept out of learning (1 new); the stored model, fitted " \
+        "without them, deleted." in said and "Nothing new" not in said, said
+    assert ForecastStore(str(db)).contents()["model"] is False
+
+
+def test_a_storage_directory_that_cannot_be_made_is_one_line(tmp_path, free_udp_port, capsys):
+    cfg, _ = _config(tmp_path, free_udp_port)
+    (tmp_path / "a-file").write_text("")
+    cfg.write_text(cfg.read_text().replace(str(tmp_path / "gateway.sqlite"), str(tmp_path / "a-file" / "gw.sqlite")))
+    _write(tmp_path / "meter.csv", [(time.time() - 600, 100.0)])
+    assert _import(cfg, tmp_path / "meter.csv") == 1
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1].endswith(": nothing imported") and "Traceback" not in err, err
 
 
 def test_a_no_data_mark_far_outside_the_others_is_named_and_left_out(tmp_path, free_udp_port, capsys):
@@ -216,7 +264,7 @@ async def test_a_gateway_started_on_an_imported_history_has_thresholds_fits_at_o
         fh.write("start,end\n" + ",".join(dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat() for t in shed)
                  + "\n")
     assert _import(cfg, tmp_path / "meter.csv", "--events", str(tmp_path / "events.csv")) == 0
-    assert "1 event(s) kept out of learning" in capsys.readouterr().out
+    assert "1 event(s) kept out of learning (1 new)" in capsys.readouterr().out
 
     published = []
     svc = ForecastService(ForecasterConfig(cycle_seconds=0.05, source="meter"), str(db), publish=published.append)

@@ -249,6 +249,22 @@ def test_energy_per_interval_is_read_as_the_intervals_mean_kw(tmp_path, header, 
     assert "values in kWh per 15-minute interval, read as each interval's mean kW (x 4)" in notes
 
 
+def test_energy_whose_spacing_changes_is_refused_and_gaps_are_not_a_change(tmp_path):
+    # hourly kWh for months, then 15-minute (a meter upgraded): read at one spacing, the 15-minute part went in
+    # 4 times low, and with --stamped start an hour late
+    hourly = [dt.datetime(2026, 1, 1) + dt.timedelta(hours=i) for i in range(400)]
+    quarter = [hourly[-1] + dt.timedelta(minutes=15 * (i + 1)) for i in range(300)]
+    src = tmp_path / "mixed.csv"
+    src.write_text("timestamp,Usage (kWh)\n" + "".join(f"{t:%Y-%m-%d %H:%M},100\n" for t in hourly)
+                   + "".join(f"{t:%Y-%m-%d %H:%M},25\n" for t in quarter))
+    with pytest.raises(ReplayInputError, match=r"the rows are \d+ minutes apart mostly, but [\d,]+ times \d+ minutes "
+                                               r"or other \(first after .*\): energy per interval needs one spacing"):
+        read_export(src, "timestamp", "Usage (kWh)", UTC)
+    gaps = [t for i, t in enumerate(quarter) if i % 7]       # every seventh row missing: still one spacing
+    src.write_text("timestamp,Usage (kWh)\n" + "".join(f"{t:%Y-%m-%d %H:%M},25\n" for t in gaps))
+    assert set(read_export(src, "timestamp", "Usage (kWh)", UTC)[1]) == {100.0}
+
+
 @pytest.mark.parametrize("header, option, refusal", [
     ("Usage (kWh)", "kW", r"column 'Usage \(kWh\)' says kWh, --value-unit says kW"),
     ("Usage,UNITS", "kW", r"column 'UNITS' says kWh, --value-unit says kW"),
@@ -259,6 +275,30 @@ def test_a_unit_given_two_ways_that_disagree_is_refused(tmp_path, header, option
     src.write_text(f"timestamp,{header}\n2019-10-14 00:00:00,25{unit_cell}\n2019-10-14 00:15:00,26{unit_cell}\n")
     with pytest.raises(ReplayInputError, match=refusal):
         read_export(src, "timestamp", header.split(",")[0], UTC, value_unit=option)
+
+
+def test_a_name_of_several_unit_words_takes_the_option_and_a_units_column_is_checked_against_the_name(tmp_path):
+    src = tmp_path / "u.csv"
+    src.write_text("timestamp,Bldg W kW\n2019-10-14 00:00:00,25\n2019-10-14 00:15:00,26\n")
+    assert list(read_export(src, "timestamp", "Bldg W kW", UTC, value_unit="kW")[1]) == [25.0, 26.0]
+    # rows marked kVARh under a column named in kWh were imported as kWh
+    src.write_text("timestamp,Usage (kWh),UNITS\n2019-10-14 00:00:00,25,kVARh\n2019-10-14 00:15:00,26,kVARh\n")
+    with pytest.raises(ReplayInputError, match=r"column 'UNITS' gives the unit\(s\) kVARh"):
+        read_export(src, "timestamp", "Usage (kWh)", UTC)
+    src.write_text("timestamp,Usage (kWh),UNITS\n2019-10-14 00:00:00,25,kW\n2019-10-14 00:15:00,26,kW\n")
+    with pytest.raises(ReplayInputError, match=r"column 'UNITS' says kW, column 'Usage \(kWh\)' says kWh"):
+        read_export(src, "timestamp", "Usage (kWh)", UTC)
+
+
+def test_watt_hours_and_a_power_cell_in_a_column_of_energy(tmp_path):
+    src = tmp_path / "u.csv"
+    src.write_text("timestamp,Watt_Hours\n2019-10-14 00:00:00,25000\n2019-10-14 00:15:00,26000\n")
+    assert list(read_export(src, "timestamp", "Watt_Hours", UTC)[1]) == [100.0, 104.0]    # Wh per 15 min
+    # "26 kW" in a kWh column was taken as 26 kWh: 104 kW
+    src.write_text("timestamp,kWh\n2019-10-14 00:00:00,25\n2019-10-14 00:15:00,26 kW\n2019-10-14 00:30:00,27\n")
+    t, v, _, skipped, notes, _ = read_export(src, "timestamp", "kWh", UTC)
+    assert list(v) == [100.0, 108.0] and skipped == 1
+    assert any("line 3: value '26 kW' is power, in a column of energy (kWh)" in n for n in notes), notes
 
 
 def test_unit_words_in_a_column_name_are_read_bracketed_or_not(tmp_path):

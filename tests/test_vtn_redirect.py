@@ -18,8 +18,9 @@ from ven.vtn_server import DemoVtn
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.mark.parametrize("status", [302, 307])
-async def test_a_redirect_from_the_vtn_is_not_followed_and_is_one_fault(tmp_path, free_tcp_port, caplog, status):
+@pytest.mark.parametrize("status, bad", [(302, False), (307, False), (307, True)])
+async def test_a_redirect_from_the_vtn_is_not_followed_and_is_one_fault(tmp_path, free_tcp_port, caplog, status, bad):
+    # bad: a Location urllib cannot read ("http://[bad"): a ValueError had the VEN register again every second
     caplog.set_level(logging.INFO, logger="ven")
     front_port, other_port = free_tcp_port(), free_tcp_port()
     elsewhere = []
@@ -36,13 +37,13 @@ async def test_a_redirect_from_the_vtn_is_not_followed_and_is_one_fault(tmp_path
             # the VTN: registration and reports go through; its polls answer with a redirect while `redirecting`
             service = request.match_info["service"]
             if service == "OadrPoll" and redirecting[0]:
-                return web.Response(status=status, text="moved",
-                                    headers={"Location": f"http://127.0.0.1:{other_port}/elsewhere/OadrPoll"})
+                return web.Response(status=status, text="moved", headers={"Location": location})
             async with http.post(f"{upstream.url}/{service}", data=await request.read(),
                                  headers={"Content-Type": request.content_type}) as answer:
                 return web.Response(body=await answer.read(), status=answer.status,
                                     content_type=answer.content_type)
 
+        location = "http://[bad/elsewhere/OadrPoll" if bad else f"http://127.0.0.1:{other_port}/elsewhere/OadrPoll"
         runners = []
         for port, handler, route in ((front_port, front, "/OpenADR2/Simple/2.0b/{service}"),
                                      (other_port, other_host, "/{tail:.*}")):
@@ -56,7 +57,7 @@ async def test_a_redirect_from_the_vtn_is_not_followed_and_is_one_fault(tmp_path
             url = f"http://gw:secret@127.0.0.1:{front_port}/OpenADR2/Simple/2.0b"
             async with running(tmp_path, url) as gw:
                 said = f"HTTP {status} from http://gw:***@127.0.0.1:{front_port}/OpenADR2/Simple/2.0b/OadrPoll: " \
-                       f"redirected to http://127.0.0.1:{other_port}/elsewhere/OadrPoll, not followed"
+                       f"redirected to {repr(location) if bad else location}, not followed"
                 await eventually(lambda: said in caplog.text, 20, "the redirect in the log")
                 redirecting[0] = False       # the VTN answers its polls again: the fault ends
                 mark = len(caplog.records)

@@ -652,7 +652,8 @@ def _series_options(p) -> None:
                    help="its time column: ISO 8601 or epoch seconds unless --time-format says otherwise; "
                         "without an offset, in forecaster.timezone. Twice for a date and a time column")
     p.add_argument("--value-column", required=True, metavar="NAME",
-                   help="its power column, in kW unless --value-unit, its name (\"P [W]\") or the cell says otherwise")
+                   help="its power column (kW unless --value-unit, its name, e.g. \"P [W]\", a UNITS column or the "
+                        "cell says otherwise), or energy per row's interval (\"Usage (kWh)\")")
     p.add_argument("--time-format", default=None, metavar="FORMAT",
                    help="the times' strptime format, e.g. '%%d/%%m/%%Y %%H:%%M' (a trailing %%Z reads CET/CEST "
                         "as forecaster.timezone names them), or epoch or epoch-ms")

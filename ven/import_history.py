@@ -164,10 +164,10 @@ def import_history(cfg: GatewayConfig, args) -> int:
             _say(problem)
             return 1
         had_model = store.contents()["model"]
-        added = store.import_minutes(ks, sums, counts, sheds)
+        added, new_sheds = store.import_minutes(ks, sums, counts, sheds)
         held_span = store.contents()
-    except sqlite3.Error as err:
-        _say(f"storage.path {path}: {err}: nothing imported")
+    except (sqlite3.Error, OSError) as err:     # OSError: its directory cannot be made (a file there, no permission)
+        _say(f"storage.path {path}: {getattr(err, 'strerror', None) or err}: nothing imported")
         return 1
     finally:
         signal.signal(signal.SIGINT, ctrl_c)
@@ -181,9 +181,9 @@ def import_history(cfg: GatewayConfig, args) -> int:
           f"median {np.median(kw):,.1f} kW)"
           + (f"; {held:,} minute(s) it held already kept as read (to replace an earlier import: forget-forecast "
              f"--yes first)" if held else "")
-          + (f"; {len(sheds)} event(s) kept out of learning" if args.events else "")
-          + ("; the stored model, fitted without them, deleted" if added and had_model else "")
-          + (_next_start(fc, held_span) if added else ". Nothing new"))
+          + (f"; {len(sheds)} event(s) kept out of learning ({new_sheds} new)" if args.events else "")
+          + ("; the stored model, fitted without them, deleted" if (added or new_sheds) and had_model else "")
+          + (_next_start(fc, held_span) if added or new_sheds else ". Nothing new"))
     return 0
 
 

@@ -452,6 +452,21 @@ def _readable_events(rows, path: Path) -> list[Event]:
     return events
 
 
+def _run_before(path: Path) -> bool:
+    """Whether a gateway ran on the file at `path`: there, not empty, and holding this module's kv table (or not
+    readable enough to tell, which an earlier run's file may well be)."""
+    try:
+        if path.stat().st_size == 0:
+            return False
+    except OSError:
+        return False
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=1)) as db:
+            return db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'kv'").fetchone() is not None
+    except sqlite3.Error:
+        return True
+
+
 EVENTS_TABLE = ("CREATE TABLE IF NOT EXISTS adr_events ("
                 " event_id TEXT PRIMARY KEY, body TEXT NOT NULL, end_utc TEXT NOT NULL)")
 
@@ -495,11 +510,9 @@ class Storage:
         self._unsynced = False
         self._dir_synced: tuple[int, int] | None = None   # the -wal whose directory entry was synced
         # A file there before this run was written by an earlier one, perhaps of an earlier version that kept
-        # less in it: what it does not hold cannot then be taken for a first run's nothing.
-        try:
-            self.found_file = self.path.stat().st_size > 0
-        except OSError:
-            self.found_file = False
+        # less in it: what it does not hold cannot then be taken for a first run's nothing. One that only
+        # import-history wrote (the forecaster's tables alone) is a first run's.
+        self.found_file = _run_before(self.path)
         # called with the kv values the file held when it opened after the start; memory's values are
         # written over them right after, so an owner that wants to merge saves the merged value again
         self.on_late_open: Callable[[dict[str, str]], None] | None = None

@@ -291,7 +291,10 @@ class _Client(OpenADRClient):
                 if req.status == HTTPStatus.PROXY_AUTHENTICATION_REQUIRED and self.proxy:
                     return None, {}, self._proxy_refused(req.status, req.reason, url)
                 if 300 <= req.status < 400 and req.headers.get("Location"):
-                    to = shown_url(urllib.parse.urljoin(url, req.headers["Location"]))
+                    try:
+                        to = shown_url(urllib.parse.urljoin(url, req.headers["Location"]))
+                    except ValueError:      # "http://[bad": the peer's text, shown as it came (a password masked)
+                        to = repr(shown_url(req.headers["Location"][:200]))
                     return None, {}, (f"HTTP {req.status} from {shown_url(url)}: redirected to {to}, not followed (a "
                                       f"VTN that moved is given its new address in openadr.vtn_url)")
                 if req.status != HTTPStatus.OK:
