@@ -17,6 +17,8 @@
 - A SegmentACK of a segment not sent yet (or past the answer's last) aborts the answer, invalid-apdu-in-this-state:
   bacpypes3 took any sequence number inside the window the ACK itself named (127 takes nearly all), moved there,
   and asked for segments past the end: three "Task exception was never retrieved" tracebacks a request.
+- A SegmentACK without a window (0, or over 127) aborts too; an answer of more than 256 segments (the sequence
+  number wraps) is aborted apdu-too-long rather than sent for ever.
 - A WritePropertyMultiple or ReadPropertyMultiple that bacpypes3 would decode only in part is failed as one it cannot
   decode, which rejects.py answers with a Reject (bacpypes3 executed the part and acknowledged the whole).
 """
@@ -28,6 +30,9 @@ from bacpypes3.apdu import AbortPDU, AbortReason, ConfirmedRequestPDU, SegmentAc
 from bacpypes3.appservice import ABORTED, COMPLETED, IDLE, ServerSSM
 
 from .rejects import decode_whole
+
+
+MAX_SEGMENTS = 256     # sequence numbers 0..255
 
 
 class GatewayServerSSM(ServerSSM):
@@ -73,6 +78,10 @@ class GatewayServerSSM(ServerSSM):
         if apdu.apduType == AbortPDU.pduType:
             self.set_state(COMPLETED)
             return
+        if apdu.apduType == SegmentAckPDU.pduType and not 1 <= apdu.apduWin <= 127:
+            # no window (20.1.6.5): bacpypes3 took 0 and failed an assert in a traceback, from any four octets
+            await self.response(self.abort(AbortReason.invalidApduInThisState))
+            return
         if apdu.apduType == SegmentAckPDU.pduType and self.segmentCount is not None:
             ahead = (apdu.apduSeq - self.initialSequenceNumber) % 256
             # outside the window it names, an ACK is one of a segment acknowledged already (the BAS given a window
@@ -84,6 +93,14 @@ class GatewayServerSSM(ServerSSM):
                 await self.response(self.abort(AbortReason.invalidApduInThisState))
                 return
         await super().segmented_response(apdu)
+
+    async def confirmation(self, apdu: Any) -> None:
+        # bacpypes3 numbers segments by their index, which the 8-bit sequence number wraps past 255: an answer of
+        # more never ends. A client that accepts "unspecified" segments is held to what can be numbered, the longer
+        # answer aborted apdu-too-long (as for a client that said how many it takes)
+        if self.maxSegmentsAccepted is None or self.maxSegmentsAccepted > MAX_SEGMENTS:
+            self.maxSegmentsAccepted = MAX_SEGMENTS
+        await super().confirmation(apdu)
 
     async def fill_window(self, seqNum: int) -> None:
         await super().fill_window(seqNum)

@@ -25,17 +25,18 @@ UNIT_KW = {"w": 0.001, "kw": 1.0, "mw": 1000.0}
 ENERGY_KWH = {"wh": 0.001, "kwh": 1.0, "mwh": 1000.0}
 UNIT_NAMES = {"w": "W", "kw": "kW", "mw": "MW", "wh": "Wh", "kwh": "kWh", "mwh": "MWh"}
 # a unit as a word of a column's name, bracketed or not ("Usage (kWh)", "Energy_kWh", "Watts", "kWh Delivered")
-_NAME_UNIT = re.compile(r"(?<![a-z])(k?wh|mwh|k?w|mw|(?:kilo|mega)?watts?(?:[-_ ]?hours?)?)(?![a-z])", re.IGNORECASE)
+_NAME_UNIT = re.compile(r"(?<![a-z])([km]?w[-·]?h(?:rs?)?|[km]?w|(?:kilo|mega)?watts?(?:[-_ ]?(?:hours?|hrs?))?)"
+                        r"(?![a-z])", re.IGNORECASE)
 _OTHER_UNIT = re.compile(r"[\[(]\s*([kM]?(?:VAh?|varh?)|A)\s*[\])]|(?<![a-z])(k?VAh?|k?varh?)(?![a-z])",
                          re.IGNORECASE)
 UNIT_COLUMNS = ("unit", "units", "uom", "unit of measure")
 _CELL_UNIT = re.compile(r"(.*?)\s*(k?w|mw)", re.IGNORECASE)
 def _unit_of(word: str) -> str:
-    """"kWh", "Watts", "kilowatt-hours" -> "kwh", "w", "kwh"."""
-    w = word.lower().replace(" ", "").replace("-", "").replace("_", "")
+    """"kWh", "kW-hr", "Watts", "kilowatt-hours" -> "kwh", "kwh", "w", "kwh"."""
+    w = re.sub(r"(hours?|hrs?)$", "h", re.sub(r"[\s\-_·]", "", word.lower()))
     for long, short in (("megawatt", "mw"), ("kilowatt", "kw"), ("watt", "w")):
         if w.startswith(long):
-            return short + ("h" if w.endswith(("hour", "hours")) else "")
+            return short + ("h" if w.endswith("h") else "")
     return w
 
 
@@ -55,6 +56,8 @@ def column_units(lines: list[tuple[int, str]], header: int, delimiter: str, cols
         cells = next(csv.reader([line], delimiter=delimiter), [])
         if idx < len(cells) and cells[idx].strip():
             seen.add(cells[idx].strip())
+    if not all(_unit_of(u) in UNIT_NAMES or _OTHER_UNIT.fullmatch(u) for u in seen):
+        return None     # a "Unit" of suite numbers, not of measure
     return cols[idx], seen
 
 
@@ -83,8 +86,8 @@ def unit_of_values(value_column: str, value_unit: str | None, path: Path, column
         name, seen = column_units
         units = {_unit_of(u) for u in seen}
         if len(units) > 1 or not units <= set(UNIT_NAMES):
-            raise ReplayInputError(f"{path}: column {name!r} gives the unit(s) {', '.join(sorted(seen))}: export one "
-                                   "quantity in W, kW, MW, Wh, kWh or MWh, or give --value-unit")
+            raise ReplayInputError(f"{path}: column {name!r} gives the unit(s) {', '.join(sorted(seen))}: export the "
+                                   "one quantity, in W, kW, MW, Wh, kWh or MWh, to a file of its own")
         if units:
             (said,) = units
             if unit is not None and unit != said:
@@ -102,8 +105,15 @@ def one_spacing(stamps: np.ndarray, path: Path, tz: ZoneInfo, energy: bool, star
     if not steps.size:
         return None
     spacing = float(np.median(steps))
-    odd = np.flatnonzero(np.abs(steps / spacing - np.round(steps / spacing)) > 1e-6)   # a gap is a multiple
-    if (energy or starts) and odd.size > max(2, steps.size // 100):
+    k = np.round(steps / spacing)
+    # a step that is no multiple of the spacing (2 % off: a logger's second or two is fine), or three in a row of one
+    # multiple: a gap is a step of its own, a coarser stretch (hourly days among 15-minute ones) is not
+    off = np.abs(steps / spacing - k) > 0.02
+    coarse = np.zeros(steps.size, dtype=bool)
+    if steps.size > 2:
+        coarse[:-2] = (k[:-2] >= 2) & (k[:-2] == k[1:-1]) & (k[1:-1] == k[2:])
+    odd = np.flatnonzero(off | coarse)
+    if (energy or starts) and (off.sum() > max(2, steps.size // 100) or coarse.any()):
         first = dt.datetime.fromtimestamp(stamps[odd[0]], tz)
         what = "energy per interval" if energy else "--stamped start"
         raise ReplayInputError(f"{path}: the rows are {spacing / 60:g} minutes apart mostly, but {odd.size:,} times "

@@ -135,7 +135,8 @@ async def test_a_late_first_acknowledgement_still_gets_the_rest(gateway, client,
     assert errors_logged(caplog) == []
 
 
-async def test_an_acknowledgement_of_a_segment_never_sent_aborts_the_answer_without_a_traceback(gateway, client, caplog):
+async def test_an_acknowledgement_of_a_segment_never_sent_aborts_the_answer_without_a_traceback(
+        gateway, client, caplog):
     # A SegmentACK past the answer's last segment (window 127, so "in window"): bacpypes3 moved its window there and
     # asked for segments that do not exist, three tracebacks a request, from datagrams anyone can send
     client.send(bytes([0x02, MAX_APDU_50, 8, 14]) + RPM_ALL)
@@ -165,6 +166,26 @@ async def test_a_repeated_acknowledgement_does_not_abort_the_answer(gateway, cli
     client.send(bytes([0x40, 9, 4, 127]))        # and it goes on: the rest follows
     rest = [a for _, a in await client.answers(0.5)]
     assert rest and not rest[-1][0] & 0x04, [a[:4].hex() for a in rest]
+
+
+@pytest.mark.parametrize("seq", [0, 60])
+async def test_an_acknowledgement_without_a_window_aborts_without_a_traceback(gateway, client, caplog, seq):
+    # window 0 is none (1..127): bacpypes3 took it, and failed an assert in a traceback, from any four octets
+    client.send(bytes([0x02, MAX_APDU_50, 25, 14]) + RPM_ALL)
+    assert (await client.next(1.0))[:3] == bytes([0x3C, 25, 0])
+    client.send(bytes([0x40, 25, seq, 0]))
+    assert await client.next(1.0) == bytes([0x71, 25, 2])     # invalid-apdu-in-this-state
+    gc.collect()
+    await asyncio.sleep(0)
+    assert errors_logged(caplog) == []
+
+
+async def test_an_answer_of_more_segments_than_can_be_numbered_is_aborted_not_sent_for_ever(gateway, client):
+    # 80 times the device's ALL at 50 octets: over 256 segments, "unspecified" accepted. bacpypes3 numbers segments by
+    # an index the 8-bit sequence number wraps: the answer never ended (3,049 segments for 27.8 KB)
+    client.send(bytes([0x02, MAX_APDU_50, 26, 14]) + RPM_ALL * 80)
+    assert await client.next(2.0) == bytes([0x71, 26, 11])     # apdu-too-long
+    assert gateway.app.asap.serverTransactions == []
 
 
 async def test_a_bas_that_aborts_a_segmented_answer_gets_nothing_back(gateway, client):

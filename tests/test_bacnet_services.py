@@ -310,7 +310,8 @@ async def test_a_forwarded_npdu_claiming_its_own_networks_broadcast_is_not_answe
     # the device on 127.0.0.1/8: 127.255.255.255 is its network's broadcast, as 192.168.1.255 is a site /24's (on
     # loopback: the kernel keeps 127/8 on lo). A read claiming it as origin was answered to every station there.
     own = ("127.0.0.1", port_of(gateway))
-    read = ReadPropertyRequest(objectIdentifier=ObjectIdentifier(f"device,{DEVICE_ID}"), propertyIdentifier="objectName")
+    read = ReadPropertyRequest(objectIdentifier=ObjectIdentifier(f"device,{DEVICE_ID}"),
+                               propertyIdentifier="objectName")
     with udp("127.255.255.255") as everyone, udp("127.0.0.2") as one, udp("127.0.0.1") as sender:
         sender.sendto(forwarded(everyone.getsockname(), confirmed(1, read)), own)
         sender.sendto(forwarded(one.getsockname(), confirmed(2, read)), own)

@@ -260,6 +260,14 @@ def test_energy_whose_spacing_changes_is_refused_and_gaps_are_not_a_change(tmp_p
     with pytest.raises(ReplayInputError, match=r"the rows are \d+ minutes apart mostly, but [\d,]+ times \d+ minutes "
                                                r"or other \(first after .*\): energy per interval needs one spacing"):
         read_export(src, "timestamp", "Usage (kWh)", UTC)
+    # the other way round: 15-minute for weeks, then hourly. The hourly steps are multiples of 15 minutes, and were
+    # taken for gaps: the hourly kWh went in 4 times high
+    fine = [dt.datetime(2026, 1, 1) + dt.timedelta(minutes=15 * i) for i in range(600)]
+    coarse = [fine[-1] + dt.timedelta(hours=i + 1) for i in range(100)]
+    src.write_text("timestamp,Usage (kWh)\n" + "".join(f"{t:%Y-%m-%d %H:%M},25\n" for t in fine)
+                   + "".join(f"{t:%Y-%m-%d %H:%M},100\n" for t in coarse))
+    with pytest.raises(ReplayInputError, match=r"energy per interval needs one spacing"):
+        read_export(src, "timestamp", "Usage (kWh)", UTC)
     gaps = [t for i, t in enumerate(quarter) if i % 7]       # every seventh row missing: still one spacing
     src.write_text("timestamp,Usage (kWh)\n" + "".join(f"{t:%Y-%m-%d %H:%M},25\n" for t in gaps))
     assert set(read_export(src, "timestamp", "Usage (kWh)", UTC)[1]) == {100.0}
@@ -288,6 +296,30 @@ def test_a_name_of_several_unit_words_takes_the_option_and_a_units_column_is_che
     src.write_text("timestamp,Usage (kWh),UNITS\n2019-10-14 00:00:00,25,kW\n2019-10-14 00:15:00,26,kW\n")
     with pytest.raises(ReplayInputError, match=r"column 'UNITS' says kW, column 'Usage \(kWh\)' says kWh"):
         read_export(src, "timestamp", "Usage (kWh)", UTC)
+
+
+@pytest.mark.parametrize("header", ["kW-h", "kW-hr", "Watt-hr", "kWhr", "KWHR", "kW·h"])
+def test_energy_units_as_meters_and_utilities_spell_them(tmp_path, header):
+    # read as power, or as the kW default without a word: 15-minute kWh 4 times low
+    src = tmp_path / "u.csv"
+    scale = 0.001 if header == "Watt-hr" else 1.0
+    src.write_text(f"timestamp,{header}\n2019-10-14 00:00:00,{25 / scale:g}\n2019-10-14 00:15:00,{26 / scale:g}\n")
+    assert list(read_export(src, "timestamp", header, UTC)[1]) == [100.0, 104.0]
+
+
+def test_a_unit_column_of_something_else_is_not_taken_for_units(tmp_path):
+    # a "Unit" of suite numbers beside "Demand (kW)" refused the whole file, even with --value-unit
+    src = tmp_path / "u.csv"
+    src.write_text("timestamp,Unit,Demand (kW)\n2019-10-14 00:00:00,101,25\n2019-10-14 00:15:00,102,26\n")
+    assert list(read_export(src, "timestamp", "Demand (kW)", UTC)[1]) == [25.0, 26.0]
+
+
+def test_start_times_a_second_or_two_off_the_interval_are_one_spacing(tmp_path):
+    src = tmp_path / "s.csv"
+    times = [dt.datetime(2019, 10, 14) + dt.timedelta(minutes=15 * i, seconds=(i % 3)) for i in range(200)]
+    src.write_text("timestamp,kW\n" + "".join(f"{t:%Y-%m-%d %H:%M:%S},25\n" for t in times))
+    t = read_export(src, "timestamp", "kW", UTC, stamped="start")[0]
+    assert t[0] == pytest.approx(times[0].replace(tzinfo=dt.timezone.utc).timestamp() + 900, abs=2)
 
 
 def test_watt_hours_and_a_power_cell_in_a_column_of_energy(tmp_path):

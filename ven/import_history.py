@@ -51,7 +51,8 @@ def _owner_problem(path: str) -> str | None:
     if owner == 0:
         return None
     return (f"storage.path {path}: {where} belongs to uid {owner}, and this runs as root: run it as the gateway's "
-            f"user (sudo -u <user> edge-gateway import-history ...), or the gateway could not write the files made here")
+            f"user (sudo -u <user> edge-gateway import-history ...), or the gateway could not write the files made "
+            f"here")
 
 
 def _far_out(values: np.ndarray, among: np.ndarray) -> np.ndarray:
@@ -166,8 +167,12 @@ def import_history(cfg: GatewayConfig, args) -> int:
         had_model = store.contents()["model"]
         added, new_sheds = store.import_minutes(ks, sums, counts, sheds)
         held_span = store.contents()
-    except (sqlite3.Error, OSError) as err:     # OSError: its directory cannot be made (a file there, no permission)
-        _say(f"storage.path {path}: {getattr(err, 'strerror', None) or err}: nothing imported")
+    except sqlite3.Error as err:
+        _say(f"storage.path {path}: {err}: nothing imported")
+        return 1
+    except OSError as err:      # its directory cannot be made: a file in the way, no permission
+        _say(f"storage.path {path}: cannot make {err.filename or 'its directory'}: {err.strerror or err}: nothing "
+             f"imported")
         return 1
     finally:
         signal.signal(signal.SIGINT, ctrl_c)
@@ -182,7 +187,7 @@ def import_history(cfg: GatewayConfig, args) -> int:
           + (f"; {held:,} minute(s) it held already kept as read (to replace an earlier import: forget-forecast "
              f"--yes first)" if held else "")
           + (f"; {len(sheds)} event(s) kept out of learning ({new_sheds} new)" if args.events else "")
-          + ("; the stored model, fitted without them, deleted" if (added or new_sheds) and had_model else "")
+          + ("; the stored model, fitted before these, deleted" if (added or new_sheds) and had_model else "")
           + (_next_start(fc, held_span) if added or new_sheds else ". Nothing new"))
     return 0
 
