@@ -365,6 +365,10 @@ def test_values_that_can_never_work_are_refused(tmp_path, toml, key, reason):
      "the mask must be a prefix length 1..32, e.g. /24; did you mean 192.168.1.20/24:47808?"),
     ('[bacnet]\naddress = "192.168.1.20:47808"\n',
      "bacnet.address: must look like ip/mask:port, e.g. 127.0.0.1/8:47808, got '192.168.1.20:47808'"),
+    # no broadcast: the start's I-Am failed in two tracebacks, and no BAS could discover the device by Who-Is
+    ('[bacnet]\naddress = "192.168.1.20/32:47808"\n',
+     "bacnet: address '192.168.1.20/32:47808': a /32 has no broadcast address, which BACnet/IP needs (Who-Is, I-Am): "
+     "give the prefix the NIC has (e.g. /24), or bbmd_address to reach the network through a BBMD"),
     ('[openadr]\nvtn_url = "vtn.example:8080/OpenADR2/Simple/2.0b"\n',
      "openadr.vtn_url: must start with http:// or https://, got 'vtn.example:8080/OpenADR2/Simple/2.0b'"),
 ])
@@ -373,6 +377,13 @@ def test_a_newcomers_mistake_is_one_line_with_the_key_and_what_was_meant(tmp_pat
     with pytest.raises(ConfigError) as err:
         load_config(p, environ={})
     assert str(err.value) == f"{p}: {line}"
+
+
+def test_a_32_address_is_taken_for_a_foreign_device(tmp_path):
+    # a box on a point-to-point link reaches the BAS network through a BBMD: it needs no broadcast of its own
+    cfg = load_config(_write(tmp_path, '[bacnet]\naddress = "10.9.2.1/32:47808"\nbbmd_address = "10.9.0.5"\n'),
+                      environ={})
+    assert cfg.bacnet.address == "10.9.2.1/32:47808"
 
 
 def test_check_config_names_the_nearest_key_without_a_traceback(tmp_path):

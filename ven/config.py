@@ -171,6 +171,12 @@ class BacnetConfig(_Section):
     def _bounds(self) -> "BacnetConfig":
         if self.input_min_kw >= self.input_max_kw:
             raise ValueError("input_min_kw must be below input_max_kw")
+        if self.address.rpartition(":")[0].endswith("/32") and not self.bbmd_address:
+            # bacpypes3 fails each broadcast it is asked for (the start's I-Am, a Who-Is) in a traceback, and a BAS
+            # discovers the device by broadcast: only a foreign device, reached through its BBMD, does without one
+            raise ValueError(f"address {self.address!r}: a /32 has no broadcast address, which BACnet/IP needs "
+                             "(Who-Is, I-Am): give the prefix the NIC has (e.g. /24), or bbmd_address to reach the "
+                             "network through a BBMD")
         return self
 
 
