@@ -66,19 +66,21 @@ def _shown(point: Point, value: Any) -> str:
 def _what_was_written(point: Point, obj: Any, writer: str | None) -> str:
     """The write as the writer made it, and what the point holds after it when a higher priority decides: "B wrote
     inactive at 9" said as "ADR-Opt-Out = True (priority 9, from B)" blamed B for A's opt-out at 7."""
-    written = obj._last_written
-    by = f", from {writer}" if writer else ""
+    written, priority = obj._last_written, obj._last_priority
     in_effect = obj.currentCommandPriority
     at = None if in_effect is None or in_effect.null is not None else int(in_effect.unsigned)
-    if at == obj._last_priority:
-        return f"{point.name} = {_shown(point, written)} (priority {at}{by})"
+    if at == priority:
+        return f"{point.name} = {_shown(point, written)} (priority {at}{f', from {writer}' if writer else ''})"
     what = "relinquished" if written is None else _shown(point, written)
-    moved = _shown(point, obj.presentValue) != _shown(point, obj._value_before)
-    now = ((f"now {_shown(point, obj.presentValue)} at priority {at}" if moved else
-            f"{_shown(point, obj.presentValue)} at priority {at} stays in effect") if at is not None
-           else "no command left: relinquished" if point.kind == "analogValue"
-           else f"no command left: {_shown(point, obj.relinquishDefault)} (its relinquish default)")
-    return f"{point.name} {what} at priority {obj._last_priority}{f' (from {writer})' if writer else ''}; {now}"
+    held = _shown(point, obj.presentValue)
+    if at is not None:
+        now = f"now {held} at priority {at}" if held != _shown(point, obj._value_before) else \
+            f"{held} at priority {at} stays in effect"
+    elif point.kind == "analogValue":
+        now = "no command left: relinquished"
+    else:
+        now = f"no command left: {_shown(point, obj.relinquishDefault)} (its relinquish default)"
+    return f"{point.name} {what} at priority {priority}{f' (from {writer})' if writer else ''}; {now}"
 
 
 def _wire(point: Point, value: float | bool) -> Any:

@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import asyncio
 import calendar
-import ipaddress
 import logging
 import math
 import time
@@ -85,7 +84,7 @@ from .property_access import PropertyAccess, multiple_error
 from .rejects import reject_undecodable
 from .server_transactions import mend_server_transactions
 from .settle import span
-from .write_access import LOCAL_STATION, LOG_EVERY_SECONDS, WriteAccess
+from .write_access import LOG_EVERY_SECONDS, WriteAccess
 
 log = logging.getLogger(__name__)
 # requests refused from the network: anyone on the BACnet network can send them in a loop (a password
@@ -495,9 +494,10 @@ class _Services(PropertyAccess):
         if same and confirmed is not None:  # a renewal replaces the subscription's parameters, not only its lifetime
             for cov in same:                # (13.14.2); it is always taken, whatever the shares below
                 cov.confirmed = confirmed
-        if new and (unfit := self._unfit_subscriber(apdu.pduSource)):
-            # its notifications would come back to this device (a Forwarded-NPDU may claim any origin)
-            log.debug("SubscribeCOV for %s refused: %s", apdu.pduSource, unfit)
+        if new and same_station(str(apdu.pduSource), self._own_address):
+            # its notifications would come back to this device (a Forwarded-NPDU may claim any origin; forwarded.py
+            # drops one claiming a broadcast or multicast origin)
+            log.debug("SubscribeCOV for %s refused: it is this device's own address", apdu.pduSource)
             raise ExecutionError(errorClass="services", errorCode="covSubscriptionFailed")
         if new:
             holder = self._cov_holder(apdu.pduSource)
@@ -513,17 +513,6 @@ class _Services(PropertyAccess):
             self._cov_accepted(holder[0])
 
     # ----- the COV subscriptions' shares
-
-    def _unfit_subscriber(self, source: Any) -> str | None:
-        """Why `source` can take no notifications, None when it can. (A Forwarded-NPDU claiming a broadcast or
-        multicast origin never gets here: forwarded.py drops it.)"""
-        if getattr(source, "addrType", None) != LOCAL_STATION:
-            return None
-        mac = bytes(source.addrAddr or b"")
-        if len(mac) == 6 and self._own_address and same_station(
-                f"{ipaddress.IPv4Address(mac[:4])}:{int.from_bytes(mac[4:], 'big')}", self._own_address):
-            return "it is this device's own address"
-        return None
 
     def _cov_subscriptions(self) -> list:
         return [cov for detection in self._cov_detections.values() for cov in detection.cov_subscriptions]

@@ -35,7 +35,7 @@ LOG_EVERY_SECONDS = 600.0
 MAX_SOURCES_LOGGED = 100
 _OTHERS = "(other sources)"
 # bacpypes3.pdu.Address.addrType of a station on the local network and of one behind a router
-LOCAL_STATION, REMOTE_STATION = 2, 4
+_LOCAL_STATION, _REMOTE_STATION = 2, 4
 
 _IP = r"\d{1,3}(?:\.\d{1,3}){3}"
 _IP_PORT = re.compile(rf"({_IP}):(\d+)")
@@ -126,9 +126,9 @@ class WriteAccess:
         if self.open:
             return True
         kind, mac = getattr(source, "addrType", None), bytes(getattr(source, "addrAddr", None) or b"")
-        if kind == REMOTE_STATION:
+        if kind == _REMOTE_STATION:
             return (source.addrNet, None) in self._remote or (source.addrNet, mac) in self._remote
-        if kind != LOCAL_STATION or len(mac) != 6:   # a B/IP station's MAC: address and port
+        if kind != _LOCAL_STATION or len(mac) != 6:   # a B/IP station's MAC: address and port
             return False
         ip = ipaddress.IPv4Address(mac[:4])
         return any(ip in net for net in self._nets) or (str(ip), int.from_bytes(mac[4:], "big")) in self._stations

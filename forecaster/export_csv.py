@@ -171,7 +171,7 @@ def _convert_row(t_text: str | None, v_text: str | None, extra: list[str], width
                     number, cell_unit = split_unit(v_text)
                     if cell_unit is not None and unit in ENERGY_KWH:    # then read as energy: 4 times the kW
                         raise ValueError("power in a column of energy")
-                    v = _number(number, mark) * UNIT_KW.get(cell_unit or unit, ENERGY_KWH.get(unit, 1.0))
+                    v = _number(number, mark) * UNIT_KW.get(cell_unit or unit, 1.0)   # energy: read_export
                 except (TypeError, ValueError, AttributeError) as err:
                     problem = "value " + (f"{v_text!r} is not a number" if v_text is not None else "is missing")
                     if str(err) == "power in a column of energy":
@@ -266,9 +266,10 @@ def read_export(csv_path, time_column, value_column: str, tz: ZoneInfo, time_for
         if spacing is None:
             raise ReplayInputError(f"{path}: values in {UNIT_NAMES[unit]} need two rows or more: a row's energy is "
                                    "read as its interval's mean kW, the interval the rows' spacing")
-        v = v * 3600.0 / spacing
+        scale = ENERGY_KWH[unit] * 3600.0 / spacing
+        v = v * scale
         notes.insert(0, f"values in {UNIT_NAMES[unit]} per {spacing / 60:g}-minute interval, read as each interval's "
-                        f"mean kW (x {ENERGY_KWH[unit] * 3600.0 / spacing:g})")
+                        f"mean kW (x {scale:g})")
     if stamped == "start" and spacing is not None:
         t = t + spacing
         notes.append(f"times read as the start of each row's {spacing:g} s interval: filed at its end")

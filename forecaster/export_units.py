@@ -31,6 +31,8 @@ _OTHER_UNIT = re.compile(r"[\[(]\s*([kM]?(?:VAh?|varh?)|A)\s*[\])]|(?<![a-z])(k?
                          re.IGNORECASE)
 UNIT_COLUMNS = ("unit", "units", "uom", "unit of measure")
 _CELL_UNIT = re.compile(r"(.*?)\s*(k?w|mw)", re.IGNORECASE)
+
+
 def _unit_of(word: str) -> str:
     """"kWh", "kW-hr", "Watts", "kilowatt-hours" -> "kwh", "kwh", "w", "kwh"."""
     w = re.sub(r"(hours?|hrs?)$", "h", re.sub(r"[\s\-_·]", "", word.lower()))

@@ -105,7 +105,7 @@ class ForecastStore:
             db.execute("INSERT OR REPLACE INTO forecast_model (id, saved_at, blob) VALUES (1, ?, ?)",
                        (time.time(), sqlite3.Binary(blob)))
 
-    def import_minutes(self, minutes, sums, counts, sheds=()) -> int:
+    def import_minutes(self, minutes, sums, counts, sheds=()) -> tuple[int, int]:
         """A building's earlier history (edge-gateway import-history), in one transaction: minutes the file holds
         already keep their readings, `sheds` ((start, end) epoch seconds of the events the building shed for) are
         kept out of learning as the events the gateway ran are. A stored model was fitted without these minutes, or
@@ -267,7 +267,8 @@ class ForecastStore:
         """Delete the forecaster's history, model and issued forecasts, in one transaction; the rest of the
         file (events, ADR-Opt-Out commands, queued telemetry) is another module's and stays."""
         with closing(self._connect()) as db, db:
-            for table in ("forecast_minute", "forecast_model", "forecast_issue", "forecast_demand", "forecast_set_aside"):
+            for table in ("forecast_minute", "forecast_model", "forecast_issue", "forecast_demand",
+                          "forecast_set_aside"):
                 db.execute(f"DELETE FROM {table}")
 
     # ---- issued forecasts --------------------------------------------------------------

@@ -288,14 +288,15 @@ async def test_subscribers_gone_silent_in_numbers_are_one_line_then_a_count(gate
     assert len(said) == 1 and said[0].endswith("(repeats are counted, one line per 600 s at most)"), said
 
 
-async def test_a_subscription_naming_the_device_itself_is_refused(gateway, peer):
+async def test_a_subscription_naming_the_device_itself_is_refused(gateway, peer, caplog):
     # a Forwarded-NPDU may claim any origin: the device's own address had it send its notifications to itself
+    caplog.set_level(logging.DEBUG, logger="bacnet_api.services")
     own = ("127.0.0.1", port_of(gateway))
     subscription = SubscribeCOVRequest(subscriberProcessIdentifier=5, monitoredObjectIdentifier=ObjectIdentifier(
         "analogValue,4"), issueConfirmedNotifications=True, lifetime=300)
     with udp("127.0.0.1") as sender:
         sender.sendto(forwarded(own, confirmed(1, subscription)), own)
-        await asyncio.sleep(0.5)
+        await eventually(lambda: "it is this device's own address" in caplog.text, 5, "the subscription handled")
     assert await cov_subscriptions(peer, where(gateway)) == []
 
 

@@ -85,25 +85,63 @@ def _unit_problem(store, ks: np.ndarray, sums, counts) -> str | None:
             f"`edge-gateway forget-forecast --yes` deletes the forecaster's history first")
 
 
-def import_history(cfg: GatewayConfig, args) -> int:
-    from forecaster.export_csv import ReplayInputError, read_export, read_spans
-    from forecaster.store import ForecastStore
+class _Refused(Exception):
+    """Nothing imported; the message says why (one line on stderr, exit 1)."""
 
+
+def import_history(cfg: GatewayConfig, args) -> int:
     from .forecast_service import forecaster_from_config
 
+    try:
+        _check_place(cfg)
+        tz = ZoneInfo(args.timezone or cfg.forecaster.timezone)
+        times, values, lines, sheds = _read(args, tz)
+        fc = forecaster_from_config(cfg.forecaster, cfg.bacnet.input_min_kw, cfg.bacnet.input_max_kw)
+        now = time.time()
+        oldest = now - fc.keep_days * 86400
+        inside, kept = _keep(fc, cfg, times, values, lines, tz, now, oldest)
+        if not kept:
+            raise _Refused(f"{args.csv}: no row inside the last {fc.keep_days:g} days holds a usable value: nothing "
+                           f"imported")
+        ks, sums, counts = (np.asarray(x) for x in fc.drain_dirty())
+        sheds = [(a, b) for a, b in sheds if b > oldest]
+        added, new_sheds, had_model, held_span = _write(cfg.storage.path, ks, sums, counts, sheds)
+    except _Refused as refusal:
+        _say(str(refusal))
+        return 1
+    kw, held = values[inside], len(ks) - added
+    first, last = float(times[inside].min()), float(times[inside].max())
+    # the range, so that a unit taken wrong (4 times, 1,000 times) shows at a glance
+    print(f"storage.path {os.path.abspath(cfg.storage.path)}: imported {added:,} minute(s) of history, "
+          f"{_local(first, tz)} to {_local(last, tz)} {tz.key}, from {kept:,} row(s) of {args.csv} "
+          f"({kw.min():,.1f} to {kw.max():,.1f} kW, median {np.median(kw):,.1f} kW)"
+          + (f"; {held:,} minute(s) it held already kept as read (to replace an earlier import: forget-forecast "
+             f"--yes first)" if held else "")
+          + (f"; {len(sheds)} event(s) kept out of learning ({new_sheds} new)" if args.events else "")
+          + ("; the stored model, fitted before these, deleted" if (added or new_sheds) and had_model else "")
+          + (_next_start(fc, held_span) if added or new_sheds else ". Nothing new"))
+    return 0
+
+
+def _running(busy: str) -> _Refused:
+    return _Refused(f"{busy}: the gateway seems to run. Stop it first: it would not see the imported history until "
+                    f"its next start")
+
+
+def _check_place(cfg: GatewayConfig) -> None:
     path = cfg.storage.path
     if os.path.isdir(path):
-        _say(f"storage.path {path} is a directory, not the gateway's file: nothing imported")
-        return 1
-    problem = _owner_problem(path)
-    busy = seems_running(cfg)
-    if busy:
-        problem = (f"{busy}: the gateway seems to run. Stop it first: it would not see the imported history until its "
-                   f"next start")
-    if problem:
-        _say(problem)
-        return 1
-    tz = ZoneInfo(args.timezone or cfg.forecaster.timezone)
+        raise _Refused(f"storage.path {path} is a directory, not the gateway's file: nothing imported")
+    if busy := seems_running(cfg):
+        raise _running(busy)
+    if problem := _owner_problem(path):
+        raise _Refused(problem)
+
+
+def _read(args, tz: ZoneInfo):
+    """(times, values in kW, line numbers, event spans) of the file, its notes said on the way."""
+    from forecaster.export_csv import ReplayInputError, read_export, read_spans
+
     tally: dict = {}
     try:
         times, values, lines, skipped, notes, reading = read_export(
@@ -111,20 +149,19 @@ def import_history(cfg: GatewayConfig, args) -> int:
             args.value_unit, args.stamped, tally)
         sheds = read_spans(args.events, tz, args.time_format, args.encoding) if args.events else []
     except (ReplayInputError, OSError) as err:
-        _say(str(err))
-        return 1
+        raise _Refused(str(err)) from None
     for note in ([reading] if reading else []) + notes:
         _say(note)
     unread = skipped - tally["empty"]
     if unread > len(times):
         # a --time-format that fits some rows only (day and month swapped) imported a day of a 44-day file, exit 0
-        _say(f"{unread:,} row(s) could not be read, more than the {len(times):,} that could (the lines above name the "
-             f"first): check --time-format, --decimal and the columns. Nothing imported")
-        return 1
+        raise _Refused(f"{unread:,} row(s) could not be read, more than the {len(times):,} that could (the lines above "
+                       f"name the first): check --time-format, --decimal and the columns. Nothing imported")
+    return times, values, lines, sheds
 
-    fc = forecaster_from_config(cfg.forecaster, cfg.bacnet.input_min_kw, cfg.bacnet.input_max_kw)
-    now = time.time()
-    oldest = now - fc.keep_days * 86400
+
+def _keep(fc, cfg: GatewayConfig, times, values, lines, tz: ZoneInfo, now: float, oldest: float):
+    """The rows the forecaster takes, seeded into `fc` (mask, count); those left out are said."""
     latest = now + 60       # the minute under way, as the gateway files it: its end
     old, ahead = int((times < oldest).sum()), int((times > latest).sum())
     inside = (times >= oldest) & (times <= latest)
@@ -144,52 +181,35 @@ def import_history(cfg: GatewayConfig, args) -> int:
     if fc.rejected:
         _say(f"{fc.rejected:,} row(s) outside bacnet.input_min_kw..input_max_kw "
              f"({cfg.bacnet.input_min_kw:g}..{cfg.bacnet.input_max_kw:g} kW) not imported")
-    if not kept:
-        _say(f"{args.csv}: no row inside the last {fc.keep_days:g} days holds a usable value: nothing imported")
-        return 1
-    ks, sums, counts = (np.asarray(x) for x in fc.drain_dirty())
-    sheds = [(a, b) for a, b in sheds if b > oldest]
+    return inside, kept
+
+
+def _write(path: str, ks, sums, counts, sheds) -> tuple[int, int, bool, dict]:
+    """(minutes added, events added, whether a model was stored, what the store holds after), in one transaction
+    under the gateway's lock."""
+    from forecaster.store import ForecastStore
 
     lock = RunLock(path)
-    busy = lock.take()      # a gateway started meanwhile: it would not see the rows; held while they go in
-    if busy:
-        _say(f"{busy}: the gateway seems to run. Stop it first")
-        return 1
+    if busy := lock.take():     # a gateway started meanwhile: it would not see the rows; held while they go in
+        raise _running(busy)
     # Ctrl-C held off while the rows go in (a second or so): before, nothing was imported, and after, all of it
     # was and is said so; one landing just after the commit said "nothing imported" of a file that held the rows
     ctrl_c = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         store = ForecastStore(path)
-        problem = _unit_problem(store, ks, sums, counts)
-        if problem:
-            _say(problem)
-            return 1
+        if problem := _unit_problem(store, ks, sums, counts):
+            raise _Refused(problem)
         had_model = store.contents()["model"]
         added, new_sheds = store.import_minutes(ks, sums, counts, sheds)
-        held_span = store.contents()
+        return added, new_sheds, had_model, store.contents()
     except sqlite3.Error as err:
-        _say(f"storage.path {path}: {err}: nothing imported")
-        return 1
+        raise _Refused(f"storage.path {path}: {err}: nothing imported") from None
     except OSError as err:      # its directory cannot be made: a file in the way, no permission
-        _say(f"storage.path {path}: cannot make {err.filename or 'its directory'}: {err.strerror or err}: nothing "
-             f"imported")
-        return 1
+        raise _Refused(f"storage.path {path}: cannot make {err.filename or 'its directory'}: {err.strerror or err}: "
+                       f"nothing imported") from None
     finally:
         signal.signal(signal.SIGINT, ctrl_c)
         lock.close()
-    first, last = float(times[inside].min()), float(times[inside].max())
-    kw = values[inside]
-    held = len(ks) - added
-    # the range, so that a unit taken wrong (4 times, 1,000 times) shows at a glance
-    print(f"storage.path {os.path.abspath(path)}: imported {added:,} minute(s) of history, {_local(first, tz)} to "
-          f"{_local(last, tz)} {tz.key}, from {kept:,} row(s) of {args.csv} ({kw.min():,.1f} to {kw.max():,.1f} kW, "
-          f"median {np.median(kw):,.1f} kW)"
-          + (f"; {held:,} minute(s) it held already kept as read (to replace an earlier import: forget-forecast "
-             f"--yes first)" if held else "")
-          + (f"; {len(sheds)} event(s) kept out of learning ({new_sheds} new)" if args.events else "")
-          + ("; the stored model, fitted before these, deleted" if (added or new_sheds) and had_model else "")
-          + (_next_start(fc, held_span) if added or new_sheds else ". Nothing new"))
-    return 0
 
 
 def _next_start(fc, held: dict) -> str:
