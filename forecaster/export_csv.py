@@ -5,9 +5,10 @@ that settles it."""
 from __future__ import annotations
 
 import csv
-import io
+import itertools
 import math
 import re
+from array import array
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -107,6 +108,20 @@ def _decimal_mark(values, path: Path) -> str:
     return "," if "," in seen else "."
 
 
+# a line and its end as StringIO(newline="") splits them: at \r\n, \r or \n, kept
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")
+
+
+def _lines(text: str):
+    """(line number, line) of each line that is neither blank nor a comment, read as they are needed: a year of
+    10-second readings held as lines and rows peaked at 0.7 GB a million rows."""
+    # not io.StringIO: it holds a copy of the text at 4 bytes a character
+    for n, match in enumerate(_LINE.finditer(text), 1):
+        line = match.group()
+        if line.strip() and not line.lstrip().startswith("#"):
+            yield n, line
+
+
 def _find_header(lines: list[tuple[int, str]], columns: tuple[str, ...], path: Path):
     """(index into lines, delimiter, column names) of the first line that names all `columns` as fields
     separated by ',', ';' or a tab; metadata lines above it are passed over."""
@@ -132,16 +147,15 @@ def _find_columns(lines: list[tuple[int, str]], time_columns: tuple[str, ...], v
     return header, delimiter, cols, [cols.index(c) for c in time_columns], cols.index(value_column)
 
 
-def _raw_rows(lines: list[tuple[int, str]], header: int, delimiter: str, cols: list[str], t_idx: list[int],
-              v_idx: int) -> list:
-    """(line, time text, value text, fields beyond the header) of each row under the header; a time
-    in several columns is their texts joined by a space, a cell the row lacks is None."""
-    raw = []
-    line_no = lines[header][0]
+def _raw_rows(text: str, header: int, delimiter: str, cols: list[str], t_idx: list[int], v_idx: int):
+    """(line, time text, value text, fields beyond the header) of each row under the header (the header the
+    `header`th line of _lines), one at a time; a time in several columns is their texts joined by a space, a cell the
+    row lacks is None."""
+    line_no = 0
 
     def data_lines():
         nonlocal line_no
-        for line_no, line in lines[header + 1:]:
+        for line_no, line in itertools.islice(_lines(text), header + 1, None):
             yield line
 
     for row in csv.reader(data_lines(), delimiter=delimiter):
@@ -149,8 +163,7 @@ def _raw_rows(lines: list[tuple[int, str]], header: int, delimiter: str, cols: l
         ts = [cell(i) for i in t_idx]
         t_text = None if None in ts else " ".join(s.strip() for s in ts)
         extra = [f for f in row[len(cols):] if f.strip()]
-        raw.append((line_no, t_text, cell(v_idx), extra))
-    return raw
+        yield line_no, t_text, cell(v_idx), extra
 
 
 def _convert_row(t_text: str | None, v_text: str | None, extra: list[str], width: int, tz: ZoneInfo, folds: dict,
@@ -188,12 +201,11 @@ def _convert_row(t_text: str | None, v_text: str | None, extra: list[str], width
     return t, v, problem, cell_unit
 
 
-def _how_read(path: Path, lines: list[tuple[int, str]], header: int, delimiter: str, mark: str,
-              unit: str, cell_units: set) -> str | None:
+def _how_read(path: Path, header_line: int | None, delimiter: str, mark: str, unit: str, cell_units: set) -> str | None:
     """A note saying how the file was read, None for plain comma-separated kW from its first line."""
     how = []
-    if header:
-        how.append(f"header on line {lines[header][0]}")
+    if header_line:
+        how.append(f"header on line {header_line}")
     if delimiter != ",":
         how.append({";": "';'-separated", "\t": "tab-separated"}[delimiter])
     if mark == ",":
@@ -218,19 +230,20 @@ def read_export(csv_path, time_column, value_column: str, tz: ZoneInfo, time_for
     path = Path(csv_path)
     text = _decode(path, encoding)
     time_columns = (time_column,) if isinstance(time_column, str) else tuple(time_column)
-    lines = [(n, line) for n, line in enumerate(io.StringIO(text, newline=""), 1)
-             if line.strip() and not line.lstrip().startswith("#")]
-    header, delimiter, cols, t_idx, v_idx = _find_columns(lines, time_columns, value_column, path)
+    head = list(itertools.islice(_lines(text), HEADER_SEARCH_LINES))
+    header, delimiter, cols, t_idx, v_idx = _find_columns(head, time_columns, value_column, path)
     if decimal not in (None, ".", ","):
         raise ReplayInputError(f"decimal mark {decimal!r} is not '.' or ','")
-    raw = _raw_rows(lines, header, delimiter, cols, t_idx, v_idx)
-    unit = unit_of_values(value_column, value_unit, path, column_units(lines, header, delimiter, cols))
-    mark = decimal or _decimal_mark(((n, v) for n, _, v, _ in raw), path)
+    unit = unit_of_values(value_column, value_unit, path,
+                          column_units(itertools.islice(_lines(text), header + 1, None), delimiter, cols))
+    # the rows are read twice rather than held: once for the decimal mark the whole file proves, once for the values
+    mark = decimal or _decimal_mark(((n, v) for n, _, v, _ in _raw_rows(text, header, delimiter, cols, t_idx, v_idx)),
+                                    path)
 
-    times, values, kept, notes, skipped, stamps, empty = [], [], [], [], 0, [], 0
+    times, values, kept, notes, skipped, stamps, empty = array("d"), array("d"), array("q"), [], 0, array("d"), 0
     folds: dict = {}
     cell_units: set = set()
-    for line_no, t_text, v_text, extra in raw:
+    for line_no, t_text, v_text, extra in _raw_rows(text, header, delimiter, cols, t_idx, v_idx):
         t, v, problem, cell_unit = _convert_row(t_text, v_text, extra, len(cols), tz, folds, time_format, mark,
                                                 unit)
         if t is not None and (problem is None or problem.startswith("value")):
@@ -257,11 +270,11 @@ def read_export(csv_path, time_column, value_column: str, tz: ZoneInfo, time_for
         why = f" ({notes[0].removesuffix('; row skipped')})" if notes else ""
         columns = ", ".join(repr(c) for c in time_columns + (value_column,))
         raise ReplayInputError(f"{path}: no usable rows in columns {columns}{why}")
-    reading = _how_read(path, lines, header, delimiter, mark, unit, cell_units)
-    t, v, ln = np.array(times), np.array(values), np.array(kept)
+    reading = _how_read(path, head[header][0] if header else None, delimiter, mark, unit, cell_units)
+    t, v, ln = np.frombuffer(times), np.frombuffer(values), np.frombuffer(kept, dtype=np.int64)
     order = np.argsort(t, kind="stable")
     t, v, ln = t[order], v[order], ln[order]
-    spacing = one_spacing(np.unique(stamps), path, tz, unit in ENERGY_KWH, stamped == "start")
+    spacing = one_spacing(np.unique(np.frombuffer(stamps)), path, tz, unit in ENERGY_KWH, stamped == "start")
     if unit in ENERGY_KWH:
         if spacing is None:
             raise ReplayInputError(f"{path}: values in {UNIT_NAMES[unit]} need two rows or more: a row's energy is "

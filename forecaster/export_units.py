@@ -47,14 +47,15 @@ def split_unit(text: str) -> tuple[str, str | None]:
     return (m.group(1), m.group(2).lower()) if m else (text.strip(), None)
 
 
-def column_units(lines: list[tuple[int, str]], header: int, delimiter: str, cols: list[str]):
-    """(name, the units its cells give) of a column of units beside the values (a Green Button "UNITS"), or None."""
+def column_units(rows, delimiter: str, cols: list[str]):
+    """(name, the units its cells give) of a column of units beside the values (a Green Button "UNITS"), or None.
+    `rows`: (line number, line) of the lines under the header."""
     names = [c.strip().lower() for c in cols]
     idx = next((i for i, c in enumerate(names) if c in UNIT_COLUMNS), None)
     if idx is None:
         return None
     seen = set()
-    for _, line in lines[header + 1:]:
+    for _, line in rows:
         cells = next(csv.reader([line], delimiter=delimiter), [])
         if idx < len(cells) and cells[idx].strip():
             seen.add(cells[idx].strip())

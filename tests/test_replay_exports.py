@@ -373,3 +373,14 @@ def test_times_given_twice_with_other_values_and_times_the_clocks_skipped_are_sa
     clean = tmp_path / "clean.csv"
     clean.write_text("timestamp,kw\n2019-03-31 01:45,100\n2019-03-31 03:00,120\n2019-03-31 03:00,120\n")
     assert read_export(clean, "timestamp", "kw", ZoneInfo("Europe/Rome"))[4] == []    # repeated alike: nothing
+
+
+def test_line_ends_of_every_kind_and_a_quoted_newline_read_with_their_line_numbers(tmp_path):
+    # the reader goes line by line (a million rows no longer held): \r alone (an old Mac export), \r\n and \n in one
+    # file, and a quoted note over two lines, still end where a spreadsheet ends them; a row is named by its last line
+    src = tmp_path / "mixed.csv"
+    src.write_bytes(b"# exported by hand\rtimestamp,kw,note\r\n2019-10-07 00:00,10,\"two\nlines\"\n"
+                    b"2019-10-07 00:15,x,\r2019-10-07 00:30,12,\r\n\r\n2019-10-07 00:45,13,")
+    t, v, lines, skipped, notes, reading = read_export(src, "timestamp", "kw", UTC)
+    assert v.tolist() == [10.0, 12.0, 13.0] and lines.tolist() == [4, 6, 8] and skipped == 1
+    assert notes == ["line 5: value 'x' is not a number; row skipped"] and reading is None
