@@ -234,6 +234,15 @@ def _announce_status_flags(obj: Any) -> None:
         obj._property_monitors[name].append(changed)
 
 
+def _as_sent(priority: Any) -> Any:
+    """WriteProperty's priority as the BAS sent it: bacpypes3 decodes it as a signed Integer where BACnet's is Unsigned,
+    so 0xFE came as -2 (in the log line and the refusal's reason, a priority no BAS sent)."""
+    if priority is None or priority >= 0:
+        return priority
+    octets = ((~priority).bit_length() + 8) // 8     # the fewest a two's-complement encoding of it takes
+    return priority + (1 << 8 * octets)
+
+
 class _Services(PropertyAccess):
     # bacpypes3's handler raises NotImplementedError (an ERROR log, answered operationalProblem);
     # without one the request is rejected as unrecognized-service, which is the truth
@@ -343,6 +352,7 @@ class _Services(PropertyAccess):
                                   why_refused(obj, err.errorCode, value, priority))
 
     async def do_WritePropertyRequest(self, apdu: Any) -> None:
+        apdu.priority = _as_sent(apdu.priority)
         if self._refused(apdu, lambda: "WriteProperty of " + self._target(
                 apdu.objectIdentifier, apdu.propertyIdentifier, apdu.propertyArrayIndex, apdu.priority),
                 "write-access-denied"):

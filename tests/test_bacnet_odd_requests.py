@@ -304,3 +304,19 @@ async def test_another_device_answering_as_this_one_is_one_warning_a_source(gate
     [twin_seen] = gateway.twins()       # /api/status device.twins, for the dashboard
     assert twin_seen["address"] == peer.address.replace("/8", "") and twin_seen["last_heard"]
     assert errors_logged(caplog) == []
+
+
+@pytest.mark.parametrize("octets, shown", [(b"\x49\xfe", 254), (b"\x49\x80", 128), (b"\x4a\xff\x38", 65336)],
+                         ids=["0xfe", "0x80", "0xff38"])
+async def test_a_priority_past_127_is_named_as_sent_not_as_a_negative_number(gateway, peer, caplog, octets, shown):
+    # bacpypes3 decodes WriteProperty's priority as a signed Integer where BACnet's is Unsigned: 0xFE was logged
+    # "at priority -2", which no BAS sent and no technician could find in its program
+    caplog.set_level(logging.INFO)
+    body = bytes.fromhex("0c00800001" "1955" "3e4440a000003f") + octets    # input-power-meter = 5.0 kW
+    answer = await raw_request(port_of(gateway), confirmed(9, 15, body))
+    assert answer is not None and answer[0] == 0x50 and answer[1] == 9, answer    # a BACnet Error
+    assert answer[3:] == bytes([0x91, 2, 0x91, 37]), answer.hex()               # property / value-out-of-range
+    refused = [r.getMessage() for r in caplog.records if r.name == "bacnet_api.write_access"]
+    assert len(refused) == 1 and f"presentValue at priority {shown} from 127.0.0.1:" in refused[0], refused
+    assert f"refused (value-out-of-range): priority {shown} is not 1..16;" in refused[0], refused
+    assert gateway.write_refusals()["last_write_refused"]["why"] == f"priority {shown} is not 1..16"
