@@ -84,6 +84,7 @@ from .property_access import PropertyAccess, multiple_error
 from .rejects import reject_undecodable
 from .server_transactions import mend_server_transactions
 from .settle import span
+from .stray_datagrams import name_stray_datagrams
 from .write_access import LOG_EVERY_SECONDS, WriteAccess
 
 log = logging.getLogger(__name__)
@@ -156,6 +157,7 @@ def harden(app: Any, dcc_password: str = "", write_access: WriteAccess | None = 
     reject_undecodable(app)
     mend_server_transactions(app)
     note_forwarders(app, bbmd_address, own_network)
+    name_stray_datagrams(app)
     app._dcc_password = dcc_password
     app._own_address = own_address
     app._write_access = write_access

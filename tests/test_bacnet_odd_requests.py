@@ -320,3 +320,19 @@ async def test_a_priority_past_127_is_named_as_sent_not_as_a_negative_number(gat
     assert len(refused) == 1 and f"presentValue at priority {shown} from 127.0.0.1:" in refused[0], refused
     assert f"refused (value-out-of-range): priority {shown} is not 1..16;" in refused[0], refused
     assert gateway.write_refusals()["last_write_refused"]["why"] == f"priority {shown} is not 1..16"
+
+
+async def test_a_datagram_that_is_not_bacnet_names_its_sender_and_changes_nothing(gateway, peer, caplog):
+    # bacpypes3 said only "unsupported message": nothing a technician could look for (a syslog sender given 47808)
+    caplog.set_level(logging.INFO)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sender = sock.getsockname()[1]
+        sock.sendto(b"<13>Dec  5 01:40:00 plc syslog", ("127.0.0.1", port_of(gateway)))
+        await eventually(lambda: [r for r in caplog.records if r.name == "bacnet_api.stray_datagrams"], 5,
+                         "the datagram to be named")
+    lines = [r.getMessage() for r in caplog.records if r.name == "bacnet_api.stray_datagrams"]
+    assert lines == [f"UDP datagram from 127.0.0.1:{sender} on the BACnet port is not BACnet/IP (30 octets, "
+                     f"starting 3c 31 33 3e 44 65 63 20): ignored"], lines
+    assert not [r for r in caplog.records if "unsupported message" in r.getMessage()]
+    assert await peer.read(where(gateway), f"device {DEVICE_ID}", "objectName") == "TestGateway"

@@ -18,8 +18,9 @@ NOISY = ("BAC0_Root", "BAC0", "bacpypes3", "openleadr", "aiohttp.access", "aioht
 # request aiohttp cannot parse (over-long URL or header), each with a traceback, before any token check.
 # bacnet_api.services.refusals: DeviceCommunicationControl and ReinitializeDevice refused, one line each;
 # bacnet_api.services.cov_subscribers: a COV subscriber gone silent, whose address a request may make up.
+# bacnet_api.stray_datagrams: a datagram on the BACnet port that is not BACnet/IP.
 PEER_NOISE = ("bacpypes3", "openleadr", "aiohttp.server", "bacnet_api.services.refusals",
-              "bacnet_api.services.cov_subscribers")
+              "bacnet_api.services.cov_subscribers", "bacnet_api.stray_datagrams")
 
 
 # What a peer wrote reaches messages (an event id, a VTN's error page, lxml's error): a line break in it would
