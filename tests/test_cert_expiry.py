@@ -190,7 +190,7 @@ async def test_a_running_gateway_warns_once_shows_it_in_status_and_metrics_and_s
         "forecaster": {"cycle_seconds": 0.2},
     }, "test", environ={})
     reads = []
-    watch = CertWatch(cfg.openadr, every_s=0)       # read at every forecast cycle
+    watch = CertWatch(cfg.openadr, every_s=0)       # read at every look
     real_check = watch.check
     watch.check = lambda mono, now: (reads.append(mono), real_check(mono, now))
     gateway = Gateway(cfg, cert_watch=watch)

@@ -51,7 +51,7 @@ async def test_a_start_behind_the_last_read_on_a_synchronized_clock_reports_its_
     cfg = fast_config(tmp_path, **ports, telemetry_seconds=1)
     last = ran_ahead(cfg.storage.path, minutes=30)
     kernel = {"synchronized": synchronized_at_start}
-    sync = SyncWatch(lambda: ClockSync(kernel["synchronized"], 0.01, 0.001), every_s=0)   # asked at every cycle
+    sync = SyncWatch(lambda: ClockSync(kernel["synchronized"], 0.01, 0.001), every_s=0)   # asked at every look
     gateway = Gateway(cfg, clock_sync=sync)
     async with DemoVtn(port=ports["vtn_port"], poll_seconds=1.0) as vtn, \
             MeterSimulator(address=f"127.0.0.1/8:{ports['meter_port']}", value=87.5):

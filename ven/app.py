@@ -55,6 +55,9 @@ SHED_SINCE = SHED_COMMANDS + ":since"      # when the shed in force began (Unix 
 SHED_SAVE_S = 60.0
 BACNET_DATABASE = "bacnet_database"  # the device's objects and databaseRevision, as the last run served them
 METER_READ = "meter_read"  # the last meter a reading came from (address, object, property, units)
+# The clock and certificate watchers are looked at this often (at most; more often when one asks more often, as a
+# test's), each asking the kernel or reading the file at its own pace (every few minutes) within.
+LOOK_EVERY_S, LOOK_FLOOR_S = 60.0, 0.1
 
 
 def _import_slow_parts() -> None:
@@ -175,6 +178,7 @@ class Gateway:
                                  units=c.meter.units or None, settle_seconds=c.meter.settle_seconds)
         self._stack = []
         self._late_restore: asyncio.Task | None = None
+        self._looking: asyncio.Task | None = None
         # bas-shed-power's commands as storage.path holds them, and when they were written (monotonic): _keep_shed
         self._shed_kept: dict[int, float] = {}
         self._shed_kept_at = -math.inf
@@ -260,6 +264,7 @@ class Gateway:
         await self._start(self.vtn)
         if self.http is not None:
             await self._start(self.http)
+        self._looking = asyncio.create_task(self._look_around(), name="clock-and-certificate")
         via = f" through proxy {c.openadr.proxy_shown}" if c.openadr.proxy else ""
         log.info("edge-gateway ready: BACnet %s, VTN %s%s, meter %s %s", c.bacnet.address, c.openadr.vtn_url_shown,
                  via, c.meter.address, c.meter.object)
@@ -269,6 +274,7 @@ class Gateway:
         self._stack.append(part)
 
     async def stop(self) -> None:
+        await cancel_and_wait(self._looking)
         # storage.path come back since its last retry (a data volume mounted seconds ago): what memory holds goes to
         # it now, or the stop lost it; before the faults are listed, so the stop line does not name one just ended
         self.storage.last_try()
@@ -684,11 +690,25 @@ class Gateway:
         self.device.set(P.VTN_CONNECTED, connected)
         self.metrics.vtn_connected.set(int(connected))
 
+    async def _look_around(self) -> None:
+        """The machine's clock (synchronized? stepped?), a run before whose clock was ahead, and openadr.cert's expiry,
+        on their own tick: in the forecast's callback they were looked at every forecaster.cycle_seconds (hourly with
+        an hour's cycle), and never again while the forecast cycle failed. Each watcher asks at its own pace within."""
+        every = max(LOOK_FLOOR_S, min(LOOK_EVERY_S, self.clock_sync.every_s, self.cert_watch.every_s))
+        failed = False
+        while True:
+            await asyncio.sleep(every)
+            try:
+                self.clock_sync.check(time.monotonic())
+                if self._built("vtn") and (held := self.vtn.readings_held_before()) is not None:
+                    self._run_before_was_ahead(held, datetime.now(timezone.utc))
+                self.cert_watch.check(time.monotonic(), time.time())
+            except Exception:   # a bug: said once, and the next looks still made
+                if not failed:
+                    log.exception("looking at the clock and the certificate failed")
+                failed = True
+
     def _on_forecast(self, f) -> None:
-        self.clock_sync.check(time.monotonic())    # every cycle_seconds; it asks the kernel every few minutes
-        if self._built("vtn") and (held := self.vtn.readings_held_before()) is not None:
-            self._run_before_was_ahead(held, datetime.now(timezone.utc))
-        self.cert_watch.check(time.monotonic(), time.time())     # and reads the certificate every few minutes
         if self.forecast.last_cycle_seconds is not None:
             self.metrics.forecast_cycle_seconds.observe(self.forecast.last_cycle_seconds)
         short, long = self.config.forecaster.horizons_minutes

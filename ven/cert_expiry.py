@@ -89,6 +89,11 @@ class CertWatch:
         self._warned_at = -math.inf         # monotonic time of the last WARNING: a clock step is no day
         self._warned_for: datetime | None = None    # the notAfter it named: another certificate is news
 
+    @property
+    def every_s(self) -> float:
+        """The least time between two looks: asked more often, it answers from the last."""
+        return self._every
+
     def check(self, mono: float, now: float) -> None:
         """Read the file if `every_s` has passed (`mono` monotonic seconds) and judge it at wall time `now`."""
         if not self._cfg.cert or mono < self._next:

@@ -116,6 +116,11 @@ class SyncWatch:
         self.warned = False     # the WARNING said and its end not yet
         self._drifting = 0      # looks in a row that found it not synchronized
 
+    @property
+    def every_s(self) -> float:
+        """The least time between two looks: asked more often, it answers from the last."""
+        return self._every
+
     def status(self) -> dict:
         """For /api/status: status_fields of the last answer, and clock_warning, the log's WARNING in force (the
         dashboard names it then, not at a boot's first look)."""
