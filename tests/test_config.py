@@ -114,6 +114,17 @@ def test_check_config_cli(tmp_path):
     assert "meter.poll_secs: unknown key" in bad.stderr
 
 
+def test_check_config_takes_the_file_as_the_other_commands_do(tmp_path):
+    # `run --config FILE`, `import-history --config FILE`: a contractor's first `check-config --config FILE` was a
+    # usage error
+    ok = _cli("check-config", "--config", str(EXAMPLE))
+    assert ok.returncode == 0 and ok.stdout.splitlines()[-1].startswith(f"{EXAMPLE}: ok (device "), ok
+    for twice in ([str(EXAMPLE), "--config", str(EXAMPLE)], []):
+        refused = _cli("check-config", *twice)
+        assert refused.returncode == 2 and refused.stderr == ("check-config: give the configuration file once: "
+                                                              "check-config FILE, or check-config --config FILE\n")
+
+
 def test_run_refuses_bad_config(tmp_path):
     p = tmp_path / "c.toml"
     p.write_text('[bacnet]\ndevice_id = -3\n')

@@ -2,7 +2,6 @@
 operator reads it in the log and the status, against a real openleadr VTN (DemoVtn) on loopback."""
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import timedelta
 

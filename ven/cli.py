@@ -128,6 +128,11 @@ def _unresolved_router_warnings(cfg: GatewayConfig) -> list[str]:
 
 
 def cmd_check_config(args) -> int:
+    if (args.file is None) == (args.config is None):
+        print("check-config: give the configuration file once: check-config FILE, or check-config --config FILE",
+              file=sys.stderr)
+        return EXIT_CONFIG
+    args.file = args.file or args.config
     cfg = _config_or_exit(args.file)
     problems = tls_file_problems(cfg.openadr) + storage_problems(cfg.storage)
     if problems:
@@ -540,8 +545,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("check-config", help="validate a configuration file")
-    p.add_argument("file", metavar="FILE", help=_CONFIG_HELP + ": names each bad key and why (exit 2), opens the "
-                   "TLS files, warns of settings that lose something, and says where the state file goes")
+    p.add_argument("file", metavar="FILE", nargs="?", help=_CONFIG_HELP + ": names each bad key and why (exit 2), "
+                   "opens the TLS files, warns of settings that lose something, and says where the state file goes")
+    # every other command names its file with --config: the same words work here
+    p.add_argument("--config", metavar="FILE", help="the same, as the other commands name it")
     p.set_defaults(func=cmd_check_config)
 
     p = sub.add_parser("health", help="probe the running gateway's /healthz at the address its config names "
