@@ -810,3 +810,22 @@ def test_a_crash_loses_fewer_than_save_every_cycles_forecasts(tmp_path):
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT sum_kw, count FROM forecast_minute").fetchall() == [(100.0, 1)]
     assert SAVE_EVERY_CYCLES <= 5       # 5 minutes at the default cycle: what a crash may cost the history
+
+
+def test_every_forecaster_key_is_taken_by_the_forecaster_or_the_service():
+    # forecaster_params maps the [forecaster] keys to DemandForecaster's arguments by hand: a key added to the config
+    # and forgotten there was validated, documented and did nothing. Each goes to the estimator, or is the service's.
+    import inspect
+
+    from forecaster.core import DemandForecaster
+    from ven.forecast_service import forecaster_params
+
+    service_keys = {"source", "cycle_seconds", "learn_from_events"}     # read by ForecastService and the app
+    renamed = {"input_stale_seconds": "stale_seconds"}
+    params = forecaster_params(ForecasterConfig())
+    estimator = set(inspect.signature(DemandForecaster).parameters)
+    assert set(params) <= estimator
+    missing = [key for key in ForecasterConfig.model_fields
+               if key not in service_keys and renamed.get(key, key) not in params]
+    assert missing == [], f"[forecaster] keys that reach neither the forecaster nor the service: {missing}"
+    assert service_keys <= set(ForecasterConfig.model_fields)
