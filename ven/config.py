@@ -192,61 +192,24 @@ class MeterConfig(_Section):
     settle_seconds: float = Field(60.0, gt=0, le=86400)
     units: str = ""   # the unit the meter's value is in, instead of its units property; "" = the meter says
 
+    # the BACnet rules, in the package that speaks BACnet (imported here: bacpypes3 is slow to import)
     @field_validator("address")
     @classmethod
     def _meter_address(cls, v: str) -> str:
-        from bacpypes3.pdu import Address, combined_pattern
-
-        # combined_pattern first: a string it does not match, bacpypes3 resolves as a host name (DNS)
-        form = "network:mac (e.g. 12345:2) or a BACnet/IP meter's ip[:port] (e.g. 192.168.1.20:47808)"
-        if "*" in v or not combined_pattern.match(v):
-            raise ValueError(f"must be {form}, got {v!r}")
-        try:
-            addr = Address(v)
-        except ValueError as err:
-            net, _, mac = v.partition(":")
-            # the MS/TP MAC written first, as some meter labels and BAS tools show it ("2:12345")
-            swapped = (f"; did you mean {mac}:{net}? (network first)"
-                       if net.isdigit() and mac.isdigit() and int(net) <= 255 and 0 < int(mac) < 65535 else "")
-            raise ValueError(f"{v!r}: {err} (network 1..65534, mac 0..255 or hex bytes){swapped}") from None
-        if addr.addrType != Address.remoteStationAddr and len(addr.addrAddr) != 6:  # 6: IPv4 + port
-            raise ValueError(f"must be {form}, got {v!r}")
-        for port in re.findall(r"\d+\.\d+\.\d+\.\d+:(\d+)", v):  # bacpypes3 keeps 70000 and fails at send
-            if not 0 < int(port) < 65536:
-                raise ValueError(f"{v!r}: port must be 1..65535")
-        return v
+        from bacnet_api.meter_target import check_meter_address
+        return check_meter_address(v)
 
     @field_validator("object")
     @classmethod
     def _object(cls, v: str) -> str:
-        # imported here: bacpypes3 takes about 0.2 s to import, which `edge-gateway --help` should not pay
-        from bacpypes3.primitivedata import ObjectIdentifier, ObjectType
-
-        from bacnet_api.client import object_id  # the parse the meter reader applies
-
-        kind, _, inst = object_id(v).partition(",")
-        if not kind or not inst:
-            raise ValueError(f"must look like 'analogInput 2', got {v!r}")
-        try:
-            ObjectType(kind)
-        except ValueError:
-            raise ValueError(f"unknown BACnet object type {kind!r} (e.g. analogInput, analogValue)") from None
-        try:
-            ObjectIdentifier(f"{kind},{inst}")
-        except ValueError:
-            raise ValueError(f"instance must be a whole number 0..4194302, got {v!r}") from None
-        return v
+        from bacnet_api.meter_target import check_object
+        return check_object(v)
 
     @field_validator("property")
     @classmethod
     def _property(cls, v: str) -> str:
-        from bacpypes3.basetypes import PropertyIdentifier
-
-        try:
-            PropertyIdentifier(v)
-        except ValueError:
-            raise ValueError(f"unknown BACnet property {v!r} (e.g. presentValue)") from None
-        return v
+        from bacnet_api.meter_target import check_property
+        return check_property(v)
 
     @field_validator("router")
     @classmethod
