@@ -1,5 +1,5 @@
-"""The packages' one-way dependencies, read from the source: `ven` uses `bacnet_api` and `forecaster`, which never import
-`ven` or each other, and only `bacnet_api` touches the BACnet stack. Imports inside functions count."""
+"""The packages' one-way dependencies, read from the source: `ven` uses `bacnet_api` and `forecaster`, which never
+import `ven` or each other, and only `bacnet_api` touches the BACnet stack. Imports inside functions count."""
 from __future__ import annotations
 
 import ast
