@@ -39,3 +39,13 @@ def test_the_check_reads_imports_inside_functions_and_relative_ones(tmp_path):
     pkg.mkdir()
     (pkg / "m.py").write_text("from . import x\n\ndef f():\n    import ven.app\n    from forecaster.core import A\n")
     assert _imports(pkg / "m.py") == [(1, "bacnet_api"), (4, "ven"), (5, "forecaster")]
+
+
+def test_the_two_stores_of_one_file_set_it_up_alike():
+    # ven.storage and forecaster.store share storage.path; each sets its pages and WAL limit (ven.storage is imported
+    # before numpy, which importing the forecaster package brings, so it cannot take them from there)
+    import forecaster.store
+    import ven.storage
+
+    assert (forecaster.store.PAGE_SIZE, forecaster.store.WAL_SIZE_LIMIT) == \
+        (ven.storage.PAGE_SIZE, ven.storage.WAL_SIZE_LIMIT)
