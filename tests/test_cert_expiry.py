@@ -95,14 +95,25 @@ def test_a_renewal_that_is_itself_within_the_window_is_news_and_a_file_that_cann
     cert, key = issue(5)
     watch = CertWatch(OpenadrConfig(cert=cert, key=key), every_s=0)
     watch.check(1, time.time())
-    issue(20)                 # another certificate, also ending within the window: its own date, said
+    issue(20)                 # another certificate, also ending within the window: renewed, its fingerprint and date
     watch.check(2, time.time())
-    assert [m.split(", in ")[1][:7] for _, m in _said(caplog)] == ["5 days ", "20 days"]
+    assert [level for level, _ in _said(caplog)] == [logging.WARNING, logging.INFO, logging.WARNING]
+    assert " renewed: valid until " in _said(caplog)[1][1] and "fingerprint " in _said(caplog)[1][1]
+    assert [m.split(", in ")[1][:7] for _, m in _said(caplog)[::2]] == ["5 days ", "20 days"]
 
     open(cert, "w").write("half-written")    # a renewal caught mid-copy: the VEN's lines say what is wrong
     watch.check(3, time.time())
-    assert len(_said(caplog)) == 2
+    assert len(_said(caplog)) == 3
     assert watch.status()["not_after"] is None and math.isnan(watch.metric_value())
+
+    issue(-1)                 # expired; a CA that issues 14-day certificates puts the next in its place
+    watch.check(4, time.time())
+    issue(14)
+    watch.check(5, time.time())
+    assert [level for level, _ in _said(caplog)[3:]] == [logging.ERROR, logging.INFO, logging.WARNING], _said(caplog)
+    assert " renewed: valid until " in _said(caplog)[4][1] and ", in 14 days" in _said(caplog)[5][1]
+    watch.check(6, time.time())     # and that is all, until a day has passed
+    assert len(_said(caplog)) == 6 and watch.status()["warning"] == "expiring"
 
     none = CertWatch(OpenadrConfig(), every_s=0)    # plain http, or no certificate yet
     none.check(1, time.time())

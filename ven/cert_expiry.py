@@ -106,9 +106,13 @@ class CertWatch:
         self.last = cert
         name, path = self._cfg.named("cert"), self._cfg.cert
         left = cert.not_after.timestamp() - now
+        if self.state is not None and left > 0 and self._warned_for is not None and cert.not_after > self._warned_for:
+            # another file, later than the one the log's line is about: said with its fingerprint even when it too
+            # runs out within WARN_DAYS (a CA issuing short certificates), whose WARNING then follows
+            self._renewed(name, path, cert)
         if left <= 0:
             if self.state != "expired":
-                self.state = "expired"
+                self.state, self._warned_for = "expired", cert.not_after
                 log.error("%s %s expired on %s (subject %s): the VTN refuses the gateway, so no demand-response "
                           "events come and telemetry waits in the queue; renew it: the VEN reads the new files at "
                           "its next registration, no restart needed", name, path, _utc(cert.not_after), cert.subject)
@@ -117,10 +121,13 @@ class CertWatch:
                 self.state, self._warned_at, self._warned_for = "expiring", mono, cert.not_after
                 log.warning("%s", expiring_warning(name, path, cert, now))
         elif self.state is not None:
-            log.info("%s %s renewed: valid until %s (subject %s, fingerprint %s, for the VTN operator); the VEN "
-                     "presents it from its next registration", name, path, _utc(cert.not_after), cert.subject,
-                     cert.fingerprint)
-            self.state = None
+            self._renewed(name, path, cert)
+
+    def _renewed(self, name: str, path: str, cert) -> None:
+        log.info("%s %s renewed: valid until %s (subject %s, fingerprint %s, for the VTN operator); the VEN "
+                 "presents it from its next registration", name, path, _utc(cert.not_after), cert.subject,
+                 cert.fingerprint)
+        self.state, self._warned_for = None, None
 
     def status(self) -> dict | None:
         """For /api/status vtn.client_cert: null without openadr.cert; the file's expiry and subject (null while it
