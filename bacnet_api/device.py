@@ -282,6 +282,10 @@ class GatewayDevice:
         """The BBMD refusing or not answering the foreign-device registration, while the log says so."""
         return self._foreign.fault() if self._foreign is not None else None
 
+    def cov_refusing(self) -> str | None:
+        """A spell of SubscribeCOV refusals the log said began and has not said ended, or None."""
+        return self.app.cov_refusing() if self._bacnet is not None else None
+
     def foreign_device(self) -> dict | None:
         """The registration with `bacnet.bbmd_address`: {"bbmd", "ttl_seconds", "registered", "why_not"}; None
         without a BBMD."""

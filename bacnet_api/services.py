@@ -458,6 +458,12 @@ class _Services(PropertyAccess):
             self._dcc_timer.cancel()
             self._dcc_timer = None
 
+    def cov_refusing(self) -> str | None:
+        spell = self._cov_spell
+        if spell is None or not spell[1]:   # none, or its line not yet said: nothing to end
+            return None
+        return f"BACnet SubscribeCOV refused ({spell[0]} since the first)"
+
     def communication_control(self) -> dict:
         return {"mode": "enable"} if self._dcc is None else dict(self._dcc)
 

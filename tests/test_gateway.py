@@ -484,6 +484,30 @@ async def test_a_stop_while_the_vtn_refuses_the_telemetry_names_that_fault_in_it
     assert len(last) == 1 and "so no end line follows: " in last[0] and "454 values not accepted" in last[0], last
 
 
+async def test_a_stop_while_the_vtn_refuses_the_report_offer_names_that_fault_in_its_line(
+        tmp_path, free_udp_port, free_tcp_port, caplog):
+    # the WARNING "the VTN did not take the telemetry report offer" has its end at the next registration that takes
+    # it: a stop before then said a bare "edge-gateway stopped", as if nothing was open
+    from openleadr import errors
+
+    caplog.set_level(logging.INFO, logger="ven")
+    ports = dict(bacnet_port=free_udp_port(), meter_port=free_udp_port(), vtn_port=free_tcp_port(),
+                 http_port=free_tcp_port())
+    async with DemoVtn(port=ports["vtn_port"], poll_seconds=1.0) as vtn:
+        async def refuse(payload):
+            raise errors.InvalidDataError("no reports from this VEN")
+        vtn._server.services["report_service"].handlers["oadrRegisterReport"] = refuse
+        gateway = Gateway(fast_config(tmp_path, **ports))
+        try:
+            await gateway.start()
+            await eventually(lambda: gateway.vtn.status()["report_offer_error"], 20, "the refusal said")
+        finally:
+            await gateway.stop()
+    last = [r.getMessage() for r in caplog.records if r.getMessage().startswith("edge-gateway stopped")]
+    assert len(last) == 1 and "telemetry report offer not taken by the VTN (" in last[0], last
+    assert "no reports from this VEN" in last[0], last
+
+
 async def test_a_vtn_that_never_requests_telemetry_is_in_the_status_and_in_the_stop_line(
         tmp_path, free_udp_port, free_tcp_port, caplog):
     # a VTN taking the offer and requesting nothing: the gateway looked healthy while readings piled up

@@ -133,11 +133,12 @@ def test_a_vtn_taking_less_than_arrives_is_one_episode_of_dropping_with_an_end_l
         q.ack(q.peek(9))
     assert q.dropped == 599 + 10 + 29 and len(said("dropping the oldest")) == 1   # then 1 a round behind
     assert "holds 10 min of samples" in said("dropping the oldest")[0].getMessage()
-    assert not said("taking the backlog")
+    assert not said("taking the backlog") and q.dropping      # a stop now: the stop line names it
     while q.pending > 1:                        # the VTN catches up
         q.ack(q.peek(100))
     [end] = said("taking the backlog")
     assert end.levelno == logging.INFO and "638 sample(s) older than 10 min were dropped" in end.getMessage()
+    assert not q.dropping
     for _ in range(700):                        # a second outage is a second episode
         q.add(T0 + timedelta(seconds=t), 1.0)
         t += 1

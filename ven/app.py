@@ -342,6 +342,10 @@ class Gateway:
             out.append(f"telemetry not taken by the VTN{since} ({t['count']} {what}: {t['why']})")
         if self._built("vtn") and (u := self.vtn.telemetry_unrequested()) is not None:
             out.append(f"telemetry not requested by the VTN for {lasted(u['since'])}")
+        if self._built("vtn") and self.config.openadr.telemetry and self.vtn.report_offer_error:
+            out.append(f"telemetry report offer not taken by the VTN ({self.vtn.report_offer_error})")
+        if self.telemetry.dropping:
+            out.append("telemetry queue dropping its oldest samples")
         if self._no_input.open:
             gap = self._no_input
             # power back, the end line waiting for it to stay: not "without power" up to the stop
@@ -353,12 +357,16 @@ class Gateway:
                        f"{self.vtn.clock_wrong_why}")
         if self.clock_sync.warned:
             out.append("the machine's clock not synchronized")
+        if self.cert_watch.state is not None:
+            out.append(f"openadr.cert {self.cert_watch.state}")
         if errors := self.storage_status()["errors"]:
             out.append(f"storage.path not written ({', '.join(errors)})")
         if (comm := self.device.communication())["mode"] != "enable":
             out.append(f"BACnet communication initiation disabled by {comm.get('by') or 'a BACnet client'}")
         if foreign := self.device.foreign_fault():
             out.append(foreign)
+        if cov := self.device.cov_refusing():
+            out.append(cov)
         if self._built("forecast"):
             out += self.forecast.open_faults()
         if self._built("http") and self.http is not None:

@@ -464,6 +464,9 @@ class HttpServer:
             out.append(f"http.address {self.host}:{self._port} not on an interface yet")
         if self.refusing:
             out.append("HTTP connections over the limit refused")
+        for key, run in self._guessing.items():
+            who = key if key is not None else f"more than {MAX_GUESSERS} addresses"
+            out.append(f"http: wrong bearer tokens from {who} ({run.refused} refused)")
         return out
 
     async def stop(self) -> None:

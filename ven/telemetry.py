@@ -686,6 +686,11 @@ class TelemetryQueue:
         if self.found_late_until is not None and not any(s.ts <= self.found_late_until for s in self.peek(1)):
             self.found_late_until = None    # the readings found late have all gone
 
+    @property
+    def dropping(self) -> bool:
+        """Whether the log's WARNING that the queue drops its oldest samples is in force (its end not yet said)."""
+        return self._dropping
+
     def _end_dropping(self) -> None:
         # Ended once the VTN has taken half the backlog, not at its first update: a request that keeps
         # falling just behind the bound would otherwise begin a new episode, and a WARNING, every few samples.
