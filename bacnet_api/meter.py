@@ -313,11 +313,12 @@ class MeterClient:
     def _log_units(self, conversion: MeterUnits) -> None:
         if conversion == self._logged_units:
             return  # once per unit (and, with meter.units, per unit the meter says), not once per reconnection
-        self._logged_units = conversion
-        # kW is what the gateway expects (nothing to tell at INFO); a conversion is said; an unstated unit, or
-        # one meter.units overrules, is warned
+        before, self._logged_units = self._logged_units, conversion
+        warned = before is not None and (not before.stated or before.disagrees)
+        # kW is what the gateway expects (nothing to tell at INFO, unless it ends a warning: the log said the value
+        # was taken on trust); a conversion is said; an unstated unit, or one meter.units overrules, is warned
         level = (logging.WARNING if not conversion.stated or conversion.disagrees
-                 else logging.DEBUG if conversion.kw_per_unit == 1.0 else logging.INFO)
+                 else logging.DEBUG if conversion.kw_per_unit == 1.0 and not warned else logging.INFO)
         log.log(level, "meter %s %s %s", self.address, self.object_name, conversion.describe())
 
     async def _check_status_flags(self, app: Application) -> None:

@@ -85,6 +85,25 @@ async def test_no_units_is_taken_as_kw_with_one_warning(gateway, free_udp_port, 
         f"meter {sim.meter_address} analogInput 2 states noUnits: its value is taken as kW"]
 
 
+async def test_a_meter_that_states_kilowatts_after_no_units_ends_the_warning(gateway, free_udp_port, caplog):
+    # the WARNING "states noUnits: its value is taken as kW" had no end: a meter set right (or replaced) was said at
+    # DEBUG only, and the log went on reading as if the gateway still took its values on trust
+    caplog.set_level(logging.INFO, logger="bacnet_api.meter")
+    async with MeterSimulator(f"127.0.0.1/8:{free_udp_port()}", value=42.5, units="noUnits") as sim:
+        meter = client(gateway, sim)
+        assert (await asyncio.wait_for(meter.read_once(), 5)).value == 42.5
+        await sim.stop()
+        assert (await asyncio.wait_for(meter.read_once(), 5)).value is None
+        sim.set_units("kilowatts")
+        await sim.start()
+        assert (await asyncio.wait_for(meter.read_once(), 5)).value == 42.5 and meter.units == "kilowatts"
+    said = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "bacnet_api.meter"
+            and r.getMessage().startswith(f"meter {sim.meter_address} analogInput 2 ")]
+    named = f"meter {sim.meter_address} analogInput 2"
+    assert said == [(logging.WARNING, f"{named} states noUnits: its value is taken as kW"),
+                    (logging.INFO, f"{named} reports kilowatts")], said
+
+
 async def test_units_are_read_again_when_the_meter_comes_back(gateway, free_udp_port, caplog):
     # the router and meter restart (a power cycle, a replaced meter set up in watts): the read after the
     # outage reads the units again, so the first value after it is already in kW
