@@ -84,6 +84,26 @@ async def test_updates_answered_with_an_http_error_while_polls_are_answered_are_
             assert rig.vtn.status()["telemetry_fault"] is None
 
 
+async def test_updates_failing_until_the_vtn_cancels_the_request_end_with_it(tmp_path, free_tcp_port, caplog):
+    # the fault's end line waited for an update to get through, and none is sent once the request is cancelled: the
+    # status, the dashboard and a stop line held "updates unanswered" open for as long as the VTN asked for nothing
+    caplog.set_level(logging.INFO, logger="ven")
+    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
+        async with running(tmp_path, server.url) as rig:
+            await until(lambda: rig.vtn.status()["report_request_id"], 10, "telemetry requested")
+            rrid = rig.vtn.status()["report_request_id"]
+            rig.start_meter(0.25)
+            await until(lambda: len(received(server)) >= 2, 8, "live intervals")
+            server.fail_next("oadrUpdateReport", 10**6)
+            await until(lambda: said(caplog, "answers polls but not telemetry updates"), 10, "the fault said")
+            server.cancel_report(rig.vtn.ven_id, rrid)
+            await until(lambda: said(caplog, "telemetry updates no longer sent after"), 10, "the fault's end")
+            (end,) = said(caplog, "telemetry updates no longer sent after")
+            assert end.endswith("failed: the VTN cancelled the report request they were for"), end
+            assert rig.vtn.status()["telemetry_fault"] is None and rig.vtn.status()["last_error"] is None
+            await rig.stop_meter()
+
+
 async def test_a_vtn_refusing_every_update_for_a_while_is_one_warning_and_one_line_at_its_end(
         tmp_path, free_tcp_port, caplog):
     caplog.set_level(logging.INFO, logger="ven")

@@ -479,6 +479,8 @@ class VtnReports:
                     log.info("the VTN cancelled the telemetry report (request %s); %s", rrid,
                              self._then(rrid, "readings queue until it asks again"))
                     self._stop_serving(rrid)
+                    if not self._requests:
+                        self._no_updates_to_fail()
             elif rrid in self._one_shots:
                 self._end_one_shot(rrid)
                 log.info("the VTN cancelled the one-shot report %s before it was sent", rrid)
@@ -492,6 +494,21 @@ class VtnReports:
             refusal = f"reportRequestID {', '.join(unknown)} is not served by this VEN"
         # still pending: what is served, and the cancelled request until its last update is sent
         await self._answer_report_message("oadrCanceledReport", _ei_response(payload.get("request_id"), refusal))
+
+    def _no_updates_to_fail(self) -> None:
+        """The VTN cancelled the last request served: no update goes now, so none fails. A fault of the updates the
+        log said began ends here; its end line otherwise waited for the first update of a request to come, and the
+        status and a stop line held the fault open meanwhile (the "no telemetry request" WARNING takes over)."""
+        failing, self._updates_failing = self._updates_failing, None
+        if failing is not None and failing[2]:
+            log.info("telemetry updates no longer sent after %d failed: the VTN cancelled the report request they "
+                     "were for", failing[1])
+            self._clear_error(failing[3])
+        if self._report_refused is not None:
+            log.info("telemetry no longer sent after %d refused report(s): the VTN cancelled the report request "
+                     "they were for", self._report_refusals)
+            self._clear_error(self._report_refused)
+            self._report_refused, self._report_refusals, self._report_refused_since = None, 0, None
 
     def _then(self, rrid: str, alone: str) -> str:
         """What follows the end of request `rrid`: `alone` when no other standing request is served."""
