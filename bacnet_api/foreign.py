@@ -6,7 +6,8 @@ refusal it ignored every later answer (it takes an answer only while `_registrat
 5 s retry does not set), so it asked again every 5 s for good, even once the BBMD accepted it.
 
 `RegistrationWatch` looks at the link layer's state every WATCH_S: one WARNING when the registration fails
-(refused, with the BBMD's BVLC result code, or unanswered for ANSWER_S), one INFO when it holds (again).
+(refused, with the BBMD's BVLC result code, or unanswered for ANSWER_S), one WARNING when its cause changes, one
+INFO when it holds (again).
 
 A request that is refused or goes unanswered is asked again after RETRY_FIRST_S, doubling to RETRY_MAX_S: bacpypes3
 asked every 5 s for as long as it took, 17,280 requests a day at a BBMD whose table is full, each a line in its log.
@@ -98,7 +99,7 @@ class RegistrationWatch:
 
     def fault(self) -> str | None:
         """The BBMD's refusal or silence while its WARNING stands (no end line yet), else None."""
-        return f"BBMD {self.bbmd} {self._why} to the foreign-device registration" if self._registered is False else None
+        return f"foreign-device registration with BBMD {self.bbmd} {self._why}" if self._registered is False else None
 
     async def _run(self) -> None:
         while True:
@@ -125,11 +126,16 @@ class RegistrationWatch:
         if code > 0:
             why = f"refused ({_RESULTS.get(code, 'BVLC result')} 0x{code:04x})"
         elif now - self._since >= ANSWER_S:
-            why = f"no answer within {ANSWER_S:g} s"
+            why = f"unanswered for {ANSWER_S:g} s"
         else:
             return
         if self._registered is not False:
-            log.warning("BACnet: BBMD %s %s to the foreign-device registration: a BAS on another subnet cannot find "
+            log.warning("BACnet: foreign-device registration with BBMD %s %s: a BAS on another subnet cannot find "
                         "the gateway; asked again after %g s, then less often, up to every %g s", self.bbmd, why,
                         RETRY_FIRST_S, RETRY_MAX_S)
+        elif why != self._why:
+            # as the meter's and the VTN's faults: the one fault, its new cause said (a BBMD that went silent began
+            # refusing once it was back with a full table). bacpypes3 keeps a refusal's code until an acceptance, so
+            # a BBMD silent after refusing still reads refused
+            log.warning("BACnet: foreign-device registration with BBMD %s goes on, now %s", self.bbmd, why)
         self._registered, self._why = False, why

@@ -641,13 +641,13 @@ async def test_a_bbmd_that_refuses_the_registration_is_said_and_its_acceptance_l
         # refused at once, then asked again 5 s later: accepted
         await eventually(lambda: device.foreign_fault(), 5, "the refusal")
         assert device.foreign_device()["fault"] is True     # the dashboard's "BBMD registration failing"
-        assert device.foreign_fault() == f"BBMD {bbmd_name} refused (Register-Foreign-Device NAK 0x0030) to the " \
-            "foreign-device registration", "what a stop meanwhile names"
+        assert device.foreign_fault() == f"foreign-device registration with BBMD {bbmd_name} refused " \
+            "(Register-Foreign-Device NAK 0x0030)", "what a stop meanwhile names"
         await eventually(lambda: device.foreign_device()["registered"], 10, "the registration taken")
         assert device.foreign_fault() is None
         said = [r.getMessage() for r in caplog.records if "foreign" in r.getMessage()]
-        assert said == [f"BACnet: BBMD {bbmd_name} refused (Register-Foreign-Device NAK 0x0030) to the foreign-device "
-                        "registration: a BAS on another subnet cannot find the gateway; asked again after 5 s, then "
+        assert said == [f"BACnet: foreign-device registration with BBMD {bbmd_name} refused (Register-Foreign-Device "
+                        "NAK 0x0030): a BAS on another subnet cannot find the gateway; asked again after 5 s, then "
                         "less often, up to every 60 s",
                         f"BACnet: registered again as a foreign device with BBMD {bbmd_name} (renewed every 60 s)"], said
         assert device.foreign_device() == {"bbmd": bbmd_name, "ttl_seconds": 60, "registered": True, "why_not": None,
@@ -659,6 +659,54 @@ async def test_a_bbmd_that_refuses_the_registration_is_said_and_its_acceptance_l
         accepted = len(asked)
         await asyncio.sleep(5.5 + foreign.WATCH_S)
         assert len(asked) == accepted, asked
+    finally:
+        serving.cancel()
+        await device.stop()
+        bbmd.close()
+
+
+@pytest.mark.timeout(30)
+async def test_a_bbmd_silent_then_refusing_is_one_fault_whose_new_cause_is_said(free_udp_port, caplog, monkeypatch):
+    # the WARNING named the silence; the BBMD then answered with a refusal (back, its table full) and the log said
+    # nothing: only /api/status's why_not changed. One fault, its new cause said, as the meter's and the VTN's
+    import struct
+
+    from bacnet_api import foreign
+
+    monkeypatch.setattr(foreign, "ANSWER_S", 1.0)
+    monkeypatch.setattr(foreign, "RETRY_FIRST_S", 0.5)
+    caplog.set_level(logging.INFO, logger="bacnet_api")
+    bbmd = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    bbmd.bind(("127.0.0.1", free_udp_port()))
+    bbmd.setblocking(False)
+    loop = asyncio.get_running_loop()
+    answer = {"code": None}     # None: silent
+
+    async def serve() -> None:
+        while True:
+            data, sender = await loop.sock_recvfrom(bbmd, 1500)
+            if data[:2] == b"\x81\x05" and answer["code"] is not None:
+                bbmd.sendto(b"\x81\x00\x00\x06" + struct.pack(">H", answer["code"]), sender)
+
+    serving = asyncio.create_task(serve())
+    name = f"127.0.0.1:{bbmd.getsockname()[1]}"
+    device = GatewayDevice(address=f"127.0.0.1/8:{free_udp_port()}", device_id=DEVICE_ID, device_name="TestGateway",
+                           bbmd_address=name, bbmd_ttl=60)
+
+    def said():
+        return [(r.levelno, r.getMessage()) for r in caplog.records if "foreign" in r.getMessage()]
+    try:
+        await device.start()
+        await eventually(lambda: device.foreign_fault(), 5, "the silence")
+        assert device.foreign_fault() == f"foreign-device registration with BBMD {name} unanswered for 1 s"
+        answer["code"] = 0x0030
+        await eventually(lambda: len(said()) == 2, 10, "the new cause said")
+        assert said()[1] == (logging.WARNING, f"BACnet: foreign-device registration with BBMD {name} goes on, now "
+                                              "refused (Register-Foreign-Device NAK 0x0030)"), said()
+        answer["code"] = 0
+        await eventually(lambda: device.foreign_device()["registered"], 10, "the registration taken")
+        assert [level for level, _ in said()] == [logging.WARNING, logging.WARNING, logging.INFO], said()
+        assert said()[0][1].startswith(f"BACnet: foreign-device registration with BBMD {name} unanswered for 1 s: ")
     finally:
         serving.cancel()
         await device.stop()
