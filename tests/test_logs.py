@@ -113,3 +113,25 @@ async def test_a_wall_clock_step_ahead_is_no_bac0_task_latency_warning(monkeypat
         tick.stop()
     assert tick.average_latency > 2 * tick.delay        # what BAC0 took for a late task
     assert not [r.getMessage() for r in caplog.records if "latency" in r.getMessage()]
+
+
+def test_a_refusal_before_logging_is_an_error_to_journald(tmp_path):
+    # `run` refuses a bad config, a port or a storage.path in use before logging is set up: under systemd that line
+    # went in at journald's default priority, so `journalctl -p warning` left out why the service would not start
+    import os
+    import subprocess
+    import sys
+    bad = tmp_path / "gw.toml"
+    bad.write_text("[meter]\npoll_secs = 5\n")
+    for journal in (True, False):
+        env = {k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"}
+        with open(tmp_path / "err", "wb") as err:
+            if journal:
+                st = os.fstat(err.fileno())
+                env["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}"
+            done = subprocess.run([sys.executable, "-m", "ven.cli", "run", "--config", str(bad)], stderr=err, env=env,
+                                  timeout=60)
+        assert done.returncode == 2
+        lead = "<3>" if journal else ""
+        assert (tmp_path / "err").read_text() == (f"{lead}configuration error: {bad}: meter.poll_secs: unknown key; did "
+                                                  "you mean meter.poll_seconds?\n")

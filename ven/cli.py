@@ -22,6 +22,7 @@ from .cert_expiry import cert_expiry_warnings
 from .config import ConfigError, GatewayConfig, check_bacnet_address
 from .config_checks import clock_sync_warnings, storage_problems, storage_warnings, tls_file_problems
 from .config_load import load_config
+from .logs import refusal
 from .site import other_site_warnings, site_of
 
 EXIT_CONFIG = 2
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 def _print_config_error(err: ConfigError) -> None:
     # one line per problem, each self-contained, so a journal grep for the key finds the reason
     for line in str(err).splitlines():
-        print(f"configuration error: {line}", file=sys.stderr)
+        refusal(f"configuration error: {line}")
 
 
 def _config_or_exit(path: str | None) -> GatewayConfig:
@@ -322,15 +323,14 @@ def run_gateway(config_path: str | None, customize: Callable[[Any], None] | None
     lock = RunLock(cfg.storage.path)    # held until the process ends
     busy = lock.take()
     if busy:
-        print(f"configuration error: {busy}: stop that gateway first, or give this one its own storage.path",
-              file=sys.stderr)
+        refusal(f"configuration error: {busy}: stop that gateway first, or give this one its own storage.path")
         return EXIT_CONFIG
     wait_for_address = False
     try:  # the device probes again when it starts; this turns a busy port into a refusal, not a traceback
         ensure_port_free(cfg.bacnet.address)
     except OSError as err:
         if err.errno != errno.EADDRNOTAVAIL:
-            print(f"configuration error: {_bacnet_address_error(err, cfg.bacnet.address)}", file=sys.stderr)
+            refusal(f"configuration error: {_bacnet_address_error(err, cfg.bacnet.address)}")
             return EXIT_CONFIG
         wait_for_address = True   # not on an interface yet: waited for below, once logging is set up
     if cfg.http.enabled:  # likewise before the BACnet device announces itself, not 2 s after
@@ -339,8 +339,8 @@ def run_gateway(config_path: str | None, customize: Callable[[Any], None] | None
         except OSError as err:
             # an address not on an interface yet is waited for by the HTTP server, the BACnet device meanwhile up
             if err.errno != errno.EADDRNOTAVAIL:
-                print(f"configuration error: http.address {cfg.http.address}: cannot listen: {err.strerror or err}",
-                      file=sys.stderr)
+                refusal(f"configuration error: http.address {cfg.http.address}: cannot listen: "
+                        f"{err.strerror or err}")
                 return EXIT_CONFIG
     setup_logging(cfg.log_level)
     faulthandler.enable()   # a fatal signal (systemd's watchdog: SIGABRT) puts every thread's stack in the log

@@ -59,6 +59,12 @@ def _priority(levelno: int) -> int:
         else 3 if levelno < logging.CRITICAL else 2
 
 
+def refusal(text: str) -> None:
+    """A refusal said before logging is set up (a bad config, a port or storage.path in use): on stderr, as an error
+    to journald, so that `journalctl -p warning` shows why the service does not start; plain elsewhere."""
+    print(f"{'<3>' if _is_journal(sys.stderr) else ''}{text}", file=sys.stderr)
+
+
 def _is_journal(stream) -> bool:
     """Whether `stream` is the one systemd connected to the journal: it says so in JOURNAL_STREAM as
     "device:inode" of that stream (sd-daemon(3)); a pipe or file the service redirects elsewhere keeps
