@@ -506,6 +506,32 @@ async def test_an_unlisted_event_winds_down_only_with_a_startafter_and_the_log_s
         await sched.stop()
 
 
+async def test_a_whole_list_gone_at_once_is_one_line_not_one_per_event(storage, caplog):
+    # a VTN that stopped listing 2,000 events (its database reset) made 2,000 lines; each is still cancelled
+    from ven.schedule import MANY_EVENTS
+
+    caplog.set_level("INFO", logger="ven")
+    start = now() + timedelta(hours=1)
+    ids = [f"day-ahead-{i:04d}" for i in range(300)]
+    for i, eid in enumerate(ids):
+        storage.save_event(make_event(eid, [1], start + timedelta(hours=i), 3600))
+    storage.save_event(replace(make_event("randomized", [2], now() - timedelta(seconds=60), 600),
+                               start_after=timedelta(seconds=900)))
+    sched = EventSchedule(storage, Recorder())
+    await sched.start()
+    try:
+        assert sorted(sched.retain_only([])) == sorted(ids + ["randomized"])
+        assert all(sched.get(eid).cancelled for eid in ids)
+        said = [r.getMessage() for r in caplog.records if "no longer listed" in r.getMessage()]
+        assert len(said) == 2, said     # the one whose level winds down still has its own line
+        assert said[0].startswith("event randomized no longer listed by the VTN: treated as cancelled; its level ")
+        shown = ", ".join(ids[:MANY_EVENTS // 2])
+        assert said[1] == (f"300 events no longer listed by the VTN: treated as cancelled ({shown}, ... "
+                           "day-ahead-0298, day-ahead-0299)"), said
+    finally:
+        await sched.stop()
+
+
 async def test_an_event_unlisted_while_the_clock_reads_2020_is_judged_once_the_clock_is_set(storage, caplog):
     # No battery clock: the gateway restarts at 2020-01-01 and the VTN no longer lists an event that ran
     # (as VTNs do once it is over). Its end cannot be judged by that clock: cancelled "at 2020", it would

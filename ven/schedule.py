@@ -35,6 +35,8 @@ STEP_GLANCE_S = 1.0
 # (http_api.MAX_HISTORY_HOURS): a building owner settles a program's month with the utility from them.
 KEEP_HISTORY = timedelta(days=35)
 _SORT_EVERY_S = 600.0
+# More events than this gone from the VTN's list at once are one line, not one each (2,000 made 2,000 lines)
+MANY_EVENTS = 10
 # Pruning goes by the wall clock: a box that boots with its clock a year ahead, or a step ahead, would delete
 # every event. As the forecaster's, it waits an hour after start and wallclock.PRUNE_HOLD_S after a step.
 _PRUNE_HOLD_START_S = 3600.0
@@ -216,14 +218,24 @@ class EventSchedule:
                      self._events[eid].end.isoformat(timespec="seconds"))
         self._ended_by_vtn = set(over)
         gone = [eid for eid in live if eid not in over]
+        plain = []
         for eid in gone:
             self.cancel(eid, unlisted=True)
             ev = self._events[eid]
             # stop > now alone held for every event: the cancellation's stop is taken a moment after `now`
-            winding = ev.drives_points and ev.start_after > timedelta(0) and ev.stop > now
-            log.info("event %s no longer listed by the VTN: treated as cancelled%s", eid,
-                     f"; its level ends at {ev.stop.isoformat(timespec='seconds')}, at random within its startafter "
-                     f"of {ev.start_after.total_seconds():g} s" if winding else "")
+            if ev.drives_points and ev.start_after > timedelta(0) and ev.stop > now:
+                log.info("event %s no longer listed by the VTN: treated as cancelled; its level ends at %s, at random "
+                         "within its startafter of %g s", eid, ev.stop.isoformat(timespec="seconds"),
+                         ev.start_after.total_seconds())
+            else:
+                plain.append(eid)
+        if len(plain) > MANY_EVENTS:
+            # a VTN that dropped its whole list (its database reset, a day-ahead program's hundreds): one happening
+            log.info("%d events no longer listed by the VTN: treated as cancelled (%s, ... %s)", len(plain),
+                     ", ".join(plain[:MANY_EVENTS // 2]), ", ".join(plain[-2:]))
+        else:
+            for eid in plain:
+                log.info("event %s no longer listed by the VTN: treated as cancelled", eid)
         return gone
 
     def _judge_unlisted(self, now: datetime) -> None:
