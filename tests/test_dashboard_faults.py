@@ -42,9 +42,11 @@ class FaultView(SampleView):
         now = time.time()
         f = self.faults
         body["vtn"].update({"registration_id": None if "vtn" in f else "reg-1",
-                            "connected": not f & {"vtn", "vtn-down"},
+                            "connected": not f & {"vtn", "vtn-down", "vtn-5xx"},
                             "last_error": ("HTTP 404 from http://127.0.0.1:8080/OpenADR2/Wrong/2.0b/EiRegisterParty: "
                                            "404: Not Found") if "vtn" in f else
+                                          ("HTTP 503 from http://127.0.0.1:8080/OpenADR2/Simple/2.0b/OadrPoll: "
+                                           "503: Service Unavailable") if "vtn-5xx" in f else
                                           ("VTN unreachable at http://127.0.0.1:8080/OpenADR2/Simple/2.0b: Connect "
                                            "call failed ('127.0.0.1', 8080)") if "vtn-down" in f else None,
                             "opt_answer_error": None})
@@ -57,6 +59,8 @@ class FaultView(SampleView):
                 "kind": "refused" if refused else "unanswered", "since": _iso(now - 600), "count": 7,
                 "why": "VTN refused the report: 454 values not accepted" if refused else
                        "HTTP 500 from http://127.0.0.1:8080/OpenADR2/Simple/2.0b/EiReport: Internal Server Error"}
+        if "dropping" in f:     # the queue full of what the VTN has not taken (TelemetryQueue._dropping)
+            body["vtn"]["telemetry"] = {**body["vtn"]["telemetry"], "pending": 8640, "dropped": 120, "dropping": True}
         # registered, the offer taken, never requested (VtnClient._unrequested_status): still "connected"
         if "unrequested" in f:
             body["vtn"]["telemetry"]["pending"] = 360
@@ -124,6 +128,9 @@ async def test_each_fault_is_named_with_what_to_do_and_clears_by_itself(server):
         expect = {
             "vtn": ("VTN refuses registration", "openadr.vtn_url"),
             "vtn-down": ("VTN unreachable", "check that the VTN is up"),
+            # a load balancer's 503 is the server failing, not the VTN refusing this VEN (whose advice is the enrolment)
+            "vtn-5xx": ("VTN server failing", "answers with a server error"),
+            "dropping": ("Telemetry readings dropped", "get the VTN to take telemetry"),
             "meter": ("Meter fault", "meter.object"),
             "dcc": ("BACnet communication disabled", "DeviceCommunicationControl enable"),
             "storage": ("storage.path not writable", "restart now loses"),
@@ -134,7 +141,8 @@ async def test_each_fault_is_named_with_what_to_do_and_clears_by_itself(server):
         }
         for fault, (what, todo) in expect.items():
             view.faults = {fault}
-            key = {"dcc": "communication", "input": "forecaster-input", "vtn-down": "vtn",
+            key = {"dcc": "communication", "input": "forecaster-input", "vtn-down": "vtn", "vtn-5xx": "vtn",
+                   "dropping": "telemetry-dropping",
                    "meter-flaky": "meter-intermittent"}.get(fault, fault)
             await page.wait_for_function(f"([key, what]) => {PROBLEMS} === key && "
                                          "document.querySelector('#problems').innerText.includes(what)",
@@ -180,8 +188,8 @@ async def test_each_fault_is_named_with_what_to_do_and_clears_by_itself(server):
         assert "no load threshold yet" in await page.locator("#pills .pill.warn").all_inner_texts()
 
         # all together, then all cleared: the list empties and the gateway reads healthy again
-        view.faults = set(expect) - {"vtn-down", "meter-flaky"}
-        await page.wait_for_function(f"({PROBLEMS}).split(',').length === 6", timeout=10000)
+        view.faults = set(expect) - {"vtn-down", "vtn-5xx", "meter-flaky"}    # one VTN fault at a time
+        await page.wait_for_function(f"({PROBLEMS}).split(',').length === 7", timeout=10000)
         await page.screenshot(path=str(artifact_path("dashboard-all-faults.png")), full_page=True)
         view.faults = set()
         await page.wait_for_selector("#problems", state="hidden", timeout=10000)

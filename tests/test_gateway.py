@@ -477,6 +477,7 @@ async def test_a_stop_while_the_vtn_refuses_the_telemetry_names_that_fault_in_it
         try:
             await gateway.start()
             await eventually(lambda: gateway.vtn.status()["telemetry_fault"], 20, "the refusals said")
+            assert gateway.health() == (True, "ok (degraded: VTN not taking telemetry)")
         finally:
             await gateway.stop()
             await meter.stop()
@@ -501,6 +502,8 @@ async def test_a_stop_while_the_vtn_refuses_the_report_offer_names_that_fault_in
         try:
             await gateway.start()
             await eventually(lambda: gateway.vtn.status()["report_offer_error"], 20, "the refusal said")
+            # connected all along: /healthz's 200 says what the gateway cannot do (it said plain "ok")
+            assert "VTN not taking the telemetry report offer" in gateway.health()[1]
         finally:
             await gateway.stop()
     last = [r.getMessage() for r in caplog.records if r.getMessage().startswith("edge-gateway stopped")]

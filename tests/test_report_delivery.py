@@ -84,6 +84,29 @@ async def test_updates_answered_with_an_http_error_while_polls_are_answered_are_
             assert rig.vtn.status()["telemetry_fault"] is None
 
 
+async def test_a_vtn_refusing_each_new_request_by_its_id_is_one_warning(tmp_path, free_tcp_port, caplog):
+    # a VTN that lost its report requests answers each update 452 "reportRequestID <id> unknown"; the gateway offers
+    # again, the VTN requests anew and refuses that id too: a text that differed each time made a WARNING each time
+    class Everything(set):
+        def __contains__(self, item):
+            return True
+
+    caplog.set_level(logging.INFO, logger="ven")
+    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
+        async with running(tmp_path, server.url) as rig:        # offers again every 0.25 s at most
+            await until(lambda: rig.vtn.status()["report_request_id"], 10, "telemetry requested")
+            rig.start_meter(0.25)
+            await until(lambda: len(received(server)) >= 2, 8, "live intervals")
+            server._forgotten = Everything()
+            await until(lambda: (rig.vtn.status()["telemetry_fault"] or {}).get("count", 0) >= 4, 20, "4 refusals")
+            refused = [r for r in caplog.records if r.levelno == logging.WARNING and "VTN refused the report" in
+                       r.getMessage()]
+            assert len(refused) == 1, [r.getMessage() for r in refused]
+            server._forgotten = set()
+            await until(lambda: said(caplog, "takes telemetry again"), 10, "the end said")
+            await rig.stop_meter()
+
+
 async def test_updates_failing_until_the_vtn_cancels_the_request_end_with_it(tmp_path, free_tcp_port, caplog):
     # the fault's end line waited for an update to get through, and none is sent once the request is cancelled: the
     # status, the dashboard and a stop line held "updates unanswered" open for as long as the VTN asked for nothing

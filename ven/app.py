@@ -807,6 +807,17 @@ class Gateway:
             out.append("forecaster has no power input")
         if foreign := self.device.foreign_fault():
             out.append(foreign)     # a BAS on another subnet cannot find the gateway
+        # the VTN connected, and the utility gets no telemetry (or, with the certificate, soon nothing at all)
+        if self.vtn.telemetry_fault() is not None:
+            out.append("VTN not taking telemetry")
+        elif self.config.openadr.telemetry and self.vtn.report_offer_error:
+            out.append("VTN not taking the telemetry report offer")
+        if self.vtn.readings_not_reported():
+            out.append("meter readings not reported (the wall clock)")
+        if self.telemetry.dropping:
+            out.append("telemetry queue dropping its oldest samples")
+        if self.cert_watch.state == "expired":
+            out.append("openadr.cert expired")
         for twin in self.device.twins():    # the BAS binds one box or the other: a configuration copied
             out.append(f"another device answers as device {self.config.bacnet.device_id}, from {twin['address']}")
         return out

@@ -728,8 +728,8 @@ class TelemetryQueue:
         return self._dropped
 
     def status(self) -> dict:
-        return {"pending": self.pending, "dropped": self.dropped, "delivered": self.delivered,
-                "last_delivery": self.last_delivery.isoformat() if self.last_delivery else None,
+        return {"pending": self.pending, "dropped": self.dropped, "dropping": self._dropping,
+                "delivered": self.delivered, "last_delivery": self.last_delivery.isoformat() if self.last_delivery else None,
                 "in_memory": len(self._memory), "storage_error": self.write_error}
 
     def last_try(self) -> None:

@@ -17,7 +17,7 @@ from bacnet_api.settle import span
 
 from .report_intervals import (EPOCH, Interval, bucket_start, complete_intervals, effective_granularity, next_boundary,
                                report_period)
-from .vtn_transport import INVALID_ID, _duration, _ei_response, _iso, _response_code, _utcnow
+from .vtn_transport import INVALID_ID, _duration, _ei_response, _fault_kind, _iso, _response_code, _utcnow
 
 # one logger for the VEN side, wherever its code lives: tests and log filters select its lines by this name
 log = logging.getLogger("ven.vtn")
@@ -776,7 +776,9 @@ class VtnReports:
                 self._end_one_shot(rrid)     # its one chance: the VTN does not want it
                 log.warning("%s; the one-shot report %s is given up", self.last_error, rrid)
                 return True
-            if self.last_error != self._report_refused:
+            # once a spell, and again for another kind of refusal: a VTN that forgot its requests refuses each new
+            # one by its own id (452 "reportRequestID ... unknown"), a text that differs every time
+            if self._report_refused is None or _fault_kind(self.last_error) != _fault_kind(self._report_refused):
                 log.warning("%s; the samples stay queued, the reports are offered again so the VTN can request "
                             "them anew (backoff up to %g s)", self.last_error, self._cfg.retry_max_seconds)
             if self._report_refused is None:

@@ -82,13 +82,16 @@ export function findProblems(health) {
   if (vtn.connected === false) {
     const err = vtn.last_error || "";
     const never = neverRegistered(vtn);
-    const refused = /\b(HTTP [45]\d\d|refused|[45]\d\d )/.test(err) && !/unreachable|timed? ?out/i.test(err);
+    // an HTTP 5xx is the server failing (the VTN, or a load balancer in front of it), not a refusal of this VEN
+    const failing = /\bHTTP 5\d\d\b/.test(err) && !/refused/.test(err);
+    const refused = !failing && /\b(HTTP 4\d\d|refused|[45]\d\d )/.test(err) && !/unreachable|timed? ?out/i.test(err);
     const wait = typeof queued === "number" && queued > 0 ? `; ${queued} telemetry interval(s) wait in the queue` : "; telemetry waits in the queue";
     add("vtn", "bad", refused ? (never ? "VTN refuses registration" : "VTN refuses the gateway") :
-                               (never ? "VTN not registered" : "VTN unreachable"),
+                      failing ? "VTN server failing" : (never ? "VTN not registered" : "VTN unreachable"),
         err || "no answer from the VTN",
         (refused ? "check openadr.vtn_url (the VTN's OpenADR 2.0b endpoint), openadr.ven_name and the enrolment with the utility"
-                 : "check that the VTN is up and reachable from the gateway (network, proxy, TLS)") + wait);
+         : failing ? "the VTN (or a proxy or load balancer in front of it) answers with a server error: tell the utility; the gateway keeps trying"
+         : "check that the VTN is up and reachable from the gateway (network, proxy, TLS)") + wait);
   }
   // polls answered, telemetry not taken: the VTN pill stays "connected" and only the queue grows, so it is said
   // here from the log's warning to its end (unreachable, the item above says the queue waits already)
@@ -128,7 +131,19 @@ export function findProblems(health) {
     add("opt", "bad", "VTN refused an opt answer", vtn.opt_answer_error,
         "the VTN does not know whether the site takes part: tell the utility; the answer is not sent again");
   }
-  if (vtn.report_offer_error) add("report", "bad", "VTN refused the telemetry report offer", vtn.report_offer_error, "check the enrolment with the utility");
+  if (vtn.report_offer_error) {
+    const failed = /\bHTTP 5\d\d\b/.test(vtn.report_offer_error);
+    add("report", "bad", failed ? "VTN failed the telemetry report offer" : "VTN refused the telemetry report offer",
+        vtn.report_offer_error,
+        failed ? "the VTN (or a proxy in front of it) answers with a server error: tell the utility; the gateway offers again"
+               : "check the enrolment with the utility");
+  }
+  const tq = vtn.telemetry || {};
+  if (tq.dropping === true) {
+    add("telemetry-dropping", "bad", "Telemetry readings dropped",
+        `the queue holds openadr.queue_max_days of readings the VTN has not taken, and drops the oldest (${tq.dropped ?? "some"} so far): those never reach the utility`,
+        "get the VTN to take telemetry (see the VTN items); this clears once it has taken half the backlog");
+  }
   const meter = gw.meter || {};
   if (meter.fault === true) {
     const err = meter.last_error || "";
