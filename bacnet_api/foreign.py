@@ -137,5 +137,6 @@ class RegistrationWatch:
             # as the meter's and the VTN's faults: the one fault, its new cause said (a BBMD that went silent began
             # refusing once it was back with a full table). bacpypes3 keeps a refusal's code until an acceptance, so
             # a BBMD silent after refusing still reads refused
-            log.warning("BACnet: foreign-device registration with BBMD %s goes on, now %s", self.bbmd, why)
+            log.warning("BACnet: foreign-device registration with BBMD %s still failing, cause changed: %s", self.bbmd,
+                        why)
         self._registered, self._why = False, why

@@ -319,7 +319,9 @@ class MeterClient:
         # was taken on trust); a conversion is said; an unstated unit, or one meter.units overrules, is warned
         level = (logging.WARNING if not conversion.stated or conversion.disagrees
                  else logging.DEBUG if conversion.kw_per_unit == 1.0 and not warned else logging.INFO)
-        log.log(level, "meter %s %s %s", self.address, self.object_name, conversion.describe())
+        # ending a warning, the line says so: "reports kilowatts" alone did not read as its end
+        ends = " now: the warning about its units ends" if warned and level == logging.INFO else ""
+        log.log(level, "meter %s %s %s%s", self.address, self.object_name, conversion.describe(), ends)
 
     async def _check_status_flags(self, app: Application) -> None:
         """Refuse a value the meter flags as fault or out of service (statusFlags bits 1 and 3)."""

@@ -462,7 +462,7 @@ class _Services(PropertyAccess):
         spell = self._cov_spell
         if spell is None or not spell[1]:   # none, or its line not yet said: nothing to end
             return None
-        return f"BACnet SubscribeCOV refused ({spell[0]} since the first)"
+        return f"BACnet SubscribeCOV refused ({spell[0]} in this spell)"
 
     def communication_control(self) -> dict:
         return {"mode": "enable"} if self._dcc is None else dict(self._dcc)

@@ -22,8 +22,8 @@ class NamingMultiplexer(UDPMultiplexer):
     async def confirmation(self, pdu: Any) -> None:
         data = bytes(pdu.pduData or b"")
         if data and data[0] not in _BVLL_TYPES:
-            log.warning("UDP datagram from %s on the BACnet port is not BACnet/IP (%d octets, starting %s): ignored",
-                        pdu.pduSource, len(data), data[:8].hex(" "))
+            log.warning("UDP datagram from %s on the BACnet port is not BACnet/IP (%d octet%s, starting %s): ignored",
+                        pdu.pduSource, len(data), "" if len(data) == 1 else "s", data[:8].hex(" "))
             return
         await super().confirmation(pdu)
 

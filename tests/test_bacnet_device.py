@@ -701,8 +701,8 @@ async def test_a_bbmd_silent_then_refusing_is_one_fault_whose_new_cause_is_said(
         assert device.foreign_fault() == f"foreign-device registration with BBMD {name} unanswered for 1 s"
         answer["code"] = 0x0030
         await eventually(lambda: len(said()) == 2, 10, "the new cause said")
-        assert said()[1] == (logging.WARNING, f"BACnet: foreign-device registration with BBMD {name} goes on, now "
-                                              "refused (Register-Foreign-Device NAK 0x0030)"), said()
+        assert said()[1] == (logging.WARNING, f"BACnet: foreign-device registration with BBMD {name} still failing, "
+                                              "cause changed: refused (Register-Foreign-Device NAK 0x0030)"), said()
         answer["code"] = 0
         await eventually(lambda: device.foreign_device()["registered"], 10, "the registration taken")
         assert [level for level, _ in said()] == [logging.WARNING, logging.WARNING, logging.INFO], said()

@@ -493,6 +493,6 @@ async def test_unlisted_sources_cannot_take_the_cov_subscriptions_the_bas_needs(
         assert f"{a_is} (25)" in lines[2][1] and f"{b_is} (25)" in lines[2][1], lines[2]
         # b's 15 after its 25th, c's 40 and the forwarded one
         assert f"of {51 + len(POINTS)} in all; 56 more were refused since the last such line" in lines[2][1], lines[2]
-        # a stop now ends the spell unsaid: the stop line names it (one refused since its line)
-        assert fenced.app.cov_refusing() == "BACnet SubscribeCOV refused (1 since the first)"
+        # a stop now ends the spell unsaid: the stop line names it (its one refusal, said in its line)
+        assert fenced.app.cov_refusing() == "BACnet SubscribeCOV refused (1 in this spell)"
     assert not errors_logged(caplog)

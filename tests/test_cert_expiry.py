@@ -120,6 +120,19 @@ def test_a_renewal_that_is_itself_within_the_window_is_news_and_a_file_that_cann
     assert none.status() is None and math.isnan(none.metric_value())
 
 
+def test_a_clock_put_back_is_no_renewal(issue, caplog):
+    # a box whose clock ran 20 days ahead warned of its certificate; NTP put the clock right and the log said
+    # "renewed ... for the VTN operator", naming the same file and date
+    caplog.set_level(logging.INFO, logger="ven.cert_expiry")
+    cert, key = issue(30)
+    watch = CertWatch(OpenadrConfig(cert=cert, key=key), every_s=0)
+    watch.check(1, time.time() + 20 * DAY)
+    watch.check(2, time.time())
+    assert [level for level, _ in _said(caplog)] == [logging.WARNING, logging.INFO]
+    assert "renewed" not in _said(caplog)[1][1] and _said(caplog)[1][1].endswith("no longer expiring")
+    assert watch.status()["warning"] is None
+
+
 def _of_version(path: str, version: int) -> None:
     """Rewrite the PEM certificate at `path` to claim another X.509 version (its signature no longer matters)."""
     import base64

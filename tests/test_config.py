@@ -119,6 +119,8 @@ def test_check_config_takes_the_file_as_the_other_commands_do(tmp_path):
     # usage error
     ok = _cli("check-config", "--config", str(EXAMPLE))
     assert ok.returncode == 0 and ok.stdout.splitlines()[-1].startswith(f"{EXAMPLE}: ok (device "), ok
+    empty = _cli("check-config", "--config", "")      # a script's unset $CONFIG: not the built-in defaults
+    assert empty.returncode == 2 and "ok (" not in empty.stdout, empty
     for twice in ([str(EXAMPLE), "--config", str(EXAMPLE)], []):
         refused = _cli("check-config", *twice)
         assert refused.returncode == 2 and refused.stderr == ("check-config: give the configuration file once: "

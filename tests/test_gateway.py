@@ -268,6 +268,48 @@ async def test_status_carries_the_config_warnings_and_healthz_stays_ok(tmp_path,
         await gateway.stop()
 
 
+@pytest.mark.timeout(30)
+async def test_a_look_that_fails_stops_neither_the_others_nor_itself(tmp_path, free_udp_port, free_tcp_port, caplog):
+    # the three looks shared one try: the clock's failing once, the certificate was never looked at again
+    from ven.cert_expiry import CertWatch
+    from ven.clock_sync import ClockSync, SyncWatch
+
+    caplog.set_level(logging.INFO, logger="ven.app")
+    kernel = {"broken": False}
+
+    def adjtimex():
+        if kernel["broken"]:
+            raise RuntimeError("a bug in the reader")
+        return ClockSync(True, 0.01, 0.001)
+
+    cfg = parse_config({
+        "bacnet": {"address": f"127.0.0.1/8:{free_udp_port()}", "device_id": 500007},
+        "meter": {"address": "127.0.0.1:9", "poll_seconds": 1.0, "timeout_seconds": 0.5},   # nobody there
+        "openadr": {"vtn_url": f"http://127.0.0.1:{free_tcp_port()}/OpenADR2/Simple/2.0b"},
+        "storage": {"path": str(tmp_path / "gw.sqlite")},
+        "http": {"enabled": False},
+        "forecaster": {"cycle_seconds": 3600},
+    }, "test", environ={})
+    certs = CertWatch(cfg.openadr, every_s=0)
+    looked = []
+    real = certs.check
+    certs.check = lambda mono, now: (looked.append(mono), real(mono, now))
+    gateway = Gateway(cfg, clock_sync=SyncWatch(adjtimex, every_s=0), cert_watch=certs)
+    try:
+        await gateway.start()
+        kernel["broken"] = True
+        await eventually(lambda: len(looked) >= 4, 10, "the certificate looked at, again and again")
+        await eventually(lambda: len(looked) >= 8, 10, "and still")
+        lines = [(r.levelno, r.getMessage()) for r in caplog.records if r.getMessage().startswith("looking at")]
+        assert lines == [(logging.ERROR, "looking at the clock's synchronization failed; tried again every 0.1 s")]
+        kernel["broken"] = False
+        await eventually(lambda: len([r for r in caplog.records if r.getMessage().startswith("looking at")]) == 2,
+                         10, "the end said")
+        assert caplog.records[-1].getMessage() == "looking at the clock's synchronization works again"
+    finally:
+        await gateway.stop()
+
+
 @pytest.mark.timeout(40)
 async def test_a_clock_no_time_service_keeps_is_a_warning_in_the_log_status_and_metrics(tmp_path, free_udp_port,
                                                                                           free_tcp_port, caplog):

@@ -101,7 +101,7 @@ async def test_a_meter_that_states_kilowatts_after_no_units_ends_the_warning(gat
             and r.getMessage().startswith(f"meter {sim.meter_address} analogInput 2 ")]
     named = f"meter {sim.meter_address} analogInput 2"
     assert said == [(logging.WARNING, f"{named} states noUnits: its value is taken as kW"),
-                    (logging.INFO, f"{named} reports kilowatts")], said
+                    (logging.INFO, f"{named} reports kilowatts now: the warning about its units ends")], said
 
 
 async def test_units_are_read_again_when_the_meter_comes_back(gateway, free_udp_port, caplog):

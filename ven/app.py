@@ -703,18 +703,27 @@ class Gateway:
         on their own tick: in the forecast's callback they were looked at every forecaster.cycle_seconds (hourly with
         an hour's cycle), and never again while the forecast cycle failed. Each watcher asks at its own pace within."""
         every = max(LOOK_FLOOR_S, min(LOOK_EVERY_S, self.clock_sync.every_s, self.cert_watch.every_s))
-        failed = False
+        looks = {"the clock's synchronization": lambda: self.clock_sync.check(time.monotonic()),
+                 "the run before's last read": self._look_at_held_readings,
+                 "openadr.cert": lambda: self.cert_watch.check(time.monotonic(), time.time())}
+        failing: set[str] = set()
         while True:
             await asyncio.sleep(every)
-            try:
-                self.clock_sync.check(time.monotonic())
-                if self._built("vtn") and (held := self.vtn.readings_held_before()) is not None:
-                    self._run_before_was_ahead(held, datetime.now(timezone.utc))
-                self.cert_watch.check(time.monotonic(), time.time())
-            except Exception:   # a bug: said once, and the next looks still made
-                if not failed:
-                    log.exception("looking at the clock and the certificate failed")
-                failed = True
+            for what, look in looks.items():    # each on its own: one that fails does not stop the others
+                try:
+                    look()
+                except Exception:   # a bug: said once with its traceback, and once when the look works again
+                    if what not in failing:
+                        log.exception("looking at %s failed; tried again every %g s", what, every)
+                    failing.add(what)
+                else:
+                    if what in failing:
+                        log.info("looking at %s works again", what)
+                    failing.discard(what)
+
+    def _look_at_held_readings(self) -> None:
+        if self._built("vtn") and (held := self.vtn.readings_held_before()) is not None:
+            self._run_before_was_ahead(held, datetime.now(timezone.utc))
 
     def _on_forecast(self, f) -> None:
         if self.forecast.last_cycle_seconds is not None:

@@ -120,6 +120,11 @@ class CertWatch:
             if self.state != "expiring" or cert.not_after != self._warned_for or mono - self._warned_at >= self._repeat:
                 self.state, self._warned_at, self._warned_for = "expiring", mono, cert.not_after
                 log.warning("%s", expiring_warning(name, path, cert, now))
+        elif self.state is not None and self._warned_for is not None and cert.not_after <= self._warned_for:
+            # the same file, judged again by a clock put back (it ran ahead): not renewed, no longer ending soon
+            log.info("%s %s is valid until %s, more than %d days by this clock (it read later before): no longer "
+                     "expiring", name, path, _utc(cert.not_after), WARN_DAYS)
+            self.state, self._warned_for = None, None
         elif self.state is not None:
             self._renewed(name, path, cert)
 

@@ -133,7 +133,7 @@ def cmd_check_config(args) -> int:
         print("check-config: give the configuration file once: check-config FILE, or check-config --config FILE",
               file=sys.stderr)
         return EXIT_CONFIG
-    args.file = args.file or args.config
+    args.file = args.file if args.file is not None else args.config    # "" is a file not found, not the defaults
     cfg = _config_or_exit(args.file)
     problems = tls_file_problems(cfg.openadr) + storage_problems(cfg.storage)
     if problems:
