@@ -710,6 +710,7 @@ async def test_a_burst_of_connections_beyond_the_limit_is_refused(served):
     # each had been let in, none yet counted as open
     server, view, base = await served()
     server.max_connections = 8
+    server.loopback_reserve = 0     # the test's clients are all on loopback
     held = []
     try:
         for _ in range(30):      # blocking: each connect completes in the kernel's backlog, the loop not yet running
@@ -725,11 +726,38 @@ async def test_a_burst_of_connections_beyond_the_limit_is_refused(served):
     assert status == 200
 
 
+async def test_this_host_gets_a_few_connections_over_the_limit(served, caplog):
+    # a host on the network holding every connection: the container's health check (`edge-gateway health`, on
+    # loopback) failed, and an orchestrator restarted a gateway whose BACnet and VTN were working
+    from ven import http_api as api
+
+    caplog.set_level(logging.INFO, logger="ven.http_api")
+    server, view, base = await served()
+    server.max_connections = 4
+    assert server.loopback_reserve == api.LOOPBACK_RESERVE == 4
+    held = _hold(server.port, 4)        # the limit: held (from loopback here, as a test can)
+    try:
+        await eventually(lambda: len(server._runner.server.connections) == 4, 5, "the 4 open")
+        status, _, body = await fetch(base + "/healthz")
+        assert status == 200 and body.startswith("ok"), (status, body)
+        more = _hold(server.port, 6)    # the reserve's 4 are taken, the 2 after them refused
+        held += more
+        await eventually(lambda: sum(map(_closed_by_server, more)) == 2, 10, "the 2 beyond the reserve refused")
+        assert server.refusing
+    finally:
+        for s in held:
+            s.close()
+    assert api._from_this_host("::1") and api._from_this_host("::ffff:127.0.0.1") and api._from_this_host("127.9.9.9")
+    assert not api._from_this_host("192.168.1.20") and not api._from_this_host("::ffff:10.0.0.1")
+    assert not api._from_this_host("")
+
+
 async def test_the_end_of_refusing_is_logged_when_the_held_connections_close(served, caplog):
     # it was said only at the next new connection: never, while the operator's browser reuses its own
     caplog.set_level(logging.INFO, logger="ven.http_api")
     server, view, base = await served()
     server.max_connections = 4
+    server.loopback_reserve = 0     # the test's clients are all on loopback
     held = _hold(server.port, 8)
     try:
         await eventually(lambda: sum(map(_closed_by_server, held)) >= 4, 10, "the connections beyond 4 closed")
@@ -751,6 +779,7 @@ async def test_a_moment_below_the_limit_is_not_its_end(served, caplog):
     caplog.set_level(logging.INFO, logger="ven.http_api")
     server, view, base = await served()
     server.max_connections = 4
+    server.loopback_reserve = 0     # the test's clients are all on loopback
     held = _hold(server.port, 6)
     try:
         await eventually(lambda: sum(map(_closed_by_server, held)) >= 2, 10, "the connections beyond 4 closed")
@@ -865,6 +894,7 @@ async def test_the_refusal_names_who_holds_the_connections(served, caplog):
     caplog.set_level(logging.INFO, logger="ven.http_api")
     server, view, base = await served()
     server.max_connections = 11
+    server.loopback_reserve = 0     # the test's clients are all on loopback
     held = []
     try:
         for source, n in (("127.0.0.2", 4), ("127.0.0.3", 3), ("127.0.0.1", 2), ("127.0.0.4", 1), ("127.0.0.5", 1)):

@@ -79,12 +79,13 @@ import errno
 import hashlib
 import hmac
 import inspect
+import ipaddress
 import json
 import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Awaitable, Protocol
+from typing import Any, Awaitable, Callable, Protocol
 
 from aiohttp import web
 
@@ -108,6 +109,8 @@ MAX_CONNECTIONS = 64  # open at once: a few dashboards (4 requests per refresh),
 # /healthz and /metrics for an hour. A browser, curl or Prometheus sends its whole head at once after connecting:
 # 10 s leaves a slow link ample room
 HEAD_S = 10.0
+# Connections from this host let in over MAX_CONNECTIONS (see HttpApi._over_limit)
+LOOPBACK_RESERVE = 4
 # From an answer to the next request's whole head (aiohttp's keepalive_timeout; it applies to every request head
 # after the first). Above the dashboard's refresh (10 s), so an open dashboard keeps its connections from one
 # refresh to the next instead of meeting them closed
@@ -275,9 +278,27 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
         response.headers.setdefault(name, value)
 
 
-class _Refused(asyncio.Protocol):
+def _from_this_host(host: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(host.split("%")[0])
+    except ValueError:
+        return False
+    return ip.is_loopback or (ip.version == 6 and ip.ipv4_mapped is not None and ip.ipv4_mapped.is_loopback)
+
+
+class _OverLimit(asyncio.Protocol):
+    """A connection over max_connections: reset, unless `admit(transport)` gives it a handler after all."""
+
+    def __init__(self, admit: Callable[[asyncio.BaseTransport], asyncio.Protocol | None]) -> None:
+        self._admit = admit
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport.abort()
+        handler = self._admit(transport)
+        if handler is None:
+            transport.abort()
+            return
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
 
 
 class _HeadBound(asyncio.Protocol):
@@ -378,6 +399,7 @@ class HttpServer:
         self._started = time.monotonic()
         self._failing: dict[str, str] = {}  # endpoint -> error text, to log a fault once
         self.max_connections = MAX_CONNECTIONS
+        self.loopback_reserve = LOOPBACK_RESERVE
         self._listener: asyncio.AbstractServer | None = None
         self._refused = 0                   # connections closed at once since the limit was reached
         self._refusing_since = 0.0          # monotonic, when the limit was reached
@@ -491,14 +513,7 @@ class HttpServer:
         as fast) otherwise used up the process's file descriptors (1024 under systemd), and with them the VTN's
         connections and storage.path."""
         if len(server.connections) + self._accepting >= self.max_connections:
-            self._refused += 1
-            if self._refused == 1:
-                self._refusing_since = time.monotonic()
-                loop = asyncio.get_running_loop()
-                # said once those let in just before are in aiohttp's count (as for _counted): it names who holds them
-                loop.call_soon(loop.call_soon, self._say_refusing, server)
-                self._cap_check = loop.call_later(1.0, self._below_cap, server)
-            return _Refused()
+            return _OverLimit(lambda transport: self._over_limit(server, transport))
         # Not the end of the limit: under load a burst can dip below it for a moment and fill it again (seen as
         # "accepting connections again after 0 s" and a second WARNING); the 1 s check says the end
         # The transport schedules connection_made right after this returns, and a burst reaching the backlog
@@ -507,6 +522,23 @@ class HttpServer:
         loop = asyncio.get_running_loop()
         loop.call_soon(loop.call_soon, self._counted)
         return _HeadBound(server())
+
+    def _over_limit(self, server: web.Server, transport: asyncio.BaseTransport) -> asyncio.Protocol | None:
+        """A handler for a connection from this host while fewer than LOOPBACK_RESERVE are over the limit, else None
+        (refused, and counted): the container's health check and a Prometheus beside the gateway still get their
+        answers while a host on the network holds every connection (the orchestrator restarted a gateway whose
+        BACnet and VTN were working, and Prometheus called it down)."""
+        peer = transport.get_extra_info("peername") or ("",)
+        if _from_this_host(peer[0]) and len(server.connections) < self.max_connections + self.loopback_reserve:
+            return _HeadBound(server())
+        self._refused += 1
+        if self._refused == 1:
+            self._refusing_since = time.monotonic()
+            loop = asyncio.get_running_loop()
+            # said once those let in just before are in aiohttp's count (as for _counted): it names who holds them
+            loop.call_soon(loop.call_soon, self._say_refusing, server)
+            self._cap_check = loop.call_later(1.0, self._below_cap, server)
+        return None
 
     @property
     def refusing(self) -> bool:
