@@ -520,6 +520,8 @@ async def test_a_stop_while_the_vtn_refuses_the_telemetry_names_that_fault_in_it
             await gateway.start()
             await eventually(lambda: gateway.vtn.status()["telemetry_fault"], 20, "the refusals said")
             assert gateway.health() == (True, "ok (degraded: VTN not taking telemetry)")
+            gateway.refresh_metrics()       # for the alert: only the backlog's age said it, after 15 min, not why
+            assert b"\nedge_gateway_telemetry_not_taken 1.0\n" in gateway.metrics.render()
         finally:
             await gateway.stop()
             await meter.stop()
@@ -546,6 +548,8 @@ async def test_a_stop_while_the_vtn_refuses_the_report_offer_names_that_fault_in
             await eventually(lambda: gateway.vtn.status()["report_offer_error"], 20, "the refusal said")
             # connected all along: /healthz's 200 says what the gateway cannot do (it said plain "ok")
             assert "VTN not taking the telemetry report offer" in gateway.health()[1]
+            gateway.refresh_metrics()
+            assert b"\nedge_gateway_telemetry_not_taken 1.0\n" in gateway.metrics.render()
         finally:
             await gateway.stop()
     last = [r.getMessage() for r in caplog.records if r.getMessage().startswith("edge-gateway stopped")]

@@ -943,6 +943,8 @@ class Gateway:
         self.metrics.meter_fault_open.set(int(self.meter.fault_window() is not None))
         self.metrics.vtn_fault_open.set(int(self.vtn.open_fault() is not None))
         self.metrics.telemetry_unrequested.set(int(self.vtn.telemetry_unrequested() is not None))
+        self.metrics.telemetry_not_taken.set(int(self.vtn.telemetry_fault() is not None or (
+            self.config.openadr.telemetry and self.vtn.report_offer_error is not None)))
         self.metrics.storage_writable.set(int(self.storage_status()["ok"]))
         self.metrics.bacnet_initiation_disabled.set(int(self.device.communication()["mode"] != "enable"))
         self.metrics.bbmd_registration_failing.set(int(self.device.foreign_fault() is not None))

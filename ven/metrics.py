@@ -100,6 +100,9 @@ class Metrics:
         self.telemetry_unrequested = Gauge(f"{p}_telemetry_unrequested",
                                            "1 while registered and the VTN has not requested the telemetry report "
                                            "for openadr.request_wait_seconds: readings only pile up", registry=r)
+        self.telemetry_not_taken = Gauge(f"{p}_telemetry_not_taken",
+                                         "1 while the VTN answers polls but fails or refuses the telemetry updates, "
+                                         "or refuses the report offer: readings only pile up", registry=r)
         self.bacnet_writes_refused = Counter(f"{p}_bacnet_writes_refused",
                                              "BACnet writes and DeviceCommunicationControl refused: their source is "
                                              "not in bacnet.write_from, or the point could not take the value",
