@@ -35,6 +35,18 @@ def fast_config(tmp_path, bacnet_port, meter_port, vtn_port, http_port, telemetr
     }, "test", environ={})
 
 
+def lone_config(tmp_path, bacnet_port, vtn_port, device_id, storage="gw.sqlite", **forecaster):
+    """A gateway on its own: no meter (nobody at 127.0.0.1:9), no VTN on `vtn_port`, no HTTP."""
+    return parse_config({
+        "bacnet": {"address": f"127.0.0.1/8:{bacnet_port}", "device_id": device_id},
+        "meter": {"address": "127.0.0.1:9", "poll_seconds": 1.0, "timeout_seconds": 0.5},
+        "openadr": {"vtn_url": f"http://127.0.0.1:{vtn_port}/OpenADR2/Simple/2.0b"},
+        "storage": {"path": str(tmp_path / storage)},
+        "http": {"enabled": False},
+        "forecaster": forecaster,
+    }, "test", environ={})
+
+
 # The system's report intervals: 2 s rather than the product's 10 s, so its tests wait seconds, not tens of them,
 # for telemetry. A module importing the fixture sets its own SYSTEM_TELEMETRY_SECONDS (None: the product's).
 SYSTEM_TELEMETRY_SECONDS = 2
@@ -282,14 +294,7 @@ async def test_a_look_that_fails_stops_neither_the_others_nor_itself(tmp_path, f
             raise RuntimeError("a bug in the reader")
         return ClockSync(True, 0.01, 0.001)
 
-    cfg = parse_config({
-        "bacnet": {"address": f"127.0.0.1/8:{free_udp_port()}", "device_id": 500007},
-        "meter": {"address": "127.0.0.1:9", "poll_seconds": 1.0, "timeout_seconds": 0.5},   # nobody there
-        "openadr": {"vtn_url": f"http://127.0.0.1:{free_tcp_port()}/OpenADR2/Simple/2.0b"},
-        "storage": {"path": str(tmp_path / "gw.sqlite")},
-        "http": {"enabled": False},
-        "forecaster": {"cycle_seconds": 3600},
-    }, "test", environ={})
+    cfg = lone_config(tmp_path, free_udp_port(), free_tcp_port(), 500007, cycle_seconds=3600)
     certs = CertWatch(cfg.openadr, every_s=0)
     looked = []
     real = certs.check
@@ -375,14 +380,7 @@ async def test_a_clock_no_time_service_keeps_is_a_warning_in_the_log_status_and_
 async def test_a_cold_start_publishes_persistence_from_the_first_bas_write(tmp_path, free_udp_port, free_tcp_port):
     # The cycle at start found nothing, and the next came a whole cycle later: the BAS read 0, in fault,
     # for the first minute (in the demo too), though the gateway had a kW to forecast from.
-    cfg = parse_config({
-        "bacnet": {"address": f"127.0.0.1/8:{free_udp_port()}", "device_id": 500004},
-        "meter": {"address": "127.0.0.1:9", "poll_seconds": 1.0, "timeout_seconds": 0.5},   # nobody there
-        "openadr": {"vtn_url": f"http://127.0.0.1:{free_tcp_port()}/OpenADR2/Simple/2.0b"},
-        "storage": {"path": str(tmp_path / "empty.sqlite")},
-        "http": {"enabled": False},
-        "forecaster": {"cycle_seconds": 60},
-    }, "test", environ={})
+    cfg = lone_config(tmp_path, free_udp_port(), free_tcp_port(), 500004, storage="empty.sqlite", cycle_seconds=60)
     names = (P.FIFTEEN_MIN_FORECAST, P.ONE_HOUR_FORECAST)
     gateway = Gateway(cfg)
     await gateway.start()

@@ -10,7 +10,7 @@ from datetime import timedelta
 
 import test_report_requests
 from openleadr import errors
-from test_report_requests import S, expected, now, received, running, said
+from test_report_requests import S, expected, now, received, running, said, streaming
 from waiting import eventually as until
 
 from ven.telemetry import TelemetryQueue
@@ -92,39 +92,32 @@ async def test_a_vtn_refusing_each_new_request_by_its_id_is_one_warning(tmp_path
             return True
 
     caplog.set_level(logging.INFO, logger="ven")
-    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
-        async with running(tmp_path, server.url) as rig:        # offers again every 0.25 s at most
-            await until(lambda: rig.vtn.status()["report_request_id"], 10, "telemetry requested")
-            rig.start_meter(0.25)
-            await until(lambda: len(received(server)) >= 2, 8, "live intervals")
-            server._forgotten = Everything()
-            await until(lambda: (rig.vtn.status()["telemetry_fault"] or {}).get("count", 0) >= 4, 20, "4 refusals")
-            refused = [r for r in caplog.records if r.levelno == logging.WARNING and "VTN refused the report" in
-                       r.getMessage()]
-            assert len(refused) == 1, [r.getMessage() for r in refused]
-            server._forgotten = set()
-            await until(lambda: said(caplog, "takes telemetry again"), 10, "the end said")
-            await rig.stop_meter()
+    async with streaming(tmp_path, free_tcp_port()) as (server, rig, _):     # offers again every 0.25 s at most
+        await until(lambda: len(received(server)) >= 2, 8, "live intervals")
+        server._forgotten = Everything()
+        await until(lambda: (rig.vtn.status()["telemetry_fault"] or {}).get("count", 0) >= 4, 20, "4 refusals")
+        refused = [r for r in caplog.records if r.levelno == logging.WARNING and "VTN refused the report" in
+                   r.getMessage()]
+        assert len(refused) == 1, [r.getMessage() for r in refused]
+        server._forgotten = set()
+        await until(lambda: said(caplog, "takes telemetry again"), 10, "the end said")
+        await rig.stop_meter()
 
 
 async def test_updates_failing_until_the_vtn_cancels_the_request_end_with_it(tmp_path, free_tcp_port, caplog):
     # the fault's end line waited for an update to get through, and none is sent once the request is cancelled: the
     # status, the dashboard and a stop line held "updates unanswered" open for as long as the VTN asked for nothing
     caplog.set_level(logging.INFO, logger="ven")
-    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
-        async with running(tmp_path, server.url) as rig:
-            await until(lambda: rig.vtn.status()["report_request_id"], 10, "telemetry requested")
-            rrid = rig.vtn.status()["report_request_id"]
-            rig.start_meter(0.25)
-            await until(lambda: len(received(server)) >= 2, 8, "live intervals")
-            server.fail_next("oadrUpdateReport", 10**6)
-            await until(lambda: said(caplog, "answers polls but not telemetry updates"), 10, "the fault said")
-            server.cancel_report(rig.vtn.ven_id, rrid)
-            await until(lambda: said(caplog, "telemetry updates no longer sent after"), 10, "the fault's end")
-            (end,) = said(caplog, "telemetry updates no longer sent after")
-            assert end.endswith("failed: the VTN cancelled the report request they were for"), end
-            assert rig.vtn.status()["telemetry_fault"] is None and rig.vtn.status()["last_error"] is None
-            await rig.stop_meter()
+    async with streaming(tmp_path, free_tcp_port()) as (server, rig, rrid):
+        await until(lambda: len(received(server)) >= 2, 8, "live intervals")
+        server.fail_next("oadrUpdateReport", 10**6)
+        await until(lambda: said(caplog, "answers polls but not telemetry updates"), 10, "the fault said")
+        server.cancel_report(rig.vtn.ven_id, rrid)
+        await until(lambda: said(caplog, "telemetry updates no longer sent after"), 10, "the fault's end")
+        (end,) = said(caplog, "telemetry updates no longer sent after")
+        assert end.endswith("failed: the VTN cancelled the report request they were for"), end
+        assert rig.vtn.status()["telemetry_fault"] is None and rig.vtn.status()["last_error"] is None
+        await rig.stop_meter()
 
 
 async def test_a_vtn_refusing_every_update_for_a_while_is_one_warning_and_one_line_at_its_end(

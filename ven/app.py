@@ -342,7 +342,7 @@ class Gateway:
             out.append(f"telemetry not taken by the VTN{since} ({t['count']} {what}: {t['why']})")
         if self._built("vtn") and (u := self.vtn.telemetry_unrequested()) is not None:
             out.append(f"telemetry not requested by the VTN for {lasted(u['since'])}")
-        if self._built("vtn") and self.config.openadr.telemetry and self.vtn.report_offer_error:
+        if self._built("vtn") and self.vtn.report_offer_error:     # set only where telemetry is offered
             out.append(f"telemetry report offer not taken by the VTN ({self.vtn.report_offer_error})")
         if self.telemetry.dropping:
             out.append("telemetry queue dropping its oldest samples")
@@ -819,7 +819,7 @@ class Gateway:
         # the VTN connected, and the utility gets no telemetry (or, with the certificate, soon nothing at all)
         if self.vtn.telemetry_fault() is not None:
             out.append("VTN not taking telemetry")
-        elif self.config.openadr.telemetry and self.vtn.report_offer_error:
+        elif self.vtn.report_offer_error:
             out.append("VTN not taking the telemetry report offer")
         if self.vtn.readings_not_reported():
             out.append("meter readings not reported (the wall clock)")
@@ -943,8 +943,8 @@ class Gateway:
         self.metrics.meter_fault_open.set(int(self.meter.fault_window() is not None))
         self.metrics.vtn_fault_open.set(int(self.vtn.open_fault() is not None))
         self.metrics.telemetry_unrequested.set(int(self.vtn.telemetry_unrequested() is not None))
-        self.metrics.telemetry_not_taken.set(int(self.vtn.telemetry_fault() is not None or (
-            self.config.openadr.telemetry and self.vtn.report_offer_error is not None)))
+        self.metrics.telemetry_not_taken.set(int(self.vtn.telemetry_fault() is not None
+                                                 or self.vtn.report_offer_error is not None))
         self.metrics.storage_writable.set(int(self.storage_status()["ok"]))
         self.metrics.bacnet_initiation_disabled.set(int(self.device.communication()["mode"] != "enable"))
         self.metrics.bbmd_registration_failing.set(int(self.device.foreign_fault() is not None))

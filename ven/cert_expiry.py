@@ -106,7 +106,8 @@ class CertWatch:
         self.last = cert
         name, path = self._cfg.named("cert"), self._cfg.cert
         left = cert.not_after.timestamp() - now
-        if self.state is not None and left > 0 and self._warned_for is not None and cert.not_after > self._warned_for:
+        # a line in force (state) always names the notAfter it was for (_warned_for)
+        if self.state is not None and left > 0 and cert.not_after > self._warned_for:
             # another file, later than the one the log's line is about: said with its fingerprint even when it too
             # runs out within WARN_DAYS (a CA issuing short certificates), whose WARNING then follows
             self._renewed(name, path, cert)
@@ -120,13 +121,12 @@ class CertWatch:
             if self.state != "expiring" or cert.not_after != self._warned_for or mono - self._warned_at >= self._repeat:
                 self.state, self._warned_at, self._warned_for = "expiring", mono, cert.not_after
                 log.warning("%s", expiring_warning(name, path, cert, now))
-        elif self.state is not None and self._warned_for is not None and cert.not_after <= self._warned_for:
-            # the same file, judged again by a clock put back (it ran ahead): not renewed, no longer ending soon
+        elif self.state is not None:
+            # a later file was said renewed above: this is the same one, judged again by a clock put back (it ran
+            # ahead), not renewed and no longer ending soon
             log.info("%s %s is valid until %s, more than %d days by this clock (it read later before): no longer "
                      "expiring", name, path, _utc(cert.not_after), WARN_DAYS)
             self.state, self._warned_for = None, None
-        elif self.state is not None:
-            self._renewed(name, path, cert)
 
     def _renewed(self, name: str, path: str, cert) -> None:
         log.info("%s %s renewed: valid until %s (subject %s, fingerprint %s, for the VTN operator); the VEN "

@@ -5,6 +5,9 @@ import {fmtDuration, fmtSpan, fmtTime, knownZone, stampText, toMs, zoneName} fro
 import {dashboard, gw} from "./state.js";
 import {certWarning, communication, flaky, neverRegistered, noThreshold, recentRefusal} from "./status.js";
 
+// an HTTP 5xx is the server failing (the VTN, or a proxy or load balancer in front of it), not a refusal of this VEN
+const serverError = (text) => /\bHTTP 5\d\d\b/.test(text) && !/refused/.test(text);
+
 export function findProblems(health) {
   const out = [];
   const add = (key, level, what, detail, todo) => out.push({key, level, what, detail, todo});
@@ -82,8 +85,7 @@ export function findProblems(health) {
   if (vtn.connected === false) {
     const err = vtn.last_error || "";
     const never = neverRegistered(vtn);
-    // an HTTP 5xx is the server failing (the VTN, or a load balancer in front of it), not a refusal of this VEN
-    const failing = /\bHTTP 5\d\d\b/.test(err) && !/refused/.test(err);
+    const failing = serverError(err);
     const refused = !failing && /\b(HTTP 4\d\d|refused|[45]\d\d )/.test(err) && !/unreachable|timed? ?out/i.test(err);
     const wait = typeof queued === "number" && queued > 0 ? `; ${queued} telemetry interval(s) wait in the queue` : "; telemetry waits in the queue";
     add("vtn", "bad", refused ? (never ? "VTN refuses registration" : "VTN refuses the gateway") :
@@ -132,7 +134,7 @@ export function findProblems(health) {
         "the VTN does not know whether the site takes part: tell the utility; the answer is not sent again");
   }
   if (vtn.report_offer_error) {
-    const failed = /\bHTTP 5\d\d\b/.test(vtn.report_offer_error);
+    const failed = serverError(vtn.report_offer_error);
     add("report", "bad", failed ? "VTN failed the telemetry report offer" : "VTN refused the telemetry report offer",
         vtn.report_offer_error,
         failed ? "the VTN (or a proxy in front of it) answers with a server error: tell the utility; the gateway offers again"
