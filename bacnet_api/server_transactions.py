@@ -17,6 +17,9 @@
 - A SegmentACK of a segment not sent yet (or past the answer's last) aborts the answer, invalid-apdu-in-this-state:
   bacpypes3 took any sequence number inside the window the ACK itself named (127 takes nearly all), moved there,
   and asked for segments past the end: three "Task exception was never retrieved" tracebacks a request.
+- A SegmentACK is judged against the window in force, as 5.4.5.3 says, and ends the answer only when it names the
+  last segment: a BAS narrowing its window stalled the answer, and one acknowledging (negatively) a segment short of
+  the end once all were sent was never sent the rest.
 - A SegmentACK without a window (0, or over 127) aborts too; an answer of more than 256 segments (the sequence
   number wraps) is aborted apdu-too-long rather than sent for ever.
 - A WritePropertyMultiple or ReadPropertyMultiple that bacpypes3 would decode only in part is failed as one it cannot
@@ -92,7 +95,25 @@ class GatewayServerSSM(ServerSSM):
                 # for segments that do not exist, three tracebacks a request (or skipped those the BAS never had)
                 await self.response(self.abort(AbortReason.invalidApduInThisState))
                 return
+            if ahead < (self.actualWindowSize or 1) and (ahead >= apdu.apduWin or self.sentAllSegments):
+                await self._new_ack(apdu)
+                return
         await super().segmented_response(apdu)
+
+    async def _new_ack(self, apdu: Any) -> None:
+        # An ACK inside the window in force (5.4.5.3 judges it there, then takes the window it names). bacpypes3
+        # judged it against the window it names, so a BAS narrowing its window was taken for repeating itself and
+        # the answer stalled; and it took any such ACK after the last send for the final one, so segments the BAS
+        # said it lacked (a negative ACK short of the end) were never sent again and its read failed
+        self.actualWindowSize = apdu.apduWin
+        if apdu.apduSeq == (self.segmentCount - 1) % 256:
+            self.set_state(COMPLETED)
+            return
+        self.initialSequenceNumber = (apdu.apduSeq + 1) % 256
+        self.segmentRetryCount = 0
+        self.sentAllSegments = False
+        await self.fill_window(self.initialSequenceNumber)
+        self.restart_timer(self.segmentTimeout)
 
     async def confirmation(self, apdu: Any) -> None:
         # bacpypes3 numbers segments by their index, which the 8-bit sequence number wraps past 255: an answer of

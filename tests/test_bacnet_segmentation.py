@@ -197,3 +197,37 @@ async def test_a_bas_that_aborts_a_segmented_answer_gets_nothing_back(gateway, c
     client.send(bytes([0x70, 7, 4]))      # Abort from the client: reason 4, segmentation-not-supported
     assert [apdu for _, apdu in await client.answers(1.0) if apdu[0] & 0xF0 == 0x70] == []
     await eventually(lambda: gateway.app.asap.serverTransactions == [], 5, "the transaction ended")
+
+
+async def test_a_bas_that_narrows_its_window_gets_the_rest_of_the_answer(gateway, client):
+    # ACK 0 window 4 (segments 1-4 come), then ACK 4 window 2. bacpypes3 judged the ACK against the window it names
+    # (4 is not within 2 of 1), not the one in force (5.4.5.3), took it for a duplicate, and the answer stalled
+    client.send(bytes([0x02, MAX_APDU_50, 27, 14]) + RPM_ALL * 3)     # about 20 segments
+    assert (await client.next(1.0))[:3] == bytes([0x3C, 27, 0])
+    client.send(bytes([0x40, 27, 0, 4]))
+    assert [(await client.next(1.0))[2] for _ in range(4)] == [1, 2, 3, 4]
+    client.send(bytes([0x40, 27, 4, 2]))
+    assert [a[2] for _, a in await client.answers(0.5)] == [5, 6]
+    client.send(bytes([0x40, 27, 6, 127]))
+    rest = [a for _, a in await client.answers(0.5)]
+    assert rest and rest[0][2] == 7 and not rest[-1][0] & 0x04, [a[:4].hex() for a in rest]
+    client.send(bytes([0x40, 27, rest[-1][2], 1]))
+    await eventually(lambda: gateway.app.asap.serverTransactions == [], 2, "the answer complete")
+
+
+async def test_a_gap_in_the_last_window_is_sent_again_not_taken_for_the_end(gateway, client):
+    # every segment sent, the BAS lost two near the end and acknowledges (negatively) the last it had in order:
+    # bacpypes3 read any ACK after the last send as the final one and ended, and the BAS's read failed
+    client.send(bytes([0x02, MAX_APDU_50, 28, 14]) + RPM_ALL)
+    assert (await client.next(1.0))[:3] == bytes([0x3C, 28, 0])
+    client.send(bytes([0x40, 28, 0, 127]))
+    rest = [a for _, a in await client.answers(0.5)]
+    last = rest[-1][2]
+    assert not rest[-1][0] & 0x04 and last > 4, [a[:4].hex() for a in rest]
+    client.send(bytes([0x42, 28, last - 2, 127]))    # NAK: had all up to last - 2
+    again = [a for _, a in await client.answers(0.5)]
+    assert [a[2] for a in again] == [last - 1, last], [a[:4].hex() for a in again]
+    assert again[-1] == rest[-1]
+    assert gateway.app.asap.serverTransactions != []
+    client.send(bytes([0x40, 28, last, 127]))
+    await eventually(lambda: gateway.app.asap.serverTransactions == [], 2, "the answer complete")
