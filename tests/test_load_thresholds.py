@@ -20,7 +20,8 @@ from waiting import eventually
 from bacnet_api import points as P
 from forecaster import DemandForecaster
 from forecaster.store import ForecastStore
-from ven.app import BACNET_DATABASE, Gateway
+from ven.app import Gateway
+from ven.device_restore import BACNET_DATABASE
 from ven.config_load import parse_config
 from ven.storage import Storage
 
@@ -121,7 +122,7 @@ async def test_the_release_that_adds_them_counts_a_new_database_revision(tmp_pat
                                                                         caplog):
     # A BAS that cached the device's objects before the upgrade must learn that there are two more. The last
     # run's objects are kept in storage.path; this one is given them as the release before wrote them.
-    caplog.set_level(logging.INFO, logger="ven.app")
+    caplog.set_level(logging.INFO, logger="ven.device_restore")
     cfg = _config(tmp_path, free_udp_port(), free_tcp_port(), free_tcp_port())
     gw, device = cfg.bacnet.address.replace("/8", ""), f"device {cfg.bacnet.device_id}"
 

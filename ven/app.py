@@ -27,14 +27,16 @@ from . import __version__
 from .cert_expiry import CertWatch
 from .clock_sync import SyncWatch, metric_value
 from .config import GatewayConfig
+from .device_restore import count_database_revision, restore_commands
 from .logs import RecentLog
+from .read_gaps import ReadGaps
 from .metrics import Metrics
 from .schedule import EventSchedule, ScheduleState
 from .site import SITE_KEY, set_aside_if_other_site, site_of
 from .storage import Storage, set_aside_if_damaged
 from .tasks import at_most, cancel_and_wait
 from .telemetry import TelemetryQueue
-from .wallclock import CLOCK_FLOOR, CLOCK_STEP_S, clock_suspect
+from .wallclock import CLOCK_FLOOR, clock_suspect
 
 if TYPE_CHECKING:
     from .forecast_service import ForecastService
@@ -53,7 +55,6 @@ SHED_SINCE = SHED_COMMANDS + ":since"      # when the shed in force began (Unix 
 # A BAS may write its shed as it estimates it, each scan: a new kW every 10 s would be a commit every 10 s on an SD
 # card. A command taken or relinquished is kept at once, a changed kW at most this often, and at the stop.
 SHED_SAVE_S = 60.0
-BACNET_DATABASE = "bacnet_database"  # the device's objects and databaseRevision, as the last run served them
 METER_READ = "meter_read"  # the last meter a reading came from (address, object, property, units)
 # The clock and certificate watchers are looked at this often (at most; more often when one asks more often, as a
 # test's), each asking the kernel or reading the file at its own pace (every few minutes) within.
@@ -148,11 +149,7 @@ class Gateway:
         minutes (tests read it more often)."""
         self.config = config
         self.started_at = time.monotonic()   # uptime: a wall-clock step (NTP at boot) is not time run
-        # the gap this start ended (_note_not_running): the last read before it, and the start by the wall clock and
-        # by the monotonic one, to re-date the start when the wall clock steps (NTP at boot)
-        self._resumed: tuple[datetime, datetime, float] | None = None
         self._meter_unread: str | None = None   # the configured meter until it gives a reading, if not stored
-        self._last_read: tuple[datetime, float] | None = None    # the meter's last read: its time, and monotonic
         c = config
         self.metrics = Metrics(c.forecaster.horizons_minutes)
         self.device = bacnet_device(c)
@@ -193,6 +190,9 @@ class Gateway:
         # the log's last lines for the dashboard, whose users often have no shell to read the log (RecentLog)
         self.recent = RecentLog()
         self.clock_sync = clock_sync or SyncWatch()
+        self.read_gaps = ReadGaps(self.telemetry, self.clock_sync, c.meter.poll_seconds,
+                                  hold=lambda last: self.vtn.hold_readings_until(last),
+                                  release=lambda: self._built("vtn") and self.vtn.report_held_readings())
         self.cert_watch = cert_watch or CertWatch(c.openadr)
         self.metrics.set_version(__version__)
 
@@ -242,9 +242,9 @@ class Gateway:
             log.warning("config: %s", warning)
         self.clock_sync.check(time.monotonic())
         await self._start(self.device)
-        self._count_database_revision()
+        count_database_revision(self.device, self.storage)
         await self._restore_opt_out(self.storage.load_value(OPT_OUT_COMMANDS))
-        await self._restore_commands(P.SHED_POWER, self.storage.load_value(SHED_COMMANDS))
+        await restore_commands(self.device, self.storage, P.SHED_POWER, self.storage.load_value(SHED_COMMANDS))
         self._shed_kept = self.device.commands(P.SHED_POWER)    # as the file has them
         self.storage.on_late_open = self._storage_opened_late
         self.device.on_write(P.INPUT_POWER, self._on_input_power)
@@ -257,7 +257,10 @@ class Gateway:
         await self._start(self.forecast)
         self._tell_shed()
         self._note_other_meter()
-        self._note_not_running()
+        if c.openadr.telemetry:
+            # nothing is queued while it is false; its stop notes its last read, where the gap at the start it is
+            # true again begins (a crash while false leaves the note of the run before)
+            self.read_gaps.note_not_running()
         await self._start(self.meter)
         # here, not before the device: cryptography's import is in _import_slow_parts' share (openleadr's)
         self.cert_watch.check(time.monotonic(), time.time())
@@ -302,7 +305,8 @@ class Gateway:
                 log.warning("stopping %s: %s", type(part).__name__, err)
         # whatever openadr.telemetry: a run without it read the meter too, and the next start's gap begins here; the
         # run before's last read if later (a clock behind all this run long dated its reads before it)
-        read = [t for t in (self.meter.latest and self.meter.latest.timestamp, self._resumed and self._resumed[0])
+        resumed = self.read_gaps.resumed
+        read = [t for t in (self.meter.latest and self.meter.latest.timestamp, resumed and resumed[0])
                 if t and not clock_suspect(t)]
         if read:
             self.telemetry.note_last_read(max(read))
@@ -377,8 +381,7 @@ class Gateway:
 
     def _on_meter(self, reading: MeterReading) -> None:
         self.metrics.meter_reads.inc()
-        if self._resumed is not None:
-            self._redate_resume(*self._resumed, read_at=reading.timestamp)
+        self.read_gaps.on_reading(reading.timestamp)
         t = reading.timestamp.timestamp()
         if reading.value is None:
             # the meter answering in kWh is not a broken network: the BAS alarm must not send the technician there
@@ -397,7 +400,7 @@ class Gateway:
         self.metrics.meter_kw.set(reading.value)
         if self.vtn.record_sample(reading.timestamp, reading.value):
             self.metrics.telemetry_queued.inc()
-            self._note_step_ahead(reading.timestamp)
+            self.read_gaps.note_reported(reading.timestamp)
         self.forecast.on_meter(t, reading.value)
 
     def _on_input_power(self, value) -> None:
@@ -467,46 +470,6 @@ class Gateway:
         # page cache: a power cut after the ack must not undo a command the BAS holds as taken
         return at_most(self.storage.synced(), ACK_WAIT_S)  # the sync goes on after the ack
 
-    def _count_database_revision(self) -> None:
-        # Over BACnet no object is created, deleted or renamed, but between two runs a new device_name or
-        # device_id, or a release with other points, does so: a BAS that cached the objects learns it from
-        # databaseRevision, which only means something if it is kept across restarts.
-        identity = self.device.database_identity()
-        saved = self.storage.load_value(BACNET_DATABASE)
-        try:
-            stored = json.loads(saved or "null")
-            revision, known = int(stored["revision"]), stored["objects"]
-            if not isinstance(known, list):
-                raise TypeError(known)
-            if revision < 0:    # the device refused it (an Unsigned) out of every start
-                raise ValueError(f"databaseRevision {revision}")
-        # the first run, or a file from before this was kept; or a value this version cannot read (a revision of
-        # 1e400 raised OverflowError, JSON nested too deep RecursionError, out of every start)
-        except (ValueError, TypeError, KeyError, OverflowError, RecursionError) as err:
-            revision, known = self.device.database_revision, None
-            if saved is not None:
-                revision += 1
-                log.warning("stored BACnet objects of the last run unreadable (%s: %.80s): databaseRevision %d, so a "
-                            "BAS that cached them reads them again", type(err).__name__, err, revision)
-            elif self.storage.found_file:
-                # An earlier release served this device without keeping its objects, and those releases had
-                # other points (13 before the load thresholds): counting one more costs a BAS a re-read, not
-                # counting one leaves it with a stale list of objects.
-                revision += 1
-                log.info("BACnet objects of the last run not recorded in storage.path (an earlier version wrote "
-                         "it): databaseRevision %d, so a BAS that cached them reads them again", revision)
-        if known == identity:
-            self.device.database_revision = revision
-            return
-        if known is not None:
-            revision += 1
-            # what came and what went: a rename names both, and the reader must tell which is which
-            came, went = sorted(set(identity) - set(known)), sorted(set(known) - set(identity))
-            said = [f"{word} {', '.join(names)}" for word, names in (("new", came), ("gone", went)) if names]
-            log.info("BACnet objects differ from the last run (%s): databaseRevision %d", "; ".join(said), revision)
-        self.device.database_revision = revision
-        self.storage.save_value(BACNET_DATABASE, json.dumps({"revision": revision, "objects": identity}))
-
     def _note_other_meter(self) -> None:
         # The stored history does not say which meter its readings came from. A replaced meter of the same load
         # should go on from it; a meter.address corrected to another building or circuit, or meter.units set
@@ -527,88 +490,6 @@ class Gateway:
         # the history came from (it read nothing), and was said to be
         self._meter_unread = now
 
-    def _note_not_running(self) -> None:
-        # The meter was not read while the gateway was not running: the intervals that began before the stop (or
-        # crash) and the one the first read falls in would go to the VTN as if read throughout, and the utility
-        # settles on them. Their missed ticks count as failed reads (README "Data quality").
-        if not self.config.openadr.telemetry:
-            # nothing is queued while it is false; its stop notes its last read, where the gap at the start it is
-            # true again begins (a crash while false leaves the note of the run before)
-            return
-        now, last = datetime.now(timezone.utc), self.telemetry.last_read()
-        if last is None:
-            return
-        self._resumed = (last, now, time.monotonic())
-        # A clock not yet set (a box without a battery clock boots in the past) or behind the last read (one whose
-        # time was saved before a power cut) would make the gap a span of years, or none. Its readings are not
-        # reported, and the gap runs to the first that is, once NTP has set the clock (_redate_resume)
-        if self._clock_unset_at_start():
-            if not self._run_before_was_ahead(last, now):
-                self.vtn.hold_readings_until(last)
-        elif self.telemetry.note_gap(last, now, self.config.meter.poll_seconds):
-            self._say_not_read(last, now)
-
-    def _note_step_ahead(self, read_at: datetime) -> None:
-        """A wall clock stepped ahead between two reads cuts the interval the one before fell in, and the one after
-        begins in, short of their reads: the ticks it skipped count as missed, as while not running, so the VTN
-        gets them marked rather than as means of whole intervals."""
-        mono, last = time.monotonic(), self._last_read     # reported readings only: not those a wrong clock dated
-        self._last_read = (read_at, mono)
-        if last is None:
-            return
-        if (read_at - last[0]).total_seconds() - (mono - last[1]) > CLOCK_STEP_S:
-            self.telemetry.note_gap(last[0], read_at, self.config.meter.poll_seconds)
-
-    def _run_before_was_ahead(self, last: datetime, now: datetime) -> bool:
-        """Whether this clock, behind the run before's last read, is the right one: the kernel says NTP keeps it
-        synchronized, so that run's clock was ahead (a box without NTP that ran fast, put right since). Holding this
-        run's readings until the clock passed that read lost them for as long as it had been ahead; they are
-        reported as read, and the time not running, which that run's clock cannot tell, is not counted."""
-        sync = self.clock_sync.last
-        if sync is None or not sync.synchronized or clock_suspect(now) or now > last:
-            return False
-        self._resumed = None
-        if self._built("vtn"):
-            self.vtn.report_held_readings()
-        dropped = self.telemetry.drop_after(now)
-        log.warning("the meter's last read before this start (%s) is %s ahead of this clock, which NTP keeps "
-                    "synchronized: the run before's clock was ahead, and its readings went to the VTN dated up to that "
-                    "much after they were read%s; this run's readings are reported as read",
-                    last.isoformat(timespec="seconds"), span((last - now).total_seconds()),
-                    f" ({dropped} not yet reported, dated after now, are dropped: their intervals are not theirs)"
-                    if dropped else "")
-        return True
-
-    def _clock_unset_at_start(self) -> bool:
-        last, said, _ = self._resumed
-        return clock_suspect(said) or said < last
-
-    def _say_not_read(self, last: datetime, start: datetime, clock_set: bool = False) -> None:
-        log.info("meter not read for %s %s (last read %s): the report intervals it falls in count the poll ticks "
-                 "missed as failed reads", span((start - last).total_seconds()),
-                 "until the first reading reported after this start, on a clock behind or not set" if clock_set else
-                 "before this start", last.isoformat(timespec="seconds"))
-
-    def _redate_resume(self, last: datetime, said: datetime, mono: float, read_at: datetime) -> None:
-        # A box whose clock was fast at boot (a battery clock that drifted, or one kept in local time) starts the
-        # gateway before NTP puts the clock back: the gap noted at start ran to that fast time, and every interval
-        # read after the step until then went to the VTN marked. The start by the clock as it is now ends the gap.
-        # One the clock was not set at (_note_not_running) ends at the first reading reported (VtnClient
-        # .record_sample): the readings before it are not, and for the VTN the meter was not read.
-        now = datetime.now(timezone.utc)
-        unset = self._clock_unset_at_start()
-        if unset:
-            if clock_suspect(read_at) or read_at <= last:
-                return
-            start, mono = read_at, time.monotonic() - max(0.0, (now - read_at).total_seconds())
-        else:
-            start = now - timedelta(seconds=time.monotonic() - mono)
-            if clock_suspect(start) or abs((start - said).total_seconds()) <= CLOCK_STEP_S:
-                return
-        self._resumed = (last, start, mono)
-        if self.telemetry.note_gap(last, start, self.config.meter.poll_seconds) and unset:
-            self._say_not_read(last, start, clock_set=True)
-
     def _storage_opened_late(self, values: dict[str, str]) -> None:
         saved_opt_out, saved_shed = values.get(OPT_OUT_COMMANDS), values.get(SHED_COMMANDS)
         if saved_opt_out or saved_shed:
@@ -617,58 +498,15 @@ class Gateway:
     async def _restore_late(self, saved_opt_out: str | None, saved_shed: str | None) -> None:
         if saved_opt_out:
             await self._restore_opt_out(saved_opt_out, late=True)
-        if await self._restore_commands(P.SHED_POWER, saved_shed, late=True):
+        if await restore_commands(self.device, self.storage, P.SHED_POWER, saved_shed, late=True):
             self._shed_kept = self.device.commands(P.SHED_POWER)    # the merge, which the restore wrote
             self._tell_shed()
 
     async def _restore_opt_out(self, saved: str | None, late: bool = False) -> None:
-        await self._restore_commands(P.OPT_OUT, saved, late)
+        await restore_commands(self.device, self.storage, P.OPT_OUT, saved, late)
         # at start-up start() does this; a stop's last try in the first seconds of a start must not build the VEN
         if late and self._built("vtn") and bool(self.device.get(P.OPT_OUT)) != self.schedule.opted_out:
             self.vtn.set_opt_out(bool(self.device.get(P.OPT_OUT)))
-
-    async def _restore_commands(self, name: str, saved: str | None, late: bool = False) -> bool:
-        """Put a commandable point's stored commands back (SHED_COMMANDS, OPT_OUT_COMMANDS); whether any were."""
-        if not saved:
-            return False
-        point = P.BY_NAME[name]
-        low, high = self.device.input_bounds
-        low = low if point.lowest is None else point.lowest
-        try:
-            commands = {int(priority): value for priority, value in json.loads(saved).items()}
-            if point.kind == "binaryValue" and not all(1 <= p <= 16 and isinstance(v, bool)
-                                                       for p, v in commands.items()):
-                raise ValueError("priorities 1..16 with true or false expected")
-            if point.kind == "analogValue" and not all(
-                    1 <= p <= 16 and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-                    for p, v in commands.items()):
-                raise ValueError("priorities 1..16 with finite kW expected")
-        except (ValueError, TypeError, AttributeError, OverflowError, RecursionError) as err:
-            # %.200r: JSON nested 10^5 deep (RecursionError) was a line of 200 KB
-            log.warning("stored %s commands %.200r unreadable (%s): the point starts relinquished", name, saved, err)
-            return False
-        outside = {p: v for p, v in commands.items() if point.kind == "analogValue" and not low <= v <= high}
-        if outside:
-            # bacnet.input_max_kw lowered since: the BAS still holds its command, which the point then takes at the bound
-            commands.update({p: min(max(v, low), high) for p, v in outside.items()})
-            log.warning("stored %s commands outside %g..%g kW (bacnet.input_min_kw..input_max_kw, or the point's "
-                        "lowest, changed since?): %s, restored at the bound", name, low, high,
-                        ", ".join(f"{v:g} at priority {p}" for p, v in sorted(outside.items())))
-        if late:
-            # the BAS may have written or relinquished priorities since the start: those stay as it
-            # left them, the stored commands fill the others, and the merge is what is kept
-            touched = self.device.written_priorities(name)
-            commands = {p: v for p, v in commands.items() if p not in touched}
-        await self.device.restore_commands(name, commands)
-        if late:
-            self.storage.save_value("bacnet_commands:" + name, json.dumps(self.device.commands(name)))
-        if commands:
-            def shown(v) -> str:
-                return ("active" if v else "inactive") if point.kind == "binaryValue" else f"{v:g}"
-            log.info("%s commands restored from before the restart: %s -> %s", name,
-                     ", ".join(f"{shown(v)} at priority {p}" for p, v in sorted(commands.items())),
-                     shown(self.device.get(name)))
-        return bool(commands)
 
     def _on_schedule(self, state: ScheduleState) -> None:
         if state.level != self._level_said:
@@ -723,7 +561,7 @@ class Gateway:
 
     def _look_at_held_readings(self) -> None:
         if self._built("vtn") and (held := self.vtn.readings_held_before()) is not None:
-            self._run_before_was_ahead(held, datetime.now(timezone.utc))
+            self.read_gaps.run_before_was_ahead(held, datetime.now(timezone.utc))
 
     def _on_forecast(self, f) -> None:
         if self.forecast.last_cycle_seconds is not None:

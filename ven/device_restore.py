@@ -1,0 +1,103 @@
+"""What the gateway's BACnet device keeps across restarts: the objects it served (for databaseRevision) and the
+BAS's commands on its commandable points, stored in storage.path and put back at the start."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+
+from bacnet_api import points as P
+from bacnet_api.device import GatewayDevice
+
+from .storage import Storage
+
+log = logging.getLogger(__name__)
+
+BACNET_DATABASE = "bacnet_database"  # the device's objects and databaseRevision, as the last run served them
+
+
+def count_database_revision(device: GatewayDevice, storage: Storage) -> None:
+    """Set the device's databaseRevision: the last run's, one more if its objects differ from this run's."""
+    # Over BACnet no object is created, deleted or renamed, but between two runs a new device_name or
+    # device_id, or a release with other points, does so: a BAS that cached the objects learns it from
+    # databaseRevision, which only means something if it is kept across restarts.
+    identity = device.database_identity()
+    saved = storage.load_value(BACNET_DATABASE)
+    try:
+        stored = json.loads(saved or "null")
+        revision, known = int(stored["revision"]), stored["objects"]
+        if not isinstance(known, list):
+            raise TypeError(known)
+        if revision < 0:    # the device refused it (an Unsigned) out of every start
+            raise ValueError(f"databaseRevision {revision}")
+    # the first run, or a file from before this was kept; or a value this version cannot read (a revision of
+    # 1e400 raised OverflowError, JSON nested too deep RecursionError, out of every start)
+    except (ValueError, TypeError, KeyError, OverflowError, RecursionError) as err:
+        revision, known = device.database_revision, None
+        if saved is not None:
+            revision += 1
+            log.warning("stored BACnet objects of the last run unreadable (%s: %.80s): databaseRevision %d, so a "
+                        "BAS that cached them reads them again", type(err).__name__, err, revision)
+        elif storage.found_file:
+            # An earlier release served this device without keeping its objects, and those releases had
+            # other points (13 before the load thresholds): counting one more costs a BAS a re-read, not
+            # counting one leaves it with a stale list of objects.
+            revision += 1
+            log.info("BACnet objects of the last run not recorded in storage.path (an earlier version wrote "
+                     "it): databaseRevision %d, so a BAS that cached them reads them again", revision)
+    if known == identity:
+        device.database_revision = revision
+        return
+    if known is not None:
+        revision += 1
+        # what came and what went: a rename names both, and the reader must tell which is which
+        came, went = sorted(set(identity) - set(known)), sorted(set(known) - set(identity))
+        said = [f"{word} {', '.join(names)}" for word, names in (("new", came), ("gone", went)) if names]
+        log.info("BACnet objects differ from the last run (%s): databaseRevision %d", "; ".join(said), revision)
+    device.database_revision = revision
+    storage.save_value(BACNET_DATABASE, json.dumps({"revision": revision, "objects": identity}))
+
+
+async def restore_commands(device: GatewayDevice, storage: Storage, name: str, saved: str | None,
+                           late: bool = False) -> bool:
+    """Put a commandable point's stored commands back (SHED_COMMANDS, OPT_OUT_COMMANDS); whether any were."""
+    if not saved:
+        return False
+    point = P.BY_NAME[name]
+    low, high = device.input_bounds
+    low = low if point.lowest is None else point.lowest
+    try:
+        commands = {int(priority): value for priority, value in json.loads(saved).items()}
+        if point.kind == "binaryValue" and not all(1 <= p <= 16 and isinstance(v, bool)
+                                                   for p, v in commands.items()):
+            raise ValueError("priorities 1..16 with true or false expected")
+        if point.kind == "analogValue" and not all(
+                1 <= p <= 16 and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                for p, v in commands.items()):
+            raise ValueError("priorities 1..16 with finite kW expected")
+    except (ValueError, TypeError, AttributeError, OverflowError, RecursionError) as err:
+        # %.200r: JSON nested 10^5 deep (RecursionError) was a line of 200 KB
+        log.warning("stored %s commands %.200r unreadable (%s): the point starts relinquished", name, saved, err)
+        return False
+    outside = {p: v for p, v in commands.items() if point.kind == "analogValue" and not low <= v <= high}
+    if outside:
+        # bacnet.input_max_kw lowered since: the BAS still holds its command, which the point then takes at the bound
+        commands.update({p: min(max(v, low), high) for p, v in outside.items()})
+        log.warning("stored %s commands outside %g..%g kW (bacnet.input_min_kw..input_max_kw, or the point's "
+                    "lowest, changed since?): %s, restored at the bound", name, low, high,
+                    ", ".join(f"{v:g} at priority {p}" for p, v in sorted(outside.items())))
+    if late:
+        # the BAS may have written or relinquished priorities since the start: those stay as it
+        # left them, the stored commands fill the others, and the merge is what is kept
+        touched = device.written_priorities(name)
+        commands = {p: v for p, v in commands.items() if p not in touched}
+    await device.restore_commands(name, commands)
+    if late:
+        storage.save_value("bacnet_commands:" + name, json.dumps(device.commands(name)))
+    if commands:
+        def shown(v) -> str:
+            return ("active" if v else "inactive") if point.kind == "binaryValue" else f"{v:g}"
+        log.info("%s commands restored from before the restart: %s -> %s", name,
+                 ", ".join(f"{shown(v)} at priority {p}" for p, v in sorted(commands.items())),
+                 shown(device.get(name)))
+    return bool(commands)
