@@ -22,6 +22,7 @@ from bacpypes3.local.cmd import Commandable
 from bacpypes3.pdu import GlobalBroadcast
 from bacpypes3.primitivedata import Real
 
+from .bug_guard import BugGuard
 from .client import ensure_port_free, stop_transactions, to_plain
 from .objects import (
     WRITER,
@@ -151,7 +152,8 @@ class GatewayDevice:
         self._no_value_yet: set[str] = set()
         self._faulted: set[str] = set()
         self._unusable: set[str] = set()   # faulted on an answer that was no use, not on a missing one
-        self._callbacks: dict[str, list[Callable[[Any], None]]] = {}
+        # by point, each with its guard: a BAS writes every few seconds, and a broken listener's traceback each time
+        self._callbacks: dict[str, list[tuple[Callable[[Any], Any], BugGuard]]] = {}
         self._written: dict[str, set[int]] = {}   # priorities written or relinquished over the network
         self._bacnet: Any = None
 
@@ -366,23 +368,23 @@ class GatewayDevice:
         writer = WRITER.get()
         log.log(level, "BACnet write accepted: %s", _what_was_written(point, obj, writer))
         pending = []
-        for callback in self._callbacks.get(point.name, ()):
+        for callback, bug in self._callbacks.get(point.name, ()):
             try:
                 result = callback(value)
-            except Exception:  # a broken listener must not turn an accepted write into an error
-                log.exception("on_write callback for %s failed", point.name)
+            except Exception as err:  # noqa: BLE001 - a broken listener must not turn an accepted write into an error
+                bug.failed(err)
                 continue
             if inspect.isawaitable(result):
-                pending.append(result)
-        return self._acknowledge_after(point.name, pending) if pending else None
+                pending.append((result, bug))   # it works when this does
+            else:
+                bug.worked()
+        return self._acknowledge_after(pending) if pending else None
 
     @staticmethod
-    async def _acknowledge_after(name: str, pending: list[Awaitable]) -> None:
-        for result in pending:
-            try:
+    async def _acknowledge_after(pending: list[tuple[Awaitable, BugGuard]]) -> None:
+        for result, bug in pending:
+            with bug.guard():   # as a callback's own failure: the write was accepted
                 await result
-            except Exception:  # as a callback's own failure: the write was accepted
-                log.exception("on_write callback for %s failed", name)
 
     def _update_reliability(self, name: str) -> None:
         if name in self._faulted:
@@ -493,7 +495,13 @@ class GatewayDevice:
             raise KeyError(f"no point named {name!r}")
         if point.access != "commandable":
             raise ValueError(f"{name} is read-only from the network; nothing to listen for")
-        self._callbacks.setdefault(name, []).append(callback)
+        self._callbacks.setdefault(name, []).append(
+            (callback, BugGuard(log, f"{name} write callback", "the BAS's writes are still taken")))
+
+    @property
+    def bugs(self) -> list[BugGuard]:
+        watch = [self._foreign.bug] if self._foreign is not None else []
+        return [bug for listeners in self._callbacks.values() for _, bug in listeners] + watch
 
 
 async def _let_answers_go(app: Any, at_most: float) -> None:

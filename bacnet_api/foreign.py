@@ -19,6 +19,8 @@ import logging
 import time
 from typing import Any, Callable
 
+from .bug_guard import BugGuard
+
 log = logging.getLogger(__name__)
 
 WATCH_S = 1.0
@@ -79,6 +81,8 @@ class RegistrationWatch:
         self._why = ""
         self._task: asyncio.Task | None = None
         self._on_registered: Callable[[], None] | None = None
+        # the one thing that asks again after a lapse (bacpypes3 stops): it must not end on a bug, nor unsaid
+        self.bug = BugGuard(log, f"watching the registration with BBMD {bbmd}", f"looked at again every {WATCH_S:g} s")
 
     def start(self, on_registered: Callable[[], None] | None = None) -> None:
         """`on_registered` is called each time the registration holds after not holding (the first time too)."""
@@ -103,7 +107,8 @@ class RegistrationWatch:
 
     async def _run(self) -> None:
         while True:
-            self._look(time.monotonic())
+            with self.bug.guard():
+                self._look(time.monotonic())
             await asyncio.sleep(WATCH_S)
 
     def _look(self, now: float) -> None:

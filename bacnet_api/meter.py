@@ -47,6 +47,7 @@ from .client import (
     to_plain,
 )
 from .meter_units import MeterUnits, NotPower, check_configured, meter_units
+from .bug_guard import BugGuard
 from .services import CommunicationDisabled
 from .settle import Flapping, span
 
@@ -148,6 +149,9 @@ class MeterClient:
         self.settle_seconds = float(settle_seconds)
         self._window: _FaultWindow | None = None  # the fault the log has opened and not yet closed
         self._settle = Flapping(self.settle_seconds)  # the settle period, doubled for a fault that comes back
+        self._read_bug = BugGuard(log, "meter read", "the read counts as failed, the poll goes on")
+        self._callback_bug = BugGuard(log, "meter reading callback", "called again with each reading")
+        self.bugs = (self._read_bug, self._callback_bug)
         self.units: str | None = None  # what the meter's units property last said ("watts"), for the operator
         self._conversion: MeterUnits | None = None  # None: read units (and statusFlags support) at the next read
         self._conversion_app: Application | None = None
@@ -424,10 +428,8 @@ class MeterClient:
                 self._window = None
         self.fault = failed
         if self.on_reading is not None:
-            try:
+            with self._callback_bug.guard():
                 self.on_reading(reading)
-            except Exception:
-                log.exception("meter on_reading callback failed")
 
     def _log_end(self, window: _FaultWindow, now: float, reading: MeterReading) -> None:
         lasted, steady = span(window.steady_since - window.since), span(now - window.steady_since)
@@ -471,7 +473,17 @@ class MeterClient:
 
     async def _poll(self) -> None:
         while True:
-            await self.read_once()
+            try:
+                await self.read_once()
+            except Exception as err:  # noqa: BLE001 - a bug, not the meter's fault: said once, the poll goes on
+                self._read_bug.failed(err)
+                # a failed read, so the points, /healthz and the BAS alarm do not show the last kW as live
+                try:
+                    self._record(self._reading(error=f"meter read failed inside the gateway ({type(err).__name__})"))
+                except Exception:  # noqa: BLE001, S110 - read_once records its reading the same way: said above
+                    pass
+            else:
+                self._read_bug.worked()
             # next tick on the wall-clock grid (:00, :10, ...), skipping ticks a slow read overran
             now = time.time()
             next_tick = (math.floor(now / self.poll_seconds) + 1) * self.poll_seconds

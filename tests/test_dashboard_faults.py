@@ -441,6 +441,29 @@ async def test_each_config_warning_is_named_as_a_warning_and_none_when_the_confi
         assert page.errors == []
 
 
+class BugView(FaultView):
+    bugs: list[str] = []
+
+    def status(self):
+        return {**super().status(), "bugs": self.bugs}
+
+
+async def test_a_job_failing_on_a_bug_in_the_gateway_is_named_until_it_works_again(server):  # noqa: F811
+    # /healthz and the stop line named it; the page showed the gateway healthy
+    view = BugView()
+    view.bugs = ["forecast cycle failing (KeyError: 'x')"]
+    async with drawn(server, view, "?refresh=1", speedup=QUICK) as (page, _):
+        await page.wait_for_function(f"({PROBLEMS}) === 'bug-0'", timeout=10000)
+        item = page.locator('#problems li[data-problem="bug-0"]')
+        assert await item.get_attribute("data-level") == "bad"
+        assert await item.locator(".what").inner_text() == "Gateway bug"
+        assert await item.locator(".detail").inner_text() == "forecast cycle failing (KeyError: 'x')"
+        assert "traceback" in await item.locator(".todo").inner_text()
+        view.bugs = []
+        await page.wait_for_selector("#problems", state="hidden", timeout=10000)
+        assert page.errors == []
+
+
 class ClockView(FaultView):
     """The kernel's word on the clock as the gateway gives it: synchronized true, false or null (cannot tell)."""
 

@@ -375,7 +375,13 @@ class Gateway:
             out += self.forecast.open_faults()
         if self._built("http") and self.http is not None:
             out += self.http.open_faults()
-        return out
+        return out + self._bugs()
+
+    def _bugs(self) -> list[str]:
+        """The jobs failing on a bug in the gateway (BugGuard): each said once, with its traceback, in the log."""
+        owners = [self.meter, self.device, self.schedule] + [getattr(self, p) for p in ("forecast", "vtn")
+                                                             if self._built(p)]
+        return [fault for owner in owners for bug in owner.bugs if (fault := bug.fault())]
 
     # -- callbacks: each keeps one owner's state reflected on the points ------------------------------
 
@@ -667,7 +673,7 @@ class Gateway:
             out.append("openadr.cert expired")
         for twin in self.device.twins():    # the BAS binds one box or the other: a configuration copied
             out.append(f"another device answers as device {self.config.bacnet.device_id}, from {twin['address']}")
-        return out
+        return out + self._bugs()
 
     def status(self) -> dict:
         latest, good = self.meter.latest, self.meter.last_good
@@ -675,6 +681,8 @@ class Gateway:
         return {
             "version": __version__,
             "uptime_seconds": round(time.monotonic() - self.started_at, 1),
+            # the jobs failing on a bug in the gateway, each as its log line names it (BugGuard)
+            "bugs": self._bugs(),
             "now": now.isoformat(timespec="seconds"),
             # the building's zone: the dashboard shows its times in it unless the operator chooses UTC
             "timezone": self.config.forecaster.timezone,

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Callable
 
+from bacnet_api.bug_guard import BugGuard
 from bacnet_api.settle import Flapping, span
 from forecaster import DemandForecaster, Forecast
 from forecaster.core import ClockStep
@@ -83,6 +84,10 @@ class ForecastService:
         self._store: ForecastStore | None = None
         self._cycle_pool = ThreadPoolExecutor(1, thread_name_prefix="forecast-cycle")
         self._task: asyncio.Task | None = None
+        every = f"tried again every {span(self.config.cycle_seconds)}"
+        self._cycle_bug = BugGuard(log, "forecast cycle", f"the forecast points keep their last values; {every}")
+        self._shed_bug = BugGuard(log, "reading the events' sheds for the forecaster", every)
+        self.bugs = (self._cycle_bug, self._shed_bug)
         self._fit_task: asyncio.Task | None = None
         self._last_input_t: float | None = None
         self._last_input_mono = 0.0     # when the BAS wrote, by the monotonic clock
@@ -380,33 +385,10 @@ class ForecastService:
         loop = asyncio.get_running_loop()
         while True:
             started = loop.time()
-            now = self._clock()
-            events = self._events_changed()
-            if events is not None:    # before a fit is cut: a shed is not learned as a normal afternoon
-                try:
-                    await loop.run_in_executor(self._cycle_pool, self._tell_curtailed, events, now)
-                except Exception:
-                    log.exception("reading the events' sheds for the forecaster failed")
-            retry_due = self._fit_retry_at is None or time.monotonic() >= self._fit_retry_at
-            if self._fit_task is None and retry_due and self.forecaster.needs_fit(now):
-                self._fit_task = asyncio.create_task(self.fit(now), name="forecast-fit")
-                self._fit_task.add_done_callback(self._fit_done)
-            self._wake.clear()
-            self._starved = self.input_stale()
-            cycle_started = loop.time()
-            try:
-                f = await loop.run_in_executor(self._cycle_pool, self._cycle, now)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # a bug in one cycle must not end forecasting
-                log.exception("forecast cycle failed")
-            else:
-                self.last_forecast = f
-                self.last_cycle_seconds = loop.time() - cycle_started
-                try:
-                    self._publish(f)
-                except Exception:
-                    log.exception("publishing the forecast failed")
+            with self._cycle_bug.guard():    # a bug in one cycle must not end forecasting, nor fill the log
+                await self._turn(loop)
+            if self._cycle_bug.failing:
+                self._wake.clear()      # a failed turn waits its cycle out too, not round again at once
             # the cadence runs on from an early cycle. Not wait_for: on Python 3.11 a wake-up in the moment the
             # task is cancelled wins over the cancel, and the stop waited for ever
             try:
@@ -414,6 +396,28 @@ class ForecastService:
                     await self._wake.wait()
             except TimeoutError:
                 pass
+
+    async def _turn(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = self._clock()
+        with self._shed_bug.guard():
+            events = self._events_changed()
+            if events is not None:    # before a fit is cut: a shed is not learned as a normal afternoon
+                try:
+                    await loop.run_in_executor(self._cycle_pool, self._tell_curtailed, events, now)
+                except BaseException:
+                    self._events_told = None    # told again at the next cycle, not taken as told
+                    raise
+        retry_due = self._fit_retry_at is None or time.monotonic() >= self._fit_retry_at
+        if self._fit_task is None and retry_due and self.forecaster.needs_fit(now):
+            self._fit_task = asyncio.create_task(self.fit(now), name="forecast-fit")
+            self._fit_task.add_done_callback(self._fit_done)
+        self._wake.clear()
+        self._starved = self.input_stale()
+        cycle_started = loop.time()
+        f = await loop.run_in_executor(self._cycle_pool, self._cycle, now)
+        self.last_forecast = f
+        self.last_cycle_seconds = loop.time() - cycle_started
+        self._publish(f)
 
     # ---- worker-thread work ---------------------------------------------------------------------
     def _reopen_store(self, now: float) -> None:

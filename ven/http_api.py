@@ -637,7 +637,8 @@ class HttpServer:
         except Exception as err:
             text = f"{type(err).__name__}: {err}"
             if self._failing.get(name) != text:
-                log.warning("http %s failing: %s", name, text)
+                # the traceback at the start: a bug in the gateway, which the text alone does not place
+                log.warning("http %s failing: %s", name, text, exc_info=err if name not in self._failing else None)
                 self._failing[name] = text
             raise
         if self._failing.pop(name, None) is not None:
@@ -721,7 +722,10 @@ class HttpServer:
     async def _metrics(self, request: web.Request) -> web.Response:
         refresh = getattr(self.view, "refresh_metrics", None)
         if refresh is not None:  # counters owned elsewhere are synced at scrape time
-            refresh()
+            try:    # through _call: aiohttp said a failure as a client's bad request, without its traceback
+                await self._call("metrics", refresh)
+            except Exception as err:
+                return web.Response(status=500, text=f"metrics unavailable: {type(err).__name__}: {err}\n")
         self.metrics.uptime_seconds.set(time.monotonic() - self._started)
         self.metrics.event_loop_lag_seconds.set(self.heartbeat.worst_lag())
         resp = web.Response(body=self.metrics.render(), headers={"Cache-Control": "no-store"})

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import Callable, Iterable
 
+from bacnet_api.bug_guard import BugGuard
 from bacnet_api.settle import span
 
 from .events import OPT_IN, OPT_OUT, Event
@@ -27,6 +28,7 @@ from .wallclock import PRUNE_HOLD_S, StepWatch, clock_suspect
 log = logging.getLogger(__name__)
 
 _MAX_SLEEP = 30.0   # re-evaluate at least this often
+BUG_RETRY_S = 1.0   # a pass that failed (a bug) is run again this soon: an event's boundaries are to the second
 # A wait for the next boundary goes by the monotonic clock: a wall clock stepped meanwhile (NTP) left the points
 # showing an event the clock had put over, or not begun, for up to _MAX_SLEEP. The wall clock is glanced at this
 # often, and a step of more than STEP_GLANCE_S (a slew moves it by milliseconds) re-evaluates at once.
@@ -78,6 +80,10 @@ class EventSchedule:
         self._last: ScheduleState | None = None
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
+        self._pass_bug = BugGuard(log, "event schedule's timer", f"run again every {BUG_RETRY_S:g} s")
+        self._change_bug = BugGuard(log, "event schedule's change callback (the points)",
+                                   "called again at the timer's next pass")
+        self.bugs = (self._pass_bug, self._change_bug)
         self._loaded = False
         self._unjudged: set[str] = set()   # unlisted by the VTN while the wall clock was not set
         self._ended_by_vtn: set[str] = set()  # listed completed, then no longer listed, still running here
@@ -348,11 +354,9 @@ class EventSchedule:
     def _publish(self, at: datetime) -> None:
         st = self.state(at)
         if st != self._last:
-            self._last = st
-            try:
+            with self._change_bug.guard():
                 self._on_change(st)
-            except Exception:
-                log.exception("schedule on_change callback failed")
+                self._last = st     # not before: points a failed callback left unset are set at its next pass
 
     def _next_wake(self, now: datetime) -> datetime | None:
         best = None
@@ -412,31 +416,43 @@ class EventSchedule:
 
     async def _run(self, steps: StepWatch) -> None:
         assert self._wake is not None
-        next_sort = time.monotonic() + _SORT_EVERY_S
+        self._next_sort = time.monotonic() + _SORT_EVERY_S
+        woke, woke_for = False, None
         while True:
-            now = self._clock()
-            target = self._next_wake(now)
-            delay = _MAX_SLEEP if target is None else min(_MAX_SLEEP, (target - now).total_seconds())
-            retry = self._storage.retry_seconds
-            if retry is not None:  # a file that would not open is tried this often, here (flush below)
-                delay = min(delay, retry)
-            woke_for = await self._wait(delay, target)
+            delay, target = BUG_RETRY_S, None
+            with self._pass_bug.guard():    # a bug in one pass must not leave the points as they are for good
+                if woke:
+                    self._after_wait(steps, woke_for)
+                delay, target = self._plan()
+            woke_for, woke = await self._wait(delay, target), True
             self._wake.clear()          # after the wait: a change made before this task first ran counts
-            now = self._clock()
-            # The loop may fire a hair before the boundary; evaluate at the boundary itself.
-            at = max(now, woke_for) if woke_for is not None and (woke_for - now).total_seconds() < 0.005 else now
-            self._publish(at)
-            self._judge_unlisted(now)
-            self._storage.flush()       # changes a failed write left in memory (no-op when none)
-            self._adopt(self._storage.take_found(), now)
-            mono = time.monotonic()
-            stepped = steps.stepped(now.timestamp())
-            if stepped:
-                self._prune_from = max(self._prune_from, mono + PRUNE_HOLD_S)
-            if stepped or mono >= next_sort:
-                next_sort = mono + _SORT_EVERY_S
-                self._purge(now, prune=mono >= self._prune_from)
-                self._publish(now)
+
+    def _plan(self) -> tuple[float, datetime | None]:
+        """How long the timer waits, at most, and the boundary it waits for (None: only a change or _MAX_SLEEP)."""
+        now = self._clock()
+        target = self._next_wake(now)
+        delay = _MAX_SLEEP if target is None else min(_MAX_SLEEP, (target - now).total_seconds())
+        retry = self._storage.retry_seconds
+        if retry is not None:  # a file that would not open is tried this often, here (flush below)
+            delay = min(delay, retry)
+        return delay, target
+
+    def _after_wait(self, steps: StepWatch, woke_for: datetime | None) -> None:
+        now = self._clock()
+        # The loop may fire a hair before the boundary; evaluate at the boundary itself.
+        at = max(now, woke_for) if woke_for is not None and (woke_for - now).total_seconds() < 0.005 else now
+        self._publish(at)
+        self._judge_unlisted(now)
+        self._storage.flush()       # changes a failed write left in memory (no-op when none)
+        self._adopt(self._storage.take_found(), now)
+        mono = time.monotonic()
+        stepped = steps.stepped(now.timestamp())
+        if stepped:
+            self._prune_from = max(self._prune_from, mono + PRUNE_HOLD_S)
+        if stepped or mono >= self._next_sort:
+            self._next_sort = mono + _SORT_EVERY_S
+            self._purge(now, prune=mono >= self._prune_from)
+            self._publish(now)
 
     async def _wait(self, delay: float, target: datetime | None) -> datetime | None:
         """Until a change, `delay` seconds or a step of the wall clock: `target` if the delay ran out, else None."""

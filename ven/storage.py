@@ -734,13 +734,17 @@ class Storage:
                             (event.event_id, event.to_json(), event.end.isoformat()))
                 self.conn.execute("COMMIT")
                 self._unsynced = True
-            except sqlite3.Error as err:
+            except BaseException as err:
+                # anything (an event that would not serialize, a bug) leaves no transaction open: the next write, of
+                # other things, failed "within a transaction" and blamed the file
                 if self.conn.in_transaction:
                     try:
                         self.conn.execute("ROLLBACK")
                     except sqlite3.Error:
                         pass
-                return err
+                if isinstance(err, sqlite3.Error):
+                    return err
+                raise
         return None
 
     def _written(self, events: dict[str, Event | None], values: dict[str, str],

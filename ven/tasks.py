@@ -2,10 +2,15 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+
+log = logging.getLogger(__name__)
 
 
 async def cancel_and_wait(*tasks: asyncio.Task | None) -> None:
-    """Cancel the tasks and wait until each has ended; their own cancellation is not an error."""
+    """Cancel the tasks and wait until each has ended; their own cancellation is not an error. One that had died of
+    an error is said, with its traceback, and the rest are waited for all the same: raised here, it skipped the
+    owner's clean-up after it (the forecaster's last save of its history)."""
     live = [t for t in tasks if t is not None]
     # a cancel of the caller that came before (the gateway stops in the cleanup of its cancelled task) is not
     # this one's business; one that comes while it waits (a stop given a time limit) must go on up, or the
@@ -19,6 +24,8 @@ async def cancel_and_wait(*tasks: asyncio.Task | None) -> None:
         except asyncio.CancelledError:
             if asyncio.current_task().cancelling() > already:
                 raise
+        except Exception as err:  # noqa: BLE001 - its job had stopped unsaid: said now, at the latest
+            log.error("task %s had ended on an error: %s: %s", t.get_name(), type(err).__name__, err, exc_info=err)
 
 
 async def at_most(work, seconds: float) -> None:

@@ -23,7 +23,8 @@ from typing import Callable, Sequence
 
 from openleadr import enums as oenums, objects, utils as outils
 
-from bacnet_api.settle import RECUR_SECONDS, Flapping
+from bacnet_api.bug_guard import BugGuard
+from bacnet_api.settle import RECUR_SECONDS, Flapping, span
 
 from .cert_expiry import read_client_cert
 from .config import OpenadrConfig
@@ -35,8 +36,8 @@ from .telemetry import TelemetryQueue
 from .vtn_events import VtnEvents
 from .vtn_outage import VtnOutage, _Outage
 from .vtn_reports import Standing, Unrequested, VtnReports
-from .vtn_transport import (INVALID_ID, NOT_REGISTERED, _Client, _NoScheduler, _duration, _ei_response, _fault_kind,
-                            _iso, _response_code, _utcnow)
+from .vtn_transport import (EVENT_BUG_THEN, INVALID_ID, NOT_REGISTERED, _Client, _NoScheduler, _duration, _ei_response,
+                            _fault_kind, _iso, _response_code, _utcnow)
 from .wallclock import clock_suspect
 
 log = logging.getLogger(__name__)
@@ -128,6 +129,10 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
         self._updates_failing: tuple[datetime, int, bool, str] | None = None
         self._report_refusals = 0
         self._unrequested: Unrequested | None = None   # registered without a telemetry request, since when
+        self._delivery_bug = BugGuard(log, "telemetry delivery", f"restarted after {span(config.retry_max_seconds)}")
+        self._connected_bug = BugGuard(log, "VTN connected callback (vtn-connected)", "called at each change")
+        self._event_bug = BugGuard(log, "handling an event from the VTN", EVENT_BUG_THEN)
+        self.bugs = (self._delivery_bug, self._connected_bug, self._event_bug)
         self._reoffer_delay = 0.0   # before the next offer after a refused report (doubles while refused)
         self._tasks: list[asyncio.Task] = []
         self._wake_delivery: asyncio.Event | None = None
@@ -328,10 +333,8 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
     def _set_connected(self, ok: bool) -> None:
         if ok != self.connected:
             self.connected = ok
-            try:
+            with self._connected_bug.guard():
                 self._on_connected(ok)
-            except Exception:
-                log.exception("on_connected callback failed")
 
     async def _run(self) -> None:
         delay = self._cfg.retry_min_seconds
@@ -436,6 +439,7 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
         client.on_update_event = self._handle_event
         client.on_create_report = self._create_report
         client.before_answer = self._schedule.synced
+        client.event_bug = self._event_bug
         sampling = timedelta(seconds=c.telemetry_seconds)
         # min: how often the meter is sampled; max: any coarser interval is a mean of those samples
         rate = objects.SamplingRate(min_period=sampling, max_period=max(sampling, MAX_GRANULARITY), on_change=False)

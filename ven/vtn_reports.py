@@ -85,8 +85,8 @@ class VtnReports:
                 await self._deliver_loop()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # a bug, not a VTN fault (those are handled inside): say so loudly
-                log.exception("telemetry delivery failed unexpectedly; restarting it")
+            except Exception as err:  # a bug, not a VTN fault (those are handled inside): said once
+                self._delivery_bug.failed(err)
                 await asyncio.sleep(self._cfg.retry_max_seconds)
 
     async def _deliver_loop(self) -> None:
@@ -132,6 +132,7 @@ class VtnReports:
                 if req.backlog and not req.catch_up:
                     log.info("queued telemetry delivered: %d interval(s) with their original times", req.backlog)
                     req.backlog = 0
+            self._delivery_bug.worked()     # a pass to its end
             try:
                 async with asyncio.timeout(timeout):
                     await self._wake_delivery.wait()

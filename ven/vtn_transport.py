@@ -20,12 +20,16 @@ from openleadr.messaging import NAMESPACES
 from signxml import XMLVerifier
 from signxml.exceptions import InvalidSignature
 
+from bacnet_api.bug_guard import BugGuard
+
 from .config import shown_url
 from .events import OPEN_ENDED, SIMPLE, raw_signals, signal_name
 from .oadr_xml import validate_xml_schema
 
 # one logger for the VEN side, wherever its code lives: tests and log filters select its lines by this name
 log = logging.getLogger("ven.vtn")
+# an event whose handling raised (a bug in the gateway)
+EVENT_BUG_THEN = "it is answered optOut, and handled again when the VTN lists it next"
 
 INVALID_ID = 452                # OpenADR 2.0b eiResponse code for an ID the VEN does not know
 NOT_REGISTERED = 463            # ... and for a VEN the VTN does not know or no longer authorises
@@ -127,6 +131,8 @@ class _Client(OpenADRClient):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.invalid_events = {}
+        # VtnClient gives each registration's client its own, which outlasts them
+        self.event_bug = BugGuard(log, "handling an event from the VTN", EVENT_BUG_THEN)
 
     async def create_report(self, response_payload):
         await self.on_create_report(response_payload)
@@ -150,29 +156,18 @@ class _Client(OpenADRClient):
                 _openleadr_log.info("The VEN received an event with event_id: %s, status: %s, modification_number: %s",
                                     event_id, event_status, modification_number)
                 received_event = received.get(event_id)
-                if received_event:
-                    # another active period at the same modification is another event under a reused id (a VTN
-                    # restarted without its events numbers them afresh): openleadr answered it from its cache
-                    # and the gateway never saw it. So was a cancellation or other levels listed without a new
-                    # modification (not 2.0b's way, but what the VTN lists is what it wants run): the site ran the
-                    # cancelled event to its end, until a restart took the listing as it was.
-                    if (received_event['event_descriptor']['modification_number'] == modification_number
-                            and _period(received_event) == _period(event)
-                            and _what_runs(received_event) == _what_runs(event)):
-                        result = self.responded_events[event_id]
-                    else:
-                        # by identity: list.remove compares every dict before it by value
-                        at = next(i for i, e in enumerate(self.received_events) if e is received_event)
-                        del self.received_events[at]
-                        self.received_events.append(event)
-                        received[event_id] = event      # an id is received once: each listing replaces it
-                        result = await outils.await_if_required(self.on_update_event(event))
-                else:
-                    self.received_events.append(event)
-                    received[event_id] = event
-                    result = self.on_event(event)
-                if asyncio.iscoroutine(result):
-                    result = await result
+                try:
+                    result = await self._handle(event, received_event, received)
+                except Exception as err:  # noqa: BLE001 - a bug in the gateway's handling, not in the VTN's event
+                    self.event_bug.failed(err)
+                    # not received: openleadr would answer it from its cache (optIn, once listed again) and never
+                    # hand it to the gateway again; the next listing does, and it is optOut meanwhile
+                    self.received_events[:] = [e for e in self.received_events if e is not event]
+                    received.pop(event_id, None)
+                    self.responded_events.pop(event_id, None)
+                    results.append('optOut')
+                    continue
+                self.event_bug.worked()
                 results.append(result)
                 if event_status in (oenums.EVENT_STATUS.COMPLETED, oenums.EVENT_STATUS.CANCELLED) \
                         and event_id in self.responded_events:
@@ -184,9 +179,8 @@ class _Client(OpenADRClient):
                     _openleadr_log.error("Your on_event or on_update_event handler must return 'optIn' or 'optOut'; "
                                          f"you supplied {result}. Please fix your on_event handler.")
                     results[i] = 'optOut'
-        except Exception as err:
-            _openleadr_log.error("Your on_event handler encountered an error. Will Opt Out of the event. "
-                                 f"The error was {err.__class__.__name__}: {str(err)}")
+        except Exception as err:  # noqa: BLE001 - outside one event's handling: all are answered optOut
+            self.event_bug.failed(err)
             results = ['optOut'] * len(events)
 
         # off the loop: each answer's status, and the message (templating, signing); a fresh signer per
@@ -196,6 +190,33 @@ class _Client(OpenADRClient):
             if self.before_answer is not None:
                 await self.before_answer()
             await self._perform_request('EiEvent', created)
+
+    async def _handle(self, event: dict, received_event: dict | None, received: dict) -> str:
+        """The gateway's answer to one listed event, from its handler or, for one received already as it is,
+        openleadr's cache."""
+        event_id = event['event_descriptor']['event_id']
+        modification_number = event['event_descriptor']['modification_number']
+        if received_event:
+            # another active period at the same modification is another event under a reused id (a VTN restarted
+            # without its events numbers them afresh): openleadr answered it from its cache and the gateway never saw
+            # it. So was a cancellation or other levels listed without a new modification (not 2.0b's way, but what
+            # the VTN lists is what it wants run): the site ran the cancelled event to its end, until a restart took
+            # the listing as it was.
+            if (received_event['event_descriptor']['modification_number'] == modification_number
+                    and _period(received_event) == _period(event)
+                    and _what_runs(received_event) == _what_runs(event)):
+                return self.responded_events[event_id]
+            # by identity: list.remove compares every dict before it by value
+            at = next(i for i, e in enumerate(self.received_events) if e is received_event)
+            del self.received_events[at]
+            self.received_events.append(event)
+            received[event_id] = event      # an id is received once: each listing replaces it
+            result = self.on_update_event(event)
+        else:
+            self.received_events.append(event)
+            received[event_id] = event
+            result = self.on_event(event)
+        return await outils.await_if_required(result)
 
     def _created_event(self, events: list[dict], results: list[str], request_id) -> str | None:
         """oadrCreatedEvent for the events that want an answer and are not over, as openleadr builds (and logs) it;

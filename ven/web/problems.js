@@ -205,6 +205,10 @@ export function findProblems(health) {
     add("fit", "warn", "Forecaster fit failing", `the learned model is not refitted; the last model or persistence serves${next}`,
         "see the gateway's log");
   }
+  // a job the gateway repeats failing on an exception nobody expected (the log has its traceback, once)
+  (Array.isArray(gw.bugs) ? gw.bugs : []).forEach((b, i) =>
+    add(`bug-${i}`, "bad", "Gateway bug", String(b),
+        "the log has its traceback (an ERROR \"... failed (a bug in the gateway)\"): report it with that traceback; a restart may clear it"));
   // an old browser's zone data lacks a newer zone: its times would read as the building's when they are not
   if (gw.timezone && !knownZone(gw.timezone)) {
     add("zone", "warn", "Building's zone unknown to this browser",

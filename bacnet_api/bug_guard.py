@@ -1,0 +1,67 @@
+"""A job the gateway runs again and again (a poll, a cycle, a callback on each reading or write) that raised what
+nobody expected: a bug, not a meter, VTN or file fault, which each have their own lines. Its traceback goes to the log
+once, again only when it fails otherwise (another exception, or the same one from another line, not seen since it
+last worked), and one line says
+when the job works again; the job goes on meanwhile. Left to itself such an error either ended the loop that ran
+the job (its points frozen, nothing said until the stop) or put a traceback in the log at every cycle (1,440 a day
+at a 60 s cycle), and nothing said when it stopped. Here, not in ven, because the meter and the device need it and
+bacnet_api never imports ven."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import traceback
+from typing import Iterator
+
+
+def _where(err: BaseException) -> tuple[str, str, int]:
+    frames = traceback.extract_tb(err.__traceback__)
+    # the place, not the text: a message with a time or a count in it is still the one fault
+    if not frames:
+        return type(err).__name__, "", 0
+    return type(err).__name__, frames[-1].filename, frames[-1].lineno or 0
+
+
+class BugGuard:
+    def __init__(self, log: logging.Logger, what: str, then: str = "") -> None:
+        """`what` names the job in the log ("forecast cycle"); `then` says what happens meanwhile ("tried again
+        every 60 s")."""
+        self.log, self.what, self.then = log, what, then
+        self.failures = 0       # since the job last worked
+        self.error = ""         # the last failure, "Type: text", while failing
+        self._seen: set[tuple[str, str, int]] = set()     # the ways it failed since it last worked
+
+    @property
+    def failing(self) -> bool:
+        return bool(self._seen)
+
+    def fault(self) -> str | None:
+        """The open fault for the stop line and /healthz, or None."""
+        return f"{self.what} failing ({self.error})" if self.failing else None
+
+    def failed(self, err: BaseException) -> None:
+        where, self.error = _where(err), f"{type(err).__name__}: {err}"
+        if where not in self._seen:
+            then = f"; {self.then}" if self.then else ""
+            if not self._seen:
+                self.log.error("%s failed (a bug in the gateway): %s%s", self.what, self.error, then, exc_info=err)
+            else:
+                self.log.error("%s still failing, now otherwise: %s", self.what, self.error, exc_info=err)
+            self._seen.add(where)
+        self.failures += 1
+
+    def worked(self) -> None:
+        if self._seen:
+            self.log.info("%s works again after %d failure%s", self.what, self.failures,
+                          "" if self.failures == 1 else "s")
+        self._seen, self.failures, self.error = set(), 0, ""
+
+    @contextlib.contextmanager
+    def guard(self) -> Iterator[None]:
+        """Run the block as one pass of the job: an Exception is said (once) and not raised; cancellation is."""
+        try:
+            yield
+        except Exception as err:  # noqa: BLE001 - what a bug raises cannot be listed: said here, the job goes on
+            self.failed(err)
+        else:
+            self.worked()
