@@ -243,7 +243,7 @@ class FreshView:
 
     def status(self):
         now = time.time()
-        return {"version": "0.1.0", "uptime_seconds": 3.0, "now": _iso(now), "timezone": "UTC",
+        return {"version": "0.1.0", "uptime_seconds": 3.0, "bugs": [], "now": _iso(now), "timezone": "UTC",
                 "clock_suspect": False, "clock_behind_last_read": None, "clock_synchronized": True,
                 "clock_max_error_ms": 12.5, "clock_warning": False,
                 "device": {"device_id": 500001, "name": "EdgeGateway", "address": "192.168.1.20/24:47808",

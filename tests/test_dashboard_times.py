@@ -310,3 +310,25 @@ async def test_a_tick_named_by_its_zone_near_the_y_axis_does_not_overprint_its_l
         assert any(" " in label for label in labels), labels   # a label named by its zone is there
         assert await page.evaluate(OVERPRINTED) == []
         assert page.errors == []
+
+
+async def test_times_near_a_clock_change_carry_their_zone_where_the_hour_repeats(server):
+    # Rome's autumn change: an event of 00:58Z-01:05Z read "2026-10-25 02:58 | 2026-10-25 02:05" in the events table,
+    # ending before it began; the axis named CEST and CET, the table and the chart's words did not
+    from test_dashboard import made_at
+
+    when = int(datetime(2026, 10, 25, 1, 6, tzinfo=timezone.utc).timestamp())
+    view = made_at(when, lambda: ZoneView("Europe/Rome", hours=6))
+    at = lambda h, m: int(datetime(2026, 10, 25, h, m, tzinfo=timezone.utc).timestamp())  # noqa: E731
+    view.events = [{"event_id": "across", "start": at(0, 58), "end": at(1, 5), "level": 1, "opt": "optIn"},
+                   {"event_id": "far-off", "start": at(12, 0), "end": at(13, 0), "level": 2, "opt": "optIn"}]
+    async with drawn(server, view, "?hours=6&refresh=600", at=when + 3) as (page, _):
+        rows = {await r.locator("td").first.inner_text(): await r.inner_text()
+                for r in await page.locator("#events tbody tr").all()}
+        assert "2026-10-25 02:58 CEST" in rows["across"] and "2026-10-25 02:05 CET" in rows["across"], rows
+        assert "2026-10-25 13:00\t" in rows["far-off"] + "\t" and "CET" not in rows["far-off"], rows   # hours away
+        await choose_zone(page, "UTC")
+        await page.wait_for_function("document.querySelector('#events tbody').innerText.includes('00:58')",
+                                     timeout=10000)
+        assert "CE" not in await page.locator("#events tbody").inner_text()
+        assert page.errors == []

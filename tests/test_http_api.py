@@ -203,7 +203,7 @@ class SampleView:
                   "bas-shed-power": 0.0}
         last_poll = now - 2
         return {
-            "version": "0.1.0", "uptime_seconds": round(self.uptime + time.monotonic() - self._made[1], 1),
+            "version": "0.1.0", "uptime_seconds": round(self.uptime + time.monotonic() - self._made[1], 1), "bugs": [],
             "now": dt.datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds"), "timezone": "UTC",
             "clock_suspect": False, "clock_behind_last_read": None, "clock_synchronized": True,
             "clock_max_error_ms": 12.5, "clock_warning": False,

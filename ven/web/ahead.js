@@ -3,7 +3,7 @@
 // "upcoming" (ven/history.py). The history's arrays end at now; this part is a few points and needs no
 // reduction by column.
 import {svg} from "./dom.js";
-import {fmtNum, fmtTime, toMs, zoneName} from "./format.js";
+import {fmtNum, fmtWhen, toMs, zoneName} from "./format.js";
 
 const MARKER_R = 4.5, MARKER_STROKE = 1.5;
 // how far a forecast's marker reaches right of its middle (px): the time axis leaves that much room past the last
@@ -23,15 +23,15 @@ export function aheadOf(hist) {
 }
 // "forecast for 14:18, issued 14:03: 97.2 kW", as the readout and the summary say it
 export function forecastWords(f, issuedAt) {
-  return `forecast for ${fmtTime(f.minute * 1000)}, issued ${fmtTime(issuedAt * 1000)}: ${fmtNum(f.kw)} kW`;
+  return `forecast for ${fmtWhen(f.minute * 1000)}, issued ${fmtWhen(issuedAt * 1000)}: ${fmtNum(f.kw)} kW`;
 }
 export function eventWords(e) {
-  return `an event of level ${Math.round(e.level || 0)} starts at ${fmtTime(toMs(e.start))}` +
+  return `an event of level ${Math.round(e.level || 0)} starts at ${fmtWhen(toMs(e.start))}` +
     (e.opt === "optOut" ? " (opted out)" : "");
 }
 // the readout's lines past now for minute t (epoch s): the forecasts for it and the upcoming events in force
 export function aheadReadout(ahead, t, label) {
-  const lines = [`${fmtTime(t * 1000, true)} ${zoneName()} (ahead)`];
+  const lines = [`${fmtWhen(t * 1000, true)} ${zoneName()} (ahead)`];
   for (const f of ahead.forecasts) if (f.minute === t) lines.push(`${label(f.horizon)}: ${forecastWords(f, ahead.issuedAt)}`);
   for (const e of ahead.upcoming) {
     const s = toMs(e.start), end = toMs(e.end);

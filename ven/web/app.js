@@ -48,6 +48,9 @@ async function getHealth() {
 }
 
 let failingSince = null;
+let staleWhy = null;            // what the page last said is wrong ("gateway unreachable", "token refused")
+let tokenSubmitted = false;     // a token typed in since the last answer
+let typedRefusedAt = null;      // when the gateway refused the token typed in last
 let historyAskedAt = 0;
 const slowChart = () => hours > LONG_SPAN_H && REFRESH_S < LONG_SPAN_EVERY_S;
 // One refresh at a time: a gateway that holds its answers (stopped, swapping, its disk stalled) had each tick
@@ -93,6 +96,9 @@ async function refreshOnce() {
     if (again) historyAskedAt = askedAt;
     const back = failingSince !== null;
     failingSince = null;
+    staleWhy = null;
+    tokenSubmitted = false;
+    typedRefusedAt = null;
     dashboard.lastError = null;
     dashboard.lastOk = nowMs();
     dashboard.stale = false;
@@ -120,9 +126,16 @@ async function refreshOnce() {
       // no token yet, or the token was changed on the gateway while this page was open
       $("token-form").hidden = false;
       dashboard.lastError = "token required";
-      const text = dashboard.lastOk ? `The gateway refused the access token (${since}); it may have been changed. ` +
-                                      "Enter the current one below." : null;
-      showStale(token() ? "token refused" : "token required", text, first);
+      // a token just typed and refused is said so, seen and heard: the banner was the same word for word
+      const typed = tokenSubmitted;
+      tokenSubmitted = false;
+      if (typed) typedRefusedAt = nowMs();
+      const text = typedRefusedAt !== null
+        ? `The token entered at ${fmtStamp(typedRefusedAt)} ${zoneName()} was refused. Enter the current one below.`
+        : !dashboard.lastOk ? null
+        : token() ? `The gateway refused the access token (${since}); it may have been changed. Enter the current one below.`
+        : `The gateway now asks for an access token (${since}). Enter it below.`;
+      showStale(token() ? "token refused" : "token required", text, first || typed);
       return;
     }
     dashboard.lastError = err.message;
@@ -155,14 +168,18 @@ function clockNote() {
 }
 // The last answer stays on screen (better than a blank page) but must not look current: the pills
 // it produced turn grey behind a red one saying why, the data is dimmed, ages keep counting.
-function showStale(why, bannerText, first) {
+function showStale(why, bannerText, sayAgain) {
   dashboard.stale = true;
   // a tab in the background says it too
   document.title = `${why} · ${pageTitle()}`;
-  if (first) {
-    announce(`${why[0].toUpperCase()}${why.slice(1)} since ${fmtStamp(failingSince)} ${zoneName()}.`,
-             dashboard.lastOk ? `The figures shown are from ${fmtStamp(dashboard.lastOk)} ${zoneName()}.` : "");
+  // said at an outage's start, and when what is wrong changes: a gateway restarted with a new token is unreachable
+  // first, then asks for the token, which a screen reader was never told
+  if (sayAgain || why !== staleWhy) {
+    announce(`${why[0].toUpperCase()}${why.slice(1)}${why === staleWhy ? "" : ` since ${fmtStamp(failingSince)} ${zoneName()}`}.`,
+             bannerText && why.startsWith("token") ? bannerText
+             : dashboard.lastOk ? `The figures shown are from ${fmtStamp(dashboard.lastOk)} ${zoneName()}.` : "");
   }
+  staleWhy = why;
   const banner = $("banner");
   if (bannerText) {
     const from = dashboard.lastOk ? ` Showing data from ${fmtStamp(dashboard.lastOk)} ${zoneName()}.` : "";
@@ -192,6 +209,7 @@ function showStale(why, bannerText, first) {
 $("token-form").addEventListener("submit", (ev) => {
   ev.preventDefault();
   sessionStorage.setItem("edge-gateway-token", $("token-input").value.trim());
+  tokenSubmitted = true;
   refresh(true);
 });
 setupDownload();

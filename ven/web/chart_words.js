@@ -3,7 +3,7 @@
 // load flags. Each minute's figures are the readout's (mouse or keys, chart_keys.js), and how to step through
 // them the label's description.
 import {aheadReadout, eventWords} from "./ahead.js";
-import {fmtNum, fmtTime, toMs, zoneName} from "./format.js";
+import {fmtNum, fmtWhen, toMs, zoneName} from "./format.js";
 import {FLAGS, SERIES, forecastSeries} from "./series.js";
 import {hist, histHours, hours, spanLabel} from "./state.js";
 
@@ -19,7 +19,7 @@ function lastOf(values) {
 export function chartLabel(ahead, nowMs) {
   const minutes = hist.minutes;
   // times of a span longer than a day need their date
-  const at = (i) => fmtTime(minutes[i] * 1000, minutes[minutes.length - 1] - minutes[0] >= 86400);
+  const at = (i) => fmtWhen(minutes[i] * 1000, minutes[minutes.length - 1] - minutes[0] >= 86400);
   const power = hist.power_kw || [], demand = hist.demand_kw || [];
   const p = lastOf(power), d = lastOf(demand);
   const now = [];
@@ -31,12 +31,12 @@ export function chartLabel(ahead, nowMs) {
   const sentences = [`${title(ahead)}, times in ${zoneName()}`];
   if (now.length) sentences.push(now.join(", "));
   if (ahead.forecasts.length) {
-    sentences.push(`The latest forecast ${ahead.forecasts.map((f) => `${fmtNum(f.kw)} kW for ${fmtTime(f.minute * 1000)}`).join(" and ")}` +
-                   `, issued ${fmtTime(ahead.issuedAt * 1000)}`);
+    sentences.push(`The latest forecast ${ahead.forecasts.map((f) => `${fmtNum(f.kw)} kW for ${fmtWhen(f.minute * 1000)}`).join(" and ")}` +
+                   `, issued ${fmtWhen(ahead.issuedAt * 1000)}`);
   }
   const events = (hist.events || []).filter((e) => toMs(e.start) !== null && toMs(e.start) <= nowMs &&
                                                    (toMs(e.end) === null || toMs(e.end) > nowMs))
-    .map((e) => `level ${Math.round(e.level || 0)} event ${toMs(e.end) === null ? "open-ended" : `until ${fmtTime(toMs(e.end))}`}` +
+    .map((e) => `level ${Math.round(e.level || 0)} event ${toMs(e.end) === null ? "open-ended" : `until ${fmtWhen(toMs(e.end))}`}` +
                 (e.opt === "optOut" ? " (opted out)" : ""));
   const next = ahead.upcoming.map(eventWords);
   sentences.push(events.length || next.length ? events.concat(next).join("; ") : "no event now");
@@ -53,7 +53,7 @@ export function chartLabel(ahead, nowMs) {
 export function readoutText(i, ahead) {
   const n = hist.minutes.length;
   if (i >= n) return aheadReadout(ahead, ahead.minutes[i - n], (h) => forecastSeries(h).label);
-  const lines = [`${fmtTime(hist.minutes[i] * 1000, true)} ${zoneName()}`];
+  const lines = [`${fmtWhen(hist.minutes[i] * 1000, true)} ${zoneName()}`];
   for (const s of SERIES) lines.push(`${s.label}: ${fmtNum((hist[s.key] || [])[i])} kW`);
   const flags = FLAGS.filter((f) => (hist[f.key] || [])[i] === true).map((f) => f.label);
   if (flags.length) lines.push(`flags: ${flags.join(", ")}`);

@@ -1,7 +1,7 @@
 // Event intervals shaded by level under the series (opted out: hatched; upcoming: outlined in dots), each
 // wide enough labelled with its level.
 import {svg} from "./dom.js";
-import {clamp, fmtTime, toMs, zoneName} from "./format.js";
+import {clamp, fmtWhen, toMs, zoneName} from "./format.js";
 import {LEVEL_COLORS} from "./series.js";
 
 // the hatches an opted-out span is filled with, in its level's colour: the level was sent, the building did
@@ -30,7 +30,7 @@ export function drawEvents(events, {x, t0, t1, top, height, labelXs}) {
                            "fill-opacity": out ? 0.45 : 0.28,
                            class: `event${out ? " opted-out" : ""}${e.upcoming ? " upcoming" : ""}`,
                            "data-level": level, "data-event": e.event_id || "", "data-opt": e.opt || ""});
-    r.append(svg("title", {}, `${e.upcoming ? "upcoming " : ""}event ${e.event_id || ""} level ${level}: ${fmtTime(s, true)}–${toMs(e.end) === null ? "open" : fmtTime(end, true)} ${zoneName()}${out ? " (opted out)" : ""}`));
+    r.append(svg("title", {}, `${e.upcoming ? "upcoming " : ""}event ${e.event_id || ""} level ${level}: ${fmtWhen(s, true)}–${toMs(e.end) === null ? "open" : fmtWhen(end, true)} ${zoneName()}${out ? " (opted out)" : ""}`));
     g.append(r);
     if (x1 - x0 > 24) {
       // overlapping events (a modification, a second program) stack their labels instead of overprinting

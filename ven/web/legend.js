@@ -2,7 +2,7 @@
 // the explanations the swatch shows, and the event levels share one item: a few lines above the chart
 // instead of eight.
 import {$, el} from "./dom.js";
-import {fmtTime} from "./format.js";
+import {fmtWhen} from "./format.js";
 import {LEVEL_COLORS, SERIES, forecastSeries} from "./series.js";
 
 function item(swatches, words, attrs) {
@@ -17,7 +17,7 @@ export function legend(ahead, compact) {
                                        compact && s.short ? s.short : s.label));
   if (ahead.forecasts.length) {
     const dots = ahead.forecasts.map((f) => el("i", {class: "dot", style: `background:${forecastSeries(f.horizon).color}`}));
-    const issued = fmtTime(ahead.issuedAt * 1000);
+    const issued = fmtWhen(ahead.issuedAt * 1000);
     items.push(item(dots, compact ? `Forecasts issued ${issued}` : `Latest forecasts (issued ${issued})`,
                     {"data-legend": "ahead"}));
   }

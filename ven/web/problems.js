@@ -1,12 +1,18 @@
 // What is wrong and what to do: one line per problem the status shows, in words; and what a screen
 // reader hears of them (#announce).
 import {$, el} from "./dom.js";
-import {fmtDuration, fmtSpan, fmtTime, knownZone, stampText, toMs, zoneName} from "./format.js";
+import {fmtDuration, fmtSpan, fmtWhen, knownZone, stampText, toMs, zoneName} from "./format.js";
 import {dashboard, gw} from "./state.js";
 import {certWarning, communication, flaky, neverRegistered, noThreshold, recentRefusal} from "./status.js";
 
 // an HTTP 5xx is the server failing (the VTN, or a proxy or load balancer in front of it), not a refusal of this VEN
 const serverError = (text) => /\bHTTP 5\d\d\b/.test(text) && !/refused/.test(text);
+
+// The gateway warns of an unsynchronized clock from its second look, 5 minutes into a run, so as not to at boot
+// while a time service sets the clock. A restart is not a fix: a warning this page showed stays while the new run's
+// first look still finds the clock unsynchronized (it said "Cleared", and the warning came back 5 minutes later).
+let clockWarned = false;
+const FIRST_LOOKS_S = 600;
 
 export function findProblems(health) {
   const out = [];
@@ -22,7 +28,9 @@ export function findProblems(health) {
         "let NTP set the host's time; this clears by itself once the clock is past that read");
   }
   // as the log says it: after two looks, so not in the seconds a time daemon takes to set the clock at boot
-  if (gw.clock_warning === true && gw.clock_suspect !== true) {
+  clockWarned = gw.clock_warning === true || (clockWarned && gw.clock_synchronized === false &&
+                                              typeof gw.uptime_seconds === "number" && gw.uptime_seconds < FIRST_LOOKS_S);
+  if (clockWarned && gw.clock_suspect !== true) {
     add("clock-sync", "warn", "Clock not synchronized",
         "the kernel says no time service (NTP) keeps the gateway's clock: it drifts by seconds a day, and the VTN's events start and telemetry is stamped by it",
         "enable chrony or systemd-timesyncd (on the host, for a container) and let it reach its NTP servers (UDP 123); this clears within 5 minutes of the clock being synchronized");
@@ -30,7 +38,7 @@ export function findProblems(health) {
   const cert = certWarning();
   if (cert) {
     const certEnds = toMs(cert.not_after);
-    const date = `${fmtTime(certEnds, true)} ${zoneName()}`, which = `openadr.cert ${cert.file || ""} (${cert.subject || "no subject"})`;
+    const date = `${fmtWhen(certEnds, true)} ${zoneName()}`, which = `openadr.cert ${cert.file || ""} (${cert.subject || "no subject"})`;
     const swap = "put the new certificate and its key in place of the files: the gateway reads them at its next registration, no restart needed, and this clears within 5 minutes";
     if (cert.warning === "expired") {
       add("vtn-cert", "bad", "VEN certificate expired",
@@ -201,7 +209,7 @@ export function findProblems(health) {
     // past while the retry runs
     const retry = typeof fc.fit_retry_at === "number" ? fc.fit_retry_at * 1000 : null, now = toMs(gw.now) ?? Date.now();
     const next = retry === null ? "" : retry <= now ? "; trying again now" :
-      `; next try about ${fmtTime(retry, retry - now > 20 * 3600 * 1000)} ${zoneName()}`;
+      `; next try about ${fmtWhen(retry, retry - now > 20 * 3600 * 1000)} ${zoneName()}`;
     add("fit", "warn", "Forecaster fit failing", `the learned model is not refitted; the last model or persistence serves${next}`,
         "see the gateway's log");
   }

@@ -1,6 +1,6 @@
 // The status body (ven/http_api.py's docstring has its shape): its points, a map keyed by name, as a list in
 // table order; and what it says about the gateway, for the pills, the problem list and the tiles.
-import {fmtDuration, fmtTime, nowMs, toMs, zoneName} from "./format.js";
+import {fmtDuration, fmtWhen, nowMs, toMs, zoneName} from "./format.js";
 import {gw} from "./state.js";
 
 export function normalizeStatus(s) {
@@ -77,6 +77,6 @@ export function learningText() {
     return fc.fitting === true ? "forecaster learning: fitting the first model now; persistence serves until it is in"
       : `forecaster learning: first model due now (${need} of history in); persistence serves until then`;
   }
-  return `forecaster learning: first model about ${fmtTime(first, true)} ${zoneName()} (${need} of history needed, ` +
+  return `forecaster learning: first model about ${fmtWhen(first, true)} ${zoneName()} (${need} of history needed, ` +
     `${fmtDuration(l.have_minutes * 60)} so far); persistence serves until then`;
 }

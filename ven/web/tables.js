@@ -1,6 +1,6 @@
 // The tables: every BACnet point, the OpenADR events, and each status section as key/value rows.
 import {$, el} from "./dom.js";
-import {UNIT_TEXT, fmtNum, fmtTime, humanize, putValue, toMs, zoneName} from "./format.js";
+import {UNIT_TEXT, fmtNum, fmtWhen, humanize, putValue, toMs, zoneName} from "./format.js";
 import {gw} from "./state.js";
 import {learningText, levelSteps} from "./status.js";
 
@@ -78,10 +78,10 @@ export function renderEvents() {
     // overlapping events: the one of highest priority sets ADR-Event-Level
     if (e.status === "active" && e.sets_level === false && e.opt !== "optOut") phase = "active (overridden)";
     const id = e.priority ? `${e.event_id || ""} (priority ${e.priority})` : (e.event_id || "");
-    const end = e.status === "cancelled" && e.cancelled_at ? `cancelled ${fmtTime(toMs(e.cancelled_at), true)}`
-      : e.open_ended && !e.end ? "until cancelled" : fmtTime(toMs(e.end), true);
+    const end = e.status === "cancelled" && e.cancelled_at ? `cancelled ${fmtWhen(toMs(e.cancelled_at), true)}`
+      : e.open_ended && !e.end ? "until cancelled" : fmtWhen(toMs(e.end), true);
     tr.append(el("td", {}, id), el("td", {}, phase), level,
-              el("td", {}, fmtTime(toMs(e.start), true)), el("td", {}, end),
+              el("td", {}, fmtWhen(toMs(e.start), true)), el("td", {}, end),
               opt, el("td", {class: "muted minor"}, signalSummary(e.signals)));
     body.append(tr);
   }
