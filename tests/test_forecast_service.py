@@ -474,8 +474,11 @@ def _cmdline(pid: int) -> str:
 async def test_a_failing_fit_process_raises_with_its_last_error_line(tmp_path):
     from ven.fit_worker import FitError, fit_in_child
 
-    with pytest.raises(FitError, match="exited with status 1: .*UnpicklingError"):
+    with pytest.raises(FitError, match="exited with status 1: .*UnpicklingError") as raised:
         await fit_in_child(b"not a pickled job")
+    # where it failed, for the log's first line of the fault: the last line alone did not say
+    assert raised.value.detail.startswith("Traceback") and 'fit_worker.py", line' in raised.value.detail, \
+        raised.value.detail
 
 
 @pytest.mark.timeout(30)

@@ -14,12 +14,18 @@ import signal
 import sys
 from pathlib import Path
 
+DETAIL_LINES = 40   # of the child's stderr kept for the log: a traceback's end
 TIMEOUT_S = 3600.0  # a fit takes seconds; one that hangs must not block every later one
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 class FitError(RuntimeError):
-    """The fit process failed; the message carries its exit status and last error line."""
+    """The fit process failed; the message carries its exit status and last error line, `detail` the end of what it
+    wrote to stderr (a traceback: where it failed, which the last line alone does not say)."""
+
+    def __init__(self, message: str, detail: str = "") -> None:
+        super().__init__(message)
+        self.detail = detail
 
 
 async def fit_in_child(job_blob: bytes, threads: int = 1, timeout: float = TIMEOUT_S) -> bytes:
@@ -55,7 +61,8 @@ async def fit_in_child(job_blob: bytes, threads: int = 1, timeout: float = TIMEO
         raise FitError(f"fit process was killed by signal {-proc.returncode} ({_why(-proc.returncode)})")
     if proc.returncode != 0:
         lines = err.decode(errors="replace").strip().splitlines()
-        raise FitError(f"fit process exited with status {proc.returncode}: {lines[-1] if lines else 'no message'}")
+        raise FitError(f"fit process exited with status {proc.returncode}: {lines[-1] if lines else 'no message'}",
+                       "\n".join(lines[-DETAIL_LINES:]))
     return out
 
 

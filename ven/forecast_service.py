@@ -571,8 +571,11 @@ class ForecastService:
             retrain = self.config.retrain_minutes
             wait = min(retrain * 2 ** min(self._fit_failures, 20), max(retrain, FIT_RETRY_MAX_MINUTES))
             if not self._fit_failures:
-                log.error("forecaster fit failed: %s: %s; the last model or persistence serves, next try about %s",
-                          type(err).__name__, err, _iso(self._clock() + wait * 60))
+                # the child's traceback, once: where it failed, for a bug report
+                detail = getattr(err, "detail", "")
+                log.error("forecaster fit failed: %s: %s; the last model or persistence serves, next try about %s%s",
+                          type(err).__name__, err, _iso(self._clock() + wait * 60),
+                          f"\n{detail}" if "\n" in detail else "")
             self._fit_failures += 1
             self._fit_retry_at = time.monotonic() + wait * 60
             return
