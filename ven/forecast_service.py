@@ -87,7 +87,8 @@ class ForecastService:
         every = f"tried again every {span(self.config.cycle_seconds)}"
         self._cycle_bug = BugGuard(log, "forecast cycle", f"the forecast points keep their last values; {every}")
         self._shed_bug = BugGuard(log, "reading the events' sheds for the forecaster", every)
-        self.bugs = (self._cycle_bug, self._shed_bug)
+        self._reopen_bug = BugGuard(log, "opening storage.path for the forecaster again", every)
+        self.bugs = (self._cycle_bug, self._shed_bug, self._reopen_bug)
         self._fit_task: asyncio.Task | None = None
         self._last_input_t: float | None = None
         self._last_input_mono = 0.0     # when the BAS wrote, by the monotonic clock
@@ -433,8 +434,12 @@ class ForecastService:
             loaded = ({"minutes": 0, "model": False} if self._read_at_start
                       else store.load_into(self.forecaster, now, model=fitted is None))
             store.save_model(fitted)
-        except Exception:  # still not there; the start already said so
+        except (sqlite3.Error, OSError):  # still not there; the start already said so
             return
+        except Exception as err:  # noqa: BLE001 - a bug, not the file: said once, and the cycle's forecast goes on
+            self._reopen_bug.failed(err)
+            return
+        self._reopen_bug.worked()
         self._store, self._store_failing, self.storage_error = store, False, None
         if loaded.get("set_aside"):
             self._imported_sheds = loaded["set_aside"]
