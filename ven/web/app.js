@@ -139,8 +139,9 @@ async function refreshOnce() {
       return;
     }
     dashboard.lastError = err.message;
+    // the request's path ("api/status: ...") is no news on a wall display
     showStale(/unreachable/.test(err.message) ? "gateway unreachable" : "gateway not answering",
-              `${err.message} (${since}).`, first);
+              `${err.message.replace(/^api\/[\w.]+: /, "")} (${since}).`, first);
   }
 }
 // A gateway upgraded while the page was open (a wall screen's, for weeks) answers this page's old scripts, which
@@ -192,7 +193,11 @@ function showStale(why, bannerText, sayAgain) {
   const pills = $("pills");
   for (const p of pills.querySelectorAll(".pill.why")) p.remove();
   for (const p of pills.querySelectorAll(".pill")) {
-    if (!p.classList.contains("old")) p.title = `as of ${fmtStamp(dashboard.lastOk)} ${zoneName()} (no longer confirmed)`;
+    if (!p.classList.contains("old")) {
+      p.title = `as of ${fmtStamp(dashboard.lastOk)} ${zoneName()} (no longer confirmed)`;
+      // in words, not only greyed: a screen reader read the header as "healthy, VTN connected" while unreachable
+      p.textContent = `was ${p.textContent}`;
+    }
     p.className = "pill old";
   }
   pills.prepend(el("span", {class: "pill bad why"}, why));
