@@ -67,6 +67,23 @@ async def test_text_keeps_its_contrast_in_every_state(server, faults, scheme):
         assert page.errors == []
 
 
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+async def test_the_last_answer_shown_while_the_gateway_is_away_keeps_its_contrast(server, scheme):
+    # it was dimmed and greyed: body text 4.32:1, muted labels 2.38:1, a tile's red "fault" 2.73:1
+    view = FaultView()
+    view.faults = {"meter", "vtn", "meter-flaky"}
+    srv = await server(view)
+    async with chromium_page(color_scheme=scheme, speedup=QUICK) as page:
+        await open_dashboard(page, srv.url + "/?refresh=1")
+        await srv.stop()
+        await page.wait_for_function("document.body.classList.contains('stale')", timeout=10000)
+        assert await page.evaluate("getComputedStyle(document.querySelector('main')).opacity") == "1"
+        assert await page.evaluate("getComputedStyle(document.querySelector('main')).filter") == "none"
+        assert await page.evaluate(LOW_CONTRAST) == []
+        title = await page.evaluate("getComputedStyle(document.querySelector('main .card h2'), '::after').content")
+        assert "last answer" in title, title
+
+
 async def test_token_form_by_keyboard_and_by_its_label(server):
     srv = await server(SampleView(), token="s3cret")
     async with chromium_page(375, 667) as page:
