@@ -11,7 +11,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import traceback
+from pathlib import Path
 from typing import Iterator
+
+_ROOT = Path(__file__).resolve().parents[1]
+_OURS = tuple(str(_ROOT / package) for package in ("ven", "bacnet_api", "forecaster"))
+# what a mistake in code raises, not a peer's fault or a file's (those have their own exceptions and lines)
+PROGRAMMING_ERRORS = (TypeError, AttributeError, NameError, KeyError, IndexError, ZeroDivisionError, AssertionError,
+                      RecursionError)
 
 
 def _where(err: BaseException) -> tuple[str, str, int]:
@@ -20,6 +27,16 @@ def _where(err: BaseException) -> tuple[str, str, int]:
     if not frames:
         return type(err).__name__, "", 0
     return type(err).__name__, frames[-1].filename, frames[-1].lineno or 0
+
+
+def trace_if_a_bug(log: logging.Logger, what: str, err: BaseException, seen: set) -> None:
+    """For a job whose failures are a peer's faults as a rule (the VEN session: the VTN's), and said as such: one that
+    is a programming error raised in the gateway's own code gets its traceback too, once for each place (`seen`)."""
+    where = _where(err)
+    if isinstance(err, PROGRAMMING_ERRORS) and where[1].startswith(_OURS) and where not in seen:
+        seen.add(where)
+        log.error("%s: %s: %s is a bug in the gateway, not a fault of its peer (its traceback, once)", what,
+                  type(err).__name__, err, exc_info=err)
 
 
 class BugGuard:

@@ -47,7 +47,7 @@ from .client import (
     to_plain,
 )
 from .meter_units import MeterUnits, NotPower, check_configured, meter_units
-from .bug_guard import BugGuard
+from .bug_guard import BugGuard, trace_if_a_bug
 from .services import CommunicationDisabled
 from .settle import Flapping, span
 
@@ -152,6 +152,7 @@ class MeterClient:
         self._read_bug = BugGuard(log, "meter read", "the read counts as failed, the poll goes on")
         self._callback_bug = BugGuard(log, "meter reading callback", "called again with each reading")
         self.bugs = (self._read_bug, self._callback_bug)
+        self._bugs_traced: set = set()
         self.units: str | None = None  # what the meter's units property last said ("watts"), for the operator
         self._conversion: MeterUnits | None = None  # None: read units (and statusFlags support) at the next read
         self._conversion_app: Application | None = None
@@ -206,6 +207,7 @@ class MeterClient:
             reading = self._reading(error=str(err), answered=not isinstance(err, _NoRoute))
         except Exception as err:  # anything the stack raises is a failed read, not a crash
             reading = self._reading(error=f"{self._what}: {error_text(err)}")
+            trace_if_a_bug(log, "meter read", err, self._bugs_traced)
         if reading.value is None:
             self._conversion = None  # the meter may come back replaced or reconfigured: read its units again
         if reading.value is None and not self.router and self.network is not None and not silenced:

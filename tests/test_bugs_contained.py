@@ -65,6 +65,30 @@ def test_a_bug_is_said_once_with_its_traceback_again_only_when_it_fails_otherwis
     assert len([r for r in caplog.records if r.levelno == logging.ERROR]) == 3
 
 
+def test_a_peers_fault_is_not_traced_but_a_programming_error_in_the_gateways_own_code_is_once(caplog):
+    # the VEN session and the meter read take any exception for the VTN's or the meter's fault: a bug in the gateway
+    # read as "VTN session error TypeError: ...", with no traceback to say where
+    from bacnet_api.bug_guard import trace_if_a_bug
+    from bacnet_api.settle import span
+
+    caplog.set_level(logging.INFO, logger="bugs")
+    seen: set = set()
+    for _ in range(3):
+        try:
+            span("a kW")        # raises TypeError in bacnet_api/settle.py: the gateway's own code
+        except TypeError as err:
+            trace_if_a_bug(logging.getLogger("bugs"), "VTN session error", err, seen)
+    for err in (TypeError("raised outside the gateway's code"), ConnectionResetError("reset by the VTN")):
+        try:
+            raise err
+        except Exception as caught:  # noqa: BLE001
+            trace_if_a_bug(logging.getLogger("bugs"), "VTN session error", caught, seen)
+    [line] = caplog.records
+    assert line.levelno == logging.ERROR and line.exc_info
+    assert line.getMessage().startswith("VTN session error: TypeError: ") and "is a bug in the gateway" in \
+        line.getMessage()
+
+
 async def test_the_event_timer_goes_on_after_a_bug_in_one_of_its_passes(system, caplog):  # noqa: F811
     # one exception in the schedule's timer ended it: the event was stored and answered optIn, ADR-Event-Level
     # stayed 0 through it, and /healthz said ok

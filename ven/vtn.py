@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 
 from openleadr import enums as oenums, objects, utils as outils
 
-from bacnet_api.bug_guard import BugGuard
+from bacnet_api.bug_guard import BugGuard, trace_if_a_bug
 from bacnet_api.settle import RECUR_SECONDS, Flapping, span
 
 from .cert_expiry import read_client_cert
@@ -133,6 +133,7 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
         self._connected_bug = BugGuard(log, "VTN connected callback (vtn-connected)", "called at each change")
         self._event_bug = BugGuard(log, "handling an event from the VTN", EVENT_BUG_THEN)
         self.bugs = (self._delivery_bug, self._connected_bug, self._event_bug)
+        self._bugs_traced: set = set()     # the places a session or registration error was a bug in (traced once)
         self._reoffer_delay = 0.0   # before the next offer after a refused report (doubles while refused)
         self._tasks: list[asyncio.Task] = []
         self._wake_delivery: asyncio.Event | None = None
@@ -347,6 +348,7 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
                 ok = False
             except Exception as err:  # noqa: BLE001 - keep retrying whatever the VTN sent
                 self.last_error = f"registration error {err.__class__.__name__}: {err}"
+                trace_if_a_bug(log, "VTN registration error", err, self._bugs_traced)
                 ok = False
             if not ok:
                 self.registration_failures += 1
@@ -380,6 +382,7 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
                 await self._session()
             except Exception as err:  # noqa: BLE001 - a bad message must not end the VEN
                 self.last_error = f"session error {err.__class__.__name__}: {err}"
+                trace_if_a_bug(log, "VTN session error", err, self._bugs_traced)
                 errored = True
             finally:
                 self._live = False
