@@ -21,7 +21,7 @@ PROGRAMMING_ERRORS = (TypeError, AttributeError, NameError, KeyError, IndexError
                       RecursionError)
 
 
-def _where(err: BaseException) -> tuple[str, str, int]:
+def where_raised(err: BaseException) -> tuple[str, str, int]:
     frames = traceback.extract_tb(err.__traceback__)
     # the place, not the text: a message with a time or a count in it is still the one fault
     if not frames:
@@ -32,7 +32,7 @@ def _where(err: BaseException) -> tuple[str, str, int]:
 def trace_if_a_bug(log: logging.Logger, what: str, err: BaseException, seen: set) -> None:
     """For a job whose failures are a peer's faults as a rule (the VEN session: the VTN's), and said as such: one that
     is a programming error raised in the gateway's own code gets its traceback too, once for each place (`seen`)."""
-    where = _where(err)
+    where = where_raised(err)
     if isinstance(err, PROGRAMMING_ERRORS) and where[1].startswith(_OURS) and where not in seen:
         seen.add(where)
         log.error("%s: %s: %s is a bug in the gateway, not a fault of its peer (its traceback, once)", what,
@@ -57,7 +57,7 @@ class BugGuard:
         return f"{self.what} failing ({self.error})" if self.failing else None
 
     def failed(self, err: BaseException) -> None:
-        where, self.error = _where(err), f"{type(err).__name__}: {err}"
+        where, self.error = where_raised(err), f"{type(err).__name__}: {err}"
         if where not in self._seen:
             then = f"; {self.then}" if self.then else ""
             if not self._seen:

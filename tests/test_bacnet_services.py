@@ -806,3 +806,20 @@ async def test_write_at_a_reserved_or_invalid_priority_is_refused(gateway, peer,
     assert await peer.read(addr, name, "priorityArray") == [None] * 16
     assert seen == []
     assert errors_logged(caplog) == []
+
+
+async def test_a_fault_in_serving_an_unconfirmed_request_is_traced_once_not_at_each_request(gateway, peer, caplog,
+                                                                                           monkeypatch):
+    # anyone on the network can send the request that meets it, as often as they like: a traceback each time
+    caplog.set_level(logging.DEBUG, logger="bacnet_api.services")
+    addr = where(gateway)
+
+    def broken(apdu):
+        raise RuntimeError("a fault in serving Who-Has")
+    monkeypatch.setattr(gateway.app, "do_WhoHasRequest", broken)
+    for _ in range(3):
+        assert await asyncio.wait_for(
+            peer.app.who_has(object_name=CharacterString(METER_POWER), address=Address(addr), timeout=0.5), 3) == []
+    failed = [r for r in caplog.records if r.getMessage().startswith("BACnet: WhoHas from")]
+    assert [r.levelno for r in failed] == [logging.ERROR, logging.DEBUG, logging.DEBUG], failed
+    assert failed[0].exc_info and not failed[1].exc_info
