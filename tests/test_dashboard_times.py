@@ -322,7 +322,13 @@ async def test_times_near_a_clock_change_carry_their_zone_where_the_hour_repeats
     at = lambda h, m: int(datetime(2026, 10, 25, h, m, tzinfo=timezone.utc).timestamp())  # noqa: E731
     view.events = [{"event_id": "across", "start": at(0, 58), "end": at(1, 5), "level": 1, "opt": "optIn"},
                    {"event_id": "far-off", "start": at(12, 0), "end": at(13, 0), "level": 2, "opt": "optIn"}]
+    # the recent log, newest first, went 02:05:38, then 02:58:02, with nothing to say why
+    view.recent_log = lambda level, limit: {"capacity": 500, "total": 2, "lines": [
+        {"at": "2026-10-25T01:05:38Z", "level": "INFO", "message": "second pass"},
+        {"at": "2026-10-25T00:58:02Z", "level": "INFO", "message": "first pass"}]}
     async with drawn(server, view, "?hours=6&refresh=600", at=when + 3) as (page, _):
+        await page.wait_for_function("document.querySelectorAll('#log-lines li.log-line').length === 2", timeout=10000)
+        assert await page.locator("#log-lines li.log-line time").all_inner_texts() == ["02:05:38 CET", "02:58:02 CEST"]
         rows = {await r.locator("td").first.inner_text(): await r.inner_text()
                 for r in await page.locator("#events tbody tr").all()}
         assert "2026-10-25 02:58 CEST" in rows["across"] and "2026-10-25 02:05 CET" in rows["across"], rows

@@ -80,11 +80,11 @@ export function fmtTime(ms, withDate) {
 // a time within hours of a change of the zone's offset carries the zone's name, as the axis's ticks do there: in
 // Rome's autumn change an event of 00:58Z-01:05Z read "02:58 | 02:05", ending before it began ("02:05 CET")
 const NEAR_CHANGE_MS = 6 * 3600 * 1000;
-export function fmtWhen(ms, withDate) {
-  if (ms === null) return "";
-  const t = fmtTime(ms, withDate);
-  return zone === "UTC" || offsetMs(ms - NEAR_CHANGE_MS) === offsetMs(ms + NEAR_CHANGE_MS) ? t : `${t} ${zoneAbbr(ms)}`;
+export function zoneNote(ms) {
+  return ms === null || zone === "UTC" || offsetMs(ms - NEAR_CHANGE_MS) === offsetMs(ms + NEAR_CHANGE_MS) ? ""
+    : ` ${zoneAbbr(ms)}`;
 }
+export function fmtWhen(ms, withDate) { return ms === null ? "" : `${fmtTime(ms, withDate)}${zoneNote(ms)}`; }
 // The gateway's clock minus this browser's, as last measured (app.js): the gateway stamps every time it
 // gives, so "5 s ago" and "is it past yet" are asked of its clock. A wall screen's PC 3 minutes ahead called a
 // reading taken now "3 min ago", one behind called it "in 3 min".

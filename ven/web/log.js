@@ -4,7 +4,7 @@
 // warnings and errors, and stays in the address (?log=warning) as the span does.
 import {apiGet} from "./api.js";
 import {$, el} from "./dom.js";
-import {fmtStamp, toMs, zoneName} from "./format.js";
+import {fmtStamp, toMs, zoneName, zoneNote} from "./format.js";
 
 const FETCH_TIMEOUT_MS = 8000;
 const LEVELS = {info: "everything", warning: "warnings and errors"};
@@ -22,7 +22,7 @@ function lineRow(line) {
   const li = el("li", {class: `log-line ${lvl.toLowerCase()}`});
   // the hover says the time as the log line says it, in UTC: the one to look for in journalctl
   li.append(el("time", {datetime: line.at || "", title: `${line.at || ""} in the gateway's log (UTC)`},
-               stamp.slice(11)),
+               stamp.slice(11) + zoneNote(ms)),     // the hour a clock change repeats: which pass of it
             el("span", {class: "log-level"}, lvl),
             el("span", {class: "log-message"}, line.message || ""));
   return {li, day: stamp.slice(0, 10)};
