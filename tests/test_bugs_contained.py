@@ -133,6 +133,29 @@ async def test_an_event_whose_handling_failed_is_handled_again_at_the_next_listi
     assert said(caplog, "handling an event from the VTN works again")
 
 
+async def test_an_event_whose_handling_keeps_failing_is_one_fault_beside_the_events_that_work(system, caplog,  # noqa: F811
+                                                                                            monkeypatch):
+    # each listing handles the failing event and the others: "works again" after each message, and the traceback
+    # again at the next, for as long as it failed
+    import ven.vtn_events as vtn_events
+
+    vtn, meter, gateway, peer, gw = system
+    caplog.set_level(logging.INFO)
+    await eventually(lambda: gateway.vtn.connected, 15, "VTN connected")
+    fault = Raises(vtn_events.from_openleadr, TypeError("a bug in reading this event"), times=None,
+                   when=lambda raw, *a, **k: raw["event_descriptor"]["event_id"] == "always-fails")
+    monkeypatch.setattr(vtn_events, "from_openleadr", fault)
+    start = datetime.now(timezone.utc) + timedelta(minutes=10)
+    vtn.add_event([1.0], start=start, interval_seconds=600, event_id="always-fails")
+    for other in ("works-1", "works-2"):     # each a listing of all three
+        vtn.add_event([2.0], start=start, interval_seconds=600, event_id=other)
+        await eventually(lambda: vtn.opts_for(other) == ["optIn"], 15, f"{other} answered")
+    assert fault.raised >= 2 and set(vtn.opts_for("always-fails")) == {"optOut"}
+    assert len(said(caplog, "handling an event from the VTN failed")) == 1
+    assert not said(caplog, "handling an event from the VTN works again")
+    assert "handling an event from the VTN failing (TypeError: a bug in reading this event)" in gateway.degraded()
+
+
 async def test_the_meter_poll_goes_on_after_a_bug_and_its_points_show_the_fault_meanwhile(system, caplog,  # noqa: F811
                                                                                          monkeypatch):
     # an exception after the read (the poll ticks' arithmetic) ended the poll: meter-power kept its last kW, not in

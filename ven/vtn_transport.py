@@ -147,6 +147,7 @@ class _Client(OpenADRClient):
         try:
             results = []
             received = {}
+            failed = False      # one event's handling: the fault ends with a message handled whole
             for e in self.received_events:
                 received.setdefault(e['event_descriptor']['event_id'], e)     # find_by's: the first listed
             for event in events:
@@ -160,6 +161,7 @@ class _Client(OpenADRClient):
                     result = await self._handle(event, received_event, received)
                 except Exception as err:  # noqa: BLE001 - a bug in the gateway's handling, not in the VTN's event
                     self.event_bug.failed(err)
+                    failed = True
                     # not received: openleadr would answer it from its cache (optIn, once listed again) and never
                     # hand it to the gateway again; the next listing does, and it is optOut meanwhile
                     self.received_events[:] = [e for e in self.received_events if e is not event]
@@ -167,7 +169,6 @@ class _Client(OpenADRClient):
                     self.responded_events.pop(event_id, None)
                     results.append('optOut')
                     continue
-                self.event_bug.worked()
                 results.append(result)
                 if event_status in (oenums.EVENT_STATUS.COMPLETED, oenums.EVENT_STATUS.CANCELLED) \
                         and event_id in self.responded_events:
@@ -179,6 +180,8 @@ class _Client(OpenADRClient):
                     _openleadr_log.error("Your on_event or on_update_event handler must return 'optIn' or 'optOut'; "
                                          f"you supplied {result}. Please fix your on_event handler.")
                     results[i] = 'optOut'
+            if not failed:
+                self.event_bug.worked()
         except Exception as err:  # noqa: BLE001 - outside one event's handling: all are answered optOut
             self.event_bug.failed(err)
             results = ['optOut'] * len(events)
