@@ -149,7 +149,9 @@ class MeterClient:
         self.settle_seconds = float(settle_seconds)
         self._window: _FaultWindow | None = None  # the fault the log has opened and not yet closed
         self._settle = Flapping(self.settle_seconds)  # the settle period, doubled for a fault that comes back
-        self._read_bug = BugGuard(log, "meter read", "the read counts as failed, the poll goes on")
+        # a bug met by a failed read's path only, with a meter that fails now and then, is one fault
+        self._read_bug = BugGuard(log, "meter read", "the read counts as failed, the poll goes on",
+                                  settle_s=3 * self.poll_seconds)
         self._callback_bug = BugGuard(log, "meter reading callback", "called again with each reading")
         self.bugs = (self._read_bug, self._callback_bug)
         self._bugs_traced: set = set()

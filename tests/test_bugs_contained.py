@@ -60,9 +60,34 @@ def test_a_bug_is_said_once_with_its_traceback_again_only_when_it_fails_otherwis
         pass
     assert bug.fault() is None
     assert caplog.records[-1].getMessage() == "the job works again after 6 failures"
+    fail(1)     # a new fault: said again, from the same place, whose traceback is in the log already
+    [again] = [r for r in caplog.records if r.levelno == logging.ERROR][2:]
+    assert again.getMessage().startswith("the job failed (a bug in the gateway): KeyError: 'one 1'; tried again (its "
+                                         "traceback above, ") and not again.exc_info
     with bug.guard():
-        raise KeyError("one")   # a new fault: said again
-    assert len([r for r in caplog.records if r.levelno == logging.ERROR]) == 3
+        raise KeyError("one")   # from another place: its own traceback
+    assert [r for r in caplog.records if r.levelno == logging.ERROR][-1].exc_info
+
+
+def test_a_bug_met_by_some_passes_only_is_one_fault_until_the_job_has_worked_a_while(caplog, monkeypatch):
+    # a bug in a failed read's path, with a meter that fails one read in three: a start and an end at each
+    import bacnet_api.bug_guard as bug_guard
+
+    now = [1000.0]
+    monkeypatch.setattr(bug_guard.time, "monotonic", lambda: now[0])
+    caplog.set_level(logging.INFO, logger="bugs")
+    bug = BugGuard(logging.getLogger("bugs"), "meter read", settle_s=30.0)
+    for n in range(30):     # one pass in three fails, 10 s apart
+        with bug.guard():
+            if n % 3 == 0:
+                raise ZeroDivisionError("in the failed read's path")
+        now[0] += 10
+    assert [r.levelno for r in caplog.records] == [logging.ERROR] and bug.failures == 10
+    for _ in range(4):      # 40 s working: over
+        with bug.guard():
+            pass
+        now[0] += 10
+    assert caplog.records[-1].getMessage() == "meter read works again after 10 failures" and not bug.failing
 
 
 def test_a_peers_fault_is_not_traced_but_a_programming_error_in_the_gateways_own_code_is_once(caplog):
@@ -175,7 +200,7 @@ async def test_the_meter_poll_goes_on_after_a_bug_and_its_points_show_the_fault_
     fault.armed = False
     meter.set_value(42.0)
     await eventually(lambda: gateway.device.get(P.METER_POWER) == 42.0, 10, "the poll reading again")
-    await eventually(lambda: said(caplog, "meter read works again after"), 5, "the end of the bug")
+    await eventually(lambda: said(caplog, "meter read works again after"), 10, "the end of the bug, 3 polls on")
     assert not any("meter read failing" in d for d in gateway.degraded())
 
 

@@ -85,9 +85,11 @@ class ForecastService:
         self._cycle_pool = ThreadPoolExecutor(1, thread_name_prefix="forecast-cycle")
         self._task: asyncio.Task | None = None
         every = f"tried again every {span(self.config.cycle_seconds)}"
-        self._cycle_bug = BugGuard(log, "forecast cycle", f"the forecast points keep their last values; {every}")
-        self._shed_bug = BugGuard(log, "reading the events' sheds for the forecaster", every)
-        self._reopen_bug = BugGuard(log, "opening storage.path for the forecaster again", every)
+        settle = 2 * self.config.cycle_seconds
+        self._cycle_bug = BugGuard(log, "forecast cycle", f"the forecast points keep their last values; {every}",
+                                   settle_s=settle)
+        self._shed_bug = BugGuard(log, "reading the events' sheds for the forecaster", every, settle_s=settle)
+        self._reopen_bug = BugGuard(log, "opening storage.path for the forecaster again", every, settle_s=settle)
         self.bugs = (self._cycle_bug, self._shed_bug, self._reopen_bug)
         self._fit_task: asyncio.Task | None = None
         self._last_input_t: float | None = None

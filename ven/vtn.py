@@ -129,7 +129,8 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
         self._updates_failing: tuple[datetime, int, bool, str] | None = None
         self._report_refusals = 0
         self._unrequested: Unrequested | None = None   # registered without a telemetry request, since when
-        self._delivery_bug = BugGuard(log, "telemetry delivery", f"restarted after {span(config.retry_max_seconds)}")
+        self._delivery_bug = BugGuard(log, "telemetry delivery", f"restarted after {span(config.retry_max_seconds)}",
+                                      settle_s=config.retry_max_seconds)
         self._connected_bug = BugGuard(log, "VTN connected callback (vtn-connected)", "called at each change")
         self._event_bug = BugGuard(log, "handling an event from the VTN", EVENT_BUG_THEN)
         self.bugs = (self._delivery_bug, self._connected_bug, self._event_bug)
