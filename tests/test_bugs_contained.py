@@ -158,8 +158,8 @@ async def test_an_event_whose_handling_failed_is_handled_again_at_the_next_listi
     assert said(caplog, "handling an event from the VTN works again")
 
 
-async def test_an_event_whose_handling_keeps_failing_is_one_fault_beside_the_events_that_work(system, caplog,  # noqa: F811
-                                                                                            monkeypatch):
+async def test_an_event_whose_handling_keeps_failing_is_one_fault_beside_those_that_work(system, caplog,  # noqa: F811
+                                                                                        monkeypatch):
     # each listing handles the failing event and the others: "works again" after each message, and the traceback
     # again at the next, for as long as it failed
     import ven.vtn_events as vtn_events
