@@ -43,6 +43,11 @@ from .wallclock import clock_suspect
 log = logging.getLogger(__name__)
 
 POLL_FAILURES_FOR_LOSS = 3      # consecutive failed polls before the VTN context counts as lost
+# A telemetry update on its way when the session ends (the VTN asks to register again) or the gateway stops is let
+# finish this long: closed under it, it counted as failed though the VTN took it, and its interval went again under
+# the next registration's request (or the next run's), twice at the VTN
+UPDATE_LANDING_S = 5.0
+STOP_LANDING_S = 3.0    # within the shipped unit's 15 s for a whole stop
 MAX_GRANULARITY = timedelta(hours=1)   # the coarsest interval offered (any multiple of the sampling works)
 # A poll refused with one of these says the VTN has lost this VEN (a restarted VTN that answers so
 # instead of oadrRequestReregistration): register again at once, not after POLL_FAILURES_FOR_LOSS polls
@@ -135,6 +140,8 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
         self._event_bug = BugGuard(log, "handling an event from the VTN", EVENT_BUG_THEN)
         self.bugs = (self._delivery_bug, self._connected_bug, self._event_bug)
         self._bugs_traced: set = set()     # the places a session or registration error was a bug in (traced once)
+        self._update_done = asyncio.Event()     # clear while an oadrUpdateReport is on its way
+        self._update_done.set()
         self._reoffer_delay = 0.0   # before the next offer after a refused report (doubles while refused)
         self._tasks: list[asyncio.Task] = []
         self._wake_delivery: asyncio.Event | None = None
@@ -174,6 +181,8 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
                        asyncio.create_task(self._deliver(), name="vtn-telemetry")]
 
     async def stop(self) -> None:
+        self._live = False      # no update starts now; one on its way is let land
+        await self._update_landed(STOP_LANDING_S)
         await cancel_and_wait(*self._tasks)
         self._tasks = []
         await self._drop_client()
@@ -466,9 +475,18 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
         return client
 
     async def _drop_client(self) -> None:
+        if self._client is not None:
+            await self._update_landed(UPDATE_LANDING_S)
         client, self._client = self._client, None
         if client is not None and client.client_session is not None:
             await client.client_session.close()
+
+    async def _update_landed(self, seconds: float) -> None:
+        try:
+            async with asyncio.timeout(seconds):
+                await self._update_done.wait()
+        except TimeoutError:
+            pass
 
     def _note_fingerprint(self) -> None:
         """Log the VEN certificate's fingerprint when it is first readable and whenever it changes

@@ -746,7 +746,11 @@ class VtnReports:
         msg = client._create_message("oadrUpdateReport", ven_id=self.ven_id,
                                      request_id=outils.generate_id(), reports=[report])
         began = time.monotonic()
-        rtype, payload = await client._perform_request("EiReport", msg)
+        self._update_done.clear()
+        try:
+            rtype, payload = await client._perform_request("EiReport", msg)
+        finally:
+            self._update_done.set()
         self._update_took = time.monotonic() - began
         self._update_failure = None if rtype is not None else client.last_error
         if rtype is None:
