@@ -19,7 +19,8 @@
   and asked for segments past the end: three "Task exception was never retrieved" tracebacks a request.
 - A SegmentACK is judged against the window in force, as 5.4.5.3 says, and ends the answer only when it names the
   last segment: a BAS narrowing its window stalled the answer, and one acknowledging (negatively) a segment short of
-  the end once all were sent was never sent the rest.
+  the end once all were sent was never sent the rest. One outside that window is a duplicate, which only restarts
+  the timer (bacpypes3 took the window it named).
 - A SegmentACK without a window (0, or over 127) aborts too; an answer of more than 256 segments (the sequence
   number wraps) is aborted apdu-too-long rather than sent for ever.
 - A WritePropertyMultiple or ReadPropertyMultiple that bacpypes3 would decode only in part is failed as one it cannot
@@ -86,18 +87,21 @@ class GatewayServerSSM(ServerSSM):
             await self.response(self.abort(AbortReason.invalidApduInThisState))
             return
         if apdu.apduType == SegmentAckPDU.pduType and self.segmentCount is not None:
+            window = self.actualWindowSize or 1        # the window in force (the first segment alone until an ACK)
             ahead = (apdu.apduSeq - self.initialSequenceNumber) % 256
-            # outside the window it names, an ACK is one of a segment acknowledged already (the BAS given a window
-            # again), which bacpypes3 passes over; inside it, past what was sent, it acknowledges what never was
-            if ahead < apdu.apduWin and self.initialSequenceNumber + ahead > getattr(
+            if ahead < max(window, apdu.apduWin) and self.initialSequenceNumber + ahead > getattr(
                     self, "_sent_through", self.initialSequenceNumber):
                 # an acknowledgement of a segment not sent: bacpypes3 moved its window past the answer's end and asked
                 # for segments that do not exist, three tracebacks a request (or skipped those the BAS never had)
                 await self.response(self.abort(AbortReason.invalidApduInThisState))
                 return
-            if ahead < (self.actualWindowSize or 1) and (ahead >= apdu.apduWin or self.sentAllSegments):
-                await self._new_ack(apdu)
+            if ahead >= window:
+                # DuplicateACK_Received: the timer restarted, the window in force unchanged (bacpypes3 took the
+                # window a stale ACK named, and the answer stalled at the next)
+                self.restart_timer(self.segmentTimeout)
                 return
+            await self._new_ack(apdu)
+            return
         await super().segmented_response(apdu)
 
     async def _new_ack(self, apdu: Any) -> None:

@@ -231,3 +231,32 @@ async def test_a_gap_in_the_last_window_is_sent_again_not_taken_for_the_end(gate
     assert gateway.app.asap.serverTransactions != []
     client.send(bytes([0x40, 28, last, 127]))
     await eventually(lambda: gateway.app.asap.serverTransactions == [], 2, "the answer complete")
+
+
+async def test_an_acknowledgement_past_the_end_naming_a_small_window_aborts_without_a_traceback(gateway, client,
+                                                                                               caplog):
+    # every segment sent (window in force 127); an ACK of a segment past the answer's end naming window 1 was taken
+    # as inside the window in force and moved past the end: four tracebacks a request, from any four octets
+    client.send(bytes([0x02, MAX_APDU_50, 29, 14]) + RPM_ALL)
+    assert (await client.next(1.0))[:3] == bytes([0x3C, 29, 0])
+    client.send(bytes([0x40, 29, 0, 127]))
+    rest = [a for _, a in await client.answers(0.5)]
+    assert rest and not rest[-1][0] & 0x04
+    client.send(bytes([0x40, 29, rest[-1][2] + 3, 1]))
+    assert await client.next(1.0) == bytes([0x71, 29, 2])     # invalid-apdu-in-this-state
+    gc.collect()
+    await asyncio.sleep(0)
+    assert errors_logged(caplog) == []
+
+
+async def test_a_stale_acknowledgement_does_not_change_the_window_in_force(gateway, client):
+    # a stale copy of the ACK of 0 naming window 1 is a duplicate (the timer restarted, nothing else): bacpypes3
+    # took its window, and the BAS's next ACK, inside the window in force, was taken for a duplicate too
+    client.send(bytes([0x02, MAX_APDU_50, 30, 14]) + RPM_ALL * 3)
+    assert (await client.next(1.0))[:3] == bytes([0x3C, 30, 0])
+    client.send(bytes([0x40, 30, 0, 4]))
+    assert [(await client.next(1.0))[2] for _ in range(4)] == [1, 2, 3, 4]
+    client.send(bytes([0x40, 30, 0, 1]))
+    assert await client.next(0.3) is None
+    client.send(bytes([0x40, 30, 4, 2]))
+    assert [a[2] for _, a in await client.answers(0.5)] == [5, 6]
