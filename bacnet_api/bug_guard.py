@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 import traceback
 from pathlib import Path
@@ -18,7 +19,8 @@ from typing import Iterator
 from .settle import RECUR_SECONDS, Flapping, span
 
 _ROOT = Path(__file__).resolve().parents[1]
-_OURS = tuple(str(_ROOT / package) for package in ("ven", "bacnet_api", "forecaster"))
+# with the separator: a checkout's own virtualenv (<root>/venv/...) is not the gateway's code
+_OURS = tuple(str(_ROOT / package) + os.sep for package in ("ven", "bacnet_api", "forecaster"))
 # what a mistake in code raises, not a peer's fault or a file's (those have their own exceptions and lines)
 PROGRAMMING_ERRORS = (TypeError, AttributeError, NameError, KeyError, IndexError, ZeroDivisionError, AssertionError,
                       RecursionError)

@@ -5,6 +5,7 @@ change once (a fault, its end, the gateway going away and coming back) rather th
 every refresh, and the chart has its figures in words."""
 from __future__ import annotations
 
+import asyncio
 import re
 from datetime import datetime
 
@@ -184,6 +185,33 @@ async def test_a_screen_reader_hears_that_the_restarted_gateway_wants_a_token_an
         await page.keyboard.press("Enter")
         await page.wait_for_selector("#banner", state="hidden", timeout=10000)
         await eventually(lambda: heard("Gateway answering again"), 5, "the way back, said")
+
+
+async def test_a_right_token_typed_while_a_refresh_is_on_its_way_is_not_called_refused(server):
+    # on a slow gateway the refresh already on its way, without the token, was refused after it was typed: the
+    # banner and a screen reader said "The token entered at ... was refused", then "Gateway answering again"
+    srv = await server(FaultView(), token="s3cret")
+    async with chromium_page(speedup=QUICK) as page:
+        await page.goto(srv.url + "/?refresh=1", wait_until="load", timeout=20000)
+        await page.wait_for_selector("#token-form:not([hidden])", timeout=10000)
+        await record_live_changes(page)
+
+        async def slow(route):      # a gateway slow to answer (a loaded box, a proxy in between)
+            if "/api/" in route.request.url or "healthz" in route.request.url:
+                await asyncio.sleep(1.5)
+            await route.fallback()
+        await page.route("**/*", slow)
+        await page.evaluate("""() => { window.banners = []; new MutationObserver(() => window.banners.push(
+            document.getElementById('banner').textContent.trim())).observe(document.getElementById('banner'),
+            {subtree: true, childList: true, characterData: true}); }""")
+        request = await page.wait_for_event("request", lambda r: "api/status" in r.url, timeout=10000)
+        assert (await request.all_headers()).get("authorization") is None     # this refresh carries no token
+        await page.fill("#token-input", "s3cret")     # the right token, typed while it is on its way
+        await page.keyboard.press("Enter")
+        await page.wait_for_function(READY, timeout=15000)
+        await page.wait_for_selector("#banner", state="hidden", timeout=15000)
+        said = await page.evaluate("window.liveChanges") + await page.evaluate("window.banners")
+        assert not any("was refused" in h for h in said), said
 
 
 # a night's minute and an afternoon's, whatever the time of the run: the sample's demand is under 100 kW at night and

@@ -450,9 +450,9 @@ class EventSchedule:
         if stepped:
             self._prune_from = max(self._prune_from, mono + PRUNE_HOLD_S)
         if stepped or mono >= self._next_sort:
-            self._next_sort = mono + _SORT_EVERY_S
             self._purge(now, prune=mono >= self._prune_from)
             self._publish(now)
+            self._next_sort = mono + _SORT_EVERY_S     # not before: a purge that raised is tried at the next pass
 
     async def _wait(self, delay: float, target: datetime | None) -> datetime | None:
         """Until a change, `delay` seconds or a step of the wall clock: `target` if the delay ran out, else None."""

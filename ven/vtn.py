@@ -453,6 +453,7 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
         client.on_create_report = self._create_report
         client.before_answer = self._schedule.synced
         client.event_bug = self._event_bug
+        client.held_answer = self._held_answer
         sampling = timedelta(seconds=c.telemetry_seconds)
         # min: how often the meter is sampled; max: any coarser interval is a mean of those samples
         rate = objects.SamplingRate(min_period=sampling, max_period=max(sampling, MAX_GRANULARITY), on_change=False)

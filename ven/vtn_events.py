@@ -165,6 +165,12 @@ class VtnEvents:
 
     # -- events ------------------------------------------------------------------------------
 
+    def _held_answer(self, raw: dict) -> str | None:
+        """The answer for a listed event whose handling raised, if the schedule holds this modification of it all
+        the same (it raised after taking it): what the site runs is what the VTN hears. None: not held."""
+        ev = self._schedule.get(raw["event_descriptor"]["event_id"])
+        return _answer(ev) if ev is not None and ev.modification_number == _modification(raw) else None
+
     async def _handle_event(self, raw: dict) -> str:
         # openleadr hands over a message's events one after the other without ever yielding: with hundreds in
         # one oadrDistributeEvent the loop would be held for all of them

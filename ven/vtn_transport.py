@@ -29,7 +29,8 @@ from .oadr_xml import validate_xml_schema
 # one logger for the VEN side, wherever its code lives: tests and log filters select its lines by this name
 log = logging.getLogger("ven.vtn")
 # an event whose handling raised (a bug in the gateway)
-EVENT_BUG_THEN = "it is answered optOut, and handled again when the VTN lists it next"
+EVENT_BUG_THEN = ("it is answered optOut (unless the gateway took it all the same: then as it runs), and handled "
+                  "again when the VTN lists it next")
 
 INVALID_ID = 452                # OpenADR 2.0b eiResponse code for an ID the VEN does not know
 NOT_REGISTERED = 463            # ... and for a VEN the VTN does not know or no longer authorises
@@ -128,6 +129,9 @@ class _Client(OpenADRClient):
     # openleadr's create_report answers 200 even to a report or rID never offered
     on_create_report: Callable | None = None
 
+    # the answer for an event whose handling raised, if the gateway holds it all the same (else None)
+    held_answer: Callable[[dict], str | None] = staticmethod(lambda raw: None)
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.invalid_events = {}
@@ -162,6 +166,11 @@ class _Client(OpenADRClient):
                 except Exception as err:  # noqa: BLE001 - a bug in the gateway's handling, not in the VTN's event
                     self.event_bug.failed(err)
                     failed = True
+                    if (held := self.held_answer(event)) is not None:
+                        # it raised after the schedule took it: the VTN hears what the site runs, not optOut
+                        results.append(held)
+                        self.responded_events[event_id] = held
+                        continue
                     # not received: openleadr would answer it from its cache (optIn, once listed again) and never
                     # hand it to the gateway again; the next listing does, and it is optOut meanwhile
                     self.received_events[:] = [e for e in self.received_events if e is not event]

@@ -74,7 +74,7 @@ async function refresh(changed = false) {
   }
 }
 async function refreshOnce() {
-  const asked = hours, askedAt = Date.now();
+  const asked = hours, askedAt = Date.now(), sentToken = token();
   // (a second's slack: the timer's minute may come a little early)
   const again = histHours !== asked || !slowChart() || askedAt - historyAskedAt > (LONG_SPAN_EVERY_S - 1) * 1000;
   try {
@@ -127,9 +127,12 @@ async function refreshOnce() {
       $("token-form").hidden = false;
       dashboard.lastError = "token required";
       // a token just typed and refused is said so, seen and heard: the banner was the same word for word
-      const typed = tokenSubmitted;
-      tokenSubmitted = false;
-      if (typed) typedRefusedAt = nowMs();
+      // a refresh already on its way when the token was typed was refused the one before: the next one tries it
+      const typed = tokenSubmitted && sentToken === token();
+      if (typed) {
+        tokenSubmitted = false;
+        typedRefusedAt = nowMs();
+      }
       const text = typedRefusedAt !== null
         ? `The token entered at ${fmtStamp(typedRefusedAt)} ${zoneName()} was refused. Enter the current one below.`
         : !dashboard.lastOk ? null
