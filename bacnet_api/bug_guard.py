@@ -67,7 +67,8 @@ class BugGuard:
 
     def failed(self, err: BaseException) -> None:
         now = time.monotonic()
-        where, self.error = where_raised(err), f"{type(err).__name__}: {err}"
+        # one line, of a bounded length: it goes into /healthz's reason and the stop line
+        where, self.error = where_raised(err), " ".join(f"{type(err).__name__}: {err}".split())[:200]
         if self._flap.bad(now):
             self._seen, self.failures = set(), 0
             self.log.error("%s failed (a bug in the gateway): %s%s%s", self.what, self.error,

@@ -324,3 +324,33 @@ async def test_a_lasting_bug_in_the_schedules_sort_is_one_fault(tmp_path, caplog
         storage.close()
     assert len(said(caplog, "event schedule's timer failed (a bug in the gateway)")) == 1
     assert not said(caplog, "event schedule's timer works again")
+
+
+async def test_a_stop_waits_for_every_task_though_one_had_died_of_an_error(caplog):
+    # cancel_and_wait raised the dead task's error at once: the rest were not waited for, and the owner's clean-up
+    # after it (the forecaster's last save of its history) never ran
+    from ven.tasks import cancel_and_wait
+
+    async def dies():
+        raise KeyError("a bug")
+
+    async def runs(done: list):
+        try:
+            await asyncio.sleep(60)
+        finally:
+            done.append(True)
+    done: list = []
+    dead, alive = asyncio.create_task(dies(), name="dies"), asyncio.create_task(runs(done), name="runs")
+    await asyncio.sleep(0.01)
+    await cancel_and_wait(dead, alive)
+    assert done == [True] and alive.cancelled()
+    [line] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert line.getMessage() == "task dies had ended on an error: KeyError: 'a bug'" and line.exc_info
+
+
+def test_a_bugs_fault_is_one_line_of_a_bounded_length():
+    bug = BugGuard(logging.getLogger("bugs"), "the job")
+    with bug.guard():
+        raise ValueError("line one\nline two " + "x" * 500)
+    assert bug.fault().startswith("the job failing (ValueError: line one line two xxx") and "\n" not in bug.fault()
+    assert len(bug.fault()) < 240

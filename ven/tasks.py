@@ -24,7 +24,10 @@ async def cancel_and_wait(*tasks: asyncio.Task | None) -> None:
         except asyncio.CancelledError:
             if asyncio.current_task().cancelling() > already:
                 raise
-        except Exception as err:  # noqa: BLE001 - its job had stopped unsaid: said now, at the latest
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as err:  # noqa: BLE001 - its job had stopped unsaid: said now, at the latest (bacpypes3's
+            # errors derive from BaseException)
             log.error("task %s had ended on an error: %s: %s", t.get_name(), type(err).__name__, err, exc_info=err)
 
 
