@@ -5,6 +5,7 @@ A real openleadr VTN (DemoVtn) on loopback, a real SQLite queue."""
 from __future__ import annotations
 
 import asyncio
+import re
 import contextlib
 import logging
 import math
@@ -267,6 +268,25 @@ async def test_a_reading_dated_in_an_interval_already_reported_does_not_send_tha
         starts = [t for t, _, _ in received(server)]
         assert len(starts) == len(set(starts)) and 999.0 not in [v for *_, v in received(server)]
         assert rig.queue.delivered == len(rig.taken)          # the dropped one is not counted as delivered
+
+
+async def test_late_readings_over_several_updates_are_one_warning_and_one_end_line(tmp_path, free_tcp_port, caplog):
+    # a clock put back 45 s: each update's late readings were a WARNING of their own, 21 at a 2 s cadence
+    caplog.set_level(logging.INFO, logger="ven")
+    async with streaming(tmp_path, free_tcp_port()) as (server, rig, _):
+        await until(lambda: len(received(server)) >= 3, 8, "live intervals")
+        sent, late = len(received(server)), 0
+        while len(received(server)) < sent + 4:      # late readings all through several updates
+            rig.vtn.record_sample(now() - 3 * S, 999.0)
+            late += 1
+            await asyncio.sleep(0.1)
+        await until(lambda: said(caplog, "no longer dated before"), 8, "the end of the late readings")
+        warnings, ends = said(caplog, "the clock stepped back?"), said(caplog, "no longer dated before")
+        # one of each (a machine too loaded to write a late reading within an update's time splits the spell in two)
+        assert len(warnings) == len(ends) <= 2, (warnings, ends)
+        dropped = sum(int(re.search(r"(\d+) dropped in all", end)[1]) for end in ends)
+        assert 0 < dropped <= late, (dropped, late, ends)
+        await rig.stop_meter()
 
 
 async def test_readings_after_the_clock_stepped_back_minutes_are_reported_not_dropped(

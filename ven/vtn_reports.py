@@ -63,6 +63,7 @@ class Standing:
     backlog: int = 0                        # intervals of a backlog sent so far (said once it is all sent)
     batch: int = BATCH                      # intervals per update: less once the VTN could not take BATCH in time
     ahead_said: bool = False                # readings stamped by a clock that was ahead: said once
+    late_dropped: int = 0                   # readings dropped as late since the WARNING that said so (0: none)
     # readings before it went to the VTN in intervals of this granularity under a request that ended (cancelled,
     # then asked again): not sent twice
     start: datetime | None = None
@@ -256,10 +257,17 @@ class VtnReports:
                 req.sent_until = None
                 continue
             if late:
-                log.warning("%d telemetry sample(s) dated before %s, the end of the last interval reported "
-                            "(the clock stepped back?): dropped, as their interval cannot be sent twice",
-                            len(late), _iso(req.sent_until))
+                # one WARNING for a spell of them (a clock put back 45 s was 21 at a 2 s cadence), one line at its end
+                log.log(logging.DEBUG if req.late_dropped else logging.WARNING,
+                        "%d telemetry sample(s) dated before %s, the end of the last interval reported (the clock "
+                        "stepped back?): dropped, as their interval cannot be sent twice; more are said at their end",
+                        len(late), _iso(req.sent_until))
+                req.late_dropped += len(late)
                 self._telemetry.ack(late, delivered=False, reader=req.rrid, lost=True)
+            elif req.late_dropped and intervals:
+                log.info("telemetry samples no longer dated before the last interval reported: %d dropped in all "
+                         "(request %s)", req.late_dropped, req.rrid)
+                req.late_dropped = 0
             if not intervals:
                 return True
             left = req.left
