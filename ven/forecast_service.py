@@ -502,9 +502,12 @@ class ForecastService:
         self._save_model(store)
 
     def _save_model(self, store: ForecastStore) -> None:
-        if self._unsaved_model is not None:
-            store.save_model(self._unsaved_model)
-            self._unsaved_model = None
+        blob = self._unsaved_model
+        if blob is not None:
+            store.save_model(blob)
+            # a newer fit may have set another meanwhile (this runs on the worker thread): that one is still unsaved
+            if self._unsaved_model is blob:
+                self._unsaved_model = None
 
     def _flush(self) -> None:
         self._persist(self._save)
