@@ -354,3 +354,15 @@ def test_a_bugs_fault_is_one_line_of_a_bounded_length():
         raise ValueError("line one\nline two " + "x" * 500)
     assert bug.fault().startswith("the job failing (ValueError: line one line two xxx") and "\n" not in bug.fault()
     assert len(bug.fault()) < 240
+
+
+async def test_a_connected_callback_that_failed_is_called_again_until_it_takes(system, caplog):  # noqa: F811
+    # the VTN's connection was said once: a callback that raised left vtn-connected wrong until the next change
+    vtn, meter, gateway, peer, gw = system
+    await eventually(lambda: gateway.vtn.connected, 15, "VTN connected")
+    fault = Raises(gateway.vtn._on_connected, RuntimeError("a bug in showing the connection"), times=1)
+    gateway.vtn._on_connected = fault
+    gateway.vtn._connected_told = False         # as if the last call had raised: the point not yet told
+    gateway.device.set(P.VTN_CONNECTED, False)
+    await eventually(lambda: gateway.device.get(P.VTN_CONNECTED), 10, "vtn-connected at a later poll")
+    assert fault.raised == 1

@@ -141,6 +141,7 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
         self.bugs = (self._delivery_bug, self._connected_bug, self._event_bug)
         self._bugs_traced: set = set()     # the places a session or registration error was a bug in (traced once)
         self._update_done = asyncio.Event()     # clear while an oadrUpdateReport is on its way
+        self._connected_told = False     # what on_connected last took
         self._update_done.set()
         self._reoffer_delay = 0.0   # before the next offer after a refused report (doubles while refused)
         self._tasks: list[asyncio.Task] = []
@@ -342,10 +343,12 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
             self.last_error = None
 
     def _set_connected(self, ok: bool) -> None:
-        if ok != self.connected:
-            self.connected = ok
+        self.connected = ok
+        if ok != self._connected_told:
+            # told until it took it: a callback that raised is called again at the next word on the connection
             with self._connected_bug.guard():
                 self._on_connected(ok)
+                self._connected_told = ok
 
     async def _run(self) -> None:
         delay = self._cfg.retry_min_seconds
@@ -686,6 +689,8 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
                 if not self.connected:      # what waited for the VTN goes now
                     self._wake_delivery.set()
                 self._connected_again(poll=True)
+            elif self._connected_told != self.connected:     # on_connected raised the last time: again
+                self._set_connected(self.connected)
 
     async def _list_events_again(self, client: _Client) -> bool:
         """oadrRequestEvent after a poll whose answer was lost on the way: an event it carried ran without the site
