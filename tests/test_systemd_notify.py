@@ -300,3 +300,44 @@ asyncio.run(main())
             proc.kill()
             proc.wait()
     assert code == 1 and time.monotonic() - began < 20, (code, time.monotonic() - began)
+
+
+@pytest.mark.timeout(60)
+def test_the_watch_survives_threads_it_cannot_start_and_still_ends_a_stuck_loop(tmp_path):
+    # at a process or memory limit (RLIMIT_NPROC, RLIMIT_AS) a thread could not start: the watch thread's own (the
+    # task raised, nothing said), then faulthandler's backstop timer's, which ended the watch thread for good, so a
+    # loop stuck after that was never caught
+    script = tmp_path / "limited.py"
+    script.write_text("""
+import asyncio, faulthandler, threading, time
+import ven.loop_watchdog as watchdog
+watchdog.LOOP_STUCK_S, watchdog.BEAT_S, watchdog.START_AGAIN_S = 2.0, 0.1, 0.3
+
+real_start, real_arm, refused = threading.Thread.start, faulthandler.dump_traceback_later, {"start": 1, "arm": 3}
+
+def start(self):
+    if self.name == "loop-watchdog" and refused["start"]:
+        refused["start"] -= 1
+        raise RuntimeError("can't start new thread")
+    return real_start(self)
+
+def arm(*args, **kwargs):
+    if refused["arm"]:
+        refused["arm"] -= 1
+        raise RuntimeError("unable to start watchdog thread")
+    return real_arm(*args, **kwargs)
+threading.Thread.start, faulthandler.dump_traceback_later = start, arm
+
+async def main():
+    asyncio.create_task(watchdog.exit_when_stuck())
+    await asyncio.sleep(1.5)
+    time.sleep(30)      # stuck
+
+asyncio.run(main())
+""")
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=50)
+    assert res.returncode == 1 and "the event loop has not turned for 2 s" in res.stderr, (res.returncode,
+                                                                                          res.stderr[-3000:])
+    assert "watchdog thread could not start (can't start new thread" in res.stderr, res.stderr[-3000:]
+    assert res.stderr.count("backstop timer could not start (unable to start watchdog thread") == 1, res.stderr[-3000:]
+    assert "backstop timer runs again" in res.stderr

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import faulthandler
+import logging
 import math
 import os
 import sys
@@ -28,13 +29,26 @@ PAUSED_S = 5.0          # the thread's sleep overshooting by this much: the whol
 GIL_BACKSTOP_S = 600.0
 EXIT_GRACE_S = 5.0      # the stacks get this long to be written: a stderr nobody reads (a stalled log driver)
                         # must not keep a stuck gateway alive
+START_AGAIN_S = 60.0    # a thread that could not start (a process or memory limit reached) is tried again this often
+
+log = logging.getLogger(__name__)
 
 
 async def exit_when_stuck() -> None:
     """Run as a task from the end of the start to the end of the stop; cancelled, the thread ends."""
     beat = [time.monotonic()]
     done = threading.Event()
-    threading.Thread(target=_watch, args=(beat, done, LOOP_STUCK_S), name="loop-watchdog", daemon=True).start()
+    # A process or memory limit reached (RLIMIT_NPROC, RLIMIT_AS) refuses a new thread: the gateway runs on, and
+    # is watched once one starts
+    while True:
+        try:
+            threading.Thread(target=_watch, args=(beat, done, LOOP_STUCK_S), name="loop-watchdog",
+                             daemon=True).start()
+            break
+        except RuntimeError as err:
+            log.warning("the event loop's watchdog thread could not start (%s: a process or memory limit?): a stuck "
+                        "loop is not caught until it does; tried again every %g s", err, START_AGAIN_S)
+            await asyncio.sleep(START_AGAIN_S)
     try:
         while True:
             beat[0] = time.monotonic()
@@ -46,14 +60,25 @@ async def exit_when_stuck() -> None:
 def _watch(beat: list[float], done: threading.Event, stuck_s: float) -> None:
     fd = sys.stderr.fileno()    # written by descriptor: no lock the stuck loop may hold (sys.stderr's, logging's)
     last, armed = time.monotonic(), -math.inf
+    backstop_failing = False
     try:
         while not done.wait(BEAT_S):
             now = time.monotonic()
             paused = now - last > BEAT_S + PAUSED_S
             if paused or now - armed >= GIL_BACKSTOP_S / 10:
-                # each arming starts a C thread of faulthandler's own: a tenth of its time is often enough
-                faulthandler.dump_traceback_later(GIL_BACKSTOP_S, exit=True, file=fd)
-                armed = now
+                # each arming starts a C thread of faulthandler's own: a tenth of its time is often enough. One that
+                # cannot start (a process or memory limit reached) ended this thread, and with it the watch
+                try:
+                    faulthandler.dump_traceback_later(GIL_BACKSTOP_S, exit=True, file=fd)
+                    armed = now
+                    if backstop_failing:
+                        _say(fd, "edge-gateway: the loop watchdog's backstop timer runs again\n")
+                        backstop_failing = False
+                except RuntimeError as err:
+                    if not backstop_failing:
+                        _say(fd, f"edge-gateway: the loop watchdog's backstop timer could not start ({err}: a process "
+                                 "or memory limit?); the watch goes on, the timer is tried again each second\n")
+                    backstop_failing, armed = True, -math.inf
             if paused:
                 beat[0] = now       # stopped and continued: the loop gets its time to turn again
             last = now
@@ -63,8 +88,18 @@ def _watch(beat: list[float], done: threading.Event, stuck_s: float) -> None:
         faulthandler.cancel_dump_traceback_later()
 
 
+def _say(fd: int, text: str) -> None:
+    try:
+        os.write(fd, text.encode())
+    except OSError:
+        pass
+
+
 def _exit(fd: int, stuck_for: float) -> None:
-    threading.Timer(EXIT_GRACE_S, os._exit, (1,)).start()
+    try:
+        threading.Timer(EXIT_GRACE_S, os._exit, (1,)).start()
+    except RuntimeError:
+        pass        # no thread to spare: the stacks are written unguarded, then the exit
     try:
         os.write(fd, f"edge-gateway: the event loop has not turned for {stuck_for:.0f} s: every thread's stack "
                      "follows; exiting (status 1) for the supervisor to restart it\n".encode())
