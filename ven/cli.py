@@ -22,7 +22,7 @@ from .cert_expiry import cert_expiry_warnings
 from .config import ConfigError, GatewayConfig, check_bacnet_address
 from .config_checks import clock_sync_warnings, storage_problems, storage_warnings, tls_file_problems
 from .config_load import load_config
-from .logs import refusal
+from .logs import QuietAcceptErrors, refusal
 from .site import other_site_warnings, site_of
 
 EXIT_CONFIG = 2
@@ -53,6 +53,7 @@ def _bacnet_address(text: str) -> str:
 async def serve_until_signalled(main, duration: float | None = None) -> None:
     """Run coroutine `main` until it ends, SIGINT/SIGTERM arrives, or `duration` seconds pass."""
     loop = asyncio.get_running_loop()
+    loop.set_exception_handler(QuietAcceptErrors())
     stop = asyncio.Event()
     task = asyncio.ensure_future(main)
 

@@ -83,6 +83,7 @@ import ipaddress
 import json
 import logging
 import math
+import resource
 import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Protocol
@@ -102,6 +103,20 @@ WEB_DIR = Path(__file__).with_name("web")
 MAX_HISTORY_HOURS = 24 * 35  # forecaster.history_days default: older minutes are not kept anyway; events as long (schedule.KEEP_HISTORY)
 LOG_LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}  # /api/log?level=
 MAX_CONNECTIONS = 64  # open at once: a few dashboards (4 requests per refresh), Prometheus, health probes
+# The gateway's own file descriptors besides the API's (about 23 at idle: BACnet, the VTN, storage.path's SQLite, a
+# fit's pipes), and what each connection costs: under a low RLIMIT_NOFILE (LimitNOFILE=64) the connection limit is
+# brought down so it refuses first, before accept() runs out of descriptors (CPython then retried every second,
+# its retries multiplying, and asyncio logged thousands of tracebacks a second)
+OWN_FDS = 48
+
+
+def connection_limit(nofile: int | None = None) -> int:
+    """MAX_CONNECTIONS, less where the process may not open that many files beside its own."""
+    if nofile is None:
+        nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if nofile == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS
+    return max(4, min(MAX_CONNECTIONS, (nofile - OWN_FDS - LOOPBACK_RESERVE) // 2))
 # Each connection counts toward MAX_CONNECTIONS from its first moment, token or not, so one that sent nothing held
 # its place for as long as aiohttp kept it: its keep-alive timeout, 3630 s by default (aiohttp before
 # aio-libs/aiohttp#13681 never closed a connection that sent no request at all), and a request head trickled in a
@@ -398,7 +413,7 @@ class HttpServer:
         self._waiting: asyncio.Task | None = None   # listening for an address not on an interface yet
         self._started = time.monotonic()
         self._failing: dict[str, str] = {}  # endpoint -> error text, to log a fault once
-        self.max_connections = MAX_CONNECTIONS
+        self.max_connections = connection_limit()
         self.loopback_reserve = LOOPBACK_RESERVE
         self._listener: asyncio.AbstractServer | None = None
         self._refused = 0                   # connections closed at once since the limit was reached
@@ -476,8 +491,11 @@ class HttpServer:
     def _listening(self, waited: bool = False) -> None:
         self.heartbeat.start()
         auth = "bearer token required" if self.token else "no token"
-        log.info("http dashboard on %s/ (%s)%s", self.url, auth,
-                 f", its address there after {span(time.monotonic() - self._started)}" if waited else "")
+        few = (f"; at most {self.max_connections} connections, as the process may open only "
+               f"{resource.getrlimit(resource.RLIMIT_NOFILE)[0]} files (LimitNOFILE, ulimit -n)"
+               if self.max_connections < MAX_CONNECTIONS else "")
+        log.info("http dashboard on %s/ (%s)%s%s", self.url, auth,
+                 f", its address there after {span(time.monotonic() - self._started)}" if waited else "", few)
 
     def open_faults(self) -> list[str]:
         """What its log said began and has not said ended, for the stop line."""

@@ -6,6 +6,7 @@ other levels carry their level name so warnings stand out when the log is scanne
 """
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
 import os
@@ -131,6 +132,35 @@ def _kind(record: logging.LogRecord) -> str:
     """What makes records repeats: the message template, or, for a message the stack formatted itself
     (openleadr's f-strings carry the status, the URL and ids), its text with such tokens masked."""
     return str(record.msg) if record.args else _VARYING.sub("#", str(record.msg))
+
+
+class QuietAcceptErrors:
+    """The event loop's exception handler: asyncio's "socket.accept() out of system resource" (the process out of
+    file descriptors: LimitNOFILE, ulimit -n) is one WARNING, then at most one line a minute with how many more;
+    anything else goes to asyncio's own handler. CPython retries such an accept every second, its retries
+    multiplying, each an ERROR with a traceback: 9,082 in a minute at LimitNOFILE=64."""
+
+    MESSAGE = "socket.accept() out of system resource"
+
+    def __init__(self, every: float = 60.0) -> None:
+        self.every = every
+        self._said_at: float | None = None
+        self._more = 0
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        if not str(context.get("message", "")).startswith(self.MESSAGE):
+            loop.default_exception_handler(context)
+            return
+        now = time.monotonic()
+        if self._said_at is not None and now - self._said_at < self.every:
+            self._more += 1
+            return
+        err = context.get("exception")
+        more = f" ({self._more} more since the last line)" if self._more else ""
+        logging.getLogger("ven.http_api").warning(
+            "http: a connection could not be accepted: %s: the process is out of file descriptors (LimitNOFILE, "
+            "ulimit -n); connections wait meanwhile%s (one line a minute at most while it lasts)", err, more)
+        self._said_at, self._more = now, 0
 
 
 class RecentLog(logging.Handler):

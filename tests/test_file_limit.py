@@ -1,0 +1,77 @@
+"""A gateway under a low open-file limit (LimitNOFILE=64, ulimit -n 64, as a small box's unit may set): the API's
+connection limit comes down so it refuses first, before accept() runs out of descriptors. Out of them, CPython
+retried each accept every second, its retries multiplying, and asyncio logged each with a traceback: 9,082 in a
+minute with 40 dashboards polling and 40 idle connections."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+import socket
+import time
+
+import pytest
+
+from gateway_process import GatewayProcess, write_config
+from ven.http_api import MAX_CONNECTIONS, connection_limit
+from ven.logs import QuietAcceptErrors
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def test_the_connection_limit_leaves_the_gateway_its_own_descriptors():
+    assert connection_limit(1024) == MAX_CONNECTIONS == connection_limit(resource.RLIM_INFINITY)
+    assert connection_limit(256) == MAX_CONNECTIONS
+    assert connection_limit(128) == 38 and connection_limit(64) == 6 and connection_limit(32) == 4
+
+
+def test_a_process_out_of_descriptors_is_one_line_a_minute_not_a_traceback_at_each_retry(caplog):
+    caplog.set_level(logging.INFO)
+    loop = asyncio.new_event_loop()
+    try:
+        quiet = QuietAcceptErrors()
+        emfile = OSError(24, "Too many open files")
+        for _ in range(500):
+            quiet(loop, {"message": "socket.accept() out of system resource", "exception": emfile})
+        quiet(loop, {"message": "Task exception was never retrieved", "exception": KeyError("x")})
+    finally:
+        loop.close()
+    lines = [r for r in caplog.records]
+    assert len(lines) == 2 and "out of file descriptors (LimitNOFILE" in lines[0].getMessage(), lines
+    assert not lines[0].exc_info and lines[1].getMessage() == "Task exception was never retrieved"   # asyncio's own
+
+
+def test_a_gateway_at_limit_nofile_64_refuses_connections_before_it_runs_out(tmp_path, free_udp_port, free_tcp_port):
+    http_port = free_tcp_port()
+    config = tmp_path / "gw.toml"
+    write_config(config, bacnet_port=free_udp_port(), http_port=http_port, storage=tmp_path / "gw.sqlite",
+                 ven_name="few-files", device_id=500341)
+    with GatewayProcess(config, tmp_path / "log", prefix=("prlimit", "--nofile=64:64", "--")) as gateway:
+        deadline = time.monotonic() + 30
+        while "http dashboard on" not in gateway.log():
+            assert gateway.alive and time.monotonic() < deadline, gateway.log()[-3000:]
+            time.sleep(0.1)
+        held = []
+        try:
+            for _ in range(60):     # 40 dashboards' and proxies' connections held open, and more
+                sock = socket.create_connection(("127.0.0.1", http_port), timeout=2)
+                held.append(sock)
+            time.sleep(3.0)
+        finally:
+            for sock in held:
+                sock.close()
+        deadline = time.monotonic() + 10
+        while True:     # answering again once the server has seen those close
+            try:
+                with socket.create_connection(("127.0.0.1", http_port), timeout=5) as sock:
+                    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+                    if sock.recv(64).startswith(b"HTTP/1.1 200"):
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, gateway.log()[-3000:]
+            time.sleep(0.2)
+        assert gateway.alive
+    text = gateway.log()
+    assert "at most 6 connections, as the process may open only 64 files" in text, text[-3000:]
+    assert "out of system resource" not in text and "Traceback" not in text, text[-3000:]
