@@ -9,6 +9,7 @@ bacnet_api never imports ven."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import time
@@ -34,6 +35,18 @@ def where_raised(err: BaseException) -> tuple[str, str, int]:
     return type(err).__name__, frames[-1].filename, frames[-1].lineno or 0
 
 
+def short_of(err: BaseException) -> str | None:
+    """What the machine ran short of, if that is what `err` says (a limit of the box, not a bug), else None."""
+    if isinstance(err, MemoryError):
+        return "memory (a memory limit: LimitAS, ulimit -v, or the box's RAM)"
+    if isinstance(err, OSError) and err.errno in (errno.EMFILE, errno.ENFILE):
+        return "file descriptors (LimitNOFILE, ulimit -n)"
+    if isinstance(err, OSError) and err.errno in (errno.EAGAIN, errno.ENOMEM) or (
+            isinstance(err, RuntimeError) and "can't start new thread" in str(err)):
+        return "processes or threads (LimitNPROC, TasksMax, ulimit -u) or memory"
+    return None
+
+
 def trace_if_a_bug(log: logging.Logger, what: str, err: BaseException, seen: set) -> None:
     """For a job whose failures are a peer's faults as a rule (the VEN session: the VTN's), and said as such: one that
     is a programming error raised in the gateway's own code gets its traceback too, once for each place (`seen`)."""
@@ -54,6 +67,7 @@ class BugGuard:
         self.failures = 0       # since the fault began
         self.error = ""         # the last failure, "Type: text", while failing
         self._flap = Flapping(settle_s)
+        self.short: str | None = None   # what the machine was short of, if that is what the fault began with
         self._seen: set[tuple[str, str, int]] = set()     # the ways it failed in this fault
         self._traced: dict[tuple[str, str, int], float] = {}   # when each way's traceback was last in the log
 
@@ -63,7 +77,10 @@ class BugGuard:
 
     def fault(self) -> str | None:
         """The open fault for the stop line and /healthz, or None."""
-        return f"{self.what} failing ({self.error})" if self.failing else None
+        if not self.failing:
+            return None
+        return f"{self.what} failing, short of {self.short.split(' (')[0]} ({self.error})" if self.short else \
+            f"{self.what} failing ({self.error})"
 
     def failed(self, err: BaseException) -> None:
         now = time.monotonic()
@@ -71,7 +88,9 @@ class BugGuard:
         where, self.error = where_raised(err), " ".join(f"{type(err).__name__}: {err}".split())[:200]
         if self._flap.bad(now):
             self._seen, self.failures = set(), 0
-            self.log.error("%s failed (a bug in the gateway): %s%s%s", self.what, self.error,
+            short = self.short = short_of(err)
+            self.log.error("%s failed (%s): %s%s%s", self.what,
+                           f"the machine is short of {short}" if short else "a bug in the gateway", self.error,
                            f"; {self.then}" if self.then else "", self._traceback_said(where, now),
                            exc_info=err if where not in self._traced else None)
         elif where not in self._seen:

@@ -366,3 +366,22 @@ async def test_a_connected_callback_that_failed_is_called_again_until_it_takes(s
     gateway.device.set(P.VTN_CONNECTED, False)
     await eventually(lambda: gateway.device.get(P.VTN_CONNECTED), 10, "vtn-connected at a later poll")
     assert fault.raised == 1
+
+
+def test_a_job_short_of_memory_or_files_is_said_as_the_machines_limit_not_a_bug(caplog):
+    # at a memory limit the meter's callback read "failed (a bug in the gateway): MemoryError", and the dashboard said
+    # to report it
+    import errno
+
+    caplog.set_level(logging.INFO, logger="bugs")
+    for err, short in ((MemoryError("Unable to allocate 788. KiB"), "memory"),
+                       (OSError(errno.EMFILE, "Too many open files"), "file descriptors"),
+                       (RuntimeError("can't start new thread"), "processes or threads")):
+        bug = BugGuard(logging.getLogger("bugs"), "the job")
+        with bug.guard():
+            raise err
+        assert f"failed (the machine is short of {short}" in caplog.records[-1].getMessage(), caplog.records[-1]
+        assert bug.fault().startswith(f"the job failing, short of {short} ("), bug.fault()
+    with BugGuard(logging.getLogger("bugs"), "the job").guard():
+        raise KeyError("x")
+    assert "failed (a bug in the gateway)" in caplog.records[-1].getMessage()

@@ -459,6 +459,11 @@ async def test_a_job_failing_on_a_bug_in_the_gateway_is_named_until_it_works_aga
         assert await item.locator(".what").inner_text() == "Gateway bug"
         assert await item.locator(".detail").inner_text() == "forecast cycle failing (KeyError: 'x')"
         assert "traceback" in await item.locator(".todo").inner_text()
+        view.bugs = ["meter reading callback failing, short of memory (MemoryError: Unable to allocate 788. KiB)"]
+        await page.wait_for_function(
+            "document.querySelector('#problems li[data-problem=\"bug-0\"] .what').textContent === "
+            "'Gateway short of a resource'", timeout=10000)
+        assert "LimitAS" in await item.locator(".todo").inner_text()
         view.bugs = []
         await page.wait_for_selector("#problems", state="hidden", timeout=10000)
         assert page.errors == []

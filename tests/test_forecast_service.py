@@ -481,6 +481,20 @@ async def test_a_failing_fit_process_raises_with_its_last_error_line(tmp_path):
         raised.value.detail
 
 
+async def test_a_fit_process_that_cannot_start_names_the_limits_that_stop_it(monkeypatch):
+    # at a process limit the fork fails: "BlockingIOError: [Errno 11] Resource temporarily unavailable" said nothing
+    # of which
+    import errno
+    from ven.fit_worker import FitError, fit_in_child
+
+    async def refused(*args, **kwargs):
+        raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", refused)
+    with pytest.raises(FitError, match=r"^fit process could not start: .*Resource temporarily unavailable \(a process "
+                                       r"or memory limit reached: LimitNPROC"):
+        await fit_in_child(b"")
+
+
 @pytest.mark.timeout(30)
 async def test_a_fit_process_killed_by_a_signal_says_which_and_why_it_may_have_come(tmp_path):
     # the kernel's OOM killer sends SIGKILL and leaves no error line: "exited with status -9: no message"

@@ -14,7 +14,7 @@ import signal
 import sys
 from pathlib import Path
 
-DETAIL_LINES = 40   # of the child's stderr kept for the log: a traceback's end
+DETAIL_LINES = 12   # of the child's stderr kept for the log: a traceback's end (one journal line: kept short)
 TIMEOUT_S = 3600.0  # a fit takes seconds; one that hangs must not block every later one
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
@@ -45,6 +45,9 @@ async def fit_in_child(job_blob: bytes, threads: int = 1, timeout: float = TIMEO
             sys.executable, "-P", "-m", "ven.fit_worker", stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env, process_group=0,
             preexec_fn=_born_idle)
+    except OSError as err:  # "Resource temporarily unavailable" said nothing of which
+        raise FitError(f"fit process could not start: {err} (a process or memory limit reached: LimitNPROC, "
+                       "TasksMax, ulimit -u, LimitAS?)") from err
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     try:

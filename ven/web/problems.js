@@ -214,9 +214,12 @@ export function findProblems(health) {
         "see the gateway's log");
   }
   // a job the gateway repeats failing on an exception nobody expected (the log has its traceback, once)
-  (Array.isArray(gw.bugs) ? gw.bugs : []).forEach((b, i) =>
-    add(`bug-${i}`, "bad", "Gateway bug", String(b),
-        "the log has its traceback (an ERROR \"... failed (a bug in the gateway)\"): report it with that traceback; a restart may clear it"));
+  // or short of memory, threads or files: a limit of the box, not a bug
+  (Array.isArray(gw.bugs) ? gw.bugs : []).forEach((b, i) => /failing, short of /.test(String(b))
+    ? add(`bug-${i}`, "bad", "Gateway short of a resource", String(b),
+          "give the gateway more of it: its unit's LimitAS, LimitNOFILE, LimitNPROC or TasksMax, or a box with more RAM (README \"Running against a real building\")")
+    : add(`bug-${i}`, "bad", "Gateway bug", String(b),
+          "the log has its traceback (an ERROR \"... failed (a bug in the gateway)\"): report it with that traceback; a restart may clear it"));
   // an old browser's zone data lacks a newer zone: its times would read as the building's when they are not
   if (gw.timezone && !knownZone(gw.timezone)) {
     add("zone", "warn", "Building's zone unknown to this browser",
