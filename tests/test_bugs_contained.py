@@ -132,19 +132,25 @@ async def test_the_event_timer_goes_on_after_a_bug_in_one_of_its_passes(system, 
     assert said(caplog, "event schedule's timer works again after 1 failure")
 
 
+async def failing_event(gateway, monkeypatch, event_id: str, err: Exception, times: int | None) -> Raises:
+    """Once the VEN is connected, reading the VTN's event `event_id` raises `err` (`times` times; None: always)."""
+    import ven.vtn_events as vtn_events
+
+    await eventually(lambda: gateway.vtn.connected, 15, "VTN connected")
+    fault = Raises(vtn_events.from_openleadr, err, times=times,
+                   when=lambda raw, *a, **k: raw["event_descriptor"]["event_id"] == event_id)
+    monkeypatch.setattr(vtn_events, "from_openleadr", fault)
+    return fault
+
+
 async def test_an_event_whose_handling_failed_is_handled_again_at_the_next_listing(system, caplog,  # noqa: F811
                                                                                   monkeypatch):
     # the VTN heard optOut, then optIn from openleadr's cache at the next listing, and the gateway never had the
     # event: the site told the utility it would run an event it never ran. The log had one line on openleadr's
     # logger, without a traceback, then nothing for 10 minutes
-    import ven.vtn_events as vtn_events
-
     vtn, meter, gateway, peer, gw = system
     caplog.set_level(logging.INFO)
-    await eventually(lambda: gateway.vtn.connected, 15, "VTN connected")
-    fault = Raises(vtn_events.from_openleadr, TypeError("a bug in reading events"),
-                   when=lambda raw, *a, **k: raw["event_descriptor"]["event_id"] == "handled-a")
-    monkeypatch.setattr(vtn_events, "from_openleadr", fault)
+    await failing_event(gateway, monkeypatch, "handled-a", TypeError("a bug in reading events"), times=1)
     start = datetime.now(timezone.utc) + timedelta(minutes=10)
     vtn.add_event([1.0], start=start, interval_seconds=600, event_id="handled-a")
     await eventually(lambda: vtn.opts_for("handled-a"), 15, "an answer to the event")
@@ -162,14 +168,10 @@ async def test_an_event_whose_handling_keeps_failing_is_one_fault_beside_those_t
                                                                                         monkeypatch):
     # each listing handles the failing event and the others: "works again" after each message, and the traceback
     # again at the next, for as long as it failed
-    import ven.vtn_events as vtn_events
-
     vtn, meter, gateway, peer, gw = system
     caplog.set_level(logging.INFO)
-    await eventually(lambda: gateway.vtn.connected, 15, "VTN connected")
-    fault = Raises(vtn_events.from_openleadr, TypeError("a bug in reading this event"), times=None,
-                   when=lambda raw, *a, **k: raw["event_descriptor"]["event_id"] == "always-fails")
-    monkeypatch.setattr(vtn_events, "from_openleadr", fault)
+    fault = await failing_event(gateway, monkeypatch, "always-fails", TypeError("a bug in reading this event"),
+                                times=None)
     start = datetime.now(timezone.utc) + timedelta(minutes=10)
     vtn.add_event([1.0], start=start, interval_seconds=600, event_id="always-fails")
     for other in ("works-1", "works-2"):     # each a listing of all three
