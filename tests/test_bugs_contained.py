@@ -288,7 +288,8 @@ async def test_a_bas_writing_into_a_broken_listener_is_acknowledged_and_said_onc
     assert said(caplog, f"{P.INPUT_POWER} write callback works again after 3 failures")
 
 
-async def test_an_event_whose_handling_raised_after_the_schedule_took_it_is_answered_as_it_runs(system, caplog):  # noqa: F811
+async def test_an_event_whose_handling_raised_once_the_schedule_took_it_is_answered_as_it_runs(system,  # noqa: F811
+                                                                                                caplog):
     # a bug after the schedule took the event (here in logging it): the VTN heard optOut while the points ran it
     vtn, meter, gateway, peer, gw = system
     caplog.set_level(logging.INFO)

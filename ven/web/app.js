@@ -136,7 +136,8 @@ async function refreshOnce() {
       const text = typedRefusedAt !== null
         ? `The token entered at ${fmtStamp(typedRefusedAt)} ${zoneName()} was refused. Enter the current one below.`
         : !dashboard.lastOk ? null
-        : token() ? `The gateway refused the access token (${since}); it may have been changed. Enter the current one below.`
+        : token() ? `The gateway refused the access token (${since}); it may have been changed. ` +
+                    "Enter the current one below."
         : `The gateway now asks for an access token (${since}). Enter it below.`;
       showStale(token() ? "token refused" : "token required", text, first || typed);
       return;
@@ -171,7 +172,7 @@ function clockNote() {
   return ` · this browser's clock is ${fmtDuration(Math.round(Math.abs(off) / 60) * 60)} ${off > 0 ? "behind" : "ahead of"} the gateway's: times here are by the gateway's`;
 }
 // The last answer stays on screen (better than a blank page) but must not look current: the pills
-// it produced turn grey behind a red one saying why, the data is dimmed, ages keep counting.
+// it produced turn grey ("was healthy") behind a red one saying why, the cards are marked, ages keep counting.
 function showStale(why, bannerText, sayAgain) {
   dashboard.stale = true;
   // a tab in the background says it too
@@ -179,7 +180,8 @@ function showStale(why, bannerText, sayAgain) {
   // said at an outage's start, and when what is wrong changes: a gateway restarted with a new token is unreachable
   // first, then asks for the token, which a screen reader was never told
   if (sayAgain || why !== staleWhy) {
-    announce(`${why[0].toUpperCase()}${why.slice(1)}${why === staleWhy ? "" : ` since ${fmtStamp(failingSince)} ${zoneName()}`}.`,
+    const since = why === staleWhy ? "" : ` since ${fmtStamp(failingSince)} ${zoneName()}`;
+    announce(`${why[0].toUpperCase()}${why.slice(1)}${since}.`,
              bannerText && why.startsWith("token") ? bannerText
              : dashboard.lastOk ? `The figures shown are from ${fmtStamp(dashboard.lastOk)} ${zoneName()}.` : "");
   }
