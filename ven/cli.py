@@ -693,6 +693,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except (MemoryError, ImportError) as err:
+        # too little memory to load a library (LimitAS, ulimit -v): "failed to map segment from shared object", in a
+        # traceback that said nothing of memory
+        if not isinstance(err, MemoryError) and "failed to map segment" not in str(err):
+            raise
+        refusal(f"edge-gateway {args.command}: out of memory ({type(err).__name__}: {err}): a memory limit (LimitAS, "
+                "ulimit -v) or the box's RAM; the gateway needs about 380 MB of address space with its fits (README "
+                "\"The box\")")
+        return 1
     except BrokenPipeError:
         # `edge-gateway points | head`: the reader has gone, which is no error of ours; stdout to /dev/null, or the
         # interpreter's flush at exit raises it again

@@ -1,7 +1,7 @@
-"""A gateway under a low open-file limit (LimitNOFILE=64, ulimit -n 64, as a small box's unit may set): the API's
-connection limit comes down so it refuses first, before accept() runs out of descriptors. Out of them, CPython
-retried each accept every second, its retries multiplying, and asyncio logged each with a traceback: 9,082 in a
-minute with 40 dashboards polling and 40 idle connections."""
+"""A small box's limits, as its unit may set them. Under a low open-file limit (LimitNOFILE=64) the API's connection
+limit comes down so it refuses first, before accept() runs out of descriptors: out of them, CPython retried each accept
+every second, its retries multiplying, and asyncio logged each with a traceback (9,082 in a minute with 40 dashboards
+polling and 40 idle connections). Too little memory to start is said as such."""
 from __future__ import annotations
 
 import asyncio
@@ -75,3 +75,29 @@ def test_a_gateway_at_limit_nofile_64_refuses_connections_before_it_runs_out(tmp
     text = gateway.log()
     assert "at most 6 connections, as the process may open only 64 files" in text, text[-3000:]
     assert "out of system resource" not in text and "Traceback" not in text, text[-3000:]
+
+
+@pytest.mark.parametrize("err", [ImportError("/venv/lib/python3.11/site-packages/lxml/etree.cpython-311-x86_64-linux-gnu"
+                                             ".so: failed to map segment from shared object"),
+                                 MemoryError("Unable to allocate 394. KiB")])
+def test_too_little_memory_to_start_is_said_as_such_not_a_traceback(monkeypatch, capsys, err):
+    # under LimitAS=200M the start ended in a raw traceback ("failed to map segment from shared object") that said
+    # nothing of memory (prlimit --as=200000000 edge-gateway run: measured, 2026-12-05)
+    from ven import cli
+
+    def short_of_memory(config_path, customize=None):
+        raise err
+    monkeypatch.setattr(cli, "run_gateway", short_of_memory)
+    assert cli.main(["run", "--config", "gw.toml"]) == 1
+    said = capsys.readouterr().err
+    assert said.startswith("edge-gateway run: out of memory (") and "LimitAS" in said and "380 MB" in said, said
+
+
+def test_an_import_error_that_is_not_memory_is_raised_as_it_is(monkeypatch):
+    from ven import cli
+
+    def missing(config_path, customize=None):
+        raise ImportError("No module named 'openleadr'")
+    monkeypatch.setattr(cli, "run_gateway", missing)
+    with pytest.raises(ImportError, match="openleadr"):
+        cli.main(["run", "--config", "gw.toml"])
