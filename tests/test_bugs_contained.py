@@ -120,8 +120,8 @@ async def test_the_event_timer_goes_on_after_a_bug_in_one_of_its_passes(system, 
     vtn, meter, gateway, peer, gw = system
     caplog.set_level(logging.INFO)
     await eventually(lambda: gateway.vtn.connected, 15, "VTN connected")
-    fault = Raises(gateway.schedule._judge_unlisted, RuntimeError("a bug in the timer"))
-    gateway.schedule._judge_unlisted = fault
+    fault = Raises(gateway.schedule._next_wake, RuntimeError("a bug in the timer"))
+    gateway.schedule._next_wake = fault
     start = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=3)
     vtn.add_event([2.0], start=start, interval_seconds=30, event_id="timer-bug")
     await eventually(lambda: gateway.schedule.get("timer-bug") is not None, 15, "the event received")
@@ -321,12 +321,37 @@ async def test_a_lasting_bug_in_the_schedules_sort_is_one_fault(tmp_path, caplog
     sched._purge = purge
     try:
         await eventually(lambda: purge.raised >= 4, 15, "the sort tried again")
-        assert sched._pass_bug.failing
+        assert sched._step_bugs["sort"].failing
     finally:
         await sched.stop()
         storage.close()
-    assert len(said(caplog, "event schedule's timer failed (a bug in the gateway)")) == 1
-    assert not said(caplog, "event schedule's timer works again")
+    assert len(said(caplog, "event schedule's sort failed (a bug in the gateway)")) == 1
+    assert not said(caplog, "event schedule's sort works again")
+
+
+async def test_a_lasting_bug_in_one_of_the_timers_jobs_does_not_stop_the_others(tmp_path, caplog, monkeypatch):
+    # one guard for the whole pass: a judging of unlisted events that always raised skipped the flush, the adoption of
+    # a late file and the sort at every pass
+    import ven.schedule as schedule_module
+    from ven.schedule import EventSchedule
+    from ven.storage import Storage
+
+    monkeypatch.setattr(schedule_module, "_SORT_EVERY_S", 0.5)
+    monkeypatch.setattr(schedule_module, "_MAX_SLEEP", 0.2)
+    caplog.set_level(logging.INFO, logger="ven.schedule")
+    storage = Storage(tmp_path / "gw.sqlite")
+    sched = EventSchedule(storage, lambda st: None)
+    await sched.start()
+    sched._judge_unlisted = Raises(sched._judge_unlisted, KeyError("a bug in judging"), times=None)
+    calls: list = []
+    sched._purge = Raises(sched._purge, KeyError("never"), times=None,      # counts the calls, raises none
+                          when=lambda *a, **k: calls.append(1) and False)
+    try:
+        await eventually(lambda: len(calls) >= 2, 10, "the sort going on")
+    finally:
+        await sched.stop()
+        storage.close()
+    assert len(said(caplog, "event schedule's judging of unlisted events failed (a bug in the gateway)")) == 1
 
 
 async def test_a_stop_waits_for_every_task_though_one_had_died_of_an_error(caplog):

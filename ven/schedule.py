@@ -83,7 +83,12 @@ class EventSchedule:
         self._pass_bug = BugGuard(log, "event schedule's timer", f"run again every {BUG_RETRY_S:g} s")
         self._change_bug = BugGuard(log, "event schedule's change callback (the points)",
                                    "called again at the timer's next pass")
-        self.bugs = (self._pass_bug, self._change_bug)
+        # each of the timer's jobs on its own: a lasting bug in one (the judging of unlisted events, say) skipped the
+        # others at every pass (a storage.path that opened late never adopted, nothing purged)
+        self._step_bugs = {step: BugGuard(log, f"event schedule's {step}", "tried again at the timer's next pass")
+                           for step in ("judging of unlisted events", "storage flush", "adoption of a late file",
+                                        "sort")}
+        self.bugs = (self._pass_bug, self._change_bug, *self._step_bugs.values())
         self._loaded = False
         self._unjudged: set[str] = set()   # unlisted by the VTN while the wall clock was not set
         self._ended_by_vtn: set[str] = set()  # listed completed, then no longer listed, still running here
@@ -442,17 +447,21 @@ class EventSchedule:
         # The loop may fire a hair before the boundary; evaluate at the boundary itself.
         at = max(now, woke_for) if woke_for is not None and (woke_for - now).total_seconds() < 0.005 else now
         self._publish(at)
-        self._judge_unlisted(now)
-        self._storage.flush()       # changes a failed write left in memory (no-op when none)
-        self._adopt(self._storage.take_found(), now)
+        with self._step_bugs["judging of unlisted events"].guard():
+            self._judge_unlisted(now)
+        with self._step_bugs["storage flush"].guard():
+            self._storage.flush()       # changes a failed write left in memory (no-op when none)
+        with self._step_bugs["adoption of a late file"].guard():
+            self._adopt(self._storage.take_found(), now)
         mono = time.monotonic()
         stepped = steps.stepped(now.timestamp())
         if stepped:
             self._prune_from = max(self._prune_from, mono + PRUNE_HOLD_S)
         if stepped or mono >= self._next_sort:
-            self._purge(now, prune=mono >= self._prune_from)
-            self._publish(now)
-            self._next_sort = mono + _SORT_EVERY_S     # not before: a purge that raised is tried at the next pass
+            with self._step_bugs["sort"].guard():
+                self._purge(now, prune=mono >= self._prune_from)
+                self._publish(now)
+                self._next_sort = mono + _SORT_EVERY_S     # not before: a purge that raised is tried at the next pass
 
     async def _wait(self, delay: float, target: datetime | None) -> datetime | None:
         """Until a change, `delay` seconds or a step of the wall clock: `target` if the delay ran out, else None."""
