@@ -101,3 +101,25 @@ def test_an_import_error_that_is_not_memory_is_raised_as_it_is(monkeypatch):
     monkeypatch.setattr(cli, "run_gateway", missing)
     with pytest.raises(ImportError, match="openleadr"):
         cli.main(["run", "--config", "gw.toml"])
+
+
+def test_an_address_space_limit_under_what_the_fits_need_is_said_at_the_start():
+    # under LimitAS=300M every fit failed with a line naming a thread or a shared object, never the limit
+    from ven.config_checks import memory_limit_warnings
+
+    assert memory_limit_warnings(resource.RLIM_INFINITY) == [] and memory_limit_warnings(512 * 10**6) == []
+    [warning] = memory_limit_warnings(300 * 10**6)
+    assert warning.startswith("the process may use only 300 MB of address space (LimitAS, ulimit -v): the "
+                              "forecaster's fits need about 380 MB"), warning
+
+
+def test_a_gateway_under_limit_as_says_so_in_its_start_up_log(tmp_path, free_udp_port, free_tcp_port):
+    config = tmp_path / "gw.toml"
+    write_config(config, bacnet_port=free_udp_port(), http_port=free_tcp_port(), storage=tmp_path / "gw.sqlite",
+                 ven_name="little-memory", device_id=500342)
+    with GatewayProcess(config, tmp_path / "log", prefix=("prlimit", "--as=330000000", "--")) as gateway:
+        deadline = time.monotonic() + 30
+        while "edge-gateway ready" not in gateway.log():
+            assert gateway.alive and time.monotonic() < deadline, gateway.log()[-3000:]
+            time.sleep(0.1)
+    assert "WARNING the process may use only 330 MB of address space (LimitAS" in gateway.log(), gateway.log()[-3000:]

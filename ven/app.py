@@ -27,6 +27,7 @@ from . import __version__
 from .cert_expiry import CertWatch
 from .clock_sync import SyncWatch, metric_value
 from .config import GatewayConfig
+from .config_checks import memory_limit_warnings
 from .device_restore import count_database_revision, restore_commands
 from .logs import RecentLog
 from .read_gaps import ReadGaps
@@ -240,6 +241,8 @@ class Gateway:
         log.info("edge-gateway %s starting: device %d on %s", __version__, c.bacnet.device_id, c.bacnet.address)
         for warning in self.config_warnings:
             log.warning("config: %s", warning)
+        for warning in memory_limit_warnings():
+            log.warning("%s", warning)
         self.clock_sync.check(time.monotonic())
         await self._start(self.device)
         count_database_revision(self.device, self.storage)

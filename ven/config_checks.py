@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import resource
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -214,3 +215,17 @@ def _zone_mismatch(zone: str) -> str | None:
     return (f"forecaster.timezone {zone!r} {how}: the BACnet device's localTime and localDate follow the machine, "
             f"the forecaster's time of day, weekdays and holidays follow forecaster.timezone. Set both to the "
             f"building's zone (timedatectl set-timezone; in a container, mount /etc/localtime read-only)")
+
+
+FIT_ADDRESS_SPACE = 380 * 10**6     # measured with 35 days of 1-minute history (README "The box")
+
+
+def memory_limit_warnings(limit: int | None = None) -> list[str]:
+    """A limit on this process's address space (LimitAS, ulimit -v) under what the forecaster's fits need: each
+    failed with a line that named a thread or a shared object, not the limit."""
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0] if limit is None else limit
+    if soft == resource.RLIM_INFINITY or soft >= FIT_ADDRESS_SPACE:
+        return []
+    return [f"the process may use only {soft / 1e6:.0f} MB of address space (LimitAS, ulimit -v): the forecaster's "
+            f"fits need about {FIT_ADDRESS_SPACE / 1e6:.0f} MB and fail short of it (persistence serves meanwhile), "
+            "and under about 250 MB the VEN's threads do not start either"]
