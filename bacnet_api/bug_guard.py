@@ -1,11 +1,10 @@
 """A job the gateway runs again and again (a poll, a cycle, a callback on each reading or write) that raised what
 nobody expected: a bug, not a meter, VTN or file fault, which each have their own lines. Its traceback goes to the log
-once, again only when it fails otherwise (another exception, or the same one from another line, not seen since it
-last worked), and one line says
-when the job works again; the job goes on meanwhile. Left to itself such an error either ended the loop that ran
-the job (its points frozen, nothing said until the stop) or put a traceback in the log at every cycle (1,440 a day
-at a 60 s cycle), and nothing said when it stopped. Here, not in ven, because the meter and the device need it and
-bacnet_api never imports ven."""
+once, again only when it fails otherwise (another exception, or the same one from another line), and one line says
+when the job has worked a while again; the job goes on meanwhile. Left to itself such an error either ended the loop
+that ran the job (its points frozen, nothing said until the stop) or put a traceback in the log at every cycle (1,440 a
+day at a 60 s cycle), and nothing said when it stopped. Here, not in ven, because the meter and the device need it
+and bacnet_api never imports ven."""
 from __future__ import annotations
 
 import contextlib
@@ -47,12 +46,18 @@ def short_of(err: BaseException) -> str | None:
     return None
 
 
+def first_from(err: BaseException, seen: set) -> bool:
+    """Whether `err` is the first raised from its place among those `seen` (which then holds it)."""
+    where = where_raised(err)
+    first = where not in seen
+    seen.add(where)
+    return first
+
+
 def trace_if_a_bug(log: logging.Logger, what: str, err: BaseException, seen: set) -> None:
     """For a job whose failures are a peer's faults as a rule (the VEN session: the VTN's), and said as such: one that
     is a programming error raised in the gateway's own code gets its traceback too, once for each place (`seen`)."""
-    where = where_raised(err)
-    if isinstance(err, PROGRAMMING_ERRORS) and where[1].startswith(_OURS) and where not in seen:
-        seen.add(where)
+    if isinstance(err, PROGRAMMING_ERRORS) and where_raised(err)[1].startswith(_OURS) and first_from(err, seen):
         log.error("%s: %s: %s is a bug in the gateway, not a fault of its peer (its traceback, once)", what,
                   type(err).__name__, err, exc_info=err)
 

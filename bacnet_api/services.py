@@ -76,7 +76,7 @@ from bacpypes3.errors import (AbortException, ExecutionError, MissingRequiredPar
                               PropertyError, RejectException, UndefinedEnumeration, UnrecognizedService)
 from bacpypes3.primitivedata import Boolean, Integer, PropertyIdentifier
 
-from .bug_guard import where_raised
+from .bug_guard import first_from
 from .client import error_text, same_station, to_plain
 from .forwarded import note_forwarders, untrusted_forwarder
 from .host_network import default_gateway, dns_servers
@@ -314,11 +314,9 @@ class _Services(PropertyAccess):
                          "once a source)", type(apdu).__name__.removesuffix("Request"), source, error_text(err))
         except Exception as err:   # a fault of ours, as bacpypes3 would have said it: once for each place, as any
             # peer can send the request that meets it again and again
-            where = where_raised(err)
-            traced = self.__dict__.setdefault("_unconfirmed_traced", set())
-            log.log(logging.DEBUG if where in traced else logging.ERROR, "BACnet: %s from %s failed",
-                    type(apdu).__name__.removesuffix("Request"), apdu.pduSource, exc_info=where not in traced)
-            traced.add(where)
+            first = first_from(err, self.__dict__.setdefault("_unconfirmed_traced", set()))
+            log.log(logging.ERROR if first else logging.DEBUG, "BACnet: %s from %s failed",
+                    type(apdu).__name__.removesuffix("Request"), apdu.pduSource, exc_info=first)
 
     # ----- bacnet.write_from
 

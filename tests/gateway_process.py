@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 
 def write_config(path, *, bacnet_port, http_port, storage, ven_name, vtn_port=9, meter_port=None,
@@ -79,6 +80,13 @@ class GatewayProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def wait_for(self, text: str, timeout: float = 30.0) -> None:
+        """Until the log has `text`; fails at once if the process ends first, else after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while text not in self.log():
+            assert self.alive and time.monotonic() < deadline, (text, self.log()[-3000:])
+            time.sleep(0.1)
 
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)

@@ -47,16 +47,13 @@ def test_a_gateway_at_limit_nofile_64_refuses_connections_before_it_runs_out(tmp
     write_config(config, bacnet_port=free_udp_port(), http_port=http_port, storage=tmp_path / "gw.sqlite",
                  ven_name="few-files", device_id=500341)
     with GatewayProcess(config, tmp_path / "log", prefix=("prlimit", "--nofile=64:64", "--")) as gateway:
-        deadline = time.monotonic() + 30
-        while "http dashboard on" not in gateway.log():
-            assert gateway.alive and time.monotonic() < deadline, gateway.log()[-3000:]
-            time.sleep(0.1)
+        gateway.wait_for("http dashboard on")
         held = []
         try:
             for _ in range(60):     # 40 dashboards' and proxies' connections held open, and more
                 sock = socket.create_connection(("127.0.0.1", http_port), timeout=2)
                 held.append(sock)
-            time.sleep(3.0)
+            gateway.wait_for("refusing new ones until some close")     # the limit, not the descriptors, refused
         finally:
             for sock in held:
                 sock.close()
@@ -118,8 +115,5 @@ def test_a_gateway_under_limit_as_says_so_in_its_start_up_log(tmp_path, free_udp
     write_config(config, bacnet_port=free_udp_port(), http_port=free_tcp_port(), storage=tmp_path / "gw.sqlite",
                  ven_name="little-memory", device_id=500342)
     with GatewayProcess(config, tmp_path / "log", prefix=("prlimit", "--as=330000000", "--")) as gateway:
-        deadline = time.monotonic() + 30
-        while "edge-gateway ready" not in gateway.log():
-            assert gateway.alive and time.monotonic() < deadline, gateway.log()[-3000:]
-            time.sleep(0.1)
+        gateway.wait_for("edge-gateway ready")
     assert "WARNING the process may use only 330 MB of address space (LimitAS" in gateway.log(), gateway.log()[-3000:]

@@ -4,6 +4,7 @@ lasts. Each test makes one callee raise, as a bug would, in a real gateway with 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 from datetime import datetime, timedelta, timezone
@@ -197,7 +198,7 @@ async def test_the_meter_poll_goes_on_after_a_bug_and_its_points_show_the_fault_
     await eventually(lambda: gateway.device.get(P.METER_FAULT), 10, "meter-fault while the bug lasts")
     assert gateway.device.status_flags(P.METER_POWER)["fault"]
     assert "meter read failing (ZeroDivisionError: a bug after the read)" in gateway.degraded()
-    await asyncio.sleep(2.5)    # polls meanwhile: said once
+    await eventually(lambda: fault.raised >= 3, 10, "three polls with the bug")
     assert len(said(caplog, "meter read failed (a bug in the gateway)")) == 1
     fault.armed = False
     meter.set_value(42.0)
@@ -304,27 +305,34 @@ async def test_an_event_whose_handling_raised_once_the_schedule_took_it_is_answe
     assert said(caplog, "handling an event from the VTN failed (a bug in the gateway): TypeError")
 
 
-async def test_a_lasting_bug_in_the_schedules_sort_is_one_fault(tmp_path, caplog, monkeypatch):
-    # the next sort was set before the purge ran: one that always raised failed one pass in 600 s, the retry a second
-    # later skipped it and "worked again": a traceback every 10 minutes for good, and the purge never done
+@contextlib.asynccontextmanager
+async def quick_schedule(tmp_path, monkeypatch, sort_every_s: float, max_sleep_s: float):
+    """An EventSchedule on its own storage.path, its sort and its longest wait shortened to the test's pace."""
     import ven.schedule as schedule_module
     from ven.schedule import EventSchedule
     from ven.storage import Storage
 
-    monkeypatch.setattr(schedule_module, "_SORT_EVERY_S", 2.5)
-    monkeypatch.setattr(schedule_module, "_MAX_SLEEP", 0.3)
-    caplog.set_level(logging.INFO, logger="ven.schedule")
+    monkeypatch.setattr(schedule_module, "_SORT_EVERY_S", sort_every_s)
+    monkeypatch.setattr(schedule_module, "_MAX_SLEEP", max_sleep_s)
     storage = Storage(tmp_path / "gw.sqlite")
     sched = EventSchedule(storage, lambda st: None)
     await sched.start()
-    purge = Raises(sched._purge, KeyError("a bug in the purge"), times=None)
-    sched._purge = purge
     try:
-        await eventually(lambda: purge.raised >= 4, 15, "the sort tried again")
-        assert sched._step_bugs["sort"].failing
+        yield sched
     finally:
         await sched.stop()
         storage.close()
+
+
+async def test_a_lasting_bug_in_the_schedules_sort_is_one_fault(tmp_path, caplog, monkeypatch):
+    # the next sort was set before the purge ran: one that always raised failed one pass in 600 s, the retry a second
+    # later skipped it and "worked again": a traceback every 10 minutes for good, and the purge never done
+    caplog.set_level(logging.INFO, logger="ven.schedule")
+    async with quick_schedule(tmp_path, monkeypatch, sort_every_s=2.5, max_sleep_s=0.3) as sched:
+        purge = Raises(sched._purge, KeyError("a bug in the purge"), times=None)
+        sched._purge = purge
+        await eventually(lambda: purge.raised >= 4, 15, "the sort tried again")
+        assert sched._step_bugs["sort"].failing
     assert len(said(caplog, "event schedule's sort failed (a bug in the gateway)")) == 1
     assert not said(caplog, "event schedule's sort works again")
 
@@ -332,25 +340,13 @@ async def test_a_lasting_bug_in_the_schedules_sort_is_one_fault(tmp_path, caplog
 async def test_a_lasting_bug_in_one_of_the_timers_jobs_does_not_stop_the_others(tmp_path, caplog, monkeypatch):
     # one guard for the whole pass: a judging of unlisted events that always raised skipped the flush, the adoption of
     # a late file and the sort at every pass
-    import ven.schedule as schedule_module
-    from ven.schedule import EventSchedule
-    from ven.storage import Storage
-
-    monkeypatch.setattr(schedule_module, "_SORT_EVERY_S", 0.5)
-    monkeypatch.setattr(schedule_module, "_MAX_SLEEP", 0.2)
     caplog.set_level(logging.INFO, logger="ven.schedule")
-    storage = Storage(tmp_path / "gw.sqlite")
-    sched = EventSchedule(storage, lambda st: None)
-    await sched.start()
-    sched._judge_unlisted = Raises(sched._judge_unlisted, KeyError("a bug in judging"), times=None)
-    calls: list = []
-    sched._purge = Raises(sched._purge, KeyError("never"), times=None,      # counts the calls, raises none
-                          when=lambda *a, **k: calls.append(1) and False)
-    try:
+    async with quick_schedule(tmp_path, monkeypatch, sort_every_s=0.5, max_sleep_s=0.2) as sched:
+        sched._judge_unlisted = Raises(sched._judge_unlisted, KeyError("a bug in judging"), times=None)
+        calls: list = []
+        sched._purge = Raises(sched._purge, KeyError("never"), times=None,      # counts the calls, raises none
+                              when=lambda *a, **k: calls.append(1) and False)
         await eventually(lambda: len(calls) >= 2, 10, "the sort going on")
-    finally:
-        await sched.stop()
-        storage.close()
     assert len(said(caplog, "event schedule's judging of unlisted events failed (a bug in the gateway)")) == 1
 
 
