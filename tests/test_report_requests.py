@@ -345,6 +345,30 @@ async def test_a_cancel_with_report_to_follow_gets_a_last_update_first(tmp_path,
         assert said(caplog, f"last TELEMETRY_USAGE update sent for the cancelled request {rrid}")
 
 
+async def test_a_request_that_comes_before_a_cancelled_ones_last_update_goes_on_after_it(
+        tmp_path, free_tcp_port, caplog):
+    # The VTN cancels with reportToFollow and asks again at once, and the last update cannot go yet (the VTN's
+    # fault, or only the next poll): the new request must not send that update's intervals a second time.
+    caplog.set_level(logging.INFO, logger="ven")
+    async with streaming(tmp_path, free_tcp_port(), report_granularity=S, report_back=60 * S) as (server, rig, rrid):
+        await until(lambda: len(rig.taken) >= 12, 10, "three seconds of readings")
+        handlers = server._server.services["report_service"].handlers
+        takes = handlers["oadrUpdateReport"]
+        server.fail_next("oadrUpdateReport", times=1_000)
+        server.cancel_report(rig.vtn.ven_id, rrid, report_to_follow=True)
+        new = server.create_report(rig.vtn.ven_id, S, S)
+        await until(lambda: rig.vtn.status()["report_request_id"] == new, 10, "the new request adopted")
+        assert rig.vtn.status()["report_requests"][0]["report_request_id"] == rrid, "the cancelled one's update due"
+        handlers["oadrUpdateReport"] = takes                # the VTN takes updates again
+        await until(lambda: received(server, rrid=new), 10, "the new request's first update")
+        await rig.stop_meter()
+        await until(lambda: rig.queue.pending == 0, 10, "every reading sent")
+        await asyncio.sleep(0.3)
+        assert received(server, rrid=rrid), "the cancelled request's last update went"
+        same(received(server), expected(rig.taken, S))          # nothing lost, nothing twice
+        assert said(caplog, f"VTN requested telemetry (request {new}) in place of {rrid}, cancelled")
+
+
 async def test_a_cancel_for_a_request_not_served_is_answered_452_and_the_stream_goes_on(
         tmp_path, free_tcp_port, caplog):
     caplog.set_level(logging.INFO, logger="ven")

@@ -72,6 +72,9 @@ class Standing:
     # the start of the first interval this process sent under it: readings of a file that opened late (after this
     # start) in intervals before it were never sent, those in intervals from it were
     first_sent: datetime | None = None
+    # a request of its granularity cancelled with reportToFollow, its last update still to go, when this one came:
+    # this one goes on after that update, as it would have had the update gone first
+    follows: str | None = None
 
 
 class VtnReports:
@@ -563,6 +566,11 @@ class VtnReports:
         if req is not None:
             if req.sent_until is not None:
                 self._reported[req.granularity] = req.sent_until
+            for after in self._requests.values():
+                if after.follows == rrid:
+                    after.follows = None
+                    if after.first_sent is None and req.sent_until is not None:
+                        after.sent_until = after.start = req.sent_until
             held = f"parked {_duration(req.granularity)}"
             if park and req.granularity not in self._parked:
                 self._telemetry.rename_reader(rrid, held)
@@ -695,12 +703,18 @@ class VtnReports:
                + (f", from {_iso(window[0])}" if window[0] is not None else "")
                + (f" until {_iso(window[1])}" if window[1] is not None else ""))
         req, others = self._requests.get(rrid), [r for r in self._requests if r != rrid]
+        # the VTN's new request in place of one it cancelled with reportToFollow, that one's last update not yet out
+        ending = next((r.rrid for r in self._requests.values() if r.final and r.granularity == granularity
+                       and r.rrid != rrid), None) if req is None else None
         u, self._unrequested = self._unrequested, None
         if u is not None and u.said:
             # the end of the warning's fault: whatever else this request's line would be
             log.info("VTN requested telemetry (request %s) after %s without a telemetry request: %s; the %d "
                      "reading(s) waiting go to it%s", rrid, span(asyncio.get_running_loop().time() - u.began), how,
                      self._telemetry.pending, "" if window[0] is None else " (those of its reportInterval)")
+        elif ending is not None:
+            log.info("VTN requested telemetry (request %s) in place of %s, cancelled: %s, after %s's last update",
+                     rrid, ending, how, ending)
         elif req is None and others:
             # a settlement stream beside a real-time one, say: each gets its own intervals from the same readings
             log.info("VTN requested telemetry (request %s) beside %s: %s", rrid, ", ".join(others), how)
@@ -717,7 +731,8 @@ class VtnReports:
             left, now = self._telemetry.left_until, _utcnow()
             # times after now were dated by a clock that stepped back since: no place among this clock's readings
             reported, left = (t if t is not None and t <= now else None for t in (reported, left))
-            req = self._requests[rrid] = Standing(rrid, granularity, back, sent_until=reported, left=left)
+            req = self._requests[rrid] = Standing(rrid, granularity, back, sent_until=reported, left=left,
+                                                  follows=ending)
             if parked is not None:
                 self._telemetry.rename_reader(parked, rrid)
                 self._telemetry.leave_taken()   # what the last run sent and had yet to delete
