@@ -531,6 +531,15 @@ async def test_a_fit_process_out_of_time_says_how_much_cpu_it_had():
     assert fit_processes() == []
 
 
+def test_a_fit_out_of_time_that_had_the_cpu_is_said_stuck_not_starved():
+    # Under LimitAS 340-360 MB the fit's maths library retried an allocation for the whole hour on a CPU it had to
+    # itself, and the line still blamed the CPU (helper box38 C1)
+    from ven.fit_worker import cpu_words
+
+    assert "not starved" in cpu_words(3400.0, 3600.0) and "LimitAS" in cpu_words(1800.0, 3600.0)
+    assert "idle priority" in cpu_words(12.0, 3600.0) and "not starved" not in cpu_words(1700.0, 3600.0)
+
+
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 async def test_a_stop_signal_sent_to_the_whole_service_leaves_the_fit_to_the_gateway(sig):

@@ -54,7 +54,7 @@ async def fit_in_child(job_blob: bytes, threads: int = 1, timeout: float = TIMEO
         async with asyncio.timeout(timeout):
             out, err = await proc.communicate(job_blob)
     except TimeoutError:
-        raise FitError(f"fit process still running after {timeout:g} s{_cpu_had(proc.pid)}; killed") from None
+        raise FitError(f"fit process still running after {timeout:g} s{_cpu_had(proc.pid, timeout)}; killed") from None
     finally:
         if proc.returncode is None:  # timed out, or the gateway is stopping
             proc.kill()
@@ -80,7 +80,7 @@ async def _stdin_closed(proc: asyncio.subprocess.Process) -> None:
         pass
 
 
-def _cpu_had(pid: int) -> str:
+def _cpu_had(pid: int, elapsed: float) -> str:
     # At idle priority a fit runs only on CPU time nothing else wants: on a one-core box kept busy (a BAS polling
     # flat out, another service) it starves, and "still running" read as a fit that hangs. Its CPU time tells which
     try:
@@ -88,6 +88,16 @@ def _cpu_had(pid: int) -> str:
         seconds = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")   # utime + stime
     except (OSError, ValueError, IndexError):    # not Linux
         return ""
+    return cpu_words(seconds, elapsed)
+
+
+def cpu_words(seconds: float, elapsed: float) -> str:
+    """What a fit's CPU time over `elapsed` s says of a fit out of time: starved, or stuck with the CPU it had."""
+    if seconds >= 0.5 * elapsed:
+        # Under an address-space limit (LimitAS 340-360 MB, measured) OpenBLAS retried an allocation for the whole
+        # hour, on a CPU it had to itself: blaming the CPU sent the installer to look at the wrong thing
+        return (f", having had {seconds:.1f} s of CPU, so not starved of it: stuck, perhaps retrying a memory "
+                "allocation under a limit (LimitAS, ulimit -v)")
     return f", having had {seconds:.1f} s of CPU (at idle priority: only CPU time nothing else on the box wants)"
 
 
