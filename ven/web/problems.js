@@ -1,11 +1,13 @@
 // What is wrong and what to do: one line per problem the status shows, in words; and what a screen
 // reader hears of them (#announce).
 import {$, el} from "./dom.js";
-import {fmtDuration, fmtSpan, fmtWhen, knownZone, stampText, toMs, zoneName} from "./format.js";
+import {fmtDuration, fmtSpan, fmtStamp, fmtWhen, knownZone, stampText, toMs, zoneName, zoneSuffix} from "./format.js";
 import {dashboard, gw} from "./state.js";
 import {certWarning, communication, flaky, neverRegistered, noThreshold, recentRefusal} from "./status.js";
 
 // an HTTP 5xx is the server failing (the VTN, or a proxy or load balancer in front of it), not a refusal of this VEN
+// a stamp of the gateway's in the zone shown, as every other time on the page (the raw UTC string was the odd one out)
+const shown = (v, otherwise) => { const ms = toMs(v); return ms === null ? (v || otherwise) : `${fmtStamp(ms)}${zoneSuffix(ms)}`; };
 const serverError = (text) => /\bHTTP 5\d\d\b/.test(text) && !/refused/.test(text);
 
 // The gateway warns of an unsynchronized clock from its second look, 5 minutes into a run, so as not to at boot
@@ -19,12 +21,12 @@ export function findProblems(health) {
   const add = (key, level, what, detail, todo) => out.push({key, level, what, detail, todo});
   if (!health.ok) add("health", "bad", "Gateway unhealthy", health.text, "see the gateway's log");
   if (gw.clock_suspect === true) {
-    add("clock", "bad", "Wall clock not set", `the gateway's clock reads ${gw.now || "a date before this version"}; meter readings are not reported to the VTN`,
+    add("clock", "bad", "Wall clock not set", `the gateway's clock reads ${shown(gw.now, "a date before this version")}; meter readings are not reported to the VTN`,
         "set the host's time (NTP)");
   }
   if (gw.clock_behind_last_read && gw.clock_suspect !== true) {
     add("clock", "bad", "Wall clock behind the last run",
-        `the gateway's clock reads ${gw.now || "a time"}, before the meter's last read of the run before (${gw.clock_behind_last_read}), as after a power cut on a box without a battery clock; meter readings are not reported to the VTN until it is past that`,
+        `the gateway's clock reads ${shown(gw.now, "a time")}, before the meter's last read of the run before (${shown(gw.clock_behind_last_read)}), as after a power cut on a box without a battery clock; meter readings are not reported to the VTN until it is past that`,
         "let NTP set the host's time; this clears by itself once the clock is past that read");
   }
   // as the log says it: after two looks, so not in the seconds a time daemon takes to set the clock at boot

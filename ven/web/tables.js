@@ -44,9 +44,14 @@ function levelCell(e) {
   steps.forEach((st, i) => {
     if (i) td.append(el("span", {class: "arrow"}, " → "));
     const badge = levelBadge(st.level);
-    // while the event runs, the interval in force now is outlined
-    if (st.current && e.status !== "cancelled") { badge.classList.add("current"); badge.title = "in force now"; }
     td.append(badge);
+    // while the event runs, the interval in force now is outlined and says so in words: an outline and a title
+    // alone were lost on a screen reader and at a glance from across the room
+    if (st.current && e.status !== "cancelled") {
+      badge.classList.add("current");
+      badge.title = "in force now";
+      td.append(el("span", {class: "now-mark"}, " now"));
+    }
   });
   return td;
 }

@@ -65,13 +65,15 @@ function offsetSpans(a, b) {
 // the ticks from t0 to end: each time the zone's wall clock reads a round step (03:00, 06:00; a day: its
 // midnight), labelled with it. Where the clock went forward the hour it skipped has none; the hour an autumn
 // change repeats has its ticks twice, each named by its zone (02:00 CEST, 02:00 CET)
+// a day as "5 Dec": every other date on the page is ISO, and "12/5" read as the 12th of May in Rome
+const MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
 export function timeTicks(t0, end, stepMin) {
   const stepMs = stepMin * 60000, ticks = [];
   for (const {from, to, off} of offsetSpans(t0, end)) {
     for (let t = Math.ceil((from + off) / stepMs) * stepMs - off; t < to && t <= end; t += stepMs) {
       const wall = new Date(t + off);
       const midnight = (t + off) % DAY_MS === 0;
-      ticks.push({t, label: midnight || stepMin >= 1440 ? `${wall.getUTCMonth() + 1}/${wall.getUTCDate()}`
+      ticks.push({t, label: midnight || stepMin >= 1440 ? `${wall.getUTCDate()} ${MONTHS[wall.getUTCMonth()]}`
         : `${pad(wall.getUTCHours())}:${pad(wall.getUTCMinutes())}`});
     }
   }
