@@ -43,11 +43,20 @@ def take_every_answer(layer: Any) -> None:
     and keep one renewal pending however many acceptances come."""
     start = layer._start_registration
     failed = 0      # requests in a row that were refused or not answered
+    # When the last request went out, and the first of those before it in a row that went unanswered (None: the one
+    # before was answered): bacpypes3 keeps a refusal's code until an acceptance, so a BBMD gone silent after
+    # refusing read "refused" for good (RegistrationWatch._silent_since)
+    layer.last_asked = layer.unanswered_since = None
 
     def start_registration() -> None:
         nonlocal failed
         # a registration that holds is renewed: the last request was taken; otherwise the last one failed
         failed = 0 if layer.bbmdRegistrationStatus == 0 else failed + 1
+        if _answered(layer):
+            layer.unanswered_since = None
+        elif layer.unanswered_since is None:
+            layer.unanswered_since = layer.last_asked
+        layer.last_asked = time.monotonic()
         start()
         # bacpypes3 scheduled the retry in 5 s, taken back if the answer is an acceptance
         layer._reregistration_timeout_handle.cancel()
@@ -71,6 +80,11 @@ def take_every_answer(layer: Any) -> None:
         track()
         renewal = layer._registration_handle
     layer._start_tracking_registration = start_tracking_registration
+
+
+def _answered(layer: Any) -> bool:
+    # an answer takes the request's handle (BIPForeign.confirmation); a registration that holds has its renewal timer
+    return not layer._registration_handle or layer.bbmdRegistrationStatus == 0
 
 
 class RegistrationWatch:
@@ -111,6 +125,13 @@ class RegistrationWatch:
                 self._look(time.monotonic())
             await asyncio.sleep(WATCH_S)
 
+    def _silent_since(self) -> float | None:
+        """Since when the BBMD has not answered the requests (None: it answered the last one)."""
+        layer = self.layer
+        if getattr(layer, "last_asked", None) is None or _answered(layer):
+            return None
+        return layer.unanswered_since if layer.unanswered_since is not None else layer.last_asked
+
     def _look(self, now: float) -> None:
         code = self.layer.bbmdRegistrationStatus    # -2 not registered, -1 asking, 0 registered, >0 the BBMD's NAK
         if code == 0:
@@ -128,9 +149,10 @@ class RegistrationWatch:
             # the registration lapsed (no answer to a renewal within its lifetime and 30 s): bacpypes3 stops asking
             # then, and a BBMD back later would never hear from the gateway again
             self.layer._start_registration()
-        if code > 0:
+        silent = self._silent_since()
+        if code > 0 and (silent is None or now - silent < ANSWER_S):
             why = f"refused ({_RESULTS.get(code, 'BVLC result')} 0x{code:04x})"
-        elif now - self._since >= ANSWER_S:
+        elif code > 0 or now - self._since >= ANSWER_S:
             why = f"unanswered for {ANSWER_S:g} s"
         else:
             return
@@ -140,8 +162,7 @@ class RegistrationWatch:
                         RETRY_FIRST_S, RETRY_MAX_S)
         elif why != self._why:
             # as the meter's and the VTN's faults: the one fault, its new cause said (a BBMD that went silent began
-            # refusing once it was back with a full table). bacpypes3 keeps a refusal's code until an acceptance, so
-            # a BBMD silent after refusing still reads refused
+            # refusing once it was back with a full table, or one that refused went silent)
             log.warning("BACnet: foreign-device registration with BBMD %s still failing, cause changed: %s", self.bbmd,
                         why)
         self._registered, self._why = False, why

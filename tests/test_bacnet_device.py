@@ -713,6 +713,55 @@ async def test_a_bbmd_silent_then_refusing_is_one_fault_whose_new_cause_is_said(
         bbmd.close()
 
 
+async def test_a_bbmd_refusing_then_silent_is_said_silent_not_still_refused(free_udp_port, caplog, monkeypatch):
+    # bacpypes3 keeps a refusal's code until an acceptance: a BBMD that refused and then went away (powered off,
+    # unplugged) still read "refused" in the log, /api/status and the dashboard, sending the installer to its table
+    import struct
+
+    from bacnet_api import foreign
+
+    monkeypatch.setattr(foreign, "ANSWER_S", 1.0)
+    monkeypatch.setattr(foreign, "RETRY_FIRST_S", 0.5)
+    caplog.set_level(logging.INFO, logger="bacnet_api")
+    bbmd = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    bbmd.bind(("127.0.0.1", free_udp_port()))
+    bbmd.setblocking(False)
+    loop = asyncio.get_running_loop()
+    answer = {"code": 0x0030}   # None: silent
+
+    async def serve() -> None:
+        while True:
+            data, sender = await loop.sock_recvfrom(bbmd, 1500)
+            if data[:2] == b"\x81\x05" and answer["code"] is not None:
+                bbmd.sendto(b"\x81\x00\x00\x06" + struct.pack(">H", answer["code"]), sender)
+
+    serving = asyncio.create_task(serve())
+    name = f"127.0.0.1:{bbmd.getsockname()[1]}"
+    device = GatewayDevice(address=f"127.0.0.1/8:{free_udp_port()}", device_id=DEVICE_ID, device_name="TestGateway",
+                           bbmd_address=name, bbmd_ttl=60)
+
+    def said():
+        return [(r.levelno, r.getMessage()) for r in caplog.records if "foreign" in r.getMessage()]
+    try:
+        await device.start()
+        await eventually(lambda: device.foreign_fault(), 5, "the refusal")
+        assert device.foreign_fault() == f"foreign-device registration with BBMD {name} refused " \
+                                         "(Register-Foreign-Device NAK 0x0030)"
+        answer["code"] = None
+        await eventually(lambda: len(said()) == 2, 10, "the new cause said")
+        assert said()[1] == (logging.WARNING, f"BACnet: foreign-device registration with BBMD {name} still failing, "
+                                              "cause changed: unanswered for 1 s"), said()
+        assert device.foreign_fault() == f"foreign-device registration with BBMD {name} unanswered for 1 s"
+        answer["code"] = 0
+        await eventually(lambda: device.foreign_device()["registered"], 10, "the registration taken")
+        assert [level for level, _ in said()] == [logging.WARNING, logging.WARNING, logging.INFO], said()
+        assert said()[0][1].startswith(f"BACnet: foreign-device registration with BBMD {name} refused ")
+    finally:
+        serving.cancel()
+        await device.stop()
+        bbmd.close()
+
+
 @pytest.mark.timeout(15)
 @pytest.mark.parametrize("answer", ["twice", "late"])
 async def test_an_acceptance_that_comes_twice_or_late_leaves_one_renewal(free_udp_port, answer):
