@@ -1014,3 +1014,26 @@ def test_the_page_digest_follows_the_dashboards_files(monkeypatch, tmp_path):
     with (tmp_path / "tables.js").open("a") as fh:
         fh.write("\n")
     assert http_api.page_digest() != before
+
+
+async def test_a_bug_while_waiting_for_the_address_is_said_once_and_the_wait_goes_on(caplog, monkeypatch):
+    # An error other than the address's (OSError) ended the task that waits for it unsaid: the dashboard never came,
+    # and the stop line no longer named the wait (helper exc38 C14). 192.0.2.0/24 is on no interface: nothing is sent
+    caplog.set_level(logging.INFO, logger="ven")
+    server = HttpServer(SampleView(), Metrics(), "192.0.2.77:8000", token="s3cret")
+    await server.start()
+    try:
+        assert server.open_faults() == ["http.address 192.0.2.77:8000 not on an interface yet"]
+        calls = []
+
+        async def broken():
+            calls.append(1)
+            raise RuntimeError("a bug")
+        monkeypatch.setattr(server, "_listen", broken)
+        await eventually(lambda: len(calls) >= 3, 10, "three tries")
+        lines = [r for r in caplog.records if "listening failed" in r.getMessage()]
+        assert len(lines) == 1 and lines[0].levelno == logging.ERROR and lines[0].exc_info
+        assert "RuntimeError: a bug; tried again every 1 s" in lines[0].getMessage()
+        assert server.open_faults() == ["http.address 192.0.2.77:8000 not on an interface yet"]
+    finally:
+        await server.stop()

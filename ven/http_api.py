@@ -475,6 +475,7 @@ class HttpServer:
         self._port = listener.sockets[0].getsockname()[1]
 
     async def _listen_when_there(self) -> None:
+        traced = False
         while True:
             await asyncio.sleep(1.0)
             try:
@@ -485,6 +486,12 @@ class HttpServer:
                 log.error("http.address %s:%d: cannot listen: %s; the dashboard stays off until a restart",
                           self.host, self._port, err.strerror)
                 return
+            except Exception as err:  # noqa: BLE001 - a bug: this task ended unsaid, and the stop line lost the wait
+                if not traced:
+                    log.error("http.address %s:%d: listening failed (a bug in the gateway): %s: %s; tried again "
+                              "every 1 s", self.host, self._port, type(err).__name__, err, exc_info=err)
+                traced = True
+                continue
             self._listening(waited=True)
             return
 
