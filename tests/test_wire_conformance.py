@@ -3,6 +3,7 @@ the registration's flags, the METADATA report's buffered-history duration, each 
 requestID each eventResponse names, and the acknowledgement a VTN with a lower-case vtnID gets."""
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -146,3 +147,30 @@ async def test_a_vtn_that_changed_its_vtn_id_keeping_registrations_has_its_event
         assert said[1][1].startswith("oadrDistributeEvent from vtnID 'VTN-NEW', not 'DEMO-VTN'") and \
             said[1][1].endswith("registering again, in case the VTN's vtnID changed"), said
         assert "(vtnID VTN-NEW)" in said[2][1], said
+
+
+@pytest.mark.timeout(40)
+async def test_names_with_xml_markup_reach_the_vtn_escaped_and_as_they_were(tmp_path, free_tcp_port):
+    """Every string is text on the wire: openleadr's templates did not escape, so an eventID "CPP&DR-1" (schema-valid
+    as the VTN sent it) came back in a malformed oadrCreatedEvent, refused at every poll, and the utility never heard
+    the optIn; a ven_name "Smith & Sons" never registered (helper sec39 W1). The venID the demo VTN makes of the
+    ven_name carries the markup into every message the VEN sends."""
+    name = 'Smith & Sons <"east\'s">'
+    async with _running(tmp_path, free_tcp_port(), ven_name=name) as (server, vtn):
+        (reg,) = server.registration_requests
+        assert reg["ven_name"] == name and "&" in vtn.ven_id
+        eid = server.add_event([1], now() + timedelta(seconds=60), 60, event_id="CPP&DR-1 <x>")
+        await until(lambda: _answers(server, eid), 10, "the answer")
+        assert _answers(server, eid)[0][1:] == ("optIn", 200)
+        rrid = server.create_report(vtn.ven_id, timedelta(seconds=1), timedelta(seconds=1),
+                                    report_request_id='rr&1 <"b">')
+        await until(lambda: vtn.status()["report_request_id"] == rrid, 10, "the request taken")
+
+
+        async def reported():
+            while not any(r == rrid for r, _ in server.updates):
+                vtn.record_sample(now(), 100.0)     # an interval is complete once a reading of the next one came
+                await asyncio.sleep(0.3)
+        await asyncio.wait_for(reported(), 10)
+        vtn.set_opt_out(True)
+        await until(lambda: [o for _, o, _ in _answers(server, eid)][-1:] == ["optOut"], 10, "the optOut")

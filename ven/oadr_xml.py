@@ -1,4 +1,5 @@
-"""The OpenADR XML the gateway reads, as the VEN (a VTN's answers) and as the demo VTN (a VEN's requests).
+"""The OpenADR XML the gateway reads, as the VEN (a VTN's answers) and as the demo VTN (a VEN's requests), and the
+escaping of what it writes.
 
 No OpenADR message carries a DTD, and openleadr's parser (schema-validating while it substitutes entities)
 crashes the process with SIGSEGV under lxml 6.0 / libxml2 2.14 at the first entity a DTD declares: one
@@ -10,7 +11,17 @@ from __future__ import annotations
 
 from lxml import etree
 from lxml.etree import DocumentInvalid
+from openleadr import messaging
 from openleadr.messaging import XML_SCHEMA
+
+# openleadr renders every message with a jinja2 environment that does not escape (its envelope marks the signed
+# object and the signature `|safe`, ready for one that does): an eventID "CPP&DR-1", schema-valid as the VTN sent it,
+# came back in a malformed oadrCreatedEvent, refused at every poll, and the utility never heard optIn or optOut; a
+# ven_name "Smith & Sons" never registered; and a VTN's id could put markup into a message the VEN signs. Set before
+# any message is made (this module is imported by both sides), and templates compiled before are compiled again
+messaging.TEMPLATES.autoescape = True
+if messaging.TEMPLATES.cache is not None:
+    messaging.TEMPLATES.cache.clear()
 
 
 def validate_xml_schema(content: bytes):
