@@ -224,6 +224,18 @@ def test_a_line_is_kept_as_the_log_says_it_and_cut_at_its_bound():
         (recent.lines()[1][0], logging.INFO, "event id from the VTN: a\\nb\\x1b[31m")]
 
 
+def test_the_log_escapes_every_control_a_terminal_or_a_reader_acts_on_and_bounds_a_line():
+    # A VTN's event id put an 8-bit CSI, NEL, a line separator and a right-to-left override raw into the log (the
+    # rest of the line read reversed), and a 200,000-character id was one journal line of that length (helper sec39 H1)
+    line = UtcFormatter().format(record("event \x9b31m\x85\u2028\u202eevil\u2066 received; Café – 5 kW ✓"))
+    assert line.endswith(" event \\x9b31m\\x85\\u2028\\u202eevil\\u2066 received; Café – 5 kW ✓"), line
+    long = UtcFormatter().format(record("event " + "x" * 200_000 + " received"))
+    assert len(long) < 16_100 and long.endswith("x... (cut at 16,000 characters)"), long[-60:]
+    recent = RecentLog(max_chars=100)
+    recent.handle(record("y" * 200_000))
+    assert recent.lines()[0][2].endswith("(cut at 100 characters; the log has its first 16,000 characters)")
+
+
 def test_the_ring_at_its_bound_holds_about_a_quarter_megabyte():
     # typical lines are 90 characters (p99 250, longest seen 260): 500 of 250 characters, a bad night's worth
     recent = RecentLog()

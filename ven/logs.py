@@ -25,12 +25,22 @@ PEER_NOISE = ("bacpypes3", "openleadr", "aiohttp.server", "bacnet_api.services.r
 
 
 # What a peer wrote reaches messages (an event id, a VTN's error page, lxml's error): a line break in it would
-# start a line of the peer's making in the operator log (journald keeps each as an entry of the gateway's).
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# start a line of the peer's making in the operator log (journald keeps each as an entry of the gateway's). Beyond
+# ASCII's controls: C1's (an 8-bit CSI some terminals act on, NEL), Unicode's line and paragraph separators, and the
+# bidirectional overrides and isolates, with which a VTN's event id showed the rest of the line reversed
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+# A message's bound in the log: a VTN's 200,000-character event id was one line of that length in the journal
+MAX_CHARS = 16_000
 
 
 def _escape(char: re.Match) -> str:
-    return repr(char.group())[1:-1]     # "\n", "\r", "\x1b"
+    return repr(char.group())[1:-1]     # "\n", "\r", "\x1b", "\u202e"
+
+
+def clean(message: str) -> str:
+    """A message as the log says it: controls escaped, cut at MAX_CHARS (saying so)."""
+    text = _CONTROL.sub(_escape, message)
+    return text if len(text) <= MAX_CHARS else f"{text[:MAX_CHARS]}... (cut at {MAX_CHARS:,} characters)"
 
 
 class UtcFormatter(logging.Formatter):
@@ -42,7 +52,7 @@ class UtcFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         stamp = self.formatTime(record)
-        text = _CONTROL.sub(_escape, record.getMessage())
+        text = clean(record.getMessage())
         if record.levelno != logging.INFO:
             text = f"{record.levelname} {text}"
         if record.exc_info and record.levelno >= logging.ERROR:
@@ -191,7 +201,8 @@ class RecentLog(logging.Handler):
         except Exception:   # noqa: BLE001 - a bad format string: the stream handler reports it
             return
         if len(text) > self.max_chars:
-            text = f"{text[:self.max_chars]}... (cut at {self.max_chars} characters; the log has the whole line)"
+            whole = "the whole line" if len(text) <= MAX_CHARS else f"its first {MAX_CHARS:,} characters"
+            text = f"{text[:self.max_chars]}... (cut at {self.max_chars} characters; the log has {whole})"
         self._lines.append((record.created, record.levelno, text))
         self.total += 1
 
