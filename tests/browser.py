@@ -81,15 +81,17 @@ SPEEDUP_JS = """(speedup) => {
 
 @asynccontextmanager
 async def chromium_page(width: int = 1440, height: int = 1200, timezone_id: str | None = None,
-                        color_scheme: str = "light", speedup: float = 1):
+                        color_scheme: str = "light", speedup: float = 1, csp: bool = False):
     """Yield a Playwright page; page.errors collects console errors and uncaught exceptions,
     page.offsite collects URLs to non-loopback hosts (all refused). timezone_id: the browser's own zone
     (default: the machine's); color_scheme: the scheme the page is told the OS prefers ("light" or "dark");
     speedup: the page's intervals of a second or more run that many times as often (SPEEDUP_JS).
+    csp: the page's Content-Security-Policy applies (else bypassed: it refuses the string functions Playwright's
+    wait_for_function runs in the page).
     In the module's Chromium if it has one (`one_chromium`), else in a Chromium of its own."""
     shared = _shared.get(asyncio.get_running_loop())
     if shared is not None:
-        async with _page(shared, width, height, timezone_id, color_scheme, speedup) as page:
+        async with _page(shared, width, height, timezone_id, color_scheme, speedup, csp) as page:
             yield page
         return
     from playwright.async_api import async_playwright
@@ -97,16 +99,17 @@ async def chromium_page(width: int = 1440, height: int = 1200, timezone_id: str 
     async with async_playwright() as pw:
         browser = await _launch(pw)
         try:
-            async with _page(browser, width, height, timezone_id, color_scheme, speedup) as page:
+            async with _page(browser, width, height, timezone_id, color_scheme, speedup, csp) as page:
                 yield page
         finally:
             await browser.close()
 
 
 @asynccontextmanager
-async def _page(browser, width, height, timezone_id, color_scheme, speedup):
+async def _page(browser, width, height, timezone_id, color_scheme, speedup, csp):
     zone = {"timezone_id": timezone_id} if timezone_id else {}
-    context = await browser.new_context(viewport={"width": width, "height": height}, color_scheme=color_scheme, **zone)
+    context = await browser.new_context(viewport={"width": width, "height": height}, color_scheme=color_scheme,
+                                        bypass_csp=not csp, **zone)
     try:
         if speedup != 1:
             await context.add_init_script(f"({SPEEDUP_JS})({float(speedup)!r})")
