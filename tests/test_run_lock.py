@@ -123,3 +123,21 @@ def test_the_custom_handler_example_runs_as_run_does(tmp_path, free_udp_port, fr
     run = subprocess.run([sys.executable, example, str(config)], capture_output=True, text=True, timeout=30)
     assert run.returncode == 2 and "Traceback" not in run.stderr and "log_level" in run.stderr, run.stderr
     assert not (tmp_path / "dr-events.csv").exists()
+
+
+async def test_the_files_a_gateway_makes_are_not_for_every_user_of_the_box(tmp_path, free_udp_port, free_tcp_port):
+    # storage.path holds the site's events, its load history and the forecaster's model, which a start loads as code
+    # (a pickle): a shell's usual umask (022) made them readable to every local user, writable by whoever could put
+    # one in place on a box without the unit's StateDirectoryMode (helper sec39 H4)
+    db = tmp_path / "gateway.sqlite"
+    config = tmp_path / "gateway.toml"
+    write_config(config, bacnet_port=free_udp_port(), http_port=free_tcp_port(), storage=db, ven_name="ven-a")
+    before = os.umask(0o022)
+    try:
+        with GatewayProcess(config, tmp_path / "gateway.log") as gateway:
+            await eventually(lambda: "edge-gateway ready" in gateway.log(), 60, "the gateway to be ready")
+            made = [p for p in tmp_path.iterdir() if p.name.startswith(db.name)]
+            assert {p.name for p in made} >= {db.name, f"{db.name}.lock"}, made
+            assert {p.name: oct(p.stat().st_mode & 0o777) for p in made} == {p.name: "0o640" for p in made}
+    finally:
+        os.umask(before)

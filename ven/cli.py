@@ -690,6 +690,10 @@ def main(argv: list[str] | None = None) -> int:
     # is not seen), and each spins about 90 ms of CPU once started: on a box given one CPU that is 90 ms more of
     # its quota, every start. The gateway's products are one row wide and never use them; fits set their own
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    # What the gateway writes (storage.path and its -wal, the run lock, exports) holds the site's events, its load
+    # history and the forecaster's model, which a start loads as code: for the gateway's user and group, not every
+    # user of the box, whatever umask the shell or a hand-made unit left (0644 at the usual 022)
+    os.umask(os.umask(0) | 0o027)
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
