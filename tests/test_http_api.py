@@ -686,6 +686,7 @@ async def test_every_answer_carries_the_security_headers(served):
         _, headers, _ = await fetch(base + path)
         assert "frame-ancestors 'none'" in headers["Content-Security-Policy"], path
         assert headers["X-Content-Type-Options"] == "nosniff" and headers["X-Frame-Options"] == "DENY", path
+        assert headers["Server"] == "edge-gateway", path     # not the Python and aiohttp versions (helper sec39)
 
 
 def _closed_by_server(s: socket.socket) -> bool:

@@ -294,6 +294,8 @@ SECURITY_HEADERS = {
 async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
     for name, value in SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
+    # aiohttp's "Python/3.11 aiohttp/3.14.5" told anyone who reached the port, token or not, which versions to try
+    response.headers["Server"] = "edge-gateway"
 
 
 def _from_this_host(host: str) -> bool:
