@@ -139,11 +139,15 @@ class _MemberErrors:
         return model.live_weights(self.mean_sq)
 
 
+# the bounds of a reading taken, as bacnet.input_min_kw / input_max_kw's defaults
+DEFAULT_MIN_KW, DEFAULT_MAX_KW = -1e5, 1e5
+
+
 class DemandForecaster:
     def __init__(self, horizons_minutes=(15, 60), slope_minutes=5, high_load_kw=None, low_load_kw=None,
                  threshold_days=14.0, hysteresis_fraction=0.03, min_on_minutes=15.0, min_off_minutes=15.0,
                  arm_fraction=0.1,
-                 history_days=35.0, retrain_minutes=1440.0, min_kw=-1e5, max_kw=1e5, stale_seconds=300.0,
+                 history_days=35.0, retrain_minutes=1440.0, min_kw=DEFAULT_MIN_KW, max_kw=DEFAULT_MAX_KW, stale_seconds=300.0,
                  timezone="UTC", holiday_preset="", holidays=(), rest_weekdays=DEFAULT_REST,
                  partial_weekdays=DEFAULT_PARTIAL, validation_days=7.0, min_fit_hours=48.0,
                  rolling_hours=168.0, rolling_min_count=12, rolling_min_hours=24.0,

@@ -239,6 +239,26 @@ def test_a_replay_with_nothing_to_replay_is_an_error_not_an_empty_file(tmp_path,
     assert out.read_text() == "an earlier result\n"
 
 
+def test_a_replay_with_a_config_takes_what_its_gateway_would_and_counts_the_rest(tmp_path, capsys):
+    # A 150 MW site with input_max_kw = 200000: the replay used the default bound (100,000 kW), dropped every peak
+    # unsaid and computed the flags from the rest (helper loads39 W4)
+    from ven.cli import main
+
+    src, out, cfg = tmp_path / "in.csv", tmp_path / "out.csv", tmp_path / "big.toml"
+    _write_series(src, [START + 900 * i for i in range(12)], kw=lambda i: 150_000 if i % 3 == 0 else 60_000)
+    cfg.write_text("[bacnet]\ninput_max_kw = 200000\n")
+    args = ["forecast-replay", "--csv", str(src), "--time-column", "timestamp", "--value-column", "kw",
+            "--output", str(out), "--fit-processes", "1"]
+    assert main(args + ["--config", str(cfg)]) == 0
+    done = capsys.readouterr()
+    assert "accepted=12 rejected=0" in done.out and "not replayed" not in done.err
+    assert main(args) == 0
+    done = capsys.readouterr()
+    assert "accepted=8 rejected=4" in done.out
+    assert "4 row(s) outside -100000..100000 kW (bacnet.input_min_kw..input_max_kw with --config) not replayed" \
+        in done.err
+
+
 def test_output_to_a_pipe_or_through_a_symlink(tmp_path):
     import os
     import threading

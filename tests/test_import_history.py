@@ -285,3 +285,20 @@ async def test_a_gateway_started_on_an_imported_history_has_thresholds_fits_at_o
     # checked on the imported history's last week, as a gateway with a week of its own is: and it serves
     assert served["serving"] == MODEL_NAME
     assert served["validation_rmse_kw"] < served["validation_persistence_rmse_kw"]
+
+
+def test_rows_over_the_input_bound_are_not_in_the_range_it_reports_and_many_ask_for_the_bound(
+        tmp_path, free_udp_port, capsys):
+    # A 150 MW site under the default bound (100,000 kW): its last line gave "49,035.7 to 171,676.2 kW", past the bound
+    # that had refused those rows, and the thresholds came from what was left (helper loads39 W5, C6)
+    cfg, db = _config(tmp_path, free_udp_port)
+    now = math.floor(time.time() / 900) * 900
+    rows = [(now - 900 * i, 150_000.0 if i % 96 > 60 else 50_000.0) for i in range(500)]
+    _write(tmp_path / "meter.csv", rows)
+
+    assert _import(cfg, tmp_path / "meter.csv") == 0
+    out, err = capsys.readouterr()
+    refused = sum(kw > 100_000 for _, kw in rows)
+    assert f"{refused} row(s) outside bacnet.input_min_kw..input_max_kw (-100000..100000 kW) not imported; if they " \
+           "are the site's demand, raise bacnet.input_max_kw and import again" in err, err
+    assert f"imported {500 - refused} minute(s)" in out and "(50,000.0 to 50,000.0 kW, median 50,000.0 kW)" in out, out

@@ -463,7 +463,11 @@ def cmd_forecast_replay(args) -> int:
 
     from .forecast_service import forecaster_params
 
-    params = forecaster_params(_config_or_exit(args.config).forecaster) if args.config else {}
+    params = {}
+    if args.config:
+        cfg = _config_or_exit(args.config)
+        # the readings the gateway would take: a 150 MW site's peaks over the default bound were dropped unsaid
+        params = dict(forecaster_params(cfg.forecaster), min_kw=cfg.bacnet.input_min_kw, max_kw=cfg.bacnet.input_max_kw)
     if args.retrain_minutes is not None:
         params["retrain_minutes"] = args.retrain_minutes
     if args.timezone is not None:
