@@ -183,7 +183,7 @@ def _keep(fc, cfg: GatewayConfig, times, values, lines, tz: ZoneInfo, now: float
              f"imported")
     if fc.rejected:
         # a 150 MW site under the default bound lost every peak here, and its thresholds came from the rest
-        raise_it = (f"; if they are the site's demand, raise bacnet.input_max_kw and import again"
+        raise_it = ("; if they are the site's demand, raise bacnet.input_max_kw and import again"
                     if over * 20 >= fc.rejected + kept else "")
         _say(f"{fc.rejected:,} row(s) outside bacnet.input_min_kw..input_max_kw "
              f"({cfg.bacnet.input_min_kw:g}..{cfg.bacnet.input_max_kw:g} kW) not imported{raise_it}")
