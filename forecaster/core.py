@@ -141,6 +141,15 @@ class _MemberErrors:
 
 # the bounds of a reading taken, as bacnet.input_min_kw / input_max_kw's defaults
 DEFAULT_MIN_KW, DEFAULT_MAX_KW = -1e5, 1e5
+# A load whose 10th and 90th percentiles are closer than this share of it is flat for the flags: a data centre at
+# 1000 +- 1 kW had its thresholds 1.3 kW apart and raised high-load on 0.3 % of noise, a BAS shedding on metering error
+# (the accuracy class of a common sub-meter). One with a daily swing of a few percent keeps its flags
+FLAT_SPREAD = 0.01
+# A reading this many times the highest 15-minute demand of the thresholds' days is another unit (watts written as
+# kW: 1,000 times), not the building: a 38 kW shop's 30,000 put the forecasts at 7,482 kW and raised high-load at
+# once, and its days held the thresholds up for two weeks after. A building re-opened after weeks idle stays well
+# under it
+UNIT_RATIO = 100.0
 
 
 class DemandForecaster:
@@ -208,6 +217,11 @@ class DemandForecaster:
         self._low = HysteresisFlag(False, self.hysteresis_fraction, min_on_minutes * 60, min_off_minutes * 60,
                                    arm_fraction)
         self._thresholds: tuple[int, float | None, float | None] | None = None
+        # from the thresholds' days: the lowest a forecast may be (0 for a site that never drew less, else None), and
+        # the highest reading taken (None: under a day held, or all 0)
+        self._floor: float | None = None
+        self._ceiling: float | None = None
+        self.last_rejection = ""      # why the last reading refused was
         self._curtailed: tuple[tuple[int, int], ...] = ()   # minute spans set aside (set_curtailed)
         self._sheds: tuple[tuple[int, int], ...] = ()       # the same without the rebound: the events' own minutes
         self.rejected = 0
@@ -228,8 +242,17 @@ class DemandForecaster:
         try:
             kw = float(kw)
         except (TypeError, ValueError):
+            self.last_rejection = f"{kw!r} is not a number"
             return False
-        return math.isfinite(kw) and self.min_kw <= kw <= self.max_kw
+        if not (math.isfinite(kw) and self.min_kw <= kw <= self.max_kw):
+            self.last_rejection = f"{kw!r} kW is non-finite or outside {self.min_kw:g}..{self.max_kw:g} kW"
+            return False
+        ceiling = self._ceiling
+        if ceiling is not None and abs(kw) > ceiling:
+            self.last_rejection = (f"{kw:g} kW is over {UNIT_RATIO:g} times the highest 15-minute demand of the last "
+                                   f"{self.threshold_days:g} days ({ceiling / UNIT_RATIO:g} kW): watts written as kW?")
+            return False
+        return True
 
     def add_sample(self, t: float, kw: float) -> bool:
         """Store one reading taken now; False (and nothing stored) when non-finite or out of range.
@@ -239,7 +262,9 @@ class DemandForecaster:
         would blind the forecaster for as long as the step; instead the minutes after it, stamped
         by the wrong clock, are set aside and the history goes on from here. A step further ahead
         than the history reaches sets it all aside. Either way last_clock_step says what happened."""
-        if not self._valid(kw) or not math.isfinite(t):
+        if not math.isfinite(t) or not self._valid(kw):
+            if not math.isfinite(t):
+                self.last_rejection = f"a reading stamped {t!r}, no time"
             self.rejected += 1
             return False
         k = minute_of(t)
@@ -485,20 +510,26 @@ class DemandForecaster:
         if self._thresholds is not None and self._thresholds[0] == slot:
             return self._thresholds[1], self._thresholds[2]
         hi, lo = self.high_load_kw, self.low_load_kw
-        if hi is None or lo is None:
-            ks = np.arange(k_done - int(self.threshold_days * 1440) + 15, k_done + 1, 15)
-            d = features.demand(snap, ks)
-            d = d[np.isfinite(d)]
-            # Percentiles of under a day of history would call every afternoon a peak.
-            if d.size >= 96:
-                p_hi, p_lo = (float(np.percentile(d, q)) for q in (self.high_percentile, self.low_percentile))
-                merged_hi = p_hi if hi is None else hi
-                merged_lo = p_lo if lo is None else lo
-                # A flat history (a stuck meter, a site idle most of the time) has no peak and no valley;
-                # a configured threshold on the wrong side of the other's percentile would, like a flat
-                # one, turn both flags on together (shed and charge at once). Only configured ones serve then.
-                if p_hi > p_lo and merged_hi > merged_lo:
-                    hi, lo = merged_hi, merged_lo
+        ks = np.arange(k_done - int(self.threshold_days * 1440) + 15, k_done + 1, 15)
+        d = features.demand(snap, ks)
+        d = d[np.isfinite(d)]
+        # Percentiles of under a day of history would call every afternoon a peak.
+        if d.size >= 96:
+            top = float(np.abs(d).max())
+            self._ceiling = UNIT_RATIO * top if top > 0 else None
+            # a forecast below 0 for a site that never drew less (a sub-meter reading 0 at night) is no load at all
+            self._floor = 0.0 if float(d.min()) >= 0 else None
+        else:
+            self._ceiling = self._floor = None
+        if (hi is None or lo is None) and d.size >= 96:
+            p_hi, p_lo = (float(np.percentile(d, q)) for q in (self.high_percentile, self.low_percentile))
+            merged_hi = p_hi if hi is None else hi
+            merged_lo = p_lo if lo is None else lo
+            # A flat history (a stuck meter, a data centre, a site idle most of the time) has no peak and no valley;
+            # a configured threshold on the wrong side of the other's percentile would, like a flat one, turn
+            # both flags on together (shed and charge at once). Only configured ones serve then.
+            if p_hi - p_lo > FLAT_SPREAD * max(abs(p_hi), abs(p_lo)) and merged_hi > merged_lo:
+                hi, lo = merged_hi, merged_lo
         self._thresholds = (slot, hi, lo)
         return hi, lo
 
@@ -574,6 +605,11 @@ class DemandForecaster:
         level_kw = level if math.isfinite(level) else None
         out: dict[int, float | None] = {}
         names = {}
+        # The shed minutes as the building would have drawn them, not left out: sheds come at the peaks, and the
+        # percentile of what was left fell with each one (a BAS whose own sheds were told of, every high hour,
+        # took the high threshold below the night load within weeks: bench/README, closed loop). First: the floor
+        # the forecasts below take comes with them
+        hi_thr, lo_thr = self._thresholds_at(refs, k_done)
 
         def actual(j: int):
             a = float(features.demand(masked, np.array([j]))[0])
@@ -597,6 +633,8 @@ class DemandForecaster:
                 # a 15-minute demand no input could ever average to (outside bacnet.input_min_kw..max_kw) is a
                 # model gone wrong, whatever its live errors: persistence serves it, and it counts against nothing
                 x = None
+            if x is not None and self._floor is not None:
+                x = max(x, self._floor)
             if x is not None and level_kw is not None and math.isfinite(x):
                 roll.add(k + h, x, level)
                 if self._serves(fitted.horizons[h], roll):
@@ -604,18 +642,15 @@ class DemandForecaster:
             out[h] = value
             names[h] = name
         rate = self._slope(snap, k)
-        # The shed minutes as the building would have drawn them, not left out: sheds come at the peaks, and the
-        # percentile of what was left fell with each one (a BAS whose own sheds were told of, every high hour,
-        # took the high threshold below the night load within weeks: bench/README, closed loop)
-        hi_thr, lo_thr = self._thresholds_at(refs, k_done)
         flag_on = out[self.horizons_minutes[-1]]
         # Near-flat loads (a data centre, a cold store) put the 10th and 90th percentiles closer than the
         # bands (3 % of each threshold): both flags latched on and stayed on. Cap each band at a quarter
         # of the gap, and let a flag turn on only while the other is off.
         gap = (hi_thr - lo_thr) / 4.0 if hi_thr is not None and lo_thr is not None else None
         arm = arming if math.isfinite(arming) else level_kw
-        high = self._high.update(now, flag_on, hi_thr, arm, max_band=gap, blocked=self._low.on)
-        low = self._low.update(now, flag_on, lo_thr, arm, max_band=gap, blocked=high)
+        spread = 4.0 * gap if gap is not None else 0.0
+        high = self._high.update(now, flag_on, hi_thr, arm, max_band=gap, blocked=self._low.on, spread=spread)
+        low = self._low.update(now, flag_on, lo_thr, arm, max_band=gap, blocked=high, spread=spread)
         kinds = set(names.values())
         label = kinds.pop() if len(kinds) == 1 else ",".join(f"{h}:{n}" for h, n in names.items())
         fc = Forecast(now, out, rate, high, low, hi_thr, lo_thr, label, level_kw)

@@ -290,6 +290,33 @@ def test_a_flat_history_has_no_peak_and_no_valley():
     assert f.high_threshold_kw is None and f.low_threshold_kw == 120.0 and f.low_load and not f.high_load
 
 
+def test_a_load_flatter_than_its_metering_has_no_percentile_thresholds():
+    # A data centre at 1000 +- 1 kW in whole kW: thresholds 1000.67 / 999.33, and high-load came on at 1003 kW, 0.3 %
+    # over the load, and flickered with the rounding, 14 times a day (helper loads39 W1)
+    fc = DemandForecaster(threshold_days=1, min_on_minutes=0, min_off_minutes=0)
+    t = T0 + np.arange(0, 2 * 86400, 60.0)
+    wobble = np.round(np.random.default_rng(3).normal(0, 0.7, t.size))
+    fc.seed(t, 1000.0 + wobble)
+    f = fc.predict(t[-1])
+    assert f.high_threshold_kw is None and f.low_threshold_kw is None and not f.high_load and not f.low_load
+    fixed = DemandForecaster(threshold_days=1, high_load_kw=1010.0, low_load_kw=990.0)    # the site's own serve
+    fixed.seed(t, 1000.0 + wobble)
+    assert (fixed.predict(t[-1]).high_threshold_kw, fixed.predict(t[-1]).low_threshold_kw) == (1010.0, 990.0)
+    swing = DemandForecaster(threshold_days=1)          # a daily swing of 2 % is a load with peaks
+    swing.seed(t, 1000.0 + 10.0 * np.sin(2 * np.pi * t / 86400) + wobble)
+    assert swing.predict(t[-1]).high_threshold_kw is not None
+
+
+def test_a_low_flag_at_a_threshold_of_zero_holds_through_a_forecast_wandering_about_it():
+    # A sub-meter reading 0 all night: the low threshold is 0, its band was 3 % of 0, and the flag followed the sign of
+    # a forecast wandering between -0.45 and +1.8 kW: 14 changes on a Sunday the meter never moved (helper loads39 W2)
+    low = HysteresisFlag(above=False, fraction=0.03, min_on_s=0, min_off_s=0)
+    wander = [0.0, 1.2, -0.45, 1.8, 0.3, 1.7, -0.2, 0.9]
+    states = [low.update(i, x, 0.0, spread=150.0) for i, x in enumerate(wander)]
+    assert states == [True] * len(wander)
+    assert low.update(99, 4.6, 0.0, spread=150.0) is False     # out of the band: the load is back
+
+
 def test_trend_holds_when_the_meter_reads_every_few_minutes():
     fc = DemandForecaster()
     for i in range(12):                               # every 150 s, rising 1 kW per minute
@@ -695,6 +722,38 @@ def test_a_sub_meter_that_reads_zero_when_off_is_fitted():
         assert hv["validation_rmse_kw"] < hv["validation_persistence_rmse_kw"], (h, hv)
     published = [x for f in fc.predict_series(t[-192:]) for x in f.demand_kw.values()]
     assert all(-20 < x < 200 for x in published), (min(published), max(published))
+
+
+def test_a_site_that_never_drew_below_zero_is_never_forecast_below_it(monkeypatch):
+    # A workshop sub-meter reads exactly 0 at night, and the model's forecast went to -0.45 kW; a site with solar that
+    # exports keeps its negative forecasts (helper loads39 W2)
+    fc = DemandForecaster(validation_days=2)
+    t, _ = _seed_office(fc, 10)
+    fc.fit(t[-1])
+    now = t[-1] + 900.0
+    fc.add_sample(now, float(office(np.array([now]))[0]))
+    monkeypatch.setattr("forecaster.model.combine", lambda each, weights: -0.45)
+    monkeypatch.setattr(DemandForecaster, "_serves", lambda self, hm, roll: True)
+    f = fc.predict(now + 60.0)
+    assert f.demand_kw == {15: 0.0, 60: 0.0} and f.model_for(60) != "persistence", f
+    fc.add_sample(now + 120.0, -30.0)       # exporting now: not "never below zero" from the next quarter hour
+    f = fc.predict(now + 900.0)
+    assert f.demand_kw == {15: -0.45, 60: -0.45}, f
+
+
+def test_a_reading_a_thousand_times_the_site_is_refused_as_another_unit():
+    # A BAS writing W into input-power-meter for a 38 kW shop: 30,000 was taken, the forecasts read 7,482 kW and
+    # high-load came on within seconds, and the thresholds stayed up for two weeks (helper loads39 W3)
+    fc = DemandForecaster(threshold_days=2)
+    t = T0 + np.arange(0, 3 * 86400, 300.0)
+    fc.seed(t, 12.0 + 26.0 * (np.sin(2 * np.pi * t / 86400) > 0))
+    fc.predict(t[-1])
+    now = t[-1] + 60.0
+    assert fc.add_sample(now, 30_000.0) is False
+    assert fc.last_rejection == "30000 kW is over 100 times the highest 15-minute demand of the last 2 days (38 kW): " \
+                                "watts written as kW?"
+    assert fc.add_sample(now + 1.0, 76.0) is True        # twice the peak: a building that grew
+    assert fc.add_sample(now + 2.0, -500.0) is True and fc.rejected == 1     # within the bounds and the ratio
 
 
 def test_a_model_forecast_no_input_could_average_to_is_not_served(monkeypatch):

@@ -222,7 +222,7 @@ class ForecastService:
             self._starved = False   # one early cycle per silence, however many samples end it
             self._wake.set()
         if not ok and not self._rejecting:
-            log.warning("forecaster rejecting %s samples (stale, non-finite or out of range, e.g. %r kW)", source, kw)
+            log.warning("forecaster rejecting %s samples: %s", source, fc.last_rejection)
         elif ok and self._rejecting:
             log.info("forecaster accepting %s samples again", source)
         self._rejecting = "" if ok else source
