@@ -15,7 +15,9 @@ from bacnet_api.simulator import MeterSimulator
 from ven import app
 from ven.app import SHED_COMMANDS, Gateway
 from ven.config import ForecasterConfig
+from ven.device_restore import BACNET_DATABASE
 from ven.forecast_service import ForecastService
+from ven.storage import Storage
 from ven.vtn_server import DemoVtn
 
 pytestmark = pytest.mark.timeout(90)
@@ -201,3 +203,38 @@ async def test_a_stored_shed_start_out_of_range_or_from_an_unset_clock_does_not_
                 assert float(gateway.storage.load_value(SHED_COMMANDS + ":since")) > 1.7e9, "the file put right"
         finally:
             await gateway.stop()
+
+
+async def test_a_shed_kept_from_before_a_run_without_the_point_is_not_brought_back(tmp_path, free_udp_port,
+                                                                                   free_tcp_port, caplog):
+    # Rolled back to a release without bas-shed-power, the BAS's relinquish at the end of its shed was refused there
+    # (unknown-object); back on this one, the stored 20 kW came back, "goes on from before the start", and was added
+    # to every sample learnt until the BAS wrote the point again (helper upgrade39 W1)
+    caplog.set_level(logging.INFO)
+    ports = dict(bacnet_port=free_udp_port(), meter_port=free_udp_port(), vtn_port=free_tcp_port(),
+                 http_port=free_tcp_port())
+    config = fast_config(tmp_path, **ports)
+    gw = f"127.0.0.1:{ports['bacnet_port']}"
+    async with BacnetPeer(free_udp_port()) as peer:
+        gateway = Gateway(config)
+        await gateway.start()
+        try:
+            assert await peer.write(gw, SHED, "presentValue", 20.0, priority=8) is None
+        finally:
+            await gateway.stop()
+        storage = Storage(config.storage.path)      # as the earlier release's run left it: no such object
+        db = json.loads(storage.load_value(BACNET_DATABASE))
+        db["objects"] = [o for o in db["objects"] if not o.endswith(" " + P.SHED_POWER)]
+        storage.save_value(BACNET_DATABASE, json.dumps(db))
+        storage.close()
+        for _ in range(2):      # and not at the start after that either
+            gateway = Gateway(config)
+            await gateway.start()
+            try:
+                assert await read(peer, gw, P.SHED_POWER) == 0.0
+                assert gateway.forecast.status()["shed_kw"] == 0.0
+            finally:
+                await gateway.stop()
+    said = [r.getMessage() for r in caplog.records if "bas-shed-power commands" in r.getMessage()]
+    assert said == ["stored bas-shed-power commands {\"8\": 20.0} not restored: the last run (an earlier version?) "
+                    "served no bas-shed-power, so what the BAS wrote since never reached them"], said

@@ -28,7 +28,7 @@ from .cert_expiry import CertWatch
 from .clock_sync import SyncWatch, metric_value
 from .config import GatewayConfig
 from .config_checks import memory_limit_warnings
-from .device_restore import count_database_revision, restore_commands
+from .device_restore import BACNET_DATABASE, count_database_revision, restore_commands, served
 from .logs import RecentLog
 from .read_gaps import ReadGaps
 from .metrics import Metrics
@@ -245,9 +245,10 @@ class Gateway:
             log.warning("%s", warning)
         self.clock_sync.check(time.monotonic())
         await self._start(self.device)
-        count_database_revision(self.device, self.storage)
+        before = count_database_revision(self.device, self.storage)
         await self._restore_opt_out(self.storage.load_value(OPT_OUT_COMMANDS))
-        await restore_commands(self.device, self.storage, P.SHED_POWER, self.storage.load_value(SHED_COMMANDS))
+        await restore_commands(self.device, self.storage, P.SHED_POWER, self.storage.load_value(SHED_COMMANDS),
+                               served_before=served(before, P.SHED_POWER))
         self._shed_kept = self.device.commands(P.SHED_POWER)    # as the file has them
         self.storage.on_late_open = self._storage_opened_late
         self.device.on_write(P.INPUT_POWER, self._on_input_power)
@@ -502,12 +503,14 @@ class Gateway:
     def _storage_opened_late(self, values: dict[str, str]) -> None:
         saved_opt_out, saved_shed = values.get(OPT_OUT_COMMANDS), values.get(SHED_COMMANDS)
         if saved_opt_out or saved_shed:
-            self._late_restore = asyncio.get_running_loop().create_task(self._restore_late(saved_opt_out, saved_shed))
+            self._late_restore = asyncio.get_running_loop().create_task(
+                self._restore_late(saved_opt_out, saved_shed, served(values.get(BACNET_DATABASE), P.SHED_POWER)))
 
-    async def _restore_late(self, saved_opt_out: str | None, saved_shed: str | None) -> None:
+    async def _restore_late(self, saved_opt_out: str | None, saved_shed: str | None, shed_served: bool) -> None:
         if saved_opt_out:
             await self._restore_opt_out(saved_opt_out, late=True)
-        if await restore_commands(self.device, self.storage, P.SHED_POWER, saved_shed, late=True):
+        if await restore_commands(self.device, self.storage, P.SHED_POWER, saved_shed, late=True,
+                                  served_before=shed_served):
             self._shed_kept = self.device.commands(P.SHED_POWER)    # the merge, which the restore wrote
             self._tell_shed()
 

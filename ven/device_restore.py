@@ -16,8 +16,9 @@ log = logging.getLogger(__name__)
 BACNET_DATABASE = "bacnet_database"  # the device's objects and databaseRevision, as the last run served them
 
 
-def count_database_revision(device: GatewayDevice, storage: Storage) -> None:
-    """Set the device's databaseRevision: the last run's, one more if its objects differ from this run's."""
+def count_database_revision(device: GatewayDevice, storage: Storage) -> list[str] | None:
+    """Set the device's databaseRevision: the last run's, one more if its objects differ from this run's. Returns
+    the last run's objects (None: not known)."""
     # Over BACnet no object is created, deleted or renamed, but between two runs a new device_name or
     # device_id, or a release with other points, does so: a BAS that cached the objects learns it from
     # databaseRevision, which only means something if it is kept across restarts.
@@ -47,7 +48,7 @@ def count_database_revision(device: GatewayDevice, storage: Storage) -> None:
                      "it): databaseRevision %d, so a BAS that cached them reads them again", revision)
     if known == identity:
         device.database_revision = revision
-        return
+        return known
     if known is not None:
         revision += 1
         # what came and what went: a rename names both, and the reader must tell which is which
@@ -56,12 +57,34 @@ def count_database_revision(device: GatewayDevice, storage: Storage) -> None:
         log.info("BACnet objects differ from the last run (%s): databaseRevision %d", "; ".join(said), revision)
     device.database_revision = revision
     storage.save_value(BACNET_DATABASE, json.dumps({"revision": revision, "objects": identity}))
+    return known
+
+
+def served(objects: list[str] | str | None, name: str) -> bool:
+    """Whether the run whose objects these are (database_identity's "<type>,<instance> <name>", or BACNET_DATABASE as
+    stored) served point `name`; True when they are not known."""
+    if isinstance(objects, str):
+        try:
+            objects = json.loads(objects)["objects"]
+        except (ValueError, TypeError, KeyError, RecursionError):
+            objects = None
+    if not isinstance(objects, list):
+        return True
+    return any(str(o).endswith(" " + name) for o in objects)
 
 
 async def restore_commands(device: GatewayDevice, storage: Storage, name: str, saved: str | None,
-                           late: bool = False) -> bool:
-    """Put a commandable point's stored commands back (SHED_COMMANDS, OPT_OUT_COMMANDS); whether any were."""
+                           late: bool = False, served_before: bool = True) -> bool:
+    """Put a commandable point's stored commands back (SHED_COMMANDS, OPT_OUT_COMMANDS); whether any were.
+    `served_before`: whether the last run served the point."""
     if not saved:
+        return False
+    if not served_before:
+        # Kept from a run before the last, which served no such point (an earlier version, rolled back to): the BAS's
+        # relinquish at the end of its shed was refused there, and the shed came back, added to every sample learnt
+        storage.save_value("bacnet_commands:" + name, "{}")
+        log.info("stored %s commands %.200s not restored: the last run (an earlier version?) served no %s, so what "
+                 "the BAS wrote since never reached them", name, saved, name)
         return False
     point = P.BY_NAME[name]
     low, high = device.input_bounds
