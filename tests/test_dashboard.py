@@ -693,6 +693,18 @@ async def test_ages_past_two_days_are_said_in_days_and_hours(server):
     assert said == ["2.0 h ago", "in 9 d 23 h", "2 d 2 h ago"]
 
 
+async def test_kw_read_as_a_person_reads_them_at_a_5_kw_site_and_a_50_mw_one(server):
+    # A 5 kW site's trend of -0.0033 kW/min read "-0.00", and a 150 MW site's 153744.7 kW had no grouping (helper
+    # loads39); the page's own formatting, as every tile, table and label uses it
+    async with drawn(server, SampleView()) as (page, _):
+        said = await page.evaluate("""async () => {
+            const {fmtNum} = await import("./format.js");
+            return [fmtNum(-0.0033), fmtNum(-0.04, 1), fmtNum(153744.7), fmtNum(51248), fmtNum(-12500.25),
+                    fmtNum(581.5), fmtNum(0.25), fmtNum(-3.5)];
+        }""")
+    assert said == ["0.00", "0.0", "153,744.7", "51,248", "-12,500.3", "581.5", "0.25", "-3.50"]
+
+
 class PriceEventView(SampleView):
     """The sample's events, and a day-ahead price event the gateway answered optOut (it follows SIMPLE only)."""
 

@@ -108,7 +108,11 @@ export function fmtNum(v, digits) {
   if (typeof v === "boolean") return v ? "active" : "inactive";
   if (typeof v !== "number") return String(v);
   const d = digits === undefined ? (Math.abs(v) >= 100 ? 1 : 2) : digits;
-  return Number.isInteger(v) ? String(v) : v.toFixed(d);
+  // a 5 kW site's trend of -0.003 kW/min read "-0.00"; a 50 MW site's 51248.2 kW is read more easily grouped
+  const text = Math.abs(v) >= 10000 ? v.toLocaleString("en-US", {minimumFractionDigits: Number.isInteger(v) ? 0 : d,
+                                                                  maximumFractionDigits: Number.isInteger(v) ? 0 : d})
+    : Number.isInteger(v) ? String(v) : v.toFixed(d);
+  return /^-0(\.0+)?$/.test(text) ? text.slice(1) : text;
 }
 const ISO_RE = /^\d{4}-\d\d-\d\dT\d\d:\d\d/;
 // A relative age ("5 s ago") is drawn as a span that tickAges() rewrites every second from the

@@ -18,7 +18,8 @@ export function drawThresholds(hist, {y, left, width, top, inside}) {
     if (typeof v !== "number") continue;
     g.append(svg("line", {x1: left, x2: left + width, y1: y(v), y2: y(v), stroke: color, "stroke-width": 1.2,
                           "stroke-dasharray": "8 4", class: "threshold", "data-threshold": k}));
-    lines.push({at: y(v), words: `${label} ${fmtNum(v, 0)} kW`, color});
+    // whole kW, but a small site's (5.16 and 1.73 kW read "5" and "2", the base load drawn under the "2")
+    lines.push({at: y(v), words: `${label} ${fmtNum(v, Math.abs(v) < 10 ? 1 : 0)} kW`, color});
   }
   if (inside) {
     // above its line, unless in the events' label row or on the other label: then under it
