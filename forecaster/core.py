@@ -222,6 +222,8 @@ class DemandForecaster:
         self._floor: float | None = None
         self._ceiling: float | None = None
         self.last_rejection = ""      # why the last reading refused was
+        # the longest the load held exactly one value in the thresholds' days, in minutes (None: under a day held)
+        self.longest_still_minutes: float | None = None
         self._curtailed: tuple[tuple[int, int], ...] = ()   # minute spans set aside (set_curtailed)
         self._sheds: tuple[tuple[int, int], ...] = ()       # the same without the rebound: the events' own minutes
         self.rejected = 0
@@ -515,12 +517,13 @@ class DemandForecaster:
         d = d[np.isfinite(d)]
         # Percentiles of under a day of history would call every afternoon a peak.
         if d.size >= 96:
+            self.longest_still_minutes = _longest_still(snap, k_done - int(self.threshold_days * 1440) + 1, k_done)
             top = float(np.abs(d).max())
             self._ceiling = UNIT_RATIO * top if top > 0 else None
             # a forecast below 0 for a site that never drew less (a sub-meter reading 0 at night) is no load at all
             self._floor = 0.0 if float(d.min()) >= 0 else None
         else:
-            self._ceiling = self._floor = None
+            self._ceiling = self._floor = self.longest_still_minutes = None
         if (hi is None or lo is None) and d.size >= 96:
             p_hi, p_lo = (float(np.percentile(d, q)) for q in (self.high_percentile, self.low_percentile))
             merged_hi = p_hi if hi is None else hi
@@ -739,3 +742,20 @@ def _calendar_words(settings: tuple) -> str:
         rest, partial = week[0]
         words += f", resting {'/'.join(rest) or 'no day'} and partly open {'/'.join(partial) or 'no day'}"
     return words
+
+
+def _longest_still(snap, first: int, last: int) -> float:
+    """The most minutes, from the first to the last of them, that the minutes with readings from `first` to `last`
+    held one value."""
+    lo, hi = max(first, snap.k0), min(last, snap.k0 + snap.n - 1)
+    if hi < lo:
+        return 0.0
+    means = snap.means[lo - snap.k0:hi - snap.k0 + 1]
+    have = np.flatnonzero(np.isfinite(means))
+    if have.size < 2:
+        return 0.0
+    v = means[have]
+    # a minute's mean of n equal readings is that reading to within rounding
+    starts = np.flatnonzero(np.concatenate([[True], np.abs(np.diff(v)) > 1e-9 * np.maximum(1.0, np.abs(v[1:]))]))
+    ends = np.concatenate([starts[1:] - 1, [v.size - 1]])
+    return float((have[ends] - have[starts]).max() + 1)

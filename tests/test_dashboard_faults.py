@@ -366,6 +366,27 @@ async def test_a_shed_held_over_12_hours_needs_attention(server):  # noqa: F811
         assert page.errors == []
 
 
+class StillView(FaultView):
+    def status(self):
+        body = super().status()
+        body["forecaster"].update(active_source="bacnet_input", input_still_since=time.time() - 30 * 3600)
+        return body
+
+
+async def test_a_power_input_that_never_moves_needs_attention(server):  # noqa: F811
+    # a frozen BAS point or a dead CT: the forecaster learnt a night at the afternoon's kW, and only the log said so
+    async with drawn(server, FaultView()) as (page, _):
+        assert "input-still" not in await page.evaluate("window.dashboard.problems")
+    async with drawn(server, StillView()) as (page, _):
+        assert "input-still" in await page.evaluate("window.dashboard.problems")
+        item = page.locator('#problems li[data-problem="input-still"]')
+        assert await item.get_attribute("data-level") == "warn"
+        assert await item.locator(".what").inner_text() == "Power input not moving"
+        assert "BAS has written input-power-meter with one exact value since" in await item.locator(".detail").inner_text()
+        assert "dead CT" in await item.locator(".todo").inner_text()
+        assert page.errors == []
+
+
 async def test_the_header_and_the_tab_name_the_gateway(server):  # noqa: F811
     # three gateways on a campus: each dashboard said "Edge Gateway" and nothing else at the top, tabs alike
     view = FaultView()

@@ -855,3 +855,41 @@ def test_every_forecaster_key_is_taken_by_the_forecaster_or_the_service():
                if key not in service_keys and renamed.get(key, key) not in params]
     assert missing == [], f"[forecaster] keys that reach neither the forecaster nor the service: {missing}"
     assert service_keys <= set(ForecasterConfig.model_fields)
+
+
+def test_a_power_input_that_never_moves_is_said_once_and_its_end_too(tmp_path, caplog):
+    # A BAS point frozen at 173.4 kW for 30 h (the building drew 60 at night) read as a trend of 0 and raised high-load
+    # for 10 h, and nothing said so; a sub-meter at 0 all weekend has held still as long before (helper loads39)
+    import numpy as np
+
+    caplog.set_level(logging.INFO, logger="ven.forecast_service")
+    svc = ForecastService(ForecasterConfig(source="bacnet_input", threshold_days=2), str(tmp_path / "g.sqlite"),
+                          publish=lambda f: None)
+    t0 = 1_780_000_000.0
+    t = t0 + np.arange(0, 2 * 86400, 60.0)
+    svc.forecaster.seed(t, 100 + 50 * np.sin(2 * np.pi * t / 86400) + np.random.default_rng(1).normal(0, 1, t.size))
+    now = float(t[-1]) + 60
+    svc.forecaster.predict(now)
+    assert svc.forecaster.longest_still_minutes == 1
+    for i in range(130):                    # a BAS writing its frozen value each minute, for over two hours
+        svc.on_input_power(now + 60 * i, 173.4)
+    said = [r for r in caplog.records if "173.4" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelno == logging.WARNING, [r.getMessage() for r in said]
+    assert said[0].getMessage() == (
+        "input-power-meter has read exactly 173.4 kW for 60 min, where the load held one value 60 s at most in the last "
+        "2 days: a frozen BAS point or a dead sensor? The forecaster learns it as the building's load")
+    assert svc.status()["input_still_since"] == now
+    assert svc.open_faults() == ["input-power-meter reading exactly 173.4 kW"]
+    svc.on_input_power(now + 60 * 130, 60.2)
+    assert caplog.records[-1].getMessage() == "input-power-meter moving again after 2.2 h at 173.4 kW"
+    assert svc.status()["input_still_since"] is None and svc.open_faults() == []
+
+    zero = ForecastService(ForecasterConfig(source="bacnet_input", threshold_days=2), str(tmp_path / "z.sqlite"),
+                           publish=lambda f: None)
+    weekday = (t - t0) % 86400 < 50_000                     # a workshop meter at exactly 0 for 10 h a day
+    zero.forecaster.seed(t, np.where(weekday, 80.0, 0.0))
+    zero.forecaster.predict(now)
+    caplog.clear()
+    for i in range(5 * 60):                 # 5 h at 0: it has held 0 longer than that
+        zero.on_input_power(now + 60 * i, 0.0)
+    assert [r.getMessage() for r in caplog.records if "exactly" in r.getMessage()] == []

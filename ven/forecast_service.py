@@ -54,6 +54,11 @@ MAX_UNSAVED_FORECASTS = 1440    # kept for the next write while the file refuses
 # retrain_minutes, then after twice that, four times ..., at most a day apart (or retrain_minutes if longer):
 # a box that cannot fit is not pushed out of memory, with the BACnet side on it, every few minutes forever.
 FIT_RETRY_MAX_MINUTES = 1440.0
+# A power input that reads exactly one value this long, and twice as long as the load ever held still over the
+# thresholds' days, is a frozen BAS point or a dead sensor: 173.4 kW held for 30 h through a night that drew 60 kW
+# read as a trend of 0 and raised high-load for 10 h (helper loads39). A sub-meter at 0 all weekend has held still
+# as long before
+STILL_MIN_S = 3600.0
 
 
 def forecaster_params(c: ForecasterConfig) -> dict:
@@ -109,6 +114,10 @@ class ForecastService:
         self._fallback = Flapping(2 * config.input_stale_seconds)
         self._meter_unsaid = False    # start-up's meter pick, said once the BAS has had its time to write
         self._rejecting = ""                       # the source whose samples are refused since the WARNING
+        # the power input's value, its source, since when it has read exactly that (epoch s), and whether the WARNING
+        # that it does not move is out
+        self._still: tuple[str, float, float] | None = None
+        self._still_said = False
         self._fit_failures = 0                     # failed fits in a row: 0 while fits succeed
         self._fit_retry_at: float | None = None    # while they fail: the next try (monotonic: unmoved by clock steps)
         self._fit_short = False
@@ -196,9 +205,30 @@ class ForecastService:
             self._fallback.bad(self._meter_since)  # a fallback like any other: its end is said the same way
             self._fallback.bad(time.monotonic())
 
+    def _watch_still(self, t: float, kw: float, source: str) -> None:
+        s = self._still
+        if s is None or s[0] != source or s[1] != kw:
+            if self._still_said:
+                log.info("%s moving again after %s at %g kW", s[0], span(max(0.0, t - s[2])), s[1])
+            self._still, self._still_said = (source, kw, t), False
+            return
+        usual = self.forecaster.longest_still_minutes
+        if self._still_said or usual is None or t - s[2] < max(STILL_MIN_S, 2 * usual * 60):
+            return
+        self._still_said = True
+        log.warning("%s has read exactly %g kW for %s, where the load held one value %s at most in the last %g days: "
+                    "a frozen BAS point or a dead sensor? The forecaster learns it as the building's load", source, kw,
+                    span(t - s[2]), span(usual * 60), self.forecaster.threshold_days)
+
+    def still_since(self) -> float | None:
+        """Since when the power input has read one value, while its WARNING stands (epoch s)."""
+        return self._still[2] if self._still_said else None
+
     def _take(self, t: float, kw: float, source: str) -> None:
         fc = self.forecaster
         prev = fc.newest_sample_at
+        if math.isfinite(kw):
+            self._watch_still(t, kw, source)
         if self._shed_kw and math.isfinite(kw) and fc.min_kw <= kw <= fc.max_kw:
             # learnt as the building's load without the BAS's shed: a forecast that had learnt the sheds would
             # expect the drop that follows high load, and the flag the BAS sheds on would turn itself off
@@ -570,6 +600,8 @@ class ForecastService:
         out = [f"forecaster fit failing ({self._fit_failures} tries)"] if self._fit_failures else []
         if self._rejecting:
             out.append(f"forecaster rejecting {self._rejecting} samples")
+        if self._still_said:
+            out.append(f"{self._still[0]} reading exactly {self._still[1]:g} kW")
         return out
 
     def _fit_done(self, fut) -> None:
@@ -632,7 +664,7 @@ class ForecastService:
             "last_input_at": self._last_input_t, "last_meter_at": self._last_meter_t,
             "input_stale_seconds": self.config.input_stale_seconds,
             "storage_ok": self.storage_ok, "fit_ok": not self._fit_failures, "fit_retry_at": self.fit_retry_at(),
-            "input_stale": self.input_stale(),
+            "input_stale": self.input_stale(), "input_still_since": self.still_since(),
             # bas-shed-power: the kW added back to every sample while the BAS sheds, and since when (epoch s)
             "shed_kw": self._shed_kw, "shed_since": self._shed_since,
         })

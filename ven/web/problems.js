@@ -197,6 +197,11 @@ export function findProblems(health) {
         `high-load and low-load read fault, meaning "cannot tell": percentile thresholds need a day of history${minutes} that is not flat`,
         "wait for a day of history, or set forecaster.high_load_kw and low_load_kw for fixed thresholds");
   }
+  if (typeof fc.input_still_since === "number") {
+    add("input-still", "warn", "Power input not moving",
+        `the ${fc.active_source === "meter" ? "meter has read" : "BAS has written input-power-meter with"} one exact value since ${stampText(fc.input_still_since)}, over twice as long as the load has held still in the days the thresholds read: the forecaster learns it as the building's load`,
+        "check the BAS point or the sensor behind it (a frozen trend, a dead CT); this clears at the next value that differs");
+  }
   if (fc.shed_kw > 0 && typeof fc.shed_since === "number") {
     // the alert's 12 h (examples/prometheus-alerts.yml): a BAS's own sheds last hours, a command never relinquished
     // raises every sample the forecaster learns from
