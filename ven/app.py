@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from bacnet_api import points as P
 from bacnet_api.device import GatewayDevice
 from bacnet_api.meter import MeterClient, MeterReading
+from bacnet_api.objects import WRITER
 from bacnet_api.settle import Flapping, span
 
 from . import __version__
@@ -420,7 +421,7 @@ class Gateway:
 
     def _on_shed(self, value) -> None:
         self._keep_shed(at_once=False)
-        self._tell_shed(value)
+        self._tell_shed(value, by=WRITER.get())
 
     def _keep_shed(self, at_once: bool = True) -> None:
         if self._shed_save is not None:
@@ -441,13 +442,15 @@ class Gateway:
         self.storage.save_value(SHED_COMMANDS, json.dumps(commands))
         self._shed_kept, self._shed_kept_at = commands, time.monotonic()
 
-    def _tell_shed(self, value: float | None = None) -> None:
-        """Tell the forecaster the shed the BAS wrote (`value`), or, with None, the one restored from storage.path."""
+    def _tell_shed(self, value: float | None = None, by: str | None = None) -> None:
+        """Tell the forecaster the shed the BAS wrote (`value`, from `by`), or, with None, the one restored from
+        storage.path."""
         # a write before the forecaster is built (the first seconds of a start) is told once it is
         if self._built("forecast"):
             shed = value if value is not None else self._commanded(P.SHED_POWER)
             self.metrics.shed_kw.set(shed or 0.0)
-            self.forecast.on_shed(time.time(), shed, since=None if value is not None else self._stored_shed_since())
+            self.forecast.on_shed(time.time(), shed, since=None if value is not None else self._stored_shed_since(),
+                                  by=by)
             if (since := self.forecast.shed_since) != self._shed_since_kept:
                 # at its start and end only: the dashboard's and the alert's 12 hours count across restarts
                 self.storage.save_value(SHED_SINCE, "" if since is None else repr(since))

@@ -290,19 +290,22 @@ class ForecastService:
             self._say_back()
             self._take(t, kw, "input-power-meter")
 
-    def on_shed(self, t: float, kw: float | None, since: float | None = None) -> None:
+    def on_shed(self, t: float, kw: float | None, since: float | None = None, by: str | None = None) -> None:
         """The BAS commanded bas-shed-power (None or 0: it sheds nothing now). `since`: a shed restored at a start,
-        when it began (storage.path has it), so its age goes on across the restart."""
+        when it began (storage.path has it), so its age goes on across the restart. `by`: who wrote it."""
         relinquished, kw = kw is None, kw or 0.0
+        # who: a shed is added to every sample learnt, and any device on the network may write it (bacnet.write_from)
+        by = f", from {by}" if by else ""
         if kw and not self._shed_kw and since is not None and since <= t:
             log.info("BAS shed of %g kW (bas-shed-power) goes on from before the start, since %s", kw, _iso(since))
             self._shed_since = since
         elif kw and not self._shed_kw:
-            log.info("BAS sheds %g kW (bas-shed-power): the forecaster adds it back to the power it learns from", kw)
+            log.info("BAS sheds %g kW (bas-shed-power%s): the forecaster adds it back to the power it learns from",
+                     kw, by)
             self._shed_since = t
         elif self._shed_kw and not kw:
-            log.info("BAS shed ended after %s (bas-shed-power %s)", span(max(0.0, t - self._shed_since)),
-                     "relinquished" if relinquished else "0")
+            log.info("BAS shed ended after %s (bas-shed-power %s%s)", span(max(0.0, t - self._shed_since)),
+                     "relinquished" if relinquished else "0", by)
             self._shed_since, self._shed_over = None, False
         self._shed_kw = kw
 
