@@ -154,6 +154,7 @@ class GatewayDevice:
         self._unusable: set[str] = set()   # faulted on an answer that was no use, not on a missing one
         # by point, each with its guard: a BAS writes every few seconds, and a broken listener's traceback each time
         self._callbacks: dict[str, list[tuple[Callable[[Any], Any], BugGuard]]] = {}
+        self._judges: dict[str, Callable[[float], str | None]] = {}    # judge_writes
         self._written: dict[str, set[int]] = {}   # priorities written or relinquished over the network
         self._bacnet: Any = None
 
@@ -323,6 +324,7 @@ class GatewayDevice:
                 obj = CommandableAnalogValue(presentValue=initial, relinquishDefault=initial, minPresValue=low,
                                              maxPresValue=high, **common)
                 obj._low, obj._high = low, high
+                obj._judge = self._judges.get(point.name)
             else:
                 obj = CommandableBinaryValue(presentValue=initial, relinquishDefault=initial, **common)
             obj._on_accepted = lambda value, p=point: self._accepted(p, value)
@@ -484,6 +486,14 @@ class GatewayDevice:
             wire = _wire(point, value)
             wire = BinaryPV(wire) if point.kind == "binaryValue" else Real(wire)
             await Commandable.write_property(obj, "presentValue", wire, None, int(priority))
+
+    def judge_writes(self, name: str, judge: Callable[[float], str | None]) -> None:
+        """Refuse (valueOutOfRange) a write of a commandable analog point within its bounds that `judge` finds
+        implausible, saying why it gives in the refusal's line (watts written for kW: a building's power 1,000 times
+        what it draws, which the bounds alone took)."""
+        self._judges[name] = judge
+        if name in self._objects:
+            self._objects[name]._judge = judge
 
     def on_write(self, name: str, callback: Callable[[Any], Awaitable | None]) -> None:
         """Call `callback(value)` after each accepted network write or relinquish of a commandable point,

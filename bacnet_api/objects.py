@@ -95,7 +95,12 @@ def why_refused(obj: Any, code: str, value: Any, priority: int | None) -> str:
     if code == "invalidDataType" or value is None:
         return f"the point takes {'a Real' if isinstance(obj, CommandableAnalogValue) else 'inactive or active'}"
     if isinstance(obj, CommandableAnalogValue):
-        return f"{float(value):g} is outside the point's {obj._low:g}..{obj._high:g} (minPresValue..maxPresValue)"
+        number = float(value)
+        if math.isfinite(number) and obj._low <= number <= obj._high and obj._judge is not None:
+            judged = obj._judge(number)
+            if judged:
+                return judged
+        return f"{number:g} is outside the point's {obj._low:g}..{obj._high:g} (minPresValue..maxPresValue)"
     return f"{int(value)} is neither inactive (0) nor active (1)"
 
 
@@ -120,14 +125,18 @@ class ReadOnlyBinaryValue(_ReadOnly, BinaryValueObject):
 
 
 class CommandableAnalogValue(_Commanded, Commandable, AnalogValueObject):
-    """Commandable AV whose commands must be finite and inside [_low, _high]."""
+    """Commandable AV whose commands must be finite and inside [_low, _high], and not implausible to `_judge`
+    (the application's word on a value within them: why it cannot be one, or None)."""
 
     _low: float = -math.inf
     _high: float = math.inf
+    _judge: Callable[[float], str | None] | None = None
 
     def _check_command(self, value: Any) -> None:
         number = float(value)
         if not math.isfinite(number) or not self._low <= number <= self._high:
+            raise PropertyError("valueOutOfRange")
+        if self._judge is not None and self._judge(number):
             raise PropertyError("valueOutOfRange")
 
 

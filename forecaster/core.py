@@ -249,12 +249,19 @@ class DemandForecaster:
         if not (math.isfinite(kw) and self.min_kw <= kw <= self.max_kw):
             self.last_rejection = f"{kw!r} kW is non-finite or outside {self.min_kw:g}..{self.max_kw:g} kW"
             return False
-        ceiling = self._ceiling
-        if ceiling is not None and abs(kw) > ceiling:
-            self.last_rejection = (f"{kw:g} kW is over {UNIT_RATIO:g} times the highest 15-minute demand of the last "
-                                   f"{self.threshold_days:g} days ({ceiling / UNIT_RATIO:g} kW): watts written as kW?")
+        implausible = self.implausible(kw)
+        if implausible:
+            self.last_rejection = implausible
             return False
         return True
+
+    def implausible(self, kw: float) -> str | None:
+        """Why a reading within the bounds cannot be the building's power (another unit), or None."""
+        ceiling = self._ceiling
+        if ceiling is not None and abs(kw) > ceiling:
+            return (f"{kw:g} kW is over {UNIT_RATIO:g} times the highest 15-minute demand of the last "
+                    f"{self.threshold_days:g} days ({ceiling / UNIT_RATIO:g} kW): watts written as kW?")
+        return None
 
     def add_sample(self, t: float, kw: float) -> bool:
         """Store one reading taken now; False (and nothing stored) when non-finite or out of range.
