@@ -150,6 +150,9 @@ FLAT_SPREAD = 0.01
 # once, and its days held the thresholds up for two weeks after. A building re-opened after weeks idle stays well
 # under it
 UNIT_RATIO = 100.0
+# ... of at least this: a sub-metered load idle for weeks (a chiller plant at 0.5 kW of controls all winter) starts at
+# hundreds of times its idle power, and a site of a few kW writing W still goes over 100 times this
+UNIT_FLOOR_KW = 10.0
 
 
 class DemandForecaster:
@@ -220,7 +223,7 @@ class DemandForecaster:
         # from the thresholds' days: the lowest a forecast may be (0 for a site that never drew less, else None), and
         # the highest reading taken (None: under a day held, or all 0)
         self._floor: float | None = None
-        self._ceiling: float | None = None
+        self._ceiling: tuple[float, float] | None = None     # (the highest demand, the highest reading taken)
         self.last_rejection = ""      # why the last reading refused was
         # the longest the load held exactly one value in the thresholds' days, in minutes (None: under a day held)
         self.longest_still_minutes: float | None = None
@@ -258,9 +261,10 @@ class DemandForecaster:
     def implausible(self, kw: float) -> str | None:
         """Why a reading within the bounds cannot be the building's power (another unit), or None."""
         ceiling = self._ceiling
-        if ceiling is not None and abs(kw) > ceiling:
+        if ceiling is not None and abs(kw) > ceiling[1]:
+            top = f"{ceiling[0]:.4g} kW" + (f", taken as {UNIT_FLOOR_KW:g}" if ceiling[0] < UNIT_FLOOR_KW else "")
             return (f"{kw:g} kW is over {UNIT_RATIO:g} times the highest 15-minute demand of the last "
-                    f"{self.threshold_days:g} days ({ceiling / UNIT_RATIO:g} kW): watts written as kW?")
+                    f"{self.threshold_days:g} days ({top}): watts written as kW?")
         return None
 
     def add_sample(self, t: float, kw: float) -> bool:
@@ -526,7 +530,7 @@ class DemandForecaster:
         if d.size >= 96:
             self.longest_still_minutes = _longest_still(snap, k_done - int(self.threshold_days * 1440) + 1, k_done)
             top = float(np.abs(d).max())
-            self._ceiling = UNIT_RATIO * top if top > 0 else None
+            self._ceiling = (top, UNIT_RATIO * max(top, UNIT_FLOOR_KW)) if top > 0 else None
             # a forecast below 0 for a site that never drew less (a sub-meter reading 0 at night) is no load at all
             self._floor = 0.0 if float(d.min()) >= 0 else None
         else:

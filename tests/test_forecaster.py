@@ -754,6 +754,13 @@ def test_a_reading_a_thousand_times_the_site_is_refused_as_another_unit():
                                 "watts written as kW?"
     assert fc.add_sample(now + 1.0, 76.0) is True        # twice the peak: a building that grew
     assert fc.add_sample(now + 2.0, -500.0) is True and fc.rejected == 1     # within the bounds and the ratio
+    idle = DemandForecaster(threshold_days=2)     # a chiller plant's sub-meter: 0.5 kW of controls all winter
+    idle.seed(t, np.full(t.size, 0.5))
+    idle.predict(t[-1])
+    assert idle.add_sample(now, 150.0) is True     # its first start in spring
+    assert idle.add_sample(now + 1.0, 1500.0) is False      # W for kW, even so
+    assert idle.last_rejection == "1500 kW is over 100 times the highest 15-minute demand of the last 2 days (0.5 kW, " \
+                                  "taken as 10): watts written as kW?"
 
 
 def test_a_model_forecast_no_input_could_average_to_is_not_served(monkeypatch):
