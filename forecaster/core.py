@@ -145,13 +145,18 @@ DEFAULT_MIN_KW, DEFAULT_MAX_KW = -1e5, 1e5
 # 1000 +- 1 kW had its thresholds 1.3 kW apart and raised high-load on 0.3 % of noise, a BAS shedding on metering error
 # (the accuracy class of a common sub-meter). One with a daily swing of a few percent keeps its flags
 FLAT_SPREAD = 0.01
-# A reading this many times the highest 15-minute demand of the thresholds' days is another unit (watts written as
+# ... or whose 15-minute demand follows itself less than this from one interval to the next (its lag-1 autocorrelation;
+# noise alone is about 0, a building's day about 0.9): a school on holiday at 28-32 kW had its 90th percentile on noise,
+# and high-load came on 2-7 times a day
+FLAT_R1 = 0.2
+# A reading this many times the median 15-minute demand of the thresholds' days is another unit (watts written as
 # kW: 1,000 times), not the building: a 38 kW shop's 30,000 put the forecasts at 7,482 kW and raised high-load at
-# once, and its days held the thresholds up for two weeks after. A building re-opened after weeks idle stays well
-# under it
+# once, and its days held the thresholds up for two weeks after. The median, not the peak: two days of watts among
+# twenty lifted the peak to megawatts, and one reading taken let in the rest. A building's peak is a few times its
+# median, and one re-opened after weeks idle stays well under it
 UNIT_RATIO = 100.0
-# ... of at least this: a sub-metered load idle for weeks (a chiller plant at 0.5 kW of controls all winter) starts at
-# hundreds of times its idle power, and a site of a few kW writing W still goes over 100 times this
+# ... that median taken as at least this: a sub-metered load idle for weeks (a chiller plant at 0.5 kW of controls
+# all winter) starts at hundreds of times its idle power, and a site of a few kW writing W still goes over it
 UNIT_FLOOR_KW = 10.0
 
 
@@ -223,9 +228,12 @@ class DemandForecaster:
         # from the thresholds' days: the lowest a forecast may be (0 for a site that never drew less, else None), and
         # the highest reading taken (None: under a day held, or all 0)
         self._floor: float | None = None
-        self._ceiling: tuple[float, float] | None = None     # (the highest demand, the highest reading taken)
+        self._ceiling: tuple[float, float] | None = None     # (the median demand, the highest reading taken)
+        self._judged: int | None = None     # the 15-minute slot the ceiling and the still spell were found for
+        self.implausible_rejected = 0       # of `rejected`: readings over the ceiling
         self.last_rejection = ""      # why the last reading refused was
-        # the longest the load held exactly one value in the thresholds' days, in minutes (None: under a day held)
+        # the longest the load held exactly one value in the thresholds' days before the spell it is in now, in
+        # minutes (None: under a day held)
         self.longest_still_minutes: float | None = None
         self._curtailed: tuple[tuple[int, int], ...] = ()   # minute spans set aside (set_curtailed)
         self._sheds: tuple[tuple[int, int], ...] = ()       # the same without the rebound: the events' own minutes
@@ -243,7 +251,7 @@ class DemandForecaster:
                 flag.on, flag.since = bool(state[0]), float(state[1])
 
     # ---- samples -------------------------------------------------------------------------
-    def _valid(self, kw) -> bool:
+    def _valid(self, kw, t: float | None = None) -> bool:
         try:
             kw = float(kw)
         except (TypeError, ValueError):
@@ -252,20 +260,46 @@ class DemandForecaster:
         if not (math.isfinite(kw) and self.min_kw <= kw <= self.max_kw):
             self.last_rejection = f"{kw!r} kW is non-finite or outside {self.min_kw:g}..{self.max_kw:g} kW"
             return False
-        implausible = self.implausible(kw)
+        implausible = self.implausible(kw, t)
         if implausible:
             self.last_rejection = implausible
+            self.implausible_rejected += 1
             return False
         return True
 
-    def implausible(self, kw: float) -> str | None:
-        """Why a reading within the bounds cannot be the building's power (another unit), or None."""
+    def implausible(self, kw: float, t: float | None = None) -> str | None:
+        """Why a reading (at `t`, else now as the history has it) within the bounds cannot be the building's power
+        (another unit), or None."""
+        t = self._newest_t if t is None else t
+        if t is not None:
+            self._judge_window(minute_of(t))
         ceiling = self._ceiling
         if ceiling is not None and abs(kw) > ceiling[1]:
-            top = f"{ceiling[0]:.4g} kW" + (f", taken as {UNIT_FLOOR_KW:g}" if ceiling[0] < UNIT_FLOOR_KW else "")
-            return (f"{kw:g} kW is over {UNIT_RATIO:g} times the highest 15-minute demand of the last "
-                    f"{self.threshold_days:g} days ({top}): watts written as kW?")
+            median = f"{ceiling[0]:.4g} kW" + (f", taken as {UNIT_FLOOR_KW:g}" if ceiling[0] < UNIT_FLOOR_KW else "")
+            return (f"{kw:g} kW is over {UNIT_RATIO:g} times the median 15-minute demand of the last "
+                    f"{self.threshold_days:g} days ({median}): watts written as kW?")
         return None
+
+    def _judge_window(self, k: int) -> None:
+        """The ceiling on a reading and the longest still spell, from the thresholds' days up to minute k: once a
+        15 minutes, from the first reading of a start on (a BAS writing W through a restart got in before the first
+        forecast, and raised high-load)."""
+        slot = k // 15
+        if slot == self._judged:
+            return
+        first = k - int(self.threshold_days * 1440) + 1
+        with self._lock:
+            span = self._bins.span()
+            snap = self._bins.snapshot(max(first, span[0]), k) if span is not None and span[1] >= first else None
+        self._judged = slot
+        d = features.demand(snap, np.arange(first + 14, k + 1, 15)) if snap is not None else np.array([])
+        d = d[np.isfinite(d)]
+        if d.size < 96:
+            self._ceiling = self.longest_still_minutes = None
+            return
+        median = float(np.median(np.abs(d)))
+        self._ceiling = (median, UNIT_RATIO * max(median, UNIT_FLOOR_KW))
+        self.longest_still_minutes = _longest_still(snap, first, k)
 
     def add_sample(self, t: float, kw: float) -> bool:
         """Store one reading taken now; False (and nothing stored) when non-finite or out of range.
@@ -275,7 +309,7 @@ class DemandForecaster:
         would blind the forecaster for as long as the step; instead the minutes after it, stamped
         by the wrong clock, are set aside and the history goes on from here. A step further ahead
         than the history reaches sets it all aside. Either way last_clock_step says what happened."""
-        if not math.isfinite(t) or not self._valid(kw):
+        if not math.isfinite(t) or not self._valid(kw, t):
             if not math.isfinite(t):
                 self.last_rejection = f"a reading stamped {t!r}, no time"
             self.rejected += 1
@@ -527,14 +561,8 @@ class DemandForecaster:
         d = features.demand(snap, ks)
         d = d[np.isfinite(d)]
         # Percentiles of under a day of history would call every afternoon a peak.
-        if d.size >= 96:
-            self.longest_still_minutes = _longest_still(snap, k_done - int(self.threshold_days * 1440) + 1, k_done)
-            top = float(np.abs(d).max())
-            self._ceiling = (top, UNIT_RATIO * max(top, UNIT_FLOOR_KW)) if top > 0 else None
-            # a forecast below 0 for a site that never drew less (a sub-meter reading 0 at night) is no load at all
-            self._floor = 0.0 if float(d.min()) >= 0 else None
-        else:
-            self._ceiling = self._floor = self.longest_still_minutes = None
+        # A forecast below 0 for a site that never drew less (a sub-meter reading 0 at night) is no load at all
+        self._floor = 0.0 if d.size >= 96 and float(d.min()) >= 0 else None
         if (hi is None or lo is None) and d.size >= 96:
             p_hi, p_lo = (float(np.percentile(d, q)) for q in (self.high_percentile, self.low_percentile))
             merged_hi = p_hi if hi is None else hi
@@ -542,7 +570,8 @@ class DemandForecaster:
             # A flat history (a stuck meter, a data centre, a site idle most of the time) has no peak and no valley;
             # a configured threshold on the wrong side of the other's percentile would, like a flat one, turn
             # both flags on together (shed and charge at once). Only configured ones serve then.
-            if p_hi - p_lo > FLAT_SPREAD * max(abs(p_hi), abs(p_lo)) and merged_hi > merged_lo:
+            flat = p_hi - p_lo <= FLAT_SPREAD * max(abs(p_hi), abs(p_lo)) or _lag1(d) < FLAT_R1
+            if not flat and merged_hi > merged_lo:
                 hi, lo = merged_hi, merged_lo
         self._thresholds = (slot, hi, lo)
         return hi, lo
@@ -755,18 +784,28 @@ def _calendar_words(settings: tuple) -> str:
     return words
 
 
-def _longest_still(snap, first: int, last: int) -> float:
+def _longest_still(snap, first: int, last: int) -> float | None:
     """The most minutes, from the first to the last of them, that the minutes with readings from `first` to `last`
-    held one value."""
+    held one value, but for the spell they end in: that is the one a frozen input is in, which measured against
+    itself was never long."""
     lo, hi = max(first, snap.k0), min(last, snap.k0 + snap.n - 1)
     if hi < lo:
-        return 0.0
+        return None
     means = snap.means[lo - snap.k0:hi - snap.k0 + 1]
     have = np.flatnonzero(np.isfinite(means))
     if have.size < 2:
-        return 0.0
+        return None
     v = means[have]
     # a minute's mean of n equal readings is that reading to within rounding
     starts = np.flatnonzero(np.concatenate([[True], np.abs(np.diff(v)) > 1e-9 * np.maximum(1.0, np.abs(v[1:]))]))
-    ends = np.concatenate([starts[1:] - 1, [v.size - 1]])
-    return float((have[ends] - have[starts]).max() + 1)
+    if starts.size < 2:
+        return None     # one spell: nothing before it to measure by
+    ends = starts[1:] - 1
+    return float((have[ends] - have[starts[:-1]]).max() + 1)
+
+
+def _lag1(x: np.ndarray) -> float:
+    """The lag-1 autocorrelation of a series (0 for a constant one)."""
+    x = x - x.mean()
+    power = float(x @ x)
+    return float(x[1:] @ x[:-1]) / power if power > 0 else 0.0

@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from .core import DEFAULT_MAX_KW, DEFAULT_MIN_KW, DemandForecaster
+from .core import DEFAULT_MAX_KW, DEFAULT_MIN_KW, UNIT_RATIO, DemandForecaster
 from .export_csv import ReplayInputError, read_export, read_spans
 from .model import fit_threads
 
@@ -189,7 +189,7 @@ def replay_series(times, values, write_row, cycle_minutes: float = 15, fit_proce
         blob = old.model_blob()
         if blob is not None:
             new.set_model_blob(blob)
-        new.rejected = old.rejected
+        new.rejected, new.implausible_rejected = old.rejected, old.implausible_rejected
         return new
 
     with fit_map(fit_processes, fc.n_threads) as map_fn:
@@ -245,7 +245,8 @@ def _replay(fc: DemandForecaster, times, values, write_row, cycle: float, map_fn
         issue_pending()
     return {"cycles": cycles, "samples": n, "accepted": accepted, "rejected": fc.rejected, "fits": fits,
             "fit_seconds": round(fit_s, 2), "elapsed_seconds": round(time.perf_counter() - t0, 2),
-            "models": models, "retrain_minutes": fc.retrain_minutes, "gaps_skipped": gaps}
+            "models": models, "retrain_minutes": fc.retrain_minutes, "gaps_skipped": gaps,
+            "implausible": (fc.implausible_rejected, fc.threshold_days)}
 
 
 QUARTER_HOUR_S = 900.0
@@ -322,12 +323,16 @@ def replay_csv(csv_path, time_column, value_column: str, output_path, cycle_minu
         if not direct:
             part.unlink(missing_ok=True)
         raise
-    if summary["rejected"]:
+    implausible, days = summary.pop("implausible")
+    if outside := summary["rejected"] - implausible:
         # counted only, where every other row left out is named: a 150 MW site's peaks over the default bound went
         # unsaid, and the flags came from the rest
         lo, hi = forecaster_params.get("min_kw", DEFAULT_MIN_KW), forecaster_params.get("max_kw", DEFAULT_MAX_KW)
-        notes.append(f"{summary['rejected']:,} row(s) outside {lo:g}..{hi:g} kW (bacnet.input_min_kw..input_max_kw "
-                     "with --config) not replayed, as the gateway would not take them")
+        notes.append(f"{outside:,} row(s) outside {lo:g}..{hi:g} kW (bacnet.input_min_kw..input_max_kw with --config) "
+                     "not replayed, as the gateway would not take them")
+    if implausible:
+        notes.append(f"{implausible:,} row(s) over {UNIT_RATIO:g} times the median 15-minute demand of the {days:g} "
+                     "days before them (another unit: watts as kW?) not replayed, as the gateway would not take them")
     summary["skipped_rows"] = skipped
     if events_path:
         summary["events"] = len(curtailed)

@@ -259,6 +259,22 @@ def test_a_replay_with_a_config_takes_what_its_gateway_would_and_counts_the_rest
         in done.err
 
 
+def test_a_replay_names_rows_refused_as_another_unit_apart_from_those_past_the_bounds(tmp_path, capsys):
+    # Watts among a shop's kW: inside the bounds, refused as another unit, and the note said "outside -100000..100000
+    # kW" of them (helper verify39)
+    from ven.cli import main
+
+    src, out = tmp_path / "in.csv", tmp_path / "out.csv"
+    _write_series(src, [START + 900 * i for i in range(4 * 96)], kw=lambda i: 30_000 if i >= 3 * 96 + 40 else
+                  20 + (i % 96 > 40) * 18)
+    assert main(["forecast-replay", "--csv", str(src), "--time-column", "timestamp", "--value-column", "kw",
+                 "--output", str(out), "--fit-processes", "1"]) == 0
+    done = capsys.readouterr()
+    assert "rejected=56" in done.out, done.out
+    assert "56 row(s) over 100 times the median 15-minute demand of the 14 days before them (another unit: watts as " \
+           "kW?) not replayed" in done.err and "outside" not in done.err, done.err
+
+
 def test_output_to_a_pipe_or_through_a_symlink(tmp_path):
     import os
     import threading
