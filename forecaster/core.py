@@ -164,7 +164,8 @@ class DemandForecaster:
     def __init__(self, horizons_minutes=(15, 60), slope_minutes=5, high_load_kw=None, low_load_kw=None,
                  threshold_days=14.0, hysteresis_fraction=0.03, min_on_minutes=15.0, min_off_minutes=15.0,
                  arm_fraction=0.1,
-                 history_days=35.0, retrain_minutes=1440.0, min_kw=DEFAULT_MIN_KW, max_kw=DEFAULT_MAX_KW, stale_seconds=300.0,
+                 history_days=35.0, retrain_minutes=1440.0, min_kw=DEFAULT_MIN_KW, max_kw=DEFAULT_MAX_KW,
+                 stale_seconds=300.0,
                  timezone="UTC", holiday_preset="", holidays=(), rest_weekdays=DEFAULT_REST,
                  partial_weekdays=DEFAULT_PARTIAL, validation_days=7.0, min_fit_hours=48.0,
                  rolling_hours=168.0, rolling_min_count=12, rolling_min_hours=24.0,
@@ -226,9 +227,9 @@ class DemandForecaster:
                                    arm_fraction)
         self._thresholds: tuple[int, float | None, float | None] | None = None
         # from the thresholds' days: the lowest a forecast may be (0 for a site that never drew less, else None), and
-        # the highest reading taken (None: under a day held, or all 0)
+        # (the median 15-minute demand, the highest reading taken) (None: under a day held)
         self._floor: float | None = None
-        self._ceiling: tuple[float, float] | None = None     # (the median demand, the highest reading taken)
+        self._ceiling: tuple[float, float] | None = None
         self._judged: int | None = None     # the 15-minute slot the ceiling and the still spell were found for
         self.implausible_rejected = 0       # of `rejected`: readings over the ceiling
         self.last_rejection = ""      # why the last reading refused was
@@ -270,6 +271,8 @@ class DemandForecaster:
     def implausible(self, kw: float, t: float | None = None) -> str | None:
         """Why a reading (at `t`, else now as the history has it) within the bounds cannot be the building's power
         (another unit), or None."""
+        if self.max_kw < DEFAULT_MAX_KW:
+            return None     # an input_max_kw the installer lowered is the site's own bound: it judges instead
         t = self._newest_t if t is None else t
         if t is not None:
             self._judge_window(minute_of(t))
@@ -332,7 +335,7 @@ class DemandForecaster:
                     self._dirty.clear()
                     self.clock_resets += 1
                 self._newest_t = None
-                self._thresholds = None
+                self._thresholds = self._judged = None
                 self.clock_steps += 1
                 self.last_clock_step = step
             self._bins.add(np.array([k]), np.array([float(kw)]), offsets=np.array([t - (k - 1) * 60.0]))
@@ -368,6 +371,7 @@ class DemandForecaster:
         with self._lock:
             self._bins.add(ks, v, offsets=t - (ks - 1) * 60.0)
             self._dirty.update(ks.tolist())
+            self._judged = None     # judged again with these minutes
             newest = float(t.max())
             self._newest_t = newest if self._newest_t is None else max(self._newest_t, newest)
         return int(t.size)
@@ -387,7 +391,7 @@ class DemandForecaster:
             if not ks.size:
                 return 0
             self._bins.add(ks, sums, counts)
-            self._thresholds = None
+            self._thresholds = self._judged = None
             # Stored minutes keep no reading times: the last one was somewhere in minute k, (k-1)*60 .. k*60.
             # Its start, not its end: the end is up to 60 s after the real last reading, so a reading just
             # after a restart read as a step back by a clock that never moved (input_stale_seconds < 60),
@@ -536,7 +540,7 @@ class DemandForecaster:
             self._sheds = _merged(sheds)
             if kept != self._curtailed:
                 self._curtailed = kept
-                self._thresholds = None
+                self._thresholds = self._judged = None
 
     @property
     def curtailed(self) -> tuple[tuple[int, int], ...]:

@@ -382,7 +382,8 @@ async def test_a_power_input_that_never_moves_needs_attention(server):  # noqa: 
         item = page.locator('#problems li[data-problem="input-still"]')
         assert await item.get_attribute("data-level") == "warn"
         assert await item.locator(".what").inner_text() == "Power input not moving"
-        assert "BAS has written input-power-meter with one exact value since" in await item.locator(".detail").inner_text()
+        detail = await item.locator(".detail").inner_text()
+        assert "BAS has written input-power-meter with one exact value since" in detail, detail
         assert "dead CT" in await item.locator(".todo").inner_text()
         assert page.errors == []
 

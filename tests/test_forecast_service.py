@@ -878,13 +878,22 @@ def test_a_power_input_that_never_moves_is_said_once_and_its_end_too(tmp_path, c
     said = [r for r in caplog.records if "173.4" in r.getMessage()]
     assert len(said) == 1 and said[0].levelno == logging.WARNING, [r.getMessage() for r in said]
     assert said[0].getMessage() == (
-        "input-power-meter has read exactly 173.4 kW for 60 min, where the load held one value 60 s at most in the last "
+        "input-power-meter has read exactly 173.4 kW for 60 min, where the load held one value 60 s at most in the "
+        "last "
         "2 days: a frozen BAS point or a dead sensor? The forecaster learns it as the building's load")
     assert svc.status()["input_still_since"] == now
     assert svc.open_faults() == ["input-power-meter reading exactly 173.4 kW"]
     svc.on_input_power(now + 60 * 130, 60.2)
     assert caplog.records[-1].getMessage() == "input-power-meter moving again after 2.2 h at 173.4 kW"
     assert svc.status()["input_still_since"] is None and svc.open_faults() == []
+    for i in range(131, 431):       # frozen again, twice as long as the first spell, then the meter takes over
+        svc.on_input_power(now + 60 * i, 99.9)
+        if i % 15 == 0:
+            svc.forecaster.predict(now + 60 * i)
+    assert "has read exactly 99.9 kW" in caplog.records[-1].getMessage()
+    svc._take(now + 60 * 431, 61.0, "meter")
+    assert caplog.records[-1].getMessage() == "input-power-meter held 99.9 kW for 5 h, and the forecaster " \
+                                              "learns from meter now", "not 'moving again' (helper rev39)"
 
     zero = ForecastService(ForecasterConfig(source="bacnet_input", threshold_days=2), str(tmp_path / "z.sqlite"),
                            publish=lambda f: None)

@@ -766,6 +766,17 @@ def test_a_reading_a_thousand_times_the_site_is_refused_as_another_unit():
     assert idle.add_sample(now + 1.0, 1500.0) is False      # W for kW, even so
     assert idle.last_rejection == "1500 kW is over 100 times the median 15-minute demand of the last 2 days (0.5 kW, " \
                                   "taken as 10): watts written as kW?"
+    # a BAS writing before the stored history is loaded (a restart): the minute judged without it is judged again
+    # once it is (the guard was off until the next quarter hour, helper rev39)
+    late = DemandForecaster(threshold_days=2)
+    assert late.add_sample(now, 30.0) is True
+    late.load_minutes(*fc.drain_dirty())
+    assert late.add_sample(now + 1.0, 30_000.0) is False
+    # a charger's sub-meter at 0 most of the day, 1.5 MW charging: the installer's input_max_kw is its bound, and the
+    # guard gives way to it (it refused every charge for good, helper rev39)
+    sized = DemandForecaster(threshold_days=2, max_kw=3000.0)
+    sized.seed(t, np.full(t.size, 0.5))
+    assert sized.add_sample(now, 1500.0) is True and sized.implausible(1500.0) is None
 
 
 def test_a_model_forecast_no_input_could_average_to_is_not_served(monkeypatch):

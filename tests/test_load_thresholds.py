@@ -152,9 +152,9 @@ async def test_the_release_that_adds_them_counts_a_new_database_revision(tmp_pat
 
 
 async def test_watts_written_for_kw_are_refused_on_the_wire_with_the_reason(with_history, caplog):
-    # A 38 kW shop's BAS writing 30,000 (watts): within the bounds, taken, the forecasts read 7,482 kW and high-load came
-    # on at once, and nothing was said (helper loads39 W3). Now the BAS hears value-out-of-range, as for a value past
-    # the bounds, and the log says why; the meter stands in meanwhile, as for any refused write
+    # A 38 kW shop's BAS writing 30,000 (watts): within the bounds, taken, the forecasts read 7,482 kW and high-load
+    # came on at once, and nothing was said (helper loads39 W3). Now the BAS hears value-out-of-range, as for a value
+    # past the bounds, and the log says why; the meter stands in meanwhile, as for any refused write
     gateway, peer, gw = with_history
     caplog.set_level(logging.WARNING, logger="bacnet_api.write_access")
     await eventually(lambda: gateway.forecast.forecaster.implausible(1e6), 10, "the history's peak known")
@@ -163,7 +163,9 @@ async def test_watts_written_for_kw_are_refused_on_the_wire_with_the_reason(with
     assert isinstance(err, PeerError) and err.code == "valueOutOfRange", err
     (line,) = [r.getMessage() for r in caplog.records if r.name == "bacnet_api.write_access"]
     assert line.endswith(f" refused (value-out-of-range): 50000 kW is over 100 times the median 15-minute demand of "
-                         f"the last 14 days ({top} kW): watts written as kW?; repeats from it are counted, one line "
+                         f"the last 14 days ({top} kW): watts written as kW? (if it is the site's power, set "
+                         f"bacnet.input_max_kw to a few "
+                         f"times its peak); repeats from it are counted, one line "
                          f"per 10 min at most"), line
     assert gateway.forecast.forecaster.rejected == 0        # never reached the forecaster
     assert await peer.write(gw, P.BY_NAME[P.INPUT_POWER].object_id, "presentValue", 5.0 * float(top),

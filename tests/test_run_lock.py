@@ -13,6 +13,7 @@ import pytest
 from gateway_process import GatewayProcess, write_config
 from test_faults_storage import fill, tmpfs
 from ven.run_lock import RunLock, held_by_another, lock_path
+from ven.storage import Storage
 from waiting import eventually
 
 pytestmark = pytest.mark.timeout(90)
@@ -133,6 +134,8 @@ async def test_the_files_a_gateway_makes_are_not_for_every_user_of_the_box(tmp_p
     config = tmp_path / "gateway.toml"
     write_config(config, bacnet_port=free_udp_port(), http_port=free_tcp_port(), storage=db, ven_name="ven-a")
     before = os.umask(0o022)
+    Storage(db).close()      # as an earlier version left it: 0644, and SQLite gives the -wal and -shm the file's mode
+    assert oct(db.stat().st_mode & 0o777) == "0o644"
     try:
         with GatewayProcess(config, tmp_path / "gateway.log") as gateway:
             await eventually(lambda: "edge-gateway ready" in gateway.log(), 60, "the gateway to be ready")
@@ -141,3 +144,12 @@ async def test_the_files_a_gateway_makes_are_not_for_every_user_of_the_box(tmp_p
             assert {p.name: oct(p.stat().st_mode & 0o777) for p in made} == {p.name: "0o640" for p in made}
     finally:
         os.umask(before)
+
+
+def test_a_gateway_run_from_a_program_of_its_own_makes_its_files_private_too(tmp_path):
+    # examples/custom_handler.py calls run_gateway and never passes through main(): its files were 0644 (helper rev39)
+    probe = ("import os, sys\nfrom ven.cli import run_gateway\nos.umask(0o022)\n"
+             "try:\n    run_gateway(sys.argv[1])\nexcept SystemExit:\n    pass\nprint(oct(os.umask(0)))\n")
+    run = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "absent.toml")], capture_output=True,
+                         text=True, timeout=60)
+    assert run.stdout.strip().splitlines()[-1] == "0o27", (run.stdout, run.stderr)

@@ -254,7 +254,7 @@ class Gateway:
         self.storage.on_late_open = self._storage_opened_late
         self.device.on_write(P.INPUT_POWER, self._on_input_power)
         # a BAS writing W for kW is told so on the wire, as for a value past the bounds, and the meter stands in
-        self.device.judge_writes(P.INPUT_POWER, lambda kw: self.forecast.forecaster.implausible(kw)
+        self.device.judge_writes(P.INPUT_POWER, lambda kw: self.forecast.implausible(kw)
                                  if self._built("forecast") else None)
         self.device.on_write(P.OPT_OUT, self._on_opt_out)
         self.device.on_write(P.SHED_POWER, self._on_shed)

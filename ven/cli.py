@@ -308,10 +308,18 @@ def cmd_run(args) -> int:
     return run_gateway(args.config)
 
 
+def private_files() -> None:
+    """What the gateway writes (storage.path and its -wal, the run lock, exports) holds the site's events, its load
+    history and the forecaster's model, which a start loads as code: for the gateway's user and group, not every user
+    of the box, whatever umask the shell or a hand-made unit left (0644 at the usual 022)."""
+    os.umask(os.umask(0) | 0o027)
+
+
 def run_gateway(config_path: str | None, customize: Callable[[Any], None] | None = None) -> int:
     """`edge-gateway run`: the checks before the start (one gateway per storage.path, the ports), the gateway until
     SIGTERM or Ctrl-C, and the exit code. `customize(gateway)` runs before the start: add your own listeners there
     (examples/custom_handler.py)."""
+    private_files()     # a gateway run from a program of its own (custom_handler.py) does not pass through main()
     cfg = _config_or_exit(config_path)
     from bacnet_api.client import ensure_port_free
 
@@ -694,10 +702,7 @@ def main(argv: list[str] | None = None) -> int:
     # is not seen), and each spins about 90 ms of CPU once started: on a box given one CPU that is 90 ms more of
     # its quota, every start. The gateway's products are one row wide and never use them; fits set their own
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    # What the gateway writes (storage.path and its -wal, the run lock, exports) holds the site's events, its load
-    # history and the forecaster's model, which a start loads as code: for the gateway's user and group, not every
-    # user of the box, whatever umask the shell or a hand-made unit left (0644 at the usual 022)
-    os.umask(os.umask(0) | 0o027)
+    private_files()
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -209,20 +209,39 @@ class ForecastService:
         s = self._still
         if s is None or s[0] != source or s[1] != kw:
             if self._still_said:
-                log.info("%s moving again after %s at %g kW", s[0], span(max(0.0, t - s[2])), s[1])
+                # the other source taking over is no sign the frozen one moved (helper rev39)
+                held = span(max(0.0, t - s[2]))
+                if s[0] == source:
+                    log.info("%s moving again after %s at %g kW", source, held, s[1])
+                else:
+                    log.info("%s held %g kW for %s, and the forecaster learns from %s now", s[0], s[1], held, source)
             self._still, self._still_said = (source, kw, t), False
             return
         usual = self.forecaster.longest_still_minutes
-        if self._still_said or usual is None or t - s[2] < max(STILL_MIN_S, 2 * usual * 60):
+        # exactly 0: a load switched off (a sub-meter all weekend, its first one too), not a frozen sensor
+        if self._still_said or usual is None or kw == 0 or t - s[2] < max(STILL_MIN_S, 2 * usual * 60):
             return
         self._still_said = True
         log.warning("%s has read exactly %g kW for %s, where the load held one value %s at most in the last %g days: "
                     "a frozen BAS point or a dead sensor? The forecaster learns it as the building's load", source, kw,
                     span(t - s[2]), span(usual * 60), self.forecaster.threshold_days)
 
+    def implausible(self, kw: float) -> str | None:
+        """Why a power reading cannot be the building's (the forecaster's unit guard), and what to do if it is."""
+        why = self.forecaster.implausible(kw)
+        return f"{why} (if it is the site's power, set bacnet.input_max_kw to a few times its peak)" if why else None
+
     def still_since(self) -> float | None:
         """Since when the power input has read one value, while its WARNING stands (epoch s)."""
         return self._still[2] if self._still_said else None
+
+    def _still_ended_stale(self) -> None:
+        # a frozen input that then stopped altogether: the "no power input" fault says the rest, and this one ends
+        if self._still_said and self.input_stale():
+            source, kw, since = self._still
+            log.info("%s held %g kW for %s, then stopped: no power input now", source, kw,
+                     span(max(0.0, self._clock() - since)))
+            self._still, self._still_said = None, False
 
     def _take(self, t: float, kw: float, source: str) -> None:
         fc = self.forecaster
@@ -252,7 +271,10 @@ class ForecastService:
             self._starved = False   # one early cycle per silence, however many samples end it
             self._wake.set()
         if not ok and not self._rejecting:
-            log.warning("forecaster rejecting %s samples: %s", source, fc.last_rejection)
+            why = fc.last_rejection
+            if fc.implausible(kw):
+                why = self.implausible(kw)
+            log.warning("forecaster rejecting %s samples: %s", source, why)
         elif ok and self._rejecting:
             log.info("forecaster accepting %s samples again", source)
         self._rejecting = "" if ok else source
@@ -449,6 +471,7 @@ class ForecastService:
             self._fit_task.add_done_callback(self._fit_done)
         self._wake.clear()
         self._starved = self.input_stale()
+        self._still_ended_stale()
         cycle_started = loop.time()
         f = await loop.run_in_executor(self._cycle_pool, self._cycle, now)
         self.last_forecast = f

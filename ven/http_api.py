@@ -88,7 +88,7 @@ import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Protocol
 
-from aiohttp import web
+from aiohttp import web, web_response
 
 from bacnet_api.settle import span
 
@@ -289,6 +289,11 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
 }
+
+
+# aiohttp's own answers to a request its parser refuses (a bad header, a NUL in the path: a scanner's) never reach
+# the app's hook below, and named the versions too; it reads this name at each answer
+web_response.SERVER_SOFTWARE = "edge-gateway"
 
 
 async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:

@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import sqlite3
+import stat
 import threading
 import time
 from pathlib import Path
@@ -54,6 +55,18 @@ class StorageError(Exception):
     """The database file cannot be created, opened or written; the text says which and why."""
 
 
+def _not_for_others(p: Path) -> None:
+    """An existing file (an earlier version made it 0644) for its owner and group only: SQLite makes the -wal and -shm
+    with the file's own mode."""
+    for part in (p, p.with_name(p.name + "-wal"), p.with_name(p.name + "-shm")):
+        try:
+            mode = stat.S_IMODE(part.stat().st_mode)
+            if mode & 0o027 and part.stat().st_uid == os.geteuid():
+                os.chmod(part, mode & ~0o027)
+        except OSError:     # not there, or not ours to change: SQLite says what it cannot do
+            pass
+
+
 def connect(path: str | Path, table: str = "") -> sqlite3.Connection:
     """A connection to the file, with the kv table and `table` (its CREATE statement) in place."""
     p = Path(path)
@@ -62,6 +75,7 @@ def connect(path: str | Path, table: str = "") -> sqlite3.Connection:
     except OSError as err:
         raise StorageError(f"storage.path {p}: cannot create directory {p.parent}: {err.strerror}") from None
     conn = None
+    _not_for_others(p)
     try:
         conn = sqlite3.connect(str(p), timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False)
         conn.execute(f"PRAGMA page_size={PAGE_SIZE}")   # before WAL mode writes the file's header
