@@ -729,6 +729,21 @@ def test_a_sub_meter_that_reads_zero_when_off_is_fitted():
     assert all(-20 < x < 200 for x in published), (min(published), max(published))
 
 
+def test_the_forecasters_low_flag_at_a_threshold_of_zero_holds_through_small_wander():
+    # The wiring, not the flag alone: the forecaster hands its flags the gap between the thresholds (helper rev39)
+    fc = DemandForecaster(high_load_kw=100.0, low_load_kw=0.0, min_on_minutes=0, min_off_minutes=0)
+    t = T0 + np.arange(0, 3600, 60.0)
+    for x in t:
+        fc.add_sample(float(x), 0.0)
+    assert fc.predict(float(t[-1])).low_load is True
+    states = []
+    for i, kw in enumerate([1.8, 0.4, 2.5, 1.2, 2.9, 0.0, 2.0] * 3):     # a forecast wandering over 0 kW
+        now = float(t[-1]) + 60.0 * (i + 1)
+        fc.add_sample(now, kw)
+        states.append(fc.predict(now).low_load)
+    assert states == [True] * len(states)
+
+
 def test_a_site_that_never_drew_below_zero_is_never_forecast_below_it(monkeypatch):
     # A workshop sub-meter reads exactly 0 at night, and the model's forecast went to -0.45 kW; a site with solar that
     # exports keeps its negative forecasts (helper loads39 W2)
