@@ -79,6 +79,17 @@ async def test_the_shed_the_bas_commands_is_added_back_to_what_the_forecaster_le
     assert len(said) == 2, said
 
 
+async def starts_relinquished(config, peer, gw) -> None:
+    """A gateway started on `config` has bas-shed-power relinquished, and the forecaster adds no shed."""
+    gateway = Gateway(config)
+    await gateway.start()
+    try:
+        assert await read(peer, gw, P.SHED_POWER) == 0.0
+        assert gateway.forecast.status()["shed_kw"] == 0.0
+    finally:
+        await gateway.stop()
+
+
 async def test_a_shed_command_survives_a_restart_and_a_bad_stored_one_is_named(tmp_path, free_udp_port,
                                                                               free_tcp_port, caplog, monkeypatch):
     # A BAS commands the shed once at its start and relinquishes it at its end: a restart in between must keep it,
@@ -135,13 +146,7 @@ async def test_a_shed_command_survives_a_restart_and_a_bad_stored_one_is_named(t
         finally:
             await gateway.stop()
 
-        gateway = Gateway(config)
-        await gateway.start()
-        try:
-            assert await read(peer, gw, P.SHED_POWER) == 0.0
-            assert gateway.forecast.status()["shed_kw"] == 0.0
-        finally:
-            await gateway.stop()
+        await starts_relinquished(config, peer, gw)
     sheds = [r.getMessage() for r in caplog.records if r.getMessage().startswith("BAS shed")]
     assert re.fullmatch(r"BAS sheds 70 kW \(bas-shed-power, from 127\.0\.0\.1:\d+\): the forecaster adds it back to "
                         r"the power it learns from", sheds[0]), sheds
@@ -233,13 +238,7 @@ async def test_a_shed_kept_from_before_a_run_without_the_point_is_not_brought_ba
         storage.save_value(BACNET_DATABASE, json.dumps(db))
         storage.close()
         for _ in range(2):      # and not at the start after that either
-            gateway = Gateway(config)
-            await gateway.start()
-            try:
-                assert await read(peer, gw, P.SHED_POWER) == 0.0
-                assert gateway.forecast.status()["shed_kw"] == 0.0
-            finally:
-                await gateway.stop()
+            await starts_relinquished(config, peer, gw)
     said = [r.getMessage() for r in caplog.records if "bas-shed-power commands" in r.getMessage()]
     assert said == ["stored bas-shed-power commands {\"8\": 20.0} not restored: the last run (an earlier version?) "
                     "served no bas-shed-power, so what the BAS wrote since never reached them"], said

@@ -79,13 +79,6 @@ async def restore_commands(device: GatewayDevice, storage: Storage, name: str, s
     `served_before`: whether the last run served the point."""
     if not saved:
         return False
-    if not served_before:
-        # Kept from a run before the last, which served no such point (an earlier version, rolled back to): the BAS's
-        # relinquish at the end of its shed was refused there, and the shed came back, added to every sample learnt
-        storage.save_value("bacnet_commands:" + name, "{}")
-        log.info("stored %s commands %.200s not restored: the last run (an earlier version?) served no %s, so what "
-                 "the BAS wrote since never reached them", name, saved, name)
-        return False
     point = P.BY_NAME[name]
     low, high = device.input_bounds
     low = low if point.lowest is None else point.lowest
@@ -101,6 +94,14 @@ async def restore_commands(device: GatewayDevice, storage: Storage, name: str, s
     except (ValueError, TypeError, AttributeError, OverflowError, RecursionError) as err:
         # %.200r: JSON nested 10^5 deep (RecursionError) was a line of 200 KB
         log.warning("stored %s commands %.200r unreadable (%s): the point starts relinquished", name, saved, err)
+        return False
+    if not served_before:
+        # Kept from a run before the last, which served no such point (an earlier version, rolled back to): the BAS's
+        # relinquish at the end of its shed was refused there, and the shed came back, added to every sample learnt
+        if commands:
+            storage.save_value("bacnet_commands:" + name, "{}")
+            log.info("stored %s commands %.200s not restored: the last run (an earlier version?) served no %s, so "
+                     "what the BAS wrote since never reached them", name, saved, name)
         return False
     outside = {p: v for p, v in commands.items() if point.kind == "analogValue" and not low <= v <= high}
     if outside:

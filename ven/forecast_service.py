@@ -22,7 +22,7 @@ from typing import Callable
 from bacnet_api.bug_guard import BugGuard
 from bacnet_api.settle import Flapping, span
 from forecaster import DemandForecaster, Forecast
-from forecaster.core import ClockStep
+from forecaster.core import DEFAULT_MAX_KW, DEFAULT_MIN_KW, ClockStep
 from forecaster.model import from_blob
 from forecaster.store import ForecastStore
 
@@ -73,13 +73,15 @@ def forecaster_params(c: ForecasterConfig) -> dict:
         partial_weekdays=c.partial_weekdays, rebound_minutes=c.rebound_minutes)
 
 
-def forecaster_from_config(c: ForecasterConfig, min_kw: float = -1e5, max_kw: float = 1e5) -> DemandForecaster:
+def forecaster_from_config(c: ForecasterConfig, min_kw: float = DEFAULT_MIN_KW,
+                           max_kw: float = DEFAULT_MAX_KW) -> DemandForecaster:
     return DemandForecaster(min_kw=min_kw, max_kw=max_kw, **forecaster_params(c))
 
 
 class ForecastService:
     def __init__(self, config: ForecasterConfig, storage_path: str, publish: Callable[[Forecast], None],
-                 clock: Callable[[], float] = time.time, min_kw: float = -1e5, max_kw: float = 1e5,
+                 clock: Callable[[], float] = time.time, min_kw: float = DEFAULT_MIN_KW,
+                 max_kw: float = DEFAULT_MAX_KW,
                  reopen_seconds: float = REOPEN_SECONDS, events: Callable[[], list] = list):
         self.config = config
         self.storage_path = storage_path
@@ -271,10 +273,7 @@ class ForecastService:
             self._starved = False   # one early cycle per silence, however many samples end it
             self._wake.set()
         if not ok and not self._rejecting:
-            why = fc.last_rejection
-            if fc.implausible(kw):
-                why = self.implausible(kw)
-            log.warning("forecaster rejecting %s samples: %s", source, why)
+            log.warning("forecaster rejecting %s samples: %s", source, self.implausible(kw) or fc.last_rejection)
         elif ok and self._rejecting:
             log.info("forecaster accepting %s samples again", source)
         self._rejecting = "" if ok else source
