@@ -40,15 +40,21 @@ async def exit_when_stuck() -> None:
     done = threading.Event()
     # A process or memory limit reached (RLIMIT_NPROC, RLIMIT_AS) refuses a new thread: the gateway runs on, and
     # is watched once one starts
+    tries = 0
     while True:
         try:
             threading.Thread(target=_watch, args=(beat, done, LOOP_STUCK_S), name="loop-watchdog",
                              daemon=True).start()
             break
         except RuntimeError as err:
-            log.warning("the event loop's watchdog thread could not start (%s: a process or memory limit?): a stuck "
-                        "loop is not caught until it does; tried again every %g s", err, START_AGAIN_S)
+            # once, and once when it starts: a line a minute while the limit holds is no news
+            if not tries:
+                log.warning("the event loop's watchdog thread could not start (%s: a process or memory limit?): a "
+                            "stuck loop is not caught until it does; tried again every %g s", err, START_AGAIN_S)
+            tries += 1
             await asyncio.sleep(START_AGAIN_S)
+    if tries:
+        log.info("the event loop's watchdog thread started, after %d failed tries", tries)
     try:
         while True:
             beat[0] = time.monotonic()
