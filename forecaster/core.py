@@ -17,6 +17,7 @@ import numpy as np
 from . import features, model
 from .calendar import DEFAULT_PARTIAL, DEFAULT_REST, Calendar
 from .flags import HysteresisFlag
+from .plausibility import InputWindow, judge_window
 from .series import MinuteBins, minute_of
 
 PERSISTENCE = "persistence"
@@ -149,15 +150,6 @@ FLAT_SPREAD = 0.01
 # noise alone is about 0, a building's day about 0.9): a school on holiday at 28-32 kW had its 90th percentile on noise,
 # and high-load came on 2-7 times a day
 FLAT_R1 = 0.2
-# A reading this many times the median 15-minute demand of the thresholds' days is another unit (watts written as
-# kW: 1,000 times), not the building: a 38 kW shop's 30,000 put the forecasts at 7,482 kW and raised high-load at
-# once, and its days held the thresholds up for two weeks after. The median, not the peak: two days of watts among
-# twenty lifted the peak to megawatts, and one reading taken let in the rest. A building's peak is a few times its
-# median, and one re-opened after weeks idle stays well under it
-UNIT_RATIO = 100.0
-# ... that median taken as at least this: a sub-metered load idle for weeks (a chiller plant at 0.5 kW of controls
-# all winter) starts at hundreds of times its idle power, and a site of a few kW writing W still goes over it
-UNIT_FLOOR_KW = 10.0
 
 
 class DemandForecaster:
@@ -227,15 +219,12 @@ class DemandForecaster:
                                    arm_fraction)
         self._thresholds: tuple[int, float | None, float | None] | None = None
         # from the thresholds' days: the lowest a forecast may be (0 for a site that never drew less, else None), and
-        # (the median 15-minute demand, the highest reading taken) (None: under a day held)
+        # what a reading can be (None: under a day held)
         self._floor: float | None = None
-        self._ceiling: tuple[float, float] | None = None
-        self._judged: int | None = None     # the 15-minute slot the ceiling and the still spell were found for
-        self.implausible_rejected = 0       # of `rejected`: readings over the ceiling
+        self._window: InputWindow | None = None
+        self._judged: int | None = None     # the 15-minute slot the window was judged for
+        self.implausible_rejected = 0       # of `rejected`: readings over the window's ceiling
         self.last_rejection = ""      # why the last reading refused was
-        # the longest the load held exactly one value in the thresholds' days before the spell it is in now, in
-        # minutes (None: under a day held)
-        self.longest_still_minutes: float | None = None
         self._curtailed: tuple[tuple[int, int], ...] = ()   # minute spans set aside (set_curtailed)
         self._sheds: tuple[tuple[int, int], ...] = ()       # the same without the rebound: the events' own minutes
         self.rejected = 0
@@ -276,17 +265,19 @@ class DemandForecaster:
         t = self._newest_t if t is None else t
         if t is not None:
             self._judge_window(minute_of(t))
-        ceiling = self._ceiling
-        if ceiling is not None and abs(kw) > ceiling[1]:
-            median = f"{ceiling[0]:.4g} kW" + (f", taken as {UNIT_FLOOR_KW:g}" if ceiling[0] < UNIT_FLOOR_KW else "")
-            return (f"{kw:g} kW is over {UNIT_RATIO:g} times the median 15-minute demand of the last "
-                    f"{self.threshold_days:g} days ({median}): watts written as kW?")
-        return None
+        window = self._window
+        return window.why_implausible(kw, self.threshold_days) if window is not None else None
+
+    @property
+    def longest_still_minutes(self) -> float | None:
+        """The longest the load held exactly one value in the thresholds' days before the spell it is in now, in
+        minutes (None: under a day held, or no spell ended)."""
+        return self._window.longest_still_minutes if self._window is not None else None
 
     def _judge_window(self, k: int) -> None:
-        """The ceiling on a reading and the longest still spell, from the thresholds' days up to minute k: once a
-        15 minutes, from the first reading of a start on (a BAS writing W through a restart got in before the first
-        forecast, and raised high-load)."""
+        """What a reading can be, from the thresholds' days up to minute k: once a 15 minutes, from the first
+        reading of a start on (a BAS writing W through a restart got in before the first forecast, and raised
+        high-load)."""
         slot = k // 15
         if slot == self._judged:
             return
@@ -295,14 +286,7 @@ class DemandForecaster:
             span = self._bins.span()
             snap = self._bins.snapshot(max(first, span[0]), k) if span is not None and span[1] >= first else None
         self._judged = slot
-        d = features.demand(snap, np.arange(first + 14, k + 1, 15)) if snap is not None else np.array([])
-        d = d[np.isfinite(d)]
-        if d.size < 96:
-            self._ceiling = self.longest_still_minutes = None
-            return
-        median = float(np.median(np.abs(d)))
-        self._ceiling = (median, UNIT_RATIO * max(median, UNIT_FLOOR_KW))
-        self.longest_still_minutes = _longest_still(snap, first, k)
+        self._window = judge_window(snap, first, k, self.stale_seconds / 60)
 
     def add_sample(self, t: float, kw: float) -> bool:
         """Store one reading taken now; False (and nothing stored) when non-finite or out of range.
@@ -786,26 +770,6 @@ def _calendar_words(settings: tuple) -> str:
         rest, partial = week[0]
         words += f", resting {'/'.join(rest) or 'no day'} and partly open {'/'.join(partial) or 'no day'}"
     return words
-
-
-def _longest_still(snap, first: int, last: int) -> float | None:
-    """The most minutes, from the first to the last of them, that the minutes with readings from `first` to `last`
-    held one value, but for the spell they end in: that is the one a frozen input is in, which measured against
-    itself was never long."""
-    lo, hi = max(first, snap.k0), min(last, snap.k0 + snap.n - 1)
-    if hi < lo:
-        return None
-    means = snap.means[lo - snap.k0:hi - snap.k0 + 1]
-    have = np.flatnonzero(np.isfinite(means))
-    if have.size < 2:
-        return None
-    v = means[have]
-    # a minute's mean of n equal readings is that reading to within rounding
-    starts = np.flatnonzero(np.concatenate([[True], np.abs(np.diff(v)) > 1e-9 * np.maximum(1.0, np.abs(v[1:]))]))
-    if starts.size < 2:
-        return None     # one spell: nothing before it to measure by
-    ends = starts[1:] - 1
-    return float((have[ends] - have[starts[:-1]]).max() + 1)
 
 
 def _lag1(x: np.ndarray) -> float:

@@ -21,7 +21,8 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from .core import DEFAULT_MAX_KW, DEFAULT_MIN_KW, UNIT_RATIO, DemandForecaster
+from .core import DEFAULT_MAX_KW, DEFAULT_MIN_KW, DemandForecaster
+from .plausibility import UNIT_RATIO
 from .export_csv import ReplayInputError, read_export, read_spans
 from .model import fit_threads
 

@@ -857,6 +857,28 @@ def test_every_forecaster_key_is_taken_by_the_forecaster_or_the_service():
     assert service_keys <= set(ForecasterConfig.model_fields)
 
 
+def test_equal_readings_either_side_of_a_gap_or_a_clock_step_are_no_spell(tmp_path, caplog):
+    # Two equal readings either side of a 2 h forward clock step raised "read exactly ... for 2 h" at once (helper
+    # rev39 S2): the spell is measured from after the gap
+    import numpy as np
+
+    caplog.set_level(logging.INFO, logger="ven.forecast_service")
+    svc = ForecastService(ForecasterConfig(source="bacnet_input", threshold_days=2), str(tmp_path / "g.sqlite"),
+                          publish=lambda f: None)
+    t = 1_780_000_000.0 + np.arange(0, 2 * 86400, 60.0)
+    svc.forecaster.seed(t, 100 + 50 * np.sin(2 * np.pi * t / 86400) + np.random.default_rng(1).normal(0, 1, t.size))
+    now = float(t[-1]) + 60
+    svc.on_input_power(now, 173.4)
+    for i in range(10):                     # the clock stepped 2 h ahead, and the value had not changed
+        svc.on_input_power(now + 7200 + 60 * i, 173.4)
+    svc.on_input_power(now + 7200 + 3 * 3600, 173.4)    # then a 3 h gap (the gateway stopped)
+    for i in range(1, 59):
+        svc.on_input_power(now + 7200 + 3 * 3600 + 60 * i, 173.4)
+    assert [r.getMessage() for r in caplog.records if "exactly" in r.getMessage()] == []
+    svc.on_input_power(now + 7200 + 3 * 3600 + 3600, 173.4)     # an hour on from the gap
+    assert "has read exactly 173.4 kW for 60 min" in caplog.records[-1].getMessage()
+    assert svc.status()["input_still_since"] == now + 7200 + 3 * 3600
+
 def test_a_power_input_that_never_moves_is_said_once_and_its_end_too(tmp_path, caplog):
     # A BAS point frozen at 173.4 kW for 30 h (the building drew 60 at night) read as a trend of 0 and raised high-load
     # for 10 h, and nothing said so; a sub-meter at 0 all weekend has held still as long before (helper loads39)

@@ -808,3 +808,15 @@ def test_a_model_forecast_no_input_could_average_to_is_not_served(monkeypatch):
     f = fc.predict(now + 60.0)
     assert [f.model_for(h) for h in (15, 60)] == ["persistence", "persistence"], f
     assert all(-500.0 <= x <= 5000.0 for x in f.demand_kw.values()), f.demand_kw
+
+
+def test_a_still_spell_does_not_span_a_gap_in_the_readings():
+    # A gateway stopped for 3 days with a sub-meter at 0 either side made a 3-day "still" spell, and a frozen input
+    # went unsaid for twice that (helper rev39 S2)
+    fc = DemandForecaster(threshold_days=7, stale_seconds=300)
+    t = T0 + np.arange(0, 7 * 86400, 60.0)
+    kw = np.where((t - T0) % 86400 < 43_200, 80.0 + (t - T0) % 600 / 60, 0.0)    # 12 h at exactly 0 each night
+    off = (t > T0 + 2.6 * 86400) & (t < T0 + 5.6 * 86400)                       # the gateway off for 3 days
+    fc.seed(t[~off], kw[~off])
+    assert fc.implausible(50.0, float(t[-1]) + 60.0) is None
+    assert fc.longest_still_minutes == 720

@@ -119,6 +119,7 @@ class ForecastService:
         # the power input's value, its source, since when it has read exactly that (epoch s), and whether the WARNING
         # that it does not move is out
         self._still: tuple[str, float, float] | None = None
+        self._still_last = 0.0      # the spell's latest reading (epoch s)
         self._still_said = False
         self._fit_failures = 0                     # failed fits in a row: 0 while fits succeed
         self._fit_retry_at: float | None = None    # while they fail: the next try (monotonic: unmoved by clock steps)
@@ -208,7 +209,12 @@ class ForecastService:
             self._fallback.bad(time.monotonic())
 
     def _watch_still(self, t: float, kw: float, source: str) -> None:
-        s = self._still
+        s, last = self._still, self._still_last
+        self._still_last = t
+        if s is not None and not self._still_said and not 0 <= t - last <= self.config.input_stale_seconds:
+            # a gap, or the clock stepped: two equal readings either side of a 2 h step forward were no 2 h spell
+            # (helper rev39). One already said stands: the input reads the same after the gap
+            s = None
         if s is None or s[0] != source or s[1] != kw:
             if self._still_said:
                 # the other source taking over is no sign the frozen one moved (helper rev39)
