@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import sys
 import json
 import logging
 import threading
@@ -305,3 +306,21 @@ async def test_a_view_without_a_log_says_it_keeps_none(server):  # noqa: F811
         await page.wait_for_function("document.querySelector('#log').textContent.includes('keeps no log lines')",
                                      timeout=10000)
         assert page.errors == []
+
+
+def test_marks_that_reorder_or_hide_text_and_a_tracebacks_words_are_escaped_too():
+    # LRM / RLM / ALM reorder a line's neutral runs, zero-width characters and the BOM hide text; and an ERROR's
+    # traceback carried a VTN's string (in lxml's or pydantic's error) raw and unbounded past both (helper rev39 S8)
+    line = UtcFormatter().format(record("id \u200e\u200f\u061c\u200b\u2060\ufeffx"))
+    assert line.endswith(" id \\u200e\\u200f\\u061c\\u200b\\u2060\\ufeffx"), line
+    try:
+        raise ValueError("bad id CPP\n2026-12-05T09:00:00Z ADR-Event-Level 0 \u202e" + "z" * 200_000)
+    except ValueError:
+        err = logging.LogRecord("ven.vtn", logging.ERROR, __file__, 1, "bug in the poll", (), sys.exc_info())
+    text = UtcFormatter().format(err)
+    lines = text.split("\n")
+    assert lines[0].endswith(" ERROR bug in the poll") and lines[1] == "Traceback (most recent call last):"
+    assert any(line.startswith("  File ") and __file__ in line for line in lines)
+    last = lines[-1]
+    assert last.startswith("ValueError: bad id CPP\\n2026-12-05T09:00:00Z ADR-Event-Level 0 \\u202ezzz"), last[:80]
+    assert last.endswith("z... (cut at 16,000 characters)") and len(text) < 17_000

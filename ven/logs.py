@@ -13,6 +13,7 @@ import os
 import re
 import sys
 import time
+import traceback
 
 NOISY = ("BAC0_Root", "BAC0", "bacpypes3", "openleadr", "aiohttp.access", "aiohttp.server", "signxml", "tzlocal")
 # Loggers that log what a peer sent: a malformed BACnet datagram, a refused registration, an HTTP
@@ -27,8 +28,9 @@ PEER_NOISE = ("bacpypes3", "openleadr", "aiohttp.server", "bacnet_api.services.r
 # What a peer wrote reaches messages (an event id, a VTN's error page, lxml's error): a line break in it would
 # start a line of the peer's making in the operator log (journald keeps each as an entry of the gateway's). Beyond
 # ASCII's controls: C1's (an 8-bit CSI some terminals act on, NEL), Unicode's line and paragraph separators, and the
-# bidirectional overrides and isolates, with which a VTN's event id showed the rest of the line reversed
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+# bidirectional overrides and isolates, with which a VTN's event id showed the rest of the line reversed; the marks
+# that reorder neutral runs (LRM, RLM, ALM), and the zero-width characters and BOM that hide text
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028\u2029\u202a-\u202e\u2060-\u2069\ufeff]")
 # A message's bound in the log: a VTN's 200,000-character event id was one line of that length in the journal
 MAX_CHARS = 16_000
 
@@ -62,6 +64,18 @@ class UtcFormatter(logging.Formatter):
             return "\n".join(f"{lead}{stamp} {line}" if i == 0 else lead + line
                              for i, line in enumerate(text.split("\n")))
         return f"{stamp} {text}"
+
+
+    def formatException(self, exc_info) -> str:
+        """The traceback, its frames a line each; the exception's own words (which may be a peer's: a KeyError on a
+        VTN's event id) escaped to one line and bounded, as a message is."""
+        out = []
+        for chunk in traceback.format_exception(*exc_info):
+            if chunk.startswith("  File "):     # the code's own file, line and source
+                out.extend(_CONTROL.sub(_escape, line) for line in chunk.rstrip("\n").split("\n"))
+            else:
+                out.append(clean(chunk.rstrip("\n")))
+        return "\n".join(out)
 
 
 def _priority(levelno: int) -> int:
