@@ -24,22 +24,27 @@ MIN_SLOTS = 96
 
 @dataclass(frozen=True)
 class InputWindow:
-    median_kw: float        # the median |15-minute demand|
-    ceiling_kw: float       # a reading's |kW| over this is another unit
+    basis: str              # what the ceiling is a multiple of, for the reason ("the median 15-minute demand ...")
+    median_kw: float        # that (kW)
     # the most minutes the load held one value before the spell it is in now (None: no spell ended in the window)
-    longest_still_minutes: float | None
+    longest_still_minutes: float | None = None
 
-    def why_implausible(self, kw: float, days: float) -> str | None:
+    @property
+    def ceiling_kw(self) -> float:
+        """A reading's |kW| over this is another unit."""
+        return UNIT_RATIO * max(abs(self.median_kw), UNIT_FLOOR_KW)
+
+    def why_implausible(self, kw: float) -> str | None:
         """Why a reading cannot be the building's power (another unit), or None."""
         if abs(kw) <= self.ceiling_kw:
             return None
-        median = f"{self.median_kw:.4g} kW" + (f", taken as {UNIT_FLOOR_KW:g}" if self.median_kw < UNIT_FLOOR_KW
+        median = f"{self.median_kw:.4g} kW" + (f", taken as {UNIT_FLOOR_KW:g}" if abs(self.median_kw) < UNIT_FLOOR_KW
                                               else "")
-        return (f"{kw:g} kW is over {UNIT_RATIO:g} times the median 15-minute demand of the last {days:g} days "
-                f"({median}): watts written as kW?")
+        return f"{kw:g} kW is over {UNIT_RATIO:g} times {self.basis} ({median}): watts written as kW?"
 
 
-def judge_window(snap: MinuteSnapshot | None, first: int, last: int, max_gap_minutes: float) -> InputWindow | None:
+def judge_window(snap: MinuteSnapshot | None, first: int, last: int, max_gap_minutes: float,
+                 days: float) -> InputWindow | None:
     """The window of minutes `first`..`last` (None: under a day of demand in it). A spell of one value does not
     span a gap in the readings over `max_gap_minutes`: a gateway stopped for days with a sub-meter at 0 either side
     was no 3-day spell, and would have hidden a frozen input for six."""
@@ -47,8 +52,7 @@ def judge_window(snap: MinuteSnapshot | None, first: int, last: int, max_gap_min
     d = d[np.isfinite(d)]
     if d.size < MIN_SLOTS:
         return None
-    median = float(np.median(np.abs(d)))
-    return InputWindow(median, UNIT_RATIO * max(median, UNIT_FLOOR_KW),
+    return InputWindow(f"the median 15-minute demand of the last {days:g} days", float(np.median(np.abs(d))),
                        longest_still(snap, first, last, max_gap_minutes))
 
 

@@ -879,6 +879,27 @@ def test_equal_readings_either_side_of_a_gap_or_a_clock_step_are_no_spell(tmp_pa
     assert "has read exactly 173.4 kW for 60 min" in caplog.records[-1].getMessage()
     assert svc.status()["input_still_since"] == now + 7200 + 3 * 3600
 
+def test_on_the_first_day_the_meter_is_the_measure_of_a_bas_writing_another_unit(tmp_path, caplog):
+    # With under a day held there was no unit guard: a BAS writing W from the day of installation was learnt, became
+    # the median, and was never caught after (helper rev39 S9). The meter's reading of the same load stands in
+    caplog.set_level(logging.INFO, logger="ven.forecast_service")
+    svc = ForecastService(ForecasterConfig(source="auto"), str(tmp_path / "g.sqlite"), publish=lambda f: None)
+    now = 1_780_000_000.0
+    assert svc.implausible(38_000.0) is None        # nothing to measure by yet
+    svc.on_meter(now, 38.0)
+    why = ("38000 kW is over 100 times the gateway meter's reading (38 kW): watts written as kW? (if it is the "
+           "site's power, set bacnet.input_max_kw to a few times its peak)")
+    assert svc.implausible(38_000.0) == why          # what the device's refusal of the write says
+    svc.on_input_power(now + 1, 38_000.0)
+    assert caplog.records[-1].getMessage() == f"forecaster rejecting input-power-meter samples: {why}"
+    svc.on_input_power(now + 2, 3_700.0)            # a building's peak is well under 100 times its load now
+    assert caplog.records[-1].getMessage() == "forecaster accepting input-power-meter samples again"
+    assert svc.forecaster.rejected == 1
+    svc.forecaster.reference = None
+    svc.on_meter(now - 600, 0.2)                    # a reading too far from the input's to be its measure
+    svc.on_input_power(now + 3, 38_000.0)
+    assert svc.forecaster.rejected == 1
+
 def test_a_power_input_that_never_moves_is_said_once_and_its_end_too(tmp_path, caplog):
     # A BAS point frozen at 173.4 kW for 30 h (the building drew 60 at night) read as a trend of 0 and raised high-load
     # for 10 h, and nothing said so; a sub-meter at 0 all weekend has held still as long before (helper loads39)

@@ -341,6 +341,8 @@ class ForecastService:
         if kw is None:
             return
         self._last_meter_t = t
+        if math.isfinite(kw):
+            self.forecaster.reference = (t, kw, "the gateway meter's reading")
         if self.config.source == "meter" or (self.config.source == "auto" and not self._use_input(t)):
             if self.config.source == "auto" and self._active == "bacnet_input":
                 self._switch("meter", f"no BAS input taken for {self.config.input_stale_seconds:g} s")
