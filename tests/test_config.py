@@ -34,6 +34,14 @@ def test_defaults_match_the_public_contract():
     assert cfg.http.address == "127.0.0.1:8000"
 
 
+def test_the_input_bounds_default_to_the_forecasters_own():
+    # the unit guard stands aside for an input_max_kw set below the forecaster's default: a config default that
+    # drifted from it would turn the guard off (or on) for every site unasked
+    from forecaster.core import DEFAULT_MAX_KW, DEFAULT_MIN_KW
+    from ven.config import BacnetConfig
+
+    assert (BacnetConfig().input_min_kw, BacnetConfig().input_max_kw) == (DEFAULT_MIN_KW, DEFAULT_MAX_KW)
+
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="no such file"):
         load_config(tmp_path / "nope.toml", environ={})

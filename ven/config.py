@@ -94,6 +94,8 @@ class BacnetConfig(_Section):
     address: str = "127.0.0.1/8:47808"
     device_id: int = Field(500001, ge=0, le=4194302)
     device_name: str = Field("EdgeGateway", min_length=1)
+    # forecaster.core's DEFAULT_MIN_KW / DEFAULT_MAX_KW (a test holds them equal: the unit guard is off below the
+    # default, and importing the forecaster here would load numpy into check-config)
     input_min_kw: float = -100000.0
     input_max_kw: float = 100000.0
     bbmd_address: str = ""                     # "ip[:port]" of a BBMD to register with as a foreign device
