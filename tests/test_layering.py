@@ -49,3 +49,20 @@ def test_the_two_stores_of_one_file_set_it_up_alike():
 
     assert (forecaster.store.PAGE_SIZE, forecaster.store.WAL_SIZE_LIMIT) == \
         (ven.storage.PAGE_SIZE, ven.storage.WAL_SIZE_LIMIT)
+
+
+@pytest.mark.parametrize("package", ["bacnet_api", "forecaster"])
+def test_importing_every_module_of_a_package_loads_nothing_it_may_not_import(package):
+    # the source check above cannot see importlib.import_module("ven.x") or what a dependency loads for it: every
+    # module imported in a fresh interpreter, and sys.modules says what came in
+    import subprocess
+    import sys
+
+    code = (f"import importlib, pkgutil, sys\npkg = importlib.import_module({package!r})\n"
+            "for m in pkgutil.iter_modules(pkg.__path__):\n"
+            f"    importlib.import_module({package!r} + '.' + m.name)\n"
+            "print(' '.join(sorted({n.split('.')[0] for n in sys.modules})))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True,
+                            cwd=ROOT).stdout.split()
+    assert "numpy" in loaded or package != "forecaster"     # the modules were imported
+    assert sorted(set(loaded) & FORBIDDEN[package]) == []
