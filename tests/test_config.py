@@ -860,3 +860,25 @@ def test_a_vtn_url_refused_shows_its_password_as_stars(tmp_path, url):
     res = _cli("check-config", str(_write(tmp_path, f'[openadr]\nvtn_url = "{url}"\n')))
     assert res.returncode == 2 and "openadr.vtn_url" in res.stderr and "ven:***@" in res.stderr, res.stderr
     assert "S3CRET" not in res.stderr + res.stdout, res.stderr
+
+
+def test_the_operator_token_may_come_from_a_file(tmp_path):
+    # compose passed http.token in the environment, where `docker inspect` shows it to anyone with Docker access
+    # (helper sec39): a Docker secret or a systemd credential is a file
+    secret = tmp_path / "gateway_token"
+    secret.write_text("4f9c2e7a1b3d5f60a8c4e2b19d7f3a5c\n")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[http]\naddress = "0.0.0.0:8000"\n')
+    loaded = load_config(cfg, environ={"EDGE_GATEWAY__HTTP__TOKEN_FILE": str(secret)})
+    assert loaded.http.token == "4f9c2e7a1b3d5f60a8c4e2b19d7f3a5c"
+    for env, reason in (({"EDGE_GATEWAY__HTTP__TOKEN_FILE": str(tmp_path / "none")},
+                         f"http: token_file {tmp_path / 'none'}: No such file or directory"),
+                        ({"EDGE_GATEWAY__HTTP__TOKEN_FILE": str(cfg.parent)}, "Is a directory"),
+                        ({"EDGE_GATEWAY__HTTP__TOKEN_FILE": str(secret), "EDGE_GATEWAY__HTTP__TOKEN": "x" * 20},
+                         "http: set token or token_file, not both")):
+        with pytest.raises(ConfigError) as err:
+            load_config(cfg, environ=env)
+        assert reason in str(err.value), str(err.value)
+    secret.write_text("\n")
+    with pytest.raises(ConfigError, match="http: token_file .* is empty"):
+        load_config(cfg, environ={"EDGE_GATEWAY__HTTP__TOKEN_FILE": str(secret)})

@@ -86,3 +86,23 @@ def test_every_service_rotates_its_log():
         options = logging.get("options") or {}
         assert logging.get("driver") == "local" or (logging.get("driver") == "json-file" and "max-size" in options), \
             f"service {name}: log not rotated ({logging or 'the default json-file driver'})"
+
+
+@pytest.mark.timeout(20)
+def test_the_gateway_takes_its_token_from_a_secret_and_starts_with_it(tmp_path):
+    # compose passed http.token in the environment, which `docker inspect` shows to anyone with Docker access (helper
+    # sec39): the gateway's environment names a file, a compose secret, and the image's config loads with it
+    from ven.config_load import load_config
+
+    compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
+    gateway = next(s for s in compose["services"].values() if s["command"][0] == "run")
+    env = {k: str(v) for k, v in gateway["environment"].items()}
+    assert not [k for k in env if re.search(r"TOKEN$|PASSWORD|PASSPHRASE", k)], env
+    path = env["EDGE_GATEWAY__HTTP__TOKEN_FILE"]
+    [name] = gateway["secrets"]
+    assert path == f"/run/secrets/{name}" and "environment" in compose["secrets"][name]
+    secret = tmp_path / name
+    secret.write_text("4f9c2e7a1b3d5f60a8c4e2b19d7f3a5c\n")
+    env = dict(env, EDGE_GATEWAY__HTTP__TOKEN_FILE=str(secret))
+    cfg = load_config(DOCKER.parent / "examples" / "gateway.toml", environ=env)
+    assert cfg.http.token == "4f9c2e7a1b3d5f60a8c4e2b19d7f3a5c" and cfg.http.address == "0.0.0.0:8000"

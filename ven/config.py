@@ -423,7 +423,26 @@ MIN_TOKEN_CHARS = 16
 class HttpConfig(_Section):
     address: str = "127.0.0.1:8000"
     token: str = ""
+    # a file holding the token (a Docker secret, a systemd credential): in neither the config nor the environment,
+    # where `docker inspect` and /proc/<pid>/environ show it
+    token_file: str = ""
     enabled: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _token_from_file(cls, data):
+        path = data.get("token_file") if isinstance(data, dict) else None
+        if not path or not isinstance(path, str):
+            return data     # unset, or not a string: the field's own check says so
+        if data.get("token"):
+            raise ValueError("set token or token_file, not both")
+        try:
+            token = Path(path).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as err:
+            raise ValueError(f"token_file {path}: {getattr(err, 'strerror', None) or err}") from None
+        if not token:
+            raise ValueError(f"token_file {path} is empty")
+        return {**data, "token": token}
 
     @field_validator("address")
     @classmethod
