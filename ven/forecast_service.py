@@ -29,6 +29,7 @@ from forecaster.store import ForecastStore
 from .config import ForecasterConfig
 from .fit_worker import fit_in_child
 from .history import curtailed_spans
+from .still_watch import StillWatch
 from .storage import REOPEN_SECONDS, ReopenTimer, with_fs_reason
 from .tasks import cancel_and_wait
 from .wallclock import CLOCK_STEP_S, PRUNE_HOLD_S, StepWatch
@@ -54,11 +55,6 @@ MAX_UNSAVED_FORECASTS = 1440    # kept for the next write while the file refuses
 # retrain_minutes, then after twice that, four times ..., at most a day apart (or retrain_minutes if longer):
 # a box that cannot fit is not pushed out of memory, with the BACnet side on it, every few minutes forever.
 FIT_RETRY_MAX_MINUTES = 1440.0
-# A power input that reads exactly one value this long, and twice as long as the load ever held still over the
-# thresholds' days, is a frozen BAS point or a dead sensor: 173.4 kW held for 30 h through a night that drew 60 kW
-# read as a trend of 0 and raised high-load for 10 h (helper loads39). A sub-meter at 0 all weekend has held still
-# as long before
-STILL_MIN_S = 3600.0
 
 
 def forecaster_params(c: ForecasterConfig) -> dict:
@@ -116,11 +112,8 @@ class ForecastService:
         self._fallback = Flapping(2 * config.input_stale_seconds)
         self._meter_unsaid = False    # start-up's meter pick, said once the BAS has had its time to write
         self._rejecting = ""                       # the source whose samples are refused since the WARNING
-        # the power input's value, its source, since when it has read exactly that (epoch s), and whether the WARNING
-        # that it does not move is out
-        self._still: tuple[str, float, float] | None = None
-        self._still_last = 0.0      # the spell's latest reading (epoch s)
-        self._still_said = False
+        self._still = StillWatch(config.input_stale_seconds, lambda: self.forecaster.longest_still_minutes,
+                                 config.threshold_days)
         self._fit_failures = 0                     # failed fits in a row: 0 while fits succeed
         self._fit_retry_at: float | None = None    # while they fail: the next try (monotonic: unmoved by clock steps)
         self._fit_short = False
@@ -208,54 +201,16 @@ class ForecastService:
             self._fallback.bad(self._meter_since)  # a fallback like any other: its end is said the same way
             self._fallback.bad(time.monotonic())
 
-    def _watch_still(self, t: float, kw: float, source: str) -> None:
-        s, last = self._still, self._still_last
-        self._still_last = t
-        if s is not None and not self._still_said and not 0 <= t - last <= self.config.input_stale_seconds:
-            # a gap, or the clock stepped: two equal readings either side of a 2 h step forward were no 2 h spell
-            # (helper rev39). One already said stands: the input reads the same after the gap
-            s = None
-        if s is None or s[0] != source or s[1] != kw:
-            if self._still_said:
-                # the other source taking over is no sign the frozen one moved (helper rev39)
-                held = span(max(0.0, t - s[2]))
-                if s[0] == source:
-                    log.info("%s moving again after %s at %g kW", source, held, s[1])
-                else:
-                    log.info("%s held %g kW for %s, and the forecaster learns from %s now", s[0], s[1], held, source)
-            self._still, self._still_said = (source, kw, t), False
-            return
-        usual = self.forecaster.longest_still_minutes
-        # exactly 0: a load switched off (a sub-meter all weekend, its first one too), not a frozen sensor
-        if self._still_said or usual is None or kw == 0 or t - s[2] < max(STILL_MIN_S, 2 * usual * 60):
-            return
-        self._still_said = True
-        log.warning("%s has read exactly %g kW for %s, where the load held one value %s at most in the last %g days: "
-                    "a frozen BAS point or a dead sensor? The forecaster learns it as the building's load", source, kw,
-                    span(t - s[2]), span(usual * 60), self.forecaster.threshold_days)
-
     def implausible(self, kw: float) -> str | None:
         """Why a power reading cannot be the building's (the forecaster's unit guard), and what to do if it is."""
         why = self.forecaster.implausible(kw)
         return f"{why} (if it is the site's power, set bacnet.input_max_kw to a few times its peak)" if why else None
 
-    def still_since(self) -> float | None:
-        """Since when the power input has read one value, while its WARNING stands (epoch s)."""
-        return self._still[2] if self._still_said else None
-
-    def _still_ended_stale(self) -> None:
-        # a frozen input that then stopped altogether: the "no power input" fault says the rest, and this one ends
-        if self._still_said and self.input_stale():
-            source, kw, since = self._still
-            log.info("%s held %g kW for %s, then stopped: no power input now", source, kw,
-                     span(max(0.0, self._clock() - since)))
-            self._still, self._still_said = None, False
-
     def _take(self, t: float, kw: float, source: str) -> None:
         fc = self.forecaster
         prev = fc.newest_sample_at
         if math.isfinite(kw):
-            self._watch_still(t, kw, source)
+            self._still.reading(t, kw, source)
         if self._shed_kw and math.isfinite(kw) and fc.min_kw <= kw <= fc.max_kw:
             # learnt as the building's load without the BAS's shed: a forecast that had learnt the sheds would
             # expect the drop that follows high load, and the flag the BAS sheds on would turn itself off
@@ -478,7 +433,8 @@ class ForecastService:
             self._fit_task.add_done_callback(self._fit_done)
         self._wake.clear()
         self._starved = self.input_stale()
-        self._still_ended_stale()
+        if self._starved:
+            self._still.stopped(self._clock())
         cycle_started = loop.time()
         f = await loop.run_in_executor(self._cycle_pool, self._cycle, now)
         self.last_forecast = f
@@ -633,8 +589,8 @@ class ForecastService:
         out = [f"forecaster fit failing ({self._fit_failures} tries)"] if self._fit_failures else []
         if self._rejecting:
             out.append(f"forecaster rejecting {self._rejecting} samples")
-        if self._still_said:
-            out.append(f"{self._still[0]} reading exactly {self._still[1]:g} kW")
+        if still := self._still.fault():
+            out.append(still)
         return out
 
     def _fit_done(self, fut) -> None:
@@ -697,7 +653,7 @@ class ForecastService:
             "last_input_at": self._last_input_t, "last_meter_at": self._last_meter_t,
             "input_stale_seconds": self.config.input_stale_seconds,
             "storage_ok": self.storage_ok, "fit_ok": not self._fit_failures, "fit_retry_at": self.fit_retry_at(),
-            "input_stale": self.input_stale(), "input_still_since": self.still_since(),
+            "input_stale": self.input_stale(), "input_still_since": self._still.since(),
             # bas-shed-power: the kW added back to every sample while the BAS sheds, and since when (epoch s)
             "shed_kw": self._shed_kw, "shed_since": self._shed_since,
         })
