@@ -1364,3 +1364,33 @@ async def test_a_vtn_cancel_of_our_registration_is_answered_and_registers_anew_k
             assert sorted(r[4] for r in server.reports) == [30.0, 31.0], "each reading once, none lost"
             assert gw.level == 2.0 and not gw.schedule.get(eid).cancelled
             assert len(said(caplog, "VTN context lost (the VTN cancelled the registration")) == 1
+
+
+@pytest.mark.timeout(30)
+async def test_a_vtn_that_cancels_our_registration_and_refuses_a_new_one_ends_its_events(
+        tmp_path, free_tcp_port, caplog):
+    # An open-ended level-2 event held the building shed, with the cancelled registrationID in the status, for a VTN that
+    # had dropped the site and refused it since (helper conformance40 W4); one that is out of reach ends nothing
+    caplog.set_level(logging.INFO, logger="ven")
+    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
+        answers = canceled_party_registrations(server)
+        async with running(tmp_path, server.url) as gw:
+            await until(lambda: gw.vtn.connected, 10, "registration")
+            eid = server.add_event([2], now() - timedelta(seconds=1), 4 * 3600)
+            await until(lambda: gw.level == 2.0, 5, "level 2")
+            ours = gw.vtn.registration_id
+            refusal = refuse(server, "oadrCreatePartyRegistration",
+                             oerrors.NotRegisteredOrAuthorizedError("VEN not enrolled"))
+            queue_for_poll(server, gw.vtn.ven_id, "oadrCancelPartyRegistration",
+                           {"ven_id": gw.vtn.ven_id, "registration_id": ours, "request_id": "cancel-3"})
+            await until(lambda: answers, 5, "oadrCanceledPartyRegistration")
+            assert gw.vtn.registration_id is None and gw.vtn.status()["registration_id"] is None
+            await until(lambda: gw.level == 0.0, 10, "the events end once a new registration is refused")
+            assert refusal.refused >= 1 and gw.schedule.get(eid).cancelled
+            assert said(caplog, "refuses a new one") == [
+                f"the VTN cancelled registration {ours} and refuses a new one (463 VEN not enrolled): its events are "
+                "no longer followed; registering is tried again (backoff up to 0.25 s)"]
+            await until(lambda: refusal.refused >= 3, 10, "more refusals")
+            assert len(said(caplog, "refuses a new one")) == 1, "said once"
+            refusal.allow()
+            await until(lambda: gw.vtn.connected and gw.vtn.registration_id, 10, "enrolled again")

@@ -75,6 +75,8 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
         # it, as the 2.0b schema says for re-registering an existing registration; the VTN may refuse it
         # (it lost its registrations), so only one attempt carries it
         self._reregister_with: str | None = None
+        # the registration the VTN cancelled, until a new one stands or the VTN refuses one (then its events end)
+        self._cancelled: str | None = None
         self.vtn_id: str | None = None       # the vtnID the VTN gave at registration
         self._terms_said: tuple | None = None  # (vtnID, venID, poll frequency) the last "registered" line said
         self._foreign_vtn: str | None = None  # another vtnID whose oadrDistributeEvent was refused, until ours again
@@ -535,7 +537,10 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
         if not client.registration_id:
             self.last_error = (client.last_error or (client.refused and f"VTN refused registration: {client.refused}")
                                or "VTN refused the registration (no registrationID)")
+            if self._cancelled and client.refused:
+                self._deenrolled(client.refused)
             return False
+        self._cancelled = None      # the event list it gives next is the truth
         if not client.ven_id:
             # openleadr takes the registrationID alone (logging that it assumes it is not registered): every message
             # would then name no VEN, and the VTN ask for a registration again at each, the log blaming a VTN that
@@ -748,4 +753,15 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
                         "stands", rid, ours, INVALID_ID)
             return False
         self._reregistration_requested(f"the VTN cancelled the registration {ours}", renew=False)
+        self._cancelled, self.registration_id = ours, None
         return True
+
+    def _deenrolled(self, refusal: str) -> None:
+        """The VTN cancelled this VEN's registration and refuses a new one: the site no longer takes part, and its
+        events end (an open-ended level 2 held the building shed for a VTN that had dropped it, helper
+        conformance40). A VTN out of reach meanwhile is an outage, and ends nothing."""
+        log.warning("the VTN cancelled registration %s and refuses a new one (%s): its events are no longer followed; "
+                    "registering is tried again (backoff up to %g s)", self._cancelled, refusal,
+                    self._cfg.retry_max_seconds)
+        self._cancelled = None
+        self._listed(set())
