@@ -197,6 +197,52 @@ async def test_a_request_for_something_never_offered_is_refused_and_not_streamed
         assert len(lines) == 1 and ("no-such-rid" if what == "rid" else "no-such-report") in lines[0]
 
 
+
+async def test_a_vtn_asking_for_the_report_list_gets_it_again_with_its_request_id(tmp_path, free_tcp_port, caplog):
+    # 2.0b: a VTN that lost the VEN's reports asks for METADATA, and the VEN registers them again, each carrying that
+    # reportRequestID (the certification tests R1_3170 and R0_8170). It was refused 452 as never offered (helper
+    # conformance40 W1)
+    caplog.set_level(logging.INFO, logger="ven")
+    async with streaming(tmp_path, free_tcp_port(), every=0.5) as (server, rig, standing):
+        ven = rig.vtn.ven_id
+        offered = [m for m in server.report_metadata if m["ven_id"] == ven]
+        assert [str(m["report_request_id"]) for m in offered] == ["0"]
+        meta = server.create_report(ven, timedelta(0), timedelta(0), report_specifier_id="METADATA", r_id="0")
+        await until(lambda: len([m for m in server.report_metadata if m["ven_id"] == ven]) == 2, 5, "offered again")
+        again = server.report_metadata[-1]
+        assert again["report_request_id"] == meta
+        assert {k: v for k, v in again.items() if k != "report_request_id"} == \
+            {k: v for k, v in offered[0].items() if k != "report_request_id"}
+        assert server.created_reports[-1][:2] == (200, "OK") and standing in server.created_reports[-1][2]
+        assert said(caplog, "report list") == [
+            f"VTN asked for the report list again (METADATA request {meta}): offered TELEMETRY_USAGE"]
+        assert not said(caplog, "never offered")
+        await until(lambda: len(received(server, rrid=standing)) >= 2, 5, "the stream goes on")
+
+
+async def test_one_refused_request_beside_one_taken_is_answered_200_naming_it(tmp_path, free_tcp_port, caplog):
+    # A 452 for the message said it failed, and the VTN then met updates for a request it thought refused (helper
+    # conformance40 W5): 200, the taken one in the pending list, the refused one named
+    from openleadr import objects
+
+    caplog.set_level(logging.INFO, logger="ven")
+    async with streaming(tmp_path, free_tcp_port(), every=0.5) as (server, rig, standing):
+        ven = rig.vtn.ven_id
+        offered = [m for m in server.report_metadata if m["ven_id"] == ven][-1]
+
+        def request(rrid, specifier):
+            return objects.ReportRequest(report_request_id=rrid, report_specifier=objects.ReportSpecifier(
+                report_specifier_id=specifier, granularity=2 * S, report_back_duration=2 * S,
+                specifier_payloads=[objects.SpecifierPayload(r_id=offered["r_id"], reading_type="Mean")]))
+        server._outbox.setdefault(ven, []).append(("oadrCreateReport", {
+            "request_id": "req-mixed", "ven_id": ven,
+            "report_requests": [request("rr-good", offered["report_specifier_id"]), request("rr-bad", "STATUS")]}))
+        await until(lambda: "rr-good" in server.created_reports[-1][2], 5, "the answer")
+        code, text, pending = server.created_reports[-1]
+        assert code == 200 and "rr-bad: report 'STATUS' was never offered" in text and "rr-bad" not in pending
+        await until(lambda: received(server, rrid="rr-good"), 6, "the request taken is served")
+
+
 async def test_a_request_with_the_id_of_one_served_replaces_it_and_says_so(tmp_path, free_tcp_port, caplog):
     caplog.set_level(logging.INFO, logger="ven")
     async with streaming(tmp_path, free_tcp_port(), every=0.5) as (server, rig, first):

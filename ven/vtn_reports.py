@@ -4,6 +4,7 @@ Separate from ven/vtn.py, whose session registers and polls; delivery runs as a 
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import itertools
 import math
@@ -626,11 +627,17 @@ class VtnReports:
         refused: list[str] = []
         over: list[str] = []
         instead: list[str] = []     # asked for, and no standing request of the report offered
-        for rr in payload.get("report_requests") or []:
+        metadata: list[str] = []    # requests for the report list (2.0b: the VEN registers its reports again)
+        requests = payload.get("report_requests") or []
+        for rr in requests:
             rrid = rr["report_request_id"]
             spec = rr.get("report_specifier") or {}
             sid = spec.get("report_specifier_id")
             r_ids = [p.get("r_id") for p in spec.get("specifier_payloads") or []]
+            if sid == "METADATA":
+                metadata.append(rrid)
+                instead.append(f"the report list (request {rrid})")
+                continue
             if not self._cfg.telemetry:
                 refused.append(f"{rrid}: report {sid!r} (openadr.telemetry is false: none is offered)")
                 continue
@@ -674,6 +681,7 @@ class VtnReports:
                 back = longest
             origin = report_origin(spec)
             self._adopt(rrid, granularity, back, _report_window(spec, granularity, origin), origin)
+        taken = len(requests) - len(refused) - len(over)
         self._asked_instead(instead + [f"request {r} (refused)" for r in refused])
         if refused and not self._cfg.telemetry:
             # the site set it off and the utility's VTN wants telemetry: one of the two is mistaken
@@ -690,9 +698,36 @@ class VtnReports:
             refused.append(f"{', '.join(over)}: {MAX_STANDING} standing requests are served already, the most "
                            "this VEN serves at once")
         request_id = payload.get("request_id") or (payload.get("response") or {}).get("request_id")
-        await self._answer_report_message("oadrCreatedReport",
-                                          _ei_response(request_id, "; ".join(refused) if refused else None))
+        response = _ei_response(request_id, "; ".join(refused) if refused else None)
+        if refused and taken:
+            # some taken: a 452 for the message said it failed, and a VTN took the updates that followed for
+            # requests it thought refused (helper conformance40 W5). The pending list names those taken
+            response = dict(response, response_code=200)
+        await self._answer_report_message("oadrCreatedReport", response)
+        for rrid in metadata:
+            await self._register_reports_again(client, rrid)
         self._wake_delivery.set()
+
+    async def _register_reports_again(self, client, rrid: str) -> None:
+        """oadrRegisterReport in answer to the VTN's METADATA request `rrid` (a VTN that lost the VEN's report
+        list asks for it so): each report carries that reportRequestID. It was refused 452 as never offered."""
+        reports = []
+        for report in client.reports:
+            report = copy.copy(report)
+            report.report_request_id, report.created_date_time = rrid, _utcnow()
+            reports.append(report)
+        msg = client._create_message("oadrRegisterReport", request_id=outils.generate_id(), ven_id=self.ven_id,
+                                     reports=reports, report_request_id=rrid)
+        rtype, answer = await client._perform_request("EiReport", msg)
+        why = client.last_error or (client.refused and f"refused: {client.refused}")
+        if rtype is None or why:
+            log.warning("the report list the VTN asked for (METADATA request %s) did not get through (%s)", rrid,
+                        why or "no answer")
+            return
+        log.info("VTN asked for the report list again (METADATA request %s): offered %s", rrid,
+                 ", ".join(r.report_name for r in reports) or "none (openadr.telemetry is false)")
+        if answer.get("report_requests"):
+            await client.create_report(answer)
 
     def _adopt(self, rrid: str, granularity: timedelta, back: timedelta,
                window: tuple[datetime | None, datetime | None] = (None, None), origin: datetime = EPOCH) -> None:
