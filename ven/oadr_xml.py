@@ -9,6 +9,7 @@ Entities are left unexpanded and nothing is fetched; a message with a DTD is ref
 """
 from __future__ import annotations
 
+from jinja2 import ChoiceLoader, DictLoader
 from lxml import etree
 from lxml.etree import DocumentInvalid
 from openleadr import messaging
@@ -22,6 +23,19 @@ from openleadr.messaging import XML_SCHEMA
 messaging.TEMPLATES.autoescape = True
 if messaging.TEMPLATES.cache is not None:
     messaging.TEMPLATES.cache.clear()
+
+# oadrRegisterReport's own reportRequestID (the schema's last element), which openleadr's template lacks: a VEN
+# registering its reports in answer to a VTN's METADATA request names that request there (2.0b; the certification
+# tool checks it), and leaves it out when it registers of its own accord (openleadr passes 0 then)
+_REGISTER = "oadrRegisterReport.xml"
+_source = messaging.TEMPLATES.loader.get_source(messaging.TEMPLATES, _REGISTER)[0]
+_END = "  </oadr:oadrRegisterReport>"
+if _source.count(_END) != 1:
+    raise ImportError(f"openleadr's {_REGISTER} is not the one ven/oadr_xml.py patches: see its comment")
+messaging.TEMPLATES.loader = ChoiceLoader([DictLoader({_REGISTER: _source.replace(_END, (
+    "    {% if report_request_id is defined and report_request_id is not none and report_request_id != 0 %}\n"
+    "    <ei:reportRequestID>{{ report_request_id }}</ei:reportRequestID>\n"
+    "    {% endif %}\n") + _END)}), messaging.TEMPLATES.loader])
 
 
 def validate_xml_schema(content: bytes):

