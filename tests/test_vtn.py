@@ -872,6 +872,19 @@ class refuse:
         self._handlers[self._type] = self._real
 
 
+
+async def test_a_vtn_refusing_the_answer_to_its_report_request_is_said(tmp_path, free_tcp_port, caplog):
+    # A refused oadrCreatedReport was silent at INFO and above, and in the status (helper conformance40 C7)
+    caplog.set_level(logging.INFO, logger="ven")
+    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
+        refusal = refuse(server, "oadrCreatedReport", oerrors.InvalidIdError("unexpected oadrCreatedReport"), times=1)
+        async with running(tmp_path, server.url) as gw:
+            await until(lambda: refusal.refused, 10, "the VTN refused the answer")
+            await until(lambda: said(caplog, "refused the gateway's oadrCreatedReport"), 5, "said")
+            assert said(caplog, "refused the gateway's oadrCreatedReport") == [
+                "the VTN refused the gateway's oadrCreatedReport (452 unexpected oadrCreatedReport): it may not count "
+                "the report requests as taken; the updates for them are sent all the same"]
+
 async def test_an_answer_the_vtn_refuses_does_not_take_the_others_of_its_message_with_it(
         tmp_path, free_tcp_port, caplog):
     # ADR-Opt-Out answers the events of one oadrDistributeEvent in one message: a VTN refusing one of them

@@ -18,7 +18,8 @@ from bacnet_api.settle import span
 
 from .report_intervals import (EPOCH, Interval, bucket_start, complete_intervals, effective_granularity, next_boundary,
                                report_period)
-from .vtn_transport import INVALID_ID, _duration, _ei_response, _fault_kind, _iso, _response_code, _utcnow
+from .vtn_transport import (INVALID_ID, _duration, _ei_response, _fault_kind, _iso, _refusal, _response_code,
+                            _utcnow)
 
 # one logger for the VEN side, wherever its code lives: tests and log filters select its lines by this name
 log = logging.getLogger("ven.vtn")
@@ -553,7 +554,11 @@ class VtnReports:
         client = self._client
         msg = client._create_message(message_type, response=response, ven_id=self.ven_id,
                                      pending_reports=[{"report_request_id": r} for r in self._served()])
-        await client._perform_request("EiReport", msg)
+        _, answer = await client._perform_request("EiReport", msg)
+        if refusal := _refusal(answer):
+            # the VTN may not count the requests as taken: said, as nothing else would show it (helper conformance40)
+            log.warning("the VTN refused the gateway's %s (%s): it may not count the report requests as taken; "
+                        "the updates for them are sent all the same", message_type, refusal)
 
     def _end_one_shot(self, rrid: str) -> None:
         self._one_shots.remove(rrid)
