@@ -885,6 +885,21 @@ async def test_a_vtn_refusing_the_answer_to_its_report_request_is_said(tmp_path,
                 "the VTN refused the gateway's oadrCreatedReport (452 unexpected oadrCreatedReport): it may not count "
                 "the report requests as taken; the updates for them are sent all the same"]
 
+
+async def test_the_status_the_vtn_lists_an_event_with_is_kept_as_it_moves_along(tmp_path, free_tcp_port):
+    # A listing that only moves the status along is answered from openleadr's cache and never reached the gateway:
+    # the status read "far" while the VTN said "active" (helper conformance40 C1)
+    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
+        async with running(tmp_path, server.url) as gw:
+            await until(lambda: gw.vtn.connected, 10, "registration")
+            eid = server.add_event([1], now() + timedelta(seconds=2), 60)
+            await until(lambda: gw.schedule.get(eid) is not None, 5, "the event")
+            assert {e["event_id"]: e["vtn_status"] for e in gw.schedule.events()} == {eid: "far"}
+            await until(lambda: gw.level == 1.0, 6, "active")
+            server._touch()         # the VTN lists its events again: the same modification, now "active"
+            await until(lambda: gw.schedule.events()[0]["vtn_status"] == "active", 5, "the VTN's status followed")
+            assert gw.schedule.get(eid).modification_number == 0
+
 async def test_an_answer_the_vtn_refuses_does_not_take_the_others_of_its_message_with_it(
         tmp_path, free_tcp_port, caplog):
     # ADR-Opt-Out answers the events of one oadrDistributeEvent in one message: a VTN refusing one of them

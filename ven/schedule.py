@@ -15,7 +15,7 @@ import random
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 
 from bacnet_api.bug_guard import BugGuard
 from bacnet_api.settle import span
@@ -36,6 +36,8 @@ STEP_GLANCE_S = 1.0
 # Ended events stay in storage.path for the history as long as /api/history reaches back
 # (http_api.MAX_HISTORY_HOURS): a building owner settles a program's month with the utility from them.
 KEEP_HISTORY = timedelta(days=35)
+# the eventStatus values a VTN lists an event with as time moves it along (a cancellation is a modification)
+LISTED_STATUSES = ("far", "near", "active", "completed")
 _SORT_EVERY_S = 600.0
 # More events than this gone from the VTN's list at once are one line, not one each (2,000 made 2,000 lines)
 MANY_EVENTS = 10
@@ -206,14 +208,16 @@ class EventSchedule:
         self._unjudged = set()
         return self._cancel_unlisted(unlisted, now)
 
-    def vtn_completed(self, event_ids: Iterable[str]) -> None:
-        """The VTN listed these events with eventStatus completed: they are over by its clock, so its
-        dropping them from the list afterwards is their end, not an implied cancellation. Kept with the
-        event (its VTN status), as openleadr passes an unchanged event on only when it first sees it."""
-        for eid in event_ids:
+    def vtn_statuses(self, statuses: Mapping[str, str | None]) -> None:
+        """The eventStatus the VTN lists each event with now, kept with the event: openleadr passes an unchanged
+        event on only when it first sees it, so a listing that only moves it along (far, near, active) reached
+        nothing, and the status read `near` while the VTN said `active` (helper conformance40 C1). One the VTN says
+        has completed is over by its clock: its dropping it from the list afterwards is its end, not an implied
+        cancellation. A cancellation comes as a modification, and is the schedule's own."""
+        for eid, status in statuses.items():
             ev = self._events.get(eid)
-            if ev is not None and not ev.cancelled and ev.status != "completed":
-                ev = replace(ev, status="completed")
+            if ev is not None and not ev.cancelled and status in LISTED_STATUSES and ev.status != status:
+                ev = replace(ev, status=status)
                 self._storage.save_event(ev)
                 self._events[eid] = ev
 

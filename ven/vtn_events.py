@@ -32,8 +32,8 @@ class VtnEvents:
             events = self._once_each(payload.get("events") or [])
             payload = {**payload, "events": events}
             # what the VTN says has completed is not cancelled when it stops listing it (its clock may be ahead)
-            self._schedule.vtn_completed(e["event_descriptor"]["event_id"] for e in events
-                                         if e["event_descriptor"].get("event_status") == "completed")
+            self._schedule.vtn_statuses({e["event_descriptor"]["event_id"]: e["event_descriptor"].get("event_status")
+                                         for e in events})
             # oadrDistributeEvent lists every event for this VEN: anything missing was cancelled.
             listed = {e["event_descriptor"]["event_id"] for e in events}
             self._listed(listed)
