@@ -882,3 +882,14 @@ def test_the_operator_token_may_come_from_a_file(tmp_path):
     secret.write_text("\n")
     with pytest.raises(ConfigError, match="http: token_file .* is empty"):
         load_config(cfg, environ={"EDGE_GATEWAY__HTTP__TOKEN_FILE": str(secret)})
+
+
+def test_a_variable_holding_a_whole_section_sets_its_keys_and_keeps_the_files_others(tmp_path):
+    # EDGE_GATEWAY__METER='{poll_seconds = 5}' replaced the file's [meter]: meter.router went back to "" (broadcast
+    # discovery), with check-config saying ok (helper readme40 W1)
+    p = tmp_path / "c.toml"
+    p.write_text('[meter]\nrouter = "127.0.0.1:47809"\npoll_seconds = 10\n')
+    cfg = load_config(p, environ={"EDGE_GATEWAY__METER": "{poll_seconds = 5}"})
+    assert (cfg.meter.router, cfg.meter.poll_seconds) == ("127.0.0.1:47809", 5.0)
+    cfg = load_config(p, environ={"EDGE_GATEWAY__METER__ROUTER": "", "EDGE_GATEWAY__METER": "{router = 'x:1'}"})
+    assert cfg.meter.router == "", "a variable naming the key wins, whatever the order"

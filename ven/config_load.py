@@ -62,7 +62,8 @@ def _misspelt_prefix(name: str) -> None:
 def _apply_env(data: dict, environ: Mapping[str, str]) -> tuple[dict, dict[tuple[str, ...], str]]:
     """Overlay the EDGE_GATEWAY__* variables; also return which key each variable set."""
     sources: dict[tuple[str, ...], str] = {}
-    for name, raw in environ.items():
+    # a table's variable first: one naming a key of it wins, whatever the environment's order
+    for name, raw in sorted(environ.items(), key=lambda item: item[0].count("__")):
         if not name.startswith(ENV_PREFIX):
             _misspelt_prefix(name)
             continue
@@ -74,7 +75,12 @@ def _apply_env(data: dict, environ: Mapping[str, str]) -> tuple[dict, dict[tuple
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"{name}: {'.'.join(path)} is not a table key")
-        node[path[-1]] = _env_value(raw, _field_type(path))
+        value = _env_value(raw, _field_type(path))
+        if isinstance(value, dict) and isinstance(node.get(path[-1]), dict):
+            # a table (EDGE_GATEWAY__METER='{poll_seconds = 5}') sets its keys: replacing the file's table put
+            # every other key of it back to its default, meter.router among them, unsaid (helper readme40)
+            value = {**node[path[-1]], **value}
+        node[path[-1]] = value
         sources[tuple(path)] = name
     return data, sources
 
