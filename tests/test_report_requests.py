@@ -216,7 +216,9 @@ async def test_a_vtn_asking_for_the_report_list_gets_it_again_with_its_request_i
         assert {k: v for k, v in again.items() if k not in ids} == {k: v for k, v in offered[0].items() if k not in ids}
         assert server.created_reports[-1][:2] == (200, "OK") and standing in server.created_reports[-1][2]
         assert said(caplog, "report list") == [
-            f"VTN asked for the report list again (METADATA request {meta}): offered TELEMETRY_USAGE"]
+            f"VTN asked for the report list again (METADATA request {meta}): offered TELEMETRY_USAGE, TELEMETRY_STATUS"]
+        (status,) = [m for m in server.status_metadata if m["message_report_request_id"] == meta]
+        assert status["report_request_id"] == meta, "the status report carries it too"
         assert not said(caplog, "never offered")
         await until(lambda: len(received(server, rrid=standing)) >= 2, 5, "the stream goes on")
 

@@ -218,7 +218,8 @@ class Gateway:
     def vtn(self) -> "VtnClient":
         from .vtn import VtnClient
 
-        return VtnClient(self.config.openadr, self.schedule, self.telemetry, on_connected=self._on_vtn_connected)
+        return VtnClient(self.config.openadr, self.schedule, self.telemetry, on_connected=self._on_vtn_connected,
+                         online=self._load_under_control)
 
     @functools.cached_property
     def http(self) -> "HttpServer | None":
@@ -549,6 +550,11 @@ class Gateway:
             return []
         since = datetime.now(timezone.utc) - timedelta(days=self.forecast.forecaster.keep_days)
         return self.schedule.history_events(since)
+
+    def _load_under_control(self) -> bool:
+        """TELEMETRY_STATUS's oadrOnline: the BAS takes the event level from the gateway's device, so the site's load
+        follows the gateway only while the device serves and a BACnet client has not disabled its communication."""
+        return self.device.running and self.device.communication()["mode"] == "enable"
 
     def _on_vtn_connected(self, connected: bool) -> None:
         self.device.set(P.VTN_CONNECTED, connected)

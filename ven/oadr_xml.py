@@ -28,14 +28,47 @@ if messaging.TEMPLATES.cache is not None:
 # registering its reports in answer to a VTN's METADATA request names that request there (2.0b; the certification
 # tool checks it), and leaves it out when it registers of its own accord (openleadr passes 0 then)
 _REGISTER = "oadrRegisterReport.xml"
-_source = messaging.TEMPLATES.loader.get_source(messaging.TEMPLATES, _REGISTER)[0]
 _END = "  </oadr:oadrRegisterReport>"
-if _source.count(_END) != 1:
-    raise ImportError(f"openleadr's {_REGISTER} is not the one ven/oadr_xml.py patches: see its comment")
-messaging.TEMPLATES.loader = ChoiceLoader([DictLoader({_REGISTER: _source.replace(_END, (
-    "    {% if report_request_id is defined and report_request_id is not none and report_request_id != 0 %}\n"
-    "    <ei:reportRequestID>{{ report_request_id }}</ei:reportRequestID>\n"
-    "    {% endif %}\n") + _END)}), messaging.TEMPLATES.loader])
+# oadrUpdateReport's payload: openleadr writes every one as payloadFloat, and a TELEMETRY_STATUS interval is an
+# oadrPayloadResourceStatus (2.0b; its certification reads one), the same place in the schema (ei:payloadBase).
+# A payload carrying `status` (a ven.vtn_status.ResourceStatus) is written so; any other as before
+_UPDATE = "oadrUpdateReport.xml"
+_FLOAT = """            <ei:payloadFloat>
+              <ei:value>{{ interval.report_payload.value }}</ei:value>
+            </ei:payloadFloat>
+"""
+_STATUS = """            {% set status = interval.report_payload.status %}
+            {% if status is defined and status is not none %}
+            <oadr:oadrPayloadResourceStatus>
+              <oadr:oadrOnline>{{ status.online|booleanformat }}</oadr:oadrOnline>
+              <oadr:oadrManualOverride>{{ status.manual_override|booleanformat }}</oadr:oadrManualOverride>
+              <oadr:oadrLoadControlState>
+                <oadr:oadrLevelOffset>
+                  <oadr:oadrMin>{{ status.level_min }}</oadr:oadrMin>
+                  <oadr:oadrMax>{{ status.level_max }}</oadr:oadrMax>
+                  <oadr:oadrCurrent>{{ status.level }}</oadr:oadrCurrent>
+                  <oadr:oadrNormal>{{ status.level_normal }}</oadr:oadrNormal>
+                </oadr:oadrLevelOffset>
+              </oadr:oadrLoadControlState>
+            </oadr:oadrPayloadResourceStatus>
+            {% else %}
+""" + _FLOAT + """            {% endif %}
+"""
+
+
+def _patched(name: str, old: str, new: str) -> str:
+    source = messaging.TEMPLATES.loader.get_source(messaging.TEMPLATES, name)[0]
+    if source.count(old) != 1:
+        raise ImportError(f"openleadr's {name} is not the one ven/oadr_xml.py patches: see its comments")
+    return source.replace(old, new)
+
+
+messaging.TEMPLATES.loader = ChoiceLoader([DictLoader({
+    _REGISTER: _patched(_REGISTER, _END, (
+        "    {% if report_request_id is defined and report_request_id is not none and report_request_id != 0 %}\n"
+        "    <ei:reportRequestID>{{ report_request_id }}</ei:reportRequestID>\n"
+        "    {% endif %}\n") + _END),
+    _UPDATE: _patched(_UPDATE, _FLOAT, _STATUS)}), messaging.TEMPLATES.loader])
 
 
 def validate_xml_schema(content: bytes):

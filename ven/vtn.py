@@ -9,7 +9,8 @@ oadrUpdateReport carrying its interval (the mean over the requested granularity)
 openleadr's own scheduler is never started: polling and reporting run here, so nothing is sent that
 this module cannot account for.
 The transport (ven/vtn_transport.py), event intake and opt answers (ven/vtn_events.py), telemetry
-(ven/vtn_reports.py) and the outage log (ven/vtn_outage.py) are modules of their own; VtnClient, its registration and its session are here.
+(ven/vtn_reports.py), the site's status (ven/vtn_status.py) and the outage log (ven/vtn_outage.py) are modules of
+their own; VtnClient, its registration and its session are here.
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ from .telemetry import TelemetryQueue
 from .vtn_events import VtnEvents
 from .vtn_outage import VtnOutage, _Outage
 from .vtn_reports import Standing, Unrequested, VtnReports
+from .vtn_status import StatusRequest, VtnStatus
 from .vtn_transport import (EVENT_BUG_THEN, INVALID_ID, NOT_REGISTERED, _Client, _NoScheduler, _duration, _ei_response,
                             _fault_kind, _iso, _response_code, _utcnow)
 from .wallclock import clock_suspect
@@ -55,9 +57,11 @@ MAX_GRANULARITY = timedelta(hours=1)   # the coarsest interval offered (any mult
 UNKNOWN_VEN_CODES = (INVALID_ID, NOT_REGISTERED)
 
 
-class VtnClient(VtnEvents, VtnReports, VtnOutage):
+class VtnClient(VtnEvents, VtnReports, VtnStatus, VtnOutage):
     def __init__(self, config: OpenadrConfig, schedule: EventSchedule, telemetry: TelemetryQueue,
-                 on_connected: Callable[[bool], None] = lambda ok: None):
+                 on_connected: Callable[[bool], None] = lambda ok: None, online: Callable[[], bool] | None = None):
+        """`online`: whether the site's load is under the gateway's control now (TELEMETRY_STATUS's oadrOnline);
+        always, when not given."""
         self._cfg = config
         self._schedule = schedule
         self._telemetry = telemetry
@@ -114,6 +118,12 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
         self._r_id = config.report_resource_id
         self._requests: dict[str, Standing] = {}   # the standing telemetry requests served, by reportRequestID
         self._one_shots: list[str] = []      # one-shot requests waiting for their single report
+        self._online = online or (lambda: True)
+        # the TELEMETRY_STATUS report offered beside the usage one, stable across restarts as its specifier is
+        self._status_specifier_id = f"{config.ven_name}-status"
+        self._status_requests: dict[str, StatusRequest] = {}     # the standing status requests served
+        self._status_one_shots: list[str] = []      # one-shot status requests waiting for their single report
+        self._status_wake: asyncio.Event | None = None
         # the end of the last interval the VTN took of each granularity under a request that ended: a request of that
         # granularity goes on after it (sent again, an interval could carry another value: fewer readings queued)
         self._reported: dict[timedelta, datetime] = {}
@@ -140,7 +150,9 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
                                       settle_s=config.retry_max_seconds)
         self._connected_bug = BugGuard(log, "VTN connected callback (vtn-connected)", "called at each change")
         self._event_bug = BugGuard(log, "handling an event from the VTN", EVENT_BUG_THEN)
-        self.bugs = (self._delivery_bug, self._connected_bug, self._event_bug)
+        self._status_bug = BugGuard(log, "status delivery", f"restarted after {span(config.retry_max_seconds)}",
+                                    settle_s=config.retry_max_seconds)
+        self.bugs = (self._delivery_bug, self._connected_bug, self._event_bug, self._status_bug)
         self._bugs_traced: set = set()     # the places a session or registration error was a bug in (traced once)
         self._update_done = asyncio.Event()     # clear while an oadrUpdateReport is on its way
         self._connected_told = False     # what on_connected last took
@@ -174,6 +186,7 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
         self._lost = asyncio.Event()
         self._opts_dirty = asyncio.Event()
         self._opts_lock = asyncio.Lock()
+        self._status_wake = asyncio.Event()
         if self._cfg.cert:
             self._note_fingerprint()
         if not self._cfg.telemetry and (waiting := self._telemetry.pending):
@@ -181,7 +194,8 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
             log.info("openadr.telemetry is false: %d reading(s) queued for the VTN before are kept, not sent, and go "
                      "to the VTN if it is set true again", waiting)
         self._tasks = [asyncio.create_task(self._run(), name="vtn-session"),
-                       asyncio.create_task(self._deliver(), name="vtn-telemetry")]
+                       asyncio.create_task(self._deliver(), name="vtn-telemetry"),
+                       asyncio.create_task(self._deliver_status(), name="vtn-status")]
 
     async def stop(self) -> None:
         self._live = False      # no update starts now; one on its way is let land
@@ -314,6 +328,8 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
             "report_back_seconds": (self._requests[self._report_request_id].back.total_seconds()
                                     if self._report_request_id else None),
             "report_requests": self._requests_status(),
+            # the TELEMETRY_STATUS requests served: the site's status, sampled for the VTN
+            "status_requests": self._status_requests_status(),
             "report_offered": self._reports_offered,
             "telemetry_enabled": self._cfg.telemetry,   # openadr.telemetry: false for a programme without telemetry
             "report_offer_error": self.report_offer_error,
@@ -479,6 +495,7 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
                           report_specifier_id=self._report_specifier_id, r_id=self._r_id,
                           # a METADATA report's duration is the history the VEN can buffer (2.0b): the queue
                           report_duration=timedelta(days=c.queue_max_days))
+        self._add_status_report(client)
         return client
 
     async def _drop_client(self) -> None:
@@ -524,6 +541,7 @@ class VtnClient(VtnEvents, VtnReports, VtnOutage):
             self._note_fingerprint()
         self._client = client = self._new_client()
         self._end_requests()
+        self._end_status_requests()
         self._one_shots.clear()
         self._lost.clear()
         rtype, payload = await client.query_registration()

@@ -498,6 +498,8 @@ class VtnReports:
             elif rrid in self._one_shots:
                 self._end_one_shot(rrid)
                 log.info("the VTN cancelled the one-shot report %s before it was sent", rrid)
+            elif self._cancel_status(rrid, follow):
+                pass
             else:
                 unknown.append(str(rrid))
         refusal = None
@@ -530,8 +532,8 @@ class VtnReports:
         return f"request {', '.join(others)} still served" if others else alone
 
     def _served(self) -> list[str]:
-        """The report requests being served: the standing ones and the one-shots not yet sent."""
-        return [*self._requests, *self._one_shots]
+        """The report requests being served: the standing ones and the one-shots not yet sent, usage and status."""
+        return [*self._requests, *self._one_shots, *self._status_served()]
 
     @property
     def _report_request_id(self) -> str | None:
@@ -646,8 +648,15 @@ class VtnReports:
             if not self._cfg.telemetry:
                 refused.append(f"{rrid}: report {sid!r} (openadr.telemetry is false: none is offered)")
                 continue
+            if sid == self._status_specifier_id:     # TELEMETRY_STATUS: served by ven/vtn_status.py
+                if refusal := self._take_status_request(rrid, spec, r_ids):
+                    refused.append(refusal)
+                else:
+                    instead.append(f"TELEMETRY_STATUS (request {rrid})")
+                continue
             if sid != self._report_specifier_id:
-                refused.append(f"{rrid}: report {sid!r} was never offered (offered: {self._report_specifier_id!r})")
+                refused.append(f"{rrid}: report {sid!r} was never offered (offered: {self._report_specifier_id!r}, "
+                               f"{self._status_specifier_id!r})")
                 continue
             unknown = [r for r in r_ids if r != self._r_id]
             if unknown or not r_ids:

@@ -1,7 +1,8 @@
 """A small OpenADR 2.0b VTN on openleadr's OpenADRServer, for the tests and `edge-gateway demo`.
 
 It knows its VENs (by name; the venID is derived from the name so a restarted VTN hands out the
-same one), requests every TELEMETRY_USAGE report offered, records what arrives (`reports`) and
+same one), requests every TELEMETRY_USAGE report offered (and the TELEMETRY_STATUS one with `request_status`),
+records what arrives (`reports`; status apart, in `status_updates`) and
 every opt answer (`opts`: oadrCreatedEvent; `created_opts`: oadrCreateOpt), and lets the caller add, modify and cancel events, or drop one from the
 list without a cancellation (an implied cancellation). Events go to every registered VEN.
 
@@ -33,19 +34,25 @@ class DemoVtn:
                  poll_seconds: float = 1.0, cert: str | None = None, key: str | None = None,
                  passphrase: str | None = None, ca_file: str | None = None,
                  ven_fingerprint: str | None = None, report_granularity: timedelta | None = None,
-                 report_back: timedelta | None = None, request_telemetry: bool = True):
+                 report_back: timedelta | None = None, request_telemetry: bool = True, request_status: bool = False):
         """`report_granularity` / `report_back`: what to request for each TELEMETRY_USAGE offered
         (default: the offer's minimum sampling period, with updates as often). `request_telemetry` False: a
-        VTN that takes the offer and requests nothing (a program without telemetry, a misconfigured VTN)."""
+        VTN that takes the offer and requests nothing (a program without telemetry, a misconfigured VTN).
+        `request_status`: the TELEMETRY_STATUS offered is requested too, at its minimum sampling period (off by
+        default: a status update each sampling period beside the usage ones would change what most tests count)."""
         self.host, self.port = host, port
         self.report_granularity, self.report_back = report_granularity, report_back
-        self.request_telemetry = request_telemetry
+        self.request_telemetry, self.request_status = request_telemetry, request_status
         # every oadrUpdateReport as it arrived: (report_request_id, [(dtstart, duration, r_id, value)])
         self.updates: list[tuple[str, list[tuple[datetime, timedelta, str, float]]]] = []
         self.created_reports: list[tuple[int, str, list[str]]] = []   # oadrCreatedReport: code, text, pending
         # oadrCanceledReport: code, text, pending; and whether it carried the cancel's requestID
         self.canceled_reports: list[tuple[int, str, list[str], bool]] = []
-        self.report_metadata: list[dict] = []                        # each oadrRegisterReport's reports
+        self.report_metadata: list[dict] = []                        # each oadrRegisterReport's usage reports
+        self.status_metadata: list[dict] = []                        # ... and its TELEMETRY_STATUS reports
+        # every TELEMETRY_STATUS update's intervals: (report_request_id, [(dtstart, duration, r_id, status)]), status
+        # {"online", "manual_override", "level", "min", "max", "normal"} as its oadrPayloadResourceStatus said
+        self.status_updates: list[tuple[str, list[tuple[datetime, timedelta, str, dict]]]] = []
         self.report_ids: list[str | None] = []                       # each oadrUpdateReport report's eiReportID
         # every interval received: (report_request_id, dtstart, its oadrDataQuality or None)
         self.data_quality: list[tuple[str, datetime, str | None]] = []
@@ -226,16 +233,39 @@ class DemoVtn:
         report_specifier_id = report_specifier_id or offered[-1]["report_specifier_id"]
         r_id = r_id or offered[-1]["r_id"]
         rrids = [rrid or f"rr-{uuid.uuid4().hex[:8]}" for rrid in report_request_ids or [None] * len(asked)]
+        self._send_requests(ven_id, [(rrid, report_specifier_id, r_id, "Mean", granularity, report_back)
+                                     for rrid, (granularity, report_back) in zip(rrids, asked)])
+        return rrids
+
+    def create_status_report(self, ven_id: str, granularity: timedelta, report_back: timedelta,
+                             report_request_id: str | None = None,
+                             usage: Iterable[tuple[timedelta, timedelta]] = ()) -> list[str]:
+        """Send the VEN an oadrCreateReport for the TELEMETRY_STATUS it offered last, with TELEMETRY_USAGE requests
+        for each (granularity, reportBackDuration) in `usage` in the same message; returns the reportRequestIDs,
+        the status one first."""
+        status = [r for r in self.status_metadata if r["ven_id"] == ven_id]
+        if not status:
+            raise KeyError(f"VEN {ven_id} offered no TELEMETRY_STATUS report")
+        specs = [(report_request_id or f"rs-{uuid.uuid4().hex[:8]}", status[-1]["report_specifier_id"],
+                  status[-1]["r_id"], status[-1]["reading_type"], granularity, report_back)]
+        if usage := list(usage):
+            offered = [r for r in self.report_metadata if r["ven_id"] == ven_id][-1]
+            specs += [(f"rr-{uuid.uuid4().hex[:8]}", offered["report_specifier_id"], offered["r_id"], "Mean", g, b)
+                      for g, b in usage]
+        self._send_requests(ven_id, specs)
+        return [spec[0] for spec in specs]
+
+    def _send_requests(self, ven_id: str, specs: list[tuple[str, str, str, str, timedelta, timedelta]]) -> None:
+        """One oadrCreateReport of (reportRequestID, reportSpecifierID, rID, readingType, granularity, back)."""
         requests = [objects.ReportRequest(
             report_request_id=rrid,
             report_specifier=objects.ReportSpecifier(
-                report_specifier_id=report_specifier_id, granularity=granularity, report_back_duration=report_back,
-                specifier_payloads=[objects.SpecifierPayload(r_id=r_id, reading_type="Mean")]))
-            for rrid, (granularity, report_back) in zip(rrids, asked)]
+                report_specifier_id=sid, granularity=granularity, report_back_duration=report_back,
+                specifier_payloads=[objects.SpecifierPayload(r_id=r_id, reading_type=reading_type)]))
+            for rrid, sid, r_id, reading_type, granularity, report_back in specs]
         self._outbox.setdefault(ven_id, []).append(
             ("oadrCreateReport", {"request_id": f"req-{uuid.uuid4().hex[:8]}", "report_requests": requests,
                                   "ven_id": ven_id}))
-        return rrids
 
     def cancel_report(self, ven_id: str, report_request_id: str, report_to_follow: bool = False) -> None:
         """Send the VEN an oadrCancelReport on its next poll; its oadrCanceledReport lands in canceled_reports.
@@ -345,6 +375,9 @@ class DemoVtn:
 
     def _on_register_report(self, ven_id, resource_id, measurement, unit, scale,
                             min_sampling_interval, max_sampling_interval):
+        if measurement == "Status":     # how openleadr's VTN names a TELEMETRY_STATUS description (it has no itemBase)
+            # what arrives is recorded by _on_update (openleadr hands a callback the value alone)
+            return (lambda values: None, min_sampling_interval) if self.request_status else None
         self.report_offers.append((ven_id, resource_id, measurement, unit, scale, min_sampling_interval))
         def received(values, ven_id=ven_id, resource_id=resource_id, measurement=measurement):
             for ts, value in values:
@@ -361,12 +394,30 @@ class DemoVtn:
             if report["report_request_id"] in self._forgotten:
                 raise errors.InvalidIdError(f"reportRequestID {report['report_request_id']} unknown")
         for report in payload.get("reports") or []:
+            if report.get("report_name") == "TELEMETRY_STATUS":
+                self._on_status(report)
+                continue
             self.report_ids.append(report.get("report_id"))
             self.data_quality += [(report["report_request_id"], i["dtstart"], i["report_payload"].get("data_quality"))
                                   for i in report.get("intervals") or []]
             self.updates.append((report["report_request_id"],
                                  [(i["dtstart"], i.get("duration"), i["report_payload"]["r_id"],
                                    float(i["report_payload"]["value"])) for i in report.get("intervals") or []]))
+
+    def _on_status(self, report: dict) -> None:
+        """openleadr's parser leaves an oadrPayloadResourceStatus as a nested dict with no value, and its VTN hands
+        the callbacks of the requests made at registration `report_payload["value"]` (a KeyError, answered 500):
+        the level is the value it hands on."""
+        got = []
+        for i in report.get("intervals") or []:
+            p = i["report_payload"]
+            raw = p.get("payload_resource_status") or {}
+            offset = (raw.get("load_control_state") or {}).get("level_offset") or {}
+            status = {"online": raw.get("online"), "manual_override": raw.get("manual_override"),
+                      **{k: offset.get(k) for k in ("min", "max", "normal")}, "level": offset.get("current")}
+            p.setdefault("value", status["level"])
+            got.append((i["dtstart"], i.get("duration"), p["r_id"], status))
+        self.status_updates.append((report["report_request_id"], got))
 
     def _on_created(self, payload):
         # openleadr's VTN then looks up what it requested of this VEN at registration, and has no entry (KeyError,
@@ -384,8 +435,10 @@ class DemoVtn:
 
     def _on_register_report_message(self, payload):
         for report in payload.get("reports") or []:
+            into = self.status_metadata if report.get("report_name") == "METADATA_TELEMETRY_STATUS" \
+                else self.report_metadata
             for rd in report.get("report_descriptions") or []:
-                self.report_metadata.append({"ven_id": payload.get("ven_id"),
+                into.append({"ven_id": payload.get("ven_id"),
                                              "report_request_id": report.get("report_request_id"),
                                              "message_report_request_id": payload.get("report_request_id"),
                                              "report_specifier_id": report.get("report_specifier_id"),
@@ -393,6 +446,8 @@ class DemoVtn:
                                              "duration": report.get("duration"),
                                              "report_type": rd.get("report_type"),
                                              "reading_type": rd.get("reading_type"),
+                                             "item_base": rd.get("measurement"),
+                                             "resource_id": (rd.get("report_data_source") or {}).get("resource_id"),
                                              "power_attributes": (rd.get("measurement") or {}).get("power_attributes")})
 
     def _on_poll(self, ven_id):

@@ -1,0 +1,167 @@
+"""TELEMETRY_STATUS, as the 2.0b profile and its certification tool have it: offered beside TELEMETRY_USAGE, and
+served with oadrPayloadResourceStatus intervals on the UTC grid (online, manual override = ADR-Opt-Out, the
+ADR-Event-Level applied). A real openleadr VTN (DemoVtn) on loopback; every message the VEN sends is checked
+against the 2.0b schema."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import timedelta
+
+import pytest
+from aiohttp import web
+from test_report_requests import EPOCH, S, now, running, said
+from waiting import eventually as until
+
+from ven.oadr_xml import validate_xml_schema
+from ven.vtn_server import DemoVtn
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@contextlib.asynccontextmanager
+async def vtn(port: int, **kw):
+    """A DemoVtn that keeps the body of every request the VEN posts (`server.sent`)."""
+    server = DemoVtn(port, poll_seconds=1, **kw)
+    server.sent = []
+
+    @web.middleware
+    async def keep(request, handler):
+        if request.method == "POST":
+            server.sent.append(await request.read())
+        return await handler(request)
+    server._server.app.middlewares.append(keep)
+    async with server:
+        yield server
+
+
+def all_valid(server) -> None:
+    for body in server.sent:
+        validate_xml_schema(body)   # raises DocumentInvalid
+    assert any(b"oadrPayloadResourceStatus" in body for body in server.sent) or not server.status_updates
+
+
+def status(server, rrid=None):
+    """(dtstart, duration, status) of every status interval received, under `rrid` or any."""
+    return [(ts, d, st) for r, intervals in server.status_updates if rrid in (None, r) for ts, d, _, st in intervals]
+
+
+def on_grid(ts, granularity) -> bool:
+    return (ts - EPOCH) % granularity == timedelta(0)
+
+
+@contextlib.asynccontextmanager
+async def registered(tmp_path, port, **kw):
+    async with vtn(port, **kw) as server:
+        async with running(tmp_path, server.url) as rig:
+            await until(lambda: rig.vtn.connected and server.status_metadata, 10, "registration with the offer")
+            yield server, rig
+
+
+async def test_registration_offers_usage_and_status_with_the_profiles_types(tmp_path, free_tcp_port):
+    async with registered(tmp_path, free_tcp_port()) as (server, rig):
+        (usage,), (st,) = server.report_metadata, server.status_metadata
+        assert (usage["report_type"], usage["reading_type"]) == ("usage", "Direct Read")
+        assert (st["report_type"], st["reading_type"], st["item_base"]) == ("x-resourceStatus", "x-notApplicable", None)
+        assert st["r_id"] == "status" and st["resource_id"] == usage["resource_id"] == "main-meter"
+        # stable across restarts, as the usage report's specifier is: made of the configuration
+        assert st["report_specifier_id"] == f"{rig.vtn._cfg.ven_name}-status" != usage["report_specifier_id"]
+        assert (st["sampling_rate"]["min_period"], st["sampling_rate"]["max_period"]) == (S, timedelta(hours=1))
+        assert st["duration"] == usage["duration"]
+        all_valid(server)
+
+
+async def test_a_status_request_follows_the_event_level_and_the_opt_out(tmp_path, free_tcp_port, caplog):
+    caplog.set_level(logging.INFO, logger="ven")
+    g = 2 * S
+    async with registered(tmp_path, free_tcp_port()) as (server, rig):
+        (rrid,) = server.create_status_report(rig.vtn.ven_id, g, timedelta(0))
+        await until(lambda: len(status(server, rrid)) >= 2, 10, "status intervals")
+        ts, d, first = status(server, rrid)[0]
+        assert on_grid(ts, g) and d == g
+        assert first == {"online": True, "manual_override": False, "level": 0.0, "min": 0.0, "max": 3.0,
+                         "normal": 0.0}
+        server.add_event([2], now() - S, 60)
+        await until(lambda: status(server, rrid)[-1][2]["level"] == 2.0, 10, "the event's level in the status")
+        assert rig.vtn._schedule.state().level == 2.0 and not status(server, rrid)[-1][2]["manual_override"]
+        rig.vtn.set_opt_out(True)
+        await until(lambda: status(server, rrid)[-1][2]["manual_override"] is True, 10, "the opt-out in the status")
+        got = status(server, rrid)
+        assert all(on_grid(t, g) and d == g for t, d, _ in got)
+        assert [t for t, *_ in got] == sorted({t for t, *_ in got}), "each boundary once, in order"
+        assert rig.vtn.status()["status_requests"][0]["report_request_id"] == rrid
+        assert rrid in server.created_reports[-1][2]
+        assert len(said(caplog, f"VTN requested TELEMETRY_STATUS (request {rrid})")) == 1
+        assert not [r for r in caplog.records if r.levelno >= logging.INFO and "update" in r.getMessage()
+                    and "TELEMETRY_STATUS" in r.getMessage()], "nothing per update at INFO"
+        all_valid(server)
+
+
+async def test_a_one_shot_status_request_gets_the_status_once(tmp_path, free_tcp_port):
+    async with registered(tmp_path, free_tcp_port()) as (server, rig):
+        (rrid,) = server.create_status_report(rig.vtn.ven_id, timedelta(0), timedelta(0))
+        await until(lambda: status(server, rrid), 10, "the one-shot")
+        await asyncio.sleep(2.5)
+        ((_, d, st),) = status(server, rrid)
+        assert d == S and st["online"] is True and st["level"] == 0.0
+        assert rrid in server.created_reports[-1][2] and not rig.vtn.status()["status_requests"]
+        all_valid(server)
+
+
+async def test_a_cancel_ends_a_status_request_with_and_without_report_to_follow(tmp_path, free_tcp_port):
+    async with registered(tmp_path, free_tcp_port()) as (server, rig):
+        ven = rig.vtn.ven_id
+        (plain,) = server.create_status_report(ven, S, timedelta(0))
+        (follow,) = server.create_status_report(ven, S, 5 * S)   # holds up to five samples between updates
+        await until(lambda: status(server, plain), 10, "status under the first")
+        server.cancel_report(ven, plain)
+        await until(lambda: len(server.canceled_reports) == 1, 10, "the first cancelled")
+        code, _, pending, _ = server.canceled_reports[0]
+        assert code == 200 and plain not in pending and follow in pending
+        before = len(status(server, follow))
+        server.cancel_report(ven, follow, report_to_follow=True)
+        await until(lambda: len(server.canceled_reports) == 2 and len(status(server, follow)) > before, 10,
+                    "the last update")
+        assert follow in server.canceled_reports[1][2], "pending until its last update went"
+        after = len(server.status_updates)
+        await asyncio.sleep(2.5)
+        assert len(server.status_updates) == after, "no update after the cancels"
+        assert not rig.vtn.status()["status_requests"]
+        all_valid(server)
+
+
+async def test_a_new_registration_ends_the_status_requests(tmp_path, free_tcp_port):
+    async with registered(tmp_path, free_tcp_port()) as (server, rig):
+        (rrid,) = server.create_status_report(rig.vtn.ven_id, S, timedelta(0))
+        await until(lambda: status(server, rrid), 10, "status")
+        server.request_reregistration(rig.vtn.ven_id)
+        await until(lambda: server.registrations == 2 and rig.vtn.connected, 10, "registered again")
+        await asyncio.sleep(1.5)
+        count = len(status(server, rrid))
+        await asyncio.sleep(2)
+        assert len(status(server, rrid)) == count and not rig.vtn.status()["status_requests"]
+
+
+async def test_one_create_report_asking_for_usage_and_status(tmp_path, free_tcp_port):
+    async with registered(tmp_path, free_tcp_port(), request_telemetry=False) as (server, rig):
+        rig.start_meter(0.25)
+        status_rrid, usage_rrid = server.create_status_report(rig.vtn.ven_id, 2 * S, timedelta(0),
+                                                              usage=[(2 * S, timedelta(0))])
+        await until(lambda: server.created_reports, 10, "oadrCreatedReport")
+        code, _, pending = server.created_reports[-1]
+        assert code == 200 and {status_rrid, usage_rrid} <= set(pending)
+        await until(lambda: status(server, status_rrid) and any(r == usage_rrid for r, _ in server.updates), 10,
+                    "both streams")
+        assert all(r != status_rrid for r, _ in server.updates), "status intervals are not usage intervals"
+        all_valid(server)
+
+
+async def test_a_vtn_requesting_status_at_registration_takes_the_updates(tmp_path, free_tcp_port):
+    """openleadr's VTN hands the callback of a request made at registration the payload's value, which its parser
+    leaves out of a resource status: DemoVtn gives it the level, and answers 200."""
+    async with registered(tmp_path, free_tcp_port(), request_status=True) as (server, rig):
+        await until(lambda: len(status(server)) >= 2, 10, "status requested at registration")
+        assert rig.vtn.status()["status_requests"] and rig.vtn.status()["report_requests"]
+        assert rig.vtn.status()["last_error"] is None
+        all_valid(server)

@@ -1,0 +1,274 @@
+"""TELEMETRY_STATUS to the VTN, mixed into VtnClient: the site's status (whether the gateway controls its load,
+whether the site opted out, the ADR-Event-Level it applies) for the VTN's status requests, sampled at each
+granularity boundary on the UTC grid and sent as oadrUpdateReport (ven/oadr_xml.py writes its
+oadrPayloadResourceStatus). Status is "now": nothing is queued in SQLite. What a request has not yet sent waits in
+memory, at most MAX_HELD samples, and a new registration ends every request (the VTN requests anew)."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from openleadr import enums as oenums, objects, utils as outils
+
+from .report_intervals import bucket_start, effective_granularity, next_boundary, report_period
+from .vtn_transport import _duration, _refusal, _response_code, _utcnow
+
+log = logging.getLogger("ven.vtn")
+
+STATUS_REPORT = "TELEMETRY_STATUS"
+STATUS_R_ID = "status"
+LEVEL_MAX = 3.0     # SIMPLE's levels, 0 (normal) to 3: ADR-Event-Level's range
+# Samples a request keeps while the VTN does not take them (an hour at 10 s): status is worth less the older it
+# is, and a long outage must not grow the process. The oldest go first.
+MAX_HELD = 360
+MAX_STATUS = 4      # standing status requests served at once; one more is refused (452)
+MAX_SAMPLING = timedelta(hours=1)   # the coarsest granularity offered, as the usage report's
+BATCH = 100         # samples per oadrUpdateReport
+
+
+@dataclass(frozen=True)
+class ResourceStatus:
+    """One sample, as oadrPayloadResourceStatus carries it (oadrLoadControlState's oadrLevelOffset: the level)."""
+    online: bool            # the site's load is under the gateway's control
+    manual_override: bool   # the site opted out (ADR-Opt-Out)
+    level: float            # the ADR-Event-Level the site applies
+    level_min: float = 0.0
+    level_max: float = LEVEL_MAX
+    level_normal: float = 0.0
+
+
+@dataclass
+class StatusRequest:
+    """One standing TELEMETRY_STATUS request being served."""
+    rrid: str
+    granularity: timedelta
+    back: timedelta
+    next_sample: datetime                   # the next boundary to sample at
+    next_send: datetime                     # when its next update is due (every reportBackDuration)
+    held: deque = field(default_factory=lambda: deque(maxlen=MAX_HELD))   # (boundary, ResourceStatus) not yet sent
+    retry: bool = False                     # its last update failed: the next one goes at the next sample
+    final: bool = False                     # cancelled with reportToFollow: what it holds goes, then it ends
+    dropped: int = 0                        # samples dropped unsent in this spell (said once, at the first)
+    sent_until: datetime | None = None      # the newest sample the VTN took
+
+
+class VtnStatus:
+    """VtnClient's TELEMETRY_STATUS: its offer, the requests it serves and their delivery; the state is VtnClient's."""
+
+    def _add_status_report(self, client) -> None:
+        """The report description the 2.0b profile has TELEMETRY_STATUS offered with (its certification tool fails
+        an oadrRegisterReport without one): reportType x-resourceStatus, readingType x-notApplicable, no itemBase,
+        the usage report's resource."""
+        c = self._cfg
+        sampling = timedelta(seconds=c.telemetry_seconds)
+        rate = objects.SamplingRate(min_period=sampling, max_period=max(sampling, MAX_SAMPLING), on_change=False)
+        client.add_report(callback=lambda: [], resource_id=c.report_resource_id, report_name=STATUS_REPORT,
+                          report_type=oenums.REPORT_TYPE.X_RESOURCE_STATUS,
+                          reading_type=oenums.READING_TYPE.X_NOT_APPLICABLE, sampling_rate=rate,
+                          report_specifier_id=self._status_specifier_id, r_id=STATUS_R_ID,
+                          report_duration=timedelta(days=c.queue_max_days))
+
+    def _status_now(self) -> ResourceStatus:
+        return ResourceStatus(online=bool(self._online()), manual_override=self._schedule.opted_out,
+                              level=float(self._schedule.state().level))
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def _take_status_request(self, rrid: str, spec: dict, r_ids: list) -> str | None:
+        """An oadrCreateReport's request for the status report: served, or why not (its 452's text)."""
+        sid = self._status_specifier_id
+        if not r_ids or any(r != STATUS_R_ID for r in r_ids):
+            unknown = [r for r in r_ids if r != STATUS_R_ID]
+            return (f"{rrid}: rID {', '.join(map(repr, unknown)) or '(none)'} not in report {sid!r} "
+                    f"(offered: {STATUS_R_ID!r})")
+        asked = spec.get("granularity")
+        back = spec.get("report_back_duration") or timedelta(0)
+        if asked == timedelta(0) and back == timedelta(0):
+            self._status_one_shots.append(rrid)
+            log.info("VTN asked for one %s report (request %s): the site's status now is sent once", STATUS_REPORT,
+                     rrid)
+            self._status_wake.set()
+            return None
+        if rrid not in self._status_requests and len(self._status_requests) >= MAX_STATUS:
+            return f"{rrid}: {MAX_STATUS} standing {STATUS_REPORT} requests are served already"
+        sampling = timedelta(seconds=self._cfg.telemetry_seconds)
+        granularity = effective_granularity(asked or None, sampling)
+        now = _utcnow()
+        self._status_requests.pop(rrid, None)   # the same reportRequestID again: its new terms, from now
+        self._status_requests[rrid] = StatusRequest(
+            rrid, granularity, back, next_sample=next_boundary(now, granularity),
+            next_send=next_boundary(now, report_period(granularity, back)))
+        log.info("VTN requested %s (request %s): the site's status at each %s on the UTC clock, %s", STATUS_REPORT,
+                 rrid, _duration(granularity),
+                 f"sent every {_duration(back)}" if back > granularity else "each sent as it is taken")
+        self._status_wake.set()
+        return None
+
+    def _cancel_status(self, rrid: str, follow: bool) -> bool:
+        """oadrCancelReport naming `rrid`: True if it is a status request served (it ends)."""
+        if rrid in self._status_one_shots:
+            self._status_one_shots.remove(rrid)
+            log.info("the VTN cancelled the one-shot %s report %s before it was sent", STATUS_REPORT, rrid)
+            return True
+        req = self._status_requests.get(rrid)
+        if req is None:
+            return False
+        if follow:
+            if not req.held:    # the report the VTN waits for: the status now, dated at the boundary it is in
+                req.held.append((bucket_start(_utcnow(), req.granularity), self._status_now()))
+            req.final = True
+            self._status_wake.set()
+            log.info("the VTN cancelled the %s report (request %s): one last update, then it ends", STATUS_REPORT,
+                     rrid)
+        else:
+            del self._status_requests[rrid]
+            log.info("the VTN cancelled the %s report (request %s)", STATUS_REPORT, rrid)
+        return True
+
+    def _end_status_requests(self) -> None:
+        """A new registration: the VTN requests anew, and what was held is no longer "now"."""
+        self._status_requests.clear()
+        self._status_one_shots.clear()
+
+    def _status_served(self) -> list[str]:
+        return [*self._status_requests, *self._status_one_shots]
+
+    def _status_requests_status(self) -> list[dict]:
+        return [{"report_request_id": r.rrid, "granularity_seconds": r.granularity.total_seconds(),
+                 "report_back_seconds": r.back.total_seconds(), "held": len(r.held),
+                 "sent_until": r.sent_until.isoformat() if r.sent_until else None}
+                for r in self._status_requests.values()]
+
+    # -- delivery ----------------------------------------------------------------------------
+
+    async def _deliver_status(self) -> None:
+        """Supervise status delivery: an unexpected error in one pass must not end it for good."""
+        while True:
+            try:
+                await self._status_loop()
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # a bug, not a VTN fault (those are handled inside): said once
+                self._status_bug.failed(err)
+                await asyncio.sleep(self._cfg.retry_max_seconds)
+
+    async def _status_loop(self) -> None:
+        backoff = self._cfg.retry_min_seconds
+        while True:
+            now = _utcnow()
+            for req in self._status_requests.values():
+                self._sample(req, now)
+            failed = False
+            if self._live and self._client is not None:
+                failed = not await self._send_status_one_shots(now)
+                for req in list(self._status_requests.values()):
+                    if failed or not self._live:
+                        break
+                    if self._status_requests.get(req.rrid) is not req or not req.held:
+                        continue        # ended while another update was sent, or nothing to send
+                    if not (req.final or req.retry or now >= req.next_send):
+                        continue
+                    if not await self._send_held(req):
+                        req.retry, failed = True, True
+                        continue
+                    req.retry = False
+                    req.next_send = next_boundary(now, report_period(req.granularity, req.back))
+                    if req.final:
+                        self._status_requests.pop(req.rrid, None)
+                        log.info("last %s update sent for the cancelled request %s", STATUS_REPORT, req.rrid)
+            backoff = min(backoff * 2, self._cfg.retry_max_seconds) if failed else self._cfg.retry_min_seconds
+            timeout = backoff if failed else None
+            if self._status_requests:
+                due = (min(r.next_sample for r in self._status_requests.values()) - _utcnow()).total_seconds()
+                timeout = max(0.0, due) if timeout is None else min(timeout, max(0.0, due))
+            self._status_bug.worked()
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._status_wake.wait()
+            except TimeoutError:
+                pass
+            self._status_wake.clear()
+
+    def _sample(self, req: StatusRequest, now: datetime) -> None:
+        """The status at the latest boundary reached: one a late wake (a busy loop, a suspended machine) skipped is
+        not sampled, as the status then is not known now."""
+        if req.final or now < req.next_sample:
+            return
+        at = bucket_start(now, req.granularity)
+        if len(req.held) == req.held.maxlen:
+            if not req.dropped:
+                log.warning("%s samples of request %s wait for the VTN (%d, the most kept): the oldest are dropped "
+                            "until it takes them", STATUS_REPORT, req.rrid, MAX_HELD)
+            req.dropped += 1
+        req.held.append((at, self._status_now()))
+        req.next_sample = at + req.granularity
+
+    async def _send_status_one_shots(self, now: datetime) -> bool:
+        step = timedelta(seconds=self._cfg.telemetry_seconds)
+        for rrid in list(self._status_one_shots):
+            at = bucket_start(now, step)
+            answered = await self._send_status(rrid, [(at, self._status_now())], step)
+            if answered is None:
+                return False
+            if rrid in self._status_one_shots:
+                self._status_one_shots.remove(rrid)
+                if answered:
+                    log.info("one-shot %s report %s sent; the request is finished", STATUS_REPORT, rrid)
+        return True
+
+    async def _send_held(self, req: StatusRequest) -> bool:
+        while req.held and self._status_requests.get(req.rrid) is req:
+            batch = list(req.held)[:BATCH]
+            answered = await self._send_status(req.rrid, batch, req.granularity)
+            if answered is None:
+                return False
+            for _ in batch:
+                req.held.popleft()
+            if not answered:    # refused: the request ended
+                return True
+            req.sent_until = batch[-1][0]
+            if req.dropped:
+                log.debug("%s: %d sample(s) of request %s were dropped while the VTN did not take them",
+                          STATUS_REPORT, req.dropped, req.rrid)
+                req.dropped = 0
+        return True
+
+    async def _send_status(self, rrid: str, samples: list, granularity: timedelta) -> bool | None:
+        """One oadrUpdateReport of `samples` under `rrid`: True taken, False refused (the request ends), None no
+        answer (the samples are kept)."""
+        client = self._client
+        intervals = []
+        for at, status in samples:
+            payload = objects.ReportPayload(r_id=STATUS_R_ID, value=status.level)
+            payload.status = status     # ven/oadr_xml.py writes it as oadrPayloadResourceStatus
+            intervals.append(objects.ReportInterval(dtstart=at, duration=granularity, report_payload=payload))
+        report = objects.Report(report_request_id=rrid, report_specifier_id=self._status_specifier_id,
+                                report_name=STATUS_REPORT, intervals=intervals, dtstart=samples[0][0],
+                                duration=samples[-1][0] + granularity - samples[0][0])
+        report.report_id = outils.generate_id()     # as the usage report's: each instance its own
+        msg = client._create_message("oadrUpdateReport", ven_id=self.ven_id, request_id=outils.generate_id(),
+                                     reports=[report])
+        rtype, payload = await client._perform_request("EiReport", msg)
+        if rtype is None:
+            log.debug("%s update of request %s got no answer (%s): kept for the next one", STATUS_REPORT, rrid,
+                      client.last_error)
+            return None
+        if rtype == "oadrRequestReregistration":
+            self._forgotten(f"the {STATUS_REPORT} report")
+            return None
+        if rtype == "oadrUpdatedReport" and _response_code(payload) == 200:
+            if payload.get("cancel_report"):    # 2.0b lets the VTN cancel reports here too
+                await self._cancel_report(payload["cancel_report"])
+            return True
+        why = _refusal(payload) or f"{rtype} code {_response_code(payload)}"
+        self._status_requests.pop(rrid, None)
+        if rrid in self._status_one_shots:
+            self._status_one_shots.remove(rrid)
+        # the VTN does not know the request (a restart that lost its requests): serving it on would be refused at
+        # every sample. The usage report's refusals offer the reports again, and a VTN can request status anew
+        log.warning("the VTN refused the %s update of request %s (%s): the request is no longer served", STATUS_REPORT,
+                    rrid, why)
+        return False
