@@ -283,7 +283,7 @@ class FreshView:
                 "vtn": {"connected": False, "vtn_url": "http://127.0.0.1:8080/OpenADR2/Simple/2.0b", "proxy": None,
                         "ven_name": "edge-gateway", "ven_id": None, "registration_id": None, "report_request_id": None,
                         "report_granularity_seconds": None, "report_back_seconds": None, "report_requests": [],
-                        "report_offered": False, "telemetry_enabled": True, "report_offer_error": None,
+                        "status_requests": [], "report_offered": False, "telemetry_enabled": True, "report_offer_error": None,
                         "last_poll": None, "last_error": "connection refused", "registration_failures": 2,
                         "reregistrations": 0, "last_reregistration": None, "poll_failures": 0, "fault": None,
                         "opt_answers_waiting": 0, "opt_answer_error": None,

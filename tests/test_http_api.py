@@ -217,7 +217,7 @@ class SampleView:
                     "report_request_id": "rr-1", "report_granularity_seconds": 60.0, "report_back_seconds": 60.0,
                     "report_requests": [{"report_request_id": "rr-1", "granularity_seconds": 60.0,
                                          "report_back_seconds": 60.0, "sent_until": _stamp(now - 8)}],
-                    "report_offered": True, "telemetry_enabled": True, "report_offer_error": None,
+                    "status_requests": [], "report_offered": True, "telemetry_enabled": True, "report_offer_error": None,
                     "last_poll": _stamp(last_poll), "last_error": None, "registration_failures": 0,
                     "reregistrations": 0, "last_reregistration": None, "poll_failures": 0, "fault": None,
                     "opt_answers_waiting": 0, "opt_answer_error": None,
