@@ -79,6 +79,10 @@ async def test_demo_shows_levels_telemetry_and_forecasts(tmp_path, free_udp_port
     received = json.loads(report.read_text())
     assert len(received["reports"]) >= 4 and all(r["value"] > 0 for r in received["reports"])
     assert ["demo-levels-1-2-3", "optIn"] in received["opts"]
+    # TELEMETRY_STATUS: the site online, not opted out, its level following the event's
+    status = received["status"]
+    assert status and all(s["online"] is True and s["manual_override"] is False for s in status), status
+    assert {s["level"] for s in status} >= {0.0, 3.0}, status
     assert all(opt == "optIn" for _, opt in received["opts"]), received["opts"]
     assert "BAS sees level 3" in output and "-> shed" in output
     # before the first reading the point holds 0 kW in fault: the BAS says fault, not a building at 0 kW

@@ -136,7 +136,7 @@ async def run_demo(args: Namespace) -> int:
     profile = BuildingProfile(*load_series(), now=t0)
     cfg = demo_config(args, storage)
 
-    vtn = DemoVtn(port=args.vtn_port, poll_seconds=2.0)
+    vtn = DemoVtn(port=args.vtn_port, poll_seconds=2.0, request_status=True)
     meter = MeterSimulator(address=f"127.0.0.1/8:{args.meter_port}", value=profile.kw(t0))
     gateway = Gateway(cfg)
     gateway.forecast.warm_start(*profile.history(t0))
@@ -187,6 +187,9 @@ def demo_summary(vtn: DemoVtn) -> dict:
     return {
         "reports": [{"ven_id": v, "resource_id": r, "measurement": m, "timestamp": ts.isoformat(), "value": val}
                     for v, r, m, ts, val in vtn.reports],
+        # TELEMETRY_STATUS: the site's status as the VTN received it, each interval
+        "status": [{"timestamp": ts.isoformat(), **status} for _, intervals in vtn.status_updates
+                   for ts, _, _, status in intervals],
         "opts": [(e, o) for _, e, o in vtn.opts],
         "registrations": vtn.registrations,
     }
@@ -196,7 +199,7 @@ async def run_demo_vtn(args: Namespace) -> int:
     """The demo's VTN alone, e.g. in docker compose beside a real gateway."""
     from .cli import serve_until_signalled
 
-    vtn = DemoVtn(port=args.port, host=args.host, poll_seconds=2.0)
+    vtn = DemoVtn(port=args.port, host=args.host, poll_seconds=2.0, request_status=True)
 
     async def main() -> None:
         await storyline(vtn, time.time(), args.event_delay, args.interval_seconds)
