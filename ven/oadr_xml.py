@@ -56,6 +56,12 @@ _STATUS = """            {% set status = interval.report_payload.status %}
 """
 
 
+# oadrCreatePartyRegistration's oadrTransportAddress, "not required if http pull model" (the schema): openleadr
+# writes it empty, and left out is what the VEN means (helper conformance40)
+_PARTY = "oadrCreatePartyRegistration.xml"
+_ADDRESS = "    <oadr:oadrTransportAddress>{{ transport_address }}</oadr:oadrTransportAddress>\n"
+
+
 def _patched(name: str, old: str, new: str) -> str:
     source = messaging.TEMPLATES.loader.get_source(messaging.TEMPLATES, name)[0]
     if source.count(old) != 1:
@@ -68,7 +74,9 @@ messaging.TEMPLATES.loader = ChoiceLoader([DictLoader({
         "    {% if report_request_id is defined and report_request_id is not none and report_request_id != 0 %}\n"
         "    <ei:reportRequestID>{{ report_request_id }}</ei:reportRequestID>\n"
         "    {% endif %}\n") + _END),
-    _UPDATE: _patched(_UPDATE, _FLOAT, _STATUS)}), messaging.TEMPLATES.loader])
+    _UPDATE: _patched(_UPDATE, _FLOAT, _STATUS),
+    _PARTY: _patched(_PARTY, _ADDRESS, "    {% if transport_address %}\n" + _ADDRESS + "    {% endif %}\n")}),
+    messaging.TEMPLATES.loader])
 
 
 def validate_xml_schema(content: bytes):
