@@ -573,3 +573,28 @@ async def test_a_step_of_the_wall_clock_moves_the_level_at_once(storage):
             await rec.wait_level(level, timeout=2.5)
     finally:
         await sched.stop()
+
+
+def test_a_vtn_status_that_disagrees_with_the_events_times_is_said_once(storage, caplog):
+    # An event the VTN lists completed while its times say it runs was followed with nothing said: a technician saw
+    # the site shed while the utility's portal called the event over (helper conformance40 C2)
+    import logging
+
+    caplog.set_level(logging.INFO, logger="ven.schedule")
+    sched = EventSchedule(storage, lambda state: None)
+    t0 = now()
+    running = make_event("running", [2], t0 - timedelta(minutes=5), 3600)
+    later = make_event("later", [1], t0 + timedelta(hours=1), 600)
+    soon = make_event("soon", [1], t0 + timedelta(seconds=20), 600)
+    for ev in (running, later, soon):
+        sched.upsert(ev)
+    for _ in range(2):
+        sched.vtn_statuses({"running": "completed", "later": "active", "soon": "active"})
+    assert [r.getMessage() for r in caplog.records if "the VTN lists it" in r.getMessage()] == [
+        f"event running: the VTN lists it completed, while its times run until "
+        f"{running.end.isoformat(timespec='seconds')}: it runs to its end here (its clock and this one's may differ)",
+        f"event later: the VTN lists it active, while it starts at {later.start.isoformat(timespec='seconds')}: it "
+        "starts then here (its clock and this one's may differ)"], "once each; a start 20 s off is a listing's delay"
+    assert sched.get("running").status == "completed" and sched.state().level == 2.0
+    sched.vtn_statuses({"running": "far"})
+    assert "event running: the VTN lists it far, while it started at" in caplog.records[-1].getMessage()

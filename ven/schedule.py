@@ -38,6 +38,8 @@ STEP_GLANCE_S = 1.0
 KEEP_HISTORY = timedelta(days=35)
 # the eventStatus values a VTN lists an event with as time moves it along (a cancellation is a modification)
 LISTED_STATUSES = ("far", "near", "active", "completed")
+# a VTN status this far from what the event's times say is said (a listing made just before a start may arrive after)
+STATUS_SLACK = timedelta(minutes=1)
 _SORT_EVERY_S = 600.0
 # More events than this gone from the VTN's list at once are one line, not one each (2,000 made 2,000 lines)
 MANY_EVENTS = 10
@@ -94,6 +96,7 @@ class EventSchedule:
         self._loaded = False
         self._unjudged: set[str] = set()   # unlisted by the VTN while the wall clock was not set
         self._ended_by_vtn: set[str] = set()  # listed completed, then no longer listed, still running here
+        self._status_odd: set[tuple[str, str]] = set()   # (event, VTN status) whose disagreement with its times was said
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -214,12 +217,35 @@ class EventSchedule:
         nothing, and the status read `near` while the VTN said `active` (helper conformance40 C1). One the VTN says
         has completed is over by its clock: its dropping it from the list afterwards is its end, not an implied
         cancellation. A cancellation comes as a modification, and is the schedule's own."""
+        now = self._clock()
         for eid, status in statuses.items():
             ev = self._events.get(eid)
-            if ev is not None and not ev.cancelled and status in LISTED_STATUSES and ev.status != status:
+            if ev is None or ev.cancelled or status not in LISTED_STATUSES:
+                continue
+            if ev.status != status:
                 ev = replace(ev, status=status)
                 self._storage.save_event(ev)
                 self._events[eid] = ev
+            self._say_if_odd(ev, status, now)
+
+    def _say_if_odd(self, ev: Event, status: str, now: datetime) -> None:
+        """One line for an event whose VTN status disagrees with its times, which decide here: a technician sees
+        the site shed while the utility's portal says the event is over, or not shed while it says active (helper
+        conformance40 C2)."""
+        if clock_suspect(now) or (ev.event_id, status) in self._status_odd:
+            return
+        begins = ev.start - ev.start_offset     # the VTN's own start; a randomized one runs later here
+        if status == "completed" and now < ev.stop - STATUS_SLACK:
+            here = f"its times run until {ev.stop.isoformat(timespec='seconds')}: it runs to its end here"
+        elif status == "active" and now < begins - STATUS_SLACK:
+            here = f"it starts at {begins.isoformat(timespec='seconds')}: it starts then here"
+        elif status in ("far", "near") and ev.start + STATUS_SLACK <= now < ev.stop:
+            here = f"it started at {ev.start.isoformat(timespec='seconds')}: it runs here"
+        else:
+            return
+        self._status_odd.add((ev.event_id, status))
+        log.info("event %s: the VTN lists it %s, while %s (its clock and this one's may differ)", ev.event_id, status,
+                 here)
 
     def _cancel_unlisted(self, unlisted: Iterable[str], now: datetime) -> list[str]:
         live = [eid for eid in sorted(unlisted) if (ev := self._events.get(eid)) is not None

@@ -31,9 +31,6 @@ class VtnEvents:
                 return
             events = self._once_each(payload.get("events") or [])
             payload = {**payload, "events": events}
-            # what the VTN says has completed is not cancelled when it stops listing it (its clock may be ahead)
-            self._schedule.vtn_statuses({e["event_descriptor"]["event_id"]: e["event_descriptor"].get("event_status")
-                                         for e in events})
             # oadrDistributeEvent lists every event for this VEN: anything missing was cancelled.
             listed = {e["event_descriptor"]["event_id"] for e in events}
             self._listed(listed)
@@ -61,6 +58,10 @@ class VtnEvents:
                     elif client.refused:
                         ids = ", ".join(e["event_descriptor"]["event_id"] for e in events)
                         self._answer_refused(f"VTN refused the answer to event(s) {ids}: {client.refused}")
+            # kept once its events are taken (a new one too): what the VTN says has completed is not cancelled when
+            # it stops listing it (its clock may be ahead)
+            self._schedule.vtn_statuses({e["event_descriptor"]["event_id"]: e["event_descriptor"].get("event_status")
+                                         for e in events})
         elif rtype == "oadrCreateReport":
             await self._create_report(payload)
         elif rtype == "oadrCancelReport":
