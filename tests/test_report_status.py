@@ -131,6 +131,36 @@ async def test_a_cancel_ends_a_status_request_with_and_without_report_to_follow(
         all_valid(server)
 
 
+async def test_a_last_update_after_a_cancel_sends_no_interval_twice(tmp_path, free_tcp_port, caplog):
+    # The "one last update" of a cancel with reportToFollow was dated at the boundary already sent: the VTN got it
+    # twice, maybe with two values (helper verify40 R2)
+    caplog.set_level(logging.INFO, logger="ven")
+    async with registered(tmp_path, free_tcp_port()) as (server, rig):
+        (rrid,) = server.create_status_report(rig.vtn.ven_id, 2 * S, timedelta(0))
+        await until(lambda: len(status(server, rrid)) >= 2, 10, "two status intervals")
+        server.cancel_report(rig.vtn.ven_id, rrid, report_to_follow=True)
+        await until(lambda: said(caplog, f"TELEMETRY_STATUS request {rrid} ended"), 10, "the request ended")
+        stamps = [ts for ts, _, _ in status(server, rrid)]
+        assert len(stamps) == len(set(stamps)), stamps
+        assert not rig.vtn.status()["status_requests"]
+        all_valid(server)
+
+
+async def test_a_status_request_with_a_report_interval_is_served_within_it(tmp_path, free_tcp_port, caplog):
+    # A status request's reportInterval was ignored: served past its end until cancelled, holding one of the four
+    # places for good (helper verify40 R1)
+    caplog.set_level(logging.INFO, logger="ven")
+    async with registered(tmp_path, free_tcp_port()) as (server, rig):
+        start = now().replace(microsecond=0) + 2 * S
+        (rrid,) = server.create_status_report(rig.vtn.ven_id, S, timedelta(0), window=(start, 3 * S))
+        await until(lambda: said(caplog, f"TELEMETRY_STATUS request {rrid} ended"), 12, "the window's end")
+        stamps = [ts for ts, _, _ in status(server, rrid)]
+        assert stamps and start <= min(stamps) and max(stamps) < start + 3 * S, (start, stamps)
+        assert not rig.vtn.status()["status_requests"]
+        (late,) = server.create_status_report(rig.vtn.ven_id, S, timedelta(0), window=(start, 3 * S))
+        await until(lambda: late in (server.created_reports[-1][1] or ""), 10, "refused: its window is over")
+        all_valid(server)
+
 async def test_a_new_registration_ends_the_status_requests(tmp_path, free_tcp_port):
     async with registered(tmp_path, free_tcp_port()) as (server, rig):
         (rrid,) = server.create_status_report(rig.vtn.ven_id, S, timedelta(0))

@@ -553,8 +553,9 @@ class Gateway:
 
     def _load_under_control(self) -> bool:
         """TELEMETRY_STATUS's oadrOnline: the BAS takes the event level from the gateway's device, so the site's load
-        follows the gateway only while the device serves and a BACnet client has not disabled its communication."""
-        return self.device.running and self.device.communication()["mode"] == "enable"
+        follows the gateway while the device serves. DeviceCommunicationControl cannot stop that: `disable` is refused,
+        and under `disableInitiation` the device still answers the BAS's reads (helper verify40)."""
+        return self.device.running
 
     def _on_vtn_connected(self, connected: bool) -> None:
         self.device.set(P.VTN_CONNECTED, connected)

@@ -239,10 +239,11 @@ class DemoVtn:
 
     def create_status_report(self, ven_id: str, granularity: timedelta, report_back: timedelta,
                              report_request_id: str | None = None,
-                             usage: Iterable[tuple[timedelta, timedelta]] = ()) -> list[str]:
+                             usage: Iterable[tuple[timedelta, timedelta]] = (),
+                             window: tuple[datetime, timedelta] | None = None) -> list[str]:
         """Send the VEN an oadrCreateReport for the TELEMETRY_STATUS it offered last, with TELEMETRY_USAGE requests
         for each (granularity, reportBackDuration) in `usage` in the same message; returns the reportRequestIDs,
-        the status one first."""
+        the status one first. `window`: the status request's reportInterval (dtstart, duration)."""
         status = [r for r in self.status_metadata if r["ven_id"] == ven_id]
         if not status:
             raise KeyError(f"VEN {ven_id} offered no TELEMETRY_STATUS report")
@@ -252,17 +253,20 @@ class DemoVtn:
             offered = [r for r in self.report_metadata if r["ven_id"] == ven_id][-1]
             specs += [(f"rr-{uuid.uuid4().hex[:8]}", offered["report_specifier_id"], offered["r_id"], "Mean", g, b)
                       for g, b in usage]
-        self._send_requests(ven_id, specs)
+        self._send_requests(ven_id, specs, window)
         return [spec[0] for spec in specs]
 
-    def _send_requests(self, ven_id: str, specs: list[tuple[str, str, str, str, timedelta, timedelta]]) -> None:
-        """One oadrCreateReport of (reportRequestID, reportSpecifierID, rID, readingType, granularity, back)."""
+    def _send_requests(self, ven_id: str, specs: list[tuple[str, str, str, str, timedelta, timedelta]],
+                       window: tuple[datetime, timedelta] | None = None) -> None:
+        """One oadrCreateReport of (reportRequestID, reportSpecifierID, rID, readingType, granularity, back); the
+        first with `window` as its reportInterval."""
         requests = [objects.ReportRequest(
             report_request_id=rrid,
             report_specifier=objects.ReportSpecifier(
                 report_specifier_id=sid, granularity=granularity, report_back_duration=report_back,
+                report_interval={"dtstart": window[0], "duration": window[1]} if window and i == 0 else None,
                 specifier_payloads=[objects.SpecifierPayload(r_id=r_id, reading_type=reading_type)]))
-            for rrid, sid, r_id, reading_type, granularity, report_back in specs]
+            for i, (rrid, sid, r_id, reading_type, granularity, report_back) in enumerate(specs)]
         self._outbox.setdefault(ven_id, []).append(
             ("oadrCreateReport", {"request_id": f"req-{uuid.uuid4().hex[:8]}", "report_requests": requests,
                                   "ven_id": ven_id}))

@@ -14,7 +14,8 @@ from datetime import datetime, timedelta
 from openleadr import enums as oenums, objects, utils as outils
 
 from .report_intervals import bucket_start, effective_granularity, next_boundary, report_period
-from .vtn_transport import _duration, _refusal, _response_code, _utcnow
+from .vtn_reports import _report_window
+from .vtn_transport import _duration, _iso, _refusal, _response_code, _utcnow
 
 log = logging.getLogger("ven.vtn")
 
@@ -51,6 +52,8 @@ class StatusRequest:
     held: deque = field(default_factory=lambda: deque(maxlen=MAX_HELD))   # (boundary, ResourceStatus) not yet sent
     retry: bool = False                     # its last update failed: the next one goes at the next sample
     final: bool = False                     # cancelled with reportToFollow: what it holds goes, then it ends
+    until: datetime | None = None           # its reportInterval's end: the last boundary sampled is before it
+    ended: str = "cancelled by the VTN"     # why it is final, for the line that ends it
     dropped: int = 0                        # samples dropped unsent in this spell (said once, at the first)
     sent_until: datetime | None = None      # the newest sample the VTN took
 
@@ -97,13 +100,20 @@ class VtnStatus:
         sampling = timedelta(seconds=self._cfg.telemetry_seconds)
         granularity = effective_granularity(asked or None, sampling)
         now = _utcnow()
+        # its reportInterval: sampled from its start (the next boundary, if that is past) to its end (helper verify40)
+        first, until = _report_window(spec, granularity)
+        if until is not None and until <= now:
+            return f"{rrid}: its reportInterval ended at {_iso(until)}"
+        start = max(next_boundary(now, granularity), first or now)
         self._status_requests.pop(rrid, None)   # the same reportRequestID again: its new terms, from now
         self._status_requests[rrid] = StatusRequest(
-            rrid, granularity, back, next_sample=next_boundary(now, granularity),
-            next_send=next_boundary(now, report_period(granularity, back)))
-        log.info("VTN requested %s (request %s): the site's status at each %s on the UTC clock, %s", STATUS_REPORT,
-                 rrid, _duration(granularity),
-                 f"sent every {_duration(back)}" if back > granularity else "each sent as it is taken")
+            rrid, granularity, back, next_sample=start,
+            next_send=next_boundary(start, report_period(granularity, back)), until=until)
+        log.info("VTN requested %s (request %s): the site's status at each %s on the UTC clock, %s%s%s",
+                 STATUS_REPORT, rrid, _duration(granularity),
+                 f"sent every {_duration(back)}" if back > granularity else "each sent as it is taken",
+                 f", from {_iso(start)}" if first is not None and start > next_boundary(now, granularity) else "",
+                 f" until {_iso(until)}" if until is not None else "")
         self._status_wake.set()
         return None
 
@@ -117,8 +127,11 @@ class VtnStatus:
         if req is None:
             return False
         if follow:
-            if not req.held:    # the report the VTN waits for: the status now, dated at the boundary it is in
-                req.held.append((bucket_start(_utcnow(), req.granularity), self._status_now()))
+            at = bucket_start(_utcnow(), req.granularity)
+            if not req.held and (req.sent_until is None or req.sent_until < at):
+                # the report the VTN waits for: the status now, dated at the boundary it is in, unless that one went
+                # already (it went twice, helper verify40)
+                req.held.append((at, self._status_now()))
             req.final = True
             self._status_wake.set()
             log.info("the VTN cancelled the %s report (request %s): one last update, then it ends", STATUS_REPORT,
@@ -130,6 +143,10 @@ class VtnStatus:
 
     def _end_status_requests(self) -> None:
         """A new registration: the VTN requests anew, and what was held is no longer "now"."""
+        if self._status_requests:
+            held = sum(len(r.held) for r in self._status_requests.values())
+            log.info("%s request(s) %s end with the new registration (the VTN requests status anew)%s", STATUS_REPORT,
+                     ", ".join(self._status_requests), f"; {held} sample(s) not sent are dropped" if held else "")
         self._status_requests.clear()
         self._status_one_shots.clear()
 
@@ -167,8 +184,14 @@ class VtnStatus:
                 for req in list(self._status_requests.values()):
                     if failed or not self._live:
                         break
-                    if self._status_requests.get(req.rrid) is not req or not req.held:
-                        continue        # ended while another update was sent, or nothing to send
+                    if self._status_requests.get(req.rrid) is not req:
+                        continue        # ended while another update was sent
+                    if req.final and not req.held:
+                        self._status_requests.pop(req.rrid, None)
+                        log.info("%s request %s ended: %s", STATUS_REPORT, req.rrid, req.ended)
+                        continue
+                    if not req.held:
+                        continue
                     if not (req.final or req.retry or now >= req.next_send):
                         continue
                     if not await self._send_held(req):
@@ -178,7 +201,8 @@ class VtnStatus:
                     req.next_send = next_boundary(now, report_period(req.granularity, req.back))
                     if req.final:
                         self._status_requests.pop(req.rrid, None)
-                        log.info("last %s update sent for the cancelled request %s", STATUS_REPORT, req.rrid)
+                        log.info("%s request %s ended, its last update sent: %s", STATUS_REPORT, req.rrid,
+                                 req.ended)
             backoff = min(backoff * 2, self._cfg.retry_max_seconds) if failed else self._cfg.retry_min_seconds
             timeout = backoff if failed else None
             if self._status_requests:
@@ -198,6 +222,9 @@ class VtnStatus:
         if req.final or now < req.next_sample:
             return
         at = bucket_start(now, req.granularity)
+        if req.until is not None and at >= req.until:
+            req.final, req.ended = True, f"its reportInterval ended at {_iso(req.until)}"
+            return
         if len(req.held) == req.held.maxlen:
             if not req.dropped:
                 log.warning("%s samples of request %s wait for the VTN (%d, the most kept): the oldest are dropped "
@@ -230,9 +257,9 @@ class VtnStatus:
             if not answered:    # refused: the request ended
                 return True
             req.sent_until = batch[-1][0]
-            if req.dropped:
-                log.debug("%s: %d sample(s) of request %s were dropped while the VTN did not take them",
-                          STATUS_REPORT, req.dropped, req.rrid)
+            if req.dropped:     # the end of the WARNING's fault
+                log.info("the VTN takes the %s updates of request %s again: %d sample(s) were dropped meanwhile",
+                         STATUS_REPORT, req.rrid, req.dropped)
                 req.dropped = 0
         return True
 
