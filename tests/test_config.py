@@ -882,6 +882,10 @@ def test_the_operator_token_may_come_from_a_file(tmp_path):
     secret.write_text("\n")
     with pytest.raises(ConfigError, match="http: token_file .* is empty"):
         load_config(cfg, environ={"EDGE_GATEWAY__HTTP__TOKEN_FILE": str(secret)})
+    secret.write_text("4f9c2e7a1b3d5f60\na8c4e2b19d7f3a5c\n")     # no client can send a line break (helper verify40)
+    with pytest.raises(ConfigError) as err:
+        load_config(cfg, environ={"EDGE_GATEWAY__HTTP__TOKEN_FILE": str(secret)})
+    assert "http.token: holds a control character" in str(err.value) and "4f9c" not in str(err.value), str(err.value)
 
 
 def test_a_variable_holding_a_whole_section_sets_its_keys_and_keeps_the_files_others(tmp_path):
@@ -893,3 +897,10 @@ def test_a_variable_holding_a_whole_section_sets_its_keys_and_keeps_the_files_ot
     assert (cfg.meter.router, cfg.meter.poll_seconds) == ("127.0.0.1:47809", 5.0)
     cfg = load_config(p, environ={"EDGE_GATEWAY__METER__ROUTER": "", "EDGE_GATEWAY__METER": "{router = 'x:1'}"})
     assert cfg.meter.router == "", "a variable naming the key wins, whatever the order"
+    p.write_text('[meter]\nrouter = "127.0.0.1:47809"\npoll_seconds = -3\n')
+    with pytest.raises(ConfigError) as err:     # the file's mistake, not the variable's (helper verify40 R3)
+        load_config(p, environ={"EDGE_GATEWAY__METER": "{router = ''}"})
+    assert f"{p}: meter.poll_seconds:" in str(err.value), str(err.value)
+    with pytest.raises(ConfigError) as err:
+        load_config(p, environ={"EDGE_GATEWAY__METER": "{poll_seconds = -4}"})
+    assert "EDGE_GATEWAY__METER: meter.poll_seconds:" in str(err.value), str(err.value)

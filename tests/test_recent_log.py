@@ -311,8 +311,8 @@ async def test_a_view_without_a_log_says_it_keeps_none(server):  # noqa: F811
 def test_marks_that_reorder_or_hide_text_and_a_tracebacks_words_are_escaped_too():
     # LRM / RLM / ALM reorder a line's neutral runs, zero-width characters and the BOM hide text; and an ERROR's
     # traceback carried a VTN's string (in lxml's or pydantic's error) raw and unbounded past both (helper rev39 S8)
-    line = UtcFormatter().format(record("id \u200e\u200f\u061c\u200b\u2060\ufeffx"))
-    assert line.endswith(" id \\u200e\\u200f\\u061c\\u200b\\u2060\\ufeffx"), line
+    line = UtcFormatter().format(record("id \u200e\u200f\u061c\u200b\u2060\ufeffx\xad\u180e\ufff9\U000e0041"))
+    assert line.endswith(" id \\u200e\\u200f\\u061c\\u200b\\u2060\\ufeffx\\xad\\u180e\\ufff9\\U000e0041"), line
     try:
         raise ValueError("bad id CPP\n2026-12-05T09:00:00Z ADR-Event-Level 0 \u202e" + "z" * 200_000)
     except ValueError:

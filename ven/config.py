@@ -449,6 +449,15 @@ class HttpConfig(_Section):
     def _address(cls, v: str) -> str:
         return _host_port(v, "address")
 
+    @field_validator("token")
+    @classmethod
+    def _sendable(cls, v: str) -> str:
+        # a line break inside (a token file written with one) was taken, and no HTTP client can send it (helper
+        # verify40)
+        if any(ord(c) < 32 or ord(c) == 127 for c in v):
+            raise ValueError("holds a control character (a line break?), which no HTTP client can send in a header")
+        return v
+
     @model_validator(mode="after")
     def _token_off_loopback(self) -> "HttpConfig":
         host = self.address.rpartition(":")[0]

@@ -76,12 +76,16 @@ def _apply_env(data: dict, environ: Mapping[str, str]) -> tuple[dict, dict[tuple
             if not isinstance(node, dict):
                 raise ConfigError(f"{name}: {'.'.join(path)} is not a table key")
         value = _env_value(raw, _field_type(path))
-        if isinstance(value, dict) and isinstance(node.get(path[-1]), dict):
+        if isinstance(value, dict):
             # a table (EDGE_GATEWAY__METER='{poll_seconds = 5}') sets its keys: replacing the file's table put
-            # every other key of it back to its default, meter.router among them, unsaid (helper readme40)
-            value = {**node[path[-1]], **value}
+            # every other key of it back to its default, meter.router among them, unsaid (helper readme40). An error
+            # in a key it does not hold is the file's (helper verify40)
+            sources.update({(*path, key): name for key in value})
+            if isinstance(node.get(path[-1]), dict):
+                value = {**node[path[-1]], **value}
+        else:
+            sources[tuple(path)] = name
         node[path[-1]] = value
-        sources[tuple(path)] = name
     return data, sources
 
 
@@ -165,9 +169,8 @@ def parse_config(data: dict, origin: str = "config", environ: Mapping[str, str] 
         cfg = GatewayConfig.model_validate(data)
     except ValidationError as err:
         raise ConfigError(_describe(err, origin, sources)) from None
-    # a variable naming a key wins over one setting the whole table (EDGE_GATEWAY__OPENADR='{...}')
-    whole = sources.get(("openadr",))
-    env = {key: sources.get(("openadr", key), whole) for key in OpenadrConfig.model_fields}
+    # the variable that set each key, one naming it or a table holding it (EDGE_GATEWAY__OPENADR='{...}')
+    env = {key: sources.get(("openadr", key)) for key in OpenadrConfig.model_fields}
     env = {key: var for key, var in env.items() if var}
     if env:  # on a copy: the default section instance is shared by every config
         openadr = cfg.openadr.model_copy()

@@ -29,8 +29,10 @@ PEER_NOISE = ("bacpypes3", "openleadr", "aiohttp.server", "bacnet_api.services.r
 # start a line of the peer's making in the operator log (journald keeps each as an entry of the gateway's). Beyond
 # ASCII's controls: C1's (an 8-bit CSI some terminals act on, NEL), Unicode's line and paragraph separators, and the
 # bidirectional overrides and isolates, with which a VTN's event id showed the rest of the line reversed; the marks
-# that reorder neutral runs (LRM, RLM, ALM), and the zero-width characters and BOM that hide text
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028\u2029\u202a-\u202e\u2060-\u2069\ufeff]")
+# that reorder neutral runs (LRM, RLM, ALM), and the characters that hide text: zero-width ones, the BOM, the soft
+# hyphen, the Mongolian vowel separator, the interlinear annotation marks and the tag characters
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\xad\u061c\u180e\u200b-\u200f\u2028\u2029\u202a-\u202e\u2060-\u2069"
+                      "\ufeff\ufff9-\ufffb\U000e0000-\U000e007f]")
 # A message's bound in the log: a VTN's 200,000-character event id was one line of that length in the journal
 MAX_CHARS = 16_000
 
