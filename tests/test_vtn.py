@@ -1424,5 +1424,7 @@ async def test_a_vtn_that_cancels_our_registration_and_refuses_a_new_one_ends_it
                 "no longer followed; registering is tried again (backoff up to 0.25 s)"]
             await until(lambda: refusal.refused >= 3, 10, "more refusals")
             assert len(said(caplog, "refuses a new one")) == 1, "said once"
+            assert said(caplog, f"event {eid}")[-1] == (
+                f"event {eid} of a VTN that cancelled this VEN's registration: treated as cancelled")
             refusal.allow()
             await until(lambda: gw.vtn.connected and gw.vtn.registration_id, 10, "enrolled again")

@@ -191,7 +191,7 @@ class EventSchedule:
             self._storage.delete_event(event_id)
             self._changed()
 
-    def retain_only(self, event_ids: Iterable[str]) -> list[str]:
+    def retain_only(self, event_ids: Iterable[str], why: str = "no longer listed by the VTN") -> list[str]:
         """Implied cancellation: events the VTN no longer lists (and that have not ended) go.
 
         Ended by the VTN's clock: a randomized event still runs here for its offset after the VTN
@@ -209,7 +209,7 @@ class EventSchedule:
             self._unjudged = unlisted
             return []
         self._unjudged = set()
-        return self._cancel_unlisted(unlisted, now)
+        return self._cancel_unlisted(unlisted, now, why)
 
     def vtn_statuses(self, statuses: Mapping[str, str | None]) -> None:
         """The eventStatus the VTN lists each event with now, kept with the event: openleadr passes an unchanged
@@ -247,7 +247,7 @@ class EventSchedule:
         log.info("event %s: the VTN lists it %s, while %s (its clock and this one's may differ)", ev.event_id, status,
                  here)
 
-    def _cancel_unlisted(self, unlisted: Iterable[str], now: datetime) -> list[str]:
+    def _cancel_unlisted(self, unlisted: Iterable[str], now: datetime, why: str) -> list[str]:
         live = [eid for eid in sorted(unlisted) if (ev := self._events.get(eid)) is not None
                 and not ev.cancelled and now < ev.end - ev.start_offset]
         # A VTN whose clock runs ahead of this one ends an event, and stops listing it, before it ends
@@ -265,18 +265,18 @@ class EventSchedule:
             ev = self._events[eid]
             # stop > now alone held for every event: the cancellation's stop is taken a moment after `now`
             if ev.drives_points and ev.start_after > timedelta(0) and ev.stop > now:
-                log.info("event %s no longer listed by the VTN: treated as cancelled; its level ends at %s, at random "
-                         "within its startafter of %g s", eid, ev.stop.isoformat(timespec="seconds"),
+                log.info("event %s %s: treated as cancelled; its level ends at %s, at random "
+                         "within its startafter of %g s", eid, why, ev.stop.isoformat(timespec="seconds"),
                          ev.start_after.total_seconds())
             else:
                 plain.append(eid)
         if len(plain) > MANY_EVENTS:
             # a VTN that dropped its whole list (its database reset, a day-ahead program's hundreds): one happening
-            log.info("%d events no longer listed by the VTN: treated as cancelled (%s, ... %s)", len(plain),
+            log.info("%d events %s: treated as cancelled (%s, ... %s)", len(plain), why,
                      ", ".join(plain[:MANY_EVENTS // 2]), ", ".join(plain[-2:]))
         else:
             for eid in plain:
-                log.info("event %s no longer listed by the VTN: treated as cancelled", eid)
+                log.info("event %s %s: treated as cancelled", eid, why)
         return gone
 
     def _judge_unlisted(self, now: datetime) -> None:
@@ -284,7 +284,7 @@ class EventSchedule:
         if not self._unjudged or clock_suspect(now):
             return
         unlisted, self._unjudged = self._unjudged, set()
-        gone = self._cancel_unlisted(unlisted, now)
+        gone = self._cancel_unlisted(unlisted, now, "no longer listed by the VTN")
         over = sorted(set(unlisted) - set(gone))
         if over:
             log.info("event(s) %s, no longer listed by the VTN while the wall clock was not set, had ended: kept "

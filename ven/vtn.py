@@ -783,4 +783,4 @@ class VtnClient(VtnEvents, VtnReports, VtnStatus, VtnOutage):
                     "registering is tried again (backoff up to %g s)", self._cancelled, refusal,
                     self._cfg.retry_max_seconds)
         self._cancelled = None
-        self._listed(set())
+        self._listed(set(), "of a VTN that cancelled this VEN's registration")

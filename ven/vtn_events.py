@@ -147,10 +147,10 @@ class VtnEvents:
             else:
                 client.responded_events.setdefault(eid, OPT_IN)
 
-    def _listed(self, listed: set[str]) -> None:
+    def _listed(self, listed: set[str], why: str = "no longer listed by the VTN") -> None:
         """The VTN lists these events for this VEN and no others. An answer still waiting for one it no longer
         lists (a VTN restarted without its events, say) would name an event it does not have: dropped."""
-        self._schedule.retain_only(listed)
+        self._schedule.retain_only(listed, why)
         for eid in [eid for eid in self._pending_opts if eid not in listed]:
             del self._pending_opts[eid]
             self._singly.discard(eid)
