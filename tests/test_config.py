@@ -885,6 +885,10 @@ def test_the_operator_token_may_come_from_a_file(tmp_path):
     secret.write_text("4f9c2e7a1b3d5f60\na8c4e2b19d7f3a5c\n")     # no client can send a line break (helper verify40)
     with pytest.raises(ConfigError) as err:
         load_config(cfg, environ={"EDGE_GATEWAY__HTTP__TOKEN_FILE": str(secret)})
+    assert f"http: token_file {secret} holds a control character" in str(err.value), str(err.value)
+    assert "4f9c" not in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        load_config(cfg, environ={"EDGE_GATEWAY__HTTP__TOKEN": "4f9c2e7a1b3d5f60\ta8c4e2b19d7f3a5c"})
     assert "http.token: holds a control character" in str(err.value) and "4f9c" not in str(err.value), str(err.value)
 
 

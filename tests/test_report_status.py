@@ -161,6 +161,68 @@ async def test_a_status_request_with_a_report_interval_is_served_within_it(tmp_p
         await until(lambda: late in (server.created_reports[-1][1] or ""), 10, "refused: its window is over")
         all_valid(server)
 
+async def test_a_last_update_the_vtn_does_not_take_is_tried_again_after_a_backoff(tmp_path, free_tcp_port):
+    # The last update of a request cancelled with reportToFollow was sent again at once while the VTN answered 500:
+    # 2,462 oadrUpdateReport in 2 s, nothing said above DEBUG (helper rev40 M1)
+    server = DemoVtn(free_tcp_port(), poll_seconds=1, request_status=False)
+    updates, failing = [], {"on": False}
+
+    @web.middleware
+    async def fail_updates(request, handler):
+        body = await request.read()
+        if b"oadrUpdateReport" in body and b"oadrPayloadResourceStatus" in body:
+            updates.append(asyncio.get_running_loop().time())
+            if failing["on"]:
+                return web.Response(status=500, text="busy")
+        return await handler(request)
+    server._server.app.middlewares.insert(0, fail_updates)
+    async with server:
+        async with running(tmp_path, server.url) as rig:
+            await until(lambda: rig.vtn.connected and server.status_metadata, 10, "registered")
+            (rrid,) = server.create_status_report(rig.vtn.ven_id, S, 30 * S)     # samples held for 30 s
+            await until(lambda: rig.vtn.status()["status_requests"] and rig.vtn.status()["status_requests"][0]["held"],
+                        10, "samples held")
+            failing["on"] = True
+            server.cancel_report(rig.vtn.ven_id, rrid, report_to_follow=True)
+            await until(lambda: updates, 10, "the last update tried")
+            await asyncio.sleep(2.0)
+            assert len(updates) < 30, f"{len(updates)} updates in 2 s: no backoff"
+            failing["on"] = False
+            await until(lambda: not rig.vtn.status()["status_requests"], 10, "taken once the VTN answers again")
+
+
+async def test_the_first_status_sample_goes_when_it_is_taken(tmp_path, free_tcp_port):
+    # With reportBackDuration 0 the first sample waited a whole granularity and went with the second: at PT1H the VTN
+    # heard nothing for up to two hours (helper rev40 M3)
+    async with registered(tmp_path, free_tcp_port()) as (server, rig):
+        loop = asyncio.get_running_loop()
+        asked = loop.time()
+        (rrid,) = server.create_status_report(rig.vtn.ven_id, 4 * S, timedelta(0))
+        await until(lambda: status(server, rrid), 15, "the first update")
+        waited = loop.time() - asked
+        first = next(intervals for r, intervals in server.status_updates if r == rrid)
+        assert len(first) == 1 and waited < 6.0, (waited, first)     # polled within 1 s, then the next 4 s boundary
+
+
+async def test_a_report_back_longer_than_a_request_keeps_is_shortened_not_dropped_from(
+        tmp_path, free_tcp_port, caplog, monkeypatch):
+    # A reportBackDuration of more samples than a request keeps (PT1M with daily updates) dropped the oldest before
+    # every update, a WARNING and its end line each time, the VTN taking them all (helper rev40 M4)
+    import ven.vtn_status
+
+    monkeypatch.setattr(ven.vtn_status, "MAX_HELD", 3)
+    caplog.set_level(logging.INFO, logger="ven")
+    async with registered(tmp_path, free_tcp_port()) as (server, rig):
+        (rrid,) = server.create_status_report(rig.vtn.ven_id, S, 5 * S)
+        await until(lambda: len(status(server, rrid)) >= 6, 15, "two updates")
+        assert said(caplog, f"VTN request {rrid} asks for TELEMETRY_STATUS updates every PT5S") == [
+            f"VTN request {rrid} asks for TELEMETRY_STATUS updates every PT5S, more samples than the 3 a request "
+            "keeps: updates are sent every PT3S instead"]
+        assert not said(caplog, "wait for the VTN") and rig.vtn.status()["status_requests"][0]["report_back_seconds"] \
+            == 3.0
+        stamps = [ts for ts, _, _ in status(server, rrid)]
+        assert stamps == sorted(stamps) and all(b - a == S for a, b in zip(stamps, stamps[1:])), stamps
+
 async def test_a_new_registration_ends_the_status_requests(tmp_path, free_tcp_port):
     async with registered(tmp_path, free_tcp_port()) as (server, rig):
         (rrid,) = server.create_status_report(rig.vtn.ven_id, S, timedelta(0))

@@ -442,6 +442,9 @@ class HttpConfig(_Section):
             raise ValueError(f"token_file {path}: {getattr(err, 'strerror', None) or err}") from None
         if not token:
             raise ValueError(f"token_file {path} is empty")
+        if any(ord(c) < 32 or ord(c) == 127 for c in token):
+            raise ValueError(f"token_file {path} holds a control character inside (a line break?), which no HTTP "
+                             "client can send in a header")
         return {**data, "token": token}
 
     @field_validator("address")

@@ -234,8 +234,9 @@ class EventSchedule:
         conformance40 C2)."""
         if clock_suspect(now) or (ev.event_id, status) in self._status_odd:
             return
-        begins = ev.start - ev.start_offset     # the VTN's own start; a randomized one runs later here
-        if status == "completed" and now < ev.stop - STATUS_SLACK:
+        # the VTN's own times: a randomized event starts and ends later here (each one was said, helper rev40)
+        begins, ends = ev.start - ev.start_offset, ev.stop - ev.start_offset
+        if status == "completed" and now < ends - STATUS_SLACK:
             here = f"its times run until {ev.stop.isoformat(timespec='seconds')}: it runs to its end here"
         elif status == "active" and now < begins - STATUS_SLACK:
             here = f"it starts at {begins.isoformat(timespec='seconds')}: it starts then here"

@@ -85,14 +85,17 @@ class VtnReports:
     # -- telemetry ---------------------------------------------------------------------------
 
     async def _deliver(self) -> None:
-        """Supervise delivery: an unexpected error in one pass must not end telemetry for good."""
+        await self._supervised(self._deliver_loop, self._delivery_bug)
+
+    async def _supervised(self, loop, bug) -> None:
+        """Run a delivery loop for good: an unexpected error in one pass must not end telemetry or status."""
         while True:
             try:
-                await self._deliver_loop()
+                await loop()
             except asyncio.CancelledError:
                 raise
             except Exception as err:  # a bug, not a VTN fault (those are handled inside): said once
-                self._delivery_bug.failed(err)
+                bug.failed(err)
                 await asyncio.sleep(self._cfg.retry_max_seconds)
 
     async def _deliver_loop(self) -> None:
@@ -635,6 +638,7 @@ class VtnReports:
         over: list[str] = []
         instead: list[str] = []     # asked for, and no standing request of the report offered
         metadata: list[str] = []    # requests for the report list (2.0b: the VEN registers its reports again)
+        status_refused: list[str] = []  # TELEMETRY_STATUS requests refused (offered, but not servable as asked)
         requests = payload.get("report_requests") or []
         for rr in requests:
             rrid = rr["report_request_id"]
@@ -650,7 +654,7 @@ class VtnReports:
                 continue
             if sid == self._status_specifier_id:     # TELEMETRY_STATUS: served by ven/vtn_status.py
                 if refusal := self._take_status_request(rrid, spec, r_ids):
-                    refused.append(refusal)
+                    status_refused.append(refusal)
                 else:
                     instead.append(f"TELEMETRY_STATUS (request {rrid})")
                 continue
@@ -695,7 +699,7 @@ class VtnReports:
                 back = longest
             origin = report_origin(spec)
             self._adopt(rrid, granularity, back, _report_window(spec, granularity, origin), origin)
-        taken = len(requests) - len(refused) - len(over)
+        taken = len(requests) - len(refused) - len(over) - len(status_refused)
         self._asked_instead(instead + [f"request {r} (refused)" for r in refused])
         if refused and not self._cfg.telemetry:
             # the site set it off and the utility's VTN wants telemetry: one of the two is mistaken
@@ -705,6 +709,9 @@ class VtnReports:
         elif refused:
             log.warning("VTN requested telemetry the gateway never offered, refused with %d: %s",
                         INVALID_ID, "; ".join(refused))
+        if status_refused:
+            log.warning("VTN TELEMETRY_STATUS request refused with %d: %s", INVALID_ID, "; ".join(status_refused))
+            refused += status_refused
         if over:
             log.warning("VTN report request %s refused with %d: %d standing telemetry requests are served already "
                         "(%s), the most served at once", ", ".join(over), INVALID_ID, MAX_STANDING,
@@ -735,13 +742,18 @@ class VtnReports:
         rtype, answer = await client._perform_request("EiReport", msg)
         why = client.last_error or (client.refused and f"refused: {client.refused}")
         if rtype is None or why:
-            log.warning("the report list the VTN asked for (METADATA request %s) did not get through (%s)", rrid,
-                        why or "no answer")
+            # the session offers them again, with backoff, as after any refused offer (helper rev40)
+            log.warning("the report list the VTN asked for (METADATA request %s) did not get through (%s): it is "
+                        "offered again", rrid, why or "no answer")
+            self._reports_offered, self.report_offer_error = False, why or "no answer to the report list"
             return
         log.info("VTN asked for the report list again (METADATA request %s): offered %s", rrid,
                  ", ".join(r.report_name for r in reports) or "none (openadr.telemetry is false)")
-        if answer.get("report_requests"):
-            await client.create_report(answer)
+        # what it requests now; not the report list once more, each answer asking for the next
+        requests = [r for r in answer.get("report_requests") or []
+                    if (r.get("report_specifier") or {}).get("report_specifier_id") != "METADATA"]
+        if requests:
+            await client.create_report(dict(answer, report_requests=requests))
 
     def _adopt(self, rrid: str, granularity: timedelta, back: timedelta,
                window: tuple[datetime | None, datetime | None] = (None, None), origin: datetime = EPOCH) -> None:
