@@ -161,9 +161,10 @@ async def test_a_status_request_with_a_report_interval_is_served_within_it(tmp_p
         await until(lambda: late in (server.created_reports[-1][1] or ""), 10, "refused: its window is over")
         all_valid(server)
 
-async def test_a_last_update_the_vtn_does_not_take_is_tried_again_after_a_backoff(tmp_path, free_tcp_port):
+async def test_a_last_update_the_vtn_does_not_take_is_tried_again_after_a_backoff(tmp_path, free_tcp_port, caplog):
     # The last update of a request cancelled with reportToFollow was sent again at once while the VTN answered 500:
-    # 2,462 oadrUpdateReport in 2 s, nothing said above DEBUG (helper rev40 M1)
+    # 2,462 oadrUpdateReport in 2 s, nothing said above DEBUG (helper rev40 M1, S1)
+    caplog.set_level(logging.INFO, logger="ven")
     server = DemoVtn(free_tcp_port(), poll_seconds=1, request_status=False)
     updates, failing = [], {"on": False}
 
@@ -187,8 +188,10 @@ async def test_a_last_update_the_vtn_does_not_take_is_tried_again_after_a_backof
             await until(lambda: updates, 10, "the last update tried")
             await asyncio.sleep(2.0)
             assert len(updates) < 30, f"{len(updates)} updates in 2 s: no backoff"
+            assert len(said(caplog, "the VTN answers polls but not TELEMETRY_STATUS updates")) == 1
             failing["on"] = False
             await until(lambda: not rig.vtn.status()["status_requests"], 10, "taken once the VTN answers again")
+            assert len(said(caplog, "the VTN answers TELEMETRY_STATUS updates again after")) == 1
 
 
 async def test_the_first_status_sample_goes_when_it_is_taken(tmp_path, free_tcp_port):

@@ -124,6 +124,7 @@ class VtnClient(VtnEvents, VtnReports, VtnStatus, VtnOutage):
         self._status_requests: dict[str, StatusRequest] = {}     # the standing status requests served
         self._status_one_shots: list[str] = []      # one-shot status requests waiting for their single report
         self._status_wake: asyncio.Event | None = None
+        self._status_failing: tuple[datetime, int, bool] | None = None   # (since, in a row, said) while unanswered
         # the end of the last interval the VTN took of each granularity under a request that ended: a request of that
         # granularity goes on after it (sent again, an interval could carry another value: fewer readings queued)
         self._reported: dict[timedelta, datetime] = {}

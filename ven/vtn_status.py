@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from openleadr import enums as oenums, objects, utils as outils
 
 from .report_intervals import bucket_start, effective_granularity, next_boundary, report_period
-from .vtn_reports import _report_window
+from .vtn_reports import UPDATE_FAILURES, _report_window
 from .vtn_transport import _duration, _iso, _refusal, _response_code, _utcnow
 
 log = logging.getLogger("ven.vtn")
@@ -226,6 +226,21 @@ class VtnStatus:
             del self._status_requests[req.rrid]
             log.info("%s", line)
 
+    def _status_unanswered(self, why: str) -> None:
+        """A status update got no answer. A VTN that is down fails the polls too, and the outage says so; one that
+        answers polls meanwhile leaves the samples piling up unsaid until they are dropped, days later at PT1H: one
+        WARNING once that is clear, as for the usage updates (helper rev40), one INFO when one is answered again."""
+        now = _utcnow()
+        since, failures, said = self._status_failing or (now, 0, False)
+        failures += 1
+        if (not said and failures >= UPDATE_FAILURES and self._outage is None and self.last_poll is not None
+                and self.last_poll > since):
+            log.warning("the VTN answers polls but not %s updates (%s): the samples are kept, %d a request at most, "
+                        "and the updates retried (backoff up to %g s)", STATUS_REPORT, why, MAX_HELD,
+                        self._cfg.retry_max_seconds)
+            said = True
+        self._status_failing = (since, failures, said)
+
     def _sample(self, req: StatusRequest, now: datetime) -> None:
         """The status at the latest boundary reached: one a late wake (a busy loop, a suspended machine) skipped is
         not sampled, as the status then is not known now."""
@@ -292,9 +307,14 @@ class VtnStatus:
                                      reports=[report])
         rtype, payload = await client._perform_request("EiReport", msg)
         if rtype is None:
-            log.debug("%s update of request %s got no answer (%s): kept for the next one", STATUS_REPORT, rrid,
-                      client.last_error)
+            self._status_unanswered(client.last_error or "an empty answer")
             return None
+        if self._status_failing is not None:
+            since, failures, said = self._status_failing
+            if said:
+                log.info("the VTN answers %s updates again after %d without an answer since %s", STATUS_REPORT,
+                         failures, _iso(since))
+            self._status_failing = None
         if rtype == "oadrRequestReregistration":
             self._forgotten(f"the {STATUS_REPORT} report")
             return None
