@@ -159,6 +159,9 @@ class VtnStatus:
                      ", ".join(self._status_requests), f"; {held} sample(s) not sent are dropped" if held else "")
         self._status_requests.clear()
         self._status_one_shots.clear()
+        if self._status_failing is not None and self._status_failing[2]:    # the end of its WARNING's fault
+            log.info("%s updates without an answer are no longer tried: their requests ended", STATUS_REPORT)
+        self._status_failing = None
 
     def _status_served(self) -> list[str]:
         return [*self._status_requests, *self._status_one_shots]
