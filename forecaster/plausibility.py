@@ -38,8 +38,8 @@ class InputWindow:
         """Why a reading cannot be the building's power (another unit), or None."""
         if abs(kw) <= self.ceiling_kw:
             return None
-        median = f"{self.median_kw:.4g} kW" + (f", taken as {UNIT_FLOOR_KW:g}" if abs(self.median_kw) < UNIT_FLOOR_KW
-                                              else "")
+        floor = f", taken as {UNIT_FLOOR_KW:g}" if abs(self.median_kw) < UNIT_FLOOR_KW else ""
+        median = f"{self.median_kw:.4g} kW{floor}"
         return f"{kw:g} kW is over {UNIT_RATIO:g} times {self.basis} ({median}): watts written as kW?"
 
 

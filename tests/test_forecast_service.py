@@ -879,6 +879,7 @@ def test_equal_readings_either_side_of_a_gap_or_a_clock_step_are_no_spell(tmp_pa
     assert "has read exactly 173.4 kW for 60 min" in caplog.records[-1].getMessage()
     assert svc.status()["input_still_since"] == now + 7200 + 3 * 3600
 
+
 def test_on_the_first_day_the_meter_is_the_measure_of_a_bas_writing_another_unit(tmp_path, caplog):
     # With under a day held there was no unit guard: a BAS writing W from the day of installation was learnt, became
     # the median, and was never caught after (helper rev39 S9). The meter's reading of the same load stands in

@@ -197,7 +197,6 @@ async def test_a_request_for_something_never_offered_is_refused_and_not_streamed
         assert len(lines) == 1 and ("no-such-rid" if what == "rid" else "no-such-report") in lines[0]
 
 
-
 async def test_a_vtn_asking_for_the_report_list_gets_it_again_with_its_request_id(tmp_path, free_tcp_port, caplog):
     # 2.0b: a VTN that lost the VEN's reports asks for METADATA, and the VEN registers them again, each carrying that
     # reportRequestID (the certification tests R1_3170 and R0_8170). It was refused 452 as never offered (helper

@@ -161,6 +161,7 @@ async def test_a_status_request_with_a_report_interval_is_served_within_it(tmp_p
         await until(lambda: late in (server.created_reports[-1][1] or ""), 10, "refused: its window is over")
         all_valid(server)
 
+
 async def test_a_last_update_the_vtn_does_not_take_is_tried_again_after_a_backoff(tmp_path, free_tcp_port, caplog):
     # The last update of a request cancelled with reportToFollow was sent again at once while the VTN answered 500:
     # 2,462 oadrUpdateReport in 2 s, nothing said above DEBUG (helper rev40 M1, S1)
@@ -225,6 +226,7 @@ async def test_a_report_back_longer_than_a_request_keeps_is_shortened_not_droppe
             == 3.0
         stamps = [ts for ts, _, _ in status(server, rrid)]
         assert stamps == sorted(stamps) and all(b - a == S for a, b in zip(stamps, stamps[1:])), stamps
+
 
 async def test_a_new_registration_ends_the_status_requests(tmp_path, free_tcp_port):
     async with registered(tmp_path, free_tcp_port()) as (server, rig):

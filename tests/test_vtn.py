@@ -872,7 +872,6 @@ class refuse:
         self._handlers[self._type] = self._real
 
 
-
 async def test_a_vtn_refusing_the_answer_to_its_report_request_is_said(tmp_path, free_tcp_port, caplog):
     # A refused oadrCreatedReport was silent at INFO and above (helper conformance40 C7)
     caplog.set_level(logging.INFO, logger="ven")

@@ -67,7 +67,6 @@ class UtcFormatter(logging.Formatter):
                              for i, line in enumerate(text.split("\n")))
         return f"{stamp} {text}"
 
-
     def formatException(self, exc_info) -> str:
         """The traceback, its frames a line each; the exception's own words (which may be a peer's: a KeyError on a
         VTN's event id) escaped to one line and bounded, as a message is."""
@@ -76,7 +75,7 @@ class UtcFormatter(logging.Formatter):
             if chunk.startswith("  File "):     # the code's own file, line and source
                 out.extend(_CONTROL.sub(_escape, line) for line in chunk.rstrip("\n").split("\n"))
             else:
-                out.append(clean(chunk.rstrip("\n")))
+                out.append(clean(chunk.strip("\n")))
         return "\n".join(out)
 
 

@@ -96,7 +96,8 @@ class EventSchedule:
         self._loaded = False
         self._unjudged: set[str] = set()   # unlisted by the VTN while the wall clock was not set
         self._ended_by_vtn: set[str] = set()  # listed completed, then no longer listed, still running here
-        self._status_odd: set[tuple[str, str]] = set()   # (event, VTN status) whose disagreement with its times was said
+        # (event, VTN status) whose disagreement with its times was said
+        self._status_odd: set[tuple[str, str]] = set()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -218,6 +219,7 @@ class EventSchedule:
         has completed is over by its clock: its dropping it from the list afterwards is its end, not an implied
         cancellation. A cancellation comes as a modification, and is the schedule's own."""
         now = self._clock()
+        self._status_odd = {said for said in self._status_odd if said[0] in self._events}   # of events still kept
         for eid, status in statuses.items():
             ev = self._events.get(eid)
             if ev is None or ev.cancelled or status not in LISTED_STATUSES:

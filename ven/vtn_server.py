@@ -443,16 +443,16 @@ class DemoVtn:
                 else self.report_metadata
             for rd in report.get("report_descriptions") or []:
                 into.append({"ven_id": payload.get("ven_id"),
-                                             "report_request_id": report.get("report_request_id"),
-                                             "message_report_request_id": payload.get("report_request_id"),
-                                             "report_specifier_id": report.get("report_specifier_id"),
-                                             "r_id": rd.get("r_id"), "sampling_rate": rd.get("sampling_rate"),
-                                             "duration": report.get("duration"),
-                                             "report_type": rd.get("report_type"),
-                                             "reading_type": rd.get("reading_type"),
-                                             "item_base": rd.get("measurement"),
-                                             "resource_id": (rd.get("report_data_source") or {}).get("resource_id"),
-                                             "power_attributes": (rd.get("measurement") or {}).get("power_attributes")})
+                             "report_request_id": report.get("report_request_id"),
+                             "message_report_request_id": payload.get("report_request_id"),
+                             "report_specifier_id": report.get("report_specifier_id"),
+                             "r_id": rd.get("r_id"), "sampling_rate": rd.get("sampling_rate"),
+                             "duration": report.get("duration"),
+                             "report_type": rd.get("report_type"),
+                             "reading_type": rd.get("reading_type"),
+                             "item_base": rd.get("measurement"),
+                             "resource_id": (rd.get("report_data_source") or {}).get("resource_id"),
+                             "power_attributes": (rd.get("measurement") or {}).get("power_attributes")})
 
     def _on_poll(self, ven_id):
         if self._outbox.get(ven_id):
