@@ -110,3 +110,15 @@ def test_installed_wheel_finds_its_files_away_from_the_source_tree(dists, tmp_pa
                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
     built = re.match(r"edge_gateway-([^-]+)-", wheel.name).group(1)
     assert (res.returncode, res.stdout.strip()) == (0, f"edge-gateway {built}"), res.stderr[-2000:]
+
+
+def test_the_version_has_its_entry_in_the_changelog():
+    # every install said 0.1.0 whatever commit it came from (helper upgrade39 C3): a release raises the version, and
+    # says what it changed
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    ours = tomllib.loads((root / "pyproject.toml").read_text())["project"]["version"]
+    entries = re.findall(r"^## (\S+)", (root / "CHANGELOG.md").read_text(), re.M)
+    assert entries and entries[0] == ours, (ours, entries)

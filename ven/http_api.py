@@ -13,7 +13,7 @@ a real Gateway where they can).
 GET /api/status -> view.status(), a dict shaped like:
 
     {
-      "version": "0.1.0",
+      "version": "0.2.0",
       "page": "3f2a9c0d1e4b5a67",                    # added by the HTTP server: a digest of ven/web's files (page_digest)
       "uptime_seconds": 3600.0,                     # monotonic: a wall-clock step does not change it
       "now": "2026-11-22T01:00:00+00:00",            # the gateway's wall clock; times are ISO 8601 UTC strings
@@ -159,7 +159,7 @@ STATIC_FILES = {
 def page_digest() -> str:
     """A digest of the dashboard's files as this process found them at start: /api/status gives it as "page", and
     an open page that sees it change loads itself again. The version alone missed a page changed within one
-    version (every install from a commit between releases is 0.1.0)."""
+    version (every install from a commit between two releases has the same version)."""
     digest = hashlib.sha256()
     for name, _ in sorted(STATIC_FILES.values()):
         digest.update(name.encode() + b"\0" + (WEB_DIR / name).read_bytes())
