@@ -1334,6 +1334,19 @@ def queue_for_poll(server, ven_id, message_type, payload):
     server._outbox.setdefault(ven_id, []).append((message_type, payload))
 
 
+@asynccontextmanager
+async def shedding_at_2(tmp_path, port: int, seconds: float):
+    """A gateway registered with a VTN that records its oadrCanceledPartyRegistration answers, and an event at level
+    2 running for `seconds`: (server, gw, the answers, the event's id)."""
+    async with DemoVtn(port, poll_seconds=1) as server:
+        answers = canceled_party_registrations(server)
+        async with running(tmp_path, server.url) as gw:
+            await until(lambda: gw.vtn.connected and gw.vtn.status()["report_request_id"], 10, "registration")
+            eid = server.add_event([2], now() - timedelta(seconds=1), seconds)
+            await until(lambda: gw.level == 2.0, 5, "level 2")
+            yield server, gw, answers, eid
+
+
 def cancel_ours(server, gw, request_id: str) -> str:
     """The VTN cancels this VEN's registration at the next poll: the registrationID it cancels."""
     ours = gw.vtn.registration_id
@@ -1379,24 +1392,19 @@ async def test_a_vtn_cancel_of_another_registration_is_answered_452_and_ours_sta
 async def test_a_vtn_cancel_of_our_registration_is_answered_and_registers_anew_keeping_queue_and_events(
         tmp_path, free_tcp_port, caplog):
     caplog.set_level(logging.INFO, logger="ven")
-    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
-        answers = canceled_party_registrations(server)
-        async with running(tmp_path, server.url) as gw:
-            await until(lambda: gw.vtn.connected and gw.vtn.status()["report_request_id"], 10, "registration")
-            eid = server.add_event([2], now() - timedelta(seconds=1), 120)
-            await until(lambda: gw.level == 2.0, 5, "level 2")
-            gw.vtn.record_sample(now() - timedelta(seconds=1), 30.0)
-            ours = cancel_ours(server, gw, "cancel-2")
-            await until(lambda: server.registrations == 2 and gw.vtn.connected, 10, "registered anew")
-            assert [(code, rid) for code, _, rid in answers] == [(200, ours)] and answers[0][1]
-            status = gw.vtn.status()
-            assert status["registration_id"] != ours and status["reregistrations"] == 1
-            assert status["last_reregistration"].endswith(f"the VTN cancelled the registration {ours}")
-            gw.vtn.record_sample(now(), 31.0)
-            await until(lambda: 31.0 in [r[4] for r in server.reports], 5, "telemetry after registering anew")
-            assert sorted(r[4] for r in server.reports) == [30.0, 31.0], "each reading once, none lost"
-            assert gw.level == 2.0 and not gw.schedule.get(eid).cancelled
-            assert len(said(caplog, "VTN context lost (the VTN cancelled the registration")) == 1
+    async with shedding_at_2(tmp_path, free_tcp_port(), 120) as (server, gw, answers, eid):
+        gw.vtn.record_sample(now() - timedelta(seconds=1), 30.0)
+        ours = cancel_ours(server, gw, "cancel-2")
+        await until(lambda: server.registrations == 2 and gw.vtn.connected, 10, "registered anew")
+        assert [(code, rid) for code, _, rid in answers] == [(200, ours)] and answers[0][1]
+        status = gw.vtn.status()
+        assert status["registration_id"] != ours and status["reregistrations"] == 1
+        assert status["last_reregistration"].endswith(f"the VTN cancelled the registration {ours}")
+        gw.vtn.record_sample(now(), 31.0)
+        await until(lambda: 31.0 in [r[4] for r in server.reports], 5, "telemetry after registering anew")
+        assert sorted(r[4] for r in server.reports) == [30.0, 31.0], "each reading once, none lost"
+        assert gw.level == 2.0 and not gw.schedule.get(eid).cancelled
+        assert len(said(caplog, "VTN context lost (the VTN cancelled the registration")) == 1
 
 
 @pytest.mark.timeout(30)
@@ -1405,25 +1413,20 @@ async def test_a_vtn_that_cancels_our_registration_and_refuses_a_new_one_ends_it
     # An open-ended level-2 event held the building shed, with the cancelled registrationID in the status, for a VTN
     # that had dropped the site and refused it since (helper conformance40 W4)
     caplog.set_level(logging.INFO, logger="ven")
-    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
-        answers = canceled_party_registrations(server)
-        async with running(tmp_path, server.url) as gw:
-            await until(lambda: gw.vtn.connected, 10, "registration")
-            eid = server.add_event([2], now() - timedelta(seconds=1), 4 * 3600)
-            await until(lambda: gw.level == 2.0, 5, "level 2")
-            refusal = refuse(server, "oadrCreatePartyRegistration",
-                             oerrors.NotRegisteredOrAuthorizedError("VEN not enrolled"))
-            ours = cancel_ours(server, gw, "cancel-3")
-            await until(lambda: answers, 5, "oadrCanceledPartyRegistration")
-            assert gw.vtn.registration_id is None and gw.vtn.status()["registration_id"] is None
-            await until(lambda: gw.level == 0.0, 10, "the events end once a new registration is refused")
-            assert refusal.refused >= 1 and gw.schedule.get(eid).cancelled
-            assert said(caplog, "refuses a new one") == [
-                f"the VTN cancelled registration {ours} and refuses a new one (463 VEN not enrolled): its events are "
-                "no longer followed; registering is tried again (backoff up to 0.25 s)"]
-            await until(lambda: refusal.refused >= 3, 10, "more refusals")
-            assert len(said(caplog, "refuses a new one")) == 1, "said once"
-            assert said(caplog, f"event {eid}")[-1] == (
-                f"event {eid} of a VTN that cancelled this VEN's registration: treated as cancelled")
-            refusal.allow()
-            await until(lambda: gw.vtn.connected and gw.vtn.registration_id, 10, "enrolled again")
+    async with shedding_at_2(tmp_path, free_tcp_port(), 4 * 3600) as (server, gw, answers, eid):
+        refusal = refuse(server, "oadrCreatePartyRegistration",
+                         oerrors.NotRegisteredOrAuthorizedError("VEN not enrolled"))
+        ours = cancel_ours(server, gw, "cancel-3")
+        await until(lambda: answers, 5, "oadrCanceledPartyRegistration")
+        assert gw.vtn.registration_id is None and gw.vtn.status()["registration_id"] is None
+        await until(lambda: gw.level == 0.0, 10, "the events end once a new registration is refused")
+        assert refusal.refused >= 1 and gw.schedule.get(eid).cancelled
+        assert said(caplog, "refuses a new one") == [
+            f"the VTN cancelled registration {ours} and refuses a new one (463 VEN not enrolled): its events are "
+            "no longer followed; registering is tried again (backoff up to 0.25 s)"]
+        await until(lambda: refusal.refused >= 3, 10, "more refusals")
+        assert len(said(caplog, "refuses a new one")) == 1, "said once"
+        assert said(caplog, f"event {eid}")[-1] == (
+            f"event {eid} of a VTN that cancelled this VEN's registration: treated as cancelled")
+        refusal.allow()
+        await until(lambda: gw.vtn.connected and gw.vtn.registration_id, 10, "enrolled again")

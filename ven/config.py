@@ -420,6 +420,13 @@ class StorageConfig(_Section):
 MIN_TOKEN_CHARS = 16
 
 
+_UNSENDABLE = "a control character inside (a line break?), which no HTTP client can send in a header"
+
+
+def _unsendable(token: str) -> bool:
+    return any(ord(c) < 32 or ord(c) == 127 for c in token)
+
+
 class HttpConfig(_Section):
     address: str = "127.0.0.1:8000"
     token: str = ""
@@ -442,9 +449,8 @@ class HttpConfig(_Section):
             raise ValueError(f"token_file {path}: {getattr(err, 'strerror', None) or err}") from None
         if not token:
             raise ValueError(f"token_file {path} is empty")
-        if any(ord(c) < 32 or ord(c) == 127 for c in token):
-            raise ValueError(f"token_file {path} holds a control character inside (a line break?), which no HTTP "
-                             "client can send in a header")
+        if _unsendable(token):
+            raise ValueError(f"token_file {path} holds {_UNSENDABLE}")
         return {**data, "token": token}
 
     @field_validator("address")
@@ -457,8 +463,8 @@ class HttpConfig(_Section):
     def _sendable(cls, v: str) -> str:
         # a line break inside (a token file written with one) was taken, and no HTTP client can send it (helper
         # verify40)
-        if any(ord(c) < 32 or ord(c) == 127 for c in v):
-            raise ValueError("holds a control character (a line break?), which no HTTP client can send in a header")
+        if _unsendable(v):
+            raise ValueError(f"holds {_UNSENDABLE}")
         return v
 
     @model_validator(mode="after")

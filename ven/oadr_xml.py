@@ -19,25 +19,28 @@ from openleadr.messaging import XML_SCHEMA
 # object and the signature `|safe`, ready for one that does): an eventID "CPP&DR-1", schema-valid as the VTN sent it,
 # came back in a malformed oadrCreatedEvent, refused at every poll, and the utility never heard optIn or optOut; a
 # ven_name "Smith & Sons" never registered; and a VTN's id could put markup into a message the VEN signs. Set before
-# any message is made (this module is imported by both sides), and templates compiled before are compiled again
+# any message is made (this module is imported by both sides)
 messaging.TEMPLATES.autoescape = True
-if messaging.TEMPLATES.cache is not None:
-    messaging.TEMPLATES.cache.clear()
 
-# oadrRegisterReport's own reportRequestID (the schema's last element), which openleadr's template lacks: a VEN
-# registering its reports in answer to a VTN's METADATA request names that request there (2.0b; the certification
-# tool checks it), and leaves it out when it registers of its own accord (openleadr passes 0 then)
-_REGISTER = "oadrRegisterReport.xml"
-_END = "  </oadr:oadrRegisterReport>"
-# oadrUpdateReport's payload: openleadr writes every one as payloadFloat, and a TELEMETRY_STATUS interval is an
-# oadrPayloadResourceStatus (2.0b; its certification reads one), the same place in the schema (ei:payloadBase).
-# A payload carrying `status` (a ven.vtn_status.ResourceStatus) is written so; any other as before
-_UPDATE = "oadrUpdateReport.xml"
+# Where openleadr's templates write what 2.0b does not, each as (template, its text, what it becomes):
 _FLOAT = """            <ei:payloadFloat>
               <ei:value>{{ interval.report_payload.value }}</ei:value>
             </ei:payloadFloat>
 """
-_STATUS = """            {% set status = interval.report_payload.status %}
+_ADDRESS = "    <oadr:oadrTransportAddress>{{ transport_address }}</oadr:oadrTransportAddress>\n"
+_END = "  </oadr:oadrRegisterReport>"
+_PATCHES = (
+    # oadrRegisterReport's own reportRequestID (the schema's last element), which the template lacks: a VEN
+    # registering its reports in answer to a VTN's METADATA request names that request there (the certification
+    # tool checks it), and leaves it out when it registers of its own accord (openleadr passes 0 then)
+    ("oadrRegisterReport.xml", _END,
+     "    {% if report_request_id is defined and report_request_id is not none and report_request_id != 0 %}\n"
+     "    <ei:reportRequestID>{{ report_request_id }}</ei:reportRequestID>\n"
+     "    {% endif %}\n" + _END),
+    # oadrUpdateReport's payload: openleadr writes every one as payloadFloat, and a TELEMETRY_STATUS interval is an
+    # oadrPayloadResourceStatus, in the same place of the schema (ei:payloadBase). A payload carrying `status` (a
+    # ven.vtn_status.ResourceStatus) is written so; any other as before
+    ("oadrUpdateReport.xml", _FLOAT, """            {% set status = interval.report_payload.status %}
             {% if status is defined and status is not none %}
             <oadr:oadrPayloadResourceStatus>
               <oadr:oadrOnline>{{ status.online|booleanformat }}</oadr:oadrOnline>
@@ -53,13 +56,11 @@ _STATUS = """            {% set status = interval.report_payload.status %}
             </oadr:oadrPayloadResourceStatus>
             {% else %}
 """ + _FLOAT + """            {% endif %}
-"""
-
-
-# oadrCreatePartyRegistration's oadrTransportAddress, "not required if http pull model" (the schema): openleadr
-# writes it empty, and left out is what the VEN means (helper conformance40)
-_PARTY = "oadrCreatePartyRegistration.xml"
-_ADDRESS = "    <oadr:oadrTransportAddress>{{ transport_address }}</oadr:oadrTransportAddress>\n"
+"""),
+    # oadrCreatePartyRegistration's oadrTransportAddress, "not required if http pull model" (the schema): openleadr
+    # writes it empty, and left out is what the VEN means (helper conformance40)
+    ("oadrCreatePartyRegistration.xml", _ADDRESS, "    {% if transport_address %}\n" + _ADDRESS + "    {% endif %}\n"),
+)
 
 
 def _patched(name: str, old: str, new: str) -> str:
@@ -69,14 +70,11 @@ def _patched(name: str, old: str, new: str) -> str:
     return source.replace(old, new)
 
 
-messaging.TEMPLATES.loader = ChoiceLoader([DictLoader({
-    _REGISTER: _patched(_REGISTER, _END, (
-        "    {% if report_request_id is defined and report_request_id is not none and report_request_id != 0 %}\n"
-        "    <ei:reportRequestID>{{ report_request_id }}</ei:reportRequestID>\n"
-        "    {% endif %}\n") + _END),
-    _UPDATE: _patched(_UPDATE, _FLOAT, _STATUS),
-    _PARTY: _patched(_PARTY, _ADDRESS, "    {% if transport_address %}\n" + _ADDRESS + "    {% endif %}\n")}),
-    messaging.TEMPLATES.loader])
+messaging.TEMPLATES.loader = ChoiceLoader([DictLoader({name: _patched(name, old, new) for name, old, new in _PATCHES}),
+                                          messaging.TEMPLATES.loader])
+# any template compiled before this module was imported is compiled again, escaping and patched
+if messaging.TEMPLATES.cache is not None:
+    messaging.TEMPLATES.cache.clear()
 
 
 def validate_xml_schema(content: bytes):

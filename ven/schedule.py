@@ -40,6 +40,7 @@ KEEP_HISTORY = timedelta(days=35)
 LISTED_STATUSES = ("far", "near", "active", "completed")
 # a VTN status this far from what the event's times say is said (a listing made just before a start may arrive after)
 STATUS_SLACK = timedelta(minutes=1)
+UNLISTED = "no longer listed by the VTN"    # why an implied cancellation ends an event, as its line says
 _SORT_EVERY_S = 600.0
 # More events than this gone from the VTN's list at once are one line, not one each (2,000 made 2,000 lines)
 MANY_EVENTS = 10
@@ -192,7 +193,7 @@ class EventSchedule:
             self._storage.delete_event(event_id)
             self._changed()
 
-    def retain_only(self, event_ids: Iterable[str], why: str = "no longer listed by the VTN") -> list[str]:
+    def retain_only(self, event_ids: Iterable[str], why: str = UNLISTED) -> list[str]:
         """Implied cancellation: events the VTN no longer lists (and that have not ended) go.
 
         Ended by the VTN's clock: a randomized event still runs here for its offset after the VTN
@@ -287,7 +288,7 @@ class EventSchedule:
         if not self._unjudged or clock_suspect(now):
             return
         unlisted, self._unjudged = self._unjudged, set()
-        gone = self._cancel_unlisted(unlisted, now, "no longer listed by the VTN")
+        gone = self._cancel_unlisted(unlisted, now, UNLISTED)
         over = sorted(set(unlisted) - set(gone))
         if over:
             log.info("event(s) %s, no longer listed by the VTN while the wall clock was not set, had ended: kept "

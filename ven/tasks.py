@@ -31,6 +31,16 @@ async def cancel_and_wait(*tasks: asyncio.Task | None) -> None:
             log.error("task %s had ended on an error: %s: %s", t.get_name(), type(err).__name__, err, exc_info=err)
 
 
+async def woken(wake: asyncio.Event, timeout: float | None) -> None:
+    """Wait until `wake` is set, or `timeout` seconds (None: no limit) have passed; then clear it for the next wait."""
+    try:
+        async with asyncio.timeout(timeout):
+            await wake.wait()
+    except TimeoutError:
+        pass
+    wake.clear()
+
+
 async def at_most(work, seconds: float) -> None:
     """Wait for `work` at most `seconds`; past that it goes on, unwaited (shielded). asyncio.timeout, not wait_for:
     Python 3.11's wait_for drops a cancel that comes as the work ends, and a stop then waited for ever."""

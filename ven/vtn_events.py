@@ -10,6 +10,7 @@ from collections import Counter
 from openleadr import utils as outils
 
 from .events import OPT_IN, OPT_OUT, SIMPLE, from_openleadr, id_reused, with_opt
+from .schedule import UNLISTED
 from .vtn_transport import INVALID_DATA, INVALID_ID, _Client, _ei_response, _event_status, _utcnow
 
 # one logger for the VEN side, wherever its code lives: tests and log filters select its lines by this name
@@ -147,7 +148,7 @@ class VtnEvents:
             else:
                 client.responded_events.setdefault(eid, OPT_IN)
 
-    def _listed(self, listed: set[str], why: str = "no longer listed by the VTN") -> None:
+    def _listed(self, listed: set[str], why: str = UNLISTED) -> None:
         """The VTN lists these events for this VEN and no others. An answer still waiting for one it no longer
         lists (a VTN restarted without its events, say) would name an event it does not have: dropped."""
         self._schedule.retain_only(listed, why)

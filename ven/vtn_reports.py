@@ -18,6 +18,7 @@ from bacnet_api.settle import span
 
 from .report_intervals import (EPOCH, Interval, bucket_start, complete_intervals, effective_granularity, next_boundary,
                                report_period)
+from .tasks import woken
 from .vtn_transport import (INVALID_ID, _duration, _ei_response, _fault_kind, _iso, _refusal, _response_code,
                             _utcnow)
 
@@ -142,12 +143,7 @@ class VtnReports:
                     log.info("queued telemetry delivered: %d interval(s) with their original times", req.backlog)
                     req.backlog = 0
             self._delivery_bug.worked()     # a pass to its end
-            try:
-                async with asyncio.timeout(timeout):
-                    await self._wake_delivery.wait()
-            except TimeoutError:
-                pass
-            self._wake_delivery.clear()
+            await woken(self._wake_delivery, timeout)
 
     def _due(self, req: Standing, now: datetime) -> datetime:
         """req.next_report, brought back to the grid of `now` when the wall clock stepped back (NTP putting a
@@ -501,9 +497,7 @@ class VtnReports:
             elif rrid in self._one_shots:
                 self._end_one_shot(rrid)
                 log.info("the VTN cancelled the one-shot report %s before it was sent", rrid)
-            elif self._cancel_status(rrid, follow):
-                pass
-            else:
+            elif not self._cancel_status(rrid, follow):
                 unknown.append(str(rrid))
         refusal = None
         if unknown:

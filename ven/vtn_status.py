@@ -5,7 +5,6 @@ oadrPayloadResourceStatus). Status is "now": nothing is queued in SQLite. What a
 memory, at most MAX_HELD samples, and a new registration ends every request (the VTN requests anew)."""
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import deque
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ from datetime import datetime, timedelta
 from openleadr import enums as oenums, objects, utils as outils
 
 from .report_intervals import bucket_start, effective_granularity, next_boundary, report_period
+from .tasks import woken
 from .vtn_reports import UPDATE_FAILURES, _report_window
 from .vtn_transport import _duration, _iso, _refusal, _response_code, _utcnow
 
@@ -50,8 +50,9 @@ class StatusRequest:
     next_sample: datetime                   # the next boundary to sample at
     next_send: datetime                     # when its next update is due (every reportBackDuration)
     held: deque = field(default_factory=lambda: deque(maxlen=MAX_HELD))   # (boundary, ResourceStatus) not yet sent
-    retry: bool = False                     # its last update failed: the next one goes at the next sample
-    final: bool = False                     # cancelled with reportToFollow: what it holds goes, then it ends
+    retry: bool = False                     # its last update got no answer: tried again after the backoff
+    final: bool = False                     # cancelled with reportToFollow, or its reportInterval over: what it holds
+                                            # goes, then it ends
     until: datetime | None = None           # its reportInterval's end: the last boundary sampled is before it
     ended: str = "cancelled by the VTN"     # why it is final, for the line that ends it
     dropped: int = 0                        # samples dropped unsent in this spell (said once, at the first)
@@ -199,12 +200,7 @@ class VtnStatus:
             if due:
                 wait = max(0.0, (min(due) - _utcnow()).total_seconds())
                 timeout = wait if timeout is None else min(timeout, wait)
-            try:
-                async with asyncio.timeout(timeout):
-                    await self._status_wake.wait()
-            except TimeoutError:
-                pass
-            self._status_wake.clear()
+            await woken(self._status_wake, timeout)
 
     async def _serve_status(self, req: StatusRequest, now: datetime) -> bool:
         """What is due of one request: False when an update got no answer (tried again after a backoff)."""
