@@ -669,8 +669,8 @@ SILENT, REFUSED = "unanswered for 1 s", "refused (Register-Foreign-Device NAK 0x
 
 
 @pytest.mark.timeout(30)
-@pytest.mark.parametrize("first, then", [(None, 0x0030), (0x0030, None)], ids=["silent-then-refusing",
-                                                                             "refusing-then-silent"])
+@pytest.mark.parametrize("first, then", [(None, 0x0030), (0x0030, None)],
+                         ids=["silent-then-refusing", "refusing-then-silent"])
 async def test_a_bbmd_that_changes_how_it_fails_is_one_fault_whose_new_cause_is_said(
         first, then, free_udp_port, caplog, monkeypatch):
     # Silent, then refusing (back, its table full): the log said nothing, only /api/status's why_not changed. Refusing,

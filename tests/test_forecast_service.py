@@ -901,6 +901,7 @@ def test_on_the_first_day_the_meter_is_the_measure_of_a_bas_writing_another_unit
     svc.on_input_power(now + 3, 38_000.0)
     assert svc.forecaster.rejected == 1
 
+
 def test_a_power_input_that_never_moves_is_said_once_and_its_end_too(tmp_path, caplog):
     # A BAS point frozen at 173.4 kW for 30 h (the building drew 60 at night) read as a trend of 0 and raised high-load
     # for 10 h, and nothing said so; a sub-meter at 0 all weekend has held still as long before (helper loads39)

@@ -51,8 +51,8 @@ class StatusRequest:
     next_send: datetime                     # when its next update is due (every reportBackDuration)
     held: deque = field(default_factory=lambda: deque(maxlen=MAX_HELD))   # (boundary, ResourceStatus) not yet sent
     retry: bool = False                     # its last update got no answer: tried again after the backoff
-    final: bool = False                     # cancelled with reportToFollow, or its reportInterval over: what it holds
-                                            # goes, then it ends
+    # cancelled with reportToFollow, or its reportInterval over: what it holds goes, then it ends
+    final: bool = False
     until: datetime | None = None           # its reportInterval's end: the last boundary sampled is before it
     ended: str = "cancelled by the VTN"     # why it is final, for the line that ends it
     dropped: int = 0                        # samples dropped unsent in this spell (said once, at the first)
