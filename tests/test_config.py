@@ -77,6 +77,18 @@ def test_request_timeout_must_be_positive(tmp_path):
         load_config(p, environ={})
 
 
+def test_market_contexts_are_taken_as_listed_and_a_blank_or_padded_one_is_refused(tmp_path):
+    # compared exactly with each event's: " oadr://u/cpp" would match no event and opt the site out of all of them
+    p = tmp_path / "c.toml"
+    p.write_text('[openadr]\nmarket_contexts = ["oadr://utility/cpp", "oadr://utility/capacity"]\n')
+    assert load_config(p, environ={}).openadr.market_contexts == ("oadr://utility/cpp", "oadr://utility/capacity")
+    for bad in ('" oadr://utility/cpp"', '""'):
+        p.write_text(f'[openadr]\nmarket_contexts = ["oadr://utility/dr", {bad}]\n')
+        with pytest.raises(ConfigError, match=r"openadr.market_contexts: .*without spaces around it"):
+            load_config(p, environ={})
+    assert load_config(None, environ={}).openadr.market_contexts == ()
+
+
 def test_bad_address_reason(tmp_path):
     p = tmp_path / "c.toml"
     p.write_text('[bacnet]\naddress = "127.0.0.1"\n')

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import time
+from dataclasses import replace
 
 import aiohttp
 import pytest
@@ -708,12 +709,16 @@ async def test_kw_read_as_a_person_reads_them_at_a_5_kw_site_and_a_50_mw_one(ser
 
 
 class PriceEventView(SampleView):
-    """The sample's events, and a day-ahead price event the gateway answered optOut (it follows SIMPLE only)."""
+    """The sample's events, a day-ahead price event the gateway answered optOut (it follows SIMPLE only), and an
+    event of a programme the site is not enrolled in (openadr.market_contexts), answered optOut too."""
 
     def vtn_events(self, now):
         nxt = self.events[2]
         price = signal("ELECTRICITY_PRICE", "price", (nxt["start"], nxt["end"] - nxt["start"], 0.31))
-        return super().vtn_events(now) + [vtn_event("evt-price", price, opt=OPT_OUT, received_at=now - 3600)]
+        other = replace(vtn_event("evt-capacity", simple((nxt["start"], nxt["end"] - nxt["start"], 2)), opt=OPT_OUT,
+                                  received_at=now - 3600), market_context="oadr://utility.example/capacity",
+                        for_this_ven=False)
+        return super().vtn_events(now) + [vtn_event("evt-price", price, opt=OPT_OUT, received_at=now - 3600), other]
 
 
 async def test_an_event_answered_opt_out_for_want_of_a_simple_signal_is_not_shown_as_a_fault(server):
@@ -723,6 +728,10 @@ async def test_an_event_answered_opt_out_for_want_of_a_simple_signal_is_not_show
         price = page.locator('#events tr[data-event="evt-price"] td:nth-child(6)')
         assert (await price.inner_text()).strip() == "optOut (no SIMPLE signal)"
         assert await price.evaluate("(td) => [...td.classList]") == ["muted"]
+        # nor one of another programme or for other VENs: shown red, it read as the BAS's opt-out
+        capacity = page.locator('#events tr[data-event="evt-capacity"] td:nth-child(6)')
+        assert (await capacity.inner_text()).strip() == "optOut (not this site's)"
+        assert await capacity.evaluate("(td) => [...td.classList]") == ["muted"]
         opted = page.locator('#events tr[data-event="evt-next"] td:nth-child(6)')
         assert (await opted.inner_text()).strip() == "optOut"
         assert await opted.evaluate("(td) => [...td.classList]") == ["bad"]

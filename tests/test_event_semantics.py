@@ -30,13 +30,13 @@ def now() -> datetime:
 
 
 class Gateway:
-    def __init__(self, tmp_path, url):
+    def __init__(self, tmp_path, url, **openadr):
         self.levels: list[float] = []   # every ADR-Event-Level published
         self.storage = Storage(tmp_path / "gw.sqlite")
         self.schedule = EventSchedule(self.storage, lambda st: self.levels.append(st.level))
         self.queue = TelemetryQueue(tmp_path / "gw.sqlite")
         self.vtn = VtnClient(OpenadrConfig(vtn_url=url, retry_min_seconds=0.05, retry_max_seconds=0.25,
-                                           telemetry_seconds=1.0), self.schedule, self.queue)
+                                           telemetry_seconds=1.0, **openadr), self.schedule, self.queue)
 
     @property
     def level(self) -> float:
@@ -47,9 +47,9 @@ class Gateway:
 
 
 @asynccontextmanager
-async def _running(tmp_path, port):
+async def _running(tmp_path, port, **openadr):
     async with DemoVtn(port, poll_seconds=1) as server:
-        gw = Gateway(tmp_path, server.url)
+        gw = Gateway(tmp_path, server.url, **openadr)
         await gw.schedule.start()
         await gw.vtn.start()
         try:
@@ -70,14 +70,14 @@ async def peers(tmp_path, free_tcp_port, caplog):
 
 
 def put_event(server: DemoVtn, levels, *, step=300, signal_name="SIMPLE", targets=None,
-              response_required="always", test_event=False) -> objects.Event:
+              response_required="always", test_event=False, market_context="oadr://utility/dr") -> objects.Event:
     """List an event at the VTN, active from a second ago, one interval per level (any payload)."""
     start = now() - timedelta(seconds=1)
     ivs = [objects.Interval(dtstart=start + i * timedelta(seconds=step), duration=timedelta(seconds=step),
                             signal_payload=float(v), uid=i) for i, v in enumerate(levels)]
     ev = objects.Event(
         event_descriptor=objects.EventDescriptor(event_id=f"evt-{uuid.uuid4().hex[:8]}", modification_number=0,
-                                                 market_context="oadr://utility/dr", event_status="far",
+                                                 market_context=market_context, event_status="far",
                                                  test_event=test_event),
         event_signals=[objects.EventSignal(intervals=ivs, signal_name=signal_name, signal_type="level",
                                            signal_id=uuid.uuid4().hex[:8])],
@@ -156,6 +156,31 @@ async def test_an_event_for_other_vens_is_shown_answered_opt_out_and_never_follo
     await until(lambda: server.opts_for(mine)[-1:] == [OPT_IN], 5, "optIn for our event")
     assert set(server.opts_for(other)) == {OPT_OUT} and gw.schedule.get(other).opt == OPT_OUT
     assert 2.0 not in gw.levels and 3.0 not in gw.levels
+
+
+@pytest.mark.timeout(30)
+async def test_an_event_of_a_programme_the_site_is_not_enrolled_in_is_answered_opt_out_and_never_followed(
+        tmp_path, free_tcp_port, caplog):
+    # A VTN running several programmes (a critical-peak one, a capacity one) sends this VEN the events of all of
+    # them: the site enrolled in one would shed for every programme of its utility (helper conformance40 C3)
+    caplog.set_level(logging.INFO, logger="ven")
+    async with _running(tmp_path, free_tcp_port(), market_contexts=("oadr://utility/cpp",)) as (server, gw):
+        other = put_event(server, [3], market_context="oadr://utility/capacity").event_descriptor.event_id
+        await until(lambda: server.opts_for(other), 8, "an answer to the other programme's event")
+        assert server.opts_for(other) == [OPT_OUT]
+        d = gw.described(other)
+        assert d["market_context"] == "oadr://utility/capacity"
+        assert d["for_this_ven"] is False and d["drives_points"] is False
+        server.modify_event(other, levels=[2])                          # modified: still not ours, no new warning
+        mine = put_event(server, [1], market_context="oadr://utility/cpp").event_descriptor.event_id
+        await until(lambda: gw.schedule.get(other).modification_number == 1 and server.opts_for(mine), 8, "both")
+        assert server.opts_for(mine) == [OPT_IN] and gw.level == 1.0
+        assert 2.0 not in gw.levels and 3.0 not in gw.levels and set(server.opts_for(other)) == {OPT_OUT}
+        [line] = messages(caplog, "not one of openadr.market_contexts", logging.WARNING)
+        assert line == (f"event {other} is of market context 'oadr://utility/capacity', not one of "
+                        "openadr.market_contexts ('oadr://utility/cpp'): kept for the status API, not followed, "
+                        "answered optOut"), line
+        assert messages(caplog, "not this VEN", logging.WARNING) == []
 
 
 @pytest.mark.timeout(30)

@@ -251,6 +251,9 @@ class OpenadrConfig(_Section):
     # are not queued for the VTN, and no warning waits for a request that will not come; the meter is read as before
     telemetry: bool = True
     telemetry_seconds: float = Field(10.0, gt=0, le=86400)
+    # the programmes (eiMarketContext) the site is enrolled in, for a VTN that runs several; empty: every event the
+    # VTN sends this VEN. An event of another is kept and shown, never followed, and answered optOut
+    market_contexts: tuple[str, ...] = ()
     # the site's grid, told to the VTN in the report metadata (openleadr alone says 50 Hz / 230 V)
     power_hertz: Literal[50, 60] = 50
     power_voltage: float = Field(230.0, gt=0, le=1_000_000)
@@ -283,6 +286,21 @@ class OpenadrConfig(_Section):
         """The key as the operator should look for it: "openadr.cert", or "openadr.cert (from VAR)"."""
         var = self._env.get(key)
         return f"openadr.{key} (from {var})" if var else f"openadr.{key}"
+
+    @field_validator("market_contexts", mode="before")
+    @classmethod
+    def _contexts_list(cls, v: object) -> object:
+        return tuple(v) if isinstance(v, list) else v
+
+    @field_validator("market_contexts")
+    @classmethod
+    def _contexts(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for context in v:
+            # compared exactly with the event's: a blank or padded entry would match nothing and opt out of all
+            if not context.strip() or context != context.strip():
+                raise ValueError(f"each must be a programme's market context URI as the VTN sends it, without "
+                                 f"spaces around it, e.g. \"http://utility.example/programs/cpp\", got {context!r}")
+        return v
 
     @field_validator("vtn_url")
     @classmethod

@@ -98,7 +98,8 @@ class Event:
     response_required: str = "always"
     # eiTarget as (type, value), e.g. ("ven_id", "ven-1"), ("resource_id", "chiller-2"); empty = the whole VEN
     targets: tuple[tuple[str, str], ...] = ()
-    # False when the targets name venIDs and this VEN's is not among them: kept and shown, never followed
+    # False when the targets name venIDs and this VEN's is not among them, or the event's market context is not one
+    # of openadr.market_contexts: kept and shown, never followed
     for_this_ven: bool = True
 
     @property
@@ -430,7 +431,8 @@ def signal_name(raw_signal: dict) -> str:
 
 
 def from_openleadr(raw: dict, received_at: datetime, previous: Event | None = None,
-                   rng: random.Random | None = None, ven_id: str | None = None) -> Event:
+                   rng: random.Random | None = None, ven_id: str | None = None,
+                   market_contexts: frozenset[str] = frozenset()) -> Event:
     """Convert one event dict as openleadr's parser delivers it. Raises ValueError or OverflowError for one this
     version cannot run (a time past year 9999: a start in year 9999, a ramp-up of 9000 years; more than
     MAX_EVENT_INTERVALS intervals).
@@ -536,8 +538,14 @@ def from_openleadr(raw: dict, received_at: datetime, previous: Event | None = No
         created=_utc(desc["created_date_time"]) if isinstance(desc.get("created_date_time"), datetime) else None,
         response_required="never" if raw.get("response_required") == "never" else "always",
         targets=(targets := _targets(raw)),
-        for_this_ven=ven_id is None or not (vens := {v for k, v in targets if k == "ven_id"}) or ven_id in vens,
+        for_this_ven=(ven_id is None or not (vens := {v for k, v in targets if k == "ven_id"}) or ven_id in vens)
+        and enrolled(str(desc.get("market_context") or ""), market_contexts),
     ))
+
+
+def enrolled(market_context: str, market_contexts: frozenset[str]) -> bool:
+    """Whether the site takes part in the event's programme: openadr.market_contexts lists it, or lists none."""
+    return not market_contexts or market_context in market_contexts
 
 
 def _until_further_notice(duration):

@@ -9,7 +9,7 @@ from collections import Counter
 
 from openleadr import utils as outils
 
-from .events import OPT_IN, OPT_OUT, SIMPLE, from_openleadr, id_reused, with_opt
+from .events import OPT_IN, OPT_OUT, SIMPLE, enrolled, from_openleadr, id_reused, with_opt
 from .schedule import UNLISTED
 from .vtn_transport import INVALID_DATA, INVALID_ID, _Client, _ei_response, _event_status, _utcnow
 
@@ -22,6 +22,10 @@ MAX_LEVELS_LOGGED = 24          # SIMPLE levels named in an event's log line; th
 
 class VtnEvents:
     """VtnClient's handling of what the VTN sends and of its opt answers; the state is VtnClient's."""
+
+    @property
+    def _programmes(self) -> frozenset[str]:
+        return frozenset(self._cfg.market_contexts)
 
     async def _dispatch(self, rtype: str, payload: dict) -> None:
         client = self._client
@@ -182,7 +186,7 @@ class VtnEvents:
         prev = self._schedule.get(eid)
         mod = int(raw["event_descriptor"].get("modification_number") or 0)
         try:
-            ev = from_openleadr(raw, now, prev, ven_id=self.ven_id)
+            ev = from_openleadr(raw, now, prev, ven_id=self.ven_id, market_contexts=self._programmes)
         except (ValueError, OverflowError) as err:
             return self._refuse_event(eid, mod, prev, err)
         self._client.invalid_events.pop(eid, None)
@@ -198,13 +202,18 @@ class VtnEvents:
             self._schedule.forget(eid)
             prev = None
             try:
-                ev = from_openleadr(raw, now, None, ven_id=self.ven_id)
+                ev = from_openleadr(raw, now, None, ven_id=self.ven_id, market_contexts=self._programmes)
             except (ValueError, OverflowError) as err:
                 return self._refuse_event(eid, mod, prev, err)
         if not ev.for_this_ven:
-            # eiTarget names other VENs only: a VTN mistake or a broadcast; following it would shed this
-            # building for another site's event. The utility hears optOut: this site will not act on it.
-            if prev is None or prev.for_this_ven:
+            # eiTarget names other VENs only (a VTN mistake or a broadcast), or the event is another programme's:
+            # following it would shed this building for another site's event, or for a programme it never joined.
+            # The utility hears optOut: this site will not act on it.
+            if (prev is None or prev.for_this_ven) and not enrolled(ev.market_context, self._programmes):
+                log.warning("event %s is of market context %r, not one of openadr.market_contexts (%s): kept for the "
+                            "status API, not followed, answered optOut", eid, ev.market_context,
+                            ", ".join(map(repr, sorted(self._programmes))))
+            elif prev is None or prev.for_this_ven:
                 log.warning("event %s targets %s, not this VEN (%s): kept for the status API, not followed, "
                             "answered optOut", eid, ", ".join(f"{k}={v}" for k, v in ev.targets), self.ven_id)
             ev = with_opt(ev, OPT_OUT)

@@ -73,12 +73,14 @@ export function renderEvents() {
   for (const e of events) {
     const tr = el("tr", {class: e.status || "", "data-event": e.event_id || ""});
     const level = levelCell(e);
-    // an event with no SIMPLE signal (a price, LOAD_DISPATCH) is answered optOut as a matter of course: the points
-    // follow SIMPLE only. Not the BAS's or the operator's doing, so not red
+    // an event with no SIMPLE signal (a price, LOAD_DISPATCH), or one for other VENs or of a programme the site is
+    // not enrolled in, is answered optOut as a matter of course. Not the BAS's or the operator's doing, so not red
     const signals = e.signals || [];
-    const notFollowed = signals.length > 0 && !signals.some((s) => String(s.name || "").toUpperCase() === "SIMPLE");
-    const opt = el("td", {}, e.opt === "optOut" && notFollowed ? "optOut (no SIMPLE signal)" : e.opt || "");
-    if (e.opt === "optOut") opt.classList.add(notFollowed ? "muted" : "bad");
+    const why = e.for_this_ven === false ? "not this site's"
+      : signals.length > 0 && !signals.some((s) => String(s.name || "").toUpperCase() === "SIMPLE") ? "no SIMPLE signal"
+      : "";
+    const opt = el("td", {}, e.opt === "optOut" && why ? `optOut (${why})` : e.opt || "");
+    if (e.opt === "optOut") opt.classList.add(why ? "muted" : "bad");
     let phase = e.status === "far" || e.status === "near" ? `pending (${e.status})` : (e.status || "");
     // overlapping events: the one of highest priority sets ADR-Event-Level
     if (e.status === "active" && e.sets_level === false && e.opt !== "optOut") phase = "active (overridden)";
