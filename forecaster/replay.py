@@ -247,7 +247,7 @@ def _replay(fc: DemandForecaster, times, values, write_row, cycle: float, map_fn
     return {"cycles": cycles, "samples": n, "accepted": accepted, "rejected": fc.rejected, "fits": fits,
             "fit_seconds": round(fit_s, 2), "elapsed_seconds": round(time.perf_counter() - t0, 2),
             "models": models, "retrain_minutes": fc.retrain_minutes, "gaps_skipped": gaps,
-            "implausible": (fc.implausible_rejected, fc.threshold_days)}
+            "implausible_rejected": fc.implausible_rejected, "threshold_days": fc.threshold_days}
 
 
 QUARTER_HOUR_S = 900.0
@@ -324,7 +324,7 @@ def replay_csv(csv_path, time_column, value_column: str, output_path, cycle_minu
         if not direct:
             part.unlink(missing_ok=True)
         raise
-    implausible, days = summary.pop("implausible")
+    implausible, days = summary["implausible_rejected"], summary.pop("threshold_days")  # days: a setting, not a count
     if outside := summary["rejected"] - implausible:
         # counted only, where every other row left out is named: a 150 MW site's peaks over the default bound went
         # unsaid, and the flags came from the rest
