@@ -134,6 +134,21 @@ def test_check_config_cli(tmp_path):
     assert "meter.poll_secs: unknown key" in bad.stderr
 
 
+def test_check_config_says_what_the_vtn_is_told_of_the_grid_and_which_events_are_followed(tmp_path):
+    # the report metadata's 50 Hz / 230 V defaults went to a North American utility with nothing to show it
+    p = tmp_path / "c.toml"
+    p.write_text('[openadr]\nven_name = "bldg-7"\n')
+    ok = _cli("check-config", str(p))
+    assert ok.returncode == 0, ok
+    assert "as 'bldg-7' (grid 50 Hz, 230 V; events of every market context)" in ok.stdout.splitlines()[-1], ok
+    p.write_text('[openadr]\nven_name = "bldg-7"\npower_hertz = 60\npower_voltage = 480\n'
+                 'market_contexts = ["oadr://utility/cpp", "oadr://utility/capacity"]\n')
+    ok = _cli("check-config", str(p))
+    assert ok.returncode == 0, ok
+    assert ("as 'bldg-7' (grid 60 Hz, 480 V; events of oadr://utility/cpp, oadr://utility/capacity)"
+            in ok.stdout.splitlines()[-1]), ok
+
+
 def test_check_config_takes_the_file_as_the_other_commands_do(tmp_path):
     # `run --config FILE`, `import-history --config FILE`: a contractor's first `check-config --config FILE` was a
     # usage error

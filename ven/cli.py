@@ -145,9 +145,14 @@ def cmd_check_config(args) -> int:
              + other_site_warnings(cfg.storage.path, site_of(cfg.openadr.ven_name, cfg.openadr.vtn_url)))
     for warning in cfg.warnings() + files + _absent_address_warnings(cfg) + _unresolved_router_warnings(cfg) + machine:
         print(f"{args.file}: warning: {warning}")
+    # what the utility will be told and which of its events are followed, said where the technician reads: the
+    # 50 Hz / 230 V defaults went to North American VTNs unseen (helper conformance40 C8)
+    adr = cfg.openadr
+    programmes = ", ".join(adr.market_contexts) if adr.market_contexts else "every market context"
     # a relative storage.path is taken from the directory `run` starts in, which a service manager sets
     print(f"{args.file}: ok (device {cfg.bacnet.device_id} on {cfg.bacnet.address}, "
-          f"meter {cfg.meter.address} {cfg.meter.object}, VTN {cfg.openadr.vtn_url_shown}, "
+          f"meter {cfg.meter.address} {cfg.meter.object}, VTN {adr.vtn_url_shown} as {adr.ven_name!r} "
+          f"(grid {adr.power_hertz} Hz, {adr.power_voltage:g} V; events of {programmes}), "
           f"storage {os.path.abspath(cfg.storage.path)})")
     return 0
 
