@@ -240,6 +240,15 @@ class VtnStatus:
             said = True
         self._status_failing = (since, failures, said)
 
+    def _status_answered(self) -> None:
+        """A status update got an answer: the end of _status_unanswered's fault, if it was said."""
+        if self._status_failing is not None:
+            since, failures, said = self._status_failing
+            if said:
+                log.info("the VTN answers %s updates again after %d without an answer since %s", STATUS_REPORT,
+                         failures, _iso(since))
+            self._status_failing = None
+
     def _sample(self, req: StatusRequest, now: datetime) -> None:
         """The status at the latest boundary reached: one a late wake (a busy loop, a suspended machine) skipped is
         not sampled, as the status then is not known now."""
@@ -308,12 +317,7 @@ class VtnStatus:
         if rtype is None:
             self._status_unanswered(client.last_error or "an empty answer")
             return None
-        if self._status_failing is not None:
-            since, failures, said = self._status_failing
-            if said:
-                log.info("the VTN answers %s updates again after %d without an answer since %s", STATUS_REPORT,
-                         failures, _iso(since))
-            self._status_failing = None
+        self._status_answered()
         if rtype == "oadrRequestReregistration":
             self._forgotten(f"the {STATUS_REPORT} report")
             return None
