@@ -159,6 +159,7 @@ class MeterClient:
         self._conversion: MeterUnits | None = None  # None: read units (and statusFlags support) at the next read
         self._conversion_app: Application | None = None
         self._has_status_flags = True
+        self._has_units = True
         self._logged_units: MeterUnits | None = None
         self._route_ready = self.network is None
         self._task: asyncio.Task | None = None
@@ -268,10 +269,15 @@ class MeterClient:
 
     async def _read(self) -> float:
         app = self._app
-        if self._conversion is None or self._conversion_app is not app:  # once per (re)connection
+        if self._conversion is None or self._conversion_app is not app:  # a (re)connection
+            self._has_units = True
             self._conversion = await self._read_units(app)
             self._conversion_app = app
             self._has_status_flags = True
+        elif self._has_units:
+            # at every read, as statusFlags: a meter set from kilowatts to watts, or power-cycled faster than a poll,
+            # answered on, and 50 kW went to the VTN, the points and the forecaster as 50,000 kW (helper meters41)
+            self._conversion = await self._read_units(app)
         conversion = self._conversion
         raw = await self._ask(app, self.property)
         if raw is None:
@@ -307,6 +313,7 @@ class MeterClient:
             if str(err.errorClass) != "property":  # e.g. unknown object: the value read would fail alike
                 raise _ReadFailed(f"{self.address} {self.object_name} units: {error_text(err)}") from None
             name = None  # no units property (or not readable): the value is taken as kW, as configured
+            self._has_units = False     # not asked again on this connection
         else:
             # an answer that is not an enumeration says no more than a missing property: taken as kW
             name = to_plain(raw) if isinstance(raw, Enumerated) else None
@@ -323,12 +330,15 @@ class MeterClient:
             return  # once per unit (and, with meter.units, per unit the meter says), not once per reconnection
         before, self._logged_units = self._logged_units, conversion
         warned = before is not None and (not before.stated or before.disagrees)
-        # kW is what the gateway expects (nothing to tell at INFO, unless it ends a warning: the log said the value
-        # was taken on trust); a conversion is said; an unstated unit, or one meter.units overrules, is warned
+        # kW is what the gateway expects (nothing to tell at INFO, unless it ends a warning or a conversion: the log's
+        # last word on the units would stand); a conversion is said; an unstated unit, or one meter.units overrules,
+        # is warned
         level = (logging.WARNING if not conversion.stated or conversion.disagrees
-                 else logging.DEBUG if conversion.kw_per_unit == 1.0 and not warned else logging.INFO)
+                 else logging.DEBUG if conversion.kw_per_unit == 1.0 and before is None else logging.INFO)
         # ending a warning, the line says so: "reports kilowatts" alone did not read as its end
-        ends = " now: the warning about its units ends" if warned and level == logging.INFO else ""
+        ends = (" now: the warning about its units ends" if warned and level == logging.INFO
+                else f" (it reported {(before.reported if before.configured else before.name) or 'no units'} before)"
+                if before is not None else "")
         log.log(level, "meter %s %s %s%s", self.address, self.object_name, conversion.describe(), ends)
 
     async def _check_status_flags(self, app: Application) -> None:

@@ -122,8 +122,33 @@ async def test_units_are_read_again_when_the_meter_comes_back(gateway, free_udp_
         await read_until_steady(meter)
     infos = meter_logs(caplog, logging.INFO)
     assert [m for m in infos if "reports" in m] == [
-        f"meter {sim.meter_address} analogInput 2 reports watts: readings are converted to kW (x 0.001)"]
+        f"meter {sim.meter_address} analogInput 2 reports watts: readings are converted to kW (x 0.001) (it reported "
+        "kilowatts before)"]
     assert any(m.startswith("meter answering again") and "43.00 kW" in m for m in infos)
+
+
+async def test_units_changed_on_a_meter_that_answers_on_are_followed_at_the_next_read(gateway, free_udp_port, caplog):
+    # the meter set from kilowatts to watts in place, or power-cycled faster than a poll: no read failed, so the units
+    # were not read again, and 50 kW went to the VTN, the points and the forecaster as 50,000 kW (helper meters41)
+    caplog.set_level(logging.INFO, logger="bacnet_api.meter")
+    seen: list[MeterReading] = []
+    async with MeterSimulator(f"127.0.0.1/8:{free_udp_port()}", value=50.0) as sim:
+        meter = client(gateway, sim, on_reading=seen.append)
+        assert (await asyncio.wait_for(meter.read_once(), 5)).value == 50.0
+        sim.set_units("watts")
+        sim.set_value(50000.0)
+        for _ in range(2):
+            assert (await asyncio.wait_for(meter.read_once(), 5)).value == pytest.approx(50.0)
+        assert meter.units == "watts"
+        sim.set_units("kilowatts")
+        sim.set_value(51.0)
+        assert (await asyncio.wait_for(meter.read_once(), 5)).value == 51.0 and meter.units == "kilowatts"
+    assert [r.value for r in seen] == pytest.approx([50.0, 50.0, 50.0, 51.0]) and not meter.fault
+    named = f"meter {sim.meter_address} analogInput 2"
+    # each change said once, the way back too: the log's last word on the units was "reports watts"
+    assert meter_logs(caplog, logging.INFO) == [
+        f"{named} reports watts: readings are converted to kW (x 0.001) (it reported kilowatts before)",
+        f"{named} reports kilowatts (it reported watts before)"]
 
 
 @pytest.mark.parametrize("status, why", [
