@@ -139,7 +139,9 @@ class MeterClient:
         # a value outside these is a meter's "no data" sentinel (3.4e38) or a wrong point, not kW
         self.bounds = bounds
         self.network = network_of(address)
-        self.route: str | None = router or None  # the router the meter's network is reached through
+        # the router the meter's network is reached through; none for a BACnet/IP meter, read directly whatever
+        # meter.router says (the fault line sent the technician to a router the reads never used)
+        self.route: str | None = (router or None) if self.network is not None else None
         self._router_address: str | None = None  # meter.router as resolved for the reads (it may be a host name)
         self.latest: MeterReading | None = None       # the last attempt, answered or not
         self.last_good: MeterReading | None = None    # the last reading that carried a value

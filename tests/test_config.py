@@ -878,6 +878,19 @@ def test_check_config_warns_of_a_meter_router_name_that_does_not_resolve(tmp_pat
                 "fails until it does" in out) == warned, out
 
 
+def test_a_meter_router_beside_a_bacnet_ip_meter_address_is_warned_of_as_unused(tmp_path, capsys):
+    # the example's meter.router kept when the address was changed to an IP meter: check-config said ok, and the
+    # technician chasing a silent meter was sent to a router the reads never used (helper meters41 W2)
+    from ven.cli import main
+    said = "meter.router (10.0.0.5:47808) is not used: meter.address 10.0.0.9:47808 is a BACnet/IP address"
+    for address, warned in [("10.0.0.9:47808", True), ("12345:2", False)]:
+        p = _write(tmp_path, f'[meter]\naddress = "{address}"\nrouter = "10.0.0.5:47808"\n')
+        assert main(["check-config", str(p)]) == 0
+        assert (said in capsys.readouterr().out) == warned
+    assert main(["check-config", str(_write(tmp_path, '[meter]\naddress = "10.0.0.9:47808"\n'))]) == 0
+    assert "is not used" not in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("url", ["htps://ven:S3CRET@vtn.example.com/OpenADR2/Simple/2.0b",
                                  "https://ven:S3CRET@vtn.example.com:99999/OpenADR2/Simple/2.0b",
                                  "https://ven:S3CRET@/OpenADR2/Simple/2.0b"], ids=["scheme", "port", "no-host"])

@@ -204,6 +204,17 @@ async def test_no_router_answers_without_a_configured_router(gateway, sim):
     assert reading.error == "no router to network 12345 answered Who-Is-Router-To-Network"
 
 
+async def test_a_bacnet_ip_meter_is_read_directly_and_its_fault_names_no_router(gateway, free_udp_port):
+    # meter.router left as the example ships it, meter.address changed to an IP meter: the reads went straight to
+    # the meter, but the fault line and /api/status sent the technician to the router (helper meters41 W2)
+    address = f"127.0.0.1:{free_udp_port()}"    # nothing answers there
+    meter = MeterClient(gateway, address=address, object="analogInput 2", router=f"127.0.0.1:{free_udp_port()}",
+                        timeout_seconds=FAST, settle_seconds=FAST)
+    assert meter.route is None
+    reading = await asyncio.wait_for(meter.read_once(), 10)
+    assert reading.error == f"no response from {address} within {FAST:g} s" and meter.route is None
+
+
 async def test_a_router_name_that_does_not_resolve_is_named_with_its_key(gateway, sim, monkeypatch):
     # meter.router takes a host name; one the resolver does not know failed each read with bacpypes3's bare
     # "RuntimeError: unable to resolve NAME" after the meter's address. The resolver is played here: no DNS query.

@@ -619,6 +619,12 @@ class GatewayConfig(_Section):
             out.append(f"meter.poll_seconds ({self.meter.poll_seconds:g}) is longer than openadr.telemetry_seconds "
                        f"({self.openadr.telemetry_seconds:g}): report intervals the meter was not read in are not "
                        f"sent to the VTN")
+        if self.meter.router:
+            from bacnet_api.client import network_of
+            if network_of(self.meter.address) is None:
+                out.append(f"meter.router ({self.meter.router}) is not used: meter.address {self.meter.address} is a "
+                           f"BACnet/IP address, read directly; meter.router is for a meter on another network "
+                           f"(network:mac, e.g. 12345:2): leave it empty")
         stale = self.forecaster.input_stale_seconds
         if stale > _DEMAND_SECONDS:
             out.append(f"forecaster.input_stale_seconds ({stale:g}) is longer than the 15-minute demand window: "
