@@ -532,15 +532,17 @@ async def read_meter_once(
     timeout: float = 5.0,
     bounds: tuple[float, float] = (-math.inf, math.inf),
     units: str | None = None,
-) -> MeterReading:
-    """One meter read from a temporary stack bound to `bind_address` (the CLI's read-meter)."""
+) -> tuple[MeterReading, MeterUnits | None]:
+    """One meter read from a temporary stack bound to `bind_address` (the CLI's read-meter), and how its value was
+    taken (the units the meter states, meter.units; None if they were not read)."""
     try:
         app = await start_stack(bind_address, device_id, "edge-gateway-read-meter", timeout=timeout)
     except OSError as err:
-        return MeterReading(datetime.now(timezone.utc), None, str(err))
+        return MeterReading(datetime.now(timezone.utc), None, str(err)), None
     try:
         client = MeterClient(app, address=address, object=object, property=property,
                              router=router, timeout_seconds=timeout, bounds=bounds, units=units)
-        return await client.read_once()
+        reading = await client.read_once()
+        return reading, client._logged_units
     finally:
         await close_stack(app)

@@ -288,12 +288,12 @@ async def test_callback_errors_do_not_stop_readings(gateway, sim):
 
 async def test_read_meter_once_uses_a_temporary_stack(sim, free_udp_port):
     port = free_udp_port()
-    reading = await read_meter_once(f"127.0.0.1/8:{port}", 500402, sim.meter_address, "analogInput 2",
-                                    router=sim.router_address, timeout=2.0)
-    assert reading.value == 42.5
+    reading, units = await read_meter_once(f"127.0.0.1/8:{port}", 500402, sim.meter_address, "analogInput 2",
+                                           router=sim.router_address, timeout=2.0)
+    assert reading.value == 42.5 and units.describe() == "reports kilowatts"
     # the stack is gone: the same port can be bound again at once
-    reading = await read_meter_once(f"127.0.0.1/8:{port}", 500402, sim.meter_address, "analogInput:2",
-                                    router=sim.router_address, timeout=2.0)
+    reading, _ = await read_meter_once(f"127.0.0.1/8:{port}", 500402, sim.meter_address, "analogInput:2",
+                                       router=sim.router_address, timeout=2.0)
     assert reading.value == 42.5
 
 

@@ -281,6 +281,27 @@ async def test_read_meter_follows_meter_units_from_the_config(free_udp_port, tmp
         out, err = await asyncio.wait_for(proc.communicate(), 45)
     assert proc.returncode == 0, err.decode()
     assert f"meter {sim.meter_address} analogInput 2 presentValue: 42.500 kW" in out.decode()
+    assert out.decode().rstrip().endswith("; the meter states noUnits; meter.units says watts: readings are converted "
+                                          "to kW (x 0.001)"), out
+
+
+@pytest.mark.timeout(60)
+async def test_read_meter_says_how_it_took_the_units_and_warns_as_run_would(free_udp_port, tmp_path):
+    # the commissioning check printed 42500.000 kW for a watts meter stating noUnits, with nothing beside it: the
+    # meter's log lines that say so in `run` were silenced with its fault line (helper meters41 W3)
+    async with MeterSimulator(f"127.0.0.1/8:{free_udp_port()}", value=42500.0, units="noUnits") as sim:
+        config = tmp_path / "gateway.toml"
+        config.write_text(f'[meter]\naddress = "{sim.meter_address}"\nrouter = "{sim.router_address}"\n'
+                          'timeout_seconds = 2\n')
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "ven.cli", "read-meter", "--config", str(config),
+            "--bind", f"127.0.0.1/8:{free_udp_port()}", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 45)
+    assert proc.returncode == 0, err.decode()
+    said = out.decode().rstrip()
+    assert ": 42500.000 kW at " in said and said.endswith("; the meter states noUnits: its value is taken as kW"), out
+    assert err.decode().strip() == (f"read-meter: warning: meter {sim.meter_address} analogInput 2 states noUnits: "
+                                    "its value is taken as kW: check meter.units"), err
 
 
 @pytest.mark.timeout(60)

@@ -258,15 +258,21 @@ def cmd_read_meter(args) -> int:
     logging.getLogger("bacnet_api.meter").setLevel(logging.ERROR)     # its fault line is the result's, printed below
     m = cfg.meter
     bind = args.bind or cfg.bacnet.address
-    reading = asyncio.run(read_meter_once(
+    reading, units = asyncio.run(read_meter_once(
         bind_address=bind, device_id=cfg.bacnet.device_id, address=m.address, object=m.object,
         property=m.property, router=m.router, timeout=m.timeout_seconds,
         bounds=(float32(cfg.bacnet.input_min_kw), float32(cfg.bacnet.input_max_kw)), units=m.units or None))
     if reading.value is None:
         print(f"meter {m.address} {m.object} {m.property}: no value: {reading.error}", file=sys.stderr)
         return 1
+    # how the value was taken, which the meter's log lines (silenced above with its fault line) say in `run`: a
+    # watts meter stating noUnits read 50000.000 kW here with nothing beside it (helper meters41 W3)
+    how = f"; the meter {units.describe()}" if units is not None else ""
     print(f"meter {m.address} {m.object} {m.property}: {reading.value:.3f} kW at "
-          f"{reading.timestamp.isoformat(timespec='seconds')}")
+          f"{reading.timestamp.isoformat(timespec='seconds')}{how}")
+    if units is not None and (not units.stated or units.disagrees):
+        print(f"read-meter: warning: meter {m.address} {m.object} {units.describe()}: check meter.units",
+              file=sys.stderr)
     return 0
 
 
