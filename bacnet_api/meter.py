@@ -204,7 +204,8 @@ class MeterClient:
                 await forget_route(self._app, self.network)
         except ErrorRejectAbortNack as err:  # BaseException-derived: must be named explicitly
             # an error or reject is the meter's answer; an abort is bacpypes3 giving up on one
-            reading = self._reading(error=f"{self._what}: {error_text(err)}", answered=not isinstance(err, AbortPDU))
+            reading = self._reading(error=f"{self._what}: {error_text(err)}{self._hint(err)}",
+                                    answered=not isinstance(err, AbortPDU))
         except CommunicationDisabled as err:  # a BACnet client told the gateway not to initiate: not sent
             reading = self._reading(error=f"{self._what} not read: {err}")
             silenced = True
@@ -313,7 +314,7 @@ class MeterClient:
             raw = await self._ask(app, "units")
         except ErrorPDU as err:
             if str(err.errorClass) != "property":  # e.g. unknown object: the value read would fail alike
-                raise _ReadFailed(f"{self.address} {self.object_name} units: {error_text(err)}") from None
+                raise _ReadFailed(f"{self.address} {self.object_name}: {error_text(err)}{self._hint(err)}") from None
             name = None  # no units property (or not readable): the value is taken as kW, as configured
             self._has_units = False     # not asked again on this connection
         else:
@@ -342,6 +343,16 @@ class MeterClient:
                 else f" (it reported {(before.reported if before.configured else before.name) or 'no units'} before)"
                 if before is not None else "")
         log.log(level, "meter %s %s %s%s", self.address, self.object_name, conversion.describe(), ends)
+
+    def _hint(self, err: BaseException) -> str:
+        """What the meter's error means for the configuration: "BACnet error object/unknown-object" after "units" read
+        as a units problem to the technician whose meter came back with another object list (helper meters41)."""
+        code = error_code(err)
+        if code == "unknownObject":
+            return f" ({self.object_name} does not exist on the meter: check meter.object)"
+        if code == "unknownProperty":
+            return f" ({self.object_name} has no {self.property}: check meter.property)"
+        return ""
 
     async def _check_status_flags(self, app: Application) -> None:
         """Refuse a value the meter flags as fault or out of service (statusFlags bits 1 and 3)."""

@@ -192,8 +192,16 @@ async def test_unknown_object_is_a_failure_with_a_reason(gateway, sim):
                         router=sim.router_address, timeout_seconds=FAST)
     reading = await meter.read_once()
     assert reading.value is None
-    assert "unknown-object" in reading.error and "analogInput 99" in reading.error
+    # said as what it means for the config: "analogInput 99 units: BACnet error object/unknown-object" read as a
+    # units problem (helper meters41)
+    assert reading.error == (f"{sim.meter_address} analogInput 99: BACnet error object/unknown-object (analogInput 99 "
+                             "does not exist on the meter: check meter.object)"), reading.error
     assert meter.fault is True
+    missing = MeterClient(gateway, address=sim.meter_address, object="analogInput 2", property="maxPresValue",
+                          router=sim.router_address, timeout_seconds=ANSWERS)
+    reading = await missing.read_once()
+    assert reading.value is None and reading.error.endswith(
+        "unknown-property (analogInput 2 has no maxPresValue: check meter.property)"), reading.error
 
 
 async def test_no_router_answers_without_a_configured_router(gateway, sim):
