@@ -152,6 +152,7 @@ class GatewayDevice:
         self._no_value_yet: set[str] = set()
         self._faulted: set[str] = set()
         self._unusable: set[str] = set()   # faulted on an answer that was no use, not on a missing one
+        self._told: dict[str, Reliability] = {}    # faulted with the source's own reliability
         # by point, each with its guard: a BAS writes every few seconds, and a broken listener's traceback each time
         self._callbacks: dict[str, list[tuple[Callable[[Any], Any], BugGuard]]] = {}
         self._judges: dict[str, Callable[[float], str | None]] = {}    # judge_writes
@@ -389,7 +390,9 @@ class GatewayDevice:
                 await result
 
     def _update_reliability(self, name: str) -> None:
-        if name in self._faulted:
+        if name in self._told:
+            reliability = self._told[name]
+        elif name in self._faulted:
             reliability = _UNUSABLE if name in self._unusable else _SET_FAULT.get(name, Reliability("unreliableOther"))
         elif name in self._no_value_yet:
             reliability = _NO_VALUE_YET
@@ -421,9 +424,11 @@ class GatewayDevice:
             self._update_reliability(name)
         obj.presentValue = wire
 
-    def set_fault(self, name: str, fault: bool, *, unusable: bool = False) -> None:
+    def set_fault(self, name: str, fault: bool, *, unusable: bool = False, reliability: str | None = None) -> None:
         """`unusable`: the source answered, with a value that cannot be used (reliability unreliableOther,
-        where a point's own fault reliability says nothing came, e.g. meter-power's communicationFailure)."""
+        where a point's own fault reliability says nothing came, e.g. meter-power's communicationFailure).
+        `reliability`: the source's own word for its fault (a meter's "overRange"), passed on to the BAS if BACnet
+        has it."""
         self._object(name)
         if fault:
             self._faulted.add(name)
@@ -433,6 +438,12 @@ class GatewayDevice:
             self._unusable.add(name)
         else:
             self._unusable.discard(name)
+        self._told.pop(name, None)
+        if fault and reliability is not None and reliability != "noFaultDetected":
+            try:
+                self._told[name] = Reliability(reliability)
+            except ValueError:  # a proprietary value or one this stack does not know: unreliableOther
+                pass
         self._update_reliability(name)
 
     def get(self, name: str) -> float | bool:

@@ -93,6 +93,8 @@ class MeterReading:
     # is missing from the interval of each of these, not of its end: one asked at an interval's last tick that timed
     # out in the next was counted there.
     tick_times: tuple[datetime, ...] = ()
+    # the meter's own reliability when it flagged the value fault ("overRange"), for the meter-power point's
+    reliability: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -210,7 +212,8 @@ class MeterClient:
             reading = self._reading(error=f"{self._what} not read: {err}")
             silenced = True
         except _ReadFailed as err:
-            reading = self._reading(error=str(err), answered=not isinstance(err, _NoRoute))
+            reading = replace(self._reading(error=str(err), answered=not isinstance(err, _NoRoute)),
+                              reliability=err.reliability)
         except Exception as err:  # anything the stack raises is a failed read, not a crash
             reading = self._reading(error=f"{self._what}: {error_text(err)}")
             trace_if_a_bug(log, "meter read", err, self._bugs_traced)
@@ -373,7 +376,8 @@ class MeterClient:
             except ErrorPDU:
                 reliability = None
             why = f" (reliability {reliability})" if reliability else ""
-            raise _ReadFailed(f"{self.address} {self.object_name}: the meter flags its value as fault{why}")
+            raise _ReadFailed(f"{self.address} {self.object_name}: the meter flags its value as fault{why}",
+                              reliability=reliability if isinstance(reliability, str) else None)
         if flags[3]:
             raise _ReadFailed(f"{self.address} {self.object_name}: the meter's object is out of service, "
                               "so its value is not a measurement")
@@ -519,6 +523,10 @@ class MeterClient:
 
 class _ReadFailed(Exception):
     """A read that got an answer which is not a usable kW value."""
+
+    def __init__(self, text: str, reliability: str | None = None):
+        super().__init__(text)
+        self.reliability = reliability
 
 
 class _NoRoute(_ReadFailed):

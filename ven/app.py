@@ -400,7 +400,7 @@ class Gateway:
         t = reading.timestamp.timestamp()
         if reading.value is None:
             # the meter answering in kWh is not a broken network: the BAS alarm must not send the technician there
-            self.device.set_fault(P.METER_POWER, True, unusable=reading.answered)
+            self.device.set_fault(P.METER_POWER, True, unusable=reading.answered, reliability=reading.reliability)
             self.device.set(P.METER_FAULT, True)
             self.metrics.meter_read_failures.inc()
             self.vtn.record_failed_read(reading.tick_times or (reading.timestamp,))
