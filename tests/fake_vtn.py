@@ -17,6 +17,8 @@ Modes:
   gzip_bomb      200 application/xml with Content-Encoding gzip: 0.5 MB that inflate to 512 MB of blanks
   http500        500 with a short text body
   slow           answers (broken XML) only after `slow_seconds`, beyond the VEN's read timeout
+  slow_proxy     as proxy, the answer after `slow_seconds` (a VTN that stores an update before it answers); only
+                 for the services in `slow_services` when that is set
   trickle        starts a 200 answer at once, then sends one byte a second and never finishes
 """
 from __future__ import annotations
@@ -29,7 +31,7 @@ import zlib
 import aiohttp
 from aiohttp import web
 
-MODES = ("proxy", "malformed_xml", "html", "json", "huge", "gzip_bomb", "http500", "slow", "trickle")
+MODES = ("proxy", "malformed_xml", "html", "json", "huge", "gzip_bomb", "http500", "slow", "trickle", "slow_proxy")
 
 _MALFORMED = (b'<?xml version="1.0" encoding="utf-8"?>\n'
               b'<oadr:oadrPayload xmlns:oadr="http://openadr.org/oadr-2.0b/2012/07"><oadr:oadrSignedObject>'
@@ -45,6 +47,7 @@ class FakeVtn:
         self.url = f"http://{host}:{port}/OpenADR2/Simple/2.0b"
         self.upstream = upstream.rstrip("/") if upstream else None
         self.slow_seconds = slow_seconds
+        self.slow_services: tuple[str, ...] = ()
         self._huge = self._huge_body(huge_bytes)
         self.requests: list[tuple[float, str, str]] = []     # (monotonic time, service, mode)
         self._mode = ""
@@ -111,7 +114,9 @@ class FakeVtn:
         body = await request.read()
         mode = self._mode
         self.requests.append((time.monotonic(), service, mode))
-        if mode == "proxy":
+        if mode == "slow_proxy" and (not self.slow_services or service in self.slow_services):
+            await asyncio.sleep(self.slow_seconds)
+        if mode in ("proxy", "slow_proxy"):
             async with self._session.post(f"{self.upstream}/{service}", data=body,
                                           headers={"Content-Type": request.content_type}) as up:
                 content = await up.read()

@@ -220,6 +220,32 @@ async def test_misbehaving_vtn_errors_logged_once_retries_continue_then_register
     assert not tracebacks(caplog), "no stack traces for an expected fault"
 
 
+@pytest.mark.timeout(60)
+async def test_a_vtn_answering_updates_in_over_ten_seconds_within_the_request_timeout_gets_them_once(
+        tmp_path, free_udp_port, free_tcp_port, caplog):
+    # a VTN that stores each update before it answers (a utility head-end under load) took 15 s: a fixed 10 s socket
+    # read bound abandoned every update whatever openadr.request_timeout_seconds said, each was sent again, and
+    # none was acknowledged while the VTN stayed slow (helper ledger41)
+    caplog.set_level(logging.INFO)
+    upstream = DemoVtn(free_tcp_port(), poll_seconds=1)
+    await upstream.start()
+    fake = FakeVtn(free_tcp_port(), mode="proxy", upstream=upstream.url, slow_seconds=11.0)
+    await fake.start()
+    try:
+        async with running_gateway(tmp_path, free_udp_port, fake.url, request_timeout=20.0) as (gateway, *_):
+            await eventually(lambda: gateway.telemetry.delivered > 0, 15, "telemetry delivered")
+            fake.slow_services, fake.mode = ("EiReport",), "slow_proxy"
+            taken = gateway.telemetry.delivered
+            await eventually(lambda: fake.attempts("slow_proxy", "EiReport") >= 1, 10, "an update to the slow VTN")
+            await eventually(lambda: gateway.telemetry.delivered > taken, 15, "an update taken after 11 s")
+            assert fake.attempts("slow_proxy", "EiReport") <= 2, "each sent once (the next one may be on its way)"
+            assert not messages(caplog, "did not answer in time")
+            assert "did not answer in time" not in (gateway.vtn.status()["last_error"] or "")
+    finally:
+        await fake.stop()
+        await upstream.stop()
+
+
 @pytest.mark.timeout(75)
 async def test_slow_vtn_times_out_retries_then_a_real_vtn_on_its_port_registers(
         tmp_path, free_udp_port, free_tcp_port, caplog):

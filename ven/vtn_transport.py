@@ -278,7 +278,7 @@ class _Client(OpenADRClient):
         self.client_session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(ssl=ssl_context) if ssl_context else None,
             headers={"content-type": "application/xml"},
-            timeout=aiohttp.ClientTimeout(sock_connect=5, sock_read=10))
+            timeout=aiohttp.ClientTimeout(total=self.request_timeout_s, sock_connect=5))
 
     async def _perform_request(self, service, message):
         # Requests overlap on this client (a poll, telemetry delivery, opt answers): what one learnt is set
@@ -309,7 +309,10 @@ class _Client(OpenADRClient):
         await self._ensure_client_session()
         url = f"{self.vtn_url}/{service}"
         try:
-            timeout = aiohttp.ClientTimeout(total=self.request_timeout_s, sock_connect=5, sock_read=10)
+            # no read bound of its own: a VTN sends nothing until it has stored the update, so a fixed 10 s read
+            # bound was the request's, whatever request_timeout_seconds said, and a VTN taking 15 s got every update
+            # abandoned and sent again, none acknowledged (helper ledger41)
+            timeout = aiohttp.ClientTimeout(total=self.request_timeout_s, sock_connect=5)
             # a redirect is not followed: aiohttp would post the next message, and take the events, from whatever
             # host the answer names, the URL's password with it on the way
             async with self.client_session.post(url, data=message, timeout=timeout, proxy=self.proxy,
