@@ -287,7 +287,8 @@ def test_two_readers_each_read_every_sample_once_and_a_sample_leaves_once_both_t
     assert [s.kw for s in q.peek(10, "fast")] == [4.0, 5.0]           # its place, not the queue's head
     assert [s.kw for s in q.peek(10, "slow")] == [float(i) for i in range(6)]
     q.ack(q.peek(2, "slow"), delivered=False, reader="slow")       # e.g. before its reportInterval
-    assert q.pending == 4 and q.delivered == 2                       # both took 0, 1: gone, counted once
+    # both took 0, 1: gone; 2, 3 held for slow. Each counted once, when fast delivered it
+    assert q.pending == 2 and q.held == 2 and q.delivered == 4
     q.close()
     q = TelemetryQueue(tmp_path / "gw.sqlite")                       # the taken rows are deleted on disk
     assert [s.kw for s in q.peek(10)] == [2.0, 3.0, 4.0, 5.0]
@@ -296,6 +297,27 @@ def test_two_readers_each_read_every_sample_once_and_a_sample_leaves_once_both_t
     q.ack(q.peek(3, "fast"), reader="fast")
     q.drop_reader("slow")                                            # cancelled: what fast took goes
     assert [s.kw for s in q.peek(10)] == [5.0] and q.delivered == 3            # since this start
+    q.close()
+
+
+def test_readings_held_for_a_parked_stream_are_delivered_and_not_pending(tmp_path):
+    # a stream of the run before, parked until the VTN requests it again, while the 10 s request delivers every
+    # interval: /api/status said delivered 0 and pending growing, and the oldest-sample age metric rose, as if the
+    # VTN took nothing (helper ledger41)
+    q = TelemetryQueue(tmp_path / "gw.sqlite")
+    q.add_reader("parked")
+    q.add_reader("live")
+    for i in range(6):
+        q.add(T0 + timedelta(seconds=10 * i), float(i))
+        q.ack(q.peek(10, "live"), reader="live")
+    assert q.delivered == 6 and q.pending == 0 and q.held == 6 and q.oldest_undelivered() is None
+    q.add(T0 + timedelta(seconds=60), 6.0)                            # not yet taken by either
+    assert q.pending == 1 and q.oldest_undelivered().kw == 6.0
+    assert q.status()["pending"] == 1 and q.status()["held"] == 6
+    q.ack(q.peek(10, "parked"), reader="parked")                      # its request came again
+    assert q.delivered == 7 and q.pending == 0 and q.held == 1        # 6.0, which live has yet to take
+    q.ack(q.peek(10, "live"), reader="live")
+    assert q.delivered == 7 and q.pending == 0 and q.held == 0 and q.peek(10) == []
     q.close()
 
 

@@ -802,8 +802,8 @@ class Gateway:
             self._counted[key] = total
         self.metrics.telemetry_queue_depth.set(self.telemetry.pending)
         now = time.time()
-        oldest = self.telemetry.peek(1)
-        self.metrics.telemetry_oldest_age_seconds.set(max(0.0, now - oldest[0].ts.timestamp()) if oldest else 0.0)
+        oldest = self.telemetry.oldest_undelivered()
+        self.metrics.telemetry_oldest_age_seconds.set(max(0.0, now - oldest.ts.timestamp()) if oldest else 0.0)
         self.metrics.meter_fault.set(int(bool(self.meter.fault)))
         self.metrics.meter_fault_open.set(int(self.meter.fault_window() is not None))
         self.metrics.vtn_fault_open.set(int(self.vtn.open_fault() is not None))

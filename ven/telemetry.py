@@ -608,7 +608,12 @@ class TelemetryQueue:
         done = {seq for seq in seqs if all(r.has(seq) for r in others)}
         reader.taken |= seqs - done
         if delivered:
-            self._sent |= seqs - done
+            # counted as delivered now, not once the last request has taken them too: with a stream parked for its
+            # request (one of the run before), `delivered` stayed 0 while the VTN took every interval (helper ledger41)
+            first = seqs - done - self._sent
+            self.delivered += len(first)
+            self.sent_total += len(first)
+            self._sent |= first
         for r in self._readers.values():
             r.taken -= done
         if any(seq > 0 for seq in reader.taken):
@@ -706,7 +711,7 @@ class TelemetryQueue:
         # rows that moved leave by their new numbers too (the request behind read them after the move)
         for row in done & self._moved_back.keys():
             self._moved.pop(self._moved_back.pop(row), None)
-        counted = len(done) if delivered else len(done & self._sent)
+        counted = len(done - self._sent) if delivered else 0    # the others were when a request first took them
         self._sent -= done
         self.sent_total += counted
         self.delivered += counted
@@ -717,18 +722,34 @@ class TelemetryQueue:
 
     @property
     def pending(self) -> int:
+        """Readings queued that no request has delivered yet (those held for another request are `held`)."""
         try:
             on_disk = int(self._db().execute("SELECT COUNT(*) FROM telemetry_queue").fetchone()[0])
         except sqlite3.Error:
             on_disk = len(self._acked)
-        return on_disk - len(self._acked) + len(self._memory)
+        return on_disk - len(self._acked) + len(self._memory) - len(self._sent)
+
+    @property
+    def held(self) -> int:
+        """Readings the VTN took under one request, kept for another that has not taken them yet."""
+        return len(self._sent)
+
+    def oldest_undelivered(self) -> Sample | None:
+        """The oldest reading no request has delivered, near enough: the one the request furthest ahead has not
+        taken (a stream parked for its request holds older ones, which the VTN has had)."""
+        if len(self._readers) < 2:
+            oldest = self.peek(1)
+        else:
+            ahead = max(self._readers, key=lambda name: self._readers[name].floor)
+            oldest = self.peek(1, reader=ahead)
+        return oldest[0] if oldest else None
 
     @property
     def dropped(self) -> int:
         return self._dropped
 
     def status(self) -> dict:
-        return {"pending": self.pending, "dropped": self.dropped, "dropping": self._dropping,
+        return {"pending": self.pending, "held": self.held, "dropped": self.dropped, "dropping": self._dropping,
                 "delivered": self.delivered, "last_delivery": self.last_delivery.isoformat() if self.last_delivery else None,
                 "in_memory": len(self._memory), "storage_error": self.write_error}
 
