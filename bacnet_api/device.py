@@ -34,6 +34,7 @@ from .objects import (
     read_only,
 )
 from .foreign import RegistrationWatch, foreign_layer, take_every_answer
+from .own_address import OwnAddressWatch
 from .points import METER_POWER, POINTS, Point
 from .services import harden
 from .write_access import WriteAccess
@@ -147,6 +148,8 @@ class GatewayDevice:
         self.dcc_password = dcc_password
         # who may write (bacnet.write_from; empty: anyone); its refusals count across restarts of the device
         self.write_access = WriteAccess(write_from)
+        # whether the machine still has bacnet.address while the device runs (a lease that changed, a link down)
+        self.own_address = OwnAddressWatch(address)
         self._points = {p.name: p for p in points}
         self._objects: dict[str, Any] = {}
         self._no_value_yet: set[str] = set()
@@ -185,6 +188,8 @@ class GatewayDevice:
             harden(self.app, dcc_password=self.dcc_password, write_access=self.write_access,
                    own_address=f"{ip_mask.partition('/')[0]}:{port}", bbmd_address=self.bbmd_address,
                    own_network=ip_mask)
+            self.app._local_trouble = self.own_address.local_trouble    # a COV recipient not blamed for it
+            self._hear_send_failures()
             for obj in list(self.app.objectIdentifier.values()):  # the device and network port
                 read_only(obj)
             for point in self._points.values():
@@ -205,6 +210,7 @@ class GatewayDevice:
             self._foreign.start(on_registered=self._announce)   # a broadcast before it would be dropped
         else:
             self._announce()
+        self.own_address.start()
         if not self.write_access.open:
             log.info("BACnet writes (WriteProperty, WritePropertyMultiple, DeviceCommunicationControl disable) taken "
                      "only from %s (bacnet.write_from); reads, COV, Who-Is and DeviceCommunicationControl enable from "
@@ -222,6 +228,20 @@ class GatewayDevice:
                                       deviceInstanceRangeHighLimit=self.device_id, destination=GlobalBroadcast()))
         self.app.i_am()
 
+    def _hear_send_failures(self) -> None:
+        """A send the kernel refuses (no route: this side's link or address is gone) reaches the protocol's
+        error_received, which bacpypes3 logs at DEBUG only: the watch is told too."""
+        for link_layer in self.app.link_layers.values():
+            protocol = getattr(getattr(link_layer, "server", None), "local_protocol", None)
+            if protocol is None:
+                continue
+            said = protocol.error_received
+
+            def error_received(exc: Exception, said=said) -> None:
+                self.own_address.send_failed(exc)
+                said(exc)
+            protocol.error_received = error_received
+
     async def _socket_ready(self) -> None:
         # BAC0 binds the UDP socket in a task; its context manager would add a fixed 1 s sleep.
         for link_layer in self.app.link_layers.values():
@@ -231,6 +251,7 @@ class GatewayDevice:
                 await ready.wait()
 
     async def stop(self) -> None:
+        await self.own_address.stop()
         if self._foreign is not None:
             await self._foreign.stop()
             self._foreign = None

@@ -640,6 +640,15 @@ class _Services(PropertyAccess):
             return
         error = future.exception()
         who = f"COV subscriber {cov.client_addr} (process {cov.proc_id}, {cov.obj_id})"
+        trouble = getattr(self, "_local_trouble", lambda: None)()
+        if isinstance(error, AbortPDU) and trouble is not None:
+            # this machine's link or address was down: not the subscriber's doing. Cancelled, the BAS was never told
+            # and showed a frozen value until its lifetime ended (helper links41); kept, the next change reaches it
+            if getattr(self, "_cov_kept_for", None) != trouble:
+                self._cov_kept_for = trouble
+                subscribers.info("COV notifications not delivered while %s: the subscriptions are kept, and a later "
+                                 "change reaches their subscribers", trouble)
+            return
         if isinstance(error, AbortPDU):  # no answer after every retry, or the subscriber aborted
             # its other confirmed subscriptions too: a BAS gone offline would otherwise cost 12 s of retries and a
             # line per point, one at each point's next change, for hours

@@ -5,6 +5,7 @@ A second real bacpypes3 stack on loopback asks, as a BAS would."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import ipaddress
 import logging
@@ -260,6 +261,37 @@ async def test_vanished_cov_subscriber_is_dropped_quietly(gateway, peer, free_ud
     listed = await peer.read(where(gateway), f"device {DEVICE_ID}", "activeCovSubscriptions")
     assert listed == [], listed     # the vanished BAS's three gone (the live subscriber has left too)
     assert [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info] == []
+
+
+async def test_a_notification_lost_to_this_machines_own_link_keeps_the_subscription(gateway, free_udp_port, caplog):
+    # the gateway's own link down for 30 s: every confirmed subscription was cancelled as if the BAS had gone, the
+    # BAS blamed in the log and never told, its graphic frozen until its own lifetime ended (helper links41)
+    caplog.set_level(logging.INFO)
+    addr = Address(where(gateway))
+    gateway.app.device_object.apduTimeout = 200
+    gateway.app.device_object.numberOfApduRetries = 1
+    bas = await start_stack(f"127.0.0.1/8:{free_udp_port()}", 4000003, "cut-off-bas")
+    kept = bas.change_of_value(addr, ObjectIdentifier("analogValue,4"), 78, True, 300)
+    await kept.__aenter__()
+    try:
+        await close_stack(bas)      # no answer, as across a link that is down
+        # the kernel refused a send from the device's socket (no route): told to error_received, as asyncio does
+        [protocol] = [layer.server.local_protocol for layer in gateway.app.link_layers.values()]
+        protocol.error_received(OSError(errno.ENETUNREACH, "Network is unreachable"))
+        for level in (1.0, 2.0):
+            gateway.set(EVENT_LEVEL, level)
+            await asyncio.sleep(0.1)
+
+        def said():
+            return [r.getMessage() for r in caplog.records if "COV notifications not delivered" in r.getMessage()]
+        await eventually(said, 5.0, "the kept subscription logged")
+        await asyncio.sleep(0.5)
+    finally:
+        await kept.__aexit__(RuntimeError, RuntimeError(), None)
+    assert said() == ["COV notifications not delivered while a send from this machine failed: Network is "
+                      "unreachable: the subscriptions are kept, and a later change reaches their subscribers"]
+    assert not [r for r in caplog.records if "stopped answering" in r.getMessage()]
+    assert [c.proc_id for c in gateway.app._cov_subscriptions()] == [78]
 
 
 async def test_subscribers_gone_silent_in_numbers_are_one_line_then_a_count(gateway, peer, free_udp_port, caplog):

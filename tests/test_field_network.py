@@ -133,6 +133,69 @@ async def test_the_address_and_the_link_go_away_and_come_back(tmp_path, free_udp
     assert text.count("meter fault:") == text.count("meter answering again") == 2, text
 
 
+@pytest.mark.timeout(120)
+async def test_a_mask_that_is_not_the_interfaces_is_said_and_waited_for(tmp_path, free_udp_port,
+                                                                        linked_netns):  # noqa: F811
+    # /24 configured, the NIC /25 (a LAN re-subnetted, a typo): the log said "answering" and "ready", check-config
+    # ok, and the device answered nothing, not even a directed read, and never read the meter (helper links41)
+    ns = linked_netns
+    ip = ns.ip(1)
+    ns._in_namespace("addr", "add", f"{ip}/25", "dev", ns.DEVICE)
+    config = tmp_path / "gw.toml"
+    write_config(config, bacnet_port=47808, http_port=8000, storage=tmp_path / "gw.sqlite", ven_name="masked",
+                 device_id=500313, bacnet_ip=f"{ip}/24")
+    check = subprocess.run([*ns.exec_prefix, sys.executable, "-m", "ven.cli", "check-config", str(config)],
+                           capture_output=True, text=True, timeout=60)
+    unmasked = f"bacnet.address {ip}/24:47808: its broadcast address {ns.subnet}.255 is not this machine's"
+    assert check.returncode == 0 and f"warning: {unmasked}" in check.stdout, check
+    gateway = GatewayProcess(config, tmp_path / "gateway.log", prefix=ns.exec_prefix)
+    device = f"{ip}:47808"
+    async with BacnetPeer(free_udp_port(), host=ns.host_ip, prefix=24, timeout=1.0) as bas:
+        try:
+            gateway.start()
+            await eventually(lambda: unmasked in gateway.log() or not gateway.alive, 30, "the gateway waiting")
+            assert gateway.alive and "answering on" not in gateway.log(), gateway.log()
+            ns._in_namespace("addr", "del", f"{ip}/25", "dev", ns.DEVICE)      # the mask set right
+            ns.add_address(ip)
+            assert await eventually(lambda: bas.who_is(device), 30, "I-Am from the device"), gateway.log()
+        finally:
+            code = gateway.stop()
+    text = gateway.log()
+    assert code == 0 and "Traceback" not in text, text
+    assert text.count(unmasked) == 1 and text.count(f"bacnet.address {ip}/24:47808: {ip} is there after") == 1, text
+
+
+@pytest.mark.timeout(120)
+async def test_an_address_gone_while_the_gateway_runs_is_said_once_and_its_return(tmp_path, free_udp_port,
+                                                                                 linked_netns):  # noqa: F811
+    # a DHCP lease that changed under a running gateway: the BAS got no answer, /api/status said nothing of the
+    # address, and the log blamed the meter's router (helper links41)
+    ns = linked_netns
+    ip = ns.ip(1)
+    ns.add_address(ip)
+    config = tmp_path / "gw.toml"
+    write_config(config, bacnet_port=47808, http_port=8000, storage=tmp_path / "gw.sqlite", ven_name="leased",
+                 device_id=500314, bacnet_ip=f"{ip}/24")
+    gateway = GatewayProcess(config, tmp_path / "gateway.log", prefix=ns.exec_prefix)
+    device = f"{ip}:47808"
+    gone = f"bacnet.address {ip}/24:47808: {ip} is not on any interface of this machine now (a DHCP lease"
+    async with BacnetPeer(free_udp_port(), host=ns.host_ip, prefix=24, timeout=1.0) as bas:
+        try:
+            gateway.start()
+            assert await eventually(lambda: bas.who_is(device), 30, "I-Am from the device"), gateway.log()
+            ns.del_address(ip)
+            await eventually(lambda: gone in gateway.log() or not gateway.alive, 15, "the address missed")
+            ns.add_address(ip)
+            await eventually(lambda: f"bacnet.address {ip}/24:47808 is this machine's again after" in gateway.log(),
+                             15, "its return said")
+            assert await eventually(lambda: bas.who_is(device), 30, "I-Am from the device again"), gateway.log()
+        finally:
+            code = gateway.stop()
+    text = gateway.log()
+    assert code == 0 and "Traceback" not in text, text
+    assert text.count(gone) == 1, text
+
+
 def test_check_config_says_when_an_address_is_on_no_interface(tmp_path, free_tcp_port):
     # `run` waits for such an address, so a mistyped one would wait forever: the installer's check says so
     absent = "198.18.255.78"

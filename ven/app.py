@@ -339,6 +339,8 @@ class Gateway:
         now, wall = time.monotonic(), datetime.now(timezone.utc)
         lasted = lambda since: span((wall - datetime.fromisoformat(since)).total_seconds())
         out = []
+        if (problem := self.device.own_address.problem) is not None:
+            out.append(f"bacnet.address {self.config.bacnet.address}: {problem}")
         if (m := self.meter.fault_window()) is not None:
             out.append(f"meter fault for {lasted(m['since'])} ({m['failed_reads']} of {m['reads']} reads failed)")
         if self._built("vtn") and (v := self.vtn.open_fault()) is not None:
@@ -666,6 +668,8 @@ class Gateway:
     def degraded(self) -> list[str]:
         """Each part of the job the gateway cannot do now, in a few words."""
         out = []
+        if self.device.own_address.problem is not None:    # before the meter fault it causes
+            out.append("bacnet.address not this machine's")
         comm = self.device.communication()
         if comm["mode"] != "enable":
             out.append(f"BACnet communication initiation disabled by {comm.get('by') or 'a BACnet client'}")
@@ -716,6 +720,8 @@ class Gateway:
             **self.clock_sync.status(),
             "device": {"device_id": self.config.bacnet.device_id, "name": self.config.bacnet.device_name,
                        "address": self.config.bacnet.address,
+                       # what of bacnet.address the machine lacks while the device runs (null: nothing), and since
+                       "address_problem": self.device.own_address.status(),
                        # DeviceCommunicationControl: "enable", or who disabled initiation and until when
                        "communication": self.device.communication(),
                        # bacnet.bbmd_address: whether the BBMD took the registration, else why not (null: none)

@@ -107,8 +107,15 @@ def _absent_address_warnings(cfg: GatewayConfig) -> list[str]:
     probes = [("bacnet.address", cfg.bacnet.address.rpartition(":")[0].partition("/")[0], socket.SOCK_DGRAM)]
     if cfg.http.enabled:
         probes.append(("http.address", cfg.http.address.rpartition(":")[0].strip("[]"), socket.SOCK_STREAM))
-    return [f"{key}: {host} is not on any interface of this machine now: `run` waits for it (a NIC that comes up "
-            f"after the service), so a wrong address waits forever" for key, host, kind in probes if absent(host, kind)]
+    out = [f"{key}: {host} is not on any interface of this machine now: `run` waits for it (a NIC that comes up "
+           f"after the service), so a wrong address waits forever" for key, host, kind in probes if absent(host, kind)]
+    if not any(line.startswith("bacnet.address") for line in out):
+        from bacnet_api.own_address import missing
+        if (problem := missing(cfg.bacnet.address)) is not None:
+            out.insert(0, f"bacnet.address {cfg.bacnet.address}: {problem}: the BACnet device could not answer a BAS "
+                          f"nor send anything, and `run` waits for that mask: set bacnet.address to the interface's "
+                          f"ip/prefix")
+    return out
 
 
 def _unresolved_router_warnings(cfg: GatewayConfig) -> list[str]:
@@ -292,18 +299,28 @@ def _bacnet_address_error(err: OSError, address: str) -> str:
 
 
 async def _wait_for_bacnet_address(address: str, waiting: Callable[[str], None] = lambda status: None) -> None:
-    """Wait until the IP of `address` is on an interface. At boot a NIC's address (DHCP, a late link) may
-    come after the service starts: waiting is one line in the log, where exiting for the service manager to
-    restart was several lines every few seconds, and it comes back under a supervisor that restarts nothing.
+    """Wait until the IP of `address` is on an interface, with the mask it gives. At boot a NIC's address (DHCP, a
+    late link) may come after the service starts: waiting is one line in the log, where exiting for the service
+    manager to restart was several lines every few seconds, and it comes back under a supervisor that restarts
+    nothing. A mask that is not the interface's left the device started and dead (bacpypes3 retries the broadcast
+    bind for good, and every send waits for it): waited for alike, said as a mask to set right.
     `waiting(status)` is called every second meanwhile (systemd: the start's time-out extended)."""
     from bacnet_api.client import ensure_port_free
+    from bacnet_api.own_address import missing
 
     ip = address.rpartition(":")[0].partition("/")[0]
-    log.warning("bacnet.address %s: %s is not on any interface of this machine (yet: a late link or DHCP "
-                "lease?): waiting for it; the gateway starts when it is there", address, ip)
+    problem = missing(address)
+    unmasked = problem is not None and problem.startswith("its broadcast address")
+    if unmasked:
+        log.warning("bacnet.address %s: %s: the BACnet device could not answer a BAS nor send anything: waiting "
+                    "for the interface to have that mask; set bacnet.address to its ip/prefix", address, problem)
+    else:
+        log.warning("bacnet.address %s: %s is not on any interface of this machine (yet: a late link or DHCP "
+                    "lease?): waiting for it; the gateway starts when it is there", address, ip)
     began = time.monotonic()
     while True:
-        waiting(f"waiting for {ip} on an interface (bacnet.address)")
+        waiting(f"waiting for {ip} with its mask on an interface (bacnet.address)" if unmasked else
+                f"waiting for {ip} on an interface (bacnet.address)")
         await asyncio.sleep(1.0)
         try:
             ensure_port_free(address)
@@ -311,6 +328,8 @@ async def _wait_for_bacnet_address(address: str, waiting: Callable[[str], None] 
             if err.errno == errno.EADDRNOTAVAIL:
                 continue
             raise ConfigError(_bacnet_address_error(err, address)) from None
+        if missing(address) is not None:
+            continue
         log.info("bacnet.address %s: %s is there after %s: starting", address, ip, span(time.monotonic() - began))
         return
 
@@ -353,6 +372,9 @@ def run_gateway(config_path: str | None, customize: Callable[[Any], None] | None
             refusal(f"configuration error: {_bacnet_address_error(err, cfg.bacnet.address)}")
             return EXIT_CONFIG
         wait_for_address = True   # not on an interface yet: waited for below, once logging is set up
+    else:
+        from bacnet_api.own_address import missing
+        wait_for_address = missing(cfg.bacnet.address) is not None     # its mask not the interface's
     if cfg.http.enabled:  # likewise before the BACnet device announces itself, not 2 s after
         try:
             _ensure_tcp_port_free(cfg.http.address)
