@@ -30,7 +30,7 @@ from typing import Any, Callable
 from bacpypes3.apdu import AbortPDU, ErrorPDU, ErrorRejectAbortNack
 from bacpypes3.app import Application
 
-from bacpypes3.primitivedata import Boolean, Enumerated
+from bacpypes3.primitivedata import Boolean, Enumerated, Real
 
 from .client import (
     RouterRefusal,
@@ -47,6 +47,7 @@ from .client import (
     to_plain,
 )
 from .meter_units import MeterUnits, NotPower, check_configured, meter_units
+from .objects import real_as_written
 from .bug_guard import BugGuard, trace_if_a_bug
 from .services import CommunicationDisabled
 from .settle import Flapping, span
@@ -297,7 +298,11 @@ class MeterClient:
             raise _ReadFailed(f"{self._what}: not a number ({_short(raw)})") from None
         if not math.isfinite(value):
             raise _ReadFailed(f"{self._what}: meter returned {value}")
+        if isinstance(raw, Real):
+            value = real_as_written(value)
         kw = conversion.to_kw(value)
+        if conversion.kw_per_unit != 1.0:
+            kw = float(f"{kw:.12g}")     # 1690.3 W x 0.001 is 1.6903000000000001 in binary
         lo, hi = self.bounds
         if not lo <= kw <= hi:
             said = f"{value:g} {conversion.name} = " if conversion.stated and conversion.kw_per_unit != 1.0 else ""

@@ -116,6 +116,19 @@ def float32(x: float) -> float:
     return struct.unpack("f", struct.pack("f", x))[0] if math.isfinite(x) else x
 
 
+def real_as_written(x: float) -> float:
+    """A BACnet Real as the meter's display shows it: the shortest decimal that is the same Real. 1690.3 travels as
+    the float32 1690.300048828125, and those digits, never measured, went on to the VTN (helper ledger41)."""
+    if not math.isfinite(x):
+        return x
+    exact = float32(x)
+    for digits in range(6, 10):     # 9 significant digits always give a float32 back
+        shown = float(f"{exact:.{digits}g}")
+        if float32(shown) == exact:
+            return shown
+    return exact
+
+
 class ReadOnlyAnalogValue(_ReadOnly, AnalogValueObject):
     pass
 

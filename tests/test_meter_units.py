@@ -39,6 +39,16 @@ async def test_power_units_are_converted_to_kw(gateway, free_udp_port, units, va
                         f"to kW (x {1 / (42500.0 / 42.5) if units == 'watts' else {'megawatts': 1000, 'milliwatts': 1e-06}[units]:g})"]
 
 
+async def test_a_reading_carries_the_digits_the_meter_shows_not_its_float32_noise(gateway, free_udp_port):
+    # the meter's Real 1690.3 went to the VTN as 1690.300048828125: digits never measured (helper ledger41)
+    async with MeterSimulator(f"127.0.0.1/8:{free_udp_port()}", value=1690.3) as sim:
+        meter = client(gateway, sim)
+        assert repr((await asyncio.wait_for(meter.read_once(), 5)).value) == "1690.3"
+        sim.set_units("watts")
+        sim.set_value(1690.3)
+        assert repr((await asyncio.wait_for(meter.read_once(), 5)).value) == "1.6903"
+
+
 async def test_a_watts_meter_is_judged_against_the_kw_bounds(gateway, free_udp_port):
     # 250 kW published as 250000 W: inside a 1000 kW bound; read as kW it would be a failed read
     async with MeterSimulator(f"127.0.0.1/8:{free_udp_port()}", value=250000.0, units="watts") as sim:
