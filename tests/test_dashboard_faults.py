@@ -47,8 +47,9 @@ class FaultView(SampleView):
                                            "404: Not Found") if "vtn" in f else
                                           ("HTTP 503 from http://127.0.0.1:8080/OpenADR2/Simple/2.0b/OadrPoll: "
                                            "503: Service Unavailable") if "vtn-5xx" in f else
-                                          ("VTN unreachable at http://127.0.0.1:8080/OpenADR2/Simple/2.0b: Connect "
-                                           "call failed ('127.0.0.1', 8080)") if "vtn-down" in f else None,
+                                          ("VTN unreachable at http://127.0.0.1:8080/OpenADR2/Simple/2.0b: "
+                                           "Connection refused: the host answered, nothing listens on that port "
+                                           "(the VTN down?)") if "vtn-down" in f else None,
                             "opt_answer_error": None})
         body["vtn"]["telemetry"]["pending"] = 6 if "vtn" in f else 0
         # telemetry the VTN does not take while it answers polls (VtnClient._telemetry_fault): still "connected"

@@ -144,7 +144,10 @@ async def test_a_vtn_outage_is_one_line_when_it_starts_and_one_when_it_ends(tmp_
         return [r.getMessage() for r in records if r.name == "ven.vtn" and not r.getMessage().startswith(SEPARATE)]
     warnings = [r.getMessage() for r in caplog.records if r.name == "ven.vtn" and r.levelno >= logging.WARNING]
     assert len(warnings) == 2, warnings
+    # the refusal's meaning, not asyncio's "Connect call failed ('127.0.0.1', N)", which also stood for no route on
+    # the site's network (helper links41)
     assert warnings[0].startswith("VTN registration failed: VTN unreachable at ")
+    assert ": Connection refused: the host answered, nothing listens on that port (the VTN down?)" in warnings[0]
     assert POLL_FAILED_VTN_DOWN.match(warnings[1]), warnings[1]
     first, second = outage(caplog.records[:mark]), outage(caplog.records[mark:])
     assert len(first) == 2 and first[0] == warnings[0], first

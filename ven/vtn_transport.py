@@ -4,7 +4,9 @@ and the eiResponse helpers; apart, so that the session in ven/vtn.py deals in re
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
 import re
 import ssl
 import urllib.parse
@@ -71,6 +73,22 @@ def _fault_kind(reason: str) -> str:
                           "the VTN cancelled the registration")):
         return "register again"        # worded for the message it answered, or naming each registration
     return reason
+
+
+# what each refusal of a connection says of where the fault is: asyncio's own words ("Connect call failed
+# ('198.18.93.10', 16080)") were the same for a VTN that is down and a site network with no route (helper links41)
+_CONNECT_FAILURES = {
+    errno.ECONNREFUSED: "the host answered, nothing listens on that port (the VTN down?)",
+    errno.EHOSTUNREACH: "no route to the host (the site's network, a router or firewall on the way)",
+    errno.ENETUNREACH: "this machine has no route to that network (its link or default route is down?)",
+    errno.ENETDOWN: "this machine's network is down",
+}
+
+
+def _connect_failure(err: OSError) -> str:
+    if err.errno in _CONNECT_FAILURES:
+        return f"{os.strerror(err.errno)}: {_CONNECT_FAILURES[err.errno]}"
+    return (os.strerror(err.errno) if err.errno else None) or err.strerror or str(err)
 
 
 def _error_page(content: bytes) -> str:
@@ -339,14 +357,14 @@ class _Client(OpenADRClient):
         except aiohttp.ClientHttpProxyError as err:
             return None, {}, self._proxy_refused(err.status, err.message, url)
         except aiohttp.ClientProxyConnectionError as err:
-            why = err.os_error.strerror or err
-            return None, {}, f"proxy unreachable at {shown_url(self.proxy)} (openadr.proxy): {why}"
+            return None, {}, (f"proxy unreachable at {shown_url(self.proxy)} (openadr.proxy): "
+                              f"{_connect_failure(err.os_error)}")
         except aiohttp.ClientConnectorCertificateError as err:
             return None, {}, f"TLS certificate of the VTN rejected: {err.certificate_error}"
         except aiohttp.ClientSSLError as err:
             return None, {}, f"TLS handshake with the VTN failed: {err}"
         except aiohttp.ClientConnectorError as err:
-            return None, {}, f"VTN unreachable at {shown_url(self.vtn_url)}: {err.os_error.strerror or err}"
+            return None, {}, f"VTN unreachable at {shown_url(self.vtn_url)}: {_connect_failure(err.os_error)}"
         except aiohttp.ConnectionTimeoutError:
             # no connection at all (a host down, a firewall dropping): not a VTN slow to answer what it was sent
             if self.proxy:   # the connection timed out is the one to the proxy
