@@ -200,7 +200,7 @@ class MeterClient:
         except TimeoutError:
             await self._note_route()
             reading = self._reading(error=f"no response from {self.address} within {self.timeout_seconds:g} s"
-                                    + (f" (through router {self.route})" if self.route else ""))
+                                    + (f" (through router {self.route})" if self.route else "") + self._here())
             if not self.router and self.network is not None:
                 # the router we found may be gone or replaced: forget it, so the next read asks again
                 # (bacpypes3 keeps a learned path for good, and routers rarely announce themselves)
@@ -213,7 +213,8 @@ class MeterClient:
             reading = self._reading(error=f"{self._what} not read: {err}")
             silenced = True
         except _ReadFailed as err:
-            reading = replace(self._reading(error=str(err), answered=not isinstance(err, _NoRoute)),
+            here = self._here() if isinstance(err, _NoRoute) else ""
+            reading = replace(self._reading(error=f"{err}{here}", answered=not isinstance(err, _NoRoute)),
                               reliability=err.reliability)
         except Exception as err:  # anything the stack raises is a failed read, not a crash
             reading = self._reading(error=f"{self._what}: {error_text(err)}")
@@ -351,6 +352,13 @@ class MeterClient:
                 else f" (it reported {(before.reported if before.configured else before.name) or 'no units'} before)"
                 if before is not None else "")
         log.log(level, "meter %s %s %s%s", self.address, self.object_name, conversion.describe(), ends)
+
+    def _here(self) -> str:
+        """Why a read that got no answer may never have left this machine (the device's own address gone, a send
+        with no route): the fault line blamed the meter's router while the gateway's own link was down (links41)."""
+        watch = getattr(self._source, "own_address", None)
+        trouble = watch.local_trouble() if watch is not None else None
+        return f" ({trouble}: this machine's side, not the meter's or a router's)" if trouble else ""
 
     def _hint(self, err: BaseException) -> str:
         """What the meter's error means for the configuration: "BACnet error object/unknown-object" after "units" read

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import re
 from datetime import timezone
@@ -221,6 +222,18 @@ async def test_a_bacnet_ip_meter_is_read_directly_and_its_fault_names_no_router(
     assert meter.route is None
     reading = await asyncio.wait_for(meter.read_once(), 10)
     assert reading.error == f"no response from {address} within {FAST:g} s" and meter.route is None
+
+
+async def test_a_read_lost_to_this_machines_own_link_says_so_not_the_router(gateway, sim):
+    # the gateway's own BACnet link down: the meter fault named the meter's router (helper links41)
+    meter = client(gateway, sim, timeout_seconds=FAST)
+    await sim.stop()
+    reading = await meter.read_once()
+    assert reading.error == f"no response from 12345:2 within {FAST:g} s (through router {sim.router_address})"
+    gateway.own_address.send_failed(OSError(errno.ENETUNREACH, "Network is unreachable"))
+    reading = await meter.read_once()
+    assert reading.error.endswith(" (a send from this machine failed: Network is unreachable: this machine's side, "
+                                  "not the meter's or a router's)"), reading.error
 
 
 async def test_a_router_name_that_does_not_resolve_is_named_with_its_key(gateway, sim, monkeypatch):
