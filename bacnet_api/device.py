@@ -149,7 +149,7 @@ class GatewayDevice:
         # who may write (bacnet.write_from; empty: anyone); its refusals count across restarts of the device
         self.write_access = WriteAccess(write_from)
         # whether the machine still has bacnet.address while the device runs (a lease that changed, a link down)
-        self.own_address = OwnAddressWatch(address)
+        self.own_address = OwnAddressWatch(address, on_back=self._announce)
         self._points = {p.name: p for p in points}
         self._objects: dict[str, Any] = {}
         self._no_value_yet: set[str] = set()

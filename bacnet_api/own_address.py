@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import ipaddress
 import logging
 import socket
+import struct
 import time
+from pathlib import Path
 from typing import Callable
 
 from .settle import span
@@ -21,6 +24,7 @@ PERIOD_S = 5.0      # how often a running device looks: a bind on port 0 and a c
 SEND_FAILURE_S = 60.0
 # the errors a send gets when this side of the link is at fault (no route: the link or the address is gone)
 LOCAL_SEND_ERRORS = frozenset({errno.ENETUNREACH, errno.ENETDOWN, errno.EADDRNOTAVAIL, errno.EHOSTUNREACH})
+SIOCGIFADDR = 0x8915    # linux/sockios.h: an interface's IPv4 address
 
 
 def broadcast_of(address: str) -> str | None:
@@ -34,18 +38,46 @@ def broadcast_of(address: str) -> str | None:
     return str(interface.network.broadcast_address)
 
 
-def missing(address: str) -> str | None:
+def missing(address: str, link: bool = False) -> str | None:
     """What of `address` ("ip/prefix:port") this machine lacks now, in words, or None. Probed on a port of the
-    system's choosing: the device itself holds the configured one."""
+    system's choosing: the device itself holds the configured one. `link`: also whether the link of the interface
+    holding the IP is up (a cable pulled leaves the address, and sends go nowhere without an error)."""
     ip = (address.rpartition(":")[0] or address).partition("/")[0]
     if not _bindable(ip):
         return f"{ip} is not on any interface of this machine"
+    # before the mask: an interface taken down loses its broadcast address with its routes
+    if link and (name := _interface_of(ip)) is not None and _link_down(name):
+        return f"the link of {name}, which holds {ip}, is down (a cable, a switch port)"
     broadcast = broadcast_of(address)
     if broadcast is not None and broadcast != ip and not _bindable(broadcast):
         prefix = (address.rpartition(":")[0] or address).partition("/")[2]
         return (f"its broadcast address {broadcast} is not this machine's: the interface holding {ip} has another "
                 f"mask than /{prefix} (`ip -brief address` shows it)")
     return None
+
+
+def _interface_of(ip: str) -> str | None:
+    """The interface whose (primary) address is `ip`, or None (an alias, or a kernel that will not say)."""
+    try:
+        names = [name for _, name in socket.if_nameindex()]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for name in names:
+                try:
+                    got = fcntl.ioctl(s.fileno(), SIOCGIFADDR, struct.pack("256s", name[:15].encode()))
+                except OSError:     # no IPv4 address
+                    continue
+                if socket.inet_ntoa(got[20:24]) == ip:
+                    return name
+    except OSError:
+        return None
+    return None
+
+
+def _link_down(name: str, net: Path = Path("/sys/class/net")) -> bool:
+    try:
+        return (net / name / "operstate").read_text().strip() in ("down", "lowerlayerdown")
+    except OSError:
+        return False        # gone between the two looks, or no sysfs: the next look says
 
 
 def _bindable(ip: str) -> bool:
@@ -59,12 +91,14 @@ def _bindable(ip: str) -> bool:
 
 class OwnAddressWatch:
     """The running device's own address, looked at every PERIOD_S: one WARNING when the machine stops having it (a
-    DHCP lease that changed, a LAN re-subnetted), one INFO when it has it again. Also told of sends that failed on
+    DHCP lease that changed, a LAN re-subnetted, its link down), one INFO when it has it again. Also told of sends that failed on
     this side (no route: the link is down), which a COV recipient that did not answer must not be blamed for."""
 
-    def __init__(self, address: str, probe: Callable[[str], str | None] = missing, period: float = PERIOD_S):
+    def __init__(self, address: str, probe: Callable[[str], str | None] = lambda a: missing(a, link=True),
+                 period: float = PERIOD_S, on_back: Callable[[], None] = lambda: None):
         self.address = address
         self._probe = probe
+        self.on_back = on_back      # the device announces itself again: its I-Am at start went nowhere
         self.period = period
         self.problem: str | None = None         # what is missing, in words
         self.since: float | None = None         # time.time() it began
@@ -91,15 +125,17 @@ class OwnAddressWatch:
         if problem == self.problem:
             return
         if problem is not None and self.problem is None:
-            log.warning("bacnet.address %s: %s now (a DHCP lease that changed? an interface re-addressed?): the BACnet "
-                        "device cannot be reached and sends nothing, the meter included, until it is back",
-                        self.address, problem)
+            why = "" if "link" in problem else " (a DHCP lease that changed? an interface re-addressed?)"
+            log.warning("bacnet.address %s: %s now%s: the BACnet device cannot be reached and sends nothing, the "
+                        "meter included, until it is back", self.address, problem, why)
             self.since = time.time()
         elif problem is None:
             log.info("bacnet.address %s is this machine's again after %s: the BACnet device answers again",
                      self.address, span(time.time() - (self.since or time.time())))
             self.since = None
         self.problem = problem
+        if problem is None:
+            self.on_back()
 
     def send_failed(self, exc: Exception) -> None:
         """A send from the device's socket failed on this side (asyncio hands it to error_received)."""

@@ -166,7 +166,7 @@ async def test_a_mask_that_is_not_the_interfaces_is_said_and_waited_for(tmp_path
 
 
 @pytest.mark.timeout(120)
-async def test_an_address_gone_while_the_gateway_runs_is_said_once_and_its_return(tmp_path, free_udp_port,
+async def test_an_address_or_link_gone_while_the_gateway_runs_is_said_once_and_its_return(tmp_path, free_udp_port,
                                                                                  linked_netns):  # noqa: F811
     # a DHCP lease that changed under a running gateway: the BAS got no answer, /api/status said nothing of the
     # address, and the log blamed the meter's router (helper links41)
@@ -179,6 +179,7 @@ async def test_an_address_gone_while_the_gateway_runs_is_said_once_and_its_retur
     gateway = GatewayProcess(config, tmp_path / "gateway.log", prefix=ns.exec_prefix)
     device = f"{ip}:47808"
     gone = f"bacnet.address {ip}/24:47808: {ip} is not on any interface of this machine now (a DHCP lease"
+    unplugged = f"bacnet.address {ip}/24:47808: the link of {ns.DEVICE}, which holds {ip}, is down (a cable"
     async with BacnetPeer(free_udp_port(), host=ns.host_ip, prefix=24, timeout=1.0) as bas:
         try:
             gateway.start()
@@ -186,14 +187,47 @@ async def test_an_address_gone_while_the_gateway_runs_is_said_once_and_its_retur
             ns.del_address(ip)
             await eventually(lambda: gone in gateway.log() or not gateway.alive, 15, "the address missed")
             ns.add_address(ip)
-            await eventually(lambda: f"bacnet.address {ip}/24:47808 is this machine's again after" in gateway.log(),
-                             15, "its return said")
+            back = f"bacnet.address {ip}/24:47808 is this machine's again after"
+            await eventually(lambda: back in gateway.log(), 15, "its return said")
             assert await eventually(lambda: bas.who_is(device), 30, "I-Am from the device again"), gateway.log()
+            ns.set_link(False)      # the cable: the address stays, and sends go nowhere without an error
+            await eventually(lambda: unplugged in gateway.log() or not gateway.alive, 15, "the link missed")
+            ns.set_link(True)
+            await eventually(lambda: gateway.log().count(back) == 2, 15, "the link's return said")
+            assert await eventually(lambda: bas.who_is(device), 30, "I-Am after the link"), gateway.log()
         finally:
             code = gateway.stop()
     text = gateway.log()
     assert code == 0 and "Traceback" not in text, text
-    assert text.count(gone) == 1, text
+    assert text.count(gone) == 1 and text.count(unplugged) == 1, text
+
+
+@pytest.mark.timeout(120)
+async def test_a_start_with_the_link_down_waits_for_it_and_says_it_as_the_link(tmp_path, free_udp_port,
+                                                                               linked_netns):  # noqa: F811
+    # the cable out at boot: the address is there, the broadcast address is not (its route goes with the link), and
+    # the device's I-Am went nowhere, never said again (helper links41 C3)
+    ns = linked_netns
+    ip = ns.ip(1)
+    ns.add_address(ip)
+    ns.set_link(False)
+    config = tmp_path / "gw.toml"
+    write_config(config, bacnet_port=47808, http_port=8000, storage=tmp_path / "gw.sqlite", ven_name="unplugged",
+                 device_id=500315, bacnet_ip=f"{ip}/24")
+    gateway = GatewayProcess(config, tmp_path / "gateway.log", prefix=ns.exec_prefix)
+    down = f"bacnet.address {ip}/24:47808: the link of {ns.DEVICE}, which holds {ip}, is down (a cable, a switch port)"
+    async with BacnetPeer(free_udp_port(), host=ns.host_ip, prefix=24, timeout=1.0) as bas:
+        try:
+            gateway.start()
+            await eventually(lambda: down in gateway.log() or not gateway.alive, 30, "the gateway waiting")
+            assert gateway.alive and "answering on" not in gateway.log(), gateway.log()
+            ns.set_link(True)
+            assert await eventually(lambda: bas.who_is(f"{ip}:47808"), 30, "I-Am from the device"), gateway.log()
+        finally:
+            code = gateway.stop()
+    text = gateway.log()
+    assert code == 0 and "Traceback" not in text and "broadcast address" not in text, text
+    assert text.count(down) == 1 and text.count(f"bacnet.address {ip}/24:47808: {ip} is there after") == 1, text
 
 
 def test_check_config_says_when_an_address_is_on_no_interface(tmp_path, free_tcp_port):

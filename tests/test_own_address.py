@@ -43,6 +43,25 @@ def test_the_watch_says_once_when_the_address_goes_and_once_when_it_is_back(capl
     assert said[1][1].startswith("bacnet.address 198.18.91.1/24:47808 is this machine's again after ")
 
 
+def test_a_link_that_is_down_is_said_for_the_interface_holding_the_address(tmp_path, monkeypatch):
+    import bacnet_api.own_address as own
+    net = tmp_path / "net"
+    (net / "eth7").mkdir(parents=True)
+    (net / "eth7" / "operstate").write_text("down\n")
+    monkeypatch.setattr(own, "_interface_of", lambda ip: "eth7" if ip == "127.0.0.1" else None)
+    monkeypatch.setattr(own, "_link_down", lambda name: own.Path.read_text(net / name / "operstate").strip() == "down")
+    assert missing("127.0.0.1/8:47808") is None                 # the start does not wait for a link
+    assert missing("127.0.0.1/8:47808", link=True) == "the link of eth7, which holds 127.0.0.1, is down (a cable, a " \
+                                                        "switch port)"
+    (net / "eth7" / "operstate").write_text("up\n")
+    assert missing("127.0.0.1/8:47808", link=True) is None
+
+
+def test_the_loopback_interface_holds_its_address_and_its_link_counts_as_up():
+    from bacnet_api.own_address import _interface_of, _link_down
+    assert _interface_of("127.0.0.1") == "lo" and not _link_down("lo")   # lo says "unknown", not "down"
+
+
 def test_only_a_send_refused_on_this_side_is_local_trouble():
     watch = OwnAddressWatch("127.0.0.1/8:47808")
     watch.send_failed(OSError(errno.ECONNREFUSED, "Connection refused"))     # the peer's port: not ours

@@ -111,7 +111,11 @@ def _absent_address_warnings(cfg: GatewayConfig) -> list[str]:
            f"after the service), so a wrong address waits forever" for key, host, kind in probes if absent(host, kind)]
     if not any(line.startswith("bacnet.address") for line in out):
         from bacnet_api.own_address import missing
-        if (problem := missing(cfg.bacnet.address)) is not None:
+        if (problem := missing(cfg.bacnet.address, link=True)) is None:
+            pass
+        elif problem.startswith("the link"):
+            out.insert(0, f"bacnet.address {cfg.bacnet.address}: {problem} now: `run` waits for it")
+        else:
             out.insert(0, f"bacnet.address {cfg.bacnet.address}: {problem}: the BACnet device could not answer a BAS "
                           f"nor send anything, and `run` waits for that mask: set bacnet.address to the interface's "
                           f"ip/prefix")
@@ -309,11 +313,13 @@ async def _wait_for_bacnet_address(address: str, waiting: Callable[[str], None] 
     from bacnet_api.own_address import missing
 
     ip = address.rpartition(":")[0].partition("/")[0]
-    problem = missing(address)
+    problem = missing(address, link=True)
     unmasked = problem is not None and problem.startswith("its broadcast address")
     if unmasked:
         log.warning("bacnet.address %s: %s: the BACnet device could not answer a BAS nor send anything: waiting "
                     "for the interface to have that mask; set bacnet.address to its ip/prefix", address, problem)
+    elif problem is not None and problem.startswith("the link"):
+        log.warning("bacnet.address %s: %s: waiting for it; the gateway starts when it is up", address, problem)
     else:
         log.warning("bacnet.address %s: %s is not on any interface of this machine (yet: a late link or DHCP "
                     "lease?): waiting for it; the gateway starts when it is there", address, ip)
@@ -328,7 +334,7 @@ async def _wait_for_bacnet_address(address: str, waiting: Callable[[str], None] 
             if err.errno == errno.EADDRNOTAVAIL:
                 continue
             raise ConfigError(_bacnet_address_error(err, address)) from None
-        if missing(address) is not None:
+        if missing(address, link=True) is not None:
             continue
         log.info("bacnet.address %s: %s is there after %s: starting", address, ip, span(time.monotonic() - began))
         return
@@ -374,7 +380,8 @@ def run_gateway(config_path: str | None, customize: Callable[[Any], None] | None
         wait_for_address = True   # not on an interface yet: waited for below, once logging is set up
     else:
         from bacnet_api.own_address import missing
-        wait_for_address = missing(cfg.bacnet.address) is not None     # its mask not the interface's
+        # its mask not the interface's, or its link down (which takes the broadcast address with it)
+        wait_for_address = missing(cfg.bacnet.address, link=True) is not None
     if cfg.http.enabled:  # likewise before the BACnet device announces itself, not 2 s after
         try:
             _ensure_tcp_port_free(cfg.http.address)
