@@ -321,6 +321,22 @@ def test_readings_held_for_a_parked_stream_are_delivered_and_not_pending(tmp_pat
     q.close()
 
 
+def test_a_clock_stepped_ahead_and_back_counts_only_the_ticks_it_really_missed(tmp_path, monkeypatch):
+    # +120 s, then back: the gap noted at the step ahead ran to the fast clock's time, and the real readings after
+    # the step back, each whole, went to the VTN marked Sub Normal (helper ledger41)
+    import ven.read_gaps as read_gaps
+    q = TelemetryQueue(tmp_path / "gw.sqlite")
+    gaps = read_gaps.ReadGaps(q, None, 10.0, hold=lambda last: None, release=lambda: None)
+    mono = iter([0.0, 10.0, 20.0, 30.0, 40.0])
+    monkeypatch.setattr(read_gaps.time, "monotonic", lambda: next(mono))
+    s = timedelta(seconds=1)
+    for read_at in (T0, T0 + 10 * s, T0 + 140 * s, T0 + 30 * s, T0 + 40 * s):   # ahead at the third, back at the 4th
+        gaps.note_reported(read_at)
+    assert q.failed_reads(T0 + 20 * s, T0 + 30 * s) == 1     # the tick read while the clock was ahead
+    assert q.failed_reads(T0 + 30 * s, T0 + 140 * s) == 0    # read, after the step back: whole
+    q.close()
+
+
 def test_two_readers_apart_across_the_move_from_memory_to_the_file_each_get_every_sample_once(tmp_path):
     # the file refuses writes (a lock held past the grace) while one request is ahead of the other: it
     # takes samples held in memory, and peeks more before the file takes them (renumbered) and acks after

@@ -60,8 +60,14 @@ class ReadGaps:
         self._last_read = (read_at, mono)
         if last is None:
             return
-        if (read_at - last[0]).total_seconds() - (mono - last[1]) > CLOCK_STEP_S:
+        step = (read_at - last[0]).total_seconds() - (mono - last[1])
+        if step > CLOCK_STEP_S:
             self._telemetry.note_gap(last[0], read_at, self._poll_seconds)
+        elif step < -CLOCK_STEP_S:
+            # back again (a wrong time source put right): a gap noted at the step ahead ran to a time of the clock
+            # that was ahead. The readings now dated in it are real ones: counted as missed on top, they marked
+            # whole intervals Sub Normal (helper ledger41). It ends where the readings begin again.
+            self._telemetry.end_gaps_at(read_at)
 
     def run_before_was_ahead(self, last: datetime, now: datetime) -> bool:
         """Whether this clock, behind the run before's last read, is the right one: the kernel says NTP keeps it

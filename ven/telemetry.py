@@ -408,6 +408,20 @@ class TelemetryQueue:
             return False
         return missed
 
+    def end_gaps_at(self, ts: datetime) -> None:
+        """The clock stepped back to `ts`: a gap noted as running past it (to a time of the clock that was ahead)
+        ends there, and one that began after it never was."""
+        at = _utc(ts).isoformat()
+        try:
+            db = self._db()
+            db.execute("BEGIN")
+            db.execute("DELETE FROM telemetry_gaps WHERE last_read >= ?", (at,))
+            db.execute("UPDATE telemetry_gaps SET resumed = ? WHERE resumed > ?", (at, at))
+            db.execute("COMMIT")
+        except sqlite3.Error as err:
+            self._rollback()
+            self._failed(err)
+
     def _gap_ticks(self, db: sqlite3.Connection, start: datetime, end: datetime) -> int:
         """The poll ticks in [start, end) the gateway was not running for (note_gap)."""
         n = 0
