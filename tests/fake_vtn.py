@@ -17,6 +17,7 @@ Modes:
   gzip_bomb      200 application/xml with Content-Encoding gzip: 0.5 MB that inflate to 512 MB of blanks
   http500        500 with a short text body
   slow           answers (broken XML) only after `slow_seconds`, beyond the VEN's read timeout
+  empty          200 application/xml with no body at all
   slow_proxy     as proxy, the answer after `slow_seconds` (a VTN that stores an update before it answers); only
                  for the services in `slow_services` when that is set
   trickle        starts a 200 answer at once, then sends one byte a second and never finishes
@@ -31,7 +32,8 @@ import zlib
 import aiohttp
 from aiohttp import web
 
-MODES = ("proxy", "malformed_xml", "html", "json", "huge", "gzip_bomb", "http500", "slow", "trickle", "slow_proxy")
+MODES = ("proxy", "malformed_xml", "html", "json", "huge", "gzip_bomb", "http500", "slow", "trickle", "slow_proxy",
+         "empty")
 
 _MALFORMED = (b'<?xml version="1.0" encoding="utf-8"?>\n'
               b'<oadr:oadrPayload xmlns:oadr="http://openadr.org/oadr-2.0b/2012/07"><oadr:oadrSignedObject>'
@@ -135,6 +137,8 @@ class FakeVtn:
                     await response.write(b" ")
             except (ConnectionError, aiohttp.ClientConnectionResetError):
                 return response
+        if mode == "empty":
+            return web.Response(body=b"", content_type="application/xml")
         if mode == "malformed_xml":
             return web.Response(body=_MALFORMED, content_type="application/xml")
         if mode == "html":

@@ -184,6 +184,22 @@ async def test_an_event_of_a_programme_the_site_is_not_enrolled_in_is_answered_o
 
 
 @pytest.mark.timeout(30)
+async def test_each_simple_signal_of_an_event_is_logged_as_its_own_levels(peers, caplog):
+    # two SIMPLE signals read "SIMPLE levels [1.0, 2.0, 1.0, 0.0]": four steps, where two signals ran (vtns41)
+    server, gw = peers
+    ev = put_event(server, [1, 2])
+    first = ev.event_signals[0].intervals
+    ev.event_signals.append(objects.EventSignal(
+        intervals=[objects.Interval(dtstart=i.dtstart, duration=i.duration, signal_payload=v, uid=i.uid)
+                   for i, v in zip(first, (1.0, 0.0))],
+        signal_name="SIMPLE", signal_type="level", signal_id=uuid.uuid4().hex[:8]))
+    eid = ev.event_descriptor.event_id
+    await until(lambda: messages(caplog, f"event {eid} received"), 8, "the event's line")
+    [line] = messages(caplog, f"event {eid} received")
+    assert "SIMPLE levels [1.0, 2.0] and [1.0, 0.0] from " in line, line
+
+
+@pytest.mark.timeout(30)
 async def test_an_event_for_other_vens_retargeted_to_this_ven_is_followed_and_answered_opt_in(peers):
     # A VTN correcting an event's eiTarget (modification 1 names this VEN): the site takes part, as in any
     # event of its own, not stuck with the optOut the other VEN's event got.

@@ -221,6 +221,29 @@ async def test_misbehaving_vtn_errors_logged_once_retries_continue_then_register
 
 
 @pytest.mark.timeout(60)
+async def test_an_empty_answer_to_a_poll_is_said_as_empty_not_as_a_refusal(tmp_path, free_udp_port, free_tcp_port,
+                                                                          caplog):
+    # "VTN poll failed: VTN refused the poll: None": nothing was refused, and None is no word for an operator
+    # (helper vtns41)
+    caplog.set_level(logging.INFO)
+    upstream = DemoVtn(free_tcp_port(), poll_seconds=1)
+    await upstream.start()
+    fake = FakeVtn(free_tcp_port(), mode="proxy", upstream=upstream.url)
+    await fake.start()
+    try:
+        async with running_gateway(tmp_path, free_udp_port, fake.url) as (gateway, *_):
+            await eventually(lambda: gateway.vtn.connected, 15, "registered")
+            fake.mode = "empty"
+            await eventually(lambda: messages(caplog, "VTN poll failed"), 15, "the empty poll said")
+            fake.mode = "proxy"
+    finally:
+        await fake.stop()
+        await upstream.stop()
+    [line] = messages(caplog, "VTN poll failed")
+    assert line == "VTN poll failed: the VTN's answer was empty (HTTP 200 with no body)", line
+
+
+@pytest.mark.timeout(60)
 async def test_a_vtn_answering_updates_in_over_ten_seconds_within_the_request_timeout_gets_them_once(
         tmp_path, free_udp_port, free_tcp_port, caplog):
     # a VTN that stores each update before it answers (a utility head-end under load) took 15 s: a fixed 10 s socket

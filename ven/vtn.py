@@ -38,8 +38,8 @@ from .vtn_events import VtnEvents
 from .vtn_outage import VtnOutage, _Outage
 from .vtn_reports import Standing, Unrequested, VtnReports
 from .vtn_status import StatusRequest, VtnStatus
-from .vtn_transport import (EVENT_BUG_THEN, INVALID_ID, NOT_REGISTERED, _Client, _NoScheduler, _duration, _ei_response,
-                            _fault_kind, _iso, _response_code, _utcnow)
+from .vtn_transport import (EMPTY_ANSWER, EVENT_BUG_THEN, INVALID_ID, NOT_REGISTERED, _Client, _NoScheduler, _duration,
+                            _ei_response, _fault_kind, _iso, _response_code, _utcnow)
 from .wallclock import clock_suspect
 
 log = logging.getLogger(__name__)
@@ -385,7 +385,8 @@ class VtnClient(VtnEvents, VtnReports, VtnStatus, VtnOutage):
             if not ok:
                 self.registration_failures += 1
                 self.registration_failures_total += 1
-                self._failed("registration", self.last_error or "no reason given")
+                self._failed("registration", self.last_error or f"no reason given ({EMPTY_ANSWER}, or a refusal "
+                                                                "without a description)")
                 self._outage.registrations_failed += 1
             if self._outage is not None:
                 self._outage.registrations += 1
@@ -677,7 +678,9 @@ class VtnClient(VtnEvents, VtnReports, VtnStatus, VtnOutage):
                 self.poll_failures += 1
                 self.poll_failures_total += 1
                 failed_here += 1
-                self._poll_error = client.last_error or f"VTN refused the poll: {client.refused}"
+                # an empty 200 is no refusal: "VTN refused the poll: None" said one (helper vtns41)
+                self._poll_error = client.last_error or (f"VTN refused the poll: {client.refused}" if client.refused
+                                                         else EMPTY_ANSWER)
                 self._failed("poll", self._poll_error)
                 self._outage.polls += 1
                 self._outage.polls_failed += 1

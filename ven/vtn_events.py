@@ -305,9 +305,8 @@ class VtnEvents:
         else:
             verb = f"modified (modification {ev.modification_number})"
         others = sorted({s.name for s in ev.signals if s.name != SIMPLE})
-        levels = [iv.payload for s in ev.signals if s.name == SIMPLE for iv in s.intervals]
-        if len(levels) > MAX_LEVELS_LOGGED:     # a day of 1-minute intervals made one line of 7 KB
-            levels = f"{str(levels[:MAX_LEVELS_LOGGED])[:-1]}, ... ({len(levels)} intervals)]"
+        # each SIMPLE signal's own: two joined read as one list of steps (helper vtns41)
+        levels = " and ".join(_levels([iv.payload for iv in s.intervals]) for s in ev.signals if s.name == SIMPLE)
         extra = f", randomized start +{ev.start_offset.total_seconds():.1f} s" if ev.start_after else ""
         end = "until cancelled" if ev.open_ended else f"to {ev.end.isoformat(timespec='seconds')}"
         span_ = f"from {ev.start.isoformat(timespec='seconds')} {end}"
@@ -436,6 +435,12 @@ def _winding_down(event, now) -> str:
 def _answer(event) -> str:
     """One answer per event and modification: a cancellation is acknowledged with optIn."""
     return OPT_IN if event.cancelled else event.opt
+
+
+def _levels(levels: list) -> str:
+    if len(levels) > MAX_LEVELS_LOGGED:     # a day of 1-minute intervals made one line of 7 KB
+        return f"{str(levels[:MAX_LEVELS_LOGGED])[:-1]}, ... ({len(levels)} intervals)]"
+    return str(levels)
 
 
 def _answered_by_openleadr(event: dict) -> bool:

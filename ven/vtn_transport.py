@@ -75,6 +75,8 @@ def _fault_kind(reason: str) -> str:
     return reason
 
 
+EMPTY_ANSWER = "the VTN's answer was empty (HTTP 200 with no body)"
+
 # what each refusal of a connection says of where the fault is: asyncio's own words ("Connect call failed
 # ('198.18.93.10', 16080)") were the same for a VTN that is down and a site network with no route (helper links41)
 _CONNECT_FAILURES = {
