@@ -197,3 +197,27 @@ async def test_a_stream_of_the_last_run_not_requested_again_holds_its_readings_n
     with contextlib.closing(sqlite3.connect(tmp_path / "gw.sqlite")) as db:
         stored = db.execute("SELECT value FROM kv WHERE key = 'telemetry_places'").fetchone()[0]
     assert list(json.loads(stored)) == ["10"]
+
+
+async def test_readings_a_clock_ahead_dated_are_not_averaged_with_the_readings_of_those_times(
+        tmp_path, free_tcp_port, caplog):
+    """The clock 120 s ahead for a minute, then back: a request reporting the readings it dated once their times had
+    come put each in one interval with the reading really taken then, and sent their mean, unmarked (ledger41)."""
+    caplog.set_level(logging.INFO, logger="ven")
+    g = 2 * S
+    t0 = bucket_start(now() - 120 * S, 60 * S)
+    real = [(t0 + (i + 0.5) * S, 100.0 + i) for i in range(10)]
+    dated_ahead = [(t0 + (i + 0.25) * S, 500.0 + i) for i in range(2, 6)]   # taken a minute earlier, really
+    async with DemoVtn(free_tcp_port(), poll_seconds=1, report_granularity=g, report_back=g) as server:
+        async with running(tmp_path, server.url) as rig:
+            for ts, kw in dated_ahead + real:
+                rig.vtn.record_sample(ts, kw)
+            # marked at the step back (ReadGaps.note_reported -> TelemetryQueue.mark_ahead), while their times were
+            # still to come: here, their times have come since
+            rig.queue.ahead.update((x.seq, x) for x in rig.queue.peek(10) if x.kw >= 500)
+            await until(lambda: rig.vtn.status()["report_request_id"], 10, "telemetry requested")
+            await until(lambda: rig.queue.pending == rig.queue.held == 0, 10, "every reading sent or left out")
+            await asyncio.sleep(0.3)
+    same(received(server), expected(real, g))               # the real readings' means, each interval once
+    assert len(said(caplog, "dated by a wall clock that was ahead")) == 1
+    assert rig.queue.dropped == len(dated_ahead)

@@ -331,9 +331,28 @@ def test_a_clock_stepped_ahead_and_back_counts_only_the_ticks_it_really_missed(t
     monkeypatch.setattr(read_gaps.time, "monotonic", lambda: next(mono))
     s = timedelta(seconds=1)
     for read_at in (T0, T0 + 10 * s, T0 + 140 * s, T0 + 30 * s, T0 + 40 * s):   # ahead at the third, back at the 4th
+        q.add(read_at, read_at.second + 0.5)
         gaps.note_reported(read_at)
+    assert [x.ts for x in q.ahead.values()] == [T0 + 140 * s]   # marked at the step back: its time is not its own
     assert q.failed_reads(T0 + 20 * s, T0 + 30 * s) == 1     # the tick read while the clock was ahead
     assert q.failed_reads(T0 + 30 * s, T0 + 140 * s) == 0    # read, after the step back: whole
+    q.close()
+
+
+def test_samples_a_clock_ahead_dated_are_marked_at_the_step_back_and_leave_with_their_rows(tmp_path):
+    q = TelemetryQueue(tmp_path / "gw.sqlite")
+    q.add_reader("standing")
+    q.add_reader("later")
+    s = timedelta(seconds=1)
+    for k in (0, 10, 140, 150):                         # 140 and 150: read while the clock was 120 s ahead
+        q.add(T0 + k * s, float(k))
+    assert q.mark_ahead(T0 + 30 * s) == 2               # stepped back to T0 + 30 s
+    assert [x.kw for x in q.ahead_due("later", T0 + 90 * s)] == []          # still ahead of the clock
+    assert [x.kw for x in q.ahead_due("later", T0 + 150 * s)] == [140.0, 150.0]
+    q.ack([x for x in q.peek(10, "standing") if x.kw >= 140], reader="standing")
+    assert [x.kw for x in q.ahead_due("standing", T0 + 150 * s)] == []      # that request took them
+    q.ack(q.ahead_due("later", T0 + 150 * s), delivered=False, reader="later", lost=True)
+    assert q.ahead == {} and [x.kw for x in q.peek(10, "later")] == [0.0, 10.0]
     q.close()
 
 

@@ -68,6 +68,7 @@ class ReadGaps:
             # that was ahead. The readings now dated in it are real ones: counted as missed on top, they marked
             # whole intervals Sub Normal (helper ledger41). It ends where the readings begin again.
             self._telemetry.end_gaps_at(read_at)
+            self._telemetry.mark_ahead(read_at)
 
     def run_before_was_ahead(self, last: datetime, now: datetime) -> bool:
         """Whether this clock, behind the run before's last read, is the right one: the kernel says NTP keeps it

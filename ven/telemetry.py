@@ -11,7 +11,7 @@ import json
 import logging
 import math
 import sqlite3
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable
@@ -113,6 +113,8 @@ class TelemetryQueue:
         # report requests served at once, each at its own place: a sample leaves the queue once all took it
         self._readers: dict[str, _Reader] = {}
         self._sent: set[int] = set()        # samples one request delivered that another has yet to take
+        # samples a wall clock that was ahead dated (mark_ahead), by number: kept out of the intervals of those times
+        self.ahead: dict[int, Sample] = {}
         # the time of the newest reading that left the queue (every request took it, or it aged out): a report
         # interval of a request that came after it and holding it is the mean of only the readings still queued
         self.left_until: datetime | None = None
@@ -256,6 +258,7 @@ class TelemetryQueue:
         for r in self._readers.values():
             r.taken = {moved_to.get(seq, seq) for seq in r.taken}
         self._sent = {moved_to.get(seq, seq) for seq in self._sent}
+        self.ahead = {moved_to.get(seq, seq): replace(x, seq=moved_to.get(seq, seq)) for seq, x in self.ahead.items()}
         self._memory.clear()
         self._failed_memory.clear()
         return True
@@ -408,6 +411,27 @@ class TelemetryQueue:
             return False
         return missed
 
+    def mark_ahead(self, now: datetime) -> int:
+        """The wall clock stepped back to `now`: the samples queued dated after it were dated by the clock that was
+        ahead. Marked, so that a request reporting them once their times have come does not average them with the
+        readings really taken then (helper ledger41). Returns how many."""
+        cut = _utc(now)
+        found = [x for x in self._memory if x.ts > cut]
+        try:
+            rows = self._db().execute("SELECT seq, ts, kw FROM telemetry_queue WHERE ts > ?",
+                                      (cut.isoformat(),)).fetchall()
+            found += self._samples([r for r in rows if r[0] not in self._acked])
+        except sqlite3.Error:
+            pass    # the file unreadable now: only those in memory are known
+        self.ahead.update((x.seq, x) for x in found)
+        return len(found)
+
+    def ahead_due(self, reader: str | None, until: datetime) -> list[Sample]:
+        """The marked samples `reader` has not taken, dated up to `until` (no longer ahead of the clock)."""
+        r = self._readers.get(reader) if reader is not None else None
+        return sorted((x for seq, x in self.ahead.items() if x.ts <= until and seq not in self._acked
+                       and (r is None or not r.has(seq))), key=lambda x: x.seq)
+
     def end_gaps_at(self, ts: datetime) -> None:
         """The clock stepped back to `ts`: a gap noted as running past it (to a time of the clock that was ahead)
         ends there, and one that began after it never was."""
@@ -526,6 +550,7 @@ class TelemetryQueue:
         """Forget the samples `gone` names, left the queue: what one request took of them, the others behind, and
         their moves to the file; else kept for good, a number a reading."""
         self._sent = {seq for seq in self._sent if not gone(seq)}
+        self.ahead = {seq: x for seq, x in self.ahead.items() if not gone(seq)}
         for r in self._readers.values():
             r.taken = {seq for seq in r.taken if not gone(seq)}
         for row in [row for row in self._moved_back if gone(row)]:
@@ -727,6 +752,8 @@ class TelemetryQueue:
             self._moved.pop(self._moved_back.pop(row), None)
         counted = len(done - self._sent) if delivered else 0    # the others were when a request first took them
         self._sent -= done
+        for seq in done:
+            self.ahead.pop(seq, None)
         self.sent_total += counted
         self.delivered += counted
         self._memory = [s for s in self._memory if s.seq not in done]

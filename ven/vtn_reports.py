@@ -248,6 +248,14 @@ class VtnReports:
                 req.sent_until = None   # the intervals after the step are dated before these
                 continue
             req.ahead_said = False
+            if due := self._telemetry.ahead_due(req.rrid, now + CLOCK_STEP):
+                # their times have come: bucketed, each would be averaged with the reading really taken then, a
+                # value two clocks apart in one interval, unmarked (helper ledger41). Those times have their own.
+                log.warning("%d telemetry sample(s) dated by a wall clock that was ahead (up to %s) left out of "
+                            "request %s's intervals: the readings taken at those times are in them",
+                            len(due), _iso(max(x.ts for x in due)), req.rrid)
+                self._telemetry.ack(due, delivered=False, reader=req.rrid, lost=True)
+                continue
             intervals, late = self._complete(req, now)
             if late and self._backlog_found_late(req, late):
                 continue
