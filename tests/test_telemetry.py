@@ -339,6 +339,21 @@ def test_a_clock_stepped_ahead_and_back_counts_only_the_ticks_it_really_missed(t
     q.close()
 
 
+def test_readings_a_parked_stream_took_in_the_run_before_are_held_not_pending_after_a_restart(tmp_path):
+    # after each restart everything kept for a parked stream read as pending again, growing by what was held at each
+    # stop, beside an oldest-sample age of a few seconds (helper verify41)
+    s = timedelta(seconds=1)
+    q = TelemetryQueue(tmp_path / "gw.sqlite")
+    for k in (0, 10, 20, 30):
+        q.add(T0 + k * s, float(k))
+    q.close()
+    q = TelemetryQueue(tmp_path / "gw.sqlite")
+    q.park_reader("PT1M", before=T0 + 25 * s)           # its place: it reported up to T0 + 25 s before the stop
+    assert (q.pending, q.held, q.delivered) == (1, 3, 0)
+    assert q.oldest_undelivered().kw == 30.0             # the one reading no stream has had
+    q.close()
+
+
 def test_samples_a_clock_ahead_dated_are_marked_at_the_step_back_and_leave_with_their_rows(tmp_path):
     q = TelemetryQueue(tmp_path / "gw.sqlite")
     q.add_reader("standing")

@@ -617,6 +617,8 @@ class TelemetryQueue:
         except sqlite3.Error:
             taken = set()
         self._readers[name] = reader = _Reader(taken=taken)
+        # delivered by that stream in the run before: held for the others, not `pending` again (helper verify41)
+        self._sent |= taken
         if taken:
             self._raise_floor(reader)
 
@@ -778,9 +780,9 @@ class TelemetryQueue:
     def oldest_undelivered(self) -> Sample | None:
         """The oldest reading no request has delivered, near enough: the one the request furthest ahead has not
         taken (a stream parked for its request holds older ones, which the VTN has had)."""
-        if len(self._readers) < 2:
+        if not self._readers:
             oldest = self.peek(1)
-        else:
+        else:   # one parked stream alone too: what it took before a restart is not the backlog
             ahead = max(self._readers, key=lambda name: self._readers[name].floor)
             oldest = self.peek(1, reader=ahead)
         return oldest[0] if oldest else None
