@@ -149,7 +149,7 @@ class GatewayDevice:
         # who may write (bacnet.write_from; empty: anyone); its refusals count across restarts of the device
         self.write_access = WriteAccess(write_from)
         # whether the machine still has bacnet.address while the device runs (a lease that changed, a link down)
-        self.own_address = OwnAddressWatch(address, on_back=self._announce)
+        self.own_address = OwnAddressWatch(address, on_back=self._back)
         self._points = {p.name: p for p in points}
         self._objects: dict[str, Any] = {}
         self._no_value_yet: set[str] = set()
@@ -189,7 +189,6 @@ class GatewayDevice:
                    own_address=f"{ip_mask.partition('/')[0]}:{port}", bbmd_address=self.bbmd_address,
                    own_network=ip_mask)
             self.app._local_trouble = self.own_address.local_trouble    # a COV recipient not blamed for it
-            self._hear_send_failures()
             for obj in list(self.app.objectIdentifier.values()):  # the device and network port
                 read_only(obj)
             for point in self._points.values():
@@ -228,19 +227,13 @@ class GatewayDevice:
                                       deviceInstanceRangeHighLimit=self.device_id, destination=GlobalBroadcast()))
         self.app.i_am()
 
-    def _hear_send_failures(self) -> None:
-        """A send the kernel refuses (no route: this side's link or address is gone) reaches the protocol's
-        error_received, which bacpypes3 logs at DEBUG only: the watch is told too."""
-        for link_layer in self.app.link_layers.values():
-            protocol = getattr(getattr(link_layer, "server", None), "local_protocol", None)
-            if protocol is None:
-                continue
-            said = protocol.error_received
-
-            def error_received(exc: Exception, said=said) -> None:
-                self.own_address.send_failed(exc)
-                said(exc)
-            protocol.error_received = error_received
+    def _back(self) -> None:
+        """The machine has bacnet.address (and its link) again: the I-Am a start or the outage sent went nowhere,
+        and the next notification kept for a subscriber meanwhile is news again."""
+        if self._bacnet is None:
+            return
+        self.app._cov_kept_for = None
+        self._announce()
 
     async def _socket_ready(self) -> None:
         # BAC0 binds the UDP socket in a task; its context manager would add a fixed 1 s sleep.
@@ -542,7 +535,7 @@ class GatewayDevice:
 
     @property
     def bugs(self) -> list[BugGuard]:
-        watch = [self._foreign.bug] if self._foreign is not None else []
+        watch = [self.own_address.bug] + ([self._foreign.bug] if self._foreign is not None else [])
         return [bug for listeners in self._callbacks.values() for _, bug in listeners] + watch
 
 

@@ -1,7 +1,8 @@
-"""Whether this machine still has what bacnet.address names: its IP on an interface, and that interface's broadcast
-address the one its mask gives. bacpypes3 binds both; without the first every send fails, and without the second
-(a mask that is not the NIC's) it retries the broadcast bind for good while every send, answers to directed reads
-included, waits for it. Either way the device is dead while the log said it was answering (helper links41)."""
+"""Whether this machine still has what bacnet.address names: its IP on an interface, that interface's broadcast
+address the one its mask gives, and the interface's link up. bacpypes3 binds the first two; without the IP every
+send fails, and without the broadcast address (a mask that is not the NIC's) it retries that bind for good while
+every send, answers to directed reads included, waits for it. A link that is down leaves both, and sends go nowhere
+without an error. Each way the device was dead while the log said it was answering (helper links41)."""
 from __future__ import annotations
 
 import asyncio
@@ -12,19 +13,25 @@ import logging
 import socket
 import struct
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from .bug_guard import BugGuard
 from .settle import span
 
 log = logging.getLogger(__name__)
 
-PERIOD_S = 5.0      # how often a running device looks: a bind on port 0 and a close, some tens of microseconds
-# a notification that could not leave the box within this of a local send failure is not its recipient's fault
-SEND_FAILURE_S = 60.0
-# the errors a send gets when this side of the link is at fault (no route: the link or the address is gone)
-LOCAL_SEND_ERRORS = frozenset({errno.ENETUNREACH, errno.ENETDOWN, errno.EADDRNOTAVAIL, errno.EHOSTUNREACH})
+PERIOD_S = 5.0      # how often a running device looks: two binds on port 0, an ioctl and a sysfs read
 SIOCGIFADDR = 0x8915    # linux/sockios.h: an interface's IPv4 address
+
+ADDRESS, MASK, LINK = "address", "mask", "link"
+
+
+@dataclass(frozen=True)
+class Missing:
+    kind: str       # ADDRESS: the IP is on no interface; MASK: its broadcast address is not; LINK: its link is down
+    text: str       # what is missing, in words
 
 
 def broadcast_of(address: str) -> str | None:
@@ -38,22 +45,42 @@ def broadcast_of(address: str) -> str | None:
     return str(interface.network.broadcast_address)
 
 
-def missing(address: str, link: bool = False) -> str | None:
-    """What of `address` ("ip/prefix:port") this machine lacks now, in words, or None. Probed on a port of the
-    system's choosing: the device itself holds the configured one. `link`: also whether the link of the interface
-    holding the IP is up (a cable pulled leaves the address, and sends go nowhere without an error)."""
+def missing(address: str) -> Missing | None:
+    """What of `address` ("ip/prefix:port") this machine lacks now, or None. Probed on a port of the system's
+    choosing: the device itself holds the configured one."""
     ip = (address.rpartition(":")[0] or address).partition("/")[0]
     if not _bindable(ip):
-        return f"{ip} is not on any interface of this machine"
-    # before the mask: an interface taken down loses its broadcast address with its routes
-    if link and (name := _interface_of(ip)) is not None and _link_down(name):
-        return f"the link of {name}, which holds {ip}, is down (a cable, a switch port)"
+        return Missing(ADDRESS, f"{ip} is not on any interface of this machine")
+    # before the mask: an interface taken down (ip link set down) loses its broadcast address with its routes
+    if (name := _interface_of(ip)) is not None and _link_down(name):
+        return Missing(LINK, f"the link of {name}, which holds {ip}, is down (a cable, a switch port)")
     broadcast = broadcast_of(address)
     if broadcast is not None and broadcast != ip and not _bindable(broadcast):
         prefix = (address.rpartition(":")[0] or address).partition("/")[2]
-        return (f"its broadcast address {broadcast} is not this machine's: the interface holding {ip} has another "
-                f"mask than /{prefix} (`ip -brief address` shows it)")
+        return Missing(MASK, f"its broadcast address {broadcast} is not this machine's: the interface holding {ip} "
+                             f"has another mask than /{prefix} (`ip -brief address` shows it)")
     return None
+
+
+def must_wait(address: str) -> Missing | None:
+    """What a start waits for: the IP, and its mask's broadcast address. Not the link (a cable out at boot): a real
+    carrier loss leaves both bindable, and the rest of the gateway (the VTN, telemetry, the API) has no need of it.
+    A link taken down removes the broadcast address with its routes, which is waited for, said as the link."""
+    problem = missing(address)
+    if problem is None or problem.kind != LINK:
+        return problem
+    ip = (address.rpartition(":")[0] or address).partition("/")[0]
+    broadcast = broadcast_of(address)
+    return problem if broadcast is not None and broadcast != ip and not _bindable(broadcast) else None
+
+
+def _bindable(ip: str) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((ip, 0))
+        except OSError as err:
+            return err.errno != errno.EADDRNOTAVAIL     # another refusal says nothing of the address
+    return True
 
 
 def _interface_of(ip: str) -> str | None:
@@ -74,35 +101,27 @@ def _interface_of(ip: str) -> str | None:
 
 
 def _link_down(name: str, net: Path = Path("/sys/class/net")) -> bool:
+    """Whether the kernel says the interface cannot pass traffic: taken down, or its carrier lost (a cable)."""
     try:
         return (net / name / "operstate").read_text().strip() in ("down", "lowerlayerdown")
     except OSError:
         return False        # gone between the two looks, or no sysfs: the next look says
 
 
-def _bindable(ip: str) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        try:
-            probe.bind((ip, 0))
-        except OSError as err:
-            return err.errno != errno.EADDRNOTAVAIL     # another refusal says nothing of the address
-    return True
-
-
 class OwnAddressWatch:
-    """The running device's own address, looked at every PERIOD_S: one WARNING when the machine stops having it (a
-    DHCP lease that changed, a LAN re-subnetted, its link down), one INFO when it has it again. Also told of sends that failed on
-    this side (no route: the link is down), which a COV recipient that did not answer must not be blamed for."""
+    """The running device's own address, looked at when it starts and every PERIOD_S: one WARNING when the machine
+    stops having it (a DHCP lease that changed, a LAN re-subnetted, its link down), one INFO when it has it again,
+    and `on_back` then (the device announces itself again: an I-Am into a dead link went nowhere)."""
 
-    def __init__(self, address: str, probe: Callable[[str], str | None] = lambda a: missing(a, link=True),
+    def __init__(self, address: str, probe: Callable[[str], Missing | None] = missing,
                  period: float = PERIOD_S, on_back: Callable[[], None] = lambda: None):
         self.address = address
         self._probe = probe
-        self.on_back = on_back      # the device announces itself again: its I-Am at start went nowhere
         self.period = period
-        self.problem: str | None = None         # what is missing, in words
+        self.on_back = on_back
+        self.problem: Missing | None = None
         self.since: float | None = None         # time.time() it began
-        self._send_failed: tuple[float, str] | None = None    # (monotonic, why) of the last local send failure
+        self.bug = BugGuard(log, f"watching bacnet.address {address}", f"looked at again every {period:g} s")
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -117,17 +136,18 @@ class OwnAddressWatch:
 
     async def _run(self) -> None:
         while True:
+            with self.bug.guard():
+                self.check()
             await asyncio.sleep(self.period)
-            self.check()
 
     def check(self) -> None:
         problem = self._probe(self.address)
         if problem == self.problem:
             return
         if problem is not None and self.problem is None:
-            why = "" if "link" in problem else " (a DHCP lease that changed? an interface re-addressed?)"
+            why = " (a DHCP lease that changed? an interface re-addressed?)" if problem.kind == ADDRESS else ""
             log.warning("bacnet.address %s: %s now%s: the BACnet device cannot be reached and sends nothing, the "
-                        "meter included, until it is back", self.address, problem, why)
+                        "meter included, until it is back", self.address, problem.text, why)
             self.since = time.time()
         elif problem is None:
             log.info("bacnet.address %s is this machine's again after %s: the BACnet device answers again",
@@ -137,20 +157,10 @@ class OwnAddressWatch:
         if problem is None:
             self.on_back()
 
-    def send_failed(self, exc: Exception) -> None:
-        """A send from the device's socket failed on this side (asyncio hands it to error_received)."""
-        if isinstance(exc, OSError) and exc.errno in LOCAL_SEND_ERRORS:
-            self._send_failed = (time.monotonic(), exc.strerror or str(exc))
-
     def local_trouble(self) -> str | None:
-        """Why sends may not have left this machine lately (its address missing, a send that found no route within
-        SEND_FAILURE_S), or None."""
-        if self.problem is not None:
-            return self.problem
-        if self._send_failed is not None and time.monotonic() - self._send_failed[0] <= SEND_FAILURE_S:
-            return f"a send from this machine failed: {self._send_failed[1]}"
-        return None
+        """Why sends cannot leave this machine now, or None."""
+        return self.problem.text if self.problem is not None else None
 
     def status(self) -> dict:
-        return {"problem": self.problem,
+        return {"problem": self.local_trouble(), "kind": self.problem.kind if self.problem is not None else None,
                 "since": None if self.since is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.since))}

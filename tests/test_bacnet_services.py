@@ -5,7 +5,6 @@ A second real bacpypes3 stack on loopback asks, as a BAS would."""
 from __future__ import annotations
 
 import asyncio
-import errno
 import functools
 import ipaddress
 import logging
@@ -49,6 +48,7 @@ from bacnet_api.client import close_stack, start_stack, to_plain
 from bacnet_api.forwarded import _one_station
 from bacnet_api.device import GatewayDevice
 from bacnet_api.host_network import dns_servers
+from bacnet_api.own_address import LINK, Missing
 from bacnet_api.points import EVENT_LEVEL, INPUT_POWER, METER_POWER, OPT_OUT, POINTS
 from bacnet_peer import BacnetPeer, PeerError
 from test_bacnet_device import DEVICE_ID, gateway, peer, port_of, where  # noqa: F401 - shared fixtures
@@ -275,9 +275,9 @@ async def test_a_notification_lost_to_this_machines_own_link_keeps_the_subscript
     await kept.__aenter__()
     try:
         await close_stack(bas)      # no answer, as across a link that is down
-        # the kernel refused a send from the device's socket (no route): told to error_received, as asyncio does
-        [protocol] = [layer.server.local_protocol for layer in gateway.app.link_layers.values()]
-        protocol.error_received(OSError(errno.ENETUNREACH, "Network is unreachable"))
+        # the device's watch of its own address finds the link down, as /sys/class/net says for a cable out
+        gateway.own_address._probe = lambda address: Missing(LINK, "the link of eth0, which holds 127.0.0.1, is down")
+        gateway.own_address.check()
         for level in (1.0, 2.0):
             gateway.set(EVENT_LEVEL, level)
             await asyncio.sleep(0.1)
@@ -288,8 +288,8 @@ async def test_a_notification_lost_to_this_machines_own_link_keeps_the_subscript
         await asyncio.sleep(0.5)
     finally:
         await kept.__aexit__(RuntimeError, RuntimeError(), None)
-    assert said() == ["COV notifications not delivered while a send from this machine failed: Network is "
-                      "unreachable: the subscriptions are kept, and a later change reaches their subscribers"]
+    assert said() == ["COV notifications not delivered while the link of eth0, which holds 127.0.0.1, is down: the "
+                      "subscriptions are kept, and a later change reaches their subscribers"]
     assert not [r for r in caplog.records if "stopped answering" in r.getMessage()]
     assert [c.proc_id for c in gateway.app._cov_subscriptions()] == [78]
 

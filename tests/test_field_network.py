@@ -203,10 +203,10 @@ async def test_an_address_or_link_gone_while_the_gateway_runs_is_said_once_and_i
 
 
 @pytest.mark.timeout(120)
-async def test_a_start_with_the_link_down_waits_for_it_and_says_it_as_the_link(tmp_path, free_udp_port,
+async def test_a_start_with_the_link_taken_down_waits_for_it_and_says_it_as_the_link(tmp_path, free_udp_port,
                                                                                linked_netns):  # noqa: F811
-    # the cable out at boot: the address is there, the broadcast address is not (its route goes with the link), and
-    # the device's I-Am went nowhere, never said again (helper links41 C3)
+    # the interface taken down at boot (ip link set down): the address is there, its broadcast address is not (its
+    # route goes with the link), bacpypes3 would wait on it, and the device's I-Am went nowhere (helper links41 C3)
     ns = linked_netns
     ip = ns.ip(1)
     ns.add_address(ip)
@@ -228,6 +228,37 @@ async def test_a_start_with_the_link_down_waits_for_it_and_says_it_as_the_link(t
     text = gateway.log()
     assert code == 0 and "Traceback" not in text and "broadcast address" not in text, text
     assert text.count(down) == 1 and text.count(f"bacnet.address {ip}/24:47808: {ip} is there after") == 1, text
+
+
+@pytest.mark.timeout(120)
+async def test_a_start_with_the_cable_out_starts_says_the_link_and_announces_when_it_is_in(tmp_path, free_udp_port,
+                                                                                         linked_netns):  # noqa: F811
+    # a carrier lost (the switch's end down) leaves the address and its broadcast address: the gateway starts, the
+    # VTN, telemetry and the API with it (waiting for the link blocked them all, helper rev41), and says the link
+    from netns import _ip
+    ns = linked_netns
+    ip = ns.ip(1)
+    ns.add_address(ip)
+    assert _ip("link", "set", ns.host_device, "down").returncode == 0      # the cable: no carrier on gw0
+    config = tmp_path / "gw.toml"
+    write_config(config, bacnet_port=47808, http_port=8000, storage=tmp_path / "gw.sqlite", ven_name="no-carrier",
+                 device_id=500316, bacnet_ip=f"{ip}/24")
+    gateway = GatewayProcess(config, tmp_path / "gateway.log", prefix=ns.exec_prefix)
+    down = f"bacnet.address {ip}/24:47808: the link of {ns.DEVICE}, which holds {ip}, is down (a cable, a switch port)"
+    async with BacnetPeer(free_udp_port(), host=ns.host_ip, prefix=24, timeout=1.0) as bas:
+        try:
+            gateway.start()
+            await eventually(lambda: down in gateway.log() or not gateway.alive, 30, "the link said")
+            assert gateway.alive and "answering on" in gateway.log(), gateway.log()
+            assert _ip("link", "set", ns.host_device, "up").returncode == 0
+            await eventually(lambda: f"bacnet.address {ip}/24:47808 is this machine's again after" in gateway.log(),
+                             15, "the link's return said")
+            assert await eventually(lambda: bas.who_is(f"{ip}:47808"), 30, "I-Am from the device"), gateway.log()
+        finally:
+            code = gateway.stop()
+    text = gateway.log()
+    assert code == 0 and "Traceback" not in text and "waiting for it" not in text, text
+    assert text.count(down) == 1, text
 
 
 def test_check_config_says_when_an_address_is_on_no_interface(tmp_path, free_tcp_port):

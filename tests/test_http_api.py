@@ -208,7 +208,7 @@ class SampleView:
             "clock_suspect": False, "clock_behind_last_read": None, "clock_synchronized": True,
             "clock_max_error_ms": 12.5, "clock_warning": False,
             "device": {"device_id": 500001, "name": "EdgeGateway", "address": "192.168.1.20/24:47808",
-                       "address_problem": {"problem": None, "since": None},
+                       "address_problem": {"problem": None, "kind": None, "since": None},
                        "communication": {"mode": "enable"}, "foreign_device": None, "twins": [], "write_from": [],
                        "writes_refused": 0, "last_write_refused": None},
             # the BAS writes input-power-meter (at priority 8); it is flagged overridden here, to show a flag set

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import re
 from datetime import timezone
@@ -12,6 +11,7 @@ import pytest
 from bacnet_api.device import GatewayDevice
 from bacnet_api.client import ask_router
 from bacnet_api.meter import MeterClient, MeterReading, read_meter_once
+from bacnet_api.own_address import LINK, Missing
 from bacnet_api.simulator import MeterSimulator, run_simulator
 from bacnet_peer import BacnetPeer
 from raw_router import RawRouter
@@ -230,10 +230,11 @@ async def test_a_read_lost_to_this_machines_own_link_says_so_not_the_router(gate
     await sim.stop()
     reading = await meter.read_once()
     assert reading.error == f"no response from 12345:2 within {FAST:g} s (through router {sim.router_address})"
-    gateway.own_address.send_failed(OSError(errno.ENETUNREACH, "Network is unreachable"))
+    gateway.own_address._probe = lambda address: Missing(LINK, "the link of eth0, which holds 127.0.0.1, is down")
+    gateway.own_address.check()
     reading = await meter.read_once()
-    assert reading.error.endswith(" (a send from this machine failed: Network is unreachable: this machine's side, "
-                                  "not the meter's or a router's)"), reading.error
+    assert reading.error.endswith(" (the link of eth0, which holds 127.0.0.1, is down: this machine's side, not the "
+                                  "meter's or a router's)"), reading.error
 
 
 async def test_a_router_name_that_does_not_resolve_is_named_with_its_key(gateway, sim, monkeypatch):

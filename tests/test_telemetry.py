@@ -354,6 +354,24 @@ def test_readings_a_parked_stream_took_in_the_run_before_are_held_not_pending_af
     q.close()
 
 
+def test_a_reading_delivered_then_aged_out_while_held_is_not_also_dropped(tmp_path, caplog):
+    # counted delivered when the first request took it, then dropped when the queue's bound deleted it for the other:
+    # each reading twice, and "dropping the oldest" said of readings the VTN has (helper rev41)
+    caplog.set_level(logging.INFO, logger="ven")
+    q = TelemetryQueue(tmp_path / "gw.sqlite", max_age=timedelta(minutes=5))
+    q.add_reader("parked")
+    q.add_reader("live")
+    for i in range(6):
+        q.add(T0 + timedelta(minutes=i), float(i))
+        q.ack(q.peek(10, "live"), reader="live")
+    assert q.delivered == 6 and q.held == 6 and q.dropped == 0
+    q.add(T0 + timedelta(minutes=20), 20.0)       # the first six age out of the 5-minute bound
+    q.ack(q.peek(10, "live"), reader="live")
+    assert q.delivered == 7 and q.dropped == 0 and q.held == 1     # 20.0, for the parked stream
+    assert not [r for r in caplog.records if "dropping the oldest" in r.getMessage()]
+    q.close()
+
+
 def test_samples_a_clock_ahead_dated_are_marked_at_the_step_back_and_leave_with_their_rows(tmp_path):
     q = TelemetryQueue(tmp_path / "gw.sqlite")
     q.add_reader("standing")

@@ -339,7 +339,7 @@ class Gateway:
         now, wall = time.monotonic(), datetime.now(timezone.utc)
         lasted = lambda since: span((wall - datetime.fromisoformat(since)).total_seconds())
         out = []
-        if (problem := self.device.own_address.problem) is not None:
+        if (problem := self.device.own_address.local_trouble()) is not None:
             out.append(f"bacnet.address {self.config.bacnet.address}: {problem}")
         if (m := self.meter.fault_window()) is not None:
             out.append(f"meter fault for {lasted(m['since'])} ({m['failed_reads']} of {m['reads']} reads failed)")
@@ -668,8 +668,9 @@ class Gateway:
     def degraded(self) -> list[str]:
         """Each part of the job the gateway cannot do now, in a few words."""
         out = []
-        if self.device.own_address.problem is not None:    # before the meter fault it causes
-            out.append("bacnet.address not this machine's")
+        if (own := self.device.own_address.problem) is not None:    # before the meter fault it causes
+            out.append({"link": "BACnet interface's link down", "mask": "bacnet.address's mask not its interface's"}
+                       .get(own.kind, "bacnet.address not on this machine"))
         comm = self.device.communication()
         if comm["mode"] != "enable":
             out.append(f"BACnet communication initiation disabled by {comm.get('by') or 'a BACnet client'}")

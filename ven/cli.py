@@ -110,15 +110,15 @@ def _absent_address_warnings(cfg: GatewayConfig) -> list[str]:
     out = [f"{key}: {host} is not on any interface of this machine now: `run` waits for it (a NIC that comes up "
            f"after the service), so a wrong address waits forever" for key, host, kind in probes if absent(host, kind)]
     if not any(line.startswith("bacnet.address") for line in out):
-        from bacnet_api.own_address import missing
-        if (problem := missing(cfg.bacnet.address, link=True)) is None:
-            pass
-        elif problem.startswith("the link"):
-            out.insert(0, f"bacnet.address {cfg.bacnet.address}: {problem} now: `run` waits for it")
-        else:
-            out.insert(0, f"bacnet.address {cfg.bacnet.address}: {problem}: the BACnet device could not answer a BAS "
-                          f"nor send anything, and `run` waits for that mask: set bacnet.address to the interface's "
-                          f"ip/prefix")
+        from bacnet_api.own_address import LINK, MASK, missing
+        problem = missing(cfg.bacnet.address)
+        if problem is not None and problem.kind == LINK:
+            out.insert(0, f"bacnet.address {cfg.bacnet.address}: {problem.text} now: no BAS reaches the gateway "
+                          f"until it is up")
+        elif problem is not None and problem.kind == MASK:
+            out.insert(0, f"bacnet.address {cfg.bacnet.address}: {problem.text}: the BACnet device could not answer "
+                          f"a BAS nor send anything, and `run` waits for that mask: set bacnet.address to the "
+                          f"interface's ip/prefix")
     return out
 
 
@@ -307,19 +307,20 @@ async def _wait_for_bacnet_address(address: str, waiting: Callable[[str], None] 
     late link) may come after the service starts: waiting is one line in the log, where exiting for the service
     manager to restart was several lines every few seconds, and it comes back under a supervisor that restarts
     nothing. A mask that is not the interface's left the device started and dead (bacpypes3 retries the broadcast
-    bind for good, and every send waits for it): waited for alike, said as a mask to set right.
+    bind for good, and every send waits for it): waited for alike, said as a mask to set right. A link that is down
+    is not waited for: the device starts, its watch says so, and the rest of the gateway runs meanwhile.
     `waiting(status)` is called every second meanwhile (systemd: the start's time-out extended)."""
     from bacnet_api.client import ensure_port_free
-    from bacnet_api.own_address import missing
+    from bacnet_api.own_address import LINK, MASK, must_wait
 
     ip = address.rpartition(":")[0].partition("/")[0]
-    problem = missing(address, link=True)
-    unmasked = problem is not None and problem.startswith("its broadcast address")
+    problem = must_wait(address)
+    unmasked = problem is not None and problem.kind == MASK
     if unmasked:
         log.warning("bacnet.address %s: %s: the BACnet device could not answer a BAS nor send anything: waiting "
-                    "for the interface to have that mask; set bacnet.address to its ip/prefix", address, problem)
-    elif problem is not None and problem.startswith("the link"):
-        log.warning("bacnet.address %s: %s: waiting for it; the gateway starts when it is up", address, problem)
+                    "for the interface to have that mask; set bacnet.address to its ip/prefix", address, problem.text)
+    elif problem is not None and problem.kind == LINK:     # taken down: its broadcast address went with it
+        log.warning("bacnet.address %s: %s: waiting for it; the gateway starts when it is up", address, problem.text)
     else:
         log.warning("bacnet.address %s: %s is not on any interface of this machine (yet: a late link or DHCP "
                     "lease?): waiting for it; the gateway starts when it is there", address, ip)
@@ -334,7 +335,7 @@ async def _wait_for_bacnet_address(address: str, waiting: Callable[[str], None] 
             if err.errno == errno.EADDRNOTAVAIL:
                 continue
             raise ConfigError(_bacnet_address_error(err, address)) from None
-        if missing(address, link=True) is not None:
+        if must_wait(address) is not None:
             continue
         log.info("bacnet.address %s: %s is there after %s: starting", address, ip, span(time.monotonic() - began))
         return
@@ -379,9 +380,8 @@ def run_gateway(config_path: str | None, customize: Callable[[Any], None] | None
             return EXIT_CONFIG
         wait_for_address = True   # not on an interface yet: waited for below, once logging is set up
     else:
-        from bacnet_api.own_address import missing
-        # its mask not the interface's, or its link down (which takes the broadcast address with it)
-        wait_for_address = missing(cfg.bacnet.address, link=True) is not None
+        from bacnet_api.own_address import must_wait
+        wait_for_address = must_wait(cfg.bacnet.address) is not None    # its mask not the interface's
     if cfg.http.enabled:  # likewise before the BACnet device announces itself, not 2 s after
         try:
             _ensure_tcp_port_free(cfg.http.address)

@@ -510,6 +510,8 @@ class TelemetryQueue:
             except sqlite3.Error:
                 pass    # the rows stay queued; bounding is retried with the next sample
         if gone or first_row:
+            # those one request delivered, held for another, reached the VTN: counted delivered then, not dropped now
+            n -= sum(1 for seq in self._sent if seq in gone or 0 < seq < first_row)
             self._forget(lambda seq: seq in gone or 0 < seq < first_row)
         if n > 0:
             self._left(cutoff)      # the rows deleted were dated before it
