@@ -292,6 +292,9 @@ async def test_a_notification_lost_to_this_machines_own_link_keeps_the_subscript
                       "subscriptions are kept, and a later change reaches their subscribers"]
     assert not [r for r in caplog.records if "stopped answering" in r.getMessage()]
     assert [c.proc_id for c in gateway.app._cov_subscriptions()] == [78]
+    gateway.own_address._probe = lambda address: None           # the link back: the next spell is said again
+    gateway.own_address.check()
+    assert getattr(gateway.app, "_cov_kept_for", None) is None
 
 
 async def test_subscribers_gone_silent_in_numbers_are_one_line_then_a_count(gateway, peer, free_udp_port, caplog):
