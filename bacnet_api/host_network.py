@@ -40,6 +40,24 @@ def default_gateway(ip: bytes, route_table: Path = Path("/proc/net/route")) -> b
     return NONE
 
 
+def subnet_interface(ip: bytes, route_table: Path = Path("/proc/net/route")) -> str | None:
+    """The interface of the directly connected route whose subnet holds `ip` (the longest), or None: how a second
+    address on a NIC, which SIOCGIFADDR does not return, is tied to its interface. A route stays while the carrier
+    is lost (flagged linkdown), and goes with an interface taken down."""
+    try:
+        rows = [line.split() for line in route_table.read_text().splitlines()[1:]]
+    except OSError:
+        return None
+    addr, best = int.from_bytes(ip, "big"), None
+    for row in rows:
+        if len(row) < 8 or int(row[2], 16) != 0:
+            continue
+        dest, mask = int.from_bytes(_octets(row[1]), "big"), int.from_bytes(_octets(row[7]), "big")
+        if mask and addr & mask == dest and (best is None or mask > best[0]):
+            best = (mask, row[0])
+    return best[1] if best is not None else None
+
+
 def dns_servers(resolv_conf: Path = Path("/etc/resolv.conf")) -> list[bytes]:
     """The IPv4 name servers resolv.conf lists, in its order; none if it lists none or cannot be read."""
     try:

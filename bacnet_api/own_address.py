@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from .bug_guard import BugGuard
+from .host_network import subnet_interface
 from .settle import span
 
 log = logging.getLogger(__name__)
@@ -57,8 +58,10 @@ def missing(address: str) -> Missing | None:
     broadcast = broadcast_of(address)
     if broadcast is not None and broadcast != ip and not _bindable(broadcast):
         prefix = (address.rpartition(":")[0] or address).partition("/")[2]
+        # a second address on an interface taken down has neither a primary address nor a route to name it by
+        down = "" if _interface_of(ip) is not None else ", or is down"
         return Missing(MASK, f"its broadcast address {broadcast} is not this machine's: the interface holding {ip} "
-                             f"has another mask than /{prefix} (`ip -brief address` shows it)")
+                             f"has another mask than /{prefix}{down} (`ip -brief address` shows it)")
     return None
 
 
@@ -84,7 +87,8 @@ def _bindable(ip: str) -> bool:
 
 
 def _interface_of(ip: str) -> str | None:
-    """The interface whose (primary) address is `ip`, or None (an alias, or a kernel that will not say)."""
+    """The interface holding `ip`: the one whose primary address it is, else the one its subnet's route is on (a
+    second address on the NIC, helper verify41); None if neither says."""
     try:
         names = [name for _, name in socket.if_nameindex()]
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -96,8 +100,8 @@ def _interface_of(ip: str) -> str | None:
                 if socket.inet_ntoa(got[20:24]) == ip:
                     return name
     except OSError:
-        return None
-    return None
+        pass
+    return subnet_interface(socket.inet_aton(ip))
 
 
 def _link_down(name: str, net: Path = Path("/sys/class/net")) -> bool:

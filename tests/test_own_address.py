@@ -88,3 +88,16 @@ def test_a_look_that_raises_is_said_once_and_the_watch_goes_on(caplog):
     assert not watch.bug.failing
     said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(said) == 1 and "watching bacnet.address 127.0.0.1/8:47808" in said[0], said
+
+
+def test_a_second_address_on_a_nic_is_tied_to_it_by_its_subnet_s_route(tmp_path):
+    from bacnet_api.host_network import subnet_interface
+    table = tmp_path / "route"
+    table.write_text("Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n"
+                     "eth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n"     # default via 192.0.2.1
+                     "eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n"     # 192.0.2.0/24
+                     "eth1\t800200C0\t00000000\t0001\t0\t0\t0\t80FFFFFF\t0\t0\t0\n")    # 192.0.2.128/25
+    aton = __import__("socket").inet_aton
+    assert subnet_interface(aton("192.0.2.20"), table) == "eth0"
+    assert subnet_interface(aton("192.0.2.200"), table) == "eth1"      # the longer mask
+    assert subnet_interface(aton("10.0.0.1"), table) is None             # only the default route: no subnet
