@@ -42,6 +42,14 @@ def test_each_interval_is_the_mean_of_its_readings_and_only_complete_ones_go_out
         (T0 + M, M, pytest.approx(60.0), [4, 5])]                 # the third minute is not over
 
 
+def test_a_mean_carries_its_own_digits_not_the_noise_of_the_division():
+    # 677.2941800000001 went to the VTN for a mean of readings of a few digits each (helper verify41)
+    got, _ = complete_intervals(samples((0, 1690.3), (10, 1.6903), (20, 339.89224)), M, now=T0 + M)
+    assert repr(got[0].value) == "677.29418"
+    got, _ = complete_intervals(samples((0, 1.0), (10, 2.0), (20, 2.0)), M, now=T0 + M)
+    assert repr(got[0].value) == "1.66666666667"      # twelve significant digits of a mean that has more
+
+
 def test_an_interval_is_ready_exactly_when_its_end_has_passed():
     s = samples((5, 1.0))
     assert complete_intervals(s, M, now=T0 + M - timedelta(microseconds=1))[0] == []
