@@ -184,6 +184,31 @@ async def test_an_event_of_a_programme_the_site_is_not_enrolled_in_is_answered_o
 
 
 @pytest.mark.timeout(30)
+async def test_a_stored_event_of_a_programme_left_while_stopped_is_not_followed_at_the_start(
+        tmp_path, free_tcp_port, caplog):
+    # openadr.market_contexts changed across a restart with the VTN away: the stored event went on driving level 2
+    # until the VTN answered and listed it again (helper verify41)
+    caplog.set_level(logging.INFO, logger="ven")
+    async with _running(tmp_path, free_tcp_port()) as (server, gw):
+        eid = put_event(server, [2], step=600).event_descriptor.event_id
+        await until(lambda: gw.level == 2.0, 8, "followed")
+    levels = []
+    storage = Storage(tmp_path / "gw.sqlite")
+    try:
+        schedule = EventSchedule(storage, lambda st: levels.append(st.level),
+                                 programmes=frozenset({"oadr://utility/cpp"}))
+        await schedule.start()
+        await schedule.stop()
+    finally:
+        storage.close()
+    assert schedule.state().level == 0.0 and 2.0 not in levels, levels
+    d = next(e for e in schedule.events() if e["event_id"] == eid)
+    assert d["for_this_ven"] is False and d["opt"] == OPT_OUT
+    assert messages(caplog, f"event {eid} is of market context 'oadr://utility/dr', not one of "
+                            "openadr.market_contexts now")
+
+
+@pytest.mark.timeout(30)
 async def test_each_simple_signal_of_an_event_is_logged_as_its_own_levels(peers, caplog):
     # two SIMPLE signals read "SIMPLE levels [1.0, 2.0, 1.0, 0.0]": four steps, where two signals ran (vtns41)
     server, gw = peers

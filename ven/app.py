@@ -169,7 +169,8 @@ class Gateway:
         self.telemetry = TelemetryQueue(c.storage.path, max_age=timedelta(days=c.openadr.queue_max_days),
                                         reopen_seconds=c.storage.retry_seconds)
         self._level_said = 0.0      # ADR-Event-Level as the log last said it (it starts at 0)
-        self.schedule = EventSchedule(self.storage, on_change=self._on_schedule)
+        self.schedule = EventSchedule(self.storage, on_change=self._on_schedule,
+                                      programmes=frozenset(c.openadr.market_contexts))
         self.meter = MeterClient(self.device, address=c.meter.address, object=c.meter.object,
                                  property=c.meter.property, router=c.meter.router,
                                  poll_seconds=c.meter.poll_seconds, timeout_seconds=c.meter.timeout_seconds,

@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Mapping
 from bacnet_api.bug_guard import BugGuard
 from bacnet_api.settle import span
 
-from .events import OPT_IN, OPT_OUT, Event
+from .events import OPT_IN, OPT_OUT, Event, enrolled, with_opt
 from .tasks import at_most as bounded, cancel_and_wait
 from .storage import Storage
 from .wallclock import PRUNE_HOLD_S, StepWatch, clock_suspect
@@ -69,8 +69,10 @@ VTN_SYNC_WAIT_S = 5.0    # see EventSchedule.synced
 class EventSchedule:
     def __init__(self, storage: Storage, on_change: Callable[[ScheduleState], None],
                  clock: Callable[[], datetime] = utcnow, keep_recent: timedelta = timedelta(hours=24),
-                 keep_history: timedelta = KEEP_HISTORY):
+                 keep_history: timedelta = KEEP_HISTORY, programmes: frozenset[str] = frozenset()):
+        """`programmes`: openadr.market_contexts; a stored event of another is not followed from the start."""
         self._storage = storage
+        self._programmes = programmes
         self._on_change = on_change
         self._clock = clock
         self._keep_recent = keep_recent
@@ -107,6 +109,12 @@ class EventSchedule:
         if self._loaded:
             return
         for ev in self._storage.load_events():
+            if ev.for_this_ven and not enrolled(ev.market_context, self._programmes):
+                # a programme the site left while the gateway was stopped: shed for it until the VTN listed the event
+                # again, which it does only once it answers (helper verify41)
+                log.info("event %s is of market context %r, not one of openadr.market_contexts now: no longer "
+                         "followed, answered optOut when the VTN lists it", ev.event_id, ev.market_context)
+                ev = with_opt(replace(ev, for_this_ven=False), OPT_OUT)
             self._events[ev.event_id] = ev
         self._loaded = True
         now = self._clock()
