@@ -337,7 +337,11 @@ async def _wait_for_bacnet_address(address: str, waiting: Callable[[str], None] 
             raise ConfigError(_bacnet_address_error(err, address)) from None
         if must_wait(address) is not None:
             continue
-        log.info("bacnet.address %s: %s is there after %s: starting", address, ip, span(time.monotonic() - began))
+        waited = span(time.monotonic() - began)
+        if unmasked:    # the IP was there all along (helper verify41)
+            log.info("bacnet.address %s: its interface has that mask after %s: starting", address, waited)
+        else:
+            log.info("bacnet.address %s: %s is there after %s: starting", address, ip, waited)
         return
 
 
