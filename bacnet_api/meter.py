@@ -75,10 +75,17 @@ class _FaultWindow:
     steady_since: float = 0.0    # monotonic, the first of them
 
 
+LOCAL = "this machine's side, not the meter's or a router's"
+
+
 def _fault_kind(error: str | None) -> str:
     """A failed read's cause without its numbers (times, values, addresses), so the same cause with
-    another timestamp or value is not a new one."""
-    return re.sub(r"\d+", "#", error or "")
+    another timestamp or value is not a new one. While this machine's own side is at fault, that is the cause,
+    whatever the read met on the way (no answer, then no router: one cause, not a second WARNING, verify41)."""
+    error = error or ""
+    if error.endswith(f"{LOCAL})"):
+        error = error[error.rfind(" ("):]
+    return re.sub(r"\d+", "#", error)
 
 
 @dataclass(frozen=True)
@@ -358,7 +365,7 @@ class MeterClient:
         with no route): the fault line blamed the meter's router while the gateway's own link was down (links41)."""
         watch = getattr(self._source, "own_address", None)
         trouble = watch.local_trouble() if watch is not None else None
-        return f" ({trouble}: this machine's side, not the meter's or a router's)" if trouble else ""
+        return f" ({trouble}: {LOCAL})" if trouble else ""
 
     def _hint(self, err: BaseException) -> str:
         """What the meter's error means for the configuration: "BACnet error object/unknown-object" after "units" read
