@@ -256,6 +256,7 @@ class GatewayDevice:
         self._no_value_yet.clear()  # a restarted device starts from the point table again
         self._faulted.clear()
         self._unusable.clear()
+        self._told.clear()
         app = getattr(getattr(bacnet, "this_application", None), "app", None)
         end = getattr(app, "end_communication_control", None)
         if end is not None:  # a restarted device initiates again; no time-out fires on a closed stack

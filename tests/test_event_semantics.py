@@ -181,6 +181,12 @@ async def test_an_event_of_a_programme_the_site_is_not_enrolled_in_is_answered_o
                         "openadr.market_contexts ('oadr://utility/cpp'): kept for the status API, not followed, "
                         "answered optOut"), line
         assert messages(caplog, "not this VEN", logging.WARNING) == []
+        # the programme's next event: a site rightly enrolled in one gets the others' every day, said at INFO
+        second = put_event(server, [3], market_context="oadr://utility/capacity").event_descriptor.event_id
+        await until(lambda: server.opts_for(second), 8, "the second event's answer")
+        assert server.opts_for(second) == [OPT_OUT]
+        assert len(messages(caplog, "not one of openadr.market_contexts", logging.WARNING)) == 1
+        assert messages(caplog, f"event {second} is of market context", logging.INFO)
 
 
 @pytest.mark.timeout(30)

@@ -174,6 +174,7 @@ class VtnClient(VtnEvents, VtnReports, VtnStatus, VtnOutage):
         self._request_said: tuple | None = None   # the last telemetry request's (granularity, back, window)
         self._listed_twice: set[str] = set()   # events the last oadrDistributeEvent listed more than once (logged)
         self._refused_said: dict[str, int] = {}   # listed events refused as unreadable: the modification logged
+        self._contexts_said: set[str] = set()     # other programmes' market contexts whose first event was warned of
         self.opt_answer_error: str | None = None   # the VTN's reason for refusing our last opt answer
         self._clock_wrong_since: datetime | None = None   # the first reading dated by a clock not set, while so
         self.clock_wrong_why = ""       # why, as the WARNING said it ("before this version was built", ...)

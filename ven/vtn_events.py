@@ -210,9 +210,14 @@ class VtnEvents:
             # following it would shed this building for another site's event, or for a programme it never joined.
             # The utility hears optOut: this site will not act on it.
             if (prev is None or prev.for_this_ven) and not enrolled(ev.market_context, self._programmes):
-                log.warning("event %s is of market context %r, not one of openadr.market_contexts (%s): kept for the "
-                            "status API, not followed, answered optOut", eid, ev.market_context,
-                            ", ".join(map(repr, sorted(self._programmes))))
+                # a WARNING for a programme's first event (a typo in the list shows there), INFO for the rest: a VTN
+                # running several sends their events every day to a site rightly enrolled in one (helper rev41)
+                first = ev.market_context not in self._contexts_said
+                self._contexts_said.add(ev.market_context)
+                log.log(logging.WARNING if first else logging.INFO,
+                        "event %s is of market context %r, not one of openadr.market_contexts (%s): kept for the "
+                        "status API, not followed, answered optOut", eid, ev.market_context,
+                        ", ".join(map(repr, sorted(self._programmes))))
             elif prev is None or prev.for_this_ven:
                 log.warning("event %s targets %s, not this VEN (%s): kept for the status API, not followed, "
                             "answered optOut", eid, ", ".join(f"{k}={v}" for k, v in ev.targets), self.ven_id)
