@@ -381,7 +381,8 @@ async def test_a_meter_that_answers_with_an_unusable_value_is_not_a_communicatio
                 await eventually(lambda: seen(good), 10, "a meter value")
                 for cause, change, want in (
                         ("outside", lambda: meter.set_value(5000.0), unusable),
-                        ("not a power unit", lambda: (meter.set_units("kilowattHours"), meter.set_value(87.5)), unusable),
+                        ("not a power unit", lambda: (meter.set_units("kilowattHours"), meter.set_value(87.5)),
+                         unusable),
                         # the meter's own word for its fault goes on to the BAS: unreliableOther said less than the
                         # log and /api/status (helper meters41)
                         ("flags its value as fault", lambda: (meter.set_units("kilowatts"),

@@ -221,8 +221,8 @@ async def test_misbehaving_vtn_errors_logged_once_retries_continue_then_register
 
 
 @pytest.mark.timeout(60)
-async def test_an_empty_answer_to_a_poll_is_said_as_empty_not_as_a_refusal(tmp_path, free_udp_port, free_tcp_port,
-                                                                          caplog):
+async def test_an_empty_answer_to_a_poll_is_said_as_empty_not_as_a_refusal(
+        tmp_path, free_udp_port, free_tcp_port, caplog):
     # "VTN poll failed: VTN refused the poll: None": nothing was refused, and None is no word for an operator
     # (helper vtns41)
     caplog.set_level(logging.INFO)

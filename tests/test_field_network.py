@@ -133,6 +133,14 @@ async def test_the_address_and_the_link_go_away_and_come_back(tmp_path, free_udp
     assert text.count("meter fault:") == text.count("meter answering again") == 2, text
 
 
+def device_gateway(tmp_path, ns, ip: str, ven_name: str, device_id: int) -> GatewayProcess:
+    """`edge-gateway run` in the namespace, its BACnet device on ip/24 there, nothing else it needs answering."""
+    config = tmp_path / "gw.toml"
+    write_config(config, bacnet_port=47808, http_port=8000, storage=tmp_path / "gw.sqlite", ven_name=ven_name,
+                 device_id=device_id, bacnet_ip=f"{ip}/24")
+    return GatewayProcess(config, tmp_path / "gateway.log", prefix=ns.exec_prefix)
+
+
 @pytest.mark.timeout(120)
 async def test_a_mask_that_is_not_the_interfaces_is_said_and_waited_for(tmp_path, free_udp_port,
                                                                         linked_netns):  # noqa: F811
@@ -141,14 +149,11 @@ async def test_a_mask_that_is_not_the_interfaces_is_said_and_waited_for(tmp_path
     ns = linked_netns
     ip = ns.ip(1)
     ns._in_namespace("addr", "add", f"{ip}/25", "dev", ns.DEVICE)
-    config = tmp_path / "gw.toml"
-    write_config(config, bacnet_port=47808, http_port=8000, storage=tmp_path / "gw.sqlite", ven_name="masked",
-                 device_id=500313, bacnet_ip=f"{ip}/24")
-    check = subprocess.run([*ns.exec_prefix, sys.executable, "-m", "ven.cli", "check-config", str(config)],
+    gateway = device_gateway(tmp_path, ns, ip, "masked", 500313)
+    check = subprocess.run([*ns.exec_prefix, sys.executable, "-m", "ven.cli", "check-config", str(gateway.config)],
                            capture_output=True, text=True, timeout=60)
     unmasked = f"bacnet.address {ip}/24:47808: its broadcast address {ns.subnet}.255 is not this machine's"
     assert check.returncode == 0 and f"warning: {unmasked}" in check.stdout, check
-    gateway = GatewayProcess(config, tmp_path / "gateway.log", prefix=ns.exec_prefix)
     device = f"{ip}:47808"
     async with BacnetPeer(free_udp_port(), host=ns.host_ip, prefix=24, timeout=1.0) as bas:
         try:
@@ -174,10 +179,7 @@ async def test_an_address_or_link_gone_while_the_gateway_runs_is_said_once_and_i
     ns = linked_netns
     ip = ns.ip(1)
     ns.add_address(ip)
-    config = tmp_path / "gw.toml"
-    write_config(config, bacnet_port=47808, http_port=8000, storage=tmp_path / "gw.sqlite", ven_name="leased",
-                 device_id=500314, bacnet_ip=f"{ip}/24")
-    gateway = GatewayProcess(config, tmp_path / "gateway.log", prefix=ns.exec_prefix)
+    gateway = device_gateway(tmp_path, ns, ip, "leased", 500314)
     device = f"{ip}:47808"
     gone = f"bacnet.address {ip}/24:47808: {ip} is not on any interface of this machine now (a DHCP lease"
     unplugged = f"bacnet.address {ip}/24:47808: the link of {ns.DEVICE}, which holds {ip}, is down (a cable"
@@ -212,10 +214,7 @@ async def test_a_start_with_the_link_taken_down_waits_for_it_and_says_it_as_the_
     ip = ns.ip(1)
     ns.add_address(ip)
     ns.set_link(False)
-    config = tmp_path / "gw.toml"
-    write_config(config, bacnet_port=47808, http_port=8000, storage=tmp_path / "gw.sqlite", ven_name="unplugged",
-                 device_id=500315, bacnet_ip=f"{ip}/24")
-    gateway = GatewayProcess(config, tmp_path / "gateway.log", prefix=ns.exec_prefix)
+    gateway = device_gateway(tmp_path, ns, ip, "unplugged", 500315)
     down = f"bacnet.address {ip}/24:47808: the link of {ns.DEVICE}, which holds {ip}, is down (a cable, a switch port)"
     async with BacnetPeer(free_udp_port(), host=ns.host_ip, prefix=24, timeout=1.0) as bas:
         try:
@@ -242,10 +241,7 @@ async def test_a_start_with_the_cable_out_starts_says_the_link_and_announces_whe
     ip = ns.ip(2)               # BACnet's, a second one on it: SIOCGIFADDR knows only the first (helper verify41)
     ns.add_address(ip)
     assert _ip("link", "set", ns.host_device, "down").returncode == 0      # the cable: no carrier on gw0
-    config = tmp_path / "gw.toml"
-    write_config(config, bacnet_port=47808, http_port=8000, storage=tmp_path / "gw.sqlite", ven_name="no-carrier",
-                 device_id=500316, bacnet_ip=f"{ip}/24")
-    gateway = GatewayProcess(config, tmp_path / "gateway.log", prefix=ns.exec_prefix)
+    gateway = device_gateway(tmp_path, ns, ip, "no-carrier", 500316)
     down = f"bacnet.address {ip}/24:47808: the link of {ns.DEVICE}, which holds {ip}, is down (a cable, a switch port)"
     async with BacnetPeer(free_udp_port(), host=ns.host_ip, prefix=24, timeout=1.0) as bas:
         try:

@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import logging
 
-from test_report_requests import S, expected, received, running, said, same
+from test_report_requests import S, drained, expected, received, running, said, same
 from waiting import eventually as until
 
 from ven.vtn_reports import MAX_STANDING
@@ -48,7 +48,7 @@ async def test_two_standing_requests_of_different_granularity_each_get_all_their
         want_fast, want_slow = expected(rig.taken, S), expected(rig.taken, 2 * S)
         await until(lambda: len(received(server, rrid=fast)) >= len(want_fast)
                     and len(received(server, rrid=slow)) >= len(want_slow), 10, "every interval of both")
-        await until(lambda: rig.queue.pending == rig.queue.held == 0, 5, "the queue drained once both took every reading")
+        await until(lambda: drained(rig), 5, "the queue drained once both took every reading")
         await asyncio.sleep(0.3)
         same(received(server, rrid=fast), want_fast)          # nothing lost, nothing twice, the means
         same(received(server, rrid=slow), want_slow)
@@ -73,7 +73,7 @@ async def test_cancelling_one_request_leaves_the_other_served(tmp_path, free_tcp
         await rig.stop_meter()
         want = expected(rig.taken, 2 * S)
         await until(lambda: len(received(server, rrid=slow)) >= len(want), 6, "every interval of the other")
-        await until(lambda: rig.queue.pending == rig.queue.held == 0, 5, "the queue drained by the one left")
+        await until(lambda: drained(rig), 5, "the queue drained by the one left")
         await asyncio.sleep(0.3)
         same(received(server, rrid=slow), want)
         assert len(received(server, rrid=fast)) == sent, "nothing more under the cancelled request"
@@ -114,7 +114,7 @@ async def test_two_requests_in_one_create_report_are_both_pending_and_each_gets_
         want = {first: expected(rig.taken, S), two: expected(rig.taken, 2 * S), three: expected(rig.taken, 3 * S)}
         await until(lambda: all(len(received(server, rrid=r)) >= len(w) for r, w in want.items()), 10,
                     "every interval of the three")
-        await until(lambda: rig.queue.pending == rig.queue.held == 0, 5, "the queue drained once all took every reading")
+        await until(lambda: drained(rig), 5, "the queue drained once all took every reading")
         await asyncio.sleep(0.3)
         for rrid, w in want.items():
             same(received(server, rrid=rrid), w)               # nothing lost, nothing twice, the means

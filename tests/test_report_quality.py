@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from gateway_process import GatewayProcess, write_config
-from test_report_requests import EPOCH, S, running
+from test_report_requests import EPOCH, S, drained, running
 from waiting import eventually
 
 from bacnet_api.simulator import MeterSimulator
@@ -116,7 +116,7 @@ async def test_the_marking_survives_a_restart_between_the_fault_and_the_update(t
         async with running(tmp_path, server.url, telemetry_seconds=10.0) as rig:
             await eventually(lambda: at(40) in qualities(server), 15, "the backlog delivered")
             # the VTN holds the update before the VEN has its answer: the queue lets the intervals go then
-            await eventually(lambda: rig.queue.pending == rig.queue.held == 0, 10, "the backlog acknowledged")
+            await eventually(lambda: drained(rig), 10, "the backlog acknowledged")
     got = qualities(server)
     assert got == {at(0): None, at(10): SUB_NORMAL, at(30): SUB_NORMAL, at(40): None}, got
     values = {t: v for _, intervals in server.updates for t, _, _, v in intervals}
@@ -144,7 +144,7 @@ async def test_an_unreadable_stored_failed_read_does_not_stop_telemetry(tmp_path
 
     async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:      # intervals of telemetry_seconds: 10 s
         async with running(tmp_path, server.url, telemetry_seconds=10.0) as rig:
-            await eventually(lambda: at(20) in qualities(server) and rig.queue.pending == rig.queue.held == 0, 15, "the backlog delivered")
+            await eventually(lambda: at(20) in qualities(server) and drained(rig), 15, "the backlog delivered")
     got = qualities(server)
     assert got == {at(0): None, at(10): SUB_NORMAL, at(20): None}, got
     assert not [r for r in caplog.records if r.exc_info], "no stack traces for a row the gateway cannot read"
@@ -250,7 +250,7 @@ async def test_a_clean_stop_after_the_vtn_took_every_reading_still_marks_the_int
 
     async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:      # intervals of telemetry_seconds: 10 s
         async with running(tmp_path, server.url, telemetry_seconds=10.0) as rig:
-            await eventually(lambda: at(20) in qualities(server) and rig.queue.pending == rig.queue.held == 0, 15, "the backlog")
+            await eventually(lambda: at(20) in qualities(server) and drained(rig), 15, "the backlog")
     assert qualities(server) == {at(10): SUB_NORMAL, at(20): None}, qualities(server)
 
 

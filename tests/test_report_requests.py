@@ -98,6 +98,11 @@ def received(*vtns, rrid=None):
             for ts, duration, _, value in intervals]
 
 
+def drained(rig) -> bool:
+    """Every reading delivered, and none held for another request."""
+    return rig.queue.pending == rig.queue.held == 0
+
+
 def same(got, want):
     assert [(t, d) for t, d, _ in got] == [(t, d) for t, d, _ in want]
     assert [v for *_, v in got] == pytest.approx([v for *_, v in want], abs=1e-9)
@@ -123,7 +128,7 @@ async def test_intervals_have_the_requested_granularity_are_means_and_come_every
             same(received(server), want)                      # aligned dtstart, PT2S, mean, each once
             sizes = [len(intervals) for _, intervals in server.updates]
             assert max(sizes) == 2 and sizes.count(2) >= len(sizes) - 2, sizes   # two 2-s intervals per 4 s
-            await until(lambda: rig.queue.pending == rig.queue.held == 0, 5, "the intervals acknowledged")     # the VEN has the answer
+            await until(lambda: drained(rig), 5, "the intervals acknowledged")     # the VEN has the answer
             assert said(caplog, "intervals of PT2S (mean of the readings in each), sent every PT4S")
             # two intervals an update is the request's routine, not a backlog: an INFO line each was a healthy VEN's
             # whole log (15-minute intervals sent hourly, all day)
@@ -152,7 +157,7 @@ async def test_backlog_after_a_vtn_outage_is_the_same_intervals_once_in_order(tm
             await until(lambda: second.updates, 10, "the backlog's first update")
             await rig.stop_meter()
             want = expected(rig.taken, g)
-            await until(lambda: rig.queue.pending == rig.queue.held == 0, 10, "backlog delivered")
+            await until(lambda: drained(rig), 10, "backlog delivered")
             await asyncio.sleep(0.3)
             same(received(first, second), want)
             assert any(len(intervals) >= 2 for _, intervals in second.updates), "the backlog batched"
@@ -270,7 +275,7 @@ async def test_a_vtn_refusing_a_forgotten_request_gets_the_offer_again_and_the_b
         new = rig.vtn.status()["report_request_id"]
         await until(lambda: received(server, rrid=new), 5, "served under the new request")
         await rig.stop_meter()
-        await until(lambda: rig.queue.pending == rig.queue.held == 0, 10, "backlog delivered under the new request")
+        await until(lambda: drained(rig), 10, "backlog delivered under the new request")
         await asyncio.sleep(0.3)
         same(received(server), expected(rig.taken, S))       # nothing lost, nothing twice
         assert received(server, rrid=new)
@@ -312,7 +317,7 @@ async def test_a_reading_dated_in_an_interval_already_reported_does_not_send_tha
         rig.vtn.record_sample(now() - 3 * S, 999.0)           # the clock stepped back
         await until(lambda: said(caplog, "the clock stepped back?"), 4, "the dropped reading named")
         await rig.stop_meter()
-        await until(lambda: rig.queue.pending == rig.queue.held == 0, 5, "drained")
+        await until(lambda: drained(rig), 5, "drained")
         starts = [t for t, _, _ in received(server)]
         assert len(starts) == len(set(starts)) and 999.0 not in [v for *_, v in received(server)]
         assert rig.queue.delivered == len(rig.taken)          # the dropped one is not counted as delivered
@@ -364,7 +369,7 @@ async def test_a_cancelled_request_is_answered_and_no_longer_served_and_its_read
         assert rig.queue.pending >= 8, "readings wait for the next request"
         new = server.create_report(rig.vtn.ven_id, S, S)
         await rig.stop_meter()
-        await until(lambda: rig.queue.pending == rig.queue.held == 0, 10, "the waiting readings sent under the new request")
+        await until(lambda: drained(rig), 10, "the waiting readings sent under the new request")
         await asyncio.sleep(0.3)
         same(received(server), expected(rig.taken, S))          # nothing lost, nothing twice
         assert received(server, rrid=new)
@@ -410,7 +415,7 @@ async def test_a_request_that_comes_before_a_cancelled_ones_last_update_goes_on_
         handlers["oadrUpdateReport"] = takes                # the VTN takes updates again
         await until(lambda: received(server, rrid=new), 10, "the new request's first update")
         await rig.stop_meter()
-        await until(lambda: rig.queue.pending == rig.queue.held == 0, 10, "every reading sent")
+        await until(lambda: drained(rig), 10, "every reading sent")
         await asyncio.sleep(0.3)
         assert received(server, rrid=rrid), "the cancelled request's last update went"
         same(received(server), expected(rig.taken, S))          # nothing lost, nothing twice

@@ -15,7 +15,7 @@ from datetime import datetime
 
 import pytest
 from test_report_multiple import standing
-from test_report_requests import S, expected, now, received, running, said, same
+from test_report_requests import S, drained, expected, now, received, running, said, same
 from waiting import eventually as until
 
 from ven.report_intervals import SUB_NORMAL, bucket_start
@@ -76,7 +76,7 @@ async def test_two_requests_asked_again_after_an_outage_go_on_where_each_ended(
             await until(lambda: len(standing(rig)) == 2, 5, "both requested again")
             await until(lambda: of([second], SLOW[0]), 15, "the slow stream goes on")
             await rig.stop_meter()
-            await until(lambda: rig.queue.pending == rig.queue.held == 0, 15, "everything delivered")
+            await until(lambda: drained(rig), 15, "everything delivered")
             await asyncio.sleep(0.3)
             for granularity in (S, SLOW[0]):
                 # each interval once, the mean of all its readings; none lost
@@ -106,7 +106,7 @@ async def test_a_stream_cancelled_and_requested_again_beside_another_goes_on_aft
             await until(lambda: again in standing(rig) and fast not in standing(rig), 5, "requested again")
             await until(lambda: len(received(server, rrid=again)) >= 2, 5, "served again")
             await rig.stop_meter()
-            await until(lambda: rig.queue.pending == rig.queue.held == 0, 15, "everything delivered")
+            await until(lambda: drained(rig), 15, "everything delivered")
             await asyncio.sleep(0.3)
             same(of([server], S), expected(rig.taken, S))         # nothing twice, nothing lost
             same(of([server], SLOW[0]), expected(rig.taken, SLOW[0]))
@@ -126,14 +126,14 @@ async def test_a_request_beside_another_marks_a_first_interval_whose_earlier_rea
             readings = [(t0 + (i + 0.5) * S, 100.0 + i) for i in range(10)]
             for ts, kw in readings:
                 rig.vtn.record_sample(ts, kw)
-            await until(lambda: rig.queue.pending == rig.queue.held == 0, 10, "the first request took them all")
+            await until(lambda: drained(rig), 10, "the first request took them all")
             beside = server.create_report(rig.vtn.ven_id, g, g)
             await until(lambda: len(standing(rig)) == 2, 5, "the second request served")
             # t0+9 .. t0+12: 9.5 left with the first request's intervals, 10.5 and 11.5 are queued
             later = [(t0 + (i + 0.5) * S, 100.0 + i) for i in range(10, 15)]
             for ts, kw in later:
                 rig.vtn.record_sample(ts, kw)
-            await until(lambda: rig.queue.pending == rig.queue.held == 0, 10, "both took them")
+            await until(lambda: drained(rig), 10, "both took them")
             await asyncio.sleep(0.3)
             got = received(server, rrid=beside)
             assert [t for t, *_ in got] == [t0 + 9 * S, t0 + 12 * S]
@@ -171,7 +171,7 @@ async def test_two_streams_go_on_where_each_ended_after_a_restart(tmp_path, free
             await until(lambda: len(of([server], S)) >= fast_before + 2, 15, "the fast stream goes on")
             await rig.stop_meter()
             taken += rig.taken
-            await until(lambda: rig.queue.pending == rig.queue.held == 0, 15, "everything delivered")
+            await until(lambda: drained(rig), 15, "everything delivered")
             await asyncio.sleep(0.3)
     for granularity in (S, SLOW[0]):
         same(of([server], granularity), expected(taken, granularity))     # each interval once, none lost
@@ -193,7 +193,7 @@ async def test_a_stream_of_the_last_run_not_requested_again_holds_its_readings_n
             await until(lambda: standing(rig), 10, "registered again, the slow stream requested")
             await until(lambda: said(caplog, "TELEMETRY_USAGE of PT1S not requested again"), 10, "the fast released")
             assert sorted(rig.queue.places) == [10]
-            await until(lambda: rig.queue.pending == rig.queue.held == 0, 15, "the slow stream took every reading, and they left")
+            await until(lambda: drained(rig), 15, "the slow stream took every reading, and they left")
     with contextlib.closing(sqlite3.connect(tmp_path / "gw.sqlite")) as db:
         stored = db.execute("SELECT value FROM kv WHERE key = 'telemetry_places'").fetchone()[0]
     assert list(json.loads(stored)) == ["10"]
@@ -216,7 +216,7 @@ async def test_readings_a_clock_ahead_dated_are_not_averaged_with_the_readings_o
             # still to come: here, their times have come since
             rig.queue.ahead.update((x.seq, x) for x in rig.queue.peek(10) if x.kw >= 500)
             await until(lambda: rig.vtn.status()["report_request_id"], 10, "telemetry requested")
-            await until(lambda: rig.queue.pending == rig.queue.held == 0, 10, "every reading sent or left out")
+            await until(lambda: drained(rig), 10, "every reading sent or left out")
             await asyncio.sleep(0.3)
     same(received(server), expected(real, g))               # the real readings' means, each interval once
     assert len(said(caplog, "dated by a wall clock that was ahead")) == 1
