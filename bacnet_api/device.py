@@ -187,8 +187,7 @@ class GatewayDevice:
             ip_mask, _, port = self.address.rpartition(":")
             harden(self.app, dcc_password=self.dcc_password, write_access=self.write_access,
                    own_address=f"{ip_mask.partition('/')[0]}:{port}", bbmd_address=self.bbmd_address,
-                   own_network=ip_mask)
-            self.app._local_trouble = self.own_address.local_trouble    # a COV recipient not blamed for it
+                   own_network=ip_mask, local_trouble=self.own_address.local_trouble)
             for obj in list(self.app.objectIdentifier.values()):  # the device and network port
                 read_only(obj)
             for point in self._points.values():

@@ -49,17 +49,17 @@ def broadcast_of(address: str) -> str | None:
 def missing(address: str) -> Missing | None:
     """What of `address` ("ip/prefix:port") this machine lacks now, or None. Probed on a port of the system's
     choosing: the device itself holds the configured one."""
-    ip = (address.rpartition(":")[0] or address).partition("/")[0]
+    ip_mask = address.rpartition(":")[0] or address
+    ip, _, prefix = ip_mask.partition("/")
     if not _bindable(ip):
         return Missing(ADDRESS, f"{ip} is not on any interface of this machine")
+    name = _interface_of(ip)
     # before the mask: an interface taken down (ip link set down) loses its broadcast address with its routes
-    if (name := _interface_of(ip)) is not None and _link_down(name):
+    if name is not None and _link_down(name):
         return Missing(LINK, f"the link of {name}, which holds {ip}, is down (a cable, a switch port)")
-    broadcast = broadcast_of(address)
-    if broadcast is not None and broadcast != ip and not _bindable(broadcast):
-        prefix = (address.rpartition(":")[0] or address).partition("/")[2]
+    if (broadcast := _unbound_broadcast(address, ip)) is not None:
         # a second address on an interface taken down has neither a primary address nor a route to name it by
-        down = "" if _interface_of(ip) is not None else ", or is down"
+        down = "" if name is not None else ", or is down"
         return Missing(MASK, f"its broadcast address {broadcast} is not this machine's: the interface holding {ip} "
                              f"has another mask than /{prefix}{down} (`ip -brief address` shows it)")
     return None
@@ -73,8 +73,13 @@ def must_wait(address: str) -> Missing | None:
     if problem is None or problem.kind != LINK:
         return problem
     ip = (address.rpartition(":")[0] or address).partition("/")[0]
+    return problem if _unbound_broadcast(address, ip) is not None else None
+
+
+def _unbound_broadcast(address: str, ip: str) -> str | None:
+    """The broadcast address bacpypes3 would bind for `address`, if this machine cannot bind it."""
     broadcast = broadcast_of(address)
-    return problem if broadcast is not None and broadcast != ip and not _bindable(broadcast) else None
+    return broadcast if broadcast is not None and broadcast != ip and not _bindable(broadcast) else None
 
 
 def _bindable(ip: str) -> bool:

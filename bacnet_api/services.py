@@ -144,12 +144,14 @@ def _writer(source: Any) -> str:
 
 
 def harden(app: Any, dcc_password: str = "", write_access: WriteAccess | None = None, own_address: str = "",
-           bbmd_address: str = "", own_network: str = "") -> None:
+           bbmd_address: str = "", own_network: str = "",
+           local_trouble: Callable[[], str | None] | None = None) -> None:
     """`dcc_password`: the DeviceCommunicationControl password; empty, DCC can only enable.
     `write_access`: who may write (`bacnet.write_from`); None, anyone. `own_address`: "ip:port" of this device,
     whose own I-Am is not another device's. `bbmd_address`: the BBMD the device registers with
     (`bacnet.bbmd_address`), the one sender whose Forwarded-NPDUs' sources are believed. `own_network`: the
-    device's "ip/prefix", whose broadcast address a Forwarded-NPDU may not claim as its origin."""
+    device's "ip/prefix", whose broadcast address a Forwarded-NPDU may not claim as its origin. `local_trouble`: why
+    sends cannot leave this machine now (own_address.py), or None; a COV recipient is not blamed for it."""
     try:
         software = version("edge-gateway")
     except PackageNotFoundError:  # a source tree that was not installed
@@ -161,6 +163,7 @@ def harden(app: Any, dcc_password: str = "", write_access: WriteAccess | None = 
     name_stray_datagrams(app)
     app._dcc_password = dcc_password
     app._own_address = own_address
+    app._local_trouble = local_trouble
     app._write_access = write_access
     app._bbmd_address = bbmd_address
     device = app.device_object
@@ -264,6 +267,8 @@ class _Services(PropertyAccess):
     _cov_unsaid = 0  # refused in spells that were not said, for the next line
     _said_for: dict[str, set] | None = None  # kind of once-a-source line -> the sources it was said for
     _own_address = ""
+    _local_trouble: Callable[[], str | None] | None = None     # harden's
+    _cov_kept_for: str | None = None    # the local trouble the COV-kept line was said for, this spell
     _twins: dict[str, str] | None = None   # another device's address answering as this one -> when last heard
 
     def twins(self) -> list[dict]:
@@ -640,11 +645,11 @@ class _Services(PropertyAccess):
             return
         error = future.exception()
         who = f"COV subscriber {cov.client_addr} (process {cov.proc_id}, {cov.obj_id})"
-        trouble = getattr(self, "_local_trouble", lambda: None)()
+        trouble = self._local_trouble() if self._local_trouble is not None else None
         if isinstance(error, AbortPDU) and trouble is not None:
             # this machine's link or address was down: not the subscriber's doing. Cancelled, the BAS was never told
             # and showed a frozen value until its lifetime ended (helper links41); kept, the next change reaches it
-            if getattr(self, "_cov_kept_for", None) != trouble:
+            if self._cov_kept_for != trouble:
                 self._cov_kept_for = trouble
                 subscribers.info("COV notifications not delivered while %s: the subscriptions are kept, and a later "
                                  "change reaches their subscribers", trouble)

@@ -74,6 +74,20 @@ async def running_gateway(tmp_path, free_udp_port, vtn_url, request_timeout=30.0
         await meter.stop()
 
 
+@contextlib.asynccontextmanager
+async def in_front_of_a_vtn(free_tcp_port, mode: str = "proxy", **fake):
+    """A real VTN, and the misbehaving server in front of it in `mode`: (fake, upstream)."""
+    upstream = DemoVtn(free_tcp_port(), poll_seconds=1)
+    front = FakeVtn(free_tcp_port(), mode=mode, upstream=upstream.url, **fake)
+    await upstream.start()
+    await front.start()
+    try:
+        yield front, upstream
+    finally:
+        await front.stop()
+        await upstream.stop()
+
+
 def good(readings):
     return [(r.timestamp, r.value) for r in readings if r.value is not None]
 
@@ -226,19 +240,12 @@ async def test_an_empty_answer_to_a_poll_is_said_as_empty_not_as_a_refusal(
     # "VTN poll failed: VTN refused the poll: None": nothing was refused, and None is no word for an operator
     # (helper vtns41)
     caplog.set_level(logging.INFO)
-    upstream = DemoVtn(free_tcp_port(), poll_seconds=1)
-    await upstream.start()
-    fake = FakeVtn(free_tcp_port(), mode="proxy", upstream=upstream.url)
-    await fake.start()
-    try:
-        async with running_gateway(tmp_path, free_udp_port, fake.url) as (gateway, *_):
-            await eventually(lambda: gateway.vtn.connected, 15, "registered")
-            fake.mode = "empty"
-            await eventually(lambda: messages(caplog, "VTN poll failed"), 15, "the empty poll said")
-            fake.mode = "proxy"
-    finally:
-        await fake.stop()
-        await upstream.stop()
+    async with in_front_of_a_vtn(free_tcp_port) as (fake, _), \
+            running_gateway(tmp_path, free_udp_port, fake.url) as (gateway, *_):
+        await eventually(lambda: gateway.vtn.connected, 15, "registered")
+        fake.mode = "empty"
+        await eventually(lambda: messages(caplog, "VTN poll failed"), 15, "the empty poll said")
+        fake.mode = "proxy"
     [line] = messages(caplog, "VTN poll failed")
     assert line == "VTN poll failed: the VTN's answer was empty (HTTP 200 with no body)", line
 
@@ -250,23 +257,16 @@ async def test_a_vtn_answering_updates_in_over_ten_seconds_within_the_request_ti
     # read bound abandoned every update whatever openadr.request_timeout_seconds said, each was sent again, and
     # none was acknowledged while the VTN stayed slow (helper ledger41)
     caplog.set_level(logging.INFO)
-    upstream = DemoVtn(free_tcp_port(), poll_seconds=1)
-    await upstream.start()
-    fake = FakeVtn(free_tcp_port(), mode="proxy", upstream=upstream.url, slow_seconds=11.0)
-    await fake.start()
-    try:
-        async with running_gateway(tmp_path, free_udp_port, fake.url, request_timeout=20.0) as (gateway, *_):
-            await eventually(lambda: gateway.telemetry.delivered > 0, 15, "telemetry delivered")
-            fake.slow_services, fake.mode = ("EiReport",), "slow_proxy"
-            taken = gateway.telemetry.delivered
-            await eventually(lambda: fake.attempts("slow_proxy", "EiReport") >= 1, 10, "an update to the slow VTN")
-            await eventually(lambda: gateway.telemetry.delivered > taken, 15, "an update taken after 11 s")
-            assert fake.attempts("slow_proxy", "EiReport") <= 2, "each sent once (the next one may be on its way)"
-            assert not messages(caplog, "did not answer in time")
-            assert "did not answer in time" not in (gateway.vtn.status()["last_error"] or "")
-    finally:
-        await fake.stop()
-        await upstream.stop()
+    async with in_front_of_a_vtn(free_tcp_port, slow_seconds=11.0) as (fake, _), \
+            running_gateway(tmp_path, free_udp_port, fake.url, request_timeout=20.0) as (gateway, *_):
+        await eventually(lambda: gateway.telemetry.delivered > 0, 15, "telemetry delivered")
+        fake.slow_services, fake.mode = ("EiReport",), "slow_proxy"
+        taken = gateway.telemetry.delivered
+        await eventually(lambda: fake.attempts("slow_proxy", "EiReport") >= 1, 10, "an update to the slow VTN")
+        await eventually(lambda: gateway.telemetry.delivered > taken, 15, "an update taken after 11 s")
+        assert fake.attempts("slow_proxy", "EiReport") <= 2, "each sent once (the next one may be on its way)"
+        assert not messages(caplog, "did not answer in time")
+        assert "did not answer in time" not in (gateway.vtn.status()["last_error"] or "")
 
 
 @pytest.mark.timeout(75)

@@ -278,6 +278,15 @@ def test_meter_units_must_be_a_power_unit():
             MeterClient(object(), address="12345:2", object="analogInput 2", units=bad)
 
 
+async def read_meter(config, port: int) -> tuple[int, bytes, bytes]:
+    """`edge-gateway read-meter --config CONFIG`, its stack on `port`: (exit code, stdout, stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ven.cli", "read-meter", "--config", str(config), "--bind", f"127.0.0.1/8:{port}",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 45)
+    return proc.returncode, out, err
+
+
 @pytest.mark.timeout(60)
 async def test_read_meter_follows_meter_units_from_the_config(free_udp_port, tmp_path):
     # config file -> CLI -> meter reader, against a meter stating noUnits in watts
@@ -285,11 +294,8 @@ async def test_read_meter_follows_meter_units_from_the_config(free_udp_port, tmp
         config = tmp_path / "gateway.toml"
         config.write_text(f'[meter]\naddress = "{sim.meter_address}"\nrouter = "{sim.router_address}"\n'
                           'timeout_seconds = 2\nunits = "watts"\n')
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "ven.cli", "read-meter", "--config", str(config),
-            "--bind", f"127.0.0.1/8:{free_udp_port()}", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        out, err = await asyncio.wait_for(proc.communicate(), 45)
-    assert proc.returncode == 0, err.decode()
+        code, out, err = await read_meter(config, free_udp_port())
+    assert code == 0, err.decode()
     assert f"meter {sim.meter_address} analogInput 2 presentValue: 42.500 kW" in out.decode()
     assert out.decode().rstrip().endswith("; the meter states noUnits; meter.units says watts: readings are converted "
                                           "to kW (x 0.001)"), out
@@ -303,11 +309,8 @@ async def test_read_meter_says_how_it_took_the_units_and_warns_as_run_would(free
         config = tmp_path / "gateway.toml"
         config.write_text(f'[meter]\naddress = "{sim.meter_address}"\nrouter = "{sim.router_address}"\n'
                           'timeout_seconds = 2\n')
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "ven.cli", "read-meter", "--config", str(config),
-            "--bind", f"127.0.0.1/8:{free_udp_port()}", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        out, err = await asyncio.wait_for(proc.communicate(), 45)
-    assert proc.returncode == 0, err.decode()
+        code, out, err = await read_meter(config, free_udp_port())
+    assert code == 0, err.decode()
     said = out.decode().rstrip()
     assert ": 42500.000 kW at " in said and said.endswith("; the meter states noUnits: its value is taken as kW"), out
     assert err.decode().strip() == (f"read-meter: warning: meter {sim.meter_address} analogInput 2 states noUnits: "
@@ -319,10 +322,7 @@ async def test_read_meter_says_a_silent_meter_once(free_udp_port, tmp_path):
     # the meter reader's fault WARNING came before the result line saying the same
     config = tmp_path / "gateway.toml"
     config.write_text(f'[meter]\nrouter = "127.0.0.1:{free_udp_port()}"\ntimeout_seconds = 0.5\n')
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "ven.cli", "read-meter", "--config", str(config),
-        "--bind", f"127.0.0.1/8:{free_udp_port()}", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 45)
-    assert proc.returncode == 1 and out == b""
+    code, out, err = await read_meter(config, free_udp_port())
+    assert code == 1 and out == b""
     lines = err.decode().strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("meter 12345:2 analogInput 2 presentValue: no value: no response"), lines

@@ -13,9 +13,9 @@ import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from .config_checks import _zone_mismatch
 
@@ -26,6 +26,10 @@ class ConfigError(Exception):
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+
+
+# a TOML array (a list) for a key kept as a tuple, the sections being frozen; strict mode takes no list for one
+_LISTED = BeforeValidator(lambda v: tuple(v) if isinstance(v, list) else v)
 
 
 def _fits_a_real(v: float) -> float:
@@ -101,7 +105,8 @@ class BacnetConfig(_Section):
     bbmd_address: str = ""                     # "ip[:port]" of a BBMD to register with as a foreign device
     bbmd_ttl: int = Field(900, ge=30, le=65535)  # seconds; re-registered before it runs out
     dcc_password: str = ""                     # DeviceCommunicationControl password; unset, only enable is taken
-    write_from: tuple[str, ...] = ()           # sources that may write (bacnet_api.write_access); empty: anyone
+    # sources that may write (bacnet_api.write_access); empty: anyone
+    write_from: Annotated[tuple[str, ...], _LISTED] = ()
 
     @field_validator("address")
     @classmethod
@@ -148,11 +153,6 @@ class BacnetConfig(_Section):
         if any(not ch.isprintable() for ch in v):
             raise ValueError("must be printable characters only (a BAS operator types it)")
         return v
-
-    @field_validator("write_from", mode="before")
-    @classmethod
-    def _write_from_list(cls, v: object) -> object:
-        return tuple(v) if isinstance(v, list) else v
 
     @field_validator("write_from")
     @classmethod
@@ -253,7 +253,7 @@ class OpenadrConfig(_Section):
     telemetry_seconds: float = Field(10.0, gt=0, le=86400)
     # the programmes (eiMarketContext) the site is enrolled in, for a VTN that runs several; empty: every event the
     # VTN sends this VEN. An event of another is kept and shown, never followed, and answered optOut
-    market_contexts: tuple[str, ...] = ()
+    market_contexts: Annotated[tuple[str, ...], _LISTED] = ()
     # the site's grid, told to the VTN in the report metadata (openleadr alone says 50 Hz / 230 V)
     power_hertz: Literal[50, 60] = 50
     power_voltage: float = Field(230.0, gt=0, le=1_000_000)
@@ -286,11 +286,6 @@ class OpenadrConfig(_Section):
         """The key as the operator should look for it: "openadr.cert", or "openadr.cert (from VAR)"."""
         var = self._env.get(key)
         return f"openadr.{key} (from {var})" if var else f"openadr.{key}"
-
-    @field_validator("market_contexts", mode="before")
-    @classmethod
-    def _contexts_list(cls, v: object) -> object:
-        return tuple(v) if isinstance(v, list) else v
 
     @field_validator("market_contexts")
     @classmethod
@@ -513,7 +508,7 @@ class HttpConfig(_Section):
 class ForecasterConfig(_Section):
     source: Literal["auto", "bacnet_input", "meter"] = "auto"
     cycle_seconds: float = Field(60.0, gt=0, le=86400)
-    horizons_minutes: tuple[int, int] = (15, 60)
+    horizons_minutes: Annotated[tuple[int, int], _LISTED] = (15, 60)
     slope_minutes: int = Field(5, ge=2, le=1440)
     high_load_kw: float | None = None
     low_load_kw: float | None = None
@@ -527,19 +522,14 @@ class ForecasterConfig(_Section):
     input_stale_seconds: float = Field(300.0, gt=0, le=86400)
     timezone: str = "UTC"
     holiday_preset: Literal["", "IT"] = ""
-    holidays: tuple[str, ...] = ()
+    holidays: Annotated[tuple[str, ...], _LISTED] = ()
     # the site's week: weekdays closed as on a holiday, and weekdays with a day kind of their own (partly open)
-    rest_weekdays: tuple[str, ...] = ("sunday",)
-    partial_weekdays: tuple[str, ...] = ("saturday",)
+    rest_weekdays: Annotated[tuple[str, ...], _LISTED] = ("sunday",)
+    partial_weekdays: Annotated[tuple[str, ...], _LISTED] = ("saturday",)
     rebound_minutes: float = Field(60.0, ge=0, le=1440)
     # true for a programme whose events are the building's every day (price tiers sent as SIMPLE levels each
     # afternoon): its shed is its normal day, and kept out the afternoons would have nothing left to learn from
     learn_from_events: bool = False
-
-    @field_validator("horizons_minutes", "holidays", "rest_weekdays", "partial_weekdays", mode="before")
-    @classmethod
-    def _list_to_tuple(cls, v: object) -> object:
-        return tuple(v) if isinstance(v, list) else v
 
     @field_validator("horizons_minutes")
     @classmethod
