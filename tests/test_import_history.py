@@ -302,3 +302,16 @@ def test_rows_over_the_input_bound_are_not_in_the_range_it_reports_and_many_ask_
     assert f"{refused} row(s) outside bacnet.input_min_kw..input_max_kw (-100000..100000 kW) not imported; if they " \
            "are the site's demand, raise bacnet.input_max_kw and import again" in err, err
     assert f"imported {500 - refused} minute(s)" in out and "(50,000.0 to 50,000.0 kW, median 50,000.0 kW)" in out, out
+
+
+def test_a_time_in_the_hour_a_clock_change_repeats_is_said_with_its_zone():
+    # a file ending in New York's repeated hour was said to end "2026-11-01 01:37 America/New_York": either pass
+    from zoneinfo import ZoneInfo
+
+    from ven.import_history import _local
+    ny = ZoneInfo("America/New_York")
+    first, second = (dt.datetime(2026, 11, 1, 1, 37, tzinfo=ny, fold=f).timestamp() for f in (0, 1))
+    assert (_local(first, ny), _local(second, ny)) == ("2026-11-01 01:37 EDT", "2026-11-01 01:37 EST")
+    # elsewhere the wall time is enough, as before
+    assert _local(dt.datetime(2026, 11, 1, 3, 0, tzinfo=ny).timestamp(), ny) == "2026-11-01 03:00"
+    assert _local(0.0, ZoneInfo("UTC")) == "1970-01-01 00:00"

@@ -33,7 +33,10 @@ def _say(text: str) -> None:
 
 
 def _local(t: float, tz: ZoneInfo) -> str:
-    return dt.datetime.fromtimestamp(t, tz).strftime("%Y-%m-%d %H:%M")
+    local = dt.datetime.fromtimestamp(t, tz)
+    # in the hour an autumn clock change repeats the wall time alone is either pass: named by its zone (EDT, EST)
+    repeated = local.utcoffset() != local.replace(fold=1 - local.fold).utcoffset()
+    return f"{local:%Y-%m-%d %H:%M}" + (f" {local:%Z}" if repeated else "")
 
 
 def _owner_problem(path: str) -> str | None:
