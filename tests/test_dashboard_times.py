@@ -230,15 +230,17 @@ async def test_a_zone_the_browser_knows_by_an_older_name_is_shown_as_configured(
         assert await page.locator("svg text.axis-label", has_text=f"time ({building})").count() == 1
 
 
-@pytest.mark.parametrize("hours", [6, 24])
-async def test_a_half_hour_zones_ticks_fall_on_its_round_hours(server, hours):
-    # Asia/Kolkata is UTC+5:30: ticks on round UTC hours would read 05:30, 08:30 ...
-    kolkata = ZoneInfo("Asia/Kolkata")
-    async with drawn(server, ZoneView("Asia/Kolkata", hours=hours), f"?hours={hours}&refresh=600") as (page, _):
+@pytest.mark.parametrize("zone, hours", [("Asia/Kolkata", 6), ("Asia/Kolkata", 24), ("Asia/Kathmandu", 6),
+                                         ("America/St_Johns", 24), ("Pacific/Kiritimati", 24)])
+async def test_a_half_hour_zones_ticks_fall_on_its_round_hours(server, zone, hours):
+    # Asia/Kolkata is UTC+5:30: ticks on round UTC hours would read 05:30, 08:30 ... (Kathmandu +5:45, St John's -3:30;
+    # Kiritimati, +14, has its midnight at 10:00 UTC)
+    tz = ZoneInfo(zone)
+    async with drawn(server, ZoneView(zone, hours=hours), f"?hours={hours}&refresh=600") as (page, _):
         history = await page.evaluate(f"fetch('/api/history?hours={hours}').then((r) => r.json())")
         tick_list = await ticks(page, history)
         assert len(tick_list) >= 4
-        assert_on_the_zones_clock(tick_list, kolkata)
+        assert_on_the_zones_clock(tick_list, tz)
         minutes = {label[3:5] for label, _ in tick_list if ":" in label}
         assert minutes <= ({"00", "30"} if hours == 6 else {"00"}), tick_list
         # a step of whole hours starts at the zone's midnight (00:00, 02:00 ...)
