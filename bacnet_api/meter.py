@@ -15,6 +15,11 @@ read naming it. A configured unit (`units`, the config's meter.units) decides in
 state noUnits or nothing; a meter that names another unit then gets one warning naming both. A value the
 meter itself flags fault or out of service (`statusFlags`) is a failed read too: it is not a measurement
 of the building.
+
+A read is one ReadPropertyMultiple of the value, `units`, `statusFlags` and `reliability`: one request on the trunk,
+and a value and unit of one moment (asked apart, a unit changed between the two requests converted one value with the
+other's unit). A meter that rejects the service (many small MS/TP meters) is read property by property instead, as
+decided at each (re)connection and logged once.
 """
 from __future__ import annotations
 
@@ -27,9 +32,10 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
-from bacpypes3.apdu import AbortPDU, ErrorPDU, ErrorRejectAbortNack
+from bacpypes3.apdu import AbortPDU, Error, ErrorPDU, ErrorRejectAbortNack, RejectPDU
 from bacpypes3.app import Application
-
+from bacpypes3.basetypes import ErrorType, PropertyIdentifier
+from bacpypes3.errors import DecodingError, RejectException
 from bacpypes3.primitivedata import Boolean, Enumerated, Real
 
 from .client import (
@@ -56,9 +62,13 @@ log = logging.getLogger(__name__)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 SETTLE_READS = 5          # good reads in a row before a fault's end is logged
-# requests in one read at most: units (after a reconnection or a failed read), presentValue, statusFlags, and
-# reliability when the flags say fault; each is bounded by timeout_seconds
-MAX_REQUESTS = 4
+# requests in one read at most, each bounded by timeout_seconds: one ReadPropertyMultiple as a rule; the first read of
+# a connection to a meter that rejects it then asks units, presentValue, statusFlags, and reliability when the flags
+# say fault, alone
+MAX_REQUESTS = 5
+# asked with the value in one ReadPropertyMultiple: the unit it is in, and whether the meter trusts it
+_WITH_VALUE = ("units", "statusFlags", "reliability")
+_READ_MULTIPLE = 14   # ConfirmedServiceChoice readPropertyMultiple, for a whole-request Error's service
 
 
 @dataclass
@@ -76,6 +86,7 @@ class _FaultWindow:
 
 
 LOCAL = "this machine's side, not the meter's or a router's"
+_UNASKED = object()
 
 
 def _fault_kind(error: str | None) -> str:
@@ -173,6 +184,10 @@ class MeterClient:
         self._has_status_flags = True
         self._has_units = True
         self._logged_units: MeterUnits | None = None
+        # ReadPropertyMultiple on this connection: None until the first read of it says, False read property by property
+        self.read_multiple: bool | None = None
+        self._logged_multiple: bool | None = None
+        self._answers: dict[int, Any] = {}  # the present read's ReadPropertyMultiple answer, by property
         self._route_ready = self.network is None
         self._task: asyncio.Task | None = None
         self.object_name = object
@@ -285,6 +300,58 @@ class MeterClient:
     async def _read(self) -> float:
         app = self._app
         if self._conversion is None or self._conversion_app is not app:  # a (re)connection
+            self.read_multiple = None  # a meter replaced, or its firmware, may answer it otherwise
+        self._answers = await self._read_multiple(app) if self.read_multiple is not False else {}
+        try:
+            return await self._read_answered(app)
+        finally:
+            self._answers = {}
+
+    async def _read_multiple(self, app: Application) -> dict[int, Any]:
+        """The value with its units, statusFlags and reliability in one ReadPropertyMultiple, by property (an error
+        for one property, as a ReadProperty of it would raise); {} when the meter rejects the service: each is then
+        read alone, on this connection."""
+        props = list(dict.fromkeys((self.property, *_WITH_VALUE)))
+        try:
+            async with asyncio.timeout(self.timeout_seconds):
+                results = await app.read_property_multiple(self.address, [self.object, props])
+        except RejectPDU as err:
+            self._read_singly(error_text(err))
+            return {}
+        except ErrorPDU as err:
+            if str(err.errorClass) == "services":
+                self._read_singly(error_text(err))
+                return {}
+            # about the whole request (unknown object): what a ReadProperty of each would answer
+            return {int(PropertyIdentifier(p)): Error(service_choice=_READ_MULTIPLE, errorClass=err.errorClass,
+                                                      errorCode=err.errorCode) for p in props}
+        except (DecodingError, RejectException) as err:
+            # an answer bacpypes3 cannot decode whole (a Null value): read alone, today's checks word it
+            log.debug("meter %s: ReadPropertyMultiple answer not decoded (%s): read property by property", self.address,
+                      err)
+            return {}
+        if self.read_multiple is not True:
+            self.read_multiple = True
+            if self._logged_multiple is False:
+                log.info("meter %s %s answers ReadPropertyMultiple now: read in one request", self.address,
+                         self.object_name)
+            self._logged_multiple = True
+        answers: dict[int, Any] = {}
+        for _obj, prop, _index, value in results or ():
+            if isinstance(value, ErrorType):
+                value = Error(service_choice=_READ_MULTIPLE, errorClass=value.errorClass, errorCode=value.errorCode)
+            answers[int(prop)] = value
+        return answers
+
+    def _read_singly(self, why: str) -> None:
+        self.read_multiple = False
+        if self._logged_multiple is not False:  # once, not at each reconnection that finds the same
+            log.info("meter %s %s does not support ReadPropertyMultiple (%s): it is read property by property (%s, "
+                     "units and statusFlags in separate requests)", self.address, self.object_name, why, self.property)
+            self._logged_multiple = False
+
+    async def _read_answered(self, app: Application) -> float:
+        if self._conversion is None or self._conversion_app is not app:  # a (re)connection
             self._has_units = True
             self._conversion = await self._read_units(app)
             self._conversion_app = app
@@ -319,6 +386,11 @@ class MeterClient:
         return kw
 
     async def _ask(self, app: Application, prop: str) -> Any:
+        answer = self._answers.get(int(PropertyIdentifier(prop)), _UNASKED)
+        if answer is not _UNASKED:  # in the read's ReadPropertyMultiple answer
+            if isinstance(answer, ErrorRejectAbortNack):
+                raise answer
+            return answer
         # each request gets the whole bound: a meter behind a busy router answering each in 0.8 s against a 2 s bound
         # read well, until one lost read made the next one ask for the units too, and every read after failed
         async with asyncio.timeout(self.timeout_seconds):

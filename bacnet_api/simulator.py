@@ -13,19 +13,25 @@ watts or kilowattHours, as real meters do; `value` is in that unit. `set_status`
 fault or out-of-service flags while its presentValue still answers. `set_dropping(n)` loses every n-th
 read of presentValue, as a busy MS/TP trunk does, and `set_answer_delay(s)` answers each request late.
 `restart()` stops and starts the router and meter (a power cycle) on the same address.
+`read_multiple=False` makes a meter without ReadPropertyMultiple (it rejects it as an unrecognized service, and its
+protocolServicesSupported lacks it), as many small MS/TP meters are; `requests` counts the confirmed requests that
+reached the meter, by service. `set_units_between_requests` changes the unit right after the meter next answers a
+read of it, as a technician's change landing between a client's request for the units and its request for the value.
 """
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
 import math
 import time
-from typing import Iterable
+from typing import Callable, Iterable
 
-from bacpypes3.apdu import ReadPropertyRequest
+from bacpypes3.apdu import ConfirmedRequestPDU, ReadPropertyMultipleRequest, ReadPropertyRequest
 from bacpypes3.app import Application
 from bacpypes3.basetypes import PropertyIdentifier
+from bacpypes3.errors import UnrecognizedService
 from bacpypes3.local.analog import AnalogInputObject
 from bacpypes3.local.device import DeviceObject
 from bacpypes3.local.networkport import NetworkPortObject
@@ -39,6 +45,14 @@ log = logging.getLogger(__name__)
 _instances = itertools.count(1)
 
 
+def _reads(apdu, prop: PropertyIdentifier) -> bool:
+    """`apdu` is a ReadProperty or ReadPropertyMultiple that asks for `prop`."""
+    if isinstance(apdu, ReadPropertyRequest):
+        return apdu.propertyIdentifier == prop
+    return isinstance(apdu, ReadPropertyMultipleRequest) and any(
+        ref.propertyIdentifier == prop for spec in apdu.listOfReadAccessSpecs for ref in spec.listOfPropertyReferences)
+
+
 class _MeterApplication(Application):
     """A bacpypes3 device that can be told to ignore every request, or every n-th read of presentValue."""
 
@@ -47,16 +61,34 @@ class _MeterApplication(Application):
     _drop_one_in = 0
     _value_reads = 0
     _dropped: dict | None = None
+    _read_multiple = True
+    _requests: collections.Counter | None = None
+    _after_units: Callable[[], None] | None = None
 
     async def indication(self, apdu) -> None:
+        if isinstance(apdu, ConfirmedRequestPDU) and self._requests is not None:
+            self._requests[type(apdu).__name__.removesuffix("Request")] += 1
         if self._silent:
             return
-        if self._drop_one_in and isinstance(apdu, ReadPropertyRequest) \
-                and apdu.propertyIdentifier == PropertyIdentifier.presentValue and self._drop(apdu):
+        if self._drop_one_in and _reads(apdu, PropertyIdentifier.presentValue) and self._drop(apdu):
             return  # lost on the trunk: the client hears nothing and times out
         if self._answer_delay:
             await asyncio.sleep(self._answer_delay)
         await super().indication(apdu)
+        if self._after_units is not None and _reads(apdu, PropertyIdentifier.units):
+            change, self._after_units = self._after_units, None
+            change()
+
+    async def do_ReadPropertyMultipleRequest(self, apdu) -> None:
+        if not self._read_multiple:
+            raise UnrecognizedService()  # answered Reject unrecognized-service, as such a meter does
+        await super().do_ReadPropertyMultipleRequest(apdu)
+
+    def get_services_supported(self):
+        supported = super().get_services_supported()
+        if not self._read_multiple:
+            supported[supported.readPropertyMultiple] = 0
+        return supported
 
     def _drop(self, apdu) -> bool:
         # the client's stack retries a lost request (same invoke id) after its APDU timeout: lost again, and
@@ -71,6 +103,18 @@ class _MeterApplication(Application):
             return False
         dropped[key] = now
         return True
+
+
+class _MeterPoint(AnalogInputObject):
+    """The meter's object, without the properties in `_missing` (a read of one answers unknown-property)."""
+
+    _missing: frozenset[str] = frozenset()
+
+    async def read_property(self, attr, index=None):
+        name = PropertyIdentifier(attr).attr if isinstance(attr, int) else attr
+        if name in self._missing:
+            raise AttributeError(f"not a property: {name!r}")  # bacpypes3 answers unknown-property
+        return await super().read_property(attr, index)
 
 
 def _device(instance: int, name: str) -> DeviceObject:
@@ -112,6 +156,7 @@ class MeterSimulator:
         router_device_id: int | None = None,
         ip_network: int = 1,
         units: str = "kilowatts",
+        read_multiple: bool = True,
     ) -> None:
         if not 1 <= network <= 65534:
             raise ValueError(f"network must be 1..65534, got {network}")
@@ -136,6 +181,9 @@ class MeterSimulator:
         self._router: Application | None = None
         self._meter: _MeterApplication | None = None
         self._point: AnalogInputObject | None = None
+        self.read_multiple = bool(read_multiple)
+        self._missing: frozenset[str] = frozenset()
+        self.requests: collections.Counter[str] = collections.Counter()  # "ReadProperty": 3, across restarts
 
     @property
     def router_address(self) -> str:
@@ -166,7 +214,8 @@ class MeterSimulator:
                 _device(self.device_id, "simulated-meter"),
                 _virtual_port(1, self._vlan_name, self.network, self.mac),
             ])
-            self._point = AnalogInputObject(
+            self._meter._read_multiple, self._meter._requests = self.read_multiple, self.requests
+            self._point = _MeterPoint(
                 objectIdentifier=("analogInput", self.object_instance),
                 objectName="building-power",
                 description="Simulated building demand",
@@ -178,6 +227,7 @@ class MeterSimulator:
                 covIncrement=0.0,
             )
             self._apply_status()
+            self._point._missing = self._missing
             self._meter.add_object(self._point)
         except BaseException:
             await self.stop()
@@ -213,6 +263,25 @@ class MeterSimulator:
         self._units = check_units(units)
         if self._point is not None:
             self._point.units = self._units
+
+    def set_missing(self, *props: str) -> None:
+        """The meter's object lacks `props` (e.g. "units", "statusFlags"): a read of one answers unknown-property,
+        alone or for that one inside a ReadPropertyMultiple, as a meter's object without them does."""
+        self._missing = frozenset(props)
+        if self._point is not None:
+            self._point._missing = self._missing
+
+    def set_units_between_requests(self, units: str, value: float) -> None:
+        """Right after the meter next answers a read of its units (the answer sent as it was), publish `value` in
+        `units`: a change landing between a client's request for the units and its request for the value."""
+        if self._meter is None:
+            raise RuntimeError("simulator not started")
+        check_units(units)
+
+        def change() -> None:
+            self.set_units(units)
+            self.set_value(value)
+        self._meter._after_units = change
 
     @property
     def units(self) -> str:

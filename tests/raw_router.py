@@ -2,8 +2,9 @@
 request routed through it with a genuine Reject-Message-To-Network or Router-Busy-To-Network NPDU.
 
 It routes to one network with the meter at MAC 2 and answers, per `answer`:
-  "meter"       ReadProperty of units with kilowatts, of statusFlags with all clear, of anything else with
-                a Real `value` (as the meter would, through the router)
+  "meter"       ReadProperty (or ReadPropertyMultiple) of units with kilowatts, of statusFlags with all clear, of
+                reliability with noFaultDetected, of anything else with a Real `value` (as the meter would, through
+                the router)
   "reject:<n>"  Reject-Message-To-Network with reason n for the request's DNET
   "reject:<n>:<net>"  the same, naming network <net> instead (a reject about someone else's request)
   "busy"        Router-Busy-To-Network for the request's DNET
@@ -74,11 +75,19 @@ class RawRouter(asyncio.DatagramProtocol):
             self._send(bytes([0x01, 0x80, 0x04]), addr)
         elif kind == "meter" and apdu[3] == 0x0C:  # ReadProperty: echo object and property, add the value
             prop = apdu[10] if apdu[9] == 0x19 else None  # context tag 1, one octet
-            value = {117: b"\x91\x30",          # units: Enumerated kilowatts (48)
-                     111: b"\x82\x04\x00",      # statusFlags: BitString, four bits clear
-                     }.get(prop, b"\x44" + struct.pack(">f", self.value))
-            ack = bytes([0x30, apdu[2], 0x0C]) + apdu[4:] + b"\x3e" + value + b"\x3f"
+            ack = bytes([0x30, apdu[2], 0x0C]) + apdu[4:] + b"\x3e" + self._value_of(prop) + b"\x3f"
             self._send(bytes([0x01, 0x08]) + struct.pack(">HB", self.network, len(dadr)) + dadr + ack, addr)
+        elif kind == "meter" and apdu[3] == 0x0E and apdu[9] == 0x1E:  # ReadPropertyMultiple of one object
+            props = [apdu[j + 1] for j in range(10, len(apdu) - 1, 2) if apdu[j] == 0x09]  # context tag 0, one octet
+            results = b"".join(bytes([0x29, p, 0x4E]) + self._value_of(p) + b"\x4f" for p in props)
+            ack = bytes([0x30, apdu[2], 0x0E]) + apdu[4:10] + results + b"\x1f"
+            self._send(bytes([0x01, 0x08]) + struct.pack(">HB", self.network, len(dadr)) + dadr + ack, addr)
+
+    def _value_of(self, prop: int | None) -> bytes:
+        return {117: b"\x91\x30",          # units: Enumerated kilowatts (48)
+                111: b"\x82\x04\x00",      # statusFlags: BitString, four bits clear
+                103: b"\x91\x00",          # reliability: noFaultDetected
+                }.get(prop, b"\x44" + struct.pack(">f", self.value))
 
     def _send(self, npdu: bytes, addr) -> None:
         self.transport.sendto(bvlc(npdu), addr)
