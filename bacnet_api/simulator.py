@@ -350,6 +350,7 @@ async def run_simulator(
     object_instance: int = 2,
     repeat: bool = True,
     units: str = "kilowatts",
+    read_multiple: bool = True,
 ) -> None:
     """Serve a simulated meter until cancelled; step through `values` (kW) every `interval` seconds
     (cycling when `repeat`), logging each new value. Non-finite values are skipped. `units` publishes
@@ -358,7 +359,8 @@ async def run_simulator(
     # gaps in a replayed CSV (NaN) hold the previous value rather than stopping the meter
     steps = [float(v) * scale for v in values if math.isfinite(float(v))] if values is not None else []
     sim = MeterSimulator(address, network=network, mac=mac, device_id=device_id,
-                         object_instance=object_instance, value=steps[0] if steps else 0.0, units=units)
+                         object_instance=object_instance, value=steps[0] if steps else 0.0, units=units,
+                         read_multiple=read_multiple)
     async with sim:
         if len(steps) <= 1:
             await asyncio.Event().wait()  # a fixed value: serve until cancelled

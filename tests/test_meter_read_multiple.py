@@ -8,8 +8,8 @@ import logging
 
 import pytest
 
-from bacnet_api.meter import read_meter_once
-from bacnet_api.simulator import MeterSimulator
+from bacnet_api.meter import MeterClient, read_meter_once
+from bacnet_api.simulator import MeterSimulator, run_simulator
 from bacnet_peer import BacnetPeer
 from test_meter import FAST, answers_within, client, gateway  # noqa: F401 - shared fixture and helpers
 
@@ -162,3 +162,21 @@ async def test_read_meter_reads_a_meter_with_or_without_read_property_multiple(f
         assert reading.value == pytest.approx(42.5) and units.name == "watts"
         assert sim.requests == ({"ReadPropertyMultiple": 1} if multiple else {"ReadPropertyMultiple": 1,
                                                                                "ReadProperty": 3})
+
+
+async def test_simulate_meter_can_serve_a_meter_without_read_property_multiple(gateway, free_udp_port):
+    port = free_udp_port()
+    task = asyncio.create_task(run_simulator(f"127.0.0.1/8:{port}", values=[12.5], read_multiple=False))
+    try:
+        meter = MeterClient(gateway, address="12345:2", object="analogInput 2", router=f"127.0.0.1:{port}",
+                            timeout_seconds=FAST)
+
+        async def answered():
+            while (await meter.read_once()).value != 12.5:
+                await asyncio.sleep(0.05)
+        await asyncio.wait_for(answered(), 10)
+        assert meter.read_multiple is False
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task

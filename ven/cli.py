@@ -468,7 +468,8 @@ def cmd_simulate_meter(args) -> int:
         return 1
     try:
         asyncio.run(serve_until_signalled(
-            run_simulator(args.address, values=values, interval=args.interval, units=args.units),
+            run_simulator(args.address, values=values, interval=args.interval, units=args.units,
+                          read_multiple=not args.no_read_multiple),
             args.duration))
     except OSError as err:  # the port is taken, or the address is not this host's
         print(f"simulate-meter: {args.address}: {err.strerror or err}: choose another with --address",
@@ -646,6 +647,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds between replayed values (default %(default)g)")
     p.add_argument("--duration", type=_positive_seconds, default=None, metavar="SECONDS",
                    help="stop after this many seconds (default: run until Ctrl-C)")
+    p.add_argument("--no-read-multiple", action="store_true",
+                   help="reject ReadPropertyMultiple, as many small MS/TP meters do")
     p.set_defaults(func=cmd_simulate_meter)
 
     p = sub.add_parser("demo", help="run VTN, meter, BAS simulator and gateway on loopback")
