@@ -19,7 +19,10 @@ of the building.
 A read is one ReadPropertyMultiple of the value, `units`, `statusFlags` and `reliability`: one request on the trunk,
 and a value and unit of one moment (asked apart, a unit changed between the two requests converted one value with the
 other's unit). A meter that rejects the service (many small MS/TP meters) is read property by property instead, as
-decided at each (re)connection and logged once.
+decided at each (re)connection and logged once. One that leaves it unanswered (it should reject it) is asked at the
+next read whether it has the service at all (its device's protocolServicesSupported); without it, it is read property
+by property until the gateway restarts, as asking again would cost a failed read each time (a device that cannot say
+is read property by property until its next reconnection).
 """
 from __future__ import annotations
 
@@ -62,13 +65,13 @@ log = logging.getLogger(__name__)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 SETTLE_READS = 5          # good reads in a row before a fault's end is logged
-# requests in one read at most, each bounded by timeout_seconds: one ReadPropertyMultiple as a rule; the first read of
-# a connection to a meter that rejects it then asks units, presentValue, statusFlags, and reliability when the flags
-# say fault, alone
-MAX_REQUESTS = 5
+# requests in one read at most, each bounded by timeout_seconds: one ReadPropertyMultiple as a rule; after one went
+# unanswered, the device's protocolServicesSupported first; the first read of a connection to a meter that rejects it
+# then asks units, presentValue, statusFlags, and reliability when the flags say fault, alone
+MAX_REQUESTS = 6
 # asked with the value in one ReadPropertyMultiple: the unit it is in, and whether the meter trusts it
 _WITH_VALUE = ("units", "statusFlags", "reliability")
-_READ_MULTIPLE = 14   # ConfirmedServiceChoice readPropertyMultiple, for a whole-request Error's service
+_READ_MULTIPLE = 14   # ConfirmedServiceChoice readPropertyMultiple, its bit in protocolServicesSupported too
 
 
 @dataclass
@@ -187,6 +190,8 @@ class MeterClient:
         # ReadPropertyMultiple on this connection: None until the first read of it says, False read property by property
         self.read_multiple: bool | None = None
         self._logged_multiple: bool | None = None
+        self._multiple_unanswered = False  # the connection's first ReadPropertyMultiple got no answer
+        self._never_multiple = False       # the meter's device lacks the service: not asked again
         self._answers: dict[int, Any] = {}  # the present read's ReadPropertyMultiple answer, by property
         self._route_ready = self.network is None
         self._task: asyncio.Task | None = None
@@ -300,7 +305,10 @@ class MeterClient:
     async def _read(self) -> float:
         app = self._app
         if self._conversion is None or self._conversion_app is not app:  # a (re)connection
-            self.read_multiple = None  # a meter replaced, or its firmware, may answer it otherwise
+            # asked again: a meter replaced, or its firmware, may answer it otherwise
+            self.read_multiple = False if self._never_multiple else None
+            if self._multiple_unanswered and not self._never_multiple:
+                await self._ask_services(app)
         self._answers = await self._read_multiple(app) if self.read_multiple is not False else {}
         try:
             return await self._read_answered(app)
@@ -315,6 +323,10 @@ class MeterClient:
         try:
             async with asyncio.timeout(self.timeout_seconds):
                 results = await app.read_property_multiple(self.address, [self.object, props])
+        except TimeoutError:
+            # a silent meter, a lost request, or a meter that ignores the service: the next read asks which
+            self._multiple_unanswered = self.read_multiple is None
+            raise
         except RejectPDU as err:
             self._read_singly(error_text(err))
             return {}
@@ -330,6 +342,7 @@ class MeterClient:
             log.debug("meter %s: ReadPropertyMultiple answer not decoded (%s): read property by property", self.address,
                       err)
             return {}
+        self._multiple_unanswered = False
         if self.read_multiple is not True:
             self.read_multiple = True
             if self._logged_multiple is False:
@@ -342,6 +355,27 @@ class MeterClient:
                 value = Error(service_choice=_READ_MULTIPLE, errorClass=value.errorClass, errorCode=value.errorCode)
             answers[int(prop)] = value
         return answers
+
+    async def _ask_services(self, app: Application) -> None:
+        """After a ReadPropertyMultiple got no answer: whether the meter's device has the service (a device that lacks
+        it should reject it, but some say nothing, and read so they failed every read). Unanswered, the read fails as
+        a silent meter's, and the next one asks again."""
+        try:
+            async with asyncio.timeout(self.timeout_seconds):
+                services = await app.read_property(self.address, "device,4194303", "protocolServicesSupported")
+        except (ErrorPDU, RejectPDU, DecodingError, RejectException):
+            services = None  # a device older than the wildcard instance, or no bit string: it answers, but cannot say
+        self._multiple_unanswered = False
+        services = to_plain(services)
+        if not isinstance(services, list):
+            # read alone on this connection, asked again at the next: a meter that has the service, its request lost,
+            # is not read three requests at a time for good
+            log.debug("meter %s: protocolServicesSupported not read (%r): read property by property", self.address,
+                      services)
+            self.read_multiple = False
+        elif len(services) <= _READ_MULTIPLE or not services[_READ_MULTIPLE]:
+            self._never_multiple = True
+            self._read_singly("it left it unanswered, and its protocolServicesSupported lacks it")
 
     def _read_singly(self, why: str) -> None:
         self.read_multiple = False

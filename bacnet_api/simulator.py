@@ -14,7 +14,8 @@ fault or out-of-service flags while its presentValue still answers. `set_droppin
 read of presentValue, as a busy MS/TP trunk does, and `set_answer_delay(s)` answers each request late.
 `restart()` stops and starts the router and meter (a power cycle) on the same address.
 `read_multiple=False` makes a meter without ReadPropertyMultiple (it rejects it as an unrecognized service, and its
-protocolServicesSupported lacks it), as many small MS/TP meters are; `requests` counts the confirmed requests that
+protocolServicesSupported lacks it), as many small MS/TP meters are; "unanswered" one that ignores it instead, which
+a few do against the standard; `requests` counts the confirmed requests that
 reached the meter, by service. `set_units_between_requests` changes the unit right after the meter next answers a
 read of it, as a technician's change landing between a client's request for the units and its request for the value.
 """
@@ -39,6 +40,7 @@ from bacpypes3.vlan import VirtualNetwork
 
 from .client import close_stack, ensure_port_free, wait_bound
 from .meter_units import KW_PER_UNIT
+from .property_access import THIS_DEVICE
 
 log = logging.getLogger(__name__)
 
@@ -61,14 +63,14 @@ class _MeterApplication(Application):
     _drop_one_in = 0
     _value_reads = 0
     _dropped: dict | None = None
-    _read_multiple = True
+    _read_multiple: bool | str = True
     _requests: collections.Counter | None = None
     _after_units: Callable[[], None] | None = None
 
     async def indication(self, apdu) -> None:
         if isinstance(apdu, ConfirmedRequestPDU) and self._requests is not None:
             self._requests[type(apdu).__name__.removesuffix("Request")] += 1
-        if self._silent:
+        if self._silent or self._read_multiple == "unanswered" and isinstance(apdu, ReadPropertyMultipleRequest):
             return
         if self._drop_one_in and _reads(apdu, PropertyIdentifier.presentValue) and self._drop(apdu):
             return  # lost on the trunk: the client hears nothing and times out
@@ -79,6 +81,12 @@ class _MeterApplication(Application):
             change, self._after_units = self._after_units, None
             change()
 
+    async def do_ReadPropertyRequest(self, apdu) -> None:
+        # device 4194303 is the device asked (clause 15.5.2), as real meters answer it: bacpypes3's check never matches
+        if apdu.objectIdentifier == THIS_DEVICE and self.device_object is not None:
+            apdu.objectIdentifier = self.device_object.objectIdentifier
+        await super().do_ReadPropertyRequest(apdu)
+
     async def do_ReadPropertyMultipleRequest(self, apdu) -> None:
         if not self._read_multiple:
             raise UnrecognizedService()  # answered Reject unrecognized-service, as such a meter does
@@ -86,7 +94,7 @@ class _MeterApplication(Application):
 
     def get_services_supported(self):
         supported = super().get_services_supported()
-        if not self._read_multiple:
+        if self._read_multiple is not True:
             supported[supported.readPropertyMultiple] = 0
         return supported
 
@@ -156,8 +164,10 @@ class MeterSimulator:
         router_device_id: int | None = None,
         ip_network: int = 1,
         units: str = "kilowatts",
-        read_multiple: bool = True,
+        read_multiple: bool | str = True,
     ) -> None:
+        if read_multiple not in (True, False, "unanswered"):
+            raise ValueError(f"read_multiple must be True, False or 'unanswered', got {read_multiple!r}")
         if not 1 <= network <= 65534:
             raise ValueError(f"network must be 1..65534, got {network}")
         if not 2 <= mac <= 254:
@@ -181,7 +191,7 @@ class MeterSimulator:
         self._router: Application | None = None
         self._meter: _MeterApplication | None = None
         self._point: AnalogInputObject | None = None
-        self.read_multiple = bool(read_multiple)
+        self.read_multiple = read_multiple
         self._missing: frozenset[str] = frozenset()
         self.requests: collections.Counter[str] = collections.Counter()  # "ReadProperty": 3, across restarts
 
@@ -350,7 +360,7 @@ async def run_simulator(
     object_instance: int = 2,
     repeat: bool = True,
     units: str = "kilowatts",
-    read_multiple: bool = True,
+    read_multiple: bool | str = True,
 ) -> None:
     """Serve a simulated meter until cancelled; step through `values` (kW) every `interval` seconds
     (cycling when `repeat`), logging each new value. Non-finite values are skipped. `units` publishes

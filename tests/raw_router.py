@@ -5,6 +5,8 @@ It routes to one network with the meter at MAC 2 and answers, per `answer`:
   "meter"       ReadProperty (or ReadPropertyMultiple) of units with kilowatts, of statusFlags with all clear, of
                 reliability with noFaultDetected, of anything else with a Real `value` (as the meter would, through
                 the router)
+  "meter-rp"    the same for ReadProperty only, leaving ReadPropertyMultiple unanswered, and a Real for the device's
+                protocolServicesSupported (an old meter, against the standard)
   "reject:<n>"  Reject-Message-To-Network with reason n for the request's DNET
   "reject:<n>:<net>"  the same, naming network <net> instead (a reject about someone else's request)
   "busy"        Router-Busy-To-Network for the request's DNET
@@ -73,7 +75,7 @@ class RawRouter(asyncio.DatagramProtocol):
             self._send(bytes([0x01, 0x80, 0x04]) + struct.pack(">H", dnet), addr)
         elif kind == "busy-all":
             self._send(bytes([0x01, 0x80, 0x04]), addr)
-        elif kind == "meter" and apdu[3] == 0x0C:  # ReadProperty: echo object and property, add the value
+        elif kind in ("meter", "meter-rp") and apdu[3] == 0x0C:  # ReadProperty: echo object and property, add the value
             prop = apdu[10] if apdu[9] == 0x19 else None  # context tag 1, one octet
             ack = bytes([0x30, apdu[2], 0x0C]) + apdu[4:] + b"\x3e" + self._value_of(prop) + b"\x3f"
             self._send(bytes([0x01, 0x08]) + struct.pack(">HB", self.network, len(dadr)) + dadr + ack, addr)

@@ -11,6 +11,7 @@ import pytest
 from bacnet_api.meter import MeterClient, read_meter_once
 from bacnet_api.simulator import MeterSimulator, run_simulator
 from bacnet_peer import BacnetPeer
+from raw_router import RawRouter
 from test_meter import FAST, answers_within, client, gateway  # noqa: F401 - shared fixture and helpers
 
 pytestmark = pytest.mark.timeout(60)
@@ -46,6 +47,16 @@ async def test_a_read_is_one_request_to_the_meter(gateway, free_udp_port, caplog
         assert reading.error == f"{sim.meter_address} analogInput 2: the meter flags its value as fault (reliability " \
                                 "overRange)" and reading.reliability == "overRange"
         assert sim.requests == {"ReadPropertyMultiple": 6}
+        # a request lost on a fresh connection: the next read asks whether the meter has the service, and reads on
+        sim.set_status()
+        sim.set_silent(True)
+        assert (await read(answers_within(meter, FAST))).value is None
+        sim.set_silent(False)
+        before = sim.requests.copy()
+        for _ in range(3):
+            assert (await read(answers_within(meter, 2.0))).value == pytest.approx(42.5)
+        assert sim.requests - before == {"ReadPropertyMultiple": 3, "ReadProperty": 1}  # protocolServicesSupported
+        assert meter.read_multiple is True
     assert not [m for m in meter_logs(caplog) if "ReadPropertyMultiple" in m]  # the usual case: nothing to say
 
 
@@ -81,12 +92,17 @@ async def test_a_meter_without_read_property_multiple_is_read_property_by_proper
         sim.set_status(reliability="overRange")
         reading = await read(meter)
         assert reading.error.endswith("the meter flags its value as fault (reliability overRange)")
-        sim.set_status()
         # a failed read is a reconnection: the meter is asked again once (it may have been replaced), not logged again
+        sim.set_status()
+        sim.set_value(43000.0)
+        before = sim.requests.copy()
+        for _ in range(3):
+            assert (await read(meter)).value == pytest.approx(43.0)
+        assert sim.requests - before == {"ReadPropertyMultiple": 1, "ReadProperty": 9}
+        # silent a while, as alike
         sim.set_silent(True)
         assert (await read(answers_within(meter, FAST))).value is None
         sim.set_silent(False)
-        sim.set_value(43000.0)
         before = sim.requests.copy()
         for _ in range(3):
             assert (await read(answers_within(meter, 2.0))).value == pytest.approx(43.0)
@@ -94,6 +110,49 @@ async def test_a_meter_without_read_property_multiple_is_read_property_by_proper
     infos = [m for m in meter_logs(caplog) if "ReadPropertyMultiple" in m]
     assert infos == [singly(sim)], infos
     assert not any(r.exc_info for r in caplog.records)
+
+
+async def test_a_meter_that_leaves_read_property_multiple_unanswered_is_read_property_by_property(
+        gateway, free_udp_port, caplog):
+    # BACnet says a device rejects a service it lacks; one that says nothing failed every read, for good
+    caplog.set_level(logging.INFO, logger="bacnet_api.meter")
+    async with MeterSimulator(f"127.0.0.1/8:{free_udp_port()}", value=42.5, read_multiple="unanswered") as sim:
+        meter = client(gateway, sim)
+        reading = await read(answers_within(meter, FAST))
+        assert reading.error == f"no response from 12345:2 within {FAST:g} s (through router {sim.router_address})"
+        answers_within(meter, 2.0)
+        for _ in range(3):
+            assert (await read(meter)).value == 42.5
+        assert sim.requests == {"ReadPropertyMultiple": 1, "ReadProperty": 1 + 9} and meter.read_multiple is False
+        # not asked again after a failed read: each time would cost another
+        sim.set_silent(True)
+        assert (await read(answers_within(meter, FAST))).value is None
+        sim.set_silent(False)
+        assert (await read(answers_within(meter, 2.0))).value == 42.5
+        assert sim.requests["ReadPropertyMultiple"] == 1
+    assert [m for m in meter_logs(caplog) if "ReadPropertyMultiple" in m] == [
+        f"meter {sim.meter_address} analogInput 2 does not support ReadPropertyMultiple (it left it unanswered, and its "
+        "protocolServicesSupported lacks it): it is read property by property (presentValue, units and statusFlags in "
+        "separate requests)"]
+
+
+async def test_a_meter_that_cannot_say_is_read_property_by_property_until_its_next_reconnection(gateway, caplog):
+    # its ReadPropertyMultiple unanswered, and its protocolServicesSupported no list: it may have the service and have
+    # lost the request, so it is not read three requests at a time for good
+    caplog.set_level(logging.INFO, logger="bacnet_api.meter")
+    async with RawRouter(answer="meter-rp") as router:
+        meter = MeterClient(gateway, address="12345:2", object="analogInput 2", router=router.address,
+                            timeout_seconds=FAST)
+        assert (await read(meter)).error.startswith("no response from 12345:2")
+        assert router.requests == 1
+        for _ in range(2):
+            assert (await read(answers_within(meter, 2.0))).value == 42.5 and meter.read_multiple is False
+        assert router.requests == 1 + 1 + 3 + 3  # protocolServicesSupported, then three requests a read
+        router.answer = "silent"
+        assert (await read(answers_within(meter, FAST))).value is None
+        router.answer = "meter"
+        assert (await read(answers_within(meter, 2.0))).value == 42.5 and meter.read_multiple is True
+    assert [m for m in meter_logs(caplog) if "ReadPropertyMultiple" in m] == []
 
 
 async def test_a_meter_that_gains_read_property_multiple_is_read_in_one_request_again(gateway, free_udp_port, caplog):
