@@ -331,12 +331,14 @@ class MeterClient:
             self._read_singly(error_text(err))
             return {}
         except ErrorPDU as err:
-            if str(err.errorClass) == "services":
-                self._read_singly(error_text(err))
-                return {}
-            # about the whole request (unknown object): what a ReadProperty of each would answer
-            return {int(PropertyIdentifier(p)): Error(service_choice=_READ_MULTIPLE, errorClass=err.errorClass,
-                                                      errorCode=err.errorCode) for p in props}
+            if str(err.errorClass) == "object":
+                # the object itself (unknown object): what a ReadProperty of each would answer
+                return {int(PropertyIdentifier(p)): Error(service_choice=_READ_MULTIPLE, errorClass=err.errorClass,
+                                                          errorCode=err.errorCode) for p in props}
+            # the service refused, or an older meter's error for the whole request when it lacks one property asked
+            # (where newer ones answer that property's error): alone, each property says what it has
+            self._read_singly(error_text(err))
+            return {}
         except (DecodingError, RejectException) as err:
             # an answer bacpypes3 cannot decode whole (a Null value): read alone, today's checks word it
             log.debug("meter %s: ReadPropertyMultiple answer not decoded (%s): read property by property", self.address,

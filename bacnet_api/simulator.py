@@ -15,7 +15,8 @@ read of presentValue, as a busy MS/TP trunk does, and `set_answer_delay(s)` answ
 `restart()` stops and starts the router and meter (a power cycle) on the same address.
 `read_multiple=False` makes a meter without ReadPropertyMultiple (it rejects it as an unrecognized service, and its
 protocolServicesSupported lacks it), as many small MS/TP meters are; "unanswered" one that ignores it instead, which
-a few do against the standard; `requests` counts the confirmed requests that
+a few do against the standard; "whole" one of the older kind that answers the whole request with an error when one
+property asked is missing (property/unknown-property), where newer meters answer that one property's error; `requests` counts the confirmed requests that
 reached the meter, by service. `set_units_between_requests` changes the unit right after the meter next answers a
 read of it, as a technician's change landing between a client's request for the units and its request for the value.
 """
@@ -32,7 +33,7 @@ from typing import Callable, Iterable
 from bacpypes3.apdu import ConfirmedRequestPDU, ReadPropertyMultipleRequest, ReadPropertyRequest
 from bacpypes3.app import Application
 from bacpypes3.basetypes import PropertyIdentifier
-from bacpypes3.errors import UnrecognizedService
+from bacpypes3.errors import PropertyError, UnrecognizedService
 from bacpypes3.local.analog import AnalogInputObject
 from bacpypes3.local.device import DeviceObject
 from bacpypes3.local.networkport import NetworkPortObject
@@ -66,6 +67,7 @@ class _MeterApplication(Application):
     _read_multiple: bool | str = True
     _requests: collections.Counter | None = None
     _after_units: Callable[[], None] | None = None
+    _missing: Callable[[], frozenset] = frozenset
 
     async def indication(self, apdu) -> None:
         if isinstance(apdu, ConfirmedRequestPDU) and self._requests is not None:
@@ -90,11 +92,15 @@ class _MeterApplication(Application):
     async def do_ReadPropertyMultipleRequest(self, apdu) -> None:
         if not self._read_multiple:
             raise UnrecognizedService()  # answered Reject unrecognized-service, as such a meter does
+        if self._read_multiple == "whole" and any(
+                PropertyIdentifier(ref.propertyIdentifier).attr in self._missing()
+                for spec in apdu.listOfReadAccessSpecs for ref in spec.listOfPropertyReferences):
+            raise PropertyError("unknownProperty")  # one Error PDU for the whole request
         await super().do_ReadPropertyMultipleRequest(apdu)
 
     def get_services_supported(self):
         supported = super().get_services_supported()
-        if self._read_multiple is not True:
+        if self._read_multiple in (False, "unanswered"):
             supported[supported.readPropertyMultiple] = 0
         return supported
 
@@ -166,8 +172,8 @@ class MeterSimulator:
         units: str = "kilowatts",
         read_multiple: bool | str = True,
     ) -> None:
-        if read_multiple not in (True, False, "unanswered"):
-            raise ValueError(f"read_multiple must be True, False or 'unanswered', got {read_multiple!r}")
+        if read_multiple not in (True, False, "unanswered", "whole"):
+            raise ValueError(f"read_multiple must be True, False, 'unanswered' or 'whole', got {read_multiple!r}")
         if not 1 <= network <= 65534:
             raise ValueError(f"network must be 1..65534, got {network}")
         if not 2 <= mac <= 254:
@@ -225,6 +231,7 @@ class MeterSimulator:
                 _virtual_port(1, self._vlan_name, self.network, self.mac),
             ])
             self._meter._read_multiple, self._meter._requests = self.read_multiple, self.requests
+            self._meter._missing = lambda: self._missing
             self._point = _MeterPoint(
                 objectIdentifier=("analogInput", self.object_instance),
                 objectName="building-power",

@@ -200,6 +200,24 @@ async def test_a_property_the_meter_lacks_reads_as_it_did_alone(gateway, free_ud
         assert values[1][1] == f"{sim.meter_address} analogInput 2: the meter flags its value as fault{why}"
 
 
+async def test_a_meter_that_fails_the_whole_request_for_one_missing_property_is_read_property_by_property(
+        gateway, free_udp_port, caplog):
+    # an older meter answers the whole ReadPropertyMultiple with property/unknown-property when it lacks one property
+    # asked (here reliability): taken as the value's own error, a meter that read well property by property failed
+    # every read
+    caplog.set_level(logging.INFO, logger="bacnet_api.meter")
+    async with MeterSimulator(f"127.0.0.1/8:{free_udp_port()}", value=42.5, read_multiple="whole") as sim:
+        sim.set_missing("reliability")
+        meter = client(gateway, sim)
+        assert [(await read(meter)).value for _ in range(3)] == [42.5] * 3
+        assert meter.read_multiple is False
+        assert sim.requests["ReadPropertyMultiple"] == 1
+    assert [m for m in meter_logs(caplog) if "ReadPropertyMultiple" in m] == [
+        f"meter {sim.meter_address} analogInput 2 does not support ReadPropertyMultiple (BACnet error "
+        "property/unknown-property): it is read property by property (presentValue, units and statusFlags in "
+        "separate requests)"]
+
+
 async def test_an_unknown_object_reads_as_it_did_alone(gateway, free_udp_port):
     # bacpypes3's meter answers the whole ReadPropertyMultiple with object/unknown-object
     errors = []
