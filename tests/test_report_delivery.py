@@ -199,3 +199,32 @@ async def test_a_cancel_the_vtn_puts_in_its_answer_to_an_update_ends_the_request
             assert len(server.updates) == sent, "nothing sent under the cancelled request"
             assert rig.vtn.status()["report_request_id"] is None and rig.queue.pending >= 8
             assert said(caplog, f"the VTN cancelled the telemetry report (request {rrid})")
+
+
+async def test_updates_failing_for_a_while_are_retried_at_the_next_answered_poll_not_after_the_grown_backoff(
+        tmp_path, free_tcp_port):
+    # The VTN's report store down for a while, its polls answered: the updates' backoff grew meanwhile, and the backlog
+    # waited for it (up to openadr.retry_max_seconds, 60 s by default) with the VTN taking everything again. An answered
+    # poll shows the VTN is there: the update goes again then, at most one per poll.
+    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
+        async with running(tmp_path, server.url, retry_min_seconds=0.2, retry_max_seconds=20.0) as rig:
+            await until(lambda: rig.vtn.status()["report_request_id"], 10, "telemetry requested")
+            rig.start_meter(0.25)
+            await until(lambda: len(received(server)) >= 2, 8, "live intervals")
+            handlers = server._server.services["report_service"].handlers
+            working, failed = handlers["oadrUpdateReport"], []
+
+            async def failing(payload):
+                failed.append(asyncio.get_running_loop().time())
+                raise RuntimeError("report store down")
+            handlers["oadrUpdateReport"] = failing
+            # failures 0.2, 0.4, 0.8, 1.6 and 3.2 s apart: the next after 6.4 s
+            await until(lambda: len(failed) >= 6, 15, "the backoff grown")
+            handlers["oadrUpdateReport"] = working
+            back = asyncio.get_running_loop().time()
+            await until(lambda: len(received(server)) and received(server)[-1][0] >= now() - 3 * S, 10, "delivered")
+            assert asyncio.get_running_loop().time() - back < 2.5, "within about a poll of the VTN taking updates"
+            await rig.stop_meter()
+            await until(lambda: rig.queue.pending == 0, 10, "drained")
+            await asyncio.sleep(0.3)
+            assert [t for t, _, _ in received(server)] == [t for t, _, _ in expected(rig.taken, S)]

@@ -159,6 +159,8 @@ class VtnClient(VtnEvents, VtnReports, VtnStatus, VtnOutage):
         self._connected_told = False     # what on_connected last took
         self._update_done.set()
         self._reoffer_delay = 0.0   # before the next offer after a refused report (doubles while refused)
+        # the last telemetry update got no answer: retried at the next answered poll, not only after the backoff
+        self._retry_at_poll = False
         self._tasks: list[asyncio.Task] = []
         self._wake_delivery: asyncio.Event | None = None
         self._lost: asyncio.Event | None = None
@@ -711,6 +713,10 @@ class VtnClient(VtnEvents, VtnReports, VtnStatus, VtnOutage):
             if missed and not self._lost.is_set():
                 missed = not await self._list_events_again(client)
             self._watch_requests()
+            if self._retry_at_poll:
+                # the VTN answers: a backoff grown while its report store was down held the backlog up to
+                # openadr.retry_max_seconds after it took updates again. One retry a poll at most
+                self._wake_delivery.set()
             # answered, not with "register again", and the answer handled (a session error is part of the outage):
             # the registration works
             self._lost_unanswered = False

@@ -130,6 +130,7 @@ class VtnReports:
                     else:
                         req.catch_up = True        # once the backoff has passed, whatever is complete by then
                         failed = True
+            self._retry_at_poll = failed
             if failed:
                 timeout = backoff
                 backoff = min(backoff * 2, self._cfg.retry_max_seconds)
