@@ -18,6 +18,8 @@ Modes:
   http500        500 with a short text body
   slow           answers (broken XML) only after `slow_seconds`, beyond the VEN's read timeout
   empty          200 application/xml with no body at all
+  empty_proxy    as proxy, the VTN's answer replaced by an empty 200 (it took the message, its answer lost or never
+                 written); only for the services in `empty_services` when that is set
   slow_proxy     as proxy, the answer after `slow_seconds` (a VTN that stores an update before it answers); only
                  for the services in `slow_services` when that is set
   trickle        starts a 200 answer at once, then sends one byte a second and never finishes
@@ -33,7 +35,7 @@ import aiohttp
 from aiohttp import web
 
 MODES = ("proxy", "malformed_xml", "html", "json", "huge", "gzip_bomb", "http500", "slow", "trickle", "slow_proxy",
-         "empty")
+         "empty", "empty_proxy")
 
 _MALFORMED = (b'<?xml version="1.0" encoding="utf-8"?>\n'
               b'<oadr:oadrPayload xmlns:oadr="http://openadr.org/oadr-2.0b/2012/07"><oadr:oadrSignedObject>'
@@ -50,6 +52,7 @@ class FakeVtn:
         self.upstream = upstream.rstrip("/") if upstream else None
         self.slow_seconds = slow_seconds
         self.slow_services: tuple[str, ...] = ()
+        self.empty_services: tuple[str, ...] = ()
         self._huge = self._huge_body(huge_bytes)
         self.requests: list[tuple[float, str, str]] = []     # (monotonic time, service, mode)
         self._mode = ""
@@ -65,7 +68,7 @@ class FakeVtn:
     def mode(self, value: str) -> None:
         if value not in MODES:
             raise ValueError(f"unknown mode {value!r}; one of {MODES}")
-        if value == "proxy" and not self.upstream:
+        if value in ("proxy", "slow_proxy", "empty_proxy") and not self.upstream:
             raise ValueError("proxy mode needs an upstream VTN url")
         self._mode = value
 
@@ -118,10 +121,14 @@ class FakeVtn:
         self.requests.append((time.monotonic(), service, mode))
         if mode == "slow_proxy" and (not self.slow_services or service in self.slow_services):
             await asyncio.sleep(self.slow_seconds)
-        if mode in ("proxy", "slow_proxy"):
+        if mode == "empty_proxy" and self.empty_services and service not in self.empty_services:
+            mode = "proxy"
+        if mode in ("proxy", "slow_proxy", "empty_proxy"):
             async with self._session.post(f"{self.upstream}/{service}", data=body,
                                           headers={"Content-Type": request.content_type}) as up:
                 content = await up.read()
+                if mode == "empty_proxy":
+                    return web.Response(body=b"", content_type="application/xml")
                 return web.Response(status=up.status, body=content,
                                     headers={"Content-Type": up.headers.get("Content-Type", "application/xml")})
         if mode == "slow":

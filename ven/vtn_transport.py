@@ -325,7 +325,7 @@ class _Client(OpenADRClient):
                 f"(HTTP {status} {reason or ''}){hint}")
 
     async def _request(self, service, message) -> tuple[str | None, dict, str | None]:
-        """(message type, payload, None), or (None, {}, why the request failed; None for an empty answer)."""
+        """(message type, payload, None), or (None, {}, why the request failed)."""
         await self._ensure_client_session()
         url = f"{self.vtn_url}/{service}"
         try:
@@ -390,7 +390,9 @@ class _Client(OpenADRClient):
         except aiohttp.ClientError as err:
             return None, {}, f"request to {shown_url(url)} failed: {err.__class__.__name__}: {err}"
         if not content:
-            return None, {}, None
+            # no OpenADR answer, whatever the status says: not taken, whichever message it was (the answer to an
+            # event read as delivered and an update as failed, helper vtns41 C1). A VTN answers every message
+            return None, {}, EMPTY_ANSWER
         try:
             # read off the event loop: openleadr takes 0.2-0.3 s for a day-ahead oadrDistributeEvent of 200 events
             # or one event of 1440 intervals, and the BACnet device and the schedule's timer would stall that long;
