@@ -218,13 +218,16 @@ async def test_a_vtn_asking_for_the_report_list_gets_it_again_with_its_request_i
         assert offered[0]["message_report_request_id"] is None, "left out when offered of its own accord"
         ids = ("report_request_id", "message_report_request_id")
         assert {k: v for k, v in again.items() if k not in ids} == {k: v for k, v in offered[0].items() if k not in ids}
-        assert server.created_reports[-1][:2] == (200, "OK") and standing in server.created_reports[-1][2]
+        # the VTN requested anew in its answer to the list: that request in place of the one served (helper oadr42)
+        await until(lambda: server.created_reports[-1][2] != [standing], 5, "the new request taken")
+        assert server.created_reports[-1][:2] == (200, "OK")
+        (new,) = server.created_reports[-1][2]
         assert said(caplog, "report list") == [
             f"VTN asked for the report list again (METADATA request {meta}): offered TELEMETRY_USAGE, TELEMETRY_STATUS"]
         (status,) = [m for m in server.status_metadata if m["message_report_request_id"] == meta]
         assert status["report_request_id"] == meta, "the status report carries it too"
         assert not said(caplog, "never offered")
-        await until(lambda: len(received(server, rrid=standing)) >= 2, 5, "the stream goes on")
+        await until(lambda: len(received(server, rrid=new)) >= 2, 5, "the stream goes on under the new request")
 
 
 async def test_one_refused_request_beside_one_taken_is_answered_200_naming_it(tmp_path, free_tcp_port, caplog):
@@ -435,3 +438,28 @@ async def test_a_cancel_for_a_request_not_served_is_answered_452_and_the_stream_
         assert rig.vtn.status()["report_request_id"] == rrid
         lines = said(caplog, "which the gateway does not serve")
         assert len(lines) == 1 and "rr-no-such" in lines[0] and rrid in lines[0]
+
+
+async def test_requests_in_the_answer_to_the_report_list_offered_again_take_over_the_stream_of_their_granularity(
+        tmp_path, free_tcp_port, caplog):
+    # A VTN that lost the VEN's reports asks METADATA and requests anew in its answer to the list (openleadr's VTN
+    # replaces its requests with those): the stream served before went on beside the new one, and the VTN got every
+    # interval twice from then, a backlog queued meanwhile twice too (helper oadr42, C6)
+    caplog.set_level(logging.INFO, logger="ven")
+    async with streaming(tmp_path, free_tcp_port()) as (server, rig, old):
+        await until(lambda: len(received(server)) >= 2, 5, "live intervals")
+        handlers = server._server.services["report_service"].handlers
+        takes = handlers["oadrUpdateReport"]
+        server.fail_next("oadrUpdateReport", times=10**6)     # a backlog queues meanwhile
+        await asyncio.sleep(2)
+        server.create_report(rig.vtn.ven_id, timedelta(0), timedelta(0), report_specifier_id="METADATA", r_id="0")
+        await until(lambda: rig.vtn.status()["report_request_id"] not in (None, old), 10, "the new request")
+        new = rig.vtn.status()["report_request_id"]
+        assert [r["report_request_id"] for r in rig.vtn.status()["report_requests"]] == [new]
+        handlers["oadrUpdateReport"] = takes
+        await until(lambda: received(server, rrid=new), 10, "served under the new request")
+        await rig.stop_meter()
+        await until(lambda: drained(rig), 10, "every reading sent")
+        await asyncio.sleep(0.3)
+        same(received(server), expected(rig.taken, S))          # nothing lost, nothing twice
+        assert said(caplog, f"VTN requested telemetry (request {new}) in place of {old}")

@@ -643,6 +643,7 @@ class VtnReports:
         metadata: list[str] = []    # requests for the report list (2.0b: the VEN registers its reports again)
         status_refused: list[str] = []  # TELEMETRY_STATUS requests refused (offered, but not servable as asked)
         requests = payload.get("report_requests") or []
+        adopted: set[str] = set()   # this message's: one does not take over another's stream
         for rr in requests:
             rrid = rr["report_request_id"]
             spec = rr.get("report_specifier") or {}
@@ -701,7 +702,17 @@ class VtnReports:
                             _duration(self._telemetry.max_age), _duration(longest))
                 back = longest
             origin = report_origin(spec)
-            self._adopt(rrid, granularity, back, _report_window(spec, granularity, origin), origin)
+            replaced = None
+            if payload.get(IN_PLACE) and rrid not in self._requests:
+                # asked with the report list offered again: the VTN requests anew (openleadr's replaces its requests
+                # so). The stream of that granularity went on beside it, and the VTN got each interval twice: this
+                # one takes it over from its place in the queue, as a request after a new registration does
+                replaced = next((r.rrid for r in self._requests.values()
+                                 if r.granularity == granularity and not r.final and r.rrid not in adopted), None)
+                if replaced is not None:
+                    self._stop_serving(replaced, park=True)
+            self._adopt(rrid, granularity, back, _report_window(spec, granularity, origin), origin, replaced)
+            adopted.add(rrid)
         taken = len(requests) - len(refused) - len(over) - len(status_refused)
         self._asked_instead(instead + [f"request {r} (refused)" for r in refused])
         if refused and not self._cfg.telemetry:
@@ -756,10 +767,11 @@ class VtnReports:
         requests = [r for r in answer.get("report_requests") or []
                     if (r.get("report_specifier") or {}).get("report_specifier_id") != "METADATA"]
         if requests:
-            await client.create_report(dict(answer, report_requests=requests))
+            await client.create_report(dict(answer, report_requests=requests, **{IN_PLACE: True}))
 
     def _adopt(self, rrid: str, granularity: timedelta, back: timedelta,
-               window: tuple[datetime | None, datetime | None] = (None, None), origin: datetime = EPOCH) -> None:
+               window: tuple[datetime | None, datetime | None] = (None, None), origin: datetime = EPOCH,
+               replaced: str | None = None) -> None:
         on_grid = origin == bucket_start(origin, granularity)   # the UTC grid of its granularity
         how = (f"intervals of {_duration(granularity)} (mean of the readings in each), "
                + ("" if on_grid else f"on the grid of its reportInterval's start {_iso(origin)}, ")
@@ -776,6 +788,9 @@ class VtnReports:
             log.info("VTN requested telemetry (request %s) after %s without a telemetry request: %s; the %d "
                      "reading(s) waiting go to it%s", rrid, span(asyncio.get_running_loop().time() - u.began), how,
                      self._telemetry.pending, "" if window[0] is None else " (those of its reportInterval)")
+        elif replaced is not None:
+            log.info("VTN requested telemetry (request %s) in place of %s, the reports offered again (METADATA): %s, "
+                     "from the end of %s's last interval", rrid, replaced, how, replaced)
         elif ending is not None:
             log.info("VTN requested telemetry (request %s) in place of %s, cancelled: %s, after %s's last update",
                      rrid, ending, how, ending)
@@ -886,6 +901,8 @@ def _whole_seconds(d: timedelta) -> timedelta:
     return timedelta(seconds=max(1, int(d.total_seconds())))
 
 
+# marks an oadrCreateReport payload as the VTN's answer to the report list offered again (METADATA)
+IN_PLACE = "_in_place_of_served"
 QUARTER_HOUR = timedelta(minutes=15)
 NOW_SLACK = timedelta(minutes=2)     # a dtstart this close to the request's arrival is "now", not a clock time
 
