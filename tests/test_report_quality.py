@@ -278,3 +278,32 @@ def test_the_ticks_a_gap_leaves_out_are_counted_in_the_intervals_they_fall_in(tm
     queue.close()
     said = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
     assert len(said) == 1 and "often" in said[0], said
+
+
+async def test_intervals_of_a_silent_meter_are_absent_inside_a_report_period_that_covers_them(tmp_path, free_tcp_port):
+    # 2.0b's report payload needs a value, so an interval without a reading is not sent (a no-value interval would read
+    # as 0 kW to a VTN that ignores oadrDataQuality); each report's period began at its first interval, so a silent
+    # meter's intervals fell between two reports, as intervals not yet sent do: the settlement ledger could not tell
+    # "not measured" from "not sent". Each report now starts (dtstart) at the end of the last one (helper oadr42, C3)
+    async with DemoVtn(free_tcp_port(), poll_seconds=1) as vtn:
+        async with running(tmp_path, vtn.url) as rig:
+            await eventually(lambda: rig.vtn.status()["report_request_id"], 10, "telemetry requested")
+
+            async def meter(seconds: float, reads: bool) -> None:
+                end = time.time() + seconds
+                while time.time() < end:
+                    ts = datetime.now(timezone.utc)
+                    rig.vtn.record_sample(ts, 50.0) if reads else rig.queue.add_failed(ts)
+                    await asyncio.sleep(0.25)
+            await meter(3, True)
+            silent = datetime.now(timezone.utc)
+            await meter(3.5, False)
+            await meter(3, True)
+            await eventually(lambda: drained(rig), 10, "every reading sent")
+            await asyncio.sleep(0.3)
+            starts = sorted(start for _, start, _ in vtn.data_quality)
+            lacking = [t for t in (starts[0] + i * S for i in range(int((starts[-1] - starts[0]) / S))) if t not in starts]
+            assert len(lacking) >= 2 and all(t >= silent - S for t in lacking), (lacking, silent)   # gaps, not sent
+            spans = sorted((start, end) for _, start, end in vtn.report_spans)
+            assert all(a[1] == b[0] for a, b in zip(spans, spans[1:])), spans      # one period after another
+            assert spans[0][0] <= starts[0] and spans[-1][1] == starts[-1] + S

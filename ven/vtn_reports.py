@@ -288,7 +288,9 @@ class VtnReports:
                 # a request added after other requests' intervals took readings of its first one: the rest of them is
                 # all there is, and the VTN must not take their mean for the whole interval's
                 intervals = [replace(iv, cut=iv.start <= left) for iv in intervals]
-            if not await self._send_report(intervals, req.rrid):
+            # from the reportInterval's start at the earliest: readings before it were not asked for
+            since = req.sent_until if first is None or req.sent_until is None else max(req.sent_until, first)
+            if not await self._send_report(intervals, req.rrid, since):
                 self._smaller_batch(req, len(intervals))
                 return False
             self._telemetry.set_place(req.granularity, intervals[-1].end)
@@ -823,7 +825,9 @@ class VtnReports:
         req.next_report = self._next_update(req, _utcnow())
         req.catch_up = True        # what is complete already (queued while nothing was requested) goes now
 
-    async def _send_report(self, intervals: list[Interval], rrid: str) -> bool:
+    async def _send_report(self, intervals: list[Interval], rrid: str, since: datetime | None = None) -> bool:
+        """One oadrUpdateReport of `intervals` under request `rrid`; True once the VTN took it. `since`: the end of the
+        last interval the VTN took under it, where this report's period starts (see below)."""
         client = self._client
         self._update_failure = None
         if client is None or rrid is None:
@@ -839,9 +843,14 @@ class VtnReports:
                 payload.data_quality = iv.quality
             report_intervals.append(objects.ReportInterval(dtstart=iv.start, duration=iv.duration,
                                                            report_payload=payload))
+        # The report's dtstart is the last one's end: an interval missing between it and the report's intervals was not
+        # measured (the meter silent, the gateway down; 2.0b's payload needs a value, and a no-value interval would read
+        # as one), where one after every report's is not sent yet. With each report from its first interval, the two
+        # read alike to a settlement ledger (helper oadr42, C3). (openleadr's template writes no report duration.)
+        start = since if since is not None and since < intervals[0].start else intervals[0].start
         report = objects.Report(report_request_id=rrid, report_specifier_id=self._report_specifier_id,
                                 report_name="TELEMETRY_USAGE", intervals=report_intervals,
-                                dtstart=intervals[0].start, duration=intervals[-1].end - intervals[0].start)
+                                dtstart=start, duration=intervals[-1].end - start)
         # openleadr's Report has no field for eiReportID and its template then sends it empty: each report
         # instance gets its own, so a VTN can tell them apart (a resent batch is a new instance)
         report.report_id = outils.generate_id()

@@ -44,6 +44,8 @@ class DemoVtn:
         self.report_granularity, self.report_back = report_granularity, report_back
         self.request_telemetry, self.request_status = request_telemetry, request_status
         # every oadrUpdateReport as it arrived: (report_request_id, [(dtstart, duration, r_id, value)])
+        # each TELEMETRY_USAGE report's (reportRequestID, dtstart, end of its last interval): the period it reports on
+        self.report_spans: list[tuple[str, datetime | None, datetime | None]] = []
         self.updates: list[tuple[str, list[tuple[datetime, timedelta, str, float]]]] = []
         self.created_reports: list[tuple[int, str, list[str]]] = []   # oadrCreatedReport: code, text, pending
         # oadrCanceledReport: code, text, pending; and whether it carried the cancel's requestID
@@ -402,6 +404,9 @@ class DemoVtn:
                 self._on_status(report)
                 continue
             self.report_ids.append(report.get("report_id"))
+            last = (report.get("intervals") or [{}])[-1]
+            self.report_spans.append((report["report_request_id"], report.get("dtstart"),
+                                      last["dtstart"] + last["duration"] if last.get("duration") else None))
             self.data_quality += [(report["report_request_id"], i["dtstart"], i["report_payload"].get("data_quality"))
                                   for i in report.get("intervals") or []]
             self.updates.append((report["report_request_id"],
