@@ -81,9 +81,13 @@ export function renderEvents() {
       : "";
     const opt = el("td", {}, e.opt === "optOut" && why ? `optOut (${why})` : e.opt || "");
     if (e.opt === "optOut") opt.classList.add(why ? "muted" : "bad");
-    let phase = e.status === "far" || e.status === "near" ? `pending (${e.status})` : (e.status || "");
+    const pending = e.status === "far" || e.status === "near";
+    const notes = pending ? [e.status] : [];
+    // a test event never moves the points (2.0b): "overridden" read as a shed another event had taken over
+    if (e.test_event) notes.push("test event");
     // overlapping events: the one of highest priority sets ADR-Event-Level
-    if (e.status === "active" && e.sets_level === false && e.opt !== "optOut") phase = "active (overridden)";
+    else if (e.status === "active" && e.sets_level === false && e.opt !== "optOut") notes.push("overridden");
+    const phase = `${pending ? "pending" : e.status || ""}${notes.length ? ` (${notes.join(", ")})` : ""}`;
     const id = e.priority ? `${e.event_id || ""} (priority ${e.priority})` : (e.event_id || "");
     const end = e.status === "cancelled" && e.cancelled_at ? `cancelled ${fmtWhen(toMs(e.cancelled_at), true)}`
       : e.open_ended && !e.end ? "until cancelled" : fmtWhen(toMs(e.end), true);

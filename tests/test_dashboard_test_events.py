@@ -1,0 +1,52 @@
+"""The dashboard's events table for test events a real VTN (DemoVtn, openleadr) sends: a test event never moves the
+points, and the table has to say so, not read as a shed the site makes or one another event overrides."""
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from browser import IN_ONE_CHROMIUM, chromium_page, one_chromium  # noqa: F401 - fixture
+from test_dashboard import open_dashboard, server  # noqa: F401 - shared fixture
+from test_event_semantics import _running
+from test_http_api import SampleView
+from waiting import eventually as until
+
+pytestmark = [pytest.mark.timeout(90), *IN_ONE_CHROMIUM]
+
+
+class LiveView(SampleView):
+    """The sample's readings and state, with the events and schedule of a gateway following a real VTN."""
+
+    def __init__(self, gw):
+        super().__init__()
+        self.gw = gw
+
+    def status(self) -> dict:
+        out = super().status()
+        out["events"] = self.gw.schedule.events()
+        out["schedule"] = dataclasses.asdict(self.gw.schedule.state())
+        return out
+
+
+async def test_a_test_event_is_said_to_be_one_not_overridden(server, tmp_path, free_tcp_port):
+    # the utility's monthly test event beside a real one: "active (overridden)" read as a shed the site had been
+    # asked for and a higher-priority event had taken over, while a test event moves nothing by design (2.0b)
+    async with _running(tmp_path, free_tcp_port()) as (vtn, gw):
+        now = datetime.now(timezone.utc)
+        vtn.add_event([2], now - timedelta(seconds=1), 600, event_id="real")
+        vtn.add_event([3], now - timedelta(seconds=1), 600, event_id="drill", test_event=True)
+        vtn.add_event([1], now + timedelta(hours=2), 600, event_id="drill-later", test_event=True)
+        await until(lambda: all(gw.schedule.get(e) for e in ("real", "drill", "drill-later")), 10, "the events")
+        assert gw.level == 2.0
+        srv = await server(LiveView(gw))
+        async with chromium_page() as page:
+            await open_dashboard(page, srv.url + "/")
+
+            async def phase(event_id):
+                return (await page.locator(f'#events tr[data-event="{event_id}"] td').nth(1).inner_text()).strip()
+            assert await phase("real") == "active"
+            assert await phase("drill") == "active (test event)"
+            assert await phase("drill-later") == "pending (far, test event)"
+            assert page.errors == []
