@@ -7,7 +7,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from test_event_semantics import messages, peers  # noqa: F401 - fixture
+from test_event_semantics import messages, peers, put_event  # noqa: F401 - fixture
+from ven.events import Event
 from waiting import eventually as until
 
 
@@ -27,3 +28,25 @@ async def test_a_pending_randomized_event_the_vtn_stops_listing_is_not_said_to_w
     said = messages(caplog, f"event {eid} no longer listed")
     assert said == [f"event {eid} no longer listed by the VTN: treated as cancelled"], said
     assert gw.level == 0.0 and gw.schedule.get(eid).stop <= now()
+
+
+@pytest.mark.timeout(30)
+async def test_the_vtns_comment_on_an_event_is_logged_shown_and_kept(peers, caplog):
+    # eventDescriptor vtnComment is how a utility says why it calls an event (a heat advisory, a grid emergency, a
+    # test of the programme); the gateway dropped it, and the operator could not tell the utility's reason
+    server, gw = peers
+    ev = put_event(server, [2])
+    ev.event_descriptor.vtn_comment = "Heat advisory:   critical\tpeak day"
+    eid = ev.event_descriptor.event_id
+    await until(lambda: gw.schedule.get(eid) is not None, 8, "the event")
+    said = messages(caplog, f"event {eid} received")
+    assert len(said) == 1 and said[0].endswith('-> optIn (VTN comment: "Heat advisory: critical peak day")'), said
+    assert gw.described(eid)["vtn_comment"] == "Heat advisory: critical peak day"
+    assert Event.from_json(gw.schedule.get(eid).to_json()).vtn_comment == "Heat advisory: critical peak day"
+    server.cancel_event(eid)
+    await until(lambda: gw.schedule.get(eid).cancelled, 8, "the cancellation")
+    assert messages(caplog, f"event {eid} cancelled by the VTN") == [
+        f'event {eid} cancelled by the VTN (modification 1) (VTN comment: "Heat advisory: critical peak day")']
+    plain = put_event(server, [1]).event_descriptor.event_id     # none: no key's worth of noise, null in the API
+    await until(lambda: gw.schedule.get(plain) is not None, 8, "the event without a comment")
+    assert gw.described(plain)["vtn_comment"] is None and "VTN comment" not in messages(caplog, plain)[0]

@@ -26,6 +26,7 @@ SIMPLE_LEVELS = (0.0, 1.0, 2.0, 3.0)   # conformance rule 9: the only payloads o
 # have) held the loop 0.6 s on arrival, and each /api/status listed them all (0.2 s and megabytes at every refresh)
 MAX_EVENT_INTERVALS = 7 * 24 * 60
 MAX_OPT_CHANGES = 1000  # answers kept per event for the history (about 2 h of a BAS toggling every 10 s)
+MAX_COMMENT = 200   # characters of a vtnComment kept: it goes on a log line and into every /api/status
 
 
 def rank_of(priority: object) -> float:
@@ -101,6 +102,8 @@ class Event:
     # False when the targets name venIDs and this VEN's is not among them, or the event's market context is not one
     # of openadr.market_contexts: kept and shown, never followed
     for_this_ven: bool = True
+    # eventDescriptor vtnComment: the utility's word on the event ("heat advisory"), on one line
+    vtn_comment: str = ""
 
     @property
     def cancelled(self) -> bool:
@@ -238,6 +241,7 @@ class Event:
             "response_required": self.response_required,
             "targets": [list(t) for t in self.targets],
             "for_this_ven": self.for_this_ven,
+            "vtn_comment": self.vtn_comment,
         })
 
     @classmethod
@@ -271,7 +275,8 @@ class Event:
                    created=aware_time(d["created"]) if d.get("created") else None,
                    response_required=str(d.get("response_required", "always")),
                    targets=tuple((str(k), str(v)) for k, v in d.get("targets", ())),
-                   for_this_ven=bool(d.get("for_this_ven", True))))
+                   for_this_ven=bool(d.get("for_this_ven", True)),
+                   vtn_comment=str(d.get("vtn_comment") or "")))
 
     def describe(self, now: datetime) -> dict:
         """JSON-ready view for the status API."""
@@ -296,6 +301,7 @@ class Event:
             "drives_points": self.drives_points and now < self.stop,
             "targets": [{"type": k, "value": v} for k, v in self.targets],
             "for_this_ven": self.for_this_ven,
+            "vtn_comment": self.vtn_comment or None,
             "signals": [{"name": s.name, "type": s.type,
                          "intervals": [{"start": _iso(i.start + self.start_offset),
                                         "duration_seconds": None if i.open_ended else i.duration.total_seconds(),
@@ -540,7 +546,15 @@ def from_openleadr(raw: dict, received_at: datetime, previous: Event | None = No
         targets=(targets := _targets(raw)),
         for_this_ven=(ven_id is None or not (vens := {v for k, v in targets if k == "ven_id"}) or ven_id in vens)
         and enrolled(str(desc.get("market_context") or ""), market_contexts),
+        vtn_comment=one_line(desc.get("vtn_comment")),
     ))
+
+
+def one_line(text) -> str:
+    """A VTN's free text as one log line carries it: runs of white space (new lines too) as one space, at most
+    MAX_COMMENT characters."""
+    words = " ".join(str(text or "").split())
+    return words if len(words) <= MAX_COMMENT else words[:MAX_COMMENT - 3] + "..."
 
 
 def enrolled(market_context: str, market_contexts: frozenset[str]) -> bool:

@@ -294,9 +294,11 @@ class VtnEvents:
 
     def _log_event(self, ev, prev) -> None:
         eid = ev.event_id
+        # the utility's word on why (a heat advisory, a test of the programme): the operator reads it beside the event
+        said = f' (VTN comment: "{ev.vtn_comment}")' if ev.vtn_comment else ""
         if ev.cancelled:
-            log.info("event %s cancelled by the VTN (modification %d)%s", eid, ev.modification_number,
-                     _winding_down(self._schedule.get(eid), _utcnow()))
+            log.info("event %s cancelled by the VTN (modification %d)%s%s", eid, ev.modification_number,
+                     _winding_down(self._schedule.get(eid), _utcnow()), said)
             return
         if prev is None:
             verb = "received"
@@ -316,11 +318,11 @@ class VtnEvents:
         end = "until cancelled" if ev.open_ended else f"to {ev.end.isoformat(timespec='seconds')}"
         span_ = f"from {ev.start.isoformat(timespec='seconds')} {end}"
         if ev.test_event:
-            log.info("test event %s %s: acknowledged, does not drive the points", eid, verb)
+            log.info("test event %s %s: acknowledged, does not drive the points%s", eid, verb, said)
         elif not ev.has_simple:
             log.info("event %s %s: carries no SIMPLE signal, only %s, %s: kept for the status API, not followed, "
-                     "answered optOut (the gateway acts on SIMPLE levels only)", eid, verb, ", ".join(others) or "none",
-                     span_)
+                     "answered optOut (the gateway acts on SIMPLE levels only)%s", eid, verb,
+                     ", ".join(others) or "none", span_, said)
         else:
             prio = f", priority {ev.priority}" if ev.priority else ""
             over = " (over already: it drives nothing)" if not ev.open_ended and ev.end <= _utcnow() else ""
@@ -328,8 +330,8 @@ class VtnEvents:
             parts = sorted({v for k, v in ev.targets if k == "resource_id"})
             part = (f", for resource{'s' if len(parts) > 1 else ''} {', '.join(parts)}: followed for the whole "
                     "building (the gateway has no points per resource)") if parts else ""
-            log.info("event %s %s: SIMPLE levels %s %s%s%s -> %s%s%s", eid, verb, levels, span_, prio, extra, ev.opt,
-                     over, part)
+            log.info("event %s %s: SIMPLE levels %s %s%s%s -> %s%s%s%s", eid, verb, levels, span_, prio, extra, ev.opt,
+                     over, part, said)
         if others and ev.has_simple:
             log.info("event %s carries signal(s) %s: kept for the status API, not driving ADR-Event-Level",
                      eid, ", ".join(others))

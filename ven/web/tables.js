@@ -91,7 +91,10 @@ export function renderEvents() {
     const id = e.priority ? `${e.event_id || ""} (priority ${e.priority})` : (e.event_id || "");
     const end = e.status === "cancelled" && e.cancelled_at ? `cancelled ${fmtWhen(toMs(e.cancelled_at), true)}`
       : e.open_ended && !e.end ? "until cancelled" : fmtWhen(toMs(e.end), true);
-    tr.append(el("td", {}, id), el("td", {}, phase), level,
+    const idCell = el("td", {}, id);
+    // the utility's word on the event (vtnComment): why the building is asked to shed
+    if (e.vtn_comment) idCell.append(el("div", {class: "muted minor"}, e.vtn_comment));
+    tr.append(idCell, el("td", {}, phase), level,
               el("td", {}, fmtWhen(toMs(e.start), true)), el("td", {}, end),
               opt, el("td", {class: "muted minor"}, signalSummary(e.signals)));
     body.append(tr);

@@ -1,5 +1,6 @@
-"""The dashboard's events table for test events a real VTN (DemoVtn, openleadr) sends: a test event never moves the
-points, and the table has to say so, not read as a shed the site makes or one another event overrides."""
+"""The dashboard's events table for events as a real VTN (DemoVtn, openleadr) sends them: a test event never moves the
+points, and the table has to say so, not read as a shed the site makes or one another event overrides; the utility's
+vtnComment is shown beside the event."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,7 +10,7 @@ import pytest
 
 from browser import IN_ONE_CHROMIUM, chromium_page, one_chromium  # noqa: F401 - fixture
 from test_dashboard import open_dashboard, server  # noqa: F401 - shared fixture
-from test_event_semantics import _running
+from test_event_semantics import _running, put_event
 from test_http_api import SampleView
 from waiting import eventually as until
 
@@ -49,4 +50,18 @@ async def test_a_test_event_is_said_to_be_one_not_overridden(server, tmp_path, f
             assert await phase("real") == "active"
             assert await phase("drill") == "active (test event)"
             assert await phase("drill-later") == "pending (far, test event)"
+            assert page.errors == []
+
+
+async def test_the_utilitys_comment_on_an_event_is_shown_beside_it(server, tmp_path, free_tcp_port):
+    async with _running(tmp_path, free_tcp_port()) as (vtn, gw):
+        ev = put_event(vtn, [2])
+        ev.event_descriptor.vtn_comment = "Heat advisory:   critical\tpeak day"
+        eid = ev.event_descriptor.event_id
+        await until(lambda: gw.schedule.get(eid) is not None, 10, "the event")
+        srv = await server(LiveView(gw))
+        async with chromium_page() as page:
+            await open_dashboard(page, srv.url + "/")
+            cell = page.locator(f'#events tr[data-event="{eid}"] td').nth(0)
+            assert (await cell.inner_text()).split("\n") == [eid, "Heat advisory: critical peak day"]
             assert page.errors == []
