@@ -2,7 +2,6 @@
 answers say for each, as the utility and the operator read them."""
 from __future__ import annotations
 
-import logging
 from datetime import datetime, timedelta, timezone
 
 import pytest
