@@ -47,7 +47,7 @@ function levelCell(e) {
     td.append(badge);
     // while the event runs, the interval in force now is outlined and says so in words: an outline and a title
     // alone were lost on a screen reader and at a glance from across the room
-    if (st.current && e.status !== "cancelled") {
+    if (st.current && (e.status !== "cancelled" || e.drives_points === true)) {
       badge.classList.add("current");
       badge.title = "in force now";
       td.append(el("span", {class: "now-mark"}, " now"));
@@ -85,8 +85,13 @@ export function renderEvents() {
     const notes = pending ? [e.status] : [];
     // a test event never moves the points (2.0b): "overridden" read as a shed another event had taken over
     if (e.test_event) notes.push("test event");
-    // overlapping events: the one of highest priority sets ADR-Event-Level
-    else if (e.status === "active" && e.sets_level === false && e.opt !== "optOut") notes.push("overridden");
+    // overlapping events: the one of highest priority sets ADR-Event-Level; with none setting it (this one between
+    // SIMPLE intervals, a price signal running on) nothing is overridden
+    else if (e.status === "active" && e.sets_level === false && e.opt !== "optOut" && (gw.schedule || {}).level_event_id) {
+      notes.push("overridden");
+    }
+    // cancelled while it runs, with a startafter: its level holds until a random time within it (2.0b rule 65)
+    else if (e.status === "cancelled" && e.drives_points === true) notes.push("winding down");
     const phase = `${pending ? "pending" : e.status || ""}${notes.length ? ` (${notes.join(", ")})` : ""}`;
     const id = e.priority ? `${e.event_id || ""} (priority ${e.priority})` : (e.event_id || "");
     const end = e.status === "cancelled" && e.cancelled_at ? `cancelled ${fmtWhen(toMs(e.cancelled_at), true)}`
