@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from test_event_semantics import messages, peers, put_event  # noqa: F401 - fixture
-from ven.events import Event
+from ven.events import OPT_IN, OPT_OUT, Event
 from waiting import eventually as until
 
 
@@ -49,3 +49,29 @@ async def test_the_vtns_comment_on_an_event_is_logged_shown_and_kept(peers, capl
     plain = put_event(server, [1]).event_descriptor.event_id     # none: no key's worth of noise, null in the API
     await until(lambda: gw.schedule.get(plain) is not None, 8, "the event without a comment")
     assert gw.described(plain)["vtn_comment"] is None and "VTN comment" not in messages(caplog, plain)[0]
+
+
+@pytest.mark.timeout(30)
+async def test_an_opted_out_event_that_wants_no_response_is_opted_out_again_when_the_vtn_modifies_it(peers):
+    # responseRequired "never": silence means taking part. The oadrCreateOpt optOut names the modification it was
+    # for (qualifiedEventID); after modification 1 the VTN had no answer for it, and counted on the site's shed
+    server, gw = peers
+    ev = put_event(server, [2, 3], response_required="never")
+    eid = ev.event_descriptor.event_id
+    await until(lambda: gw.schedule.get(eid) is not None, 8, "the event")
+    gw.vtn.set_opt_out(True)
+    await until(lambda: server.created_opts_for(eid) == [OPT_OUT], 8, "oadrCreateOpt optOut")
+    ev.event_descriptor.modification_number = 1
+    ev.event_signals[0].intervals[1].signal_payload = 1.0
+    server._touch()
+    await until(lambda: gw.schedule.get(eid).modification_number == 1, 8, "modification 1")
+    await until(lambda: len(server.created_opts_for(eid)) == 2, 8, "an answer for modification 1")
+    assert [(m, o) for _, e, m, o, _ in server.created_opts if e == eid] == [(0, OPT_OUT), (1, OPT_OUT)]
+    assert gw.level == 0.0 and server.opts_for(eid) == [], "never an oadrCreatedEvent"
+    gw.vtn.set_opt_out(False)
+    await until(lambda: server.created_opts_for(eid)[-1:] == [OPT_IN], 8, "oadrCreateOpt optIn")
+    assert [(m, o) for _, e, m, o, _ in server.created_opts if e == eid][-1] == (1, OPT_IN)
+    # listed again unchanged: nothing more to say
+    put_event(server, [1])
+    await until(lambda: len(gw.schedule.events()) == 2, 8, "the next message")
+    assert len(server.created_opts_for(eid)) == 3

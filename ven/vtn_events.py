@@ -241,8 +241,15 @@ class VtnEvents:
             # no answer means taking part: the utility has to hear that this site will not, and, for an
             # event back from an implied cancellation that it last heard optOut for, that it now does
             heard = prev.opt if prev is not None and prev.for_this_ven else None
+            stored = self._schedule.get(eid)
             if fresh and ev.response_required == "never" and OPT_OUT in (ev.opt, heard):
                 self._pending_opts[eid] = (ev.modification_number, ev.opt, True)
+                self._opts_changed()
+            elif (ev.response_required == "never" and prev is not None and stored.opt == OPT_OUT
+                  and ev.modification_number > prev.modification_number and not ev.cancelled and not ev.test_event):
+                # the optOut the VTN heard names an earlier modification (its qualifiedEventID), and silence on this
+                # one means taking part: the utility would count on a shed the site will not make
+                self._pending_opts[eid] = (ev.modification_number, OPT_OUT, True)
                 self._opts_changed()
         self._answer_this_modification(raw, prev)
         return _answer(self._schedule.get(eid))
