@@ -219,8 +219,10 @@ class Gateway:
     def vtn(self) -> "VtnClient":
         from .vtn import VtnClient
 
+        from zoneinfo import ZoneInfo
+
         return VtnClient(self.config.openadr, self.schedule, self.telemetry, on_connected=self._on_vtn_connected,
-                         online=self._load_under_control)
+                         online=self._load_under_control, zone=ZoneInfo(self.config.forecaster.timezone))
 
     @functools.cached_property
     def http(self) -> "HttpServer | None":

@@ -3,7 +3,8 @@
 A utility reads each interval as "the mean power over [dtstart, dtstart + duration)", and adds
 intervals up to energy. So samples are grouped into buckets of the requested granularity laid on
 a clock grid (start = origin + floor((t - origin) / G) * G; the origin is the UTC epoch unless the request
-starts on a quarter-hour, see vtn_reports.report_origin), each bucket's value is the mean of the readings
+starts on a quarter-hour, see vtn_reports.report_origin; whole days from a midnight of the building's zone are
+that zone's days, see Grid), each bucket's value is the mean of the readings
 taken in it, and a bucket is ready only once its end has passed: a bucket sent early would be
 sent again, changed, when its later readings arrive. A bucket with no reading is not sent (no
 value is invented for a gap in the meter's data).
@@ -17,10 +18,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, time, timedelta, timezone, tzinfo
 from typing import Iterable, Protocol
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+DAY = timedelta(days=1)
 SUB_NORMAL = "Quality Uncertain - Sub Normal"     # one of oadr_20b.xsd's oadrDataQualityType values
 # A busy MS/TP trunk loses one read in 20-50 as a matter of course: marking each interval holding one would mark
 # nearly every 15-minute interval (90 reads) of such a site, and the marking would tell a utility nothing. A
@@ -68,24 +70,69 @@ def next_boundary(now: datetime, period: timedelta, origin: datetime = EPOCH) ->
     return bucket_start(now, period, origin) + period
 
 
+@dataclass(frozen=True)
+class Grid:
+    """Where a request's intervals (or updates) of `step` lie: fixed steps from `origin`, or, with `zone`, the
+    zone's calendar days. Made by grid(), which sets `zone` only where its days are meant."""
+    step: timedelta
+    origin: datetime = EPOCH
+    zone: tzinfo | None = None
+
+    def start(self, ts: datetime) -> datetime:
+        """The start of the interval holding `ts`."""
+        if self.zone is None:
+            return bucket_start(ts, self.step, self.origin)
+        return _midnight(self._first_day(ts), self.zone)
+
+    def next(self, ts: datetime) -> datetime:
+        """The first boundary strictly after `ts`: the end of the interval holding it."""
+        if self.zone is None:
+            return next_boundary(ts, self.step, self.origin)
+        return _midnight(self._first_day(ts) + self.step, self.zone)
+
+    def _first_day(self, ts: datetime) -> date:
+        # whole steps of local days from the origin's date: the local date of ts decides, whatever the day's length
+        first = self.origin.astimezone(self.zone).date()
+        days = self.step.days
+        return first + timedelta(days=(ts.astimezone(self.zone).date() - first).days // days * days)
+
+
+def grid(step: timedelta, origin: datetime = EPOCH, zone: tzinfo | None = None) -> Grid:
+    """The grid of `step` from `origin`. A whole number of days from a midnight of `zone` (the building's) is that
+    many of its calendar days: RFC 5545, whose durations 2.0b's are, makes P1D a nominal day, and a VTN that starts
+    its request at a local midnight keeps its days there after a clock change (23 or 25 hours; fixed 24-hour steps
+    ran 01:00 to 01:00 all summer, the first hour's energy in the day before). Anything else: fixed steps."""
+    local = (zone is not None and origin != EPOCH and step >= DAY and step % DAY == timedelta(0)
+             and origin == _midnight(origin.astimezone(zone).date(), zone))
+    return Grid(step, origin, zone if local else None)
+
+
+def _midnight(day: date, zone: tzinfo) -> datetime:
+    """The day's first instant in `zone` (in UTC); where the clock skips midnight, the time it jumps to."""
+    return datetime.combine(day, time(), tzinfo=zone).astimezone(timezone.utc)
+
+
 def complete_intervals(samples: Iterable[SampleLike], granularity: timedelta, now: datetime,
-                       sent_until: datetime | None = None,
-                       origin: datetime = EPOCH) -> tuple[list[Interval], list[SampleLike]]:
+                       sent_until: datetime | None = None, origin: datetime = EPOCH,
+                       zone: tzinfo | None = None) -> tuple[list[Interval], list[SampleLike]]:
     """(intervals whose end has passed, in time order; samples of a period already reported).
 
     `sent_until`: the end of the last interval the VTN took. A sample before it (the clock stepped
     back, or a reading arrived after its interval went out) would make that interval appear twice
-    with two values: it is returned apart for the caller to account for, never put in an interval."""
+    with two values: it is returned apart for the caller to account for, never put in an interval.
+    `zone`: the building's, whose days whole-day intervals from one of its midnights are (grid())."""
+    on = grid(granularity, origin, zone)
     buckets: dict[datetime, list[SampleLike]] = {}
     late: list[SampleLike] = []
     for s in samples:
         if sent_until is not None and s.ts < sent_until:
             late.append(s)
             continue
-        buckets.setdefault(bucket_start(s.ts, granularity, origin), []).append(s)
+        buckets.setdefault(on.start(s.ts), []).append(s)
     out = []
     for start in sorted(buckets):
-        if start + granularity > now:
+        end = on.next(start)
+        if end > now:
             break           # buckets after an incomplete one are later still
         group = buckets[start]
         # the stream sent up to sent_until on another grid (a request asked again on a reportInterval of its own):
@@ -94,7 +141,7 @@ def complete_intervals(samples: Iterable[SampleLike], granularity: timedelta, no
         # twelve significant digits: a mean's own, without the binary noise of the division (677.2941800000001 went
         # to the VTN, helper verify41)
         mean = float(f"{math.fsum(s.kw for s in group) / len(group):.12g}")
-        out.append(Interval(begin, start + granularity - begin, mean, tuple(group)))
+        out.append(Interval(begin, end - begin, mean, tuple(group)))
     return out, late
 
 

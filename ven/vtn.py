@@ -19,7 +19,7 @@ import dataclasses
 import logging
 import random
 import time
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, tzinfo
 from typing import Callable, Sequence
 
 from openleadr import enums as oenums, objects, utils as outils
@@ -31,7 +31,6 @@ from .cert_expiry import read_client_cert
 from .config import OpenadrConfig
 from .config_checks import key_is_encrypted, tls_file_problems
 from .tasks import cancel_and_wait
-from .report_intervals import bucket_start
 from .schedule import EventSchedule
 from .telemetry import TelemetryQueue
 from .vtn_events import VtnEvents
@@ -59,10 +58,13 @@ UNKNOWN_VEN_CODES = (INVALID_ID, NOT_REGISTERED)
 
 class VtnClient(VtnEvents, VtnReports, VtnStatus, VtnOutage):
     def __init__(self, config: OpenadrConfig, schedule: EventSchedule, telemetry: TelemetryQueue,
-                 on_connected: Callable[[bool], None] = lambda ok: None, online: Callable[[], bool] | None = None):
+                 on_connected: Callable[[bool], None] = lambda ok: None, online: Callable[[], bool] | None = None,
+                 zone: tzinfo | None = None):
         """`online`: whether the site's load is under the gateway's control now (TELEMETRY_STATUS's oadrOnline);
-        always, when not given."""
+        always, when not given. `zone`: the building's (forecaster.timezone), whose calendar days a VTN asking for
+        whole days from one of its midnights gets."""
         self._cfg = config
+        self._zone = zone
         self._schedule = schedule
         self._telemetry = telemetry
         self._on_connected = on_connected
@@ -248,7 +250,7 @@ class VtnClient(VtnEvents, VtnReports, VtnStatus, VtnOutage):
         if log.isEnabledFor(logging.DEBUG):
             if self._live and self._report_request_id:
                 log.debug("telemetry %.2f kW -> TELEMETRY_USAGE (interval %s + %s, %d waiting)", kw,
-                          _iso(bucket_start(ts, self._granularity, self._requests[self._report_request_id].origin)),
+                          _iso(self._grid(self._requests[self._report_request_id]).start(ts)),
                           _duration(self._granularity),
                           self._telemetry.pending)
             else:

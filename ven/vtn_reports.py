@@ -10,14 +10,14 @@ import itertools
 import math
 import time
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 
 from openleadr import objects, utils as outils
 
 from bacnet_api.settle import span
 
-from .report_intervals import (EPOCH, Interval, bucket_start, complete_intervals, effective_granularity, next_boundary,
-                               report_period)
+from .report_intervals import (DAY, EPOCH, Grid, Interval, bucket_start, complete_intervals, effective_granularity,
+                               grid, report_period)
 from .tasks import woken
 from .vtn_transport import (INVALID_ID, _duration, _ei_response, _fault_kind, _iso, _refusal, _response_code,
                             _utcnow)
@@ -82,6 +82,9 @@ class Standing:
 
 class VtnReports:
     """VtnClient's telemetry: the requests it serves and their delivery; the state is VtnClient's."""
+
+    # the building's zone (forecaster.timezone): whole-day intervals from one of its midnights are its days
+    _zone: tzinfo | None = None
 
     # -- telemetry ---------------------------------------------------------------------------
 
@@ -170,12 +173,17 @@ class VtnReports:
                      "reported%s", dropped, _iso(first), req.rrid,
                      "" if len(self._requests) < 2 else " under it (the other requests served still report them)")
 
+    def _grid(self, req: Standing, step: timedelta | None = None) -> Grid:
+        """The grid of req's intervals (or of `step` from its origin): the building's days for whole days from one
+        of its midnights (report_intervals.grid)."""
+        return grid(step or req.granularity, req.origin, self._zone)
+
     def _next_update(self, req: Standing, now: datetime) -> datetime:
         """When the next update is due: on the reportBackDuration grid, not before the request's
         reportInterval has a whole interval, and at its end at the latest."""
         first, end = req.window
-        due = next_boundary(max(now, first) if first is not None else now, report_period(req.granularity, req.back),
-                            req.origin)
+        due = self._grid(req, report_period(req.granularity, req.back)).next(max(now, first) if first is not None
+                                                                             else now)
         return min(due, end) if end is not None and end > now else due
 
     def _complete(self, req: Standing, now: datetime) -> tuple[list[Interval], list]:
@@ -187,7 +195,8 @@ class VtnReports:
         limit = batch * per_interval + 1
         while True:
             samples = self._telemetry.peek(limit, req.rrid)
-            intervals, late = complete_intervals(samples, req.granularity, now, req.sent_until, req.origin)
+            intervals, late = complete_intervals(samples, req.granularity, now, req.sent_until, req.origin,
+                                                 self._zone)
             if len(samples) < limit or not intervals:
                 return intervals[:batch], late
             whole = intervals[:-1]
@@ -204,7 +213,7 @@ class VtnReports:
         """Intervals (at most req.batch) of the samples at the head of the queue dated after the interval under way
         and CLOCK_STEP: taken before the wall clock stepped back (NTP putting a box right that ran ahead while
         the VTN was away). Waiting for their time, they held up every reading behind them, as long as the step."""
-        after = max(bucket_start(now, req.granularity, req.origin) + req.granularity, now + CLOCK_STEP)
+        after = max(self._grid(req).next(now), now + CLOCK_STEP)
         if req.sent_until is not None:
             after = max(after, req.sent_until)    # before it: late, or reported already (_send_complete)
         limit = 1   # the head alone first: at each update, as it is almost always, not ahead
@@ -213,7 +222,8 @@ class VtnReports:
             run = list(itertools.takewhile(lambda s: s.ts >= after, samples))
             if not run:
                 return []
-            intervals, _ = complete_intervals(run, req.granularity, datetime.max.replace(tzinfo=UTC), origin=req.origin)
+            intervals, _ = complete_intervals(run, req.granularity, datetime.max.replace(tzinfo=UTC), origin=req.origin,
+                                              zone=self._zone)
             if len(run) < len(samples) or len(samples) < limit or limit >= MAX_PEEK:
                 return intervals[:req.batch]
             if len(intervals) > req.batch:
@@ -325,7 +335,7 @@ class VtnReports:
         found = self._telemetry.found_late_until
         if found is None or min(x.ts for x in late) > found or req.first_sent is None:
             return False
-        sent = [x for x in late if bucket_start(x.ts, req.granularity, req.origin) >= req.first_sent]
+        sent = [x for x in late if self._grid(req).start(x.ts) >= req.first_sent]
         if sent:
             log.warning("%d telemetry reading(s) queued in storage.path before this start fall in intervals reported "
                         "since (from %s): dropped, as an interval cannot be sent twice", len(sent),
@@ -713,7 +723,8 @@ class VtnReports:
                                  if r.granularity == granularity and not r.final and r.rrid not in adopted), None)
                 if replaced is not None:
                     self._stop_serving(replaced, park=True)
-            self._adopt(rrid, granularity, back, _report_window(spec, granularity, origin), origin, replaced)
+            window = _report_window(spec, granularity, origin, self._zone)
+            self._adopt(rrid, granularity, back, window, origin, replaced)
             adopted.add(rrid)
         taken = len(requests) - len(refused) - len(over) - len(status_refused)
         self._asked_instead(instead + [f"request {r} (refused)" for r in refused])
@@ -775,8 +786,10 @@ class VtnReports:
                window: tuple[datetime | None, datetime | None] = (None, None), origin: datetime = EPOCH,
                replaced: str | None = None) -> None:
         on_grid = origin == bucket_start(origin, granularity)   # the UTC grid of its granularity
+        days = grid(granularity, origin, self._zone).zone   # set: the building's calendar days, 23 or 25 h at a change
         how = (f"intervals of {_duration(granularity)} (mean of the readings in each), "
-               + ("" if on_grid else f"on the grid of its reportInterval's start {_iso(origin)}, ")
+               + ("" if on_grid and days is None else f"on the grid of its reportInterval's start {_iso(origin)}"
+                  + (f" in days of {days}" if days is not None else "") + ", ")
                + (f"sent every {_duration(back)}" if back > granularity else "each sent as it completes")
                + (f", from {_iso(window[0])}" if window[0] is not None else "")
                + (f" until {_iso(window[1])}" if window[1] is not None else ""))
@@ -933,8 +946,8 @@ def report_origin(spec: dict, now: datetime | None = None) -> datetime:
     return EPOCH
 
 
-def _report_window(spec: dict, granularity: timedelta,
-                   origin: datetime = EPOCH) -> tuple[datetime | None, datetime | None]:
+def _report_window(spec: dict, granularity: timedelta, origin: datetime = EPOCH,
+                   zone: tzinfo | None = None) -> tuple[datetime | None, datetime | None]:
     """A request's reportInterval ("the overall period of reporting") as the intervals on the clock grid
     that overlap it: the start of the first, the end of the last (a VTN writing its request's time as
     dtstart gets the interval in progress, not the next one). A duration of 0 (or none) reports until
@@ -945,8 +958,11 @@ def _report_window(spec: dict, granularity: timedelta,
     if not isinstance(start, datetime) or not isinstance(length, timedelta) or length <= timedelta(0):
         return None, None
     try:
-        end = start + length
-        return bucket_start(start, granularity, origin), end if bucket_start(end, granularity, origin) == end \
-            else next_boundary(end, granularity, origin)
+        on = grid(granularity, origin, zone)
+        # whole days of a grid of local days are as many local days too (RFC 5545's nominal days): P30D from 1 March
+        # ends at a midnight, not an hour into 31 March's day (one more interval) once summer time began
+        end = (start + length if on.zone is None or length % DAY
+               else (start.astimezone(on.zone) + length).astimezone(UTC))
+        return on.start(start), end if on.start(end) == end else on.next(end)
     except OverflowError:   # past the year 9999: "until further notice" written as a duration (P9999Y)
         return None, None

@@ -218,17 +218,19 @@ class DemoVtn:
 
     def create_report(self, ven_id: str, granularity: timedelta, report_back: timedelta,
                       report_specifier_id: str | None = None, r_id: str | None = None,
-                      report_request_id: str | None = None) -> str:
+                      report_request_id: str | None = None, window: tuple[datetime, timedelta] | None = None) -> str:
         """Send the VEN an oadrCreateReport on its next poll (by default for the report and rID it
-        offered last); returns the reportRequestID."""
+        offered last); returns the reportRequestID. `window`: its reportInterval (dtstart, duration)."""
         return self.create_reports(ven_id, [(granularity, report_back)], report_specifier_id, r_id,
-                                   [report_request_id])[0]
+                                   [report_request_id], window)[0]
 
     def create_reports(self, ven_id: str, asked: list[tuple[timedelta, timedelta]],
                        report_specifier_id: str | None = None, r_id: str | None = None,
-                       report_request_ids: list[str | None] | None = None) -> list[str]:
+                       report_request_ids: list[str | None] | None = None,
+                       window: tuple[datetime, timedelta] | None = None) -> list[str]:
         """One oadrCreateReport holding a report request per (granularity, reportBackDuration) in `asked`
-        (2.0b allows several in one message); returns their reportRequestIDs."""
+        (2.0b allows several in one message); returns their reportRequestIDs. `window`: the first one's
+        reportInterval (dtstart, duration)."""
         offered = [r for r in self.report_metadata if r["ven_id"] == ven_id]
         if not offered and (report_specifier_id is None or r_id is None):
             raise KeyError(f"VEN {ven_id} offered no report")
@@ -236,7 +238,7 @@ class DemoVtn:
         r_id = r_id or offered[-1]["r_id"]
         rrids = [rrid or f"rr-{uuid.uuid4().hex[:8]}" for rrid in report_request_ids or [None] * len(asked)]
         self._send_requests(ven_id, [(rrid, report_specifier_id, r_id, "Mean", granularity, report_back)
-                                     for rrid, (granularity, report_back) in zip(rrids, asked)])
+                                     for rrid, (granularity, report_back) in zip(rrids, asked)], window)
         return rrids
 
     def create_status_report(self, ven_id: str, granularity: timedelta, report_back: timedelta,
