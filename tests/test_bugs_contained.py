@@ -225,6 +225,37 @@ async def test_the_forecast_goes_on_after_a_bug_and_a_lasting_one_is_one_line(sy
     await eventually(lambda: said(caplog, "forecast cycle works again after"), 5, "the end of the bug")
 
 
+async def test_a_failing_forecast_cycle_shows_the_forecast_points_in_fault_to_the_bas(system, caplog):  # noqa: F811
+    # the points kept the last forecast with statusFlags normal for as long as the bug lasted (hours): a BAS
+    # holding its peak limit on fifteen-min-future-power and high-load-conditions took a frozen forecast as live
+    vtn, meter, gateway, peer, gw = system
+    caplog.set_level(logging.INFO)
+    service = gateway.forecast
+    await eventually(lambda: service.last_forecast is not None, 15, "a first forecast")
+    forecast_points = (P.FIFTEEN_MIN_FORECAST, P.ONE_HOUR_FORECAST, P.RATE_OF_CHANGE, P.HIGH_LOAD, P.LOW_LOAD)
+
+    async def flags(name):
+        return await peer.read(gw, P.BY_NAME[name].object_id, "statusFlags")
+
+    async def in_fault(name, fault=True):
+        return await flags(name) == [0, int(fault), 0, 0]
+
+    await eventually(lambda: in_fault(P.FIFTEEN_MIN_FORECAST, False), 10, "a live forecast")
+    live = await peer.read(gw, P.BY_NAME[P.FIFTEEN_MIN_FORECAST].object_id, "presentValue")
+    fault = Raises(service.forecaster.predict, RuntimeError("a bug in the cycle"), times=None)
+    service.forecaster.predict = fault
+    await eventually(lambda: fault.raised >= 1, 10, "a cycle with the bug")
+    for name in forecast_points:
+        await eventually(lambda: in_fault(name), 5, f"{name} in fault")
+        assert await peer.read(gw, P.BY_NAME[name].object_id, "reliability") == "unreliableOther", name
+    # the last forecast stays readable; the flags read inactive ("cannot tell"), as with no power input
+    assert await peer.read(gw, P.BY_NAME[P.FIFTEEN_MIN_FORECAST].object_id, "presentValue") == live
+    assert str(await peer.read(gw, P.BY_NAME[P.HIGH_LOAD].object_id, "presentValue")) == "inactive"
+    fault.armed = False
+    await eventually(lambda: in_fault(P.FIFTEEN_MIN_FORECAST, False), 10, "forecasts again")
+    assert await in_fault(P.ONE_HOUR_FORECAST, False)
+
+
 async def test_a_bug_in_the_metrics_is_a_500_and_a_line_naming_it_not_a_bad_request(system, caplog,  # noqa: F811
                                                                                     monkeypatch):
     vtn, meter, gateway, peer, gw = system

@@ -208,7 +208,8 @@ class Gateway:
         c = self.config
         low, high = self.device.input_bounds  # as the device compares them: what it takes, the forecaster takes
         service = ForecastService(c.forecaster, c.storage.path, publish=self._on_forecast, min_kw=low, max_kw=high,
-                                  reopen_seconds=c.storage.retry_seconds, events=self._kept_events)
+                                  reopen_seconds=c.storage.retry_seconds, events=self._kept_events,
+                                  stalled=self._on_forecast_stalled)
         if self.device.running and (shed := self._commanded(P.SHED_POWER)):
             # a command restored at the start, told before the first sample (a BAS writing input-power-meter in the
             # first seconds builds the forecaster before start() does)
@@ -626,6 +627,19 @@ class Gateway:
         # NaN while the flag is in fault: 0 would say "no peak" where the BAS is told "cannot tell"
         self.metrics.high_load.set(math.nan if high_fault else int(high))
         self.metrics.low_load.set(math.nan if low_fault else int(low))
+
+    def _on_forecast_stalled(self) -> None:
+        """A forecast cycle failed (a bug, said by its own ERROR line): the last forecast stays readable, flagged, and
+        both load flags drop, flagged, as with no power input. The thresholds rest on the stored history: kept."""
+        for name in (P.FIFTEEN_MIN_FORECAST, P.ONE_HOUR_FORECAST, P.RATE_OF_CHANGE):
+            self.device.set_fault(name, True)
+        for name in (P.HIGH_LOAD, P.LOW_LOAD):
+            self.device.set(name, False)
+            self.device.set_fault(name, True)
+        for horizon in self.config.forecaster.horizons_minutes:
+            self.metrics.forecast_kw.labels(horizon=f"{horizon}m").set(math.nan)
+        self.metrics.high_load.set(math.nan)
+        self.metrics.low_load.set(math.nan)
 
     def _log_input_stale(self, stale: bool) -> None:
         """One WARNING when the forecaster runs out of power input, one INFO once it has had some for twice

@@ -78,10 +78,14 @@ class ForecastService:
     def __init__(self, config: ForecasterConfig, storage_path: str, publish: Callable[[Forecast], None],
                  clock: Callable[[], float] = time.time, min_kw: float = DEFAULT_MIN_KW,
                  max_kw: float = DEFAULT_MAX_KW,
-                 reopen_seconds: float = REOPEN_SECONDS, events: Callable[[], list] = list):
+                 reopen_seconds: float = REOPEN_SECONDS, events: Callable[[], list] = list,
+                 stalled: Callable[[], None] = lambda: None):
         self.config = config
         self.storage_path = storage_path
         self._publish = publish
+        # called after a cycle whose forecast did not reach the points (a bug): the last one is no longer live
+        self._stalled = stalled
+        self._published = 0     # forecasts the points were given
         self._clock = clock
         self.forecaster = forecaster_from_config(config, min_kw, max_kw)
         self._store: ForecastStore | None = None
@@ -89,11 +93,12 @@ class ForecastService:
         self._task: asyncio.Task | None = None
         every = f"tried again every {span(self.config.cycle_seconds)}"
         settle = 2 * self.config.cycle_seconds
-        self._cycle_bug = BugGuard(log, "forecast cycle", f"the forecast points keep their last values; {every}",
-                                   settle_s=settle)
+        self._cycle_bug = BugGuard(log, "forecast cycle", f"the forecast points keep their last values, flagged fault; "
+                                   f"{every}", settle_s=settle)
+        self._stalled_bug = BugGuard(log, "showing the forecast points in fault", every)
         self._shed_bug = BugGuard(log, "reading the events' sheds for the forecaster", every, settle_s=settle)
         self._reopen_bug = BugGuard(log, "opening storage.path for the forecaster again", every, settle_s=settle)
-        self.bugs = (self._cycle_bug, self._shed_bug, self._reopen_bug)
+        self.bugs = (self._cycle_bug, self._shed_bug, self._reopen_bug, self._stalled_bug)
         self._fit_task: asyncio.Task | None = None
         self._last_input_t: float | None = None
         self._last_input_mono = 0.0     # when the BAS wrote, by the monotonic clock
@@ -405,8 +410,14 @@ class ForecastService:
         loop = asyncio.get_running_loop()
         while True:
             started = loop.time()
+            published = self._published
             with self._cycle_bug.guard():    # a bug in one cycle must not end forecasting, nor fill the log
                 await self._turn(loop)
+            if self._published == published:
+                # the points held the last forecast with statusFlags normal for as long as the bug lasted: a BAS
+                # holding its peak on them took a frozen forecast as live
+                with self._stalled_bug.guard():
+                    self._stalled()
             if self._cycle_bug.failing:
                 self._wake.clear()      # a failed turn waits its cycle out too, not round again at once
             # the cadence runs on from an early cycle. Not wait_for: on Python 3.11 a wake-up in the moment the
@@ -440,6 +451,7 @@ class ForecastService:
         self.last_forecast = f
         self.last_cycle_seconds = loop.time() - cycle_started
         self._publish(f)
+        self._published += 1
 
     # ---- worker-thread work ---------------------------------------------------------------------
     def _reopen_store(self, now: float) -> None:
