@@ -77,7 +77,7 @@ from bacpypes3.errors import (AbortException, ExecutionError, MissingRequiredPar
 from bacpypes3.primitivedata import Boolean, Integer, PropertyIdentifier
 
 from .bug_guard import first_from
-from .client import error_text, same_station, to_plain
+from .client import error_code, error_text, same_station, to_plain
 from .forwarded import note_forwarders, untrusted_forwarder
 from .host_network import default_gateway, dns_servers
 from .objects import WRITER, why_refused
@@ -664,6 +664,12 @@ class _Services(PropertyAccess):
             subscribers.warning("COV subscriber %s stopped answering: %s; its confirmed subscription%s cancelled (%s)",
                                 cov.client_addr, error_text(error), "s" if len(gone) > 1 else "",
                                 ", ".join(f"process {c.proc_id} {c.obj_id}" for c in gone))
+        elif error_code(error) == "unknownSubscription":
+            # the subscriber holds no such subscription (a BAS restarted with new process identifiers): kept, one of
+            # lifetime 0 was notified and refused at every change until the gateway restarted, holding its place
+            self.cancel_subscription(cov)
+            subscribers.warning("%s answered a notification unknown-subscription: it holds no such subscription (a "
+                                "restart of the subscriber?); cancelled", who)
         elif not getattr(cov, "_refused", False):  # it is there: its lifetime will end it
             cov._refused = True
             subscribers.warning("%s refused a notification: %s", who, error_text(error))

@@ -49,7 +49,7 @@ from bacnet_api.forwarded import _one_station
 from bacnet_api.device import GatewayDevice
 from bacnet_api.host_network import dns_servers
 from bacnet_api.own_address import LINK, Missing
-from bacnet_api.points import EVENT_LEVEL, INPUT_POWER, METER_POWER, OPT_OUT, POINTS
+from bacnet_api.points import EVENT_LEVEL, EVENT_START_MINUTES, INPUT_POWER, METER_POWER, OPT_OUT, POINTS
 from bacnet_peer import BacnetPeer, PeerError
 from test_bacnet_device import DEVICE_ID, gateway, peer, port_of, where  # noqa: F401 - shared fixtures
 from waiting import eventually
@@ -261,6 +261,32 @@ async def test_vanished_cov_subscriber_is_dropped_quietly(gateway, peer, free_ud
     listed = await peer.read(where(gateway), f"device {DEVICE_ID}", "activeCovSubscriptions")
     assert listed == [], listed     # the vanished BAS's three gone (the live subscriber has left too)
     assert [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info] == []
+
+
+async def test_a_subscription_its_subscriber_disowns_is_cancelled(gateway, peer, caplog):
+    # a BAS restarted with new process identifiers answers the old ones' confirmed notifications unknown-subscription:
+    # kept, an indefinite one was notified and refused at every change until the gateway restarted, each holding a
+    # place of the source's 25 (after a second such restart a BAS watching all 16 points was refused its own)
+    caplog.set_level(logging.INFO)
+    addr = where(gateway)
+    # process 9 is a subscription the peer's stack holds no context for (as after a restart): it answers
+    # services/unknown-subscription to its notifications
+    assert isinstance(await request(peer, subscribe(addr, "analogValue,4", 9, True, 0)), SimpleAckPDU)
+    async with peer.app.change_of_value(Address(addr), ObjectIdentifier("analogValue,7"), 10, True, 0) as scm:
+        await notification(scm)
+
+        async def only_the_live_one_left():
+            return [s[0] for s in await cov_subscriptions(peer, addr)] == [10]
+        await eventually(only_the_live_one_left, 5.0, "the disowned subscription cancelled")
+        for level in (1.0, 2.0):  # no more notifications to it, nor lines
+            gateway.set(EVENT_LEVEL, level)
+            await asyncio.sleep(0.2)
+        gateway.set(EVENT_START_MINUTES, 5.0)
+        assert (await notification(scm))["present-value"] == 5.0    # the live one goes on
+    lines = [r for r in caplog.records if "process 9" in r.getMessage()]
+    assert len(lines) == 1, [r.getMessage() for r in lines]
+    assert "holds no such subscription" in lines[0].getMessage() and "cancelled" in lines[0].getMessage()
+    assert errors_logged(caplog) == []
 
 
 async def test_a_notification_lost_to_this_machines_own_link_keeps_the_subscription(gateway, free_udp_port, caplog):
@@ -713,6 +739,14 @@ def cov_request(process: int, obj: str = "analogValue,7") -> SubscribeCOVRequest
                                issueConfirmedNotifications=False, lifetime=0)
 
 
+def acks_every_notification(peer: BacnetPeer) -> None:
+    """The peer takes confirmed notifications of subscriptions it made as raw requests (its stack holds no context for
+    them, and would answer unknown-subscription, which cancels them), as a BAS takes its own."""
+    async def ack(apdu):
+        await peer.app.response(SimpleAckPDU(context=apdu))
+    peer.app.do_ConfirmedCOVNotificationRequest = ack
+
+
 async def cov_subscriptions(peer: BacnetPeer, addr: str) -> list[tuple[int, str, bool, int]]:
     """(process, object, confirmed, seconds left) of each subscription the device lists."""
     listed = await asyncio.wait_for(peer.app.read_property(
@@ -736,6 +770,7 @@ async def test_subscribe_cov_with_half_the_parameters_is_rejected(gateway, peer,
 @pytest.mark.timeout(15)
 async def test_subscribe_cov_renewal_replaces_the_confirmed_flag(gateway, peer, caplog):
     addr = where(gateway)
+    acks_every_notification(peer)
     assert isinstance(await request(peer, subscribe(addr, "analogValue,4", 6, False, 0)), SimpleAckPDU)
     assert await cov_subscriptions(peer, addr) == [(6, "analog-value,4", False, 0)]
 
@@ -775,6 +810,7 @@ async def test_cov_subscriptions_are_bounded_and_one_source_holds_a_quarter(gate
     MAX_COV_SUBSCRIPTIONS, SHARE = 100, 25  # bacnet_api.services' MAX_COV_SUBSCRIPTIONS and COV_PER_SOURCE, documented
     caplog.set_level(logging.INFO)
     addr, gateway_at = where(gateway), ("127.0.0.1", port_of(gateway))
+    acks_every_notification(peer)
 
     for i in range(SHARE):
         assert isinstance(await request(peer, subscribe(addr, "analogValue,7", 1000 + i, False, 0)), SimpleAckPDU), i
