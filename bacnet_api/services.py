@@ -81,6 +81,7 @@ from .client import error_code, error_text, same_station, to_plain
 from .forwarded import note_forwarders, untrusted_forwarder
 from .host_network import default_gateway, dns_servers
 from .objects import WRITER, why_refused
+from .points import POINTS
 from .property_access import PropertyAccess, multiple_error
 from .rejects import reject_undecodable
 from .server_transactions import mend_server_transactions
@@ -117,10 +118,11 @@ _STATUS_FLAGS_FROM = ("reliability", "eventState", "outOfService")
 # every subscription is notified in one loop turn at each change (about 0.17 ms each): a bound keeps a
 # BAS that subscribes with a new process identifier at each restart from stalling the gateway
 MAX_COV_SUBSCRIPTIONS = 100
-# what one source bacnet.write_from does not list may hold (all sources while it is empty): a BAS watching every one
-# of the 16 points holds 16, which leaves it 9 for a second process or a restart's new process identifiers while
-# the old ones run out, and no one client, unconfirmed with no lifetime, can hold the table until a restart
-COV_PER_SOURCE = MAX_COV_SUBSCRIPTIONS // 4
+# what one source bacnet.write_from does not list may hold (all sources while it is empty): twice the points, so a BAS
+# watching every point that restarts with new process identifiers subscribes to all of them again while the old ones
+# run out (a quarter of the table left it 9 of the 16), and no one client, unconfirmed with no lifetime, can hold the
+# table until a restart
+COV_PER_SOURCE = 2 * len(POINTS)
 # with bacnet.write_from set, what the sources it does not list may hold together: anyone can subscribe from as many
 # UDP ports, or made-up routed sources, as it likes, and the other half stays for the BAS it lists
 COV_UNLISTED = MAX_COV_SUBSCRIPTIONS // 2

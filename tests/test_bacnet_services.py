@@ -803,11 +803,23 @@ async def test_subscribe_cov_to_an_object_without_cov_says_so(gateway, peer, cap
     assert errors_logged(caplog) == []
 
 
+async def test_a_bas_restarted_with_new_process_identifiers_subscribes_to_every_point_again(gateway, peer, caplog):
+    # a BAS watching all 16 points restarted (same address, new process identifiers) while its old subscriptions ran
+    # out: the source's share was 25, so 7 of its 16 were refused no-space-to-add-list-element for up to a lifetime
+    addr = where(gateway)
+    oids = [p.object_id.replace(" ", ",") for p in POINTS]
+    for first in (1, 101):
+        answers = [await request(peer, subscribe(addr, oid, first + i, False, 300)) for i, oid in enumerate(oids)]
+        refused = [str(getattr(a, "errorCode", a)) for a in answers if not isinstance(a, SimpleAckPDU)]
+        assert refused == [], (first, refused)
+    assert len(await cov_subscriptions(peer, addr)) == 2 * len(POINTS)
+
+
 @pytest.mark.timeout(30)
-async def test_cov_subscriptions_are_bounded_and_one_source_holds_a_quarter(gateway, peer, caplog):
+async def test_cov_subscriptions_are_bounded_and_one_source_holds_twice_the_points(gateway, peer, caplog):
     # A BAS that subscribes with a new process identifier at each restart must not grow the list forever; and one
     # client, unconfirmed with no lifetime, took all of it until a restart: every other BAS was then refused.
-    MAX_COV_SUBSCRIPTIONS, SHARE = 100, 25  # bacnet_api.services' MAX_COV_SUBSCRIPTIONS and COV_PER_SOURCE, documented
+    MAX_COV_SUBSCRIPTIONS, SHARE = 100, 32  # bacnet_api.services' MAX_COV_SUBSCRIPTIONS and COV_PER_SOURCE, documented
     caplog.set_level(logging.INFO)
     addr, gateway_at = where(gateway), ("127.0.0.1", port_of(gateway))
     acks_every_notification(peer)
@@ -822,12 +834,12 @@ async def test_cov_subscriptions_are_bounded_and_one_source_holds_a_quarter(gate
     # renewing one it holds still works
     assert isinstance(await request(peer, subscribe(addr, "analogValue,7", 1000, True, 60)), SimpleAckPDU)
 
-    # three more sources fill the table, and a fifth finds it full
+    # three more sources fill the table (the third finding it full short of its share), and a fifth finds it full
     with udp("127.0.0.1") as a, udp("127.0.0.1") as b, udp("127.0.0.1") as c, udp("127.0.0.1") as fifth:
-        for sock in (a, b, c):
-            for i in range(SHARE + 1):
+        for sock, room in ((a, SHARE), (b, SHARE), (c, MAX_COV_SUBSCRIPTIONS - 3 * SHARE)):
+            for i in range(room + 1):
                 sock.sendto(unicast(confirmed(i, cov_request(i))), gateway_at)
-                assert await answer_to(sock) == ("ack" if i < SHARE else NO_SPACE), i
+                assert await answer_to(sock) == ("ack" if i < room else NO_SPACE), i
         assert len(await cov_subscriptions(peer, addr)) == MAX_COV_SUBSCRIPTIONS
         fifth.sendto(unicast(confirmed(1, cov_request(1))), gateway_at)
         assert await answer_to(fifth) == NO_SPACE
@@ -844,8 +856,8 @@ async def test_cov_subscriptions_are_bounded_and_one_source_holds_a_quarter(gate
     lines = [(r.levelname, r.getMessage()) for r in caplog.records if "SubscribeCOV" in r.getMessage()]
     source = peer.address.replace("/8", "")
     assert [level for level, _ in lines] == ["WARNING", "INFO"], lines
-    assert (f"SubscribeCOV from {source} refused (no-space-to-add-list-element): it holds 25, the most one source "
-            f"may; the most are held by {source} (25), of 25 in all") in lines[0][1], lines
+    assert (f"SubscribeCOV from {source} refused (no-space-to-add-list-element): it holds 32, the most one source "
+            f"may; the most are held by {source} (32), of 32 in all") in lines[0][1], lines
     assert "accepted again (from 127.0.0.1:" in lines[1][1] and "after 2 refused" in lines[1][1], lines
     assert errors_logged(caplog) == []
 

@@ -443,8 +443,8 @@ def cov_lines(caplog) -> list[tuple[str, str]]:
 
 async def test_unlisted_sources_cannot_take_the_cov_subscriptions_the_bas_needs(fenced, bas, caplog):
     # One client not in write_from took all 100 (unconfirmed, no lifetime, processes 1..120) until a restart, the BAS
-    # was refused no-space-to-add-list-element, and nothing was logged. Now it holds a quarter, the unlisted sources
-    # together half, and the BAS subscribes to every point whatever they do.
+    # was refused no-space-to-add-list-element, and nothing was logged. Now it holds twice the points, the unlisted
+    # sources together half, and the BAS subscribes to every point whatever they do.
     caplog.set_level(logging.INFO)
     addr, gateway = where(fenced), ("127.0.0.1", int(fenced.address.rpartition(":")[2]))
     with udp(OTHER) as a, udp(OTHER) as b, udp(OTHER) as c, udp(BAS) as listed:
@@ -460,8 +460,8 @@ async def test_unlisted_sources_cannot_take_the_cov_subscriptions_the_bas_needs(
                    for p in POINTS}
         assert {name: str(getattr(answer, "errorCode", answer)) for name, answer in answers.items()
                 if not isinstance(answer, SimpleAckPDU)} == {}
-        assert taken == [25, 25, 0]
-        assert len(await bas.read(addr, f"device {DEVICE_ID}", "activeCovSubscriptions")) == 25 + 25 + len(POINTS)
+        assert taken == [32, 18, 0]
+        assert len(await bas.read(addr, f"device {DEVICE_ID}", "activeCovSubscriptions")) == 50 + len(POINTS)
 
         # the unlisted host claiming a listed address in a Forwarded-NPDU is held to the unlisted half all the same
         claim = forwarded(listed.getsockname(), confirmed(1, cov_request(1)))
@@ -478,9 +478,9 @@ async def test_unlisted_sources_cannot_take_the_cov_subscriptions_the_bas_needs(
         a_is, b_is = "%s:%d" % a.getsockname(), "%s:%d" % b.getsockname()
         lines = cov_lines(caplog)
         assert [level for level, _ in lines] == ["WARNING", "INFO"], lines
-        assert (f"SubscribeCOV from {a_is} refused (no-space-to-add-list-element): it holds 25, the most one source "
-                f"may; the most are held by {a_is} (25), of 25 in all") in lines[0][1], lines
-        assert f"SubscribeCOV accepted again (from {b_is}) after 15 refused" in lines[1][1], lines
+        assert (f"SubscribeCOV from {a_is} refused (no-space-to-add-list-element): it holds 32, the most one source "
+                f"may; the most are held by {a_is} (32), of 32 in all") in lines[0][1], lines
+        assert f"SubscribeCOV accepted again (from {b_is}) after 8 refused" in lines[1][1], lines
         fenced.app._cov_said_at -= 600
         c.sendto(unicast(confirmed(99, cov_request(99))), gateway)
         assert await answer_to(c) == NO_SPACE
@@ -490,9 +490,9 @@ async def test_unlisted_sources_cannot_take_the_cov_subscriptions_the_bas_needs(
         assert (f"from {c_is} refused (no-space-to-add-list-element): sources bacnet.write_from does not list hold "
                 f"50, the most they may together (the rest is kept for those it lists); the most are held by"
                 ) in lines[2][1]
-        assert f"{a_is} (25)" in lines[2][1] and f"{b_is} (25)" in lines[2][1], lines[2]
-        # b's 15 after its 25th, c's 40 and the forwarded one
-        assert f"of {51 + len(POINTS)} in all; 56 more were refused since the last such line" in lines[2][1], lines[2]
+        assert f"{a_is} (32)" in lines[2][1] and f"{b_is} (18)" in lines[2][1], lines[2]
+        # b's 22 after its 18th, c's 40 and the forwarded one
+        assert f"of {51 + len(POINTS)} in all; 63 more were refused since the last such line" in lines[2][1], lines[2]
         # a stop now ends the spell unsaid: the stop line names it (its one refusal, said in its line)
         assert fenced.app.cov_refusing() == "BACnet SubscribeCOV refused (1 in this spell)"
     assert not errors_logged(caplog)
