@@ -323,8 +323,8 @@ async def test_a_notification_lost_to_this_machines_own_link_keeps_the_subscript
     assert getattr(gateway.app, "_cov_kept_for", None) is None
 
 
-async def test_subscribers_gone_silent_in_numbers_are_one_line_then_a_count(gateway, peer, free_udp_port, caplog,
-                                                                           monkeypatch):
+async def test_subscribers_gone_silent_in_numbers_are_one_line_then_a_count(
+        gateway, peer, free_udp_port, caplog, monkeypatch):
     # A subscriber's address is whatever its request said (a Forwarded-NPDU makes one up per datagram): each that never
     # answered was a WARNING of its own, about 1.5 lines a second from one host. The operator log's flood guard (as
     # setup_logging installs it) keeps the first, then counts.
