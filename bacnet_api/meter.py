@@ -18,8 +18,8 @@ of the building.
 
 A read is one ReadPropertyMultiple of the value, `units`, `statusFlags` and `reliability`: one request on the trunk,
 and a value and unit of one moment (asked apart, a unit changed between the two requests converted one value with the
-other's unit). A meter that rejects the service (many small MS/TP meters) is read property by property instead, as
-decided at each (re)connection and logged once. One that leaves it unanswered (it should reject it) is asked at the
+other's unit). A meter that rejects or aborts the service (many small MS/TP meters) is read property by property
+instead, as decided at each (re)connection and logged once. One that leaves it unanswered (it should reject it) is asked at the
 next read whether it has the service at all (its device's protocolServicesSupported); without it, it is read property
 by property until the gateway restarts, as asking again would cost a failed read each time (a device that cannot say
 is read property by property until its next reconnection).
@@ -328,6 +328,13 @@ class MeterClient:
             self._multiple_unanswered = self.read_multiple is None
             raise
         except RejectPDU as err:
+            self._read_singly(error_text(err))
+            return {}
+        except AbortPDU as err:
+            if not err.apduSrv:  # bacpypes3's own, its retries run out: no answer, as above
+                raise
+            # the meter's: an answer that would not fit its APDU (segmentation-not-supported, apdu-too-long), or a
+            # meter that aborts what it cannot do; alone, each property fits, as before one request a read
             self._read_singly(error_text(err))
             return {}
         except ErrorPDU as err:

@@ -16,7 +16,10 @@ read of presentValue, as a busy MS/TP trunk does, and `set_answer_delay(s)` answ
 `read_multiple=False` makes a meter without ReadPropertyMultiple (it rejects it as an unrecognized service, and its
 protocolServicesSupported lacks it), as many small MS/TP meters are; "unanswered" one that ignores it instead, which
 a few do against the standard; "whole" one of the older kind that answers the whole request with an error when one
-property asked is missing (property/unknown-property), where newer meters answer that one property's error; `requests` counts the confirmed requests that
+property asked is missing (property/unknown-property), where newer meters answer that one property's error; "abort"
+one that aborts it segmentation-not-supported, as a meter whose answer would not fit its small APDU does (its abort
+sent as a server's: bacpypes3's own server sends it as a client's, which no client hears); `requests` counts the
+confirmed requests that
 reached the meter, by service. `set_units_between_requests` changes the unit right after the meter next answers a
 read of it, as a technician's change landing between a client's request for the units and its request for the value.
 """
@@ -30,7 +33,7 @@ import math
 import time
 from typing import Callable, Iterable
 
-from bacpypes3.apdu import ConfirmedRequestPDU, ReadPropertyMultipleRequest, ReadPropertyRequest
+from bacpypes3.apdu import AbortPDU, ConfirmedRequestPDU, ReadPropertyMultipleRequest, ReadPropertyRequest
 from bacpypes3.app import Application
 from bacpypes3.basetypes import PropertyIdentifier
 from bacpypes3.errors import PropertyError, UnrecognizedService
@@ -92,6 +95,9 @@ class _MeterApplication(Application):
     async def do_ReadPropertyMultipleRequest(self, apdu) -> None:
         if not self._read_multiple:
             raise UnrecognizedService()  # answered Reject unrecognized-service, as such a meter does
+        if self._read_multiple == "abort":
+            await self.response(AbortPDU(True, reason="segmentationNotSupported", context=apdu))
+            return
         if self._read_multiple == "whole" and any(
                 PropertyIdentifier(ref.propertyIdentifier).attr in self._missing()
                 for spec in apdu.listOfReadAccessSpecs for ref in spec.listOfPropertyReferences):
@@ -172,8 +178,9 @@ class MeterSimulator:
         units: str = "kilowatts",
         read_multiple: bool | str = True,
     ) -> None:
-        if read_multiple not in (True, False, "unanswered", "whole"):
-            raise ValueError(f"read_multiple must be True, False, 'unanswered' or 'whole', got {read_multiple!r}")
+        if read_multiple not in (True, False, "unanswered", "whole", "abort"):
+            raise ValueError(f"read_multiple must be True, False, 'unanswered', 'whole' or 'abort', "
+                             f"got {read_multiple!r}")
         if not 1 <= network <= 65534:
             raise ValueError(f"network must be 1..65534, got {network}")
         if not 2 <= mac <= 254:

@@ -218,6 +218,23 @@ async def test_a_meter_that_fails_the_whole_request_for_one_missing_property_is_
         "separate requests)"]
 
 
+async def test_a_meter_that_aborts_read_property_multiple_is_read_property_by_property(gateway, free_udp_port, caplog):
+    # a meter whose answer would not fit its small APDU (50 bytes on many MS/TP meters) aborts the request
+    # segmentation-not-supported: taken as any abort, it failed every read, for good, where three ReadProperty
+    # requests had read it well (helper verify42)
+    caplog.set_level(logging.INFO, logger="bacnet_api.meter")
+    async with MeterSimulator(f"127.0.0.1/8:{free_udp_port()}", value=42.5, read_multiple="abort") as sim:
+        meter = client(gateway, sim)
+        assert [(await read(meter)).value for _ in range(3)] == [42.5] * 3
+        assert meter.read_multiple is False and not meter.fault
+        assert sim.requests == {"ReadPropertyMultiple": 1, "ReadProperty": 9}
+    assert [m for m in meter_logs(caplog) if "ReadPropertyMultiple" in m] == [
+        f"meter {sim.meter_address} analogInput 2 does not support ReadPropertyMultiple (BACnet abort "
+        "segmentation-not-supported): it is read property by property (presentValue, units and statusFlags in "
+        "separate requests)"]
+    assert not any(r.exc_info for r in caplog.records)
+
+
 async def test_an_unknown_object_reads_as_it_did_alone(gateway, free_udp_port):
     # bacpypes3's meter answers the whole ReadPropertyMultiple with object/unknown-object
     errors = []
