@@ -950,3 +950,37 @@ def test_a_power_input_that_never_moves_is_said_once_and_its_end_too(tmp_path, c
         if i % 15 == 0:
             zero.forecaster.predict(now + 60 * i)
     assert [r.getMessage() for r in caplog.records if "exactly" in r.getMessage()] == []
+
+
+@pytest.mark.timeout(60)
+async def test_a_cycle_that_fails_every_other_time_is_one_fault_on_the_points_as_in_the_log(tmp_path, caplog):
+    # a bug met by every other cycle was one fault in the log (one ERROR, its end once the cycles work for two of
+    # them), while the forecast points went fault, normal, fault at every cycle: a BAS alarm and its return each
+    # minute, for as long as the bug lasted (helper verify42)
+    caplog.set_level(logging.INFO, logger="ven.forecast_service")
+    shown, calls = {}, []   # what the points show after each cycle: the last word of it
+    svc = ForecastService(ForecasterConfig(cycle_seconds=0.05, input_stale_seconds=300), str(tmp_path / "g.sqlite"),
+                          publish=lambda f: shown.__setitem__(len(calls), "live"),
+                          stalled=lambda: shown.__setitem__(len(calls), "fault"), min_kw=0, max_kw=5000)
+    real = svc._cycle
+
+    def every_other(now):
+        calls.append(now)
+        if armed and len(calls) % 2:
+            raise RuntimeError("a bug met by every other cycle")
+        return real(now)
+
+    armed = True
+    svc._cycle = every_other
+    await svc.start()
+    try:
+        svc.on_meter(time.time() - 30, 100.0)
+        await eventually(lambda: len(calls) >= 12, 20, "cycles")
+        armed = False
+        await eventually(lambda: len(calls) >= 24, 20, "cycles after the bug")
+    finally:
+        await svc.stop()
+    states = [shown[k] for k in sorted(shown)]
+    assert states[0] == "fault" and [b for a, b in zip(states, states[1:]) if a != b] == ["live"], states
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and [r for r in caplog.records if "works again" in r.getMessage()]

@@ -413,9 +413,11 @@ class ForecastService:
             published = self._published
             with self._cycle_bug.guard():    # a bug in one cycle must not end forecasting, nor fill the log
                 await self._turn(loop)
-            if self._published == published:
+            if self._published == published or self._cycle_bug.failing:
                 # the points held the last forecast with statusFlags normal for as long as the bug lasted: a BAS
-                # holding its peak on them took a frozen forecast as live
+                # holding its peak on them took a frozen forecast as live. In fault until the log's "works again":
+                # a bug met by every other cycle flapped them fault, normal at each cycle, a BAS alarm a minute (the
+                # forecast published in this same pass, not seen by the BAS in between: no await since)
                 with self._stalled_bug.guard():
                     self._stalled()
             if self._cycle_bug.failing:
