@@ -107,6 +107,7 @@ def set_aside_if_damaged(path: str | Path) -> Path | None:
     (`<name>.damaged-<time>`, with its -wal and -shm) and a new one made with every table of it that can
     still be read whole (the events, the ADR-Opt-Out commands in kv, ...); returns where it went."""
     p = Path(path)
+    _finish_salvage(p)
     if not p.is_file():
         return None
     try:
@@ -125,24 +126,64 @@ def set_aside_if_damaged(path: str | Path) -> Path | None:
     why = "; ".join(line for line in why.splitlines() if line and not line.startswith("***"))
     real = p.resolve()      # a symlink's file, not the link: the run lock and the -wal are the file's
     aside = real.with_name(f"{real.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
+    # The new file is made beside it and put in place whole: made in place table by table, a crash in the middle
+    # (the power flickering as the box boots after the cut that damaged the file) left a file that reads whole,
+    # which the next start took as it was, the tables not yet copied lost with no line saying so
+    making, made = _salvage_names(real)
+    try:
+        kept, lost = _salvage(real, making)
+        move_with_sidecars(making, made)
+    except (StorageError, OSError):     # cannot be written there: moved aside (below) or said, as before
+        kept, lost = [], []
+        _remove_salvage(making)
     try:
         move_with_sidecars(real, aside)
     except OSError as err:
         # a directory the gateway's user may not write: left as it is, tried every storage.retry_seconds as before
+        _remove_salvage(made)
         log.error("storage.path %s is damaged (%s) and cannot be moved aside: %s; the gateway keeps what it takes "
                   "in memory. Stop it, move the file away (sqlite3 %s .recover | sqlite3 recovered.sqlite gets "
                   "what it can out of it) and start it again", p, why, err.strerror or err, p.name)
         return None
-    try:
-        kept, lost = _salvage(aside, p)
-    except StorageError:    # the new file will not open either: its own error follows from the stores
-        kept, lost = [], []
+    move_with_sidecars(made, real)      # none made: the stores make a new file
     log.error("storage.path %s is damaged (%s): moved to %s and a new file made, so what the gateway takes from "
               "now on is kept; %s%s. To recover more, with the gateway stopped: sqlite3 %s .recover | sqlite3 "
               "recovered.sqlite", p, why, aside.name,
               f"table(s) {', '.join(kept)} read whole from it" if kept else "nothing could be read from it",
               f"; not {', '.join(lost)}" if lost else "", aside.name)
     return aside
+
+
+def _salvage_names(real: Path) -> tuple[Path, Path]:
+    """Where the file made from a damaged one is made, and where it waits, whole, to be put in its place."""
+    return real.with_name(real.name + ".salvaging"), real.with_name(real.name + ".salvaged")
+
+
+def _remove_salvage(part: Path) -> None:
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        # a read-only mount answers EROFS to removing what is not there
+        with contextlib.suppress(OSError):
+            if os.path.lexists(f"{part}{suffix}"):
+                os.unlink(f"{part}{suffix}")
+
+
+def _finish_salvage(p: Path) -> None:
+    """What a start killed while it set a damaged file aside left: a file made half is removed (the damaged one is
+    still in place, and is saved again); one made whole whose damaged file went aside is put in its place."""
+    real = p.resolve()
+    making, made = _salvage_names(real)
+    _remove_salvage(making)
+    if not made.exists():
+        return
+    if real.exists():   # killed before the damaged file went aside: it is found and saved again
+        _remove_salvage(made)
+        return
+    for suffix in ("-wal", "-shm"):     # the damaged file's, not moved aside with it: never replayed into the new one
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(f"{real}{suffix}", f"{real}.damaged{suffix}")
+    move_with_sidecars(made, real)
+    log.error("storage.path %s: the file made from a damaged one (its start was stopped in the middle) put in "
+              "place; the damaged file is beside it as %s.damaged-<time>", p, real.name)
 
 
 def move_with_sidecars(path: Path, to: Path) -> None:
