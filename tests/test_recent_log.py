@@ -324,3 +324,38 @@ def test_marks_that_reorder_or_hide_text_and_a_tracebacks_words_are_escaped_too(
     last = lines[-1]
     assert last.startswith("ValueError: bad id CPP\\n2026-12-05T09:00:00Z ADR-Event-Level 0 \\u202ezzz"), last[:80]
     assert last.endswith("z... (cut at 16,000 characters)") and len(text) < 17_000
+
+
+def test_what_a_restart_finds_in_storage_is_said_after_its_start_line_and_on_the_dashboard(tmp_path, free_udp_port,
+                                                                                          free_tcp_port, caplog):
+    # After a crash with the VTN away, the backlog line came before the start's line, where it read as the killed
+    # run's last words, and the dashboard's log (attached at the start) never had it, nor a damaged file's line
+    from datetime import timezone
+
+    from test_gateway import lone_config
+    from ven.app import Gateway
+    from ven.telemetry import TelemetryQueue
+
+    config = lone_config(tmp_path, free_udp_port(), free_tcp_port(), device_id=500042)
+    queue = TelemetryQueue(config.storage.path)
+    queue.add(datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc), 42.0)
+    queue.close()
+    caplog.set_level(logging.INFO)
+    written = io.StringIO()
+    handler = logging.StreamHandler(written)
+    logging.getLogger().addHandler(handler)
+    try:
+        gateway = Gateway(config)
+    finally:
+        logging.getLogger().removeHandler(handler)
+    try:
+        said = [text for _, _, text in reversed(gateway.recent.lines())]
+        assert said[0].startswith("edge-gateway ") and " starting: " in said[0], said
+        assert [t for t in said if "1 telemetry reading(s) in it wait for the VTN" in t], said
+        lines = written.getvalue().splitlines()
+        start = next(i for i, t in enumerate(lines) if " starting: " in t)
+        backlog = next(i for i, t in enumerate(lines) if "telemetry reading(s) in it wait" in t)
+        assert start < backlog, lines
+    finally:
+        gateway.storage.close()
+        gateway.telemetry.close()

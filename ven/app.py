@@ -153,21 +153,27 @@ class Gateway:
         self.started_at = time.monotonic()   # uptime: a wall-clock step (NTP at boot) is not time run
         self._meter_unread: str | None = None   # the configured meter until it gives a reading, if not stored
         c = config
-        self.metrics = Metrics(c.forecaster.horizons_minutes)
-        self.device = bacnet_device(c)
-        # A file that cannot be opened does not stop the gateway: the BAS still needs the device and
-        # the live points. Both keep their data in memory and write it once the file opens.
-        set_aside_if_damaged(c.storage.path)
-        site = site_of(c.openadr.ven_name, c.openadr.vtn_url)
-        # a box moved to another site: its file is the old site's
-        self.moved_aside = set_aside_if_other_site(c.storage.path, site)
-        self.storage = Storage(c.storage.path, reopen_seconds=c.storage.retry_seconds)
-        # recorded only in a file checked above and open now: one that opens later (a data volume mounted after the
-        # start) may be another VEN's, which the next start then finds and moves aside
-        if self.storage.conn is not None and self.storage.load_value(SITE_KEY) != site:
-            self.storage.save_value(SITE_KEY, site)
-        self.telemetry = TelemetryQueue(c.storage.path, max_age=timedelta(days=c.openadr.queue_max_days),
-                                        reopen_seconds=c.storage.retry_seconds)
+        # the log's last lines for the dashboard, whose users often have no shell to read the log (RecentLog)
+        self.recent = RecentLog()
+        # What the file holds is said as it opens, here, after a crash the first lines of the run: before the start
+        # line they read as the killed run's last ones, and the dashboard's log (attached at the start) had none
+        with self.recent.attached():
+            log.info("edge-gateway %s starting: device %d on %s", __version__, c.bacnet.device_id, c.bacnet.address)
+            self.metrics = Metrics(c.forecaster.horizons_minutes)
+            self.device = bacnet_device(c)
+            # A file that cannot be opened does not stop the gateway: the BAS still needs the device and
+            # the live points. Both keep their data in memory and write it once the file opens.
+            set_aside_if_damaged(c.storage.path)
+            site = site_of(c.openadr.ven_name, c.openadr.vtn_url)
+            # a box moved to another site: its file is the old site's
+            self.moved_aside = set_aside_if_other_site(c.storage.path, site)
+            self.storage = Storage(c.storage.path, reopen_seconds=c.storage.retry_seconds)
+            # recorded only in a file checked above and open now: one that opens later (a data volume mounted after
+            # the start) may be another VEN's, which the next start then finds and moves aside
+            if self.storage.conn is not None and self.storage.load_value(SITE_KEY) != site:
+                self.storage.save_value(SITE_KEY, site)
+            self.telemetry = TelemetryQueue(c.storage.path, max_age=timedelta(days=c.openadr.queue_max_days),
+                                            reopen_seconds=c.storage.retry_seconds)
         self._level_said = 0.0      # ADR-Event-Level as the log last said it (it starts at 0)
         self.schedule = EventSchedule(self.storage, on_change=self._on_schedule,
                                       programmes=frozenset(c.openadr.market_contexts))
@@ -190,8 +196,6 @@ class Gateway:
         self._input_stale = False  # the forecaster had no power input at its last cycle (past the start's grace)
         # its WARNING and INFO: a BAS writing a little less often than input_stale_seconds is one fault
         self._no_input = Flapping(2 * c.forecaster.input_stale_seconds)
-        # the log's last lines for the dashboard, whose users often have no shell to read the log (RecentLog)
-        self.recent = RecentLog()
         self.clock_sync = clock_sync or SyncWatch()
         self.read_gaps = ReadGaps(self.telemetry, self.clock_sync, c.meter.poll_seconds,
                                   hold=lambda last: self.vtn.hold_readings_until(last),
@@ -244,7 +248,6 @@ class Gateway:
     async def start(self) -> None:
         c = self.config
         self.recent.attach()
-        log.info("edge-gateway %s starting: device %d on %s", __version__, c.bacnet.device_id, c.bacnet.address)
         for warning in self.config_warnings:
             log.warning("config: %s", warning)
         for warning in memory_limit_warnings():

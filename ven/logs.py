@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import os
 import re
@@ -241,6 +242,15 @@ class RecentLog(logging.Handler):
 
     def attach(self) -> None:
         logging.getLogger().addHandler(self)
+
+    @contextlib.contextmanager
+    def attached(self):
+        """Attached for a while (what a Gateway logs as it is made, before it starts)."""
+        self.attach()
+        try:
+            yield self
+        finally:
+            self.detach()
 
     def detach(self) -> None:
         logging.getLogger().removeHandler(self)
