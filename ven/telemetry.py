@@ -280,16 +280,21 @@ class TelemetryQueue:
             db.execute("INSERT INTO kv (key, value) VALUES ('telemetry_dropped', ?)"
                        " ON CONFLICT(key) DO UPDATE SET value=excluded.value", (str(self._dropped),))
         self._places_writing = None
+        due, saved = self.last_delivery, self._delivery_saved
+        delivery_due = not (due is None or due == saved
+                            or (saved is not None and abs(due - saved) < timedelta(seconds=every)))
         # A place matters beside another stream: one stream alone deletes what it took. Written with every update
-        # it cost a page of the kv table per sample's commit: 42.4 MB a day instead of 33.5 (storage_writes.py)
-        if self.places != self._places_saved and (len(self._readers) > 1
+        # it cost a page of the kv table per sample's commit: 42.4 MB a day instead of 33.5 (storage_writes.py).
+        # Alone, it is written with last_delivery (a minute apart, and at the stop): the next run's first report is
+        # dated from it, and one kept from the stream's first update dated it hours back, over intervals the VTN
+        # had, which then read as not measured
+        if self.places != self._places_saved and (len(self._readers) > 1 or delivery_due or every == 0
                                                    or self.places.keys() != self._places_saved.keys()):
             self._places_writing = dict(self.places)
             db.execute("INSERT INTO kv (key, value) VALUES ('telemetry_places', ?)"
                        " ON CONFLICT(key) DO UPDATE SET value=excluded.value",
                        (json.dumps({str(g): t.isoformat() for g, t in sorted(self.places.items())}),))
-        due, saved = self.last_delivery, self._delivery_saved
-        if due is None or due == saved or (saved is not None and abs(due - saved) < timedelta(seconds=every)):
+        if not delivery_due:
             return None
         db.execute("INSERT INTO kv (key, value) VALUES ('telemetry_last_delivery', ?)"
                    " ON CONFLICT(key) DO UPDATE SET value=excluded.value", (due.isoformat(),))
