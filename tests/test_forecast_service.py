@@ -838,6 +838,18 @@ def test_a_crash_loses_fewer_than_save_every_cycles_forecasts(tmp_path):
     assert SAVE_EVERY_CYCLES <= 5       # 5 minutes at the default cycle: what a crash may cost the history
 
 
+@pytest.mark.timeout(60)
+def test_a_gateway_crashing_before_its_fifth_cycle_still_keeps_its_history(tmp_path):
+    # A box restarted every few minutes (killed short of memory, by its watchdog) never reached the fifth cycle's
+    # save: its history grew by nothing, and the forecaster never had the days it needs for a first model
+    path = str(tmp_path / "g.sqlite")
+    for run in range(3):
+        kill_when_said(_CYCLES_THEN_CRASH, path, "2", said="issued")
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT SUM(count) FROM forecast_minute").fetchone()[0] == 3
+        assert db.execute("SELECT COUNT(*) FROM forecast_issue").fetchone()[0] >= 3
+
+
 def test_every_forecaster_key_is_taken_by_the_forecaster_or_the_service():
     # forecaster_params maps the [forecaster] keys to DemandForecaster's arguments by hand: a key added to the config
     # and forgotten there was validated, documented and did nothing. Each goes to the estimator, or is the service's.

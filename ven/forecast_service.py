@@ -50,6 +50,10 @@ DELETED_GRACE_S = 45.0
 # own copy of the meter readings; the telemetry queue keeps each reading for the VTN) and those cycles'
 # issued forecasts (the dashboard's chart and the load flags' state at a restart). A stop writes them.
 SAVE_EVERY_CYCLES = 5
+# ... except the first cycles of a run, each written: a gateway restarted every few minutes (killed short of memory,
+# by its watchdog, a power supply failing) never reached its fifth cycle, and learnt nothing for as long as it lasted.
+# They cost a few commits a start.
+SAVE_FIRST_CYCLES = SAVE_EVERY_CYCLES
 MAX_UNSAVED_FORECASTS = 1440    # kept for the next write while the file refuses writes: a day at 60 s
 # A fit that failed (killed short of memory, a process that would not start) is tried again after
 # retrain_minutes, then after twice that, four times ..., at most a day apart (or retrain_minutes if longer):
@@ -128,6 +132,7 @@ class ForecastService:
         self._read_at_start = False                 # the file would not open at the start: its history was read
         self._unsaved_model: bytes | None = None    # a fitted model not yet written
         self._unsaved_forecasts: list[Forecast] = []   # issued, not yet written (SAVE_EVERY_CYCLES)
+        self._cycles_run = 0
         self._reopen_seconds = reopen_seconds
         self._reopen: ReopenTimer | None = None
         self._next_prune = time.monotonic() + PRUNE_EVERY_S   # monotonic: unmoved by clock steps
@@ -504,7 +509,9 @@ class ForecastService:
         kept = replace(f, demand_kw={}, rate_kw_per_min=None, high_load=False, low_load=False) \
             if self.input_stale() else f
         self._unsaved_forecasts = (self._unsaved_forecasts + [kept])[-MAX_UNSAVED_FORECASTS:]
-        if len(self._unsaved_forecasts) >= SAVE_EVERY_CYCLES or self._unsaved_model is not None:
+        self._cycles_run += 1
+        if (len(self._unsaved_forecasts) >= SAVE_EVERY_CYCLES or self._unsaved_model is not None
+                or self._cycles_run <= SAVE_FIRST_CYCLES):
             self._persist(self._save)
         if mono >= self._next_prune:
             self._next_prune = mono + PRUNE_EVERY_S
