@@ -324,3 +324,32 @@ async def test_a_stop_while_an_opt_out_write_waits_for_the_disk_still_acknowledg
             assert await write is None, "the SimpleACK"
     log = gw.log()
     assert "edge-gateway stopped" in log and "exception" not in log and "Traceback" not in log, log
+
+
+@pytest.mark.timeout(120)
+async def test_a_bas_shed_begun_or_ended_is_on_the_disk_before_its_ack(tmp_path, monkeypatch, free_udp_port,
+                                                                       free_tcp_port):
+    # A BAS relinquishes bas-shed-power once, at its shed's end: a power cut after the ack brought the shed back, added
+    # to every sample the forecaster learnt until the BAS's next shed
+    storage = (tmp_path / "gw.sqlite").resolve()
+    log = slow_sync_shim(tmp_path, monkeypatch, f"{storage}-wal")
+    switch = slow_from_now(tmp_path, monkeypatch)
+    bacnet_port = free_udp_port()
+    config = tmp_path / "gw.toml"
+    write_config(config, bacnet_port=bacnet_port, http_port=free_tcp_port(), storage=storage, ven_name="durable-shed",
+                 cycle_seconds=60)
+    gateway = f"127.0.0.1:{bacnet_port}"
+    with GatewayProcess(config, tmp_path / "gateway.log") as gw:
+        await eventually(lambda: "edge-gateway ready" in gw.log(), 60, "the gateway to be ready")
+        switch.touch()
+        async with BacnetPeer(free_udp_port(), timeout=10.0) as bas:
+            for what in ("begun", "ended"):
+                sent = time.monotonic()
+                if what == "begun":
+                    assert await bas.write(gateway, "analogValue 10", "presentValue", 40.0, priority=8) is None
+                else:
+                    assert await bas.relinquish(gateway, "analogValue 10", priority=8) is None
+                acked = time.monotonic()
+                assert [(a, b) for a, b in syncs(log) if sent <= a and b <= acked], \
+                    (what, f"no sync of the -wal between the write ({sent:.3f}) and its ack ({acked:.3f})", syncs(log))
+    assert "Traceback" not in gw.log()

@@ -432,18 +432,23 @@ class Gateway:
         self.metrics.input_kw.set(math.nan if value is None else value)
         self.forecast.on_input_power(time.time(), value)
 
-    def _on_shed(self, value) -> None:
-        self._keep_shed(at_once=False)
+    def _on_shed(self, value):
+        kept = self._keep_shed(at_once=False)
         self._tell_shed(value, by=WRITER.get())
+        # a shed begun or ended: the BAS's SimpleACK waits for the disk, as ADR-Opt-Out's does. A power cut after it
+        # brought back a shed the BAS had ended, added to every sample learnt until its next shed, which it never
+        # relinquished again (a BAS relinquishes once, at the shed's end)
+        return at_most(self.storage.synced(), ACK_WAIT_S) if kept else None
 
-    def _keep_shed(self, at_once: bool = True) -> None:
+    def _keep_shed(self, at_once: bool = True) -> bool:
+        """Whether the commands were written now."""
         if self._shed_save is not None:
             self._shed_save.cancel()
             self._shed_save = None
         commands = self.device.commands(P.SHED_POWER)
         kept = self._shed_kept
         if commands == kept:
-            return
+            return False
         wait = SHED_SAVE_S - (time.monotonic() - self._shed_kept_at)
         if not at_once and commands.keys() == kept.keys() and _sheds(commands) == _sheds(kept) and wait > 0:
             # a kW changed within a shed; a shed begun or ended by writing 0 at the priority held is kept at once,
@@ -451,9 +456,10 @@ class Gateway:
             # written when the minute is up, whether or not the BAS writes again: a kW it changed once and then
             # held must be on the disk for a crash, not only for a clean stop
             self._shed_save = asyncio.get_running_loop().call_later(wait, self._keep_shed)
-            return
+            return False
         self.storage.save_value(SHED_COMMANDS, json.dumps(commands))
         self._shed_kept, self._shed_kept_at = commands, time.monotonic()
+        return True
 
     def _tell_shed(self, value: float | None = None, by: str | None = None) -> None:
         """Tell the forecaster the shed the BAS wrote (`value`, from `by`), or, with None, the one restored from
