@@ -204,7 +204,8 @@ async def test_operator_api_reflects_the_running_gateway(system):
         assert status["config_warnings"] == []  # loopback VTN, meter read faster than telemetry, zone UTC
         async with http.get(f"{base}/metrics") as r:
             text = await r.text()
-        metrics = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
+        # the value is the last field: a label value may hold spaces (edge_gateway_job_failing{what="meter read"})
+        metrics = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                    if line and not line.startswith("#")}
         assert metrics["edge_gateway_meter_kw"] == pytest.approx(87.5)
         assert metrics["edge_gateway_vtn_connected"] == 1.0

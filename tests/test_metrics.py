@@ -25,7 +25,9 @@ ALERTS = Path(__file__).parents[1] / "examples" / "prometheus-alerts.yml"
 # every label the gateway puts on a series, and the values it may take: none grows with time (an event id
 # or a timestamp as a label would make a new series for each, forever)
 BOUNDED_LABELS = {"horizon": re.compile(r"(15|60)m"), "model": re.compile(r"forecaster|persistence"),
-                  "version": re.compile(r"\S+"), "le": re.compile(r"\S+")}
+                  "version": re.compile(r"\S+"), "le": re.compile(r"\S+"),
+                  # a job the gateway repeats (BugGuard's name for it): a fixed set, built at the start
+                  "what": re.compile(r"[\w .,'()/:-]+")}
 
 
 @pytest.fixture
@@ -122,6 +124,31 @@ async def test_a_vtn_outage_and_the_telemetry_backlog_it_leaves_show_from_start_
     await running["vtn"].start()
     await eventually(metric_is(connected, lambda v: v == 1), 30, "vtn_connected 1 again")
     await eventually(metric_is(age, lambda v: v < 2 * interval), 30, "the backlog delivered")
+
+
+async def test_a_forecast_cycle_failing_on_a_bug_is_a_series_named_until_it_works_again(running):
+    # the BAS read the forecast points in fault and /healthz said degraded, while /metrics had no series for it and
+    # no alert could fire: only edge_gateway_forecast_kw went NaN, as for a new install (helper operator42)
+    gw = running["gateway"]
+    series = 'edge_gateway_job_failing{what="forecast cycle"}'
+    assert values(await running["scrape"]())[series] == 0
+    real = gw.forecast._cycle
+
+    def broken(now):
+        raise KeyError("a bug in the cycle")
+
+    gw.forecast._cycle = broken
+    try:
+        await eventually(lambda: gw.device.status_flags(P.ONE_HOUR_FORECAST)["fault"], 10, "the points in fault")
+        scraped = values(await running["scrape"]())
+        assert scraped[series] == 1 and scraped['edge_gateway_job_failing{what="meter read"}'] == 0
+        async with aiohttp.ClientSession() as http:
+            async with http.get(gw.http.url + "/healthz") as r:
+                assert "forecast cycle failing (KeyError" in await r.text()
+    finally:
+        gw.forecast._cycle = real
+    await eventually(lambda: not gw.device.status_flags(P.ONE_HOUR_FORECAST)["fault"], 15, "works again")
+    assert values(await running["scrape"]())[series] == 0
 
 
 async def test_the_example_alert_rules_use_only_metrics_the_gateway_exposes(running):

@@ -54,7 +54,8 @@ async def test_a_meter_fault_whose_cause_changes_is_logged_again_once(gateway, f
 
 
 def scrape(text: str) -> dict[str, float]:
-    return {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
+    # the value is the last field: a label value may hold spaces (edge_gateway_job_failing{what="meter read"})
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
             if line and not line.startswith("#")}
 
 

@@ -397,9 +397,12 @@ class Gateway:
 
     def _bugs(self) -> list[str]:
         """The jobs failing on a bug in the gateway (BugGuard): each said once, with its traceback, in the log."""
+        return [fault for bug in self._bug_guards() if (fault := bug.fault())]
+
+    def _bug_guards(self) -> list:
         owners = [self.meter, self.device, self.schedule] + [getattr(self, p) for p in ("forecast", "vtn")
                                                              if self._built(p)]
-        return [fault for owner in owners for bug in owner.bugs if (fault := bug.fault())]
+        return [bug for owner in owners for bug in owner.bugs]
 
     # -- callbacks: each keeps one owner's state reflected on the points ------------------------------
 
@@ -846,6 +849,9 @@ class Gateway:
         self.metrics.storage_writable.set(int(self.storage_status()["ok"]))
         self.metrics.bacnet_initiation_disabled.set(int(self.device.communication()["mode"] != "enable"))
         self.metrics.bbmd_registration_failing.set(int(self.device.foreign_fault() is not None))
+        self.metrics.bacnet_address_missing.set(int(self.device.own_address.problem is not None))
+        for bug in self._bug_guards():
+            self.metrics.job_failing.labels(what=bug.what).set(int(bug.failing))
         self.metrics.forecast_input_stale.set(int(self.forecast.input_stale()))
         self.metrics.clock_synchronized.set(metric_value(self.clock_sync.last))
         self.metrics.vtn_client_cert_expiry.set(self.cert_watch.metric_value())

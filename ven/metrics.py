@@ -97,6 +97,16 @@ class Metrics:
                                                "1 while the BBMD (bacnet.bbmd_address) refuses or does not answer the "
                                                "foreign-device registration: a BAS on another subnet cannot find the "
                                                "gateway", registry=r)
+        self.bacnet_address_missing = Gauge(f"{p}_bacnet_address_missing",
+                                            "1 while the machine lacks what bacnet.address names (its IP, the "
+                                            "broadcast address of its mask, the interface's link): the BAS reaches "
+                                            "no point and the meter is not read", registry=r)
+        # a job failing on a bug: the forecast cycle's leaves the forecast points in fault to the BAS, the event
+        # schedule's its level; /healthz and /api/status bugs named it, and no series did
+        self.job_failing = Gauge(f"{p}_job_failing",
+                                 "1 while a job the gateway repeats fails on a bug (or short of memory, threads or "
+                                 "files), from the log's ERROR to its 'works again'; <what> names it as the log does",
+                                 ["what"], registry=r)
         self.telemetry_unrequested = Gauge(f"{p}_telemetry_unrequested",
                                            "1 while registered and the VTN has not requested the telemetry report "
                                            "for openadr.request_wait_seconds: readings only pile up", registry=r)
