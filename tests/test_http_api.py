@@ -246,7 +246,7 @@ class SampleView:
                            "learning": None, "source": "auto", "active_source": "bacnet_input",
                            "last_input_at": now - 4, "last_meter_at": now - 4, "input_stale_seconds": 300.0,
                            "storage_ok": True, "fit_ok": True, "fit_retry_at": None, "input_stale": False,
-                           "input_still_since": None,
+                           "input_still_since": None, "cycle_error": None,
                            "shed_kw": 0.0, "shed_since": None,
                            "last_forecast": {"issued_at": now - 20,
                                              "demand_kw": {"15": self.forecast_15[-1], "60": self.forecast_60[-1]},

@@ -142,13 +142,14 @@ async def test_a_forecast_cycle_failing_on_a_bug_is_a_series_named_until_it_work
         await eventually(lambda: gw.device.status_flags(P.ONE_HOUR_FORECAST)["fault"], 10, "the points in fault")
         scraped = values(await running["scrape"]())
         assert scraped[series] == 1 and scraped['edge_gateway_job_failing{what="meter read"}'] == 0
+        assert gw.forecast.status()["cycle_error"] == "KeyError: 'a bug in the cycle'"
         async with aiohttp.ClientSession() as http:
             async with http.get(gw.http.url + "/healthz") as r:
                 assert "forecast cycle failing (KeyError" in await r.text()
     finally:
         gw.forecast._cycle = real
     await eventually(lambda: not gw.device.status_flags(P.ONE_HOUR_FORECAST)["fault"], 15, "works again")
-    assert values(await running["scrape"]())[series] == 0
+    assert values(await running["scrape"]())[series] == 0 and gw.forecast.status()["cycle_error"] is None
 
 
 async def test_the_example_alert_rules_use_only_metrics_the_gateway_exposes(running):

@@ -675,6 +675,8 @@ class ForecastService:
             "input_stale_seconds": self.config.input_stale_seconds,
             "storage_ok": self.storage_ok, "fit_ok": not self._fit_failures, "fit_retry_at": self.fit_retry_at(),
             "input_stale": self.input_stale(), "input_still_since": self._still.since(),
+            # the cycle's error from the log's ERROR to its "works again": the forecast points read fault meanwhile
+            "cycle_error": self._cycle_bug.error if self._cycle_bug.failing else None,
             # bas-shed-power: the kW added back to every sample while the BAS sheds, and since when (epoch s)
             "shed_kw": self._shed_kw, "shed_since": self._shed_since,
         })

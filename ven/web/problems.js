@@ -3,7 +3,7 @@
 import {$, el} from "./dom.js";
 import {fmtDuration, fmtSpan, fmtStamp, fmtWhen, knownZone, stampText, toMs, zoneName, zoneSuffix} from "./format.js";
 import {dashboard, gw} from "./state.js";
-import {certWarning, communication, flaky, neverRegistered, noThreshold, recentRefusal} from "./status.js";
+import {certWarning, communication, flaky, neverRegistered, noThreshold, ownAddressLost, recentRefusal} from "./status.js";
 
 // an HTTP 5xx is the server failing (the VTN, or a proxy or load balancer in front of it), not a refusal of this VEN
 // a stamp of the gateway's in the zone shown, as every other time on the page (the raw UTC string was the odd one out)
@@ -59,6 +59,16 @@ export function findProblems(health) {
     add("communication", "bad", "BACnet communication disabled",
         `${comm.mode} by ${comm.by || "a BACnet client"} since ${stampText(comm.since)}, ${until}: the meter is not read and the BAS gets no COV notifications (points are still answered)`,
         "send DeviceCommunicationControl enable from that tool, or wait for the time-out; a restart also ends it");
+  }
+  // the device answers nobody: the BAS reads no point, the meter is not read (its fault follows and would be the
+  // only item, sending the technician to the meter); /healthz named it, the page read "healthy" until the meter's
+  const own = ownAddressLost();
+  if (own) {
+    add("own-address", "bad", "BACnet address lost",
+        `${own.problem}${own.since ? ` since ${stampText(own.since)}` : ""}: the BAS reaches no point of the gateway and the meter is not read`,
+        own.kind === "link" ? "check the interface's cable and switch port; the device serves again by itself once the link is up" :
+        own.kind === "mask" ? "make bacnet.address's /prefix the interface's mask (ip addr shows it) and restart the gateway" :
+        "give the machine bacnet.address's IP again (a static address or a DHCP reservation) or correct bacnet.address; the device serves again by itself once the address is back");
   }
   const moved = (gw.storage || {}).moved_aside;
   if (moved && typeof moved === "object") {
@@ -159,7 +169,7 @@ export function findProblems(health) {
   const meter = gw.meter || {};
   if (meter.fault === true) {
     const err = meter.last_error || "";
-    const todo = comm ? "caused by the communication disable above" :
+    const todo = comm ? "caused by the communication disable above" : own ? "caused by the BACnet address lost above" :
       /not a power unit|units/.test(err) ? "point meter.object at the meter's power (kW or W) object, or correct the meter's units" :
       /no response|timed? ?out|router|unreachable|no route/i.test(err) ? "check the meter and its router are powered and wired, and meter.address / meter.router" :
       "see the meter's last error";
@@ -225,8 +235,14 @@ export function findProblems(health) {
   (Array.isArray(gw.bugs) ? gw.bugs : []).forEach((b, i) => /failing, short of /.test(String(b))
     ? add(`bug-${i}`, "bad", "Gateway short of a resource", String(b),
           "give the gateway more of it: its unit's LimitAS, LimitNOFILE, LimitNPROC or TasksMax, or a box with more RAM (README \"Running against a real building\")")
-    : add(`bug-${i}`, "bad", "Gateway bug", String(b),
+    : add(`bug-${i}`, "bad", "Gateway bug", /^forecast cycle failing/.test(String(b))
+          ? `${b}: the forecast, trend and load-flag points read fault to the BAS until it works again` : String(b),
           "the log has its traceback (an ERROR \"... failed (a bug in the gateway)\"): report it with that traceback; a restart may clear it"));
+  // /healthz names what the gateway cannot do: one this page has no item for must not read "healthy" beside it
+  const degraded = health.ok ? /\(degraded: (.*)\)$/.exec(String(health.text || "").trim()) : null;
+  if (degraded && !out.some((p) => p.level === "bad")) {
+    add("degraded", "bad", "Gateway degraded", degraded[1], "see the gateway's log and /api/status");
+  }
   // an old browser's zone data lacks a newer zone: its times would read as the building's when they are not
   if (gw.timezone && !knownZone(gw.timezone)) {
     add("zone", "warn", "Building's zone unknown to this browser",

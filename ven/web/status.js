@@ -35,6 +35,11 @@ export function communication() {
   const c = (gw.device || {}).communication;
   return c && typeof c === "object" && c.mode && c.mode !== "enable" ? c : null;
 }
+// what of bacnet.address the machine lacks (its IP, its mask's broadcast address, the link): the BAS reaches nothing
+export function ownAddressLost() {
+  const a = (gw.device || {}).address_problem;
+  return a && typeof a === "object" && a.problem ? a : null;
+}
 // openadr.cert while the log warns of it (ven/cert_expiry.py): within its warn_days of its not_after, or past it
 export function certWarning() {
   const c = (gw.vtn || {}).client_cert;

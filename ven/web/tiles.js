@@ -2,7 +2,7 @@
 import {$, el} from "./dom.js";
 import {UNIT_TEXT, agoSpan, fmtNum, nowMs, toMs} from "./format.js";
 import {gw, pointByName} from "./state.js";
-import {communication, noThreshold} from "./status.js";
+import {communication, noThreshold, ownAddressLost} from "./status.js";
 
 const TILE_POINTS = [
   ["meter-power", "Meter power"], ["input-power-meter", "Input power (BAS)"],
@@ -17,10 +17,13 @@ function tileWhy(name) {
   const fc = gw.forecaster || {};
   if (name === "meter-power") {
     if (communication()) return "BACnet comms disabled";
+    if (ownAddressLost()) return "BACnet address lost";
     return (gw.meter || {}).last_error || "meter read failed";
   }
   if (["fifteen-min-future-power", "one-hour-future-power", "power-rate-of-change"].includes(name)) {
     if (fc.input_stale === true) return "no power input";
+    // the last forecast is there, not published: "no forecast yet" sent the operator to wait for one
+    if (fc.cycle_error) return "forecast cycle failing";
     // the trend is a slope: it needs two minutes with readings in the last 15, which a forecast does not
     // (the first minutes after a start, a meter read less often than every 7 minutes)
     const forecast = pointByName("fifteen-min-future-power");
@@ -29,6 +32,7 @@ function tileWhy(name) {
   }
   if (name === "high-load-conditions" || name === "low-load-conditions") {
     if (fc.input_stale === true) return "no power input";
+    if (fc.cycle_error) return "forecast cycle failing";
     if (noThreshold()) return "no threshold yet";
     return "cannot tell";
   }
