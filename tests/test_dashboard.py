@@ -289,7 +289,7 @@ class FreshView:
                         "report_offer_error": None,
                         "last_poll": None, "last_error": "connection refused", "registration_failures": 2,
                         "reregistrations": 0, "last_reregistration": None, "poll_failures": 0, "fault": None,
-                        "opt_answers_waiting": 0, "opt_answer_error": None,
+                        "opt_answers_waiting": 0, "opt_answer_error": None, "opt_answers_not_taken": None,
                         "telemetry": {"pending": 0, "held": 0, "dropped": 0, "dropping": False, "delivered": 0,
                                       "last_delivery": None, "in_memory": 0, "storage_error": None},
                         "telemetry_fault": None, "telemetry_unrequested": None, "readings_not_reported_clock": 0,

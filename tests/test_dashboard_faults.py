@@ -567,6 +567,33 @@ async def test_a_lost_bacnet_address_is_named_before_the_meter_fault_it_causes(s
         assert page.errors == []
 
 
+class OptView(FaultView):
+    stuck = False
+
+    def status(self):
+        body = super().status()
+        body["vtn"]["opt_answers_not_taken"] = {"since": _iso(time.time() - 900), "count": 2,
+                                                "why": "the VTN's answer was empty (HTTP 200 with no body)"} \
+            if self.stuck else None
+        return body
+
+
+async def test_answers_to_events_the_vtn_does_not_take_need_attention_until_it_does(server):  # noqa: F811
+    # the VTN card counted "opt answers waiting" and nothing else said it, while the utility counted the site as it
+    # last heard it (helper operator42)
+    view = OptView()
+    async with drawn(server, view, "?refresh=1", speedup=QUICK) as (page, _):
+        view.stuck = True
+        await page.wait_for_function(f"({PROBLEMS}) === 'opt-not-taken'", timeout=10000)
+        item = await page.locator('#problems li[data-problem="opt-not-taken"]').inner_text()
+        assert "VTN has not taken the site's answers" in item and "2 event(s)" in item and "HTTP 200 with no body" in item
+        assert "tell the utility" in item
+        assert "healthy" not in (await page.locator("#pills").inner_text()).replace("unhealthy", "")
+        view.stuck = False
+        await page.wait_for_selector("#problems", state="hidden", timeout=10000)
+        assert page.errors == []
+
+
 async def test_a_degraded_health_the_page_has_no_item_for_is_not_read_as_healthy(server):  # noqa: F811
     # a fault /healthz names and no item of this page does (a newer one, a twin of the device on the wire
     # before the status says so) read "healthy" in green beside it

@@ -55,3 +55,30 @@ async def test_an_empty_answer_to_an_update_is_no_answer_said_once_and_the_inter
             # them by reportRequestID and dtstart; the README says delivery is at least once)
             assert {t for t, _, _ in received(vtn)} == {t for t, _, _ in expected(rig.taken, timedelta(seconds=1))}
             assert len(said(caplog, "not telemetry updates")) == 1
+
+
+async def test_an_opt_out_the_vtn_does_not_take_is_said_and_shown_until_it_takes_it(tmp_path, free_tcp_port, caplog):
+    # the BAS's opt-out went as an oadrCreateOpt answered empty (or failed) at every poll, the polls answered: nothing
+    # said it, /healthz said ok and the dashboard only counted "opt answers waiting" on the VTN card, while the
+    # utility counted the site in the event it had left (helper operator42)
+    caplog.set_level(logging.INFO, logger="ven")
+    async with in_front_of_a_vtn(free_tcp_port) as (fake, vtn):
+        async with running(tmp_path, fake.url) as rig:
+            await until(lambda: rig.vtn.connected, 10, "registered")
+            eid = vtn.add_event([1.0], now() + timedelta(minutes=5), 600)
+            await until(lambda: said(caplog, f"told the VTN optIn for event {eid}") or
+                        ("ven-edge-gateway", eid, "optIn") in vtn.opts, 10, "the event answered")
+            assert rig.vtn.status()["opt_answers_not_taken"] is None
+            fake.empty_services, fake.mode = ("EiOpt", "EiEvent"), "empty_proxy"
+            rig.vtn.set_opt_out(True)
+            await until(lambda: rig.vtn.status()["opt_answers_not_taken"] is not None, 10, "the fault shown")
+            stuck = rig.vtn.status()["opt_answers_not_taken"]
+            assert stuck["count"] == 1 and stuck["why"] == EMPTY and rig.vtn.connected
+            await until(lambda: said(caplog, "did not take the answer"), 5, "the fault said")
+            assert said(caplog, "did not take the answer") == [
+                f"the VTN did not take the answer(s) to 1 event(s) ({EMPTY}): sent again at each poll; the utility "
+                "counts the site as it last heard it meanwhile"]
+            fake.mode = "proxy"
+            await until(lambda: rig.vtn.status()["opt_answers_not_taken"] is None, 10, "taken")
+            assert ("ven-edge-gateway", eid, "optOut") in vtn.opts
+            assert len(said(caplog, "did not take the answer")) == 1 and said(caplog, "took the answers to events again")

@@ -362,6 +362,8 @@ class Gateway:
             what = "report(s) refused" if t["kind"] == "refused" else "update(s) unanswered"
             since = f" for {lasted(t['since'])}" if t["since"] else ""
             out.append(f"telemetry not taken by the VTN{since} ({t['count']} {what}: {t['why']})")
+        if self._built("vtn") and (o := self.vtn.opts_not_taken()) is not None:
+            out.append(f"answers to {o['count']} event(s) not taken by the VTN for {lasted(o['since'])} ({o['why']})")
         if self._built("vtn") and (u := self.vtn.telemetry_unrequested()) is not None:
             out.append(f"telemetry not requested by the VTN for {lasted(u['since'])}")
         if self._built("vtn") and self.vtn.report_offer_error:     # set only where telemetry is offered
@@ -718,6 +720,8 @@ class Gateway:
             out.append("VTN not taking telemetry")
         elif self.vtn.report_offer_error:
             out.append("VTN not taking the telemetry report offer")
+        if self.vtn.connected and self.vtn.opts_not_taken() is not None:
+            out.append("VTN not taking the answers to events")
         if self.vtn.readings_not_reported():
             out.append("meter readings not reported (the wall clock)")
         if self.telemetry.dropping:
@@ -846,6 +850,7 @@ class Gateway:
         self.metrics.telemetry_unrequested.set(int(self.vtn.telemetry_unrequested() is not None))
         self.metrics.telemetry_not_taken.set(int(self.vtn.telemetry_fault() is not None
                                                  or self.vtn.report_offer_error is not None))
+        self.metrics.opt_answers_not_taken.set(int(self.vtn.opts_not_taken() is not None))
         self.metrics.storage_writable.set(int(self.storage_status()["ok"]))
         self.metrics.bacnet_initiation_disabled.set(int(self.device.communication()["mode"] != "enable"))
         self.metrics.bbmd_registration_failing.set(int(self.device.foreign_fault() is not None))

@@ -113,6 +113,10 @@ class Metrics:
         self.telemetry_not_taken = Gauge(f"{p}_telemetry_not_taken",
                                          "1 while the VTN answers polls but fails or refuses the telemetry updates, "
                                          "or refuses the report offer: readings only pile up", registry=r)
+        self.opt_answers_not_taken = Gauge(f"{p}_opt_answers_not_taken",
+                                           "1 while the VTN answers polls but has not taken the site's answers "
+                                           "(optIn/optOut) to events: it counts the site as it last heard it",
+                                           registry=r)
         self.bacnet_writes_refused = Counter(f"{p}_bacnet_writes_refused",
                                              "BACnet writes and DeviceCommunicationControl refused: their source is "
                                              "not in bacnet.write_from, or the point could not take the value",

@@ -180,6 +180,8 @@ class VtnClient(VtnEvents, VtnReports, VtnStatus, VtnOutage):
         self._refused_said: dict[str, int] = {}   # listed events refused as unreadable: the modification logged
         self._contexts_said: set[str] = set()     # other programmes' market contexts whose first event was warned of
         self.opt_answer_error: str | None = None   # the VTN's reason for refusing our last opt answer
+        self._opts_stuck: dict | None = None    # answers the VTN did not take while connected: since, count, why
+        self._opts_start_said = False           # their WARNING said (here or as "did not get through")
         self._clock_wrong_since: datetime | None = None   # the first reading dated by a clock not set, while so
         self.clock_wrong_why = ""       # why, as the WARNING said it ("before this version was built", ...)
         self.readings_held = 0        # readings not reported because the wall clock was not set (since start)
@@ -276,6 +278,10 @@ class VtnClient(VtnEvents, VtnReports, VtnStatus, VtnOutage):
         held = self._reads_before
         return held if held is not None and _utcnow() <= held else None
 
+    def opts_not_taken(self) -> dict | None:
+        """From the WARNING that the VTN did not take answers to events until it takes them: since, count, why."""
+        return dict(self._opts_stuck) if self._opts_stuck is not None else None
+
     def readings_not_reported(self) -> int:
         """Readings not reported since the WARNING that the clock is not set, while it is not: 0 otherwise."""
         return self.readings_held if self._clock_wrong_since is not None else 0
@@ -350,6 +356,8 @@ class VtnClient(VtnEvents, VtnReports, VtnStatus, VtnOutage):
             if self._outage or self._last_outage else None,
             "opt_answers_waiting": len(self._pending_opts),
             "opt_answer_error": self.opt_answer_error,
+            # answers the VTN did not take (an empty or failed answer) while it answers polls: sent again at each
+            "opt_answers_not_taken": self.opts_not_taken(),
             "telemetry": self._telemetry.status(),
             # telemetry stalled while the VTN answers polls (updates unanswered or refused), as the log says it
             "telemetry_fault": self._telemetry_fault(),

@@ -167,6 +167,7 @@ class VtnEvents:
             stored = self._schedule.get(e["event_descriptor"]["event_id"])
             if stored is not None and _answered_by_openleadr(e):
                 self._pending_opts[stored.event_id] = (stored.modification_number, _answer(stored), False)
+        self._opts_start_said = True    # this WARNING is the start: not a second one if the next send fails too
         self._opts_changed()
 
     # -- events ------------------------------------------------------------------------------
@@ -344,10 +345,30 @@ class VtnEvents:
                      eid, ", ".join(others))
 
     async def _send_opts(self) -> None:
-        if not self._pending_opts or self._client is None:
-            return
-        async with self._opts_lock:
-            await self._send_opts_locked()
+        if self._pending_opts and self._client is not None:
+            async with self._opts_lock:
+                await self._send_opts_locked()
+        self._opts_taken_or_not()
+
+    def _opts_taken_or_not(self) -> None:
+        """One WARNING when a pass leaves answers the VTN did not take while it is connected (an empty or failed answer
+        to oadrCreateOpt or oadrCreatedEvent), one INFO once none waits. They are sent again at each poll, and
+        meanwhile the utility counts the site as it last heard it: a BAS's opt-out whose oadrCreateOpt so failed was
+        said by nothing until the VTN took it (helper operator42)."""
+        waiting = len(self._pending_opts)
+        if waiting and self.connected and self._opts_stuck is None:
+            why = (self._client.last_error if self._client is not None else None) or "no answer"
+            self._opts_stuck = {"since": _utcnow().isoformat(timespec="seconds"), "count": waiting, "why": why}
+            if not self._opts_start_said:
+                log.warning("the VTN did not take the answer(s) to %d event(s) (%s): sent again at each poll; the "
+                            "utility counts the site as it last heard it meanwhile", waiting, why)
+            self._opts_start_said = True
+        elif waiting and self._opts_stuck is not None:
+            self._opts_stuck["count"] = waiting
+        elif not waiting:
+            if self._opts_stuck is not None:
+                log.info("the VTN took the answers to events again (not taken since %s)", self._opts_stuck["since"])
+            self._opts_stuck, self._opts_start_said = None, False
 
     async def _send_opts_locked(self) -> None:
         # the answers' events (and the ADR-Opt-Out command behind them) on the disk first: after a power cut the

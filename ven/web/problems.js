@@ -149,6 +149,13 @@ export function findProblems(health) {
         `since ${stampText(f.since)}: ${f.polls_failed} of ${f.polls} polls failed${losses}; not connected ${fmtSpan(f.not_connected_seconds)} in all. Events and telemetry go on while it answers`,
         `check the proxy or load balancer in front of the VTN (HTTP 502/503, reset connections, time-outs) and that every VTN behind it knows this VEN; this clears by itself once the VTN answers steadily for ${fmtSpan(f.settle_seconds)}`);
   }
+  // polls answered, the site's answers not taken: the utility counts the site as it last heard it
+  const ot = vtn.opt_answers_not_taken;
+  if (vtn.connected !== false && ot && typeof ot === "object") {
+    add("opt-not-taken", "bad", "VTN has not taken the site's answers",
+        `since ${stampText(ot.since)} the VTN answers polls but has not taken the answer(s) to ${ot.count} event(s): ${ot.why || "no answer"}; it counts the site as it last heard it`,
+        "tell the utility (its VTN, or a proxy in front of it, fails oadrCreatedEvent or oadrCreateOpt); the gateway sends them again at each poll");
+  }
   if (vtn.opt_answer_error) {
     add("opt", "bad", "VTN refused an opt answer", vtn.opt_answer_error,
         "the VTN does not know whether the site takes part: tell the utility; the answer is not sent again");
