@@ -152,6 +152,24 @@ async def test_a_forecast_cycle_failing_on_a_bug_is_a_series_named_until_it_work
     assert values(await running["scrape"]())[series] == 0 and gw.forecast.status()["cycle_error"] is None
 
 
+async def test_a_bacnet_address_lost_is_its_own_series_not_only_the_meter_fault_it_causes(running):
+    # /healthz named it; on /metrics only the meter's fault followed, and the page sent the technician to the meter
+    from bacnet_api.own_address import LINK, Missing
+
+    gw = running["gateway"]
+    watch = gw.device.own_address
+    assert values(await running["scrape"]())["edge_gateway_bacnet_address_missing"] == 0
+    probe = watch._probe
+    watch._probe = lambda address: Missing(LINK, "the link of eth0, which holds 127.0.0.1, is down")
+    try:
+        watch.check()
+        assert values(await running["scrape"]())["edge_gateway_bacnet_address_missing"] == 1
+    finally:
+        watch._probe = probe
+        watch.check()
+    assert values(await running["scrape"]())["edge_gateway_bacnet_address_missing"] == 0
+
+
 async def test_the_example_alert_rules_use_only_metrics_the_gateway_exposes(running):
     rules = [rule for group in yaml.safe_load(ALERTS.read_text())["groups"] for rule in group["rules"]]
     assert rules
