@@ -170,6 +170,20 @@ async def test_a_bacnet_address_lost_is_its_own_series_not_only_the_meter_fault_
     assert values(await running["scrape"]())["edge_gateway_bacnet_address_missing"] == 0
 
 
+async def test_readings_a_clock_not_set_keeps_from_the_vtn_are_counted(running):
+    # the readings are lost to the utility, and no series said so: only the dashboard and /healthz
+    from datetime import datetime, timezone
+
+    gw = running["gateway"]
+    assert values(await running["scrape"]())["edge_gateway_readings_not_reported"] == 0
+    gw.vtn._clock_wrong_since, gw.vtn.readings_held = datetime.now(timezone.utc), 7     # as the WARNING leaves them
+    try:
+        assert values(await running["scrape"]())["edge_gateway_readings_not_reported"] == 7
+    finally:
+        gw.vtn._clock_wrong_since = None
+    assert values(await running["scrape"]())["edge_gateway_readings_not_reported"] == 0
+
+
 async def test_the_example_alert_rules_use_only_metrics_the_gateway_exposes(running):
     rules = [rule for group in yaml.safe_load(ALERTS.read_text())["groups"] for rule in group["rules"]]
     assert rules

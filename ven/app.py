@@ -850,6 +850,7 @@ class Gateway:
         self.metrics.telemetry_unrequested.set(int(self.vtn.telemetry_unrequested() is not None))
         self.metrics.telemetry_not_taken.set(int(self.vtn.telemetry_fault() is not None
                                                  or self.vtn.report_offer_error is not None))
+        self.metrics.readings_not_reported.set(self.vtn.readings_not_reported())
         self.metrics.opt_answers_not_taken.set(int(self.vtn.opts_not_taken() is not None))
         self.metrics.storage_writable.set(int(self.storage_status()["ok"]))
         self.metrics.bacnet_initiation_disabled.set(int(self.device.communication()["mode"] != "enable"))

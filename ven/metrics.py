@@ -117,6 +117,10 @@ class Metrics:
                                            "1 while the VTN answers polls but has not taken the site's answers "
                                            "(optIn/optOut) to events: it counts the site as it last heard it",
                                            registry=r)
+        self.readings_not_reported = Gauge(f"{p}_readings_not_reported",
+                                           "Meter readings not reported to the VTN since the log's WARNING that the "
+                                           "wall clock is not set (a date before this version, or behind the run "
+                                           "before's last read); 0 once it is", registry=r)
         self.bacnet_writes_refused = Counter(f"{p}_bacnet_writes_refused",
                                              "BACnet writes and DeviceCommunicationControl refused: their source is "
                                              "not in bacnet.write_from, or the point could not take the value",
