@@ -312,7 +312,8 @@ class FreshView:
                                "learning": {"needs_minutes": 2880, "have_minutes": 0, "first_fit_after": None},
                                "source": "auto", "active_source": None, "last_input_at": None, "last_meter_at": None,
                                "input_stale_seconds": 300.0, "storage_ok": True, "fit_ok": True, "fit_retry_at": None,
-                               "input_stale": True, "input_still_since": None, "cycle_error": None, "shed_kw": 0.0, "shed_since": None},
+                               "input_stale": True, "input_still_since": None, "cycle_error": None, "shed_kw": 0.0,
+                               "shed_since": None},
                 "storage": {"path": "/var/lib/edge-gateway/gateway.sqlite", "ok": True, "errors": {},
                             "moved_aside": None},
                 "config_warnings": []}

@@ -480,9 +480,9 @@ async def test_a_job_failing_on_a_bug_in_the_gateway_is_named_until_it_works_aga
         item = page.locator('#problems li[data-problem="bug-0"]')
         assert await item.get_attribute("data-level") == "bad"
         assert await item.locator(".what").inner_text() == "Gateway bug"
-        assert await item.locator(".detail").inner_text() == ("forecast cycle failing (KeyError: 'x'): the forecast, trend "
-                                                             "and load-flag points read fault to the BAS until it "
-                                                             "works again")
+        assert await item.locator(".detail").inner_text() == (
+            "forecast cycle failing (KeyError: 'x'): the forecast, trend and load-flag points read fault to the BAS "
+            "until it works again")
         assert "traceback" in await item.locator(".todo").inner_text()
         view.bugs = ["meter reading callback failing, short of memory (MemoryError: Unable to allocate 788. KiB)"]
         await page.wait_for_function(
@@ -586,7 +586,8 @@ async def test_answers_to_events_the_vtn_does_not_take_need_attention_until_it_d
         view.stuck = True
         await page.wait_for_function(f"({PROBLEMS}) === 'opt-not-taken'", timeout=10000)
         item = await page.locator('#problems li[data-problem="opt-not-taken"]').inner_text()
-        assert "VTN has not taken the site's answers" in item and "2 event(s)" in item and "HTTP 200 with no body" in item
+        assert "VTN has not taken the site's answers" in item and "2 event(s)" in item
+        assert "HTTP 200 with no body" in item
         assert "tell the utility" in item
         assert "healthy" not in (await page.locator("#pills").inner_text()).replace("unhealthy", "")
         view.stuck = False
