@@ -177,6 +177,9 @@ class VtnClient(VtnEvents, VtnReports, VtnStatus, VtnOutage):
         self._relisting = False     # the event list asked for after a failed poll is being handled
         self._request_said: tuple | None = None   # the last telemetry request's (granularity, back, window)
         self._listed_twice: set[str] = set()   # events the last oadrDistributeEvent listed more than once (logged)
+        # events listed since the start: at its first listing, one the VTN wants no answer to and the site does not
+        # take part in is told so again (VtnEvents._on_event)
+        self._listed_since_start: set[str] = set()
         self._refused_said: dict[str, int] = {}   # listed events refused as unreadable: the modification logged
         self._contexts_said: set[str] = set()     # other programmes' market contexts whose first event was warned of
         self.opt_answer_error: str | None = None   # the VTN's reason for refusing our last opt answer

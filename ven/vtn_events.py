@@ -156,6 +156,7 @@ class VtnEvents:
         """The VTN lists these events for this VEN and no others. An answer still waiting for one it no longer
         lists (a VTN restarted without its events, say) would name an event it does not have: dropped."""
         self._schedule.retain_only(listed, why)
+        self._listed_since_start &= listed
         for eid in [eid for eid in self._pending_opts if eid not in listed]:
             del self._pending_opts[eid]
             self._singly.discard(eid)
@@ -243,11 +244,17 @@ class VtnEvents:
             # event back from an implied cancellation that it last heard optOut for, that it now does
             heard = prev.opt if prev is not None and prev.for_this_ven else None
             stored = self._schedule.get(eid)
+            # Its first listing since the start: whether the VTN heard this modification's optOut is not kept (an
+            # answer still waiting at the stop, or one an earlier version never sent for a modification), and silence
+            # means taking part. openleadr answers every event wanting an answer at a start; this one is told again.
+            retell = eid not in self._listed_since_start and (stored.open_ended or stored.stop > _utcnow())
+            self._listed_since_start.add(eid)
             if fresh and ev.response_required == "never" and OPT_OUT in (ev.opt, heard):
                 self._pending_opts[eid] = (ev.modification_number, ev.opt, True)
                 self._opts_changed()
             elif (ev.response_required == "never" and prev is not None and stored.opt == OPT_OUT
-                  and ev.modification_number > prev.modification_number and not ev.cancelled and not ev.test_event):
+                  and (ev.modification_number > prev.modification_number or retell)
+                  and not ev.cancelled and not ev.test_event):
                 # the optOut the VTN heard names an earlier modification (its qualifiedEventID), and silence on this
                 # one means taking part: the utility would count on a shed the site will not make
                 self._pending_opts[eid] = (ev.modification_number, OPT_OUT, True)
