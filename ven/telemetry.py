@@ -45,6 +45,10 @@ GAPS_TABLE = ("CREATE TABLE IF NOT EXISTS telemetry_gaps (last_read TEXT PRIMARY
 # kv: a clean stop's last meter read. A crash leaves the newest row to say it, but a stop deletes the rows the VTN
 # took, which may have been the newest.
 LAST_READ_KEY = "meter_last_read"
+# kv: the telemetry_last_delivery written with this version's places (a stream served alone: a minute apart and at
+# the stop). One that differs, or none, says a version that wrote one stream's place only at its first update
+# (0.3.0) ran on the file since: its places are lower bounds (TelemetryQueue.places_current)
+PLACES_KEPT_KEY = "telemetry_places_delivery"
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 # A file from before the index that cannot take it (an upgrade over a week's backlog on a nearly full
 # card: the index and its WAL need tens of MB) is used without it; building it is tried after this long,
@@ -123,6 +127,9 @@ class TelemetryQueue:
         self.places: dict[int, datetime] = {}
         self._places_saved: dict[int, datetime] = {}
         self._places_writing: dict[int, datetime] | None = None
+        # the places the file held at the start are where the streams stood (within a minute), not where one served
+        # alone stood when 0.3.0, run on the file since, first served it: a report may be dated from them
+        self.places_current = False
         # the newest reading the file held when it opened only after the start (a full or read-only disk then): the
         # readings up to it were queued before this start, and are sent after the newer intervals (VtnReports)
         self.found_late_until: datetime | None = None
@@ -146,6 +153,8 @@ class TelemetryQueue:
         dropped = conn.execute("SELECT value FROM kv WHERE key = 'telemetry_dropped'").fetchone()
         last = conn.execute("SELECT value FROM kv WHERE key = 'telemetry_last_delivery'").fetchone()
         places = conn.execute("SELECT value FROM kv WHERE key = 'telemetry_places'").fetchone()
+        kept = conn.execute("SELECT value FROM kv WHERE key = ?", (PLACES_KEPT_KEY,)).fetchone()
+        self.places_current = places is None or (last is not None and kept == last)
         self._conn, self._ident = conn, file_identity(self.path)
         self._dropped_saved = self._stored("telemetry_dropped", dropped, int) or 0
         self._dropped += self._dropped_saved
@@ -298,6 +307,8 @@ class TelemetryQueue:
             return None
         db.execute("INSERT INTO kv (key, value) VALUES ('telemetry_last_delivery', ?)"
                    " ON CONFLICT(key) DO UPDATE SET value=excluded.value", (due.isoformat(),))
+        db.execute("INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                   (PLACES_KEPT_KEY, due.isoformat()))
         return due
 
     def _acks_written(self, saved: datetime | None) -> None:

@@ -60,6 +60,9 @@ class Standing:
     window: tuple[datetime | None, datetime | None] = (None, None)
     origin: datetime = EPOCH                # its intervals' grid goes through this (report_origin)
     sent_until: datetime | None = None      # end of the last interval the VTN took under it
+    # sent_until is at most that: a place 0.3.0 left (TelemetryQueue.places_current), where a stream it served alone
+    # stood at its first update. Its next report is dated at its first interval: the intervals between were sent
+    undated: bool = False
     next_report: datetime | None = None     # when its next update is due (on its grid)
     catch_up: bool = True                   # send every complete interval now (backlog, retry)
     final: bool = False                     # cancelled with reportToFollow: one last update, then it ends
@@ -300,12 +303,15 @@ class VtnReports:
                 intervals = [replace(iv, cut=iv.start <= left) for iv in intervals]
             # from the reportInterval's start at the earliest: readings before it were not asked for
             since = req.sent_until if first is None or req.sent_until is None else max(req.sent_until, first)
+            since = None if req.undated else since
             if not await self._send_report(intervals, req.rrid, since):
                 self._smaller_batch(req, len(intervals))
                 return False
             self._telemetry.set_place(req.granularity, intervals[-1].end)
             self._telemetry.ack([s for iv in intervals for s in iv.samples], reader=req.rrid)
             req.sent_until = intervals[-1].end
+            req.undated = False
+            self._undated.discard(req.granularity)
             req.first_sent = req.first_sent or intervals[0].start
             self._larger_batch(req, len(intervals))
             req.start = req.left = None     # its first intervals are out: sent_until governs from here
@@ -616,6 +622,8 @@ class VtnReports:
             held = f"parked {_duration(granularity)}"
             self._telemetry.park_reader(held, until)
             self._parked[granularity], self._reported[granularity] = held, until
+            if not self._telemetry.places_current:
+                self._undated.add(granularity)
 
     def _end_requests(self) -> None:
         """A new registration: the VTN requests anew. Each request's place in the queue is held for the VTN's
@@ -826,7 +834,7 @@ class VtnReports:
             # times after now were dated by a clock that stepped back since: no place among this clock's readings
             reported, left = (t if t is not None and t <= now else None for t in (reported, left))
             req = self._requests[rrid] = Standing(rrid, granularity, back, sent_until=reported, left=left,
-                                                  follows=ending)
+                                                  follows=ending, undated=granularity in self._undated)
             if parked is not None:
                 self._telemetry.rename_reader(parked, rrid)
                 self._telemetry.leave_taken()   # what the last run sent and had yet to delete
