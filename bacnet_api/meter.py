@@ -19,10 +19,10 @@ of the building.
 A read is one ReadPropertyMultiple of the value, `units`, `statusFlags` and `reliability`: one request on the trunk,
 and a value and unit of one moment (asked apart, a unit changed between the two requests converted one value with the
 other's unit). A meter that rejects or aborts the service (many small MS/TP meters) is read property by property
-instead, as decided at each (re)connection and logged once. One that leaves it unanswered (it should reject it) is asked at the
-next read whether it has the service at all (its device's protocolServicesSupported); without it, it is read property
-by property until the gateway restarts, as asking again would cost a failed read each time (a device that cannot say
-is read property by property until its next reconnection).
+instead, as decided at each (re)connection and logged once. One that leaves it unanswered (it should reject it) is
+asked at the next read whether it has the service at all (its device's protocolServicesSupported); without it, it is
+read property by property until the gateway restarts, as asking again would cost a failed read each time (a device
+that cannot say is read property by property until its next reconnection).
 """
 from __future__ import annotations
 
@@ -35,9 +35,9 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
-from bacpypes3.apdu import AbortPDU, Error, ErrorPDU, ErrorRejectAbortNack, RejectPDU
+from bacpypes3.apdu import AbortPDU, ConfirmedServiceChoice, Error, ErrorPDU, ErrorRejectAbortNack, RejectPDU
 from bacpypes3.app import Application
-from bacpypes3.basetypes import ErrorType, PropertyIdentifier
+from bacpypes3.basetypes import ErrorType, PropertyIdentifier, ServicesSupported
 from bacpypes3.errors import DecodingError, RejectException
 from bacpypes3.primitivedata import Boolean, Enumerated, Real
 
@@ -71,7 +71,7 @@ SETTLE_READS = 5          # good reads in a row before a fault's end is logged
 MAX_REQUESTS = 6
 # asked with the value in one ReadPropertyMultiple: the unit it is in, and whether the meter trusts it
 _WITH_VALUE = ("units", "statusFlags", "reliability")
-_READ_MULTIPLE = 14   # ConfirmedServiceChoice readPropertyMultiple, its bit in protocolServicesSupported too
+_MULTIPLE_BIT = ServicesSupported.readPropertyMultiple   # its bit in a device's protocolServicesSupported
 
 
 @dataclass
@@ -90,6 +90,13 @@ class _FaultWindow:
 
 LOCAL = "this machine's side, not the meter's or a router's"
 _UNASKED = object()
+
+
+def _property_error(err) -> Error:
+    """One property's error in a ReadPropertyMultiple answer (`err`: an ErrorType or ErrorPDU) as the Error PDU a
+    ReadProperty of it raises, so the checks after it word it alike."""
+    return Error(service_choice=ConfirmedServiceChoice.readPropertyMultiple, errorClass=err.errorClass,
+                 errorCode=err.errorCode)
 
 
 def _fault_kind(error: str | None) -> str:
@@ -340,8 +347,7 @@ class MeterClient:
         except ErrorPDU as err:
             if str(err.errorClass) == "object":
                 # the object itself (unknown object): what a ReadProperty of each would answer
-                return {int(PropertyIdentifier(p)): Error(service_choice=_READ_MULTIPLE, errorClass=err.errorClass,
-                                                          errorCode=err.errorCode) for p in props}
+                return {int(PropertyIdentifier(p)): _property_error(err) for p in props}
             # the service refused, or an older meter's error for the whole request when it lacks one property asked
             # (where newer ones answer that property's error): alone, each property says what it has
             self._read_singly(error_text(err))
@@ -361,7 +367,7 @@ class MeterClient:
         answers: dict[int, Any] = {}
         for _obj, prop, _index, value in results or ():
             if isinstance(value, ErrorType):
-                value = Error(service_choice=_READ_MULTIPLE, errorClass=value.errorClass, errorCode=value.errorCode)
+                value = _property_error(value)
             answers[int(prop)] = value
         return answers
 
@@ -382,7 +388,7 @@ class MeterClient:
             log.debug("meter %s: protocolServicesSupported not read (%r): read property by property", self.address,
                       services)
             self.read_multiple = False
-        elif len(services) <= _READ_MULTIPLE or not services[_READ_MULTIPLE]:
+        elif len(services) <= _MULTIPLE_BIT or not services[_MULTIPLE_BIT]:
             self._never_multiple = True
             self._read_singly("it left it unanswered, and its protocolServicesSupported lacks it")
 
