@@ -17,6 +17,7 @@ import threading
 import time
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
 
 from bacnet_api import points as P
 from bacnet_api.device import GatewayDevice
@@ -223,8 +224,6 @@ class Gateway:
     @functools.cached_property
     def vtn(self) -> "VtnClient":
         from .vtn import VtnClient
-
-        from zoneinfo import ZoneInfo
 
         return VtnClient(self.config.openadr, self.schedule, self.telemetry, on_connected=self._on_vtn_connected,
                          online=self._load_under_control, zone=ZoneInfo(self.config.forecaster.timezone))
