@@ -184,7 +184,7 @@ class VtnClient(VtnEvents, VtnReports, VtnStatus, VtnOutage):
         self._refused_said: dict[str, int] = {}   # listed events refused as unreadable: the modification logged
         self._contexts_said: set[str] = set()     # other programmes' market contexts whose first event was warned of
         self.opt_answer_error: str | None = None   # the VTN's reason for refusing our last opt answer
-        self._opts_stuck: dict | None = None    # answers the VTN did not take while connected: since, count, why
+        self._opts_not_taken: dict | None = None    # answers the VTN did not take while connected: since, count, why
         self._opts_start_said = False           # their WARNING said (here or as "did not get through")
         self._clock_wrong_since: datetime | None = None   # the first reading dated by a clock not set, while so
         self.clock_wrong_why = ""       # why, as the WARNING said it ("before this version was built", ...)
@@ -284,7 +284,7 @@ class VtnClient(VtnEvents, VtnReports, VtnStatus, VtnOutage):
 
     def opts_not_taken(self) -> dict | None:
         """From the WARNING that the VTN did not take answers to events until it takes them: since, count, why."""
-        return dict(self._opts_stuck) if self._opts_stuck is not None else None
+        return dict(self._opts_not_taken) if self._opts_not_taken is not None else None
 
     def readings_not_reported(self) -> int:
         """Readings not reported since the WARNING that the clock is not set, while it is not: 0 otherwise."""

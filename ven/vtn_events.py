@@ -355,27 +355,26 @@ class VtnEvents:
         if self._pending_opts and self._client is not None:
             async with self._opts_lock:
                 await self._send_opts_locked()
-        self._opts_taken_or_not()
+        self._track_opts_not_taken()
 
-    def _opts_taken_or_not(self) -> None:
+    def _track_opts_not_taken(self) -> None:
         """One WARNING when a pass leaves answers the VTN did not take while it is connected (an empty or failed answer
         to oadrCreateOpt or oadrCreatedEvent), one INFO once none waits. They are sent again at each poll, and
-        meanwhile the utility counts the site as it last heard it: a BAS's opt-out whose oadrCreateOpt so failed was
-        said by nothing until the VTN took it (helper operator42)."""
+        meanwhile the utility counts the site as it last heard it: a BAS's opt-out not taken is a shed it counts on."""
         waiting = len(self._pending_opts)
-        if waiting and self.connected and self._opts_stuck is None:
+        if waiting and self.connected and self._opts_not_taken is None:
             why = (self._client.last_error if self._client is not None else None) or "no answer"
-            self._opts_stuck = {"since": _utcnow().isoformat(timespec="seconds"), "count": waiting, "why": why}
+            self._opts_not_taken = {"since": _utcnow().isoformat(timespec="seconds"), "count": waiting, "why": why}
             if not self._opts_start_said:
                 log.warning("the VTN did not take the answer(s) to %d event(s) (%s): sent again at each poll; the "
                             "utility counts the site as it last heard it meanwhile", waiting, why)
             self._opts_start_said = True
-        elif waiting and self._opts_stuck is not None:
-            self._opts_stuck["count"] = waiting
+        elif waiting and self._opts_not_taken is not None:
+            self._opts_not_taken["count"] = waiting
         elif not waiting:
-            if self._opts_stuck is not None:
-                log.info("the VTN took the answers to events again (not taken since %s)", self._opts_stuck["since"])
-            self._opts_stuck, self._opts_start_said = None, False
+            if self._opts_not_taken is not None:
+                log.info("the VTN took the answers to events again (not taken since %s)", self._opts_not_taken["since"])
+            self._opts_not_taken, self._opts_start_said = None, False
 
     async def _send_opts_locked(self) -> None:
         # the answers' events (and the ADR-Opt-Out command behind them) on the disk first: after a power cut the

@@ -390,8 +390,8 @@ class _Client(OpenADRClient):
         except aiohttp.ClientError as err:
             return None, {}, f"request to {shown_url(url)} failed: {err.__class__.__name__}: {err}"
         if not content:
-            # no OpenADR answer, whatever the status says: not taken, whichever message it was (the answer to an
-            # event read as delivered and an update as failed, helper vtns41 C1). A VTN answers every message
+            # no OpenADR answer, whatever the status says: not taken, whichever message it was (an answer to an event
+            # and an update alike), as a VTN answers every message
             return None, {}, EMPTY_ANSWER
         try:
             # read off the event loop: openleadr takes 0.2-0.3 s for a day-ahead oadrDistributeEvent of 200 events
