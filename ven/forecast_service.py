@@ -419,10 +419,10 @@ class ForecastService:
             with self._cycle_bug.guard():    # a bug in one cycle must not end forecasting, nor fill the log
                 await self._turn(loop)
             if self._published == published or self._cycle_bug.failing:
-                # the points held the last forecast with statusFlags normal for as long as the bug lasted: a BAS
-                # holding its peak on them took a frozen forecast as live. In fault until the log's "works again":
-                # a bug met by every other cycle flapped them fault, normal at each cycle, a BAS alarm a minute (the
-                # forecast published in this same pass, not seen by the BAS in between: no await since)
+                # a frozen forecast with statusFlags normal reads as live to a BAS holding its peak on it. In fault
+                # until the log's "works again", not only after each failed cycle: a bug met by every other cycle is
+                # one fault, not a BAS alarm and its return each minute (a forecast published in this same pass is
+                # not seen by the BAS in between: no await since)
                 with self._stalled_bug.guard():
                     self._stalled()
             if self._cycle_bug.failing:

@@ -102,7 +102,7 @@ class Metrics:
                                             "broadcast address of its mask, the interface's link): the BAS reaches "
                                             "no point and the meter is not read", registry=r)
         # a job failing on a bug: the forecast cycle's leaves the forecast points in fault to the BAS, the event
-        # schedule's its level; /healthz and /api/status bugs named it, and no series did
+        # schedule's its level; an alert needs a series, beside /healthz and /api/status bugs
         self.job_failing = Gauge(f"{p}_job_failing",
                                  "1 while a job the gateway repeats fails on a bug (or short of memory, threads or "
                                  "files), from the log's ERROR to its 'works again'; <what> names it as the log does",

@@ -61,7 +61,7 @@ export function findProblems(health) {
         "send DeviceCommunicationControl enable from that tool, or wait for the time-out; a restart also ends it");
   }
   // the device answers nobody: the BAS reads no point, the meter is not read (its fault follows and would be the
-  // only item, sending the technician to the meter); /healthz named it, the page read "healthy" until the meter's
+  // only item, sending the technician to the meter)
   const own = ownAddressLost();
   if (own) {
     add("own-address", "bad", "BACnet address lost",
