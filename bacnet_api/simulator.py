@@ -19,9 +19,9 @@ a few do against the standard; "whole" one of the older kind that answers the wh
 property asked is missing (property/unknown-property), where newer meters answer that one property's error; "abort"
 one that aborts it segmentation-not-supported, as a meter whose answer would not fit its small APDU does (its abort
 sent as a server's: bacpypes3's own server sends it as a client's, which no client hears); `requests` counts the
-confirmed requests that
-reached the meter, by service. `set_units_between_requests` changes the unit right after the meter next answers a
-read of it, as a technician's change landing between a client's request for the units and its request for the value.
+confirmed requests that reached the meter, by service. `set_units_between_requests` changes the unit right after the
+meter next answers a read of it, as a technician's change landing between a client's request for the units and its
+request for the value.
 """
 from __future__ import annotations
 
