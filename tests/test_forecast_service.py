@@ -843,7 +843,7 @@ def test_a_gateway_crashing_before_its_fifth_cycle_still_keeps_its_history(tmp_p
     # A box restarted every few minutes (killed short of memory, by its watchdog) never reached the fifth cycle's
     # save: its history grew by nothing, and the forecaster never had the days it needs for a first model
     path = str(tmp_path / "g.sqlite")
-    for run in range(3):
+    for _ in range(3):
         kill_when_said(_CYCLES_THEN_CRASH, path, "2", said="issued")
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT SUM(count) FROM forecast_minute").fetchone()[0] == 3

@@ -10,7 +10,7 @@ import json
 import logging
 import threading
 import tracemalloc
-from datetime import datetime
+from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
 
 import aiohttp
@@ -18,11 +18,14 @@ import pytest
 from browser import IN_ONE_CHROMIUM, artifact_path, chromium_page, one_chromium  # noqa: F401 - fixture
 from gateway_process import GatewayProcess, write_config
 from test_dashboard import QUICK, open_dashboard, server  # noqa: F401 - shared fixture
+from test_gateway import lone_config
 from test_http_api import SampleView, fetch
 from waiting import eventually
 
 from bacnet_api.simulator import MeterSimulator
+from ven.app import Gateway
 from ven.logs import FloodGuard, RecentLog, UtcFormatter
+from ven.telemetry import TelemetryQueue
 
 TOKEN = "log-card-s3cret-7f2a"
 FAULT, END = "meter fault:", "meter answering again"
@@ -330,12 +333,6 @@ def test_what_a_restart_finds_in_storage_is_said_after_its_start_line_and_on_the
                                                                                           free_tcp_port, caplog):
     # After a crash with the VTN away, the backlog line came before the start's line, where it read as the killed
     # run's last words, and the dashboard's log (attached at the start) never had it, nor a damaged file's line
-    from datetime import timezone
-
-    from test_gateway import lone_config
-    from ven.app import Gateway
-    from ven.telemetry import TelemetryQueue
-
     config = lone_config(tmp_path, free_udp_port(), free_tcp_port(), device_id=500042)
     queue = TelemetryQueue(config.storage.path)
     queue.add(datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc), 42.0)

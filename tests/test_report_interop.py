@@ -155,7 +155,6 @@ def test_hourly_and_daily_intervals_from_a_local_midnight_keep_to_it():
     assert report_origin({}) == EPOCH and report_origin({"report_interval": {"dtstart": None}}) == EPOCH
 
 
-
 def test_a_report_interval_of_days_from_a_local_midnight_is_of_the_buildings_days():
     # P30D from a Rome midnight is 30 of Rome's days across a clock change, its intervals Rome's days; without the
     # building's zone (or with another), 30 days of 24 hours on a fixed grid, as before
@@ -166,6 +165,7 @@ def test_a_report_interval_of_days_from_a_local_midnight_is_of_the_buildings_day
         assert _report_window(spec, day, report_origin(spec), rome) == (start, end)
         assert _report_window(spec, day, report_origin(spec)) == (start, start + 30 * day)
         assert _report_window(spec, day, report_origin(spec), ZoneInfo("Asia/Kolkata")) == (start, start + 30 * day)
+
 
 async def test_intervals_are_laid_from_a_report_interval_that_starts_on_a_quarter_hour(tmp_path, free_tcp_port,
                                                                                        caplog):

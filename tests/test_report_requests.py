@@ -450,8 +450,8 @@ async def test_requests_in_the_answer_to_the_report_list_offered_again_take_over
         await until(lambda: len(received(server)) >= 2, 5, "live intervals")
         handlers = server._server.services["report_service"].handlers
         takes = handlers["oadrUpdateReport"]
-        server.fail_next("oadrUpdateReport", times=10**6)     # a backlog queues meanwhile
-        await asyncio.sleep(2)
+        server.fail_next("oadrUpdateReport", times=10**6)
+        await until(lambda: rig.queue.pending >= 8, 10, "a backlog queued")     # two seconds of readings
         server.create_report(rig.vtn.ven_id, timedelta(0), timedelta(0), report_specifier_id="METADATA", r_id="0")
         await until(lambda: rig.vtn.status()["report_request_id"] not in (None, old), 10, "the new request")
         new = rig.vtn.status()["report_request_id"]
