@@ -44,9 +44,9 @@ class DemoVtn:
         self.report_granularity, self.report_back = report_granularity, report_back
         self.request_telemetry, self.request_status = request_telemetry, request_status
         # every oadrUpdateReport as it arrived: (report_request_id, [(dtstart, duration, r_id, value)])
+        self.updates: list[tuple[str, list[tuple[datetime, timedelta, str, float]]]] = []
         # each TELEMETRY_USAGE report's (reportRequestID, dtstart, end of its last interval): the period it reports on
         self.report_spans: list[tuple[str, datetime | None, datetime | None]] = []
-        self.updates: list[tuple[str, list[tuple[datetime, timedelta, str, float]]]] = []
         self.created_reports: list[tuple[int, str, list[str]]] = []   # oadrCreatedReport: code, text, pending
         # oadrCanceledReport: code, text, pending; and whether it carried the cancel's requestID
         self.canceled_reports: list[tuple[int, str, list[str], bool]] = []
