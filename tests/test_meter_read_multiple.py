@@ -99,7 +99,7 @@ async def test_a_meter_without_read_property_multiple_is_read_property_by_proper
         for _ in range(3):
             assert (await read(meter)).value == pytest.approx(43.0)
         assert sim.requests - before == {"ReadPropertyMultiple": 1, "ReadProperty": 9}
-        # silent a while, as alike
+        # silent a while: a failed read too, so again one ReadPropertyMultiple refused, then property by property
         sim.set_silent(True)
         assert (await read(answers_within(meter, FAST))).value is None
         sim.set_silent(False)
@@ -131,9 +131,9 @@ async def test_a_meter_that_leaves_read_property_multiple_unanswered_is_read_pro
         assert (await read(answers_within(meter, 2.0))).value == 42.5
         assert sim.requests["ReadPropertyMultiple"] == 1
     assert [m for m in meter_logs(caplog) if "ReadPropertyMultiple" in m] == [
-        f"meter {sim.meter_address} analogInput 2 does not support ReadPropertyMultiple (it left it unanswered, and its "
-        "protocolServicesSupported lacks it): it is read property by property (presentValue, units and statusFlags in "
-        "separate requests)"]
+        f"meter {sim.meter_address} analogInput 2 does not support ReadPropertyMultiple (it left it unanswered, and "
+        "its protocolServicesSupported lacks it): it is read property by property (presentValue, units and statusFlags "
+        "in separate requests)"]
 
 
 async def test_a_meter_that_cannot_say_is_read_property_by_property_until_its_next_reconnection(gateway, caplog):
