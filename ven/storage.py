@@ -127,19 +127,19 @@ def set_aside_if_damaged(path: str | Path) -> Path | None:
     real = p.resolve()      # a symlink's file, not the link: the run lock and the -wal are the file's
     aside = real.with_name(f"{real.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
     # The new file is made beside it and put in place whole: made in place table by table, a crash in the middle
-    # (the power flickering as the box boots after the cut that damaged the file) left a file that reads whole,
-    # which the next start took as it was, the tables not yet copied lost with no line saying so
+    # (the power flickering as the box boots after the cut that damaged the file) would leave a file that reads
+    # whole, which the next start takes as it is, the tables not yet copied lost with no line saying so
     making, made = _salvage_names(real)
     try:
         kept, lost = _salvage(real, making)
         move_with_sidecars(making, made)
-    except (StorageError, OSError):     # cannot be written there: moved aside (below) or said, as before
+    except (StorageError, OSError):     # cannot be written there: still moved aside (below), or said
         kept, lost = [], []
         _remove_salvage(making)
     try:
         move_with_sidecars(real, aside)
     except OSError as err:
-        # a directory the gateway's user may not write: left as it is, tried every storage.retry_seconds as before
+        # a directory the gateway's user may not write: left as it is, tried every storage.retry_seconds
         _remove_salvage(made)
         log.error("storage.path %s is damaged (%s) and cannot be moved aside: %s; the gateway keeps what it takes "
                   "in memory. Stop it, move the file away (sqlite3 %s .recover | sqlite3 recovered.sqlite gets "
