@@ -341,7 +341,7 @@ class MeterClient:
             if not err.apduSrv:  # bacpypes3's own, its retries run out: no answer, as above
                 raise
             # the meter's: an answer that would not fit its APDU (segmentation-not-supported, apdu-too-long), or a
-            # meter that aborts what it cannot do; alone, each property fits, as before one request a read
+            # meter that aborts what it cannot do; alone, each property fits
             self._read_singly(error_text(err))
             return {}
         except ErrorPDU as err:

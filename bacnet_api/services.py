@@ -668,7 +668,7 @@ class _Services(PropertyAccess):
                                 ", ".join(f"process {c.proc_id} {c.obj_id}" for c in gone))
         elif error_code(error) == "unknownSubscription":
             # the subscriber holds no such subscription (a BAS restarted with new process identifiers): kept, one of
-            # lifetime 0 was notified and refused at every change until the gateway restarted, holding its place
+            # lifetime 0 would be notified and refused at every change until the gateway restarts, holding its place
             self.cancel_subscription(cov)
             subscribers.warning("%s answered a notification unknown-subscription: it holds no such subscription (a "
                                 "restart of the subscriber?); cancelled", who)

@@ -275,8 +275,8 @@ class EventSchedule:
         for eid in gone:
             self.cancel(eid, unlisted=True)
             ev = self._events[eid]
-            # stop > now alone held for every event: the cancellation's stop is taken a moment after `now`; one not
-            # running yet stops then too (_termination), not at random
+            # not stop > now alone, which holds for every event (the cancellation's stop is taken a moment after
+            # `now`): one not running yet stops then too (_termination), not at random
             if ev.drives_points and ev.start_after > timedelta(0) and ev.start <= now < ev.stop:
                 log.info("event %s %s: treated as cancelled; its level ends at %s, at random "
                          "within its startafter of %g s", eid, why, ev.stop.isoformat(timespec="seconds"),

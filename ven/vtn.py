@@ -728,8 +728,8 @@ class VtnClient(VtnEvents, VtnReports, VtnStatus, VtnOutage):
                 missed = not await self._list_events_again(client)
             self._watch_requests()
             if self._retry_at_poll:
-                # the VTN answers: a backoff grown while its report store was down held the backlog up to
-                # openadr.retry_max_seconds after it took updates again. One retry a poll at most
+                # the VTN answers: a backoff grown while its report store was down would hold the backlog up to
+                # openadr.retry_max_seconds after it takes updates again. One retry a poll at most
                 self._wake_delivery.set()
             # answered, not with "register again", and the answer handled (a session error is part of the outage):
             # the registration works
