@@ -651,10 +651,11 @@ class VtnReports:
             self._client.report_requests[:] = [r for r in self._client.report_requests
                                                if r["report_request_id"] != rrid]
 
-    async def _create_report(self, payload: dict) -> None:
+    async def _create_report(self, payload: dict, in_place: bool = False) -> None:
         """oadrCreateReport: serve what was offered, refuse (452) what was not, answer oadrCreatedReport.
         Standing requests are served side by side (each its own intervals, MAX_STANDING at most; one
-        beyond is refused 452); one with the reportRequestID of one served replaces it."""
+        beyond is refused 452); one with the reportRequestID of one served replaces it. `in_place`: the requests
+        came in the answer to the report list offered again (METADATA), and take over the streams served."""
         client = self._client
         sampling = timedelta(seconds=self._cfg.telemetry_seconds)
         refused: list[str] = []
@@ -723,7 +724,7 @@ class VtnReports:
                 back = longest
             origin = report_origin(spec)
             replaced = None
-            if payload.get(IN_PLACE) and rrid not in self._requests:
+            if in_place and rrid not in self._requests:
                 # asked with the report list offered again: the VTN requests anew (openleadr's replaces its requests
                 # so). The stream of that granularity went on beside it, and the VTN got each interval twice: this
                 # one takes it over from its place in the queue, as a request after a new registration does
@@ -788,7 +789,7 @@ class VtnReports:
         requests = [r for r in answer.get("report_requests") or []
                     if (r.get("report_specifier") or {}).get("report_specifier_id") != "METADATA"]
         if requests:
-            await client.create_report(dict(answer, report_requests=requests, **{IN_PLACE: True}))
+            await self._create_report(dict(answer, report_requests=requests), in_place=True)
 
     def _adopt(self, rrid: str, granularity: timedelta, back: timedelta,
                window: tuple[datetime | None, datetime | None] = (None, None), origin: datetime = EPOCH,
@@ -867,7 +868,7 @@ class VtnReports:
         # The report's dtstart is the last one's end: an interval missing between it and the report's intervals was not
         # measured (the meter silent, the gateway down; 2.0b's payload needs a value, and a no-value interval would read
         # as one), where one after every report's is not sent yet. With each report from its first interval, the two
-        # read alike to a settlement ledger (helper oadr42, C3). (openleadr's template writes no report duration.)
+        # read alike to a settlement ledger. (openleadr's template writes no report duration.)
         start = since if since is not None and since < intervals[0].start else intervals[0].start
         report = objects.Report(report_request_id=rrid, report_specifier_id=self._report_specifier_id,
                                 report_name="TELEMETRY_USAGE", intervals=report_intervals,
@@ -931,8 +932,6 @@ def _whole_seconds(d: timedelta) -> timedelta:
     return timedelta(seconds=max(1, int(d.total_seconds())))
 
 
-# marks an oadrCreateReport payload as the VTN's answer to the report list offered again (METADATA)
-IN_PLACE = "_in_place_of_served"
 QUARTER_HOUR = timedelta(minutes=15)
 NOW_SLACK = timedelta(minutes=2)     # a dtstart this close to the request's arrival is "now", not a clock time
 
