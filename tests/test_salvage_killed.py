@@ -80,5 +80,24 @@ def test_a_start_killed_while_it_saves_a_damaged_file_loses_none_of_it(tmp_path,
     if code is SALVAGE_UNTIL_EVENTS:    # saved again from the start: what it kept, what it did not
         assert len(errors) == 1 and "is damaged" in errors[0] and "table(s) kv, adr_events" in errors[0], errors
     else:
+        aside = next(n for n in left if n.startswith("gw.sqlite.damaged-") and not n.endswith(("-wal", "-shm")))
         assert errors == [f"storage.path {path}: the file made from a damaged one (its start was stopped in the "
-                          "middle) put in place; the damaged file is beside it as gw.sqlite.damaged-<time>"], errors
+                          f"middle) put in place; the damaged file is beside it as {aside}"], errors
+
+
+def test_a_start_killed_between_moving_the_damaged_file_and_its_wal_keeps_them_together(tmp_path, caplog):
+    # killed after the damaged file went aside and before its -wal followed: the -wal went to <name>.damaged-wal, not
+    # beside <name>.damaged-<time>, where `sqlite3 ... .recover` replays it
+    path = tmp_path / "gw.sqlite"
+    Storage(tmp_path / "gw.sqlite.salvaged").close()     # the file made whole, waiting to be put in place
+    (tmp_path / "gw.sqlite.damaged-20261205T101500").write_bytes(b"the damaged file")
+    (tmp_path / "gw.sqlite.damaged-20261101T090000").write_bytes(b"an older damaged file")
+    (tmp_path / "gw.sqlite-wal").write_bytes(b"its last commits")
+    set_aside_if_damaged(path)
+    assert (tmp_path / "gw.sqlite.damaged-20261205T101500-wal").read_bytes() == b"its last commits"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "gw.sqlite", "gw.sqlite.damaged-20261101T090000", "gw.sqlite.damaged-20261205T101500",
+        "gw.sqlite.damaged-20261205T101500-wal"]
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [
+        f"storage.path {path}: the file made from a damaged one (its start was stopped in the middle) put in place; "
+        "the damaged file is beside it as gw.sqlite.damaged-20261205T101500"]

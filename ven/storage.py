@@ -178,12 +178,22 @@ def _finish_salvage(p: Path) -> None:
     if real.exists():   # killed before the damaged file went aside: it is found and saved again
         _remove_salvage(made)
         return
-    for suffix in ("-wal", "-shm"):     # the damaged file's, not moved aside with it: never replayed into the new one
+    aside = _newest_aside(real) or real.with_name(f"{real.name}.damaged")
+    # the damaged file's -wal and -shm, if the stop came before they followed it: never replayed into the new file,
+    # and beside the damaged one, where `sqlite3 ... .recover` replays them
+    for suffix in ("-wal", "-shm"):
         with contextlib.suppress(FileNotFoundError):
-            os.replace(f"{real}{suffix}", f"{real}.damaged{suffix}")
+            os.replace(f"{real}{suffix}", f"{aside}{suffix}")
     move_with_sidecars(made, real)
     log.error("storage.path %s: the file made from a damaged one (its start was stopped in the middle) put in "
-              "place; the damaged file is beside it as %s.damaged-<time>", p, real.name)
+              "place; the damaged file is beside it as %s", p, aside.name)
+
+
+def _newest_aside(real: Path) -> Path | None:
+    """The damaged file set aside last: <name>.damaged-<time>, whose times sort as they run."""
+    prefix = f"{real.name}.damaged-"
+    names = [n for n in os.listdir(real.parent) if n.startswith(prefix) and not n.endswith(("-wal", "-shm"))]
+    return real.with_name(max(names)) if names else None
 
 
 def move_with_sidecars(path: Path, to: Path) -> None:
