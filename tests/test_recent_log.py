@@ -329,8 +329,8 @@ def test_marks_that_reorder_or_hide_text_and_a_tracebacks_words_are_escaped_too(
     assert last.endswith("z... (cut at 16,000 characters)") and len(text) < 17_000
 
 
-def test_what_a_restart_finds_in_storage_is_said_after_its_start_line_and_on_the_dashboard(tmp_path, free_udp_port,
-                                                                                          free_tcp_port, caplog):
+def test_what_a_restart_finds_in_storage_is_said_after_its_start_line_and_on_the_dashboard(
+        tmp_path, free_udp_port, free_tcp_port, caplog):
     # After a crash with the VTN away, the backlog line came before the start's line, where it read as the killed
     # run's last words, and the dashboard's log (attached at the start) never had it, nor a damaged file's line
     config = lone_config(tmp_path, free_udp_port(), free_tcp_port(), device_id=500042)

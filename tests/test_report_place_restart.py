@@ -14,8 +14,8 @@ from waiting import eventually
 pytestmark = pytest.mark.timeout(90)
 
 
-async def test_the_first_report_after_a_stop_is_dated_from_the_last_interval_the_vtn_took(tmp_path, free_udp_port,
-                                                                                         free_tcp_port):
+async def test_the_first_report_after_a_stop_is_dated_from_the_last_interval_the_vtn_took(
+        tmp_path, free_udp_port, free_tcp_port):
     ports = dict(bacnet_port=free_udp_port(), meter_port=free_udp_port(), vtn_port=free_tcp_port(),
                  http_port=free_tcp_port())
     config = fast_config(tmp_path, **ports, telemetry_seconds=1)

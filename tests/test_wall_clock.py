@@ -110,7 +110,7 @@ CLOCK_CHANGES = [
     ("Australia/Lord_Howe", "2027-04-03T14:15:00", "2027-04-03T15:00:05", (-630, True), (-630, False)),  # 2:00 -> 1:30
     ("America/New_York", "2027-11-07T05:15:00", "2027-11-07T06:00:05", (300, True), (300, False)),  # 02:00 -> 01:00
     ("Asia/Kathmandu", "2027-03-28T00:15:00", "2027-03-28T01:00:05", (-345, False), (-345, False)),  # none; +05:45
-    ("America/St_Johns", "2027-03-14T05:15:00", "2027-03-14T05:45:05", (210, False), (210, True)),  # 2:00 -> 3:00, -03:30
+    ("America/St_Johns", "2027-03-14T05:15:00", "2027-03-14T05:45:05", (210, False), (210, True)),  # 2:00 -> 3:00
     # the first zone into a new year (+14): the device's date turns with the local midnight, 10:00 UTC
     ("Pacific/Kiritimati", "2026-12-31T09:30:00", "2026-12-31T10:00:05", (-840, False), (-840, False)),
 ]
