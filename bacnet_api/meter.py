@@ -311,14 +311,15 @@ class MeterClient:
 
     async def _read(self) -> float:
         app = self._app
-        if self._conversion is None or self._conversion_app is not app:  # a (re)connection
+        fresh = self._conversion is None or self._conversion_app is not app  # a (re)connection
+        if fresh:
             # asked again: a meter replaced, or its firmware, may answer it otherwise
             self.read_multiple = False if self._never_multiple else None
             if self._multiple_unanswered and not self._never_multiple:
                 await self._ask_services(app)
         self._answers = await self._read_multiple(app) if self.read_multiple is not False else {}
         try:
-            return await self._read_answered(app)
+            return await self._read_answered(app, fresh)
         finally:
             self._answers = {}
 
@@ -399,8 +400,8 @@ class MeterClient:
                      "units and statusFlags in separate requests)", self.address, self.object_name, why, self.property)
             self._logged_multiple = False
 
-    async def _read_answered(self, app: Application) -> float:
-        if self._conversion is None or self._conversion_app is not app:  # a (re)connection
+    async def _read_answered(self, app: Application, fresh: bool) -> float:
+        if fresh:
             self._has_units = True
             self._conversion = await self._read_units(app)
             self._conversion_app = app

@@ -610,49 +610,47 @@ class Gateway:
     def _on_forecast(self, f) -> None:
         if self.forecast.last_cycle_seconds is not None:
             self.metrics.forecast_cycle_seconds.observe(self.forecast.last_cycle_seconds)
-        short, long = self.config.forecaster.horizons_minutes
         # The power source went silent for input_stale_seconds: the last values stay readable, flagged,
         # and the load flags drop (no basis for a claim), flagged too, so "no peak" and "no data" differ.
         stale = self.forecast.input_stale()
         self._log_input_stale(stale)
+        self._show_forecast(f, held=stale)
+
+    def _on_forecast_stalled(self) -> None:
+        """A forecast cycle failed (a bug, said by its own ERROR line): shown as with no power input, the last
+        forecast readable and flagged, both load flags dropped and flagged."""
+        self._show_forecast(self.forecast.last_forecast, held=True)
+
+    def _show_forecast(self, f, held: bool) -> None:
+        """`f` on the points and in the metrics; `held` (no basis for a new claim): the last values stay, in fault."""
+        short, long = self.config.forecaster.horizons_minutes
+        demand = f.demand_kw if f is not None else {}
         for horizon, name in ((short, P.FIFTEEN_MIN_FORECAST), (long, P.ONE_HOUR_FORECAST)):
-            kw = f.demand_kw.get(horizon)
-            self._set_or_fault(name, None if stale else kw)
+            kw = demand.get(horizon)
+            self._set_or_fault(name, None if held else kw)
             # NaN while the point is in fault: the last forecast held flat read as a live one on a chart
-            self.metrics.forecast_kw.labels(horizon=f"{horizon}m").set(math.nan if kw is None or stale else kw)
-        self._set_or_fault(P.RATE_OF_CHANGE, None if stale else f.rate_kw_per_min)
-        no_basis = stale or f.demand_kw.get(long) is None
+            self.metrics.forecast_kw.labels(horizon=f"{horizon}m").set(math.nan if kw is None or held else kw)
+        self._set_or_fault(P.RATE_OF_CHANGE, None if held or f is None else f.rate_kw_per_min)
+        no_basis = held or demand.get(long) is None
         # No threshold (percentiles need a day of history, and a flat history has none) is no basis
         # either: inactive then means "cannot tell", never "no peak", so the flag shows fault. A flag in
         # fault reads inactive even while its minimum on-time holds it on inside the forecaster.
         high_fault = no_basis or f.high_threshold_kw is None
         low_fault = no_basis or f.low_threshold_kw is None
-        high, low = f.high_load and not high_fault, f.low_load and not low_fault
+        high, low = not high_fault and f.high_load, not low_fault and f.low_load
         self.device.set(P.HIGH_LOAD, high)
         self.device.set(P.LOW_LOAD, low)
         self.device.set_fault(P.HIGH_LOAD, high_fault)
         self.device.set_fault(P.LOW_LOAD, low_fault)
-        # What each flag compares the forecast with, so the BAS can see why it is on and stage its own
-        # shedding below it. A threshold rests on the stored history (or the configuration), not on the
-        # last minutes of power: it stays live while the input is stale, and is in fault only while unknown.
-        self._set_or_fault(P.HIGH_LOAD_THRESHOLD, f.high_threshold_kw)
-        self._set_or_fault(P.LOW_LOAD_THRESHOLD, f.low_threshold_kw)
+        if f is not None:
+            # What each flag compares the forecast with, so the BAS can see why it is on and stage its own
+            # shedding below it. A threshold rests on the stored history (or the configuration), not on the
+            # last minutes of power: it stays live while the forecast is held, and is in fault only while unknown.
+            self._set_or_fault(P.HIGH_LOAD_THRESHOLD, f.high_threshold_kw)
+            self._set_or_fault(P.LOW_LOAD_THRESHOLD, f.low_threshold_kw)
         # NaN while the flag is in fault: 0 would say "no peak" where the BAS is told "cannot tell"
         self.metrics.high_load.set(math.nan if high_fault else int(high))
         self.metrics.low_load.set(math.nan if low_fault else int(low))
-
-    def _on_forecast_stalled(self) -> None:
-        """A forecast cycle failed (a bug, said by its own ERROR line): the last forecast stays readable, flagged, and
-        both load flags drop, flagged, as with no power input. The thresholds rest on the stored history: kept."""
-        for name in (P.FIFTEEN_MIN_FORECAST, P.ONE_HOUR_FORECAST, P.RATE_OF_CHANGE):
-            self.device.set_fault(name, True)
-        for name in (P.HIGH_LOAD, P.LOW_LOAD):
-            self.device.set(name, False)
-            self.device.set_fault(name, True)
-        for horizon in self.config.forecaster.horizons_minutes:
-            self.metrics.forecast_kw.labels(horizon=f"{horizon}m").set(math.nan)
-        self.metrics.high_load.set(math.nan)
-        self.metrics.low_load.set(math.nan)
 
     def _log_input_stale(self, stale: bool) -> None:
         """One WARNING when the forecaster runs out of power input, one INFO once it has had some for twice
