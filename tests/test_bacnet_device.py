@@ -722,7 +722,7 @@ async def test_a_bbmd_that_changes_how_it_fails_is_one_fault_whose_new_cause_is_
         bbmd.close()
 
 
-@pytest.mark.timeout(15)
+@pytest.mark.timeout(30)
 @pytest.mark.parametrize("answer", ["twice", "late"])
 async def test_an_acceptance_that_comes_twice_or_late_leaves_one_renewal(free_udp_port, answer):
     # A BBMD's acceptance was taken again when a second one came: twice on the wire, or late (the BBMD slower than the
@@ -764,15 +764,16 @@ async def test_an_acceptance_that_comes_twice_or_late_leaves_one_renewal(free_ud
         await eventually(lambda: layer.bbmdRegistrationStatus == 0 and len(asked) == (1 if answer == "twice" else 2),
                          5, "the registration taken")
         since = len(asked)
-        await asyncio.sleep(3.5)
+        # counted over the renewals seen, not in a fixed sleep: a loaded machine renews every 1.3 s
+        await eventually(lambda: len(asked) >= since + 3, 10, "three renewals")
     finally:
         serving.cancel()
         await device.stop()
         bbmd.close()
     renewals = asked[since:]
     gaps = [round(b - a, 2) for a, b in zip(asked[since - 1:], renewals)]
-    # one renewal a second, each a second after the one before
-    assert 3 <= len(renewals) <= 4 and min(gaps) > 0.8, gaps
+    # each renewal a second or more after the one before: a second request chain shows as gaps far under it
+    assert len(renewals) >= 3 and min(gaps) > 0.8, gaps
 
 
 async def test_a_stopped_device_leaves_no_task_of_its_own_behind(free_udp_port):
