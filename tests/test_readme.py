@@ -264,3 +264,17 @@ def test_every_command_line_option_says_what_it_is_and_its_default():
                 no_default.append((what, action.default))
     assert not bare, f"options without a help text: {bare}"
     assert not no_default, f"options whose help does not give their default: {no_default}"
+
+
+def test_the_replay_synopsis_gives_every_option_forecast_replay_takes():
+    # the synopsis is where a technician looks up the replay's options: --stamped was missing from it
+    import re
+
+    from ven.cli import build_parser
+
+    subparsers = next(a for a in build_parser()._actions if a.dest == "command").choices
+    synopsis = re.search(r"^```sh\nedge-gateway forecast-replay .*?^```", README, re.M | re.S)
+    assert synopsis, "README has no forecast-replay synopsis"
+    missing = [o for a in subparsers["forecast-replay"]._actions for o in a.option_strings[-1:]
+               if o not in ("--help",) and not re.search(rf"{o}(?![\w-])", synopsis.group(0))]
+    assert not missing, f"README's forecast-replay synopsis lacks: {missing}"
