@@ -28,7 +28,7 @@ async def test_a_vtn_restarted_with_another_vtn_id_and_poll_frequency_is_said_at
             first = gw.vtn.registration_id
             assert said(caplog, "registered with VTN") == [
                 f"registered with VTN {server.url} (vtnID VTN-A): venID ven-edge-gateway, registrationID {first}, "
-                "poll every 1.0 s, telemetry requested"]
+                "poll every 1 s, telemetry requested"]
             await server.stop()
             await until(lambda: not gw.vtn.connected, 5, "a failed poll")
             gw.vtn.record_sample(now() - timedelta(seconds=1), 12.5)
@@ -39,9 +39,23 @@ async def test_a_vtn_restarted_with_another_vtn_id_and_poll_frequency_is_said_at
             lines = said(caplog, "registered with VTN")
             assert len(lines) == 2 and lines[1] == (
                 f"registered with VTN {server.url} (vtnID VTN-B): venID ven-edge-gateway, registrationID "
-                f"{gw.vtn.registration_id}, poll every 3.0 s, telemetry requested"), lines
+                f"{gw.vtn.registration_id}, poll every 3 s, telemetry requested"), lines
     finally:
         await server.stop()
+
+
+@pytest.mark.timeout(30)
+async def test_a_vtn_asking_for_polls_under_a_second_reads_as_the_period_polled_at(tmp_path, free_tcp_port, caplog):
+    # openleadr writes a VTN's 0.5 s as "P" (and reads "PT0.5S" as 0): the line said "poll every 0.0 s" while the
+    # gateway polled every second, its shortest
+    caplog.set_level(logging.INFO, logger="ven")
+    async with DemoVtn(free_tcp_port(), poll_seconds=0.5) as server:
+        async with running(tmp_path, server.url) as gw:
+            await until(lambda: gw.vtn.connected and gw.vtn.status()["report_request_id"], 10, "registration")
+            assert said(caplog, "registered with VTN") == [
+                f"registered with VTN {server.url} (vtnID {server.vtn_id}): venID ven-edge-gateway, registrationID "
+                f"{gw.vtn.registration_id}, poll every 1 s (the VTN asked for 0 s; the gateway polls at most once a "
+                f"second), telemetry requested"]
 
 
 @pytest.mark.timeout(30)

@@ -38,7 +38,7 @@ from .vtn_outage import VtnOutage, _Outage
 from .vtn_reports import Standing, Unrequested, VtnReports
 from .vtn_status import StatusRequest, VtnStatus
 from .vtn_transport import (EMPTY_ANSWER, EVENT_BUG_THEN, INVALID_ID, NOT_REGISTERED, _Client, _NoScheduler, _duration,
-                            _ei_response, _fault_kind, _iso, _response_code, _utcnow)
+                            _ei_response, _fault_kind, _iso, _response_code, _utcnow, poll_period)
 from .wallclock import clock_suspect
 
 log = logging.getLogger(__name__)
@@ -608,10 +608,12 @@ class VtnClient(VtnEvents, VtnReports, VtnStatus, VtnOutage):
         # ... unless the VTN settled other terms than the last line said (a VTN restarted under another vtnID, asking
         # for another poll frequency): the operator would read the old ones meanwhile
         terms = (self.vtn_id, self.ven_id, client.poll_frequency)
+        # the period polled at: a VTN asking for less than a second read "poll every 0.0 s" while polls went every 1 s
+        asked, period = client.poll_frequency.total_seconds(), poll_period(client)
         log.log(logging.DEBUG if self._repeating() and terms == self._terms_said else logging.INFO,
-                "registered with VTN %s (vtnID %s): venID %s, registrationID %s, poll every %s s, telemetry %s",
-                self._cfg.vtn_url_shown, self.vtn_id, self.ven_id, self.registration_id,
-                client.poll_frequency.total_seconds(),
+                "registered with VTN %s (vtnID %s): venID %s, registrationID %s, poll every %g s%s, telemetry %s",
+                self._cfg.vtn_url_shown, self.vtn_id, self.ven_id, self.registration_id, period,
+                "" if asked == period else f" (the VTN asked for {asked:g} s; the gateway polls at most once a second)",
                 "requested" if self._report_request_id else "not requested by the VTN" if offered
                 else "not offered" if self._cfg.telemetry else "off (openadr.telemetry = false)")
         self._terms_said = terms
@@ -657,8 +659,7 @@ class VtnClient(VtnEvents, VtnReports, VtnStatus, VtnOutage):
 
     async def _session(self) -> None:
         client = self._client
-        # Durations travel as whole seconds; a VTN asking for 0 would mean a busy loop.
-        period = max(1.0, client.poll_frequency.total_seconds())
+        period = poll_period(client)
         failed_here = 0     # this session's failed polls in a row; self.poll_failures counts across re-registrations
         # a poll failed on the way (a time-out, a reset in the middle of the answer): the VTN may have answered it
         # with events and counts them as delivered, never to send them again unless they change. The event list

@@ -20,7 +20,7 @@ from .report_intervals import (DAY, EPOCH, Grid, Interval, bucket_start, complet
                                grid, report_period)
 from .tasks import woken
 from .vtn_transport import (INVALID_ID, _duration, _ei_response, _fault_kind, _iso, _refusal, _response_code,
-                            _utcnow)
+                            _utcnow, poll_period)
 
 # one logger for the VEN side, wherever its code lives: tests and log filters select its lines by this name
 log = logging.getLogger("ven.vtn")
@@ -429,7 +429,7 @@ class VtnReports:
 
     def _request_wait(self) -> float:
         # as the session polls: at least every second
-        poll = max(1.0, self._client.poll_frequency.total_seconds()) if self._client is not None else 1.0
+        poll = poll_period(self._client) if self._client is not None else 1.0
         return max(self._cfg.request_wait_seconds, REQUEST_WAIT_POLLS * poll)
 
     def _asked_instead(self, what: list[str]) -> None:

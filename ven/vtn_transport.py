@@ -595,6 +595,12 @@ def _iso(t: datetime | None) -> str:
     return t.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z") if t else "-"
 
 
+def poll_period(client: OpenADRClient) -> float:
+    """Seconds between the session's polls: the VTN's oadrRequestedOadrPollFreq, but at least a second. Durations
+    travel as whole seconds (openleadr writes a VTN's 0.5 s as "P" and reads "PT0.5S" as 0): 0 would be a busy loop."""
+    return max(1.0, client.poll_frequency.total_seconds())
+
+
 def _duration(d: timedelta) -> str:
     """ISO 8601, as on the wire (PT10S, PT5M, PT1H30M)."""
     return outils.timedeltaformat(d)
