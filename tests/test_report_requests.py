@@ -10,6 +10,7 @@ import contextlib
 import logging
 import math
 from datetime import datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
 
 import pytest
 from waiting import eventually as until
@@ -30,13 +31,13 @@ def now() -> datetime:
 
 
 class Rig:
-    def __init__(self, tmp_path, url, **cfg):
+    def __init__(self, tmp_path, url, zone=None, **cfg):
         # retries from 0.05 s up to 0.25 s: a refused or failed update is sent again within the 1 s sampling
         cfg = {"retry_min_seconds": 0.05, "retry_max_seconds": 0.25, "telemetry_seconds": 1.0, **cfg}
         self.storage = Storage(tmp_path / "gw.sqlite")
         self.schedule = EventSchedule(self.storage, lambda st: None)
         self.queue = TelemetryQueue(tmp_path / "gw.sqlite")
-        self.vtn = VtnClient(OpenadrConfig(vtn_url=url, **cfg), self.schedule, self.queue)
+        self.vtn = VtnClient(OpenadrConfig(vtn_url=url, **cfg), self.schedule, self.queue, zone=zone)
         self.taken: list[tuple[datetime, float]] = []      # every reading recorded, in order
         self._meter: asyncio.Task | None = None
 
@@ -110,6 +111,28 @@ def same(got, want):
 
 def said(caplog, text):
     return [r.getMessage() for r in caplog.records if text in r.getMessage()]
+
+
+async def test_a_readings_debug_line_names_its_local_days_own_length_at_a_clock_change(tmp_path, free_tcp_port, caplog):
+    # a VTN asking for days from a Rome midnight gets Rome's days (ven/report_intervals.py grid): the line said
+    # "+ P1D" for the 23 and 25 hours of the days the clocks change
+    caplog.set_level(logging.DEBUG, logger="ven.vtn")
+    rome = ZoneInfo("Europe/Rome")
+    day = timedelta(days=1)
+    async with DemoVtn(free_tcp_port(), poll_seconds=1, request_telemetry=False) as server:
+        async with running(tmp_path, server.url, zone=rome) as rig:
+            offer = await until(lambda: server.report_metadata, 10, "the reports offered")
+            rrid = server.create_report(offer[-1]["ven_id"], day, day,
+                                        window=(datetime(2026, 10, 1, tzinfo=rome).astimezone(timezone.utc), 800 * day))
+            await until(lambda: rig.vtn.status()["report_request_id"] == rrid, 10, "the request taken")
+            # days to come: a reading dated before this version was built is not taken (its clock is not set)
+            for noon in (datetime(2027, 3, 28, 12, tzinfo=rome), datetime(2027, 3, 29, 12, tzinfo=rome),
+                         datetime(2027, 10, 31, 12, tzinfo=rome)):
+                rig.vtn.record_sample(noon.astimezone(timezone.utc), 5.0)
+            assert [re.sub(r", \d+ waiting", "", m) for m in said(caplog, "-> TELEMETRY_USAGE (interval")] == [
+                "telemetry 5.00 kW -> TELEMETRY_USAGE (interval 2027-03-27T23:00:00Z + PT23H)",
+                "telemetry 5.00 kW -> TELEMETRY_USAGE (interval 2027-03-28T22:00:00Z + P1D)",
+                "telemetry 5.00 kW -> TELEMETRY_USAGE (interval 2027-10-30T22:00:00Z + PT25H)"]
 
 
 async def test_intervals_have_the_requested_granularity_are_means_and_come_every_report_back(

@@ -37,8 +37,8 @@ from .vtn_events import VtnEvents
 from .vtn_outage import VtnOutage, _Outage
 from .vtn_reports import Standing, Unrequested, VtnReports
 from .vtn_status import StatusRequest, VtnStatus
-from .vtn_transport import (EMPTY_ANSWER, EVENT_BUG_THEN, INVALID_ID, NOT_REGISTERED, _Client, _NoScheduler, _duration,
-                            _ei_response, _fault_kind, _iso, _response_code, _utcnow, poll_period)
+from .vtn_transport import (EMPTY_ANSWER, EVENT_BUG_THEN, INVALID_ID, NOT_REGISTERED, _Client, _NoScheduler,
+                            _ei_response, _fault_kind, _iso, _length, _response_code, _utcnow, poll_period)
 from .wallclock import clock_suspect
 
 log = logging.getLogger(__name__)
@@ -255,10 +255,11 @@ class VtnClient(VtnEvents, VtnReports, VtnStatus, VtnOutage):
         # only for a line that is logged
         if log.isEnabledFor(logging.DEBUG):
             if self._live and self._report_request_id:
-                log.debug("telemetry %.2f kW -> TELEMETRY_USAGE (interval %s + %s, %d waiting)", kw,
-                          _iso(self._grid(self._requests[self._report_request_id]).start(ts)),
-                          _duration(self._granularity),
-                          self._telemetry.pending)
+                # its own length: a local day's interval is 23 or 25 hours at a clock change, not P1D's nominal 24
+                on = self._grid(self._requests[self._report_request_id])
+                start = on.start(ts)
+                log.debug("telemetry %.2f kW -> TELEMETRY_USAGE (interval %s + %s, %d waiting)", kw, _iso(start),
+                          _length(on.next(ts) - start), self._telemetry.pending)
             else:
                 log.debug("telemetry %.2f kW -> TELEMETRY_USAGE (queued, %d waiting)", kw, self._telemetry.pending)
         if self._one_shots and self._wake_delivery is not None:

@@ -19,8 +19,8 @@ from bacnet_api.settle import span
 from .report_intervals import (DAY, EPOCH, Grid, Interval, bucket_start, complete_intervals, effective_granularity,
                                grid, report_period)
 from .tasks import woken
-from .vtn_transport import (INVALID_ID, _duration, _ei_response, _fault_kind, _iso, _refusal, _response_code,
-                            _utcnow, poll_period)
+from .vtn_transport import (INVALID_ID, _duration, _ei_response, _fault_kind, _iso, _length, _refusal,
+                            _response_code, _utcnow, poll_period)
 
 # one logger for the VEN side, wherever its code lives: tests and log filters select its lines by this name
 log = logging.getLogger("ven.vtn")
@@ -318,7 +318,7 @@ class VtnReports:
             if cut := [iv for iv in intervals if iv.cut]:
                 log.info("TELEMETRY_USAGE interval %s + %s of request %s lacks the readings up to %s, which had left "
                          "the queue when the request came: sent as the mean of the %d still queued, marked %s",
-                         _iso(cut[0].start), _duration(req.granularity), req.rrid, _iso(left), len(cut[0].samples),
+                         _iso(cut[0].start), _length(cut[0].duration), req.rrid, _iso(left), len(cut[0].samples),
                          cut[0].quality)
             # one line per update is a healthy gateway's whole log: only a backlog is news, said when its first
             # batch goes and when it is all delivered, not once per batch. An update of the intervals one

@@ -605,6 +605,15 @@ def _duration(d: timedelta) -> str:
     """ISO 8601, as on the wire (PT10S, PT5M, PT1H30M)."""
     return outils.timedeltaformat(d)
 
+
+def _length(d: timedelta) -> str:
+    """An interval's own length: as _duration, but days that are not whole in hours (PT25H, a local day the clocks went
+    back in), where P1DT1H would read as a nominal day (RFC 5545) and an hour."""
+    if d.days and d % timedelta(days=1) and not d % timedelta(hours=1):
+        return f"PT{d // timedelta(hours=1)}H"
+    return _duration(d)
+
+
 def _ei_response(request_id: str | None, refusal: str | None = None) -> dict:
     """An answer's eiResponse: 200 OK, or 452 (an ID the VEN does not know) with the reason."""
     request_id = "" if request_id is None else request_id     # an empty requestID: openleadr's template writes "None"
