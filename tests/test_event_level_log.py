@@ -32,3 +32,31 @@ async def test_each_level_an_event_sets_is_one_line_and_its_end_another(tmp_path
     assert said == ["ADR-Event-Level 0 -> 1 (event level-log-evt)", "ADR-Event-Level 1 -> 3 (event level-log-evt)",
                     "ADR-Event-Level 3 -> 0"], text
     assert "Traceback" not in text
+
+
+async def test_a_restart_in_the_middle_of_an_event_says_the_level_it_found_not_a_change_from_0(
+        tmp_path, free_udp_port, free_tcp_port):
+    # The restarted gateway said "ADR-Event-Level 0 -> 2": the 0 was the point's own for the milliseconds before the
+    # stored schedule set it, and a BAS reading through the restart saw 2 throughout. The operator read the event as
+    # starting again.
+    vtn_port = free_tcp_port()
+    config = tmp_path / "gw.toml"
+    write_config(config, bacnet_port=free_udp_port(), vtn_port=vtn_port, http_port=free_tcp_port(),
+                 storage=tmp_path / "gw.sqlite", ven_name="level-log")
+    async with DemoVtn(port=vtn_port, poll_seconds=0.5) as vtn:
+        with GatewayProcess(config, tmp_path / "before.log") as gateway:
+            await eventually(lambda: vtn.vens, 30, "registration")
+            start = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=2)
+            event = vtn.add_event([2], start=start, interval_seconds=600, event_id="level-log-restart")
+            await eventually(lambda: "ADR-Event-Level 0 -> 2" in gateway.log(), 20, "the event's level")
+        before = gateway.log()
+        with GatewayProcess(config, tmp_path / "after.log") as gateway:
+            await eventually(lambda: "edge-gateway ready" in gateway.log(), 30, "the restart")
+            vtn.cancel_event(event)
+            await eventually(lambda: "ADR-Event-Level 2 -> 0" in gateway.log(), 20, "the cancellation")
+            after = gateway.log()
+    assert re.findall(r"ADR-Event-Level .*", before) == ["ADR-Event-Level 0 -> 2 (event level-log-restart)"], before
+    # one line a change still: the level the start found, then its end
+    assert re.findall(r"ADR-Event-Level .*", after) == [
+        "ADR-Event-Level 2 at the start (event level-log-restart in force)", "ADR-Event-Level 2 -> 0"], after
+    assert "Traceback" not in before + after
