@@ -349,8 +349,10 @@ class DemandForecaster:
         held = np.flatnonzero(snap.counts)
         return {"time": [float(snap.k0 + i) * 60.0 for i in held], "kw": [float(snap.means[i]) for i in held]}
 
-    def seed(self, times, values) -> int:
-        """Bulk-load a history (any order, any age); invalid values are skipped. Returns how many were kept."""
+    def seed(self, times, values, fill_only: bool = False) -> int:
+        """Bulk-load a history (any order, any age); invalid values are skipped. With `fill_only`, samples in minutes
+        already held are left out (a history seeded again over one restored: its minutes would count twice). Returns
+        how many were kept."""
         t = np.asarray(times, dtype=float)
         v = np.asarray(values, dtype=float)
         ok = np.isfinite(t) & np.isfinite(v) & (v >= self.min_kw) & (v <= self.max_kw)
@@ -360,6 +362,12 @@ class DemandForecaster:
             return 0
         ks = np.ceil(t / 60.0).astype(np.int64)
         with self._lock:
+            if fill_only:
+                lo = int(ks.min())
+                new = self._bins.snapshot(lo, int(ks.max())).counts[ks - lo] == 0
+                t, v, ks = t[new], v[new], ks[new]
+                if not t.size:
+                    return 0
             self._bins.add(ks, v, offsets=t - (ks - 1) * 60.0)
             self._dirty.update(ks.tolist())
             self._judged = None     # judged again with these minutes

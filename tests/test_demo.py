@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import aiohttp
 import pytest
@@ -192,3 +193,27 @@ def test_the_demo_leaves_the_site_s_state_file_alone(tmp_path, monkeypatch, free
         f"demo: --storage: storage.path {site} is in use by process {os.getpid()} (a gateway holds {site}.lock): "
         "give the demo a file of its own, or none (a temporary one)"]
     assert not site.exists()
+
+
+def test_a_demo_run_again_on_its_storage_file_does_not_seed_its_history_twice(tmp_path, free_udp_port, free_tcp_port):
+    # the second run seeded the shipped week on top of the one the file held from the first: every minute's count
+    # doubled (its mean unchanged), so the history read as twice the readings it had
+    import sqlite3
+
+    storage = tmp_path / "demo.sqlite"
+
+    def seeded() -> tuple[int, int]:
+        """The minutes before the first run, and the samples counted in them."""
+        with sqlite3.connect(storage) as db:
+            return db.execute("SELECT COUNT(*), SUM(count) FROM forecast_minute WHERE minute < ?",
+                              (first_run // 60,)).fetchone()
+    first_run, found = time.time(), []
+    for _ in range(2):
+        res = _cli("demo", "--duration", "3", "--storage", str(storage), "--bacnet-port", str(free_udp_port()),
+                   "--meter-port", str(free_udp_port()), "--bas-port", str(free_udp_port()),
+                   "--vtn-port", str(free_tcp_port()), "--http-port", str(free_tcp_port()))
+        assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr[-3000:]
+        found.append(seeded())
+    assert found[0][0] > 1000 and found[0][1] == found[0][0], found     # one sample a minute, as shipped
+    assert found[1] == found[0], found
+    assert "the others fall in minutes the stored history holds" in res.stderr, res.stderr[-3000:]

@@ -337,6 +337,34 @@ async def test_power_back_after_a_silence_brings_one_cycle_not_one_per_sample(tm
         await svc.stop()
 
 
+@pytest.mark.timeout(60)
+async def test_a_warm_start_on_a_file_that_holds_it_adds_only_the_minutes_the_file_lacks(tmp_path, caplog):
+    # `edge-gateway demo --storage FILE` run again seeded its week of samples on top of the week the file held from
+    # the run before: every minute's count doubled (its mean unchanged), the history weighed twice
+    caplog.set_level(logging.INFO, logger="ven.forecast_service")
+    path = str(tmp_path / "demo.sqlite")
+    now = time.time()
+    times = [now - 86400 + 300 * i for i in range(288)]     # a day (no fit), a sample each 5 minutes
+    values = [100.0 + i % 7 for i in range(288)]
+
+    def stored() -> tuple[int, int]:
+        with sqlite3.connect(path) as db:
+            return db.execute("SELECT COUNT(*), SUM(count) FROM forecast_minute").fetchone()
+    for run, upto in enumerate((200, 288)):     # the second run a little later: its newest samples are new
+        svc = ForecastService(ForecasterConfig(cycle_seconds=3600, source="meter"), path, publish=lambda f: None)
+        svc.warm_start(times[:upto], values[:upto])
+        await svc.start()
+        try:
+            assert svc.status()["history_minutes"] == upto
+        finally:
+            await svc.stop()
+        assert stored() == (upto, upto), run        # one sample a minute, once
+    assert [r.getMessage() for r in caplog.records if "warm-started" in r.getMessage()] == [
+        "forecaster warm-started with 200 samples over 0.7 days",
+        "forecaster warm-started with 88 of 288 samples over 1.0 days: the others fall in minutes the stored history "
+        "holds"]
+
+
 @pytest.mark.timeout(120)
 async def test_fit_runs_off_the_loop_and_a_restart_resumes_at_once(tmp_path):
     path = str(tmp_path / "gateway.sqlite")

@@ -130,6 +130,7 @@ class ForecastService:
         self.storage_error: str | None = None     # why storage.path took no write, while it does not (the status)
         self._missing_since: float | None = None    # the file found deleted (monotonic), while it stays so
         self._read_at_start = False                 # the file would not open at the start: its history was read
+        self._warm: tuple | None = None             # warm_start()'s samples, seeded at start()
         self._unsaved_model: bytes | None = None    # a fitted model not yet written
         self._unsaved_forecasts: list[Forecast] = []   # issued, not yet written (SAVE_EVERY_CYCLES)
         self._cycles_run = 0
@@ -331,10 +332,23 @@ class ForecastService:
         self.forecaster.set_curtailed(spans + self._imported_sheds)
 
     def warm_start(self, times, values) -> None:
-        """Seed the history (e.g. the shipped demo excerpt); persisted with the next cycle."""
-        n = self.forecaster.seed(times, values)
-        days = (max(times) - min(times)) / 86400 if n else 0.0
-        log.info("forecaster warm-started with %d samples over %.1f days", n, days)
+        """Seed the history (e.g. the shipped demo excerpt) at start(), into the minutes storage.path does not hold;
+        persisted with the next cycle. Seeded before the file was read, a demo run again on its --storage file counted
+        each minute it had seeded the time before twice."""
+        self._warm = (times, values)
+
+    def _seed_warm(self) -> None:
+        times, values = self._warm
+        self._warm = None
+        rejected = self.forecaster.rejected
+        n = self.forecaster.seed(times, values, fill_only=True)
+        held = len(times) - n - (self.forecaster.rejected - rejected)
+        days = (max(times) - min(times)) / 86400 if n or held else 0.0
+        if held:
+            log.info("forecaster warm-started with %d of %d samples over %.1f days: the others fall in minutes the "
+                     "stored history holds", n, n + held, days)
+        else:
+            log.info("forecaster warm-started with %d samples over %.1f days", n, days)
 
     # ---- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -350,6 +364,8 @@ class ForecastService:
                       type(err).__name__, self.storage_error, self._reopen_seconds)
             self._store, loaded = None, await loop.run_in_executor(self._cycle_pool, self._read_store)
         self._imported_sheds = loaded.get("set_aside", [])
+        if self._warm is not None:
+            self._seed_warm()
         log.info("forecaster resumed %d minute%s of stored history%s%s", loaded["minutes"],
                  "" if loaded["minutes"] == 1 else "s",
                  " and its fitted model" if loaded["model"] else self._learning_text(),
