@@ -239,12 +239,21 @@ export function findProblems(health) {
   }
   // a job the gateway repeats failing on an exception nobody expected (the log has its traceback, once)
   // or short of memory, threads or files: a limit of the box, not a bug
-  (Array.isArray(gw.bugs) ? gw.bugs : []).forEach((b, i) => /failing, short of /.test(String(b))
-    ? add(`bug-${i}`, "bad", "Gateway short of a resource", String(b),
+  const bugs = (Array.isArray(gw.bugs) ? gw.bugs : []).map(String);
+  const traceback = "the log has its traceback (an ERROR \"... failed (a bug in the gateway)\"): report it with that traceback; a restart may clear it";
+  // the forecast cycle's, by its error in the status (forecaster.cycle_error, as the tiles read it), not by the
+  // wording of the job's name: its item says what the BAS reads meanwhile
+  const cycleError = fc.cycle_error ? String(fc.cycle_error) : null;
+  const cycleAt = cycleError === null ? -1 : bugs.findIndex((b) => b.endsWith(`(${cycleError})`));
+  const held = ": the forecast, trend and load-flag points read fault to the BAS until it works again";
+  bugs.forEach((b, i) => /failing, short of /.test(b)
+    ? add(`bug-${i}`, "bad", "Gateway short of a resource", i === cycleAt ? b + held : b,
           "give the gateway more of it: its unit's LimitAS, LimitNOFILE, LimitNPROC or TasksMax, or a box with more RAM (README \"Running against a real building\")")
-    : add(`bug-${i}`, "bad", "Gateway bug", /^forecast cycle failing/.test(String(b))
-          ? `${b}: the forecast, trend and load-flag points read fault to the BAS until it works again` : String(b),
-          "the log has its traceback (an ERROR \"... failed (a bug in the gateway)\"): report it with that traceback; a restart may clear it"));
+    : add(`bug-${i}`, "bad", "Gateway bug", i === cycleAt ? b + held : b, traceback));
+  // its bug line not found among them (worded otherwise, or not listed): said all the same
+  if (cycleError !== null && cycleAt < 0) {
+    add("cycle", "bad", "Gateway bug", `forecast cycle failing (${cycleError})${held}`, traceback);
+  }
   // /healthz names what the gateway cannot do: one this page has no item for must not read "healthy" beside it
   const degraded = health.ok ? /\(degraded: (.*)\)$/.exec(String(health.text || "").trim()) : null;
   if (degraded && !out.some((p) => p.level === "bad")) {
