@@ -336,6 +336,8 @@ class ForecastService:
         persisted with the next cycle. Seeded before the file was read, a demo run again on its --storage file counted
         each minute it had seeded the time before twice."""
         self._warm = (times, values)
+        if self._task is not None:      # started: the file is read already
+            self._seed_warm()
 
     def _seed_warm(self) -> None:
         times, values = self._warm
