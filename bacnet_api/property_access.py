@@ -15,9 +15,10 @@ bacpypes3 handlers answer wrongly. `services._Services` inherits this mix-in.
   invalid-tag, which is for a malformed request), and a Null without a priority relinquishes priority 16
   (clause 19.2.1), which bacpypes3 rejected.
 - WritePropertyMultiple writes each value by those same rules, in order, and stops at the first
-  failure with a WritePropertyMultiple-Error naming it (clause 15.10). An unknown object anywhere
-  refuses the whole request before anything is written. bacpypes3 raised the error PDU without the
-  request's context, so nothing reached the BAS and asyncio logged a traceback.
+  failure with a WritePropertyMultiple-Error naming it; the writes before it stand (clause 15.10.2: a BAS
+  takes them as made). An unknown object is such a failure in its turn: it refused the whole request
+  before anything was written, so a BAS took the writes before it as made when none was. bacpypes3 raised
+  the error PDU without the request's context, so nothing reached the BAS and asyncio logged a traceback.
 - ReadPropertyMultiple REQUIRED of the Network Port includes networkNumber, networkNumberQuality and
   apduLength: required of every port before protocol revision 24 (the device reports 22), conditional
   after it, and bacpypes3 lists them as optional. Likewise a commandable point's priorityArray,
@@ -105,11 +106,13 @@ class PropertyAccess:
         specs = [(self.local_id(spec.objectIdentifier), spec.listOfProperties) for spec in apdu.listOfWriteAccessSpecs]
         try:
             for object_id, props in specs:
-                if self.get_object_id(object_id) is None:
-                    first = props[0].propertyIdentifier if props else PropertyIdentifier.all
-                    raise multiple_error("object", "unknownObject", object_id, first, None)
-            for object_id, props in specs:
                 obj = self.get_object_id(object_id)
+                if obj is None:
+                    # in its turn, as any other failure: the writes before it stand, as the BAS takes them to
+                    first = props[0] if props else None
+                    raise multiple_error("object", "unknownObject", object_id,
+                                         first.propertyIdentifier if first else PropertyIdentifier.all,
+                                         first.propertyArrayIndex if first else None)
                 for p in props:
                     prop, index, priority = p.propertyIdentifier, p.propertyArrayIndex, p.priority
                     try:

@@ -183,18 +183,43 @@ async def test_refused_write_property_multiple_gets_its_error(gateway, peer, cap
     assert [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info] == []
 
 
-async def test_write_property_multiple_to_an_unknown_object_writes_nothing(gateway, peer):
-    addr = where(gateway)
-    apdu = write_multiple(addr, "analogValue,1", "presentValue", Real(7.0))
-    apdu.listOfWriteAccessSpecs.append(
-        write_multiple(addr, "analogValue,99", "presentValue", Real(8.0)).listOfWriteAccessSpecs[0])
+def writes_in_one(addr: str, *writes: tuple):
+    """One WritePropertyMultiple of `writes`, each (object, property, value, priority)."""
+    apdu = write_multiple(addr, *writes[0])
+    for write in writes[1:]:
+        apdu.listOfWriteAccessSpecs.append(write_multiple(addr, *write).listOfWriteAccessSpecs[0])
+    return apdu
 
-    answer = await request(peer, apdu)
+
+async def test_write_property_multiple_to_an_unknown_object_stops_there_keeping_the_writes_before_it(gateway, peer):
+    # clause 15.10.2: the writes before the first failed one are made, and a BAS takes them as made; the device
+    # refused the whole request, so the BAS showed input-power-meter at 7 while it read 0
+    addr = where(gateway)
+    answer = await request(peer, writes_in_one(addr, ("analogValue,1", "presentValue", Real(7.0), 8),
+                                               ("analogValue,99", "presentValue", Real(8.0), 8),
+                                               ("binaryValue,4", "presentValue", Enumerated(1), 8)))
 
     assert isinstance(answer, WritePropertyMultipleError), answer
     assert str(answer.errorType.errorCode) == "unknown-object"
     assert answer.firstFailedWriteAttempt.objectIdentifier == ObjectIdentifier("analogValue,99")
-    assert gateway.get(INPUT_POWER) == 0.0
+    assert answer.firstFailedWriteAttempt.propertyIdentifier == PropertyIdentifier("presentValue")
+    assert gateway.commands(INPUT_POWER) == {8: 7.0}
+    assert gateway.commands(OPT_OUT) == {}    # after the failure: not written
+
+
+async def test_write_property_multiple_with_a_bad_value_in_the_middle_names_it_and_keeps_the_writes_before(
+        gateway, peer):
+    addr = where(gateway)
+    answer = await request(peer, writes_in_one(addr, ("analogValue,1", "presentValue", Real(11.0), 8),
+                                               ("binaryValue,4", "presentValue", Enumerated(7), 8),
+                                               ("analogValue,1", "presentValue", Real(12.0), 9)))
+
+    assert isinstance(answer, WritePropertyMultipleError), answer
+    assert f"{answer.errorType.errorClass}/{answer.errorType.errorCode}" == "property/value-out-of-range"
+    failed = answer.firstFailedWriteAttempt
+    assert (failed.objectIdentifier, failed.propertyIdentifier) == (ObjectIdentifier("binaryValue,4"),
+                                                                    PropertyIdentifier("presentValue"))
+    assert gateway.commands(INPUT_POWER) == {8: 11.0} and gateway.commands(OPT_OUT) == {}
 
 
 # ----- COV
