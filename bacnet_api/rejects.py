@@ -133,7 +133,10 @@ class RejectingServiceAccessPoint(ApplicationServiceAccessPoint):
     async def _reject(self, pdu: PDU) -> None:
         request = APDU.decode(pdu)
         service = confirmed_request_types.get(request.apduService)
-        if service is None or not getattr(self.serviceElement, f"do_{service.__name__}", None):
+        handler = getattr(self.serviceElement, f"do_{service.__name__}", None) if service else None
+        # a handler marked `not_executed` only refuses its service: a malformed request for it is one for a service
+        # the device does not execute too (it got the decoder's reason, invalid-tag, for a service it never claims)
+        if not handler or getattr(handler, "not_executed", False):
             reason = "unrecognizedService"
         elif request.apduSeg:  # only its last segment is at hand here
             reason = "other"

@@ -494,6 +494,8 @@ class _Services(PropertyAccess):
                          apdu.reinitializedStateOfDevice.attr, apdu.pduSource)
         raise UnrecognizedService("ReinitializeDevice is not executed")
 
+    do_ReinitializeDeviceRequest.not_executed = True    # rejects.py: a malformed one is unrecognized-service too
+
     async def confirmation(self, apdu: Any) -> None:
         # A request given up on (a meter read past meter.timeout_seconds) stays listed until a call_soon
         # callback removes it; an answer landing in between made bacpypes3 set a result on the cancelled

@@ -64,8 +64,12 @@ def confirmed(invoke: int, service: int, body: bytes = b"") -> bytes:
     # ConfirmedCOVNotification, well formed: the device subscribes to nothing (it got services/unknown-subscription)
     (1, bytes.fromhex("0901" "1c02000001" "2c00800001" "3900" "4e0955" "2e44420c00002f" "4f"), "unrecognized-service"),
     (1, b"", "unrecognized-service"),      # and an empty one (it got invalid-tag)
+    # ReinitializeDevice is not executed (nor claimed): a malformed one too (it got invalid-tag)
+    (20, b"", "unrecognized-service"),
+    (20, b"\x09", "unrecognized-service"),
 ], ids=["audit-log-query", "subscribe-cov-property-multiple", "read-property-conditional", "text-message",
-        "empty-read-property", "truncated-read-property", "cov-notification", "empty-cov-notification"])
+        "empty-read-property", "truncated-read-property", "cov-notification", "empty-cov-notification",
+        "empty-reinitialize-device", "truncated-reinitialize-device"])
 async def test_a_request_the_stack_cannot_decode_is_rejected_not_left_unanswered(gateway, peer, caplog, service,
                                                                                  body, reason):
     # bacpypes3 dropped these: the BAS waited through its retries and called the gateway offline
