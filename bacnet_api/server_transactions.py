@@ -23,6 +23,10 @@
   the timer (bacpypes3 took the window it named).
 - A SegmentACK without a window (0, or over 127) aborts too; an answer of more than 256 segments (the sequence
   number wraps) is aborted apdu-too-long rather than sent for ever.
+- An answer fits the client's max-APDU-length-accepted, header included: bacpypes3 weighed and cut the data alone, so
+  each segment was 5 octets over it (1481 to a BAS that takes 1476, 485 behind an MS/TP router that takes 480), and an
+  answer up to 3 over went unsegmented, to a BAS that takes no segments too (legacy bacpypes has the same fault,
+  JoelBender/bacpypes#498). Such an answer is now segmented, or aborted segmentation-not-supported.
 - A WritePropertyMultiple or ReadPropertyMultiple that bacpypes3 would decode only in part is failed as one it cannot
   decode, which rejects.py answers with a Reject (bacpypes3 executed the part and acknowledged the whole).
 """
@@ -30,13 +34,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from bacpypes3.apdu import AbortPDU, AbortReason, ConfirmedRequestPDU, SegmentAckPDU
+from bacpypes3.apdu import AbortPDU, AbortReason, ComplexAckPDU, ConfirmedRequestPDU, SegmentAckPDU
 from bacpypes3.appservice import ABORTED, COMPLETED, IDLE, ServerSSM
 
 from .rejects import decode_whole
 
 
 MAX_SEGMENTS = 256     # sequence numbers 0..255
+# octets of a ComplexACK's header: type and flags, invoke id, service choice; segmented, also sequence number and window
+ACK_HEADER, SEGMENT_HEADER = 3, 5
 
 
 class GatewayServerSSM(ServerSSM):
@@ -125,6 +131,14 @@ class GatewayServerSSM(ServerSSM):
         # answer aborted apdu-too-long (as for a client that said how many it takes)
         if self.maxSegmentsAccepted is None or self.maxSegmentsAccepted > MAX_SEGMENTS:
             self.maxSegmentsAccepted = MAX_SEGMENTS
+        if apdu.apduType == ComplexAckPDU.pduType:
+            # bacpypes3 weighs the answer's data alone against the client's max-APDU-length-accepted, and cuts it into
+            # pieces of that size: each APDU went out with its header on top, over what the client takes
+            limit = self.maxApduLengthAccepted
+            if getattr(self.device_info, "max_npdu_length", None):
+                limit = min(limit, self.device_info.max_npdu_length)
+            if len(apdu.pduData) + ACK_HEADER > limit:
+                self.maxApduLengthAccepted = limit - SEGMENT_HEADER
         await super().confirmation(apdu)
 
     async def fill_window(self, seqNum: int) -> None:

@@ -260,3 +260,50 @@ async def test_a_stale_acknowledgement_does_not_change_the_window_in_force(gatew
     assert await client.next(0.3) is None
     client.send(bytes([0x40, 30, 4, 2]))
     assert [a[2] for _, a in await client.answers(0.5)] == [5, 6]
+
+
+async def segmented_answer(client: RawClient, invoke: int) -> list[bytes]:
+    """The segments of the answer to invoke id `invoke`, each acknowledged as it comes."""
+    segments = []
+    while True:
+        apdu = await client.next(1.0)
+        assert apdu is not None, f"stalled after {len(segments)} segments"
+        assert apdu[0] & 0xF8 == 0x38 and apdu[1] == invoke, apdu.hex()
+        segments.append(apdu)
+        client.send(bytes([0x40, invoke, apdu[2], 1]))
+        if not apdu[0] & 0x04:
+            return segments
+
+
+# presentValue of analogValue 1, 2 and 3: 48 octets of answer, 51 with the ComplexACK's header
+RPM_3_VALUES = b"".join(bytes([0x0C]) + struct.pack(">I", (2 << 22) | i) + bytes([0x1E, 0x09, 0x55, 0x1F]) for i in (1, 2, 3))
+
+
+# ALL of analogValue 1 to 8: about 1,100 octets that do not change between two reads (the device's ALL has the time)
+RPM_POINTS_ALL = b"".join(bytes([0x0C]) + struct.pack(">I", (2 << 22) | i) + bytes([0x1E, 0x09, 0x08, 0x1F])
+                          for i in range(1, 9))
+
+
+@pytest.mark.parametrize("code, octets, asked", [(0, 50, RPM_POINTS_ALL), (1, 128, RPM_POINTS_ALL),
+                                                 (2, 206, RPM_POINTS_ALL), (3, 480, RPM_POINTS_ALL),
+                                                 (0, 50, RPM_3_VALUES)],
+                         ids=["50", "128", "206", "480", "50-just-over"])
+async def test_every_segment_fits_the_max_apdu_the_bas_takes_header_included(gateway, client, code, octets, asked):
+    # bacpypes3 cut the answer's data into pieces of the BAS's max-APDU-length-accepted and put the 5-octet segment
+    # header on top: 55 octets to a BAS that takes 50, 485 to one behind an MS/TP router that takes 480
+    client.send(bytes([0x00, 0x05, 31, 14]) + asked)        # max 1476 octets: the whole answer in one
+    whole = await client.next(1.0)
+    assert whole[0] == 0x30 and whole[1] == 31, whole.hex()
+
+    client.send(bytes([0x02, code, 32, 14]) + asked)
+    segments = await segmented_answer(client, 32)
+    assert max(len(s) for s in segments) <= octets, [len(s) for s in segments]
+    assert b"".join(s[5:] for s in segments) == whole[3:]    # the same answer, in pieces
+    await asyncio.sleep(0.1)
+    assert gateway.app.asap.serverTransactions == []
+
+
+async def test_an_answer_just_over_the_max_apdu_is_aborted_for_a_bas_that_takes_no_segments(gateway, client):
+    # 51 octets went whole to a BAS that said it takes 50 and no segments
+    client.send(bytes([0x00, MAX_APDU_50, 33, 14]) + RPM_3_VALUES)
+    assert await client.next(1.0) == bytes([0x71, 33, 4])     # Abort: segmentation-not-supported
