@@ -27,6 +27,9 @@
   each segment was 5 octets over it (1481 to a BAS that takes 1476, 485 behind an MS/TP router that takes 480), and an
   answer up to 3 over went unsegmented, to a BAS that takes no segments too (legacy bacpypes has the same fault,
   JoelBender/bacpypes#498). Such an answer is now segmented, or aborted segmentation-not-supported.
+- A SegmentACK while an answer is made, and the request again (or another with its invoke id) while the answer goes in
+  segments, are discarded: bacpypes3 raised RuntimeError, logged as an ERROR with a traceback for each such datagram
+  (a WARNING "error processing incoming PDU" in the operator's log, which limits it to one per 10 minutes).
 - A WritePropertyMultiple or ReadPropertyMultiple that bacpypes3 would decode only in part is failed as one it cannot
   decode, which rejects.py answers with a Reject (bacpypes3 executed the part and acknowledged the whole).
 """
@@ -84,7 +87,20 @@ class GatewayServerSSM(ServerSSM):
             return
         await super().segmented_request(apdu)
 
+    # A request's invoke id stays its transaction's while the answer is made and sent, and bacpypes3 met two things a
+    # BAS sends meanwhile with RuntimeError, logged as an ERROR with a traceback (the operator's log shows it as a
+    # WARNING "error processing incoming PDU", once per 10 minutes: a fault of the gateway's stack, to the reader): a
+    # SegmentACK while the answer is made (nothing to acknowledge yet), and the request again while the answer goes in
+    # segments (its first segment lost, the BAS retried; or a new request reusing the invoke id). Both are discarded,
+    # as bacpypes3 discards the request again while the answer is made (5.4.5.2); the segments keep coming.
+    async def await_response(self, apdu: Any) -> None:
+        if apdu.apduType == SegmentAckPDU.pduType:
+            return
+        await super().await_response(apdu)
+
     async def segmented_response(self, apdu: Any) -> None:
+        if apdu.apduType == ConfirmedRequestPDU.pduType:
+            return
         if apdu.apduType == AbortPDU.pduType:
             self.set_state(COMPLETED)
             return

@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from bacnet_api.points import OPT_OUT
 from test_bacnet_device import DEVICE_ID, gateway, peer, port_of, where  # noqa: F401 - shared fixtures
 from test_bacnet_services import errors_logged
 from waiting import eventually
@@ -307,3 +308,41 @@ async def test_an_answer_just_over_the_max_apdu_is_aborted_for_a_bas_that_takes_
     # 51 octets went whole to a BAS that said it takes 50 and no segments
     client.send(bytes([0x00, MAX_APDU_50, 33, 14]) + RPM_3_VALUES)
     assert await client.next(1.0) == bytes([0x71, 33, 4])     # Abort: segmentation-not-supported
+
+
+async def test_the_request_again_while_its_answer_goes_in_segments_is_discarded_without_a_traceback(
+        gateway, client, caplog):
+    # a BAS that lost the first segment retries its request: bacpypes3 logged an ERROR with a traceback for it (and
+    # for any request reusing the invoke id until the answer ended), from any datagram anyone sends
+    asked = bytes([0x02, MAX_APDU_50, 34, 14]) + RPM_POINTS_ALL
+    client.send(asked)
+    first = await client.next(1.0)
+    assert first[:3] == bytes([0x3C, 34, 0]), first.hex()
+    client.send(asked)
+    # another request with the same invoke id: ReadProperty of the device's objectName
+    client.send(bytes([0x00, 0x05, 34, 12, 0x0C]) + struct.pack(">I", (8 << 22) | DEVICE_ID) + bytes([0x19, 0x4D]))
+    assert await client.next(0.3) is None        # discarded: no abort, no second answer
+    client.send(bytes([0x40, 34, 0, 1]))
+    rest = await segmented_answer(client, 34)
+    assert rest[0][2] == 1 and not rest[-1][0] & 0x04
+    gc.collect()
+    await asyncio.sleep(0)
+    assert errors_logged(caplog) == []
+
+
+async def test_a_segment_acknowledgement_while_the_answer_is_made_is_discarded_without_a_traceback(
+        gateway, client, caplog):
+    made = asyncio.Event()
+
+    async def slowly(_value):   # as the application's ADR-Opt-Out listener, whose ack waits for the disk
+        await asyncio.sleep(0.5)
+        made.set()
+
+    gateway.on_write(OPT_OUT, slowly)
+    # WriteProperty of binaryValue 4 presentValue active at priority 8
+    client.send(bytes([0x00, 0x05, 35, 15]) + bytes.fromhex("0c014000041955" "3e9101" "3f" "4908"))
+    await asyncio.sleep(0.1)
+    client.send(bytes([0x40, 35, 0, 1]))
+    assert await client.next(2.0) == bytes([0x20, 35, 15])     # its SimpleACK, when the write is made
+    assert made.is_set() and gateway.get(OPT_OUT) is True
+    assert errors_logged(caplog) == []
