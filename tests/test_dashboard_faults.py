@@ -556,6 +556,25 @@ async def test_the_forecast_cycles_bug_is_found_by_the_status_key_not_by_the_wor
         assert page.errors == []
 
 
+async def test_a_box_short_of_files_failing_several_jobs_alike_gives_the_cycles_note_to_the_cycles_line(
+        server):  # noqa: F811
+    # A box short of file descriptors (or memory, or threads) fails several jobs with one error text: the page gave
+    # "the forecast ... points read fault" to the first line ending in the cycle's error, the meter read's, and
+    # none to the forecast cycle's own (helper verify43)
+    view = CycleView()
+    error = "OSError: [Errno 24] Too many open files"
+    view.bugs = [f"meter read failing, short of file descriptors ({error})",
+                 f"forecast cycle failing, short of file descriptors ({error})"]
+    view.cycle_error = error
+    held = ": the forecast, trend and load-flag points read fault to the BAS until it works again"
+    detail = "document.querySelector('#problems li[data-problem=\"{}\"] .detail')?.textContent"
+    async with drawn(server, view, "?refresh=1", speedup=QUICK) as (page, _):
+        await page.wait_for_function(f"({PROBLEMS}) === 'bug-0,bug-1'", timeout=10000)
+        assert await page.evaluate(detail.format("bug-0")) == view.bugs[0]
+        assert await page.evaluate(detail.format("bug-1")) == view.bugs[1] + held
+        assert page.errors == []
+
+
 class AddressView(FaultView):
     """bacnet.address lost from the machine (bacnet_api/own_address.py), the meter's fault following it."""
 

@@ -244,7 +244,10 @@ export function findProblems(health) {
   // the forecast cycle's, by its error in the status (forecaster.cycle_error, as the tiles read it), not by the
   // wording of the job's name: its item says what the BAS reads meanwhile
   const cycleError = fc.cycle_error ? String(fc.cycle_error) : null;
-  const cycleAt = cycleError === null ? -1 : bugs.findIndex((b) => b.endsWith(`(${cycleError})`));
+  const ending = cycleError === null ? [] : bugs.flatMap((b, i) => (b.endsWith(`(${cycleError})`) ? [i] : []));
+  // a box short of files, memory or threads fails several jobs with one error text: the note went on the first
+  // (the meter read's); among several, the cycle's line is the one its job's name begins
+  const cycleAt = ending.length === 1 ? ending[0] : (ending.find((i) => bugs[i].startsWith("forecast cycle ")) ?? -1);
   const held = ": the forecast, trend and load-flag points read fault to the BAS until it works again";
   bugs.forEach((b, i) => /failing, short of /.test(b)
     ? add(`bug-${i}`, "bad", "Gateway short of a resource", i === cycleAt ? b + held : b,
