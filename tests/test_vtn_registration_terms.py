@@ -86,3 +86,14 @@ async def test_a_registration_answer_without_a_ven_id_is_a_failed_registration_t
             handlers["oadrCreatePartyRegistration"] = real
             await until(lambda: gw.vtn.connected, 10, "registered once the answer names the venID")
             assert gw.vtn.ven_id == "ven-edge-gateway" and gw.vtn.status()["last_error"] is None
+
+
+@pytest.mark.timeout(30)
+async def test_a_vtn_asking_for_polls_days_apart_reads_in_whole_seconds(tmp_path, free_tcp_port, caplog):
+    # the line printed the period with %g, six digits: a VTN asking for P14D read "poll every 1.2096e+06 s"
+    caplog.set_level(logging.INFO, logger="ven")
+    async with DemoVtn(free_tcp_port(), poll_seconds=14 * 86400) as server:
+        async with running(tmp_path, server.url) as gw:
+            await until(lambda: said(caplog, "registered with VTN"), 10, "registration")
+            [line] = said(caplog, "registered with VTN")
+            assert f"registrationID {gw.vtn.registration_id}, poll every 1209600 s, telemetry" in line, line

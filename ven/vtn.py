@@ -38,7 +38,8 @@ from .vtn_outage import VtnOutage, _Outage
 from .vtn_reports import Standing, Unrequested, VtnReports
 from .vtn_status import StatusRequest, VtnStatus
 from .vtn_transport import (EMPTY_ANSWER, EVENT_BUG_THEN, INVALID_ID, NOT_REGISTERED, _Client, _NoScheduler,
-                            _ei_response, _fault_kind, _iso, _length, _response_code, _utcnow, poll_period)
+                            _ei_response, _fault_kind, _iso, _length, _response_code, _utcnow, poll_period,
+                            whole_seconds)
 from .wallclock import clock_suspect
 
 log = logging.getLogger(__name__)
@@ -612,9 +613,10 @@ class VtnClient(VtnEvents, VtnReports, VtnStatus, VtnOutage):
         # the period polled at: a VTN asking for less than a second read "poll every 0.0 s" while polls went every 1 s
         asked, period = client.poll_frequency.total_seconds(), poll_period(client)
         log.log(logging.DEBUG if self._repeating() and terms == self._terms_said else logging.INFO,
-                "registered with VTN %s (vtnID %s): venID %s, registrationID %s, poll every %g s%s, telemetry %s",
-                self._cfg.vtn_url_shown, self.vtn_id, self.ven_id, self.registration_id, period,
-                "" if asked == period else f" (the VTN asked for {asked:g} s; the gateway polls at most once a second)",
+                "registered with VTN %s (vtnID %s): venID %s, registrationID %s, poll every %s s%s, telemetry %s",
+                self._cfg.vtn_url_shown, self.vtn_id, self.ven_id, self.registration_id, whole_seconds(period),
+                "" if asked == period else
+                f" (the VTN asked for {whole_seconds(asked)} s; the gateway polls at most once a second)",
                 "requested" if self._report_request_id else "not requested by the VTN" if offered
                 else "not offered" if self._cfg.telemetry else "off (openadr.telemetry = false)")
         self._terms_said = terms

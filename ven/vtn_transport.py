@@ -601,6 +601,12 @@ def poll_period(client: OpenADRClient) -> float:
     return max(1.0, client.poll_frequency.total_seconds())
 
 
+def whole_seconds(s: float) -> str:
+    """Seconds as the log says them: whole ones without a ".0" nor %g's exponent (a VTN asking for P14D read
+    "1.2096e+06 s")."""
+    return f"{s:.0f}" if float(s).is_integer() else f"{s:g}"
+
+
 def _duration(d: timedelta) -> str:
     """ISO 8601, as on the wire (PT10S, PT5M, PT1H30M)."""
     return outils.timedeltaformat(d)
