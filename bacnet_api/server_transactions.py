@@ -27,9 +27,11 @@
   each segment was 5 octets over it (1481 to a BAS that takes 1476, 485 behind an MS/TP router that takes 480), and an
   answer up to 3 over went unsegmented, to a BAS that takes no segments too (legacy bacpypes has the same fault,
   JoelBender/bacpypes#498). Such an answer is now segmented, or aborted segmentation-not-supported.
-- A SegmentACK while an answer is made, and the request again (or another with its invoke id) while the answer goes in
-  segments, are discarded: bacpypes3 raised RuntimeError, logged as an ERROR with a traceback for each such datagram
-  (a WARNING "error processing incoming PDU" in the operator's log, which limits it to one per 10 minutes).
+- A SegmentACK while an answer is made, and the request again while the answer goes in segments, are discarded:
+  bacpypes3 raised RuntimeError, logged as an ERROR with a traceback for each such datagram (a WARNING "error
+  processing incoming PDU" in the operator's log, which limits it to one per 10 minutes). Another request with the
+  answer's invoke id ends the answer and is served: the BAS is done with it (its final SegmentACK lost), and the old
+  answer's segments, sent again, would reach its new transaction.
 - A WritePropertyMultiple or ReadPropertyMultiple that bacpypes3 would decode only in part is failed as one it cannot
   decode, which rejects.py answers with a Reject (bacpypes3 executed the part and acknowledged the whole).
 """
@@ -50,6 +52,7 @@ ACK_HEADER, SEGMENT_HEADER = 3, 5
 
 class GatewayServerSSM(ServerSSM):
     async def idle(self, apdu: Any) -> None:
+        self._asked = _request_key(apdu)
         try:
             await super().idle(apdu)
         except BaseException:
@@ -91,8 +94,8 @@ class GatewayServerSSM(ServerSSM):
     # BAS sends meanwhile with RuntimeError, logged as an ERROR with a traceback (the operator's log shows it as a
     # WARNING "error processing incoming PDU", once per 10 minutes: a fault of the gateway's stack, to the reader): a
     # SegmentACK while the answer is made (nothing to acknowledge yet), and the request again while the answer goes in
-    # segments (its first segment lost, the BAS retried; or a new request reusing the invoke id). Both are discarded,
-    # as bacpypes3 discards the request again while the answer is made (5.4.5.2); the segments keep coming.
+    # segments (its first segment lost, the BAS retried). Both are discarded, as bacpypes3 discards the request again
+    # while the answer is made (5.4.5.2); the segments keep coming.
     async def await_response(self, apdu: Any) -> None:
         if apdu.apduType == SegmentAckPDU.pduType:
             return
@@ -100,6 +103,11 @@ class GatewayServerSSM(ServerSSM):
 
     async def segmented_response(self, apdu: Any) -> None:
         if apdu.apduType == ConfirmedRequestPDU.pduType:
+            if _request_key(apdu) != getattr(self, "_asked", None):
+                # another request with this invoke id: the BAS is done with this answer (its final SegmentACK lost
+                # on the way), and the segments sent again would reach its new transaction as that one's answer.
+                # This one ends and the new request is served: it was dropped until this one's retries ran out
+                await self._served_anew(apdu)
             return
         if apdu.apduType == AbortPDU.pduType:
             self.set_state(COMPLETED)
@@ -125,6 +133,12 @@ class GatewayServerSSM(ServerSSM):
             await self._new_ack(apdu)
             return
         await super().segmented_response(apdu)
+
+    async def _served_anew(self, apdu: Any) -> None:
+        self.set_state(COMPLETED)
+        transaction = ServerSSM(self.ssmSAP, self.pdu_address)
+        self.ssmSAP.serverTransactions.append(transaction)
+        await transaction.indication(apdu)
 
     async def _new_ack(self, apdu: Any) -> None:
         # An ACK inside the window in force (5.4.5.3 judges it there, then takes the window it names). bacpypes3
@@ -165,6 +179,11 @@ class GatewayServerSSM(ServerSSM):
         if not self.actualWindowSize:  # no SegmentACK yet (or one that said 0, which cannot be a window)
             self.actualWindowSize = 1
         await super().segmented_response_timeout()
+
+
+def _request_key(apdu: Any) -> tuple:
+    """What tells a request again (a BAS's retry) from another request with its invoke id."""
+    return (apdu.apduService, apdu.apduSeg, apdu.apduSeq if apdu.apduSeg else None, bytes(apdu.pduData))
 
 
 class _ServerTransactions(list):
