@@ -476,8 +476,12 @@ class HttpServer:
                                keepalive_timeout=IDLE_S)
         await runner.setup()
         try:
+            # asyncio accepts as many connections as wait in the listen backlog in one go (up to 100), each a file
+            # descriptor, before _connection is asked about any: a burst while the loop was busy ran a process
+            # at LimitNOFILE=64 out of them. A backlog no deeper than the connections it may keep bounds that
             listener = await asyncio.get_running_loop().create_server(
-                lambda: self._connection(runner.server), self.host, self._port, reuse_address=True)
+                lambda: self._connection(runner.server), self.host, self._port, reuse_address=True,
+                backlog=min(100, self.max_connections + self.loopback_reserve))
         except OSError:
             await runner.cleanup()
             raise
