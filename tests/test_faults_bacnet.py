@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 import aiohttp
 import pytest
 from bacnet_peer import BacnetPeer
-from gateway_process import GatewayProcess, write_config
+from gateway_process import START_S, GatewayProcess, write_config
 from raw_router import RawRouter
 from waiting import eventually
 
@@ -116,7 +116,7 @@ def fuzz_packets(n: int, seed: int = 20261122):
         yield pkt
 
 
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(240)
 async def test_garbage_and_malformed_apdus_do_not_crash_or_change_points(tmp_path, free_udp_port, free_tcp_port):
     bacnet_port, meter_port = free_udp_port(), free_udp_port()
     config = tmp_path / "gw.toml"
@@ -130,7 +130,7 @@ async def test_garbage_and_malformed_apdus_do_not_crash_or_change_points(tmp_pat
             try:
                 gateway.start()
                 await eventually(lambda: peer.read(gw, P.BY_NAME[P.METER_POWER].object_id, "presentValue"),
-                                 30, "gateway answering with a meter value")
+                                 START_S, "gateway answering with a meter value")
                 assert await peer.write(gw, P.BY_NAME[P.INPUT_POWER].object_id, "presentValue", 123.5,
                                         priority=8) is None
                 await asyncio.sleep(0.5)
@@ -185,7 +185,7 @@ async def test_garbage_and_malformed_apdus_do_not_crash_or_change_points(tmp_pat
     assert 1 <= len(noise) <= 10, noise
 
 
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(240)
 async def test_another_host_claiming_the_meter_network_does_not_take_the_configured_routers_reads(
         tmp_path, free_udp_port, free_tcp_port):
     bacnet_port, meter_port = free_udp_port(), free_udp_port()
@@ -199,7 +199,7 @@ async def test_another_host_claiming_the_meter_network_does_not_take_the_configu
             BacnetPeer(free_udp_port(), timeout=2.0) as peer:
         with GatewayProcess(config, tmp_path / "gateway.log") as gateway, \
                 socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other:
-            await eventually(meter_power, 30, "gateway answering with a meter value")
+            await eventually(meter_power, START_S, "gateway answering with a meter value")
             other.bind(("127.0.0.1", 0))
             network = struct.pack(">H", 12345)
             # I-Am-Router-To-Network 12345, and an I-Am from network 12345 as a router relays it
@@ -239,7 +239,7 @@ def stored_minutes(path):
             return []
 
 
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(240)
 async def test_sigkill_keeps_the_forecaster_history(tmp_path, free_udp_port, free_tcp_port):
     bacnet_port, meter_port, http_port = free_udp_port(), free_udp_port(), free_tcp_port()
     config, storage = tmp_path / "gw.toml", tmp_path / "gw.sqlite"
@@ -249,7 +249,7 @@ async def test_sigkill_keeps_the_forecaster_history(tmp_path, free_udp_port, fre
     try:
         async with MeterSimulator(address=f"127.0.0.1/8:{meter_port}", value=87.5):
             gateway.start()
-            await eventually(lambda: storage.exists() and stored_minutes(storage), 30,
+            await eventually(lambda: storage.exists() and stored_minutes(storage), START_S,
                              "history persisted")
             await asyncio.sleep(1.5)                          # a few more samples into the stored minute
             status = await get_status(http_port)
@@ -261,7 +261,7 @@ async def test_sigkill_keeps_the_forecaster_history(tmp_path, free_udp_port, fre
 
         # restart with the meter gone: whatever history shows now came from the file
         gateway.start()
-        status = await eventually(lambda: get_status(http_port), 30, "status after the restart")
+        status = await eventually(lambda: get_status(http_port), START_S, "status after the restart")
         after = status["forecaster"]
         assert after["history_first"] == fc["history_first"]
         assert after["history_minutes"] >= len(stored) >= 1

@@ -11,7 +11,7 @@ import sys
 import aiohttp
 import pytest
 from bacnet_peer import BacnetPeer
-from gateway_process import GatewayProcess, waiting_for_its_address, write_config
+from gateway_process import START_S, GatewayProcess, waiting_for_its_address, write_config
 from netns import absent_address, linked_netns  # noqa: F401 - a fixture
 from waiting import eventually
 
@@ -31,7 +31,7 @@ async def healthz(url: str) -> int | None:
         return None
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(240)
 async def test_addresses_that_come_after_the_service_are_waited_for(tmp_path, free_udp_port,
                                                                      linked_netns):  # noqa: F811
     ns = linked_netns
@@ -44,13 +44,14 @@ async def test_addresses_that_come_after_the_service_are_waited_for(tmp_path, fr
     async with BacnetPeer(free_udp_port(), host=ns.host_ip, prefix=24, timeout=1.0) as bas:
         try:
             gateway.start()
-            await eventually(lambda: NOT_THERE in gateway.log() or not gateway.alive, 30, "the gateway waiting")
+            await eventually(lambda: NOT_THERE in gateway.log() or not gateway.alive, START_S, "the gateway waiting")
             assert gateway.alive, gateway.log()
 
             ns.add_address(bacnet_ip)
             # the BACnet device does not wait for the operator API's address
             assert await eventually(lambda: bas.who_is(device), 30, "I-Am from the device"), gateway.log()
-            await eventually(lambda: f"http.address {http_ip}:8000: {http_ip} {NOT_THERE}" in gateway.log(), 10,
+            # the API starts after the forecaster, seconds after the device under load
+            await eventually(lambda: f"http.address {http_ip}:8000: {http_ip} {NOT_THERE}" in gateway.log(), START_S,
                              "the API waiting for its address")
             assert await healthz(f"http://{http_ip}:8000/healthz") is None
 
@@ -87,7 +88,7 @@ async def test_a_stop_while_waiting_for_the_address_is_clean(tmp_path, free_tcp_
     assert "BACnet device" not in text and not (tmp_path / "gw.sqlite").exists(), text   # nothing was started
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(240)
 async def test_the_address_and_the_link_go_away_and_come_back(tmp_path, free_udp_port, linked_netns):  # noqa: F811
     ns = linked_netns
     ns.add_address(ns.ip(1))
@@ -114,7 +115,7 @@ async def test_the_address_and_the_link_go_away_and_come_back(tmp_path, free_udp
 
         try:
             gateway.start()
-            assert await eventually(meter_value, 30, "the meter's value through the gateway") == 87.5
+            assert await eventually(meter_value, START_S, "the meter's value through the gateway") == 87.5
             for n, (what, away, back) in enumerate(outages, start=1):
                 away()
                 await eventually(lambda: gateway.log().count("meter fault:") == n, 30, f"{what}: meter fault logged")

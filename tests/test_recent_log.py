@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 import aiohttp
 import pytest
 from browser import IN_ONE_CHROMIUM, artifact_path, chromium_page, one_chromium  # noqa: F401 - fixture
-from gateway_process import GatewayProcess, write_config
+from gateway_process import START_S, GatewayProcess, write_config
 from test_dashboard import QUICK, open_dashboard, server  # noqa: F401 - shared fixture
 from test_gateway import lone_config
 from test_http_api import SampleView, fetch
@@ -56,7 +56,7 @@ def on_the_modules_loop(test):
 
 
 @on_the_modules_loop
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(180)
 async def test_a_meter_fault_and_its_end_are_in_the_api_and_the_card_as_the_log_says_them(
         tmp_path, free_udp_port, free_tcp_port):
     http_port, meter_port = free_tcp_port(), free_udp_port()
@@ -73,7 +73,7 @@ async def test_a_meter_fault_and_its_end_are_in_the_api_and_the_card_as_the_log_
                 except aiohttp.ClientError:     # not listening yet
                     return False
                 return status == 200 and json.loads(body)["meter"]["last_value_kw"] == 87.5
-            await eventually(meter_read, 30, "the gateway up, the meter read")
+            await eventually(meter_read, START_S, "the gateway up, the meter read")
             meter.set_silent(True)
             await eventually(lambda: _said(base, FAULT, "warning"), 15, "the fault's line")
             meter.set_silent(False)
