@@ -96,14 +96,20 @@ async def test_a_flood_of_undecodable_requests_is_answered_at_a_bounded_rate(gat
             npdu = bytes([0x01, 0x04]) + confirmed(invoke, 33)     # AuditLogQuery: unknown to bacpypes3
             sock.sendto(bytes([0x81, 0x0A]) + struct.pack(">H", len(npdu) + 4) + npdu, ("127.0.0.1", port_of(gateway)))
         last = start
+        # until each of the 200 is answered or counted dropped: 0.5 s without an answer was taken for the end, and
+        # beside the suite at -n 8 the device had then worked through 39 (21 answered, 18 dropped)
         try:
-            while True:
-                async with asyncio.timeout(0.5):
-                    data, _ = await loop.sock_recvfrom(sock, 1500)
-                answered += data[6] == 0x60
-                last = time.monotonic()
+            async with asyncio.timeout(30):
+                while answered + gateway.app.asap.rejects_dropped < 200:
+                    try:
+                        async with asyncio.timeout(0.1):
+                            data, _ = await loop.sock_recvfrom(sock, 1500)
+                    except TimeoutError:
+                        continue
+                    answered += data[6] == 0x60
+                    last = time.monotonic()
         except TimeoutError:
-            pass
+            raise AssertionError(f"of 200: {answered} answered, {gateway.app.asap.rejects_dropped} dropped") from None
     # a full budget, and what it refilled while the device worked through them (slowly on a loaded machine)
     assert REJECTS_PER_SECOND <= answered <= REJECTS_PER_SECOND * (1 + (last - start)) + 1, answered
     assert gateway.app.asap.rejects_dropped == 200 - answered
