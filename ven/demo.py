@@ -150,7 +150,9 @@ async def run_demo(args: Namespace) -> int:
             await part.start()
         log.info("demo running: gateway BACnet 127.0.0.1:%d (device 500001), dashboard http://127.0.0.1:%d/, "
                  "event at +%.0f s", args.bacnet_port, args.http_port, args.event_delay)
-        tasks = [asyncio.create_task(storyline(vtn, t0, args.event_delay, args.interval_seconds)),
+        # from now, as the line says: counted from t0, a box that took seconds to start the gateway received the
+        # event in its second interval, and level 1 was never shown
+        tasks = [asyncio.create_task(storyline(vtn, time.time(), args.event_delay, args.interval_seconds)),
                  asyncio.create_task(drive_meter(meter, bas.drawn_kw))]
         try:
             await asyncio.Event().wait()
