@@ -9,7 +9,6 @@ import logging
 import socket
 import struct
 import time
-from pathlib import Path
 
 import pytest
 from bacpypes3.apdu import (
@@ -83,12 +82,6 @@ async def test_a_request_the_stack_cannot_decode_is_rejected_not_left_unanswered
     assert errors_logged(caplog) == []
 
 
-def kernel_drops(port: int) -> int:
-    """Datagrams the kernel dropped, its receive buffer full, for the sockets on UDP `port` (/proc/net/udp)."""
-    lines = Path("/proc/net/udp").read_text().splitlines()[1:]
-    return sum(int(f[-1]) for f in (line.split() for line in lines) if f[1].endswith(f":{port:04X}"))
-
-
 async def test_a_flood_of_undecodable_requests_is_answered_at_a_bounded_rate(gateway, peer):
     # each Reject costs the loop a quarter of a millisecond: a fuzzer's 10,000 junk requests took 60 % more CPU
     # answered than dropped, and meter reads went late. Past the budget they are dropped, as bacpypes3 did.
@@ -98,18 +91,16 @@ async def test_a_flood_of_undecodable_requests_is_answered_at_a_bounded_rate(gat
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind(("127.0.0.1", 0))
         sock.setblocking(False)
-        start, lost = time.monotonic(), kernel_drops(port_of(gateway))
+        start = time.monotonic()
         for invoke in range(200):
             npdu = bytes([0x01, 0x04]) + confirmed(invoke, 33)     # AuditLogQuery: unknown to bacpypes3
             sock.sendto(bytes([0x81, 0x0A]) + struct.pack(">H", len(npdu) + 4) + npdu, ("127.0.0.1", port_of(gateway)))
         last, others = start, []
         # until each of the 200 is answered or counted dropped: 0.5 s without an answer was taken for the end, and
-        # beside the suite at -n 8 the device had then worked through 39 (21 answered, 18 dropped). One the kernel
-        # dropped, its buffer full under the suite's load, never reaches the device (seen twice: 199 accounted for)
-        lost = kernel_drops(port_of(gateway)) - lost
+        # beside the suite at -n 8 the device had then worked through 39 (21 answered, 18 dropped)
         try:
             async with asyncio.timeout(30):
-                while answered + gateway.app.asap.rejects_dropped < 200 - lost:
+                while answered + gateway.app.asap.rejects_dropped < 200:
                     try:
                         async with asyncio.timeout(0.1):
                             data, _ = await loop.sock_recvfrom(sock, 1500)
@@ -120,11 +111,11 @@ async def test_a_flood_of_undecodable_requests_is_answered_at_a_bounded_rate(gat
                         others.append(data[6:])
                     last = time.monotonic()
         except TimeoutError:
-            raise AssertionError(f"of 200: {answered} answered, {gateway.app.asap.rejects_dropped} dropped, {lost} "
-                                 f"lost before the device, other answers {others}") from None
+            raise AssertionError(f"of 200: {answered} answered, {gateway.app.asap.rejects_dropped} dropped, other "
+                                 f"answers {others}") from None
     # a full budget, and what it refilled while the device worked through them (slowly on a loaded machine)
     assert REJECTS_PER_SECOND <= answered <= REJECTS_PER_SECOND * (1 + (last - start)) + 1, answered
-    assert gateway.app.asap.rejects_dropped == 200 - lost - answered
+    assert gateway.app.asap.rejects_dropped == 200 - answered
     # the budget refills: a BAS's retry a moment later is answered, and the device still serves reads
     await asyncio.sleep(2 / REJECTS_PER_SECOND)
     answer = await raw_request(port_of(gateway), confirmed(7, 33))
