@@ -278,7 +278,8 @@ async def segmented_answer(client: RawClient, invoke: int) -> list[bytes]:
 
 
 # presentValue of analogValue 1, 2 and 3: 48 octets of answer, 51 with the ComplexACK's header
-RPM_3_VALUES = b"".join(bytes([0x0C]) + struct.pack(">I", (2 << 22) | i) + bytes([0x1E, 0x09, 0x55, 0x1F]) for i in (1, 2, 3))
+RPM_3_VALUES = b"".join(
+    bytes([0x0C]) + struct.pack(">I", (2 << 22) | i) + bytes([0x1E, 0x09, 0x55, 0x1F]) for i in (1, 2, 3))
 
 
 # ALL of analogValue 1 to 8: about 1,100 octets that do not change between two reads (the device's ALL has the time)

@@ -17,8 +17,8 @@ from ven.cli import build_parser
 pytestmark = pytest.mark.timeout(60)
 
 
-async def test_the_demo_event_is_counted_from_the_demo_running_not_from_its_start(tmp_path, free_udp_port,
-                                                                                 free_tcp_port, monkeypatch):
+async def test_the_demo_event_is_counted_from_the_demo_running_not_from_its_start(
+        tmp_path, free_udp_port, free_tcp_port, monkeypatch):
     started_at, told = [], []
     real_start = Gateway.start
 

@@ -88,7 +88,8 @@ async def test_healthz_names_what_is_degraded_metrics_gauge_it_and_input_stale_i
 
             # counted from here: a loaded machine's first reading can come after input_stale_seconds, and the start
             # then said it too, ended by that reading
-            said = lambda: [w for w in logs(caplog, "ven.app", logging.WARNING) if "no power input" in w]  # noqa: E731
+            def said():
+                return [w for w in logs(caplog, "ven.app", logging.WARNING) if "no power input" in w]
             before = len(said())
             meter.set_silent(True)
             await eventually(lambda: gw.meter.fault and gw.forecast.input_stale(), 15)
