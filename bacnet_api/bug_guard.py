@@ -91,18 +91,23 @@ class BugGuard:
         now = time.monotonic()
         # one line, of a bounded length: it goes into /healthz's reason and the stop line
         where, self.error = where_raised(err), " ".join(f"{type(err).__name__}: {err}".split())[:200]
+        # a box's limit (memory, file descriptors, threads) is an expected fault, not a bug: its line says which, and
+        # a traceback would send the operator looking for one
+        limit = short_of(err)
+        traced = where in self._traced or limit is not None
         if self._flap.bad(now):
             self._seen, self.failures = set(), 0
-            short = self.short = short_of(err)
+            self.short = limit
             self.log.error("%s failed (%s): %s%s%s", self.what,
-                           f"the machine is short of {short}" if short else "a bug in the gateway", self.error,
+                           f"the machine is short of {limit}" if limit else "a bug in the gateway", self.error,
                            f"; {self.then}" if self.then else "", self._traceback_said(where, now),
-                           exc_info=err if where not in self._traced else None)
+                           exc_info=None if traced else err)
         elif where not in self._seen:
             self.log.error("%s still failing, now otherwise: %s%s", self.what, self.error,
-                           self._traceback_said(where, now), exc_info=err if where not in self._traced else None)
+                           self._traceback_said(where, now), exc_info=None if traced else err)
         self._seen.add(where)
-        self._traced.setdefault(where, now)
+        if limit is None:
+            self._traced.setdefault(where, now)
         self.failures += 1
 
     def _traceback_said(self, where: tuple[str, str, int], now: float) -> str:

@@ -437,6 +437,9 @@ def test_a_job_short_of_memory_or_files_is_said_as_the_machines_limit_not_a_bug(
             raise err
         assert f"failed (the machine is short of {short}" in caplog.records[-1].getMessage(), caplog.records[-1]
         assert bug.fault().startswith(f"the job failing, short of {short} ("), bug.fault()
+        # an expected fault of the box: no traceback, which would read as a bug to look for
+        assert caplog.records[-1].exc_info is None, short
     with BugGuard(logging.getLogger("bugs"), "the job").guard():
         raise KeyError("x")
     assert "failed (a bug in the gateway)" in caplog.records[-1].getMessage()
+    assert caplog.records[-1].exc_info is not None     # a bug's traceback says where to look
