@@ -143,9 +143,9 @@ async function refreshOnce() {
       return;
     }
     dashboard.lastError = err.message;
-    // the request's path ("api/status: ...") is no news on a wall display
+    // the request's path ("api/status: ...", "api/history?hours=24: ...") is no news on a wall display
     showStale(/unreachable/.test(err.message) ? "gateway unreachable" : "gateway not answering",
-              `${err.message.replace(/^api\/[\w.]+: /, "")} (${since}).`, first);
+              `${err.message.replace(/^api\/\S+: /, "")} (${since}).`, first);
   }
 }
 // A gateway upgraded while the page was open (a wall screen's, for weeks) answers this page's old scripts, which
