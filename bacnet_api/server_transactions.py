@@ -136,7 +136,7 @@ class GatewayServerSSM(ServerSSM):
 
     async def _served_anew(self, apdu: Any) -> None:
         self.set_state(COMPLETED)
-        transaction = ServerSSM(self.ssmSAP, self.pdu_address)
+        transaction = GatewayServerSSM(self.ssmSAP, self.pdu_address)
         self.ssmSAP.serverTransactions.append(transaction)
         await transaction.indication(apdu)
 

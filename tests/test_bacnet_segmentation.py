@@ -332,16 +332,17 @@ async def test_the_request_again_while_its_answer_goes_in_segments_is_discarded_
 
 async def test_a_segment_acknowledgement_while_the_answer_is_made_is_discarded_without_a_traceback(
         gateway, client, caplog):
-    made = asyncio.Event()
+    begun, made = asyncio.Event(), asyncio.Event()
 
     async def slowly(_value):   # as the application's ADR-Opt-Out listener, whose ack waits for the disk
+        begun.set()
         await asyncio.sleep(0.5)
         made.set()
 
     gateway.on_write(OPT_OUT, slowly)
     # WriteProperty of binaryValue 4 presentValue active at priority 8
     client.send(bytes([0x00, 0x05, 35, 15]) + bytes.fromhex("0c014000041955" "3e9101" "3f" "4908"))
-    await asyncio.sleep(0.1)
+    await asyncio.wait_for(begun.wait(), 5)     # the answer is being made
     client.send(bytes([0x40, 35, 0, 1]))
     assert await client.next(2.0) == bytes([0x20, 35, 15])     # its SimpleACK, when the write is made
     assert made.is_set() and gateway.get(OPT_OUT) is True
