@@ -479,15 +479,16 @@ async def test_a_fit_process_ends_when_its_gateway_is_killed(tmp_path):
     await eventually(lambda: _cmdline(child) == "", 10, "the fit process ended with its parent")
 
 
-def _fit_children() -> list[int]:
-    """This process's children, whatever they run yet: a child just started still runs Python's start-up."""
+def _fit_children(before: frozenset[int] = frozenset()) -> list[int]:
+    """This process's children not in `before`, whatever they run yet: a child just started still runs Python's
+    start-up. `before` leaves out what earlier tests in this worker started (a multiprocessing resource tracker)."""
     pids = []
     for task in Path("/proc/self/task").iterdir():
         try:
             pids += [int(pid) for pid in (task / "children").read_text().split()]
         except FileNotFoundError:   # a thread that ended meanwhile
             pass
-    return pids
+    return [pid for pid in pids if pid not in before]
 
 
 def _cmdline(pid: int) -> str:
@@ -610,13 +611,14 @@ async def test_a_stop_signal_in_the_first_moments_of_a_fit_is_left_to_the_gatewa
     from ven.fit_worker import fit_in_child
 
     job = pickle.dumps(types.SimpleNamespace(run=functools.partial(time.sleep, 60)))
+    before = frozenset(_fit_children())
     fit = asyncio.create_task(fit_in_child(job))
     try:
         pid = None
         deadline = time.monotonic() + 10
         while pid is None:      # no await: the signal lands as soon as the child exists, before its interpreter
             assert time.monotonic() < deadline and not fit.done(), "no fit process"
-            pids = _fit_children()
+            pids = _fit_children(before)
             pid = pids[0] if pids else None
             if pid is None:
                 await asyncio.sleep(0)
