@@ -9,7 +9,7 @@ import sys
 import time
 
 
-# A gateway process's start, to its first reading and its API: 7-10 s beside the suite on 2 cores (-n 5), but at
+# A gateway process's start, to its first reading and its API: 7-10 s beside the suite on 2 cores (-n 5 or 6), but at
 # twice that load its imports alone took 14 s and the start over 30 s. The bound for waits on it: what is asked is
 # that it comes up, not how fast (bench/ measures that)
 START_S = 90.0

@@ -7,6 +7,7 @@ import asyncio
 import logging
 from datetime import datetime, timedelta, timezone
 
+import pytest
 from waiting import eventually
 
 from test_faults_storage import fill, tmpfs
@@ -17,6 +18,8 @@ from ven.storage import Storage
 from ven.telemetry import TelemetryQueue
 from ven.vtn import VtnClient
 from ven.vtn_server import DemoVtn
+
+pytestmark = pytest.mark.mostly_waiting
 
 GRANULARITY = timedelta(seconds=5)
 

@@ -22,6 +22,8 @@ from ven.telemetry import TelemetryQueue
 from ven.vtn import VtnClient
 from ven.vtn_server import DemoVtn
 
+pytestmark = pytest.mark.mostly_waiting
+
 LEVELS = {0.0, 1.0, 2.0, 3.0}
 
 

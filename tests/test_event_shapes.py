@@ -13,6 +13,8 @@ from ven.vtn_server import DemoVtn
 from ven.events import OPT_IN, OPT_OUT, Event
 from waiting import eventually as until
 
+pytestmark = pytest.mark.mostly_waiting
+
 
 def now() -> datetime:
     return datetime.now(timezone.utc)

@@ -19,6 +19,8 @@ from ven.app import Gateway
 from ven.config_load import parse_config
 from ven.vtn_server import DemoVtn
 
+pytestmark = pytest.mark.mostly_waiting
+
 
 def tracebacks(caplog) -> list:
     # the fake VTN's own aiohttp server logs a response it was stopped in the middle of (aiohttp.server)

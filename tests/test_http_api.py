@@ -30,6 +30,8 @@ from ven.http_api import STATIC_FILES, WEB_DIR, HttpServer, is_loopback, parse_a
 from ven.metrics import Metrics
 from ven.schedule import EventSchedule
 
+pytestmark = pytest.mark.mostly_waiting
+
 UTC = dt.timezone.utc
 
 

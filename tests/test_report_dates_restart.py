@@ -15,7 +15,7 @@ from waiting import eventually
 
 from ven.vtn_server import DemoVtn
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.mostly_waiting]
 
 
 async def _serve(tmp_path, vtn: DemoVtn, reports: int) -> set[str]:

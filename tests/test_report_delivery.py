@@ -8,6 +8,7 @@ import asyncio
 import logging
 from datetime import timedelta
 
+import pytest
 import test_report_requests
 from openleadr import errors
 from test_report_requests import S, expected, now, received, running, said, streaming
@@ -15,6 +16,8 @@ from waiting import eventually as until
 
 from ven.telemetry import TelemetryQueue
 from ven.vtn_server import DemoVtn
+
+pytestmark = pytest.mark.mostly_waiting
 
 
 def slow_updates(server: DemoVtn, per_interval: float) -> list[int]:

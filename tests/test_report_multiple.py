@@ -9,11 +9,14 @@ import asyncio
 import contextlib
 import logging
 
+import pytest
 from test_report_requests import S, drained, expected, received, running, said, same
 from waiting import eventually as until
 
 from ven.vtn_reports import MAX_STANDING
 from ven.vtn_server import DemoVtn
+
+pytestmark = pytest.mark.mostly_waiting
 
 
 def standing(rig) -> list[str]:

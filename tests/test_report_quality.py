@@ -24,6 +24,8 @@ from ven.report_intervals import SUB_NORMAL
 from ven.telemetry import TelemetryQueue
 from ven.vtn_server import DemoVtn
 
+pytestmark = pytest.mark.mostly_waiting
+
 
 def qualities(vtn: DemoVtn) -> dict[datetime, str | None]:
     return {start: quality for _, start, quality in vtn.data_quality}

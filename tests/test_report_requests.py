@@ -22,6 +22,8 @@ from ven.telemetry import TelemetryQueue
 from ven.vtn import VtnClient
 from ven.vtn_server import DemoVtn
 
+pytestmark = pytest.mark.mostly_waiting
+
 S = timedelta(seconds=1)
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 

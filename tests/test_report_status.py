@@ -17,7 +17,7 @@ from waiting import eventually as until
 from ven.oadr_xml import validate_xml_schema
 from ven.vtn_server import DemoVtn
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.mostly_waiting]
 
 
 @contextlib.asynccontextmanager

@@ -21,6 +21,8 @@ from waiting import eventually as until
 from ven.report_intervals import SUB_NORMAL, bucket_start
 from ven.vtn_server import DemoVtn
 
+pytestmark = pytest.mark.mostly_waiting
+
 FAST, SLOW = (S, S), (10 * S, 10 * S)     # (granularity, reportBackDuration)
 
 

@@ -8,10 +8,13 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import pytest
 from waiting import eventually as until
 
 from test_report_requests import S, expected, received, running, said, same
 from ven.vtn_server import DemoVtn
+
+pytestmark = pytest.mark.mostly_waiting
 
 WAIT = "no telemetry request from the VTN for"     # the WARNING's words
 

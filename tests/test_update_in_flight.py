@@ -14,7 +14,7 @@ from ven.app import Gateway
 from ven.vtn_server import DemoVtn
 from waiting import eventually
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.timeout(90), pytest.mark.mostly_waiting]
 
 HOLD_S = 1.5    # the VTN's answer to one update comes this late (a slow VTN or link): longer than its poll
 

@@ -24,6 +24,8 @@ from ven.vtn import VtnClient
 from ven.vtn_server import DemoVtn
 from ven.vtn_transport import _fault_kind
 
+pytestmark = pytest.mark.mostly_waiting
+
 
 def now() -> datetime:
     return datetime.now(timezone.utc)

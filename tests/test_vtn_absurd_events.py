@@ -14,7 +14,7 @@ from ven.events import MAX_EVENT_INTERVALS
 from test_vtn_interop import deliver, raw_gateway, simple
 from waiting import eventually as until
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.mostly_waiting]
 
 
 def now() -> datetime:

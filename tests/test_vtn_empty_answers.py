@@ -8,9 +8,12 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
+import pytest
 from test_faults_vtn import in_front_of_a_vtn
 from test_report_requests import drained, expected, now, received, running, said
 from waiting import eventually as until
+
+pytestmark = pytest.mark.mostly_waiting
 
 EMPTY = "the VTN's answer was empty (HTTP 200 with no body)"
 

@@ -16,7 +16,7 @@ from waiting import eventually as until
 
 from ven.vtn_server import DemoVtn
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.mostly_waiting]
 
 FAILURES = 4
 

@@ -15,6 +15,8 @@ from test_vtn import running, said
 from waiting import eventually as until
 from ven.vtn_server import DemoVtn
 
+pytestmark = pytest.mark.mostly_waiting
+
 
 def now() -> datetime:
     return datetime.now(timezone.utc)

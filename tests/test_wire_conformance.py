@@ -14,6 +14,8 @@ from waiting import eventually as until
 
 from ven.vtn_server import DemoVtn
 
+pytestmark = pytest.mark.mostly_waiting
+
 
 @asynccontextmanager
 async def _running(tmp_path, port, vtn_id="DEMO-VTN", **cfg):
