@@ -123,6 +123,41 @@ async def test_updates_failing_until_the_vtn_cancels_the_request_end_with_it(tmp
         await rig.stop_meter()
 
 
+async def test_an_update_failing_after_its_request_was_cancelled_leaves_no_error_behind(
+        tmp_path, free_tcp_port, caplog):
+    # The cancel reached the VEN on a poll while an update was on the way; that update's HTTP 500 then came back and
+    # set last_error with nothing left to clear it: the status and the dashboard said "HTTP 500 from .../EiReport"
+    # for as long as the VTN asked for no telemetry (CI, 2026-12-05)
+    caplog.set_level(logging.INFO, logger="ven")
+    async with streaming(tmp_path, free_tcp_port()) as (server, rig, rrid):
+        await until(lambda: len(received(server)) >= 2, 8, "live intervals")
+        server.fail_next("oadrUpdateReport", 10**6)
+        await until(lambda: said(caplog, "answers polls but not telemetry updates"), 10, "the fault said")
+        handlers = server._server.services["report_service"].handlers
+        held, release, failed = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+        async def held_then_failing(payload):
+            held.set()
+            await release.wait()
+            failed.set()
+            raise RuntimeError("demo VTN: oadrUpdateReport failed on purpose")
+        handlers["oadrUpdateReport"] = held_then_failing
+        await asyncio.wait_for(held.wait(), 10)
+        server.cancel_report(rig.vtn.ven_id, rrid)
+        await until(lambda: said(caplog, "telemetry updates no longer sent after"), 10, "the fault's end")
+        release.set()
+        await asyncio.wait_for(failed.wait(), 5)
+        # the VEN has had the 500 once it has polled twice since
+        polled = rig.vtn.last_poll
+        await until(lambda: rig.vtn.last_poll > polled, 5, "a poll after the failed update")
+        polled = rig.vtn.last_poll
+        await until(lambda: rig.vtn.last_poll > polled, 5, "another poll")
+        status = rig.vtn.status()
+        assert status["telemetry_fault"] is None and status["last_error"] is None, status
+        assert not said(caplog, "answers polls but not telemetry updates")[1:], "the fault said again"
+        await rig.stop_meter()
+
+
 async def test_a_vtn_refusing_every_update_for_a_while_is_one_warning_and_one_line_at_its_end(
         tmp_path, free_tcp_port, caplog):
     caplog.set_level(logging.INFO, logger="ven")

@@ -878,7 +878,7 @@ class VtnReports:
         report.report_id = outils.generate_id()
         msg = client._create_message("oadrUpdateReport", ven_id=self.ven_id,
                                      request_id=outils.generate_id(), reports=[report])
-        began = time.monotonic()
+        began, served = time.monotonic(), rrid in self._served()
         self._update_done.clear()
         try:
             rtype, payload = await client._perform_request("EiReport", msg)
@@ -886,7 +886,11 @@ class VtnReports:
             self._update_done.set()
         self._update_took = time.monotonic() - began
         self._update_failure = None if rtype is not None else client.last_error
-        if rtype is None:
+        if rtype is None and served and rrid not in self._served():
+            # the VTN cancelled the request while its update was on the way: the fault of its updates ended with it
+            # (_no_updates_to_fail), and this failure would have held "HTTP 500" in the status for good
+            log.debug("an update of cancelled request %s failed (%s)", rrid, client.last_error)
+        elif rtype is None:
             self._update_failed(client.last_error)
         elif self._updates_failing is not None:
             if self._updates_failing[2]:
