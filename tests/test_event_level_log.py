@@ -60,3 +60,35 @@ async def test_a_restart_in_the_middle_of_an_event_says_the_level_it_found_not_a
     assert re.findall(r"ADR-Event-Level .*", after) == [
         "ADR-Event-Level 2 at the start (event level-log-restart in force)", "ADR-Event-Level 2 -> 0"], after
     assert "Traceback" not in before + after
+
+
+async def test_an_event_that_ended_while_the_gateway_was_stopped_is_said_at_the_next_start(
+        tmp_path, free_udp_port, free_tcp_port):
+    # The log's last word on the event was "ADR-Event-Level 0 -> 2": the restarted gateway published 0, rightly,
+    # and said nothing, so an operator reading the log took the building to be shedding still (helper verify43)
+    vtn_port = free_tcp_port()
+    config = tmp_path / "gw.toml"
+    write_config(config, bacnet_port=free_udp_port(), vtn_port=vtn_port, http_port=free_tcp_port(),
+                 storage=tmp_path / "gw.sqlite", ven_name="level-log")
+    async with DemoVtn(port=vtn_port, poll_seconds=0.5) as vtn:
+        with GatewayProcess(config, tmp_path / "before.log") as gateway:
+            await eventually(lambda: vtn.vens, 30, "registration")
+            start = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=2)
+            vtn.add_event([2], start=start, interval_seconds=10, event_id="level-log-ended")
+            await eventually(lambda: "ADR-Event-Level 0 -> 2" in gateway.log(), 20, "the event's level")
+        before = gateway.log()
+        end = start + timedelta(seconds=10)
+        await eventually(lambda: datetime.now(timezone.utc) > end, 15, "the event's end")
+        with GatewayProcess(config, tmp_path / "after.log") as gateway:
+            await eventually(lambda: "edge-gateway ready" in gateway.log(), 30, "the restart")
+        after = gateway.log()
+        with GatewayProcess(config, tmp_path / "again.log") as gateway:
+            await eventually(lambda: "edge-gateway ready" in gateway.log(), 30, "the second restart")
+        again = gateway.log()
+    assert re.findall(r"ADR-Event-Level .*", before) == ["ADR-Event-Level 0 -> 2 (event level-log-ended)"], before
+    assert re.findall(r"ADR-Event-Level .*", after) == [
+        "ADR-Event-Level 2 -> 0 while the gateway was stopped "
+        f"(event level-log-ended over at {end.isoformat()})"], after
+    # said once: the next start finds the 0 it stopped at
+    assert re.findall(r"ADR-Event-Level .*", again) == [], again
+    assert "Traceback" not in before + after + again

@@ -31,6 +31,7 @@ from .clock_sync import SyncWatch, metric_value
 from .config import GatewayConfig
 from .config_checks import memory_limit_warnings
 from .device_restore import BACNET_DATABASE, count_database_revision, restore_commands, served
+from .level_log import LevelLog
 from .logs import RecentLog
 from .read_gaps import ReadGaps
 from .metrics import Metrics
@@ -175,7 +176,7 @@ class Gateway:
                 self.storage.save_value(SITE_KEY, site)
             self.telemetry = TelemetryQueue(c.storage.path, max_age=timedelta(days=c.openadr.queue_max_days),
                                             reopen_seconds=c.storage.retry_seconds)
-        self._level_said: float | None = None      # ADR-Event-Level as the log last said it (None: not yet)
+        self._level_log = LevelLog(self.storage, event=lambda event_id: self.schedule.get(event_id))
         self.schedule = EventSchedule(self.storage, on_change=self._on_schedule,
                                       programmes=frozenset(c.openadr.market_contexts))
         self.meter = MeterClient(self.device, address=c.meter.address, object=c.meter.object,
@@ -547,17 +548,7 @@ class Gateway:
             self.vtn.set_opt_out(bool(self.device.get(P.OPT_OUT)))
 
     def _on_schedule(self, state: ScheduleState) -> None:
-        if state.level != self._level_said:
-            # one line a change, as the points show it: commissioning checks in the log that a level reached the BAS
-            why = f" (event {state.level_event_id})" if state.level_event_id else ""
-            if self._level_said is not None:
-                log.info("ADR-Event-Level %s -> %s%s", f"{self._level_said:g}", f"{state.level:g}", why)
-            elif state.level:
-                # the level a start finds in force (restored from storage.path), not a change: "0 -> 2" read as the
-                # event starting again, the 0 being the point's own for the milliseconds before the schedule set it
-                log.info("ADR-Event-Level %s at the start%s", f"{state.level:g}",
-                         f" (event {state.level_event_id} in force)" if state.level_event_id else "")
-            self._level_said = state.level
+        self._level_log.update(state)
         self.device.set(P.EVENT_LEVEL, float(state.level))
         self.device.set(P.EVENT_ACTIVE, state.active)
         self.device.set(P.EVENT_START_MINUTES, float(state.start_minutes))

@@ -389,7 +389,7 @@ class EventSchedule:
 
     def history_events(self, since: datetime) -> list[Event]:
         """Every kept event not over before `since`, oldest first: what /api/history shades."""
-        return sorted((ev for evs in (self._past, self._events) for ev in evs.values() if _over(ev) >= since),
+        return sorted((ev for evs in (self._past, self._events) for ev in evs.values() if over(ev) >= since),
                       key=lambda e: (e.start, e.event_id))
 
     # -- timer -------------------------------------------------------------------------------
@@ -440,7 +440,7 @@ class EventSchedule:
         self._publish(now)
 
     def _place(self, ev: Event, now: datetime) -> None:
-        recent = _over(ev) + self._keep_recent >= now
+        recent = over(ev) + self._keep_recent >= now
         if recent and ev.event_id in self._past and clock_suspect(now):
             return  # it was over by a clock that was set
         (self._events if recent else self._past)[ev.event_id] = ev
@@ -456,7 +456,7 @@ class EventSchedule:
             self._prune(now)
 
     def _prune(self, now: datetime) -> None:
-        gone = [eid for eid, ev in self._past.items() if _over(ev) + self._keep_history < now]
+        gone = [eid for eid, ev in self._past.items() if over(ev) + self._keep_history < now]
         for eid in gone:
             del self._past[eid]
         if gone:
@@ -532,7 +532,7 @@ def _termination(ev: Event, now: datetime) -> datetime:
     return now
 
 
-def _over(ev: Event) -> datetime:
+def over(ev: Event) -> datetime:
     """When the event stopped: its end, or its cancellation (an open-ended event is over once cancelled;
     one cancelled without a known time, on arrival)."""
     return min(ev.end, ev.cancelled_at or ev.received_at) if ev.cancelled else ev.end

@@ -1,0 +1,68 @@
+"""ADR-Event-Level in the log: one line a change, as the BAS's point shows it, across restarts too."""
+from __future__ import annotations
+
+import json
+import logging
+from typing import Callable
+
+from .events import Event
+from .schedule import ScheduleState, over
+from .storage import Storage
+
+log = logging.getLogger(__name__)
+
+LEVEL_SAID = "event_level_said"     # the level the log last said, and its event: {"level": 2.0, "event": "..."}
+
+
+class LevelLog:
+    """Says each change of the published level; at a start, the level found against the one the gateway stopped at.
+
+    Commissioning checks in the log that a level reached the BAS. Without the stopped-at level, an event that ended
+    while the gateway was down left its "0 -> 2" the last word on it."""
+
+    def __init__(self, storage: Storage, event: Callable[[str], Event | None]):
+        self._storage, self._event = storage, event
+        self.said: float | None = None      # None: nothing said since the start
+
+    def update(self, state: ScheduleState) -> None:
+        if state.level == self.said:
+            return
+        why = f" (event {state.level_event_id})" if state.level_event_id else ""
+        if self.said is not None:
+            log.info("ADR-Event-Level %s -> %s%s", f"{self.said:g}", f"{state.level:g}", why)
+        else:
+            self._at_start(state)
+        self.said = state.level
+        self._storage.save_value(LEVEL_SAID, json.dumps({"level": state.level, "event": state.level_event_id}))
+
+    def _at_start(self, state: ScheduleState) -> None:
+        stopped = self._stopped_at()
+        in_force = f"event {state.level_event_id} in force" if state.level_event_id else ""
+        if stopped is None or stopped[0] == state.level:
+            if state.level:
+                # the level a start finds in force (restored from storage.path), not a change: "0 -> 2" read as the
+                # event starting again, the 0 being the point's own for the milliseconds before the schedule set it
+                log.info("ADR-Event-Level %s at the start%s", f"{state.level:g}", f" ({in_force})" if in_force else "")
+            return
+        level, event_id = stopped
+        what = [in_force] if in_force else []
+        if event_id and event_id != state.level_event_id:
+            what.insert(0, self._became_of(event_id))
+        log.info("ADR-Event-Level %s -> %s while the gateway was stopped%s", f"{level:g}", f"{state.level:g}",
+                 f" ({'; '.join(what)})" if what else "")
+
+    def _stopped_at(self) -> tuple[float, str | None] | None:
+        """The level the log last said before this start, and its event; None when not known (a first start, a file
+        of a version before 0.4.2, or a value not understood)."""
+        try:
+            saved = json.loads(self._storage.load_value(LEVEL_SAID) or "null")
+            return (float(saved["level"]), saved.get("event")) if saved is not None else None
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return None
+
+    def _became_of(self, event_id: str) -> str:
+        event = self._event(event_id)
+        if event is None:
+            return f"event {event_id} no longer held"
+        when = over(event).isoformat(timespec="seconds")     # as the line that received it says its times
+        return f"event {event_id} {'cancelled' if event.cancelled else 'over'} at {when}"
