@@ -97,3 +97,23 @@ async def test_a_vtn_asking_for_polls_days_apart_reads_in_whole_seconds(tmp_path
             await until(lambda: said(caplog, "registered with VTN"), 10, "registration")
             [line] = said(caplog, "registered with VTN")
             assert f"registrationID {gw.vtn.registration_id}, poll every 1209600 s, telemetry" in line, line
+
+
+@pytest.mark.timeout(30)
+async def test_a_vtn_asking_for_no_poll_period_reads_as_openleadrs_default(tmp_path, free_tcp_port, caplog):
+    # oadrRequestedOadrPollFreq may be left out; openleadr then polls every 10 s, and the line read "poll every 10 s"
+    # as if the VTN had asked for it: the engineer looking for a 10 s setting at the utility would find none
+    caplog.set_level(logging.INFO, logger="ven")
+    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
+        handlers = server._server.services["registration_service"].handlers
+        real = handlers["oadrCreatePartyRegistration"]
+
+        async def without_poll_period(payload):
+            message_type, answer = await real(payload)
+            return message_type, {k: v for k, v in answer.items() if k != "requested_oadr_poll_freq"}
+        handlers["oadrCreatePartyRegistration"] = without_poll_period
+        async with running(tmp_path, server.url) as gw:
+            await until(lambda: said(caplog, "registered with VTN"), 10, "registration")
+            [line] = said(caplog, "registered with VTN")
+            assert (f"registrationID {gw.vtn.registration_id}, poll every 10 s (the VTN asked for no period: "
+                    "openleadr's default), telemetry") in line, line

@@ -87,6 +87,7 @@ class VtnClient(VtnEvents, VtnReports, VtnStatus, VtnOutage):
         self.vtn_id: str | None = None       # the vtnID the VTN gave at registration
         self._terms_said: tuple | None = None  # (vtnID, venID, poll frequency) the last "registered" line said
         self._foreign_vtn: str | None = None  # another vtnID whose oadrDistributeEvent was refused, until ours again
+        self._poll_unasked = False     # the registration answer named no poll period
         self._lost_said = False     # the session ended for a reason already logged: "context lost" is DEBUG then
         # event id -> requestID of the latest oadrDistributeEvent listing it: every eventResponse about the
         # event carries it (2.0b rule 42), also the answers the gateway sends later (ADR-Opt-Out, a resend)
@@ -589,6 +590,8 @@ class VtnClient(VtnEvents, VtnReports, VtnStatus, VtnOutage):
             return False
         self.ven_id, self.registration_id = client.ven_id, client.registration_id
         self.vtn_id = (answer[1] if answer else {}).get("vtn_id") or None
+        # the schema lets the answer leave oadrRequestedOadrPollFreq out; openleadr then polls every 10 s
+        self._poll_unasked = (answer[1] if answer else {}).get("requested_oadr_poll_freq") is None
         if self.vtn_id == self._foreign_vtn:    # the VTN's vtnID changed: the line below names the new one
             self._foreign_vtn = None
         offered = self._cfg.telemetry and await self._offer_reports(client)
@@ -615,8 +618,8 @@ class VtnClient(VtnEvents, VtnReports, VtnStatus, VtnOutage):
         log.log(logging.DEBUG if self._repeating() and terms == self._terms_said else logging.INFO,
                 "registered with VTN %s (vtnID %s): venID %s, registrationID %s, poll every %s s%s, telemetry %s",
                 self._cfg.vtn_url_shown, self.vtn_id, self.ven_id, self.registration_id, whole_seconds(period),
-                "" if asked == period else
-                f" (the VTN asked for {whole_seconds(asked)} s; the gateway polls at most once a second)",
+                " (the VTN asked for no period: openleadr's default)" if self._poll_unasked else "" if asked == period
+                else f" (the VTN asked for {whole_seconds(asked)} s; the gateway polls at most once a second)",
                 "requested" if self._report_request_id else "not requested by the VTN" if offered
                 else "not offered" if self._cfg.telemetry else "off (openadr.telemetry = false)")
         self._terms_said = terms
