@@ -10,6 +10,7 @@ from test_vtn import now, running, said
 from waiting import eventually as until
 
 from ven.vtn_server import DemoVtn
+from ven.vtn_transport import poll_period
 
 
 @pytest.mark.timeout(40)
@@ -89,14 +90,19 @@ async def test_a_registration_answer_without_a_ven_id_is_a_failed_registration_t
 
 
 @pytest.mark.timeout(30)
-async def test_a_vtn_asking_for_polls_days_apart_reads_in_whole_seconds(tmp_path, free_tcp_port, caplog):
-    # the line printed the period with %g, six digits: a VTN asking for P14D read "poll every 1.2096e+06 s"
+async def test_a_vtn_asking_for_polls_days_apart_is_polled_daily_and_reads_in_whole_seconds(
+        tmp_path, free_tcp_port, caplog):
+    # the line printed the period with %g, six digits: a VTN asking for P14D read "poll every 1.2096e+06 s"; and the
+    # gateway polled that far apart, so an event (or its cancellation) sent the day after reached the site 13 days
+    # late (openleadr's own client polls at least daily)
     caplog.set_level(logging.INFO, logger="ven")
     async with DemoVtn(free_tcp_port(), poll_seconds=14 * 86400) as server:
         async with running(tmp_path, server.url) as gw:
             await until(lambda: said(caplog, "registered with VTN"), 10, "registration")
             [line] = said(caplog, "registered with VTN")
-            assert f"registrationID {gw.vtn.registration_id}, poll every 1209600 s, telemetry" in line, line
+            assert (f"registrationID {gw.vtn.registration_id}, poll every 86400 s (the VTN asked for 1209600 s; the "
+                    "gateway polls at least once a day), telemetry") in line, line
+            assert poll_period(gw.vtn._client) == 86400
 
 
 @pytest.mark.timeout(30)

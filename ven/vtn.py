@@ -619,7 +619,8 @@ class VtnClient(VtnEvents, VtnReports, VtnStatus, VtnOutage):
                 "registered with VTN %s (vtnID %s): venID %s, registrationID %s, poll every %s s%s, telemetry %s",
                 self._cfg.vtn_url_shown, self.vtn_id, self.ven_id, self.registration_id, whole_seconds(period),
                 " (the VTN asked for no period: openleadr's default)" if self._poll_unasked else "" if asked == period
-                else f" (the VTN asked for {whole_seconds(asked)} s; the gateway polls at most once a second)",
+                else f" (the VTN asked for {whole_seconds(asked)} s; the gateway polls "
+                f"{'at most once a second' if asked < period else 'at least once a day'})",
                 "requested" if self._report_request_id else "not requested by the VTN" if offered
                 else "not offered" if self._cfg.telemetry else "off (openadr.telemetry = false)")
         self._terms_said = terms

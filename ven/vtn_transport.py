@@ -595,10 +595,15 @@ def _iso(t: datetime | None) -> str:
     return t.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z") if t else "-"
 
 
+POLL_MAX_S = 86400.0
+
+
 def poll_period(client: OpenADRClient) -> float:
-    """Seconds between the session's polls: the VTN's oadrRequestedOadrPollFreq, but at least a second. Durations
-    travel as whole seconds (openleadr writes a VTN's 0.5 s as "P" and reads "PT0.5S" as 0): 0 would be a busy loop."""
-    return max(1.0, client.poll_frequency.total_seconds())
+    """Seconds between the session's polls: the VTN's oadrRequestedOadrPollFreq, but at least a second and at most a
+    day. Durations travel as whole seconds (openleadr writes a VTN's 0.5 s as "P" and reads "PT0.5S" as 0): 0 would be
+    a busy loop. A VTN asking for polls days apart (P14D) would have its events reach the site as late, and its
+    cancellations; openleadr's own client caps the period at a day too."""
+    return min(POLL_MAX_S, max(1.0, client.poll_frequency.total_seconds()))
 
 
 def whole_seconds(s: float) -> str:
