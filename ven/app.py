@@ -548,7 +548,6 @@ class Gateway:
             self.vtn.set_opt_out(bool(self.device.get(P.OPT_OUT)))
 
     def _on_schedule(self, state: ScheduleState) -> None:
-        self._level_log.update(state)
         self.device.set(P.EVENT_LEVEL, float(state.level))
         self.device.set(P.EVENT_ACTIVE, state.active)
         self.device.set(P.EVENT_START_MINUTES, float(state.start_minutes))
@@ -558,6 +557,8 @@ class Gateway:
                 callback(state)
             except Exception:  # a user's handler must never stop the points from updating
                 log.exception("schedule listener %r failed", callback)
+        # last: the line says a level the points show, and a read of storage.path failing in it leaves them set
+        self._level_log.update(state)
 
     def _kept_events(self) -> list:
         """The events of the forecaster's history: it keeps the hours the building shed out of what it learns

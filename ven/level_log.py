@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+from datetime import datetime
 from typing import Callable
 
-from .events import Event
-from .schedule import ScheduleState, over
+from .events import OPT_IN, Event
+from .schedule import ScheduleState, over, utcnow
 from .storage import Storage
 
 log = logging.getLogger(__name__)
@@ -20,20 +22,25 @@ class LevelLog:
     Commissioning checks in the log that a level reached the BAS. Without the stopped-at level, an event that ended
     while the gateway was down left its "0 -> 2" the last word on it."""
 
-    def __init__(self, storage: Storage, event: Callable[[str], Event | None]):
-        self._storage, self._event = storage, event
+    def __init__(self, storage: Storage, event: Callable[[str], Event | None],
+                 clock: Callable[[], datetime] = utcnow):
+        self._storage, self._event, self._clock = storage, event, clock
         self.said: float | None = None      # None: nothing said since the start
+        self._kept: tuple[float, str | None] | None = None     # what storage.path was last given
 
     def update(self, state: ScheduleState) -> None:
-        if state.level == self.said:
-            return
-        why = f" (event {state.level_event_id})" if state.level_event_id else ""
-        if self.said is not None:
-            log.info("ADR-Event-Level %s -> %s%s", f"{self.said:g}", f"{state.level:g}", why)
-        else:
-            self._at_start(state)
-        self.said = state.level
-        self._storage.save_value(LEVEL_SAID, json.dumps({"level": state.level, "event": state.level_event_id}))
+        if state.level != self.said:
+            why = f" (event {state.level_event_id})" if state.level_event_id else ""
+            if self.said is not None:
+                log.info("ADR-Event-Level %s -> %s%s", f"{self.said:g}", f"{state.level:g}", why)
+            else:
+                self._at_start(state)
+            self.said = state.level
+        # the event too, when another one takes over at the same level: a start names the one the level was last of
+        kept = (state.level, state.level_event_id)
+        if kept != self._kept:
+            self._storage.save_value(LEVEL_SAID, json.dumps({"level": state.level, "event": state.level_event_id}))
+            self._kept = kept
 
     def _at_start(self, state: ScheduleState) -> None:
         stopped = self._stopped_at()
@@ -56,13 +63,27 @@ class LevelLog:
         of a version before 0.4.2, or a value not understood)."""
         try:
             saved = json.loads(self._storage.load_value(LEVEL_SAID) or "null")
-            return (float(saved["level"]), saved.get("event")) if saved is not None else None
-        except (ValueError, TypeError, KeyError, AttributeError):
+        except ValueError:
             return None
+        if not isinstance(saved, dict):
+            return None
+        level, event_id = saved.get("level"), saved.get("event")
+        if (not isinstance(level, (int, float)) or isinstance(level, bool) or not math.isfinite(level)
+                or not isinstance(event_id, (str, type(None)))):
+            return None
+        return float(level), event_id
 
     def _became_of(self, event_id: str) -> str:
         event = self._event(event_id)
         if event is None:
             return f"event {event_id} no longer held"
-        when = over(event).isoformat(timespec="seconds")     # as the line that received it says its times
-        return f"event {event_id} {'cancelled' if event.cancelled else 'over'} at {when}"
+        now, end = self._clock(), over(event)
+        if end <= now:      # its times as the line that received it says them
+            what = "cancelled" if event.cancelled else "over"
+            return f"event {event_id} {what} at {end.isoformat(timespec='seconds')}"
+        # held and not over: "over at" would name a time to come
+        if event.opt != OPT_IN:
+            return f"event {event_id} opted out"
+        if event.start > now:       # moved later by the VTN, or a clock set back
+            return f"event {event_id} starts at {event.start.isoformat(timespec='seconds')}"
+        return f"event {event_id} no longer sets the level"
