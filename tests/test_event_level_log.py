@@ -92,3 +92,32 @@ async def test_an_event_that_ended_while_the_gateway_was_stopped_is_said_at_the_
     # said once: the next start finds the 0 it stopped at
     assert re.findall(r"ADR-Event-Level .*", again) == [], again
     assert "Traceback" not in before + after + again
+
+
+async def test_a_start_names_the_event_the_level_was_last_of_when_two_overlapped(
+        tmp_path, free_udp_port, free_tcp_port):
+    # a and b at 2 overlap; a ends (the level stays 2, no line), the gateway stops, b ends while it is down. The start
+    # said "event level-log-a over at" a's end, a time before the stop, and nothing of b (helper verify44)
+    vtn_port = free_tcp_port()
+    config = tmp_path / "gw.toml"
+    write_config(config, bacnet_port=free_udp_port(), vtn_port=vtn_port, http_port=free_tcp_port(),
+                 storage=tmp_path / "gw.sqlite", ven_name="level-log")
+    async with DemoVtn(port=vtn_port, poll_seconds=0.5) as vtn:
+        with GatewayProcess(config, tmp_path / "before.log") as gateway:
+            await eventually(lambda: vtn.vens, 30, "registration")
+            start = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=2)
+            vtn.add_event([2], start=start, interval_seconds=4, event_id="level-log-a")
+            vtn.add_event([2], start=start + timedelta(seconds=2), interval_seconds=10, event_id="level-log-b")
+            await eventually(lambda: "ADR-Event-Level 0 -> 2" in gateway.log(), 20, "the level")
+            # a over, b in force: the gateway's timer passes a's end
+            await eventually(lambda: datetime.now(timezone.utc) > start + timedelta(seconds=5), 10, "a's end")
+        before = gateway.log()
+        end = start + timedelta(seconds=12)
+        await eventually(lambda: datetime.now(timezone.utc) > end, 15, "b's end")
+        with GatewayProcess(config, tmp_path / "after.log") as gateway:
+            await eventually(lambda: "edge-gateway ready" in gateway.log(), 30, "the restart")
+        after = gateway.log()
+    assert re.findall(r"ADR-Event-Level .*", before) == ["ADR-Event-Level 0 -> 2 (event level-log-a)"], before
+    assert re.findall(r"ADR-Event-Level .*", after) == [
+        f"ADR-Event-Level 2 -> 0 while the gateway was stopped (event level-log-b over at {end.isoformat()})"], after
+    assert "Traceback" not in before + after
