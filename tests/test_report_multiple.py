@@ -86,6 +86,41 @@ async def test_cancelling_one_request_leaves_the_other_served(tmp_path, free_tcp
     assert ends and all(m.endswith(f"request {slow} still served") for m in ends), ends
 
 
+async def test_an_update_taken_after_its_request_was_cancelled_leaves_the_others_readings(
+        tmp_path, free_tcp_port, caplog):
+    # The cancel of one request came on a poll while that request's update was on the way. When the VTN took the
+    # update, its readings left the queue as if no other request were served: the other request's interval lacked
+    # them and went as the mean of the rest (a whole-suite run at -n 8, 2026-12-05)
+    async with requested(tmp_path, free_tcp_port(), caplog) as (server, rig):
+        fast, slow = await two_requests(server, rig, 2 * S, 2 * S)
+        handlers = server._server.services["report_service"].handlers
+        held, release = asyncio.Event(), asyncio.Event()
+
+        async def holding_the_cancelled(payload, real=handlers["oadrUpdateReport"]):
+            if not release.is_set() and any(r["report_request_id"] == fast for r in payload.get("reports") or []):
+                held.set()
+                await release.wait()
+            return await real(payload)
+        handlers["oadrUpdateReport"] = holding_the_cancelled
+        rig.start_meter(0.25)
+        await asyncio.wait_for(held.wait(), 10)
+        server.cancel_report(rig.vtn.ven_id, fast)
+        await until(lambda: said(caplog, f"the VTN cancelled the telemetry report (request {fast})"), 10,
+                    "the cancel taken while the update was on the way")
+        sent = len(received(server, rrid=fast))
+        release.set()
+        await until(lambda: len(received(server, rrid=fast)) > sent, 10, "the update under the cancelled request taken")
+        after = len(received(server, rrid=slow))
+        await until(lambda: len(received(server, rrid=slow)) >= after + 2, 8, "the other still served")
+        await rig.stop_meter()
+        want = expected(rig.taken, 2 * S)
+        await until(lambda: len(received(server, rrid=slow)) >= len(want), 6, "every interval of the other")
+        await until(lambda: drained(rig), 5, "the queue drained by the one left")
+        await asyncio.sleep(0.3)
+        same(received(server, rrid=slow), want)             # nothing lost, nothing twice, the means
+        assert rig.queue.delivered == len(rig.taken)         # each reading counted once
+
+
 async def test_standing_requests_beyond_the_cap_are_refused_452_and_the_others_go_on(
         tmp_path, free_tcp_port, caplog):
     async with requested(tmp_path, free_tcp_port(), caplog) as (server, rig):

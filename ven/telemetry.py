@@ -659,13 +659,12 @@ class TelemetryQueue:
 
     def _take(self, name: str, seqs: set[int], delivered: bool) -> set[int]:
         """`name` took these: the ones every request has taken now, which leave the queue."""
-        reader = self._readers.get(name)
-        if reader is None:
-            return seqs
+        reader = self._readers.get(name)     # None: the request ended, only the others count
         seqs = {self._moved.get(seq, seq) for seq in seqs}     # a batch peeked before a move to the file
         others = [r for n, r in self._readers.items() if n != name]
         done = {seq for seq in seqs if all(r.has(seq) for r in others)}
-        reader.taken |= seqs - done
+        if reader is not None:
+            reader.taken |= seqs - done
         if delivered:
             # counted as delivered now, not once the last request has taken them too: with a stream parked for its
             # request (one of the run before), `delivered` stayed 0 while the VTN took every interval (helper ledger41)
@@ -675,7 +674,7 @@ class TelemetryQueue:
             self._sent |= first
         for r in self._readers.values():
             r.taken -= done
-        if any(seq > 0 for seq in reader.taken):
+        if reader is not None and any(seq > 0 for seq in reader.taken):
             self._raise_floor(reader)
         return done
 
@@ -737,7 +736,9 @@ class TelemetryQueue:
         if not samples and not self._acked:
             return
         done = {s.seq for s in samples}
-        if reader is not None and len(self._readers) > 1:
+        # a request ended while its update was on the way (the VTN cancelled it on a poll meanwhile) has no reader
+        # now: what it took leaves only once the requests still served took it too
+        if reader is not None and (len(self._readers) > 1 or reader not in self._readers):
             done = self._take(reader, done, delivered)
         if lost and not delivered:
             self._dropped += len(done - self._sent)
