@@ -585,7 +585,7 @@ _CONFIG_HELP = "the gateway's TOML configuration file (README: Configuration)"
 def _demo_run_options(p: argparse.ArgumentParser) -> None:
     """What `demo` and `demo-vtn` share: how long they run and when the demo event comes."""
     p.add_argument("--duration", type=_positive_seconds, default=None, metavar="SECONDS",
-                   help="stop after this many seconds (default: run until Ctrl-C)")
+                   help="stop this many seconds after it is up and running (default: run until Ctrl-C)")
     p.add_argument("--event-delay", type=_seconds, default=60.0, metavar="SECONDS",
                    help="seconds until the demo event starts (default %(default)g)")
     p.add_argument("--interval-seconds", type=_positive_seconds, default=10.0, metavar="SECONDS",
