@@ -68,8 +68,8 @@ def test_a_stopped_at_level_not_understood_is_taken_as_unknown(tmp_path, caplog)
 
 def test_a_start_names_the_event_that_set_the_level_last_not_one_that_ended_before_the_stop(tmp_path, caplog):
     # Two overlapping events at 2: the first ended, the second went on at the same level (no line, rightly), and the
-    # file kept the first's id. The second's cancellation (received before the stop, in effect at 18:00) taking the level
-    # to 0 while the gateway was down read "event a over at 17:00", an hour before the stop (helper verify44)
+    # file kept the first's id. The second's cancellation (received before the stop, in effect at 18:00) taking the
+    # level to 0 while the gateway was down read "event a over at 17:00", an hour before the stop (helper verify44)
     caplog.set_level(logging.INFO, logger="ven.level_log")
     t = datetime(2026, 12, 5, 16, 0, tzinfo=timezone.utc)
     a = make_event("a", [2], t, 3600)
