@@ -17,11 +17,18 @@ from ven.vtn_server import DemoVtn
 pytestmark = pytest.mark.timeout(90)
 
 
-async def test_each_level_an_event_sets_is_one_line_and_its_end_another(tmp_path, free_udp_port, free_tcp_port):
+@pytest.fixture
+def site(tmp_path, free_udp_port, free_tcp_port):
+    """A gateway's config file, its storage.path in tmp_path, and the port of the VTN it names."""
     vtn_port = free_tcp_port()
     config = tmp_path / "gw.toml"
     write_config(config, bacnet_port=free_udp_port(), vtn_port=vtn_port, http_port=free_tcp_port(),
                  storage=tmp_path / "gw.sqlite", ven_name="level-log")
+    return config, vtn_port
+
+
+async def test_each_level_an_event_sets_is_one_line_and_its_end_another(tmp_path, site):
+    config, vtn_port = site
     async with DemoVtn(port=vtn_port, poll_seconds=0.5) as vtn:
         with GatewayProcess(config, tmp_path / "gateway.log") as gateway:
             await eventually(lambda: vtn.vens, 30, "registration")
@@ -37,14 +44,11 @@ async def test_each_level_an_event_sets_is_one_line_and_its_end_another(tmp_path
 
 
 async def test_a_restart_in_the_middle_of_an_event_says_the_level_it_found_not_a_change_from_0(
-        tmp_path, free_udp_port, free_tcp_port):
+        tmp_path, site):
     # The restarted gateway said "ADR-Event-Level 0 -> 2": the 0 was the point's own for the milliseconds before the
     # stored schedule set it, and a BAS reading through the restart saw 2 throughout. The operator read the event as
     # starting again.
-    vtn_port = free_tcp_port()
-    config = tmp_path / "gw.toml"
-    write_config(config, bacnet_port=free_udp_port(), vtn_port=vtn_port, http_port=free_tcp_port(),
-                 storage=tmp_path / "gw.sqlite", ven_name="level-log")
+    config, vtn_port = site
     async with DemoVtn(port=vtn_port, poll_seconds=0.5) as vtn:
         with GatewayProcess(config, tmp_path / "before.log") as gateway:
             await eventually(lambda: vtn.vens, 30, "registration")
@@ -65,13 +69,10 @@ async def test_a_restart_in_the_middle_of_an_event_says_the_level_it_found_not_a
 
 
 async def test_an_event_that_ended_while_the_gateway_was_stopped_is_said_at_the_next_start(
-        tmp_path, free_udp_port, free_tcp_port):
+        tmp_path, site):
     # The log's last word on the event was "ADR-Event-Level 0 -> 2": the restarted gateway published 0, rightly,
     # and said nothing, so an operator reading the log took the building to be shedding still (helper verify43)
-    vtn_port = free_tcp_port()
-    config = tmp_path / "gw.toml"
-    write_config(config, bacnet_port=free_udp_port(), vtn_port=vtn_port, http_port=free_tcp_port(),
-                 storage=tmp_path / "gw.sqlite", ven_name="level-log")
+    config, vtn_port = site
     async with DemoVtn(port=vtn_port, poll_seconds=0.5) as vtn:
         with GatewayProcess(config, tmp_path / "before.log") as gateway:
             await eventually(lambda: vtn.vens, 30, "registration")
@@ -104,13 +105,10 @@ def level_kept(storage) -> str:
 
 
 async def test_a_start_names_the_event_the_level_was_last_of_when_two_overlapped(
-        tmp_path, free_udp_port, free_tcp_port):
+        tmp_path, site):
     # a and b at 2 overlap; a ends (the level stays 2, no line), the gateway stops, b ends while it is down. The start
     # said "event level-log-a over at" a's end, a time before the stop, and nothing of b (helper verify44)
-    vtn_port = free_tcp_port()
-    config = tmp_path / "gw.toml"
-    write_config(config, bacnet_port=free_udp_port(), vtn_port=vtn_port, http_port=free_tcp_port(),
-                 storage=tmp_path / "gw.sqlite", ven_name="level-log")
+    config, vtn_port = site
     async with DemoVtn(port=vtn_port, poll_seconds=0.5) as vtn:
         with GatewayProcess(config, tmp_path / "before.log") as gateway:
             await eventually(lambda: vtn.vens, 30, "registration")

@@ -61,6 +61,19 @@ async def test_two_standing_requests_of_different_granularity_each_get_all_their
         assert not said(caplog, "replaces")
 
 
+async def the_other_served_whole(server, rig, slow: str) -> None:
+    """The request left goes on, and once the meter stops has every interval: nothing lost, nothing twice, the
+    means of its readings."""
+    after = len(received(server, rrid=slow))
+    await until(lambda: len(received(server, rrid=slow)) >= after + 2, 8, "the other still served")
+    await rig.stop_meter()
+    want = expected(rig.taken, 2 * S)
+    await until(lambda: len(received(server, rrid=slow)) >= len(want), 6, "every interval of the other")
+    await until(lambda: drained(rig), 5, "the queue drained by the one left")
+    await asyncio.sleep(0.3)    # what would come twice comes now
+    same(received(server, rrid=slow), want)
+
+
 async def test_cancelling_one_request_leaves_the_other_served(tmp_path, free_tcp_port, caplog):
     async with requested(tmp_path, free_tcp_port(), caplog) as (server, rig):
         fast, slow = await two_requests(server, rig, 2 * S, 2 * S)
@@ -71,14 +84,7 @@ async def test_cancelling_one_request_leaves_the_other_served(tmp_path, free_tcp
         assert server.canceled_reports == [(200, "OK", [slow], True)]
         assert standing(rig) == [slow]
         sent = len(received(server, rrid=fast))
-        after = len(received(server, rrid=slow))
-        await until(lambda: len(received(server, rrid=slow)) >= after + 2, 6, "the other still served")
-        await rig.stop_meter()
-        want = expected(rig.taken, 2 * S)
-        await until(lambda: len(received(server, rrid=slow)) >= len(want), 6, "every interval of the other")
-        await until(lambda: drained(rig), 5, "the queue drained by the one left")
-        await asyncio.sleep(0.3)
-        same(received(server, rrid=slow), want)
+        await the_other_served_whole(server, rig, slow)
         assert len(received(server, rrid=fast)) == sent, "nothing more under the cancelled request"
         same(received(server, rrid=fast), expected(rig.taken, S)[:sent])
     # the log says the other goes on, not that readings queue until the VTN asks again
@@ -110,14 +116,7 @@ async def test_an_update_taken_after_its_request_was_cancelled_leaves_the_others
         sent = len(received(server, rrid=fast))
         release.set()
         await until(lambda: len(received(server, rrid=fast)) > sent, 10, "the update under the cancelled request taken")
-        after = len(received(server, rrid=slow))
-        await until(lambda: len(received(server, rrid=slow)) >= after + 2, 8, "the other still served")
-        await rig.stop_meter()
-        want = expected(rig.taken, 2 * S)
-        await until(lambda: len(received(server, rrid=slow)) >= len(want), 6, "every interval of the other")
-        await until(lambda: drained(rig), 5, "the queue drained by the one left")
-        await asyncio.sleep(0.3)
-        same(received(server, rrid=slow), want)             # nothing lost, nothing twice, the means
+        await the_other_served_whole(server, rig, slow)
         assert rig.queue.delivered == len(rig.taken)         # each reading counted once
 
 

@@ -13,6 +13,18 @@ from ven.vtn_server import DemoVtn
 from ven.vtn_transport import poll_period
 
 
+def registration_answers_without(server: DemoVtn, key: str):
+    """The VTN's oadrCreatedPartyRegistration leaves `key` out (the schema lets it); returns what puts it back."""
+    handlers = server._server.services["registration_service"].handlers
+    real = handlers["oadrCreatePartyRegistration"]
+
+    async def without(payload):
+        message_type, answer = await real(payload)
+        return message_type, {k: v for k, v in answer.items() if k != key}
+    handlers["oadrCreatePartyRegistration"] = without
+    return lambda: handlers.__setitem__("oadrCreatePartyRegistration", real)
+
+
 @pytest.mark.timeout(40)
 async def test_a_vtn_restarted_with_another_vtn_id_and_poll_frequency_is_said_at_the_registration_after_it(
         tmp_path, free_tcp_port, caplog):
@@ -67,13 +79,7 @@ async def test_a_registration_answer_without_a_ven_id_is_a_failed_registration_t
     # register again, and the log blamed a VTN that "no longer knows this VEN", registering again every second
     caplog.set_level(logging.INFO, logger="ven")
     async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
-        handlers = server._server.services["registration_service"].handlers
-        real = handlers["oadrCreatePartyRegistration"]
-
-        async def without_ven_id(payload):
-            message_type, answer = await real(payload)
-            return message_type, {k: v for k, v in answer.items() if k != "ven_id"}
-        handlers["oadrCreatePartyRegistration"] = without_ven_id
+        put_back = registration_answers_without(server, "ven_id")
         async with running(tmp_path, server.url) as gw:
             await until(lambda: gw.vtn.registration_failures >= 3, 10, "registrations refused for the missing venID")
             status = gw.vtn.status()
@@ -84,7 +90,7 @@ async def test_a_registration_answer_without_a_ven_id_is_a_failed_registration_t
                 "VTN registration failed: VTN registration answer carries no venID: not registered; retrying (backoff "
                 "up to 1 s)"]
             assert not said(caplog, "another cause"), "one line however often it is retried"
-            handlers["oadrCreatePartyRegistration"] = real
+            put_back()
             await until(lambda: gw.vtn.connected, 10, "registered once the answer names the venID")
             assert gw.vtn.ven_id == "ven-edge-gateway" and gw.vtn.status()["last_error"] is None
 
@@ -111,13 +117,7 @@ async def test_a_vtn_asking_for_no_poll_period_reads_as_openleadrs_default(tmp_p
     # as if the VTN had asked for it: the engineer looking for a 10 s setting at the utility would find none
     caplog.set_level(logging.INFO, logger="ven")
     async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
-        handlers = server._server.services["registration_service"].handlers
-        real = handlers["oadrCreatePartyRegistration"]
-
-        async def without_poll_period(payload):
-            message_type, answer = await real(payload)
-            return message_type, {k: v for k, v in answer.items() if k != "requested_oadr_poll_freq"}
-        handlers["oadrCreatePartyRegistration"] = without_poll_period
+        registration_answers_without(server, "requested_oadr_poll_freq")
         async with running(tmp_path, server.url) as gw:
             await until(lambda: said(caplog, "registered with VTN"), 10, "registration")
             [line] = said(caplog, "registered with VTN")

@@ -25,22 +25,21 @@ class LevelLog:
     def __init__(self, storage: Storage, event: Callable[[str], Event | None],
                  clock: Callable[[], datetime] = utcnow):
         self._storage, self._event, self._clock = storage, event, clock
-        self.said: float | None = None      # None: nothing said since the start
-        self._kept: tuple[float, str | None] | None = None     # what storage.path was last given
+        # the level and its event as last said and kept in storage.path; None: nothing since the start
+        self._last: tuple[float, str | None] | None = None
 
     def update(self, state: ScheduleState) -> None:
-        if state.level != self.said:
-            why = f" (event {state.level_event_id})" if state.level_event_id else ""
-            if self.said is not None:
-                log.info("ADR-Event-Level %s -> %s%s", f"{self.said:g}", f"{state.level:g}", why)
-            else:
-                self._at_start(state)
-            self.said = state.level
         # the event too, when another one takes over at the same level: a start names the one the level was last of
-        kept = (state.level, state.level_event_id)
-        if kept != self._kept:
-            self._storage.save_value(LEVEL_SAID, json.dumps({"level": state.level, "event": state.level_event_id}))
-            self._kept = kept
+        last = (state.level, state.level_event_id)
+        if last == self._last:
+            return
+        if self._last is None:
+            self._at_start(state)
+        elif state.level != self._last[0]:
+            log.info("ADR-Event-Level %s -> %s%s", f"{self._last[0]:g}", f"{state.level:g}",
+                     f" (event {state.level_event_id})" if state.level_event_id else "")
+        self._storage.save_value(LEVEL_SAID, json.dumps({"level": state.level, "event": state.level_event_id}))
+        self._last = last
 
     def _at_start(self, state: ScheduleState) -> None:
         stopped = self._stopped_at()

@@ -589,9 +589,10 @@ class VtnClient(VtnEvents, VtnReports, VtnStatus, VtnOutage):
             self.last_error = "VTN registration answer carries no venID: not registered"
             return False
         self.ven_id, self.registration_id = client.ven_id, client.registration_id
-        self.vtn_id = (answer[1] if answer else {}).get("vtn_id") or None
+        answered = answer[1] if answer else {}
+        self.vtn_id = answered.get("vtn_id") or None
         # the schema lets the answer leave oadrRequestedOadrPollFreq out; openleadr then polls every 10 s
-        self._poll_unasked = (answer[1] if answer else {}).get("requested_oadr_poll_freq") is None
+        self._poll_unasked = answered.get("requested_oadr_poll_freq") is None
         if self.vtn_id == self._foreign_vtn:    # the VTN's vtnID changed: the line below names the new one
             self._foreign_vtn = None
         offered = self._cfg.telemetry and await self._offer_reports(client)
