@@ -25,6 +25,10 @@ log = logging.getLogger(__name__)
 # `except Exception` alone lets a BACnet error or an APDU timeout escape.
 BACNET_ERRORS: tuple[type[BaseException], ...] = (ErrorRejectAbortNack, Exception)
 
+# The largest APDU a BACnet/IP device takes (max-APDU-length-accepted code 5, the most an Ethernet frame carries):
+# what B/IP devices say, and the I-Am a BAS sizes its requests by. bacpypes3 (and BAC0 on it) say 1024 unless told.
+BIP_MAX_APDU = 1476
+
 
 async def start_stack(address: str, device_id: int, name: str, vendor_id: int = 999,
                       timeout: float = 5.0) -> Application:
@@ -36,7 +40,7 @@ async def start_stack(address: str, device_id: int, name: str, vendor_id: int = 
         objectIdentifier=("device", device_id),
         objectName=name,
         vendorIdentifier=vendor_id,
-        maxApduLengthAccepted=1024,
+        maxApduLengthAccepted=BIP_MAX_APDU,
         segmentationSupported="segmentedBoth",
     )
     port = NetworkPortObject(address, objectIdentifier=("network-port", 1), objectName="NetworkPort-1")

@@ -23,7 +23,7 @@ from bacpypes3.pdu import GlobalBroadcast
 from bacpypes3.primitivedata import Real
 
 from .bug_guard import BugGuard
-from .client import ensure_port_free, stop_transactions, to_plain
+from .client import BIP_MAX_APDU, ensure_port_free, stop_transactions, to_plain
 from .objects import (
     WRITER,
     CommandableAnalogValue,
@@ -184,6 +184,10 @@ class GatewayDevice:
             # wait ends, and a SIGTERM during start-up was lost (everywhere else for the same reason)
             async with asyncio.timeout(_START_TIMEOUT):
                 await self._socket_ready()
+            # BAC0 leaves bacpypes3's 1024 (its own max-APDU setting goes nowhere) while the stack takes requests of
+            # 1476 octets whole: said here, before the network port's apduLength is made from it, it is what the
+            # I-Am, the device object and the gateway's own requests (the meter's answers) say
+            self.app.device_object.maxApduLengthAccepted = BIP_MAX_APDU
             ip_mask, _, port = self.address.rpartition(":")
             harden(self.app, dcc_password=self.dcc_password, write_access=self.write_access,
                    own_address=f"{ip_mask.partition('/')[0]}:{port}", bbmd_address=self.bbmd_address,

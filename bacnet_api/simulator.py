@@ -42,7 +42,7 @@ from bacpypes3.local.device import DeviceObject
 from bacpypes3.local.networkport import NetworkPortObject
 from bacpypes3.vlan import VirtualNetwork
 
-from .client import close_stack, ensure_port_free, wait_bound
+from .client import BIP_MAX_APDU, close_stack, ensure_port_free, wait_bound
 from .meter_units import KW_PER_UNIT
 from .property_access import THIS_DEVICE
 
@@ -137,12 +137,16 @@ class _MeterPoint(AnalogInputObject):
         return await super().read_property(attr, index)
 
 
-def _device(instance: int, name: str) -> DeviceObject:
+# the router is on BACnet/IP; the meter stands for one on MS/TP, whose frames carry APDUs of 480 octets at most
+MSTP_MAX_APDU = 480
+
+
+def _device(instance: int, name: str, max_apdu: int) -> DeviceObject:
     return DeviceObject(
         objectIdentifier=("device", instance),
         objectName=name,
         vendorIdentifier=999,
-        maxApduLengthAccepted=1024,
+        maxApduLengthAccepted=max_apdu,
         segmentationSupported="segmentedBoth",
     )
 
@@ -225,7 +229,7 @@ class MeterSimulator:
         VirtualNetwork(self._vlan_name)
         try:
             self._router = Application.from_object_list([
-                _device(self.router_device_id, f"meter-router-{self.network}"),
+                _device(self.router_device_id, f"meter-router-{self.network}", BIP_MAX_APDU),
                 # a router must know a number for each of its networks to route replies
                 NetworkPortObject(self.address, objectIdentifier=("network-port", 1),
                                   objectName="NetworkPort-1", networkNumber=self.ip_network,
@@ -234,7 +238,7 @@ class MeterSimulator:
             ])
             await wait_bound(self._router)
             self._meter = _MeterApplication.from_object_list([
-                _device(self.device_id, "simulated-meter"),
+                _device(self.device_id, "simulated-meter", MSTP_MAX_APDU),
                 _virtual_port(1, self._vlan_name, self.network, self.mac),
             ])
             self._meter._read_multiple, self._meter._requests = self.read_multiple, self.requests

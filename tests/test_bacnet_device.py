@@ -264,7 +264,7 @@ async def test_device_and_network_port_refuse_writes(gateway, peer):
         err = await peer.write(addr, obj, prop, value)
         assert isinstance(err, PeerError) and err.code == "writeAccessDenied", (obj, prop, err)
     assert await peer.read(addr, device, "objectName") == "TestGateway"
-    assert await peer.read(addr, device, "maxApduLengthAccepted") == 1024
+    assert await peer.read(addr, device, "maxApduLengthAccepted") == 1476
     assert await peer.read(addr, "networkPort 1", "outOfService") == 0
 
 
@@ -469,9 +469,9 @@ async def test_the_device_says_i_am_to_its_subnet_when_it_starts(free_udp_port, 
         await station.wait()
     source, data = next((s, d) for s, d in heard if i_am_of(DEVICE_ID) in d)
     assert source == f"{ns.host_ip}:{port}"
-    # Original-Broadcast-NPDU, to every network (global broadcast), max APDU 1024, segmented-both, vendor 842
+    # Original-Broadcast-NPDU, to every network (global broadcast), max APDU 1476, segmented-both, vendor 842
     assert data[:2] == b"\x81\x0b" and data[4:10] == b"\x01\x20\xff\xff\x00\xff", data.hex()
-    assert data.endswith(i_am_of(DEVICE_ID) + b"\x22\x04\x00\x91\x00\x22\x03\x4a"), data.hex()
+    assert data.endswith(i_am_of(DEVICE_ID) + b"\x22\x05\xc4\x91\x00\x22\x03\x4a"), data.hex()
 
 
 @pytest.mark.timeout(20)

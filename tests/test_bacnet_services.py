@@ -740,7 +740,7 @@ async def test_read_property_multiple_of_the_network_port_answers_every_property
     port_number = int(addr.rpartition(":")[2])
     assert await peer.read(addr, "networkPort 1", "macAddress") == bytes([127, 0, 0, 1]) + port_number.to_bytes(2, "big")
     assert await peer.read(addr, "networkPort 1", "networkNumber") == 0
-    assert await peer.read(addr, "networkPort 1", "apduLength") == 1024
+    assert await peer.read(addr, "networkPort 1", "apduLength") == 1476
     # what the machine says: loopback has no default gateway; the name servers of resolv.conf
     assert bytes(await peer.read(addr, "networkPort 1", "ipDefaultGateway")) == bytes(4)
     assert [bytes(a) for a in await peer.read(addr, "networkPort 1", "ipDNSServer")] == dns_servers()
