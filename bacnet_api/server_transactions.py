@@ -32,6 +32,10 @@
   processing incoming PDU" in the operator's log, which limits it to one per 10 minutes). Another request with the
   answer's invoke id ends the answer and is served: the BAS is done with it (its final SegmentACK lost), and the old
   answer's segments, sent again, would reach its new transaction.
+- A segmented request of more segments than the device's maxSegmentsAccepted (16) is aborted buffer-overflow at the
+  first segment over: bacpypes3 kept every segment it was sent, for as long as they came, from anyone. A segment
+  other than the first with no transaction of its own (one still on the way after that abort) is dropped: bacpypes3
+  began a request with it, acknowledging segments it would throw away.
 - A WritePropertyMultiple or ReadPropertyMultiple that bacpypes3 would decode only in part is failed as one it cannot
   decode, which rejects.py answers with a Reject (bacpypes3 executed the part and acknowledged the whole).
 """
@@ -52,7 +56,16 @@ ACK_HEADER, SEGMENT_HEADER = 3, 5
 
 class GatewayServerSSM(ServerSSM):
     async def idle(self, apdu: Any) -> None:
+        if isinstance(apdu, ConfirmedRequestPDU) and apdu.apduSeg and apdu.apduSeq != 0:
+            # a segment of a request whose transaction is over (aborted: more segments in flight, or done: its last
+            # segment sent again): bacpypes3 began a request with it and acknowledged segments it then threw away
+            self.set_state(ABORTED)
+            return
         self._asked = _request_key(apdu)
+        # what the device says it takes (its maxSegmentsAccepted), before the request's header replaces it with the
+        # BAS's; the first segment is the first taken
+        self._segments_accepted = getattr(self.ssmSAP.device_object, "maxSegmentsAccepted", None)
+        self._segments_taken = 1
         try:
             await super().idle(apdu)
         except BaseException:
@@ -88,6 +101,15 @@ class GatewayServerSSM(ServerSSM):
         if apdu.apduType == AbortPDU.pduType:
             self.set_state(COMPLETED)
             return
+        if apdu.apduType == ConfirmedRequestPDU.pduType and apdu.apduSeg and \
+                apdu.apduSeq == (self.lastSequenceNumber + 1) % 256:    # the next segment, which would be kept
+            self._segments_taken += 1
+            if self._segments_accepted and self._segments_taken > self._segments_accepted:
+                # more segments than the device's maxSegmentsAccepted: bacpypes3 kept every one, without end (2,000
+                # segments of anyone's request were taken, 2.3 MB). The segment cannot be kept: Abort buffer-overflow
+                # (5.4.4.4 NewSegmentReceived_NoSpace; 5.4.5.2 names no case of its own)
+                await self.response(self.abort(AbortReason.bufferOverflow))
+                return
         await super().segmented_request(apdu)
 
     # A request's invoke id stays its transaction's while the answer is made and sent, and bacpypes3 met two things a
