@@ -3,14 +3,17 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
+import pytest
 from test_schedule import make_event
 
 from ven.events import OPT_OUT
 from ven.level_log import LEVEL_SAID, LevelLog
 from ven.schedule import ScheduleState
-from ven.storage import Storage
+from ven.storage import Storage, connect
 
 
 def state(level: float, event_id: str | None = None) -> ScheduleState:
@@ -118,3 +121,51 @@ def test_a_damaged_stopped_at_event_neither_raises_nor_reads_as_a_level(tmp_path
         LevelLog(storage, event={}.get).update(state(0))    # taken as unknown: a start at 0 says nothing
     assert lines(caplog) == []
     storage.close()
+
+
+def an_earlier_version_ran(path) -> None:
+    """What a run of 0.4.1 or earlier leaves in the file: its open's `opened_at` (its statement, a run later), and the
+    level the log said left as this version wrote it (0.4.1 keeps none)."""
+    with sqlite3.connect(path) as db:
+        db.execute("INSERT OR REPLACE INTO kv (key, value) VALUES ('opened_at', datetime('now', '+5 seconds'))")
+    db.close()
+
+
+@pytest.mark.parametrize("now_level,said", [
+    (0.0, []),
+    (1.0, ["ADR-Event-Level 1 at the start (event b in force)"]),
+])
+def test_a_start_after_a_rollback_does_not_take_the_level_said_before_it_as_the_one_stopped_at(
+        tmp_path, caplog, now_level, said):
+    # Upgraded, rolled back to 0.4.1 during event a (which said a's cancellation itself), upgraded again: the start
+    # said "ADR-Event-Level 2 -> 0 while the gateway was stopped (event a cancelled at ...)", a change made while the
+    # rollback ran (helper upgrade45, a real 0.4.1 on the file)
+    caplog.set_level(logging.INFO, logger="ven.level_log")
+    path = tmp_path / "gw.sqlite"
+    storage = Storage(path)
+    LevelLog(storage, event=lambda event_id: None).update(state(2, "a"))
+    storage.close()
+    an_earlier_version_ran(path)
+    caplog.clear()
+    storage = Storage(path)
+    LevelLog(storage, event=lambda event_id: None).update(state(now_level, "b" if now_level else None))
+    storage.close()
+    assert lines(caplog) == said
+
+
+def test_a_restart_of_this_version_with_its_other_stores_opening_the_file_still_says_the_level_stopped_at(
+        tmp_path, caplog):
+    # the telemetry queue and the forecaster open the same file in each run, at once: none of them is another version
+    caplog.set_level(logging.INFO, logger="ven.level_log")
+    path = tmp_path / "gw.sqlite"
+    storage = Storage(path)
+    LevelLog(storage, event=lambda event_id: None).update(state(2, "a"))
+    with ThreadPoolExecutor(4) as pool:
+        for conn in list(pool.map(lambda _: connect(path), range(8))):
+            conn.close()
+    storage.close()
+    caplog.clear()
+    storage = Storage(path)
+    LevelLog(storage, event=lambda event_id: None).update(state(0))
+    storage.close()
+    assert lines(caplog) == ["ADR-Event-Level 2 -> 0 while the gateway was stopped (event a no longer held)"]

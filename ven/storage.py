@@ -84,7 +84,7 @@ def connect(path: str | Path, table: str = "") -> sqlite3.Connection:
         conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
         # Probe a write now so an unwritable file fails at start-up, not mid-event.
         conn.execute("CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        conn.execute("INSERT OR REPLACE INTO kv (key, value) VALUES ('opened_at', datetime('now'))")
+        _note_opened(conn)
         _check_format(conn, p)
         if table:
             conn.execute(table)
@@ -94,6 +94,31 @@ def connect(path: str | Path, table: str = "") -> sqlite3.Connection:
         raise StorageError(f"storage.path {p}: cannot open SQLite database for writing: {err}"
                            f"{_os_reason(p)}") from None
     return conn
+
+
+# kv values an earlier version run on the file leaves stale, as it does not keep them: the level the log last said
+# (ven.level_log.LEVEL_SAID) read, after a rollback and the upgrade again, as the level the gateway stopped at,
+# though that version ran on and said its own changes
+_KEPT_BY_THIS_VERSION = ("event_level_said",)
+
+
+def _note_opened(conn: sqlite3.Connection) -> None:
+    """`opened_at`, which every version writes at each open, and its copy, which only this one does: they differ
+    when another version opened the file since, and the values it left stale are dropped."""
+    conn.execute("BEGIN IMMEDIATE")     # another store of this run opening the file at once sees both or neither
+    try:
+        seen = dict(conn.execute("SELECT key, value FROM kv WHERE key IN ('opened_at', 'opened_at_here')"))
+        if "opened_at" in seen and seen.get("opened_at_here") != seen["opened_at"]:
+            conn.execute(f"DELETE FROM kv WHERE key IN ({','.join('?' * len(_KEPT_BY_THIS_VERSION))})",
+                         _KEPT_BY_THIS_VERSION)
+        conn.execute("INSERT OR REPLACE INTO kv (key, value) VALUES ('opened_at', datetime('now'))")
+        conn.execute("INSERT OR REPLACE INTO kv (key, value) SELECT 'opened_at_here', value FROM kv "
+                     "WHERE key = 'opened_at'")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 # What SQLite says of a file a power cut or a failing card damaged (or that was never SQLite). Unlike a lock, a
