@@ -48,9 +48,6 @@ class Flapping:
 def span(seconds: float) -> str:
     """A length of time for a log line (a fault's, a clock step's, a configured period): seconds, minutes, hours or
     days, whichever reads at a glance."""
-    # to a tenth, without a ".0": a configured 24 h or 7 days reads as set, not as a measurement; a fault of 0.4 s
-    # read "0 s", as if it had not happened
-    if 0 < seconds < 0.05:
-        return "under 0.1 s"
-    return (f"{round(seconds, 1):g} s" if seconds < 1 else f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200
+    # to a tenth, without a ".0": a configured 24 h or 7 days reads as set, not as a measurement
+    return (f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200
             else f"{round(seconds / 3600, 1):g} h" if seconds < 2 * 86400 else f"{round(seconds / 86400, 1):g} days")
