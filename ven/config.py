@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import unicodedata
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping
@@ -35,6 +36,18 @@ _LISTED = BeforeValidator(lambda v: tuple(v) if isinstance(v, list) else v)
 def _fits_a_real(v: float) -> float:
     if abs(v) > 3.4028234663852886e38:   # the largest finite single-precision float
         raise ValueError(f"must be within -3.4e38..3.4e38 (a BACnet Real), got {v:g}")
+    return v
+
+
+def _typed_text(v: str) -> str:
+    """A name, path or URL as typed or pasted: a control character in it (a NUL, a line break from a value pasted or
+    set with echo) or a blank around it was taken as part of it, and failed far from here: a registration the VTN
+    refused or a URL it did not know, a traceback at `run` for a NUL in a path."""
+    bad = next((c for c in v if unicodedata.category(c) == "Cc"), None)
+    if bad is not None:
+        raise ValueError(f"holds a control character ({bad!r}), got {v!r}")
+    if v != v.strip():
+        raise ValueError(f"has a blank at its start or end, taken as part of it: remove it, got {v!r}")
     return v
 
 
@@ -118,6 +131,7 @@ class BacnetConfig(_Section):
     def _device_name(cls, v: str) -> str:
         from bacnet_api.points import TAKEN_NAMES
 
+        _typed_text(v)
         if v in TAKEN_NAMES:
             raise ValueError(f"{v!r} is the name of one of the device's objects (a BACnet device's object names "
                              f"are unique); choose another")
@@ -243,6 +257,13 @@ def shown_url(url: str) -> str:
     return parts._replace(netloc=f"{userinfo.partition(':')[0]}:***@{hostport}").geturl()
 
 
+def _url_text(v: str, shown: str) -> None:
+    # a blank pasted after the URL went to the VTN as %20 in every request's path: 404 at each registration; urlsplit
+    # itself drops a line break or tab, which aiohttp sends
+    if any(c.isspace() or unicodedata.category(c) == "Cc" for c in v):
+        raise ValueError(f"holds a blank or control character (pasted with it?), got {shown!r}")
+
+
 class OpenadrConfig(_Section):
     vtn_url: str = "http://127.0.0.1:8080/OpenADR2/Simple/2.0b"
     ven_name: str = Field("edge-gateway", min_length=1)
@@ -287,6 +308,11 @@ class OpenadrConfig(_Section):
         var = self._env.get(key)
         return f"openadr.{key} (from {var})" if var else f"openadr.{key}"
 
+    @field_validator("ven_name", "report_resource_id", "cert", "key", "ca_file")
+    @classmethod
+    def _typed(cls, v: str) -> str:
+        return _typed_text(v)
+
     @field_validator("market_contexts")
     @classmethod
     def _contexts(cls, v: tuple[str, ...]) -> tuple[str, ...]:
@@ -302,13 +328,16 @@ class OpenadrConfig(_Section):
     def _url(cls, v: str) -> str:
         # the errors go to the journal (check-config is the unit's ExecStartPre): the password in it as *** there too
         shown = shown_url(v)
+        _url_text(v, shown)
         if not v.startswith(("http://", "https://")):
             raise ValueError(f"must start with http:// or https://, got {shown!r}")
         try:
             url = urllib.parse.urlsplit(v)
-            _ = url.port  # urlsplit checks the port only when it is read
+            port = url.port  # urlsplit checks the port only when it is read
         except ValueError as err:
             raise ValueError(f"{shown!r}: {err}") from None
+        if port == 0:
+            raise ValueError(f"{shown!r}: port must be 1..65535")
         if not url.hostname or not _is_host(url.hostname):
             raise ValueError(f"needs a host, e.g. http://vtn.example:8080/OpenADR2/Simple/2.0b, got {shown!r}")
         return v
@@ -323,6 +352,7 @@ class OpenadrConfig(_Section):
         if not v:
             return v
         shown = shown_url(v)
+        _url_text(v, shown)
         example = "e.g. http://proxy.site:3128 or http://user:password@proxy.site:3128"
         if not v.startswith("http://"):
             # https:// to the VTN goes through the proxy too (CONNECT); only the hop to the proxy is plain http
@@ -333,7 +363,7 @@ class OpenadrConfig(_Section):
             port = url.port
         except ValueError as err:
             raise ValueError(f"{shown!r}: {err}") from None
-        if not url.hostname or not _is_host(url.hostname) or port is None:
+        if not url.hostname or not _is_host(url.hostname) or not port:
             raise ValueError(f"needs a host and a port, {example}, got {shown!r}")
         if url.path not in ("", "/") or url.query or url.fragment:
             raise ValueError(f"takes no path, {example}, got {shown!r}")
@@ -423,6 +453,8 @@ class StorageConfig(_Section):
     @classmethod
     def _path(cls, v: str) -> str:
         # "" is Path("."), the working directory: every part would fail to open it and retry forever
+        if v.strip():
+            _typed_text(v)
         if not v.strip() or v.endswith("/") or Path(v).name in ("", ".", ".."):
             raise ValueError(f"must name a SQLite file, e.g. /var/lib/edge-gateway/gateway.sqlite, got {v!r}")
         return v
@@ -440,6 +472,14 @@ def _unsendable(token: str) -> bool:
     return any(ord(c) < 32 or ord(c) == 127 for c in token)
 
 
+def _not_typed(v: str) -> bool:
+    try:
+        _typed_text(v)
+    except ValueError:
+        return True
+    return False
+
+
 class HttpConfig(_Section):
     address: str = "127.0.0.1:8000"
     token: str = ""
@@ -452,8 +492,8 @@ class HttpConfig(_Section):
     @classmethod
     def _token_from_file(cls, data):
         path = data.get("token_file") if isinstance(data, dict) else None
-        if not path or not isinstance(path, str):
-            return data     # unset, or not a string: the field's own check says so
+        if not path or not isinstance(path, str) or _not_typed(path):
+            return data     # unset, not a string, or no file name: the field's own check says so
         if data.get("token"):
             raise ValueError("set token or token_file, not both")
         try:
@@ -470,6 +510,11 @@ class HttpConfig(_Section):
     @classmethod
     def _address(cls, v: str) -> str:
         return _host_port(v, "address")
+
+    @field_validator("token_file")
+    @classmethod
+    def _token_file(cls, v: str) -> str:
+        return _typed_text(v)
 
     @field_validator("token")
     @classmethod

@@ -1,0 +1,86 @@
+"""What an installer types or pastes into the config (helper cfg45): a control character in a name, a path or a URL,
+or a blank around it. Each is refused naming the key, before anything starts."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from ven.config import ConfigError
+from ven.config_load import load_config
+
+
+def _write(tmp_path, text: str):
+    p = tmp_path / "c.toml"
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+def _cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "ven.cli", *args], capture_output=True, text=True, timeout=60, cwd=cwd)
+
+
+@pytest.mark.parametrize("toml, line", [
+    # pasted from a mail or a portal with the blank after it: every request went to ".../2.0b%20/EiRegisterParty", 404
+    ('[openadr]\nvtn_url = "https://vtn.example/OpenADR2/Simple/2.0b "\n',
+     "openadr.vtn_url: holds a blank or control character (pasted with it?), got "
+     "'https://vtn.example/OpenADR2/Simple/2.0b '"),
+    ('[openadr]\nvtn_url = "https://vtn.example/OpenADR2/Simple/2.0b\\n"\n',
+     "openadr.vtn_url: holds a blank or control character (pasted with it?), got "
+     "'https://vtn.example/OpenADR2/Simple/2.0b\\n'"),
+    ('[openadr]\nvtn_url = "http://vtn.example:0/OpenADR2/Simple/2.0b"\n',
+     "openadr.vtn_url: 'http://vtn.example:0/OpenADR2/Simple/2.0b': port must be 1..65535"),
+    ('[openadr]\nproxy = "http://proxy.site:0"\n',
+     "openadr.proxy: needs a host and a port, e.g. http://proxy.site:3128 or http://user:password@proxy.site:3128, "
+     "got 'http://proxy.site:0'"),
+    # the VTN answered 400 to each registration (XML takes no control character)
+    ('[openadr]\nven_name = "building\\u0001"\n', "openadr.ven_name: holds a control character ('\\x01'), got 'building\\x01'"),
+    ('[openadr]\nven_name = "building-42 "\n',
+     "openadr.ven_name: has a blank at its start or end, taken as part of it: remove it, got 'building-42 '"),
+    ('[openadr]\nreport_resource_id = " main-meter"\n',
+     "openadr.report_resource_id: has a blank at its start or end, taken as part of it: remove it, got ' main-meter'"),
+    ('[bacnet]\ndevice_name = "Edge\\nGateway"\n',
+     "bacnet.device_name: holds a control character ('\\n'), got 'Edge\\nGateway'"),
+    ('[bacnet]\ndevice_name = "   "\n',
+     "bacnet.device_name: has a blank at its start or end, taken as part of it: remove it, got '   '"),
+    ('[storage]\npath = "/var/lib/edge-gateway/gateway.sqlite "\n',
+     "storage.path: has a blank at its start or end, taken as part of it: remove it, got "
+     "'/var/lib/edge-gateway/gateway.sqlite '"),
+    ('[storage]\npath = "gw\\u0000.sqlite"\n', "storage.path: holds a control character ('\\x00'), got 'gw\\x00.sqlite'"),
+    ('[openadr]\ncert = "ven.crt\\u0000"\nkey = "ven.key"\n',
+     "openadr.cert: holds a control character ('\\x00'), got 'ven.crt\\x00'"),
+    ('[openadr]\ncert = "ven.crt"\nkey = "ven.key\\t"\n',
+     "openadr.key: holds a control character ('\\t'), got 'ven.key\\t'"),
+    ('[openadr]\nca_file = " ca.pem"\n',
+     "openadr.ca_file: has a blank at its start or end, taken as part of it: remove it, got ' ca.pem'"),
+    # said "http: embedded null byte", naming neither the key nor the character
+    ('[http]\ntoken_file = "tok\\u0000"\n', "http.token_file: holds a control character ('\\x00'), got 'tok\\x00'"),
+])
+def test_a_blank_or_control_character_typed_in_is_named(tmp_path, toml, line):
+    p = _write(tmp_path, toml)
+    with pytest.raises(ConfigError) as err:
+        load_config(p, environ={})
+    assert str(err.value) == f"{p}: {line}"
+
+
+def test_a_variable_with_a_line_break_after_the_url_is_named():
+    # a Kubernetes secret or `docker run -e` from a file keeps the file's last line break
+    with pytest.raises(ConfigError, match=r"^EDGE_GATEWAY__OPENADR__VTN_URL: openadr.vtn_url: holds a blank"):
+        load_config(None, environ={"EDGE_GATEWAY__OPENADR__VTN_URL": "https://vtn.example/OpenADR2/Simple/2.0b\n"})
+
+
+def test_names_and_paths_with_blanks_inside_stay_accepted(tmp_path):
+    cfg = load_config(_write(tmp_path, '[bacnet]\ndevice_name = "Edge Gateway 1"\n[openadr]\nven_name = "building 42"\n'
+                                       '[storage]\npath = "my data/gw.sqlite"\n'), environ={})
+    assert (cfg.bacnet.device_name, cfg.openadr.ven_name, cfg.storage.path) == \
+        ("Edge Gateway 1", "building 42", "my data/gw.sqlite")
+
+
+@pytest.mark.parametrize("command", [["check-config"], ["run", "--config"], ["forget-forecast", "--config"]])
+def test_a_nul_in_a_path_is_a_config_error_not_a_traceback(tmp_path, command):
+    # run: "ValueError: embedded null byte" from the run lock; check-config: from reading openadr.cert
+    p = _write(tmp_path, '[storage]\npath = "gw\\u0000.sqlite"\n[openadr]\ncert = "a\\u0000b"\nkey = "k"\n')
+    res = _cli(*command, str(p), cwd=tmp_path)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert "storage.path: holds a control character" in res.stderr and "openadr.cert: holds" in res.stderr
