@@ -1,5 +1,6 @@
 """What an installer types or pastes into the config (helper cfg45): a control character in a name, a path or a URL,
-or a blank around it. Each is refused naming the key, before anything starts."""
+or a blank around it, and a meter read more slowly than the forecaster calls its power stale. Each is refused naming
+the key, or said as a warning, before anything starts."""
 from __future__ import annotations
 
 import subprocess
@@ -8,7 +9,7 @@ import sys
 import pytest
 
 from ven.config import ConfigError
-from ven.config_load import load_config
+from ven.config_load import load_config, parse_config
 
 
 def _write(tmp_path, text: str):
@@ -35,7 +36,8 @@ def _cli(*args, cwd=None):
      "openadr.proxy: needs a host and a port, e.g. http://proxy.site:3128 or http://user:password@proxy.site:3128, "
      "got 'http://proxy.site:0'"),
     # the VTN answered 400 to each registration (XML takes no control character)
-    ('[openadr]\nven_name = "building\\u0001"\n', "openadr.ven_name: holds a control character ('\\x01'), got 'building\\x01'"),
+    ('[openadr]\nven_name = "building\\u0001"\n',
+     "openadr.ven_name: holds a control character ('\\x01'), got 'building\\x01'"),
     ('[openadr]\nven_name = "building-42 "\n',
      "openadr.ven_name: has a blank at its start or end, taken as part of it: remove it, got 'building-42 '"),
     ('[openadr]\nreport_resource_id = " main-meter"\n',
@@ -47,7 +49,8 @@ def _cli(*args, cwd=None):
     ('[storage]\npath = "/var/lib/edge-gateway/gateway.sqlite "\n',
      "storage.path: has a blank at its start or end, taken as part of it: remove it, got "
      "'/var/lib/edge-gateway/gateway.sqlite '"),
-    ('[storage]\npath = "gw\\u0000.sqlite"\n', "storage.path: holds a control character ('\\x00'), got 'gw\\x00.sqlite'"),
+    ('[storage]\npath = "gw\\u0000.sqlite"\n',
+     "storage.path: holds a control character ('\\x00'), got 'gw\\x00.sqlite'"),
     ('[openadr]\ncert = "ven.crt\\u0000"\nkey = "ven.key"\n',
      "openadr.cert: holds a control character ('\\x00'), got 'ven.crt\\x00'"),
     ('[openadr]\ncert = "ven.crt"\nkey = "ven.key\\t"\n',
@@ -84,3 +87,29 @@ def test_a_nul_in_a_path_is_a_config_error_not_a_traceback(tmp_path, command):
     res = _cli(*command, str(p), cwd=tmp_path)
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
     assert "storage.path: holds a control character" in res.stderr and "openadr.cert: holds" in res.stderr
+
+
+def _cfg(source: str, poll: float, stale: float = 300):
+    return parse_config({"meter": {"poll_seconds": poll}, "openadr": {"telemetry_seconds": 900},
+                         "forecaster": {"source": source, "input_stale_seconds": stale}}, "gw.toml", environ={})
+
+
+def test_a_meter_read_no_faster_than_the_input_goes_stale_is_refused_as_the_only_source():
+    # the forecast points went to fault between every two readings of a meter that answered each one, with
+    # "WARNING forecaster has no power input: no meter reading for 300 s"
+    with pytest.raises(ConfigError) as err:
+        _cfg("meter", 300)
+    assert str(err.value) == (
+        "gw.toml: meter.poll_seconds (300) is not under forecaster.input_stale_seconds (300): between two meter "
+        "readings the forecaster has no power input, and the forecast, power-rate-of-change and load flag points "
+        "show fault: read the meter more often or raise input_stale_seconds")
+    assert _cfg("meter", 299).warnings() == []
+
+
+def test_the_same_is_a_warning_with_source_auto_and_nothing_without_the_meter():
+    # auto: the meter stands in only while the BAS does not write
+    assert _cfg("auto", 600, 120).warnings() == [
+        "meter.poll_seconds (600) is not under forecaster.input_stale_seconds (120): between two meter readings the "
+        "forecaster has no power input, and the forecast, power-rate-of-change and load flag points show fault "
+        "whenever the meter stands in for the BAS input (forecaster.source auto)"]
+    assert _cfg("bacnet_input", 600, 120).warnings() == []

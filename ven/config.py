@@ -646,6 +646,23 @@ class GatewayConfig(_Section):
     forecaster: ForecasterConfig = ForecasterConfig()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
+    def _poll_too_slow(self) -> str | None:
+        """The meter read no more often than the forecaster calls its power stale: between two readings the forecast,
+        rate and load-flag points went to fault, with a WARNING "no power input" of a meter that answered each read."""
+        poll, stale = self.meter.poll_seconds, self.forecaster.input_stale_seconds
+        if poll < stale:
+            return None
+        return (f"meter.poll_seconds ({poll:g}) is not under forecaster.input_stale_seconds ({stale:g}): between two "
+                f"meter readings the forecaster has no power input, and the forecast, power-rate-of-change and load "
+                f"flag points show fault")
+
+    @model_validator(mode="after")
+    def _meter_feeds_forecaster(self) -> "GatewayConfig":
+        why = self._poll_too_slow() if self.forecaster.source == "meter" else None
+        if why:
+            raise ValueError(f"{why}: read the meter more often or raise input_stale_seconds")
+        return self
+
     def warnings(self) -> list[str]:
         """Settings that are valid but lose something the reader of the config likely wants."""
         out = []
@@ -660,6 +677,9 @@ class GatewayConfig(_Section):
                 out.append(f"meter.router ({self.meter.router}) is not used: meter.address {self.meter.address} is a "
                            f"BACnet/IP address, read directly; meter.router is for a meter on another network "
                            f"(network:mac, e.g. 12345:2): leave it empty")
+        why = self._poll_too_slow() if self.forecaster.source == "auto" else None
+        if why:     # source meter: an error; auto: only while the meter stands in for a BAS that stopped writing
+            out.append(f"{why} whenever the meter stands in for the BAS input (forecaster.source auto)")
         stale = self.forecaster.input_stale_seconds
         if stale > _DEMAND_SECONDS:
             out.append(f"forecaster.input_stale_seconds ({stale:g}) is longer than the 15-minute demand window: "

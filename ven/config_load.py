@@ -158,7 +158,9 @@ def _describe(err: ValidationError, origin: str, sources: Mapping[tuple[str, ...
             msg = msg.replace("Tuple", "List").replace(" after validation", "")
         elif e["type"] in _BOUND_TYPES and not secret:
             msg = f"{msg} (got {e['input']!r})"
-        lines.append(f"{_origin_of(tuple(e['loc']), origin, sources)}: {key}: {msg}")
+        # a check across sections (GatewayConfig's own) names its keys in its sentence
+        where = f"{key}: " if e["loc"] else ""
+        lines.append(f"{_origin_of(tuple(e['loc']), origin, sources)}: {where}{msg}")
     return "\n".join(lines)
 
 
