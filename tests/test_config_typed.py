@@ -113,3 +113,23 @@ def test_the_same_is_a_warning_with_source_auto_and_nothing_without_the_meter():
         "forecaster has no power input, and the forecast, power-rate-of-change and load flag points show fault "
         "whenever the meter stands in for the BAS input (forecaster.source auto)"]
     assert _cfg("bacnet_input", 600, 120).warnings() == []
+
+
+@pytest.mark.parametrize("where", ["a directory", "under a file"])
+def test_run_refuses_a_storage_path_that_can_never_open(tmp_path, free_udp_port, free_tcp_port, where):
+    # `run` started, kept everything in memory with an ERROR per part retried every 10 s, and lost it at the next
+    # restart; check-config (the unit's ExecStartPre, its failure ignored; none in Docker) alone refused it
+    (tmp_path / "gw.sqlite").mkdir() if where == "a directory" else (tmp_path / "data").write_text("")
+    path = tmp_path / ("gw.sqlite" if where == "a directory" else "data/gw.sqlite")
+    cfg = _write(tmp_path, f'[bacnet]\naddress = "127.0.0.1/8:{free_udp_port()}"\n'
+                           f'[http]\naddress = "127.0.0.1:{free_tcp_port()}"\n[storage]\npath = "{path}"\n'
+                           f'[openadr]\nvtn_url = "http://127.0.0.1:{free_tcp_port()}/OpenADR2/Simple/2.0b"\n')
+    try:
+        res = subprocess.run([sys.executable, "-m", "ven.cli", "run", "--config", str(cfg)], capture_output=True,
+                             text=True, timeout=20)
+    except subprocess.TimeoutExpired as err:
+        pytest.fail(f"run started: {err.stderr}")
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    said = (f"{path} is a directory: name a file in it, e.g. {path / 'gateway.sqlite'}" if where == "a directory"
+            else f"{path}: {tmp_path / 'data'} is not a directory")
+    assert res.stderr.splitlines() == [f"configuration error: storage.path: {said}"]

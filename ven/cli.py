@@ -362,6 +362,12 @@ def run_gateway(config_path: str | None, customize: Callable[[Any], None] | None
     (examples/custom_handler.py)."""
     private_files()     # a gateway run from a program of its own (custom_handler.py) does not pass through main()
     cfg = _config_or_exit(config_path)
+    # a directory there (Docker makes one for a bind-mounted file the host lacks), or a file where a directory must be,
+    # never opens: the gateway ran on from memory, an ERROR every part, and lost it all at the next restart
+    problems = storage_problems(cfg.storage)
+    if problems:
+        _print_config_error(ConfigError("\n".join(problems)))
+        return EXIT_CONFIG
     from bacnet_api.client import ensure_port_free
 
     from .app import Gateway, freeze_startup_objects
