@@ -133,3 +133,14 @@ def test_run_refuses_a_storage_path_that_can_never_open(tmp_path, free_udp_port,
     said = (f"{path} is a directory: name a file in it, e.g. {path / 'gateway.sqlite'}" if where == "a directory"
             else f"{path}: {tmp_path / 'data'} is not a directory")
     assert res.stderr.splitlines() == [f"configuration error: storage.path: {said}"]
+
+
+def test_a_file_nested_too_deeply_is_named_not_a_traceback(tmp_path):
+    # tomllib recurses per level: "RecursionError: maximum recursion depth exceeded" from check-config and run
+    p = _write(tmp_path, "a = " + "[" * 100000 + "]" * 100000 + "\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(p, environ={})
+    assert str(err.value) == f"{p}: not valid TOML: arrays or tables nested too deeply"
+    with pytest.raises(ConfigError, match="^EDGE_GATEWAY__FORECASTER__HOLIDAYS: forecaster.holidays: Input should be "
+                                          "a list"):
+        load_config(None, environ={"EDGE_GATEWAY__FORECASTER__HOLIDAYS": "[" * 100000})

@@ -43,7 +43,7 @@ def _env_value(raw: str, annotation: object) -> object:
         return raw
     try:
         return tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, RecursionError):   # the text then, which the key's check refuses
         return raw
 
 
@@ -201,4 +201,6 @@ def load_config(path: str | os.PathLike | None, environ: Mapping[str, str] | Non
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{p}: not valid TOML: {err}") from None
+    except RecursionError:  # tomllib parses nesting by recursion: thousands of [ were a traceback
+        raise ConfigError(f"{p}: not valid TOML: arrays or tables nested too deeply") from None
     return parse_config(data, str(p), environ)
