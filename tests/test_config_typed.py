@@ -144,3 +144,18 @@ def test_a_file_nested_too_deeply_is_named_not_a_traceback(tmp_path):
     with pytest.raises(ConfigError, match="^EDGE_GATEWAY__FORECASTER__HOLIDAYS: forecaster.holidays: Input should be "
                                           "a list"):
         load_config(None, environ={"EDGE_GATEWAY__FORECASTER__HOLIDAYS": "[" * 100000})
+
+
+@pytest.mark.parametrize("name", ["EDGEGATEWAY__METER__POLL_SECONDS", "EDGE__GATEWAY__METER__POLL_SECONDS",
+                                  "EDGE_GATEWAYS__METER__POLL_SECONDS"])
+def test_a_squashed_or_plural_prefix_is_named_not_ignored(name):
+    # the first two were not read and not said (check-config ok, the setting not applied); the third was named with
+    # "did you mean EDGE_GATEWAY__S__METER__POLL_SECONDS?"
+    with pytest.raises(ConfigError) as err:
+        load_config(None, environ={name: "5"})
+    assert str(err.value) == (f"{name}: not read: the variables are EDGE_GATEWAY__<SECTION>__<KEY>, in upper case "
+                              f"with two underscores between the parts; did you mean EDGE_GATEWAY__METER__POLL_SECONDS?")
+
+
+def test_another_programs_variable_that_looks_alike_is_left_alone():
+    assert load_config(None, environ={"EDGEGATEWAY_HOME": "/opt", "EDGEGATEWAY": "1"}).meter.poll_seconds == 10

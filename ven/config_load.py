@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Mapping
@@ -47,13 +48,20 @@ def _env_value(raw: str, annotation: object) -> object:
         return raw
 
 
+# the prefix as it gets misspelt: a missing or doubled underscore, a plural, lower case
+_LIKE_PREFIX = re.compile(r"edge_*gateways?_*", re.IGNORECASE)
+
+
 def _misspelt_prefix(name: str) -> None:
     # EDGE_GATEWAY_METER__POLL_SECONDS (one underscore) or a lower-case name was not read and not said: check-config
     # said ok and the setting was not applied, where a misspelt key after the right prefix is an error
     stem = ENV_PREFIX.rstrip("_")
-    if not name.upper().startswith(stem) or name == stem:
+    head = _LIKE_PREFIX.match(name)
+    # EDGE_GATEWAY<anything>, as before; a squashed or plural prefix (EDGEGATEWAY__, EDGE__GATEWAY__) only with a
+    # __ after it, as the gateway's variables have: another program's EDGEGATEWAY_HOME is not one
+    if not head or name == stem or not (name.upper().startswith(stem) or "__" in name[head.end() - 2:]):
         return
-    rest = name[len(stem):].lstrip("_").upper()
+    rest = name[head.end():].upper()
     meant = f"; did you mean {ENV_PREFIX}{rest}?" if "__" in rest else ""
     raise ConfigError(f"{name}: not read: the variables are {ENV_PREFIX}<SECTION>__<KEY>, in upper case with two "
                       f"underscores between the parts{meant}")
