@@ -159,3 +159,30 @@ def test_a_squashed_or_plural_prefix_is_named_not_ignored(name):
 
 def test_another_programs_variable_that_looks_alike_is_left_alone():
     assert load_config(None, environ={"EDGEGATEWAY_HOME": "/opt", "EDGEGATEWAY": "1"}).meter.poll_seconds == 10
+
+
+@pytest.mark.parametrize("url, reason", [
+    # a request URL copied from the VTN's log or the utility's mail: every request went to .../EiRegisterParty/
+    # EiRegisterParty, a 404 at each registration, check-config ok
+    ("https://vtn.example/OpenADR2/Simple/2.0b/EiRegisterParty",
+     "ends in the OpenADR service EiRegisterParty (the gateway appends each service to it): did you mean "
+     "'https://vtn.example/OpenADR2/Simple/2.0b'?"),
+    ("https://ven:s3cret@vtn.example/OpenADR2/Simple/2.0b/OadrPoll/",
+     "ends in the OpenADR service OadrPoll (the gateway appends each service to it): did you mean "
+     "'https://ven:***@vtn.example/OpenADR2/Simple/2.0b'?"),
+    ("https://vtn.example/OpenADR2/Simple/2.0b?site=42",
+     "takes no ?query or #fragment (the gateway appends /EiEvent, /OadrPoll ... to it), got "
+     "'https://vtn.example/OpenADR2/Simple/2.0b?site=42'"),
+    ("https://vtn.example/OpenADR2/Simple/2.0b#top",
+     "takes no ?query or #fragment (the gateway appends /EiEvent, /OadrPoll ... to it), got "
+     "'https://vtn.example/OpenADR2/Simple/2.0b#top'"),
+])
+def test_a_vtn_url_the_services_cannot_be_appended_to_is_refused(url, reason):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, environ={"EDGE_GATEWAY__OPENADR__VTN_URL": url})
+    assert str(err.value) == f"EDGE_GATEWAY__OPENADR__VTN_URL: openadr.vtn_url: {reason}"
+
+
+def test_a_vtn_url_with_a_slash_after_it_stays_accepted():
+    url = "https://vtn.example/OpenADR2/Simple/2.0b/"
+    assert load_config(None, environ={"EDGE_GATEWAY__OPENADR__VTN_URL": url}).openadr.vtn_url == url

@@ -257,6 +257,10 @@ def shown_url(url: str) -> str:
     return parts._replace(netloc=f"{userinfo.partition(':')[0]}:***@{hostport}").geturl()
 
 
+# the OpenADR 2.0b services, each a path segment after the VTN's URL
+_SERVICES = {"eievent", "eireport", "eiregisterparty", "eiopt", "oadrpoll"}
+
+
 def _url_text(v: str, shown: str) -> None:
     # a blank pasted after the URL went to the VTN as %20 in every request's path: 404 at each registration; urlsplit
     # itself drops a line break or tab, which aiohttp sends
@@ -340,6 +344,16 @@ class OpenadrConfig(_Section):
             raise ValueError(f"{shown!r}: port must be 1..65535")
         if not url.hostname or not _is_host(url.hostname):
             raise ValueError(f"needs a host, e.g. http://vtn.example:8080/OpenADR2/Simple/2.0b, got {shown!r}")
+        # each request goes to vtn_url + "/" + the service: after a query or a fragment, or after a service already
+        # (a request URL copied from the VTN's log), every one of them was a 404
+        if url.query or url.fragment or v.endswith(("?", "#")):
+            raise ValueError(f"takes no ?query or #fragment (the gateway appends /EiEvent, /OadrPoll ... to it), "
+                             f"got {shown!r}")
+        service = url.path.rstrip("/").rpartition("/")[2]
+        if service.lower() in _SERVICES:
+            base = shown.rstrip("/").removesuffix(service).rstrip("/")
+            raise ValueError(f"ends in the OpenADR service {service} (the gateway appends each service to it): "
+                             f"did you mean {base!r}?")
         return v
 
     @property
