@@ -186,3 +186,24 @@ def test_a_vtn_url_the_services_cannot_be_appended_to_is_refused(url, reason):
 def test_a_vtn_url_with_a_slash_after_it_stays_accepted():
     url = "https://vtn.example/OpenADR2/Simple/2.0b/"
     assert load_config(None, environ={"EDGE_GATEWAY__OPENADR__VTN_URL": url}).openadr.vtn_url == url
+
+
+@pytest.mark.parametrize("meter, said", [
+    # read, the gateway answered for the meter: "analogInput 2 does not exist on the meter: check meter.object"
+    ({"address": "192.168.1.20"}, "meter.address 192.168.1.20 is the gateway's own BACnet device (bacnet.address "
+                                  "192.168.1.20/24:47808): give the meter's address"),
+    # through itself as the router: "no response from 12345:2 within 5 s (through router ...)"
+    ({"router": "192.168.1.20:47808"}, "meter.router 192.168.1.20:47808 is the gateway's own BACnet device "
+                                       "(bacnet.address 192.168.1.20/24:47808): give the ip:port of the router to "
+                                       "the meter's network"),
+])
+def test_a_meter_at_the_gateways_own_address_is_refused(meter, said):
+    with pytest.raises(ConfigError) as err:
+        parse_config({"bacnet": {"address": "192.168.1.20/24:47808"}, "meter": meter}, "gw.toml", environ={})
+    assert str(err.value) == f"gw.toml: {said}"
+
+
+def test_a_meter_on_the_same_box_at_another_port_stays_accepted():
+    cfg = parse_config({"bacnet": {"address": "192.168.1.20/24:47808"}, "meter": {"address": "192.168.1.20:47809"}},
+                       "gw.toml", environ={})
+    assert cfg.meter.address == "192.168.1.20:47809"

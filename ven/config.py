@@ -670,6 +670,29 @@ class GatewayConfig(_Section):
                 f"meter readings the forecaster has no power input, and the forecast, power-rate-of-change and load "
                 f"flag points show fault")
 
+    def _is_own_station(self, where: str) -> bool:
+        """Whether `where` (ip[:port]) is the gateway's own BACnet/IP device, which bacpypes3 then asks itself."""
+        own_ip, own_port = self.bacnet.address.partition("/")[0], self.bacnet.address.rpartition(":")[2]
+        host, _, port = where.rpartition(":") if ":" in where else (where, "", "47808")
+        try:
+            ip, own = ipaddress.IPv4Address(host.partition("/")[0]), ipaddress.IPv4Address(own_ip)
+        except ValueError:
+            return False     # network:mac, or a host name
+        # any 127.x on the device's own port is the device itself to bacpypes3
+        return (ip == own or ip.is_loopback and own.is_loopback) and port == own_port
+
+    @model_validator(mode="after")
+    def _meter_not_the_gateway(self) -> "GatewayConfig":
+        # read, the gateway answered for the meter: "analogInput 2 does not exist on the meter: check meter.object",
+        # or through itself as the router, no response
+        own = f"the gateway's own BACnet device (bacnet.address {self.bacnet.address})"
+        if self.meter.router and self._is_own_station(self.meter.router):
+            raise ValueError(f"meter.router {self.meter.router} is {own}: give the ip:port of the router to the "
+                             f"meter's network")
+        if self._is_own_station(self.meter.address):
+            raise ValueError(f"meter.address {self.meter.address} is {own}: give the meter's address")
+        return self
+
     @model_validator(mode="after")
     def _meter_feeds_forecaster(self) -> "GatewayConfig":
         why = self._poll_too_slow() if self.forecaster.source == "meter" else None
