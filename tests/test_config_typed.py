@@ -207,3 +207,12 @@ def test_a_meter_on_the_same_box_at_another_port_stays_accepted():
     cfg = parse_config({"bacnet": {"address": "192.168.1.20/24:47808"}, "meter": {"address": "192.168.1.20:47809"}},
                        "gw.toml", environ={})
     assert cfg.meter.address == "192.168.1.20:47809"
+
+
+def test_a_relative_token_file_not_found_says_where_it_was_looked_for(tmp_path, monkeypatch):
+    # "token_file secrets/token: No such file or directory" from a service whose working directory is /
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as err:
+        load_config(None, environ={"EDGE_GATEWAY__HTTP__TOKEN_FILE": "secrets/token"})
+    assert str(err.value) == (f"defaults, EDGE_GATEWAY__HTTP__TOKEN_FILE: http: token_file secrets/token (looked for in "
+                              f"{tmp_path}): No such file or directory")

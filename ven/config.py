@@ -18,7 +18,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-from .config_checks import _zone_mismatch
+from .config_checks import _looked_for, _zone_mismatch
 
 
 class ConfigError(Exception):
@@ -513,7 +513,8 @@ class HttpConfig(_Section):
         try:
             token = Path(path).read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as err:
-            raise ValueError(f"token_file {path}: {getattr(err, 'strerror', None) or err}") from None
+            # relative: from the working directory, which is / under systemd, not where the operator stands
+            raise ValueError(f"token_file {_looked_for(path)}: {getattr(err, 'strerror', None) or err}") from None
         if not token:
             raise ValueError(f"token_file {path} is empty")
         if _unsendable(token):
