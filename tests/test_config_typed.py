@@ -216,3 +216,24 @@ def test_a_relative_token_file_not_found_says_where_it_was_looked_for(tmp_path, 
         load_config(None, environ={"EDGE_GATEWAY__HTTP__TOKEN_FILE": "secrets/token"})
     assert str(err.value) == (f"defaults, EDGE_GATEWAY__HTTP__TOKEN_FILE: http: token_file secrets/token (looked for in "
                               f"{tmp_path}): No such file or directory")
+
+
+@pytest.mark.parametrize("data, said", [
+    # readings and forecasts above input_max_kw are refused: the flag stayed off for good, check-config ok
+    ({"bacnet": {"input_max_kw": 400}, "forecaster": {"high_load_kw": 450}},
+     "forecaster.high_load_kw (450) is not below bacnet.input_max_kw (400): power above that is refused, so "
+     "high-load-conditions could never turn on"),
+    ({"bacnet": {"input_min_kw": 0}, "forecaster": {"low_load_kw": -5}},
+     "forecaster.low_load_kw (-5) is not above bacnet.input_min_kw (0): power below that is refused, so "
+     "low-load-conditions could never turn on"),
+])
+def test_a_load_threshold_beyond_the_input_bounds_is_refused(data, said):
+    with pytest.raises(ConfigError) as err:
+        parse_config(data, "gw.toml", environ={})
+    assert str(err.value) == f"gw.toml: {said}"
+
+
+def test_thresholds_inside_the_input_bounds_stay_accepted():
+    cfg = parse_config({"bacnet": {"input_min_kw": 0, "input_max_kw": 2000},
+                        "forecaster": {"high_load_kw": 450, "low_load_kw": 120}}, "gw.toml", environ={})
+    assert (cfg.forecaster.high_load_kw, cfg.forecaster.low_load_kw) == (450, 120)
