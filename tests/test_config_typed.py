@@ -237,3 +237,13 @@ def test_thresholds_inside_the_input_bounds_stay_accepted():
     cfg = parse_config({"bacnet": {"input_min_kw": 0, "input_max_kw": 2000},
                         "forecaster": {"high_load_kw": 450, "low_load_kw": 120}}, "gw.toml", environ={})
     assert (cfg.forecaster.high_load_kw, cfg.forecaster.low_load_kw) == (450, 120)
+
+
+def test_check_config_says_an_http_address_name_that_does_not_resolve(tmp_path):
+    # check-config said ok; `run` then exited 2 "http.address ...: cannot listen: Name or service not known"
+    p = _write(tmp_path, '[http]\naddress = "dashboard.invalid:8000"\ntoken = "0123456789abcdef0123"\n'
+                         f'[storage]\npath = "{tmp_path / "gw.sqlite"}"\n')
+    res = _cli("check-config", str(p))
+    assert res.returncode == 0, res.stderr
+    assert (f"{p}: warning: http.address: dashboard.invalid does not resolve on this machine now: `run` refuses to "
+            f"start (exit 2) until it does (an IP address does not depend on a name service)") in res.stdout.splitlines()

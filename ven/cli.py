@@ -93,7 +93,8 @@ def _absent_address_warnings(cfg: GatewayConfig) -> list[str]:
                 found = [(f, sockaddr) for f, _, _, _, sockaddr in
                          socket.getaddrinfo(host, 0, type=kind, flags=socket.AI_PASSIVE)]
             except (OSError, UnicodeError, LookupError):
-                return False    # a name that does not resolve: `run` names it
+                unresolved.append(host)     # `run` refuses it: said below
+                return False
         for family, sockaddr in found:
             try:    # the socket too: a kernel without IPv6 (ipv6.disable=1) refuses an AF_INET6 one
                 with socket.socket(family, kind) as probe:
@@ -104,11 +105,15 @@ def _absent_address_warnings(cfg: GatewayConfig) -> list[str]:
                     return False
         return bool(found)
 
+    unresolved: list[str] = []
     probes = [("bacnet.address", cfg.bacnet.address.rpartition(":")[0].partition("/")[0], socket.SOCK_DGRAM)]
     if cfg.http.enabled:
         probes.append(("http.address", cfg.http.address.rpartition(":")[0].strip("[]"), socket.SOCK_STREAM))
     out = [f"{key}: {host} is not on any interface of this machine now: `run` waits for it (a NIC that comes up "
            f"after the service), so a wrong address waits forever" for key, host, kind in probes if absent(host, kind)]
+    # only http.address takes a name: check-config said ok, and `run` exited 2 "cannot listen: Name or service not known"
+    out += [f"http.address: {host} does not resolve on this machine now: `run` refuses to start (exit 2) until it does "
+            f"(an IP address does not depend on a name service)" for host in unresolved]
     if not any(line.startswith("bacnet.address") for line in out):
         from bacnet_api.own_address import LINK, MASK, missing
         problem = missing(cfg.bacnet.address)
