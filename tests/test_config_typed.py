@@ -247,3 +247,10 @@ def test_check_config_says_an_http_address_name_that_does_not_resolve(tmp_path):
     assert res.returncode == 0, res.stderr
     assert (f"{p}: warning: http.address: dashboard.invalid does not resolve on this machine now: `run` refuses to "
             f"start (exit 2) until it does (an IP address does not depend on a name service)") in res.stdout.splitlines()
+
+
+def test_an_unquoted_holiday_date_is_the_day_it_reads_as(tmp_path):
+    # holidays = [2025-12-25] is a TOML date: "forecaster.holidays.0: Input should be a valid string (got date
+    # datetime.date(2025, 12, 25))"
+    cfg = load_config(_write(tmp_path, '[forecaster]\nholidays = [2025-12-25, "12-26"]\n'), environ={})
+    assert cfg.forecaster.holidays == ("2025-12-25", "12-26")

@@ -6,6 +6,7 @@ key or a wrong type is an error that names the key, so a typo never silently fal
 """
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import os
 import re
@@ -31,6 +32,11 @@ class _Section(BaseModel):
 
 # a TOML array (a list) for a key kept as a tuple, the sections being frozen; strict mode takes no list for one
 _LISTED = BeforeValidator(lambda v: tuple(v) if isinstance(v, list) else v)
+
+
+# holidays = [2025-12-25], unquoted: a TOML date, which the installer meant as the day it reads as
+_TOML_DATES = BeforeValidator(lambda v: [d.isoformat() if type(d) is datetime.date else d for d in v]
+                              if isinstance(v, list) else v)
 
 
 def _fits_a_real(v: float) -> float:
@@ -582,7 +588,7 @@ class ForecasterConfig(_Section):
     input_stale_seconds: float = Field(300.0, gt=0, le=86400)
     timezone: str = "UTC"
     holiday_preset: Literal["", "IT"] = ""
-    holidays: Annotated[tuple[str, ...], _LISTED] = ()
+    holidays: Annotated[tuple[str, ...], _LISTED, _TOML_DATES] = ()
     # the site's week: weekdays closed as on a holiday, and weekdays with a day kind of their own (partly open)
     rest_weekdays: Annotated[tuple[str, ...], _LISTED] = ("sunday",)
     partial_weekdays: Annotated[tuple[str, ...], _LISTED] = ("saturday",)
@@ -643,10 +649,9 @@ class ForecasterConfig(_Section):
     @field_validator("holidays")
     @classmethod
     def _holidays(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        import datetime as dt
         for day in v:
             try:
-                dt.date.fromisoformat(day if len(day) == 10 else f"2000-{day}")
+                datetime.date.fromisoformat(day if len(day) == 10 else f"2000-{day}")
             except ValueError:
                 raise ValueError(f"holiday {day!r} must be YYYY-MM-DD or MM-DD") from None
         return v
