@@ -254,3 +254,11 @@ def test_an_unquoted_holiday_date_is_the_day_it_reads_as(tmp_path):
     # datetime.date(2025, 12, 25))"
     cfg = load_config(_write(tmp_path, '[forecaster]\nholidays = [2025-12-25, "12-26"]\n'), environ={})
     assert cfg.forecaster.holidays == ("2025-12-25", "12-26")
+
+
+def test_a_ca_file_for_a_plain_http_vtn_is_a_warning():
+    # the TLS files filled in, the scheme left at the example's http://: check-config said nothing of the CA
+    cfg = parse_config({"openadr": {"vtn_url": "http://127.0.0.1:8080/OpenADR2/Simple/2.0b", "ca_file": "ca.pem"}},
+                       "gw.toml", environ={})
+    assert cfg.warnings() == ["openadr.ca_file is set but openadr.vtn_url is plain http://: it is not used, nothing "
+                              "checks the VTN's certificate (https:// meant?)"]

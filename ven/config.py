@@ -742,6 +742,10 @@ class GatewayConfig(_Section):
                        f"about 15 minutes without power show the forecasts and the rate in fault while the input "
                        f"does not count as stale yet (no warning, and `auto` does not turn to the meter until "
                        f"{stale:g} s)")
+        if self.openadr.ca_file and self.openadr.vtn_url.startswith("http://"):
+            # set for a VTN on TLS, with the URL's scheme left at the example's http://
+            out.append(f"{self.openadr.named('ca_file')} is set but {self.openadr.named('vtn_url')} is plain http://: "
+                       f"it is not used, nothing checks the VTN's certificate (https:// meant?)")
         out += self.openadr.transport_warnings()
         out += self.openadr.environment_proxy_warnings(os.environ)
         out += self.http.warnings()
