@@ -262,3 +262,22 @@ def test_a_ca_file_for_a_plain_http_vtn_is_a_warning():
                        "gw.toml", environ={})
     assert cfg.warnings() == ["openadr.ca_file is set but openadr.vtn_url is plain http://: it is not used, nothing "
                               "checks the VTN's certificate (https:// meant?)"]
+
+
+@pytest.mark.parametrize("toml, said", [
+    # "Cannot overwrite a value (at line 3, column 17)" named no key
+    ('[meter]\npoll_seconds = 5\npoll_seconds = 6\n',
+     "Cannot overwrite a value (at line 3, column 17): 'poll_seconds = 6' (a key given twice?)"),
+    ('[meter]\npoll_seconds: 5\n',
+     "Expected '=' after a key in a key/value pair (at line 2, column 13): 'poll_seconds: 5'"),
+    # never a secret nor a URL's password: check-config's errors go to the journal
+    ('[http]\ntoken = "s3cret\n', "Illegal character '\\n' (at line 2, column 16): 'token = ... (a secret: not shown)'"),
+    ('[openadr]\nvtn_url = "https://ven:s3cret@vtn.example/x" x\n',
+     "Expected newline or end of document after a statement (at line 2, column 46): "
+     "'vtn_url = \"https://ven:***@vtn.example/x\" x'"),
+])
+def test_a_syntax_error_quotes_its_line(tmp_path, toml, said):
+    p = _write(tmp_path, toml)
+    with pytest.raises(ConfigError) as err:
+        load_config(p, environ={})
+    assert str(err.value) == f"{p}: not valid TOML: {said}"

@@ -189,6 +189,21 @@ def parse_config(data: dict, origin: str = "config", environ: Mapping[str, str] 
     return cfg
 
 
+def _quoted_line(text: str, error: str) -> str:
+    """The line tomllib names, quoted: its message names no key ("Cannot overwrite a value" for one given twice)."""
+    found = re.search(r"\(at line (\d+), column \d+\)$", error)
+    lines = text.splitlines()
+    if not found or not 0 < int(found.group(1)) <= len(lines):
+        return ""
+    line = lines[int(found.group(1)) - 1].strip()
+    key = line.partition("=")[0].strip().strip("\"'")
+    if key.rpartition(".")[2].lower() in {name for _, name in SECRETS}:
+        line = f"{key} = ... (a secret: not shown)"     # the error goes to the journal
+    line = re.sub(r"(//[^/@:\s]*:)[^/@\s]*@", r"\1***@", line)   # a URL's password, as shown_url does
+    twice = " (a key given twice?)" if error.startswith("Cannot overwrite a value") else ""
+    return f": {line[:120]!r}{twice}" if line else ""
+
+
 def load_config(path: str | os.PathLike | None, environ: Mapping[str, str] | None = None) -> GatewayConfig:
     """Load and validate; every failure is a ConfigError whose text names the file and key."""
     if path is None:
@@ -208,7 +223,7 @@ def load_config(path: str | os.PathLike | None, environ: Mapping[str, str] | Non
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{p}: not valid TOML: {err}") from None
+        raise ConfigError(f"{p}: not valid TOML: {err}{_quoted_line(text, str(err))}") from None
     except RecursionError:  # tomllib parses nesting by recursion: thousands of [ were a traceback
         raise ConfigError(f"{p}: not valid TOML: arrays or tables nested too deeply") from None
     return parse_config(data, str(p), environ)
