@@ -281,3 +281,12 @@ def test_a_syntax_error_quotes_its_line(tmp_path, toml, said):
     with pytest.raises(ConfigError) as err:
         load_config(p, environ={})
     assert str(err.value) == f"{p}: not valid TOML: {said}"
+
+
+def test_a_token_with_a_blank_around_it_is_refused_without_showing_it(tmp_path):
+    # "Authorization: Bearer s3cr3t-... " reaches the API trimmed: every request with it was refused 401
+    p = _write(tmp_path, '[http]\ntoken = "0123456789abcdef-s3cr3t "\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(p, environ={})
+    assert str(err.value) == (f"{p}: http.token: has a blank at its start or end, which no HTTP client sends (a "
+                              f"header's value is trimmed): remove it")

@@ -544,6 +544,10 @@ class HttpConfig(_Section):
         # verify40)
         if _unsendable(v):
             raise ValueError(f"holds {_UNSENDABLE}")
+        if v != v.strip():
+            # the API compares it with the header's credential, which HTTP trims: every request was refused 401
+            raise ValueError("has a blank at its start or end, which no HTTP client sends (a header's value is "
+                             "trimmed): remove it")
         return v
 
     @model_validator(mode="after")
