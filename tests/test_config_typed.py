@@ -290,3 +290,12 @@ def test_a_token_with_a_blank_around_it_is_refused_without_showing_it(tmp_path):
         load_config(p, environ={})
     assert str(err.value) == (f"{p}: http.token: has a blank at its start or end, which no HTTP client sends (a "
                               f"header's value is trimmed): remove it")
+
+
+@pytest.mark.parametrize("value", [" 10.0.0.1", "10.0.0.1:0"])
+def test_a_bad_bbmd_address_is_shown_as_written(value):
+    # " 10.0.0.1" was said as "got ' 10.0.0.1:47808'", a port the installer never wrote
+    with pytest.raises(ConfigError) as err:
+        parse_config({"bacnet": {"bbmd_address": value}}, "gw.toml", environ={})
+    assert str(err.value) == (f"gw.toml: bacnet.bbmd_address: must be an IPv4 address with an optional :port 1..65535, "
+                              f"e.g. 10.0.0.5:47808, got {value!r}")

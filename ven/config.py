@@ -155,12 +155,12 @@ class BacnetConfig(_Section):
     def _bbmd(cls, v: str) -> str:
         if not v:
             return v
-        host = _host_port(v if ":" in v else f"{v}:47808", "bbmd_address").rpartition(":")[0]
-        try:
+        try:    # the default port added here is not shown: the error said "got ' 10.0.0.1:47808'" of " 10.0.0.1"
+            host = _host_port(v if ":" in v else f"{v}:47808", "bbmd_address").rpartition(":")[0]
             ipaddress.IPv4Address(host)
         except ValueError:
-            raise ValueError(f"must be an IPv4 address with an optional :port, e.g. 10.0.0.5:47808, got {v!r}") \
-                from None
+            raise ValueError(f"must be an IPv4 address with an optional :port 1..65535, e.g. 10.0.0.5:47808, "
+                             f"got {v!r}") from None
         return v
 
     @field_validator("dcc_password")
