@@ -299,3 +299,24 @@ def test_a_bad_bbmd_address_is_shown_as_written(value):
         parse_config({"bacnet": {"bbmd_address": value}}, "gw.toml", environ={})
     assert str(err.value) == (f"gw.toml: bacnet.bbmd_address: must be an IPv4 address with an optional :port 1..65535, "
                               f"e.g. 10.0.0.5:47808, got {value!r}")
+
+
+@pytest.mark.parametrize("address, kind", [
+    # bound anyway: "BACnet device ... answering on 224.0.0.1/8:47808", and no unicast ever reached it
+    ("224.0.0.1/8:47808", "a multicast address"),
+    # each broadcast (the start's I-Am) failed in a "RuntimeError('no broadcast')" traceback
+    ("192.168.1.255/24:47808", "the broadcast address of 192.168.1.0/24"),
+    ("192.168.1.0/24:47808", "the network address of 192.168.1.0/24"),
+    ("0.0.0.0/24:47808", "any address"),
+])
+def test_a_bacnet_address_no_nic_can_hold_is_refused(address, kind):
+    with pytest.raises(ConfigError) as err:
+        parse_config({"bacnet": {"address": address}}, "gw.toml", environ={})
+    ip = address.partition("/")[0]
+    assert str(err.value) == (f"gw.toml: bacnet.address: {address!r}: {ip} is {kind}, not a station's: give the "
+                              f"address of the NIC that faces the BAS")
+
+
+def test_a_point_to_point_31_takes_both_its_addresses():
+    for address in ("10.0.0.0/31:47808", "10.0.0.1/31:47808"):    # RFC 3021: no network or broadcast address
+        assert parse_config({"bacnet": {"address": address}}, "gw.toml", environ={}).bacnet.address == address

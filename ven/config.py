@@ -110,6 +110,16 @@ def check_bacnet_address(value: str) -> str:
         raise ValueError(f"{value!r}: the mask must be a prefix length 1..32, e.g. /24{meant}")
     if not 0 < int(port) < 65536:
         raise ValueError(f"{value!r}: port must be 1..65535")
+    iface = ipaddress.IPv4Interface(ip_mask)
+    ip, net = iface.ip, iface.network
+    # no NIC holds one of these: bacpypes3 bound to it anyway and the device "answered" nothing (a multicast
+    # address), or failed each broadcast in a traceback (the network's broadcast address)
+    kind = ("any address" if ip.is_unspecified else "a multicast address" if ip.is_multicast
+            else "a broadcast or reserved address" if ip.is_reserved or ip == ipaddress.IPv4Address("255.255.255.255")
+            else f"the broadcast address of {net}" if net.prefixlen <= 30 and ip == net.broadcast_address
+            else f"the network address of {net}" if net.prefixlen <= 30 and ip == net.network_address else None)
+    if kind:
+        raise ValueError(f"{value!r}: {ip} is {kind}, not a station's: give the address of the NIC that faces the BAS")
     return value
 
 
