@@ -320,3 +320,13 @@ def test_a_bacnet_address_no_nic_can_hold_is_refused(address, kind):
 def test_a_point_to_point_31_takes_both_its_addresses():
     for address in ("10.0.0.0/31:47808", "10.0.0.1/31:47808"):    # RFC 3021: no network or broadcast address
         assert parse_config({"bacnet": {"address": address}}, "gw.toml", environ={}).bacnet.address == address
+
+
+def test_log_level_below_a_section_says_where_it_goes(tmp_path):
+    # appended at the end of the file, it lands in the last section: "forecaster.log_level: unknown key; edge-gateway
+    # 0.4.2 has no such key: remove it (one a newer version added, after a downgrade?)"
+    p = _write(tmp_path, '[forecaster]\ntimezone = "Europe/Rome"\nlog_level = "DEBUG"\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(p, environ={})
+    assert str(err.value) == (f"{p}: forecaster.log_level: unknown key; log_level goes at the top of the file, above "
+                              f"the first [section] line (a key below one belongs to that section)")

@@ -131,6 +131,10 @@ def _did_you_mean(loc: tuple[str, ...]) -> str:
     if near:
         named = '.'.join((*parent, near[0]))
         return f"; did you mean {named if (*parent, near[0]) in keys else f'[{named}]'}?"
+    if parent and (typed,) in keys:
+        # log_level appended at the end of the file lands in its last section: it said "has no such key"
+        return (f"; {typed} goes at the top of the file, above the first [section] line (a key below one belongs to "
+                f"that section)")
     elsewhere = [k for k in keys if k[-1] == typed and len(k) > 1]
     if len(elsewhere) == 1:
         return f"; did you mean {'.'.join(elsewhere[0])} (under [{elsewhere[0][0]}])?"
