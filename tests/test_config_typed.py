@@ -25,10 +25,10 @@ def _cli(*args, cwd=None):
 @pytest.mark.parametrize("toml, line", [
     # pasted from a mail or a portal with the blank after it: every request went to ".../2.0b%20/EiRegisterParty", 404
     ('[openadr]\nvtn_url = "https://vtn.example/OpenADR2/Simple/2.0b "\n',
-     "openadr.vtn_url: holds a blank or control character (pasted with it?), got "
+     "openadr.vtn_url: holds a blank, control or invisible character (pasted with it?), got "
      "'https://vtn.example/OpenADR2/Simple/2.0b '"),
     ('[openadr]\nvtn_url = "https://vtn.example/OpenADR2/Simple/2.0b\\n"\n',
-     "openadr.vtn_url: holds a blank or control character (pasted with it?), got "
+     "openadr.vtn_url: holds a blank, control or invisible character (pasted with it?), got "
      "'https://vtn.example/OpenADR2/Simple/2.0b\\n'"),
     ('[openadr]\nvtn_url = "http://vtn.example:0/OpenADR2/Simple/2.0b"\n',
      "openadr.vtn_url: 'http://vtn.example:0/OpenADR2/Simple/2.0b': port must be 1..65535"),
@@ -55,6 +55,12 @@ def _cli(*args, cwd=None):
      "openadr.cert: holds a control character ('\\x00'), got 'ven.crt\\x00'"),
     ('[openadr]\ncert = "ven.crt"\nkey = "ven.key\\t"\n',
      "openadr.key: holds a control character ('\\t'), got 'ven.key\\t'"),
+    # copied from a web page: a zero-width space, invisible in every editor
+    ('[openadr]\nven_name = "building\u200b42"\n',
+     "openadr.ven_name: holds an invisible character ('\\u200b'), got 'building\\u200b42'"),
+    ('[openadr]\nvtn_url = "https://vtn.example/OpenADR2/Simple/2.0b\ufeff"\n',
+     "openadr.vtn_url: holds a blank, control or invisible character (pasted with it?), got "
+     "'https://vtn.example/OpenADR2/Simple/2.0b\\ufeff'"),
     ('[openadr]\nca_file = " ca.pem"\n',
      "openadr.ca_file: has a blank at its start or end, taken as part of it: remove it, got ' ca.pem'"),
     # said "http: embedded null byte", naming neither the key nor the character

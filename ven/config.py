@@ -49,9 +49,11 @@ def _typed_text(v: str) -> str:
     """A name, path or URL as typed or pasted: a control character in it (a NUL, a line break from a value pasted or
     set with echo) or a blank around it was taken as part of it, and failed far from here: a registration the VTN
     refused or a URL it did not know, a traceback at `run` for a NUL in a path."""
-    bad = next((c for c in v if unicodedata.category(c) == "Cc"), None)
+    bad = next((c for c in v if unicodedata.category(c) in ("Cc", "Cf")), None)
     if bad is not None:
-        raise ValueError(f"holds a control character ({bad!r}), got {v!r}")
+        # Cf: a zero-width space or byte-order mark copied from a web page or a document, invisible in an editor
+        what = "a control character" if unicodedata.category(bad) == "Cc" else "an invisible character"
+        raise ValueError(f"holds {what} ({bad!r}), got {v!r}")
     if v != v.strip():
         raise ValueError(f"has a blank at its start or end, taken as part of it: remove it, got {v!r}")
     return v
@@ -280,8 +282,8 @@ _SERVICES = {"eievent", "eireport", "eiregisterparty", "eiopt", "oadrpoll"}
 def _url_text(v: str, shown: str) -> None:
     # a blank pasted after the URL went to the VTN as %20 in every request's path: 404 at each registration; urlsplit
     # itself drops a line break or tab, which aiohttp sends
-    if any(c.isspace() or unicodedata.category(c) == "Cc" for c in v):
-        raise ValueError(f"holds a blank or control character (pasted with it?), got {shown!r}")
+    if any(c.isspace() or unicodedata.category(c) in ("Cc", "Cf") for c in v):
+        raise ValueError(f"holds a blank, control or invisible character (pasted with it?), got {shown!r}")
 
 
 class OpenadrConfig(_Section):
