@@ -136,6 +136,9 @@ class VtnClient(VtnEvents, VtnReports, VtnStatus, VtnOutage):
         # held for the VTN's requests again, so each stream goes on where it was, whichever is asked first
         self._parked: dict[timedelta, str] = {}
         self._parked_since = 0.0
+        self._sending: str | None = None        # the request whose oadrUpdateReport is on its way
+        # a request that ended (cancelled, parked) while its update was on the way, until that update is back
+        self._landing: Standing | None = None
         self._undated: set[timedelta] = set()   # streams whose stored place is a lower bound only (Standing.undated)
         if config.telemetry:
             self._park_stored_streams()

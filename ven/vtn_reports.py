@@ -78,8 +78,8 @@ class Standing:
     # the start of the first interval this process sent under it: readings of a file that opened late (after this
     # start) in intervals before it were never sent, those in intervals from it were
     first_sent: datetime | None = None
-    # a request of its granularity cancelled with reportToFollow, its last update still to go, when this one came:
-    # this one goes on after that update, as it would have had the update gone first
+    # a request of its granularity cancelled with reportToFollow, its last update still to go, or one ended with its
+    # update on the way (_landed), when this one came: this one goes on after that update, as had it gone first
     follows: str | None = None
 
 
@@ -257,8 +257,10 @@ class VtnReports:
                                 "the ones after the step", span((ahead[-1].end - now).total_seconds()))
                 if not await self._send_report(ahead, req.rrid):
                     self._smaller_batch(req, len(ahead))
+                    self._landed(req, None)
                     return False
                 self._telemetry.ack([s for iv in ahead for s in iv.samples], reader=req.rrid)
+                self._landed(req, None)     # dated ahead: no place for a request after it to go on from
                 req.sent_until = None   # the intervals after the step are dated before these
                 continue
             req.ahead_said = False
@@ -306,9 +308,11 @@ class VtnReports:
             since = None if req.undated else since
             if not await self._send_report(intervals, req.rrid, since):
                 self._smaller_batch(req, len(intervals))
+                self._landed(req, None)
                 return False
             self._telemetry.set_place(req.granularity, intervals[-1].end)
             self._telemetry.ack([s for iv in intervals for s in iv.samples], reader=req.rrid)
+            self._landed(req, intervals[-1].end)
             req.sent_until = intervals[-1].end
             req.undated = False
             self._undated.discard(req.granularity)
@@ -332,6 +336,22 @@ class VtnReports:
             if req.catch_up and (len(intervals) > routine + 1 or req.backlog):
                 req.backlog += len(intervals)
         return False
+
+    def _landed(self, req: Standing, end: datetime | None) -> None:
+        """An update under `req` is back: taken, up to `end`, or not (None). If the request ended while it was on the
+        way (the VTN cancelled it, or parked it: a new registration, the report list asked for again), its stream
+        stands at `end` now, as had the update landed first; a request of its granularity the VTN asked for meanwhile
+        goes on from there. It went on from before, and sent the update's intervals to the VTN again."""
+        if self._landing is not req:
+            return
+        self._landing = None
+        if end is not None and ((reported := self._reported.get(req.granularity)) is None or reported < end):
+            self._reported[req.granularity] = end
+        for after in self._requests.values():
+            if after.follows == req.rrid:
+                after.follows = None
+                if end is not None and after.first_sent is None:
+                    after.sent_until = after.start = end
 
     def _backlog_found_late(self, req: Standing, late: list) -> bool:
         """Readings queued in storage.path before this start, which the file gave only once it opened, after this
@@ -596,6 +616,8 @@ class VtnReports:
         queue is held for a request of its granularity (_end_requests)."""
         req = self._requests.pop(rrid, None)
         if req is not None:
+            if rrid == self._sending:
+                self._landing = req     # its update on its way: where the stream stands once it is back (_landed)
             if req.sent_until is not None:
                 self._reported[req.granularity] = req.sent_until
             for after in self._requests.values():
@@ -806,6 +828,8 @@ class VtnReports:
         # the VTN's new request in place of one it cancelled with reportToFollow, that one's last update not yet out
         ending = next((r.rrid for r in self._requests.values() if r.final and r.granularity == granularity
                        and r.rrid != rrid), None) if req is None else None
+        # one of its granularity ended with its update on the way: this one goes on after that update (_landed)
+        landing = self._landing.rrid if self._landing is not None and self._landing.granularity == granularity else None
         u, self._unrequested = self._unrequested, None
         if u is not None and u.said:
             # the end of the warning's fault: whatever else this request's line would be
@@ -835,7 +859,7 @@ class VtnReports:
             # times after now were dated by a clock that stepped back since: no place among this clock's readings
             reported, left = (t if t is not None and t <= now else None for t in (reported, left))
             req = self._requests[rrid] = Standing(rrid, granularity, back, sent_until=reported, left=left,
-                                                  follows=ending, undated=granularity in self._undated)
+                                                  follows=ending or landing, undated=granularity in self._undated)
             if parked is not None:
                 self._telemetry.rename_reader(parked, rrid)
                 self._telemetry.leave_taken()   # what the last run sent and had yet to delete
@@ -880,10 +904,12 @@ class VtnReports:
                                      request_id=outils.generate_id(), reports=[report])
         began, served = time.monotonic(), rrid in self._served()
         self._update_done.clear()
+        self._sending = rrid
         try:
             rtype, payload = await client._perform_request("EiReport", msg)
         finally:
             self._update_done.set()
+            self._sending = None
         self._update_took = time.monotonic() - began
         self._update_failure = None if rtype is not None else client.last_error
         if rtype is None and served and rrid not in self._served():
