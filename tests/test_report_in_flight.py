@@ -9,10 +9,28 @@ import logging
 from datetime import timedelta
 
 import pytest
-from test_report_requests import S, drained, expected, received, said, same, streaming
+from openleadr import errors
+from test_report_requests import S, drained, expected, received, running, said, same, streaming
 from waiting import eventually as until
 
+from ven.vtn_server import DemoVtn
+
 pytestmark = pytest.mark.mostly_waiting
+
+
+def refusing_updates(server, rrid: str) -> None:
+    """The VTN answers updates under `rrid` 452, as one that no longer holds the request does."""
+    handlers = server._server.services["report_service"].handlers
+
+    async def refusing(payload, real=handlers["oadrUpdateReport"]):
+        if any(r["report_request_id"] == rrid for r in payload.get("reports") or []):
+            raise errors.InvalidIdError(f"reportRequestID {rrid} unknown")
+        return await real(payload)
+    handlers["oadrUpdateReport"] = refusing
+
+
+def warned(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name.startswith("ven") and r.levelno >= logging.WARNING]
 
 
 @contextlib.asynccontextmanager
@@ -109,3 +127,59 @@ async def test_a_request_cancelled_while_its_update_was_on_the_way_and_asked_aga
         # the other whole too, from its first interval (the readings before it came were sent under `old` alone)
         got = received(server, rrid=other)[1:]
         same(got, [iv for iv in expected(rig.taken, 2 * S) if iv[0] >= got[0][0]])
+
+
+@pytest.mark.parametrize("answer", ["taken", "refused"])
+async def test_a_one_shot_cancelled_on_its_way_is_said_so_and_a_refusal_of_it_is_no_fault(
+        tmp_path, free_tcp_port, caplog, answer):
+    # The line said "cancelled ... before it was sent" for a report the VTN then took; and a VTN refusing it (452: it
+    # cancelled it) had a WARNING that the reports were offered again (they were not) and a refusal in the status
+    caplog.set_level(logging.INFO, logger="ven")
+    async with streaming(tmp_path, free_tcp_port(), every=0.5) as (server, rig, standing):
+        await until(lambda: received(server), 5, "the standing request served")
+        oneshot = server.create_report(rig.vtn.ven_id, timedelta(0), timedelta(0))
+        if answer == "refused":
+            refusing_updates(server, oneshot)
+        async with holding_an_update(server, oneshot):
+            server.cancel_report(rig.vtn.ven_id, oneshot)
+            await until(lambda: server.canceled_reports, 10, "oadrCanceledReport")
+        assert said(caplog, "the VTN cancelled the one-shot report") == [
+            f"the VTN cancelled the one-shot report {oneshot} while it was on its way: it is not sent again"]
+        sent = len(received(server, rrid=standing))
+        await until(lambda: len(received(server, rrid=standing)) >= sent + 2, 5, "the standing request goes on")
+        assert len(received(server, rrid=oneshot)) == (1 if answer == "taken" else 0)
+        assert warned(caplog) == [] and rig.vtn.telemetry_fault() is None
+
+
+async def test_a_one_shot_cancelled_before_a_reading_is_said_cancelled_before_it_was_sent(
+        tmp_path, free_tcp_port, caplog):
+    caplog.set_level(logging.INFO, logger="ven")
+    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
+        async with running(tmp_path, server.url) as rig:
+            await until(lambda: rig.vtn.status()["report_request_id"], 10, "telemetry requested")
+            oneshot = server.create_report(rig.vtn.ven_id, timedelta(0), timedelta(0))
+            await until(lambda: said(caplog, f"one TELEMETRY_USAGE report (request {oneshot})"), 5, "the one-shot")
+            server.cancel_report(rig.vtn.ven_id, oneshot)
+            await until(lambda: server.canceled_reports, 10, "oadrCanceledReport")
+            assert said(caplog, "the VTN cancelled the one-shot report") == [
+                f"the VTN cancelled the one-shot report {oneshot} before it was sent"]
+
+
+async def test_the_update_of_a_request_cancelled_on_its_way_refused_is_no_fault_and_its_intervals_go_to_the_next(
+        tmp_path, free_tcp_port, caplog):
+    # The VTN cancelled the only request served while its update was on the way, then refused that update (452: it
+    # no longer holds the request): a WARNING said the reports were offered again (they were not), and the status
+    # held the refusal until a request came and its first update was taken
+    caplog.set_level(logging.INFO, logger="ven")
+    async with streaming(tmp_path, free_tcp_port()) as (server, rig, old):
+        await until(lambda: len(received(server)) >= 2, 5, "live intervals")
+        refusing_updates(server, old)
+        async with holding_an_update(server, old):
+            server.cancel_report(rig.vtn.ven_id, old)
+            await until(lambda: said(caplog, f"the VTN cancelled the telemetry report (request {old})"), 10,
+                        "the cancel taken while the update was on the way")
+        await asyncio.sleep(1.5)
+        assert warned(caplog) == [] and rig.vtn.telemetry_fault() is None
+        new = server.create_report(rig.vtn.ven_id, S, S)
+        await until(lambda: rig.vtn.status()["report_request_id"] == new, 10, "the new request")
+        await each_interval_once(server, rig, old, new)     # the refused update's intervals under the new one

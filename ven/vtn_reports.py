@@ -495,7 +495,7 @@ class VtnReports:
             if not await self._send_report([interval], rrid):
                 return False
             if rrid not in self._one_shots:
-                continue                # refused: given up (logged)
+                continue                # refused: given up, or cancelled on its way (logged)
             self._end_one_shot(rrid)
             log.info("one-shot report %s sent: %.2f kW read at %s; the request is finished",
                      rrid, sample.kw, _iso(sample.ts))
@@ -543,7 +543,9 @@ class VtnReports:
                         self._no_updates_to_fail()
             elif rrid in self._one_shots:
                 self._end_one_shot(rrid)
-                log.info("the VTN cancelled the one-shot report %s before it was sent", rrid)
+                log.info("the VTN cancelled the one-shot report %s %s", rrid,
+                         "while it was on its way: it is not sent again" if rrid == self._sending
+                         else "before it was sent")
             elif not self._cancel_status(rrid, follow):
                 unknown.append(str(rrid))
         refusal = None
@@ -902,7 +904,7 @@ class VtnReports:
         report.report_id = outils.generate_id()
         msg = client._create_message("oadrUpdateReport", ven_id=self.ven_id,
                                      request_id=outils.generate_id(), reports=[report])
-        began, served = time.monotonic(), rrid in self._served()
+        began, served, one_shot = time.monotonic(), rrid in self._served(), rrid in self._one_shots
         self._update_done.clear()
         self._sending = rrid
         try:
@@ -912,7 +914,8 @@ class VtnReports:
             self._sending = None
         self._update_took = time.monotonic() - began
         self._update_failure = None if rtype is not None else client.last_error
-        if rtype is None and served and rrid not in self._served():
+        cancelled = served and rrid not in self._served()   # by the VTN, while the update was on the way
+        if rtype is None and cancelled:
             # the VTN cancelled the request while its update was on the way: the fault of its updates ended with it
             # (_no_updates_to_fail), and this failure would have held "HTTP 500" in the status for good
             log.debug("an update of cancelled request %s failed (%s)", rrid, client.last_error)
@@ -936,6 +939,11 @@ class VtnReports:
             return True
         if rtype == "oadrRequestReregistration":
             self._forgotten("the report")
+        elif rtype is not None and cancelled:
+            # a VTN refusing a request it no longer holds: no fault, nothing to offer again (the WARNING said both)
+            log.debug("the VTN refused an update of cancelled request %s (%s)", rrid,
+                      client.refused or f"{rtype} code {_response_code(payload)}")
+            return one_shot     # a one-shot is finished; a standing request's readings were not taken
         elif rtype is not None:
             # polls may go on fine meanwhile: this is the only place the operator hears of it
             self.last_error = (f"VTN refused the report: {client.refused}" if client.refused
