@@ -123,3 +123,32 @@ async def test_a_vtn_asking_for_no_poll_period_reads_as_openleadrs_default(tmp_p
             [line] = said(caplog, "registered with VTN")
             assert (f"registrationID {gw.vtn.registration_id}, poll every 10 s (the VTN asked for no period: "
                     "openleadr's default), telemetry") in line, line
+
+
+@pytest.mark.timeout(60)
+async def test_a_vtn_that_names_the_poll_period_it_left_out_before_is_said_at_the_registration_after_it(
+        tmp_path, free_tcp_port, caplog):
+    # A registration during an outage is DEBUG when its terms are those said last; a VTN that had left the period out
+    # (openleadr's 10 s) and, restarted, asks for PT10S settled the same (vtnID, venID, period): the operator kept
+    # reading "the VTN asked for no period" in the log
+    caplog.set_level(logging.INFO, logger="ven")
+    port = free_tcp_port()
+    server = DemoVtn(port, poll_seconds=10)
+    registration_answers_without(server, "requested_oadr_poll_freq")
+    await server.start()
+    try:
+        async with running(tmp_path, server.url) as gw:
+            await until(lambda: gw.vtn.connected and gw.vtn.status()["report_request_id"], 10, "registration")
+            [line] = said(caplog, "registered with VTN")
+            assert "poll every 10 s (the VTN asked for no period: openleadr's default)" in line, line
+            await server.stop()
+            await until(lambda: not gw.vtn.connected, 15, "a failed poll")
+            server = DemoVtn(port, poll_seconds=10)     # restarted: it knows no VEN, and names the period
+            await server.start()
+            await until(lambda: gw.vtn.connected and gw.vtn.registration_id, 20, "registered with the restarted VTN")
+            await until(lambda: len(said(caplog, "registered with VTN")) == 2, 5, "the registration said")
+            assert said(caplog, "registered with VTN")[1] == (
+                f"registered with VTN {server.url} (vtnID {server.vtn_id}): venID ven-edge-gateway, registrationID "
+                f"{gw.vtn.registration_id}, poll every 10 s, telemetry requested")
+    finally:
+        await server.stop()

@@ -85,7 +85,8 @@ class VtnClient(VtnEvents, VtnReports, VtnStatus, VtnOutage):
         # the registration the VTN cancelled, until a new one stands or the VTN refuses one (then its events end)
         self._cancelled: str | None = None
         self.vtn_id: str | None = None       # the vtnID the VTN gave at registration
-        self._terms_said: tuple | None = None  # (vtnID, venID, poll frequency) the last "registered" line said
+        # (vtnID, venID, poll frequency, whether the VTN named none) the last "registered" line said
+        self._terms_said: tuple | None = None
         self._foreign_vtn: str | None = None  # another vtnID whose oadrDistributeEvent was refused, until ours again
         self._poll_unasked = False     # the registration answer named no poll period
         self._lost_said = False     # the session ended for a reason already logged: "context lost" is DEBUG then
@@ -616,7 +617,7 @@ class VtnClient(VtnEvents, VtnReports, VtnStatus, VtnOutage):
         # the first is part of that one outage.
         # ... unless the VTN settled other terms than the last line said (a VTN restarted under another vtnID, asking
         # for another poll frequency): the operator would read the old ones meanwhile
-        terms = (self.vtn_id, self.ven_id, client.poll_frequency)
+        terms = (self.vtn_id, self.ven_id, client.poll_frequency, self._poll_unasked)
         # the period polled at: a VTN asking for less than a second read "poll every 0.0 s" while polls went every 1 s
         asked, period = client.poll_frequency.total_seconds(), poll_period(client)
         log.log(logging.DEBUG if self._repeating() and terms == self._terms_said else logging.INFO,
