@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from forecaster.flags import HysteresisFlag
 from ven.config import ConfigError
 from ven.config_load import load_config, parse_config
 
@@ -227,16 +228,29 @@ def test_a_relative_token_file_not_found_says_where_it_was_looked_for(tmp_path, 
 @pytest.mark.parametrize("data, said", [
     # readings and forecasts above input_max_kw are refused: the flag stayed off for good, check-config ok
     ({"bacnet": {"input_max_kw": 400}, "forecaster": {"high_load_kw": 450}},
-     "forecaster.high_load_kw (450) is not below bacnet.input_max_kw (400): power above that is refused, so "
+     "forecaster.high_load_kw (450) is above bacnet.input_max_kw (400): power above that is refused, so "
      "high-load-conditions could never turn on"),
     ({"bacnet": {"input_min_kw": 0}, "forecaster": {"low_load_kw": -5}},
-     "forecaster.low_load_kw (-5) is not above bacnet.input_min_kw (0): power below that is refused, so "
+     "forecaster.low_load_kw (-5) is below bacnet.input_min_kw (0): power below that is refused, so "
      "low-load-conditions could never turn on"),
 ])
 def test_a_load_threshold_beyond_the_input_bounds_is_refused(data, said):
     with pytest.raises(ConfigError) as err:
         parse_config(data, "gw.toml", environ={})
     assert str(err.value) == f"gw.toml: {said}"
+
+
+@pytest.mark.parametrize("data, flag, forecast", [
+    # a sub-meter's site: input_min_kw 0 refuses a negative reading, its plant off each night forecasts 0 kW
+    ({"bacnet": {"input_min_kw": 0}, "forecaster": {"low_load_kw": 0}}, HysteresisFlag(False, 0.03, 0, 0), 0.0),
+    ({"bacnet": {"input_max_kw": 500}, "forecaster": {"high_load_kw": 500}}, HysteresisFlag(True, 0.03, 0, 0), 500.0),
+])
+def test_a_load_threshold_at_an_input_bound_is_reached_so_accepted(data, flag, forecast):
+    # refused "could never turn on" (an upgraded site's gateway did not start), though the bound is a value taken and
+    # the flag turns on at its threshold
+    cfg = parse_config(data, "gw.toml", environ={})
+    threshold = cfg.forecaster.low_load_kw if not flag.above else cfg.forecaster.high_load_kw
+    assert flag.update(0.0, forecast, threshold) is True
 
 
 def test_thresholds_inside_the_input_bounds_stay_accepted():

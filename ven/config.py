@@ -718,13 +718,15 @@ class GatewayConfig(_Section):
     @model_validator(mode="after")
     def _thresholds_within_the_input(self) -> "GatewayConfig":
         # power outside bacnet.input_min_kw..input_max_kw is refused, and so is a forecast: a threshold beyond them
-        # kept its flag off for good (a kW threshold beside an input_max_kw written in MW, say)
+        # kept its flag off for good (a kW threshold beside an input_max_kw written in MW, say). One at a bound is
+        # reached: the bounds take their own value, a flag turns on at its threshold, and a sub-meter's site with
+        # input_min_kw 0 forecasts 0 kW each night (low_load_kw 0: its plant is off)
         b, f = self.bacnet, self.forecaster
-        if f.high_load_kw is not None and f.high_load_kw >= b.input_max_kw:
-            raise ValueError(f"forecaster.high_load_kw ({f.high_load_kw:g}) is not below bacnet.input_max_kw "
+        if f.high_load_kw is not None and f.high_load_kw > b.input_max_kw:
+            raise ValueError(f"forecaster.high_load_kw ({f.high_load_kw:g}) is above bacnet.input_max_kw "
                              f"({b.input_max_kw:g}): power above that is refused, so high-load-conditions could never turn on")
-        if f.low_load_kw is not None and f.low_load_kw <= b.input_min_kw:
-            raise ValueError(f"forecaster.low_load_kw ({f.low_load_kw:g}) is not above bacnet.input_min_kw "
+        if f.low_load_kw is not None and f.low_load_kw < b.input_min_kw:
+            raise ValueError(f"forecaster.low_load_kw ({f.low_load_kw:g}) is below bacnet.input_min_kw "
                              f"({b.input_min_kw:g}): power below that is refused, so low-load-conditions could never turn on")
         return self
 
