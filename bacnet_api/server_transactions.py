@@ -35,7 +35,9 @@
 - A segmented request of more segments than the device's maxSegmentsAccepted (16) is aborted buffer-overflow at the
   first segment over: bacpypes3 kept every segment it was sent, for as long as they came, from anyone. A segment
   other than the first with no transaction of its own (one still on the way after that abort) is dropped: bacpypes3
-  began a request with it, acknowledging segments it would throw away.
+  began a request with it, acknowledging segments it would throw away. A request under way waits four segment
+  timeouts for its next segment, as 5.4.5.2 says (bacpypes3 one): a BAS sending its window again after a lost SegmentACK
+  found the request given up.
 - A WritePropertyMultiple or ReadPropertyMultiple that bacpypes3 would decode only in part is failed as one it cannot
   decode, which rejects.py answers with a Reject (bacpypes3 executed the part and acknowledged the whole).
 """
@@ -44,7 +46,7 @@ from __future__ import annotations
 from typing import Any
 
 from bacpypes3.apdu import AbortPDU, AbortReason, ComplexAckPDU, ConfirmedRequestPDU, SegmentAckPDU
-from bacpypes3.appservice import ABORTED, COMPLETED, IDLE, ServerSSM
+from bacpypes3.appservice import ABORTED, COMPLETED, IDLE, SEGMENTED_REQUEST, ServerSSM
 
 from .rejects import decode_whole
 
@@ -72,6 +74,15 @@ class GatewayServerSSM(ServerSSM):
             if self.state == IDLE:  # never started, so no timer will end it: unlisted here
                 self.set_state(ABORTED)
             raise
+
+    # A segmented request is given up after four segment timeouts (5.4.5.2 SEGMENTED_REQUEST, Timeout): bacpypes3 gave
+    # it up after one, so a BAS whose SegmentACK was lost, sending its window again after its own segment timeout (as
+    # long as the device's or longer), met no transaction and its request failed
+    def set_state(self, newState: int, timer: int = 0) -> None:
+        super().set_state(newState, timer * 4 if newState == SEGMENTED_REQUEST else timer)
+
+    def restart_timer(self, msecs: int) -> None:
+        super().restart_timer(msecs * 4 if self.state == SEGMENTED_REQUEST else msecs)
 
     async def request(self, apdu: Any) -> None:
         if not isinstance(apdu, ConfirmedRequestPDU):

@@ -79,3 +79,30 @@ async def test_segments_in_flight_after_the_abort_get_nothing_back(gateway, clie
     assert got[-1] == bytes([ABORT_BUFFER_OVERFLOW[0], 52, ABORT_BUFFER_OVERFLOW[1]])
     await asyncio.sleep(0.1)
     assert gateway.app.asap.serverTransactions == []
+
+
+async def test_a_segment_sent_again_after_its_lost_ack_is_taken_within_four_segment_timeouts(gateway, client):
+    # A BAS whose SegmentACK was lost sends the window again once its own segment timeout is over (bacpypes3's is 1.5 s,
+    # many BASs' 2 s or more). The device gave up its request after one of its apduSegmentTimeout (1 s), not the four
+    # 5.4.5.2 gives the server, so the segment sent again met no transaction: dropped, and the BAS's read failed
+    timeout = gateway.app.device_object.apduSegmentTimeout / 1000
+    segments = rpm_segments(53, 3, 1)
+    got = await sent_one_by_one(client, segments[:2])
+    assert [a[0] >> 4 for a in got] == [4, 4], [a.hex() for a in got]
+    await asyncio.sleep(timeout * 1.5)          # the ACK of segment 1 lost: the BAS's own timeout runs out
+    client.send(segments[1])
+    again = await client.next(1.0)
+    assert again is not None and again[0] >> 4 == 4 and again[1:3] == bytes([53, 1]), again   # acknowledged again
+    got = await sent_one_by_one(client, segments[2:])
+    assert [a[0] >> 4 for a in got] == [4], [a.hex() for a in got]
+    answer = await client.next(1.0)
+    assert answer is not None and answer[:3] == bytes([0x30, 53, RPM]), answer
+
+
+async def test_a_request_given_up_is_still_ended_after_four_segment_timeouts(gateway, client):
+    timeout = gateway.app.device_object.apduSegmentTimeout / 1000
+    got = await sent_one_by_one(client, rpm_segments(54, 3, 1)[:1])
+    assert [a[0] >> 4 for a in got] == [4]
+    assert len(gateway.app.asap.serverTransactions) == 1
+    await asyncio.sleep(timeout * 4 + 0.5)
+    assert gateway.app.asap.serverTransactions == []
