@@ -169,3 +169,36 @@ def test_a_restart_of_this_version_with_its_other_stores_opening_the_file_still_
     LevelLog(storage, event=lambda event_id: None).update(state(0))
     storage.close()
     assert lines(caplog) == ["ADR-Event-Level 2 -> 0 while the gateway was stopped (event a no longer held)"]
+
+
+def a_0_4_2_file(path, then_0_4_1: bool) -> None:
+    """What 0.4.2 leaves (each open's `opened_at`, then the level its run said, both INSERT OR REPLACE; no
+    `opened_at_here`), and after it, with `then_0_4_1`, a rollback's run (its open's `opened_at`)."""
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        for _ in range(3):      # check-config, the events, the telemetry queue
+            db.execute("INSERT OR REPLACE INTO kv (key, value) VALUES ('opened_at', datetime('now', '-1 hour'))")
+        db.execute("INSERT OR REPLACE INTO kv (key, value) VALUES ('format_version', '1')")
+        db.execute("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", (LEVEL_SAID, '{"level": 2.0, "event": "a"}'))
+        if then_0_4_1:
+            db.execute("INSERT OR REPLACE INTO kv (key, value) VALUES ('opened_at', datetime('now', '-5 minutes'))")
+    db.close()
+
+
+@pytest.mark.parametrize("then_0_4_1,said", [
+    (False, ["ADR-Event-Level 2 -> 0 while the gateway was stopped (event a no longer held)"]),
+    (True, []),
+])
+def test_the_first_start_after_0_4_2_says_the_level_0_4_2_stopped_at_unless_an_earlier_version_ran_since(
+        tmp_path, caplog, then_0_4_1, said):
+    # 0.4.2 keeps the level said too, but writes no opened_at_here: the upgrade from it dropped the level, and its
+    # first start said nothing of an event that ended while the gateway was down for the upgrade
+    caplog.set_level(logging.INFO, logger="ven.level_log")
+    path = tmp_path / "gw.sqlite"
+    a_0_4_2_file(path, then_0_4_1)
+    for conn in [connect(path) for _ in range(3)]:      # this version's check-config, then its stores
+        conn.close()
+    storage = Storage(path)
+    LevelLog(storage, event=lambda event_id: None).update(state(0))
+    storage.close()
+    assert lines(caplog) == said

@@ -98,7 +98,8 @@ def connect(path: str | Path, table: str = "") -> sqlite3.Connection:
 
 # kv values an earlier version run on the file leaves stale, as it does not keep them: the level the log last said
 # (ven.level_log.LEVEL_SAID) read, after a rollback and the upgrade again, as the level the gateway stopped at,
-# though that version ran on and said its own changes
+# though that version ran on and said its own changes. Kept by 0.4.2 too, which writes no opened_at_here: a key added
+# here later needs a copy of its own (opened_at_here is this one's and any later version's)
 _KEPT_BY_THIS_VERSION = ("event_level_said",)
 
 
@@ -107,10 +108,21 @@ def _note_opened(conn: sqlite3.Connection) -> None:
     when another version opened the file since, and the values it left stale are dropped."""
     conn.execute("BEGIN IMMEDIATE")     # another store of this run opening the file at once sees both or neither
     try:
-        seen = dict(conn.execute("SELECT key, value FROM kv WHERE key IN ('opened_at', 'opened_at_here')"))
-        if "opened_at" in seen and seen.get("opened_at_here") != seen["opened_at"]:
-            conn.execute(f"DELETE FROM kv WHERE key IN ({','.join('?' * len(_KEPT_BY_THIS_VERSION))})",
-                         _KEPT_BY_THIS_VERSION)
+        # (rowid: kv's rows are written INSERT OR REPLACE, each write a row after every other, by every version)
+        seen = {key: (value, rowid) for rowid, key, value in conn.execute(
+            "SELECT rowid, key, value FROM kv WHERE key IN ('opened_at', 'opened_at_here')")}
+        opened, here = seen.get("opened_at"), seen.get("opened_at_here")
+        if opened and (here or (None,))[0] != opened[0]:
+            stale = _KEPT_BY_THIS_VERSION
+            if here is None:
+                # no copy: 0.4.2 opened it last, or an earlier version did after it. 0.4.2 keeps these keys too, each
+                # written after its run's opens: dropping them there lost the first start's "while the gateway was
+                # stopped" line of every upgrade from 0.4.2
+                stale = tuple(k for k, in conn.execute(
+                    f"SELECT key FROM kv WHERE key IN ({','.join('?' * len(stale))}) AND rowid < ?",
+                    (*stale, opened[1])))
+            if stale:
+                conn.execute(f"DELETE FROM kv WHERE key IN ({','.join('?' * len(stale))})", stale)
         conn.execute("INSERT OR REPLACE INTO kv (key, value) VALUES ('opened_at', datetime('now'))")
         conn.execute("INSERT OR REPLACE INTO kv (key, value) SELECT 'opened_at_here', value FROM kv "
                      "WHERE key = 'opened_at'")
