@@ -80,6 +80,16 @@ def test_a_variable_with_a_line_break_after_the_url_is_named():
         load_config(None, environ={"EDGE_GATEWAY__OPENADR__VTN_URL": "https://vtn.example/OpenADR2/Simple/2.0b\n"})
 
 
+def test_a_name_written_with_a_joiner_inside_a_word_stays_accepted():
+    # a zero-width non-joiner is typed inside Persian (and Hindi ...) words, a joiner inside an emoji: refused as
+    # "an invisible character", though the name is written so
+    name, emoji = "\u0633\u0627\u062e\u062a\u0645\u0627\u0646\u200c\u0647\u0627", "GW \U0001f468\u200d\U0001f527"
+    cfg = parse_config({"openadr": {"ven_name": name}, "bacnet": {"device_name": emoji}}, "gw.toml", environ={})
+    assert (cfg.openadr.ven_name, cfg.bacnet.device_name) == (name, emoji)
+    with pytest.raises(ConfigError, match="holds an invisible character"):    # at the end, it is pasted
+        parse_config({"openadr": {"ven_name": name + "\u200c"}}, "gw.toml", environ={})
+
+
 def test_names_and_paths_with_blanks_inside_stay_accepted(tmp_path):
     cfg = load_config(_write(tmp_path, '[bacnet]\ndevice_name = "Edge Gateway 1"\n[openadr]\nven_name = "building 42"\n'
                                        '[storage]\npath = "my data/gw.sqlite"\n'), environ={})

@@ -45,11 +45,17 @@ def _fits_a_real(v: float) -> float:
     return v
 
 
+# zero-width non-joiner and joiner: typed inside a word of Persian, Hindi and other scripts (and inside an emoji), part
+# of the name as it is written there
+_JOINERS = "\u200c\u200d"
+
+
 def _typed_text(v: str) -> str:
     """A name, path or URL as typed or pasted: a control character in it (a NUL, a line break from a value pasted or
     set with echo) or a blank around it was taken as part of it, and failed far from here: a registration the VTN
     refused or a URL it did not know, a traceback at `run` for a NUL in a path."""
-    bad = next((c for c in v if unicodedata.category(c) in ("Cc", "Cf")), None)
+    bad = next((c for i, c in enumerate(v) if unicodedata.category(c) in ("Cc", "Cf")
+                and not (c in _JOINERS and 0 < i < len(v) - 1)), None)
     if bad is not None:
         # Cf: a zero-width space or byte-order mark copied from a web page or a document, invisible in an editor
         what = "a control character" if unicodedata.category(bad) == "Cc" else "an invisible character"
