@@ -305,6 +305,11 @@ def test_a_ca_file_for_a_plain_http_vtn_is_a_warning():
     ('[openadr]\nvtn_url = "https://ven:s3cret@vtn.example/x" x\n',
      "Expected newline or end of document after a statement (at line 2, column 46): "
      "'vtn_url = \"https://ven:***@vtn.example/x\" x'"),
+    # a secret in an inline table: the line's key is the section's (helper verify45: the token was shown)
+    ('http = { address = "0.0.0.0:8000", token = "s3cret-s3cret-s3cret" x}\n',
+     "Unclosed inline table (at line 1, column 67): 'http = ... (a secret: not shown)'"),
+    ('openadr = { "passphrase" = "s3cret", x }\n',
+     "Expected '=' after a key in a key/value pair (at line 1, column 40): 'openadr = ... (a secret: not shown)'"),
 ])
 def test_a_syntax_error_quotes_its_line(tmp_path, toml, said):
     p = _write(tmp_path, toml)

@@ -201,8 +201,11 @@ def _quoted_line(text: str, error: str) -> str:
         return ""
     line = lines[int(found.group(1)) - 1].strip()
     key = line.partition("=")[0].strip().strip("\"'")
-    if key.rpartition(".")[2].lower() in {name for _, name in SECRETS}:
-        line = f"{key} = ... (a secret: not shown)"     # the error goes to the journal
+    secrets = {name for _, name in SECRETS}
+    # the error goes to the journal; a secret may be on the line as its key, or inside an inline table
+    if key.rpartition(".")[2].lower() in secrets or re.search(
+            rf"\b({'|'.join(secrets)})[\"']?\s*=", line, re.IGNORECASE):
+        line = f"{key} = ... (a secret: not shown)"
     line = re.sub(r"(//[^/@:\s]*:)[^/@\s]*@", r"\1***@", line)   # a URL's password, as shown_url does
     twice = " (a key given twice?)" if error.startswith("Cannot overwrite a value") else ""
     return f": {line[:120]!r}{twice}" if line else ""
