@@ -111,15 +111,14 @@ def _cfg(source: str, poll: float, stale: float = 300):
                          "forecaster": {"source": source, "input_stale_seconds": stale}}, "gw.toml", environ={})
 
 
-def test_a_meter_read_no_faster_than_the_input_goes_stale_is_refused_as_the_only_source():
+def test_a_meter_read_no_faster_than_the_input_goes_stale_is_a_warning_as_the_only_source():
     # the forecast points went to fault between every two readings of a meter that answered each one, with
-    # "WARNING forecaster has no power input: no meter reading for 300 s"
-    with pytest.raises(ConfigError) as err:
-        _cfg("meter", 300)
-    assert str(err.value) == (
-        "gw.toml: meter.poll_seconds (300) is not under forecaster.input_stale_seconds (300): between two meter "
+    # "WARNING forecaster has no power input: no meter reading for 300 s". A warning, not an error: the gateway of a
+    # site upgraded with it refused to start, its demand response with it, for a fault of the forecaster's points
+    assert _cfg("meter", 300).warnings() == [
+        "meter.poll_seconds (300) is not under forecaster.input_stale_seconds (300): between two meter "
         "readings the forecaster has no power input, and the forecast, power-rate-of-change and load flag points "
-        "show fault: read the meter more often or raise input_stale_seconds")
+        "show fault: read the meter more often or raise input_stale_seconds"]
     assert _cfg("meter", 299).warnings() == []
 
 
@@ -239,15 +238,14 @@ def test_a_relative_token_file_not_found_says_where_it_was_looked_for(tmp_path, 
     # readings and forecasts above input_max_kw are refused: the flag stayed off for good, check-config ok
     ({"bacnet": {"input_max_kw": 400}, "forecaster": {"high_load_kw": 450}},
      "forecaster.high_load_kw (450) is above bacnet.input_max_kw (400): power above that is refused, so "
-     "high-load-conditions could never turn on"),
+     "high-load-conditions never turns on"),
     ({"bacnet": {"input_min_kw": 0}, "forecaster": {"low_load_kw": -5}},
      "forecaster.low_load_kw (-5) is below bacnet.input_min_kw (0): power below that is refused, so "
-     "low-load-conditions could never turn on"),
+     "low-load-conditions never turns on"),
 ])
-def test_a_load_threshold_beyond_the_input_bounds_is_refused(data, said):
-    with pytest.raises(ConfigError) as err:
-        parse_config(data, "gw.toml", environ={})
-    assert str(err.value) == f"gw.toml: {said}"
+def test_a_load_threshold_beyond_the_input_bounds_is_a_warning(data, said):
+    # not an error: the flag is all it costs, and an upgraded site's gateway would not start
+    assert parse_config(data, "gw.toml", environ={}).warnings() == [said]
 
 
 @pytest.mark.parametrize("data, flag, forecast", [

@@ -721,27 +721,19 @@ class GatewayConfig(_Section):
             raise ValueError(f"meter.address {self.meter.address} is {own}: give the meter's address")
         return self
 
-    @model_validator(mode="after")
-    def _thresholds_within_the_input(self) -> "GatewayConfig":
+    def _thresholds_beyond_the_input(self) -> list[str]:
         # power outside bacnet.input_min_kw..input_max_kw is refused, and so is a forecast: a threshold beyond them
         # kept its flag off for good (a kW threshold beside an input_max_kw written in MW, say). One at a bound is
         # reached: the bounds take their own value, a flag turns on at its threshold, and a sub-meter's site with
         # input_min_kw 0 forecasts 0 kW each night (low_load_kw 0: its plant is off)
-        b, f = self.bacnet, self.forecaster
+        b, f, out = self.bacnet, self.forecaster, []
         if f.high_load_kw is not None and f.high_load_kw > b.input_max_kw:
-            raise ValueError(f"forecaster.high_load_kw ({f.high_load_kw:g}) is above bacnet.input_max_kw "
-                             f"({b.input_max_kw:g}): power above that is refused, so high-load-conditions could never turn on")
+            out.append(f"forecaster.high_load_kw ({f.high_load_kw:g}) is above bacnet.input_max_kw "
+                       f"({b.input_max_kw:g}): power above that is refused, so high-load-conditions never turns on")
         if f.low_load_kw is not None and f.low_load_kw < b.input_min_kw:
-            raise ValueError(f"forecaster.low_load_kw ({f.low_load_kw:g}) is below bacnet.input_min_kw "
-                             f"({b.input_min_kw:g}): power below that is refused, so low-load-conditions could never turn on")
-        return self
-
-    @model_validator(mode="after")
-    def _meter_feeds_forecaster(self) -> "GatewayConfig":
-        why = self._poll_too_slow() if self.forecaster.source == "meter" else None
-        if why:
-            raise ValueError(f"{why}: read the meter more often or raise input_stale_seconds")
-        return self
+            out.append(f"forecaster.low_load_kw ({f.low_load_kw:g}) is below bacnet.input_min_kw "
+                       f"({b.input_min_kw:g}): power below that is refused, so low-load-conditions never turns on")
+        return out
 
     def warnings(self) -> list[str]:
         """Settings that are valid but lose something the reader of the config likely wants."""
@@ -757,9 +749,13 @@ class GatewayConfig(_Section):
                 out.append(f"meter.router ({self.meter.router}) is not used: meter.address {self.meter.address} is a "
                            f"BACnet/IP address, read directly; meter.router is for a meter on another network "
                            f"(network:mac, e.g. 12345:2): leave it empty")
-        why = self._poll_too_slow() if self.forecaster.source == "auto" else None
-        if why:     # source meter: an error; auto: only while the meter stands in for a BAS that stopped writing
-            out.append(f"{why} whenever the meter stands in for the BAS input (forecaster.source auto)")
+        # warnings, not errors: each costs the forecaster's points only, and a site upgraded with one had its gateway
+        # refuse to start, its demand response with it
+        why = self._poll_too_slow() if self.forecaster.source != "bacnet_input" else None
+        if why:     # auto: only while the meter stands in for a BAS that stopped writing
+            out.append(f"{why}: read the meter more often or raise input_stale_seconds" if self.forecaster.source ==
+                       "meter" else f"{why} whenever the meter stands in for the BAS input (forecaster.source auto)")
+        out += self._thresholds_beyond_the_input()
         stale = self.forecaster.input_stale_seconds
         if stale > _DEMAND_SECONDS:
             out.append(f"forecaster.input_stale_seconds ({stale:g}) is longer than the 15-minute demand window: "
