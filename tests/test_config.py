@@ -279,6 +279,14 @@ def test_a_variable_with_a_misspelt_prefix_is_named_not_ignored(name, meant):
                               f"with two underscores between the parts{meant}")
 
 
+@pytest.mark.parametrize("name", ["EDGE_GATEWAY_VERSION", "EDGE_GATEWAY_BUILD_SHA", "EDGE_GATEWAYS_HOME"])
+def test_another_programs_variable_that_merely_starts_alike_is_left_alone(name):
+    # EDGE_GATEWAY_VERSION, set by a derived Docker image, stopped the gateway: "not read: the variables are ..."
+    assert load_config(None, environ={name: "0.4.3"}).meter.poll_seconds == 10
+    with pytest.raises(ConfigError, match="EDGE_GATEWAY_LOG_LEVEL: not read"):     # a key of ours, one _ short
+        load_config(None, environ={"EDGE_GATEWAY_LOG_LEVEL": "DEBUG"})
+
+
 def test_a_file_saved_with_a_byte_order_mark_is_read(tmp_path):
     # Windows tools save UTF-8 with a BOM: "not valid TOML: Invalid statement (at line 1, column 1)" before
     p = _write(tmp_path, "\ufeff[meter]\npoll_seconds = 5\n".encode())

@@ -62,6 +62,11 @@ def _misspelt_prefix(name: str) -> None:
     if not head or name == stem or not (name.upper().startswith(stem) or "__" in name[head.end() - 2:]):
         return
     rest = name[head.end():].upper()
+    low = rest.lower()
+    if "__" not in rest and not any(low == part or low.startswith(f"{part}_") for part in GatewayConfig.model_fields):
+        # another program's variable that merely starts alike (EDGE_GATEWAY_VERSION, set by a derived image): it
+        # stopped the gateway; one naming a section or key of ours (EDGE_GATEWAY_METER_POLL_SECONDS) still does
+        return
     meant = f"; did you mean {ENV_PREFIX}{rest}?" if "__" in rest else ""
     raise ConfigError(f"{name}: not read: the variables are {ENV_PREFIX}<SECTION>__<KEY>, in upper case with two "
                       f"underscores between the parts{meant}")
