@@ -934,8 +934,14 @@ class VtnReports:
             self._reoffer_delay = 0.0
             if payload.get("cancel_report"):
                 # 2.0b lets the VTN cancel reports in its answer to an update (openleadr's own report loop honours
-                # it): the same as an oadrCancelReport on a poll, answered oadrCanceledReport
-                await self._cancel_report(payload["cancel_report"])
+                # it): the same as an oadrCancelReport on a poll, answered oadrCanceledReport. This update counts as
+                # taken only after it: the request ends with it on its way (_landed), or the stream's place stayed
+                # before it, and the VTN's next request of its granularity sent its intervals again
+                self._sending = rrid
+                try:
+                    await self._cancel_report(payload["cancel_report"])
+                finally:
+                    self._sending = None
             return True
         if rtype == "oadrRequestReregistration":
             self._forgotten("the report")

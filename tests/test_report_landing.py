@@ -1,0 +1,60 @@
+"""Probes of a request that ends with its update on the way, as the utility meets them (helper verify45b): the VTN
+cancelling the request in its very answer to that update (2.0b's oadrUpdatedReport may carry an oadrCancelReport),
+and an update dated ahead by a clock step landing for a request cancelled meanwhile. Each interval goes once, none
+lost, each report dated from the end of the last interval the VTN took. A real openleadr VTN (DemoVtn) on loopback."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+from test_report_in_flight import each_interval_once
+from test_report_requests import S, received, streaming
+from waiting import eventually as until
+
+pytestmark = pytest.mark.mostly_waiting
+
+
+def cancelling_in_the_answer(server, rig, rrid: str) -> None:
+    """The VTN takes the next update under `rrid` and cancels that request in its answer (oadrUpdatedReport)."""
+    handlers = server._server.services["report_service"].handlers
+    working = handlers["oadrUpdateReport"]
+
+    async def taken_and_cancelled(payload):
+        await working(payload)
+        if not any(r["report_request_id"] == rrid for r in payload.get("reports") or []):
+            return "oadrUpdatedReport", {}
+        handlers["oadrUpdateReport"] = working
+        return "oadrUpdatedReport", {"cancel_report": {
+            "request_id": "cancel-in-answer", "report_request_id": [rrid], "report_to_follow": False,
+            "ven_id": rig.vtn.ven_id}}
+    handlers["oadrUpdateReport"] = taken_and_cancelled
+
+
+async def test_a_request_the_vtn_cancels_in_its_answer_to_an_update_and_asks_again_sends_each_interval_once(
+        tmp_path, free_tcp_port, caplog):
+    # The VTN cancelled the request in its answer to an update (after taking it), another request holding the
+    # readings, then asked for the stream again: the new request went on from before that update, and the VTN got
+    # its intervals twice (the answer's cancel ran before the update counted as taken)
+    caplog.set_level(logging.INFO, logger="ven")
+    async with streaming(tmp_path, free_tcp_port()) as (server, rig, old):
+        other = server.create_report(rig.vtn.ven_id, 2 * S, 2 * S)
+        await until(lambda: len(received(server, rrid=other)) >= 2, 8, "both served")
+        cancelling_in_the_answer(server, rig, old)
+        await until(lambda: server.canceled_reports, 8, "oadrCanceledReport")
+        new = server.create_report(rig.vtn.ven_id, S, S)
+        await until(lambda: rig.vtn.status()["report_request_id"] == new, 10, "the new request")
+        await each_interval_once(server, rig, old, new)
+
+
+async def test_a_request_the_vtn_cancels_in_its_answer_alone_then_asks_again_reports_from_that_updates_end(
+        tmp_path, free_tcp_port, caplog):
+    # The only request, cancelled in the answer to its update: the next request's first report was dated from the
+    # end of the update before that one, so the utility read the intervals it had just taken as not measured
+    caplog.set_level(logging.INFO, logger="ven")
+    async with streaming(tmp_path, free_tcp_port()) as (server, rig, old):
+        await until(lambda: len(received(server)) >= 2, 5, "live intervals")
+        cancelling_in_the_answer(server, rig, old)
+        await until(lambda: server.canceled_reports, 8, "oadrCanceledReport")
+        new = server.create_report(rig.vtn.ven_id, S, S)
+        await until(lambda: rig.vtn.status()["report_request_id"] == new, 10, "the new request")
+        await each_interval_once(server, rig, old, new)
