@@ -4,12 +4,16 @@ and an update dated ahead by a clock step landing for a request cancelled meanwh
 lost, each report dated from the end of the last interval the VTN took. A real openleadr VTN (DemoVtn) on loopback."""
 from __future__ import annotations
 
+import asyncio
 import logging
+from datetime import datetime, timedelta, timezone
 
 import pytest
-from test_report_in_flight import each_interval_once
-from test_report_requests import S, received, streaming
+from test_report_in_flight import each_interval_once, holding_an_update
+from test_report_requests import S, expected, received, running, said, same, streaming
 from waiting import eventually as until
+
+from ven.vtn_server import DemoVtn
 
 pytestmark = pytest.mark.mostly_waiting
 
@@ -58,3 +62,26 @@ async def test_a_request_the_vtn_cancels_in_its_answer_alone_then_asks_again_rep
         new = server.create_report(rig.vtn.ven_id, S, S)
         await until(lambda: rig.vtn.status()["report_request_id"] == new, 10, "the new request")
         await each_interval_once(server, rig, old, new)
+
+
+async def test_an_update_dated_ahead_that_lands_for_a_cancelled_request_goes_once(tmp_path, free_tcp_port, caplog):
+    # Readings dated an hour ahead (taken before the clock stepped back) went under a request the VTN cancelled while
+    # that update was on the way; the VTN took it, and the request it asked for meanwhile sent them again
+    caplog.set_level(logging.INFO, logger="ven")
+    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
+        async with running(tmp_path, server.url) as rig:
+            old = await until(lambda: rig.vtn.status()["report_request_id"], 10, "telemetry requested")
+            ahead = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(hours=1)
+            for n in range(12):
+                rig.queue.add(ahead + timedelta(seconds=n / 4), 10.0 + n)
+            async with holding_an_update(server, old):
+                server.cancel_report(rig.vtn.ven_id, old)
+                await until(lambda: said(caplog, f"the VTN cancelled the telemetry report (request {old})"), 10,
+                            "the cancel taken while the update was on the way")
+                new = server.create_report(rig.vtn.ven_id, S, S)
+                await until(lambda: rig.vtn.status()["report_request_id"] == new, 10, "the new request")
+            await until(lambda: received(server, rrid=old), 10, "the update dated ahead taken")
+            await asyncio.sleep(2.5)    # what would go twice goes now
+            taken = [(ahead + timedelta(seconds=n / 4), 10.0 + n) for n in range(12)]
+            got = received(server, rrid=old) + received(server, rrid=new)
+            same(sorted(g for g in got if g[0] >= ahead), expected(taken, S))

@@ -259,8 +259,9 @@ class VtnReports:
                     self._smaller_batch(req, len(ahead))
                     self._landed(req, None)
                     return False
-                self._telemetry.ack([s for iv in ahead for s in iv.samples], reader=req.rrid)
-                self._landed(req, None)     # dated ahead: no place for a request after it to go on from
+                taken = [s for iv in ahead for s in iv.samples]
+                self._telemetry.ack(taken, reader=req.rrid)
+                self._landed(req, None, taken)  # dated ahead: no place for a request after it to go on from
                 req.sent_until = None   # the intervals after the step are dated before these
                 continue
             req.ahead_said = False
@@ -337,11 +338,12 @@ class VtnReports:
                 req.backlog += len(intervals)
         return False
 
-    def _landed(self, req: Standing, end: datetime | None) -> None:
+    def _landed(self, req: Standing, end: datetime | None, ahead: list | None = None) -> None:
         """An update under `req` is back: taken, up to `end`, or not (None). If the request ended while it was on the
         way (the VTN cancelled it, or parked it: a new registration, the report list asked for again), its stream
         stands at `end` now, as had the update landed first; a request of its granularity the VTN asked for meanwhile
-        goes on from there. It went on from before, and sent the update's intervals to the VTN again."""
+        goes on from there. It went on from before, and sent the update's intervals to the VTN again. `ahead`: the
+        readings of a taken update dated ahead (a clock step), which no place covers: taken from the followers' reads."""
         if self._landing is not req:
             return
         self._landing = None
@@ -352,6 +354,8 @@ class VtnReports:
                 after.follows = None
                 if end is not None and after.first_sent is None:
                     after.sent_until = after.start = end
+                if ahead:
+                    self._telemetry.ack(ahead, delivered=False, reader=after.rrid)
 
     def _backlog_found_late(self, req: Standing, late: list) -> bool:
         """Readings queued in storage.path before this start, which the file gave only once it opened, after this
