@@ -34,6 +34,19 @@ def cancelling_in_the_answer(server, rig, rrid: str) -> None:
     handlers["oadrUpdateReport"] = taken_and_cancelled
 
 
+def failing_once(server, rrid: str) -> None:
+    """The VTN's next update under `rrid` fails (HTTP 500), unstored."""
+    handlers = server._server.services["report_service"].handlers
+    working = handlers["oadrUpdateReport"]
+
+    async def failing(payload):
+        if any(r["report_request_id"] == rrid for r in payload.get("reports") or []):
+            handlers["oadrUpdateReport"] = working
+            raise RuntimeError("demo VTN: the update failed on purpose")
+        return await working(payload)
+    handlers["oadrUpdateReport"] = failing
+
+
 async def test_a_request_the_vtn_cancels_in_its_answer_to_an_update_and_asks_again_sends_each_interval_once(
         tmp_path, free_tcp_port, caplog):
     # The VTN cancelled the request in its answer to an update (after taking it), another request holding the
@@ -85,3 +98,29 @@ async def test_an_update_dated_ahead_that_lands_for_a_cancelled_request_goes_onc
             taken = [(ahead + timedelta(seconds=n / 4), 10.0 + n) for n in range(12)]
             got = received(server, rrid=old) + received(server, rrid=new)
             same(sorted(g for g in got if g[0] >= ahead), expected(taken, S))
+
+
+@pytest.mark.parametrize("answer", ["taken", "failed"])
+async def test_a_request_cancelled_with_report_to_follow_then_at_once_while_its_update_was_on_the_way_goes_once(
+        tmp_path, free_tcp_port, caplog, answer):
+    # The VTN cancelled the request with reportToFollow and asked for its stream again, then, tired of waiting for
+    # the last update, cancelled it outright while an update was on the way: the request after it went on from
+    # before that update (the second end handed the stream over at once), and the VTN got its intervals twice.
+    # Failed (HTTP 500), that update's intervals go under the new request (a guard: they did before too)
+    caplog.set_level(logging.INFO, logger="ven")
+    async with streaming(tmp_path, free_tcp_port()) as (server, rig, old):
+        await until(lambda: len(received(server)) >= 2, 5, "live intervals")
+        if answer == "failed":
+            caplog.set_level(logging.DEBUG, logger="ven")
+            failing_once(server, old)
+        cancelled = f"the VTN cancelled the telemetry report (request {old})"
+        async with holding_an_update(server, old):
+            server.cancel_report(rig.vtn.ven_id, old, report_to_follow=True)
+            await until(lambda: said(caplog, cancelled), 10, "the cancel with reportToFollow")
+            new = server.create_report(rig.vtn.ven_id, S, S)
+            await until(lambda: rig.vtn.status()["report_request_id"] == new, 10, "the new request")
+            server.cancel_report(rig.vtn.ven_id, old)
+            await until(lambda: len(said(caplog, cancelled)) == 2, 10, "the cancel outright")
+        if answer == "failed":
+            await until(lambda: said(caplog, f"an update of cancelled request {old} failed"), 10, "the update failed")
+        await each_interval_once(server, rig, old, new)

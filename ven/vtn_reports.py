@@ -349,11 +349,12 @@ class VtnReports:
         self._landing = None
         if end is not None and ((reported := self._reported.get(req.granularity)) is None or reported < end):
             self._reported[req.granularity] = end
+        place = end if end is not None else req.sent_until
         for after in self._requests.values():
             if after.follows == req.rrid:
                 after.follows = None
-                if end is not None and after.first_sent is None:
-                    after.sent_until = after.start = end
+                if place is not None and after.first_sent is None:
+                    after.sent_until = after.start = place
                 if ahead:
                     self._telemetry.ack(ahead, delivered=False, reader=after.rrid)
 
@@ -622,12 +623,14 @@ class VtnReports:
         queue is held for a request of its granularity (_end_requests)."""
         req = self._requests.pop(rrid, None)
         if req is not None:
-            if rrid == self._sending:
+            if landing := rrid == self._sending:
                 self._landing = req     # its update on its way: where the stream stands once it is back (_landed)
             if req.sent_until is not None:
                 self._reported[req.granularity] = req.sent_until
             for after in self._requests.values():
-                if after.follows == rrid:
+                # one following it (cancelled with reportToFollow, then outright) goes on once that update is back:
+                # from here, it sent that update's intervals again
+                if after.follows == rrid and not landing:
                     after.follows = None
                     if after.first_sent is None and req.sent_until is not None:
                         after.sent_until = after.start = req.sent_until
