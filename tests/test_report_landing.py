@@ -124,3 +124,79 @@ async def test_a_request_cancelled_with_report_to_follow_then_at_once_while_its_
         if answer == "failed":
             await until(lambda: said(caplog, f"an update of cancelled request {old} failed"), 10, "the update failed")
         await each_interval_once(server, rig, old, new)
+
+
+async def test_a_stream_taken_over_while_its_update_was_on_the_way_and_that_update_failed_loses_nothing(
+        tmp_path, free_tcp_port, caplog):
+    # The report list asked for again (METADATA) and the stream requested anew in the answer while an update was on
+    # the way, which then failed (HTTP 500): its intervals go under the new request, once (a guard)
+    caplog.set_level(logging.INFO, logger="ven")
+    async with streaming(tmp_path, free_tcp_port()) as (server, rig, old):
+        await until(lambda: len(received(server)) >= 2, 5, "live intervals")
+        failing_once(server, old)
+        async with holding_an_update(server, old):
+            server.create_report(rig.vtn.ven_id, timedelta(0), timedelta(0), report_specifier_id="METADATA", r_id="0")
+            await until(lambda: rig.vtn.status()["report_request_id"] not in (None, old), 10, "the new request")
+        await each_interval_once(server, rig, old, rig.vtn.status()["report_request_id"])
+
+
+async def test_a_stop_while_the_update_of_a_cancelled_request_lands_then_a_start_sends_each_interval_once(
+        tmp_path, free_tcp_port, caplog):
+    # SIGTERM (VtnClient.stop) while the update of a request the VTN had just cancelled was on its way: the update
+    # lands during the stop; the next run, asked for the stream again, sends each interval once, dated right
+    caplog.set_level(logging.INFO, logger="ven")
+    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
+        async with running(tmp_path, server.url) as rig:
+            old = await until(lambda: rig.vtn.status()["report_request_id"], 10, "telemetry requested")
+            rig.start_meter(0.25)
+            await until(lambda: len(received(server)) >= 2, 5, "live intervals")
+            async with holding_an_update(server, old):
+                server.cancel_report(rig.vtn.ven_id, old)
+                await until(lambda: said(caplog, f"the VTN cancelled the telemetry report (request {old})"), 10,
+                            "the cancel taken while the update was on the way")
+                await rig.stop_meter()
+                stopping = asyncio.create_task(rig.vtn.stop())
+                await asyncio.sleep(0.3)
+            await asyncio.wait_for(stopping, 10)
+            taken = list(rig.taken)
+        async with running(tmp_path, server.url) as rig:
+            new = await until(lambda: rig.vtn.status()["report_request_id"], 10, "telemetry requested again")
+            rig.start_meter(0.25)
+            await until(lambda: received(server, rrid=new), 10, "served under the new request")
+            await rig.stop_meter()
+            await until(lambda: rig.queue.pending == rig.queue.held == 0, 10, "every reading sent")
+            await asyncio.sleep(0.3)
+            same(sorted(received(server, rrid=old) + received(server, rrid=new)), expected(taken + rig.taken, S))
+            last_old = max(end for r, _, end in server.report_spans if r == old)
+            assert next(start for r, start, _ in server.report_spans if r == new) == last_old
+
+
+async def test_a_clock_stepped_back_while_the_update_of_a_cancelled_request_was_on_the_way_loses_nothing(
+        tmp_path, free_tcp_port, caplog, monkeypatch):
+    # A box an hour fast, put right (NTP) while the update of a request the VTN had just cancelled was on its way: the
+    # request asked for meanwhile went on from that update's end, an hour ahead of the clock, and took every reading
+    # of that hour as gone to the VTN already: the utility got nothing for an hour
+    import test_report_requests
+    import ven.vtn_reports
+    step = [timedelta(hours=1)]
+    monkeypatch.setattr(ven.vtn_reports, "_utcnow", lambda: datetime.now(timezone.utc) + step[0])
+    monkeypatch.setattr(test_report_requests, "now", lambda: datetime.now(timezone.utc) + step[0])
+    caplog.set_level(logging.INFO, logger="ven")
+    async with streaming(tmp_path, free_tcp_port()) as (server, rig, old):
+        await until(lambda: len(received(server)) >= 2, 5, "live intervals")
+        async with holding_an_update(server, old):
+            server.cancel_report(rig.vtn.ven_id, old)
+            await until(lambda: said(caplog, f"the VTN cancelled the telemetry report (request {old})"), 10,
+                        "the cancel taken while the update was on the way")
+            step[0], stepped = timedelta(0), len(rig.taken)
+            new = server.create_report(rig.vtn.ven_id, S, S)
+            await until(lambda: rig.vtn.status()["report_request_id"] == new, 10, "the new request")
+        await until(lambda: len(received(server, rrid=new)) >= 3, 10, "the readings after the step served")
+        await rig.stop_meter()
+        await until(lambda: rig.queue.pending == rig.queue.held == 0, 10, "every reading sent")
+        await asyncio.sleep(0.3)
+        got = received(server, rrid=new)
+        after = expected(rig.taken[stepped:], S)
+        same([g for g in got if g[0] >= after[0][0] and g[0] < after[-1][0] + S], after)
+        old_got = {t for t, *_ in received(server, rrid=old)}
+        assert not [g for g in got if g[0] in old_got], "an interval the VTN took under the old request went again"

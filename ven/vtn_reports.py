@@ -312,8 +312,9 @@ class VtnReports:
                 self._landed(req, None)
                 return False
             self._telemetry.set_place(req.granularity, intervals[-1].end)
-            self._telemetry.ack([s for iv in intervals for s in iv.samples], reader=req.rrid)
-            self._landed(req, intervals[-1].end)
+            taken = [s for iv in intervals for s in iv.samples]
+            self._telemetry.ack(taken, reader=req.rrid)
+            self._landed(req, intervals[-1].end, taken)
             req.sent_until = intervals[-1].end
             req.undated = False
             self._undated.discard(req.granularity)
@@ -338,25 +339,30 @@ class VtnReports:
                 req.backlog += len(intervals)
         return False
 
-    def _landed(self, req: Standing, end: datetime | None, ahead: list | None = None) -> None:
+    def _landed(self, req: Standing, end: datetime | None, taken: list | None = None) -> None:
         """An update under `req` is back: taken, up to `end`, or not (None). If the request ended while it was on the
         way (the VTN cancelled it, or parked it: a new registration, the report list asked for again), its stream
         stands at `end` now, as had the update landed first; a request of its granularity the VTN asked for meanwhile
-        goes on from there. It went on from before, and sent the update's intervals to the VTN again. `ahead`: the
-        readings of a taken update dated ahead (a clock step), which no place covers: taken from the followers' reads."""
+        goes on from there. It went on from before, and sent the update's intervals to the VTN again. `taken`: the
+        update's readings, taken from the followers' reads: a place covers none dated ahead of the clock."""
         if self._landing is not req:
             return
         self._landing = None
+        # a place after now was dated by a clock that stepped back while the update was on its way: no place among
+        # this clock's readings (as in _adopt); from it, a follower took an hour's readings as reported already
+        now = _utcnow()
+        end = end if end is not None and end <= now else None
         if end is not None and ((reported := self._reported.get(req.granularity)) is None or reported < end):
             self._reported[req.granularity] = end
         place = end if end is not None else req.sent_until
+        place = place if place is not None and place <= now else None
         for after in self._requests.values():
             if after.follows == req.rrid:
                 after.follows = None
                 if place is not None and after.first_sent is None:
                     after.sent_until = after.start = place
-                if ahead:
-                    self._telemetry.ack(ahead, delivered=False, reader=after.rrid)
+                if taken:
+                    self._telemetry.ack(taken, delivered=False, reader=after.rrid)
 
     def _backlog_found_late(self, req: Standing, late: list) -> bool:
         """Readings queued in storage.path before this start, which the file gave only once it opened, after this
