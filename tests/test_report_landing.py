@@ -200,3 +200,33 @@ async def test_a_clock_stepped_back_while_the_update_of_a_cancelled_request_was_
         same([g for g in got if g[0] >= after[0][0] and g[0] < after[-1][0] + S], after)
         old_got = {t for t, *_ in received(server, rrid=old)}
         assert not [g for g in got if g[0] in old_got], "an interval the VTN took under the old request went again"
+
+
+async def test_an_update_of_a_cancelled_request_that_never_returns_loses_nothing(tmp_path, free_tcp_port, caplog):
+    # The VTN never answers the update of a request it cancelled meanwhile (openadr.request_timeout_seconds runs out):
+    # the request asked for meanwhile sends its intervals, and nothing waits on it any more (a guard)
+    caplog.set_level(logging.INFO, logger="ven")
+    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
+        async with running(tmp_path, server.url, request_timeout_seconds=1.0) as rig:
+            old = await until(lambda: rig.vtn.status()["report_request_id"], 10, "telemetry requested")
+            rig.start_meter(0.25)
+            await until(lambda: len(received(server)) >= 2, 5, "live intervals")
+            handlers = server._server.services["report_service"].handlers
+            working, held, gone = handlers["oadrUpdateReport"], asyncio.Event(), asyncio.Event()
+
+            async def never_answered(payload):
+                if any(r["report_request_id"] == old for r in payload.get("reports") or []):
+                    held.set()
+                    await gone.wait()
+                    raise RuntimeError("demo VTN: the update was lost")
+                return await working(payload)
+            handlers["oadrUpdateReport"] = never_answered
+            try:
+                await asyncio.wait_for(held.wait(), 10)
+                server.cancel_report(rig.vtn.ven_id, old)
+                new = server.create_report(rig.vtn.ven_id, S, S)
+                await until(lambda: rig.vtn.status()["report_request_id"] == new, 10, "the new request")
+                await each_interval_once(server, rig, old, new)
+                assert rig.vtn._landing is None
+            finally:
+                gone.set()
