@@ -86,19 +86,39 @@ async def storyline(vtn: DemoVtn, t0: float, event_delay: float, step: float) ->
     log.info("demo VTN: event %s cancelled", second)
 
 
+def _when(view: dict) -> str:
+    start = view.get(P.EVENT_START_MINUTES)
+    start = -1 if start is None else start
+    return "active" if view.get(P.EVENT_ACTIVE) else "no event pending" if start < 0 else f"next in {start:.0f} min"
+
+
 def describe(view: dict, decision: str, faults=frozenset(), reported_kw: float | None = None) -> str:
     def kw(name):
         v = view.get(name)
         return "fault" if name in faults else "-" if v is None else f"{v:.1f} kW"
     onoff = lambda name: "on" if view.get(name) else "off"  # noqa: E731
-    start = view.get(P.EVENT_START_MINUTES)
-    start = -1 if start is None else start
-    when = "active" if view.get(P.EVENT_ACTIVE) else "no event pending" if start < 0 else f"next in {start:.0f} min"
-    return (f"BAS sees level {view.get(P.EVENT_LEVEL, 0):.0f} ({when}), "
+    return (f"BAS sees level {view.get(P.EVENT_LEVEL, 0):.0f} ({_when(view)}), "
             f"meter {kw(P.METER_POWER)}, forecast 15 min {kw(P.FIFTEEN_MIN_FORECAST)} / 60 min {kw(P.ONE_HOUR_FORECAST)}, "
             f"trend {view.get(P.RATE_OF_CHANGE, 0):+.1f} kW/min, high-load {onoff(P.HIGH_LOAD)}, "
             f"low-load {onoff(P.LOW_LOAD)} -> {decision}"
             + (f" (its own: bas-shed-power {reported_kw:.1f} kW)" if reported_kw is not None else ""))
+
+
+class Narrator:
+    """The BAS simulator's lines: one when what the BAS acts on changes (the level, the event's state, a flag, a
+    fault, its decision, its own shed), not when a kW reading or a forecast moves a tenth, which was a line at
+    every cycle (360 an hour) for as long as the demo ran, and the gateway's own lines were lost among them."""
+
+    def __init__(self) -> None:
+        self._said: tuple | None = None
+
+    def line(self, view: dict, decision: str, faults=frozenset(), reported_kw: float | None = None) -> str | None:
+        state = (view.get(P.EVENT_LEVEL), _when(view), bool(view.get(P.HIGH_LOAD)), bool(view.get(P.LOW_LOAD)),
+                 frozenset(faults), decision, reported_kw)
+        if state == self._said:
+            return None
+        self._said = state
+        return describe(view, decision, faults, reported_kw)
 
 
 def taken_ports(ports: dict[str, tuple[int, str]]) -> list[str]:
@@ -140,8 +160,13 @@ async def run_demo(args: Namespace) -> int:
     meter = MeterSimulator(address=f"127.0.0.1/8:{args.meter_port}", value=profile.kw(t0))
     gateway = Gateway(cfg)
     gateway.forecast.warm_start(*profile.history(t0))
+    narrator = Narrator()
+
+    def narrate(view: dict, decision: str) -> None:
+        if (text := narrator.line(view, decision, bas.faults, bas.reported_kw)) is not None:
+            log.info(text)
     bas = BasSimulator(args.bas_port, f"127.0.0.1:{args.bacnet_port}", lambda: profile.kw(time.time()),
-                       interval=args.bas_interval, on_change=lambda view, d: log.info(describe(view, d, bas.faults, bas.reported_kw)))
+                       interval=args.bas_interval, on_change=narrate)
     started = []
 
     async def main() -> None:
