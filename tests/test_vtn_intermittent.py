@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 
 import pytest
 from openleadr import errors as oerrors
@@ -156,3 +157,22 @@ async def test_one_failed_poll_ends_in_the_log_once_steady_and_one_soon_after_is
 
 def said(caplog, since, text):
     return [r.getMessage() for r in caplog.records[since:] if r.name == "ven.vtn" and text in r.getMessage()]
+
+
+async def test_a_vtn_back_after_a_registration_backoff_is_logged_as_ended_only_once_it_has_answered_steadily(
+        tmp_path, free_tcp_port, caplog):
+    # openadr.settle_seconds counted from the last failure: a VTN down for minutes is tried once a backoff (up to
+    # retry_max_seconds, 60 s, the settle period's default), so its end was said at the third poll, 4 s after its
+    # first answer, and a VTN failing again a few seconds later was a new fault, two more lines
+    caplog.set_level(logging.INFO, logger="ven")
+    settle = 5.0
+    server = DemoVtn(free_tcp_port(), poll_seconds=1)
+    async with running(tmp_path, server.url, settle_seconds=settle, retry_min_seconds=6.0,
+                       retry_max_seconds=6.0) as gw:
+        await until(lambda: gw.vtn.registration_failures >= 1, 10, "a failed registration")
+        async with server:
+            await until(lambda: gw.connected == [True], 15, "registration once the VTN is up")
+            answered = time.time()
+            await until(lambda: said(caplog, 0, "VTN connected"), 20, "the end, once steady")
+    end = next(r for r in caplog.records if r.name == "ven.vtn" and "VTN connected" in r.getMessage())
+    assert end.created - answered >= settle - 0.5, (end.created - answered, end.getMessage())
