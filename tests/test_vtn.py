@@ -113,6 +113,32 @@ POLL_FAILED_VTN_DOWN = re.compile(r"VTN poll failed: (VTN unreachable at |connec
 
 
 @pytest.mark.timeout(60)
+async def test_a_vtn_outage_with_a_status_request_is_still_one_line_when_it_starts_and_one_when_it_ends(
+        tmp_path, free_tcp_port, caplog):
+    # With TELEMETRY_STATUS requested (as the demo VTN does), the outage's first registration attempt said "request(s)
+    # ... end with the new registration" 5 s after the WARNING, and the registration with the VTN back said "VTN
+    # requested TELEMETRY_STATUS" again, the same terms under a new id: two more lines for one fault each time
+    caplog.set_level(logging.INFO, logger="ven")
+    port = free_tcp_port()
+    vtn = DemoVtn(port, poll_seconds=1, request_status=True)
+    async with running(tmp_path, vtn.url) as gw:
+        try:
+            await vtn.start()
+            await until(lambda: gw.vtn.connected and gw.vtn.status()["status_requests"], 10, "status requested")
+            mark = len(caplog.records)
+            await vtn.stop()
+            await until(lambda: gw.vtn.registration_failures >= 2, 20, "polls, then registrations, fail")
+            vtn = DemoVtn(port, poll_seconds=1, request_status=True)
+            await vtn.start()
+            await until(lambda: any(m.startswith("VTN connected") for _, m in gateway_lines(caplog, mark)), 15,
+                        "the outage's end")
+            await until(lambda: gw.vtn.status()["status_requests"], 5, "status requested again")
+        finally:
+            await vtn.stop()
+    lines = [m for level, m in gateway_lines(caplog, mark) if not m.startswith(("registered with VTN",))]
+    assert len(lines) == 2 and POLL_FAILED_VTN_DOWN.match(lines[0]) and lines[1].startswith("VTN connected"), lines
+
+
 async def test_a_vtn_outage_is_one_line_when_it_starts_and_one_when_it_ends(tmp_path, free_tcp_port, caplog):
     # The VTN down at start-up, then up; then stopped long enough for the polls to fail and the registrations after
     # them to fail too, and started again knowing no VEN. The second outage logged five lines, two of them warnings

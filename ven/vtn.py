@@ -183,6 +183,7 @@ class VtnClient(VtnEvents, VtnReports, VtnStatus, VtnOutage):
         self._relisted = 0
         self._relisting = False     # the event list asked for after a failed poll is being handled
         self._request_said: tuple | None = None   # the last telemetry request's (granularity, back, window)
+        self._status_said: tuple | None = None    # ... and the last status request's (ven/vtn_status.py)
         self._listed_twice: set[str] = set()   # events the last oadrDistributeEvent listed more than once (logged)
         # events listed since the start: at its first listing, one the VTN wants no answer to and the site does not
         # take part in is told so again (VtnEvents._on_event)

@@ -120,11 +120,17 @@ class VtnStatus:
             # the first update at the first period boundary from the first sample on: the sample itself, when each
             # goes as it is taken (it waited a granularity, and went with the next, helper rev40)
             next_send=start if bucket_start(start, period) == start else next_boundary(start, period), until=until)
-        log.info("VTN requested %s (request %s): the site's status at each %s on the UTC clock, %s%s%s",
-                 STATUS_REPORT, rrid, _duration(granularity),
-                 f"sent every {_duration(back)}" if back > granularity else "each sent as it is taken",
-                 f", from {_iso(start)}" if first is not None and start > next_boundary(now, granularity) else "",
-                 f" until {_iso(until)}" if until is not None else "")
+        # each of an outage's registrations gets a request anew (a fresh reportRequestID), as for TELEMETRY_USAGE: only
+        # another one is news, not the one the VTN had before it
+        terms = (granularity, back, first, until)
+        repeated = self._outage is not None and terms == self._status_said
+        self._status_said = terms
+        log.log(logging.DEBUG if repeated else logging.INFO,
+                "VTN requested %s (request %s): the site's status at each %s on the UTC clock, %s%s%s",
+                STATUS_REPORT, rrid, _duration(granularity),
+                f"sent every {_duration(back)}" if back > granularity else "each sent as it is taken",
+                f", from {_iso(start)}" if first is not None and start > next_boundary(now, granularity) else "",
+                f" until {_iso(until)}" if until is not None else "")
         self._status_wake.set()
         return None
 
@@ -156,8 +162,11 @@ class VtnStatus:
         """A new registration: the VTN requests anew, and what was held is no longer "now"."""
         if self._status_requests:
             held = sum(len(r.held) for r in self._status_requests.values())
-            log.info("%s request(s) %s end with the new registration (the VTN requests status anew)%s", STATUS_REPORT,
-                     ", ".join(self._status_requests), f"; {held} sample(s) not sent are dropped" if held else "")
+            # at every registration, the first attempt of a VTN outage's too, whose WARNING says it all: a status
+            # sample is the site's state at its time, for the VTN only then, and one held for a VTN away is no loss
+            log.log(logging.INFO if held and self._outage is None else logging.DEBUG,
+                    "%s request(s) %s end with the new registration (the VTN requests status anew)%s", STATUS_REPORT,
+                    ", ".join(self._status_requests), f"; {held} sample(s) not sent are dropped" if held else "")
         self._status_requests.clear()
         self._status_one_shots.clear()
         if self._status_failing is not None and self._status_failing[2]:    # the end of its WARNING's fault
