@@ -1030,3 +1030,28 @@ async def test_the_faults_come_before_the_warnings_with_everything_at_once(serve
         meter = await page.locator('#problems li[data-problem="meter"]').bounding_box()
         assert meter["y"] + meter["height"] <= 844
         assert page.errors == []
+
+
+class UnwritableView(FaultView):
+    """storage.path read-only, as the gateway reports it: events and telemetry prefix the path, the forecaster not."""
+
+    def status(self):
+        body = super().status()
+        cause = "attempt to write a readonly database (Permission denied)"
+        body["storage"]["errors"] = {
+            "events": f"storage.path {body['storage']['path']}: cannot open SQLite database for writing: {cause}",
+            "telemetry": f"storage.path {body['storage']['path']}: cannot open SQLite database for writing: {cause}",
+            "forecaster": cause}
+        return body
+
+
+async def test_an_unwritable_storage_says_its_cause_once(server):  # noqa: F811
+    # the item read "...for writing: attempt to write a readonly database (Permission denied); attempt to write a
+    # readonly database (Permission denied)": the forecaster's error is the others' cause without the path
+    view = UnwritableView()
+    view.faults = {"storage"}
+    async with drawn(server, view) as (page, _):
+        await page.wait_for_function(f"({PROBLEMS}) === 'storage'", timeout=10000)
+        text = await page.locator("#problems").inner_text()
+        assert text.count("attempt to write a readonly database") == 1, text
+        assert page.errors == []

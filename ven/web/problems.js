@@ -192,7 +192,10 @@ export function findProblems(health) {
   }
   const storage = gw.storage || {};
   if (storage.ok === false) {
-    const why = [...new Set(Object.values(storage.errors || {}))].join("; ");
+    // the parts' errors once each: the forecaster's is the others' cause without the path ("...: attempt to write a
+    // readonly database" and "attempt to write a readonly database"), and read twice in one sentence
+    const errors = [...new Set(Object.values(storage.errors || {}))];
+    const why = errors.filter((e) => !errors.some((o) => o !== e && o.includes(e))).join("; ");
     const where = storage.path && !why.includes(storage.path) ? `${storage.path}: ` : "";
     add("storage", "bad", "storage.path not writable", `${where}${why || "cannot be written"}`,
         "events, queued telemetry and forecast history are kept in memory only and a restart now loses them: make the file's directory writable (permissions, read-only mount, full disk); the gateway tries again by itself");
