@@ -114,6 +114,7 @@ class ForecastService:
         self._active: str | None = None
         # source auto: since when the meter stands in for the BAS input (monotonic), for the line that ends it
         self._meter_since: float | None = None
+        self._silent: float | None = None     # ... and how long the BAS had not written then (wall clock, s)
         # source auto: the meter standing in for a BAS that writes late. A BAS writing on change of value
         # writes less often while the load is flat, sometimes just over input_stale_seconds: each such gap
         # is the same fallback, and the line back to the BAS input waits until it has written steadily (for
@@ -195,14 +196,17 @@ class ForecastService:
         if not fb.open or since is None or not fb.good(time.monotonic()):
             return
         if fb.times == 1:
-            log.info("forecaster now learns from bacnet_input (BAS writes input-power-meter) after %s on the meter",
-                     span(fb.last_bad - since))
+            # the meter stands in from input_stale_seconds into the BAS's silence: "after 8 s on the meter" alone read
+            # as a BAS silent 8 s, not 5 min
+            silent = f" (the BAS wrote nothing for {span(self._silent)})" if self._silent and self._silent > 0 else ""
+            log.info("forecaster now learns from bacnet_input (BAS writes input-power-meter) after %s on the meter%s",
+                     span(fb.last_bad - since), silent)
         else:
             log.info("forecaster learns from bacnet_input steadily again after %s: the BAS wrote input-power-meter "
                      "more than %g s apart %d times meanwhile, the meter standing in each time (a BAS writing on "
                      "change of value may need a longer forecaster.input_stale_seconds)", span(fb.last_bad - since),
                      self.config.input_stale_seconds, fb.times)
-        self._meter_since = None
+        self._meter_since = self._silent = None
 
     def _say_meter(self) -> None:
         if self._meter_unsaid and time.monotonic() - self._meter_since >= self.config.input_stale_seconds:
@@ -277,6 +281,8 @@ class ForecastService:
             if self.config.source == "auto" and self._active == "bacnet_input":
                 self._switch("meter", "BAS relinquished input-power-meter")
             return
+        if self._active == "meter" and self._fallback.open and self._last_input_t is not None and self._silent is None:
+            self._silent = t - self._last_input_t   # the gap that began the fallback, for the line that ends it
         self._last_input_t, self._last_input_mono = t, time.monotonic()
         if self.config.source in ("auto", "bacnet_input"):
             self._switch("bacnet_input", "BAS writes input-power-meter")
