@@ -96,10 +96,12 @@ def describe(view: dict, decision: str, faults=frozenset(), reported_kw: float |
     def kw(name):
         v = view.get(name)
         return "fault" if name in faults else "-" if v is None else f"{v:.1f} kW"
-    onoff = lambda name: "on" if view.get(name) else "off"  # noqa: E731
+    # a point in fault says so: what the BAS decides on, and each of its lines says what changed (demo.Narrator)
+    onoff = lambda name: "fault" if name in faults else "on" if view.get(name) else "off"  # noqa: E731
+    trend = "fault" if P.RATE_OF_CHANGE in faults else f"{view.get(P.RATE_OF_CHANGE, 0):+.1f} kW/min"
     return (f"BAS sees level {view.get(P.EVENT_LEVEL, 0):.0f} ({_when(view)}), "
             f"meter {kw(P.METER_POWER)}, forecast 15 min {kw(P.FIFTEEN_MIN_FORECAST)} / 60 min {kw(P.ONE_HOUR_FORECAST)}, "
-            f"trend {view.get(P.RATE_OF_CHANGE, 0):+.1f} kW/min, high-load {onoff(P.HIGH_LOAD)}, "
+            f"trend {trend}, high-load {onoff(P.HIGH_LOAD)}, "
             f"low-load {onoff(P.LOW_LOAD)} -> {decision}"
             + (f" (its own: bas-shed-power {reported_kw:.1f} kW)" if reported_kw is not None else ""))
 
