@@ -170,7 +170,8 @@ def test_a_squashed_or_plural_prefix_is_named_not_ignored(name):
     with pytest.raises(ConfigError) as err:
         load_config(None, environ={name: "5"})
     assert str(err.value) == (f"{name}: not read: the variables are EDGE_GATEWAY__<SECTION>__<KEY>, in upper case "
-                              f"with two underscores between the parts; did you mean EDGE_GATEWAY__METER__POLL_SECONDS?")
+                              f"with two underscores between the parts; did you mean "
+                              f"EDGE_GATEWAY__METER__POLL_SECONDS?")
 
 
 def test_another_programs_variable_that_looks_alike_is_left_alone():
@@ -230,7 +231,8 @@ def test_a_relative_token_file_not_found_says_where_it_was_looked_for(tmp_path, 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError) as err:
         load_config(None, environ={"EDGE_GATEWAY__HTTP__TOKEN_FILE": "secrets/token"})
-    assert str(err.value) == (f"defaults, EDGE_GATEWAY__HTTP__TOKEN_FILE: http: token_file secrets/token (looked for in "
+    assert str(err.value) == (f"defaults, EDGE_GATEWAY__HTTP__TOKEN_FILE: http: token_file secrets/token "
+                              f"(looked for in "
                               f"{tmp_path}): No such file or directory")
 
 
@@ -274,7 +276,8 @@ def test_check_config_says_an_http_address_name_that_does_not_resolve(tmp_path):
     res = _cli("check-config", str(p))
     assert res.returncode == 0, res.stderr
     assert (f"{p}: warning: http.address: dashboard.invalid does not resolve on this machine now: `run` refuses to "
-            f"start (exit 2) until it does (an IP address does not depend on a name service)") in res.stdout.splitlines()
+            f"start (exit 2) until it does (an IP address does not depend on a name service)") \
+        in res.stdout.splitlines()
 
 
 def test_an_unquoted_holiday_date_is_the_day_it_reads_as(tmp_path):
@@ -299,7 +302,8 @@ def test_a_ca_file_for_a_plain_http_vtn_is_a_warning():
     ('[meter]\npoll_seconds: 5\n',
      "Expected '=' after a key in a key/value pair (at line 2, column 13): 'poll_seconds: 5'"),
     # never a secret nor a URL's password: check-config's errors go to the journal
-    ('[http]\ntoken = "s3cret\n', "Illegal character '\\n' (at line 2, column 16): 'token = ... (a secret: not shown)'"),
+    ('[http]\ntoken = "s3cret\n',
+     "Illegal character '\\n' (at line 2, column 16): 'token = ... (a secret: not shown)'"),
     ('[openadr]\nvtn_url = "https://ven:s3cret@vtn.example/x" x\n',
      "Expected newline or end of document after a statement (at line 2, column 46): "
      "'vtn_url = \"https://ven:***@vtn.example/x\" x'"),

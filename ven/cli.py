@@ -111,7 +111,8 @@ def _absent_address_warnings(cfg: GatewayConfig) -> list[str]:
         probes.append(("http.address", cfg.http.address.rpartition(":")[0].strip("[]"), socket.SOCK_STREAM))
     out = [f"{key}: {host} is not on any interface of this machine now: `run` waits for it (a NIC that comes up "
            f"after the service), so a wrong address waits forever" for key, host, kind in probes if absent(host, kind)]
-    # only http.address takes a name: check-config said ok, and `run` exited 2 "cannot listen: Name or service not known"
+    # only http.address takes a name: check-config said ok, and `run` exited 2 "cannot listen: Name or service not
+    # known"
     out += [f"http.address: {host} does not resolve on this machine now: `run` refuses to start (exit 2) until it does "
             f"(an IP address does not depend on a name service)" for host in unresolved]
     if not any(line.startswith("bacnet.address") for line in out):
