@@ -11,6 +11,7 @@ from datetime import timedelta
 import pytest
 import test_report_requests
 from openleadr import errors
+from test_report_landing import cancelling_in_the_answer
 from test_report_requests import S, expected, now, received, running, said, streaming
 from waiting import eventually as until
 
@@ -220,16 +221,7 @@ async def test_a_cancel_the_vtn_puts_in_its_answer_to_an_update_ends_the_request
             rrid = await until(lambda: rig.vtn.status()["report_request_id"], 10, "telemetry requested")
             rig.start_meter(0.25)
             await until(lambda: len(received(server)) >= 2, 8, "live intervals")
-            handlers = server._server.services["report_service"].handlers
-            working = handlers["oadrUpdateReport"]
-
-            async def taken_and_cancelled(payload):     # 2.0b: oadrUpdatedReport may carry an oadrCancelReport
-                await working(payload)
-                handlers["oadrUpdateReport"] = working
-                return "oadrUpdatedReport", {"cancel_report": {
-                    "request_id": "cancel-in-answer", "report_request_id": [rrid], "report_to_follow": False,
-                    "ven_id": rig.vtn.ven_id}}
-            handlers["oadrUpdateReport"] = taken_and_cancelled
+            cancelling_in_the_answer(server, rig, rrid)     # 2.0b: oadrUpdatedReport may carry an oadrCancelReport
             await until(lambda: server.canceled_reports, 5, "oadrCanceledReport")
             assert server.canceled_reports == [(200, "OK", [], True)]
             sent = len(server.updates)

@@ -10,6 +10,7 @@ import contextlib
 import logging
 
 import pytest
+from test_report_in_flight import holding_an_update
 from test_report_requests import S, drained, expected, received, running, said, same
 from waiting import eventually as until
 
@@ -99,22 +100,12 @@ async def test_an_update_taken_after_its_request_was_cancelled_leaves_the_others
     # them and went as the mean of the rest (a whole-suite run at -n 8, 2026-12-05)
     async with requested(tmp_path, free_tcp_port(), caplog) as (server, rig):
         fast, slow = await two_requests(server, rig, 2 * S, 2 * S)
-        handlers = server._server.services["report_service"].handlers
-        held, release = asyncio.Event(), asyncio.Event()
-
-        async def holding_the_cancelled(payload, real=handlers["oadrUpdateReport"]):
-            if not release.is_set() and any(r["report_request_id"] == fast for r in payload.get("reports") or []):
-                held.set()
-                await release.wait()
-            return await real(payload)
-        handlers["oadrUpdateReport"] = holding_the_cancelled
         rig.start_meter(0.25)
-        await asyncio.wait_for(held.wait(), 10)
-        server.cancel_report(rig.vtn.ven_id, fast)
-        await until(lambda: said(caplog, f"the VTN cancelled the telemetry report (request {fast})"), 10,
-                    "the cancel taken while the update was on the way")
-        sent = len(received(server, rrid=fast))
-        release.set()
+        async with holding_an_update(server, fast):
+            server.cancel_report(rig.vtn.ven_id, fast)
+            await until(lambda: said(caplog, f"the VTN cancelled the telemetry report (request {fast})"), 10,
+                        "the cancel taken while the update was on the way")
+            sent = len(received(server, rrid=fast))
         await until(lambda: len(received(server, rrid=fast)) > sent, 10, "the update under the cancelled request taken")
         await the_other_served_whole(server, rig, slow)
         assert rig.queue.delivered == len(rig.taken)         # each reading counted once
