@@ -131,6 +131,24 @@ async def test_a_cancel_ends_a_status_request_with_and_without_report_to_follow(
         all_valid(server)
 
 
+async def test_a_cancel_with_report_to_follow_after_the_boundary_went_still_gets_its_last_update(
+        tmp_path, free_tcp_port, caplog):
+    # Each sample sent as it is taken: a cancel with reportToFollow arriving after the boundary it is in had gone
+    # (most of each second) held nothing, and the request ended with no update, though oadrCanceledReport had listed it
+    # pending and the VTN waited for the report to follow (a CI run at -n 6)
+    caplog.set_level(logging.INFO, logger="ven")
+    async with registered(tmp_path, free_tcp_port()) as (server, rig):
+        (rrid,) = server.create_status_report(rig.vtn.ven_id, S, timedelta(0))
+        await until(lambda: len(status(server, rrid)) >= 2, 10, "status as it is taken")
+        server.cancel_report(rig.vtn.ven_id, rrid, report_to_follow=True)
+        await until(lambda: said(caplog, f"TELEMETRY_STATUS request {rrid} ended"), 10, "the request ended")
+        assert rrid in server.canceled_reports[0][2], "pending: the VTN waits for its last update"
+        (ended,) = said(caplog, f"TELEMETRY_STATUS request {rrid} ended")
+        assert "its last update sent" in ended, ended
+        stamps = [ts for ts, _, _ in status(server, rrid)]
+        assert len(stamps) == len(set(stamps)), stamps
+
+
 async def test_a_last_update_after_a_cancel_sends_no_interval_twice(tmp_path, free_tcp_port, caplog):
     # The "one last update" of a cancel with reportToFollow was dated at the boundary already sent: the VTN got it
     # twice, maybe with two values (helper verify40 R2)

@@ -53,6 +53,9 @@ class StatusRequest:
     retry: bool = False                     # its last update got no answer: tried again after the backoff
     # cancelled with reportToFollow, or its reportInterval over: what it holds goes, then it ends
     final: bool = False
+    # cancelled with reportToFollow when nothing was held and its boundary had gone already: the next sample is the
+    # last update (the oadrCanceledReport listed it pending, and the VTN waits for it)
+    last_sample_follows: bool = False
     until: datetime | None = None           # its reportInterval's end: the last boundary sampled is before it
     ended: str = "cancelled by the VTN"     # why it is final, for the line that ends it
     dropped: int = 0                        # samples dropped unsent in this spell (said once, at the first)
@@ -145,11 +148,15 @@ class VtnStatus:
             return False
         if follow:
             at = bucket_start(_utcnow(), req.granularity)
-            if not req.held and (req.sent_until is None or req.sent_until < at):
-                # the report the VTN waits for: the status now, dated at the boundary it is in, unless that one went
-                # already (it went twice, helper verify40)
-                req.held.append((at, self._status_now()))
-            req.final = True
+            if req.held or req.sent_until is None or req.sent_until < at:
+                if not req.held:
+                    # the report the VTN waits for: the status now, dated at the boundary it is in
+                    req.held.append((at, self._status_now()))
+                req.final = True
+            else:
+                # that boundary went already (sent twice, helper verify40): the next one's sample is the last update;
+                # the request ended with none, and the VTN waited for the report it was told would follow
+                req.last_sample_follows = True
             self._status_wake.set()
             log.info("the VTN cancelled the %s report (request %s): one last update, then it ends", STATUS_REPORT,
                      rrid)
@@ -274,6 +281,7 @@ class VtnStatus:
             req.dropped += 1
         req.held.append((at, self._status_now()))
         req.next_sample = at + req.granularity
+        req.final = req.final or req.last_sample_follows
 
     async def _send_status_one_shots(self, now: datetime) -> bool:
         step = timedelta(seconds=self._cfg.telemetry_seconds)
