@@ -69,6 +69,13 @@ async def live_telemetry(tmp_path, free_udp_port, free_tcp_port, g, poll, timeou
         await meter.stop()
 
 
+def failed_reads(tmp_path, g: int):
+    """Whether a meter read recorded in storage.path as failed falls in the interval of `g` s starting at a time."""
+    with sqlite3.connect(tmp_path / "gw.sqlite") as db:
+        failed = [datetime.fromisoformat(ts) for ts, in db.execute("SELECT ts FROM telemetry_failed_reads")]
+    return lambda t: any(t <= f < t + g * S for f in failed)
+
+
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("poll, timeout", [
     (0.5, 0.3),     # a silent read fails before the next tick: each tick of the fault is a failed read
@@ -96,7 +103,10 @@ async def test_intervals_spanning_a_meter_fault_reach_the_vtn_marked_and_whole_o
     assert EPOCH + timedelta(seconds=b + g) not in got, got     # silent throughout: no value to send
     assert got[c] == SUB_NORMAL, got
     whole = {t: q for t, q in got.items() if t < a - g * S or t >= after}
-    assert whole and set(whole.values()) == {None}, got     # unmarked: as sent before there were markings
+    # unmarked, as sent before there were markings; but for a read that really failed outside the fault (one timed
+    # out at 0.3 s right after it, in a CI run at -n 6: that interval went marked, rightly)
+    read_failed = failed_reads(tmp_path, g)
+    assert whole and all(q is None or read_failed(t) for t, q in whole.items()), got
     assert not [r for r in caplog.records if r.exc_info], "no stack traces for an expected fault"
 
 
@@ -225,14 +235,12 @@ async def test_an_interval_the_gateway_was_not_running_for_part_of_reaches_the_v
     finally:
         gateway.stop()
     got = qualities(vtn)
-    with sqlite3.connect(tmp_path / "gw.sqlite") as db:
-        # reads that really failed: a loaded machine once timed out the very first one, and the first interval, a few
-        # ticks long, went marked, rightly. Only those may mark an interval other than A; the restart's gap is not one
-        failed = [datetime.fromisoformat(ts) for ts, in db.execute("SELECT ts FROM telemetry_failed_reads")]
-    read_failed = lambda t: any(t <= f < t + g * S for f in failed)     # noqa: E731
-    assert got[a] == SUB_NORMAL and (got[after] is None or read_failed(after)), (got, failed)
+    # reads that really failed: a loaded machine once timed out the very first one, and the first interval, a few
+    # ticks long, went marked, rightly. Only those may mark an interval other than A; the restart's gap is not one
+    read_failed = failed_reads(tmp_path, g)
+    assert got[a] == SUB_NORMAL and (got[after] is None or read_failed(after)), got
     before = {t: q for t, q in got.items() if t < a}
-    assert before and all(q is None or read_failed(t) for t, q in before.items()), (got, failed)
+    assert before and all(q is None or read_failed(t) for t, q in before.items()), got
     log = gateway.log()
     assert log.count("meter not read for ") == 1 and "Traceback" not in log, log[-3000:]
 
