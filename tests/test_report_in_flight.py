@@ -52,6 +52,24 @@ async def holding_an_update(server, rrid: str):
         release.set()
 
 
+@contextlib.contextmanager
+def failing_updates(server, rrid: str):
+    """While the block runs, the VTN fails (HTTP 500) each update under `rrid`: the readings that request holds stay
+    held, for a request of another granularity asked for meanwhile (taken, they left the queue)."""
+    handlers = server._server.services["report_service"].handlers
+    takes, failing = handlers["oadrUpdateReport"], [True]
+
+    async def failing_the_request(payload):
+        if failing[0] and any(r["report_request_id"] == rrid for r in payload.get("reports") or []):
+            raise RuntimeError("demo VTN: the other request's update failed on purpose")
+        return await takes(payload)
+    handlers["oadrUpdateReport"] = failing_the_request
+    try:
+        yield
+    finally:
+        failing[0] = False
+
+
 async def each_interval_once(server, rig, old: str, new: str) -> None:
     """Both requests' intervals together are the stream: nothing twice, nothing lost, the means of its readings; and
     the new request's first report is dated from the end of the old one's last interval."""
@@ -105,24 +123,16 @@ async def test_a_request_cancelled_while_its_update_was_on_the_way_and_asked_aga
     async with streaming(tmp_path, free_tcp_port()) as (server, rig, old):
         other = server.create_report(rig.vtn.ven_id, 2 * S, 2 * S)
         await until(lambda: len(received(server, rrid=other)) >= 2, 8, "both served")
-        handlers = server._server.services["report_service"].handlers
-        takes, refusing = handlers["oadrUpdateReport"], asyncio.Event()
-
-        async def refusing_the_other(payload):
-            if refusing.is_set() and any(r["report_request_id"] == other for r in payload.get("reports") or []):
-                raise RuntimeError("demo VTN: the other request's update failed on purpose")
-            return await takes(payload)
-        handlers["oadrUpdateReport"] = refusing_the_other
-        refusing.set()      # the readings of the update under `old` stay held for `other`
-        async with holding_an_update(server, old):
-            server.cancel_report(rig.vtn.ven_id, old)
-            await until(lambda: said(caplog, f"the VTN cancelled the telemetry report (request {old})"), 10,
-                        "the cancel taken while the update was on the way")
-        sent = len(received(server, rrid=old))
-        await until(lambda: len(received(server, rrid=old)) > sent, 10, "the update under the cancelled request taken")
-        new = server.create_report(rig.vtn.ven_id, S, S)
-        await until(lambda: rig.vtn.status()["report_request_id"] == new, 10, "the new request")
-        refusing.clear()
+        with failing_updates(server, other):   # the readings of the update under `old` stay held for `other`
+            async with holding_an_update(server, old):
+                server.cancel_report(rig.vtn.ven_id, old)
+                await until(lambda: said(caplog, f"the VTN cancelled the telemetry report (request {old})"), 10,
+                            "the cancel taken while the update was on the way")
+            sent = len(received(server, rrid=old))
+            await until(lambda: len(received(server, rrid=old)) > sent, 10,
+                        "the update under the cancelled request taken")
+            new = server.create_report(rig.vtn.ven_id, S, S)
+            await until(lambda: rig.vtn.status()["report_request_id"] == new, 10, "the new request")
         await each_interval_once(server, rig, old, new)
         # the other whole too, from its first interval (the readings before it came were sent under `old` alone)
         got = received(server, rrid=other)[1:]
