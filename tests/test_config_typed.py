@@ -312,6 +312,12 @@ def test_a_ca_file_for_a_plain_http_vtn_is_a_warning():
      "Unclosed inline table (at line 1, column 67): 'http = ... (a secret: not shown)'"),
     ('openadr = { "passphrase" = "s3cret", x }\n',
      "Expected '=' after a key in a key/value pair (at line 1, column 40): 'openadr = ... (a secret: not shown)'"),
+    # the line named is inside a multi-line secret: it was quoted, a piece of the secret with it
+    ('[openadr]\npassphrase = """s3cret\nmore\\q s3cret"""\n',
+     "Unescaped '\\' in a string (at line 3, column 7): 'passphrase = ... (a secret: not shown)'"),
+    # a multi-line secret closed before the line named, a multi-line name open at it: the line is the name's
+    ("[http]\ntoken = '''\ns3cret\n'''\n[bacnet]\ndevice_name = \"\"\"a\nb\\q\"\"\"\n",
+     "Unescaped '\\' in a string (at line 7, column 4): 'b\\\\q\"\"\"'"),
 ])
 def test_a_syntax_error_quotes_its_line(tmp_path, toml, said):
     p = _write(tmp_path, toml)

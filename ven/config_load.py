@@ -204,16 +204,38 @@ def _quoted_line(text: str, error: str) -> str:
     lines = text.splitlines()
     if not found or not 0 < int(found.group(1)) <= len(lines):
         return ""
-    line = lines[int(found.group(1)) - 1].strip()
-    key = line.partition("=")[0].strip().strip("\"'")
+    number = int(found.group(1))
+    line = lines[number - 1].strip()
+    # inside a multi-line string the line is part of a value: whose value, the line that opened it says
+    owner = _multiline_opened_by(lines[:number - 1]) or line
+    key = owner.partition("=")[0].strip().strip("\"'")
     secrets = {name for _, name in SECRETS}
     # the error goes to the journal; a secret may be on the line as its key, or inside an inline table
     if key.rpartition(".")[2].lower() in secrets or re.search(
-            rf"\b({'|'.join(secrets)})[\"']?\s*=", line, re.IGNORECASE):
+            rf"\b({'|'.join(secrets)})[\"']?\s*=", owner, re.IGNORECASE):
         line = f"{key} = ... (a secret: not shown)"
     line = re.sub(r"(//[^/@:\s]*:)[^/@\s]*@", r"\1***@", line)   # a URL's password, as shown_url does
     twice = " (a key given twice?)" if error.startswith("Cannot overwrite a value") else ""
     return f": {line[:120]!r}{twice}" if line else ""
+
+
+def _multiline_opened_by(lines: list[str]) -> str | None:
+    """The line that opened a multi-line string still open after these lines, or None."""
+    opened = None
+    for line in lines:
+        at = 0
+        while True:
+            if opened is None:
+                found = re.compile(r'"""|\'\'\'').search(line, at)
+                if not found:
+                    break
+                opened, delimiter, at = line.strip(), found.group(), found.end()
+            else:
+                end = line.find(delimiter, at)
+                if end < 0:
+                    break
+                opened, at = None, end + 3
+    return opened
 
 
 def load_config(path: str | os.PathLike | None, environ: Mapping[str, str] | None = None) -> GatewayConfig:
