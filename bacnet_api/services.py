@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import asyncio
 import calendar
+import functools
 import logging
 import math
 import time
@@ -729,9 +730,18 @@ class _Device:
 def machine_zone(now: float | None = None) -> tuple[int, bool]:
     """(utcOffset, daylightSavingsStatus) of the machine's zone at `now`, as the Device object has them
     (clause 12.11): the minutes from local standard time to UTC, west positive (UTC+1 is -60, summer and
-    winter), and whether summer time is in force. Standard time is the lower of the year's offsets on
-    1 January and 1 July (tzdata calls Dublin's winter time the daylight-saving one)."""
+    winter), and whether summer time is in force. Standard time is the lowest offset of the year (tzdata calls
+    Dublin's winter time the daylight-saving one, and Casablanca's Ramadan month is an hour behind the rest), so
+    localTime + utcOffset, less the summer hour, is UTC at every moment, as a BAS reckons it."""
     now = time.time() if now is None else now
-    year = time.localtime(now).tm_year
-    standard = min(time.localtime(calendar.timegm((year, month, 1, 0, 0, 0))).tm_gmtoff for month in (1, 7))
-    return round(-standard / 60), time.localtime(now).tm_gmtoff > standard
+    local = time.localtime(now)
+    standard = _lowest_offset(local.tm_year, time.tzname, time.timezone, time.altzone)
+    return round(-standard / 60), local.tm_gmtoff > standard
+
+
+@functools.lru_cache(maxsize=4)
+def _lowest_offset(year: int, *zone: object) -> int:
+    """The zone's lowest UTC offset (s) in `year`, seen at noon UTC each day (every clock change lasts weeks);
+    `zone` keys the cache to the TZ in force."""
+    noon = calendar.timegm((year, 1, 1, 12, 0, 0))
+    return min(time.localtime(noon + day * 86400).tm_gmtoff for day in range(365 + calendar.isleap(year)))
