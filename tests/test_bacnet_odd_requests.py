@@ -24,7 +24,7 @@ from bacpypes3.pdu import Address
 from bacpypes3.basetypes import DateTime
 from bacpypes3.primitivedata import CharacterString, Date, ObjectIdentifier, Real, Time
 
-from bacnet_api.points import INPUT_POWER
+from bacnet_api.points import EVENT_LEVEL, INPUT_POWER
 from waiting import eventually
 from test_bacnet_device import DEVICE_ID, gateway, peer, port_of, where  # noqa: F401 - shared fixtures
 from test_bacnet_services import errors_logged, request, write_multiple, write_one
@@ -352,3 +352,45 @@ async def test_a_datagram_that_is_not_bacnet_names_its_sender_and_changes_nothin
                      f"starting 3c 31 33 3e 44 65 63 20): ignored"], lines
     assert not [r for r in caplog.records if "unsupported message" in r.getMessage()]
     assert await peer.read(where(gateway), f"device {DEVICE_ID}", "objectName") == "TestGateway"
+
+
+WILDCARD = 4194303
+# (low, high) of a Who-Is or Who-Has, and whether the device (DEVICE_ID) is in it: the limits are plain numbers of an
+# inclusive range (clauses 16.9, 16.10), 4194303 too, which names "this device" only in a request to a device
+WHO_RANGES = [((0, WILDCARD), True), ((DEVICE_ID, DEVICE_ID), True), ((DEVICE_ID, WILDCARD), True),
+              ((WILDCARD, WILDCARD), False), ((DEVICE_ID + 1, WILDCARD), False), ((0, DEVICE_ID - 1), False),
+              ((WILDCARD, 0), False), ((WILDCARD, DEVICE_ID), False), ((DEVICE_ID, 0), False)]
+
+
+def _unsigned(tag: int, value: int) -> bytes:
+    octets = value.to_bytes(max(1, (value.bit_length() + 7) // 8), "big")
+    return bytes([(tag << 4) | 0x08 | len(octets)]) + octets
+
+
+async def test_who_is_and_who_has_answer_only_a_range_holding_the_device_4194303_included(gateway, peer):
+    """A BAS looking for devices by range gets this one's I-Am / I-Have only when its instance is in the range;
+    a range with 4194303 as a limit, or its limits the wrong way round, is not a wildcard."""
+    name = bytes([0x3D, 1 + len(EVENT_LEVEL), 0]) + EVENT_LEVEL.encode()     # [3] objectName, UTF-8
+    device = bytes([0x2C]) + struct.pack(">I", (8 << 22) | DEVICE_ID)       # [2] objectIdentifier
+    loop = asyncio.get_running_loop()
+    answered = {}
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.setblocking(False)
+        for (low, high), inside in WHO_RANGES:
+            limits = _unsigned(0, low) + _unsigned(1, high)
+            for service, apdu in (("Who-Is", bytes([0x10, 0x08]) + limits),
+                                  ("Who-Has name", bytes([0x10, 0x07]) + limits + name),
+                                  ("Who-Has device", bytes([0x10, 0x07]) + limits + device)):
+                npdu = bytes([0x01, 0x00]) + apdu
+                sock.sendto(bytes([0x81, 0x0A]) + struct.pack(">H", len(npdu) + 4) + npdu,
+                            ("127.0.0.1", port_of(gateway)))
+                try:
+                    async with asyncio.timeout(3.0 if inside else 0.25):   # an answer waits, silence not long
+                        data, _ = await loop.sock_recvfrom(sock, 1500)
+                    answered[(service, low, high)] = data[6:8].hex()   # 1000: I-Am, 1001: I-Have
+                except TimeoutError:
+                    answered[(service, low, high)] = None
+    expected = {(service, low, high): (kind if inside else None) for (low, high), inside in WHO_RANGES
+                for service, kind in (("Who-Is", "1000"), ("Who-Has name", "1001"), ("Who-Has device", "1001"))}
+    assert answered == expected
