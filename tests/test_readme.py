@@ -1,4 +1,5 @@
-"""README is the operator's reference: every configuration key and every BACnet point is documented."""
+"""README is the operator's reference: every configuration key and every BACnet point is documented there; what
+README and docs/*.md say of files, metrics, commands and each other's headings is true."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +7,12 @@ from pathlib import Path
 from bacnet_api.points import POINTS
 from ven.config import GatewayConfig
 
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+# the reference beyond README, by reader: each file as the repository names it
+DOCS = {p.relative_to(ROOT).as_posix(): p.read_text() for p in sorted((ROOT / "docs").glob("*.md"))}
+ALL_DOCS = {"README.md": README, **DOCS}
+EVERY_DOC = "\n\n".join(ALL_DOCS.values())
 
 
 def _keys(model, prefix=""):
@@ -45,7 +51,7 @@ def test_the_point_table_gives_each_points_access_units_state_texts_and_descript
     assert not wrong, f"README's point table differs from bacnet_api/points.py (shown, real): {wrong}"
 
 
-def test_every_metric_the_readme_names_is_exposed():
+def test_every_metric_the_readme_and_docs_name_is_exposed():
     # an operator writes alert rules from these names: a renamed metric must fail here, not in Prometheus
     import re
 
@@ -56,28 +62,46 @@ def test_every_metric_the_readme_names_is_exposed():
     families = list(text_string_to_metric_families(Metrics().render().decode()))
     # a histogram by its family's name, and a labelled series that has no sample before its first value
     exposed = {s.name for f in families for s in f.samples} | {f.name for f in families if f.type != "counter"}
-    named = set(re.findall(r"\bedge_gateway_[a-z_]+[a-z]", README))
+    named = set(re.findall(r"\bedge_gateway_[a-z_]+[a-z]", EVERY_DOC))
     assert named and not named - exposed, sorted(named - exposed)
 
 
-def test_every_link_within_the_readme_goes_to_one_of_its_headings():
+def _anchors(text: str) -> set[str]:
     # GitHub's anchors: the heading in lower case, spaces to hyphens, punctuation but hyphens dropped
     import re
 
-    anchors = {re.sub(r"[^a-z0-9 -]", "", h.lower()).replace(" ", "-")
-               for h in re.findall(r"^#+ (.+)$", README, re.MULTILINE)}
-    links = re.findall(r"\]\(#([^)]+)\)", README)
-    assert links, "no contents links"
-    assert not [a for a in links if a not in anchors], anchors
+    return {re.sub(r"[^a-z0-9 -]", "", h.lower()).replace(" ", "-") for h in re.findall(r"^#+ (.+)$", text, re.M)}
 
 
-def test_every_file_the_readme_names_exists():
+def test_every_link_within_the_readme_and_docs_goes_to_a_file_and_one_of_its_headings():
+    # `#cov` in its own file, `docs/bacnet.md#cov` from README, `../README.md#configuration` from docs/: a heading
+    # renamed or moved to another file must fail here, not leave the reader at the top of a page
+    import posixpath
     import re
 
-    root = Path(__file__).resolve().parent.parent
-    named = set(re.findall(r"`((?:examples|docker|bench|ven|bacnet_api|forecaster|tests)/[\w./-]+\w)`", README))
-    missing = [n for n in sorted(named) if not (root / n).exists()]
-    assert named and not missing, f"README names files the repository does not have: {missing}"
+    broken, linked = [], set()
+    for name, text in ALL_DOCS.items():
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target):
+                continue    # http:, https:, mailto: are not the repository's
+            path, _, anchor = target.partition("#")
+            to = posixpath.normpath(posixpath.join(posixpath.dirname(name), path)) if path else name
+            linked.add(to)
+            if not (ROOT / to).exists():
+                broken.append((name, target, "no such file"))
+            elif anchor and (to not in ALL_DOCS or anchor not in _anchors(ALL_DOCS[to])):
+                broken.append((name, target, "no such heading"))
+    assert re.findall(r"\]\(#([^)]+)\)", README), "no contents links"
+    assert not broken, broken
+    assert not set(DOCS) - linked, f"docs README does not lead to: {sorted(set(DOCS) - linked)}"
+
+
+def test_every_file_the_readme_and_docs_name_exists():
+    import re
+
+    named = set(re.findall(r"`((?:examples|docker|bench|docs|ven|bacnet_api|forecaster|tests)/[\w./-]+\w)`", EVERY_DOC))
+    missing = [n for n in sorted(named) if not (ROOT / n).exists()]
+    assert named and not missing, f"README or docs/ name files the repository does not have: {missing}"
 
 
 def test_example_config_shows_every_key():
@@ -220,13 +244,14 @@ def test_every_command_the_readme_shows_exists_with_the_options_it_gives():
     from ven.cli import build_parser
 
     subparsers = next(a for a in build_parser()._actions if a.dest == "command").choices
-    shown = _commands_in_readme()
-    unknown = sorted({sub for sub, _ in shown if sub not in subparsers})
-    assert not unknown, f"README runs commands the CLI does not have: {unknown}"
-    bad = sorted({(sub, opt) for sub, rest in shown for opt in re.findall(r"(?<![\w-])--[a-z][a-z-]*", rest)
+    shown = [(name, *c) for name, text in ALL_DOCS.items() for c in _commands_in_readme(text)]
+    unknown = sorted({(name, sub) for name, sub, _ in shown if sub not in subparsers})
+    assert not unknown, f"README or docs/ run commands the CLI does not have: {unknown}"
+    bad = sorted({(name, sub, opt) for name, sub, rest in shown for opt in re.findall(r"(?<![\w-])--[a-z][a-z-]*", rest)
                   if opt not in subparsers[sub]._option_string_actions})
-    assert not bad, f"README gives options these commands do not take: {bad}"
-    unmentioned = sorted(set(subparsers) - {sub for sub, _ in shown})
+    assert not bad, f"README or docs/ give options these commands do not take: {bad}"
+    # a newcomer meets every command in README itself
+    unmentioned = sorted(set(subparsers) - {sub for name, sub, _ in shown if name == "README.md"})
     assert not unmentioned, f"README never shows these commands: {unmentioned}"
 
 
@@ -273,8 +298,8 @@ def test_the_replay_synopsis_gives_every_option_forecast_replay_takes():
     from ven.cli import build_parser
 
     subparsers = next(a for a in build_parser()._actions if a.dest == "command").choices
-    synopsis = re.search(r"^```sh\nedge-gateway forecast-replay .*?^```", README, re.M | re.S)
-    assert synopsis, "README has no forecast-replay synopsis"
+    synopsis = re.search(r"^```sh\nedge-gateway forecast-replay .*?^```", EVERY_DOC, re.M | re.S)
+    assert synopsis, "neither README nor docs/ has a forecast-replay synopsis"
     missing = [o for a in subparsers["forecast-replay"]._actions for o in a.option_strings[-1:]
                if o not in ("--help",) and not re.search(rf"{o}(?![\w-])", synopsis.group(0))]
-    assert not missing, f"README's forecast-replay synopsis lacks: {missing}"
+    assert not missing, f"the forecast-replay synopsis lacks: {missing}"
