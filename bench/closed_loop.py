@@ -8,7 +8,7 @@ fading over --rebound-minutes. Runs, each against the uncontrolled building:
 
   none      the BAS does nothing (the open-loop flag: the truth the others are judged by)
   acting    the BAS sheds while the flag is on
-  told      as acting, and the flag's own sheds are given to set_curtailed (not what it is for: README, "The
+  told      as acting, and the flag's own sheds are given to set_curtailed (not what it is for: docs/bacnet.md, "The
             load flags")
   reported  as acting, and the BAS commands bas-shed-power with the kW it sheds: the forecaster is given each shed row
             with that added back (the gateway's forecast service does the addition live)

@@ -581,7 +581,7 @@ def test_a_slow_meter_poll_is_no_warning_for_a_programme_without_telemetry(tmp_p
     assert "poll_seconds" not in res.stdout and ": ok (" in res.stdout, res.stdout
 
 def test_an_input_stale_limit_past_the_demand_window_is_a_warning(tmp_path):
-    # raised for a BAS writing on change of value (README's advice), it outlasts the 15-minute demand window: a
+    # raised for a BAS writing on change of value (docs/bacnet.md's advice), it outlasts the 15-minute demand window: a
     # quarter-hour without power showed the forecasts in fault with no warning and no turn to the meter
     cfg = load_config(_write(tmp_path, "[forecaster]\ninput_stale_seconds = 1800\n"), environ={})
     assert cfg.warnings() == ["forecaster.input_stale_seconds (1800) is longer than the 15-minute demand window: about "

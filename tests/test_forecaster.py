@@ -334,7 +334,7 @@ def test_trend_holds_when_the_meter_reads_every_few_minutes():
 def test_rate_is_in_fault_after_a_silence_until_two_minutes_of_new_power():
     # A BAS writing each second, flat 200 kW for 3 min, silent 6 min (the points in fault past
     # input_stale_seconds), then flat 100 kW: the rate read -12 kW/min, live, from the first cycle
-    # (the widened window joined the fresh minute to those before the gap). README: fault until two
+    # (the widened window joined the fresh minute to those before the gap). docs/bacnet.md: fault until two
     # minutes of the new power are in, then the flat input's 0.
     fc = DemandForecaster(stale_seconds=30)
     for s in range(180):

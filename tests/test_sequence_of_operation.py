@@ -60,7 +60,7 @@ async def _flags_while_the_bas_writes(cfg, peer_port):
 async def test_load_flags_show_fault_while_there_is_no_threshold(tmp_path, free_udp_port, free_tcp_port):
     # A new install: percentile thresholds need a day of history. The forecasts are live, but the
     # load flags read inactive with statusFlags normal: a BAS holding a peak limit on high-load read
-    # "no peak" where the gateway could not tell (README: "no data" never reads as "no peak").
+    # "no peak" where the gateway could not tell (docs/bacnet.md: "no data" never reads as "no peak").
     cfg = _config(tmp_path, free_udp_port(), free_tcp_port())
     flags = await _flags_while_the_bas_writes(cfg, free_udp_port())
     for name in FLAGS:
@@ -119,7 +119,7 @@ async def test_a_restart_keeps_a_held_high_load(tmp_path, free_udp_port, free_tc
 
 async def test_a_load_flag_in_fault_reads_inactive_while_its_minimum_on_time_holds_it(tmp_path, free_udp_port,
                                                                                        free_tcp_port):
-    # A BAS writing on change of value, with input_stale_seconds raised for it as the README suggests, wrote
+    # A BAS writing on change of value, with input_stale_seconds raised for it as docs/bacnet.md suggests, wrote
     # nothing for 16 minutes at a steady high load: the 15-minute demand window emptied, the forecasts went to
     # fault, and high-load-conditions read ACTIVE with statusFlags fault while its minimum on-time held it. The
     # sequence says a flag in fault reads inactive ("cannot tell"), as it does while the input is stale.

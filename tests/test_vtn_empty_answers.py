@@ -55,7 +55,7 @@ async def test_an_empty_answer_to_an_update_is_no_answer_said_once_and_the_inter
             await rig.stop_meter()
             await until(lambda: drained(rig), 10, "drained")
             # each interval reached the VTN at least once: the ones whose answer was lost went again (the VTN can tell
-            # them by reportRequestID and dtstart; the README says delivery is at least once)
+            # them by reportRequestID and dtstart; docs/openadr.md says delivery is at least once)
             assert {t for t, _, _ in received(vtn)} == {t for t, _, _ in expected(rig.taken, timedelta(seconds=1))}
             assert len(said(caplog, "not telemetry updates")) == 1
 

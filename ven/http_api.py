@@ -5,7 +5,7 @@ token (`http.token`) and refuses to start without one. The static dashboard file
 are served without the token; every data endpoint checks it. /healthz stays open so an orchestrator
 can probe it; it reveals only ok/not-ok and a one-line reason.
 
-The application is reached only through a GatewayView. README's "/api/status fields" is the reference for
+The application is reached only through a GatewayView. docs/operator-api.md's "/api/status fields" is the reference for
 what each field means; below is the shape, abridged from a running gateway, that ven/web/*.js draws (a field
 the page reads that no gateway sends is a tooltip or a warning that never shows: the tests' statuses come from
 a real Gateway where they can).

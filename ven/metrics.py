@@ -16,7 +16,7 @@ from prometheus_client import disable_created_metrics
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 # a counter's <name>_created series (its creation time, one more series per counter) is no use to an alert, and
-# the README's /metrics reference would have to list each
+# docs/operator-api.md's /metrics reference would have to list each
 disable_created_metrics()
 
 PREFIX = "edge_gateway"
@@ -153,6 +153,7 @@ class Metrics:
                                                   ["horizon"], registry=r)
         self.uptime_seconds = Gauge(f"{p}_uptime_seconds", "Seconds since the gateway started", registry=r)
         # the process's memory, CPU and file descriptors (process_*): README's memory bound, the HTTP cap's reason
+        # (docs/operator-api.md)
         ProcessCollector(registry=r)
         self.build_info = Info(f"{p}_build", "Gateway version", registry=r)
         for gauge in (self.meter_kw, self.input_kw, self.input_age_seconds, self.clock_synchronized,

@@ -1,7 +1,7 @@
 """The time the meter was not read, for the VTN: while the gateway was not running, and while a wall clock stepped
 ahead between two reads. Noted in the telemetry queue, so the intervals it falls in count the poll ticks missed as
-failed reads (README "Data quality"), with the wall clock's faults at a start (not set yet, behind the run before)
-told apart from a stop."""
+failed reads (docs/openadr.md "Data quality"), with the wall clock's faults at a start (not set yet, behind the run
+before) told apart from a stop."""
 from __future__ import annotations
 
 import logging
@@ -38,7 +38,7 @@ class ReadGaps:
     def note_not_running(self) -> None:
         # The meter was not read while the gateway was not running: the intervals that began before the stop (or
         # crash) and the one the first read falls in would go to the VTN as if read throughout, and the utility
-        # settles on them. Their missed ticks count as failed reads (README "Data quality").
+        # settles on them. Their missed ticks count as failed reads (docs/openadr.md "Data quality").
         now, last = datetime.now(timezone.utc), self._telemetry.last_read()
         if last is None:
             return

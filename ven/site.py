@@ -72,7 +72,7 @@ def other_site_warnings(path: str | Path, site: str) -> list[str]:
         return []
     held = _held(Path(path))
     return [f"storage.path {path} holds the state of another VEN ({changed[1]}{f'; it holds {held}' if held else ''}): "
-            f"`run` moves it aside and begins a new file (README: a box moved to another site)"]
+            f"`run` moves it aside and begins a new file (docs/operations.md: a box moved to another site)"]
 
 
 def set_aside_if_other_site(path: str | Path, site: str) -> dict | None:
@@ -101,11 +101,12 @@ def set_aside_if_other_site(path: str | Path, site: str) -> dict | None:
         # took writes again. Only a box that moved meets this, with someone at it.
         raise ConfigError(f"storage.path {p} holds the state of another VEN ({changed}) and cannot be moved aside: "
                           f"{err.strerror or err}. Move it away (or make its directory writable) and start again; "
-                          f"if the box did not move, delete its record of the VEN (README: the storage file)") from None
+                          f"if the box did not move, delete its record of the VEN "
+                          f"(docs/operations.md: the storage file)") from None
     log.warning("storage.path %s held the state of another VEN (%s%s): moved to %s and a new file begun, so nothing "
                 "of another site's is sent to the VTN, run or forecast from. If the box did not move (the VEN renamed, "
-                "the VTN moved to another host) and that state is this site's, README \"The storage file\" says how to "
-                "put it back", p, changed, f"; it holds {held}" if held else "", aside.name)
+                "the VTN moved to another host) and that state is this site's, docs/operations.md \"The storage file\" "
+                "says how to put it back", p, changed, f"; it holds {held}" if held else "", aside.name)
     return {"to": str(aside), "changed": changed, "held": held,
             "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 

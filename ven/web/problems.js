@@ -75,7 +75,7 @@ export function findProblems(health) {
     add("storage-moved", "warn", "Storage file begun anew",
         `at ${stampText(moved.at)} storage.path held the state of another VEN (${moved.changed || "another ven_name or VTN host"})` +
         `${moved.held ? `: ${moved.held}` : ""}; it was moved to ${moved.to || "a file beside it"}, and nothing of it is sent to the VTN, run or forecast from`,
-        "nothing to do if the box moved to this site or was imaged from another; if not (the VEN renamed, the VTN on another host), README \"The storage file\" says how to put it back. This clears at the next restart");
+        "nothing to do if the box moved to this site or was imaged from another; if not (the VEN renamed, the VTN on another host), docs/operations.md \"The storage file\" says how to put it back. This clears at the next restart");
   }
   const twins = (gw.device || {}).twins;
   if (Array.isArray(twins) && twins.length) {
