@@ -3,7 +3,7 @@
 A utility reads each interval as "the mean power over [dtstart, dtstart + duration)", and adds
 intervals up to energy. So samples are grouped into buckets of the requested granularity laid on
 a clock grid (start = origin + floor((t - origin) / G) * G; the origin is the UTC epoch unless the request
-starts on a quarter-hour, see vtn_reports.report_origin; whole days from a midnight of the building's zone are
+starts on a quarter-hour, see report_origin; whole days from a midnight of the building's zone are
 that zone's days, see Grid), each bucket's value is the mean of the readings
 taken in it, and a bucket is ready only once its end has passed: a bucket sent early would be
 sent again, changed, when its later readings arrive. A bucket with no reading is not sent (no
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, timezone, tzinfo
+from datetime import UTC, date, datetime, time, timedelta, timezone, tzinfo
 from typing import Iterable, Protocol
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -164,3 +164,51 @@ def _whole_microseconds(d: timedelta) -> int:
     if us <= 0:
         raise ValueError(f"granularity must be positive, got {d}")
     return us
+
+
+def _whole_seconds(d: timedelta) -> timedelta:
+    """Durations go on the wire in whole seconds: a period of 3.5 days is said and kept as P3DT12H, not less."""
+    return timedelta(seconds=max(1, int(d.total_seconds())))
+
+
+QUARTER_HOUR = timedelta(minutes=15)
+NOW_SLACK = timedelta(minutes=2)     # a dtstart this close to the request's arrival is "now", not a clock time
+
+
+def report_origin(spec: dict, now: datetime | None = None) -> datetime:
+    """Where a request's interval grid is laid from: its reportInterval's start when that is on a quarter-hour and
+    more than NOW_SLACK from `now`, else the UTC epoch (the UTC clock grid of its granularity).
+
+    A VTN asking for hourly or daily intervals from a local midnight or hour wants them on its local clock: in
+    Kolkata (+05:30) or Kathmandu (+05:45) the UTC hours straddle two of its billing hours, and a day from UTC
+    midnight is two of its days. Every zone's local quarter-hours are UTC quarter-hours, so a start on one is a
+    clock time the VTN chose; a start at any other time, or the time of the request itself (a VTN writing when it
+    asked, rounded to the minute), gets the UTC grid, as intervals that divide 15 minutes always do."""
+    start = ((spec.get("report_interval") or {}).get("dtstart"))
+    now = datetime.now(UTC) if now is None else now
+    if isinstance(start, datetime) and start.tzinfo is not None and bucket_start(start, QUARTER_HOUR) == start \
+            and abs(start - now) > NOW_SLACK:
+        return start
+    return EPOCH
+
+
+def _report_window(spec: dict, granularity: timedelta, origin: datetime = EPOCH,
+                   zone: tzinfo | None = None) -> tuple[datetime | None, datetime | None]:
+    """A request's reportInterval ("the overall period of reporting") as the intervals on the clock grid
+    that overlap it: the start of the first, the end of the last (a VTN writing its request's time as
+    dtstart gets the interval in progress, not the next one). A duration of 0 (or none) reports until
+    cancelled, and from the queue's head: a VTN back from an outage that asks from now would otherwise
+    have the readings queued meanwhile dropped, which the gateway keeps for it."""
+    period = spec.get("report_interval") or {}
+    start, length = period.get("dtstart"), period.get("duration")
+    if not isinstance(start, datetime) or not isinstance(length, timedelta) or length <= timedelta(0):
+        return None, None
+    try:
+        on = grid(granularity, origin, zone)
+        # whole days of a grid of local days are as many local days too (RFC 5545's nominal days): P30D from 1 March
+        # ends at a midnight, not an hour into 31 March's day (one more interval) once summer time began
+        end = (start + length if on.zone is None or length % DAY
+               else (start.astimezone(on.zone) + length).astimezone(UTC))
+        return on.start(start), end if on.start(end) == end else on.next(end)
+    except OverflowError:   # past the year 9999: "until further notice" written as a duration (P9999Y)
+        return None, None

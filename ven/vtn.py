@@ -8,9 +8,10 @@ telemetry: each sample is committed to SQLite first and deleted only after the V
 oadrUpdateReport carrying its interval (the mean over the requested granularity) with a 200.
 openleadr's own scheduler is never started: polling and reporting run here, so nothing is sent that
 this module cannot account for.
-The transport (ven/vtn_transport.py), event intake and opt answers (ven/vtn_events.py), telemetry
-(ven/vtn_reports.py), the site's status (ven/vtn_status.py) and the outage log (ven/vtn_outage.py) are modules of
-their own; VtnClient, its registration and its session are here.
+The transport (ven/vtn_transport.py), event intake and opt answers (ven/vtn_events.py), telemetry (its requests
+ven/vtn_reports.py, their delivery ven/vtn_delivery.py, each update ven/vtn_updates.py), the site's status
+(ven/vtn_status.py) and the outage log (ven/vtn_outage.py) are modules of their own; VtnClient, its registration
+and its session are here.
 """
 from __future__ import annotations
 
@@ -35,8 +36,10 @@ from .schedule import EventSchedule
 from .telemetry import TelemetryQueue
 from .vtn_events import VtnEvents
 from .vtn_outage import VtnOutage, _Outage
+from .vtn_delivery import VtnDelivery
 from .vtn_reports import Standing, Unrequested, VtnReports
 from .vtn_status import StatusRequest, VtnStatus
+from .vtn_updates import VtnUpdates
 from .vtn_transport import (EMPTY_ANSWER, EVENT_BUG_THEN, INVALID_ID, NOT_REGISTERED, _Client, _NoScheduler,
                             _ei_response, _fault_kind, _iso, _length, _response_code, _utcnow, poll_period,
                             whole_seconds)
@@ -57,7 +60,7 @@ MAX_GRANULARITY = timedelta(hours=1)   # the coarsest interval offered (any mult
 UNKNOWN_VEN_CODES = (INVALID_ID, NOT_REGISTERED)
 
 
-class VtnClient(VtnEvents, VtnReports, VtnStatus, VtnOutage):
+class VtnClient(VtnEvents, VtnReports, VtnDelivery, VtnUpdates, VtnStatus, VtnOutage):
     def __init__(self, config: OpenadrConfig, schedule: EventSchedule, telemetry: TelemetryQueue,
                  on_connected: Callable[[bool], None] = lambda ok: None, online: Callable[[], bool] | None = None,
                  zone: tzinfo | None = None):

@@ -12,10 +12,10 @@ from datetime import datetime, timedelta
 
 from openleadr import enums as oenums, objects, utils as outils
 
-from .report_intervals import bucket_start, effective_granularity, next_boundary, report_period
+from .report_intervals import _report_window, bucket_start, effective_granularity, next_boundary, report_period
 from .tasks import woken
-from .vtn_reports import UPDATE_FAILURES, _report_window
 from .vtn_transport import _duration, _iso, _refusal, _response_code, _utcnow
+from .vtn_updates import UPDATE_FAILURES
 
 log = logging.getLogger("ven.vtn")
 
