@@ -19,9 +19,10 @@ from bacnet_api.settle import span
 
 from . import __version__
 from .cert_expiry import cert_expiry_warnings
-from .config import ConfigError, GatewayConfig, check_bacnet_address
+from .config import ConfigError, GatewayConfig
 from .config_checks import clock_sync_warnings, storage_problems, storage_warnings, tls_file_problems
 from .config_load import load_config
+from .config_text import check_bacnet_address
 from .logs import QuietAcceptErrors, refusal
 from .site import other_site_warnings, site_of
 

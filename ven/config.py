@@ -1,5 +1,6 @@
 """Gateway configuration: the keys, their defaults and their checks. One TOML file, environment variables
-override keys (ven.config_load reads them); ven.config_checks looks at the files on the machine.
+override keys (ven.config_load reads them); ven.config_checks looks at the files on the machine. The checks of a
+value as typed (text, hosts, URLs, tokens) are ven.config_text's, the warnings ven.config_warnings's.
 
 The key names are a public contract (README documents each one). Validation is strict: an unknown
 key or a wrong type is an error that names the key, so a typo never silently falls back to a default.
@@ -8,18 +9,16 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import os
 import re
-import unicodedata
-import urllib.parse
-import urllib.request
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-from .config_checks import _looked_for, _zone_mismatch
+from .config_checks import _looked_for
+from .config_text import (_UNSENDABLE, _fits_a_real, _host_port, _not_typed, _typed_text, _unsendable,
+                          check_bacnet_address, check_proxy_url, check_vtn_url, is_loopback_host, shown_url)
+from .config_warnings import GatewayWarnings, HttpWarnings, OpenadrWarnings
 
 
 class ConfigError(Exception):
@@ -37,98 +36,6 @@ _LISTED = BeforeValidator(lambda v: tuple(v) if isinstance(v, list) else v)
 # holidays = [2025-12-25], unquoted: a TOML date, which the installer meant as the day it reads as
 _TOML_DATES = BeforeValidator(lambda v: [d.isoformat() if type(d) is datetime.date else d for d in v]
                               if isinstance(v, list) else v)
-
-
-def _fits_a_real(v: float) -> float:
-    if abs(v) > 3.4028234663852886e38:   # the largest finite single-precision float
-        raise ValueError(f"must be within -3.4e38..3.4e38 (a BACnet Real), got {v:g}")
-    return v
-
-
-# zero-width non-joiner and joiner: typed inside a word of Persian, Hindi and other scripts (and inside an emoji), part
-# of the name as it is written there
-_JOINERS = "\u200c\u200d"
-
-
-def _typed_text(v: str) -> str:
-    """A name, path or URL as typed or pasted: a control character in it (a NUL, a line break from a value pasted or
-    set with echo) or a blank around it was taken as part of it, and failed far from here: a registration the VTN
-    refused or a URL it did not know, a traceback at `run` for a NUL in a path."""
-    bad = next((c for i, c in enumerate(v) if unicodedata.category(c) in ("Cc", "Cf")
-                and not (c in _JOINERS and 0 < i < len(v) - 1)), None)
-    if bad is not None:
-        # Cf: a zero-width space or byte-order mark copied from a web page or a document, invisible in an editor
-        what = "a control character" if unicodedata.category(bad) == "Cc" else "an invisible character"
-        raise ValueError(f"holds {what} ({bad!r}), got {v!r}")
-    if v != v.strip():
-        raise ValueError(f"has a blank at its start or end, taken as part of it: remove it, got {v!r}")
-    return v
-
-
-def is_loopback_host(host: str) -> bool:
-    if host.lower().rstrip(".") == "localhost":   # "localhost." is the same name, fully qualified
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a host name other than localhost may resolve anywhere
-
-
-# underscores too: not valid in DNS host names, but container names (edgegateway_vtn_1) resolve
-_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
-
-
-def _is_host(host: str) -> bool:
-    """An IP literal or a DNS name: a value such as "http://127.0.0.1" must fail here, not at bind time."""
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        pass
-    labels = host.removesuffix(".").split(".")
-    # an all-digit last label is a mistyped IPv4 address (300.1.1.1), never a resolvable name
-    return all(_HOST_LABEL.fullmatch(label) for label in labels) and not labels[-1].isdigit()
-
-
-def _host_port(value: str, what: str) -> str:
-    host, sep, port = value.rpartition(":")
-    if (not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536
-            or not _is_host(host)):
-        raise ValueError(f"{what} must look like host:port (no scheme or path), got {value!r}")
-    return value
-
-
-def check_bacnet_address(value: str) -> str:
-    """Raise ValueError unless `value` is an ip/mask:port a BACnet/IP stack can bind to."""
-    ip_mask, sep, port = value.rpartition(":")
-    mask = ip_mask.partition("/")[2]
-    if not sep or "/" not in ip_mask or not (port.isascii() and port.isdigit()):
-        raise ValueError(f"must look like ip/mask:port, e.g. 127.0.0.1/8:47808, got {value!r}")
-    try:
-        ipaddress.IPv4Interface(ip_mask)
-    except ValueError as err:
-        raise ValueError(f"{value!r}: {err}") from None
-    # BAC0 reads the mask with int() and treats 0 as "not given": 255.0.0.0 or /0 would silently
-    # become /24 on the default port
-    if not (mask.isascii() and mask.isdigit()) or not 1 <= int(mask) <= 32:
-        prefix = ipaddress.IPv4Interface(ip_mask).network.prefixlen   # a dotted netmask, as a NIC's settings show it
-        meant = f"; did you mean {ip_mask.partition('/')[0]}/{prefix}:{port}?" if "." in mask and prefix else ""
-        raise ValueError(f"{value!r}: the mask must be a prefix length 1..32, e.g. /24{meant}")
-    if not 0 < int(port) < 65536:
-        raise ValueError(f"{value!r}: port must be 1..65535")
-    iface = ipaddress.IPv4Interface(ip_mask)
-    ip, net = iface.ip, iface.network
-    # no NIC holds one of these: bacpypes3 bound to it anyway and the device "answered" nothing (a multicast
-    # address), or failed each broadcast in a traceback (the network's broadcast address)
-    kind = ("any address" if ip.is_unspecified else "a multicast address" if ip.is_multicast
-            else "a broadcast or reserved address" if ip.is_reserved or ip == ipaddress.IPv4Address("255.255.255.255")
-            else f"the broadcast address of {net}" if net.prefixlen <= 30 and ip == net.broadcast_address
-            else f"the network address of {net}" if net.prefixlen <= 30 and ip == net.network_address else None)
-    if kind:
-        raise ValueError(f"{value!r}: {ip} is {kind}, not a station's: give the address of the NIC that faces the BAS")
-    return value
 
 
 class BacnetConfig(_Section):
@@ -264,35 +171,7 @@ class MeterConfig(_Section):
         return check_configured(v) if v else v
 
 
-# forecaster.features.DEMAND_MINUTES, not imported: it would bring numpy into the start-up before the device answers
-_DEMAND_SECONDS = 15 * 60
-
-
-def shown_url(url: str) -> str:
-    """A URL as the log, check-config and /api/status show it: a password in it (user:password@, which aiohttp
-    sends as basic auth) as ***."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-        if parts.password is None:
-            return url
-    except ValueError:  # a URL urlsplit refuses (a stray "[") may still carry a password: mask what looks like one
-        return re.sub(r"(//[^/@:]*:)[^/@]*@", r"\1***@", url)
-    userinfo, _, hostport = parts.netloc.rpartition("@")
-    return parts._replace(netloc=f"{userinfo.partition(':')[0]}:***@{hostport}").geturl()
-
-
-# the OpenADR 2.0b services, each a path segment after the VTN's URL
-_SERVICES = {"eievent", "eireport", "eiregisterparty", "eiopt", "oadrpoll"}
-
-
-def _url_text(v: str, shown: str) -> None:
-    # a blank pasted after the URL went to the VTN as %20 in every request's path: 404 at each registration; urlsplit
-    # itself drops a line break or tab, which aiohttp sends
-    if any(c.isspace() or unicodedata.category(c) in ("Cc", "Cf") for c in v):
-        raise ValueError(f"holds a blank, control or invisible character (pasted with it?), got {shown!r}")
-
-
-class OpenadrConfig(_Section):
+class OpenadrConfig(_Section, OpenadrWarnings):
     vtn_url: str = "http://127.0.0.1:8080/OpenADR2/Simple/2.0b"
     ven_name: str = Field("edge-gateway", min_length=1)
     report_resource_id: str = Field("main-meter", min_length=1)
@@ -354,31 +233,7 @@ class OpenadrConfig(_Section):
     @field_validator("vtn_url")
     @classmethod
     def _url(cls, v: str) -> str:
-        # the errors go to the journal (check-config is the unit's ExecStartPre): the password in it as *** there too
-        shown = shown_url(v)
-        _url_text(v, shown)
-        if not v.startswith(("http://", "https://")):
-            raise ValueError(f"must start with http:// or https://, got {shown!r}")
-        try:
-            url = urllib.parse.urlsplit(v)
-            port = url.port  # urlsplit checks the port only when it is read
-        except ValueError as err:
-            raise ValueError(f"{shown!r}: {err}") from None
-        if port == 0:
-            raise ValueError(f"{shown!r}: port must be 1..65535")
-        if not url.hostname or not _is_host(url.hostname):
-            raise ValueError(f"needs a host, e.g. http://vtn.example:8080/OpenADR2/Simple/2.0b, got {shown!r}")
-        # each request goes to vtn_url + "/" + the service: after a query or a fragment, or after a service already
-        # (a request URL copied from the VTN's log), every one of them was a 404
-        if url.query or url.fragment or v.endswith(("?", "#")):
-            raise ValueError(f"takes no ?query or #fragment (the gateway appends /EiEvent, /OadrPoll ... to it), "
-                             f"got {shown!r}")
-        service = url.path.rstrip("/").rpartition("/")[2]
-        if service.lower() in _SERVICES:
-            base = shown.rstrip("/").removesuffix(service).rstrip("/")
-            raise ValueError(f"ends in the OpenADR service {service} (the gateway appends each service to it): "
-                             f"did you mean {base!r}?")
-        return v
+        return check_vtn_url(v)
 
     @property
     def proxy_shown(self) -> str:
@@ -387,25 +242,7 @@ class OpenadrConfig(_Section):
     @field_validator("proxy")
     @classmethod
     def _proxy(cls, v: str) -> str:
-        if not v:
-            return v
-        shown = shown_url(v)
-        _url_text(v, shown)
-        example = "e.g. http://proxy.site:3128 or http://user:password@proxy.site:3128"
-        if not v.startswith("http://"):
-            # https:// to the VTN goes through the proxy too (CONNECT); only the hop to the proxy is plain http
-            raise ValueError(f"must start with http:// (the hop to the proxy; an https:// VTN is reached through it "
-                             f"with CONNECT), {example}, got {shown!r}")
-        try:
-            url = urllib.parse.urlsplit(v)
-            port = url.port
-        except ValueError as err:
-            raise ValueError(f"{shown!r}: {err}") from None
-        if not url.hostname or not _is_host(url.hostname) or not port:
-            raise ValueError(f"needs a host and a port, {example}, got {shown!r}")
-        if url.path not in ("", "/") or url.query or url.fragment:
-            raise ValueError(f"takes no path, {example}, got {shown!r}")
-        return v
+        return check_proxy_url(v)
 
     @field_validator("telemetry_seconds")
     @classmethod
@@ -442,46 +279,6 @@ class OpenadrConfig(_Section):
                              f"retry_max_seconds ({self.retry_max_seconds:g})")
         return self
 
-    def transport_warnings(self) -> list[str]:
-        """What a VTN off this machine is exposed to through this configuration. On loopback nothing crosses a
-        network (the demo, the examples). The host alone is named: a URL may carry a password."""
-        host = urllib.parse.urlsplit(self.vtn_url).hostname or ""
-        if is_loopback_host(host):
-            return []
-        if self.vtn_url.startswith("http://"):
-            # openleadr's VTN checks a VEN's signatures only over TLS; the VEN checks the VTN's (and refuses
-            # unsigned answers) only with vtn_fingerprint
-            injected = (" (openadr.vtn_fingerprint still refuses events the VTN did not sign)" if self.vtn_fingerprint
-                        else ", and anyone on the path can send the gateway events, which drive ADR-Event-Level")
-            password = (", the utility account's password (user:password@ in the URL)"
-                        if urllib.parse.urlsplit(self.vtn_url).password is not None else "")
-            return [f"{self.named('vtn_url')} is plain http to {host}, not loopback: events, opt answers{password} and "
-                    f"telemetry cross the network in clear text{injected}: use https:// with openadr.cert and "
-                    f"openadr.key"]
-        if not self.cert:
-            # the VEN then presents no client certificate and signs nothing: openleadr's VTN resets the
-            # handshake, or answers 463 once registered
-            return [f"{self.named('vtn_url')} is https but openadr.cert and openadr.key are unset: the gateway "
-                    f"presents no client certificate, so the VTN refuses it (OpenADR 2.0b requires one) or cannot "
-                    f"tell its opt answers and telemetry from anyone else's: set both"]
-        return []
-
-    def environment_proxy_warnings(self, environ: Mapping[str, str]) -> list[str]:
-        """A proxy variable in the gateway's environment while openadr.proxy is unset: whoever set it (in the unit
-        file, the container) expects the VTN to be reached through it, and would find only "VTN unreachable"."""
-        host = urllib.parse.urlsplit(self.vtn_url).hostname or ""
-        if self.proxy or is_loopback_host(host):
-            return []
-        scheme = "https" if self.vtn_url.startswith("https://") else "http"
-        no_proxy = environ.get("no_proxy") or environ.get("NO_PROXY") or ""
-        if no_proxy and urllib.request.proxy_bypass_environment(host, {"no": no_proxy}):
-            return []
-        for name in (f"{scheme}_proxy", f"{scheme.upper()}_PROXY", "all_proxy", "ALL_PROXY"):
-            if environ.get(name):
-                return [f"{name} is set in the gateway's environment ({shown_url(environ[name])}) but is not read: "
-                        f"requests go straight to {host}; to reach the VTN through that proxy set openadr.proxy"]
-        return []
-
 
 class StorageConfig(_Section):
     path: str = "var/gateway.sqlite"
@@ -498,27 +295,7 @@ class StorageConfig(_Section):
         return v
 
 
-# A wrong token is answered at most a second late (ven.http_api.REFUSED_DELAY_MAX_S), over 64 connections at once:
-# 4 digits fall in minutes. 16 random characters are out of reach however many guesses
-MIN_TOKEN_CHARS = 16
-
-
-_UNSENDABLE = "a control character inside (a line break?), which no HTTP client can send in a header"
-
-
-def _unsendable(token: str) -> bool:
-    return any(ord(c) < 32 or ord(c) == 127 for c in token)
-
-
-def _not_typed(v: str) -> bool:
-    try:
-        _typed_text(v)
-    except ValueError:
-        return True
-    return False
-
-
-class HttpConfig(_Section):
+class HttpConfig(_Section, HttpWarnings):
     address: str = "127.0.0.1:8000"
     token: str = ""
     # a file holding the token (a Docker secret, a systemd credential): in neither the config nor the environment,
@@ -575,22 +352,6 @@ class HttpConfig(_Section):
             raise ValueError(f"address {self.address} is not loopback: set http.token (clients then send "
                              f"'Authorization: Bearer <token>') or bind to 127.0.0.1")
         return self
-
-    def warnings(self) -> list[str]:
-        """What the operator API exposes through this configuration. Warnings, not errors: an install that worked
-        keeps starting. The token itself is never shown."""
-        if not self.enabled:
-            return []
-        out = []
-        if not is_loopback_host(self.address.rpartition(":")[0]):
-            out.append(f"http.address {self.address} is not loopback: the dashboard, the API's answers and http.token "
-                       f"cross the network in clear text (plain HTTP): put a reverse proxy with TLS in front, with "
-                       f"http.address on 127.0.0.1, or reach it through an ssh tunnel")
-        if self.token and len(self.token) < MIN_TOKEN_CHARS:
-            out.append(f"http.token is {len(self.token)} characters: short enough to be found by trying (wrong tokens "
-                       f"are only slowed down a little): use at least {MIN_TOKEN_CHARS} random characters "
-                       f"(openssl rand -hex 16 makes 32)")
-        return out
 
 
 class ForecasterConfig(_Section):
@@ -679,7 +440,7 @@ class ForecasterConfig(_Section):
         return v
 
 
-class GatewayConfig(_Section):
+class GatewayConfig(_Section, GatewayWarnings):
     bacnet: BacnetConfig = BacnetConfig()
     meter: MeterConfig = MeterConfig()
     openadr: OpenadrConfig = OpenadrConfig()
@@ -687,16 +448,6 @@ class GatewayConfig(_Section):
     http: HttpConfig = HttpConfig()
     forecaster: ForecasterConfig = ForecasterConfig()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-
-    def _poll_too_slow(self) -> str | None:
-        """The meter read no more often than the forecaster calls its power stale: between two readings the forecast,
-        rate and load-flag points went to fault, with a WARNING "no power input" of a meter that answered each read."""
-        poll, stale = self.meter.poll_seconds, self.forecaster.input_stale_seconds
-        if poll < stale:
-            return None
-        return (f"meter.poll_seconds ({poll:g}) is not under forecaster.input_stale_seconds ({stale:g}): between two "
-                f"meter readings the forecaster has no power input, and the forecast, power-rate-of-change and load "
-                f"flag points show fault")
 
     def _is_own_station(self, where: str) -> bool:
         """Whether `where` (ip[:port]) is the gateway's own BACnet/IP device, which bacpypes3 then asks itself."""
@@ -720,56 +471,3 @@ class GatewayConfig(_Section):
         if self._is_own_station(self.meter.address):
             raise ValueError(f"meter.address {self.meter.address} is {own}: give the meter's address")
         return self
-
-    def _thresholds_beyond_the_input(self) -> list[str]:
-        # power outside bacnet.input_min_kw..input_max_kw is refused, and so is a forecast: a threshold beyond them
-        # kept its flag off for good (a kW threshold beside an input_max_kw written in MW, say). One at a bound is
-        # reached: the bounds take their own value, a flag turns on at its threshold, and a sub-meter's site with
-        # input_min_kw 0 forecasts 0 kW each night (low_load_kw 0: its plant is off)
-        b, f, out = self.bacnet, self.forecaster, []
-        if f.high_load_kw is not None and f.high_load_kw > b.input_max_kw:
-            out.append(f"forecaster.high_load_kw ({f.high_load_kw:g}) is above bacnet.input_max_kw "
-                       f"({b.input_max_kw:g}): power above that is refused, so high-load-conditions never turns on")
-        if f.low_load_kw is not None and f.low_load_kw < b.input_min_kw:
-            out.append(f"forecaster.low_load_kw ({f.low_load_kw:g}) is below bacnet.input_min_kw "
-                       f"({b.input_min_kw:g}): power below that is refused, so low-load-conditions never turns on")
-        return out
-
-    def warnings(self) -> list[str]:
-        """Settings that are valid but lose something the reader of the config likely wants."""
-        out = []
-        # (no report interval at all with openadr.telemetry = false)
-        if self.openadr.telemetry and self.meter.poll_seconds > self.openadr.telemetry_seconds:
-            out.append(f"meter.poll_seconds ({self.meter.poll_seconds:g}) is longer than openadr.telemetry_seconds "
-                       f"({self.openadr.telemetry_seconds:g}): report intervals the meter was not read in are not "
-                       f"sent to the VTN")
-        if self.meter.router:
-            from bacnet_api.client import network_of
-            if network_of(self.meter.address) is None:
-                out.append(f"meter.router ({self.meter.router}) is not used: meter.address {self.meter.address} is a "
-                           f"BACnet/IP address, read directly; meter.router is for a meter on another network "
-                           f"(network:mac, e.g. 12345:2): leave it empty")
-        # warnings, not errors: each costs the forecaster's points only, and a site upgraded with one had its gateway
-        # refuse to start, its demand response with it
-        why = self._poll_too_slow() if self.forecaster.source != "bacnet_input" else None
-        if why:     # auto: only while the meter stands in for a BAS that stopped writing
-            out.append(f"{why}: read the meter more often or raise input_stale_seconds" if self.forecaster.source ==
-                       "meter" else f"{why} whenever the meter stands in for the BAS input (forecaster.source auto)")
-        out += self._thresholds_beyond_the_input()
-        stale = self.forecaster.input_stale_seconds
-        if stale > _DEMAND_SECONDS:
-            out.append(f"forecaster.input_stale_seconds ({stale:g}) is longer than the 15-minute demand window: "
-                       f"about 15 minutes without power show the forecasts and the rate in fault while the input "
-                       f"does not count as stale yet (no warning, and `auto` does not turn to the meter until "
-                       f"{stale:g} s)")
-        if self.openadr.ca_file and self.openadr.vtn_url.startswith("http://"):
-            # set for a VTN on TLS, with the URL's scheme left at the example's http://
-            out.append(f"{self.openadr.named('ca_file')} is set but {self.openadr.named('vtn_url')} is plain http://: "
-                       f"it is not used, nothing checks the VTN's certificate (https:// meant?)")
-        out += self.openadr.transport_warnings()
-        out += self.openadr.environment_proxy_warnings(os.environ)
-        out += self.http.warnings()
-        zone = _zone_mismatch(self.forecaster.timezone)
-        if zone:
-            out.append(zone)
-        return out

@@ -92,7 +92,8 @@ from aiohttp import web, web_response
 
 from bacnet_api.settle import span
 
-from ven.config import ConfigError, is_loopback_host
+from ven.config import ConfigError
+from ven.config_text import is_loopback_host
 from ven.history_csv import history_csv, history_filename
 from ven.metrics import Metrics
 from ven.tasks import cancel_and_wait

@@ -24,7 +24,7 @@ from signxml.exceptions import InvalidSignature
 
 from bacnet_api.bug_guard import BugGuard
 
-from .config import shown_url
+from .config_text import shown_url
 from .events import OPEN_ENDED, SIMPLE, raw_signals, signal_name
 from .oadr_xml import validate_xml_schema
 
