@@ -36,6 +36,11 @@ class Flapping:
         self.since, self.times = now, 1
         return True
 
+    def restart(self, now: float) -> None:
+        """The open fault's settle period runs from `now`, as had the condition been bad until then: the same bad
+        stretch, not another (a first answer after a wait that outlasted the period, say)."""
+        self.last_bad = now
+
     def good(self, now: float) -> bool:
         """The condition is good at `now`; True when this ends the open fault (say so)."""
         self._bad = False

@@ -2,7 +2,7 @@
 forecaster and the schedule share."""
 import pytest
 
-from bacnet_api.settle import span
+from bacnet_api.settle import Flapping, span
 
 
 @pytest.mark.parametrize("seconds, said", [
@@ -14,3 +14,11 @@ from bacnet_api.settle import span
 ])
 def test_a_length_of_time_reads_at_a_glance(seconds, said):
     assert span(seconds) == said
+
+
+def test_a_restart_runs_the_settle_period_from_then_in_the_same_fault():
+    f = Flapping(60)
+    assert f.bad(0.0)
+    f.restart(50.0)
+    assert (f.open, f.times) == (True, 1)
+    assert not f.good(100.0) and f.good(110.0)

@@ -155,7 +155,7 @@ class VtnOutage:
                 o.down += now - o.down_since
                 # the settle period runs from the first answer: from the last failure, a registration backoff (up to
                 # 60 s, the period's default) had passed it, and the end was said at the third poll
-                self._settle.bad(now)
+                self._settle.restart(now)
                 # also a report's failure meanwhile (telemetry goes on while the registration stands): worded for
                 # its own request (its service's URL), one of the outage's causes all the same
                 if self.last_error is not None and _fault_kind(self.last_error) in o.kinds:
