@@ -409,6 +409,12 @@ class DemandForecaster:
                     for k in ks if 0 <= k - b.k0 < b.sums.size and b.counts[k - b.k0] > 0]
         return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
 
+    @property
+    def dirty_minutes(self) -> int:
+        """Minutes changed since the last drain: what the next save writes."""
+        with self._lock:
+            return len(self._dirty)
+
     def mark_dirty(self, ks) -> None:
         """Minutes a failed save drained: the next drain returns them again, with their values then."""
         with self._lock:

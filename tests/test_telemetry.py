@@ -44,7 +44,7 @@ def test_queue_keeps_order_survives_reopen_and_drops_oldest_beyond_bound(tmp_pat
     # what survived the restart is said then, not only once the VTN takes it (days later, with the VTN away)
     [said] = [r.getMessage() for r in caplog.records if "wait for the VTN" in r.getMessage()]
     assert said.startswith(f"storage.path {path}: 3 telemetry reading(s) in it wait for the VTN (the oldest "
-                           f"{(T0 + timedelta(seconds=30)).isoformat()[:19]}"), said
+                           f"{(T0 + timedelta(seconds=30)).isoformat()[:19]}Z)"), said   # as the log's own stamps
     q.add(T0 + timedelta(seconds=101), 99.0)                   # more than 60 s after 93 and 94: both go
     assert [s.kw for s in q.peek()] == [95.0, 99.0]
     assert q.dropped == 2

@@ -38,6 +38,7 @@ from .metrics import Metrics
 from .schedule import EventSchedule, ScheduleState
 from .site import SITE_KEY, set_aside_if_other_site, site_of
 from .storage import Storage, set_aside_if_damaged
+from .storage_fault import StorageFault
 from .tasks import at_most, cancel_and_wait
 from .telemetry import TelemetryQueue
 from .wallclock import CLOCK_FLOOR, clock_suspect
@@ -169,13 +170,17 @@ class Gateway:
             site = site_of(c.openadr.ven_name, c.openadr.vtn_url)
             # a box moved to another site: its file is the old site's
             self.moved_aside = set_aside_if_other_site(c.storage.path, site)
-            self.storage = Storage(c.storage.path, reopen_seconds=c.storage.retry_seconds)
+            # storage.path refusing writes is one fault in the log, whichever of its parts meets it
+            self.storage_fault = StorageFault(
+                c.storage.path, c.storage.retry_seconds,
+                parts=[p for p in ("events", "telemetry", "forecaster") if p != "telemetry" or c.openadr.telemetry])
+            self.storage = Storage(c.storage.path, reopen_seconds=c.storage.retry_seconds, fault=self.storage_fault)
             # recorded only in a file checked above and open now: one that opens later (a data volume mounted after
             # the start) may be another VEN's, which the next start then finds and moves aside
             if self.storage.conn is not None and self.storage.load_value(SITE_KEY) != site:
                 self.storage.save_value(SITE_KEY, site)
             self.telemetry = TelemetryQueue(c.storage.path, max_age=timedelta(days=c.openadr.queue_max_days),
-                                            reopen_seconds=c.storage.retry_seconds)
+                                            reopen_seconds=c.storage.retry_seconds, fault=self.storage_fault)
         self._level_log = LevelLog(self.storage, event=lambda event_id: self.schedule.get(event_id))
         self.schedule = EventSchedule(self.storage, on_change=self._on_schedule,
                                       programmes=frozenset(c.openadr.market_contexts))
@@ -215,7 +220,7 @@ class Gateway:
         low, high = self.device.input_bounds  # as the device compares them: what it takes, the forecaster takes
         service = ForecastService(c.forecaster, c.storage.path, publish=self._on_forecast, min_kw=low, max_kw=high,
                                   reopen_seconds=c.storage.retry_seconds, events=self._kept_events,
-                                  stalled=self._on_forecast_stalled)
+                                  stalled=self._on_forecast_stalled, fault=self.storage_fault)
         if self.device.running and (shed := self._commanded(P.SHED_POWER)):
             # a command restored at the start, told before the first sample (a BAS writing input-power-meter in the
             # first seconds builds the forecaster before start() does)
@@ -328,6 +333,9 @@ class Gateway:
             self.telemetry.note_last_read(max(read))
         self.telemetry.close()
         self.storage.close()
+        if (storage := self.storage_fault.fault()) and not any(f.startswith("storage.path") for f in still_open):
+            # met by the stop's own writes (the forecaster's last save, with its history the first to write since)
+            still_open.append(storage)
         if still_open:
             log.info("edge-gateway stopped with %s open, so no end line follows: %s",
                      "a fault" if len(still_open) == 1 else f"{len(still_open)} faults", "; ".join(still_open))
@@ -383,8 +391,8 @@ class Gateway:
             out.append("the machine's clock not synchronized")
         if self.cert_watch.state is not None:
             out.append(f"openadr.cert {self.cert_watch.state}")
-        if errors := self.storage_status()["errors"]:
-            out.append(f"storage.path not written ({', '.join(errors)})")
+        if storage := self.storage_fault.fault():
+            out.append(storage)
         if (comm := self.device.communication())["mode"] != "enable":
             out.append(f"BACnet communication initiation disabled by {comm.get('by') or 'a BACnet client'}")
         if foreign := self.device.foreign_fault():

@@ -83,8 +83,11 @@ class ForecastService:
                  clock: Callable[[], float] = time.time, min_kw: float = DEFAULT_MIN_KW,
                  max_kw: float = DEFAULT_MAX_KW,
                  reopen_seconds: float = REOPEN_SECONDS, events: Callable[[], list] = list,
-                 stalled: Callable[[], None] = lambda: None):
+                 stalled: Callable[[], None] = lambda: None, fault=None):
+        """`fault`: the gateway's one storage fault (ven/storage_fault.py), told of the history's writes failing and
+        working again in place of the service's own lines."""
         self.config = config
+        self._fault = fault
         self.storage_path = storage_path
         self._publish = publish
         # called after a cycle whose forecast did not reach the points (a bug): the last one is no longer live
@@ -128,6 +131,7 @@ class ForecastService:
         self._fit_retry_at: float | None = None    # while they fail: the next try (monotonic: unmoved by clock steps)
         self._fit_short = False
         self._store_failing = False
+        self._saved_minutes = 0     # written by the work _persist runs
         self.storage_error: str | None = None     # why storage.path took no write, while it does not (the status)
         self._missing_since: float | None = None    # the file found deleted (monotonic), while it stays so
         self._read_at_start = False                 # the file would not open at the start: its history was read
@@ -367,9 +371,12 @@ class ForecastService:
             self._store_failing = True      # _persist stays quiet from here on
             self.storage_error = with_fs_reason(str(err), self.storage_path)
             self._reopen = ReopenTimer(self._reopen_seconds)
-            log.error("storage.path %s: forecaster history cannot be stored (%s: %s); forecasting from "
-                      "memory, stored once the file opens (tried every %g s)", self.storage_path,
-                      type(err).__name__, self.storage_error, self._reopen_seconds)
+            if self._fault is not None:
+                self._fault.failed("forecaster", self.storage_error)
+            else:
+                log.error("storage.path %s: forecaster history cannot be stored (%s: %s); forecasting from "
+                          "memory, stored once the file opens (tried every %g s)", self.storage_path,
+                          type(err).__name__, self.storage_error, self._reopen_seconds)
             self._store, loaded = None, await loop.run_in_executor(self._cycle_pool, self._read_store)
         self._imported_sheds = loaded.get("set_aside", [])
         if self._warm is not None:
@@ -508,6 +515,12 @@ class ForecastService:
         if loaded.get("set_aside"):
             self._imported_sheds = loaded["set_aside"]
             self._events_told = None    # told again at the next cycle, with these
+        if self._fault is not None:
+            found = [f"{loaded['minutes']} minute(s) of history" if loaded["minutes"] else "",
+                     "its fitted model" if loaded["model"] else ""]
+            self._fault.written("forecaster", self.forecaster.dirty_minutes, f"the forecaster took up the "
+                                f"{' and '.join(f for f in found if f)} stored in it" if any(found) else "")
+            return
         if self._read_at_start:
             log.info("storage.path %s: opened for the forecaster (its history was read at the start)",
                      self.storage_path)
@@ -563,6 +576,7 @@ class ForecastService:
             self.forecaster.mark_dirty(ks)  # written with the next save that succeeds
             self._unsaved_forecasts = (forecasts + self._unsaved_forecasts)[-MAX_UNSAVED_FORECASTS:]
             raise
+        self._saved_minutes += len(ks)
         self._save_model(store)
 
     def _save_model(self, store: ForecastStore) -> None:
@@ -577,6 +591,7 @@ class ForecastService:
         self._persist(self._save)
 
     def _persist(self, work) -> None:
+        self._saved_minutes = 0
         try:
             work(self._store)
         except Exception as err:  # sqlite3 errors: keep forecasting, say so once
@@ -586,13 +601,20 @@ class ForecastService:
             if not self._store_failing:
                 if self._deleted_just_now():
                     return      # unsaved minutes stay dirty; the next cycle writes them
-                log.error("storage.path %s: forecast history not stored (%s: %s); forecasting from memory "
-                          "until it can", self.storage_path, type(err).__name__, why)
+                if self._fault is not None:
+                    self._fault.failed("forecaster", why)
+                else:
+                    log.error("storage.path %s: forecast history not stored (%s: %s); forecasting from memory "
+                              "until it can", self.storage_path, type(err).__name__, why)
             self._store_failing, self.storage_error = True, why
         else:
-            if self._store_failing:
-                log.info("storage.path %s: forecast history written again", self.storage_path)
+            was_failing = self._store_failing
             self._store_failing, self.storage_error = False, None
+            if was_failing and self._fault is not None:
+                # those not written by this work (a prune, a model) go with the next save
+                self._fault.written("forecaster", self._saved_minutes + self.forecaster.dirty_minutes)
+            elif was_failing:
+                log.info("storage.path %s: forecast history written again", self.storage_path)
             self._missing_since = None
 
     def _deleted_just_now(self) -> bool:

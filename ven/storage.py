@@ -450,15 +450,17 @@ class ReopenTimer:
 
 
 def open_or_retry_later(open_file: Callable[[], None], reopen_seconds: float | None,
-                        meanwhile: str) -> tuple[ReopenTimer | None, str | None]:
+                        meanwhile: str, say: bool = True) -> tuple[ReopenTimer | None, str | None]:
     """Call `open_file`; when the file will not open, StorageError without `reopen_seconds`, else
-    one ERROR saying what happens `meanwhile` and (the timer that paces retries, the reason)."""
+    one ERROR saying what happens `meanwhile` (unless not `say`: the caller reports it) and (the timer that
+    paces retries, the reason)."""
     try:
         open_file()
     except StorageError as err:
         if reopen_seconds is None:
             raise
-        log.error("%s; %s (tried every %g s); a restart before then loses them", err, meanwhile, reopen_seconds)
+        if say:
+            log.error("%s; %s (tried every %g s); a restart before then loses them", err, meanwhile, reopen_seconds)
         return ReopenTimer(reopen_seconds), str(err)
     return None, None
 
@@ -512,8 +514,9 @@ def with_fs_reason(text: str, p: str | os.PathLike) -> str:
     return text if reason.strip() in text else f"{text}{reason}"
 
 
-def _read_snapshot(path: Path) -> tuple[list[Event], dict[str, str]]:
-    """Events and kv values of a file that cannot be opened for writing, read-only; none if unreadable."""
+def _read_snapshot(path: Path, say: bool = True) -> tuple[list[Event], dict[str, str]]:
+    """Events and kv values of a file that cannot be opened for writing, read-only; none if unreadable. `say`: in
+    a line of its own."""
     for mode in ("mode=ro", "immutable=1"):  # immutable: no -shm can be made beside it, WAL unread
         try:
             with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?{mode}", uri=True,
@@ -522,7 +525,7 @@ def _read_snapshot(path: Path) -> tuple[list[Event], dict[str, str]]:
                 values = dict(db.execute("SELECT key, value FROM kv"))
         except sqlite3.Error:
             continue
-        if events or values:
+        if (events or values) and say:
             log.info("storage.path %s: read %d event(s) and the saved state from it, read-only", path, len(events))
         return events, values
     return [], {}
@@ -591,8 +594,11 @@ class Storage:
     to it; the events it already held come back from `take_found()`. Without it, StorageError."""
 
     def __init__(self, path: str | Path, reopen_seconds: float | None = None,
-                 lock_grace_seconds: float = LOCK_GRACE_SECONDS):
+                 lock_grace_seconds: float = LOCK_GRACE_SECONDS, fault=None):
+        """`fault`: the gateway's one storage fault (ven/storage_fault.py), told of this store's writes failing and
+        working again in place of the store's own lines."""
         self.path = Path(path)
+        self._fault = fault
         self._grace = LockGrace(lock_grace_seconds)
         self._retry_every = reopen_seconds
         self.conn: sqlite3.Connection | None = None
@@ -621,12 +627,16 @@ class Storage:
         # called when a write starts to fail: an owner pacing its retries by retry_seconds wakes to it
         self.on_write_failed: Callable[[], None] | None = None
         self._reopen, self.write_error = open_or_retry_later(
-            self._open, reopen_seconds, "events are kept in memory and written once it opens")
+            self._open, reopen_seconds, "events are kept in memory and written once it opens", say=fault is None)
         # a file that refuses writes may still be read (a file system gone read-only): what it holds
         # (events, the BAS's ADR-Opt-Out commands) is what a restart must not forget
         self._read_only: tuple[list[Event], dict[str, str]] = ([], {})
         if self.conn is None:
-            self._read_only = _read_snapshot(self.path)
+            self._read_only = _read_snapshot(self.path, say=fault is None)
+            if fault is not None:
+                read = (f"{len(self._read_only[0])} event(s) and the saved state read from it, read-only"
+                        if any(self._read_only) else "")
+                fault.failed("events", self.write_error, read)
 
     def _open(self) -> None:
         self.conn = connect(self.path, EVENTS_TABLE)
@@ -654,9 +664,13 @@ class Storage:
         # what memory changed wins over what the file held
         self._found = [ev for ev in self.load_events() if ev.event_id not in self._unsaved]
         values = dict(self.conn.execute("SELECT key, value FROM kv"))  # before memory's values replace them
-        log.info("storage.path %s: opened; %d event change(s) kept in memory go to it, %d event(s) read "
-                 "from it", self.path, len(self._unsaved) + len(self._unsaved_values), len(self._found))
+        kept = len(self._unsaved) + len(self._unsaved_values)
+        if self._fault is None:
+            log.info("storage.path %s: opened; %d event change(s) kept in memory go to it, %d event(s) read "
+                     "from it", self.path, kept, len(self._found))
         self.write_error = None
+        if self._fault is not None:
+            self._fault.written("events", kept, f"{len(self._found)} event(s) read from it" if self._found else "")
         if self.on_late_open is not None:
             try:
                 self.on_late_open(values)
@@ -865,15 +879,22 @@ class Storage:
             if self._unsaved_values.get(key) == value:
                 del self._unsaved_values[key]
         if self.write_error is not None:
-            log.info("storage.path %s: events saved again", self.path)
             self.write_error = None
+            if self._fault is not None:
+                self._fault.written("events", len(events) + len(values))
+            else:
+                log.info("storage.path %s: events saved again", self.path)
         return not self._unsaved and not self._unsaved_values
 
     def _write_failed(self, err: Exception) -> None:
         why = with_fs_reason(str(err), self.path)
         if self.write_error is None:
-            log.error("storage.path %s: cannot save events (%s): kept in memory and written when it "
-                      "can; a restart before then loses them", self.path, why)
+            self.write_error = why
+            if self._fault is not None:
+                self._fault.failed("events", why)
+            else:
+                log.error("storage.path %s: cannot save events (%s): kept in memory and written when it "
+                          "can; a restart before then loses them", self.path, why)
             if self.on_write_failed is not None:
                 self.on_write_failed()
         self.write_error = why

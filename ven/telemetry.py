@@ -93,8 +93,13 @@ class TelemetryQueue:
     memory and the file is tried again at most that often; without it, StorageError."""
 
     def __init__(self, path: str | Path, max_age: timedelta = timedelta(days=7),
-                 reopen_seconds: float | None = None, lock_grace_seconds: float = LOCK_GRACE_SECONDS):
+                 reopen_seconds: float | None = None, lock_grace_seconds: float = LOCK_GRACE_SECONDS, fault=None):
+        """`fault`: the gateway's one storage fault (ven/storage_fault.py), told of the queue's writes failing and
+        working again in place of the queue's own lines."""
         self.path = path
+        self._fault = fault
+        self._moved_out = 0     # samples memory held that went to the file since its writes failed
+        self._found_note = ""   # what a file that opened late held, for the fault's end line
         self._grace = LockGrace(lock_grace_seconds)
         self.max_age = max_age
         self._conn: sqlite3.Connection | None = None
@@ -139,7 +144,9 @@ class TelemetryQueue:
         self._retry: ReopenTimer | None = None
         self._index_retry: ReopenTimer | None = None     # set while the queue has no index on ts
         self._reopen, self.write_error = open_or_retry_later(
-            self._open, reopen_seconds, "telemetry samples wait in memory until it opens")
+            self._open, reopen_seconds, "telemetry samples wait in memory until it opens", say=fault is None)
+        if self.write_error is not None and fault is not None:
+            fault.failed("telemetry", self.write_error)
 
     def _open(self, late: bool = False) -> None:
         conn = connect(self.path, QUEUE_TABLE)
@@ -167,9 +174,14 @@ class TelemetryQueue:
         if waiting:
             # after a crash with the VTN away, the operator's question is whether the backlog survived; it was
             # said only once delivered, which the VTN's absence could put off for days
-            log.info("storage.path %s: %d telemetry reading(s) in it wait for the VTN (the oldest %s)%s", self.path,
-                     waiting, oldest, "; queued before this start, which the file did not take, they are sent after "
-                     "the newer intervals" if late else "")
+            oldest = _stamp(oldest)
+            if late and self._fault is not None:    # said in the storage fault's end line
+                self._found_note = (f"{waiting} telemetry reading(s) queued in it before this start (the oldest "
+                                    f"{oldest}) are sent after the newer intervals")
+            else:
+                log.info("storage.path %s: %d telemetry reading(s) in it wait for the VTN (the oldest %s)%s",
+                         self.path, waiting, oldest, "; queued before this start, which the file did not take, they "
+                         "are sent after the newer intervals" if late else "")
             if late:
                 self.found_late_until = self._stored("the newest queued reading", (newest,), aware_time)
 
@@ -230,8 +242,12 @@ class TelemetryQueue:
             return
         why = with_fs_reason(str(err), self.path)
         if self.write_error is None:
-            log.error("storage.path %s: cannot write the telemetry queue (%s): samples wait in memory "
-                      "until it can; a restart before then loses them", self.path, why)
+            if self._fault is not None:
+                self._fault.failed("telemetry", why)
+            else:
+                log.error("storage.path %s: cannot write the telemetry queue (%s): samples wait in memory "
+                          "until it can; a restart before then loses them", self.path, why)
+            self._moved_out = 0
         self.write_error = why
         self._retry = ReopenTimer(self._retry_seconds)
 
@@ -268,6 +284,7 @@ class TelemetryQueue:
             r.taken = {moved_to.get(seq, seq) for seq in r.taken}
         self._sent = {moved_to.get(seq, seq) for seq in self._sent}
         self.ahead = {moved_to.get(seq, seq): replace(x, seq=moved_to.get(seq, seq)) for seq, x in self.ahead.items()}
+        self._moved_out += len(moved)
         self._memory.clear()
         self._failed_memory.clear()
         return True
@@ -336,7 +353,11 @@ class TelemetryQueue:
         self._grace.clear()
         if self.write_error is not None:
             self.write_error = None
-            log.info("storage.path %s: telemetry queue written to disk again", self.path)
+            if self._fault is not None:
+                self._fault.written("telemetry", self._moved_out, self._found_note)
+            else:
+                log.info("storage.path %s: telemetry queue written to disk again", self.path)
+        self._moved_out, self._found_note = 0, ""
 
     def add(self, ts: datetime, kw: float) -> int:
         """Commit one sample (to memory while the file fails); returns its sequence number."""
@@ -833,6 +854,12 @@ class TelemetryQueue:
         if self._conn is not None:
             self._save_acks(every=0.0)
             self._conn.close()
+
+
+def _stamp(text) -> str:
+    """A stored time as the log's own stamps read (2026-12-05T22:03:20Z), not to the microsecond with +00:00."""
+    t = _time_or_none(text)
+    return text if t is None else _utc(t).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _utc(ts: datetime) -> datetime:

@@ -1,0 +1,162 @@
+"""storage.path refusing writes is one fault in the operator's log: one line when it starts, naming the path, the
+cause and what each part of the gateway does meanwhile (events kept in memory, telemetry waiting in memory, the
+forecaster's history not stored), and one when the last part writes again, saying how long it lasted and what went
+from memory to the file (ven/storage_fault.py). Before, each part said its own start and end: three ERROR lines and
+four INFO lines for one fault. Real SQLite files: under a regular file (which even root cannot make a directory of),
+and on a tmpfs filled up."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import sqlite3
+import time
+from datetime import timedelta
+
+import pytest
+from test_faults_storage import T0, _event, _minutes, fill, tmpfs
+from waiting import eventually
+
+from bacnet_api.simulator import MeterSimulator
+from ven.app import Gateway
+from ven.config import ForecasterConfig
+from ven.config_load import parse_config
+from ven.forecast_service import ForecastService
+from ven.storage import Storage
+from ven.telemetry import TelemetryQueue
+
+pytestmark = [pytest.mark.timeout(90), pytest.mark.mostly_waiting]
+
+def storage_lines(caplog, path) -> list[tuple[str, str]]:
+    """The log's lines naming storage.path: the fault's own, and no part's (checked here)."""
+    said = [r for r in caplog.records if f"storage.path {path}" in r.getMessage()]
+    assert {r.name for r in said} <= {"ven.storage_fault"}, [(r.name, r.getMessage()) for r in said]
+    return [(r.levelname, r.getMessage()) for r in said]
+
+
+def config(directory, ports, retry=0.5):
+    return parse_config({
+        "bacnet": {"address": f"127.0.0.1/8:{ports['bacnet_port']}", "device_id": 500461},
+        "meter": {"router": f"127.0.0.1:{ports['meter_port']}", "poll_seconds": 1.0, "timeout_seconds": 1.0},
+        "openadr": {"vtn_url": f"http://127.0.0.1:{ports['vtn_port']}/OpenADR2/Simple/2.0b", "ven_name": "fault-46",
+                    "retry_max_seconds": 2.0},
+        "storage": {"path": str(directory / "gw.sqlite"), "retry_seconds": retry},
+        "http": {"enabled": False},
+        "forecaster": {"cycle_seconds": 0.5},
+    }, "test", environ={})
+
+
+@pytest.fixture
+def ports(free_udp_port, free_tcp_port):
+    return dict(bacnet_port=free_udp_port(), meter_port=free_udp_port(), vtn_port=free_tcp_port())
+
+
+async def test_a_file_that_cannot_be_opened_at_the_start_is_one_line_then_one_when_it_opens(tmp_path, ports, caplog):
+    caplog.set_level(logging.INFO)
+    where = tmp_path / "data"
+    where.write_text("")        # a regular file where the directory should be: no part can open the file, root or not
+    path = where / "gw.sqlite"
+    gw = Gateway(config(where, ports))
+    async with MeterSimulator(address=f"127.0.0.1/8:{ports['meter_port']}", value=87.5):
+        await gw.start()
+        try:
+            # the meter's first reading is kept (an event-store value), queued (telemetry) and learnt (forecaster)
+            await eventually(lambda: gw.telemetry.status()["in_memory"] >= 2, 15, "readings waiting in memory")
+            await eventually(lambda: not gw.forecast.storage_ok, 10, "the forecaster without its file")
+            assert set(gw.storage_status()["errors"]) == {"events", "telemetry", "forecaster"}
+            said = storage_lines(caplog, path)
+            assert len(said) == 1 and said[0][0] == "ERROR", said
+            start = said[0][1]
+            for consequence in ("events are kept in memory", "telemetry readings wait in memory",
+                                "forecast history is not stored", "a restart before then loses what memory holds"):
+                assert consequence in start, start
+            assert "File exists" in start and start.count("storage.path") == 1, start
+
+            where.unlink()      # the operator puts the directory right: every part opens the file at its next try
+            await eventually(lambda: gw.storage_status()["ok"], 20, "every part writing the file")
+            said = storage_lines(caplog, path)
+            assert [level for level, _ in said] == ["ERROR", "INFO"], said
+            end = said[1][1]
+            assert f"storage.path {path} takes writes again after " in end, end
+            assert "event change(s)" in end and "telemetry reading(s)" in end and "held in memory go to it" in end, end
+            queued = gw.telemetry.pending
+        finally:
+            await gw.stop()
+    with contextlib.closing(sqlite3.connect(path)) as db:      # nothing lost
+        assert db.execute("SELECT value FROM kv WHERE key = 'meter_read'").fetchone() is not None
+        assert db.execute("SELECT COUNT(*) FROM telemetry_queue").fetchone()[0] >= queued >= 2
+        assert db.execute("SELECT COUNT(*) FROM forecast_minute").fetchone()[0] >= 1
+    stopped = [r.getMessage() for r in caplog.records if "edge-gateway stopped" in r.getMessage()]
+    assert len(stopped) == 1 and "storage.path" not in stopped[0], stopped     # no fault left open: all written
+
+
+async def test_parts_writing_again_one_by_one_end_the_fault_once_the_last_does(tmp_path, caplog):
+    from ven.storage_fault import StorageFault
+
+    caplog.set_level(logging.INFO)
+    with tmpfs(tmp_path / "disk", "size=2m") as disk:
+        path = disk / "gw.sqlite"
+        fault = StorageFault(path, 0.1)
+        store = Storage(path, reopen_seconds=0.1, fault=fault)
+        q = TelemetryQueue(path, reopen_seconds=0.1, fault=fault)
+        k = int(time.time() // 60)
+        svc = ForecastService(ForecasterConfig(cycle_seconds=0.05, source="meter"), str(path),
+                              publish=lambda f: None, reopen_seconds=0.1, fault=fault)
+        await svc.start()
+        try:
+            svc.on_meter((k - 60) * 60 - 30, 100.0)
+            await eventually(lambda: _minutes(str(path)) == [(k - 60, 100.0)], 10, "the first minute stored")
+            filler = fill(disk)
+            for i in range(300):        # enough rows that the file must grow
+                q.add(T0 + timedelta(seconds=i), 80.0 + i)
+            assert q.write_error and "full" in q.write_error
+            events = [_event(f"e{i}", "x" * 2000) for i in range(30)]
+            store.save_events(events)
+            assert store.write_error
+            for minute in range(k - 59, k):     # a minute the forecaster saves is a row or two: an hour's
+                svc.on_meter(minute * 60 - 30, 150.0)
+            await eventually(lambda: not svc.storage_ok, 10, "the forecaster's save refused")
+            said = storage_lines(caplog, path)
+            assert [level for level, _ in said] == ["ERROR"], said
+            assert "full" in said[0][1], said
+
+            filler.unlink()
+            await eventually(lambda: svc.storage_ok, 10, "the forecaster writing again")
+            q.add(T0 + timedelta(seconds=300), 380.0)
+            assert q.write_error is None
+            # two parts write again, the events not yet: the same fault, no end line
+            assert [level for level, _ in storage_lines(caplog, path)] == ["ERROR"], storage_lines(caplog, path)
+            assert store.flush() and store.write_error is None
+        finally:
+            await svc.stop()
+        said = storage_lines(caplog, path)
+        assert [level for level, _ in said] == ["ERROR", "INFO"], said
+        assert "30 event change(s)" in said[1][1] and "300 telemetry reading(s)" in said[1][1], said
+        assert "minute(s) of forecast history" in said[1][1], said
+        assert not fault.open and fault.fault() is None
+        q.close()
+        store.close()
+        assert len(Storage(path).load_events()) == 30
+        assert [s.kw for s in TelemetryQueue(path).peek(1000)] == [80.0 + i for i in range(301)]
+        assert len(_minutes(str(path))) == 60
+
+
+async def test_a_stop_with_the_fault_open_names_it_and_says_no_part_line_after_it(tmp_path, ports, caplog):
+    caplog.set_level(logging.INFO)
+    with tmpfs(tmp_path / "disk", "size=2m") as disk:
+        path = disk / "gw.sqlite"
+        gw = Gateway(config(disk, ports, retry=0.2))
+        async with MeterSimulator(address=f"127.0.0.1/8:{ports['meter_port']}", value=87.5):
+            await gw.start()
+            try:
+                await eventually(lambda: gw.telemetry.pending >= 2, 15, "readings queued in the file")
+                await eventually(lambda: _minutes(str(path)), 10, "the forecaster's first minute stored")
+                fill(disk)
+                # the queue writes each reading; the forecaster only every few cycles, the last at the stop
+                await eventually(lambda: gw.telemetry.write_error, 15, "the queue's write refused")
+            finally:
+                await gw.stop()
+    said = storage_lines(caplog, path)
+    assert [level for level, _ in said] == ["ERROR"], said
+    stopped = [r.getMessage() for r in caplog.records if "edge-gateway stopped" in r.getMessage()]
+    assert len(stopped) == 1 and "storage.path refusing writes for " in stopped[0], stopped
+    assert "what they held in memory is lost" in stopped[0], stopped

@@ -1,0 +1,98 @@
+"""One fault in the log for storage.path refusing writes, whichever part of the gateway meets it.
+
+Three parts write the file, each on its own connection and at its own pace: the events store (ven/storage.py), the
+telemetry queue (ven/telemetry.py) and the forecaster's history (ven/forecast_service.py). A read-only mount, a full
+disk or a file the gateway may not write refuses all three: said by each, one fault was three ERROR lines at its
+start and four INFO lines at its end. Each part reports here instead (`failed`, `written`, by its name; none knows
+the others), and the log says one line when the first part fails, naming every part's consequence, and one when the
+last one writes again, with what went from memory to the file. The app owns it (ven/app.py).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+from bacnet_api.settle import Flapping, span
+
+log = logging.getLogger(__name__)
+
+# Each part: what it does while the file refuses writes, and what it counts when the file takes them again
+PARTS = {
+    "events": ("events are kept in memory", "event change(s)"),
+    "telemetry": ("telemetry readings wait in memory", "telemetry reading(s)"),
+    "forecaster": ("forecast history is not stored", "minute(s) of forecast history"),
+}
+
+
+class StorageFault:
+    """`parts`: those of PARTS this gateway runs, in the order the start line names them. Thread-safe: the
+    forecaster reports from its worker thread."""
+
+    def __init__(self, path: str | Path, retry_seconds: float, parts=tuple(PARTS), clock=time.monotonic):
+        self.path = str(path)
+        self.retry_seconds = retry_seconds
+        self.parts = tuple(parts)
+        self._clock = clock
+        # the end as soon as the last part writes again: /healthz and /api/status say the file is written from then
+        self._flap = Flapping(0.0)
+        self._failing: dict[str, str] = {}      # part -> why, while it refuses that part's writes
+        self._back: dict[str, int] = {}         # part -> what went from memory to the file in this fault
+        self._notes: list[str] = []
+        self._lock = threading.Lock()
+
+    @property
+    def open(self) -> bool:
+        return self._flap.open
+
+    def failed(self, part: str, why: str, note: str = "") -> None:
+        """`part`'s write (or its opening of the file) failed, and it keeps what it writes in memory. `note`: more
+        the start line says, if this starts the fault."""
+        # the events' and the queue's errors name the path, which the line says once
+        why = why.removeprefix(f"storage.path {self.path}: ")
+        with self._lock:
+            self._failing[part] = why
+            if not self._flap.bad(self._clock()):
+                if note:
+                    log.info("storage.path %s: %s", self.path, note)
+                return
+            self._back, self._notes = {}, []
+            meanwhile = [PARTS[p][0] for p in self.parts if p in PARTS]
+            log.error("storage.path %s refuses writes (%s): %s until it takes them again (tried every %s); a restart "
+                      "before then loses what memory holds%s", self.path, why, _and(meanwhile),
+                      _every(self.retry_seconds), f"; {note}" if note else "")
+
+    def written(self, part: str, moved: int = 0, note: str = "") -> None:
+        """`part` writes the file again; `moved`: what it held in memory goes to it (in PARTS' unit), `note`: more
+        the end line says."""
+        with self._lock:
+            if part not in self._failing:
+                return
+            del self._failing[part]
+            self._back[part] = self._back.get(part, 0) + moved
+            if note:
+                self._notes.append(note)
+            since, now = self._flap.since, self._clock()
+            if self._failing or not self._flap.good(now):
+                return
+            back = [f"{self._back[p]} {PARTS[p][1]}" for p in self.parts if self._back.get(p)]
+            log.info("storage.path %s takes writes again after %s: %s%s", self.path, span(now - since),
+                     f"{_and(back)} held in memory go to it" if back else "nothing was waiting in memory",
+                     "".join(f"; {n}" for n in self._notes))
+
+    def fault(self) -> str | None:
+        """The stop line's words for the fault, while it is open."""
+        with self._lock:
+            if not self._flap.open:
+                return None
+            return (f"storage.path refusing writes for {span(self._clock() - self._flap.since)} "
+                    f"({', '.join(p for p in PARTS if p in self._failing)}: what they held in memory is lost)")
+
+
+def _every(seconds: float) -> str:
+    return f"{seconds:g} s" if seconds < 120 else span(seconds)     # a test's 0.5 s is not "0 s"
+
+
+def _and(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
