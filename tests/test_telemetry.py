@@ -5,6 +5,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import sqlite3
 import time
 from datetime import datetime, timedelta, timezone
@@ -251,6 +252,10 @@ async def test_outage_backlog_arrives_once_in_order_with_original_timestamps(tmp
         assert any(" + PT1S, " in line for line in lines)         # which interval a live sample goes to
         assert any("(queued, " in line and "waiting)" in line for line in lines)
         assert said_once(caplog, "queued telemetry delivered")
+        # a backlog sent in one batch is one line, with its range and count: its batch's own line said the same
+        news = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO and "interval(s) of" in r.getMessage()]
+        assert len(news) == 1 and re.fullmatch(r"queued telemetry delivered: \d+ interval\(s\) of PT1S from \S+Z to "
+                                               r"\S+Z with their original times \(request \S+\)", news[0]), news
         assert client.status()["telemetry"]["pending"] == 0
     finally:
         await client.stop()
@@ -503,7 +508,13 @@ async def test_a_backlog_sampled_faster_than_telemetry_seconds_goes_in_full_batc
             got = [value for _, ivs in server.updates for *_, value in ivs]
             assert got == [50.0 + s for s in range(250)], "each second once, in order, the mean of its samples"
             await until(lambda: said_once(caplog, "queued telemetry delivered"), 5, "the end of the backlog")
+            # the first batch's line (a long backlog under way), and the end's with the whole backlog's range
             assert len([r for r in caplog.records if r.getMessage().startswith("TELEMETRY_USAGE")]) == 1
+            first = f"{start:%Y-%m-%dT%H:%M:%S}Z"
+            assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("TELEMETRY_USAGE")][0] \
+                .startswith(f"TELEMETRY_USAGE: 100 interval(s) of PT1S from {first} to "), caplog.text
+            assert any(r.getMessage().startswith(f"queued telemetry delivered: 250 interval(s) of PT1S from {first} to ")
+                       for r in caplog.records), caplog.text
     finally:
         await client.stop()
         await schedule.stop()

@@ -84,8 +84,10 @@ class VtnDelivery:
                            if self._live and self._requests else None)
             for req in self._requests.values():
                 if req.backlog and not req.catch_up:
-                    log.info("queued telemetry delivered: %d interval(s) with their original times", req.backlog)
-                    req.backlog = 0
+                    log.info("queued telemetry delivered: %d interval(s) of %s from %s to %s with their original "
+                             "times (request %s)", req.backlog, _duration(req.granularity),
+                             _iso(req.backlog_span[0]), _iso(req.backlog_span[1]), req.rrid)
+                    req.backlog, req.backlog_span, req.backlog_first = 0, None, None
             self._delivery_bug.worked()     # a pass to its end
             await woken(self._wake_delivery, timeout)
 
@@ -269,10 +271,19 @@ class VtnDelivery:
             routine = max(1, int(req.back / req.granularity)) if req.back and req.granularity else 1
             # one more than routine is a link slower than the interval (a round trip of 12 s at 10 s intervals): no news
             news = len(intervals) > routine + 1 and not (req.catch_up and req.backlog)
-            log.log(logging.INFO if news else logging.DEBUG,
-                    "TELEMETRY_USAGE: %d interval(s) of %s from %s to %s sent (request %s)", len(intervals),
-                     _duration(req.granularity), _iso(intervals[0].start), _iso(intervals[-1].end), req.rrid)
-            if req.catch_up and (len(intervals) > routine + 1 or req.backlog):
+            line = ("TELEMETRY_USAGE: %d interval(s) of %s from %s to %s sent (request %s)", len(intervals),
+                    _duration(req.granularity), _iso(intervals[0].start), _iso(intervals[-1].end), req.rrid)
+            backlog = req.catch_up and (len(intervals) > routine + 1 or req.backlog)
+            if backlog and not req.backlog:
+                # a backlog's first batch: a backlog sent in one batch is the "delivered" line's news alone, said
+                # with its range; this line is said once a second batch follows (a long backlog under way)
+                req.backlog_first = line
+            elif backlog and req.backlog_first is not None:
+                log.info(*req.backlog_first)
+                req.backlog_first = None
+            log.log(logging.INFO if news and not backlog else logging.DEBUG, *line)
+            if backlog:
+                req.backlog_span = ((req.backlog_span or (intervals[0].start,))[0], intervals[-1].end)
                 req.backlog += len(intervals)
         return False
 

@@ -58,6 +58,8 @@ class Standing:
     catch_up: bool = True                   # send every complete interval now (backlog, retry)
     final: bool = False                     # cancelled with reportToFollow: one last update, then it ends
     backlog: int = 0                        # intervals of a backlog sent so far (said once it is all sent)
+    backlog_span: tuple[datetime, datetime] | None = None     # the first one's start, the last one's end
+    backlog_first: tuple | None = None      # its first batch's line, said once a second batch follows
     batch: int = BATCH                      # intervals per update: less once the VTN could not take BATCH in time
     ahead_said: bool = False                # readings stamped by a clock that was ahead: said once
     late_dropped: int = 0                   # readings dropped as late since the WARNING that said so (0: none)
