@@ -333,3 +333,41 @@ async def test_the_intervals_a_step_ahead_cuts_short_are_marked(tmp_path, free_t
     gap = next(k for k in range(1, len(times)) if times[k] - times[k - 1] > timedelta(minutes=30))
     flanking = {times[gap - 1]: qualities(vtn)[times[gap - 1]], times[gap]: qualities(vtn)[times[gap]]}
     assert SUB_NORMAL in flanking.values(), flanking
+
+
+async def test_a_clock_stepped_back_is_said_before_what_it_did_to_the_forecaster(tmp_path, free_tcp_port,
+                                                                                  free_udp_port, monkeypatch):
+    # the step's own line came at the clock watch's next look, up to a minute after the forecaster, which sees the
+    # step in the next reading's stamp, had said what it set aside: the effect read before its cause
+    clock = tmp_path / "faketime.txt"
+    fake_clock(monkeypatch, clock, datetime.now(timezone.utc))
+    meter_port, http_port = free_udp_port(), free_tcp_port()
+    config = tmp_path / "gw.toml"
+    write_config(config, bacnet_port=free_udp_port(), http_port=http_port, storage=tmp_path / "gw.sqlite",
+                 ven_name="step-back", vtn_port=free_tcp_port(), meter_port=meter_port)
+    gateway = GatewayProcess(config, tmp_path / "gw.log")
+
+    async def read_a_while():
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http, \
+                    http.get(f"http://127.0.0.1:{http_port}/api/status") as r:
+                s = await r.json()
+        except aiohttp.ClientError:
+            return False
+        return s["meter"]["last_value_kw"] == 42.0 and s["forecaster"]["last_meter_at"] is not None
+
+    async with MeterSimulator(address=f"127.0.0.1/8:{meter_port}", value=42.0):
+        gateway.start()
+        try:
+            await eventually(read_a_while, 90, "meter readings")
+            await asyncio.sleep(2)      # a few more: the forecaster's newest reading is what the step goes back from
+            set_offset(clock, -3600)
+            await eventually(lambda: "set by NTP or by hand" in gateway.log()
+                             and "of forecaster history stamped after it set aside" in gateway.log(), 90,
+                             "the step and what it did to the forecaster")
+        finally:
+            gateway.stop()
+    lines = gateway.log().splitlines()
+    cause = next(i for i, line in enumerate(lines) if "wall clock went back 60 min (set by NTP or by hand)" in line)
+    effect = next(i for i, line in enumerate(lines) if "of forecaster history stamped after it set aside" in line)
+    assert cause < effect, "\n".join(lines[min(cause, effect):max(cause, effect) + 1])

@@ -417,6 +417,7 @@ class Gateway:
     # -- callbacks: each keeps one owner's state reflected on the points ------------------------------
 
     def _on_meter(self, reading: MeterReading) -> None:
+        self.clock_sync.look_for_step()     # a step the reading's stamp shows: its own line before its effects'
         self.metrics.meter_reads.inc()
         self.read_gaps.on_reading(reading.timestamp)
         t = reading.timestamp.timestamp()
@@ -443,6 +444,7 @@ class Gateway:
     def _on_input_power(self, value) -> None:
         # relinquished at every priority: no BAS input, not its last value flat on a dashboard
         self.metrics.input_kw.set(math.nan if value is None else value)
+        self.clock_sync.look_for_step()
         self.forecast.on_input_power(time.time(), value)
 
     def _on_shed(self, value):

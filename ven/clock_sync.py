@@ -129,8 +129,7 @@ class SyncWatch:
     def check(self, now: float) -> ClockSync | None:
         """Ask the kernel if CHECK_EVERY_S has passed since the last time (`now` monotonic seconds); say a step of
         the wall clock since the last call."""
-        wall = self._wall()
-        self._say_step(self._steps.step(wall), wall)
+        self.look_for_step()
         if now < self._next:
             return self.last
         self._next = now + self._every
@@ -145,6 +144,13 @@ class SyncWatch:
             self.warned = False
             log.info("the machine's clock is synchronized again (maximum error %.0f ms)", sync.max_error_s * 1000)
         return sync
+
+    def look_for_step(self) -> None:
+        """Say a step of the wall clock since the last look, now: before a reading it stamped reaches the parts that
+        say what the step did to them (the forecaster's history, the telemetry), so the cause comes first in the log,
+        not at the next look up to a minute later."""
+        wall = self._wall()
+        self._say_step(self._steps.step(wall), wall)
 
     @staticmethod
     def _say_step(step: float, wall: float) -> None:
