@@ -261,6 +261,35 @@ async def test_a_new_registration_ends_the_status_requests(tmp_path, free_tcp_po
         assert len(status(server, rrid)) == count and not rig.vtn.status()["status_requests"]
 
 
+async def test_a_reregistration_answer_that_comes_after_the_new_registration_registers_no_third_time(
+        tmp_path, free_tcp_port, caplog):
+    # a CI run at -n 6: the VTN forgot the VEN with a status update on its way; the poll's answer started the new
+    # registration, and the update's answer, read once it stood, began another ("VTN context lost again")
+    async with registered(tmp_path, free_tcp_port()) as (server, rig):
+        (rrid,) = server.create_status_report(rig.vtn.ven_id, S, timedelta(0))
+        await until(lambda: status(server, rrid), 10, "status")
+        old = rig.vtn._client
+        real = old._perform_request
+        held = []
+
+        async def forgotten_on_the_way(service, message):
+            if service != "EiReport" or "oadrUpdateReport" not in message or held:
+                return await real(service, message)
+            server.request_reregistration(rig.vtn.ven_id)     # the VTN forgets the VEN as this update reaches it
+            held.append(answer := await real(service, message))
+            await until(lambda: server.registrations == 2 and rig.vtn.connected, 10, "registered again")
+            return answer
+
+        old._perform_request = forgotten_on_the_way
+        with caplog.at_level(logging.DEBUG, logger="ven.vtn"):
+            await until(lambda: held and server.registrations >= 2 and rig.vtn.connected, 10, "registered again")
+            await asyncio.sleep(2)
+        assert held[0][0] == "oadrRequestReregistration"
+        assert server.registrations == 2 and rig.vtn.reregistrations == 1
+        assert "sent under the registration before this one, was answered oadrRequestReregistration" in caplog.text
+        assert "lost again" not in caplog.text
+
+
 async def test_one_create_report_asking_for_usage_and_status(tmp_path, free_tcp_port):
     async with registered(tmp_path, free_tcp_port(), request_telemetry=False) as (server, rig):
         rig.start_meter(0.25)

@@ -778,7 +778,15 @@ class VtnClient(VtnEvents, VtnReports, VtnDelivery, VtnUpdates, VtnStatus, VtnOu
         return True
 
     def _forgotten(self, what: str) -> None:
-        """The VTN answered a request with oadrRequestReregistration: register at once, not at the next poll."""
+        """The VTN answered a request with oadrRequestReregistration: register at once, not at the next poll. Not
+        when the request went under a registration before the current one (each registration has its client, and
+        the request's was told, not this one's): the VTN forgot that one, and the one begun since stands. Registering
+        for it again registered twice, and ended the VTN's requests made meanwhile. What the request carried waits,
+        as for any answer of this kind, and goes under the current registration."""
+        if self._client is not None and not self._client.reregistration_asked:
+            log.debug("%s, sent under the registration before this one, was answered oadrRequestReregistration: this "
+                      "registration stands", what)
+            return
         self._reregistration_requested(
             f"the VTN no longer knows this VEN (re-registration requested in answer to {what})")
 
