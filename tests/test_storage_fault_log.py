@@ -33,12 +33,12 @@ def storage_lines(caplog, path) -> list[tuple[str, str]]:
     return [(r.levelname, r.getMessage()) for r in said]
 
 
-def config(directory, ports, retry=0.5):
+def config(directory, ports, retry=0.5, telemetry=True):
     return parse_config({
         "bacnet": {"address": f"127.0.0.1/8:{ports['bacnet_port']}", "device_id": 500461},
         "meter": {"router": f"127.0.0.1:{ports['meter_port']}", "poll_seconds": 1.0, "timeout_seconds": 1.0},
         "openadr": {"vtn_url": f"http://127.0.0.1:{ports['vtn_port']}/OpenADR2/Simple/2.0b", "ven_name": "fault-46",
-                    "retry_max_seconds": 2.0},
+                    "retry_max_seconds": 2.0, "telemetry": telemetry},
         "storage": {"path": str(directory / "gw.sqlite"), "retry_seconds": retry},
         "http": {"enabled": False},
         "forecaster": {"cycle_seconds": 0.5},
@@ -160,3 +160,32 @@ async def test_a_stop_with_the_fault_open_names_it_and_says_no_part_line_after_i
     stopped = [r.getMessage() for r in caplog.records if "edge-gateway stopped" in r.getMessage()]
     assert len(stopped) == 1 and "storage.path refusing writes for " in stopped[0], stopped
     assert "what they held in memory is lost" in stopped[0], stopped
+
+
+async def test_with_telemetry_off_the_fault_ends_once_the_file_takes_writes(tmp_path, ports, caplog, monkeypatch):
+    # openadr.telemetry false queues no reading, and only a reading tried the queue's file again: the fault, /healthz
+    # and edge_gateway_storage_writable stayed open until a restart, long after events and forecaster wrote again
+    from ven import app
+
+    monkeypatch.setattr(app, "LOOK_EVERY_S", 0.3)
+    caplog.set_level(logging.INFO)
+    where = tmp_path / "data"
+    where.write_text("")
+    path = where / "gw.sqlite"
+    gw = Gateway(config(where, ports, telemetry=False))
+    async with MeterSimulator(address=f"127.0.0.1/8:{ports['meter_port']}", value=87.5):
+        await gw.start()
+        try:
+            await eventually(lambda: not gw.forecast.storage_ok, 10, "the forecaster without its file")
+            said = storage_lines(caplog, path)
+            assert len(said) == 1 and said[0][0] == "ERROR", said
+            assert "telemetry readings" not in said[0][1], said     # telemetry is off: nothing of it waits
+
+            where.unlink()
+            await eventually(lambda: gw.storage_status()["ok"], 15, "every part writing the file")
+            await eventually(lambda: len(storage_lines(caplog, path)) == 2, 5, "the end line")
+            assert [level for level, _ in storage_lines(caplog, path)] == ["ERROR", "INFO"]
+        finally:
+            await gw.stop()
+    stopped = [r.getMessage() for r in caplog.records if "edge-gateway stopped" in r.getMessage()]
+    assert len(stopped) == 1 and "storage.path" not in stopped[0], stopped

@@ -589,13 +589,15 @@ class Gateway:
         self.metrics.vtn_connected.set(int(connected))
 
     async def _look_around(self) -> None:
-        """The machine's clock (synchronized? stepped?), a run before whose clock was ahead, and openadr.cert's expiry,
-        on their own tick: in the forecast's callback they were looked at every forecaster.cycle_seconds (hourly with
+        """The machine's clock (synchronized? stepped?), a run before whose clock was ahead, openadr.cert's expiry and
+        the telemetry queue's file, on their own tick: in the forecast's callback they were looked at every forecaster.cycle_seconds (hourly with
         an hour's cycle), and never again while the forecast cycle failed. Each watcher asks at its own pace within."""
         every = max(LOOK_FLOOR_S, min(LOOK_EVERY_S, self.clock_sync.every_s, self.cert_watch.every_s))
         looks = {"the clock's synchronization": lambda: self.clock_sync.check(time.monotonic()),
                  "the run before's last read": self._look_at_held_readings,
-                 "openadr.cert": lambda: self.cert_watch.check(time.monotonic(), time.time())}
+                 "openadr.cert": lambda: self.cert_watch.check(time.monotonic(), time.time()),
+                 # with openadr.telemetry false no reading tries the queue's file again after it refused a write
+                 "storage.path for the telemetry queue": self.telemetry.try_file}
         failing: set[str] = set()
         while True:
             await asyncio.sleep(every)

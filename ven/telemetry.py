@@ -359,6 +359,25 @@ class TelemetryQueue:
                 log.info("storage.path %s: telemetry queue written to disk again", self.path)
         self._moved_out, self._found_note = 0, ""
 
+    def try_file(self) -> None:
+        """While the file refuses the queue's writes, try it again when due, with nothing new to write: with
+        openadr.telemetry false no reading comes to try it, and the queue's error kept the storage fault (its end
+        line, /healthz, edge_gateway_storage_writable) open until a restart, long after the file took writes."""
+        if self.write_error is None or (self._retry is not None and not self._retry.due()):
+            return
+        if self._memory or self._failed_memory:
+            if self._memory_to_file():
+                self._writable_again()
+            return
+        try:
+            db = self._db()     # a file that would not open: opening it probes a write
+            # one that refused a write: write a row again (SQLite writes a row updated to its own value)
+            db.execute("UPDATE kv SET value = value WHERE key = 'opened_at'")
+        except sqlite3.Error as err:
+            self._failed(err)
+            return
+        self._writable_again()
+
     def add(self, ts: datetime, kw: float) -> int:
         """Commit one sample (to memory while the file fails); returns its sequence number."""
         ts = _utc(ts)
