@@ -73,6 +73,11 @@ class VtnDelivery:
                     else:
                         req.catch_up = True        # once the backoff has passed, whatever is complete by then
                         failed = True
+                        if req.backlog_first is not None:
+                            # its first batch went, the next did not (the VTN away again, a stop next): said now,
+                            # not after the outage's lines as if sent then, nor never
+                            log.info(*req.backlog_first)
+                            req.backlog_first = None
             self._retry_at_poll = failed
             if failed:
                 timeout = backoff
