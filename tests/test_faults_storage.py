@@ -696,7 +696,7 @@ async def test_a_stop_seconds_after_the_data_volume_mounts_writes_what_memory_he
     assert minutes >= 1, text
     # the stop's last try opened the file for every part: the fault's end line
     ended = [line for line in text.splitlines() if f"storage.path {storage} takes writes again" in line]
-    assert len(ended) == 1 and "event change(s)" in ended[0] and "telemetry reading(s)" in ended[0], text
+    assert len(ended) == 1 and "change(s) to events and saved state" in ended[0] and "telemetry reading(s)" in ended[0], text
     stopped = [line for line in text.splitlines() if "edge-gateway stopped" in line]
     assert stopped and "storage.path" not in stopped[0], stopped   # no fault left open: the file took it all
     assert "Traceback" not in text, text

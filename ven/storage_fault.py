@@ -20,7 +20,9 @@ log = logging.getLogger(__name__)
 
 # Each part: what it does while the file refuses writes, and what it counts when the file takes them again
 PARTS = {
-    "events": ("events are kept in memory", "event change(s)"),
+    # the events' store holds the saved state too (ADR-Opt-Out, the meter's last read, the level said): a value is
+    # no "event change", which read as events changed that had not
+    "events": ("events are kept in memory", "change(s) to events and saved state"),
     "telemetry": ("telemetry readings wait in memory", "telemetry reading(s)"),
     "forecaster": ("forecast history is not stored", "minute(s) of forecast history"),
 }
