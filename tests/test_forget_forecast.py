@@ -94,3 +94,15 @@ def test_the_range_it_names_is_the_minutes_the_readings_were_taken_in(tmp_path, 
     assert main(["forget-forecast", "--config", str(cfg)]) == 1
     said = capsys.readouterr().out
     assert "forecaster's 1 minute of history (2025-12-01 00:30 UTC to 2025-12-01 00:30 UTC)" in said, said
+
+
+def test_a_read_only_file_system_is_named(tmp_path, free_udp_port, capsys):
+    # SQLite's "unable to open database file" alone, where the gateway's own line names the file system's reason
+    from test_faults_storage import remount, tmpfs
+
+    with tmpfs(tmp_path / "disk", "size=4m") as disk:
+        cfg, db = _filled(disk, free_udp_port())
+        remount(disk, "ro")
+        assert main(["forget-forecast", "--config", str(cfg), "--yes"]) == 1
+        said = capsys.readouterr().out
+    assert f"storage.path {db}: " in said and "(Read-only file system)" in said, said

@@ -315,3 +315,16 @@ def test_a_time_in_the_hour_a_clock_change_repeats_is_said_with_its_zone():
     # elsewhere the wall time is enough, as before
     assert _local(dt.datetime(2026, 11, 1, 3, 0, tzinfo=ny).timestamp(), ny) == "2026-11-01 03:00"
     assert _local(0.0, ZoneInfo("UTC")) == "1970-01-01 00:00"
+
+
+def test_a_read_only_file_system_is_named(tmp_path, free_udp_port, capsys):
+    # SQLite's "unable to open database file" alone, where the gateway's own line names the file system's reason
+    from test_faults_storage import remount, tmpfs
+
+    with tmpfs(tmp_path / "disk", "size=4m") as disk:
+        cfg, _ = _config(disk, free_udp_port)
+        _write(disk / "meter.csv", [(time.time() - 600, 100.0)])
+        remount(disk, "ro")
+        assert _import(cfg, disk / "meter.csv") == 1
+        err = capsys.readouterr().err
+    assert "(Read-only file system): nothing imported" in err and "Traceback" not in err, err

@@ -16,6 +16,7 @@ from bacnet_api.client import ensure_port_free
 
 from .config import GatewayConfig
 from .run_lock import held_by_another
+from .storage import with_fs_reason
 
 KEPT = "events, ADR-Opt-Out commands and queued telemetry stay"
 
@@ -75,7 +76,8 @@ def forget_forecast(cfg: GatewayConfig, yes: bool) -> int:
             return 1
         store.forget()
     except sqlite3.Error as err:
-        print(f"storage.path {path}: {err}")
+        # SQLite's "unable to open database file" alone left a read-only or full file system for the operator to find
+        print(f"storage.path {path}: {with_fs_reason(str(err), path)}")
         return 1
     print(f"storage.path {path}: deleted the forecaster's {_held(held)}; {KEPT}. At the next start it learns "
           f"afresh, persistence serving until its first model")

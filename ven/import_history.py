@@ -20,6 +20,7 @@ import numpy as np
 from .config import GatewayConfig
 from .forget_forecast import seems_running
 from .run_lock import RunLock
+from .storage import with_fs_reason
 
 # The file's values over the minutes the store holds already, against the stored ones: a ratio past this either way is
 # another unit (W read as kW) or another meter, and would be learned as the building's demand.
@@ -212,7 +213,7 @@ def _write(path: str, ks, sums, counts, sheds) -> tuple[int, int, bool, dict]:
         added, new_sheds = store.import_minutes(ks, sums, counts, sheds)
         return added, new_sheds, had_model, store.contents()
     except sqlite3.Error as err:
-        raise _Refused(f"storage.path {path}: {err}: nothing imported") from None
+        raise _Refused(f"storage.path {path}: {with_fs_reason(str(err), path)}: nothing imported") from None
     except OSError as err:      # its directory cannot be made: a file in the way, no permission
         raise _Refused(f"storage.path {path}: cannot make {err.filename or 'its directory'}: {err.strerror or err}: "
                        f"nothing imported") from None
