@@ -191,3 +191,20 @@ async def test_with_telemetry_off_the_fault_ends_once_the_file_takes_writes(tmp_
             await gw.stop()
     stopped = [r.getMessage() for r in caplog.records if "edge-gateway stopped" in r.getMessage()]
     assert len(stopped) == 1 and "storage.path" not in stopped[0], stopped
+
+
+def test_a_storage_path_written_with_dot_slash_is_named_once_in_the_start_line(tmp_path, caplog, monkeypatch):
+    # the events' error names the path as pathlib writes it ("data/gw.sqlite"): the start line said it twice,
+    # "storage.path ./data/gw.sqlite refuses writes (storage.path data/gw.sqlite: cannot create directory ...)"
+    from ven.storage_fault import StorageFault
+
+    caplog.set_level(logging.INFO)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").write_text("")
+    fault = StorageFault("./data/gw.sqlite", 0.1)
+    store = Storage("./data/gw.sqlite", reopen_seconds=0.1, fault=fault)
+    said = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(said) == 1 and said[0].count("storage.path") == 1, said
+    assert said[0].startswith("storage.path ./data/gw.sqlite refuses writes (cannot create directory data: File "
+                              "exists)"), said
+    store.close()

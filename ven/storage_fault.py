@@ -51,8 +51,9 @@ class StorageFault:
     def failed(self, part: str, why: str, note: str = "") -> None:
         """`part`'s write (or its opening of the file) failed, and it keeps what it writes in memory. `note`: more
         the start line says, if this starts the fault."""
-        # the events' and the queue's errors name the path, which the line says once
-        why = why.removeprefix(f"storage.path {self.path}: ")
+        # the events' and the queue's errors name the path, which the line says once (as pathlib writes it: a
+        # storage.path of "./var/gateway.sqlite" is "var/gateway.sqlite" there)
+        why = why.removeprefix(f"storage.path {self.path}: ").removeprefix(f"storage.path {Path(self.path)}: ")
         with self._lock:
             self._failing[part] = why
             if not self._flap.bad(self._clock()):
