@@ -6,6 +6,7 @@ four INFO lines for one fault. Real SQLite files: under a regular file (which ev
 and on a tmpfs filled up."""
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import sqlite3
@@ -208,3 +209,39 @@ def test_a_storage_path_written_with_dot_slash_is_named_once_in_the_start_line(t
     assert said[0].startswith("storage.path ./data/gw.sqlite refuses writes (cannot create directory data: File "
                               "exists)"), said
     store.close()
+
+
+async def test_a_disk_that_refuses_only_the_biggest_write_says_which_parts_it_refuses(tmp_path, caplog):
+    # A near-full disk refuses the forecaster's model (a fit's blob, the biggest write) while the events' and the
+    # queue's rows still go in: the start line said "events are kept in memory, telemetry readings wait in memory"
+    # while both were written, and /api/status named the forecaster alone
+    import os
+
+    from ven.storage_fault import StorageFault
+
+    caplog.set_level(logging.INFO)
+    with tmpfs(tmp_path / "disk", "size=4m") as disk:
+        path = disk / "gw.sqlite"
+        fault = StorageFault(path, 0.1)
+        store = Storage(path, reopen_seconds=0.1, fault=fault)
+        q = TelemetryQueue(path, reopen_seconds=0.1, fault=fault)
+        svc = ForecastService(ForecasterConfig(cycle_seconds=0.05, source="meter"), str(path),
+                              publish=lambda f: None, reopen_seconds=0.1, fault=fault)
+        await svc.start()
+        try:
+            free = os.statvfs(disk)
+            (disk / "filler").write_bytes(b"\0" * (free.f_bavail * free.f_frsize - 300_000))
+            svc._unsaved_model = os.urandom(1_000_000)     # a fitted model bigger than what is free
+            await asyncio.get_running_loop().run_in_executor(svc._cycle_pool, svc._persist, svc._save_model)
+            for i in range(20):
+                q.add(T0 + timedelta(seconds=i), 100.0 + i)
+            store.save_events([_event("e1", "x")])
+            assert store.write_error is None and q.write_error is None and not svc.storage_ok
+            said = storage_lines(caplog, path)
+            assert [level for level, _ in said] == ["ERROR"], said
+            assert ": forecast history is not stored until it takes them again (tried every 0.1 s), and events are " \
+                   "kept in memory and telemetry readings wait in memory once it refuses their writes too; " in said[0][1], said
+        finally:
+            await svc.stop()
+            q.close()
+            store.close()

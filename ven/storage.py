@@ -636,7 +636,7 @@ class Storage:
             if fault is not None:
                 read = (f"{len(self._read_only[0])} event(s) and the saved state read from it, read-only"
                         if any(self._read_only) else "")
-                fault.failed("events", self.write_error, read)
+                fault.failed("events", self.write_error, read, every=True)
 
     def _open(self) -> None:
         self.conn = connect(self.path, EVENTS_TABLE)

@@ -48,9 +48,11 @@ class StorageFault:
     def open(self) -> bool:
         return self._flap.open
 
-    def failed(self, part: str, why: str, note: str = "") -> None:
+    def failed(self, part: str, why: str, note: str = "", every: bool = False) -> None:
         """`part`'s write (or its opening of the file) failed, and it keeps what it writes in memory. `note`: more
-        the start line says, if this starts the fault."""
+        the start line says, if this starts the fault. `every`: no part can write (the file would not open at the
+        start, before any did); else the others may still (a near-full disk refuses the biggest write first, the
+        forecaster's model, while the events' and the queue's rows still go in)."""
         # the events' and the queue's errors name the path, which the line says once (as pathlib writes it: a
         # storage.path of "./var/gateway.sqlite" is "var/gateway.sqlite" there)
         why = why.removeprefix(f"storage.path {self.path}: ").removeprefix(f"storage.path {Path(self.path)}: ")
@@ -61,10 +63,15 @@ class StorageFault:
                     log.info("storage.path %s: %s", self.path, note)
                 return
             self._back, self._notes = {}, []
-            meanwhile = [PARTS[p][0] for p in self.parts if p in PARTS]
-            log.error("storage.path %s refuses writes (%s): %s until it takes them again (tried every %s); a restart "
-                      "before then loses what memory holds%s", self.path, why, _and(meanwhile),
-                      _every(self.retry_seconds), f"; {note}" if note else "")
+            now = [p for p in self.parts if p in PARTS and (every or p == part)] or [p for p in self.parts if p in PARTS]
+            later = [PARTS[p][0] for p in self.parts if p in PARTS and p not in now]
+            # the parts it refuses now, and what the others do if it refuses them too: the line named every part as
+            # refused, while /api/status named the one part that was
+            log.error("storage.path %s refuses writes (%s): %s until it takes them again (tried every %s)%s; a "
+                      "restart before then loses what memory holds%s", self.path, why,
+                      _and([PARTS[p][0] for p in now]), _every(self.retry_seconds),
+                      f", and {_and(later)} once it refuses their writes too" if later else "",
+                      f"; {note}" if note else "")
 
     def written(self, part: str, moved: int = 0, note: str = "") -> None:
         """`part` writes the file again; `moved`: what it held in memory goes to it (in PARTS' unit), `note`: more
