@@ -231,16 +231,28 @@ async def test_a_disk_that_refuses_only_the_biggest_write_says_which_parts_it_re
         try:
             free = os.statvfs(disk)
             (disk / "filler").write_bytes(b"\0" * (free.f_bavail * free.f_frsize - 300_000))
+            k = int(time.time() // 60)
+            svc.on_meter((k - 1) * 60 - 30, 100.0)         # a minute of history to save with it
             svc._unsaved_model = os.urandom(1_000_000)     # a fitted model bigger than what is free
-            await asyncio.get_running_loop().run_in_executor(svc._cycle_pool, svc._persist, svc._save_model)
+            await asyncio.get_running_loop().run_in_executor(svc._cycle_pool, svc._persist, svc._save)
             for i in range(20):
                 q.add(T0 + timedelta(seconds=i), 100.0 + i)
             store.save_events([_event("e1", "x")])
             assert store.write_error is None and q.write_error is None and not svc.storage_ok
             said = storage_lines(caplog, path)
             assert [level for level, _ in said] == ["ERROR"], said
-            assert ": forecast history is not stored until it takes them again (tried every 0.1 s), and events are " \
-                   "kept in memory and telemetry readings wait in memory once it refuses their writes too; " in said[0][1], said
+            # the minutes went in before the model: its history is stored, not its model
+            assert ": the forecaster's fitted model is not stored until it takes them again (tried every 0.1 s), and " \
+                   "events are kept in memory and telemetry readings wait in memory once it refuses their writes " \
+                   "too; " in said[0][1], said
+            assert _minutes(str(path)) == [(k - 1, 100.0)]
+
+            (disk / "filler").unlink()
+            await asyncio.get_running_loop().run_in_executor(svc._cycle_pool, svc._persist, svc._save)
+            assert svc.storage_ok
+            said = storage_lines(caplog, path)
+            assert [level for level, _ in said] == ["ERROR", "INFO"], said
+            assert said[1][1].endswith("; the forecaster's fitted model too"), said
         finally:
             await svc.stop()
             q.close()

@@ -132,6 +132,9 @@ class ForecastService:
         self._fit_short = False
         self._store_failing = False
         self._saved_minutes = 0     # written by the work _persist runs
+        # the model's write was the one refused (a fit's blob, a megabyte: a near-full disk refuses it first, the
+        # minutes going in before it), and it waits in memory
+        self._saving_model = self._model_refused = False
         self.storage_error: str | None = None     # why storage.path took no write, while it does not (the status)
         self._missing_since: float | None = None    # the file found deleted (monotonic), while it stays so
         self._read_at_start = False                 # the file would not open at the start: its history was read
@@ -582,7 +585,9 @@ class ForecastService:
     def _save_model(self, store: ForecastStore) -> None:
         blob = self._unsaved_model
         if blob is not None:
+            self._saving_model = True
             store.save_model(blob)
+            self._saving_model = False
             # a newer fit may have set another meanwhile (this runs on the worker thread): that one is still unsaved
             if self._unsaved_model is blob:
                 self._unsaved_model = None
@@ -598,11 +603,15 @@ class ForecastService:
             if self._store is None:
                 return      # the file did not open: the start's error stands, and its reopen is tried each cycle
             why = with_fs_reason(str(err), self.storage_path)
+            model, self._saving_model = self._saving_model, False
             if not self._store_failing:
                 if self._deleted_just_now():
                     return      # unsaved minutes stay dirty; the next cycle writes them
+                self._model_refused = model
                 if self._fault is not None:
-                    self._fault.failed("forecaster", why)
+                    # the minutes went in before it: not "forecast history is not stored"
+                    self._fault.failed("forecaster", why, meanwhile="the forecaster's fitted model is not stored"
+                                       if model else "")
                 else:
                     log.error("storage.path %s: forecast history not stored (%s: %s); forecasting from memory "
                               "until it can", self.storage_path, type(err).__name__, why)
@@ -612,9 +621,12 @@ class ForecastService:
             self._store_failing, self.storage_error = False, None
             if was_failing and self._fault is not None:
                 # those not written by this work (a prune, a model) go with the next save
-                self._fault.written("forecaster", self._saved_minutes + self.forecaster.dirty_minutes)
+                model = self._model_refused and self._unsaved_model is None
+                self._fault.written("forecaster", self._saved_minutes + self.forecaster.dirty_minutes,
+                                    "the forecaster's fitted model too" if model else "")
             elif was_failing:
                 log.info("storage.path %s: forecast history written again", self.storage_path)
+            self._model_refused = self._model_refused and self._unsaved_model is not None
             self._missing_since = None
 
     def _deleted_just_now(self) -> bool:

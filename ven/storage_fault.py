@@ -48,11 +48,12 @@ class StorageFault:
     def open(self) -> bool:
         return self._flap.open
 
-    def failed(self, part: str, why: str, note: str = "", every: bool = False) -> None:
+    def failed(self, part: str, why: str, note: str = "", every: bool = False, meanwhile: str = "") -> None:
         """`part`'s write (or its opening of the file) failed, and it keeps what it writes in memory. `note`: more
         the start line says, if this starts the fault. `every`: no part can write (the file would not open at the
         start, before any did); else the others may still (a near-full disk refuses the biggest write first, the
-        forecaster's model, while the events' and the queue's rows still go in)."""
+        forecaster's model, while the events' and the queue's rows still go in). `meanwhile`: what `part` does, if not
+        what PARTS says (the forecaster whose model alone was refused)."""
         # the events' and the queue's errors name the path, which the line says once (as pathlib writes it: a
         # storage.path of "./var/gateway.sqlite" is "var/gateway.sqlite" there)
         why = why.removeprefix(f"storage.path {self.path}: ").removeprefix(f"storage.path {Path(self.path)}: ")
@@ -69,7 +70,8 @@ class StorageFault:
             # refused, while /api/status named the one part that was
             log.error("storage.path %s refuses writes (%s): %s until it takes them again (tried every %s)%s; a "
                       "restart before then loses what memory holds%s", self.path, why,
-                      _and([PARTS[p][0] for p in now]), _every(self.retry_seconds),
+                      _and([meanwhile if meanwhile and p == part else PARTS[p][0] for p in now]),
+                      _every(self.retry_seconds),
                       f", and {_and(later)} once it refuses their writes too" if later else "",
                       f"; {note}" if note else "")
 
