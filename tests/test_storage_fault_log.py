@@ -14,7 +14,7 @@ import time
 from datetime import timedelta
 
 import pytest
-from test_faults_storage import T0, _event, _minutes, fill, tmpfs
+from test_faults_storage import T0, _event, _minutes, cover, fill, tmpfs, uncover
 from waiting import eventually
 
 from bacnet_api.simulator import MeterSimulator
@@ -257,3 +257,35 @@ async def test_a_disk_that_refuses_only_the_biggest_write_says_which_parts_it_re
             await svc.stop()
             q.close()
             store.close()
+
+
+async def test_with_telemetry_off_the_end_line_promises_no_telemetry(tmp_path, ports, caplog, monkeypatch):
+    # a file holding readings queued while telemetry was on, not mounted yet at a start with openadr.telemetry false:
+    # the end line said they "are sent after the newer intervals", which nothing sends
+    from ven import app
+
+    monkeypatch.setattr(app, "LOOK_EVERY_S", 0.3)
+    caplog.set_level(logging.INFO)
+    with tmpfs(tmp_path / "disk", "size=4m") as disk:
+        path = disk / "gw.sqlite"
+        q = TelemetryQueue(path)
+        for i in range(3):
+            q.add(T0 + timedelta(seconds=i), 80.0)
+        q.close()
+        cover(disk)
+        gw = Gateway(config(disk, ports, telemetry=False))
+        try:
+            async with MeterSimulator(address=f"127.0.0.1/8:{ports['meter_port']}", value=87.5):
+                await gw.start()
+                try:
+                    await eventually(lambda: not gw.forecast.storage_ok, 10, "the forecaster without its file")
+                    uncover(disk)
+                    await eventually(lambda: len(storage_lines(caplog, path)) == 2, 15, "the end line")
+                finally:
+                    await gw.stop()
+        finally:
+            with contextlib.suppress(Exception):
+                uncover(disk)
+    said = storage_lines(caplog, path)
+    assert [level for level, _ in said] == ["ERROR", "INFO"], said
+    assert "telemetry" not in said[1][1].replace(str(path), ""), said

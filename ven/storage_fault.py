@@ -83,7 +83,7 @@ class StorageFault:
                 return
             del self._failing[part]
             self._back[part] = self._back.get(part, 0) + moved
-            if note:
+            if note and part in self.parts:     # not the queue's backlog "sent after ..." with openadr.telemetry false
                 self._notes.append(note)
             since, now = self._flap.since, self._clock()
             if self._failing or not self._flap.good(now):
