@@ -77,7 +77,7 @@ async def test_a_file_that_cannot_be_opened_at_the_start_is_one_line_then_one_wh
             said = storage_lines(caplog, path)
             assert [level for level, _ in said] == ["ERROR", "INFO"], said
             end = said[1][1]
-            assert f"storage.path {path} takes writes again after " in end, end
+            assert f"storage.path {path} takes writes again after " in end and "MB free" not in end, end
             assert "telemetry reading(s)" in end and "held in memory go to it" in end, end
             # the meter's last read, a saved value, not an event: no event changed
             assert "change(s) to events and saved state" in end and "event change" not in end, end
@@ -135,6 +135,8 @@ async def test_parts_writing_again_one_by_one_end_the_fault_once_the_last_does(t
         assert [level for level, _ in said] == ["ERROR", "INFO"], said
         assert "30 change(s) to events and saved state" in said[1][1] and "300 telemetry reading(s)" in said[1][1], said
         assert "minute(s) of forecast history" in said[1][1], said
+        # the disk a little less full, not steadily writable: another fault may follow soon, and the line says so
+        assert " MB free on its file system (it may fill again): " in said[1][1], said
         assert not fault.open and fault.fault() is None
         q.close()
         store.close()

@@ -10,11 +10,14 @@ last one writes again, with what went from memory to the file. The app owns it (
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from pathlib import Path
 
 from bacnet_api.settle import Flapping, span
+
+from .config_checks import LOW_SPACE_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,7 @@ class StorageFault:
         self._failing: dict[str, str] = {}      # part -> why, while it refuses that part's writes
         self._back: dict[str, int] = {}         # part -> what went from memory to the file in this fault
         self._notes: list[str] = []
+        self._full = False      # the fault began with a full disk
         self._lock = threading.Lock()
 
     @property
@@ -64,6 +68,7 @@ class StorageFault:
                     log.info("storage.path %s: %s", self.path, note)
                 return
             self._back, self._notes = {}, []
+            self._full = "No space left on device" in why or "disk is full" in why
             now = [p for p in self.parts if p in PARTS and (every or p == part)] or [p for p in self.parts if p in PARTS]
             later = [PARTS[p][0] for p in self.parts if p in PARTS and p not in now]
             # the parts it refuses now, and what the others do if it refuses them too: the line named every part as
@@ -89,9 +94,22 @@ class StorageFault:
             if self._failing or not self._flap.good(now):
                 return
             back = [f"{self._back[p]} {PARTS[p][1]}" for p in self.parts if self._back.get(p)]
-            log.info("storage.path %s takes writes again after %s: %s%s", self.path, span(now - since),
-                     f"{_and(back)} held in memory go to it" if back else "nothing was waiting in memory",
-                     "".join(f"; {n}" for n in self._notes))
+            log.info("storage.path %s takes writes again after %s%s: %s%s", self.path, span(now - since),
+                     self._still_full(), f"{_and(back)} held in memory go to it" if back else
+                     "nothing was waiting in memory", "".join(f"; {n}" for n in self._notes))
+
+    def _still_full(self) -> str:
+        """A full disk that frees a little (a log rotated) takes writes until the gateway's own writes fill it again,
+        seconds to hours later, and a new fault begins: the end line says when it may, with the space left."""
+        if not self._full:
+            return ""
+        try:
+            fs = os.statvfs(os.path.dirname(os.path.abspath(self.path)))
+        except OSError:
+            return ""
+        free = fs.f_bavail * fs.f_frsize
+        return (f", with {free / 2**20:.1f} MB free on its file system (it may fill again)"
+                if free < LOW_SPACE_BYTES else "")
 
     def fault(self) -> str | None:
         """The stop line's words for the fault, while it is open."""
