@@ -590,8 +590,9 @@ class Gateway:
 
     async def _look_around(self) -> None:
         """The machine's clock (synchronized? stepped?), a run before whose clock was ahead, openadr.cert's expiry and
-        the telemetry queue's file, on their own tick: in the forecast's callback they were looked at every forecaster.cycle_seconds (hourly with
-        an hour's cycle), and never again while the forecast cycle failed. Each watcher asks at its own pace within."""
+        the telemetry queue's file, on their own tick: in the forecast's callback they were looked at every
+        forecaster.cycle_seconds (hourly with an hour's cycle), and never again while the forecast cycle failed. Each
+        watcher asks at its own pace within."""
         every = max(LOOK_FLOOR_S, min(LOOK_EVERY_S, self.clock_sync.every_s, self.cert_watch.every_s))
         looks = {"the clock's synchronization": lambda: self.clock_sync.check(time.monotonic()),
                  "the run before's last read": self._look_at_held_readings,

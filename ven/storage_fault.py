@@ -69,8 +69,9 @@ class StorageFault:
                 return
             self._back, self._notes = {}, []
             self._full = "No space left on device" in why or "disk is full" in why
-            now = [p for p in self.parts if p in PARTS and (every or p == part)] or [p for p in self.parts if p in PARTS]
-            later = [PARTS[p][0] for p in self.parts if p in PARTS and p not in now]
+            ours = [p for p in self.parts if p in PARTS]
+            now = [p for p in ours if every or p == part] or ours
+            later = [PARTS[p][0] for p in ours if p not in now]
             # the parts it refuses now, and what the others do if it refuses them too: the line named every part as
             # refused, while /api/status named the one part that was
             log.error("storage.path %s refuses writes (%s): %s until it takes them again (tried every %s)%s; a "
