@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from aiohttp import web
@@ -109,29 +109,51 @@ async def test_a_one_shot_status_request_gets_the_status_once(tmp_path, free_tcp
         all_valid(server)
 
 
-async def test_a_cancel_ends_a_status_request_with_and_without_report_to_follow(tmp_path, free_tcp_port):
+async def test_a_cancel_ends_a_status_request_with_and_without_report_to_follow(tmp_path, free_tcp_port, caplog):
+    caplog.set_level(logging.INFO, logger="ven")
     async with registered(tmp_path, free_tcp_port()) as (server, rig):
         ven = rig.vtn.ven_id
         (plain,) = server.create_status_report(ven, S, timedelta(0))
         (follow,) = server.create_status_report(ven, S, 5 * S)   # holds up to five samples between updates
-        await until(lambda: status(server, plain), 10, "status under the first")
-        server.cancel_report(ven, plain)
-        await until(lambda: len(server.canceled_reports) == 1, 10, "the first cancelled")
-        code, _, pending, _ = server.canceled_reports[0]
-        assert code == 200 and plain not in pending and follow in pending
-        before = len(status(server, follow))
-        server.cancel_report(ven, follow, report_to_follow=True)
-        await until(lambda: len(server.canceled_reports) == 2 and len(status(server, follow)) > before, 10,
-                    "the last update")
+        # what the VTN had of the second when the VEN took its cancel: counted by the test after the cancel was
+        # answered, a regular update (every 5 s) landing in between was taken for the last one, and the last came
+        # after it (a CI run at -n 6: 3 updates where 2 were counted)
+        at_cancel = []
+        taken = _on_line(f"(request {follow}): one last update", lambda: at_cancel.append(len(status(server, follow))))
+        logging.getLogger("ven").addHandler(taken)
+        try:
+            await until(lambda: status(server, plain), 10, "status under the first")
+            server.cancel_report(ven, plain)
+            await until(lambda: len(server.canceled_reports) == 1, 10, "the first cancelled")
+            code, _, pending, _ = server.canceled_reports[0]
+            assert code == 200 and plain not in pending and follow in pending
+            server.cancel_report(ven, follow, report_to_follow=True)
+            await until(lambda: len(server.canceled_reports) == 2 and said(caplog, f"request {follow} ended"), 10,
+                        "the second cancelled and ended")
+        finally:
+            logging.getLogger("ven").removeHandler(taken)
         assert follow in server.canceled_reports[1][2], "pending until its last update went"
-        after, cancelled_at = len(status(server, follow)), now()
+        (ended,) = said(caplog, f"request {follow} ended")
+        assert "its last update sent" in ended, ended
+        assert len(status(server, follow)) > at_cancel[0], "an update after the cancel"
+        (plain_cancelled,) = [datetime.fromtimestamp(r.created, timezone.utc) for r in caplog.records
+                              if f"report (request {plain})" in r.getMessage()]
+        after = len(status(server, follow))
         await asyncio.sleep(2.5)
         assert len(status(server, follow)) == after, "no update after its last"
-        # the first's: an update on its way when its cancel came may land late on a loaded machine (a CI run at
-        # -n 6), but none of a sample taken after the cancels
-        assert all(ts < cancelled_at for ts, _, _ in status(server, plain)), "no update after the cancels"
+        # the first's: an update on its way when its cancel came may land after it, but none of a sample taken after
+        assert all(ts <= plain_cancelled for ts, _, _ in status(server, plain)), "no sample after its cancel"
         assert not rig.vtn.status()["status_requests"]
         all_valid(server)
+
+
+def _on_line(text: str, then) -> logging.Handler:
+    """A handler calling `then()` as a line holding `text` is logged: what the VTN had at that moment."""
+    class On(logging.Handler):
+        def emit(self, record):
+            if text in record.getMessage():
+                then()
+    return On()
 
 
 async def test_a_cancel_with_report_to_follow_after_the_boundary_went_still_gets_its_last_update(
