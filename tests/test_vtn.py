@@ -432,13 +432,15 @@ async def test_a_cancelled_randomized_event_ends_at_random_within_its_startafter
             await until(lambda: gw.level == 2.0, 8, "the randomized event running")
             assert gw.schedule.get(a).start_offset == timedelta(seconds=0.2), "the start offset drawn"
             draw["at"] = 0.5
+            asked = now()
             server.cancel_event(a)
             await until(lambda: gw.schedule.get(a).cancelled, 5, "the cancellation")
             took = now()
-            assert gw.level == 2.0 and gw.schedule.state().active
-            assert 1.0 <= (gw.schedule.get(a).cancelled_at - took).total_seconds() <= 2.0
+            # 2 s after it arrived, between the two: bounds that hold whatever the test's lag (1 s after it was
+            # seen held only for a test late by under a second)
+            assert asked + timedelta(seconds=2) <= gw.schedule.get(a).cancelled_at <= took + timedelta(seconds=2)
             await until(lambda: gw.level == 0.0, 5, "the level ending")
-            ended = gw.first_time_at(0.0, after=took)
+            ended = gw.first_time_at(0.0, after=asked)      # held until then
             assert abs((ended - gw.schedule.get(a).cancelled_at).total_seconds()) < 0.5
             assert server.opts_for(a) == ["optIn", "optIn"]     # the cancellation acknowledged at once
 
@@ -446,9 +448,11 @@ async def test_a_cancelled_randomized_event_ends_at_random_within_its_startafter
             b = server.add_event([3], now() - timedelta(seconds=1), 60, start_after_seconds=4)
             await until(lambda: gw.level == 3.0, 8, "another randomized event running")
             draw["at"] = 0.75
+            asked = now()
             server.drop_event(b)                                 # an implied cancellation
             await until(lambda: gw.schedule.get(b).cancelled, 5, "the implied cancellation")
-            assert gw.level == 3.0 and gw.schedule.get(b).cancelled_at > now() + timedelta(seconds=1)
+            assert gw.schedule.get(b).cancelled_at >= asked + timedelta(seconds=3)
+            assert gw.level == 3.0 or now() >= gw.schedule.get(b).cancelled_at
             gw.vtn.set_opt_out(True)                             # the BAS: the site stops now
             assert gw.level == 0.0 and gw.schedule.get(b).cancelled_at <= now()
             await asyncio.sleep(1.5)
