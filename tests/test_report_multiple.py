@@ -31,6 +31,8 @@ async def requested(tmp_path, port: int, caplog):
     async with DemoVtn(port, poll_seconds=1, report_granularity=S, report_back=S) as server:
         async with running(tmp_path, server.url) as rig:
             await until(lambda: rig.vtn.status()["report_request_id"], 10, "telemetry requested")
+            # the VEN serves the request before its answer lands: a test counting answers from here counted it too
+            await until(lambda: server.created_reports, 10, "the request answered")
             yield server, rig
 
 

@@ -82,6 +82,9 @@ async def streaming(tmp_path, port, every: float = 0.25, **vtn):
     async with DemoVtn(port, poll_seconds=1, **vtn) as server:
         async with running(tmp_path, server.url) as rig:
             await until(lambda: rig.vtn.status()["report_request_id"], 10, "telemetry requested")
+            # the VEN serves the request before its answer lands (not yet landed in a CI run at -n 6): tests reading
+            # server.created_reports from here find it there
+            await until(lambda: server.created_reports, 10, "the request answered")
             rig.start_meter(every)
             yield server, rig, rig.vtn.status()["report_request_id"]
 
