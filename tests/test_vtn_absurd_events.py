@@ -119,7 +119,9 @@ async def test_an_event_of_more_intervals_than_a_week_of_minutes_is_refused_alon
         many = MAX_EVENT_INTERVALS + 1
         big = event("big", now() + timedelta(hours=1), f"PT{many}M", [signal([interval(1, "PT1M")] * many)])
         await deliver(raw, distribute(raw.vtn_id, [big, normal()]))
-        await until(lambda: raw.answers("normal") == ["optIn"] and raw.answers("big"), 10, "both answered")
+        # 16 MB to read before either answer: 3.8 s beside a loaded suite, over 10 s with the CPU shared four ways
+        # more; the speed is not what is tested here
+        await until(lambda: raw.answers("normal") == ["optIn"] and raw.answers("big"), 30, "both answered")
         assert raw.answers("big") == ["optOut"] and raw.codes("big") == ["454"] and raw.codes("normal") == ["200"]
         assert gw.schedule.get("big") is None and gw.schedule.state().level == 2.0
         refused = [r for r in caplog.records if "event big" in r.getMessage()]
