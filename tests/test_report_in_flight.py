@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from openleadr import errors
 from test_report_requests import S, drained, expected, received, running, said, same, streaming
 from waiting import eventually as until
 
+from ven.report_intervals import bucket_start
 from ven.vtn_server import DemoVtn
 
 pytestmark = pytest.mark.mostly_waiting
@@ -113,6 +114,31 @@ async def test_a_request_cancelled_while_its_update_was_on_the_way_and_asked_aga
             new = server.create_report(rig.vtn.ven_id, S, S)
             await until(lambda: rig.vtn.status()["report_request_id"] == new, 10, "the new request")
         await each_interval_once(server, rig, old, new)
+
+
+async def test_a_cancel_with_report_to_follow_taken_while_an_update_was_on_the_way_still_sends_the_intervals_complete_then(
+        tmp_path, free_tcp_port, caplog):
+    # The update on its way when the cancel came, made before it, was taken for the last one: the request ended
+    # with it, and the intervals complete between it and the cancel never went under the request the VTN was told
+    # a report would follow for (seen as test_report_requests' reportToFollow test finding no update due)
+    caplog.set_level(logging.INFO, logger="ven")
+    async with streaming(tmp_path, free_tcp_port()) as (server, rig, rrid):
+        await until(lambda: len(received(server)) >= 2, 5, "live intervals")
+        async with holding_an_update(server, rrid):
+            await asyncio.sleep(1.5)        # intervals complete while it is held
+            server.cancel_report(rig.vtn.ven_id, rrid, report_to_follow=True)
+            await until(lambda: said(caplog, f"the VTN cancelled the telemetry report (request {rrid})"), 10,
+                        "the cancel taken while the update was on the way")
+        (cancel,) = [r.created for r in caplog.records if f"cancelled the telemetry report (request {rrid})"
+                     in r.getMessage()]
+        await until(lambda: said(caplog, f"last TELEMETRY_USAGE update sent for the cancelled request {rrid}"), 10,
+                    "the last update")
+        got = received(server, rrid=rrid)
+        complete = bucket_start(datetime.fromtimestamp(cancel, timezone.utc), S)
+        assert got[-1][0] + S >= complete, f"intervals up to {got[-1][0] + S}, {complete} complete at the cancel"
+        same(got, expected([(ts, kw) for ts, kw in rig.taken if ts < got[-1][0] + S], S))    # each once, whole
+        await asyncio.sleep(1.5)
+        assert received(server, rrid=rrid) == got, "nothing after its last update"
 
 
 async def test_a_request_cancelled_while_its_update_was_on_the_way_and_asked_again_after_it_landed_sends_it_once(

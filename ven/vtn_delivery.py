@@ -58,11 +58,14 @@ class VtnDelivery:
                     continue            # ended while another request's update was sent
                 now = _utcnow()
                 if req.catch_up or now >= self._due(req, now):
+                    final = req.final
                     if await self._send_complete(req, now):
-                        req.catch_up = False
+                        # cancelled with reportToFollow while this update, made before, was on its way: the
+                        # intervals complete since go in one more, the last (they missed it, and the request ended)
+                        req.catch_up = req.final and not final
                         req.next_report = self._next_update(req, now)
                         end = req.window[1]
-                        if req.final:
+                        if final:
                             log.info("last TELEMETRY_USAGE update sent for the cancelled request %s; %s", req.rrid,
                                      self._then(req.rrid, "readings queue until the VTN asks again"))
                             self._stop_serving(req.rrid)
