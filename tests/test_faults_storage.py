@@ -580,7 +580,7 @@ async def test_read_only_storage_works_from_memory_then_writes_the_file_once_it_
                 await eventually(lambda: f"storage.path {storage} takes writes again after " in log_path.read_text(),
                                  35, "every part writing the file")
                 assert (await status(http_port))["storage"] == {"path": str(storage), "ok": True, "errors": {},
-                                                               "moved_aside": None}
+                                                                "moved_aside": None}
                 # a change to the event (the BAS opts out) finds the file open and saves it there
                 assert await peer.write(gw, P.BY_NAME[P.OPT_OUT].object_id, "presentValue", "active",
                                         priority=8) is None
@@ -696,7 +696,8 @@ async def test_a_stop_seconds_after_the_data_volume_mounts_writes_what_memory_he
     assert minutes >= 1, text
     # the stop's last try opened the file for every part: the fault's end line
     ended = [line for line in text.splitlines() if f"storage.path {storage} takes writes again" in line]
-    assert len(ended) == 1 and "change(s) to events and saved state" in ended[0] and "telemetry reading(s)" in ended[0], text
+    assert len(ended) == 1, text
+    assert "change(s) to events and saved state" in ended[0] and "telemetry reading(s)" in ended[0], text
     stopped = [line for line in text.splitlines() if "edge-gateway stopped" in line]
     assert stopped and "storage.path" not in stopped[0], stopped   # no fault left open: the file took it all
     assert "Traceback" not in text, text

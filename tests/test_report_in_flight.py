@@ -116,7 +116,7 @@ async def test_a_request_cancelled_while_its_update_was_on_the_way_and_asked_aga
         await each_interval_once(server, rig, old, new)
 
 
-async def test_a_cancel_with_report_to_follow_taken_while_an_update_was_on_the_way_still_sends_the_intervals_complete_then(
+async def test_a_cancel_with_report_to_follow_taken_with_an_update_on_the_way_sends_the_intervals_complete_then(
         tmp_path, free_tcp_port, caplog):
     # The update on its way when the cancel came, made before it, was taken for the last one: the request ended
     # with it, and the intervals complete between it and the cancel never went under the request the VTN was told

@@ -1,6 +1,7 @@
 """A report's dtstart is the end of the last interval the one before it carried (docs/openadr.md "What the VTN
-receives"), after a restart too: one stream alone kept its place in storage.path only from its first update, so the next run's
-first report was dated from there, over every interval the VTN had taken since, which then read as not measured."""
+receives"), after a restart too: one stream alone kept its place in storage.path only from its first update, so the
+next run's first report was dated from there, over every interval the VTN had taken since, which then read as not
+measured."""
 from __future__ import annotations
 
 import pytest

@@ -27,6 +27,7 @@ from ven.telemetry import TelemetryQueue
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.mostly_waiting]
 
+
 def storage_lines(caplog, path) -> list[tuple[str, str]]:
     """The log's lines naming storage.path: the fault's own, and no part's (checked here)."""
     said = [r for r in caplog.records if f"storage.path {path}" in r.getMessage()]

@@ -336,7 +336,7 @@ async def test_the_intervals_a_step_ahead_cuts_short_are_marked(tmp_path, free_t
 
 
 async def test_a_clock_stepped_back_is_said_before_what_it_did_to_the_forecaster(tmp_path, free_tcp_port,
-                                                                                  free_udp_port, monkeypatch):
+                                                                                 free_udp_port, monkeypatch):
     # the step's own line came at the clock watch's next look, up to a minute after the forecaster, which sees the
     # step in the next reading's stamp, had said what it set aside: the effect read before its cause
     clock = tmp_path / "faketime.txt"
