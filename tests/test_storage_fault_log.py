@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
+import subprocess
 import time
 from datetime import timedelta
 
@@ -35,12 +36,12 @@ def storage_lines(caplog, path) -> list[tuple[str, str]]:
     return [(r.levelname, r.getMessage()) for r in said]
 
 
-def config(directory, ports, retry=0.5, telemetry=True):
+def config(directory, ports, retry=0.5, telemetry=True, **openadr):
     return parse_config({
         "bacnet": {"address": f"127.0.0.1/8:{ports['bacnet_port']}", "device_id": 500461},
         "meter": {"router": f"127.0.0.1:{ports['meter_port']}", "poll_seconds": 1.0, "timeout_seconds": 1.0},
         "openadr": {"vtn_url": f"http://127.0.0.1:{ports['vtn_port']}/OpenADR2/Simple/2.0b", "ven_name": "fault-46",
-                    "retry_max_seconds": 2.0, "telemetry": telemetry},
+                    "retry_max_seconds": 2.0, "telemetry": telemetry, **openadr},
         "storage": {"path": str(directory / "gw.sqlite"), "retry_seconds": retry},
         "http": {"enabled": False},
         "forecaster": {"cycle_seconds": 0.5},
@@ -292,3 +293,34 @@ async def test_with_telemetry_off_the_end_line_promises_no_telemetry(tmp_path, p
     said = storage_lines(caplog, path)
     assert [level for level, _ in said] == ["ERROR", "INFO"], said
     assert "telemetry" not in said[1][1].replace(str(path), ""), said
+
+
+async def test_a_stop_on_a_full_disk_says_the_readings_the_vtn_took_are_reported_again(tmp_path, ports, caplog):
+    # verify46b: the deletion of readings the VTN took waits (ACK_DEFER_MAX), and a full disk refused it at the stop:
+    # the next start sent them again (under the new request, an interval the VTN had, with another value), and the stop
+    # line said only "what they held in memory is lost"
+    from ven.vtn_server import DemoVtn
+
+    caplog.set_level(logging.INFO)
+    with tmpfs(tmp_path / "disk", "size=8m") as disk:
+        path = disk / "gw.sqlite"
+        gw = Gateway(config(disk, ports, retry=0.2, telemetry_seconds=1.0))
+        async with MeterSimulator(address=f"127.0.0.1/8:{ports['meter_port']}", value=87.5), \
+                DemoVtn(ports["vtn_port"], poll_seconds=1) as vtn:
+            await gw.start()
+            try:
+                await eventually(lambda: gw.telemetry.delivered >= 2, 20, "readings the VTN took")
+                # dd, not fill(): the gateway writing meanwhile, fill()'s buffered file raised ENOSPC at its close
+                filler = disk / "filler"
+                subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=4k"], capture_output=True)
+                await eventually(lambda: gw.telemetry.write_error, 15, "the queue's write refused")
+            finally:
+                await gw.stop()
+            taken = {iv[0] for _, ivs in vtn.updates for iv in ivs}
+        filler.unlink()     # room again, as at the next start
+        stopped = [r.getMessage() for r in caplog.records if "edge-gateway stopped" in r.getMessage()]
+        kept = [s for s in TelemetryQueue(path).peek(1000) if s.ts.replace(microsecond=0) in taken]
+        assert kept, "no reading the VTN took stayed in the file: the case is not met"
+        assert len(stopped) == 1 and (f"what they held in memory is lost), and {len(kept)} telemetry reading(s) "
+                                      "the VTN took stay in it, their deletion refused: the next start reports them "
+                                      "again") in stopped[0], stopped

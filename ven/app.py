@@ -336,6 +336,15 @@ class Gateway:
         if (storage := self.storage_fault.fault()) and not any(f.startswith("storage.path") for f in still_open):
             # met by the stop's own writes (the forecaster's last save, with its history the first to write since)
             still_open.append(storage)
+        if kept := self.telemetry.taken_in_file:
+            # the VTN gets them twice, the second time under the next run's request (an interval it has, another value)
+            again = (f"{kept} telemetry reading(s) the VTN took stay in it, their deletion refused: the next start "
+                     "reports them again")
+            at = next((i for i, f in enumerate(still_open) if f.startswith("storage.path")), None)
+            if at is None:
+                still_open.append(f"storage.path: {again}")
+            else:
+                still_open[at] += f", and {again}"
         if still_open:
             log.info("edge-gateway stopped with %s open, so no end line follows: %s",
                      "a fault" if len(still_open) == 1 else f"{len(still_open)} faults", "; ".join(still_open))

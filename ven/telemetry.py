@@ -874,6 +874,12 @@ class TelemetryQueue:
             self._save_acks(every=0.0)
             self._conn.close()
 
+    @property
+    def taken_in_file(self) -> int:
+        """After close: readings the VTN took whose deletion the file refused (a full disk at the stop; deletions wait
+        for ACK_DEFER_MAX of them), so the next start reports them again."""
+        return len(self._acked)
+
 
 def _stamp(text) -> str:
     """A stored time as the log's own stamps read (2026-12-05T22:03:20Z), not to the microsecond with +00:00."""
