@@ -495,11 +495,12 @@ async def test_restart_restores_level_without_vtn_and_keeps_the_random_offset(tm
 
 @pytest.mark.parametrize("modified", [True, False], ids=["modified-meanwhile", "same-modification"])
 async def test_an_answer_waiting_through_an_outage_goes_once_and_never_after_a_newer_one(tmp_path, free_tcp_port,
-                                                                                         modified):
+                                                                                         modified, caplog):
     # The BAS opts out while the VTN is down. Registered again, the VEN hears the event listed (the registration's
     # event request) and openleadr answers it with the site's answer of now. The optOut that had waited went too:
     # after it, for modification 0 when the VTN had modified the event meanwhile (the VTN heard 0 after 1), and
     # otherwise as the same oadrCreatedEvent twice, 3 ms apart.
+    caplog.set_level(logging.INFO, logger="ven")
     port = free_tcp_port()
     server = DemoVtn(port, poll_seconds=1)
     await server.start()
@@ -527,6 +528,9 @@ async def test_an_answer_waiting_through_an_outage_goes_once_and_never_after_a_n
                     for r in c["event_responses"] if r["event_id"] == eid]
             assert sent == [(int(modified), "optOut")]
             assert gw.vtn.status()["opt_answers_waiting"] == 0 and gw.vtn.opt_answer_error is None
+            # verify46b: it went in openleadr's answer to the listing, and the operator, told of the ADR-Opt-Out
+            # written, never read that the VTN had it
+            assert len(said(caplog, f"told the VTN optOut for event {eid}")) == 1, said(caplog, "told the VTN")
     finally:
         await server.stop()
 

@@ -184,6 +184,7 @@ class VtnClient(VtnEvents, VtnReports, VtnDelivery, VtnUpdates, VtnStatus, VtnOu
         # events of the message being handled that were listed again unchanged (each re-registration lists every
         # event to a fresh openleadr client): one line for them all, not one per event each time
         self._relisted = 0
+        self._carried: list[tuple[str, int, str]] = []     # waiting answers openleadr's answer to a listing carried
         self._relisting = False     # the event list asked for after a failed poll is being handled
         self._request_said: tuple | None = None   # the last telemetry request's (granularity, back, window)
         self._status_said: tuple | None = None    # ... and the last status request's (ven/vtn_status.py)

@@ -48,8 +48,12 @@ class VtnEvents:
                 self._distributed_in.update(dict.fromkeys(listed, payload["request_id"]))
             if events:
                 self._relisted = 0
+                self._carried = []
                 async with self._opts_lock:   # its answers and ours reach the VTN in the order decided
                     await client._on_event(payload)
+                # answers that waited (the BAS's ADR-Opt-Out written while the VTN was away), gone in openleadr's
+                # answer to the listing: said as when they go on their own, or the operator never read it
+                carried, self._carried = self._carried, []
                 if self._relisted:      # said at an outage's first registration, not at each after it
                     log.log(logging.DEBUG if self._repeating() or self._relisting else logging.INFO,
                             "%d event(s) listed again, unchanged", self._relisted)
@@ -63,6 +67,10 @@ class VtnEvents:
                     elif client.refused:
                         ids = ", ".join(e["event_descriptor"]["event_id"] for e in events)
                         self._answer_refused(f"VTN refused the answer to event(s) {ids}: {client.refused}")
+                    else:
+                        for opt in sorted({opt for _, _, opt in carried}):
+                            log.info("told the VTN %s for %s (in its answer to the events listed)", opt,
+                                     _events([a for a in carried if a[2] == opt]))
             # kept once its events are taken (a new one too): what the VTN says has completed is not cancelled when
             # it stops listing it (its clock may be ahead)
             self._schedule.vtn_statuses({e["event_descriptor"]["event_id"]: e["event_descriptor"].get("event_status")
@@ -301,11 +309,14 @@ class VtnEvents:
             else:
                 del self._pending_opts[eid]
                 self._singly.discard(eid)
+                if answered:
+                    self._carried.append((eid, stored.modification_number, _answer(stored)))
         elif waiting is not None and answered and waiting[0] == stored.modification_number:
             # this very modification listed again (registered anew after an outage) and answered by openleadr with
             # the site's answer of now: the one that waited through the outage would be the same message twice
             del self._pending_opts[eid]
             self._singly.discard(eid)
+            self._carried.append((eid, stored.modification_number, _answer(stored)))
 
     def _log_event(self, ev, prev) -> None:
         eid = ev.event_id
