@@ -91,7 +91,9 @@ def fill(directory: Path) -> Path:
     """Write a file until the file system is full; returns it (delete it to free the space)."""
     filler = directory / "filler"
     chunk = b"\0" * 65536
-    with open(filler, "wb") as f:
+    # unbuffered: a buffered file kept what the full disk refused and raised ENOSPC again at its close, when a
+    # gateway writing meanwhile took the space between two writes
+    with open(filler, "wb", buffering=0) as f:
         try:
             while True:
                 f.write(chunk)

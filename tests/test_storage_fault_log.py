@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
-import subprocess
 import time
 from datetime import timedelta
 
@@ -310,9 +309,7 @@ async def test_a_stop_on_a_full_disk_says_the_readings_the_vtn_took_are_reported
             await gw.start()
             try:
                 await eventually(lambda: gw.telemetry.delivered >= 2, 20, "readings the VTN took")
-                # dd, not fill(): the gateway writing meanwhile, fill()'s buffered file raised ENOSPC at its close
-                filler = disk / "filler"
-                subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=4k"], capture_output=True)
+                filler = fill(disk)
                 await eventually(lambda: gw.telemetry.write_error, 15, "the queue's write refused")
             finally:
                 await gw.stop()
