@@ -11,6 +11,10 @@ from forecaster.calendar import Calendar
 from forecaster.model import MODEL_NAME
 from forecaster.series import MinuteSnapshot, minute_of
 
+# fits of weeks of minutes, 10-15 s of CPU each: on 2 loaded cores (14 test workers, others fitting beside them) one
+# took past the default 120 s, a bound that is only there to catch a hang
+pytestmark = pytest.mark.timeout(300)
+
 T0 = dt.datetime(2024, 3, 4, tzinfo=dt.timezone.utc).timestamp()  # a Monday, 00:00 UTC
 DAY = 86400
 

@@ -534,6 +534,7 @@ def test_learning_counts_minutes_of_history_as_needs_fit_does_for_any_min_fit_ho
     assert fc.needs_fit(first - 30)
 
 
+@pytest.mark.timeout(300)    # 114 s of the default 120 under load: the CPU its fits take, not a hang
 def test_refit_carries_the_held_out_verdict_until_its_days_are_stale():
     fc = DemandForecaster(validation_days=2, min_fit_hours=48)
     t, v = _seed_office(fc, 10, noise=2.0)
