@@ -765,7 +765,9 @@ async def test_an_acceptance_that_comes_twice_or_late_leaves_one_renewal(free_ud
     try:
         await device.start()
         layer = next(iter(device.app.link_layers.values()))
-        await eventually(lambda: layer.bbmdRegistrationStatus == 0 and len(asked) == (1 if answer == "twice" else 2),
+        # at least: a start slowed by load can return after the first renewal has been asked too (a second chain
+        # shows in the gaps below however late this is seen)
+        await eventually(lambda: layer.bbmdRegistrationStatus == 0 and len(asked) >= (1 if answer == "twice" else 2),
                          15, "the registration taken")
         since = len(asked)
         # counted over the renewals seen, not in a fixed sleep: a loaded machine renews every 1.3 s
