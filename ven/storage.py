@@ -466,15 +466,19 @@ def open_or_retry_later(open_file: Callable[[], None], reopen_seconds: float | N
 
 
 def _os_reason(p: Path) -> str:
-    """SQLite says "unable to open database file" or "disk I/O error"; the OS knows why."""
+    """SQLite says "unable to open database file" or "disk I/O error"; the OS knows why. Asked without opening the
+    file: closing any descriptor of it drops every lock SQLite holds on it in this process, and a connection closing
+    next took itself for the last, checkpointed and removed the WAL the others still wrote in (a damaged file: one
+    store's open failing, "database is locked", beside another's open connection, as at a late first open)."""
     if p == Path(":memory:"):
         return ""
-    try:
-        with open(p, "ab"):
-            pass
-    except OSError as err:
-        return f" ({err.strerror})"
-    return fs_reason(p)
+    if why := fs_reason(p):
+        return why
+    if not (p if p.exists() else p.parent).exists():
+        return f" ({os.strerror(errno.ENOENT)})"
+    if not os.access(p if p.exists() else p.parent, os.R_OK | os.W_OK):
+        return f" ({os.strerror(errno.EACCES)})"
+    return ""
 
 
 # Under this much free space a write fails before the disk is quite full: SQLite grows the WAL a page at a time
@@ -494,8 +498,10 @@ def fs_reason(p: str | os.PathLike) -> str:
     root = os.geteuid() == 0     # root may use the blocks and inodes ext4 reserves
     if fs.f_flag & os.ST_RDONLY:
         return f" ({os.strerror(errno.EROFS)})"
-    try:    # ext4 read-only after an error (errors=remount-ro) refuses a write open without the mount's flag
-        os.close(os.open(p, os.O_WRONLY | os.O_CLOEXEC))
+    # ext4 read-only after an error (errors=remount-ro) refuses a write open without the mount's flag. Opened: the
+    # -wal, never the file itself (_os_reason says why); SQLite locks the -shm and the file, not the -wal
+    try:
+        os.close(os.open(f"{os.path.realpath(p)}-wal", os.O_WRONLY | os.O_CLOEXEC))
     except FileNotFoundError:
         pass
     except OSError as err:
