@@ -597,6 +597,8 @@ class ForecastService:
 
     def _persist(self, work) -> None:
         self._saved_minutes = 0
+        # looked at before: the copy the other stores make of a deleted file may land while this write fails on it
+        there = os.path.exists(self.storage_path)
         try:
             work(self._store)
         except Exception as err:  # sqlite3 errors: keep forecasting, say so once
@@ -605,7 +607,7 @@ class ForecastService:
             why = with_fs_reason(str(err), self.storage_path)
             model, self._saving_model = self._saving_model, False
             if not self._store_failing:
-                if self._deleted_just_now():
+                if self._deleted_just_now(there):
                     return      # unsaved minutes stay dirty; the next cycle writes them
                 self._model_refused = model
                 if self._fault is not None:
@@ -629,11 +631,12 @@ class ForecastService:
             self._model_refused = self._model_refused and self._unsaved_model is not None
             self._missing_since = None
 
-    def _deleted_just_now(self) -> bool:
+    def _deleted_just_now(self, there: bool = True) -> bool:
         """The file is gone (an operator's clean-up): the gateway's other stores recreate it with its rows
         at their next write (ven/storage.py follow_file), which this store cannot do, as it holds no
-        connection to the old file. So the fault is only said once it outlasts DELETED_GRACE_S."""
-        if os.path.exists(self.storage_path):
+        connection to the old file. So the fault is only said once it outlasts DELETED_GRACE_S. `there`: the file
+        was there when the failed write began (one missing then, and back now, was brought back meanwhile)."""
+        if there and os.path.exists(self.storage_path):
             return False
         now = time.monotonic()
         if self._missing_since is None:
