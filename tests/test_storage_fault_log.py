@@ -28,6 +28,18 @@ from ven.telemetry import TelemetryQueue
 pytestmark = [pytest.mark.timeout(90), pytest.mark.mostly_waiting]
 
 
+def three_parts(path):
+    """The one fault, and the events' store, the telemetry queue and the forecaster (not started) on `path` reporting
+    into it, as the app wires them."""
+    from ven.storage_fault import StorageFault
+
+    fault = StorageFault(path, 0.1)
+    return (fault, Storage(path, reopen_seconds=0.1, fault=fault),
+            TelemetryQueue(path, reopen_seconds=0.1, fault=fault),
+            ForecastService(ForecasterConfig(cycle_seconds=0.05, source="meter"), str(path), publish=lambda f: None,
+                            reopen_seconds=0.1, fault=fault))
+
+
 def storage_lines(caplog, path) -> list[tuple[str, str]]:
     """The log's lines naming storage.path: the fault's own, and no part's (checked here)."""
     said = [r for r in caplog.records if f"storage.path {path}" in r.getMessage()]
@@ -94,17 +106,11 @@ async def test_a_file_that_cannot_be_opened_at_the_start_is_one_line_then_one_wh
 
 
 async def test_parts_writing_again_one_by_one_end_the_fault_once_the_last_does(tmp_path, caplog):
-    from ven.storage_fault import StorageFault
-
     caplog.set_level(logging.INFO)
     with tmpfs(tmp_path / "disk", "size=2m") as disk:
         path = disk / "gw.sqlite"
-        fault = StorageFault(path, 0.1)
-        store = Storage(path, reopen_seconds=0.1, fault=fault)
-        q = TelemetryQueue(path, reopen_seconds=0.1, fault=fault)
+        fault, store, q, svc = three_parts(path)
         k = int(time.time() // 60)
-        svc = ForecastService(ForecasterConfig(cycle_seconds=0.05, source="meter"), str(path),
-                              publish=lambda f: None, reopen_seconds=0.1, fault=fault)
         await svc.start()
         try:
             svc.on_meter((k - 60) * 60 - 30, 100.0)
@@ -220,16 +226,10 @@ async def test_a_disk_that_refuses_only_the_biggest_write_says_which_parts_it_re
     # while both were written, and /api/status named the forecaster alone
     import os
 
-    from ven.storage_fault import StorageFault
-
     caplog.set_level(logging.INFO)
     with tmpfs(tmp_path / "disk", "size=4m") as disk:
         path = disk / "gw.sqlite"
-        fault = StorageFault(path, 0.1)
-        store = Storage(path, reopen_seconds=0.1, fault=fault)
-        q = TelemetryQueue(path, reopen_seconds=0.1, fault=fault)
-        svc = ForecastService(ForecasterConfig(cycle_seconds=0.05, source="meter"), str(path),
-                              publish=lambda f: None, reopen_seconds=0.1, fault=fault)
+        fault, store, q, svc = three_parts(path)
         await svc.start()
         try:
             free = os.statvfs(disk)

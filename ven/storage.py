@@ -474,11 +474,10 @@ def _os_reason(p: Path) -> str:
         return ""
     if why := fs_reason(p):
         return why
-    if not (p if p.exists() else p.parent).exists():
+    asked = p if p.exists() else p.parent     # a file not there yet is made in its directory
+    if not asked.exists():
         return f" ({os.strerror(errno.ENOENT)})"
-    if not os.access(p if p.exists() else p.parent, os.R_OK | os.W_OK):
-        return f" ({os.strerror(errno.EACCES)})"
-    return ""
+    return "" if os.access(asked, os.R_OK | os.W_OK) else f" ({os.strerror(errno.EACCES)})"
 
 
 # Under this much free space a write fails before the disk is quite full: SQLite grows the WAL a page at a time
