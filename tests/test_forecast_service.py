@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from fit_processes import fit_given_cpu, fit_processes
+from fit_processes import fit_given_cpu, fit_processes, fitted_with_cpu
 from gateway_process import kill_when_said
 from waiting import eventually
 
@@ -505,7 +505,7 @@ async def test_a_failing_fit_process_raises_with_its_last_error_line(tmp_path):
     from ven.fit_worker import FitError, fit_in_child
 
     with pytest.raises(FitError, match="exited with status 1: .*UnpicklingError") as raised:
-        await fit_in_child(b"not a pickled job")
+        await fitted_with_cpu(fit_in_child(b"not a pickled job"))
     # where it failed, for the log's first line of the fault: the last line alone did not say
     assert raised.value.detail.startswith("Traceback") and 'fit_worker.py", line' in raised.value.detail, \
         raised.value.detail
@@ -706,7 +706,7 @@ async def test_the_fit_runs_the_gateways_own_code_whatever_the_working_directory
         "import sys\nsys.stderr.write('the ven/ of the working directory\\n')\nraise SystemExit(3)\n")
     monkeypatch.chdir(tmp_path)
     job = pickle.dumps(types.SimpleNamespace(run=functools.partial(int, "7")))
-    assert pickle.loads(await fit_in_child(job)) == 7
+    assert pickle.loads(await fitted_with_cpu(fit_in_child(job))) == 7
 
 
 def _ignores(pid: int, sig: signal.Signals) -> bool:
