@@ -26,7 +26,6 @@ import time
 from typing import Any
 
 from bacpypes3.apdu import (
-    APCISequence,
     APDU,
     AbortPDU,
     ConfirmedRequestPDU,
@@ -83,6 +82,34 @@ def unread_tags(service: int, data: bytes) -> bool:
         return decode_whole(request) is None
     except Exception:  # noqa: BLE001 - not decodable at all: bacpypes3 fails it, and it is answered as such
         return False
+
+
+def why_undecodable(request: Any) -> str:
+    """The Reject reason (clause 18.8) for a confirmed request bacpypes3 cannot decode (consuming `request`).
+
+    A request that ends where a parameter it requires is due (a ReadProperty without its property identifier, a
+    WriteProperty without its value, an empty ReadPropertyMultiple) is missing-required-parameter: bacpypes3 says
+    only AttributeError "... is a required element", which was answered invalid-tag, although no tag was wrong (a
+    BACnet test harness and a technician's protocol analyser both read that as a malformed encoding). What remains
+    undecoded tells the two apart: nothing left means the request stopped short; a tag left is one that does not
+    fit there, invalid-tag."""
+    tags = None
+    try:
+        tags = TagList.decode(request)
+        decoded = Sequence.decode(tags, class_=_WHOLE[request.apduService])
+        if request.apduService not in _LISTS or not len(tags):
+            return "other"
+        # a list's specifications decode up to the first one bacpypes3 cannot read (an object identifier with nothing
+        # after it, a mis-tagged one): judged as a request of its own
+        cls = type(decoded)
+        cls._elements[cls._order[0]]._subtype.decode(tags)
+        return "invalidTag"
+    except RejectException as err:
+        return err.rejectReason
+    except AttributeError:
+        return "missingRequiredParameter" if tags is not None and not len(tags) else "invalidTag"
+    except Exception:  # noqa: BLE001 - bacpypes3 raises ValueError, TypeError ... for bad encodings
+        return "invalidTag"
 
 
 def reject_undecodable(app: Any) -> None:
@@ -142,15 +169,9 @@ class RejectingServiceAccessPoint(ApplicationServiceAccessPoint):
             reason = "other"
         elif unread_tags(request.apduService, bytes(request.pduData)):
             # a list's element it cannot read; after any other request's last parameter, more of them
-            reason = "invalidTag" if request.apduService in _LISTS else "tooManyArguments"
+            reason = why_undecodable(request) if request.apduService in _LISTS else "tooManyArguments"
         else:
-            try:
-                APCISequence.decode(request)
-                reason = "other"
-            except RejectException as err:
-                reason = err.rejectReason
-            except Exception:  # noqa: BLE001 - bacpypes3 raises ValueError, TypeError ... for bad encodings
-                reason = "invalidTag"
+            reason = why_undecodable(request)
         name = service.__name__.removesuffix("Request") if service else f"service {request.apduService}"
         log.debug("BACnet %s from %s rejected (%s): not decodable", name, pdu.pduSource, reason)
         reject = RejectPDU(request.apduInvokeID, reason)
