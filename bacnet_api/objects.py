@@ -96,6 +96,12 @@ def why_refused(obj: Any, code: str, value: Any, priority: int | None) -> str:
         return f"the point takes {'a Real' if isinstance(obj, CommandableAnalogValue) else 'inactive or active'}"
     if isinstance(obj, CommandableAnalogValue):
         number = float(value)
+        if not math.isfinite(number):
+            # a BAS passes on a failed sensor's NaN as it is: "nan is outside the point's -100000..100000" read as
+            # if NaN were a number too large, and sent the technician looking at the scaling, not at the sensor
+            shown = "NaN" if math.isnan(number) else f"{number:g}"
+            return (f"{shown} is not a number the point can take (a failed sensor's reading?): it takes "
+                    f"{obj._low:g}..{obj._high:g} (minPresValue..maxPresValue)")
         if math.isfinite(number) and obj._low <= number <= obj._high and obj._judge is not None:
             judged = obj._judge(number)
             if judged:

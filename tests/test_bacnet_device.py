@@ -221,6 +221,18 @@ async def test_a_command_the_point_cannot_take_is_logged_counted_and_named(gatew
     assert gateway.write_refusals()["writes_refused"] == 5
 
 
+@pytest.mark.parametrize("bad, shown", [(math.nan, "NaN"), (math.inf, "inf"), (-math.inf, "-inf")])
+async def test_a_command_that_is_no_number_is_named_so(gateway, peer, caplog, bad, shown):
+    # the line said "nan is outside the point's -50..1000": a BAS passing on a failed sensor's NaN sent the
+    # technician looking at the scaling
+    caplog.set_level(logging.WARNING, logger="bacnet_api.write_access")
+    err = await peer.write(where(gateway), "analogValue 1", "presentValue", bad, priority=8)
+    assert isinstance(err, PeerError) and err.code == "valueOutOfRange"
+    lines = [r.getMessage() for r in caplog.records if r.name == "bacnet_api.write_access"]
+    assert len(lines) == 1 and f"refused (value-out-of-range): {shown} is not a number the point can take (a failed " \
+        "sensor's reading?): it takes -50..1000 (minPresValue..maxPresValue);" in lines[0], lines
+
+
 async def test_input_power_accepts_the_bounds(gateway, peer):
     addr, obj = where(gateway), "analogValue 1"
     for value in (INPUT_MIN, INPUT_MAX):
