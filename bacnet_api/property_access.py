@@ -3,7 +3,9 @@ bacpypes3 handlers answer wrongly. `services._Services` inherits this mix-in.
 
 - Device instance 4194303 means "the device that receives this" (clause 15.5): bacpypes3 compares
   the request's ObjectIdentifier with a plain tuple, which it never equals, so it answered
-  unknown-object.
+  unknown-object. Network port instance 4194303 likewise means the port the request came in on (the same
+  clause: a tool asks it to learn the port's instance, address and mask without knowing them); the device has one,
+  and it answered unknown-object.
 - ReadPropertyMultiple ALL/REQUIRED/OPTIONAL on a missing object: bacpypes3 expands the group before
   looking whether the object exists, so the whole request failed (operational-problem and a logged
   AttributeError) instead of that object getting unknown-object beside the others' results.
@@ -39,6 +41,7 @@ from bacpypes3.primitivedata import ObjectIdentifier, Unsigned
 from bacpypes3.service.object import read_property_to_result_element
 
 THIS_DEVICE = ObjectIdentifier("device,4194303")
+THIS_PORT = ObjectIdentifier("networkPort,4194303")
 _GROUPS = (PropertyIdentifier.all, PropertyIdentifier.required, PropertyIdentifier.optional)
 _ALSO_REQUIRED = {"network-port": ("networkNumber", "networkNumberQuality", "apduLength", "linkSpeed")}
 _COMMANDABLE = ("priorityArray", "relinquishDefault", "currentCommandPriority")
@@ -60,6 +63,11 @@ class PropertyAccess:
     def local_id(self, object_id: Any) -> Any:
         if object_id == THIS_DEVICE and self.device_object is not None:
             return self.device_object.objectIdentifier
+        if object_id == THIS_PORT:
+            # the port the request came in on: the gateway's device has one (BAC0's NetworkPort-1)
+            ports = [known for known in self.objectIdentifier if known[0] == THIS_PORT[0]]
+            if len(ports) == 1:
+                return ports[0]
         return object_id
 
     async def do_ReadPropertyRequest(self, apdu: Any) -> None:

@@ -483,6 +483,24 @@ async def test_device_lists_its_active_cov_subscriptions(gateway, peer):
 # ----- the answers BACnet prescribes for reads and writes
 
 
+async def test_network_port_instance_4194303_is_the_port_the_request_came_in_on(gateway, peer, caplog):
+    # clause 15.5.2: a tool that does not know the port's instance asks for 4194303 (its address, mask, BACnet/IP
+    # mode); the device answered unknown-object
+    addr = where(gateway)
+    assert await peer.read(addr, "networkPort 4194303", "objectIdentifier") == "networkPort 1"
+    assert await peer.read(addr, "networkPort 4194303", "apduLength") == 1476
+    rows = await peer.read_multiple(addr, [("networkPort 4194303", ["objectName", "networkType"])])
+    assert rows == {("networkPort 1", "objectName"): await peer.read(addr, "networkPort 1", "objectName"),
+                    ("networkPort 1", "networkType"): "ipv4"}, rows
+    # it is the network port, whose properties are fixed
+    answer = await request(peer, write_one(addr, "networkPort,4194303", "objectName", CharacterString("x")))
+    assert isinstance(answer, ErrorPDU), answer
+    assert f"{answer.errorClass}/{answer.errorCode}" == "property/write-access-denied"
+    # an instance the device does not have is still no port
+    assert isinstance(await peer.read(addr, "networkPort 2", "objectName"), PeerError)
+    assert errors_logged(caplog) == []
+
+
 async def test_device_instance_4194303_is_this_device(gateway, peer, caplog):
     addr = where(gateway)
     assert await peer.read(addr, "device 4194303", "objectName") == "TestGateway"
