@@ -312,6 +312,25 @@ async def test_an_answer_just_over_the_max_apdu_is_aborted_for_a_bas_that_takes_
     assert await client.next(1.0) == bytes([0x71, 33, 4])     # Abort: segmentation-not-supported
 
 
+def _present_values(count: int) -> bytes:
+    """ReadPropertyMultiple of analogValue 1's presentValue `count` times: 10 + 9 * count octets of ComplexACK."""
+    return bytes([0x0C]) + struct.pack(">I", (2 << 22) | 1) + bytes([0x1E]) + bytes([0x09, 0x55]) * count + \
+        bytes([0x1F])
+
+
+@pytest.mark.parametrize("code, octets", [(0, 50), (1, 128), (2, 206), (3, 480), (4, 1024), (5, 1476)])
+async def test_at_each_max_apdu_the_longest_answer_that_fits_goes_whole_and_one_more_is_aborted(
+        gateway, client, code, octets):
+    # a BAS that takes no segments: an answer fits its max-APDU-length-accepted, header included, or is aborted
+    # segmentation-not-supported, never sent over it nor left unanswered (checked by hand at every size, bacnet47)
+    fits = (octets - 10) // 9
+    client.send(bytes([0x00, code, 35, 14]) + _present_values(fits))
+    answer = await client.next(1.0)
+    assert answer is not None and answer[:3] == bytes([0x30, 35, 14]) and len(answer) == 10 + 9 * fits <= octets
+    client.send(bytes([0x00, code, 36, 14]) + _present_values(fits + 1))
+    assert await client.next(1.0) == bytes([0x71, 36, 4])     # Abort: segmentation-not-supported
+
+
 async def test_the_request_again_while_its_answer_goes_in_segments_is_discarded_without_a_traceback(
         gateway, client, caplog):
     # a BAS that lost the first segment retries its request: bacpypes3 logged an ERROR with a traceback for it (and
