@@ -414,8 +414,18 @@ class VtnEvents:
                                       "request_id": request_id, "event_id": eid,
                                       "modification_number": mod, "opt_type": opt} for eid, mod, opt in answers])
                 rtype, payload = await self._client._perform_request("EiEvent", msg)
+            if rtype is None and self._client.error_status is None:
+                return      # out of reach: retried on the next poll or after re-registration
             if rtype is None:
-                return      # retried on the next poll or after re-registration
+                # The VTN answered this message with an error status, and may take the others: openleadr's own VTN
+                # fails (500) every answer to an event it listed completed, as it drops it from its queue then (the
+                # utility ended it early; entered after the fact). Returning here held the BAS's opt-outs behind
+                # that answer until the VTN changed its events. It waits and goes alone from now, so the answers
+                # it shared a message with are not failed with it.
+                if len(answers) > 1:
+                    self._singly.update(eid for eid, _, _ in answers)
+                    self._opts_changed()
+                continue
             opt = answers[0][2]     # one for all of a message's answers
             if rtype == "oadrRequestReregistration":
                 self._forgotten(f"the {opt} for {_events(answers)}")

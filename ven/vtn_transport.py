@@ -47,6 +47,7 @@ def _utcnow() -> datetime:
 
 
 _REFUSED = re.compile(r"VTN refused[^:]*: \d+")
+_HTTP_ERROR = re.compile(r"HTTP ([45]\d\d) from ")     # _request's reason for an error status
 
 
 def _fault_kind(reason: str) -> str:
@@ -131,6 +132,9 @@ class _Client(OpenADRClient):
     # logs the reason and returns nothing, and the operator needs it in /api/status too
     refused: str | None = None
     refused_code: int | None = None
+    # the HTTP error status (400-599) the last request was answered with, None for any other outcome: the VTN (or a
+    # proxy) took that message and failed it, where one out of reach fails them all alike
+    error_status: int | None = None
     # set once any answer was oadrRequestReregistration; a client lives for one registration
     reregistration_asked: bool = False
     # openleadr bounds only the connect (5 s) and each socket read (10 s): a VTN (or proxy) trickling
@@ -306,6 +310,8 @@ class _Client(OpenADRClient):
         message_type, message_payload, self.last_error = await self._request(service, message)
         self.refused = _refusal(message_payload) if message_type else None
         self.refused_code = _response_code(message_payload) if self.refused else None
+        status = _HTTP_ERROR.match(self.last_error or "")
+        self.error_status = int(status.group(1)) if status else None
         if message_type == "oadrRequestReregistration":
             # also the answer to requests whose answer openleadr discards (its oadrCreatedEvent)
             self.reregistration_asked = True

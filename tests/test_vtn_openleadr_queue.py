@@ -1,0 +1,111 @@
+"""The gateway against openleadr's own OpenADRServer run as a utility would run it: its internal event queue
+(`add_event`, `cancel_event`, an event object changed and its modificationNumber raised), no handlers of the
+test's own for polls or events. DemoVtn, which the other tests use, serves its own event list instead.
+
+openleadr's VTN drops an event from its queue as it lists it `completed`, then fails (HTTP 500, a TypeError) any
+oadrCreatedEvent that answers it: the gateway's answer to an event already over when listed (one the utility ended
+early, one entered after the fact) is never taken. That one answer must not hold back the others."""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from openleadr import OpenADRServer, objects, utils
+
+from test_vtn import running
+from waiting import eventually as until
+
+pytestmark = pytest.mark.mostly_waiting
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class UtilityVtn:
+    """openleadr's OpenADRServer with its internal queue; records every eventResponse the VTN is sent."""
+
+    def __init__(self, port: int):
+        self.vens: dict[str, dict] = {}
+        self.answers: list[tuple[str, int, str]] = []      # (eventID, modificationNumber, optType) as sent
+        self.server = OpenADRServer(vtn_id="UTILITY", http_host="127.0.0.1", http_port=port,
+                                    requested_poll_freq=timedelta(seconds=1), ven_lookup=self._lookup)
+        self.server.add_handler("on_create_party_registration", self._register)
+        self.server.add_handler("on_register_report", self._offered)
+        self.url = f"http://127.0.0.1:{port}/OpenADR2/Simple/2.0b"
+        handlers = self.server.services["event_service"].handlers
+
+        async def created_event(payload, real=handlers["oadrCreatedEvent"]):
+            self.answers += [(r["event_id"], r["modification_number"], r["opt_type"])
+                             for r in payload["event_responses"]]
+            return await real(payload)
+        handlers["oadrCreatedEvent"] = created_event
+
+    def _lookup(self, ven_id):
+        return self.vens.get(ven_id)
+
+    def _offered(self, ven_id, resource_id, measurement, unit, scale, min_sampling_interval, max_sampling_interval):
+        return None     # no telemetry asked: this is about events
+
+    def _register(self, payload):
+        ven_id = f"ven-{payload['ven_name']}"
+        self.vens[ven_id] = {"ven_id": ven_id, "registration_id": "reg-1"}
+        return ven_id, "reg-1"
+
+    @property
+    def ven_id(self) -> str:
+        return next(iter(self.vens))
+
+    def add_event(self, event_id: str, level: float, start: datetime, duration: timedelta) -> None:
+        self.server.add_event(ven_id=self.ven_id, signal_name="SIMPLE", signal_type="level", event_id=event_id,
+                              intervals=[objects.Interval(dtstart=start, duration=duration, signal_payload=level)],
+                              callback=lambda ven_id, event_id, opt_type: None)
+
+    def end_now(self, event_id: str) -> None:
+        """The operator ends a running event: its interval and active period end now, a new modification."""
+        event = utils.find_by(self.server.events[self.ven_id], "event_descriptor.event_id", event_id)
+        ends = now() - utils.getmember(event, "active_period.dtstart")   # the active period is a dict in openleadr's
+        utils.setmember(event, "active_period.duration", ends)
+        event.event_signals[0].intervals[0].duration = ends
+        utils.increment_event_modification_number(event)
+        self.server.events_updated[self.ven_id] = True
+
+    async def __aenter__(self) -> "UtilityVtn":
+        with contextlib.redirect_stdout(io.StringIO()):     # openleadr prints a banner
+            await self.server.run()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.server.stop()
+
+
+@pytest.mark.timeout(60)
+async def test_an_opt_out_reaches_openleadrs_vtn_after_it_refused_the_answer_to_an_event_it_ended(
+        tmp_path, free_tcp_port, caplog):
+    caplog.set_level(logging.INFO, logger="ven")
+    logging.getLogger("openleadr").setLevel(logging.CRITICAL)    # its traceback for each answer it fails
+    async with UtilityVtn(free_tcp_port()) as vtn, running(tmp_path, vtn.url) as gw:
+        await until(lambda: gw.vtn.connected, 10, "registration")
+        started = now() - timedelta(seconds=1)
+        vtn.add_event("shed", 2.0, started, timedelta(minutes=10))
+        vtn.add_event("short", 1.0, started, timedelta(minutes=10))
+        await until(lambda: {("shed", 0, "optIn"), ("short", 0, "optIn")} <= set(vtn.answers), 10, "both answered")
+        assert gw.level == 2.0
+
+        vtn.end_now("short")    # listed completed, and dropped from the VTN's queue as it is listed
+        await until(lambda: ("short", 1, "optIn") in vtn.answers, 10, "the answer to the event ended")
+        assert gw.level == 2.0
+
+        gw.vtn.set_opt_out(True)    # the BAS writes ADR-Opt-Out
+        await until(lambda: ("shed", 0, "optOut") in vtn.answers, 10, "the BAS's optOut at the utility's VTN")
+        assert gw.level == 0.0
+        gw.vtn.set_opt_out(False)
+        # sent in one message with the answer the VTN fails, it would be failed with it
+        answered = len(vtn.answers)
+        await until(lambda: ("shed", 0, "optIn") in vtn.answers[answered:], 10, "the optIn again")
+        assert gw.level == 2.0
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len([w for w in warnings if "did not take the answer" in w]) == 1, warnings
