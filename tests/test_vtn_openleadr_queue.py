@@ -82,10 +82,9 @@ class UtilityVtn:
         await self.server.stop()
 
 
-@pytest.mark.timeout(60)
-async def test_an_opt_out_reaches_openleadrs_vtn_after_it_refused_the_answer_to_an_event_it_ended(
-        tmp_path, free_tcp_port, caplog):
-    caplog.set_level(logging.INFO, logger="ven")
+@contextlib.asynccontextmanager
+async def two_events_one_ended(tmp_path, free_tcp_port):
+    """Two events running at the utility's VTN, answered; then the operator ends one of them early."""
     logging.getLogger("openleadr").setLevel(logging.CRITICAL)    # its traceback for each answer it fails
     async with UtilityVtn(free_tcp_port()) as vtn, running(tmp_path, vtn.url) as gw:
         await until(lambda: gw.vtn.connected, 10, "registration")
@@ -94,18 +93,40 @@ async def test_an_opt_out_reaches_openleadrs_vtn_after_it_refused_the_answer_to_
         vtn.add_event("short", 1.0, started, timedelta(minutes=10))
         await until(lambda: {("shed", 0, "optIn"), ("short", 0, "optIn")} <= set(vtn.answers), 10, "both answered")
         assert gw.level == 2.0
-
         vtn.end_now("short")    # listed completed, and dropped from the VTN's queue as it is listed
         await until(lambda: ("short", 1, "optIn") in vtn.answers, 10, "the answer to the event ended")
         assert gw.level == 2.0
+        yield vtn, gw
 
+
+@pytest.mark.timeout(60)
+async def test_an_opt_out_reaches_openleadrs_vtn_after_it_failed_the_answer_to_an_event_it_ended(
+        tmp_path, free_tcp_port):
+    async with two_events_one_ended(tmp_path, free_tcp_port) as (vtn, gw):
         gw.vtn.set_opt_out(True)    # the BAS writes ADR-Opt-Out
         await until(lambda: ("shed", 0, "optOut") in vtn.answers, 10, "the BAS's optOut at the utility's VTN")
         assert gw.level == 0.0
         gw.vtn.set_opt_out(False)
-        # sent in one message with the answer the VTN fails, it would be failed with it
+        # sent in one message with an answer the VTN fails, it would be failed with it
         answered = len(vtn.answers)
         await until(lambda: ("shed", 0, "optIn") in vtn.answers[answered:], 10, "the optIn again")
         assert gw.level == 2.0
-    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-    assert len([w for w in warnings if "did not take the answer" in w]) == 1, warnings
+
+
+@pytest.mark.timeout(60)
+async def test_the_answer_to_an_event_ended_early_that_openleadrs_vtn_fails_is_not_sent_at_every_poll(
+        tmp_path, free_tcp_port, caplog):
+    caplog.set_level(logging.INFO, logger="ven")
+    async with two_events_one_ended(tmp_path, free_tcp_port) as (vtn, gw):
+        polls = gw.vtn.last_poll
+        for _ in range(3):
+            polls = (await until(lambda: gw.vtn.last_poll != polls and gw.vtn.last_poll, 10, "a poll"))
+        # the event is over: the VTN (and the dashboard's "Needs attention", and the alert) are not kept busy with it
+        assert vtn.answers.count(("short", 1, "optIn")) == 1
+        status = gw.vtn.status()
+        assert status["opt_answers_not_taken"] is None and status["opt_answers_waiting"] == 0, status
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO and "short" in r.getMessage()
+             and "VTN failed" in r.getMessage()]
+    assert lines == ["the VTN failed the optIn for event short, over already (HTTP 500 from "
+                     f"{vtn.url}/EiEvent: ): not sent again"], lines
+    assert not [r for r in caplog.records if "did not take the answer" in r.getMessage()]

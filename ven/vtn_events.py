@@ -425,6 +425,8 @@ class VtnEvents:
                 if len(answers) > 1:
                     self._singly.update(eid for eid, _, _ in answers)
                     self._opts_changed()
+                else:
+                    self._drop_if_over(answers[0])
                 continue
             opt = answers[0][2]     # one for all of a message's answers
             if rtype == "oadrRequestReregistration":
@@ -449,6 +451,21 @@ class VtnEvents:
             self.opt_answer_error = None
             log.info("told the VTN %s for %s%s", opt, _events(answers),
                      " (oadrCreateOpt: it wants no answer)" * by_create_opt)
+
+    def _drop_if_over(self, answer: tuple[str, int, str]) -> None:
+        """An answer to an event whose active period is over, failed by the VTN with an HTTP error status, is not sent
+        again: openleadr's VTN fails every answer to an event it listed completed (the utility ended it early), and
+        sent at each poll it kept "VTN has not taken the site's answers" red on the dashboard, and its alert, until the
+        utility next changed its events, over an answer about a shed nobody counts on any more."""
+        eid, mod, opt = answer
+        stored = self._schedule.get(eid)
+        if stored is None or stored.open_ended or stored.end > _utcnow():
+            return
+        if self._pending_opts.get(eid, (None,))[0] == mod:
+            del self._pending_opts[eid]
+            self._singly.discard(eid)
+            log.info("the VTN failed the %s for event %s, over already (%s): not sent again", opt, eid,
+                     self._client.last_error)
 
     def _opt_messages(self) -> list[tuple[bool, list[tuple[str, int, str]]]]:
         """The waiting answers as messages: an oadrCreateOpt per event; one oadrCreatedEvent for the answers of
