@@ -59,10 +59,11 @@ class UtilityVtn:
     def ven_id(self) -> str:
         return next(iter(self.vens))
 
-    def add_event(self, event_id: str, level: float, start: datetime, duration: timedelta) -> None:
+    def add_event(self, event_id: str, level: float, start: datetime, duration: timedelta,
+                  response_required: str = "always") -> None:
         self.server.add_event(ven_id=self.ven_id, signal_name="SIMPLE", signal_type="level", event_id=event_id,
                               intervals=[objects.Interval(dtstart=start, duration=duration, signal_payload=level)],
-                              callback=lambda ven_id, event_id, opt_type: None)
+                              callback=lambda ven_id, event_id, opt_type: None, response_required=response_required)
 
     def end_now(self, event_id: str) -> None:
         """The operator ends a running event: its interval and active period end now, a new modification."""
@@ -130,3 +131,26 @@ async def test_the_answer_to_an_event_ended_early_that_openleadrs_vtn_fails_is_n
     assert lines == ["the VTN failed the optIn for event short, over already (HTTP 500 from "
                      f"{vtn.url}/EiEvent: ): not sent again"], lines
     assert not [r for r in caplog.records if "did not take the answer" in r.getMessage()]
+
+
+@pytest.mark.timeout(60)
+async def test_an_opt_out_openleadrs_vtn_cannot_take_is_said_with_its_own_failure_and_the_others_go(
+        tmp_path, free_tcp_port, caplog):
+    """openleadr's VTN serves no EiOpt: the optOut for an event that wants no answer (an oadrCreateOpt) is failed
+    404, every time. The optOut for the event beside it goes, and the line says why the first did not."""
+    caplog.set_level(logging.INFO, logger="ven")
+    logging.getLogger("openleadr").setLevel(logging.CRITICAL)
+    async with UtilityVtn(free_tcp_port()) as vtn, running(tmp_path, vtn.url) as gw:
+        await until(lambda: gw.vtn.connected, 10, "registration")
+        started = now() - timedelta(seconds=1)
+        vtn.add_event("silent", 1.0, started, timedelta(minutes=10), response_required="never")
+        vtn.add_event("shed", 2.0, started, timedelta(minutes=10))
+        await until(lambda: ("shed", 0, "optIn") in vtn.answers and gw.schedule.get("silent"), 10, "both listed")
+        gw.vtn.set_opt_out(True)
+        await until(lambda: ("shed", 0, "optOut") in vtn.answers, 10, "the optOut for the event that wants one")
+        await until(lambda: gw.vtn.status()["opt_answers_not_taken"], 10, "the answer not taken")
+        status = gw.vtn.status()
+        assert status["opt_answers_waiting"] == 1
+        assert status["opt_answers_not_taken"]["why"].startswith(f"HTTP 404 from {vtn.url}/EiOpt"), status
+    lines = [r.getMessage() for r in caplog.records if "did not take the answer" in r.getMessage()]
+    assert len(lines) == 1 and f"(HTTP 404 from {vtn.url}/EiOpt" in lines[0], lines

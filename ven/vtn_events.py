@@ -23,6 +23,8 @@ MAX_LEVELS_LOGGED = 24          # SIMPLE levels named in an event's log line; th
 class VtnEvents:
     """VtnClient's handling of what the VTN sends and of its opt answers; the state is VtnClient's."""
 
+    _opts_failed_why: str | None = None     # why a message of the last pass of answers failed
+
     @property
     def _programmes(self) -> frozenset[str]:
         return frozenset(self._cfg.market_contexts)
@@ -374,7 +376,8 @@ class VtnEvents:
         meanwhile the utility counts the site as it last heard it: a BAS's opt-out not taken is a shed it counts on."""
         waiting = len(self._pending_opts)
         if waiting and self.connected and self._opts_not_taken is None:
-            why = (self._client.last_error if self._client is not None else None) or "no answer"
+            # the pass goes on past a failed message: the last request's outcome may be another message's success
+            why = self._opts_failed_why or (self._client.last_error if self._client is not None else None) or "no answer"
             self._opts_not_taken = {"since": _utcnow().isoformat(timespec="seconds"), "count": waiting, "why": why}
             if not self._opts_start_said:
                 log.warning("the VTN did not take the answer(s) to %d event(s) (%s): sent again at each poll; the "
@@ -391,6 +394,7 @@ class VtnEvents:
         # the answers' events (and the ADR-Opt-Out command behind them) on the disk first: after a power cut the
         # gateway must not hold other answers than the ones the VTN heard
         await self._schedule.synced()
+        self._opts_failed_why = None
         for by_create_opt, answers in self._opt_messages():
             if self._client is None:
                 return
@@ -417,6 +421,7 @@ class VtnEvents:
             if rtype is None and self._client.error_status is None:
                 return      # out of reach: retried on the next poll or after re-registration
             if rtype is None:
+                self._opts_failed_why = self._client.last_error
                 # The VTN answered this message with an error status, and may take the others: openleadr's own VTN
                 # fails (500) every answer to an event it listed completed, as it drops it from its queue then (the
                 # utility ended it early; entered after the fact). Returning here held the BAS's opt-outs behind
