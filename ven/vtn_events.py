@@ -377,7 +377,8 @@ class VtnEvents:
         waiting = len(self._pending_opts)
         if waiting and self.connected and self._opts_not_taken is None:
             # the pass goes on past a failed message: the last request's outcome may be another message's success
-            why = self._opts_failed_why or (self._client.last_error if self._client is not None else None) or "no answer"
+            last = self._client.last_error if self._client is not None else None
+            why = self._opts_failed_why or last or "no answer"
             self._opts_not_taken = {"since": _utcnow().isoformat(timespec="seconds"), "count": waiting, "why": why}
             if not self._opts_start_said:
                 log.warning("the VTN did not take the answer(s) to %d event(s) (%s): sent again at each poll; the "
