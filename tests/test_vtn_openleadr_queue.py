@@ -13,12 +13,22 @@ import logging
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from aiohttp import web
 from openleadr import OpenADRServer, objects, utils
 
 from test_vtn import running
 from waiting import eventually as until
 
 pytestmark = pytest.mark.mostly_waiting
+
+
+# a VTN's application failing (its database busy, say): HTTP 200, the failure in the eiResponse's code
+BUSY = (b'<?xml version="1.0" encoding="utf-8"?>\n<oadr:oadrPayload xmlns:oadr="http://openadr.org/oadr-2.0b/2012/07">'
+        b'<oadr:oadrSignedObject><oadr:oadrResponse ei:schemaVersion="2.0b" '
+        b'xmlns:ei="http://docs.oasis-open.org/ns/energyinterop/201110"><ei:eiResponse><ei:responseCode>500'
+        b'</ei:responseCode><ei:responseDescription>server busy</ei:responseDescription>'
+        b'<requestID xmlns="http://docs.oasis-open.org/ns/energyinterop/201110/payloads"/></ei:eiResponse>'
+        b'<ei:venID>%s</ei:venID></oadr:oadrResponse></oadr:oadrSignedObject></oadr:oadrPayload>')
 
 
 def now() -> datetime:
@@ -43,6 +53,19 @@ class UtilityVtn:
                              for r in payload["event_responses"]]
             return await real(payload)
         handlers["oadrCreatedEvent"] = created_event
+        self.server.app.middlewares.append(self._busy)
+
+    busy = False            # while True, oadrCreatedEvent is answered with eiResponse 500 "server busy"
+    busy_answers = 0
+
+    @web.middleware
+    async def _busy(self, request, handler):
+        if self.busy and request.path.endswith("/EiEvent"):
+            body = await request.read()
+            if b"oadrCreatedEvent" in body:
+                self.busy_answers += 1
+                return web.Response(body=BUSY % self.ven_id.encode(), content_type="application/xml")
+        return await handler(request)
 
     def _lookup(self, ven_id):
         return self.vens.get(ven_id)
@@ -154,3 +177,42 @@ async def test_an_opt_out_openleadrs_vtn_cannot_take_is_said_with_its_own_failur
         assert status["opt_answers_not_taken"]["why"].startswith(f"HTTP 404 from {vtn.url}/EiOpt"), status
     lines = [r.getMessage() for r in caplog.records if "did not take the answer" in r.getMessage()]
     assert len(lines) == 1 and f"(HTTP 404 from {vtn.url}/EiOpt" in lines[0], lines
+
+
+@pytest.mark.timeout(60)
+async def test_an_opt_out_the_vtn_answers_with_a_server_error_code_is_sent_again_until_taken(
+        tmp_path, free_tcp_port, caplog):
+    caplog.set_level(logging.INFO, logger="ven")
+    async with UtilityVtn(free_tcp_port()) as vtn, running(tmp_path, vtn.url) as gw:
+        await until(lambda: gw.vtn.connected, 10, "registration")
+        vtn.add_event("shed", 2.0, now() - timedelta(seconds=1), timedelta(minutes=10))
+        await until(lambda: ("shed", 0, "optIn") in vtn.answers, 10, "the event answered")
+        vtn.busy = True
+        gw.vtn.set_opt_out(True)
+        await until(lambda: vtn.busy_answers >= 2, 10, "the optOut sent again while the VTN fails it")
+        assert gw.vtn.status()["opt_answer_error"] is None, "a server error is no refusal of the answer"
+        vtn.busy = False
+        await until(lambda: ("shed", 0, "optOut") in vtn.answers, 10, "the BAS's optOut at the utility's VTN")
+        await until(lambda: gw.vtn.status()["opt_answers_waiting"] == 0, 5, "no answer waiting")
+        assert gw.vtn.status()["opt_answer_error"] is None
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("ven")]
+    assert lines == ["the VTN did not take the answer(s) to 1 event(s) (the VTN failed the optOut answer to event "
+                     "shed: 500 server busy): sent again at each poll; the utility counts the site as it last heard "
+                     "it meanwhile"], lines
+    assert [r for r in caplog.records if "took the answers to events again" in r.getMessage()]
+
+
+@pytest.mark.timeout(60)
+async def test_the_answer_to_a_new_event_the_vtn_answers_with_a_server_error_code_is_sent_again(
+        tmp_path, free_tcp_port, caplog):
+    caplog.set_level(logging.INFO, logger="ven")
+    async with UtilityVtn(free_tcp_port()) as vtn, running(tmp_path, vtn.url) as gw:
+        await until(lambda: gw.vtn.connected, 10, "registration")
+        vtn.busy = True
+        vtn.add_event("shed", 2.0, now() - timedelta(seconds=1), timedelta(minutes=10))
+        await until(lambda: vtn.busy_answers >= 1, 10, "the answer to the event failed")
+        vtn.busy = False
+        await until(lambda: ("shed", 0, "optIn") in vtn.answers, 10, "the optIn at the utility's VTN")
+        assert gw.vtn.status()["opt_answer_error"] is None
+    assert [r.getMessage() for r in caplog.records if "did not get through" in r.getMessage()] == [
+        "the answer to 1 event(s) did not get through (the VTN failed it: 500 server busy); it is sent again"]

@@ -66,6 +66,8 @@ class VtnEvents:
                 elif any(map(_answered_by_openleadr, events)):
                     if client.last_error:         # its one request is the answer, and it is not retried
                         self._answer_again(events, client.last_error)
+                    elif _server_error(client):
+                        self._answer_again(events, f"the VTN failed it: {client.refused}")
                     elif client.refused:
                         ids = ", ".join(e["event_descriptor"]["event_id"] for e in events)
                         self._answer_refused(f"VTN refused the answer to event(s) {ids}: {client.refused}")
@@ -421,18 +423,22 @@ class VtnEvents:
                 rtype, payload = await self._client._perform_request("EiEvent", msg)
             if rtype is None and self._client.error_status is None:
                 return      # out of reach: retried on the next poll or after re-registration
-            if rtype is None:
-                self._opts_failed_why = self._client.last_error
+            if rtype is None or rtype != "oadrRequestReregistration" and _server_error(self._client):
+                how = "oadrCreateOpt for" if by_create_opt else "answer to"
+                self._opts_failed_why = self._client.last_error or (
+                    f"the VTN failed the {answers[0][2]} {how} {_events(answers)}: {self._client.refused}")
                 # The VTN answered this message with an error status, and may take the others: openleadr's own VTN
                 # fails (500) every answer to an event it listed completed, as it drops it from its queue then (the
                 # utility ended it early; entered after the fact). Returning here held the BAS's opt-outs behind
                 # that answer until the VTN changed its events. It waits and goes alone from now, so the answers
-                # it shared a message with are not failed with it.
+                # it shared a message with are not failed with it. So does one the VTN answered with a 5xx code in
+                # its eiResponse (2.0b's codes are HTTP's: "500 server busy" is its own fault, not a refusal of the
+                # answer), which was dropped, never sent again: the utility never heard the BAS's optOut.
                 if len(answers) > 1:
                     self._singly.update(eid for eid, _, _ in answers)
                     self._opts_changed()
                 else:
-                    self._drop_if_over(answers[0])
+                    self._drop_if_over(answers[0], self._opts_failed_why)
                 continue
             opt = answers[0][2]     # one for all of a message's answers
             if rtype == "oadrRequestReregistration":
@@ -458,7 +464,7 @@ class VtnEvents:
             log.info("told the VTN %s for %s%s", opt, _events(answers),
                      " (oadrCreateOpt: it wants no answer)" * by_create_opt)
 
-    def _drop_if_over(self, answer: tuple[str, int, str]) -> None:
+    def _drop_if_over(self, answer: tuple[str, int, str], why: str) -> None:
         """An answer to an event whose active period is over, failed by the VTN with an HTTP error status, is not sent
         again: openleadr's VTN fails every answer to an event it listed completed (the utility ended it early), and
         sent at each poll it kept "VTN has not taken the site's answers" red on the dashboard, and its alert, until the
@@ -470,8 +476,7 @@ class VtnEvents:
         if self._pending_opts.get(eid, (None,))[0] == mod:
             del self._pending_opts[eid]
             self._singly.discard(eid)
-            log.info("the VTN failed the %s for event %s, over already (%s): not sent again", opt, eid,
-                     self._client.last_error)
+            log.info("the VTN failed the %s for event %s, over already (%s): not sent again", opt, eid, why)
 
     def _opt_messages(self) -> list[tuple[bool, list[tuple[str, int, str]]]]:
         """The waiting answers as messages: an oadrCreateOpt per event; one oadrCreatedEvent for the answers of
@@ -496,6 +501,12 @@ class VtnEvents:
         # gateway's answer, so the operator has to hear of it.
         self.opt_answer_error = error
         log.warning("%s", error)
+
+
+def _server_error(client) -> bool:
+    """The VTN's eiResponse says it failed (a 5xx code, as HTTP's): the message is to be sent again, not dropped as
+    one it refused (4xx: the same message would be refused again)."""
+    return client.refused_code is not None and 500 <= client.refused_code < 600
 
 
 def _events(answers: list[tuple[str, int, str]]) -> str:
