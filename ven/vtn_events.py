@@ -66,8 +66,8 @@ class VtnEvents:
                 elif any(map(_answered_by_openleadr, events)):
                     if client.last_error:         # its one request is the answer, and it is not retried
                         self._answer_again(events, client.last_error)
-                    elif _server_error(client):
-                        self._answer_again(events, f"the VTN failed it: {client.refused}")
+                    elif client.server_failed:
+                        self._answer_again(events, client.server_failed)
                     elif client.refused:
                         ids = ", ".join(e["event_descriptor"]["event_id"] for e in events)
                         self._answer_refused(f"VTN refused the answer to event(s) {ids}: {client.refused}")
@@ -423,7 +423,7 @@ class VtnEvents:
                 rtype, payload = await self._client._perform_request("EiEvent", msg)
             if rtype is None and self._client.error_status is None:
                 return      # out of reach: retried on the next poll or after re-registration
-            if rtype is None or rtype != "oadrRequestReregistration" and _server_error(self._client):
+            if rtype is None or rtype != "oadrRequestReregistration" and self._client.server_failed:
                 how = "oadrCreateOpt for" if by_create_opt else "answer to"
                 self._opts_failed_why = self._client.last_error or (
                     f"the VTN failed the {answers[0][2]} {how} {_events(answers)}: {self._client.refused}")
@@ -501,12 +501,6 @@ class VtnEvents:
         # gateway's answer, so the operator has to hear of it.
         self.opt_answer_error = error
         log.warning("%s", error)
-
-
-def _server_error(client) -> bool:
-    """The VTN's eiResponse says it failed (a 5xx code, as HTTP's): the message is to be sent again, not dropped as
-    one it refused (4xx: the same message would be refused again)."""
-    return client.refused_code is not None and 500 <= client.refused_code < 600
 
 
 def _events(answers: list[tuple[str, int, str]]) -> str:

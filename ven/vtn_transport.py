@@ -156,6 +156,14 @@ class _Client(OpenADRClient):
     # the answer for an event whose handling raised, if the gateway holds it all the same (else None)
     held_answer: Callable[[dict], str | None] = staticmethod(lambda raw: None)
 
+    @property
+    def server_failed(self) -> str | None:
+        """Why, when the VTN's last answer carried a 5xx code in its eiResponse: 2.0b's codes are HTTP's, and "500
+        server busy" is the VTN failing the message, not refusing it (a 4xx): it is sent again, as for an HTTP 5xx."""
+        if self.refused_code is not None and 500 <= self.refused_code < 600:
+            return f"the VTN failed it: {self.refused}"
+        return None
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.invalid_events = {}

@@ -63,14 +63,19 @@ class VtnUpdates:
             self._update_done.set()
             self._sending = None
         self._update_took = time.monotonic() - began
-        self._update_failure = None if rtype is not None else client.last_error
+        # a VTN failing it ("500 server busy" in its eiResponse) is no refusal: the reports were offered again at each
+        # update it failed, as if it had forgotten its request; the intervals wait and go again, as for an HTTP 500
+        failed = rtype is None or rtype != "oadrRequestReregistration" and client.server_failed
+        self._update_failure = (client.last_error or client.server_failed) if failed else None
         cancelled = served and rrid not in self._served()   # by the VTN, while the update was on the way
-        if rtype is None and cancelled:
+        if failed and cancelled:
             # the VTN cancelled the request while its update was on the way: the fault of its updates ended with it
             # (_no_updates_to_fail), and this failure would have held "HTTP 500" in the status for good
-            log.debug("an update of cancelled request %s failed (%s)", rrid, client.last_error)
-        elif rtype is None:
-            self._update_failed(client.last_error)
+            log.debug("an update of cancelled request %s failed (%s)", rrid, self._update_failure)
+            return False
+        elif failed:
+            self._update_failed(self._update_failure)
+            return False
         elif self._updates_failing is not None:
             if self._updates_failing[2]:
                 log.info("the VTN answers telemetry updates again, after %d failed", self._updates_failing[1])
