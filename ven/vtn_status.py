@@ -332,8 +332,8 @@ class VtnStatus:
                                      reports=[report])
         rtype, payload = await client._perform_request("EiReport", msg)
         if rtype is None or rtype != "oadrRequestReregistration" and client.server_failed:
-            # a VTN failing it ("500 server busy" in its eiResponse) is no refusal: the request ended, and the reports
-            # offered again made a new one each time, ended by the next failure with one more WARNING
+            # a VTN failing it ("500 server busy" in its eiResponse) is no refusal: taken for one, the request ended,
+            # and the reports offered again made a new one each time, ended by the next failure with one more WARNING
             self._status_unanswered(client.last_error or client.server_failed or "an empty answer")
             return None
         self._status_answered()
