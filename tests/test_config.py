@@ -403,7 +403,9 @@ def test_values_that_can_never_work_are_refused(tmp_path, toml, key, reason):
     ('meter = "12345:2"\n', "meter: must be a table: put its keys under a [meter] line (got str '12345:2')"),
     ('[bacnet]\ndevice_id = 5000000\n',
      "bacnet.device_id: Input should be less than or equal to 4194302 (got 5000000)"),
-    ('[meter]\npoll_seconds = -1\n', "meter.poll_seconds: Input should be greater than 0 (got -1)"),
+    ('[meter]\npoll_seconds = -1\n', "meter.poll_seconds: Input should be greater than or equal to 0.1 (got -1): a "
+     "meter read takes milliseconds to seconds (through a router, over MS/TP): faster, reads run back to back, each a "
+     "write to storage.path"),
     ('[openadr]\npower_hertz = 55\n', "openadr.power_hertz: Input should be 50 or 60 (got 55)"),
     ('[forecaster]\nholidays = "12-25"\n', "forecaster.holidays: Input should be a list, e.g. [...] (got str '12-25')"),
     ('[forecaster]\nrest_weekdays = ["Friday"]\n', "forecaster.rest_weekdays: 'Friday' is not a weekday; weekdays are "
@@ -412,7 +414,8 @@ def test_values_that_can_never_work_are_refused(tmp_path, toml, key, reason):
      'forecaster: saturday is in both rest_weekdays and partial_weekdays (partial_weekdays is ["saturday"] unless '
      'set: set it too, e.g. partial_weekdays = [])'),
     ('[forecaster]\nhorizons_minutes = [15, 60, 120]\n',
-     "forecaster.horizons_minutes: List should have at most 2 items, not 3"),
+     "forecaster.horizons_minutes: must be two increasing positive minute counts up to 1440, e.g. [15, 60], got "
+     "[15, 60, 120]"),
     ('[meter]\naddress = "2:12345"\n', "meter.address: '2:12345': address out of range (network 1..65534, mac 0..255 "
                                         "or hex bytes); did you mean 12345:2? (network first)"),
     ('[meter]\naddress = "12345-2"\n', "meter.address: must be network:mac (e.g. 12345:2) or a BACnet/IP meter's "

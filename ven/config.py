@@ -38,6 +38,11 @@ _TOML_DATES = BeforeValidator(lambda v: [d.isoformat() if type(d) is datetime.da
                               if isinstance(v, list) else v)
 
 
+# the device's objectName in UTF-8: an I-Have (device and object identifiers, the name's tag and character set: 17
+# bytes) or a ReadProperty answer (16 bytes) naming it fits a 480-byte APDU, MS/TP's largest, with room to spare
+DEVICE_NAME_MAX_BYTES = 450
+
+
 class BacnetConfig(_Section):
     address: str = "127.0.0.1/8:47808"
     device_id: int = Field(500001, ge=0, le=4194302)
@@ -63,6 +68,13 @@ class BacnetConfig(_Section):
         from bacnet_api.points import TAKEN_NAMES
 
         _typed_text(v)
+        size = len(v.encode("utf-8"))
+        if size > DEVICE_NAME_MAX_BYTES:
+            # served whole in an I-Have (unconfirmed: never segmented) and a ReadProperty answer: 2,000 characters
+            # went out as a 2 KB I-Have, which no BACnet/IP network carries (1476 bytes at most), and a BAS behind
+            # an MS/TP router (480 bytes) could neither find nor read the device by its name
+            raise ValueError(f"is {size} bytes in UTF-8: at most {DEVICE_NAME_MAX_BYTES} (an I-Have naming it must "
+                             f"fit one 480-byte APDU, as a BAS behind an MS/TP router receives it)")
         if v in TAKEN_NAMES:
             raise ValueError(f"{v!r} is the name of one of the device's objects (a BACnet device's object names "
                              f"are unique); choose another")
@@ -132,7 +144,9 @@ class MeterConfig(_Section):
     object: str = "analogInput 2"
     property: str = "presentValue"
     router: str = ""
-    poll_seconds: float = Field(10.0, gt=0, le=86400)
+    # a read through an MS/TP router takes 2-25 ms, more with its retries: 0.001 s ran reads back to back, 33 a
+    # second each a commit to storage.path, at 40 % of a core (helper config47)
+    poll_seconds: float = Field(10.0, ge=0.1, le=86400)
     timeout_seconds: float = Field(5.0, gt=0, le=3600)
     # a fault's end is logged once the meter has answered this long (and 5 reads) in a row: a lost read
     # meanwhile is the same fault. Doubled for a fault that comes back soon (bacnet_api.meter)
@@ -186,8 +200,9 @@ class OpenadrConfig(_Section, OpenadrWarnings):
     power_hertz: Literal[50, 60] = 50
     power_voltage: float = Field(230.0, gt=0, le=1_000_000)
     queue_max_days: float = Field(7.0, gt=0, le=3650)
-    retry_min_seconds: float = Field(1.0, gt=0, le=86400)
-    retry_max_seconds: float = Field(60.0, gt=0, le=86400)
+    # a refused connection fails at once: 0.001 s asked the VTN to register hundreds of times a second
+    retry_min_seconds: float = Field(1.0, ge=0.05, le=86400)
+    retry_max_seconds: float = Field(60.0, ge=0.2, le=86400)
     request_timeout_seconds: float = Field(30.0, gt=0, le=3600)
     # how long the VTN must answer in a row (and 3 polls) before a VTN fault is logged as ended; doubled for a fault
     # that comes back soon (bacnet_api/settle.py). 0: at the first answer
@@ -282,7 +297,8 @@ class OpenadrConfig(_Section, OpenadrWarnings):
 
 class StorageConfig(_Section):
     path: str = "var/gateway.sqlite"
-    retry_seconds: float = Field(10.0, gt=0, le=3600)   # a file that will not open or take writes, tried again
+    # a file that will not open or take writes, tried again; 0.001 s spent a third of a core reopening it
+    retry_seconds: float = Field(10.0, ge=0.2, le=3600)
 
     @field_validator("path")
     @classmethod
@@ -356,7 +372,9 @@ class HttpConfig(_Section, HttpWarnings):
 
 class ForecasterConfig(_Section):
     source: Literal["auto", "bacnet_input", "meter"] = "auto"
-    cycle_seconds: float = Field(60.0, gt=0, le=86400)
+    # a cycle takes 5-10 ms of CPU here (more on a small box): 0.001 s ran them back to back, 80 % of a core and a
+    # commit each
+    cycle_seconds: float = Field(60.0, ge=0.05, le=86400)
     horizons_minutes: Annotated[tuple[int, int], _LISTED] = (15, 60)
     slope_minutes: int = Field(5, ge=2, le=1440)
     high_load_kw: float | None = None
@@ -367,7 +385,9 @@ class ForecasterConfig(_Section):
     min_off_minutes: float = Field(15.0, ge=0, le=1440)
     arm_fraction: float = Field(0.1, ge=0, le=1000)
     history_days: float = Field(35.0, gt=0, le=366)  # one minute of memory per minute of history
-    retrain_minutes: float = Field(1440.0, gt=0, le=525600)
+    # a fit takes seconds of CPU (a minute at idle priority on a busy box): 0.001 (0.06 s) started one fit
+    # process after another, each up to 150 MB (bench/loop_stall.py refits every 2 minutes on purpose)
+    retrain_minutes: float = Field(1440.0, ge=1, le=525600)
     input_stale_seconds: float = Field(300.0, gt=0, le=86400)
     timezone: str = "UTC"
     holiday_preset: Literal["", "IT"] = ""
@@ -379,6 +399,14 @@ class ForecasterConfig(_Section):
     # true for a programme whose events are the building's every day (price tiers sent as SIMPLE levels each
     # afternoon): its shed is its normal day, and kept out the afternoons would have nothing left to learn from
     learn_from_events: bool = False
+
+    @field_validator("horizons_minutes", mode="before")
+    @classmethod
+    def _two_horizons(cls, v):
+        # [15] said "forecaster.horizons_minutes.1: Field required"
+        if isinstance(v, (list, tuple)) and len(v) != 2:
+            raise ValueError(f"must be two increasing positive minute counts up to 1440, e.g. [15, 60], got {list(v)}")
+        return v
 
     @field_validator("horizons_minutes")
     @classmethod

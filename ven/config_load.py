@@ -148,6 +148,22 @@ def _did_you_mean(loc: tuple[str, ...]) -> str:
     return ""
 
 
+# why a period has the floor it has (ven/config.py): pydantic's "greater than or equal to 10" says which, not why
+_FLOORS = {
+    ("meter", "poll_seconds"): "a meter read takes milliseconds to seconds (through a router, over MS/TP): faster, "
+                               "reads run back to back, each a write to storage.path",
+    ("forecaster", "cycle_seconds"): "a forecast cycle takes milliseconds of CPU and a write to storage.path: "
+                                     "faster, they run back to back",
+    ("forecaster", "retrain_minutes"): "a fit takes seconds of CPU, a minute on a busy small box: sooner, one fit "
+                                       "process follows another",
+    ("openadr", "retry_min_seconds"): "a refused registration fails at once: sooner, the VTN is asked again and "
+                                      "again",
+    ("openadr", "retry_max_seconds"): "a refused registration fails at once: sooner, the VTN is asked more than "
+                                      "5 times a second while it is down",
+    ("storage", "retry_seconds"): "reopening a file that will not open takes milliseconds: sooner, the gateway "
+                                  "does little else",
+}
+
 # pydantic's wording of a range check leaves out the value that failed it
 _BOUND_TYPES = {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "literal_error"}
 
@@ -175,6 +191,8 @@ def _describe(err: ValidationError, origin: str, sources: Mapping[tuple[str, ...
             msg = msg.replace("Tuple", "List").replace(" after validation", "")
         elif e["type"] in _BOUND_TYPES and not secret:
             msg = f"{msg} (got {e['input']!r})"
+            if e["type"] == "greater_than_equal" and tuple(e["loc"]) in _FLOORS:
+                msg = f"{msg}: {_FLOORS[tuple(e['loc'])]}"
         # a check across sections (GatewayConfig's own) names its keys in its sentence
         where = f"{key}: " if e["loc"] else ""
         lines.append(f"{_origin_of(tuple(e['loc']), origin, sources)}: {where}{msg}")

@@ -125,9 +125,18 @@ def _url_text(v: str, shown: str) -> None:
         raise ValueError(f"holds a blank, control or invisible character (pasted with it?), got {shown!r}")
 
 
+def _scheme_lower(v: str) -> str:
+    """A URL's scheme in lower case: it is case-insensitive (RFC 3986), and HTTPS:// copied from a utility's letter was
+    refused as not starting with https://; what reads the URL after (the warnings, the transport) compares it as
+    written."""
+    scheme, sep, rest = v.partition("://")
+    return f"{scheme.lower()}{sep}{rest}" if sep and scheme.lower() in ("http", "https") else v
+
+
 def check_vtn_url(v: str) -> str:
     """Raise ValueError unless `v` is a VTN's base URL (openadr.vtn_url)."""
     # the errors go to the journal (check-config is the unit's ExecStartPre): the password in it as *** there too
+    v = _scheme_lower(v)
     shown = shown_url(v)
     _url_text(v, shown)
     if not v.startswith(("http://", "https://")):
@@ -158,6 +167,7 @@ def check_proxy_url(v: str) -> str:
     """Raise ValueError unless `v` is an HTTP proxy's URL (openadr.proxy); "" passes."""
     if not v:
         return v
+    v = _scheme_lower(v)
     shown = shown_url(v)
     _url_text(v, shown)
     example = "e.g. http://proxy.site:3128 or http://user:password@proxy.site:3128"

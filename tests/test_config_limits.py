@@ -1,0 +1,119 @@
+"""What check-config accepted and `run` could not honour (helper config47): periods so short the gateway ran them
+back to back (a meter poll or forecast cycle of 0.001 s, a fit every 0.06 s, the VTN asked to register hundreds of
+times a second), a device name no BACnet APDU carries, and a VTN URL whose scheme was written in capitals. Each is
+refused naming the key and why, or taken as meant."""
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+
+import pytest
+from test_vtn import running, said
+from waiting import eventually as until
+
+from ven.config import DEVICE_NAME_MAX_BYTES, ConfigError
+from ven.config_load import load_config, parse_config
+from ven.vtn_server import DemoVtn
+
+
+def _write(tmp_path, text: str):
+    p = tmp_path / "c.toml"
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+# (section, key, the floor, the run's cost below it as measured with `edge-gateway run` at 0.001)
+FLOORS = [
+    ("meter", "poll_seconds", 0.1, "reads run back to back, each a write to storage.path"),
+    ("forecaster", "cycle_seconds", 0.05, "they run back to back"),
+    ("forecaster", "retrain_minutes", 1, "one fit process follows another"),
+    ("openadr", "retry_min_seconds", 0.05, "the VTN is asked again and again"),
+    ("openadr", "retry_max_seconds", 0.2, "the VTN is asked more than 5 times a second while it is down"),
+    ("storage", "retry_seconds", 0.2, "the gateway does little else"),
+]
+
+
+@pytest.mark.parametrize("section, key, floor, why", FLOORS)
+def test_a_period_the_gateway_cannot_honour_is_refused_naming_the_key_its_floor_and_why(
+        tmp_path, section, key, floor, why):
+    # 0.001 was taken: the meter read 33 times a second (40 % of a core, a commit each), forecasts ran at 80 % of a
+    # core, the registration was retried hundreds of times a second against the VTN
+    with pytest.raises(ConfigError) as err:
+        load_config(_write(tmp_path, f"[{section}]\n{key} = 0.001\n"), environ={})
+    line = str(err.value)
+    assert "\n" not in line
+    assert line.startswith(f"{tmp_path / 'c.toml'}: {section}.{key}: Input should be greater than or equal to "
+                           f"{floor:g} (got 0.001): "), line
+    assert line.endswith(why), line
+
+
+@pytest.mark.parametrize("section, key, floor, why", FLOORS)
+def test_each_floor_itself_is_taken(section, key, floor, why):
+    # retry_min_seconds may not exceed retry_max_seconds: both at the floor's
+    low = {"retry_min_seconds": 0.05} if key == "retry_max_seconds" else {}
+    cfg = parse_config({section: {key: floor, **low}}, "gw.toml", environ={})
+    assert getattr(getattr(cfg, section), key) == floor
+
+
+def test_check_config_refuses_tiny_periods_one_line_each_and_no_traceback(tmp_path):
+    p = _write(tmp_path, "[meter]\npoll_seconds = 0.001\n"
+                         "[forecaster]\ncycle_seconds = 0.001\nretrain_minutes = 0.001\n")
+    out = subprocess.run([sys.executable, "-m", "ven.cli", "check-config", str(p)], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 2, out
+    assert "Traceback" not in out.stderr + out.stdout
+    lines = [line for line in out.stderr.splitlines() if "configuration error" in line]
+    assert [line.split(": ")[2] for line in lines] == [
+        "meter.poll_seconds", "forecaster.cycle_seconds", "forecaster.retrain_minutes"], out.stderr
+
+
+def test_a_device_name_longer_than_an_apdu_carries_is_refused_in_bytes(tmp_path):
+    # 2,000 characters were taken and served in a 2 KB I-Have, which no BACnet/IP network carries
+    with pytest.raises(ConfigError) as err:
+        load_config(_write(tmp_path, f'[bacnet]\ndevice_name = "{"é" * 300}"\n'), environ={})
+    assert str(err.value) == (f"{tmp_path / 'c.toml'}: bacnet.device_name: is 600 bytes in UTF-8: at most 450 (an "
+                              f"I-Have naming it must fit one 480-byte APDU, as a BAS behind an MS/TP router receives "
+                              f"it)")
+    cfg = parse_config({"bacnet": {"device_name": "N" * DEVICE_NAME_MAX_BYTES}}, "gw.toml", environ={})
+    assert len(cfg.bacnet.device_name) == 450
+
+
+def test_the_longest_device_name_fits_an_i_have_in_an_ms_tp_apdu():
+    # encoded by the stack the device answers with, at the largest device instance; a ReadProperty answer of the
+    # name carries a byte less around it
+    from bacpypes3.apdu import IHaveRequest
+    from bacpypes3.primitivedata import CharacterString, ObjectIdentifier
+
+    name = CharacterString("N" * DEVICE_NAME_MAX_BYTES)
+    device = ObjectIdentifier("device,4194302")
+    i_have = IHaveRequest(deviceIdentifier=device, objectIdentifier=device, objectName=name)
+    assert len(i_have.encode().encode().pduData) <= 480     # unconfirmed: a BAS gets it whole or not at all
+
+
+@pytest.mark.parametrize("written, taken", [
+    ("HTTPS://vtn.example/OpenADR2/Simple/2.0b", "https://vtn.example/OpenADR2/Simple/2.0b"),
+    ("Http://vtn.example:8080/OpenADR2/Simple/2.0b", "http://vtn.example:8080/OpenADR2/Simple/2.0b"),
+])
+def test_a_vtn_url_with_its_scheme_in_capitals_is_taken_as_written_in_lower_case(written, taken):
+    # "must start with http:// or https://" of HTTPS://, which RFC 3986 reads as https://
+    cfg = parse_config({"openadr": {"vtn_url": written, "proxy": "HTTP://proxy.site:3128"}}, "gw.toml", environ={})
+    assert cfg.openadr.vtn_url == taken and cfg.openadr.proxy == "http://proxy.site:3128"
+
+
+def test_a_horizons_list_of_one_says_what_it_needs(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(_write(tmp_path, "[forecaster]\nhorizons_minutes = [15]\n"), environ={})
+    assert str(err.value) == (f"{tmp_path / 'c.toml'}: forecaster.horizons_minutes: must be two increasing positive "
+                              f"minute counts up to 1440, e.g. [15, 60], got [15]")
+
+
+@pytest.mark.timeout(30)
+async def test_a_vtn_url_written_in_capitals_registers_with_a_real_vtn(tmp_path, free_tcp_port, caplog):
+    caplog.set_level(logging.INFO, logger="ven")
+    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
+        url = parse_config({"openadr": {"vtn_url": server.url.replace("http://", "HTTP://")}}, "gw.toml",
+                           environ={}).openadr.vtn_url
+        async with running(tmp_path, url) as gw:
+            await until(lambda: gw.vtn.connected, 10, "registered")
+            assert said(caplog, "registered with VTN")[0].startswith(f"registered with VTN {server.url} ")
