@@ -384,7 +384,10 @@ class ForecasterConfig(_Section):
     min_on_minutes: float = Field(15.0, ge=0, le=1440)
     min_off_minutes: float = Field(15.0, ge=0, le=1440)
     arm_fraction: float = Field(0.1, ge=0, le=1000)
-    history_days: float = Field(35.0, gt=0, le=366)  # one minute of memory per minute of history
+    # one minute of memory per minute of history. Under a day (0.5, 0.001) no fit ever had the complete 15-minute
+    # demands it needs, and the log blamed the history held ("2017 minutes of history give too few"): persistence
+    # served for good
+    history_days: float = Field(35.0, ge=1, le=366)
     # a fit takes seconds of CPU (a minute at idle priority on a busy box): 0.001 (0.06 s) started one fit
     # process after another, each up to 150 MB (bench/loop_stall.py refits every 2 minutes on purpose)
     retrain_minutes: float = Field(1440.0, ge=1, le=525600)

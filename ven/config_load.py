@@ -160,6 +160,8 @@ _FLOORS = {
                                       "again",
     ("openadr", "retry_max_seconds"): "a refused registration fails at once: sooner, the VTN is asked more than "
                                       "5 times a second while it is down",
+    ("forecaster", "history_days"): "the model learns from whole days of 15-minute demands: under a day no fit "
+                                    "has enough, and persistence serves for good",
     ("storage", "retry_seconds"): "reopening a file that will not open takes milliseconds: sooner, the gateway "
                                   "does little else",
 }
