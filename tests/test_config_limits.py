@@ -5,6 +5,7 @@ refused naming the key and why, or taken as meant."""
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 
@@ -119,3 +120,14 @@ async def test_a_vtn_url_written_in_capitals_registers_with_a_real_vtn(tmp_path,
         async with running(tmp_path, url) as gw:
             await until(lambda: gw.vtn.connected, 10, "registered")
             assert said(caplog, "registered with VTN")[0].startswith(f"registered with VTN {server.url} ")
+
+
+def test_a_storage_path_from_a_variable_that_is_a_directory_names_the_variable(tmp_path):
+    # README's install step sets EDGE_GATEWAY__STORAGE__PATH: "storage.path: /var/lib/edge-gateway is a directory"
+    # sent the operator to a config file that does not hold the key
+    p = _write(tmp_path, "[meter]\npoll_seconds = 10\n")
+    out = subprocess.run([sys.executable, "-m", "ven.cli", "check-config", str(p)], capture_output=True, text=True,
+                         timeout=60, env={**os.environ, "EDGE_GATEWAY__STORAGE__PATH": str(tmp_path)})
+    assert out.returncode == 2, out
+    assert (f"configuration error: storage.path (from EDGE_GATEWAY__STORAGE__PATH): {tmp_path} is a directory: name "
+            f"a file in it, e.g. {tmp_path / 'gateway.sqlite'}") in out.stderr.splitlines(), out.stderr

@@ -299,6 +299,14 @@ class StorageConfig(_Section):
     path: str = "var/gateway.sqlite"
     # a file that will not open or take writes, tried again; 0.001 s spent a third of a core reopening it
     retry_seconds: float = Field(10.0, ge=0.2, le=3600)
+    # key -> the EDGE_GATEWAY__* variable that set it: README's install step sets path in one, and an error naming
+    # only storage.path sent the operator to a config file that does not hold it
+    _env: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    def named(self, key: str) -> str:
+        """The key as the operator should look for it: "storage.path", or "storage.path (from VAR)"."""
+        var = self._env.get(key)
+        return f"storage.{key} (from {var})" if var else f"storage.{key}"
 
     @field_validator("path")
     @classmethod

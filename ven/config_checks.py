@@ -98,10 +98,11 @@ def storage_problems(c: StorageConfig) -> list[str]:
     """What check-config can tell about storage.path without writing to it: a directory there never opens."""
     try:
         if Path(c.path).is_dir():
-            return [f"storage.path: {c.path} is a directory: name a file in it, e.g. {Path(c.path) / 'gateway.sqlite'}"]
+            return [f"{c.named('path')}: {c.path} is a directory: name a file in it, e.g. "
+                    f"{Path(c.path) / 'gateway.sqlite'}"]
         existing = _nearest_existing(Path(c.path).parent)
         if not existing.is_dir():
-            return [f"storage.path: {c.path}: {existing} is not a directory"]
+            return [f"{c.named('path')}: {c.path}: {existing} is not a directory"]
     except OSError:     # a directory on the way this user may not search: storage_warnings says so
         pass
     return []

@@ -13,7 +13,7 @@ from typing import Mapping
 from pydantic import BaseModel, ValidationError
 
 from . import __version__
-from .config import ConfigError, GatewayConfig, OpenadrConfig
+from .config import ConfigError, GatewayConfig, OpenadrConfig, StorageConfig
 
 ENV_PREFIX = "EDGE_GATEWAY__"
 
@@ -209,12 +209,13 @@ def parse_config(data: dict, origin: str = "config", environ: Mapping[str, str] 
     except ValidationError as err:
         raise ConfigError(_describe(err, origin, sources)) from None
     # the variable that set each key, one naming it or a table holding it (EDGE_GATEWAY__OPENADR='{...}')
-    env = {key: sources.get(("openadr", key)) for key in OpenadrConfig.model_fields}
-    env = {key: var for key, var in env.items() if var}
-    if env:  # on a copy: the default section instance is shared by every config
-        openadr = cfg.openadr.model_copy()
-        openadr._env = env
-        cfg = cfg.model_copy(update={"openadr": openadr})
+    for name, section in (("openadr", OpenadrConfig), ("storage", StorageConfig)):
+        env = {key: sources.get((name, key)) for key in section.model_fields}
+        env = {key: var for key, var in env.items() if var}
+        if env:  # on a copy: the default section instance is shared by every config
+            copied = getattr(cfg, name).model_copy()
+            copied._env = env
+            cfg = cfg.model_copy(update={name: copied})
     return cfg
 
 
