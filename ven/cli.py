@@ -282,6 +282,9 @@ def cmd_read_meter(args) -> int:
         bounds=(float32(cfg.bacnet.input_min_kw), float32(cfg.bacnet.input_max_kw)), units=m.units or None))
     if reading.value is None:
         print(f"meter {m.address} {m.object} {m.property}: no value: {reading.error}", file=sys.stderr)
+        hint = _read_meter_hint(cfg, bind, args.bind is not None, reading.error or "")
+        if hint:
+            print(f"read-meter: {hint}", file=sys.stderr)
         return 1
     # how the value was taken, which the meter's log lines (silenced above with its fault line) say in `run`: a
     # watts meter stating noUnits read 50000.000 kW here with nothing beside it (helper meters41 W3)
@@ -292,6 +295,33 @@ def cmd_read_meter(args) -> int:
         print(f"read-meter: warning: meter {m.address} {m.object} {units.describe()}: check meter.units",
               file=sys.stderr)
     return 0
+
+
+def _read_meter_hint(cfg: GatewayConfig, bind: str, bound_elsewhere: bool, error: str) -> str | None:
+    """What to change when a read failed for where read-meter stood, not for the meter. Run beside the gateway it
+    said only "Address already in use", and with --bind but no meter.router "no router ... answered"; neither said
+    what to do (README step 5 does, far from the terminal)."""
+    from bacnet_api.client import ensure_port_free, network_of
+
+    ip_mask, sep, port = bind.rpartition(":")
+    if not sep:
+        ip_mask, port = bind, "47808"   # BACnet/IP's default port, as the stack takes it
+    router = ("name the meter's router (meter.router, or EDGE_GATEWAY__METER__ROUTER=ip:port): a broadcast from "
+              "another port than the site's BACnet port reaches no router"
+              if network_of(cfg.meter.address) is not None and not cfg.meter.router else None)
+    try:
+        ensure_port_free(bind)
+    except OSError as err:
+        if err.errno != errno.EADDRINUSE:
+            return None
+        other = f"{ip_mask}:{int(port) + 1 if port.isdigit() and int(port) < 65535 else 47809}"
+        who = "" if bound_elsewhere else " (by the gateway, running on bacnet.address?)"
+        return (f"UDP port {port} is taken{who}: beside a running gateway give --bind another port of the same "
+                f"address (e.g. --bind {other})" + (f", and {router}" if router else ""))
+    own_port = cfg.bacnet.address.rpartition(":")[2]
+    if router and error.startswith("no router to network") and port != own_port:
+        return f"--bind's port {port} is not the BACnet port {own_port}: {router}"
+    return None
 
 
 def _ensure_tcp_port_free(address: str) -> None:
