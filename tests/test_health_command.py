@@ -41,6 +41,18 @@ def test_health_probes_the_configured_address_and_says_why_not(tmp_path, free_ud
         assert proxied.returncode == 0, proxied
 
 
+def test_nothing_listening_is_said_so(tmp_path, free_udp_port, free_tcp_port):
+    # a newcomer's `health` beside a gateway not started yet said only "no answer ([Errno 111] Connection refused)"
+    config = tmp_path / "gw.toml"
+    http_port = free_tcp_port()
+    write_config(config, bacnet_port=free_udp_port(), http_port=http_port, storage=tmp_path / "gw.sqlite",
+                 ven_name="health")
+    down = _health(config)
+    assert down.returncode == 1 and down.stdout.strip() == (
+        f"http://127.0.0.1:{http_port}/healthz: no answer ([Errno 111] Connection refused): nothing listens there "
+        "(the gateway not running, or running with another http.address?)"), down
+
+
 def test_health_of_a_bad_or_http_less_config(tmp_path, free_udp_port, free_tcp_port):
     config = tmp_path / "gw.toml"
     write_config(config, bacnet_port=free_udp_port(), http_port=free_tcp_port(), storage=tmp_path / "gw.sqlite",

@@ -206,7 +206,11 @@ def cmd_health(args) -> int:
     except urllib.error.HTTPError as err:
         print(f"{url}: {err.code} {err.read().decode(errors='replace').strip()}")
     except (OSError, ValueError) as err:
-        print(f"{url}: no answer ({getattr(err, 'reason', None) or err})")
+        reason = getattr(err, "reason", None) or err
+        # refused: nothing listens at that port, which the bare errno left to the reader to work out
+        why = (": nothing listens there (the gateway not running, or running with another http.address?)"
+               if isinstance(reason, ConnectionRefusedError) else "")
+        print(f"{url}: no answer ({reason}){why}")
     return 1
 
 
