@@ -473,6 +473,15 @@ class VtnEvents:
         stored = self._schedule.get(eid)
         if stored is None or stored.open_ended or stored.end > _utcnow():
             return
+        # Over by this clock is not enough. A VTN failing for a while ("500 server busy", a proxy's 503 while it
+        # restarts) across the end of an event the BAS opted out of in its last minutes dropped the optOut at the
+        # first failure after the end: the utility, well again, settled the event on the optIn. Given up on only
+        # when the VTN itself listed the event completed (openleadr's VTN fails those answers for good), or refused
+        # this message outright (a 4xx status, openleadr's 404 for an oadrCreateOpt; not 408/429, "try later").
+        status = self._client.error_status if self._client is not None else None
+        refused = status is not None and 400 <= status < 500 and status not in (408, 429)
+        if stored.status != "completed" and not refused:
+            return
         if self._pending_opts.get(eid, (None,))[0] == mod:
             del self._pending_opts[eid]
             self._singly.discard(eid)
