@@ -20,10 +20,18 @@ OPT_BATCH = 100                 # eventResponses per oadrCreatedEvent the gatewa
 MAX_LEVELS_LOGGED = 24          # SIMPLE levels named in an event's log line; the status API has them all
 
 
+# A pass of answers stops after this many messages in a row that a VTN answering failed (500 server busy, a proxy's
+# 503): going on past each, a VTN failing them all was sent every waiting answer, one request each, at every poll
+# (10 events opted out: 111 requests in 10 s of 1 s polls). The ones failed go last in the next pass, so an answer
+# the VTN fails for good (openleadr's 404 for an oadrCreateOpt) holds no other back.
+OPTS_FAILED_IN_A_ROW = 2
+
+
 class VtnEvents:
     """VtnClient's handling of what the VTN sends and of its opt answers; the state is VtnClient's."""
 
     _opts_failed_why: str | None = None     # why a message of the last pass of answers failed
+    _opt_fails = 0                          # failed messages so far: orders the answers they held
 
     @property
     def _programmes(self) -> frozenset[str]:
@@ -398,9 +406,12 @@ class VtnEvents:
         # gateway must not hold other answers than the ones the VTN heard
         await self._schedule.synced()
         self._opts_failed_why = None
+        failed_in_a_row = 0
         for by_create_opt, answers in self._opt_messages():
             if self._client is None:
                 return
+            if failed_in_a_row >= OPTS_FAILED_IN_A_ROW:
+                return      # the VTN fails what it is sent: the rest at the next poll
             if by_create_opt:
                 (eid, mod, opt), = answers
                 msg = self._client._create_message(
@@ -434,12 +445,18 @@ class VtnEvents:
                 # it shared a message with are not failed with it. So does one the VTN answered with a 5xx code in
                 # its eiResponse (2.0b's codes are HTTP's: "500 server busy" is its own fault, not a refusal of the
                 # answer), which was dropped, never sent again: the utility never heard the BAS's optOut.
+                failed_in_a_row += 1
+                self._opt_fails += 1
+                self._opt_failed_at.update((eid, self._opt_fails) for eid, _, _ in answers)
                 if len(answers) > 1:
                     self._singly.update(eid for eid, _, _ in answers)
                     self._opts_changed()
                 else:
                     self._drop_if_over(answers[0], self._opts_failed_why)
                 continue
+            failed_in_a_row = 0
+            for eid, _, _ in answers:
+                self._opt_failed_at.pop(eid, None)
             opt = answers[0][2]     # one for all of a message's answers
             if rtype == "oadrRequestReregistration":
                 self._forgotten(f"the {opt} for {_events(answers)}")
@@ -477,9 +494,10 @@ class VtnEvents:
         # restarts) across the end of an event the BAS opted out of in its last minutes dropped the optOut at the
         # first failure after the end: the utility, well again, settled the event on the optIn. Given up on only
         # when the VTN itself listed the event completed (openleadr's VTN fails those answers for good), or refused
-        # this message outright (a 4xx status, openleadr's 404 for an oadrCreateOpt; not 408/429, "try later").
+        # this message outright (a 4xx status, openleadr's 404 for an oadrCreateOpt; not "try later", 408 and 429, nor
+        # the credentials' 401, 403 and 407, a proxy's or the VTN's: once they are put right, the answer goes).
         status = self._client.error_status if self._client is not None else None
-        refused = status is not None and 400 <= status < 500 and status not in (408, 429)
+        refused = status is not None and 400 <= status < 500 and status not in (401, 403, 407, 408, 429)
         if stored.status != "completed" and not refused:
             return
         if self._pending_opts.get(eid, (None,))[0] == mod:
@@ -494,7 +512,11 @@ class VtnEvents:
         polls waiting) and logged 200 lines."""
         out: list[tuple[bool, list[tuple[str, int, str]]]] = []
         groups: dict[tuple[str, str], list[tuple[str, int, str]]] = {}
-        for eid, (mod, opt, by_create_opt) in self._pending_opts.items():
+        for gone in [eid for eid in self._opt_failed_at if eid not in self._pending_opts]:
+            del self._opt_failed_at[gone]
+        # never failed first, then the one failed longest ago: a pass that stops at failures tries each in turn
+        waiting = sorted(self._pending_opts.items(), key=lambda item: self._opt_failed_at.get(item[0], 0))
+        for eid, (mod, opt, by_create_opt) in waiting:
             if by_create_opt:
                 out.append((True, [(eid, mod, opt)]))
                 continue
