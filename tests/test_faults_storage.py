@@ -38,6 +38,7 @@ from ven import forecast_service
 from ven.forecast_service import ForecastService
 from ven.schedule import EventSchedule
 from ven.events import Event, Interval, Signal
+from ven.run_lock import RunLock, held_by_another
 from ven.storage import Storage, set_aside_if_damaged
 from ven.telemetry import TelemetryQueue
 from ven.vtn_server import DemoVtn
@@ -816,6 +817,30 @@ def test_a_file_deleted_while_open_is_recreated_with_everything_it_held(tmp_path
     moved = [r.getMessage() for r in caplog.records if "while the gateway had it open" in r.getMessage()]
     assert len(moved) == 1 and "was deleted" in moved[0], moved
     assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+def test_a_deleted_file_behind_a_symlink_comes_back_where_the_link_points(tmp_path):
+    # the copy was made beside the link and renamed over it: the link became a file on the disk it sits on, not the
+    # data volume it names, and the run lock (beside the file a link names) moved with it, so forget-forecast, which
+    # asks it, no longer saw the running gateway
+    (tmp_path / "data").mkdir()
+    real, link = tmp_path / "data" / "gw.sqlite", tmp_path / "gw.sqlite"
+    link.symlink_to(real)
+    lock = RunLock(link)
+    assert lock.take() is None          # as `run` holds it
+    try:
+        store, queue = Storage(link), TelemetryQueue(link)
+        queue.add(T0, 40.0)
+        _remove(real)                                       # the data volume's file cleaned up
+        queue.add(T0 + timedelta(seconds=10), 41.0)         # its write brings the file back
+        store.save_value("opt_out", '{"8": 1}')
+        store.close()
+        queue.close()
+        assert link.is_symlink() and link.resolve() == real and real.is_file()
+        assert [s.kw for s in TelemetryQueue(real).peek()] == [40.0, 41.0]
+        assert held_by_another(link) is not None
+    finally:
+        lock.close()
 
 
 def test_a_file_replaced_while_open_by_an_older_copy_does_not_undo_what_happened_since(tmp_path, caplog):

@@ -319,18 +319,22 @@ def follow_file(conn: sqlite3.Connection, path: Path, ident: tuple[int, int] | N
         conn.close()
         return fresh, now
     aside = None
+    # Where a symlinked storage.path points, not the link: made beside the link and renamed over it, the copy put the
+    # file on the disk the link is in, not the data volume it names, and the run lock (beside the file a link names)
+    # moved with it: a second `run`, forget-forecast or import-history no longer saw this gateway's
+    real = Path(os.path.realpath(path))
     try:
         # a directory that cannot be made again (the volume gone read-only, or unmounted under it) is a write that
         # fails, as the docstring says, not an OSError out of every save
-        path.parent.mkdir(parents=True, exist_ok=True)
+        real.parent.mkdir(parents=True, exist_ok=True)
         try:
-            rows = _mirror_into(conn, path) if now is not None else _mirror_into_new_file(conn, path)
+            rows = _mirror_into(conn, real) if now is not None else _mirror_into_new_file(conn, real)
         except sqlite3.DatabaseError as err:
             if "not a database" not in str(err):
                 raise
-            aside = path.with_name(f"{path.name}.not-sqlite-{time.strftime('%Y%m%dT%H%M%S')}")
-            os.replace(path, aside)
-            rows = _mirror_into(conn, path)
+            aside = real.with_name(f"{real.name}.not-sqlite-{time.strftime('%Y%m%dT%H%M%S')}")
+            os.replace(real, aside)
+            rows = _mirror_into(conn, real)
     except OSError as err:
         raise StorageError(f"cannot make {path} again: {err.strerror or err}") from None
     fresh = connect(path, table)
@@ -365,8 +369,9 @@ def _remove_abandoned_copies(path: Path) -> None:
     """The copies `_mirror_into_new_file` left half made beside `path` when its gateway was killed in the
     middle (a SIGKILL, a power cut): as large as the file, and nothing else would ever remove them. One
     whose process still runs is being made; it is left alone."""
-    for part in path.parent.glob(glob.escape(path.name) + ".copying-*"):
-        pid = part.name[len(path.name) + len(".copying-"):].partition("-")[0]
+    real = Path(os.path.realpath(path))     # made beside the file a symlinked storage.path names
+    for part in real.parent.glob(glob.escape(real.name) + ".copying-*"):
+        pid = part.name[len(real.name) + len(".copying-"):].partition("-")[0]
         if not pid.isdigit() or _running(int(pid)):
             continue
         with contextlib.suppress(FileNotFoundError):
