@@ -12,6 +12,7 @@ import sqlite3
 import time
 from contextlib import closing
 from pathlib import Path
+from typing import Callable
 
 from .core import DemandForecaster, Forecast
 from .model import OtherSettings, OtherVersion
@@ -40,10 +41,13 @@ CREATE TABLE IF NOT EXISTS forecast_set_aside (start REAL NOT NULL, end REAL NOT
 
 
 class ForecastStore:
-    def __init__(self, path: str, busy_timeout_s: float = 5.0, read_only: bool = False):
+    def __init__(self, path: str, busy_timeout_s: float = 5.0, read_only: bool = False,
+                 before_connect: Callable[[], None] | None = None):
         """read_only: a file that cannot be written (a read-only mount, a full disk) read as it is, for its history
-        and model at a start; sqlite3.Error if it cannot be read either."""
+        and model at a start; sqlite3.Error if it cannot be read either. before_connect: called before each
+        connection opens (the gateway's: a file replaced under it is not paired with the old one's -wal)."""
         self.path = str(path)
+        self._before_connect = before_connect
         self._timeout = busy_timeout_s
         # the unreadable minutes named already: each clock step reloads the stored minutes, and naming them again
         # made one damaged row look like a new fault at every step
@@ -64,6 +68,8 @@ class ForecastStore:
         # the gateway's long-lived connections, which still hold the old one, recreate it with its rows;
         # an empty file made here first would be a table-less database that every save fails on.
         uri = Path(self.path).resolve().as_uri() + ("" if create else f"?{self._mode}")
+        if self._before_connect is not None:
+            self._before_connect()
         db = sqlite3.connect(uri, uri=True, timeout=self._timeout)
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")

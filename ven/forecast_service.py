@@ -30,7 +30,7 @@ from .config import ForecasterConfig
 from .fit_worker import fit_in_child
 from .history import curtailed_spans
 from .still_watch import StillWatch
-from .storage import REOPEN_SECONDS, ReopenTimer, with_fs_reason
+from .storage import REOPEN_SECONDS, ReopenTimer, not_copied_yet, unpair_sidecars, with_fs_reason
 from .tasks import cancel_and_wait
 from .wallclock import CLOCK_STEP_S, PRUNE_HOLD_S, StepWatch
 
@@ -408,8 +408,13 @@ class ForecastService:
         return (f"; no model yet: the first is fitted about {_iso(first)}, once the history spans {need} ({have} so "
                 f"far), persistence serves until then")
 
+    def _unpair(self) -> None:
+        # this store opens the file for each write: after an `mv backup.sqlite gw.sqlite` under the running gateway it
+        # is often the first to open the file put there, which SQLite paired with the old file's -wal
+        unpair_sidecars(self.storage_path)
+
     def _open_store(self):
-        store = ForecastStore(self.storage_path)
+        store = ForecastStore(self.storage_path, before_connect=self._unpair)
         now = self._clock()
         try:
             store.prune_behind_newest(self.forecaster.keep_days * 86400, now)
@@ -502,7 +507,7 @@ class ForecastService:
         if not self._reopen.due():
             return
         try:
-            store = ForecastStore(self.storage_path)
+            store = ForecastStore(self.storage_path, before_connect=self._unpair)
             fitted = self.forecaster.model_blob()
             # read as it was at the start already: loaded again its minutes would count twice
             loaded = ({"minutes": 0, "model": False} if self._read_at_start
@@ -599,6 +604,8 @@ class ForecastService:
         self._saved_minutes = 0
         # looked at before: the copy the other stores make of a deleted file may land while this write fails on it
         there = os.path.exists(self.storage_path)
+        if self._store is not None and not_copied_yet(self.storage_path) and self._deleted_just_now(False):
+            return      # deleted or replaced: the other stores' copy would overwrite what this wrote first
         try:
             work(self._store)
         except Exception as err:  # sqlite3 errors: keep forecasting, say so once
