@@ -165,8 +165,8 @@ def tools(config: Path, csv: Path) -> list[tuple[list[str], tuple[int, ...], sub
                        (["forget-forecast", "--config", str(config), "--yes"], (1,)),
                        (["import-history", "--config", str(config), "--csv", str(csv), "--time-column", "time",
                          "--value-column", "kw"], (1, 2))):
-        out.append((args, want, subprocess.Popen(cli + args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                                  text=True, cwd=ROOT)))
+        proc = subprocess.Popen(cli + args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+        out.append((args, want, proc))
     return out
 
 
@@ -181,7 +181,7 @@ def tools_done(started, log: Path) -> list[str]:
             text, _ = proc.communicate()
         with open(log, "a") as fh:
             fh.write(f"$ {args[0]} -> {proc.returncode}\n{text[-400:]}\n")
-        if proc.returncode not in want or (args[0] != "check-config" and "seems to run" not in text):
+        if proc.returncode not in want or args[0] != "check-config" and "seems to run" not in text:
             wrong.append(f"{args[0]} exit {proc.returncode}")
     return wrong
 
@@ -249,7 +249,9 @@ def main() -> int:
             up = wait_log(log, "forecaster resumed", gw, 120, mark)
             if not up:
                 note.append("no start")
-            running = tools(config, csv)
+            # only beside a gateway that runs: forget-forecast --yes and import-history do their work on a stopped one
+            # (a start refused because another process had taken a port of the range meanwhile)
+            running = tools(config, csv) if gw.poll() is None else []
             time.sleep(args.seconds / 2)
             if read_only:
                 remount(gw_dir, "rw")
