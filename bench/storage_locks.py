@@ -193,6 +193,9 @@ def main() -> int:
     ap.add_argument("--ro-every", type=int, default=4, help="every Nth start is read-only (0: none)")
     ap.add_argument("--load", type=int, default=2, help="busy loops beside it")
     ap.add_argument("--port-base", type=int, default=41000)
+    ap.add_argument("--replace-every", type=int, default=0,
+                    help="every Nth cycle, while it runs: `mv backup.sqlite gw.sqlite` (a backup taken a second "
+                         "before), its -wal and -shm left in place (0: never)")
     ap.add_argument("--minutes", type=float, default=None, help="start no cycle after this many minutes")
     ap.add_argument("--keep", default=None, help="keep the work directory here (default: removed)")
     args = ap.parse_args()
@@ -257,6 +260,14 @@ def main() -> int:
                 remount(gw_dir, "rw")
                 if not wait_log(log, "takes writes again", gw, 30, mark):
                     note.append("no 'takes writes again'")
+            replaced = bool(args.replace_every) and cycle % args.replace_every == 0 and gw.poll() is None
+            if replaced:
+                backup = fs / "backup.sqlite"
+                with contextlib.closing(sqlite3.connect(other, timeout=10)) as db:
+                    db.execute(f"VACUUM INTO '{backup}'")
+                time.sleep(1.0)     # the gateway writes on
+                os.replace(backup, other)
+                note.append("replaced")
             time.sleep(args.seconds / 2)
             note += tools_done(running, work / "tools.log")
             gw.send_signal(signal.SIGTERM)
@@ -278,6 +289,8 @@ def main() -> int:
                 lost = {}
             else:
                 damaged = ""
+                if replaced:    # the writer's marks committed after the gateway's copy went to the file it had open
+                    got["probe_marks"] |= before.get("probe_marks", set())
                 lost = {t: len(before.get(t, set()) - got[t]) for t in got if before.get(t, set()) - got[t]}
                 # what a reader saw (counts) must be there: nothing is deleted here (no VTN takes the queue)
                 for role, out, _ in others:
@@ -285,7 +298,7 @@ def main() -> int:
                         for table, n in json.loads(Path(out).read_text())["seen"].items():
                             if n > len(got.get(table, ())):
                                 lost[f"{table} seen by {role}"] = n - len(got[table])
-                if marks - got["probe_marks"]:
+                if marks - got["probe_marks"] and not replaced:
                     lost["probe_marks committed"] = len(marks - got["probe_marks"])
                 before = got
             results.append((cycle, read_only, code, damaged, lost, note))
