@@ -218,14 +218,14 @@ def set_aside_if_damaged(path: str | Path) -> Path | None:
         return None
     try:
         # quick_check reads every page (tens of ms a MB on an SD card, once at start): a damaged page in the
-        # telemetry backlog is found at its first read otherwise, and the rows behind it are never sent
-        with contextlib.closing(connect(p)) as conn:
+        # telemetry backlog is found at its first read otherwise, and the rows behind it are never sent. Read
+        # without the write lock connect() takes: another process holding it at the start (a backup, an operator's
+        # sqlite3) made this "database is locked", and the damaged file was used, and written, for the whole run
+        with contextlib.closing(sqlite3.connect(str(p), timeout=BUSY_TIMEOUT_SECONDS)) as conn:
             why = conn.execute("PRAGMA quick_check(1)").fetchone()[0]
-    except StorageError as err:
-        if not any(d in str(err) for d in DAMAGED):
-            return None
-        why = str(err).rpartition(": ")[2]
     except sqlite3.DatabaseError as err:
+        if not any(d in str(err) for d in DAMAGED):
+            return None     # locked, unreadable: the stores say why
         why = str(err)
     if why == "ok":
         return None
