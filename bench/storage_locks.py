@@ -263,11 +263,18 @@ def main() -> int:
             replaced = bool(args.replace_every) and cycle % args.replace_every == 0 and gw.poll() is None
             if replaced:
                 backup = fs / "backup.sqlite"
-                with contextlib.closing(sqlite3.connect(other, timeout=10)) as db:
-                    db.execute(f"VACUUM INTO '{backup}'")
-                time.sleep(1.0)     # the gateway writes on
-                os.replace(backup, other)
-                note.append("replaced")
+                for leftover in fs.glob("backup.sqlite*"):     # a cycle that failed before its mv
+                    leftover.unlink()
+                try:
+                    with contextlib.closing(sqlite3.connect(other, timeout=10)) as db:
+                        db.execute(f"VACUUM INTO '{backup}'")
+                except sqlite3.Error as err:    # a file damaged already
+                    note.append(f"no backup ({err})")
+                    replaced = False
+                else:
+                    time.sleep(1.0)     # the gateway writes on
+                    os.replace(backup, other)
+                    note.append("replaced")
             time.sleep(args.seconds / 2)
             note += tools_done(running, work / "tools.log")
             gw.send_signal(signal.SIGTERM)
