@@ -196,6 +196,8 @@ def main() -> int:
     ap.add_argument("--replace-every", type=int, default=0,
                     help="every Nth cycle, while it runs: `mv backup.sqlite gw.sqlite` (a backup taken a second "
                          "before), its -wal and -shm left in place (0: never)")
+    ap.add_argument("--no-others", action="store_true",
+                    help="no other process on the file (the CLI tools still run): the gateway's own openers alone")
     ap.add_argument("--minutes", type=float, default=None, help="start no cycle after this many minutes")
     ap.add_argument("--keep", default=None, help="keep the work directory here (default: removed)")
     args = ap.parse_args()
@@ -228,7 +230,7 @@ def main() -> int:
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         started.append(meter)
         others = []
-        for i, role in enumerate(ROLES + ("reader",)):
+        for i, role in enumerate(() if args.no_others else ROLES + ("reader",)):
             out = str(work / f"other-{i}-{role}.json")
             others.append((role, out, subprocess.Popen([sys.executable, __file__, "--other", role, str(other), out,
                                                         str(stop_file)], cwd=ROOT)))
