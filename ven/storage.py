@@ -205,7 +205,9 @@ def _note_opened(conn: sqlite3.Connection) -> None:
 # What SQLite says of a file a power cut or a failing card damaged (or that was never SQLite). Unlike a lock, a
 # full disk or a read-only mount, it never passes: trying it again every storage.retry_seconds kept everything
 # the gateway took in memory only, for good, and a restart lost it.
-DAMAGED = ("file is not a database", "database disk image is malformed")
+# "malformed database schema": a torn page of the schema table; every statement fails on it, the file then refused
+# each write of the run while it was taken for a passing fault (met by bench/storage_locks.py after an mv over it)
+DAMAGED = ("file is not a database", "database disk image is malformed", "malformed database schema")
 
 
 def set_aside_if_damaged(path: str | Path) -> Path | None:
