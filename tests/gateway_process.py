@@ -19,13 +19,14 @@ def write_config(path, *, bacnet_port, http_port, storage, ven_name, vtn_port=9,
                  device_id=None, device_name=None, cycle_seconds=1, retry_min_seconds=None, retry_max_seconds=1,
                  telemetry_seconds=None, storage_retry_seconds=None, log_level=None,
                  bacnet_ip="127.0.0.1/8", http_ip="127.0.0.1", http_token=None, meter_host="127.0.0.1",
-                 vtn_host="127.0.0.1", vtn_settle_seconds=0, meter_timeout_seconds=0.5):
+                 vtn_host="127.0.0.1", vtn_settle_seconds=0, meter_timeout_seconds=0.5, storage_settle_seconds=0):
     """A config on loopback. Without meter_port the meter is an address where nobody answers, and
     the default vtn_port 9 has nobody listening: for tests that are about something else.
     bacnet_ip ("ip/prefix"), http_ip, meter_host and vtn_host put the device, the API, the meter's router and
     the VTN on other addresses (tests/netns.py). vtn_settle_seconds 0: a VTN fault's end is logged at its first
-    answer (None: the default, as on a site). meter_timeout_seconds: short, so a silent meter is found fast; a
-    test that must see no meter fault while the machine is loaded gives it longer."""
+    answer (None: the default, as on a site); storage_settle_seconds likewise for storage.path's fault.
+    meter_timeout_seconds: short, so a silent meter is found fast; a test that must see no meter fault while the
+    machine is loaded gives it longer."""
     meter = (f'router = "{meter_host}:{meter_port}"\npoll_seconds = 0.5' if meter_port is not None
              else 'address = "127.0.0.1:9"\npoll_seconds = 1')
     path.write_text(f"""
@@ -48,6 +49,7 @@ retry_max_seconds = {retry_max_seconds}
 [storage]
 path = "{storage}"
 {f"retry_seconds = {storage_retry_seconds}" if storage_retry_seconds is not None else ""}
+{f"settle_seconds = {storage_settle_seconds}" if storage_settle_seconds is not None else ""}
 [http]
 address = "{http_ip}:{http_port}"
 {f'token = "{http_token}"' if http_token else ""}

@@ -172,7 +172,7 @@ class Gateway:
             self.moved_aside = set_aside_if_other_site(c.storage.path, site)
             # storage.path refusing writes is one fault in the log, whichever of its parts meets it
             self.storage_fault = StorageFault(
-                c.storage.path, c.storage.retry_seconds,
+                c.storage.path, c.storage.retry_seconds, settle_seconds=c.storage.settle_seconds,
                 parts=[p for p in ("events", "telemetry", "forecaster") if p != "telemetry" or c.openadr.telemetry])
             self.storage = Storage(c.storage.path, reopen_seconds=c.storage.retry_seconds, fault=self.storage_fault)
             # recorded only in a file checked above and open now: one that opens later (a data volume mounted after
@@ -305,6 +305,7 @@ class Gateway:
         self.telemetry.last_try()
         if self._built("forecast"):
             await self.forecast.last_try()
+        self.storage_fault.look()     # steady for its settle period since the last look: its end, not an open fault
         still_open = self._open_faults()
         try:
             # the merge of the BAS's ADR-Opt-Out commands with the file's is what the file must keep (a storage
@@ -333,8 +334,9 @@ class Gateway:
             self.telemetry.note_last_read(max(read))
         self.telemetry.close()
         self.storage.close()
-        if (storage := self.storage_fault.fault()) and not any(f.startswith("storage.path") for f in still_open):
-            # met by the stop's own writes (the forecaster's last save, with its history the first to write since)
+        # said after every part's last write (the forecaster's last save, the queue's and the events' close), with
+        # what each still holds: met by those writes, or ended by them, and only what is still in memory is lost
+        if storage := self.storage_fault.fault(held=self._held_in_memory()):
             still_open.append(storage)
         if kept := self.telemetry.taken_in_file:
             # the VTN gets them twice, the second time under the next run's request (an interval it has, another value)
@@ -351,6 +353,11 @@ class Gateway:
         else:
             log.info("edge-gateway stopped")
         self.recent.detach()
+
+    def _held_in_memory(self) -> dict[str, int]:
+        """What each part that writes storage.path holds in memory, not written (ven/storage_fault.PARTS' units)."""
+        return {"events": self.storage.held, "telemetry": self.telemetry.status()["in_memory"],
+                "forecaster": self.forecast.forecaster.dirty_minutes if self._built("forecast") else 0}
 
     def _built(self, part: str) -> bool:
         """Whether start() has built `part` (a cached property): a stop while their import still runs (the first
@@ -400,8 +407,6 @@ class Gateway:
             out.append("the machine's clock not synchronized")
         if self.cert_watch.state is not None:
             out.append(f"openadr.cert {self.cert_watch.state}")
-        if storage := self.storage_fault.fault():
-            out.append(storage)
         if (comm := self.device.communication())["mode"] != "enable":
             out.append(f"BACnet communication initiation disabled by {comm.get('by') or 'a BACnet client'}")
         if foreign := self.device.foreign_fault():
@@ -602,12 +607,15 @@ class Gateway:
         the telemetry queue's file, on their own tick: in the forecast's callback they were looked at every
         forecaster.cycle_seconds (hourly with an hour's cycle), and never again while the forecast cycle failed. Each
         watcher asks at its own pace within."""
-        every = max(LOOK_FLOOR_S, min(LOOK_EVERY_S, self.clock_sync.every_s, self.cert_watch.every_s))
+        every = max(LOOK_FLOOR_S, min(LOOK_EVERY_S, self.clock_sync.every_s, self.cert_watch.every_s,
+                                      self.storage_fault.look_every))
         looks = {"the clock's synchronization": lambda: self.clock_sync.check(time.monotonic()),
                  "the run before's last read": self._look_at_held_readings,
                  "openadr.cert": lambda: self.cert_watch.check(time.monotonic(), time.time()),
                  # with openadr.telemetry false no reading tries the queue's file again after it refused a write
-                 "storage.path for the telemetry queue": self.telemetry.try_file}
+                 "storage.path for the telemetry queue": self.telemetry.try_file,
+                 # the storage fault's end, once every part has written for its settle period
+                 "storage.path's settle period": self.storage_fault.look}
         failing: set[str] = set()
         while True:
             await asyncio.sleep(every)

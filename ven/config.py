@@ -299,6 +299,9 @@ class StorageConfig(_Section):
     path: str = "var/gateway.sqlite"
     # a file that will not open or take writes, tried again; 0.001 s spent a third of a core reopening it
     retry_seconds: float = Field(10.0, ge=0.2, le=3600)
+    # how long every part must write in a row before the log says a fault is over: a disk that flaps is one fault;
+    # doubled for a fault that comes back soon (bacnet_api/settle.py). 0: at the first write
+    settle_seconds: float = Field(60.0, ge=0, le=86400)
     # key -> the EDGE_GATEWAY__* variable that set it: README's install step sets path in one, and an error naming
     # only storage.path sent the operator to a config file that does not hold it
     _env: dict[str, str] = PrivateAttr(default_factory=dict)

@@ -780,6 +780,11 @@ class Storage:
             rows = self.conn.execute("SELECT event_id, body FROM adr_events").fetchall()
         return _readable_events(rows, self.path)
 
+    @property
+    def held(self) -> int:
+        """Changes to events and saved values held in memory, not yet written to the file."""
+        return len(self._unsaved) + len(self._unsaved_values)
+
     def load_value(self, key: str) -> str | None:
         if key in self._unsaved_values:
             return self._unsaved_values[key]

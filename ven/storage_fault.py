@@ -4,8 +4,12 @@ Three parts write the file, each on its own connection and at its own pace: the 
 telemetry queue (ven/telemetry.py) and the forecaster's history (ven/forecast_service.py). A read-only mount, a full
 disk or a file the gateway may not write refuses all three: said by each, one fault was three ERROR lines at its
 start and four INFO lines at its end. Each part reports here instead (`failed`, `written`, by its name; none knows
-the others), and the log says one line when the first part fails, naming every part's consequence, and one when the
-last one writes again, with what went from memory to the file. The app owns it (ven/app.py).
+the others), and the log says one line when the first part fails, naming every part's consequence, and one once the
+last one has written again for the settle period (storage.settle_seconds), with what went from memory to the file: a
+disk that flaps (writes refused, taken, refused again every few seconds: a failing card, a full disk freed a little at
+a time) said a start and an end line per flap, thousands a day; now one fault, whose end line counts the refusals. The
+settle period doubles for a fault that comes back within 2 hours (bacnet_api/settle.py), as the meter's and the VTN's
+do. The app owns it (ven/app.py), and looks at it (`look`) to say the end when no write comes to.
 """
 from __future__ import annotations
 
@@ -35,14 +39,18 @@ class StorageFault:
     """`parts`: those of PARTS this gateway runs, in the order the start line names them. Thread-safe: the
     forecaster reports from its worker thread."""
 
-    def __init__(self, path: str | Path, retry_seconds: float, parts=tuple(PARTS), clock=time.monotonic):
+    def __init__(self, path: str | Path, retry_seconds: float, parts=tuple(PARTS), clock=time.monotonic,
+                 settle_seconds: float = 60.0):
         self.path = str(path)
         self.retry_seconds = retry_seconds
         self.parts = tuple(parts)
         self._clock = clock
-        # the end as soon as the last part writes again: /healthz and /api/status say the file is written from then
-        self._flap = Flapping(0.0)
+        # the log's end once every part has written for the settle period; /healthz and /api/status go by each part's
+        # own error, so they say the file is written from the first write
+        self._flap = Flapping(settle_seconds)
         self._failing: dict[str, str] = {}      # part -> why, while it refuses that part's writes
+        self._writing_since: float | None = None    # every part writes again since (the fault still open)
+        self._refusals = 0                      # separate stretches of refused writes in the open fault
         self._back: dict[str, int] = {}         # part -> what went from memory to the file in this fault
         self._notes: list[str] = []
         self._full = False      # the fault began with a full disk
@@ -62,12 +70,14 @@ class StorageFault:
         # storage.path of "./var/gateway.sqlite" is "var/gateway.sqlite" there)
         why = why.removeprefix(f"storage.path {self.path}: ").removeprefix(f"storage.path {Path(self.path)}: ")
         with self._lock:
+            self._refusals += not self._failing     # all parts wrote, and one is refused again: another flap
             self._failing[part] = why
+            self._writing_since = None
             if not self._flap.bad(self._clock()):
                 if note:
                     log.info("storage.path %s: %s", self.path, note)
                 return
-            self._back, self._notes = {}, []
+            self._back, self._notes, self._refusals = {}, [], 1
             self._full = "No space left on device" in why or "disk is full" in why
             ours = [p for p in self.parts if p in PARTS]
             now = [p for p in ours if every or p == part] or ours
@@ -91,13 +101,34 @@ class StorageFault:
             self._back[part] = self._back.get(part, 0) + moved
             if note and part in self.parts:     # not the queue's backlog "sent after ..." with openadr.telemetry false
                 self._notes.append(note)
-            since, now = self._flap.since, self._clock()
-            if self._failing or not self._flap.good(now):
+            if self._failing or not self._flap.open:
                 return
-            back = [f"{self._back[p]} {PARTS[p][1]}" for p in self.parts if self._back.get(p)]
-            log.info("storage.path %s takes writes again after %s%s: %s%s", self.path, span(now - since),
-                     self._still_full(), f"{_and(back)} held in memory go to it" if back else
-                     "nothing was waiting in memory", "".join(f"; {n}" for n in self._notes))
+            now = self._writing_since = self._clock()
+            self._flap.restart(now)     # the settle period runs from the last part's first write
+            self._settled(now)
+
+    def look(self) -> None:
+        """Say the fault's end once every part has written for the settle period: the app looks every few seconds,
+        since a part says only that it writes again, not each write after."""
+        with self._lock:
+            if self._flap.open and not self._failing and self._writing_since is not None:
+                self._settled(self._clock())
+
+    @property
+    def look_every(self) -> float:
+        """How often `look` is worth calling: a tenth of the base settle period, between 1 s and 60 s."""
+        return min(60.0, max(1.0, self._flap.base / 10))
+
+    def _settled(self, now: float) -> None:
+        since, writing = self._flap.since, self._writing_since
+        if not self._flap.good(now):
+            return
+        back = [f"{self._back[p]} {PARTS[p][1]}" for p in self.parts if self._back.get(p)]
+        refused = f", refused {self._refusals} separate times" if self._refusals > 1 else ""
+        steady = f" (steadily for {span(now - writing)})" if self._flap.settle else ""
+        log.info("storage.path %s takes writes again after %s%s%s%s: %s%s", self.path, span(writing - since), refused,
+                 steady, self._still_full(), f"{_and(back)} held in memory go to it" if back else
+                 "nothing was waiting in memory", "".join(f"; {n}" for n in self._notes))
 
     def _still_full(self) -> str:
         """A full disk that frees a little (a log rotated) takes writes until the gateway's own writes fill it again,
@@ -112,13 +143,30 @@ class StorageFault:
         return (f", with {free / 2**20:.1f} MB free on its file system (it may fill again)"
                 if free < LOW_SPACE_BYTES else "")
 
-    def fault(self) -> str | None:
-        """The stop line's words for the fault, while it is open."""
+    def fault(self, held: dict[str, int] | None = None) -> str | None:
+        """The stop line's words for the fault, while it is open. `held`: what each part still holds in memory (in
+        PARTS' units), which the stop loses."""
         with self._lock:
             if not self._flap.open:
                 return None
-            return (f"storage.path refusing writes for {span(self._clock() - self._flap.since)} "
-                    f"({', '.join(p for p in PARTS if p in self._failing)}: what they held in memory is lost)")
+            now, since = self._clock(), self._flap.since
+            if not self._failing:
+                # every part writes again, and what they held went to the file: nothing is lost, the end line waits
+                # for the settle period
+                return (f"storage.path refusing writes for {span(self._writing_since - since)}, taking them again "
+                        f"for {span(now - self._writing_since)} and not yet steadily")
+            return f"storage.path refusing writes for {span(now - since)} ({self._lost(held)})"
+
+    def _lost(self, held: dict[str, int] | None) -> str:
+        """What a stop loses: the failing parts' memory, by what each holds. "what they held in memory is lost" of
+        every part refused named parts holding nothing (the events' store, its last change refused and nothing
+        changed since) beside the one that did."""
+        parts = [p for p in PARTS if p in self._failing]
+        if held is None:
+            return f"{', '.join(parts)}: what {'they' if len(parts) > 1 else 'it'} held in memory is lost"
+        lost = [f"{held[p]} {PARTS[p][1]}" for p in parts if held.get(p)]
+        return (f"{', '.join(parts)} refused: {_and(lost)} held in memory are lost" if lost else
+                f"{', '.join(parts)} refused, with nothing held in memory")
 
 
 def _every(seconds: float) -> str:
