@@ -452,7 +452,7 @@ class DemandForecaster:
             if self._model is not None:
                 return None
             span = self._bins.span()
-            tried = self._last_fit_try
+            tried, fitting = self._last_fit_try, self._fitting
         need = math.ceil(self.min_fit_hours * 60)
         have = span[1] - span[0] if span else 0
         first = None
@@ -460,7 +460,9 @@ class DemandForecaster:
             # needs_fit counts the span, not the minutes held: a sample in minute span[0] + need completes
             # it, and that minute ends at (span[0] + need) * 60 (a gap on the way does not move this)
             first = float(span[0] + need) * 60.0
-            if tried is not None:   # a fit tried and none came back: the next waits for retrain_minutes
+            if fitting:     # the first fit under way: it comes when it ends, not a retrain_minutes after it began
+                first = tried
+            elif tried is not None:     # a fit tried and none came back: the next waits for retrain_minutes
                 first = max(first, tried + self.retrain_minutes * 60)
         return {"needs_minutes": need, "have_minutes": have, "first_fit_after": first}
 
