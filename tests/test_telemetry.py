@@ -561,6 +561,53 @@ async def test_a_backlog_whose_second_batch_fails_says_the_first_batch_it_sent(t
         storage.close()
 
 
+async def test_a_stop_while_a_backlogs_second_batch_is_on_its_way_says_what_went(tmp_path, free_tcp_port, caplog,
+                                                                                   monkeypatch):
+    # The first batch's line waits for a second batch to go: a stop while that second update was on its way (a slow
+    # VTN) said neither, and the operator could not tell whether any of the backlog had reached the VTN
+    from ven import vtn as vtn_module
+
+    monkeypatch.setattr(vtn_module, "STOP_LANDING_S", 0.5)
+    caplog.set_level(logging.INFO, logger="ven.vtn")
+    port = free_tcp_port()
+    storage = Storage(tmp_path / "gw.sqlite")
+    schedule = EventSchedule(storage, lambda st: None)
+    queue = TelemetryQueue(tmp_path / "gw.sqlite")
+    server = DemoVtn(port, poll_seconds=1)
+    handlers = server._server.services["report_service"].handlers
+    taken = []
+
+    async def first_only(payload, real=handlers["oadrUpdateReport"]):
+        taken.append(payload)
+        if len(taken) > 1:
+            await asyncio.sleep(5)      # the second update not answered before the stop
+        return await real(payload)
+    handlers["oadrUpdateReport"] = first_only
+    client = VtnClient(OpenadrConfig(vtn_url=server.url, telemetry_seconds=1.0, retry_min_seconds=0.2,
+                                     retry_max_seconds=1.0, request_timeout_seconds=30), schedule, queue)
+    start = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(seconds=260)
+    for i in range(250):                                      # 250 whole seconds, queued while no VTN
+        client.record_sample(start + timedelta(seconds=i), 50.0 + i)
+    await schedule.start()
+    await client.start()
+    try:
+        async with server:
+            await until(lambda: len(taken) >= 2, 20, "the second batch on its way")
+            await client.stop()
+    finally:
+        await client.stop()
+        await schedule.stop()
+        queue.close()
+        storage.close()
+    said = [r.getMessage() for r in caplog.records]
+    sent = [m for m in said if m.startswith("queued telemetry: ")]
+    assert len(sent) == 1 and sent[0].startswith(f"queued telemetry: 100 interval(s) of PT1S from "
+                                                 f"{start:%Y-%m-%dT%H:%M:%S}Z to "), said
+    assert "sent before the stop (request " in sent[0], sent
+    assert sent[0].endswith("; the rest of the backlog is sent after the next start"), sent
+    assert TelemetryQueue(tmp_path / "gw.sqlite").pending == 150       # the second batch, not known taken, kept
+
+
 def test_an_acknowledgement_goes_out_of_the_file_with_the_next_sample_and_at_a_stop(tmp_path):
     path = tmp_path / "gw.sqlite"
     q = TelemetryQueue(path)

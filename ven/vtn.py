@@ -226,6 +226,7 @@ class VtnClient(VtnEvents, VtnReports, VtnDelivery, VtnUpdates, VtnStatus, VtnOu
         await self._update_landed(STOP_LANDING_S)
         await cancel_and_wait(*self._tasks)
         self._tasks = []
+        self._backlog_at_stop()
         await self._drop_client()
         self._live = False
         self._set_connected(False)

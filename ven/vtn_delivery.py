@@ -99,6 +99,19 @@ class VtnDelivery:
             self._delivery_bug.worked()     # a pass to its end
             await woken(self._wake_delivery, timeout)
 
+    def _backlog_at_stop(self) -> None:
+        """A stop in the middle of a backlog (an update of it on its way, not landed within the stop's wait): the
+        first batch's line, held back for a second batch, and the whole backlog's line, said once it is all sent,
+        were never said, and nothing told the operator whether any of the backlog had reached the VTN."""
+        for req in self._requests.values():
+            if not req.backlog:
+                continue
+            # one line: the first batch's alone, if it was the only one, has this range
+            log.info("queued telemetry: %d interval(s) of %s from %s to %s sent before the stop (request %s); the "
+                     "rest of the backlog is sent after the next start", req.backlog, _duration(req.granularity),
+                     _iso(req.backlog_span[0]), _iso(req.backlog_span[1]), req.rrid)
+            req.backlog, req.backlog_span, req.backlog_first = 0, None, None
+
     def _due(self, req: Standing, now: datetime) -> datetime:
         """req.next_report, brought back to the grid of `now` when the wall clock stepped back (NTP putting a
         fast box right) since it was set, even while its update was on the way: waiting for the time the clock
