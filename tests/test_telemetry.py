@@ -561,8 +561,8 @@ async def test_a_backlog_whose_second_batch_fails_says_the_first_batch_it_sent(t
         storage.close()
 
 
-async def test_a_stop_while_a_backlogs_second_batch_is_on_its_way_says_what_went(tmp_path, free_tcp_port, caplog,
-                                                                                   monkeypatch):
+async def test_a_stop_while_a_backlogs_second_batch_is_on_its_way_says_what_went(
+        tmp_path, free_tcp_port, caplog, monkeypatch):
     # The first batch's line waits for a second batch to go: a stop while that second update was on its way (a slow
     # VTN) said neither, and the operator could not tell whether any of the backlog had reached the VTN
     from ven import vtn as vtn_module

@@ -404,8 +404,8 @@ class ForecastService:
         if first is None:
             return f"; no model yet: the first is fitted once the history spans {need}, persistence serves until then"
         if first <= self._clock():
-            return (f"; no model yet: the history spans {have}, the first is fitted now, in a minute or so (longer on a "
-                    f"busy box: the fit takes idle CPU only), persistence serves until it is in")
+            return (f"; no model yet: the history spans {have}, the first is fitted now, in a minute or so (longer on "
+                    f"a busy box: the fit takes idle CPU only), persistence serves until it is in")
         return (f"; no model yet: the first is fitted about {_iso(first)}, once the history spans {need} ({have} so "
                 f"far), persistence serves until then")
 
