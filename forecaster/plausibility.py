@@ -40,6 +40,11 @@ class InputWindow:
             return None
         floor = f", taken as {UNIT_FLOOR_KW:g}" if abs(self.median_kw) < UNIT_FLOOR_KW else ""
         median = f"{self.median_kw:.4g} kW{floor}"
+        if kw < 0:
+            # -99999 is a BAS's "no data" value far more often than watts exported: "over 100 times ... watts written
+            # as kW?" of it sent the technician to the units
+            return (f"{kw:g} kW is over {UNIT_RATIO:g} times {self.basis} ({median}) below zero: a BAS's \"no data\" "
+                    f"value (-99999), or watts written as kW?")
         return f"{kw:g} kW is over {UNIT_RATIO:g} times {self.basis} ({median}): watts written as kW?"
 
 

@@ -780,6 +780,10 @@ def test_a_reading_a_thousand_times_the_site_is_refused_as_another_unit():
     for i in range(2, 50):      # a BAS writing W all afternoon: the median does not move, however many got in before
         assert fc.add_sample(now + i, 30_000.0) is False
     assert fc.add_sample(now + 50.0, -500.0) is True and fc.rejected == 49     # within the bounds and the ratio
+    # a BAS's "no data" value: not named as watts alone
+    assert fc.add_sample(now + 51.0, -99999.0) is False
+    assert fc.last_rejection == "-99999 kW is over 100 times the median 15-minute demand of the last 2 days (25 kW) " \
+                                "below zero: a BAS's \"no data\" value (-99999), or watts written as kW?"
     idle = DemandForecaster(threshold_days=2)     # a chiller plant's sub-meter: 0.5 kW of controls all winter
     idle.seed(t, np.full(t.size, 0.5))
     assert idle.add_sample(now, 150.0) is True     # its first start in spring
