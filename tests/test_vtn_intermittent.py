@@ -176,3 +176,34 @@ async def test_a_vtn_back_after_a_registration_backoff_is_logged_as_ended_only_o
             await until(lambda: said(caplog, 0, "VTN connected"), 20, "the end, once steady")
     end = next(r for r in caplog.records if r.name == "ven.vtn" and "VTN connected" in r.getMessage())
     assert end.created - answered >= settle - 0.5, (end.created - answered, end.getMessage())
+
+
+async def test_a_vtn_that_flaps_says_the_telemetry_it_took_meanwhile_once_in_its_end_line(
+        tmp_path, free_tcp_port, caplog):
+    # A VTN down and back every few seconds (a flapping link, a VTN restarting in a loop) is one fault, but each
+    # answered stretch delivered the readings queued meanwhile with a "queued telemetry delivered" INFO line: one line
+    # per flap while the fault lasted. Now the first (news: the backlog arrives) and the fault's end line, with all
+    caplog.set_level(logging.INFO, logger="ven")
+    port = free_tcp_port()
+    async with running(tmp_path, f"http://127.0.0.1:{port}/OpenADR2/Simple/2.0b", settle_seconds=4.0) as gw:
+        async with DemoVtn(port, poll_seconds=1):
+            await until(lambda: gw.vtn.connected and gw.vtn.status()["report_request_id"], 10, "registration")
+            # the client began before the VTN: that fault's end first, once steady
+            await until(lambda: gw.vtn.open_fault() is None, 15, "the start's fault over")
+        mark = len(caplog.records)
+        taken = 0
+        for _ in range(3):      # down 3 s with a reading each second, then up until the backlog is delivered
+            for _ in range(3):
+                gw.vtn.record_sample(now(), 50.0)
+                taken += 1
+                await asyncio.sleep(1.0)
+            async with DemoVtn(port, poll_seconds=1):
+                await until(lambda: gw.queue.pending == 0, 15, "the readings queued while it was down delivered")
+                assert gw.vtn.open_fault() is not None, "the fault ended before its settle period: the case is not met"
+        async with DemoVtn(port, poll_seconds=1):
+            await until(lambda: said(caplog, mark, "VTN connected"), 20, "the fault's end, once steady")
+        lines = gateway_lines(caplog, mark)
+    assert len([m for _, m in lines if m.startswith("queued telemetry delivered: ")]) == 1, lines
+    ended = said(caplog, mark, "VTN connected")
+    assert len(ended) == 1 and re.search(r"; \d+ interval\(s\) of telemetry queued meanwhile delivered in all, from "
+                                         r"\S+Z to \S+Z, with their original times$", ended[0]), ended

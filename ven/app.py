@@ -380,7 +380,7 @@ class Gateway:
                       if v["registrations_failed"] else "",
                       f"{v['context_losses']} context losses" if v["context_losses"] else ""]
             out.append(f"VTN fault for {lasted(v['since'])} ({', '.join(c for c in counts if c) or 'no answer yet'}, "
-                       f"not connected for {span(v['not_connected_seconds'])})")
+                       f"not connected for {span(v['not_connected_seconds'])}{self.vtn.delivered_in_fault()})")
         if self._built("vtn") and (t := self.vtn.telemetry_fault()) is not None:
             # the VTN answers polls but takes no telemetry: its own WARNING and end line, so its own item here
             what = "report(s) refused" if t["kind"] == "refused" else "update(s) unanswered"

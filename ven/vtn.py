@@ -237,6 +237,11 @@ class VtnClient(VtnEvents, VtnReports, VtnDelivery, VtnUpdates, VtnStatus, VtnOu
         """The VTN fault the log has started and not yet ended, as `status()["fault"]`; None when there is none."""
         return self._outage.status(time.monotonic()) if self._outage is not None else None
 
+    def delivered_in_fault(self) -> str:
+        """The stop line's words for the telemetry queued in the open VTN fault and delivered meanwhile, which its
+        end line would have said."""
+        return self._outage.delivered_text() if self._outage is not None else ""
+
     def telemetry_fault(self) -> dict | None:
         """Telemetry the VTN does not take while it answers polls, as `status()["telemetry_fault"]`."""
         return self._telemetry_fault()

@@ -92,9 +92,18 @@ class VtnDelivery:
                            if self._live and self._requests else None)
             for req in self._requests.values():
                 if req.backlog and not req.catch_up:
-                    log.info("queued telemetry delivered: %d interval(s) of %s from %s to %s with their original "
-                             "times (request %s)", req.backlog, _duration(req.granularity),
-                             _iso(req.backlog_span[0]), _iso(req.backlog_span[1]), req.rrid)
+                    # the VTN fault still open (answering, not yet steadily) and back since it answered: its end line
+                    # says what went, once, not each answered stretch of a VTN that flaps (the first is news)
+                    folded = (o := self._outage) is not None and o.relapses > 0
+                    if o is not None:
+                        o.delivered += req.backlog
+                        o.folded = o.folded or folded
+                        o.delivered_span = (min(o.delivered_span[0], req.backlog_span[0]) if o.delivered_span
+                                            else req.backlog_span[0], req.backlog_span[1])
+                    log.log(logging.DEBUG if folded else logging.INFO,
+                            "queued telemetry delivered: %d interval(s) of %s from %s to %s with their original "
+                            "times (request %s)", req.backlog, _duration(req.granularity),
+                            _iso(req.backlog_span[0]), _iso(req.backlog_span[1]), req.rrid)
                     req.backlog, req.backlog_span, req.backlog_first = 0, None, None
             self._delivery_bug.worked()     # a pass to its end
             await woken(self._wake_delivery, timeout)

@@ -43,6 +43,11 @@ class _Outage:
     polls_failed: int = 0
     losses: int = 0         # context losses meanwhile (the VTN asking to register again, failed polls dropping it)
     relapses: int = 0       # answered again, then failing again
+    # readings queued while the VTN was away, delivered in its answered stretches: said in the end line, not once per
+    # stretch (a VTN that flaps every 20 s was a "queued telemetry delivered" line every 20 s)
+    delivered: int = 0
+    delivered_span: tuple[datetime, datetime] | None = None
+    folded: bool = False    # some of them said by no line of their own
     answered_since: float | None = None   # loop time of the first answer in the current run of answers
     answered: int = 0       # polls answered in that run
     down_since: float = 0.0  # loop time the current stretch without answers began (while answered_since is None)
@@ -52,6 +57,12 @@ class _Outage:
 
     def __post_init__(self) -> None:
         self.down_since = self.since
+
+    def delivered_text(self) -> str:
+        if not self.folded:
+            return ""
+        return (f"; {self.delivered} interval(s) of telemetry queued meanwhile delivered in all, from "
+                f"{_iso(self.delivered_span[0])} to {_iso(self.delivered_span[1])}, with their original times")
 
     @property
     def intermittent(self) -> bool:
@@ -183,10 +194,11 @@ class VtnOutage:
             parts.append(f"not connected {_span(o.down)} in all")
             if o.relapses:
                 parts.append(f"failing again {o.relapses} time(s) after it had answered")
-            log.info("VTN connected steadily again after %s: %s (intermittent)", _span(took), ", ".join(parts))
+            log.info("VTN connected steadily again after %s: %s (intermittent)%s", _span(took), ", ".join(parts),
+                     o.delivered_text())
             return
         # a poll failing and the next one answered took no registration: "0 attempt(s) of which 0" says nothing
         regs = (f", {o.registrations} registration attempt(s) of which {o.registrations_failed} failed"
                 + (f" and {o.lost} lost before a poll was answered" if o.lost else "") if o.registrations else "")
-        log.info("VTN connected %safter %s (%d failed poll(s)%s)", "again " if o.again else "", _span(took),
-                 o.polls_failed, regs)
+        log.info("VTN connected %safter %s (%d failed poll(s)%s)%s", "again " if o.again else "", _span(took),
+                 o.polls_failed, regs, o.delivered_text())
