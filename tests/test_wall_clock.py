@@ -363,11 +363,14 @@ async def test_a_clock_stepped_back_is_said_before_what_it_did_to_the_forecaster
             await asyncio.sleep(2)      # a few more: the forecaster's newest reading is what the step goes back from
             set_offset(clock, -3600)
             await eventually(lambda: "set by NTP or by hand" in gateway.log()
-                             and "of forecaster history stamped after it set aside" in gateway.log(), 90,
+                             and "set aside (the wall clock went back 60 min" in gateway.log(), 90,
                              "the step and what it did to the forecaster")
         finally:
             gateway.stop()
     lines = gateway.log().splitlines()
     cause = next(i for i, line in enumerate(lines) if "wall clock went back 60 min (set by NTP or by hand)" in line)
-    effect = next(i for i, line in enumerate(lines) if "of forecaster history stamped after it set aside" in line)
+    effect = next(i for i, line in enumerate(lines) if "set aside (the wall clock went back 60 min" in line)
     assert cause < effect, "\n".join(lines[min(cause, effect):max(cause, effect) + 1])
+    # the step said once: the forecaster's line began "wall clock went back 60 min" too, a second step to the reader
+    assert len([line for line in lines if " WARNING wall clock went back" in line]) == 1, lines
+    assert "WARNING forecaster history: " in lines[effect], lines[effect]

@@ -263,13 +263,15 @@ class ForecastService:
 
     def _clock_stepped(self, step: ClockStep) -> None:
         self._hold_prune()
+        # what the step did, not the step: the clock watch says that ("wall clock went back 60 min (set by NTP or by
+        # hand)"), and two lines beginning "wall clock went back 60 min" in one second read as two steps
         if not step.reset:
-            log.warning("wall clock went back %s (a reading stamped %s, the newest was %s): %d minutes of "
-                        "forecaster history stamped after it set aside", span(-step.seconds), _iso(step.to_t),
-                        _iso(step.from_t), step.dropped_minutes)
+            log.warning("forecaster history: %d minutes stamped after %s set aside (the wall clock went back %s; the "
+                        "newest reading was %s)", step.dropped_minutes, _iso(step.to_t), span(-step.seconds),
+                        _iso(step.from_t))
             return
-        log.warning("wall clock %s %s (a reading stamped %s, the newest was %s), beyond the forecaster history: "
-                    "%d minutes set aside in memory; stored history for the new time reloads",
+        log.warning("forecaster history: the wall clock %s %s (a reading stamped %s, the newest was %s), beyond the "
+                    "history held: %d minutes set aside in memory; stored history for the new time reloads",
                     "went back" if step.seconds < 0 else "jumped ahead", span(abs(step.seconds)),
                     _iso(step.to_t), _iso(step.from_t), step.dropped_minutes)
         self._want_reload(step.to_t - self.forecaster.keep_days * 86400)
