@@ -8,13 +8,13 @@ import sqlite3
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from gateway_process import GatewayProcess, write_config
+from gateway_process import START_S, GatewayProcess, write_config
 from waiting import eventually
 
 from ven.level_log import LEVEL_SAID
 from ven.vtn_server import DemoVtn
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = pytest.mark.timeout(240)   # two starts of a gateway process (START_S each)
 
 
 @pytest.fixture
@@ -31,7 +31,7 @@ async def test_each_level_an_event_sets_is_one_line_and_its_end_another(tmp_path
     config, vtn_port = site
     async with DemoVtn(port=vtn_port, poll_seconds=0.5) as vtn:
         with GatewayProcess(config, tmp_path / "gateway.log") as gateway:
-            await eventually(lambda: vtn.vens, 30, "registration")
+            await eventually(lambda: vtn.vens, START_S, "registration")
             start = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=3)
             vtn.add_event([1, 3, 3], start=start, interval_seconds=1, event_id="level-log-evt")
             await eventually(lambda: "ADR-Event-Level 3 -> 0" in gateway.log(), 20, "the event's end")
@@ -51,7 +51,7 @@ async def test_a_restart_in_the_middle_of_an_event_says_the_level_it_found_not_a
     config, vtn_port = site
     async with DemoVtn(port=vtn_port, poll_seconds=0.5) as vtn:
         with GatewayProcess(config, tmp_path / "before.log") as gateway:
-            await eventually(lambda: vtn.vens, 30, "registration")
+            await eventually(lambda: vtn.vens, START_S, "registration")
             start = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=2)
             event = vtn.add_event([2], start=start, interval_seconds=600, event_id="level-log-restart")
             await eventually(lambda: "ADR-Event-Level 0 -> 2" in gateway.log(), 20, "the event's level")
@@ -75,7 +75,7 @@ async def test_an_event_that_ended_while_the_gateway_was_stopped_is_said_at_the_
     config, vtn_port = site
     async with DemoVtn(port=vtn_port, poll_seconds=0.5) as vtn:
         with GatewayProcess(config, tmp_path / "before.log") as gateway:
-            await eventually(lambda: vtn.vens, 30, "registration")
+            await eventually(lambda: vtn.vens, START_S, "registration")
             start = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=2)
             vtn.add_event([2], start=start, interval_seconds=10, event_id="level-log-ended")
             await eventually(lambda: "ADR-Event-Level 0 -> 2" in gateway.log(), 20, "the event's level")
@@ -111,7 +111,7 @@ async def test_a_start_names_the_event_the_level_was_last_of_when_two_overlapped
     config, vtn_port = site
     async with DemoVtn(port=vtn_port, poll_seconds=0.5) as vtn:
         with GatewayProcess(config, tmp_path / "before.log") as gateway:
-            await eventually(lambda: vtn.vens, 30, "registration")
+            await eventually(lambda: vtn.vens, START_S, "registration")
             start = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=2)
             vtn.add_event([2], start=start, interval_seconds=4, event_id="level-log-a")
             vtn.add_event([2], start=start + timedelta(seconds=2), interval_seconds=10, event_id="level-log-b")

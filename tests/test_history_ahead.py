@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 import aiohttp
 import pytest
 from bacnet_peer import BacnetPeer
-from gateway_process import GatewayProcess, write_config
+from gateway_process import START_S, GatewayProcess, write_config
 from waiting import eventually
 
 from bacnet_api import points as P
@@ -26,7 +26,7 @@ from ven.history_csv import history_csv
 from ven.http_api import to_json
 from ven.vtn_server import DemoVtn
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = pytest.mark.timeout(180)
 
 NOW = 1_795_312_230.0  # 2026-11-22 01:50:30 UTC
 EMPTY = {"power": {"time": [], "kw": []}}
@@ -194,7 +194,7 @@ async def test_while_storage_cannot_be_written_the_chart_shows_the_forecast_the_
                     return await r.json()
 
             with GatewayProcess(config, log_path):
-                await eventually(lambda: vtn.vens, 30, f"registration\n{log_path.read_text()}")
+                await eventually(lambda: vtn.vens, START_S, f"registration\n{log_path.read_text()}")
                 # randomized: the VTN allows 20 minutes of start-after, the gateway draws its own offset
                 nominal = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(minutes=30)
                 vtn.add_event([2], start=nominal, interval_seconds=600, event_id="rand", start_after_seconds=1200)

@@ -8,14 +8,14 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from bacnet_peer import BacnetPeer
-from gateway_process import GatewayProcess, write_config
+from gateway_process import START_S, GatewayProcess, write_config
 from waiting import eventually
 
 from bacnet_api import points as P
 from bacnet_api.simulator import MeterSimulator
 from ven.vtn_server import DemoVtn
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(180)
 
 
 async def read_level(peer, gw):
@@ -78,7 +78,7 @@ async def test_opt_out_command_survives_sigkill_and_new_events_are_refused(tmp_p
     try:
         async with BacnetPeer(free_udp_port(), timeout=1.0) as peer, DemoVtn(port=vtn_port, poll_seconds=1.0) as vtn:
             gateway.start()
-            await eventually(lambda: vtn.vens, 30, "registration")
+            await eventually(lambda: vtn.vens, START_S, "registration")
             assert await peer.write(gw, opt_out, "presentValue", "active", priority=8) is None
             gateway.kill()
             gateway.start()
