@@ -400,8 +400,9 @@ class ForecasterConfig(_Section):
     # served for good
     history_days: float = Field(35.0, ge=1, le=366)
     # a fit takes seconds of CPU (a minute at idle priority on a busy box): 0.001 (0.06 s) started one fit
-    # process after another, each up to 150 MB (bench/loop_stall.py refits every 2 minutes on purpose)
-    retrain_minutes: float = Field(1440.0, ge=1, le=525600)
+    # process after another, each up to 150 MB (bench/loop_stall.py refits every 2 minutes on purpose, and
+    # bench/memory_startup.py every 30 s to fit an hour's refits into a minute: 1 stopped its gateway at the start)
+    retrain_minutes: float = Field(1440.0, ge=0.5, le=525600)
     input_stale_seconds: float = Field(300.0, gt=0, le=86400)
     timezone: str = "UTC"
     holiday_preset: Literal["", "IT"] = ""
