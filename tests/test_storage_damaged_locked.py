@@ -5,15 +5,14 @@ got "database is locked", took the file for sound, and the gateway used and wrot
 from __future__ import annotations
 
 import contextlib
-import os
 import sqlite3
 import subprocess
 import sys
 
 import pytest
+from test_salvage_killed import damaged_file
 
 from ven.storage import Storage, set_aside_if_damaged
-from ven.telemetry import QUEUE_TABLE
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -27,23 +26,9 @@ db.execute("ROLLBACK")
 """
 
 
-def _damaged_file(path) -> None:
-    store = Storage(path)
-    store.save_value("bacnet_commands:ADR-Opt-Out", '{"8": true}')
-    store.close()
-    with contextlib.closing(sqlite3.connect(path)) as db:
-        db.execute(QUEUE_TABLE)
-        db.executemany("INSERT INTO telemetry_queue (ts, kw) VALUES (?, ?)",
-                       [("2026-11-20T00:00:00+00:00", 1.0)] * 3000)
-        db.commit()
-    with open(path, "r+b") as f:      # its last pages (the telemetry backlog's), as a torn write leaves them
-        f.seek(-8 * 1024, os.SEEK_END)
-        f.write(os.urandom(8 * 1024))
-
-
 def test_a_damaged_file_another_process_holds_the_write_lock_of_is_set_aside(tmp_path):
     path = tmp_path / "gw.sqlite"
-    _damaged_file(path)
+    damaged_file(path)
     other = subprocess.Popen([sys.executable, "-c", HOLD_THE_WRITE_LOCK, str(path)], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True)
     try:
