@@ -57,7 +57,7 @@ async def test_a_restart_in_the_middle_of_an_event_says_the_level_it_found_not_a
             await eventually(lambda: "ADR-Event-Level 0 -> 2" in gateway.log(), 20, "the event's level")
         before = gateway.log()
         with GatewayProcess(config, tmp_path / "after.log") as gateway:
-            await eventually(lambda: "edge-gateway ready" in gateway.log(), 30, "the restart")
+            await eventually(lambda: "edge-gateway ready" in gateway.log(), START_S, "the restart")
             vtn.cancel_event(event)
             await eventually(lambda: "ADR-Event-Level 2 -> 0" in gateway.log(), 20, "the cancellation")
             after = gateway.log()
@@ -83,7 +83,7 @@ async def test_an_event_that_ended_while_the_gateway_was_stopped_is_said_at_the_
         end = start + timedelta(seconds=10)
         await eventually(lambda: datetime.now(timezone.utc) > end, 15, "the event's end")
         with GatewayProcess(config, tmp_path / "after.log") as gateway:
-            await eventually(lambda: "edge-gateway ready" in gateway.log(), 30, "the restart")
+            await eventually(lambda: "edge-gateway ready" in gateway.log(), START_S, "the restart")
         after = gateway.log()
         with GatewayProcess(config, tmp_path / "again.log") as gateway:
             await eventually(lambda: "edge-gateway ready" in gateway.log(), 30, "the second restart")
@@ -123,7 +123,7 @@ async def test_a_start_names_the_event_the_level_was_last_of_when_two_overlapped
         end = start + timedelta(seconds=12)
         await eventually(lambda: datetime.now(timezone.utc) > end, 15, "b's end")
         with GatewayProcess(config, tmp_path / "after.log") as gateway:
-            await eventually(lambda: "edge-gateway ready" in gateway.log(), 30, "the restart")
+            await eventually(lambda: "edge-gateway ready" in gateway.log(), START_S, "the restart")
         after = gateway.log()
     assert re.findall(r"ADR-Event-Level .*", before) == ["ADR-Event-Level 0 -> 2 (event level-log-a)"], before
     assert re.findall(r"ADR-Event-Level .*", after) == [

@@ -140,7 +140,7 @@ async def test_a_day_of_one_minute_intervals_is_followed_and_logged_in_one_short
             start = (now() + timedelta(hours=1)).replace(second=0, microsecond=0)
             levels = [(i // 7) % 4 for i in range(1440)]
             eid = server.add_event(levels, start, 60)
-            await until(lambda: server.opts_for(eid) == ["optIn"], 10, "the event answered")
+            await until(lambda: server.opts_for(eid) == ["optIn"], 30, "the event answered")
             for minute in (0, 7, 14, 21, 700, 1439):
                 at = start + timedelta(minutes=minute, seconds=30)
                 assert gw.schedule.state(at).level == levels[minute], minute
