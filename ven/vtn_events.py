@@ -434,7 +434,7 @@ class VtnEvents:
                 rtype, payload = await self._client._perform_request("EiEvent", msg)
             if rtype is None and self._client.error_status is None:
                 return      # out of reach: retried on the next poll or after re-registration
-            if rtype is None or rtype != "oadrRequestReregistration" and self._client.server_failed:
+            if self._client.failure(rtype):
                 how = "oadrCreateOpt for" if by_create_opt else "answer to"
                 self._opts_failed_why = self._client.last_error or (
                     f"the VTN failed the {answers[0][2]} {how} {_events(answers)}: {self._client.refused}")

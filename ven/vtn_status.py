@@ -331,10 +331,10 @@ class VtnStatus:
         msg = client._create_message("oadrUpdateReport", ven_id=self.ven_id, request_id=outils.generate_id(),
                                      reports=[report])
         rtype, payload = await client._perform_request("EiReport", msg)
-        if rtype is None or rtype != "oadrRequestReregistration" and client.server_failed:
+        if failure := client.failure(rtype):
             # a VTN failing it ("500 server busy" in its eiResponse) is no refusal: taken for one, the request ended,
             # and the reports offered again made a new one each time, ended by the next failure with one more WARNING
-            self._status_unanswered(client.last_error or client.server_failed or "an empty answer")
+            self._status_unanswered(failure)
             return None
         self._status_answered()
         if rtype == "oadrRequestReregistration":

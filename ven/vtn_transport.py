@@ -164,6 +164,14 @@ class _Client(OpenADRClient):
             return f"the VTN failed it: {self.refused}"
         return None
 
+    def failure(self, rtype: str | None) -> str | None:
+        """Why the last request, answered `rtype`, was not taken and goes again: no answer, an HTTP error, or a 5xx
+        code in its eiResponse ("an empty answer" when none says more); None when it was taken or refused (a 4xx
+        code: `refused`). oadrRequestReregistration is an answer to any request, whatever else it carries."""
+        if rtype is None:
+            return self.last_error or "an empty answer"
+        return self.server_failed if rtype != "oadrRequestReregistration" else None
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.invalid_events = {}

@@ -65,8 +65,7 @@ class VtnUpdates:
         self._update_took = time.monotonic() - began
         # a VTN failing it ("500 server busy" in its eiResponse) is no refusal (taken for one, the reports were offered
         # again at each update it failed, as if it had forgotten its request): the intervals wait, as for an HTTP 500
-        failed = rtype is None or rtype != "oadrRequestReregistration" and client.server_failed
-        self._update_failure = (client.last_error or client.server_failed) if failed else None
+        self._update_failure = failed = client.failure(rtype)
         cancelled = served and rrid not in self._served()   # by the VTN, while the update was on the way
         if failed and cancelled:
             # the VTN cancelled the request while its update was on the way: the fault of its updates ended with it
