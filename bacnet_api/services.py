@@ -24,15 +24,17 @@
   (the device says 22), is refused with services/service-request-denied, as clause 16.1 requires, so no
   client can silence the gateway; DISABLE_INITIATION is honoured only with `bacnet.dcc_password` and
   refused with services/service-request-denied while none is set (no password would be right) and
-  security/password-failure for a wrong or missing one; ENABLE is always accepted (it only restores).
-  While initiation is disabled the gateway still answers, but initiates nothing but I-Am: a request it
+  security/password-failure for a wrong or missing one; ENABLE needs the password too, once one is set (the
+  password guards the service, clause 16.1.1.1.3), and is taken from anyone while none is.
+  While initiation is disabled the gateway still answers, but initiates nothing but I-Am in answer to Who-Is,
+  the one exception clause 16.1.1.1.2 makes (a Who-Has gets no I-Have): a request it
   would send (a meter read, a confirmed COV notification) fails at once with CommunicationDisabled
   instead of waiting for a time-out (bacpypes3 dropped it and left its future pending);
 - ReinitializeDevice is not executed: it is rejected unrecognized-service, as before, but logged, so
   nobody restarts or stops the gateway over BACnet;
 - with `bacnet.write_from` set, WriteProperty and WritePropertyMultiple from a source it does not list
-  are refused write-access-denied before anything else is looked at, and DeviceCommunicationControl's
-  disables services/service-request-denied before the password is, as when no password is set: the site
+  are refused write-access-denied before anything else is looked at, and DeviceCommunicationControl
+  (an enable too, once a password is set) services/service-request-denied before the password is: the site
   has not allowed that client, and password-failure would send its technician retyping a right password
   (write_access.py keeps the list, the count and the log line). A source that came in a Forwarded-NPDU counts
   only when `bacnet.bbmd_address` sent it (forwarded.py): anyone else can write any source in one;
@@ -410,12 +412,21 @@ class _Services(PropertyAccess):
                              DCC_MAX_MINUTES)
             raise ParameterOutOfRange("time-duration")
         what = f"BACnet DeviceCommunicationControl {mode} from {who}"
-        if mode == "enable":  # only restores what a disable took: from anyone, any password
+        if mode == "enable" and not self._dcc_password:
+            # a device that requires no password ignores the parameter (clause 16.1.1.1.3); nobody could disable
             await self.response(SimpleAckPDU(context=apdu))
             self.end_communication_control(f"enabled by DeviceCommunicationControl from {who}")
             return
         if self._refused(apdu, lambda: f"DeviceCommunicationControl {mode}", "service-request-denied"):
             raise ExecutionError(errorClass="services", errorCode="serviceRequestDenied")
+        if mode == "enable":
+            # the password guards the service, not one mode of it (clause 16.1.1.1.3, 16.1.2): an enable with a
+            # wrong one was taken, so any client could end a disable the site's technician set, and learn by the
+            # answer whether a guess was right (an ack) without the disable's line in the log
+            self._check_dcc_password(apdu, what)
+            await self.response(SimpleAckPDU(context=apdu))
+            self.end_communication_control(f"enabled by DeviceCommunicationControl from {who}")
+            return
         if mode == "disable":
             # deprecated: a device of Protocol_Revision 20 or later answers it so (clause 16.1.3.1)
             refusals.warning("%s refused (service-request-denied): DISABLE is deprecated; use disableInitiation",
@@ -424,12 +435,15 @@ class _Services(PropertyAccess):
         if not self._dcc_password:
             refusals.warning("%s refused (service-request-denied): no bacnet.dcc_password is set", what)
             raise ExecutionError(errorClass="services", errorCode="serviceRequestDenied")
+        self._check_dcc_password(apdu, what)
+        await self.response(SimpleAckPDU(context=apdu))
+        self._disable_initiation(who, minutes)
+
+    def _check_dcc_password(self, apdu: Any, what: str) -> None:
         if apdu.password is None or str(apdu.password) != self._dcc_password:
             refusals.warning("%s refused (password-failure): %s password", what,
                              "no" if apdu.password is None else "wrong")
             raise ExecutionError(errorClass="security", errorCode="passwordFailure")
-        await self.response(SimpleAckPDU(context=apdu))
-        self._disable_initiation(who, minutes)
 
     def _disable_initiation(self, who: Any, minutes: int) -> None:
         self._cancel_dcc_timer()
@@ -508,10 +522,14 @@ class _Services(PropertyAccess):
 
     async def do_SubscribeCOVRequest(self, apdu: Any) -> None:
         confirmed, lifetime = apdu.issueConfirmedNotifications, apdu.lifetime
-        if (confirmed is None) != (lifetime is None):
-            # both absent is a cancellation; one alone is neither (clause 13.14.1.1.3-4). bacpypes3
-            # failed with a TypeError (operational-problem, a traceback in the log) or subscribed "None"
-            raise MissingRequiredParameter("issueConfirmedNotifications and lifetime go together")
+        if confirmed is None and lifetime is not None:
+            # both absent is a cancellation; a lifetime needs issueConfirmedNotifications (clause 13.14.1.1.3).
+            # bacpypes3 failed with a TypeError (operational-problem, a traceback in the log)
+            raise MissingRequiredParameter("a lifetime without issueConfirmedNotifications")
+        if confirmed is not None and lifetime is None:
+            # a subscription without a lifetime is an indefinite one, as lifetime 0 (clause 13.14.1.1.4), which
+            # the device takes: it was rejected missing-required-parameter, and bacpypes3 would subscribe "None"
+            apdu.lifetime = lifetime = 0
         obj = self.get_object_id(self.local_id(apdu.monitoredObjectIdentifier))
         if obj is not None and getattr(obj, "_cov_criteria", None) is None:
             # an object without COV (the device, the network port): bacpypes3 answered the generic

@@ -207,7 +207,7 @@ async def main(args) -> None:
             await dcc(bas, gw, "disableInitiation", PASSWORD)
             await asyncio.sleep(4)
             await mark("DCC disabled")
-            await dcc(bas, gw, "enable")
+            await dcc(bas, gw, "enable", PASSWORD)
             await asyncio.sleep(4)
             await mark("DCC enabled")
             status, body = await get(http, f"http://127.0.0.1:{http_port}/api/status")

@@ -117,6 +117,28 @@ async def test_a_wrong_password_is_a_password_failure(guarded, peer, caplog, pas
     assert not errors_logged(caplog)
 
 
+@pytest.mark.parametrize("password", [None, "wrong"], ids=["no-password", "wrong-password"])
+async def test_enable_takes_the_password_too_once_one_is_set(guarded, peer, caplog, password):
+    """The password guards the service, not one mode of it (clause 16.1.1.1.3, 16.1.2): an enable with a wrong or
+    no password was acknowledged, ending a disable the site's technician set, and an ack told a guesser the password
+    was right without the log saying so."""
+    caplog.set_level(logging.INFO)
+    addr = where(guarded)
+    assert isinstance(await request(peer, dcc(addr, "disableInitiation", PASSWORD, minutes=5)), SimpleAckPDU)
+    answer = await request(peer, dcc(addr, "enable", password))
+    assert error_of(answer) == "security/password-failure"
+    assert guarded.communication()["mode"] == "disableInitiation"    # the disable stands
+    assert not await initiates(guarded, peer)
+    refused = [r.getMessage() for r in ours(caplog, logging.WARNING) if "refused" in r.getMessage()]
+    assert len(refused) == 1 and "enable" in refused[0] and "password-failure" in refused[0], refused
+    # with the password it ends the disable, as before
+    assert isinstance(await request(peer, dcc(addr, "enable", PASSWORD)), SimpleAckPDU)
+    assert guarded.communication() == {"mode": "enable"}
+    assert await initiates(guarded, peer)
+    assert PASSWORD not in caplog.text
+    assert not errors_logged(caplog)
+
+
 async def test_a_password_guesser_gets_one_line_in_the_operator_log(guarded, peer, caplog):
     # each refusal was a WARNING line: anyone on the BACnet network could fill the disk with the log
     out = io.StringIO()
@@ -208,7 +230,7 @@ async def test_enable_ends_an_indefinite_disable_and_cov_notifications_resume(gu
             await asyncio.wait_for(scm.get_value(), 1.0)
         assert await peer.read(addr, "analogValue 4", "presentValue") == 3.0
 
-        assert isinstance(await request(peer, dcc(addr, "enable")), SimpleAckPDU)  # no password needed
+        assert isinstance(await request(peer, dcc(addr, "enable", PASSWORD)), SimpleAckPDU)
         assert guarded.communication() == {"mode": "enable"}
         guarded.set(EVENT_LEVEL, 1)
         assert (await notification(scm))["present-value"] == 1.0
@@ -232,7 +254,7 @@ async def test_a_repeated_disable_is_one_fault_with_a_new_end(guarded, peer, cap
     assert isinstance(await request(peer, dcc(addr, "disableInitiation", PASSWORD)), SimpleAckPDU)
     renewed = guarded.communication()
     assert renewed["since"] == first["since"] and first["until"] and renewed["until"] is None
-    assert isinstance(await request(peer, dcc(addr, "enable")), SimpleAckPDU)
+    assert isinstance(await request(peer, dcc(addr, "enable", PASSWORD)), SimpleAckPDU)
     lines = [r for r in ours(caplog) if r.name == "bacnet_api.services"]
     assert [r.levelno for r in lines] == [logging.WARNING, logging.INFO, logging.INFO], lines
     assert "renewed" in lines[1].getMessage() and "no time limit" in lines[1].getMessage()
@@ -334,7 +356,7 @@ async def test_the_whole_gateway_while_initiation_is_disabled(tmp_path, free_udp
                 ok, text = gateway.health()
                 assert ok and "BACnet communication initiation disabled by" in text and "meter fault" in text
 
-                assert isinstance(await request(bas, dcc(gw, "enable")), SimpleAckPDU)
+                assert isinstance(await request(bas, dcc(gw, "enable", PASSWORD)), SimpleAckPDU)
                 await eventually(lambda: not gateway.meter.fault and not stale_points(gateway, any), 8)
                 assert (await status())["device"]["communication"] == {"mode": "enable"}
                 await eventually(lambda: gateway.meter.fault_window() is None, 8, "the meter's fault ended")
@@ -371,7 +393,7 @@ async def test_the_disable_s_duration_is_not_moved_by_a_wall_clock_step(guarded,
         def now(cls, tz=None):
             return datetime.now(tz) + timedelta(hours=3)
     monkeypatch.setattr(services, "datetime", Stepped)
-    assert isinstance(await request(peer, dcc(addr, "enable")), SimpleAckPDU)
+    assert isinstance(await request(peer, dcc(addr, "enable", PASSWORD)), SimpleAckPDU)
     ended = [r.getMessage() for r in ours(caplog) if r.name == "bacnet_api.services"][-1]
     seconds = int(re.match(r"BACnet communication initiation enabled again after (\d+) s: ", ended).group(1))
     assert seconds < 60, ended      # the test's own timeout bounds it; the step was 10800 s

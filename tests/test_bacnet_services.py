@@ -802,13 +802,28 @@ async def cov_subscriptions(peer: BacnetPeer, addr: str) -> list[tuple[int, str,
 
 
 @pytest.mark.timeout(15)
-@pytest.mark.parametrize("confirmed, lifetime", [(True, None), (None, 60)], ids=["confirmed-only", "lifetime-only"])
-async def test_subscribe_cov_with_half_the_parameters_is_rejected(gateway, peer, caplog, confirmed, lifetime):
-    # both or neither (a cancellation); one alone failed with a traceback, or subscribed with "None"
+async def test_subscribe_cov_with_a_lifetime_but_no_confirmed_flag_is_rejected(gateway, peer, caplog):
+    # a lifetime needs issueConfirmedNotifications (clause 13.14.1.1.3); it failed with a traceback
     addr = where(gateway)
-    answer = await request(peer, subscribe(addr, "analogValue,2", 5, confirmed, lifetime))
+    answer = await request(peer, subscribe(addr, "analogValue,2", 5, None, 60))
     assert isinstance(answer, RejectPDU), answer
     assert str(answer.apduAbortRejectReason) == "missing-required-parameter"
+    assert await cov_subscriptions(peer, addr) == []
+    assert errors_logged(caplog) == []
+
+
+@pytest.mark.timeout(15)
+@pytest.mark.parametrize("confirmed", [True, False], ids=["confirmed", "unconfirmed"])
+async def test_subscribe_cov_without_a_lifetime_is_an_indefinite_subscription(gateway, peer, caplog, confirmed):
+    """Lifetime absent is an indefinite lifetime, as 0 (clause 13.14.1.1.4), which the device takes: a BAS that
+    leaves it out (as some do for 'permanent') was rejected missing-required-parameter and fell back to polling."""
+    addr = where(gateway)
+    acks_every_notification(peer)
+    answer = await request(peer, subscribe(addr, "analogValue,5", 9, confirmed, None))
+    assert isinstance(answer, SimpleAckPDU), answer
+    assert await cov_subscriptions(peer, addr) == [(9, "analog-value,5", confirmed, 0)]   # 0: no lifetime
+    # cancelled as any other
+    assert isinstance(await request(peer, subscribe(addr, "analogValue,5", 9)), SimpleAckPDU)
     assert await cov_subscriptions(peer, addr) == []
     assert errors_logged(caplog) == []
 

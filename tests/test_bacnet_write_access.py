@@ -136,10 +136,14 @@ async def test_device_communication_control_from_an_unlisted_source_is_refused_b
 
     assert isinstance(await request(bas, dcc(addr, "disableInitiation", PASSWORD, minutes=5)), SimpleAckPDU)
     assert fenced.communication()["mode"] == "disableInitiation"
-    # enable only restores what a listed client disabled: taken from anyone, as without the list
-    assert isinstance(await request(other, dcc(addr, "enable")), SimpleAckPDU)
+    # an enable is refused to it too, before the password is looked at (the password guards enable as well, and
+    # its answer would otherwise tell an unlisted client whether a guess was right); the listed client enables
+    answer = await request(other, dcc(addr, "enable", PASSWORD))
+    assert error_of(answer) == "services/service-request-denied"
+    assert fenced.communication()["mode"] == "disableInitiation"
+    assert isinstance(await request(bas, dcc(addr, "enable", PASSWORD)), SimpleAckPDU)
     assert fenced.communication() == {"mode": "enable"}
-    assert fenced.write_refusals()["writes_refused"] == 1
+    assert fenced.write_refusals()["writes_refused"] == 2
 
 
 async def test_a_station_behind_a_router_is_matched_by_network_and_mac(free_udp_port):

@@ -58,7 +58,7 @@ export function findProblems(health) {
     const until = comm.until ? `until ${stampText(comm.until)}` : "until a DeviceCommunicationControl enable";
     add("communication", "bad", "BACnet communication disabled",
         `${comm.mode} by ${comm.by || "a BACnet client"} since ${stampText(comm.since)}, ${until}: the meter is not read and the BAS gets no COV notifications (points are still answered)`,
-        "send DeviceCommunicationControl enable from that tool, or wait for the time-out; a restart also ends it");
+        "send DeviceCommunicationControl enable with bacnet.dcc_password from that tool, or wait for the time-out; a restart also ends it");
   }
   // the device answers nobody: the BAS reads no point, the meter is not read (its fault follows and would be the
   // only item, sending the technician to the meter)
