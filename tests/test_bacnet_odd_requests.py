@@ -420,6 +420,8 @@ async def test_who_is_and_who_has_answer_only_a_range_holding_the_device_4194303
                     async with asyncio.timeout(3.0 if inside else 0.25):   # an answer waits, silence not long
                         data, _ = await loop.sock_recvfrom(sock, 1500)
                     answered[(service, low, high)] = data[6:8].hex()   # 1000: I-Am, 1001: I-Have
+                    # to the requester alone, Original-Unicast-NPDU (BTL Implementation Guidelines 7.1; docs/bacnet.md)
+                    assert data[:2] == b"\x81\x0a", data.hex()
                 except TimeoutError:
                     answered[(service, low, high)] = None
     expected = {(service, low, high): (kind if inside else None) for (low, high), inside in WHO_RANGES
