@@ -39,6 +39,7 @@ from .schedule import EventSchedule, ScheduleState
 from .site import SITE_KEY, set_aside_if_other_site, site_of
 from .storage import Storage, set_aside_if_damaged
 from .storage_fault import StorageFault
+from .storage_indexes import IndexCheck
 from .tasks import at_most, cancel_and_wait
 from .telemetry import TelemetryQueue
 from .wallclock import CLOCK_FLOOR, clock_suspect
@@ -289,6 +290,9 @@ class Gateway:
         if self.http is not None:
             await self._start(self.http)
         self._looking = asyncio.create_task(self._look_around(), name="clock-and-certificate")
+        if self.storage.conn is not None:
+            # what the start's quick_check does not look at: an index against its table (ven/storage_indexes.py)
+            await self._start(IndexCheck(c.storage.path))
         via = f" through proxy {c.openadr.proxy_shown}" if c.openadr.proxy else ""
         log.info("edge-gateway ready: BACnet %s, VTN %s%s, meter %s %s", c.bacnet.address, c.openadr.vtn_url_shown,
                  via, c.meter.address, c.meter.object)
