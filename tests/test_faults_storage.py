@@ -778,7 +778,9 @@ def test_the_event_store_waits_out_a_short_lock_and_reports_a_long_one(tmp_path,
     assert store.write_error is None and not [r for r in caplog.records if r.levelno >= logging.WARNING]
     time.sleep(0.7)
     store.save_event(_event("during", ""))  # the lock has lasted past the grace: now it is a fault
-    assert store.write_error and len([r for r in caplog.records if r.levelno == logging.ERROR]) == 1
+    # another process's lock, which passes: a warning, not an error of the file
+    assert store.write_error and [r.levelno for r in caplog.records if r.levelno >= logging.WARNING] == [
+        logging.WARNING]
     other.execute("ROLLBACK")
     other.close()
     assert store.flush() and store.write_error is None

@@ -177,7 +177,8 @@ def test_a_lock_held_by_another_process_costs_one_short_wait_not_one_per_sample(
         assert q.add(T0 + timedelta(seconds=10 * i), 90.0 + i) < 0  # held in memory
     waited = time.monotonic() - started
     assert waited < 10 * BUSY_TIMEOUT_SECONDS, f"{waited:.1f} s: the file was tried for each sample"
-    assert q.write_error and len([r for r in caplog.records if r.levelno == logging.ERROR]) == 1
+    # another process's lock, which passes: a warning, not an error of the file
+    assert q.write_error and [r.levelno for r in caplog.records if r.levelno >= logging.WARNING] == [logging.WARNING]
     other.execute("ROLLBACK")
     other.close()
     time.sleep(0.35)

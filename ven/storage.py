@@ -33,6 +33,7 @@ REOPEN_SECONDS = 10.0
 # connections hold the lock for milliseconds.
 BUSY_TIMEOUT_SECONDS = 0.5
 LOCK_GRACE_SECONDS = 5.0  # a write lock held by another writer this long is reported as a fault
+LOCK_RETRY_SECONDS = 1.0  # how often a file locked by another writer is tried while the grace lasts
 # The WAL file keeps the size of the largest transaction it ever held (a week of telemetry moved from
 # memory in one go is tens of MB) until every connection closes, which the gateway's never do while
 # it runs: after a checkpoint it is cut back to this.
@@ -487,6 +488,12 @@ def _mirror_into(conn: sqlite3.Connection, path: Path) -> int:
     return copied
 
 
+def locked(why: str | None) -> bool:
+    """Whether `why` (SQLite's words) is another process holding the file's write lock: a backup, an sqlite3 shell.
+    It passes, and nothing is lost meanwhile: what waits in memory goes to the file once it lets go."""
+    return why is not None and "locked" in why
+
+
 class LockGrace:
     """A write lock held by another writer (the gateway's own forecaster saving its model on a slow
     card, a backup) is waited out for `seconds` before it counts as a fault: what could not be written
@@ -496,8 +503,8 @@ class LockGrace:
         self.seconds = seconds
         self._since: float | None = None
 
-    def excuses(self, err: Exception) -> bool:
-        if "locked" not in str(err):
+    def excuses(self, err: Exception | str) -> bool:
+        if not locked(str(err)):
             return False
         now = time.monotonic()
         self._since = self._since or now
@@ -530,12 +537,15 @@ def open_or_retry_later(open_file: Callable[[], None], reopen_seconds: float | N
                         meanwhile: str, say: bool = True) -> tuple[ReopenTimer | None, str | None]:
     """Call `open_file`; when the file will not open, StorageError without `reopen_seconds`, else
     one ERROR saying what happens `meanwhile` (unless not `say`: the caller reports it) and (the timer that
-    paces retries, the reason)."""
+    paces retries, the reason). A write lock another process holds (a backup, an sqlite3 shell at the start) is not
+    said here: the caller waits it out for its LockGrace, trying every second, and says it only if it outlasts that."""
     try:
         open_file()
     except StorageError as err:
         if reopen_seconds is None:
             raise
+        if locked(str(err)):
+            return ReopenTimer(min(LOCK_RETRY_SECONDS, reopen_seconds)), str(err)
         if say:
             log.error("%s; %s (tried every %g s); a restart before then loses them", err, meanwhile, reopen_seconds)
         return ReopenTimer(reopen_seconds), str(err)
@@ -710,15 +720,29 @@ class Storage:
         self.on_write_failed: Callable[[], None] | None = None
         self._reopen, self.write_error = open_or_retry_later(
             self._open, reopen_seconds, "events are kept in memory and written once it opens", say=fault is None)
+        # another process held the write lock as the file opened (a backup, an sqlite3 shell): waited out for the
+        # grace, tried every second, and said only if it outlasts it. Said at once, a lock of a second or two was an
+        # ERROR line and an end line in every such start
+        self._open_unsaid = locked(self.write_error) and self._grace.excuses(self.write_error)
         # a file that refuses writes may still be read (a file system gone read-only): what it holds
         # (events, the BAS's ADR-Opt-Out commands) is what a restart must not forget
         self._read_only: tuple[list[Event], dict[str, str]] = ([], {})
         if self.conn is None:
-            self._read_only = _read_snapshot(self.path, say=fault is None)
-            if fault is not None:
-                read = (f"{len(self._read_only[0])} event(s) and the saved state read from it, read-only"
-                        if any(self._read_only) else "")
-                fault.failed("events", self.write_error, read, every=True)
+            self._read_only = _read_snapshot(self.path, say=fault is None and not self._open_unsaid)
+            if not self._open_unsaid:
+                self._say_not_opened()
+
+    def _say_not_opened(self) -> None:
+        if self._fault is None:
+            if locked(self.write_error):   # open_or_retry_later said the other faults
+                log.warning("storage.path %s: another process (a backup, an sqlite3 shell) has held its write lock "
+                            "for %g s (%s): events are kept in memory and written once it lets go (tried every "
+                            "%g s); a restart before then loses them", self.path, self._grace.seconds,
+                            self.write_error.removeprefix(f"storage.path {self.path}: "), self._retry_every)
+            return
+        read = (f"{len(self._read_only[0])} event(s) and the saved state read from it, read-only"
+                if any(self._read_only) else "")
+        self._fault.failed("events", self.write_error, read, every=True)
 
     def _open(self) -> None:
         self.conn = connect(self.path, EVENTS_TABLE)
@@ -742,12 +766,19 @@ class Storage:
             self._open()
         except StorageError as err:
             self.write_error = str(err)
+            if self._open_unsaid and not self._grace.excuses(err):
+                self._reopen.seconds = self._retry_every
+                self._say_not_opened()
+                self._open_unsaid = False
             return False
+        # a lock at the start waited out: nothing said of it, nor of its end
+        unsaid, self._open_unsaid = self._open_unsaid, False
+        self._grace.clear()
         # what memory changed wins over what the file held
         self._found = [ev for ev in self.load_events() if ev.event_id not in self._unsaved]
         values = dict(self.conn.execute("SELECT key, value FROM kv"))  # before memory's values replace them
         kept = len(self._unsaved) + len(self._unsaved_values)
-        if self._fault is None:
+        if self._fault is None and not unsaid:
             log.info("storage.path %s: opened; %d event change(s) kept in memory go to it, %d event(s) read "
                      "from it", self.path, kept, len(self._found))
         self.write_error = None
@@ -979,9 +1010,10 @@ class Storage:
             self.write_error = why
             if self._fault is not None:
                 self._fault.failed("events", why)
-            else:
-                log.error("storage.path %s: cannot save events (%s): kept in memory and written when it "
-                          "can; a restart before then loses them", self.path, why)
+            else:   # a lock is another process's, and passes: a warning, as the storage fault says it
+                log.log(logging.WARNING if locked(why) else logging.ERROR, "storage.path %s: cannot save events "
+                        "(%s): kept in memory and written when it can; a restart before then loses them", self.path,
+                        why)
             if self.on_write_failed is not None:
                 self.on_write_failed()
         self.write_error = why

@@ -22,6 +22,7 @@ from pathlib import Path
 from bacnet_api.settle import Flapping, span
 
 from .config_checks import LOW_SPACE_BYTES
+from .storage import LOCK_GRACE_SECONDS, locked
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +85,19 @@ class StorageFault:
             later = [PARTS[p][0] for p in ours if p not in now]
             # the parts it refuses now, and what the others do if it refuses them too: the line named every part as
             # refused, while /api/status named the one part that was
+            waiting = _and([meanwhile if meanwhile and p == part else PARTS[p][0] for p in now])
+            also = f", and {_and(later)} once it refuses their writes too" if later else ""
+            if locked(why):
+                # another process's lock (a backup, an sqlite3 shell) outlasting the stores' grace: nothing is wrong
+                # with the file or the disk, and it passes
+                log.warning("storage.path %s: another process (a backup, an sqlite3 shell) holds its write lock "
+                            "past %g s (%s): %s until it lets go (tried every %s)%s; a restart before then loses "
+                            "what memory holds%s", self.path, LOCK_GRACE_SECONDS, why, waiting,
+                            _every(self.retry_seconds), also, f"; {note}" if note else "")
+                return
             log.error("storage.path %s refuses writes (%s): %s until it takes them again (tried every %s)%s; a "
-                      "restart before then loses what memory holds%s", self.path, why,
-                      _and([meanwhile if meanwhile and p == part else PARTS[p][0] for p in now]),
-                      _every(self.retry_seconds),
-                      f", and {_and(later)} once it refuses their writes too" if later else "",
-                      f"; {note}" if note else "")
+                      "restart before then loses what memory holds%s", self.path, why, waiting,
+                      _every(self.retry_seconds), also, f"; {note}" if note else "")
 
     def written(self, part: str, moved: int = 0, note: str = "") -> None:
         """`part` writes the file again; `moved`: what it held in memory goes to it (in PARTS' unit), `note`: more

@@ -19,8 +19,8 @@ from typing import Callable
 from bacnet_api.settle import span
 
 from .events import aware_time, reckonable
-from .storage import (LOCK_GRACE_SECONDS, LockGrace, ReopenTimer, StorageError, connect, file_identity, follow_file,
-                      open_or_retry_later, with_fs_reason)
+from .storage import (LOCK_GRACE_SECONDS, LOCK_RETRY_SECONDS, LockGrace, ReopenTimer, StorageError, connect,
+                      file_identity, follow_file, locked, open_or_retry_later, with_fs_reason)
 
 log = logging.getLogger(__name__)
 QUEUE_TABLE = ("CREATE TABLE IF NOT EXISTS telemetry_queue ("
@@ -145,8 +145,16 @@ class TelemetryQueue:
         self._index_retry: ReopenTimer | None = None     # set while the queue has no index on ts
         self._reopen, self.write_error = open_or_retry_later(
             self._open, reopen_seconds, "telemetry samples wait in memory until it opens", say=fault is None)
-        if self.write_error is not None and fault is not None:
-            fault.failed("telemetry", self.write_error)
+        # another process's write lock at the start (a backup, an sqlite3 shell): waited out, as one met by a write
+        # is, and said only if it outlasts the grace (_failed)
+        self._open_unsaid = locked(self.write_error) and self._grace.excuses(self.write_error)
+        if self.write_error is not None and not self._open_unsaid:
+            if fault is not None:
+                fault.failed("telemetry", self.write_error)
+            elif locked(self.write_error):     # open_or_retry_later said the other faults
+                log.warning("storage.path %s: cannot write the telemetry queue (%s): samples wait in memory until it "
+                            "can; a restart before then loses them", self.path,
+                            self.write_error.removeprefix(f"storage.path {self.path}: "))
 
     def _open(self, late: bool = False) -> None:
         conn = connect(self.path, QUEUE_TABLE)
@@ -236,17 +244,22 @@ class TelemetryQueue:
         return self._conn
 
     def _failed(self, err: sqlite3.Error) -> None:
-        if self.write_error is None and self._grace.excuses(err):
+        unsaid = self.write_error is None or self._open_unsaid
+        if unsaid and self._grace.excuses(err):
             # samples wait in memory; the next one tries again if a second has passed
-            self._retry = ReopenTimer(min(1.0, self._retry_seconds))
+            self._retry = ReopenTimer(min(LOCK_RETRY_SECONDS, self._retry_seconds))
             return
         why = with_fs_reason(str(err), self.path)
-        if self.write_error is None:
+        if unsaid:
+            if self._open_unsaid:
+                self._open_unsaid = False
+                self._reopen.seconds = self._retry_seconds
             if self._fault is not None:
                 self._fault.failed("telemetry", why)
-            else:
-                log.error("storage.path %s: cannot write the telemetry queue (%s): samples wait in memory "
-                          "until it can; a restart before then loses them", self.path, why)
+            else:   # a lock is another process's, and passes: a warning, as the storage fault says it
+                log.log(logging.WARNING if locked(why) else logging.ERROR, "storage.path %s: cannot write the "
+                        "telemetry queue (%s): samples wait in memory until it can; a restart before then loses "
+                        "them", self.path, why)
             self._moved_out = 0
         self.write_error = why
         self._retry = ReopenTimer(self._retry_seconds)
@@ -351,6 +364,7 @@ class TelemetryQueue:
     def _writable_again(self) -> None:
         self._retry = None
         self._grace.clear()
+        self._open_unsaid = False
         if self.write_error is not None:
             self.write_error = None
             if self._fault is not None:
