@@ -383,8 +383,9 @@ def follow_file(conn: sqlite3.Connection, path: Path, ident: tuple[int, int] | N
     missing, a file that is not SQLite moved aside), and each continues on a new connection. Raises
     sqlite3.Error or StorageError when that fails; the old connection is then still open and nothing
     is lost yet."""
-    now = file_identity(path)
+    now, size = _identity_and_size(path)
     if now == ident:
+        _note_size(path, ident, size)
         return conn, ident
     if (str(path), now) in _followed:  # another connection of the gateway already copied the old file here
         fresh = connect(path, table)
@@ -421,6 +422,43 @@ def follow_file(conn: sqlite3.Connection, path: Path, ident: tuple[int, int] | N
 
 
 _followed: set[tuple[str, tuple[int, int] | None]] = set()  # (path, identity) this process has copied into
+
+# The largest size each file the gateway writes was seen at, by (path, identity). SQLite never makes it smaller here
+# (nothing runs VACUUM): one found smaller was written over in place, `cp other.sqlite gw.sqlite` while the gateway
+# runs, which keeps the file's inode, so follow_file's identity cannot tell it from the gateway's own file
+_largest: dict[tuple[str, tuple[int, int] | None], int] = {}
+
+
+def _identity_and_size(path: str | Path) -> tuple[tuple[int, int] | None, int]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None, 0
+    return (st.st_dev, st.st_ino), st.st_size
+
+
+def _note_size(path: Path, ident: tuple[int, int] | None, size: int) -> None:
+    """Say once, as an ERROR, that the file at `path` was written over in place. Nothing here can undo it: its old
+    pages are gone from the disk, and the gateway's connections pair its own -wal (its last writes) with the pages
+    put there, as one file (SQLite has no way to tell), which damages it at the next checkpoint (measured: `cp` of an
+    older copy of the file, or of another gateway's, then 3,000 more telemetry readings: "database disk image is
+    malformed", every row of the queue unreadable). Said, the operator can put the file there again with the gateway
+    stopped; else the next start checks the file and keeps what reads whole (set_aside_if_damaged)."""
+    key = (str(path), ident)
+    largest = _largest.get(key, 0)
+    _largest[key] = max(largest, size)
+    if size >= largest or key in _overwritten_said:
+        return
+    _overwritten_said.add(key)
+    log.error("storage.path %s was written over in place while the gateway had it open (%d bytes, it had %d: a `cp` "
+              "onto it, a restore into it): SQLite cannot see that, and the gateway's writes, in its -wal, land among "
+              "the pages put there and damage them; what the file held before is gone from the disk. To use the "
+              "file put there, stop the gateway and copy it in again (its source is whole) before starting it; else "
+              "the next start checks the file and, if damaged, moves it aside and keeps every table that reads "
+              "whole", path, size, largest)
+
+
+_overwritten_said: set[tuple[str, tuple[int, int] | None]] = set()
 
 
 def _mirror_into_new_file(conn: sqlite3.Connection, path: Path) -> int:

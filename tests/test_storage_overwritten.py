@@ -1,0 +1,54 @@
+"""`cp other.sqlite gw.sqlite` while the gateway runs writes over the file in place: same inode, so the check that
+finds a file deleted or replaced (ven/storage.follow_file) took it for the gateway's own, nothing was said, and the
+gateway's next writes, paired by SQLite with the pages put there, damaged it ("database disk image is malformed" at
+the next start, every telemetry reading queued in it unreadable). Its old pages are gone from the disk, so nothing can
+keep them; the gateway says so once, as an ERROR, at its next write."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import sqlite3
+import subprocess
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from ven.storage import Storage
+from ven.telemetry import TelemetryQueue
+
+pytestmark = pytest.mark.timeout(120)
+
+T0 = datetime(2026, 12, 1, tzinfo=timezone.utc)
+
+
+def _said(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize("put_there", ["older copy", "another file"])
+def test_a_file_written_over_in_place_is_said_once(tmp_path, caplog, put_there):
+    path, other = tmp_path / "gw.sqlite", tmp_path / "other.sqlite"
+    store, queue = Storage(path), TelemetryQueue(path, max_age=timedelta(days=30))
+    store.save_value("bacnet_commands:ADR-Opt-Out", '{"8": true}')
+    for i in range(500):
+        queue.add(T0 + timedelta(seconds=i), 90.0)
+    if put_there == "older copy":       # as `sqlite3 gw.sqlite ".backup other.sqlite"` makes it
+        with contextlib.closing(sqlite3.connect(path)) as db, contextlib.closing(sqlite3.connect(other)) as copy:
+            db.backup(copy)
+    else:
+        Storage(other).close()
+    # the VTN taking readings as they come: rows deleted, and the file's checkpoints, make it no smaller
+    for i in range(500, 4000):
+        queue.add(T0 + timedelta(seconds=i), 90.0)
+        if i % 2:
+            queue.ack(queue.peek(1))
+    assert _said(caplog) == []
+    subprocess.run(["cp", str(other), str(path)], check=True)
+    for i in range(4000, 4010):
+        queue.add(T0 + timedelta(seconds=i), 90.0)
+    store.save_value("after", "1")
+    said = _said(caplog)
+    assert len(said) == 1 and "was written over in place" in said[0], said
+    assert [r.levelno for r in caplog.records if r.levelno >= logging.WARNING] == [logging.ERROR]
+    queue.close()
+    store.close()
