@@ -25,7 +25,7 @@ def _said(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
 
 
-@pytest.mark.parametrize("put_there", ["older copy", "another file"])
+@pytest.mark.parametrize("put_there", ["older copy", "another file", "a larger file"])
 def test_a_file_written_over_in_place_is_said_once(tmp_path, caplog, put_there):
     path, other = tmp_path / "gw.sqlite", tmp_path / "other.sqlite"
     store, queue = Storage(path), TelemetryQueue(path, max_age=timedelta(days=30))
@@ -35,8 +35,13 @@ def test_a_file_written_over_in_place_is_said_once(tmp_path, caplog, put_there):
     if put_there == "older copy":       # as `sqlite3 gw.sqlite ".backup other.sqlite"` makes it
         with contextlib.closing(sqlite3.connect(path)) as db, contextlib.closing(sqlite3.connect(other)) as copy:
             db.backup(copy)
-    else:
+    elif put_there == "another file":
         Storage(other).close()
+    else:   # another gateway's, with a longer backlog
+        queue2 = TelemetryQueue(other, max_age=timedelta(days=30))
+        for i in range(20000):
+            queue2.add(T0 + timedelta(seconds=i), 50.0)
+        queue2.close()
     # the VTN taking readings as they come: rows deleted, and the file's checkpoints, make it no smaller
     for i in range(500, 4000):
         queue.add(T0 + timedelta(seconds=i), 90.0)
@@ -50,5 +55,28 @@ def test_a_file_written_over_in_place_is_said_once(tmp_path, caplog, put_there):
     said = _said(caplog)
     assert len(said) == 1 and "was written over in place" in said[0], said
     assert [r.levelno for r in caplog.records if r.levelno >= logging.WARNING] == [logging.ERROR]
+    queue.close()
+    store.close()
+
+
+def test_a_vacuum_another_process_runs_is_not_taken_for_one(tmp_path, caplog):
+    # VACUUM shrinks the file too (at its checkpoint), and damages nothing
+    path = tmp_path / "gw.sqlite"
+    store, queue = Storage(path), TelemetryQueue(path, max_age=timedelta(days=30))
+    for i in range(6000):
+        queue.add(T0 + timedelta(seconds=i), 90.0)
+    queue.ack(queue.peek(5000))
+    for i in range(6000, 6100):
+        queue.add(T0 + timedelta(seconds=i), 90.0)
+    size = path.stat().st_size
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as other:
+        other.execute("VACUUM")
+        other.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    assert path.stat().st_size < size / 2
+    for i in range(6100, 6200):
+        queue.add(T0 + timedelta(seconds=i), 90.0)
+    store.save_value("after", "1")
+    assert _said(caplog) == []
+    assert len(queue.peek(2000)) == 1200
     queue.close()
     store.close()
