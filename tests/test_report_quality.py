@@ -19,7 +19,9 @@ from waiting import eventually
 
 from bacnet_api.simulator import MeterSimulator
 from ven.app import Gateway
+from ven.clock_sync import SyncWatch
 from ven.config_load import parse_config
+from ven.read_gaps import ReadGaps
 from ven.report_intervals import SUB_NORMAL
 from ven.telemetry import TelemetryQueue
 from ven.vtn_server import DemoVtn
@@ -207,8 +209,8 @@ async def test_an_interval_the_gateway_was_not_running_for_part_of_reaches_the_v
     # The gateway process crashed 1 s into interval A and started again 2.5 s later: A went to the VTN as the mean of
     # the readings it had, with no marking, as if the meter had been read throughout. The poll ticks it missed count
     # as failed reads: A (at least 5 of its 24 ticks missed, however long the start takes) is marked; the intervals
-    # before it are not, nor is the first after the very first start (nothing was missed: the gateway was not yet
-    # there; its log says no gap), nor one wholly after the restart, unless a read in it really failed. How missed
+    # before it are not (but the very first, whose ticks before the new install's first read count as missed: its
+    # log says no gap), nor one wholly after the restart, unless a read in it really failed. How missed
     # ticks split over two intervals, and a clean stop's note of its last read, are tested without a process below.
     # the VTN's granularity and reportBackDuration, s: 24 ticks of the 0.5 s poll, so one read failing under load in
     # an interval read throughout, and a tick the loaded poll skipped besides, do not mark it (2 in 24 < a tenth);
@@ -247,7 +249,7 @@ async def test_an_interval_the_gateway_was_not_running_for_part_of_reaches_the_v
     read_failed = failed_reads(tmp_path, g)
     assert got[a] == SUB_NORMAL and (got[after] is None or read_failed(after)), got
     before = {t: q for t, q in got.items() if t < a}
-    assert before and all(q is None or read_failed(t) for t, q in before.items()), got
+    assert before and all(q is None or read_failed(t) or t == min(got) for t, q in before.items()), got
     log = gateway.log()
     assert log.count("meter not read for ") == 1 and "Traceback" not in log, log[-3000:]
 
@@ -276,6 +278,33 @@ async def test_a_clean_stop_after_the_vtn_took_every_reading_still_marks_the_int
         async with running(tmp_path, server.url, telemetry_seconds=10.0) as rig:
             await eventually(lambda: at(20) in qualities(server) and drained(rig), 15, "the backlog")
     assert qualities(server) == {at(10): SUB_NORMAL, at(20): None}, qualities(server)
+
+
+@pytest.mark.parametrize("first, marked", [(4, True), (1, False), (0, False)],
+                         ids=["4_of_10_ticks_before", "1_of_10_ticks_before", "read_from_its_start"])
+async def test_the_first_interval_a_new_install_reads_reaches_the_vtn_marked_as_after_a_restart(
+        tmp_path, free_tcp_port, first, marked):
+    # A new install (nothing in storage.path) whose first read came 4 s into a 10 s interval (1 s poll) sent that
+    # interval unmarked, the mean of its last 6 ticks as if read throughout, while the same interval after a restart
+    # went marked: for a utility settling on it both are the mean of part of the interval. Its ticks before the first
+    # read count as missed (ReadGaps.note_not_running, as the gateway starts it): 4 of 10 mark it, 1 of 10 does not
+    # (a tenth, as for failed reads), nor does a first read at the interval's first tick; the later ones are whole.
+    # A reading a clock not yet set dates (a box without a battery clock) is not the first: it is not reported.
+    b = datetime.fromtimestamp((int(time.time()) // 10 - 5) * 10, timezone.utc)
+    at = lambda s: b + s * S     # noqa: E731
+    queue = TelemetryQueue(tmp_path / "gw.sqlite")
+    gaps = ReadGaps(queue, SyncWatch(read=lambda: None), 1.0, hold=lambda last: None, release=lambda: None)
+    gaps.note_not_running()
+    gaps.on_reading(datetime(2020, 1, 1, tzinfo=timezone.utc))
+    for s in range(first, 30):
+        gaps.on_reading(at(s) + 0.02 * S, asked_at=at(s))    # answered 20 ms after the tick it was asked at
+        queue.add(at(s) + 0.02 * S, 100.0)
+    queue.close()
+
+    async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:      # intervals of telemetry_seconds: 10 s
+        async with running(tmp_path, server.url, telemetry_seconds=10.0) as rig:
+            await eventually(lambda: at(20) in qualities(server) and drained(rig), 15, "the backlog")
+    assert qualities(server) == {at(0): SUB_NORMAL if marked else None, at(10): None, at(20): None}, qualities(server)
 
 
 def test_the_ticks_a_gap_leaves_out_are_counted_in_the_intervals_they_fall_in(tmp_path, caplog):

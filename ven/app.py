@@ -437,7 +437,7 @@ class Gateway:
     def _on_meter(self, reading: MeterReading) -> None:
         self.clock_sync.look_for_step()     # a step the reading's stamp shows: its own line before its effects'
         self.metrics.meter_reads.inc()
-        self.read_gaps.on_reading(reading.timestamp)
+        self.read_gaps.on_reading(reading.timestamp, reading.tick_times[0] if reading.tick_times else None)
         t = reading.timestamp.timestamp()
         if reading.value is None:
             # the meter answering in kWh is not a broken network: the BAS alarm must not send the technician there

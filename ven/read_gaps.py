@@ -1,7 +1,7 @@
-"""The time the meter was not read, for the VTN: while the gateway was not running, and while a wall clock stepped
-ahead between two reads. Noted in the telemetry queue, so the intervals it falls in count the poll ticks missed as
-failed reads (docs/openadr.md "Data quality"), with the wall clock's faults at a start (not set yet, behind the run
-before) told apart from a stop."""
+"""The time the meter was not read, for the VTN: while the gateway was not running (before a new install's first read
+too), and while a wall clock stepped ahead between two reads. Noted in the telemetry queue, so the intervals it falls
+in count the poll ticks missed as failed reads (docs/openadr.md "Data quality"), with the wall clock's faults at a
+start (not set yet, behind the run before) told apart from a stop."""
 from __future__ import annotations
 
 import logging
@@ -17,6 +17,10 @@ from .wallclock import CLOCK_STEP_S, clock_suspect
 
 log = logging.getLogger(__name__)
 
+# where the time before a new install's first read begins, for the gap that counts its ticks as missed: before any
+# interval a request can lay, however long its granularity
+NEVER_READ = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
 
 class ReadGaps:
     def __init__(self, telemetry: TelemetryQueue, clock_sync: SyncWatch, poll_seconds: float,
@@ -29,9 +33,15 @@ class ReadGaps:
         # by the monotonic one, to re-date the start when the wall clock steps (NTP at boot)
         self.resumed: tuple[datetime, datetime, float] | None = None
         self._last_read: tuple[datetime, float] | None = None    # the meter's last reported read: its time, monotonic
+        self._never_read = False    # storage.path holds no read before this start (a new install): see note_not_running
 
-    def on_reading(self, read_at: datetime) -> None:
-        """Each meter reading, good or failed: the first after a start whose clock stepped re-dates its gap."""
+    def on_reading(self, read_at: datetime, asked_at: datetime | None = None) -> None:
+        """Each meter reading, good or failed (`asked_at`: the poll tick it was asked at, where a failed read's
+        missed ticks begin): the first after a start whose clock stepped re-dates its gap; the first of a new install
+        ends the time before it."""
+        if self._never_read and not clock_suspect(read_at):
+            self._never_read = False
+            self._telemetry.note_gap(NEVER_READ, min(read_at, asked_at or read_at), self._poll_seconds)
         if self.resumed is not None:
             self._redate(*self.resumed, read_at=read_at)
 
@@ -41,6 +51,12 @@ class ReadGaps:
         # settles on them. Their missed ticks count as failed reads (docs/openadr.md "Data quality").
         now, last = datetime.now(timezone.utc), self._telemetry.last_read()
         if last is None:
+            # A new install (or a file whose every read the VTN took, then a crash) has no read before: the first
+            # interval read went to the VTN unmarked as the mean of the part after the first read, while the same
+            # interval after a restart is marked. For a utility settling on it the two are alike, a mean of part of
+            # the interval's time: its ticks before the first read count as missed too (on_reading), once the clock
+            # is set (the readings a clock not set dates are not reported, so the gap runs to the first that is)
+            self._never_read = True
             return
         self.resumed = (last, now, time.monotonic())
         # A clock not yet set (a box without a battery clock boots in the past) or behind the last read (one whose
