@@ -49,6 +49,9 @@ if TYPE_CHECKING:
     from .http_api import HttpServer
     from .vtn import VtnClient
 
+# what becomes of the answers to events waiting at a stop: not kept; the VTN hears the site's answers as at any start
+ANSWERED_AGAIN = "not kept; the next start answers the events the VTN lists as any start does"
+
 log = logging.getLogger(__name__)
 
 # The BAS's commands on ADR-Opt-Out, by priority: a BAS that commanded it once still holds that
@@ -383,15 +386,24 @@ class Gateway:
                       f"{v['registrations_failed']} of {v['registrations']} registrations failed"
                       if v["registrations_failed"] else "",
                       f"{v['context_losses']} context losses" if v["context_losses"] else ""]
+            # the BAS's opt-out written meanwhile has not reached the utility: said here unless its own item below is
+            waiting = self.vtn.answers_waiting() if self.vtn.opts_not_taken() is None else ""
             out.append(f"VTN fault for {lasted(v['since'])} ({', '.join(c for c in counts if c) or 'no answer yet'}, "
-                       f"not connected for {span(v['not_connected_seconds'])}{self.vtn.delivered_in_fault()})")
+                       f"not connected for {span(v['not_connected_seconds'])}{self.vtn.delivered_in_fault()})"
+                       + (f", {waiting} not sent: {ANSWERED_AGAIN}" if waiting else ""))
         if self._built("vtn") and (t := self.vtn.telemetry_fault()) is not None:
             # the VTN answers polls but takes no telemetry: its own WARNING and end line, so its own item here
             what = "report(s) refused" if t["kind"] == "refused" else "update(s) unanswered"
             since = f" for {lasted(t['since'])}" if t["since"] else ""
             out.append(f"telemetry not taken by the VTN{since} ({t['count']} {what}: {t['why']})")
         if self._built("vtn") and (o := self.vtn.opts_not_taken()) is not None:
-            out.append(f"answers to {o['count']} event(s) not taken by the VTN for {lasted(o['since'])} ({o['why']})")
+            # which ones: the count alone did not tell the operator whether the utility still counts on a shed
+            out.append(f"answers to {o['count']} event(s) not taken by the VTN for {lasted(o['since'])} "
+                       f"({self.vtn.answers_waiting() or 'none now'}; the last failure: {o['why']}): {ANSWERED_AGAIN}")
+        if self._built("vtn") and (st := self.vtn.status_fault()) is not None:
+            # not kept in storage.path (a past status is worth little once the VTN is back): the stop drops them
+            out.append(f"TELEMETRY_STATUS updates not answered by the VTN for {lasted(st['since'])} ({st['count']} "
+                       f"in a row: {st['why']}; the {st['held']} sample(s) held are dropped with this stop)")
         if self._built("vtn") and (u := self.vtn.telemetry_unrequested()) is not None:
             out.append(f"telemetry not requested by the VTN for {lasted(u['since'])}")
         if self._built("vtn") and self.vtn.report_offer_error:     # set only where telemetry is offered

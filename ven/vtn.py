@@ -34,7 +34,7 @@ from .config_checks import key_is_encrypted, tls_file_problems
 from .tasks import cancel_and_wait
 from .schedule import EventSchedule
 from .telemetry import TelemetryQueue
-from .vtn_events import VtnEvents
+from .vtn_events import VtnEvents, _answers_text
 from .vtn_outage import VtnOutage, _Outage
 from .vtn_delivery import VtnDelivery
 from .vtn_reports import Standing, Unrequested, VtnReports
@@ -132,7 +132,7 @@ class VtnClient(VtnEvents, VtnReports, VtnDelivery, VtnUpdates, VtnStatus, VtnOu
         self._status_requests: dict[str, StatusRequest] = {}     # the standing status requests served
         self._status_one_shots: list[str] = []      # one-shot status requests waiting for their single report
         self._status_wake: asyncio.Event | None = None
-        self._status_failing: tuple[datetime, int, bool] | None = None   # (since, in a row, said) while unanswered
+        self._status_failing: tuple[datetime, int, bool, str] | None = None   # (since, in a row, said, why) unanswered
         # the end of the last interval the VTN took of each granularity under a request that ended: a request of that
         # granularity goes on after it (sent again, an interval could carry another value: fewer readings queued)
         self._reported: dict[timedelta, datetime] = {}
@@ -198,6 +198,9 @@ class VtnClient(VtnEvents, VtnReports, VtnDelivery, VtnUpdates, VtnStatus, VtnOu
         self.opt_answer_error: str | None = None   # the VTN's reason for refusing our last opt answer
         self._opts_not_taken: dict | None = None    # answers the VTN did not take while connected: since, count, why
         self._opts_start_said = False           # their WARNING said (here or as "did not get through")
+        # answers that stopped waiting untaken while that fault was open (the VTN no longer lists the event, refused
+        # the answer, or failed it after the event's end): (eventID, optType, why), for its end line
+        self._opts_given_up: list[tuple[str, str, str]] = []
         self._clock_wrong_since: datetime | None = None   # the first reading dated by a clock not set, while so
         self.clock_wrong_why = ""       # why, as the WARNING said it ("before this version was built", ...)
         self.readings_held = 0        # readings not reported because the wall clock was not set (since start)
@@ -245,6 +248,11 @@ class VtnClient(VtnEvents, VtnReports, VtnDelivery, VtnUpdates, VtnStatus, VtnOu
     def telemetry_fault(self) -> dict | None:
         """Telemetry the VTN does not take while it answers polls, as `status()["telemetry_fault"]`."""
         return self._telemetry_fault()
+
+    def status_fault(self) -> dict | None:
+        """TELEMETRY_STATUS updates the VTN does not answer while it answers polls, from the log's WARNING to its
+        INFO: since, count (in a row), why, held (samples waiting)."""
+        return self._status_fault()
 
     def telemetry_unrequested(self) -> dict | None:
         """Registered with no telemetry request, from the log's WARNING to the request, as in `status()`."""
@@ -304,6 +312,10 @@ class VtnClient(VtnEvents, VtnReports, VtnDelivery, VtnUpdates, VtnStatus, VtnOu
     def opts_not_taken(self) -> dict | None:
         """From the WARNING that the VTN did not take answers to events until it takes them: since, count, why."""
         return dict(self._opts_not_taken) if self._opts_not_taken is not None else None
+
+    def answers_waiting(self) -> str:
+        """The answers to events waiting for the VTN, for a log line ("the optOut for event shed"), or ""."""
+        return _answers_text([(eid, opt) for eid, (_, opt, _) in self._pending_opts.items()])
 
     def readings_not_reported(self) -> int:
         """Readings not reported since the WARNING that the clock is not set, while it is not: 0 otherwise."""

@@ -178,17 +178,24 @@ class VtnEvents:
         self._schedule.retain_only(listed, why)
         self._listed_since_start &= listed
         for eid in [eid for eid in self._pending_opts if eid not in listed]:
-            del self._pending_opts[eid]
+            self._given_up(eid, self._pending_opts.pop(eid)[1], "the VTN no longer lists the event")
             self._singly.discard(eid)
 
     def _answer_again(self, events: list[dict], error: str) -> None:
-        # neutral: a link that lost it and a VTN that would not take it read alike from here
-        log.warning("the answer to %d event(s) did not get through (%s); it is sent again", len(events), error)
+        # neutral: a link that lost it and a VTN that would not take it read alike from here. Within a fault of the
+        # answers already said (the VTN failing them all) it is one more of them, not a new fault
+        log.log(logging.DEBUG if self._opts_not_taken is not None else logging.WARNING,
+                "the answer to %d event(s) did not get through (%s); it is sent again", len(events), error)
         for e in events:
             stored = self._schedule.get(e["event_descriptor"]["event_id"])
             if stored is not None and _answered_by_openleadr(e):
                 self._pending_opts[stored.event_id] = (stored.modification_number, _answer(stored), False)
         self._opts_start_said = True    # this WARNING is the start: not a second one if the next send fails too
+        if self._pending_opts and self._opts_not_taken is None:
+            # its fault, as the one _track_opts_not_taken opens: the answers' end line, the stop line's item while they
+            # wait (a stop before the next pass, or while the VTN is away, named nothing of them)
+            self._opts_not_taken = {"since": _utcnow().isoformat(timespec="seconds"), "count": len(self._pending_opts),
+                                    "why": error}
         self._opts_changed()
 
     # -- events ------------------------------------------------------------------------------
@@ -397,9 +404,15 @@ class VtnEvents:
         elif waiting and self._opts_not_taken is not None:
             self._opts_not_taken["count"] = waiting
         elif not waiting:
-            if self._opts_not_taken is not None:
+            if self._opts_not_taken is not None and self._opts_given_up:
+                # "took the answers again" read as if the utility had heard them: it never did
+                never = "; ".join(f"{_answers_text([(eid, opt)])} ({why})" for eid, opt, why in self._opts_given_up[:5])
+                more = len(self._opts_given_up) - 5
+                log.info("no answer to events waits for the VTN any more (not taken since %s), and it never took %s%s",
+                         self._opts_not_taken["since"], never, f" and {more} more" if more > 0 else "")
+            elif self._opts_not_taken is not None:
                 log.info("the VTN took the answers to events again (not taken since %s)", self._opts_not_taken["since"])
-            self._opts_not_taken, self._opts_start_said = None, False
+            self._opts_not_taken, self._opts_start_said, self._opts_given_up = None, False, []
 
     async def _send_opts_locked(self) -> None:
         # the answers' events (and the ADR-Opt-Out command behind them) on the disk first: after a power cut the
@@ -473,6 +486,8 @@ class VtnEvents:
                 if self._pending_opts.get(eid) == (mod, answer, by_create_opt):
                     del self._pending_opts[eid]
                     self._singly.discard(eid)
+                    if self._client.refused:
+                        self._given_up(eid, answer, f"refused: {self._client.refused}")
             how = "oadrCreateOpt for" if by_create_opt else "answer to"
             if self._client.refused:
                 self._answer_refused(f"VTN refused the {opt} {how} {_events(answers)}: {self._client.refused}")
@@ -503,6 +518,7 @@ class VtnEvents:
         if self._pending_opts.get(eid, (None,))[0] == mod:
             del self._pending_opts[eid]
             self._singly.discard(eid)
+            self._given_up(eid, opt, "failed after the event's end")
             log.info("the VTN failed the %s for event %s, over already (%s): not sent again", opt, eid, why)
 
     def _opt_messages(self) -> list[tuple[bool, list[tuple[str, int, str]]]]:
@@ -527,6 +543,11 @@ class VtnEvents:
             groups[key].append((eid, mod, opt))
         return out
 
+    def _given_up(self, eid: str, opt: str, why: str) -> None:
+        """An answer stops waiting untaken: said in the end line of the answers' fault, if one is open."""
+        if self._opts_not_taken is not None:
+            self._opts_given_up.append((eid, opt, why))
+
     def _answer_refused(self, error: str) -> None:
         # Not sent again: the same answer would be refused again. The utility does not know the
         # gateway's answer, so the operator has to hear of it.
@@ -541,6 +562,15 @@ def _events(answers: list[tuple[str, int, str]]) -> str:
         return f"event {ids[0]}"
     shown = ", ".join(ids[:5])
     return f"{len(ids)} events ({shown}, ...)" if len(ids) > 5 else f"events {shown}"
+
+
+def _answers_text(answers: list[tuple[str, str]]) -> str:
+    """(eventID, optType) pairs for a log line: 'the optOut for event e1', 'the optOut for events e1, e2 and the optIn
+    for event e3', or ""."""
+    by_opt: dict[str, list[tuple[str, int, str]]] = {}
+    for eid, opt in answers:
+        by_opt.setdefault(opt, []).append((eid, 0, opt))
+    return " and ".join(f"the {opt} for {_events(group)}" for opt, group in sorted(by_opt.items(), reverse=True))
 
 
 def _winding_down(event, now) -> str:

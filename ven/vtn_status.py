@@ -246,7 +246,7 @@ class VtnStatus:
         answers polls meanwhile leaves the samples piling up unsaid until they are dropped, days later at PT1H: one
         WARNING once that is clear, as for the usage updates (helper rev40), one INFO when one is answered again."""
         now = _utcnow()
-        since, failures, said = self._status_failing or (now, 0, False)
+        since, failures, said, _ = self._status_failing or (now, 0, False, why)
         failures += 1
         if (not said and failures >= UPDATE_FAILURES and self._outage is None and self.last_poll is not None
                 and self.last_poll > since):
@@ -254,16 +254,24 @@ class VtnStatus:
                         "and the updates retried (backoff up to %g s)", STATUS_REPORT, why, MAX_HELD,
                         self._cfg.retry_max_seconds)
             said = True
-        self._status_failing = (since, failures, said)
+        self._status_failing = (since, failures, said, why)
 
     def _status_answered(self) -> None:
         """A status update got an answer: the end of _status_unanswered's fault, if it was said."""
         if self._status_failing is not None:
-            since, failures, said = self._status_failing
+            since, failures, said, _ = self._status_failing
             if said:
                 log.info("the VTN answers %s updates again after %d without an answer since %s", STATUS_REPORT,
                          failures, _iso(since))
             self._status_failing = None
+
+    def _status_fault(self) -> dict | None:
+        """The fault _status_unanswered's WARNING began, while open (for the stop line)."""
+        if self._status_failing is None or not self._status_failing[2]:
+            return None
+        since, failures, _, why = self._status_failing
+        return {"since": _iso(since), "count": failures, "why": why,
+                "held": sum(len(r.held) for r in self._status_requests.values())}
 
     def _sample(self, req: StatusRequest, now: datetime) -> None:
         """The status at the latest boundary reached: one a late wake (a busy loop, a suspended machine) skipped is
