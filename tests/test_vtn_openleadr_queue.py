@@ -216,3 +216,23 @@ async def test_the_answer_to_a_new_event_the_vtn_answers_with_a_server_error_cod
         assert gw.vtn.status()["opt_answer_error"] is None
     assert [r.getMessage() for r in caplog.records if "did not get through" in r.getMessage()] == [
         "the answer to 1 event(s) did not get through (the VTN failed it: 500 server busy); it is sent again"]
+
+
+@pytest.mark.timeout(60)
+async def test_openleadrs_vtn_tells_an_events_callback_its_first_answer_only(tmp_path, free_tcp_port):
+    # What a utility running openleadr's VTN hears through add_event's callback: the first answer, only. The BAS's
+    # later optOut reaches the VTN (an oadrCreatedEvent for the same modification, which 2.0b lets a VEN send to change
+    # its answer; HTTP 200) and the callback, popped at the first, is not called again: the utility reads the
+    # oadrCreatedEvent itself to settle on the site's answer (docs/openadr.md "With openleadr's own VTN")
+    heard = []
+    async with UtilityVtn(free_tcp_port()) as vtn, running(tmp_path, vtn.url) as gw:
+        await until(lambda: gw.vtn.connected, 10, "registration")
+        vtn.server.add_event(ven_id=vtn.ven_id, signal_name="SIMPLE", signal_type="level", event_id="shed",
+                             intervals=[objects.Interval(dtstart=now(), duration=timedelta(minutes=10),
+                                                         signal_payload=2.0)],
+                             callback=lambda ven_id, event_id, opt_type: heard.append(opt_type))
+        await until(lambda: heard, 10, "the first answer")
+        gw.vtn.set_opt_out(True)
+        await until(lambda: ("shed", 0, "optOut") in vtn.answers, 10, "the BAS's optOut at the utility's VTN")
+        await until(lambda: gw.vtn.status()["opt_answers_waiting"] == 0, 5, "taken")
+    assert heard == ["optIn"] and gw.vtn.status()["opt_answers_not_taken"] is None
