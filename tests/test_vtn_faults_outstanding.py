@@ -186,4 +186,3 @@ def test_the_answers_are_named_by_kind(tmp_path):
     assert _answers_text([("a", "optOut")]) == "the optOut for event a"
     assert _answers_text([("a", "optOut"), ("b", "optIn"), ("c", "optOut")]) == \
         "the optOut for events a, c and the optIn for event b"
-
