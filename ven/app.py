@@ -390,7 +390,7 @@ class Gateway:
             waiting = self.vtn.answers_waiting() if self.vtn.opts_not_taken() is None else ""
             out.append(f"VTN fault for {lasted(v['since'])} ({', '.join(c for c in counts if c) or 'no answer yet'}, "
                        f"not connected for {span(v['not_connected_seconds'])}{self.vtn.delivered_in_fault()})"
-                       + (f", {waiting} not sent: {ANSWERED_AGAIN}" if waiting else ""))
+                       + (f", {waiting} not taken: {ANSWERED_AGAIN}" if waiting else ""))
         if self._built("vtn") and (t := self.vtn.telemetry_fault()) is not None:
             # the VTN answers polls but takes no telemetry: its own WARNING and end line, so its own item here
             what = "report(s) refused" if t["kind"] == "refused" else "update(s) unanswered"
