@@ -80,6 +80,8 @@ class VtnEvents:
                         ids = ", ".join(e["event_descriptor"]["event_id"] for e in events)
                         self._answer_refused(f"VTN refused the answer to event(s) {ids}: {client.refused}")
                     else:
+                        self._answers_taken(e["event_descriptor"]["event_id"] for e in events
+                                            if _answered_by_openleadr(e))
                         for opt in sorted({opt for _, _, opt in carried}):
                             log.info("told the VTN %s for %s (in its answer to the events listed)", opt,
                                      _events([a for a in carried if a[2] == opt]))
@@ -493,6 +495,7 @@ class VtnEvents:
                 self._answer_refused(f"VTN refused the {opt} {how} {_events(answers)}: {self._client.refused}")
                 continue
             self.opt_answer_error = None
+            self._answers_taken(eid for eid, _, _ in answers)
             log.info("told the VTN %s for %s%s", opt, _events(answers),
                      " (oadrCreateOpt: it wants no answer)" * by_create_opt)
 
@@ -547,6 +550,12 @@ class VtnEvents:
         """An answer stops waiting untaken: said in the end line of the answers' fault, if one is open."""
         if self._opts_not_taken is not None:
             self._opts_given_up.append((eid, opt, why))
+
+    def _answers_taken(self, eids) -> None:
+        """The VTN took an answer to these events: one given up before (refused for an older modification, say) is
+        no longer one it never heard."""
+        taken = set(eids)
+        self._opts_given_up = [g for g in self._opts_given_up if g[0] not in taken]
 
     def _answer_refused(self, error: str) -> None:
         # Not sent again: the same answer would be refused again. The utility does not know the
