@@ -126,7 +126,8 @@ async def test_healthz_names_what_is_degraded_metrics_gauge_it_and_input_stale_i
             m = scrape((await get("/metrics"))[1])
             assert m["edge_gateway_meter_fault"] == 0 and m["edge_gateway_forecast_input_stale"] == 0
         stale = [w for w in logs(caplog, "ven.app", logging.WARNING) if "no power input" in w]
-        assert len(stale) == 1 and "no meter reading" in stale[0], stale
+        # the silenced meter's one line, after the start's if a loaded machine's first reading came late
+        assert len(stale) == before + 1 and "no meter reading" in stale[-1], stale
 
     finally:
         await gw.stop()
