@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from bacnet_peer import BacnetPeer
-from gateway_process import GatewayProcess, write_config
+from gateway_process import START_S, GatewayProcess, write_config
 from waiting import eventually
 
 from ven.app import ACK_WAIT_S
@@ -94,7 +94,7 @@ def syncs(log) -> list[tuple[float, float]]:
     return [(int(a) / 1e9, int(b) / 1e9) for a, b in (line.split() for line in log.read_text().splitlines())]
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(180)     # a gateway process's start (START_S), then the test
 async def test_an_opt_out_command_is_on_the_disk_before_its_ack_and_reads_are_answered_meanwhile(
         tmp_path, monkeypatch, free_udp_port, free_tcp_port):
     storage = (tmp_path / "gw.sqlite").resolve()
@@ -105,7 +105,7 @@ async def test_an_opt_out_command_is_on_the_disk_before_its_ack_and_reads_are_an
                  cycle_seconds=60)
     gateway = f"127.0.0.1:{bacnet_port}"
     with GatewayProcess(config, tmp_path / "gateway.log") as gw:
-        await eventually(lambda: "edge-gateway ready" in gw.log(), 60, "the gateway to be ready")
+        await eventually(lambda: "edge-gateway ready" in gw.log(), START_S, "the gateway to be ready")
         async with BacnetPeer(free_udp_port(), timeout=10.0) as bas:
             # a read asked only once the sync is over (this loop woke late: 349 ms for a 100 ms sleep under the
             # suite's load), or with less of the sync left than a read takes now, shows nothing about the gateway's
@@ -154,8 +154,7 @@ async def test_an_opt_out_command_is_on_the_disk_before_its_ack_and_reads_are_an
     assert "Traceback" not in gw.log()
 
 
-
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(180)     # a gateway process's start (START_S), then the test
 async def test_a_disk_slower_than_a_bas_waits_does_not_turn_its_writes_into_time_outs(
         tmp_path, monkeypatch, free_udp_port, free_tcp_port):
     # a sync of 3 s (a failing card, a machine swapping) held every ADR-Opt-Out SimpleACK for 3 s: past a BAS's
@@ -169,7 +168,7 @@ async def test_a_disk_slower_than_a_bas_waits_does_not_turn_its_writes_into_time
                  cycle_seconds=60)
     gateway = f"127.0.0.1:{bacnet_port}"
     with GatewayProcess(config, tmp_path / "gateway.log") as gw:
-        await eventually(lambda: "edge-gateway ready" in gw.log(), 60, "the gateway to be ready")
+        await eventually(lambda: "edge-gateway ready" in gw.log(), START_S, "the gateway to be ready")
         # not the BAS's 2 s on the test's clock: just after "ready" on a loaded machine (load 15) the write was
         # only taken 2 s after it was sent, and the BAS gave up; what this test is about is that the ack does not
         # wait for the sync, so it must come while the write's sync still runs
@@ -198,7 +197,7 @@ class _Timed(list):
         super().append(item)
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(180)     # a gateway process's start (START_S), then the test
 async def test_the_vtn_hears_an_answer_only_once_it_is_on_the_disk(tmp_path, monkeypatch, free_udp_port,
                                                                   free_tcp_port):
     storage = (tmp_path / "gw.sqlite").resolve()
@@ -210,7 +209,7 @@ async def test_the_vtn_hears_an_answer_only_once_it_is_on_the_disk(tmp_path, mon
     async with DemoVtn(vtn_port, poll_seconds=0.5) as vtn:
         vtn.opts = _Timed()
         with GatewayProcess(config, tmp_path / "gateway.log") as gw:
-            await eventually(lambda: vtn.vens and "edge-gateway ready" in gw.log(), 60, "registration")
+            await eventually(lambda: vtn.vens and "edge-gateway ready" in gw.log(), START_S, "registration")
 
             def answered_after(sent: float, opt: str, event_id: str) -> float:
                 return next((at for at, (_, eid, o) in zip(vtn.opts.at, vtn.opts) if eid == event_id and o == opt
@@ -234,7 +233,7 @@ async def test_the_vtn_hears_an_answer_only_once_it_is_on_the_disk(tmp_path, mon
     assert "Traceback" not in gw.log()
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(180)     # a gateway process's start (START_S), then the test
 async def test_a_disk_that_hangs_its_syncs_does_not_stop_the_ven_answering(tmp_path, monkeypatch, free_udp_port,
                                                                           free_tcp_port):
     # a dying card taking 8 s a sync held the oadrCreatedEvent, and with it the poll that carried the event, for as
@@ -251,7 +250,7 @@ async def test_a_disk_that_hangs_its_syncs_does_not_stop_the_ven_answering(tmp_p
     async with DemoVtn(vtn_port, poll_seconds=0.5) as vtn:
         vtn.opts = _Timed()
         with GatewayProcess(config, tmp_path / "gateway.log") as gw:
-            await eventually(lambda: vtn.vens and "edge-gateway ready" in gw.log(), 60, "registration")
+            await eventually(lambda: vtn.vens and "edge-gateway ready" in gw.log(), START_S, "registration")
             slow.touch()
             sent = time.monotonic()
             eid = vtn.add_event([1.0], datetime.now(timezone.utc) + timedelta(hours=1), 3600)
@@ -261,7 +260,8 @@ async def test_a_disk_that_hangs_its_syncs_does_not_stop_the_ven_answering(tmp_p
             assert heard - sent < VTN_SYNC_WAIT_S + 2.5, f"answered {heard - sent:.1f} s after the event was listed"
     assert "Traceback" not in gw.log()
 
-@pytest.mark.timeout(120)
+
+@pytest.mark.timeout(180)     # a gateway process's start (START_S), then the test
 async def test_a_storage_path_that_is_a_symlink_is_synced_where_its_wal_is(tmp_path, monkeypatch, free_udp_port,
                                                                           free_tcp_port):
     # storage.path a symlink to the file on another disk: SQLite keeps the -wal beside the file the link names, and
@@ -279,7 +279,7 @@ async def test_a_storage_path_that_is_a_symlink_is_synced_where_its_wal_is(tmp_p
     write_config(config, bacnet_port=bacnet_port, http_port=free_tcp_port(), storage=link, ven_name="durable-link",
                  cycle_seconds=60)
     with GatewayProcess(config, tmp_path / "gateway.log") as gw:
-        await eventually(lambda: "edge-gateway ready" in gw.log(), 60, "the gateway to be ready")
+        await eventually(lambda: "edge-gateway ready" in gw.log(), START_S, "the gateway to be ready")
         async with BacnetPeer(free_udp_port(), timeout=10.0) as bas:
             # an ack that came ACK_WAIT_S or more after the write may be the gateway's cap on the wait, not the end
             # of a sync (under load one came 1156 ms after its write, no sync ended between): such a try shows
@@ -303,7 +303,7 @@ async def test_a_storage_path_that_is_a_symlink_is_synced_where_its_wal_is(tmp_p
     assert "Traceback" not in gw.log()
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(180)     # a gateway process's start (START_S), then the test
 async def test_a_stop_while_an_opt_out_write_waits_for_the_disk_still_acknowledges_it(
         tmp_path, monkeypatch, free_udp_port, free_tcp_port):
     # a SIGTERM (an upgrade, a reboot) while the SimpleACK waited for the sync closed the socket first: the BAS had no
@@ -315,7 +315,7 @@ async def test_a_stop_while_an_opt_out_write_waits_for_the_disk_still_acknowledg
     write_config(config, bacnet_port=bacnet_port, http_port=free_tcp_port(), storage=storage, ven_name="stopping",
                  cycle_seconds=60)
     with GatewayProcess(config, tmp_path / "gateway.log") as gw:
-        await eventually(lambda: "edge-gateway ready" in gw.log(), 60, "the gateway to be ready")
+        await eventually(lambda: "edge-gateway ready" in gw.log(), START_S, "the gateway to be ready")
         async with BacnetPeer(free_udp_port(), timeout=10.0) as bas:
             write = asyncio.create_task(bas.write(f"127.0.0.1:{bacnet_port}", "binaryValue 4", "presentValue", "active",
                                                   priority=8))
@@ -326,7 +326,7 @@ async def test_a_stop_while_an_opt_out_write_waits_for_the_disk_still_acknowledg
     assert "edge-gateway stopped" in log and "exception" not in log and "Traceback" not in log, log
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(180)     # a gateway process's start (START_S), then the test
 async def test_a_bas_shed_begun_or_ended_is_on_the_disk_before_its_ack(tmp_path, monkeypatch, free_udp_port,
                                                                        free_tcp_port):
     # A BAS relinquishes bas-shed-power once, at its shed's end: a power cut after the ack brought the shed back, added
@@ -340,7 +340,7 @@ async def test_a_bas_shed_begun_or_ended_is_on_the_disk_before_its_ack(tmp_path,
                  cycle_seconds=60)
     gateway = f"127.0.0.1:{bacnet_port}"
     with GatewayProcess(config, tmp_path / "gateway.log") as gw:
-        await eventually(lambda: "edge-gateway ready" in gw.log(), 60, "the gateway to be ready")
+        await eventually(lambda: "edge-gateway ready" in gw.log(), START_S, "the gateway to be ready")
         switch.touch()
         async with BacnetPeer(free_udp_port(), timeout=10.0) as bas:
             # an ack ACK_WAIT_S or more after its write may be the gateway's cap on the wait, not a sync's end (under

@@ -14,10 +14,10 @@ from bacnet_api.ede import COLUMNS
 from bacnet_api.objects import float32
 from bacnet_api.points import POINTS
 from bacnet_peer import BacnetPeer, PeerError
-from gateway_process import GatewayProcess, write_config
+from gateway_process import START_S, GatewayProcess, write_config
 from waiting import eventually
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(180)   # a gateway process's start (START_S) and the CLI's
 
 # BACnet's numbers for what the gateway serves (clause 21, BACnetObjectType and BACnetEngineeringUnits)
 OBJECT_TYPES = {"2": "analogValue", "5": "binaryValue", "8": "device"}
@@ -105,7 +105,8 @@ async def test_the_ede_file_says_what_the_running_gateway_serves(tmp_path, free_
     gw = f"127.0.0.1:{bacnet_port}"
     with GatewayProcess(config, tmp_path / "gateway.log") as gateway:
         async with BacnetPeer(free_udp_port(), timeout=3.0) as peer:
-            served = await eventually(lambda: peer.read(gw, "device 4100042", "objectList"), 30, "the device answers")
+            served = await eventually(lambda: peer.read(gw, "device 4100042", "objectList"), START_S,
+                                      "the device answers")
             # every object a BAS programs against is in the file, and nothing the device does not serve
             assert sorted(by_object) == sorted(o for o in served if not o.startswith(("device", "networkPort")))
             assert await peer.read(gw, "device 4100042", "objectName") == device["object-name"]

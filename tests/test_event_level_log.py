@@ -68,6 +68,7 @@ async def test_a_restart_in_the_middle_of_an_event_says_the_level_it_found_not_a
     assert "Traceback" not in before + after
 
 
+@pytest.mark.timeout(330)   # three starts
 async def test_an_event_that_ended_while_the_gateway_was_stopped_is_said_at_the_next_start(
         tmp_path, site):
     # The log's last word on the event was "ADR-Event-Level 0 -> 2": the restarted gateway published 0, rightly,
@@ -86,7 +87,7 @@ async def test_an_event_that_ended_while_the_gateway_was_stopped_is_said_at_the_
             await eventually(lambda: "edge-gateway ready" in gateway.log(), START_S, "the restart")
         after = gateway.log()
         with GatewayProcess(config, tmp_path / "again.log") as gateway:
-            await eventually(lambda: "edge-gateway ready" in gateway.log(), 30, "the second restart")
+            await eventually(lambda: "edge-gateway ready" in gateway.log(), START_S, "the second restart")
         again = gateway.log()
     assert re.findall(r"ADR-Event-Level .*", before) == ["ADR-Event-Level 0 -> 2 (event level-log-ended)"], before
     assert re.findall(r"ADR-Event-Level .*", after) == [

@@ -11,12 +11,12 @@ import socket
 
 import aiohttp
 import pytest
-from gateway_process import GatewayProcess, write_config
+from gateway_process import START_S, GatewayProcess, write_config
 from waiting import eventually
 
 from ven.vtn_server import DemoVtn
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(180)   # a gateway process's start (START_S), then the test
 
 HELD = 1100
 
@@ -58,7 +58,7 @@ async def test_held_connections_leave_the_vtn_storage_and_log_alone(tmp_path, fr
     held: list[socket.socket] = []
     try:
         with GatewayProcess(config, tmp_path / "gateway.log") as gw:
-            await eventually(lambda: "telemetry requested" in gw.log(), 30, "registration")
+            await eventually(lambda: "telemetry requested" in gw.log(), START_S, "registration")
             resource.prlimit(gw.proc.pid, resource.RLIMIT_NOFILE, (1024, 1024))   # systemd's default soft limit
             held = await hold_connections(http_port)
             fds = lambda: len(os.listdir(f"/proc/{gw.proc.pid}/fd"))

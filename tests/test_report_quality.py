@@ -13,7 +13,7 @@ import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from gateway_process import GatewayProcess, write_config
+from gateway_process import START_S, GatewayProcess, write_config
 from test_report_requests import EPOCH, S, drained, running
 from waiting import eventually
 
@@ -203,7 +203,7 @@ async def test_a_failed_read_across_an_interval_boundary_counts_for_the_ticks_it
             assert got[start] is None, (got, failed)
 
 
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(240)     # two gateway process starts (START_S each), then the test
 async def test_an_interval_the_gateway_was_not_running_for_part_of_reaches_the_vtn_marked(
         tmp_path, free_udp_port, free_tcp_port):
     # The gateway process crashed 1 s into interval A and started again 2.5 s later: A went to the VTN as the mean of
@@ -227,7 +227,7 @@ async def test_an_interval_the_gateway_was_not_running_for_part_of_reaches_the_v
         async with MeterSimulator(address=f"127.0.0.1/8:{meter_port}", value=80.0), \
                 DemoVtn(vtn_port, poll_seconds=1, report_granularity=g * S, report_back=g * S) as vtn:
             gateway.start()
-            await eventually(lambda: len(vtn.data_quality) >= 1, 60, f"live telemetry\n{gateway.log()[-3000:]}")
+            await eventually(lambda: len(vtn.data_quality) >= 1, START_S, f"live telemetry\n{gateway.log()[-3000:]}")
             # A is the interval under way if its crash is still half a second off (the first update came at its
             # start: the gateway was there before it), else the next one
             b = int(time.time()) // g * g
@@ -237,7 +237,7 @@ async def test_an_interval_the_gateway_was_not_running_for_part_of_reaches_the_v
             gateway.kill()
             await sleep_until(b + 3.5)
             gateway.start()
-            await eventually(lambda: gateway.log().count("edge-gateway ready") == 2, 60, "the restart")
+            await eventually(lambda: gateway.log().count("edge-gateway ready") == 2, START_S, "the restart")
             a, after = EPOCH + timedelta(seconds=b), EPOCH + timedelta(seconds=(int(time.time()) // g + 1) * g)
             await eventually(lambda: after in qualities(vtn), 40, f"an interval after the restart\n{gateway.log()[-3000:]}")
         assert gateway.stop() == 0

@@ -10,13 +10,13 @@ import sys
 
 import pytest
 
-from gateway_process import GatewayProcess, write_config
+from gateway_process import START_S, GatewayProcess, write_config
 from test_faults_storage import fill, tmpfs
 from ven.run_lock import RunLock, held_by_another, lock_path
 from ven.storage import Storage
 from waiting import eventually
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = pytest.mark.timeout(150)   # a gateway process's start (START_S), then the test
 
 
 async def test_a_second_gateway_on_the_same_file_is_refused_and_forget_forecast_and_import_wait(
@@ -30,7 +30,7 @@ async def test_a_second_gateway_on_the_same_file_is_refused_and_forget_forecast_
     write_config(second, bacnet_port=free_udp_port(), http_port=free_tcp_port(), storage=tmp_path / "link" /
                  "gateway.sqlite", ven_name="ven-a")
     with GatewayProcess(first, tmp_path / "first.log") as gateway:
-        await eventually(lambda: "edge-gateway ready" in gateway.log(), 60, "the first gateway to be ready")
+        await eventually(lambda: "edge-gateway ready" in gateway.log(), START_S, "the first gateway to be ready")
         assert held_by_another(db) == f"storage.path {db} is in use by process {gateway.proc.pid}"
 
         run = subprocess.run([sys.executable, "-m", "ven.cli", "run", "--config", str(second)],
@@ -96,7 +96,7 @@ async def test_a_first_run_on_a_full_disk_starts_locked(tmp_path, free_udp_port,
         conf = tmp_path / "gw.toml"
         write_config(conf, bacnet_port=free_udp_port(), http_port=free_tcp_port(), storage=db, ven_name="ven-a")
         with GatewayProcess(conf, tmp_path / "gw.log") as gateway:
-            await eventually(lambda: "edge-gateway ready" in gateway.log(), 60, "ready on a full disk")
+            await eventually(lambda: "edge-gateway ready" in gateway.log(), START_S, "ready on a full disk")
             assert held_by_another(db) == f"storage.path {db} is in use by another process"
         assert gateway.proc.returncode == 0, gateway.log()
         assert "Traceback" not in gateway.log() and "No space left on device" in gateway.log(), gateway.log()
@@ -138,7 +138,7 @@ async def test_the_files_a_gateway_makes_are_not_for_every_user_of_the_box(tmp_p
     assert oct(db.stat().st_mode & 0o777) == "0o644"
     try:
         with GatewayProcess(config, tmp_path / "gateway.log") as gateway:
-            await eventually(lambda: "edge-gateway ready" in gateway.log(), 60, "the gateway to be ready")
+            await eventually(lambda: "edge-gateway ready" in gateway.log(), START_S, "the gateway to be ready")
             made = [p for p in tmp_path.iterdir() if p.name.startswith(db.name)]
             assert {p.name for p in made} >= {db.name, f"{db.name}.lock"}, made
             assert {p.name: oct(p.stat().st_mode & 0o777) for p in made} == {p.name: "0o640" for p in made}

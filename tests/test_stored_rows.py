@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 import aiohttp
 import pytest
 from bacnet_peer import BacnetPeer
-from gateway_process import GatewayProcess, write_config
+from gateway_process import START_S, GatewayProcess, write_config
 from test_schedule import Recorder, make_event
 from waiting import eventually
 
@@ -116,6 +116,7 @@ async def test_a_stored_duration_past_year_9999_is_until_further_notice(tmp_path
     assert "cannot read" not in caplog.text
 
 
+@pytest.mark.timeout(180)     # a gateway process's start (START_S), then the test
 async def test_a_gateway_with_unreadable_events_starts_serves_the_rest_and_takes_the_vtn_s_copy(
         tmp_path, free_udp_port, free_tcp_port):
     # One row out of range in storage.path: the process died at every start (systemd restarting it every 5 s), the
@@ -139,7 +140,7 @@ async def test_a_gateway_with_unreadable_events_starts_serves_the_rest_and_takes
             async def level():
                 assert gateway.alive, gateway.log()[-3000:]
                 return await peer.read(gw, P.BY_NAME[P.EVENT_LEVEL].object_id, "presentValue") == 2.0
-            await eventually(level, 30, "the readable event at level 2")
+            await eventually(level, START_S, "the readable event at level 2")
             commands = await peer.read(gw, P.BY_NAME[P.OPT_OUT].object_id, "priorityArray")
             assert [(i + 1, v) for i, v in enumerate(commands) if v is not None] == [(12, 0)], commands
 
@@ -152,7 +153,7 @@ async def test_a_gateway_with_unreadable_events_starts_serves_the_rest_and_takes
                     return await events()
                 except aiohttp.ClientConnectionError:
                     return None
-            listed = await eventually(answering, 15, "the HTTP API")
+            listed = await eventually(answering, START_S, "the HTTP API")
             assert set(listed) == {"kept", "long"} and listed["long"]["open_ended"], listed
             # The VTN lists the event whose stored copy was skipped: to this run it is a new event, answered as
             # one (optIn, ADR-Opt-Out being inactive), and the VTN's copy takes the unreadable row's place.
@@ -306,6 +307,7 @@ async def test_an_unreadable_queued_sample_is_dropped_and_the_backlog_behind_it_
                                                           "(ValueError: databaseRevision -5)"),
     ("bacnet_commands:ADR-Opt-Out", "[" * 100000 + "]" * 100000, "stored ADR-Opt-Out commands '[[[["),
 ], ids=["databaseRevision 1e400", "databaseRevision -5", "ADR-Opt-Out commands nested 10^5 deep"])
+@pytest.mark.timeout(180)     # a gateway process's start (START_S), then the test
 async def test_an_unreadable_stored_value_is_one_warning_and_the_gateway_starts(
         tmp_path, free_udp_port, free_tcp_port, key, value, said):
     # Each raised out of every start (OverflowError, bacpypes3's ValueError('unsigned'), RecursionError).
@@ -321,7 +323,7 @@ async def test_an_unreadable_stored_value_is_one_warning_and_the_gateway_starts(
             async def level():
                 assert gateway.alive, gateway.log()[-3000:]
                 return await peer.read(gw, P.BY_NAME[P.EVENT_LEVEL].object_id, "presentValue") == 2.0
-            await eventually(level, 30, "the stored event at level 2")
+            await eventually(level, START_S, "the stored event at level 2")
             assert gateway.stop() == 0, gateway.log()[-3000:]
     text = gateway.log()
     lines = [line for line in text.splitlines() if said in line]
@@ -332,6 +334,7 @@ async def test_an_unreadable_stored_value_is_one_warning_and_the_gateway_starts(
 @pytest.mark.parametrize("column, value", [("sum_kw", float("inf")), ("sum_kw", "abc"), ("sum_kw", "12.5kW"),
                                            ("count", -2)],
                          ids=["sum inf", "sum text", "sum text after a number", "count negative"])
+@pytest.mark.timeout(180)     # a gateway process's start (START_S), then the test
 async def test_a_gateway_with_an_unreadable_minute_in_its_history_resumes_and_charts_the_rest(
         tmp_path, free_udp_port, free_tcp_port, column, value):
     # The whole process, as a site has it: the row failed the load (an ERROR saying storage.path could not be
@@ -351,7 +354,7 @@ async def test_a_gateway_with_an_unreadable_minute_in_its_history_resumes_and_ch
                     async with http.get(f"http://127.0.0.1:{http_port}/api/history?hours=3") as r:
                         assert r.status == 200, await r.text()
                         return await r.json()
-            body = await eventually(history, 30, "/api/history")
+            body = await eventually(history, START_S, "/api/history")
             kw = [v for v in body["power_kw"] if v is not None]
             assert kw and set(kw) == {50.0} and len(kw) == 109, body["power_kw"]
             async with http.get(f"http://127.0.0.1:{http_port}/api/history.csv?hours=3") as r:
@@ -365,6 +368,7 @@ async def test_a_gateway_with_an_unreadable_minute_in_its_history_resumes_and_ch
     assert "Traceback" not in text and " ERROR " not in text, text[-3000:]
 
 
+@pytest.mark.timeout(270)     # two gateway process starts (START_S each), then the test
 async def test_unreadable_queued_samples_dropped_stay_counted_after_a_restart(tmp_path, free_udp_port, free_tcp_port):
     # The samples dropped as unreadable were counted in memory only: after a restart /api/status and /metrics said
     # fewer samples had been dropped than the operator had seen (the rows were gone from the file by then).
@@ -388,7 +392,7 @@ async def test_unreadable_queued_samples_dropped_stay_counted_after_a_restart(tm
 
         for run in ("the run that drops it", "the next run"):
             with GatewayProcess(config, log_path) as gateway:
-                await eventually(dropped, 30, run)
+                await eventually(dropped, START_S, run)
                 seen = await dropped()      # a second scrape: the counter is brought up to date before each
                 assert seen[0] == 1 and seen[1] == ["edge_gateway_telemetry_dropped_total 1.0"], (run, seen)
                 assert gateway.stop() == 0, gateway.log()[-3000:]

@@ -17,7 +17,7 @@ import time
 
 import pytest
 from bacnet_peer import BacnetPeer
-from gateway_process import GatewayProcess, waiting_for_its_address, write_config
+from gateway_process import START_S, GatewayProcess, waiting_for_its_address, write_config
 from netns import absent_address
 from waiting import eventually
 
@@ -68,7 +68,7 @@ def notify_socket():
     ns.close()
 
 
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(150)     # a gateway process's start (START_S), then the test
 async def test_run_is_ready_once_its_device_answers_pings_the_watchdog_and_says_it_stops(
         tmp_path, free_udp_port, free_tcp_port, notify_socket, monkeypatch):
     monkeypatch.setenv("NOTIFY_SOCKET", notify_socket.path)
@@ -80,7 +80,7 @@ async def test_run_is_ready_once_its_device_answers_pings_the_watchdog_and_says_
     gateway = GatewayProcess(config, tmp_path / "gateway.log")
     try:
         gateway.start()
-        await eventually(lambda: notify_socket.has("READY=1") or not gateway.alive, 30, "READY=1")
+        await eventually(lambda: notify_socket.has("READY=1") or not gateway.alive, START_S, "READY=1")
         assert gateway.alive, gateway.log()
         # started means started: the device answers and the start's last line is out
         assert "edge-gateway ready" in gateway.log()

@@ -12,13 +12,13 @@ import aiohttp
 import pytest
 from browser import chromium_page
 from fake_vtn import FakeVtn
-from gateway_process import GatewayProcess, write_config
+from gateway_process import START_S, GatewayProcess, write_config
 from raw_vtn import RawVtn, distribute, event, interval, signal
 from waiting import eventually
 
 from ven.vtn_server import DemoVtn
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = pytest.mark.timeout(150)   # a gateway process's start (START_S), then the test
 
 ENTITIES = ('<!DOCTYPE oadrPayload [<!ENTITY a "a"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">'
             '<!ENTITY c "&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;">]>\n')
@@ -45,7 +45,7 @@ async def status(http_port: int) -> dict:
 async def test_a_dtd_with_entities_from_the_vtn_is_refused_and_the_gateway_stays_up(tmp_path, free_udp_port,
                                                                                      free_tcp_port):
     async with behind_raw_vtn(tmp_path, free_udp_port, free_tcp_port, "hostile-xml") as (demo, raw, gw, http_port):
-        await eventually(lambda: demo.vens, 30, "registration")
+        await eventually(lambda: demo.vens, START_S, "registration")
         start = datetime.now(timezone.utc) + timedelta(minutes=30)
         valid = distribute(raw.vtn_id, [event("entity-evt", start, "PT1H", [signal([interval(2, "PT1H", 0)])])])
         # the entity in an element the schema takes as text; RawVtn.send would validate it in this process
@@ -78,6 +78,7 @@ def demo_vtn_process(port: int, log_path):
             proc.wait(timeout=5)
 
 
+@pytest.mark.timeout(240)     # a demo-vtn process's start and a gateway process's (START_S each)
 async def test_a_dtd_with_entities_posted_to_the_demo_vtn_is_refused_and_it_serves_on(tmp_path, free_udp_port,
                                                                                       free_tcp_port):
     from openleadr.messaging import create_message
@@ -89,7 +90,8 @@ async def test_a_dtd_with_entities_posted_to_the_demo_vtn_is_refused_and_it_serv
     hostile = registration.replace(b">entity-ven<", b">&c;<").replace(b"\n", b"\n" + ENTITIES.encode(), 1)
     url = f"http://127.0.0.1:{port}/OpenADR2/Simple/2.0b/EiRegisterParty"
     with demo_vtn_process(port, log_path) as vtn:
-        await eventually(lambda: "demo VTN listening" in log_path.read_text() or vtn.poll() is not None, 30, "VTN up")
+        await eventually(lambda: "demo VTN listening" in log_path.read_text() or vtn.poll() is not None, START_S,
+                         "VTN up")
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
             try:
                 async with http.post(url, data=hostile, headers={"Content-Type": "application/xml"}) as resp:
@@ -104,7 +106,8 @@ async def test_a_dtd_with_entities_posted_to_the_demo_vtn_is_refused_and_it_serv
         write_config(config, bacnet_port=free_udp_port(), vtn_port=port, http_port=free_tcp_port(),
                      storage=tmp_path / "gw.sqlite", ven_name="after-entity")
         with GatewayProcess(config, tmp_path / "gateway.log") as gw:
-            await eventually(lambda: "telemetry requested" in gw.log() or not gw.alive, 30, "a VEN served after it")
+            await eventually(lambda: "telemetry requested" in gw.log() or not gw.alive, START_S,
+                             "a VEN served after it")
             assert gw.alive and "registered with VTN" in gw.log(), gw.log()
     said = log_path.read_text()
     faults = [line.split(" ", 1)[1] for line in said.splitlines() if " WARNING " in line or " ERROR " in line]
@@ -129,7 +132,7 @@ async def test_an_answer_that_inflates_to_512_mb_is_refused_without_reading_it_w
         write_config(config, bacnet_port=free_udp_port(), vtn_port=fake.port, http_port=free_tcp_port(),
                      storage=tmp_path / "gw.sqlite", ven_name="gzip-bomb", vtn_host="ven:S3CRET@127.0.0.1")
         with GatewayProcess(config, tmp_path / "gateway.log") as gw:
-            await eventually(lambda: "telemetry requested" in gw.log(), 30, "registration")
+            await eventually(lambda: "telemetry requested" in gw.log(), START_S, "registration")
             faults = gw.log().count("WARNING VTN")
             fake.mode = "gzip_bomb"
             await eventually(lambda: gw.log().count("WARNING VTN") > faults or not gw.alive, 20, "the answer refused")
@@ -149,7 +152,7 @@ MARKUP = "&lt;img src=x onerror=&quot;window.__xss=1&quot;&gt;&lt;script&gt;wind
 async def test_markup_in_what_the_vtn_writes_is_shown_as_text_in_the_dashboard(tmp_path, free_udp_port,
                                                                                free_tcp_port):
     async with behind_raw_vtn(tmp_path, free_udp_port, free_tcp_port, "markup") as (demo, raw, gw, http_port):
-        await eventually(lambda: "telemetry requested" in gw.log(), 30, "registration")
+        await eventually(lambda: "telemetry requested" in gw.log(), START_S, "registration")
         now = datetime.now(timezone.utc)
         levels = signal([interval(2, "PT1H", 0)])
         named = signal([interval(1, "PT1H", 0)], name=f"x-{MARKUP}", kind="level", sid=MARKUP)
@@ -172,7 +175,7 @@ async def test_a_line_break_in_what_the_vtn_writes_does_not_start_a_line_in_the_
                                                                                     free_tcp_port):
     forged = "2000-01-01T00:00:00Z edge-gateway stopped"
     async with behind_raw_vtn(tmp_path, free_udp_port, free_tcp_port, "log-lines") as (demo, raw, gw, _):
-        await eventually(lambda: "telemetry requested" in gw.log(), 30, "registration")
+        await eventually(lambda: "telemetry requested" in gw.log(), START_S, "registration")
         start = datetime.now(timezone.utc) + timedelta(minutes=30)
         raw.send(distribute(raw.vtn_id, [event(f"evt&#13;&#10;{forged}", start, "PT1H",
                                                [signal([interval(1, "PT1H", 0)])])]))
