@@ -1,7 +1,8 @@
 """What check-config accepted and `run` could not honour (helper config47): periods so short the gateway ran them
 back to back (a meter poll or forecast cycle of 0.001 s, a fit every 0.06 s, the VTN asked to register hundreds of
 times a second), a device name no BACnet APDU carries, and a VTN URL whose scheme was written in capitals. Each is
-refused naming the key and why, or taken as meant."""
+taken at the floor (the name cut to fit) with a warning naming the key and why (tests/test_upgrade_floors.py runs
+them through the CLI), or taken as meant."""
 from __future__ import annotations
 
 import logging
@@ -38,17 +39,18 @@ FLOORS = [
 
 
 @pytest.mark.parametrize("section, key, floor, why", FLOORS)
-def test_a_period_the_gateway_cannot_honour_is_refused_naming_the_key_its_floor_and_why(
+def test_a_period_under_its_floor_that_an_earlier_release_took_is_raised_to_it_with_one_warning(
         tmp_path, section, key, floor, why):
-    # 0.001 was taken: the meter read 33 times a second (40 % of a core, a commit each), forecasts ran at 80 % of a
-    # core, the registration was retried hundreds of times a second against the VTN
-    with pytest.raises(ConfigError) as err:
-        load_config(_write(tmp_path, f"[{section}]\n{key} = 0.001\n"), environ={})
-    line = str(err.value)
-    assert "\n" not in line
-    assert line.startswith(f"{tmp_path / 'c.toml'}: {section}.{key}: Input should be greater than or equal to "
-                           f"{floor:g} (got 0.001): "), line
-    assert line.endswith(why), line
+    # 0.001 ran the meter 33 times a second (40 % of a core, a commit each), forecasts at 80 % of a core, the
+    # registration hundreds of times a second; refused (0.4.5), it stopped an upgraded site's gateway instead
+    # retry_min_seconds may not exceed retry_max_seconds, in 0.4.4 as now
+    low = {"retry_min_seconds": 0.001} if key == "retry_max_seconds" else {}
+    cfg = parse_config({section: {key: 0.001, **low}}, "gw.toml", environ={})
+    assert getattr(getattr(cfg, section), key) == floor
+    said = [w for w in cfg.warnings() if w.startswith(f"{section}.{key} ")]
+    assert len(said) == 1 and "\n" not in said[0], cfg.warnings()
+    assert said[0].startswith(f"{section}.{key} 0.001 is under its floor of {floor:g} "), said
+    assert said[0].endswith(f"{why}); set {floor:g} or more"), said
 
 
 @pytest.mark.parametrize("section, key, floor, why", FLOORS)
@@ -59,27 +61,19 @@ def test_each_floor_itself_is_taken(section, key, floor, why):
     assert getattr(getattr(cfg, section), key) == floor
 
 
-def test_check_config_refuses_tiny_periods_one_line_each_and_no_traceback(tmp_path):
-    p = _write(tmp_path, "[meter]\npoll_seconds = 0.001\n"
-                         "[forecaster]\ncycle_seconds = 0.001\nretrain_minutes = 0.001\n")
-    out = subprocess.run([sys.executable, "-m", "ven.cli", "check-config", str(p)], capture_output=True, text=True,
-                         timeout=60)
-    assert out.returncode == 2, out
-    assert "Traceback" not in out.stderr + out.stdout
-    lines = [line for line in out.stderr.splitlines() if "configuration error" in line]
-    assert [line.split(": ")[2] for line in lines] == [
-        "meter.poll_seconds", "forecaster.cycle_seconds", "forecaster.retrain_minutes"], out.stderr
-
-
-def test_a_device_name_longer_than_an_apdu_carries_is_refused_in_bytes(tmp_path):
-    # 2,000 characters were taken and served in a 2 KB I-Have, which no BACnet/IP network carries
-    with pytest.raises(ConfigError) as err:
-        load_config(_write(tmp_path, f'[bacnet]\ndevice_name = "{"é" * 300}"\n'), environ={})
-    assert str(err.value) == (f"{tmp_path / 'c.toml'}: bacnet.device_name: is 600 bytes in UTF-8: at most 450 (an "
-                              f"I-Have naming it must fit one 480-byte APDU, as a BAS behind an MS/TP router receives "
-                              f"it)")
+def test_a_device_name_longer_than_an_apdu_carries_is_cut_to_fit_on_a_character(tmp_path):
+    # 2,000 characters were taken (before 0.4.5) and served in a 2 KB I-Have, which no BACnet/IP network carries;
+    # refused (0.4.5), an upgraded site's gateway stopped instead
+    cfg = load_config(_write(tmp_path, f'[bacnet]\ndevice_name = "{"é" * 300}"\n'), environ={})
+    assert cfg.bacnet.device_name == "é" * 225
+    assert cfg.warnings()[0] == ("bacnet.device_name is 600 bytes in UTF-8, more than the 450 allowed (an I-Have "
+                                 "naming it must fit one 480-byte APDU, as a BAS behind an MS/TP router receives it): "
+                                 "its first 225 characters are used, 'éééééééééééé' to 'éééééééééééé'; shorten it")
+    # a blank the cut leaves at its end is not the installer's: dropped, not refused
+    cfg = parse_config({"bacnet": {"device_name": "N" * 449 + " tail"}}, "gw.toml", environ={})
+    assert cfg.bacnet.device_name == "N" * 449
     cfg = parse_config({"bacnet": {"device_name": "N" * DEVICE_NAME_MAX_BYTES}}, "gw.toml", environ={})
-    assert len(cfg.bacnet.device_name) == 450
+    assert len(cfg.bacnet.device_name) == 450 and cfg.warnings() == []
 
 
 def test_the_longest_device_name_fits_an_i_have_in_an_ms_tp_apdu():

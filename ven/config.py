@@ -8,8 +8,10 @@ key or a wrong type is an error that names the key, so a typo never silently fal
 from __future__ import annotations
 
 import datetime
+import functools
 import ipaddress
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -38,9 +40,33 @@ _TOML_DATES = BeforeValidator(lambda v: [d.isoformat() if type(d) is datetime.da
                               if isinstance(v, list) else v)
 
 
+@dataclass(frozen=True)
+class Floor:
+    """Marks a period's `ge` bound as a floor 0.4.5 added: releases before it took any value above 0, and a site's
+    config holding one under the floor failed at start, its demand response with it. ven.config_load raises such a
+    value to the floor with a warning saying `why`; 0, a negative value or a non-number is still an error."""
+    why: str
+
+
+@functools.cache
+def floors() -> dict[tuple[str, str], tuple[float, str]]:
+    """(section, key) -> (the floor, why) of each key marked Floor."""
+    out = {}
+    for section, field in GatewayConfig.model_fields.items():
+        model = field.annotation
+        keys = model.model_fields if isinstance(model, type) and issubclass(model, BaseModel) else {}
+        for key, sub in keys.items():
+            floor = next((m for m in sub.metadata if isinstance(m, Floor)), None)
+            if floor is not None:
+                out[(section, key)] = (next(m.ge for m in sub.metadata if hasattr(m, "ge")), floor.why)
+    return out
+
+
 # the device's objectName in UTF-8: an I-Have (device and object identifiers, the name's tag and character set: 17
-# bytes) or a ReadProperty answer (16 bytes) naming it fits a 480-byte APDU, MS/TP's largest, with room to spare
+# bytes) or a ReadProperty answer (16 bytes) naming it fits a 480-byte APDU, MS/TP's largest, with room to spare.
+# A longer name (releases before 0.4.5 took one) is cut to it at load, with a warning (ven.config_load)
 DEVICE_NAME_MAX_BYTES = 450
+DEVICE_NAME_WHY = "an I-Have naming it must fit one 480-byte APDU, as a BAS behind an MS/TP router receives it"
 
 
 class BacnetConfig(_Section):
@@ -73,8 +99,7 @@ class BacnetConfig(_Section):
             # served whole in an I-Have (unconfirmed: never segmented) and a ReadProperty answer: 2,000 characters
             # went out as a 2 KB I-Have, which no BACnet/IP network carries (1476 bytes at most), and a BAS behind
             # an MS/TP router (480 bytes) could neither find nor read the device by its name
-            raise ValueError(f"is {size} bytes in UTF-8: at most {DEVICE_NAME_MAX_BYTES} (an I-Have naming it must "
-                             f"fit one 480-byte APDU, as a BAS behind an MS/TP router receives it)")
+            raise ValueError(f"is {size} bytes in UTF-8: at most {DEVICE_NAME_MAX_BYTES} ({DEVICE_NAME_WHY})")
         if v in TAKEN_NAMES:
             raise ValueError(f"{v!r} is the name of one of the device's objects (a BACnet device's object names "
                              f"are unique); choose another")
@@ -146,7 +171,9 @@ class MeterConfig(_Section):
     router: str = ""
     # a read through an MS/TP router takes 2-25 ms, more with its retries: 0.001 s ran reads back to back, 33 a
     # second each a commit to storage.path, at 40 % of a core (helper config47)
-    poll_seconds: float = Field(10.0, ge=0.1, le=86400)
+    poll_seconds: Annotated[float, Floor(
+        "a meter read takes milliseconds to seconds (through a router, over MS/TP): faster, reads run back to back, "
+        "each a write to storage.path")] = Field(10.0, ge=0.1, le=86400)
     timeout_seconds: float = Field(5.0, gt=0, le=3600)
     # a fault's end is logged once the meter has answered this long (and 5 reads) in a row: a lost read
     # meanwhile is the same fault. Doubled for a fault that comes back soon (bacnet_api.meter)
@@ -201,8 +228,12 @@ class OpenadrConfig(_Section, OpenadrWarnings):
     power_voltage: float = Field(230.0, gt=0, le=1_000_000)
     queue_max_days: float = Field(7.0, gt=0, le=3650)
     # a refused connection fails at once: 0.001 s asked the VTN to register hundreds of times a second
-    retry_min_seconds: float = Field(1.0, ge=0.05, le=86400)
-    retry_max_seconds: float = Field(60.0, ge=0.2, le=86400)
+    retry_min_seconds: Annotated[float, Floor(
+        "a refused registration fails at once: sooner, the VTN is asked again and again")] = Field(
+        1.0, ge=0.05, le=86400)
+    retry_max_seconds: Annotated[float, Floor(
+        "a refused registration fails at once: sooner, the VTN is asked more than 5 times a second while it is "
+        "down")] = Field(60.0, ge=0.2, le=86400)
     request_timeout_seconds: float = Field(30.0, gt=0, le=3600)
     # how long the VTN must answer in a row (and 3 polls) before a VTN fault is logged as ended; doubled for a fault
     # that comes back soon (bacnet_api/settle.py). 0: at the first answer
@@ -298,7 +329,9 @@ class OpenadrConfig(_Section, OpenadrWarnings):
 class StorageConfig(_Section):
     path: str = "var/gateway.sqlite"
     # a file that will not open or take writes, tried again; 0.001 s spent a third of a core reopening it
-    retry_seconds: float = Field(10.0, ge=0.2, le=3600)
+    retry_seconds: Annotated[float, Floor(
+        "reopening a file that will not open takes milliseconds: sooner, the gateway does little else")] = Field(
+        10.0, ge=0.2, le=3600)
     # how long every part must write in a row before the log says a fault is over: a disk that flaps is one fault;
     # doubled for a fault that comes back soon (bacnet_api/settle.py). 0: at the first write
     settle_seconds: float = Field(60.0, ge=0, le=86400)
@@ -385,7 +418,9 @@ class ForecasterConfig(_Section):
     source: Literal["auto", "bacnet_input", "meter"] = "auto"
     # a cycle takes 5-10 ms of CPU here (more on a small box): 0.001 s ran them back to back, 80 % of a core and a
     # commit each
-    cycle_seconds: float = Field(60.0, ge=0.05, le=86400)
+    cycle_seconds: Annotated[float, Floor(
+        "a forecast cycle takes milliseconds of CPU and a write to storage.path: faster, they run back to "
+        "back")] = Field(60.0, ge=0.05, le=86400)
     horizons_minutes: Annotated[tuple[int, int], _LISTED] = (15, 60)
     slope_minutes: int = Field(5, ge=2, le=1440)
     high_load_kw: float | None = None
@@ -398,11 +433,15 @@ class ForecasterConfig(_Section):
     # one minute of memory per minute of history. Under a day (0.5, 0.001) no fit ever had the complete 15-minute
     # demands it needs, and the log blamed the history held ("2017 minutes of history give too few"): persistence
     # served for good
-    history_days: float = Field(35.0, ge=1, le=366)
+    history_days: Annotated[float, Floor(
+        "the model learns from whole days of 15-minute demands: under a day no fit has enough, and persistence "
+        "serves for good")] = Field(35.0, ge=1, le=366)
     # a fit takes seconds of CPU (a minute at idle priority on a busy box): 0.001 (0.06 s) started one fit
     # process after another, each up to 150 MB (bench/loop_stall.py refits every 2 minutes on purpose, and
     # bench/memory_startup.py every 30 s to fit an hour's refits into a minute: 1 stopped its gateway at the start)
-    retrain_minutes: float = Field(1440.0, ge=0.5, le=525600)
+    retrain_minutes: Annotated[float, Floor(
+        "a fit takes seconds of CPU, a minute on a busy small box: sooner, one fit process follows another")] = Field(
+        1440.0, ge=0.5, le=525600)
     input_stale_seconds: float = Field(300.0, gt=0, le=86400)
     timezone: str = "UTC"
     holiday_preset: Literal["", "IT"] = ""
@@ -491,6 +530,8 @@ class GatewayConfig(_Section, GatewayWarnings):
     http: HttpConfig = HttpConfig()
     forecaster: ForecasterConfig = ForecasterConfig()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # what ven.config_load raised to a floor or cut to fit, one sentence each: said with the warnings
+    _raised: tuple[str, ...] = PrivateAttr(default=())
 
     def _is_own_station(self, where: str) -> bool:
         """Whether `where` (ip[:port]) is the gateway's own BACnet/IP device, which bacpypes3 then asks itself."""

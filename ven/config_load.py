@@ -4,6 +4,7 @@ file or variable and the key.
 from __future__ import annotations
 
 import copy
+import math
 import os
 import re
 import tomllib
@@ -13,7 +14,8 @@ from typing import Mapping
 from pydantic import BaseModel, ValidationError
 
 from . import __version__
-from .config import ConfigError, GatewayConfig, OpenadrConfig, StorageConfig
+from .config import (DEVICE_NAME_MAX_BYTES, DEVICE_NAME_WHY, ConfigError, GatewayConfig, OpenadrConfig,
+                     StorageConfig, floors)
 
 ENV_PREFIX = "EDGE_GATEWAY__"
 
@@ -148,24 +150,6 @@ def _did_you_mean(loc: tuple[str, ...]) -> str:
     return ""
 
 
-# why a period has the floor it has (ven/config.py): pydantic's "greater than or equal to 10" says which, not why
-_FLOORS = {
-    ("meter", "poll_seconds"): "a meter read takes milliseconds to seconds (through a router, over MS/TP): faster, "
-                               "reads run back to back, each a write to storage.path",
-    ("forecaster", "cycle_seconds"): "a forecast cycle takes milliseconds of CPU and a write to storage.path: "
-                                     "faster, they run back to back",
-    ("forecaster", "retrain_minutes"): "a fit takes seconds of CPU, a minute on a busy small box: sooner, one fit "
-                                       "process follows another",
-    ("openadr", "retry_min_seconds"): "a refused registration fails at once: sooner, the VTN is asked again and "
-                                      "again",
-    ("openadr", "retry_max_seconds"): "a refused registration fails at once: sooner, the VTN is asked more than "
-                                      "5 times a second while it is down",
-    ("forecaster", "history_days"): "the model learns from whole days of 15-minute demands: under a day no fit "
-                                    "has enough, and persistence serves for good",
-    ("storage", "retry_seconds"): "reopening a file that will not open takes milliseconds: sooner, the gateway "
-                                  "does little else",
-}
-
 # pydantic's wording of a range check leaves out the value that failed it
 _BOUND_TYPES = {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "literal_error"}
 
@@ -193,17 +177,54 @@ def _describe(err: ValidationError, origin: str, sources: Mapping[tuple[str, ...
             msg = msg.replace("Tuple", "List").replace(" after validation", "")
         elif e["type"] in _BOUND_TYPES and not secret:
             msg = f"{msg} (got {e['input']!r})"
-            if e["type"] == "greater_than_equal" and tuple(e["loc"]) in _FLOORS:
-                msg = f"{msg}: {_FLOORS[tuple(e['loc'])]}"
+            floor = floors().get(tuple(e["loc"]))
+            if e["type"] == "greater_than_equal" and floor:
+                msg = f"{msg}: {floor[1]}"
         # a check across sections (GatewayConfig's own) names its keys in its sentence
         where = f"{key}: " if e["loc"] else ""
         lines.append(f"{_origin_of(tuple(e['loc']), origin, sources)}: {where}{msg}")
     return "\n".join(lines)
 
 
+def _is_real(v: object) -> bool:
+    return type(v) in (int, float) and math.isfinite(v)
+
+
+def _raise_to_floors(data: dict, sources: Mapping[tuple[str, ...], str]) -> list[str]:
+    """Raise each period under its floor to it, and cut a device name longer than an APDU carries, in `data`; one
+    warning for each. Releases before 0.4.5 took them: refused, an upgrade stopped the site's gateway (its demand
+    response with it) until someone edited the file. What no release took (0, negative, not a number) is left to
+    the model, which refuses it."""
+    said = []
+
+    def named(path: tuple[str, str]) -> str:
+        var = next((name for where, name in sources.items() if path[:len(where)] == where), None)
+        return f"{'.'.join(path)} (from {var})" if var else ".".join(path)
+
+    for (section, key), (floor, why) in floors().items():
+        table = data.get(section)
+        v = table.get(key) if isinstance(table, dict) else None
+        if _is_real(v) and 0 < v < floor:
+            table[key] = floor
+            unit = {"seconds": " s", "minutes": " min", "days": " days"}.get(key.rpartition("_")[2], "")
+            said.append(f"{named((section, key))} {v:g} is under its floor of {floor:g}{unit}: {floor:g} is used "
+                        f"({why}); set {floor:g} or more")
+    bacnet = data.get("bacnet")
+    name = bacnet.get("device_name") if isinstance(bacnet, dict) else None
+    if isinstance(name, str) and len(name.encode("utf-8")) > DEVICE_NAME_MAX_BYTES:
+        # on a character's boundary; a blank the cut leaves at the end would be refused as one typed there
+        cut = name.encode("utf-8")[:DEVICE_NAME_MAX_BYTES].decode("utf-8", "ignore").rstrip()
+        bacnet["device_name"] = cut
+        said.append(f"{named(('bacnet', 'device_name'))} is {len(name.encode('utf-8'))} bytes in UTF-8, more than the "
+                    f"{DEVICE_NAME_MAX_BYTES} allowed ({DEVICE_NAME_WHY}): its first {len(cut)} characters are "
+                    f"used, {name[:12]!r} to {cut[-12:]!r}; shorten it")
+    return said
+
+
 def parse_config(data: dict, origin: str = "config", environ: Mapping[str, str] | None = None) -> GatewayConfig:
     # deep copy: the overlay writes into nested tables, which belong to the caller
     data, sources = _apply_env(copy.deepcopy(data), os.environ if environ is None else environ)
+    raised = _raise_to_floors(data, sources)
     try:
         cfg = GatewayConfig.model_validate(data)
     except ValidationError as err:
@@ -216,6 +237,7 @@ def parse_config(data: dict, origin: str = "config", environ: Mapping[str, str] 
             copied = getattr(cfg, name).model_copy()
             copied._env = env
             cfg = cfg.model_copy(update={name: copied})
+    cfg._raised = tuple(raised)
     return cfg
 
 

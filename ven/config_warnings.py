@@ -112,7 +112,7 @@ class GatewayWarnings:
 
     def warnings(self) -> list[str]:
         """Settings that are valid but lose something the reader of the config likely wants."""
-        out = []
+        out = list(self._raised)    # values used other than the ones given: first, they change what runs
         # (no report interval at all with openadr.telemetry = false)
         if self.openadr.telemetry and self.meter.poll_seconds > self.openadr.telemetry_seconds:
             out.append(f"meter.poll_seconds ({self.meter.poll_seconds:g}) is longer than openadr.telemetry_seconds "
