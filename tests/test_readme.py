@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bacnet_api.points import POINTS
-from ven.config import GatewayConfig
+from ven.config import Floor, GatewayConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -149,7 +149,10 @@ def _allowed_phrases(key: str) -> list[str]:
     num = lambda x: f"{x:g}" if x != int(x) else str(int(x))   # noqa: E731
     bound = {a: getattr(m, a) for m in field.metadata for a in ("ge", "gt", "le", "lt", "min_length") if hasattr(m, a)}
     phrases = []
-    if "ge" in bound and "le" in bound:
+    if any(isinstance(m, Floor) for m in field.metadata):
+        # taken above 0 (as before 0.4.5), and raised to the floor with a warning
+        phrases.append(f"over 0, up to {num(bound['le'])}; *floor* {num(bound['ge'])}")
+    elif "ge" in bound and "le" in bound:
         phrases.append(f"{num(bound['ge'])}..{num(bound['le'])}")
     elif "gt" in bound and "le" in bound:
         phrases.append(f"over {num(bound['gt'])}, up to {num(bound['le'])}")
