@@ -148,7 +148,7 @@ def test_run_refuses_a_storage_path_that_can_never_open(tmp_path, free_udp_port,
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
     said = (f"{path} is a directory: name a file in it, e.g. {path / 'gateway.sqlite'}" if where == "a directory"
             else f"{path}: {tmp_path / 'data'} is not a directory")
-    assert res.stderr.splitlines() == [f"configuration error: storage.path: {said}"]
+    assert res.stderr.splitlines() == [f"configuration error: {cfg}: storage.path: {said}"]
 
 
 def test_a_file_nested_too_deeply_is_named_not_a_traceback(tmp_path):

@@ -9,6 +9,7 @@ import ipaddress
 import logging
 import math
 import os
+import re
 import signal
 import socket
 import sys
@@ -34,6 +35,17 @@ def _print_config_error(err: ConfigError) -> None:
     # one line per problem, each self-contained, so a journal grep for the key finds the reason
     for line in str(err).splitlines():
         refusal(f"configuration error: {line}")
+
+
+# a line of tls_file_problems or storage_problems whose key an EDGE_GATEWAY__ variable set: it names that instead
+_FROM_VARIABLE = re.compile(r"[a-z_.]+ \(from [A-Z]")
+
+
+def _file_problems(path: str | None, problems: list[str]) -> ConfigError:
+    """What check-config or run finds of the files a config names, each line naming the config file as the load's
+    errors do ("gw.toml: storage.path: ..."), or the variable the key came from."""
+    return ConfigError("\n".join(line if path is None or _FROM_VARIABLE.match(line) else f"{path}: {line}"
+                                 for line in problems))
 
 
 def _config_or_exit(path: str | None) -> GatewayConfig:
@@ -156,7 +168,7 @@ def cmd_check_config(args) -> int:
     cfg = _config_or_exit(args.file)
     problems = tls_file_problems(cfg.openadr) + storage_problems(cfg.storage)
     if problems:
-        _print_config_error(ConfigError("\n".join(problems)))
+        _print_config_error(_file_problems(args.file, problems))
         return EXIT_CONFIG
     machine = clock_sync_warnings()     # last: the ones before are about the file
     files = (cert_expiry_warnings(cfg.openadr, time.time()) + storage_warnings(cfg.storage)
@@ -407,7 +419,7 @@ def run_gateway(config_path: str | None, customize: Callable[[Any], None] | None
     # never opens: the gateway ran on from memory, an ERROR every part, and lost it all at the next restart
     problems = storage_problems(cfg.storage)
     if problems:
-        _print_config_error(ConfigError("\n".join(problems)))
+        _print_config_error(_file_problems(config_path, problems))
         return EXIT_CONFIG
     from bacnet_api.client import ensure_port_free
 

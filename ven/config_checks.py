@@ -74,8 +74,11 @@ def tls_file_problems(c: OpenadrConfig) -> list[str]:
                 else:
                     problems.append(f"{pass_}: {key_} {c.key} is encrypted: give its passphrase")
             except ValueError:
-                problems.append(f"{pass_}: does not decrypt {key_} {c.key} "
-                                "(or the key is not a PEM private key)")
+                # with no passphrase there is nothing to blame but the file: an empty one, a certificate given as
+                # the key, said "openadr.passphrase: does not decrypt", of a passphrase never set
+                problems.append(f"{pass_}: does not decrypt {key_} {c.key} (or the key is not a PEM private key)"
+                                if c.passphrase else f"{key_}: {c.key}: "
+                                f"{'empty' if not key_pem.strip() else 'not a PEM private key'}")
         spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
         if cert is not None and key is not None and cert.public_key().public_bytes(*spki) != key.public_key().public_bytes(*spki):
             problems.append(f"{cert_} and {key_} do not belong together: {c.cert} is not the "
@@ -85,7 +88,12 @@ def tls_file_problems(c: OpenadrConfig) -> list[str]:
             ssl.create_default_context(cafile=c.ca_file)
         except (OSError, ssl.SSLError) as err:
             where = c.ca_file if isinstance(err, ssl.SSLError) else _looked_for(c.ca_file)
-            problems.append(f"{ca_}: {where}: {getattr(err, 'strerror', None) or err}")
+            # OpenSSL's own words ("[X509: NO_CERTIFICATE_OR_CRL_FOUND] no certificate or crl found (_ssl.c:4154)")
+            # say little to an installer handed the wrong file
+            why = (f"holds no certificate OpenSSL can read ({err.reason or err}): it takes the VTN's CA certificate, "
+                   f"or a bundle, in PEM (-----BEGIN CERTIFICATE-----)" if isinstance(err, ssl.SSLError)
+                   else err.strerror or err)
+            problems.append(f"{ca_}: {where}: {why}")
     return problems
 
 
