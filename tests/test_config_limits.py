@@ -141,3 +141,24 @@ def test_the_benches_compressed_hour_is_above_the_floors():
     cfg = common.gateway_config_dict("gw.sqlite", 47808, 47809, 8080, 8000, poll_seconds=w / 360,
                                      cycle_seconds=w / 60, telemetry_seconds=1.0, retrain_minutes=w / 120)
     parse_config(cfg, "bench", environ={})
+
+
+@pytest.mark.parametrize("address, poll, warned", [
+    ("12345:2", 0.5, True),          # behind a router, twice a second
+    ("12345:2", 1, False),
+    ("10.0.0.5:47808", 0.2, False),  # BACnet/IP, read directly: no trunk to share
+])
+def test_check_config_says_once_when_a_meter_behind_a_router_is_read_more_than_once_a_second(
+        tmp_path, address, poll, warned):
+    # on MS/TP each read holds the trunk the building's controllers share; nothing of the gateway's uses the pace
+    p = _write(tmp_path, f'[meter]\naddress = "{address}"\npoll_seconds = {poll}\n'
+                         f'[storage]\npath = "{tmp_path / "gw.sqlite"}"\n')
+    out = subprocess.run([sys.executable, "-m", "ven.cli", "check-config", str(p)], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out
+    said = [line for line in out.stdout.splitlines() if "behind a router" in line]
+    assert said == ([f"{p}: warning: meter.poll_seconds (0.5) reads meter 12345:2, behind a router, 2 times a second: "
+                     "on MS/TP each read holds the trunk the building's controllers share for about 30 ms at 38,400 "
+                     "baud (110 ms at 9,600; three requests for a meter read property by property), and the VTN's "
+                     "reports and the forecaster gain little from more than a reading a second: 1 or more is plenty "
+                     "there"] if warned else []), out.stdout

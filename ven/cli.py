@@ -23,6 +23,7 @@ from .cert_expiry import cert_expiry_warnings
 from .config import ConfigError, GatewayConfig
 from .config_checks import clock_sync_warnings, storage_problems, storage_warnings, tls_file_problems
 from .config_load import load_config
+from .config_warnings import trunk_warnings
 from .config_text import check_bacnet_address
 from .logs import QuietAcceptErrors, refusal
 from .site import other_site_warnings, site_of
@@ -173,7 +174,8 @@ def cmd_check_config(args) -> int:
     machine = clock_sync_warnings()     # last: the ones before are about the file
     files = (cert_expiry_warnings(cfg.openadr, time.time()) + storage_warnings(cfg.storage)
              + other_site_warnings(cfg.storage.path, site_of(cfg.openadr.ven_name, cfg.openadr.vtn_url)))
-    for warning in cfg.warnings() + files + _absent_address_warnings(cfg) + _unresolved_router_warnings(cfg) + machine:
+    network = _absent_address_warnings(cfg) + _unresolved_router_warnings(cfg) + trunk_warnings(cfg)
+    for warning in cfg.warnings() + files + network + machine:
         print(f"{args.file}: warning: {warning}")
     # what the utility will be told and which of its events are followed, said where the technician reads: the
     # 50 Hz / 230 V defaults went to North American VTNs unseen (helper conformance40 C8)
