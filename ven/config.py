@@ -530,8 +530,9 @@ class GatewayConfig(_Section, GatewayWarnings):
     http: HttpConfig = HttpConfig()
     forecaster: ForecasterConfig = ForecasterConfig()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    # what ven.config_load raised to a floor or cut to fit, one sentence each: said with the warnings
-    _raised: tuple[str, ...] = PrivateAttr(default=())
+    # (section, key) -> the sentence saying what ven.config_load raised to a floor or cut to fit: said first of the
+    # warnings
+    _raised: dict[tuple[str, str], str] = PrivateAttr(default_factory=dict)
 
     def _is_own_station(self, where: str) -> bool:
         """Whether `where` (ip[:port]) is the gateway's own BACnet/IP device, which bacpypes3 then asks itself."""

@@ -190,12 +190,12 @@ def _is_real(v: object) -> bool:
     return type(v) in (int, float) and math.isfinite(v)
 
 
-def _raise_to_floors(data: dict, sources: Mapping[tuple[str, ...], str]) -> list[str]:
+def _raise_to_floors(data: dict, sources: Mapping[tuple[str, ...], str]) -> dict[tuple[str, str], str]:
     """Raise each period under its floor to it, and cut a device name longer than an APDU carries, in `data`; one
     warning for each. Releases before 0.4.5 took them: refused, an upgrade stopped the site's gateway (its demand
     response with it) until someone edited the file. What no release took (0, negative, not a number) is left to
     the model, which refuses it."""
-    said = []
+    said = {}
 
     def named(path: tuple[str, str]) -> str:
         var = next((name for where, name in sources.items() if path[:len(where)] == where), None)
@@ -207,17 +207,18 @@ def _raise_to_floors(data: dict, sources: Mapping[tuple[str, ...], str]) -> list
         if _is_real(v) and 0 < v < floor:
             table[key] = floor
             unit = {"seconds": " s", "minutes": " min", "days": " days"}.get(key.rpartition("_")[2], "")
-            said.append(f"{named((section, key))} {v:g} is under its floor of {floor:g}{unit}: {floor:g} is used "
-                        f"({why}); set {floor:g} or more")
+            said[(section, key)] = (f"{named((section, key))} {v:g} is under its floor of {floor:g}{unit}: "
+                                    f"{floor:g} is used ({why}); set {floor:g} or more")
     bacnet = data.get("bacnet")
     name = bacnet.get("device_name") if isinstance(bacnet, dict) else None
     if isinstance(name, str) and len(name.encode("utf-8")) > DEVICE_NAME_MAX_BYTES:
         # on a character's boundary; a blank the cut leaves at the end would be refused as one typed there
         cut = name.encode("utf-8")[:DEVICE_NAME_MAX_BYTES].decode("utf-8", "ignore").rstrip()
         bacnet["device_name"] = cut
-        said.append(f"{named(('bacnet', 'device_name'))} is {len(name.encode('utf-8'))} bytes in UTF-8, more than the "
-                    f"{DEVICE_NAME_MAX_BYTES} allowed ({DEVICE_NAME_WHY}): its first {len(cut)} characters are "
-                    f"used, {name[:12]!r} to {cut[-12:]!r}; shorten it")
+        said[("bacnet", "device_name")] = (
+            f"{named(('bacnet', 'device_name'))} is {len(name.encode('utf-8'))} bytes in UTF-8, more than the "
+            f"{DEVICE_NAME_MAX_BYTES} allowed ({DEVICE_NAME_WHY}): its first {len(cut)} characters are used, "
+            f"{name[:12]!r} to {cut[-12:]!r}; shorten it")
     return said
 
 
@@ -237,7 +238,7 @@ def parse_config(data: dict, origin: str = "config", environ: Mapping[str, str] 
             copied = getattr(cfg, name).model_copy()
             copied._env = env
             cfg = cfg.model_copy(update={name: copied})
-    cfg._raised = tuple(raised)
+    cfg._raised = raised
     return cfg
 
 

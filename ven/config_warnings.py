@@ -112,7 +112,7 @@ class GatewayWarnings:
 
     def warnings(self) -> list[str]:
         """Settings that are valid but lose something the reader of the config likely wants."""
-        out = list(self._raised)    # values used other than the ones given: first, they change what runs
+        out = list(self._raised.values())    # values used other than the ones given: first, they change what runs
         # (no report interval at all with openadr.telemetry = false)
         if self.openadr.telemetry and self.meter.poll_seconds > self.openadr.telemetry_seconds:
             out.append(f"meter.poll_seconds ({self.meter.poll_seconds:g}) is longer than openadr.telemetry_seconds "
@@ -159,7 +159,8 @@ def trunk_warnings(cfg) -> list[str]:
     from bacnet_api.client import network_of
 
     poll = cfg.meter.poll_seconds
-    if poll >= 1 or network_of(cfg.meter.address) is None:
+    # raised to its floor: that key's warning says so already, one per key
+    if poll >= 1 or network_of(cfg.meter.address) is None or ("meter", "poll_seconds") in cfg._raised:
         return []
     # a ReadPropertyMultiple and its answer through the router are about 100 bytes with MS/TP's framing: 1,000 bits
     return [f"meter.poll_seconds ({poll:g}) reads meter {cfg.meter.address}, behind a router, {1 / poll:.3g} times a "
