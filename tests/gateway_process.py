@@ -2,6 +2,7 @@
 crash (SIGKILL) of a child Python at a point it names."""
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -67,6 +68,19 @@ def waiting_for_its_address(tmp_path, ip: str, ven_name: str, http_port: int) ->
     return GatewayProcess(config, tmp_path / "gateway.log")
 
 
+def _ends_with(parent: int):
+    """The child is sent SIGTERM when the test worker that started it dies: a worker killed by a timeout left its
+    gateway running for an hour, holding its ports and storage file, with the rest of the run beside it."""
+    def arm() -> None:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:      # the worker died before the prctl
+            os.kill(os.getpid(), signal.SIGTERM)
+    return arm
+
+
+PR_SET_PDEATHSIG = 1
+
+
 class GatewayProcess:
     """Start, SIGKILL, restart and stop one gateway process; output appends to log_path.
     As a context manager it starts on entry and stops (SIGTERM) on exit."""
@@ -80,7 +94,8 @@ class GatewayProcess:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen([*self.prefix, sys.executable, "-m", "ven.cli", "run", "--config",
                                           str(self.config)],
-                                         stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
+                                         stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ),
+                                         preexec_fn=_ends_with(os.getpid()))
 
     @property
     def alive(self) -> bool:
