@@ -6,36 +6,21 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-import subprocess
-import sys
 
 import pytest
 from test_salvage_killed import damaged_file
+from test_storage_lock_at_start import write_lock_held
 
 from ven.storage import Storage, set_aside_if_damaged
 
 pytestmark = pytest.mark.timeout(60)
 
-HOLD_THE_WRITE_LOCK = """
-import sqlite3, sys
-db = sqlite3.connect(sys.argv[1], isolation_level=None)
-db.execute("BEGIN IMMEDIATE")
-print("holding", flush=True)
-sys.stdin.readline()
-db.execute("ROLLBACK")
-"""
-
 
 def test_a_damaged_file_another_process_holds_the_write_lock_of_is_set_aside(tmp_path):
     path = tmp_path / "gw.sqlite"
     damaged_file(path)
-    other = subprocess.Popen([sys.executable, "-c", HOLD_THE_WRITE_LOCK, str(path)], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True)
-    try:
-        assert other.stdout.readline().strip() == "holding"
+    with write_lock_held(path):
         aside = set_aside_if_damaged(path)
-    finally:
-        other.communicate("\n", timeout=30)
     assert aside is not None and aside.name.startswith("gw.sqlite.damaged-")
     with contextlib.closing(sqlite3.connect(path)) as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
