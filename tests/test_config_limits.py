@@ -162,3 +162,32 @@ def test_check_config_says_once_when_a_meter_behind_a_router_is_read_more_than_o
                      "baud (110 ms at 9,600; three requests for a meter read property by property), and the VTN's "
                      "reports and the forecaster gain little from more than a reading a second: 1 or more is plenty "
                      "there"] if warned else []), out.stdout
+
+
+@pytest.mark.parametrize("given, environ, said", [
+    ({"retry_min_seconds": 0.3, "retry_max_seconds": 0.1}, {},
+     "gw.toml: openadr: retry_min_seconds (0.3) must not exceed retry_max_seconds (0.1, under its floor of 0.2)"),
+    # the default retry_min_seconds (1) above a retry_max_seconds set in a variable
+    ({}, {"EDGE_GATEWAY__OPENADR__RETRY_MAX_SECONDS": "0.1"},
+     "gw.toml, EDGE_GATEWAY__OPENADR__RETRY_MAX_SECONDS: openadr: retry_min_seconds (1) must not exceed "
+     "retry_max_seconds (0.1, under its floor of 0.2)"),
+])
+def test_an_error_across_keys_names_a_raised_value_as_the_file_has_it(given, environ, said):
+    # "retry_max_seconds (0.2)" of a file saying 0.1: the installer looked for a 0.2 that is in no file
+    with pytest.raises(ConfigError) as err:
+        parse_config({"openadr": given}, "gw.toml", environ=environ)
+    assert str(err.value) == said
+
+
+@pytest.mark.parametrize("name, why", [
+    (" Building 7 " + "N" * 460, "has a blank at its start or end, taken as part of it: remove it"),
+    ("Building\t7 " + "N" * 460, "holds a control character ('\\t')"),
+])
+def test_a_long_device_name_that_is_refused_anyway_is_quoted_as_the_file_has_it(name, why):
+    # cut first, the error quoted the first 450 bytes: a name that is in no file
+    with pytest.raises(ConfigError) as err:
+        parse_config({"bacnet": {"device_name": name}}, "gw.toml", environ={})
+    assert str(err.value) == f"gw.toml: bacnet.device_name: {why}, got {name!r}"
+    # what the cut takes away is not refused: the name is cut, with its warning, as before
+    cfg = parse_config({"bacnet": {"device_name": "N" * 460 + "\t "}}, "gw.toml", environ={})
+    assert cfg.bacnet.device_name == "N" * 450 and cfg.warnings()[0].startswith("bacnet.device_name is 462 bytes")

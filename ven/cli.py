@@ -25,7 +25,7 @@ from .config_checks import clock_sync_warnings, storage_problems, storage_warnin
 from .config_load import load_config
 from .config_warnings import trunk_warnings
 from .config_text import check_bacnet_address
-from .logs import QuietAcceptErrors, refusal
+from .logs import QuietAcceptErrors, caution, refusal
 from .site import other_site_warnings, site_of
 
 EXIT_CONFIG = 2
@@ -49,12 +49,24 @@ def _file_problems(path: str | None, problems: list[str]) -> ConfigError:
                                  for line in problems))
 
 
-def _config_or_exit(path: str | None) -> GatewayConfig:
+def _config_or_exit(path: str | None, say_raised: bool = True) -> GatewayConfig:
+    """The config, or its errors said and exit 2. `say_raised`: each value the load raised to a floor (or cut to fit)
+    is one warning on stderr, as check-config and run say it: read-meter, health, points and the rest took the floor
+    unsaid, and the installer checking the meter with them never learnt the file's value was not the one used."""
     try:
-        return load_config(path)
+        cfg = load_config(path)
     except ConfigError as err:
         _print_config_error(err)
         raise SystemExit(EXIT_CONFIG) from None
+    if say_raised:
+        _say_raised(path, cfg)
+    return cfg
+
+
+def _say_raised(path: str | None, cfg: GatewayConfig) -> None:
+    # stderr: stdout is the command's result, which a script may read (points, read-meter)
+    for line in cfg.raised():
+        caution(f"{path or 'defaults'}: warning: {line}")
 
 
 def _bacnet_address(text: str) -> str:
@@ -166,7 +178,7 @@ def cmd_check_config(args) -> int:
               file=sys.stderr)
         return EXIT_CONFIG
     args.file = args.file if args.file is not None else args.config    # "" is a file not found, not the defaults
-    cfg = _config_or_exit(args.file)
+    cfg = _config_or_exit(args.file, say_raised=False)    # with the other warnings, below
     problems = tls_file_problems(cfg.openadr) + storage_problems(cfg.storage)
     if problems:
         _print_config_error(_file_problems(args.file, problems))
@@ -207,6 +219,7 @@ def cmd_health(args) -> int:
     except ConfigError as err:
         _print_config_error(err)
         return 1
+    _say_raised(args.config, cfg)
     if not cfg.http.enabled:
         print("http.enabled is false: the gateway serves no /healthz to probe")
         return 0
@@ -416,7 +429,7 @@ def run_gateway(config_path: str | None, customize: Callable[[Any], None] | None
     SIGTERM or Ctrl-C, and the exit code. `customize(gateway)` runs before the start: add your own listeners there
     (examples/custom_handler.py)."""
     private_files()     # a gateway run from a program of its own (custom_handler.py) does not pass through main()
-    cfg = _config_or_exit(config_path)
+    cfg = _config_or_exit(config_path, say_raised=False)     # logged at the start, with the other warnings
     # a directory there (Docker makes one for a bind-mounted file the host lacks), or a file where a directory must be,
     # never opens: the gateway ran on from memory, an ERROR every part, and lost it all at the next restart
     problems = storage_problems(cfg.storage)

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator,
+                      model_validator)
 
 from .config_checks import _looked_for
 from .config_text import (_UNSENDABLE, _fits_a_real, _host_port, _not_typed, _typed_text, _unsendable,
@@ -46,6 +47,14 @@ class Floor:
     config holding one under the floor failed at start, its demand response with it. ven.config_load raises such a
     value to the floor with a warning saying `why`; 0, a negative value or a non-number is still an error."""
     why: str
+
+
+def as_written(info: ValidationInfo, section: str, key: str, used: float) -> str:
+    """A floored key's value for an error naming it, as the file or variable has it. A check across keys sees the
+    floor ven.config_load raised it to, which is in no file: "retry_max_seconds (0.2)" of a file saying 0.1 sent the
+    installer looking for a value that is not there."""
+    written = (info.context or {}).get("written", {}).get((section, key))
+    return f"{used:g}" if written is None else f"{written:g}, under its floor of {used:g}"
 
 
 @functools.cache
@@ -319,10 +328,12 @@ class OpenadrConfig(_Section, OpenadrWarnings):
         return self
 
     @model_validator(mode="after")
-    def _retry_bounds(self) -> "OpenadrConfig":
+    def _retry_bounds(self, info: ValidationInfo) -> "OpenadrConfig":
         if self.retry_min_seconds > self.retry_max_seconds:
-            raise ValueError(f"retry_min_seconds ({self.retry_min_seconds:g}) must not exceed "
-                             f"retry_max_seconds ({self.retry_max_seconds:g})")
+            # a floor only raises: only a pair the file has the wrong way round fails, said as the file has it
+            low, high = (as_written(info, "openadr", key, getattr(self, key))
+                         for key in ("retry_min_seconds", "retry_max_seconds"))
+            raise ValueError(f"retry_min_seconds ({low}) must not exceed retry_max_seconds ({high})")
         return self
 
 

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 from . import __version__
 from .config import (DEVICE_NAME_MAX_BYTES, DEVICE_NAME_WHY, ConfigError, GatewayConfig, OpenadrConfig,
                      StorageConfig, floors)
+from .config_text import _typed_text
 
 ENV_PREFIX = "EDGE_GATEWAY__"
 
@@ -190,11 +191,12 @@ def _is_real(v: object) -> bool:
     return type(v) in (int, float) and math.isfinite(v)
 
 
-def _raise_to_floors(data: dict, sources: Mapping[tuple[str, ...], str]) -> dict[tuple[str, str], str]:
+def _raise_to_floors(data: dict, sources: Mapping[tuple[str, ...], str],
+                     written: dict[tuple[str, str], object]) -> dict[tuple[str, str], str]:
     """Raise each period under its floor to it, and cut a device name longer than an APDU carries, in `data`; one
-    warning for each. Releases before 0.4.5 took them: refused, an upgrade stopped the site's gateway (its demand
-    response with it) until someone edited the file. What no release took (0, negative, not a number) is left to
-    the model, which refuses it."""
+    warning for each, and the value given in `written`. Releases before 0.4.5 took them: refused, an upgrade stopped
+    the site's gateway (its demand response with it) until someone edited the file. What no release took (0,
+    negative, not a number) is left to the model, which refuses it."""
     said = {}
 
     def named(path: tuple[str, str]) -> str:
@@ -205,7 +207,7 @@ def _raise_to_floors(data: dict, sources: Mapping[tuple[str, ...], str]) -> dict
         table = data.get(section)
         v = table.get(key) if isinstance(table, dict) else None
         if _is_real(v) and 0 < v < floor:
-            table[key] = floor
+            table[key], written[(section, key)] = floor, v
             unit = {"seconds": " s", "minutes": " min", "days": " days"}.get(key.rpartition("_")[2], "")
             said[(section, key)] = (f"{named((section, key))} {v:g} is under its floor of {floor:g}{unit}: "
                                     f"{floor:g} is used ({why}); set {floor:g} or more")
@@ -214,6 +216,11 @@ def _raise_to_floors(data: dict, sources: Mapping[tuple[str, ...], str]) -> dict
     if isinstance(name, str) and len(name.encode("utf-8")) > DEVICE_NAME_MAX_BYTES:
         # on a character's boundary; a blank the cut leaves at the end would be refused as one typed there
         cut = name.encode("utf-8")[:DEVICE_NAME_MAX_BYTES].decode("utf-8", "ignore").rstrip()
+        try:
+            _typed_text(cut)
+        except ValueError:
+            # refused as the file has it (the model says why): the error quoted the cut name, which is in no file
+            return said
         bacnet["device_name"] = cut
         said[("bacnet", "device_name")] = (
             f"{named(('bacnet', 'device_name'))} is {len(name.encode('utf-8'))} bytes in UTF-8, more than the "
@@ -225,9 +232,11 @@ def _raise_to_floors(data: dict, sources: Mapping[tuple[str, ...], str]) -> dict
 def parse_config(data: dict, origin: str = "config", environ: Mapping[str, str] | None = None) -> GatewayConfig:
     # deep copy: the overlay writes into nested tables, which belong to the caller
     data, sources = _apply_env(copy.deepcopy(data), os.environ if environ is None else environ)
-    raised = _raise_to_floors(data, sources)
+    written: dict[tuple[str, str], object] = {}
+    raised = _raise_to_floors(data, sources, written)
     try:
-        cfg = GatewayConfig.model_validate(data)
+        # `written`: a check across keys names a raised value as the file has it (config.as_written)
+        cfg = GatewayConfig.model_validate(data, context={"written": written})
     except ValidationError as err:
         raise ConfigError(_describe(err, origin, sources)) from None
     # the variable that set each key, one naming it or a table holding it (EDGE_GATEWAY__OPENADR='{...}')

@@ -110,9 +110,13 @@ class GatewayWarnings:
                        f"({b.input_min_kw:g}): power below that is refused, so low-load-conditions never turns on")
         return out
 
+    def raised(self) -> list[str]:
+        """What the load raised to a floor or cut to fit (ven.config_load): the values used are not the ones given."""
+        return list(self._raised.values())
+
     def warnings(self) -> list[str]:
         """Settings that are valid but lose something the reader of the config likely wants."""
-        out = list(self._raised.values())    # values used other than the ones given: first, they change what runs
+        out = self.raised()    # values used other than the ones given: first, they change what runs
         # (no report interval at all with openadr.telemetry = false)
         if self.openadr.telemetry and self.meter.poll_seconds > self.openadr.telemetry_seconds:
             out.append(f"meter.poll_seconds ({self.meter.poll_seconds:g}) is longer than openadr.telemetry_seconds "

@@ -92,6 +92,12 @@ def refusal(text: str) -> None:
     print(f"{'<3>' if _is_journal(sys.stderr) else ''}{text}", file=sys.stderr)
 
 
+def caution(text: str) -> None:
+    """A warning said by a command that logs nothing else (read-meter, health, points): on stderr, as refusal(), at
+    the journal's warning priority."""
+    print(f"{'<4>' if _is_journal(sys.stderr) else ''}{text}", file=sys.stderr)
+
+
 def _is_journal(stream) -> bool:
     """Whether `stream` is the one systemd connected to the journal: it says so in JOURNAL_STREAM as
     "device:inode" of that stream (sd-daemon(3)); a pipe or file the service redirects elsewhere keeps
