@@ -25,7 +25,8 @@
   client can silence the gateway; DISABLE_INITIATION is honoured only with `bacnet.dcc_password` and
   refused with services/service-request-denied while none is set (no password would be right) and
   security/password-failure for a wrong or missing one; ENABLE needs the password too, once one is set (the
-  password guards the service, clause 16.1.1.1.3), and is taken from anyone while none is.
+  password guards the service, clause 16.1.1.1.3), and is taken from anyone while none is. A password over the 20
+  characters that clause allows is rejected parameter-out-of-range, whatever the mode, as bacnet-stack does.
   While initiation is disabled the gateway still answers, but initiates nothing but I-Am in answer to Who-Is,
   the one exception clause 16.1.1.1.2 makes (a Who-Has gets no I-Have): a request it
   would send (a meter read, a confirmed COV notification) fails at once with CommunicationDisabled
@@ -117,6 +118,7 @@ SERVICES = (
 DCC_MINUTE_SECONDS = 60.0
 DCC_MODES = ("enable", "disable", "disableInitiation")      # BACnetEnableDisable (clause 16.1.1.1.2)
 DCC_MAX_MINUTES = 65535     # time-duration is an Unsigned16
+DCC_PASSWORD_MAX_CHARS = 20     # clause 16.1.1.1.3 (bacnet.dcc_password is held to it too)
 _STATUS_FLAGS_FROM = ("reliability", "eventState", "outOfService")
 # every subscription is notified in one loop turn at each change (about 0.17 ms each): a bound keeps a
 # BAS that subscribes with a new process identifier at each restart from stalling the gateway
@@ -411,6 +413,15 @@ class _Services(PropertyAccess):
                              "time-duration %d min is not an Unsigned16 (0 to %d)", mode, who, minutes,
                              DCC_MAX_MINUTES)
             raise ParameterOutOfRange("time-duration")
+        if apdu.password is not None and len(str(apdu.password)) > DCC_PASSWORD_MAX_CHARS:
+            # "a CharacterString of up to 20 characters" (clause 16.1.1.1.3): outside that range a parameter is
+            # rejected, as bacnet-stack (the reference stack) does while decoding, whatever the mode and whether a
+            # password is set. It was a password-failure, which sent the technician retyping a password no device
+            # takes. Characters, not bytes: 20 accented ones are a password
+            refusals.warning("BACnet DeviceCommunicationControl %s from %s rejected (parameter-out-of-range): a "
+                             "password of %d characters (at most %d)", mode, who, len(str(apdu.password)),
+                             DCC_PASSWORD_MAX_CHARS)
+            raise ParameterOutOfRange("password")
         what = f"BACnet DeviceCommunicationControl {mode} from {who}"
         if mode == "enable" and not self._dcc_password:
             # a device that requires no password ignores the parameter (clause 16.1.1.1.3); nobody could disable

@@ -417,3 +417,38 @@ async def test_a_mode_or_duration_bacnet_does_not_define_is_rejected_and_changes
     lines = [r.getMessage() for r in ours(caplog, logging.WARNING) if "rejected" in r.getMessage()]
     assert len(lines) == 1 and reason in lines[0], lines
     assert not errors_logged(caplog)
+
+
+LONGEST = "Dr-3vent!ÄÖÜ-2026-x!"      # 20 characters, 23 bytes in UTF-8
+
+
+@pytest.mark.parametrize("configured", [None, LONGEST], ids=["no-dcc-password", "dcc-password"])
+@pytest.mark.parametrize("mode", ["enable", "disableInitiation", "disable"])
+async def test_a_password_over_20_characters_is_rejected_parameter_out_of_range(
+        free_udp_port, peer, caplog, configured, mode):
+    # clause 16.1.1.1.3: "a CharacterString of up to 20 characters"; bacnet-stack rejects a longer one
+    # parameter-out-of-range while decoding, before the password is compared or the mode looked at. It was
+    # security/password-failure, with a password set: the technician retyped a password no device takes
+    assert len(LONGEST) == 20 and len(LONGEST.encode("utf-8")) == 23
+    caplog.set_level(logging.INFO)
+    device = GatewayDevice(address=f"127.0.0.1/8:{free_udp_port()}", device_id=DEVICE_ID, device_name="TestGateway",
+                           **({"dcc_password": configured} if configured else {}))
+    await device.start()
+    try:
+        addr = where(device)
+        if configured:      # an enable must leave a disable standing
+            assert isinstance(await request(peer, dcc(addr, "disableInitiation", LONGEST, minutes=5)), SimpleAckPDU)
+        before = device.communication()
+        answer = await request(peer, dcc(addr, mode, LONGEST + "?", minutes=5))
+        assert isinstance(answer, RejectPDU) and str(answer.apduAbortRejectReason) == "parameter-out-of-range", answer
+        assert device.communication() == before
+        lines = [r.getMessage() for r in ours(caplog, logging.WARNING) if "refusals" in r.name]
+        assert lines == [f"BACnet DeviceCommunicationControl {mode} from {peer.address.replace('/8', '')} rejected "
+                         "(parameter-out-of-range): a password of 21 characters (at most 20)"], lines
+        if configured:      # 20 characters, more bytes, are a password: taken
+            assert isinstance(await request(peer, dcc(addr, "enable", LONGEST)), SimpleAckPDU)
+            assert device.communication() == {"mode": "enable"}
+    finally:
+        await device.stop()
+    assert LONGEST not in caplog.text
+    assert not errors_logged(caplog)
