@@ -373,3 +373,40 @@ def test_log_level_below_a_section_says_where_it_goes(tmp_path):
         load_config(p, environ={})
     assert str(err.value) == (f"{p}: forecaster.log_level: unknown key; log_level goes at the top of the file, above "
                               f"the first [section] line (a key below one belongs to that section)")
+
+
+@pytest.mark.parametrize("toml, line", [
+    # "should be 50 or 60 (got '60')": the quotes were the whole mistake, and nothing said so
+    ('[openadr]\npower_hertz = "60"\n', "openadr.power_hertz: Input should be 50 or 60 (got '60'): write the number "
+                                        "without quotes"),
+    ('[bacnet]\ndevice_id = "500001"\n', "bacnet.device_id: Input should be a valid integer (got str '500001'): write "
+                                         "the number without quotes"),
+    ('[meter]\npoll_seconds = "10"\n', "meter.poll_seconds: Input should be a valid number (got str '10'): write the "
+                                       "number without quotes"),
+    ('[http]\nenabled = "false"\n', "http.enabled: Input should be a valid boolean (got str 'false'): write true or "
+                                    "false, in lower case, without quotes"),
+    ('[http]\nenabled = 0\n', "http.enabled: Input should be a valid boolean (got int 0): write true or false"),
+    ('log_level = "debug"\n', "log_level: Input should be 'DEBUG', 'INFO', 'WARNING' or 'ERROR' (got 'debug'): write "
+                              "it in upper case"),
+    ('[openadr]\nven_name = 4711\n', "openadr.ven_name: Input should be a valid string (got int 4711): put it in "
+                                     "quotes"),
+    # a PIN: still not shown
+    ('[bacnet]\ndcc_password = 4711\n', "bacnet.dcc_password: Input should be a valid string (got int not shown: a "
+                                        "secret): put it in quotes"),
+    # no hint where none fits
+    ('[openadr]\npower_hertz = "sixty"\n', "openadr.power_hertz: Input should be 50 or 60 (got 'sixty')"),
+    ('[bacnet]\ndevice_id = 5.5\n', "bacnet.device_id: Input should be a valid integer (got float 5.5)"),
+])
+def test_a_value_of_the_wrong_toml_type_that_reads_right_says_what_to_write(tmp_path, toml, line):
+    p = _write(tmp_path, toml)
+    with pytest.raises(ConfigError) as err:
+        load_config(p, environ={})
+    assert str(err.value) == f"{p}: {line}"
+
+
+def test_a_variables_boolean_in_another_case_says_what_to_write():
+    # a compose file's EDGE_GATEWAY__HTTP__ENABLED=False (YAML's, Python's) is TOML's false
+    with pytest.raises(ConfigError) as err:
+        load_config(None, environ={"EDGE_GATEWAY__HTTP__ENABLED": "False"})
+    assert str(err.value) == ("EDGE_GATEWAY__HTTP__ENABLED: http.enabled: Input should be a valid boolean (got str "
+                              "'False'): write true or false, in lower case, without quotes")

@@ -155,6 +155,33 @@ def _did_you_mean(loc: tuple[str, ...]) -> str:
 _BOUND_TYPES = {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "literal_error"}
 
 
+def _is_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
+
+
+def _how_to_write(e: dict) -> str:
+    """What to write for a value of the wrong TOML type that reads as a right one: `power_hertz = "60"` said
+    "Input should be 50 or 60 (got '60')", and `enabled = "false"` or a variable's False "a valid boolean", neither
+    saying what to change."""
+    kind, value = e["type"], e["input"]
+    if kind == "literal_error" and isinstance(value, str):
+        if repr(value.upper()) in str(e.get("ctx", {}).get("expected", "")):
+            return ": write it in upper case"
+        kind = "int_type" if _is_number(value) else kind     # 50 or 60, quoted
+    if kind == "bool_type" and isinstance(value, str) and value.strip().lower() in ("true", "false", "yes", "no"):
+        return ": write true or false, in lower case, without quotes"
+    if kind == "bool_type" and type(value) is int and value in (0, 1):
+        return ": write true or false"
+    if kind in ("int_type", "float_type") and isinstance(value, str) and _is_number(value):
+        return ": write the number without quotes"
+    if kind == "string_type" and type(value) in (int, float):
+        return ": put it in quotes"     # a PIN, a name of digits
+    return ""
+
+
 def _describe(err: ValidationError, origin: str, sources: Mapping[tuple[str, ...], str]) -> str:
     lines = []
     for e in err.errors():
@@ -173,11 +200,11 @@ def _describe(err: ValidationError, origin: str, sources: Mapping[tuple[str, ...
             if e["type"] == "model_type":   # pydantic says "a valid dictionary or instance of MeterConfig"
                 msg = f"must be a table: put its keys under a [{key}] line {got}"
             else:   # a TOML file has arrays, not tuples
-                msg = f"{msg.replace('a valid tuple', 'a list, e.g. [...]')} {got}"
+                msg = f"{msg.replace('a valid tuple', 'a list, e.g. [...]')} {got}{_how_to_write(e)}"
         elif e["type"] == "too_long":
             msg = msg.replace("Tuple", "List").replace(" after validation", "")
         elif e["type"] in _BOUND_TYPES and not secret:
-            msg = f"{msg} (got {e['input']!r})"
+            msg = f"{msg} (got {e['input']!r}){_how_to_write(e)}"
             floor = floors().get(tuple(e["loc"]))
             if e["type"] == "greater_than_equal" and floor:
                 msg = f"{msg}: {floor[1]}"
