@@ -410,3 +410,11 @@ def test_a_variables_boolean_in_another_case_says_what_to_write():
         load_config(None, environ={"EDGE_GATEWAY__HTTP__ENABLED": "False"})
     assert str(err.value) == ("EDGE_GATEWAY__HTTP__ENABLED: http.enabled: Input should be a valid boolean (got str "
                               "'False'): write true or false, in lower case, without quotes")
+
+
+def test_a_variable_that_sets_a_section_to_a_value_says_how_to_set_its_keys():
+    # EDGE_GATEWAY__METER=12345:2 (meant as the meter's address) said "put its keys under a [meter] line": a file
+    with pytest.raises(ConfigError) as err:
+        load_config(None, environ={"EDGE_GATEWAY__METER": "12345:2"})
+    assert str(err.value) == ("EDGE_GATEWAY__METER: meter: must be a table: set its keys with "
+                              "EDGE_GATEWAY__METER__<KEY>, or an inline table EDGE_GATEWAY__METER='{key = value}' (got str '12345:2')")

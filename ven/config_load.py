@@ -197,7 +197,12 @@ def _describe(err: ValidationError, origin: str, sources: Mapping[tuple[str, ...
             msg = msg.removeprefix("Value error, ")   # the validators' own sentence says what is wrong
         elif "input" in e and e["type"].endswith("_type"):
             got = f"(got {type(e['input']).__name__} {'not shown: a secret' if secret else repr(e['input'])})"
-            if e["type"] == "model_type":   # pydantic says "a valid dictionary or instance of MeterConfig"
+            if e["type"] == "model_type" and tuple(e["loc"]) in sources:
+                # EDGE_GATEWAY__METER=5: "put its keys under a [meter] line" sent the operator to a file
+                var = f"{ENV_PREFIX}{key.upper()}"
+                msg = (f"must be a table: set its keys with {var}__<KEY>, or an inline table "
+                       f"{var}='{{key = value}}' {got}")
+            elif e["type"] == "model_type":   # pydantic says "a valid dictionary or instance of MeterConfig"
                 msg = f"must be a table: put its keys under a [{key}] line {got}"
             else:   # a TOML file has arrays, not tuples
                 msg = f"{msg.replace('a valid tuple', 'a list, e.g. [...]')} {got}{_how_to_write(e)}"
