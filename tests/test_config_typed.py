@@ -417,4 +417,5 @@ def test_a_variable_that_sets_a_section_to_a_value_says_how_to_set_its_keys():
     with pytest.raises(ConfigError) as err:
         load_config(None, environ={"EDGE_GATEWAY__METER": "12345:2"})
     assert str(err.value) == ("EDGE_GATEWAY__METER: meter: must be a table: set its keys with "
-                              "EDGE_GATEWAY__METER__<KEY>, or an inline table EDGE_GATEWAY__METER='{key = value}' (got str '12345:2')")
+                              "EDGE_GATEWAY__METER__<KEY>, or an inline table EDGE_GATEWAY__METER='{key = value}' "
+                              "(got str '12345:2')")
