@@ -419,3 +419,13 @@ def test_a_variable_that_sets_a_section_to_a_value_says_how_to_set_its_keys():
     assert str(err.value) == ("EDGE_GATEWAY__METER: meter: must be a table: set its keys with "
                               "EDGE_GATEWAY__METER__<KEY>, or an inline table EDGE_GATEWAY__METER='{key = value}' "
                               "(got str '12345:2')")
+
+
+def test_a_relative_config_file_that_is_not_there_says_where_it_was_looked_for(tmp_path):
+    # `--config gateway.toml` in a unit runs in its WorkingDirectory (/ by default): "gateway.toml: no such file" read
+    # as if the file the operator could see beside them had vanished
+    res = _cli("check-config", "gateway.toml", cwd=tmp_path)
+    assert res.returncode == 2
+    assert res.stderr.splitlines() == [f"configuration error: gateway.toml: no such file (looked for in {tmp_path})"]
+    res = _cli("check-config", str(tmp_path / "gateway.toml"))
+    assert res.stderr.splitlines() == [f"configuration error: {tmp_path / 'gateway.toml'}: no such file"]

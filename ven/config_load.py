@@ -333,7 +333,10 @@ def load_config(path: str | os.PathLike | None, environ: Mapping[str, str] | Non
         # allow and no editor shows ("Invalid statement (at line 1, column 1)" for a line that looks right)
         text = p.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
-        raise ConfigError(f"{p}: no such file") from None
+        # relative, it is taken from the working directory: a unit's WorkingDirectory= (/ by default), a container's
+        # WORKDIR, not the directory the operator reads the error in
+        where = "" if p.is_absolute() else f" (looked for in {Path.cwd()})"
+        raise ConfigError(f"{p}: no such file{where}") from None
     except OSError as err:
         raise ConfigError(f"{p}: cannot read: {err.strerror}") from None
     except UnicodeDecodeError as err:  # e.g. saved as Latin-1 by an editor; TOML is UTF-8 only
