@@ -134,8 +134,11 @@ def use_page_size(size: int) -> None:
     keeps its page size. A version without the setting keeps SQLite's 4,096."""
     if size:
         import forecaster.store
-        import ven.storage
-        ven.storage.PAGE_SIZE = forecaster.store.PAGE_SIZE = size
+        try:
+            import ven.storage_connect as connecting
+        except ImportError:     # a version before 0.4.7 connects in ven.storage
+            import ven.storage as connecting
+        connecting.PAGE_SIZE = forecaster.store.PAGE_SIZE = size
 
 
 def building_profile(now: float | None = None):

@@ -10,7 +10,7 @@ long). Times quick_check and integrity_check (`--cold`: the file dropped from th
 boot). Then, on copies: an index leaf page whose keys are changed but whose layout stays valid (a bit flipped by a
 card that still checksums its sectors, a write torn inside one page), and an index page overwritten with garbage:
 what each check says, what a query that goes by the index returns, and what the start's
-ven.storage.set_aside_if_damaged and the check after it, ven.storage_indexes.check_indexes, do.
+ven.storage_salvage.set_aside_if_damaged and the check after it, ven.storage_indexes.check_indexes, do.
 Prints tables; nothing is asserted.
 """
 from __future__ import annotations
@@ -144,7 +144,7 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     C.quiet_logging()
-    from ven import storage
+    from ven import storage_salvage
     from ven.storage_indexes import check_indexes
 
     with tempfile.TemporaryDirectory(prefix="bench-checks-", dir=os.environ.get("BENCH_DIR")) as tmp:
@@ -163,7 +163,7 @@ def main() -> int:
             for pragma in ("quick_check(5)", "integrity_check(5)"):
                 print(f"  {pragma:20} {timed(copy, pragma, False, 1)[1][:300]}")
             print(f"  query                {query(copy, since)}")
-            aside = storage.set_aside_if_damaged(copy)
+            aside = storage_salvage.set_aside_if_damaged(copy)
             print(f"  set_aside_if_damaged {aside.name if aside else None}; then: {query(copy, since)}")
             t = time.perf_counter()
             rebuilt = check_indexes(copy)

@@ -19,11 +19,11 @@ from .model import OtherSettings, OtherVersion
 
 log = logging.getLogger(__name__)
 
-# A file this store creates gets small pages, as ven.storage.PAGE_SIZE says why (the card's wear);
-# an existing file keeps its own. Both stores set these (one file), each its own: ven.storage imports before numpy,
-# which this package's import brings; tests/test_layering.py holds them equal.
+# A file this store creates gets small pages, as ven.storage_connect.PAGE_SIZE says why (the card's wear);
+# an existing file keeps its own. Both stores set these (one file), each its own: ven.storage_connect imports
+# before numpy, which this package's import brings; tests/test_layering.py holds them equal.
 PAGE_SIZE = 1024
-WAL_SIZE_LIMIT = 4 * 1024 * 1024    # as ven.storage.WAL_SIZE_LIMIT says why
+WAL_SIZE_LIMIT = 4 * 1024 * 1024    # as ven.storage_connect.WAL_SIZE_LIMIT says why
 # The last minute a datetime can name (year 9999): one after it is no time the meter was read at, and loading it
 # asked for every minute up to it (30 GB: MemoryError, none of the history loaded).
 LAST_MINUTE = 253402300799 // 60

@@ -39,7 +39,8 @@ from ven.forecast_service import ForecastService
 from ven.schedule import EventSchedule
 from ven.events import Event, Interval, Signal
 from ven.run_lock import RunLock, held_by_another
-from ven.storage import Storage, set_aside_if_damaged
+from ven.storage import Storage
+from ven.storage_salvage import set_aside_if_damaged
 from ven.telemetry import TelemetryQueue
 from ven.vtn_server import DemoVtn
 
@@ -295,7 +296,7 @@ async def test_an_event_write_failing_mid_run_is_tried_again_within_the_retry_pe
 
 def test_a_card_the_kernel_made_read_only_after_an_error_is_named_so(tmp_path):
     # ext4 with errors=remount-ro after an error: SQLite says "disk I/O error", and statvfs may not show the flag
-    from ven.storage import fs_reason
+    from ven.storage_fs_reason import fs_reason
 
     with ext4_card(tmp_path / "card") as card:
         path = card / "gw.sqlite"
@@ -313,7 +314,7 @@ def test_a_card_the_kernel_made_read_only_after_an_error_is_named_so(tmp_path):
 
 
 def test_the_file_systems_reason_is_asked_without_writing(tmp_path):
-    from ven.storage import fs_reason
+    from ven.storage_fs_reason import fs_reason
 
     with tmpfs(tmp_path / "ro", "ro,size=1m") as ro, tmpfs(tmp_path / "full", "size=1m") as full, \
             tmpfs(tmp_path / "roomy", "size=8m") as roomy:
@@ -1105,7 +1106,7 @@ async def test_an_upgrade_whose_disk_cannot_take_the_queue_index_still_delivers_
 def test_a_file_written_by_a_newer_version_is_said_once_and_its_format_number_kept(tmp_path, caplog):
     # A downgrade: this version would drop, when it saves, what a newer one stored that it cannot read.
     # It says so once, and does not lower the file's number (the newer version must still know its file).
-    from ven.storage import FORMAT_VERSION
+    from ven.storage_connect import FORMAT_VERSION
 
     caplog.set_level(logging.WARNING, logger="ven.storage")
     path = tmp_path / "gw.sqlite"
@@ -1190,7 +1191,7 @@ def test_a_damaged_file_that_cannot_be_moved_aside_is_said_and_left_in_place(tmp
 
     def refused(src, dst):
         raise PermissionError(13, "Permission denied", str(src))
-    monkeypatch.setattr("ven.storage.os.replace", refused)
+    monkeypatch.setattr("ven.storage_sidecars.os.replace", refused)
     with caplog.at_level(logging.INFO):
         assert set_aside_if_damaged(path) is None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gw.sqlite"]

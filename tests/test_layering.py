@@ -42,13 +42,14 @@ def test_the_check_reads_imports_inside_functions_and_relative_ones(tmp_path):
 
 
 def test_the_two_stores_of_one_file_set_it_up_alike():
-    # ven.storage and forecaster.store share storage.path; each sets its pages and WAL limit (ven.storage is imported
-    # before numpy, which importing the forecaster package brings, so it cannot take them from there)
+    # ven.storage_connect and forecaster.store share storage.path; each sets its pages and WAL limit
+    # (ven.storage_connect is imported before numpy, which importing the forecaster package brings, so it cannot
+    # take them from there)
     import forecaster.store
-    import ven.storage
+    import ven.storage_connect
 
     assert (forecaster.store.PAGE_SIZE, forecaster.store.WAL_SIZE_LIMIT) == \
-        (ven.storage.PAGE_SIZE, ven.storage.WAL_SIZE_LIMIT)
+        (ven.storage_connect.PAGE_SIZE, ven.storage_connect.WAL_SIZE_LIMIT)
 
 
 @pytest.mark.parametrize("package", ["bacnet_api", "forecaster"])

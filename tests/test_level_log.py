@@ -13,7 +13,8 @@ from test_schedule import make_event
 from ven.events import OPT_OUT
 from ven.level_log import LEVEL_SAID, LevelLog
 from ven.schedule import ScheduleState
-from ven.storage import Storage, connect
+from ven.storage import Storage
+from ven.storage_connect import connect
 
 
 def state(level: float, event_id: str | None = None) -> ScheduleState:

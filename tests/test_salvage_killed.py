@@ -11,7 +11,8 @@ import sqlite3
 import pytest
 from gateway_process import kill_when_said
 
-from ven.storage import Storage, set_aside_if_damaged
+from ven.storage import Storage
+from ven.storage_salvage import set_aside_if_damaged
 from ven.telemetry import QUEUE_TABLE
 
 pytestmark = pytest.mark.timeout(60)
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.timeout(60)
 # set_aside_if_damaged until it is about to copy the adr_events table (kv, which holds the BAS's ADR-Opt-Out
 # commands, is copied already), then a crash
 SALVAGE_UNTIL_EVENTS = """
-import sys, ven.storage as s
+import sys, ven.storage_salvage as s
 real = s.connect
 def traced(*a, **k):
     conn = real(*a, **k)
@@ -35,7 +36,7 @@ s.set_aside_if_damaged(sys.argv[1])
 
 # ... until the damaged file is moved aside, the new one made whole beside it and not yet in its place
 MOVED_ASIDE = """
-import sys, ven.storage as s
+import sys, ven.storage_salvage as s
 real = s.move_with_sidecars
 def moving(path, to):
     real(path, to)

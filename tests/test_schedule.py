@@ -15,7 +15,8 @@ from waiting import eventually
 
 from ven.events import OPEN_ENDED, OPT_IN, OPT_OUT, Event, Interval, Signal
 from ven.schedule import EventSchedule
-from ven.storage import Storage, StorageError
+from ven.storage import Storage
+from ven.storage_connect import StorageError
 
 
 def now() -> datetime:

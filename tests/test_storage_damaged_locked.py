@@ -11,7 +11,8 @@ import pytest
 from test_salvage_killed import damaged_file
 from test_storage_lock_at_start import write_lock_held
 
-from ven.storage import Storage, set_aside_if_damaged
+from ven.storage import Storage
+from ven.storage_salvage import set_aside_if_damaged
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -14,7 +14,8 @@ import pytest
 from gateway_process import START_S, GatewayProcess, write_config
 
 from forecaster.store import ForecastStore
-from ven.storage import Storage, set_aside_if_damaged
+from ven.storage import Storage
+from ven.storage_salvage import set_aside_if_damaged
 from ven.storage_indexes import check_indexes
 
 pytestmark = pytest.mark.timeout(int(START_S) + 60)

@@ -13,10 +13,12 @@ import sys
 
 import pytest
 
-from ven.storage import EVENTS_TABLE, _os_reason, connect, fs_reason, with_fs_reason
+from ven.storage import EVENTS_TABLE
+from ven.storage_connect import connect
+from ven.storage_fs_reason import fs_reason, os_reason, with_fs_reason
 
 
-@pytest.mark.parametrize("ask", [_os_reason, fs_reason, lambda p: with_fs_reason("disk I/O error", p)])
+@pytest.mark.parametrize("ask", [os_reason, fs_reason, lambda p: with_fs_reason("disk I/O error", p)])
 def test_asking_why_keeps_the_gateways_locks_on_the_file(tmp_path, ask):
     path = tmp_path / "gw.sqlite"
     conn = connect(path, EVENTS_TABLE)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import forecaster.store
-import ven.storage
+import ven.storage_connect
 from forecaster import DemandForecaster
 from forecaster.store import ForecastStore
 from ven.events import Event, Interval, Signal
@@ -53,7 +53,7 @@ def test_a_new_file_gets_small_pages_whichever_store_creates_it(tmp_path, creato
 def test_an_existing_4k_file_keeps_its_pages_and_everything_in_it(tmp_path, monkeypatch):
     path = tmp_path / "gw.sqlite"
     with monkeypatch.context() as old:       # the file a version before the setting made: SQLite's 4,096
-        old.setattr(ven.storage, "PAGE_SIZE", 4096, raising=False)
+        old.setattr(ven.storage_connect, "PAGE_SIZE", 4096, raising=False)
         old.setattr(forecaster.store, "PAGE_SIZE", 4096, raising=False)
         store, queue, fstore = Storage(path), TelemetryQueue(path), ForecastStore(str(path))
         store.save_event(_event("before"))
@@ -87,7 +87,7 @@ def test_a_file_deleted_while_open_comes_back_with_small_pages(tmp_path, monkeyp
     # the copy the gateway makes of the file it had is a new file: it gets the new page size
     path = tmp_path / "gw.sqlite"
     with monkeypatch.context() as old:
-        old.setattr(ven.storage, "PAGE_SIZE", 4096, raising=False)
+        old.setattr(ven.storage_connect, "PAGE_SIZE", 4096, raising=False)
         store, queue = Storage(path), TelemetryQueue(path)
     store.save_event(_event("before"))
     queue.add(T0, 40.0)
@@ -106,7 +106,7 @@ def test_a_file_deleted_while_open_comes_back_with_small_pages(tmp_path, monkeyp
 def test_a_file_replaced_while_open_by_an_older_4k_copy_keeps_its_pages(tmp_path, monkeypatch):
     path, backup = tmp_path / "gw.sqlite", tmp_path / "backup.sqlite"
     with monkeypatch.context() as old:
-        old.setattr(ven.storage, "PAGE_SIZE", 4096, raising=False)
+        old.setattr(ven.storage_connect, "PAGE_SIZE", 4096, raising=False)
         store, queue = Storage(path), TelemetryQueue(path)
     queue.add(T0, 40.0)
     with contextlib.closing(sqlite3.connect(path)) as db:

@@ -17,7 +17,8 @@ from waiting import eventually as until
 from bacnet_api.simulator import MeterSimulator
 from ven.config import OpenadrConfig
 from ven.schedule import EventSchedule
-from ven.storage import BUSY_TIMEOUT_SECONDS, Storage
+from ven.storage import Storage
+from ven.storage_connect import BUSY_TIMEOUT_SECONDS
 from ven.telemetry import ACK_DEFER_MAX, TelemetryQueue
 from ven.vtn import VtnClient
 from ven.vtn_server import DemoVtn

@@ -37,7 +37,8 @@ from .read_gaps import ReadGaps
 from .metrics import Metrics
 from .schedule import EventSchedule, ScheduleState
 from .site import SITE_KEY, set_aside_if_other_site, site_of
-from .storage import Storage, set_aside_if_damaged
+from .storage import Storage
+from .storage_salvage import set_aside_if_damaged
 from .storage_fault import StorageFault
 from .storage_indexes import IndexCheck
 from .tasks import at_most, cancel_and_wait

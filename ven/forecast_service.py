@@ -30,7 +30,9 @@ from .config import ForecasterConfig
 from .fit_worker import fit_in_child
 from .history import curtailed_spans
 from .still_watch import StillWatch
-from .storage import REOPEN_SECONDS, ReopenTimer, not_copied_yet, unpair_sidecars, with_fs_reason
+from .storage_fs_reason import with_fs_reason
+from .storage_retry import REOPEN_SECONDS, ReopenTimer
+from .storage_sidecars import not_copied_yet, unpair_sidecars
 from .tasks import cancel_and_wait
 from .wallclock import CLOCK_STEP_S, PRUNE_HOLD_S, StepWatch
 
@@ -643,7 +645,7 @@ class ForecastService:
 
     def _deleted_just_now(self, there: bool = True) -> bool:
         """The file is gone (an operator's clean-up): the gateway's other stores recreate it with its rows
-        at their next write (ven/storage.py follow_file), which this store cannot do, as it holds no
+        at their next write (ven/storage_follow.py follow_file), which this store cannot do, as it holds no
         connection to the old file. So the fault is only said once it outlasts DELETED_GRACE_S. `there`: the file
         was there when the failed write began (one missing then, and back now, was brought back meanwhile)."""
         if there and os.path.exists(self.storage_path):

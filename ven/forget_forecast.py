@@ -16,7 +16,7 @@ from bacnet_api.client import ensure_port_free
 
 from .config import GatewayConfig
 from .run_lock import held_by_another
-from .storage import with_fs_reason
+from .storage_fs_reason import with_fs_reason
 
 KEPT = "events, ADR-Opt-Out commands and queued telemetry stay"
 

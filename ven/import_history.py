@@ -20,7 +20,7 @@ import numpy as np
 from .config import GatewayConfig
 from .forget_forecast import seems_running
 from .run_lock import RunLock
-from .storage import with_fs_reason
+from .storage_fs_reason import with_fs_reason
 
 # The file's values over the minutes the store holds already, against the stored ones: a ratio past this either way is
 # another unit (W read as kW) or another meter, and would be learned as the building's demand.

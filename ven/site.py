@@ -24,7 +24,7 @@ import urllib.parse
 from pathlib import Path
 
 from .config import ConfigError
-from .storage import move_with_sidecars
+from .storage_sidecars import move_with_sidecars
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from bacnet_api.settle import Flapping, span
 
 from .config_checks import LOW_SPACE_BYTES
-from .storage import LOCK_GRACE_SECONDS, locked
+from .storage_retry import LOCK_GRACE_SECONDS, locked
 
 log = logging.getLogger(__name__)
 

@@ -1,14 +1,15 @@
 """storage.path's indexes checked against their tables once after the start, and one found wrong rebuilt.
 
-The start's PRAGMA quick_check (ven/storage.set_aside_if_damaged) reads every page but does not compare an index with
-its table: an index page whose keys changed while its layout stayed valid (a bit flipped on a card, a write torn
-within a page) passed it, and the queries that go by that index (the forecasts /api/history reads by target time, the
-telemetry queue's bound by age) returned wrong or missing rows for the whole run, with no line saying why. PRAGMA
-integrity_check compares them, at 3.5 to 7 times quick_check's cost (bench/storage_checks.py, a 35-day file of 19 MB
-on the slow VM: 0.6-1.2 s against 0.1-0.25 s from the page cache, up to 2.7 s from the disk): too long to add to
-each start before the BACnet device is up, so it runs once after it, in a thread. An index it finds wrong is rebuilt
-from its table (REINDEX), which loses no row. Damage to an index's page layout fails quick_check at the start already,
-which sets the file aside with every table read whole (REINDEX cannot clear such a page).
+The start's PRAGMA quick_check (ven/storage_salvage.set_aside_if_damaged) reads every page but does not compare an
+index with its table: an index page whose keys changed while its layout stayed valid (a bit flipped on a card, a
+write torn within a page) passed it, and the queries that go by that index (the forecasts /api/history reads by
+target time, the telemetry queue's bound by age) returned wrong or missing rows for the whole run, with no line
+saying why. PRAGMA integrity_check compares them, at 3.5 to 7 times quick_check's cost (bench/storage_checks.py, a
+35-day file of 19 MB on the slow VM: 0.6-1.2 s against 0.1-0.25 s from the page cache, up to 2.7 s from the disk):
+too long to add to each start before the BACnet device is up, so it runs once after it, in a thread. An index it
+finds wrong is rebuilt from its table (REINDEX), which loses no row. Damage to an index's page layout fails
+quick_check at the start already, which sets the file aside with every table read whole (REINDEX cannot clear such a
+page).
 """
 from __future__ import annotations
 

@@ -19,8 +19,12 @@ from typing import Callable
 from bacnet_api.settle import span
 
 from .events import aware_time, reckonable
-from .storage import (LOCK_GRACE_SECONDS, LOCK_RETRY_SECONDS, LockGrace, ReopenTimer, StorageError, connect,
-                      file_identity, follow_file, locked, open_or_retry_later, with_fs_reason)
+from .storage_connect import StorageError, connect
+from .storage_follow import follow_file
+from .storage_fs_reason import with_fs_reason
+from .storage_retry import (LOCK_GRACE_SECONDS, LOCK_RETRY_SECONDS, LockGrace, ReopenTimer, locked,
+                            open_or_retry_later)
+from .storage_sidecars import file_identity
 
 log = logging.getLogger(__name__)
 QUEUE_TABLE = ("CREATE TABLE IF NOT EXISTS telemetry_queue ("

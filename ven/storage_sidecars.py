@@ -1,0 +1,91 @@
+"""Which file each of the gateway's connections to storage.path has open, and the -wal and -shm beside it: a file
+replaced under the gateway (`mv backup.sqlite gw.sqlite`) must not be paired with the old file's sidecars."""
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+import weakref
+from pathlib import Path
+
+
+def file_identity(path: str | Path) -> tuple[int, int] | None:
+    """(device, inode) of the file at `path`; None when there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+class TrackedConnection(sqlite3.Connection):
+    """A connection that says whether it is still open: while it is, the -wal and -shm it opened cannot be freed,
+    so a file found under their names with their (device, inode) is theirs (unpair_sidecars)."""
+    is_open = True
+
+    def close(self) -> None:
+        self.is_open = False
+        super().close()
+
+
+# By real path: the connections connect() made, each with its file's (device, inode) and its -wal's and -shm's
+_sidecars: dict[str, list[tuple[weakref.ref, tuple[int, int] | None, dict[str, tuple[int, int] | None]]]] = {}
+_sidecars_lock = threading.Lock()
+
+
+def note_sidecars(conn: sqlite3.Connection, p: Path) -> None:
+    real = os.path.realpath(p)
+    entry = (weakref.ref(conn), file_identity(real), {s: file_identity(real + s) for s in ("-wal", "-shm")})
+    with _sidecars_lock:
+        _sidecars.setdefault(real, []).append(entry)
+
+
+def live_files(real: str) -> list[tuple[int, int] | None]:
+    with _sidecars_lock:
+        return [ident for ref, ident, _ in _sidecars.get(real, ()) if (c := ref()) is not None and c.is_open]
+
+
+def not_copied_yet(path: str | os.PathLike) -> bool:
+    """Whether the gateway's connections are all to a file that is no longer the one at `path` (deleted, replaced):
+    the first of its stores to write copies that file there (follow_file), table by table over what the file there
+    holds, and a write into it before then (the forecaster's, which opens the file each time) would be lost."""
+    real = os.path.realpath(path)
+    live = live_files(real)
+    return bool(live) and file_identity(real) not in live
+
+
+def unpair_sidecars(path: str | os.PathLike) -> None:
+    """Remove the -wal and -shm beside `path` that belong to a file the gateway still has open but that is no longer
+    the one at `path` (deleted, or replaced with `mv backup.sqlite gw.sqlite`, its -wal and -shm left in place). SQLite
+    pairs a file with the -wal and -shm of its name: the next connection to the file put there (the gateway's copy
+    of its own, the forecaster's next write, an operator's sqlite3) read the old file's pages from that -wal as its
+    own, wrote its own into it, and the file ended "database disk image is malformed". The gateway's connections to
+    the old file keep theirs open, and SQLite does not checkpoint nor remove them at close once its file has moved.
+    Call before opening the file at `path`."""
+    real = os.path.realpath(path)
+    with _sidecars_lock:
+        entries = _sidecars.get(real)
+        if not entries:
+            return
+        now = file_identity(real)
+        kept = []
+        for ref, ident, sides in entries:
+            conn = ref()
+            if conn is None or not conn.is_open:    # its -wal's and -shm's inodes may be another file's now
+                continue
+            kept.append((ref, ident, sides))
+            if ident == now:
+                continue
+            for suffix, was in sides.items():
+                if was is not None and file_identity(real + suffix) == was:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(real + suffix)
+        _sidecars[real] = kept
+
+
+def move_with_sidecars(path: Path, to: Path) -> None:
+    """Rename an SQLite file with its -wal and -shm (those there are), at start, before anything opens it."""
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(f"{path}{suffix}", f"{to}{suffix}")
