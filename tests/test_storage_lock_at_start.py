@@ -113,3 +113,22 @@ def test_a_lock_that_outlasts_the_grace_is_one_warning_with_what_waits(tmp_path,
     assert [r.levelno for r in caplog.records if r.levelno >= logging.WARNING] == [logging.WARNING]
     queue.close()
     store.close()
+
+
+def test_a_lock_waited_out_by_stores_without_the_storage_fault_is_said_by_neither(tmp_path, caplog):
+    # the stores as a tool or a test makes them, each saying its own lines: the events' store said nothing of a lock
+    # waited out, and the telemetry queue, with its own copy of the wait, said "written to disk again": an end line
+    # of a fault it had not said
+    path = tmp_path / "gw.sqlite"
+    Storage(path).close()
+    caplog.set_level(logging.INFO)
+    with write_lock_held(path) as release:
+        store, queue = Storage(path, reopen_seconds=10), TelemetryQueue(path, reopen_seconds=10)
+        store.save_value("bacnet_commands:ADR-Opt-Out", '{"8": true}')
+        queue.add(T0, 90.0)
+        release()
+    _until(lambda: _flushed(store, queue))
+    assert _written(path) == (('{"8": true}',), [(90.0,)])
+    assert [r.getMessage() for r in caplog.records if r.name.startswith(("ven.storage", "ven.telemetry"))] == []
+    queue.close()
+    store.close()

@@ -23,7 +23,7 @@ from .events import Event
 from .storage_connect import BUSY_TIMEOUT_SECONDS, StorageError, connect
 from .storage_follow import follow_file, remove_abandoned_copies
 from .storage_fs_reason import with_fs_reason
-from .storage_retry import LOCK_GRACE_SECONDS, LockGrace, locked, open_or_retry_later
+from .storage_retry import LOCK_GRACE_SECONDS, Opening, locked
 from .storage_sidecars import file_identity
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,6 @@ class Storage:
         working again in place of the store's own lines."""
         self.path = Path(path)
         self._fault = fault
-        self._grace = LockGrace(lock_grace_seconds)
         self._retry_every = reopen_seconds
         self.conn: sqlite3.Connection | None = None
         self._ident: tuple[int, int] | None = None
@@ -141,18 +140,15 @@ class Storage:
         self.on_late_open: Callable[[dict[str, str]], None] | None = None
         # called when a write starts to fail: an owner pacing its retries by retry_seconds wakes to it
         self.on_write_failed: Callable[[], None] | None = None
-        self._reopen, self.write_error = open_or_retry_later(
-            self._open, reopen_seconds, "events are kept in memory and written once it opens", say=fault is None)
-        # another process held the write lock as the file opened (a backup, an sqlite3 shell): waited out for the
-        # grace, tried every second, and said only if it outlasts it. Said at once, a lock of a second or two was an
-        # ERROR line and an end line in every such start
-        self._open_unsaid = locked(self.write_error) and self._grace.excuses(self.write_error)
+        self._opening = Opening(self._open, reopen_seconds, "events are kept in memory and written once it opens",
+                                say=fault is None, grace_seconds=lock_grace_seconds)
+        self.write_error = self._opening.error
         # a file that refuses writes may still be read (a file system gone read-only): what it holds
         # (events, the BAS's ADR-Opt-Out commands) is what a restart must not forget
         self._read_only: tuple[list[Event], dict[str, str]] = ([], {})
         if self.conn is None:
-            self._read_only = _read_snapshot(self.path, say=fault is None and not self._open_unsaid)
-            if not self._open_unsaid:
+            self._read_only = _read_snapshot(self.path, say=fault is None and not self._opening.quiet)
+            if not self._opening.quiet:
                 self._say_not_opened()
 
     def _say_not_opened(self) -> None:
@@ -160,7 +156,7 @@ class Storage:
             if locked(self.write_error):   # open_or_retry_later said the other faults
                 log.warning("storage.path %s: another process (a backup, an sqlite3 shell) has held its write lock "
                             "for %g s (%s): events are kept in memory and written once it lets go (tried every "
-                            "%g s); a restart before then loses them", self.path, self._grace.seconds,
+                            "%g s); a restart before then loses them", self.path, self._opening.grace.seconds,
                             self.write_error.removeprefix(f"storage.path {self.path}: "), self._retry_every)
             return
         read = (f"{len(self._read_only[0])} event(s) and the saved state read from it, read-only"
@@ -183,20 +179,16 @@ class Storage:
                 self._write_failed(err)
                 return False
             return True
-        if not self._reopen.due():
+        if not self._opening.timer.due():
             return False
         try:
             self._open()
         except StorageError as err:
             self.write_error = str(err)
-            if self._open_unsaid and not self._grace.excuses(err):
-                self._reopen.seconds = self._retry_every
+            if self._opening.quiet and not self._opening.excuses(err, failing=True):
                 self._say_not_opened()
-                self._open_unsaid = False
             return False
-        # a lock at the start waited out: nothing said of it, nor of its end
-        unsaid, self._open_unsaid = self._open_unsaid, False
-        self._grace.clear()
+        unsaid = self._opening.done()   # a lock at the start waited out: nothing said of it, nor of its end
         # what memory changed wins over what the file held
         self._found = [ev for ev in self.load_events() if ev.event_id not in self._unsaved]
         values = dict(self.conn.execute("SELECT key, value FROM kv"))  # before memory's values replace them
@@ -218,8 +210,8 @@ class Storage:
     def retry_seconds(self) -> float | None:
         """While the file has not opened, or refuses writes (a full disk): how often it is tried (its owner should
         flush that often; the schedule's own pace, up to 30 s, left the BAS's ADR-Opt-Out in memory that long)."""
-        if self.conn is None and self._reopen is not None:
-            return self._reopen.seconds
+        if self.conn is None and self._opening.timer is not None:
+            return self._opening.timer.seconds
         return self._retry_every if self.write_error is not None else None
 
     def take_found(self) -> list[Event]:
@@ -407,11 +399,11 @@ class Storage:
     def _written(self, events: dict[str, Event | None], values: dict[str, str],
                  failure: sqlite3.Error | OSError | None) -> bool:
         if failure is not None:
-            if self.write_error is None and self._grace.excuses(failure):
+            if self._opening.excuses(failure, failing=self.write_error is not None):
                 return False
             self._write_failed(failure)
             return False
-        self._grace.clear()
+        self._opening.done()
         # what changed again while it was written stays for the next write
         for event_id, event in events.items():
             if self._unsaved.get(event_id, False) is event:
@@ -445,8 +437,8 @@ class Storage:
         """At a stop, before close: a file that would not open is tried once more now, not at its next retry,
         which never comes. A data volume mounted in the seconds before a stop then gets what memory holds (the
         BAS's ADR-Opt-Out commands, events) instead of losing it, and the owner's on_late_open merge can run."""
-        if self.conn is None and self._reopen is not None:
-            self._reopen.expire()
+        if self.conn is None and self._opening.timer is not None:
+            self._opening.timer.expire()
             self.flush()
 
     def close(self) -> None:

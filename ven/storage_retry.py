@@ -78,3 +78,44 @@ def open_or_retry_later(open_file: Callable[[], None], reopen_seconds: float | N
             log.error("%s; %s (tried every %g s); a restart before then loses them", err, meanwhile, reopen_seconds)
         return ReopenTimer(reopen_seconds), str(err)
     return None, None
+
+
+class Opening:
+    """A store's file opened at its start, and tried again while it will not open or take a write: one place for the
+    events' store and the telemetry queue, which each had a copy of it (and the queue's, unlike the store's, said the
+    end of a lock it had waited out unsaid). `error`: why the file would not open at the start, else None; `timer`:
+    paces the tries (None when it opened).
+
+    Another process's write lock (a backup, an operator's sqlite3 in a transaction) passes, and nothing is lost
+    meanwhile: met at the start or by a write, it is waited out for the grace, the file tried every
+    LOCK_RETRY_SECONDS, and said only if it outlasts it. A lock at the start that ends within the grace is said
+    neither as a fault nor as its end: said at once, a lock of a second or two was an ERROR line and an end line in
+    every such start."""
+
+    def __init__(self, open_file: Callable[[], None], reopen_seconds: float | None, meanwhile: str, say: bool = True,
+                 grace_seconds: float = LOCK_GRACE_SECONDS):
+        self.grace = LockGrace(grace_seconds)
+        self._retry_seconds = reopen_seconds
+        self.timer, self.error = open_or_retry_later(open_file, reopen_seconds, meanwhile, say)
+        self.quiet = locked(self.error) and self.grace.excuses(self.error)     # a lock at the start, unsaid yet
+
+    def excuses(self, err: Exception | str, failing: bool) -> bool:
+        """Whether `err`, an open or a write that failed, goes unsaid: another process's lock within the grace, met
+        while the store is quiet (the start's lock) or writes (not `failing`: it has no error said). A start's lock
+        that outlasts the grace, or another fault after it, ends the quiet: the file is tried at the pace of
+        reopen_seconds from then on, and the caller says the fault."""
+        if failing and not self.quiet:
+            return False
+        if self.grace.excuses(err):
+            return True
+        if self.quiet:
+            self.quiet = False
+            self.timer.seconds = self._retry_seconds
+        return False
+
+    def done(self) -> bool:
+        """The file opened, or took a write: a lock from now on gets a grace of its own. True when a lock at the start
+        was waited out unsaid, whose end then goes unsaid too."""
+        quiet, self.quiet = self.quiet, False
+        self.grace.clear()
+        return quiet

@@ -22,8 +22,7 @@ from .events import aware_time, reckonable
 from .storage_connect import StorageError, connect
 from .storage_follow import follow_file
 from .storage_fs_reason import with_fs_reason
-from .storage_retry import (LOCK_GRACE_SECONDS, LOCK_RETRY_SECONDS, LockGrace, ReopenTimer, locked,
-                            open_or_retry_later)
+from .storage_retry import LOCK_GRACE_SECONDS, LOCK_RETRY_SECONDS, Opening, ReopenTimer, locked
 from .storage_sidecars import file_identity
 
 log = logging.getLogger(__name__)
@@ -104,7 +103,6 @@ class TelemetryQueue:
         self._fault = fault
         self._moved_out = 0     # samples memory held that went to the file since its writes failed
         self._found_note = ""   # what a file that opened late held, for the fault's end line
-        self._grace = LockGrace(lock_grace_seconds)
         self.max_age = max_age
         self._conn: sqlite3.Connection | None = None
         self._ident: tuple[int, int] | None = None
@@ -147,12 +145,10 @@ class TelemetryQueue:
         self._retry_seconds = reopen_seconds or 0.0
         self._retry: ReopenTimer | None = None
         self._index_retry: ReopenTimer | None = None     # set while the queue has no index on ts
-        self._reopen, self.write_error = open_or_retry_later(
-            self._open, reopen_seconds, "telemetry samples wait in memory until it opens", say=fault is None)
-        # another process's write lock at the start (a backup, an sqlite3 shell): waited out, as one met by a write
-        # is, and said only if it outlasts the grace (_failed)
-        self._open_unsaid = locked(self.write_error) and self._grace.excuses(self.write_error)
-        if self.write_error is not None and not self._open_unsaid:
+        self._opening = Opening(self._open, reopen_seconds, "telemetry samples wait in memory until it opens",
+                                say=fault is None, grace_seconds=lock_grace_seconds)
+        self.write_error = self._opening.error
+        if self.write_error is not None and not self._opening.quiet:    # a lock at the start is said by _failed
             if fault is not None:
                 fault.failed("telemetry", self.write_error)
             elif locked(self.write_error):     # open_or_retry_later said the other faults
@@ -231,7 +227,7 @@ class TelemetryQueue:
     def _db(self) -> sqlite3.Connection:
         """The file's connection; opens it if it was not there at start and it is time to try again."""
         if self._conn is None:
-            if not self._reopen.due():
+            if not self._opening.timer.due():
                 raise sqlite3.OperationalError(self.write_error)
             try:
                 self._open(late=True)
@@ -248,16 +244,13 @@ class TelemetryQueue:
         return self._conn
 
     def _failed(self, err: sqlite3.Error) -> None:
-        unsaid = self.write_error is None or self._open_unsaid
-        if unsaid and self._grace.excuses(err):
+        unsaid = self.write_error is None or self._opening.quiet
+        if self._opening.excuses(err, failing=self.write_error is not None):
             # samples wait in memory; the next one tries again if a second has passed
             self._retry = ReopenTimer(min(LOCK_RETRY_SECONDS, self._retry_seconds))
             return
         why = with_fs_reason(str(err), self.path)
         if unsaid:
-            if self._open_unsaid:
-                self._open_unsaid = False
-                self._reopen.seconds = self._retry_seconds
             if self._fault is not None:
                 self._fault.failed("telemetry", why)
             else:   # a lock is another process's, and passes: a warning, as the storage fault says it
@@ -367,13 +360,12 @@ class TelemetryQueue:
 
     def _writable_again(self) -> None:
         self._retry = None
-        self._grace.clear()
-        self._open_unsaid = False
+        unsaid = self._opening.done()
         if self.write_error is not None:
             self.write_error = None
             if self._fault is not None:
                 self._fault.written("telemetry", self._moved_out, self._found_note)
-            else:
+            elif not unsaid:
                 log.info("storage.path %s: telemetry queue written to disk again", self.path)
         self._moved_out, self._found_note = 0, ""
 
@@ -878,8 +870,8 @@ class TelemetryQueue:
         more now, not at the next retry, which never comes; the samples waiting in memory go to it if it can."""
         if self.write_error is None and not self._memory and not self._failed_memory:
             return
-        if self._reopen is not None:
-            self._reopen.expire()
+        if self._opening.timer is not None:
+            self._opening.timer.expire()
         try:
             self._db()
         except sqlite3.Error:
