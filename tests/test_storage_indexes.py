@@ -4,10 +4,12 @@ target time came back wrong for the whole run. The gateway compares its indexes 
 and rebuilds one that differs, with one line, losing no row."""
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import sqlite3
 import struct
+import threading
 import time
 
 import pytest
@@ -16,7 +18,8 @@ from gateway_process import START_S, GatewayProcess, write_config
 from forecaster.store import ForecastStore
 from ven.storage import Storage
 from ven.storage_salvage import set_aside_if_damaged
-from ven.storage_indexes import check_indexes
+from ven import storage_indexes
+from ven.storage_indexes import IndexCheck, check_indexes
 
 pytestmark = pytest.mark.timeout(int(START_S) + 60)
 
@@ -89,6 +92,34 @@ def test_an_index_that_does_not_match_its_table_is_rebuilt_with_no_row_lost(tmp_
         assert db.execute("SELECT COUNT(*) FROM forecast_demand").fetchone()[0] == 2 * FORECASTS
     caplog.clear()
     assert check_indexes(path) == [] and not caplog.records     # a sound file: nothing said
+
+
+async def test_a_stop_as_the_check_begins_ends_it(tmp_path, caplog, monkeypatch):
+    # SQLite drops an interrupt made before a statement runs (it clears it as a connection's statement starts): a stop
+    # between the check's connection and its first statement, or between two of its statements, was lost, and the stop
+    # waited for the whole check (seconds on a big file, up to five rounds of integrity_check and REINDEX)
+    path = tmp_path / "gw.sqlite"
+    history_file(path)
+    change_index_keys(path)
+    connected, go_on = threading.Event(), threading.Event()
+    check_them = storage_indexes.check_indexes
+
+    def as_it_begins(*args, **kwargs):   # the stop made in the window, which is otherwise microseconds wide
+        connected.set()
+        go_on.wait(30)
+        return check_them(*args, **kwargs)
+    monkeypatch.setattr(storage_indexes, "check_indexes", as_it_begins)
+    check = IndexCheck(path)
+    caplog.set_level(logging.INFO)
+    await check.start()
+    assert await asyncio.to_thread(connected.wait, 30)
+    stopping = asyncio.create_task(check.stop())
+    await asyncio.sleep(0)      # the stop's interrupt made
+    go_on.set()
+    await asyncio.wait_for(stopping, 30)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO] == []     # nothing checked or rebuilt
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert db.execute("PRAGMA integrity_check").fetchall() != [("ok",)]     # the index is still to rebuild
 
 
 def test_the_gateway_rebuilds_a_wrong_index_after_its_start(tmp_path, free_udp_port, free_tcp_port):

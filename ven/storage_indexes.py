@@ -19,6 +19,7 @@ import logging
 import re
 import sqlite3
 from pathlib import Path
+from typing import Callable
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +30,16 @@ BUSY_TIMEOUT_SECONDS = 5.0   # off the event loop: the stores' own writes hold t
 SAID_LINES = 3  # integrity_check's lines the log line quotes
 CHECK_LINES = 100   # integrity_check's lines a round reads
 ROUNDS = 5
+# How often a stop interrupts the check again: SQLite drops an interrupt made while none of the connection's statements
+# runs (it clears it as the next one starts), and the check runs one after another
+INTERRUPT_AGAIN_SECONDS = 0.05
 
 
-def check_indexes(path: str | Path, conn: sqlite3.Connection | None = None) -> list[str]:
+def check_indexes(path: str | Path, conn: sqlite3.Connection | None = None,
+                  stopping: Callable[[], bool] = lambda: False) -> list[str]:
     """Compare every index of the file at `path` with its table (on `conn`, if given: IndexCheck interrupts it at a
-    stop), rebuild those that differ, and say so in one line; returns the indexes rebuilt."""
+    stop), rebuild those that differ, and say so in one line; returns the indexes rebuilt. Asks `stopping` before each
+    statement, and starts none once it says so."""
     own = conn is None
     conn = conn or _connect(path)
     try:
@@ -42,6 +48,8 @@ def check_indexes(path: str | Path, conn: sqlite3.Connection | None = None) -> l
         # integrity_check stops at 100 lines, which one damaged page of an index can fill: checked again after each
         # rebuild, until it says no more (a few rounds at most: each rebuilds every index it named)
         for _ in range(ROUNDS):
+            if stopping():
+                break
             found = [row[0] for row in conn.execute(f"PRAGMA integrity_check({CHECK_LINES})")]
             if found == ["ok"]:
                 break
@@ -57,6 +65,8 @@ def check_indexes(path: str | Path, conn: sqlite3.Connection | None = None) -> l
                             ".recover | sqlite3 recovered.sqlite, and put that in its place", path, quoted,
                             f"; index(es) {', '.join(rebuilt)} rebuilt from their tables" if rebuilt else "", path)
                 return rebuilt
+            if stopping():
+                break
             try:
                 for name in wrong:
                     conn.execute(f'REINDEX "{name}"')
@@ -102,9 +112,7 @@ class IndexCheck:
         except sqlite3.Error:
             return      # the stores say why the file will not open
         try:
-            if self._stopping:
-                return
-            check_indexes(self.path, self._conn)
+            check_indexes(self.path, self._conn, lambda: self._stopping)
         except sqlite3.Error as err:
             if "interrupt" not in str(err):     # the stop's
                 log.warning("storage.path %s: the check of its indexes failed (%s); the gateway runs on", self.path,
@@ -117,8 +125,12 @@ class IndexCheck:
         self._stopping = True
         if self._task is None:
             return
-        if not self._task.done() and self._conn is not None:
-            with contextlib.suppress(sqlite3.Error):
-                self._conn.interrupt()
+        # an interrupt made between two of the check's statements is dropped: made again until the thread ends (the
+        # check asks _stopping before each statement, so one that starts after the flag is set never runs)
+        while not self._task.done():
+            if (conn := self._conn) is not None:
+                with contextlib.suppress(sqlite3.Error):    # closed already: its thread is ending
+                    conn.interrupt()
+            await asyncio.wait({self._task}, timeout=INTERRUPT_AGAIN_SECONDS)
         with contextlib.suppress(Exception):
             await self._task
