@@ -1,18 +1,20 @@
 """`cp other.sqlite gw.sqlite` while the gateway runs writes over the file in place: same inode, so the check that
-finds a file deleted or replaced (ven/storage.follow_file) took it for the gateway's own, nothing was said, and the
-gateway's next writes, paired by SQLite with the pages put there, damaged it ("database disk image is malformed" at
-the next start, every telemetry reading queued in it unreadable). Its old pages are gone from the disk, so nothing can
-keep them; the gateway says so once, as an ERROR, at its next write."""
+finds a file deleted or replaced (ven/storage_follow.follow_file) took it for the gateway's own, nothing was said,
+and the gateway's next writes, paired by SQLite with the pages put there, damaged it ("database disk image is
+malformed" at the next start, every telemetry reading queued in it unreadable). Its old pages are gone from the disk,
+so nothing can keep them; the gateway says so once, as an ERROR, at its next write."""
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sqlite3
 import subprocess
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from ven import storage_sidecars
 from ven.storage import Storage
 from ven.telemetry import TelemetryQueue
 
@@ -78,5 +80,32 @@ def test_a_vacuum_another_process_runs_is_not_taken_for_one(tmp_path, caplog):
     store.save_value("after", "1")
     assert _said(caplog) == []
     assert len(queue.peek(2000)) == 1200
+    queue.close()
+    store.close()
+
+
+def test_a_file_put_in_place_night_after_night_is_followed_each_time(tmp_path, caplog):
+    # what the gateway kept of each file it had written (its size, whether it was said to be written over, whether it
+    # was made a copy of the gateway's) was kept by (device, inode) for good: a file put in its place later (a restore
+    # each night), on an inode a file the gateway had left was freed from, was taken for that one, and not copied
+    # into (what the gateway held was lost) or called written over in place (a false ERROR). And it only grew
+    def kept() -> int:
+        return sum(map(len, storage_sidecars._sidecars.values()))
+
+    path = tmp_path / "gw.sqlite"
+    store, queue = Storage(path), TelemetryQueue(path)
+    queue.add(T0, 90.0)
+    store.save_value("n", "0")
+    before = kept()
+    for i in range(1, 20):
+        other = tmp_path / f"restore-{i}.sqlite"
+        Storage(other).close()
+        os.replace(other, path)     # a restore, as `mv` puts it there
+        queue.add(T0 + timedelta(seconds=i), 90.0)      # the file there made a copy of the gateway's
+        store.save_value("n", str(i))
+    assert store.load_value("n") == "19" and len(queue.peek(100)) == 20
+    said = _said(caplog)
+    assert len(said) == 19 and all("was replaced while the gateway had it open" in s for s in said), said
+    assert kept() <= before + 1     # the last one closed, dropped as the next is noted
     queue.close()
     store.close()

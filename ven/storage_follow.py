@@ -15,7 +15,7 @@ from pathlib import Path
 from . import storage_connect
 from .storage_connect import StorageError, connect
 from .storage_overwritten import identity_and_size, note_size
-from .storage_sidecars import file_identity, unpair_sidecars
+from .storage_sidecars import file_identity, shared, unpair_sidecars
 
 log = logging.getLogger("ven.storage")
 
@@ -36,7 +36,7 @@ def follow_file(conn: sqlite3.Connection, path: Path, ident: tuple[int, int] | N
     if now == ident:
         note_size(conn, path, ident, size)
         return conn, ident
-    if (str(path), now) in _followed:  # another connection of the gateway already copied the old file here
+    if (shared(path, now) or {}).get("followed"):  # another connection of the gateway already copied the old file here
         fresh = connect(path, table)
         conn.close()
         return fresh, now
@@ -63,14 +63,12 @@ def follow_file(conn: sqlite3.Connection, path: Path, ident: tuple[int, int] | N
     fresh = connect(path, table)
     conn.close()
     ident = file_identity(path)
-    _followed.add((str(path), ident))
+    if (copied := shared(path, ident)) is not None:
+        copied["followed"] = True
     log.warning("storage.path %s was %s while the gateway had it open: made it a copy of the file the gateway "
                 "had (%d row(s))%s; the gateway uses it from now on", path, "deleted" if now is None else "replaced",
                 rows, f"; the file put there is not SQLite and was moved to {aside}" if aside else "")
     return fresh, ident
-
-
-_followed: set[tuple[str, tuple[int, int] | None]] = set()  # (path, identity) this process has copied into
 
 
 def _mirror_into_new_file(conn: sqlite3.Connection, path: Path) -> int:

@@ -7,12 +7,9 @@ import os
 import sqlite3
 from pathlib import Path
 
-log = logging.getLogger("ven.storage")
+from .storage_sidecars import shared
 
-# The size each file the gateway writes was last seen at, by (path, identity): one that changes past the pages the
-# gateway has in it was written over in place, `cp other.sqlite gw.sqlite` while the gateway runs, which keeps the
-# file's inode, so follow_file's identity cannot tell it from the gateway's own file (note_size)
-_sizes: dict[tuple[str, tuple[int, int] | None], int] = {}
+log = logging.getLogger("ven.storage")
 
 
 def identity_and_size(path: str | Path) -> tuple[tuple[int, int] | None, int]:
@@ -33,26 +30,24 @@ def note_size(conn: sqlite3.Connection, path: Path, ident: tuple[int, int] | Non
     file grew past the pages `conn` sees (a checkpoint writes none past them), or shrank below them: a VACUUM another
     process ran shrinks what `conn` sees first, and the file at its checkpoint. One put there whose size falls
     between the two is not seen."""
-    key = (str(path), ident)
-    before = _sizes.get(key, 0)
-    if size == before or key in _overwritten_said:     # most writes: the size has not changed since the last
+    before, conn.seen_size = conn.seen_size, size
+    if size == before:     # most writes: the size has not changed since the last
         return
-    _sizes[key] = size
     try:
         pages = conn.execute("SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()").fetchone()[0]
     except sqlite3.Error:   # the write that follows says what is wrong
         return
     if before < size <= pages or pages <= size < before:
         return
+    said = shared(path, ident)      # by every connection of the gateway to that file, once
+    if said is None or said.get("overwritten_said"):
+        return
+    said["overwritten_said"] = True
     sizes = (f"{size} bytes, more than the {pages} the gateway has in it" if size > before else
              f"{size} bytes, down from {before}, fewer than the {pages} the gateway has in it")
-    _overwritten_said.add(key)
     log.error("storage.path %s was written over in place while the gateway had it open (%s: a `cp` onto it, a "
               "restore into it): SQLite cannot see that, and the gateway's writes, in its -wal, land among the pages "
               "put there and damage them; what the file held before is gone from the disk. To use the file put "
               "there, stop the gateway and copy it in again (its source is whole) before starting it; else the next "
               "start checks the file and, if damaged, moves it aside and keeps every table that reads whole", path,
               sizes)
-
-
-_overwritten_said: set[tuple[str, tuple[int, int] | None]] = set()

@@ -7,6 +7,7 @@ import os
 import sqlite3
 import threading
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -23,27 +24,61 @@ class TrackedConnection(sqlite3.Connection):
     """A connection that says whether it is still open: while it is, the -wal and -shm it opened cannot be freed,
     so a file found under their names with their (device, inode) is theirs (unpair_sidecars)."""
     is_open = True
+    seen_size = 0   # the file's size as this connection last saw it (ven/storage_overwritten.py)
 
     def close(self) -> None:
         self.is_open = False
         super().close()
 
 
-# By real path: the connections connect() made, each with its file's (device, inode) and its -wal's and -shm's
-_sidecars: dict[str, list[tuple[weakref.ref, tuple[int, int] | None, dict[str, tuple[int, int] | None]]]] = {}
+@dataclass
+class _Opened:
+    """A connection connect() made: its file's (device, inode), its -wal's and -shm's, and what the connections open
+    on that file share (`shared`)."""
+    conn: weakref.ref
+    ident: tuple[int, int] | None
+    sides: dict[str, tuple[int, int] | None]
+    shared: dict
+
+    @property
+    def open(self) -> bool:
+        return (conn := self.conn()) is not None and conn.is_open
+
+
+# By real path: the connections connect() made that are open. One closed is dropped as the next is noted: a file is
+# another's once no connection has it open (its inode free again), and a gateway whose file was replaced each night,
+# or a test suite's thousands of files, kept one each for good
+_sidecars: dict[str, list[_Opened]] = {}
 _sidecars_lock = threading.Lock()
 
 
 def note_sidecars(conn: sqlite3.Connection, p: Path) -> None:
     real = os.path.realpath(p)
-    entry = (weakref.ref(conn), file_identity(real), {s: file_identity(real + s) for s in ("-wal", "-shm")})
+    ident = file_identity(real)
     with _sidecars_lock:
-        _sidecars.setdefault(real, []).append(entry)
+        for path, entries in list(_sidecars.items()):
+            if open_ones := [e for e in entries if e.open]:
+                _sidecars[path] = open_ones
+            else:
+                del _sidecars[path]
+        shared = next((e.shared for e in _sidecars.get(real, ()) if e.ident == ident), {})
+        _sidecars.setdefault(real, []).append(
+            _Opened(weakref.ref(conn), ident, {s: file_identity(real + s) for s in ("-wal", "-shm")}, shared))
 
 
 def live_files(real: str) -> list[tuple[int, int] | None]:
     with _sidecars_lock:
-        return [ident for ref, ident, _ in _sidecars.get(real, ()) if (c := ref()) is not None and c.is_open]
+        return [e.ident for e in _sidecars.get(real, ()) if e.open]
+
+
+def shared(path: str | os.PathLike, ident: tuple[int, int] | None) -> dict | None:
+    """What the gateway's connections open on the file at `path` with (device, inode) `ident` share (what was done
+    to it, said of it), or None when none has it open. Kept by (device, inode) no longer than a connection has the
+    file open: the inode may be another file's after, and a file put at the path then (a restore) was taken for one
+    already followed (its copy never made, what the gateway held lost) or written over in place (a false ERROR)."""
+    real = os.path.realpath(path)
+    with _sidecars_lock:
+        return next((e.shared for e in _sidecars.get(real, ()) if e.ident == ident and e.open), None)
 
 
 def not_copied_yet(path: str | os.PathLike) -> bool:
@@ -70,14 +105,13 @@ def unpair_sidecars(path: str | os.PathLike) -> None:
             return
         now = file_identity(real)
         kept = []
-        for ref, ident, sides in entries:
-            conn = ref()
-            if conn is None or not conn.is_open:    # its -wal's and -shm's inodes may be another file's now
+        for entry in entries:
+            if not entry.open:    # its -wal's and -shm's inodes may be another file's now
                 continue
-            kept.append((ref, ident, sides))
-            if ident == now:
+            kept.append(entry)
+            if entry.ident == now:
                 continue
-            for suffix, was in sides.items():
+            for suffix, was in entry.sides.items():
                 if was is not None and file_identity(real + suffix) == was:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(real + suffix)
