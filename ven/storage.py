@@ -21,6 +21,7 @@ from typing import Callable
 
 from .events import Event
 from .storage_connect import BUSY_TIMEOUT_SECONDS, StorageError, connect
+from .storage_damage import UNTIL_RESTART, damaged, name_damage
 from .storage_follow import follow_file, remove_abandoned_copies
 from .storage_fs_reason import with_fs_reason
 from .storage_retry import LOCK_GRACE_SECONDS, Opening, locked
@@ -422,16 +423,20 @@ class Storage:
     def _write_failed(self, err: Exception) -> None:
         why = with_fs_reason(str(err), self.path)
         if self.write_error is None:
-            self.write_error = why
+            self.write_error = why = name_damage(why, self.conn)
             if self._fault is not None:
                 self._fault.failed("events", why)
+            elif damaged(why):
+                log.error("storage.path %s is damaged (%s): events are kept in memory; %s", self.path, why,
+                          UNTIL_RESTART)
             else:   # a lock is another process's, and passes: a warning, as the storage fault says it
                 log.log(logging.WARNING if locked(why) else logging.ERROR, "storage.path %s: cannot save events "
                         "(%s): kept in memory and written when it can; a restart before then loses them", self.path,
                         why)
             if self.on_write_failed is not None:
                 self.on_write_failed()
-        self.write_error = why
+        elif not damaged(self.write_error):     # one named, kept: the same damage met again
+            self.write_error = why
 
     def last_try(self) -> None:
         """At a stop, before close: a file that would not open is tried once more now, not at its next retry,

@@ -22,6 +22,7 @@ from pathlib import Path
 from bacnet_api.settle import Flapping, span
 
 from .config_checks import LOW_SPACE_BYTES
+from .storage_damage import UNTIL_RESTART, damaged
 from .storage_retry import LOCK_GRACE_SECONDS, locked
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,10 @@ class StorageFault:
                             "past %g s (%s): %s until it lets go (tried every %s)%s; a restart before then loses "
                             "what memory holds%s", self.path, LOCK_GRACE_SECONDS, why, waiting,
                             _every(self.retry_seconds), also, f"; {note}" if note else "")
+                return
+            if damaged(why):   # a torn page: no retry takes the write
+                log.error("storage.path %s is damaged (%s): %s meanwhile%s; %s%s", self.path, why, waiting, also,
+                          UNTIL_RESTART, f"; {note}" if note else "")
                 return
             log.error("storage.path %s refuses writes (%s): %s until it takes them again (tried every %s)%s; a "
                       "restart before then loses what memory holds%s", self.path, why, waiting,

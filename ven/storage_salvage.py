@@ -11,16 +11,10 @@ import time
 from pathlib import Path
 
 from .storage_connect import BUSY_TIMEOUT_SECONDS, StorageError, connect
+from .storage_damage import damaged
 from .storage_sidecars import move_with_sidecars
 
 log = logging.getLogger("ven.storage")
-
-# What SQLite says of a file a power cut or a failing card damaged (or that was never SQLite). Unlike a lock, a
-# full disk or a read-only mount, it never passes: trying it again every storage.retry_seconds kept everything
-# the gateway took in memory only, for good, and a restart lost it.
-# "malformed database schema": a torn page of the schema table; every statement fails on it, the file then refused
-# each write of the run while it was taken for a passing fault (met by bench/storage_locks.py after an mv over it)
-DAMAGED = ("file is not a database", "database disk image is malformed", "malformed database schema")
 
 
 def set_aside_if_damaged(path: str | Path) -> Path | None:
@@ -39,7 +33,7 @@ def set_aside_if_damaged(path: str | Path) -> Path | None:
         with contextlib.closing(sqlite3.connect(str(p), timeout=BUSY_TIMEOUT_SECONDS)) as conn:
             why = conn.execute("PRAGMA quick_check(1)").fetchone()[0]
     except sqlite3.DatabaseError as err:
-        if not any(d in str(err) for d in DAMAGED):
+        if not damaged(str(err)):
             return None     # locked, unreadable: the stores say why
         why = str(err)
     if why == "ok":

@@ -20,6 +20,7 @@ from bacnet_api.settle import span
 
 from .events import aware_time, reckonable
 from .storage_connect import StorageError, connect
+from .storage_damage import UNTIL_RESTART, damaged, name_damage
 from .storage_follow import follow_file
 from .storage_fs_reason import with_fs_reason
 from .storage_retry import LOCK_GRACE_SECONDS, LOCK_RETRY_SECONDS, Opening, ReopenTimer, locked
@@ -251,14 +252,19 @@ class TelemetryQueue:
             return
         why = with_fs_reason(str(err), self.path)
         if unsaid:
+            why = name_damage(why, self._conn)
             if self._fault is not None:
                 self._fault.failed("telemetry", why)
+            elif damaged(why):
+                log.error("storage.path %s is damaged (%s): samples wait in memory; %s", self.path, why,
+                          UNTIL_RESTART)
             else:   # a lock is another process's, and passes: a warning, as the storage fault says it
                 log.log(logging.WARNING if locked(why) else logging.ERROR, "storage.path %s: cannot write the "
                         "telemetry queue (%s): samples wait in memory until it can; a restart before then loses "
                         "them", self.path, why)
             self._moved_out = 0
-        self.write_error = why
+        if unsaid or not damaged(self.write_error):     # one named, kept: the same damage met again
+            self.write_error = why
         self._retry = ReopenTimer(self._retry_seconds)
 
     def _write(self, sql: str, params=()) -> bool:

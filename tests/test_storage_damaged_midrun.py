@@ -1,0 +1,62 @@
+"""An index of storage.path damaged while the gateway runs (a failing card tearing a page), met by an ordinary write:
+the storage fault said "refuses writes (database disk image is malformed) ... until it takes them again", as of a full
+disk that passes. It never passes: SQLite can neither rebuild nor drop an index with a page whose layout is broken,
+only the next start, which sets the file aside and keeps every table that reads whole, puts it right. The fault's line
+says so, naming what is damaged."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from ven.storage import Storage
+from ven.storage_fault import StorageFault
+from ven.storage_salvage import set_aside_if_damaged
+from ven.telemetry import TelemetryQueue
+
+pytestmark = pytest.mark.timeout(60)
+
+T0 = datetime(2026, 12, 1, tzinfo=timezone.utc)
+
+
+def damage_newest_index_page(path, index: str = "telemetry_queue_ts") -> None:
+    """The cells of the index's last leaf (where the newest readings' keys go) made garbage, its header left."""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        size = db.execute("PRAGMA page_size").fetchone()[0]
+        page = max(p for p, in db.execute("SELECT pageno FROM dbstat WHERE name = ? AND pagetype = 'leaf'", (index,)))
+    with open(path, "r+b") as f:
+        f.seek((page - 1) * size + 8)
+        f.write(os.urandom(size - 8))
+
+
+def test_an_index_damaged_while_the_gateway_runs_is_said_damaged_not_refusing(tmp_path, caplog):
+    path = tmp_path / "gw.sqlite"
+    fault = StorageFault(path, retry_seconds=10, settle_seconds=0)
+    store = Storage(path, reopen_seconds=10, fault=fault)
+    queue = TelemetryQueue(path, max_age=timedelta(days=1), reopen_seconds=10, fault=fault)
+    for i in range(3000):
+        queue.add(T0 + timedelta(seconds=i), 90.0)
+    damage_newest_index_page(path)
+    caplog.set_level(logging.INFO)
+    store.save_value("after", "1")      # a write by another connection: the queue's reads the file's pages again
+    for i in range(3000, 3010):
+        queue.add(T0 + timedelta(seconds=i), 90.0)
+    said = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [r.levelno for r in said] == [logging.ERROR], [r.getMessage() for r in said]
+    line = said[0].getMessage()
+    assert f"storage.path {path} is damaged" in line and "index telemetry_queue_ts" in line, line
+    assert "refuses writes" not in line and "takes them again" not in line, line
+    assert "restart" in line, line
+    assert queue.write_error is not None and len(queue.peek(5000)) == 3010     # what it met waits in memory
+    queue.close()
+    store.close()
+    # the restart the line asks for: the file aside, the queue's table kept whole, its index made again
+    assert set_aside_if_damaged(path) is not None
+    queue = TelemetryQueue(path, max_age=timedelta(days=1))
+    assert len(queue.peek(5000)) == 3000
+    queue.close()
