@@ -23,12 +23,14 @@ pytestmark = pytest.mark.timeout(60)
 T0 = datetime(2026, 12, 1, tzinfo=timezone.utc)
 
 
-def damage_newest_index_page(path, index: str = "telemetry_queue_ts") -> None:
-    """The cells of the index's last leaf (where the newest readings' keys go) made garbage, its header left."""
+def damage_index_page(path, newest: bool = True, index: str = "telemetry_queue_ts") -> None:
+    """The cells of the index's last leaf (where the newest readings' keys go), or its first (the oldest's), made
+    garbage, its header left."""
     with contextlib.closing(sqlite3.connect(path)) as db:
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         size = db.execute("PRAGMA page_size").fetchone()[0]
-        page = max(p for p, in db.execute("SELECT pageno FROM dbstat WHERE name = ? AND pagetype = 'leaf'", (index,)))
+        page = db.execute(f"SELECT pageno FROM dbstat WHERE name = ? AND pagetype = 'leaf' ORDER BY path "
+                          f"{'DESC' if newest else ''} LIMIT 1", (index,)).fetchone()[0]
     with open(path, "r+b") as f:
         f.seek((page - 1) * size + 8)
         f.write(os.urandom(size - 8))
@@ -41,7 +43,7 @@ def test_an_index_damaged_while_the_gateway_runs_is_said_damaged_not_refusing(tm
     queue = TelemetryQueue(path, max_age=timedelta(days=1), reopen_seconds=10, fault=fault)
     for i in range(3000):
         queue.add(T0 + timedelta(seconds=i), 90.0)
-    damage_newest_index_page(path)
+    damage_index_page(path)
     caplog.set_level(logging.INFO)
     store.save_value("after", "1")      # a write by another connection: the queue's reads the file's pages again
     for i in range(3000, 3010):
@@ -60,3 +62,27 @@ def test_an_index_damaged_while_the_gateway_runs_is_said_damaged_not_refusing(tm
     queue = TelemetryQueue(path, max_age=timedelta(days=1))
     assert len(queue.peek(5000)) == 3000
     queue.close()
+
+
+def test_an_index_damaged_where_the_queue_drops_its_oldest_readings_is_said_once(tmp_path, caplog):
+    # the queue's bound by age (DELETE ... WHERE ts < ?, by the index) failed on the damaged page at every reading and
+    # nothing was said: the queue grew past telemetry.max_age, with no line, until the disk filled
+    path = tmp_path / "gw.sqlite"
+    fault = StorageFault(path, retry_seconds=10, settle_seconds=0)
+    store = Storage(path, reopen_seconds=10, fault=fault)
+    queue = TelemetryQueue(path, max_age=timedelta(hours=1), reopen_seconds=10, fault=fault)
+    for i in range(3000):
+        queue.add(T0 + timedelta(seconds=i), 90.0)
+    damage_index_page(path, newest=False)
+    caplog.set_level(logging.INFO)
+    store.save_value("after", "1")
+    for i in range(3000, 6000):     # past the hour: the oldest are due to go
+        queue.add(T0 + timedelta(seconds=i), 90.0)
+    said = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [r.levelno for r in said] == [logging.ERROR], [r.getMessage() for r in said]
+    line = said[0].getMessage()
+    assert f"storage.path {path} is damaged" in line and "index telemetry_queue_ts" in line, line
+    assert "older than 60 min" in line and "restart" in line, line
+    assert queue.write_error is None    # the readings still go to the file, which the restart keeps
+    queue.close()
+    store.close()

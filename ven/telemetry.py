@@ -116,6 +116,7 @@ class TelemetryQueue:
         self._memory: list[Sample] = []     # samples the file would not take; negative seq numbers
         self._failed_memory: list[datetime] = []    # poll ticks of failed reads the file would not take (add_failed)
         self._failed_unreadable_said = False    # a stored failed read that is not a count: said once
+        self._bound_damage_said = False     # damage that keeps the queue from dropping its oldest: said once
         self._next_memory_seq = -1
         self.sent_total = 0                 # samples the VTN accepted since start (metrics)
         self._acked: set[int] = set()       # rows the VTN accepted not yet deleted (ACK_DEFER_MAX): never resent
@@ -579,8 +580,15 @@ class TelemetryQueue:
                 n += deleted
                 if deleted:
                     first_row = self._db().execute("SELECT MIN(seq) FROM telemetry_queue").fetchone()[0] or math.inf
-            except sqlite3.Error:
-                pass    # the rows stay queued; bounding is retried with the next sample
+            except sqlite3.Error as err:
+                # the rows stay queued; bounding is retried with the next sample. Damage (a torn page of the index it
+                # goes by) fails it at every sample for the rest of the run, while the readings still go in: the
+                # queue grew past max_age with nothing said
+                if damaged(str(err)) and not self._bound_damage_said:
+                    self._bound_damage_said = True
+                    log.error("storage.path %s is damaged (%s): the telemetry queue cannot drop its readings older "
+                              "than %s, and grows; %s", self.path, name_damage(str(err), self._conn),
+                              span(self.max_age.total_seconds()), UNTIL_RESTART)
         if gone or first_row:
             # those one request delivered, held for another, reached the VTN: counted delivered then, not dropped now
             n -= sum(1 for seq in self._sent if seq in gone or 0 < seq < first_row)
