@@ -29,7 +29,9 @@ def note_size(conn: sqlite3.Connection, path: Path, ident: tuple[int, int] | Non
     stopped; else the next start checks the file and keeps what reads whole (set_aside_if_damaged). Seen when the
     file grew past the pages `conn` sees (a checkpoint writes none past them), or shrank below them: a VACUUM another
     process ran shrinks what `conn` sees first, and the file at its checkpoint. One put there whose size falls
-    between the two is not seen."""
+    between the two is not seen, nor one of the same size (an older copy of the gateway's own file, once its size is
+    steady): its time of change would tell, but so do the gateway's own checkpoints, which SQLite tells only in the
+    -shm (a descriptor of it opened and closed here drops SQLite's locks on it) or by a checkpoint of its own."""
     before, conn.seen_size = conn.seen_size, size
     if size == before:     # most writes: the size has not changed since the last
         return
