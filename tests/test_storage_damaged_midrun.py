@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import sqlite3
 from datetime import datetime, timedelta, timezone
 
@@ -25,7 +24,8 @@ T0 = datetime(2026, 12, 1, tzinfo=timezone.utc)
 
 def damage_index_page(path, newest: bool = True, index: str = "telemetry_queue_ts") -> None:
     """The cells of the index's last leaf (where the newest readings' keys go), or its first (the oldest's), made
-    garbage, its header left."""
+    garbage, its header left: every cell's offset past the page, which SQLite finds at its first read (random bytes
+    may give one a key it reads, and stops at)."""
     with contextlib.closing(sqlite3.connect(path)) as db:
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         size = db.execute("PRAGMA page_size").fetchone()[0]
@@ -33,7 +33,7 @@ def damage_index_page(path, newest: bool = True, index: str = "telemetry_queue_t
                           f"{'DESC' if newest else ''} LIMIT 1", (index,)).fetchone()[0]
     with open(path, "r+b") as f:
         f.seek((page - 1) * size + 8)
-        f.write(os.urandom(size - 8))
+        f.write(b"\xff" * (size - 8))
 
 
 def test_an_index_damaged_while_the_gateway_runs_is_said_damaged_not_refusing(tmp_path, caplog):
