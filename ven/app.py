@@ -401,6 +401,11 @@ class Gateway:
             # which ones: the count alone did not tell the operator whether the utility still counts on a shed
             out.append(f"answers to {o['count']} event(s) not taken by the VTN for {lasted(o['since'])} "
                        f"({self.vtn.answers_waiting() or 'none now'}; the last failure: {o['why']}): {ANSWERED_AGAIN}")
+        if self._built("vtn") and (refused := self.vtn.refused_answers()) is not None:
+            # not sent again, and the utility counts the site as it last heard it: said until the VTN takes an answer
+            # to the event or stops listing it
+            out.append(f"{refused['answers']} refused by the VTN for {lasted(refused['since'])} (the last refusal: "
+                       f"{self.vtn.opt_answer_error}): {ANSWERED_AGAIN}")
         if self._built("vtn") and (st := self.vtn.status_fault()) is not None:
             # not kept in storage.path (a past status is worth little once the VTN is back): the stop drops them
             out.append(f"TELEMETRY_STATUS updates not answered by the VTN for {lasted(st['since'])} ({st['count']} "

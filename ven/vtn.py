@@ -196,6 +196,10 @@ class VtnClient(VtnEvents, VtnReports, VtnDelivery, VtnUpdates, VtnStatus, VtnOu
         self._refused_said: dict[str, int] = {}   # listed events refused as unreadable: the modification logged
         self._contexts_said: set[str] = set()     # other programmes' market contexts whose first event was warned of
         self.opt_answer_error: str | None = None   # the VTN's reason for refusing our last opt answer
+        # event -> the answer the VTN refused, until it takes one for the event or stops listing it: then
+        # opt_answer_error's end line
+        self._refused: dict[str, str] = {}
+        self._refused_since = ""
         self._opts_not_taken: dict | None = None    # answers the VTN did not take while connected: since, count, why
         self._opts_start_said = False           # their WARNING said (here or as "did not get through")
         # answers that stopped waiting untaken while that fault was open (the VTN no longer lists the event, refused

@@ -78,10 +78,14 @@ class VtnEvents:
                         self._answer_again(events, client.server_failed)
                     elif client.refused:
                         ids = ", ".join(e["event_descriptor"]["event_id"] for e in events)
-                        self._answer_refused(f"VTN refused the answer to event(s) {ids}: {client.refused}")
+                        self._answer_refused(f"VTN refused the answer to event(s) {ids}: {client.refused}",
+                                             [(e["event_descriptor"]["event_id"],
+                                               client.responded_events.get(e["event_descriptor"]["event_id"], OPT_IN))
+                                              for e in events if _answered_by_openleadr(e)])
                     else:
-                        self._answers_taken(e["event_descriptor"]["event_id"] for e in events
-                                            if _answered_by_openleadr(e))
+                        self._answers_taken((e["event_descriptor"]["event_id"],
+                                             client.responded_events.get(e["event_descriptor"]["event_id"], OPT_IN))
+                                            for e in events if _answered_by_openleadr(e))
                         for opt in sorted({opt for _, _, opt in carried}):
                             log.info("told the VTN %s for %s (in its answer to the events listed)", opt,
                                      _events([a for a in carried if a[2] == opt]))
@@ -179,9 +183,18 @@ class VtnEvents:
         lists (a VTN restarted without its events, say) would name an event it does not have: dropped."""
         self._schedule.retain_only(listed, why)
         self._listed_since_start &= listed
-        for eid in [eid for eid in self._pending_opts if eid not in listed]:
-            self._given_up(eid, self._pending_opts.pop(eid)[1], "the VTN no longer lists the event")
+        dropped = [(eid, self._pending_opts.pop(eid)[1]) for eid in list(self._pending_opts) if eid not in listed]
+        for eid, opt in dropped:
+            self._given_up(eid, opt, "the VTN no longer lists the event")
             self._singly.discard(eid)
+        if dropped and self._opts_not_taken is None:
+            # written while the VTN was away (it came back without the event: restarted, or the utility deleted it):
+            # no line said where the BAS's optOut went, and no "told the VTN" follows
+            log.info("%s, waiting for the VTN, %s not sent: the VTN no longer lists %s", _answers_text(dropped),
+                     "is" if len(dropped) == 1 else "are", "the event" if len(dropped) == 1 else "the events")
+        if gone := [(eid, self._refused.pop(eid)) for eid in list(self._refused) if eid not in listed]:
+            self._refusal_over(f"the VTN never took {_answers_text(gone)} and no longer lists "
+                               f"{'the event' if len(gone) == 1 else 'those events'}")
 
     def _answer_again(self, events: list[dict], error: str) -> None:
         # neutral: a link that lost it and a VTN that would not take it read alike from here. Within a fault of the
@@ -422,7 +435,8 @@ class VtnEvents:
         await self._schedule.synced()
         self._opts_failed_why = None
         failed_in_a_row = 0
-        for by_create_opt, answers in self._opt_messages():
+        messages = self._opt_messages()
+        for by_create_opt, answers in messages:
             if self._client is None:
                 return
             if failed_in_a_row >= OPTS_FAILED_IN_A_ROW:
@@ -482,7 +496,9 @@ class VtnEvents:
                 log.info("the VTN refused the %s for %s in one message (%s); each is sent on its own",
                          opt, _events(answers), self._client.refused)
                 self._singly.update(eid for eid, _, _ in answers)
-                self._opts_changed()
+                # each in this pass: left to the next poll, they read as answers the VTN had not taken, a WARNING
+                # "(no answer)" before the one naming the answer it refused
+                messages += [(False, [a]) for a in answers if self._pending_opts.get(a[0]) == (a[1], a[2], False)]
                 continue
             for eid, mod, answer in answers:
                 if self._pending_opts.get(eid) == (mod, answer, by_create_opt):
@@ -492,10 +508,10 @@ class VtnEvents:
                         self._given_up(eid, answer, f"refused: {self._client.refused}")
             how = "oadrCreateOpt for" if by_create_opt else "answer to"
             if self._client.refused:
-                self._answer_refused(f"VTN refused the {opt} {how} {_events(answers)}: {self._client.refused}")
+                self._answer_refused(f"VTN refused the {opt} {how} {_events(answers)}: {self._client.refused}",
+                                     [(eid, answer) for eid, _, answer in answers])
                 continue
-            self.opt_answer_error = None
-            self._answers_taken(eid for eid, _, _ in answers)
+            self._answers_taken((eid, answer) for eid, _, answer in answers)
             log.info("told the VTN %s for %s%s", opt, _events(answers),
                      " (oadrCreateOpt: it wants no answer)" * by_create_opt)
 
@@ -551,17 +567,39 @@ class VtnEvents:
         if self._opts_not_taken is not None:
             self._opts_given_up.append((eid, opt, why))
 
-    def _answers_taken(self, eids) -> None:
-        """The VTN took an answer to these events: one given up before (refused for an older modification, say) is
-        no longer one it never heard."""
-        taken = set(eids)
+    def _answers_taken(self, answers) -> None:
+        """The VTN took these (eventID, optType) answers: one given up before (refused for an older modification,
+        say) is no longer one it never heard, and a refusal of the event's answer is over."""
+        taken = dict(answers)
         self._opts_given_up = [g for g in self._opts_given_up if g[0] not in taken]
+        if ended := [(eid, taken[eid]) for eid in list(self._refused) if eid in taken and self._refused.pop(eid)]:
+            self._refusal_over(f"the VTN took {_answers_text(ended)}")
 
-    def _answer_refused(self, error: str) -> None:
+    def _answer_refused(self, error: str, answers: list[tuple[str, str]]) -> None:
         # Not sent again: the same answer would be refused again. The utility does not know the
         # gateway's answer, so the operator has to hear of it.
         self.opt_answer_error = error
+        if not self._refused:
+            self._refused_since = _utcnow().isoformat(timespec="seconds")
+        self._refused.update(answers)
         log.warning("%s", error)
+
+    def _refusal_over(self, how: str) -> None:
+        """No refused answer stands any more: the VTN took an answer to each refused event since (a later
+        modification, the BAS's next change), or stopped listing it. The refusal's WARNING had no end: the dashboard's
+        "VTN refused an opt answer" stayed red after the VTN took the event's answer, until another event's answer
+        went, and the log never said the refusal was over."""
+        if self._refused or self.opt_answer_error is None:
+            return
+        log.info("%s: no answer to events stands refused any more (refused since %s)", how, self._refused_since)
+        self.opt_answer_error = None
+
+    def refused_answers(self) -> dict | None:
+        """The answers the VTN refused and has not taken an answer to their events since, from the refusal's WARNING
+        to its end line: answers (for a log line) and since; None when none stands."""
+        if not self._refused:
+            return None
+        return {"answers": _answers_text(list(self._refused.items())), "since": self._refused_since}
 
 
 def _events(answers: list[tuple[str, int, str]]) -> str:
