@@ -64,7 +64,8 @@ async def test_a_restart_in_the_middle_of_an_event_says_the_level_it_found_not_a
     assert re.findall(r"ADR-Event-Level .*", before) == ["ADR-Event-Level 0 -> 2 (event level-log-restart)"], before
     # one line a change still: the level the start found, then its end
     assert re.findall(r"ADR-Event-Level .*", after) == [
-        "ADR-Event-Level 2 at the start (event level-log-restart in force)", "ADR-Event-Level 2 -> 0"], after
+        "ADR-Event-Level 2 at the start (event level-log-restart in force)",
+        "ADR-Event-Level 2 -> 0 (event level-log-restart cancelled)"], after
     assert "Traceback" not in before + after
 
 

@@ -111,6 +111,39 @@ def test_a_start_does_not_call_an_event_over_that_is_not(tmp_path, caplog):
         "ADR-Event-Level 2 -> 0 while the gateway was stopped (event d opted out)"]
 
 
+def test_a_level_that_drops_in_the_middle_of_its_event_says_why(tmp_path, caplog):
+    # The line comes as the points change, before the one that says the cause: "ADR-Event-Level 1 -> 0" in the middle
+    # of an event read as its end, when the BAS had opted out, the VTN cancelled it or stopped listing it, or moved it
+    # later (helper openadr49). Its end as it was to come says nothing more, as before.
+    caplog.set_level(logging.INFO, logger="ven.level_log")
+    t = datetime(2026, 12, 5, 16, 0, tzinfo=timezone.utc)
+    running = make_event("a", [2], t - timedelta(minutes=10), 3600)
+    events = {
+        "opted": dataclasses.replace(running, event_id="opted", opt=OPT_OUT),
+        "cancelled": dataclasses.replace(running, event_id="cancelled", status="cancelled", cancelled_at=t),
+        "unlisted": dataclasses.replace(running, event_id="unlisted", status="cancelled", cancelled_at=t,
+                                        unlisted=True),
+        "moved": make_event("moved", [2], t + timedelta(hours=1), 3600),
+        "ended": make_event("ended", [2], t - timedelta(hours=1), 3600),
+    }
+    storage = Storage(tmp_path / "gw.sqlite")
+    level_log = LevelLog(storage, event=events.get, clock=lambda: t)
+    level_log.update(state(0))
+    for eid in events:
+        level_log.update(state(2, eid))
+        level_log.update(state(0))
+    level_log.update(state(2, "gone"))
+    level_log.update(state(1, "moved"))     # another event's level: named, as before, with why the last one left
+    storage.close()
+    assert [line for line in lines(caplog) if "-> 2" not in line] == [
+        "ADR-Event-Level 2 -> 0 (event opted opted out)",
+        "ADR-Event-Level 2 -> 0 (event cancelled cancelled)",
+        "ADR-Event-Level 2 -> 0 (event unlisted no longer listed by the VTN)",
+        "ADR-Event-Level 2 -> 0 (event moved now starts at 2026-12-05T17:00:00+00:00)",
+        "ADR-Event-Level 2 -> 0",
+        "ADR-Event-Level 2 -> 1 (event moved)"], lines(caplog)
+
+
 def test_a_damaged_stopped_at_event_neither_raises_nor_reads_as_a_level(tmp_path, caplog):
     # '{"level": 2, "event": ["a"]}' raised TypeError (unhashable) in the schedule's change callback, before the points
     # were set: the start left ADR-Event-Level and the rest at their defaults, pass after pass (helper verify44)

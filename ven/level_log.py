@@ -36,8 +36,11 @@ class LevelLog:
         if self._last is None:
             self._at_start(state)
         elif state.level != self._last[0]:
+            why = [f"event {state.level_event_id}"] if state.level_event_id else []
+            if self._last[1] and self._last[1] != state.level_event_id and (left := self._why_it_left(self._last[1])):
+                why.insert(0, left)
             log.info("ADR-Event-Level %s -> %s%s", f"{self._last[0]:g}", f"{state.level:g}",
-                     f" (event {state.level_event_id})" if state.level_event_id else "")
+                     f" ({'; '.join(why)})" if why else "")
         self._storage.save_value(LEVEL_SAID, json.dumps({"level": state.level, "event": state.level_event_id}))
         self._last = last
 
@@ -71,6 +74,25 @@ class LevelLog:
                 or not isinstance(event_id, (str, type(None)))):
             return None
         return float(level), event_id
+
+    def _why_it_left(self, event_id: str) -> str:
+        """Why the event that set the level no longer does, as it happens, when it did not end as it was to: the line
+        comes as the points change, before the one that says the cause (a cancellation's or an implied one's, the
+        ADR-Opt-Out line), and "ADR-Event-Level 1 -> 0" in the middle of an event read as its end."""
+        event = self._event(event_id)
+        if event is None:
+            return ""
+        if event.cancelled:
+            how = "no longer listed by the VTN" if event.unlisted else "cancelled"
+            return f"event {event_id} {how}"
+        now = self._clock()
+        if over(event) <= now:
+            return ""       # its end, said in the line that received it
+        if event.opt != OPT_IN:
+            return f"event {event_id} opted out"
+        if event.start > now:
+            return f"event {event_id} now starts at {event.start.isoformat(timespec='seconds')}"
+        return ""
 
     def _became_of(self, event_id: str) -> str:
         event = self._event(event_id)
