@@ -334,6 +334,22 @@ async def test_a_granularity_finer_than_the_sampling_is_said_and_the_sampling_se
                 "meter is sampled (PT2S, openadr.telemetry_seconds): intervals of PT2S are sent instead"]
 
 
+async def test_a_granularity_finer_than_the_sampling_asked_again_within_an_outage_is_one_warning(
+        tmp_path, free_tcp_port, caplog):
+    # The VTN asked for PT1S again at the registration within an outage (a VTN restarted, say): the one condition was a
+    # WARNING at each registration, where the request's own line ("VTN requested telemetry") is said once (openadr49)
+    caplog.set_level(logging.INFO, logger="ven")
+    async with DemoVtn(free_tcp_port(), poll_seconds=1, report_granularity=S, report_back=S) as server:
+        async with running(tmp_path, server.url, telemetry_seconds=2.0) as rig:
+            first = await until(lambda: rig.vtn.status()["report_request_id"], 10, "telemetry requested")
+            server.fail_next("oadrPoll", 3)     # three failed polls: registered again within the outage
+            await until(lambda: rig.vtn.open_fault(), 10, "the outage")
+            await until(lambda: rig.vtn.status()["report_request_id"] not in (None, first), 20, "asked again")
+    assert server.registrations == 2
+    assert len(said(caplog, "finer than the meter is sampled")) == 1, said(caplog, "finer than the meter is sampled")
+    assert len(said(caplog, "VTN requested telemetry")) == 1
+
+
 async def test_the_report_metadata_tells_the_sites_grid_and_the_granularities_offered(tmp_path, free_tcp_port):
     async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
         async with running(tmp_path, server.url, power_hertz=60, power_voltage=120) as rig:

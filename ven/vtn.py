@@ -188,6 +188,7 @@ class VtnClient(VtnEvents, VtnReports, VtnDelivery, VtnUpdates, VtnStatus, VtnOu
         self._carried: list[tuple[str, int, str]] = []     # waiting answers openleadr's answer to a listing carried
         self._relisting = False     # the event list asked for after a failed poll is being handled
         self._request_said: tuple | None = None   # the last telemetry request's (granularity, back, window)
+        self._odd_said: dict[str, timedelta] = {}   # what the last request served otherwise asked ("fine", "long")
         self._status_said: tuple | None = None    # ... and the last status request's (ven/vtn_status.py)
         self._listed_twice: set[str] = set()   # events the last oadrDistributeEvent listed more than once (logged)
         # events listed since the start: at its first listing, one the VTN wants no answer to and the site does not

@@ -376,17 +376,17 @@ class VtnReports:
                 continue
             granularity = effective_granularity(asked or None, sampling)
             if asked and asked < sampling:
-                log.warning("VTN request %s asks for intervals of %s, finer than the meter is sampled (%s, "
-                            "openadr.telemetry_seconds): intervals of %s are sent instead",
-                            rrid, _duration(asked), _duration(sampling), _duration(granularity))
+                log.log(self._odd_request_level("fine", asked), "VTN request %s asks for intervals of %s, finer than "
+                        "the meter is sampled (%s, openadr.telemetry_seconds): intervals of %s are sent instead",
+                        rrid, _duration(asked), _duration(sampling), _duration(granularity))
             # readings wait in the queue for their update, and the queue drops those older than it holds: updates
             # further apart than that would lose the oldest intervals of each. Half the queue leaves the other half
             # for a VTN out of reach at an update.
             longest = max(granularity, _whole_seconds(self._telemetry.max_age / 2))
             if report_period(granularity, back) > longest:
-                log.warning("VTN request %s asks for updates every %s, longer than the gateway keeps readings "
-                            "(openadr.queue_max_days, %s): updates are sent every %s instead", rrid, _duration(back),
-                            _duration(self._telemetry.max_age), _duration(longest))
+                log.log(self._odd_request_level("long", back), "VTN request %s asks for updates every %s, longer "
+                        "than the gateway keeps readings (openadr.queue_max_days, %s): updates are sent every %s "
+                        "instead", rrid, _duration(back), _duration(self._telemetry.max_age), _duration(longest))
                 back = longest
             origin = report_origin(spec, _utcnow())
             replaced = None
@@ -456,6 +456,15 @@ class VtnReports:
                     if (r.get("report_specifier") or {}).get("report_specifier_id") != "METADATA"]
         if requests:
             await self._create_report(dict(answer, report_requests=requests), in_place=True)
+
+    def _odd_request_level(self, kind: str, asked: timedelta) -> int:
+        """A request the gateway serves otherwise than asked is a WARNING; the same again at each registration of an
+        outage (or each offer made again while the VTN refuses the updates), as its "VTN requested telemetry" line
+        is, DEBUG: a VTN restarting asked for PT2S again, and the one condition was a WARNING at each."""
+        repeated = ((self._outage is not None or self._report_refused is not None)
+                    and self._odd_said.get(kind) == asked)
+        self._odd_said[kind] = asked
+        return logging.DEBUG if repeated else logging.WARNING
 
     def _adopt(self, rrid: str, granularity: timedelta, back: timedelta,
                window: tuple[datetime | None, datetime | None] = (None, None), origin: datetime = EPOCH,
