@@ -208,3 +208,44 @@ async def test_a_stop_names_an_answer_the_vtn_refused(tmp_path, free_tcp_port, f
     assert "the optOut for event shed refused by the VTN for " in line, line
     assert (" (the last refusal: VTN refused the optOut answer to event shed: 452 event shed is closed for changes): "
             "not kept; the next start answers the events the VTN lists as any start does") in line, line
+
+
+@pytest.mark.timeout(90)
+async def test_the_bas_opt_out_names_the_modification_a_restarted_vtn_lists_though_older_than_the_one_followed(
+        tmp_path, free_tcp_port, caplog):
+    # The utility's VTN restarted without its events (openleadr's queue is memory) and the event, modified once before,
+    # was entered again: the same id at modification 0. The gateway follows modification 1 still (an older number is
+    # a stale copy, ven/schedule.py), and openleadr's answer to the listing named 0, which the VTN took. The BAS's
+    # optOut then named 1, which that VTN does not have: refused 452, and the utility kept counting on the site's optIn
+    caplog.set_level(logging.INFO, logger="ven")
+    logging.getLogger("openleadr").setLevel(logging.CRITICAL)
+    port = free_tcp_port()
+    vtn = UtilityVtn(port)
+    await vtn.__aenter__()
+    restarted = None
+    try:
+        async with running(tmp_path, vtn.url) as gw:
+            await until(lambda: gw.vtn.connected, 10, "registration")
+            vtn.add_event("shed", 2.0, now() - timedelta(seconds=1), timedelta(minutes=10))
+            await until(lambda: ("shed", 0, "optIn") in vtn.answers, 10, "answered")
+            modify(vtn, "shed", 3.0)
+            await until(lambda: ("shed", 1, "optIn") in vtn.answers, 10, "the modification answered")
+            await vtn.__aexit__()
+            await until(lambda: gw.vtn.open_fault(), 10, "the outage")
+            restarted = UtilityVtn(port)
+            restarted.vens.update(vtn.vens)
+            restarted.add_event("shed", 2.0, now() - timedelta(seconds=1), timedelta(minutes=10))
+            await restarted.__aenter__()
+            await until(lambda: ("shed", 0, "optIn") in restarted.answers, 20, "the listing answered")
+            gw.vtn.set_opt_out(True)        # the BAS writes ADR-Opt-Out
+            await until(lambda: gw.vtn.status()["opt_answers_waiting"] == 0, 10, "the optOut sent")
+            assert gw.vtn.status()["opt_answer_error"] is None, gw.vtn.status()["opt_answer_error"]
+            assert gw.schedule.get("shed").modification_number == 1, "the newer copy is followed still"
+    finally:
+        if restarted is not None:
+            await restarted.__aexit__()
+    assert restarted.answers[-1] == ("shed", 0, "optOut"), restarted.answers
+    assert said(caplog, "older than the") == [
+        "event shed: the VTN lists modification 0, older than the 1 followed here: 1 is followed still; the site's "
+        "answers name 0, as the VTN lists it"]
+    assert not [w for w in warnings(caplog) if w.startswith("VTN refused")], warnings(caplog)

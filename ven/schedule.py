@@ -162,8 +162,10 @@ class EventSchedule:
         """Store a new or changed event; the copy stored, or None when the change was not taken."""
         old = self.get(event.event_id)
         if old is not None and event.modification_number < old.modification_number:
-            log.info("event %s: ignoring stale modification %d (have %d)", event.event_id,
-                     event.modification_number, old.modification_number)
+            # a VTN restarted without its events and the event entered again, a stale replica, a replayed message
+            log.info("event %s: the VTN lists modification %d, older than the %d followed here: %d is followed still; "
+                     "the site's answers name %d, as the VTN lists it", event.event_id, event.modification_number,
+                     old.modification_number, old.modification_number, event.modification_number)
             return None
         if (old is not None and old.cancelled and not old.unlisted
                 and event.modification_number == old.modification_number):

@@ -181,6 +181,7 @@ class VtnClient(VtnEvents, VtnReports, VtnDelivery, VtnUpdates, VtnStatus, VtnOu
         # responseRequired is "never" must not get oadrCreatedEvent; their opt goes as oadrCreateOpt.
         self._pending_opts: dict[str, tuple[int, str, bool]] = {}
         self._singly: set[str] = set()      # events whose answers go one per message: their batch was refused
+        self._vtn_mods: dict[str, int] = {}     # event -> its modificationNumber in the VTN's last listing
         self._opt_failed_at: dict[str, int] = {}    # event -> when its answer last failed (VtnEvents._opt_fails)
         # events of the message being handled that were listed again unchanged (each re-registration lists every
         # event to a fresh openleadr client): one line for them all, not one per event each time

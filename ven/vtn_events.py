@@ -48,6 +48,7 @@ class VtnEvents:
             payload = {**payload, "events": events}
             # oadrDistributeEvent lists every event for this VEN: anything missing was cancelled.
             listed = {e["event_descriptor"]["event_id"] for e in events}
+            self._vtn_mods = {e["event_descriptor"]["event_id"]: _modification(e) for e in events}
             self._listed(listed)
             for eid in [eid for eid in self._refused_said if eid not in listed]:
                 log.info("event %s, refused, is no longer listed by the VTN", eid)
@@ -183,6 +184,7 @@ class VtnEvents:
         lists (a VTN restarted without its events, say) would name an event it does not have: dropped."""
         self._schedule.retain_only(listed, why)
         self._listed_since_start &= listed
+        self._vtn_mods = {eid: mod for eid, mod in self._vtn_mods.items() if eid in listed}
         dropped = [(eid, self._pending_opts.pop(eid)[1]) for eid in list(self._pending_opts) if eid not in listed]
         for eid, opt in dropped:
             self._given_up(eid, opt, "the VTN no longer lists the event")
@@ -447,7 +449,7 @@ class VtnEvents:
                     "oadrCreateOpt", request_id=outils.generate_id(), ven_id=self.ven_id,
                     opt_id=outils.generate_id(), opt_type=opt,
                     opt_reason="participating" if opt == OPT_IN else "notParticipating",
-                    created_date_time=_utcnow(), event_id=eid, modification_number=mod,
+                    created_date_time=_utcnow(), event_id=eid, modification_number=self._on_wire(eid, mod),
                     targets=[{"ven_id": self.ven_id}])
                 rtype, payload = await self._client._perform_request("EiOpt", msg)
             else:
@@ -459,7 +461,8 @@ class VtnEvents:
                     response={"response_code": 200, "response_description": "OK", "request_id": request_id},
                     event_responses=[{"response_code": 200, "response_description": "OK",
                                       "request_id": request_id, "event_id": eid,
-                                      "modification_number": mod, "opt_type": opt} for eid, mod, opt in answers])
+                                      "modification_number": self._on_wire(eid, mod), "opt_type": opt}
+                                     for eid, mod, opt in answers])
                 rtype, payload = await self._client._perform_request("EiEvent", msg)
             if rtype is None and self._client.error_status is None:
                 return      # out of reach: retried on the next poll or after re-registration
@@ -561,6 +564,15 @@ class VtnEvents:
                 out.append((False, groups[key]))
             groups[key].append((eid, mod, opt))
         return out
+
+    def _on_wire(self, eid: str, mod: int) -> int:
+        """The modificationNumber an answer names: the event's as the VTN lists it now. It may list one older than the
+        schedule follows (a VTN restarted without its events and the event entered again at 0; the schedule keeps the
+        newer copy, ven/schedule.py upsert): openleadr's answer to that listing named the VTN's number, and the gateway's
+        own, the BAS's optOut among them, named the followed one, which that VTN refused (452): the utility kept the
+        answer openleadr had given."""
+        listed = self._vtn_mods.get(eid)
+        return listed if listed is not None and listed < mod else mod
 
     def _given_up(self, eid: str, opt: str, why: str) -> None:
         """An answer stops waiting untaken: said in the end line of the answers' fault, if one is open."""
