@@ -568,9 +568,9 @@ class VtnEvents:
     def _on_wire(self, eid: str, mod: int) -> int:
         """The modificationNumber an answer names: the event's as the VTN lists it now. It may list one older than the
         schedule follows (a VTN restarted without its events and the event entered again at 0; the schedule keeps the
-        newer copy, ven/schedule.py upsert): openleadr's answer to that listing named the VTN's number, and the gateway's
-        own, the BAS's optOut among them, named the followed one, which that VTN refused (452): the utility kept the
-        answer openleadr had given."""
+        newer copy, ven/schedule.py upsert): openleadr's answer to that listing named the VTN's number, and the
+        gateway's own, the BAS's optOut among them, named the followed one, which that VTN refused (452): the utility
+        kept the answer openleadr had given."""
         listed = self._vtn_mods.get(eid)
         return listed if listed is not None and listed < mod else mod
 
