@@ -204,6 +204,7 @@ async def test_a_stop_names_an_answer_the_vtn_refused(tmp_path, free_tcp_port, f
             refusing(vtn, "shed", "optOut")
             gateway.vtn.set_opt_out(True)
             await until(lambda: gateway.vtn.status()["opt_answer_error"], 10, "the optOut refused")
+            assert "VTN refused an answer to an event" in gateway.degraded(), gateway.degraded()
     line = stop_line(caplog)
     assert "the optOut for event shed refused by the VTN for " in line, line
     assert (" (the last refusal: VTN refused the optOut answer to event shed: 452 event shed is closed for changes): "

@@ -769,6 +769,9 @@ class Gateway:
             out.append("VTN not taking the telemetry report offer")
         if self.vtn.connected and self.vtn.opts_not_taken() is not None:
             out.append("VTN not taking the answers to events")
+        if self.vtn.refused_answers() is not None:
+            # not sent again: the utility counts the site as it last heard it until the VTN takes an answer to the event
+            out.append("VTN refused an answer to an event")
         if self.vtn.readings_not_reported():
             out.append("meter readings not reported (the wall clock)")
         if self.telemetry.dropping:
