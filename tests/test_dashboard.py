@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import time
 from dataclasses import replace
 
@@ -710,6 +711,32 @@ async def test_kw_read_as_a_person_reads_them_at_a_5_kw_site_and_a_50_mw_one(ser
                     fmtNum(581.5), fmtNum(0.25), fmtNum(-3.5)];
         }""")
     assert said == ["0.00", "0.0", "153,744.7", "51,248", "-12,500.3", "581.5", "0.25", "-3.50"]
+
+
+class SheddingView(SampleView):
+    """The sample with the BAS shedding on its own for the last hour and the power input still for ten minutes:
+    every epoch-second field of the forecaster's card set."""
+
+    def status(self):
+        st = super().status()
+        now = self.clock()
+        st["forecaster"].update(shed_kw=12.0, shed_since=now - 3600, input_still_since=now - 600)
+        return st
+
+
+async def test_the_status_cards_read_epoch_seconds_as_times_and_the_device_id_as_typed(server):
+    # the demo's Forecaster card read "trained until 1,796,558,400" beside "last fit at 2026-12-06 12:11:38Z", and
+    # its BACnet device card "device id 500,001", an instance a technician types as 500001 (helper newcomer49)
+    view = SheddingView()
+    async with drawn(server, view) as (page, _):
+        stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ \(.+ ago\)"
+        for key in ("trained until", "horizons.15.validated until", "horizons.60.validated until", "shed since",
+                    "input still since", "last fit at"):
+            text = await section_value(page, "forecaster", key)
+            assert text is not None and re.fullmatch(stamp, text), (key, text)
+        assert await section_value(page, "device", "device id") == "500001"
+        assert await section_value(page, "forecaster", "train rows") == "20,000"   # a count stays grouped
+        assert page.errors == []
 
 
 class PriceEventView(SampleView):

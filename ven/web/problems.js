@@ -98,7 +98,7 @@ export function findProblems(health) {
         (refusal.why ? ` (${refusal.why})` : ""),
         !refusal.why || refusal.why === "not in bacnet.write_from"
           ? "if that is the BAS, add its address to bacnet.write_from and restart the gateway (its writes are lost until then); otherwise find the device that writes"
-          : "correct the BAS program that writes it (the point table in the README gives each point's units and range); the gateway keeps the last value it took");
+          : "correct the BAS program that writes it (the README's point table gives each point's access and units); the write changed nothing");
   }
   const vtn = gw.vtn || {};
   const queued = (vtn.telemetry || {}).pending;

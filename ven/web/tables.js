@@ -134,10 +134,13 @@ export function renderSections() {
                   (/fault$/.test(k) && v === true) || (/(^|[._])ok$/.test(k) && v === false) ||
                   (k === "connected" && v === false) ||
                   (k === "input_stale" && v === true) || (k === "communication.mode" && typeof v === "string" && v !== "enable");
-      // epoch-second timestamps ("issued_at", "history_first", "learning.first_fit_after") read as times
-      const epoch = /(_at|_after|_first|_last|_time)$/.test(k) && typeof v === "number" && v > 1e9 && v < 1e10;
+      // epoch-second timestamps ("issued_at", "history_first", "trained_until", "shed_since") read as times
+      const epoch = /(_at|_after|_first|_last|_time|_since|_until)$/.test(k) && typeof v === "number" && v > 1e9 &&
+                    v < 1e10;
       const dd = el("dd", {class: bad ? "bad" : ""});
-      putValue(dd, epoch ? new Date(v * 1000).toISOString() : v);
+      // an identifier (device_id) as it is typed, not grouped as a quantity: "500,001"
+      const id = /_id$/.test(k) && typeof v === "number";
+      putValue(dd, epoch ? new Date(v * 1000).toISOString() : id ? String(v) : v);
       dl.append(el("dt", {}, humanize(k)), dd);
     }
     card.append(dl);
