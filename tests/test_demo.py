@@ -20,6 +20,7 @@ import pytest
 from bacnet_peer import BacnetPeer
 
 from bacnet_api import points as P
+from ven.demo import opt_answers_text
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -94,6 +95,19 @@ async def test_demo_shows_levels_telemetry_and_forecasts(tmp_path, free_udp_port
     states = [re.sub(r"[-+]?\d+\.\d kW(/min)?", "#", line.split("Z ", 1)[1]) for line in seen]
     assert all(a != b for a, b in zip(states, states[1:])), seen
     assert "Traceback" not in output and " ERROR " not in output, output[-3000:]
+    # the demo VTN's times to the second, as every other line has them: "from 2026-12-06T12:12:38.728677+00:00"
+    added = next(line for line in output.splitlines() if "demo VTN: event demo-levels-1-2-3 added" in line)
+    assert re.search(r"from \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00\)$", added), added
+
+
+def test_the_demo_vtns_last_line_says_each_events_answers_once_with_their_count():
+    # "opt answers: demo-levels-1-2-3=optIn, demo-modified=optIn, demo-modified=optIn, demo-modified=optIn": the
+    # VEN answers an event at its receipt, at each modification and at its cancellation (helper newcomer49)
+    opts = [("demo-levels-1-2-3", "optIn"), ("demo-modified", "optIn"), ("demo-modified", "optIn"),
+            ("demo-modified", "optIn"), ("demo-modified", "optOut")]
+    assert opt_answers_text(opts) == \
+        "demo-levels-1-2-3=optIn, demo-modified=optIn (3 answers), demo-modified=optOut"
+    assert opt_answers_text([]) == "none"
 
 
 def _cli(*argv, timeout=60):

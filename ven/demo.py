@@ -8,6 +8,7 @@ starts). Every exchange goes over real BACnet and OpenADR.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import math
@@ -206,7 +207,7 @@ async def run_demo(args: Namespace) -> int:
                 log.warning("stopping %s: %s", type(part).__name__, err)
         summary = demo_summary(vtn)
         log.info("demo VTN received %d telemetry samples; opt answers: %s", len(summary["reports"]),
-                 ", ".join(f"{e}={o}" for e, o in summary["opts"]) or "none")
+                 opt_answers_text(summary["opts"]))
         if args.report:
             Path(args.report).write_text(json.dumps(summary, indent=1))
         if tmp is not None:
@@ -218,6 +219,16 @@ async def drive_meter(meter: MeterSimulator, drawn_kw) -> None:
     while True:
         meter.set_value(drawn_kw())
         await asyncio.sleep(5.0)
+
+
+def opt_answers_text(opts) -> str:
+    """The VTN's record of opt answers, each run of one answer to one event said once with its count: the VEN
+    answers an event at its receipt, each modification and its cancellation, which read as the same line thrice."""
+    said = []
+    for (event, opt), run in itertools.groupby(opts):
+        n = len(list(run))
+        said.append(f"{event}={opt}" + (f" ({n} answers)" if n > 1 else ""))
+    return ", ".join(said) or "none"
 
 
 def demo_summary(vtn: DemoVtn) -> dict:

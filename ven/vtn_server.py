@@ -166,7 +166,7 @@ class DemoVtn:
             active_period=objects.ActivePeriod(dtstart=start, duration=duration, tolerance=tolerance))
         self._events.append(event)
         self._touch()
-        log.info("demo VTN: event %s added (%s from %s)", event_id, list(levels), start.isoformat())
+        log.info("demo VTN: event %s added (%s from %s)", event_id, list(levels), start.isoformat(timespec="seconds"))
         return event_id
 
     def modify_event(self, event_id: str, levels: Iterable[float] | None = None,
