@@ -129,6 +129,10 @@ class MeterReading:
     def ok(self) -> bool:
         return self.value is not None
 
+    def __str__(self) -> str:   # the DEBUG line of each read: its kW or why it failed, not the dataclass's fields
+        at = self.timestamp.strftime("%Y-%m-%dT%H:%M:%SZ")
+        return f"{self.value:.3f} kW at {at}" if self.ok else f"failed at {at}: {self.error}"
+
 
 def _utc_us(us: int) -> datetime:
     return _EPOCH + timedelta(microseconds=us)

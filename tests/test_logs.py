@@ -72,6 +72,15 @@ def test_elsewhere_the_lines_are_plain(tmp_path):
         assert not any(line.startswith("<") for line in lines)
 
 
+def test_at_debug_the_event_loops_own_lines_stay_out():
+    # log_level DEBUG, for a line per meter reading, began with asyncio's "Using selector: EpollSelector"
+    import subprocess
+    import sys
+    code = ("import asyncio, logging\nfrom ven.logs import setup_logging\nsetup_logging('DEBUG')\n"
+            "asyncio.run(asyncio.sleep(0))\nlogging.getLogger('ven.test').debug('meter read 42.500 kW')\n")
+    err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True).stderr
+    assert [line.split(" ", 1)[1] for line in err.splitlines()] == ["DEBUG meter read 42.500 kW"], err
+
 
 async def test_a_wall_clock_step_ahead_is_no_bac0_task_latency_warning(monkeypatch, caplog):
     # BAC0 dates its tasks' runs by the wall clock: after NTP stepped it an hour ahead it logged "High latency for

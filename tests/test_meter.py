@@ -88,6 +88,24 @@ async def test_reads_the_routed_meter(gateway, sim):
     assert (await meter.read_once()).value == 17.25
 
 
+async def test_the_debug_line_of_each_read_says_its_kw_or_why_it_failed(gateway, sim, caplog):
+    # log_level DEBUG "adds a line per meter reading" (README): it read "meter read MeterReading(timestamp=
+    # datetime.datetime(2026, 12, 6, 12, 30, 20, 526517, tzinfo=datetime.timezone.utc), value=120.0, error=None,
+    # answered=True, tick_times=(), reliability=None) in 0.077 s" (helper newcomer49)
+    caplog.set_level(logging.DEBUG, logger="bacnet_api.meter")
+    reading = await client(gateway, sim).read_once()
+    stamp = reading.timestamp.strftime("%Y-%m-%dT%H:%M:%S")
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("meter read ")]
+    assert len(said) == 1 and re.fullmatch(rf"meter read 42\.500 kW at {stamp}Z in \d+\.\d{{3}} s", said[0]), said
+    caplog.clear()
+    missing = MeterClient(gateway, address=sim.meter_address, object="analogInput 99", router=sim.router_address,
+                          timeout_seconds=FAST)
+    reading = await missing.read_once()
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("meter read ")]
+    stamp = reading.timestamp.strftime("%Y-%m-%dT%H:%M:%S")
+    assert said and said[0].startswith(f"meter read failed at {stamp}Z: {reading.error} in "), said
+
+
 async def test_silent_meter_faults_once_and_recovers_once(gateway, sim, caplog):
     caplog.set_level(logging.INFO, logger="bacnet_api.meter")
     seen: list[MeterReading] = []

@@ -16,7 +16,8 @@ import sys
 import time
 import traceback
 
-NOISY = ("BAC0_Root", "BAC0", "bacpypes3", "openleadr", "aiohttp.access", "aiohttp.server", "signxml", "tzlocal")
+NOISY = ("BAC0_Root", "BAC0", "bacpypes3", "openleadr", "aiohttp.access", "aiohttp.server", "signxml", "tzlocal",
+         "asyncio")
 # Loggers that log what a peer sent: a malformed BACnet datagram, a refused registration, an HTTP
 # request aiohttp cannot parse (over-long URL or header), each with a traceback, before any token check.
 # bacnet_api.services.refusals: DeviceCommunicationControl and ReinitializeDevice refused, one line each;
