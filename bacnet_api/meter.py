@@ -435,6 +435,8 @@ class MeterClient:
         lo, hi = self.bounds
         if not lo <= kw <= hi:
             said = f"{value:g} {conversion.name} = " if conversion.stated and conversion.kw_per_unit != 1.0 else ""
+            if conversion.disagrees:    # meter.units decided the kW: the setting to look at, beside the meter's word
+                said = f"{value:g} (it reports {conversion.reported}, meter.units says {conversion.name}) = "
             raise _ReadFailed(f"{self._what}: meter returned {said}{kw:g} kW, outside {lo:g}..{hi:g} "
                               "(bacnet.input_min_kw..input_max_kw)")
         return kw
