@@ -272,8 +272,8 @@ async def test_meter_units_megawatts_scales_the_value_and_the_bound_check(gatewa
         assert reading.value is None and "meter returned 2 megawatts = 2000 kW, outside -1000..1000" in reading.error
 
 
-async def test_a_value_out_of_bounds_under_a_meter_units_the_meter_contradicts_names_both_units(gateway,
-                                                                                              free_udp_port):
+async def test_a_value_out_of_bounds_under_a_meter_units_the_meter_contradicts_names_both_units(
+        gateway, free_udp_port):
     # meter.units kilowatts on a meter that reports watts: "meter returned 113200 kW, outside -100000..100000" named
     # neither the meter's unit nor meter.units, the setting to correct (helper newcomer49)
     async with MeterSimulator(f"127.0.0.1/8:{free_udp_port()}", value=113200.0, units="watts") as sim:
