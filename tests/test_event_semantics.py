@@ -118,6 +118,22 @@ async def test_a_stale_copy_of_a_cancelled_event_does_not_revive_it(peers):
 
 
 @pytest.mark.timeout(30)
+async def test_the_demo_vtn_lists_a_cancelled_event_with_current_value_0(peers, caplog):
+    # 2.0b rule 14: a SIMPLE event not active has currentValue 0. DemoVtn listed a cancelled one with its interval's
+    # level, which openleadr corrected with a WARNING in the demo VTN's log ("The current_value for a SIMPLE event
+    # that is not yet active must be 0"), seen by an operator running demo-vtn beside the gateway (helper newcomer49)
+    server, gw = peers
+    eid = server.add_event([2], now() - timedelta(seconds=1), 300)
+    await until(lambda: gw.level == 2.0, 8, "level 2")
+    caplog.clear()
+    server.cancel_event(eid)
+    await until(lambda: gw.schedule.get(eid).cancelled and gw.level == 0.0, 8, "cancellation")
+    assert not [r.getMessage() for r in caplog.records
+                if r.levelno >= logging.WARNING and "current_value" in r.getMessage()]
+    assert [sig["current_value"] for e in server._listed() for sig in e["event_signals"]] == [0.0]
+
+
+@pytest.mark.timeout(30)
 async def test_an_event_for_a_resource_is_followed_for_the_building_and_its_line_names_the_resource(peers, caplog):
     # the VTN meant a chiller; the BAS has one ADR-Event-Level, so the technician needs to read which equipment
     # the utility had in mind: the event was followed with nothing in the log to say it named a resource

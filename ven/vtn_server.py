@@ -348,10 +348,13 @@ class DemoVtn:
             if d["event_descriptor"]["event_status"] != "cancelled":
                 d["event_descriptor"]["event_status"] = (
                     "completed" if now >= end else "active" if now >= e.active_period.dtstart else "far")
+            # 2.0b rule 14: 0 unless active, a cancelled event's too (openleadr zeroed it saying so in a WARNING).
+            # openleadr's preflight zeroes an active one as well, comparing the status with "ACTIVE"
+            active = d["event_descriptor"]["event_status"] == "active"
             for sig in d["event_signals"]:
                 sig["current_value"] = next((i["signal_payload"] for i in sig["intervals"]  # an open one has one
                                              if i["dtstart"] <= now < (end if _open(e) else i["dtstart"] + i["duration"])),
-                                            0.0)
+                                            0.0) if active else 0.0
             out.append(d)
         return out
 
