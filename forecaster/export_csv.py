@@ -226,7 +226,8 @@ def read_export(csv_path, time_column, value_column: str, tz: ZoneInfo, time_for
     `stamped` "start": each time names the start of the interval its value covers (a minute of /api/history.csv,
     interval data stamped at its start), moved to that interval's end, the rows' usual spacing later: the gateway
     files a reading by when it was read, and an interval's mean is known at its end.
-    `tally`, a dict, gets "empty": the rows skipped for having a time and no value (no reading then, not damage)."""
+    `tally`, a dict, gets "empty": the rows skipped for having a time and no value (no reading then, not damage),
+    and "moved": the seconds `stamped` "start" moved each time by."""
     path = Path(csv_path)
     text = _decode(path, encoding)
     time_columns = (time_column,) if isinstance(time_column, str) else tuple(time_column)
@@ -286,6 +287,8 @@ def read_export(csv_path, time_column, value_column: str, tz: ZoneInfo, time_for
     if stamped == "start" and spacing is not None:
         t = t + spacing
         notes.append(f"times read as the start of each row's {spacing:g} s interval: filed at its end")
+        if tally is not None:
+            tally["moved"] = spacing
     # read, but not as the file may mean: said, so that a bad export is not replayed as if it were right
     gap = folds.get("skipped", [])
     if gap:

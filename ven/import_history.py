@@ -99,7 +99,7 @@ def import_history(cfg: GatewayConfig, args) -> int:
     try:
         _check_place(cfg)
         tz = ZoneInfo(args.timezone or cfg.forecaster.timezone)
-        times, values, lines, sheds = _read(args, tz)
+        times, values, lines, sheds, moved = _read(args, tz)
         fc = forecaster_from_config(cfg.forecaster, cfg.bacnet.input_min_kw, cfg.bacnet.input_max_kw)
         now = time.time()
         oldest = now - fc.keep_days * 86400
@@ -114,7 +114,8 @@ def import_history(cfg: GatewayConfig, args) -> int:
         _say(str(refusal))
         return 1
     kw, held = values[inside], len(ks) - added
-    first, last = float(times[inside].min()), float(times[inside].max())
+    # as the file names its rows (and forget-forecast the minutes), not moved to their intervals' ends
+    first, last = float(times[inside].min()) - moved, float(times[inside].max()) - moved
     # the range, so that a unit taken wrong (4 times, 1,000 times) shows at a glance
     print(f"storage.path {os.path.abspath(cfg.storage.path)}: imported {added:,} minute(s) of history, "
           f"{_local(first, tz)} to {_local(last, tz)} {tz.key}, from {kept:,} row(s) of {args.csv} "
@@ -143,7 +144,8 @@ def _check_place(cfg: GatewayConfig) -> None:
 
 
 def _read(args, tz: ZoneInfo):
-    """(times, values in kW, line numbers, event spans) of the file, its notes said on the way."""
+    """(times, values in kW, line numbers, event spans, the seconds --stamped start moved the times by) of the file,
+    its notes said on the way."""
     from forecaster.export_csv import ReplayInputError, read_export, read_spans
 
     tally: dict = {}
@@ -161,7 +163,7 @@ def _read(args, tz: ZoneInfo):
         # a --time-format that fits some rows only (day and month swapped) imported a day of a 44-day file, exit 0
         raise _Refused(f"{unread:,} row(s) could not be read, more than the {len(times):,} that could (the lines above "
                        f"name the first): check --time-format, --decimal and the columns. Nothing imported")
-    return times, values, lines, sheds
+    return times, values, lines, sheds, tally.get("moved", 0.0)
 
 
 def _keep(fc, cfg: GatewayConfig, times, values, lines, tz: ZoneInfo, now: float, oldest: float):
