@@ -364,6 +364,12 @@ async def test_a_warm_start_on_a_file_that_holds_it_adds_only_the_minutes_the_fi
         "forecaster warm-started with 200 samples over 0.7 days",
         "forecaster warm-started with 88 of 288 samples over 1.0 days: the others fall in minutes the stored history "
         "holds"]
+    # the demo's "forecaster resumed 0 minutes of stored history; no model yet: the history spans 20.5 days" read as a
+    # contradiction right after its warm start (helper newcomer49)
+    resumed = [r.getMessage() for r in caplog.records if "resumed" in r.getMessage()]
+    assert [line.split(";")[0] for line in resumed] == [
+        "forecaster resumed 0 minutes of stored history besides the warm start",
+        "forecaster resumed 200 minutes of stored history besides the warm start"], resumed
 
 
 @pytest.mark.timeout(120)

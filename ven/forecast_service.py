@@ -386,10 +386,12 @@ class ForecastService:
                           type(err).__name__, self.storage_error, self._reopen_seconds)
             self._store, loaded = None, await loop.run_in_executor(self._cycle_pool, self._read_store)
         self._imported_sheds = loaded.get("set_aside", [])
-        if self._warm is not None:
+        warmed = self._warm is not None
+        if warmed:
             self._seed_warm()
-        log.info("forecaster resumed %d minute%s of stored history%s%s", loaded["minutes"],
-                 "" if loaded["minutes"] == 1 else "s",
+        # warmed: the demo's "resumed 0 minutes ...; the history spans 20.5 days" read as a contradiction
+        log.info("forecaster resumed %d minute%s of stored history%s%s%s", loaded["minutes"],
+                 "" if loaded["minutes"] == 1 else "s", " besides the warm start" if warmed else "",
                  " and its fitted model" if loaded["model"] else self._learning_text(),
                  " (the file read as it is)" if self._read_at_start else "")
         for name, state in loaded.get("flags", {}).items():
