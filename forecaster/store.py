@@ -296,17 +296,30 @@ class ForecastStore:
                        [(f.issued_at, h, f.issued_at + h * 60, kw) for h, kw in f.demand_kw.items()])
 
     def history(self, since_epoch: float) -> dict:
-        """Plain lists for the HTTP history endpoint: 1-minute power, forecasts by target time, flags."""
+        """Plain lists for the HTTP history endpoint: 1-minute power, forecasts by target time, flags; and
+        "unreadable", what a damaged page that cut one of them short said (else None)."""
+        unreadable: list[str] = []
+
+        def rows(sql: str, *params) -> list[tuple]:
+            # what reads before a damaged page (a page torn while the gateway runs): a chart of the rest, not none
+            out = []
+            try:
+                out.extend(db.execute(sql, params))
+            except sqlite3.DatabaseError as err:
+                if isinstance(err, sqlite3.OperationalError):   # locked, unreadable: not a page torn
+                    raise
+                unreadable.append(str(err))
+            return out
         with closing(self._connect()) as db:
             # the rows the forecaster takes, not SQLite's sum_kw / count: that drew a sum of 'abc' as 0 kW, '12.5kW'
             # as 12.5 and a count of -2 as a negative demand, where the forecaster saw no reading
-            power = [(k * 60.0, total / n) for k, total, n in self._usable(db.execute(
+            power = [(k * 60.0, total / n) for k, total, n in self._usable(rows(
                 "SELECT minute, sum_kw, count FROM forecast_minute WHERE minute >= ? ORDER BY minute",
-                (int(since_epoch // 60),)))]
-            demand = db.execute("SELECT horizon_minutes, target_time, issued_at, forecast_kw FROM forecast_demand "
-                                "WHERE target_time >= ? ORDER BY horizon_minutes, target_time", (since_epoch,)).fetchall()
-            flags = db.execute("SELECT issued_at, high_load, low_load, high_threshold_kw, low_threshold_kw, model "
-                               "FROM forecast_issue WHERE issued_at >= ? ORDER BY issued_at", (since_epoch,)).fetchall()
+                int(since_epoch // 60)))]
+            demand = rows("SELECT horizon_minutes, target_time, issued_at, forecast_kw FROM forecast_demand "
+                          "WHERE target_time >= ? ORDER BY horizon_minutes, target_time", since_epoch)
+            flags = rows("SELECT issued_at, high_load, low_load, high_threshold_kw, low_threshold_kw, model "
+                         "FROM forecast_issue WHERE issued_at >= ? ORDER BY issued_at", since_epoch)
         forecasts: dict[int, dict[str, list]] = {}
         for h, target, issued, kw in demand:
             f = forecasts.setdefault(h, {"target_time": [], "issued_at": [], "forecast_kw": []})
@@ -319,4 +332,6 @@ class ForecastStore:
             "flags": {"time": [r[0] for r in flags], "high_load": [bool(r[1]) for r in flags],
                       "low_load": [bool(r[2]) for r in flags], "high_threshold_kw": [r[3] for r in flags],
                       "low_threshold_kw": [r[4] for r in flags], "model": [r[5] for r in flags]},
+            # SQLite's words for a damaged page that cut a read short (its rows up to it are above); None: all read
+            "unreadable": unreadable[0] if unreadable else None,
         }

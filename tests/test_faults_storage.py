@@ -1172,7 +1172,9 @@ async def test_a_file_a_power_cut_damaged_is_set_aside_and_what_reads_whole_is_k
     log = gateway.log()
     said = [line for line in log.splitlines() if f"storage.path {storage} is damaged (" in line]
     assert len(said) == 1 and f"): moved to {aside[0]} and a new file made" in said[0], log
-    assert "table(s) kv, adr_events" in said[0] and "; not telemetry_queue" in said[0], said
+    # the queue's rows before its torn pages are kept (random bytes may leave none of it that reads)
+    assert "table(s) kv, adr_events" in said[0] and "telemetry_queue read whole" not in said[0], said
+    assert "row(s) of telemetry_queue read around its damaged pages" in said[0] or "; not telemetry_queue" in said[0]
     with contextlib.closing(sqlite3.connect(storage)) as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert "Traceback" not in log, log

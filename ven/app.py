@@ -843,7 +843,9 @@ class Gateway:
 
     def storage_status(self) -> dict:
         """Whether each part that writes storage.path is writing it; what the file said when not."""
-        errors = {"events": self.storage.write_error, "telemetry": self.telemetry.write_error,
+        # damage a read met while it runs (which no write ends): until the restart the line asks for
+        errors = {"events": self.storage.write_error or self.storage.read_damage.error,
+                  "telemetry": self.telemetry.write_error or self.telemetry.read_damage.error,
                   "forecaster": None if not self._built("forecast") or self.forecast.storage_ok
                   else self.forecast.storage_error or "forecast history not stored"}
         return {"path": str(self.config.storage.path), "ok": not any(errors.values()),

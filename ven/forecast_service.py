@@ -17,6 +17,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from pathlib import Path
 from typing import Callable
 
 from bacnet_api.bug_guard import BugGuard
@@ -30,6 +31,7 @@ from .config import ForecasterConfig
 from .fit_worker import fit_in_child
 from .history import curtailed_spans
 from .still_watch import StillWatch
+from .storage_damage import ReadDamage
 from .storage_fs_reason import with_fs_reason
 from .storage_retry import REOPEN_SECONDS, ReopenTimer
 from .storage_sidecars import not_copied_yet, unpair_sidecars
@@ -91,6 +93,8 @@ class ForecastService:
         self.config = config
         self._fault = fault
         self.storage_path = storage_path
+        # damage met by the chart's read of the history (/api/history), said once: it showed what memory holds, silently
+        self.read_damage = ReadDamage(storage_path, log, fault)
         self._publish = publish
         # called after a cycle whose forecast did not reach the points (a bug): the last one is no longer live
         self._stalled = stalled
@@ -792,17 +796,36 @@ class ForecastService:
         if store is not None:
             try:
                 stored = store.history(since)
-            except sqlite3.Error:
+            except sqlite3.Error as err:
                 # read-only or full with no other connection holding it (the CLI, tests): a WAL file cannot be
                 # read then either. The chart shows what memory holds, as when the file never opened.
-                pass
+                self._history_damaged(err)
         if stored is None:
             # the power (and so the demand) the forecaster holds in memory, rather than a chart claiming there
             # were no readings
             stored = {"power": self.forecaster.power_minutes(since), "forecasts": {}, "flags": {}}
-        elif self._store_failing:     # the minutes not written are in memory only
-            stored["power"] = _merged_power(stored["power"], self.forecaster.power_minutes(since))
+        else:
+            cut = stored.pop("unreadable", None)
+            if cut is not None:
+                self._history_damaged(sqlite3.DatabaseError(cut))
+            if self._store_failing or cut is not None:     # the minutes not written (or not read) are in memory
+                stored["power"] = _merged_power(stored["power"], self.forecaster.power_minutes(since))
         return _with_unsaved(stored, unsaved, since)
+
+    def _history_damaged(self, err: sqlite3.Error) -> None:
+        # the store opens a connection for each read: name_damage reads the file's pages on one of its own, once
+        conn = None
+        if self.read_damage.error is None:
+            try:
+                conn = sqlite3.connect(f"{Path(self.storage_path).resolve().as_uri()}?mode=ro", uri=True)
+            except sqlite3.Error:
+                pass
+        try:
+            self.read_damage.met(err, conn, "the dashboard's chart (/api/history) shows the power the forecaster "
+                                 "holds in memory, and stored forecasts and load flags only up to the damage")
+        finally:
+            if conn is not None:
+                conn.close()
 
 
 _FLAG_KEYS = ("time", "high_load", "low_load", "high_threshold_kw", "low_threshold_kw", "model")

@@ -21,7 +21,7 @@ from typing import Callable
 
 from .events import Event
 from .storage_connect import BUSY_TIMEOUT_SECONDS, StorageError, connect
-from .storage_damage import UNTIL_RESTART, damaged, name_damage
+from .storage_damage import UNTIL_RESTART, ReadDamage, damaged, name_damage
 from .storage_follow import follow_file, remove_abandoned_copies
 from .storage_fs_reason import with_fs_reason
 from .storage_retry import LOCK_GRACE_SECONDS, Opening, locked
@@ -147,6 +147,8 @@ class Storage:
         # a file that refuses writes may still be read (a file system gone read-only): what it holds
         # (events, the BAS's ADR-Opt-Out commands) is what a restart must not forget
         self._read_only: tuple[list[Event], dict[str, str]] = ([], {})
+        self.read_damage = ReadDamage(self.path, log, fault)     # damage a read met while the gateway runs (said once)
+        self._read_error_said: str | None = None
         if self.conn is None:
             self._read_only = _read_snapshot(self.path, say=fault is None and not self._opening.quiet)
             if not self._opening.quiet:
@@ -223,8 +225,12 @@ class Storage:
     def load_events(self) -> list[Event]:
         if self.conn is None:
             return list(self._read_only[0])
-        with self._lock:
-            rows = self.conn.execute("SELECT event_id, body FROM adr_events").fetchall()
+        try:
+            with self._lock:
+                rows = self.conn.execute("SELECT event_id, body FROM adr_events").fetchall()
+        except sqlite3.DatabaseError as err:
+            self._read_failed(err, "its events")
+            return []
         return _readable_events(rows, self.path)
 
     @property
@@ -237,9 +243,28 @@ class Storage:
             return self._unsaved_values[key]
         if self.conn is None:
             return self._read_only[1].get(key)
-        with self._lock:
-            row = self.conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+        try:
+            with self._lock:
+                row = self.conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+        except sqlite3.DatabaseError as err:
+            self._read_failed(err, "its saved state (ADR-Opt-Out and bas-shed-power commands, the meter read)")
+            return None
         return None if row is None else row[0]
+
+    def _read_failed(self, err: sqlite3.DatabaseError, what: str) -> None:
+        """A read that failed. Damage met while the gateway runs (a torn page of the kv table) raised out of the BAS's
+        ADR-Opt-Out write, which then never reached the VTN, with a traceback in the log: said once, and the caller
+        goes on as with nothing read (the BAS's command, written again, is kept in memory)."""
+        if isinstance(err, sqlite3.ProgrammingError):   # a closed connection: a bug, not the file
+            raise err
+        if self.read_damage.met(err, self.conn, f"{what} cannot be read from it, and the gateway goes on with what it "
+                                                f"holds in memory"):
+            return
+        why = with_fs_reason(str(err), self.path)
+        if why != self._read_error_said:    # once each, not at every BAS write that reads the saved state
+            self._read_error_said = why
+            log.warning("storage.path %s: %s cannot be read (%s): the gateway goes on with what it holds in memory",
+                        self.path, what, why)
 
     def save_value(self, key: str, value: str) -> None:
         self._unsaved_values[key] = value

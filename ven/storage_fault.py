@@ -56,6 +56,7 @@ class StorageFault:
         self._back: dict[str, int] = {}         # part -> what went from memory to the file in this fault
         self._notes: list[str] = []
         self._full = False      # the fault began with a full disk
+        self._damage_said = False   # the file's damage said (an ERROR) in this run, by a write or a read
         self._lock = threading.Lock()
 
     @property
@@ -97,12 +98,21 @@ class StorageFault:
                             _every(self.retry_seconds), also, f"; {note}" if note else "")
                 return
             if damaged(why):   # a torn page: no retry takes the write
-                log.error("storage.path %s is damaged (%s): %s meanwhile%s; %s%s", self.path, why, waiting, also,
-                          UNTIL_RESTART, f"; {note}" if note else "")
+                # one ERROR for the damage, which a part's read may have said first (ven/storage_damage.ReadDamage)
+                level, self._damage_said = logging.INFO if self._damage_said else logging.ERROR, True
+                log.log(level, "storage.path %s is damaged (%s): %s meanwhile%s; %s%s", self.path, why, waiting, also,
+                        UNTIL_RESTART, f"; {note}" if note else "")
                 return
             log.error("storage.path %s refuses writes (%s): %s until it takes them again (tried every %s)%s; a "
                       "restart before then loses what memory holds%s", self.path, why, waiting,
                       _every(self.retry_seconds), also, f"; {note}" if note else "")
+
+    def first_damage(self) -> bool:
+        """Whether the file's damage, met by a part's read, is said as an ERROR: the first time in the run, by a read or
+        a write. A part meeting it after says what it does meanwhile in an INFO line: one damage, one ERROR."""
+        with self._lock:
+            first, self._damage_said = not self._damage_said, True
+            return first
 
     def written(self, part: str, moved: int = 0, note: str = "") -> None:
         """`part` writes the file again; `moved`: what it held in memory goes to it (in PARTS' unit), `note`: more

@@ -46,10 +46,10 @@ def set_aside_if_damaged(path: str | Path) -> Path | None:
     # whole, which the next start takes as it is, the tables not yet copied lost with no line saying so
     making, made = _salvage_names(real)
     try:
-        kept, lost = _salvage(real, making)
+        kept, lost, part = _salvage(real, making)
         move_with_sidecars(making, made)
     except (StorageError, OSError):     # cannot be written there: still moved aside (below), or said
-        kept, lost = [], []
+        kept, lost, part = [], [], {}
         _remove_salvage(making)
     try:
         move_with_sidecars(real, aside)
@@ -62,9 +62,12 @@ def set_aside_if_damaged(path: str | Path) -> Path | None:
         return None
     move_with_sidecars(made, real)      # none made: the stores make a new file
     log.error("storage.path %s is damaged (%s): moved to %s and a new file made, so what the gateway takes from "
-              "now on is kept; %s%s. To recover more, with the gateway stopped: sqlite3 %s .recover | sqlite3 "
+              "now on is kept; %s%s%s. To recover more, with the gateway stopped: sqlite3 %s .recover | sqlite3 "
               "recovered.sqlite", p, why, aside.name,
-              f"table(s) {', '.join(kept)} read whole from it" if kept else "nothing could be read from it",
+              f"table(s) {', '.join(kept)} read whole from it" if kept else
+              "nothing could be read whole from it" if not part else "no table read whole from it",
+              "".join(f"; {rows} row(s) of {name} read around its damaged pages (theirs lost)"
+                      for name, rows in part.items()),
               f"; not {', '.join(lost)}" if lost else "", aside.name)
     return aside
 
@@ -111,15 +114,16 @@ def _newest_aside(real: Path) -> Path | None:
     return real.with_name(max(names)) if names else None
 
 
-def _salvage(damaged: Path, path: Path) -> tuple[list[str], list[str]]:
-    """Copy each table of `damaged` that reads whole into a new file at `path`: (tables copied, tables not)."""
-    kept, lost = [], []
+def _salvage(damaged: Path, path: Path) -> tuple[list[str], list[str], dict[str, int]]:
+    """Copy each table of `damaged` into a new file at `path`: (tables copied whole, tables not, {table: rows copied}
+    of those copied in part)."""
+    kept, lost, part = [], [], {}
     conn = connect(path)
     try:
         conn.execute("ATTACH DATABASE ? AS damaged", (f"{damaged.resolve().as_uri()}?mode=ro",))
     except sqlite3.Error:
         conn.close()
-        return kept, lost
+        return kept, lost, part
     try:
         try:
             schema = conn.execute("SELECT name, sql FROM damaged.sqlite_master WHERE type = 'table' AND sql IS NOT NULL"
@@ -127,18 +131,96 @@ def _salvage(damaged: Path, path: Path) -> tuple[list[str], list[str]]:
         except sqlite3.Error:
             schema = []
         for name, sql in schema:
+            create = re.sub(r"^CREATE TABLE (IF NOT EXISTS )?", "CREATE TABLE IF NOT EXISTS main.", sql)
             try:
                 conn.execute("BEGIN")
-                conn.execute(re.sub(r"^CREATE TABLE (IF NOT EXISTS )?", "CREATE TABLE IF NOT EXISTS main.", sql))
+                conn.execute(create)
                 conn.execute(f'DELETE FROM main."{name}"')
                 conn.execute(f'INSERT INTO main."{name}" SELECT * FROM damaged."{name}"')
                 conn.execute("COMMIT")
                 kept.append(name)
+                continue
             except sqlite3.Error:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
+            # a torn page of the table itself: the rows on its other pages still read, by their rowids (the telemetry
+            # backlog, weeks of forecaster history were lost whole for one page). Each statement its own transaction:
+            # one that meets the damage inside an open one left the connection failing every statement after it
+            try:
+                conn.execute(create)
+                rows = copy_readable_rows(conn, name)
+            except sqlite3.Error:
+                rows = 0
+            if rows:
+                part[name] = rows
+            else:
                 lost.append(name)
     finally:
         conn.execute("DETACH DATABASE damaged")
         conn.close()
-    return kept, lost
+    return kept, lost, part
+
+
+MAX_ROWID = 2 ** 63 - 1
+
+
+def copy_readable_rows(conn: sqlite3.Connection, name: str) -> int:
+    """Copy the rows of table `name` of the attached file `damaged` that still read, around its damaged pages, into
+    main; how many. The rowid b-tree's inner pages lead past a torn leaf: a read in rowid order stops at it, and the
+    first rowid whose seek reads again (found by doubling, then halving, the step) is where the next readable run of
+    rows begins. A table without rowids gets nothing."""
+    copied, start = 0, -MAX_ROWID - 1
+    while start is not None:
+        first = last = None
+        try:
+            # every column read: a torn page's cells give rowids of garbage, their values do not read
+            for row in conn.execute(f'SELECT rowid, * FROM damaged."{name}" WHERE rowid >= ? ORDER BY rowid',
+                                    (start,)):
+                first = row[0] if first is None else first
+                last = row[0]
+            stopped = False
+        except sqlite3.DatabaseError:
+            stopped = True
+        if last is not None:
+            copied += _copy_range(conn, name, first, last)
+        if not stopped or (last is not None and last >= MAX_ROWID):
+            return copied
+        start = _next_readable(conn, name, start if last is None else last + 1)
+    return copied
+
+
+def _reads_from(conn: sqlite3.Connection, name: str, rowid: int) -> bool:
+    try:
+        conn.execute(f'SELECT * FROM damaged."{name}" WHERE rowid >= ? ORDER BY rowid LIMIT 1', (rowid,)).fetchall()
+    except sqlite3.DatabaseError:
+        return False
+    return True
+
+
+def _next_readable(conn: sqlite3.Connection, name: str, failing: int) -> int | None:
+    """The first rowid past `failing`, whose seek meets a damaged page, from which a read in rowid order goes again."""
+    step = 1
+    while not _reads_from(conn, name, min(MAX_ROWID, failing + step)):
+        if failing + step >= MAX_ROWID:
+            return None
+        step *= 2
+    bad, good = failing, min(MAX_ROWID, failing + step)
+    while good - bad > 1:
+        mid = (bad + good) // 2
+        bad, good = (bad, mid) if _reads_from(conn, name, mid) else (mid, good)
+    return good
+
+
+def _copy_range(conn: sqlite3.Connection, name: str, first: int, last: int) -> int:
+    """Copy the rows of rowids first..last (read in order before): halved around a row that does not read whole (a
+    torn overflow page of a long value)."""
+    before = conn.total_changes     # a cursor's rowcount counted the first of these statements only
+    try:
+        conn.execute(f'INSERT INTO main."{name}" SELECT * FROM damaged."{name}" WHERE rowid BETWEEN ? AND ?',
+                     (first, last))
+        return conn.total_changes - before
+    except sqlite3.DatabaseError:
+        if first == last:
+            return 0
+        mid = (first + last) // 2
+        return _copy_range(conn, name, first, mid) + _copy_range(conn, name, mid + 1, last)

@@ -20,7 +20,7 @@ from bacnet_api.settle import span
 
 from .events import aware_time, reckonable
 from .storage_connect import StorageError, connect
-from .storage_damage import UNTIL_RESTART, damaged, name_damage
+from .storage_damage import UNTIL_RESTART, ReadDamage, damaged, name_damage
 from .storage_follow import follow_file
 from .storage_fs_reason import with_fs_reason
 from .storage_retry import LOCK_GRACE_SECONDS, LOCK_RETRY_SECONDS, Opening, ReopenTimer, locked
@@ -117,6 +117,7 @@ class TelemetryQueue:
         self._failed_memory: list[datetime] = []    # poll ticks of failed reads the file would not take (add_failed)
         self._failed_unreadable_said = False    # a stored failed read that is not a count: said once
         self._bound_damage_said = False     # damage that keeps the queue from dropping its oldest: said once
+        self.read_damage = ReadDamage(path, log, fault)    # damage met by a read of the backlog (said once)
         self._next_memory_seq = -1
         self.sent_total = 0                 # samples the VTN accepted since start (metrics)
         self._acked: set[int] = set()       # rows the VTN accepted not yet deleted (ACK_DEFER_MAX): never resent
@@ -584,7 +585,7 @@ class TelemetryQueue:
                 # the rows stay queued; bounding is retried with the next sample. Damage (a torn page of the index it
                 # goes by) fails it at every sample for the rest of the run, while the readings still go in: the
                 # queue grew past max_age with nothing said
-                if damaged(str(err)) and not self._bound_damage_said:
+                if damaged(str(err)) and not self._bound_damage_said and self.read_damage.error is None:
                     self._bound_damage_said = True
                     log.error("storage.path %s is damaged (%s): the telemetry queue cannot drop its readings older "
                               "than %s, and grows; %s", self.path, name_damage(str(err), self._conn),
@@ -638,19 +639,37 @@ class TelemetryQueue:
         for row in [row for row in self._moved_back if gone(row)]:
             self._moved.pop(self._moved_back.pop(row), None)
 
-    def _file_rows(self, limit: int, reader: _Reader | None = None) -> list[Sample]:
+    def _file_rows(self, limit: int, reader: _Reader | None = None) -> tuple[list[Sample], bool]:
+        """The oldest rows `reader` has not taken, and whether they read to the end asked (no damage met)."""
         floor, taken = (reader.floor, reader.taken) if reader is not None else (0, set())
+        rows = []
         try:
-            rows = self._db().execute("SELECT seq, ts, kw FROM telemetry_queue WHERE seq > ? ORDER BY seq LIMIT ?",
-                                      (floor, limit + len(self._acked) + len(taken))).fetchall()
-        except sqlite3.Error:
-            return []
-        return self._samples([r for r in rows if r[0] not in self._acked and r[0] not in taken])
+            # row by row: those before a damaged page still go to the VTN, in order
+            rows.extend(self._db().execute("SELECT seq, ts, kw FROM telemetry_queue WHERE seq > ? ORDER BY seq LIMIT ?",
+                                           (floor, limit + len(self._acked) + len(taken))))
+        except sqlite3.Error as err:
+            # a torn page of the backlog: every read of it failed and returned nothing, and no reading reached the
+            # VTN from then on, with nothing said. What lies behind it stays in the file, in order, for the restart
+            # (whose salvage keeps every row that reads), and what memory holds behind that: reported after newer
+            # ones, they could not be reported then
+            if self._backlog_damaged(err):
+                return self._samples([r for r in rows if r[0] not in self._acked and r[0] not in taken]), False
+        return self._samples([r for r in rows if r[0] not in self._acked and r[0] not in taken]), True
+
+    def _backlog_damaged(self, err: sqlite3.Error) -> bool:
+        damage = self.read_damage.met(
+            err, self._conn, "the telemetry queue cannot read the readings queued past its damaged page, and none of "
+            "them or after them go to the VTN until a restart (they stay in the file)")
+        self._bound_damage_said |= damage
+        return damage
 
     def peek(self, limit: int = 100, reader: str | None = None) -> list[Sample]:
         """The oldest waiting samples, in order; with `reader`, those that report request has not taken."""
         r = self._readers.get(reader) if reader is not None else None
-        rows = self._file_rows(limit, r)[:limit]
+        rows, whole = self._file_rows(limit, r)
+        rows = rows[:limit]
+        if not whole:
+            return rows
         # Memory only ever holds samples newer than every row in the file (see add). Only what is wanted of it
         # is copied: /metrics peeks at the oldest one at each scrape, with an outage's samples held here.
         memory = self._memory if r is None else (s for s in self._memory if s.seq not in r.taken)
@@ -877,7 +896,7 @@ class TelemetryQueue:
     def status(self) -> dict:
         return {"pending": self.pending, "held": self.held, "dropped": self.dropped, "dropping": self._dropping,
                 "delivered": self.delivered, "last_delivery": self.last_delivery.isoformat() if self.last_delivery else None,
-                "in_memory": len(self._memory), "storage_error": self.write_error}
+                "in_memory": len(self._memory), "storage_error": self.write_error or self.read_damage.error}
 
     def last_try(self) -> None:
         """At a stop, before note_last_read and close: a file that would not open or take writes is tried once
