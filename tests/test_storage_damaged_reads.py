@@ -187,3 +187,20 @@ async def test_a_gateway_whose_saved_state_and_history_tear_while_it_runs_goes_o
     assert len(said) == 1 and "row(s) of forecast_minute read around its damaged pages" in said[0], said
     with contextlib.closing(sqlite3.connect(storage, timeout=10)) as db:
         assert db.execute("SELECT COUNT(*) FROM forecast_minute").fetchone()[0] > 1850
+
+
+def test_the_failed_reads_read_meeting_a_torn_page_is_said_once(tmp_path, caplog):
+    # the intervals' failed reads were read as none at the damage, with nothing said: reported to the VTN as if read
+    path = tmp_path / "gw.sqlite"
+    queue = TelemetryQueue(path, max_age=timedelta(days=7))
+    queue.add_failed(*(T0 + timedelta(seconds=10 * i) for i in range(3000)))
+    queue.add(T0, 90.0)
+    tear_page(path, "telemetry_failed_reads")
+    caplog.set_level(logging.INFO)
+    for hour in range(9):
+        queue.failed_reads(T0 + timedelta(hours=hour), T0 + timedelta(hours=hour + 1))
+    said = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [r.levelno for r in said] == [logging.ERROR], [r.getMessage() for r in said]
+    assert "table telemetry_failed_reads" in said[0].getMessage() and "restart" in said[0].getMessage()
+    assert queue.status()["storage_error"] is not None
+    queue.close()

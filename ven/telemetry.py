@@ -546,8 +546,11 @@ class TelemetryQueue:
             rows = db.execute("SELECT ts, reads FROM telemetry_failed_reads WHERE ts >= ? AND ts < ?",
                               (start.isoformat(), end.isoformat())).fetchall()
             n += self._gap_ticks(db, start, end)
-        except sqlite3.Error:
-            return n    # unreadable now: the interval goes unmarked rather than not at all
+        except sqlite3.Error as err:
+            # unreadable now: the interval goes unmarked rather than not at all; a torn page of the table said once
+            self.read_damage.met(err, self._conn, "the telemetry queue cannot read the meter's failed reads stored "
+                                 "in it, and reports their intervals as if they had been read")
+            return n
         # a count that is not one (1e400 reads, text: a hand edit, a damaged page, another version) raised
         # OverflowError out of every update, and no telemetry reached the VTN: skipped, and aged out with the rest
         good = [reads for _, reads in rows if isinstance(reads, int) and reads >= 1]
