@@ -204,3 +204,37 @@ def test_the_failed_reads_read_meeting_a_torn_page_is_said_once(tmp_path, caplog
     assert "table telemetry_failed_reads" in said[0].getMessage() and "restart" in said[0].getMessage()
     assert queue.status()["storage_error"] is not None
     queue.close()
+
+
+@pytest.mark.timeout(60)
+async def test_the_history_reload_after_a_clock_step_meeting_a_torn_page_is_said_once(tmp_path, caplog):
+    # a box booted at 2020 and put right by NTP reloads its stored history; a torn page of it failed that read at every
+    # cycle, said as the history's writes refused and taken again, a pair of lines each time
+    from test_forecast_clock import BOOT_2020, _stored_history
+
+    from ven.config import ForecasterConfig
+    from ven.forecast_service import ForecastService
+    path = str(tmp_path / "gw.sqlite")
+    real = time.time()
+    _stored_history(path, real - 60)
+    fault = StorageFault(path, retry_seconds=1, settle_seconds=0)
+    clock, published = [BOOT_2020], []
+    svc = ForecastService(ForecasterConfig(cycle_seconds=0.05, source="meter"), path, publish=published.append,
+                          clock=lambda: clock[0], fault=fault)
+    await svc.start()
+    try:
+        svc.on_meter(BOOT_2020, 100.0)
+        await eventually(lambda: published and published[-1].issued_at == BOOT_2020, 10, "a forecast at 2020")
+        tear_page(path, "forecast_minute")
+        caplog.set_level(logging.INFO)
+        clock[0] = real = time.time()                           # NTP steps the clock right
+        for i in range(20):     # cycles, each saving its minute
+            clock[0] = real + 60 * i
+            svc.on_meter(clock[0], 150.0)
+            await eventually(lambda: published[-1].issued_at == clock[0], 10, "a forecast")
+        assert svc.storage_ok
+    finally:
+        await svc.stop()
+    said = [r for r in caplog.records if "storage.path" in r.getMessage()]
+    assert [r.levelno for r in said] == [logging.ERROR], [r.getMessage() for r in said]
+    assert "table forecast_minute" in said[0].getMessage() and "restart" in said[0].getMessage()

@@ -579,6 +579,15 @@ class ForecastService:
         since = max(since, now - self.forecaster.keep_days * 86400)
         try:
             n = store.reload_into(self.forecaster, since, now)
+        except sqlite3.DatabaseError as err:
+            # a torn page of the history: tried again at every cycle, said as the history's writes refused and taken
+            # again at each (two lines a cycle), while the minutes went on being stored. Said once; not tried again
+            if not isinstance(err, sqlite3.OperationalError) and self._read_damaged(
+                    err, "the forecaster cannot reload its stored history after the wall clock's step, and goes on "
+                    "from the history it holds in memory"):
+                return
+            self._want_reload(since)   # tried again with the next cycle
+            raise
         except BaseException:
             self._want_reload(since)   # tried again with the next cycle
             raise
@@ -813,6 +822,11 @@ class ForecastService:
         return _with_unsaved(stored, unsaved, since)
 
     def _history_damaged(self, err: sqlite3.Error) -> None:
+        self._read_damaged(err, "the dashboard's chart (/api/history) shows the power the forecaster holds in memory, "
+                           "and stored forecasts and load flags only up to the damage")
+
+    def _read_damaged(self, err: sqlite3.Error, meanwhile: str) -> bool:
+        """Whether `err`, a read's, is damage: said once (ReadDamage)."""
         # the store opens a connection for each read: name_damage reads the file's pages on one of its own, once
         conn = None
         if self.read_damage.error is None:
@@ -821,8 +835,7 @@ class ForecastService:
             except sqlite3.Error:
                 pass
         try:
-            self.read_damage.met(err, conn, "the dashboard's chart (/api/history) shows the power the forecaster "
-                                 "holds in memory, and stored forecasts and load flags only up to the damage")
+            return self.read_damage.met(err, conn, meanwhile)
         finally:
             if conn is not None:
                 conn.close()
