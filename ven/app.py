@@ -846,7 +846,8 @@ class Gateway:
         # damage a read met while it runs (which no write ends): until the restart the line asks for
         errors = {"events": self.storage.write_error or self.storage.read_damage.error,
                   "telemetry": self.telemetry.write_error or self.telemetry.read_damage.error,
-                  "forecaster": None if not self._built("forecast") or self.forecast.storage_ok
+                  "forecaster": None if not self._built("forecast")
+                  else self.forecast.read_damage.error if self.forecast.storage_ok
                   else self.forecast.storage_error or "forecast history not stored"}
         return {"path": str(self.config.storage.path), "ok": not any(errors.values()),
                 "errors": {part: e for part, e in errors.items() if e},
