@@ -31,9 +31,10 @@ from ven.vtn_server import DemoVtn
 T0 = datetime(2026, 12, 1, tzinfo=timezone.utc)
 
 
-def tear_page(path, tree: str, middle: bool = True, every: bool = False) -> None:
+def tear_page(path, tree: str, middle: bool = True, every: bool = False, cells: bool = False) -> None:
     """A leaf of `tree` (its middle one, or its first; or all of them) made zeros, as a page a failing card lost reads
-    back; the file's -wal checkpointed into it first, so no newer copy of the page hides the damage."""
+    back (with `cells`, its header left and the rest 0xff: every cell's pointer past the page); the file's -wal
+    checkpointed into it first, so no newer copy of the page hides the damage."""
     with contextlib.closing(sqlite3.connect(path, timeout=10)) as db:
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         size = db.execute("PRAGMA page_size").fetchone()[0]
@@ -41,8 +42,8 @@ def tear_page(path, tree: str, middle: bool = True, every: bool = False) -> None
                                          "ORDER BY path", (tree,))]
     with open(path, "r+b") as f:
         for page in leaves if every else [leaves[len(leaves) // 2] if middle else leaves[0]]:
-            f.seek((page - 1) * size)
-            f.write(bytes(size))
+            f.seek((page - 1) * size + (8 if cells else 0))
+            f.write(b"\xff" * (size - 8) if cells else bytes(size))
 
 
 def unreadable(path, sql: str) -> bool:
@@ -58,8 +59,10 @@ def errors(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
 
 
-def test_a_start_keeps_the_rows_of_a_table_around_its_torn_page(tmp_path, caplog):
-    # the copy of a table stopped at its torn page and kept none of it: a week's backlog for one page of 30 readings
+@pytest.mark.parametrize("cells", [False, True], ids=["page-zeros", "cells-torn"])
+def test_a_start_keeps_the_rows_of_a_table_around_its_torn_page(tmp_path, caplog, cells):
+    # the copy of a table stopped at its torn page and kept none of it: a week's backlog for one page of 30 readings.
+    # A page whose cells are torn, its header left, reads as rows of one garbage rowid, out of order
     path = tmp_path / "gw.sqlite"
     queue = TelemetryQueue(path, max_age=timedelta(days=7))
     for i in range(3000):
@@ -67,8 +70,8 @@ def test_a_start_keeps_the_rows_of_a_table_around_its_torn_page(tmp_path, caplog
     queue.close()
     store = ForecastStore(str(path))
     store.save(range(1000, 4000), [50.0] * 3000, [1] * 3000)
-    tear_page(path, "telemetry_queue")
-    tear_page(path, "forecast_minute", middle=False)
+    tear_page(path, "telemetry_queue", cells=cells)
+    tear_page(path, "forecast_minute", middle=False, cells=cells)
     caplog.set_level(logging.INFO)
     assert set_aside_if_damaged(path) is not None
     said = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
