@@ -171,14 +171,23 @@ def copy_readable_rows(conn: sqlite3.Connection, name: str) -> int:
     rows begins. A table without rowids gets nothing."""
     copied, start = 0, -MAX_ROWID - 1
     while start is not None:
-        first = last = None
+        first = last = before = None
+        stopped = False
         try:
-            # every column read: a torn page's cells give rowids of garbage, their values do not read
+            # every column read: a page read back as zeros fails there
             for row in conn.execute(f'SELECT rowid, * FROM damaged."{name}" WHERE rowid >= ? ORDER BY rowid',
                                     (start,)):
+                if last is not None and row[0] <= last:
+                    # out of order: the cells of a page whose header was left, their pointers torn, read as rows of one
+                    # garbage rowid (a copy of the range up to them stopped there, without an error). Read twice, the
+                    # row before was its first
+                    stopped = True
+                    if row[0] == last:
+                        last = before
+                        first = None if last is None else first
+                    break
                 first = row[0] if first is None else first
-                last = row[0]
-            stopped = False
+                before, last = last, row[0]
         except sqlite3.DatabaseError:
             stopped = True
         if last is not None:
