@@ -8,6 +8,7 @@ readable. Pages are torn as a page read back as zeros: deterministic, where rand
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import sqlite3
@@ -152,11 +153,12 @@ async def test_a_gateway_whose_saved_state_and_history_tear_while_it_runs_goes_o
                 assert await bas.write(gateway, opt_out, "presentValue", "inactive", priority=8) is None
             # torn until a read of it fails: a gateway's write between the checkpoint and the tear puts a whole copy
             # of the page in the -wal
-            for _ in range(10):
+            for _ in range(50):
                 tear_page(storage, "kv", every=True)    # wherever the BAS's command is
                 tear_page(storage, "forecast_minute")
                 if unreadable(storage, "SELECT * FROM kv") and unreadable(storage, "SELECT * FROM forecast_minute"):
                     break
+                await asyncio.sleep(0.1)    # a checkpoint a reader of the gateway held back: once it let go
             assert unreadable(storage, "SELECT * FROM kv")
             with contextlib.closing(sqlite3.connect(storage, timeout=10)) as db:
                 db.execute("PRAGMA user_version = 1")   # a write: the gateway's connections read the pages again
