@@ -115,9 +115,16 @@ def test_the_backlog_read_meeting_a_torn_page_is_said_once_and_what_reads_is_sen
     assert "restart" in line, line
     # every reading before the damage went, in order; none after it (the VTN could not take them after newer ones)
     assert 1400 < len(sent) < 1600 and sent == list(range(1, len(sent) + 1)), (len(sent), sent[-3:])
-    assert queue.status()["storage_error"] is not None
+    # the readings taken after it go to the file, not memory: deleting those the VTN took, beside the torn page,
+    # failed every reading's write, and the restart lost all of them
+    assert queue.status()["storage_error"] is not None and queue.status()["in_memory"] == 0, queue.status()
     queue.close()
     store.close()
+    assert set_aside_if_damaged(path) is not None     # the restart the line asks for
+    queue = TelemetryQueue(path, max_age=timedelta(days=1))
+    kept = {s.ts for s in queue.peek(5000)}
+    queue.close()
+    assert {T0 + timedelta(seconds=3000 + i) for i in range(40)} <= kept
 
 
 def test_the_charts_history_read_meeting_a_torn_page_gives_what_reads(tmp_path):

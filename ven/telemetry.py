@@ -118,6 +118,7 @@ class TelemetryQueue:
         self._failed_unreadable_said = False    # a stored failed read that is not a count: said once
         self._bound_damage_said = False     # damage that keeps the queue from dropping its oldest: said once
         self.read_damage = ReadDamage(path, log, fault)    # damage met by a read of the backlog (said once)
+        self._acks_stuck = False    # the rows the VTN took are not deleted: their deletion meets damage
         self._next_memory_seq = -1
         self.sent_total = 0                 # samples the VTN accepted since start (metrics)
         self._acked: set[int] = set()       # rows the VTN accepted not yet deleted (ACK_DEFER_MAX): never resent
@@ -317,7 +318,7 @@ class TelemetryQueue:
     def _write_acks(self, db: sqlite3.Connection, every: float = LAST_DELIVERY_SAVE_SECONDS) -> datetime | None:
         """In the caller's transaction: delete the acknowledged rows, and save last_delivery if it moved
         `every` seconds since it was; returns the last_delivery written."""
-        if self._acked:
+        if self._acked and not self._acks_stuck:
             db.executemany("DELETE FROM telemetry_queue WHERE seq = ?", [(seq,) for seq in self._acked])
         if self._dropped != self._dropped_saved:
             # the unreadable rows (_samples) leave the file here: their count with them, or a restart forgot it
@@ -347,7 +348,8 @@ class TelemetryQueue:
         return due
 
     def _acks_written(self, saved: datetime | None) -> None:
-        self._acked.clear()
+        if not self._acks_stuck:
+            self._acked.clear()
         if self._places_writing is not None:
             self._places_saved = self._places_writing
         self._dropped_saved = self._dropped
@@ -402,15 +404,25 @@ class TelemetryQueue:
         # while older samples wait in memory, newer ones queue behind them
         if (self._retry is None or self._retry.due()) and self._memory_to_file():
             try:
-                db = self._db()
-                db.execute("BEGIN")
-                cur = db.execute("INSERT INTO telemetry_queue (ts, kw) VALUES (?, ?)", (ts.isoformat(), float(kw)))
-                saved = self._write_acks(db)
-                db.execute("COMMIT")
+                cur, saved = self._insert(ts, kw)
             except sqlite3.Error as err:
                 self._rollback()
-                self._failed(err)
-            else:
+                if not (damaged(str(err)) and self._acked and not self._acks_stuck):
+                    self._failed(err)
+                    cur = None
+                else:
+                    # the readings the VTN took, deleted beside a torn page of the backlog (which SQLite rebalances
+                    # into): that failed each reading's write, and every reading after went to memory, which the
+                    # restart the damage asks for loses. They stay in the file, not sent again in this run; the next
+                    # one drops them as reported (its place in the stream)
+                    self._acks_stuck = True
+                    try:
+                        cur, saved = self._insert(ts, kw)
+                    except sqlite3.Error as again:
+                        self._rollback()
+                        self._failed(again)
+                        cur = None
+            if cur is not None:
                 self._acks_written(saved)
                 self._writable_again()
                 self._bound(ts)
@@ -420,6 +432,15 @@ class TelemetryQueue:
         self._memory.append(Sample(seq, ts, float(kw)))
         self._bound(ts)
         return seq
+
+    def _insert(self, ts: datetime, kw: float) -> tuple[sqlite3.Cursor, datetime | None]:
+        """One sample and the acknowledgements waiting, in one transaction: (its cursor, the last_delivery written)."""
+        db = self._db()
+        db.execute("BEGIN")
+        cur = db.execute("INSERT INTO telemetry_queue (ts, kw) VALUES (?, ?)", (ts.isoformat(), float(kw)))
+        saved = self._write_acks(db)
+        db.execute("COMMIT")
+        return cur, saved
 
     def add_failed(self, *ticks: datetime) -> None:
         """Commit one failed meter read (to memory while the file fails): the poll ticks it was missing from, a row
