@@ -14,7 +14,13 @@ os.environ["TZ"] = "UTC"
 time.tzset()
 
 
+@pytest.hookimpl(tryfirst=True)     # before xdist's, which names the groups from the xdist_group marks
 def pytest_collection_modifyitems(config, items):
+    _spread_waiting(items)
+    _long_first_and_modules_whole(config, items)
+
+
+def _spread_waiting(items):
     """Spread the files marked mostly_waiting evenly through the run, each file's tests kept together and in order.
 
     Those files spend their time waiting on report intervals and polls; in alphabetical order they came last, and
@@ -38,6 +44,38 @@ def pytest_collection_modifyitems(config, items):
             order.append(others.pop(0))
             taken_others += len(files[order[-1]])
     items[:] = [item for f in order for item in files[f]]
+
+
+def _long_first_and_modules_whole(config, items):
+    """Hand the long tests out first, and keep a module whose tests share a module-scoped fixture on one worker.
+
+    The test command's scheduler (pyproject's addopts: --dist loadgroup, --no-loadscope-reorder) gives a worker its
+    next test as it finishes one, in this order; xdist's default gave each worker a run of up to a twelfth of what was
+    left (150 tests early in the run), so one worker could still hold minutes of tests while the others had none.
+    The long tests are those given more than the ini's timeout (their authors found they need it): handed out
+    last, one of them alone was the run's last minutes. A module-scoped fixture (a Chromium, a built wheel) serves
+    only the worker that set it up, so such a module goes to one worker whole (xdist_group), or each worker
+    would start its own, and again after each test of another module between its tests."""
+    default = float(config.getini("timeout") or 0)
+    units: dict[str, list] = {}
+    for item in items:
+        shared = _module_scoped_fixture(item)
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+        units.setdefault(item.nodeid.split("::")[0] if shared else item.nodeid, []).append(item)
+
+    def timeout(unit: list) -> float:
+        return max((float(mark.args[0]) if mark.args else float(mark.kwargs.get("timeout", default)))
+                   if (mark := item.get_closest_marker("timeout")) else default for item in unit)
+
+    long = sorted((u for u in units.values() if timeout(u) > default), key=timeout, reverse=True)
+    rest = [u for u in units.values() if timeout(u) <= default]
+    items[:] = [item for unit in long + rest for item in unit]
+
+
+def _module_scoped_fixture(item) -> bool:
+    info = getattr(item, "_fixtureinfo", None)
+    return info is not None and any(defs and defs[-1].scope == "module" for defs in info.name2fixturedefs.values())
 
 
 @pytest.fixture(autouse=True)
