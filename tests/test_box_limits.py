@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from gateway_process import GatewayProcess, write_config
+from gateway_process import START_S, GatewayProcess, write_config
 from ven.http_api import MAX_CONNECTIONS, connection_limit
 from ven.logs import QuietAcceptErrors
 
@@ -122,10 +122,11 @@ def test_an_address_space_limit_under_what_the_fits_need_is_said_at_the_start():
                               "forecaster's fits need about 380 MB"), warning
 
 
+@pytest.mark.timeout(int(START_S) + 60)   # a gateway process's start, then its stop
 def test_a_gateway_under_limit_as_says_so_in_its_start_up_log(tmp_path, free_udp_port, free_tcp_port):
     config = tmp_path / "gw.toml"
     write_config(config, bacnet_port=free_udp_port(), http_port=free_tcp_port(), storage=tmp_path / "gw.sqlite",
                  ven_name="little-memory", device_id=500342)
     with GatewayProcess(config, tmp_path / "log", prefix=("prlimit", "--as=330000000", "--")) as gateway:
-        gateway.wait_for("edge-gateway ready")
+        gateway.wait_for("edge-gateway ready", START_S)
     assert "WARNING the process may use only 330 MB of address space (LimitAS" in gateway.log(), gateway.log()[-3000:]
