@@ -666,7 +666,7 @@ async def test_opt_out_commands_in_a_file_that_opens_late_are_merged_then(
     assert json.loads(saved) == {str(p): bool(v) for p, v in array.items()}
 
 
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(int(START_S) + 60)   # a gateway process's start (START_S), then the test
 async def test_a_stop_seconds_after_the_data_volume_mounts_writes_what_memory_held_to_it(
         tmp_path, free_udp_port, free_tcp_port):
     # The volume mounts after the start and the gateway is stopped before its next retry (storage.retry_seconds, 10 s
@@ -688,6 +688,7 @@ async def test_a_stop_seconds_after_the_data_volume_mounts_writes_what_memory_he
         async with MeterSimulator(address=f"127.0.0.1/8:{meter_port}", value=87.5), \
                 BacnetPeer(free_udp_port(), timeout=1.0) as peer:
             with GatewayProcess(config, log_path) as gateway:
+                await eventually(lambda: "edge-gateway ready" in gateway.log(), START_S, "the gateway ready")
                 await eventually(lambda: _reads(peer, gw, 87.5), 30, f"meter read\n{log_path.read_text()}")
                 assert await peer.write(gw, opt_out, "presentValue", "inactive", priority=16) is None
                 # no VTN: the readings wait in the queue, in memory while the file is not there
@@ -716,7 +717,7 @@ async def _reads(peer, gw, kw) -> bool:
     return await peer.read(gw, P.BY_NAME[P.METER_POWER].object_id, "presentValue") == kw
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(int(START_S) + 60)   # a gateway process's start (START_S), then the test
 async def test_disk_full_mid_run_keeps_serving_and_loses_no_telemetry(tmp_path, free_udp_port, free_tcp_port):
     bacnet_port, meter_port, vtn_port = free_udp_port(), free_udp_port(), free_tcp_port()
     log_path = tmp_path / "gateway.log"
@@ -732,6 +733,7 @@ async def test_disk_full_mid_run_keeps_serving_and_loses_no_telemetry(tmp_path, 
             await first.start()
             try:
                 with GatewayProcess(config, log_path) as gateway:
+                    await eventually(lambda: "edge-gateway ready" in gateway.log(), START_S, "the gateway ready")
                     await eventually(lambda: len(first.reports) >= 3, 30, f"telemetry\n{log_path.read_text()}")
                     await first.stop()                            # the VTN goes away, then the disk fills
                     filler = fill(disk)

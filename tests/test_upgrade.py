@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from bacnet_peer import BacnetPeer
-from gateway_process import GatewayProcess, write_config
+from gateway_process import START_S, GatewayProcess, write_config
 from waiting import eventually
 
 from bacnet_api import points as P
@@ -95,6 +95,7 @@ async def test_an_upgrade_from_a_release_that_kept_no_record_of_its_objects_coun
     assert "Traceback" not in text, text
 
 
+@pytest.mark.timeout(int(START_S) + 60)   # a gateway process's start (START_S), then the test
 async def test_a_downgrade_onto_events_this_version_cannot_read_starts_and_leaves_them_in_the_file(
         tmp_path, free_udp_port, free_tcp_port):
     # A rollback after a bad upgrade: the newer version stored an event in a shape this one cannot read. Every
@@ -116,6 +117,7 @@ async def test_a_downgrade_onto_events_this_version_cannot_read_starts_and_leave
             async def level():     # the event it can read runs, and the BAS's commands come back
                 assert gateway.alive, gateway.log()[-3000:]
                 return await peer.read(gw, P.BY_NAME[P.EVENT_LEVEL].object_id, "presentValue") == 2.0
+            await eventually(lambda: "edge-gateway ready" in gateway.log(), START_S, "the gateway ready")
             await eventually(level, 30, "the readable event at level 2")
             commands = await peer.read(gw, P.BY_NAME[P.OPT_OUT].object_id, "priorityArray")
             assert [(i + 1, v) for i, v in enumerate(commands) if v is not None] == [(8, 0), (12, 1)], commands

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from gateway_process import GatewayProcess, write_config
+from gateway_process import START_S, GatewayProcess, write_config
 from netns import linked_netns  # noqa: F401 - a fixture
 from test_tls import pki  # noqa: F401 - a fixture: a CA, and VTN and VEN certificates
 from waiting import eventually
@@ -68,7 +68,7 @@ def test_the_shipped_examples_warn_of_nothing_about_the_vtn(pki):  # noqa: F811
         "a new example config: say here which warnings it should give"
 
 
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(int(START_S) + 60)   # a gateway process's start (START_S), then the test
 async def test_the_start_up_log_warns_once_of_a_plain_http_vtn_off_loopback_and_the_gateway_still_runs(
         tmp_path, free_udp_port, free_tcp_port, linked_netns):  # noqa: F811
     # the gateway in a namespace of the test's own; the VTN across the link, where a utility's would be
@@ -80,6 +80,7 @@ async def test_the_start_up_log_warns_once_of_a_plain_http_vtn_off_loopback_and_
                  ven_name="plain-http", vtn_host=ns.host_ip, vtn_port=vtn_port)
     async with DemoVtn(vtn_port, host=ns.host_ip, poll_seconds=1):
         with GatewayProcess(config, tmp_path / "gateway.log", prefix=ns.exec_prefix) as gateway:
+            await eventually(lambda: "edge-gateway ready" in gateway.log(), START_S, "the gateway ready")
             await eventually(lambda: "registered with VTN" in gateway.log() or not gateway.alive, 30,
                              "registration over plain http")
             assert gateway.alive, gateway.log()
