@@ -61,7 +61,7 @@ def _long_first_and_modules_whole(config, items):
     for item in items:
         shared = _module_scoped_fixture(item)
         if shared:
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+            item.add_marker(pytest.mark.xdist_group(item.path.stem))
         units.setdefault(item.nodeid.split("::")[0] if shared else item.nodeid, []).append(item)
 
     def timeout(unit: list) -> float:
