@@ -36,13 +36,19 @@ def damage_index_page(path, newest: bool = True, index: str = "telemetry_queue_t
         f.write(b"\xff" * (size - 8))
 
 
-def test_an_index_damaged_while_the_gateway_runs_is_said_damaged_not_refusing(tmp_path, caplog):
-    path = tmp_path / "gw.sqlite"
+def stores_with_readings(path, max_age: timedelta = timedelta(days=1)) -> tuple[Storage, TelemetryQueue]:
+    """The events' store and a telemetry queue sharing one storage fault, as in the gateway, 3,000 readings queued."""
     fault = StorageFault(path, retry_seconds=10, settle_seconds=0)
     store = Storage(path, reopen_seconds=10, fault=fault)
-    queue = TelemetryQueue(path, max_age=timedelta(days=1), reopen_seconds=10, fault=fault)
+    queue = TelemetryQueue(path, max_age=max_age, reopen_seconds=10, fault=fault)
     for i in range(3000):
         queue.add(T0 + timedelta(seconds=i), 90.0)
+    return store, queue
+
+
+def test_an_index_damaged_while_the_gateway_runs_is_said_damaged_not_refusing(tmp_path, caplog):
+    path = tmp_path / "gw.sqlite"
+    store, queue = stores_with_readings(path)
     damage_index_page(path)
     caplog.set_level(logging.INFO)
     store.save_value("after", "1")      # a write by another connection: the queue's reads the file's pages again
@@ -68,11 +74,7 @@ def test_an_index_damaged_where_the_queue_drops_its_oldest_readings_is_said_once
     # the queue's bound by age (DELETE ... WHERE ts < ?, by the index) failed on the damaged page at every reading and
     # nothing was said: the queue grew past telemetry.max_age, with no line, until the disk filled
     path = tmp_path / "gw.sqlite"
-    fault = StorageFault(path, retry_seconds=10, settle_seconds=0)
-    store = Storage(path, reopen_seconds=10, fault=fault)
-    queue = TelemetryQueue(path, max_age=timedelta(hours=1), reopen_seconds=10, fault=fault)
-    for i in range(3000):
-        queue.add(T0 + timedelta(seconds=i), 90.0)
+    store, queue = stores_with_readings(path, timedelta(hours=1))
     damage_index_page(path, newest=False)
     caplog.set_level(logging.INFO)
     store.save_value("after", "1")

@@ -19,11 +19,11 @@ import aiohttp
 import pytest
 from bacnet_peer import BacnetPeer
 from gateway_process import START_S, GatewayProcess, write_config
+from test_storage_damaged_midrun import stores_with_readings
 from waiting import eventually
 
 from bacnet_api import points as P
 from forecaster.store import ForecastStore
-from ven.storage import Storage
 from ven.storage_fault import StorageFault
 from ven.storage_salvage import set_aside_if_damaged
 from ven.telemetry import TelemetryQueue
@@ -94,11 +94,7 @@ def test_the_backlog_read_meeting_a_torn_page_is_said_once_and_what_reads_is_sen
     # the read of the backlog returned nothing at the damage, with nothing said: no reading went to the VTN from then
     # on, and /api/status said the file was fine
     path = tmp_path / "gw.sqlite"
-    fault = StorageFault(path, retry_seconds=10, settle_seconds=0)
-    store = Storage(path, reopen_seconds=10, fault=fault)
-    queue = TelemetryQueue(path, max_age=timedelta(days=1), reopen_seconds=10, fault=fault)
-    for i in range(3000):
-        queue.add(T0 + timedelta(seconds=i), 90.0)
+    store, queue = stores_with_readings(path)
     tear_page(path, "telemetry_queue")
     store.save_value("after", "1")      # another connection's write: the queue reads the file's pages again
     caplog.set_level(logging.INFO)
