@@ -189,9 +189,18 @@ def copy_readable_rows(conn: sqlite3.Connection, name: str) -> int:
                 first = row[0] if first is None else first
                 before, last = last, row[0]
         except sqlite3.DatabaseError:
-            stopped = True
+            stopped = failed = True
+        else:
+            failed = False
         if last is not None:
             copied += _copy_range(conn, name, first, last)
+        if failed:
+            # Python's cursor steps a row ahead of the one it gives: the last row before the torn page was read, then
+            # lost with the error of the read past it (a reading that never reached the VTN, lost by the restart)
+            after = _row_from(conn, name, start if last is None else last + 1)
+            if after is not None and _copy_row(conn, name, after):
+                copied += 1
+                last = after
         if not stopped or (last is not None and last >= MAX_ROWID):
             return copied
         start = _next_readable(conn, name, start if last is None else last + 1)
@@ -204,6 +213,25 @@ def _reads_from(conn: sqlite3.Connection, name: str, rowid: int) -> bool:
     except sqlite3.DatabaseError:
         return False
     return True
+
+
+def _row_from(conn: sqlite3.Connection, name: str, rowid: int) -> int | None:
+    """The first rowid from `rowid` on, if its seek reads (LIMIT 1: the read stops at it, not past it)."""
+    try:
+        row = conn.execute(f'SELECT rowid FROM damaged."{name}" WHERE rowid >= ? ORDER BY rowid LIMIT 1',
+                           (rowid,)).fetchone()
+    except sqlite3.DatabaseError:
+        return None
+    return None if row is None else row[0]
+
+
+def _copy_row(conn: sqlite3.Connection, name: str, rowid: int) -> bool:
+    """Copy one row by its rowid: a lookup, which reads no page past it as a range's copy does."""
+    try:
+        return conn.execute(f'INSERT INTO main."{name}" SELECT * FROM damaged."{name}" WHERE rowid = ?',
+                            (rowid,)).rowcount == 1
+    except sqlite3.DatabaseError:
+        return False
 
 
 def _next_readable(conn: sqlite3.Connection, name: str, failing: int) -> int | None:
