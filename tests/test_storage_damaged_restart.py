@@ -5,6 +5,7 @@ VTN on loopback: no interval reaches the VTN twice, and every reading not taken 
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 from datetime import datetime, timedelta, timezone
 
@@ -96,3 +97,28 @@ async def test_the_readings_the_vtn_took_beside_a_torn_page_are_not_sent_again_a
     # the newest one's interval was open at the stop: whether it goes is the restart's way, not the damage's
     live = set(sorted(live)[:-1])
     assert len(live) > 2 and live <= set(taken) and not (live & before), sorted(live - set(taken))[:5]
+
+
+def test_the_streams_place_is_kept_with_each_reading_while_the_readings_taken_stay_in_the_file(tmp_path):
+    # it was written a minute apart (with last_delivery): a crash then sent the intervals of that minute again, every
+    # reading the VTN took in it still in the file, thousands of them while a backlog went
+    path = tmp_path / "gw.sqlite"
+    queue = TelemetryQueue(path, max_age=timedelta(days=1))
+    t0 = datetime(2026, 12, 1, tzinfo=timezone.utc)
+    for i in range(3000):
+        queue.add(t0 + timedelta(seconds=i), 90.0)
+    tear_page(path, "telemetry_queue")
+    with contextlib.closing(sqlite3.connect(path)) as db:     # another connection's write: the queue reads again
+        db.execute("UPDATE kv SET value = value WHERE key = 'opened_at'")
+        db.commit()
+    for i in range(40):     # as vtn_delivery does: the place of the intervals sent, then their readings taken
+        batch = queue.peek(300)[:100]
+        if batch:
+            queue.set_place(timedelta(seconds=1), batch[-1].ts + timedelta(seconds=1))
+        queue.ack(batch)
+        queue.add(t0 + timedelta(seconds=3000 + i), 90.0)
+    assert queue._acks_stuck
+    queue._conn.close()     # killed: no stop writes the place
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        stored = db.execute("SELECT value FROM kv WHERE key = 'telemetry_places'").fetchone()[0]
+    assert json.loads(stored) == {"1": queue.places[1].isoformat()}, (stored, queue.places)

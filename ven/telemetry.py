@@ -325,6 +325,11 @@ class TelemetryQueue:
             db.execute("INSERT INTO kv (key, value) VALUES ('telemetry_dropped', ?)"
                        " ON CONFLICT(key) DO UPDATE SET value=excluded.value", (str(self._dropped),))
         self._places_writing = None
+        if self._acks_stuck:
+            # the readings the VTN took stay in the file now, and only the stream's place keeps the next run from
+            # sending them again: a place a minute old sent that minute's again after a crash, thousands of readings
+            # while a backlog went (not the ACK_DEFER_MAX a deletion waits for)
+            every = 0.0
         due, saved = self.last_delivery, self._delivery_saved
         delivery_due = not (due is None or due == saved
                             or (saved is not None and abs(due - saved) < timedelta(seconds=every)))
