@@ -119,6 +119,8 @@ class TelemetryQueue:
         self._bound_damage_said = False     # damage that keeps the queue from dropping its oldest: said once
         self.read_damage = ReadDamage(path, log, fault)    # damage met by a read of the backlog (said once)
         self._acks_stuck = False    # the rows the VTN took are not deleted: their deletion meets damage
+        self._counted: int | None = None        # the rows the file held, as last counted (pending)
+        self._last_added: Sample | None = None  # the newest reading this run took (newest, on a torn last page)
         self._next_memory_seq = -1
         self.sent_total = 0                 # samples the VTN accepted since start (metrics)
         self._acked: set[int] = set()       # rows the VTN accepted not yet deleted (ACK_DEFER_MAX): never resent
@@ -430,11 +432,13 @@ class TelemetryQueue:
             if cur is not None:
                 self._acks_written(saved)
                 self._writable_again()
+                self._last_added = Sample(int(cur.lastrowid), ts, float(kw))
                 self._bound(ts)
                 return int(cur.lastrowid)
         seq = self._next_memory_seq
         self._next_memory_seq -= 1
         self._memory.append(Sample(seq, ts, float(kw)))
+        self._last_added = self._memory[-1]
         self._bound(ts)
         return seq
 
@@ -810,8 +814,14 @@ class TelemetryQueue:
         try:
             rows = self._db().execute("SELECT seq, ts, kw FROM telemetry_queue ORDER BY seq DESC LIMIT ?",
                                       (1 + len(self._acked),)).fetchall()
-        except sqlite3.Error:
-            return None
+        except sqlite3.Error as err:
+            # a torn last page: a one-shot request waited for a reading for good, with nothing said. The one added
+            # last is the newest (memory holds none: they would be above)
+            if not self.read_damage.met(err, self._conn, "the telemetry queue cannot read its newest readings, and "
+                                        "one-shot reports get the one it took last"):
+                return None
+            last = self._last_added
+            return last if last is not None and last.seq not in self._acked else None
         return next(iter(self._samples([r for r in rows if r[0] not in self._acked])), None)
 
     def _samples(self, rows) -> list[Sample]:
@@ -897,11 +907,25 @@ class TelemetryQueue:
     @property
     def pending(self) -> int:
         """Readings queued that no request has delivered yet (those held for another request are `held`)."""
-        try:
-            on_disk = int(self._db().execute("SELECT COUNT(*) FROM telemetry_queue").fetchone()[0])
-        except sqlite3.Error:
-            on_disk = len(self._acked)
-        return on_disk - len(self._acked) + len(self._memory) - len(self._sent)
+        return self._on_disk() - len(self._acked) + len(self._memory) - len(self._sent)
+
+    def _on_disk(self) -> int:
+        """The rows the file holds; with a torn page, the count last read (said once)."""
+        err = None
+        # SQLite counts by the smallest b-tree, the index on ts: a torn page of it failed the count while the table's
+        # own pages gave it, and the status said 0 readings waiting behind a stalled backlog, with nothing said
+        for sql in ("SELECT COUNT(*) FROM telemetry_queue", "SELECT COUNT(*) FROM telemetry_queue NOT INDEXED"):
+            try:
+                self._counted = int(self._db().execute(sql).fetchone()[0])
+                return self._counted
+            except sqlite3.Error as e:
+                err = e
+                if not damaged(str(e)):
+                    break
+        if self.read_damage.met(err, self._conn, "the telemetry queue cannot count the readings queued in it, and its "
+                                "status gives the count it last read") and self._counted is not None:
+            return self._counted
+        return len(self._acked)
 
     @property
     def held(self) -> int:
