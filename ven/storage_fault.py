@@ -57,6 +57,9 @@ class StorageFault:
         self._notes: list[str] = []
         self._full = False      # the fault began with a full disk
         self._damage_said = False   # the file's damage said (an ERROR) in this run, by a write or a read
+        # a write met the file's damage: the fault lasts until the restart. Writes that miss the torn page (a prune
+        # beside saves into it) ended it, and the next save began it again: a pair of lines a settle period
+        self._damaged = False
         self._lock = threading.Lock()
 
     @property
@@ -75,6 +78,7 @@ class StorageFault:
         with self._lock:
             self._refusals += not self._failing     # all parts wrote, and one is refused again: another flap
             self._failing[part] = why
+            self._damaged |= damaged(why)
             self._writing_since = None
             if not self._flap.bad(self._clock()):
                 if note:
@@ -124,7 +128,7 @@ class StorageFault:
             self._back[part] = self._back.get(part, 0) + moved
             if note and part in self.parts:     # not the queue's backlog "sent after ..." with openadr.telemetry false
                 self._notes.append(note)
-            if self._failing or not self._flap.open:
+            if self._failing or not self._flap.open or self._damaged:
                 return
             now = self._writing_since = self._clock()
             self._flap.restart(now)     # the settle period runs from the last part's first write
@@ -173,6 +177,9 @@ class StorageFault:
             if not self._flap.open:
                 return None
             now, since = self._clock(), self._flap.since
+            if not self._failing and self._damaged:
+                return (f"storage.path damaged for {span(now - since)} (the restart sets it aside and keeps every row "
+                        f"of it that still reads)")
             if not self._failing:
                 # every part writes again, and what they held went to the file: nothing is lost, the end line waits
                 # for the settle period
