@@ -34,6 +34,7 @@ from .still_watch import StillWatch
 from .storage_damage import ReadDamage
 from .storage_fs_reason import with_fs_reason
 from .storage_retry import REOPEN_SECONDS, ReopenTimer
+from .storage_salvage import check_late
 from .storage_sidecars import not_copied_yet, unpair_sidecars
 from .tasks import cancel_and_wait
 from .wallclock import CLOCK_STEP_S, PRUNE_HOLD_S, StepWatch
@@ -517,6 +518,7 @@ class ForecastService:
         stays: the one fitted in memory, else the stored one."""
         if not self._reopen.due():
             return
+        check_late(self.storage_path)
         try:
             store = ForecastStore(self.storage_path, before_connect=self._unpair)
             fitted = self.forecaster.model_blob()

@@ -25,6 +25,7 @@ from .storage_damage import UNTIL_RESTART, ReadDamage, damaged, name_damage
 from .storage_follow import follow_file, remove_abandoned_copies
 from .storage_fs_reason import with_fs_reason
 from .storage_retry import LOCK_GRACE_SECONDS, Opening, locked
+from .storage_salvage import check_late
 from .storage_sidecars import file_identity
 
 log = logging.getLogger(__name__)
@@ -184,6 +185,7 @@ class Storage:
             return True
         if not self._opening.timer.due():
             return False
+        check_late(self.path)
         try:
             self._open()
         except StorageError as err:

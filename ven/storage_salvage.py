@@ -7,14 +7,33 @@ import logging
 import os
 import re
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
 from .storage_connect import BUSY_TIMEOUT_SECONDS, StorageError, connect
 from .storage_damage import damaged
-from .storage_sidecars import move_with_sidecars
+from .storage_sidecars import live_files, move_with_sidecars
 
 log = logging.getLogger("ven.storage")
+# The files this process checked (real paths): one that opens only after the start is checked as its first store opens
+_checked: set[str] = set()
+_checked_lock = threading.Lock()
+
+
+def check_late(path: str | Path) -> None:
+    """A file that opens only after the start (its volume mounted later, a lock held past the start): the start's
+    check, once, as a store is about to open it. It never had one: a file a power cut damaged was used as it was, and
+    a torn page cost what lay behind it until the next restart set it aside. Not while this process has it open
+    (moved aside then, the stores holding it would follow it to a copy)."""
+    real = os.path.realpath(path)
+    with _checked_lock:
+        if real in _checked:
+            return
+        if live_files(real):
+            _checked.add(real)
+            return
+        set_aside_if_damaged(path)
 
 
 def set_aside_if_damaged(path: str | Path) -> Path | None:
@@ -36,6 +55,7 @@ def set_aside_if_damaged(path: str | Path) -> Path | None:
         if not damaged(str(err)):
             return None     # locked, unreadable: the stores say why
         why = str(err)
+    _checked.add(os.path.realpath(p))
     if why == "ok":
         return None
     why = "; ".join(line for line in why.splitlines() if line and not line.startswith("***"))

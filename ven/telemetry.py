@@ -24,6 +24,7 @@ from .storage_damage import UNTIL_RESTART, ReadDamage, damaged, name_damage
 from .storage_follow import follow_file
 from .storage_fs_reason import with_fs_reason
 from .storage_retry import LOCK_GRACE_SECONDS, LOCK_RETRY_SECONDS, Opening, ReopenTimer, locked
+from .storage_salvage import check_late
 from .storage_sidecars import file_identity
 
 log = logging.getLogger(__name__)
@@ -235,6 +236,7 @@ class TelemetryQueue:
         if self._conn is None:
             if not self._opening.timer.due():
                 raise sqlite3.OperationalError(self.write_error)
+            check_late(self.path)
             try:
                 self._open(late=True)
             except StorageError as err:
