@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import pickle
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 from forecaster import PERSISTENCE, DemandForecaster
 from forecaster.calendar import RESTDAY, SATURDAY, WORKDAY, Calendar
 from forecaster.flags import HysteresisFlag
+from forecaster import model
 from forecaster.model import MODEL_NAME
 from forecaster.series import MinuteBins, minute_of
 from ven.forecast_service import fitted_line
@@ -427,12 +429,36 @@ def _seed_office(fc, days, step=900.0, noise=0.0, seed=0):
     return t, v
 
 
-def test_learned_model_serves_when_it_beats_persistence():
+@pytest.fixture(scope="module")
+def fit_once():
+    """fit_once(fc, now) leaves fc as fc.fit(now) does, fitting only what no test of this module fitted yet.
+
+    Six tests fitted one of two models: 10 days of the office at noise 0 or 2, held out 2 days, fitted at the last
+    reading. A fit is 2-4 s of CPU, and the same inputs fit the same model (one seed for each member), to the last bit
+    but its fit_seconds. The key is the whole fit job (its minutes, calendar, horizons, stride, held-out days, time
+    and the model it follows): a test whose data or settings differ gets a fit of its own."""
+    fitted: dict[bytes, bytes] = {}
+
+    def fit(fc: DemandForecaster, now: float) -> DemandForecaster:
+        job = fc.fit_job(now)
+        assert job is not None
+        key = hashlib.sha256(pickle.dumps(job)).digest()
+        if key not in fitted:
+            fc.fit_done(None)       # not fitting after all: fc.fit fits it, as the test did before
+            fitted[key] = pickle.dumps(fc.fit(now).fitted_model)
+            return fc
+        fc.fit_done(model.from_blob(fitted[key]))
+        return fc
+
+    return fit
+
+
+def test_learned_model_serves_when_it_beats_persistence(fit_once):
     fc = DemandForecaster(validation_days=2, min_fit_hours=48, retrain_minutes=60)
     t, _ = _seed_office(fc, 10, noise=2.0)
     now = t[-1]
     assert fc.needs_fit(now)
-    fc.fit(now)
+    fit_once(fc, now)
     assert not fc.needs_fit(now + 60) and fc.needs_fit(now + 3600)
     st = fc.status()
     assert st["learning"] is None   # a model exists: nothing to wait for
@@ -539,10 +565,10 @@ def test_learning_counts_minutes_of_history_as_needs_fit_does_for_any_min_fit_ho
 
 
 @pytest.mark.timeout(300)    # 114 s of the default 120 under load: the CPU its fits take, not a hang
-def test_refit_carries_the_held_out_verdict_until_its_days_are_stale():
+def test_refit_carries_the_held_out_verdict_until_its_days_are_stale(fit_once):
     fc = DemandForecaster(validation_days=2, min_fit_hours=48)
     t, v = _seed_office(fc, 10, noise=2.0)
-    fc.fit(t[-1])
+    fit_once(fc, t[-1])
     first = fc.fitted_model.horizons[60]
     more = t[-1] + np.arange(900, 86400 + 1, 900)
     fc.seed(more, office(more))
@@ -594,12 +620,12 @@ def test_live_weights_turn_from_a_member_that_has_been_wrong_and_back_once_it_is
     assert errs.weights() is None
 
 
-def test_the_served_forecast_weighs_the_members_by_their_errors_of_the_last_hours():
+def test_the_served_forecast_weighs_the_members_by_their_errors_of_the_last_hours(fit_once):
     from forecaster import features
     from forecaster.model import combine
     fc = DemandForecaster(validation_days=2)
     t, v = _seed_office(fc, 10, noise=2.0)
-    fc.fit(t[-1])
+    fit_once(fc, t[-1])
     later = t[-1] + np.arange(900, 4 * 3600 + 1, 900.0)
     more = office(later) + np.random.default_rng(5).normal(0, 2.0, later.size)
     for now, kw in zip(later, more):          # four hours of cycles: each member's errors are known
@@ -693,13 +719,13 @@ def test_rate_of_change_of_a_ramp_read_at_irregular_times_is_its_slope():
 
 
 @pytest.mark.timeout(60)
-def test_a_new_load_after_a_history_that_repeats_exactly_keeps_forecasts_in_range():
+def test_a_new_load_after_a_history_that_repeats_exactly_keeps_forecasts_in_range(fit_once):
     # A BAS writing its schedule every 15 minutes: each week the same values. Gaps to the reference
     # days were 0 up to rounding (1e-11 kW), and ridge scaled by that spread: held-out errors of
     # millions of kW, and once a new chiller added 50 kW, 60-minute forecasts of -2e12 kW served.
     fc = DemandForecaster(validation_days=2)
     t, _ = _seed_office(fc, 10)
-    fc.fit(t[-1])
+    fit_once(fc, t[-1])
     for h in (15, 60):
         v = fc.status()["horizons"][h]
         assert v["validation_rmse_kw"] < v["validation_persistence_rmse_kw"], (h, v)
@@ -749,12 +775,12 @@ def test_the_forecasters_low_flag_at_a_threshold_of_zero_holds_through_small_wan
     assert states == [True] * len(states)
 
 
-def test_a_site_that_never_drew_below_zero_is_never_forecast_below_it(monkeypatch):
+def test_a_site_that_never_drew_below_zero_is_never_forecast_below_it(monkeypatch, fit_once):
     # A workshop sub-meter reads exactly 0 at night, and the model's forecast went to -0.45 kW; a site with solar that
     # exports keeps its negative forecasts (helper loads39 W2)
     fc = DemandForecaster(validation_days=2)
     t, _ = _seed_office(fc, 10)
-    fc.fit(t[-1])
+    fit_once(fc, t[-1])
     now = t[-1] + 900.0
     fc.add_sample(now, float(office(np.array([now]))[0]))
     monkeypatch.setattr("forecaster.model.combine", lambda each, weights: -0.45)
@@ -803,12 +829,12 @@ def test_a_reading_a_thousand_times_the_site_is_refused_as_another_unit():
     assert sized.add_sample(now, 1500.0) is True and sized.implausible(1500.0) is None
 
 
-def test_a_model_forecast_no_input_could_average_to_is_not_served(monkeypatch):
+def test_a_model_forecast_no_input_could_average_to_is_not_served(monkeypatch, fit_once):
     # The last guard: a member blowing up (as ridge did on a history that repeats exactly, -2e12 kW) must not
     # reach the points, whatever its live errors said so far.
     fc = DemandForecaster(validation_days=2, min_kw=-500.0, max_kw=5000.0)
     t, _ = _seed_office(fc, 10)
-    fc.fit(t[-1])
+    fit_once(fc, t[-1])
     now = t[-1] + 900.0
     fc.add_sample(now, float(office(np.array([now]))[0]))
     served = fc.predict(now)
