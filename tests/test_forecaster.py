@@ -429,6 +429,9 @@ def _seed_office(fc, days, step=900.0, noise=0.0, seed=0):
     return t, v
 
 
+_FITTED: dict[bytes, bytes] = {}     # fit_once's: the fit job's sha256 -> the model it fitted, pickled
+
+
 @pytest.fixture(scope="module")
 def fit_once():
     """fit_once(fc, now) leaves fc as fc.fit(now) does, fitting only what no test of this module fitted yet.
@@ -436,8 +439,9 @@ def fit_once():
     Six tests fitted one of two models: 10 days of the office at noise 0 or 2, held out 2 days, fitted at the last
     reading. A fit is 2-4 s of CPU, and the same inputs fit the same model (one seed for each member), to the last bit
     but its fit_seconds. The key is the whole fit job (its minutes, calendar, horizons, stride, held-out days, time
-    and the model it follows): a test whose data or settings differ gets a fit of its own."""
-    fitted: dict[bytes, bytes] = {}
+    and the model it follows): a test whose data or settings differ gets a fit of its own. The fits are kept in the
+    module, not the fixture: a worker that runs another file's test between two of these sets the fixture up again."""
+    fitted = _FITTED
 
     def fit(fc: DemandForecaster, now: float) -> DemandForecaster:
         job = fc.fit_job(now)
