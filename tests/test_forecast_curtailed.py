@@ -6,7 +6,7 @@ import datetime as dt
 import numpy as np
 import pytest
 
-from forecaster import DemandForecaster, features
+from forecaster import DemandForecaster, features, model
 from forecaster.calendar import Calendar
 from forecaster.model import MODEL_NAME
 from forecaster.series import MinuteSnapshot, minute_of
@@ -128,13 +128,34 @@ def test_a_week_of_shed_afternoons_does_not_teach_next_monday_that_its_peak_is_g
     assert fc.status()["curtailed_minutes"] == 5 * (4 * 60 + 60)
 
 
-def _an_event_day(each_cycle=lambda fc, t: None) -> DemandForecaster:
-    """Nine days of the office, a fit, then day 9 cycle by cycle (every 15 minutes) with its afternoon shed and told."""
+def _nine_days() -> tuple[DemandForecaster, np.ndarray, np.ndarray]:
     t = T0 + np.arange(0, 10 * DAY, 900.0)
     v = peaky_office(t)
     fc = DemandForecaster(validation_days=2, horizons_minutes=(15, 60))
     fc.seed(t[t < T0 + 9 * DAY], v[t < T0 + 9 * DAY])
-    fc.fit(T0 + 9 * DAY)
+    return fc, t, v
+
+
+_NINE_DAYS_MODEL: list[bytes] = []
+
+
+@pytest.fixture(scope="module")
+def nine_days_model() -> bytes:
+    """The model _an_event_day's forecaster fits: its two tests fitted the same minutes before being told of the event,
+    the same model to the last bit (7 s of CPU each). Kept in the module, not the fixture: a worker that runs another
+    file's test between these two sets the fixture up again."""
+    if not _NINE_DAYS_MODEL:
+        fc, _, _ = _nine_days()
+        _NINE_DAYS_MODEL.append(fc.fit(T0 + 9 * DAY).model_blob())
+    return _NINE_DAYS_MODEL[0]
+
+
+def _an_event_day(blob: bytes, each_cycle=lambda fc, t: None) -> DemandForecaster:
+    """Nine days of the office, a fit, then day 9 cycle by cycle (every 15 minutes) with its afternoon shed and told.
+    The fit is nine_days_model's, handed over the way fc.fit(T0 + 9 * DAY) hands its own (fit_job, fit_done)."""
+    fc, t, v = _nine_days()
+    assert fc.fit_job(T0 + 9 * DAY) is not None
+    fc.fit_done(model.from_blob(blob))
     fc.set_curtailed(spans([9]))
     day9 = (t >= T0 + 9 * DAY)
     for ti, vi in zip(t[day9], shed(t, v, [9])[day9]):
@@ -144,8 +165,8 @@ def _an_event_day(each_cycle=lambda fc, t: None) -> DemandForecaster:
     return fc
 
 
-def test_live_errors_leave_out_targets_the_building_shed():
-    fc = _an_event_day()
+def test_live_errors_leave_out_targets_the_building_shed(nine_days_model):
+    fc = _an_event_day(nine_days_model)
     _, _, n = fc._rolling[60].rmse()
     # targets every 15 minutes of the day, less 12:00-17:00 (the shed and its hour after)
     resolved = [k for k, *_ in fc._rolling[60].done]
@@ -206,12 +227,12 @@ def test_during_an_event_a_target_after_its_end_is_forecast_as_the_building_come
     assert got[False][1][1] < 330 and got[False][2][1] < 340, got[False]   # told nothing: the shed, and then its end
 
 
-def test_the_members_live_weights_carry_over_an_event_as_over_no_gap():
+def test_the_members_live_weights_carry_over_an_event_as_over_no_gap(nine_days_model):
     # The shed and its hour after are kept out of the members' live errors; that read as a five-hour gap in the data,
     # and after every event the fixed blend served until two hours of new errors came. The weights of the morning
     # carry on; a real gap in the readings still starts them over.
     weighed = {}
-    fc = _an_event_day(lambda fc, ti: weighed.__setitem__(
+    fc = _an_event_day(nine_days_model, lambda fc, ti: weighed.__setitem__(
         ti, [fc._member_errors[h].weights() is not None for h in (15, 60)]))
     hour = lambda x: T0 + 9 * DAY + x * 3600     # noqa: E731
     assert weighed[hour(11.75)] == [True, True]
