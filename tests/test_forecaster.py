@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import pickle
 
 import numpy as np
@@ -11,10 +10,11 @@ import pytest
 from forecaster import PERSISTENCE, DemandForecaster
 from forecaster.calendar import RESTDAY, SATURDAY, WORKDAY, Calendar
 from forecaster.flags import HysteresisFlag
-from forecaster import model
 from forecaster.model import MODEL_NAME
 from forecaster.series import MinuteBins, minute_of
 from ven.forecast_service import fitted_line
+
+import shared_fit
 
 T0 = dt.datetime(2024, 3, 4, tzinfo=dt.timezone.utc).timestamp()  # a Monday, 00:00 UTC
 
@@ -429,32 +429,9 @@ def _seed_office(fc, days, step=900.0, noise=0.0, seed=0):
     return t, v
 
 
-_FITTED: dict[bytes, bytes] = {}     # fit_once's: the fit job's sha256 -> the model it fitted, pickled
-
-
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module")     # module-scoped: conftest keeps the tests that use it on one worker
 def fit_once():
-    """fit_once(fc, now) leaves fc as fc.fit(now) does, fitting only what no test of this module fitted yet.
-
-    Six tests fitted one of two models: 10 days of the office at noise 0 or 2, held out 2 days, fitted at the last
-    reading. A fit is 2-4 s of CPU, and the same inputs fit the same model (one seed for each member), to the last bit
-    but its fit_seconds. The key is the whole fit job (its minutes, calendar, horizons, stride, held-out days, time
-    and the model it follows): a test whose data or settings differ gets a fit of its own. The fits are kept in the
-    module, not the fixture: a worker that runs another file's test between two of these sets the fixture up again."""
-    fitted = _FITTED
-
-    def fit(fc: DemandForecaster, now: float) -> DemandForecaster:
-        job = fc.fit_job(now)
-        assert job is not None
-        key = hashlib.sha256(pickle.dumps(job)).digest()
-        if key not in fitted:
-            fc.fit_done(None)       # not fitting after all: fc.fit fits it, as the test did before
-            fitted[key] = pickle.dumps(fc.fit(now).fitted_model)
-            return fc
-        fc.fit_done(model.from_blob(fitted[key]))
-        return fc
-
-    return fit
+    return shared_fit.fit_once
 
 
 def test_learned_model_serves_when_it_beats_persistence(fit_once):

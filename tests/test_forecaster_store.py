@@ -11,6 +11,7 @@ from forecaster import DemandForecaster
 from forecaster.model import MODEL_NAME
 from forecaster.store import ForecastStore
 
+import shared_fit
 from test_forecaster import T0, office
 
 
@@ -21,11 +22,16 @@ def _seeded(days=8):
     return fc, t
 
 
-def test_history_and_model_survive_a_restart(tmp_path):
+@pytest.fixture(scope="module")     # module-scoped: conftest keeps the tests that use it on one worker
+def fit_once():
+    return shared_fit.fit_once
+
+
+def test_history_and_model_survive_a_restart(tmp_path, fit_once):
     path = tmp_path / "gateway.sqlite"
     fc, t = _seeded()
     now = t[-1]
-    fc.fit(now)
+    fit_once(fc, now)
     store = ForecastStore(str(path))
     assert store.save_minutes(*fc.drain_dirty()) == t.size
     assert fc.drain_dirty() == ([], [], [])  # drained: nothing is written twice
@@ -198,15 +204,15 @@ def test_history_for_the_http_endpoint(tmp_path):
     assert store.history(T0 + 3600 * 5)["power"]["kw"] == []
 
 
-def test_a_stored_model_serves_without_scikit_learn(tmp_path):
+def test_a_stored_model_serves_without_scikit_learn(tmp_path, fit_once):
     # The gateway fits in a child process; the serving process must never need scikit-learn or scipy.
     import subprocess
     import sys
     from pathlib import Path
 
     fc, t = _seeded()
+    fit_once(fc, t[-1])         # the fit test_history_and_model_survive_a_restart makes
     t = [float(x) for x in t]
-    fc.fit(t[-1])
     path = tmp_path / "gateway.sqlite"
     store = ForecastStore(str(path))
     store.save_minutes(*fc.drain_dirty())
