@@ -22,17 +22,23 @@ pytestmark = pytest.mark.timeout(60)
 T0 = datetime(2026, 12, 1, tzinfo=timezone.utc)
 
 
+def leaf_pages(path, tree: str) -> tuple[int, list[int]]:
+    """The file's page size and the leaf pages of `tree` (a table or an index) in key order, its -wal checkpointed into
+    it first, so no newer copy of a page hides damage made to it."""
+    with contextlib.closing(sqlite3.connect(path, timeout=10)) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        size = db.execute("PRAGMA page_size").fetchone()[0]
+        return size, [n for n, in db.execute("SELECT pageno FROM dbstat WHERE name = ? AND pagetype = 'leaf' "
+                                             "ORDER BY path", (tree,))]
+
+
 def damage_index_page(path, newest: bool = True, index: str = "telemetry_queue_ts") -> None:
     """The cells of the index's last leaf (where the newest readings' keys go), or its first (the oldest's), made
     garbage, its header left: every cell's offset past the page, which SQLite finds at its first read (random bytes
     may give one a key it reads, and stops at)."""
-    with contextlib.closing(sqlite3.connect(path)) as db:
-        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        size = db.execute("PRAGMA page_size").fetchone()[0]
-        page = db.execute(f"SELECT pageno FROM dbstat WHERE name = ? AND pagetype = 'leaf' ORDER BY path "
-                          f"{'DESC' if newest else ''} LIMIT 1", (index,)).fetchone()[0]
+    size, leaves = leaf_pages(path, index)
     with open(path, "r+b") as f:
-        f.seek((page - 1) * size + 8)
+        f.seek((leaves[-1 if newest else 0] - 1) * size + 8)
         f.write(b"\xff" * (size - 8))
 
 

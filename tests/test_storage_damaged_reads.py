@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 from bacnet_peer import BacnetPeer
 from gateway_process import START_S, GatewayProcess, write_config
-from test_storage_damaged_midrun import stores_with_readings
+from test_storage_damaged_midrun import leaf_pages, stores_with_readings
 from waiting import eventually
 
 from bacnet_api import points as P
@@ -36,11 +36,7 @@ def tear_page(path, tree: str, middle: bool = True, every: bool = False, cells: 
     """A leaf of `tree` (its middle one, or its first; or all of them) made zeros, as a page a failing card lost reads
     back (with `cells`, its header left and the rest 0xff: every cell's pointer past the page); the file's -wal
     checkpointed into it first, so no newer copy of the page hides the damage."""
-    with contextlib.closing(sqlite3.connect(path, timeout=10)) as db:
-        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        size = db.execute("PRAGMA page_size").fetchone()[0]
-        leaves = [n for n, in db.execute("SELECT pageno FROM dbstat WHERE name = ? AND pagetype = 'leaf' "
-                                         "ORDER BY path", (tree,))]
+    size, leaves = leaf_pages(path, tree)
     with open(path, "r+b") as f:
         for page in leaves if every else [leaves[len(leaves) // 2] if middle else leaves[0]]:
             f.seek((page - 1) * size + (8 if cells else 0))

@@ -8,6 +8,7 @@ import logging
 import sqlite3
 from datetime import datetime, timedelta, timezone
 
+from test_storage_damaged_midrun import leaf_pages
 from test_storage_damaged_reads import errors
 from ven.storage_fault import StorageFault
 from ven.telemetry import TelemetryQueue
@@ -17,11 +18,7 @@ T0 = datetime(2026, 12, 1, tzinfo=timezone.utc)
 
 def tear_leaf(path, tree: str, which: int) -> None:
     """Leaf `which` of `tree` (-1: its last) read back as zeros; the -wal checkpointed into the file first."""
-    with contextlib.closing(sqlite3.connect(path, timeout=10)) as db:
-        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        size = db.execute("PRAGMA page_size").fetchone()[0]
-        leaves = [n for n, in db.execute("SELECT pageno FROM dbstat WHERE name = ? AND pagetype = 'leaf' "
-                                         "ORDER BY path", (tree,))]
+    size, leaves = leaf_pages(path, tree)
     with open(path, "r+b") as f:
         f.seek((leaves[which] - 1) * size)
         f.write(bytes(size))
