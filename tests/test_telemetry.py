@@ -19,6 +19,7 @@ from ven.config import OpenadrConfig
 from ven.schedule import EventSchedule
 from ven.storage import Storage
 from ven.storage_connect import BUSY_TIMEOUT_SECONDS
+from ven.report_intervals import complete_intervals
 from ven.telemetry import ACK_DEFER_MAX, TelemetryQueue
 from ven.vtn import VtnClient
 from ven.vtn_server import DemoVtn
@@ -96,6 +97,27 @@ def test_the_report_streams_places_are_kept_with_the_deletions_of_their_readings
         q.add_reader("other")
         assert [s.kw for s in q.peek(reader="parked")] == [93.0, 94.0]
         assert [s.kw for s in q.peek(reader="other")] == [92.0, 93.0, 94.0]
+    finally:
+        q.close()
+
+
+def test_a_reading_dated_in_the_second_the_restart_begins_goes_once_with_the_restarts_own(tmp_path):
+    # a restart test once stopped before the interval of the run before's newest reading was over, and read it as lost
+    # (helper damage50): it stays queued, behind the stream's place, and its interval holds the next run's reading too
+    s, ms = timedelta(seconds=1), timedelta(milliseconds=1)
+    q = TelemetryQueue(tmp_path / "gw.sqlite")
+    for i in range(10):
+        q.add(T0 + i * s + 200 * ms, 90.0 + i)
+    q.set_place(s, T0 + 9 * s)     # as vtn_delivery does: the intervals up to 9 s went, then their readings are taken
+    q.ack(q.peek(9))
+    q.close()       # a clean stop at 9.5 s, the interval of the reading at 9.2 s not yet over
+    q = TelemetryQueue(tmp_path / "gw.sqlite")
+    try:
+        q.park_reader("parked PT1S", q.places[1])      # the start (_park_stored_streams), at 9.6 s
+        q.add(T0 + 9 * s + 700 * ms, 80.0)     # its first read, in the same second
+        intervals, late = complete_intervals(q.peek(reader="parked PT1S"), s, T0 + 10 * s, q.places[1])
+        assert not late
+        assert [(iv.start, iv.value, len(iv.samples)) for iv in intervals] == [(T0 + 9 * s, 89.5, 2)]
     finally:
         q.close()
 
