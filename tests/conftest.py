@@ -63,6 +63,7 @@ def _long_first_and_modules_whole(config, items):
         shared = _module_scoped_fixture(item)
         if shared:
             item.add_marker(pytest.mark.xdist_group(item.path.stem))
+            _name_group(config, item, item.path.stem)
         units.setdefault(item.nodeid.split("::")[0] if shared else item.nodeid, []).append(item)
 
     def timeout(unit: list) -> float:
@@ -72,6 +73,17 @@ def _long_first_and_modules_whole(config, items):
     long = sorted((u for u in units.values() if timeout(u) > default), key=timeout, reverse=True)
     rest = [u for u in units.values() if timeout(u) <= default]
     items[:] = [item for unit in long + rest for item in unit]
+
+
+def _name_group(config, item, group: str) -> None:
+    """What xdist's worker does with an xdist_group mark (the scheduler reads the group from the id's "@group"),
+    done here for pytest 9, which keeps a node's id in `_id`: xdist 3.8 still writes `_nodeid`, the scheduler never
+    saw a group, and each dashboard module was dealt to every worker, each starting a Chromium of its own."""
+    if not getattr(config.option, "loadgroup", False) or "@" in item.nodeid or not hasattr(item, "_id"):
+        return
+    from _pytest.nodeid import coerce_node_id
+
+    item._id = coerce_node_id(f"{item.nodeid}@{group}")
 
 
 def _module_scoped_fixture(item) -> bool:
