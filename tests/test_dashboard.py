@@ -228,7 +228,7 @@ async def test_dashboard_with_token(server):
         await page.click("#token-form button")
         await page.wait_for_function(READY, timeout=10000)
         assert await page.locator("#token-form").is_hidden()
-    # the token given in the address (#token=) is read on the next test's page
+    # the token given in the address (#token=): test_dashboard_downloads_its_hours_as_csv_with_the_token
 
 
 async def test_dashboard_downloads_its_hours_as_csv_with_the_token(server):

@@ -353,13 +353,13 @@ async def test_a_shed_tile_only_while_the_bas_sheds(server):  # noqa: F811
         assert (await tile.locator(".label").inner_text()) == "BAS shedding"
         assert await tile.locator(".value").inner_text() == "120kW"     # the unit is a span of its own
         assert await tile_age(page, "bas-shed-power") == ("began 10 min ago", "age")
-        # 10 minutes: a shed, not a problem (the page over 12 hours: the next test)
+        # 10 minutes: a shed, not a problem (over 12 hours: test_a_shed_held_over_12_hours_needs_attention)
         assert "shed-held" not in await page.evaluate("window.dashboard.problems")
         assert page.errors == []
 
 
 async def test_a_shed_held_over_12_hours_needs_attention(server):  # noqa: F811
-    # a shed of 10 minutes, not a problem, is read on the previous test's page
+    # a shed of 10 minutes, not a problem: read on test_a_shed_tile_only_while_the_bas_sheds' page
     view = ShedView()
     view.status = lambda: {**ShedView.status(view), "forecaster": {**ShedView.status(view)["forecaster"],
                                                                    "shed_since": time.time() - 13 * 3600}}
