@@ -81,8 +81,10 @@ def _name_group(config, item, group: str) -> None:
     saw a group, and each dashboard module was dealt to every worker, each starting a Chromium of its own."""
     if not getattr(config.option, "loadgroup", False) or "@" in item.nodeid or not hasattr(item, "_id"):
         return
-    from _pytest.nodeid import coerce_node_id
-
+    try:
+        from _pytest.nodeid import coerce_node_id
+    except ImportError:     # a pytest whose ids are kept otherwise: xdist's own marking is what serves there
+        return
     item._id = coerce_node_id(f"{item.nodeid}@{group}")
 
 
