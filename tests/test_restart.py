@@ -100,6 +100,7 @@ async def test_opt_out_command_survives_sigkill_and_new_events_are_refused(tmp_p
     assert "Traceback" not in text, text
 
 
+@pytest.mark.timeout(360)    # four gateway process starts one after another, each given START_S
 async def test_a_renamed_device_counts_a_new_database_revision(tmp_path, free_udp_port, free_tcp_port):
     # A BAS that cached the device's objects reads databaseRevision to know whether to read them again:
     # it must go up when an object is renamed, created or deleted (clause 12.11.35), here between two runs
@@ -113,6 +114,9 @@ async def test_a_renamed_device_counts_a_new_database_revision(tmp_path, free_ud
                      ven_name="revision-test", device_name=device_name)
         gateway.start()
         try:
+            # once started: in the second its stack waits for its socket, before the start has counted the revision,
+            # the device answers with the stack's own databaseRevision (1), which a loaded CI run read once
+            await eventually(lambda: "edge-gateway ready" in gateway.log(), START_S, "the gateway ready")
             revision = await eventually(lambda: peer.read(gw, device, "databaseRevision"), 30, "the device answers")
             return revision, await peer.read(gw, device, "objectName")
         finally:
