@@ -123,6 +123,9 @@ _STATUS_FLAGS_FROM = ("reliability", "eventState", "outOfService")
 # every subscription is notified in one loop turn at each change (about 0.17 ms each): a bound keeps a
 # BAS that subscribes with a new process identifier at each restart from stalling the gateway
 MAX_COV_SUBSCRIPTIONS = 100
+# Requests that may wait for the device's set-up at a start (a second at most, or seconds on a loaded box): a BAS
+# polling a few hundred points at once gets all its reads answered; a flood beyond is dropped, as a starting device's
+HELD_AT_MOST = 1000
 # what one source bacnet.write_from does not list may hold (all sources while it is empty): twice the points, so a BAS
 # watching every point that restarts with new process identifiers subscribes to all of them again while the old ones
 # run out (a quarter of the table left it 9 of the 16), and no one client, unconfirmed with no lifetime, can hold the
@@ -173,6 +176,7 @@ def harden(app: Any, dcc_password: str = "", write_access: WriteAccess | None = 
     app._local_trouble = local_trouble
     app._write_access = write_access
     app._bbmd_address = bbmd_address
+    app._serving = asyncio.Event()
     device = app.device_object
     _extend(device, _Device)
     device.vendorName = VENDOR_NAME
@@ -277,6 +281,9 @@ class _Services(PropertyAccess):
     _local_trouble: Callable[[], str | None] | None = None     # harden's
     _cov_kept_for: str | None = None    # the local trouble the COV-kept line was said for, this spell
     _twins: dict[str, str] | None = None   # another device's address answering as this one -> when last heard
+    # harden's: until serve(), a request waits (see indication); None, or dropping at a stop
+    _serving: asyncio.Event | None = None
+    _waiting = 0    # requests waiting for serve()
 
     def twins(self) -> list[dict]:
         """The other devices heard answering as this one: [{"address", "last_heard"}]."""
@@ -312,7 +319,38 @@ class _Services(PropertyAccess):
                         "(a configuration copied to a second gateway?); the BAS may bind either",
                         device.objectIdentifier[1], source)
 
+    def serve(self) -> int:
+        """Carry out requests, first those waiting since the socket opened; how many were."""
+        if self._serving is None or self._serving.is_set():
+            return 0
+        self._serving.set()
+        return self._waiting
+
+    def drop_held(self) -> None:
+        """A stop before serve(): the requests waiting are dropped (a confirmed one's sender hears nothing, and tries
+        again or says the device is offline), as those still in the socket."""
+        serving, self._serving = self._serving, None
+        if serving is not None and not serving.is_set():
+            serving.set()
+
+    async def _held(self) -> bool:
+        """Whether a request that came before serve() is to be carried out: the socket is open from the first moment
+        of the stack, and the gateway sets the device up after it (the objects, databaseRevision from storage.path,
+        the BAS's restored commands, what a write starts). Answered before, a BAS cached a databaseRevision of 1 and
+        an object list without the points, or had a write taken that nothing acted on. It waits; past
+        HELD_AT_MOST waiting, or at a stop, it is dropped, as a device that is starting drops it."""
+        if self._waiting >= HELD_AT_MOST:
+            return False
+        self._waiting += 1
+        try:
+            await self._serving.wait()
+        finally:
+            self._waiting -= 1
+        return self._serving is not None
+
     async def indication(self, apdu: Any) -> None:
+        if self._serving is not None and not self._serving.is_set() and not await self._held():
+            return
         helper = getattr(self, f"do_{type(apdu).__name__}", None)
         if isinstance(apdu, ConfirmedRequestPDU) or helper is None:
             await super().indication(apdu)

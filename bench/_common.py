@@ -64,6 +64,13 @@ def quiet_logging(level: int = logging.ERROR) -> None:
         logging.getLogger(name).setLevel(level)
 
 
+def cpu_seconds(pid: int | str = "self") -> float:
+    """User + system CPU time a process has used, from /proc (its threads included)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mb(pid: int | str = "self") -> tuple[float, float]:
     """(VmRSS, VmHWM) of a process in MB, from /proc."""
     fields = {}

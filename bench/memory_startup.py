@@ -1,12 +1,13 @@
 """Start-up time and memory of `edge-gateway run` as a real subprocess.
 
-    python bench/memory_startup.py [--starts 3] [--work 60]
+    python bench/memory_startup.py [--starts 3] [--work 60] [--rest 60]
 
 Start-up: `python -m ven.cli run --config FILE` is launched `--starts` times (production cadence,
 35 days of the shipped building's history in its SQLite file); from the moment of launch a second
 BACnet stack in this process sends directed Who-Is to the gateway's port every 50 ms, and the time of
 the first I-Am is "online". "ready" is when the gateway logs `edge-gateway ready` (meter, VTN client
-and HTTP API started). Then SIGTERM, and the exit code and shutdown time are recorded.
+and HTTP API started). Then SIGTERM, and the exit code and shutdown time are recorded. The first launch is
+left `--rest` seconds at rest before it, its CPU time measured.
 
 Memory: one more launch with an hour of work compressed into `--work` seconds: meter polled every
 work/360 s (360 reads, as at 10 s in an hour), forecast every work/60 s (60 cycles, as at 60 s),
@@ -144,9 +145,11 @@ async def bench(args, tmp: Path, peers_ports: dict) -> tuple[list, dict]:
                 if not work:
                     await asyncio.sleep(1.0)
                     rss_settled = C.rss_mb(launch.proc.pid)
+                    rest = await _cpu_at_rest(launch.proc.pid, args.rest) if i == 0 and args.rest > 0 else None
                     code, down = launch.stop()
                     starts.append({"online": online, "ready": ready, "rss_online": rss_online[0],
-                                   "rss_ready": rss_ready[0], "rss_1s": rss_settled[0], "exit": code, "shutdown": down})
+                                   "rss_ready": rss_ready[0], "rss_1s": rss_settled[0], "exit": code, "shutdown": down,
+                                   "rest_cpu": rest})
                     continue
                 t_work = time.monotonic()
                 fit_peak = FitPeak(launch.proc.pid)
@@ -178,6 +181,14 @@ async def bench(args, tmp: Path, peers_ports: dict) -> tuple[list, dict]:
     return starts, memory
 
 
+async def _cpu_at_rest(pid: int, seconds: float) -> float:
+    """CPU ms a second the gateway uses at the production cadence with no BAS reading it (the meter read every
+    10 s, telemetry, the forecast cycle each minute): what it costs a small box to keep it running."""
+    before, t0 = C.cpu_seconds(pid), time.monotonic()
+    await asyncio.sleep(seconds)
+    return (C.cpu_seconds(pid) - before) * 1000 / (time.monotonic() - t0)
+
+
 async def _bas_reads(peer, address: str, n: int, concurrency: int) -> int:
     from bacnet_api.peer import PeerError
 
@@ -197,6 +208,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--starts", type=int, default=3, help="cold/warm start-up launches to time")
     ap.add_argument("--work", type=float, default=60.0, help="seconds in which an hour of cycles runs")
+    ap.add_argument("--rest", type=float, default=60.0,
+                    help="seconds the first launch is left at rest (CPU measured; the forecast cycle is 60 s)")
     ap.add_argument("--python-flags", default="", help='interpreter flags for the gateway, e.g. "-OO"')
     args = ap.parse_args()
     C.quiet_logging()
@@ -222,6 +235,10 @@ def main() -> int:
     print(C.table(["launch", "online (I-Am) s", "ready s", "RSS online MB", "RSS ready MB", "RSS +1 s MB",
                    "exit", "stop s",
                    "online <= 3 s"], rows))
+    print()
+    if starts and starts[0]["rest_cpu"] is not None:
+        print(f"at rest after the first launch ({args.rest:g} s at the production cadence, no BAS reading): "
+              f"{starts[0]['rest_cpu']:.2f} ms of CPU a second ({starts[0]['rest_cpu'] / 10:.2f} % of a core)")
     print()
     print(f"an hour of work in {m['elapsed']:.0f} s (meter every {args.work / 360:.3f} s, forecast every "
           f"{args.work / 60:g} s, retrain every {args.work / 120:g} min, {m['bas_reads']} BAS reads)")

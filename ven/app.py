@@ -263,7 +263,9 @@ class Gateway:
         for warning in memory_limit_warnings():
             log.warning("%s", warning)
         self.clock_sync.check(time.monotonic())
-        await self._start(self.device)
+        # the device answers no one until serve() below: a BAS reading it before would cache the stack's own
+        # databaseRevision and the points' defaults, and a write would be taken with nothing to act on it
+        await self._start(self.device, serve=False)
         before = count_database_revision(self.device, self.storage)
         await self._restore_opt_out(self.storage.load_value(OPT_OUT_COMMANDS))
         await restore_commands(self.device, self.storage, P.SHED_POWER, self.storage.load_value(SHED_COMMANDS),
@@ -277,6 +279,7 @@ class Gateway:
         self.device.on_write(P.OPT_OUT, self._on_opt_out)
         self.device.on_write(P.SHED_POWER, self._on_shed)
         await self._start(self.schedule)
+        self.device.serve()     # the event state is in the points; the forecast's come with its first cycle
         await _in_daemon_thread(_import_slow_parts)
         if self.device.get(P.OPT_OUT):
             self.vtn.set_opt_out(True)  # before the VTN session, so new events are answered optOut
@@ -301,8 +304,8 @@ class Gateway:
         log.info("edge-gateway ready: BACnet %s, VTN %s%s, meter %s %s", c.bacnet.address, c.openadr.vtn_url_shown,
                  via, c.meter.address, c.meter.object)
 
-    async def _start(self, part) -> None:
-        await part.start()
+    async def _start(self, part, **options) -> None:
+        await part.start(**options)
         self._stack.append(part)
 
     async def stop(self) -> None:
