@@ -407,7 +407,8 @@ def test_values_that_can_never_work_are_refused(tmp_path, toml, key, reason):
      "meter read takes milliseconds to seconds (through a router, over MS/TP): faster, reads run back to back, each a "
      "write to storage.path"),
     ('[openadr]\npower_hertz = 55\n', "openadr.power_hertz: Input should be 50 or 60 (got 55)"),
-    ('[forecaster]\nholidays = "12-25"\n', "forecaster.holidays: Input should be a list, e.g. [...] (got str '12-25')"),
+    ('[forecaster]\nholidays = "12-25"\n', "forecaster.holidays: Input should be a list, e.g. [...] (got str '12-25'): "
+     'write it as ["12-25"]'),
     ('[forecaster]\nrest_weekdays = ["Friday"]\n', "forecaster.rest_weekdays: 'Friday' is not a weekday; weekdays are "
      "monday, tuesday, wednesday, thursday, friday, saturday, sunday (lower case)"),
     ('[forecaster]\nrest_weekdays = ["saturday"]\n',
@@ -790,6 +791,29 @@ def test_the_dcc_password_is_optional_and_never_echoed(tmp_path):
         load_config(_write(tmp_path, ""), environ={"EDGE_GATEWAY__BACNET__DCC_PASSWORD": "secret-but-far-too-long"})
     assert str(err.value).startswith("EDGE_GATEWAY__BACNET__DCC_PASSWORD: bacnet.dcc_password: ")
     assert "secret-but-far-too-long" not in str(err.value)
+
+
+def test_a_dcc_password_with_a_blank_at_an_end_is_taken_and_warned_of_without_echoing_it(tmp_path):
+    cfg = load_config(_write(tmp_path, '[bacnet]\ndcc_password = "Dr-3vent! "\n'), environ={})
+    assert cfg.bacnet.dcc_password == "Dr-3vent! "     # an earlier release took it: refused, an upgrade stops the site
+    said = [w for w in cfg.warnings() if "dcc_password" in w]
+    assert said == ["bacnet.dcc_password begins or ends with a blank, which is part of it: a BAS operator must type "
+                    "it too, or DeviceCommunicationControl is refused as a wrong password; remove it if not meant"]
+    assert not [w for w in load_config(_write(tmp_path, '[bacnet]\ndcc_password = "Dr 3vent"\n'),
+                                       environ={}).warnings() if "dcc_password" in w]
+
+
+@pytest.mark.parametrize("written, hint", [
+    ('[bacnet]\nwrite_from = "192.168.10.20, 192.168.10.30"\n',
+     'bacnet.write_from: Input should be a list, e.g. [...] (got str \'192.168.10.20, 192.168.10.30\'): write it as '
+     '["192.168.10.20", "192.168.10.30"]'),
+    ('[forecaster]\nhorizons_minutes = "15 60"\n', "write it as [15, 60]"),
+    ('[forecaster]\nholidays = ""\n', "write it as []"),
+])
+def test_a_list_written_as_text_is_shown_as_a_list(tmp_path, written, hint):
+    with pytest.raises(ConfigError) as err:
+        load_config(_write(tmp_path, written), environ={})
+    assert hint in str(err.value)
 
 
 def test_write_from_takes_stations_networks_and_routed_sources(tmp_path):

@@ -4,6 +4,7 @@ file or variable and the key.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 import re
@@ -179,6 +180,10 @@ def _how_to_write(e: dict) -> str:
         return ": write the number without quotes"
     if kind == "string_type" and type(value) in (int, float):
         return ": put it in quotes"     # a PIN, a name of digits
+    if kind == "tuple_type" and isinstance(value, str):
+        # write_from = "10.0.0.5, 10.0.0.6": the list as an installer would say it, written the way TOML takes it
+        items = [part for part in re.split(r"[,;\s]+", value) if part]
+        return f": write it as [{', '.join(p if _is_number(p) else json.dumps(p) for p in items)}]"
     return ""
 
 

@@ -135,6 +135,11 @@ class GatewayWarnings:
             out.append(f"{why}: read the meter more often or raise input_stale_seconds" if self.forecaster.source ==
                        "meter" else f"{why} whenever the meter stands in for the BAS input (forecaster.source auto)")
         out += self._thresholds_beyond_the_input()
+        password = self.bacnet.dcc_password
+        if password != password.strip():
+            # not refused: a config an earlier release took must not stop the site's gateway at an upgrade
+            out.append("bacnet.dcc_password begins or ends with a blank, which is part of it: a BAS operator must type "
+                       "it too, or DeviceCommunicationControl is refused as a wrong password; remove it if not meant")
         stale = self.forecaster.input_stale_seconds
         if stale > _DEMAND_SECONDS:
             out.append(f"forecaster.input_stale_seconds ({stale:g}) is longer than the 15-minute demand window: "
