@@ -64,6 +64,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Callable
 
 from bacpypes3.apdu import AbortPDU, ConfirmedRequestPDU, SimpleAckPDU, WritePropertyRequest
+from bacpypes3.appservice import AWAIT_RESPONSE
 from bacpypes3.basetypes import (
     COVSubscription,
     DeviceAddress,
@@ -284,6 +285,7 @@ class _Services(PropertyAccess):
     # harden's: until serve(), a request waits (see indication); None, or dropping at a stop
     _serving: asyncio.Event | None = None
     _waiting = 0    # requests waiting for serve()
+    _said_late = False
 
     def twins(self) -> list[dict]:
         """The other devices heard answering as this one: [{"address", "last_heard"}]."""
@@ -333,7 +335,7 @@ class _Services(PropertyAccess):
         if serving is not None and not serving.is_set():
             serving.set()
 
-    async def _held(self) -> bool:
+    async def _held(self, apdu: Any) -> bool:
         """Whether a request that came before serve() is to be carried out: the socket is open from the first moment
         of the stack, and the gateway sets the device up after it (the objects, databaseRevision from storage.path,
         the BAS's restored commands, what a write starts). Answered before, a BAS cached a databaseRevision of 1 and
@@ -341,15 +343,34 @@ class _Services(PropertyAccess):
         HELD_AT_MOST waiting, or at a stop, it is dropped, as a device that is starting drops it."""
         if self._waiting >= HELD_AT_MOST:
             return False
+        # its own: a BAS's retry after the stack's server-timeout has one of its own, with the same invoke id
+        transaction = self._transaction_of(apdu) if isinstance(apdu, ConfirmedRequestPDU) else None
         self._waiting += 1
         try:
             await self._serving.wait()
         finally:
             self._waiting -= 1
-        return self._serving is not None
+        if self._serving is None:
+            return False
+        if transaction is not None and transaction.state != AWAIT_RESPONSE:
+            # the stack ended its transaction after its applicationTimeout, with no answer to the BAS: carried out
+            # now, a write would be taken that the BAS holds as failed, and its answer met the retry's transaction or
+            # a closed one (an ERROR with a traceback). The BAS's retry is carried out
+            if not self._said_late:
+                self._said_late = True
+                log.info("BACnet: a request from %s that came during the start waited past the stack's %g s "
+                         "application timeout, which ended it unanswered: not carried out (nor any other such this "
+                         "start); the BAS asks again", apdu.pduSource, self.asap.applicationTimeout / 1000)
+            return False
+        return True
+
+    def _transaction_of(self, apdu: Any) -> Any:
+        """The server transaction waiting for the answer to a confirmed request."""
+        return next((tr for tr in self.asap.serverTransactions if tr.invokeID == apdu.apduInvokeID
+                     and tr.pdu_address == apdu.pduSource and tr.state == AWAIT_RESPONSE), None)
 
     async def indication(self, apdu: Any) -> None:
-        if self._serving is not None and not self._serving.is_set() and not await self._held():
+        if self._serving is not None and not self._serving.is_set() and not await self._held(apdu):
             return
         helper = getattr(self, f"do_{type(apdu).__name__}", None)
         if isinstance(apdu, ConfirmedRequestPDU) or helper is None:

@@ -10,7 +10,7 @@ import pytest
 
 from bacnet_api.device import GatewayDevice
 from bacnet_api.points import BY_NAME, OPT_OUT, POINTS
-from bacnet_peer import BacnetPeer
+from bacnet_peer import BacnetPeer, PeerError
 from waiting import eventually
 
 pytestmark = pytest.mark.timeout(60)
@@ -105,3 +105,24 @@ async def test_bac0s_own_announcement_task_does_not_poll_for_the_devices_life(fr
         assert "Lite._i_am" not in names, names
     finally:
         await device.stop()
+
+
+async def test_a_request_whose_transaction_ended_meanwhile_is_not_carried_out(unserved, free_udp_port, caplog):
+    # a start slower than the stack's applicationTimeout (3 s; 0.3 s here) ends the request's transaction, with no
+    # answer to the BAS. Carried out at serve(), the write would be taken that the BAS holds as failed, and its
+    # answer met a closed transaction (an ERROR with a traceback)
+    caplog.set_level(logging.INFO)
+    unserved.app.asap.applicationTimeout = 300
+    taken = []
+    unserved.on_write(OPT_OUT, taken.append)
+    async with BacnetPeer(free_udp_port(), timeout=1.0) as bas:     # given up before its own retry, at 3 s
+        refused = await bas.write(where(unserved), OPT_OUT_ID, "presentValue", "active", priority=8)
+        assert isinstance(refused, PeerError) and refused.code == "timeout", refused
+        assert held(unserved) == 1
+        unserved.serve()
+        await eventually(lambda: held(unserved) == 0, 10, "the held write gone")
+        await asyncio.sleep(0.1)    # a write carried out would have called its listener by now (within the loop turn)
+        assert taken == [] and unserved.get(OPT_OUT) is False
+    late = [r.getMessage() for r in caplog.records if "waited past" in r.getMessage()]
+    assert len(late) == 1 and "which ended it unanswered: not carried out" in late[0], late
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.records
