@@ -202,6 +202,8 @@ class Gateway:
         self._shed_kept_at = -math.inf
         self._shed_since_kept: float | None = None     # SHED_SINCE as storage.path has it
         self._shed_save: asyncio.TimerHandle | None = None    # a changed kW put off by SHED_SAVE_S, written then
+        # stop() has begun: the device still answers until its part stops, and a timer set now never runs
+        self._stopping = False
         self._schedule_listeners: list = []
         self._counted = {"sent": 0, "dropped": 0, "poll_failures": 0, "polls": 0, "registration_failures": 0,
                          "writes_refused": 0}
@@ -309,6 +311,7 @@ class Gateway:
         self._stack.append(part)
 
     async def stop(self) -> None:
+        self._stopping = True
         await cancel_and_wait(self._looking)
         # storage.path come back since its last retry (a data volume mounted seconds ago): what memory holds goes to
         # it now, or the stop lost it; before the faults are listed, so the stop line does not name one just ended
@@ -336,6 +339,12 @@ class Gateway:
                 await part.stop()
             except Exception as err:  # keep stopping the rest; one line says what refused to stop
                 log.warning("stopping %s: %s", type(part).__name__, err)
+        if self._built("vtn") and (waiting := self.vtn.answers_waiting()) \
+                and not any(waiting in fault for fault in still_open):
+            # the BAS's ADR-Opt-Out written in the stop's last moments, or sent as the VEN stopped: the log said the
+            # opt-out and never that the utility heard it (the next start tells it, in openleadr's answer to the
+            # listing, without a line of its own)
+            log.info("%s not told the VTN before the stop: %s", waiting, ANSWERED_AGAIN)
         # whatever openadr.telemetry: a run without it read the meter too, and the next start's gap begins here; the
         # run before's last read if later (a clock behind all this run long dated its reads before it)
         resumed = self.read_gaps.resumed
@@ -487,7 +496,9 @@ class Gateway:
         self.forecast.on_input_power(time.time(), value)
 
     def _on_shed(self, value):
-        kept = self._keep_shed(at_once=False)
+        # a kW changed while the gateway stops is kept at once: put off, it waited for a timer the stopped loop never
+        # ran, and the next start brought back the kW before, a command the BAS was acknowledged lost
+        kept = self._keep_shed(at_once=self._stopping)
         self._tell_shed(value, by=WRITER.get())
         # a shed begun or ended: the BAS's SimpleACK waits for the disk, as ADR-Opt-Out's does. A power cut after it
         # brought back a shed the BAS had ended, added to every sample learnt until its next shed, which it never
