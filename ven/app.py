@@ -493,6 +493,8 @@ class Gateway:
         # relinquished at every priority: no BAS input, not its last value flat on a dashboard
         self.metrics.input_kw.set(math.nan if value is None else value)
         self.clock_sync.look_for_step()
+        if self._stopping and not (self._built("forecast") and self.forecast in self._stack):
+            return  # a reading the stopped forecaster learns nothing from, nor says it "now learns from bacnet_input"
         self.forecast.on_input_power(time.time(), value)
 
     def _on_shed(self, value):
