@@ -167,7 +167,7 @@ async def test_a_restart_is_invisible_to_the_commands_of_a_bas_polling_across_it
                 assert {key: rows[key] for key in event} == dict(event.items()), rows
             # the BAS's kW is a reading, not a command: not kept (docs/bacnet.md), the meter stands in meanwhile
             assert await bas.read(gw, INPUT, "priorityArray") == [None] * 16
-            await eventually(lambda: vtn.opts_for("shed")[-1:] == ["optIn"], 20, "the event answered again at the start")
+            await eventually(lambda: vtn.opts_for("shed")[-1:] == ["optIn"], 20, "answered again at the start")
         finally:
             gateway.stop()
     log = gateway.log()
