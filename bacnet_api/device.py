@@ -393,8 +393,8 @@ class GatewayDevice:
         value: float | bool | None = _plain(point, raw)
         obj = self._objects.get(point.name)
         if obj is None:
-            # it came while the device stops, letting the answers under way go: what keeps a command is stopping, so
-            # the writer is told it failed (and writes it again to the next start), without a traceback in the log
+            # its handling had begun as the device stopped (a request that comes later is dropped unanswered, see
+            # drop_held): what keeps a command is stopping, so the writer is told it failed, without a traceback
             log.log(logging.INFO if point.kind == "binaryValue" else logging.DEBUG,
                     "BACnet write of %s refused: the device is stopping", point.name)
             raise ExecutionError("device", "operationalProblem")

@@ -286,6 +286,7 @@ class _Services(PropertyAccess):
     _serving: asyncio.Event | None = None
     _waiting = 0    # requests waiting for serve()
     _said_late = False
+    _stopping = False   # drop_held(): every request is dropped
 
     def twins(self) -> list[dict]:
         """The other devices heard answering as this one: [{"address", "last_heard"}]."""
@@ -329,9 +330,12 @@ class _Services(PropertyAccess):
         return self._waiting
 
     def drop_held(self) -> None:
-        """A stop before serve(): the requests waiting are dropped (a confirmed one's sender hears nothing, and tries
-        again or says the device is offline), as those still in the socket."""
+        """A stop: the requests waiting for serve() are dropped (a confirmed one's sender hears nothing, and tries
+        again or says the device is offline), as those still in the socket, and so is every request from now on while
+        the answers under way go. Refused (operational-problem), a write was shown failed by the BAS and not sent
+        again; unanswered, it is tried again, and the retry reaches the next start."""
         serving, self._serving = self._serving, None
+        self._stopping = True
         if serving is not None and not serving.is_set():
             serving.set()
 
@@ -370,7 +374,7 @@ class _Services(PropertyAccess):
                      and tr.pdu_address == apdu.pduSource and tr.state == AWAIT_RESPONSE), None)
 
     async def indication(self, apdu: Any) -> None:
-        if self._serving is not None and not self._serving.is_set() and not await self._held(apdu):
+        if self._stopping or (self._serving is not None and not self._serving.is_set() and not await self._held(apdu)):
             return
         helper = getattr(self, f"do_{type(apdu).__name__}", None)
         if isinstance(apdu, ConfirmedRequestPDU) or helper is None:
