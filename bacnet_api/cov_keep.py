@@ -1,0 +1,181 @@
+"""The device's COV subscriptions as plain values, and taken back: what a caller keeps across a restart of the
+device (the stack holds them in memory only, and a BAS that subscribed with lifetime 0 is never told they are gone).
+
+`subscriptions(device)` lists them as dicts, `restore(device, kept)` puts them back (each notified at once, as a new
+subscription is) and `on_change(device, callback)` calls `callback()` whenever one is added, renewed, cancelled or
+runs out. Restored ones take their place within the shares a SubscribeCOV is held to (services.py)."""
+from __future__ import annotations
+
+import asyncio
+import math
+from collections import Counter
+from typing import Any, Callable
+
+from bacpypes3.pdu import Address
+from bacpypes3.primitivedata import ObjectIdentifier
+from bacpypes3.service.cov import Subscription
+
+from .client import same_station
+
+# why a kept subscription was not restored, as the caller's log line says it
+GONE = "to an object the device no longer serves"
+OTHER_DEVICE = "to another device instance (bacnet.device_id changed)"
+NO_ROOM = "past the device's or its source's share of subscriptions"
+OWN_ADDRESS = "naming the device's own address"
+TAKEN = "already held again"
+
+_FIELDS = {"recipient": str, "process": int, "object": str, "object_name": str, "device": int, "confirmed": bool,
+           "lifetime": int}
+
+
+def subscriptions(device: Any) -> list[dict]:
+    """Each subscription the device holds: {"recipient": address ("ip:port", or "network:mac" behind a router),
+    "process", "object" ("analog-value,6"), "object_name", "device" (the device instance), "confirmed",
+    "lifetime" (as asked, 0 indefinite), "remaining" (s, None if indefinite), "cov_increment" (None: none asked),
+    "forwarded_by" (the host that forwarded a Forwarded-NPDU it came in, whose share it counts against, or None)}."""
+    app = device.app
+    now = asyncio.get_running_loop().time()
+    instance = int(app.device_object.objectIdentifier[1])
+    listed = []
+    for cov in app._cov_subscriptions():
+        if cov.obj_ref is None:
+            continue
+        holder = getattr(cov, "_holder", None)
+        listed.append({
+            "recipient": str(cov.client_addr),
+            "process": int(cov.proc_id),
+            "object": str(cov.obj_id),
+            "object_name": str(cov.obj_ref.objectName),
+            "device": instance,
+            "confirmed": bool(cov.confirmed),
+            "lifetime": int(cov.lifetime or 0),
+            "remaining": None if cov.cancel_handle is None else max(0.0, cov.cancel_handle.when() - now),
+            "cov_increment": None if cov.covIncrement is None else float(cov.covIncrement),
+            "forwarded_by": _forwarder(holder),
+        })
+    return listed
+
+
+def check(kept: Any) -> list[dict]:
+    """`kept` as subscriptions() lists them, checked: ValueError naming what is wrong with it."""
+    if not isinstance(kept, list):
+        raise ValueError(f"a list expected, not {type(kept).__name__}")
+    seen = set()
+    for n, sub in enumerate(kept):
+        if not isinstance(sub, dict):
+            raise ValueError(f"subscription {n}: an object expected")
+        for key, kind in _FIELDS.items():
+            value = sub.get(key)
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise ValueError(f"subscription {n}: {key} {value!r}")
+        if sub["process"] < 0 or sub["lifetime"] < 0:
+            raise ValueError(f"subscription {n}: a negative process or lifetime")
+        remaining, increment = sub.get("remaining"), sub.get("cov_increment")
+        if remaining is not None and (not _number(remaining) or remaining < 0):
+            raise ValueError(f"subscription {n}: remaining {remaining!r}")
+        if sub["lifetime"] and remaining is None or not sub["lifetime"] and remaining is not None:
+            raise ValueError(f"subscription {n}: lifetime {sub['lifetime']} with remaining {remaining!r}")
+        if increment is not None and (not _number(increment) or increment < 0):
+            raise ValueError(f"subscription {n}: cov_increment {increment!r}")
+        if sub.get("forwarded_by") is not None and not isinstance(sub["forwarded_by"], str):
+            raise ValueError(f"subscription {n}: forwarded_by {sub['forwarded_by']!r}")
+        try:
+            address = Address(sub["recipient"])
+            ObjectIdentifier(sub["object"])
+        except Exception as err:  # noqa: BLE001 - bacpypes3 raises ValueError, TypeError or its own for a bad text
+            raise ValueError(f"subscription {n}: {err}") from None
+        if address.addrType not in (Address.localStationAddr, Address.remoteStationAddr):
+            raise ValueError(f"subscription {n}: recipient {sub['recipient']!r} is not one station")
+        key = (str(address), sub["process"], str(ObjectIdentifier(sub["object"])))
+        if key in seen:
+            raise ValueError(f"subscription {n}: listed twice")
+        seen.add(key)
+    return kept
+
+
+def restore(device: Any, kept: list[dict]) -> Counter:
+    """Put back subscriptions as subscriptions() listed them (check()ed), each with its `remaining` lifetime, and
+    send each its first notification (the current values) once the loop turns. Returns {why not: how many} of those
+    not restored (one of the constants above)."""
+    app = device.app
+    loop = asyncio.get_running_loop()
+    instance = int(app.device_object.objectIdentifier[1])
+    left: Counter = Counter()
+    for sub in kept:
+        address, obj_id = Address(sub["recipient"]), ObjectIdentifier(sub["object"])
+        obj = app.get_object_id(obj_id)
+        if sub["device"] != instance:
+            left[OTHER_DEVICE] += 1
+            continue
+        if obj is None or getattr(obj, "_cov_criteria", None) is None or str(obj.objectName) != sub["object_name"]:
+            left[GONE] += 1     # a release with other points: another point may hold the identifier now
+            continue
+        if same_station(str(address), app._own_address):
+            left[OWN_ADDRESS] += 1
+            continue
+        if any((c.client_addr, c.proc_id, c.obj_id) == (address, sub["process"], obj_id)
+               for c in app._cov_subscriptions()):
+            left[TAKEN] += 1    # the subscriber came back first, with its own parameters
+            continue
+        forwarder = sub.get("forwarded_by")
+        holder = (_held_in_forwards(forwarder), False) if forwarder else (str(address), app._listed(address))
+        if app._no_room(*holder):
+            left[NO_ROOM] += 1
+            continue
+        detection = app._cov_detections.get(obj_id)
+        if detection is None:
+            detection = app._cov_detections[obj_id] = obj._cov_criteria(obj)
+        lifetime = sub["lifetime"]
+        # a lifetime of 0 is indefinite: one with a fraction of a second left must not become that
+        cov = Subscription(obj, address, sub["process"], obj_id, sub["confirmed"],
+                           max(sub["remaining"], 0.001) if lifetime else 0, sub.get("cov_increment"))
+        cov.lifetime = lifetime     # as asked: a renewal without a lifetime of its own is not one
+        cov._holder = holder
+        app.add_subscription(cov)
+        loop.call_soon(detection.send_cov_notifications, cov)
+    _changed(app)
+    return left
+
+
+def on_change(device: Any, callback: Callable[[], None] | None) -> None:
+    """Call `callback()` (None: nothing) whenever a subscription is added, renewed, cancelled or runs out."""
+    app = device.app
+    if not isinstance(app, _Watched):
+        cls = type(app)
+        app.__class__ = type(f"Watched{cls.__name__}", (_Watched, cls), {})
+    app._cov_changed = callback
+
+
+class _Watched:
+    _cov_changed: Callable[[], None] | None = None
+
+    async def do_SubscribeCOVRequest(self, apdu: Any) -> None:
+        await super().do_SubscribeCOVRequest(apdu)    # refused: it raised, and nothing changed
+        _changed(self)
+
+    def cancel_subscription(self, cov: Any) -> None:
+        super().cancel_subscription(cov)     # a cancellation, a lifetime's end, a subscriber gone silent
+        _changed(self)
+
+
+def _changed(app: Any) -> None:
+    callback = getattr(app, "_cov_changed", None)
+    if callback is not None:
+        callback()
+
+
+_FORWARDED = " (in Forwarded-NPDUs)"    # services._cov_holder's holder of a forwarded subscription
+
+
+def _held_in_forwards(host: str) -> str:
+    return f"{host}{_FORWARDED}"
+
+
+def _forwarder(holder: tuple[str, bool] | None) -> str | None:
+    if holder is None or not holder[0].endswith(_FORWARDED):
+        return None
+    return holder[0][:-len(_FORWARDED)]
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

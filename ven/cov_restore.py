@@ -1,0 +1,118 @@
+"""The BAS's COV subscriptions kept in storage.path and put back at the next start, so a BAS that subscribed with
+lifetime 0 (or a long one) gets live values again after an upgrade's restart without subscribing again: some BAS
+front-ends never do, and their graphics froze on ADR-Event-Level and the load flags."""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import time
+from collections import Counter
+
+from bacnet_api import cov_keep
+from bacnet_api.device import GatewayDevice
+
+from .storage import Storage
+
+log = logging.getLogger(__name__)
+
+COV_SUBSCRIPTIONS = "bacnet_cov_subscriptions"
+# a BAS subscribing to (or renewing) every point sends one request a point, in one scan: one write for them all
+SAVE_AFTER_S = 1.0
+RAN_OUT = "ran out while the gateway was down"
+
+
+def encode(subscriptions: list[dict], now: float) -> str:
+    """What storage.path keeps of cov_keep.subscriptions() at wall time `now`: each remaining lifetime as the wall
+    time it ends ("ends", None if indefinite), which the next start counts the time the gateway was down against."""
+    kept = []
+    for sub in subscriptions:
+        sub = dict(sub)
+        remaining = sub.pop("remaining")
+        sub["ends"] = None if remaining is None else round(now + remaining, 3)
+        kept.append(sub)
+    return json.dumps({"subscriptions": kept})
+
+
+def decode(saved: str, now: float) -> tuple[list[dict], int]:
+    """The subscriptions `saved` (encode's) holds, as cov_keep.restore takes them at wall time `now`, and how many ran
+    out meanwhile; ValueError (or TypeError, RecursionError) for what this version cannot read."""
+    listed = json.loads(saved)["subscriptions"]
+    if not isinstance(listed, list) or not all(isinstance(sub, dict) for sub in listed):
+        raise ValueError("a list of subscriptions expected")
+    live, ran_out = [], 0
+    for sub in listed:
+        sub = dict(sub)
+        ends = sub.pop("ends", None)
+        if ends is not None and (not isinstance(ends, (int, float)) or isinstance(ends, bool)
+                                 or not math.isfinite(ends)):
+            raise ValueError(f"ends {ends!r}")
+        sub["remaining"] = None if ends is None else ends - now
+        if sub["remaining"] is not None and sub["remaining"] <= 0:
+            ran_out += 1
+            continue
+        live.append(sub)
+    return cov_keep.check(live), ran_out
+
+
+class CovKeeper:
+    """Restores the device's COV subscriptions at the start and keeps them in `storage` as they change."""
+
+    def __init__(self, device: GatewayDevice, storage: Storage) -> None:
+        self.device = device
+        self.storage = storage
+        self._save: asyncio.TimerHandle | None = None
+
+    def restore(self) -> int:
+        """Put back the subscriptions storage.path holds (call before the device serves: their first notifications go
+        out as the loop turns), then follow their changes. Returns how many were restored."""
+        saved = self.storage.load_value(COV_SUBSCRIPTIONS)
+        restored = 0
+        if saved:
+            try:
+                kept, ran_out = decode(saved, time.time())
+            except (ValueError, TypeError, KeyError, AttributeError, OverflowError, RecursionError) as err:
+                # %.200r: JSON nested 10^5 deep (RecursionError) would be a line of 200 KB
+                log.warning("stored BACnet COV subscriptions %.200r unreadable (%s: %.200s): none restored, the BAS "
+                            "subscribes again", saved, type(err).__name__, err)
+            else:
+                left = cov_keep.restore(self.device, kept)
+                left[RAN_OUT] += ran_out
+                restored = len(kept) - sum(left.values()) + ran_out
+                if kept or ran_out:
+                    self._said(restored, left)
+        cov_keep.on_change(self.device, self._changed)
+        self.save()    # those not restored are not kept either
+        return restored
+
+    @staticmethod
+    def _said(restored: int, left: Counter) -> None:
+        not_restored = "; ".join(f"{n} {why}" for why, n in left.most_common() if n)
+        log.info("BACnet COV subscriptions restored from before the restart: %d%s", restored,
+                 f" (not restored: {not_restored})" if not_restored else "")
+
+    def _changed(self) -> None:
+        if self._save is None:
+            self._save = asyncio.get_running_loop().call_later(SAVE_AFTER_S, self.save)
+
+    def save(self) -> None:
+        if self._save is not None:
+            self._save.cancel()
+            self._save = None
+        if not self.device.running:
+            return
+        subscriptions = cov_keep.subscriptions(self.device)
+        saved = self.storage.load_value(COV_SUBSCRIPTIONS)
+        if saved is None and not subscriptions:
+            return      # nothing to keep, nor anything kept to replace: no write at every start
+        text = encode(subscriptions, time.time())
+        if text != saved:
+            self.storage.save_value(COV_SUBSCRIPTIONS, text)
+
+    def stop(self) -> None:
+        """Before the device stops: what changed since the last write is kept, and the stop itself is no change."""
+        if self._save is not None:
+            self.save()
+        if self.device.running:
+            cov_keep.on_change(self.device, None)
