@@ -1,0 +1,173 @@
+"""The parts of keeping COV subscriptions across a restart (tests/test_cov_restart.py runs the whole): what is stored
+and read back, what restoring puts back and leaves out, and what the gateway keeps as subscriptions come and go.
+A real device and a real second bacpypes3 stack on loopback, a real SQLite file."""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+import pytest
+from bacpypes3.pdu import Address
+from bacpypes3.primitivedata import ObjectIdentifier
+
+from bacnet_api import cov_keep
+from bacnet_api.services import COV_PER_SOURCE
+from bacnet_peer import BacnetPeer
+from test_bacnet_device import DEVICE_ID, gateway, peer, where  # noqa: F401 - shared fixtures
+from test_bacnet_services import cov_subscriptions, notification
+from waiting import eventually
+
+from ven import cov_restore
+from ven.cov_restore import COV_SUBSCRIPTIONS, CovKeeper, decode, encode
+from ven.storage import Storage
+
+pytestmark = pytest.mark.timeout(60)
+
+LEVEL = ("analog-value,4", "ADR-Event-Level")
+
+
+def kept(recipient: str, process: int, obj=LEVEL, *, lifetime: int = 0, remaining: float | None = None,
+         confirmed: bool = False, device: int = DEVICE_ID, **more) -> dict:
+    return {"recipient": recipient, "process": process, "object": obj[0], "object_name": obj[1], "device": device,
+            "confirmed": confirmed, "lifetime": lifetime, "remaining": remaining, "cov_increment": None,
+            "forwarded_by": None, **more}
+
+
+def recipient(p: BacnetPeer) -> str:
+    return p.address.replace("/8", "")
+
+
+# ----- what is stored
+
+
+def test_the_time_left_is_stored_as_when_it_ends_and_the_time_down_counts_against_it():
+    subs = [kept("127.0.0.1:47809", 1), kept("12345:0x02", 2, lifetime=600, remaining=100.0),
+            kept("127.0.0.1:47809", 3, lifetime=60, remaining=5.0)]
+    text = encode(subs, now=1000.0)
+    assert [s["ends"] for s in json.loads(text)["subscriptions"]] == [None, 1100.0, 1005.0]
+    # back 30 s later: the indefinite one and the routed one's 70 s left; the third ran out meanwhile
+    back, ran_out = decode(text, now=1030.0)
+    assert ran_out == 1
+    assert [(s["recipient"], s["process"], s["remaining"]) for s in back] == [("127.0.0.1:47809", 1, None),
+                                                                             ("12345:0x02", 2, 70.0)]
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:47809", "192.168.1.5", "12345:2", "12345:0x0a0b",
+                                     "12345:10.0.0.1", "12345:10.0.0.1:47809"])
+def test_a_recipient_reads_back_as_the_address_it_was(address):
+    # routed recipients keep their network and MAC: a notification goes back through the router
+    assert str(Address(str(Address(address)))) == str(Address(address))
+    [back], _ = decode(encode([kept(str(Address(address)), 1)], 0.0), 0.0)
+    assert Address(back["recipient"]) == Address(address)
+
+
+@pytest.mark.parametrize("bad, why", [
+    ({"process": -1}, "negative"),
+    ({"process": True}, "process True"),
+    ({"confirmed": "yes"}, "confirmed 'yes'"),
+    ({"recipient": "*"}, "not one station"),
+    ({"recipient": "no such address"}, "subscription 0"),
+    ({"object": "analogValue"}, "subscription 0"),
+    ({"lifetime": 60}, "lifetime 60 with remaining None"),
+    ({"remaining": 5.0}, "lifetime 0 with remaining 5.0"),
+    ({"cov_increment": float("nan")}, "cov_increment nan"),
+    ({"object_name": None}, "object_name None"),
+])
+def test_a_stored_subscription_this_version_cannot_use_is_said_so(bad, why):
+    with pytest.raises(ValueError, match=why):
+        cov_keep.check([{**kept("127.0.0.1:47809", 1), **bad}])
+
+
+def test_one_listed_twice_is_not_read():
+    with pytest.raises(ValueError, match="listed twice"):
+        cov_keep.check([kept("127.0.0.1:47809", 1), kept("127.0.0.1:47809", 1)])
+
+
+# ----- restoring
+
+
+async def test_restored_ones_are_notified_at_once_and_then_at_each_change(gateway, peer):
+    context = peer.app.change_of_value(Address(where(gateway)), ObjectIdentifier("analogValue,4"), 7, True, 0)
+    # the peer's context, without its SubscribeCOV: as the BAS's after the gateway's restart
+    peer.app._cov_contexts[context.address, 7] = context
+    gateway.set("ADR-Event-Level", 2.0)
+    assert cov_keep.restore(gateway, [kept(recipient(peer), 7, confirmed=True)]) == {}
+    assert (await notification(context))["present-value"] == 2.0
+    gateway.set("ADR-Event-Level", 3.0)
+    assert (await notification(context))["present-value"] == 3.0
+    assert await cov_subscriptions(peer, where(gateway)) == [(7, "analog-value,4", True, 0)]
+    [listed] = cov_keep.subscriptions(gateway)
+    assert listed == kept(recipient(peer), 7, confirmed=True)
+
+
+async def test_restored_ones_keep_the_shares_and_only_objects_the_device_serves(gateway, peer):
+    me = recipient(peer)
+    subs = [kept(me, n) for n in range(1, COV_PER_SOURCE + 6)]     # 5 past one source's share
+    subs += [kept(me, 100, ("analog-value,99", "gone-point")),      # a release without the point
+             kept(me, 101, ("analog-value,4", "another-name")),     # another point at the same identifier
+             kept(me, 102, device=DEVICE_ID + 1),                   # another bacnet.device_id
+             kept(where(gateway), 103)]                             # the device itself
+    left = cov_keep.restore(gateway, cov_keep.check(subs))
+    assert left == {cov_keep.NO_ROOM: 5, cov_keep.GONE: 2, cov_keep.OTHER_DEVICE: 1, cov_keep.OWN_ADDRESS: 1}
+    assert len(cov_keep.subscriptions(gateway)) == COV_PER_SOURCE
+    # one the subscriber took again before the restore got to it keeps the subscriber's parameters
+    assert cov_keep.restore(gateway, [kept(me, 1, lifetime=60, remaining=30.0)]) == {cov_keep.TAKEN: 1}
+    assert [s["lifetime"] for s in cov_keep.subscriptions(gateway) if s["process"] == 1] == [0]
+
+
+async def test_a_restored_lifetime_runs_out_as_any(gateway, peer):
+    cov_keep.restore(gateway, [kept(recipient(peer), 5, lifetime=3600, remaining=0.3)])
+    [listed] = cov_keep.subscriptions(gateway)
+    assert listed["lifetime"] == 3600 and 0 < listed["remaining"] <= 0.3    # a renewal without a lifetime asks 3600
+    await eventually(lambda: cov_keep.subscriptions(gateway) == [], 5, "ran out")
+
+
+# ----- what the gateway keeps
+
+
+@pytest.fixture
+def storage(tmp_path):
+    store = Storage(tmp_path / "gw.sqlite")
+    yield store
+    store.close()
+
+
+async def test_kept_as_they_come_and_go(gateway, peer, storage, monkeypatch):
+    monkeypatch.setattr(cov_restore, "SAVE_AFTER_S", 0.05)
+    keeper = CovKeeper(gateway, storage)
+    assert keeper.restore() == 0 and storage.load_value(COV_SUBSCRIPTIONS) is None  # nothing to keep: no write
+
+    def stored() -> list:
+        return [(s["process"], s["lifetime"]) for s in json.loads(storage.load_value(COV_SUBSCRIPTIONS) or "{}")
+                .get("subscriptions", [])]
+
+    async with peer.app.change_of_value(Address(where(gateway)), ObjectIdentifier("analogValue,4"), 8, True, 600):
+        await eventually(lambda: stored() == [(8, 600)], 5, "kept once subscribed")
+    await eventually(lambda: stored() == [], 5, "the cancellation kept")
+    keeper.stop()
+
+
+async def test_unreadable_ones_are_one_warning_and_the_start_goes_on(gateway, storage, caplog):
+    caplog.set_level(logging.INFO)
+    storage.save_value(COV_SUBSCRIPTIONS, '{"subscriptions": [{"recipient": 5}]}')
+    assert CovKeeper(gateway, storage).restore() == 0
+    said = [r for r in caplog.records if r.name == "ven.cov_restore"]
+    assert [(r.levelname, r.getMessage()) for r in said] == [
+        ("WARNING", "stored BACnet COV subscriptions '{\"subscriptions\": [{\"recipient\": 5}]}' unreadable "
+                    "(ValueError: subscription 0: recipient 5): none restored, the BAS subscribes again")]
+    assert cov_keep.subscriptions(gateway) == []
+
+
+async def test_the_start_says_how_many_and_why_not_in_one_line(gateway, peer, storage, caplog):
+    caplog.set_level(logging.INFO)
+    me = recipient(peer)
+    storage.save_value(COV_SUBSCRIPTIONS, encode(
+        [kept(me, 1), kept(me, 2, lifetime=60, remaining=1.0), kept(me, 3, ("analog-value,99", "gone"))],
+        now=0.0))     # stored in 1970: the one of 60 s ran out long ago
+    assert CovKeeper(gateway, storage).restore() == 1
+    said = [r.getMessage() for r in caplog.records if r.name == "ven.cov_restore"]
+    assert said == ["BACnet COV subscriptions restored from before the restart: 1 (not restored: 1 to an object the "
+                    "device no longer serves; 1 ran out while the gateway was down)"], said
+    # what was not restored is not kept either
+    assert [s["process"] for s in json.loads(storage.load_value(COV_SUBSCRIPTIONS))["subscriptions"]] == [1]
