@@ -3,7 +3,6 @@ and read back, what restoring puts back and leaves out, and what the gateway kee
 A real device and a real second bacpypes3 stack on loopback, a real SQLite file."""
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 
@@ -49,8 +48,8 @@ def test_the_time_left_is_stored_as_when_it_ends_and_the_time_down_counts_agains
     # back 30 s later: the indefinite one and the routed one's 70 s left; the third ran out meanwhile
     back, ran_out = decode(text, now=1030.0)
     assert ran_out == 1
-    assert [(s["recipient"], s["process"], s["remaining"]) for s in back] == [("127.0.0.1:47809", 1, None),
-                                                                             ("12345:0x02", 2, 70.0)]
+    assert [(s["recipient"], s["process"], s["remaining"]) for s in back] == [
+        ("127.0.0.1:47809", 1, None), ("12345:0x02", 2, 70.0)]
 
 
 @pytest.mark.parametrize("address", ["127.0.0.1:47809", "192.168.1.5", "12345:2", "12345:0x0a0b",
