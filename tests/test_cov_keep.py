@@ -52,6 +52,11 @@ def test_the_time_left_is_stored_as_when_it_ends_and_the_time_down_counts_agains
         ("127.0.0.1:47809", 1, None), ("12345:0x02", 2, 70.0)]
 
 
+def test_a_clock_set_back_since_does_not_lengthen_a_lifetime():
+    [back], _ = decode(encode([kept("127.0.0.1:47809", 1, lifetime=600, remaining=100.0)], now=1.8e9), now=0.0)
+    assert back["remaining"] == 600
+
+
 @pytest.mark.parametrize("address", ["127.0.0.1:47809", "192.168.1.5", "12345:2", "12345:0x0a0b",
                                      "12345:10.0.0.1", "12345:10.0.0.1:47809"])
 def test_a_recipient_reads_back_as_the_address_it_was(address):

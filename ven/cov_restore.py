@@ -48,7 +48,9 @@ def decode(saved: str, now: float) -> tuple[list[dict], int]:
         if ends is not None and (not isinstance(ends, (int, float)) or isinstance(ends, bool)
                                  or not math.isfinite(ends)):
             raise ValueError(f"ends {ends!r}")
-        sub["remaining"] = None if ends is None else ends - now
+        # never more than its lifetime: a clock set back since (a box without a battery clock, before NTP) would
+        # otherwise keep one for years
+        sub["remaining"] = None if ends is None else min(ends - now, sub.get("lifetime") or math.inf)
         if sub["remaining"] is not None and sub["remaining"] <= 0:
             ran_out += 1
             continue
