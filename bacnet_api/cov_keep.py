@@ -32,7 +32,8 @@ def subscriptions(device: Any) -> list[dict]:
     """Each subscription the device holds: {"recipient": address ("ip:port", or "network:mac" behind a router),
     "process", "object" ("analog-value,6"), "object_name", "device" (the device instance), "confirmed",
     "lifetime" (as asked, 0 indefinite), "remaining" (s, None if indefinite), "cov_increment" (None: none asked),
-    "forwarded_by" (the host that forwarded a Forwarded-NPDU it came in, whose share it counts against, or None)}."""
+    "forwarded_by" (the host that forwarded a Forwarded-NPDU it came in, whose share it counts against, or None),
+    "router" (the router a recipient behind one was reached through, "ip:port", or None)}."""
     app = device.app
     now = asyncio.get_running_loop().time()
     instance = int(app.device_object.objectIdentifier[1])
@@ -52,6 +53,7 @@ def subscriptions(device: Any) -> list[dict]:
             "remaining": None if cov.cancel_handle is None else max(0.0, cov.cancel_handle.when() - now),
             "cov_increment": None if cov.covIncrement is None else float(cov.covIncrement),
             "forwarded_by": _forwarder(holder),
+            "router": _router_to(app, cov.client_addr),
         })
     return listed
 
@@ -77,15 +79,19 @@ def check(kept: Any) -> list[dict]:
             raise ValueError(f"subscription {n}: lifetime {sub['lifetime']} with remaining {remaining!r}")
         if increment is not None and (not _number(increment) or increment < 0):
             raise ValueError(f"subscription {n}: cov_increment {increment!r}")
-        if sub.get("forwarded_by") is not None and not isinstance(sub["forwarded_by"], str):
-            raise ValueError(f"subscription {n}: forwarded_by {sub['forwarded_by']!r}")
+        for key in ("forwarded_by", "router"):
+            if sub.get(key) is not None and not isinstance(sub[key], str):
+                raise ValueError(f"subscription {n}: {key} {sub[key]!r}")
         try:
             address = Address(sub["recipient"])
+            router = Address(sub["router"]) if sub.get("router") else None
             ObjectIdentifier(sub["object"])
         except Exception as err:  # noqa: BLE001 - bacpypes3 raises ValueError, TypeError or its own for a bad text
             raise ValueError(f"subscription {n}: {err}") from None
         if address.addrType not in (Address.localStationAddr, Address.remoteStationAddr):
             raise ValueError(f"subscription {n}: recipient {sub['recipient']!r} is not one station")
+        if router is not None and router.addrType != Address.localStationAddr:
+            raise ValueError(f"subscription {n}: router {sub['router']!r} is not a station of this network")
         key = (str(address), sub["process"], str(ObjectIdentifier(sub["object"])))
         if key in seen:
             raise ValueError(f"subscription {n}: listed twice")
@@ -93,12 +99,13 @@ def check(kept: Any) -> list[dict]:
     return kept
 
 
-def restore(device: Any, kept: list[dict]) -> Counter:
+async def restore(device: Any, kept: list[dict]) -> Counter:
     """Put back subscriptions as subscriptions() listed them (check()ed), each with its `remaining` lifetime, and
-    send each its first notification (the current values) once the loop turns. Returns {why not: how many} of those
-    not restored (one of the constants above)."""
+    send each its first notification (the current values) once the loop turns (nothing is awaited after they are
+    added). Returns {why not: how many} of those not restored (one of the constants above)."""
     app = device.app
     loop = asyncio.get_running_loop()
+    await _routes(app, kept)
     instance = int(app.device_object.objectIdentifier[1])
     left: Counter = Counter()
     for sub in kept:
@@ -135,6 +142,30 @@ def restore(device: Any, kept: list[dict]) -> Counter:
         loop.call_soon(detection.send_cov_notifications, cov)
     _changed(app)
     return left
+
+
+async def _routes(app: Any, kept: list[dict]) -> None:
+    """The path to each routed recipient's network, as the last run knew it. The stack learns one from a request
+    that came through a router, and a restarted one knows none: it would ask the network with a broadcast
+    Who-Is-Router-To-Network first, which two routers to that network (or a site that filters broadcasts) leave
+    unanswered, and the notification would go nowhere. A path learnt since (a request through another router) stands."""
+    cache = app.nsap.router_info_cache
+    for sub in kept:
+        address = Address(sub["recipient"])
+        if not sub.get("router") or address.addrType != Address.remoteStationAddr:
+            continue
+        for snet in list(app.nsap.adapters):
+            if await cache.get_path_info(snet, address.addrNet) is None:
+                await cache.update_path_info(snet, Address(sub["router"]), {address.addrNet})
+
+
+def _router_to(app: Any, address: Any) -> str | None:
+    if address.addrType != Address.remoteStationAddr:
+        return None
+    for (_snet, dnet), (router, _status) in app.nsap.router_info_cache.path_info.items():
+        if dnet == address.addrNet:
+            return str(router)
+    return None
 
 
 def on_change(device: Any, callback: Callable[[], None] | None) -> None:

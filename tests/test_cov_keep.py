@@ -11,6 +11,8 @@ from bacpypes3.pdu import Address
 from bacpypes3.primitivedata import ObjectIdentifier
 
 from bacnet_api import cov_keep
+from bacnet_api.device import GatewayDevice
+from bacnet_api.simulator import MeterSimulator
 from bacnet_api.services import COV_PER_SOURCE
 from bacnet_peer import BacnetPeer
 from test_bacnet_device import DEVICE_ID, gateway, peer, where  # noqa: F401 - shared fixtures
@@ -30,7 +32,7 @@ def kept(recipient: str, process: int, obj=LEVEL, *, lifetime: int = 0, remainin
          confirmed: bool = False, device: int = DEVICE_ID, **more) -> dict:
     return {"recipient": recipient, "process": process, "object": obj[0], "object_name": obj[1], "device": device,
             "confirmed": confirmed, "lifetime": lifetime, "remaining": remaining, "cov_increment": None,
-            "forwarded_by": None, **more}
+            "forwarded_by": None, "router": None, **more}
 
 
 def recipient(p: BacnetPeer) -> str:
@@ -96,7 +98,7 @@ async def test_restored_ones_are_notified_at_once_and_then_at_each_change(gatewa
     # the peer's context, without its SubscribeCOV: as the BAS's after the gateway's restart
     peer.app._cov_contexts[context.address, 7] = context
     gateway.set("ADR-Event-Level", 2.0)
-    assert cov_keep.restore(gateway, [kept(recipient(peer), 7, confirmed=True)]) == {}
+    assert await cov_keep.restore(gateway, [kept(recipient(peer), 7, confirmed=True)]) == {}
     assert (await notification(context))["present-value"] == 2.0
     gateway.set("ADR-Event-Level", 3.0)
     assert (await notification(context))["present-value"] == 3.0
@@ -112,19 +114,52 @@ async def test_restored_ones_keep_the_shares_and_only_objects_the_device_serves(
              kept(me, 101, ("analog-value,4", "another-name")),     # another point at the same identifier
              kept(me, 102, device=DEVICE_ID + 1),                   # another bacnet.device_id
              kept(where(gateway), 103)]                             # the device itself
-    left = cov_keep.restore(gateway, cov_keep.check(subs))
+    left = await cov_keep.restore(gateway, cov_keep.check(subs))
     assert left == {cov_keep.NO_ROOM: 5, cov_keep.GONE: 2, cov_keep.OTHER_DEVICE: 1, cov_keep.OWN_ADDRESS: 1}
     assert len(cov_keep.subscriptions(gateway)) == COV_PER_SOURCE
     # one the subscriber took again before the restore got to it keeps the subscriber's parameters
-    assert cov_keep.restore(gateway, [kept(me, 1, lifetime=60, remaining=30.0)]) == {cov_keep.TAKEN: 1}
+    assert await cov_keep.restore(gateway, [kept(me, 1, lifetime=60, remaining=30.0)]) == {cov_keep.TAKEN: 1}
     assert [s["lifetime"] for s in cov_keep.subscriptions(gateway) if s["process"] == 1] == [0]
 
 
 async def test_a_restored_lifetime_runs_out_as_any(gateway, peer):
-    cov_keep.restore(gateway, [kept(recipient(peer), 5, lifetime=3600, remaining=0.3)])
+    await cov_keep.restore(gateway, [kept(recipient(peer), 5, lifetime=3600, remaining=0.3)])
     [listed] = cov_keep.subscriptions(gateway)
     assert listed["lifetime"] == 3600 and 0 < listed["remaining"] <= 0.3    # a renewal without a lifetime asks 3600
     await eventually(lambda: cov_keep.subscriptions(gateway) == [], 5, "ran out")
+
+
+async def test_a_recipient_behind_a_router_is_notified_through_it_after_a_restart(free_udp_port):
+    # A BAS on another network (an MS/TP front-end, a second building's IP network): the stack learns the path from
+    # its request, and a restarted one knows none and asks by broadcast (on loopback, and on a site with two routers
+    # to that network, nobody answers it). MeterSimulator's router and the stack behind it stand for the BAS's.
+    port = free_udp_port()
+    behind = MeterSimulator(address=f"127.0.0.1/8:{free_udp_port()}", network=12345, mac=2)
+    await behind.start()
+    device = None
+    try:
+        async def started() -> GatewayDevice:
+            started = GatewayDevice(address=f"127.0.0.1/8:{port}", device_id=DEVICE_ID, device_name="TestGateway")
+            await started.start()
+            return started
+
+        device = await started()
+        context = behind._meter.change_of_value(Address(f"1:127.0.0.1:{port}"), ObjectIdentifier("analogValue,4"), 21,
+                                                False, 0)
+        async with context:
+            assert (await notification(context))["present-value"] == 0.0
+            [was] = cov_keep.subscriptions(device)
+            assert (was["recipient"], was["router"]) == ("12345:2", behind.router_address)
+            await device.stop()
+            device = await started()
+            assert await cov_keep.restore(device, cov_keep.check([was])) == {}
+            assert (await notification(context))["present-value"] == 0.0
+            device.set("ADR-Event-Level", 2.0)
+            assert (await notification(context))["present-value"] == 2.0
+    finally:
+        if device is not None:
+            await device.stop()
+        await behind.stop()
 
 
 # ----- what the gateway keeps
@@ -140,7 +175,8 @@ def storage(tmp_path):
 async def test_kept_as_they_come_and_go(gateway, peer, storage, monkeypatch):
     monkeypatch.setattr(cov_restore, "SAVE_AFTER_S", 0.05)
     keeper = CovKeeper(gateway, storage)
-    assert keeper.restore() == 0 and storage.load_value(COV_SUBSCRIPTIONS) is None  # nothing to keep: no write
+    assert await keeper.restore() == 0
+    assert storage.load_value(COV_SUBSCRIPTIONS) is None    # nothing to keep: no write
 
     def stored() -> list:
         return [(s["process"], s["lifetime"]) for s in json.loads(storage.load_value(COV_SUBSCRIPTIONS) or "{}")
@@ -155,7 +191,7 @@ async def test_kept_as_they_come_and_go(gateway, peer, storage, monkeypatch):
 async def test_unreadable_ones_are_one_warning_and_the_start_goes_on(gateway, storage, caplog):
     caplog.set_level(logging.INFO)
     storage.save_value(COV_SUBSCRIPTIONS, '{"subscriptions": [{"recipient": 5}]}')
-    assert CovKeeper(gateway, storage).restore() == 0
+    assert await CovKeeper(gateway, storage).restore() == 0
     said = [r for r in caplog.records if r.name == "ven.cov_restore"]
     assert [(r.levelname, r.getMessage()) for r in said] == [
         ("WARNING", "stored BACnet COV subscriptions '{\"subscriptions\": [{\"recipient\": 5}]}' unreadable "
@@ -169,7 +205,7 @@ async def test_the_start_says_how_many_and_why_not_in_one_line(gateway, peer, st
     storage.save_value(COV_SUBSCRIPTIONS, encode(
         [kept(me, 1), kept(me, 2, lifetime=60, remaining=1.0), kept(me, 3, ("analog-value,99", "gone"))],
         now=0.0))     # stored in 1970: the one of 60 s ran out long ago
-    assert CovKeeper(gateway, storage).restore() == 1
+    assert await CovKeeper(gateway, storage).restore() == 1
     said = [r.getMessage() for r in caplog.records if r.name == "ven.cov_restore"]
     assert said == ["BACnet COV subscriptions restored from before the restart: 1 (not restored: 1 to an object the "
                     "device no longer serves; 1 ran out while the gateway was down)"], said

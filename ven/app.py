@@ -283,10 +283,10 @@ class Gateway:
         self.device.on_write(P.OPT_OUT, self._on_opt_out)
         self.device.on_write(P.SHED_POWER, self._on_shed)
         await self._start(self.schedule)
-        # just before serve (nothing awaited between): the first notifications say the set-up values, and go out
-        # before a SubscribeCOV that waited for serve() is carried out
+        # last before serve: the first notifications say the set-up values, and go out before a SubscribeCOV that
+        # waited for serve() is carried out
         self._cov_keeper = CovKeeper(self.device, self.storage)
-        self._cov_keeper.restore()
+        await self._cov_keeper.restore()
         self.device.serve()     # the event state is in the points; the forecast's come with its first cycle
         await _in_daemon_thread(_import_slow_parts)
         if self.device.get(P.OPT_OUT):

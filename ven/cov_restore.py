@@ -66,7 +66,7 @@ class CovKeeper:
         self.storage = storage
         self._save: asyncio.TimerHandle | None = None
 
-    def restore(self) -> int:
+    async def restore(self) -> int:
         """Put back the subscriptions storage.path holds (call before the device serves: their first notifications go
         out as the loop turns), then follow their changes. Returns how many were restored."""
         saved = self.storage.load_value(COV_SUBSCRIPTIONS)
@@ -79,7 +79,7 @@ class CovKeeper:
                 log.warning("stored BACnet COV subscriptions %.200r unreadable (%s: %.200s): none restored, the BAS "
                             "subscribes again", saved, type(err).__name__, err)
             else:
-                left = cov_keep.restore(self.device, kept)
+                left = await cov_keep.restore(self.device, kept)
                 left[RAN_OUT] += ran_out
                 restored = len(kept) - sum(left.values()) + ran_out
                 if kept or ran_out:
