@@ -122,6 +122,29 @@ async def test_restored_ones_keep_the_shares_and_only_objects_the_device_serves(
     assert [s["lifetime"] for s in cov_keep.subscriptions(gateway) if s["process"] == 1] == [0]
 
 
+async def test_restored_ones_count_against_whom_they_did(free_udp_port):
+    # bacnet.write_from lists the BAS: its subscriptions are bounded only by the table, strangers' by their half, and
+    # those that came in Forwarded-NPDUs from a host other than the BBMD by that host's share, as when they came
+    from bacnet_api.services import COV_UNLISTED, MAX_COV_SUBSCRIPTIONS
+
+    device = GatewayDevice(address=f"127.0.0.1/8:{free_udp_port()}", device_id=DEVICE_ID, device_name="TestGateway",
+                           write_from=["127.0.0.2"])
+    await device.start()
+    try:
+        forwarded = [kept(f"127.0.0.3:{40000 + n}", 1, forwarded_by="127.0.0.9") for n in range(COV_PER_SOURCE + 1)]
+        strangers = [kept(f"127.0.0.4:{40000 + n}", 1) for n in range(COV_UNLISTED)]
+        bas = [kept("127.0.0.2:47808", n) for n in range(MAX_COV_SUBSCRIPTIONS)]
+        left = await cov_keep.restore(device, cov_keep.check(forwarded + strangers + bas))
+        held = cov_keep.subscriptions(device)
+        assert sum(1 for s in held if s["forwarded_by"] == "127.0.0.9") == COV_PER_SOURCE
+        assert sum(1 for s in held if not s["forwarded_by"] and s["recipient"] != "127.0.0.2") == \
+            COV_UNLISTED - COV_PER_SOURCE
+        assert sum(1 for s in held if s["recipient"] == "127.0.0.2") == MAX_COV_SUBSCRIPTIONS - COV_UNLISTED
+        assert left == {cov_keep.NO_ROOM: 1 + COV_PER_SOURCE + COV_UNLISTED}
+    finally:
+        await device.stop()
+
+
 async def test_a_restored_lifetime_runs_out_as_any(gateway, peer):
     await cov_keep.restore(gateway, [kept(recipient(peer), 5, lifetime=3600, remaining=0.3)])
     [listed] = cov_keep.subscriptions(gateway)
