@@ -306,7 +306,11 @@ async def test_an_unreadable_queued_sample_is_dropped_and_the_backlog_behind_it_
     ("bacnet_database", '{"revision": -5, "objects": []}', "stored BACnet objects of the last run unreadable "
                                                           "(ValueError: databaseRevision -5)"),
     ("bacnet_commands:ADR-Opt-Out", "[" * 100000 + "]" * 100000, "stored ADR-Opt-Out commands '[[[["),
-], ids=["databaseRevision 1e400", "databaseRevision -5", "ADR-Opt-Out commands nested 10^5 deep"])
+    ("bacnet_cov_subscriptions", "[" * 100000 + "]" * 100000, "stored BACnet COV subscriptions '[[[["),
+    ("bacnet_cov_subscriptions", '{"subscriptions": [{"ends": 1e400}]}', "unreadable (ValueError: ends inf): none "
+                                                                         "restored"),
+], ids=["databaseRevision 1e400", "databaseRevision -5", "ADR-Opt-Out commands nested 10^5 deep",
+        "COV subscriptions nested 10^5 deep", "a COV subscription ending at 1e400"])
 @pytest.mark.timeout(180)     # a gateway process's start (START_S), then the test
 async def test_an_unreadable_stored_value_is_one_warning_and_the_gateway_starts(
         tmp_path, free_udp_port, free_tcp_port, key, value, said):
