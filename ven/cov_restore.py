@@ -71,21 +71,20 @@ class CovKeeper:
         out as the loop turns), then follow their changes. Returns how many were restored."""
         saved = self.storage.load_value(COV_SUBSCRIPTIONS)
         restored = 0
-        if saved:
-            try:
-                kept, ran_out = decode(saved, time.time())
-            except (ValueError, TypeError, KeyError, AttributeError, OverflowError, RecursionError) as err:
-                # %.200r: JSON nested 10^5 deep (RecursionError) would be a line of 200 KB
-                log.warning("stored BACnet COV subscriptions %.200r unreadable (%s: %.200s): none restored, the BAS "
-                            "subscribes again", saved, type(err).__name__, err)
-            else:
-                left = await cov_keep.restore(self.device, kept)
-                left[RAN_OUT] += ran_out
-                restored = len(kept) - sum(left.values()) + ran_out
-                if kept or ran_out:
-                    self._said(restored, left)
+        try:
+            kept, ran_out = decode(saved, time.time()) if saved else ([], 0)
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError, RecursionError) as err:
+            # %.200r: JSON nested 10^5 deep (RecursionError) would be a line of 200 KB
+            log.warning("stored BACnet COV subscriptions %.200r unreadable (%s: %.200s): none restored, the BAS "
+                        "subscribes again", saved, type(err).__name__, err)
+        else:
+            left = await cov_keep.restore(self.device, kept)
+            restored = len(kept) - sum(left.values())
+            left[RAN_OUT] += ran_out
+            if kept or ran_out:
+                self._said(restored, left)
+            self.save()    # those not restored are not kept either (what could not be read stays until a change)
         cov_keep.on_change(self.device, self._changed)
-        self.save()    # those not restored are not kept either
         return restored
 
     @staticmethod
