@@ -7,6 +7,7 @@ runs out. Restored ones take their place within the shares a SubscribeCOV is hel
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from collections import Counter
 from typing import Any, Callable
@@ -16,6 +17,8 @@ from bacpypes3.primitivedata import ObjectIdentifier
 from bacpypes3.service.cov import Subscription
 
 from .client import same_station
+
+log = logging.getLogger(__name__)
 
 # why a kept subscription was not restored, as the caller's log line says it
 GONE = "to an object the device no longer serves"
@@ -103,7 +106,7 @@ async def restore(device: Any, kept: list[dict]) -> Counter:
     """Put back subscriptions as subscriptions() listed them (check()ed), each with its `remaining` lifetime, and
     send each its first notification (the current values) once the loop turns (nothing is awaited after they are
     added). Returns {why not: how many} of those not restored (one of the constants above)."""
-    app = device.app
+    app = _watched(device.app)     # a restored one gives way (_give_way)
     loop = asyncio.get_running_loop()
     await _routes(app, kept)
     instance = int(app.device_object.objectIdentifier[1])
@@ -138,6 +141,7 @@ async def restore(device: Any, kept: list[dict]) -> Counter:
                            max(sub["remaining"], 0.001) if lifetime else 0, sub.get("cov_increment"))
         cov.lifetime = lifetime     # as asked: a renewal without a lifetime of its own is not one
         cov._holder = holder
+        cov._restored = True
         app.add_subscription(cov)
         loop.call_soon(detection.send_cov_notifications, cov)
     _changed(app)
@@ -170,19 +174,52 @@ def _router_to(app: Any, address: Any) -> str | None:
 
 def on_change(device: Any, callback: Callable[[], None] | None) -> None:
     """Call `callback()` (None: nothing) whenever a subscription is added, renewed, cancelled or runs out."""
-    app = device.app
+    _watched(device.app)._cov_changed = callback
+
+
+_CLASSES: dict[type, type] = {}
+
+
+def _watched(app: Any) -> Any:
     if not isinstance(app, _Watched):
         cls = type(app)
-        app.__class__ = type(f"Watched{cls.__name__}", (_Watched, cls), {})
-    app._cov_changed = callback
+        if cls not in _CLASSES:     # one class, not one a start
+            _CLASSES[cls] = type(f"Watched{cls.__name__}", (_Watched, cls), {})
+        app.__class__ = _CLASSES[cls]
+    return app
 
 
 class _Watched:
     _cov_changed: Callable[[], None] | None = None
 
     async def do_SubscribeCOVRequest(self, apdu: Any) -> None:
+        key = (apdu.pduSource, apdu.subscriberProcessIdentifier, apdu.monitoredObjectIdentifier)
+        same = [c for c in self._cov_subscriptions() if (c.client_addr, c.proc_id, c.obj_id) == key]
+        for cov in same:
+            cov._restored = False   # the subscriber holds it: renewed (or cancelled)
+        if not same and apdu.issueConfirmedNotifications is not None:
+            self._give_way(apdu)
         await super().do_SubscribeCOVRequest(apdu)    # refused: it raised, and nothing changed
         _changed(self)
+
+    def _give_way(self, apdu: Any) -> None:
+        """A new subscription its source's share has no room for takes the place of a restored one of that source to
+        the same object that the subscriber has not renewed since: a subscriber that restarted with new process
+        identifiers, whose old ones (indefinite, unconfirmed, never refused) would otherwise hold its share for good,
+        across restarts of the gateway too, and its new ones be refused."""
+        holder = self._cov_holder(apdu.pduSource)
+        if not self._no_room(*holder):
+            return
+        old = next((c for c in self._cov_subscriptions() if getattr(c, "_restored", False)
+                    and getattr(c, "_holder", None) == holder and c.obj_id == apdu.monitoredObjectIdentifier), None)
+        if old is None:
+            return
+        if self._first_from("cov-gave-way", holder[0]):
+            log.info("BACnet COV subscriptions from %s restored from before the restart give way to its new ones as "
+                     "its share fills (a subscriber restarted with new process identifiers?): process %d %s for "
+                     "process %d, and so on without a line", holder[0], old.proc_id, old.obj_id,
+                     apdu.subscriberProcessIdentifier)
+        self.cancel_subscription(old)
 
     def cancel_subscription(self, cov: Any) -> None:
         super().cancel_subscription(cov)     # a cancellation, a lifetime's end, a subscriber gone silent

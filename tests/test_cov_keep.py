@@ -12,11 +12,12 @@ from bacpypes3.primitivedata import ObjectIdentifier
 
 from bacnet_api import cov_keep
 from bacnet_api.device import GatewayDevice
+from bacnet_api.points import FIFTEEN_MIN_FORECAST
 from bacnet_api.simulator import MeterSimulator
 from bacnet_api.services import COV_PER_SOURCE
 from bacnet_peer import BacnetPeer
 from test_bacnet_device import DEVICE_ID, gateway, peer, where  # noqa: F401 - shared fixtures
-from test_bacnet_services import cov_subscriptions, notification
+from test_bacnet_services import cov_subscriptions, notification, request, subscribe
 from waiting import eventually
 
 from ven import cov_restore
@@ -143,6 +144,31 @@ async def test_restored_ones_count_against_whom_they_did(free_udp_port):
         assert left == {cov_keep.NO_ROOM: 1 + COV_PER_SOURCE + COV_UNLISTED}
     finally:
         await device.stop()
+
+
+async def test_a_subscriber_that_restarted_with_new_process_identifiers_is_not_refused_for_its_old_ones(
+        gateway, peer, caplog):
+    # Its old unconfirmed indefinite ones are never refused, so nothing cancels them: restored at every restart of the
+    # gateway, they would hold its share for good, and its new ones be refused no-space-to-add-list-element
+    caplog.set_level(logging.INFO)
+    me, addr = recipient(peer), where(gateway)
+    points = [LEVEL, ("analog-value,5", FIFTEEN_MIN_FORECAST)]
+    await cov_keep.restore(gateway, [kept(me, n, points[n % 2]) for n in range(COV_PER_SOURCE)])
+    # its share is full: a new one to an object it held takes a restored one's place, once a line says so
+    for process in (100, 101):
+        answer = await request(peer, subscribe(addr, "analogValue,4", process, False, 0))
+        assert type(answer).__name__ == "SimpleAckPDU", answer
+    held = cov_keep.subscriptions(gateway)
+    assert len(held) == COV_PER_SOURCE
+    assert [s["process"] for s in held if s["process"] >= 100] == [100, 101]
+    said = [r.getMessage() for r in caplog.records if "give way" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith(f"BACnet COV subscriptions from {me} restored from before the "
+                                                 f"restart give way to its new ones"), said
+    # one it renewed since is its own, and one to an object it held none of is refused as any past the share
+    assert type(await request(peer, subscribe(addr, "analogValue,5", 1, False, 0))).__name__ == "SimpleAckPDU"
+    refused = await request(peer, subscribe(addr, "analogValue,6", 102, False, 0))
+    assert str(getattr(refused, "errorCode", refused)) == "no-space-to-add-list-element", refused
+    assert any(s["process"] == 1 for s in cov_keep.subscriptions(gateway))
 
 
 async def test_a_restored_lifetime_runs_out_as_any(gateway, peer):
