@@ -224,7 +224,7 @@ def storage(tmp_path):
 async def test_kept_as_they_come_and_go(gateway, peer, storage, monkeypatch):
     monkeypatch.setattr(cov_restore, "SAVE_AFTER_S", 0.05)
     keeper = CovKeeper(gateway, storage)
-    assert await keeper.restore() == 0
+    assert await keeper.start() == 0
     assert storage.load_value(COV_SUBSCRIPTIONS) is None    # nothing to keep: no write
 
     def stored() -> list:
@@ -234,13 +234,13 @@ async def test_kept_as_they_come_and_go(gateway, peer, storage, monkeypatch):
     async with peer.app.change_of_value(Address(where(gateway)), ObjectIdentifier("analogValue,4"), 8, True, 600):
         await eventually(lambda: stored() == [(8, 600)], 5, "kept once subscribed")
     await eventually(lambda: stored() == [], 5, "the cancellation kept")
-    keeper.stop()
+    await keeper.stop()
 
 
 async def test_unreadable_ones_are_one_warning_and_the_start_goes_on(gateway, storage, caplog):
     caplog.set_level(logging.INFO)
     storage.save_value(COV_SUBSCRIPTIONS, '{"subscriptions": [{"recipient": 5}]}')
-    assert await CovKeeper(gateway, storage).restore() == 0
+    assert await CovKeeper(gateway, storage).start() == 0
     said = [r for r in caplog.records if r.name == "ven.cov_restore"]
     assert [(r.levelname, r.getMessage()) for r in said] == [
         ("WARNING", "stored BACnet COV subscriptions '{\"subscriptions\": [{\"recipient\": 5}]}' unreadable "
@@ -256,7 +256,7 @@ async def test_the_start_says_how_many_and_why_not_in_one_line(gateway, peer, st
     storage.save_value(COV_SUBSCRIPTIONS, encode(
         [kept(me, 1), kept(me, 2, lifetime=60, remaining=1.0), kept(me, 3, ("analog-value,99", "gone"))],
         now=0.0))     # stored in 1970: the one of 60 s ran out long ago
-    assert await CovKeeper(gateway, storage).restore() == 1
+    assert await CovKeeper(gateway, storage).start() == 1
     said = [r.getMessage() for r in caplog.records if r.name == "ven.cov_restore"]
     assert said == ["BACnet COV subscriptions restored from before the restart: 1 (not restored: 1 to an object the "
                     "device no longer serves; 1 ran out while the gateway was down)"], said

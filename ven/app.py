@@ -197,7 +197,6 @@ class Gateway:
                                  units=c.meter.units or None, settle_seconds=c.meter.settle_seconds)
         self._stack = []
         self._late_restore: asyncio.Task | None = None
-        self._cov_keeper: CovKeeper | None = None   # the BAS's COV subscriptions, kept in storage.path
         self._looking: asyncio.Task | None = None
         # bas-shed-power's commands as storage.path holds them, and when they were written (monotonic): _keep_shed
         self._shed_kept: dict[int, float] = {}
@@ -284,9 +283,8 @@ class Gateway:
         self.device.on_write(P.SHED_POWER, self._on_shed)
         await self._start(self.schedule)
         # last before serve: the first notifications say the set-up values, and go out before a SubscribeCOV that
-        # waited for serve() is carried out
-        self._cov_keeper = CovKeeper(self.device, self.storage)
-        await self._cov_keeper.restore()
+        # waited for serve() is carried out; stopped after the parts started later, keeping what changed until then
+        await self._start(CovKeeper(self.device, self.storage))
         self.device.serve()     # the event state is in the points; the forecast's come with its first cycle
         await _in_daemon_thread(_import_slow_parts)
         if self.device.get(P.OPT_OUT):
@@ -335,8 +333,6 @@ class Gateway:
             await cancel_and_wait(self._late_restore)
         except Exception as err:  # noqa: BLE001 - its failure must not keep the rest running
             log.warning("restoring ADR-Opt-Out after the storage opened late: %s", err)
-        if self._cov_keeper is not None:
-            self._cov_keeper.stop()
         if self.device.running:
             self._keep_shed()      # a kW the BAS changed within SHED_SAVE_S of the last one kept
         elif self._shed_save is not None:

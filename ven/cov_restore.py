@@ -66,7 +66,7 @@ class CovKeeper:
         self.storage = storage
         self._save: asyncio.TimerHandle | None = None
 
-    async def restore(self) -> int:
+    async def start(self) -> int:
         """Put back the subscriptions storage.path holds (call before the device serves: their first notifications go
         out as the loop turns), then follow their changes. Returns how many were restored."""
         saved = self.storage.load_value(COV_SUBSCRIPTIONS)
@@ -111,7 +111,7 @@ class CovKeeper:
         if text != saved:
             self.storage.save_value(COV_SUBSCRIPTIONS, text)
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
         """Before the device stops: what changed since the last write is kept, and the stop itself is no change."""
         if self._save is not None:
             self.save()
