@@ -2,11 +2,11 @@
 
 A loop that stops turning (a call that never returns, a deadlock) leaves the process alive and every BACnet point
 frozen, the VTN unanswered and the telemetry unread, and no supervisor restarts a process that has not exited. The
-loop notes the time every second; a thread of its own looks every second, and once the loop has not noted it for
+loop notes the time every BEAT_S (5 s); a thread of its own looks as often, and once the loop has not noted it for
 LOOP_STUCK_S writes every thread's stack to stderr (where the loop was stuck, for a bug report) and exits with
 status 1. The state is SQLite's, safe at any instant, and the next start resumes from it.
 
-A process that was stopped whole (SIGSTOP, Ctrl-Z, `docker pause`) is not stuck: the thread's own one-second sleep
+A process that was stopped whole (SIGSTOP, Ctrl-Z, `docker pause`) is not stuck: the thread's own 5 s sleep
 then lasts as long as the stop, and it starts counting again. A call that never returns while holding the GIL stops
 the thread too: faulthandler's timer, a C thread the thread re-arms every tenth of it, ends that one after
 GIL_BACKSTOP_S (a pause longer than that may be taken for it: a restart, which is safe). systemd's WatchdogSec
@@ -24,7 +24,9 @@ import threading
 import time
 
 LOOP_STUCK_S = 60.0     # the loop's longest step in normal work is tens of milliseconds, a loaded one-core box's 0.3 s
-BEAT_S = 1.0
+# Against a 60 s limit a look every 5 s exits within 70 s of the loop's last turn; at 1 s the loop and the thread
+# each woke an idle gateway once a second (helper idle50)
+BEAT_S = 5.0
 PAUSED_S = 5.0          # the thread's sleep overshooting by this much: the whole process was stopped, not the loop
 GIL_BACKSTOP_S = 600.0
 EXIT_GRACE_S = 5.0      # the stacks get this long to be written: a stderr nobody reads (a stalled log driver)
@@ -83,7 +85,7 @@ def _watch(beat: list[float], done: threading.Event, stuck_s: float) -> None:
                 except RuntimeError as err:
                     if not backstop_failing:
                         _say(fd, f"edge-gateway: the loop watchdog's backstop timer could not start ({err}: a process "
-                                 "or memory limit?); the watch goes on, the timer is tried again each second\n")
+                                 "or memory limit?); the watch goes on, the timer is tried again at each look\n")
                     backstop_failing, armed = True, -math.inf
             if paused:
                 beat[0] = now       # stopped and continued: the loop gets its time to turn again

@@ -20,6 +20,7 @@ from typing import Callable, Iterable, Mapping
 from bacnet_api.bug_guard import BugGuard
 from bacnet_api.settle import span
 
+from .clock_set import ClockSetWatch
 from .events import OPT_IN, OPT_OUT, Event, enrolled, with_opt
 from .tasks import at_most as bounded, cancel_and_wait
 from .storage import Storage
@@ -30,8 +31,10 @@ log = logging.getLogger(__name__)
 _MAX_SLEEP = 30.0   # re-evaluate at least this often
 BUG_RETRY_S = 1.0   # a pass that failed (a bug) is run again this soon: an event's boundaries are to the second
 # A wait for the next boundary goes by the monotonic clock: a wall clock stepped meanwhile (NTP) left the points
-# showing an event the clock had put over, or not begun, for up to _MAX_SLEEP. The wall clock is glanced at this
-# often, and a step of more than STEP_GLANCE_S (a slew moves it by milliseconds) re-evaluates at once.
+# showing an event the clock had put over, or not begun, for up to _MAX_SLEEP. The kernel says when the clock is set
+# (clock_set.py), and the schedule looks again then; without that word (another OS, a clock given to the schedule)
+# the wall clock is glanced at this often, and a step of more than STEP_GLANCE_S (a slew moves it by milliseconds)
+# re-evaluates at once.
 STEP_GLANCE_S = 1.0
 # Ended events stay in storage.path for the history as long as /api/history reaches back
 # (http_api.MAX_HISTORY_HOURS): a building owner settles a program's month with the utility from them.
@@ -86,6 +89,7 @@ class EventSchedule:
         self._opted_out = False
         self._last: ScheduleState | None = None
         self._wake: asyncio.Event | None = None
+        self._clock_set: ClockSetWatch | None = None
         self._task: asyncio.Task | None = None
         self._pass_bug = BugGuard(log, "event schedule's timer", f"run again every {BUG_RETRY_S:g} s")
         self._change_bug = BugGuard(log, "event schedule's change callback (the points)",
@@ -139,6 +143,8 @@ class EventSchedule:
         # later (a worker thread writes the events too)
         loop, wake = asyncio.get_running_loop(), self._wake
         self._storage.on_write_failed = lambda: loop.call_soon_threadsafe(wake.set)
+        if self._clock is utcnow:   # the kernel's word is about its own clock, not one given to the schedule
+            self._clock_set = ClockSetWatch.open(wake.set)
         now = self._clock()
         self._publish(now)
         # a step from here on is one the load's sorting went by
@@ -148,6 +154,9 @@ class EventSchedule:
         self._storage.on_write_failed = None
         await cancel_and_wait(self._task)
         self._task = None
+        if self._clock_set is not None:
+            self._clock_set.close()
+            self._clock_set = None
 
     # -- changes -----------------------------------------------------------------------------
 
@@ -514,12 +523,14 @@ class EventSchedule:
         end, glance = time.monotonic() + delay, StepWatch(self._clock().timestamp(), threshold=STEP_GLANCE_S)
         while True:
             left = end - time.monotonic()
+            # told of a step (it sets _wake), the wait needs no glance
+            look = left if self._clock_set is not None and self._clock_set.watching else STEP_GLANCE_S
             try:
-                async with asyncio.timeout(max(0.0, min(left, STEP_GLANCE_S))):
+                async with asyncio.timeout(max(0.0, min(left, look))):
                     await self._wake.wait()
                 return None
             except TimeoutError:
-                if left <= STEP_GLANCE_S:
+                if left <= look:
                     return target
                 if glance.stepped(self._clock().timestamp()):
                     return None
