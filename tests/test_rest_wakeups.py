@@ -4,6 +4,7 @@ HTTP heartbeat and the loop watchdog beat at the periods their docs give."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from datetime import datetime, timezone
 
 import pytest
@@ -89,3 +90,39 @@ async def test_a_vtn_answer_is_read_in_one_trip_to_the_worker(tmp_path, free_tcp
             await until(lambda: gw.vtn.connected, 10, "registration")
             await until(lambda: trips.count("_read_answer") >= 3, 10, "answers read")
     assert not {"validate_xml_schema", "parse_message", "verify_signature"} & set(trips), trips
+
+
+async def test_the_own_address_watch_waits_for_the_kernel_s_word(monkeypatch):
+    # it looked every 5 s (two binds, an ioctl, a sysfs read) for a change rtnetlink announces (helper idle50).
+    # The announcement itself is tested where an address and a link really go: test_field_network.py
+    from bacnet_api import own_address
+
+    looks = []
+
+    def counted(address):
+        looks.append(address)
+        return None
+    monkeypatch.setattr(own_address, "missing", counted)
+    # other work on this machine may add a link meanwhile (a test's veth): each message the kernel sends may bring a
+    # look, and nothing else does
+    told = []
+    route_events = own_address.route_events
+
+    class Counted(socket.socket):
+        def recv(self, size):
+            got = super().recv(size)
+            told.append(len(got))
+            return got
+
+    def counted_events():
+        sock = route_events()
+        assert sock is not None, "rtnetlink is there on Linux"
+        return Counted(fileno=sock.detach())
+    monkeypatch.setattr(own_address, "route_events", counted_events)
+    watch = own_address.OwnAddressWatch("127.0.0.1/8:47808", probe=counted)
+    watch.start()
+    try:
+        await asyncio.sleep(own_address.PERIOD_S + 1)
+        assert 1 <= len(looks) <= 1 + len(told), "the first look, at the start, and one for each change at most"
+    finally:
+        await watch.stop()
