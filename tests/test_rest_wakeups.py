@@ -126,3 +126,18 @@ async def test_the_own_address_watch_waits_for_the_kernel_s_word(monkeypatch):
         assert 1 <= len(looks) <= 1 + len(told), "the first look, at the start, and one for each change at most"
     finally:
         await watch.stop()
+
+
+async def test_bac0s_task_list_cleanup_does_not_run_each_minute(free_udp_port):
+    # BAC0's "Cleanup Tasks List" ran each minute for a list the gateway puts nothing in, and its four DEBUG lines
+    # each called inspect.stack(): 60-90 ms of the loop a minute, a BAS's read held that long (helper idle50)
+    from bacnet_api.device import GatewayDevice
+
+    device = GatewayDevice(address=f"127.0.0.1/8:{free_udp_port()}", device_id=4000991, device_name="Quiet")
+    await device.start()
+    try:
+        await asyncio.sleep(0.05)
+        names = [t.get_name() for t in asyncio.all_tasks() if not t.done()]
+        assert "aioCleanup Tasks List" not in names, names
+    finally:
+        await device.stop()
