@@ -143,7 +143,7 @@ class EventSchedule:
         # later (a worker thread writes the events too)
         loop, wake = asyncio.get_running_loop(), self._wake
         self._storage.on_write_failed = lambda: loop.call_soon_threadsafe(wake.set)
-        if self._clock is utcnow:   # the kernel's word is about its own clock, not one given to the schedule
+        if self._clock is utcnow and self._clock_set is None:  # the kernel's word is of its clock, not one given
             self._clock_set = ClockSetWatch.open(wake.set)
         now = self._clock()
         self._publish(now)
