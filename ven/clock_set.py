@@ -19,7 +19,9 @@ log = logging.getLogger(__name__)
 
 _CLOCK_REALTIME = 0
 _TFD_TIMER_ABSTIME, _TFD_TIMER_CANCEL_ON_SET = 1, 2
-_NEVER_S = 2 ** 40     # an expiry no clock reaches: the timer is there for its cancellation alone
+# an expiry no clock reaches: the timer is there for its cancellation alone. Within a C long: on a 32-bit box (armhf)
+# 2**40 wrapped to 0, an expiry in the past, and the timer would fire, be armed again and fire without end
+_NEVER_S = min(2 ** 40, 2 ** (8 * ctypes.sizeof(ctypes.c_long) - 1) - 1)
 
 
 class _Timespec(ctypes.Structure):
