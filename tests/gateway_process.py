@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+import zygote
+
 
 # A gateway process's start, to its first reading and its API: 7-10 s beside the suite on 2 cores (-n 5 or 6), but at
 # twice that load its imports alone took 14 s and the start over 30 s. The bound for waits on it: what is asked is
@@ -85,15 +87,23 @@ class GatewayProcess:
     """Start, SIGKILL, restart and stop one gateway process; output appends to log_path.
     As a context manager it starts on entry and stops (SIGTERM) on exit."""
 
-    def __init__(self, config, log_path, prefix=()):
-        """prefix: argv the command runs under, e.g. ("ip", "netns", "exec", NAME), which execs it (same pid)."""
-        self.config, self.log_path, self.prefix = config, log_path, list(prefix)
-        self.proc: subprocess.Popen | None = None
+    def __init__(self, config, log_path, prefix=(), fork=True):
+        """prefix: argv the command runs under, e.g. ("ip", "netns", "exec", NAME), which execs it (same pid).
+        fork: from the worker's zygote (tests/zygote.py) where that is what an exec would give; False for a test
+        of the start itself (its imports, a signal during them), which must exec."""
+        self.config, self.log_path, self.prefix, self.fork = config, log_path, list(prefix), fork
+        self.proc: subprocess.Popen | zygote.ForkedProcess | None = None
 
     def start(self) -> None:
+        args = ["run", "--config", str(self.config)]
+        if self.fork and not self.prefix:
+            with open(self.log_path, "ab"):     # created by the test, as the exec path's open does
+                pass
+            self.proc = zygote.start(args, dict(os.environ), self.log_path)
+            if self.proc is not None:
+                return
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([*self.prefix, sys.executable, "-m", "ven.cli", "run", "--config",
-                                          str(self.config)],
+            self.proc = subprocess.Popen([*self.prefix, sys.executable, "-m", "ven.cli", *args],
                                          stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ),
                                          preexec_fn=_ends_with(os.getpid()))
 
