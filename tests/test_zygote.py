@@ -62,8 +62,8 @@ def test_a_forked_gateway_takes_the_tests_environment_and_cwd_and_reports_a_sign
     assert "Warning" not in log and "Traceback" not in log, log     # e.g. runpy's, for a module imported twice
 
 
-def test_a_start_whose_import_time_environment_differs_is_execd(tmp_path, free_udp_port, free_tcp_port,
-                                                                  monkeypatch):
+def test_a_start_whose_import_time_environment_differs_is_execd(
+        tmp_path, free_udp_port, free_tcp_port, monkeypatch):
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")     # read as numpy loads: the zygote's numpy has 1
     with GatewayProcess(_config(tmp_path, free_udp_port, free_tcp_port), tmp_path / "gw.log") as gateway:
         assert isinstance(gateway.proc, subprocess.Popen)
