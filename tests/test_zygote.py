@@ -3,6 +3,7 @@ Popen does, and ends with the worker that started it."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,7 +23,8 @@ from pathlib import Path
 from gateway_process import GatewayProcess
 gateway = GatewayProcess(Path(sys.argv[2]), Path(sys.argv[3]))
 gateway.start()
-print(type(gateway.proc).__name__, gateway.proc.pid, gateway.proc._zygote.proc.pid, flush=True)
+zygote = gateway.proc._zygote
+print(type(gateway.proc).__name__, gateway.proc.pid, zygote.proc.pid, zygote.home, flush=True)
 sys.stdin.read()
 """
 
@@ -75,7 +77,7 @@ def test_a_forked_gateway_stops_when_its_worker_dies(tmp_path, free_udp_port, fr
     worker = subprocess.Popen([sys.executable, "-c", WORKER, str(Path(__file__).parent), str(config), str(log)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
-        kind, gateway, server = worker.stdout.readline().split()
+        kind, gateway, server, home = worker.stdout.readline().split()
         assert kind == "ForkedProcess"
         deadline = time.monotonic() + START_S
         while "edge-gateway ready" not in log.read_text():
@@ -89,3 +91,4 @@ def test_a_forked_gateway_stops_when_its_worker_dies(tmp_path, free_udp_port, fr
         assert time.monotonic() < deadline, f"still running 30 s after its worker died\n{log.read_text()}"
         time.sleep(0.1)
     assert "SIGTERM: stopping" in log.read_text()
+    shutil.rmtree(home)     # the zygote's, which its killed worker left

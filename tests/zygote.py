@@ -15,10 +15,12 @@ import json
 import os
 import resource
 import selectors
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -203,7 +205,11 @@ class Zygote:
         here = os.path.dirname(os.path.abspath(__file__))
         code = (f"import sys; sys.path.insert(0, {here!r}); import zygote; del sys.path[0]; "
                 f"zygote.serve({theirs.fileno()}, {os.getpid()})")
-        self.proc = subprocess.Popen([sys.executable, "-c", code], pass_fds=(theirs.fileno(),), env=_ENV_AT_IMPORT,
+        # BAC0's import makes ~/.BAC0 (its log files', which the gateway drops unopened, bacnet_api.device): in a home
+        # of the zygote's own, not the developer's. A forked gateway's test HOME lacks that empty directory
+        self.home = tempfile.mkdtemp(prefix="zygote-home-")
+        self.proc = subprocess.Popen([sys.executable, "-c", code], pass_fds=(theirs.fileno(),),
+                                     env=dict(_ENV_AT_IMPORT, HOME=self.home),
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         theirs.close()
         self.sock, self.buffer, self.lock = ours, b"", threading.RLock()
@@ -221,6 +227,7 @@ class Zygote:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+        shutil.rmtree(self.home, ignore_errors=True)
 
     def _message(self, timeout: float | None) -> dict:
         """The next message, {} if none came within `timeout`; the zygote gone, every child is said killed."""
