@@ -1,7 +1,8 @@
 """A fork server for gateway processes in tests: `python -m ven.cli run` without paying for its imports each time.
 
-The suite starts about 260 gateways, 2.1-2.3 s of CPU each on the 2-core VM, most of it importing bacpypes3,
-openleadr, aiohttp and numpy: 40 % of the suite's CPU. A zygote per test worker imports those once and forks a
+The suite starts over a hundred gateways through GatewayProcess, 2.1-2.3 s of CPU each on the 2-core VM to their
+"ready", most of it importing bacpypes3, openleadr, aiohttp and numpy (a fork: 0.5-0.6 s). A zygote per test worker
+imports those once and forks a
 child per start; the child takes the test's environment, cwd, umask, argv and log as an exec would, then runs
 ven.cli as `-m` runs it. What a fork cannot give the same as an exec (an import-time variable of another value,
 other limits, a prefix command) is left to the exec path (eligible()), and so is a start from a thread other
