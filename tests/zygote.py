@@ -2,11 +2,11 @@
 
 The suite starts over a hundred gateways through GatewayProcess, 2.1-2.3 s of CPU each on the 2-core VM to their
 "ready", most of it importing bacpypes3, openleadr, aiohttp and numpy (a fork: 0.5-0.6 s). A zygote per test worker
-imports those once and forks a
-child per start; the child takes the test's environment, cwd, umask, argv and log as an exec would, then runs
-ven.cli as `-m` runs it. What a fork cannot give the same as an exec (an import-time variable of another value,
-other limits, a prefix command) is left to the exec path (eligible()), and so is a start from a thread other
-than the main one: PR_SET_PDEATHSIG fires when the thread that forked dies, and the zygote outlives the test."""
+imports those once and forks a child per start; the child takes the test's environment, cwd, umask, argv and log as
+an exec would, then runs ven.cli as `-m` runs it. What a fork cannot give the same as an exec (an import-time
+variable of another value, other limits, a prefix command) is left to the exec path (eligible()), and so is a start
+from a thread other than the main one: PR_SET_PDEATHSIG fires when the thread that forked dies, and the zygote
+outlives the test."""
 from __future__ import annotations
 
 import atexit
