@@ -282,7 +282,7 @@ class _Services(PropertyAccess):
     _local_trouble: Callable[[], str | None] | None = None     # harden's
     _cov_kept_for: str | None = None    # the local trouble the COV-kept line was said for, this spell
     _twins: dict[str, str] | None = None   # another device's address answering as this one -> when last heard
-    # harden's: until serve(), a request waits (see indication); None, or dropping at a stop
+    # harden's: until serve(), a request waits (see indication)
     _serving: asyncio.Event | None = None
     _waiting = 0    # requests waiting for serve()
     _said_late = False
@@ -334,10 +334,9 @@ class _Services(PropertyAccess):
         again or says the device is offline), as those still in the socket, and so is every request from now on while
         the answers under way go. Refused (operational-problem), a write was shown failed by the BAS and not sent
         again; unanswered, it is tried again, and the retry reaches the next start."""
-        serving, self._serving = self._serving, None
         self._stopping = True
-        if serving is not None and not serving.is_set():
-            serving.set()
+        if self._serving is not None:
+            self._serving.set()     # the waiting requests see _stopping, and return
 
     async def _held(self, apdu: Any) -> bool:
         """Whether a request that came before serve() is to be carried out: the socket is open from the first moment
@@ -354,7 +353,7 @@ class _Services(PropertyAccess):
             await self._serving.wait()
         finally:
             self._waiting -= 1
-        if self._serving is None:
+        if self._stopping:
             return False
         if transaction is not None and transaction.state != AWAIT_RESPONSE:
             # the stack ended its transaction after its applicationTimeout, with no answer to the BAS: carried out
