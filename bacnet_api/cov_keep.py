@@ -3,7 +3,9 @@ device (the stack holds them in memory only, and a BAS that subscribed with life
 
 `subscriptions(device)` lists them as dicts, `restore(device, kept)` puts them back (each notified at once, as a new
 subscription is) and `on_change(device, callback)` calls `callback()` whenever one is added, renewed, cancelled or
-runs out. Restored ones take their place within the shares a SubscribeCOV is held to (services.py)."""
+runs out. Restored ones take their place within the shares a SubscribeCOV is held to (services.py). `note_requests`
+keeps restore() from putting back one the subscriber has subscribed to, renewed or cancelled since (a restore after the
+device has served a while), and `summary(device)` is what an operator is shown of them."""
 from __future__ import annotations
 
 import asyncio
@@ -26,6 +28,10 @@ OTHER_DEVICE = "to another device instance (bacnet.device_id changed)"
 NO_ROOM = "past the device's or its source's share of subscriptions"
 OWN_ADDRESS = "naming the device's own address"
 TAKEN = "already held again"
+SINCE = "cancelled (or renewed, then run out) by the subscriber since the start"
+# requests note_requests() notes at most: the file keeps no more than the device holds (MAX_COV_SUBSCRIPTIONS), and a
+# flood of cancellations from made-up sources must not grow memory without bound
+NOTED_AT_MOST = 1000
 
 _FIELDS = {"recipient": str, "process": int, "object": str, "object_name": str, "device": int, "confirmed": bool,
            "lifetime": int}
@@ -59,6 +65,21 @@ def subscriptions(device: Any) -> list[dict]:
             "router": _router_to(app, cov.client_addr),
         })
     return listed
+
+
+def summary(device: Any) -> dict:
+    """{"count": how many subscriptions the device holds, "subscribers": [{"address": the recipient, "objects": how
+    many, "shortest_remaining_seconds": the soonest to run out (None: all indefinite)}], most objects first}."""
+    if not device.running:
+        return {"count": 0, "subscribers": []}
+    by_address: dict[str, list] = {}
+    for sub in subscriptions(device):
+        by_address.setdefault(sub["recipient"], []).append(sub["remaining"])
+    subscribers = [{"address": address, "objects": len(left),
+                    "shortest_remaining_seconds": min((round(r, 1) for r in left if r is not None), default=None)}
+                   for address, left in by_address.items()]
+    subscribers.sort(key=lambda s: (-s["objects"], s["address"]))
+    return {"count": sum(s["objects"] for s in subscribers), "subscribers": subscribers}
 
 
 def check(kept: Any) -> list[dict]:
@@ -108,6 +129,7 @@ async def restore(device: Any, kept: list[dict]) -> Counter:
     added). Returns {why not: how many} of those not restored (one of the constants above)."""
     app = _watched(device.app)     # a restored one gives way (_give_way)
     loop = asyncio.get_running_loop()
+    asked = app._cov_asked or set()
     await _routes(app, kept)
     instance = int(app.device_object.objectIdentifier[1])
     left: Counter = Counter()
@@ -126,6 +148,9 @@ async def restore(device: Any, kept: list[dict]) -> Counter:
         if any((c.client_addr, c.proc_id, c.obj_id) == (address, sub["process"], obj_id)
                for c in app._cov_subscriptions()):
             left[TAKEN] += 1    # the subscriber came back first, with its own parameters
+            continue
+        if (str(address), sub["process"], str(obj_id)) in asked:
+            left[SINCE] += 1    # its last word since the start was a cancellation, or a lifetime that ran out
             continue
         forwarder = sub.get("forwarded_by")
         holder = (_held_in_forwards(forwarder), False) if forwarder else (str(address), app._listed(address))
@@ -172,6 +197,14 @@ def _router_to(app: Any, address: Any) -> str | None:
     return None
 
 
+def note_requests(device: Any, on: bool) -> None:
+    """From now (`on`) until off, which forgets them: which subscriptions the subscribers subscribe to, renew or cancel.
+    A subscription kept from before the restart that its subscriber cancelled meanwhile (answered as any cancellation
+    of one the device does not hold) must not come back at a later restore(), nor one it renewed for a while that ran
+    out since."""
+    _watched(device.app)._cov_asked = set() if on else None
+
+
 def on_change(device: Any, callback: Callable[[], None] | None) -> None:
     """Call `callback()` (None: nothing) whenever a subscription is added, renewed, cancelled or runs out."""
     _watched(device.app)._cov_changed = callback
@@ -191,6 +224,7 @@ def _watched(app: Any) -> Any:
 
 class _Watched:
     _cov_changed: Callable[[], None] | None = None
+    _cov_asked: set | None = None   # note_requests(): (recipient, process, object) as text
 
     async def do_SubscribeCOVRequest(self, apdu: Any) -> None:
         key = (apdu.pduSource, apdu.subscriberProcessIdentifier, apdu.monitoredObjectIdentifier)
@@ -200,6 +234,8 @@ class _Watched:
         if not same and apdu.issueConfirmedNotifications is not None:
             self._give_way(apdu)
         await super().do_SubscribeCOVRequest(apdu)    # refused: it raised, and nothing changed
+        if self._cov_asked is not None and len(self._cov_asked) < NOTED_AT_MOST:
+            self._cov_asked.add((str(key[0]), int(key[1]), str(key[2])))
         _changed(self)
 
     def _give_way(self, apdu: Any) -> None:

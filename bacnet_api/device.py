@@ -22,6 +22,7 @@ from bacpypes3.local.cmd import Commandable
 from bacpypes3.pdu import GlobalBroadcast
 from bacpypes3.primitivedata import Real
 
+from . import cov_keep
 from .bug_guard import BugGuard
 from .client import BIP_MAX_APDU, ensure_port_free, stop_transactions, to_plain
 from .objects import (
@@ -329,6 +330,11 @@ class GatewayDevice:
     def cov_refusing(self) -> str | None:
         """A spell of SubscribeCOV refusals the log said began and has not said ended, or None."""
         return self.app.cov_refusing() if self._bacnet is not None else None
+
+    def cov_subscriptions(self) -> dict:
+        """The COV subscriptions it holds, for an operator: cov_keep.summary()'s {"count", "subscribers": [{"address",
+        "objects", "shortest_remaining_seconds"}]}."""
+        return cov_keep.summary(self)
 
     def foreign_device(self) -> dict | None:
         """The registration with `bacnet.bbmd_address`: {"bbmd", "ttl_seconds", "registered", "why_not"}; None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 import pytest
 from bacpypes3.pdu import Address
@@ -262,3 +263,52 @@ async def test_the_start_says_how_many_and_why_not_in_one_line(gateway, peer, st
                     "device no longer serves; 1 ran out while the gateway was down)"], said
     # what was not restored is not kept either
     assert [s["process"] for s in json.loads(storage.load_value(COV_SUBSCRIPTIONS))["subscriptions"]] == [1]
+
+
+async def test_a_late_open_merges_the_kept_ones_with_what_the_bas_asked_since(gateway, peer, tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    from test_faults_storage import cover, tmpfs, uncover
+
+    me, addr = recipient(peer), where(gateway)
+    with tmpfs(tmp_path / "data", "rw,size=8m") as data:
+        before = Storage(data / "gw.sqlite")
+        before.save_value(COV_SUBSCRIPTIONS, encode([kept(me, 1), kept(me, 2)], time.time()))
+        before.close()
+        cover(data)
+        storage = Storage(data / "gw.sqlite", reopen_seconds=0.1)
+        try:
+            opened = []
+            storage.on_late_open = opened.append
+            keeper = CovKeeper(gateway, storage)
+            assert await keeper.start() == 0
+            # the BAS cancels 2, which it held before the restart, and subscribes to 3
+            for apdu in (subscribe(addr, "analogValue,4", 2), subscribe(addr, "analogValue,4", 3, False, 0)):
+                assert type(await request(peer, apdu)).__name__ == "SimpleAckPDU"
+            keeper.save()   # into memory, written over the file's as it opens
+            uncover(data)
+            await eventually(lambda: storage.flush() or opened, 5, "storage.path opened")
+            assert await keeper.late(opened[0].get(COV_SUBSCRIPTIONS)) == 1
+            assert sorted(s["process"] for s in cov_keep.subscriptions(gateway)) == [1, 3]
+            assert [s["process"] for s in json.loads(storage.load_value(COV_SUBSCRIPTIONS))["subscriptions"]] == [3, 1]
+            # once: a second open (or a keeper whose file was open at its start) puts nothing back again
+            assert await keeper.late(opened[0].get(COV_SUBSCRIPTIONS)) == 0
+            await keeper.stop()
+        finally:
+            storage.close()
+    said = [r.getMessage() for r in caplog.records if r.name == "ven.cov_restore"]
+    assert said == ["BACnet COV subscriptions restored from before the restart (storage.path opened late): 1 (not "
+                    "restored: 1 cancelled (or renewed, then run out) by the subscriber since the start)"], said
+
+
+async def test_the_operator_sees_each_subscriber_its_objects_and_the_soonest_to_run_out(gateway, peer):
+    assert cov_keep.summary(gateway) == {"count": 0, "subscribers": []}
+    addr = where(gateway)
+    for apdu in (subscribe(addr, "analogValue,4", 1, False, 0), subscribe(addr, "binaryValue,4", 2, False, 600)):
+        assert type(await request(peer, apdu)).__name__ == "SimpleAckPDU"
+    # and one restored for a subscriber that has not come back: indefinite only
+    assert await cov_keep.restore(gateway, [kept("127.0.0.1:47999", 1)]) == {}
+    shown = gateway.cov_subscriptions()
+    assert shown["count"] == 3
+    [bas, other] = shown["subscribers"]
+    assert (bas["address"], bas["objects"]) == (recipient(peer), 2) and 590 < bas["shortest_remaining_seconds"] <= 600
+    assert other == {"address": "127.0.0.1:47999", "objects": 1, "shortest_remaining_seconds": None}

@@ -7,20 +7,26 @@ import json
 import sqlite3
 import time
 
+import aiohttp
 import pytest
 from bacnet_peer import BacnetPeer
 from bacpypes3.apdu import SubscribeCOVRequest
 from bacpypes3.pdu import Address
 from bacpypes3.primitivedata import ObjectIdentifier
 from gateway_process import START_S, GatewayProcess, write_config
+from test_cov_keep import kept
+from test_faults_storage import cover, tmpfs, uncover
 from waiting import eventually
 
 from bacnet_api import points as P
 from bacnet_api.client import to_plain
+from ven.cov_restore import COV_SUBSCRIPTIONS, encode
+from ven.storage import Storage
 
 pytestmark = pytest.mark.timeout(300)    # two gateway process starts, each given START_S
 
-DEVICE = "device 500001"     # write_config's bacnet.device_id
+DEVICE_ID = 500001      # write_config's bacnet.device_id
+DEVICE = f"device {DEVICE_ID}"
 
 
 def oid(text: str) -> ObjectIdentifier:
@@ -101,4 +107,78 @@ async def test_cov_subscriptions_survive_a_restart_and_are_notified_without_subs
         gateway.stop()
     text = gateway.log()
     assert text.count("BACnet COV subscriptions restored from before the restart: 2") == 1, text[-3000:]
+    assert "Traceback" not in text, text
+
+
+async def api(http_port: int, path: str) -> str:
+    async with aiohttp.ClientSession() as session, \
+            session.get(f"http://127.0.0.1:{http_port}{path}", timeout=aiohttp.ClientTimeout(total=5)) as resp:
+        return await resp.text()
+
+
+@pytest.mark.timeout(int(START_S) + 90)
+async def test_kept_subscriptions_come_back_when_storage_opens_late_merged_with_the_bas_requests_since(
+        tmp_path, free_udp_port, free_tcp_port):
+    # The gateway restarts before the data volume is mounted: the subscriptions storage.path kept were never put back,
+    # and those the BAS made meanwhile were written over them once it opened.
+    bacnet_port, http_port = free_udp_port(), free_tcp_port()
+    gw, log_path = f"127.0.0.1:{bacnet_port}", tmp_path / "gateway.log"
+    level, opt_out = P.BY_NAME[P.EVENT_LEVEL].object_id, P.BY_NAME[P.OPT_OUT].object_id
+    level_kept, opt_out_kept = ("analog-value,4", P.EVENT_LEVEL), ("binary-value,4", P.OPT_OUT)
+    async with BacnetPeer(free_udp_port(), timeout=2.0) as peer:
+        me = peer.address.replace("/8", "")
+        with tmpfs(tmp_path / "data", "rw,size=8m") as data:
+            storage = data / "gw.sqlite"
+            before = Storage(storage)
+            before.save_value(COV_SUBSCRIPTIONS, encode([
+                kept(me, 21, level_kept, confirmed=True, device=DEVICE_ID),     # indefinite: comes back
+                # the BAS subscribes to it again meanwhile, with its own lifetime
+                kept(me, 22, opt_out_kept, lifetime=3600, remaining=3000.0, device=DEVICE_ID),
+                kept(me, 23, level_kept, device=DEVICE_ID),     # the BAS cancels it meanwhile
+                kept(me, 24, opt_out_kept, lifetime=60, remaining=1.0, device=DEVICE_ID),   # runs out before it opens
+            ], time.time()))
+            before.close()
+            cover(data)
+            config = tmp_path / "gw.toml"
+            write_config(config, bacnet_port=bacnet_port, http_port=http_port, storage=storage,
+                         ven_name="cov-late", storage_retry_seconds=1)
+            # the BAS's context for 21, which it subscribed to before the restart and never again
+            forever = peer.app.change_of_value(Address(gw), oid(level), 21, True, 0)
+            peer.app._cov_contexts[forever.address, 21] = forever
+            with GatewayProcess(config, log_path) as gateway:
+                await eventually(lambda: peer.read(gw, DEVICE, "objectName"), START_S, "the device answers")
+                for process, obj, confirmed, lifetime in ((22, opt_out, False, 300), (25, level, False, 0)):
+                    await asyncio.wait_for(peer.app.request(SubscribeCOVRequest(
+                        subscriberProcessIdentifier=process, destination=Address(gw),
+                        monitoredObjectIdentifier=oid(obj), issueConfirmedNotifications=confirmed,
+                        lifetime=lifetime)), 5)
+                await asyncio.wait_for(peer.app.request(SubscribeCOVRequest(     # a cancellation
+                    subscriberProcessIdentifier=23, destination=Address(gw), monitoredObjectIdentifier=oid(level))), 5)
+                assert sorted(await listed(peer, gw)) == [22, 25]
+                # kept in memory a second after the last change (cov_restore.SAVE_AFTER_S), to go to the file once it
+                # opens: what was written over the file's kept ones
+                await asyncio.sleep(1.5)
+                uncover(data)
+                # the kept one back, notified at once
+                assert await next_value(forever, 15) == 0.0
+                subs = await listed(peer, gw)
+                assert sorted(subs) == [21, 22, 25], subs
+                assert subs[21] == ("analog-value,4", True, 0)
+                assert subs[22][:2] == ("binary-value,4", False) and 0 < subs[22][2] <= 300, subs  # the BAS's own
+                status = json.loads(await api(http_port, "/api/status"))["device"]["cov_subscriptions"]
+                assert status["count"] == 3, status
+                [subscriber] = status["subscribers"]
+                assert subscriber["address"] == me and subscriber["objects"] == 3, status
+                assert 0 < subscriber["shortest_remaining_seconds"] <= 300, status
+                assert "\nedge_gateway_bacnet_cov_subscriptions 3.0\n" in await api(http_port, "/metrics")
+                await eventually(lambda: stored(storage) == [21, 22, 25], 10, "the merge kept")
+                assert gateway.stop() == 0
+            assert stored(storage) == [21, 22, 25]
+    text = log_path.read_text()
+    said = [line for line in text.splitlines() if "BACnet COV subscriptions restored" in line]
+    assert len(said) == 1, said
+    assert said[0].endswith(
+        "BACnet COV subscriptions restored from before the restart (storage.path opened late): 1 (not restored: "
+        "1 already held again; 1 cancelled (or renewed, then run out) by the subscriber since the start; 1 ran out "
+        "before storage.path opened)"), said
     assert "Traceback" not in text, text

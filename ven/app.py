@@ -30,7 +30,7 @@ from .cert_expiry import CertWatch
 from .clock_sync import SyncWatch, metric_value
 from .config import GatewayConfig
 from .config_checks import memory_limit_warnings
-from .cov_restore import CovKeeper
+from .cov_restore import COV_SUBSCRIPTIONS, CovKeeper
 from .device_restore import BACNET_DATABASE, count_database_revision, restore_commands, served
 from .level_log import LevelLog
 from .logs import RecentLog
@@ -197,6 +197,7 @@ class Gateway:
                                  units=c.meter.units or None, settle_seconds=c.meter.settle_seconds)
         self._stack = []
         self._late_restore: asyncio.Task | None = None
+        self._cov_keeper: CovKeeper | None = None    # once started: the BAS's COV subscriptions kept in storage.path
         self._looking: asyncio.Task | None = None
         # bas-shed-power's commands as storage.path holds them, and when they were written (monotonic): _keep_shed
         self._shed_kept: dict[int, float] = {}
@@ -284,7 +285,8 @@ class Gateway:
         await self._start(self.schedule)
         # last before serve: the first notifications say the set-up values, and go out before a SubscribeCOV that
         # waited for serve() is carried out; stopped after the parts started later, keeping what changed until then
-        await self._start(CovKeeper(self.device, self.storage))
+        self._cov_keeper = CovKeeper(self.device, self.storage)
+        await self._start(self._cov_keeper)
         self.device.serve()     # the event state is in the points; the forecast's come with its first cycle
         await _in_daemon_thread(_import_slow_parts)
         if self.device.get(P.OPT_OUT):
@@ -332,7 +334,8 @@ class Gateway:
                 await at_most(self._late_restore, LATE_RESTORE_WAIT_S)
             await cancel_and_wait(self._late_restore)
         except Exception as err:  # noqa: BLE001 - its failure must not keep the rest running
-            log.warning("restoring ADR-Opt-Out after the storage opened late: %s", err)
+            log.warning("restoring ADR-Opt-Out, bas-shed-power and COV subscriptions after the storage opened late: %s",
+                        err)
         if self.device.running:
             self._keep_shed()      # a kW the BAS changed within SHED_SAVE_S of the last one kept
         elif self._shed_save is not None:
@@ -595,17 +598,24 @@ class Gateway:
 
     def _storage_opened_late(self, values: dict[str, str]) -> None:
         saved_opt_out, saved_shed = values.get(OPT_OUT_COMMANDS), values.get(SHED_COMMANDS)
-        if saved_opt_out or saved_shed:
+        saved_cov = values.get(COV_SUBSCRIPTIONS)
+        # the COV keeper's merge runs with nothing saved too: it then stops noting what the BAS asks
+        if saved_opt_out or saved_shed or self._cov_keeper is not None:
             self._late_restore = asyncio.get_running_loop().create_task(
-                self._restore_late(saved_opt_out, saved_shed, served(values.get(BACNET_DATABASE), P.SHED_POWER)))
+                self._restore_late(saved_opt_out, saved_shed, served(values.get(BACNET_DATABASE), P.SHED_POWER),
+                                   saved_cov))
 
-    async def _restore_late(self, saved_opt_out: str | None, saved_shed: str | None, shed_served: bool) -> None:
+    async def _restore_late(self, saved_opt_out: str | None, saved_shed: str | None, shed_served: bool,
+                            saved_cov: str | None = None) -> None:
         if saved_opt_out:
             await self._restore_opt_out(saved_opt_out, late=True)
         if await restore_commands(self.device, self.storage, P.SHED_POWER, saved_shed, late=True,
                                   served_before=shed_served):
             self._shed_kept = self.device.commands(P.SHED_POWER)    # the merge, which the restore wrote
             self._tell_shed()
+        # last: the restored subscriptions' first notifications say the commands restored above
+        if self._cov_keeper is not None:
+            await self._cov_keeper.late(saved_cov)
 
     async def _restore_opt_out(self, saved: str | None, late: bool = False) -> None:
         await restore_commands(self.device, self.storage, P.OPT_OUT, saved, late)
@@ -832,6 +842,8 @@ class Gateway:
                        "foreign_device": self.device.foreign_device(),
                        # other devices answering as this instance: a configuration copied to a second box
                        "twins": self.device.twins(),
+                       # the BAS's COV subscriptions (kept across restarts): how many, and each subscriber's
+                       "cov_subscriptions": self.device.cov_subscriptions(),
                        # bacnet.write_from: who may write, how many writes it refused, the last one
                        **self.device.write_refusals()},
             "points": self.device.snapshot(),
@@ -929,6 +941,7 @@ class Gateway:
         self.metrics.bacnet_initiation_disabled.set(int(self.device.communication()["mode"] != "enable"))
         self.metrics.bbmd_registration_failing.set(int(self.device.foreign_fault() is not None))
         self.metrics.bacnet_address_missing.set(int(self.device.own_address.problem is not None))
+        self.metrics.bacnet_cov_subscriptions.set(self.device.cov_subscriptions()["count"])
         for bug in self._bug_guards():
             self.metrics.job_failing.labels(what=bug.what).set(int(bug.failing))
         self.metrics.forecast_input_stale.set(int(self.forecast.input_stale()))

@@ -21,6 +21,7 @@ COV_SUBSCRIPTIONS = "bacnet_cov_subscriptions"
 # a BAS subscribing to (or renewing) every point sends one request a point, in one scan: one write for them all
 SAVE_AFTER_S = 1.0
 RAN_OUT = "ran out while the gateway was down"
+RAN_OUT_LATE = "ran out before storage.path opened"
 
 
 def encode(subscriptions: list[dict], now: float) -> str:
@@ -65,11 +66,35 @@ class CovKeeper:
         self.device = device
         self.storage = storage
         self._save: asyncio.TimerHandle | None = None
+        self._waiting = False   # for storage.path to open, to put back what it keeps (late())
 
     async def start(self) -> int:
         """Put back the subscriptions storage.path holds (call before the device serves: their first notifications go
         out as the loop turns), then follow their changes. Returns how many were restored."""
         saved = self.storage.load_value(COV_SUBSCRIPTIONS)
+        restored = await self._restore(saved)
+        cov_keep.on_change(self.device, self._changed)
+        # storage.path not there yet (a data volume mounted after the start): what it keeps is put back once it opens
+        # (late()), and what the BAS asks meanwhile is its last word on each subscription. A file read read-only now
+        # gave what it keeps already.
+        self._waiting = self.storage.conn is None and not saved
+        if self._waiting:
+            cov_keep.note_requests(self.device, True)
+        return restored
+
+    async def late(self, saved: str | None) -> int:
+        """storage.path opened after the start holding `saved` (before memory's value was written over it): what it
+        kept is put back as a start does, its lifetimes counted to now, merged with the subscriptions the BAS made
+        since (one it holds, renewed or cancelled since is as it left it), and the merge kept. Returns how many."""
+        if not self._waiting or not self.device.running:
+            return 0
+        self._waiting = False
+        try:
+            return await self._restore(saved, late=True)
+        finally:
+            cov_keep.note_requests(self.device, False)
+
+    async def _restore(self, saved: str | None, late: bool = False) -> int:
         restored = 0
         try:
             kept, ran_out = decode(saved, time.time()) if saved else ([], 0)
@@ -80,17 +105,17 @@ class CovKeeper:
         else:
             left = await cov_keep.restore(self.device, kept)
             restored = len(kept) - sum(left.values())
-            left[RAN_OUT] += ran_out
+            left[RAN_OUT if not late else RAN_OUT_LATE] += ran_out
             if kept or ran_out:
-                self._said(restored, left)
+                self._said(restored, left, late)
             self.save()    # those not restored are not kept either (what could not be read stays until a change)
-        cov_keep.on_change(self.device, self._changed)
         return restored
 
     @staticmethod
-    def _said(restored: int, left: Counter) -> None:
+    def _said(restored: int, left: Counter, late: bool) -> None:
         not_restored = "; ".join(f"{n} {why}" for why, n in left.most_common() if n)
-        log.info("BACnet COV subscriptions restored from before the restart: %d%s", restored,
+        log.info("BACnet COV subscriptions restored from before the restart%s: %d%s",
+                 " (storage.path opened late)" if late else "", restored,
                  f" (not restored: {not_restored})" if not_restored else "")
 
     def _changed(self) -> None:

@@ -101,6 +101,10 @@ class Metrics:
                                             "1 while the machine lacks what bacnet.address names (its IP, the "
                                             "broadcast address of its mask, the interface's link): the BAS reaches "
                                             "no point and the meter is not read", registry=r)
+        self.bacnet_cov_subscriptions = Gauge(f"{p}_bacnet_cov_subscriptions",
+                                              "COV subscriptions the BACnet device holds (kept across restarts): a BAS "
+                                              "whose graphics take live values has one per point it shows; 0 after "
+                                              "a restart, a BAS that no longer gets them", registry=r)
         # a job failing on a bug: the forecast cycle's leaves the forecast points in fault to the BAS, the event
         # schedule's its level; an alert needs a series, beside /healthz and /api/status bugs
         self.job_failing = Gauge(f"{p}_job_failing",
