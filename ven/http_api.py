@@ -21,7 +21,9 @@ GET /api/status -> view.status(), a dict shaped like:
       "clock_suspect": false, "clock_behind_last_read": null, "clock_synchronized": true,
       "clock_max_error_ms": 12.5, "clock_warning": null,
       "device": {"device_id": 500001, "name": "EdgeGateway", "address": "192.168.1.20/24:47808",
-                 "communication": {...}, "foreign_device": null, "twins": [...], "write_from": [...], ...},
+                 "communication": {...}, "foreign_device": null, "twins": [...], "write_from": [...],
+                 "cov_subscriptions": {"count": 16, "subscribers": [{"address": "192.168.1.9:47808", "objects": 16,
+                                                                     "shortest_remaining_seconds": null}]}, ...},
       "points": {                                    # every BACnet point, keyed by name, in table order
         "meter-power": {"object": "analogValue 6", "value": 96.4, "units": "kilowatts", "access": "read-only",
                         "description": "...", "reliability": "noFaultDetected",
