@@ -92,3 +92,112 @@ def test_a_forked_gateway_stops_when_its_worker_dies(tmp_path, free_udp_port, fr
         time.sleep(0.1)
     assert "SIGTERM: stopping" in log.read_text()
     shutil.rmtree(home)     # the zygote's, which its killed worker left
+
+
+# --- run_cli / run_module (tests/cli_run.py): a command forked from the zygote ends as its exec would ---
+
+# a module run by `-m` in each way, from the test's tmp_path: what each case prints and how it ends
+EXITS = r"""
+import os, signal, sys, time
+case = sys.argv[1]
+if case == "where":     # -m's __main__, argv and path, and what the child was given
+    print(__name__, __spec__.name, sys.argv, sys.path[0], os.getcwd(), os.environ.get("ZYGOTE_TEST"),
+          oct(os.umask(0)), sorted(os.listdir("/proc/self/fd")), sys.stdin.read(), sep="\n")
+elif case == "buffered":     # stdout a pipe: flushed at the exit, after stderr's lines
+    print("out 1"); print("err 1", file=sys.stderr); print("out 2", end="")
+elif case == "exit":
+    print("said", end=""); sys.exit(int(sys.argv[2]))
+elif case == "exit text":
+    sys.exit("why it ended")
+elif case == "raise":
+    raise ValueError("bad")
+elif case == "interrupt":
+    raise KeyboardInterrupt
+elif case == "signal":
+    print("before", flush=True); os.kill(os.getpid(), signal.SIGTERM); time.sleep(30)
+elif case == "sleep":
+    print("started", flush=True); time.sleep(60)
+elif case == "newlines":
+    sys.stdout.buffer.write("a\r\nb\rc \u00e9\n".encode())
+"""
+
+
+@pytest.fixture
+def exits(tmp_path, monkeypatch):
+    (tmp_path / "exits.py").write_text(EXITS)
+    monkeypatch.setenv("ZYGOTE_TEST", "set after the zygote's start")
+    return tmp_path
+
+
+def _both(exits, *args, **kwargs) -> tuple:
+    """(exec'd, forked) subprocess.CompletedProcess of `python -m exits ARGS`."""
+    from cli_run import run_module
+
+    execd = subprocess.run([sys.executable, "-m", "exits", *args], cwd=exits, text=True, timeout=60,
+                           **{"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **kwargs})
+    forked = run_module("exits", args, cwd=exits, timeout=60, **kwargs)
+    assert zygote._zygote is not None and zygote._zygote.ready
+    return execd, forked
+
+
+@pytest.mark.parametrize("args", [["buffered"], ["exit", "0"], ["exit", "3"], ["exit", "300"], ["exit text"],
+                                  ["raise"], ["interrupt"], ["signal"], ["newlines"]])
+def test_a_forked_command_ends_and_says_as_its_exec(exits, args):
+    execd, forked = _both(exits, *args)
+    assert (forked.returncode, forked.stdout, forked.stderr) == (execd.returncode, execd.stdout, execd.stderr)
+    assert forked.args == execd.args
+
+
+def test_a_forked_command_runs_as_m_in_its_cwd_environment_and_umask_with_only_its_own_fds(exits):
+    mask = os.umask(0o027)
+    try:
+        execd, forked = _both(exits, "where", input="to stdin")
+    finally:
+        os.umask(mask)
+    assert forked.returncode == execd.returncode == 0, forked.stderr
+    assert forked.stdout == execd.stdout, (forked.stdout, execd.stdout)
+    assert f"\n{exits}\n{exits}\nset after the zygote's start\n0o27\n['0', '1', '2', '3']\nto stdin\n" in forked.stdout
+    server = zygote._zygote.proc.pid
+    held = sorted(os.listdir(f"/proc/{server}/fd"))
+    assert _both(exits, "exit", "0")[1].stdout == "said"
+    assert sorted(os.listdir(f"/proc/{server}/fd")) == held     # the pipes passed to it closed there
+
+
+@pytest.mark.parametrize("unbuffered", ["1", None])
+def test_a_forked_commands_stdout_is_buffered_as_its_execs(exits, monkeypatch, unbuffered):
+    # PYTHONUNBUFFERED, read as the interpreter starts: a zygote of each value (the worker's, or one for the test)
+    own = os.environ.get("PYTHONUNBUFFERED") != unbuffered
+    if own:
+        if unbuffered:
+            monkeypatch.setenv("PYTHONUNBUFFERED", unbuffered)
+        else:
+            monkeypatch.delenv("PYTHONUNBUFFERED")
+        monkeypatch.setattr(zygote, "_ENV_AT_IMPORT", dict(os.environ))
+        monkeypatch.setattr(zygote, "_zygote", None)
+    try:
+        execd, forked = _both(exits, "buffered", stderr=subprocess.STDOUT)
+    finally:
+        if own and zygote._zygote:
+            zygote._zygote.close()
+    # a pipe: stdout's lines at the exit, after stderr's (line-buffered), unless unbuffered
+    assert forked.stdout == execd.stdout == ("out 1\nerr 1\nout 2" if unbuffered else "err 1\nout 1\nout 2")
+
+
+def test_a_forked_command_past_its_timeout_is_killed(exits):
+    from cli_run import run_module
+
+    with pytest.raises(subprocess.TimeoutExpired) as raised:
+        run_module("exits", ["sleep"], cwd=exits, timeout=5)
+    assert raised.value.output == b"started\n" and raised.value.timeout == 5
+    assert raised.value.cmd == [sys.executable, "-m", "exits", "sleep"]
+    assert not zygote._zygote.children     # reaped: killed, not left sleeping
+
+
+def test_a_command_with_another_import_time_environment_is_execd(exits, monkeypatch):
+    from cli_run import run_cli
+
+    assert run_cli(["--version"], timeout=60).returncode == 0   # the zygote up: only the environment decides
+    monkeypatch.setattr(zygote.Zygote, "start", lambda *_, **__: pytest.fail("forked"))
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")
+    res = run_cli(["check-config", str(exits / "absent.toml")], timeout=60)
+    assert res.returncode == 2 and "absent.toml: no such file" in res.stderr, res

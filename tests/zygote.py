@@ -81,7 +81,7 @@ def serve(fd: int, parent: int) -> None:
     selector = selectors.DefaultSelector()
     selector.register(sock, selectors.EVENT_READ)
     selector.register(wake_r, selectors.EVENT_READ)
-    buffer = b""
+    buffer, passed = b"", []     # passed: fds sent with requests (run_cli's pipes), in the order they came
     while True:
         for key, _ in selector.select():
             if key.fileobj == wake_r:
@@ -92,15 +92,22 @@ def serve(fd: int, parent: int) -> None:
                     except BlockingIOError:
                         break
             else:
-                data = sock.recv(65536)
+                data, fds, flags, _ = socket.recv_fds(sock, 65536, 16, socket.MSG_CMSG_CLOEXEC)
+                if flags & socket.MSG_CTRUNC:
+                    raise RuntimeError("fds passed over the limit")
                 if not data:    # the worker closed it or died: the children follow by their PDEATHSIG
                     return
                 buffer += data
+                passed += fds
                 while b"\n" in buffer:
                     line, buffer = buffer.split(b"\n", 1)
+                    req = json.loads(line)
+                    stdio, passed = passed[:req.get("fds", 0)], passed[req.get("fds", 0):]
                     pid = os.fork()
                     if pid == 0:
-                        _child(json.loads(line), sock, (wake_r, wake_w))
+                        _child(req, stdio, sock, (wake_r, wake_w, selector, *passed))
+                    for fd in stdio:    # the child's now: held here, its pipes would never reach EOF
+                        os.close(fd)
                     sock.sendall(json.dumps({"started": pid}).encode() + b"\n")
         # every start's exit status, as Popen's wait would take it
         while True:
@@ -113,7 +120,9 @@ def serve(fd: int, parent: int) -> None:
             sock.sendall(json.dumps({"exited": pid, "code": os.waitstatus_to_exitcode(status)}).encode() + b"\n")
 
 
-def _child(req: dict, sock: socket.socket, fds: tuple) -> None:
+def _child(req: dict, stdio: list[int], sock: socket.socket, zygotes: tuple) -> None:
+    """stdio: the child's stdin, stdout and stderr (run_cli's), else it appends both outputs to req["log"].
+    zygotes: what the zygote holds open, closed here as an exec's close_fds would."""
     code = 127
     try:
         # as the exec path's preexec_fn: the gateway ends when its parent (the zygote, so the worker) does
@@ -121,12 +130,22 @@ def _child(req: dict, sock: socket.socket, fds: tuple) -> None:
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         sock.close()
-        for fd in fds:
+        for fd in zygotes:
+            if isinstance(fd, int):
+                os.close(fd)
+            else:
+                fd.close()
+        if not stdio:
+            log = os.open(req["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+            stdio = [os.open(os.devnull, os.O_RDONLY), log, os.dup(log)]
+        for target, fd in enumerate(stdio):
+            os.dup2(fd, target)
+        for fd in set(stdio):
             os.close(fd)
-        log = os.open(req["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-        os.dup2(log, 1)
-        os.dup2(log, 2)
-        os.close(log)
+        # as the interpreter sets them up at its start: a terminal's stdout is line-buffered, any other's is not
+        sys.stdout.reconfigure(line_buffering=os.isatty(1))
+        if "numpy.random" in sys.modules:   # its global generator, seeded at import: every child's the same
+            sys.modules["numpy.random"].seed()
         os.chdir(req["cwd"])
         os.umask(req["umask"])
         os.environ.clear()
@@ -146,6 +165,7 @@ def _run_as_main(module: str) -> int:
     """`python -m module`, to the exit code the interpreter would give."""
     import runpy
 
+    interrupted = False
     try:
         runpy._run_module_as_main(module)
         code = 0
@@ -153,9 +173,12 @@ def _run_as_main(module: str) -> int:
         code = exit.code if isinstance(exit.code, int) else 0 if exit.code is None else 1
         if not isinstance(exit.code, (int, type(None))):
             print(exit.code, file=sys.stderr)
-    except BaseException:  # noqa: BLE001 - said as the interpreter says it
-        sys.excepthook(*sys.exc_info())
+    except BaseException as error:  # noqa: BLE001 - said as the interpreter says it, from runpy's frame on
+        error.__traceback__ = error.__traceback__.tb_next
+        sys.excepthook(type(error), error, error.__traceback__)
         code = 1
+        # the interpreter's end for it: the traceback, then SIGINT's default
+        interrupted = isinstance(error, KeyboardInterrupt)
     # the interpreter's exit: non-daemon threads joined, then atexit (logging's flush), then the streams
     threading._shutdown()
     atexit._run_exitfuncs()
@@ -163,8 +186,19 @@ def _run_as_main(module: str) -> int:
         try:
             stream.flush()
         except (OSError, ValueError):
-            pass
+            if stream is sys.stdout:    # e.g. a reader gone: "Exception ignored ... BrokenPipeError", exit 120
+                sys.unraisablehook(_Unraisable(sys.exc_info()))
+                code = code or 120
+    if interrupted:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
     return code & 0xFF
+
+
+class _Unraisable:
+    def __init__(self, info):
+        self.exc_type, self.exc_value, self.exc_traceback = info
+        self.err_msg, self.object = "Exception ignored in", sys.stdout
 
 
 # --- the test worker's side ---
@@ -259,11 +293,14 @@ class Zygote:
                     return
                 timeout = 0
 
-    def start(self, module: str, args: list[str], env: dict, log_path) -> ForkedProcess:
+    def start(self, module: str, args: list[str], env: dict, *, log_path=None, stdio=(), cwd=None) -> ForkedProcess:
+        """Both outputs appended to log_path, or stdio: the child's fds 0, 1 and 2, sent to the zygote with the
+        request and closed there once the child has them (the caller closes its own)."""
+        req = {"module": module, "args": args, "env": env, "cwd": os.path.abspath(cwd or os.getcwd()),
+               "umask": _umask(), "zygote": self.proc.pid}
+        req.update({"fds": len(stdio)} if stdio else {"log": str(log_path)})
         with self.lock:
-            self.sock.sendall(json.dumps({"module": module, "args": args, "env": env, "cwd": os.getcwd(),
-                                          "umask": _umask(), "log": str(log_path),
-                                          "zygote": self.proc.pid}).encode() + b"\n")
+            socket.send_fds(self.sock, [json.dumps(req).encode() + b"\n"], list(stdio))
             while True:
                 msg = self._message(30.0)
                 if "started" in msg:
@@ -285,23 +322,33 @@ _zygote: Zygote | None = None
 _refused = False    # once: a zygote that could not serve is not started again for every gateway
 
 
-def eligible(env: dict) -> bool:
-    """Whether a fork from the zygote would be what an exec of `env` gives."""
+def eligible(env: dict, cwd=None, *, any_thread=False) -> bool:
+    """Whether a fork from the zygote would be what an exec of `env` (in `cwd`) gives. any_thread: a start whose exec
+    would have no PR_SET_PDEATHSIG (run_cli's), from another thread once the main thread has started the zygote
+    (which ends with the thread that started it)."""
+    here = threading.current_thread() is threading.main_thread() or (
+        any_thread and _zygote is not None and _zygote.ready)
     return (os.environ.get("GATEWAY_TESTS_FORK", "1") != "0"
-            and not os.path.exists(".env")     # BAC0's import loads it into the environment
-            and threading.current_thread() is threading.main_thread()
+            and not os.path.exists(os.path.join(cwd or "", ".env"))     # BAC0's import loads it into the environment
+            and here
             and _import_time(env) == _import_time(_ENV_AT_IMPORT)
             and _limits() == (_zygote.limits if _zygote else _limits()))
 
 
-def start(args: list[str], env: dict, log_path) -> ForkedProcess | None:
-    """`python -m ven.cli *args` forked from this worker's zygote, or None where an exec must do it."""
+def serving(env: dict, cwd=None, *, any_thread=False) -> Zygote | None:
+    """This worker's zygote, started if need be, where a fork from it is what an exec would give; else None."""
     global _zygote, _refused
-    if _refused or not eligible(env):
+    if _refused or not eligible(env, cwd, any_thread=any_thread):
         return None
     if _zygote is None or not _zygote.ready:
         _zygote = Zygote()
         _refused = not _zygote.ready
         if _refused:
             return None
-    return _zygote.start("ven.cli", args, env, log_path)
+    return _zygote
+
+
+def start(args: list[str], env: dict, log_path) -> ForkedProcess | None:
+    """`python -m ven.cli *args` forked from this worker's zygote, or None where an exec must do it."""
+    zygote = serving(env)
+    return zygote.start("ven.cli", args, env, log_path=log_path) if zygote else None
