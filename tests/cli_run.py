@@ -132,4 +132,6 @@ def _expired(argv, timeout, chunks, captured) -> subprocess.TimeoutExpired:
 
 async def run_cli_async(args, **kwargs) -> subprocess.CompletedProcess:
     """run_cli from a test's event loop, which keeps running (e.g. the peer the command talks to) meanwhile."""
+    # the zygote started here, in the main thread, if need be: it ends with the thread that starts it
+    zygote.serving(dict(os.environ) if kwargs.get("env") is None else kwargs["env"], kwargs.get("cwd"))
     return await asyncio.to_thread(run_cli, args, **kwargs)

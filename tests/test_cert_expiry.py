@@ -7,13 +7,13 @@ import datetime as dt
 import logging
 import math
 import subprocess
-import sys
 import time
 
 import pytest
 from cryptography import x509
 from openleadr.utils import certificate_fingerprint
 
+from cli_run import run_cli
 from test_tls import _ca, _issue
 from ven.cert_expiry import WARN_DAYS, CertWatch, read_client_cert
 from ven.config import OpenadrConfig
@@ -176,8 +176,7 @@ def _check_config(tmp_path, cert, key):
     conf = tmp_path / "gw.toml"
     conf.write_text(f'[openadr]\ncert = "{cert}"\nkey = "{key}"\nca_file = "{tmp_path / "ca.pem"}"\n'
                     f'[storage]\npath = "{tmp_path / "gw.sqlite"}"\n')
-    return subprocess.run([sys.executable, "-m", "ven.cli", "check-config", str(conf)], capture_output=True,
-                          text=True, timeout=60, stdin=subprocess.DEVNULL)
+    return run_cli(["check-config", str(conf)], timeout=60, stdin=subprocess.DEVNULL)
 
 
 def test_check_config_warns_of_a_certificate_expiring_within_the_window(issue, tmp_path):

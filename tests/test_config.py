@@ -4,13 +4,12 @@ from __future__ import annotations
 import os
 import re
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from cli_run import run_cli
 from ven import __version__
 from ven.clock_sync import NOT_SYNCHRONIZED, read_clock_sync
 from ven.config import ConfigError
@@ -116,7 +115,7 @@ def test_env_unknown_key_is_named():
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "ven.cli", *args], capture_output=True, text=True, timeout=60)
+    return run_cli(args, timeout=60)
 
 
 def _about_the_file(stdout: str) -> list[str]:
@@ -515,11 +514,13 @@ def test_the_point_table_names_the_configured_horizons(tmp_path):
 
 def test_the_point_table_into_a_pipe_closed_early_says_nothing(tmp_path):
     # `edge-gateway points | head -3` printed a BrokenPipeError traceback
-    proc = subprocess.Popen([sys.executable, "-m", "ven.cli", "points", "--config", str(EXAMPLE)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    proc.stdout.close()     # as head does once it has its lines: here before the first, so every run sees it
-    _, err = proc.communicate(timeout=30)
-    assert err == b"" and proc.returncode == 1
+    read, write = os.pipe()
+    os.close(read)      # as head does once it has its lines: here before the first, so every run sees it
+    try:
+        res = run_cli(["points", "--config", str(EXAMPLE)], stdout=write, timeout=30, text=False)
+    finally:
+        os.close(write)
+    assert res.stderr == b"" and res.returncode == 1
 
 
 def test_tls_file_errors_name_the_variable_a_path_came_from(tmp_path):

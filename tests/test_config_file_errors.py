@@ -4,12 +4,12 @@ Real config files through the real `edge-gateway` CLI."""
 from __future__ import annotations
 
 import subprocess
-import sys
+
+from cli_run import run_cli
 
 
 def check_config(path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ven.cli", "check-config", str(path)], capture_output=True,
-                          text=True, timeout=60)
+    return run_cli(["check-config", str(path)], timeout=60)
 
 
 def _tls_config(tmp_path, **files) -> tuple:

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
-import sys
 
 import pytest
 from test_vtn import running, said
 from waiting import eventually as until
 
+from cli_run import run_cli
 from ven.config import DEVICE_NAME_MAX_BYTES, ConfigError
 from ven.config_load import load_config, parse_config
 from ven.vtn_server import DemoVtn
@@ -120,8 +119,8 @@ def test_a_storage_path_from_a_variable_that_is_a_directory_names_the_variable(t
     # README's install step sets EDGE_GATEWAY__STORAGE__PATH: "storage.path: /var/lib/edge-gateway is a directory"
     # sent the operator to a config file that does not hold the key
     p = _write(tmp_path, "[meter]\npoll_seconds = 10\n")
-    out = subprocess.run([sys.executable, "-m", "ven.cli", "check-config", str(p)], capture_output=True, text=True,
-                         timeout=60, env={**os.environ, "EDGE_GATEWAY__STORAGE__PATH": str(tmp_path)})
+    out = run_cli(["check-config", str(p)], timeout=60,
+                  env={**os.environ, "EDGE_GATEWAY__STORAGE__PATH": str(tmp_path)})
     assert out.returncode == 2, out
     assert (f"configuration error: storage.path (from EDGE_GATEWAY__STORAGE__PATH): {tmp_path} is a directory: name "
             f"a file in it, e.g. {tmp_path / 'gateway.sqlite'}") in out.stderr.splitlines(), out.stderr
@@ -153,8 +152,7 @@ def test_check_config_says_once_when_a_meter_behind_a_router_is_read_more_than_o
     # on MS/TP each read holds the trunk the building's controllers share; nothing of the gateway's uses the pace
     p = _write(tmp_path, f'[meter]\naddress = "{address}"\npoll_seconds = {poll}\n'
                          f'[storage]\npath = "{tmp_path / "gw.sqlite"}"\n')
-    out = subprocess.run([sys.executable, "-m", "ven.cli", "check-config", str(p)], capture_output=True, text=True,
-                         timeout=60)
+    out = run_cli(["check-config", str(p)], timeout=60)
     assert out.returncode == 0, out
     said = [line for line in out.stdout.splitlines() if "behind a router" in line]
     assert said == ([f"{p}: warning: meter.poll_seconds (0.5) reads meter 12345:2, behind a router, 2 times a second: "

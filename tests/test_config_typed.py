@@ -4,10 +4,10 @@ the key, or said as a warning, before anything starts."""
 from __future__ import annotations
 
 import subprocess
-import sys
 
 import pytest
 
+from cli_run import run_cli
 from forecaster.flags import HysteresisFlag
 from ven.config import ConfigError
 from ven.config_load import load_config, parse_config
@@ -20,7 +20,7 @@ def _write(tmp_path, text: str):
 
 
 def _cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "ven.cli", *args], capture_output=True, text=True, timeout=60, cwd=cwd)
+    return run_cli(args, timeout=60, cwd=cwd)
 
 
 @pytest.mark.parametrize("toml, line", [
@@ -141,8 +141,7 @@ def test_run_refuses_a_storage_path_that_can_never_open(tmp_path, free_udp_port,
                            f'[http]\naddress = "127.0.0.1:{free_tcp_port()}"\n[storage]\npath = "{path}"\n'
                            f'[openadr]\nvtn_url = "http://127.0.0.1:{free_tcp_port()}/OpenADR2/Simple/2.0b"\n')
     try:
-        res = subprocess.run([sys.executable, "-m", "ven.cli", "run", "--config", str(cfg)], capture_output=True,
-                             text=True, timeout=20)
+        res = run_cli(["run", "--config", str(cfg)], timeout=20)
     except subprocess.TimeoutExpired as err:
         pytest.fail(f"run started: {err.stderr}")
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr

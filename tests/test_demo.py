@@ -20,6 +20,7 @@ import pytest
 from bacnet_peer import BacnetPeer
 
 from bacnet_api import points as P
+from cli_run import run_cli
 from ven.demo import opt_answers_text
 
 pytestmark = pytest.mark.timeout(150)
@@ -111,7 +112,7 @@ def test_the_demo_vtns_last_line_says_each_events_answers_once_with_their_count(
 
 
 def _cli(*argv, timeout=60):
-    return subprocess.run([sys.executable, "-m", "ven.cli", *argv], capture_output=True, text=True, timeout=timeout)
+    return run_cli(argv, timeout=timeout)
 
 
 def test_a_taken_port_is_one_line_naming_the_option_that_moves_it(free_udp_port, free_tcp_port):

@@ -3,18 +3,17 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from cli_run import run_cli
 
 DOCKER = Path(__file__).resolve().parent.parent / "docker"
 
 
 def _help(argv: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ven.cli", *argv, "--help"],
-                          capture_output=True, text=True, timeout=60)
+    return run_cli([*argv, "--help"], timeout=60)
 
 
 def _services():

@@ -4,7 +4,6 @@ from __future__ import annotations
 import csv
 import os
 import subprocess
-import sys
 
 import pytest
 from bacpypes3.pdu import Address
@@ -14,6 +13,7 @@ from bacnet_api.ede import COLUMNS
 from bacnet_api.objects import float32
 from bacnet_api.points import POINTS
 from bacnet_peer import BacnetPeer, PeerError
+from cli_run import run_cli
 from gateway_process import START_S, GatewayProcess, write_config
 from waiting import eventually
 
@@ -25,8 +25,7 @@ UNITS = {"48": "kilowatts", "72": "minutes", "95": "noUnits"}
 
 
 def _points(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ven.cli", "points", *args], capture_output=True, text=True,
-                          timeout=60)
+    return run_cli(["points", *args], timeout=60)
 
 
 def _parse(path) -> tuple[dict[str, str], list[dict[str, str]]]:

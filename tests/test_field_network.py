@@ -17,6 +17,7 @@ from waiting import eventually
 
 from bacnet_api import points as P
 from bacnet_api.simulator import MeterSimulator
+from cli_run import run_cli
 from ven.clock_sync import NOT_SYNCHRONIZED
 
 NOT_THERE = "is not on any interface of this machine"
@@ -266,15 +267,13 @@ def test_check_config_says_when_an_address_is_on_no_interface(tmp_path, free_tcp
     config = tmp_path / "gw.toml"
     write_config(config, bacnet_port=47808, http_port=free_tcp_port(), storage=tmp_path / "gw.sqlite",
                  ven_name="no-nic", bacnet_ip=f"{absent}/24", http_ip=absent, http_token="t0ken")
-    res = subprocess.run([sys.executable, "-m", "ven.cli", "check-config", str(config)],
-                         capture_output=True, text=True, timeout=60)
+    res = run_cli(["check-config", str(config)], timeout=60)
     assert res.returncode == 0, res
     for key in ("bacnet.address", "http.address"):
         assert f"warning: {key}: {absent} is not on any interface of this machine now" in res.stdout, res.stdout
     write_config(config, bacnet_port=47808, http_port=free_tcp_port(), storage=tmp_path / "gw.sqlite",
                  ven_name="here")
-    res = subprocess.run([sys.executable, "-m", "ven.cli", "check-config", str(config)],
-                         capture_output=True, text=True, timeout=60)
+    res = run_cli(["check-config", str(config)], timeout=60)
     # the machine's clock (the test machines run no NTP) is the only warning left: none is about the file
     assert res.returncode == 0 and not [w for w in res.stdout.splitlines()
                                         if "warning" in w and not w.endswith(NOT_SYNCHRONIZED)], res

@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 
 import pytest
+from cli_run import run_cli
 from gateway_process import GatewayProcess, write_config
 
 pytestmark = pytest.mark.timeout(90)
 
 
 def _health(config, **env) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ven.cli", "health", "--config", str(config), "--timeout", "2"],
-                          capture_output=True, text=True, timeout=30, env={**os.environ, **env})
+    return run_cli(["health", "--config", str(config), "--timeout", "2"], timeout=30, env={**os.environ, **env})
 
 
 def test_health_probes_the_configured_address_and_says_why_not(tmp_path, free_udp_port, free_tcp_port):

@@ -6,12 +6,11 @@ import csv
 import datetime as dt
 import io
 import json
-import subprocess
-import sys
 import threading
 
 import pytest
 
+from cli_run import run_cli
 from test_http_api import SampleView, fetch, served  # noqa: F401  (served: the fixture)
 from ven.history import build_history
 
@@ -150,9 +149,8 @@ async def test_forecast_replay_reads_the_csv_as_it_comes(served, tmp_path):  # n
     exported = tmp_path / "history.csv"
     exported.write_text(text, encoding="utf-8", newline="")
     out = tmp_path / "predictions.csv"
-    done = subprocess.run([sys.executable, "-m", "ven.cli", "forecast-replay", "--csv", str(exported),
-                           "--time-column", "minute", "--value-column", "power_kw", "--output", str(out)],
-                          capture_output=True, text=True, timeout=60)
+    done = run_cli(["forecast-replay", "--csv", str(exported), "--time-column", "minute", "--value-column",
+                    "power_kw", "--output", str(out)], timeout=60)
     assert done.returncode == 0, done.stderr
     summary = dict(part.split("=", 1) for part in done.stdout.split() if "=" in part)
     known = [(m, kw) for m, kw in zip(history["minutes"], history["power_kw"]) if kw is not None]

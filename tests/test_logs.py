@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 
+from cli_run import run_cli
 from ven.logs import FloodGuard
 
 
@@ -128,8 +129,6 @@ def test_a_refusal_before_logging_is_an_error_to_journald(tmp_path):
     # `run` refuses a bad config, a port or a storage.path in use before logging is set up: under systemd that line
     # went in at journald's default priority, so `journalctl -p warning` left out why the service would not start
     import os
-    import subprocess
-    import sys
     bad = tmp_path / "gw.toml"
     bad.write_text("[meter]\npoll_secs = 5\n")
     for journal in (True, False):
@@ -138,8 +137,7 @@ def test_a_refusal_before_logging_is_an_error_to_journald(tmp_path):
             if journal:
                 st = os.fstat(err.fileno())
                 env["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}"
-            done = subprocess.run([sys.executable, "-m", "ven.cli", "run", "--config", str(bad)], stderr=err, env=env,
-                                  timeout=60)
+            done = run_cli(["run", "--config", str(bad)], stderr=err, env=env, timeout=60)
         assert done.returncode == 2
         lead = "<3>" if journal else ""
         assert (tmp_path / "err").read_text() == (f"{lead}configuration error: {bad}: meter.poll_secs: unknown key; did "

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 
 import pytest
 
 from bacnet_api.meter import MeterClient, MeterReading
 from bacnet_api.simulator import MeterSimulator, run_simulator
 from bacnet_peer import BacnetPeer
+from cli_run import run_cli_async
 from test_meter import ANSWERS, client, gateway, read_until_steady  # noqa: F401 - shared fixture and helpers
 
 pytestmark = pytest.mark.timeout(60)
@@ -292,11 +292,9 @@ def test_meter_units_must_be_a_power_unit():
 
 async def read_meter(config, port: int) -> tuple[int, bytes, bytes]:
     """`edge-gateway read-meter --config CONFIG`, its stack on `port`: (exit code, stdout, stderr)."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "ven.cli", "read-meter", "--config", str(config), "--bind", f"127.0.0.1/8:{port}",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 45)
-    return proc.returncode, out, err
+    res = await run_cli_async(["read-meter", "--config", str(config), "--bind", f"127.0.0.1/8:{port}"], timeout=45,
+                              text=False)
+    return res.returncode, res.stdout, res.stderr
 
 
 @pytest.mark.timeout(60)

@@ -4,17 +4,15 @@ change, as README step 5 does. The real CLI in a subprocess, a real socket holdi
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
 
 import pytest
+from cli_run import run_cli
 
 pytestmark = pytest.mark.timeout(60)
 
 
 def read_meter(config, *bind: str) -> tuple[int, str, str]:
-    res = subprocess.run([sys.executable, "-m", "ven.cli", "read-meter", "--config", str(config), *bind],
-                         capture_output=True, text=True, timeout=45)
+    res = run_cli(["read-meter", "--config", str(config), *bind], timeout=45)
     return res.returncode, res.stdout, res.stderr
 
 

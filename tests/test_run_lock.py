@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from cli_run import run_cli
 from gateway_process import START_S, GatewayProcess, write_config
 from test_faults_storage import fill, tmpfs
 from ven.run_lock import RunLock, held_by_another, lock_path
@@ -33,19 +34,16 @@ async def test_a_second_gateway_on_the_same_file_is_refused_and_forget_forecast_
         await eventually(lambda: "edge-gateway ready" in gateway.log(), START_S, "the first gateway to be ready")
         assert held_by_another(db) == f"storage.path {db} is in use by process {gateway.proc.pid}"
 
-        run = subprocess.run([sys.executable, "-m", "ven.cli", "run", "--config", str(second)],
-                             capture_output=True, text=True, timeout=30)
+        run = run_cli(["run", "--config", str(second)], timeout=30)
         assert run.returncode == 2, run
         assert run.stderr.strip() == (f"configuration error: storage.path {db} is in use by process "
                                       f"{gateway.proc.pid} (a gateway holds {db}.lock): stop that gateway first, or "
                                       f"give this one its own storage.path"), run.stderr
-        forget = subprocess.run([sys.executable, "-m", "ven.cli", "forget-forecast", "--config", str(second),
-                                 "--yes"], capture_output=True, text=True, timeout=30)
+        forget = run_cli(["forget-forecast", "--config", str(second), "--yes"], timeout=30)
         assert forget.returncode == 1 and "is in use by process" in forget.stdout, forget
         (tmp_path / "meter.csv").write_text("time,kw\n2026-12-01T00:00:00Z,100\n")
-        imported = subprocess.run([sys.executable, "-m", "ven.cli", "import-history", "--config", str(second),
-                                   "--csv", str(tmp_path / "meter.csv"), "--time-column", "time", "--value-column",
-                                   "kw"], capture_output=True, text=True, timeout=30)
+        imported = run_cli(["import-history", "--config", str(second), "--csv", str(tmp_path / "meter.csv"),
+                            "--time-column", "time", "--value-column", "kw"], timeout=30)
         assert imported.returncode == 1 and "is in use by process" in imported.stderr, imported
         assert "the gateway seems to run. Stop it first" in imported.stderr, imported
         assert gateway.alive and "Traceback" not in gateway.log()

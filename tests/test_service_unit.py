@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_run import run_cli
 
 UNIT = Path(__file__).resolve().parent.parent / "examples" / "edge-gateway.service"
 
@@ -30,8 +31,7 @@ def test_exec_lines_are_cli_commands():
     for line in service["ExecStartPre"] + service["ExecStart"]:
         argv = shlex.split(line)
         assert argv[0].endswith("/edge-gateway"), argv
-        res = subprocess.run([sys.executable, "-m", "ven.cli", argv[1], "--help"], capture_output=True, text=True,
-                             timeout=60)
+        res = run_cli([argv[1], "--help"], timeout=60)
         assert res.returncode == 0, res.stderr
         assert all(o in res.stdout for o in argv if o.startswith("--"))
 
@@ -81,8 +81,7 @@ def test_a_client_certificate_expired_over_a_reboot_still_lets_the_gateway_start
     for line in _service()["ExecStartPre"]:
         may_fail = line.startswith("-")     # systemd's prefix: a failure does not fail the start
         argv = [a.replace("/etc/edge-gateway/gateway.toml", str(conf)) for a in shlex.split(line.lstrip("-"))]
-        res = subprocess.run([sys.executable, "-m", "ven.cli", *argv[1:]], capture_output=True, text=True,
-                             timeout=60, stdin=subprocess.DEVNULL)
+        res = run_cli(argv[1:], timeout=60, stdin=subprocess.DEVNULL)
         assert res.returncode == 0 or may_fail, f"the unit would not start: {line}: exit {res.returncode}: {res.stderr}"
         # the journal still says why the VTN will refuse the gateway
         assert res.returncode == 0 or "expired" in res.stderr, res.stderr

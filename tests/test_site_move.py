@@ -4,8 +4,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import sqlite3
-import subprocess
-import sys
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -15,6 +13,7 @@ from waiting import eventually
 
 from bacnet_api import points as P
 from bacnet_api.simulator import MeterSimulator
+from cli_run import run_cli
 from ven.app import Gateway
 from ven.config_load import parse_config
 from ven.site import site_of, stored_site
@@ -128,8 +127,7 @@ def test_a_file_from_before_the_record_is_this_vens_and_another_vtn_port_or_sche
     other = tmp_path / "other.toml"
     other.write_text(f'[openadr]\nvtn_url = "https://other-utility.example/OpenADR2/Simple/2.0b"\nven_name = "site-1"\n'
                      f'[storage]\npath = "{path}"\n')
-    out = subprocess.run([sys.executable, "-m", "ven.cli", "check-config", str(other)], capture_output=True,
-                         text=True, timeout=60)
+    out = run_cli(["check-config", str(other)], timeout=60)
     assert out.returncode == 0, out.stderr
     assert (f"warning: storage.path {path} holds the state of another VEN (vtn_host 'vtn.example' -> "
             "'other-utility.example'): `run` moves it aside and begins a new file") in out.stdout, out.stdout

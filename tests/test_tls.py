@@ -5,7 +5,6 @@ import datetime as dt
 import ipaddress
 import logging
 import subprocess
-import sys
 
 import pytest
 from waiting import eventually as until
@@ -16,6 +15,7 @@ from cryptography.x509.oid import NameOID
 from lxml import etree
 from openleadr.utils import certificate_fingerprint
 
+from cli_run import run_cli
 from ven.cert_expiry import read_client_cert
 from ven.config import OpenadrConfig
 from ven.config_checks import tls_file_problems
@@ -151,8 +151,7 @@ def test_check_config_opens_the_tls_files(pki):
     def check(**keys):
         conf = d / "gw.toml"
         conf.write_text("[openadr]\n" + "".join(f'{k} = "{v}"\n' for k, v in keys.items()))
-        return subprocess.run([sys.executable, "-m", "ven.cli", "check-config", str(conf)],
-                              capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        return run_cli(["check-config", str(conf)], timeout=60, stdin=subprocess.DEVNULL)
 
     good = dict(cert=d / "ven.pem", key=d / "ven.key", passphrase="s3cret", ca_file=d / "ca.pem")
     assert check(**good).returncode == 0
@@ -209,8 +208,7 @@ def test_check_config_says_when_the_ven_certificate_has_expired(pki):
     _write_key(d / "old.key", key)
     conf = d / "gw.toml"
     conf.write_text(f'[openadr]\ncert = "{d / "old.pem"}"\nkey = "{d / "old.key"}"\nca_file = "{d / "ca.pem"}"\n')
-    res = subprocess.run([sys.executable, "-m", "ven.cli", "check-config", str(conf)], capture_output=True,
-                         text=True, timeout=60, stdin=subprocess.DEVNULL)
+    res = run_cli(["check-config", str(conf)], timeout=60, stdin=subprocess.DEVNULL)
     assert res.returncode == 2 and f"openadr.cert: {d / 'old.pem'}: expired on " in res.stderr, res.stderr
 
 
@@ -276,8 +274,7 @@ async def test_tls_file_errors_name_the_environment_variable_in_check_config_and
     conf = d / "gw.toml"
     conf.write_text(f'[openadr]\ncert = "{d / "ven.pem"}"\nkey = "{d / "ven.key"}"\nca_file = "{d / "ca.pem"}"\n')
     env = {"EDGE_GATEWAY__OPENADR__PASSPHRASE": "wrong", "EDGE_GATEWAY__OPENADR__KEY": str(d / "ven.key")}
-    res = subprocess.run([sys.executable, "-m", "ven.cli", "check-config", str(conf)], capture_output=True, text=True,
-                         timeout=60, stdin=subprocess.DEVNULL, env={**os.environ, **env})
+    res = run_cli(["check-config", str(conf)], timeout=60, stdin=subprocess.DEVNULL, env={**os.environ, **env})
     assert res.returncode == 2, res.stderr
     assert res.stderr == ("configuration error: openadr.passphrase (from EDGE_GATEWAY__OPENADR__PASSPHRASE): does not "
                           f"decrypt openadr.key (from EDGE_GATEWAY__OPENADR__KEY) {d / 'ven.key'} (or the key is not "

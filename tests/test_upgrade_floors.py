@@ -5,16 +5,15 @@ name cut to fit) with one warning naming the key, the value given, the value use
 (0, negative, not a number) is still refused. Real config files through the real `edge-gateway` CLI."""
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
-import sys
 import urllib.request
 
 import pytest
 from bacnet_api.simulator import MeterSimulator
 from bacnet_peer import BacnetPeer
+from cli_run import run_cli, run_cli_async
 from gateway_process import START_S, GatewayProcess, write_config
 from test_config_limits import FLOORS
 from waiting import eventually
@@ -41,8 +40,7 @@ LONG_NAME = "Building 7 gateway " + "N" * 433     # 452 bytes: two over
 
 
 def check_config(path, **env) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ven.cli", "check-config", str(path)], capture_output=True,
-                          text=True, timeout=60, env={**os.environ, **env})
+    return run_cli(["check-config", str(path)], timeout=60, env={**os.environ, **env})
 
 
 def floor_line(key: str, given: str, floor: float, unit: str) -> str:
@@ -137,10 +135,8 @@ def _or_none(call):
 
 async def _cli(*args: str) -> tuple[int, list[str], list[str]]:
     """`edge-gateway ARGS`: (exit code, stdout lines, stderr lines)."""
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "ven.cli", *args, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 45)
-    return proc.returncode, out.decode().splitlines(), err.decode().splitlines()
+    res = await run_cli_async(args, timeout=45, text=False)
+    return res.returncode, res.stdout.decode().splitlines(), res.stderr.decode().splitlines()
 
 
 @pytest.mark.timeout(120)

@@ -12,13 +12,13 @@ import re
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from waiting import eventually as until
 
+from cli_run import run_cli
 from test_tls import pki, run_ven, ven_tls  # noqa: F401 - pki: a fixture, a CA and VTN and VEN certificates
 from ven.config import OpenadrConfig
 from ven.vtn_server import DemoVtn
@@ -176,8 +176,7 @@ async def test_the_proxys_refusal_is_named_as_the_proxys_once(pki, free_tcp_port
 def test_a_bad_proxy_is_refused_naming_the_key_without_its_password(tmp_path, value, words):
     conf = tmp_path / "gw.toml"
     conf.write_text(f'[openadr]\nproxy = "{value}"\n')
-    res = subprocess.run([sys.executable, "-m", "ven.cli", "check-config", str(conf)], capture_output=True,
-                         text=True, timeout=60, stdin=subprocess.DEVNULL)
+    res = run_cli(["check-config", str(conf)], timeout=60, stdin=subprocess.DEVNULL)
     assert res.returncode == 2, res.stderr
     assert res.stderr.startswith("configuration error: ") and "openadr.proxy: " in res.stderr, res.stderr
     assert words in res.stderr and "secret" not in res.stderr and "Traceback" not in res.stderr, res.stderr
@@ -200,8 +199,8 @@ def test_a_proxy_variable_the_gateway_does_not_read_is_warned_of(tmp_path):
     conf = tmp_path / "gw.toml"
     conf.write_text(f'[openadr]\nvtn_url = "{https}"\n')
     env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
-    res = subprocess.run([sys.executable, "-m", "ven.cli", "check-config", str(conf)], capture_output=True, text=True,
-                         timeout=60, stdin=subprocess.DEVNULL, env=dict(env, HTTPS_PROXY="http://proxy.site:3128"))
+    res = run_cli(["check-config", str(conf)], timeout=60, stdin=subprocess.DEVNULL,
+                  env=dict(env, HTTPS_PROXY="http://proxy.site:3128"))
     assert res.returncode == 0, res.stderr
     assert "HTTPS_PROXY is set in the gateway's environment (http://proxy.site:3128) but is not read" in (
         res.stdout + res.stderr)

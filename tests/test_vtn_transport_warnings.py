@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ from netns import linked_netns  # noqa: F401 - a fixture
 from test_tls import pki  # noqa: F401 - a fixture: a CA, and VTN and VEN certificates
 from waiting import eventually
 
+from cli_run import run_cli
 from ven.vtn_server import DemoVtn
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -27,8 +27,7 @@ NO_CERT = "is https but openadr.cert and openadr.key are unset: the gateway pres
 
 def check_config(path, **env) -> list[str]:
     """`edge-gateway check-config`'s lines about openadr keys; it must pass."""
-    res = subprocess.run([sys.executable, "-m", "ven.cli", "check-config", str(path)], capture_output=True, text=True,
-                         timeout=60, stdin=subprocess.DEVNULL, env={**os.environ, **env})
+    res = run_cli(["check-config", str(path)], timeout=60, stdin=subprocess.DEVNULL, env={**os.environ, **env})
     assert res.returncode == 0 and ": ok (" in res.stdout.splitlines()[-1], res.stdout + res.stderr
     return [line.partition(": warning: ")[2] for line in res.stdout.splitlines() if "warning: openadr." in line]
 
@@ -116,8 +115,7 @@ async def test_a_password_in_vtn_url_is_shown_as_stars_in_the_log_the_status_and
             url = f"http://ven-7:s3cret-pw@127.0.0.1:{port}/OpenADR2/Simple/2.0b"
             conf = tmp_path / "gw.toml"
             conf.write_text(f'[openadr]\nvtn_url = "{url}"\n')
-            res = subprocess.run([sys.executable, "-m", "ven.cli", "check-config", str(conf)], capture_output=True,
-                                 text=True, timeout=60, stdin=subprocess.DEVNULL)
+            res = run_cli(["check-config", str(conf)], timeout=60, stdin=subprocess.DEVNULL)
             assert "ven-7:***@127.0.0.1" in res.stdout and "s3cret" not in res.stdout + res.stderr, res.stdout
             caplog.clear()
             gateway = Gateway(parse_config({
