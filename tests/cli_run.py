@@ -60,6 +60,10 @@ def run_module(module: str, args, *, timeout: float, env: dict | None = None, cw
                 fd = how if isinstance(how, int) else how.fileno()
             child_fds.append(fd)
         proc = server.start(module, argv[3:], env, stdio=child_fds, cwd=cwd)
+    except BaseException:
+        for fd in ours.values():
+            os.close(fd)
+        raise
     finally:
         for fd in theirs:
             os.close(fd)
