@@ -158,9 +158,10 @@ def test_a_forked_command_runs_as_m_in_its_cwd_environment_and_umask_with_only_i
     assert forked.stdout == execd.stdout, (forked.stdout, execd.stdout)
     assert f"\n{exits}\n{exits}\nset after the zygote's start\n0o27\n['0', '1', '2', '3']\nto stdin\n" in forked.stdout
     server = zygote._zygote.proc.pid
-    held = sorted(os.listdir(f"/proc/{server}/fd"))
+    held, ours = sorted(os.listdir(f"/proc/{server}/fd")), sorted(os.listdir("/proc/self/fd"))
     assert _both(exits, "exit", "0")[1].stdout == "said"
     assert sorted(os.listdir(f"/proc/{server}/fd")) == held     # the pipes passed to it closed there
+    assert sorted(os.listdir("/proc/self/fd")) == ours          # and here
 
 
 @pytest.mark.parametrize("unbuffered", ["1", None])
