@@ -684,6 +684,11 @@ def _check_config_as(uid: int, config: Path) -> tuple[int, str]:
 
     from ven.cli import main
 
+    # the child, a uid that cannot read root's interpreter, imports nothing: what check-config imports on its way
+    # (a codec, bacpypes3 for the trunk warnings) is imported here first. It passed only after other tests in the
+    # worker had run check-config in-process, until the tests' CLI runs forked from the zygote.
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        main(["check-config", str(config)])
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:    # pragma: no cover - the child

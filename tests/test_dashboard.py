@@ -279,7 +279,8 @@ class FreshView:
                 "device": {"device_id": 500001, "name": "EdgeGateway", "address": "192.168.1.20/24:47808",
                            "address_problem": {"problem": None, "kind": None, "since": None},
                            "communication": {"mode": "enable"}, "foreign_device": None, "twins": [], "write_from": [],
-                           "writes_refused": 0, "last_write_refused": None},
+                           "writes_refused": 0, "last_write_refused": None,
+                           "cov_subscriptions": {"count": 0, "subscribers": []}},
                 # the device's initial values; the points with nothing to say yet in fault (no value yet)
                 "points": points_status({p.name: p.initial for p in POINTS},
                                         faulted={p.name: "unreliableOther" for p in POINTS if p.starts_in_fault}),

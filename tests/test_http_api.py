@@ -212,7 +212,8 @@ class SampleView:
             "device": {"device_id": 500001, "name": "EdgeGateway", "address": "192.168.1.20/24:47808",
                        "address_problem": {"problem": None, "kind": None, "since": None},
                        "communication": {"mode": "enable"}, "foreign_device": None, "twins": [], "write_from": [],
-                       "writes_refused": 0, "last_write_refused": None},
+                       "writes_refused": 0, "last_write_refused": None,
+                       "cov_subscriptions": {"count": 0, "subscribers": []}},
             # the BAS writes input-power-meter (at priority 8); it is flagged overridden here, to show a flag set
             "points": points_status(values, overridden={"input-power-meter"}, commanded={"input-power-meter": 8}),
             "vtn": {"connected": True, "vtn_url": "http://127.0.0.1:8080/OpenADR2/Simple/2.0b", "proxy": None,
