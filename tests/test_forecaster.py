@@ -447,11 +447,14 @@ def test_learned_model_serves_when_it_beats_persistence(fit_once):
         v = st["horizons"][h]
         assert v["validation_rmse_kw"] < v["validation_persistence_rmse_kw"]
         assert v["serving"] == MODEL_NAME
-    # Tuesday 07:00, start of the morning ramp: the model sees it coming, persistence cannot
-    ramp = T0 + 8 * 86400 + 7 * 3600
+    # Thursday 07:00, start of the morning ramp, on the minutes since a fit at midnight (the fit other tests of the
+    # office without noise share): the model sees it coming, persistence cannot
     fc2 = DemandForecaster(validation_days=2)
-    fc2.seed(t[t <= ramp], office(t[t <= ramp]))
-    fc2.fit(ramp)
+    t2, _ = _seed_office(fc2, 10)
+    fit_once(fc2, t2[-1])
+    ramp = T0 + 10 * 86400 + 7 * 3600
+    for now in np.arange(t2[-1] + 900, ramp + 1, 900.0):
+        fc2.add_sample(now, float(office(np.array([now]))[0]))
     f = fc2.predict(ramp)
     assert f.model == MODEL_NAME
     truth = np.mean(office(np.arange(ramp + 46 * 60, ramp + 61 * 60, 60.0)))
@@ -474,11 +477,11 @@ def test_guard_keeps_persistence_when_the_model_cannot_beat_it():
             assert hv["validation_rmse_kw"] < hv["validation_persistence_rmse_kw"]
 
 
-def test_rolling_validation_demotes_a_model_that_goes_wrong():
+def test_rolling_validation_demotes_a_model_that_goes_wrong(fit_once):
     # Live errors overrule the held-out verdict only once they span rolling_min_hours (a day by default).
     fc = DemandForecaster(validation_days=2, rolling_min_count=8, rolling_min_hours=6)
-    t, _ = _seed_office(fc, 10, noise=1.0)
-    fc.fit(t[-1])
+    t, _ = _seed_office(fc, 10, noise=2.0)
+    fit_once(fc, t[-1])
     assert fc.status()["horizons"][60]["serving"] == MODEL_NAME
     # The building stops following its schedule: a flat 300 kW through a night. The model keeps
     # predicting the night drop; persistence is exact, so live scores demote the model.
