@@ -113,13 +113,13 @@ def test_unusable_model_blob_means_refit_not_crash(tmp_path):
     assert fc.needs_fit(t[-1])
 
 
-def test_a_model_fitted_on_other_features_is_refitted_not_served(tmp_path, caplog):
+def test_a_model_fitted_on_other_features_is_refitted_not_served(tmp_path, caplog, fit_once):
     import dataclasses
     import logging
     import pickle
 
-    fc, t = _seeded(4)
-    fc.fit(t[-1])
+    fc, t = _seeded()
+    fit_once(fc, t[-1])         # the fit test_history_and_model_survive_a_restart makes
     store = ForecastStore(str(tmp_path / "g.sqlite"))
     caplog.set_level(logging.INFO, logger="forecaster.store")
     # earlier versions: fewer feature columns; the same columns but three members, not four; a later version
@@ -128,7 +128,7 @@ def test_a_model_fitted_on_other_features_is_refitted_not_served(tmp_path, caplo
                   pickle.dumps(dataclasses.replace(fc.fitted_model, name="hgb+ridge+plain")),
                   b"cforecaster.model\nMembersOfALaterVersion\n."):
         store.save_model(older)
-        fresh, _ = _seeded(4)
+        fresh, _ = _seeded()
         assert store.load_into(fresh, t[-1])["model"] is False
         assert fresh.needs_fit(t[-1]) and fresh.predict(t[-1]).model == "persistence"
     # an upgrade is no fault: one INFO line each, saying why
@@ -139,7 +139,7 @@ def test_a_model_fitted_on_other_features_is_refitted_not_served(tmp_path, caplo
     assert [level for level, _ in said] == ["INFO"] * 3, said
     assert "its classes are not in this version (Can't get attribute 'MembersOfALaterVersion'" in said[2][1], said
     store.save_model(pickle.dumps(fc.fitted_model))
-    assert store.load_into(_seeded(4)[0], t[-1])["model"] is True
+    assert store.load_into(_seeded()[0], t[-1])["model"] is True
 
 
 def test_a_model_fitted_for_other_horizons_or_calendar_is_refitted_not_served(tmp_path, caplog):
