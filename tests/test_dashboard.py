@@ -388,7 +388,7 @@ async def section_value(page, section, key):
 async def test_dashboard_marks_stale_when_gateway_stops(server):
     srv = await server(SampleView())
     async with chromium_page(speedup=QUICK) as page:
-        await open_dashboard(page, srv.url + "/?refresh=1")
+        await open_dashboard(page, srv.url + "/?refresh=1&hours=6")
         assert await page.locator("#pills .pill.ok").count() >= 1  # healthy, VTN connected
         await srv.stop()
         await page.wait_for_selector("#banner:not([hidden])", timeout=10000)
@@ -414,7 +414,7 @@ async def test_dashboard_marks_stale_when_gateway_stops(server):
 async def test_dashboard_token_rotated_while_open(server):
     srv = await server(SampleView(), token="s3cret")
     async with chromium_page(speedup=QUICK) as page:
-        await open_dashboard(page, srv.url + "/?refresh=1#token=s3cret", timeout=10000)
+        await open_dashboard(page, srv.url + "/?refresh=1&hours=6#token=s3cret", timeout=10000)
         # the token is changed on the gateway: the page's copy is now refused
         await page.evaluate("sessionStorage.setItem('edge-gateway-token', 'old-token')")
         await page.wait_for_selector("#token-form:not([hidden])", timeout=10000)
@@ -454,7 +454,7 @@ async def test_dashboard_shows_storage_failure(server):
     view = StorageView()
     srv = await server(view)
     async with chromium_page(speedup=QUICK) as page:
-        await open_dashboard(page, srv.url + "/?refresh=1")
+        await open_dashboard(page, srv.url + "/?refresh=1&hours=6")
         pill = page.locator("#pills .pill.bad", has_text="storage not writable")
         assert await pill.count() == 1
         assert "readonly" in await pill.get_attribute("title")

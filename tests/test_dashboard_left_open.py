@@ -62,7 +62,7 @@ async def test_tile_ages_keep_counting_while_the_gateway_is_away_and_the_page_co
     view = ReadingView()
     async with chromium_page(speedup=QUICK) as page:
         async with serving(view, port):
-            await open_dashboard(page, f"http://127.0.0.1:{port}/?refresh=1")
+            await open_dashboard(page, f"http://127.0.0.1:{port}/?refresh=1&hours=6")
             ages = await page.evaluate(AGES)
             assert len(ages) == 2 and all(seconds_ago(a) is not None and seconds_ago(a) < 15 for a in ages), ages
         # stopped: within a refresh or two the page says so, and the ages go on counting
@@ -93,7 +93,7 @@ async def test_a_browser_clock_minutes_off_the_gateways_reads_ages_by_the_gatewa
     async with serving(ReadingView(), port):
         async with chromium_page() as page:
             await page.clock.install(time=time.time() + off_s)
-            await open_dashboard(page, f"http://127.0.0.1:{port}/?refresh=1")
+            await open_dashboard(page, f"http://127.0.0.1:{port}/?refresh=1&hours=6")
             await page.wait_for_function("window.dashboard.draws >= 1", timeout=10000)
             ages = await page.evaluate(AGES)
             assert len(ages) == 2 and all(seconds_ago(a) is not None and seconds_ago(a) < 15 for a in ages), ages
