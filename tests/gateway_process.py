@@ -83,6 +83,20 @@ def _ends_with(parent: int):
 PR_SET_PDEATHSIG = 1
 
 
+def start_cli(args, log_path, prefix=(), fork=True) -> "subprocess.Popen | zygote.ForkedProcess":
+    """`python -m ven.cli ARGS`, both outputs appended to log_path, ending with the worker: forked from its zygote
+    where that is what an exec would give (see GatewayProcess), else exec'd."""
+    if fork and not prefix:
+        with open(log_path, "ab"):     # created by the test, as the exec path's open does
+            pass
+        proc = zygote.start(list(args), dict(os.environ), log_path)
+        if proc is not None:
+            return proc
+    with open(log_path, "ab") as log:
+        return subprocess.Popen([*prefix, sys.executable, "-m", "ven.cli", *args], stdout=log,
+                                stderr=subprocess.STDOUT, env=dict(os.environ), preexec_fn=_ends_with(os.getpid()))
+
+
 class GatewayProcess:
     """Start, SIGKILL, restart and stop one gateway process; output appends to log_path.
     As a context manager it starts on entry and stops (SIGTERM) on exit."""
@@ -95,17 +109,7 @@ class GatewayProcess:
         self.proc: subprocess.Popen | zygote.ForkedProcess | None = None
 
     def start(self) -> None:
-        args = ["run", "--config", str(self.config)]
-        if self.fork and not self.prefix:
-            with open(self.log_path, "ab"):     # created by the test, as the exec path's open does
-                pass
-            self.proc = zygote.start(args, dict(os.environ), self.log_path)
-            if self.proc is not None:
-                return
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([*self.prefix, sys.executable, "-m", "ven.cli", *args],
-                                         stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ),
-                                         preexec_fn=_ends_with(os.getpid()))
+        self.proc = start_cli(["run", "--config", str(self.config)], self.log_path, self.prefix, self.fork)
 
     @property
     def alive(self) -> bool:

@@ -3,9 +3,7 @@ the real `edge-gateway run` process: it is refused as a failed request, the proc
 request with a DTD to the demo VTN (`edge-gateway demo-vtn`): refused the same way, and the VTN goes on serving."""
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime, timedelta, timezone
 
@@ -13,10 +11,9 @@ import aiohttp
 import pytest
 from browser import chromium_page
 from fake_vtn import FakeVtn
-from gateway_process import START_S, GatewayProcess, write_config
+from gateway_process import START_S, GatewayProcess, start_cli, write_config
 from raw_vtn import RawVtn, distribute, event, interval, signal
 from waiting import eventually
-from zygote import start as fork_cli
 
 from ven.vtn_server import DemoVtn
 
@@ -66,11 +63,7 @@ async def test_a_dtd_with_entities_from_the_vtn_is_refused_and_the_gateway_stays
 @contextmanager
 def demo_vtn_process(port: int, log_path):
     """`edge-gateway demo-vtn` as a process of its own: a crash in it must not take the test run with it."""
-    args = ["demo-vtn", "--port", str(port), "--duration", "80"]
-    with open(log_path, "ab") as log:
-        proc = fork_cli(args, dict(os.environ), log_path)   # forked where that is what an exec would give
-        if proc is None:
-            proc = subprocess.Popen([sys.executable, "-m", "ven.cli", *args], stdout=log, stderr=subprocess.STDOUT)
+    proc = start_cli(["demo-vtn", "--port", str(port), "--duration", "80"], log_path)
     try:
         yield proc
     finally:
