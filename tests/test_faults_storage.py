@@ -667,6 +667,46 @@ async def test_opt_out_commands_in_a_file_that_opens_late_are_merged_then(
 
 
 @pytest.mark.timeout(int(START_S) + 60)   # a gateway process's start (START_S), then the test
+async def test_input_power_commands_in_a_file_that_opens_late_are_merged_then(tmp_path, free_udp_port, free_tcp_port):
+    # The BAS wrote its kW at priority 10 before a restart, and at the restart the data volume is not mounted yet; it
+    # writes a fallback at 16 and its kW at 12 meanwhile. Once the file opens, its command at 10 joins them, not as a
+    # reading, and the merge is what the file keeps.
+    bacnet_port, meter_port, vtn_port, http_port = free_udp_port(), free_udp_port(), free_tcp_port(), free_tcp_port()
+    log_path = tmp_path / "gateway.log"
+    gw, point = f"127.0.0.1:{bacnet_port}", P.BY_NAME[P.INPUT_POWER].object_id
+    with tmpfs(tmp_path / "ro", "rw,size=8m") as ro:
+        storage = ro / "gw.sqlite"
+        kept = Storage(storage)
+        kept.save_value("bacnet_commands:input-power-meter", json.dumps({"10": 120.0, "12": 80.0}))
+        kept.close()
+        cover(ro)
+        config = tmp_path / "gw.toml"
+        write_storage_config(config, bacnet_port, meter_port, vtn_port, http_port, storage)
+        async with BacnetPeer(free_udp_port(), timeout=1.0) as peer:
+            with GatewayProcess(config, log_path) as gateway:
+                await eventually(lambda: "edge-gateway ready" in gateway.log(), START_S, "the gateway ready")
+                assert await peer.read(gw, point, "priorityArray") == [None] * 16   # nothing readable yet
+                assert await peer.write(gw, point, "presentValue", 90.0, priority=16) is None
+                assert await peer.write(gw, point, "presentValue", 85.0, priority=12) is None
+                uncover(ro)
+                await eventually(lambda: f"storage.path {storage} takes writes again" in log_path.read_text(), 30,
+                                 "file opened")
+
+                async def merged():  # a task right after the open
+                    return await peer.read(gw, point, "priorityArray") == \
+                        [None] * 9 + [120.0, None, 85.0] + [None] * 3 + [90.0]
+                await eventually(merged, 5, "the stored commands merged with the BAS's")
+                assert await peer.read(gw, point, "presentValue") == 120.0
+        with contextlib.closing(sqlite3.connect(storage)) as db:   # the merge is what the file keeps
+            saved = db.execute("SELECT value FROM kv WHERE key = 'bacnet_commands:input-power-meter'").fetchone()[0]
+    assert json.loads(saved) == {"10": 120.0, "12": 85.0, "16": 90.0}
+    text = log_path.read_text()
+    assert "input-power-meter commands restored from before the restart: 120 at priority 10 -> 120 (the BAS's " \
+           "command, not a reading" in text, text
+    assert "Traceback" not in text, text
+
+
+@pytest.mark.timeout(int(START_S) + 60)   # a gateway process's start (START_S), then the test
 async def test_a_stop_seconds_after_the_data_volume_mounts_writes_what_memory_held_to_it(
         tmp_path, free_udp_port, free_tcp_port):
     # The volume mounts after the start and the gateway is stopped before its next retry (storage.retry_seconds, 10 s

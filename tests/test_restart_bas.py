@@ -10,6 +10,7 @@ import re
 import signal
 from datetime import datetime, timedelta, timezone
 
+import aiohttp
 import pytest
 from bacnet_peer import BacnetPeer
 from gateway_process import START_S, GatewayProcess, write_config
@@ -72,7 +73,7 @@ async def test_what_a_bas_writes_while_the_gateway_stops_comes_back_at_the_next_
             assert await bas.read(gw, P.BY_NAME[P.VTN_CONNECTED].object_id, "presentValue") == "inactive"
             assert await bas.write(gw, SHED, "presentValue", 45.0, priority=9) is None
             assert await bas.write(gw, OPT_OUT, "presentValue", "active", priority=8) is None
-            # a reading, not kept (docs/bacnet.md), taken without a fault from the stopped forecaster
+            # kept, and taken without a fault from the stopped forecaster, which learns nothing from it
             assert await bas.write(gw, INPUT, "presentValue", 100.0, priority=16) is None
         finally:
             if stopping is None:
@@ -92,6 +93,7 @@ async def test_what_a_bas_writes_while_the_gateway_stops_comes_back_at_the_next_
         try:
             assert await bas.read(gw, SHED, "priorityArray") == [None] * 8 + [45.0] + [None] * 7
             assert await bas.read(gw, OPT_OUT, "priorityArray") == [None] * 7 + [1] + [None] * 8
+            assert await bas.read(gw, INPUT, "priorityArray") == [None] * 15 + [100.0]
             assert gateway.forecast.status()["shed_kw"] == 45.0
             # the VTN, stopped when the BAS wrote, hears the opt-out from this start
             await eventually(lambda: vtn.opts_for("later")[-1:] == ["optOut"], 20, "optOut told to the VTN")
@@ -165,8 +167,8 @@ async def test_a_restart_is_invisible_to_the_commands_of_a_bas_polling_across_it
             for rows in answers:
                 assert {key: rows[key] for key in commands} == dict(commands.items()), rows
                 assert {key: rows[key] for key in event} == dict(event.items()), rows
-            # the BAS's kW is a reading, not a command: not kept (docs/bacnet.md), the meter stands in meanwhile
-            assert await bas.read(gw, INPUT, "priorityArray") == [None] * 16
+            # the BAS's kW commands come back as it left them (before 0.4.10 a restart emptied the array)
+            assert await bas.read(gw, INPUT, "priorityArray") == [None] * 9 + [100.0] + [None] * 5 + [90.0]
             await eventually(lambda: vtn.opts_for("shed")[-1:] == ["optIn"], 20, "answered again at the start")
         finally:
             gateway.stop()
@@ -174,4 +176,62 @@ async def test_a_restart_is_invisible_to_the_commands_of_a_bas_polling_across_it
     assert log.count("edge-gateway stopped") == 2 and log.count("SIGTERM: stopping") == 2, log
     assert "ADR-Opt-Out commands restored from before the restart: inactive at priority 12, active at priority 14 -> " \
            "inactive" in log, log
+    assert not re.search(r"WARNING|ERROR|Traceback", log), log
+
+
+async def api(http_port: int, path: str) -> str:
+    async with aiohttp.ClientSession() as session, \
+            session.get(f"http://127.0.0.1:{http_port}{path}", timeout=aiohttp.ClientTimeout(total=5)) as resp:
+        return await resp.text()
+
+
+@pytest.mark.timeout(int(3 * START_S) + 120)    # three gateway process starts
+async def test_a_bas_finds_its_input_power_commands_after_a_restart_and_a_crash_not_taken_as_readings(
+        tmp_path, free_udp_port, free_tcp_port):
+    # The BAS writes the building's kW at priority 10, with a fallback at 16; a BAS writing on change of value may not
+    # write again for minutes. Before 0.4.10 a restart emptied input-power-meter's priority array: the BAS read 0 kW
+    # (the relinquish default) in the point it commands, its acknowledged command gone, while its other commands on the
+    # device came back.
+    bacnet_port, vtn_port, meter_port, http_port = free_udp_port(), free_tcp_port(), free_udp_port(), free_tcp_port()
+    config, log_path = tmp_path / "gw.toml", tmp_path / "gateway.log"
+    write_config(config, bacnet_port=bacnet_port, vtn_port=vtn_port, http_port=http_port, meter_port=meter_port,
+                 storage=tmp_path / "gw.sqlite", ven_name="restart-input", meter_timeout_seconds=5)
+    gw = f"127.0.0.1:{bacnet_port}"
+    gateway = GatewayProcess(config, log_path)
+
+    async def started() -> None:
+        gateway.start()
+        await eventually(lambda: "edge-gateway ready" in gateway.log().rpartition("starting: device")[2], START_S,
+                         "the gateway ready")
+
+    async with DemoVtn(port=vtn_port, poll_seconds=1.0), \
+            MeterSimulator(address=f"127.0.0.1/8:{meter_port}", value=87.5), BacnetPeer(free_udp_port()) as bas:
+        try:
+            await started()
+            for value, priority in ((100.0, 10), (90.0, 16), (120.0, 10)):  # the last a kW changed: kept at the stop
+                assert await bas.write(gw, INPUT, "presentValue", value, priority=priority) is None, priority
+            gateway.proc.send_signal(signal.SIGTERM)
+            assert await asyncio.to_thread(gateway.proc.wait, 30) == 0
+
+            await started()
+            assert await bas.read(gw, INPUT, "priorityArray") == [None] * 9 + [120.0] + [None] * 5 + [90.0]
+            assert await bas.read(gw, INPUT, "presentValue") == 120.0
+            # the BAS's command, not a reading: the forecaster waits for its next write, the meter standing in
+            forecaster = json.loads(await api(http_port, "/api/status"))["forecaster"]
+            assert forecaster["last_input_at"] is None and forecaster["active_source"] != "bacnet_input", forecaster
+
+            # a relinquish is on the disk before its SimpleACK: a crash after it does not bring the command back; a kW
+            # changed at the priorities held is kept within INPUT_SAVE_S, so the crash loses the 95
+            assert await bas.relinquish(gw, INPUT, priority=10) is None
+            assert await bas.write(gw, INPUT, "presentValue", 95.0, priority=16) is None
+            await asyncio.to_thread(gateway.kill)
+
+            await started()
+            assert await bas.read(gw, INPUT, "priorityArray") == [None] * 15 + [90.0]
+        finally:
+            gateway.stop()
+    log = gateway.log()
+    assert "input-power-meter commands restored from before the restart: 120 at priority 10, 90 at priority 16 -> " \
+           "120 (the BAS's command, not a reading: the forecaster learns from its next write)" in log, log
+    assert "input-power-meter commands restored from before the restart: 90 at priority 16 -> 90 " in log, log
     assert not re.search(r"WARNING|ERROR|Traceback", log), log

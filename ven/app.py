@@ -30,6 +30,7 @@ from .cert_expiry import CertWatch
 from .clock_sync import SyncWatch, metric_value
 from .config import GatewayConfig
 from .config_checks import memory_limit_warnings
+from .command_keep import CommandKeep
 from .cov_restore import COV_SUBSCRIPTIONS, CovKeeper
 from .device_restore import BACNET_DATABASE, count_database_revision, restore_commands, served
 from .level_log import LevelLog
@@ -66,6 +67,13 @@ SHED_SINCE = SHED_COMMANDS + ":since"      # when the shed in force began (Unix 
 # A BAS may write its shed as it estimates it, each scan: a new kW every 10 s would be a commit every 10 s on an SD
 # card. A command taken or relinquished is kept at once, a changed kW at most this often, and at the stop.
 SHED_SAVE_S = 60.0
+# input-power-meter's commands likewise: a BAS that wrote its kW at a priority holds that priority (and a BAS writing on
+# change of value may not write again for minutes), so a restart gives them back, as other BACnet devices do. Not as
+# a reading: the forecaster learns from the BAS's next write. The kW kept matters only until then: a changed kW is
+# kept at most this often (the BAS writes one every few seconds), a command taken or relinquished at once.
+INPUT_COMMANDS = "bacnet_commands:" + P.INPUT_POWER
+INPUT_SAVE_S = 900.0
+INPUT_RESTORED = " (the BAS's command, not a reading: the forecaster learns from its next write)"
 METER_READ = "meter_read"  # the last meter a reading came from (address, object, property, units)
 # The clock and certificate watchers are looked at this often (at most; more often when one asks more often, as a
 # test's), each asking the kernel or reading the file at its own pace (every few minutes) within.
@@ -204,6 +212,8 @@ class Gateway:
         self._shed_kept_at = -math.inf
         self._shed_since_kept: float | None = None     # SHED_SINCE as storage.path has it
         self._shed_save: asyncio.TimerHandle | None = None    # a changed kW put off by SHED_SAVE_S, written then
+        self._input_keep = CommandKeep(self.device, self.storage, P.INPUT_POWER, INPUT_SAVE_S,
+                                       lambda: at_most(self.storage.synced(), ACK_WAIT_S))
         # stop() has begun: the device still answers until its part stops, and a timer set now never runs
         self._stopping = False
         self._schedule_listeners: list = []
@@ -275,8 +285,12 @@ class Gateway:
         await restore_commands(self.device, self.storage, P.SHED_POWER, self.storage.load_value(SHED_COMMANDS),
                                served_before=served(before, P.SHED_POWER))
         self._shed_kept = self.device.commands(P.SHED_POWER)    # as the file has them
+        await restore_commands(self.device, self.storage, P.INPUT_POWER, self.storage.load_value(INPUT_COMMANDS),
+                               served_before=served(before, P.INPUT_POWER), note=INPUT_RESTORED)
+        self._input_keep.restored()
         self.storage.on_late_open = self._storage_opened_late
         self.device.on_write(P.INPUT_POWER, self._on_input_power)
+        self.device.on_write(P.INPUT_POWER, lambda _: self._input_keep.written(at_once=self._stopping))
         # a BAS writing W for kW is told so on the wire, as for a value past the bounds, and the meter stands in
         self.device.judge_writes(P.INPUT_POWER, lambda kw: self.forecast.implausible(kw)
                                  if self._built("forecast") else None)
@@ -334,12 +348,14 @@ class Gateway:
                 await at_most(self._late_restore, LATE_RESTORE_WAIT_S)
             await cancel_and_wait(self._late_restore)
         except Exception as err:  # noqa: BLE001 - its failure must not keep the rest running
-            log.warning("restoring ADR-Opt-Out, bas-shed-power and COV subscriptions after the storage opened late: %s",
-                        err)
+            log.warning("restoring the BAS's commands and COV subscriptions after the storage opened late: %s", err)
         if self.device.running:
             self._keep_shed()      # a kW the BAS changed within SHED_SAVE_S of the last one kept
-        elif self._shed_save is not None:
-            self._shed_save.cancel()
+            self._input_keep.keep()
+        else:
+            if self._shed_save is not None:
+                self._shed_save.cancel()
+            self._input_keep.cancel()
         while self._stack:
             part = self._stack.pop()
             try:
@@ -598,21 +614,26 @@ class Gateway:
 
     def _storage_opened_late(self, values: dict[str, str]) -> None:
         saved_opt_out, saved_shed = values.get(OPT_OUT_COMMANDS), values.get(SHED_COMMANDS)
-        saved_cov = values.get(COV_SUBSCRIPTIONS)
+        saved_input, saved_cov = values.get(INPUT_COMMANDS), values.get(COV_SUBSCRIPTIONS)
         # the COV keeper's merge runs with nothing saved too: it then stops noting what the BAS asks
-        if saved_opt_out or saved_shed or self._cov_keeper is not None:
+        if saved_opt_out or saved_shed or saved_input or self._cov_keeper is not None:
+            database = values.get(BACNET_DATABASE)
             self._late_restore = asyncio.get_running_loop().create_task(
-                self._restore_late(saved_opt_out, saved_shed, served(values.get(BACNET_DATABASE), P.SHED_POWER),
-                                   saved_cov))
+                self._restore_late(saved_opt_out, saved_shed, served(database, P.SHED_POWER), saved_cov,
+                                   saved_input, served(database, P.INPUT_POWER)))
 
     async def _restore_late(self, saved_opt_out: str | None, saved_shed: str | None, shed_served: bool,
-                            saved_cov: str | None = None) -> None:
+                            saved_cov: str | None = None, saved_input: str | None = None,
+                            input_served: bool = True) -> None:
         if saved_opt_out:
             await self._restore_opt_out(saved_opt_out, late=True)
         if await restore_commands(self.device, self.storage, P.SHED_POWER, saved_shed, late=True,
                                   served_before=shed_served):
             self._shed_kept = self.device.commands(P.SHED_POWER)    # the merge, which the restore wrote
             self._tell_shed()
+        if await restore_commands(self.device, self.storage, P.INPUT_POWER, saved_input, late=True,
+                                  served_before=input_served, note=INPUT_RESTORED):
+            self._input_keep.restored()     # the merge, which the restore wrote
         # last: the restored subscriptions' first notifications say the commands restored above
         if self._cov_keeper is not None:
             await self._cov_keeper.late(saved_cov)

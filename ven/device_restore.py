@@ -74,9 +74,9 @@ def served(objects: list[str] | str | None, name: str) -> bool:
 
 
 async def restore_commands(device: GatewayDevice, storage: Storage, name: str, saved: str | None,
-                           late: bool = False, served_before: bool = True) -> bool:
-    """Put a commandable point's stored commands back (SHED_COMMANDS, OPT_OUT_COMMANDS); whether any were.
-    `served_before`: whether the last run served the point."""
+                           late: bool = False, served_before: bool = True, note: str = "") -> bool:
+    """Put a commandable point's stored commands back (SHED_COMMANDS, OPT_OUT_COMMANDS, INPUT_COMMANDS); whether any
+    were. `served_before`: whether the last run served the point. `note`: said after the line that says them."""
     if not saved:
         return False
     point = P.BY_NAME[name]
@@ -121,7 +121,7 @@ async def restore_commands(device: GatewayDevice, storage: Storage, name: str, s
     if commands:
         def shown(v) -> str:
             return ("active" if v else "inactive") if point.kind == "binaryValue" else f"{v:g}"
-        log.info("%s commands restored from before the restart: %s -> %s", name,
+        log.info("%s commands restored from before the restart: %s -> %s%s", name,
                  ", ".join(f"{shown(v)} at priority {p}" for p, v in sorted(commands.items())),
-                 shown(device.get(name)))
+                 shown(device.get(name)), note)
     return bool(commands)
