@@ -170,3 +170,25 @@ async def test_watts_written_for_kw_are_refused_on_the_wire_with_the_reason(with
     assert gateway.forecast.forecaster.rejected == 0        # never reached the forecaster
     assert await peer.write(gw, P.BY_NAME[P.INPUT_POWER].object_id, "presentValue", 5.0 * float(top),
                             priority=8) is None              # five times the median: a building that grew
+
+
+async def test_a_shed_written_in_watts_is_refused_on_the_wire_with_the_reason(with_history, caplog):
+    # The same BAS writing bas-shed-power in watts (25,000 for a 25 kW shed) was acknowledged: every sample then had
+    # 25,000 kW added, the forecaster refused them all with a line blaming input-power-meter and bacnet.input_max_kw,
+    # and its points went to fault for the rest of the shed, while the BAS held its command as taken
+    gateway, peer, gw = with_history
+    caplog.set_level(logging.WARNING, logger="bacnet_api.write_access")
+    await eventually(lambda: gateway.forecast.forecaster.implausible(1e6), 10, "the history's peak known")
+    top = gateway.forecast.forecaster.implausible(1e6).split("(")[1].split(" kW")[0]
+    shed = P.BY_NAME[P.SHED_POWER].object_id
+    err = await peer.write(gw, shed, "presentValue", 25_000.0, priority=8)
+    assert isinstance(err, PeerError) and err.code == "valueOutOfRange", err
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "bacnet_api.write_access"]
+    assert "bas-shed-power (analogValue 10) presentValue at priority 8" in line, line
+    assert f" refused (value-out-of-range): 25000 kW is over 100 times the median 15-minute demand of the last 14 " \
+           f"days ({top} kW): watts written as kW?" in line, line
+    assert await peer.read(gw, shed, "priorityArray") == [None] * 16
+    assert gateway.forecast.status()["shed_kw"] == 0.0
+    # a shed the size of the building's load is taken
+    assert await peer.write(gw, shed, "presentValue", float(top), priority=8) is None
+    assert gateway.forecast.status()["shed_kw"] == pytest.approx(float(top), rel=1e-6)   # as a BACnet Real

@@ -294,6 +294,10 @@ class Gateway:
         # a BAS writing W for kW is told so on the wire, as for a value past the bounds, and the meter stands in
         self.device.judge_writes(P.INPUT_POWER, lambda kw: self.forecast.implausible(kw)
                                  if self._built("forecast") else None)
+        # likewise a shed in W: taken, it was added to every sample, which the forecaster then refused, its points in
+        # fault for the whole shed while the BAS held its command as taken (a shed of the building's size passes)
+        self.device.judge_writes(P.SHED_POWER, lambda kw: self.forecast.implausible(kw)
+                                 if self._built("forecast") else None)
         self.device.on_write(P.OPT_OUT, self._on_opt_out)
         self.device.on_write(P.SHED_POWER, self._on_shed)
         await self._start(self.schedule)
