@@ -185,10 +185,9 @@ async def test_meter_fault_is_flagged_until_the_first_meter_read_has_ended(tmp_p
         await gateway.stop()
 
 
-async def test_a_restart_clears_input_power_keeps_opt_out_and_cov_subscriptions(tmp_path, free_udp_port,
-                                                                              free_tcp_port):
-    # what the sequence tells the BAS to expect of a gateway restart: write input-power-meter again, the
-    # ADR-Opt-Out command holds, and so do the COV subscriptions (lifetime 0 here: indefinite)
+async def test_a_restart_keeps_input_power_opt_out_and_cov_subscriptions(tmp_path, free_udp_port, free_tcp_port):
+    # what the sequence tells the BAS to expect of a gateway restart: its input-power-meter and ADR-Opt-Out commands
+    # hold (the kW not taken as a reading), and so do the COV subscriptions (lifetime 0 here: indefinite)
     cfg = _config(tmp_path, free_udp_port(), free_tcp_port())
     gw, device = cfg.bacnet.address.replace("/8", ""), "device 500009"
     power, opt_out = P.BY_NAME[P.INPUT_POWER].object_id, P.BY_NAME[P.OPT_OUT].object_id
@@ -206,8 +205,9 @@ async def test_a_restart_clears_input_power_keeps_opt_out_and_cov_subscriptions(
         gateway = Gateway(cfg)
         await gateway.start()
         try:
-            assert await peer.read(gw, power, "presentValue") == 0.0
-            assert await peer.read(gw, power, "priorityArray") == [None] * 16
+            assert await peer.read(gw, power, "presentValue") == 250.0
+            assert await peer.read(gw, power, "priorityArray") == [None] * 7 + [250.0] + [None] * 8
+            assert gateway.forecast.status()["last_input_at"] is None
             assert await peer.read(gw, opt_out, "presentValue") == "active"
             kept = await peer.read(gw, device, "activeCovSubscriptions")
             assert len(kept) == 1, kept
