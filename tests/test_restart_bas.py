@@ -19,7 +19,7 @@ from waiting import eventually
 
 from bacnet_api import points as P
 from bacnet_api.simulator import MeterSimulator
-from ven.app import SHED_COMMANDS, Gateway
+from ven.app import INPUT_COMMANDS, SHED_COMMANDS, Gateway
 from ven.storage import Storage
 from ven.vtn_server import DemoVtn
 
@@ -236,3 +236,30 @@ async def test_a_bas_finds_its_input_power_commands_after_a_restart_and_a_crash_
            "120 (the BAS's command, not a reading: the forecaster learns from its next write)" in log, log
     assert "input-power-meter commands restored from before the restart: 90 at priority 16 -> 90 " in log, log
     assert not re.search(r"WARNING|ERROR|Traceback", log), log
+
+
+async def test_a_stored_input_power_command_the_bounds_now_refuse_is_not_restored(tmp_path, free_udp_port,
+                                                                                  free_tcp_port, caplog):
+    # bacnet.input_max_kw lowered to catch a BAS writing W: its stored 200,000 is no command the point can hold, and
+    # restored at the bound it would read 100,000 kW at the BAS's priority, a value nobody wrote
+    caplog.set_level(logging.INFO, logger="ven.device_restore")
+    config = fast_config(tmp_path, bacnet_port=free_udp_port(), meter_port=free_udp_port(), vtn_port=free_tcp_port(),
+                         http_port=free_tcp_port())
+    storage = Storage(config.storage.path)
+    try:
+        storage.save_value(INPUT_COMMANDS, json.dumps({"9": 2e5, "16": 90.0}))
+    finally:
+        storage.close()
+    gateway = Gateway(config)
+    await gateway.start()
+    try:
+        async with BacnetPeer(free_udp_port()) as bas:
+            assert await bas.read(config.bacnet.address.replace("/8", ""), INPUT, "priorityArray") == \
+                [None] * 15 + [90.0]
+        assert json.loads(gateway.storage.load_value(INPUT_COMMANDS)) == {"16": 90.0}
+    finally:
+        await gateway.stop()
+    said = [r.getMessage() for r in caplog.records if "input-power-meter commands" in r.getMessage()]
+    assert said[0] == ("stored input-power-meter commands outside -100000..100000 kW (bacnet.input_min_kw.."
+                       "input_max_kw, or the point's lowest, changed since?): 200000 at priority 9, not restored"), said
+    assert said[1].startswith("input-power-meter commands restored from before the restart: 90 at priority 16 -> 90 ")

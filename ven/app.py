@@ -286,7 +286,7 @@ class Gateway:
                                served_before=served(before, P.SHED_POWER))
         self._shed_kept = self.device.commands(P.SHED_POWER)    # as the file has them
         await restore_commands(self.device, self.storage, P.INPUT_POWER, self.storage.load_value(INPUT_COMMANDS),
-                               served_before=served(before, P.INPUT_POWER), note=INPUT_RESTORED)
+                               served_before=served(before, P.INPUT_POWER), note=INPUT_RESTORED, clamp=False)
         self._input_keep.restored()
         self.storage.on_late_open = self._storage_opened_late
         self.device.on_write(P.INPUT_POWER, self._on_input_power)
@@ -636,7 +636,7 @@ class Gateway:
             self._shed_kept = self.device.commands(P.SHED_POWER)    # the merge, which the restore wrote
             self._tell_shed()
         if await restore_commands(self.device, self.storage, P.INPUT_POWER, saved_input, late=True,
-                                  served_before=input_served, note=INPUT_RESTORED):
+                                  served_before=input_served, note=INPUT_RESTORED, clamp=False):
             self._input_keep.restored()     # the merge, which the restore wrote
         # last: the restored subscriptions' first notifications say the commands restored above
         if self._cov_keeper is not None:

@@ -74,9 +74,11 @@ def served(objects: list[str] | str | None, name: str) -> bool:
 
 
 async def restore_commands(device: GatewayDevice, storage: Storage, name: str, saved: str | None,
-                           late: bool = False, served_before: bool = True, note: str = "") -> bool:
+                           late: bool = False, served_before: bool = True, note: str = "",
+                           clamp: bool = True) -> bool:
     """Put a commandable point's stored commands back (SHED_COMMANDS, OPT_OUT_COMMANDS, INPUT_COMMANDS); whether any
-    were. `served_before`: whether the last run served the point. `note`: said after the line that says them."""
+    were. `served_before`: whether the last run served the point. `note`: said after the line that says them.
+    `clamp`: a stored kW outside the point's bounds now is restored at the bound (else left out)."""
     if not saved:
         return False
     point = P.BY_NAME[name]
@@ -105,11 +107,18 @@ async def restore_commands(device: GatewayDevice, storage: Storage, name: str, s
         return False
     outside = {p: v for p, v in commands.items() if point.kind == "analogValue" and not low <= v <= high}
     if outside:
-        # bacnet.input_max_kw lowered since: the BAS still holds its command, which the point then takes at the bound
-        commands.update({p: min(max(v, low), high) for p, v in outside.items()})
+        # bacnet.input_max_kw lowered since: the BAS still holds its command (a shed), which the point then takes at
+        # the bound; a kW the bound now refuses (lowered to catch a BAS writing W) is no command at the bound, and the
+        # BAS's next write of it is refused, which it sees
+        if clamp:
+            commands.update({p: min(max(v, low), high) for p, v in outside.items()})
+        else:
+            commands = {p: v for p, v in commands.items() if p not in outside}
+            storage.save_value("bacnet_commands:" + name, json.dumps(commands))
         log.warning("stored %s commands outside %g..%g kW (bacnet.input_min_kw..input_max_kw, or the point's "
-                    "lowest, changed since?): %s, restored at the bound", name, low, high,
-                    ", ".join(f"{v:g} at priority {p}" for p, v in sorted(outside.items())))
+                    "lowest, changed since?): %s, %s", name, low, high,
+                    ", ".join(f"{v:g} at priority {p}" for p, v in sorted(outside.items())),
+                    "restored at the bound" if clamp else "not restored")
     if late:
         # the BAS may have written or relinquished priorities since the start: those stay as it
         # left them, the stored commands fill the others, and the merge is what is kept
