@@ -32,7 +32,7 @@ from .config import GatewayConfig
 from .config_checks import memory_limit_warnings
 from .command_keep import CommandKeep
 from .cov_restore import COV_SUBSCRIPTIONS, CovKeeper
-from .device_restore import BACNET_DATABASE, count_database_revision, restore_commands, served
+from .device_restore import BACNET_DATABASE, COMMANDS, count_database_revision, restore_commands, served
 from .level_log import LevelLog
 from .logs import RecentLog
 from .read_gaps import ReadGaps
@@ -59,10 +59,10 @@ log = logging.getLogger(__name__)
 
 # The BAS's commands on ADR-Opt-Out, by priority: a BAS that commanded it once still holds that
 # priority after the gateway restarts, so the gateway must too.
-OPT_OUT_COMMANDS = "bacnet_commands:" + P.OPT_OUT
+OPT_OUT_COMMANDS = COMMANDS + P.OPT_OUT
 # bas-shed-power's commands likewise: a BAS that commands it at a shed's start holds it until the end, and writes
 # it again only then
-SHED_COMMANDS = "bacnet_commands:" + P.SHED_POWER
+SHED_COMMANDS = COMMANDS + P.SHED_POWER
 SHED_SINCE = SHED_COMMANDS + ":since"      # when the shed in force began (Unix seconds; "" for none)
 # A BAS may write its shed as it estimates it, each scan: a new kW every 10 s would be a commit every 10 s on an SD
 # card. A command taken or relinquished is kept at once, a changed kW at most this often, and at the stop.
@@ -71,7 +71,7 @@ SHED_SAVE_S = 60.0
 # change of value may not write again for minutes), so a restart gives them back, as other BACnet devices do. Not as
 # a reading: the forecaster learns from the BAS's next write. The kW kept matters only until then: a changed kW is
 # kept at most this often (the BAS writes one every few seconds), a command taken or relinquished at once.
-INPUT_COMMANDS = "bacnet_commands:" + P.INPUT_POWER
+INPUT_COMMANDS = COMMANDS + P.INPUT_POWER
 INPUT_SAVE_S = 900.0
 INPUT_RESTORED = " (the BAS's command, not a reading: the forecaster learns from its next write)"
 METER_READ = "meter_read"  # the last meter a reading came from (address, object, property, units)

@@ -15,9 +15,9 @@ from typing import Awaitable, Callable
 
 from bacnet_api.device import GatewayDevice
 
+from .device_restore import COMMANDS
 from .storage import Storage
 
-COMMANDS = "bacnet_commands:"    # + the point's name: its commands by priority, as JSON, as restore_commands reads them
 
 
 class CommandKeep:

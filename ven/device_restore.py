@@ -13,6 +13,7 @@ from .storage import Storage
 
 log = logging.getLogger(__name__)
 
+COMMANDS = "bacnet_commands:"    # + a commandable point's name: its commands by priority, as JSON
 BACNET_DATABASE = "bacnet_database"  # the device's objects and databaseRevision, as the last run served them
 
 
@@ -101,7 +102,7 @@ async def restore_commands(device: GatewayDevice, storage: Storage, name: str, s
         # Kept from a run before the last, which served no such point (an earlier version, rolled back to): the BAS's
         # relinquish at the end of its shed was refused there, and the shed came back, added to every sample learnt
         if commands:
-            storage.save_value("bacnet_commands:" + name, "{}")
+            storage.save_value(COMMANDS + name, "{}")
             log.info("stored %s commands %.200s not restored: the last run (an earlier version?) served no %s, so "
                      "what the BAS wrote since never reached them", name, saved, name)
         return False
@@ -114,7 +115,7 @@ async def restore_commands(device: GatewayDevice, storage: Storage, name: str, s
             commands.update({p: min(max(v, low), high) for p, v in outside.items()})
         else:
             commands = {p: v for p, v in commands.items() if p not in outside}
-            storage.save_value("bacnet_commands:" + name, json.dumps(commands))
+            storage.save_value(COMMANDS + name, json.dumps(commands))
         log.warning("stored %s commands outside %g..%g kW (bacnet.input_min_kw..input_max_kw, or the point's "
                     "lowest, changed since?): %s, %s", name, low, high,
                     ", ".join(f"{v:g} at priority {p}" for p, v in sorted(outside.items())),
@@ -126,7 +127,7 @@ async def restore_commands(device: GatewayDevice, storage: Storage, name: str, s
         commands = {p: v for p, v in commands.items() if p not in touched}
     await device.restore_commands(name, commands)
     if late:
-        storage.save_value("bacnet_commands:" + name, json.dumps(device.commands(name)))
+        storage.save_value(COMMANDS + name, json.dumps(device.commands(name)))
     if commands:
         def shown(v) -> str:
             return ("active" if v else "inactive") if point.kind == "binaryValue" else f"{v:g}"
