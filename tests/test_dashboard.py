@@ -714,16 +714,20 @@ async def test_kw_read_as_a_person_reads_them_at_a_5_kw_site_and_a_50_mw_one(ser
 
 class SheddingView(SampleView):
     """The sample with the BAS shedding on its own for the last hour and the power input still for ten minutes:
-    every epoch-second field of the forecaster's card set."""
+    every epoch-second field of the forecaster's card set. Two BACnet clients hold COV subscriptions, as
+    bacnet_api.cov_keep.summary gives them: a BAS's 16 indefinite ones and a workstation's one lapsing in 250 s."""
 
     def status(self):
         st = super().status()
         now = self.clock()
         st["forecaster"].update(shed_kw=12.0, shed_since=now - 3600, input_still_since=now - 600)
+        st["device"]["cov_subscriptions"] = {"count": 17, "subscribers": [
+            {"address": "192.168.1.9:47808", "objects": 16, "shortest_remaining_seconds": None},
+            {"address": "192.168.1.77:47808", "objects": 1, "shortest_remaining_seconds": 250.4}]}
         return st
 
 
-async def test_the_status_cards_read_epoch_seconds_as_times_and_the_device_id_as_typed(server):
+async def test_the_status_cards_read_epoch_seconds_as_times_the_device_id_as_typed_and_cov_subscribers(server):
     # the demo's Forecaster card read "trained until 1,796,558,400" beside "last fit at 2026-12-06 12:11:38Z", and
     # its BACnet device card "device id 500,001", an instance a technician types as 500001 (helper newcomer49)
     view = SheddingView()
@@ -735,6 +739,15 @@ async def test_the_status_cards_read_epoch_seconds_as_times_and_the_device_id_as
             assert text is not None and re.fullmatch(stamp, text), (key, text)
         assert await section_value(page, "device", "device id") == "500001"
         assert await section_value(page, "forecaster", "train rows") == "20,000"   # a count stays grouped
+        # the COV subscriptions read as the rest of the card, not as 160 characters of JSON
+        assert await section_value(page, "device", "cov subscriptions.count") == "17"
+        rows = await page.evaluate("""() => [...document.querySelectorAll('[data-section="device"] dt')]
+            .filter((dt) => dt.textContent.startsWith("cov"))
+            .map((dt) => [dt.textContent, dt.nextElementSibling.textContent])""")
+        each = "cov subscriptions.subscriber"
+        assert rows == [["cov subscriptions.count", "17"],
+                        [each, "192.168.1.9:47808: 16 objects, shortest remaining lifetime indefinite"],
+                        [each, "192.168.1.77:47808: 1 object, shortest remaining lifetime 4 min"]], rows
         assert page.errors == []
 
 

@@ -127,8 +127,8 @@ async def test_a_screen_reader_hears_each_change_once(server):
     async with chromium_page(speedup=QUICK) as page:
         await open_dashboard(page, srv.url + "/?refresh=1")
         await record_live_changes(page)
-        draws = await page.evaluate("window.dashboard.draws")
-        await page.wait_for_function(f"window.dashboard.draws >= {draws + 3}", timeout=10000)
+        done = await page.evaluate("window.dashboard.refreshes")
+        await page.wait_for_function(f"window.dashboard.refreshes >= {done + 3}", timeout=10000)
         assert await live_changes(page) == []   # nothing changed: nothing is read out
 
         view.faults = {"meter"}
@@ -136,8 +136,8 @@ async def test_a_screen_reader_hears_each_change_once(server):
         said = await live_changes(page)
         assert len(said) == 1 and "Needs attention: Meter fault" in said[0], said
         assert "Cleared: Meter answering intermittently" in said[0]
-        draws = await page.evaluate("window.dashboard.draws")
-        await page.wait_for_function(f"window.dashboard.draws >= {draws + 2}", timeout=10000)
+        done = await page.evaluate("window.dashboard.refreshes")
+        await page.wait_for_function(f"window.dashboard.refreshes >= {done + 2}", timeout=10000)
         assert await live_changes(page) == []
 
         await srv.stop()

@@ -135,8 +135,8 @@ async def test_the_readout_keeps_its_minute_across_the_refresh(server):
         assert len(await said(page)) == 3
 
         async def refreshed():
-            draws = await page.evaluate("window.dashboard.draws")
-            await page.wait_for_function(f"window.dashboard.draws >= {draws + 2}", timeout=10000)
+            done = await page.evaluate("window.dashboard.refreshes")
+            await page.wait_for_function(f"window.dashboard.refreshes >= {done + 2}", timeout=10000)
             return await history_now(page)
         view.end += 3   # three minutes on: the minute read out is three places further back
         history = await refreshed()

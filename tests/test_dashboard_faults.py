@@ -708,8 +708,8 @@ async def test_a_clock_no_time_service_keeps_is_named_as_a_warning_with_what_to_
 
         view.synchronized = False           # a boot's first look, before chrony has set the clock: nothing yet
         # refreshed since: the first of two refreshes may have asked before the change, the second asked after
-        draws = await page.evaluate("window.dashboard.draws")
-        await page.wait_for_function(f"window.dashboard.draws >= {draws} + 2", timeout=10000)
+        done = await page.evaluate("window.dashboard.refreshes")
+        await page.wait_for_function(f"window.dashboard.refreshes >= {done} + 2", timeout=10000)
         assert await page.locator("#problems").is_hidden()
         view.warned = True                  # the second look: the log says it, and so does the page
         await page.wait_for_function(f"({PROBLEMS}) === 'clock-sync'", timeout=10000)
@@ -740,8 +740,8 @@ async def test_a_restart_does_not_clear_a_clock_still_unsynchronized(server):  #
     async with drawn(server, view, "?refresh=1", speedup=QUICK) as (page, _):
         await page.wait_for_function(f"({PROBLEMS}) === 'clock-sync'", timeout=10000)
         view.warned, view.uptime = False, 4.0     # restarted: its first look finds it unsynchronized, not said yet
-        draws = await page.evaluate("window.dashboard.draws")
-        await page.wait_for_function(f"window.dashboard.draws >= {draws} + 3", timeout=10000)
+        done = await page.evaluate("window.dashboard.refreshes")
+        await page.wait_for_function(f"window.dashboard.refreshes >= {done} + 3", timeout=10000)
         assert await page.evaluate(PROBLEMS) == "clock-sync"
         assert "Cleared" not in await page.locator("#announce").inner_text()
         view.synchronized = True                  # put right: cleared

@@ -418,6 +418,37 @@ async def test_history_and_hours_validation(served):
         assert status == 400 and "hours must be a number" in body, bad
 
 
+class NowView(SampleView):
+    """The sample's history made "now" (its clock), as the gateway's: the one part that changes at every answer."""
+
+    def history(self, hours: float) -> dict:
+        return {**super().history(hours), "now": self.clock()}
+
+
+async def test_history_is_answered_304_while_nothing_but_its_now_changed(served):
+    server, view, base = await served(NowView())
+    status, headers, body = await fetch(base + "/api/history?hours=6")
+    tag = headers["ETag"]
+    assert status == 200 and re.fullmatch(r'W/"[0-9a-f]{24}"', tag), tag
+    first = json.loads(body)
+    assert first == json.loads(json.dumps(view.history(6) | {"now": first["now"]}))   # "now" in it, as made
+    assert first["now"] == pytest.approx(view.clock(), abs=5)
+    # later, with its tag: nothing but "now" changed, no body
+    status, headers, body = await fetch(base + "/api/history?hours=6", {"If-None-Match": tag})
+    assert (status, body, headers["ETag"], headers["Cache-Control"]) == (304, "", tag, "no-store")
+    # another span, or a reading in the minute in progress, is another body
+    status, headers, _ = await fetch(base + "/api/history?hours=1", {"If-None-Match": tag})
+    assert status == 200 and headers["ETag"] != tag
+    view.power[-1] = 250.0
+    status, headers, body = await fetch(base + "/api/history?hours=6", {"If-None-Match": f'W/"x", {tag}'})
+    assert status == 200 and headers["ETag"] != tag and json.loads(body)["power_kw"][-1] == 250.0
+    # a view without "now" (the tests' SampleView): the tag of all of it
+    server, view, base = await served(SampleView())
+    status, headers, body = await fetch(base + "/api/history?hours=6")
+    assert "now" not in json.loads(body)
+    assert (await fetch(base + "/api/history?hours=6", {"If-None-Match": headers["ETag"]}))[0] == 304
+
+
 async def test_history_is_encoded_off_the_event_loop(served, monkeypatch):
     # ?hours=840 is 50,400 minutes in 8 series: encoded on the loop, every dashboard refresh stalled the gateway
     import threading

@@ -53,7 +53,7 @@ tables (nested objects flattened), so the gateway may add keys freely. Values ma
 null, datetimes become ISO strings, dataclasses objects.
 
 GET /api/history?hours=24 -> view.history(hours), shaped by ven.history.build_history (its docstring
-has the shape).
+has the shape), with a weak ETag of all of it but "now": 304 to an If-None-Match of it (_history_response).
 
 GET /api/history.csv?hours=24 -> the same body as CSV, one row per minute (ven/history_csv.py), as an attachment.
 
@@ -90,7 +90,9 @@ import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Protocol
 
+import aiohttp
 from aiohttp import web, web_response
+from aiohttp.helpers import ETAG_ANY
 
 from bacnet_api.settle import span
 
@@ -230,6 +232,31 @@ def _json_response(body: Any, status: int = 200) -> web.Response:
     text = json.dumps(to_json(body), allow_nan=False, separators=(",", ":"))
     return web.Response(text=text, status=status, content_type="application/json",
                         headers={"Cache-Control": "no-store"})
+
+
+_NO_NOW = object()
+
+
+def _history_response(body: Any, asked: tuple | None) -> web.Response:
+    """/api/history with a weak ETag of all of it but "now": 304 Not Modified for a request whose If-None-Match
+    (`asked`) has it. An open dashboard asks at every refresh (every second or so on a control-room screen) for a body
+    that changes once a minute and with each meter reading (the minute in progress): with the 304 it draws the chart
+    again only when there is something new to draw. "now" (when the body was made) is left out: it alone changes at
+    every answer, and the page moves its "now" line by /api/status's "now" meanwhile."""
+    data = to_json(body)
+    if not isinstance(data, dict):
+        return _json_response(data)
+    now = data.pop("now", _NO_NOW)
+    text = json.dumps(data, allow_nan=False, separators=(",", ":"))
+    tag = aiohttp.ETag(value=hashlib.blake2b(text.encode(), digest_size=12).hexdigest(), is_weak=True)
+    if asked and any(t.value in (tag.value, ETAG_ANY) for t in asked):
+        resp = web.Response(status=304, headers={"Cache-Control": "no-store"})
+    else:
+        if now is not _NO_NOW:   # put back, last: the text hashed is all the rest
+            text = text[:-1] + ("," if data else "") + '"now":' + json.dumps(now, allow_nan=False) + "}"
+        resp = web.Response(text=text, content_type="application/json", headers={"Cache-Control": "no-store"})
+    resp.etag = tag
+    return resp
 
 
 def _csv_response(body: Any, hours: float, now: float) -> web.Response:
@@ -738,7 +765,7 @@ class HttpServer:
             return read
         # off the event loop: 35 days are 50,400 minutes in 8 series, 2 MB of JSON and about 0.1 s to encode,
         # on every refresh of a dashboard opened with ?hours=840
-        return await asyncio.to_thread(_json_response, read[1])
+        return await asyncio.to_thread(_history_response, read[1], request.if_none_match)
 
     async def _history_csv(self, request: web.Request) -> web.Response:
         read = await self._read_history(request)

@@ -35,14 +35,15 @@ export async function fetchWithin(path, timeoutMs, read, headers = {}) {
     clearTimeout(timer);
   }
 }
-// GET `path` with the token and read its answer with `read(resp)`, all within `timeoutMs`. Fails with an
-// HttpError when the gateway answers with an error, else an Error saying it did not answer.
-export async function apiGet(path, timeoutMs, read) {
-  const headers = {};
+// GET `path` with the token (and `headers`) and read its answer with `read(resp)`, all within `timeoutMs`. Fails
+// with an HttpError when the gateway answers with an error, else an Error saying it did not answer. A 304 (asked
+// with If-None-Match) is no error: `read` takes it.
+export async function apiGet(path, timeoutMs, read, headers = {}) {
+  headers = Object.assign({}, headers);
   const t = token();
   if (t) headers.Authorization = `Bearer ${t}`;
   return fetchWithin(path, timeoutMs, async (resp) => {
-    if (!resp.ok) {
+    if (!resp.ok && resp.status !== 304) {
       const body = await resp.json().catch(() => ({}));
       throw new HttpError(resp.status, `HTTP ${resp.status} ${body.error || ""}`.trim());
     }

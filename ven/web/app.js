@@ -5,7 +5,7 @@
 // Access token: see api.js. This module fetches and refreshes; the others draw (header.js, tiles.js,
 // tables.js, chart.js, log.js); download.js saves the chart's hours as CSV.
 import {HttpError, apiGet, fetchWithin, token} from "./api.js";
-import {drawChart} from "./chart.js";
+import {drawChart, drawChartIfChanged, followNow} from "./chart.js";
 import {$, el} from "./dom.js";
 import {followSpan, setupDownload} from "./download.js";
 import {agoSpan, clockSkewMs, fmtDuration, fmtStamp, nowMs, setClockSkew, tickAges, toMs, zoneName} from "./format.js";
@@ -26,13 +26,26 @@ const LONG_SPAN_H = 24;
 const LONG_SPAN_EVERY_S = 60;
 const SKEW_ROUND_TRIP_MS = 3000;
 
-async function getJSON(path) {
+async function getAnswer(path, read, headers) {
   try {
-    return await apiGet(path, FETCH_TIMEOUT_MS, (resp) => resp.json().catch(() => ({})));
+    return await apiGet(path, FETCH_TIMEOUT_MS, read, headers);
   } catch (err) {
     if (err instanceof HttpError && err.status === 401) throw err;  // no token, or not this one: asked for
     throw new Error(`${path}: ${err.message}`);
   }
+}
+const getJSON = (path) => getAnswer(path, (resp) => resp.json().catch(() => ({})));
+// The history of `asked` hours as {body, tag: its ETag, same}. Asked with the ETag of the one held when it is of those
+// hours: the gateway answers 304 (same) while nothing in it but its "now" changed, and the one held stays, not
+// fetched, parsed nor drawn again (a refresh every second redrew a day's chart each time, a core's work)
+let histTag = null;
+function getHistory(asked) {
+  const tag = hist && histHours === asked ? histTag : null;
+  return getAnswer(`api/history?hours=${asked}`, async (resp) => {
+    if (resp.status === 304) return {body: hist, tag, same: true};
+    const body = await resp.json().catch(() => null);
+    return {body: body || {}, tag: body ? resp.headers.get("ETag") : null, same: false};
+  }, tag ? {"If-None-Match": tag} : {});
 }
 async function getHealth() {
   // bounded as the API's requests are: a /healthz held open (a proxy routing it elsewhere) held every refresh,
@@ -80,8 +93,8 @@ async function refreshOnce() {
   try {
     let answeredAt = null;
     const status = getJSON("api/status").then((body) => { answeredAt = Date.now(); return body; });
-    const [s, h, health] = await Promise.all([status,
-                                              again ? getJSON(`api/history?hours=${asked}`) : hist, getHealth()]);
+    const [s, h, health] = await Promise.all([status, again ? getHistory(asked) : {body: hist, tag: histTag, same: true},
+                                              getHealth()]);
     // the span was changed on the way: the answer for the new one is asked for already
     if (asked !== hours) return;
     if (upgraded(`${s.version} ${s.page}`)) return;
@@ -91,7 +104,8 @@ async function refreshOnce() {
     const gwNow = toMs(s.now);
     if (gwNow === null) setClockSkew(0);
     else if (answeredAt - askedAt < SKEW_ROUND_TRIP_MS) setClockSkew(gwNow + 1000 - askedAt);
-    setAnswer(normalizeStatus(s), h, asked);
+    setAnswer(normalizeStatus(s), h.body, asked);
+    histTag = h.tag;
     followBuilding(s.timezone);
     if (again) historyAskedAt = askedAt;
     const back = failingSince !== null;
@@ -101,6 +115,7 @@ async function refreshOnce() {
     typedRefusedAt = null;
     dashboard.lastError = null;
     dashboard.lastOk = nowMs();
+    dashboard.refreshes++;
     dashboard.stale = false;
     document.body.classList.remove("stale");
     $("banner").hidden = true;
@@ -110,8 +125,10 @@ async function refreshOnce() {
     renderPoints();
     renderEvents();
     renderSections();
-    // nothing new to draw (a long span between its minutes): a 35-day redraw is a visible stall each refresh
-    if (again) drawChart();
+    // drawn again only when what it shows changed (a new minute, a reading in the minute in progress, an event, a
+    // forecast, the span, the zone): a 35-day redraw is a visible stall, a day's at every refresh a core's work.
+    // Meanwhile its now line follows the gateway's clock through the minute in progress
+    if (!drawChartIfChanged() && gwNow !== null) followNow(gwNow / 1000);
     refreshLog();
     const chartEvery = slowChart() ? `, the chart every ${LONG_SPAN_EVERY_S} s` : "";
     $("updated").textContent = `updated ${fmtStamp(nowMs())} ${zoneName()} · every ${REFRESH_S} s${chartEvery}` +

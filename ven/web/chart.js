@@ -61,7 +61,31 @@ function drawSeries(minutes, {x, y, pw}) {
   }
   return {g, counts};
 }
+// what the chart was last drawn from (the history's answer, the zone, whether storage.path can be written): the page
+// draws it again when one of them changed (drawChartIfChanged), when the window's size or the zone chosen changes
+let drawnFrom = null;
+const inputs = () => ({hist, zone: zoneName(), noStore: !!(gw && gw.storage && gw.storage.ok === false)});
+// the now line's place as drawn: {x, tEnd}, or null when none is drawn (nothing lies ahead)
+let nowLine = null;
+export function drawChartIfChanged() {
+  const now = inputs();
+  if (drawnFrom && Object.keys(now).every((k) => now[k] === drawnFrom[k])) return false;
+  drawChart();
+  return true;
+}
+// Between draws (the history unchanged but for its "now"), the now line goes on through the minute in progress
+// by the gateway's clock (nowS: epoch s), where a draw would put it
+export function followNow(nowS) {
+  if (!hist || typeof hist.now !== "number" || !(nowS > hist.now)) return;
+  hist.now = nowS;
+  if (!nowLine) return;
+  const x = nowLine.x(clamp(nowS * 1000, nowLine.tEnd - 60000, nowLine.tEnd));
+  for (const line of $("chart-svg").querySelectorAll(".now-line")) { line.setAttribute("x1", x); line.setAttribute("x2", x); }
+  for (const label of $("chart-svg").querySelectorAll(".now-label")) label.setAttribute("x", x + 3);
+}
 export function drawChart() {
+  drawnFrom = inputs();
+  nowLine = null;
   nameSeries();
   const ahead = aheadOf(hist);
   const root = $("chart-svg");
@@ -140,6 +164,7 @@ export function drawChart() {
     const demandNow = last >= 0 && typeof demand[last] === "number" ?
       [minutes[last] * 1000 + 30000, demand[last]] : null;
     root.append(drawAhead(ahead, {x, y, top: m.t, height: ph, nowMs, demandNow, at: forecastSeries}));
+    nowLine = {x, tEnd};
   }
   root.append(thresholds.labels);
   const flags = drawFlagLanes(hist, {x, left: m.l, width: pw, top: m.t + ph + 22});

@@ -11,9 +11,10 @@ export function spanLabel(h) {
   return span ? span.label : `${h} h`;
 }
 export const REFRESH_S = clamp(Number(params.get("refresh")) || 10, 1, 3600);
-// Test hooks and a summary of what was drawn, for the headless-browser test and for curious operators.
-export const dashboard = window.dashboard = {ready: false, draws: 0, failures: 0, series: {}, flags: {}, events: 0,
-                                      minutes: 0, lastError: null, lastOk: null, stale: false,
+// Test hooks and a summary of what was drawn, for the headless-browser test and for curious operators: draws are
+// the chart's, refreshes the answers taken (the chart is drawn again only when what it shows changed)
+export const dashboard = window.dashboard = {ready: false, draws: 0, refreshes: 0, failures: 0, series: {}, flags: {},
+                                      events: 0, minutes: 0, lastError: null, lastOk: null, stale: false,
                                       problems: []};
 export let hist = null;
 export let gw = null;

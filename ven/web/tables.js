@@ -1,6 +1,6 @@
 // The tables: every BACnet point, the OpenADR events, and each status section as key/value rows.
 import {$, el} from "./dom.js";
-import {UNIT_TEXT, fmtNum, fmtWhen, humanize, putValue, toMs, zoneName} from "./format.js";
+import {UNIT_TEXT, fmtNum, fmtSpan, fmtWhen, humanize, putValue, toMs, zoneName} from "./format.js";
 import {gw} from "./state.js";
 import {learningText, levelSteps} from "./status.js";
 
@@ -115,6 +115,21 @@ function flatten(obj, prefix, out) {
   }
   return out;
 }
+// device.cov_subscriptions.subscribers: a row for each, in words, where the array read as 160 characters of JSON
+function covSubscribers(list) {
+  if (!list.length) return [["cov_subscriptions.subscribers", "none"]];
+  return list.map((s) => {
+    const left = s.shortest_remaining_seconds;
+    const objects = typeof s.objects === "number" ? `${s.objects} object${s.objects === 1 ? "" : "s"}` : "objects unknown";
+    return ["cov_subscriptions.subscriber", `${s.address || "unknown address"}: ${objects}, shortest remaining ` +
+            `lifetime ${left === null || left === undefined ? "indefinite" : fmtSpan(left)}`];
+  });
+}
+function sectionRows(key, data) {
+  const rows = flatten(data, "", []);
+  if (key !== "device") return rows;
+  return rows.flatMap(([k, v]) => k === "cov_subscriptions.subscribers" && Array.isArray(v) ? covSubscribers(v) : [[k, v]]);
+}
 export function renderSections() {
   const host = $("sections");
   host.replaceChildren();
@@ -126,7 +141,7 @@ export function renderSections() {
     // a new install: when the first model comes, in words (the header's pill only names it)
     if (key === "forecaster" && learningText()) card.append(el("p", {class: "note"}, learningText()));
     const dl = el("dl", {class: "kv"});
-    for (const [k, v] of flatten(data, "", [])) {
+    for (const [k, v] of sectionRows(key, data)) {
       // flag problems, not measurements: "last_error" text or a "fault" that is on, not "validation_error_kw";
       // storage's per-part reasons ("errors.events") and any "ok"/"storage_ok" that is false
       const text = typeof v === "string" && v !== "";
