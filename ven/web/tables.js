@@ -1,5 +1,5 @@
 // The tables: every BACnet point, the OpenADR events, and each status section as key/value rows.
-import {$, el} from "./dom.js";
+import {$, el, putChildren} from "./dom.js";
 import {UNIT_TEXT, fmtNum, fmtSpan, fmtWhen, humanize, putValue, toMs, zoneName} from "./format.js";
 import {gw} from "./state.js";
 import {learningText, levelSteps} from "./status.js";
@@ -17,8 +17,7 @@ function stateText(p) {
   return fmtNum(p.value);
 }
 export function renderPoints() {
-  const body = $("points").tBodies[0];
-  body.replaceChildren();
+  const rows = [];
   for (const p of gw.points || []) {
     const tr = el("tr", {"data-point": p.name, title: p.description || ""});
     tr.append(el("td", {}, p.name), el("td", {class: "muted minor"}, p.object || ""),
@@ -27,8 +26,9 @@ export function renderPoints() {
     const flags = el("td");
     flags.append(flagBadges(p.flags));
     tr.append(flags);
-    body.append(tr);
+    rows.push(tr);
   }
+  putChildren($("points").tBodies[0], rows);
 }
 function levelBadge(level) {
   const span = el("span", {class: `level l${level}`}, level === null || level === undefined ? "—" : fmtNum(level));
@@ -62,13 +62,15 @@ function signalSummary(signals) {
   }).join("; ");
 }
 export function renderEvents() {
-  for (const th of $("events").querySelectorAll("th[data-zone]")) th.textContent = `${th.dataset.zone} (${zoneName()})`;
-  const body = $("events").tBodies[0];
-  body.replaceChildren();
+  for (const th of $("events").querySelectorAll("th[data-zone]")) {
+    const text = `${th.dataset.zone} (${zoneName()})`;
+    if (th.textContent !== text) th.textContent = text;
+  }
+  const rows = [];
   const events = gw.events || [];
   if (!events.length) {
-    body.append(el("tr", {}, null));
-    body.rows[0].append(el("td", {colspan: 7, class: "muted"}, "no pending, active or recent events"));
+    rows.push(el("tr", {}, null));
+    rows[0].append(el("td", {colspan: 7, class: "muted"}, "no pending, active or recent events"));
   }
   for (const e of events) {
     const tr = el("tr", {class: e.status || "", "data-event": e.event_id || ""});
@@ -102,8 +104,9 @@ export function renderEvents() {
     tr.append(idCell, el("td", {}, phase), level,
               el("td", {}, fmtWhen(toMs(e.start), true)), el("td", {}, end),
               opt, el("td", {class: "muted minor"}, signalSummary(e.signals)));
-    body.append(tr);
+    rows.push(tr);
   }
+  putChildren($("events").tBodies[0], rows);
 }
 const SECTIONS = [["vtn", "VTN"], ["meter", "Meter"], ["forecaster", "Forecaster"],
                   ["schedule", "Demand response"], ["storage", "Storage"], ["device", "BACnet device"]];
@@ -131,8 +134,7 @@ function sectionRows(key, data) {
   return rows.flatMap(([k, v]) => k === "cov_subscriptions.subscribers" && Array.isArray(v) ? covSubscribers(v) : [[k, v]]);
 }
 export function renderSections() {
-  const host = $("sections");
-  host.replaceChildren();
+  const cards = [];
   for (const [key, title] of SECTIONS) {
     const data = gw[key];
     if (!data || typeof data !== "object") continue;
@@ -159,6 +161,7 @@ export function renderSections() {
       dl.append(el("dt", {}, humanize(k)), dd);
     }
     card.append(dl);
-    host.append(card);
+    cards.push(card);
   }
+  putChildren($("sections"), cards);
 }

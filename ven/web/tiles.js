@@ -1,5 +1,5 @@
 // The tiles: the BACnet points the BAS reads most, large, each saying why when it is in fault.
-import {$, el} from "./dom.js";
+import {$, el, putChildren} from "./dom.js";
 import {UNIT_TEXT, agoSpan, fmtNum, nowMs, toMs} from "./format.js";
 import {gw, pointByName} from "./state.js";
 import {communication, noThreshold, ownAddressLost} from "./status.js";
@@ -60,8 +60,7 @@ function tileAge(name) {
   return null;
 }
 export function renderTiles() {
-  const tiles = $("tiles");
-  tiles.replaceChildren();
+  const tiles = [];
   for (const [name, label] of TILE_POINTS) {
     const p = pointByName(name);
     if (!p) continue;
@@ -90,6 +89,7 @@ export function renderTiles() {
       if (age.ms !== undefined && age.ms !== null) line.append(agoSpan(age.ms));
       tile.append(line);
     }
-    tiles.append(tile);
+    tiles.push(tile);
   }
+  putChildren($("tiles"), tiles);
 }
