@@ -807,7 +807,7 @@ class Gateway:
         comm = self.device.communication()
         if comm["mode"] != "enable":
             out.append(f"BACnet communication initiation disabled by {comm.get('by') or 'a BACnet client'}")
-        if not self.vtn.connected:
+        if not self.vtn.connected and not self.vtn.connecting:   # the start's first registration is no fault
             out.append("VTN not connected")
         if self.meter.fault:
             out.append("meter fault")

@@ -367,9 +367,18 @@ class VtnClient(VtnEvents, VtnReports, VtnDelivery, VtnUpdates, VtnStatus, VtnOu
             self._opts_dirty.set()
             self._wake_delivery.set()
 
+    @property
+    def connecting(self) -> bool:
+        """The run's first registration is under way and nothing has failed yet: not connected, and no fault. A
+        gateway restarted with the dashboard open was called "VTN unreachable: no answer from the VTN" at the page's
+        first answer, every time (helper ops52)."""
+        return not self.connected and not self._was_connected and self._outage is None
+
     def status(self) -> dict:
         return {
             "connected": self.connected,
+            # not connected yet and nothing failed (the start's first registration): no fault, not "unreachable"
+            "connecting": self.connecting,
             "vtn_url": self._cfg.vtn_url_shown,
             "proxy": self._cfg.proxy_shown or None,     # openadr.proxy: the VTN is reached through it
             "ven_name": self._cfg.ven_name,             # which building this is, on a campus (the dashboard's header)

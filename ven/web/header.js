@@ -34,8 +34,9 @@ export function renderHeader(health) {
   if ("connected" in vtn) {
     const up = vtn.connected !== false;
     const never = neverRegistered(vtn);
-    add(up ? (flaky(vtn) ? "VTN intermittent" : "VTN connected") : (never ? "VTN not registered" : "VTN disconnected"),
-        up ? (flaky(vtn) ? "warn" : "ok") : "bad", vtn.last_error || "");
+    if (!up && vtn.connecting === true) add("VTN connecting", "", "registering with the VTN; nothing has failed yet");
+    else add(up ? (flaky(vtn) ? "VTN intermittent" : "VTN connected") : (never ? "VTN not registered" : "VTN disconnected"),
+             up ? (flaky(vtn) ? "warn" : "ok") : "bad", vtn.last_error || "");
   }
   const level = pointByName("ADR-Event-Level");
   if (level && typeof level.value === "number") {

@@ -102,7 +102,8 @@ export function findProblems(health) {
   }
   const vtn = gw.vtn || {};
   const queued = (vtn.telemetry || {}).pending;
-  if (vtn.connected === false) {
+  // connecting: the start's first registration under way, nothing failed yet (the pill says so)
+  if (vtn.connected === false && vtn.connecting !== true) {
     const err = vtn.last_error || "";
     const never = neverRegistered(vtn);
     const failing = serverError(err);
