@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 from pathlib import Path
 
 
@@ -51,7 +52,27 @@ def fs_reason(p: str | os.PathLike) -> str:
         return f" ({os.strerror(errno.ENOSPC)})"
     if fs.f_files and not (fs.f_ffree if root else fs.f_favail):
         return f" ({os.strerror(errno.ENOSPC)}: no inodes left)"
-    return ""
+    return _size_limit(p)
+
+
+def _size_limit(p: str | os.PathLike) -> str:
+    """The process's file-size limit (ulimit -f, systemd's LimitFSIZE=), once the file or its -wal is near it: SQLite
+    says "disk I/O error" for the EFBIG a write past it gets, and the disk has room and the directory is writable."""
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit == resource.RLIM_INFINITY:
+        return ""
+    real = os.path.realpath(p)
+    sizes = []
+    for name in (real, f"{real}-wal"):
+        try:
+            sizes.append((os.stat(name).st_size, os.path.basename(name)))
+        except OSError:
+            pass
+    size, name = max(sizes, default=(0, ""))
+    if not sizes or size + FULL_BYTES < limit:
+        return ""
+    return (f" ({os.strerror(errno.EFBIG)}: {name} is {size} bytes, this process may write files of at most {limit} "
+            "(ulimit -f, systemd's LimitFSIZE=))")
 
 
 def with_fs_reason(text: str, p: str | os.PathLike) -> str:
