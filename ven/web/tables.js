@@ -149,7 +149,7 @@ export function renderSections() {
       const text = typeof v === "string" && v !== "";
       const bad = (/(^|[._])(last_)?error$/.test(k) && text) || (/(^|\.)errors\./.test(k) && text) ||
                   (/fault$/.test(k) && v === true) || (/(^|[._])ok$/.test(k) && v === false) ||
-                  (k === "connected" && v === false) ||
+                  (k === "connected" && v === false && data.connecting !== true) ||   // the start's first registration
                   (k === "input_stale" && v === true) || (k === "communication.mode" && typeof v === "string" && v !== "enable");
       // epoch-second timestamps ("issued_at", "history_first", "trained_until", "shed_since") read as times
       const epoch = /(_at|_after|_first|_last|_time|_since|_until)$/.test(k) && typeof v === "number" && v > 1e9 &&
