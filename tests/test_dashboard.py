@@ -284,7 +284,8 @@ class FreshView:
                 # the device's initial values; the points with nothing to say yet in fault (no value yet)
                 "points": points_status({p.name: p.initial for p in POINTS},
                                         faulted={p.name: "unreliableOther" for p in POINTS if p.starts_in_fault}),
-                "vtn": {"connected": False, "vtn_url": "http://127.0.0.1:8080/OpenADR2/Simple/2.0b", "proxy": None,
+                "vtn": {"connected": False, "connecting": False,
+                        "vtn_url": "http://127.0.0.1:8080/OpenADR2/Simple/2.0b", "proxy": None,
                         "ven_name": "edge-gateway", "ven_id": None, "registration_id": None, "report_request_id": None,
                         "report_granularity_seconds": None, "report_back_seconds": None, "report_requests": [],
                         "status_requests": [], "report_offered": False, "telemetry_enabled": True,

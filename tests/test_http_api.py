@@ -216,7 +216,8 @@ class SampleView:
                        "cov_subscriptions": {"count": 0, "subscribers": []}},
             # the BAS writes input-power-meter (at priority 8); it is flagged overridden here, to show a flag set
             "points": points_status(values, overridden={"input-power-meter"}, commanded={"input-power-meter": 8}),
-            "vtn": {"connected": True, "vtn_url": "http://127.0.0.1:8080/OpenADR2/Simple/2.0b", "proxy": None,
+            "vtn": {"connected": True, "connecting": False,
+                    "vtn_url": "http://127.0.0.1:8080/OpenADR2/Simple/2.0b", "proxy": None,
                     "ven_name": "edge-gateway", "ven_id": "ven-1234", "registration_id": "reg-5678",
                     "report_request_id": "rr-1", "report_granularity_seconds": 60.0, "report_back_seconds": 60.0,
                     "report_requests": [{"report_request_id": "rr-1", "granularity_seconds": 60.0,
