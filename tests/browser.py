@@ -46,6 +46,27 @@ def artifact_path(name: str) -> Path:
     return ARTIFACTS / name
 
 
+# A full-page screenshot cost Chromium 0.7-0.9 CPU-s (the page laid out and rastered again at its whole height,
+# then back), more than half of the rest of opening a page (1.3 CPU-s), and no test reads the file: they are for a
+# human look, so they are taken when asked for (KEEP_SCREENSHOTS=1), and always of a page whose test failed in it.
+KEEP_SCREENSHOTS = os.environ.get("KEEP_SCREENSHOTS", "") not in ("", "0")
+
+
+async def keep_screenshot(page, name: str, **options) -> None:
+    """The page as tests/artifacts/NAME (options: Playwright's, e.g. full_page=True), with KEEP_SCREENSHOTS=1."""
+    if KEEP_SCREENSHOTS:
+        await page.screenshot(path=str(artifact_path(name)), **options)
+
+
+async def _failed_screenshot(page) -> None:
+    test = os.environ.get("PYTEST_CURRENT_TEST", "page").split(" ")[0]
+    name = "failed-" + "".join(c if c.isalnum() or c in "-_." else "_" for c in test.split("::")[-1])[:150] + ".png"
+    try:    # a page whose script never returns cannot be shot: the test's own error is what matters then
+        await page.screenshot(path=str(artifact_path(name)), full_page=True, timeout=5000)
+    except Exception:
+        pass
+
+
 # the Chromium of a test module whose tests share its event loop (`one_chromium`), by that loop
 _shared = {}
 
@@ -142,6 +163,10 @@ async def _page(browser, width, height, timezone_id, color_scheme, speedup, csp)
             if url.scheme in WEB_SCHEMES and (url.hostname or "") not in LOOPBACK:
                 page.offsite.append(request.url)
         page.on("request", offsite)
-        yield page
+        try:
+            yield page
+        except (Exception, pytest.fail.Exception):     # pytest-timeout's too
+            await _failed_screenshot(page)
+            raise
     finally:
         await context.close()

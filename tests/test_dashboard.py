@@ -1,6 +1,6 @@
 """The dashboard in headless Chromium: it must draw the real series from /api/history, the event
 shading, thresholds and flags, the point and event tables, fetch nothing from off the machine, and
-keep refreshing. A screenshot is kept at tests/artifacts/dashboard.png for a human look."""
+keep refreshing. With KEEP_SCREENSHOTS=1 a screenshot is kept at tests/artifacts/dashboard.png for a human look."""
 from __future__ import annotations
 
 import asyncio
@@ -15,7 +15,7 @@ import pytest
 import pytest_asyncio
 
 from bacnet_api.points import BY_NAME as POINTS_BY_NAME, POINTS
-from browser import IN_ONE_CHROMIUM, artifact_path, chromium_page, one_chromium  # noqa: F401 - fixture
+from browser import IN_ONE_CHROMIUM, artifact_path, chromium_page, keep_screenshot, one_chromium  # noqa: F401 - fixture
 from waiting import eventually
 from test_http_api import SampleView, _iso, points_status, signal, simple, vtn_event
 from ven.events import OPT_OUT
@@ -160,7 +160,7 @@ async def test_dashboard_draws_history(server):
         assert "healthy" in await page.locator("#pills").inner_text()
         assert await page.locator('[data-section="forecaster"]').count() == 1
 
-        await page.screenshot(path=str(artifact_path("dashboard.png")), full_page=True)
+        await keep_screenshot(page, "dashboard.png", full_page=True)
         assert page.errors == []
         assert page.offsite == []
 
@@ -215,7 +215,7 @@ async def test_dashboard_refreshes_and_shows_faults(server):
         # ... but not as if it were current: no green pill beside the failure
         assert await page.locator("#pills .pill.ok").count() == 0
         assert "not answering" in await page.locator("#pills .pill.bad").first.inner_text()
-        await page.screenshot(path=str(artifact_path("dashboard-fault.png")), full_page=True)
+        await keep_screenshot(page, "dashboard-fault.png", full_page=True)
         assert page.offsite == []
 
 
@@ -337,7 +337,7 @@ async def test_dashboard_fresh_gateway(server):
         assert "no pending, active or recent events" in await page.locator("#events").inner_text()
         assert "VTN not registered" in await page.locator("#pills").inner_text()
         assert await page.locator('#tiles [data-point="meter-power"] .value').inner_text() == "fault"
-        await page.screenshot(path=str(artifact_path("dashboard-fresh.png")), full_page=True)
+        await keep_screenshot(page, "dashboard-fresh.png", full_page=True)
         assert page.errors == []
 
 
@@ -374,7 +374,7 @@ async def test_dashboard_with_gateway_shapes(server):
         badges = await page.locator("#events tbody .level").all_inner_texts()
         assert badges == ["2", "1", "3"]
         assert "pending (far)" in await page.locator('#events tr[data-event="evt-next"]').inner_text()
-        await page.screenshot(path=str(artifact_path("dashboard-gateway-shapes.png")), full_page=True)
+        await keep_screenshot(page, "dashboard-gateway-shapes.png", full_page=True)
         assert page.errors == [] and page.offsite == []
 
 
@@ -409,7 +409,7 @@ async def test_dashboard_marks_stale_when_gateway_stops(server):
             return await section_value(page, "vtn", "last poll") != before
         await eventually(aged, 5, "the age counting on")
         assert await page.evaluate("document.body.classList.contains('stale')")
-        await page.screenshot(path=str(artifact_path("dashboard-stopped.png")), full_page=True)
+        await keep_screenshot(page, "dashboard-stopped.png", full_page=True)
 
 
 async def test_dashboard_token_rotated_while_open(server):
@@ -488,7 +488,7 @@ async def test_dashboard_fits_a_phone(server, width):
               const box = t.getBBox();
               return box.x < 0 || box.x + box.width > width; }).map((t) => t.textContent); }""")
         assert cut == []
-        await page.screenshot(path=str(artifact_path(f"dashboard-{width}.png")), full_page=True)
+        await keep_screenshot(page, f"dashboard-{width}.png", full_page=True)
         assert page.errors == []
 
 
@@ -633,7 +633,7 @@ async def test_dashboard_draws_an_opted_out_span_apart_from_the_opted_in_ones(se
             assert abs(widths[1] / widths[0] - 15 / 20) < 0.05 and abs(widths[2] / widths[0] - 25 / 20) < 0.05
             assert "Opted out" in await page.locator("#legend").inner_text()
             assert "optOut" in await page.locator('#events tr[data-event="late"]').inner_text()
-            await page.screenshot(path=str(artifact_path("dashboard-opt-out.png")), full_page=True)
+            await keep_screenshot(page, "dashboard-opt-out.png", full_page=True)
             assert page.errors == [] and page.offsite == []
     finally:
         view.storage.close()

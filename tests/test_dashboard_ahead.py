@@ -1,7 +1,8 @@
 """The chart past now: when the gateway has a fresh forecast or an event about to start, the time axis goes
 on by the longest horizon, a line marks now, the latest forecasts are markers at their minute and kW, the
 upcoming event is shaded from its start, the readout reaches the forecasts and the chart's label says them.
-Without anything ahead the axis ends at now, as before. A screenshot is kept at tests/artifacts/dashboard-ahead.png."""
+Without anything ahead the axis ends at now, as before. With KEEP_SCREENSHOTS=1 a screenshot is kept at
+tests/artifacts/dashboard-ahead.png."""
 from __future__ import annotations
 
 import re
@@ -9,7 +10,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from browser import IN_ONE_CHROMIUM, artifact_path, chromium_page, one_chromium  # noqa: F401 - fixture
+from browser import IN_ONE_CHROMIUM, artifact_path, chromium_page, keep_screenshot, one_chromium  # noqa: F401 - fixture
 from test_dashboard import QUICK, drawn, open_dashboard, server  # noqa: F401 - shared fixture
 from test_dashboard_chart_keys import assert_reads, readout, tab_to_chart
 from test_http_api import SampleView
@@ -74,7 +75,7 @@ async def test_the_chart_goes_past_now_to_the_forecasts_and_the_next_event(serve
     view = AheadView()
     async with drawn(server, view, "?hours=6&refresh=1", speedup=QUICK) as (page, _):
         await page.wait_for_function("window.dashboard.minutes === 360", timeout=10000)
-        await page.screenshot(path=str(artifact_path("dashboard-ahead.png")), full_page=True)
+        await keep_screenshot(page, "dashboard-ahead.png", full_page=True)
         body = view.history(6)
         x_of, y_of = await scales(page, body, 60)
         plot_right = await attr(page, "svg clipPath rect", "x") + await attr(page, "svg clipPath rect", "width")
@@ -164,7 +165,7 @@ async def test_on_a_phone_the_readout_of_a_forecast_stays_on_the_chart(server):
         await tab_to_chart(page)
         await page.keyboard.press("End")
         assert "71.25 kW" in await readout(page)
-        await page.screenshot(path=str(artifact_path("dashboard-ahead-360.png")), full_page=True)
+        await keep_screenshot(page, "dashboard-ahead-360.png", full_page=True)
         tip = await page.locator("#tooltip").bounding_box()
         chart = await page.locator("#chart").bounding_box()
         assert chart["x"] <= tip["x"] and tip["x"] + tip["width"] <= chart["x"] + chart["width"] + 0.5, (tip, chart)

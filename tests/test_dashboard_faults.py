@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from browser import IN_ONE_CHROMIUM, artifact_path, chromium_page, one_chromium  # noqa: F401 - fixture
+from browser import IN_ONE_CHROMIUM, chromium_page, keep_screenshot, one_chromium  # noqa: F401 - fixture
 from test_dashboard import QUICK, drawn, open_dashboard, server  # noqa: F401 - shared fixture
 from test_cert_expiry import issue  # noqa: F401 - shared fixture: certificate files expiring when asked
 from test_http_api import SampleView, _iso, fault_points
@@ -159,7 +159,7 @@ async def test_each_fault_is_named_with_what_to_do_and_clears_by_itself(server):
                 assert "healthy" not in pills.replace("unhealthy", ""), (fault, pills)  # answers: nothing broken
                 assert "problem" in pills, (fault, pills)
             if fault == "threshold":
-                await page.screenshot(path=str(artifact_path("dashboard-threshold.png")), full_page=True)
+                await keep_screenshot(page, "dashboard-threshold.png", full_page=True)
 
         # an intermittent meter: a warning with its counts, not a fault; a failed read meanwhile is the fault
         item = page.locator('#problems li[data-problem="meter-intermittent"]')
@@ -168,7 +168,7 @@ async def test_each_fault_is_named_with_what_to_do_and_clears_by_itself(server):
         assert "meter intermittent" in await page.locator("#pills .pill.warn").all_inner_texts()
         assert "healthy" in await page.locator("#pills .pill.ok").first.inner_text()
         assert await tile_why(page, "meter-power") is None
-        await page.screenshot(path=str(artifact_path("dashboard-meter-intermittent.png")), full_page=True)
+        await keep_screenshot(page, "dashboard-meter-intermittent.png", full_page=True)
         view.faults = {"meter", "meter-flaky"}
         await page.wait_for_function(f"({PROBLEMS}) === 'meter'", timeout=10000)
 
@@ -193,7 +193,7 @@ async def test_each_fault_is_named_with_what_to_do_and_clears_by_itself(server):
         # all together, then all cleared: the list empties and the gateway reads healthy again
         view.faults = set(expect) - {"vtn-down", "vtn-5xx", "meter-flaky"}    # one VTN fault at a time
         await page.wait_for_function(f"({PROBLEMS}).split(',').length === 7", timeout=10000)
-        await page.screenshot(path=str(artifact_path("dashboard-all-faults.png")), full_page=True)
+        await keep_screenshot(page, "dashboard-all-faults.png", full_page=True)
         view.faults = set()
         await page.wait_for_selector("#problems", state="hidden", timeout=10000)
         assert "healthy" in await page.locator("#pills .pill.ok").first.inner_text()
@@ -285,7 +285,7 @@ async def test_a_new_install_is_told_when_the_first_model_comes_without_a_warnin
         after = await page.locator('#sections [data-section="forecaster"] dt:text-is("learning.first fit after") + dd')\
             .inner_text()
         assert after.startswith(f"{first}:00Z (in "), after
-        await page.screenshot(path=str(artifact_path("dashboard-learning.png")), full_page=True)
+        await keep_screenshot(page, "dashboard-learning.png", full_page=True)
 
         view.faults = set()     # the first model is in
         await page.wait_for_selector("#pills .pill.learning", state="detached", timeout=10000)
@@ -461,7 +461,7 @@ async def test_each_config_warning_is_named_as_a_warning_and_none_when_the_confi
         # settings, not faults: the gateway still reads healthy, with no problem count
         assert await page.locator("#pills .pill").first.inner_text() == "healthy"
         assert "problem" not in await page.locator("#pills").inner_text()
-        await page.screenshot(path=str(artifact_path("dashboard-config-warnings.png")), full_page=True)
+        await keep_screenshot(page, "dashboard-config-warnings.png", full_page=True)
 
         view.config_warnings = []
         await page.wait_for_selector("#problems", state="hidden", timeout=10000)
@@ -722,7 +722,7 @@ async def test_a_clock_no_time_service_keeps_is_named_as_a_warning_with_what_to_
         assert "only-warn" in await page.locator("#problems").get_attribute("class")
         # the gateway does its job meanwhile: it still reads healthy, with no problem count
         assert await page.locator("#pills .pill").first.inner_text() == "healthy"
-        await page.screenshot(path=str(artifact_path("dashboard-clock-not-synchronized.png")), full_page=True)
+        await keep_screenshot(page, "dashboard-clock-not-synchronized.png", full_page=True)
 
         view.suspect = True     # a clock not even set: the fault says it, once
         await page.wait_for_function(f"({PROBLEMS}) === 'clock'", timeout=10000)
@@ -789,7 +789,7 @@ async def test_a_ven_certificate_near_its_end_is_named_with_the_date_to_renew_it
         assert todo.startswith(f"renew openadr.cert before {date}: ") and "no restart" in todo, todo
         assert "only-warn" in await page.locator("#problems").get_attribute("class")
         assert await page.locator("#pills .pill").first.inner_text() == "healthy"
-        await page.screenshot(path=str(artifact_path("dashboard-cert-expiring.png")), full_page=True)
+        await keep_screenshot(page, "dashboard-cert-expiring.png", full_page=True)
 
         issue(-1)
         look()
@@ -881,7 +881,7 @@ async def test_an_intermittent_vtn_is_named_as_a_warning_while_it_is_connected(s
         assert "VTN intermittent" in await page.locator("#pills .pill.warn").all_inner_texts()
         # it works meanwhile: no problem count, as for the other warnings
         assert await page.locator("#pills .pill").first.inner_text() == "healthy"
-        await page.screenshot(path=str(artifact_path("dashboard-vtn-intermittent.png")), full_page=True)
+        await keep_screenshot(page, "dashboard-vtn-intermittent.png", full_page=True)
 
         view.ended = True                       # answered steadily: the log said the end, the page clears
         await page.wait_for_selector("#problems", state="hidden", timeout=10000)
@@ -1014,7 +1014,7 @@ async def test_on_a_phone_each_pill_is_one_line_with_everything_at_once(server):
         await open_dashboard(page, srv.url + "/")
         pills = await page.locator("#pills .pill").evaluate_all(
             "ps => ps.map((p) => [p.textContent, p.getBoundingClientRect().height, p.getBoundingClientRect().right])")
-        await page.screenshot(path=str(artifact_path("dashboard-pills-360.png")), full_page=True)
+        await keep_screenshot(page, "dashboard-pills-360.png", full_page=True)
         height = pills[0][1]
         assert [p for p in pills if p[1] > height + 0.5 or p[2] > 360] == [], pills
         assert "forecaster learning" in [p[0] for p in pills]
@@ -1036,7 +1036,7 @@ async def test_the_faults_come_before_the_warnings_with_everything_at_once(serve
     srv = await server(view)
     async with chromium_page(360, 844) as page:
         await open_dashboard(page, srv.url + "/?refresh=600")
-        await page.screenshot(path=str(artifact_path("dashboard-faults-first-360.png")))
+        await keep_screenshot(page, "dashboard-faults-first-360.png")
         items = await page.locator("#problems li").evaluate_all("ls => ls.map((l) => [l.dataset.problem, l.dataset.level])")
         items = [tuple(item) for item in items]
         assert sorted(items) == sorted([("meter", "bad"), ("clock-sync", "warn"), ("vtn-cert", "warn"),
