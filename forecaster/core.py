@@ -17,7 +17,7 @@ import numpy as np
 from . import features, model
 from .calendar import DEFAULT_PARTIAL, DEFAULT_REST, Calendar
 from .flags import HysteresisFlag
-from .plausibility import InputWindow, judge_window
+from .plausibility import InputWindow, judge_held
 from .series import MinuteBins, minute_of
 
 PERSISTENCE = "persistence"
@@ -290,10 +290,10 @@ class DemandForecaster:
             return
         first = k - int(self.threshold_days * 1440) + 1
         with self._lock:
-            span = self._bins.span()
-            snap = self._bins.snapshot(max(first, span[0]), k) if span is not None and span[1] >= first else None
+            ks, means = self._bins.held(first, k)
+            since = None if not ks.size or self._bins.holds_before(first) else int(ks[0])
         self._judged = slot
-        self._window = judge_window(snap, first, k, self.stale_seconds / 60, self.threshold_days)
+        self._window = judge_held(ks, means, first, k, self.stale_seconds / 60, self.threshold_days, since)
 
     def add_sample(self, t: float, kw: float) -> bool:
         """Store one reading taken now; False (and nothing stored) when non-finite or out of range.

@@ -52,13 +52,38 @@ def judge_window(snap: MinuteSnapshot | None, first: int, last: int, max_gap_min
                  days: float) -> InputWindow | None:
     """The window of minutes `first`..`last` (None: under a day of demand in it). A spell of one value does not
     span a gap in the readings over `max_gap_minutes`: a gateway stopped for days with a sub-meter at 0 either side
-    was no 3-day spell, and would have hidden a frozen input for six."""
+    was no 3-day spell, and would have hidden a frozen input for six. What judge_held decides, from a snapshot: the
+    reference its tests compare it with."""
     d = features.demand(snap, np.arange(first + 14, last + 1, 15)) if snap is not None else np.array([])
     d = d[np.isfinite(d)]
     if d.size < MIN_SLOTS:
         return None
     return InputWindow(f"the median 15-minute demand of the last {days:g} days", float(np.median(np.abs(d))),
                        longest_still(snap, first, last, max_gap_minutes))
+
+
+def judge_held(ks: np.ndarray, means: np.ndarray, first: int, last: int, max_gap_minutes: float, days: float,
+               since: int | None = None) -> InputWindow | None:
+    """judge_window of a snapshot from `since` (the first minute the history holds, if after `first`) to `last`,
+    from the minutes that hold readings alone: `ks` (ascending, within `first`..`last`) and their `means`. Judged
+    again each quarter-hour, the snapshot was most of a replay's time: 15-minute data holds 1,344 of its 20,160
+    minutes. The same window to the bit: a snapshot's 15-minute demand is a difference of its running sums, and an
+    empty minute adds exactly nothing to one; a demand that begins before the snapshot does is not counted."""
+    origin = first if since is None else max(first, since)
+    fin = np.isfinite(means)
+    ks, means = ks[fin], means[fin]
+    ends = np.arange(first + 14, last + 1, 15)
+    starts = ends - 14
+    ps = np.concatenate([[0.0], np.cumsum(means)])
+    hi, lo = np.searchsorted(ks, ends, "right"), np.searchsorted(ks, starts, "left")
+    c = hi - lo
+    with np.errstate(invalid="ignore", divide="ignore"):
+        d = np.where((starts >= origin) & (c > 0), (ps[hi] - ps[lo]) / np.maximum(c, 1), np.nan)
+    d = d[np.isfinite(d)]
+    if d.size < MIN_SLOTS:
+        return None
+    return InputWindow(f"the median 15-minute demand of the last {days:g} days", float(np.median(np.abs(d))),
+                       _longest_spell(ks, means, max_gap_minutes))
 
 
 def longest_still(snap: MinuteSnapshot, first: int, last: int, max_gap_minutes: float = np.inf) -> float | None:
@@ -70,9 +95,13 @@ def longest_still(snap: MinuteSnapshot, first: int, last: int, max_gap_minutes: 
         return None
     means = snap.means[lo - snap.k0:hi - snap.k0 + 1]
     have = np.flatnonzero(np.isfinite(means))
+    return _longest_spell(have, means[have], max_gap_minutes)
+
+
+def _longest_spell(have: np.ndarray, v: np.ndarray, max_gap_minutes: float) -> float | None:
+    """longest_still of the minutes `have` (ascending) holding means `v`."""
     if have.size < 2:
         return None
-    v = means[have]
     # a minute's mean of n equal readings is that reading to within rounding
     moved = np.abs(np.diff(v)) > 1e-9 * np.maximum(1.0, np.abs(v[1:]))
     starts = np.flatnonzero(np.concatenate([[True], moved | (np.diff(have) > max_gap_minutes)]))

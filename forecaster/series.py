@@ -108,6 +108,17 @@ class MinuteBins:
             return None
         return self.k0 + int(nz[0]), self.k0 + int(nz[-1])
 
+    def held(self, k_from: int, k_to: int) -> tuple[np.ndarray, np.ndarray]:
+        """The minutes from k_from to k_to that hold readings (ascending) and their means, read in place: a
+        snapshot of the thresholds' days copies and indexes 20,160 minutes where 15-minute data holds 1,344."""
+        a, b = max(k_from - self.k0, 0), min(k_to + 1 - self.k0, self.sums.size)
+        i = np.flatnonzero(self.counts[a:b]) + a if b > a else np.zeros(0, dtype=np.int64)
+        return i + self.k0, self.sums[i] / self.counts[i]
+
+    def holds_before(self, k: int) -> bool:
+        """Whether a minute before k holds readings."""
+        return bool(self.counts[:min(max(k - self.k0, 0), self.counts.size)].any())
+
     def snapshot(self, k_from: int | None = None, k_to: int | None = None) -> "MinuteSnapshot":
         """Copy of minutes [k_from, k_to] (defaults: everything held); minutes not held are empty."""
         lo = self.k0 if k_from is None else k_from
