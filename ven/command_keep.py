@@ -19,7 +19,6 @@ from .device_restore import COMMANDS
 from .storage import Storage
 
 
-
 class CommandKeep:
     def __init__(self, device: GatewayDevice, storage: Storage, name: str, save_s: float,
                  synced: Callable[[], Awaitable | None]) -> None:
