@@ -207,13 +207,15 @@ class Gateway:
         self._late_restore: asyncio.Task | None = None
         self._cov_keeper: CovKeeper | None = None    # once started: the BAS's COV subscriptions kept in storage.path
         self._looking: asyncio.Task | None = None
-        # bas-shed-power's commands as storage.path holds them, and when they were written (monotonic): _keep_shed
-        self._shed_kept: dict[int, float] = {}
-        self._shed_kept_at = -math.inf
         self._shed_since_kept: float | None = None     # SHED_SINCE as storage.path has it
-        self._shed_save: asyncio.TimerHandle | None = None    # a changed kW put off by SHED_SAVE_S, written then
-        self._input_keep = CommandKeep(self.device, self.storage, P.INPUT_POWER, INPUT_SAVE_S,
-                                       lambda: at_most(self.storage.synced(), ACK_WAIT_S))
+
+        def synced():   # what a kept command's SimpleACK waits for
+            return at_most(self.storage.synced(), ACK_WAIT_S)
+        # a shed begun or ended by writing 0 at the priority held is kept at once too, or a crash in the minute brings
+        # back (or loses) the shed the BAS ended (began)
+        self._shed_keep = CommandKeep(self.device, self.storage, P.SHED_POWER, SHED_SAVE_S, synced,
+                                      kind=lambda c: (set(c), _sheds(c)))
+        self._input_keep = CommandKeep(self.device, self.storage, P.INPUT_POWER, INPUT_SAVE_S, synced)
         # stop() has begun: the device still answers until its part stops, and a timer set now never runs
         self._stopping = False
         self._schedule_listeners: list = []
@@ -284,7 +286,7 @@ class Gateway:
         await self._restore_opt_out(self.storage.load_value(OPT_OUT_COMMANDS))
         await restore_commands(self.device, self.storage, P.SHED_POWER, self.storage.load_value(SHED_COMMANDS),
                                served_before=served(before, P.SHED_POWER))
-        self._shed_kept = self.device.commands(P.SHED_POWER)    # as the file has them
+        self._shed_keep.restored()
         await restore_commands(self.device, self.storage, P.INPUT_POWER, self.storage.load_value(INPUT_COMMANDS),
                                served_before=served(before, P.INPUT_POWER), note=INPUT_RESTORED, clamp=False)
         self._input_keep.restored()
@@ -353,13 +355,11 @@ class Gateway:
             await cancel_and_wait(self._late_restore)
         except Exception as err:  # noqa: BLE001 - its failure must not keep the rest running
             log.warning("restoring the BAS's commands and COV subscriptions after the storage opened late: %s", err)
-        if self.device.running:
-            self._keep_shed()      # a kW the BAS changed within SHED_SAVE_S of the last one kept
-            self._input_keep.keep()
-        else:
-            if self._shed_save is not None:
-                self._shed_save.cancel()
-            self._input_keep.cancel()
+        for keep in (self._shed_keep, self._input_keep):
+            if self.device.running:
+                keep.keep()     # a kW the BAS changed within save_s of the last one kept
+            else:
+                keep.cancel()
         while self._stack:
             part = self._stack.pop()
             try:
@@ -527,33 +527,12 @@ class Gateway:
     def _on_shed(self, value):
         # a kW changed while the gateway stops is kept at once: put off, it waited for a timer the stopped loop never
         # ran, and the next start brought back the kW before, a command the BAS was acknowledged lost
-        kept = self._keep_shed(at_once=self._stopping)
+        ack = self._shed_keep.written(at_once=self._stopping)
         self._tell_shed(value, by=WRITER.get())
         # a shed begun or ended: the BAS's SimpleACK waits for the disk, as ADR-Opt-Out's does. A power cut after it
         # brought back a shed the BAS had ended, added to every sample learnt until its next shed, which it never
         # relinquished again (a BAS relinquishes once, at the shed's end)
-        return at_most(self.storage.synced(), ACK_WAIT_S) if kept else None
-
-    def _keep_shed(self, at_once: bool = True) -> bool:
-        """Whether the commands were written now."""
-        if self._shed_save is not None:
-            self._shed_save.cancel()
-            self._shed_save = None
-        commands = self.device.commands(P.SHED_POWER)
-        kept = self._shed_kept
-        if commands == kept:
-            return False
-        wait = SHED_SAVE_S - (time.monotonic() - self._shed_kept_at)
-        if not at_once and commands.keys() == kept.keys() and _sheds(commands) == _sheds(kept) and wait > 0:
-            # a kW changed within a shed; a shed begun or ended by writing 0 at the priority held is kept at once,
-            # or a crash in the minute brings back (or loses) the shed the BAS ended (began)
-            # written when the minute is up, whether or not the BAS writes again: a kW it changed once and then
-            # held must be on the disk for a crash, not only for a clean stop
-            self._shed_save = asyncio.get_running_loop().call_later(wait, self._keep_shed)
-            return False
-        self.storage.save_value(SHED_COMMANDS, json.dumps(commands))
-        self._shed_kept, self._shed_kept_at = commands, time.monotonic()
-        return True
+        return ack
 
     def _tell_shed(self, value: float | None = None, by: str | None = None) -> None:
         """Tell the forecaster the shed the BAS wrote (`value`, from `by`), or, with None, the one restored from
@@ -633,7 +612,7 @@ class Gateway:
             await self._restore_opt_out(saved_opt_out, late=True)
         if await restore_commands(self.device, self.storage, P.SHED_POWER, saved_shed, late=True,
                                   served_before=shed_served):
-            self._shed_kept = self.device.commands(P.SHED_POWER)    # the merge, which the restore wrote
+            self._shed_keep.restored()      # the merge, which the restore wrote
             self._tell_shed()
         if await restore_commands(self.device, self.storage, P.INPUT_POWER, saved_input, late=True,
                                   served_before=input_served, note=INPUT_RESTORED, clamp=False):

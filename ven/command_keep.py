@@ -1,10 +1,9 @@
-"""input-power-meter's priority array kept in storage.path as the BAS changes it, for the next start to put back
-(ven/device_restore.restore_commands).
+"""A commandable point's priority array kept in storage.path as the BAS changes it, for the next start to put back
+(ven/device_restore.restore_commands): input-power-meter's and bas-shed-power's.
 
-A BAS writes its kW every few seconds: a commit each time would be the SD card's busiest writer, and the kW kept is
-never taken as a reading (the forecaster learns from the BAS's next write, not from what a start restores). So a
-command taken or relinquished (the priorities held change) is kept at once, on the disk before its SimpleACK; a
-changed kW at the same priorities at most every `save_s`, and at the stop."""
+A BAS may write its kW every few seconds: a commit each time would be the SD card's busiest writer. So a change of
+`kind` (by default the priorities held: a command taken or relinquished) is kept at once, on the disk before its
+SimpleACK; a changed kW of the same kind at most every `save_s`, and at the stop."""
 from __future__ import annotations
 
 import asyncio
@@ -21,10 +20,11 @@ from .storage import Storage
 
 class CommandKeep:
     def __init__(self, device: GatewayDevice, storage: Storage, name: str, save_s: float,
-                 synced: Callable[[], Awaitable | None]) -> None:
+                 synced: Callable[[], Awaitable | None], kind: Callable[[dict], object] = set) -> None:
         self.device, self.storage, self.name, self.save_s = device, storage, name, save_s
         self.key = COMMANDS + name
         self._synced = synced   # the SimpleACK's wait for the disk (bounded by the caller)
+        self._kind = kind       # what of the commands, changed, is kept at once
         self._kept: dict[int, float | bool] = {}    # as storage.path holds them
         self._kept_at = -math.inf                   # when they were written (monotonic)
         self._timer: asyncio.TimerHandle | None = None
@@ -35,11 +35,8 @@ class CommandKeep:
 
     def written(self, at_once: bool = False) -> Awaitable | None:
         """The BAS wrote or relinquished the point (`at_once`: while the gateway stops, when a timer would never run):
-        keep it; what the SimpleACK waits for."""
-        before = self._kept.keys()
-        if not self.keep(at_once):
-            return None
-        return self._synced() if at_once or self._kept.keys() != before else None
+        keep it; what the SimpleACK waits for (the disk, when kept now)."""
+        return self._synced() if self.keep(at_once) else None
 
     def keep(self, at_once: bool = True) -> bool:
         """Whether the commands were written now."""
@@ -49,7 +46,7 @@ class CommandKeep:
         if commands == kept:
             return False
         wait = self.save_s - (time.monotonic() - self._kept_at)
-        if commands.keys() == kept.keys() and not at_once and wait > 0:
+        if not at_once and wait > 0 and self._kind(commands) == self._kind(kept):
             # written when the time is up whether or not the BAS writes again: a kW it changed once and then held
             # must be on the disk for a crash, not only for a clean stop
             self._timer = asyncio.get_running_loop().call_later(wait, self.keep)

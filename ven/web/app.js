@@ -35,16 +35,16 @@ async function getAnswer(path, read, headers) {
   }
 }
 const getJSON = (path) => getAnswer(path, (resp) => resp.json().catch(() => ({})));
-// The history of `asked` hours as {body, tag: its ETag, same}. Asked with the ETag of the one held when it is of those
-// hours: the gateway answers 304 (same) while nothing in it but its "now" changed, and the one held stays, not
+// The history of `asked` hours as {body, tag: its ETag}. Asked with the ETag of the one held when it is of those
+// hours: the gateway answers 304 while nothing in it but its "now" changed, and the one held stays, not
 // fetched, parsed nor drawn again (a refresh every second redrew a day's chart each time, a core's work)
 let histTag = null;
 function getHistory(asked) {
   const tag = hist && histHours === asked ? histTag : null;
   return getAnswer(`api/history?hours=${asked}`, async (resp) => {
-    if (resp.status === 304) return {body: hist, tag, same: true};
+    if (resp.status === 304) return {body: hist, tag};
     const body = await resp.json().catch(() => null);
-    return {body: body || {}, tag: body ? resp.headers.get("ETag") : null, same: false};
+    return {body: body || {}, tag: body ? resp.headers.get("ETag") : null};
   }, tag ? {"If-None-Match": tag} : {});
 }
 async function getHealth() {
@@ -93,7 +93,7 @@ async function refreshOnce() {
   try {
     let answeredAt = null;
     const status = getJSON("api/status").then((body) => { answeredAt = Date.now(); return body; });
-    const [s, h, health] = await Promise.all([status, again ? getHistory(asked) : {body: hist, tag: histTag, same: true},
+    const [s, h, health] = await Promise.all([status, again ? getHistory(asked) : {body: hist, tag: histTag},
                                               getHealth()]);
     // the span was changed on the way: the answer for the new one is asked for already
     if (asked !== hours) return;
