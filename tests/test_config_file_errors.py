@@ -28,7 +28,7 @@ def test_a_key_file_that_is_not_a_key_is_blamed_not_a_passphrase_never_set(tmp_p
     for name, why in [("empty.key", "empty"), ("notes.key", "not a PEM private key")]:
         conf = _tls_config(tmp_path, cert=tmp_path, key=tmp_path / name)
         out = check_config(conf)
-        assert out.returncode == 2, out
+        assert out.returncode == 78, out
         assert f"configuration error: {conf}: openadr.key: {tmp_path / name}: {why}" in out.stderr.splitlines(), \
             out.stderr
         assert "passphrase" not in out.stderr, out.stderr
@@ -41,7 +41,7 @@ def test_a_ca_file_with_no_certificate_says_so_not_in_openssl_words(tmp_path):
         (tmp_path / "ca.pem").write_text(text)
         conf = _tls_config(tmp_path, ca_file=tmp_path / "ca.pem")
         out = check_config(conf)
-        assert out.returncode == 2, out
+        assert out.returncode == 78, out
         # OpenSSL's reason kept in brackets, for whoever knows it
         assert out.stderr.startswith(f"configuration error: {conf}: openadr.ca_file: {tmp_path / 'ca.pem'}: holds "
                                      f"no certificate OpenSSL can read ("), out.stderr
@@ -57,7 +57,7 @@ def test_a_file_error_names_the_config_file_as_a_value_error_does(tmp_path):
     conf.write_text(f'[storage]\npath = "{tmp_path / "data"}"\n[openadr]\ncert = "{tmp_path / "ven.pem"}"\n'
                     f'key = "{tmp_path / "ven.key"}"\n', encoding="utf-8")
     out = check_config(conf)
-    assert out.returncode == 2, out
+    assert out.returncode == 78, out
     assert out.stderr.splitlines() == [
         f"configuration error: {conf}: openadr.cert: {tmp_path / 'ven.pem'}: No such file or directory",
         f"configuration error: {conf}: openadr.key: {tmp_path / 'ven.key'}: No such file or directory",

@@ -121,7 +121,7 @@ def test_a_storage_path_from_a_variable_that_is_a_directory_names_the_variable(t
     p = _write(tmp_path, "[meter]\npoll_seconds = 10\n")
     out = run_cli(["check-config", str(p)], timeout=60,
                   env={**os.environ, "EDGE_GATEWAY__STORAGE__PATH": str(tmp_path)})
-    assert out.returncode == 2, out
+    assert out.returncode == 78, out
     assert (f"configuration error: storage.path (from EDGE_GATEWAY__STORAGE__PATH): {tmp_path} is a directory: name "
             f"a file in it, e.g. {tmp_path / 'gateway.sqlite'}") in out.stderr.splitlines(), out.stderr
 

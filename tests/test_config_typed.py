@@ -102,7 +102,7 @@ def test_a_nul_in_a_path_is_a_config_error_not_a_traceback(tmp_path, command):
     # run: "ValueError: embedded null byte" from the run lock; check-config: from reading openadr.cert
     p = _write(tmp_path, '[storage]\npath = "gw\\u0000.sqlite"\n[openadr]\ncert = "a\\u0000b"\nkey = "k"\n')
     res = _cli(*command, str(p), cwd=tmp_path)
-    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert res.returncode == 78 and "Traceback" not in res.stderr, res.stderr
     assert "storage.path: holds a control character" in res.stderr and "openadr.cert: holds" in res.stderr
 
 
@@ -144,7 +144,7 @@ def test_run_refuses_a_storage_path_that_can_never_open(tmp_path, free_udp_port,
         res = run_cli(["run", "--config", str(cfg)], timeout=20)
     except subprocess.TimeoutExpired as err:
         pytest.fail(f"run started: {err.stderr}")
-    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert res.returncode == 78 and "Traceback" not in res.stderr, res.stderr
     said = (f"{path} is a directory: name a file in it, e.g. {path / 'gateway.sqlite'}" if where == "a directory"
             else f"{path}: {tmp_path / 'data'} is not a directory")
     assert res.stderr.splitlines() == [f"configuration error: {cfg}: storage.path: {said}"]
@@ -269,13 +269,13 @@ def test_thresholds_inside_the_input_bounds_stay_accepted():
 
 
 def test_check_config_says_an_http_address_name_that_does_not_resolve(tmp_path):
-    # check-config said ok; `run` then exited 2 "http.address ...: cannot listen: Name or service not known"
+    # check-config said ok; `run` then refused "http.address ...: cannot listen: Name or service not known"
     p = _write(tmp_path, '[http]\naddress = "dashboard.invalid:8000"\ntoken = "0123456789abcdef0123"\n'
                          f'[storage]\npath = "{tmp_path / "gw.sqlite"}"\n')
     res = _cli("check-config", str(p))
     assert res.returncode == 0, res.stderr
     assert (f"{p}: warning: http.address: dashboard.invalid does not resolve on this machine now: `run` refuses to "
-            f"start (exit 2) until it does (an IP address does not depend on a name service)") \
+            f"start (exit 75) until it does (an IP address does not depend on a name service)") \
         in res.stdout.splitlines()
 
 
@@ -424,7 +424,7 @@ def test_a_relative_config_file_that_is_not_there_says_where_it_was_looked_for(t
     # `--config gateway.toml` in a unit runs in its WorkingDirectory (/ by default): "gateway.toml: no such file" read
     # as if the file the operator could see beside them had vanished
     res = _cli("check-config", "gateway.toml", cwd=tmp_path)
-    assert res.returncode == 2
+    assert res.returncode == 78
     assert res.stderr.splitlines() == [f"configuration error: gateway.toml: no such file (looked for in {tmp_path})"]
     res = _cli("check-config", str(tmp_path / "gateway.toml"))
     assert res.stderr.splitlines() == [f"configuration error: {tmp_path / 'gateway.toml'}: no such file"]

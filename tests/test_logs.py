@@ -138,7 +138,7 @@ def test_a_refusal_before_logging_is_an_error_to_journald(tmp_path):
                 st = os.fstat(err.fileno())
                 env["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}"
             done = run_cli(["run", "--config", str(bad)], stderr=err, env=env, timeout=60)
-        assert done.returncode == 2
+        assert done.returncode == 78
         lead = "<3>" if journal else ""
         assert (tmp_path / "err").read_text() == (f"{lead}configuration error: {bad}: meter.poll_secs: unknown key; did "
                                                   "you mean meter.poll_seconds?\n")

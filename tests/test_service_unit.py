@@ -66,7 +66,7 @@ def test_systemd_analyze_verify_accepts_it(tmp_path):
 
 @pytest.mark.timeout(60)
 def test_a_client_certificate_expired_over_a_reboot_still_lets_the_gateway_start(tmp_path):
-    # check-config refuses an expired (or not yet mounted) openadr.cert with exit 2, where `run` serves the BAS
+    # check-config refuses an expired (or not yet mounted) openadr.cert with exit 78, where `run` serves the BAS
     # and the dashboard and retries the VTN as README says. As a plain ExecStartPre it kept the unit from
     # starting: after a reboot the BACnet points, the meter's telemetry queue and /metrics were all gone
     import datetime as dt

@@ -162,7 +162,7 @@ def test_check_config_opens_the_tls_files(pki):
                        (dict(good, key=d / "missing.key"), f"openadr.key: {d / 'missing.key'}: No such file"),
                        (dict(good, ca_file=d / "ven.key"), "openadr.ca_file")):
         res = check(**bad)
-        assert res.returncode == 2 and words in res.stderr, (bad, res.stderr)
+        assert res.returncode == 78 and words in res.stderr, (bad, res.stderr)
         assert res.stderr.startswith("configuration error: ") and "Traceback" not in res.stderr
 
 
@@ -209,7 +209,7 @@ def test_check_config_says_when_the_ven_certificate_has_expired(pki):
     conf = d / "gw.toml"
     conf.write_text(f'[openadr]\ncert = "{d / "old.pem"}"\nkey = "{d / "old.key"}"\nca_file = "{d / "ca.pem"}"\n')
     res = run_cli(["check-config", str(conf)], timeout=60, stdin=subprocess.DEVNULL)
-    assert res.returncode == 2 and f"openadr.cert: {d / 'old.pem'}: expired on " in res.stderr, res.stderr
+    assert res.returncode == 78 and f"openadr.cert: {d / 'old.pem'}: expired on " in res.stderr, res.stderr
 
 
 async def test_a_passphrase_left_for_a_key_reissued_plain_is_not_handed_to_the_signer(pki, tmp_path):
@@ -275,7 +275,7 @@ async def test_tls_file_errors_name_the_environment_variable_in_check_config_and
     conf.write_text(f'[openadr]\ncert = "{d / "ven.pem"}"\nkey = "{d / "ven.key"}"\nca_file = "{d / "ca.pem"}"\n')
     env = {"EDGE_GATEWAY__OPENADR__PASSPHRASE": "wrong", "EDGE_GATEWAY__OPENADR__KEY": str(d / "ven.key")}
     res = run_cli(["check-config", str(conf)], timeout=60, stdin=subprocess.DEVNULL, env={**os.environ, **env})
-    assert res.returncode == 2, res.stderr
+    assert res.returncode == 78, res.stderr
     assert res.stderr == ("configuration error: openadr.passphrase (from EDGE_GATEWAY__OPENADR__PASSPHRASE): does not "
                           f"decrypt openadr.key (from EDGE_GATEWAY__OPENADR__KEY) {d / 'ven.key'} (or the key is not "
                           "a PEM private key)\n")

@@ -81,7 +81,7 @@ def test_a_value_no_release_took_is_still_refused_naming_the_key(tmp_path, value
     path = tmp_path / "gw.toml"
     path.write_text(f"[meter]\npoll_seconds = {value}\n", encoding="utf-8")
     out = check_config(path)
-    assert out.returncode == 2, out
+    assert out.returncode == 78, out
     assert out.stderr.startswith(f"configuration error: {path}: meter.poll_seconds: {reason}"), out.stderr
     assert "warning" not in out.stdout, out.stdout
 

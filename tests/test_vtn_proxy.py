@@ -177,7 +177,7 @@ def test_a_bad_proxy_is_refused_naming_the_key_without_its_password(tmp_path, va
     conf = tmp_path / "gw.toml"
     conf.write_text(f'[openadr]\nproxy = "{value}"\n')
     res = run_cli(["check-config", str(conf)], timeout=60, stdin=subprocess.DEVNULL)
-    assert res.returncode == 2, res.stderr
+    assert res.returncode == 78, res.stderr
     assert res.stderr.startswith("configuration error: ") and "openadr.proxy: " in res.stderr, res.stderr
     assert words in res.stderr and "secret" not in res.stderr and "Traceback" not in res.stderr, res.stderr
 

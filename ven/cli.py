@@ -20,7 +20,7 @@ from bacnet_api.settle import span
 
 from . import __version__
 from .cert_expiry import cert_expiry_warnings
-from .config import ConfigError, GatewayConfig
+from .config import ConfigError, GatewayConfig, StartBlocked
 from .config_checks import clock_sync_warnings, storage_problems, storage_warnings, tls_file_problems
 from .config_load import load_config
 from .config_warnings import trunk_warnings
@@ -28,7 +28,11 @@ from .config_text import check_bacnet_address
 from .logs import QuietAcceptErrors, caution, refusal
 from .site import other_site_warnings, site_of
 
-EXIT_CONFIG = 2
+# Exit statuses (README "Exit statuses"). A service manager restarts every failure but EXIT_CONFIG (the shipped unit's
+# RestartPreventExitStatus=): a key the operator must edit, which a restart every 5 s only buries in the journal.
+EXIT_USAGE = 2      # the command line itself (argparse's own status for a bad option)
+EXIT_TEMPFAIL = 75  # sysexits.h EX_TEMPFAIL: what the config names is taken now (a port, storage.path): may clear
+EXIT_CONFIG = 78    # sysexits.h EX_CONFIG (systemctl status says 78/CONFIG): the configuration must be edited
 log = logging.getLogger(__name__)
 
 
@@ -50,9 +54,10 @@ def _file_problems(path: str | None, problems: list[str]) -> ConfigError:
 
 
 def _config_or_exit(path: str | None, say_raised: bool = True) -> GatewayConfig:
-    """The config, or its errors said and exit 2. `say_raised`: each value the load raised to a floor (or cut to fit)
-    is one warning on stderr, as check-config and run say it: read-meter, health, points and the rest took the floor
-    unsaid, and the installer checking the meter with them never learnt the file's value was not the one used."""
+    """The config, or its errors said and exit 78 (EXIT_CONFIG). `say_raised`: each value the load raised to a floor
+    (or cut to fit) is one warning on stderr, as check-config and run say it: read-meter, health, points and the rest
+    took the floor unsaid, and the installer checking the meter with them never learnt the file's value was not the
+    one used."""
     try:
         cfg = load_config(path)
     except ConfigError as err:
@@ -139,8 +144,8 @@ def _absent_address_warnings(cfg: GatewayConfig) -> list[str]:
            f"after the service), so a wrong address waits forever" for key, host, kind in probes if absent(host, kind)]
     # only http.address takes a name: check-config said ok, and `run` exited 2 "cannot listen: Name or service not
     # known"
-    out += [f"http.address: {host} does not resolve on this machine now: `run` refuses to start (exit 2) until it does "
-            f"(an IP address does not depend on a name service)" for host in unresolved]
+    out += [f"http.address: {host} does not resolve on this machine now: `run` refuses to start (exit 75) until it "
+            f"does (an IP address does not depend on a name service)" for host in unresolved]
     if not any(line.startswith("bacnet.address") for line in out):
         from bacnet_api.own_address import LINK, MASK, missing
         problem = missing(cfg.bacnet.address)
@@ -176,7 +181,7 @@ def cmd_check_config(args) -> int:
     if (args.file is None) == (args.config is None):
         print("check-config: give the configuration file once: check-config FILE, or check-config --config FILE",
               file=sys.stderr)
-        return EXIT_CONFIG
+        return EXIT_USAGE
     args.file = args.file if args.file is not None else args.config    # "" is a file not found, not the defaults
     cfg = _config_or_exit(args.file, say_raised=False)    # with the other warnings, below
     problems = tls_file_problems(cfg.openadr) + storage_problems(cfg.storage)
@@ -210,7 +215,7 @@ def _probe_url(address: str) -> str:
 
 
 def cmd_health(args) -> int:
-    # Docker reserves exit code 2 for its own use, so a bad config is 1 (unhealthy) here, not EXIT_CONFIG.
+    # Docker's HEALTHCHECK knows 0 and 1 and reserves 2, so a bad config is 1 (unhealthy) here, not EXIT_CONFIG.
     import urllib.error
     import urllib.request
 
@@ -282,7 +287,7 @@ def _write_ede(cfg: GatewayConfig, path: str) -> int:
         write_ede(path, ede_text(device, author=f"edge-gateway {__version__}"))
     except OSError as err:
         print(f"points: --ede {path}: {err.strerror or err}", file=sys.stderr)
-        return EXIT_CONFIG
+        return EXIT_USAGE   # a path on the command line, not in the config
     # only once the EDE file is written: a bad path (a directory, a missing one) leaves no state-text file behind
     texts = state_texts_path(path)
     if texts is not None:
@@ -290,7 +295,7 @@ def _write_ede(cfg: GatewayConfig, path: str) -> int:
             write_ede(texts, state_texts_text(device))
         except OSError as err:
             print(f"points: --ede {path}: state texts {texts}: {err.strerror or err}", file=sys.stderr)
-            return EXIT_CONFIG
+            return EXIT_USAGE
     print(f"{path}: EDE file of device {cfg.bacnet.device_id} '{cfg.bacnet.device_name}', "
           f"{len(ede_rows(device))} objects" + (f"; state texts in {texts}" if texts is not None else ""))
     return 0
@@ -363,11 +368,12 @@ def _ensure_tcp_port_free(address: str) -> None:
     socket.create_server(sockaddr[:2], family=family).close()   # SO_REUSEADDR, as aiohttp binds
 
 
-def _bacnet_address_error(err: OSError, address: str) -> str:
+def _bacnet_address_error(err: OSError, address: str) -> ConfigError:
+    """A port another program holds may be freed (StartBlocked: restarted); any other refusal needs an edit."""
     if err.errno != errno.EADDRINUSE:
-        return f"bacnet.address: {err.strerror or err}"
-    return (f"bacnet.address: {err.strerror} (another program on this machine, e.g. a BAS workstation, holds UDP "
-            f"port {address.rpartition(':')[2]}: stop it, or give bacnet.address another port)")
+        return ConfigError(f"bacnet.address: {err.strerror or err}")
+    return StartBlocked(f"bacnet.address: {err.strerror} (another program on this machine, e.g. a BAS workstation, "
+                        f"holds UDP port {address.rpartition(':')[2]}: stop it, or give bacnet.address another port)")
 
 
 async def _wait_for_bacnet_address(address: str, waiting: Callable[[str], None] = lambda status: None) -> None:
@@ -402,7 +408,7 @@ async def _wait_for_bacnet_address(address: str, waiting: Callable[[str], None] 
         except OSError as err:
             if err.errno == errno.EADDRNOTAVAIL:
                 continue
-            raise ConfigError(_bacnet_address_error(err, address)) from None
+            raise _bacnet_address_error(err, address) from None
         if must_wait(address) is not None:
             continue
         waited = span(time.monotonic() - began)
@@ -446,16 +452,15 @@ def run_gateway(config_path: str | None, customize: Callable[[Any], None] | None
 
     lock = RunLock(cfg.storage.path)    # held until the process ends
     busy = lock.take()
-    if busy:
-        refusal(f"configuration error: {busy}: stop that gateway first, or give this one its own storage.path")
-        return EXIT_CONFIG
+    if busy:    # a gateway started by hand beside the service, say: it may stop
+        _print_blocked(StartBlocked(f"{busy}: stop that gateway first, or give this one its own storage.path"))
+        return EXIT_TEMPFAIL
     wait_for_address = False
     try:  # the device probes again when it starts; this turns a busy port into a refusal, not a traceback
         ensure_port_free(cfg.bacnet.address)
     except OSError as err:
         if err.errno != errno.EADDRNOTAVAIL:
-            refusal(f"configuration error: {_bacnet_address_error(err, cfg.bacnet.address)}")
-            return EXIT_CONFIG
+            return _refused(_bacnet_address_error(err, cfg.bacnet.address))
         wait_for_address = True   # not on an interface yet: waited for below, once logging is set up
     else:
         from bacnet_api.own_address import must_wait
@@ -466,9 +471,10 @@ def run_gateway(config_path: str | None, customize: Callable[[Any], None] | None
         except OSError as err:
             # an address not on an interface yet is waited for by the HTTP server, the BACnet device meanwhile up
             if err.errno != errno.EADDRNOTAVAIL:
-                refusal(f"configuration error: http.address {cfg.http.address}: cannot listen: "
-                        f"{err.strerror or err}")
-                return EXIT_CONFIG
+                # taken by another program, or a name the resolver cannot answer yet (DNS late at boot): may clear
+                may_clear = err.errno == errno.EADDRINUSE or isinstance(err, socket.gaierror)
+                return _refused((StartBlocked if may_clear else ConfigError)(
+                    f"http.address {cfg.http.address}: cannot listen: {err.strerror or err}"))
     setup_logging(cfg.log_level)
     faulthandler.enable()   # a fatal signal (systemd's watchdog: SIGABRT) puts every thread's stack in the log
     notifier = SystemdNotifier()
@@ -502,10 +508,24 @@ def run_gateway(config_path: str | None, customize: Callable[[Any], None] | None
 
     try:
         asyncio.run(serve_until_signalled(main()))
-    except ConfigError as err:  # e.g. the HTTP port is taken
-        _print_config_error(err)
-        return _leave(EXIT_CONFIG)
+    except ConfigError as err:  # e.g. the HTTP port taken after the probe above, or storage.path not to be moved aside
+        return _leave(_refused(err))
     return _leave(0)
+
+
+def _refused(err: ConfigError) -> int:
+    """`run`'s refusal to start said, and its exit status: 75 for what may clear by itself, 78 for an edit."""
+    if isinstance(err, StartBlocked):
+        _print_blocked(err)
+        return EXIT_TEMPFAIL
+    _print_config_error(err)
+    return EXIT_CONFIG
+
+
+def _print_blocked(err: StartBlocked) -> None:
+    # not "configuration error": the file may be right, and the operator's fix is elsewhere (or nothing: a restart)
+    for line in str(err).splitlines():
+        refusal(f"cannot start now: {line}")
 
 
 def _leave(code: int) -> int:
@@ -548,7 +568,7 @@ def cmd_simulate_meter(args) -> int:
     except OSError as err:  # the port is taken, or the address is not this host's
         print(f"simulate-meter: {args.address}: {err.strerror or err}: choose another with --address",
               file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     return 0
 
 
@@ -569,7 +589,8 @@ def cmd_demo(args) -> int:
             problems.append(f"--storage: {busy}: give the demo a file of its own, or none (a temporary one)")
     for line in problems:
         print(f"demo: {line}", file=sys.stderr)
-    return 2 if problems else _leave(asyncio.run(run_demo(args)))
+    # a port or file given on the command line: choose another there
+    return EXIT_USAGE if problems else _leave(asyncio.run(run_demo(args)))
 
 
 def cmd_demo_vtn(args) -> int:
@@ -582,7 +603,7 @@ def cmd_demo_vtn(args) -> int:
     except OSError as err:
         print(f"demo-vtn: {args.host}:{args.port}: {err.strerror or err}: choose another with --port",
               file=sys.stderr)
-        return 2
+        return EXIT_USAGE
 
 
 def cmd_forecast_replay(args) -> int:
@@ -677,7 +698,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("check-config", help="validate a configuration file")
-    p.add_argument("file", metavar="FILE", nargs="?", help=_CONFIG_HELP + ": names each bad key and why (exit 2), "
+    p.add_argument("file", metavar="FILE", nargs="?", help=_CONFIG_HELP + ": names each bad key and why (exit 78), "
                    "opens the TLS files, warns of settings that lose something, and says where the state file goes")
     # every other command names its file with --config: the same words work here
     p.add_argument("--config", metavar="FILE", help="the same, as the other commands name it")

@@ -25,7 +25,13 @@ from .config_warnings import GatewayWarnings, HttpWarnings, OpenadrWarnings
 
 
 class ConfigError(Exception):
-    """A configuration problem, already phrased for the operator."""
+    """A configuration problem, already phrased for the operator: a key (or a file it names) to edit."""
+
+
+class StartBlocked(ConfigError):
+    """What the configuration names is sound but not to be had now (a port another program holds, a host name the
+    resolver cannot answer yet): it may clear without an edit, so `run` exits with the status a service manager
+    restarts (75), not a configuration error's (78), which no restart mends."""
 
 
 class _Section(BaseModel):

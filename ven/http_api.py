@@ -96,7 +96,7 @@ from aiohttp.helpers import ETAG_ANY
 
 from bacnet_api.settle import span
 
-from ven.config import ConfigError
+from ven.config import ConfigError, StartBlocked
 from ven.config_text import is_loopback_host
 from ven.history_csv import history_csv, history_filename
 from ven.metrics import Metrics
@@ -498,7 +498,9 @@ class HttpServer:
             await self._listen()
         except OSError as err:
             if err.errno != errno.EADDRNOTAVAIL:
-                raise ConfigError(f"http.address {self.host}:{self._port}: cannot listen: {err.strerror}") from None
+                # another program's port may be freed; anything else (EACCES: a port under 1024) needs an edit
+                blocked = StartBlocked if err.errno == errno.EADDRINUSE else ConfigError
+                raise blocked(f"http.address {self.host}:{self._port}: cannot listen: {err.strerror}") from None
             # the address is not on an interface yet (a NIC up after the service, DHCP late): the BACnet device
             # and the rest must not wait for the operator's dashboard, so it listens once the address is there
             log.warning("http.address %s:%d: %s is not on any interface of this machine (yet): the dashboard, "
