@@ -34,6 +34,9 @@ def test_health_probes_the_configured_address_and_says_why_not(tmp_path, free_ud
         assert up.returncode == 0, (up, gateway.log()[-2000:])
         # healthy but degraded: nobody at the VTN's or the meter's address, and the probe's line says so
         assert f"127.0.0.1:{http_port}/healthz: ok (degraded: " in up.stdout and "VTN not connected" in up.stdout
+        # monitoring asks to hear of it: the same answer, exit 1 (a container's check keeps 0: a restart mends no VTN)
+        strict = run_cli(["health", "--config", str(config), "--timeout", "2", "--strict"], timeout=30)
+        assert strict.returncode == 1 and "ok (degraded: " in strict.stdout, strict
         # an env override is part of the config: it moves the probe as it moves the gateway
         moved = _health(config, EDGE_GATEWAY__HTTP__ADDRESS=f"127.0.0.1:{free_tcp_port()}")
         assert moved.returncode == 1 and "no answer" in moved.stdout, moved
@@ -71,3 +74,35 @@ def test_a_wildcard_bind_is_probed_on_loopback():
     assert _probe_url("0.0.0.0:8000") == "http://127.0.0.1:8000/healthz"
     assert _probe_url("[::]:8000") == "http://[::1]:8000/healthz"
     assert _probe_url("gw.example:81") == "http://gw.example:81/healthz"
+
+
+def test_strict_is_exit_0_for_a_plain_ok(tmp_path, free_udp_port, free_tcp_port):
+    # --strict must not page anyone for a healthy gateway: a /healthz answering as one does, on loopback
+    import http.server
+    import threading
+
+    answers = iter(["ok", "ok (degraded: meter fault)"])
+
+    class Healthz(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = (next(answers) + "\n").encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Healthz) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            config = tmp_path / "gw.toml"
+            write_config(config, bacnet_port=free_udp_port(), http_port=server.server_address[1],
+                         storage=tmp_path / "gw.sqlite", ven_name="health")
+            strict = [run_cli(["health", "--config", str(config), "--timeout", "2", "--strict"], timeout=30)
+                      for _ in range(2)]
+        finally:
+            server.shutdown()
+    assert [r.returncode for r in strict] == [0, 1], strict
+    assert strict[0].stdout.strip().endswith("/healthz: ok"), strict[0]

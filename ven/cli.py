@@ -233,8 +233,11 @@ def cmd_health(args) -> int:
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
         with opener.open(url, timeout=args.timeout) as answer:
-            print(f"{url}: {answer.read().decode(errors='replace').strip()}")
-            return 0
+            said = answer.read().decode(errors='replace').strip()
+            print(f"{url}: {said}")
+            # degraded (the VTN or the meter away) is healthy to a container's check, which would restart a gateway
+            # that cannot mend a VTN outage; a monitoring check asks --strict to hear of it
+            return 1 if args.strict and said != "ok" else 0
     except urllib.error.HTTPError as err:
         print(f"{url}: {err.code} {err.read().decode(errors='replace').strip()}")
     except (OSError, ValueError) as err:
@@ -705,10 +708,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_check_config)
 
     p = sub.add_parser("health", help="probe the running gateway's /healthz at the address its config names "
-                                      "(exit 0 healthy, 1 not: a container HEALTHCHECK)")
+                                      "(exit 0 healthy, degraded too, 1 not: a container HEALTHCHECK)")
     p.add_argument("--config", required=True, metavar="FILE", help=_CONFIG_HELP + ": http.address says where to probe")
     p.add_argument("--timeout", type=_positive_seconds, default=4.0, metavar="SECONDS",
                    help="seconds to wait for the answer (default %(default)g)")
+    p.add_argument("--strict", action="store_true",
+                   help="exit 1 while degraded too (the VTN or the meter away, ...): for monitoring, not for a "
+                        "container's HEALTHCHECK, whose restarts would not bring a VTN back")
     p.set_defaults(func=cmd_health)
 
     p = sub.add_parser("points", help="print the BACnet point table the device serves")
