@@ -5,7 +5,8 @@
 The handler here appends every change of the event state to a CSV (a site might instead switch a relay,
 page someone, or post to a building's own system). It runs in the gateway's event loop: keep it quick
 and hand slow work to a thread. Everything else is `edge-gateway run`'s: the config's checks and log_level,
-one gateway per storage.path, a taken port refused in one line (exit 75; a bad key 78), a clean stop on SIGTERM or Ctrl-C.
+one gateway per storage.path, a taken port refused in one line (exit 75; a bad key 78), a clean stop on SIGTERM or
+Ctrl-C.
 """
 from __future__ import annotations
 
