@@ -61,7 +61,9 @@ def test_systemd_analyze_verify_accepts_it(tmp_path):
     unit = tmp_path / UNIT.name
     unit.write_text(UNIT.read_text().replace("/opt/edge-gateway/bin/edge-gateway", sys.executable))
     res = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
-    assert res.returncode == 0, res.stderr
+    # a value it cannot parse (RestartPreventExitStatus=CONFIGX) is "Failed to parse value, ignoring", exit 0: the
+    # unit runs without it, and restarts a bad key every 5 s again
+    assert res.returncode == 0 and "ignoring" not in res.stderr, res.stderr
 
 
 @pytest.mark.timeout(60)
