@@ -470,6 +470,12 @@ class GatewayDevice:
             self._update_reliability(name)
         obj.presentValue = wire
 
+    def show_kept(self, name: str, value: float | bool) -> None:
+        """A value kept from before this start (the last run's): presentValue shows it, and a point that has had no
+        value yet stays in fault (reliability unreliableOther) until set() gives it one. A BAS trend that ignores
+        statusFlags then draws the last value over a restart, not a dip to 0."""
+        self._object(name).presentValue = _wire(self._points[name], value)
+
     def set_fault(self, name: str, fault: bool, *, unusable: bool = False, reliability: str | None = None) -> None:
         """`unusable`: the source answered, with a value that cannot be used (reliability unreliableOther,
         where a point's own fault reliability says nothing came, e.g. meter-power's communicationFailure).

@@ -34,6 +34,7 @@ from .command_keep import CommandKeep
 from .cov_restore import COV_SUBSCRIPTIONS, CovKeeper
 from .device_restore import BACNET_DATABASE, COMMANDS, count_database_revision, restore_commands, served
 from .level_log import LevelLog
+from .points_resume import METER_KEPT, keep_reading, kept_reading, last_forecast
 from .logs import RecentLog
 from .read_gaps import ReadGaps
 from .metrics import Metrics
@@ -169,6 +170,8 @@ class Gateway:
         self.config = config
         self.started_at = time.monotonic()   # uptime: a wall-clock step (NTP at boot) is not time run
         self._meter_unread: str | None = None   # the configured meter until it gives a reading, if not stored
+        self._meter_kept: str | None = None     # METER_KEPT as the start found it, until this run reads the meter
+        self._last_good: tuple[float, float] | None = None   # this run's last good reading (kW, epoch s)
         c = config
         # the log's last lines for the dashboard, whose users often have no shell to read the log (RecentLog)
         self.recent = RecentLog()
@@ -303,6 +306,7 @@ class Gateway:
         self.device.on_write(P.OPT_OUT, self._on_opt_out)
         self.device.on_write(P.SHED_POWER, self._on_shed)
         await self._start(self.schedule)
+        self._show_run_before()
         # last before serve: the first notifications say the set-up values, and go out before a SubscribeCOV that
         # waited for serve() is carried out; stopped after the parts started later, keeping what changed until then
         self._cov_keeper = CovKeeper(self.device, self.storage)
@@ -380,6 +384,8 @@ class Gateway:
         if read:
             self.telemetry.note_last_read(max(read))
         self.telemetry.close()
+        if self._last_good is not None:     # on meter-power from the next start's first answer to its first read
+            self.storage.save_value(METER_KEPT, keep_reading(*self._last_good))
         self.storage.close()
         # said after every part's last write (the forecaster's last save, the queue's and the events' close), with
         # what each still holds: met by those writes, or ended by them, and only what is still in memory is lost
@@ -494,6 +500,9 @@ class Gateway:
     def _on_meter(self, reading: MeterReading) -> None:
         self.clock_sync.look_for_step()     # a step the reading's stamp shows: its own line before its effects'
         self.metrics.meter_reads.inc()
+        if self._meter_kept:    # shown until this first read: a crash from here on must not show it again
+            self.storage.save_value(METER_KEPT, "")
+            self._meter_kept = None
         self.read_gaps.on_reading(reading.timestamp, reading.tick_times[0] if reading.tick_times else None)
         t = reading.timestamp.timestamp()
         if reading.value is None:
@@ -507,6 +516,7 @@ class Gateway:
         if self._meter_unread is not None:
             self.storage.save_value(METER_READ, self._meter_unread)
             self._meter_unread = None
+        self._last_good = (reading.value, t)
         self.device.set(P.METER_POWER, reading.value)
         self.device.set_fault(P.METER_POWER, False)
         self.device.set(P.METER_FAULT, False)
@@ -735,6 +745,26 @@ class Gateway:
         # NaN while the flag is in fault: 0 would say "no peak" where the BAS is told "cannot tell"
         self.metrics.high_load.set(math.nan if high_fault else int(high))
         self.metrics.low_load.set(math.nan if low_fault else int(low))
+
+    def _show_run_before(self) -> None:
+        """Before the device answers: the last forecast the run before stored, and its last meter reading, on the
+        points until this run's first forecast cycle and meter read replace them (ven/points_resume.py). The forecast
+        is live when that first cycle's will be (power within input_stale_seconds, a forecast as recent), else
+        readable and flagged, as a running gateway holds its last one; the reading flagged until the read."""
+        now, stale_s = time.time(), self.config.forecaster.input_stale_seconds
+        if (f := last_forecast(self.config.storage.path, now)) is not None:
+            held = f.newest_power_at is None or now - f.newest_power_at > stale_s or now - f.issued_at > stale_s
+            if held:
+                short, long = self.config.forecaster.horizons_minutes
+                kept = {P.FIFTEEN_MIN_FORECAST: f.demand_kw.get(short), P.ONE_HOUR_FORECAST: f.demand_kw.get(long),
+                        P.RATE_OF_CHANGE: f.rate_kw_per_min}
+                for name, value in kept.items():
+                    if value is not None:
+                        self.device.show_kept(name, value)
+            self._show_forecast(f, held=held)
+        self._meter_kept = self.storage.load_value(METER_KEPT)
+        if (kw := kept_reading(self._meter_kept)) is not None:
+            self.device.show_kept(P.METER_POWER, kw)
 
     def _log_input_stale(self, stale: bool) -> None:
         """One WARNING when the forecaster runs out of power input, one INFO once it has had some for twice
