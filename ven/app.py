@@ -311,7 +311,7 @@ class Gateway:
         # waited for serve() is carried out; stopped after the parts started later, keeping what changed until then
         self._cov_keeper = CovKeeper(self.device, self.storage)
         await self._start(self._cov_keeper)
-        self.device.serve()     # the event state is in the points; the forecast's come with its first cycle
+        self.device.serve()     # the event state is in the points, and the forecast the run before left
         await _in_daemon_thread(_import_slow_parts)
         if self.device.get(P.OPT_OUT):
             self.vtn.set_opt_out(True)  # before the VTN session, so new events are answered optOut
