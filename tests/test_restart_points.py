@@ -109,9 +109,9 @@ async def test_a_forecast_stored_before_a_long_stop_is_shown_flagged_not_as_0(tm
     storage = tmp_path / "gw.sqlite"
     stopped = time.time() - 1200
     _history(storage, minute_of(stopped))
-    ForecastStore(str(storage)).record_forecast(Forecast(issued_at=stopped, demand_kw={15: 255.0, 60: 250.0}, rate_kw_per_min=1.5,
-                                   high_load=True, low_load=False, high_threshold_kw=240.0, low_threshold_kw=120.0,
-                                   model="persistence"))
+    ForecastStore(str(storage)).record_forecast(Forecast(
+        issued_at=stopped, demand_kw={15: 255.0, 60: 250.0}, rate_kw_per_min=1.5, high_load=True, low_load=False,
+        high_threshold_kw=240.0, low_threshold_kw=120.0, model="persistence"))
     cfg = parse_config({"bacnet": {"address": f"127.0.0.1/8:{free_udp_port()}"},
                         "meter": {"address": "127.0.0.1:9", "poll_seconds": 1.0, "timeout_seconds": 0.5},
                         "openadr": {"vtn_url": f"http://127.0.0.1:{free_tcp_port()}/OpenADR2/Simple/2.0b"},
