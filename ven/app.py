@@ -2,7 +2,8 @@
 
 Start-up order matters to the people downstream: the BACnet device comes up first (the BAS sees the
 gateway within seconds), then the persisted event schedule restores ADR-Event-Level before any network
-peer is needed, then the meter, the forecaster, the VTN and the operator API.
+peer is needed, and the forecast and meter points show what the run before left (ven/points_resume.py) until
+this run's own come, then the meter, the forecaster, the VTN and the operator API.
 """
 from __future__ import annotations
 
