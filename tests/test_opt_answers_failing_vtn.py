@@ -3,9 +3,11 @@ per poll, and an answer it fails for good holds no other back."""
 from __future__ import annotations
 
 import logging
+import re
 from datetime import timedelta
 
 import pytest
+from aiohttp import web
 
 from test_vtn import running
 from test_vtn_openleadr_queue import UtilityVtn, now
@@ -54,3 +56,35 @@ async def test_answers_the_vtn_fails_for_good_hold_no_other_back(tmp_path, free_
         gw.vtn.set_opt_out(True)
         await until(lambda: ("shed", 0, "optOut") in vtn.answers, 10, "the optOut for the event that wants one")
         await until(lambda: gw.vtn.status()["opt_answers_waiting"] == 3, 5, "the three oadrCreateOpt waiting")
+
+
+@pytest.mark.timeout(60)
+async def test_an_opt_sent_again_keeps_its_opt_id(tmp_path, free_tcp_port):
+    """2.0b's optID names the opt at the VTN. An oadrCreateOpt the VTN fails (openleadr's 404: it serves no EiOpt;
+    a time-out whose request the VTN took) is sent again at each poll: each time under a new optID, a VTN that
+    stores opts would keep one more opt-out of the event at each try. The same answer keeps its optID; the optIn
+    that follows the BAS's relinquish is a new opt, with a new one."""
+    logging.getLogger("openleadr").setLevel(logging.CRITICAL)
+    vtn = UtilityVtn(free_tcp_port())
+    sent: list[tuple[str, str, str]] = []      # (eventID, optType, optID) of each oadrCreateOpt, as it came
+
+    @web.middleware
+    async def opts(request, handler):
+        if request.path.endswith("/EiOpt"):
+            body = (await request.read()).decode()
+            sent.append(tuple(re.search(f"<ei:{tag}>([^<]*)<", body).group(1)
+                              for tag in ("eventID", "optType", "optID")))
+        return await handler(request)
+    vtn.server.app.middlewares.insert(0, opts)
+    async with vtn, running(tmp_path, vtn.url) as gw:
+        await until(lambda: gw.vtn.connected, 10, "registration")
+        vtn.add_event("silent", 1.0, now() - timedelta(seconds=1), timedelta(minutes=10), response_required="never")
+        await until(lambda: gw.schedule.get("silent"), 10, "listed")
+        gw.vtn.set_opt_out(True)
+        await until(lambda: len(sent) >= 3, 10, "the optOut sent again at the polls")
+        gw.vtn.set_opt_out(False)
+        await until(lambda: sum(opt == "optIn" for _, opt, _ in sent) >= 3, 10, "the optIn sent again at the polls")
+    outs = {oid for eid, opt, oid in sent if opt == "optOut"}
+    ins = {oid for eid, opt, oid in sent if opt == "optIn"}
+    assert {eid for eid, _, _ in sent} == {"silent"}, sent
+    assert len(outs) == 1 and len(ins) == 1 and outs != ins, sent

@@ -445,9 +445,12 @@ class VtnEvents:
                 return      # the VTN fails what it is sent: the rest at the next poll
             if by_create_opt:
                 (eid, mod, opt), = answers
+                # 2.0b's optID names the opt at the VTN: one sent again (its answer lost, a time-out, a VTN failing
+                # for a while) is the same opt, not another the VTN would keep beside it. A new answer, a new ID.
+                opt_id = self._opt_ids.setdefault((eid, mod, opt), outils.generate_id())
                 msg = self._client._create_message(
                     "oadrCreateOpt", request_id=outils.generate_id(), ven_id=self.ven_id,
-                    opt_id=outils.generate_id(), opt_type=opt,
+                    opt_id=opt_id, opt_type=opt,
                     opt_reason="participating" if opt == OPT_IN else "notParticipating",
                     created_date_time=_utcnow(), event_id=eid, modification_number=self._on_wire(eid, mod),
                     targets=[{"ven_id": self.ven_id}])
@@ -552,6 +555,8 @@ class VtnEvents:
         groups: dict[tuple[str, str], list[tuple[str, int, str]]] = {}
         for gone in [eid for eid in self._opt_failed_at if eid not in self._pending_opts]:
             del self._opt_failed_at[gone]
+        for gone in [k for k in self._opt_ids if self._pending_opts.get(k[0]) != (k[1], k[2], True)]:
+            del self._opt_ids[gone]
         # never failed first, then the one failed longest ago: a pass that stops at failures tries each in turn
         waiting = sorted(self._pending_opts.items(), key=lambda item: self._opt_failed_at.get(item[0], 0))
         for eid, (mod, opt, by_create_opt) in waiting:
