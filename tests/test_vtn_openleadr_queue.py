@@ -88,6 +88,12 @@ class UtilityVtn:
                               intervals=[objects.Interval(dtstart=start, duration=duration, signal_payload=level)],
                               callback=lambda ven_id, event_id, opt_type: None, response_required=response_required)
 
+    def touch(self, event_id: str) -> None:
+        """A new modification of the event, its times and levels as they were."""
+        utils.increment_event_modification_number(
+            utils.find_by(self.server.events[self.ven_id], "event_descriptor.event_id", event_id))
+        self.server.events_updated[self.ven_id] = True
+
     def end_now(self, event_id: str) -> None:
         """The operator ends a running event: its interval and active period end now, a new modification."""
         event = utils.find_by(self.server.events[self.ven_id], "event_descriptor.event_id", event_id)
@@ -236,3 +242,41 @@ async def test_openleadrs_vtn_tells_an_events_callback_its_first_answer_only(tmp
         await until(lambda: ("shed", 0, "optOut") in vtn.answers, 10, "the BAS's optOut at the utility's VTN")
         await until(lambda: gw.vtn.status()["opt_answers_waiting"] == 0, 5, "taken")
     assert heard == ["optIn"] and gw.vtn.status()["opt_answers_not_taken"] is None
+
+
+@pytest.mark.timeout(60)
+async def test_answers_sent_one_by_one_after_openleadrs_vtn_failed_their_batch_are_one_line(
+        tmp_path, free_tcp_port, caplog, monkeypatch):
+    """A VTN whose clock runs ahead lists an event completed that runs on here: openleadr's VEN answers it with the
+    others, and openleadr's VTN, which dropped it as it listed it completed, fails the whole answer (HTTP 500). The
+    answers then go one per message. Their line was one per message: as many INFO lines as events at each such
+    listing, all day, for one thing."""
+    caplog.set_level(logging.INFO, logger="ven")
+    logging.getLogger("openleadr").setLevel(logging.CRITICAL)
+    ahead = set()
+    listed = utils.order_events
+
+    def vtn_clock_ahead(events, *args, **kwargs):
+        out = listed(events, *args, **kwargs)
+        for event in out or []:
+            if utils.getmember(event, "event_descriptor.event_id") in ahead:
+                utils.setmember(event, "event_descriptor.event_status", "completed")
+        return out
+    monkeypatch.setattr(utils, "order_events", vtn_clock_ahead)    # the VTN's listing only: the VEN never calls it
+    async with UtilityVtn(free_tcp_port()) as vtn, running(tmp_path, vtn.url) as gw:
+        await until(lambda: gw.vtn.connected, 10, "registration")
+        started = now() - timedelta(seconds=1)
+        for eid in ("a", "b", "c", "early"):
+            vtn.add_event(eid, 1.0, started, timedelta(minutes=10))
+        await until(lambda: {(eid, 0, "optIn") for eid in ("a", "b", "c", "early")} <= set(vtn.answers), 10,
+                    "all four answered")
+        caplog.clear()
+        answered = len(vtn.answers)
+        ahead.add("early")
+        vtn.touch("early")
+        await until(lambda: [r for r in caplog.records if r.getMessage().startswith("told the VTN")], 10,
+                    "the answers sent again, one by one")
+        await until(lambda: {(eid, 0, "optIn") for eid in ("a", "b", "c")} <= set(vtn.answers[answered:]), 10,
+                    "the three taken")
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("told the VTN")]
+    assert lines == ["told the VTN optIn for events a, b, c"], lines

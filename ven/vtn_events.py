@@ -432,6 +432,18 @@ class VtnEvents:
             self._opts_not_taken, self._opts_start_said, self._opts_given_up = None, False, []
 
     async def _send_opts_locked(self) -> None:
+        # One line for the answers of a kind a pass got taken: those of a batch the VTN failed go one per message
+        # (openleadr's VTN fails every answer to events beside one it listed completed), and each message's own
+        # line was as many INFO lines at each listing, the same news.
+        told: dict[tuple[str, bool], list[tuple[str, int, str]]] = {}
+        try:
+            await self._send_opts_pass(told)
+        finally:
+            for (opt, by_create_opt), answers in told.items():
+                log.info("told the VTN %s for %s%s", opt, _events(answers),
+                         " (oadrCreateOpt: it wants no answer)" * by_create_opt)
+
+    async def _send_opts_pass(self, told: dict[tuple[str, bool], list[tuple[str, int, str]]]) -> None:
         # the answers' events (and the ADR-Opt-Out command behind them) on the disk first: after a power cut the
         # gateway must not hold other answers than the ones the VTN heard
         await self._schedule.synced()
@@ -518,8 +530,7 @@ class VtnEvents:
                                      [(eid, answer) for eid, _, answer in answers])
                 continue
             self._answers_taken((eid, answer) for eid, _, answer in answers)
-            log.info("told the VTN %s for %s%s", opt, _events(answers),
-                     " (oadrCreateOpt: it wants no answer)" * by_create_opt)
+            told.setdefault((opt, by_create_opt), []).extend(answers)
 
     def _drop_if_over(self, answer: tuple[str, int, str], why: str) -> None:
         """An answer to an event whose active period is over, failed by the VTN with an HTTP error status, is not sent
