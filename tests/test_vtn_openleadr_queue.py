@@ -158,7 +158,7 @@ async def test_the_answer_to_an_event_ended_early_that_openleadrs_vtn_fails_is_n
     lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO and "short" in r.getMessage()
              and "VTN failed" in r.getMessage()]
     assert lines == ["the VTN failed the optIn for event short, over already (HTTP 500 from "
-                     f"{vtn.url}/EiEvent: ): not sent again"], lines
+                     f"{vtn.url}/EiEvent: no text in its answer): not sent again"], lines
     assert not [r for r in caplog.records if "did not take the answer" in r.getMessage()]
 
 

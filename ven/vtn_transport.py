@@ -377,7 +377,9 @@ class _Client(OpenADRClient):
                                       f"VTN that moved is given its new address in openadr.vtn_url)")
                 if req.status != HTTPStatus.OK:
                     via = f" (through the proxy at {shown_url(self.proxy)})" if self.proxy else ""
-                    return None, {}, f"HTTP {req.status} from {shown_url(url)}{via}: {_error_page(content)}"
+                    # openleadr's VTN fails a message with a 500 and no text: "from .../EiEvent: )" ended the line
+                    page = _error_page(content) or "no text in its answer"
+                    return None, {}, f"HTTP {req.status} from {shown_url(url)}{via}: {page}"
         except aiohttp.ClientHttpProxyError as err:
             return None, {}, self._proxy_refused(err.status, err.message, url)
         except aiohttp.ClientProxyConnectionError as err:
