@@ -576,6 +576,26 @@ async def test_a_step_of_the_wall_clock_moves_the_level_at_once(storage):
         await sched.stop()
 
 
+def test_an_event_the_vtn_lists_as_not_yet_over_while_it_is_over_here_is_said_once(storage, caplog):
+    # A VTN clock a few minutes behind this one: its events arrive over already here, and the site never sheds,
+    # while the VTN lists them far, near or active and hears optIn. The log said "(over already: it drives
+    # nothing)" and no word of the clocks (seen against openleadr's VTN under faketime, helper explore53)
+    import logging
+
+    caplog.set_level(logging.INFO, logger="ven.schedule")
+    sched = EventSchedule(storage, lambda state: None)
+    t0 = now()
+    gone = make_event("gone", [2], t0 - timedelta(minutes=4), 120)
+    ending = make_event("ending", [1], t0 - timedelta(minutes=2), 100)     # over 20 s ago: a listing's delay
+    for ev in (gone, ending):
+        sched.upsert(ev)
+    for status in ("far", "far", "active"):
+        sched.vtn_statuses({"gone": status, "ending": status})
+    assert [r.getMessage() for r in caplog.records if "the VTN lists it" in r.getMessage()] == [
+        f"event gone: the VTN lists it {status}, while its times ended at {gone.end.isoformat(timespec='seconds')}: "
+        "it is over here (its clock and this one's may differ)" for status in ("far", "active")]
+
+
 def test_a_vtn_status_that_disagrees_with_the_events_times_is_said_once(storage, caplog):
     # An event the VTN lists completed while its times say it runs was followed with nothing said: a technician saw
     # the site shed while the utility's portal called the event over (helper conformance40 C2)

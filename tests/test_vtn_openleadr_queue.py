@@ -280,3 +280,31 @@ async def test_answers_sent_one_by_one_after_openleadrs_vtn_failed_their_batch_a
                     "the three taken")
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("told the VTN")]
     assert lines == ["told the VTN optIn for events a, b, c"], lines
+
+
+@pytest.mark.timeout(60)
+async def test_an_event_a_vtn_clock_behind_lists_far_while_it_is_over_here_is_said(tmp_path, free_tcp_port, caplog,
+                                                                                   monkeypatch):
+    """A VTN whose clock runs 3 minutes behind this one sends an event of 2 minutes starting 'now' by its clock: over
+    already here, it never sheds, while the VTN lists it far and hears optIn. One line says the clocks may differ."""
+    caplog.set_level(logging.INFO, logger="ven")
+    logging.getLogger("openleadr").setLevel(logging.CRITICAL)
+    listed = utils.order_events
+
+    def vtn_clock_behind(events, *args, **kwargs):
+        out = listed(events, *args, **kwargs)
+        for event in out or []:
+            if utils.getmember(event, "event_descriptor.event_status") != "cancelled":
+                utils.setmember(event, "event_descriptor.event_status", "far")
+        return out
+    monkeypatch.setattr(utils, "order_events", vtn_clock_behind)    # the VTN's listing only: the VEN never calls it
+    async with UtilityVtn(free_tcp_port()) as vtn, running(tmp_path, vtn.url) as gw:
+        await until(lambda: gw.vtn.connected, 10, "registration")
+        vtn.add_event("shed", 2.0, now() - timedelta(minutes=3), timedelta(minutes=2))
+        await until(lambda: ("shed", 0, "optIn") in vtn.answers, 10, "the event answered")
+        vtn.touch("shed")       # listed again: said once
+        await until(lambda: ("shed", 1, "optIn") in vtn.answers, 10, "the modification answered")
+        assert gw.level == 0.0
+    lines = [r.getMessage() for r in caplog.records if "the VTN lists it" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].startswith("event shed: the VTN lists it far, while its times ended at ") \
+        and lines[0].endswith(": it is over here (its clock and this one's may differ)"), lines

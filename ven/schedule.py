@@ -264,6 +264,10 @@ class EventSchedule:
             here = f"it starts at {begins.isoformat(timespec='seconds')}: it starts then here"
         elif status in ("far", "near") and ev.start + STATUS_SLACK <= now < ev.stop:
             here = f"it started at {ev.start.isoformat(timespec='seconds')}: it runs here"
+        elif status in ("far", "near", "active") and now >= max(ev.stop, ends + STATUS_SLACK):
+            # a VTN clock behind this one: its events come over already here, answered optIn and never shed, and
+            # "(over already: it drives nothing)" alone did not say why
+            here = f"its times ended at {ev.stop.isoformat(timespec='seconds')}: it is over here"
         else:
             return
         self._status_odd.add((ev.event_id, status))
