@@ -419,6 +419,21 @@ async def test_an_event_that_wants_no_response_gets_its_opt_changes_as_create_op
 
 
 @pytest.mark.timeout(30)
+async def test_the_create_opts_of_one_opt_out_are_one_line(peers, caplog):
+    # an oadrCreateOpt per event, each its own message: a line each was as many lines as events for one opt-out
+    caplog.set_level(logging.INFO, logger="ven")
+    server, gw = peers
+    ids = [put_event(server, [2], response_required="never").event_descriptor.event_id for _ in range(3)]
+    await until(lambda: all(gw.schedule.get(eid) for eid in ids), 8, "the events")
+    gw.vtn.set_opt_out(True)
+    await until(lambda: all(server.created_opts_for(eid) == [OPT_OUT] for eid in ids)
+                and gw.vtn.status()["opt_answers_waiting"] == 0, 5, "the three oadrCreateOpt taken")
+    told = [r.getMessage() for r in caplog.records if r.getMessage().startswith("told the VTN")]
+    assert len(told) == 1 and told[0].endswith(" (oadrCreateOpt: they want no answer)"), told
+    assert sorted(told[0][len("told the VTN optOut for events "):].split(" (")[0].split(", ")) == sorted(ids), told
+
+
+@pytest.mark.timeout(30)
 async def test_an_event_that_wants_no_response_arriving_while_opted_out_is_opted_out_by_create_opt(peers):
     server, gw = peers
     gw.vtn.set_opt_out(True)

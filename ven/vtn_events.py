@@ -441,7 +441,8 @@ class VtnEvents:
         finally:
             for (opt, by_create_opt), answers in told.items():
                 log.info("told the VTN %s for %s%s", opt, _events(answers),
-                         " (oadrCreateOpt: it wants no answer)" * by_create_opt)
+                         f" (oadrCreateOpt: {'it wants' if len(answers) == 1 else 'they want'} no answer)"
+                         * by_create_opt)
 
     async def _send_opts_pass(self, told: dict[tuple[str, bool], list[tuple[str, int, str]]]) -> None:
         # the answers' events (and the ADR-Opt-Out command behind them) on the disk first: after a power cut the
