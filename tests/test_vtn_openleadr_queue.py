@@ -308,3 +308,35 @@ async def test_an_event_a_vtn_clock_behind_lists_far_while_it_is_over_here_is_sa
     lines = [r.getMessage() for r in caplog.records if "the VTN lists it" in r.getMessage()]
     assert len(lines) == 1 and lines[0].startswith("event shed: the VTN lists it far, while its times ended at ") \
         and lines[0].endswith(": it is over here (its clock and this one's may differ)"), lines
+
+
+class RenumberingVtn(UtilityVtn):
+    """The utility's VTN reinstalled: its registrations lost, it gives the VEN another venID."""
+
+    def _register(self, payload):
+        ven_id = f"ven2-{payload['ven_name']}"
+        self.vens[ven_id] = {"ven_id": ven_id, "registration_id": "reg-2"}
+        return ven_id, "reg-2"
+
+
+@pytest.mark.timeout(60)
+async def test_a_new_venid_from_a_vtn_that_lost_its_registrations_is_said_in_the_registration_line(
+        tmp_path, free_tcp_port, caplog):
+    """openleadr's own WARNING for it was garbled ("did not match the venID the venID that was previously configured
+    ... the value supplied by the VEN"), and the gateway's registration line named the new venID as if nothing
+    changed: the utility's records of the site now go by another ID."""
+    caplog.set_level(logging.INFO)
+    port = free_tcp_port()
+    async with UtilityVtn(port) as vtn, running(tmp_path, vtn.url) as gw:
+        await until(lambda: gw.vtn.connected, 10, "registration")
+        old = gw.vtn.ven_id
+        await vtn.server.stop()
+        async with RenumberingVtn(port) as again:
+            await until(lambda: gw.vtn.connected and gw.vtn.ven_id == f"ven2-{old[len('ven-'):]}", 30,
+                        "registered again under the new venID")
+            new = gw.vtn.ven_id
+            again.add_event("shed", 2.0, now() - timedelta(seconds=1), timedelta(minutes=10))
+            await until(lambda: ("shed", 0, "optIn") in again.answers, 10, "its event followed and answered")
+    lines = [r.getMessage() for r in caplog.records if "registered with VTN" in r.getMessage()]
+    assert len(lines) == 2 and f"venID {new} (a new one: it was {old}), registrationID reg-2" in lines[1], lines
+    assert not [r for r in caplog.records if "did not match the venID" in r.getMessage()]

@@ -633,6 +633,7 @@ class VtnClient(VtnEvents, VtnReports, VtnDelivery, VtnUpdates, VtnStatus, VtnOu
             # no longer knows this VEN
             self.last_error = "VTN registration answer carries no venID: not registered"
             return False
+        ven_id_before = self.ven_id
         self.ven_id, self.registration_id = client.ven_id, client.registration_id
         answered = answer[1] if answer else {}
         self.vtn_id = answered.get("vtn_id") or None
@@ -662,8 +663,11 @@ class VtnClient(VtnEvents, VtnReports, VtnDelivery, VtnUpdates, VtnStatus, VtnOu
         # the period polled at: a VTN asking for less than a second read "poll every 0.0 s" while polls went every 1 s
         asked, period = client.poll_frequency.total_seconds(), poll_period(client)
         log.log(logging.DEBUG if self._repeating() and terms == self._terms_said else logging.INFO,
-                "registered with VTN %s (vtnID %s): venID %s, registrationID %s, poll every %s s%s, telemetry %s",
-                self._cfg.vtn_url_shown, self.vtn_id, self.ven_id, self.registration_id, whole_seconds(period),
+                "registered with VTN %s (vtnID %s): venID %s%s, registrationID %s, poll every %s s%s, telemetry %s",
+                self._cfg.vtn_url_shown, self.vtn_id, self.ven_id,
+                # a VTN that lost its registrations gives another (its events and reports are the new one's)
+                f" (a new one: it was {ven_id_before})" if ven_id_before not in (None, self.ven_id) else "",
+                self.registration_id, whole_seconds(period),
                 " (the VTN asked for no period: openleadr's default)" if self._poll_unasked else "" if asked == period
                 else f" (the VTN asked for {whole_seconds(asked)} s; the gateway polls "
                 f"{'at most once a second' if asked < period else 'at least once a day'})",

@@ -42,6 +42,17 @@ _SIGNAL_NAMES = frozenset(oenums.SIGNAL_NAME.values)
 _openleadr_log = logging.getLogger("openleadr")    # its own lines, from its _on_event that _Client replaces
 
 
+class _VenIdChanged(logging.Filter):
+    """openleadr's own WARNING for a venID the VTN changed ("did not match the venID the venID that was previously
+    configured ... supplied by the VEN"): the gateway's registration line says it, naming both."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("The venID that was received from the VTN")
+
+
+_openleadr_log.addFilter(_VenIdChanged())
+
+
 def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
