@@ -20,12 +20,18 @@ def pytest_collection_modifyitems(config, items):
     _long_first_and_modules_whole(config, items)
 
 
+_WAITING_DONE_AT = 0.9     # the share of the other tests handed out when the last waiting file is
+
+
 def _spread_waiting(items):
     """Spread the files marked mostly_waiting evenly through the run, each file's tests kept together and in order.
 
     Those files spend their time waiting on report intervals and polls; in alphabetical order they came last, and
     the run's second half left the CPU 40-90 % idle while its first half (the BACnet and dashboard files) kept it
-    busy. xdist hands tests out in collection order, so a mixed order lets waiting overlap with work."""
+    busy. xdist hands tests out in collection order, so a mixed order lets waiting overlap with work. The waiting
+    files are all handed out by the time nine tenths of the others are: a run that ended on them (a 20 s wait on a
+    VTN's poll period the last test of two full runs, the last minute at under half a core of demand) left the CPU
+    idle while it waited; the others, short and CPU-bound, pack the run's end."""
     files: dict[str, list] = {}
     for item in items:
         files.setdefault(item.nodeid.split("::")[0], []).append(item)
@@ -33,11 +39,12 @@ def _spread_waiting(items):
     others = [f for f in files if f not in waiting]
     if not waiting or not others:
         return
-    # by test count, like a line drawn between the two lists: at every point the same share of each taken
+    # by test count, like a line drawn between the two lists: at every point the share of the waiting taken is that
+    # of the others over _WAITING_DONE_AT
     n_waiting, n_others = sum(len(files[f]) for f in waiting), sum(len(files[f]) for f in others)
     order, taken_waiting, taken_others = [], 0, 0
     while waiting or others:
-        if not others or (waiting and taken_waiting * n_others <= taken_others * n_waiting):
+        if not others or (waiting and taken_waiting * n_others * _WAITING_DONE_AT <= taken_others * n_waiting):
             order.append(waiting.pop(0))
             taken_waiting += len(files[order[-1]])
         else:
