@@ -20,18 +20,21 @@ def pytest_collection_modifyitems(config, items):
     _long_first_and_modules_whole(config, items)
 
 
-_WAITING_DONE_AT = 0.9     # the share of the other tests handed out when the last waiting file is
+_WAITING_DONE_AT = 0.9     # the share of the other tests handed out when the last waiting test is
 
 
 def _spread_waiting(items):
-    """Spread the files marked mostly_waiting evenly through the run, each file's tests kept together and in order.
+    """Spread the tests of the files marked mostly_waiting evenly through the run, each file's tests in order.
 
     Those files spend their time waiting on report intervals and polls; in alphabetical order they came last, and
     the run's second half left the CPU 40-90 % idle while its first half (the BACnet and dashboard files) kept it
     busy. xdist hands tests out in collection order, so a mixed order lets waiting overlap with work. The waiting
     files are all handed out by the time nine tenths of the others are: a run that ended on them (a 20 s wait on a
     VTN's poll period the last test of two full runs, the last minute at under half a core of demand) left the CPU
-    idle while it waited; the others, short and CPU-bound, pack the run's end."""
+    idle while it waited; the others, short and CPU-bound, pack the run's end. Test by test, not file by file: xdist
+    deals a file's tests to whichever workers are free, so a waiting file handed out whole could have all six
+    workers waiting on it at once (the test_report_* files, one after another among few others' tests, left a run
+    under two cores of demand for half of a minute)."""
     files: dict[str, list] = {}
     for item in items:
         files.setdefault(item.nodeid.split("::")[0], []).append(item)
@@ -39,18 +42,20 @@ def _spread_waiting(items):
     others = [f for f in files if f not in waiting]
     if not waiting or not others:
         return
-    # by test count, like a line drawn between the two lists: at every point the share of the waiting taken is that
-    # of the others over _WAITING_DONE_AT
-    n_waiting, n_others = sum(len(files[f]) for f in waiting), sum(len(files[f]) for f in others)
-    order, taken_waiting, taken_others = [], 0, 0
-    while waiting or others:
-        if not others or (waiting and taken_waiting * n_others * _WAITING_DONE_AT <= taken_others * n_waiting):
-            order.append(waiting.pop(0))
-            taken_waiting += len(files[order[-1]])
+    # like a line drawn between the two lists: at every point the share of the waiting tests taken is that of the
+    # others over _WAITING_DONE_AT
+    waiting = [item for f in waiting for item in files[f]]
+    others = [item for f in others for item in files[f]]
+    n_waiting, n_others = len(waiting), len(others)
+    order, w, o = [], 0, 0
+    while w < n_waiting or o < n_others:
+        if o == n_others or (w < n_waiting and w * n_others * _WAITING_DONE_AT <= o * n_waiting):
+            order.append(waiting[w])
+            w += 1
         else:
-            order.append(others.pop(0))
-            taken_others += len(files[order[-1]])
-    items[:] = [item for f in order for item in files[f]]
+            order.append(others[o])
+            o += 1
+    items[:] = order
 
 
 def _long_first_and_modules_whole(config, items):
