@@ -45,9 +45,11 @@ async def test_a_bas_opt_out_for_a_while_stays_in_the_history_across_a_restart(t
         try:
             await gateway.start()
             await eventually(lambda: gateway.vtn.connected, 10)
-            start = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=2)
+            # time for a poll of a loaded machine before the start: an event that comes after it is shown (and its
+            # history span begins) when it came, not at its start
+            start = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=5)
             vtn.add_event([2], start=start, interval_seconds=60, event_id="bas-out")
-            await eventually(lambda: gateway.device.get(P.EVENT_LEVEL) == 2.0, 8)
+            await eventually(lambda: gateway.device.get(P.EVENT_LEVEL) == 2.0, 12)
 
             written = now()
             assert await peer.write(gw, opt_out, "presentValue", "active", priority=8) is None
