@@ -385,7 +385,9 @@ class Gateway:
         if read:
             self.telemetry.note_last_read(max(read))
         self.telemetry.close()
-        if self._last_good is not None:     # on meter-power from the next start's first answer to its first read
+        # on meter-power from the next start's first answer to its first read; not tried while storage.path refuses
+        # writes: a reading only shown would be counted among the events and saved state that the stop says are lost
+        if self._last_good is not None and not self.storage_fault.open:
             self.storage.save_value(METER_KEPT, keep_reading(*self._last_good))
         self.storage.close()
         # said after every part's last write (the forecaster's last save, the queue's and the events' close), with
