@@ -456,8 +456,7 @@ def run_gateway(config_path: str | None, customize: Callable[[Any], None] | None
     lock = RunLock(cfg.storage.path)    # held until the process ends
     busy = lock.take()
     if busy:    # a gateway started by hand beside the service, say: it may stop
-        _print_blocked(StartBlocked(f"{busy}: stop that gateway first, or give this one its own storage.path"))
-        return EXIT_TEMPFAIL
+        return _refused(StartBlocked(f"{busy}: stop that gateway first, or give this one its own storage.path"))
     wait_for_address = False
     try:  # the device probes again when it starts; this turns a busy port into a refusal, not a traceback
         ensure_port_free(cfg.bacnet.address)
@@ -518,17 +517,13 @@ def run_gateway(config_path: str | None, customize: Callable[[Any], None] | None
 
 def _refused(err: ConfigError) -> int:
     """`run`'s refusal to start said, and its exit status: 75 for what may clear by itself, 78 for an edit."""
-    if isinstance(err, StartBlocked):
-        _print_blocked(err)
-        return EXIT_TEMPFAIL
-    _print_config_error(err)
-    return EXIT_CONFIG
-
-
-def _print_blocked(err: StartBlocked) -> None:
+    if not isinstance(err, StartBlocked):
+        _print_config_error(err)
+        return EXIT_CONFIG
     # not "configuration error": the file may be right, and the operator's fix is elsewhere (or nothing: a restart)
     for line in str(err).splitlines():
         refusal(f"cannot start now: {line}")
+    return EXIT_TEMPFAIL
 
 
 def _leave(code: int) -> int:
