@@ -140,3 +140,24 @@ async def test_the_now_line_goes_on_through_the_minute_without_a_draw(server):
         assert float(await page.locator("svg text.now-label").get_attribute("x")) == pytest.approx(x1 + 3)
         assert await draws(page) == drawn
         assert page.errors == []
+
+
+# the chart's width read once from a getter that throws the first time, as a draw cut short by anything would be
+THROW_ONCE = """() => {
+  const width = Object.getOwnPropertyDescriptor(Element.prototype, "clientWidth");
+  let thrown = false;
+  Object.defineProperty(Element.prototype, "clientWidth", {configurable: true, get() {
+    if (!thrown && this.id === "chart-svg") { thrown = true; throw new Error("draw cut short"); }
+    return width.get.call(this);
+  }});
+}"""
+
+
+async def test_a_draw_cut_short_is_tried_again_at_the_next_refresh(server):
+    # the inputs of a draw that threw were once kept as drawn, so the page stayed undrawn until the history changed
+    srv = await server(LiveView(hours=6))
+    async with chromium_page(speedup=QUICK) as page:
+        await page.add_init_script(f"({THROW_ONCE})()")
+        await open_dashboard(page, srv.url + "/?refresh=1&hours=6", timeout=10000)
+        assert await page.evaluate("window.dashboard.minutes") == 360
+        assert await page.locator('path[data-series="power_kw"]').count() == 1

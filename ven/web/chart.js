@@ -84,7 +84,8 @@ export function followNow(nowS) {
   for (const label of $("chart-svg").querySelectorAll(".now-label")) label.setAttribute("x", x + 3);
 }
 export function drawChart() {
-  drawnFrom = inputs();
+  // kept only once a draw completes: a draw that threw is tried again at the next refresh, not skipped as unchanged
+  const from = inputs();
   nowLine = null;
   nameSeries();
   const ahead = aheadOf(hist);
@@ -115,6 +116,7 @@ export function drawChart() {
     $("tooltip").hidden = true;
     keepReadout(null);
     dashboard.ready = true; dashboard.draws++;
+    drawnFrom = from;
     return;
   }
   // the history ends with the minute in progress; the axis goes on past it by the longest horizon
@@ -180,4 +182,5 @@ export function drawChart() {
   dashboard.axisEnd = t1 / 1000;
   dashboard.draws++;
   dashboard.ready = true;
+  drawnFrom = from;
 }
