@@ -252,6 +252,16 @@ def _announce_status_flags(obj: Any) -> None:
         obj._property_monitors[name].append(changed)
 
 
+def _unending(count: int, total: int) -> str:
+    """What the log adds when `count` of the `total` subscriptions cancelled had no lifetime."""
+    if not count:
+        return ""
+    which = "it had" if total == 1 else "none had" if count == total else f"{count} of them had"
+    points = "that point" if count == 1 else "those points"
+    return (f"; {which} no lifetime, which a BAS never renews: it is notified of {points} again only once it "
+            f"subscribes again (at its restart, or its COV subscriptions made again by hand)")
+
+
 def _as_sent(priority: Any) -> Any:
     """WriteProperty's priority as the BAS sent it: bacpypes3 decodes it as a signed Integer where BACnet's is Unsigned,
     so 0xFE came as -2 (in the log line and the refusal's reason, a priority no BAS sent)."""
@@ -755,11 +765,16 @@ class _Services(PropertyAccess):
             # line per point, one at each point's next change, for hours
             gone = [cov, *(c for d in self._cov_detections.values() for c in d.cov_subscriptions
                            if c.client_addr == cov.client_addr and c.confirmed and c is not cov)]
+            # a BAS renews a finite lifetime and so gets its subscription back; one without a lifetime it never
+            # renews, and its graphics freeze at the values of now until it subscribes again (asked before the
+            # cancellation, which drops the lifetime's timer)
+            unending = sum(1 for c in gone if c.cancel_handle is None)
             for c in gone:
                 self.cancel_subscription(c)
-            subscribers.warning("COV subscriber %s stopped answering: %s; its confirmed subscription%s cancelled (%s)",
-                                cov.client_addr, error_text(error), "s" if len(gone) > 1 else "",
-                                ", ".join(f"process {c.proc_id} {c.obj_id}" for c in gone))
+            subscribers.warning("COV subscriber %s stopped answering: %s; its confirmed subscription%s cancelled "
+                                "(%s)%s", cov.client_addr, error_text(error), "s" if len(gone) > 1 else "",
+                                ", ".join(f"process {c.proc_id} {c.obj_id}" for c in gone),
+                                _unending(unending, len(gone)))
         elif error_code(error) == "unknownSubscription":
             # the subscriber holds no such subscription (a BAS restarted with new process identifiers): kept, one of
             # lifetime 0 would be notified and refused at every change until the gateway restarts, holding its place

@@ -283,9 +283,46 @@ async def test_vanished_cov_subscriber_is_dropped_quietly(gateway, peer, free_ud
     assert line.levelno == logging.WARNING and "process 77" in line.getMessage()
     said = line.getMessage()
     assert "its confirmed subscriptions cancelled (process " in said and said.count("process ") == 3, said
+    assert "lifetime" not in said, said     # each had one: the BAS renews them
     listed = await peer.read(where(gateway), f"device {DEVICE_ID}", "activeCovSubscriptions")
     assert listed == [], listed     # the vanished BAS's three gone (the live subscriber has left too)
     assert [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info] == []
+
+
+async def test_a_vanished_subscribers_subscriptions_without_a_lifetime_are_named_in_its_line(
+        gateway, peer, free_udp_port, caplog):
+    # cancelled with the others, those with no lifetime never come back (a BAS renews only a finite one): the line
+    # said "it subscribes again when it is back", which such a BAS does not, and its graphics froze unexplained
+    caplog.set_level(logging.INFO)
+    addr = where(gateway)
+    gateway.app.device_object.apduTimeout = 200     # as in the test above: no 12 s of retries
+    gateway.app.device_object.numberOfApduRetries = 1
+    bas = await start_stack(f"127.0.0.1/8:{free_udp_port()}", 4000003, "indefinite-bas")
+
+    async def ack(apdu):
+        await bas.response(SimpleAckPDU(context=apdu))
+    bas.do_ConfirmedCOVNotificationRequest = ack
+    for process, obj, lifetime in ((31, "analogValue,4", 0), (32, "analogValue,7", 0), (33, "analogValue,2", 300)):
+        assert isinstance(await asyncio.wait_for(bas.request(subscribe(addr, obj, process, True, lifetime)), 3),
+                          SimpleAckPDU)
+    await asyncio.sleep(0.2)    # the initial notifications acknowledged
+    await close_stack(bas)      # power lost: no unsubscribe
+
+    def dropped():
+        return [r for r in caplog.records if "stopped answering" in r.getMessage()]
+    for level in (1.0, 2.0, 3.0, 0.0):
+        gateway.set(EVENT_LEVEL, level)
+        if dropped():
+            break
+        await asyncio.sleep(0.5)
+    await eventually(dropped, 5.0, "the vanished subscriber logged")
+    [line] = dropped()
+    said = line.getMessage()
+    assert said.count("process ") == 3, said
+    assert "2 of them had no lifetime, which a BAS never renews: it is notified of those points again only once " \
+        "it subscribes again" in said, said
+    assert await cov_subscriptions(peer, addr) == []
+    assert errors_logged(caplog) == []
 
 
 async def test_a_subscription_its_subscriber_disowns_is_cancelled(gateway, peer, caplog):
