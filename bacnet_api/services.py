@@ -1,8 +1,9 @@
 """Where the bacpypes3 application BAC0 builds answers a BAS wrongly or noisily, put right.
 
 `harden(app)` is called once by GatewayDevice.start, before the point objects are added:
-- a confirmed-COV subscriber that stops answering is logged once and its confirmed subscriptions cancelled
-  (bacpypes3 logged a traceback for every notification until the lifetime ran out);
+- a confirmed-COV subscriber that stops answering is logged once and its confirmed subscriptions with a lifetime
+  cancelled (bacpypes3 logged a traceback for every notification until the lifetime ran out); those without one,
+  which a BAS never renews, are kept, one notification tried a minute, and its answer brings it every point's value;
 - a change of statusFlags is a change of value for COV, as BACnet requires: bacpypes3 computes
   statusFlags from reliability, eventState and outOfService, so nobody ever assigns it and COV
   detection never saw a fault come or go;
@@ -127,6 +128,9 @@ MAX_COV_SUBSCRIPTIONS = 100
 # Requests that may wait for the device's set-up at a start (a second at most, or seconds on a loaded box): a BAS
 # polling a few hundred points at once gets all its reads answered; a flood beyond is dropped, as a starting device's
 HELD_AT_MOST = 1000
+# a confirmed-COV subscriber that stopped answering, with subscriptions without a lifetime (kept: a BAS never renews
+# them): one notification is tried this often until it answers, which brings it every point it watches
+COV_RETRY_SECONDS = 60.0
 # what one source bacnet.write_from does not list may hold (all sources while it is empty): twice the points, so a BAS
 # watching every point that restarts with new process identifiers subscribes to all of them again while the old ones
 # run out (a quarter of the table left it 9 of the 16), and no one client, unconfirmed with no lifetime, can hold the
@@ -252,14 +256,8 @@ def _announce_status_flags(obj: Any) -> None:
         obj._property_monitors[name].append(changed)
 
 
-def _unending(count: int, total: int) -> str:
-    """What the log adds when `count` of the `total` subscriptions cancelled had no lifetime."""
-    if not count:
-        return ""
-    which = "it had" if total == 1 else "none had" if count == total else f"{count} of them had"
-    points = "that point" if count == 1 else "those points"
-    return (f"; {which} no lifetime, which a BAS never renews: it is notified of {points} again only once it "
-            f"subscribes again (at its restart, or its COV subscriptions made again by hand)")
+def _processes(subscriptions: list) -> str:
+    return ", ".join(f"process {c.proc_id} {c.obj_id}" for c in subscriptions)
 
 
 def _as_sent(priority: Any) -> Any:
@@ -291,6 +289,9 @@ class _Services(PropertyAccess):
     _own_address = ""
     _local_trouble: Callable[[], str | None] | None = None     # harden's
     _cov_kept_for: str | None = None    # the local trouble the COV-kept line was said for, this spell
+    # a confirmed-COV subscriber that stopped answering, whose subscriptions without a lifetime are kept -> the timer of
+    # its next retry (None while that retry's notification is under way)
+    _cov_unanswered: dict[str, asyncio.TimerHandle | None] | None = None
     _twins: dict[str, str] | None = None   # another device's address answering as this one -> when last heard
     # harden's: until serve(), a request waits (see indication)
     _serving: asyncio.Event | None = None
@@ -347,6 +348,10 @@ class _Services(PropertyAccess):
         self._stopping = True
         if self._serving is not None:
             self._serving.set()     # the waiting requests see _stopping, and return
+        for timer in (self._cov_unanswered or {}).values():
+            if timer is not None:
+                timer.cancel()
+        self._cov_unanswered = None
 
     async def _held(self, apdu: Any) -> bool:
         """Whether a request that came before serve() is to be carried out: the socket is open from the first moment
@@ -639,6 +644,7 @@ class _Services(PropertyAccess):
                 self._cov_refused(holder[0], why)
                 raise ExecutionError(errorClass="resources", errorCode="noSpaceToAddListElement")
         await super().do_SubscribeCOVRequest(apdu)
+        self._answers_again(str(apdu.pduSource))
         if new:
             for cov in self._cov_subscriptions():
                 if (cov.client_addr, cov.proc_id, cov.obj_id) == key and getattr(cov, "_holder", None) is None:
@@ -742,8 +748,62 @@ class _Services(PropertyAccess):
                 ))
         return ListOfCOVSubscription(listed)
 
+    def cov_notification(self, cov: Any, apdu: Any) -> None:
+        if cov.confirmed and not getattr(cov, "_retry", False) and str(cov.client_addr) in (self._cov_unanswered or {}):
+            return  # it stopped answering: the retry's answer brings it the values of every point it watches
+        super().cov_notification(cov, apdu)
+
+    def _confirmed_of(self, key: str) -> list:
+        return [c for c in self._cov_subscriptions() if str(c.client_addr) == key and c.confirmed]
+
+    def _kept_of(self, key: str) -> list:
+        """The subscriber's confirmed subscriptions without a lifetime: those kept while it does not answer."""
+        return [c for c in self._confirmed_of(key) if c.cancel_handle is None]
+
+    def _retry_later(self, key: str) -> None:
+        if self._stopping:
+            return
+        if self._cov_unanswered is None:
+            self._cov_unanswered = {}
+        earlier = self._cov_unanswered.get(key)
+        if earlier is not None:     # notifications under way when it stopped fail one after another: one retry
+            earlier.cancel()
+        self._cov_unanswered[key] = asyncio.get_running_loop().call_later(COV_RETRY_SECONDS, self._retry, key)
+
+    def _retry(self, key: str) -> None:
+        """One notification to a subscriber that stopped answering; its answer (cov_confirmation) brings the others."""
+        kept = self._kept_of(key)
+        if not kept or self._cov_unanswered is None:
+            (self._cov_unanswered or {}).pop(key, None)     # the BAS cancelled them, or the device stops
+            return
+        self._cov_unanswered[key] = None
+        cov = kept[0]
+        cov._retry = True
+        try:
+            self._cov_detections[cov.obj_ref.objectIdentifier].send_cov_notifications(cov)
+        finally:
+            cov._retry = False
+
+    def _answers_again(self, key: str) -> None:
+        """The subscriber `key` answered (a notification, or a SubscribeCOV of its own): if it had stopped, its kept
+        subscriptions are notified of the values now, the changes it missed."""
+        if self._cov_unanswered is None or key not in self._cov_unanswered:
+            return
+        timer = self._cov_unanswered.pop(key)
+        if timer is not None:
+            timer.cancel()
+        kept = self._kept_of(key)
+        subscribers.info("COV subscriber %s answers again: notified of the %d point(s) it watches without a lifetime",
+                         key, len(kept))
+        loop = asyncio.get_running_loop()
+        for c in kept:
+            loop.call_soon(self._cov_detections[c.obj_ref.objectIdentifier].send_cov_notifications, c)
+
     def cov_confirmation(self, cov: Any, future: Any) -> None:
-        if future.cancelled() or future.exception() is None:
+        if future.cancelled():
+            return
+        if future.exception() is None:
+            self._answers_again(str(cov.client_addr))
             return
         if isinstance(future.exception(), CommunicationDisabled):  # not sent: nothing to say of the subscriber
             return
@@ -759,23 +819,39 @@ class _Services(PropertyAccess):
                 self._cov_kept_for = trouble
                 subscribers.info("COV notifications not delivered while %s: the subscriptions are kept, and a later "
                                  "change reaches their subscribers", trouble)
+            if str(cov.client_addr) in (self._cov_unanswered or {}):
+                self._retry_later(str(cov.client_addr))
             return
+        key = str(cov.client_addr)
         if isinstance(error, AbortPDU):  # no answer after every retry, or the subscriber aborted
             # its other confirmed subscriptions too: a BAS gone offline would otherwise cost 12 s of retries and a
-            # line per point, one at each point's next change, for hours
-            gone = [cov, *(c for d in self._cov_detections.values() for c in d.cov_subscriptions
-                           if c.client_addr == cov.client_addr and c.confirmed and c is not cov)]
-            # a BAS renews a finite lifetime and so gets its subscription back; one without a lifetime it never
-            # renews, and its graphics freeze at the values of now until it subscribes again (asked before the
-            # cancellation, which drops the lifetime's timer)
-            unending = sum(1 for c in gone if c.cancel_handle is None)
-            for c in gone:
+            # line per point, one at each point's next change, for hours. Those with a lifetime are cancelled: the
+            # BAS renews them when it is back. Those without one it never renews: cancelled, its graphics froze at
+            # the values of then for good; kept, one notification is tried each COV_RETRY_SECONDS until it answers
+            mine = [cov, *(c for c in self._confirmed_of(key) if c is not cov)]
+            ending = [c for c in mine if c.cancel_handle is not None]
+            unending = [c for c in mine if c.cancel_handle is None]
+            for c in ending:
                 self.cancel_subscription(c)
-            subscribers.warning("COV subscriber %s stopped answering: %s; its confirmed subscription%s cancelled "
-                                "(%s)%s", cov.client_addr, error_text(error), "s" if len(gone) > 1 else "",
-                                ", ".join(f"process {c.proc_id} {c.obj_id}" for c in gone),
-                                _unending(unending, len(gone)))
-        elif error_code(error) == "unknownSubscription":
+            said = key in (self._cov_unanswered or {})  # a retry that got no answer either: said already
+            if unending:
+                self._retry_later(key)
+            elif said:
+                self._cov_unanswered.pop(key, None)
+            if said:
+                return
+            parts = []
+            if ending:
+                parts.append(f"its confirmed subscription{'s' if len(ending) > 1 else ''} cancelled "
+                             f"({_processes(ending)})")
+            if unending:
+                parts.append(f"{'those' if ending else 'its confirmed subscriptions'} without a lifetime kept "
+                             f"({_processes(unending)}), which a BAS never renews: not notified until it answers "
+                             f"again, one notification tried every {COV_RETRY_SECONDS:g} s")
+            subscribers.warning("COV subscriber %s stopped answering: %s; %s", key, error_text(error), "; ".join(parts))
+            return
+        self._answers_again(key)    # an error is an answer: it is there
+        if error_code(error) == "unknownSubscription":
             # the subscriber holds no such subscription (a BAS restarted with new process identifiers): kept, one of
             # lifetime 0 would be notified and refused at every change until the gateway restarts, holding its place
             self.cancel_subscription(cov)

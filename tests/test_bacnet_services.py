@@ -44,6 +44,7 @@ from bacpypes3.constructeddata import Any
 from bacpypes3.pdu import Address, IPv4Address
 from bacpypes3.primitivedata import CharacterString, Enumerated, Null, ObjectIdentifier, ObjectType, Real
 
+from bacnet_api import services as bacnet_services
 from bacnet_api.client import close_stack, start_stack, to_plain
 from bacnet_api.forwarded import _one_station
 from bacnet_api.device import GatewayDevice
@@ -289,39 +290,64 @@ async def test_vanished_cov_subscriber_is_dropped_quietly(gateway, peer, free_ud
     assert [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info] == []
 
 
-async def test_a_vanished_subscribers_subscriptions_without_a_lifetime_are_named_in_its_line(
-        gateway, peer, free_udp_port, caplog):
-    # cancelled with the others, those with no lifetime never come back (a BAS renews only a finite one): the line
-    # said "it subscribes again when it is back", which such a BAS does not, and its graphics froze unexplained
+@pytest.mark.parametrize("back_by", ["retry", "subscribing"])
+async def test_a_silent_subscribers_subscriptions_without_a_lifetime_are_kept_and_notified_once_it_answers(
+        gateway, peer, free_udp_port, caplog, monkeypatch, back_by):
+    # cancelled with those that have one, they never came back: a BAS renews only a finite lifetime, and one whose
+    # network was down for a minute showed the values of then for good, while the line said it would subscribe again
     caplog.set_level(logging.INFO)
+    # back by the device's retry, or sooner by a SubscribeCOV of its own (the retry a minute away)
+    monkeypatch.setattr(bacnet_services, "COV_RETRY_SECONDS", 0.5 if back_by == "retry" else 600, raising=False)
     addr = where(gateway)
     gateway.app.device_object.apduTimeout = 200     # as in the test above: no 12 s of retries
     gateway.app.device_object.numberOfApduRetries = 1
-    bas = await start_stack(f"127.0.0.1/8:{free_udp_port()}", 4000003, "indefinite-bas")
+    port = free_udp_port()
+    heard: list[tuple[int, float]] = []
 
-    async def ack(apdu):
-        await bas.response(SimpleAckPDU(context=apdu))
-    bas.do_ConfirmedCOVNotificationRequest = ack
+    async def bas_on(port: int):
+        bas = await start_stack(f"127.0.0.1/8:{port}", 4000003, "indefinite-bas")
+
+        async def ack(apdu):
+            heard.append((int(apdu.subscriberProcessIdentifier), float(apdu.listOfValues[0].value.cast_out(Real))))
+            await bas.response(SimpleAckPDU(context=apdu))
+        bas.do_ConfirmedCOVNotificationRequest = ack
+        return bas
+
+    bas = await bas_on(port)
     for process, obj, lifetime in ((31, "analogValue,4", 0), (32, "analogValue,7", 0), (33, "analogValue,2", 300)):
         assert isinstance(await asyncio.wait_for(bas.request(subscribe(addr, obj, process, True, lifetime)), 3),
                           SimpleAckPDU)
-    await asyncio.sleep(0.2)    # the initial notifications acknowledged
-    await close_stack(bas)      # power lost: no unsubscribe
+    await eventually(lambda: len(heard) == 3, 3.0, "the first notifications")
+    await close_stack(bas)      # its network down: no answer, no unsubscribe
 
-    def dropped():
+    def stopped():
         return [r for r in caplog.records if "stopped answering" in r.getMessage()]
-    for level in (1.0, 2.0, 3.0, 0.0):
-        gateway.set(EVENT_LEVEL, level)
-        if dropped():
-            break
-        await asyncio.sleep(0.5)
-    await eventually(dropped, 5.0, "the vanished subscriber logged")
-    [line] = dropped()
+    gateway.set(EVENT_LEVEL, 1.0)
+    await eventually(stopped, 5.0, "the silent subscriber logged")
+    [line] = stopped()
     said = line.getMessage()
-    assert said.count("process ") == 3, said
-    assert "2 of them had no lifetime, which a BAS never renews: it is notified of those points again only once " \
-        "it subscribes again" in said, said
-    assert await cov_subscriptions(peer, addr) == []
+    assert "its confirmed subscription cancelled (process 33 analog-value,2)" in said, said
+    assert "those without a lifetime kept (process 31 analog-value,4, process 32 analog-value,7), which a BAS never " \
+        "renews: not notified until it answers again" in said, said
+    assert sorted(s[0] for s in await cov_subscriptions(peer, addr)) == [31, 32]
+
+    gateway.set(EVENT_LEVEL, 2.0)       # changes it misses, tried once each retry, not once each change
+    gateway.set(EVENT_START_MINUTES, 7.0)
+    await asyncio.sleep(1.0)
+    assert len(stopped()) == 1
+
+    heard.clear()
+    bas = await bas_on(port)            # back, holding its subscriptions as before
+    try:
+        if back_by == "subscribing":
+            assert isinstance(await asyncio.wait_for(bas.request(subscribe(addr, "analogValue,2", 33, True, 300)), 3),
+                              SimpleAckPDU)
+        await eventually(lambda: {31: 2.0, 32: 7.0}.items() <= dict(heard).items(), 5.0, "the values it missed")
+    finally:
+        await close_stack(bas)
+    back = [r.getMessage() for r in caplog.records if " answers again:" in r.getMessage()]
+    assert back == [f"COV subscriber 127.0.0.1:{port} answers again: notified of the 2 point(s) it watches without "
+                    "a lifetime"], back
     assert errors_logged(caplog) == []
 
 
