@@ -784,9 +784,10 @@ class _Services(PropertyAccess):
         finally:
             cov._retry = False
 
-    def _answers_again(self, key: str) -> None:
+    def _answers_again(self, key: str, answered: Any = None) -> None:
         """The subscriber `key` answered (a notification, or a SubscribeCOV of its own): if it had stopped, its kept
-        subscriptions are notified of the values now, the changes it missed."""
+        subscriptions are notified of the values now, the changes it missed (but `answered`, whose notification it
+        has just taken)."""
         if self._cov_unanswered is None or key not in self._cov_unanswered:
             return
         timer = self._cov_unanswered.pop(key)
@@ -797,13 +798,14 @@ class _Services(PropertyAccess):
                          key, len(kept))
         loop = asyncio.get_running_loop()
         for c in kept:
-            loop.call_soon(self._cov_detections[c.obj_ref.objectIdentifier].send_cov_notifications, c)
+            if c is not answered:
+                loop.call_soon(self._cov_detections[c.obj_ref.objectIdentifier].send_cov_notifications, c)
 
     def cov_confirmation(self, cov: Any, future: Any) -> None:
         if future.cancelled():
             return
         if future.exception() is None:
-            self._answers_again(str(cov.client_addr))
+            self._answers_again(str(cov.client_addr), cov)
             return
         if isinstance(future.exception(), CommunicationDisabled):  # not sent: nothing to say of the subscriber
             return
