@@ -56,20 +56,50 @@ READY = "window.dashboard && window.dashboard.ready"
 
 async def open_dashboard(page, url, timeout=20000):
     """Load the page and wait until its first draw is done."""
+    await until_drawn(page, lambda: page.goto(url, wait_until="load", timeout=20000), timeout=timeout)
+
+
+async def reload_dashboard(page, timeout=20000):
+    """Load the page again and wait until its first draw is done."""
+    await until_drawn(page, lambda: page.reload(wait_until="load", timeout=20000), timeout=timeout)
+
+
+async def loaded_again(page, timeout=10000):
+    """Wait until the page has loaded itself again and drawn: the test set window.loadedBefore in the page before,
+    which a new document has not."""
+    async def again():
+        # only once it left its document: a reload of the test's own must not stand in for the page's
+        if await page.evaluate("window.loadedBefore === true"):
+            return False
+        await page.reload(wait_until="load", timeout=20000)
+        return True
+    await until_drawn(page, None, f"!window.loadedBefore && {READY}", timeout, again)
+
+
+async def until_drawn(page, load, ready=READY, timeout=20000, again=None):
+    """load() (None: the page loads itself), then wait for `ready`. Chromium drops a page's loads in flight when an
+    interface comes or goes on the machine (another test's network namespace, tests/browser.py): when that happened
+    meanwhile (page.network_changes grew), the page is loaded again, by load() or by again() (which returns False
+    when it must not be), twice at most."""
     from playwright.async_api import TimeoutError as PlaywrightTimeout
 
+    changes = getattr(page, "network_changes", 0)
+    if load is not None:
+        await load()
     for tries_left in (2, 1, 0):
-        changes = getattr(page, "network_changes", 0)
-        await page.goto(url, wait_until="load", timeout=20000)
         try:
-            await page.wait_for_function(READY, timeout=timeout)
+            await page.wait_for_function(ready, timeout=timeout)
             return
         except PlaywrightTimeout:   # once in CI, with nothing to tell why: a script error stops the first draw
-            # its scripts' loads dropped by an interface coming or going (tests/browser.py): again. Twice: beside
-            # the suite at -n 8 the netns tests' interfaces changed during the second load too
+            # twice: beside the suite at -n 8 the netns tests' interfaces changed during the second load too
             if tries_left and getattr(page, "network_changes", 0) > changes:
-                continue
-            raise AssertionError(f"{url}: not drawn within {timeout / 1000:g} s; page errors: {page.errors}; "
+                changes = getattr(page, "network_changes", 0)
+                if again is None:
+                    await load()
+                    continue
+                if await again():
+                    continue
+            raise AssertionError(f"{page.url}: not drawn within {timeout / 1000:g} s; page errors: {page.errors}; "
                                  f"network changes: {getattr(page, 'network_changes', 0)}; "
                                  f"{await _why_not_drawn(page)}") from None
 

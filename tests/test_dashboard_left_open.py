@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from browser import IN_ONE_CHROMIUM, chromium_page, one_chromium  # noqa: F401 - fixture
-from test_dashboard import QUICK, open_dashboard
+from test_dashboard import QUICK, loaded_again, open_dashboard
 from waiting import eventually
 from test_http_api import SampleView, _iso
 from ven.http_api import HttpServer
@@ -174,7 +174,7 @@ async def test_a_gateway_upgraded_while_the_page_is_open_gets_its_own_page(free_
         await open_dashboard(page, f"http://127.0.0.1:{port}/?refresh=1&hours=6")
         await page.evaluate("window.loadedBefore = true")
         view.version = "0.2.0"
-        await page.wait_for_function("!window.loadedBefore && window.dashboard && window.dashboard.ready", timeout=10000)
+        await loaded_again(page)
         assert "version 0.2.0" in await page.locator("#footer").inner_text()
         assert page.url.endswith("/?refresh=1&hours=6")   # the operator's choices kept
         # not again and again: a second version within 10 minutes is shown without a reload
@@ -199,7 +199,7 @@ async def test_a_gateway_serving_another_page_of_the_same_version_gets_it_loaded
         await eventually(lambda: len(answers) >= first + 3, 10, "three more answers of the same gateway")
         assert await page.evaluate("window.loadedBefore === true"), "reloaded for answers of the same gateway"
         srv.page = "0123456789abcdef"   # as a gateway restarted on other dashboard files gives it
-        await page.wait_for_function("!window.loadedBefore && window.dashboard && window.dashboard.ready", timeout=10000)
+        await loaded_again(page)
         assert "version 0.1.0" in await page.locator("#footer").inner_text()
         assert page.errors == []
 

@@ -10,7 +10,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from browser import IN_ONE_CHROMIUM, one_chromium  # noqa: F401 - fixture
-from test_dashboard import QUICK, READY, drawn, get_json, server  # noqa: F401 - shared fixture
+from test_dashboard import QUICK, drawn, get_json, reload_dashboard, server  # noqa: F401 - shared fixture
 from test_dashboard_chart_keys import assert_reads, readout, tab_to_chart
 from test_http_api import SampleView
 
@@ -59,8 +59,7 @@ async def test_choosing_a_span_redraws_at_once_and_keeps_it(server):
         await page.keyboard.press("End")
         assert_reads(await readout(page), week, len(week["minutes"]) - 1)
 
-        await page.reload(wait_until="load")
-        await page.wait_for_function(READY, timeout=20000)
+        await reload_dashboard(page)
         assert await page.get_by_label("Span").input_value() == "168"
         assert await page.evaluate("window.dashboard.minutes") == 10080
         assert await page.locator("#download-csv").get_attribute("href") == "api/history.csv?hours=168"

@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from browser import IN_ONE_CHROMIUM, artifact_path, chromium_page, one_chromium  # noqa: F401 - fixture
-from test_dashboard import READY, FreshView, drawn, open_dashboard, server  # noqa: F401 - shared fixture
+from test_dashboard import FreshView, drawn, open_dashboard, reload_dashboard, server  # noqa: F401 - shared fixture
 from test_dashboard_ahead import OVERPRINTED, AheadView
 from test_dashboard_chart_keys import readout, tab_to_chart
 from test_http_api import SampleView, assert_shaped_as
@@ -168,8 +168,7 @@ async def test_a_building_in_rome_reads_rome_time_and_utc_when_chosen_also_after
         cells = await page.locator('#events tr[data-event="evt-peak-2"] td').all_inner_texts()
         assert cells[3] == local(active["start"], timezone.utc)
 
-        await page.reload(wait_until="load")
-        await page.wait_for_function(READY, timeout=20000)
+        await reload_dashboard(page)
         assert await page.get_by_label("Times", exact=True).input_value() == "UTC"
         assert "times in UTC" in await page.locator("#footer").inner_text()
         assert await page.locator("#events thead th").nth(3).inner_text() == "Start (UTC)"
