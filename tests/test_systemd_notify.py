@@ -217,17 +217,25 @@ sys.exit(run_gateway({str(config)!r}, customize))
 @pytest.mark.timeout(60)
 def test_a_process_stopped_whole_and_continued_is_not_taken_for_a_stuck_loop(tmp_path):
     # SIGSTOP, Ctrl-Z, `docker pause`: the watch and the loop stop together, and the time they were stopped is not
-    # the loop's (faulthandler's timer fired in 2 runs of 3 as the process went on)
+    # the loop's (faulthandler's timer fired in 2 runs of 3 as the process went on). A stop twice the threshold, and
+    # past the pause the watch tells by (PAUSED_S under LOOP_STUCK_S, as in the product); the loop then turns on for
+    # 2 s, twenty of the watch's looks: it was 80 turns counted from the start, 8 s of waiting after a 4 s stop
     script = tmp_path / "paused.py"
     script.write_text("""
-import asyncio, sys
+import asyncio, sys, time
 import ven.loop_watchdog as watchdog
-watchdog.LOOP_STUCK_S, watchdog.BEAT_S = 2.0, 0.1
+watchdog.LOOP_STUCK_S, watchdog.BEAT_S, watchdog.PAUSED_S = 2.0, 0.1, 1.0
 
 async def main():
     task = asyncio.create_task(watchdog.exit_when_stuck())
-    for _ in range(80):
+    await asyncio.sleep(0.5)
+    print("watched", flush=True)
+    after = None
+    while after is None or time.monotonic() - after < 2.0:
+        turn = time.monotonic()
         await asyncio.sleep(0.1)
+        if after is None and time.monotonic() - turn > 3.0:
+            after = time.monotonic()        # the stop is over
     task.cancel()
     print("the loop ran to its end", flush=True)
 
@@ -235,9 +243,9 @@ asyncio.run(main())
 """)
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(1.5)
+        assert proc.stdout.readline() == "watched\n", proc.stderr.read()[-2000:]
         proc.send_signal(signal.SIGSTOP)
-        time.sleep(8.0)     # four times the threshold
+        time.sleep(4.0)     # twice the threshold
         proc.send_signal(signal.SIGCONT)
         out, err = proc.communicate(timeout=30)
     finally:
