@@ -46,12 +46,13 @@ def write_lock_held(path):
             other.communicate("\n", timeout=30)
 
 
-def _gateway_stores(path, grace=None):
-    """The three parts' stores as the app makes them (ven/app.py), the forecaster's aside: one storage fault."""
-    fault = StorageFault(path, retry_seconds=10, settle_seconds=0)
+def _gateway_stores(path, grace=None, retry_seconds=10):
+    """The three parts' stores as the app makes them (ven/app.py), the forecaster's aside: one storage fault.
+    retry_seconds: storage.retry_seconds, how often a file still locked past the grace is tried."""
+    fault = StorageFault(path, retry_seconds=retry_seconds, settle_seconds=0)
     kw = {} if grace is None else {"lock_grace_seconds": grace}
-    return fault, Storage(path, reopen_seconds=10, fault=fault, **kw), TelemetryQueue(path, reopen_seconds=10,
-                                                                                      fault=fault, **kw)
+    return fault, Storage(path, reopen_seconds=retry_seconds, fault=fault, **kw), \
+        TelemetryQueue(path, reopen_seconds=retry_seconds, fault=fault, **kw)
 
 
 def _until(written, seconds=30.0):
@@ -96,7 +97,8 @@ def test_a_lock_that_outlasts_the_grace_is_one_warning_with_what_waits(tmp_path,
     Storage(path).close()
     caplog.set_level(logging.INFO)
     with write_lock_held(path) as release:
-        fault, store, queue = _gateway_stores(path, grace=0.3)
+        # past the grace it is tried every 2 s, not 10: what is written once the lock is gone comes 8 s sooner
+        fault, store, queue = _gateway_stores(path, grace=0.3, retry_seconds=2)
         store.save_value("bacnet_commands:ADR-Opt-Out", '{"8": true}')
         queue.add(T0, 90.0)
         _until(lambda: not store.flush() and fault.open)   # tried every second, until the grace is out
