@@ -4,6 +4,7 @@ gateway whose config file set another port was marked unhealthy, and restarted b
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 
@@ -106,3 +107,35 @@ def test_strict_is_exit_0_for_a_plain_ok(tmp_path, free_udp_port, free_tcp_port)
             server.shutdown()
     assert [r.returncode for r in strict] == [0, 1], strict
     assert strict[0].stdout.strip().endswith("/healthz: ok"), strict[0]
+
+
+def test_another_program_at_the_address_is_one_line_and_unhealthy(tmp_path, free_udp_port):
+    # python's own file server where the gateway should be (a port a newcomer left to another program): its 404 page
+    # was printed whole as the probe's answer, eleven lines of HTML; and a 200 for a file named healthz read healthy
+    import functools
+    import http.server
+    import threading
+
+    served = tmp_path / "served"
+    served.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *args: None
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            config = tmp_path / "gw.toml"
+            write_config(config, bacnet_port=free_udp_port(), http_port=server.server_address[1],
+                         storage=tmp_path / "gw.sqlite", ven_name="health")
+            missing = _health(config)
+            (served / "healthz").write_text("<html><body>\n<p>status page</p>\n</body></html>\n")
+            page = _health(config)
+        finally:
+            server.shutdown()
+    url = f"http://127.0.0.1:{server.server_address[1]}/healthz"
+    why = ("not the gateway's /healthz answer: another program answers at this address (the gateway not running, or "
+           "running with another http.address?)")
+    assert missing.returncode == 1 and len(missing.stdout.splitlines()) == 1, missing
+    assert re.fullmatch(rf"{re.escape(url)}: HTTP 404 \(text/html, \d+ bytes\): {re.escape(why)}\n",
+                        missing.stdout), missing
+    assert page.returncode == 1, page
+    assert page.stdout == f"{url}: HTTP 200 (application/octet-stream, 47 bytes): {why}\n", page

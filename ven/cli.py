@@ -233,13 +233,17 @@ def cmd_health(args) -> int:
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
         with opener.open(url, timeout=args.timeout) as answer:
-            said = answer.read().decode(errors='replace').strip()
+            said = _healthz_text(url, answer.status, answer.headers, answer.read())
+            if said is None:
+                return 1
             print(f"{url}: {said}")
             # degraded (the VTN or the meter away) is healthy to a container's check, which would restart a gateway
             # that cannot mend a VTN outage; a monitoring check asks --strict to hear of it
             return 1 if args.strict and said != "ok" else 0
     except urllib.error.HTTPError as err:
-        print(f"{url}: {err.code} {err.read().decode(errors='replace').strip()}")
+        said = _healthz_text(url, err.code, err.headers, err.read())
+        if said is not None:
+            print(f"{url}: {err.code} {said}")
     except (OSError, ValueError) as err:
         reason = getattr(err, "reason", None) or err
         # refused: nothing listens at that port, which the bare errno left to the reader to work out
@@ -247,6 +251,19 @@ def cmd_health(args) -> int:
                if isinstance(reason, ConnectionRefusedError) else "")
         print(f"{url}: no answer ({reason}){why}")
     return 1
+
+
+def _healthz_text(url: str, status: int, headers, body: bytes) -> str | None:
+    """The gateway's answer, one line of plain text with 200 (healthy) or 503; None, said on one line, for another
+    program's at http.address: its 404 page printed whole as the probe's answer, and a 200 page taken for healthy."""
+    kind = (headers.get_content_type() if headers.get("Content-Type") else "")
+    text = body.decode(errors="replace").strip()
+    if status in (200, 503) and kind in ("", "text/plain") and "\n" not in text:
+        return text
+    print(f"{url}: HTTP {status} ({kind or 'no Content-Type'}, {len(body)} bytes): not the gateway's /healthz answer: "
+          f"another program answers at this address (the gateway not running, or running with another "
+          f"http.address?)")
+    return None
 
 
 def cmd_forget_forecast(args) -> int:
@@ -703,7 +720,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_check_config)
 
     p = sub.add_parser("health", help="probe the running gateway's /healthz at the address its config names "
-                                      "(exit 0 healthy, degraded too, 1 not: a container HEALTHCHECK)")
+                                      "(exit 0 healthy, degraded too unless --strict, 1 not: a container HEALTHCHECK)")
     p.add_argument("--config", required=True, metavar="FILE", help=_CONFIG_HELP + ": http.address says where to probe")
     p.add_argument("--timeout", type=_positive_seconds, default=4.0, metavar="SECONDS",
                    help="seconds to wait for the answer (default %(default)g)")
