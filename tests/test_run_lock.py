@@ -151,3 +151,37 @@ def test_a_gateway_run_from_a_program_of_its_own_makes_its_files_private_too(tmp
     run = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "absent.toml")], capture_output=True,
                          text=True, timeout=60)
     assert run.stdout.strip().splitlines()[-1] == "0o27", (run.stdout, run.stderr)
+
+
+async def test_a_start_after_a_kill_says_the_run_before_ended_without_a_stop(tmp_path, free_udp_port, free_tcp_port):
+    # A gateway killed (SIGKILL, the OOM killer) or cut by a power loss left a log that just ended, the next lines a
+    # start as after any stop: in `docker logs` or a file nothing said that the run before had not stopped
+    config = tmp_path / "gw.toml"
+    write_config(config, bacnet_port=free_udp_port(), http_port=free_tcp_port(), storage=tmp_path / "gw.sqlite",
+                 ven_name="ven-kill")
+    said = "ended without a stop"
+    gateway = GatewayProcess(config, tmp_path / "gateway.log")
+    with gateway:
+        gateway.wait_for("edge-gateway ready", START_S)
+        killed = gateway.proc.pid
+        gateway.kill()
+        gateway.start()
+        await eventually(lambda: gateway.log().count("edge-gateway ready") == 2, START_S, "the start after the kill")
+        starts = gateway.log().split("starting: device")
+        assert said not in starts[1], starts[1]
+        assert (f"WARNING the gateway that ran before on this storage.path (process {killed}) ended without a stop: "
+                f"killed (SIGKILL, the kernel's out-of-memory killer), crashed, or the power cut; the lines before "
+                f"this start are where it ended") in starts[2], starts[2]
+    assert "edge-gateway stopped" in gateway.log()
+    with gateway:   # after a stop: nothing to say of the run before
+        await eventually(lambda: gateway.log().count("edge-gateway ready") == 3, START_S, "the start after the stop")
+    starts = gateway.log().split("starting: device")
+    assert len(starts) == 4 and said not in starts[3] and "Traceback" not in gateway.log(), starts[3]
+    # a refusal to start is a stop too (the port or storage.path taken), not one to tell the next start of
+    with GatewayProcess(config, tmp_path / "first.log") as first:
+        first.wait_for("edge-gateway ready", START_S)
+        assert run_cli(["run", "--config", str(config)], timeout=30).returncode == 75
+    assert "edge-gateway stopped" in first.log() and said not in first.log()
+    with GatewayProcess(config, tmp_path / "again.log") as again:
+        again.wait_for("edge-gateway ready", START_S)
+    assert said not in again.log()

@@ -164,10 +164,12 @@ LATE_RESTORE_WAIT_S = 2.0     # a few writes into the device's own objects: mill
 
 
 class Gateway:
-    def __init__(self, config: GatewayConfig, clock_sync: SyncWatch | None = None, cert_watch: CertWatch | None = None):
+    def __init__(self, config: GatewayConfig, clock_sync: SyncWatch | None = None, cert_watch: CertWatch | None = None,
+                 ended_without_stop: int | None = None):
         """clock_sync: watches whether the machine's clock is synchronized (by default the kernel's word, every
         few minutes; tests give one with their own reader). cert_watch: openadr.cert's expiry, read every few
-        minutes (tests read it more often)."""
+        minutes (tests read it more often). ended_without_stop: the pid of the run before on storage.path, which
+        ended without a stop (RunLock)."""
         self.config = config
         self.started_at = time.monotonic()   # uptime: a wall-clock step (NTP at boot) is not time run
         self._meter_unread: str | None = None   # the configured meter until it gives a reading, if not stored
@@ -180,6 +182,10 @@ class Gateway:
         # line they read as the killed run's last ones, and the dashboard's log (attached at the start) had none
         with self.recent.attached():
             log.info("edge-gateway %s starting: device %d on %s", __version__, c.bacnet.device_id, c.bacnet.address)
+            if ended_without_stop is not None:  # else its log just ends, and the next lines are this start's
+                log.warning("the gateway that ran before on this storage.path (process %d) ended without a stop: "
+                            "killed (SIGKILL, the kernel's out-of-memory killer), crashed, or the power cut; the "
+                            "lines before this start are where it ended", ended_without_stop)
             self.metrics = Metrics(c.forecaster.horizons_minutes)
             self.device = bacnet_device(c)
             # A file that cannot be opened does not stop the gateway: the BAS still needs the device and

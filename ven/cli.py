@@ -462,18 +462,26 @@ def run_gateway(config_path: str | None, customize: Callable[[Any], None] | None
     if problems:
         _print_config_error(_file_problems(config_path, problems))
         return EXIT_CONFIG
+    from .run_lock import RunLock
+
+    lock = RunLock(cfg.storage.path)    # held until the process ends
+    busy = lock.take(running=True)
+    if busy:    # a gateway started by hand beside the service, say: it may stop
+        return _refused(StartBlocked(f"{busy}: stop that gateway first, or give this one its own storage.path"))
+    # an exception out of here (a crash, its traceback on stderr) leaves the lock saying so to the next start
+    code = _run_locked(cfg, lock, customize)
+    lock.stopped()
+    return _leave(code)
+
+
+def _run_locked(cfg: GatewayConfig, lock, customize: Callable[[Any], None] | None) -> int:
     from bacnet_api.client import ensure_port_free
 
     from .app import Gateway, freeze_startup_objects
     from .logs import setup_logging
     from .loop_watchdog import exit_when_stuck
-    from .run_lock import RunLock
     from .systemd_notify import SystemdNotifier
 
-    lock = RunLock(cfg.storage.path)    # held until the process ends
-    busy = lock.take()
-    if busy:    # a gateway started by hand beside the service, say: it may stop
-        return _refused(StartBlocked(f"{busy}: stop that gateway first, or give this one its own storage.path"))
     wait_for_address = False
     try:  # the device probes again when it starts; this turns a busy port into a refusal, not a traceback
         ensure_port_free(cfg.bacnet.address)
@@ -503,7 +511,7 @@ def run_gateway(config_path: str | None, customize: Callable[[Any], None] | None
         try:
             if wait_for_address:
                 await _wait_for_bacnet_address(cfg.bacnet.address, notifier.waiting)
-            gateway = Gateway(cfg)
+            gateway = Gateway(cfg, ended_without_stop=lock.ended_without_stop)
             if customize is not None:
                 customize(gateway)
             try:
@@ -528,8 +536,8 @@ def run_gateway(config_path: str | None, customize: Callable[[Any], None] | None
     try:
         asyncio.run(serve_until_signalled(main()))
     except ConfigError as err:  # e.g. the HTTP port taken after the probe above, or storage.path not to be moved aside
-        return _leave(_refused(err))
-    return _leave(0)
+        return _refused(err)
+    return 0
 
 
 def _refused(err: ConfigError) -> int:

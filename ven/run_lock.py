@@ -19,11 +19,18 @@ def lock_path(storage_path: str | os.PathLike) -> Path:
     return path.with_name(path.name + ".lock")
 
 
-def _holder(fd: int) -> str:
+RUNNING = "running"     # after the pid while `run` runs, until its stop
+
+
+def _said(fd: int) -> list[str]:
     try:
-        pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        return os.pread(fd, 32, 0).decode("ascii", "replace").split()
     except OSError:
-        pid = ""
+        return []
+
+
+def _holder(fd: int) -> str:
+    pid = (_said(fd) or [""])[0]
     return f"process {pid}" if pid.isdigit() else "another process"
 
 
@@ -31,10 +38,13 @@ class RunLock:
     def __init__(self, storage_path: str | os.PathLike) -> None:
         self.path = lock_path(storage_path)
         self._fd: int | None = None
+        # the pid of a `run` before that held the lock and ended without a stop (killed, crashed, a power cut):
+        # it left "<pid> running" in the file, which its stop would have made "<pid>"
+        self.ended_without_stop: int | None = None
 
-    def take(self) -> str | None:
+    def take(self, running: bool = False) -> str | None:
         """Hold the lock until the process ends. Returns None (held, or no lock to be had here) or, when another
-        process holds it, a sentence naming it."""
+        process holds it, a sentence naming it. running: `run`'s, which says so in the file until stopped()."""
         try:
             # the storage makes the directory too; made here first, a first run is locked as well
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -55,14 +65,27 @@ class RunLock:
         except OSError:     # a file system without locks: as without a lock file
             os.close(fd)
             return None
-        if writable:
-            try:    # the pid only names the holder to a second run; a full disk takes the lock, not the pid
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-            except OSError:
-                pass
+        said = _said(fd)
+        if running and len(said) == 2 and said[0].isdigit() and said[1] == RUNNING:
+            self.ended_without_stop = int(said[0])
         self._fd = fd
+        if writable:    # the pid only names the holder to a second run; a full disk takes the lock, not the pid
+            self._write(f"{os.getpid()}{' ' + RUNNING if running else ''}\n")
         return None
+
+    def stopped(self) -> None:
+        """`run` stopped as it should: the next start has nothing to say of this one."""
+        self._write(f"{os.getpid()}\n")
+
+    def _write(self, text: str) -> None:
+        if self._fd is None:
+            return
+        try:    # on the disk: a power cut is one of the ends the next start tells
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, text.encode(), 0)
+            os.fsync(self._fd)
+        except OSError:
+            pass
 
     def close(self) -> None:
         """Let the lock go before the process ends (a test; `run` keeps it until it exits)."""
