@@ -142,3 +142,25 @@ def test_a_refusal_before_logging_is_an_error_to_journald(tmp_path):
         lead = "<3>" if journal else ""
         assert (tmp_path / "err").read_text() == (f"{lead}configuration error: {bad}: meter.poll_secs: unknown key; did "
                                                   "you mean meter.poll_seconds?\n")
+
+
+def test_check_config_warnings_are_warnings_to_journald(tmp_path):
+    # the shipped unit runs check-config as ExecStartPre: its warnings (a short http.token, the clock) went to the
+    # journal at its default priority, info, so `journalctl -p warning` left them out; its "ok" line stays info
+    import os
+    config = tmp_path / "gw.toml"
+    config.write_text(f'[storage]\npath = "{tmp_path / "gw.sqlite"}"\n[http]\ntoken = "short"\n')
+    for journal in (True, False):
+        env = {k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"}
+        with open(tmp_path / "out", "wb") as out:
+            if journal:
+                st = os.fstat(out.fileno())
+                env["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}"
+            done = run_cli(["check-config", str(config)], stdout=out, stderr=out, env=env, timeout=60)
+        assert done.returncode == 0
+        lines = (tmp_path / "out").read_text().splitlines()
+        lead = "<4>" if journal else ""
+        assert f"{lead}{config}: warning: http.token is 5 characters: short enough to be found by trying" in "\n".join(
+            lines), lines
+        assert all(line.startswith(f"{lead}{config}: warning: ") for line in lines[:-1]) and lines[-1].startswith(
+            f"{config}: ok ("), lines
