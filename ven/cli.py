@@ -178,11 +178,12 @@ def _unresolved_router_warnings(cfg: GatewayConfig) -> list[str]:
 
 
 def cmd_check_config(args) -> int:
-    if (args.file is None) == (args.config is None):
+    given = args.file + ([] if args.config is None else [args.config])
+    if len(given) != 1:     # two files (a shell's glob, `check-config a.toml b.toml`): one at a time
         print("check-config: give the configuration file once: check-config FILE, or check-config --config FILE",
               file=sys.stderr)
         return EXIT_USAGE
-    args.file = args.file if args.file is not None else args.config    # "" is a file not found, not the defaults
+    args.file = given[0]    # "" is a file not found, not the defaults
     cfg = _config_or_exit(args.file, say_raised=False)    # with the other warnings, below
     problems = tls_file_problems(cfg.openadr) + storage_problems(cfg.storage)
     if problems:
@@ -723,8 +724,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, metavar="FILE", help=_CONFIG_HELP)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("check-config", help="validate a configuration file")
-    p.add_argument("file", metavar="FILE", nargs="?", help=_CONFIG_HELP + ": names each bad key and why (exit 78), "
+    # FILE takes any number so that two (a shell's glob) get check-config's own words, not argparse's "unrecognized
+    # arguments" under edge-gateway's usage line; its usage says one
+    p = sub.add_parser("check-config", help="validate a configuration file",
+                       usage="edge-gateway check-config [-h] (FILE | --config FILE)")
+    p.add_argument("file", metavar="FILE", nargs="*", help=_CONFIG_HELP + ": names each bad key and why (exit 78), "
                    "opens the TLS files, warns of settings that lose something, and says where the state file goes")
     # every other command names its file with --config: the same words work here
     p.add_argument("--config", metavar="FILE", help="the same, as the other commands name it")
