@@ -85,10 +85,12 @@ class FaultView(SampleView):
                                                "last_failure": "no response from 12345:2 within 5 s (through "
                                                                "router 10.0.0.5:47808)", "steady_reads": 4,
                                                "settle_seconds": 120.0} if "meter-flaky" in f else None})
-        body["storage"] = {"path": "/var/lib/edge-gateway/gateway.sqlite", "ok": "storage" not in f,
+        # the words the store gives for a read-only mount, and for a full disk (as a tmpfs filled says them)
+        body["storage"] = {"path": "/var/lib/edge-gateway/gateway.sqlite", "ok": not {"storage", "storage-full"} & f,
                            "errors": {"events": "storage.path /var/lib/edge-gateway/gateway.sqlite: cannot open "
                                                 "SQLite database for writing (Read-only file system)"}
-                           if "storage" in f else {}, "moved_aside": None}
+                           if "storage" in f else {"telemetry": "database or disk is full (No space left on device)"}
+                           if "storage-full" in f else {}, "moved_aside": None}
         fc = body["forecaster"]
         fc.update({"source": "bacnet_input", "input_stale": "input" in f, "history_minutes": 42,
                    "last_input_at": None if "input" in f else now - 5, "last_meter_at": now - 3,
@@ -136,17 +138,19 @@ async def test_each_fault_is_named_with_what_to_do_and_clears_by_itself(server):
             "dropping": ("Telemetry readings dropped", "get the VTN to take telemetry"),
             "meter": ("Meter fault", "meter.object"),
             "dcc": ("BACnet communication disabled", "DeviceCommunicationControl enable"),
-            "storage": ("storage.path not writable", "restart now loses"),
+            "storage": ("storage.path not writable", "make the file's directory writable"),
             "input": ("Forecaster has no power input", "input-power-meter"),
             "threshold": ("Load flags have no threshold yet", "forecaster.high_load_kw"),
             "bbmd": ("BBMD registration failing", "bacnet.bbmd_address"),
+            # a full disk was told to make the directory writable, as for a read-only mount
+            "storage-full": ("storage.path not writable", "restart now loses them: free space on its file system"),
             "meter-flaky": ("Meter answering intermittently", "router"),
         }
         for fault, (what, todo) in expect.items():
             view.faults = {fault}
             key = {"dcc": "communication", "input": "forecaster-input", "vtn-down": "vtn", "vtn-5xx": "vtn",
                    "dropping": "telemetry-dropping",
-                   "meter-flaky": "meter-intermittent"}.get(fault, fault)
+                   "meter-flaky": "meter-intermittent", "storage-full": "storage"}.get(fault, fault)
             await page.wait_for_function(f"([key, what]) => {PROBLEMS} === key && "
                                          "document.querySelector('#problems').innerText.includes(what)",
                                          arg=[key, what], timeout=10000)
@@ -191,7 +195,7 @@ async def test_each_fault_is_named_with_what_to_do_and_clears_by_itself(server):
         assert "no load threshold yet" in await page.locator("#pills .pill.warn").all_inner_texts()
 
         # all together, then all cleared: the list empties and the gateway reads healthy again
-        view.faults = set(expect) - {"vtn-down", "vtn-5xx", "meter-flaky"}    # one VTN fault at a time
+        view.faults = set(expect) - {"vtn-down", "vtn-5xx", "meter-flaky", "storage-full"}    # one VTN fault at a time
         await page.wait_for_function(f"({PROBLEMS}).split(',').length === 7", timeout=10000)
         await keep_screenshot(page, "dashboard-all-faults.png", full_page=True)
         view.faults = set()

@@ -198,8 +198,13 @@ export function findProblems(health) {
     const errors = [...new Set(Object.values(storage.errors || {}))];
     const why = errors.filter((e) => !errors.some((o) => o !== e && o.includes(e))).join("; ");
     const where = storage.path && !why.includes(storage.path) ? `${storage.path}: ` : "";
+    // what to do follows the reason the status gives: a full disk was told to make the directory writable
+    const todo = /No space left|disk is full|no inodes/i.test(why) ?
+      "free space on its file system (df -h and df -i on its directory)" :
+      /File too large/.test(why) ? "raise the process's file-size limit (ulimit -f, systemd's LimitFSIZE=)" :
+      "make the file's directory writable (permissions, read-only mount, full disk)";
     add("storage", "bad", "storage.path not writable", `${where}${why || "cannot be written"}`,
-        "events, queued telemetry and forecast history are kept in memory only and a restart now loses them: make the file's directory writable (permissions, read-only mount, full disk); the gateway tries again by itself");
+        `events, queued telemetry and forecast history are kept in memory only and a restart now loses them: ${todo}; the gateway tries again by itself`);
   }
   const fc = gw.forecaster || {};
   if (fc.input_stale === true) {
