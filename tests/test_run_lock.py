@@ -12,7 +12,7 @@ import pytest
 
 from cli_run import run_cli
 from gateway_process import START_S, GatewayProcess, write_config
-from test_faults_storage import fill, tmpfs
+from test_faults_storage import fill, remount, tmpfs
 from ven.run_lock import RunLock, held_by_another, lock_path
 from ven.storage import Storage
 from waiting import eventually
@@ -185,3 +185,26 @@ async def test_a_start_after_a_kill_says_the_run_before_ended_without_a_stop(tmp
     with GatewayProcess(config, tmp_path / "again.log") as again:
         again.wait_for("edge-gateway ready", START_S)
     assert said not in again.log()
+
+
+def test_a_kill_is_told_once_and_not_from_a_read_only_volume(tmp_path):
+    # the mark a killed run left cannot be cleared on a volume mounted read-only since: every start would tell of a
+    # kill, of runs that stopped as they should
+    with tmpfs(tmp_path / "card", "size=1m") as card:
+        (card / "gateway.sqlite.lock").write_text("4242 running\n")
+        remount(card, "ro")
+        lock = RunLock(card / "gateway.sqlite")
+        try:
+            assert lock.take(running=True) is None and lock.ended_without_stop is None
+        finally:
+            lock.close()
+        remount(card, "rw")
+        for told in (4242, None):   # once: the start's own mark replaces the killed run's, and its stop clears it
+            lock = RunLock(card / "gateway.sqlite")
+            try:
+                assert lock.take(running=True) is None and lock.ended_without_stop == told
+                assert (card / "gateway.sqlite.lock").read_text() == f"{os.getpid()} running\n"
+                lock.stopped()
+                assert (card / "gateway.sqlite.lock").read_text() == f"{os.getpid()}\n"
+            finally:
+                lock.close()

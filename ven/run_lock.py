@@ -66,7 +66,8 @@ class RunLock:
             os.close(fd)
             return None
         said = _said(fd)
-        if running and len(said) == 2 and said[0].isdigit() and said[1] == RUNNING:
+        # on a read-only volume the mark stays: told at every start after one kill, of runs that stopped as they should
+        if running and writable and len(said) == 2 and said[0].isdigit() and said[1] == RUNNING:
             self.ended_without_stop = int(said[0])
         self._fd = fd
         if writable:    # the pid only names the holder to a second run; a full disk takes the lock, not the pid
