@@ -172,6 +172,7 @@ async def test_each_fault_is_named_with_what_to_do_and_clears_by_itself(server):
         assert "meter intermittent" in await page.locator("#pills .pill.warn").all_inner_texts()
         assert "healthy" in await page.locator("#pills .pill.ok").first.inner_text()
         assert await tile_why(page, "meter-power") is None
+        assert await page.locator("#problems h2").inner_text() == "Needs attention"     # a warning alone: no counts
         await keep_screenshot(page, "dashboard-meter-intermittent.png", full_page=True)
         view.faults = {"meter", "meter-flaky"}
         await page.wait_for_function(f"({PROBLEMS}) === 'meter'", timeout=10000)
@@ -193,6 +194,12 @@ async def test_each_fault_is_named_with_what_to_do_and_clears_by_itself(server):
         await page.wait_for_function(f"({PROBLEMS}) === 'threshold'", timeout=10000)
         assert await tile_why(page, "high-load-conditions") == "no threshold yet"
         assert "no load threshold yet" in await page.locator("#pills .pill.warn").all_inner_texts()
+        # the pill counts the faults alone: the heading tells them from the warnings listed with them
+        view.faults = {"threshold", "meter", "dcc"}
+        await page.wait_for_function(f"({PROBLEMS}).split(',').length === 3", timeout=10000)
+        assert (await page.evaluate(PROBLEMS)).endswith(",threshold")
+        assert "running, 2 problems" in await page.locator("#pills").inner_text()
+        assert await page.locator("#problems h2").inner_text() == "Needs attention: 2 problems, 1 warning"
 
         # all together, then all cleared: the list empties and the gateway reads healthy again
         view.faults = set(expect) - {"vtn-down", "vtn-5xx", "meter-flaky", "storage-full"}    # one VTN fault at a time

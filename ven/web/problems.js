@@ -295,6 +295,10 @@ export function renderProblems(found) {
   }
   host.hidden = !found.length;
   host.classList.toggle("only-warn", found.length > 0 && found.every((p) => p.level !== "bad"));
+  // the pill counts the faults only: beside it, three items under a heading without counts read as three problems
+  const bad = found.filter((p) => p.level === "bad").length, warn = found.length - bad;
+  const counts = [bad && `${bad} problem${bad > 1 ? "s" : ""}`, warn && `${warn} warning${warn > 1 ? "s" : ""}`];
+  host.querySelector("h2").textContent = bad && warn ? `Needs attention: ${counts.join(", ")}` : "Needs attention";
   dashboard.problems = found.map((p) => p.key);
 }
 // What a screen reader says (#announce): each change once. The problem list itself is not a live
