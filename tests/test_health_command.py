@@ -3,6 +3,7 @@ config (with its env overrides) names. The probe used to read only EDGE_GATEWAY_
 gateway whose config file set another port was marked unhealthy, and restarted by an orchestrator."""
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -77,10 +78,30 @@ def test_a_wildcard_bind_is_probed_on_loopback():
     assert _probe_url("gw.example:81") == "http://gw.example:81/healthz"
 
 
+@contextlib.contextmanager
+def _serving(handler):
+    """An HTTP server of python's own on a loopback port (another program where the gateway's /healthz should be)."""
+    import http.server
+    import threading
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            yield server.server_address[1]
+        finally:
+            server.shutdown()
+
+
+def _config_for(tmp_path, free_udp_port, http_port: int):
+    config = tmp_path / "gw.toml"
+    write_config(config, bacnet_port=free_udp_port(), http_port=http_port, storage=tmp_path / "gw.sqlite",
+                 ven_name="health")
+    return config
+
+
 def test_strict_is_exit_0_for_a_plain_ok(tmp_path, free_udp_port, free_tcp_port):
     # --strict must not page anyone for a healthy gateway: a /healthz answering as one does, on loopback
     import http.server
-    import threading
 
     answers = iter(["ok", "ok (degraded: meter fault)"])
 
@@ -95,16 +116,10 @@ def test_strict_is_exit_0_for_a_plain_ok(tmp_path, free_udp_port, free_tcp_port)
         def log_message(self, *args):
             pass
 
-    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Healthz) as server:
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        try:
-            config = tmp_path / "gw.toml"
-            write_config(config, bacnet_port=free_udp_port(), http_port=server.server_address[1],
-                         storage=tmp_path / "gw.sqlite", ven_name="health")
-            strict = [run_cli(["health", "--config", str(config), "--timeout", "2", "--strict"], timeout=30)
-                      for _ in range(2)]
-        finally:
-            server.shutdown()
+    with _serving(Healthz) as port:
+        config = _config_for(tmp_path, free_udp_port, port)
+        strict = [run_cli(["health", "--config", str(config), "--timeout", "2", "--strict"], timeout=30)
+                  for _ in range(2)]
     assert [r.returncode for r in strict] == [0, 1], strict
     assert strict[0].stdout.strip().endswith("/healthz: ok"), strict[0]
 
@@ -114,24 +129,17 @@ def test_another_program_at_the_address_is_one_line_and_unhealthy(tmp_path, free
     # was printed whole as the probe's answer, eleven lines of HTML; and a 200 for a file named healthz read healthy
     import functools
     import http.server
-    import threading
 
     served = tmp_path / "served"
     served.mkdir()
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
     handler.log_message = lambda *args: None
-    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        try:
-            config = tmp_path / "gw.toml"
-            write_config(config, bacnet_port=free_udp_port(), http_port=server.server_address[1],
-                         storage=tmp_path / "gw.sqlite", ven_name="health")
-            missing = _health(config)
-            (served / "healthz").write_text("<html><body>\n<p>status page</p>\n</body></html>\n")
-            page = _health(config)
-        finally:
-            server.shutdown()
-    url = f"http://127.0.0.1:{server.server_address[1]}/healthz"
+    with _serving(handler) as port:
+        config = _config_for(tmp_path, free_udp_port, port)
+        missing = _health(config)
+        (served / "healthz").write_text("<html><body>\n<p>status page</p>\n</body></html>\n")
+        page = _health(config)
+    url = f"http://127.0.0.1:{port}/healthz"
     why = ("not the gateway's /healthz answer: another program answers at this address (the gateway not running, or "
            "running with another http.address?)")
     assert missing.returncode == 1 and len(missing.stdout.splitlines()) == 1, missing

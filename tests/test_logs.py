@@ -125,19 +125,24 @@ async def test_a_wall_clock_step_ahead_is_no_bac0_task_latency_warning(monkeypat
     assert not [r.getMessage() for r in caplog.records if "latency" in r.getMessage()]
 
 
+def _journal_env(output, journal: bool) -> dict:
+    """The environment of a child whose `output` file is the journal (systemd's JOURNAL_STREAM names it), or not."""
+    import os
+    env = {k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"}
+    if journal:
+        st = os.fstat(output.fileno())
+        env["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}"
+    return env
+
+
 def test_a_refusal_before_logging_is_an_error_to_journald(tmp_path):
     # `run` refuses a bad config, a port or a storage.path in use before logging is set up: under systemd that line
     # went in at journald's default priority, so `journalctl -p warning` left out why the service would not start
-    import os
     bad = tmp_path / "gw.toml"
     bad.write_text("[meter]\npoll_secs = 5\n")
     for journal in (True, False):
-        env = {k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"}
         with open(tmp_path / "err", "wb") as err:
-            if journal:
-                st = os.fstat(err.fileno())
-                env["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}"
-            done = run_cli(["run", "--config", str(bad)], stderr=err, env=env, timeout=60)
+            done = run_cli(["run", "--config", str(bad)], stderr=err, env=_journal_env(err, journal), timeout=60)
         assert done.returncode == 78
         lead = "<3>" if journal else ""
         assert (tmp_path / "err").read_text() == (f"{lead}configuration error: {bad}: meter.poll_secs: unknown key; did "
@@ -147,16 +152,12 @@ def test_a_refusal_before_logging_is_an_error_to_journald(tmp_path):
 def test_check_config_warnings_are_warnings_to_journald(tmp_path):
     # the shipped unit runs check-config as ExecStartPre: its warnings (a short http.token, the clock) went to the
     # journal at its default priority, info, so `journalctl -p warning` left them out; its "ok" line stays info
-    import os
     config = tmp_path / "gw.toml"
     config.write_text(f'[storage]\npath = "{tmp_path / "gw.sqlite"}"\n[http]\ntoken = "short"\n')
     for journal in (True, False):
-        env = {k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"}
         with open(tmp_path / "out", "wb") as out:
-            if journal:
-                st = os.fstat(out.fileno())
-                env["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}"
-            done = run_cli(["check-config", str(config)], stdout=out, stderr=out, env=env, timeout=60)
+            done = run_cli(["check-config", str(config)], stdout=out, stderr=out, env=_journal_env(out, journal),
+                           timeout=60)
         assert done.returncode == 0
         lines = (tmp_path / "out").read_text().splitlines()
         lead = "<4>" if journal else ""
