@@ -92,6 +92,11 @@ class _Rolling:
     def span_seconds(self) -> float:
         return self.done[-1][0] - self.done[0][0] if self.done else 0.0
 
+    def holds_through(self, t: float, count: int, seconds: float) -> bool:
+        """Whether at least `count` errors spanning `seconds` stay in the window until time t, whatever comes."""
+        kept = [x[0] for x in self.done if x[0] >= math.floor(t / 60.0) * 60.0 - self.seconds]
+        return bool(kept) and len(kept) >= count and kept[-1] - kept[0] >= seconds
+
     def rmse(self) -> tuple[float | None, float | None, int]:
         n = len(self.done)
         if not n:
@@ -466,23 +471,31 @@ class DemandForecaster:
                 first = max(first, tried + self.retrain_minutes * 60)
         return {"needs_minutes": need, "have_minutes": have, "first_fit_after": first}
 
-    def fit(self, now: float, map_fn=map) -> "DemandForecaster":
+    def fit(self, now: float, map_fn=map, meanwhile=None, next_fit: float | None = None) -> "DemandForecaster":
         """Fit in this thread (offline replay, benchmarks); the gateway runs fit_job elsewhere.
-        `map_fn` (a process pool's map) may fit the horizons side by side."""
-        job = self.fit_job(now)
+        `map_fn` (a process pool's map) may fit the members side by side; `meanwhile()` is called while
+        they are fitted (model.fit), with the model held before this fit still serving. `next_fit`: the time
+        by which the next fit will have replaced this one (a replay's), see fit_job."""
+        job = self.fit_job(now, next_fit)
         if job is None:
+            if meanwhile is not None:
+                meanwhile()
             return self
         fitted = None
         try:
             with model.fit_threads(self.n_threads):
-                fitted = job.run(map_fn)
+                fitted = job.run(map_fn, meanwhile)
         finally:
             self.fit_done(fitted)
         return self
 
-    def fit_job(self, now: float) -> model.FitJob | None:
+    def fit_job(self, now: float, next_fit: float | None = None) -> model.FitJob | None:
         """A picklable snapshot to train on, marking a fit in flight; None while one already is.
-        Whoever runs it hands the result (or None on failure) back to fit_done."""
+        Whoever runs it hands the result (or None on failure) back to fit_done.
+
+        With `next_fit` (an offline replay: the gateway cannot know it, and a restart loses its live errors),
+        a horizon whose live errors will decide its guard until then, whatever they turn out to be, gets no
+        held-out fit: the verdict it gives would never be read, and it is most of a second fit."""
         with self._lock:
             if self._fitting:
                 return None
@@ -490,8 +503,11 @@ class DemandForecaster:
             self._last_fit_try = now
             last_k = min(minute_of(now), self._bins.last_k if self._bins.last_k is not None else 0)
             snap = self._bins.snapshot(last_k - int(self.history_days * 1440), last_k).without(self._curtailed)
+            live = () if next_fit is None else tuple(
+                h for h in self.horizons_minutes
+                if self._rolling[h].holds_through(next_fit, self.rolling_min_count, self.rolling_min_hours * 3600))
             return model.FitJob(snap, self.calendar, self.horizons_minutes, last_k, self._stride(snap),
-                                self.validation_days, now, self._model)
+                                self.validation_days, now, self._model, live)
 
     def fit_done(self, fitted: model.FittedModel | None) -> None:
         with self._lock:

@@ -340,10 +340,12 @@ class FitJob:
     validation_days: float
     now: float
     previous: FittedModel | None
+    # horizons whose guard the live errors decide, with no held-out fit (offline replay; see plan_horizon)
+    live_decides: tuple = ()
 
-    def run(self, map_fn=map) -> FittedModel | None:
+    def run(self, map_fn=map, meanwhile=None) -> FittedModel | None:
         return fit(self.snap, self.calendar, self.horizons, self.last_k, self.stride, self.validation_days,
-                   self.now, self.previous, map_fn)
+                   self.now, self.previous, map_fn, meanwhile, self.live_decides)
 
 
 def training_minutes(snap: MinuteSnapshot, last_k: int, stride: int, h: int) -> np.ndarray:
@@ -365,54 +367,139 @@ def _recency(ks: np.ndarray) -> np.ndarray | None:
 
 
 def fit(snap: MinuteSnapshot, cal: Calendar, horizons, last_k: int, stride: int,
-        validation_days: float, now: float, previous: FittedModel | None = None, map_fn=map) -> FittedModel | None:
+        validation_days: float, now: float, previous: FittedModel | None = None, map_fn=map,
+        meanwhile=None, live_decides=()) -> FittedModel | None:
     """Fit one model per horizon; None when there is too little history for any horizon.
 
     The held-out verdict (validation errors) of `previous` is carried over while
     its held-out days are under `validation_days` old: the next verdict then scores days it has not
     seen, and a refit costs one fit instead of two. Live rolling errors take over the guard anyway.
-    Horizons are independent: `map_fn` (e.g. a process pool's map) may fit them side by side.
+    The members are independent: `map_fn` (e.g. a process pool's map) may fit them side by side. Each
+    horizon's rows are built by one call and each member fitted by another, not a horizon per call: the
+    60-minute network trains about twice as long as the 15-minute one, and two processes each fitting
+    a horizon left one core waiting for the other every refit. `meanwhile()`, if given, is called once the
+    members' fits are handed to `map_fn` and before their results are awaited (a replay issues the
+    forecasts of the day before: with a pool's map, while the fits run).
     """
     t0 = time.perf_counter()
     horizons = tuple(horizons)
     olds = [previous.horizons.get(h) if previous is not None else None for h in horizons]
     n = len(horizons)
-    fitted = list(map_fn(fit_horizon, [snap] * n, [cal] * n, horizons, [last_k] * n, [stride] * n,
-                         [validation_days] * n, olds))
-    out = {h: hm for h, (hm, _) in zip(horizons, fitted) if hm is not None}
+    plans = list(map_fn(plan_horizon, [snap] * n, [cal] * n, horizons, [last_k] * n, [stride] * n,
+                        [validation_days] * n, olds, [h in live_decides for h in horizons]))
+    tasks = [(i, which, names) for i, plan in enumerate(plans) if plan is not None
+             for which in plan.sets() for names in MEMBER_TASKS]
+    # the costliest first, so the last call a process takes is a short one (bit-identical in any order)
+    tasks.sort(key=lambda t: -sum(_member_cost(plans[t[0]].horizon, name) for name in t[2]))
+    results = map_fn(fit_member, [plans[i].rows(which) for i, which, _ in tasks],
+                     [names for *_, names in tasks])
+    if meanwhile is not None:
+        meanwhile()
+    done = {}
+    for (i, which, names), members in zip(tasks, results):
+        done.update({(i, which, name): m for name, m in zip(names, members)})
+    out, rows = {}, 0
+    for i, plan in enumerate(plans):
+        if plan is None:
+            continue
+        fitted = {which: Members(*(done[(i, which, name)] for name in MEMBER_ORDER)) for which in plan.sets()}
+        out[plan.horizon] = plan.finish(fitted)
+        rows += int(plan.y.size)
     if not out:
         return None
     return FittedModel(name=MODEL_NAME, horizons=out, fitted_at=now, trained_until_minute=last_k,
-                       train_rows=sum(rows for _, rows in fitted), fit_seconds=time.perf_counter() - t0,
+                       train_rows=rows, fit_seconds=time.perf_counter() - t0,
                        features=features.FEATURE_NAMES, calendar=cal.settings, asked=horizons)
 
 
-def fit_horizon(snap: MinuteSnapshot, cal: Calendar, h: int, last_k: int, stride: int, validation_days: float,
-                old: HorizonModel | None) -> tuple[HorizonModel | None, int]:
-    """(model, training rows) for one horizon; (None, 0) with under 50 usable rows."""
+MEMBER_ORDER = ("hgb", "ridge", "plain", "mlp")   # Members' fields
+# The members each call fits: the ridge (milliseconds) goes with the plain trees rather than on a call of its own.
+MEMBER_TASKS = (("hgb",), ("plain", "ridge"), ("mlp",))
+
+
+def _member_cost(h: int, name: str) -> float:
+    # rough CPU seconds on 35 days of 15-minute rows (bench/README, accuracy sixteenth round); only the order matters
+    return {"hgb": 0.37, "ridge": 0.01, "plain": 0.27}.get(name, 0.25 + 0.012 * h)
+
+
+def fit_member(rows, names: tuple) -> list:
+    """The members `names` fitted on (X, y, w), as fit_members fits them."""
+    X, y, w = rows
+    X = np.where(np.isnan(X).all(axis=0), 0.0, X)
+    own = X[:, features.OWN]
+    fits = {"hgb": lambda: _hgb().fit(own, y, sample_weight=w),
+            "ridge": lambda: _RidgeOnDeltas().fit(own, y, w),
+            "plain": lambda: _hgb().fit(X[:, features.PLAIN], y + X[:, 0], sample_weight=w),
+            "mlp": lambda: _mlp().fit(own, y, w)}
+    return [fits[name]() for name in names]
+
+
+@dataclass
+class HorizonPlan:
+    """One horizon's training rows and what its fit is to do with them: fit on all of them, and, unless
+    `old`'s held-out verdict is carried over, first on all but the held-out tail to score against it."""
+    horizon: int
+    ks: np.ndarray
+    X: np.ndarray
+    y: np.ndarray
+    held: np.ndarray | None
+    last_k: int
+    old: HorizonModel | None
+
+    def sets(self) -> tuple:
+        return ("all",) if self.held is None else ("train", "all")
+
+    def rows(self, which: str):
+        if which == "all":
+            return self.X, self.y, _recency(self.ks)
+        train = ~self.held
+        return self.X[train], self.y[train], _recency(self.ks[train])
+
+    def finish(self, fitted: dict) -> HorizonModel:
+        hm = HorizonModel(self.horizon)
+        if self.held is None:
+            if self.old is not None:
+                hm.val_rmse, hm.val_persistence_rmse = self.old.val_rmse, self.old.val_persistence_rmse
+                hm.val_rows, hm.validated_until_minute = self.old.val_rows, self.old.validated_until_minute
+        else:
+            held = self.held
+            hm.val_rmse = float(np.sqrt(np.mean((fitted["train"].predict_delta(self.X[held]) - self.y[held]) ** 2)))
+            hm.val_persistence_rmse = float(np.sqrt(np.mean(self.y[held] ** 2)))
+            hm.val_rows = int(held.sum())
+            hm.validated_until_minute = self.last_k
+        hm.members = fitted["all"]
+        return hm
+
+
+def plan_horizon(snap: MinuteSnapshot, cal: Calendar, h: int, last_k: int, stride: int, validation_days: float,
+                 old: HorizonModel | None, live: bool = False) -> HorizonPlan | None:
+    """The rows one horizon fits on; None with under 50 usable rows. `live`: the live errors decide this
+    horizon's guard and will until the next refit (a replay, whose live errors are never lost to a restart):
+    `old`'s verdict is carried over as it is, however old, as the guard would not read a new one."""
     val_minutes = int(validation_days * 1440)
     ks = training_minutes(snap, last_k, stride, h)
     X, level = features.build(snap, cal, ks, h)
     y = features.demand(snap, ks + h) - level
     ok = np.isfinite(y) & np.isfinite(level)
-    ks, X, y, level = ks[ok], X[ok], y[ok], level[ok]
+    ks, X, y = ks[ok], X[ok], y[ok]
     if y.size < 50:
-        return None, 0
-    hm = HorizonModel(h)
+        return None
+    if live and old is not None:
+        return HorizonPlan(h, ks, X, y, None, last_k, old)
     seen = getattr(old, "validated_until_minute", None)
     if old is not None and old.val_rows and seen is not None and 0 <= last_k - seen < val_minutes:
-        hm.val_rmse, hm.val_persistence_rmse = old.val_rmse, old.val_persistence_rmse
-        hm.val_rows, hm.validated_until_minute = old.val_rows, seen
-        hm.members = fit_members(X, y, _recency(ks))
-        return hm, int(y.size)
+        return HorizonPlan(h, ks, X, y, None, last_k, old)
     # The guard: score on the held-out tail, trained only on what precedes it.
     held = ks + h > last_k - val_minutes
-    train = ks + h <= last_k - val_minutes
-    if held.sum() >= 20 and train.sum() >= 50:
-        held_out = fit_members(X[train], y[train], _recency(ks[train]))
-        hm.val_rmse = float(np.sqrt(np.mean((held_out.predict_delta(X[held]) - y[held]) ** 2)))
-        hm.val_persistence_rmse = float(np.sqrt(np.mean(y[held] ** 2)))
-        hm.val_rows = int(held.sum())
-        hm.validated_until_minute = last_k
-    hm.members = fit_members(X, y, _recency(ks))
-    return hm, int(y.size)
+    if held.sum() >= 20 and (~held).sum() >= 50:
+        return HorizonPlan(h, ks, X, y, held, last_k, None)
+    return HorizonPlan(h, ks, X, y, None, last_k, None)
+
+
+def fit_horizon(snap: MinuteSnapshot, cal: Calendar, h: int, last_k: int, stride: int, validation_days: float,
+                old: HorizonModel | None) -> tuple[HorizonModel | None, int]:
+    """(model, training rows) for one horizon, fitted in this process; (None, 0) with under 50 usable rows."""
+    plan = plan_horizon(snap, cal, h, last_k, stride, validation_days, old)
+    if plan is None:
+        return None, 0
+    return plan.finish({which: fit_members(*plan.rows(which)) for which in plan.sets()}), int(plan.y.size)

@@ -32,6 +32,9 @@ REPLAY_RETRAIN_MINUTES = 1440.0
 # Cycles between fits are predicted in batches of up to a day: far cheaper than one by one, and the
 # same forecasts, as long as the history window holds the features' look-back plus this day.
 BATCH_SECONDS = 86400.0
+# No held-out fit for a horizon whose live errors decide its guard until the next refit (DemandForecaster.fit_job):
+# the forecasts are the same, as the guard would not read the verdict.
+LIVE_GUARD_ONLY = True
 
 
 def usable_cpus() -> int:
@@ -201,7 +204,7 @@ def replay_series(times, values, write_row, cycle_minutes: float = 15, fit_proce
 
 def _replay(fc: DemandForecaster, times, values, write_row, cycle: float, map_fn, after_gap, on_gap) -> dict:
     t0 = time.perf_counter()
-    fit_s, fits, cycles, accepted, gaps = 0.0, 0, 0, 0, 0
+    fit_s, issuing, fits, cycles, accepted, gaps = 0.0, 0.0, 0, 0, 0, 0
     models: dict[str, int] = {}
     pending: list[float] = []
     max_gap = fc.keep_days * 86400.0
@@ -215,6 +218,13 @@ def _replay(fc: DemandForecaster, times, values, write_row, cycle: float, map_fn
         cycles += len(pending)
         pending.clear()
 
+    def issue_timed() -> None:
+        # "fit_seconds" counts the wait for the fits, not the forecasts issued meanwhile
+        nonlocal issuing
+        i0 = time.perf_counter()
+        issue_pending()
+        issuing = time.perf_counter() - i0
+
     i, n = 0, len(times)
     now = _first_cycle(fc, times[0], cycle)
     end = times[-1]
@@ -223,11 +233,12 @@ def _replay(fc: DemandForecaster, times, values, write_row, cycle: float, map_fn
             accepted += fc.add_sample(float(times[i]), float(values[i]))
             i += 1
         if fc.needs_fit(now):
-            if pending:  # issued before this fit, so by the model that served then
-                issue_pending()
             f0 = time.perf_counter()
-            fc.fit(now, map_fn)
-            fit_s += time.perf_counter() - f0
+            # the cycles before this fit are issued by the model that served then, while the fit runs
+            fc.fit(now, map_fn, meanwhile=issue_timed if pending else None,
+                   next_fit=now + fc.retrain_minutes * 60 + cycle if LIVE_GUARD_ONLY else None)
+            fit_s += time.perf_counter() - f0 - issuing
+            issuing = 0.0
             fits += 1
         pending.append(now)
         if now - pending[0] >= BATCH_SECONDS:
