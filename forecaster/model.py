@@ -264,12 +264,7 @@ def live_weights(mean_sq_errors) -> np.ndarray:
 
 def fit_members(X, y, w=None) -> Members:
     """y is the change in demand; the plain member learns the demand itself (y + level)."""
-    # A feature with no values yet (week-back references in the first week) becomes a constant:
-    # no split or coefficient uses it, and that stays true when values appear at predict time.
-    X = np.where(np.isnan(X).all(axis=0), 0.0, X)
-    own = X[:, features.OWN]
-    return Members(_hgb().fit(own, y, sample_weight=w), _RidgeOnDeltas().fit(own, y, w),
-                   _hgb().fit(X[:, features.PLAIN], y + X[:, 0], sample_weight=w), _mlp().fit(own, y, w))
+    return Members(*fit_member((X, y, w), MEMBER_ORDER))
 
 
 @dataclass
@@ -423,8 +418,10 @@ def _member_cost(h: int, name: str) -> float:
 
 
 def fit_member(rows, names: tuple) -> list:
-    """The members `names` fitted on (X, y, w), as fit_members fits them."""
+    """The members `names` fitted on (X, y, w): a pool's process fits some of a horizon's members, fit_members all."""
     X, y, w = rows
+    # A feature with no values yet (week-back references in the first week) becomes a constant:
+    # no split or coefficient uses it, and that stays true when values appear at predict time.
     X = np.where(np.isnan(X).all(axis=0), 0.0, X)
     own = X[:, features.OWN]
     fits = {"hgb": lambda: _hgb().fit(own, y, sample_weight=w),
