@@ -25,7 +25,7 @@ from .config_checks import clock_sync_warnings, storage_problems, storage_warnin
 from .config_load import load_config
 from .config_warnings import trunk_warnings
 from .config_text import check_bacnet_address
-from .logs import QuietAcceptErrors, _is_journal, caution, refusal
+from .logs import QuietAcceptErrors, caution, refusal
 from .site import other_site_warnings, site_of
 
 # Exit statuses (README "Exit statuses"). A service manager restarts every failure but EXIT_CONFIG (the shipped unit's
@@ -195,9 +195,8 @@ def cmd_check_config(args) -> int:
     network = _absent_address_warnings(cfg) + _unresolved_router_warnings(cfg) + trunk_warnings(cfg)
     # under the unit's ExecStartPre, stdout is the journal: a warning at its priority, so `journalctl -p warning`
     # shows it as it shows run's, not at journald's default (info) among the start's lines
-    lead = "<4>" if _is_journal(sys.stdout) else ""
     for warning in cfg.warnings() + files + network + machine:
-        print(f"{lead}{args.file}: warning: {warning}")
+        caution(f"{args.file}: warning: {warning}", sys.stdout)
     # what the utility will be told and which of its events are followed, said where the technician reads: the
     # 50 Hz / 230 V defaults went to North American VTNs unseen (helper conformance40 C8)
     adr = cfg.openadr

@@ -93,10 +93,11 @@ def refusal(text: str) -> None:
     print(f"{'<3>' if _is_journal(sys.stderr) else ''}{text}", file=sys.stderr)
 
 
-def caution(text: str) -> None:
-    """A warning said by a command that logs nothing else (read-meter, health, points): on stderr, as refusal(), at
-    the journal's warning priority."""
-    print(f"{'<4>' if _is_journal(sys.stderr) else ''}{text}", file=sys.stderr)
+def caution(text: str, stream=None) -> None:
+    """A warning said by a command that logs nothing else (read-meter, health, points): on stderr (or `stream`:
+    check-config's stdout), as refusal(), at the journal's warning priority."""
+    stream = stream or sys.stderr
+    print(f"{'<4>' if _is_journal(stream) else ''}{text}", file=stream)
 
 
 def _is_journal(stream) -> bool:
