@@ -2,7 +2,7 @@
 
 `build` fits each of the 12 weeks once, as `forecast_accuracy.py` does (everything before the week,
 no refit inside it), and caches per week and horizon: the fitted model, its training rows (ks, X, y:
-what model.fit_horizon fits on), the week's feature rows, each member's forecast change on them, and
+what model.plan_horizon builds), the week's feature rows, each member's forecast change on them, and
 the published forecasts, flags and thresholds. It reproduces `forecast_accuracy.py` for the project
 forecaster exactly (2026-12-01: validation 5.43 / 7.91 %, F1 0.863; test 4.33 / 5.93 %, F1 0.823).
 
@@ -66,7 +66,7 @@ def build(which: str) -> None:
         fit_s = time.perf_counter() - t0
         fc.fit_done(fitted)
         train = {}
-        for h in HORIZONS:  # the rows fit_horizon fits on
+        for h in HORIZONS:  # the rows plan_horizon builds
             ks = model.training_minutes(job.snap, job.last_k, job.stride, h)
             X, level = features.build(job.snap, job.calendar, ks, h)
             y = features.demand(job.snap, ks + h) - level

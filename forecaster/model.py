@@ -491,12 +491,3 @@ def plan_horizon(snap: MinuteSnapshot, cal: Calendar, h: int, last_k: int, strid
     if held.sum() >= 20 and (~held).sum() >= 50:
         return HorizonPlan(h, ks, X, y, held, last_k, None)
     return HorizonPlan(h, ks, X, y, None, last_k, None)
-
-
-def fit_horizon(snap: MinuteSnapshot, cal: Calendar, h: int, last_k: int, stride: int, validation_days: float,
-                old: HorizonModel | None) -> tuple[HorizonModel | None, int]:
-    """(model, training rows) for one horizon, fitted in this process; (None, 0) with under 50 usable rows."""
-    plan = plan_horizon(snap, cal, h, last_k, stride, validation_days, old)
-    if plan is None:
-        return None, 0
-    return plan.finish({which: fit_members(*plan.rows(which)) for which in plan.sets()}), int(plan.y.size)
