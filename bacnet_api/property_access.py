@@ -9,6 +9,9 @@ bacpypes3 handlers answer wrongly. `services._Services` inherits this mix-in.
 - ReadPropertyMultiple ALL/REQUIRED/OPTIONAL on a missing object: bacpypes3 expands the group before
   looking whether the object exists, so the whole request failed (operational-problem and a logged
   AttributeError) instead of that object getting unknown-object beside the others' results.
+- ReadPropertyMultiple ALL/REQUIRED/OPTIONAL with a propertyArrayIndex: a group is no array, so that reference gets
+  property/property-is-not-an-array (as bacnet-stack answers it, and as ReadProperty answers an index on any
+  property that is not an array); bacpypes3 dropped the index and answered every property of the group whole.
 - WriteProperty fails in the order of clause 15.9: unknown-property (bacpypes3 raised TypeError),
   property-is-not-an-array for an array index on a property that is not an array (a command to
   presentValue[1] got write-access-denied, as if presentValue were not writable), write-access-denied
@@ -33,7 +36,14 @@ import inspect
 from typing import Any
 
 from bacpypes3.apdu import ReadPropertyMultipleACK, SimpleAckPDU, WritePropertyMultipleError
-from bacpypes3.basetypes import ErrorType, ObjectPropertyReference, PropertyIdentifier, ReadAccessResult
+from bacpypes3.basetypes import (
+    ErrorType,
+    ObjectPropertyReference,
+    PropertyIdentifier,
+    ReadAccessResult,
+    ReadAccessResultElement,
+    ReadAccessResultElementChoice,
+)
 from bacpypes3.constructeddata import Array
 from bacpypes3.errors import ExecutionError, ObjectError, PropertyError, RejectException
 from bacpypes3.local.cmd import Commandable
@@ -166,6 +176,10 @@ async def _read(obj: Any, prop: Any, index: int | None) -> list:
     """The result elements for one property reference: one, or one per property of a group."""
     if obj is None or prop not in _GROUPS:  # a missing object gets unknown-object here
         return [await read_property_to_result_element(obj, prop, index)]
+    if index is not None:  # a group is no array: bacpypes3 dropped the index and answered every property whole
+        return [ReadAccessResultElement(propertyIdentifier=prop, propertyArrayIndex=index, readResult=(
+            ReadAccessResultElementChoice(propertyAccessError=ErrorType(errorClass="property",
+                                                                        errorCode="propertyIsNotAnArray"))))]
     required: set[str] = set()
     for cls in type(obj).__mro__:
         required.update(getattr(cls, "_required", ()))

@@ -42,7 +42,7 @@ from bacpypes3.basetypes import (
 )
 from bacpypes3.constructeddata import Any
 from bacpypes3.pdu import Address, IPv4Address
-from bacpypes3.primitivedata import CharacterString, Enumerated, Null, ObjectIdentifier, ObjectType, Real
+from bacpypes3.primitivedata import CharacterString, Enumerated, Null, ObjectIdentifier, ObjectType, Real, Unsigned
 
 from bacnet_api import services as bacnet_services
 from bacnet_api.client import close_stack, start_stack, to_plain
@@ -625,6 +625,34 @@ async def test_read_property_multiple_of_a_missing_object_answers_the_others(gat
     read = {str(e.propertyIdentifier) for e in meter.listOfResults}
     assert ("object-name" in read) == (group != "optional") and ("description" in read) == (group != "required")
     assert all(e.readResult.propertyAccessError is None for e in meter.listOfResults)
+    assert errors_logged(caplog) == []
+
+
+@pytest.mark.parametrize("group", ["all", "required", "optional"])
+async def test_read_property_multiple_of_a_group_with_an_array_index_is_refused_as_no_array(
+        gateway, peer, caplog, group):
+    # ALL, REQUIRED and OPTIONAL name no property, let alone an array: a tool that sends an index with one gets
+    # property-is-not-an-array for that reference (as bacnet-stack answers), not every property's whole value as if
+    # the index were not there, the other references of the request answered beside it
+    addr = where(gateway)
+    with_index = PropertyReference(propertyIdentifier=PropertyIdentifier(group), propertyArrayIndex=1)
+    answer = await request(peer, ReadPropertyMultipleRequest(destination=Address(addr), listOfReadAccessSpecs=[
+        ReadAccessSpecification(objectIdentifier=ObjectIdentifier("analogValue,1"), listOfPropertyReferences=[
+            with_index, PropertyReference(propertyIdentifier=PropertyIdentifier("priorityArray"),
+                                          propertyArrayIndex=0)]),
+        ReadAccessSpecification(objectIdentifier=ObjectIdentifier("analogValue,99"), listOfPropertyReferences=[
+            with_index])]))
+
+    assert isinstance(answer, ReadPropertyMultipleACK), answer
+    point, missing = answer.listOfReadAccessResults
+    refused, length = point.listOfResults
+    assert (str(refused.propertyIdentifier), refused.propertyArrayIndex) == (group, 1)
+    error = refused.readResult.propertyAccessError
+    assert f"{error.errorClass}/{error.errorCode}" == "property/property-is-not-an-array"
+    assert length.readResult.propertyValue.cast_out(Unsigned) == 16     # the array beside it: 16 priorities
+    [unknown] = missing.listOfResults       # the object is looked for first
+    error = unknown.readResult.propertyAccessError
+    assert f"{error.errorClass}/{error.errorCode}" == "object/unknown-object"
     assert errors_logged(caplog) == []
 
 
