@@ -735,7 +735,6 @@ class _Services(PropertyAccess):
         listed = []
         for detection in self._cov_detections.values():
             for cov in detection.cov_subscriptions:
-                ends = cov.cancel_handle.when() if cov.cancel_handle else None
                 listed.append(COVSubscription(
                     recipient=RecipientProcess(recipient=Recipient(address=DeviceAddress(cov.client_addr)),
                                                processIdentifier=cov.proc_id),
@@ -743,14 +742,20 @@ class _Services(PropertyAccess):
                     monitoredPropertyReference=ObjectPropertyReference(
                         objectIdentifier=cov.obj_id, propertyIdentifier="presentValue"),
                     issueConfirmedNotifications=bool(cov.confirmed),
-                    # 0 means no lifetime, so a finite one never rounds down to it
-                    timeRemaining=0 if ends is None else max(1, math.ceil(ends - now)),
+                    timeRemaining=time_remaining(cov, now),
                 ))
         return ListOfCOVSubscription(listed)
+
+    def add_subscription(self, cov: Any) -> None:
+        _extend(self._cov_detections[cov.obj_ref.objectIdentifier], _EndedFirst)
+        super().add_subscription(cov)
 
     def cov_notification(self, cov: Any, apdu: Any) -> None:
         if cov.confirmed and not getattr(cov, "_retry", False) and str(cov.client_addr) in (self._cov_unanswered or {}):
             return  # it stopped answering: the retry's answer brings it the values of every point it watches
+        # as activeCovSubscriptions counts it: bacpypes3 rounded the notification's down, so the first notification
+        # of a lifetime of 60 said 59 where the list said 60
+        apdu.timeRemaining = time_remaining(cov, asyncio.get_running_loop().time())
         super().cov_notification(cov, apdu)
 
     def _confirmed_of(self, key: str) -> list:
@@ -862,6 +867,32 @@ class _Services(PropertyAccess):
         elif not getattr(cov, "_refused", False):  # it is there: its lifetime will end it
             cov._refused = True
             subscribers.warning("%s refused a notification: %s", who, error_text(error))
+
+
+def time_remaining(cov: Any, now: float) -> int:
+    """The seconds left of `cov`'s lifetime at loop time `now`, as activeCovSubscriptions lists them and a notification
+    says them: whole seconds counted up, so a lifetime of 60 says 60 at once and 1 in its last second; 0, which means
+    no lifetime, only for a subscription without one."""
+    if cov.cancel_handle is None:
+        return 0
+    return max(1, math.ceil(cov.cancel_handle.when() - now))
+
+
+class _EndedFirst:
+    """A point's COV detection, which ends a subscription whose lifetime is over before it notifies anyone."""
+
+    def send_cov_notifications(self, subscription: Any = None) -> None:
+        # A loop held up past a subscription's end (a loaded box) may have a change to send before the subscription's
+        # timer has run: bacpypes3 computed a negative time remaining for it, failed with a traceback, and the
+        # subscriptions after it in the list were not notified. It is ended here, as its timer would end it
+        now = asyncio.get_running_loop().time()
+        app = self.obj._app
+        for cov in list(self.cov_subscriptions if subscription is None else [subscription]):
+            if cov.cancel_handle is not None and cov.cancel_handle.when() <= now:
+                app.cancel_subscription(cov)
+        if subscription is not None and subscription.obj_ref is None:
+            return
+        super().send_cov_notifications(subscription)
 
 
 # Property_List lists the properties an object has "other than" these (clause 12.1.x)

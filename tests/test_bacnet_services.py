@@ -11,6 +11,7 @@ import logging
 import math
 import socket
 import struct
+import time
 from importlib.metadata import version
 
 import pytest
@@ -890,6 +891,46 @@ async def cov_subscriptions(peer: BacnetPeer, addr: str) -> list[tuple[int, str,
         Address(addr), ObjectIdentifier(f"device,{DEVICE_ID}"), "activeCovSubscriptions"), 3)
     return [(int(s.recipient.processIdentifier), str(s.monitoredPropertyReference.objectIdentifier),
              bool(s.issueConfirmedNotifications), int(s.timeRemaining)) for s in listed]
+
+
+def notifications_to(peer: BacnetPeer) -> asyncio.Queue:
+    """The unconfirmed COV notifications the peer gets, as (process, seconds left, presentValue) of an analog point."""
+    got: asyncio.Queue = asyncio.Queue()
+
+    async def take(apdu) -> None:
+        value = next(v.value for v in apdu.listOfValues if str(v.propertyIdentifier) == "present-value")
+        got.put_nowait((int(apdu.subscriberProcessIdentifier), int(apdu.timeRemaining), float(value.cast_out(Real))))
+    peer.app.do_UnconfirmedCOVNotificationRequest = take
+    return got
+
+
+async def test_a_notification_says_the_time_remaining_as_the_device_lists_it(gateway, peer):
+    # clause 13.7.1.5 and 12.11.39 count the same seconds: the list said 60 of a lifetime of 60 and the first
+    # notification, sent at the same moment, 59 (bacpypes3 rounds the notification's down)
+    addr, got = where(gateway), notifications_to(peer)
+    assert isinstance(await request(peer, subscribe(addr, "analogValue,4", 7, False, 60)), SimpleAckPDU)
+    process, left, _ = await asyncio.wait_for(got.get(), 3)
+    assert (process, left) == (7, 60)
+    assert [s[3] for s in await cov_subscriptions(peer, addr)] == [60]
+
+
+async def test_a_subscription_whose_lifetime_ended_during_a_stall_is_not_notified_and_the_others_are(gateway, peer,
+                                                                                                     caplog):
+    # A loop held up past a subscription's end (a loaded box) with a change to send before its timer ran: bacpypes3
+    # computed a negative time remaining, failed with a traceback (ValueError: unsigned), and the subscriptions after
+    # it in the list were not notified of the change
+    addr, got = where(gateway), notifications_to(peer)
+    for process, lifetime in ((8, 1), (9, 60)):
+        assert isinstance(await request(peer, subscribe(addr, "analogValue,4", process, False, lifetime)), SimpleAckPDU)
+        await asyncio.wait_for(got.get(), 3)
+    time.sleep(2.2)     # the loop held up: the gateway runs in it
+    gateway.set(EVENT_LEVEL, 3.0)
+    process, left, value = await asyncio.wait_for(got.get(), 3)
+    assert (process, value) == (9, 3.0) and 0 < left <= 60
+    await asyncio.sleep(0.3)    # nothing more comes (the ended one's notification would be as quick)
+    assert got.empty()
+    assert [s[0] for s in await cov_subscriptions(peer, addr)] == [9]
+    assert errors_logged(caplog) == []
 
 
 @pytest.mark.timeout(15)
