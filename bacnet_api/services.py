@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import asyncio
 import calendar
+import contextvars
 import functools
 import logging
 import math
@@ -80,7 +81,7 @@ from bacpypes3.basetypes import (
 from bacpypes3.constructeddata import ArrayOf
 from bacpypes3.errors import (AbortException, ExecutionError, MissingRequiredParameter, ParameterOutOfRange,
                               PropertyError, RejectException, UndefinedEnumeration, UnrecognizedService)
-from bacpypes3.primitivedata import Boolean, Integer, PropertyIdentifier
+from bacpypes3.primitivedata import Boolean, Date, Integer, PropertyIdentifier, Time
 
 from .bug_guard import first_from
 from .client import error_code, error_text, same_station, to_plain
@@ -388,6 +389,15 @@ class _Services(PropertyAccess):
                      and tr.pdu_address == apdu.pduSource and tr.state == AWAIT_RESPONSE), None)
 
     async def indication(self, apdu: Any) -> None:
+        # one clock reading for the whole request: an RPM of localDate and localTime straddling midnight (or a
+        # clock step) would otherwise answer yesterday's date with today's time, a day off for the BAS
+        instant = _request_instant.set(time.time())
+        try:
+            await self._indication(apdu)
+        finally:
+            _request_instant.reset(instant)
+
+    async def _indication(self, apdu: Any) -> None:
         if self._stopping or (self._serving is not None and not self._serving.is_set() and not await self._held(apdu)):
             return
         helper = getattr(self, f"do_{type(apdu).__name__}", None)
@@ -923,11 +933,27 @@ class _Device:
     def protocolObjectTypesSupported(self, value: Any) -> None:
         pass  # derived from the objects the device holds
 
+    @property
+    def localDate(self) -> Date:
+        return Date.now(request_instant())
+
+    @localDate.setter
+    def localDate(self, value: Any) -> None:
+        pass  # the machine's clock
+
+    @property
+    def localTime(self) -> Time:
+        return Time.now(request_instant())
+
+    @localTime.setter
+    def localTime(self, value: Any) -> None:
+        pass  # the machine's clock
+
     # bacpypes3 serves localTime and localDate (the machine's zone) but not these two, so a BAS or a technician
     # could not tell which zone they are in, nor see the box's zone is wrong (unknown-property)
     @property
     def utcOffset(self) -> Integer:
-        return Integer(machine_zone()[0])
+        return Integer(machine_zone(request_instant())[0])
 
     @utcOffset.setter
     def utcOffset(self, value: Any) -> None:
@@ -935,11 +961,20 @@ class _Device:
 
     @property
     def daylightSavingsStatus(self) -> Boolean:
-        return Boolean(machine_zone()[1])
+        return Boolean(machine_zone(request_instant())[1])
 
     @daylightSavingsStatus.setter
     def daylightSavingsStatus(self, value: Any) -> None:
         pass  # the machine's zone
+
+
+_request_instant: contextvars.ContextVar[float | None] = contextvars.ContextVar("request_instant", default=None)
+
+
+def request_instant() -> float:
+    """The wall clock as the request being answered first read it (now, outside a request)."""
+    instant = _request_instant.get()
+    return time.time() if instant is None else instant
 
 
 def machine_zone(now: float | None = None) -> tuple[int, bool]:

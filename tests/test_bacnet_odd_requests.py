@@ -209,6 +209,28 @@ async def test_an_array_index_on_a_property_that_is_not_an_array_is_refused_as_s
     assert errors_logged(caplog) == []
 
 
+async def test_the_device_date_and_time_in_one_read_are_one_instant(gateway, peer, monkeypatch):
+    # a BAS reading localDate and localTime in one RPM as midnight passes must not get yesterday's date with
+    # today's time (a day off): each reading of the clock here is a second later than the one before, across midnight
+    from bacnet_api import services
+    midnight = time.mktime((time.localtime().tm_year, 6, 1, 0, 0, 0, 0, 0, -1))
+    readings = []
+
+    class Clock:
+        def __getattr__(self, name):
+            return getattr(time, name)
+
+        def time(self):
+            readings.append(midnight - 1.5 + len(readings))
+            return readings[-1]
+
+    monkeypatch.setattr(services, "time", Clock())
+    rows = await peer.read_multiple(where(gateway), [(f"device {DEVICE_ID}", ["localDate", "localTime", "localDate"])])
+    date, time_ = rows[(f"device {DEVICE_ID}", "localDate")], rows[(f"device {DEVICE_ID}", "localTime")]
+    told = [[list(Date.now(t))[:3], list(Time.now(t))[:3]] for t in readings]
+    assert [list(date)[:3], list(time_)[:3]] in told, (date, time_, told)
+
+
 async def test_time_synchronization_from_the_bas_is_ignored_quietly(gateway, peer, caplog):
     # the machine's clock is NTP's: the device lists neither service and executes neither, and a BAS that
     # sends them every few minutes must not fill the log
