@@ -70,8 +70,8 @@ async def test_an_opt_sent_again_keeps_its_opt_id(tmp_path, free_tcp_port):
 
     @web.middleware
     async def opts(request, handler):
-        if request.path.endswith("/EiOpt"):
-            body = (await request.read()).decode()
+        body = (await request.read()).decode() if request.path.endswith("/EiOpt") else ""
+        if "oadrCreateOpt" in body:
             sent.append(tuple(re.search(f"<ei:{tag}>([^<]*)<", body).group(1)
                               for tag in ("eventID", "optType", "optID")))
         return await handler(request)

@@ -70,6 +70,10 @@ VTN_SYNC_WAIT_S = 5.0    # see EventSchedule.synced
 
 
 class EventSchedule:
+    @property
+    def storage(self) -> Storage:
+        return self._storage
+
     def __init__(self, storage: Storage, on_change: Callable[[ScheduleState], None],
                  clock: Callable[[], datetime] = utcnow, keep_recent: timedelta = timedelta(hours=24),
                  keep_history: timedelta = KEEP_HISTORY, programmes: frozenset[str] = frozenset()):

@@ -35,6 +35,7 @@ from .tasks import cancel_and_wait
 from .schedule import EventSchedule
 from .telemetry import TelemetryQueue
 from .vtn_events import VtnEvents, _answers_text
+from .vtn_opts import OptLedger
 from .vtn_outage import VtnOutage, _Outage
 from .vtn_delivery import VtnDelivery
 from .vtn_reports import Standing, Unrequested, VtnReports
@@ -183,8 +184,8 @@ class VtnClient(VtnEvents, VtnReports, VtnDelivery, VtnUpdates, VtnStatus, VtnOu
         self._singly: set[str] = set()      # events whose answers go one per message: their batch was refused
         self._vtn_mods: dict[str, int] = {}     # event -> its modificationNumber in the VTN's last listing
         self._opt_failed_at: dict[str, int] = {}    # event -> when its answer last failed (VtnEvents._opt_fails)
-        # (event, modification, opt) -> the optID its oadrCreateOpt carries, the same each time it is sent again
-        self._opt_ids: dict[tuple[str, int, str], str] = {}
+        # the opts created at the VTN (oadrCreateOpt) and those to withdraw, across restarts (ven/vtn_opts.py)
+        self._opt_ledger = OptLedger(schedule.storage)
         # events of the message being handled that were listed again unchanged (each re-registration lists every
         # event to a fresh openleadr client): one line for them all, not one per event each time
         self._relisted = 0

@@ -399,7 +399,7 @@ class VtnEvents:
                      eid, ", ".join(others))
 
     async def _send_opts(self) -> None:
-        if self._pending_opts and self._client is not None:
+        if (self._pending_opts or self._opt_ledger.to_cancel) and self._client is not None:
             async with self._opts_lock:
                 await self._send_opts_locked()
         self._track_opts_not_taken()
@@ -449,8 +449,10 @@ class VtnEvents:
         # gateway must not hold other answers than the ones the VTN heard
         await self._schedule.synced()
         self._opts_failed_why = None
-        failed_in_a_row = 0
         messages = self._opt_messages()
+        if not await self._withdraw_opts():
+            return
+        failed_in_a_row = 0
         for by_create_opt, answers in messages:
             if self._client is None:
                 return
@@ -459,14 +461,16 @@ class VtnEvents:
             if by_create_opt:
                 (eid, mod, opt), = answers
                 # 2.0b's optID names the opt at the VTN: one sent again (its answer lost, a time-out, a VTN failing
-                # for a while) is the same opt, not another the VTN would keep beside it. A new answer, a new ID.
-                opt_id = self._opt_ids.setdefault((eid, mod, opt), outils.generate_id())
+                # for a while, a restart) is the same opt, as first sent, not another the VTN would keep beside it.
+                # A new answer, a new opt (ven/vtn_opts.py).
+                sent = self._opt_ledger.for_answer(eid, mod, opt)
                 msg = self._client._create_message(
-                    "oadrCreateOpt", request_id=outils.generate_id(), ven_id=self.ven_id,
-                    opt_id=opt_id, opt_type=opt,
+                    "oadrCreateOpt", request_id=sent.request_id, ven_id=self.ven_id,
+                    opt_id=sent.opt_id, opt_type=opt,
                     opt_reason="participating" if opt == OPT_IN else "notParticipating",
-                    created_date_time=_utcnow(), event_id=eid, modification_number=self._on_wire(eid, mod),
+                    created_date_time=sent.created_at, event_id=eid, modification_number=self._on_wire(eid, mod),
                     targets=[{"ven_id": self.ven_id}])
+                self._opt_ledger.tried(sent)
                 rtype, payload = await self._client._perform_request("EiOpt", msg)
             else:
                 # the eventResponse names the oadrDistributeEvent that carried the event (rule 42), so the
@@ -520,6 +524,8 @@ class VtnEvents:
                 messages += [(False, [a]) for a in answers if self._pending_opts.get(a[0]) == (a[1], a[2], False)]
                 continue
             for eid, mod, answer in answers:
+                if by_create_opt and not self._client.refused:
+                    self._opt_ledger.taken(eid)
                 if self._pending_opts.get(eid) == (mod, answer, by_create_opt):
                     del self._pending_opts[eid]
                     self._singly.discard(eid)
@@ -532,6 +538,40 @@ class VtnEvents:
                 continue
             self._answers_taken((eid, answer) for eid, _, answer in answers)
             told.setdefault((opt, by_create_opt), []).extend(answers)
+
+    async def _withdraw_opts(self) -> bool:
+        """oadrCancelOpt for each opt the VTN holds that no longer says the site's answer (the BAS changed its mind),
+        before the new opt goes: a VTN keeping opts by optID held the optOut and the optIn after it side by side, and
+        the utility's operator read the site both ways. False: the VTN is out of reach."""
+        failed_in_a_row = 0
+        for opt_id, held in list(self._opt_ledger.to_cancel.items()):
+            if self._client is None:
+                return False
+            if failed_in_a_row >= OPTS_FAILED_IN_A_ROW:
+                return True     # a VTN failing what it is sent: the rest at the next pass, the new answers now
+            msg = self._client._create_message("oadrCancelOpt", request_id=outils.generate_id(), ven_id=self.ven_id,
+                                               opt_id=opt_id)
+            rtype, _ = await self._client._perform_request("EiOpt", msg)
+            if rtype is None and self._client.error_status is None:
+                return False
+            status = self._client.error_status
+            failed = self._client.failure(rtype)
+            refused = self._client.refused or (failed and status is not None and 400 <= status < 500
+                                               and status not in (401, 403, 407, 408, 429))
+            if failed and not refused:
+                log.debug("oadrCancelOpt %s failed (%s): sent again at the next pass", opt_id, failed)
+                failed_in_a_row += 1
+                continue
+            failed_in_a_row = 0
+            self._opt_ledger.withdrawn(opt_id)
+            what = f"the {held.opt} oadrCreateOpt for event {held.event_id} (modification {held.modification})"
+            if refused:
+                # a VTN serving no oadrCancelOpt, or one that no longer has the opt: the new opt still goes
+                log.info("the VTN did not withdraw %s (oadrCancelOpt %s: %s): the new answer goes all the same", what,
+                         opt_id, self._client.refused or failed)
+            else:
+                log.info("withdrew %s at the VTN (oadrCancelOpt %s)", what, opt_id)
+        return True
 
     def _drop_if_over(self, answer: tuple[str, int, str], why: str) -> None:
         """An answer to an event whose active period is over, failed by the VTN with an HTTP error status, is not sent
@@ -567,12 +607,12 @@ class VtnEvents:
         groups: dict[tuple[str, str], list[tuple[str, int, str]]] = {}
         for gone in [eid for eid in self._opt_failed_at if eid not in self._pending_opts]:
             del self._opt_failed_at[gone]
-        for gone in [k for k in self._opt_ids if self._pending_opts.get(k[0]) != (k[1], k[2], True)]:
-            del self._opt_ids[gone]
+        self._opt_ledger.keep_only({eid for eid, (_, _, by) in self._pending_opts.items() if by}, self._schedule.get)
         # never failed first, then the one failed longest ago: a pass that stops at failures tries each in turn
         waiting = sorted(self._pending_opts.items(), key=lambda item: self._opt_failed_at.get(item[0], 0))
         for eid, (mod, opt, by_create_opt) in waiting:
             if by_create_opt:
+                self._opt_ledger.supersede(eid, mod, opt)
                 out.append((True, [(eid, mod, opt)]))
                 continue
             key = (self._distributed_in.get(eid) or eid, opt) if eid not in self._singly else (eid, "singly")

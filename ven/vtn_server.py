@@ -69,6 +69,8 @@ class DemoVtn:
         self.opts: list[tuple[str, str, str]] = []          # (ven_id, event_id, opt_type)
         # (ven_id, event_id, modification_number, opt_type, opt_reason) per oadrCreateOpt
         self.created_opts: list[tuple[str, str | None, int | None, str, str]] = []
+        # optID -> (ven_id, event_id, opt_type): the opts the VTN holds, created and not cancelled
+        self.held_opts: dict[str, tuple[str, str | None, str]] = {}
         # (ven_id, resource_id, measurement, unit, scale, sampling interval) per report offered
         self.report_offers: list[tuple[str, str, str, str, str, timedelta]] = []
         self.vens: dict[str, dict] = {}                       # ven_id -> ven_name, registration_id, fingerprint
@@ -113,7 +115,7 @@ class DemoVtn:
         registration["oadrCreatePartyRegistration"] = create_party_registration
         # openleadr's VTN has no EiOpt endpoint (its OptService is a stub that is never served)
         opts = OptService(vtn_id)
-        opts.handlers = {"oadrCreateOpt": self._on_create_opt}
+        opts.handlers = {"oadrCreateOpt": self._on_create_opt, "oadrCancelOpt": self._on_cancel_opt}
         s.app.add_routes([web.post(f"{s.http_path_prefix}/{opts.__service_name__}", opts.handler)])
         s.app.middlewares.append(_refuse_what_the_ven_refuses)
 
@@ -144,9 +146,10 @@ class DemoVtn:
                   test_event: bool = False, start_after_seconds: float = 0.0,
                   extra_signals: Iterable[tuple[str, str, Iterable[float]]] = (),
                   market_context: str = "oadr://demo.utility/dr", priority: int = 0,
-                  open_ended: bool = False) -> str:
+                  open_ended: bool = False, response_required: str = "always") -> str:
         """Queue an event whose signal has one interval per level, back to back from `start`.
-        `open_ended`: its one level holds until the event is cancelled (duration 0, 2.0b rule 47)."""
+        `open_ended`: its one level holds until the event is cancelled (duration 0, 2.0b rule 47).
+        `response_required` "never": the VEN answers it by oadrCreateOpt, not oadrCreatedEvent."""
         event_id = event_id or f"evt-{uuid.uuid4().hex[:10]}"
         levels = list(levels)
         if open_ended and len(levels) != 1:
@@ -163,7 +166,8 @@ class DemoVtn:
                 event_status="far", test_event=test_event, priority=priority),
             event_signals=signals,
             targets=[objects.Target(ven_id=v) for v in self.vens] or [objects.Target(group_id="all")],
-            active_period=objects.ActivePeriod(dtstart=start, duration=duration, tolerance=tolerance))
+            active_period=objects.ActivePeriod(dtstart=start, duration=duration, tolerance=tolerance),
+            response_required=response_required)
         self._events.append(event)
         self._touch()
         log.info("demo VTN: event %s added (%s from %s)", event_id, list(levels), start.isoformat(timespec="seconds"))
@@ -484,9 +488,21 @@ class DemoVtn:
         mod = payload.get("modification_number")
         self.created_opts.append((payload.get("ven_id"), payload.get("event_id"), None if mod is None else int(mod),
                                   payload["opt_type"], payload["opt_reason"]))
+        self.held_opts[payload.get("opt_id")] = (payload.get("ven_id"), payload.get("event_id"), payload["opt_type"])
         return "oadrCreatedOpt", {"opt_id": payload.get("opt_id"),
                                   "response": {"response_code": 200, "response_description": "OK",
                                                "request_id": payload.get("request_id")}}
+
+    def _on_cancel_opt(self, payload):
+        known = self.held_opts.pop(payload.get("opt_id"), None) is not None
+        return "oadrCanceledOpt", {"opt_id": payload.get("opt_id"),
+                                   "response": {"response_code": 200 if known else 452,
+                                                "response_description": "OK" if known else "invalid ID",
+                                                "request_id": payload.get("request_id")}}
+
+    def opts_held_for(self, event_id: str) -> list[str]:
+        """The opt types the VTN holds for the event: what its operator sees of the site's answer."""
+        return [o for _, e, o in self.held_opts.values() if e == event_id]
 
     def created_opts_for(self, event_id: str) -> list[str]:
         return [o for _, e, _, o, _ in self.created_opts if e == event_id]
