@@ -67,10 +67,12 @@ async def test_an_opt_sent_again_keeps_its_opt_id(tmp_path, free_tcp_port):
     logging.getLogger("openleadr").setLevel(logging.CRITICAL)
     vtn = UtilityVtn(free_tcp_port())
     sent: list[tuple[str, str, str]] = []      # (eventID, optType, optID) of each oadrCreateOpt, as it came
+    cancels: list[str] = []
 
     @web.middleware
     async def opts(request, handler):
         body = (await request.read()).decode() if request.path.endswith("/EiOpt") else ""
+        cancels.extend(["oadrCancelOpt"] * ("oadrCancelOpt" in body))
         if "oadrCreateOpt" in body:
             sent.append(tuple(re.search(f"<ei:{tag}>([^<]*)<", body).group(1)
                               for tag in ("eventID", "optType", "optID")))
@@ -88,3 +90,4 @@ async def test_an_opt_sent_again_keeps_its_opt_id(tmp_path, free_tcp_port):
     ins = {oid for eid, opt, oid in sent if opt == "optIn"}
     assert {eid for eid, _, _ in sent} == {"silent"}, sent
     assert len(outs) == 1 and len(ins) == 1 and outs != ins, sent
+    assert cancels == [], "an opt the VTN refused (404) is none it holds: nothing to withdraw"

@@ -93,3 +93,34 @@ async def test_a_restart_tells_the_vtn_the_opt_it_holds(tmp_path, free_tcp_port)
     (first, _), (told_again, status) = _creates(seen, "optOut")
     assert told_again == first and status == 200, (first, told_again)
     assert vtn.opts_held_for("silent") == ["optOut"]
+
+
+@pytest.mark.timeout(60)
+async def test_a_vtn_that_will_not_withdraw_an_opt_still_gets_the_new_one(tmp_path, free_tcp_port, caplog):
+    """A VTN serving oadrCreateOpt but not oadrCancelOpt (HTTP 404): the optIn goes all the same, in one INFO line,
+    and the cancel is not sent again at each poll."""
+    caplog.set_level(logging.INFO, logger="ven")
+    logging.getLogger("openleadr").setLevel(logging.CRITICAL)
+    vtn = DemoVtn(free_tcp_port(), poll_seconds=1)
+    cancels: list[bytes] = []
+
+    @web.middleware
+    async def no_cancel(request, handler):
+        if request.path.endswith("/EiOpt") and b"oadrCancelOpt" in (body := await request.read()):
+            cancels.append(body)
+            return web.Response(status=404, text="Not Found")
+        return await handler(request)
+    vtn._server.app.middlewares.insert(0, no_cancel)
+    async with vtn, running(tmp_path, vtn.url) as gw:
+        await until(lambda: gw.vtn.connected, 10, "registration")
+        vtn.add_event([1.0], now() - timedelta(seconds=1), 600, event_id="silent", response_required="never")
+        await until(lambda: gw.schedule.get("silent"), 10, "listed")
+        gw.vtn.set_opt_out(True)
+        await until(lambda: vtn.opts_held_for("silent") == ["optOut"], 10, "the VTN holds the optOut")
+        gw.vtn.set_opt_out(False)
+        await until(lambda: sorted(vtn.opts_held_for("silent")) == ["optIn", "optOut"], 10, "the optIn taken")
+        polls = gw.vtn.polls_total
+        await until(lambda: gw.vtn.polls_total >= polls + 2, 10, "two polls more")
+    assert len(cancels) == 1
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("the VTN did not withdraw")]
+    assert len(said) == 1 and "HTTP 404" in said[0] and said[0].endswith("the new answer goes all the same"), said

@@ -472,6 +472,11 @@ class VtnEvents:
                     targets=[{"ven_id": self.ven_id}])
                 self._opt_ledger.tried(sent)
                 rtype, payload = await self._client._perform_request("EiOpt", msg)
+                status = self._client.error_status
+                if self._client.refused or (status is not None and 400 <= status < 500):
+                    # refused: the VTN holds no such opt, and a change of answer has none to withdraw (openleadr's VTN,
+                    # serving no EiOpt, got an oadrCancelOpt failed 404 after each oadrCreateOpt failed 404)
+                    self._opt_ledger.not_held(sent)
             else:
                 # the eventResponse names the oadrDistributeEvent that carried the event (rule 42), so the
                 # VTN can match it, as it does the answer openleadr sent on that message

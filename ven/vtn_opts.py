@@ -84,6 +84,11 @@ class OptLedger:
             self._tried.add(opt.opt_id)
             self._save()
 
+    def not_held(self, opt: Opt) -> None:
+        if opt.opt_id in self._tried:
+            self._tried.discard(opt.opt_id)
+            self._save()
+
     def taken(self, eid: str) -> None:
         opt = self._sending.pop(eid, None)
         if opt is not None:
