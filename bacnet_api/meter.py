@@ -611,7 +611,9 @@ class MeterClient:
                 self.on_reading(reading)
 
     def _log_end(self, window: _FaultWindow, now: float, reading: MeterReading) -> None:
-        lasted, steady = span(window.steady_since - window.since), span(now - window.steady_since)
+        # "steady for" is what meter.settle_seconds counts: the time since the last failed read. Counted from the
+        # first good read after it, a 60 s setting read "steady for 57 s" at a 3 s poll, less than the rule it ended by
+        lasted, steady = span(window.steady_since - window.since), span(now - self._settle.last_bad)
         if window.faults == 1:
             log.info("meter answering again after %s (%d read%s failed), steady for %s: %s = %.2f kW",
                      lasted, window.failed, "" if window.failed == 1 else "s", steady, self.address, reading.value)

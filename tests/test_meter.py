@@ -106,6 +106,22 @@ async def test_the_debug_line_of_each_read_says_its_kw_or_why_it_failed(gateway,
     assert said and said[0].startswith(f"meter read failed at {stamp}Z: {reading.error} in "), said
 
 
+async def test_steady_for_is_the_settle_period_the_end_waited_for(gateway, sim, caplog):
+    """The end line's "steady for" counted from the first good read after the last failed one, while
+    meter.settle_seconds counts from the failed read: a 60 s setting read "steady for 57 s" at a 3 s poll, and
+    the operator could not tell which rule held. Here the first good read comes 1.5 s after the failure."""
+    caplog.set_level(logging.INFO, logger="bacnet_api.meter")
+    meter = client(gateway, sim, settle_seconds=3.0)
+    sim.set_silent(True)
+    assert (await answers_within(meter, FAST).read_once()).value is None
+    sim.set_silent(False)
+    await asyncio.sleep(1.5)
+    answers_within(meter, ANSWERS)
+    await read_until_steady(meter)
+    end, = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO and r.name == "bacnet_api.meter"]
+    assert int(re.search(r"steady for (\d+) s", end).group(1)) >= 3, end
+
+
 async def test_silent_meter_faults_once_and_recovers_once(gateway, sim, caplog):
     caplog.set_level(logging.INFO, logger="bacnet_api.meter")
     seen: list[MeterReading] = []
