@@ -340,10 +340,13 @@ def cmd_read_meter(args) -> int:
         property=m.property, router=m.router, timeout=m.timeout_seconds,
         bounds=(float32(cfg.bacnet.input_min_kw), float32(cfg.bacnet.input_max_kw)), units=m.units or None))
     if reading.value is None:
-        print(f"meter {m.address} {m.object} {m.property}: no value: {reading.error}", file=sys.stderr)
-        hint = _read_meter_hint(cfg, bind, args.bind is not None, reading.error or "")
+        # the cause first: where read-meter stood. A port taken means the meter was never asked, and "no value"
+        # above the hint read as the meter's failure, the hint as an afterthought
+        hint, never_asked = _read_meter_hint(cfg, bind, args.bind is not None, reading.error or "")
         if hint:
             print(f"read-meter: {hint}", file=sys.stderr)
+        if not never_asked:
+            print(f"meter {m.address} {m.object} {m.property}: no value: {reading.error}", file=sys.stderr)
         return 1
     # how the value was taken, which the meter's log lines (silenced above with its fault line) say in `run`: a
     # watts meter stating noUnits read 50000.000 kW here with nothing beside it (helper meters41 W3)
@@ -356,10 +359,10 @@ def cmd_read_meter(args) -> int:
     return 0
 
 
-def _read_meter_hint(cfg: GatewayConfig, bind: str, bound_elsewhere: bool, error: str) -> str | None:
-    """What to change when a read failed for where read-meter stood, not for the meter. Run beside the gateway it
-    said only "Address already in use", and with --bind but no meter.router "no router ... answered"; neither said
-    what to do (README step 5 does, far from the terminal)."""
+def _read_meter_hint(cfg: GatewayConfig, bind: str, bound_elsewhere: bool, error: str) -> tuple[str | None, bool]:
+    """What to change when a read failed for where read-meter stood, not for the meter, and whether the meter was
+    never asked (the port taken). Run beside the gateway it said only "Address already in use", and with --bind but no
+    meter.router "no router ... answered"; neither said what to do (README step 5 does, far from the terminal)."""
     from bacnet_api.client import ensure_port_free, network_of
 
     ip_mask, sep, port = bind.rpartition(":")
@@ -372,15 +375,15 @@ def _read_meter_hint(cfg: GatewayConfig, bind: str, bound_elsewhere: bool, error
         ensure_port_free(bind)
     except OSError as err:
         if err.errno != errno.EADDRINUSE:
-            return None
+            return None, False
         other = f"{ip_mask}:{int(port) + 1 if port.isdigit() and int(port) < 65535 else 47809}"
         who = "" if bound_elsewhere else " (by the gateway, running on bacnet.address?)"
-        return (f"UDP port {port} is taken{who}: beside a running gateway give --bind another port of the same "
-                f"address (e.g. --bind {other})" + (f", and {router}" if router else ""))
+        return (f"UDP port {port} is taken{who}, so the meter was not read: beside a running gateway give --bind "
+                f"another port of the same address (e.g. --bind {other})" + (f", and {router}" if router else "")), True
     own_port = cfg.bacnet.address.rpartition(":")[2]
     if router and error.startswith("no router to network") and port != own_port:
-        return f"--bind's port {port} is not the BACnet port {own_port}: {router}"
-    return None
+        return f"--bind's port {port} is not the BACnet port {own_port}: {router}", False
+    return None, False
 
 
 def _ensure_tcp_port_free(address: str) -> None:
