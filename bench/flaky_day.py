@@ -60,8 +60,8 @@ SCALE = {"meter": 10 / METER_POLL, "VTN": 10 / VTN_POLL, "BAS input": 300 / STAL
 # source: (any line of it, its start lines, its end lines)
 SOURCES = {
     "meter": (r"\bmeter (fault|answering)", r"meter fault", r"meter answering"),
-    "VTN": (r"VTN|registered with|[Pp]oll", r"VTN (poll|registration) failed|VTN context lost|VTN .* again .* after it "
-            r"answered|VTN outage goes on", r"VTN connected"),
+    "VTN": (r"VTN|registered with|[Pp]oll", r"VTN (poll|registration) failed|VTN registration lost|"
+            r"VTN .* again .* after it answered|VTN outage goes on", r"VTN connected"),
     "BAS input": (r"forecaster (now )?learns from|forecaster has (no )?power input",
                   r"learns from meter \(BAS input not written|has no power input",
                   r"learns from bacnet_input|has power input again"),

@@ -125,7 +125,7 @@ async def test_re_registrations_list_every_event_again_in_one_line_each(tmp_path
             assert all(not gw.schedule.get(e).cancelled for e in ids), "no event lost"
             assert said(caplog, "listed again") == ["12 event(s) listed again, unchanged"] * 2
             assert [r.levelname for r in caplog.records if "listed again" in r.getMessage()] == ["INFO", "DEBUG"]
-            lost = said(caplog, "context lost again")   # settle_seconds 0 here: it said "steadily for 0 s"
+            lost = said(caplog, "registration lost again")   # settle_seconds 0 here: it said "steadily for 0 s"
             assert len(lost) == 1 and lost[0].endswith("logged as ended at the VTN's next answer"), lost
             per_event = [r for r in caplog.records if r.name == "ven.vtn" and any(e in r.getMessage() for e in ids)]
             assert len(per_event) == 12, "one line per event, when it arrived"

@@ -291,7 +291,7 @@ async def test_a_new_registration_ends_the_status_requests(tmp_path, free_tcp_po
 async def test_a_reregistration_answer_that_comes_after_the_new_registration_registers_no_third_time(
         tmp_path, free_tcp_port, caplog):
     # a CI run at -n 6: the VTN forgot the VEN with a status update on its way; the poll's answer started the new
-    # registration, and the update's answer, read once it stood, began another ("VTN context lost again")
+    # registration, and the update's answer, read once it stood, began another ("VTN registration lost again")
     async with registered(tmp_path, free_tcp_port()) as (server, rig):
         (rrid,) = server.create_status_report(rig.vtn.ven_id, S, timedelta(0))
         await until(lambda: status(server, rrid), 10, "status")

@@ -142,8 +142,8 @@ async def test_a_vtn_outage_with_a_status_request_is_still_one_line_when_it_star
 async def test_a_vtn_outage_is_one_line_when_it_starts_and_one_when_it_ends(tmp_path, free_tcp_port, caplog):
     # The VTN down at start-up, then up; then stopped long enough for the polls to fail and the registrations after
     # them to fail too, and started again knowing no VEN. The second outage logged five lines, two of them warnings
-    # ("poll failed", "context lost", "registration failed", "reachable again", "polls answered again"). Each is one
-    # fault: one WARNING when it starts, one INFO when it ends, and the status says the same meanwhile.
+    # ("poll failed", "registration lost", "registration failed", "reachable again", "polls answered again"). Each is
+    # one fault: one WARNING when it starts, one INFO when it ends, and the status says the same meanwhile.
     caplog.set_level(logging.INFO, logger="ven")
     port = free_tcp_port()
     vtn = None
@@ -670,8 +670,8 @@ async def test_a_poll_refused_as_an_unknown_ven_and_an_answer_met_by_a_reregistr
 async def test_a_reregistration_asked_for_while_registering_says_why(
         tmp_path, free_tcp_port, caplog, service, message_type, met_by):
     # A VTN that forgets the VEN while it registers answers the next step oadrRequestReregistration: the gateway
-    # logged "context lost (unknown reason)", or "VTN sent oadrRequestReregistration ... ignored" and went on
-    # polling, and flipped ADR-VTN-Connected on and off
+    # logged "context lost (unknown reason)" (0.3.x wording), or "VTN sent oadrRequestReregistration ... ignored" and
+    # went on polling, and flipped ADR-VTN-Connected on and off
     caplog.set_level(logging.INFO, logger="ven")
     async with DemoVtn(free_tcp_port(), poll_seconds=1) as server:
         a = server.add_event([1], now() + timedelta(minutes=5), 60)
@@ -687,9 +687,9 @@ async def test_a_reregistration_asked_for_while_registering_says_why(
         async with running(tmp_path, server.url) as gw:
             await until(lambda: server.registrations == 2 and gw.vtn.connected, 10, "registered again")
             await until(lambda: server.opts_for(a)[-1:] == ["optIn"], 5, "the event answered once registered again")
-            assert said(caplog, "VTN context lost") == [
-                f"VTN context lost (the VTN no longer knows this VEN (re-registration requested in answer to {met_by})); "
-                "registering again"]
+            assert said(caplog, "VTN registration lost") == [
+                f"VTN registration lost (the VTN no longer knows this VEN (re-registration requested in answer to "
+                f"{met_by})); registering again"]
             assert not said(caplog, "does not handle") and gw.vtn.reregistrations == 1
             assert gw.connected == [True], "connected once the registration stands"
 
@@ -716,8 +716,8 @@ async def test_a_reregistration_met_by_an_offer_made_again_ends_the_session_befo
             await until(lambda: said(caplog, "the VTN did not take the telemetry report offer (HTTP 500"), 10,
                         "registered, the offer failed")
             await until(lambda: server.registrations == 2 and gw.vtn.connected, 10, "registered again")
-            assert said(caplog, "VTN context lost") == [
-                "VTN context lost (the VTN no longer knows this VEN (re-registration requested in answer to the "
+            assert said(caplog, "VTN registration lost") == [
+                "VTN registration lost (the VTN no longer knows this VEN (re-registration requested in answer to the "
                 "telemetry report offer)); registering again"]
             assert gw.vtn.reregistrations == 1
 
@@ -1226,7 +1226,8 @@ async def test_a_vtn_refusing_every_poll_is_one_fault_across_re_registrations(tm
             assert len(ended) == 1 and re.search(r"\d+ failed poll\(s\), ([3-9]|\d\d+) registration attempt\(s\) of which 0 "
                                                  r"failed\)$", ended[0]), "one line when it ends"
             assert len(said(caplog, "registered with VTN")) == 2, "the first registration and the first re-registration"
-            assert not said(caplog, "VTN context lost") and not said(caplog, "registering again"), "DEBUG: the outage's own"
+            assert not said(caplog, "VTN registration lost") and not said(caplog, "registering again"), \
+                "DEBUG: the outage's own"
             assert gw.connected == [True, False, True], "no flip at each re-registration"
 
 
@@ -1284,7 +1285,7 @@ async def test_a_vtn_refusing_every_poll_says_nothing_again_at_each_re_registrat
 async def test_a_vtn_asking_to_register_again_each_time_is_one_fault(
         tmp_path, free_tcp_port, caplog, asked_at, reason, flips):
     # A VTN in a loop: it takes each registration, then answers the first poll (or the event request that completes the
-    # registration) with oadrRequestReregistration. Each cycle was one WARNING "VTN context lost", three INFO lines
+    # registration) with oadrRequestReregistration. Each cycle was one WARNING "VTN registration lost", three INFO lines
     # (registered, telemetry requested, events listed again) and a flip of `connected`, and the gateway never had a
     # working session. The first request is news; asked again before a poll was answered, it is an outage.
     caplog.set_level(logging.INFO, logger="ven")
@@ -1305,8 +1306,9 @@ async def test_a_vtn_asking_to_register_again_each_time_is_one_fault(
     lines = gateway_lines(caplog, mark)
     assert not said_again(lines), lines
     assert [m for level, m in lines if level == "WARNING"] == [
-        "VTN context lost (the VTN asked for re-registration); registering again",
-        f"VTN context lost again before a poll was answered ({reason}); registering again (backoff up to 0.25 s)"], lines
+        "VTN registration lost (the VTN asked for re-registration); registering again",
+        f"VTN registration lost again before a poll was answered ({reason}); registering again (backoff up to "
+        "0.25 s)"], lines
     ended = [m for _, m in lines if m.startswith("VTN connected")]
     assert len(ended) == 1, lines
     counts = re.fullmatch(r"VTN connected again after \d+ s \(0 failed poll\(s\), (\d+) registration attempt\(s\) "
@@ -1319,7 +1321,7 @@ async def test_a_vtn_asking_to_register_again_each_time_is_one_fault(
 async def test_a_vtn_message_the_session_cannot_handle_at_each_poll_is_one_fault(tmp_path, free_tcp_port, caplog,
                                                                                  served_on):
     # A message whose handling raises, polled again after each re-registration: every cycle was an ERROR "VTN
-    # session error", a WARNING "VTN context lost", a registration line and a flip of `connected`; now one fault,
+    # session error", a WARNING "VTN registration lost", a registration line and a flip of `connected`; now one fault,
     # one ERROR. The defect that showed it (a reportInterval of P9999Y overflowed) is fixed, so a defect in the
     # handling of oadrCreateReport is stood in for here; the VTN and the messages are real.
     caplog.set_level(logging.INFO, logger="ven")
@@ -1428,7 +1430,7 @@ async def test_a_vtn_cancel_of_another_registration_is_answered_452_and_ours_sta
             await until(lambda: [r[4] for r in server.reports] == [21.5], 5, "telemetry under the same request")
             assert server.registrations == 1 and gw.vtn.registration_id == ours and gw.vtn.connected
             assert gw.vtn.status()["report_request_id"] == rrid and gw.vtn.status()["reregistrations"] == 0
-            assert not said(caplog, "VTN context lost")
+            assert not said(caplog, "VTN registration lost")
             assert said(caplog, "VTN cancelled registration") == [
                 f"VTN cancelled registration not-ours, which is not this VEN's ({ours}): answered 452, the "
                 "registration stands"]
@@ -1450,7 +1452,7 @@ async def test_a_vtn_cancel_of_our_registration_is_answered_and_registers_anew_k
         await until(lambda: 31.0 in [r[4] for r in server.reports], 5, "telemetry after registering anew")
         assert sorted(r[4] for r in server.reports) == [30.0, 31.0], "each reading once, none lost"
         assert gw.level == 2.0 and not gw.schedule.get(eid).cancelled
-        assert len(said(caplog, "VTN context lost (the VTN cancelled the registration")) == 1
+        assert len(said(caplog, "VTN registration lost (the VTN cancelled the registration")) == 1
 
 
 @pytest.mark.timeout(30)

@@ -88,7 +88,7 @@ async def test_a_vtn_failing_one_poll_in_a_few_is_one_intermittent_fault(tmp_pat
 
 async def test_a_vtn_asking_to_register_again_after_short_sessions_is_one_intermittent_fault(
         tmp_path, free_tcp_port, caplog):
-    # A load balancer in front of two VTNs, one of which knows the VEN: each time, a WARNING "VTN context lost" and
+    # A load balancer in front of two VTNs, one of which knows the VEN: each time, a WARNING "VTN registration lost" and
     # the registration's lines (registered, telemetry requested) again. The fault counts the registration lost at
     # its start among its attempts.
     caplog.set_level(logging.INFO, logger="ven")
@@ -109,14 +109,15 @@ async def test_a_vtn_asking_to_register_again_after_short_sessions_is_one_interm
     warnings = [m for level, m in lines if level == "WARNING"]
     # the first loss is news (a VTN may lose its registrations once); the second soon after is a pattern
     assert len(warnings) == 2, lines
-    assert warnings[0] == "VTN context lost (the VTN asked for re-registration); registering again"
-    assert re.fullmatch(r"VTN context lost again \d+ s after the last time \(the VTN asked for re-registration\); "
+    assert warnings[0] == "VTN registration lost (the VTN asked for re-registration); registering again"
+    assert re.fullmatch(r"VTN registration lost again \d+ s after the last time \(the VTN asked for re-registration\); "
                         r"registering again: one intermittent fault, logged as ended once the VTN answers steadily "
                         r"for 1 s", warnings[1]), warnings
     assert len([m for _, m in lines if m.startswith("registered with VTN")]) == 1, "said after the first loss only"
     ended = [m for _, m in lines if m.startswith("VTN connected")]
     assert len(ended) == 1 and re.fullmatch(
-        rf"VTN connected steadily again after \d+ s: 0 of \d+ poll\(s\) failed, {FAILURES - 1} context loss\(es\), "
+        rf"VTN connected steadily again after \d+ s: 0 of \d+ poll\(s\) failed, registration lost {FAILURES - 1} "
+        rf"time\(s\), "
         rf"{FAILURES} registration attempt\(s\) of which 0 failed, not connected \d+ s in all, failing again "
         rf"{FAILURES - 2} time\(s\) after it had answered \(intermittent\)", ended[0]), lines
     assert status["fault"]["context_losses"] == FAILURES - 1 and status["fault"]["ended"], status["fault"]

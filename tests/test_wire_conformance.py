@@ -128,7 +128,7 @@ async def test_an_event_list_from_another_vtn_id_is_refused_and_not_followed(tmp
         said = [r.getMessage() for r in caplog.records if "oadrDistributeEvent from" in r.getMessage()]
         assert len(said) == 2 and "vtnID 'OTHER-VTN', not 'DEMO-VTN'" in said[0] and "again" in said[1]
         assert vtn.reregistrations == 1
-        assert not [r for r in caplog.records if "context lost" in r.getMessage() and r.levelno >= logging.INFO]
+        assert not [r for r in caplog.records if "registration lost" in r.getMessage() and r.levelno >= logging.INFO]
 
 
 @pytest.mark.timeout(30)
@@ -144,7 +144,7 @@ async def test_a_vtn_that_changed_its_vtn_id_keeping_registrations_has_its_event
         await until(lambda: vtn._schedule.get(eid) is not None, 15, "the event followed")
         assert vtn.vtn_id == "VTN-NEW" and vtn.reregistrations == 1
         said = [(r.levelno, r.getMessage()) for r in caplog.records if r.levelno >= logging.INFO
-                and ("vtnID" in r.getMessage() or "context lost" in r.getMessage())]
+                and ("vtnID" in r.getMessage() or "registration lost" in r.getMessage())]
         assert [level for level, _ in said] == [logging.INFO, logging.WARNING, logging.INFO], said
         assert said[1][1].startswith("oadrDistributeEvent from vtnID 'VTN-NEW', not 'DEMO-VTN'") and \
             said[1][1].endswith("registering again, in case the VTN's vtnID changed"), said

@@ -440,7 +440,7 @@ class Gateway:
             counts = [f"{v['polls_failed']} of {v['polls']} polls failed" if v["polls"] else "",
                       f"{v['registrations_failed']} of {v['registrations']} registrations failed"
                       if v["registrations_failed"] else "",
-                      f"{v['context_losses']} context losses" if v["context_losses"] else ""]
+                      f"registration lost {v['context_losses']} time(s)" if v["context_losses"] else ""]
             # the BAS's opt-out written meanwhile has not reached the utility: said here unless its own item below is
             waiting = self.vtn.answers_waiting() if self.vtn.opts_not_taken() is None else ""
             out.append(f"VTN fault for {lasted(v['since'])} ({', '.join(c for c in counts if c) or 'no answer yet'}, "

@@ -93,7 +93,7 @@ class VtnClient(VtnEvents, VtnReports, VtnDelivery, VtnUpdates, VtnStatus, VtnOu
         self._terms_said: tuple | None = None
         self._foreign_vtn: str | None = None  # another vtnID whose oadrDistributeEvent was refused, until ours again
         self._poll_unasked = False     # the registration answer named no poll period
-        self._lost_said = False     # the session ended for a reason already logged: "context lost" is DEBUG then
+        self._lost_said = False     # the session ended for a reason already logged: "registration lost" is DEBUG then
         # event id -> requestID of the latest oadrDistributeEvent listing it: every eventResponse about the
         # event carries it (2.0b rule 42), also the answers the gateway sends later (ADR-Opt-Out, a resend)
         self._distributed_in: dict[str, str] = {}
@@ -465,7 +465,7 @@ class VtnClient(VtnEvents, VtnReports, VtnDelivery, VtnUpdates, VtnStatus, VtnOu
             began = asyncio.get_running_loop().time()
             counted = self._outage      # the outage (if any) that counted this registration among its attempts
             # else the VTN asked for another registration while this one was under way: its reason stays, for the
-            # "context lost" line, and the session ends at once
+            # "registration lost" line, and the session ends at once
             if not self._lost.is_set():
                 if self._outage is not None and (self.poll_failures or self._outage.lost):
                     # polls refused, or the VTN asking to register again before one is answered, is not connected:
@@ -488,7 +488,7 @@ class VtnClient(VtnEvents, VtnReports, VtnDelivery, VtnUpdates, VtnStatus, VtnOu
                 self._set_connected(False)
             now = asyncio.get_running_loop().time()
             if self._lost_by_polls:   # the outage's own doing, logged when it started and when it ends
-                log.debug("VTN context lost (%d failed poll(s): %s); registering again", self.poll_failures,
+                log.debug("VTN registration lost (%d failed poll(s): %s); registering again", self.poll_failures,
                           self.last_error)
             elif errored or self._outage is not None or self._lost_unanswered:
                 # lost again before the registration after the last loss had a poll answered: a VTN asking to register
@@ -509,9 +509,9 @@ class VtnClient(VtnEvents, VtnReports, VtnDelivery, VtnUpdates, VtnStatus, VtnOu
                 self._failed("loss", self._poll_error)
                 self._outage.registrations = self._outage.registered = 1    # the one that was just lost
             elif self._lost_said:
-                log.debug("VTN context lost (%s); registering again", self.last_error)
+                log.debug("VTN registration lost (%s); registering again", self.last_error)
             else:
-                log.warning("VTN context lost (%s); registering again", self.last_error or "unknown reason")
+                log.warning("VTN registration lost (%s); registering again", self.last_error or "unknown reason")
                 self._trouble_at = now
             if self._outage is not None:
                 self._outage.losses += 1

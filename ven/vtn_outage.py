@@ -41,7 +41,7 @@ class _Outage:
     said: bool = False      # "registered with VTN" logged meanwhile: also by an attempt its last step then failed
     polls: int = 0          # polls meanwhile, answered or failed
     polls_failed: int = 0
-    losses: int = 0         # context losses meanwhile (the VTN asking to register again, failed polls dropping it)
+    losses: int = 0         # registrations lost meanwhile (the VTN asking to register again, failed polls dropping it)
     relapses: int = 0       # answered again, then failing again
     # readings queued while the VTN was away, delivered in its answered stretches: said in the end line, not once per
     # stretch (a VTN that flaps every 20 s was a "queued telemetry delivered" line every 20 s)
@@ -102,7 +102,7 @@ class VtnOutage:
         502 while its VTN restarts, then out of reach itself) was one more WARNING at every retry."""
         self.last_error = reason
         kind = _fault_kind(reason)
-        happened = "context lost" if what in ("context", "session", "loss") else f"{what} failed"
+        happened = "registration lost" if what in ("context", "session", "loss") else f"{what} failed"
         now = asyncio.get_running_loop().time()
         self._settle.bad(now)       # the settle period runs from the last failure
         o = self._outage
@@ -117,12 +117,13 @@ class VtnOutage:
             if what == "poll":
                 log.warning("VTN poll failed: %s%s", reason, after)
             elif what == "context":
-                log.warning("VTN context lost again before a poll was answered (%s); registering again (backoff up "
-                            "to %g s)", reason, self._cfg.retry_max_seconds)
+                log.warning("VTN registration lost again before a poll was answered (%s); registering again "
+                            "(backoff up to %g s)", reason, self._cfg.retry_max_seconds)
             elif what == "loss":
                 o.said = o.recurs = True    # the registration after the last loss said what this one would
-                log.warning("VTN context lost again %s after the last time (%s); registering again: one intermittent "
-                            "fault, logged as ended %s", _span(now - self._trouble_at), reason, _until_steady(settle))
+                log.warning("VTN registration lost again %s after the last time (%s); registering again: one "
+                            "intermittent fault, logged as ended %s", _span(now - self._trouble_at), reason,
+                            _until_steady(settle))
             elif what == "session":
                 log.error("VTN %s; registering again (backoff up to %g s)%s", reason, self._cfg.retry_max_seconds,
                           after)
@@ -185,10 +186,13 @@ class VtnOutage:
         self._trouble_at = now
         took = o.answered_since - o.since
         if o.intermittent:
-            # only what happened: "0 context loss(es), 0 registration attempt(s) of which 0 failed" says nothing
+            # only what happened: "registration lost 0 time(s), 0 registration attempt(s) of which 0 failed" says
+            # nothing
             parts = [f"{o.polls_failed} of {o.polls} poll(s) failed"]
             if o.losses:
-                parts.append(f"{o.losses} context loss(es)")
+                # the operator's words, not 2.0b's "context": the VTN asked the gateway to register again, or failed
+                # polls made it drop the registration and register anew
+                parts.append(f"registration lost {o.losses} time(s)")
             if o.registrations:
                 parts.append(f"{o.registrations} registration attempt(s) of which {o.registrations_failed} failed")
             parts.append(f"not connected {_span(o.down)} in all")
