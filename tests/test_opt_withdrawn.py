@@ -124,3 +124,22 @@ async def test_a_vtn_that_will_not_withdraw_an_opt_still_gets_the_new_one(tmp_pa
     assert len(cancels) == 1
     said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("the VTN did not withdraw")]
     assert len(said) == 1 and "HTTP 404" in said[0] and said[0].endswith("the new answer goes all the same"), said
+
+
+@pytest.mark.timeout(60)
+async def test_a_modification_moves_the_opt_out_to_it(tmp_path, free_tcp_port):
+    """The utility modifies an event the site opted out of: the optOut goes again naming the new modification
+    (silence on it means taking part), and the one naming the old is withdrawn, so the VTN holds one optOut."""
+    logging.getLogger("openleadr").setLevel(logging.CRITICAL)
+    vtn = DemoVtn(free_tcp_port(), poll_seconds=1)
+    seen = _recording(vtn, set())
+    async with vtn, running(tmp_path, vtn.url) as gw:
+        await until(lambda: gw.vtn.connected, 10, "registration")
+        vtn.add_event([1.0, 2.0], now() + timedelta(minutes=5), 60, event_id="silent", response_required="never")
+        await until(lambda: gw.schedule.get("silent"), 10, "listed")
+        gw.vtn.set_opt_out(True)
+        await until(lambda: vtn.opts_held_for("silent") == ["optOut"], 10, "the VTN holds the optOut")
+        vtn.modify_event("silent", levels=[3.0, 1.0])
+        await until(lambda: (1, "optOut") in {(m, o) for _, _, m, o, _ in vtn.created_opts}, 10, "the new optOut")
+        await until(lambda: gw.vtn.status()["opt_answers_waiting"] == 0, 5, "no answer waiting")
+    assert vtn.opts_held_for("silent") == ["optOut"] and len([b for b, _ in seen if b"oadrCancelOpt" in b]) == 1
