@@ -37,6 +37,15 @@ def _recording(vtn: DemoVtn, fail_first: set[str]) -> list[tuple[bytes, int]]:
     return seen
 
 
+async def _opted_out(gw, vtn: DemoVtn) -> None:
+    """An event running that wants no answer, and the BAS's optOut held by the VTN."""
+    await until(lambda: gw.vtn.connected, 10, "registration")
+    vtn.add_event([1.0], now() - timedelta(seconds=1), 600, event_id="silent", response_required="never")
+    await until(lambda: gw.schedule.get("silent"), 10, "listed")
+    gw.vtn.set_opt_out(True)
+    await until(lambda: vtn.opts_held_for("silent") == ["optOut"], 10, "the VTN holds the optOut")
+
+
 def _creates(seen: list[tuple[bytes, int]], opt: str) -> list[tuple[bytes, int]]:
     return [(b, st) for b, st in seen if b"oadrCreateOpt" in b and f">{opt}<".encode() in b]
 
@@ -52,11 +61,7 @@ async def test_a_changed_mind_withdraws_the_opt_the_vtn_holds(tmp_path, free_tcp
     vtn = DemoVtn(free_tcp_port(), poll_seconds=1)
     seen = _recording(vtn, {"optOut", "optIn"})
     async with vtn, running(tmp_path, vtn.url) as gw:
-        await until(lambda: gw.vtn.connected, 10, "registration")
-        vtn.add_event([1.0], now() - timedelta(seconds=1), 600, event_id="silent", response_required="never")
-        await until(lambda: gw.schedule.get("silent"), 10, "listed")
-        gw.vtn.set_opt_out(True)
-        await until(lambda: vtn.opts_held_for("silent") == ["optOut"], 10, "the VTN holds the optOut")
+        await _opted_out(gw, vtn)
         gw.vtn.set_opt_out(False)
         await until(lambda: vtn.opts_held_for("silent") == ["optIn"], 10, "the VTN holds the optIn alone")
         gw.vtn.set_opt_out(True)
@@ -80,11 +85,7 @@ async def test_a_restart_tells_the_vtn_the_opt_it_holds(tmp_path, free_tcp_port)
     seen = _recording(vtn, set())
     async with vtn:
         async with running(tmp_path, vtn.url) as gw:
-            await until(lambda: gw.vtn.connected, 10, "registration")
-            vtn.add_event([1.0], now() - timedelta(seconds=1), 600, event_id="silent", response_required="never")
-            await until(lambda: gw.schedule.get("silent"), 10, "listed")
-            gw.vtn.set_opt_out(True)
-            await until(lambda: vtn.opts_held_for("silent") == ["optOut"], 10, "the VTN holds the optOut")
+            await _opted_out(gw, vtn)
         before = len(seen)
         async with running(tmp_path, vtn.url) as gw:
             await until(lambda: gw.vtn.connected, 10, "registration after the restart")
@@ -112,11 +113,7 @@ async def test_a_vtn_that_will_not_withdraw_an_opt_still_gets_the_new_one(tmp_pa
         return await handler(request)
     vtn._server.app.middlewares.insert(0, no_cancel)
     async with vtn, running(tmp_path, vtn.url) as gw:
-        await until(lambda: gw.vtn.connected, 10, "registration")
-        vtn.add_event([1.0], now() - timedelta(seconds=1), 600, event_id="silent", response_required="never")
-        await until(lambda: gw.schedule.get("silent"), 10, "listed")
-        gw.vtn.set_opt_out(True)
-        await until(lambda: vtn.opts_held_for("silent") == ["optOut"], 10, "the VTN holds the optOut")
+        await _opted_out(gw, vtn)
         gw.vtn.set_opt_out(False)
         await until(lambda: sorted(vtn.opts_held_for("silent")) == ["optIn", "optOut"], 10, "the optIn taken")
         polls = gw.vtn.polls_total
