@@ -162,8 +162,10 @@ def test_a_bad_output_path_is_a_clear_error(tmp_path):
     from pathlib import Path
 
     example = str(Path(__file__).resolve().parent.parent / "examples" / "gateway.toml")
-    for path, reason in ((tmp_path / "no-such-dir" / "x_EDE.csv", "No such file or directory"),
-                         (tmp_path, "Is a directory")):
+    # "No such file or directory" alone, for a file the command is to make, read as if it had to exist already
+    missing = tmp_path / "no-such-dir"
+    for path, reason in ((missing / "x_EDE.csv", f"cannot write it: no directory {missing}"),
+                         (tmp_path, "cannot write it: Is a directory")):
         res = _points("--config", example, "--ede", str(path))
         assert (res.returncode, res.stdout) == (2, "")
         assert res.stderr == f"points: --ede {path}: {reason}\n"   # one line, no traceback

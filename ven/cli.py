@@ -309,7 +309,7 @@ def _write_ede(cfg: GatewayConfig, path: str) -> int:
     try:
         write_ede(path, ede_text(device, author=f"edge-gateway {__version__}"))
     except OSError as err:
-        print(f"points: --ede {path}: {err.strerror or err}", file=sys.stderr)
+        print(f"points: --ede {path}: {_cannot_write(path, err)}", file=sys.stderr)
         return EXIT_USAGE   # a path on the command line, not in the config
     # only once the EDE file is written: a bad path (a directory, a missing one) leaves no state-text file behind
     texts = state_texts_path(path)
@@ -317,11 +317,21 @@ def _write_ede(cfg: GatewayConfig, path: str) -> int:
         try:
             write_ede(texts, state_texts_text(device))
         except OSError as err:
-            print(f"points: --ede {path}: state texts {texts}: {err.strerror or err}", file=sys.stderr)
+            print(f"points: --ede {path}: state texts {texts}: {_cannot_write(texts, err)}", file=sys.stderr)
             return EXIT_USAGE
     print(f"{path}: EDE file of device {cfg.bacnet.device_id} '{cfg.bacnet.device_name}', "
           f"{len(ede_rows(device))} objects" + (f"; state texts in {texts}" if texts is not None else ""))
     return 0
+
+
+def _cannot_write(path, err: OSError) -> str:
+    # a bare "No such file or directory" for a file the command is to make reads as if it had to exist already
+    from pathlib import Path
+
+    parent = Path(path).parent
+    if err.errno == errno.ENOENT and not parent.is_dir():
+        return f"cannot write it: no directory {parent}"
+    return f"cannot write it: {err.strerror or err}"
 
 
 def cmd_read_meter(args) -> int:
