@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -99,6 +100,18 @@ async def test_demo_shows_levels_telemetry_and_forecasts(tmp_path, free_udp_port
     # the demo VTN's times to the second, as every other line has them: "from 2026-12-06T12:12:38.728677+00:00"
     added = next(line for line in output.splitlines() if "demo VTN: event demo-levels-1-2-3 added" in line)
     assert re.search(r"from \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00\)$", added), added
+    # README tells a newcomer what the demo's log shows by quoting it: a line reworded here leaves them looking
+    # for words the log never prints
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    demo_section = readme.partition("## Set up and see it work")[2].partition("\nRun the tests")[0]
+    for quoted, printed in (("BAS sees level 0 ...", r"BAS sees level 0 \("),
+                            ("ADR-Event-Level 0 -> 1 (event demo-levels-1-2-3)",
+                             re.escape("ADR-Event-Level 0 -> 1 (event demo-levels-1-2-3)")),
+                            ("forecaster warm-started with ... samples over 19.7 days",
+                             r"forecaster warm-started with \d+ samples over \d+\.\d days"),
+                            ("demo running", r"Z demo running: ")):
+        assert f"`{quoted}`" in demo_section, quoted
+        assert re.search(printed, output), (quoted, output[-3000:])
 
 
 def test_the_demo_vtns_last_line_says_each_events_answers_once_with_their_count():
