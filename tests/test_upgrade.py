@@ -129,3 +129,48 @@ async def test_a_downgrade_onto_events_this_version_cannot_read_starts_and_leave
     assert text.count("1 stored event(s) this version cannot read (evt-newer; KeyError: 'signals'), "
                       "perhaps written by a newer edge-gateway: not run here, and left in the file") == 1, text
     assert "Traceback" not in text, text
+
+
+def run_of_an_earlier_version(storage, commands: str | None = None) -> None:
+    """What a run of 0.4.9 (keeping no input-power-meter commands) leaves in storage.path, after a rollback: its
+    opens (ven/storage_connect.py of that release); `commands`: as 0.4.10 to 0.4.12 keep them, written after the open."""
+    with sqlite3.connect(storage) as db:
+        db.execute("INSERT OR REPLACE INTO kv (key, value) VALUES ('opened_at', datetime('now', '+1 second'))")
+        db.execute("INSERT OR REPLACE INTO kv (key, value) SELECT 'opened_at_here', value FROM kv "
+                   "WHERE key = 'opened_at'")
+        if commands is not None:
+            db.execute("INSERT OR REPLACE INTO kv (key, value) VALUES ('bacnet_commands:input-power-meter', ?)",
+                       (commands,))
+    db.close()
+
+
+@pytest.mark.timeout(int(3 * START_S) + 60)    # three gateway process starts
+async def test_input_power_commands_relinquished_under_an_earlier_version_do_not_come_back_with_the_upgrade(
+        tmp_path, free_udp_port, free_tcp_port):
+    # Rolled back to 0.4.9 (which keeps no input-power-meter commands), the BAS relinquished its kW at priority 10
+    # there; upgraded again, the 120 kW this version had kept came back at priority 10, held against the BAS's
+    # relinquish. Checked with a real 0.4.9 checkout run between two runs of this version.
+    bacnet_port, config, log_path = free_udp_port(), tmp_path / "gw.toml", tmp_path / "gateway.log"
+    storage, gw, inputs = tmp_path / "gw.sqlite", f"127.0.0.1:{bacnet_port}", P.BY_NAME[P.INPUT_POWER].object_id
+    write_config(config, bacnet_port=bacnet_port, http_port=free_tcp_port(), storage=storage, ven_name="rollback")
+    gateway = GatewayProcess(config, log_path)
+
+    async def run_once(peer, write=()):
+        gateway.start()
+        try:
+            held = await eventually(lambda: peer.read(gw, inputs, "priorityArray"), START_S, "the device answers")
+            for value, priority in write:
+                assert await peer.write(gw, inputs, "presentValue", value, priority=priority) is None
+            return [(i + 1, v) for i, v in enumerate(held) if v is not None]
+        finally:
+            assert gateway.stop() == 0, gateway.log()[-3000:]
+
+    async with BacnetPeer(free_udp_port(), timeout=1.0) as peer:
+        assert await run_once(peer, [(120.0, 10)]) == []
+        run_of_an_earlier_version(storage)
+        assert await run_once(peer, [(90.0, 16)]) == []             # the relinquish at 10 stands
+        run_of_an_earlier_version(storage, '{"16": 95.0}')          # 0.4.12, say, kept the BAS's 95 kW at 16
+        assert await run_once(peer) == [(16, 95.0)]
+    text = gateway.log()
+    assert text.count("input-power-meter commands not restored: another version ran on storage.path") == 1, text
+    assert "Traceback" not in text, text

@@ -90,6 +90,12 @@ def connect(path: str | Path, table: str = "") -> sqlite3.Connection:
 # though that version ran on and said its own changes. Kept by 0.4.2 too, which writes no opened_at_here: a key added
 # here later needs a copy of its own (opened_at_here is this one's and any later version's)
 _KEPT_BY_THIS_VERSION = ("event_level_said",)
+# kv values some earlier versions keep and others (still run on the file after a rollback) do not, each with a copy of
+# opened_at of its own, written by this version and later: input-power-meter's commands, kept from 0.4.10. A BAS's
+# relinquish under 0.4.9 was not kept, and the upgrade again brought the relinquished kW back at its priority. Another
+# version opened the file since: the value is dropped unless that version wrote it after its open (0.4.10 to 0.4.12
+# keep it). With no copy yet (the upgrade from 0.4.12, say) it is trusted, as before.
+_KEPT_SINCE = {"bacnet_commands:input-power-meter": "opened_at_input_commands"}
 
 
 def _note_opened(conn: sqlite3.Connection) -> None:
@@ -99,8 +105,14 @@ def _note_opened(conn: sqlite3.Connection) -> None:
     try:
         # (rowid: kv's rows are written INSERT OR REPLACE, each write a row after every other, by every version)
         seen = {key: (value, rowid) for rowid, key, value in conn.execute(
-            "SELECT rowid, key, value FROM kv WHERE key IN ('opened_at', 'opened_at_here')")}
+            f"SELECT rowid, key, value FROM kv WHERE key IN ('opened_at', 'opened_at_here', "
+            f"{', '.join('?' * len(_KEPT_SINCE))})", tuple(_KEPT_SINCE.values()))}
         opened, here = seen.get("opened_at"), seen.get("opened_at_here")
+        for key, copy in _KEPT_SINCE.items():
+            if opened and copy in seen and seen[copy][0] != opened[0] and conn.execute(
+                    "DELETE FROM kv WHERE key = ? AND rowid < ?", (key, opened[1])).rowcount:
+                log.info("%s not restored: another version ran on storage.path (at %s UTC) and did not keep what the "
+                         "BAS wrote there", key.replace("bacnet_commands:", "") + " commands", opened[0])
         if opened and (here or (None,))[0] != opened[0]:
             stale = _KEPT_BY_THIS_VERSION
             if here is None:
@@ -115,6 +127,8 @@ def _note_opened(conn: sqlite3.Connection) -> None:
         conn.execute("INSERT OR REPLACE INTO kv (key, value) VALUES ('opened_at', datetime('now'))")
         conn.execute("INSERT OR REPLACE INTO kv (key, value) SELECT 'opened_at_here', value FROM kv "
                      "WHERE key = 'opened_at'")
+        conn.executemany("INSERT OR REPLACE INTO kv (key, value) SELECT ?, value FROM kv WHERE key = 'opened_at'",
+                         [(copy,) for copy in _KEPT_SINCE.values()])
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
