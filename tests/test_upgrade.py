@@ -133,7 +133,7 @@ async def test_a_downgrade_onto_events_this_version_cannot_read_starts_and_leave
 
 def run_of_an_earlier_version(storage, commands: str | None = None) -> None:
     """What a run of 0.4.9 (keeping no input-power-meter commands) leaves in storage.path, after a rollback: its
-    opens (ven/storage_connect.py of that release); `commands`: as 0.4.10 to 0.4.12 keep them, written after the open."""
+    opens (ven/storage_connect.py then); `commands`: as 0.4.10 to 0.4.12 keep them, written after the open."""
     with sqlite3.connect(storage) as db:
         db.execute("INSERT OR REPLACE INTO kv (key, value) VALUES ('opened_at', datetime('now', '+1 second'))")
         db.execute("INSERT OR REPLACE INTO kv (key, value) SELECT 'opened_at_here', value FROM kv "
