@@ -564,18 +564,17 @@ class VtnEvents:
             refused = self._client.refused or (failed and status is not None and 400 <= status < 500
                                                and status not in (401, 403, 407, 408, 429))
             if failed and not refused:
-                log.debug("oadrCancelOpt %s failed (%s): sent again at the next pass", opt_id, failed)
+                self._opt_ledger.cancel_failed(opt_id, failed)
                 failed_in_a_row += 1
                 continue
             failed_in_a_row = 0
-            self._opt_ledger.withdrawn(opt_id)
-            what = f"the {held.opt} oadrCreateOpt for event {held.event_id} (modification {held.modification})"
+            since = self._opt_ledger.withdrawn(opt_id)
             if refused:
                 # a VTN serving no oadrCancelOpt, or one that no longer has the opt: the new opt still goes
-                log.info("the VTN did not withdraw %s (oadrCancelOpt %s: %s): the new answer goes all the same", what,
-                         opt_id, self._client.refused or failed)
+                log.info("the VTN did not withdraw %s (oadrCancelOpt %s: %s%s): the new answer goes all the same",
+                         held.said, opt_id, self._client.refused or failed, since)
             else:
-                log.info("withdrew %s at the VTN (oadrCancelOpt %s)", what, opt_id)
+                log.info("withdrew %s at the VTN (oadrCancelOpt %s%s)", held.said, opt_id, since)
         return True
 
     def _drop_if_over(self, answer: tuple[str, int, str], why: str) -> None:

@@ -35,6 +35,10 @@ class Opt:
     def created_at(self) -> datetime:
         return datetime.fromisoformat(self.created)
 
+    @property
+    def said(self) -> str:
+        return f"the {self.opt} oadrCreateOpt for event {self.event_id} (modification {self.modification})"
+
 
 class OptLedger:
     """Per event: the opt being sent, the opt the VTN took, and the opts it took that are to be withdrawn."""
@@ -45,6 +49,7 @@ class OptLedger:
         self._tried: set[str] = set()           # optIDs of those sent at least once: the VTN may hold them
         self.held: dict[str, Opt] = {}          # event -> the opt the VTN took last
         self.to_cancel: dict[str, Opt] = {}     # optID -> an opt the VTN took that no longer says the site's answer
+        self._cancel_failing: dict[str, str] = {}   # optID -> since when the VTN fails its oadrCancelOpt
         saved = storage.load_value(OPTS_KEY) if storage is not None else None
         try:
             kept = json.loads(saved) if saved else {}
@@ -96,9 +101,23 @@ class OptLedger:
             self.held[eid] = opt
             self._save()
 
-    def withdrawn(self, opt_id: str) -> None:
+    def cancel_failed(self, opt_id: str, why: str) -> None:
+        """The VTN failed the oadrCancelOpt (a 5xx, "try later"): sent again at each pass, and one WARNING when it
+        starts failing. Meanwhile the VTN holds the opt beside the new answer, and the utility reads the site both
+        ways: at DEBUG alone, nobody knew until the event left the schedule, days later."""
+        if opt_id in self._cancel_failing:
+            log.debug("oadrCancelOpt %s failed (%s): sent again at the next pass", opt_id, why)
+            return
+        self._cancel_failing[opt_id] = _utcnow().isoformat(timespec="seconds")
+        log.warning("the VTN failed to withdraw %s (oadrCancelOpt %s: %s): sent again at each pass; it holds that opt "
+                    "beside the new answer meanwhile", self.to_cancel[opt_id].said, opt_id, why)
+
+    def withdrawn(self, opt_id: str) -> str:
+        """The opt is withdrawn (or the VTN will not withdraw it); what to add to the line saying so."""
+        since = self._cancel_failing.pop(opt_id, None)
         if self.to_cancel.pop(opt_id, None) is not None:
             self._save()
+        return f"; failed since {since}" if since else ""
 
     def keep_only(self, waiting: set[str], known) -> None:
         """Forget opts not sent for answers no longer waiting, and the opts of events the schedule no longer holds:
@@ -108,6 +127,11 @@ class OptLedger:
         tried = self._tried & {o.opt_id for o in sending.values()}
         held = {eid: o for eid, o in self.held.items() if known(eid) is not None}
         cancel = {oid: o for oid, o in self.to_cancel.items() if known(o.event_id) is not None}
+        for oid in [oid for oid in self._cancel_failing if oid not in cancel]:
+            since = self._cancel_failing.pop(oid)
+            if oid in self.to_cancel:
+                log.info("the VTN never withdrew %s (oadrCancelOpt %s failing since %s): the event has left the "
+                         "schedule, so it is not sent again", self.to_cancel[oid].said, oid, since)
         changed = (held, cancel, tried) != (self.held, self.to_cancel, self._tried)
         self._sending, self._tried, self.held, self.to_cancel = sending, tried, held, cancel
         if changed:
