@@ -3,6 +3,7 @@ cancel is sent again at each pass, and the operator is told once when the withdr
 ends, against the demo VTN (openleadr's server, keeping opts by optID) on loopback."""
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import pytest
@@ -31,6 +32,19 @@ def _failing_cancels(vtn: DemoVtn) -> dict:
     return state
 
 
+@contextlib.asynccontextmanager
+async def _changed_mind(tmp_path, free_tcp_port, caplog):
+    """A gateway that opted out of the VTN's event and then back in, the VTN failing its cancels."""
+    caplog.set_level(logging.DEBUG, logger="ven")
+    logging.getLogger("openleadr").setLevel(logging.CRITICAL)
+    vtn = DemoVtn(free_tcp_port(), poll_seconds=1)
+    state = _failing_cancels(vtn)
+    async with vtn, running(tmp_path, vtn.url) as gw:
+        await _opted_out(gw, vtn)
+        gw.vtn.set_opt_out(False)
+        yield gw, vtn, state
+
+
 def _said(caplog) -> list[str]:
     return [f"{r.levelname} {r.getMessage()}" for r in caplog.records
             if r.levelno >= logging.INFO and "withdr" in r.getMessage()]
@@ -39,13 +53,7 @@ def _said(caplog) -> list[str]:
 @pytest.mark.timeout(60)
 async def test_a_vtn_failing_cancels_for_a_while_is_said_once_when_it_starts_and_once_when_it_ends(
         tmp_path, free_tcp_port, caplog):
-    caplog.set_level(logging.DEBUG, logger="ven")
-    logging.getLogger("openleadr").setLevel(logging.CRITICAL)
-    vtn = DemoVtn(free_tcp_port(), poll_seconds=1)
-    state = _failing_cancels(vtn)
-    async with vtn, running(tmp_path, vtn.url) as gw:
-        await _opted_out(gw, vtn)
-        gw.vtn.set_opt_out(False)
+    async with _changed_mind(tmp_path, free_tcp_port, caplog) as (gw, vtn, state):
         await until(lambda: sorted(vtn.opts_held_for("silent")) == ["optIn", "optOut"], 10, "the optIn taken")
         await until(lambda: state["failed"] >= 3, 10, "the cancel failed three times")
         state["fail"] = False
@@ -61,13 +69,7 @@ async def test_a_vtn_failing_cancels_for_a_while_is_said_once_when_it_starts_and
 
 @pytest.mark.timeout(60)
 async def test_an_opt_the_vtn_never_withdrew_before_its_event_left_is_said(tmp_path, free_tcp_port, caplog):
-    caplog.set_level(logging.DEBUG, logger="ven")
-    logging.getLogger("openleadr").setLevel(logging.CRITICAL)
-    vtn = DemoVtn(free_tcp_port(), poll_seconds=1)
-    state = _failing_cancels(vtn)
-    async with vtn, running(tmp_path, vtn.url) as gw:
-        await _opted_out(gw, vtn)
-        gw.vtn.set_opt_out(False)
+    async with _changed_mind(tmp_path, free_tcp_port, caplog) as (gw, vtn, state):
         await until(lambda: state["failed"] >= 2, 10, "the cancel failed twice")
         # over for longer than the history keeps events (weeks): what the schedule's prune does then
         gw.schedule.forget("silent")
