@@ -14,6 +14,16 @@ os.environ["TZ"] = "UTC"
 time.tzset()
 
 
+@pytest.hookimpl(tryfirst=True)     # before xdist's, which makes -n's default distribution "load"
+def pytest_cmdline_main(config):
+    """The test command's scheduling (pyproject's comment above addopts), set here, not in addopts: xdist's options
+    in addopts made `-p no:xdist` a usage error ("unrecognized arguments: --dist --no-loadscope-reorder")."""
+    if config.pluginmanager.hasplugin("xdist") and config.getoption("numprocesses") and \
+            config.getoption("dist") == "no":
+        config.option.dist = "loadgroup"
+        config.option.loadscopereorder = False
+
+
 @pytest.hookimpl(tryfirst=True)     # before xdist's, which names the groups from the xdist_group marks
 def pytest_collection_modifyitems(config, items):
     _spread_waiting(items)
