@@ -558,7 +558,7 @@ async def test_read_only_storage_works_from_memory_then_writes_the_file_once_it_
             with GatewayProcess(config, log_path) as gateway:
                 await eventually(lambda: peer.read(gw, P.BY_NAME[P.METER_POWER].object_id, "presentValue"),
                                  START_S, f"BACnet answering\n{log_path.read_text()}")
-                assert await peer.read(gw, P.BY_NAME[P.METER_POWER].object_id, "presentValue") == 87.5
+                assert await answered(lambda: peer.read(gw, P.BY_NAME[P.METER_POWER].object_id, "presentValue")) == 87.5
                 # the VEN works from memory: registers, reports, follows an event
                 await eventually(lambda: len(vtn.reports) >= 3, 15, "telemetry from memory")
                 # starting within the next second, about as the next poll (1 s) brings it: running either way
@@ -701,7 +701,7 @@ async def test_input_power_commands_in_a_file_that_opens_late_are_merged_then(tm
                     return await peer.read(gw, point, "priorityArray") == \
                         [None] * 9 + [120.0, None, 85.0] + [None] * 3 + [90.0]
                 await eventually(merged, 5, "the stored commands merged with the BAS's")
-                assert await peer.read(gw, point, "presentValue") == 120.0
+                assert await answered(lambda: peer.read(gw, point, "presentValue")) == 120.0
         with contextlib.closing(sqlite3.connect(storage)) as db:   # the merge is what the file keeps
             saved = db.execute("SELECT value FROM kv WHERE key = 'bacnet_commands:input-power-meter'").fetchone()[0]
     assert json.loads(saved) == {"10": 120.0, "12": 85.0, "16": 90.0}
