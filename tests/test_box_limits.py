@@ -42,13 +42,14 @@ def test_a_process_out_of_descriptors_is_one_line_a_minute_not_a_traceback_at_ea
     assert not lines[0].exc_info and lines[1].getMessage() == "Task exception was never retrieved"   # asyncio's own
 
 
+@pytest.mark.timeout(int(START_S) + 60)   # an exec'd gateway process's start (START_S), then the test
 def test_a_gateway_at_limit_nofile_64_refuses_connections_before_it_runs_out(tmp_path, free_udp_port, free_tcp_port):
     http_port = free_tcp_port()
     config = tmp_path / "gw.toml"
     write_config(config, bacnet_port=free_udp_port(), http_port=http_port, storage=tmp_path / "gw.sqlite",
                  ven_name="few-files", device_id=500341)
     with GatewayProcess(config, tmp_path / "log", prefix=("prlimit", "--nofile=64:64", "--")) as gateway:
-        gateway.wait_for("http dashboard on")
+        gateway.wait_for("http dashboard on", START_S)
         held = []
         try:
             # 40 dashboards' and proxies' connections held open, and more, coming while the loop is busy (a loaded

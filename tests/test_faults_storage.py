@@ -1169,7 +1169,7 @@ def test_a_file_written_by_a_newer_version_is_said_once_and_its_format_number_ke
         assert db.execute("SELECT value FROM kv WHERE key = 'format_version'").fetchone() == (str(FORMAT_VERSION + 1),)
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(int(2 * START_S) + 60)    # two gateway process starts, each given START_S
 async def test_a_file_a_power_cut_damaged_is_set_aside_and_what_reads_whole_is_kept(tmp_path, free_udp_port,
                                                                                    free_tcp_port):
     # A power cut on a failing card left pages of the telemetry backlog unreadable. The gateway took the
@@ -1186,7 +1186,7 @@ async def test_a_file_a_power_cut_damaged_is_set_aside_and_what_reads_whole_is_k
     async with BacnetPeer(free_udp_port(), timeout=10.0) as peer:
         gateway.start()
         try:
-            await eventually(lambda: peer.read(gw, opt_out, "presentValue"), 60, "the device")
+            await eventually(lambda: peer.read(gw, opt_out, "presentValue"), START_S, "the device")
             assert await peer.write(gw, opt_out, "presentValue", "active", priority=8) is None
         finally:
             assert gateway.stop() == 0
@@ -1205,7 +1205,7 @@ async def test_a_file_a_power_cut_damaged_is_set_aside_and_what_reads_whole_is_k
                         async with http.get(f"http://127.0.0.1:{http_port}/api/status") as r:
                             return (await r.json())["storage"]["ok"]
                 try:
-                    await eventually(storage_ok, 30, "storage.path written again")
+                    await eventually(storage_ok, START_S, "storage.path written again")   # from the start on
                 except AssertionError as failed:
                     raise AssertionError(f"{failed}\n{gateway.log()[-2500:]}") from None
 

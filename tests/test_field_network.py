@@ -73,13 +73,13 @@ async def test_addresses_that_come_after_the_service_are_waited_for(tmp_path, fr
                for line in lines) == 1, text
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(int(START_S) + 30)   # a gateway process's start (START_S), then its stop
 async def test_a_stop_while_waiting_for_the_address_is_clean(tmp_path, free_tcp_port):
     # no namespace needed: nothing is sent while the gateway waits
     gateway = waiting_for_its_address(tmp_path, absent_address("198.18.255.77"), "no-nic", free_tcp_port())
     try:
         gateway.start()
-        await eventually(lambda: NOT_THERE in gateway.log() or not gateway.alive, 30, "the gateway waiting")
+        await eventually(lambda: NOT_THERE in gateway.log() or not gateway.alive, START_S, "the gateway waiting")
         assert gateway.alive, gateway.log()
     finally:
         code = gateway.stop()
@@ -143,7 +143,7 @@ def device_gateway(tmp_path, ns, ip: str, ven_name: str, device_id: int) -> Gate
     return GatewayProcess(config, tmp_path / "gateway.log", prefix=ns.exec_prefix)
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(int(START_S) + 60)   # an exec'd gateway process's start (START_S), then the test
 async def test_a_mask_that_is_not_the_interfaces_is_said_and_waited_for(tmp_path, free_udp_port,
                                                                         linked_netns):  # noqa: F811
     # /24 configured, the NIC /25 (a LAN re-subnetted, a typo): the log said "answering" and "ready", check-config
@@ -160,7 +160,7 @@ async def test_a_mask_that_is_not_the_interfaces_is_said_and_waited_for(tmp_path
     async with BacnetPeer(free_udp_port(), host=ns.host_ip, prefix=24, timeout=1.0) as bas:
         try:
             gateway.start()
-            await eventually(lambda: unmasked in gateway.log() or not gateway.alive, 30, "the gateway waiting")
+            await eventually(lambda: unmasked in gateway.log() or not gateway.alive, START_S, "the gateway waiting")
             assert gateway.alive and "answering on" not in gateway.log(), gateway.log()
             ns._in_namespace("addr", "del", f"{ip}/25", "dev", ns.DEVICE)      # the mask set right
             ns.add_address(ip)
@@ -173,7 +173,7 @@ async def test_a_mask_that_is_not_the_interfaces_is_said_and_waited_for(tmp_path
     assert text.count(f"bacnet.address {ip}/24:47808: its interface has that mask after") == 1, text
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(int(START_S) + 90)   # an exec'd gateway process's start (START_S), then the test
 async def test_an_address_or_link_gone_while_the_gateway_runs_is_said_once_and_its_return(tmp_path, free_udp_port,
                                                                                  linked_netns):  # noqa: F811
     # a DHCP lease that changed under a running gateway: the BAS got no answer, /api/status said nothing of the
@@ -188,7 +188,7 @@ async def test_an_address_or_link_gone_while_the_gateway_runs_is_said_once_and_i
     async with BacnetPeer(free_udp_port(), host=ns.host_ip, prefix=24, timeout=1.0) as bas:
         try:
             gateway.start()
-            assert await eventually(lambda: bas.who_is(device), 30, "I-Am from the device"), gateway.log()
+            assert await eventually(lambda: bas.who_is(device), START_S, "I-Am from the device"), gateway.log()
             ns.del_address(ip)
             await eventually(lambda: gone in gateway.log() or not gateway.alive, 15, "the address missed")
             ns.add_address(ip)
@@ -207,7 +207,7 @@ async def test_an_address_or_link_gone_while_the_gateway_runs_is_said_once_and_i
     assert text.count(gone) == 1 and text.count(unplugged) == 1, text
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(int(START_S) + 60)   # an exec'd gateway process's start (START_S), then the test
 async def test_a_start_with_the_link_taken_down_waits_for_it_and_says_it_as_the_link(tmp_path, free_udp_port,
                                                                                linked_netns):  # noqa: F811
     # the interface taken down at boot (ip link set down): the address is there, its broadcast address is not (its
@@ -221,7 +221,7 @@ async def test_a_start_with_the_link_taken_down_waits_for_it_and_says_it_as_the_
     async with BacnetPeer(free_udp_port(), host=ns.host_ip, prefix=24, timeout=1.0) as bas:
         try:
             gateway.start()
-            await eventually(lambda: down in gateway.log() or not gateway.alive, 30, "the gateway waiting")
+            await eventually(lambda: down in gateway.log() or not gateway.alive, START_S, "the gateway waiting")
             assert gateway.alive and "answering on" not in gateway.log(), gateway.log()
             ns.set_link(True)
             assert await eventually(lambda: bas.who_is(f"{ip}:47808"), 30, "I-Am from the device"), gateway.log()
@@ -232,7 +232,7 @@ async def test_a_start_with_the_link_taken_down_waits_for_it_and_says_it_as_the_
     assert text.count(down) == 1 and text.count(f"bacnet.address {ip}/24:47808: {ip} is there after") == 1, text
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(int(START_S) + 60)   # an exec'd gateway process's start (START_S), then the test
 async def test_a_start_with_the_cable_out_starts_says_the_link_and_announces_when_it_is_in(tmp_path, free_udp_port,
                                                                                          linked_netns):  # noqa: F811
     # a carrier lost (the switch's end down) leaves the address and its broadcast address: the gateway starts, the
@@ -248,7 +248,7 @@ async def test_a_start_with_the_cable_out_starts_says_the_link_and_announces_whe
     async with BacnetPeer(free_udp_port(), host=ns.host_ip, prefix=24, timeout=1.0) as bas:
         try:
             gateway.start()
-            await eventually(lambda: down in gateway.log() or not gateway.alive, 30, "the link said")
+            await eventually(lambda: down in gateway.log() or not gateway.alive, START_S, "the link said")
             assert gateway.alive and "answering on" in gateway.log(), gateway.log()
             assert _ip("link", "set", ns.host_device, "up").returncode == 0
             await eventually(lambda: f"bacnet.address {ip}/24:47808 is this machine's again after" in gateway.log(),

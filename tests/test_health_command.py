@@ -11,7 +11,7 @@ import time
 
 import pytest
 from cli_run import run_cli
-from gateway_process import GatewayProcess, write_config
+from gateway_process import START_S, GatewayProcess, write_config
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -20,6 +20,7 @@ def _health(config, **env) -> subprocess.CompletedProcess:
     return run_cli(["health", "--config", str(config), "--timeout", "2"], timeout=30, env={**os.environ, **env})
 
 
+@pytest.mark.timeout(int(START_S) + 60)   # a gateway process's start (START_S), then the probes
 def test_health_probes_the_configured_address_and_says_why_not(tmp_path, free_udp_port, free_tcp_port):
     config = tmp_path / "gw.toml"
     http_port = free_tcp_port()
@@ -28,7 +29,7 @@ def test_health_probes_the_configured_address_and_says_why_not(tmp_path, free_ud
     down = _health(config)
     assert down.returncode == 1 and f"127.0.0.1:{http_port}/healthz: no answer" in down.stdout, down
     with GatewayProcess(config, tmp_path / "gw.log") as gateway:
-        deadline = time.monotonic() + 40
+        deadline = time.monotonic() + START_S      # the gateway process's start, then its first registration try
         # "VTN not connected" once the first registration has failed: while it is under way nothing has failed yet
         while ((up := _health(config)).returncode != 0 or "VTN not connected" not in up.stdout) \
                 and time.monotonic() < deadline and gateway.alive:

@@ -22,6 +22,7 @@ async def read_level(peer, gw):
     return await peer.read(gw, P.BY_NAME[P.EVENT_LEVEL].object_id, "presentValue")
 
 
+@pytest.mark.timeout(int(2 * START_S) + 60)    # two gateway process starts, each given START_S
 async def test_sigkill_during_event_restores_level_without_vtn(tmp_path, free_udp_port, free_tcp_port):
     bacnet_port, vtn_port = free_udp_port(), free_tcp_port()
     config = tmp_path / "gw.toml"
@@ -35,7 +36,7 @@ async def test_sigkill_during_event_restores_level_without_vtn(tmp_path, free_ud
         async with BacnetPeer(free_udp_port(), timeout=1.0) as peer:
             async with DemoVtn(port=vtn_port, poll_seconds=1.0) as vtn:
                 gateway.start()
-                deadline = time.monotonic() + 30
+                deadline = time.monotonic() + START_S
                 while not vtn.vens and time.monotonic() < deadline:
                     await asyncio.sleep(0.2)
                 assert vtn.vens, log_path.read_text()
@@ -49,7 +50,7 @@ async def test_sigkill_during_event_restores_level_without_vtn(tmp_path, free_ud
             # the VTN is gone now; the gateway comes back
             gateway.start()
             answered_at = None
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + START_S
             while True:
                 assert time.monotonic() < deadline, log_path.read_text()
                 level = await read_level(peer, gw)
@@ -66,6 +67,7 @@ async def test_sigkill_during_event_restores_level_without_vtn(tmp_path, free_ud
     assert "Traceback" not in text, text
 
 
+@pytest.mark.timeout(int(2 * START_S) + 60)    # two gateway process starts, each given START_S
 async def test_opt_out_command_survives_sigkill_and_new_events_are_refused(tmp_path, free_udp_port, free_tcp_port):
     # A BAS commands ADR-Opt-Out once and believes it holds priority 8; a restart must not drop it.
     bacnet_port, vtn_port = free_udp_port(), free_tcp_port()
@@ -87,7 +89,7 @@ async def test_opt_out_command_survives_sigkill_and_new_events_are_refused(tmp_p
 
             async def commanded():
                 return (await peer.read(gw, opt_out, "priorityArray")) == [None] * 7 + [1] + [None] * 8
-            await eventually(commanded, 30, "the priority-8 command back after the restart")
+            await eventually(commanded, START_S, "the priority-8 command back after the restart")
             assert await answered(lambda: peer.read(gw, opt_out, "presentValue")) == "active"
             start = datetime.now(timezone.utc) + timedelta(minutes=5)
             later = vtn.add_event([1], start=start, interval_seconds=60, event_id="after-restart")

@@ -54,6 +54,7 @@ def write_old_file(path, start: datetime) -> None:
     db.close()
 
 
+@pytest.mark.timeout(int(3 * START_S) + 60)    # three gateway process starts one after another, each given START_S
 async def test_an_upgrade_from_a_release_that_kept_no_record_of_its_objects_counts_a_database_revision(
         tmp_path, free_udp_port, free_tcp_port):
     # 183b211 served 13 objects and kept no record of them; this release serves 15. A BAS that cached the 13
@@ -70,7 +71,8 @@ async def test_an_upgrade_from_a_release_that_kept_no_record_of_its_objects_coun
                      ven_name="upgrade-test")
         gateway.start()
         try:
-            revision = await eventually(lambda: peer.read(gw, device, "databaseRevision"), 30, "the device answers")
+            revision = await eventually(lambda: peer.read(gw, device, "databaseRevision"), START_S,
+                                        "the device answers")
             if check is not None:
                 await check()
             return revision
