@@ -16,8 +16,8 @@ time.tzset()
 
 @pytest.hookimpl(tryfirst=True)     # before xdist's, which makes -n's default distribution "load"
 def pytest_cmdline_main(config):
-    """The test command's scheduling (pyproject's comment above addopts), set here, not in addopts: xdist's options
-    in addopts made `-p no:xdist` a usage error ("unrecognized arguments: --dist --no-loadscope-reorder")."""
+    """The test command's scheduling (pyproject's [tool.pytest.ini_options] says why), set here, not in addopts:
+    xdist's options in addopts made `-p no:xdist` a usage error ("unrecognized arguments: --dist ...")."""
     if config.pluginmanager.hasplugin("xdist") and config.getoption("numprocesses") and \
             config.getoption("dist") == "no":
         config.option.dist = "loadgroup"
