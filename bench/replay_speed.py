@@ -16,6 +16,7 @@ import datetime as dt
 import os
 import re
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -32,6 +33,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--days", type=float, default=365.0, help="replay the first DAYS of 2019")
     ap.add_argument("--retrain-minutes", type=float, default=1440.0)
+    ap.add_argument("--keep", type=Path, help="copy the replayed rows here (to compare runs or score them)")
     args = ap.parse_args()
     t, v = load_turin()
     n = min(t.size, int(args.days * 96))
@@ -49,16 +51,20 @@ def main() -> int:
         done = subprocess.run(cmd, cwd=str(C.ROOT), capture_output=True, text=True,
                               env=dict(os.environ, PYTHONPATH=str(C.ROOT)))
         wall = time.monotonic() - t0
-        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)    # the command and its fit processes
+        peak, cpu = usage.ru_maxrss / 1024.0, usage.ru_utime + usage.ru_stime
         if done.returncode != 0:
             print(done.stderr)
             return 1
         summary = {k: float(x) for k, x in re.findall(r"\b(cycles|fits|fit_seconds)=([0-9.]+)", done.stdout)}
         rows = sum(1 for _ in out.open()) - 1
+        if args.keep is not None:
+            shutil.copyfile(out, args.keep)
     print(f"forecast-replay of {n} rows ({n / 96:g} days), refit every {args.retrain_minutes:g} min; "
           f"load average {load0:.2f} -> {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
-    print(C.table(["rows in", "rows out", "cycles", "fits", "fit s", "wall s", "wall min", "peak RSS MB"],
-                  [[n, rows, int(summary["cycles"]), int(summary["fits"]), summary["fit_seconds"], wall, wall / 60, peak]]))
+    print(C.table(["rows in", "rows out", "cycles", "fits", "fit s", "wall s", "wall min", "CPU s", "peak RSS MB"],
+                  [[n, rows, int(summary["cycles"]), int(summary["fits"]), summary["fit_seconds"], wall, wall / 60, cpu,
+                    peak]]))
     return 0
 
 
