@@ -920,52 +920,28 @@ class _PropertyList:
         pass  # derived from the object's properties
 
 
+def _derived(getter: Callable[[Any], Any]) -> property:
+    """A Device property worked out at each read; bacpypes3 assigns every property when it builds the object, and
+    that assignment is dropped."""
+    return property(getter, lambda self, value: None)
+
+
 class _Device:
-    @property
-    def protocolObjectTypesSupported(self) -> ObjectTypesSupported:
+    @_derived
+    def protocolObjectTypesSupported(self) -> ObjectTypesSupported:   # from the objects the device holds
         supported = ObjectTypesSupported([])
         held = self._app.objectIdentifier if self._app else [self.objectIdentifier]
         for object_type, _instance in held:
             supported[int(object_type)] = 1
         return supported
 
-    @protocolObjectTypesSupported.setter
-    def protocolObjectTypesSupported(self, value: Any) -> None:
-        pass  # derived from the objects the device holds
-
-    @property
-    def localDate(self) -> Date:
-        return Date.now(request_instant())
-
-    @localDate.setter
-    def localDate(self, value: Any) -> None:
-        pass  # the machine's clock
-
-    @property
-    def localTime(self) -> Time:
-        return Time.now(request_instant())
-
-    @localTime.setter
-    def localTime(self, value: Any) -> None:
-        pass  # the machine's clock
-
+    # the machine's clock and zone, from one reading of the clock a request (request_instant)
+    localDate = _derived(lambda self: Date.now(request_instant()))
+    localTime = _derived(lambda self: Time.now(request_instant()))
     # bacpypes3 serves localTime and localDate (the machine's zone) but not these two, so a BAS or a technician
     # could not tell which zone they are in, nor see the box's zone is wrong (unknown-property)
-    @property
-    def utcOffset(self) -> Integer:
-        return Integer(machine_zone(request_instant())[0])
-
-    @utcOffset.setter
-    def utcOffset(self, value: Any) -> None:
-        pass  # the machine's zone
-
-    @property
-    def daylightSavingsStatus(self) -> Boolean:
-        return Boolean(machine_zone(request_instant())[1])
-
-    @daylightSavingsStatus.setter
-    def daylightSavingsStatus(self, value: Any) -> None:
-        pass  # the machine's zone
+    utcOffset = _derived(lambda self: Integer(machine_zone(request_instant())[0]))
+    daylightSavingsStatus = _derived(lambda self: Boolean(machine_zone(request_instant())[1]))
 
 
 _request_instant: contextvars.ContextVar[float | None] = contextvars.ContextVar("request_instant", default=None)

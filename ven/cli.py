@@ -326,10 +326,8 @@ def _write_ede(cfg: GatewayConfig, path: str) -> int:
 
 def _cannot_write(path, err: OSError) -> str:
     # a bare "No such file or directory" for a file the command is to make reads as if it had to exist already
-    from pathlib import Path
-
-    parent = Path(path).parent
-    if err.errno == errno.ENOENT and not parent.is_dir():
+    parent = os.path.dirname(path) or "."
+    if err.errno == errno.ENOENT and not os.path.isdir(parent):
         return f"cannot write it: no directory {parent}"
     return f"cannot write it: {err.strerror or err}"
 

@@ -70,10 +70,6 @@ VTN_SYNC_WAIT_S = 5.0    # see EventSchedule.synced
 
 
 class EventSchedule:
-    @property
-    def storage(self) -> Storage:
-        return self._storage
-
     def __init__(self, storage: Storage, on_change: Callable[[ScheduleState], None],
                  clock: Callable[[], datetime] = utcnow, keep_recent: timedelta = timedelta(hours=24),
                  keep_history: timedelta = KEEP_HISTORY, programmes: frozenset[str] = frozenset()):
@@ -109,6 +105,11 @@ class EventSchedule:
         self._ended_by_vtn: set[str] = set()  # listed completed, then no longer listed, still running here
         # (event, VTN status) whose disagreement with its times was said
         self._status_odd: set[tuple[str, str]] = set()
+
+    @property
+    def storage(self) -> Storage:
+        """The file the events are kept in, where VtnClient keeps its opts too."""
+        return self._storage
 
     # -- lifecycle ---------------------------------------------------------------------------
 

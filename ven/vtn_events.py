@@ -27,6 +27,12 @@ MAX_LEVELS_LOGGED = 24          # SIMPLE levels named in an event's log line; th
 OPTS_FAILED_IN_A_ROW = 2
 
 
+def _refused_outright(status: int | None) -> bool:
+    """An HTTP status that refuses the message itself (a 4xx): not "try later" (408, 429), nor the credentials' 401,
+    403 and 407, a proxy's or the VTN's, after which the same message goes once they are put right."""
+    return status is not None and 400 <= status < 500 and status not in (401, 403, 407, 408, 429)
+
+
 class VtnEvents:
     """VtnClient's handling of what the VTN sends and of its opt answers; the state is VtnClient's."""
 
@@ -559,10 +565,8 @@ class VtnEvents:
             rtype, _ = await self._client._perform_request("EiOpt", msg)
             if rtype is None and self._client.error_status is None:
                 return False
-            status = self._client.error_status
             failed = self._client.failure(rtype)
-            refused = self._client.refused or (failed and status is not None and 400 <= status < 500
-                                               and status not in (401, 403, 407, 408, 429))
+            refused = self._client.refused or (failed and _refused_outright(self._client.error_status))
             if failed and not refused:
                 self._opt_ledger.cancel_failed(opt_id, failed)
                 failed_in_a_row += 1
@@ -590,10 +594,8 @@ class VtnEvents:
         # restarts) across the end of an event the BAS opted out of in its last minutes dropped the optOut at the
         # first failure after the end: the utility, well again, settled the event on the optIn. Given up on only
         # when the VTN itself listed the event completed (openleadr's VTN fails those answers for good), or refused
-        # this message outright (a 4xx status, openleadr's 404 for an oadrCreateOpt; not "try later", 408 and 429, nor
-        # the credentials' 401, 403 and 407, a proxy's or the VTN's: once they are put right, the answer goes).
-        status = self._client.error_status if self._client is not None else None
-        refused = status is not None and 400 <= status < 500 and status not in (401, 403, 407, 408, 429)
+        # this message outright (openleadr's 404 for an oadrCreateOpt).
+        refused = _refused_outright(self._client.error_status if self._client is not None else None)
         if stored.status != "completed" and not refused:
             return
         if self._pending_opts.get(eid, (None,))[0] == mod:
