@@ -14,6 +14,12 @@ os.environ["TZ"] = "UTC"
 time.tzset()
 
 
+def pytest_configure(config):
+    if config.pluginmanager.hasplugin("timeout"):   # a test run out of time named as that test (timeouts.py)
+        import timeouts
+        config.pluginmanager.register(timeouts, "edge-gateway-timeouts")
+
+
 @pytest.hookimpl(tryfirst=True)     # before xdist's, which makes -n's default distribution "load"
 def pytest_cmdline_main(config):
     """The test command's scheduling (pyproject's [tool.pytest.ini_options] says why), set here, not in addopts:
