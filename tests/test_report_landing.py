@@ -185,7 +185,7 @@ async def test_a_clock_stepped_back_while_the_update_of_a_cancelled_request_was_
     import ven.vtn_updates
     step = [timedelta(hours=1)]
     for module in (ven.vtn_reports, ven.vtn_delivery, ven.vtn_updates):     # the telemetry modules' clock
-        monkeypatch.setattr(module, "_utcnow", lambda: datetime.now(timezone.utc) + step[0])
+        monkeypatch.setattr(module, "utcnow", lambda: datetime.now(timezone.utc) + step[0])
     monkeypatch.setattr(test_report_requests, "now", lambda: datetime.now(timezone.utc) + step[0])
     caplog.set_level(logging.INFO, logger="ven")
     async with streaming(tmp_path, free_tcp_port()) as (server, rig, old):

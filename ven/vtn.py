@@ -42,7 +42,7 @@ from .vtn_reports import Standing, Unrequested, VtnReports
 from .vtn_status import StatusRequest, VtnStatus
 from .vtn_updates import VtnUpdates
 from .vtn_transport import (EMPTY_ANSWER, EVENT_BUG_THEN, INVALID_ID, NOT_REGISTERED, _Client, _NoScheduler,
-                            _ei_response, _fault_kind, _iso, _length, _response_code, _utcnow, poll_period,
+                            _ei_response, _fault_kind, _iso, _length, _response_code, utcnow, poll_period,
                             whole_seconds)
 from .wallclock import clock_suspect
 
@@ -316,7 +316,7 @@ class VtnClient(VtnEvents, VtnReports, VtnDelivery, VtnUpdates, VtnStatus, VtnOu
     def readings_held_before(self) -> datetime | None:
         """The run before's last read, while this start's clock is behind it (hold_readings_until)."""
         held = self._reads_before
-        return held if held is not None and _utcnow() <= held else None
+        return held if held is not None and utcnow() <= held else None
 
     def opts_not_taken(self) -> dict | None:
         """From the WARNING that the VTN did not take answers to events until it takes them: since, count, why."""
@@ -768,7 +768,7 @@ class VtnClient(VtnEvents, VtnReports, VtnDelivery, VtnUpdates, VtnStatus, VtnOu
                     return
                 immediate = False
                 continue
-            self.last_poll = _utcnow()
+            self.last_poll = utcnow()
             failed_here = 0     # POLL_FAILURES_FOR_LOSS in a row: a proxy failing one poll in ten keeps the context
             if self._outage is not None:
                 self._outage.polls += 1
@@ -844,7 +844,7 @@ class VtnClient(VtnEvents, VtnReports, VtnDelivery, VtnUpdates, VtnStatus, VtnOu
 
     def _vtn_reregisters(self, why: str) -> None:
         self.reregistrations += 1
-        self.last_reregistration = f"{_iso(_utcnow())} {why}"
+        self.last_reregistration = f"{_iso(utcnow())} {why}"
 
     async def _registration_cancelled(self, client: _Client, payload: dict) -> bool:
         """oadrCancelPartyRegistration from the VTN, answered oadrCanceledPartyRegistration (with the

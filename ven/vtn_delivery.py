@@ -15,7 +15,7 @@ from bacnet_api.settle import span
 from .report_intervals import Grid, Interval, bucket_start, complete_intervals, grid, report_period
 from .tasks import woken
 from .vtn_reports import BATCH, Standing
-from .vtn_transport import _duration, _iso, _length, _utcnow
+from .vtn_transport import _duration, _iso, _length, utcnow
 
 log = logging.getLogger("ven.vtn")
 
@@ -56,7 +56,7 @@ class VtnDelivery:
                     break
                 if self._requests.get(req.rrid) is not req:
                     continue            # ended while another request's update was sent
-                now = _utcnow()
+                now = utcnow()
                 if req.catch_up or now >= self._due(req, now):
                     final = req.final
                     if await self._send_complete(req, now):
@@ -87,7 +87,7 @@ class VtnDelivery:
                 backoff = min(backoff * 2, self._cfg.retry_max_seconds)
             else:
                 backoff = self._cfg.retry_min_seconds
-                now = _utcnow()
+                now = utcnow()
                 timeout = (max(0.0, (min(self._due(r, now) for r in self._requests.values()) - now).total_seconds())
                            if self._live and self._requests else None)
             for req in self._requests.values():

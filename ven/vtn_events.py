@@ -11,7 +11,7 @@ from openleadr import utils as outils
 
 from .events import OPT_IN, OPT_OUT, SIMPLE, enrolled, from_openleadr, id_reused, with_opt
 from .schedule import UNLISTED
-from .vtn_transport import INVALID_DATA, INVALID_ID, _Client, _ei_response, _event_status, _utcnow
+from .vtn_transport import INVALID_DATA, INVALID_ID, _Client, _ei_response, _event_status, utcnow
 
 # one logger for the VEN side, wherever its code lives: tests and log filters select its lines by this name
 log = logging.getLogger("ven.vtn")
@@ -217,7 +217,7 @@ class VtnEvents:
         if self._pending_opts and self._opts_not_taken is None:
             # its fault, as the one _track_opts_not_taken opens: the answers' end line, the stop line's item while they
             # wait (a stop before the next pass, or while the VTN is away, named nothing of them)
-            self._opts_not_taken = {"since": _utcnow().isoformat(timespec="seconds"), "count": len(self._pending_opts),
+            self._opts_not_taken = {"since": utcnow().isoformat(timespec="seconds"), "count": len(self._pending_opts),
                                     "why": error}
         self._opts_changed()
 
@@ -233,7 +233,7 @@ class VtnEvents:
         # openleadr hands over a message's events one after the other without ever yielding: with hundreds in
         # one oadrDistributeEvent the loop would be held for all of them
         await asyncio.sleep(0)
-        now = _utcnow()
+        now = utcnow()
         eid = raw["event_descriptor"]["event_id"]
         prev = self._schedule.get(eid)
         mod = int(raw["event_descriptor"].get("modification_number") or 0)
@@ -297,7 +297,7 @@ class VtnEvents:
             # Its first listing since the start: whether the VTN heard this modification's optOut is not kept (an
             # answer still waiting at the stop, or one an earlier version never sent for a modification), and silence
             # means taking part. openleadr answers every event wanting an answer at a start; this one is told again.
-            retell = eid not in self._listed_since_start and (stored.open_ended or stored.stop > _utcnow())
+            retell = eid not in self._listed_since_start and (stored.open_ended or stored.stop > utcnow())
             self._listed_since_start.add(eid)
             if fresh and ev.response_required == "never" and OPT_OUT in (ev.opt, heard):
                 self._pending_opts[eid] = (ev.modification_number, ev.opt, True)
@@ -366,7 +366,7 @@ class VtnEvents:
         said = f' (VTN comment: "{ev.vtn_comment}")' if ev.vtn_comment else ""
         if ev.cancelled:
             log.info("event %s cancelled by the VTN (modification %d)%s%s", eid, ev.modification_number,
-                     _winding_down(self._schedule.get(eid), _utcnow()), said)
+                     _winding_down(self._schedule.get(eid), utcnow()), said)
             return
         if prev is None:
             verb = "received"
@@ -393,7 +393,7 @@ class VtnEvents:
                      ", ".join(others) or "none", span_, said)
         else:
             prio = f", priority {ev.priority}" if ev.priority else ""
-            over = " (over already: it drives nothing)" if not ev.open_ended and ev.end <= _utcnow() else ""
+            over = " (over already: it drives nothing)" if not ev.open_ended and ev.end <= utcnow() else ""
             # the VTN meant one piece of equipment; the BAS sees one ADR-Event-Level for the building
             parts = sorted({v for k, v in ev.targets if k == "resource_id"})
             part = (f", for resource{'s' if len(parts) > 1 else ''} {', '.join(parts)}: followed for the whole "
@@ -419,7 +419,7 @@ class VtnEvents:
             # the pass goes on past a failed message: the last request's outcome may be another message's success
             last = self._client.last_error if self._client is not None else None
             why = self._opts_failed_why or last or "no answer"
-            self._opts_not_taken = {"since": _utcnow().isoformat(timespec="seconds"), "count": waiting, "why": why}
+            self._opts_not_taken = {"since": utcnow().isoformat(timespec="seconds"), "count": waiting, "why": why}
             if not self._opts_start_said:
                 log.warning("the VTN did not take the answer(s) to %d event(s) (%s): sent again at each poll; the "
                             "utility counts the site as it last heard it meanwhile", waiting, why)
@@ -588,7 +588,7 @@ class VtnEvents:
         utility next changed its events, over an answer about a shed nobody counts on any more."""
         eid, mod, opt = answer
         stored = self._schedule.get(eid)
-        if stored is None or stored.open_ended or stored.end > _utcnow():
+        if stored is None or stored.open_ended or stored.end > utcnow():
             return
         # Over by this clock is not enough. A VTN failing for a while ("500 server busy", a proxy's 503 while it
         # restarts) across the end of an event the BAS opted out of in its last minutes dropped the optOut at the
@@ -655,7 +655,7 @@ class VtnEvents:
         # gateway's answer, so the operator has to hear of it.
         self.opt_answer_error = error
         if not self._refused:
-            self._refused_since = _utcnow().isoformat(timespec="seconds")
+            self._refused_since = utcnow().isoformat(timespec="seconds")
         self._refused.update(answers)
         log.warning("%s", error)
 

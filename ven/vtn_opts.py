@@ -15,7 +15,7 @@ from datetime import datetime
 
 from openleadr import utils as outils
 
-from .vtn_transport import _utcnow
+from .vtn_transport import utcnow
 
 log = logging.getLogger("ven.vtn")
 
@@ -68,7 +68,7 @@ class OptLedger:
             if known is not None and (known.modification, known.opt) == (mod, opt):
                 self._sending[eid] = known
                 return known
-        new = Opt(eid, mod, opt, outils.generate_id(), outils.generate_id(), _utcnow().isoformat())
+        new = Opt(eid, mod, opt, outils.generate_id(), outils.generate_id(), utcnow().isoformat())
         self._sending[eid] = new
         return new
 
@@ -108,7 +108,7 @@ class OptLedger:
         if opt_id in self._cancel_failing:
             log.debug("oadrCancelOpt %s failed (%s): sent again at the next pass", opt_id, why)
             return
-        self._cancel_failing[opt_id] = _utcnow().isoformat(timespec="seconds")
+        self._cancel_failing[opt_id] = utcnow().isoformat(timespec="seconds")
         log.warning("the VTN failed to withdraw %s (oadrCancelOpt %s: %s): sent again at each pass; it holds that opt "
                     "beside the new answer meanwhile", self.to_cancel[opt_id].said, opt_id, why)
 

@@ -12,7 +12,7 @@ from datetime import datetime
 
 from bacnet_api.settle import span as _span
 
-from .vtn_transport import _fault_kind, _iso, _utcnow
+from .vtn_transport import _fault_kind, _iso, utcnow
 
 # one logger for the VEN side, wherever its code lives: tests and log filters select its lines by this name
 log = logging.getLogger("ven.vtn")
@@ -52,7 +52,7 @@ class _Outage:
     answered: int = 0       # polls answered in that run
     down_since: float = 0.0  # loop time the current stretch without answers began (while answered_since is None)
     down: float = 0.0       # seconds without answers in the stretches over
-    started: datetime = dataclasses.field(default_factory=lambda: _utcnow())
+    started: datetime = dataclasses.field(default_factory=lambda: utcnow())
     ended: datetime | None = None
 
     def __post_init__(self) -> None:
@@ -182,7 +182,7 @@ class VtnOutage:
 
     def _outage_over(self, o: _Outage, now: float) -> None:
         self._outage, self._last_outage = None, o
-        o.ended = _utcnow()
+        o.ended = utcnow()
         self._trouble_at = now
         took = o.answered_since - o.since
         if o.intermittent:

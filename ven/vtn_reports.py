@@ -17,7 +17,7 @@ from bacnet_api.settle import span
 
 from .report_intervals import (EPOCH, _report_window, _whole_seconds, bucket_start, effective_granularity, grid,
                                report_origin, report_period)
-from .vtn_transport import INVALID_ID, _duration, _ei_response, _iso, _refusal, _utcnow, poll_period
+from .vtn_transport import INVALID_ID, _duration, _ei_response, _iso, _refusal, utcnow, poll_period
 
 # one logger for the VEN side, wherever its code lives: tests and log filters select its lines by this name
 log = logging.getLogger("ven.vtn")
@@ -93,7 +93,7 @@ class VtnReports:
         self._landing = None
         # a place after now was dated by a clock that stepped back while the update was on its way: no place among
         # this clock's readings (as in _adopt); from it, a follower took an hour's readings as reported already
-        now = _utcnow()
+        now = utcnow()
         end = end if end is not None and end <= now else None
         if end is not None and ((reported := self._reported.get(req.granularity)) is None or reported < end):
             self._reported[req.granularity] = end
@@ -122,7 +122,7 @@ class VtnReports:
             return
         now = asyncio.get_running_loop().time()
         if u is None:
-            self._unrequested = Unrequested(_utcnow(), now)
+            self._unrequested = Unrequested(utcnow(), now)
             return
         if u.said or now - u.began < self._request_wait():
             return
@@ -145,7 +145,7 @@ class VtnReports:
         if not what or self._requests:
             return
         if self._unrequested is None:
-            self._unrequested = Unrequested(_utcnow(), asyncio.get_running_loop().time())
+            self._unrequested = Unrequested(utcnow(), asyncio.get_running_loop().time())
         self._unrequested.asked = (self._unrequested.asked + what)[-ASKED_KEPT:]
 
     def _unrequested_status(self) -> dict | None:
@@ -388,7 +388,7 @@ class VtnReports:
                         "than the gateway keeps readings (openadr.queue_max_days, %s): updates are sent every %s "
                         "instead", rrid, _duration(back), _duration(self._telemetry.max_age), _duration(longest))
                 back = longest
-            origin = report_origin(spec, _utcnow())
+            origin = report_origin(spec, utcnow())
             replaced = None
             if in_place and rrid not in self._requests:
                 # asked with the report list offered again: the VTN requests anew (openleadr's replaces its requests
@@ -437,7 +437,7 @@ class VtnReports:
         reports = []
         for report in client.reports:
             report = copy.copy(report)
-            report.report_request_id, report.created_date_time = rrid, _utcnow()
+            report.report_request_id, report.created_date_time = rrid, utcnow()
             reports.append(report)
         msg = client._create_message("oadrRegisterReport", request_id=outils.generate_id(), ven_id=self.ven_id,
                                      reports=reports, report_request_id=rrid)
@@ -508,7 +508,7 @@ class VtnReports:
             # A stream the VTN had before goes on after its last interval: after a new registration from its place in
             # the queue, held for it; after a cancel, past what it reported. Another, from the oldest reading queued.
             parked, reported = self._parked.pop(granularity, None), self._reported.get(granularity)
-            left, now = self._telemetry.left_until, _utcnow()
+            left, now = self._telemetry.left_until, utcnow()
             # times after now were dated by a clock that stepped back since: no place among this clock's readings
             reported, left = (t if t is not None and t <= now else None for t in (reported, left))
             req = self._requests[rrid] = Standing(rrid, granularity, back, sent_until=reported, left=left,
@@ -521,5 +521,5 @@ class VtnReports:
                 self._telemetry.add_reader(rrid)
         self._request_said = (granularity, back, window)
         req.granularity, req.back, req.window, req.origin, req.final = granularity, back, window, origin, False
-        req.next_report = self._next_update(req, _utcnow())
+        req.next_report = self._next_update(req, utcnow())
         req.catch_up = True        # what is complete already (queued while nothing was requested) goes now

@@ -14,7 +14,7 @@ from openleadr import enums as oenums, objects, utils as outils
 
 from .report_intervals import _report_window, bucket_start, effective_granularity, next_boundary, report_period
 from .tasks import woken
-from .vtn_transport import _duration, _iso, _refusal, _response_code, _utcnow
+from .vtn_transport import _duration, _iso, _refusal, _response_code, utcnow
 from .vtn_updates import UPDATE_FAILURES
 
 log = logging.getLogger("ven.vtn")
@@ -103,7 +103,7 @@ class VtnStatus:
             return f"{rrid}: {MAX_STATUS} standing {STATUS_REPORT} requests are served already"
         sampling = timedelta(seconds=self._cfg.telemetry_seconds)
         granularity = effective_granularity(asked or None, sampling)
-        now = _utcnow()
+        now = utcnow()
         # its reportInterval: sampled from its start (the next boundary, if that is past) to its end (helper verify40)
         first, until = _report_window(spec, granularity)
         if until is not None and until <= now:
@@ -147,7 +147,7 @@ class VtnStatus:
         if req is None:
             return False
         if follow:
-            at = bucket_start(_utcnow(), req.granularity)
+            at = bucket_start(utcnow(), req.granularity)
             if req.held or req.sent_until is None or req.sent_until < at:
                 if not req.held:
                     # the report the VTN waits for: the status now, dated at the boundary it is in
@@ -197,7 +197,7 @@ class VtnStatus:
     async def _status_loop(self) -> None:
         backoff = self._cfg.retry_min_seconds
         while True:
-            now = _utcnow()
+            now = utcnow()
             for req in self._status_requests.values():
                 self._sample(req, now)
             failed = False
@@ -214,7 +214,7 @@ class VtnStatus:
             due = [r.next_sample for r in self._status_requests.values() if not r.final]
             timeout = backoff if failed else None
             if due:
-                wait = max(0.0, (min(due) - _utcnow()).total_seconds())
+                wait = max(0.0, (min(due) - utcnow()).total_seconds())
                 timeout = wait if timeout is None else min(timeout, wait)
             await woken(self._status_wake, timeout)
 
@@ -245,7 +245,7 @@ class VtnStatus:
         """A status update got no answer. A VTN that is down fails the polls too, and the outage says so; one that
         answers polls meanwhile leaves the samples piling up unsaid until they are dropped, days later at PT1H: one
         WARNING once that is clear, as for the usage updates (helper rev40), one INFO when one is answered again."""
-        now = _utcnow()
+        now = utcnow()
         since, failures, said, _ = self._status_failing or (now, 0, False, why)
         failures += 1
         if (not said and failures >= UPDATE_FAILURES and self._outage is None and self.last_poll is not None

@@ -53,7 +53,7 @@ class _VenIdChanged(logging.Filter):
 _openleadr_log.addFilter(_VenIdChanged())
 
 
-def _utcnow() -> datetime:
+def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
@@ -483,10 +483,10 @@ def verify_replay_protect(tree) -> None:
     if not isinstance(signed, datetime) or not nonce:
         raise _Replayed("its signature has no ReplayProtect timestamp and nonce")
     signed = signed.replace(tzinfo=timezone.utc) if signed.tzinfo is None else signed
-    oldest = _utcnow() - REPLAY_WINDOW
+    oldest = utcnow() - REPLAY_WINDOW
     if signed < oldest:
         raise _Replayed(f"signed at {_iso(signed)}, more than {REPLAY_WINDOW.total_seconds() / 60:g} min before this "
-                        f"box's clock ({_iso(_utcnow())}): a replayed message, or the VTN's clock or this one is wrong")
+                        f"box's clock ({_iso(utcnow())}): a replayed message, or the VTN's clock or this one is wrong")
     if (signed, nonce) in _nonces:
         raise _Replayed(f"its signature (signed at {_iso(signed)}, nonce {nonce}) was seen before: a replayed message")
     for seen in [k for k in _nonces if k[0] < oldest]:

@@ -12,7 +12,7 @@ from openleadr import objects, utils as outils
 
 from .report_intervals import Interval
 from .vtn_reports import BATCH, Standing
-from .vtn_transport import _fault_kind, _iso, _response_code, _utcnow
+from .vtn_transport import _fault_kind, _iso, _response_code, utcnow
 
 log = logging.getLogger("ven.vtn")
 
@@ -118,7 +118,7 @@ class VtnUpdates:
                 log.warning("%s; the samples stay queued, the reports are offered again so the VTN can request "
                             "them anew (backoff up to %g s)", self.last_error, self._cfg.retry_max_seconds)
             if self._report_refused is None:
-                self._report_refused_since = _utcnow()
+                self._report_refused_since = utcnow()
             self._report_refused = self.last_error
             self._report_refusals += 1
             self._offer_again(rrid)
@@ -131,7 +131,7 @@ class VtnUpdates:
         answered after the first failed update, and UPDATE_FAILURES in a row: a proxy failing one request in
         fifteen is not worth a line), one INFO when an update is answered again."""
         why = why or "an empty answer"
-        now = _utcnow()
+        now = utcnow()
         since, failures, said, _ = self._updates_failing or (now, 0, False, None)
         failures += 1
         # (an open VTN fault, failing polls now and then, is said by the outage's lines already)
