@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from bacnet_peer import BacnetPeer
 from test_gateway import fast_config, read, system  # noqa: F401 - the fixture
+from test_schedule import make_event
 from waiting import eventually
 
 from bacnet_api import points as P
@@ -213,6 +217,57 @@ async def test_a_stored_shed_start_out_of_range_or_from_an_unset_clock_does_not_
                 assert float(gateway.storage.load_value(SHED_COMMANDS + ":since")) > 1.7e9, "the file put right"
         finally:
             await gateway.stop()
+
+
+@pytest.mark.parametrize("commanded, event_in_force", [(True, True), (True, False), (False, False)])
+async def test_a_damaged_stored_shed_start_is_named_and_the_shed_goes_on(tmp_path, free_udp_port, free_tcp_port, caplog,
+                                                                         commanded, event_in_force):
+    # A byte of the file changed under the stored start of the shed in force: it read as none, the shed taken as
+    # begun at this start with nothing said, its 12 hours ("held for over 12 hours") counted over again
+    caplog.set_level(logging.INFO)
+    ports = dict(bacnet_port=free_udp_port(), meter_port=free_udp_port(), vtn_port=free_tcp_port(),
+                 http_port=free_tcp_port())
+    config = fast_config(tmp_path, **ports)
+    key, began = SHED_COMMANDS + ":since", f"{time.time() - 3 * 3600:.6f}"
+    event_start = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(hours=2)
+    store = Storage(config.storage.path)
+    store.save_value(SHED_COMMANDS, json.dumps({"9": 70.0} if commanded else {}))
+    store.save_value(key, began)
+    if event_in_force:
+        store.save_event(make_event("shed-for-it", [2], event_start, 4 * 3600))
+    store.close()
+    data = bytearray(Path(config.storage.path).read_bytes())
+    at = data.index(began.encode())
+    data[at + 4] = ord("#")
+    Path(config.storage.path).write_bytes(data)
+    found = began[:4] + "#" + began[5:]
+    gateway = Gateway(config)
+    async with MeterSimulator(address=f"127.0.0.1/8:{ports['meter_port']}", value=87.5):
+        start = time.time()
+        await gateway.start()
+        try:
+            status = gateway.forecast.status()
+            kept = gateway.storage.load_value(key)
+        finally:
+            await gateway.stop()
+    said = [r for r in caplog.records if key in r.getMessage()]
+    assert len(said) == 1 and said[0].levelname == "WARNING", [r.getMessage() for r in said]
+    assert said[0].getMessage().startswith(f"stored {key} '{found}' unreadable (Unix seconds expected): "), said
+    if not commanded:
+        assert status["shed_kw"] == 0.0 and status["shed_since"] is None and kept == ""
+        assert said[0].getMessage().endswith("no shed is commanded (bas-shed-power relinquished or 0): none in "
+                                             "force, cleared")
+        return
+    assert status["shed_kw"] == 70.0, "the shed goes on"
+    assert float(kept) == status["shed_since"], "the file put right"
+    if event_in_force:
+        assert status["shed_since"] == event_start.timestamp()
+        assert said[0].getMessage().endswith(f"the 70 kW shed restored from its commands goes on, its age counted "
+                                             f"from the start of event shed-for-it ({event_start.isoformat()}), in "
+                                             f"force at level 2")
+    else:
+        assert start <= status["shed_since"] <= time.time()
+        assert said[0].getMessage().endswith("its age counted from now (no event in force to date it)")
 
 
 async def test_a_shed_kept_from_before_a_run_without_the_point_is_not_brought_back(tmp_path, free_udp_port,

@@ -568,14 +568,41 @@ class Gateway:
                 self._shed_since_kept = since
 
     def _stored_shed_since(self) -> float | None:
+        text = self.storage.load_value(SHED_SINCE)
         try:
-            since = float(self.storage.load_value(SHED_SINCE) or "nan")
+            since = float(text or "nan")
         except ValueError:
             since = math.nan
+        if text and not math.isfinite(since):
+            since = self._shed_start_unreadable(text)
         self._shed_since_kept = since if math.isfinite(since) else None
         if math.isfinite(since) and since < CLOCK_FLOOR.timestamp():
             return None     # stamped by a clock not yet set (a box without a battery clock): begun again now
         return self._shed_since_kept
+
+    def _shed_start_unreadable(self, text: str) -> float:
+        """What a damaged SHED_SINCE stands for, said and written back. The shed itself is the BAS's command, restored
+        from its own key: whether one is in force does not depend on this. Only its age does (the 12 hours after
+        which it is flagged as never relinquished), read as a shed begun at this start; counted instead from the
+        start of the event in force, when there is one (the BAS's likely reason to shed, so begun no earlier), a shed
+        the BAS never relinquishes is flagged no later than the lost value would have had it."""
+        shed, now = self._commanded(P.SHED_POWER), time.time()
+        state = self.schedule.state()
+        event = self.schedule.get(state.level_event_id) if state.level > 0 and state.level_event_id else None
+        if not shed:
+            since, instead = math.nan, "no shed is commanded (bas-shed-power relinquished or 0): none in force, cleared"
+        elif event is not None and event.start.timestamp() <= now:
+            since = event.start.timestamp()
+            instead = (f"the {shed:g} kW shed restored from its commands goes on, its age counted from the start of "
+                       f"event {event.event_id} ({event.start.isoformat(timespec='seconds')}), in force at level "
+                       f"{state.level:g}")
+        else:
+            since = now
+            instead = (f"the {shed:g} kW shed restored from its commands goes on, its age counted from now (no event "
+                       f"in force to date it)")
+        log.warning("stored %s %.60r unreadable (Unix seconds expected): %s", SHED_SINCE, text, instead)
+        self.storage.save_value(SHED_SINCE, repr(since) if math.isfinite(since) else "")
+        return since
 
     def _commanded(self, name: str) -> float | None:
         """A commandable analog point's effective command; None while relinquished at every priority."""
