@@ -230,3 +230,51 @@ async def test_while_storage_cannot_be_written_the_chart_shows_the_forecast_the_
 
 async def _event(get, event_id: str) -> dict | None:
     return next((e for e in (await get("/api/status"))["events"] if e["event_id"] == event_id), None)
+
+
+async def test_a_304_makes_no_body_and_its_tag_is_the_one_a_200_gives(tmp_path, free_udp_port, free_tcp_port,
+                                                                      monkeypatch):
+    # a dashboard's refresh with nothing new (every second or so) read storage.path and made the whole body (2 MB
+    # for 35 days) only to hash it and answer 304
+    import ven.history
+    from test_gateway import fast_config
+    from test_schedule import make_event
+    from ven.app import Gateway
+
+    made = []
+    real_build = ven.history.build_history
+    monkeypatch.setattr(ven.history, "build_history", lambda *a, **kw: (made.append(1), real_build(*a, **kw))[1])
+    # no meter answering and one forecast cycle an hour: nothing changes unless the test changes it
+    gateway = Gateway(fast_config(tmp_path, bacnet_port=free_udp_port(), meter_port=free_udp_port(),
+                                  vtn_port=free_tcp_port(), http_port=free_tcp_port(), cycle_seconds=3600))
+    await gateway.start()
+    url = f"{gateway.http.url}/api/history?hours=1"
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+            async def get(tag=None):
+                async with http.get(url, headers={"If-None-Match": tag} if tag else {}) as r:
+                    return r.status, r.headers["ETag"], (await r.json() if r.status == 200 else None)
+
+            async def same_state_twice():
+                # the minute is in the tag (the chart's span moves with it): both answers within one
+                minute = time.time() // 60
+                first, second = await get(), await get()
+                return (first, second) if time.time() // 60 == minute else None
+            (status, a, body), (again, a_again, body_again) = await eventually(same_state_twice, 130, "one minute")
+            assert status == again == 200 and a == a_again, "the same state, the same tag"
+            assert {**body, "now": 0} == {**body_again, "now": 0}
+            before = len(made)
+            assert (await get(a))[:2] == (304, a)
+            assert len(made) == before, "a 304 made no body"
+
+            gateway.forecast.on_meter(time.time(), 93.0)          # a reading: the minute in progress changes
+            status, b, body = await get(a)
+            assert status == 200 and b != a and body["power_kw"][-1] == 93.0
+            assert (await get(b))[:2] == (304, b)
+            start = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(minutes=30)
+            gateway.schedule.upsert(make_event("soon", [2], start, 600))    # an event to come, within the horizon
+            status, c, body = await get(b)
+            assert status == 200 and c not in (a, b) and [e["event_id"] for e in body["upcoming"]] == ["soon"]
+            assert (await get(c))[:2] == (304, c)
+    finally:
+        await gateway.stop()

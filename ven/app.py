@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import functools
 import gc
+import hashlib
 import json
 import logging
 import math
@@ -959,6 +960,29 @@ class Gateway:
     def recent_log(self, min_level: int, limit: int | None) -> dict:
         return self.recent.body(min_level, limit)
 
+    async def history_tag(self, hours: float) -> str:
+        """/api/history's ETag for `hours`, from what history(hours) is made of, without making it: a dashboard's
+        refresh with nothing new (every second or so) is answered 304 with no read of storage.path and no body. Its
+        clock enters as what it changes: the minute (the chart's span), which of the events' times are past and which
+        within the chart's "upcoming", and whether the latest forecast is stale. Taken before the body is made, so a
+        change meanwhile makes the next refresh a 200, never a 304 to an older body."""
+        c = self.config.forecaster
+        now = time.time()
+        events = self.schedule.history_events(datetime.fromtimestamp(now, timezone.utc) - timedelta(hours=hours))
+        held = await asyncio.to_thread(self.forecast.history_state)
+        latest = self.forecast.last_forecast_view()
+        issued = latest["issued_at"] if latest else None
+        times = [t.timestamp() for ev in events for t in _times(ev)]
+        upcoming_until = now + max(c.horizons_minutes) * 60
+        key = (hours, int(now // 60), held, hash(tuple(events)), sum(t <= now for t in times),
+               sum(t <= upcoming_until for t in times), self.forecast.input_stale(), issued,
+               issued is not None and now - issued > self._flag_stale_seconds)
+        return hashlib.blake2b(repr(key).encode(), digest_size=12).hexdigest()
+
+    @property
+    def _flag_stale_seconds(self) -> float:
+        return max(300.0, 3 * self.config.forecaster.cycle_seconds)
+
     async def history(self, hours: float) -> dict:
         from .history import build_history
 
@@ -975,7 +999,7 @@ class Gateway:
         def shape() -> dict:
             now = datetime.now(timezone.utc)
             return build_history(now.timestamp(), hours, stored, [ev.describe(now) for ev in events],
-                                 horizons=c.horizons_minutes, flag_stale_seconds=max(300.0, 3 * c.cycle_seconds),
+                                 horizons=c.horizons_minutes, flag_stale_seconds=self._flag_stale_seconds,
                                  input_stale=input_stale, latest_forecast=latest)
         return await asyncio.to_thread(shape)
 
@@ -1027,3 +1051,10 @@ class Gateway:
             for model, key in (("forecaster", "validation_rmse_kw"), ("persistence", "validation_persistence_rmse_kw")):
                 if h.get(key) is not None:
                     self.metrics.model_validation_error.labels(model=model, horizon=f"{horizon}m").set(h[key])
+
+
+def _times(ev) -> list[datetime]:
+    """An event's times that /api/history compares with its clock (what ran, what is to come, its answers)."""
+    out = [t for s in ev.signals for i in s.intervals for t in (i.start + ev.start_offset, i.end + ev.start_offset)]
+    out += [t for r in ev.ran_before for t in r[:2]] + [t for t, _ in ev.opt_changes]
+    return out + [t for t in (ev.received_at, ev.cancelled_at, ev.modified_at) if t is not None]

@@ -149,6 +149,7 @@ class ForecastService:
         self._unsaved_model: bytes | None = None    # a fitted model not yet written
         self._unsaved_forecasts: list[Forecast] = []   # issued, not yet written (SAVE_EVERY_CYCLES)
         self._cycles_run = 0
+        self._samples_taken = 0     # accepted ones: with the cycles, what changes history() in memory (history_state)
         self._reopen_seconds = reopen_seconds
         self._reopen: ReopenTimer | None = None
         self._next_prune = time.monotonic() + PRUNE_EVERY_S   # monotonic: unmoved by clock steps
@@ -252,6 +253,7 @@ class ForecastService:
                 self._shed_over = True
             kw = min(kw, fc.max_kw)
         ok = fc.add_sample(t, kw)
+        self._samples_taken += ok
         if fc.clock_steps != self._steps_seen:
             self._steps_seen = fc.clock_steps
             self._clock_stepped(fc.last_clock_step)
@@ -788,21 +790,41 @@ class ForecastService:
                 "rate_kw_per_min": f.rate_kw_per_min, "high_load": f.high_load, "low_load": f.low_load,
                 "high_threshold_kw": f.high_threshold_kw, "low_threshold_kw": f.low_threshold_kw}
 
+    def _in_cycle_thread(self, fn):
+        """fn() in the cycle's thread, after the flush history() makes: the chart shows the cycles not yet written
+        too (SAVE_EVERY_CYCLES), and there a save swaps the unsaved list out while it writes (not read mid-save)."""
+        def flushed():
+            if self._store is not None:
+                self._flush()
+            return fn()
+        try:
+            return self._cycle_pool.submit(flushed).result()
+        except RuntimeError:    # stopped: the stop wrote them
+            return fn()
+
+    def history_state(self) -> tuple:
+        """What history() gives, but for the clock, taken without reading it: /api/history's ETag (Gateway.
+        history_tag), so a dashboard's refresh with nothing new costs no read and no body. Memory by what changes it
+        (the samples taken, the cycles run), storage.path by its and its WAL's inode, size and change time (a write
+        of this process, or of a CLI beside it; after the flush history() makes, which is then no change)."""
+        def taken() -> tuple:
+            files = []
+            for path in (self.storage_path, f"{self.storage_path}-wal"):
+                try:
+                    st = os.stat(path)
+                    files.append((st.st_ino, st.st_size, st.st_mtime_ns))
+                except (OSError, TypeError):
+                    files.append(None)
+            return (self._samples_taken, self._cycles_run, self._store is None, self._store_failing,
+                    self.read_damage.error, *files)
+        return self._in_cycle_thread(taken)
+
     def history(self, hours: float) -> dict:
         since = self._clock() - hours * 3600
         store = self._store
-
-        def flushed() -> list[Forecast]:
-            if store is not None:   # the chart shows the cycles not yet written too (SAVE_EVERY_CYCLES)
-                self._flush()
-            # taken in the cycle's thread, where a save swaps the list out while it writes: not mid-save
-            return self._unsaved_forecasts
         # what the file refused is kept for the next write (MAX_UNSAVED_FORECASTS): the chart shows it as it will
         # be written. Taken before the read: one written meanwhile is in both, and counted once.
-        try:
-            unsaved = self._cycle_pool.submit(flushed).result()
-        except RuntimeError:    # stopped: the stop wrote them
-            unsaved = self._unsaved_forecasts
+        unsaved = self._in_cycle_thread(lambda: self._unsaved_forecasts)
         stored = None
         if store is not None:
             try:

@@ -53,7 +53,8 @@ tables (nested objects flattened), so the gateway may add keys freely. Values ma
 null, datetimes become ISO strings, dataclasses objects.
 
 GET /api/history?hours=24 -> view.history(hours), shaped by ven.history.build_history (its docstring
-has the shape), with a weak ETag of all of it but "now": 304 to an If-None-Match of it (_history_response).
+has the shape), with a weak ETag (view.history_tag(hours), of what the body is made of; without it one of all the
+body but "now"): 304 to an If-None-Match of it, made without the body (_history, _history_response).
 
 GET /api/history.csv?hours=24 -> the same body as CSV, one row per minute (ven/history_csv.py), as an attachment.
 
@@ -184,6 +185,10 @@ class GatewayView(Protocol):
 
     def history(self, hours: float) -> dict | Awaitable[dict]: ...  # awaited when it is a coroutine
 
+    # optional: /api/history's ETag for `hours` (text), from what history(hours) would be made of, without making it
+    # (a change to any of it a new tag); without it the tag is a hash of the body made
+    def history_tag(self, hours: float) -> str | Awaitable[str]: ...
+
     def health(self) -> tuple[bool, str]: ...
 
     # optional: without it /api/log answers that no line is kept (capacity 0)
@@ -237,24 +242,44 @@ def _json_response(body: Any, status: int = 200) -> web.Response:
 _NO_NOW = object()
 
 
-def _history_response(body: Any, asked: tuple | None) -> web.Response:
-    """/api/history with a weak ETag of all of it but "now": 304 Not Modified for a request whose If-None-Match
-    (`asked`) has it. An open dashboard asks at every refresh (every second or so on a control-room screen) for a body
-    that changes once a minute and with each meter reading (the minute in progress): with the 304 it draws the chart
-    again only when there is something new to draw. "now" (when the body was made) is left out: it alone changes at
-    every answer, and the page moves its "now" line by /api/status's "now" meanwhile."""
+def _hours(request: web.Request) -> float | None:
+    """?hours= of /api/history and its CSV; None when out of range."""
+    try:
+        hours = float(request.query.get("hours", "24"))
+    except ValueError:
+        return None
+    return hours if 0 < hours <= MAX_HISTORY_HOURS else None
+
+
+def _asked(asked: tuple | None, tag: aiohttp.ETag) -> bool:
+    return bool(asked) and any(t.value in (tag.value, ETAG_ANY) for t in asked)
+
+
+def _not_modified(tag: aiohttp.ETag) -> web.Response:
+    resp = web.Response(status=304, headers={"Cache-Control": "no-store"})
+    resp.etag = tag
+    return resp
+
+
+def _history_response(body: Any, asked: tuple | None, tag: aiohttp.ETag | None = None) -> web.Response:
+    """/api/history with a weak ETag: 304 Not Modified for a request whose If-None-Match (`asked`) has it. An open
+    dashboard asks at every refresh (every second or so on a control-room screen) for a body that changes once a
+    minute and with each meter reading (the minute in progress): with the 304 it draws the chart again only when
+    there is something new to draw. The tag is the view's (`tag`, of what the body is made of: GatewayView's
+    history_tag), else one of all the body but "now" (when the body was made): "now" alone changes at every answer,
+    and the page moves its "now" line by /api/status's "now" meanwhile."""
     data = to_json(body)
     if not isinstance(data, dict):
         return _json_response(data)
     now = data.pop("now", _NO_NOW)
     text = json.dumps(data, allow_nan=False, separators=(",", ":"))
-    tag = aiohttp.ETag(value=hashlib.blake2b(text.encode(), digest_size=12).hexdigest(), is_weak=True)
-    if asked and any(t.value in (tag.value, ETAG_ANY) for t in asked):
-        resp = web.Response(status=304, headers={"Cache-Control": "no-store"})
-    else:
-        if now is not _NO_NOW:   # put back, last: the text hashed is all the rest
-            text = text[:-1] + ("," if data else "") + '"now":' + json.dumps(now, allow_nan=False) + "}"
-        resp = web.Response(text=text, content_type="application/json", headers={"Cache-Control": "no-store"})
+    if tag is None:
+        tag = aiohttp.ETag(value=hashlib.blake2b(text.encode(), digest_size=12).hexdigest(), is_weak=True)
+    if _asked(asked, tag):
+        return _not_modified(tag)
+    if now is not _NO_NOW:   # put back, last: the text hashed is all the rest
+        text = text[:-1] + ("," if data else "") + '"now":' + json.dumps(now, allow_nan=False) + "}"
+    resp = web.Response(text=text, content_type="application/json", headers={"Cache-Control": "no-store"})
     resp.etag = tag
     return resp
 
@@ -749,11 +774,8 @@ class HttpServer:
     async def _read_history(self, request: web.Request) -> tuple[float, Any] | web.Response:
         """(hours, the view's history body) of a request, or the error response to give instead."""
         raw = request.query.get("hours", "24")
-        try:
-            hours = float(raw)
-        except ValueError:
-            hours = math.nan
-        if not 0 < hours <= MAX_HISTORY_HOURS:
+        hours = _hours(request)
+        if hours is None:
             return _json_response({"error": f"hours must be a number above 0 and at most {MAX_HISTORY_HOURS}, "
                                             f"got {raw!r}"}, 400)
         try:
@@ -762,12 +784,21 @@ class HttpServer:
             return _json_response({"error": f"history unavailable: {type(err).__name__}: {err}"}, 500)
 
     async def _history(self, request: web.Request) -> web.Response:
+        tag = None
+        if (tag_of := getattr(self.view, "history_tag", None)) is not None and _hours(request) is not None:
+            # the view's tag of what the body is made of: a refresh with nothing new makes no body
+            try:
+                tag = aiohttp.ETag(value=await self._call("history", tag_of, _hours(request)), is_weak=True)
+            except Exception as err:
+                return _json_response({"error": f"history unavailable: {type(err).__name__}: {err}"}, 500)
+            if _asked(request.if_none_match, tag):
+                return _not_modified(tag)
         read = await self._read_history(request)
         if isinstance(read, web.Response):
             return read
         # off the event loop: 35 days are 50,400 minutes in 8 series, 2 MB of JSON and about 0.1 s to encode,
         # on every refresh of a dashboard opened with ?hours=840
-        return await asyncio.to_thread(_history_response, read[1], request.if_none_match)
+        return await asyncio.to_thread(_history_response, read[1], request.if_none_match, tag)
 
     async def _history_csv(self, request: web.Request) -> web.Response:
         read = await self._read_history(request)
