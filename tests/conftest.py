@@ -15,7 +15,11 @@ time.tzset()
 
 
 def pytest_configure(config):
-    if config.pluginmanager.hasplugin("timeout"):   # a test run out of time named as that test (timeouts.py)
+    # A test run out of time named as that test (timeouts.py). It calls pytest-timeout's module functions, which a
+    # release may rename: without them the run keeps pytest-timeout's own handling rather than failing to start.
+    timeout = config.pluginmanager.getplugin("timeout")
+    if timeout is not None and all(hasattr(timeout, name) for name in
+                                   ("timeout_sigalrm", "timeout_timer", "PYTEST_FAILURE_MESSAGE")):
         import timeouts
         config.pluginmanager.register(timeouts, "edge-gateway-timeouts")
 
