@@ -15,7 +15,9 @@ from waiting import eventually
 pytestmark = [pytest.mark.timeout(180),
               pytest.mark.skipif(not shutil.which("prlimit"), reason="prlimit (util-linux) not installed")]
 
-LIMIT = 96 * 1024
+# The storage file's write-ahead log holds about 60 KB once the gateway is ready, then grows about a page (1 KB) a
+# second: 72 KB is passed 6-7 s after the start, while it runs (96 KB took 24 s more of the same writes)
+LIMIT = 72 * 1024
 
 
 async def test_a_file_size_limit_is_named_as_the_reason_storage_refuses_writes(tmp_path, free_udp_port,
