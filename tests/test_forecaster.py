@@ -10,7 +10,7 @@ import pytest
 from forecaster import PERSISTENCE, DemandForecaster
 from forecaster.calendar import RESTDAY, SATURDAY, WORKDAY, Calendar
 from forecaster.flags import HysteresisFlag
-from forecaster.model import MODEL_NAME
+from forecaster.model import MODEL_NAME, fit_threads
 from forecaster.series import MinuteBins, minute_of
 from ven.forecast_service import fitted_line
 
@@ -638,10 +638,13 @@ def test_flattened_trees_predict_what_scikit_learn_predicts():
     y = np.nan_to_num(X[:, 0]) * 3 + np.nan_to_num(X[:, 1]) ** 2 + rng.normal(size=2000)
     m = _hgb()
     sklearn_est = m.est
-    m.fit(X, y, sample_weight=rng.random(2000) + 0.5)
-    Xt = rng.normal(size=(40, 6))
-    Xt[rng.random(Xt.shape) < 0.2] = np.nan
-    expected = sklearn_est.predict(m._codes(Xt))
+    # one thread, as the gateway's fits run: scikit-learn's OpenMP threads spun for 1.0-1.4 s of CPU against 0.15 s
+    # on the shared 2-core machine
+    with fit_threads(1):
+        m.fit(X, y, sample_weight=rng.random(2000) + 0.5)
+        Xt = rng.normal(size=(40, 6))
+        Xt[rng.random(Xt.shape) < 0.2] = np.nan
+        expected = sklearn_est.predict(m._codes(Xt))
     one_by_one = np.array([m.predict(Xt[i:i + 1])[0] for i in range(40)])
     np.testing.assert_allclose(one_by_one, expected, rtol=0, atol=1e-9)
     m.CHUNK_ROWS = 7  # batches that span several chunks
