@@ -34,6 +34,21 @@ def pytest_cmdline_main(config):
         config.option.loadscopereorder = False
 
 
+@pytest.hookimpl(optionalhook=True)     # xdist's: a run without it has no nodes
+def pytest_configure_node(node):
+    """Tell each worker the distribution is loadgroup. A worker parses the command line again (its -n, no --dist),
+    so it took the run for "load" and named no group in its tests' ids: since the scheduling moved out of addopts
+    each dashboard module went to every worker again, a Chromium started (and again after another module's test)
+    56 times in a full run at -n 6, 289 s of setups."""
+    node.workerinput["loadgroup"] = node.config.getvalue("dist") == "loadgroup"
+
+
+def pytest_configure(config):
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None and workerinput.get("loadgroup"):
+        config.option.loadgroup = True
+
+
 @pytest.hookimpl(tryfirst=True)     # before xdist's, which names the groups from the xdist_group marks
 def pytest_collection_modifyitems(config, items):
     _spread_waiting(items)
