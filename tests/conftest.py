@@ -15,6 +15,9 @@ time.tzset()
 
 
 def pytest_configure(config):
+    workerinput = getattr(config, "workerinput", None)     # an xdist worker: see pytest_configure_node
+    if workerinput is not None and workerinput.get("loadgroup"):
+        config.option.loadgroup = True
     # A test run out of time named as that test (timeouts.py). It calls pytest-timeout's module functions, which a
     # release may rename: without them the run keeps pytest-timeout's own handling rather than failing to start.
     timeout = config.pluginmanager.getplugin("timeout")
@@ -41,12 +44,6 @@ def pytest_configure_node(node):
     each dashboard module went to every worker again, a Chromium started (and again after another module's test)
     56 times in a full run at -n 6, 289 s of setups."""
     node.workerinput["loadgroup"] = node.config.getvalue("dist") == "loadgroup"
-
-
-def pytest_configure(config):
-    workerinput = getattr(config, "workerinput", None)
-    if workerinput is not None and workerinput.get("loadgroup"):
-        config.option.loadgroup = True
 
 
 @pytest.hookimpl(tryfirst=True)     # before xdist's, which names the groups from the xdist_group marks
