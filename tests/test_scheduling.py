@@ -26,7 +26,8 @@ def test_uses_it(shared, i):
 def test_a_module_sharing_a_module_scoped_fixture_sets_it_up_once_under_xdist(tmp_path):
     # each worker parses the command line again: it took the run for "load" when the scheduling moved from addopts
     # to conftest, no group was named, and the dashboard modules' Chromium started on every worker
-    shutil.copy(Path(__file__).with_name("conftest.py"), tmp_path / "conftest.py")
+    for name in ("conftest.py", "timeouts.py"):     # the suite's conftest and the plugin it registers
+        shutil.copy(Path(__file__).with_name(name), tmp_path / name)
     (tmp_path / "test_shared.py").write_text(SHARED)
     setups = tmp_path / "setups.txt"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
