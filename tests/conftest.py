@@ -93,7 +93,7 @@ def _spread_waiting(items):
 def _long_first_and_modules_whole(config, items):
     """Hand the long tests out first, and keep a module whose tests share a module-scoped fixture on one worker.
 
-    The test command's scheduler (pyproject's addopts: --dist loadgroup, --no-loadscope-reorder) gives a worker its
+    The test command's scheduler (--dist loadgroup, --no-loadscope-reorder: pytest_cmdline_main) gives a worker its
     next test as it finishes one, in this order; xdist's default gave each worker a run of up to a twelfth of what was
     left (150 tests early in the run), so one worker could still hold minutes of tests while the others had none.
     The long tests are those given more than the ini's timeout (their authors found they need it): in the spread
@@ -101,7 +101,8 @@ def _long_first_and_modules_whole(config, items):
     run's last minutes alone. A module-scoped fixture (a Chromium, a built wheel) serves
     only the worker that set it up, so such a module goes to one worker whole (xdist_group), or each worker
     would start its own, and again after each test of another module between its tests."""
-    default = float(config.getini("timeout") or 0)
+    # without pytest-timeout (-p no:timeout) there is no such ini key: every test is then of one length
+    default = float(config.getini("timeout") or 0) if config.pluginmanager.hasplugin("timeout") else 0.0
     units: dict[str, list] = {}
     for item in items:
         shared = _module_scoped_fixture(item)
