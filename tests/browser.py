@@ -79,14 +79,31 @@ async def one_chromium():
     from playwright.async_api import async_playwright
 
     async with async_playwright() as pw:
-        browser = await _launch(pw)
         loop = asyncio.get_running_loop()
-        _shared[loop] = browser
+        _shared[loop] = shared = _Shared(pw, await _launch(pw))
         try:
-            yield browser
+            yield shared.browser
         finally:
             _shared.pop(loop, None)
-            await browser.close()
+            await shared.browser.close()
+
+
+class _Shared:
+    """A module's Chromium, started again when it has gone: a test cut short inside Playwright's call (its timeout,
+    on a box at load 30) closed the connection, and every later test of the module failed on the closed browser
+    ("Target page, context or browser has been closed"), 35 failures for one."""
+
+    def __init__(self, pw, browser):
+        self.pw, self.browser = pw, browser
+
+    async def connected(self):
+        if not self.browser.is_connected():
+            try:
+                await self.browser.close()
+            except Exception:   # already gone with its connection
+                pass
+            self.browser = await _launch(self.pw)
+        return self.browser
 
 
 # a module's pytestmark for its pages in one_chromium (and its async fixtures on the module's loop too)
@@ -119,7 +136,7 @@ async def chromium_page(width: int = 1440, height: int = 1200, timezone_id: str 
     In the module's Chromium if it has one (`one_chromium`), else in a Chromium of its own."""
     shared = _shared.get(asyncio.get_running_loop())
     if shared is not None:
-        async with _page(shared, width, height, timezone_id, color_scheme, speedup, csp) as page:
+        async with _page(await shared.connected(), width, height, timezone_id, color_scheme, speedup, csp) as page:
             yield page
         return
     from playwright.async_api import async_playwright
