@@ -250,7 +250,8 @@ async def test_the_first_status_sample_goes_when_it_is_taken(tmp_path, free_tcp_
         await until(lambda: status(server, rrid), 15, "the first update")
         waited = loop.time() - asked
         first = next(intervals for r, intervals in server.status_updates if r == rrid)
-        assert len(first) == 1 and waited < 6.0, (waited, first)     # polled within 1 s, then the next 4 s boundary
+        # polled within 1 s, then the next 4 s boundary: 5 s, 6.1 in CI at load 20; the bug's was the boundary after
+        assert len(first) == 1 and waited < 7.5, (waited, first)
 
 
 async def test_a_report_back_longer_than_a_request_keeps_is_shortened_not_dropped_from(
