@@ -255,6 +255,10 @@ def _asked(asked: tuple | None, tag: aiohttp.ETag) -> bool:
     return bool(asked) and any(t.value in (tag.value, ETAG_ANY) for t in asked)
 
 
+def _history_unavailable(err: Exception) -> web.Response:
+    return _json_response({"error": f"history unavailable: {type(err).__name__}: {err}"}, 500)
+
+
 def _not_modified(tag: aiohttp.ETag) -> web.Response:
     resp = web.Response(status=304, headers={"Cache-Control": "no-store"})
     resp.etag = tag
@@ -781,16 +785,16 @@ class HttpServer:
         try:
             return hours, await self._call("history", self.view.history, hours)
         except Exception as err:
-            return _json_response({"error": f"history unavailable: {type(err).__name__}: {err}"}, 500)
+            return _history_unavailable(err)
 
     async def _history(self, request: web.Request) -> web.Response:
-        tag = None
-        if (tag_of := getattr(self.view, "history_tag", None)) is not None and _hours(request) is not None:
+        tag, hours = None, _hours(request)
+        if hours is not None and (tag_of := getattr(self.view, "history_tag", None)) is not None:
             # the view's tag of what the body is made of: a refresh with nothing new makes no body
             try:
-                tag = aiohttp.ETag(value=await self._call("history", tag_of, _hours(request)), is_weak=True)
+                tag = aiohttp.ETag(value=await self._call("history", tag_of, hours), is_weak=True)
             except Exception as err:
-                return _json_response({"error": f"history unavailable: {type(err).__name__}: {err}"}, 500)
+                return _history_unavailable(err)
             if _asked(request.if_none_match, tag):
                 return _not_modified(tag)
         read = await self._read_history(request)
