@@ -23,6 +23,7 @@ from bacpypes3.pdu import GlobalBroadcast
 from bacpypes3.primitivedata import Real
 
 from . import cov_keep
+from .bac0_notes import find_callers_by_frame
 from .bug_guard import BugGuard
 from .client import BIP_MAX_APDU, ensure_port_free, stop_transactions, to_plain
 from .objects import (
@@ -174,6 +175,7 @@ class GatewayDevice:
             raise RuntimeError("device already started")
         import BAC0  # heavy import, only when a device actually starts
 
+        find_callers_by_frame()
         _route_bac0_logging()
         self._started = time.monotonic()
         ensure_port_free(self.address)
@@ -608,8 +610,8 @@ def _end_bac0_i_am(bacnet) -> None:
 def _end_bac0_cleanup(bacnet) -> None:
     """BAC0's "Cleanup Tasks List" prunes its list of its own recurring tasks each minute, of which the gateway runs
     none (its ping is off). Each run logs four DEBUG lines through BAC0's log(), which calls inspect.stack() before the
-    level is asked, reading the source of every frame: 60-90 ms of the loop a minute (1-1.5 ms of CPU a second at rest,
-    and a BAS's read held that long each minute; helper idle50). Ended at the start; BAC0's stop ends what is left."""
+    level is asked (bac0_notes.py now makes that cheap; the task still runs for nothing): 60-90 ms of the loop a minute
+    before, 1-1.5 ms of CPU a second at rest. Ended at the start; BAC0's stop ends what is left."""
     task = getattr(bacnet, "_cleanup_task", None)
     if task is not None and getattr(task, "aio_task", None) is not None:
         task.stop()
