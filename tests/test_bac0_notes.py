@@ -20,11 +20,15 @@ def _said(level="debug"):
     records = []
     handler = logging.Handler(logging.DEBUG)
     handler.emit = records.append
+    # a gateway started earlier in this worker routed every BAC0 logger to the root's level (device.py)
+    level_was = _Noted._log.level
+    _Noted._log.setLevel(logging.DEBUG)
     _Noted._log.addHandler(handler)
     try:
         _Noted().say("hello", level=level)
     finally:
         _Noted._log.removeHandler(handler)
+        _Noted._log.setLevel(level_was)
     return [r.getMessage() for r in records]
 
 
