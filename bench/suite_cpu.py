@@ -1,6 +1,6 @@
 """CPU seconds of the machine's processes by kind while a command runs (the test suite, by default).
 
-    python bench/suite_cpu.py [--interval 1] [-- python -m pytest -q -n 6]
+    python bench/suite_cpu.py [--interval 1] [-- python -m pytest -q -n 8]
 
 Samples /proc every INTERVAL seconds while COMMAND runs, and prints a table of CPU seconds by kind of process:
 Chromium's renderers, its browser and GPU/utility processes, Playwright's driver, the pytest controller, the xdist
@@ -70,7 +70,7 @@ def sample(last: dict, names: dict, total: collections.Counter, first: bool) -> 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--interval", type=float, default=1.0)
-    ap.add_argument("command", nargs="*", default=[sys.executable, "-m", "pytest", "-q", "-n", "6"])
+    ap.add_argument("command", nargs="*", default=[sys.executable, "-m", "pytest", "-q", "-n", "8"])
     args = ap.parse_args()
     last: dict = {}
     names: dict = {}

@@ -8,6 +8,8 @@ import time
 
 import pytest
 
+import run_order
+
 # The gateway warns when forecaster.timezone (UTC by default) is not the machine's zone: the suite runs
 # in UTC, the examples' zone, so that warning and BACnet's localTime do not depend on where it runs.
 os.environ["TZ"] = "UTC"
@@ -48,76 +50,58 @@ def pytest_configure_node(node):
 
 @pytest.hookimpl(tryfirst=True)     # before xdist's, which names the groups from the xdist_group marks
 def pytest_collection_modifyitems(config, items):
-    _spread_waiting(items)
-    _long_first_and_modules_whole(config, items)
+    items[:] = [item for unit in _dealing_order(config, items) for item in unit]
 
 
-_WAITING_DONE_AT = 0.9     # the share of the other tests handed out when the last waiting test is
+_SPREAD_DONE_AT = 0.9     # the share of the run dealt when the last waiting test or shared module is
+_LONG_DONE_AT = 0.5       # and when the last of the long ones is
 
 
-def _spread_waiting(items):
-    """Spread the tests of the files marked mostly_waiting evenly through the run, each file's tests in order.
-
-    Those files spend their time waiting on report intervals and polls; in alphabetical order they came last, and
-    the run's second half left the CPU 40-90 % idle while its first half (the BACnet and dashboard files) kept it
-    busy. xdist hands tests out in collection order, so a mixed order lets waiting overlap with work. The waiting
-    files are all handed out by the time nine tenths of the others are: a run that ended on them (a 20 s wait on a
-    VTN's poll period the last test of two full runs, the last minute at under half a core of demand) left the CPU
-    idle while it waited; the others, short and CPU-bound, pack the run's end. Test by test, not file by file: xdist
-    deals a file's tests to whichever workers are free, so a waiting file handed out whole could have all six
-    workers waiting on it at once (the test_report_* files, one after another among few others' tests, left a run
-    under two cores of demand for half of a minute)."""
-    files: dict[str, list] = {}
-    for item in items:
-        files.setdefault(item.nodeid.split("::")[0], []).append(item)
-    waiting = [f for f, tests in files.items() if tests[0].get_closest_marker("mostly_waiting")]
-    others = [f for f in files if f not in waiting]
-    if not waiting or not others:
-        return
-    # like a line drawn between the two lists: at every point the share of the waiting tests taken is that of the
-    # others over _WAITING_DONE_AT
-    waiting = [item for f in waiting for item in files[f]]
-    others = [item for f in others for item in files[f]]
-    n_waiting, n_others = len(waiting), len(others)
-    order, w, o = [], 0, 0
-    while w < n_waiting or o < n_others:
-        if o == n_others or (w < n_waiting and w * n_others * _WAITING_DONE_AT <= o * n_waiting):
-            order.append(waiting[w])
-            w += 1
-        else:
-            order.append(others[o])
-            o += 1
-    items[:] = order
-
-
-def _long_first_and_modules_whole(config, items):
-    """Hand the long tests out first, and keep a module whose tests share a module-scoped fixture on one worker.
+def _dealing_order(config, items) -> list[list]:
+    """The tests spread through the run by their recorded seconds (run_order.py), in four kinds.
 
     The test command's scheduler (--dist loadgroup, --no-loadscope-reorder: pytest_cmdline_main) gives a worker its
-    next test as it finishes one, in this order; xdist's default gave each worker a run of up to a twelfth of what was
-    left (150 tests early in the run), so one worker could still hold minutes of tests while the others had none.
-    The long tests are those given more than the ini's timeout (their authors found they need it): in the spread
-    order they came in the run's last fifth (a 177 s replay at 1469 of 1852), where one started late could be the
-    run's last minutes alone. A module-scoped fixture (a Chromium, a built wheel) serves
-    only the worker that set it up, so such a module goes to one worker whole (xdist_group), or each worker
-    would start its own, and again after each test of another module between its tests."""
+    next test as it finishes one, in this order. The long tests, given more than the ini's timeout (their authors
+    found they need it), are dealt longest first within the run's first half: one started late could be the run's
+    last minutes alone. A module whose tests share a module-scoped fixture (a Chromium, a built wheel) goes to one
+    worker whole (xdist_group), or each worker would start its own; those modules, longest first, and the tests of
+    the files marked mostly_waiting (they wait on report intervals and polls) are dealt by nine tenths of the run,
+    so its end is packed with the others, short and busy. In alphabetical order the dashboard modules had all six
+    workers driving Chromiums at once and the test_report_* files all six waiting; with the long tests all dealt
+    first, the waiting ones were left to the run's second half and still waited together."""
     # without pytest-timeout (-p no:timeout) there is no such ini key: every test is then of one length
     default = float(config.getini("timeout") or 0) if config.pluginmanager.hasplugin("timeout") else 0.0
     units: dict[str, list] = {}
+    shared = set()
     for item in items:
-        shared = _module_scoped_fixture(item)
-        if shared:
+        key = item.nodeid
+        if _module_scoped_fixture(item):
             item.add_marker(pytest.mark.xdist_group(item.path.stem))
             _name_group(config, item, item.path.stem)
-        units.setdefault(item.nodeid.split("::")[0] if shared else item.nodeid, []).append(item)
+            key = item.nodeid.split("::")[0]
+            shared.add(key)
+        units.setdefault(key, []).append(item)
 
     def timeout(unit: list) -> float:
         return max((float(mark.args[0]) if mark.args else float(mark.kwargs.get("timeout", default)))
                    if (mark := item.get_closest_marker("timeout")) else default for item in unit)
 
-    long = sorted((u for u in units.values() if timeout(u) > default), key=timeout, reverse=True)
-    rest = [u for u in units.values() if timeout(u) <= default]
-    items[:] = [item for unit in long + rest for item in unit]
+    per_test = run_order.estimator(run_order.read_table())
+
+    def seconds(unit: list) -> float:
+        return sum(per_test(item.nodeid) for item in unit)
+
+    long = run_order.Queue(done_at=_LONG_DONE_AT)
+    waiting = run_order.Queue(done_at=_SPREAD_DONE_AT)
+    modules = run_order.Queue(done_at=_SPREAD_DONE_AT)
+    others = run_order.Queue()
+    for key, unit in units.items():
+        (waiting if unit[0].get_closest_marker("mostly_waiting") else long if timeout(unit) > default else
+         modules if key in shared else others).units.append(unit)
+    long.units.sort(key=lambda u: (timeout(u), seconds(u)), reverse=True)
+    waiting.units.sort(key=timeout, reverse=True)     # stable: each file's tests stay in order
+    modules.units.sort(key=seconds, reverse=True)
+    return run_order.merge([long, waiting, modules, others], seconds)
 
 
 def _name_group(config, item, group: str) -> None:
