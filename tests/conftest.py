@@ -104,6 +104,20 @@ def _dealing_order(config, items) -> list[list]:
     return run_order.merge([long, waiting, modules, others], seconds)
 
 
+def pytest_terminal_summary(terminalreporter, config):
+    if getattr(config, "workerinput", None) is not None:
+        return
+    try:
+        missing = run_order.files_missing(run_order.read_table(), config.rootpath)
+    except ValueError as err:     # the collection said it already
+        missing = [str(err)]
+    if missing:
+        terminalreporter.write_line(
+            f"tests/durations.tsv lacks {len(missing)} test file(s) ({', '.join(missing[:3])}"
+            f"{', ...' if len(missing) > 3 else ''}): their tests were dealt as the median file's; to refresh it, "
+            "see tests/run_order.py")
+
+
 def _name_group(config, item, group: str) -> None:
     """What xdist's worker does with an xdist_group mark (the scheduler reads the group from the id's "@group"),
     done here for pytest 9, which keeps a node's id in `_id`: xdist 3.8 still writes `_nodeid`, the scheduler never

@@ -45,6 +45,12 @@ def read_table(path: Path = TABLE) -> dict[str, float]:
     return per_test
 
 
+def files_missing(per_test: dict[str, float], root: Path) -> list[str]:
+    """The test files under root/tests that the table does not name."""
+    return sorted(name for path in (root / "tests").glob("test_*.py")
+                  if (name := path.relative_to(root).as_posix()) not in per_test)
+
+
 def estimator(per_test: dict[str, float]):
     """A function giving a test's expected seconds from its nodeid."""
     fallback = statistics.median(per_test.values()) if per_test else 1.0

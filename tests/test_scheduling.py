@@ -71,3 +71,19 @@ def test_the_collected_order_spreads_waiting_tests_and_shared_modules_by_their_r
     assert order[-10:] == ["test_quick.py"] * 10, order
     shared = [i for i, name in enumerate(order) if name == "test_shared.py"]
     assert shared == list(range(shared[0], shared[0] + 8)), order
+
+
+def test_a_run_whose_table_lacks_a_test_file_says_so_in_one_line(tmp_path):
+    (tmp_path / "tests").mkdir()
+    _copy_conftest(tmp_path / "tests")
+    (tmp_path / "tests" / "test_listed.py").write_text("def test_a():\n    pass\n")
+    (tmp_path / "tests" / "test_new.py").write_text("def test_b():\n    pass\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    said = "tests/durations.tsv lacks 1 test file(s) (tests/test_new.py)"
+    for table, says in (("tests/test_listed.py\t1\t0.1\n", True),
+                        ("tests/test_listed.py\t1\t0.1\ntests/test_new.py\t1\t0.1\n", False)):
+        (tmp_path / "tests" / "durations.tsv").write_text(table)
+        run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "2", "tests"],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert (said in run.stdout) is says and run.stdout.count("durations.tsv lacks") == says, run.stdout

@@ -775,13 +775,12 @@ class HttpServer:
             return _json_response({"error": f"status unavailable: {type(err).__name__}: {err}"}, 500)
         return _json_response({**body, "page": self.page} if isinstance(body, dict) else body)
 
-    async def _read_history(self, request: web.Request) -> tuple[float, Any] | web.Response:
-        """(hours, the view's history body) of a request, or the error response to give instead."""
-        raw = request.query.get("hours", "24")
-        hours = _hours(request)
+    async def _read_history(self, request: web.Request, hours: float | None) -> tuple[float, Any] | web.Response:
+        """(hours, the view's history body) of a request whose ?hours= read as `hours` (_hours), or the error
+        response to give instead."""
         if hours is None:
             return _json_response({"error": f"hours must be a number above 0 and at most {MAX_HISTORY_HOURS}, "
-                                            f"got {raw!r}"}, 400)
+                                            f"got {request.query.get('hours', '24')!r}"}, 400)
         try:
             return hours, await self._call("history", self.view.history, hours)
         except Exception as err:
@@ -797,7 +796,7 @@ class HttpServer:
                 return _history_unavailable(err)
             if _asked(request.if_none_match, tag):
                 return _not_modified(tag)
-        read = await self._read_history(request)
+        read = await self._read_history(request, hours)
         if isinstance(read, web.Response):
             return read
         # off the event loop: 35 days are 50,400 minutes in 8 series, 2 MB of JSON and about 0.1 s to encode,
@@ -805,7 +804,7 @@ class HttpServer:
         return await asyncio.to_thread(_history_response, read[1], request.if_none_match, tag)
 
     async def _history_csv(self, request: web.Request) -> web.Response:
-        read = await self._read_history(request)
+        read = await self._read_history(request, _hours(request))
         if isinstance(read, web.Response):
             return read
         hours, body = read
