@@ -19,7 +19,7 @@ from test_http_api import SampleView, _iso, fault_points
 from ven.cert_expiry import CertWatch, read_client_cert
 from ven.config import OpenadrConfig
 from ven.config_load import parse_config
-from ven.vtn_outage import _Outage
+from ven.vtn_outage import Outage
 
 pytestmark = [pytest.mark.timeout(90), *IN_ONE_CHROMIUM]
 
@@ -861,13 +861,13 @@ async def test_a_failing_fit_says_when_it_is_tried_again_in_the_zone_the_page_sh
 
 class FlakyVtnView(FaultView):
     """A VTN behind a flaky proxy: connected at this moment, its intermittent fault open (or `ended`), in the shape
-    the gateway gives it (ven/vtn_outage.py _Outage.status)."""
+    the gateway gives it (ven/vtn_outage.py Outage.status)."""
 
     ended = False
 
     def status(self):
         body = super().status()
-        fault = _Outage(time.monotonic() - 1500, set(), "", True, settle=240.0, relapses=5, polls=150, polls_failed=6,
+        fault = Outage(time.monotonic() - 1500, set(), "", True, settle=240.0, relapses=5, polls=150, polls_failed=6,
                         losses=2, registrations=2, answered_since=time.monotonic() - 30, down=40.0,
                         started=datetime.now(timezone.utc) - timedelta(seconds=1500))
         if self.ended:

@@ -34,6 +34,17 @@ def test_a_package_imports_only_what_the_layout_lets_it(package):
     assert wrong == []
 
 
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_a_module_imports_no_underscore_name_of_another(package):
+    # what another module needs is that module's public interface: an underscore name is free to change inside it
+    wrong = [f"{path.relative_to(ROOT)}:{node.lineno} imports {alias.name} from {'.' * node.level}{node.module or ''}"
+             for path in sorted((ROOT / package).rglob("*.py"))
+             for node in ast.walk(ast.parse(path.read_text(), str(path)))
+             if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").split(".")[0] in FORBIDDEN)
+             for alias in node.names if alias.name.startswith("_") and not alias.name.startswith("__")]
+    assert wrong == []
+
+
 def test_the_check_reads_imports_inside_functions_and_relative_ones(tmp_path):
     pkg = tmp_path / "bacnet_api"
     pkg.mkdir()

@@ -14,7 +14,7 @@ import pytest
 from raw_vtn import RawVtn, cancel_report, create_report, report_request
 from test_report_requests import S, expected, now, received, running, said, same
 from waiting import eventually as until
-from ven.report_intervals import EPOCH, _report_window, complete_intervals, next_boundary, report_origin
+from ven.report_intervals import EPOCH, report_window, complete_intervals, next_boundary, report_origin
 from ven.vtn_server import DemoVtn
 
 pytestmark = pytest.mark.mostly_waiting
@@ -120,12 +120,12 @@ def test_a_report_interval_is_the_grid_intervals_overlapping_it():
     m15 = timedelta(minutes=15)
 
     def window(start, duration):
-        return _report_window({"report_interval": {"dtstart": start, "duration": duration}}, m15)
+        return report_window({"report_interval": {"dtstart": start, "duration": duration}}, m15)
     assert window(t0, 2 * timedelta(hours=1)) == (t0, t0 + timedelta(hours=2))
     assert window(t0 + timedelta(minutes=6, seconds=18.7), timedelta(hours=1)) == (t0, t0 + 5 * m15)
     assert window(t0 + S, timedelta(0)) == (None, None)     # until cancelled, the backlog included
     assert window(t0, timedelta(days=9999 * 365)) == (None, None)   # "until further notice" as P9999Y: the same
-    assert _report_window({}, m15) == (None, None)
+    assert report_window({}, m15) == (None, None)
 
 
 def test_hourly_and_daily_intervals_from_a_local_midnight_keep_to_it():
@@ -135,7 +135,7 @@ def test_hourly_and_daily_intervals_from_a_local_midnight_keep_to_it():
     midnight = datetime(2026, 6, 30, 18, 30, tzinfo=timezone.utc)
     spec = {"report_interval": {"dtstart": midnight, "duration": day}}
     origin = report_origin(spec)
-    assert origin == midnight and _report_window(spec, hour, origin) == (midnight, midnight + day)
+    assert origin == midnight and report_window(spec, hour, origin) == (midnight, midnight + day)
     readings = [Reading(i, midnight + timedelta(minutes=m), kw)
                 for i, (m, kw) in enumerate([(-20, 100.0), (-5, 100.0), (5, 50.0), (40, 50.0), (65, 70.0)])]
     got, _ = complete_intervals(readings, hour, midnight + 3 * hour, origin=origin)
@@ -150,7 +150,7 @@ def test_hourly_and_daily_intervals_from_a_local_midnight_keep_to_it():
     asked = midnight + timedelta(minutes=7, seconds=12)
     spec = {"report_interval": {"dtstart": asked, "duration": day}}
     assert report_origin(spec) == EPOCH
-    assert _report_window(spec, hour, report_origin(spec))[0] == datetime(2026, 6, 30, 18, 0, tzinfo=timezone.utc)
+    assert report_window(spec, hour, report_origin(spec))[0] == datetime(2026, 6, 30, 18, 0, tzinfo=timezone.utc)
     rounded = {"report_interval": {"dtstart": midnight, "duration": day}}
     assert report_origin(rounded, now=midnight + timedelta(seconds=50)) == EPOCH
     assert report_origin(rounded, now=midnight - timedelta(seconds=50)) == EPOCH
@@ -165,9 +165,9 @@ def test_a_report_interval_of_days_from_a_local_midnight_is_of_the_buildings_day
     for first, last in (((2027, 3, 1), (2027, 3, 31)), ((2026, 10, 1), (2026, 10, 31))):
         start, end = (datetime(*d, tzinfo=rome).astimezone(timezone.utc) for d in (first, last))
         spec = {"report_interval": {"dtstart": start, "duration": 30 * day}}
-        assert _report_window(spec, day, report_origin(spec), rome) == (start, end)
-        assert _report_window(spec, day, report_origin(spec)) == (start, start + 30 * day)
-        assert _report_window(spec, day, report_origin(spec), ZoneInfo("Asia/Kolkata")) == (start, start + 30 * day)
+        assert report_window(spec, day, report_origin(spec), rome) == (start, end)
+        assert report_window(spec, day, report_origin(spec)) == (start, start + 30 * day)
+        assert report_window(spec, day, report_origin(spec), ZoneInfo("Asia/Kolkata")) == (start, start + 30 * day)
 
 
 async def test_intervals_are_laid_from_a_report_interval_that_starts_on_a_quarter_hour(tmp_path, free_tcp_port,

@@ -174,7 +174,7 @@ async def test_ca_file_verifies_a_private_ca_vtn_with_or_without_a_client_certif
 
     from aiohttp import web
 
-    from ven.vtn_transport import _Client
+    from ven.vtn_transport import VenClient
 
     d, _ = pki
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -186,7 +186,7 @@ async def test_ca_file_verifies_a_private_ca_vtn_with_or_without_a_client_certif
     tls = dict(cert=str(d / "ven.pem"), key=str(d / "ven.key"), passphrase="s3cret") if with_client_cert else {}
     try:
         for ca_file, expected in ((str(d / "ca.pem"), "HTTP 404"), (None, "TLS certificate of the VTN rejected")):
-            client = _Client(ven_name="t", vtn_url=f"https://127.0.0.1:{port}/OpenADR2/Simple/2.0b",
+            client = VenClient(ven_name="t", vtn_url=f"https://127.0.0.1:{port}/OpenADR2/Simple/2.0b",
                              ca_file=ca_file, show_fingerprint=False, disable_signature=True, **tls)
             try:
                 await client._perform_request("EiRegisterParty", b"<x/>")

@@ -22,7 +22,7 @@ from ven.storage import Storage
 from ven.telemetry import TelemetryQueue
 from ven.vtn import VtnClient
 from ven.vtn_server import DemoVtn
-from ven.vtn_transport import _fault_kind
+from ven.vtn_transport import fault_kind
 
 pytestmark = pytest.mark.mostly_waiting
 
@@ -246,7 +246,7 @@ async def test_an_outage_whose_cause_flips_back_and_forth_says_each_cause_once(t
     assert said[0][1].startswith("VTN registration failed: HTTP 500 ")
     # out of reach: refused, or (a retry in flight as the proxy stops) reset, which is the same kind of fault
     another = "VTN outage goes on with another cause: registration failed: "
-    assert said[1][1].startswith(another) and _fault_kind(said[1][1][len(another):]) == "unreachable", said[1][1]
+    assert said[1][1].startswith(another) and fault_kind(said[1][1][len(another):]) == "unreachable", said[1][1]
     assert OUTAGE_END.fullmatch(said[2][1]), said[2][1]
 
 

@@ -179,8 +179,8 @@ async def test_a_stop_names_status_updates_the_vtn_does_not_answer(tmp_path, fre
 
 
 def test_the_answers_are_named_by_kind(tmp_path):
-    from ven.vtn_events import _answers_text
-    assert _answers_text([]) == ""
-    assert _answers_text([("a", "optOut")]) == "the optOut for event a"
-    assert _answers_text([("a", "optOut"), ("b", "optIn"), ("c", "optOut")]) == \
+    from ven.vtn_events import answers_text
+    assert answers_text([]) == ""
+    assert answers_text([("a", "optOut")]) == "the optOut for event a"
+    assert answers_text([("a", "optOut"), ("b", "optIn"), ("c", "optOut")]) == \
         "the optOut for events a, c and the optIn for event b"

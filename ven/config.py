@@ -18,8 +18,8 @@ from typing import Annotated, Literal
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator,
                       model_validator)
 
-from .config_checks import _looked_for
-from .config_text import (_UNSENDABLE, _fits_a_real, _host_port, _not_typed, _typed_text, _unsendable,
+from .config_checks import looked_for
+from .config_text import (UNSENDABLE, fits_a_real, host_port, not_typed, typed_text, unsendable,
                           check_bacnet_address, check_proxy_url, check_vtn_url, is_loopback_host, shown_url)
 from .config_warnings import GatewayWarnings, HttpWarnings, OpenadrWarnings
 
@@ -108,7 +108,7 @@ class BacnetConfig(_Section):
     def _device_name(cls, v: str) -> str:
         from bacnet_api.points import TAKEN_NAMES
 
-        _typed_text(v)
+        typed_text(v)
         size = len(v.encode("utf-8"))
         if size > DEVICE_NAME_MAX_BYTES:
             # served whole in an I-Have (unconfirmed: never segmented) and a ReadProperty answer: 2,000 characters
@@ -125,7 +125,7 @@ class BacnetConfig(_Section):
     def _real(cls, v: float) -> float:
         # input-power-meter serves them as minPresValue / maxPresValue: beyond a Real they read as infinite, and
         # a write of 3.4e38 (many devices' "no data") was taken
-        return _fits_a_real(v)
+        return fits_a_real(v)
 
     @field_validator("bbmd_address")
     @classmethod
@@ -133,7 +133,7 @@ class BacnetConfig(_Section):
         if not v:
             return v
         try:    # the default port added here is not shown: the error said "got ' 10.0.0.1:47808'" of " 10.0.0.1"
-            host = _host_port(v if ":" in v else f"{v}:47808", "bbmd_address").rpartition(":")[0]
+            host = host_port(v if ":" in v else f"{v}:47808", "bbmd_address").rpartition(":")[0]
             ipaddress.IPv4Address(host)
         except ValueError:
             raise ValueError(f"must be an IPv4 address with an optional :port 1..65535, e.g. 10.0.0.5:47808, "
@@ -217,7 +217,7 @@ class MeterConfig(_Section):
     @field_validator("router")
     @classmethod
     def _router(cls, v: str) -> str:
-        return _host_port(v, "router") if v else v
+        return host_port(v, "router") if v else v
 
     @field_validator("units")
     @classmethod
@@ -279,7 +279,7 @@ class OpenadrConfig(_Section, OpenadrWarnings):
     @field_validator("ven_name", "report_resource_id", "cert", "key", "ca_file")
     @classmethod
     def _typed(cls, v: str) -> str:
-        return _typed_text(v)
+        return typed_text(v)
 
     @field_validator("market_contexts")
     @classmethod
@@ -366,7 +366,7 @@ class StorageConfig(_Section):
     def _path(cls, v: str) -> str:
         # "" is Path("."), the working directory: every part would fail to open it and retry forever
         if v.strip():
-            _typed_text(v)
+            typed_text(v)
         if not v.strip() or v.endswith("/") or Path(v).name in ("", ".", ".."):
             raise ValueError(f"must name a SQLite file, e.g. /var/lib/edge-gateway/gateway.sqlite, got {v!r}")
         return v
@@ -384,7 +384,7 @@ class HttpConfig(_Section, HttpWarnings):
     @classmethod
     def _token_from_file(cls, data):
         path = data.get("token_file") if isinstance(data, dict) else None
-        if not path or not isinstance(path, str) or _not_typed(path):
+        if not path or not isinstance(path, str) or not_typed(path):
             return data     # unset, not a string, or no file name: the field's own check says so
         if data.get("token"):
             raise ValueError("set token or token_file, not both")
@@ -392,30 +392,30 @@ class HttpConfig(_Section, HttpWarnings):
             token = Path(path).read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as err:
             # relative: from the working directory, which is / under systemd, not where the operator stands
-            raise ValueError(f"token_file {_looked_for(path)}: {getattr(err, 'strerror', None) or err}") from None
+            raise ValueError(f"token_file {looked_for(path)}: {getattr(err, 'strerror', None) or err}") from None
         if not token:
             raise ValueError(f"token_file {path} is empty")
-        if _unsendable(token):
-            raise ValueError(f"token_file {path} holds {_UNSENDABLE}")
+        if unsendable(token):
+            raise ValueError(f"token_file {path} holds {UNSENDABLE}")
         return {**data, "token": token}
 
     @field_validator("address")
     @classmethod
     def _address(cls, v: str) -> str:
-        return _host_port(v, "address")
+        return host_port(v, "address")
 
     @field_validator("token_file")
     @classmethod
     def _token_file(cls, v: str) -> str:
-        return _typed_text(v)
+        return typed_text(v)
 
     @field_validator("token")
     @classmethod
     def _sendable(cls, v: str) -> str:
         # a line break inside (a token file written with one) was taken, and no HTTP client can send it (helper
         # verify40)
-        if _unsendable(v):
-            raise ValueError(f"holds {_UNSENDABLE}")
+        if unsendable(v):
+            raise ValueError(f"holds {UNSENDABLE}")
         if v != v.strip():
             # the API compares it with the header's credential, which HTTP trims: every request was refused 401
             raise ValueError("has a blank at its start or end, which no HTTP client sends (a header's value is "
@@ -491,7 +491,7 @@ class ForecasterConfig(_Section):
     def _threshold_real(cls, v: float | None) -> float | None:
         # high-load-threshold / low-load-threshold publish it as a BACnet Real: beyond one, every read of
         # the point failed, and with it every ReadPropertyMultiple naming it (a BAS reading all its points)
-        return v if v is None else _fits_a_real(v)
+        return v if v is None else fits_a_real(v)
 
     @model_validator(mode="after")
     def _thresholds(self) -> "ForecasterConfig":

@@ -47,7 +47,7 @@ def tls_file_problems(c: OpenadrConfig) -> list[str]:
         try:
             return Path(path).read_bytes()
         except OSError as err:
-            problems.append(f"{name}: {_looked_for(path)}: {err.strerror}")
+            problems.append(f"{name}: {looked_for(path)}: {err.strerror}")
             return None
 
     if c.cert:
@@ -87,7 +87,7 @@ def tls_file_problems(c: OpenadrConfig) -> list[str]:
         try:
             ssl.create_default_context(cafile=c.ca_file)
         except (OSError, ssl.SSLError) as err:
-            where = c.ca_file if isinstance(err, ssl.SSLError) else _looked_for(c.ca_file)
+            where = c.ca_file if isinstance(err, ssl.SSLError) else looked_for(c.ca_file)
             # OpenSSL's own words ("[X509: NO_CERTIFICATE_OR_CRL_FOUND] no certificate or crl found (_ssl.c:4154)")
             # say little to an installer handed the wrong file
             why = (f"holds no certificate OpenSSL can read ({err.reason or err}): it takes the VTN's CA certificate, "
@@ -97,7 +97,7 @@ def tls_file_problems(c: OpenadrConfig) -> list[str]:
     return problems
 
 
-def _looked_for(path: str) -> str:
+def looked_for(path: str) -> str:
     # a service's working directory is rarely the one the operator is in when the file is missing
     return path if Path(path).is_absolute() else f"{path} (looked for in {Path.cwd()})"
 
@@ -185,7 +185,7 @@ def _user() -> str:
         return f"uid {os.geteuid()}"
 
 
-def _zone_mismatch(zone: str) -> str | None:
+def zone_mismatch(zone: str) -> str | None:
     """Two clocks read the building's local time: the BACnet device's localTime/localDate follow the
     machine's zone (TZ, /etc/localtime), the forecaster's time of day, weekdays and holidays follow
     forecaster.timezone. Compared at every hour of this year: zones alike in January and July can still

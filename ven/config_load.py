@@ -17,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 from . import __version__
 from .config import (DEVICE_NAME_MAX_BYTES, DEVICE_NAME_WHY, ConfigError, GatewayConfig, OpenadrConfig,
                      StorageConfig, floors)
-from .config_text import _typed_text
+from .config_text import typed_text
 
 ENV_PREFIX = "EDGE_GATEWAY__"
 
@@ -254,7 +254,7 @@ def _raise_to_floors(data: dict, sources: Mapping[tuple[str, ...], str],
         # on a character's boundary; a blank the cut leaves at the end would be refused as one typed there
         cut = name.encode("utf-8")[:DEVICE_NAME_MAX_BYTES].decode("utf-8", "ignore").rstrip()
         try:
-            _typed_text(cut)
+            typed_text(cut)
         except ValueError:
             # refused as the file has it (the model says why): the error quoted the cut name, which is in no file
             return said

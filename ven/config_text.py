@@ -9,7 +9,7 @@ import unicodedata
 import urllib.parse
 
 
-def _fits_a_real(v: float) -> float:
+def fits_a_real(v: float) -> float:
     if abs(v) > 3.4028234663852886e38:   # the largest finite single-precision float
         raise ValueError(f"must be within -3.4e38..3.4e38 (a BACnet Real), got {v:g}")
     return v
@@ -20,7 +20,7 @@ def _fits_a_real(v: float) -> float:
 _JOINERS = "\u200c\u200d"
 
 
-def _typed_text(v: str) -> str:
+def typed_text(v: str) -> str:
     """A name, path or URL as typed or pasted: a control character in it (a NUL, a line break from a value pasted or
     set with echo) or a blank around it was taken as part of it, and failed far from here: a registration the VTN
     refused or a URL it did not know, a traceback at `run` for a NUL in a path."""
@@ -62,7 +62,7 @@ def _is_host(host: str) -> bool:
     return all(_HOST_LABEL.fullmatch(label) for label in labels) and not labels[-1].isdigit()
 
 
-def _host_port(value: str, what: str) -> str:
+def host_port(value: str, what: str) -> str:
     host, sep, port = value.rpartition(":")
     if (not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536
             or not _is_host(host)):
@@ -187,16 +187,16 @@ def check_proxy_url(v: str) -> str:
     return v
 
 
-_UNSENDABLE = "a control character inside (a line break?), which no HTTP client can send in a header"
+UNSENDABLE = "a control character inside (a line break?), which no HTTP client can send in a header"
 
 
-def _unsendable(token: str) -> bool:
+def unsendable(token: str) -> bool:
     return any(ord(c) < 32 or ord(c) == 127 for c in token)
 
 
-def _not_typed(v: str) -> bool:
+def not_typed(v: str) -> bool:
     try:
-        _typed_text(v)
+        typed_text(v)
     except ValueError:
         return True
     return False

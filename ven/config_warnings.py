@@ -8,7 +8,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 
-from .config_checks import _zone_mismatch
+from .config_checks import zone_mismatch
 from .config_text import is_loopback_host, shown_url
 
 # forecaster.features.DEMAND_MINUTES, not imported: it would bring numpy into the start-up before the device answers
@@ -153,7 +153,7 @@ class GatewayWarnings:
         out += self.openadr.transport_warnings()
         out += self.openadr.environment_proxy_warnings(os.environ)
         out += self.http.warnings()
-        zone = _zone_mismatch(self.forecaster.timezone)
+        zone = zone_mismatch(self.forecaster.timezone)
         if zone:
             out.append(zone)
         return out

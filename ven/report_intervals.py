@@ -166,7 +166,7 @@ def _whole_microseconds(d: timedelta) -> int:
     return us
 
 
-def _whole_seconds(d: timedelta) -> timedelta:
+def wire_seconds(d: timedelta) -> timedelta:
     """Durations go on the wire in whole seconds: a period of 3.5 days is said and kept as P3DT12H, not less."""
     return timedelta(seconds=max(1, int(d.total_seconds())))
 
@@ -192,7 +192,7 @@ def report_origin(spec: dict, now: datetime | None = None) -> datetime:
     return EPOCH
 
 
-def _report_window(spec: dict, granularity: timedelta, origin: datetime = EPOCH,
+def report_window(spec: dict, granularity: timedelta, origin: datetime = EPOCH,
                    zone: tzinfo | None = None) -> tuple[datetime | None, datetime | None]:
     """A request's reportInterval ("the overall period of reporting") as the intervals on the clock grid
     that overlap it: the start of the first, the end of the last (a VTN writing its request's time as

@@ -34,15 +34,15 @@ from .config_checks import key_is_encrypted, tls_file_problems
 from .tasks import cancel_and_wait
 from .schedule import EventSchedule
 from .telemetry import TelemetryQueue
-from .vtn_events import VtnEvents, _answers_text
+from .vtn_events import VtnEvents, answers_text
 from .vtn_opts import OptLedger
-from .vtn_outage import VtnOutage, _Outage
+from .vtn_outage import VtnOutage, Outage
 from .vtn_delivery import VtnDelivery
 from .vtn_reports import Standing, Unrequested, VtnReports
 from .vtn_status import StatusRequest, VtnStatus
 from .vtn_updates import VtnUpdates
-from .vtn_transport import (EMPTY_ANSWER, EVENT_BUG_THEN, INVALID_ID, NOT_REGISTERED, _Client, _NoScheduler,
-                            _ei_response, _fault_kind, _iso, _length, _response_code, utcnow, poll_period,
+from .vtn_transport import (EMPTY_ANSWER, EVENT_BUG_THEN, INVALID_ID, NOT_REGISTERED, VenClient, NoScheduler,
+                            ei_response, fault_kind, iso_utc, interval_length, response_code_of, utcnow, poll_period,
                             whole_seconds)
 from .wallclock import clock_suspect
 
@@ -73,7 +73,7 @@ class VtnClient(VtnEvents, VtnReports, VtnDelivery, VtnUpdates, VtnStatus, VtnOu
         self._schedule = schedule
         self._telemetry = telemetry
         self._on_connected = on_connected
-        self._client: _Client | None = None
+        self._client: VenClient | None = None
         self._fingerprint: str | None = None  # the VEN certificate's, as last logged ("": unreadable)
         self.connected = False
         # the registration stands and was not lost to failed polls: telemetry and opt answers go out. `connected`
@@ -109,9 +109,9 @@ class VtnClient(VtnEvents, VtnReports, VtnDelivery, VtnUpdates, VtnStatus, VtnOu
         # An outage outlives the session it began in (polls fail, the registrations after them fail, and a VTN
         # that takes registrations but refuses every poll is registered again each cycle): one fault, logged
         # when it starts and when it ends
-        self._outage: _Outage | None = None
+        self._outage: Outage | None = None
         self._was_connected = False             # connected once since start: the end line says "again"
-        self._last_outage: _Outage | None = None  # the last fault that ended, for /api/status
+        self._last_outage: Outage | None = None  # the last fault that ended, for /api/status
         self._settle = Flapping(config.settle_seconds)   # the settle period, doubled for a fault that comes back
         # loop time of the last fault's end or of a lone context loss: a context loss soon after is the same trouble
         # coming back (an intermittent VTN), not news each time
@@ -149,7 +149,7 @@ class VtnClient(VtnEvents, VtnReports, VtnDelivery, VtnUpdates, VtnStatus, VtnOu
             self._park_stored_streams()
         self._reports_offered = False
         self.report_offer_error: str | None = None   # why the VTN did not take the offer, while it does not
-        self._offer_refusal_said: str | None = None  # the _fault_kind of the last refusal logged at registration
+        self._offer_refusal_said: str | None = None  # the fault_kind of the last refusal logged at registration
         self._offer_backoff = 0.0
         self._next_offer = 0.0
         self._report_refused: str | None = None   # why the VTN refuses telemetry, while it does
@@ -277,13 +277,13 @@ class VtnClient(VtnEvents, VtnReports, VtnDelivery, VtnUpdates, VtnStatus, VtnOu
             self.readings_held += 1
             if self._clock_wrong_since is None:
                 self._clock_wrong_since, self.clock_wrong_why = ts, wrong
-                log.warning("the wall clock reads %s, %s: meter readings are not reported until it is set", _iso(ts),
+                log.warning("the wall clock reads %s, %s: meter readings are not reported until it is set", iso_utc(ts),
                             wrong)
             return False
         self._reads_before = None
         if self._clock_wrong_since is not None:
             log.info("the wall clock is set (%s): meter readings are reported again; %d reading(s) taken while it "
-                     "read %s were not reported", _iso(ts), self.readings_held, _iso(self._clock_wrong_since))
+                     "read %s were not reported", iso_utc(ts), self.readings_held, iso_utc(self._clock_wrong_since))
             self._clock_wrong_since = None
         self._telemetry.add(ts, kw)
         # "waiting" counts the whole queue on the event loop (15-20 ms with a week's backlog at a 1 s poll):
@@ -293,8 +293,8 @@ class VtnClient(VtnEvents, VtnReports, VtnDelivery, VtnUpdates, VtnStatus, VtnOu
                 # its own length: a local day's interval is 23 or 25 hours at a clock change, not P1D's nominal 24
                 on = self._grid(self._requests[self._report_request_id])
                 start = on.start(ts)
-                log.debug("telemetry %.2f kW -> TELEMETRY_USAGE (interval %s + %s, %d waiting)", kw, _iso(start),
-                          _length(on.next(ts) - start), self._telemetry.pending)
+                log.debug("telemetry %.2f kW -> TELEMETRY_USAGE (interval %s + %s, %d waiting)", kw, iso_utc(start),
+                          interval_length(on.next(ts) - start), self._telemetry.pending)
             else:
                 log.debug("telemetry %.2f kW -> TELEMETRY_USAGE (queued, %d waiting)", kw, self._telemetry.pending)
         if self._one_shots and self._wake_delivery is not None:
@@ -324,7 +324,7 @@ class VtnClient(VtnEvents, VtnReports, VtnDelivery, VtnUpdates, VtnStatus, VtnOu
 
     def answers_waiting(self) -> str:
         """The answers to events waiting for the VTN, for a log line ("the optOut for event shed"), or ""."""
-        return _answers_text([(eid, opt) for eid, (_, opt, _) in self._pending_opts.items()])
+        return answers_text([(eid, opt) for eid, (_, opt, _) in self._pending_opts.items()])
 
     def readings_not_reported(self) -> int:
         """Readings not reported since the WARNING that the clock is not set, while it is not: 0 otherwise."""
@@ -335,7 +335,7 @@ class VtnClient(VtnEvents, VtnReports, VtnDelivery, VtnUpdates, VtnStatus, VtnOu
         if clock_suspect(ts):
             return "before this version was built"
         if self._reads_before is not None and ts <= self._reads_before:
-            return f"before the meter's last read of the run before ({_iso(self._reads_before)})"
+            return f"before the meter's last read of the run before ({iso_utc(self._reads_before)})"
         return None
 
     def record_failed_read(self, ticks: Sequence[datetime]) -> None:
@@ -526,9 +526,9 @@ class VtnClient(VtnEvents, VtnReports, VtnDelivery, VtnUpdates, VtnStatus, VtnOu
             else:
                 quick_losses = 0
 
-    def _new_client(self) -> _Client:
+    def _new_client(self) -> VenClient:
         c = self._cfg
-        client = _Client(ven_name=c.ven_name, vtn_url=c.vtn_url, ven_id=self.ven_id,
+        client = VenClient(ven_name=c.ven_name, vtn_url=c.vtn_url, ven_id=self.ven_id,
                          cert=c.cert or None, key=c.key or None,
                          # openleadr's signer refuses a passphrase for a key that has none (reissued plain)
                          passphrase=c.passphrase if c.passphrase and key_is_encrypted(c.key) else None,
@@ -536,7 +536,7 @@ class VtnClient(VtnEvents, VtnReports, VtnDelivery, VtnUpdates, VtnStatus, VtnOu
                          show_fingerprint=False, disable_signature=not c.cert)
         client.request_timeout_s = c.request_timeout_seconds
         client.proxy = c.proxy or None
-        client.scheduler = _NoScheduler()
+        client.scheduler = NoScheduler()
         client.on_event = self._handle_event
         client.on_update_event = self._handle_event
         client.on_create_report = self._create_report
@@ -679,7 +679,7 @@ class VtnClient(VtnEvents, VtnReports, VtnDelivery, VtnUpdates, VtnStatus, VtnOu
             self._outage.said = True
         if not offered and self._cfg.telemetry:
             # the same refusal at each of an outage's registrations is said once
-            kind = _fault_kind(self.report_offer_error or "")
+            kind = fault_kind(self.report_offer_error or "")
             log.log(logging.DEBUG if self._repeating() and kind == self._offer_refusal_said else logging.WARNING,
                     "the VTN did not take the telemetry report offer (%s): events are served, samples queue, "
                     "the offer is made again (every %g s at most)", self.report_offer_error,
@@ -690,11 +690,11 @@ class VtnClient(VtnEvents, VtnReports, VtnDelivery, VtnUpdates, VtnStatus, VtnOu
 
     async def _take_listing(self, rtype: str, payload: dict) -> None:
         """The VTN's answer to oadrRequestEvent: its events, or an oadrResponse 200 when it lists none for us."""
-        if rtype == "oadrResponse" and _response_code(payload) == 200:
+        if rtype == "oadrResponse" and response_code_of(payload) == 200:
             self._listed(set())
         await self._dispatch(rtype, payload)
 
-    async def _offer_reports(self, client: _Client) -> bool:
+    async def _offer_reports(self, client: VenClient) -> bool:
         """oadrRegisterReport. openleadr carries on after a failed one, and the VTN would then never
         request telemetry: the session offers again (backing off) while events keep flowing."""
         await client.register_reports(client.reports)
@@ -800,7 +800,7 @@ class VtnClient(VtnEvents, VtnReports, VtnDelivery, VtnUpdates, VtnStatus, VtnOu
             elif self._connected_told != self.connected:     # on_connected raised the last time: again
                 self._set_connected(self.connected)
 
-    async def _list_events_again(self, client: _Client) -> bool:
+    async def _list_events_again(self, client: VenClient) -> bool:
         """oadrRequestEvent after a poll whose answer was lost on the way: an event it carried ran without the site
         (a VTN sends an event once, and again only when it changes). True once the VTN has listed them."""
         rtype, payload = await client.request_event()
@@ -844,9 +844,9 @@ class VtnClient(VtnEvents, VtnReports, VtnDelivery, VtnUpdates, VtnStatus, VtnOu
 
     def _vtn_reregisters(self, why: str) -> None:
         self.reregistrations += 1
-        self.last_reregistration = f"{_iso(utcnow())} {why}"
+        self.last_reregistration = f"{iso_utc(utcnow())} {why}"
 
-    async def _registration_cancelled(self, client: _Client, payload: dict) -> bool:
+    async def _registration_cancelled(self, client: VenClient, payload: dict) -> bool:
         """oadrCancelPartyRegistration from the VTN, answered oadrCanceledPartyRegistration (with the
         cancel's requestID). For this VEN's registrationID: 200, the session ends and the gateway registers
         anew (a VTN that means to drop the VEN refuses that registration, and the gateway backs off). For
@@ -855,7 +855,7 @@ class VtnClient(VtnEvents, VtnReports, VtnDelivery, VtnUpdates, VtnStatus, VtnOu
         rid = payload.get("registration_id")
         ours = self.registration_id
         mine = rid in (None, ours)
-        response = _ei_response(payload.get("request_id"), None if mine else f"registrationID {rid} is not this VEN's")
+        response = ei_response(payload.get("request_id"), None if mine else f"registrationID {rid} is not this VEN's")
         msg = client._create_message("oadrCanceledPartyRegistration", response=response, ven_id=self.ven_id,
                                      registration_id=ours)
         await client._perform_request("EiRegisterParty", msg)

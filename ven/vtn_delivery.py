@@ -15,7 +15,7 @@ from bacnet_api.settle import span
 from .report_intervals import Grid, Interval, bucket_start, complete_intervals, grid, report_period
 from .tasks import woken
 from .vtn_reports import BATCH, Standing
-from .vtn_transport import _duration, _iso, _length, utcnow
+from .vtn_transport import wire_duration, iso_utc, interval_length, utcnow
 
 log = logging.getLogger("ven.vtn")
 
@@ -71,7 +71,7 @@ class VtnDelivery:
                             self._stop_serving(req.rrid)
                         elif end is not None and now >= end:
                             log.info("TELEMETRY_USAGE request %s ended: its reportInterval ended at %s; %s", req.rrid,
-                                     _iso(end), self._then(req.rrid, "readings queue until the VTN asks again"))
+                                     iso_utc(end), self._then(req.rrid, "readings queue until the VTN asks again"))
                             self._stop_serving(req.rrid)
                     else:
                         req.catch_up = True        # once the backoff has passed, whatever is complete by then
@@ -102,8 +102,8 @@ class VtnDelivery:
                                             else req.backlog_span[0], req.backlog_span[1])
                     log.log(logging.DEBUG if folded else logging.INFO,
                             "queued telemetry delivered: %d interval(s) of %s from %s to %s with their original "
-                            "times (request %s)", req.backlog, _duration(req.granularity),
-                            _iso(req.backlog_span[0]), _iso(req.backlog_span[1]), req.rrid)
+                            "times (request %s)", req.backlog, wire_duration(req.granularity),
+                            iso_utc(req.backlog_span[0]), iso_utc(req.backlog_span[1]), req.rrid)
                     req.backlog, req.backlog_span, req.backlog_first = 0, None, None
             self._delivery_bug.worked()     # a pass to its end
             await woken(self._wake_delivery, timeout)
@@ -117,8 +117,8 @@ class VtnDelivery:
                 continue
             # one line: the first batch's alone, if it was the only one, has this range
             log.info("queued telemetry: %d interval(s) of %s from %s to %s sent before the stop (request %s); the "
-                     "rest of the backlog is sent after the next start", req.backlog, _duration(req.granularity),
-                     _iso(req.backlog_span[0]), _iso(req.backlog_span[1]), req.rrid)
+                     "rest of the backlog is sent after the next start", req.backlog, wire_duration(req.granularity),
+                     iso_utc(req.backlog_span[0]), iso_utc(req.backlog_span[1]), req.rrid)
             req.backlog, req.backlog_span, req.backlog_first = 0, None, None
 
     def _due(self, req: Standing, now: datetime) -> datetime:
@@ -150,7 +150,7 @@ class VtnDelivery:
         """The VTN asked for reporting from `first`: readings before it are not reported, in one line."""
         if dropped := self._take_before(req, first):
             log.info("%d reading(s) taken before %s, where the reportInterval of request %s starts, are not "
-                     "reported%s", dropped, _iso(first), req.rrid,
+                     "reported%s", dropped, iso_utc(first), req.rrid,
                      "" if len(self._requests) < 2 else " under it (the other requests served still report them)")
 
     def _grid(self, req: Standing, step: timedelta | None = None) -> Grid:
@@ -216,7 +216,8 @@ class VtnDelivery:
                 self._drop_before(req, first)
             if req.start is not None and (skipped := self._take_before(req, req.start)):
                 log.debug("%d reading(s) before %s went to the VTN in intervals of %s under an earlier request: not "
-                          "sent again under request %s", skipped, _iso(req.start), _duration(req.granularity), req.rrid)
+                          "sent again under request %s", skipped, iso_utc(req.start), wire_duration(req.granularity),
+                          req.rrid)
             ahead = self._ahead(req, now)
             if ahead:
                 if not req.ahead_said:
@@ -239,7 +240,7 @@ class VtnDelivery:
                 # value two clocks apart in one interval, unmarked (helper ledger41). Those times have their own.
                 log.warning("%d telemetry sample(s) dated by a wall clock that was ahead (up to %s) left out of "
                             "request %s's intervals: the readings taken at those times are in them",
-                            len(due), _iso(max(x.ts for x in due)), req.rrid)
+                            len(due), iso_utc(max(x.ts for x in due)), req.rrid)
                 self._telemetry.ack(due, delivered=False, reader=req.rrid, lost=True)
                 continue
             intervals, late = self._complete(req, now)
@@ -251,7 +252,7 @@ class VtnDelivery:
                 # sent, their intervals overlap the ones stamped by the clock that was ahead.
                 log.warning("telemetry samples dated up to %s before the last interval reported: the clock "
                             "stepped back; intervals are reported again from %s", req.sent_until - min(
-                                x.ts for x in late), _iso(min(x.ts for x in late)))
+                                x.ts for x in late), iso_utc(min(x.ts for x in late)))
                 req.sent_until = None
                 continue
             if late:
@@ -259,7 +260,7 @@ class VtnDelivery:
                 log.log(logging.DEBUG if req.late_dropped else logging.WARNING,
                         "%d telemetry sample(s) dated before %s, the end of the last interval reported (the clock "
                         "stepped back?): dropped, as their interval cannot be sent twice; more are said at their end",
-                        len(late), _iso(req.sent_until))
+                        len(late), iso_utc(req.sent_until))
                 req.late_dropped += len(late)
                 self._telemetry.ack(late, delivered=False, reader=req.rrid, lost=True)
             elif req.late_dropped and intervals:
@@ -293,8 +294,8 @@ class VtnDelivery:
             if cut := [iv for iv in intervals if iv.cut]:
                 log.info("TELEMETRY_USAGE interval %s + %s of request %s lacks the readings up to %s, which had left "
                          "the queue when the request came: sent as the mean of the %d still queued, marked %s",
-                         _iso(cut[0].start), _length(cut[0].duration), req.rrid, _iso(left), len(cut[0].samples),
-                         cut[0].quality)
+                         iso_utc(cut[0].start), interval_length(cut[0].duration), req.rrid, iso_utc(left),
+                         len(cut[0].samples), cut[0].quality)
             # one line per update is a healthy gateway's whole log: only a backlog is news, said when its first
             # batch goes and when it is all delivered, not once per batch. An update of the intervals one
             # reportBackDuration holds (15-minute intervals sent hourly: four) is no backlog.
@@ -302,7 +303,7 @@ class VtnDelivery:
             # one more than routine is a link slower than the interval (a round trip of 12 s at 10 s intervals): no news
             news = len(intervals) > routine + 1 and not (req.catch_up and req.backlog)
             line = ("TELEMETRY_USAGE: %d interval(s) of %s from %s to %s sent (request %s)", len(intervals),
-                    _duration(req.granularity), _iso(intervals[0].start), _iso(intervals[-1].end), req.rrid)
+                    wire_duration(req.granularity), iso_utc(intervals[0].start), iso_utc(intervals[-1].end), req.rrid)
             backlog = req.catch_up and (len(intervals) > routine + 1 or req.backlog)
             if backlog and not req.backlog:
                 # a backlog's first batch: a backlog sent in one batch is the "delivered" line's news alone, said
@@ -329,7 +330,7 @@ class VtnDelivery:
         if sent:
             log.warning("%d telemetry reading(s) queued in storage.path before this start fall in intervals reported "
                         "since (from %s): dropped, as an interval cannot be sent twice", len(sent),
-                        _iso(req.first_sent))
+                        iso_utc(req.first_sent))
             self._telemetry.ack(sent, delivered=False, reader=req.rrid, lost=True)
         if len(sent) < len(late):
             req.sent_until = None   # the intervals before the start's: sent next, then the ones after it go on
@@ -348,5 +349,5 @@ class VtnDelivery:
                 continue                # refused: given up, or cancelled on its way (logged)
             self._end_one_shot(rrid)
             log.info("one-shot report %s sent: %.2f kW read at %s; the request is finished",
-                     rrid, sample.kw, _iso(sample.ts))
+                     rrid, sample.kw, iso_utc(sample.ts))
         return True

@@ -11,7 +11,7 @@ from openleadr import utils as outils
 
 from .events import OPT_IN, OPT_OUT, SIMPLE, enrolled, from_openleadr, id_reused, with_opt
 from .schedule import UNLISTED
-from .vtn_transport import INVALID_DATA, INVALID_ID, _Client, _ei_response, _event_status, utcnow
+from .vtn_transport import INVALID_DATA, INVALID_ID, VenClient, ei_response, event_status_of, utcnow
 
 # one logger for the VEN side, wherever its code lives: tests and log filters select its lines by this name
 log = logging.getLogger("ven.vtn")
@@ -108,7 +108,7 @@ class VtnEvents:
             # 2.0b report registration goes both ways: the VTN's offer waits for an oadrRegisteredReport (a VTN
             # may offer again at every poll until it has one), here requesting none
             log.info("VTN offered reports; the gateway does not take reports from the VTN: answered requesting none")
-            msg = client._create_message("oadrRegisteredReport", response=_ei_response(payload.get("request_id")),
+            msg = client._create_message("oadrRegisteredReport", response=ei_response(payload.get("request_id")),
                                          ven_id=self.ven_id, report_requests=[])
             if (await client._perform_request("EiReport", msg))[0] == "oadrRequestReregistration":
                 self._forgotten("the answer to its report offer")
@@ -135,7 +135,7 @@ class VtnEvents:
                 chosen[eid] = e
         return list(chosen.values())
 
-    async def _from_our_vtn(self, client: _Client, payload: dict) -> bool:
+    async def _from_our_vtn(self, client: VenClient, payload: dict) -> bool:
         """2.0b rule 21: an ID in a payload that is not the expected one is an error, not an instruction.
         An oadrDistributeEvent naming another vtnID than the VTN registered with (a misrouted message, a
         proxy mixing up utilities) is answered 452 and not followed: its list would cancel this VTN's
@@ -157,11 +157,12 @@ class VtnEvents:
             self._reregistration_requested(f"oadrDistributeEvent from vtnID {vtn_id!r}")
         msg = client._create_message(
             "oadrCreatedEvent", ven_id=self.ven_id, event_responses=None,
-            response=_ei_response(payload.get("request_id"), f"vtnID {vtn_id} is not the registered VTN's ({self.vtn_id})"))
+            response=ei_response(payload.get("request_id"),
+                                 f"vtnID {vtn_id} is not the registered VTN's ({self.vtn_id})"))
         await client._perform_request("EiEvent", msg)
         return False
 
-    def _sync_answer_cache(self, client: _Client, events: list[dict]) -> None:
+    def _sync_answer_cache(self, client: VenClient, events: list[dict]) -> None:
         """openleadr answers an unmodified event from its cache without asking us. Keep that cache
         right: the schedule's answer may have changed since (ADR-Opt-Out), and openleadr drops its
         answer once it sees an event completed yet raises on the next listing that still carries it,
@@ -198,10 +199,10 @@ class VtnEvents:
         if dropped and self._opts_not_taken is None:
             # written while the VTN was away (it came back without the event: restarted, or the utility deleted it):
             # no line said where the BAS's optOut went, and no "told the VTN" follows
-            log.info("%s, waiting for the VTN, %s not sent: the VTN no longer lists %s", _answers_text(dropped),
+            log.info("%s, waiting for the VTN, %s not sent: the VTN no longer lists %s", answers_text(dropped),
                      "is" if len(dropped) == 1 else "are", "the event" if len(dropped) == 1 else "the events")
         if gone := [(eid, self._refused.pop(eid)) for eid in list(self._refused) if eid not in listed]:
-            self._refusal_over(f"the VTN never took {_answers_text(gone)} and no longer lists "
+            self._refusal_over(f"the VTN never took {answers_text(gone)} and no longer lists "
                                f"{'the event' if len(gone) == 1 else 'those events'}")
 
     def _answer_again(self, events: list[dict], error: str) -> None:
@@ -429,7 +430,7 @@ class VtnEvents:
         elif not waiting:
             if self._opts_not_taken is not None and self._opts_given_up:
                 # "took the answers again" read as if the utility had heard them: it never did
-                never = "; ".join(f"{_answers_text([(eid, opt)])} ({why})" for eid, opt, why in self._opts_given_up[:5])
+                never = "; ".join(f"{answers_text([(eid, opt)])} ({why})" for eid, opt, why in self._opts_given_up[:5])
                 more = len(self._opts_given_up) - 5
                 log.info("no answer to events waits for the VTN any more (not taken since %s), and it never took %s%s",
                          self._opts_not_taken["since"], never, f" and {more} more" if more > 0 else "")
@@ -648,7 +649,7 @@ class VtnEvents:
         taken = dict(answers)
         self._opts_given_up = [g for g in self._opts_given_up if g[0] not in taken]
         if ended := [(eid, taken[eid]) for eid in list(self._refused) if eid in taken and self._refused.pop(eid)]:
-            self._refusal_over(f"the VTN took {_answers_text(ended)}")
+            self._refusal_over(f"the VTN took {answers_text(ended)}")
 
     def _answer_refused(self, error: str, answers: list[tuple[str, str]]) -> None:
         # Not sent again: the same answer would be refused again. The utility does not know the
@@ -674,7 +675,7 @@ class VtnEvents:
         to its end line: answers (for a log line) and since; None when none stands."""
         if not self._refused:
             return None
-        return {"answers": _answers_text(list(self._refused.items())), "since": self._refused_since}
+        return {"answers": answers_text(list(self._refused.items())), "since": self._refused_since}
 
 
 def _events(answers: list[tuple[str, int, str]]) -> str:
@@ -686,7 +687,7 @@ def _events(answers: list[tuple[str, int, str]]) -> str:
     return f"{len(ids)} events ({shown}, ...)" if len(ids) > 5 else f"events {shown}"
 
 
-def _answers_text(answers: list[tuple[str, str]]) -> str:
+def answers_text(answers: list[tuple[str, str]]) -> str:
     """(eventID, optType) pairs for a log line: 'the optOut for event e1', 'the optOut for events e1, e2 and the optIn
     for event e3', or ""."""
     by_opt: dict[str, list[tuple[str, int, str]]] = {}
@@ -718,7 +719,7 @@ def _levels(levels: list) -> str:
 
 def _answered_by_openleadr(event: dict) -> bool:
     """Whether openleadr's oadrCreatedEvent for its message answers this event (its own test)."""
-    return event.get("response_required") == "always" and _event_status(event) != "completed"
+    return event.get("response_required") == "always" and event_status_of(event) != "completed"
 
 
 def _modification(event: dict) -> int:

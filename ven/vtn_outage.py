@@ -12,7 +12,7 @@ from datetime import datetime
 
 from bacnet_api.settle import span as _span
 
-from .vtn_transport import _fault_kind, _iso, utcnow
+from .vtn_transport import fault_kind, iso_utc, utcnow
 
 # one logger for the VEN side, wherever its code lives: tests and log filters select its lines by this name
 log = logging.getLogger("ven.vtn")
@@ -25,11 +25,11 @@ STEADY_POLLS = 3
 
 
 @dataclasses.dataclass
-class _Outage:
+class Outage:
     """The VTN out of reach or refusing, from the first failed poll or registration until it has answered steadily
     (connected again from its first answer: `connected` says what is, the log what the fault was)."""
     since: float            # loop time of the first failure
-    kinds: set[str]         # _fault_kind of each failure's reason so far, each said once
+    kinds: set[str]         # fault_kind of each failure's reason so far, each said once
     reason: str             # the latest failure's reason, in vtn.last_error until the outage ends
     again: bool             # connected before it began
     settle: float           # seconds of answers in a row its end needs
@@ -62,7 +62,7 @@ class _Outage:
         if not self.folded:
             return ""
         return (f"; {self.delivered} interval(s) of telemetry queued meanwhile delivered in all, from "
-                f"{_iso(self.delivered_span[0])} to {_iso(self.delivered_span[1])}, with their original times")
+                f"{iso_utc(self.delivered_span[0])} to {iso_utc(self.delivered_span[1])}, with their original times")
 
     @property
     def intermittent(self) -> bool:
@@ -70,7 +70,7 @@ class _Outage:
 
     def status(self, now: float) -> dict:
         down = self.down + (now - self.down_since if self.answered_since is None and self.ended is None else 0.0)
-        return {"since": _iso(self.started), "ended": _iso(self.ended) if self.ended else None,
+        return {"since": iso_utc(self.started), "ended": iso_utc(self.ended) if self.ended else None,
                 "intermittent": self.intermittent, "polls": self.polls, "polls_failed": self.polls_failed,
                 "context_losses": self.losses, "registrations": self.registrations,
                 "registrations_failed": self.registrations_failed, "relapses": self.relapses,
@@ -101,7 +101,7 @@ class VtnOutage:
         answered (once: the fault is intermittent), else DEBUG: a cause flipping back and forth (a proxy answering
         502 while its VTN restarts, then out of reach itself) was one more WARNING at every retry."""
         self.last_error = reason
-        kind = _fault_kind(reason)
+        kind = fault_kind(reason)
         happened = "registration lost" if what in ("context", "session", "loss") else f"{what} failed"
         now = asyncio.get_running_loop().time()
         self._settle.bad(now)       # the settle period runs from the last failure
@@ -111,7 +111,7 @@ class VtnOutage:
             # the trouble came back within RECUR_SECONDS of the last fault's end (the settle period doubled): the
             # operator reads the two as one. ("context": the lone loss just before it is this fault's own first step)
             recurs = what != "context" and settle > self._settle.base
-            o = self._outage = _Outage(now, {kind}, reason, self._was_connected, settle, recurs)
+            o = self._outage = Outage(now, {kind}, reason, self._was_connected, settle, recurs)
             after = (f" (again, {_span(now - self._settle.ended)} after the last VTN fault: one intermittent fault, "
                      f"logged as ended {_until_steady(settle)})" if recurs else "")
             if what == "poll":
@@ -170,7 +170,7 @@ class VtnOutage:
                 self._settle.restart(now)
                 # also a report's failure meanwhile (telemetry goes on while the registration stands): worded for
                 # its own request (its service's URL), one of the outage's causes all the same
-                if self.last_error is not None and _fault_kind(self.last_error) in o.kinds:
+                if self.last_error is not None and fault_kind(self.last_error) in o.kinds:
                     self.last_error = None
                 self.poll_failures = self.registration_failures = 0
             o.answered += poll
@@ -180,7 +180,7 @@ class VtnOutage:
         self._was_connected = self._live = True
         self._set_connected(True)
 
-    def _outage_over(self, o: _Outage, now: float) -> None:
+    def _outage_over(self, o: Outage, now: float) -> None:
         self._outage, self._last_outage = None, o
         o.ended = utcnow()
         self._trouble_at = now

@@ -15,9 +15,9 @@ from openleadr import utils as outils
 
 from bacnet_api.settle import span
 
-from .report_intervals import (EPOCH, _report_window, _whole_seconds, bucket_start, effective_granularity, grid,
+from .report_intervals import (EPOCH, report_window, wire_seconds, bucket_start, effective_granularity, grid,
                                report_origin, report_period)
-from .vtn_transport import INVALID_ID, _duration, _ei_response, _iso, _refusal, utcnow, poll_period
+from .vtn_transport import INVALID_ID, wire_duration, ei_response, iso_utc, refusal_of, utcnow, poll_period
 
 # one logger for the VEN side, wherever its code lives: tests and log filters select its lines by this name
 log = logging.getLogger("ven.vtn")
@@ -153,7 +153,7 @@ class VtnReports:
         u = self._unrequested
         if u is None or not u.said:
             return None
-        return {"since": _iso(u.since), "wait_seconds": self._cfg.request_wait_seconds, "asked": list(u.asked),
+        return {"since": iso_utc(u.since), "wait_seconds": self._cfg.request_wait_seconds, "asked": list(u.asked),
                 "report_specifier_id": self._report_specifier_id, "r_id": self._r_id}
 
     def _offer_again(self, rrid: str) -> None:
@@ -210,7 +210,7 @@ class VtnReports:
                         "answered %d", ", ".join(unknown), serving, INVALID_ID)
             refusal = f"reportRequestID {', '.join(unknown)} is not served by this VEN"
         # still pending: what is served, and the cancelled request until its last update is sent
-        await self._answer_report_message("oadrCanceledReport", _ei_response(payload.get("request_id"), refusal))
+        await self._answer_report_message("oadrCanceledReport", ei_response(payload.get("request_id"), refusal))
 
     def _then(self, rrid: str, alone: str) -> str:
         """What follows the end of request `rrid`: `alone` when no other standing request is served."""
@@ -243,7 +243,7 @@ class VtnReports:
         msg = client._create_message(message_type, response=response, ven_id=self.ven_id,
                                      pending_reports=[{"report_request_id": r} for r in self._served()])
         _, answer = await client._perform_request("EiReport", msg)
-        if refusal := _refusal(answer):
+        if refusal := refusal_of(answer):
             # the VTN may not count the requests as taken: said, as nothing else would show it (helper conformance40)
             log.warning("the VTN refused the gateway's %s (%s): it may not count the report requests as taken; "
                         "the updates for them are sent all the same", message_type, refusal)
@@ -269,7 +269,7 @@ class VtnReports:
                     after.follows = None
                     if after.first_sent is None and req.sent_until is not None:
                         after.sent_until = after.start = req.sent_until
-            held = f"parked {_duration(req.granularity)}"
+            held = f"parked {wire_duration(req.granularity)}"
             if park and req.granularity not in self._parked:
                 self._telemetry.rename_reader(rrid, held)
                 self._parked[req.granularity] = held
@@ -285,7 +285,7 @@ class VtnReports:
         sent its intervals since the other's place again, and the one asked for first took the other's readings."""
         for seconds, until in sorted(self._telemetry.places.items()):
             granularity = timedelta(seconds=seconds)
-            held = f"parked {_duration(granularity)}"
+            held = f"parked {wire_duration(granularity)}"
             self._telemetry.park_reader(held, until)
             self._parked[granularity], self._reported[granularity] = held, until
             if not self._telemetry.places_current:
@@ -310,7 +310,7 @@ class VtnReports:
             self._telemetry.drop_reader(held)
             self._telemetry.set_place(granularity, None)
         log.info("TELEMETRY_USAGE of %s not requested again since the VTN registration: the readings held for it "
-                 "leave the queue once the requests served took them", ", ".join(map(_duration, gone)))
+                 "leave the queue once the requests served took them", ", ".join(map(wire_duration, gone)))
 
     def _forget_request(self, rrid: str) -> None:
         if self._client is not None:
@@ -378,15 +378,16 @@ class VtnReports:
             if asked and asked < sampling:
                 log.log(self._odd_request_level("fine", asked), "VTN request %s asks for intervals of %s, finer than "
                         "the meter is sampled (%s, openadr.telemetry_seconds): intervals of %s are sent instead",
-                        rrid, _duration(asked), _duration(sampling), _duration(granularity))
+                        rrid, wire_duration(asked), wire_duration(sampling), wire_duration(granularity))
             # readings wait in the queue for their update, and the queue drops those older than it holds: updates
             # further apart than that would lose the oldest intervals of each. Half the queue leaves the other half
             # for a VTN out of reach at an update.
-            longest = max(granularity, _whole_seconds(self._telemetry.max_age / 2))
+            longest = max(granularity, wire_seconds(self._telemetry.max_age / 2))
             if report_period(granularity, back) > longest:
                 log.log(self._odd_request_level("long", back), "VTN request %s asks for updates every %s, longer "
                         "than the gateway keeps readings (openadr.queue_max_days, %s): updates are sent every %s "
-                        "instead", rrid, _duration(back), _duration(self._telemetry.max_age), _duration(longest))
+                        "instead", rrid, wire_duration(back), wire_duration(self._telemetry.max_age),
+                        wire_duration(longest))
                 back = longest
             origin = report_origin(spec, utcnow())
             replaced = None
@@ -398,7 +399,7 @@ class VtnReports:
                                  if r.granularity == granularity and not r.final and r.rrid not in adopted), None)
                 if replaced is not None:
                     self._stop_serving(replaced, park=True)
-            window = _report_window(spec, granularity, origin, self._zone)
+            window = report_window(spec, granularity, origin, self._zone)
             self._adopt(rrid, granularity, back, window, origin, replaced)
             adopted.add(rrid)
         taken = len(requests) - len(refused) - len(over) - len(status_refused)
@@ -421,7 +422,7 @@ class VtnReports:
             refused.append(f"{', '.join(over)}: {MAX_STANDING} standing requests are served already, the most "
                            "this VEN serves at once")
         request_id = payload.get("request_id") or (payload.get("response") or {}).get("request_id")
-        response = _ei_response(request_id, "; ".join(refused) if refused else None)
+        response = ei_response(request_id, "; ".join(refused) if refused else None)
         if refused and taken:
             # some taken: a 452 for the message said it failed, and a VTN took the updates that followed for
             # requests it thought refused (helper conformance40 W5). The pending list names those taken
@@ -471,12 +472,12 @@ class VtnReports:
                replaced: str | None = None) -> None:
         on_grid = origin == bucket_start(origin, granularity)   # the UTC grid of its granularity
         days = grid(granularity, origin, self._zone).zone   # set: the building's calendar days, 23 or 25 h at a change
-        how = (f"intervals of {_duration(granularity)} (mean of the readings in each), "
-               + ("" if on_grid and days is None else f"on the grid of its reportInterval's start {_iso(origin)}"
+        how = (f"intervals of {wire_duration(granularity)} (mean of the readings in each), "
+               + ("" if on_grid and days is None else f"on the grid of its reportInterval's start {iso_utc(origin)}"
                   + (f" in days of {days}" if days is not None else "") + ", ")
-               + (f"sent every {_duration(back)}" if back > granularity else "each sent as it completes")
-               + (f", from {_iso(window[0])}" if window[0] is not None else "")
-               + (f" until {_iso(window[1])}" if window[1] is not None else ""))
+               + (f"sent every {wire_duration(back)}" if back > granularity else "each sent as it completes")
+               + (f", from {iso_utc(window[0])}" if window[0] is not None else "")
+               + (f" until {iso_utc(window[1])}" if window[1] is not None else ""))
         req, others = self._requests.get(rrid), [r for r in self._requests if r != rrid]
         # the VTN's new request in place of one it cancelled with reportToFollow, that one's last update not yet out
         ending = next((r.rrid for r in self._requests.values() if r.final and r.granularity == granularity

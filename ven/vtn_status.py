@@ -12,9 +12,9 @@ from datetime import datetime, timedelta
 
 from openleadr import enums as oenums, objects, utils as outils
 
-from .report_intervals import _report_window, bucket_start, effective_granularity, next_boundary, report_period
+from .report_intervals import report_window, bucket_start, effective_granularity, next_boundary, report_period
 from .tasks import woken
-from .vtn_transport import _duration, _iso, _refusal, _response_code, utcnow
+from .vtn_transport import wire_duration, iso_utc, refusal_of, response_code_of, utcnow
 from .vtn_updates import UPDATE_FAILURES
 
 log = logging.getLogger("ven.vtn")
@@ -105,16 +105,16 @@ class VtnStatus:
         granularity = effective_granularity(asked or None, sampling)
         now = utcnow()
         # its reportInterval: sampled from its start (the next boundary, if that is past) to its end (helper verify40)
-        first, until = _report_window(spec, granularity)
+        first, until = report_window(spec, granularity)
         if until is not None and until <= now:
-            return f"{rrid}: its reportInterval ended at {_iso(until)}"
+            return f"{rrid}: its reportInterval ended at {iso_utc(until)}"
         start = max(next_boundary(now, granularity), first or now)
         if back > MAX_HELD * granularity:
             # more samples than a request keeps would be dropped before every update, the VTN taking them all (helper
             # rev40)
             log.warning("VTN request %s asks for %s updates every %s, more samples than the %d a request keeps: "
-                        "updates are sent every %s instead", rrid, STATUS_REPORT, _duration(back), MAX_HELD,
-                        _duration(MAX_HELD * granularity))
+                        "updates are sent every %s instead", rrid, STATUS_REPORT, wire_duration(back), MAX_HELD,
+                        wire_duration(MAX_HELD * granularity))
             back = MAX_HELD * granularity
         period = report_period(granularity, back)
         self._status_requests.pop(rrid, None)   # the same reportRequestID again: its new terms, from now
@@ -130,10 +130,10 @@ class VtnStatus:
         self._status_said = terms
         log.log(logging.DEBUG if repeated else logging.INFO,
                 "VTN requested %s (request %s): the site's status at each %s on the UTC clock, %s%s%s",
-                STATUS_REPORT, rrid, _duration(granularity),
-                f"sent every {_duration(back)}" if back > granularity else "each sent as it is taken",
-                f", from {_iso(start)}" if first is not None and start > next_boundary(now, granularity) else "",
-                f" until {_iso(until)}" if until is not None else "")
+                STATUS_REPORT, rrid, wire_duration(granularity),
+                f"sent every {wire_duration(back)}" if back > granularity else "each sent as it is taken",
+                f", from {iso_utc(start)}" if first is not None and start > next_boundary(now, granularity) else "",
+                f" until {iso_utc(until)}" if until is not None else "")
         self._status_wake.set()
         return None
 
@@ -262,7 +262,7 @@ class VtnStatus:
             since, failures, said, _ = self._status_failing
             if said:
                 log.info("the VTN answers %s updates again after %d without an answer since %s", STATUS_REPORT,
-                         failures, _iso(since))
+                         failures, iso_utc(since))
             self._status_failing = None
 
     def _status_fault(self) -> dict | None:
@@ -270,7 +270,7 @@ class VtnStatus:
         if self._status_failing is None or not self._status_failing[2]:
             return None
         since, failures, _, why = self._status_failing
-        return {"since": _iso(since), "count": failures, "why": why,
+        return {"since": iso_utc(since), "count": failures, "why": why,
                 "held": sum(len(r.held) for r in self._status_requests.values())}
 
     def _sample(self, req: StatusRequest, now: datetime) -> None:
@@ -280,7 +280,7 @@ class VtnStatus:
             return
         at = bucket_start(now, req.granularity)
         if req.until is not None and at >= req.until:
-            req.final, req.ended = True, f"its reportInterval ended at {_iso(req.until)}"
+            req.final, req.ended = True, f"its reportInterval ended at {iso_utc(req.until)}"
             return
         if len(req.held) == req.held.maxlen:
             if not req.dropped:
@@ -348,11 +348,11 @@ class VtnStatus:
         if rtype == "oadrRequestReregistration":
             self._forgotten(f"the {STATUS_REPORT} report")
             return None
-        if rtype == "oadrUpdatedReport" and _response_code(payload) == 200:
+        if rtype == "oadrUpdatedReport" and response_code_of(payload) == 200:
             if payload.get("cancel_report"):    # 2.0b lets the VTN cancel reports here too
                 await self._cancel_report(payload["cancel_report"])
             return True
-        why = _refusal(payload) or f"{rtype} code {_response_code(payload)}"
+        why = refusal_of(payload) or f"{rtype} code {response_code_of(payload)}"
         if isinstance(req, str):
             if rrid in self._status_one_shots:
                 self._status_one_shots.remove(rrid)

@@ -39,7 +39,7 @@ NOT_REGISTERED = 463            # ... and for a VEN the VTN does not know or no 
 INVALID_DATA = 454              # ... and for an event the VEN cannot read (its eventResponse, the others' stay 200)
 # what openleadr answers 200 for; it lists them with dir() anew for every event it answers
 _SIGNAL_NAMES = frozenset(oenums.SIGNAL_NAME.values)
-_openleadr_log = logging.getLogger("openleadr")    # its own lines, from its _on_event that _Client replaces
+_openleadr_log = logging.getLogger("openleadr")    # its own lines, from its _on_event that VenClient replaces
 
 
 class _VenIdChanged(logging.Filter):
@@ -61,7 +61,7 @@ _REFUSED = re.compile(r"VTN refused[^:]*: \d+")
 _HTTP_ERROR = re.compile(r"HTTP ([45]\d\d) from ")     # _request's reason for an error status
 
 
-def _fault_kind(reason: str) -> str:
+def fault_kind(reason: str) -> str:
     """What the operator does about a failure: its reason's wording varies within a kind (connection refused,
     then a timeout, while the VTN is down), and only a change of kind is worth a line of its own."""
     if reason.startswith(("TLS ", "VTN refused: certificate fingerprint", "VTN message carries an invalid XML sig")):
@@ -112,7 +112,7 @@ def _error_page(content: bytes) -> str:
     return " ".join((title.group(1) if title else text[:200]).split())
 
 
-def _event_status(event: dict) -> str | None:
+def event_status_of(event: dict) -> str | None:
     """openleadr's status of a listed event from the clock; None for one whose end is past year 9999 (its
     determine_event_status raises OverflowError): not completed, and answered."""
     try:
@@ -135,7 +135,7 @@ def _what_runs(event: dict) -> tuple:
                for i in s.get('intervals') or []]) for s in raw_signals(event)])
 
 
-class _Client(OpenADRClient):
+class VenClient(OpenADRClient):
     """OpenADRClient whose request path records why a request failed instead of only logging it."""
 
     last_error: str | None = None
@@ -285,13 +285,13 @@ class _Client(OpenADRClient):
         """oadrCreatedEvent for the events that want an answer and are not over, as openleadr builds (and logs) it;
         None when none does. Unlike openleadr's, a lower-case vtnID does not make it 452 "ERROR": the profile
         sets no case for vtnID, and the VTN would read each acknowledgement as refused."""
-        response = _ei_response(request_id)
+        response = ei_response(request_id)
         event_responses = []
         for event, result in zip(events, results):
             invalid = self.invalid_events.get(event['event_descriptor']['event_id'])
             # one refused as invalid is answered 454 whatever its times say: they are what is wrong (one in year 1
             # reads as long completed, and went unanswered, the log saying "answered optOut, code 454")
-            if event['response_required'] == 'always' and (invalid or not _event_status(event) == 'completed'):
+            if event['response_required'] == 'always' and (invalid or not event_status_of(event) == 'completed'):
                 signals = raw_signals(event)
                 # 460 says the event is not acted on for its signal: one with a SIMPLE signal is followed whatever
                 # else it carries (a vendor's x- signal beside it got 460 "ERROR" with optIn, and 200 in the later
@@ -335,8 +335,8 @@ class _Client(OpenADRClient):
         # Requests overlap on this client (a poll, telemetry delivery, opt answers): what one learnt is set
         # when it is done, after its last await, so its caller reads its own request's outcome, not another's.
         message_type, message_payload, self.last_error = await self._request(service, message)
-        self.refused = _refusal(message_payload) if message_type else None
-        self.refused_code = _response_code(message_payload) if self.refused else None
+        self.refused = refusal_of(message_payload) if message_type else None
+        self.refused_code = response_code_of(message_payload) if self.refused else None
         status = _HTTP_ERROR.match(self.last_error or "")
         self.error_status = int(status.group(1)) if status else None
         if message_type == "oadrRequestReregistration":
@@ -485,10 +485,12 @@ def verify_replay_protect(tree) -> None:
     signed = signed.replace(tzinfo=timezone.utc) if signed.tzinfo is None else signed
     oldest = utcnow() - REPLAY_WINDOW
     if signed < oldest:
-        raise _Replayed(f"signed at {_iso(signed)}, more than {REPLAY_WINDOW.total_seconds() / 60:g} min before this "
-                        f"box's clock ({_iso(utcnow())}): a replayed message, or the VTN's clock or this one is wrong")
+        raise _Replayed(f"signed at {iso_utc(signed)}, more than {REPLAY_WINDOW.total_seconds() / 60:g} min before "
+                        f"this box's clock ({iso_utc(utcnow())}): a replayed message, or the VTN's clock or this one "
+                        "is wrong")
     if (signed, nonce) in _nonces:
-        raise _Replayed(f"its signature (signed at {_iso(signed)}, nonce {nonce}) was seen before: a replayed message")
+        raise _Replayed(f"its signature (signed at {iso_utc(signed)}, nonce {nonce}) was seen before: a replayed "
+                        "message")
     for seen in [k for k in _nonces if k[0] < oldest]:
         del _nonces[seen]
     _nonces[(signed, nonce)] = None
@@ -605,7 +607,7 @@ def parse_message(content: bytes) -> tuple[str, dict]:
     return message_type, _texts(outils.normalize_dict(payload))
 
 
-class _NoScheduler:
+class NoScheduler:
     """Stands in for openleadr's APScheduler: reports and polls are timed by VtnClient instead."""
 
     running = False
@@ -633,7 +635,7 @@ def warm_up() -> None:
         log.debug("openleadr template warm-up skipped: %s", err)
 
 
-def _iso(t: datetime | None) -> str:
+def iso_utc(t: datetime | None) -> str:
     return t.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z") if t else "-"
 
 
@@ -654,20 +656,20 @@ def whole_seconds(s: float) -> str:
     return f"{s:.0f}" if float(s).is_integer() else f"{s:g}"
 
 
-def _duration(d: timedelta) -> str:
+def wire_duration(d: timedelta) -> str:
     """ISO 8601, as on the wire (PT10S, PT5M, PT1H30M)."""
     return outils.timedeltaformat(d)
 
 
-def _length(d: timedelta) -> str:
-    """An interval's own length: as _duration, but days that are not whole in hours (PT25H, a local day the clocks went
-    back in), where P1DT1H would read as a nominal day (RFC 5545) and an hour."""
+def interval_length(d: timedelta) -> str:
+    """An interval's own length: as wire_duration, but days that are not whole in hours (PT25H, a local day the clocks
+    went back in), where P1DT1H would read as a nominal day (RFC 5545) and an hour."""
     if d.days and d % timedelta(days=1) and not d % timedelta(hours=1):
         return f"PT{d // timedelta(hours=1)}H"
-    return _duration(d)
+    return wire_duration(d)
 
 
-def _ei_response(request_id: str | None, refusal: str | None = None) -> dict:
+def ei_response(request_id: str | None, refusal: str | None = None) -> dict:
     """An answer's eiResponse: 200 OK, or 452 (an ID the VEN does not know) with the reason."""
     request_id = "" if request_id is None else request_id     # an empty requestID: openleadr's template writes "None"
     if refusal is None:
@@ -675,16 +677,16 @@ def _ei_response(request_id: str | None, refusal: str | None = None) -> dict:
     return {"response_code": INVALID_ID, "response_description": refusal[:200], "request_id": request_id}
 
 
-def _refusal(payload: dict | None) -> str | None:
+def refusal_of(payload: dict | None) -> str | None:
     """ "463 <description>" for an eiResponse code other than 200, None for 200 or no eiResponse."""
-    code = _response_code(payload)
+    code = response_code_of(payload)
     if code in (None, 200):
         return None
     description = str(payload["response"].get("response_description") or "").strip()
     return f"{code} {description}" if description else str(code)
 
 
-def _response_code(payload: dict | None):
+def response_code_of(payload: dict | None):
     try:
         return int(payload["response"]["response_code"])
     except (KeyError, TypeError, ValueError):

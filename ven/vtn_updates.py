@@ -12,7 +12,7 @@ from openleadr import objects, utils as outils
 
 from .report_intervals import Interval
 from .vtn_reports import BATCH, Standing
-from .vtn_transport import _fault_kind, _iso, _response_code, utcnow
+from .vtn_transport import fault_kind, iso_utc, response_code_of, utcnow
 
 log = logging.getLogger("ven.vtn")
 
@@ -80,7 +80,7 @@ class VtnUpdates:
                 log.info("the VTN answers telemetry updates again, after %d failed", self._updates_failing[1])
                 self._clear_error(self._updates_failing[3])
             self._updates_failing = None
-        if rtype == "oadrUpdatedReport" and _response_code(payload) == 200:
+        if rtype == "oadrUpdatedReport" and response_code_of(payload) == 200:
             if self._report_refused is not None:
                 log.info("the VTN takes telemetry again after %d refused report(s)", self._report_refusals)
                 self._clear_error(self._report_refused)
@@ -102,19 +102,19 @@ class VtnUpdates:
         elif rtype is not None and cancelled:
             # a VTN refusing a request it no longer holds: no fault, nothing to offer again (the WARNING said both)
             log.debug("the VTN refused an update of cancelled request %s (%s)", rrid,
-                      client.refused or f"{rtype} code {_response_code(payload)}")
+                      client.refused or f"{rtype} code {response_code_of(payload)}")
             return one_shot     # a one-shot is finished; a standing request's readings were not taken
         elif rtype is not None:
             # polls may go on fine meanwhile: this is the only place the operator hears of it
             self.last_error = (f"VTN refused the report: {client.refused}" if client.refused
-                               else f"VTN answered the report with {rtype} code {_response_code(payload)}")
+                               else f"VTN answered the report with {rtype} code {response_code_of(payload)}")
             if rrid in self._one_shots:
                 self._end_one_shot(rrid)     # its one chance: the VTN does not want it
                 log.warning("%s; the one-shot report %s is given up", self.last_error, rrid)
                 return True
             # once a spell, and again for another kind of refusal: a VTN that forgot its requests refuses each new
             # one by its own id (452 "reportRequestID ... unknown"), a text that differs every time
-            if self._report_refused is None or _fault_kind(self.last_error) != _fault_kind(self._report_refused):
+            if self._report_refused is None or fault_kind(self.last_error) != fault_kind(self._report_refused):
                 log.warning("%s; the samples stay queued, the reports are offered again so the VTN can request "
                             "them anew (backoff up to %g s)", self.last_error, self._cfg.retry_max_seconds)
             if self._report_refused is None:
@@ -157,10 +157,10 @@ class VtnUpdates:
         failing = self._updates_failing
         if failing is not None and failing[2]:
             since, failures, _, why = failing
-            return {"kind": "unanswered", "since": _iso(since), "count": failures, "why": why}
+            return {"kind": "unanswered", "since": iso_utc(since), "count": failures, "why": why}
         if self._report_refused is not None:
             since = self._report_refused_since
-            return {"kind": "refused", "since": _iso(since) if since else None, "count": self._report_refusals,
+            return {"kind": "refused", "since": iso_utc(since) if since else None, "count": self._report_refusals,
                     "why": self._report_refused}
         return None
 
