@@ -23,6 +23,11 @@ def test_uses_it(shared, i):
 '''
 
 
+def _env_without_pytest() -> dict:
+    """The environment for a pytest run of its own: without this run's PYTEST_ variables (xdist's worker name)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+
+
 def _copy_conftest(to: Path) -> None:
     for name in ("conftest.py", "timeouts.py", "run_order.py"):     # the suite's conftest and what it imports
         shutil.copy(Path(__file__).with_name(name), to / name)
@@ -34,7 +39,7 @@ def test_a_module_sharing_a_module_scoped_fixture_sets_it_up_once_under_xdist(tm
     _copy_conftest(tmp_path)
     (tmp_path / "test_shared.py").write_text(SHARED)
     setups = tmp_path / "setups.txt"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    env = _env_without_pytest()
     env.update(SETUPS=str(setups), HOME=str(tmp_path))
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "2", "test_shared.py"],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
@@ -55,7 +60,7 @@ def test_the_collected_order_spreads_waiting_tests_and_shared_modules_by_their_r
     # 50 s of waiting in 5 tests, 50 s of quick tests in 100, a shared module of 8 tests in 8 s
     (tmp_path / "durations.tsv").write_text("test_waits.py\t5\t50\ntest_quick.py\t100\t50\n"
                                             "test_shared.py\t8\t8\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    env = _env_without_pytest()
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--collect-only"],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout + run.stderr
@@ -78,7 +83,7 @@ def test_a_run_whose_table_lacks_a_test_file_says_so_in_one_line(tmp_path):
     _copy_conftest(tmp_path / "tests")
     (tmp_path / "tests" / "test_listed.py").write_text("def test_a():\n    pass\n")
     (tmp_path / "tests" / "test_new.py").write_text("def test_b():\n    pass\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    env = _env_without_pytest()
     said = "tests/durations.tsv lacks 1 test file(s) (tests/test_new.py)"
     for table, says in (("tests/test_listed.py\t1\t0.1\n", True),
                         ("tests/test_listed.py\t1\t0.1\ntests/test_new.py\t1\t0.1\n", False)):
