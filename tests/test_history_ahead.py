@@ -263,9 +263,12 @@ async def test_a_304_makes_no_body_and_its_tag_is_the_one_a_200_gives(tmp_path, 
                 if time.time() % 60 > 40:
                     return None
                 first, second = await get(), await get()
-                return (first, second) if time.time() // 60 == minute else None
-            (status, a, body), (again, a_again, body_again) = await eventually(same_state_twice, 130, "one minute")
-            assert status == again == 200 and a == a_again, "the same state, the same tag"
+                # the gateway's own writes to storage.path (its VTN outage, a forecast saved) change the state
+                # between them too: the same tag for the same state is what is waited for (CI at 48c2dbd)
+                return (first, second) if time.time() // 60 == minute and first[1] == second[1] else None
+            (status, a, body), (again, a_again, body_again) = await eventually(same_state_twice, 130,
+                                                                               "the same state twice within a minute")
+            assert status == again == 200
             assert {**body, "now": 0} == {**body_again, "now": 0}
             before = len(made)
             assert (await get(a))[:2] == (304, a)
