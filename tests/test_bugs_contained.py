@@ -15,7 +15,7 @@ import pytest
 from bacnet_api import points as P
 from bacnet_api.bug_guard import BugGuard
 from test_gateway import system  # noqa: F401 - the shared fixture
-from waiting import eventually
+from waiting import FIRST_CYCLE_SECONDS, eventually
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -213,7 +213,7 @@ async def test_the_forecast_goes_on_after_a_bug_and_a_lasting_one_is_one_line(sy
     vtn, meter, gateway, peer, gw = system
     caplog.set_level(logging.INFO)
     service = gateway.forecast
-    await eventually(lambda: service.last_forecast is not None, 15, "a first forecast")
+    await eventually(lambda: service.last_forecast is not None, FIRST_CYCLE_SECONDS, "a first forecast")
     fault = Raises(service.forecaster.needs_fit, RuntimeError("a bug before the cycle"), times=None)
     service.forecaster.needs_fit = fault
     await eventually(lambda: fault.raised >= 3, 15, "three cycles with the bug")
@@ -231,7 +231,7 @@ async def test_a_failing_forecast_cycle_shows_the_forecast_points_in_fault_to_th
     vtn, meter, gateway, peer, gw = system
     caplog.set_level(logging.INFO)
     service = gateway.forecast
-    await eventually(lambda: service.last_forecast is not None, 15, "a first forecast")
+    await eventually(lambda: service.last_forecast is not None, FIRST_CYCLE_SECONDS, "a first forecast")
     forecast_points = (P.FIFTEEN_MIN_FORECAST, P.ONE_HOUR_FORECAST, P.RATE_OF_CHANGE, P.HIGH_LOAD, P.LOW_LOAD)
 
     async def flags(name):
@@ -273,7 +273,7 @@ async def test_a_bug_in_the_metrics_is_a_500_and_a_line_naming_it_not_a_bad_requ
 async def test_a_stop_names_a_job_still_failing_on_a_bug(system, caplog):  # noqa: F811
     vtn, meter, gateway, peer, gw = system
     caplog.set_level(logging.INFO)
-    await eventually(lambda: gateway.forecast.last_forecast is not None, 15, "a first forecast")
+    await eventually(lambda: gateway.forecast.last_forecast is not None, FIRST_CYCLE_SECONDS, "a first forecast")
     fc = gateway.forecast.forecaster
     fc.needs_fit = Raises(fc.needs_fit, KeyError("x"), times=None)
     await eventually(lambda: said(caplog, "forecast cycle failed"), 10, "the bug")

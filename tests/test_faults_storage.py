@@ -27,7 +27,7 @@ import aiohttp
 import pytest
 from bacnet_peer import BacnetPeer, answered
 from gateway_process import START_S, GatewayProcess, write_config
-from waiting import eventually, while_growing
+from waiting import FIRST_CYCLE_SECONDS, eventually, while_growing
 
 from bacnet_api import points as P
 from bacnet_api.simulator import MeterSimulator
@@ -366,7 +366,7 @@ async def test_forecaster_history_that_opens_late_joins_the_one_in_memory(tmp_pa
         try:
             svc.on_meter((k - 2) * 60 - 30, 200.0)
             svc.on_meter((k - 1) * 60 - 30, 210.0)
-            await eventually(lambda: published, 10, "forecasts from memory")
+            await eventually(lambda: published, FIRST_CYCLE_SECONDS, "forecasts from memory")
             # the file read as it is (it had none of this for as long as it stayed read-only: persistence, and no
             # thresholds for a day), and read once: its minutes joined again once open would count twice
             assert not svc.status()["storage_ok"] and svc.status()["history_minutes"] == 4

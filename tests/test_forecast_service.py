@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from fit_processes import fit_given_cpu, fit_processes, fitted_with_cpu
 from gateway_process import kill_when_said
-from waiting import eventually
+from waiting import FIRST_CYCLE_SECONDS, eventually
 
 from forecaster.model import MODEL_NAME
 from ven.config import ForecasterConfig
@@ -88,7 +88,7 @@ async def test_the_history_keeps_what_the_bas_was_served_while_the_input_is_stal
     await svc.start()
     try:
         svc.on_input_power(time.time(), 100.0)
-        await eventually(lambda: published and published[-1].high_load and not svc.input_stale(), 10, "high load")
+        await eventually(lambda: published and published[-1].high_load and not svc.input_stale(), FIRST_CYCLE_SECONDS, "high load")
         await eventually(lambda: svc.input_stale(), 5, "the input stale")
         stale_from = time.time()
         await eventually(lambda: published[-1].issued_at > stale_from + 0.3, 10, "cycles while stale")
@@ -222,7 +222,7 @@ async def test_the_first_sample_after_a_cold_start_brings_one_cycle_at_once(tmp_
     svc = _service(tmp_path, published, cycle_seconds=60)
     await svc.start()
     try:
-        await eventually(lambda: published, 10, "the cycle at start")
+        await eventually(lambda: published, FIRST_CYCLE_SECONDS, "the cycle at start")
         assert published[-1][1] and published[-1][0].demand_kw[15] is None    # no power yet
         now = time.time()
         svc.on_meter(now, float("nan"))          # no usable sample: nothing new to publish
@@ -251,7 +251,7 @@ async def test_a_stop_as_the_first_sample_wakes_the_cycle_ends_it(tmp_path):
     await svc.start()
     stopped = False
     try:
-        await eventually(lambda: published, 10, "the cycle at start")
+        await eventually(lambda: published, FIRST_CYCLE_SECONDS, "the cycle at start")
         await asyncio.sleep(0.05)               # the cycle now waits for a wake-up or its next minute
         svc.on_meter(time.time(), 120.0)        # the first sample after a silence: an early cycle
         async with asyncio.timeout(5):
@@ -274,7 +274,7 @@ async def test_a_restart_on_fresh_stored_history_adds_no_cycle(tmp_path):
     svc = _service(tmp_path, published, cycle_seconds=60)
     await svc.start()
     try:
-        await eventually(lambda: published, 10, "the cycle at start")
+        await eventually(lambda: published, FIRST_CYCLE_SECONDS, "the cycle at start")
         assert not published[0][1] and published[0][0].demand_kw[15] == pytest.approx(300.0)
         for i in range(5):
             svc.on_meter(time.time(), 310.0)
@@ -322,7 +322,7 @@ async def test_power_back_after_a_silence_brings_one_cycle_not_one_per_sample(tm
     await svc.start()
     try:
         svc.on_input_power(clock[0], 200.0)
-        await eventually(lambda: published and not published[-1][1], 10, "a live forecast")
+        await eventually(lambda: published and not published[-1][1], FIRST_CYCLE_SECONDS, "a live forecast")
         clock[0] += 60                           # the BAS stops writing for a minute
         await eventually(lambda: published[-1][1], 15, "the cycle that finds no power")
         n = len(published)

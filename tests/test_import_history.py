@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from fit_processes import fit_given_cpu
 from gateway_process import write_config
-from waiting import eventually
+from waiting import FIRST_CYCLE_SECONDS, eventually
 
 from forecaster.core import DemandForecaster
 from forecaster.model import MODEL_NAME
@@ -279,7 +279,7 @@ async def test_a_gateway_started_on_an_imported_history_has_thresholds_fits_at_o
     svc = ForecastService(ForecasterConfig(cycle_seconds=0.05, source="meter"), str(db), publish=published.append)
     await svc.start()
     try:
-        await eventually(lambda: published, 10, "the first forecast")
+        await eventually(lambda: published, FIRST_CYCLE_SECONDS, "the first forecast")
         # thresholds from the imported days at once, where a new install waits a day of its own readings
         assert published[0].high_threshold_kw is not None and published[0].low_threshold_kw is not None
         first, last = svc.forecaster.curtailed[0]

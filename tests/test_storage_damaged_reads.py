@@ -20,7 +20,7 @@ import pytest
 from bacnet_peer import BacnetPeer
 from gateway_process import START_S, GatewayProcess, write_config
 from test_storage_damaged_midrun import leaf_pages, stores_with_readings
-from waiting import eventually
+from waiting import FIRST_CYCLE_SECONDS, eventually
 
 from bacnet_api import points as P
 from forecaster.store import ForecastStore
@@ -230,7 +230,7 @@ async def test_the_history_reload_after_a_clock_step_meeting_a_torn_page_is_said
     await svc.start()
     try:
         svc.on_meter(BOOT_2020, 100.0)
-        await eventually(lambda: published and published[-1].issued_at == BOOT_2020, 10, "a forecast at 2020")
+        await eventually(lambda: published and published[-1].issued_at == BOOT_2020, FIRST_CYCLE_SECONDS, "a forecast at 2020")
         tear_page(path, "forecast_minute")
         caplog.set_level(logging.INFO)
         clock[0] = real = time.time()                           # NTP steps the clock right
