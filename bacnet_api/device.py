@@ -114,7 +114,9 @@ def _route_bac0_logging() -> None:
             handler.close()
         # its task manager dates its tasks' runs by the wall clock: after a step ahead (NTP) it said "High latency
         # ... Avg latency: 3584 sec" in pairs of WARNINGs each minute for minutes, of a loop that was on time
-        logger.setLevel(logging.ERROR if name.startswith(_BAC0_TASKS) else logging.NOTSET)
+        level = logging.ERROR if name.startswith(_BAC0_TASKS) else logging.NOTSET
+        if logger.level != level:   # setLevel clears every logger's cache: 3 ms each in a process of many loggers
+            logger.setLevel(level)
         logger.propagate = True
 
 
