@@ -146,27 +146,37 @@ def private_home(tmp_path_factory, monkeypatch):
 # Ports handed to tests come from below the kernel's ephemeral range (32768 and up on Linux), one block per
 # xdist worker: a port the kernel picked for "port 0" was free when asked, but any client socket of another
 # worker (every outgoing UDP or TCP socket gets an ephemeral port) could take it before the test bound it.
-_PORT_BASE, _PORT_BLOCK, _BLOCKS = 20000, 1500, 8
+_PORT_BASE, _PORT_SPAN, _MIN_BLOCKS = 20000, 12000, 8
 _next_port: dict[int, int] = {}
 
 
-def _free_port(kind: int) -> int:
+def _port_block() -> tuple[int, int]:
+    """(first port, size) of this worker's block. The span is cut into one block a worker, eight at least: with eight
+    fixed blocks, a run of twelve workers gave four pairs of workers one block each, and test_restart's gateway found
+    the HTTP port it was handed taken."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
     index = int(worker[2:]) if worker[2:].isdigit() else 0
-    first = _PORT_BASE + (index % _BLOCKS) * _PORT_BLOCK
-    for _ in range(_PORT_BLOCK):
+    count = os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    blocks = max(_MIN_BLOCKS, int(count) if count.isdigit() else 1)
+    size = _PORT_SPAN // blocks
+    return _PORT_BASE + (index % blocks) * size, size
+
+
+def _free_port(kind: int) -> int:
+    first, size = _port_block()
+    for _ in range(size):
         # from a random place in the block: another pytest run on the machine (a developer's beside CI's) walks
         # the same block, and from the same start both would hand out the same ports in step (not the seeded
         # generator: a test seeding it would put every run at one start again)
-        offset = _next_port.setdefault(first, random.SystemRandom().randrange(_PORT_BLOCK))
-        _next_port[first] = (offset + 1) % _PORT_BLOCK
+        offset = _next_port.setdefault(first, random.SystemRandom().randrange(size))
+        _next_port[first] = (offset + 1) % size
         with socket.socket(socket.AF_INET, kind) as s:
             try:
                 s.bind(("127.0.0.1", first + offset))
             except OSError:     # still held by an earlier test's stack, or by something else on the machine
                 continue
             return first + offset
-    raise RuntimeError(f"no free port in {first}..{first + _PORT_BLOCK - 1}")
+    raise RuntimeError(f"no free port in {first}..{first + size - 1}")
 
 
 @pytest.fixture
