@@ -134,7 +134,7 @@ SPEEDUP_JS = """(speedup) => {
 
 
 # What Chromium logs for a load its gateway never answered: nothing listening (stopped), or the connection closed
-# with the request in flight (stopped mid-answer: a loaded machine's refresh, CI of 5e68c55's tree). A test that
+# with the request in flight (stopped mid-answer: a loaded machine's refresh, a run in the tree at 5e68c55). A test that
 # takes its gateway away expects these and nothing else.
 GATEWAY_AWAY = ("ERR_CONNECTION_REFUSED", "ERR_EMPTY_RESPONSE", "ERR_CONNECTION_RESET")
 

@@ -22,8 +22,8 @@ async def eventually(check, timeout: float, what: str = "condition", interval: f
 
 
 # The first cycle of a forecast service pays its imports (numpy, scikit-learn) and the history's load: a worker among
-# eight on two cores with other work beside took over 10 s (test_import_history, 5e68c55's tree with two busy loops).
-# Waits for the first forecast take this; what a test times after it keeps its own bound.
+# eight on two cores with two busy loops beside took over 10 s (test_import_history). Waits for the first forecast take
+# this; what a test times after it keeps its own bound.
 FIRST_CYCLE_SECONDS = 40
 
 
