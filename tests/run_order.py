@@ -112,7 +112,7 @@ def main(argv: list[str], table_path: Path = TABLE) -> int:
         return 1
     rows = [f"{name}\t{n}\t{s:.1f}" for name, (n, s) in table.items()]
     table_path.write_text("# file\ttests\tseconds (setup + call + teardown, summed, in a full run at -n 8)\n"
-                     + "\n".join(rows) + "\n", encoding="utf-8")
+                          + "\n".join(rows) + "\n", encoding="utf-8")
     print(f"{table_path}: {len(rows)} files, {sum(n for n, _ in table.values())} tests, "
           f"{sum(s for _, s in table.values()):.0f} s")
     return 0

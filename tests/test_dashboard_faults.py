@@ -868,8 +868,8 @@ class FlakyVtnView(FaultView):
     def status(self):
         body = super().status()
         fault = Outage(time.monotonic() - 1500, set(), "", True, settle=240.0, relapses=5, polls=150, polls_failed=6,
-                        losses=2, registrations=2, answered_since=time.monotonic() - 30, down=40.0,
-                        started=datetime.now(timezone.utc) - timedelta(seconds=1500))
+                       losses=2, registrations=2, answered_since=time.monotonic() - 30, down=40.0,
+                       started=datetime.now(timezone.utc) - timedelta(seconds=1500))
         if self.ended:
             fault.ended = fault.started
         body["vtn"]["fault"] = fault.status(time.monotonic())

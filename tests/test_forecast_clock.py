@@ -52,7 +52,8 @@ async def test_a_boot_at_2020_then_ntp_serves_the_stored_history_again(tmp_path,
     try:
         assert svc.status()["history_minutes"] == stored
         svc.on_meter(BOOT_2020, 100.0)
-        await eventually(lambda: published and published[-1].issued_at == BOOT_2020, FIRST_CYCLE_SECONDS, "a forecast at 2020")
+        await eventually(lambda: published and published[-1].issued_at == BOOT_2020, FIRST_CYCLE_SECONDS,
+                         "a forecast at 2020")
         clock[0] = real = time.time()                           # NTP steps the clock right
         svc.on_meter(real, 150.0)
         await eventually(lambda: svc.status()["history_minutes"] >= stored, 10, "the stored history back")
@@ -81,7 +82,8 @@ async def test_a_clock_stepped_back_an_hour_keeps_forecasting(tmp_path, caplog):
         fast = [real + 3600 - 1200 + i * 10 for i in range(120)]   # 20 minutes stamped by the fast clock
         for t in fast:
             svc.on_meter(t, 100.0)
-        await eventually(lambda: published and published[-1].demand_kw[15] == pytest.approx(100.0), FIRST_CYCLE_SECONDS, "fast")
+        await eventually(lambda: published and published[-1].demand_kw[15] == pytest.approx(100.0),
+                         FIRST_CYCLE_SECONDS, "fast")
         clock[0] = real                                          # NTP: an hour back
         for dt_ in (-20, -10, 0):
             svc.on_meter(real + dt_, 200.0)

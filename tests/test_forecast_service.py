@@ -88,7 +88,8 @@ async def test_the_history_keeps_what_the_bas_was_served_while_the_input_is_stal
     await svc.start()
     try:
         svc.on_input_power(time.time(), 100.0)
-        await eventually(lambda: published and published[-1].high_load and not svc.input_stale(), FIRST_CYCLE_SECONDS, "high load")
+        await eventually(lambda: published and published[-1].high_load and not svc.input_stale(),
+                         FIRST_CYCLE_SECONDS, "high load")
         await eventually(lambda: svc.input_stale(), 5, "the input stale")
         stale_from = time.time()
         await eventually(lambda: published[-1].issued_at > stale_from + 0.3, 10, "cycles while stale")

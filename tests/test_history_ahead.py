@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from bacnet_peer import BacnetPeer
 from gateway_process import START_S, GatewayProcess, write_config
-from waiting import eventually
+from waiting import FIRST_CYCLE_SECONDS, eventually
 
 from bacnet_api import points as P
 from bacnet_api.simulator import MeterSimulator
@@ -250,7 +250,8 @@ async def test_a_304_makes_no_body_and_its_tag_is_the_one_a_200_gives(tmp_path, 
     await gateway.start()
     url = f"{gateway.http.url}/api/history?hours=1"
     try:
-        await eventually(lambda: gateway.forecast.last_forecast_view() is not None, 30, "the cycle at start")
+        await eventually(lambda: gateway.forecast.last_forecast_view() is not None, FIRST_CYCLE_SECONDS,
+                         "the cycle at start")
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
             async def get(tag=None):
                 async with http.get(url, headers={"If-None-Match": tag} if tag else {}) as r:

@@ -14,7 +14,7 @@ import pytest
 from raw_vtn import RawVtn, cancel_report, create_report, report_request
 from test_report_requests import S, expected, now, received, running, said, same
 from waiting import eventually as until
-from ven.report_intervals import EPOCH, report_window, complete_intervals, next_boundary, report_origin
+from ven.report_intervals import EPOCH, complete_intervals, next_boundary, report_origin, report_window
 from ven.vtn_server import DemoVtn
 
 pytestmark = pytest.mark.mostly_waiting

@@ -12,7 +12,7 @@ import time
 import pytest
 from bacnet_peer import BacnetPeer, PeerError
 from gateway_process import START_S, GatewayProcess, write_config
-from waiting import eventually
+from waiting import FIRST_CYCLE_SECONDS, eventually
 
 from bacnet_api import points as P
 from bacnet_api.simulator import MeterSimulator
@@ -127,7 +127,7 @@ async def test_a_forecast_stored_before_a_long_stop_is_shown_flagged_not_as_0(tm
                 P.RATE_OF_CHANGE: (1.5, True), P.HIGH_LOAD: (False, True)}
         assert shown() == held
         # the first cycles, on the same stale history, hold them so
-        await eventually(lambda: gateway.forecast.last_forecast is not None, 30, "the first cycle")
+        await eventually(lambda: gateway.forecast.last_forecast is not None, FIRST_CYCLE_SECONDS, "the first cycle")
         assert shown() == held
         assert not gateway.device.status_flags(P.HIGH_LOAD_THRESHOLD)["fault"]
     finally:

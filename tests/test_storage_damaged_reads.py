@@ -230,7 +230,8 @@ async def test_the_history_reload_after_a_clock_step_meeting_a_torn_page_is_said
     await svc.start()
     try:
         svc.on_meter(BOOT_2020, 100.0)
-        await eventually(lambda: published and published[-1].issued_at == BOOT_2020, FIRST_CYCLE_SECONDS, "a forecast at 2020")
+        await eventually(lambda: published and published[-1].issued_at == BOOT_2020, FIRST_CYCLE_SECONDS,
+                         "a forecast at 2020")
         tear_page(path, "forecast_minute")
         caplog.set_level(logging.INFO)
         clock[0] = real = time.time()                           # NTP steps the clock right

@@ -187,7 +187,7 @@ async def test_ca_file_verifies_a_private_ca_vtn_with_or_without_a_client_certif
     try:
         for ca_file, expected in ((str(d / "ca.pem"), "HTTP 404"), (None, "TLS certificate of the VTN rejected")):
             client = VenClient(ven_name="t", vtn_url=f"https://127.0.0.1:{port}/OpenADR2/Simple/2.0b",
-                             ca_file=ca_file, show_fingerprint=False, disable_signature=True, **tls)
+                               ca_file=ca_file, show_fingerprint=False, disable_signature=True, **tls)
             try:
                 await client._perform_request("EiRegisterParty", b"<x/>")
                 assert client.last_error.startswith(expected), client.last_error

@@ -193,7 +193,7 @@ def report_origin(spec: dict, now: datetime | None = None) -> datetime:
 
 
 def report_window(spec: dict, granularity: timedelta, origin: datetime = EPOCH,
-                   zone: tzinfo | None = None) -> tuple[datetime | None, datetime | None]:
+                  zone: tzinfo | None = None) -> tuple[datetime | None, datetime | None]:
     """A request's reportInterval ("the overall period of reporting") as the intervals on the clock grid
     that overlap it: the start of the first, the end of the last (a VTN writing its request's time as
     dtstart gets the interval in progress, not the next one). A duration of 0 (or none) reports until

@@ -529,11 +529,11 @@ class VtnClient(VtnEvents, VtnReports, VtnDelivery, VtnUpdates, VtnStatus, VtnOu
     def _new_client(self) -> VenClient:
         c = self._cfg
         client = VenClient(ven_name=c.ven_name, vtn_url=c.vtn_url, ven_id=self.ven_id,
-                         cert=c.cert or None, key=c.key or None,
-                         # openleadr's signer refuses a passphrase for a key that has none (reissued plain)
-                         passphrase=c.passphrase if c.passphrase and key_is_encrypted(c.key) else None,
-                         ca_file=c.ca_file or None, vtn_fingerprint=c.vtn_fingerprint or None,
-                         show_fingerprint=False, disable_signature=not c.cert)
+                           cert=c.cert or None, key=c.key or None,
+                           # openleadr's signer refuses a passphrase for a key that has none (reissued plain)
+                           passphrase=c.passphrase if c.passphrase and key_is_encrypted(c.key) else None,
+                           ca_file=c.ca_file or None, vtn_fingerprint=c.vtn_fingerprint or None,
+                           show_fingerprint=False, disable_signature=not c.cert)
         client.request_timeout_s = c.request_timeout_seconds
         client.proxy = c.proxy or None
         client.scheduler = NoScheduler()
