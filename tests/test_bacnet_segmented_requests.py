@@ -39,7 +39,7 @@ async def sent_one_by_one(client: RawClient, segments: list[bytes]) -> list[byte
     got = []
     for segment in segments:
         client.send(segment)
-        answer = await client.next(1.0)
+        answer = await client.next()
         assert answer is not None, f"nothing after segment {segment[3]}"
         got.append(answer)
         if answer[0] >> 4 != 4:     # not a SegmentACK: the answer, or an abort
@@ -51,7 +51,7 @@ async def test_a_request_of_as_many_segments_as_the_device_takes_is_answered(gat
     assert gateway.app.device_object.maxSegmentsAccepted == 16
     got = await sent_one_by_one(client, rpm_segments(50, 16, 1))
     assert [a[0] >> 4 for a in got] == [4] * 16, [a.hex() for a in got]      # each acknowledged, the last too
-    answer = await client.next(1.0)
+    answer = await client.next()
     assert answer is not None and answer[:3] == bytes([0x30, 50, RPM]), answer
 
 
@@ -91,11 +91,11 @@ async def test_a_segment_sent_again_after_its_lost_ack_is_taken_within_four_segm
     assert [a[0] >> 4 for a in got] == [4, 4], [a.hex() for a in got]
     await asyncio.sleep(timeout * 1.5)          # the ACK of segment 1 lost: the BAS's own timeout runs out
     client.send(segments[1])
-    again = await client.next(1.0)
+    again = await client.next()
     assert again is not None and again[0] >> 4 == 4 and again[1:3] == bytes([53, 1]), again   # acknowledged again
     got = await sent_one_by_one(client, segments[2:])
     assert [a[0] >> 4 for a in got] == [4], [a.hex() for a in got]
-    answer = await client.next(1.0)
+    answer = await client.next()
     assert answer is not None and answer[:3] == bytes([0x30, 53, RPM]), answer
 
 
