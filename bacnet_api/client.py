@@ -31,10 +31,12 @@ BIP_MAX_APDU = 1476
 
 
 async def start_stack(address: str, device_id: int, name: str, vendor_id: int = 999,
-                      timeout: float = 5.0) -> Application:
+                      timeout: float = 15.0) -> Application:
     """A plain bacpypes3 device on `address` ("127.0.0.1/8:47809"), socket bound on return.
 
-    bacpypes3 retries a failed bind forever; after `timeout` s this raises OSError instead."""
+    bacpypes3 retries a failed bind forever; after `timeout` s this raises OSError instead. A port taken is found at
+    once (ensure_port_free), so the timeout only bounds the bind task's turn: a loop busy with a gateway's start
+    beside 2 loaded cores once took over 5 s to give it one."""
     ensure_port_free(address)
     device = DeviceObject(
         objectIdentifier=("device", device_id),
