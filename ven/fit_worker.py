@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import pickle
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -17,6 +18,9 @@ from pathlib import Path
 DETAIL_LINES = 12   # of the child's stderr kept for the log: a traceback's end (one journal line: kept short)
 TIMEOUT_S = 3600.0  # a fit takes seconds; one that hangs must not block every later one
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+# util-linux's, on every Debian-based box and image: puts the fit at idle priority before Python starts, without the
+# gateway waiting on a child that is at idle priority already (_born_nice)
+CHRT = shutil.which("chrt")
 
 
 class FitError(RuntimeError):
@@ -30,21 +34,23 @@ class FitError(RuntimeError):
 
 async def fit_in_child(job_blob: bytes, threads: int = 1, timeout: float = TIMEOUT_S) -> bytes:
     """Run a pickled FitJob in a child process; the pickled result. The child dies with the caller."""
-    root = str(Path(__file__).resolve().parents[1])
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads), _FIT_PARENT=str(os.getpid()),
-               PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
+    global CHRT
+    path = os.pathsep.join(p for p in (str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")) if p)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads),
+               _FIT_PARENT=str(os.getpid()), PYTHONPATH=path)
     # its own process group: a terminal's Ctrl-C goes to the gateway, which ends the fit as it stops. Not its own
     # session: with the kernel's autogroups (most desktops and servers) a session shares the CPUs as an equal of the
     # gateway's, SCHED_IDLE or not, and reads slowed to 0.6-0.8x during a fit. -P: `-m` would put the working
     # directory first on the path, and a gateway run from a checkout fitted with the checkout's code
     # Born with the stop signals blocked (a signal mask survives fork and exec): one that arrives before the child
     # has set them to ignored waits, and is then discarded, instead of ending a fit the gateway is about to end
+    command = [sys.executable, "-P", "-m", "ven.fit_worker"]
+    low = {"preexec_fn": _born_nice} if CHRT is None else {}
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-P", "-m", "ven.fit_worker", stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env, process_group=0,
-            preexec_fn=_born_idle)
+            *([CHRT, "--idle", "0"] if CHRT else []), *command, stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env, process_group=0, **low)
     except OSError as err:  # "Resource temporarily unavailable" said nothing of which
         raise FitError(f"fit process could not start: {err} (a process or memory limit reached: LimitNPROC, "
                        "TasksMax, ulimit -u, LimitAS?)") from err
@@ -64,6 +70,10 @@ async def fit_in_child(job_blob: bytes, threads: int = 1, timeout: float = TIMEO
         raise FitError(f"fit process was killed by signal {-proc.returncode} ({_why(-proc.returncode)})")
     if proc.returncode != 0:
         lines = err.decode(errors="replace").strip().splitlines()
+        if CHRT and lines and lines[-1].startswith("chrt: ") and not out:
+            # the policy refused (a seccomp filter, a container's profile): later fits start at nice 19 instead
+            CHRT = None
+            return await fit_in_child(job_blob, threads, timeout)
         raise FitError(f"fit process exited with status {proc.returncode}: {lines[-1] if lines else 'no message'}",
                        "\n".join(lines[-DETAIL_LINES:]))
     return out
@@ -111,23 +121,27 @@ def _why(signum: int) -> str:
         return "unknown signal"
 
 
-def _born_idle() -> None:
-    # SCHED_IDLE: the scheduler gives this process a core only when nothing else wants it. Where that policy is
-    # missing, nice 19 comes close (weight 15 against the gateway's 1024); both last across the exec.
-    # Runs in the child between fork and exec. Python's start and imports (site, ven, asyncio: 100-130 ms of CPU)
-    # came before main() lowered the priority, and on one core the BAS's reads shared the CPU with them (p99 up).
-    # Only system calls here, no lock another thread of the gateway could hold at the fork. Nothing may raise:
-    # an exception in a preexec_fn fails the spawn
+def _born_nice() -> None:
+    # Where there is no chrt. Runs in the child between fork and exec, and the gateway's loop waits in the spawn
+    # until the exec. The child was put at SCHED_IDLE here: on a box whose cores other work kept busy it got no
+    # turn for the exec, and each fit's start held the loop, and the BAS's reads, 0.6-4 s (bench/fit_spawn.py).
+    # Nice 19 (weight 15 against the gateway's 1024) gets the exec done sooner (0.2-0.6 s there) and still keeps
+    # Python's start (100-130 ms of CPU) from sharing a one-core box with the BAS's reads; main() moves to
+    # SCHED_IDLE. Only system calls here, no lock another thread of the gateway could hold at the fork. Nothing may
+    # raise: an exception in a preexec_fn fails the spawn
     try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, _IDLE)
-    except (AttributeError, TypeError, OSError):
-        try:
-            os.nice(19)
-        except OSError:
-            pass
+        os.setpriority(os.PRIO_PROCESS, 0, 19)
+    except OSError:
+        pass
 
 
-_IDLE = os.sched_param(0) if hasattr(os, "sched_param") else None   # made once, in the gateway
+def _idle() -> None:
+    # SCHED_IDLE: the scheduler gives this process a core only when nothing else wants it (chrt set it already,
+    # where there is one). Where that policy is missing, nice 19 from the fork stays, and comes close
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        pass
 
 
 def _first_to_go() -> None:
@@ -162,6 +176,7 @@ def _die_with_parent() -> None:
 
 
 def main() -> int:
+    _idle()
     _leave_stopping_to_the_parent()
     _die_with_parent()
     _first_to_go()
