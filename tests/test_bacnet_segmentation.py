@@ -78,7 +78,11 @@ class RawClient:
 
     async def in_window(self, count: int) -> list[int]:
         """The sequence numbers of the `count` segments that come, and nothing more soon after."""
-        got = [(await self.next())[2] for _ in range(count)]
+        got = []
+        for _ in range(count):
+            apdu = await self.next()
+            assert apdu is not None, f"{len(got)} of {count} came: {got}"
+            got.append(apdu[2])
         assert await self.next(0.3) is None, f"more than {count} after {got}"
         return got
 

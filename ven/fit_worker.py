@@ -44,13 +44,16 @@ async def fit_in_child(job_blob: bytes, threads: int = 1, timeout: float = TIMEO
     # directory first on the path, and a gateway run from a checkout fitted with the checkout's code
     # Born with the stop signals blocked (a signal mask survives fork and exec): one that arrives before the child
     # has set them to ignored waits, and is then discarded, instead of ending a fit the gateway is about to end
-    command = [sys.executable, "-P", "-m", "ven.fit_worker"]
-    low = {"preexec_fn": _born_nice} if CHRT is None else {}
+    command, low = [sys.executable, "-P", "-m", "ven.fit_worker"], {}
+    if CHRT:
+        command[:0] = [CHRT, "--idle", "0"]
+    else:
+        low["preexec_fn"] = _born_nice
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         proc = await asyncio.create_subprocess_exec(
-            *([CHRT, "--idle", "0"] if CHRT else []), *command, stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env, process_group=0, **low)
+            *command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env=env, process_group=0, **low)
     except OSError as err:  # "Resource temporarily unavailable" said nothing of which
         raise FitError(f"fit process could not start: {err} (a process or memory limit reached: LimitNPROC, "
                        "TasksMax, ulimit -u, LimitAS?)") from err
