@@ -30,6 +30,23 @@ BACNET_ERRORS: tuple[type[BaseException], ...] = (ErrorRejectAbortNack, Exceptio
 BIP_MAX_APDU = 1476
 
 
+def answers_withdrawn_request(app: Application, apdu: Any) -> bool:
+    """Whether `apdu` answers a request `app` gave up on (its timeout cancelled the future). bacpypes3 unlists such a
+    request only in a call_soon callback; an answer landing in between made it set a result on the cancelled future
+    and log InvalidStateError with a traceback. It answers a withdrawn question: the caller drops it."""
+    return any(request.apduInvokeID == apdu.apduInvokeID and future.done()
+               for request, future in app._requests.get(apdu.pduSource, ()))
+
+
+class ClientApplication(Application):
+    """A plain bacpypes3 application that drops answers to requests it gave up on (a BAS's or a meter read's timeout
+    on a loaded box), as the gateway's device does (services.py)."""
+
+    async def confirmation(self, apdu: Any) -> None:
+        if not answers_withdrawn_request(self, apdu):
+            await super().confirmation(apdu)
+
+
 async def start_stack(address: str, device_id: int, name: str, vendor_id: int = 999,
                       timeout: float = 15.0) -> Application:
     """A plain bacpypes3 device on `address` ("127.0.0.1/8:47809"), socket bound on return.
@@ -46,7 +63,7 @@ async def start_stack(address: str, device_id: int, name: str, vendor_id: int = 
         segmentationSupported="segmentedBoth",
     )
     port = NetworkPortObject(address, objectIdentifier=("network-port", 1), objectName="NetworkPort-1")
-    app = Application.from_object_list([device, port])
+    app = ClientApplication.from_object_list([device, port])
     try:
         async with asyncio.timeout(timeout):
             await wait_bound(app)

@@ -84,7 +84,7 @@ from bacpypes3.errors import (AbortException, ExecutionError, MissingRequiredPar
 from bacpypes3.primitivedata import Boolean, Date, Integer, PropertyIdentifier, Time
 
 from .bug_guard import first_from
-from .client import error_code, error_text, same_station, to_plain
+from .client import answers_withdrawn_request, error_code, error_text, same_station, to_plain
 from .forwarded import note_forwarders, untrusted_forwarder
 from .host_network import default_gateway, dns_servers
 from .objects import WRITER, why_refused
@@ -610,13 +610,8 @@ class _Services(PropertyAccess):
     do_ReinitializeDeviceRequest.not_executed = True    # rejects.py: a malformed one is unrecognized-service too
 
     async def confirmation(self, apdu: Any) -> None:
-        # A request given up on (a meter read past meter.timeout_seconds) stays listed until a call_soon
-        # callback removes it; an answer landing in between made bacpypes3 set a result on the cancelled
-        # future and log InvalidStateError with a traceback. It answers a withdrawn question: drop it.
-        for request, future in self._requests.get(apdu.pduSource, ()):
-            if request.apduInvokeID == apdu.apduInvokeID and future.done():
-                return
-        await super().confirmation(apdu)
+        if not answers_withdrawn_request(self, apdu):     # a meter read past meter.timeout_seconds
+            await super().confirmation(apdu)
 
     async def do_SubscribeCOVRequest(self, apdu: Any) -> None:
         confirmed, lifetime = apdu.issueConfirmedNotifications, apdu.lifetime

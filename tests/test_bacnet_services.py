@@ -736,6 +736,23 @@ async def test_an_answer_to_a_request_given_up_on_is_dropped_quietly(gateway, pe
     assert await peer.read(where(gateway), f"device,{DEVICE_ID}", "objectName") == "TestGateway"  # serving on
 
 
+async def test_a_bas_stack_drops_an_answer_to_a_request_it_gave_up_on(gateway, peer):
+    # The BAS simulator, the CLI's read-meter and the tests' peers run start_stack's application: a read past its
+    # timeout on a loaded box, answered late, logged InvalidStateError with a traceback from the peer's stack
+    from bacpypes3.apdu import ReadPropertyRequest
+
+    ask = ReadPropertyRequest(objectIdentifier=ObjectIdentifier(f"device,{DEVICE_ID}"),
+                              propertyIdentifier="objectName", destination=Address(where(gateway)))
+    future = peer.app.request(ask)
+    future.cancel()
+    late = SimpleAckPDU(context=ask)
+    late.pduSource, late.apduInvokeID = ask.pduDestination, ask.apduInvokeID
+    await peer.app.confirmation(late)
+    await asyncio.sleep(0)
+    assert future.cancelled()
+    assert await peer.read(where(gateway), f"device,{DEVICE_ID}", "objectName") == "TestGateway"  # asking on
+
+
 # ----- propertyList
 
 

@@ -481,11 +481,21 @@ async def test_a_fit_process_ends_when_its_gateway_is_killed(tmp_path):
         "time.sleep(60)\n")], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
     try:
         child = int(parent.stdout.readline())
-        await eventually(lambda: "ven.fit_worker" in _cmdline(child), 10, "the fit process at work")
+        await eventually(lambda: _policy(child) == os.SCHED_IDLE, 10, "the fit process at idle priority")
+        # an ordinary share from here: at idle priority beside busy cores (-n 8 beside four busy loops) it got no
+        # turn to end within 10 s. What is checked is that it ends, not when the scheduler lets it
+        os.sched_setscheduler(child, os.SCHED_OTHER, os.sched_param(0))
     finally:
         parent.kill()
         parent.wait()
     await eventually(lambda: _cmdline(child) == "", 10, "the fit process ended with its parent")
+
+
+def _policy(pid: int) -> int | None:
+    try:
+        return os.sched_getscheduler(pid)
+    except OSError:     # ended
+        return None
 
 
 def _fit_children(before: frozenset[int] = frozenset()) -> list[int]:
@@ -673,6 +683,9 @@ async def test_a_fit_process_is_at_idle_priority_from_its_first_moment(monkeypat
         nice, policy = _nice_and_policy(pid)
         if chrt == "none":
             assert nice == 19 or policy == os.SCHED_IDLE, f"the fit process started with policy {policy}, nice {nice}"
+            # an ordinary share from here, so that its start reaches main() on a loaded box too (at nice 19 beside four
+            # busy loops and eight workers it had not within 20 s): what is checked now is that main() sets SCHED_IDLE
+            os.setpriority(os.PRIO_PROCESS, pid, 0)
             await eventually(lambda: _nice_and_policy(pid)[1] == os.SCHED_IDLE, 20, "SCHED_IDLE once its main runs")
         else:
             assert policy == os.SCHED_IDLE, f"the fit process started with policy {policy}, nice {nice}"

@@ -465,6 +465,12 @@ class VtnEvents:
                 return
             if failed_in_a_row >= OPTS_FAILED_IN_A_ROW:
                 return      # the VTN fails what it is sent: the rest at the next poll
+            # The poll reads the VTN's listing while this pass awaits the VTN (only openleadr's answer to it takes the
+            # lock): an answer it dropped (the utility deleted the event) went all the same, and was refused (452),
+            # and one a newer answer replaced went before it. What still waits, as built, goes.
+            answers = [a for a in answers if self._pending_opts.get(a[0]) == (a[1], a[2], by_create_opt)]
+            if not answers:
+                continue
             if by_create_opt:
                 (eid, mod, opt), = answers
                 # 2.0b's optID names the opt at the VTN: one sent again (its answer lost, a time-out, a VTN failing
