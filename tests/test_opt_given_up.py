@@ -15,7 +15,7 @@ from openleadr import utils
 from test_report_requests import said
 from test_vtn import running
 from test_vtn_faults_outstanding import stop_line, whole_gateway
-from test_vtn_openleadr_queue import BUSY, UtilityVtn, now
+from test_vtn_openleadr_queue import BUSY, UtilityVtn, now, shed_and_other_answered
 from waiting import eventually as until
 
 pytestmark = pytest.mark.mostly_waiting
@@ -43,13 +43,6 @@ def modify(vtn: UtilityVtn, event_id: str, level: float) -> None:
     event = utils.find_by(vtn.server.events[vtn.ven_id], "event_descriptor.event_id", event_id)
     event.event_signals[0].intervals[0].signal_payload = level
     utils.increment_event_modification_number(event)
-    vtn.server.events_updated[vtn.ven_id] = True
-
-
-def delete(vtn: UtilityVtn, event_id: str) -> None:
-    """The utility deletes an event from its VTN: it is no longer listed."""
-    vtn.server.events[vtn.ven_id][:] = [e for e in vtn.server.events[vtn.ven_id]
-                                        if e.event_descriptor.event_id != event_id]
     vtn.server.events_updated[vtn.ven_id] = True
 
 
@@ -92,16 +85,13 @@ async def test_a_refused_answer_whose_event_the_vtn_drops_ends_as_never_taken(tm
     caplog.set_level(logging.INFO, logger="ven")
     logging.getLogger("openleadr").setLevel(logging.CRITICAL)
     async with UtilityVtn(free_tcp_port()) as vtn, running(tmp_path, vtn.url) as gw:
-        await until(lambda: gw.vtn.connected, 10, "registration")
-        vtn.add_event("shed", 2.0, now() - timedelta(seconds=1), timedelta(minutes=10))
-        vtn.add_event("other", 1.0, now() + timedelta(minutes=30), timedelta(minutes=10))
-        await until(lambda: {("shed", 0, "optIn"), ("other", 0, "optIn")} <= set(vtn.answers), 10, "answered")
+        await shed_and_other_answered(vtn, gw)
         refusing(vtn, "shed", "optOut")
         gw.vtn.set_opt_out(True)
         await until(lambda: ("other", 0, "optOut") in vtn.answers, 10, "the other optOut taken")
         await until(lambda: gw.vtn.status()["opt_answer_error"], 10, "the optOut for shed refused")
         assert gw.vtn.status()["opt_answer_error"], "another event's answer taken is not the refused one's"
-        delete(vtn, "shed")
+        vtn.delete("shed")
         await until(lambda: gw.vtn.status()["opt_answer_error"] is None, 10, "the refusal over")
     assert not [a for a in vtn.answers if a[0] == "shed" and a[2] == "optOut"], vtn.answers
     ends = said(caplog, REFUSED_END)
@@ -128,15 +118,12 @@ async def test_an_answer_given_up_and_then_taken_within_the_fault_is_not_said_ne
         return await handler(request)
     vtn.server.app.middlewares.insert(0, fail_others_answers)
     async with vtn, running(tmp_path, vtn.url) as gw:
-        await until(lambda: gw.vtn.connected, 10, "registration")
-        vtn.add_event("shed", 2.0, now() - timedelta(seconds=1), timedelta(minutes=10))
-        vtn.add_event("other", 1.0, now() + timedelta(minutes=30), timedelta(minutes=10))
-        await until(lambda: {("shed", 0, "optIn"), ("other", 0, "optIn")} <= set(vtn.answers), 10, "answered")
+        await shed_and_other_answered(vtn, gw)
         busy["on"] = True
         vtn.busy = True         # every answer failed at first: both optOuts wait
         gw.vtn.set_opt_out(True)
         await until(lambda: gw.vtn.status()["opt_answers_not_taken"], 10, "the optOuts not taken")
-        delete(vtn, "shed")
+        vtn.delete("shed")
         await until(lambda: "shed" not in gw.vtn.answers_waiting(), 10, "the optOut for shed given up")
         assert gw.vtn._opts_given_up == [("shed", "optOut", "the VTN no longer lists the event")]
         vtn.busy = False        # only the answers naming "other" fail now

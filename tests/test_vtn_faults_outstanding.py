@@ -14,7 +14,7 @@ from aiohttp import web
 from test_report_quality import _gateway_config
 from test_report_requests import S, said
 from test_vtn import running
-from test_vtn_openleadr_queue import UtilityVtn, now
+from test_vtn_openleadr_queue import UtilityVtn, now, shed_and_other_answered
 from waiting import eventually as until
 
 from bacnet_api.simulator import MeterSimulator
@@ -36,6 +36,14 @@ async def whole_gateway(tmp_path, free_udp_port, url_port):
             yield gateway
         finally:
             await gateway.stop()
+
+
+async def opted_out_while_failing(vtn: UtilityVtn, gw) -> None:
+    """Both events answered optIn, then the BAS opts out while the VTN fails every answer: both optOuts wait."""
+    await shed_and_other_answered(vtn, gw)
+    vtn.busy = True
+    gw.vtn.set_opt_out(True)
+    await until(lambda: gw.vtn.status()["opt_answers_not_taken"], 10, "the optOut not taken")
 
 
 def stop_line(caplog) -> str:
@@ -102,19 +110,11 @@ async def test_an_answer_the_vtn_never_took_is_not_said_taken_once_it_stops_wait
     caplog.set_level(logging.INFO, logger="ven")
     logging.getLogger("openleadr").setLevel(logging.CRITICAL)
     async with UtilityVtn(free_tcp_port()) as vtn, running(tmp_path, vtn.url) as gw:
-        await until(lambda: gw.vtn.connected, 10, "registration")
-        vtn.add_event("shed", 2.0, now() - timedelta(seconds=1), timedelta(minutes=10))
-        vtn.add_event("other", 1.0, now() + timedelta(minutes=30), timedelta(minutes=10))
-        await until(lambda: {("shed", 0, "optIn"), ("other", 0, "optIn")} <= set(vtn.answers), 10, "answered")
-        vtn.busy = True
-        gw.vtn.set_opt_out(True)
-        await until(lambda: gw.vtn.status()["opt_answers_not_taken"], 10, "the optOut not taken")
+        await opted_out_while_failing(vtn, gw)
         if utility == "ends_it":
             vtn.end_now("shed")
         else:
-            vtn.server.events[vtn.ven_id][:] = [e for e in vtn.server.events[vtn.ven_id]
-                                                if e.event_descriptor.event_id != "shed"]
-            vtn.server.events_updated[vtn.ven_id] = True
+            vtn.delete("shed")
         await until(lambda: "shed" not in gw.vtn.answers_waiting(), 10, "the optOut for shed no longer waiting")
         vtn.busy = False    # the other event's optOut goes
         await until(lambda: ("other", 0, "optOut") in vtn.answers, 10, "the other optOut taken")
@@ -134,13 +134,7 @@ async def test_an_answer_dropped_while_a_pass_of_answers_is_under_way_is_not_sen
     caplog.set_level(logging.INFO, logger="ven")
     logging.getLogger("openleadr").setLevel(logging.CRITICAL)
     async with UtilityVtn(free_tcp_port()) as vtn, running(tmp_path, vtn.url) as gw:
-        await until(lambda: gw.vtn.connected, 10, "registration")
-        vtn.add_event("shed", 2.0, now() - timedelta(seconds=1), timedelta(minutes=10))
-        vtn.add_event("other", 1.0, now() + timedelta(minutes=30), timedelta(minutes=10))
-        await until(lambda: {("shed", 0, "optIn"), ("other", 0, "optIn")} <= set(vtn.answers), 10, "answered")
-        vtn.busy = True
-        gw.vtn.set_opt_out(True)
-        await until(lambda: gw.vtn.status()["opt_answers_not_taken"], 10, "the optOut not taken")
+        await opted_out_while_failing(vtn, gw)
         client, dropped = gw.vtn._client, []
         real = client._perform_request
 
@@ -151,9 +145,7 @@ async def test_an_answer_dropped_while_a_pass_of_answers_is_under_way_is_not_sen
                 # to a listing names both); what the poll does meanwhile: the utility deleted the other event
                 kept = named[0]
                 dropped.append("other" if kept == "shed" else "shed")
-                vtn.server.events[vtn.ven_id][:] = [e for e in vtn.server.events[vtn.ven_id]
-                                                    if e.event_descriptor.event_id != dropped[0]]
-                vtn.server.events_updated[vtn.ven_id] = True
+                vtn.delete(dropped[0])
                 gw.vtn._listed({kept})
                 # the VTN takes answers from this one on: set before, an answer already on its way while it failed
                 # them was taken late, before the pass got here (the answers go one at a time, under a lock)

@@ -94,6 +94,12 @@ class UtilityVtn:
             utils.find_by(self.server.events[self.ven_id], "event_descriptor.event_id", event_id))
         self.server.events_updated[self.ven_id] = True
 
+    def delete(self, event_id: str) -> None:
+        """The utility deletes an event from its VTN: it is no longer listed."""
+        self.server.events[self.ven_id][:] = [e for e in self.server.events[self.ven_id]
+                                              if e.event_descriptor.event_id != event_id]
+        self.server.events_updated[self.ven_id] = True
+
     def end_now(self, event_id: str) -> None:
         """The operator ends a running event: its interval and active period end now, a new modification."""
         event = utils.find_by(self.server.events[self.ven_id], "event_descriptor.event_id", event_id)
@@ -110,6 +116,14 @@ class UtilityVtn:
 
     async def __aexit__(self, *exc) -> None:
         await self.server.stop()
+
+
+async def shed_and_other_answered(vtn: UtilityVtn, gw) -> None:
+    """`gw` registered, and the VTN's two events answered optIn: "shed" running, "other" in half an hour."""
+    await until(lambda: gw.vtn.connected, 10, "registration")
+    vtn.add_event("shed", 2.0, now() - timedelta(seconds=1), timedelta(minutes=10))
+    vtn.add_event("other", 1.0, now() + timedelta(minutes=30), timedelta(minutes=10))
+    await until(lambda: {("shed", 0, "optIn"), ("other", 0, "optIn")} <= set(vtn.answers), 10, "answered")
 
 
 @contextlib.asynccontextmanager
