@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
-import os
 import pickle
 import statistics
 import subprocess
@@ -33,10 +32,9 @@ PF_FORKNOEXEC = 0x40     # a process forked that has not exec'd yet
 
 def _child_running_python() -> bool:
     """A child of this process has begun Python's exec (for ven.fit_worker: it has no other children). Not from its
-    cmdline:
-    reading that waits on the child's memory map, which its exec holds, and at idle priority on busy cores an exec
-    took 0.9 s, which the ticker counted as the loop held. From its stat: exec'd (PF_FORKNOEXEC clear) and not
-    chrt, which the gateway starts the fit through where it can."""
+    cmdline: reading that waits on the child's memory map, which its exec holds, and at idle priority on busy cores
+    an exec took 0.9 s, which the ticker counted as the loop held. From its stat: exec'd (PF_FORKNOEXEC clear) and
+    not chrt, which the gateway starts the fit through where it can."""
     for task in Path("/proc/self/task").iterdir():
         try:
             for pid in (task / "children").read_text().split():

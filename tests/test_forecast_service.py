@@ -481,7 +481,8 @@ async def test_a_fit_process_ends_when_its_gateway_is_killed(tmp_path):
         "time.sleep(60)\n")], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
     try:
         child = int(parent.stdout.readline())
-        await eventually(lambda: _policy(child) == os.SCHED_IDLE, 10, "the fit process at idle priority")
+        await eventually(lambda: os.sched_getscheduler(child) == os.SCHED_IDLE, 10,
+                         "the fit process at idle priority")
         # an ordinary share from here: at idle priority beside busy cores (-n 8 beside four busy loops) it got no
         # turn to end within 10 s. What is checked is that it ends, not when the scheduler lets it
         os.sched_setscheduler(child, os.SCHED_OTHER, os.sched_param(0))
@@ -489,13 +490,6 @@ async def test_a_fit_process_ends_when_its_gateway_is_killed(tmp_path):
         parent.kill()
         parent.wait()
     await eventually(lambda: _cmdline(child) == "", 10, "the fit process ended with its parent")
-
-
-def _policy(pid: int) -> int | None:
-    try:
-        return os.sched_getscheduler(pid)
-    except OSError:     # ended
-        return None
 
 
 def _fit_children(before: frozenset[int] = frozenset()) -> list[int]:

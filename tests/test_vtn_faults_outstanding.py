@@ -155,7 +155,6 @@ async def test_an_answer_dropped_while_a_pass_of_answers_is_under_way_is_not_sen
         await until(lambda: dropped, 10, "a pass's answer on its way")
         await until(lambda: gw.vtn.status()["opt_answers_not_taken"] is None, 10, "the fault over")
         await until(lambda: not gw.vtn.answers_waiting(), 10, "no answer waiting")
-    assert dropped, "no answer went"
     assert (dropped[0], 0, "optOut") not in vtn.answers, vtn.answers
     assert ({"shed", "other"} - set(dropped)).pop() in {a[0] for a in vtn.answers if a[2] == "optOut"}, vtn.answers
     assert not said(caplog, "refused"), said(caplog, "refused")
