@@ -19,6 +19,8 @@ from bacpypes3.local.networkport import NetworkPortObject
 from bacpypes3.pdu import Address
 from bacpypes3.primitivedata import BitString, Enumerated, Null, ObjectIdentifier
 
+from . import static_lookup
+
 log = logging.getLogger(__name__)
 
 # Errors a bacpypes3 request can raise. ErrorRejectAbortNack derives from BaseException, so
@@ -55,6 +57,7 @@ async def start_stack(address: str, device_id: int, name: str, vendor_id: int = 
     once (ensure_port_free), so the timeout only bounds the bind task's turn: a loop busy with a gateway's start
     beside 2 loaded cores once took over 5 s to give it one."""
     ensure_port_free(address)
+    static_lookup.install()
     device = DeviceObject(
         objectIdentifier=("device", device_id),
         objectName=name,

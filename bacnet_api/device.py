@@ -22,7 +22,7 @@ from bacpypes3.local.cmd import Commandable
 from bacpypes3.pdu import GlobalBroadcast
 from bacpypes3.primitivedata import Real
 
-from . import cov_keep
+from . import cov_keep, static_lookup
 from .bac0_notes import find_callers_by_frame
 from .bug_guard import BugGuard
 from .client import BIP_MAX_APDU, ensure_port_free, stop_transactions, to_plain
@@ -178,6 +178,7 @@ class GatewayDevice:
         import BAC0  # heavy import, only when a device actually starts
 
         find_callers_by_frame()
+        static_lookup.install()
         _route_bac0_logging()
         self._started = time.monotonic()
         ensure_port_free(self.address)

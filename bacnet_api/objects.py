@@ -13,6 +13,7 @@ property of the device and network port objects: the device's identity comes fro
 from __future__ import annotations
 
 import contextvars
+import functools
 import math
 import struct
 from typing import Any, Awaitable, Callable
@@ -112,9 +113,14 @@ def why_refused(obj: Any, code: str, value: Any, priority: int | None) -> str:
 
 def read_only(obj: Any) -> None:
     """Make an object the stack built (device, network port) refuse every network write."""
-    cls = type(obj)
-    if not issubclass(cls, _ReadOnly):
-        obj.__class__ = type(f"ReadOnly{cls.__name__}", (_ReadOnly, cls), {})
+    if not isinstance(obj, _ReadOnly):
+        obj.__class__ = _read_only_class(type(obj))
+
+
+@functools.cache
+def _read_only_class(cls: type) -> type:
+    # one class each, not one each start: bacpypes3's metaclass reads every element's type hints (7 ms a class)
+    return type(f"ReadOnly{cls.__name__}", (_ReadOnly, cls), {})
 
 
 def float32(x: float) -> float:

@@ -42,6 +42,7 @@ from bacpypes3.local.device import DeviceObject
 from bacpypes3.local.networkport import NetworkPortObject
 from bacpypes3.vlan import VirtualNetwork
 
+from . import static_lookup
 from .client import BIP_MAX_APDU, close_stack, ensure_port_free, wait_bound
 from .meter_units import KW_PER_UNIT
 from .property_access import THIS_DEVICE
@@ -226,6 +227,7 @@ class MeterSimulator:
         if self._router is not None:
             raise RuntimeError("simulator already started")
         ensure_port_free(self.address)
+        static_lookup.install()
         VirtualNetwork(self._vlan_name)
         try:
             self._router = Application.from_object_list([

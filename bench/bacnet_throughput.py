@@ -50,6 +50,12 @@ async def _dut(conn, kind, bacnet_port, gw_ports, storage, switch_interval) -> N
         from bacnet_api.client import close_stack, start_stack
 
         app = await start_stack(address, 600001, "bare-bacpypes3")
+        # the reference is bacpypes3 as it ships: start_stack gave it the gateway's kept lookups (static_lookup.py)
+        import inspect
+
+        from bacnet_api import static_lookup
+        for name in static_lookup.MODULES:
+            sys.modules[name].inspect = inspect
         app.add_object(AnalogValueObject(objectIdentifier=("analogValue", 6), objectName="meter-power",
                                          presentValue=87.5, units="kilowatts", statusFlags=[0, 0, 0, 0],
                                          eventState="normal", outOfService=False))

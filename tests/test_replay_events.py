@@ -45,13 +45,13 @@ def monday_peak(tmp_path) -> float:
 
 
 def test_replay_with_the_event_log_forecasts_the_peak_the_week_of_sheds_hid(tmp_path, capsys):
+    # Told nothing, the forecaster expects the shed's 280 kW for that peak: test_forecast_curtailed's first test fits
+    # the same weeks both ways (a replay here without --events, 9 s of CPU, showed the same, under 350 kW)
     write_building(tmp_path)
-    assert replay(tmp_path) == 0
-    untold = monday_peak(tmp_path)
     assert replay(tmp_path, "--events", str(tmp_path / "events.csv")) == 0
     told = monday_peak(tmp_path)
     assert "events=5" in capsys.readouterr().out
-    assert untold < 350 and abs(told - 400) < 25, (untold, told)
+    assert abs(told - 400) < 25, told
 
 
 @pytest.mark.parametrize("content, says", [
